@@ -1,0 +1,77 @@
+"""The check registry: every diagnostic code fwc can emit, with its rationale.
+
+A check is a small function `(policy) -> Iterable[Diagnostic]` registered with
+`@check`. Diagnostics emitted by the parser or resolver are registered with
+`describe` so that `fwc explain` and docs/checks.md know every code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from fwc.diagnostics import Diagnostic, Severity, error
+from fwc.model import Policy
+
+CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
+
+# Modules that register checks; imported on first use so that start-up stays fast.
+CHECK_MODULES = ("codes", "names", "cluster", "parity", "rules", "expectations")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInfo:
+    code: str
+    title: str
+    severity: Severity
+    rationale: str
+    stage: str  # parse, resolve, check, compile
+    function: CheckFunction | None = None
+
+
+REGISTRY: dict[str, CheckInfo] = {}
+
+
+def describe(code: str, title: str, severity: Severity, rationale: str,
+             stage: str = "resolve") -> None:
+    if code in REGISTRY:
+        raise ValueError(f"diagnostic code {code} registered twice")
+    REGISTRY[code] = CheckInfo(code, title, severity, rationale.strip(), stage)
+
+
+def check(code: str, title: str, severity: Severity, rationale: str) \
+        -> Callable[[CheckFunction], CheckFunction]:
+    def register(function: CheckFunction) -> CheckFunction:
+        if code in REGISTRY:
+            raise ValueError(f"check code {code} registered twice")
+        REGISTRY[code] = CheckInfo(code, title, severity, rationale.strip(), "check", function)
+        return function
+    return register
+
+
+def load_registry() -> dict[str, CheckInfo]:
+    for name in CHECK_MODULES:
+        try:
+            importlib.import_module(f"fwc.checks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fwc.checks.{name}":
+                raise
+    return REGISTRY
+
+
+def run_checks(policy: Policy) -> list[Diagnostic]:
+    """Run every registered check; a crashing check becomes a diagnostic, not a traceback."""
+    out: list[Diagnostic] = []
+    for info in sorted(load_registry().values(), key=lambda i: i.code):
+        if info.function is None:
+            continue
+        try:
+            out.extend(info.function(policy))
+        except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            out.append(error("FWC900", f"internal error in check {info.code}: "
+                             f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})",
+                             hint="please report this; the other checks still ran"))
+    return out

@@ -1,0 +1,20 @@
+"""`fwc check FILE...`: every problem in one run, compiler style."""
+
+from __future__ import annotations
+
+import argparse
+
+from fwc.commands.common import failed, print_diagnostics
+from fwc.diagnostics import Diagnostic
+from fwc.pipeline import analyse
+
+
+def run(args: argparse.Namespace) -> int:
+    diagnostics: list[Diagnostic] = []
+    texts: dict[str, str] = {}
+    for path in args.files:
+        analysis = analyse(path)
+        diagnostics.extend(analysis.diagnostics)
+        texts.update(analysis.program.texts)
+    print_diagnostics(diagnostics, texts, args.format)
+    return 1 if failed(diagnostics, args.strict) else 0

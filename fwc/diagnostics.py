@@ -1,0 +1,140 @@
+"""Diagnostics: what every stage reports instead of raising.
+
+A diagnostic carries a stable code, a one-line message, a source span and an
+optional hint. Rendering is compiler style so that editors can jump to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class Related:
+    span: Span
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    code: str
+    severity: Severity
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    related: tuple[Related, ...] = field(default=())
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity is Severity.ERROR
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        if self.span is None:
+            return ("", 0, 0, self.code)
+        return (self.span.file, self.span.line, self.span.column, self.code)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "code": self.code,
+            "severity": str(self.severity),
+            "message": self.message,
+        }
+        if self.span is not None:
+            out.update(
+                file=self.span.file,
+                line=self.span.line,
+                column=self.span.column,
+                end_line=self.span.end_line,
+                end_column=self.span.end_column,
+            )
+        if self.hint:
+            out["hint"] = self.hint
+        if self.related:
+            out["related"] = [
+                {"file": r.span.file, "line": r.span.line, "column": r.span.column,
+                 "message": r.message}
+                for r in self.related
+            ]
+        return out
+
+
+class DiagnosticError(Exception):
+    """Raised by a stage that cannot go on; carries the diagnostics that say why."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__("; ".join(d.message for d in self.diagnostics))
+
+
+def error(code: str, message: str, span: Span | None = None, hint: str | None = None,
+          related: Iterable[Related] = ()) -> Diagnostic:
+    return Diagnostic(code, Severity.ERROR, message, span, hint, tuple(related))
+
+
+def warning(code: str, message: str, span: Span | None = None, hint: str | None = None,
+            related: Iterable[Related] = ()) -> Diagnostic:
+    return Diagnostic(code, Severity.WARNING, message, span, hint, tuple(related))
+
+
+def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
+    return any(d.is_error for d in diagnostics)
+
+
+def _excerpt(span: Span, sources: Mapping[str, str]) -> list[str]:
+    text = sources.get(span.file)
+    if text is None:
+        return []
+    lines = text.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return []
+    line = lines[span.line - 1].expandtabs(1)
+    width = 1
+    if span.end_line == span.line and span.end_column > span.column:
+        width = span.end_column - span.column
+    gutter = f"{span.line:>4} | "
+    return [gutter + line, " " * (len(gutter) + span.column - 1) + "^" + "~" * (width - 1)]
+
+
+def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
+    out: list[str] = []
+    for d in diagnostics:
+        where = f"{d.span}: " if d.span else "fwc: "
+        out.append(f"{where}{d.severity}[{d.code}]: {d.message}")
+        if d.span:
+            out.extend(_excerpt(d.span, sources))
+        for r in d.related:
+            out.append(f"{r.span}: note: {r.message}")
+            out.extend(_excerpt(r.span, sources))
+        if d.hint:
+            out.append(f"     = hint: {d.hint}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def render_json(diagnostics: Iterable[Diagnostic]) -> str:
+    items = [d.to_json() for d in diagnostics]
+    summary = {
+        "errors": sum(1 for i in items if i["severity"] == "error"),
+        "warnings": sum(1 for i in items if i["severity"] == "warning"),
+    }
+    return json.dumps({"diagnostics": items, **summary}, indent=2) + "\n"

@@ -1,0 +1,333 @@
+"""What a policy means: resolved, typed and immutable.
+
+Built by `fwc.resolve` from the syntax tree; read by checks, lowering and the
+analysis engine. Nothing here refers back to syntax nodes except through spans.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+from fwc.addresses import AddressSet
+from fwc.diagnostics import Span
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class AddressObject:
+    """A host, network, range or group, flattened to an address set."""
+
+    name: str
+    kind: str  # host, network, range, group
+    addresses: AddressSet
+    members: tuple[str, ...]  # for groups: direct member names or literals as written
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceMatch:
+    """One protocol with its ports or ICMP type; empty `ports` means every port."""
+
+    protocol: str  # tcp, udp, sctp, dccp, icmp, icmpv6 or another IP protocol name
+    number: int  # IP protocol number
+    ports: tuple[PortRange, ...] = ()
+    icmp_type: int | None = None
+    icmp_name: str | None = None
+    helper: str | None = None
+
+    @property
+    def family(self) -> int | None:
+        """4 or 6 for ICMP flavours, None when the match works in both families."""
+        return {"icmp": 4, "icmpv6": 6}.get(self.protocol)
+
+    def __str__(self) -> str:
+        if self.ports:
+            return f"{self.protocol}/{','.join(str(p) for p in self.ports)}"
+        if self.icmp_name is not None:
+            return f"{self.protocol}/{self.icmp_name}"
+        return self.protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    matches: tuple[ServiceMatch, ...]
+    helper: str | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointItem:
+    """One item of a from/to list, resolved. kind: object, literal, vip, any, firewall."""
+
+    kind: str
+    label: str  # as written, without the `!`
+    addresses: AddressSet  # empty for any/firewall (they depend on the member)
+    negated: bool
+    object_name: str | None  # the named object, for ipsets and reports
+    span: Span
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A from/to side: (any | firewall | addresses) minus the negated items."""
+
+    items: tuple[EndpointItem, ...]
+
+    @cached_property
+    def is_any(self) -> bool:
+        positives = [i for i in self.items if not i.negated]
+        return not positives or any(i.kind == "any" for i in positives)
+
+    @cached_property
+    def firewall(self) -> bool:
+        return any(i.kind == "firewall" and not i.negated for i in self.items)
+
+    @cached_property
+    def excludes_firewall(self) -> bool:
+        return any(i.kind == "firewall" and i.negated for i in self.items)
+
+    @cached_property
+    def addresses(self) -> AddressSet:
+        """Positive literal and object addresses (not any, not firewall)."""
+        out = AddressSet()
+        for item in self.items:
+            if not item.negated:
+                out = out | item.addresses
+        return out
+
+    @cached_property
+    def excluded(self) -> AddressSet:
+        out = AddressSet()
+        for item in self.items:
+            if item.negated:
+                out = out | item.addresses
+        return out
+
+    @property
+    def label(self) -> str:
+        return ", ".join(("!" if i.negated else "") + i.label for i in self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class NatTarget:
+    kind: str  # object, literal, vip
+    label: str
+    addresses: AddressSet  # one address per family at most
+    port: int | None
+    interface: str | None  # the interface whose VIP this is, for `IFACE.vip`
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A filter rule (action accept/drop/reject) or a NAT rule (snat/dnat/masquerade/nonat)."""
+
+    index: int  # position in its block, 0-based; first match wins
+    action: str
+    source: Endpoint
+    destination: Endpoint
+    services: tuple[ServiceMatch, ...]  # empty: every protocol
+    service_labels: tuple[str, ...]
+    in_interface: str | None
+    out_interface: str | None
+    log: bool
+    log_prefix: str | None
+    only: str | None  # member name for a member-scoped rule
+    target: NatTarget | None
+    span: Span
+
+    @property
+    def location(self) -> str:
+        return f"{self.span.file}:{self.span.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    verdict: str  # allow or deny
+    source: Endpoint
+    destination: Endpoint
+    services: tuple[ServiceMatch, ...]
+    service_labels: tuple[str, ...]
+    in_interface: str | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Vrrp:
+    password: str | None
+    password_file: str | None  # path as resolved on the compiling machine
+    auth: str | None  # pass, ah or None
+    advert_ms: int
+    version: int
+    preempt: bool
+    preempt_delay_s: int | None
+    vrid: int | None  # cluster-wide default
+    garp_refresh_s: int | None
+    span: Span | None
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def span_of(self, key: str) -> Span | None:
+        for k, sp in self.option_spans:
+            if k == key:
+                return sp
+        return self.span
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    link: str | None
+    mode: str
+    transport: str  # multicast or unicast
+    group: ipaddress.IPv4Address
+    port: int
+    mark_bit: int
+    span: Span | None
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def span_of(self, key: str) -> Span | None:
+        for k, sp in self.option_spans:
+            if k == key:
+                return sp
+        return self.span
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    name: str
+    vips: tuple[IPInterface, ...]
+    vrid: int | None  # its own or the cluster default; None when no VIP
+    vrid_explicit: bool
+    span: Span
+    vip_spans: tuple[Span, ...] = ()
+
+    def vips_of(self, family: int) -> tuple[IPInterface, ...]:
+        return tuple(v for v in self.vips if v.version == family)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLink:
+    interface: str
+    device: str
+    addresses: tuple[IPInterface, ...]
+    span: Span
+    address_spans: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    priority: int
+    master: bool
+    ssh: str | None
+    links: tuple[MemberLink, ...]
+    span: Span
+    priority_span: Span | None = None
+
+    def link(self, interface: str) -> MemberLink | None:
+        for link in self.links:
+            if link.interface == interface:
+                return link
+        return None
+
+    def device(self, interface: str) -> str | None:
+        link = self.link(interface)
+        return link.device if link else None
+
+    @property
+    def addresses(self) -> AddressSet:
+        return AddressSet.of(*(a.ip for link in self.links for a in link.addresses))
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    vrrp: Vrrp
+    sync: Sync
+    interfaces: tuple[Interface, ...]
+    members: tuple[Member, ...]
+    rules: tuple[Rule, ...]
+    nat: tuple[Rule, ...]
+    expectations: tuple[Expectation, ...]
+    span: Span
+
+    def interface(self, name: str) -> Interface | None:
+        for iface in self.interfaces:
+            if iface.name == name:
+                return iface
+        return None
+
+    def member(self, name: str) -> Member | None:
+        for member in self.members:
+            if member.name == name:
+                return member
+        return None
+
+    @property
+    def vrrp_interfaces(self) -> tuple[Interface, ...]:
+        return tuple(i for i in self.interfaces if i.vips)
+
+    @property
+    def vips(self) -> AddressSet:
+        return AddressSet.of(*(v.ip for i in self.interfaces for v in i.vips))
+
+    def firewall_addresses(self, member: Member) -> AddressSet:
+        """What `firewall` means on this member: its own addresses plus every VIP."""
+        return member.addresses | self.vips
+
+    @property
+    def all_member_addresses(self) -> AddressSet:
+        out = AddressSet()
+        for m in self.members:
+            out = out | m.addresses
+        return out
+
+    @property
+    def families(self) -> frozenset[int]:
+        """Address families the cluster carries (from interfaces, VIPs and rules)."""
+        fams: set[int] = set()
+        for m in self.members:
+            for link in m.links:
+                fams.update(a.version for a in link.addresses)
+        return frozenset(fams)
+
+    def all_rules(self) -> Iterator[Rule]:
+        yield from self.rules
+        yield from self.nat
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A whole program: every file read, every object, every cluster."""
+
+    root: str
+    sources: tuple[SourceInfo, ...]
+    objects: dict[str, AddressObject]
+    services: dict[str, Service]
+    clusters: tuple[Cluster, ...]
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None

@@ -1,0 +1,38 @@
+"""The front half of every command: load -> parse -> resolve -> check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwc.diagnostics import Diagnostic, has_errors
+from fwc.loader import LoadedProgram, load
+from fwc.model import Policy
+
+
+@dataclass(frozen=True)
+class Analysis:
+    program: LoadedProgram
+    policy: Policy | None  # None when the files could not be parsed
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.policy is not None and not has_errors(self.diagnostics)
+
+
+def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
+            read_secret=None) -> Analysis:
+    program, diagnostics = load(path, reader)
+    if has_errors(diagnostics):
+        return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
+    from fwc.resolve import resolve
+
+    policy, resolved = resolve(program, read_secret)
+    diagnostics.extend(resolved)
+    if run_checks:
+        from fwc.checks import run_checks as run
+
+        diagnostics.extend(run(policy))
+    unique = list(dict.fromkeys(diagnostics))
+    return Analysis(program, policy, tuple(sorted(unique, key=Diagnostic.sort_key)))

@@ -1,0 +1,742 @@
+"""Resolve names and values: syntax tree -> `fwc.model.Policy`.
+
+Every problem becomes a diagnostic with the span of what was written; the
+resolver goes on after an error so that one run reports as much as it can.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Iterable
+from pathlib import Path
+
+import networkx as nx
+
+from fwc import model as m
+from fwc import protocols as proto
+from fwc import syntax as s
+from fwc.addresses import AddressSet
+from fwc.diagnostics import Diagnostic, Related, Span, error, warning
+from fwc.loader import LoadedProgram
+
+IPV4_BITS, IPV6_BITS = 32, 128
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+class Resolver:
+    def __init__(self, program: LoadedProgram, read_secret=None) -> None:
+        self.program = program
+        self.diagnostics: list[Diagnostic] = []
+        self.used: set[str] = set()
+        self.used_services: set[str] = set()
+        self.read_secret = read_secret or (lambda p: p.read_text(encoding="utf-8"))
+        self.object_decls: dict[str, s.AddressDef | s.GroupDef] = {}
+        self.service_decls: dict[str, s.ServiceDef] = {}
+        self.objects: dict[str, m.AddressObject] = {}
+        self.services: dict[str, m.Service] = {}
+
+    # -- helpers ---------------------------------------------------------------
+    def err(self, code: str, message: str, span: Span | None, hint: str | None = None,
+            related: Iterable[Related] = ()) -> None:
+        self.diagnostics.append(error(code, message, span, hint, related))
+
+    def warn(self, code: str, message: str, span: Span | None, hint: str | None = None) -> None:
+        self.diagnostics.append(warning(code, message, span, hint))
+
+    def parse_address(self, word: s.Word, *, want: str) -> AddressSet | None:
+        """want: 'host' (no prefix or full prefix), 'network' (prefix, no host bits), 'any'."""
+        text = word.text
+        try:
+            if "/" in text:
+                net = ipaddress.ip_network(text, strict=False)
+                if want == "host" and net.prefixlen != net.max_prefixlen:
+                    self.err("FWC106", f"a host address cannot have a prefix: '{text}'",
+                             word.span, hint=f"use 'network' for {net}, or write "
+                             f"{text.split('/')[0]}")
+                    return None
+                if net.network_address != ipaddress.ip_interface(text).ip \
+                        and net.prefixlen != net.max_prefixlen:
+                    self.err("FWC106", f"'{text}' has host bits set", word.span,
+                             hint=f"the network is {net}")
+                    return None
+                return AddressSet.of(net)
+            addr = ipaddress.ip_address(text)
+            if want == "network":
+                self.err("FWC106", f"a network needs a prefix length: '{text}'", word.span,
+                         hint=f"write {text}/{addr.max_prefixlen} or declare a 'host'")
+                return None
+            return AddressSet.of(addr)
+        except ValueError:
+            self.err("FWC106", f"malformed address '{text}'", word.span,
+                     hint="write an IPv4 (192.0.2.1, 192.0.2.0/24) or IPv6 (2001:db8::1) "
+                     "address")
+            return None
+
+    def parse_range(self, word: s.Word) -> AddressSet | None:
+        first_text, _, last_text = word.text.partition("-")
+        try:
+            first = ipaddress.ip_address(first_text)
+            last = ipaddress.ip_address(last_text)
+        except ValueError:
+            self.err("FWC106", f"malformed address range '{word.text}'", word.span,
+                     hint="write FIRST-LAST, e.g. 192.0.2.100-192.0.2.150")
+            return None
+        if first.version != last.version:
+            self.err("FWC106", f"range '{word.text}' mixes IPv4 and IPv6", word.span)
+            return None
+        if int(last) < int(first):
+            self.err("FWC106", f"range '{word.text}' ends before it starts", word.span,
+                     hint=f"write {last}-{first}")
+            return None
+        return AddressSet.from_range(first, last)
+
+    def parse_interface_address(self, word: s.Word, what: str) -> m.IPInterface | None:
+        if "/" not in word.text:
+            self.err("FWC206", f"{what} '{word.text}' has no prefix length", word.span,
+                     hint="write it with the interface's prefix, e.g. 192.0.2.1/24 "
+                     "(keepalived would default a VIP to /32)")
+            return None
+        try:
+            return ipaddress.ip_interface(word.text)
+        except ValueError:
+            self.err("FWC106", f"malformed address '{word.text}'", word.span)
+            return None
+
+    def integer(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
+        try:
+            value = int(word.text)
+        except ValueError:
+            self.err("FWC109", f"{what} must be a number, got '{word.text}'", word.span)
+            return None
+        if not low <= value <= high:
+            self.err(code, f"{what} {value} is out of range {low}-{high}", word.span)
+            return None
+        return value
+
+    def duration_ms(self, word: s.Word, what: str) -> int | None:
+        text = word.text
+        try:
+            if text.endswith("ms"):
+                return round(float(text[:-2]))
+            if text.endswith("s"):
+                return round(float(text[:-1]) * 1000)
+            return int(text) * 1000
+        except ValueError:
+            self.err("FWC109", f"malformed {what} '{text}'", word.span,
+                     hint="write a duration such as 1s or 100ms")
+            return None
+
+    def choice(self, word: s.Word, what: str, options: Iterable[str]) -> str | None:
+        opts = tuple(options)
+        if word.text in opts:
+            return word.text
+        self.err("FWC109", f"unknown {what} '{word.text}'", word.span,
+                 hint=f"expected one of: {', '.join(opts)}")
+        return None
+
+    # -- objects -------------------------------------------------------------------
+    def declare(self, statements: list[s.Statement]) -> None:
+        for st in statements:
+            if isinstance(st, s.AddressDef | s.GroupDef):
+                table, name = self.object_decls, st.name
+            elif isinstance(st, s.ServiceDef):
+                table, name = self.service_decls, st.name
+            else:
+                continue
+            previous = table.get(name.text)
+            if previous is not None:
+                self.err("FWC102", f"'{name.text}' is defined twice", name.span,
+                         hint="rename one of them",
+                         related=[Related(previous.name.span, "first defined here")])
+                continue
+            table[name.text] = st  # type: ignore[assignment]
+
+    def resolve_objects(self) -> None:
+        graph: nx.DiGraph = nx.DiGraph()
+        for name, decl in self.object_decls.items():
+            graph.add_node(name)
+            if isinstance(decl, s.GroupDef):
+                for item in decl.members:
+                    if item.kind == "name" and item.text in self.object_decls:
+                        graph.add_edge(name, item.text)
+        cyclic: set[str] = set()
+        for component in nx.strongly_connected_components(graph):
+            if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
+                start = min(component)
+                cycle = nx.find_cycle(graph, start)
+                path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
+                decl = self.object_decls[start]
+                self.err("FWC108", f"group cycle: {path}", decl.name.span,
+                         hint="a group cannot contain itself, directly or through other groups")
+                cyclic |= component
+        order = [n for n in reversed(list(nx.topological_sort(graph.subgraph(
+            [n for n in graph if n not in cyclic]))))]
+        for name in order:
+            self.objects[name] = self.build_object(self.object_decls[name])
+
+    def build_object(self, decl: s.AddressDef | s.GroupDef) -> m.AddressObject:
+        if isinstance(decl, s.AddressDef):
+            addresses = AddressSet()
+            for word in decl.values:
+                if decl.kind == "range":
+                    got = self.parse_range(word)
+                else:
+                    got = self.parse_address(word, want=decl.kind)
+                if got is not None:
+                    addresses = addresses | got
+            return m.AddressObject(decl.name.text, decl.kind, addresses, (), decl.span)
+        addresses = AddressSet()
+        for item in decl.members:
+            if item.kind == "name":
+                self.used.add(item.text)
+                member = self.objects.get(item.text)
+                if member is None:
+                    if item.text not in self.object_decls:
+                        self.undefined_object(item)
+                    continue
+                addresses = addresses | member.addresses
+            elif item.kind == "address":
+                got = self.parse_address(s.Word(item.text, item.span), want="any")
+                addresses = addresses | (got or AddressSet())
+            elif item.kind == "range":
+                got = self.parse_range(s.Word(item.text, item.span))
+                addresses = addresses | (got or AddressSet())
+        if not decl.members:
+            self.err("FWC104", f"group '{decl.name.text}' is empty", decl.name.span,
+                     hint="add members, or remove the group")
+        return m.AddressObject(decl.name.text, "group", addresses,
+                               tuple(i.text for i in decl.members), decl.span)
+
+    def undefined_object(self, item: s.Endpoint | s.Word) -> None:
+        name = item.text
+        hint = _did_you_mean(name, self.object_decls)
+        if hint is None and name in self.service_decls:
+            hint = f"'{name}' is a service, not an address object"
+        self.err("FWC101", f"undefined object '{name}'", item.span,
+                 hint=hint or "define it with host, network, range or group")
+
+    # -- services --------------------------------------------------------------------
+    def resolve_services(self) -> None:
+        graph: nx.DiGraph = nx.DiGraph()
+        for name, decl in self.service_decls.items():
+            graph.add_node(name)
+            for item in decl.items:
+                if item.kind == "name" and item.text in self.service_decls:
+                    graph.add_edge(name, item.text)
+        cyclic: set[str] = set()
+        for component in nx.strongly_connected_components(graph):
+            if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
+                start = min(component)
+                cycle = nx.find_cycle(graph, start)
+                path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
+                self.err("FWC108", f"service cycle: {path}",
+                         self.service_decls[start].name.span)
+                cyclic |= component
+        acyclic = graph.subgraph([n for n in graph if n not in cyclic])
+        for name in reversed(list(nx.topological_sort(acyclic))):
+            decl = self.service_decls[name]
+            helper = None
+            if decl.helper is not None:
+                helper = self.choice(decl.helper, "conntrack helper", proto.CONNTRACK_HELPERS)
+            matches: list[m.ServiceMatch] = []
+            for item in decl.items:
+                matches.extend(self.service_item(item, inside=name))
+            if helper:
+                matches = [m.ServiceMatch(x.protocol, x.number, x.ports, x.icmp_type,
+                                          x.icmp_name, helper) for x in matches]
+            self.services[name] = m.Service(name, tuple(matches), helper, decl.span)
+
+    def service_item(self, item: s.ServiceRef, inside: str | None = None) -> list[m.ServiceMatch]:
+        if item.kind == "spec":
+            got = self.parse_service_spec(item)
+            return [got] if got else []
+        if item.text in self.service_decls:
+            self.used_services.add(item.text)
+            svc = self.services.get(item.text)
+            return list(svc.matches) if svc else []
+        if item.text in proto.IP_PROTOCOLS:
+            return [m.ServiceMatch(item.text, proto.IP_PROTOCOLS[item.text])]
+        hint = _did_you_mean(item.text, list(self.service_decls) + list(proto.IP_PROTOCOLS))
+        if hint is None and item.text in self.object_decls:
+            hint = f"'{item.text}' is an address object, not a service"
+        self.err("FWC101", f"undefined service '{item.text}'", item.span,
+                 hint=hint or "define it with 'service NAME tcp/PORT', or write tcp/PORT inline")
+        return []
+
+    def parse_service_spec(self, item: s.ServiceRef) -> m.ServiceMatch | None:
+        protocol, _, rest = item.text.partition("/")
+        if protocol in proto.PORT_PROTOCOLS:
+            ports: list[m.PortRange] = []
+            for part in rest.split(","):
+                low_text, dash, high_text = part.partition("-")
+                if not low_text.isdigit() or (dash and not high_text.isdigit()):
+                    self.err("FWC107", f"malformed port '{part}' in '{item.text}'", item.span,
+                             hint="ports are numbers 0-65535; ranges are written LOW-HIGH")
+                    return None
+                low, high = int(low_text), int(high_text) if dash else int(low_text)
+                if high > 65535 or low > high:
+                    self.err("FWC107", f"invalid port '{part}' in '{item.text}'", item.span,
+                             hint="ports are 0-65535 and a range is LOW-HIGH with LOW <= HIGH")
+                    return None
+                ports.append(m.PortRange(low, high))
+            ports.sort(key=lambda p: (p.low, p.high))
+            return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol], tuple(ports))
+        if protocol in ("icmp", "icmpv6"):
+            table = proto.ICMP_TYPES if protocol == "icmp" else proto.ICMPV6_TYPES
+            if rest.isdigit() and int(rest) <= 255:
+                names = [k for k, v in table.items() if v == int(rest)]
+                return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol], (), int(rest),
+                                      names[0] if names else rest)
+            if rest in table:
+                return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol], (), table[rest], rest)
+            if rest == "any":
+                return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol])
+            self.err("FWC107", f"unknown {protocol} type '{rest}'", item.span,
+                     hint=_did_you_mean(rest, table) or f"known types: {', '.join(table)}")
+            return None
+        # proto/NUMBER or proto/NAME
+        if rest.isdigit():
+            number = int(rest)
+            if number > 255:
+                self.err("FWC107", f"IP protocol {number} is out of range 0-255", item.span)
+                return None
+            names = [k for k, v in proto.IP_PROTOCOLS.items() if v == number]
+            return m.ServiceMatch(names[0] if names else str(number), number)
+        if rest in proto.IP_PROTOCOLS:
+            return m.ServiceMatch(rest, proto.IP_PROTOCOLS[rest])
+        self.err("FWC107", f"unknown IP protocol '{rest}'", item.span,
+                 hint=_did_you_mean(rest, proto.IP_PROTOCOLS) or "write proto/NUMBER")
+        return None
+
+    # -- clusters ------------------------------------------------------------------------
+    def resolve_cluster(self, decl: s.ClusterDecl, blocks: list[s.BlockDecl]) -> m.Cluster:
+        vrrp = self.resolve_vrrp(decl)
+        sync = self.resolve_sync(decl)
+        interfaces = self.resolve_interfaces(decl, vrrp)
+        members = self.resolve_members(decl, {i.name for i in interfaces})
+        iface_names = {i.name: i for i in interfaces}
+        member_names = {mb.name for mb in members}
+        rules: list[m.Rule] = []
+        nat: list[m.Rule] = []
+        expectations: list[m.Expectation] = []
+        for block in blocks:
+            for rd in block.rules:
+                if block.kind == "policy":
+                    rule = self.resolve_rule(rd, len(rules), iface_names, member_names, False)
+                    if rule:
+                        rules.append(rule)
+                elif block.kind == "nat":
+                    rule = self.resolve_rule(rd, len(nat), iface_names, member_names, True)
+                    if rule:
+                        nat.append(rule)
+                else:
+                    exp = self.resolve_expectation(rd, iface_names)
+                    if exp:
+                        expectations.append(exp)
+        return m.Cluster(decl.name.text, vrrp, sync, interfaces, members, tuple(rules),
+                         tuple(nat), tuple(expectations), decl.span)
+
+    def unique_options(self, options: Iterable[s.Option]) -> dict[str, s.Option]:
+        seen: dict[str, s.Option] = {}
+        for opt in options:
+            key = "password" if opt.key == "password-file" else opt.key
+            if key in seen:
+                self.err("FWC110", f"'{opt.key}' is given twice", opt.span,
+                         related=[Related(seen[key].span, "first given here")])
+                continue
+            seen[key] = opt
+        return seen
+
+    def resolve_vrrp(self, decl: s.ClusterDecl) -> m.Vrrp:
+        opts = self.unique_options(decl.vrrp)
+        password = password_file = None
+        if "password" in opts:
+            opt = opts["password"]
+            assert opt.value is not None
+            if opt.key == "password-file":
+                path = Path(opt.span.file).parent / opt.value.text
+                password_file = str(path)
+                try:
+                    password = self.read_secret(path).strip()
+                except OSError as exc:
+                    self.err("FWC002", f"cannot read password file '{opt.value.text}': "
+                             f"{exc.strerror or exc}", opt.value.span,
+                             hint="the path is relative to the policy file")
+            else:
+                password = opt.value.text
+        auth = None
+        if "auth" in opts and opts["auth"].value is not None:
+            auth = self.choice(opts["auth"].value, "VRRP authentication", ("pass", "ah"))
+        elif password is not None:
+            auth = "pass"
+        advert = proto.DEFAULT_ADVERT_MS
+        if "advert" in opts and opts["advert"].value is not None:
+            advert = self.duration_ms(opts["advert"].value, "advert interval") or advert
+        version = proto.DEFAULT_VRRP_VERSION
+        if "version" in opts and opts["version"].value is not None:
+            version = self.integer(opts["version"].value, "VRRP version", 2, 3, "FWC109") \
+                or version
+        preempt = True
+        if "preempt" in opts and opts["preempt"].value is not None:
+            preempt = self.choice(opts["preempt"].value, "preempt value", ("on", "off")) != "off"
+        delay = None
+        if "preempt-delay" in opts and opts["preempt-delay"].value is not None:
+            ms = self.duration_ms(opts["preempt-delay"].value, "preempt delay")
+            delay = None if ms is None else ms // 1000
+        vrid = None
+        if "vrid" in opts and opts["vrid"].value is not None:
+            vrid = self.integer(opts["vrid"].value, "VRID", *proto.VRID_RANGE, "FWC204")
+        garp = None
+        if "garp-refresh" in opts and opts["garp-refresh"].value is not None:
+            ms = self.duration_ms(opts["garp-refresh"].value, "garp refresh")
+            garp = None if ms is None else max(1, ms // 1000)
+        spans = tuple((k, o.span) for k, o in opts.items())
+        return m.Vrrp(password, password_file, auth, advert, version, preempt, delay, vrid,
+                      garp, decl.vrrp_span, spans)
+
+    def resolve_sync(self, decl: s.ClusterDecl) -> m.Sync:
+        opts = self.unique_options(decl.sync)
+        link = opts["sync-link"].value.text if "sync-link" in opts and opts["sync-link"].value \
+            else None
+        mode = proto.DEFAULT_SYNC_MODE
+        if "sync-mode" in opts and opts["sync-mode"].value is not None:
+            mode = self.choice(opts["sync-mode"].value, "sync mode", proto.SYNC_MODES) or mode
+        transport = "unicast" if "unicast" in opts else "multicast"
+        if "unicast" in opts and "multicast" in opts:
+            self.err("FWC110", "sync cannot be both multicast and unicast",
+                     opts["unicast"].span, hint="conntrackd cannot mix dedicated-link protocols")
+        group = ipaddress.IPv4Address(proto.DEFAULT_SYNC_GROUP)
+        if "multicast" in opts and opts["multicast"].value is not None:
+            word = opts["multicast"].value
+            try:
+                group = ipaddress.IPv4Address(word.text)
+            except ValueError:
+                self.err("FWC106", f"the sync group must be an IPv4 address, got '{word.text}'",
+                         word.span, hint="conntrackd's multicast transport is IPv4; "
+                         f"the default is {proto.DEFAULT_SYNC_GROUP}")
+        port = proto.DEFAULT_SYNC_PORT
+        if "port" in opts and opts["port"].value is not None:
+            port = self.integer(opts["port"].value, "sync port", 1, 65535, "FWC107") or port
+        mark_bit = proto.DEFAULT_MARK_BIT
+        if "mark-bit" in opts and opts["mark-bit"].value is not None:
+            value = self.integer(opts["mark-bit"].value, "mark bit", 0, 31, "FWC215")
+            mark_bit = mark_bit if value is None else value
+        spans = tuple((k, o.span) for k, o in opts.items())
+        return m.Sync(link, mode, transport, group, port, mark_bit, decl.sync_span, spans)
+
+    def resolve_interfaces(self, decl: s.ClusterDecl, vrrp: m.Vrrp) -> tuple[m.Interface, ...]:
+        out: list[m.Interface] = []
+        seen: dict[str, s.InterfaceDecl] = {}
+        for idecl in decl.interfaces:
+            if idecl.name.text in seen:
+                self.err("FWC102", f"interface '{idecl.name.text}' is declared twice",
+                         idecl.name.span,
+                         related=[Related(seen[idecl.name.text].span, "first declared here")])
+                continue
+            seen[idecl.name.text] = idecl
+            vips: list[m.IPInterface] = []
+            spans: list[Span] = []
+            for word in idecl.vips:
+                vip = self.parse_interface_address(word, "VIP")
+                if vip is not None:
+                    vips.append(vip)
+                    spans.append(word.span)
+            vrid = vrrp.vrid
+            if idecl.vrid is not None:
+                vrid = self.integer(idecl.vrid, "VRID", *proto.VRID_RANGE, "FWC204")
+            if idecl.vips and vrid is None and idecl.vrid is None:
+                self.err("FWC204", f"interface '{idecl.name.text}' has VIPs but no VRID",
+                         idecl.name.span,
+                         hint="set 'vrid N' on the interface or a cluster-wide 'vrid' in vrrp { }")
+            out.append(m.Interface(idecl.name.text, tuple(vips), vrid if idecl.vips else None,
+                                   idecl.vrid is not None, idecl.span, tuple(spans)))
+        return tuple(out)
+
+    def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
+        raw: list[tuple[s.MemberDecl, int | None, bool, str | None, Span | None]] = []
+        seen: dict[str, s.MemberDecl] = {}
+        for mdecl in decl.members:
+            if mdecl.name.text in seen:
+                self.err("FWC102", f"member '{mdecl.name.text}' is declared twice",
+                         mdecl.name.span,
+                         related=[Related(seen[mdecl.name.text].span, "first declared here")])
+                continue
+            seen[mdecl.name.text] = mdecl
+            opts = self.unique_options(mdecl.options)
+            priority = None
+            pspan = None
+            if "priority" in opts and opts["priority"].value is not None:
+                pspan = opts["priority"].value.span
+                priority = self.integer(opts["priority"].value, "priority",
+                                        *proto.PRIORITY_RANGE, "FWC209")
+            master = "master" in opts
+            ssh = opts["ssh"].value.text if "ssh" in opts and opts["ssh"].value else None
+            if priority is None and not master and "priority" not in opts:
+                self.err("FWC209", f"member '{mdecl.name.text}' has no priority",
+                         mdecl.name.span, hint="write 'priority N' (1-254) or 'master'")
+            raw.append((mdecl, priority, master, ssh, pspan))
+        masters = [r for r in raw if r[2]]
+        for extra in masters[1:]:
+            self.err("FWC209", f"member '{extra[0].name.text}' is the second 'master'",
+                     extra[0].name.span, hint="only one member can be the preferred master",
+                     related=[Related(masters[0][0].name.span, "first master here")])
+        explicit = [r[1] for r in raw if r[1] is not None and not r[2]]
+        master_priority = min(proto.PRIORITY_RANGE[1],
+                              max(explicit, default=100) + proto.MASTER_PRIORITY_STEP)
+        out: list[m.Member] = []
+        for mdecl, priority, master, ssh, pspan in raw:
+            if priority is None:
+                priority = master_priority if master else 0
+            links: list[m.MemberLink] = []
+            linked: dict[str, s.MemberLink] = {}
+            for link in mdecl.links:
+                name = link.interface.text
+                if name not in interfaces:
+                    self.err("FWC101", f"undefined interface '{name}' in member "
+                             f"'{mdecl.name.text}'", link.interface.span,
+                             hint=_did_you_mean(name, interfaces)
+                             or "declare it with 'interface NAME' in the cluster")
+                    continue
+                if name in linked:
+                    self.err("FWC102", f"interface '{name}' is mapped twice in member "
+                             f"'{mdecl.name.text}'", link.interface.span,
+                             related=[Related(linked[name].span, "first mapped here")])
+                    continue
+                linked[name] = link
+                addrs: list[m.IPInterface] = []
+                spans: list[Span] = []
+                for word in link.addresses:
+                    got = self.parse_interface_address(word, "member address")
+                    if got is not None:
+                        addrs.append(got)
+                        spans.append(word.span)
+                links.append(m.MemberLink(name, link.device.text, tuple(addrs), link.span,
+                                          tuple(spans)))
+            out.append(m.Member(mdecl.name.text, priority, master, ssh, tuple(links),
+                                mdecl.span, pspan))
+        return tuple(out)
+
+    # -- rules -------------------------------------------------------------------------------
+    def endpoint(self, items: tuple[s.Endpoint, ...], ifaces: dict[str, m.Interface]) \
+            -> m.Endpoint | None:
+        out: list[m.EndpointItem] = []
+        ok = True
+        for item in items:
+            if item.kind in ("any", "firewall"):
+                out.append(m.EndpointItem(item.kind, item.text, AddressSet(), item.negated,
+                                          None, item.span))
+                continue
+            if item.kind == "name":
+                self.used.add(item.text)
+                obj = self.objects.get(item.text)
+                if obj is None:
+                    if item.text not in self.object_decls:
+                        self.undefined_object(item)
+                    ok = False
+                    continue
+                out.append(m.EndpointItem("object", item.text, obj.addresses, item.negated,
+                                          item.text, item.span))
+            elif item.kind == "vip":
+                iface = ifaces.get(item.text)
+                if iface is None or not iface.vips:
+                    self.bad_vip_ref(item.text, item.span, ifaces)
+                    ok = False
+                    continue
+                out.append(m.EndpointItem("vip", f"{item.text}.vip",
+                                          AddressSet.of(*(v.ip for v in iface.vips)),
+                                          item.negated, None, item.span))
+            else:
+                word = s.Word(item.text, item.span)
+                got = self.parse_range(word) if item.kind == "range" \
+                    else self.parse_address(word, want="any")
+                if got is None:
+                    ok = False
+                    continue
+                out.append(m.EndpointItem("literal", item.text, got, item.negated, None,
+                                          item.span))
+        return m.Endpoint(tuple(out)) if ok else None
+
+    def bad_vip_ref(self, name: str, span: Span, ifaces: dict[str, m.Interface]) -> None:
+        if name in ifaces:
+            self.err("FWC101", f"interface '{name}' has no VIP", span,
+                     hint=f"add 'vip ADDRESS/PREFIX' to 'interface {name}'")
+        else:
+            self.err("FWC101", f"undefined interface '{name}' in '{name}.vip'", span,
+                     hint=_did_you_mean(name, ifaces) or "use a cluster interface name")
+
+    def interface_ref(self, opt: s.Option, ifaces: dict[str, m.Interface]) -> str | None:
+        assert opt.value is not None
+        name = opt.value.text
+        if name not in ifaces:
+            self.err("FWC101", f"undefined interface '{name}'", opt.value.span,
+                     hint=_did_you_mean(name, ifaces) or "use a cluster interface name")
+            return None
+        return name
+
+    def services_of(self, refs: tuple[s.ServiceRef, ...]) -> tuple[tuple[m.ServiceMatch, ...],
+                                                                  tuple[str, ...], bool]:
+        matches: list[m.ServiceMatch] = []
+        ok = True
+        for ref in refs:
+            got = self.service_item(ref)
+            if not got:
+                ok = False
+            matches.extend(got)
+        return tuple(matches), tuple(r.text for r in refs), ok
+
+    def resolve_rule(self, rd: s.RuleDecl, index: int, ifaces: dict[str, m.Interface],
+                     members: set[str], is_nat: bool) -> m.Rule | None:
+        opts = self.unique_options(rd.options)
+        source = self.endpoint(rd.sources, ifaces)
+        destination = self.endpoint(rd.destinations, ifaces)
+        services, labels, services_ok = self.services_of(rd.services)
+        in_iface = self.interface_ref(opts["in"], ifaces) if "in" in opts else None
+        out_iface = self.interface_ref(opts["out"], ifaces) if "out" in opts else None
+        log = "log" in opts
+        prefix = opts["log"].value.text if log and opts["log"].value else None
+        only = None
+        if "only" in opts and opts["only"].value is not None:
+            only = opts["only"].value.text
+            if only not in members:
+                self.err("FWC101", f"undefined member '{only}'", opts["only"].value.span,
+                         hint=_did_you_mean(only, members) or "use a member of this cluster")
+                return None
+        action = rd.action.text
+        target = None
+        if is_nat:
+            target = self.nat_target(rd, action, ifaces, out_iface)
+            if action in ("snat", "dnat") and target is None:
+                return None
+        if source is None or destination is None or not services_ok:
+            return None
+        return m.Rule(index, action, source, destination, services, labels, in_iface,
+                      out_iface, log, prefix, only, target, rd.span)
+
+    def nat_target(self, rd: s.RuleDecl, action: str, ifaces: dict[str, m.Interface],
+                   out_iface: str | None) -> m.NatTarget | None:
+        t = rd.target
+        if action in ("masquerade", "nonat"):
+            if t is not None:
+                self.err("FWC111", f"'{action}' takes no '-> ADDRESS'", t.span,
+                         hint="remove the target" if action == "nonat"
+                         else "masquerade uses the outgoing interface's own address")
+            if action == "masquerade" and out_iface is None:
+                self.err("FWC111", "masquerade needs 'out INTERFACE'", rd.span)
+            return None
+        if t is None:
+            self.err("FWC111", f"'{action}' needs a target: '-> ADDRESS'", rd.span,
+                     hint="e.g. '-> uplink.vip' for snat, '-> web' or '-> 192.0.2.80:8080' "
+                     "for dnat")
+            return None
+        port = None
+        if t.port is not None:
+            if action != "dnat":
+                self.err("FWC111", "only dnat can change the port", t.port.span)
+                return None
+            port = self.integer(t.port, "port", 1, 65535, "FWC107")
+            if port is None:
+                return None
+        if t.kind == "vip":
+            iface = ifaces.get(t.text)
+            if iface is None or not iface.vips:
+                self.bad_vip_ref(t.text, t.span, ifaces)
+                return None
+            return m.NatTarget("vip", f"{t.text}.vip", AddressSet.of(*(v.ip for v in iface.vips)),
+                               port, t.text, t.span)
+        if t.kind == "name":
+            self.used.add(t.text)
+            obj = self.objects.get(t.text)
+            if obj is None:
+                if t.text not in self.object_decls:
+                    self.undefined_object(s.Word(t.text, t.span))
+                return None
+            addresses, label, kind = obj.addresses, t.text, "object"
+        else:
+            got = self.parse_address(s.Word(t.text, t.span), want="host")
+            if got is None:
+                return None
+            addresses, label, kind = got, t.text, "literal"
+        for family in (4, 6):
+            if addresses.count(family) > 1:
+                self.err("FWC111", f"NAT target '{label}' is not a single address", t.span,
+                         hint="translate to one host address (or to IFACE.vip)")
+                return None
+        return m.NatTarget(kind, label, addresses, port, None, t.span)
+
+    def resolve_expectation(self, rd: s.RuleDecl, ifaces: dict[str, m.Interface]) \
+            -> m.Expectation | None:
+        opts = self.unique_options(rd.options)
+        source = self.endpoint(rd.sources, ifaces)
+        destination = self.endpoint(rd.destinations, ifaces)
+        services, labels, ok = self.services_of(rd.services)
+        in_iface = self.interface_ref(opts["in"], ifaces) if "in" in opts else None
+        if source is None or destination is None or not ok:
+            return None
+        return m.Expectation(rd.action.text, source, destination, services, labels, in_iface,
+                             rd.span)
+
+    @staticmethod
+    def segment_networks(clusters: Iterable[m.Cluster]) -> list[AddressSet]:
+        """The subnets of every cluster interface: objects naming them document the topology."""
+        out = []
+        for cluster in clusters:
+            for member in cluster.members:
+                for link in member.links:
+                    out.extend(AddressSet.of(a.network) for a in link.addresses)
+        return out
+
+    # -- whole program -------------------------------------------------------------------
+    def run(self) -> m.Policy:
+        statements = [st for f in self.program.files for st in f.statements]
+        self.declare(statements)
+        self.resolve_objects()
+        self.resolve_services()
+        clusters_decl: dict[str, s.ClusterDecl] = {}
+        for st in statements:
+            if isinstance(st, s.ClusterDecl):
+                if st.name.text in clusters_decl:
+                    self.err("FWC102", f"cluster '{st.name.text}' is defined twice",
+                             st.name.span,
+                             related=[Related(clusters_decl[st.name.text].span,
+                                              "first defined here")])
+                    continue
+                clusters_decl[st.name.text] = st
+        blocks: dict[str, list[s.BlockDecl]] = {name: [] for name in clusters_decl}
+        for st in statements:
+            if isinstance(st, s.BlockDecl):
+                if st.name.text not in clusters_decl:
+                    self.err("FWC101", f"{st.kind} '{st.name.text}' names no cluster",
+                             st.name.span,
+                             hint=_did_you_mean(st.name.text, clusters_decl)
+                             or f"a {st.kind} block applies to the cluster of the same name")
+                    continue
+                blocks[st.name.text].append(st)
+        # policy blocks first, then nat, then expect, each in source order
+        order = {"policy": 0, "nat": 1, "expect": 2}
+        clusters = tuple(
+            self.resolve_cluster(decl, sorted(blocks[name], key=lambda b: order[b.kind]))
+            for name, decl in clusters_decl.items())
+        segments = self.segment_networks(clusters)
+        for name, decl in self.object_decls.items():
+            obj = self.objects.get(name)
+            documents_segment = obj is not None and obj.addresses in segments
+            if name not in self.used and not documents_segment:
+                self.warn("FWC103", f"object '{name}' is never used", decl.name.span,
+                          hint="remove it, or use it in a rule")
+        for name, sdecl in self.service_decls.items():
+            if name not in self.used_services:
+                self.warn("FWC103", f"service '{name}' is never used", sdecl.name.span,
+                          hint="remove it, or use it in a rule")
+        sources = tuple(m.SourceInfo(p, h) for p, h in self.program.hashes)
+        return m.Policy(self.program.root, sources, self.objects, self.services, clusters)
+
+
+def resolve(program: LoadedProgram, read_secret=None) -> tuple[m.Policy, list[Diagnostic]]:
+    resolver = Resolver(program, read_secret)
+    policy = resolver.run()
+    return policy, resolver.diagnostics

@@ -1,0 +1,151 @@
+"""The syntax tree: what was written, with positions, before any meaning.
+
+Produced by `fwc.parse`, consumed by `fwc.resolve`. Values are kept as text
+so that the resolver can report a malformed address or port at its position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fwc.diagnostics import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """A token as written: a name, an address, a number, a string's contents."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One item of a from/to list: kind is name, vip, address, range, any or firewall."""
+
+    kind: str
+    text: str
+    negated: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A service in a list: kind is spec (tcp/22 written inline) or name."""
+
+    kind: str
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A keyword option of a vrrp/sync block, interface, member or rule."""
+
+    key: str
+    value: Word | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    path: Word
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class AddressDef:
+    kind: str  # host, network, range
+    name: Word
+    values: tuple[Word, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDef:
+    name: Word
+    members: tuple[Endpoint, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDef:
+    name: Word
+    items: tuple[ServiceRef, ...]
+    helper: Word | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceDecl:
+    name: Word
+    vips: tuple[Word, ...]
+    vrid: Word | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLink:
+    interface: Word
+    device: Word
+    addresses: tuple[Word, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDecl:
+    name: Word
+    options: tuple[Option, ...]
+    links: tuple[MemberLink, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDecl:
+    name: Word
+    vrrp: tuple[Option, ...]
+    vrrp_span: Span | None
+    sync: tuple[Option, ...]
+    sync_span: Span | None
+    interfaces: tuple[InterfaceDecl, ...]
+    members: tuple[MemberDecl, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class NatTargetDecl:
+    kind: str  # name, vip, address
+    text: str
+    port: Word | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDecl:
+    action: Word  # accept/drop/reject, or snat/dnat/masquerade/nonat in a nat block
+    sources: tuple[Endpoint, ...]
+    destinations: tuple[Endpoint, ...]
+    options: tuple[Option, ...]
+    services: tuple[ServiceRef, ...]
+    target: NatTargetDecl | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDecl:
+    """A `policy`, `nat` or `expect` block; `name` names the cluster it applies to."""
+
+    kind: str
+    name: Word
+    rules: tuple[RuleDecl, ...]
+    span: Span
+
+
+Statement = Include | AddressDef | GroupDef | ServiceDef | ClusterDecl | BlockDecl
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    path: str
+    text: str
+    statements: tuple[Statement, ...]

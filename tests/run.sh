@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what the tests need on a fresh
+# Debian machine, then runs ruff and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for tool in ip:iproute2 iptables-restore:iptables keepalived:keepalived conntrackd:conntrackd \
+            conntrack:conntrack ipset:ipset unshare:util-linux nsenter:util-linux \
+            sysctl:procps; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
+done
+if ((${#need_apt[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "tests/run.sh: installing ${need_apt[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${need_apt[@]}" >/dev/null
+    else
+        echo "tests/run.sh: missing ${need_apt[*]} and not root: root-only tests will skip" >&2
+    fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m ruff check fwc tests bench
+python3 -m pytest -q -p no:cacheprovider "$@"
