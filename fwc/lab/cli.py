@@ -1,0 +1,115 @@
+"""`fwc lab` command-line glue: the lead's fwc/cli.py calls these two functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from fwc.lab.netns import LabError, lab_namespaces, require_root, teardown
+
+
+def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        help="policy file (.fw), or a lab spec (.json) together with --compiled",
+    )
+    parser.add_argument(
+        "--json",
+        dest="json_out",
+        type=Path,
+        metavar="OUT",
+        help="write the machine-readable report to OUT",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the lab running afterwards (prints the teardown command)",
+    )
+    parser.add_argument(
+        "--remap",
+        action="store_true",
+        help="map non-documentation subnets onto documentation ranges",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the 100ms-advert SNAT failover drill and the control",
+    )
+    parser.add_argument(
+        "--compiled",
+        type=Path,
+        metavar="DIR",
+        help="use already compiled output DIR/<cluster>/<member>/ instead of compiling",
+    )
+    parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
+    parser.add_argument("--prefix", help="namespace prefix (default fwc<pid>)")
+    parser.add_argument(
+        "--teardown",
+        metavar="PREFIX",
+        help="tear down a lab left running by --keep (or a crashed run)",
+    )
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    from fwc.lab.report import render_text, write_json
+    from fwc.lab.runner import LabOptions, LabRefused, run_lab_cluster
+
+    why = require_root()
+    if why:
+        print(f"fwc lab: {why}", file=sys.stderr)
+        return 2
+    if args.teardown:
+        notes = teardown(args.teardown)
+        for note in notes:
+            print(note)
+        left = lab_namespaces(args.teardown)
+        print(f"teardown of {args.teardown}: {len(notes)} steps, {len(left)} namespaces left")
+        return 0 if not left else 1
+    if args.file is None:
+        print("fwc lab: a policy FILE is required", file=sys.stderr)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="fwc-lab-compile-") as tmp:
+            cluster, compiled = _load(args, Path(tmp))
+            options = LabOptions(
+                keep=args.keep,
+                remap=args.remap,
+                quick=args.quick,
+                logdir=args.logdir,
+                prefix=args.prefix,
+            )
+            report = run_lab_cluster(cluster, compiled, options)
+    except LabRefused as exc:
+        print(f"fwc lab: refused: {exc}", file=sys.stderr)
+        return 2
+    except LabError as exc:
+        print(f"fwc lab: {exc}", file=sys.stderr)
+        return 1
+    print(render_text(report))
+    if args.json_out:
+        write_json(report, args.json_out)
+    return 0 if report.ok else 1
+
+
+def _load(args: argparse.Namespace, tmp: Path):  # type: ignore[no-untyped-def]
+    """(LabCluster, DIR/<cluster>) from a .json spec or a policy file."""
+    from fwc.lab.spec import load_spec
+
+    if args.file.suffix == ".json":
+        if args.compiled is None:
+            raise LabError("a .json lab spec needs --compiled DIR")
+        cluster = load_spec(args.file)
+        return cluster, args.compiled / cluster.name
+    from fwc.lab.adapter import load_policy_cluster
+
+    return load_policy_cluster(args.file, args.compiled, tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fwc lab")
+    add_lab_arguments(parser)
+    return run_lab(parser.parse_args(argv))

@@ -1,0 +1,373 @@
+"""One firewall member in the lab: private mount namespace, rules, daemons.
+
+The compiled configs refer to stock node paths (docs/contracts.md). Every
+member therefore gets a *persistent* private mount namespace (lab-notes
+pitfall 4: ``ip netns exec`` would forget mounts between calls) in which /etc
+is an overlay with a per-node upper directory and /run is a private tmpfs.
+keepalived's pid files, conntrackd's lock file and UNIX socket and the notify
+lock then cannot collide between members (pitfalls 1-3), and the generated
+files run unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fwc.lab.netns import LabError, LabState, Proc, netns_pids, run
+from fwc.lab.topology import IPInterface, Remap
+
+# Compiled file -> where docs/contracts.md says it lives on the node.
+NODE_PATHS: dict[str, tuple[str, int]] = {
+    "keepalived.conf": ("/etc/keepalived/keepalived.conf", 0o644),
+    "conntrackd.conf": ("/etc/conntrackd/conntrackd.conf", 0o644),
+    "fwc-notify.sh": ("/etc/fwc/fwc-notify.sh", 0o755),
+    "iptables.rules": ("/etc/fwc/iptables.rules", 0o644),
+    "ip6tables.rules": ("/etc/fwc/ip6tables.rules", 0o644),
+    "ipsets.rules": ("/etc/fwc/ipsets.rules", 0o644),
+    "sysctl.conf": ("/etc/sysctl.d/90-fwc.conf", 0o644),
+}
+KEEPALIVED_CONF = NODE_PATHS["keepalived.conf"][0]
+CONNTRACKD_CONF = NODE_PATHS["conntrackd.conf"][0]
+SYSLOG = "/run/fwc-lab/syslog.log"
+
+# There is no /dev/log in the lab, so `logger` in the notify hook would lose
+# its lines. Inside each member this stand-in is bind-mounted over
+# /usr/bin/logger and appends to a per-node file the lab can read back.
+LOGGER_SHIM = """#!/bin/sh
+tag=logger
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -t) tag=$2; shift 2 ;;
+        -p|-n|-P|-u) shift 2 ;;
+        --) shift; break ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+printf '%s %s: %s\\n' "$(date +%s.%N)" "$tag" "$*" >> /run/fwc-lab/syslog.log
+"""
+# For the control run: conntrackd must not be restartable by a notify hook.
+CONNTRACKD_STUB = """#!/bin/sh
+echo "conntrackd disabled by the fwc lab control run" >&2
+exit 1
+"""
+
+
+class Node:
+    """A member namespace plus its persistent mount namespace and daemons."""
+
+    def __init__(
+        self,
+        state: LabState,
+        name: str,
+        ns: str,
+        compiled: Path,
+        devices: Sequence[str],
+        vips: Sequence[IPInterface],
+        logdir: Path,
+        remap: Remap | None = None,
+    ) -> None:
+        self.state = state
+        self.name = name
+        self.ns = ns
+        self.compiled = compiled
+        self.devices = list(devices)
+        self.vips = list(vips)
+        self.logdir = logdir
+        self.remap = remap
+        self.root = state.dir / "nodes" / name
+        self.mntfile = state.dir / "mnt" / name
+        self.daemons: dict[str, Proc] = {}
+        self.helpers: list[Proc] = []
+        self.conntrackd_enabled = True
+
+    # ------------------------------------------------------------ execution
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        return ["nsenter", f"--mount={self.mntfile}", f"--net=/run/netns/{self.ns}", "--", *cmd]
+
+    def exec(
+        self,
+        cmd: Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        return run(self.argv(cmd), check=check, input=input, timeout=timeout)
+
+    def write(self, path: str, content: str, mode: int) -> None:
+        # Written from inside the node so the overlay sees a normal write.
+        self.exec(
+            [
+                "sh",
+                "-c",
+                f'mkdir -p "$(dirname {path})" && cat > {path} && chmod {mode:o} {path}'
+                f" && chown root:root {path}",
+            ],
+            input=content,
+        )
+
+    # ------------------------------------------------------------ set-up
+    def create_mount_ns(self) -> None:
+        """Persistent private mount namespace with private /etc overlay, /run and /sys."""
+        mnt_dir = self.state.dir / "mnt"
+        if str(mnt_dir) not in self.state.bind_mounts:
+            mnt_dir.mkdir(parents=True, exist_ok=True)
+            # unshare --mount=FILE needs FILE on a private mount.
+            self.state.bind_mounts.append(str(mnt_dir))
+            self.state.save()
+            run(["mount", "--bind", str(mnt_dir), str(mnt_dir)])
+            run(["mount", "--make-private", str(mnt_dir)])
+        upper, work = self.root / "upper", self.root / "work"
+        upper.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        self.mntfile.touch()
+        self.state.ns_mounts.append(str(self.mntfile))
+        self.state.save()
+        run(["unshare", f"--mount={self.mntfile}", "--propagation", "private", "true"])
+        # nsenter --net alone keeps the host's /sys: mount one for this netns.
+        script = (
+            "set -e; mount -t sysfs sysfs /sys; "
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc; "
+            "mount -t tmpfs -o mode=0755 tmpfs /run; mkdir -p /run/lock /run/fwc-lab"
+        )
+        self.exec(["sh", "-c", script])
+        self.write("/etc/fwc-lab/logger", LOGGER_SHIM, 0o755)
+        self.write("/etc/fwc-lab/conntrackd-off", CONNTRACKD_STUB, 0o755)
+        self.exec(["mount", "--bind", "/etc/fwc-lab/logger", "/usr/bin/logger"])
+
+    def install(self) -> list[str]:
+        """Copy the compiled files to their node paths; return the ones installed."""
+        installed: list[str] = []
+        for fname, (path, mode) in NODE_PATHS.items():
+            src = self.compiled / fname
+            if not src.exists():
+                continue
+            content = src.read_text()
+            if self.remap is not None:
+                content = self.remap.rewrite(content)
+            self.write(path, content, mode)
+            installed.append(fname)
+        for required in ("keepalived.conf", "conntrackd.conf", "iptables.rules"):
+            if required not in installed:
+                raise LabError(f"{self.name}: compiled output lacks {required} ({self.compiled})")
+        return installed
+
+    def load_firewall(self) -> None:
+        if (self.compiled / "ipsets.rules").exists():
+            self.exec(["sh", "-c", "ipset restore < /etc/fwc/ipsets.rules"])
+        self.exec(["sh", "-c", "iptables-restore < /etc/fwc/iptables.rules"])
+        if (self.compiled / "ip6tables.rules").exists():
+            self.exec(["sh", "-c", "ip6tables-restore < /etc/fwc/ip6tables.rules"])
+        if (self.compiled / "sysctl.conf").exists():
+            self.exec(["sysctl", "-q", "-p", NODE_PATHS["sysctl.conf"][0]])
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.exec(["sysctl", "-qw", f"{key}={value}"])
+
+    def config_test(self) -> str:
+        """keepalived -t: rc 0 and empty stderr pass (ha-daemons.md 6.1)."""
+        proc = self.exec(["keepalived", "-t", "-e", "-f", KEEPALIVED_CONF], check=False)
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip()
+            return f"keepalived --config-test rc {proc.returncode}: {msg}"
+        return ""
+
+    # ------------------------------------------------------------ daemons
+    def _conntrackd_paths(self) -> tuple[str, str]:
+        text = self.exec(["cat", CONNTRACKD_CONF]).stdout
+        lock = re.search(r"^\s*LockFile\s+(\S+)", text, re.M)
+        sock = re.search(r"UNIX\s*\{[^}]*?Path\s+(\S+)", text, re.S)
+        return (
+            lock.group(1) if lock else "/var/lock/conntrackd.lock",
+            sock.group(1) if sock else "",
+        )
+
+    def start_conntrackd(self, timeout: float = 8.0) -> None:
+        if not self.conntrackd_enabled:
+            return
+        log = self.logdir / f"{self.name}-conntrackd.log"
+        self.daemons["conntrackd"] = self.state.spawn(
+            f"{self.name}/conntrackd", self.argv(["conntrackd", "-C", CONNTRACKD_CONF]), log
+        )
+        # keepalived's first notify needs the UNIX socket (ha-daemons.md P11).
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ct(["-s"], check=False).returncode == 0:
+                return
+            if not self.daemons["conntrackd"].alive():
+                break
+            time.sleep(0.1)
+        raise LabError(f"{self.name}: conntrackd did not come up; see {log}")
+
+    def start_keepalived(self) -> None:
+        log = self.logdir / f"{self.name}-keepalived.log"
+        self.daemons["keepalived"] = self.state.spawn(
+            f"{self.name}/keepalived",
+            self.argv(["keepalived", "-n", "-l", "-D", "-f", KEEPALIVED_CONF]),
+            log,
+        )
+
+    def start_listener(self, tcp: Sequence[int], udp: Sequence[int], probe_py: Path) -> None:
+        if not tcp and not udp:
+            return
+        argv = ["python3", str(probe_py), "serve", "--tcp", *map(str, tcp), "--udp", *map(str, udp)]
+        log = self.logdir / f"{self.name}-listener.log"
+        self.helpers.append(self.state.spawn(f"{self.name}/listener", self.argv(argv), log))
+
+    def start(self) -> None:
+        self.start_conntrackd()
+        self.start_keepalived()
+
+    def ct(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.exec(["conntrackd", "-C", CONNTRACKD_CONF, *args], check=check, timeout=10)
+
+    def stop_keepalived(self, timeout: float = 6.0) -> None:
+        """Graceful stop (the peer takes over at once), SIGKILL if it hangs."""
+        proc = self.daemons.pop("keepalived", None)
+        if proc is None:
+            return
+        proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.signal(signal.SIGKILL)
+        proc.reap()
+        self.state.forget(proc)
+        self.drop_vips()
+
+    def stop_conntrackd(self) -> None:
+        proc = self.daemons.pop("conntrackd", None)
+        if proc is not None:
+            proc.signal(signal.SIGKILL)
+            proc.reap()
+            self.state.forget(proc)
+        self._clean_run_files()
+
+    def disable_conntrackd(self) -> None:
+        """Control run: no state sync, and nothing may start conntrackd again."""
+        self.stop_conntrackd()
+        self.conntrackd_enabled = False
+        self.exec(["mount", "--bind", "/etc/fwc-lab/conntrackd-off", "/usr/sbin/conntrackd"])
+
+    def crash(self) -> float:
+        """Fail hard (lab-notes "crash"): SIGSTOP, links down, SIGKILL. Returns the time."""
+        pids = netns_pids(self.ns)
+        for pid in pids:
+            _kill(pid, signal.SIGSTOP)
+        t_fail = time.monotonic()
+        for dev in self.devices:
+            run(["ip", "-n", self.ns, "link", "set", dev, "down"])
+        for pid in pids:
+            _kill(pid, signal.SIGKILL)
+        for proc in [*self.daemons.values(), *self.helpers]:
+            proc.reap(1.0)
+            self.state.forget(proc)
+        self.daemons.clear()
+        self.helpers.clear()
+        return t_fail
+
+    def restore(self, listener: tuple[Sequence[int], Sequence[int], Path] | None = None) -> None:
+        """Bring a crashed member back as if rebooted: no VIPs, empty tables, fresh /run."""
+        self.drop_vips()
+        self.exec(["conntrack", "-F"], check=False)
+        self._clean_run_files()
+        for dev in self.devices:
+            run(["ip", "-n", self.ns, "link", "set", dev, "up"])
+        self.start()
+        if listener is not None:
+            self.start_listener(*listener)
+
+    def _clean_run_files(self) -> None:
+        lock, sock = self._conntrackd_paths()
+        files = ["/run/keepalived.pid", "/run/vrrp.pid", "/run/checkers.pid", lock]
+        if sock:
+            files.append(sock)
+        self.exec(["rm", "-f", *files], check=False)
+
+    def drop_vips(self) -> None:
+        held = self.addresses()
+        for vip in self.vips:
+            for dev, addrs in held.items():
+                if vip.ip in {a.ip for a in addrs}:
+                    run(["ip", "-n", self.ns, "addr", "del", str(vip), "dev", dev], check=False)
+
+    # ------------------------------------------------------------ queries
+    def addresses(self) -> dict[str, list[IPInterface]]:
+        proc = run(["ip", "-n", self.ns, "-j", "addr", "show"], timeout=5)
+        out: dict[str, list[IPInterface]] = {}
+        for link in json.loads(proc.stdout or "[]"):
+            out[link["ifname"]] = [
+                ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")
+                for a in link.get("addr_info", [])
+            ]
+        return out
+
+    def vips_held(self) -> set[str]:
+        held = {a.ip for addrs in self.addresses().values() for a in addrs}
+        return {str(v.ip) for v in self.vips if v.ip in held}
+
+    def cache_counts(self) -> dict[str, int]:
+        """conntrackd -s: current active connections in the internal/external cache."""
+        proc = self.ct(["-s"], check=False)
+        counts: dict[str, int] = {}
+        section = ""
+        for line in proc.stdout.splitlines():
+            m = re.match(r"cache (internal|external):", line.strip())
+            if m:
+                section = m.group(1)
+                continue
+            m = re.search(r"current active connections:\s+(\d+)", line)
+            if m and section and section not in counts:
+                counts[section] = int(m.group(1))
+        return counts
+
+    def external_flows(self, port: int | None = None) -> list[str]:
+        proc = self.ct(["-e"], check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        if port is not None:
+            lines = [ln for ln in lines if f"dport={port}" in ln]
+        return lines
+
+    def kernel_flows(self, port: int) -> list[str]:
+        proc = self.exec(["conntrack", "-L", "-p", "tcp", "--dport", str(port)], check=False)
+        return [ln for ln in proc.stdout.splitlines() if ln.startswith("tcp")]
+
+    def syslog(self) -> str:
+        return self.exec(["cat", SYSLOG], check=False).stdout
+
+    def save_logs(self) -> None:
+        (self.logdir / f"{self.name}-notify.log").write_text(self.syslog())
+
+
+def _kill(pid: int, sig: int) -> None:
+    import contextlib
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def fast_keepalived(text: str, advert: float = 0.1) -> str:
+    """The same keepalived.conf with VRRPv3 and sub-second adverts, no auth.
+
+    VRRPv2 only takes whole seconds, and v3 has no authentication
+    (ha-daemons.md 2.2), so both changes are needed for advert 100ms.
+    """
+    text = re.sub(r"^(\s*)advert_int\s+\S+", rf"\g<1>advert_int {advert:g}", text, flags=re.M)
+    text = re.sub(r"^\s*(vrrp_)?version\s+\S+\s*\n", "", text, flags=re.M)
+    text = re.sub(r"^\s*authentication\s*\{[^}]*\}\s*\n", "", text, flags=re.M)
+    if re.search(r"^\s*global_defs\s*\{", text, re.M):
+        text = re.sub(
+            r"^(\s*global_defs\s*\{)", r"\1\n    vrrp_version 3", text, count=1, flags=re.M
+        )
+    else:
+        text = "global_defs {\n    vrrp_version 3\n}\n" + text
+    return text

@@ -1,0 +1,351 @@
+"""The lab's drills: expectation probes and the failover/failback drill.
+
+Every wait here is bounded in time and in iterations; a drill that cannot
+make progress reports what it saw instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fwc.lab.netns import run
+from fwc.lab.topology import Endpoint, ProbePlan, vip_for
+
+if TYPE_CHECKING:
+    from fwc.lab.daemons import Node
+    from fwc.lab.runner import Lab
+
+POLL = 0.05  # VIP polling period (lab-notes: takeover is polled every 50 ms)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, period: float = POLL) -> float | None:
+    """Poll PRED until true; seconds taken, or None after TIMEOUT."""
+    start = time.monotonic()
+    for _ in range(int(timeout / period) + 2):
+        if pred():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            break
+        time.sleep(period)
+    return None
+
+
+# ------------------------------------------------------------ drill 1
+@dataclass
+class ProbeResult:
+    expectation: str
+    verdict: str
+    phase: str
+    via: str
+    src: str
+    dst: str
+    proto: str
+    port: int | None
+    kernel: str  # "allowed" | "blocked" | "skipped"
+    how: str
+    agrees: bool | None
+
+
+def _probe_dst(lab: Lab, probe: ProbePlan) -> str | None:
+    assert probe.src is not None and probe.dst is not None
+    if probe.dst.address is not None:
+        return str(probe.dst.address)
+    # "firewall": the VIP of the source's segment, as a client would use it.
+    assert probe.src.segment is not None and probe.src.address is not None
+    vip = vip_for(lab.plan, probe.src.segment, probe.src.address.version)
+    return str(vip) if vip else None
+
+
+def run_probe(
+    lab: Lab, probe: ProbePlan, phase: str, via: Node, timeout: float = 1.5
+) -> ProbeResult:
+    exp = probe.expectation
+    base = dict(
+        expectation=exp.text or f"{exp.verdict} {exp.src} -> {exp.dst} service {exp.service}",
+        verdict=exp.verdict,
+        phase=phase,
+        via=via.name,
+        proto=exp.proto,
+        port=exp.port,
+    )
+    if probe.skip:
+        return ProbeResult(
+            **base, src=exp.src, dst=exp.dst, kernel="skipped", how=probe.skip, agrees=None
+        )
+    src: Endpoint = probe.src  # type: ignore[assignment]
+    dst = _probe_dst(lab, probe)
+    if dst is None:
+        return ProbeResult(
+            **base,
+            src=exp.src,
+            dst=exp.dst,
+            kernel="skipped",
+            how="no VIP in the source's family",
+            agrees=None,
+        )
+    argv = [
+        "python3",
+        str(lab.probe_py),
+        "probe",
+        "--src",
+        str(src.address or ""),
+        "--dst",
+        dst,
+        "--proto",
+        exp.proto,
+        "--port",
+        str(exp.port or 0),
+        "--timeout",
+        str(timeout),
+    ]
+    full = via.argv(argv) if src.address is None else lab.host_argv(src.host_ns or "", argv)
+    proc = run(full, check=False, timeout=timeout + 10)
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        out = {"passed": False, "how": f"probe failed: {proc.stderr.strip()[:200]}"}
+    kernel = "allowed" if out["passed"] else "blocked"
+    agrees = (kernel == "allowed") == (exp.verdict == "allow")
+    return ProbeResult(
+        **base,
+        src=f"{exp.src} ({src.address or via.name})",
+        dst=f"{exp.dst} ({dst})",
+        kernel=kernel,
+        how=str(out.get("how")),
+        agrees=agrees,
+    )
+
+
+def probe_expectations(lab: Lab, phase: str, via: Node) -> list[ProbeResult]:
+    results = []
+    for probe in lab.plan.probes:
+        res = run_probe(lab, probe, phase, via)
+        mark = {True: "ok", False: "MISMATCH", None: "skipped"}[res.agrees]
+        lab.progress(f"  [{phase}] {res.expectation}: kernel {res.kernel} ({res.how}) -> {mark}")
+        results.append(res)
+    return results
+
+
+# ------------------------------------------------------------ drill 2
+@dataclass
+class FailoverResult:
+    label: str
+    mode: str  # "routed" | "snat"
+    advert: str
+    sync: bool
+    expect: str  # "survive" | "die"
+    master: str = ""
+    backup: str = ""
+    connected: bool = False
+    flow_via_master: int = 0
+    external_cache_before: dict[str, int] = field(default_factory=dict)
+    external_flows_before: int = 0
+    takeover_s: float | None = None
+    failover_gap_s: float | None = None
+    survived_failover: bool = False
+    backup_kernel_flows_after: int = 0
+    notify_after_failover: list[str] = field(default_factory=list)
+    failback_s: float | None = None
+    failback_gap_s: float | None = None
+    survived_failback: bool | None = None
+    longest_gap_s: float | None = None
+    echoes: int = 0
+    sent: int = 0
+    order_errors: int = 0
+    end: str = ""
+    ok: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Stream:
+    """The long-lived TCP probe, read back from its log file."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def parse(self) -> tuple[list[float], dict[str, str]]:
+        recv: list[float] = []
+        info: dict[str, str] = {}
+        try:
+            lines = self.log.read_text().splitlines()
+        except OSError:
+            return recv, info
+        for line in lines:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "E" and len(parts) == 4:
+                recv.append(float(parts[3]))
+            elif parts[0] == "CONNECTED":
+                info["sport"] = parts[2]
+            elif parts[0] == "END":
+                info["end"] = " ".join(parts[1:])
+            elif parts[0] == "ORDER":
+                info["order"] = str(int(info.get("order", "0")) + 1)
+        return recv, info
+
+    def echoes_after(self, t: float) -> list[float]:
+        return [r for r in self.parse()[0] if r > t]
+
+
+def _gap_around(recv: list[float], t: float) -> float | None:
+    before = [r for r in recv if r <= t]
+    after = [r for r in recv if r > t]
+    if not before or not after:
+        return None
+    return after[0] - before[-1]
+
+
+def failover_drill(
+    lab: Lab,
+    label: str,
+    mode: str,
+    *,
+    expect: str = "survive",
+    failback: bool = True,
+    while_on_backup: Callable[[Node], None] | None = None,
+    survive_window: float = 15.0,
+    restore: bool = True,
+) -> FailoverResult:
+    flow = lab.flow
+    master = lab.current_master()
+    backup = next(n for n in lab.nodes if n is not master)
+    res = FailoverResult(
+        label,
+        mode,
+        lab.advert_label,
+        all(n.conntrackd_enabled for n in lab.nodes),
+        expect,
+        master.name,
+        backup.name,
+    )
+    if flow is None:
+        res.notes.append("no allowed TCP flow between two VIP segments: drill skipped")
+        return res
+    undo = lab.prepare_mode(mode)
+    stream_proc = None
+    try:
+        log = lab.logdir / f"{label}-stream.log"
+        log.unlink(missing_ok=True)
+        argv = [
+            "python3",
+            str(lab.probe_py),
+            "stream",
+            "--src",
+            str(flow.src),
+            "--dst",
+            str(flow.dst),
+            "--port",
+            str(flow.port),
+            "--interval",
+            "0.1",
+            "--duration",
+            "90",
+        ]
+        stream_proc = lab.state.spawn(f"stream/{label}", lab.host_argv(flow.src_ns, argv), log)
+        stream = Stream(log)
+        if wait_for(lambda: len(stream.parse()[0]) >= 10, 6.0, 0.1) is None:
+            res.notes.append(f"connection did not establish or echo: {stream.parse()[1]}")
+            return res
+        res.connected = True
+        sport = stream.parse()[1].get("sport", "")
+        res.flow_via_master = sum(f"sport={sport}" in ln for ln in master.kernel_flows(flow.port))
+        if res.sync:
+            wait_for(lambda: bool(backup.external_flows(flow.port)), 3.0, 0.1)
+            res.external_cache_before = backup.cache_counts()
+            res.external_flows_before = len(backup.external_flows(flow.port))
+        lab.progress(
+            f"  [{label}] flow {flow.src} -> {flow.dst}:{flow.port} via {master.name} "
+            f"(kernel entries on master: {res.flow_via_master}, backup external "
+            f"cache: {res.external_flows_before}); failing {master.name} hard"
+        )
+        t_fail = master.crash()
+        res.takeover_s = wait_for(lambda: backup.vips_held() == lab.vip_set, 20.0)
+        window = survive_window if expect == "survive" else 10.0
+        wait_for(lambda: bool(stream.echoes_after(t_fail)), window + (res.takeover_s or 0), 0.1)
+        recv, info = stream.parse()
+        res.failover_gap_s = _gap_around(recv, t_fail)
+        res.survived_failover = bool(stream.echoes_after(t_fail)) and "end" not in info
+        res.backup_kernel_flows_after = sum(
+            f"sport={sport}" in ln for ln in backup.kernel_flows(flow.port)
+        )
+        res.notify_after_failover = _recent(backup.syslog(), 30.0)
+        lab.progress(
+            f"  [{label}] takeover {_fmt(res.takeover_s)}, echo gap "
+            f"{_fmt(res.failover_gap_s)}, survived: {res.survived_failover}"
+        )
+        if res.survived_failover and while_on_backup is not None:
+            while_on_backup(backup)
+        if restore:
+            # The old master comes back (as after a reboot) and preempts.
+            t_back = time.monotonic()
+            master.restore(lab.listener_for(master))
+            res.failback_s = wait_for(lambda: master.vips_held() == lab.vip_set, 20.0)
+            if failback and res.survived_failover:
+                t_switch = time.monotonic()
+                wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)), survive_window, 0.1)
+                recv, info = stream.parse()
+                window = [r for r in recv if r > t_back - 0.5]
+                gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
+                res.failback_gap_s = max(gaps) if gaps else None
+                res.survived_failback = (
+                    bool([r for r in recv if r > t_switch + 1.0]) and "end" not in info
+                )
+                lab.progress(
+                    f"  [{label}] failback to {master.name} {_fmt(res.failback_s)}, echo gap "
+                    f"{_fmt(res.failback_gap_s)}, survived: {res.survived_failback}"
+                )
+            elif res.failback_s is None:
+                res.notes.append(f"{master.name} did not take the VIPs back after restore")
+    finally:
+        if stream_proc is not None:
+            stream_proc.signal(signal.SIGTERM)
+            stream_proc.reap(3.0)
+            stream_proc.signal(signal.SIGKILL)
+            lab.state.forget(stream_proc)
+        undo()
+    recv, info = Stream(log).parse()
+    res.echoes = len(recv)
+    res.end = info.get("end", "")
+    res.order_errors = int(info.get("order", "0"))
+    gaps = [b - a for a, b in zip(recv, recv[1:], strict=False)]
+    res.longest_gap_s = round(max(gaps), 3) if gaps else None
+    for key in ("takeover_s", "failover_gap_s", "failback_s", "failback_gap_s"):
+        val = getattr(res, key)
+        if val is not None:
+            setattr(res, key, round(val, 3))
+    if expect == "survive":
+        res.ok = (
+            res.connected
+            and res.survived_failover
+            and (not failback or bool(res.survived_failback))
+        )
+    else:
+        res.ok = res.connected and not res.survived_failover and res.takeover_s is not None
+    return res
+
+
+def _recent(log: str, seconds: float) -> list[str]:
+    """Notify-log lines (wall-clock stamped by the logger shim) from the last SECONDS."""
+    out = []
+    for line in log.splitlines():
+        try:
+            stamp = float(line.split()[0])
+        except (IndexError, ValueError):
+            continue
+        if stamp > time.time() - seconds:
+            out.append(line)
+    return out[-12:]
+
+
+def _fmt(val: float | None) -> str:
+    return "n/a" if val is None else f"{val:.2f} s"

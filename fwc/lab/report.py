@@ -1,0 +1,117 @@
+"""Text and JSON renderings of a lab run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fwc.lab.runner import LabReport
+
+
+def to_dict(report: LabReport) -> dict[str, Any]:
+    data = {
+        "ok": report.ok,
+        "cluster": report.cluster,
+        "prefix": report.prefix,
+        "logdir": report.logdir,
+        "duration_s": report.duration_s,
+        "remap": report.remap,
+        "topology": report.topology,
+        "election": report.election,
+        "expectations": [asdict(r) for r in report.expectations],
+        "failover": [f.as_dict() for f in report.failover],
+        "control": report.control.as_dict() if report.control else None,
+        "gaps": gap_table(report),
+        "warnings": report.warnings,
+        "failures": report.failures,
+        "error": report.error,
+        "kept": report.kept,
+    }
+    return data
+
+
+def gap_table(report: LabReport) -> list[dict[str, Any]]:
+    """Per mode, the 1 s and 100 ms runs side by side."""
+    rows: dict[str, dict[str, Any]] = {}
+    for fo in report.failover:
+        row = rows.setdefault(fo.mode, {"mode": fo.mode})
+        row[fo.advert] = {
+            "takeover_s": fo.takeover_s,
+            "failover_gap_s": fo.failover_gap_s,
+            "failback_gap_s": fo.failback_gap_s,
+            "survived": fo.ok,
+        }
+    return list(rows.values())
+
+
+def write_json(report: LabReport, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(report), indent=2) + "\n")
+
+
+def _s(val: float | None) -> str:
+    return "-" if val is None else f"{val:.2f}s"
+
+
+def render_text(report: LabReport) -> str:
+    out: list[str] = []
+    status = "PASS" if report.ok else "FAIL"
+    out.append(
+        f"fwc lab {report.cluster}: {status} in {report.duration_s:.0f} s "
+        f"(prefix {report.prefix}, logs in {report.logdir})"
+    )
+    for line in report.remap:
+        out.append(f"  remapped {line}")
+    if report.election:
+        out.append(
+            f"  election: {report.election['master']} master after "
+            f"{report.election['seconds']:.2f} s"
+        )
+    if report.expectations:
+        out.append("  expectations (drill 1):")
+        for r in report.expectations:
+            mark = {True: "ok", False: "MISMATCH", None: "skipped"}[r.agrees]
+            out.append(
+                f"    {mark:8} {r.phase:6} via {r.via}: {r.expectation} -> kernel "
+                f"{r.kernel} ({r.how})"
+            )
+    if report.failover or report.control:
+        out.append("  failover (drill 2):")
+        out.append(
+            f"    {'run':16} {'result':9} {'takeover':>9} {'gap':>7} {'failback':>9} "
+            f"{'fb gap':>7} {'longest':>8} {'ext cache':>9} {'echoes':>7}"
+        )
+        runs = [*report.failover, *([report.control] if report.control else [])]
+        for fo in runs:
+            if fo.expect == "survive":
+                result = "SURVIVED" if fo.ok else "LOST"
+            else:
+                result = "DIED ok" if fo.ok else "SURVIVED!"
+            out.append(
+                f"    {fo.label:16} {result:9} {_s(fo.takeover_s):>9} "
+                f"{_s(fo.failover_gap_s):>7} {_s(fo.failback_s):>9} "
+                f"{_s(fo.failback_gap_s):>7} {_s(fo.longest_gap_s):>8} "
+                f"{fo.external_flows_before:>9} {fo.echoes:>7}"
+            )
+            for note in fo.notes:
+                out.append(f"      note: {note}")
+    table = gap_table(report)
+    if table:
+        out.append("  failover gap by advert interval:")
+        for row in table:
+            cells = [
+                f"{k}: gap {_s(v['failover_gap_s'])} takeover {_s(v['takeover_s'])}"
+                for k, v in row.items()
+                if k != "mode"
+            ]
+            out.append(f"    {row['mode']:7} " + " | ".join(cells))
+    for w in report.warnings:
+        out.append(f"  warning: {w}")
+    for f in report.failures:
+        out.append(f"  FAILED: {f}")
+    if report.error:
+        out.append(f"  ERROR: {report.error}")
+    if report.kept:
+        out.append(f"  lab kept running: tear down with `fwc lab --teardown {report.prefix}`")
+    return "\n".join(out)

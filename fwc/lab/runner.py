@@ -1,0 +1,464 @@
+"""Bring the lab up, run the drills, and always tear it down.
+
+Teardown runs on success, on failure, on an exception and on Ctrl-C or
+SIGTERM (the handler turns the signal into an exception so the ``finally``
+runs); only ``--keep`` skips it, and then the teardown command is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fwc.lab import drills
+from fwc.lab.daemons import KEEPALIVED_CONF, Node, fast_keepalived
+from fwc.lab.netns import LabError, LabState, new_prefix, run, teardown
+from fwc.lab.topology import (
+    HostPlan,
+    IPAddress,
+    LabCluster,
+    LabPlan,
+    Remap,
+    all_vips,
+    describe,
+    doc_range_violations,
+    plan,
+    plan_remap,
+    remap_cluster,
+)
+
+PROBE_PY = Path(__file__).with_name("probe.py")
+
+
+class LabRefused(LabError):
+    """The policy cannot be run in the lab as given (e.g. non-documentation ranges)."""
+
+
+class LabInterrupted(LabError):
+    pass
+
+
+@dataclass
+class LabOptions:
+    keep: bool = False
+    remap: bool = False
+    quick: bool = False
+    logdir: Path | None = None
+    prefix: str | None = None
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class Flow:
+    src: IPAddress
+    src_ns: str
+    dst: IPAddress
+    dst_ns: str
+    dst_segment: str
+    port: int
+
+
+@dataclass
+class LabReport:
+    cluster: str
+    prefix: str
+    logdir: str
+    started: float = field(default_factory=time.time)
+    duration_s: float = 0.0
+    remap: list[str] = field(default_factory=list)
+    topology: list[str] = field(default_factory=list)
+    election: dict[str, Any] = field(default_factory=dict)
+    expectations: list[drills.ProbeResult] = field(default_factory=list)
+    failover: list[drills.FailoverResult] = field(default_factory=list)
+    control: drills.FailoverResult | None = None
+    warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    error: str | None = None
+    kept: bool = False
+    teardown: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.error is None
+
+
+class Lab:
+    """The running lab: plan, state, member nodes and test hosts."""
+
+    def __init__(
+        self,
+        plan_: LabPlan,
+        compiled: Path,
+        logdir: Path,
+        remap: Remap | None,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.plan = plan_
+        self.compiled = compiled
+        self.logdir = logdir
+        self.remap = remap
+        self.progress = progress
+        self.state = LabState(plan_.prefix)
+        self.probe_py = PROBE_PY
+        self.vip_set = {str(v.ip) for v in all_vips(plan_)}
+        self.advert_label = f"{plan_.cluster.advert:g}s"
+        self.nodes: list[Node] = []
+        self.flow = self._pick_flow()
+        self.listen: dict[str, tuple[set[int], set[int]]] = {}
+        self.host_procs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ helpers
+    def host_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
+        # Test hosts need no mount namespace: only their network is private.
+        return ["nsenter", f"--net=/run/netns/{ns}", "--", *argv]
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def current_master(self) -> Node:
+        for node in self.nodes:
+            if node.vips_held() == self.vip_set:
+                return node
+        raise LabError("no member holds all VIPs")
+
+    def listener_for(self, node: Node) -> tuple[Sequence[int], Sequence[int], Path]:
+        tcp, udp = self.listen.get("firewall", (set(), set()))
+        return sorted(tcp), sorted(udp), self.probe_py
+
+    def _pick_flow(self) -> Flow | None:
+        """The drill-2 connection: an allowed TCP expectation between two VIP segments."""
+        vip_segments = {s.name for s in self.plan.segments if s.vips and not s.is_sync}
+        snat_out = {s.out_segment for s in self.plan.cluster.snat}
+        candidates = []
+        for probe in self.plan.probes:
+            e = probe.expectation
+            if probe.skip or e.verdict != "allow" or e.proto != "tcp" or not e.port:
+                continue
+            s, d = probe.src, probe.dst
+            if s is None or d is None or s.address is None or d.address is None:
+                continue
+            if s.segment == d.segment or not {s.segment, d.segment} <= vip_segments:
+                continue
+            if s.address.version != 4:
+                continue
+            candidates.append(
+                Flow(
+                    s.address, s.host_ns or "", d.address, d.host_ns or "", d.segment or "", e.port
+                )
+            )
+        candidates.sort(key=lambda f: f.dst_segment not in snat_out)
+        return candidates[0] if candidates else None
+
+    # ------------------------------------------------------------ bring-up
+    def build(self) -> None:
+        p = self.plan
+        self.state.create()
+        self.state.add_netns(p.sw_ns)
+        for seg in p.segments:
+            self.state.add_bridge(p.sw_ns, seg.bridge)
+        for ns in [*p.member_ns.values(), *(h.ns for h in p.hosts)]:
+            self.state.add_netns(ns)
+        bridges = {s.name: s.bridge for s in p.segments}
+        for port in p.ports:
+            self.state.add_port(p.sw_ns, bridges[port.segment], port.port, port.ns, port.device)
+        for member in p.cluster.members:
+            ns = p.member_ns[member.name]
+            for link in member.links.values():
+                for addr in link.addresses:
+                    extra = ["nodad"] if ipaddress.ip_interface(addr).version == 6 else []
+                    run(["ip", "-n", ns, "addr", "add", addr, "dev", link.device, *extra])
+        for host in p.hosts:
+            self._address_host(host)
+        self.progress(
+            f"built {len(p.member_ns)} members, {len(p.hosts)} test hosts, "
+            f"{len(p.segments)} segments (prefix {p.prefix})"
+        )
+
+    def _address_host(self, host: HostPlan) -> None:
+        for addr in host.addresses:
+            extra = ["nodad"] if addr.version == 6 else []
+            run(["ip", "-n", host.ns, "addr", "add", str(addr), "dev", host.device, *extra])
+        self.set_default_routes(host, True)
+
+    def set_default_routes(self, host: HostPlan, present: bool) -> None:
+        for gw in host.gateways:
+            fam = "-6" if gw.version == 6 else "-4"
+            if present:
+                run(["ip", fam, "-n", host.ns, "route", "replace", "default", "via", str(gw)])
+            else:
+                run(["ip", fam, "-n", host.ns, "route", "del", "default"], check=False)
+
+    def start_members(self) -> None:
+        p = self.plan
+        vips = all_vips(p)
+        for member in p.cluster.members:
+            node = Node(
+                self.state,
+                member.name,
+                p.member_ns[member.name],
+                self.compiled / member.name,
+                [lk.device for lk in member.links.values()],
+                vips,
+                self.logdir,
+                self.remap,
+            )
+            self.nodes.append(node)
+            node.create_mount_ns()
+            installed = node.install()
+            node.load_firewall()
+            problem = node.config_test()
+            if problem:
+                self.report.warnings.append(f"{member.name}: {problem}")
+            self.progress(
+                f"{member.name}: installed {', '.join(installed)}; rules and sysctls loaded"
+            )
+        for node in self.nodes:
+            node.start_conntrackd()
+        for node in self.nodes:
+            node.start_keepalived()
+
+    def start_listeners(self) -> None:
+        for probe in self.plan.probes:
+            e, d = probe.expectation, probe.dst
+            if probe.skip or d is None or e.proto == "icmp" or not e.port:
+                continue
+            key = d.host_ns if d.address is not None else "firewall"
+            tcp, udp = self.listen.setdefault(key or "", (set(), set()))
+            (tcp if e.proto == "tcp" else udp).add(e.port)
+        if self.flow is not None:
+            self.listen.setdefault(self.flow.dst_ns, (set(), set()))[0].add(self.flow.port)
+        for ns, (tcp, udp) in self.listen.items():
+            if ns == "firewall":
+                for node in self.nodes:
+                    node.start_listener(sorted(tcp), sorted(udp), self.probe_py)
+                continue
+            argv = [
+                "python3",
+                str(self.probe_py),
+                "serve",
+                "--tcp",
+                *map(str, sorted(tcp)),
+                "--udp",
+                *map(str, sorted(udp)),
+            ]
+            self.state.spawn(
+                f"{ns}/listener",
+                self.host_argv(ns, argv),
+                self.logdir / f"{ns.removeprefix(self.plan.prefix + '-')}-listener.log",
+            )
+
+    def wait_master(self, timeout: float = 20.0) -> tuple[Node, float]:
+        """Exactly one member holding every VIP, and the others none."""
+        found: list[Node] = []
+
+        def converged() -> bool:
+            held = {n.name: n.vips_held() for n in self.nodes}
+            found[:] = [n for n in self.nodes if held[n.name] == self.vip_set]
+            others = [n for n in self.nodes if n not in found]
+            return len(found) == 1 and all(not held[n.name] for n in others)
+
+        took = drills.wait_for(converged, timeout)
+        if took is None:
+            held = {n.name: sorted(n.vips_held()) for n in self.nodes}
+            raise LabError(
+                f"no single master within {timeout:.0f} s (VIPs held: {held}); "
+                f"see {self.logdir}/*-keepalived.log"
+            )
+        return found[0], took
+
+    # ------------------------------------------------------------ drill set-up
+    def prepare_mode(self, mode: str) -> Callable[[], None]:
+        """Routed: exempt the drill flow from SNAT. SNAT: the far host loses its way back."""
+        flow = self.flow
+        assert flow is not None
+        if mode == "routed":
+            rule = ["-s", f"{flow.src}/32", "-d", f"{flow.dst}/32", "-j", "ACCEPT"]
+            for node in self.nodes:
+                node.exec(["iptables", "-t", "nat", "-I", "POSTROUTING", "1", *rule])
+
+            def undo_routed() -> None:
+                for node in self.nodes:
+                    node.exec(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule], check=False)
+
+            return undo_routed
+        host = next(h for h in self.plan.hosts if h.ns == flow.dst_ns)
+        self.set_default_routes(host, False)
+        return lambda: self.set_default_routes(host, True)
+
+    def switch_advert(self, advert: float) -> None:
+        """Restart keepalived on every member with VRRPv3 and ADVERT seconds."""
+        for node in self.nodes:
+            node.stop_keepalived()
+        for node in self.nodes:
+            text = node.exec(["cat", KEEPALIVED_CONF]).stdout
+            node.write(KEEPALIVED_CONF, fast_keepalived(text, advert), 0o644)
+        for node in self.nodes:
+            node.start_keepalived()
+        self.advert_label = f"{advert * 1000:g}ms" if advert < 1 else f"{advert:g}s"
+
+    report: LabReport
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT/SIGHUP into an exception so teardown always runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise LabInterrupted(f"interrupted by signal {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _stderr_progress(start: float) -> Callable[[str], None]:
+    def emit(msg: str) -> None:
+        print(f"[lab {time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return emit
+
+
+def run_lab_cluster(cluster: LabCluster, compiled: Path, options: LabOptions) -> LabReport:
+    """Run the whole lab for CLUSTER using the compiled files in COMPILED/<member>/."""
+    t0 = time.monotonic()
+    progress = options.progress or _stderr_progress(t0)
+    prefix = options.prefix or new_prefix()
+    logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
+    logdir.mkdir(parents=True, exist_ok=True)
+    report = LabReport(cluster.name, prefix, str(logdir))
+    remap: Remap | None = None
+    violations = doc_range_violations(cluster)
+    if violations:
+        if not options.remap:
+            raise LabRefused(
+                "fwc lab only puts documentation/benchmark ranges on the wire "
+                "(192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15, 2001:db8::/32); "
+                "this policy uses: " + "; ".join(violations) + ". Re-run with --remap to map "
+                "its subnets onto documentation ranges."
+            )
+        remap = plan_remap(cluster)
+        cluster = remap_cluster(cluster, remap)
+        report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
+        for line in report.remap:
+            progress(f"remapped {line}")
+    lab_plan = plan(cluster, prefix)
+    report.topology = list(describe(lab_plan))
+    for line in report.topology:
+        progress(line)
+    lab = Lab(lab_plan, compiled, logdir, remap, progress)
+    lab.report = report
+    try:
+        with _signals_raise():
+            _run(lab, report, options)
+    except LabError as exc:
+        report.error = str(exc)
+        progress(f"ERROR: {exc}")
+    except Exception as exc:  # noqa: BLE001 - report, then still tear down
+        report.error = f"{type(exc).__name__}: {exc}"
+        progress(f"ERROR: {report.error}")
+    finally:
+        for node in lab.nodes:
+            # Logs are best effort: a dead node must not stop the teardown.
+            with contextlib.suppress(Exception):
+                node.save_logs()
+        if options.keep and report.error is None:
+            report.kept = True
+            progress(f"lab left running; tear down with: fwc lab --teardown {prefix}")
+        else:
+            report.teardown = teardown(prefix)
+            progress(f"torn down ({len(report.teardown)} steps)")
+        report.duration_s = round(time.monotonic() - t0, 1)
+    return report
+
+
+def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
+    lab.build()
+    lab.start_members()
+    lab.start_listeners()
+    master, took = lab.wait_master()
+    report.election = {"master": master.name, "seconds": round(took, 2)}
+    lab.progress(
+        f"{master.name} is master holding {', '.join(sorted(lab.vip_set))} after {took:.2f} s"
+    )
+    if lab.flow is None:
+        report.warnings.append(
+            "no allowed TCP expectation between two VIP segments: failover drills skipped"
+        )
+
+    report.expectations += drills.probe_expectations(lab, "master", master)
+
+    def on_backup(node: Node) -> None:
+        report.expectations.extend(drills.probe_expectations(lab, "backup", node))
+
+    base = lab.advert_label
+    if lab.flow is not None:
+        if options.quick:
+            lab.switch_advert(0.1)
+            lab.wait_master()
+            scenarios = [("snat-100ms", "snat")]
+        else:
+            scenarios = [(f"routed-{base}", "routed"), (f"snat-{base}", "snat")]
+        for i, (label, mode) in enumerate(scenarios):
+            report.failover.append(
+                drills.failover_drill(
+                    lab, label, mode, while_on_backup=on_backup if i == 0 else None
+                )
+            )
+        if not options.quick:
+            lab.progress("switching every member to VRRPv3 with advert 100ms")
+            lab.switch_advert(0.1)
+            lab.wait_master()
+            for mode in ("routed", "snat"):
+                report.failover.append(drills.failover_drill(lab, f"{mode}-100ms", mode))
+        lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
+        for node in lab.nodes:
+            node.disable_conntrackd()
+            node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+        report.control = drills.failover_drill(
+            lab,
+            f"control-snat-{lab.advert_label}",
+            "snat",
+            expect="die",
+            failback=False,
+            restore=False,
+        )
+        lab.progress(
+            f"control: connection {'died as expected' if report.control.ok else 'DID NOT DIE'}"
+        )
+    _judge(report)
+
+
+def _judge(report: LabReport) -> None:
+    for res in report.expectations:
+        if res.agrees is False:
+            report.failures.append(
+                f"expectation '{res.expectation}' via {res.phase} {res.via}: "
+                f"kernel {res.kernel} ({res.how})"
+            )
+    for fo in report.failover:
+        if not fo.ok:
+            report.failures.append(
+                f"failover drill {fo.label}: connection did not survive "
+                f"(failover {fo.survived_failover}, failback {fo.survived_failback})"
+                + (f"; {'; '.join(fo.notes)}" if fo.notes else "")
+            )
+    if report.control is not None and not report.control.ok:
+        report.failures.append(
+            "control run: the connection survived without conntrackd "
+            "(the drill would not prove state sync)"
+        )
+    phases = {r.phase for r in report.expectations if r.agrees is not None}
+    if report.expectations and "backup" not in phases and report.failover:
+        report.failures.append("expectations were not probed through the backup")

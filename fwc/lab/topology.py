@@ -1,0 +1,453 @@
+"""Plan the lab: segments, member links, test hosts and their addresses.
+
+The planner works on :class:`LabCluster`, a small plain description of what
+the lab needs from a policy. Keeping it independent of ``fwc.model`` lets the
+lab be tested with hand-written clusters; ``fwc.lab.adapter`` turns a compiled
+policy into one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# Only these may carry packets in the lab (RFC 5737, RFC 2544, RFC 3849).
+DOC_RANGES: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15", "2001:db8::/32")
+)
+# Where --remap puts subnets that are not documentation ranges.
+REMAP_POOL_V4 = ipaddress.ip_network("198.18.0.0/15")
+REMAP_POOL_V6 = ipaddress.ip_network("2001:db8:ff00::/40")
+
+
+# --------------------------------------------------------------------------
+# Input: what the lab needs to know about a cluster
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabLink:
+    """One member's device on one logical interface, addresses as compiled."""
+
+    device: str
+    addresses: tuple[str, ...]  # CIDR, e.g. "192.0.2.1/24"
+
+
+@dataclass(frozen=True)
+class LabMember:
+    name: str
+    priority: int
+    links: dict[str, LabLink]  # logical interface -> device + addresses
+
+
+@dataclass(frozen=True)
+class LabSegment:
+    """A logical interface: one L2 segment shared by every member."""
+
+    name: str
+    vips: tuple[str, ...] = ()  # CIDR
+    vrid: int | None = None
+
+
+@dataclass(frozen=True)
+class LabObject:
+    """A policy host/network/range object; items are addresses, CIDRs or a-b ranges."""
+
+    name: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabExpectation:
+    verdict: str  # "allow" | "deny"
+    src: str  # object name or "firewall"
+    dst: str
+    service: str
+    proto: str  # "tcp" | "udp" | "icmp"
+    port: int | None
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class LabSnat:
+    from_segment: str
+    out_segment: str
+    to_address: str
+
+
+@dataclass(frozen=True)
+class LabCluster:
+    name: str
+    members: tuple[LabMember, ...]
+    segments: tuple[LabSegment, ...]
+    sync: str | None
+    objects: tuple[LabObject, ...] = ()
+    expectations: tuple[LabExpectation, ...] = ()
+    snat: tuple[LabSnat, ...] = ()
+    advert: float = 1.0
+
+    def segment(self, name: str) -> LabSegment:
+        for seg in self.segments:
+            if seg.name == name:
+                return seg
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------
+# Output: the plan
+# --------------------------------------------------------------------------
+@dataclass
+class SegmentPlan:
+    name: str
+    bridge: str
+    subnets: list[IPNetwork]
+    vips: list[IPInterface]
+    is_sync: bool
+
+
+@dataclass
+class HostPlan:
+    """One test-host namespace per segment, holding every test address there."""
+
+    segment: str
+    ns: str
+    device: str
+    addresses: list[IPInterface]
+    gateways: list[IPAddress]  # the segment's VIPs, one per family
+    names: dict[str, IPAddress] = field(default_factory=dict)  # object -> address
+
+
+@dataclass
+class PortPlan:
+    ns: str  # member or host namespace
+    device: str
+    segment: str
+    port: str  # bridge port name in the switch namespace
+
+
+@dataclass
+class Endpoint:
+    """Where a probe starts or ends: a test host address, or 'the firewall'."""
+
+    name: str
+    address: IPAddress | None  # None for "firewall" as a source
+    host_ns: str | None  # test-host namespace, None when it is the firewall
+    segment: str | None
+
+
+@dataclass
+class ProbePlan:
+    expectation: LabExpectation
+    src: Endpoint | None
+    dst: Endpoint | None
+    skip: str | None = None
+
+
+@dataclass
+class LabPlan:
+    prefix: str
+    cluster: LabCluster
+    sw_ns: str
+    member_ns: dict[str, str]
+    segments: list[SegmentPlan]
+    hosts: list[HostPlan]
+    ports: list[PortPlan]
+    probes: list[ProbePlan]
+    remap_notes: list[str] = field(default_factory=list)
+
+    def host(self, segment: str) -> HostPlan | None:
+        return next((h for h in self.hosts if h.segment == segment), None)
+
+
+# --------------------------------------------------------------------------
+# Address helpers
+# --------------------------------------------------------------------------
+def in_doc_ranges(net: IPNetwork | IPAddress) -> bool:
+    if isinstance(net, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return any(net in d for d in DOC_RANGES if d.version == net.version)
+    return any(net.version == d.version and net.subnet_of(d) for d in DOC_RANGES)  # type: ignore[arg-type]
+
+
+def segment_subnets(cluster: LabCluster, segment: str) -> list[IPNetwork]:
+    nets: list[IPNetwork] = []
+    for member in cluster.members:
+        link = member.links.get(segment)
+        if link is None:
+            continue
+        for addr in link.addresses:
+            net = ipaddress.ip_interface(addr).network
+            if net not in nets:
+                nets.append(net)
+    return nets
+
+
+def doc_range_violations(cluster: LabCluster) -> list[str]:
+    """Segments, VIPs or member addresses outside the documentation ranges."""
+    problems: list[str] = []
+    for seg in cluster.segments:
+        for net in segment_subnets(cluster, seg.name):
+            if not in_doc_ranges(net):
+                problems.append(f"segment {seg.name}: subnet {net}")
+        for vip in seg.vips:
+            if not in_doc_ranges(ipaddress.ip_interface(vip).network):
+                problems.append(f"segment {seg.name}: VIP {vip}")
+    return problems
+
+
+def object_addresses(obj: LabObject) -> list[IPAddress | IPNetwork]:
+    """Parse an object's items; ranges are represented by their first address."""
+    out: list[IPAddress | IPNetwork] = []
+    for item in obj.items:
+        if "-" in item and "/" not in item:
+            out.append(ipaddress.ip_address(item.split("-", 1)[0].strip()))
+        elif "/" in item:
+            net = ipaddress.ip_network(item, strict=False)
+            out.append(net.network_address if net.prefixlen == net.max_prefixlen else net)
+        else:
+            out.append(ipaddress.ip_address(item))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Remapping onto documentation ranges
+# --------------------------------------------------------------------------
+@dataclass
+class Remap:
+    """A consistent mapping of non-documentation subnets onto documentation ranges."""
+
+    pairs: list[tuple[IPNetwork, IPNetwork]] = field(default_factory=list)
+
+    def address(self, addr: IPAddress) -> IPAddress:
+        for old, new in self.pairs:
+            if addr.version == old.version and addr in old:
+                offset = int(addr) - int(old.network_address)
+                return ipaddress.ip_address(int(new.network_address) + offset)
+        return addr
+
+    def text(self, value: str) -> str:
+        """Map one address, CIDR, range or interface string."""
+        if "-" in value and "/" not in value:
+            a, b = value.split("-", 1)
+            return f"{self.text(a.strip())}-{self.text(b.strip())}"
+        if "/" in value:
+            iface = ipaddress.ip_interface(value)
+            return f"{self.address(iface.ip)}/{iface.network.prefixlen}"
+        return str(self.address(ipaddress.ip_address(value)))
+
+    def rewrite(self, content: str) -> str:
+        """Rewrite every mapped address that appears in a config file's text."""
+        if not self.pairs:
+            return content
+
+        def sub(match: re.Match[str]) -> str:
+            token = match.group(0)
+            try:
+                addr = ipaddress.ip_address(token)
+            except ValueError:
+                return token
+            mapped = self.address(addr)
+            return str(mapped) if mapped != addr else token
+
+        content = _V4_TOKEN.sub(sub, content)
+        return _V6_TOKEN.sub(sub, content)
+
+
+_V4_TOKEN = re.compile(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w:]|\.\d)")
+_V6_TOKEN = re.compile(r"(?<![\w:.])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])")
+
+
+def plan_remap(cluster: LabCluster) -> Remap:
+    """Map every non-documentation segment subnet onto 198.18/15 or 2001:db8:ff00::/40."""
+    remap = Remap()
+    next_v4 = int(REMAP_POOL_V4.network_address)
+    next_v6 = int(REMAP_POOL_V6.network_address)
+    seen: list[IPNetwork] = []
+    for seg in cluster.segments:
+        for net in segment_subnets(cluster, seg.name):
+            if in_doc_ranges(net) or net in seen:
+                continue
+            seen.append(net)
+            size = net.num_addresses
+            if net.version == 4:
+                start = -(-next_v4 // size) * size  # align to the block size
+                new = ipaddress.ip_network((start, net.prefixlen))
+                if not new.subnet_of(REMAP_POOL_V4):  # type: ignore[arg-type]
+                    raise ValueError(f"cannot remap {net}: 198.18.0.0/15 exhausted")
+                next_v4 = start + size
+            else:
+                if net.prefixlen < 48:
+                    raise ValueError(f"cannot remap {net}: IPv6 prefixes shorter than /48")
+                size = 1 << (128 - 48)  # one /48 per subnet keeps offsets intact
+                start = -(-next_v6 // size) * size
+                new = ipaddress.ip_network((start, net.prefixlen))
+                next_v6 = start + size
+            remap.pairs.append((net, new))
+    return remap
+
+
+def remap_cluster(cluster: LabCluster, remap: Remap) -> LabCluster:
+    members = tuple(
+        replace(
+            m,
+            links={
+                k: replace(v, addresses=tuple(remap.text(a) for a in v.addresses))
+                for k, v in m.links.items()
+            },
+        )
+        for m in cluster.members
+    )
+    segments = tuple(
+        replace(s, vips=tuple(remap.text(v) for v in s.vips)) for s in cluster.segments
+    )
+    objects = tuple(
+        replace(o, items=tuple(remap.text(i) for i in o.items)) for o in cluster.objects
+    )
+    snat = tuple(replace(s, to_address=remap.text(s.to_address)) for s in cluster.snat)
+    return replace(cluster, members=members, segments=segments, objects=objects, snat=snat)
+
+
+# --------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------
+def plan(cluster: LabCluster, prefix: str) -> LabPlan:
+    """Lay out namespaces, bridges, ports and test hosts for CLUSTER."""
+    sw_ns = f"{prefix}-sw"
+    member_ns = {m.name: f"{prefix}-{m.name}" for m in cluster.members}
+    segments: list[SegmentPlan] = []
+    ports: list[PortPlan] = []
+    hosts: list[HostPlan] = []
+    for i, seg in enumerate(cluster.segments):
+        # Bridge and port names are limited to 15 characters: keep them short.
+        bridge = f"br{i}"
+        subnets = segment_subnets(cluster, seg.name)
+        vips = [ipaddress.ip_interface(v) for v in seg.vips]
+        is_sync = seg.name == cluster.sync
+        segments.append(SegmentPlan(seg.name, bridge, subnets, vips, is_sync))
+        for j, member in enumerate(cluster.members):
+            link = member.links.get(seg.name)
+            if link is not None:
+                ports.append(PortPlan(member_ns[member.name], link.device, seg.name, f"m{j}s{i}"))
+        if is_sync or not subnets:
+            continue
+        host = _plan_host(cluster, seg, subnets, vips, f"{prefix}-h{i}")
+        hosts.append(host)
+        ports.append(PortPlan(host.ns, host.device, seg.name, f"h{i}"))
+    lab = LabPlan(prefix, cluster, sw_ns, member_ns, segments, hosts, ports, [])
+    lab.probes = [_plan_probe(lab, e) for e in cluster.expectations]
+    return lab
+
+
+def _used_addresses(cluster: LabCluster, segment: LabSegment) -> set[IPAddress]:
+    used = {ipaddress.ip_interface(v).ip for v in segment.vips}
+    for m in cluster.members:
+        link = m.links.get(segment.name)
+        if link:
+            used.update(ipaddress.ip_interface(a).ip for a in link.addresses)
+    return used
+
+
+def _plan_host(
+    cluster: LabCluster,
+    seg: LabSegment,
+    subnets: list[IPNetwork],
+    vips: list[IPInterface],
+    ns: str,
+) -> HostPlan:
+    used = _used_addresses(cluster, seg)
+    addresses: list[IPInterface] = []
+    names: dict[str, IPAddress] = {}
+    for obj in cluster.objects:
+        for item in object_addresses(obj):
+            if not isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                continue
+            net = next((n for n in subnets if n.version == item.version and item in n), None)
+            if net is None or item in used:
+                continue
+            names.setdefault(obj.name, item)
+            iface = ipaddress.ip_interface(f"{item}/{net.prefixlen}")
+            if iface not in addresses:
+                addresses.append(iface)
+            break
+    # Every family present on the segment gets at least one test address.
+    for net in subnets:
+        if not any(a.version == net.version and a.ip in net for a in addresses):
+            free = _first_free(net, used | {a.ip for a in addresses})
+            addresses.append(ipaddress.ip_interface(f"{free}/{net.prefixlen}"))
+    # Network objects covering the segment resolve to its first test address.
+    for obj in cluster.objects:
+        for item in object_addresses(obj):
+            if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                hit = next(
+                    (a.ip for a in addresses if a.version == item.version and a.ip in item), None
+                )
+                if hit is not None:
+                    names.setdefault(obj.name, hit)
+                    break
+    gateways: list[IPAddress] = []
+    for vip in vips:
+        if not any(g.version == vip.version for g in gateways):
+            gateways.append(vip.ip)
+    return HostPlan(seg.name, ns, "eth0", addresses, gateways, names)
+
+
+def _first_free(net: IPNetwork, used: set[IPAddress]) -> IPAddress:
+    for count, addr in enumerate(net.hosts()):
+        if addr not in used:
+            return addr
+        if count > 65536:
+            break
+    raise ValueError(f"no free address in {net}")
+
+
+def resolve_endpoint(lab: LabPlan, name: str) -> Endpoint | None:
+    if name == "firewall":
+        return Endpoint("firewall", None, None, None)
+    for host in lab.hosts:
+        if name in host.names:
+            return Endpoint(name, host.names[name], host.ns, host.segment)
+    return None
+
+
+def _plan_probe(lab: LabPlan, exp: LabExpectation) -> ProbePlan:
+    src = resolve_endpoint(lab, exp.src)
+    dst = resolve_endpoint(lab, exp.dst)
+    skip = None
+    if src is None:
+        skip = f"source {exp.src!r} is not in any lab segment"
+    elif dst is None:
+        skip = f"destination {exp.dst!r} is not in any lab segment"
+    elif src.address is None and dst.address is None:
+        skip = "firewall to firewall is not probed"
+    elif exp.proto not in ("tcp", "udp", "icmp"):
+        skip = f"protocol {exp.proto} is not probed"
+    return ProbePlan(exp, src, dst, skip)
+
+
+def family_gateway(host: HostPlan, version: int) -> IPAddress | None:
+    return next((g for g in host.gateways if g.version == version), None)
+
+
+def vip_for(lab: LabPlan, segment: str, version: int) -> IPAddress | None:
+    seg = next(s for s in lab.segments if s.name == segment)
+    return next((v.ip for v in seg.vips if v.version == version), None)
+
+
+def all_vips(lab: LabPlan) -> list[IPInterface]:
+    return [v for s in lab.segments for v in s.vips]
+
+
+def describe(lab: LabPlan) -> Iterable[str]:
+    for seg in lab.segments:
+        kind = "sync" if seg.is_sync else "segment"
+        nets = ", ".join(str(n) for n in seg.subnets)
+        vips = ", ".join(str(v) for v in seg.vips) or "-"
+        yield f"{kind} {seg.name}: bridge {seg.bridge} in {lab.sw_ns}, {nets}, VIPs {vips}"
+    for host in lab.hosts:
+        addrs = ", ".join(str(a) for a in host.addresses)
+        gws = ", ".join(str(g) for g in host.gateways) or "none"
+        yield f"test host {host.ns} on {host.segment}: {addrs} (default via {gws})"
