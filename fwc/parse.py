@@ -25,8 +25,8 @@ _TERMINAL_NAMES = {
     "INT": "a number", "STRING": "a quoted string", "ACTION": "accept, drop or reject",
     "NAT_KIND": "snat, dnat, masquerade or nonat", "VERDICT": "allow or deny",
     "ADDRESS_KIND": "host or network", "NEGATE": "!", "ANY": "any", "FIREWALL": "firewall",
-    "LOG": "log", "$END": "end of file", "LBRACE": "{", "RBRACE": "}", "COMMA": ",",
-    "SEMICOLON": ";", "COLON": ":", "LSQB": "[", "RSQB": "]",
+    "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
+    "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
 }
 
 
@@ -54,7 +54,8 @@ def _describe(terminal: str) -> str:
 def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic:
     line = getattr(exc, "line", 0) or 0
     column = getattr(exc, "column", 0) or 0
-    if isinstance(exc, UnexpectedEOF) or line <= 0:
+    at_end = isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+    if isinstance(exc, UnexpectedEOF) or line <= 0 or at_end:
         lines = text.splitlines() or [""]
         line, column = len(lines), len(lines[-1]) + 1
         return error("FWC001", "unexpected end of file", Span(path, line, column, line, column),
@@ -96,7 +97,8 @@ def parse_text(text: str, path: str) -> tuple[s.SourceFile, list[Diagnostic]]:
         except UnexpectedInput as exc:
             diagnostics.append(_syntax_diagnostic(path, exc, attempt))
             line = getattr(exc, "line", 0) or 0
-            if (isinstance(exc, UnexpectedEOF) or line <= 0 or line in seen_lines
+            at_end = isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+            if (isinstance(exc, UnexpectedEOF) or at_end or line <= 0 or line in seen_lines
                     or len(diagnostics) >= MAX_SYNTAX_ERRORS):
                 return s.SourceFile(path, text, ()), diagnostics
             seen_lines.add(line)

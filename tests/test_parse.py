@@ -1,0 +1,100 @@
+"""Parser behaviour on the tricky corners of the grammar."""
+
+from __future__ import annotations
+
+from fwc.parse import parse_text
+from fwc.pipeline import analyse
+from fwc.syntax import AddressDef, BlockDecl, ClusterDecl, GroupDef
+from tests.conftest import write_policy
+
+
+def parse_ok(text: str):
+    source, diagnostics = parse_text(text, "t.fw")
+    assert diagnostics == [], [d.message for d in diagnostics]
+    return source.statements
+
+
+def test_keyword_named_interface_is_a_name_inside_member_block():
+    statements = parse_ok("""
+cluster c {
+    interface sync
+    interface link
+    member a priority 10 {
+        sync eth2 203.0.113.1/24
+        link eth3 203.0.113.65/26
+    }
+}
+""")
+    cluster = statements[0]
+    assert isinstance(cluster, ClusterDecl)
+    assert [link.interface.text for link in cluster.members[0].links] == ["sync", "link"]
+
+
+def test_ipv6_forms_and_ranges_lex_as_addresses():
+    statements = parse_ok("""
+host a ::1
+host b 2001:db8::1, 192.0.2.1
+network c 2001:db8:1::/64
+range d 2001:db8::10-2001:db8::20
+group cafe a, b
+""")
+    kinds = [(st.name.text, [v.text for v in st.values]) for st in statements
+             if isinstance(st, AddressDef)]
+    assert kinds == [("a", ["::1"]), ("b", ["2001:db8::1", "192.0.2.1"]),
+                     ("c", ["2001:db8:1::/64"]), ("d", ["2001:db8::10-2001:db8::20"])]
+    group = statements[-1]
+    assert isinstance(group, GroupDef) and group.name.text == "cafe"
+
+
+def test_rule_options_any_order_and_service_lists():
+    statements = parse_ok("""
+policy p {
+    accept from a, !b to firewall log "x" in lan service tcp/80,443, udp/53, gre only fw1
+}
+""")
+    block = statements[0]
+    assert isinstance(block, BlockDecl)
+    rule = block.rules[0]
+    assert [(e.kind, e.text, e.negated) for e in rule.sources] == [
+        ("name", "a", False), ("name", "b", True)]
+    assert [s.text for s in rule.services] == ["tcp/80,443", "udp/53", "gre"]
+    assert sorted(o.key for o in rule.options) == ["in", "log", "only", "service"]
+
+
+def test_nat_targets_with_ports_and_brackets():
+    statements = parse_ok("""
+nat n {
+    dnat from any to uplink.vip service tcp/80 -> 192.0.2.80:8080
+    dnat from any to uplink.vip service tcp/81 -> [2001:db8::80]:8080
+    dnat from any to uplink.vip service tcp/82 -> web:8080
+    snat from lan to any out uplink -> uplink.vip
+}
+""")
+    targets = [(r.target.kind, r.target.text, r.target.port.text if r.target.port else None)
+               for r in statements[0].rules]
+    assert targets == [("address", "192.0.2.80", "8080"), ("address", "2001:db8::80", "8080"),
+                       ("name", "web", "8080"), ("vip", "uplink", None)]
+
+
+def test_several_syntax_errors_in_one_run(tmp_path):
+    path = write_policy(tmp_path, "host a 192.0.2.1\nhost = b\nnetwork n\nhost c 192.0.2.3\n"
+                        "servce s tcp/1\n")
+    analysis = analyse(path)
+    errors = [(d.code, d.span.line) for d in analysis.diagnostics]
+    assert ("FWC001", 2) in errors and ("FWC001", 5) in errors
+    assert all(code == "FWC001" for code, _ in errors)
+
+
+def test_syntax_error_names_file_line_column_and_expectation(tmp_path):
+    path = write_policy(tmp_path, "policy p {\n    accept form a to b\n}\n")
+    diag = analyse(path).diagnostics[0]
+    assert diag.code == "FWC001"
+    assert (diag.span.line, diag.span.column) == (2, 12)
+    assert "form" in diag.message and diag.hint and '"from"' in diag.hint
+
+
+def test_unclosed_block_reports_end_of_file(tmp_path):
+    path = write_policy(tmp_path, "cluster c {\n  interface lan\n")
+    diag = analyse(path).diagnostics[0]
+    assert diag.code == "FWC001" and "end of file" in diag.message
+    assert "'{'" in diag.hint
