@@ -1,15 +1,160 @@
-"""Policy model -> LabCluster (filled in once fwc.model and fwc compile land)."""
+"""fwc's policy model -> LabCluster, and the compiled output the lab runs.
+
+Kept thin on purpose: the lab itself only knows LabCluster, so changes to the
+model touch this file alone.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import shutil
 from pathlib import Path
 
 from fwc.lab.netns import LabError
-from fwc.lab.topology import LabCluster
+from fwc.lab.topology import (
+    LabCluster,
+    LabExpectation,
+    LabLink,
+    LabMember,
+    LabObject,
+    LabSegment,
+    LabSnat,
+)
 
 
-def load_policy_cluster(policy: Path, compiled: Path | None, tmp: Path) -> tuple[LabCluster, Path]:
-    raise LabError(
-        "fwc lab on a policy file needs fwc.model and fwc compile; "
-        "use a .json lab spec with --compiled for now"
+def _items(obj) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """An AddressObject as lab items: CIDRs for networks, addresses or a-b ranges otherwise."""
+    out: list[str] = []
+    for family in (4, 6):
+        if obj.kind == "network":
+            out.extend(obj.addresses.cidrs(family))
+            continue
+        for lo, hi in obj.addresses.family(family):
+            if family == 6:
+                first, last = ipaddress.IPv6Address(lo), ipaddress.IPv6Address(hi)
+            else:
+                first, last = ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi)
+            out.append(str(first) if lo == hi else f"{first}-{last}")
+    return tuple(out)
+
+
+def _endpoint_names(endpoint, literals: dict[str, LabObject]) -> list[str]:  # type: ignore[no-untyped-def]
+    names: list[str] = []
+    for item in endpoint.items:
+        if item.negated:
+            continue
+        if item.kind == "firewall":
+            names.append("firewall")
+        elif item.kind == "object" and item.object_name:
+            names.append(item.object_name)
+        elif item.kind in ("literal", "vip"):
+            label = f"literal:{item.label}"
+            literals.setdefault(label, LabObject(label, _items(_Literal(item.addresses))))
+            names.append(label)
+    return names
+
+
+class _Literal:
+    """Just enough of an AddressObject for `_items`."""
+
+    kind = "literal"
+
+    def __init__(self, addresses) -> None:  # type: ignore[no-untyped-def]
+        self.addresses = addresses
+
+
+def cluster_from_model(policy, cluster) -> LabCluster:  # type: ignore[no-untyped-def]
+    """Build the LabCluster for one cluster of a resolved fwc.model.Policy."""
+    members = tuple(
+        LabMember(
+            m.name,
+            m.priority,
+            {
+                ln.interface: LabLink(ln.device, tuple(str(a) for a in ln.addresses))
+                for ln in m.links
+            },
+        )
+        for m in cluster.members
     )
+    segments = tuple(
+        LabSegment(i.name, tuple(str(v) for v in i.vips), i.vrid) for i in cluster.interfaces
+    )
+    objects = [LabObject(name, _items(obj)) for name, obj in policy.objects.items()]
+    literals: dict[str, LabObject] = {}
+    expectations: list[LabExpectation] = []
+    for exp in cluster.expectations:
+        services = ", ".join(exp.service_labels)
+        text = f"{exp.verdict} {exp.source.label} -> {exp.destination.label} service {services}"
+        for src in _endpoint_names(exp.source, literals):
+            for dst in _endpoint_names(exp.destination, literals):
+                for match in exp.services:
+                    proto = {"icmpv6": "icmp"}.get(match.protocol, match.protocol)
+                    port = match.ports[0].low if match.ports else None
+                    expectations.append(
+                        LabExpectation(exp.verdict, src, dst, services, proto, port, text)
+                    )
+    snat = tuple(
+        LabSnat(rule.source.label, rule.out_interface or "", str(_first(rule.target.addresses)))
+        for rule in cluster.nat
+        if rule.action == "snat" and rule.target is not None and rule.out_interface
+    )
+    return LabCluster(
+        name=cluster.name,
+        members=members,
+        segments=segments,
+        sync=cluster.sync.link,
+        objects=tuple(objects) + tuple(literals.values()),
+        expectations=tuple(expectations),
+        snat=snat,
+        advert=cluster.vrrp.advert_ms / 1000.0,
+    )
+
+
+def _first(addresses) -> ipaddress.IPv4Address | ipaddress.IPv6Address:  # type: ignore[no-untyped-def]
+    for family in (4, 6):
+        for lo, _hi in addresses.family(family):
+            return ipaddress.IPv4Address(lo) if family == 4 else ipaddress.IPv6Address(lo)
+    raise LabError("SNAT target without an address")
+
+
+def load_policy_cluster(
+    policy_file: Path, compiled: Path | None, tmp: Path, cluster_name: str | None = None
+) -> tuple[LabCluster, Path]:
+    """Analyse POLICY_FILE, compile it (unless COMPILED is given) and pick one cluster."""
+    from fwc.pipeline import analyse
+
+    analysis = analyse(policy_file)
+    if not analysis.ok or analysis.policy is None:
+        msgs = "; ".join(d.message for d in analysis.diagnostics[:5])
+        raise LabError(f"{policy_file} does not check cleanly: {msgs}")
+    policy = analysis.policy
+    if not policy.clusters:
+        raise LabError(f"{policy_file} defines no cluster")
+    cluster = policy.cluster(cluster_name) if cluster_name else policy.clusters[0]
+    if cluster is None:
+        raise LabError(f"no cluster {cluster_name!r} in {policy_file}")
+    if compiled is None:
+        compiled = tmp / "compiled"
+        _compile(policy_file, compiled)
+    out = compiled / cluster.name
+    if not out.is_dir():
+        raise LabError(f"no compiled output for cluster {cluster.name} in {compiled}")
+    return cluster_from_model(policy, cluster), out
+
+
+def _compile(policy_file: Path, outdir: Path) -> None:
+    """Run `fwc compile FILE -o OUTDIR` in-process."""
+    import contextlib
+    import io
+
+    from fwc.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["compile", str(policy_file), "-o", str(outdir)])
+    if rc != 0 or not outdir.is_dir():
+        shutil.rmtree(outdir, ignore_errors=True)
+        raise LabError(
+            f"fwc compile {policy_file} failed (rc {rc}): {stderr.getvalue().strip()[:500]} "
+            "(use --compiled DIR to run the lab on existing output)"
+        )

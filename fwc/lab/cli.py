@@ -58,6 +58,18 @@ def run_lab(args: argparse.Namespace) -> int:
     from fwc.lab.report import render_text, write_json
     from fwc.lab.runner import LabOptions, LabRefused, run_lab_cluster
 
+    # The lead's `fwc lab` parser has fewer options than ours: default the rest.
+    for name, default in (
+        ("compiled", None),
+        ("logdir", None),
+        ("prefix", None),
+        ("json_out", getattr(args, "json", None)),
+    ):
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
+    for name in ("compiled", "logdir", "json_out", "file"):
+        if isinstance(getattr(args, name), str):
+            setattr(args, name, Path(getattr(args, name)))
     why = require_root()
     if why:
         print(f"fwc lab: {why}", file=sys.stderr)

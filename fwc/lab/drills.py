@@ -7,6 +7,7 @@ make progress reports what it saw instead of hanging.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -150,6 +151,7 @@ class FailoverResult:
     failover_gap_s: float | None = None
     survived_failover: bool = False
     backup_kernel_flows_after: int = 0
+    committed_entries: int | None = None
     notify_after_failover: list[str] = field(default_factory=list)
     failback_s: float | None = None
     failback_gap_s: float | None = None
@@ -259,10 +261,16 @@ def failover_drill(
         res.connected = True
         sport = stream.parse()[1].get("sport", "")
         res.flow_via_master = sum(f"sport={sport}" in ln for ln in master.kernel_flows(flow.port))
+
+        def mine() -> list[str]:
+            return [ln for ln in backup.external_flows(flow.port) if f"sport={sport}" in ln]
+
         if res.sync:
-            wait_for(lambda: bool(backup.external_flows(flow.port)), 3.0, 0.1)
+            wait_for(lambda: bool(mine()), 3.0, 0.1)
             res.external_cache_before = backup.cache_counts()
-            res.external_flows_before = len(backup.external_flows(flow.port))
+            res.external_flows_before = len(mine())
+        ct_log = backup.daemons["conntrackd"].log if "conntrackd" in backup.daemons else None
+        ct_offset = ct_log.stat().st_size if ct_log and ct_log.exists() else 0
         lab.progress(
             f"  [{label}] flow {flow.src} -> {flow.dst}:{flow.port} via {master.name} "
             f"(kernel entries on master: {res.flow_via_master}, backup external "
@@ -279,6 +287,8 @@ def failover_drill(
             f"sport={sport}" in ln for ln in backup.kernel_flows(flow.port)
         )
         res.notify_after_failover = _recent(backup.syslog(), 30.0)
+        if ct_log is not None:
+            res.committed_entries = _committed(ct_log, ct_offset)
         lab.progress(
             f"  [{label}] takeover {_fmt(res.takeover_s)}, echo gap "
             f"{_fmt(res.failover_gap_s)}, survived: {res.survived_failover}"
@@ -332,6 +342,18 @@ def failover_drill(
     else:
         res.ok = res.connected and not res.survived_failover and res.takeover_s is not None
     return res
+
+
+def _committed(log: Path, offset: int) -> int | None:
+    """The backup's conntrackd 'Committed N new entries' since OFFSET of its log."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = re.findall(r"Committed (\d+) new entries", text)
+    return int(found[0]) if found else None
 
 
 def _recent(log: str, seconds: float) -> list[str]:

@@ -54,6 +54,10 @@ def _s(val: float | None) -> str:
     return "-" if val is None else f"{val:.2f}s"
 
 
+def _n(val: int | None) -> str:
+    return "-" if val is None else str(val)
+
+
 def render_text(report: LabReport) -> str:
     out: list[str] = []
     status = "PASS" if report.ok else "FAIL"
@@ -79,8 +83,8 @@ def render_text(report: LabReport) -> str:
     if report.failover or report.control:
         out.append("  failover (drill 2):")
         out.append(
-            f"    {'run':16} {'result':9} {'takeover':>9} {'gap':>7} {'failback':>9} "
-            f"{'fb gap':>7} {'longest':>8} {'ext cache':>9} {'echoes':>7}"
+            f"    {'run':18} {'result':9} {'takeover':>9} {'gap':>7} {'failback':>9} "
+            f"{'fb gap':>7} {'longest':>8} {'ext cache':>9} {'committed':>9} {'echoes':>7}"
         )
         runs = [*report.failover, *([report.control] if report.control else [])]
         for fo in runs:
@@ -89,10 +93,10 @@ def render_text(report: LabReport) -> str:
             else:
                 result = "DIED ok" if fo.ok else "SURVIVED!"
             out.append(
-                f"    {fo.label:16} {result:9} {_s(fo.takeover_s):>9} "
+                f"    {fo.label:18} {result:9} {_s(fo.takeover_s):>9} "
                 f"{_s(fo.failover_gap_s):>7} {_s(fo.failback_s):>9} "
                 f"{_s(fo.failback_gap_s):>7} {_s(fo.longest_gap_s):>8} "
-                f"{fo.external_flows_before:>9} {fo.echoes:>7}"
+                f"{fo.external_flows_before:>9} {_n(fo.committed_entries):>9} {fo.echoes:>7}"
             )
             for note in fo.notes:
                 out.append(f"      note: {note}")
