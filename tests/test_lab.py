@@ -1,0 +1,399 @@
+"""Tests for `fwc lab`.
+
+Fast unit tests (no root): topology planning, remapping, the doc-range
+refusal, config rewriting and report rendering.
+
+Root tests (`root`/`lab` markers): namespace primitives and teardown, and
+one full lab run of policies/edge.fw shared by several assertions. In CI
+(CI=true) they must run; elsewhere they skip with the reason printed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fwc.lab.daemons import fast_keepalived
+from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _gap_around
+from fwc.lab.netns import LabState, lab_namespaces, teardown
+from fwc.lab.report import render_text, to_dict
+from fwc.lab.runner import LabOptions, LabRefused, LabReport, run_lab_cluster
+from fwc.lab.spec import load_spec
+from fwc.lab.topology import (
+    LabLink,
+    LabMember,
+    doc_range_violations,
+    plan,
+    plan_remap,
+    remap_cluster,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "lab_fixtures"
+EDGE_SPEC = FIXTURES / "edge.lab.json"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def edge():
+    return load_spec(EDGE_SPEC)
+
+
+# ---------------------------------------------------------------- unit tests
+def test_plan_places_policy_hosts_and_gateways() -> None:
+    lab = plan(edge(), "fwc1")
+    assert lab.sw_ns == "fwc1-sw"
+    assert lab.member_ns == {"fw1": "fwc1-fw1", "fw2": "fwc1-fw2"}
+    lan = lab.host("lan")
+    uplink = lab.host("uplink")
+    assert lan is not None and uplink is not None and lab.host("sync") is None
+    assert {str(a) for a in lan.addresses} >= {
+        "192.0.2.10/24",
+        "192.0.2.20/24",
+        "192.0.2.80/24",
+        "192.0.2.100/24",
+    }
+    # IPv6 on the LAN has no host object: first free address after the members and VIP.
+    assert ipaddress.ip_interface("2001:db8:1::3/64") in lan.addresses
+    assert [str(g) for g in lan.gateways] == ["192.0.2.254", "2001:db8:1::fe"]
+    assert [str(a) for a in uplink.addresses] == ["198.51.100.10/24"]
+    assert lan.names["guests"] == ipaddress.ip_address("192.0.2.100")
+    # Every member device and every test host hangs off a bridge in the switch namespace.
+    ports = {(p.ns, p.device, p.segment) for p in lab.ports}
+    assert ("fwc1-fw1", "eth2", "sync") in ports and ("fwc1-fw2", "eth1", "uplink") in ports
+    assert len({p.port for p in lab.ports}) == len(lab.ports)
+    assert all(len(p.port) <= 15 for p in lab.ports)
+    sync = next(s for s in lab.segments if s.name == "sync")
+    assert sync.is_sync and not sync.vips
+
+
+def test_plan_resolves_expectation_endpoints() -> None:
+    lab = plan(edge(), "fwc1")
+    by_text = {p.expectation.text: p for p in lab.probes}
+    assert all(p.skip is None for p in lab.probes)
+    fw = by_text["allow client -> firewall service ssh"]
+    assert fw.dst is not None and fw.dst.address is None  # the firewall: probed at the VIP
+    deny = by_text["deny server -> client service echo"]
+    assert deny.src is not None and str(deny.src.address) == "198.51.100.10"
+
+
+def test_plan_uses_first_free_address_without_host_objects() -> None:
+    cluster = replace(edge(), objects=(), expectations=())
+    lab = plan(cluster, "fwc2")
+    uplink = lab.host("uplink")
+    assert uplink is not None
+    # .1 and .2 are the members; the VIP is .254.
+    assert [str(a) for a in uplink.addresses] == ["198.51.100.3/24"]
+
+
+def test_prefixes_keep_two_labs_apart() -> None:
+    a, b = plan(edge(), "fwc11"), plan(edge(), "fwc12")
+    names_a = {a.sw_ns, *a.member_ns.values(), *(h.ns for h in a.hosts)}
+    names_b = {b.sw_ns, *b.member_ns.values(), *(h.ns for h in b.hosts)}
+    assert not names_a & names_b
+    with pytest.raises(Exception, match="invalid lab prefix"):
+        LabState("lab; rm -rf /")
+
+
+def _private_cluster():
+    base = edge()
+    members = []
+    for m in base.members:
+        links = dict(m.links)
+        i = 1 if m.name == "fw1" else 2
+        links["lan"] = LabLink("eth0", (f"10.1.0.{i}/24",))
+        members.append(LabMember(m.name, m.priority, links))
+    segments = tuple(
+        replace(s, vips=("10.1.0.254/24",)) if s.name == "lan" else s for s in base.segments
+    )
+    return replace(base, members=tuple(members), segments=segments)
+
+
+def test_doc_range_violations_and_refusal(tmp_path: Path) -> None:
+    assert doc_range_violations(edge()) == []
+    cluster = _private_cluster()
+    problems = doc_range_violations(cluster)
+    assert "segment lan: subnet 10.1.0.0/24" in problems
+    assert "segment lan: VIP 10.1.0.254/24" in problems
+    # Refused before anything is created: no root needed for this path.
+    with pytest.raises(LabRefused, match="--remap"):
+        run_lab_cluster(cluster, tmp_path, LabOptions(logdir=tmp_path, prefix="fwc999999"))
+
+
+def test_remap_is_consistent_and_lands_in_doc_ranges() -> None:
+    cluster = _private_cluster()
+    remap = plan_remap(cluster)
+    assert [(str(a), str(b)) for a, b in remap.pairs] == [("10.1.0.0/24", "198.18.0.0/24")]
+    mapped = remap_cluster(cluster, remap)
+    assert doc_range_violations(mapped) == []
+    assert mapped.segment("lan").vips == ("198.18.0.254/24",)
+    assert mapped.members[1].links["lan"].addresses == ("198.18.0.2/24",)
+    text = "-A FORWARD -s 10.1.0.0/24 -d 198.51.100.10 -j ACCEPT\nIPv4_address 10.1.0.254\n"
+    out = remap.rewrite(text)
+    assert "-s 198.18.0.0/24" in out and "IPv4_address 198.18.0.254" in out
+    assert "198.51.100.10" in out  # already a documentation address: untouched
+    assert remap.rewrite("225.0.0.50 10.1.0.5-10.1.0.9") == "225.0.0.50 198.18.0.5-198.18.0.9"
+
+
+def test_fast_keepalived_rewrites_advert_version_and_auth() -> None:
+    text = (FIXTURES / "out" / "edge" / "fw1" / "keepalived.conf").read_text()
+    fast = fast_keepalived(text, 0.1)
+    assert "vrrp_version 3" in fast
+    assert "authentication" not in fast and "auth_pass" not in fast
+    assert fast.count("advert_int 0.1") == text.count("advert_int")
+    assert "advert_int 1\n" not in fast
+
+
+def test_stream_gap_computation(tmp_path: Path) -> None:
+    log = tmp_path / "s.log"
+    log.write_text(
+        "CONNECTED 192.0.2.10 40000 1.0\n"
+        + "".join(f"E {i} {i / 10:.6f} {1 + i / 10:.6f}\n" for i in range(5))
+        + "E 5 1.5 5.2\nE 6 1.6 5.3\nEND stopped sent=7 echoed=7\n"
+    )
+    recv, info = Stream(log).parse()
+    assert info["sport"] == "40000" and info["end"].startswith("stopped")
+    assert _gap_around(recv, 2.0) == pytest.approx(5.2 - 1.4)
+    assert _gap_around(recv, 9.0) is None
+
+
+def test_report_renders_side_by_side_gaps() -> None:
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    report.expectations.append(
+        ProbeResult(
+            "allow a -> b service echo",
+            "allow",
+            "master",
+            "fw1",
+            "a",
+            "b",
+            "tcp",
+            5001,
+            "allowed",
+            "echoed",
+            True,
+        )
+    )
+    for advert, gap in (("1s", 6.6), ("100ms", 0.7)):
+        fo = FailoverResult(f"snat-{advert}", "snat", advert, True, "survive")
+        fo.ok, fo.failover_gap_s, fo.takeover_s = True, gap, 0.3
+        report.failover.append(fo)
+    text = render_text(report)
+    assert "PASS" in text and "snat-100ms" in text
+    assert "1s: gap 6.60s" in text and "100ms: gap 0.70s" in text
+    data = to_dict(report)
+    assert json.loads(json.dumps(data))["gaps"][0]["100ms"]["failover_gap_s"] == 0.7
+
+
+def test_adapter_matches_hand_written_spec() -> None:
+    pytest.importorskip("fwc.pipeline")
+    from fwc.lab.adapter import load_policy_cluster
+
+    cluster, out = load_policy_cluster(
+        REPO / "policies" / "edge.fw", FIXTURES / "out", Path("/tmp")
+    )
+    spec = edge()
+    assert out == FIXTURES / "out" / "edge"
+    assert cluster.members == spec.members
+    assert cluster.segments == spec.segments
+    assert cluster.sync == spec.sync and cluster.snat == spec.snat
+    assert [(e.verdict, e.src, e.dst, e.proto, e.port) for e in cluster.expectations] == [
+        (e.verdict, e.src, e.dst, e.proto, e.port) for e in spec.expectations
+    ]
+
+
+# ---------------------------------------------------------------- root tests
+def _root_or_skip() -> None:
+    problem = None
+    if os.geteuid() != 0:
+        problem = "needs root (network and mount namespaces)"
+    else:
+        from fwc.lab.netns import require_root
+
+        problem = require_root()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must run the lab tests, but: {problem}")
+    print(f"\nSKIP (not CI): {problem}", file=sys.stderr)
+    pytest.skip(problem)
+
+
+@pytest.mark.root
+def test_teardown_kills_only_recorded_processes_and_is_idempotent(tmp_path: Path) -> None:
+    _root_or_skip()
+    prefix = f"fwc{os.getpid()}t"
+    state = LabState(prefix)
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        state.create()
+        state.add_netns(state.ns("a"))
+        state.add_netns(state.ns("sw"))
+        state.add_bridge(state.ns("sw"), "br0")
+        state.add_port(state.ns("sw"), "br0", "p0", state.ns("a"), "eth0")
+        proc = state.spawn(
+            "sleeper", ["ip", "netns", "exec", state.ns("a"), "sleep", "30"], tmp_path / "sleep.log"
+        )
+        assert proc.alive()
+        assert sorted(lab_namespaces(prefix)) == [state.ns("a"), state.ns("sw")]
+        # A second process (e.g. `fwc lab --teardown`) works from the state file alone.
+        notes = teardown(prefix)
+        assert any("killed sleeper" in n for n in notes)
+        proc.reap(2.0)
+        assert not proc.alive()
+        assert lab_namespaces(prefix) == []
+        assert bystander.poll() is None  # not ours: untouched
+        assert teardown(prefix) == []  # idempotent
+    finally:
+        teardown(prefix)
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.root
+def test_keep_then_teardown_command(tmp_path: Path) -> None:
+    """--keep leaves the lab up; `--teardown PREFIX` removes every trace."""
+    _root_or_skip()
+    prefix = f"fwc{os.getpid()}k"
+    cluster = replace(edge(), expectations=())
+    try:
+        report = run_lab_cluster(
+            cluster,
+            FIXTURES / "out" / "edge",
+            LabOptions(keep=True, logdir=tmp_path, prefix=prefix, progress=lambda m: None),
+        )
+        assert report.error is None, report.error
+        assert report.kept and report.election["master"] == "fw1"
+        assert len(lab_namespaces(prefix)) == 5
+        assert "--teardown " + prefix in render_text(report)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fwc.lab", "--teardown", prefix],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert lab_namespaces(prefix) == []
+        assert not Path(f"/run/fwc-lab/{prefix}").exists()
+        assert f"/run/fwc-lab/{prefix}" not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        teardown(prefix)
+
+
+@pytest.mark.root
+def test_sigterm_tears_the_lab_down(tmp_path: Path) -> None:
+    _root_or_skip()
+    prefix = f"fwc{os.getpid()}s"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fwc.lab",
+        str(EDGE_SPEC),
+        "--compiled",
+        str(FIXTURES / "out"),
+        "--prefix",
+        prefix,
+        "--logdir",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and len(lab_namespaces(prefix)) < 5:
+            time.sleep(0.2)
+        assert len(lab_namespaces(prefix)) == 5
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert "interrupted by signal SIGTERM" in err
+        assert proc.returncode == 1
+        assert lab_namespaces(prefix) == []
+        assert not Path(f"/run/fwc-lab/{prefix}").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        teardown(prefix)
+
+
+def _compiled_edge(tmp: Path) -> tuple[Path, str]:
+    """Real `fwc compile` output when compile exists, else the hand-written stand-in."""
+    if importlib.util.find_spec("fwc.commands.compile") is None:
+        return FIXTURES / "out", "hand-written fixtures (fwc compile not available)"
+    from fwc.cli import main
+
+    out = tmp / "compiled"
+    assert main(["compile", str(REPO / "policies" / "edge.fw"), "-o", str(out)]) == 0
+    return out, "fwc compile"
+
+
+@pytest.fixture(scope="module")
+def edge_lab(tmp_path_factory: pytest.TempPathFactory) -> LabReport:
+    _root_or_skip()
+    from fwc.lab.adapter import load_policy_cluster
+
+    tmp = tmp_path_factory.mktemp("lab")
+    compiled, source = _compiled_edge(tmp)
+    print(f"\nlab uses {source}: {compiled}", file=sys.stderr)
+    cluster, out = load_policy_cluster(REPO / "policies" / "edge.fw", compiled, tmp)
+    report = run_lab_cluster(cluster, out, LabOptions(logdir=tmp / "logs"))
+    print(render_text(report), file=sys.stderr)
+    (tmp / "report.json").write_text(json.dumps(to_dict(report), indent=2))
+    assert lab_namespaces(report.prefix) == [], "lab left namespaces behind"
+    return report
+
+
+@pytest.mark.lab
+def test_lab_edge_runs_without_error(edge_lab: LabReport) -> None:
+    assert edge_lab.error is None, edge_lab.error
+    assert edge_lab.election["master"] == "fw1"
+    assert edge_lab.ok, edge_lab.failures
+
+
+@pytest.mark.lab
+def test_lab_edge_expectations_hold_through_master_and_backup(edge_lab: LabReport) -> None:
+    for phase, via in (("master", "fw1"), ("backup", "fw2")):
+        results = [r for r in edge_lab.expectations if r.phase == phase]
+        assert len(results) == 4, phase
+        assert all(r.via == via and r.agrees for r in results), results
+
+
+@pytest.mark.lab
+def test_lab_edge_connection_survives_failover_and_failback(edge_lab: LabReport) -> None:
+    runs = {f.label: f for f in edge_lab.failover}
+    assert {"routed-1s", "snat-1s", "routed-100ms", "snat-100ms"} <= set(runs)
+    for fo in runs.values():
+        assert fo.survived_failover and fo.survived_failback, fo
+        assert fo.external_flows_before >= 1, fo  # the backup really had the flow
+        assert fo.takeover_s is not None and fo.failover_gap_s is not None
+        assert fo.order_errors == 0
+
+
+@pytest.mark.lab
+def test_lab_edge_control_without_sync_dies(edge_lab: LabReport) -> None:
+    control = edge_lab.control
+    assert control is not None and not control.sync
+    assert control.connected and control.takeover_s is not None
+    assert not control.survived_failover and control.ok
+
+
+@pytest.mark.lab
+def test_lab_edge_reports_100ms_gap_side_by_side(edge_lab: LabReport) -> None:
+    rows = {r["mode"]: r for r in to_dict(edge_lab)["gaps"]}
+    for mode in ("routed", "snat"):
+        assert {"1s", "100ms"} <= set(rows[mode]), rows
+        fast = rows[mode]["100ms"]
+        assert fast["survived"] and fast["failover_gap_s"] < 1.0, fast
+        assert fast["takeover_s"] < rows[mode]["1s"]["takeover_s"]
