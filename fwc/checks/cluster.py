@@ -1,0 +1,417 @@
+"""Cluster checks (FWC2xx): members, segments, VIPs, VRRP and conntrackd sync.
+
+Each one guards against a way an HA pair silently fails: both nodes master, a
+VIP nobody can reach, a state sync that never happens (see the pitfalls table
+in the HA research notes, P3-P7, P15, P21, P22).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+
+from fwc import protocols as proto
+from fwc.checks import check, describe
+from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
+from fwc.model import Cluster, Interface, IPInterface, Member, Policy
+
+E = Severity.ERROR
+
+# Codes emitted by the resolver; registered here because they are cluster codes.
+describe("FWC204", "VRID out of range or missing", E, """
+A VRRP virtual router id is 1-255 (RFC 3768/5798), and an interface with VIPs
+needs one: its own `vrid N` or the cluster-wide `vrid` in `vrrp { }`.""")
+describe("FWC206", "address without prefix length", E, """
+A VIP or member address written without a prefix. keepalived installs a VIP
+without a prefix as a /32 (or /128), so hosts on the segment lose the on-link
+route to it; members need the prefix to define the segment's subnet.""")
+describe("FWC209", "priority out of range, missing or two masters", E, """
+Every member needs a priority 1-254 (255 means "address owner" to VRRP and is
+avoided) or `master`, which is the highest other priority + 50, capped at 254.
+Only one member can be `master`.""")
+describe("FWC215", "sync mark bit out of range", E, """
+The conntrack mark bit fwc reserves for its own bookkeeping is one of the 32 bits
+of the mark (0-31). ct marks are replicated by conntrackd, so the bit means the
+same thing on every member.""")
+
+
+def _clusters(policy: Policy) -> Iterator[Cluster]:
+    yield from policy.clusters
+
+
+def _address_spans(member: Member, interface: str) -> list[tuple[IPInterface, Span]]:
+    link = member.link(interface)
+    if link is None:
+        return []
+    spans = list(link.address_spans) + [link.span] * (len(link.addresses) - len(link.address_spans))
+    return list(zip(link.addresses, spans, strict=True))
+
+
+def _vip_spans(iface: Interface) -> list[tuple[IPInterface, Span]]:
+    spans = list(iface.vip_spans) + [iface.span] * (len(iface.vips) - len(iface.vip_spans))
+    return list(zip(iface.vips, spans, strict=True))
+
+
+def _family_name(family: int) -> str:
+    return "IPv4" if family == 4 else "IPv6"
+
+
+@check("FWC201", "fewer than two members", E, """
+A cluster exists to survive the loss of a node: with one member there is nothing
+to fail over to, and VRRP and conntrackd are configured for nothing. Declare at
+least two `member` blocks.""")
+def too_few_members(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        if len(cluster.members) < 2:
+            yield error("FWC201", f"cluster '{cluster.name}' has {len(cluster.members)} "
+                        "member(s); an HA cluster needs at least two", cluster.span,
+                        hint="add a second 'member NAME priority N { ... }'")
+
+
+@check("FWC202", "interface not mapped by every member", E, """
+Every member must map every logical interface of the cluster to one of its
+devices: a rule `in lan` or a VIP on `lan` means nothing on a member without a
+`lan` device, and a failover to it would lose that segment. Two logical
+interfaces mapped to one device of a member are also refused: their rules and
+VRRP instances would collide on that device.""")
+def unmapped_interfaces(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        for member in cluster.members:
+            for iface in cluster.interfaces:
+                if member.link(iface.name) is None:
+                    yield error("FWC202", f"member '{member.name}' does not map interface "
+                                f"'{iface.name}'", member.span,
+                                hint=f"add '{iface.name} DEVICE ADDRESS/PREFIX' to member "
+                                f"'{member.name}'",
+                                related=[Related(iface.span, "interface declared here")])
+            devices: dict[str, str] = {}
+            for link in member.links:
+                if link.device in devices:
+                    yield error("FWC202", f"member '{member.name}' maps interfaces "
+                                f"'{devices[link.device]}' and '{link.interface}' to the same "
+                                f"device '{link.device}'", link.span,
+                                hint="give each logical interface its own device (or VLAN)")
+                else:
+                    devices[link.device] = link.interface
+
+
+def _segment_network(cluster: Cluster, iface: Interface, family: int) \
+        -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str] | None:
+    """The subnet of a segment: the VIP's when it has one, else the first member's."""
+    for vip in iface.vips_of(family):
+        return vip.network, f"the VIP {vip}"
+    for member in cluster.members:
+        for address, _ in _address_spans(member, iface.name):
+            if address.version == family:
+                return address.network, f"member '{member.name}' ({address})"
+    return None
+
+
+@check("FWC203", "member address outside its segment's subnet", E, """
+All members on a segment must have an address in the same subnet, the subnet of
+the interface's VIP when it has one (else the first member's). A member outside
+it cannot exchange VRRP adverts with the others (they are sent from the
+primary address, TTL 255, to a link-local group) and cannot reach the hosts
+behind the VIP after a failover. A member also needs an address of each family
+its interface has a VIP in, for the VRRP instance of that family.""")
+def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        for iface in cluster.interfaces:
+            for family in (4, 6):
+                reference = _segment_network(cluster, iface, family)
+                if reference is None:
+                    continue
+                network, source = reference
+                for member in cluster.members:
+                    if member.link(iface.name) is None:
+                        continue  # FWC202
+                    own = [(a, sp) for a, sp in _address_spans(member, iface.name)
+                           if a.version == family]
+                    if not own and iface.vips_of(family):
+                        yield error("FWC203", f"member '{member.name}' has no "
+                                    f"{_family_name(family)} address on '{iface.name}', which "
+                                    f"has a {_family_name(family)} VIP",
+                                    member.link(iface.name).span,  # type: ignore[union-attr]
+                                    hint=f"add an address in {network}")
+                    for address, span in own:
+                        if address.network != network:
+                            yield error("FWC203", f"member '{member.name}' address {address} "
+                                        f"on '{iface.name}' is not in the segment's subnet "
+                                        f"{network} (from {source})", span,
+                                        hint=f"use an address in {network} with prefix "
+                                        f"/{network.prefixlen}")
+
+
+@check("FWC205", "address used twice", E, """
+Member addresses must be distinct: two members with the same address on a
+segment answer ARP for each other, and VRRP sees its own adverts as a peer's.
+An address of one member is also never reused on another interface.""")
+def duplicate_member_addresses(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        seen: dict[object, tuple[str, str, Span]] = {}
+        for member in cluster.members:
+            for link in member.links:
+                for address, span in _address_spans(member, link.interface):
+                    first = seen.get(address.ip)
+                    if first is None:
+                        seen[address.ip] = (member.name, link.interface, span)
+                        continue
+                    yield error("FWC205", f"address {address.ip} of member '{member.name}' "
+                                f"is already used by member '{first[0]}' on '{first[1]}'",
+                                span, hint="every member needs its own address",
+                                related=[Related(first[2], "first used here")])
+
+
+@check("FWC207", "VIP not a usable address of its segment", E, """
+A VIP must lie inside the subnet of the members' addresses on its interface,
+with the same prefix length, and must not be the network or broadcast address of
+it. keepalived accepts a VIP outside the subnet without complaint, but clients
+cannot reach it; a wrong prefix installs a wrong on-link route on the master.""")
+def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        for iface in cluster.interfaces:
+            for vip, span in _vip_spans(iface):
+                members = [a for mb in cluster.members
+                           for a, _ in _address_spans(mb, iface.name) if a.version == vip.version]
+                if members and all(vip.ip not in a.network for a in members):
+                    subnet = members[0].network
+                    yield error("FWC207", f"VIP {vip} of '{iface.name}' is outside the members' "
+                                f"subnet {subnet}", span,
+                                hint=f"pick a free address in {subnet}")
+                    continue
+                if members and vip.network.prefixlen != members[0].network.prefixlen:
+                    yield error("FWC207", f"VIP {vip} of '{iface.name}' has prefix "
+                                f"/{vip.network.prefixlen}, the segment's is "
+                                f"/{members[0].network.prefixlen}", span,
+                                hint=f"write {vip.ip}/{members[0].network.prefixlen}")
+                    continue
+                net = vip.network
+                special = net.prefixlen < net.max_prefixlen - 1 and (
+                    vip.ip == net.network_address
+                    or (vip.version == 4 and vip.ip == net.broadcast_address))
+                if special:
+                    which = "network" if vip.ip == net.network_address else "broadcast"
+                    yield error("FWC207", f"VIP {vip} of '{iface.name}' is the {which} "
+                                "address of its subnet", span,
+                                hint="pick a host address of the subnet")
+
+
+@check("FWC208", "VIP equal to a member address", E, """
+A VIP moves between members; a member's own address does not. If they are equal,
+the backup still answers for the address (its own), and the master's VRRP
+instance would become the address owner: both nodes claim it.""")
+def vip_is_member_address(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        owners: dict[object, tuple[str, Span]] = {}
+        for member in cluster.members:
+            for link in member.links:
+                for address, span in _address_spans(member, link.interface):
+                    owners.setdefault(address.ip, (member.name, span))
+        for iface in cluster.interfaces:
+            for vip, span in _vip_spans(iface):
+                owner = owners.get(vip.ip)
+                if owner is not None:
+                    yield error("FWC208", f"VIP {vip.ip} of '{iface.name}' is also the address "
+                                f"of member '{owner[0]}'", span,
+                                hint="give the VIP an address no member uses",
+                                related=[Related(owner[1], "member address here")])
+
+
+@check("FWC210", "VRID reused in one address family", E, """
+Each VRRP instance needs a VRID that no other instance of the same address family
+uses: keepalived refuses two instances with one VRID and family on an interface,
+and on separate interfaces the virtual MAC (00:00:5e:00:01:VRID) is the same, so
+two segments that end up on one switch or VLAN fight over it. fwc therefore
+requires the VRID to be unique per family across the whole cluster. The IPv4
+and the IPv6 instance of one interface may share a VRID (their virtual MACs
+differ). A cluster-wide `vrid` in `vrrp { }` can therefore serve only one
+interface; give the others their own `vrid N`.""")
+def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        for family in (4, 6):
+            seen: dict[int, Interface] = {}
+            for iface in cluster.interfaces:
+                if iface.vrid is None or not iface.vips_of(family):
+                    continue
+                first = seen.get(iface.vrid)
+                if first is None:
+                    seen[iface.vrid] = iface
+                    continue
+                yield error("FWC210", f"interfaces '{first.name}' and '{iface.name}' both use "
+                            f"VRID {iface.vrid} for {_family_name(family)}", iface.span,
+                            hint=f"give '{iface.name}' its own 'vrid N'",
+                            related=[Related(first.span, f"'{first.name}' declared here")])
+
+
+@check("FWC211", "equal member priorities", E, """
+VRRP elects the member with the highest priority; with equal priorities the
+higher primary address wins, which nobody reading the policy expects, and
+keepalived recommends against it. Priorities are per member in fwc, so the order
+of the members is the same on every interface (a sync group with instances in
+different orders re-elects constantly); this check makes the order strict.""")
+def distinct_priorities(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        seen: dict[int, Member] = {}
+        for member in cluster.members:
+            if member.priority < 1:
+                continue  # missing or invalid: FWC209
+            first = seen.get(member.priority)
+            if first is None:
+                seen[member.priority] = member
+                continue
+            yield error("FWC211", f"members '{first.name}' and '{member.name}' both have "
+                        f"priority {member.priority}", member.priority_span or member.span,
+                        hint="give each member a distinct priority (a gap of 50 is customary)",
+                        related=[Related(first.priority_span or first.span,
+                                         f"'{first.name}' priority here")])
+
+
+@check("FWC212", "VRRP password longer than 8 characters", E, """
+VRRP simple-password authentication carries 8 bytes: keepalived silently cuts a
+longer password to its first 8 characters, so "papas_con_tomate" and
+"papas_co" are the same password, and the text suggests more secrecy than
+there is.""")
+def password_length(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        password = cluster.vrrp.password
+        if password is not None and len(password) > proto.VRRP_PASSWORD_MAX:
+            yield error("FWC212", f"VRRP password has {len(password)} characters; keepalived "
+                        f"uses only the first {proto.VRRP_PASSWORD_MAX}",
+                        cluster.vrrp.span_of("password"),
+                        hint=f"use at most {proto.VRRP_PASSWORD_MAX} characters")
+
+
+@check("FWC213", "VRRP authentication that cannot work", E, """
+VRRP version 3 has no authentication: keepalived ignores `authentication` in a
+v3 instance, so a password with `version 3` protects nothing. `auth pass` needs
+a password. (IPv6 VIPs always get their own version 3 instance without
+authentication even when the IPv4 instances use a password; that is not an
+error. AH authentication is IPv4-only and applies to the IPv4 instances.)""")
+def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        vrrp = cluster.vrrp
+        if vrrp.version == 3 and (vrrp.password is not None or vrrp.auth is not None):
+            span = vrrp.span_of("password") if vrrp.password is not None \
+                else vrrp.span_of("auth")
+            yield error("FWC213", "VRRP version 3 has no authentication; the password would "
+                        "be ignored", span,
+                        hint="remove the password and auth, or use version 2")
+        elif vrrp.auth is not None and vrrp.password is None:
+            yield error("FWC213", f"'auth {vrrp.auth}' without a password", vrrp.span_of("auth"),
+                        hint="add 'password \"...\"' (at most 8 characters) or remove 'auth'")
+
+
+@check("FWC214", "advert interval invalid for the VRRP version", E, """
+VRRP version 2 advertises in whole seconds, 1-255 (keepalived rounds anything
+else with an error, and members with different intervals drop each other's
+packets: split brain). Version 3 takes 10 ms to 40.95 s in 10 ms steps. A
+sub-second advert therefore needs `version 3`. IPv6 instances are always
+version 3, so only the IPv4 instances are held to the version 2 limits.""")
+def advert_interval(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        vrrp = cluster.vrrp
+        advert = vrrp.advert_ms
+        span = vrrp.span_of("advert")
+        v2_instances = vrrp.version == 2 and any(i.vips_of(4) for i in cluster.interfaces)
+        v3_instances = vrrp.version == 3 or any(i.vips_of(6) for i in cluster.interfaces)
+        low2, high2 = proto.VRRP_V2_ADVERT_RANGE_S
+        low3, high3 = proto.VRRP_V3_ADVERT_RANGE_MS
+        if v2_instances and (advert % 1000 or not low2 <= advert // 1000 <= high2):
+            sub_second = advert < 1000 or advert % 1000
+            yield error("FWC214", f"advert {advert} ms is not valid for VRRP version 2 "
+                        f"(whole seconds {low2}-{high2})", span,
+                        hint="add 'version 3' to the vrrp block for sub-second adverts"
+                        if sub_second else f"use whole seconds {low2}-{high2}")
+        elif v3_instances and (advert % 10 or not low3 <= advert <= high3):
+            yield error("FWC214", f"advert {advert} ms is not valid for VRRP version 3 "
+                        f"({low3} ms-{high3} ms in 10 ms steps)", span,
+                        hint="round it to a multiple of 10 ms")
+
+
+def _sync_span(cluster: Cluster, key: str) -> Span:
+    return cluster.sync.span_of(key) or cluster.span
+
+
+@check("FWC216", "sync link missing or not an interface", E, """
+conntrackd replicates connection state over a dedicated link; without it a
+failover drops every established connection. A cluster of two or more members
+needs `sync { link IFACE }`, and IFACE must be one of the cluster's interfaces
+(so that every member maps it to a device and an address).""")
+def sync_link_declared(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        link = cluster.sync.link
+        if link is None:
+            if len(cluster.members) >= 2:
+                yield error("FWC216", f"cluster '{cluster.name}' has no sync link",
+                            cluster.sync.span or cluster.span,
+                            hint="add 'interface sync' and 'sync { link sync }', and map it "
+                            "on every member")
+        elif cluster.interface(link) is None:
+            names = ", ".join(i.name for i in cluster.interfaces) or "none"
+            yield error("FWC216", f"sync link '{link}' is not an interface of cluster "
+                        f"'{cluster.name}'", _sync_span(cluster, "sync-link"),
+                        hint=f"declare 'interface {link}' (interfaces: {names})")
+
+
+@check("FWC217", "sync link carries a VIP", E, """
+The sync link must be dedicated: conntrackd has no authentication, so anybody on
+a shared link can inject connection state, and its traffic competes with user
+traffic. A VIP on the sync interface means it is a user-facing segment.""")
+def sync_link_without_vip(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        iface = cluster.interface(cluster.sync.link) if cluster.sync.link else None
+        if iface is not None and iface.vips:
+            yield error("FWC217", f"sync link '{iface.name}' carries a VIP", iface.span,
+                        hint="move the VIP to a user-facing interface; the sync link is "
+                        "dedicated", related=[Related(_sync_span(cluster, "sync-link"),
+                                                      "declared the sync link here")])
+
+
+@check("FWC218", "sync link used by a rule", E, """
+Policy and NAT rules must not name the sync link in `in` or `out`: it is a
+dedicated link between the members, carrying only conntrackd's own traffic, which
+fwc allows itself. A rule on it means user traffic is expected there.""")
+def sync_link_not_policy(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        link = cluster.sync.link
+        if link is None:
+            continue
+        for rule in cluster.all_rules():
+            for direction, name in (("in", rule.in_interface), ("out", rule.out_interface)):
+                if name == link:
+                    yield error("FWC218", f"rule uses the sync link '{link}' ('{direction} "
+                                f"{link}')", rule.span,
+                                hint="the sync link is reserved for conntrackd; fwc opens it "
+                                "itself")
+
+
+@check("FWC219", "sync group not a usable multicast address", E, """
+conntrackd's multicast transport needs a multicast group (224.0.0.0/4) outside
+the link-local control block 224.0.0.0/24, which routers and switches treat
+specially (VRRP itself uses 224.0.0.18). conntrackd accepts a unicast address
+here and then simply never syncs.""")
+def sync_multicast_group(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        sync = cluster.sync
+        if sync.transport != "multicast":
+            continue
+        group = sync.group
+        if not group.is_multicast:
+            yield error("FWC219", f"sync group {group} is not a multicast address",
+                        _sync_span(cluster, "multicast"),
+                        hint=f"use a group in 224.0.0.0/4, e.g. {proto.DEFAULT_SYNC_GROUP}")
+        elif group in ipaddress.IPv4Network("224.0.0.0/24"):
+            yield error("FWC219", f"sync group {group} is in the link-local control block "
+                        "224.0.0.0/24", _sync_span(cluster, "multicast"),
+                        hint=f"use e.g. {proto.DEFAULT_SYNC_GROUP}")
+
+
+@check("FWC220", "unicast sync with more than two members", E, """
+conntrackd's UDP (unicast) transport sends to one peer per link. With three or
+more members some of them never receive the state; use multicast.""")
+def unicast_two_members(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        if cluster.sync.transport == "unicast" and len(cluster.members) > 2:
+            yield error("FWC220", f"unicast sync with {len(cluster.members)} members; "
+                        "conntrackd unicast reaches one peer", _sync_span(cluster, "unicast"),
+                        hint="use 'multicast GROUP port PORT' (the default)")
