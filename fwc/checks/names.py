@@ -1,0 +1,149 @@
+"""Name and endpoint checks (FWC1xx) the resolver cannot do alone.
+
+The resolver already reports undefined, duplicate, unused and malformed names
+(see codes.py). What needs the resolved model: address families that cannot
+meet, and from/to lists whose negations make no sense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from fwc.addresses import AddressSet
+from fwc.checks import check
+from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
+from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
+
+BOTH = frozenset({4, 6})
+
+
+def family_label(families: Iterable[int]) -> str:
+    names = [f"IPv{f}" for f in sorted(families)]
+    return " and ".join(names) if names else "no family"
+
+
+def firewall_families(cluster: Cluster) -> frozenset[int]:
+    return cluster.families | cluster.vips.families
+
+
+def endpoint_families(endpoint: Endpoint, cluster: Cluster) -> frozenset[int]:
+    """The address families an endpoint can match in this cluster."""
+    if endpoint.is_any:
+        return BOTH
+    families = set((endpoint.addresses - endpoint.excluded).families)
+    if endpoint.firewall:
+        families |= firewall_families(cluster)
+    return frozenset(families)
+
+
+def service_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
+    """Families the services can match in: ICMP is IPv4 only, ICMPv6 IPv6 only."""
+    if not services:
+        return BOTH
+    out: set[int] = set()
+    for match in services:
+        out |= BOTH if match.family is None else {match.family}
+    return frozenset(out)
+
+
+Matcher = Rule | Expectation
+
+
+def _matchers(cluster: Cluster) -> Iterator[tuple[str, Matcher]]:
+    for rule in cluster.rules:
+        yield "rule", rule
+    for rule in cluster.nat:
+        yield "NAT rule", rule
+    for exp in cluster.expectations:
+        yield "expectation", exp
+
+
+def _first_span(endpoint: Endpoint, fallback: Span) -> Span:
+    return endpoint.items[0].span if endpoint.items else fallback
+
+
+@check("FWC105", "address family mismatch", Severity.ERROR, """
+IPv4 and IPv6 are separate worlds: a packet has one family, and iptables and
+ip6tables are separate rule sets. A rule whose source and destination share no
+family (an IPv6 network to an IPv4 host) can never match; a service that exists
+only in the other family (`icmp/...` between IPv6 endpoints, `icmpv6/...`
+between IPv4 ones) never matches either; a NAT rule cannot translate to a
+target of the other family (snat of IPv6 sources to an IPv4-only VIP, dnat of
+IPv4 traffic to an IPv6 host). Mixed lists are fine as long as each family has
+something to match: a service `ping` with both `icmp/echo-request` and
+`icmpv6/echo-request` between IPv4 endpoints is not reported.""")
+def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for what, item in _matchers(cluster):
+            source = endpoint_families(item.source, cluster)
+            destination = endpoint_families(item.destination, cluster)
+            if not source or not destination:
+                continue  # matches nothing at all: FWC112
+            common = source & destination
+            if not common:
+                yield error("FWC105", f"{what} source is {family_label(source)} only, "
+                            f"destination {family_label(destination)} only: it can never "
+                            "match", _first_span(item.destination, item.span),
+                            hint="source and destination must share an address family")
+                continue
+            services = service_families(item.services)
+            if not services & common:
+                yield error("FWC105", f"{what} service {', '.join(item.service_labels)} is "
+                            f"{family_label(services)} only, the endpoints are "
+                            f"{family_label(common)}", item.span,
+                            hint="use icmp/ for IPv4 and icmpv6/ for IPv6, or a service "
+                            "with both")
+                continue
+            target = getattr(item, "target", None)
+            if target is not None and target.addresses:
+                traffic = common & services
+                if not traffic & target.addresses.families:
+                    yield error("FWC105", f"{item.action} target '{target.label}' is "
+                                f"{family_label(target.addresses.families)}, the traffic is "
+                                f"{family_label(traffic)}", target.span,
+                                hint="NAT cannot change the address family; use a target "
+                                "of the traffic's family")
+
+
+@check("FWC112", "endpoint that matches nothing", Severity.ERROR, """
+A from/to list means its positive items minus its negated (`!`) items; with only
+negated items it means `any` minus them. A list whose negations remove
+everything, or that negates `any`, matches no address, so the rule or
+expectation is dead. This is almost always a typo in the list.""")
+def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for what, item in _matchers(cluster):
+            for side_name, side in (("source", item.source), ("destination", item.destination)):
+                negated_any = any(i.kind == "any" and i.negated for i in side.items)
+                empty = (not side.is_any and not side.firewall
+                         and not (side.addresses - side.excluded))
+                if negated_any or empty:
+                    yield error("FWC112", f"{what} {side_name} '{side.label}' matches no "
+                                "address", _first_span(side, item.span),
+                                hint="the negated items remove everything the list names")
+
+
+@check("FWC113", "negation that excludes nothing", Severity.WARNING, """
+A negated item (`!x`) that does not overlap the positive items of its list
+changes nothing: `from lan, !server` with `server` outside `lan` is just
+`from lan`. Usually the wrong object was negated.""")
+def useless_negation(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for what, item in _matchers(cluster):
+            for side in (item.source, item.destination):
+                if side.is_any or side.firewall:
+                    continue
+                positives = side.addresses
+                for negated in side.items:
+                    if not negated.negated or negated.kind in ("any", "firewall"):
+                        continue
+                    if not negated.addresses.overlaps(positives):
+                        yield warning("FWC113", f"'!{negated.label}' excludes nothing from "
+                                      f"this {what}'s list", negated.span,
+                                      hint=f"'{negated.label}' does not overlap "
+                                      f"{_positive_labels(side)}")
+
+
+def _positive_labels(side: Endpoint) -> str:
+    labels = [i.label for i in side.items if not i.negated]
+    return ", ".join(labels) if labels else str(AddressSet())
