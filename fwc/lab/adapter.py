@@ -107,6 +107,7 @@ def cluster_from_model(policy, cluster) -> LabCluster:  # type: ignore[no-untype
         expectations=tuple(expectations),
         snat=snat,
         advert=cluster.vrrp.advert_ms / 1000.0,
+        preempt=cluster.vrrp.preempt,
     )
 
 

@@ -219,7 +219,7 @@ def failover_drill(
     restore: bool = True,
 ) -> FailoverResult:
     flow = lab.flow
-    master = lab.current_master()
+    master, _ = lab.wait_master()  # settled, and the expected node
     backup = next(n for n in lab.nodes if n is not master)
     res = FailoverResult(
         label,

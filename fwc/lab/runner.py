@@ -256,21 +256,43 @@ class Lab:
                 self.logdir / f"{ns.removeprefix(self.plan.prefix + '-')}-listener.log",
             )
 
+    def expected_master(self) -> str | None:
+        """With preemption the highest priority member must end up master."""
+        if not self.plan.cluster.preempt:
+            return None
+        return max(self.plan.cluster.members, key=lambda m: m.priority).name
+
     def wait_master(self, timeout: float = 20.0) -> tuple[Node, float]:
-        """Exactly one member holding every VIP, and the others none."""
+        """Exactly one member holding every VIP, the others none, and settled.
+
+        Right after a restart a lower priority member can win briefly before
+        the preferred one preempts; returning then would fail the wrong node
+        in the next drill. So wait for the expected master (with preemption),
+        or for one sole master that stays put for a second (without).
+        """
+        expected = self.expected_master()
         found: list[Node] = []
+        since: list[float] = []
 
         def converged() -> bool:
             held = {n.name: n.vips_held() for n in self.nodes}
-            found[:] = [n for n in self.nodes if held[n.name] == self.vip_set]
-            others = [n for n in self.nodes if n not in found]
-            return len(found) == 1 and all(not held[n.name] for n in others)
+            masters = [n for n in self.nodes if held[n.name] == self.vip_set]
+            others = [n for n in self.nodes if n not in masters]
+            sole = len(masters) == 1 and all(not held[n.name] for n in others)
+            if not sole or (expected is not None and masters[0].name != expected):
+                since.clear()
+                return False
+            if not found or found[0] is not masters[0]:
+                found[:] = masters
+                since[:] = [time.monotonic()]
+            return expected is not None or time.monotonic() - since[0] >= 1.0
 
         took = drills.wait_for(converged, timeout)
         if took is None:
             held = {n.name: sorted(n.vips_held()) for n in self.nodes}
+            want = f"{expected} as the only master" if expected else "a single master"
             raise LabError(
-                f"no single master within {timeout:.0f} s (VIPs held: {held}); "
+                f"no {want} within {timeout:.0f} s (VIPs held: {held}); "
                 f"see {self.logdir}/*-keepalived.log"
             )
         return found[0], took

@@ -47,6 +47,7 @@ def cluster_from_dict(data: dict[str, Any]) -> LabCluster:
         ),
         snat=tuple(LabSnat(s["from"], s["out"], s["to"]) for s in data.get("snat", ())),
         advert=float(data.get("advert", 1.0)),
+        preempt=bool(data.get("preempt", True)),
     )
 
 

@@ -90,6 +90,7 @@ class LabCluster:
     expectations: tuple[LabExpectation, ...] = ()
     snat: tuple[LabSnat, ...] = ()
     advert: float = 1.0
+    preempt: bool = True  # keepalived default: the highest priority always ends up master
 
     def segment(self, name: str) -> LabSegment:
         for seg in self.segments:
