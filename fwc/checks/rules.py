@@ -1,0 +1,535 @@
+"""Rule checks (FWC4xx): shadowed and redundant rules, DNAT without an accept, masquerade.
+
+Shadowing is the expensive one: a policy of 20,000 rules must not compare every
+pair. Each rule is normalised into a `Flow` (what it matches, per chain and
+address family), and earlier flows are indexed by protocol/port and by the CIDR
+hull of their source and destination. A rule can only be covered by a rule
+whose hulls contain its own, so the lookup walks the prefix ancestors of the
+candidate's hulls, only over the prefix lengths actually present in the index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from fwc.addresses import FAMILY_BITS, AddressSet
+from fwc.checks import check, describe
+from fwc.diagnostics import Diagnostic, Related, Severity, warning
+from fwc.diagnostics import error as error_diag
+from fwc.model import Cluster, Endpoint, NatTarget, Policy, PortRange, Rule, ServiceMatch
+
+FAMILIES = (4, 6)
+# ServiceMatch.family as a table lookup: this runs per rule on the hot path.
+PROTOCOL_FAMILY = {"icmp": 4, "icmpv6": 6}
+
+# Where a rule's traffic is matched: forwarded, to the firewall, from it, or both.
+FORWARD, INPUT, OUTPUT, LOCAL = "forward", "input", "output", "local"
+
+# Which nat hooks a NAT action works in; nonat exempts in both.
+NAT_HOOKS = {"dnat": frozenset({"pre"}), "snat": frozenset({"post"}),
+             "masquerade": frozenset({"post"}), "nonat": frozenset({"pre", "post"})}
+FILTER_HOOKS = frozenset({"filter"})
+
+# A side of a part: an address set (one family), or None for the firewall itself.
+Addresses = AddressSet | None
+
+
+Key = tuple[int, int]  # a CIDR hull as (prefix length, network as an integer)
+FIREWALL_KEY: Key = (0, 0)
+
+
+def hull_key(addresses: Addresses, family: int) -> Key:
+    """The smallest CIDR block holding the addresses; the firewall side keys as /0."""
+    if addresses is None:
+        return FIREWALL_KEY
+    intervals = addresses.family(family)
+    low, high = intervals[0][0], intervals[-1][1]
+    bits = FAMILY_BITS[family]
+    length = bits - (low ^ high).bit_length()
+    shift = bits - length
+    return length, low >> shift << shift
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    kind: str  # FORWARD, INPUT, OUTPUT or LOCAL
+    family: int
+    source: Addresses
+    destination: Addresses
+    source_key: Key
+    destination_key: Key
+
+
+def _part(kind: str, family: int, source: Addresses, destination: Addresses) -> Part:
+    return Part(kind, family, source, destination, hull_key(source, family),
+                hull_key(destination, family))
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """What a rule matches, normalised for coverage tests."""
+
+    position: int
+    action: str
+    hooks: frozenset[str]
+    parts: tuple[Part, ...]
+    services: tuple[ServiceMatch, ...]  # empty: every protocol
+    in_interface: str | None
+    out_interface: str | None
+    only: str | None
+    source_fw_excluded: AddressSet
+    destination_fw_excluded: AddressSet
+    outcome: tuple[object, ...]  # action plus NAT target: equal outcome means redundant
+    rule: Rule | None = field(default=None, compare=False)
+
+
+def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
+    if not services:
+        return frozenset(FAMILIES)
+    out: set[int] = set()
+    for match in services:
+        family = PROTOCOL_FAMILY.get(match.protocol)
+        out |= set(FAMILIES) if family is None else {family}
+    return frozenset(out)
+
+
+def _net(endpoint: Endpoint) -> AddressSet:
+    """The non-firewall addresses an endpoint matches (`any` excludes the firewall)."""
+    base = AddressSet.everything() if endpoint.is_any else endpoint.addresses
+    return base - endpoint.excluded
+
+
+def _parts(source_net: AddressSet, source_fw: bool, destination_net: AddressSet,
+           destination_fw: bool, families: frozenset[int]) -> tuple[Part, ...]:
+    out: list[Part] = []
+    for family in FAMILIES:
+        if family not in families:
+            continue
+        src = source_net.only(family)
+        dst = destination_net.only(family)
+        if src and dst:
+            out.append(_part(FORWARD, family, src, dst))
+        if src and destination_fw:
+            out.append(_part(INPUT, family, src, None))
+        if source_fw and dst:
+            out.append(_part(OUTPUT, family, None, dst))
+        if source_fw and destination_fw:
+            out.append(_part(LOCAL, family, None, None))
+    return tuple(out)
+
+
+def _target_outcome(target: NatTarget | None) -> tuple[object, ...]:
+    if target is None:
+        return ()
+    return (target.addresses, target.port)
+
+
+def flow_of(rule: Rule, hooks: frozenset[str]) -> Flow:
+    families = _live_families(rule.services)
+    parts = _parts(_net(rule.source), rule.source.firewall,
+                   _net(rule.destination), rule.destination.firewall, families)
+    return Flow(rule.index, rule.action, hooks, parts, rule.services, rule.in_interface,
+                rule.out_interface, rule.only, rule.source.excluded, rule.destination.excluded,
+                (rule.action, *_target_outcome(rule.target)), rule)
+
+
+# -- coverage -----------------------------------------------------------------------------
+def _ports_cover(outer: list[PortRange], inner: tuple[PortRange, ...]) -> bool:
+    return _port_set(outer).covers(_port_set(inner))
+
+
+def _whole_protocol(match: ServiceMatch) -> bool:
+    return not match.ports and match.icmp_type is None
+
+
+def _match_covered(inner: ServiceMatch, outer: tuple[ServiceMatch, ...]) -> bool:
+    if not outer:
+        return True
+    same = [o for o in outer if o.number == inner.number
+            and (inner.helper is None or o.helper == inner.helper)]
+    if any(_whole_protocol(o) for o in same):
+        return True
+    if inner.icmp_type is not None:
+        return any(o.icmp_type == inner.icmp_type for o in same)
+    if inner.ports:
+        return _ports_cover([p for o in same for p in o.ports], inner.ports)
+    return False
+
+
+def _in_family(services: tuple[ServiceMatch, ...], family: int) -> tuple[ServiceMatch, ...]:
+    return tuple(m for m in services if PROTOCOL_FAMILY.get(m.protocol, family) == family)
+
+
+def _services_cover(outer: tuple[ServiceMatch, ...], inner: tuple[ServiceMatch, ...],
+                    family: int) -> bool:
+    if not outer:
+        return True
+    if not inner:
+        return False
+    return all(_match_covered(m, outer) for m in _in_family(inner, family))
+
+
+def _side_covers(outer: Addresses, inner: Addresses, outer_fw_excluded: AddressSet,
+                 inner_fw_excluded: AddressSet, firewall: AddressSet) -> bool:
+    if outer is None or inner is None:
+        # The firewall side: equal unless the outer list cuts firewall addresses out
+        # that the inner one keeps.
+        return outer is None and inner is None and \
+            inner_fw_excluded.covers(outer_fw_excluded & firewall)
+    return outer.covers(inner)
+
+
+def _scope_covers(outer: Flow, inner: Flow) -> bool:
+    return (outer.hooks >= inner.hooks
+            and outer.only in (None, inner.only)
+            and outer.in_interface in (None, inner.in_interface)
+            and outer.out_interface in (None, inner.out_interface))
+
+
+def covers(outer: Flow, inner: Flow, firewall: AddressSet) -> bool:
+    """True when every packet `inner` matches is matched by `outer` (one rule, not a union)."""
+    if not _scope_covers(outer, inner):
+        return False
+    for part in inner.parts:
+        if not any(
+            o.kind == part.kind and o.family == part.family
+            and _side_covers(o.source, part.source, outer.source_fw_excluded,
+                             inner.source_fw_excluded, firewall)
+            and _side_covers(o.destination, part.destination, outer.destination_fw_excluded,
+                             inner.destination_fw_excluded, firewall)
+            and _services_cover(outer.services, inner.services, part.family)
+            for o in outer.parts
+        ):
+            return False
+    return True
+
+
+def _port_set(ranges: Iterable[PortRange]) -> AddressSet:
+    """Port ranges as a normalised interval set (the interval code is reused as is)."""
+    return AddressSet() | AddressSet(tuple((p.low, p.high) for p in ranges))
+
+
+def _services_overlap(a: tuple[ServiceMatch, ...], b: tuple[ServiceMatch, ...],
+                      family: int) -> bool:
+    if not a or not b:
+        return True
+    for x in _in_family(a, family):
+        for y in _in_family(b, family):
+            if x.number != y.number:
+                continue
+            if x.icmp_type is not None and y.icmp_type is not None \
+                    and x.icmp_type != y.icmp_type:
+                continue
+            if x.ports and y.ports and not _port_set(x.ports).overlaps(_port_set(y.ports)):
+                continue
+            return True
+    return False
+
+
+def _side_overlaps(a: Addresses, b: Addresses) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.overlaps(b)
+
+
+def overlaps(a: Flow, b: Flow) -> bool:
+    """True when some packet is matched by both (scope, parts and services)."""
+    if not a.hooks & b.hooks:
+        return False
+    for x, y in ((a.only, b.only), (a.in_interface, b.in_interface),
+                 (a.out_interface, b.out_interface)):
+        if x is not None and y is not None and x != y:
+            return False
+    return any(
+        p.kind == q.kind and p.family == q.family
+        and _side_overlaps(p.source, q.source)
+        and _side_overlaps(p.destination, q.destination)
+        and _services_overlap(a.services, b.services, p.family)
+        for p in a.parts for q in b.parts)
+
+
+# -- index --------------------------------------------------------------------------------
+class PrefixIndex:
+    """Values stored under CIDR keys; `ancestors` yields those whose key contains a query."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.by_length: dict[int, dict[int, object]] = {}
+
+    def slot(self, key: Key, make) -> object:
+        length, network = key
+        table = self.by_length.setdefault(length, {})
+        if network not in table:
+            table[network] = make()
+        return table[network]
+
+    def ancestors(self, key: Key) -> Iterator[object]:
+        length, network = key
+        for candidate in self.by_length:
+            if candidate > length:
+                continue
+            shift = self.bits - candidate
+            found = self.by_length[candidate].get(network >> shift << shift)
+            if found is not None:
+                yield found
+
+
+def _service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[tuple[object, ...]]:
+    """Index keys of a flow's services in one family: whole protocols, single ports, types."""
+    if not services:
+        return {("all",)}
+    keys: set[tuple[object, ...]] = set()
+    for match in _in_family(services, family):
+        if _whole_protocol(match):
+            keys.add((match.number,))
+        elif match.icmp_type is not None:
+            keys.add((match.number, "type", match.icmp_type))
+        else:
+            for ports in match.ports:
+                keys.add((match.number, "port", ports.low) if ports.low == ports.high
+                         else (match.number, "wide"))
+    return keys
+
+
+def _probe_keys(services: tuple[ServiceMatch, ...], family: int) -> list[tuple[object, ...]]:
+    """The index keys under which a rule covering these services must be stored."""
+    keys: list[tuple[object, ...]] = [("all",)]
+    matches = _in_family(services, family)
+    if not matches:
+        return keys
+    first = matches[0]
+    keys.append((first.number,))
+    if first.icmp_type is not None:
+        keys.append((first.number, "type", first.icmp_type))
+    elif first.ports:
+        keys.append((first.number, "wide"))
+        low, high = first.ports[0].low, first.ports[0].high
+        if low == high:
+            keys.append((first.number, "port", low))
+    return keys
+
+
+class CoverIndex:
+    """Earlier flows, found by (part kind, family, service key, source hull, destination hull)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[object, ...], PrefixIndex] = {}
+
+    def add(self, flow: Flow) -> None:
+        for part in flow.parts:
+            bits = FAMILY_BITS[part.family]
+            src, dst = part.source_key, part.destination_key
+            for skey in _service_keys(flow.services, part.family):
+                table = self.tables.get((part.kind, part.family, *skey))
+                if table is None:
+                    table = self.tables[(part.kind, part.family, *skey)] = PrefixIndex(bits)
+                inner = table.slot(src, lambda b=bits: PrefixIndex(b))
+                bucket = inner.slot(dst, list)  # type: ignore[attr-defined]
+                if not bucket or bucket[-1] is not flow:  # type: ignore[index]
+                    bucket.append(flow)  # type: ignore[attr-defined]
+
+    def candidates(self, flow: Flow) -> list[Flow]:
+        """Earlier flows that might cover `flow`, in rule order."""
+        if not flow.parts:
+            return []
+        part = flow.parts[0]
+        src, dst = part.source_key, part.destination_key
+        found: dict[int, Flow] = {}
+        for skey in _probe_keys(flow.services, part.family):
+            table = self.tables.get((part.kind, part.family, *skey))
+            if table is None:
+                continue
+            for inner in table.ancestors(src):
+                for bucket in inner.ancestors(dst):  # type: ignore[attr-defined]
+                    for candidate in bucket:  # type: ignore[attr-defined]
+                        found[candidate.position] = candidate
+        return [found[k] for k in sorted(found)]
+
+
+def _firewall(cluster: Cluster) -> AddressSet:
+    return cluster.all_member_addresses | cluster.vips
+
+
+def shadowing(flows: list[Flow], firewall: AddressSet) -> Iterator[tuple[Flow, Flow]]:
+    """(shadowed, earlier covering) pairs; each flow is tested against few candidates."""
+    index = CoverIndex()
+    for flow in flows:
+        if flow.parts:
+            for earlier in index.candidates(flow):
+                if covers(earlier, flow, firewall):
+                    yield flow, earlier
+                    break
+        index.add(flow)
+
+
+def _filter_flows(cluster: Cluster) -> list[Flow]:
+    return [flow_of(r, FILTER_HOOKS) for r in cluster.rules]
+
+
+def _nat_flows(cluster: Cluster) -> list[Flow]:
+    return [flow_of(r, NAT_HOOKS.get(r.action, frozenset())) for r in cluster.nat]
+
+
+def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
+    for cluster in policy.clusters:
+        firewall = _firewall(cluster)
+        yield from shadowing(_filter_flows(cluster), firewall)
+        yield from shadowing(_nat_flows(cluster), firewall)
+
+
+def _describe_rule(flow: Flow) -> str:
+    rule = flow.rule
+    assert rule is not None
+    return f"line {rule.span.line} ({rule.action})"
+
+
+SHADOW_RATIONALE = """
+Rules match first-to-last and the first match wins, so a rule whose every
+packet an earlier rule already matches can never take effect. fwc tests each
+rule against every earlier rule of its block (the policy rules, and separately
+the NAT rules, where dnat and snat work in different hooks and only nonat
+spans both) and reports it when a single earlier rule covers it: the earlier
+rule's sources, destinations, services (protocol, port intervals, ICMP type),
+`in`/`out` interfaces and `only` scope all contain the later rule's. `any`
+never includes the firewall itself, and `firewall` (its own addresses and the
+VIPs) is compared as a whole. Coverage by the union of several earlier rules is
+not detected. The search uses an index of earlier rules by protocol and by the
+CIDR hull of their addresses, so large policies stay fast."""
+
+
+# Both codes come from one pass over the rules: FWC402 is registered with
+# `describe` and emitted by the FWC401 check, so shadowing is computed once.
+describe("FWC402", "redundant rule", Severity.WARNING, SHADOW_RATIONALE + """
+
+When the earlier rule has the same action (and NAT target), the later rule is
+merely redundant: a warning, since removing it changes nothing.""", stage="check")
+
+
+@check("FWC401", "shadowed rule with a different action", Severity.ERROR, SHADOW_RATIONALE + """
+
+When the earlier rule's action (or NAT target) differs, the later rule states an
+intent the firewall will never carry out: an error. (The same pass reports
+FWC402 for redundant rules.)""")
+def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
+    for flow, earlier in _shadow_findings(policy):
+        assert flow.rule is not None and earlier.rule is not None
+        related = [Related(earlier.rule.span, "covered by this rule")]
+        if flow.outcome == earlier.outcome:
+            yield warning("FWC402", "rule is redundant: the rule at "
+                          f"{_describe_rule(earlier)} already matches all its traffic with the "
+                          "same action", flow.rule.span, hint="remove it", related=related)
+        else:
+            yield error_diag("FWC401", "rule can never match: the rule at "
+                             f"{_describe_rule(earlier)} matches all its traffic first",
+                             flow.rule.span,
+                             hint="move it above that rule, or narrow the earlier rule",
+                             related=related)
+
+
+def _translated_flow(rule: Rule, cluster: Cluster, firewall: AddressSet) -> Flow | None:
+    """The traffic a dnat rule hands to the filter: its destination is the target."""
+    target = rule.target
+    if target is None or not target.addresses:
+        return None
+    to_firewall = target.kind == "vip" or firewall.covers(target.addresses)
+    services = rule.services
+    if target.port is not None:
+        services = tuple(ServiceMatch(m.protocol, m.number, (PortRange(target.port, target.port),)
+                                      if m.ports else m.ports, m.icmp_type, m.icmp_name, m.helper)
+                         for m in services)
+    families = _live_families(services) & target.addresses.families
+    parts = _parts(_net(rule.source), rule.source.firewall,
+                   AddressSet() if to_firewall else target.addresses, to_firewall, families)
+    return Flow(rule.index, "accept", FILTER_HOOKS, parts, services, rule.in_interface, None,
+                rule.only, rule.source.excluded, AddressSet(), ("accept",), rule)
+
+
+class DestinationIndex:
+    """Filter flows by (part kind, family) and destination hull, for DNAT targets."""
+
+    def __init__(self, flows: list[Flow]) -> None:
+        self.tables: dict[tuple[str, int], PrefixIndex] = {}
+        for flow in flows:
+            for part in flow.parts:
+                table = self.tables.setdefault((part.kind, part.family),
+                                               PrefixIndex(FAMILY_BITS[part.family]))
+                bucket = table.slot(part.destination_key, list)
+                if not bucket or bucket[-1] is not flow:  # type: ignore[index]
+                    bucket.append(flow)  # type: ignore[attr-defined]
+
+    def candidates(self, flow: Flow) -> list[Flow]:
+        found: dict[int, Flow] = {}
+        for part in flow.parts:
+            table = self.tables.get((part.kind, part.family))
+            if table is None:
+                continue
+            for bucket in table.ancestors(part.destination_key):
+                for candidate in bucket:  # type: ignore[attr-defined]
+                    found[candidate.position] = candidate
+        return [found[k] for k in sorted(found)]
+
+
+@check("FWC403", "DNAT without an accept rule", Severity.WARNING, """
+DNAT happens before filtering: the filter rules see the translated destination
+(and port). A dnat rule whose translated traffic no policy rule accepts is
+dropped right after being translated; the service looks published but is not.
+fwc takes the first policy rule that matches part of the translated traffic: if
+it accepts, fine; if it drops or rejects all of it, or no rule accepts any of
+it, the dnat rule is reported.""")
+def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        dnats = [r for r in cluster.nat if r.action == "dnat"]
+        if not dnats:
+            continue
+        firewall = _firewall(cluster)
+        index = DestinationIndex(_filter_flows(cluster))
+        for rule in dnats:
+            translated = _translated_flow(rule, cluster, firewall)
+            if translated is None or not translated.parts:
+                continue
+            blocker: Flow | None = None
+            accepted = False
+            for candidate in index.candidates(translated):
+                if not overlaps(candidate, translated):
+                    continue
+                if candidate.action == "accept":
+                    accepted = True
+                    break
+                if covers(candidate, translated, firewall):
+                    blocker = candidate
+                    break
+            if accepted:
+                continue
+            assert rule.target is not None
+            if blocker is not None and blocker.rule is not None:
+                yield warning("FWC403", f"traffic translated to '{rule.target.label}' is "
+                              f"dropped by the rule at {_describe_rule(blocker)}", rule.span,
+                              hint="add an accept rule for the translated destination above it",
+                              related=[Related(blocker.rule.span, "drops it here")])
+            else:
+                yield warning("FWC403", f"no policy rule accepts the traffic translated to "
+                              f"'{rule.target.label}'", rule.span,
+                              hint=f"add 'accept from ... to {rule.target.label} service ...' "
+                              "(filter rules see the translated destination)")
+
+
+@check("FWC404", "masquerade in a cluster", Severity.WARNING, """
+MASQUERADE translates to the outgoing interface's own address, which differs
+per member, and the kernel deletes masqueraded connections when that interface
+goes down. After a failover the peer has no usable state for them: every
+masqueraded session dies. SNAT to the interface's VIP moves with the VIP and
+survives (conntrackd replicates the NAT mapping).""")
+def masquerade_in_cluster(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for rule in cluster.nat:
+            if rule.action != "masquerade":
+                continue
+            iface = rule.out_interface or "IFACE"
+            has_vip = bool(cluster.interface(iface) and cluster.interface(iface).vips)  # type: ignore[union-attr]
+            fix = (f"write 'snat from {rule.source.label} to {rule.destination.label} "
+                   f"out {iface} -> {iface}.vip'")
+            if not has_vip:
+                fix += f" after giving interface '{iface}' a VIP"
+            yield warning("FWC404", "masquerade loses every translated session on failover",
+                          rule.span, hint=fix)
