@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from fwc.addresses import AddressSet
 from fwc.diagnostics import Span
@@ -29,8 +30,7 @@ class AddressObject:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
-class PortRange:
+class PortRange(NamedTuple):
     low: int
     high: int
 
@@ -38,9 +38,11 @@ class PortRange:
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceMatch:
-    """One protocol with its ports or ICMP type; empty `ports` means every port."""
+class ServiceMatch(NamedTuple):
+    """One protocol with its ports or ICMP type; empty `ports` means every port.
+
+    NamedTuples (here and PortRange) because a large policy holds tens of thousands.
+    """
 
     protocol: str  # tcp, udp, sctp, dccp, icmp, icmpv6 or another IP protocol name
     number: int  # IP protocol number

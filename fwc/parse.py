@@ -10,7 +10,7 @@ import functools
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Tree
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from fwc import syntax as s
@@ -39,10 +39,25 @@ def grammar_text() -> str:
     return checkout.read_text(encoding="utf-8")
 
 
-@functools.cache
-def parser() -> Lark:
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=False, cache=True)
+def _lark_options() -> dict[str, object]:
+    # lark-cython, when installed (extra `fast`), halves the parse of large policies.
+    try:
+        import lark_cython
+    except ImportError:
+        return {"cache": True}
+    return {"_plugins": lark_cython.plugins}
+
+
+@functools.lru_cache(maxsize=64)
+def parser(path: str = "<policy>") -> Lark:
+    """A parser that builds the syntax tree while parsing, with spans naming `path`.
+
+    The tree is built by an inline transformer (no intermediate lark tree), which is
+    what makes 20,000-rule policies parse fast; spans come from tokens because lark's
+    propagate_positions costs more than the parse itself.
+    """
+    return Lark(grammar_text(), parser="lalr", maybe_placeholders=False,
+                transformer=_Builder(path), **_lark_options())
 
 
 def _describe(terminal: str) -> str:
@@ -89,11 +104,11 @@ def _blank_line(text: str, line: int) -> str:
 def parse_text(text: str, path: str) -> tuple[s.SourceFile, list[Diagnostic]]:
     diagnostics: list[Diagnostic] = []
     attempt = text
-    tree: Tree | None = None
+    tree: list | None = None
     seen_lines: set[int] = set()
     while tree is None:
         try:
-            tree = parser().parse(attempt)
+            tree = parser(path).parse(attempt)
         except UnexpectedInput as exc:
             diagnostics.append(_syntax_diagnostic(path, exc, attempt))
             line = getattr(exc, "line", 0) or 0
@@ -106,196 +121,270 @@ def parse_text(text: str, path: str) -> tuple[s.SourceFile, list[Diagnostic]]:
     if diagnostics:
         # The tree of a repaired text would hide what was removed; keep only errors.
         return s.SourceFile(path, text, ()), diagnostics
-    return s.SourceFile(path, text, tuple(_Builder(path).statements(tree))), diagnostics
+    return s.SourceFile(path, text, tuple(tree)), diagnostics
 
 
-class _Builder:
+_ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "IPV4": "address", "IPV6": "address",
+                   "ADDR_RANGE": "range", "ANY": "any", "FIREWALL": "firewall"}
+
+
+def _join(first: Span, last: Span) -> Span:
+    return Span(first.file, first.line, first.column, last.end_line, last.end_column)
+
+
+class _Builder(Transformer):
+    """Builds `fwc.syntax` nodes during the LALR parse (one method per grammar rule).
+
+    Children arrive already transformed: tokens for terminals, syntax nodes or
+    (key, value, span) triples for the rules below.
+    """
+
     def __init__(self, path: str) -> None:
+        super().__init__(visit_tokens=False)
         self.path = path
 
-    def span(self, node: Tree | Token) -> Span:
-        if isinstance(node, Token):
-            return Span(self.path, node.line or 0, node.column or 0,
-                        node.end_line or node.line or 0, node.end_column or node.column or 0)
-        meta = node.meta
-        if getattr(meta, "empty", True):
-            return Span(self.path, 0, 0, 0, 0)
-        return Span(self.path, meta.line, meta.column, meta.end_line, meta.end_column)
+    def span(self, token: Token) -> Span:
+        return Span(self.path, token.line, token.column, token.end_line, token.end_column)
 
-    def word(self, token: Token | Tree) -> s.Word:
-        if isinstance(token, Tree):
-            token = token.children[0]  # name_ref / address / range_lit wrap one token
-        text = str(token)
+    def word(self, token: Token) -> s.Word:
+        text = token.value
         if token.type == "STRING":
             text = bytes(text[1:-1], "utf-8").decode("unicode_escape")
         return s.Word(text, self.span(token))
 
-    def statements(self, tree: Tree) -> list[s.Statement]:
-        out: list[s.Statement] = []
-        for node in tree.children:
-            handler = getattr(self, f"_{node.data}")
-            out.append(handler(node))
+    def endpoint_of(self, token: Token, negated: bool, span: Span | None = None) -> s.Endpoint:
+        kind = _ENDPOINT_KINDS[token.type]
+        text = token.value[: -len(".vip")] if kind == "vip" else token.value
+        return s.Endpoint(kind, text, negated, span or self.span(token))
+
+    def service_ref(self, token: Token) -> s.ServiceRef:
+        return s.ServiceRef("spec" if token.type == "SVC_SPEC" else "name", token.value,
+                            self.span(token))
+
+    # -- top level ---------------------------------------------------------------
+    def start(self, children: list) -> list:
+        return children
+
+    def include(self, children: list) -> s.Include:
+        path = self.word(children[0])
+        return s.Include(path, path.span)
+
+    def address_def(self, children: list) -> s.AddressDef:
+        kind, name, *values = children
+        words = tuple(self.word(v) for v in values)
+        return s.AddressDef(kind.value, self.word(name), words,
+                            _join(self.span(kind), words[-1].span))
+
+    def range_def(self, children: list) -> s.AddressDef:
+        name, value = children
+        value_word = self.word(value)
+        name_word = self.word(name)
+        return s.AddressDef("range", name_word, (value_word,), _join(name_word.span,
+                                                                     value_word.span))
+
+    def group_def(self, children: list) -> s.GroupDef:
+        name, *items = children
+        name_word = self.word(name)
+        members = tuple(self.endpoint_of(i, False) for i in items)
+        last = members[-1].span if members else name_word.span
+        return s.GroupDef(name_word, members, _join(name_word.span, last))
+
+    def helper(self, children: list) -> tuple[str, s.Word]:
+        return ("helper", self.word(children[0]))
+
+    def service_def(self, children: list) -> s.ServiceDef:
+        name, *rest = children
+        helper = None
+        if rest and isinstance(rest[-1], tuple):
+            helper = rest.pop()[1]
+        items = tuple(self.service_ref(i) for i in rest)
+        name_word = self.word(name)
+        last = helper.span if helper else items[-1].span
+        return s.ServiceDef(name_word, items, helper, _join(name_word.span, last))
+
+    # -- options: (key, value word or None, span) ----------------------------------------
+    def _valued(key: str):  # noqa: N805 - a factory used in the class body
+        def build(self: _Builder, children: list) -> s.Option:
+            value = self.word(children[-1])
+            return s.Option(key, value, value.span)
+        return build
+
+    password = _valued("password")
+    password_file = _valued("password-file")
+    auth = _valued("auth")
+    advert = _valued("advert")
+    version = _valued("version")
+    preempt = _valued("preempt")
+    preempt_delay = _valued("preempt-delay")
+    vrid = _valued("vrid")
+    garp_refresh = _valued("garp-refresh")
+    sync_link = _valued("sync-link")
+    sync_mode = _valued("sync-mode")
+    sync_port = _valued("port")
+    mark_bit = _valued("mark-bit")
+    priority = _valued("priority")
+    ssh = _valued("ssh")
+    opt_in = _valued("in")
+    opt_out = _valued("out")
+    opt_only = _valued("only")
+    unicast = _valued("unicast")
+    master = _valued("master")
+    del _valued
+
+    def multicast(self, children: list) -> list[s.Option]:
+        group = self.word(children[0])
+        out = [s.Option("multicast", group, group.span)]
+        if len(children) > 1:
+            port = self.word(children[1])
+            out.append(s.Option("port", port, port.span))
         return out
 
-    def _include(self, node: Tree) -> s.Include:
-        return s.Include(self.word(node.children[0]), self.span(node))
+    def _options_block(self, kind: str, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        flat: list[s.Option] = []
+        for child in children:
+            flat.extend(child if isinstance(child, list) else [child])
+        return (kind, tuple(flat))
 
-    def _address_def(self, node: Tree) -> s.AddressDef:
-        kind, name, *values = node.children
-        return s.AddressDef(str(kind), self.word(name), tuple(self.word(v) for v in values),
-                            self.span(node))
+    def vrrp(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return self._options_block("vrrp", children)
 
-    def _range_def(self, node: Tree) -> s.AddressDef:
-        name, value = node.children
-        return s.AddressDef("range", self.word(name), (self.word(value),), self.span(node))
+    def sync(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return self._options_block("sync", children)
 
-    def _group_def(self, node: Tree) -> s.GroupDef:
-        name, *items = node.children
-        return s.GroupDef(self.word(name), tuple(self.endpoint_item(i, False) for i in items),
-                          self.span(node))
+    def vips(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("vips", tuple(self.word(c) for c in children))
 
-    def endpoint_item(self, node: Tree | Token, negated: bool) -> s.Endpoint:
-        if isinstance(node, Token):
-            kind = {"ANY": "any", "FIREWALL": "firewall"}[node.type]
-            return s.Endpoint(kind, str(node), negated, self.span(node))
-        kind = {"name_ref": "name", "vip_ref": "vip", "address": "address",
-                "range_lit": "range"}[node.data]
-        text = str(node.children[0])
-        if kind == "vip":
-            text = text[: -len(".vip")]
-        return s.Endpoint(kind, text, negated, self.span(node))
-
-    def service_ref(self, node: Tree) -> s.ServiceRef:
-        kind = "spec" if node.data == "svc_spec" else "name"
-        return s.ServiceRef(kind, str(node.children[0]), self.span(node))
-
-    def _service_def(self, node: Tree) -> s.ServiceDef:
-        name, *rest = node.children
-        helper = None
-        items = []
-        for child in rest:
-            if child.data == "helper":
-                helper = self.word(child.children[0])
+    def interface(self, children: list) -> s.InterfaceDecl:
+        name, *opts = children
+        vips: list[s.Word] = []
+        vrid = None
+        for opt in opts:
+            if isinstance(opt, s.Option):
+                vrid = opt.value
             else:
-                items.append(self.service_ref(child))
-        return s.ServiceDef(self.word(name), tuple(items), helper, self.span(node))
+                vips.extend(opt[1])
+        name_word = self.word(name)
+        last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else [])],
+                   key=lambda sp: (sp.end_line, sp.end_column))
+        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last))
 
-    def option(self, node: Tree) -> s.Option:
-        key = node.data.replace("_", "-")
-        value = self.word(node.children[0]) if node.children else None
-        return s.Option(key, value, self.span(node))
+    def member_link(self, children: list) -> s.MemberLink:
+        iface, device, *addresses = children
+        words = tuple(self.word(a) for a in addresses)
+        iface_word = self.word(iface)
+        device_word = self.word(device)
+        return s.MemberLink(iface_word, device_word, words,
+                            _join(iface_word.span, (words[-1] if words else device_word).span))
 
-    def _cluster(self, node: Tree) -> s.ClusterDecl:
-        name, *items = node.children
+    def member(self, children: list) -> s.MemberDecl:
+        name, *rest = children
+        options = tuple(c for c in rest if isinstance(c, s.Option))
+        links = tuple(c for c in rest if isinstance(c, s.MemberLink))
+        name_word = self.word(name)
+        last = links[-1].span if links else (options[-1].span if options else name_word.span)
+        return s.MemberDecl(name_word, options, links, _join(name_word.span, last))
+
+    def cluster(self, children: list) -> s.ClusterDecl:
+        name, *items = children
         vrrp: list[s.Option] = []
         sync: list[s.Option] = []
         vrrp_span = sync_span = None
-        interfaces: list[s.InterfaceDecl] = []
-        members: list[s.MemberDecl] = []
+        interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
+        members = tuple(i for i in items if isinstance(i, s.MemberDecl))
         for item in items:
-            if item.data == "vrrp":
-                vrrp.extend(self.option(o) for o in item.children)
-                vrrp_span = vrrp_span or self.span(item)
-            elif item.data == "sync":
-                for o in item.children:
-                    if o.data == "multicast":
-                        sync.append(s.Option("multicast", self.word(o.children[0]), self.span(o)))
-                        if len(o.children) > 1:
-                            sync.append(s.Option("port", self.word(o.children[1]),
-                                                 self.span(o.children[1])))
-                    else:
-                        sync.append(self.option(o))
-                sync_span = sync_span or self.span(item)
-            elif item.data == "interface":
-                interfaces.append(self.interface(item))
-            else:
-                members.append(self.member(item))
-        return s.ClusterDecl(self.word(name), tuple(vrrp), vrrp_span, tuple(sync), sync_span,
-                             tuple(interfaces), tuple(members), self.span(node))
-
-    def interface(self, node: Tree) -> s.InterfaceDecl:
-        name, *opts = node.children
-        vips: list[s.Word] = []
-        vrid = None
-        for o in opts:
-            if o.data == "vips":
-                vips.extend(self.word(a) for a in o.children)
-            else:
-                vrid = self.word(o.children[0])
-        return s.InterfaceDecl(self.word(name), tuple(vips), vrid, self.span(node))
-
-    def member(self, node: Tree) -> s.MemberDecl:
-        name, *rest = node.children
-        options = [self.option(c) for c in rest if c.data != "member_link"]
-        links = [
-            s.MemberLink(self.word(c.children[0]), self.word(c.children[1]),
-                         tuple(self.word(a) for a in c.children[2:]), self.span(c))
-            for c in rest if c.data == "member_link"
-        ]
-        return s.MemberDecl(self.word(name), tuple(options), tuple(links), self.span(node))
-
-    def endpoints(self, node: Tree) -> tuple[s.Endpoint, ...]:
-        out = []
-        for ep in node.children:
-            negated = bool(ep.children) and isinstance(ep.children[0], Token) \
-                and ep.children[0].type == "NEGATE"
-            target = ep.children[1] if negated else ep.children[0]
-            out.append(self.endpoint_item(target, negated))
-        return tuple(out)
-
-    def rule(self, node: Tree) -> s.RuleDecl:
-        action, src, dst, *rest = node.children
-        options: list[s.Option] = []
-        services: list[s.ServiceRef] = []
-        target = None
-        for child in rest:
-            if child.data == "opt_service":
-                services.extend(self.service_ref(c) for c in child.children)
-                options.append(s.Option("service", None, self.span(child)))
-            elif child.data == "opt_log":
-                value = self.word(child.children[1]) if len(child.children) > 1 else None
-                options.append(s.Option("log", value, self.span(child)))
-            elif child.data == "nat_target":
-                target = self.nat_target(child)
-            else:
-                key = child.data.removeprefix("opt_")
-                options.append(s.Option(key, self.word(child.children[0]), self.span(child)))
-        return s.RuleDecl(self.word(action), self.endpoints(src), self.endpoints(dst),
-                          tuple(options), tuple(services), target, self.span(node))
-
-    def nat_target(self, node: Tree) -> s.NatTargetDecl:
-        what, *port = node.children
-        if what.data == "bracket_address":
-            what = what.children[0]
-        kind = {"name_ref": "name", "vip_ref": "vip", "address": "address"}[what.data]
-        text = str(what.children[0])
-        if kind == "vip":
-            text = text[: -len(".vip")]
-        return s.NatTargetDecl(kind, text, self.word(port[0]) if port else None, self.span(node))
-
-    def _block(self, node: Tree, kind: str) -> s.BlockDecl:
-        name, *rules = node.children
-        return s.BlockDecl(kind, self.word(name), tuple(self.rule(r) for r in rules),
-                           self.span(node))
-
-    def _policy(self, node: Tree) -> s.BlockDecl:
-        return self._block(node, "policy")
-
-    def _nat(self, node: Tree) -> s.BlockDecl:
-        return self._block(node, "nat")
-
-    def _expect(self, node: Tree) -> s.BlockDecl:
-        name, *items = node.children
-        rules = []
-        for item in items:
-            verdict, src, dst, *rest = item.children
-            services: list[s.ServiceRef] = []
-            options: list[s.Option] = []
-            for child in rest:
-                if isinstance(child, Token):
-                    options.append(s.Option("in", self.word(child), self.span(child)))
+            if not isinstance(item, tuple):
+                continue
+            kind, options = item
+            target = vrrp if kind == "vrrp" else sync
+            target.extend(options)
+            if options:
+                block_span = _join(options[0].span, options[-1].span)
+                if kind == "vrrp":
+                    vrrp_span = vrrp_span or block_span
                 else:
-                    services.append(self.service_ref(child))
-            rules.append(s.RuleDecl(self.word(verdict), self.endpoints(src), self.endpoints(dst),
-                                    tuple(options), tuple(services), None, self.span(item)))
-        return s.BlockDecl("expect", self.word(name), tuple(rules), self.span(node))
+                    sync_span = sync_span or block_span
+        name_word = self.word(name)
+        spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members)]
+        last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
+        return s.ClusterDecl(name_word, tuple(vrrp), vrrp_span, tuple(sync), sync_span,
+                             interfaces, members, _join(name_word.span, last))
+
+    # -- rules ----------------------------------------------------------------------
+    def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:
+        return tuple(children)
+
+    def endpoint(self, children: list) -> s.Endpoint:
+        if len(children) == 1:
+            return self.endpoint_of(children[0], False)
+        bang, token = children
+        return self.endpoint_of(token, True, _join(self.span(bang), self.span(token)))
+
+    def opt_service(self, children: list) -> tuple[s.ServiceRef, ...]:
+        return tuple(self.service_ref(c) for c in children)
+
+    def opt_log(self, children: list) -> s.Option:
+        keyword = self.span(children[0])
+        if len(children) > 1:
+            value = self.word(children[1])
+            return s.Option("log", value, _join(keyword, value.span))
+        return s.Option("log", None, keyword)
+
+    def nat_target(self, children: list) -> s.NatTargetDecl:
+        what = children[0]
+        port = self.word(children[1]) if len(children) > 1 else None
+        kind = {"NAME": "name", "VIP_REF": "vip"}.get(what.type, "address")
+        text = what.value[: -len(".vip")] if kind == "vip" else what.value
+        span = self.span(what)
+        return s.NatTargetDecl(kind, text, port, _join(span, port.span) if port else span)
+
+    def rule(self, children: list) -> s.RuleDecl:
+        action, sources, destinations, *rest = children
+        options: list[s.Option] = []
+        services: tuple[s.ServiceRef, ...] = ()
+        target = None
+        last = destinations[-1].span
+        for child in rest:
+            if isinstance(child, s.Option):
+                options.append(child)
+                last = child.span
+            elif isinstance(child, s.NatTargetDecl):
+                target = child
+                last = child.span
+            else:
+                services = services + child
+                options.append(s.Option("service", None, _join(child[0].span, child[-1].span)))
+                last = child[-1].span
+        action_word = self.word(action)
+        return s.RuleDecl(action_word, sources, destinations, tuple(options), services, target,
+                          _join(action_word.span, last))
+
+    nat_rule = rule
+
+    def expect_in(self, children: list) -> s.Option:
+        value = self.word(children[0])
+        return s.Option("in", value, value.span)
+
+    def expectation(self, children: list) -> s.RuleDecl:
+        verdict, sources, destinations, *rest = children
+        options = tuple(c for c in rest if isinstance(c, s.Option))
+        services = tuple(self.service_ref(c) for c in rest if not isinstance(c, s.Option))
+        verdict_word = self.word(verdict)
+        spans = [destinations[-1].span, *(o.span for o in options), *(x.span for x in services)]
+        last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
+        return s.RuleDecl(verdict_word, sources, destinations, options, services, None,
+                          _join(verdict_word.span, last))
+
+    def _block(self, kind: str, children: list) -> s.BlockDecl:
+        name, *rules = children
+        name_word = self.word(name)
+        last = rules[-1].span if rules else name_word.span
+        return s.BlockDecl(kind, name_word, tuple(rules), _join(name_word.span, last))
+
+    def policy(self, children: list) -> s.BlockDecl:
+        return self._block("policy", children)
+
+    def nat(self, children: list) -> s.BlockDecl:
+        return self._block("nat", children)
+
+    def expect(self, children: list) -> s.BlockDecl:
+        return self._block("expect", children)

@@ -1,5 +1,8 @@
 """The syntax tree: what was written, with positions, before any meaning.
 
+The small, numerous nodes (words, endpoints, options) are NamedTuples because a
+20,000-rule policy builds hundreds of thousands of them.
+
 Produced by `fwc.parse`, consumed by `fwc.resolve`. Values are kept as text
 so that the resolver can report a malformed address or port at its position.
 """
@@ -7,20 +10,19 @@ so that the resolver can report a malformed address or port at its position.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from fwc.diagnostics import Span
 
 
-@dataclass(frozen=True, slots=True)
-class Word:
+class Word(NamedTuple):
     """A token as written: a name, an address, a number, a string's contents."""
 
     text: str
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """One item of a from/to list: kind is name, vip, address, range, any or firewall."""
 
     kind: str
@@ -29,8 +31,7 @@ class Endpoint:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceRef:
+class ServiceRef(NamedTuple):
     """A service in a list: kind is spec (tcp/22 written inline) or name."""
 
     kind: str
@@ -38,8 +39,7 @@ class ServiceRef:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
+class Option(NamedTuple):
     """A keyword option of a vrrp/sync block, interface, member or rule."""
 
     key: str

@@ -21,6 +21,6 @@ if ((${#need_apt[@]})); then
     fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check -e '.[test,fast]'
 python3 -m ruff check fwc tests bench
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -98,3 +98,12 @@ def test_unclosed_block_reports_end_of_file(tmp_path):
     diag = analyse(path).diagnostics[0]
     assert diag.code == "FWC001" and "end of file" in diag.message
     assert "'{'" in diag.hint
+
+
+def test_expectation_interface_is_not_a_service():
+    statements = parse_ok("expect c {\n  allow a -> b service web, dns in lan\n"
+                          "  deny a -> b service web\n}\n")
+    first, second = statements[0].rules
+    assert [s.text for s in first.services] == ["web", "dns"]
+    assert [(o.key, o.value.text) for o in first.options] == [("in", "lan")]
+    assert [s.text for s in second.services] == ["web"] and second.options == ()
