@@ -64,8 +64,10 @@ CONNTRACKD_SOCKET_BUFFER = 1249280
 CONNTRACKD_NETLINK_BUFFER = 2097152
 CONNTRACKD_NETLINK_BUFFER_MAX = 8388608
 CONNTRACKD_PURGE_TIMEOUT = 60
-# Protocols whose connection state conntrackd replicates.
-SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "ICMPv6")
+# Protocols whose connection state conntrackd replicates. conntrackd looks the names up
+# with getprotobyname(): ICMPv6 is "IPv6-ICMP" in /etc/protocols ("ICMPv6" is not found).
+SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "IPv6-ICMP")
+SYNCED_PROTOCOL_V6_ONLY = "IPv6-ICMP"
 
 # The kernel's LOG target keeps at most 29 characters of prefix.
 LOG_PREFIX_MAX = 29
@@ -74,3 +76,41 @@ LOG_BURST = 10
 
 # ipset: groups larger than this become a named hash:net set.
 IPSET_THRESHOLD = 16
+
+# --- compile (fwc compile) -------------------------------------------------------------
+# iptables needs these names (not numbers) to load its per-protocol match modules.
+IPTABLES_PROTOCOL_NAMES = MappingProxyType({
+    1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 58: "ipv6-icmp", 132: "sctp",
+})
+# `-m multiport` takes at most 15 ports; a range counts as two.
+MULTIPORT_MAX = 15
+# iptables chain names: at most 28 characters.
+CHAIN_NAME_MAX = 28
+# REJECT flavours: an RST for TCP, port unreachable otherwise.
+REJECT_TCP = "tcp-reset"
+REJECT_OTHER = MappingProxyType({4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"})
+# Conntrack states in the order iptables-save prints them.
+CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
+# IPv6 neighbour discovery (solicitation, advertisement): conntrack does not track it
+# (it would be INVALID), and a node that cannot answer it has no IPv6 at all.
+NDP_ICMPV6_TYPES = (135, 136)
+NDP_HOP_LIMIT = 255
+# conntrackd mode options (conntrack-tools doc/sync/*/conntrackd.conf).
+FTFW_RESEND_QUEUE_SIZE = 131072
+FTFW_ACK_WINDOW_SIZE = 300
+ALARM_REFRESH_TIME = 15
+ALARM_CACHE_TIMEOUT = 180
+# conntrackd wants HashLimit >= 2 x nf_conntrack_max (conntrackd.conf(5)).
+CONNTRACKD_HASHLIMIT_FACTOR = 2
+NF_CONNTRACK_EVENTS = 1
+NF_CONNTRACK_HELPER = 0
+# Where the generated files live on a node (docs/contracts.md).
+NODE_KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+NODE_CONNTRACKD_CONF = "/etc/conntrackd/conntrackd.conf"
+NODE_NOTIFY_SCRIPT = "/etc/fwc/fwc-notify.sh"
+NODE_CONNTRACKD_LOCK = "/var/lock/conntrackd.lock"
+NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
+NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
+NOTIFY_LOG_TAG = "fwc-notify"
+# keepalived uses only the first 8 characters of auth_pass; the placeholder fits.
+REDACTED_PASSWORD = "@FWCPW@"
