@@ -1,0 +1,39 @@
+"""`fwc compile FILE [-o DIR]`: per-node files for every cluster of a checked policy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fwc.commands.common import failed, print_diagnostics
+from fwc.diagnostics import error
+from fwc.output import OutputError, compile_policy, relative_source, source_root, write_output
+from fwc.pipeline import analyse
+
+
+def run(args: argparse.Namespace) -> int:
+    analysis = analyse(args.file)
+    diagnostics = list(analysis.diagnostics)
+    policy = analysis.policy
+    if policy is None or failed(diagnostics, args.strict):
+        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        print("fwc: nothing written: fix the errors above first", file=sys.stderr)
+        return 1
+    clusters = compile_policy(policy, redact=args.redact_secrets)
+    try:
+        removed = write_output(Path(args.output), relative_source(policy.root,
+                                                                  source_root(policy)), clusters)
+    except OutputError as exc:
+        diagnostics.append(error("FWC510", str(exc),
+                                 hint="nothing under the output directory was changed"))
+        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        return 1
+    print_diagnostics(diagnostics, analysis.program.texts, args.format)
+    if args.format == "text":
+        for cluster in clusters:
+            for member, names in cluster.members().items():
+                print(f"{args.output}/{cluster.name}/{member}: {' '.join(names)}")
+        for name in removed:
+            print(f"{args.output}/{name}: removed (no longer in {args.file})")
+    return 0

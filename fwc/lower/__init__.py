@@ -1,0 +1,19 @@
+"""Lowering: the policy model -> one structured ruleset per member and address family."""
+
+from fwc.lower.build import MARK_ACCEPT_CHAIN, LowerOptions, log_prefix, lower, source_label
+from fwc.lower.ruleset import (
+    ANY,
+    AddressMatch,
+    Chain,
+    Match,
+    NodeRuleset,
+    Origin,
+    RateLimit,
+    Rule,
+    Table,
+)
+
+__all__ = [
+    "ANY", "MARK_ACCEPT_CHAIN", "AddressMatch", "Chain", "LowerOptions", "Match", "NodeRuleset",
+    "Origin", "RateLimit", "Rule", "Table", "log_prefix", "lower", "source_label",
+]

@@ -1,0 +1,426 @@
+"""Lowering: (cluster, member, family) -> NodeRuleset.
+
+Chain placement (docs/compile.md): the part of a rule whose destination is the
+firewall (the member's own addresses plus every VIP) goes to INPUT, the part
+whose source is the firewall goes to OUTPUT, the rest (any or non-firewall
+addresses on both sides) goes to FORWARD. `any` never implies the firewall.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from fwc import protocols as proto
+from fwc.addresses import AddressSet
+from fwc.lower.ruleset import (
+    ANY,
+    AddressMatch,
+    Chain,
+    Match,
+    NodeRuleset,
+    Origin,
+    RateLimit,
+    Rule,
+    Table,
+)
+from fwc.model import Cluster, Endpoint, Member, PortRange, ServiceMatch
+from fwc.model import Rule as PolicyRule
+
+MARK_ACCEPT_CHAIN = "fwc-accept"
+FILTER_POLICIES = (("INPUT", "DROP"), ("FORWARD", "DROP"), ("OUTPUT", "ACCEPT"))
+NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+RAW_CHAINS = ("PREROUTING", "OUTPUT")
+TCP = proto.IP_PROTOCOLS["tcp"]
+UDP = proto.IP_PROTOCOLS["udp"]
+ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
+
+
+@dataclass(frozen=True, slots=True)
+class LowerOptions:
+    """source_root: the root policy's directory; comments name files relative to it."""
+
+    source_root: str = "."
+
+
+def source_label(file: str, line: int, source_root: str) -> str:
+    """`edge.fw:42`, relative to the root policy's directory so output is cwd-independent."""
+    path = os.path.relpath(os.path.abspath(file), os.path.abspath(source_root))
+    return f"{path}:{line}"
+
+
+def log_prefix(rule: PolicyRule) -> tuple[str, bool]:
+    """The LOG prefix for a rule and whether the user's text had to be cut."""
+    text = f"{rule.log_prefix} " if rule.log_prefix is not None \
+        else f"fwc {rule.action.upper()} "
+    if len(text) <= proto.LOG_PREFIX_MAX:
+        return text, False
+    # Only the user's own text can be too long; the trailing space goes first.
+    return text[:proto.LOG_PREFIX_MAX], len(text.rstrip()) > proto.LOG_PREFIX_MAX
+
+
+def mark_value(bit: int) -> str:
+    value = f"{1 << bit:#010x}"
+    return f"{value}/{value}"
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side (from/to) of a rule, for one member and family."""
+
+    unbounded: bool  # `any`, or only negated items: every address
+    other: AddressSet  # named non-firewall addresses
+    firewall: AddressSet  # firewall addresses named (the keyword or one of its addresses)
+    excluded: AddressSet  # negated items
+
+    @property
+    def named(self) -> AddressSet:
+        return self.other | self.firewall
+
+
+def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
+    positives = endpoint.addresses.only(family)
+    named_fw = (fw if endpoint.firewall else AddressSet()) | (positives & fw)
+    excluded = endpoint.excluded.only(family) | (fw if endpoint.excludes_firewall
+                                                  else AddressSet())
+    return Side(endpoint.is_any, (positives - fw) - excluded, named_fw - excluded, excluded)
+
+
+def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
+    if addresses.is_everything(family):
+        return ANY
+    return AddressMatch(tuple(addresses.cidrs(family)))
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A rule's share of one chain: bounded address sets, or any minus exclusions."""
+
+    chain: str
+    source: AddressMatch
+    destination: AddressMatch
+    source_excluded: AddressSet
+    destination_excluded: AddressSet
+
+
+def _bounded(side: Side, addresses: AddressSet, family: int) \
+        -> tuple[AddressMatch, AddressSet] | None:
+    """A side as (match, exclusions left for a RETURN chain); None when it is empty."""
+    if side.unbounded:
+        return ANY, side.excluded
+    if not addresses:
+        return None
+    return addresses_match(addresses, family), AddressSet()
+
+
+def filter_parts(rule: PolicyRule, fw: AddressSet, family: int) -> list[Part]:
+    src = side_of(rule.source, fw, family)
+    dst = side_of(rule.destination, fw, family)
+    parts: list[Part] = []
+    # INPUT: to the firewall; a packet for the node has no output device.
+    if dst.firewall and rule.out_interface is None:
+        got = _bounded(src, src.named, family)
+        if got is not None:
+            parts.append(Part("INPUT", got[0], addresses_match(dst.firewall, family), got[1],
+                              AddressSet()))
+    # OUTPUT: from the firewall; a packet the node sends has no input device.
+    if src.firewall and rule.in_interface is None:
+        got = _bounded(dst, dst.named, family)
+        if got is not None:
+            parts.append(Part("OUTPUT", addresses_match(src.firewall, family), got[0],
+                              AddressSet(), got[1]))
+    # FORWARD: through the firewall.
+    s = _bounded(src, src.other, family)
+    d = _bounded(dst, dst.other, family)
+    if s is not None and d is not None:
+        parts.append(Part("FORWARD", s[0], d[0], s[1], d[1]))
+    return parts
+
+
+def nat_part(rule: PolicyRule, fw: AddressSet, family: int, chain: str) -> Part | None:
+    src = side_of(rule.source, fw, family)
+    dst = side_of(rule.destination, fw, family)
+    s = _bounded(src, src.named, family)
+    d = _bounded(dst, dst.named, family)
+    if s is None or d is None:
+        return None
+    return Part(chain, s[0], d[0], s[1], d[1])
+
+
+def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match] | None:
+    """One Match per service of this family; [Match()] for every protocol; None: none here."""
+    services = tuple(services)
+    if not services:
+        return [Match()]
+    # Services of one rule share its verdict, so the ports of one protocol can be merged
+    # into one (multiport) match; a protocol named without ports means all of its ports.
+    merged: dict[tuple[int, int | None], list[PortRange] | None] = {}
+    for s in services:
+        if s.family not in (None, family):
+            continue
+        key = (s.number, s.icmp_type)
+        if key not in merged:
+            merged[key] = list(s.ports) if s.ports else None
+        elif merged[key] is not None:
+            merged[key] = sorted(set(merged[key]) | set(s.ports), key=lambda p: (p.low, p.high)) \
+                if s.ports else None
+    out = [Match(protocol=number, dports=tuple(ports or ()), icmp_type=icmp_type)
+           for (number, icmp_type), ports in merged.items()]
+    return out or None
+
+
+# -- the builder ---------------------------------------------------------------------------
+
+@dataclass
+class _Tables:
+    filter: dict[str, list[Rule]] = field(
+        default_factory=lambda: {name: [] for name, _ in FILTER_POLICIES})
+    nat: dict[str, list[Rule]] = field(default_factory=lambda: {n: [] for n in NAT_CHAINS})
+    filter_user: dict[str, list[Rule]] = field(default_factory=dict)
+    nat_user: dict[str, list[Rule]] = field(default_factory=dict)
+
+
+class _Lowering:
+    def __init__(self, cluster: Cluster, member: Member, family: int,
+                 options: LowerOptions) -> None:
+        self.cluster = cluster
+        self.member = member
+        self.family = family
+        self.options = options
+        self.fw = cluster.firewall_addresses(member).only(family)
+        self.tables = _Tables()
+        self.mark = mark_value(cluster.sync.mark_bit)
+        self.log_limit = RateLimit(proto.LOG_RATE, proto.LOG_BURST)
+
+    def device(self, interface: str | None) -> str | None:
+        if interface is None:
+            return None
+        return self.member.device(interface) or interface
+
+    def origin(self, rule: PolicyRule, kind: str) -> Origin:
+        return Origin(kind, source_label(rule.span.file, rule.span.line,
+                                         self.options.source_root), rule)
+
+    # -- automatic rules ---------------------------------------------------------
+    def auto(self, chain: str, match: Match, label: str, target: str = "ACCEPT") -> None:
+        self.tables.filter[chain].append(Rule(match, target, Origin("auto", f"fwc auto: {label}")))
+
+    def automatic_rules(self) -> None:
+        self.auto("INPUT", Match(in_device="lo"), "loopback")
+        group = proto.VRRP_GROUP_V4 if self.family == 4 else proto.VRRP_GROUP_V6
+        protocols = [proto.VRRP_PROTOCOL]
+        if self.family == 4 and self.cluster.vrrp.auth == "ah":
+            protocols.append(proto.AH_PROTOCOL)
+        for iface in self.cluster.vrrp_interfaces:
+            if not iface.vips_of(self.family):
+                continue
+            dev = self.device(iface.name)
+            to_group = AddressMatch((group,))
+            for number in protocols:
+                label = f"vrrp {dev}" if number == proto.VRRP_PROTOCOL else f"vrrp-ah {dev}"
+                self.auto("INPUT", Match(destination=to_group, in_device=dev, protocol=number),
+                          label)
+                self.auto("OUTPUT", Match(destination=to_group, out_device=dev, protocol=number),
+                          label)
+        if self.family == 4:
+            self.sync_rules()
+        else:
+            for icmp_type in proto.NDP_ICMPV6_TYPES:
+                self.auto("INPUT", Match(protocol=ICMPV6, icmp_type=icmp_type,
+                                         hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+
+    def sync_rules(self) -> None:
+        sync = self.cluster.sync
+        link = self.member.link(sync.link) if sync.link else None
+        if link is None:
+            return
+        dev = link.device
+        port = (PortRange(sync.port, sync.port),)
+        label = f"conntrackd sync {dev}"
+        if sync.transport == "multicast":
+            group = AddressMatch((str(sync.group),))
+            self.auto("INPUT", Match(destination=group, in_device=dev, protocol=UDP,
+                                     dports=port), label)
+            self.auto("OUTPUT", Match(destination=group, out_device=dev, protocol=UDP,
+                                      dports=port), label)
+            return
+        own = [a.ip for a in link.addresses if a.version == 4]
+        peers = [a.ip for m in self.cluster.members if m.name != self.member.name
+                 for pl in [m.link(sync.link)] if pl is not None
+                 for a in pl.addresses if a.version == 4]
+        if not own or not peers:
+            return
+        mine = AddressMatch((str(own[0]),))
+        theirs = AddressMatch(tuple(str(p) for p in peers))
+        self.auto("INPUT", Match(source=theirs, destination=mine, in_device=dev, protocol=UDP,
+                                 dports=port), label)
+        self.auto("OUTPUT", Match(source=mine, destination=theirs, out_device=dev,
+                                  protocol=UDP, dports=port), label)
+
+    def stateful_core(self) -> None:
+        established = Match(ctstate=("RELATED", "ESTABLISHED"))
+        for chain, _ in FILTER_POLICIES:
+            self.auto(chain, established, "established")
+        for chain in ("INPUT", "FORWARD"):
+            # DROP, never REJECT: right after a failover, packets of flows the notify
+            # script has not committed yet must be retransmitted, not reset (ha-daemons P19).
+            self.auto(chain, Match(ctstate=("INVALID",)), "invalid", "DROP")
+            self.auto(chain, Match(protocol=TCP, tcp_not_syn=True, ctstate=("NEW",)),
+                      "new tcp without syn", "DROP")
+
+    # -- policy rules ------------------------------------------------------------------
+    def applies(self, rule: PolicyRule) -> bool:
+        return rule.only is None or rule.only == self.member.name
+
+    def filter_rule(self, rule: PolicyRule) -> None:
+        services = service_matches(rule.services, self.family)
+        if services is None:
+            return
+        origin = self.origin(rule, "policy")
+        for part in filter_parts(rule, self.fw, self.family):
+            base = Match(source=part.source, destination=part.destination,
+                         in_device=self.device(rule.in_interface) if part.chain != "OUTPUT"
+                         else None,
+                         out_device=self.device(rule.out_interface) if part.chain != "INPUT"
+                         else None)
+            self.emit(self.tables.filter, self.tables.filter_user, rule, origin, part, base,
+                      services, "p")
+
+    def action(self, rule: PolicyRule, match: Match, inside_chain: bool) \
+            -> tuple[str, tuple[tuple[str, str], ...]]:
+        if rule.action == "accept":
+            return ("ACCEPT" if rule.only else MARK_ACCEPT_CHAIN), ()
+        if rule.action == "drop":
+            return "DROP", ()
+        if rule.action == "reject":
+            how = proto.REJECT_TCP if match.protocol == TCP else proto.REJECT_OTHER[self.family]
+            return "REJECT", (("reject-with", how),)
+        if rule.action == "nonat":
+            # Inside a RETURN chain, RETURN would only leave that chain; ACCEPT ends the
+            # built-in nat chain exactly like RETURN does there.
+            return ("ACCEPT" if inside_chain else "RETURN"), ()
+        if rule.action == "masquerade":
+            return "MASQUERADE", ()
+        assert rule.target is not None
+        address = rule.target.addresses.cidrs(self.family)[0]
+        if rule.action == "snat":
+            return "SNAT", (("to-source", address),)
+        port = rule.target.port
+        if port is None:
+            return "DNAT", (("to-destination", address),)
+        where = f"[{address}]" if self.family == 6 else address
+        return "DNAT", (("to-destination", f"{where}:{port}"),)
+
+    def emit(self, builtin: dict[str, list[Rule]], user: dict[str, list[Rule]],
+             rule: PolicyRule, origin: Origin, part: Part, base: Match,
+             services: list[Match], kind: str) -> None:
+        lines = len(services) * max(1, len(part.source.cidrs)) \
+            * max(1, len(part.destination.cidrs))
+        # A RETURN chain for exclusions; for a logged rule on several lines, one chain keeps
+        # the LOG and the verdict together instead of doubling every line.
+        needs_chain = bool(part.source_excluded or part.destination_excluded) \
+            or (rule.log and lines > 1)
+        target_rules: list[Rule] = builtin[part.chain]
+        sub_name = ""
+        if needs_chain:
+            sub_name = f"fwc-{kind}{rule.index + 1}-{part.chain}"[:proto.CHAIN_NAME_MAX]
+            sub = user.setdefault(sub_name, [])
+            for cidr in part.source_excluded.cidrs(self.family):
+                sub.append(Rule(Match(source=AddressMatch((cidr,))), "RETURN", origin))
+            for cidr in part.destination_excluded.cidrs(self.family):
+                sub.append(Rule(Match(destination=AddressMatch((cidr,))), "RETURN", origin))
+        for service in services:
+            match = Match(source=base.source, destination=base.destination,
+                          in_device=base.in_device, out_device=base.out_device,
+                          protocol=service.protocol, dports=service.dports,
+                          icmp_type=service.icmp_type)
+            if needs_chain:
+                target_rules.append(Rule(match, sub_name, origin))
+                continue
+            self.final(target_rules, rule, origin, match, inside_chain=False)
+        if needs_chain:
+            self.final(user[sub_name], rule, origin, Match(), inside_chain=True,
+                       protocols={s.protocol for s in services})
+
+    def final(self, rules: list[Rule], rule: PolicyRule, origin: Origin, match: Match,
+              inside_chain: bool, protocols: set[int | None] | None = None) -> None:
+        if rule.log:
+            prefix, _ = log_prefix(rule)
+            rules.append(Rule(replace(match, limit=self.log_limit), "LOG", origin,
+                              (("log-prefix", prefix),)))
+        if rule.action == "reject" and match.protocol is None and (
+                protocols is None or TCP in protocols or None in protocols):
+            # An RST needs -p tcp: answer TCP with a reset, everything else unreachable.
+            rules.append(Rule(replace(match, protocol=TCP), "REJECT", origin,
+                              (("reject-with", proto.REJECT_TCP),)))
+        target, options = self.action(rule, match, inside_chain)
+        rules.append(Rule(match, target, origin, options))
+
+    # -- NAT ------------------------------------------------------------------------------
+    def nat_rule(self, rule: PolicyRule) -> None:
+        if rule.action in ("snat", "dnat") and (
+                rule.target is None or not rule.target.addresses.family(self.family)):
+            return
+        services = service_matches(rule.services, self.family)
+        if services is None:
+            return
+        origin = self.origin(rule, "nat")
+        chains: list[str] = []
+        if rule.action == "dnat":
+            chains = ["PREROUTING"]
+        elif rule.action in ("snat", "masquerade"):
+            chains = ["POSTROUTING"]
+        else:  # nonat: exempt from the NAT rules after it, in the chain(s) in/out imply
+            if rule.in_interface is not None or rule.out_interface is None:
+                chains.append("PREROUTING")
+            if rule.out_interface is not None or rule.in_interface is None:
+                chains.append("POSTROUTING")
+        for chain in chains:
+            part = nat_part(rule, self.fw, self.family, chain)
+            if part is None:
+                continue
+            base = Match(source=part.source, destination=part.destination,
+                         in_device=self.device(rule.in_interface) if chain == "PREROUTING"
+                         else None,
+                         out_device=self.device(rule.out_interface) if chain == "POSTROUTING"
+                         else None)
+            self.emit(self.tables.nat, self.tables.nat_user, rule, origin, part, base,
+                      services, "n")
+
+    # -- assembly ------------------------------------------------------------------------
+    def build(self) -> NodeRuleset:
+        self.automatic_rules()
+        self.stateful_core()
+        for rule in self.cluster.rules:
+            if self.applies(rule):
+                self.filter_rule(rule)
+        for rule in self.cluster.nat:
+            if self.applies(rule):
+                self.nat_rule(rule)
+        t = self.tables
+        filter_chains = [Chain(name, policy, tuple(t.filter[name]))
+                         for name, policy in FILTER_POLICIES]
+        mark_chain = Chain(MARK_ACCEPT_CHAIN, None, (
+            Rule(Match(), "CONNMARK", Origin("auto", "fwc auto: replicated mark"),
+                 (("set-xmark", self.mark),)),
+            Rule(Match(), "ACCEPT", Origin("auto", "fwc auto: replicated mark")),
+        ))
+        filter_chains.append(mark_chain)
+        filter_chains.extend(Chain(name, None, tuple(rules))
+                             for name, rules in t.filter_user.items())
+        tables = []
+        if any(t.nat.values()):
+            nat_chains = [Chain(name, "ACCEPT", tuple(t.nat[name])) for name in NAT_CHAINS]
+            nat_chains.extend(Chain(name, None, tuple(rules)) for name, rules in t.nat_user.items())
+            tables.append(Table("nat", tuple(nat_chains)))
+        tables.append(Table("filter", tuple(filter_chains)))
+        return NodeRuleset(self.cluster.name, self.member.name, self.family, tuple(tables))
+
+
+def lower(cluster: Cluster, member: Member, family: int,
+          options: LowerOptions | None = None) -> NodeRuleset:
+    """The member's ruleset for one address family. Pure: same input, same output."""
+    return _Lowering(cluster, member, family, options or LowerOptions()).build()

@@ -1,0 +1,136 @@
+"""The lowered rule model: what one member's kernel gets, per address family.
+
+Structured, not text: every later pass (ipsets for large groups, per-interface
+chains) rewrites these values, and only `fwc.render.iptables` turns them into
+iptables-restore lines. Everything is frozen so that passes return new values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from fwc.model import PortRange
+from fwc.model import Rule as PolicyRule
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMatch:
+    """A source or destination: CIDR blocks, or a named set. Neither means any address."""
+
+    cidrs: tuple[str, ...] = ()
+    set_name: str | None = None  # an ipset holding the addresses (replaces cidrs)
+    negated: bool = False  # `! -s`: everything except these
+
+    @property
+    def is_any(self) -> bool:
+        return not self.cidrs and self.set_name is None
+
+
+ANY = AddressMatch()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    rate: str  # e.g. 5/second
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    source: AddressMatch = ANY
+    destination: AddressMatch = ANY
+    in_device: str | None = None
+    out_device: str | None = None
+    protocol: int | None = None  # IP protocol number; None: every protocol
+    dports: tuple[PortRange, ...] = ()
+    icmp_type: int | None = None
+    tcp_not_syn: bool = False  # `! --syn`: a TCP packet that does not open a connection
+    ctstate: tuple[str, ...] = ()  # conntrack states, in iptables-save order
+    hop_limit: int | None = None  # IPv6 hop limit must equal this (NDP: 255)
+    limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a lowered rule comes from: a policy/NAT rule, or an automatic one."""
+
+    kind: str  # policy, nat or auto
+    label: str  # "edge.fw:42" or "fwc auto: vrrp eth0"
+    rule: PolicyRule | None = field(default=None, compare=False)
+
+    @property
+    def only(self) -> str | None:
+        return self.rule.only if self.rule is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    match: Match
+    target: str  # ACCEPT, DROP, REJECT, RETURN, LOG, DNAT, SNAT, MASQUERADE, CONNMARK, a chain
+    origin: Origin
+    # Target options in order, as (option, value); e.g. (("to-source", "198.51.100.254"),).
+    target_options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def comment(self) -> str:
+        return self.origin.label
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    policy: str | None  # ACCEPT/DROP for built-in chains, None for user chains
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return self.policy is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str  # raw, mangle, nat, filter
+    chains: tuple[Chain, ...]
+
+    def chain(self, name: str) -> Chain | None:
+        for chain in self.chains:
+            if chain.name == name:
+                return chain
+        return None
+
+    @property
+    def empty(self) -> bool:
+        return not any(chain.rules for chain in self.chains)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRuleset:
+    """Everything one member's kernel gets for one address family."""
+
+    cluster: str
+    member: str
+    family: int  # 4 or 6
+    tables: tuple[Table, ...]
+
+    def table(self, name: str) -> Table | None:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        return None
+
+    def chain(self, table: str, chain: str) -> Chain | None:
+        found = self.table(table)
+        return found.chain(chain) if found else None
+
+    def rules(self) -> Iterator[tuple[str, str, Rule]]:
+        """Every rule as (table, chain, rule), in file order."""
+        for table in self.tables:
+            for chain in table.chains:
+                for rule in chain.rules:
+                    yield table.name, chain.name, rule
+
+    def with_table(self, new: Table) -> NodeRuleset:
+        """A copy with `new` replacing the table of the same name (for later passes)."""
+        tables = tuple(new if t.name == new.name else t for t in self.tables)
+        return replace(self, tables=tables)

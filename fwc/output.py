@@ -1,0 +1,211 @@
+"""From a checked policy to files on disk: build every file in memory, then swap them in.
+
+Layout (docs/contracts.md): DIR/<cluster>/MANIFEST and DIR/<cluster>/<member>/<file>.
+The output directory is replaced as a whole: a staging copy next to it receives
+the new clusters, and only when all of it was written is it exchanged with the
+old one, so a failure leaves every file under DIR as it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwc.lower import LowerOptions, lower
+from fwc.model import Cluster, Member, Policy
+from fwc.render import daemons
+from fwc.render.iptables import render as render_iptables
+
+MANIFEST = "MANIFEST"
+MANIFEST_HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
+MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755
+
+
+class OutputError(Exception):
+    """The output directory cannot be written as asked; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    path: str  # relative to the cluster directory: <member>/<name>, or MANIFEST
+    content: bytes
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOutput:
+    name: str
+    files: tuple[OutputFile, ...]
+
+    def members(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for f in self.files:
+            member, _, name = f.path.partition("/")
+            if name:
+                out.setdefault(member, []).append(name)
+        return out
+
+
+def source_root(policy: Policy) -> str:
+    return os.path.dirname(policy.root) or "."
+
+
+def relative_source(path: str, root: str) -> str:
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+
+def member_files(cluster: Cluster, member: Member, options: LowerOptions,
+                 redact: bool) -> list[OutputFile]:
+    prefix = f"{member.name}/"
+    files = [OutputFile(prefix + "iptables.rules",
+                        render_iptables(lower(cluster, member, 4, options)).encode(), MODE_FILE)]
+    if 6 in cluster.families:
+        files.append(OutputFile(prefix + "ip6tables.rules",
+                                render_iptables(lower(cluster, member, 6, options)).encode(),
+                                MODE_FILE))
+    secret = daemons.holds_secret(cluster, redact)
+    files.append(OutputFile(prefix + "keepalived.conf",
+                            daemons.keepalived_conf(cluster, member, redact).encode(),
+                            MODE_SECRET if secret else MODE_FILE))
+    conntrackd = daemons.conntrackd_conf(cluster, member)
+    if conntrackd is not None:
+        files.append(OutputFile(prefix + "conntrackd.conf", conntrackd.encode(), MODE_FILE))
+    files.append(OutputFile(prefix + "fwc-notify.sh",
+                            daemons.notify_script(cluster, member).encode(), MODE_SCRIPT))
+    files.append(OutputFile(prefix + "sysctl.conf",
+                            daemons.sysctl_conf(cluster, member).encode(), MODE_FILE))
+    return files
+
+
+def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> bytes:
+    """No timestamps, no absolute paths: the same policy gives the same bytes anywhere."""
+    root = source_root(policy)
+    lines = [MANIFEST_HEADER,
+             f"cluster {cluster.name}",
+             f"policy {relative_source(policy.root, root)}"]
+    for source in sorted(policy.sources, key=lambda s: relative_source(s.path, root)):
+        lines.append(f"source {source.sha256}  {relative_source(source.path, root)}")
+    for f in sorted(files, key=lambda f: f.path):
+        lines.append(f"file {hashlib.sha256(f.content).hexdigest()}  {f.path}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
+    """Every file of every cluster, in memory. Pure: no file system access."""
+    options = LowerOptions(source_root(policy))
+    out: list[ClusterOutput] = []
+    for cluster in policy.clusters:
+        files: list[OutputFile] = []
+        for member in cluster.members:
+            files.extend(member_files(cluster, member, options, redact))
+        files.append(OutputFile(MANIFEST, manifest(policy, cluster, files), MODE_FILE))
+        out.append(ClusterOutput(cluster.name, tuple(files)))
+    return out
+
+
+# -- writing -----------------------------------------------------------------------------
+
+def manifest_owner(cluster_dir: Path) -> str | None:
+    """The root policy named by a cluster directory's MANIFEST (None: not fwc's)."""
+    try:
+        text = (cluster_dir / MANIFEST).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith(MANIFEST_HEADER):
+        return None
+    for line in text.splitlines():
+        if line.startswith("policy "):
+            return line[len("policy "):]
+    return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (renameat2 RENAME_EXCHANGE); False if unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def _write_cluster(directory: Path, cluster: ClusterOutput) -> None:
+    directory.mkdir()
+    for f in cluster.files:
+        path = directory / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Create with the final mode so a secret is never readable, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(f.content)
+        os.chmod(path, f.mode)  # the umask may have removed bits
+
+
+def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutput]) -> list[str]:
+    """Replace this policy's clusters under output_dir; returns the removed cluster names.
+
+    Clusters whose MANIFEST names another policy are kept; a cluster of this
+    policy that another policy's MANIFEST already claims is an error.
+    """
+    output_dir = Path(output_dir)
+    new_names = {c.name for c in clusters}
+    removed: list[str] = []
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"'{output_dir}' exists and is not a directory")
+    if output_dir.exists():
+        for entry in sorted(output_dir.iterdir()):
+            if not entry.is_dir():
+                continue
+            owner = manifest_owner(entry)
+            if entry.name in new_names and owner is not None and owner != policy_name:
+                raise OutputError(f"'{entry}' belongs to policy '{owner}' (its MANIFEST says so),"
+                                  f" not to '{policy_name}'; rename one of the clusters or "
+                                  "remove that directory")
+            if entry.name in new_names and owner is None and any(entry.iterdir()):
+                raise OutputError(f"'{entry}' exists but was not written by fwc (no MANIFEST); "
+                                  "remove it or choose another output directory")
+            if entry.name not in new_names and owner == policy_name:
+                removed.append(entry.name)
+    parent = output_dir.parent if str(output_dir.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".{output_dir.name}.fwc-staging-{os.getpid()}"
+    old = parent / f".{output_dir.name}.fwc-old-{os.getpid()}"
+    try:
+        if output_dir.exists():
+            shutil.copytree(output_dir, staging, symlinks=True)
+        else:
+            staging.mkdir()
+        for name in sorted(new_names | set(removed)):
+            if (staging / name).exists():
+                shutil.rmtree(staging / name)
+        for cluster in clusters:
+            _write_cluster(staging / cluster.name, cluster)
+        if not output_dir.exists():
+            staging.rename(output_dir)
+        elif _exchange(staging, output_dir):
+            shutil.rmtree(staging)  # now holds the previous tree
+        else:
+            output_dir.rename(old)
+            try:
+                staging.rename(output_dir)
+            except OSError:
+                old.rename(output_dir)
+                raise
+            shutil.rmtree(old)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{output_dir}': {exc.strerror or exc}") from exc
+    finally:
+        for leftover in (staging, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    return removed

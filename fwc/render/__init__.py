@@ -1,0 +1,1 @@
+"""Renderers: lowered rulesets and the model -> the files a node reads."""

@@ -1,0 +1,245 @@
+"""The model -> keepalived.conf, conntrackd.conf, fwc-notify.sh, sysctl.conf.
+
+Each file has a jinja2 template in fwc/templates and a context builder here; the
+builders make every decision, the templates only lay the values out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import jinja2
+
+from fwc import protocols as proto
+from fwc.model import Cluster, IPInterface, Member
+
+
+@cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fwc", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - config files, not HTML
+    )
+
+
+def render_template(name: str, context: dict[str, object]) -> str:
+    return environment().get_template(name).render(**context)
+
+
+# -- keepalived ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class VrrpInstance:
+    name: str
+    device: str
+    vrid: int
+    priority: int
+    advert_int: str
+    version: int | None  # written when not keepalived's default (2)
+    nopreempt: bool
+    preempt_delay: int | None
+    garp_refresh: int | None
+    auth_type: str | None
+    auth_pass: str | None
+    vips: tuple[str, ...]
+
+
+def advert_interval(advert_ms: int) -> str:
+    """keepalived's advert_int in seconds: 1, 0.1, 2.5."""
+    seconds, rest = divmod(advert_ms, 1000)
+    if not rest:
+        return str(seconds)
+    return f"{advert_ms / 1000:.2f}".rstrip("0")
+
+
+def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpInstance]:
+    vrrp = cluster.vrrp
+    out: list[VrrpInstance] = []
+    for iface in cluster.vrrp_interfaces:
+        device = member.device(iface.name) or iface.name
+        for family in (4, 6):
+            vips = iface.vips_of(family)
+            if not vips or iface.vrid is None:
+                continue
+            # VRRPv3 is the only version for IPv6, and it has no authentication.
+            version = 3 if family == 6 else vrrp.version
+            auth = vrrp.auth if version == 2 and vrrp.password is not None else None
+            password = None
+            if auth is not None:
+                password = proto.REDACTED_PASSWORD if redact else vrrp.password
+            out.append(VrrpInstance(
+                name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
+                device=device,
+                vrid=iface.vrid,
+                priority=member.priority,
+                advert_int=advert_interval(vrrp.advert_ms),
+                version=None if version == proto.DEFAULT_VRRP_VERSION else version,
+                nopreempt=not vrrp.preempt,
+                # keepalived: nopreempt and preempt_delay exclude each other.
+                preempt_delay=vrrp.preempt_delay_s if vrrp.preempt else None,
+                garp_refresh=vrrp.garp_refresh_s,
+                auth_type=auth.upper() if auth else None,
+                auth_pass=password,
+                vips=tuple(str(v) for v in vips),
+            ))
+    return out
+
+
+def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> str:
+    return render_template("keepalived.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "group_name": f"VG_{cluster.name}",
+        "notify": proto.NODE_NOTIFY_SCRIPT,
+        "instances": vrrp_instances(cluster, member, redact),
+    })
+
+
+def holds_secret(cluster: Cluster, redact: bool) -> bool:
+    """True when keepalived.conf will carry a real VRRP password (it gets mode 0600)."""
+    if redact or cluster.vrrp.password is None:
+        return False
+    return any(i.auth_pass for m in cluster.members[:1]
+               for i in vrrp_instances(cluster, m, redact))
+
+
+# -- conntrackd ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SyncTransport:
+    kind: str  # multicast or unicast
+    device: str
+    own_address: str
+    port: int
+    group: str | None = None
+    peer_address: str | None = None
+
+
+def mode_options(mode: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """The Mode block: the grammar is mode-specific (ha-daemons 1.2)."""
+    if mode == "notrack":
+        return "NOTRACK", (("DisableInternalCache", "Off"), ("DisableExternalCache", "Off"),
+                           ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT))
+    if mode == "alarm":
+        return "ALARM", (("RefreshTime", proto.ALARM_REFRESH_TIME),
+                         ("CacheTimeout", proto.ALARM_CACHE_TIMEOUT),
+                         ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT))
+    return "FTFW", (("ResendQueueSize", proto.FTFW_RESEND_QUEUE_SIZE),
+                    ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT),
+                    ("ACKWindowSize", proto.FTFW_ACK_WINDOW_SIZE),
+                    ("DisableExternalCache", "Off"))
+
+
+def _first_v4(addresses: tuple[IPInterface, ...]) -> IPInterface | None:
+    return next((a for a in addresses if a.version == 4), None)
+
+
+def sync_transport(cluster: Cluster, member: Member) -> SyncTransport | None:
+    sync = cluster.sync
+    link = member.link(sync.link) if sync.link else None
+    own = _first_v4(link.addresses) if link else None
+    if link is None or own is None:
+        return None
+    if sync.transport == "multicast":
+        return SyncTransport("multicast", link.device, str(own.ip), sync.port,
+                             group=str(sync.group))
+    peers = [a for m in cluster.members if m.name != member.name
+             for pl in [m.link(sync.link)] if pl is not None
+             for a in [_first_v4(pl.addresses)] if a is not None]
+    if not peers:
+        return None
+    return SyncTransport("unicast", link.device, str(own.ip), sync.port,
+                         peer_address=str(peers[0].ip))
+
+
+def ignored_addresses(cluster: Cluster) -> list[tuple[int, str]]:
+    """Loopback, every member address, every VIP and the sync subnet; nothing forwarded."""
+    out: list[tuple[int, str]] = [(4, "127.0.0.1"), (6, "::1")]
+    for member in cluster.members:
+        for link in member.links:
+            out.extend((a.version, str(a.ip)) for a in link.addresses)
+    for iface in cluster.interfaces:
+        out.extend((v.version, str(v.ip)) for v in iface.vips)
+    if cluster.sync.link:
+        for member in cluster.members:
+            link = member.link(cluster.sync.link)
+            if link is not None:
+                out.extend((a.version, str(a.network)) for a in link.addresses)
+    return list(dict.fromkeys(out))
+
+
+def uses_helpers(cluster: Cluster) -> bool:
+    return any(s.helper for rule in cluster.all_rules() for s in rule.services)
+
+
+def conntrackd_conf(cluster: Cluster, member: Member) -> str | None:
+    """None when the member has no IPv4 address on the sync link (a check reports it)."""
+    transport = sync_transport(cluster, member)
+    if transport is None:
+        return None
+    protocols = [p for p in proto.SYNCED_PROTOCOLS
+                 if p != proto.SYNCED_PROTOCOL_V6_ONLY or 6 in cluster.families]
+    mode, options = mode_options(cluster.sync.mode)
+    return render_template("conntrackd.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "mode": {"name": mode, "options": options},
+        "transport": transport,
+        "socket_buffer": proto.CONNTRACKD_SOCKET_BUFFER,
+        "expectation_sync": uses_helpers(cluster),
+        "hash_size": proto.CONNTRACKD_HASHSIZE,
+        "hash_limit": proto.CONNTRACKD_HASHLIMIT_FACTOR * proto.NF_CONNTRACK_MAX,
+        "lock_file": proto.NODE_CONNTRACKD_LOCK,
+        "socket": proto.NODE_CONNTRACKD_SOCKET,
+        "netlink_buffer": proto.CONNTRACKD_NETLINK_BUFFER,
+        "netlink_buffer_max": proto.CONNTRACKD_NETLINK_BUFFER_MAX,
+        "protocols": protocols,
+        "ignore": ignored_addresses(cluster),
+    })
+
+
+# -- notify script and sysctl ---------------------------------------------------------------
+
+def notify_script(cluster: Cluster, member: Member) -> str:
+    return render_template("fwc-notify.sh.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "config": proto.NODE_CONNTRACKD_CONF,
+        "lock_file": proto.NODE_CONNTRACKD_LOCK,
+        "notify_lock": proto.NODE_NOTIFY_LOCK,
+        "log_tag": proto.NOTIFY_LOG_TAG,
+    })
+
+
+def sysctl_settings(cluster: Cluster) -> list[tuple[str, object, str]]:
+    settings: list[tuple[str, object, str]] = []
+    if 4 in cluster.families:
+        settings.append(("net.ipv4.ip_forward", 1,
+                         "a firewall routes: forward IPv4 between its interfaces"))
+    if 6 in cluster.families:
+        settings.append(("net.ipv6.conf.all.forwarding", 1,
+                         "the cluster carries IPv6: forward it too"))
+    settings += [
+        ("net.netfilter.nf_conntrack_events", proto.NF_CONNTRACK_EVENTS,
+         "conntrackd learns about connections from conntrack events; without them "
+         "nothing is replicated"),
+        ("net.netfilter.nf_conntrack_max", proto.NF_CONNTRACK_MAX,
+         "the connection table size; conntrackd.conf's HashLimit is twice this value"),
+        ("net.netfilter.nf_conntrack_helper", proto.NF_CONNTRACK_HELPER,
+         "no automatic helper assignment: both members must track the same "
+         "connections the same way, so helpers are assigned explicitly or not at all"),
+    ]
+    return settings
+
+
+def sysctl_conf(cluster: Cluster, member: Member) -> str:
+    return render_template("sysctl.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "settings": sysctl_settings(cluster),
+    })

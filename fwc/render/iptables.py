@@ -1,0 +1,131 @@
+"""NodeRuleset -> iptables-restore text.
+
+Lines are written the way iptables-save prints them back (option order, states,
+`! --tcp-flags` for `! --syn`), so that what is loaded can be compared with what
+was generated line by line. Protocols are numbers unless a match module needs the
+name: numbers do not depend on the node's /etc/protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fwc import protocols as proto
+from fwc.lower.ruleset import AddressMatch, Match, NodeRuleset, Rule
+from fwc.model import PortRange
+
+TABLE_ORDER = ("raw", "mangle", "nat", "filter")
+TCP = proto.IP_PROTOCOLS["tcp"]
+ICMP = proto.IP_PROTOCOLS["icmp"]
+ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
+RATE_UNITS = {"second": "sec", "minute": "min", "hour": "hour", "day": "day"}
+
+
+def quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _address(flag: str, match: AddressMatch, cidr: str | None) -> list[str]:
+    if match.set_name is not None:
+        direction = "src" if flag == "-s" else "dst"
+        neg = ["!"] if match.negated else []
+        return ["-m", "set", *neg, "--match-set", match.set_name, direction]
+    if cidr is None:
+        return []
+    if "/" not in cidr:
+        cidr += "/128" if ":" in cidr else "/32"
+    return (["!"] if match.negated else []) + [flag, cidr]
+
+
+def _cidrs(match: AddressMatch) -> list[str | None]:
+    """One entry per line: iptables expands a CIDR list into one rule per address anyway."""
+    if match.set_name is not None or not match.cidrs:
+        return [None]
+    return list(match.cidrs)
+
+
+def _port_text(port: PortRange) -> str:
+    return str(port.low) if port.low == port.high else f"{port.low}:{port.high}"
+
+
+def _port_groups(ports: tuple[PortRange, ...]) -> list[tuple[PortRange, ...]]:
+    """Split a port list so that each multiport match holds at most 15 ports."""
+    groups: list[list[PortRange]] = [[]]
+    used = 0
+    for port in ports:
+        cost = 1 if port.low == port.high else 2
+        if used + cost > proto.MULTIPORT_MAX:
+            groups.append([])
+            used = 0
+        groups[-1].append(port)
+        used += cost
+    return [tuple(g) for g in groups]
+
+
+def _protocol_name(number: int) -> str:
+    return proto.IPTABLES_PROTOCOL_NAMES.get(number, str(number))
+
+
+def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
+    if match.protocol is None:
+        return []
+    name = _protocol_name(match.protocol)
+    out = ["-p", name]
+    if match.tcp_not_syn:
+        out += ["-m", "tcp", "!", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"]
+    if len(ports) == 1:
+        out += ["-m", name, "--dport", _port_text(ports[0])]
+    elif ports:
+        out += ["-m", "multiport", "--dports", ",".join(_port_text(p) for p in ports)]
+    if match.icmp_type is not None:
+        if match.protocol == ICMP:
+            out += ["-m", "icmp", "--icmp-type", str(match.icmp_type)]
+        elif match.protocol == ICMPV6:
+            out += ["-m", "icmp6", "--icmpv6-type", str(match.icmp_type)]
+    return out
+
+
+def rule_lines(chain: str, rule: Rule) -> Iterator[str]:
+    match = rule.match
+    port_groups = _port_groups(match.dports) if match.dports else [()]
+    for source in _cidrs(match.source):
+        for destination in _cidrs(match.destination):
+            for ports in port_groups:
+                words = ["-A", chain]
+                words += _address("-s", match.source, source)
+                words += _address("-d", match.destination, destination)
+                if match.in_device:
+                    words += ["-i", match.in_device]
+                if match.out_device:
+                    words += ["-o", match.out_device]
+                words += _protocol_options(match, ports)
+                if match.hop_limit is not None:
+                    words += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
+                if match.ctstate:
+                    states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
+                    words += ["-m", "conntrack", "--ctstate", ",".join(states)]
+                words += ["-m", "comment", "--comment", quote(rule.comment)]
+                if match.limit is not None:
+                    amount, _, unit = match.limit.rate.partition("/")
+                    words += ["-m", "limit", "--limit", f"{amount}/{RATE_UNITS.get(unit, unit)}",
+                              "--limit-burst", str(match.limit.burst)]
+                words += ["-j", rule.target]
+                for option, value in rule.target_options:
+                    words += [f"--{option}", quote(value) if option == "log-prefix" else value]
+                yield " ".join(words)
+
+
+def render(ruleset: NodeRuleset) -> str:
+    family = "iptables" if ruleset.family == 4 else "ip6tables"
+    out = [f"# {family}-restore rules for member {ruleset.member} of cluster "
+           f"{ruleset.cluster}. Generated by fwc: edit the policy, not this file."]
+    tables = sorted(ruleset.tables, key=lambda t: TABLE_ORDER.index(t.name))
+    for table in tables:
+        out.append(f"*{table.name}")
+        for chain in table.chains:
+            out.append(f":{chain.name} {chain.policy or '-'} [0:0]")
+        for chain in table.chains:
+            for rule in chain.rules:
+                out.extend(rule_lines(chain.name, rule))
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
