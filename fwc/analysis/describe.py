@@ -1,0 +1,209 @@
+"""Pieces of traffic in policy terms: object and service names where they fit.
+
+An address set is named by the object whose addresses it is exactly, else as
+CIDRs with the smallest object containing them ("192.0.2.11 (in lan)"); `any`
+and `firewall` are recognised per member. A service set is named by the
+service that is exactly it, else written as specs (tcp/22, icmp/echo-request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from fwc import protocols as proto
+from fwc.addresses import AddressSet
+from fwc.analysis.space import (
+    ALL_SERVICES,
+    ICMP_NUMBERS,
+    LOCAL,
+    PORT_PROTOCOL_NUMBERS,
+    PORT_SHIFT,
+    Box,
+    Intervals,
+    covers,
+    full_addresses,
+    intersect,
+    normalise,
+    protocol_block,
+    service_intervals,
+    subtract,
+)
+from fwc.model import Cluster, Policy, Rule, ServiceMatch
+
+MAX_CIDRS = 4
+_KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3}
+_PROTOCOL_NAMES = {number: name for name, number in reversed(proto.IP_PROTOCOLS.items())}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The names a report may use: address objects and services with their sets."""
+
+    objects: Mapping[str, tuple[str, AddressSet]] = field(default_factory=dict)  # name -> kind, set
+    services: Mapping[str, tuple[ServiceMatch, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of_policy(cls, policy: Policy) -> Vocabulary:
+        return cls({n: (o.kind, o.addresses) for n, o in policy.objects.items()},
+                   {n: s.matches for n, s in policy.services.items()})
+
+    @classmethod
+    def of_clusters(cls, *clusters: Cluster | None) -> Vocabulary:
+        """Names harvested from rules (for callers that have clusters, not a policy)."""
+        objects: dict[str, tuple[str, AddressSet]] = {}
+        services: dict[str, tuple[ServiceMatch, ...]] = {}
+        for cluster in clusters:
+            if cluster is None:
+                continue
+            for rule in cluster.all_rules():
+                for item in rule.source.items + rule.destination.items:
+                    if item.object_name:
+                        objects.setdefault(item.object_name, ("group", item.addresses))
+                if len(rule.service_labels) == 1 and "/" not in rule.service_labels[0]:
+                    services.setdefault(rule.service_labels[0], rule.services)
+        return cls(objects, services)
+
+    def name_addresses(self, intervals: Intervals, family: int, firewall: AddressSet) -> str:
+        fw = firewall.family(family)
+        everything = full_addresses(family)
+        if intervals == everything:
+            return "any address (firewall included)"
+        if intervals == subtract(everything, fw):
+            return "any"
+        if fw and intervals == fw:
+            return "firewall"
+        exact: list[tuple[int, str]] = []
+        containing: list[tuple[int, int, str]] = []
+        for name, (kind, addresses) in self.objects.items():
+            own = addresses.family(family)
+            if not own:
+                continue
+            if own == intervals:
+                exact.append((_KIND_ORDER.get(kind, 9), name))
+            elif covers(own, intervals):
+                containing.append((AddressSet.count(addresses.only(family), family),
+                                   _KIND_ORDER.get(kind, 9), name))
+        if exact:
+            return min(exact)[1]
+        for _, _, name in sorted(containing):
+            if covers(fw, subtract(self.objects[name][1].family(family), intervals)):
+                return f"{name} (without the firewall's addresses)"
+        text = cidr_text(intervals, family)
+        if covers(fw, intervals):
+            return f"{text} (firewall)"
+        missing = subtract(subtract(everything, fw), intervals)
+        if missing and _blocks(missing, family) < _blocks(intervals, family):
+            missing_text = self.name_addresses(normalise(missing + fw), family, AddressSet()) \
+                if _blocks(normalise(missing + fw), family) < _blocks(missing, family) \
+                else self.name_addresses(missing, family, AddressSet())
+            return f"any except {missing_text}"
+        with_fw = tuple(iv for iv in normalise(intervals + fw) if intersect((iv,), intervals))
+        if with_fw != intervals and _blocks(with_fw, family) < _blocks(intervals, family):
+            inner = self.name_addresses(with_fw, family, AddressSet())
+            return f"{inner} (without the firewall's addresses)"
+        if containing:
+            return f"{text} (in {min(containing)[2]})"
+        return text
+
+    def name_services(self, intervals: Intervals, family: int) -> str:
+        if intervals == ALL_SERVICES:
+            return "any service"
+        for name, matches in sorted(self.services.items()):
+            if service_intervals(matches, family) == intervals:
+                return name
+        return service_text(intervals)
+
+
+def _blocks(intervals: Intervals, family: int) -> int:
+    return len(cidr_list(intervals, family))
+
+
+def cidr_list(intervals: Intervals, family: int) -> list[str]:
+    return AddressSet(intervals, ()).cidrs(4) if family == 4 \
+        else AddressSet((), intervals).cidrs(6)
+
+
+def cidr_text(intervals: Intervals, family: int) -> str:
+    cidrs = cidr_list(intervals, family)
+    if len(cidrs) > MAX_CIDRS:
+        return ", ".join(cidrs[:MAX_CIDRS]) + f" and {len(cidrs) - MAX_CIDRS} more blocks"
+    return ", ".join(cidrs)
+
+
+def _icmp_name(number: int, value: int) -> str:
+    table = proto.ICMP_TYPES if number == proto.IP_PROTOCOLS["icmp"] else proto.ICMPV6_TYPES
+    for name, code in table.items():
+        if code == value:
+            return name
+    return str(value)
+
+
+def service_text(intervals: Intervals) -> str:
+    """Service-axis intervals as specs: tcp/22,80-90, udp, icmp/echo-request, gre."""
+    by_protocol: dict[int, list[tuple[int, int]]] = {}
+    for lo, hi in intervals:
+        while lo <= hi:
+            number = lo >> PORT_SHIFT
+            end = min(hi, (number << PORT_SHIFT) | 0xFFFF)
+            by_protocol.setdefault(number, []).append((lo & 0xFFFF, end & 0xFFFF))
+            lo = end + 1
+    parts: list[str] = []
+    for number, ranges in by_protocol.items():
+        name = _PROTOCOL_NAMES.get(number, f"proto/{number}")
+        block_lo, block_hi = protocol_block(number)
+        whole = ranges == [(block_lo & 0xFFFF, block_hi & 0xFFFF)]
+        if whole or (number not in PORT_PROTOCOL_NUMBERS and number not in ICMP_NUMBERS):
+            parts.append(name)
+        elif number in ICMP_NUMBERS:
+            parts.extend(f"{name}/{_icmp_name(number, v)}"
+                         for lo, hi in ranges for v in range(lo, hi + 1))
+        else:
+            parts.append(name + "/" + ",".join(str(lo) if lo == hi else f"{lo}-{hi}"
+                                              for lo, hi in ranges))
+    if len(parts) > 2 * MAX_CIDRS:
+        return ", ".join(parts[:2 * MAX_CIDRS]) + f" and {len(parts) - 2 * MAX_CIDRS} more"
+    return ", ".join(parts)
+
+
+def interface_text(ifaces: Iterable[str], all_ifaces: frozenset[str]) -> str | None:
+    names = sorted(i for i in ifaces if i != LOCAL)
+    if not names or frozenset(names) >= all_ifaces:
+        return None
+    return ", ".join(names)
+
+
+def describe_box(box: Box, vocabulary: Vocabulary, firewall: AddressSet,
+                 interfaces: frozenset[str]) -> str:
+    """`from A to B service S [in I] [out O]` for one box."""
+    text = (f"from {vocabulary.name_addresses(box.src, box.family, firewall)} "
+            f"to {vocabulary.name_addresses(box.dst, box.family, firewall)}")
+    services = vocabulary.name_services(box.services, box.family)
+    if services != "any service":
+        text += f" service {services}"
+    in_text = interface_text(box.in_ifaces, interfaces)
+    if in_text:
+        text += f" in {in_text}"
+    out_text = interface_text(box.out_ifaces, interfaces)
+    if out_text:
+        text += f" out {out_text}"
+    return text
+
+
+def rule_text(rule: Rule) -> str:
+    """A rule as the policy language writes it (canonical spacing, from the model)."""
+    parts = [rule.action, "from", rule.source.label, "to", rule.destination.label]
+    if rule.service_labels:
+        parts += ["service", ", ".join(rule.service_labels)]
+    if rule.in_interface:
+        parts += ["in", rule.in_interface]
+    if rule.out_interface:
+        parts += ["out", rule.out_interface]
+    if rule.log:
+        parts.append("log" + (f' "{rule.log_prefix}"' if rule.log_prefix else ""))
+    if rule.only:
+        parts += ["only", rule.only]
+    if rule.target is not None:
+        port = f":{rule.target.port}" if rule.target.port is not None else ""
+        parts += ["->", rule.target.label + port]
+    return " ".join(parts)

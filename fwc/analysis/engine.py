@@ -1,0 +1,447 @@
+"""First-match classification of packet sets, per cluster member.
+
+`MemberView.build(cluster, member)` compiles the member's rules once into
+indexed box lists (per family: one per filter chain, one per NAT stage).
+`classify(view, traffic)` partitions a `TrafficClass` into `Piece`s, each a
+box of packets with one outcome: chain, verdict, deciding rule (None for the
+chain's default policy or the automatic loopback rule) and the NAT applied.
+
+Semantics (decided for the whole project; `fwc compile` emits the same):
+
+- Chains: traffic to a firewall address (the member's own addresses or any
+  VIP) is INPUT, traffic from one is OUTPUT, the rest FORWARD; firewall to
+  firewall is loopback, always accepted. Defaults: INPUT drop, FORWARD drop,
+  OUTPUT accept.
+- Endpoints: `firewall` is the member's addresses plus every VIP; `any` is
+  every address except those; negated items are subtracted; a list of only
+  negated items means `any` minus them. Literal firewall addresses (a VIP)
+  simply lie in the INPUT region.
+- `only M` rules exist on M only. `in`/`out` name logical interfaces.
+- Only NEW connections are classified (established/related is always
+  accepted).
+- NAT: traffic arriving from outside first meets the dnat stage (dnat and
+  nonat rules in nat order, first match; nonat exempts). The filter sees the
+  translated destination and port, and the chain and out interface follow the
+  translated destination. Accepted FORWARD and OUTPUT traffic then meets the
+  snat stage (snat, masquerade, nonat; first match), which changes the reported
+  NAT but never the verdict.
+- Interfaces: a query or expectation that names no `in`/`out` interface gets
+  them from the member's connected subnets (a source inside a subnet arrives on
+  that interface, a destination inside one leaves by it); addresses outside
+  every subnet may use any interface.
+
+Pieces are reported in the original packet's terms (before DNAT), so that a
+query for `uplink.vip:80` answers about `uplink.vip:80`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from fwc.addresses import AddressSet
+from fwc.analysis.index import RuleBox, RuleList
+from fwc.analysis.space import (
+    ALL_SERVICES,
+    LOCAL,
+    PORT_PROTOCOL_NUMBERS,
+    PORT_SHIFT,
+    Box,
+    Intervals,
+    coalesce,
+    full_addresses,
+    intersect,
+    normalise,
+    service_intervals,
+    subtract,
+)
+from fwc.model import Cluster, Endpoint, Member, Rule, ServiceMatch
+
+FAMILIES = (4, 6)
+CHAINS = ("input", "forward", "output")
+DEFAULT_POLICY = {"input": "drop", "forward": "drop", "output": "accept", "local": "accept"}
+DNAT_STAGE = frozenset({"dnat", "nonat"})
+SNAT_STAGE = frozenset({"snat", "masquerade", "nonat"})
+
+# What a traffic class's address side may be: a policy endpoint (any/firewall
+# resolved per member), a plain address set, or None for every address.
+AddressSpec = Endpoint | AddressSet | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficClass:
+    """A set of packets described in member-independent terms."""
+
+    source: AddressSpec
+    destination: AddressSpec
+    services: tuple[ServiceMatch, ...] = ()  # empty: every protocol
+    in_interface: str | None = None  # None: from routing (connected subnets)
+    out_interface: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NatStep:
+    """The NAT rule that decided a piece in one stage, and what it translates to."""
+
+    rule: Rule
+    address: str | None  # None for nonat
+    port: int | None
+
+    @property
+    def kind(self) -> str:
+        return self.rule.action
+
+    def __str__(self) -> str:
+        if self.address is None:
+            return "no NAT (nonat)"
+        port = f":{self.port}" if self.port is not None else ""
+        address = f"[{self.address}]" if ":" in self.address and port else self.address
+        return f"{self.kind} to {address}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Packets with one outcome. `rule` is None when the default policy decides."""
+
+    box: Box  # in the original packet's terms
+    chain: str  # input, forward, output or local
+    verdict: str  # accept, drop, reject
+    rule: Rule | None
+    dnat: NatStep | None = None
+    snat: NatStep | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict == "accept"
+
+    @property
+    def decided_by(self) -> str:
+        """The rule's location, or which default decides."""
+        if self.rule is not None:
+            return self.rule.location
+        if self.chain == "local":
+            return "loopback traffic (always accepted)"
+        return f"default policy of {self.chain.upper()} ({DEFAULT_POLICY[self.chain]})"
+
+    def outcome(self) -> tuple[object, ...]:
+        """Everything but the box: pieces with equal outcomes may be merged."""
+        return (self.chain, self.verdict, self.rule, self.dnat, self.snat)
+
+
+def endpoint_intervals(spec: AddressSpec, firewall: AddressSet, family: int) -> Intervals:
+    """The addresses a from/to side stands for on a member with these firewall addresses."""
+    everything = full_addresses(family)
+    if spec is None:
+        return everything
+    if isinstance(spec, AddressSet):
+        return spec.family(family)
+    fw = firewall.family(family)
+    positive: Intervals = ()
+    negative: Intervals = ()
+    has_positive = False
+    for item in spec.items:
+        if item.kind == "any":
+            part = subtract(everything, fw) if not item.negated else everything
+        elif item.kind == "firewall":
+            part = fw
+        else:
+            part = item.addresses.family(family)
+        if item.negated:
+            negative = normalise(negative + part)
+        else:
+            has_positive = True
+            positive = normalise(positive + part)
+    if not has_positive:
+        positive = subtract(everything, fw)
+    return subtract(positive, negative)
+
+
+class MemberView:
+    """One member's rules, compiled once into indexed boxes; read-only afterwards."""
+
+    def __init__(self, cluster: Cluster, member: Member) -> None:
+        self.cluster = cluster
+        self.member = member
+        self.firewall = cluster.firewall_addresses(member)
+        self.interfaces = frozenset(link.interface for link in member.links)
+        self.all_in = self.interfaces | {LOCAL}
+        self.regions: dict[tuple[int, str], Box] = {}
+        self.filter: dict[tuple[int, str], RuleList] = {}
+        self.dnat: dict[int, RuleList] = {}
+        self.snat: dict[int, RuleList] = {}
+        self.connected: dict[int, list[tuple[str, Intervals]]] = {}
+        rules = [r for r in cluster.rules if r.only in (None, member.name)]
+        nat = [r for r in cluster.nat if r.only in (None, member.name)]
+        for family in FAMILIES:
+            self._build_family(family, rules, nat)
+
+    @classmethod
+    def build(cls, cluster: Cluster, member: Member) -> MemberView:
+        return cls(cluster, member)
+
+    # -- construction ------------------------------------------------------------
+    def _regions(self, family: int) -> dict[str, Box]:
+        fw = self.firewall.family(family)
+        outside = subtract(full_addresses(family), fw)
+        local = frozenset({LOCAL})
+        ifaces = self.interfaces
+        return {
+            "input": Box(family, outside, fw, ALL_SERVICES, ifaces, local),
+            "forward": Box(family, outside, outside, ALL_SERVICES, ifaces, ifaces),
+            "output": Box(family, fw, outside, ALL_SERVICES, local, ifaces),
+            "local": Box(family, fw, fw, ALL_SERVICES, local, local),
+        }
+
+    def rule_box(self, rule: Rule, family: int) -> Box | None:
+        """The packets a rule matches on this member in one family (None: none)."""
+        src = endpoint_intervals(rule.source, self.firewall, family)
+        dst = endpoint_intervals(rule.destination, self.firewall, family)
+        services = service_intervals(rule.services, family)
+        in_ifaces = frozenset({rule.in_interface}) if rule.in_interface else self.all_in
+        out_ifaces = frozenset({rule.out_interface}) if rule.out_interface else self.all_in
+        box = Box(family, src, dst, services, in_ifaces, out_ifaces)
+        return None if box.is_empty() else box
+
+    def _build_family(self, family: int, rules: list[Rule], nat: list[Rule]) -> None:
+        regions = self._regions(family)
+        for chain, region in regions.items():
+            self.regions[(family, chain)] = region
+        boxes = [(r, self.rule_box(r, family)) for r in rules]
+        for chain in CHAINS:
+            entries = []
+            for rule, box in boxes:
+                part = box.intersect(regions[chain]) if box is not None else None
+                if part is not None:
+                    entries.append((rule, part))
+            self.filter[(family, chain)] = RuleList(family, entries)
+        dnat, snat = [], []
+        for rule in nat:
+            if rule.action == "dnat" and (rule.target is None
+                                          or not rule.target.addresses.family(family)):
+                continue  # no address to translate to in this family
+            box = self.rule_box(rule, family)
+            if box is None:
+                continue
+            if rule.action in DNAT_STAGE:
+                dnat.append((rule, box))
+            if rule.action in SNAT_STAGE:
+                snat.append((rule, box))
+        self.dnat[family] = RuleList(family, dnat)
+        self.snat[family] = RuleList(family, snat)
+        connected: list[tuple[str, Intervals, int]] = []
+        for link in self.member.links:
+            nets = [a.network for a in link.addresses if a.version == family]
+            iface = self.cluster.interface(link.interface)
+            if iface is not None:
+                nets += [v.network for v in iface.vips_of(family)]
+            for net in nets:
+                connected.append((link.interface, AddressSet.of(net).family(family),
+                                  net.prefixlen))
+        connected.sort(key=lambda c: -c[2])  # longest prefix first, like the kernel
+        self.connected[family] = [(name, ivs) for name, ivs, _ in connected]
+
+    # -- routing -------------------------------------------------------------------
+    def route(self, addresses: Intervals, family: int) -> list[tuple[Intervals, frozenset[str]]]:
+        """Split addresses by the interface that reaches them (connected subnets)."""
+        out: list[tuple[Intervals, frozenset[str]]] = []
+        rest = addresses
+        for name, subnet in self.connected.get(family, ()):
+            if not rest:
+                break
+            part = intersect(rest, subnet)
+            if part:
+                out.append((part, frozenset({name}) & self.interfaces))
+                rest = subtract(rest, subnet)
+        if rest:
+            out.append((rest, self.interfaces))
+        return [(a, i) for a, i in out if i]
+
+    def entry_boxes(self, traffic: TrafficClass) -> Iterator[tuple[Box, str]]:
+        """The traffic class as boxes, each inside one chain region, interfaces resolved."""
+        for family in FAMILIES:
+            src = endpoint_intervals(traffic.source, self.firewall, family)
+            dst = endpoint_intervals(traffic.destination, self.firewall, family)
+            services = service_intervals(traffic.services, family)
+            if not (src and dst and services):
+                continue
+            in_ifaces = frozenset({traffic.in_interface}) if traffic.in_interface \
+                else self.all_in
+            out_ifaces = frozenset({traffic.out_interface}) if traffic.out_interface \
+                else self.all_in
+            query = Box(family, src, dst, services, in_ifaces, out_ifaces)
+            for chain in (*CHAINS, "local"):
+                part = query.intersect(self.regions[(family, chain)])
+                if part is None:
+                    continue
+                for routed in self._route_box(part, chain, traffic):
+                    yield routed, chain
+
+    def _route_box(self, box: Box, chain: str, traffic: TrafficClass) -> list[Box]:
+        boxes = [box]
+        if traffic.in_interface is None and chain in ("input", "forward"):
+            boxes = [b.with_(src=part, in_ifaces=ifaces)
+                     for b in boxes for part, ifaces in self.route(b.src, b.family)]
+        if traffic.out_interface is None and chain in ("forward", "output"):
+            boxes = [b.with_(dst=part, out_ifaces=ifaces)
+                     for b in boxes for part, ifaces in self.route(b.dst, b.family)]
+        return boxes
+
+    def chain_of(self, family: int, destination: int) -> str:
+        fw = self.firewall.family(family)
+        return "input" if any(lo <= destination <= hi for lo, hi in fw) else "forward"
+
+
+# -- first match -------------------------------------------------------------------
+def first_match(rules: RuleList, box: Box) -> Iterator[tuple[Box, RuleBox | None]]:
+    """Partition `box` by the first rule of `rules` each packet matches (None: no rule)."""
+    remaining = [box]
+    for candidate in rules.candidates(box):
+        survivors: list[Box] = []
+        for part in remaining:
+            hit = part.intersect(candidate.box)
+            if hit is None:
+                survivors.append(part)
+                continue
+            yield hit, candidate
+            survivors.extend(part.minus(hit))
+        remaining = coalesce(survivors) if len(survivors) > 64 else survivors
+        if not remaining:
+            return
+    for part in remaining:
+        yield part, None
+
+
+def _per_protocol(services: Intervals) -> dict[int, Intervals]:
+    """Split the service axis by protocol (adjacent blocks merge in normal form)."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for lo, hi in services:
+        while lo <= hi:
+            number = lo >> PORT_SHIFT
+            end = min(hi, (number << PORT_SHIFT) | 0xFFFF)
+            out.setdefault(number, []).append((lo, end))
+            lo = end + 1
+    return {n: tuple(v) for n, v in out.items()}
+
+
+def _translate(view: MemberView, box: Box, step: Rule, forced_out: str | None) \
+        -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
+    """The box as the filter sees it after DNAT, its chain, and the way back."""
+    assert step.target is not None
+    family = box.family
+    target = step.target.addresses.family(family)[0][0]
+    port = step.target.port
+    services = box.services
+    if port is not None:
+        mapped: list[tuple[int, int]] = []
+        for number, intervals in _per_protocol(box.services).items():
+            if number in PORT_PROTOCOL_NUMBERS:
+                point = (number << PORT_SHIFT) | port
+                mapped.append((point, point))
+            else:
+                mapped.extend(intervals)
+        services = normalise(mapped)
+    chain = view.chain_of(family, target)
+    if chain == "input":
+        out_ifaces = frozenset({LOCAL})
+    elif forced_out is not None:
+        out_ifaces = frozenset({forced_out})
+    else:
+        routes = view.route(((target, target),), family)
+        out_ifaces = routes[0][1] if routes else view.interfaces
+    translated = box.with_(dst=((target, target),), services=services, out_ifaces=out_ifaces)
+    original = box
+
+    def back(part: Box) -> Box:
+        restored = original.services
+        if port is not None:
+            by_protocol = _per_protocol(original.services)
+            kept: list[tuple[int, int]] = []
+            for number, intervals in _per_protocol(part.services).items():
+                kept.extend(by_protocol.get(number, intervals) if number in PORT_PROTOCOL_NUMBERS
+                            else intervals)
+            restored = normalise(kept)
+        else:
+            restored = part.services
+        return part.with_(dst=original.dst, services=restored)
+
+    address = str(ipaddress.ip_address(target) if family == 4
+                  else ipaddress.IPv6Address(target))
+    return translated, chain, NatStep(step, address, port), back
+
+
+def _snat_step(view: MemberView, rule: Rule, family: int, out_ifaces: frozenset[str]) \
+        -> NatStep:
+    if rule.action == "nonat":
+        return NatStep(rule, None, None)
+    if rule.action == "masquerade":
+        names = sorted(out_ifaces) if rule.out_interface is None else [rule.out_interface]
+        for name in names:
+            link = view.member.link(name)
+            for address in link.addresses if link else ():
+                if address.version == family:
+                    return NatStep(rule, str(address.ip), None)
+        return NatStep(rule, f"address of {', '.join(names)}", None)
+    assert rule.target is not None
+    cidrs = rule.target.addresses.cidrs(family)
+    return NatStep(rule, cidrs[0] if cidrs else rule.target.label, None)
+
+
+def classify_box(view: MemberView, box: Box, chain: str,
+                 forced_out: str | None = None) -> Iterator[Piece]:
+    """Pieces of one box that lies inside one chain region (see `MemberView.entry_boxes`)."""
+    if chain == "local":
+        yield Piece(box, "local", "accept", None)
+        return
+    family = box.family
+    if chain in ("input", "forward"):
+        stages = first_match(view.dnat[family], box)
+    else:
+        stages = iter([(box, None)])
+    for part, nat in stages:
+        if nat is None or nat.rule.action == "nonat":
+            dnat = NatStep(nat.rule, None, None) if nat is not None else None
+            yield from _filter(view, part, chain, dnat, lambda b: b)
+            continue
+        translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out)
+        yield from _filter(view, translated, new_chain, step, back)
+
+
+def _filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
+            back: Callable[[Box], Box]) -> Iterator[Piece]:
+    for part, decided in first_match(view.filter[(box.family, chain)], box):
+        rule = decided.rule if decided is not None else None
+        verdict = rule.action if rule is not None else DEFAULT_POLICY[chain]
+        if verdict != "accept" or chain == "input":
+            yield Piece(back(part), chain, verdict, rule, dnat, None)
+            continue
+        for nat_part, nat in first_match(view.snat[box.family], part):
+            snat = _snat_step(view, nat.rule, box.family, nat_part.out_ifaces) \
+                if nat is not None else None
+            yield Piece(back(nat_part), chain, verdict, rule, dnat, snat)
+
+
+def merge_pieces(pieces: list[Piece]) -> list[Piece]:
+    """Glue pieces with the same outcome back together, keeping first-seen order."""
+    groups: dict[tuple[object, ...], list[Piece]] = {}
+    for piece in pieces:
+        groups.setdefault((piece.box.family, *piece.outcome()), []).append(piece)
+    out: list[Piece] = []
+    for group in groups.values():
+        first = group[0]
+        for box in coalesce(p.box for p in group):
+            out.append(Piece(box, first.chain, first.verdict, first.rule, first.dnat,
+                             first.snat))
+    return out
+
+
+def classify(view: MemberView, traffic: TrafficClass, *, merge: bool = True) -> list[Piece]:
+    """Every packet of `traffic` on this member, partitioned by outcome."""
+    pieces: list[Piece] = []
+    for box, chain in view.entry_boxes(traffic):
+        pieces.extend(classify_box(view, box, chain, traffic.out_interface))
+    return merge_pieces(pieces) if merge else pieces
+
+
+def member_views(cluster: Cluster) -> list[MemberView]:
+    return [MemberView(cluster, member) for member in cluster.members]

@@ -1,0 +1,95 @@
+"""Ordered rule lists with an address index, so a query touches few rules.
+
+Each rule box's source and destination sets are summarised by their hull
+(the smallest CIDR block containing them). Hulls of the same prefix length are
+aligned blocks, so a dict per prefix length maps block number -> positions.
+A query box looks up, per populated prefix length, only the blocks its own
+hull touches: a host query costs one dict lookup per prefix length in use.
+Both the source and the destination index are consulted; the smaller answer
+is used (it is a superset of the rules that can match, in rule order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fwc.addresses import FAMILY_BITS
+from fwc.analysis.space import Box, Intervals
+from fwc.model import Rule
+
+# Above this many blocks in a query's hull, scan the prefix length's buckets instead.
+_SCAN_FACTOR = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RuleBox:
+    """One rule as the box of packets it matches on one member, in one family and chain."""
+
+    position: int  # in the rule list: first match wins
+    rule: Rule
+    box: Box
+
+
+def _hull(intervals: Intervals) -> tuple[int, int]:
+    return intervals[0][0], intervals[-1][1]
+
+
+def _prefix_of(lo: int, hi: int, bits: int) -> int:
+    return bits - (lo ^ hi).bit_length()
+
+
+class PrefixIndex:
+    """Positions of rules by the CIDR hull of one address field."""
+
+    def __init__(self, family: int, hulls: Sequence[tuple[int, int]]) -> None:
+        self.bits = FAMILY_BITS[family]
+        buckets: dict[int, dict[int, list[int]]] = {}
+        for position, (lo, hi) in enumerate(hulls):
+            prefix = _prefix_of(lo, hi, self.bits)
+            block = lo >> (self.bits - prefix) if prefix else 0
+            buckets.setdefault(prefix, {}).setdefault(block, []).append(position)
+        self.buckets = buckets
+
+    def lookup(self, lo: int, hi: int) -> list[list[int]]:
+        """Buckets that may hold a rule whose hull meets [lo, hi]."""
+        found: list[list[int]] = []
+        for prefix, blocks in self.buckets.items():
+            shift = self.bits - prefix
+            first, last = lo >> shift, hi >> shift
+            if last - first + 1 > len(blocks) * _SCAN_FACTOR:
+                found.extend(b for n, b in blocks.items() if first <= n <= last)
+            else:
+                for n in range(first, last + 1):
+                    bucket = blocks.get(n)
+                    if bucket is not None:
+                        found.append(bucket)
+        return found
+
+
+class RuleList:
+    """An ordered, indexed list of rule boxes (one family, one chain or NAT stage)."""
+
+    def __init__(self, family: int, entries: Sequence[tuple[Rule, Box]]) -> None:
+        self.family = family
+        self.rules: tuple[RuleBox, ...] = tuple(
+            RuleBox(i, rule, box) for i, (rule, box) in enumerate(entries))
+        self._src = PrefixIndex(family, [_hull(r.box.src) for r in self.rules])
+        self._dst = PrefixIndex(family, [_hull(r.box.dst) for r in self.rules])
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def candidates(self, box: Box) -> list[RuleBox]:
+        """Rules that may match part of `box`, in order (a superset of those that do)."""
+        if not self.rules or box.family != self.family or box.is_empty():
+            return []
+        by_dst = self._dst.lookup(*_hull(box.dst))
+        by_src = self._src.lookup(*_hull(box.src))
+        dst_count = sum(len(b) for b in by_dst)
+        src_count = sum(len(b) for b in by_src)
+        chosen = by_dst if dst_count <= src_count else by_src
+        if min(dst_count, src_count) >= len(self.rules):
+            return list(self.rules)
+        positions = sorted({p for bucket in chosen for p in bucket})
+        return [self.rules[p] for p in positions]
