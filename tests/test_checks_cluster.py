@@ -1,0 +1,258 @@
+"""Cluster checks (FWC2xx): each triggered once, and silent on the example policies."""
+
+from __future__ import annotations
+
+import pytest
+from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+
+from fwc.checks import load_registry
+from fwc.diagnostics import Severity
+from fwc.pipeline import analyse
+
+E, W = Severity.ERROR, Severity.WARNING
+
+FW2_BLOCK = """    member fw2 priority 100 {
+        lan    eth0 192.0.2.2/24, 2001:db8:1::2/64
+        uplink eth1 198.51.100.2/24
+        sync   eth2 203.0.113.2/24
+    }
+"""
+
+
+def test_base_policy_is_clean(tmp_path):
+    assert run(tmp_path, BASE).diagnostics == ()
+
+
+def test_fwc201_one_member(tmp_path):
+    text = mutate((FW2_BLOCK, ""))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC201", E, line_of(text, "cluster edge"), "1 member",
+                      "at least two")
+
+
+def test_fwc202_member_misses_an_interface(tmp_path):
+    text = mutate(("        uplink eth1 198.51.100.2/24\n", ""))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC202", E, line_of(text, "member fw2"),
+                          "'fw2' does not map interface 'uplink'")
+    assert d.hint and "uplink DEVICE" in d.hint
+
+
+def test_fwc202_two_interfaces_on_one_device(tmp_path):
+    text = mutate(("uplink eth1 198.51.100.2/24", "uplink eth0 198.51.100.2/24"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC202", E, line_of(text, "uplink eth0 198.51.100.2"),
+                      "same device 'eth0'")
+
+
+def test_fwc203_member_outside_segment(tmp_path):
+    text = mutate(("uplink eth1 198.51.100.2/24", "uplink eth1 198.51.101.2/24"))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC203", E, line_of(text, "198.51.101.2/24"),
+                          "198.51.101.2/24", "198.51.100.0/24")
+    assert d.span is not None and d.span.column == text.splitlines()[d.span.line - 1].index(
+        "198.51.101.2") + 1
+
+
+def test_fwc203_member_without_address_of_vip_family(tmp_path):
+    text = mutate(("lan    eth0 192.0.2.2/24, 2001:db8:1::2/64", "lan    eth0 192.0.2.2/24"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC203", E, line_of(text, "lan    eth0 192.0.2.2/24"),
+                      "no IPv6 address on 'lan'")
+
+
+def test_fwc204_vrid_out_of_range_from_resolver(tmp_path):
+    text = mutate(("vrid 52", "vrid 256"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC204", E, line_of(text, "vrid 256"), "VRID 256",
+                      "1-255")
+
+
+def test_fwc205_duplicate_member_address(tmp_path):
+    text = mutate(("uplink eth1 198.51.100.2/24", "uplink eth1 198.51.100.1/24"))
+    analysis = run(tmp_path, text)
+    fw2_uplink = line_of(text, "member fw2") + 2
+    d = assert_diagnostic(analysis, "FWC205", E, fw2_uplink, "198.51.100.1", "'fw1'")
+    assert d.related[0].span.line == line_of(text, "member fw1") + 2
+
+
+def test_fwc206_vip_without_prefix_from_resolver(tmp_path):
+    text = mutate(("vip 198.51.100.254/24", "vip 198.51.100.254"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC206", E, line_of(text, "vip 198.51.100.254"),
+                      "no prefix length")
+
+
+@pytest.mark.parametrize(("vip", "phrase"), [
+    ("198.51.101.254/24", "outside the members' subnet"),
+    ("198.51.100.254/25", "prefix /25"),
+    ("198.51.100.255/24", "broadcast address"),
+    ("198.51.100.0/24", "network address"),
+])
+def test_fwc207_vip_not_usable(tmp_path, vip, phrase):
+    text = mutate(("vip 198.51.100.254/24", f"vip {vip}"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC207", E, line_of(text, f"vip {vip}"), phrase)
+
+
+def test_fwc208_vip_equals_member_address(tmp_path):
+    text = mutate(("vip 198.51.100.254/24", "vip 198.51.100.2/24"))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC208", E, line_of(text, "vip 198.51.100.2/24"),
+                          "198.51.100.2", "member 'fw2'")
+    assert d.related[0].span.line == line_of(text, "uplink eth1 198.51.100.2/24")
+
+
+def test_fwc209_equal_priority_out_of_range_from_resolver(tmp_path):
+    text = mutate(("member fw2 priority 100", "member fw2 priority 255"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC209", E, line_of(text, "priority 255"), "priority 255")
+
+
+def test_fwc210_vrid_shared_by_two_interfaces(tmp_path):
+    text = mutate(("vip 198.51.100.254/24  vrid 52", "vip 198.51.100.254/24"))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC210", E, line_of(text, "interface uplink"),
+                          "'lan' and 'uplink' both use VRID 51 for IPv4")
+    assert d.hint and "own 'vrid N'" in d.hint
+
+
+def test_fwc210_v4_and_v6_instance_of_one_interface_share_a_vrid(tmp_path):
+    # lan has an IPv4 and an IPv6 VIP with the cluster VRID 51: not an error.
+    assert with_code(run(tmp_path, BASE), "FWC210") == []
+
+
+def test_fwc211_equal_priorities(tmp_path):
+    text = mutate(("member fw2 priority 100", "member fw2 priority 150"))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC211", E, line_of(text, "member fw2"),
+                          "'fw1' and 'fw2' both have priority 150")
+    assert d.related[0].span.line == line_of(text, "member fw1")
+
+
+def test_fwc212_password_of_nine_characters(tmp_path):
+    text = mutate(('password "s3cret"', 'password "123456789"'))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC212", E, line_of(text, "123456789"), "9 characters",
+                      "first 8")
+
+
+def test_fwc212_eight_characters_are_fine(tmp_path):
+    text = mutate(('password "s3cret"', 'password "12345678"'))
+    assert with_code(run(tmp_path, text), "FWC212") == []
+
+
+def test_fwc213_password_with_version_3(tmp_path):
+    text = mutate(("advert 1s", "advert 1s  version 3"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC213", E, line_of(text, "version 3"),
+                      "version 3 has no authentication")
+
+
+def test_fwc213_auth_without_password(tmp_path):
+    text = mutate(('password "s3cret"', "auth pass"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC213", E, line_of(text, "auth pass"),
+                      "'auth pass' without a password")
+
+
+def test_fwc213_ipv6_vip_with_v2_password_is_not_an_error(tmp_path):
+    # lan has an IPv6 VIP (own v3 instance without auth) next to a v2 password.
+    analysis = run(tmp_path, BASE)
+    assert with_code(analysis, "FWC213") == [] and with_code(analysis, "FWC214") == []
+
+
+@pytest.mark.parametrize(("vrrp", "phrase"), [
+    ('password "s3cret"  advert 100ms  vrid 51', "version 2"),
+    ('password "s3cret"  advert 1500ms  vrid 51', "version 2"),
+    ('password "s3cret"  advert 256s  vrid 51', "version 2"),
+    ("advert 15ms  version 3  vrid 51", "version 3"),
+    ("advert 41s  version 3  vrid 51", "version 3"),
+])
+def test_fwc214_advert_invalid_for_version(tmp_path, vrrp, phrase):
+    text = mutate(('password "s3cret"  advert 1s  vrid 51', vrrp))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC214", E, line_of(text, "vrrp {"), phrase)
+    if "100ms" in vrrp:
+        assert d.hint and "version 3" in d.hint
+
+
+def test_fwc214_sub_second_with_version_3_is_fine(tmp_path):
+    text = mutate(('password "s3cret"  advert 1s', "advert 100ms  version 3"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
+def test_fwc215_mark_bit_from_resolver(tmp_path):
+    text = mutate(("port 3780 }", "port 3780  mark-bit 32 }"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC215", E, line_of(text, "mark-bit 32"), "mark bit 32")
+
+
+def test_fwc216_no_sync_link(tmp_path):
+    text = mutate(("link sync  ", ""))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC216", E, line_of(text, "sync {"), "no sync link")
+
+
+def test_fwc216_sync_link_is_not_an_interface(tmp_path):
+    text = mutate(("link sync  ", "link hasync  "))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC216", E, line_of(text, "link hasync"),
+                          "'hasync' is not an interface")
+    line = text.splitlines()[d.span.line - 1]
+    assert line.index("link hasync") < d.span.column <= line.index("hasync") + 1
+
+
+def test_fwc217_vip_on_the_sync_link(tmp_path):
+    text = mutate(("    interface sync\n", "    interface sync vip 203.0.113.254/24 vrid 53\n"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC217", E, line_of(text, "interface sync"),
+                      "sync link 'sync' carries a VIP")
+
+
+@pytest.mark.parametrize("option", ["in sync", "out sync"])
+def test_fwc218_rule_on_the_sync_link(tmp_path, option):
+    text = mutate(("accept from server to client   service tcp/5001",
+                   f"accept from server to client   service tcp/5001 {option}"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC218", E, line_of(text, option), f"'{option}'")
+
+
+@pytest.mark.parametrize(("group", "phrase"), [
+    ("192.0.2.50", "not a multicast address"),
+    ("224.0.0.50", "link-local"),
+])
+def test_fwc219_bad_sync_group(tmp_path, group, phrase):
+    text = mutate(("multicast 225.0.0.50", f"multicast {group}"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC219", E, line_of(text, group), phrase)
+
+
+def test_fwc220_unicast_with_three_members(tmp_path):
+    third = FW2_BLOCK.replace("fw2", "fw3").replace("100", "50").replace(".2/", ".3/") \
+        .replace("::2/", "::3/")
+    text = mutate(("multicast 225.0.0.50 port 3780", "unicast"), (FW2_BLOCK, FW2_BLOCK + third))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC220", E, line_of(text, "unicast"), "3 members")
+
+
+def test_unicast_with_two_members_is_fine(tmp_path):
+    text = mutate(("multicast 225.0.0.50 port 3780", "unicast"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
+CLUSTER_CODES = [f"FWC2{n:02d}" for n in range(1, 21)]
+
+
+def test_every_cluster_code_is_registered():
+    registry = load_registry()
+    missing = [c for c in CLUSTER_CODES if c not in registry]
+    assert missing == []
+    assert all(registry[c].rationale for c in CLUSTER_CODES)
+
+
+@pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.name)
+def test_cluster_checks_silent_on_examples(policy):
+    analysis = analyse(policy)
+    assert analysis.policy is not None
+    assert [d for d in analysis.diagnostics if d.code in CLUSTER_CODES] == []
