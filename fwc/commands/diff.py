@@ -1,0 +1,116 @@
+"""`fwc diff [REV | A..B] [FILE...]`: what a change does, then the generated files' diff.
+
+Exit status like `git diff --exit-code`: 0 nothing changed, 1 something did,
+2 usage errors (not a repository, unknown revision, a policy that does not
+compile at one side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from fwc.commands.common import print_diagnostics
+from fwc.diffing import files as filediff
+from fwc.diffing.build import Build, BuildError, compile_side
+from fwc.diffing.colour import Palette, wants_colour
+from fwc.diffing.discover import changed_policies
+from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
+from fwc.diffing.report import render_summary
+from fwc.diffing.semantic import ClusterSummary, summarise
+
+EXIT_SAME, EXIT_CHANGED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "installed", None):
+        from fwc.diffing.installed import run_installed
+
+        return run_installed(args)
+    try:
+        return _run(args)
+    except (GitError, UsageError) as exc:
+        print(f"fwc diff: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def split_args(repo: Path, words: list[str]) -> tuple[str, list[str]]:
+    """(revision spec, files): the first word is a revision unless it names a file."""
+    if not words:
+        return "HEAD", []
+    first, rest = words[0], words[1:]
+    if Path(first).exists() or first.endswith(".fw"):
+        return "HEAD", words
+    if ".." in first or is_rev(repo, first):
+        return first, rest
+    raise UsageError(f"unknown revision or path '{first}'")
+
+
+def repo_relative(repo: Path, path: str) -> str:
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        try:
+            return absolute.resolve().relative_to(repo.resolve()).as_posix()
+        except ValueError:
+            raise UsageError(f"'{path}' is outside the repository {repo}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    words = [w for w in args.args if w != "--"]
+    first_file = next((w for w in words if Path(w).exists()), None)
+    repo = repo_root(Path(first_file).parent if first_file else Path.cwd())
+    spec, file_args = split_args(repo, words)
+    old, new = parse_range(repo, spec)
+    policies = [repo_relative(repo, f) for f in file_args] or changed_policies(old, new)
+    for rel in policies:
+        if not old.exists(rel) and not new.exists(rel):
+            raise UsageError(f"'{rel}' exists neither in {old.label} nor in the {new.label}")
+
+    palette = Palette(wants_colour(args.color, sys.stdout))
+    summaries: list[tuple[str, list[ClusterSummary]]] = []
+    patches: list[filediff.FileDiff] = []
+    with tempfile.TemporaryDirectory(prefix="fwc-diff-") as scratch:
+        for number, rel in enumerate(policies):
+            try:
+                before = compile_side(old, rel, Path(scratch) / f"{number}-old")
+                after = compile_side(new, rel, Path(scratch) / f"{number}-new")
+            except BuildError as exc:
+                _report_broken(exc)
+                return EXIT_USAGE
+            summaries.append((rel, summarise(before.policy, after.policy,
+                                             before.outdir, after.outdir)))
+            patches.extend(filediff.diff_trees(before.outdir, after.outdir))
+        changed = bool(patches) or any(s for _, group in summaries for s in group)
+        _print(args, palette, summaries, patches)
+    return EXIT_CHANGED if changed else EXIT_SAME
+
+
+def _report_broken(exc: BuildError) -> None:
+    build: Build = exc.build
+    print(f"fwc diff: {build.path} does not compile at {build.side.label}:", file=sys.stderr)
+    print_diagnostics(exc.diagnostics, build.texts)
+
+
+def _print(args: argparse.Namespace, palette: Palette,
+           summaries: list[tuple[str, list[ClusterSummary]]],
+           patches: list[filediff.FileDiff]) -> None:
+    out = sys.stdout
+    if args.name_only:
+        out.write(filediff.render_names(patches))
+        return
+    for rel, group in summaries:
+        out.write(render_summary(rel, group, palette))
+    if args.stat:
+        out.write(filediff.render_stat(patches, palette))
+    else:
+        out.write(filediff.render_patch(patches, palette))
+

@@ -1,0 +1,100 @@
+"""Unified diffs of two compiled output trees, with git's --stat and --name-only."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwc.diffing.colour import Palette
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    path: str  # relative to the output root: <cluster>/<member>/<file>
+    status: str  # added, removed, modified
+    lines: tuple[str, ...]  # unified diff body, without trailing newlines
+
+    @property
+    def insertions(self) -> int:
+        return sum(1 for ln in self.lines if ln.startswith("+") and not ln.startswith("+++"))
+
+    @property
+    def deletions(self) -> int:
+        return sum(1 for ln in self.lines if ln.startswith("-") and not ln.startswith("---"))
+
+
+def tree_files(root: Path | None) -> dict[str, Path]:
+    if root is None or not root.is_dir():
+        return {}
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
+    old_files, new_files = tree_files(old_root), tree_files(new_root)
+    out: list[FileDiff] = []
+    for rel in sorted(set(old_files) | set(new_files)):
+        old = _read(old_files.get(rel))
+        new = _read(new_files.get(rel))
+        if old == new:
+            continue
+        status = "added" if rel not in old_files else "removed" if rel not in new_files \
+            else "modified"
+        lines = difflib.unified_diff(
+            old.splitlines(), new.splitlines(),
+            "/dev/null" if status == "added" else f"a/{rel}",
+            "/dev/null" if status == "removed" else f"b/{rel}", lineterm="")
+        out.append(FileDiff(rel, status, tuple(lines)))
+    return out
+
+
+def _read(path: Path | None) -> str:
+    if path is None:
+        return ""
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def render_patch(diffs: list[FileDiff], palette: Palette) -> str:
+    out: list[str] = []
+    for diff in diffs:
+        out.append(palette.bold(f"diff --fwc a/{diff.path} b/{diff.path}"))
+        if diff.status != "modified":
+            out.append(palette.bold(f"{'new' if diff.status == 'added' else 'deleted'} file"))
+        for line in diff.lines:
+            if line.startswith(("---", "+++")):
+                out.append(palette.bold(line))
+            elif line.startswith("@@"):
+                out.append(palette.cyan(line))
+            elif line.startswith("+"):
+                out.append(palette.green(line))
+            elif line.startswith("-"):
+                out.append(palette.red(line))
+            else:
+                out.append(line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def render_stat(diffs: list[FileDiff], palette: Palette, width: int = 60) -> str:
+    if not diffs:
+        return ""
+    name_width = max(len(d.path) for d in diffs)
+    counts = [d.insertions + d.deletions for d in diffs]
+    biggest = max(counts) or 1
+    bar_room = max(10, width - name_width - 10)
+    lines: list[str] = []
+    for diff, count in zip(diffs, counts, strict=True):
+        scale = min(1.0, bar_room / biggest)
+        plus = round(diff.insertions * scale) or (1 if diff.insertions else 0)
+        minus = round(diff.deletions * scale) or (1 if diff.deletions else 0)
+        bar = palette.green("+" * plus) + palette.red("-" * minus)
+        lines.append(f" {diff.path.ljust(name_width)} | {count:>4} {bar}")
+    ins = sum(d.insertions for d in diffs)
+    dels = sum(d.deletions for d in diffs)
+    lines.append(f" {len(diffs)} file{'s' if len(diffs) != 1 else ''} changed, "
+                 f"{ins} insertion{'s' if ins != 1 else ''}(+), "
+                 f"{dels} deletion{'s' if dels != 1 else ''}(-)")
+    return "\n".join(lines) + "\n"
+
+
+def render_names(diffs: list[FileDiff]) -> str:
+    return "".join(f"{d.path}\n" for d in diffs)

@@ -1,0 +1,124 @@
+"""Reading a policy as it was at a git revision, for `fwc diff`.
+
+Both sides of a diff name their files by repository-relative paths, read
+through a reader function (the working tree side too): spans, comments and
+MANIFEST hashes in the compiled output then differ only where the policy
+really changed, never because one side said `/abs/path` and the other `path`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+WORKTREE = None  # the `rev` of a Side that reads the working tree
+
+Reader = Callable[[Path], str]
+
+
+class GitError(Exception):
+    """A git problem the user must fix (not a repository, unknown revision...)."""
+
+
+def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=60)
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"git {' '.join(args)} timed out") from exc
+    if check and proc.returncode != 0:
+        first = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise GitError(first[0] if first else f"git {' '.join(args)} failed")
+    return proc
+
+
+def repo_root(start: Path) -> Path:
+    proc = git(start, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode != 0:
+        raise GitError(f"not a git repository: {start.resolve()}")
+    return Path(proc.stdout.strip())
+
+
+def resolve_rev(repo: Path, rev: str) -> str:
+    """Full commit id of REV, or GitError naming the bad revision."""
+    proc = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise GitError(f"unknown revision '{rev}'")
+    return proc.stdout.strip()
+
+
+def is_rev(repo: Path, text: str) -> bool:
+    try:
+        resolve_rev(repo, text)
+    except GitError:
+        return False
+    return True
+
+
+def normalise(path: PurePosixPath | Path | str) -> str:
+    """A repository-relative path with `a/../b` folded (includes may climb)."""
+    return os.path.normpath(str(path)).replace(os.sep, "/")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a diff: a commit, or the working tree when `rev` is None."""
+
+    repo: Path
+    rev: str | None
+    label: str  # what the user typed, for messages: HEAD, abc123, "working tree"
+
+    def read(self, path: Path) -> str:
+        rel = normalise(path)
+        if self.rev is WORKTREE:
+            return (self.repo / rel).read_text(encoding="utf-8")
+        proc = git(self.repo, "show", f"{self.rev}:{rel}", check=False)
+        if proc.returncode != 0:
+            raise FileNotFoundError(2, f"not in {self.label}", rel)
+        return proc.stdout
+
+    def exists(self, rel: str) -> bool:
+        if self.rev is WORKTREE:
+            return (self.repo / rel).is_file()
+        return git(self.repo, "cat-file", "-e", f"{self.rev}:{rel}", check=False).returncode == 0
+
+    def list_fw(self, directory: str) -> list[str]:
+        """Repository-relative `*.fw` files directly inside DIRECTORY ("" = top)."""
+        if self.rev is WORKTREE:
+            base = self.repo / directory if directory else self.repo
+            if not base.is_dir():
+                return []
+            return sorted(normalise(Path(directory) / p.name) if directory else p.name
+                          for p in base.glob("*.fw") if p.is_file())
+        spec = f"{self.rev}:{directory}" if directory else f"{self.rev}:"
+        proc = git(self.repo, "ls-tree", "--name-only", spec, check=False)
+        if proc.returncode != 0:
+            return []
+        names = [n for n in proc.stdout.splitlines() if n.endswith(".fw")]
+        return sorted(normalise(Path(directory) / n) if directory else n for n in names)
+
+
+def changed_paths(old: Side, new: Side) -> set[str]:
+    """Repository-relative paths that differ between the two sides."""
+    if new.rev is WORKTREE:
+        proc = git(old.repo, "diff", "--name-only", "--no-renames", old.rev or "HEAD")
+        untracked = git(old.repo, "ls-files", "--others", "--exclude-standard").stdout
+        return set(proc.stdout.split("\n")) - {""} | (set(untracked.split("\n")) - {""})
+    proc = git(old.repo, "diff", "--name-only", "--no-renames", old.rev or "HEAD", new.rev)
+    return set(proc.stdout.split("\n")) - {""}
+
+
+def parse_range(repo: Path, text: str) -> tuple[Side, Side]:
+    """`A..B` -> two commit sides; `REV` -> REV against the working tree."""
+    if ".." in text:
+        left, _, right = text.partition("..")
+        left = left or "HEAD"
+        right = right or "HEAD"
+        return (Side(repo, resolve_rev(repo, left), left),
+                Side(repo, resolve_rev(repo, right), right))
+    return Side(repo, resolve_rev(repo, text), text), Side(repo, WORKTREE, "working tree")

@@ -1,0 +1,226 @@
+"""The reviewer's summary of a change, per cluster and member.
+
+Cluster settings (VIPs, VRIDs, priorities, sync) and policy statements come
+from the resolved models of both sides; per-chain rule changes from the
+compiled rulesets, because that is what the kernel will run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fwc import model
+from fwc.diffing import rulesets
+from fwc.diffing.sequences import ListChange, compare
+from fwc.diffing.terms import rule_text
+from fwc.diffing.traffic import TrafficChange, traffic_changes
+
+RULE_FILES = (("iptables.rules", "IPv4"), ("ip6tables.rules", "IPv6"))
+
+
+@dataclass
+class ChainChange:
+    family: str  # IPv4 / IPv6
+    table: str
+    chain: str
+    change: ListChange[str]
+    policy: tuple[str, str] | None = None  # (old, new) default policy when it changed
+
+
+@dataclass
+class MemberSummary:
+    name: str
+    status: str  # added, removed, changed
+    settings: list[str] = field(default_factory=list)
+    chains: list[ChainChange] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.status != "changed" or bool(self.settings or self.chains)
+
+
+@dataclass
+class ClusterSummary:
+    name: str
+    status: str  # added, removed, changed
+    settings: list[str] = field(default_factory=list)
+    rules: ListChange[str] = field(default_factory=ListChange)
+    nat: ListChange[str] = field(default_factory=ListChange)
+    allowed: list[TrafficChange] = field(default_factory=list)
+    denied: list[TrafficChange] = field(default_factory=list)
+    traffic_exact: bool = True
+    members: list[MemberSummary] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.status != "changed" or bool(
+            self.settings or self.rules or self.nat or self.allowed or self.denied
+            or any(self.members))
+
+
+def summarise(old: model.Policy | None, new: model.Policy | None,
+              old_out: Path | None, new_out: Path | None) -> list[ClusterSummary]:
+    """Summaries of every cluster present on either side, in the new side's order."""
+    old_clusters = {c.name: c for c in old.clusters} if old else {}
+    new_clusters = {c.name: c for c in new.clusters} if new else {}
+    names = list(new_clusters) + [n for n in old_clusters if n not in new_clusters]
+    out: list[ClusterSummary] = []
+    for name in names:
+        summary = summarise_cluster(old_clusters.get(name), new_clusters.get(name),
+                                    old_out / name if old_out else None,
+                                    new_out / name if new_out else None)
+        if summary:
+            out.append(summary)
+    return out
+
+
+def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
+                      old_dir: Path | None, new_dir: Path | None) -> ClusterSummary:
+    assert old is not None or new is not None
+    name = (new or old).name  # type: ignore[union-attr]
+    status = "added" if old is None else "removed" if new is None else "changed"
+    summary = ClusterSummary(name, status)
+    if old is not None and new is not None:
+        summary.settings = cluster_settings(old, new)
+    summary.rules = compare([rule_text(r) for r in (old.rules if old else ())],
+                            [rule_text(r) for r in (new.rules if new else ())])
+    summary.nat = compare([rule_text(r) for r in (old.nat if old else ())],
+                          [rule_text(r) for r in (new.nat if new else ())])
+    changes, summary.traffic_exact = traffic_changes(old, new)
+    summary.allowed = [c for c in changes if c.verdict == "allowed"]
+    summary.denied = [c for c in changes if c.verdict == "denied"]
+    old_members = {m.name: m for m in old.members} if old else {}
+    new_members = {m.name: m for m in new.members} if new else {}
+    for member in list(new_members) + [m for m in old_members if m not in new_members]:
+        before, after = old_members.get(member), new_members.get(member)
+        msum = MemberSummary(member, "added" if before is None else
+                             "removed" if after is None else "changed")
+        if before is not None and after is not None:
+            msum.settings = member_settings(before, after)
+        msum.chains = chain_changes(old_dir / member if old_dir and before else None,
+                                    new_dir / member if new_dir and after else None)
+        summary.members.append(msum)
+    return summary
+
+
+def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChange]:
+    out: list[ChainChange] = []
+    for fname, family in RULE_FILES:
+        old = _ruleset(old_dir / fname if old_dir else None)
+        new = _ruleset(new_dir / fname if new_dir else None)
+        for table in sorted(set(old.tables) | set(new.tables)):
+            old_t = old.tables.get(table, rulesets.Table(table))
+            new_t = new.tables.get(table, rulesets.Table(table))
+            chains = list(new_t.policies) + [c for c in old_t.policies if c not in new_t.policies]
+            for chain in chains:
+                change = compare(old_t.rules.get(chain, []), new_t.rules.get(chain, []),
+                                 key=without_location)
+                before, after = old_t.policies.get(chain), new_t.policies.get(chain)
+                policy = (before or "none", after or "none") if before != after else None
+                if change or policy:
+                    out.append(ChainChange(family, table, chain, change, policy))
+    return out
+
+
+_LOCATION = re.compile(r'(--comment "[^":]+):\d+"')
+
+
+def without_location(rule: str) -> str:
+    """`--comment "edge.fw:46"` -> `--comment "edge.fw"`: a rule is the same rule
+    when only lines above it were inserted."""
+    return _LOCATION.sub(r'\1"', rule)
+
+
+def _ruleset(path: Path | None) -> rulesets.Ruleset:
+    if path is None or not path.is_file():
+        return rulesets.Ruleset()
+    return rulesets.parse(path.read_text(encoding="utf-8"))
+
+
+def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
+    """VIP, VRID, VRRP and sync changes, one line each."""
+    out: list[str] = []
+    old_ifs = {i.name: i for i in old.interfaces}
+    new_ifs = {i.name: i for i in new.interfaces}
+    for name in list(new_ifs) + [n for n in old_ifs if n not in new_ifs]:
+        before, after = old_ifs.get(name), new_ifs.get(name)
+        if before is None:
+            out.append(f"interface {name} added" + _vip_list(after))
+            continue
+        if after is None:
+            out.append(f"interface {name} removed" + _vip_list(before))
+            continue
+        old_vips, new_vips = set(map(str, before.vips)), set(map(str, after.vips))
+        for vip in sorted(new_vips - old_vips):
+            out.append(f"interface {name}: VIP {vip} added")
+        for vip in sorted(old_vips - new_vips):
+            out.append(f"interface {name}: VIP {vip} removed")
+        if before.vrid != after.vrid:
+            out.append(f"interface {name}: VRID {before.vrid} -> {after.vrid}")
+    out.extend(_fields("vrrp", old.vrrp, new.vrrp, (
+        "advert_ms", "version", "auth", "preempt", "preempt_delay_s", "vrid",
+        "garp_refresh_s")))
+    if (old.vrrp.password, old.vrrp.password_file) != (new.vrrp.password,
+                                                       new.vrrp.password_file):
+        out.append("vrrp: password changed")
+    out.extend(_fields("sync", old.sync, new.sync,
+                       ("link", "mode", "transport", "group", "port", "mark_bit")))
+    for member in old.members:
+        if new.member(member.name) is None:
+            out.append(f"member {member.name} removed")
+    for member in new.members:
+        if old.member(member.name) is None:
+            out.append(f"member {member.name} added (priority {member.priority})")
+    return out
+
+
+def member_settings(old: model.Member, new: model.Member) -> list[str]:
+    out: list[str] = []
+    if old.priority != new.priority:
+        out.append(f"priority {old.priority} -> {new.priority}")
+    if old.master != new.master:
+        out.append(f"master {'on' if new.master else 'off'}")
+    if old.ssh != new.ssh:
+        out.append(f"ssh {old.ssh or '-'} -> {new.ssh or '-'}")
+    old_links = {link.interface: link for link in old.links}
+    new_links = {link.interface: link for link in new.links}
+    for iface in list(new_links) + [i for i in old_links if i not in new_links]:
+        before, after = old_links.get(iface), new_links.get(iface)
+        if before is None or after is None:
+            link = after or before
+            assert link is not None
+            out.append(f"link {iface} ({link.device}) {'added' if before is None else 'removed'}")
+            continue
+        if before.device != after.device:
+            out.append(f"link {iface}: device {before.device} -> {after.device}")
+        if set(before.addresses) != set(after.addresses):
+            out.append(f"link {iface}: addresses {_addrs(before.addresses)} -> "
+                       f"{_addrs(after.addresses)}")
+    return out
+
+
+def _addrs(addresses: tuple[model.IPInterface, ...]) -> str:
+    return ", ".join(map(str, addresses)) or "none"
+
+
+def _vip_list(iface: model.Interface | None) -> str:
+    if iface is None or not iface.vips:
+        return ""
+    return f" (VIP {', '.join(map(str, iface.vips))})"
+
+
+def _fields(prefix: str, old: object, new: object, names: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            out.append(f"{prefix}: {name.replace('_', ' ')} {_show(before)} -> {_show(after)}")
+    return out
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
