@@ -19,7 +19,7 @@ def test_fwc105_source_and_destination_share_no_family(tmp_path):
                           "source is IPv6 only", "destination IPv4 only")
     # the span points at the destination, the side that does not fit
     line = text.splitlines()[d.span.line - 1]
-    assert d.span.column == line.index("server") + 1
+    assert d.span.column == line.index("!server") + 1
 
 
 def test_fwc105_icmp_service_between_ipv6_endpoints(tmp_path):
@@ -76,7 +76,7 @@ def test_fwc113_negation_that_excludes_nothing(tmp_path):
     d = assert_diagnostic(analysis, "FWC113", W, line_of(text, "!server"),
                           "'!server' excludes nothing")
     line = text.splitlines()[d.span.line - 1]
-    assert d.span.column == line.index("server") + 1
+    assert d.span.column == line.index("!server") + 1
 
 
 def test_negation_inside_the_list_is_fine(tmp_path):
