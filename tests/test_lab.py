@@ -142,6 +142,7 @@ def test_remap_is_consistent_and_lands_in_doc_ranges() -> None:
     assert "-s 198.18.0.0/24" in out and "IPv4_address 198.18.0.254" in out
     assert "198.51.100.10" in out  # already a documentation address: untouched
     assert remap.rewrite("225.0.0.50 10.1.0.5-10.1.0.9") == "225.0.0.50 198.18.0.5-198.18.0.9"
+    assert remap.leftovers(out) == [] and remap.leftovers(text) == ["10.1.0.0", "10.1.0.254"]
 
 
 def test_fast_keepalived_rewrites_advert_version_and_auth() -> None:

@@ -153,6 +153,9 @@ class Node:
             content = src.read_text()
             if self.remap is not None:
                 content = self.remap.rewrite(content)
+                left = self.remap.leftovers(content)
+                if left:
+                    raise LabError(f"{self.name}/{fname}: --remap left {', '.join(left[:5])}")
             self.write(path, content, mode)
             installed.append(fname)
         for required in ("keepalived.conf", "conntrackd.conf", "iptables.rules"):

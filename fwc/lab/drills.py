@@ -106,6 +106,22 @@ def run_probe(
         str(timeout),
     ]
     full = via.argv(argv) if src.address is None else lab.host_argv(src.host_ns or "", argv)
+    if src.address is not None:
+        # A missing route would look like "blocked": that must be a lab error, not a pass.
+        route = run(
+            ["ip", "-n", src.host_ns or "", "route", "get", dst, "from", str(src.address)],
+            check=False,
+            timeout=5,
+        )
+        if route.returncode != 0:
+            return ProbeResult(
+                **base,
+                src=exp.src,
+                dst=exp.dst,
+                kernel="error",
+                how=f"no route on the test host: {route.stderr.strip()}",
+                agrees=False,
+            )
     proc = run(full, check=False, timeout=timeout + 10)
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -294,6 +310,10 @@ def failover_drill(
             f"{_fmt(res.failover_gap_s)}, survived: {res.survived_failover}"
         )
         if res.survived_failover and while_on_backup is not None:
+            # Probes need the normal routes and NAT back; the running flow keeps
+            # the NAT decision conntrack already made, so this does not touch it.
+            undo()
+            undo = _noop
             while_on_backup(backup)
         if restore:
             # The old master comes back (as after a reboot) and preempts.
@@ -342,6 +362,10 @@ def failover_drill(
     else:
         res.ok = res.connected and not res.survived_failover and res.takeover_s is not None
     return res
+
+
+def _noop() -> None:
+    pass
 
 
 def _committed(log: Path, offset: int) -> int | None:

@@ -257,6 +257,18 @@ class Remap:
         content = _V4_TOKEN.sub(sub, content)
         return _V6_TOKEN.sub(sub, content)
 
+    def leftovers(self, content: str) -> list[str]:
+        """Addresses of a remapped subnet still present (they must not reach the wire)."""
+        found = []
+        for token in _V4_TOKEN.findall(content) + _V6_TOKEN.findall(content):
+            try:
+                addr = ipaddress.ip_address(token)
+            except ValueError:
+                continue
+            if any(addr.version == old.version and addr in old for old, _ in self.pairs):
+                found.append(token)
+        return found
+
 
 _V4_TOKEN = re.compile(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w:]|\.\d)")
 _V6_TOKEN = re.compile(r"(?<![\w:.])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])")
