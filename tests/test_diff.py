@@ -1,0 +1,224 @@
+"""`fwc diff` on real edits in a scratch git repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fwc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def commit(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "fw"
+    (root / "policies").mkdir(parents=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "test@example.org")
+    git(root, "config", "user.name", "test")
+    (root / "policies" / "edge.fw").write_text(EDGE, encoding="utf-8")
+    commit(root, "edge policy")
+    monkeypatch.chdir(root)
+    return root
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def fwc_diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["diff", "--no-color", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def section(out: str, header: str) -> str:
+    """The lines of the summary under `header` (up to the next less indented line)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(header))
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    body = []
+    for line in lines[start + 1:]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        body.append(line.strip())
+    return "\n".join(body)
+
+
+def test_nothing_changed_exits_0_and_prints_nothing(repo, capsys):
+    assert fwc_diff(capsys) == (0, "", "")
+    assert fwc_diff(capsys, "policies/edge.fw") == (0, "", "")
+    assert not (repo / "output").exists()
+
+
+def test_rule_added(repo, capsys):
+    edit(repo / "policies" / "edge.fw",
+         "    reject from any      to any      service ident",
+         "    accept from server   to monitor  service ssh\n"
+         "    reject from any      to any      service ident")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    assert "policy rules: 1 added" in out
+    assert "+ accept from server to monitor service ssh" in out
+    traffic = section(out, "traffic")
+    assert "newly allowed: from server to monitor service ssh" in traffic
+    assert "newly denied" not in traffic
+    # fw1's compiled FORWARD chain gained exactly that rule; nothing moved,
+    # although every rule below it now comes from a later policy line.
+    fw1 = section(out, "member fw1")
+    forward = re.search(r"IPv4 filter/FORWARD: (.*)", fw1)
+    assert forward is not None and forward.group(1) == "1 added"
+    assert "+ -s 198.51.100.10/32 -d 192.0.2.20/32 -p tcp -m tcp --dport 22" in fw1
+    assert "IPv6" not in fw1  # both hosts are IPv4 only
+    # then the patch of the generated files
+    assert "diff --fwc a/edge/fw1/iptables.rules b/edge/fw1/iptables.rules" in out
+    assert re.search(r"^\+-A FORWARD -s 198\.51\.100\.10/32 -d 192\.0\.2\.20/32", out, re.M)
+    assert out.index("cluster edge") < out.index("diff --fwc")
+    assert not (repo / "output").exists()
+
+
+def test_object_widened_names_the_object(repo, capsys):
+    edit(repo / "policies" / "edge.fw", "host    monitor  192.0.2.20",
+         "range   monitor  192.0.2.20-192.0.2.23")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    assert "policy rules" not in out  # no statement changed, only what an object means
+    allowed = [line for line in section(out, "traffic").splitlines()
+               if line.startswith("newly allowed")]
+    assert allowed and all("monitor" in line for line in allowed)
+    assert any("192.0.2.21" in line or "192.0.2.22/31" in line for line in allowed)
+    assert any("service snmp" in line for line in allowed)
+    assert "only fw1" in "\n".join(allowed)  # the snmp rule exists on fw1 only
+
+
+def test_vip_and_priority_changed(repo, capsys):
+    policy = repo / "policies" / "edge.fw"
+    edit(policy, "interface uplink vip 198.51.100.254/24", "interface uplink vip 198.51.100.253/24")
+    edit(policy, "member fw2 priority 100", "member fw2 priority 90")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    summary = out[:out.index("diff --fwc")]
+    assert "interface uplink: VIP 198.51.100.253/24 added" in summary
+    assert "interface uplink: VIP 198.51.100.254/24 removed" in summary
+    assert "priority 100 -> 90" in section(summary, "member fw2")
+    # NAT follows the VIP: SNAT to the new address, DNAT on it
+    nat = section(summary, "member fw1")
+    assert re.search(r"IPv4 nat/POSTROUTING: 1 added, 1 removed", nat)
+    assert "--to-source 198.51.100.253" in nat
+    assert "+        198.51.100.253/24 dev eth1" in out  # keepalived.conf patch
+
+
+def test_vrid_and_sync_changes(repo, capsys):
+    policy = repo / "policies" / "edge.fw"
+    edit(policy, "198.51.100.254/24  vrid 52", "198.51.100.254/24  vrid 53")
+    edit(policy, "multicast 225.0.0.50 port 3780", "multicast 225.0.0.51 port 3780")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "interface uplink: VRID 52 -> 53" in out
+    assert "sync: group 225.0.0.50 -> 225.0.0.51" in out
+    assert "diff --fwc" not in out  # --stat replaces the patch
+    assert re.search(r"^ edge/fw1/keepalived.conf \|\s+\d+ \+*-*$", out, re.M)
+    assert re.search(r"\d+ files changed, \d+ insertions\(\+\), \d+ deletions\(-\)", out)
+
+
+def test_name_only_and_colour(repo, capsys):
+    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 90")
+    code, out, _ = fwc_diff(capsys, "--name-only")
+    assert code == 1
+    assert out.splitlines() == ["edge/MANIFEST", "edge/fw2/keepalived.conf"]
+    assert main(["diff", "--color"]) == 1
+    coloured = capsys.readouterr().out
+    assert "\033[" in coloured
+    assert main(["diff"]) == 1  # stdout is not a terminal here: no colour by default
+    assert "\033[" not in capsys.readouterr().out
+
+
+def test_includes_are_read_from_each_revision(repo, capsys):
+    policy = repo / "policies" / "edge.fw"
+    text = policy.read_text(encoding="utf-8")
+    objects = "\n".join(line for line in text.splitlines()
+                        if line.startswith(("network", "host", "range", "group")))
+    rest = "\n".join(line for line in text.splitlines()
+                     if not line.startswith(("network", "host", "range", "group")))
+    (repo / "policies" / "lib").mkdir()
+    (repo / "policies" / "lib" / "objects.fw").write_text(objects + "\n", encoding="utf-8")
+    policy.write_text('include "lib/objects.fw"\n' + rest, encoding="utf-8")
+    split = commit(repo, "objects in an include")
+    assert fwc_diff(capsys) == (0, "", "")
+
+    edit(repo / "policies" / "lib" / "objects.fw", "host    client   192.0.2.10",
+         "network client   192.0.2.8/30")
+    widened = commit(repo, "widen client")
+    # The working tree now loses the include entirely: each revision must still
+    # read its own copy of it from git.
+    (repo / "policies" / "lib" / "objects.fw").unlink()
+    code, out, _ = fwc_diff(capsys, f"{split}..{widened}")
+    assert code == 1
+    assert "cluster edge (policies/edge.fw)" in out
+    assert "newly denied" not in out
+    assert re.search(r"newly allowed: from client .*192\.0\.2\.8.* to firewall service ssh",
+                     out)
+    assert "+-A INPUT -s 192.0.2.8/30" in out
+
+
+def test_default_files_are_changed_top_level_policies(repo, capsys):
+    (repo / "policies" / "other.fw").write_text(EDGE.replace("cluster edge", "cluster other")
+                                               .replace("policy edge", "policy other")
+                                               .replace("nat edge", "nat other")
+                                               .replace("expect edge", "expect other"),
+                                               encoding="utf-8")
+    commit(repo, "second policy")
+    edit(repo / "policies" / "other.fw", "member fw2 priority 100", "member fw2 priority 90")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    assert "cluster other (policies/other.fw)" in out
+    assert "cluster edge" not in out  # unchanged policies are not compiled
+
+
+def test_range_of_two_revisions(repo, capsys):
+    first = git(repo, "rev-parse", "HEAD")
+    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 90")
+    second = commit(repo, "fw2 lower")
+    code, out, _ = fwc_diff(capsys, f"{first}..{second}")
+    assert code == 1 and "priority 100 -> 90" in out
+    assert fwc_diff(capsys, f"{second}..{second}")[0] == 0
+    # REV alone compares with the working tree (clean here, so equal to HEAD)
+    assert fwc_diff(capsys, first)[0] == 1
+    assert fwc_diff(capsys, "HEAD")[0] == 0
+    code, out, _ = fwc_diff(capsys, "HEAD~1..", "policies/edge.fw")
+    assert code == 1 and "priority 100 -> 90" in out
+
+
+def test_usage_errors_exit_2(repo, capsys, tmp_path, monkeypatch):
+    code, _, err = fwc_diff(capsys, "no-such-rev")
+    assert code == 2 and "unknown revision or path 'no-such-rev'" in err
+    code, _, err = fwc_diff(capsys, "HEAD..nope")
+    assert code == 2 and "unknown revision 'nope'" in err
+    edit(repo / "policies" / "edge.fw", "service ssh      tcp/22", "service ssh      tcp/99999")
+    code, out, err = fwc_diff(capsys)
+    assert code == 2
+    assert "policies/edge.fw does not compile at working tree" in err
+    assert "policies/edge.fw:" in err and "error" in err
+    elsewhere = tmp_path / "not-a-repo"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = fwc_diff(capsys)
+    assert code == 2 and "not a git repository" in err
