@@ -1,0 +1,109 @@
+"""Checks about what compiling a rule gives: log prefixes, NAT chains, empty rules.
+
+They run with every `fwc check` too, so that a policy that checks clean
+compiles without surprises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fwc import protocols as proto
+from fwc.checks import check, describe
+from fwc.diagnostics import Diagnostic, Severity, error, warning
+from fwc.lower.build import filter_parts, log_prefix, nat_part, service_matches
+from fwc.model import Cluster, Policy, Rule
+
+describe("FWC510", "output directory cannot be written", Severity.ERROR, """
+`fwc compile` writes into a staging copy of the output directory and swaps it in
+only when everything succeeded. It refuses to overwrite a cluster directory that
+another policy's MANIFEST claims, or one that fwc did not write (no MANIFEST);
+file system errors end up here too. Nothing under the output directory changes.""",
+         "compile")
+
+
+@check("FWC501", "log prefix cut to the kernel's limit", Severity.WARNING, f"""
+The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} characters of prefix
+(iptables refuses longer ones). fwc writes the prefix followed by a space and
+cuts it to that length, so log lines no longer carry the whole text; shorten it.""")
+def log_prefix_cut(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for rule in cluster.all_rules():
+            if not rule.log:
+                continue
+            prefix, cut = log_prefix(rule)
+            if cut:
+                yield warning("FWC501", f"log prefix \"{rule.log_prefix}\" is longer than "
+                              f"{proto.LOG_PREFIX_MAX} characters; it is cut to "
+                              f"\"{prefix.rstrip()}\"", rule.span,
+                              hint=f"use at most {proto.LOG_PREFIX_MAX - 1} characters")
+
+
+@check("FWC502", "NAT rule names an interface its chain cannot see", Severity.ERROR, """
+dnat happens in nat PREROUTING, before routing: the outgoing interface is not
+known yet, so `out` cannot be matched. snat and masquerade happen in
+POSTROUTING, where the incoming interface is no longer matchable, so `in`
+cannot be used there. fwc would have to drop the condition and translate more
+traffic than written, so the rule is refused.""")
+def nat_interfaces(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for rule in cluster.nat:
+            if rule.action == "dnat" and rule.out_interface is not None:
+                yield error("FWC502", "dnat cannot match 'out': the outgoing interface is "
+                            "not known before routing", rule.span,
+                            hint="remove 'out', or match the destination address instead")
+            if rule.action in ("snat", "masquerade") and rule.in_interface is not None:
+                yield error("FWC502", f"{rule.action} cannot match 'in': POSTROUTING does not "
+                            "see the incoming interface", rule.span,
+                            hint="remove 'in', or match the source address instead")
+
+
+@check("FWC503", "nonat with both in and out", Severity.WARNING, """
+A nonat exception exempts traffic from the NAT rules after it: from dnat in
+PREROUTING (which can only match `in`) and from snat/masquerade in POSTROUTING
+(which can only match `out`). With both, each chain can only apply half of
+the condition, so the exception is wider than written. Give only `in` (to
+exempt from dnat) or only `out` (to exempt from snat).""")
+def nonat_both_interfaces(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for rule in cluster.nat:
+            if rule.action == "nonat" and rule.in_interface and rule.out_interface:
+                yield warning("FWC503", "nonat with both 'in' and 'out': PREROUTING matches "
+                              "only 'in', POSTROUTING only 'out'", rule.span,
+                              hint="split it into one nonat with 'in' and one with 'out'")
+
+
+def _produces_something(cluster: Cluster, rule: Rule) -> bool:
+    for member in cluster.members:
+        if rule.only is not None and rule.only != member.name:
+            continue
+        fw = cluster.firewall_addresses(member)
+        for family in (4, 6):
+            fw_family = fw.only(family)
+            if service_matches(rule.services, family) is None:
+                continue
+            if rule.target is not None and not rule.target.addresses.family(family):
+                continue
+            if rule.action in ("accept", "drop", "reject"):
+                if filter_parts(rule, fw_family, family):
+                    return True
+            elif nat_part(rule, fw_family, family, "") is not None:
+                return True
+    return False
+
+
+@check("FWC504", "rule gives no kernel rule", Severity.WARNING, """
+Some rules cannot match anything once placed in a chain: INPUT (to the
+firewall) has no outgoing interface and OUTPUT (from the firewall) no incoming
+one, so `accept from any to firewall out lan` is dropped; a rule whose
+addresses and services have no address family in common gives nothing either.
+Such a rule does nothing at all on any member, which is almost always a
+mistake.""")
+def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        for rule in cluster.all_rules():
+            if not _produces_something(cluster, rule):
+                yield warning("FWC504", f"'{rule.action}' rule gives no iptables rule on any "
+                              "member", rule.span,
+                              hint="traffic to the firewall has no 'out' interface and "
+                              "traffic from it no 'in' interface; check the families too")

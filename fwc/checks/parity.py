@@ -1,0 +1,237 @@
+"""Parity: every member must treat forwarded and NATed traffic the same way.
+
+After a failover the other member decides what the network allows; if the two
+rulesets differ for traffic through the cluster, a failover silently changes
+policy. The check compares the lowered rulesets (what the kernels get) after
+replacing each member's own devices and addresses by placeholders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from fwc.addresses import AddressSet
+from fwc.checks import check, describe
+from fwc.diagnostics import Diagnostic, Related, Severity, error
+from fwc.lower import MARK_ACCEPT_CHAIN, AddressMatch, NodeRuleset, Rule, lower
+from fwc.model import Cluster, Member, Policy
+from fwc.model import Rule as PolicyRule
+
+describe("FWC302", "members differ for forwarded or NATed traffic", Severity.ERROR, """
+After the substitution of each member's own devices and addresses, the members'
+FORWARD and NAT rules must be identical: after a failover the other member
+decides, so any difference changes what the network allows the moment the VIPs
+move. Typically a rule names one member's own address (it is INPUT on that
+member but FORWARD on the others). The diagnostic names the differing rules.""", "check")
+
+
+@dataclass(frozen=True, slots=True)
+class NormalRule:
+    """A lowered rule with member-specific values replaced: comparable across members."""
+
+    table: str
+    chain: str
+    source: tuple[str, ...]
+    destination: tuple[str, ...]
+    in_interface: str | None
+    out_interface: str | None
+    protocol: int | None
+    ports: tuple[tuple[int, int], ...]
+    icmp_type: int | None
+    target: str
+    options: tuple[tuple[str, str], ...]
+
+
+def _substitutions(cluster: Cluster, member: Member) -> tuple[dict[str, str], dict[str, str]]:
+    devices = {link.device: link.interface for link in member.links}
+    addresses: dict[str, str] = {}
+    for link in member.links:
+        for address in link.addresses:
+            placeholder = f"<{link.interface} address>"
+            addresses[str(address.ip)] = placeholder
+            addresses[f"{address.ip}/{address.max_prefixlen}"] = placeholder
+    return devices, addresses
+
+
+def _addresses(match: AddressMatch, addresses: dict[str, str]) -> tuple[str, ...]:
+    if match.set_name is not None:
+        return (f"set:{match.set_name}",)
+    return tuple(addresses.get(c, c) for c in match.cidrs)
+
+
+def _normal(table: str, chain: str, rule: Rule, devices: dict[str, str],
+            addresses: dict[str, str]) -> NormalRule:
+    m = rule.match
+    options = tuple((k, addresses.get(v, v)) for k, v in rule.target_options)
+    return NormalRule(table, chain, _addresses(m.source, addresses),
+                      _addresses(m.destination, addresses),
+                      devices.get(m.in_device, m.in_device) if m.in_device else None,
+                      devices.get(m.out_device, m.out_device) if m.out_device else None,
+                      m.protocol, tuple((p.low, p.high) for p in m.dports), m.icmp_type,
+                      rule.target, options)
+
+
+def _forwarding_rules(ruleset: NodeRuleset) -> Iterator[tuple[str, str, Rule]]:
+    """FORWARD, the chains it jumps to, and every NAT chain: traffic through the cluster."""
+    filter_table = ruleset.table("filter")
+    if filter_table is not None:
+        reachable = {"FORWARD"}
+        for chain in filter_table.chains:
+            if chain.name not in reachable:
+                continue
+            for rule in chain.rules:
+                yield "filter", chain.name, rule
+                if rule.target not in (MARK_ACCEPT_CHAIN,) and \
+                        filter_table.chain(rule.target) is not None:
+                    reachable.add(rule.target)
+    nat = ruleset.table("nat")
+    if nat is not None:
+        for chain in nat.chains:
+            for rule in chain.rules:
+                yield "nat", chain.name, rule
+
+
+@dataclass
+class _MemberView:
+    member: Member
+    # origin label -> normalised rules, in order; auto rules are keyed by their label too
+    by_origin: dict[str, list[NormalRule]]
+    origins: dict[str, PolicyRule | None]
+    ordered: list[tuple[str, NormalRule, PolicyRule | None]]
+
+
+def _view(cluster: Cluster, member: Member, family: int) -> _MemberView:
+    devices, addresses = _substitutions(cluster, member)
+    view = _MemberView(member, {}, {}, [])
+    for table, chain, rule in _forwarding_rules(lower(cluster, member, family)):
+        normal = _normal(table, chain, rule, devices, addresses)
+        key = rule.origin.label
+        view.by_origin.setdefault(key, []).append(normal)
+        view.origins.setdefault(key, rule.origin.rule)
+        view.ordered.append((key, normal, rule.origin.rule))
+    return view
+
+
+def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    if not a or not b:
+        return True
+    try:
+        return AddressSet.of(*a).overlaps(AddressSet.of(*b))
+    except ValueError:  # a placeholder or a set name: cannot tell, assume it may overlap
+        return True
+
+
+def _ports_overlap(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) -> bool:
+    if not a or not b:
+        return True
+    return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)
+
+
+def may_overlap(a: NormalRule, b: NormalRule) -> bool:
+    """Could one packet match both rules? (conservative: True when unsure)"""
+    return (a.table == b.table
+            and (a.protocol is None or b.protocol is None or a.protocol == b.protocol)
+            and (a.in_interface is None or b.in_interface is None
+                 or a.in_interface == b.in_interface)
+            and (a.out_interface is None or b.out_interface is None
+                 or a.out_interface == b.out_interface)
+            and (a.icmp_type is None or b.icmp_type is None or a.icmp_type == b.icmp_type)
+            and _ports_overlap(a.ports, b.ports)
+            and _overlap(a.source, b.source) and _overlap(a.destination, b.destination))
+
+
+def _decider(view: _MemberView, scoped: PolicyRule, sample: NormalRule) \
+        -> tuple[PolicyRule | None, str]:
+    """The rule that decides `sample`'s traffic on another member (None: the chain default)."""
+    kind = "nat" if sample.table == "nat" else "policy"
+    for _, normal, origin in view.ordered:
+        if origin is None or origin.index <= scoped.index or origin.only is not None:
+            continue
+        if _is_nat(origin) != (kind == "nat"):
+            continue
+        if normal.chain.startswith("fwc-") and normal.table == "filter":
+            continue
+        if may_overlap(sample, normal):
+            return origin, f"on {view.member.name} this traffic (or part of it) is decided here"
+    default = "the FORWARD policy (DROP)" if kind == "policy" \
+        else "no NAT rule (addresses stay as they are)"
+    return None, f"on {view.member.name} this traffic meets {default}"
+
+
+def _is_nat(rule: PolicyRule) -> bool:
+    return rule.action in ("snat", "dnat", "masquerade", "nonat")
+
+
+def _describe_rule(rule: PolicyRule) -> str:
+    return f"'{rule.action} from {rule.source.label} to {rule.destination.label}'"
+
+
+def cluster_parity(cluster: Cluster) -> Iterable[Diagnostic]:
+    if len(cluster.members) < 2:
+        return
+    reported: set[str] = set()
+    for family in sorted(cluster.families):
+        views = [_view(cluster, m, family) for m in cluster.members]
+        keys: dict[str, None] = {}
+        for view in views:
+            keys.update(dict.fromkeys(view.by_origin))
+        for key in keys:
+            if key in reported:
+                continue
+            origin = next((v.origins[key] for v in views if v.origins.get(key)), None)
+            present = [v for v in views if key in v.by_origin]
+            if origin is not None and origin.only is not None:
+                reported.add(key)
+                yield _scoped_rule_error(origin, present[0].by_origin[key][0], views)
+                continue
+            variants = {tuple(v.by_origin.get(key, ())) for v in views}
+            if len(variants) == 1:
+                continue
+            reported.add(key)
+            yield _difference_error(key, origin, views)
+
+
+def _scoped_rule_error(rule: PolicyRule, sample: NormalRule,
+                       views: list[_MemberView]) -> Diagnostic:
+    related: list[Related] = []
+    notes: list[str] = []
+    for view in views:
+        if view.member.name == rule.only:
+            continue
+        decider, note = _decider(view, rule, sample)
+        if decider is not None:
+            related.append(Related(decider.span, note))
+        else:
+            notes.append(note)
+    what = "NATed" if _is_nat(rule) else "forwarded"
+    message = (f"rule {_describe_rule(rule)} is only for {rule.only} but touches {what} "
+               f"traffic: after a failover the other member treats that traffic differently")
+    if notes:
+        message += " (" + "; ".join(notes) + ")"
+    return error("FWC301", message, rule.span,
+                 hint="make the rule cluster-wide, or limit it to traffic to or from the "
+                 "firewall itself", related=related)
+
+
+def _difference_error(key: str, origin: PolicyRule | None, views: list[_MemberView]) \
+        -> Diagnostic:
+    counts = ", ".join(f"{len(v.by_origin.get(key, ()))} on {v.member.name}" for v in views)
+    if origin is None:
+        return error("FWC302", f"automatic rules '{key}' differ between members ({counts})")
+    return error("FWC302", f"rule {_describe_rule(origin)} lowers differently on the members "
+                 f"(forwarded/NAT kernel rules: {counts})", origin.span,
+                 hint="a rule that names one member's own address is INPUT/OUTPUT there but "
+                 "FORWARD on the others: name 'firewall' or a VIP instead")
+
+
+@check("FWC301", "member-scoped rule touches forwarded or NATed traffic", Severity.ERROR, """
+A rule limited to one member with `only` is fine for traffic to or from that
+firewall itself (management access, monitoring of the node). For traffic
+through the cluster it is not: after a failover the other member decides that
+traffic, so the network's behaviour changes with the VRRP state. The
+diagnostic names the rule and what decides the same traffic on the other
+member(s).""")
+def parity(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        yield from cluster_parity(cluster)
