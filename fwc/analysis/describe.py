@@ -32,7 +32,7 @@ from fwc.analysis.space import (
 from fwc.model import Cluster, Policy, Rule, ServiceMatch
 
 MAX_CIDRS = 4
-_KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3}
+_KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3, "vip": 4}
 _PROTOCOL_NAMES = {number: name for name, number in reversed(proto.IP_PROTOCOLS.items())}
 
 
@@ -63,6 +63,15 @@ class Vocabulary:
                 if len(rule.service_labels) == 1 and "/" not in rule.service_labels[0]:
                     services.setdefault(rule.service_labels[0], rule.services)
         return cls(objects, services)
+
+    def with_cluster(self, cluster: Cluster) -> Vocabulary:
+        """Also name each interface's VIPs `IFACE.vip`, as the policy writes them."""
+        objects = dict(self.objects)
+        for iface in cluster.interfaces:
+            if iface.vips:
+                objects.setdefault(f"{iface.name}.vip",
+                                   ("vip", AddressSet.of(*(v.ip for v in iface.vips))))
+        return Vocabulary(objects, self.services)
 
     def name_addresses(self, intervals: Intervals, family: int, firewall: AddressSet) -> str:
         fw = firewall.family(family)
@@ -112,6 +121,9 @@ class Vocabulary:
         for name, matches in sorted(self.services.items()):
             if service_intervals(matches, family) == intervals:
                 return name
+        missing = subtract(ALL_SERVICES, intervals)
+        if len(missing) < len(intervals):
+            return f"any service except {self.name_services(missing, family)}"
         return service_text(intervals)
 
 
@@ -179,7 +191,9 @@ def describe_box(box: Box, vocabulary: Vocabulary, firewall: AddressSet,
     text = (f"from {vocabulary.name_addresses(box.src, box.family, firewall)} "
             f"to {vocabulary.name_addresses(box.dst, box.family, firewall)}")
     services = vocabulary.name_services(box.services, box.family)
-    if services != "any service":
+    if services.startswith("any service except"):
+        text += f", {services}"
+    elif services != "any service":
         text += f" service {services}"
     in_text = interface_text(box.in_ifaces, interfaces)
     if in_text:

@@ -138,7 +138,7 @@ also emits FWC602 and FWC603).""")
 def check_expectations(policy: Policy) -> Iterable[Diagnostic]:
     vocabulary = Vocabulary.of_policy(policy)
     for cluster in policy.clusters:
-        yield from check_cluster(cluster, vocabulary)
+        yield from check_cluster(cluster, vocabulary.with_cluster(cluster))
 
 
 describe("FWC602", "deny expectation fails", Severity.ERROR, """
