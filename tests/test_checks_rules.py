@@ -1,0 +1,174 @@
+"""Rule checks (FWC401-FWC404): shadowing, DNAT without accept, masquerade."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from checkkit import EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+
+from fwc.checks import rules
+from fwc.diagnostics import Severity
+from fwc.pipeline import analyse
+
+E, W = Severity.ERROR, Severity.WARNING
+SERVER_RULE = "accept from server to client   service tcp/5001"
+LAST_RULE = "drop   from any    to any\n"
+
+
+def add_rules(*lines: str, before: str = LAST_RULE) -> str:
+    return mutate((before, "".join(f"    {line}\n" for line in lines) + before))
+
+
+def test_fwc401_shadowed_by_earlier_rule_with_other_action(tmp_path):
+    text = add_rules("drop from client to server service tcp/443")
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC401", E, line_of(text, "drop from client to server"),
+                          "can never match",
+                          f"line {line_of(text, 'accept from lan    to any')} (accept)")
+    assert d.related[0].span.line == line_of(text, "accept from lan    to any")
+
+
+def test_fwc402_redundant_with_same_action(tmp_path):
+    text = add_rules("accept from client to server service tcp/80")
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC402", W, line_of(text, "accept from client to server"),
+                          "redundant")
+    assert d.related[0].span.line == line_of(text, "accept from lan    to any")
+    assert with_code(analysis, "FWC401") == []
+
+
+def test_final_catch_all_is_shadowed_by_accept_any(tmp_path):
+    text = mutate((SERVER_RULE, "accept from any to any"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC401", E, line_of(text, "drop   from any    to any"),
+                      "can never match")
+
+
+@pytest.mark.parametrize("later", [
+    "drop from client to server service tcp/80-90",   # wider port range
+    "drop from client to server service udp/80",      # other protocol
+    "drop from client to server",                     # every protocol
+    "drop from 192.0.2.0/23 to server service tcp/80",  # wider source
+    "drop from client to firewall service tcp/80",    # the firewall is not `any`
+])
+def test_not_covered_by_a_narrower_rule(tmp_path, later):
+    text = add_rules("accept from client to any service tcp/80 in lan", later)
+    analysis = run(tmp_path, text)
+    shadow = [d for d in with_code(analysis, "FWC401") + with_code(analysis, "FWC402")
+              if d.span.line == line_of(text, later)]
+    assert shadow == []
+
+
+def test_only_scoping(tmp_path):
+    # A rule for fw1 alone cannot cover a rule for every member, but covers one for fw1.
+    text = add_rules("accept from client to firewall service tcp/161 only fw1",
+                     "drop from client to firewall service tcp/161",
+                     "drop from client to firewall service tcp/161 only fw1")
+    analysis = run(tmp_path, text)
+    hits = {d.span.line for d in with_code(analysis, "FWC401")}
+    assert hits == {line_of(text, "drop from client to firewall service tcp/161 only fw1")}
+
+
+def test_in_interface_scoping(tmp_path):
+    text = add_rules("accept from any to web service tcp/8080 in uplink",
+                     "drop from client to web service tcp/8080",
+                     "drop from client to web service tcp/8080 in uplink")
+    analysis = run(tmp_path, text)
+    hits = {d.span.line for d in with_code(analysis, "FWC401")}
+    assert hits == {line_of(text, "drop from client to web service tcp/8080 in uplink")}
+
+
+def test_icmp_types(tmp_path):
+    text = add_rules("accept from lan to any service icmp/echo-request",
+                     "drop from client to server service icmp/echo-request",
+                     "drop from client to server service icmp/echo-reply")
+    analysis = run(tmp_path, text)
+    hits = {d.span.line for d in with_code(analysis, "FWC401")}
+    assert hits == {line_of(text, "drop from client to server service icmp/echo-request")}
+
+
+def test_negation_in_the_earlier_rule(tmp_path):
+    text = add_rules("accept from lan, !client to any service tcp/25",
+                     "drop from client to server service tcp/25",
+                     "drop from web to server service tcp/25")
+    analysis = run(tmp_path, text)
+    hits = {d.span.line for d in with_code(analysis, "FWC401")}
+    assert hits == {line_of(text, "drop from web to server service tcp/25")}
+
+
+def test_nat_rules_are_checked_separately(tmp_path):
+    # snat and dnat work in different hooks: they never shadow each other.
+    text = mutate(("-> web\n", "-> web\n    snat from client to any out uplink -> "
+                   "198.51.100.253\n    dnat from any to uplink.vip service tcp/80 in uplink "
+                   "-> 192.0.2.81\n"))
+    analysis = run(tmp_path, text)
+    found = {d.span.line: d.message for d in with_code(analysis, "FWC401")}
+    assert set(found) == {line_of(text, "snat from client"), line_of(text, "192.0.2.81")}
+    assert f"line {line_of(text, 'snat from lan')} (snat)" in found[line_of(text, "snat from c")]
+    assert f"line {line_of(text, 'dnat from any to uplink.vip service tcp/80 in uplink -> web')}" \
+        " (dnat)" in found[line_of(text, "192.0.2.81")]
+
+
+def test_fwc403_dnat_without_accept(tmp_path):
+    text = mutate(("dnat from any to uplink.vip service tcp/80 in uplink -> web",
+                   "dnat from any to uplink.vip service tcp/25 in uplink -> web"))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC403", W, line_of(text, "tcp/25"),
+                          "traffic translated to 'web' is dropped by the rule at line "
+                          f"{line_of(text, 'drop   from any')}")
+    assert d.related[0].span.line == line_of(text, "drop   from any")
+
+
+def test_fwc403_no_rule_at_all(tmp_path):
+    text = mutate((LAST_RULE, ""), ("dnat from any to uplink.vip service tcp/80 in uplink -> web",
+                                     "dnat from any to uplink.vip service tcp/25 in uplink -> web"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC403", W, line_of(text, "tcp/25"),
+                      "no policy rule accepts the traffic translated to 'web'")
+
+
+def test_fwc403_port_translation_uses_the_new_port(tmp_path):
+    # The filter sees tcp/80 on web (translated), which the policy accepts.
+    text = mutate(("service tcp/80 in uplink -> web", "service tcp/8080 in uplink -> web:80"))
+    assert with_code(run(tmp_path, text), "FWC403") == []
+
+
+def test_fwc404_masquerade(tmp_path):
+    text = mutate(("snat from lan to any out uplink -> uplink.vip",
+                   "masquerade from lan to any out uplink"))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC404", W, line_of(text, "masquerade"), "failover")
+    assert d.hint == "write 'snat from lan to any out uplink -> uplink.vip'"
+
+
+@pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.name)
+def test_rule_checks_silent_on_examples(policy):
+    analysis = analyse(policy)
+    codes = {"FWC401", "FWC402", "FWC403", "FWC404"}
+    assert [d for d in analysis.diagnostics if d.code in codes] == []
+
+
+def _big_policy(count: int) -> str:
+    lines = [f"    accept from 10.{i // 250}.{i % 250}.0/24 to 198.19.{i % 200}.{i // 200} "
+             f"service tcp/{1000 + i}" for i in range(count)]
+    lines += [f"    accept from any to any service tcp/{20000 + i}" for i in range(count)]
+    lines.append("    drop from 10.1.2.0/24 to 198.19.52.1 service tcp/1252")  # shadowed
+    return mutate((SERVER_RULE, "\n".join(lines).strip()))
+
+
+def test_shadowing_is_not_quadratic(tmp_path):
+    small = run(tmp_path, _big_policy(200), "small.fw").policy
+    large = run(tmp_path, _big_policy(2000), "large.fw").policy
+    assert small is not None and large is not None
+
+    def timed(policy) -> tuple[float, list]:
+        start = time.perf_counter()
+        found = list(rules.shadowed_rules(policy))
+        return time.perf_counter() - start, found
+
+    small_time, _ = timed(small)
+    large_time, found = timed(large)
+    assert [d.code for d in found] == ["FWC401"]
+    # 10x the rules: a quadratic check would take ~100x; allow generous noise.
+    assert large_time < 30 * small_time + 0.5, (small_time, large_time)
