@@ -82,11 +82,28 @@ class Side:
 
 
 def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
-    positives = endpoint.addresses.only(family)
-    named_fw = (fw if endpoint.firewall else AddressSet()) | (positives & fw)
-    excluded = endpoint.excluded.only(family) | (fw if endpoint.excludes_firewall
-                                                  else AddressSet())
-    return Side(endpoint.is_any, (positives - fw) - excluded, named_fw - excluded, excluded)
+    """Split a side into what names the firewall and what does not.
+
+    An item names the firewall when all its addresses are firewall addresses (a
+    VIP, a node address, `firewall`); a network that merely contains them does
+    not: `any` and `lan` stay forwarded traffic, as the language defines.
+    """
+    other = AddressSet()
+    named_fw = fw if endpoint.firewall else AddressSet()
+    excluded = fw if endpoint.excludes_firewall else AddressSet()
+    for item in endpoint.items:
+        addresses = item.addresses.only(family)
+        if not addresses:
+            continue
+        if item.negated:
+            excluded = excluded | addresses
+        elif fw.covers(addresses):
+            named_fw = named_fw | addresses
+        else:
+            other = other | addresses
+    # Negated items are not subtracted from `other`: `lan, !host` as CIDRs can take
+    # dozens of lines (up to 128 in IPv6); a RETURN chain takes one per exclusion.
+    return Side(endpoint.is_any, other, named_fw - excluded, excluded)
 
 
 def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
@@ -111,9 +128,9 @@ def _bounded(side: Side, addresses: AddressSet, family: int) \
     """A side as (match, exclusions left for a RETURN chain); None when it is empty."""
     if side.unbounded:
         return ANY, side.excluded
-    if not addresses:
+    if not addresses - side.excluded:
         return None
-    return addresses_match(addresses, family), AddressSet()
+    return addresses_match(addresses, family), side.excluded & addresses
 
 
 def filter_parts(rule: PolicyRule, fw: AddressSet, family: int) -> list[Part]:
@@ -328,10 +345,13 @@ class _Lowering:
         if needs_chain:
             sub_name = f"fwc-{kind}{rule.index + 1}-{part.chain}"[:proto.CHAIN_NAME_MAX]
             sub = user.setdefault(sub_name, [])
-            for cidr in part.source_excluded.cidrs(self.family):
-                sub.append(Rule(Match(source=AddressMatch((cidr,))), "RETURN", origin))
-            for cidr in part.destination_excluded.cidrs(self.family):
-                sub.append(Rule(Match(destination=AddressMatch((cidr,))), "RETURN", origin))
+            if part.source_excluded:
+                sub.append(Rule(Match(source=addresses_match(part.source_excluded,
+                                                             self.family)), "RETURN", origin))
+            if part.destination_excluded:
+                sub.append(Rule(Match(destination=addresses_match(part.destination_excluded,
+                                                                  self.family)),
+                                "RETURN", origin))
         for service in services:
             match = Match(source=base.source, destination=base.destination,
                           in_device=base.in_device, out_device=base.out_device,
