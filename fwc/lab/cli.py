@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fwc.lab.netns import LabError, lab_namespaces, require_root, teardown
+from fwc.lab.netns import LabError, lab_namespaces, leftover_labs, require_root, teardown
 
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +81,12 @@ def run_lab(args: argparse.Namespace) -> int:
         left = lab_namespaces(args.teardown)
         print(f"teardown of {args.teardown}: {len(notes)} steps, {len(left)} namespaces left")
         return 0 if not left else 1
+    for prefix in leftover_labs():
+        print(
+            f"fwc lab: note: lab {prefix} is still up (--keep or a killed run); "
+            f"remove it with: fwc lab --teardown {prefix}",
+            file=sys.stderr,
+        )
     if args.file is None:
         print("fwc lab: a policy FILE is required", file=sys.stderr)
         return 2

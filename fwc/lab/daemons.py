@@ -163,14 +163,27 @@ class Node:
                 raise LabError(f"{self.name}: compiled output lacks {required} ({self.compiled})")
         return installed
 
-    def load_firewall(self) -> None:
+    def load_firewall(self) -> list[str]:
+        """ipsets, then rules, then sysctls; returns warnings for the report."""
+        warnings: list[str] = []
         if (self.compiled / "ipsets.rules").exists():
             self.exec(["sh", "-c", "ipset restore < /etc/fwc/ipsets.rules"])
         self.exec(["sh", "-c", "iptables-restore < /etc/fwc/iptables.rules"])
         if (self.compiled / "ip6tables.rules").exists():
             self.exec(["sh", "-c", "ip6tables-restore < /etc/fwc/ip6tables.rules"])
         if (self.compiled / "sysctl.conf").exists():
-            self.exec(["sysctl", "-q", "-p", NODE_PATHS["sysctl.conf"][0]])
+            proc = self.exec(["sysctl", "-q", "-p", NODE_PATHS["sysctl.conf"][0]], check=False)
+            # Global knobs (nf_conntrack_max, net.core.*) cannot be set inside a
+            # network namespace; the lab runs with the host's value for those.
+            for line in (proc.stderr or "").splitlines():
+                if line.strip():
+                    warnings.append(f"{self.name}: {line.strip()} (not settable per namespace?)")
+        forward = self.exec(["sysctl", "-n", "net.ipv4.ip_forward"], check=False).stdout.strip()
+        if forward != "1":
+            warnings.append(
+                f"{self.name}: net.ipv4.ip_forward is {forward or '?'} after sysctl.conf"
+            )
+        return warnings
 
     def sysctl(self, key: str, value: str) -> None:
         self.exec(["sysctl", "-qw", f"{key}={value}"])

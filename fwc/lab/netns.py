@@ -283,6 +283,18 @@ def _is_mounted(path: str) -> bool:
     return any(line.split()[4] == path for line in mounts.splitlines())
 
 
+def leftover_labs() -> list[str]:
+    """Prefixes of labs still recorded whose owning process is gone (--keep or killed)."""
+    out = []
+    if not STATE_ROOT.is_dir():
+        return out
+    for entry in sorted(STATE_ROOT.iterdir()):
+        m = re.match(r"^fwc(\d+)", entry.name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            out.append(entry.name)
+    return out
+
+
 def new_prefix() -> str:
     return f"fwc{os.getpid()}"
 

@@ -214,7 +214,7 @@ class Lab:
             self.nodes.append(node)
             node.create_mount_ns()
             installed = node.install()
-            node.load_firewall()
+            self.report.warnings.extend(node.load_firewall())
             problem = node.config_test()
             if problem:
                 self.report.warnings.append(f"{member.name}: {problem}")
