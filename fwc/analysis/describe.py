@@ -73,7 +73,9 @@ class Vocabulary:
                                    ("vip", AddressSet.of(*(v.ip for v in iface.vips))))
         return Vocabulary(objects, self.services)
 
-    def name_addresses(self, intervals: Intervals, family: int, firewall: AddressSet) -> str:
+    def name_addresses(self, intervals: Intervals, family: int, firewall: AddressSet,
+                       nested: bool = False) -> str:
+        """A name for the set; `nested` (inside another name) allows only exact names."""
         fw = firewall.family(family)
         everything = full_addresses(family)
         if intervals == everything:
@@ -95,22 +97,28 @@ class Vocabulary:
                                    _KIND_ORDER.get(kind, 9), name))
         if exact:
             return min(exact)[1]
-        for _, _, name in sorted(containing):
-            if covers(fw, subtract(self.objects[name][1].family(family), intervals)):
-                return f"{name} (without the firewall's addresses)"
+        if nested:
+            return cidr_text(intervals, family)
+        no_fw = AddressSet()
+        for _, _, name in sorted(containing)[:1]:
+            missing = subtract(self.objects[name][1].family(family), intervals)
+            if covers(fw, missing):
+                return f"{name} except firewall"
+            missing = subtract(missing, fw)
+            if _blocks(missing, family) <= 2:
+                return f"{name} except {self.name_addresses(missing, family, no_fw, True)}"
         text = cidr_text(intervals, family)
         if covers(fw, intervals):
             return f"{text} (firewall)"
         missing = subtract(subtract(everything, fw), intervals)
         if missing and _blocks(missing, family) < _blocks(intervals, family):
-            missing_text = self.name_addresses(normalise(missing + fw), family, AddressSet()) \
-                if _blocks(normalise(missing + fw), family) < _blocks(missing, family) \
-                else self.name_addresses(missing, family, AddressSet())
-            return f"any except {missing_text}"
+            with_fw = normalise(missing + fw)
+            if _blocks(with_fw, family) < _blocks(missing, family):
+                missing = with_fw
+            return f"any except {self.name_addresses(missing, family, no_fw, True)}"
         with_fw = tuple(iv for iv in normalise(intervals + fw) if intersect((iv,), intervals))
         if with_fw != intervals and _blocks(with_fw, family) < _blocks(intervals, family):
-            inner = self.name_addresses(with_fw, family, AddressSet())
-            return f"{inner} (without the firewall's addresses)"
+            return f"{self.name_addresses(with_fw, family, no_fw, True)} except firewall"
         if containing:
             return f"{text} (in {min(containing)[2]})"
         return text

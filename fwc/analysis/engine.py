@@ -274,18 +274,21 @@ class MemberView:
                 part = query.intersect(self.regions[(family, chain)])
                 if part is None:
                     continue
-                for routed in self._route_box(part, chain, traffic):
-                    yield routed, chain
+                yield from ((routed, chain) for routed in self.route_box(
+                    part, chain, route_in=traffic.in_interface is None,
+                    route_out=traffic.out_interface is None))
 
-    def _route_box(self, box: Box, chain: str, traffic: TrafficClass) -> list[Box]:
+    def route_box(self, box: Box, chain: str, *, route_in: bool = True,
+                  route_out: bool = True) -> list[Box]:
+        """Narrow a box's interfaces to those its addresses are reached by."""
         boxes = [box]
-        if traffic.in_interface is None and chain in ("input", "forward"):
-            boxes = [b.with_(src=part, in_ifaces=ifaces)
+        if route_in and chain in ("input", "forward"):
+            boxes = [b.with_(src=part, in_ifaces=ifaces & b.in_ifaces)
                      for b in boxes for part, ifaces in self.route(b.src, b.family)]
-        if traffic.out_interface is None and chain in ("forward", "output"):
-            boxes = [b.with_(dst=part, out_ifaces=ifaces)
+        if route_out and chain in ("forward", "output"):
+            boxes = [b.with_(dst=part, out_ifaces=ifaces & b.out_ifaces)
                      for b in boxes for part, ifaces in self.route(b.dst, b.family)]
-        return boxes
+        return [b for b in boxes if not b.is_empty()]
 
     def chain_of(self, family: int, destination: int) -> str:
         fw = self.firewall.family(family)
@@ -324,8 +327,8 @@ def _per_protocol(services: Intervals) -> dict[int, Intervals]:
     return {n: tuple(v) for n, v in out.items()}
 
 
-def _translate(view: MemberView, box: Box, step: Rule, forced_out: str | None) \
-        -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
+def _translate(view: MemberView, box: Box, step: Rule, forced_out: str | None,
+               entry_terms: bool) -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
     """The box as the filter sees it after DNAT, its chain, and the way back."""
     assert step.target is not None
     family = box.family
@@ -363,6 +366,9 @@ def _translate(view: MemberView, box: Box, step: Rule, forced_out: str | None) \
             restored = normalise(kept)
         else:
             restored = part.services
+        if entry_terms:
+            return part.with_(dst=original.dst, services=restored,
+                              out_ifaces=original.out_ifaces)
         return part.with_(dst=original.dst, services=restored)
 
     address = str(ipaddress.ip_address(target) if family == 4
@@ -387,9 +393,15 @@ def _snat_step(view: MemberView, rule: Rule, family: int, out_ifaces: frozenset[
     return NatStep(rule, cidrs[0] if cidrs else rule.target.label, None)
 
 
-def classify_box(view: MemberView, box: Box, chain: str,
-                 forced_out: str | None = None) -> Iterator[Piece]:
-    """Pieces of one box that lies inside one chain region (see `MemberView.entry_boxes`)."""
+def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None = None,
+                 *, entry_terms: bool = False) -> Iterator[Piece]:
+    """Pieces of one box that lies inside one chain region (see `MemberView.entry_boxes`).
+
+    Pieces keep the original packet's fields, except that after DNAT their out
+    interface is the one routing picks for the new destination; with
+    `entry_terms` they keep the original out interface too, so that every piece
+    is a sub-box of `box` (what comparing two policies needs).
+    """
     if chain == "local":
         yield Piece(box, "local", "accept", None)
         return
@@ -403,7 +415,8 @@ def classify_box(view: MemberView, box: Box, chain: str,
             dnat = NatStep(nat.rule, None, None) if nat is not None else None
             yield from _filter(view, part, chain, dnat, lambda b: b)
             continue
-        translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out)
+        translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
+                                                       entry_terms)
         yield from _filter(view, translated, new_chain, step, back)
 
 

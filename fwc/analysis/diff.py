@@ -1,0 +1,190 @@
+"""Traffic newly allowed and newly denied between two versions of a cluster.
+
+`traffic_changes(old, new)` is what `fwc diff` calls for its semantic summary.
+It is exact (first match, NAT, defaults), and it only looks where something
+changed: per member, family and chain, the old and new rule lists are aligned
+(longest common subsequence over the rules' boxes); a packet matched by no
+unaligned rule in either version meets the same rules in the same order, so
+its fate cannot differ. The boxes of unaligned rules (and of changed DNAT
+rules) form the region that is classified under both versions, the new
+partition being re-partitioned by the old one. If the member's firewall
+addresses or interfaces changed, the whole traffic space is compared.
+
+Results are stated in policy terms (`describe.Vocabulary`), one line per
+distinct change, merged across members when all members agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+from fwc.analysis.describe import Vocabulary, describe_box
+from fwc.analysis.engine import CHAINS, FAMILIES, MemberView, Piece, classify_box
+from fwc.analysis.index import RuleList
+from fwc.analysis.space import Box, coalesce, union
+from fwc.model import Cluster
+
+# A region assembled from more changed rules than this is compared whole, chain by chain.
+MAX_REGION_BOXES = 2000
+
+
+@dataclass(frozen=True)
+class TrafficChange:
+    """One statement for the reviewer: this traffic is now allowed (or denied)."""
+
+    verdict: str  # "allowed" or "denied": what this traffic newly is
+    text: str  # in policy terms: from OBJECT to OBJECT service SERVICE
+    where: str  # what decides it now: file:line of the rule, or the default policy
+    member: str | None = None  # None when every member agrees
+    boxes: tuple[Box, ...] = field(default=(), compare=False, repr=False)
+
+    def __str__(self) -> str:
+        only = f" (only {self.member})" if self.member else ""
+        at = f"  [{self.where}]" if self.where else ""
+        return f"{self.text}{only}{at}"
+
+
+def _keys(rules: RuleList) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for entry in rules.rules:
+        target = entry.rule.target
+        out.append((entry.rule.action, entry.box,
+                    None if target is None else (target.addresses, target.port)))
+    return out
+
+
+def _unaligned(old: RuleList, new: RuleList) -> list[Box]:
+    """Boxes of rules that are not in the common subsequence of both lists."""
+    old_keys, new_keys = _keys(old), _keys(new)
+    matcher = SequenceMatcher(None, old_keys, new_keys, autojunk=False)
+    out: list[Box] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        out.extend(old.rules[i].box for i in range(i1, i2))
+        out.extend(new.rules[j].box for j in range(j1, j2))
+    return out
+
+
+def _minus(box: Box, other: Box) -> list[Box]:
+    common = box.intersect(other)
+    return [box] if common is None else box.minus(common)
+
+
+def _disjoint(boxes: Iterable[Box]) -> list[Box]:
+    out: list[Box] = []
+    for box in boxes:
+        pieces = [box]
+        for seen in out:
+            pieces = [rest for piece in pieces for rest in _minus(piece, seen)]
+            if not pieces:
+                break
+        out.extend(pieces)
+    return out
+
+
+def changed_regions(old: MemberView, new: MemberView) -> list[tuple[Box, str]]:
+    """(box, chain) pairs outside which both versions decide every packet alike."""
+    out: list[tuple[Box, str]] = []
+    same_shape = old.regions == new.regions and old.connected == new.connected
+    for family in FAMILIES:
+        for chain in CHAINS:
+            region = new.regions[(family, chain)]
+            if not same_shape:
+                candidates = [region]
+            else:
+                candidates = _unaligned(old.filter[(family, chain)], new.filter[(family, chain)])
+                if chain != "output":
+                    candidates += _unaligned(old.dnat[family], new.dnat[family])
+            parts = [p for c in candidates if (p := c.intersect(region)) is not None]
+            if len(parts) > MAX_REGION_BOXES:
+                parts = [region]
+            for box in _disjoint(parts):
+                out.extend((routed, chain) for routed in new.route_box(box, chain))
+    return out
+
+
+def member_changes(old: MemberView, new: MemberView) -> list[tuple[str, Piece, Box]]:
+    """(allowed|denied, the piece under the new version, the box that changed)."""
+    out: list[tuple[str, Piece, Box]] = []
+    for box, chain in changed_regions(old, new):
+        for now in classify_box(new, box, chain, entry_terms=True):
+            for before in classify_box(old, now.box, chain, entry_terms=True):
+                if now.accepted and not before.accepted:
+                    out.append(("allowed", now, before.box))
+                elif before.accepted and not now.accepted:
+                    out.append(("denied", now, before.box))
+    return out
+
+
+def merge_routed(boxes: Iterable[Box]) -> list[Box]:
+    """Boxes for reading: glue parts that routing split by interface.
+
+    Interfaces in a changed region come from the connected subnets (a source
+    arrives on the interface of its subnet), so `from lan in lan` and `from
+    any-other in any` read better as `from any`. The union of products may
+    also contain spoofed combinations, which is why `TrafficChange.boxes`
+    keeps the exact boxes.
+    """
+    current = coalesce(boxes)
+    by_destination: dict[tuple[object, ...], Box] = {}
+    for box in current:
+        key = (box.family, box.dst, box.services, box.out_ifaces)
+        seen = by_destination.get(key)
+        by_destination[key] = box if seen is None else seen.with_(
+            src=union(seen.src, box.src), in_ifaces=seen.in_ifaces | box.in_ifaces)
+    by_source: dict[tuple[object, ...], Box] = {}
+    for box in by_destination.values():
+        key = (box.family, box.src, box.services, box.in_ifaces)
+        seen = by_source.get(key)
+        by_source[key] = box if seen is None else seen.with_(
+            dst=union(seen.dst, box.dst), out_ifaces=seen.out_ifaces | box.out_ifaces)
+    return coalesce(by_source.values())
+
+
+def _where(piece: Piece) -> str:
+    return piece.rule.location if piece.rule is not None else piece.decided_by
+
+
+def traffic_changes(old: Cluster | None, new: Cluster | None,
+                    vocabulary: Vocabulary | None = None) -> list[TrafficChange]:
+    """Newly allowed and newly denied traffic, per member, in policy terms.
+
+    Members present in only one version are not compared (the member itself
+    is the change). `vocabulary` defaults to the names the rules of both
+    versions use, plus every `IFACE.vip`.
+    """
+    if old is None or new is None:
+        return []
+    if vocabulary is None:
+        vocabulary = Vocabulary.of_clusters(new, old)
+    vocabulary = vocabulary.with_cluster(new)
+    per_member: dict[tuple[str, str, str], list[str]] = {}
+    boxes: dict[tuple[str, str, str], list[Box]] = {}
+    members: list[str] = []
+    for member in new.members:
+        before = old.member(member.name)
+        if before is None:
+            continue
+        members.append(member.name)
+        old_view, new_view = MemberView(old, before), MemberView(new, member)
+        grouped: dict[tuple[str, str], list[Box]] = {}
+        for verdict, piece, box in member_changes(old_view, new_view):
+            grouped.setdefault((verdict, _where(piece)), []).append(box)
+        for (verdict, where), group in grouped.items():
+            for box in merge_routed(group):
+                text = describe_box(box, vocabulary, new_view.firewall, new_view.interfaces)
+                key = (verdict, text, where)
+                per_member.setdefault(key, []).append(member.name)
+                boxes.setdefault(key, []).append(box)
+    out: list[TrafficChange] = []
+    for (verdict, text, where), names in per_member.items():
+        if len(names) == len(members):
+            out.append(TrafficChange(verdict, text, where, None, tuple(boxes[(verdict, text,
+                                                                               where)])))
+        else:
+            out.extend(TrafficChange(verdict, text, where, name) for name in names)
+    out.sort(key=lambda c: (c.verdict, c.text, c.member or ""))
+    return out
