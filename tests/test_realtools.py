@@ -167,3 +167,41 @@ def test_conntrackd_parses_the_config(compiled, policy, cluster, member, devices
     # conntrackd has no config test: a parsed file ends in the failed connect to the
     # (absent) daemon; a running daemon would answer with statistics and exit 0.
     assert result.returncode == 0 or "can't connect" in output[-1], "\n".join(output)
+
+
+def _check_directory(directory: Path, devices: tuple[str, ...]) -> None:
+    for filename, tool in rule_files(directory):
+        with namespace() as ns:
+            tested = in_ns(ns, f"{tool}-restore", "--test",
+                           stdin=(directory / filename).read_text())
+        assert tested.returncode == 0, f"{directory}/{filename}: {tested.stderr}"
+    with namespace(devices) as ns:
+        result = in_ns(ns, "keepalived", "-t", "-e", "-f", str(directory / "keepalived.conf"))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    parsed = subprocess.run(["conntrackd", "-C", str(directory / "conntrackd.conf"), "-s"],
+                            capture_output=True, text=True, timeout=30)
+    output = (parsed.stdout + parsed.stderr).strip().splitlines()
+    assert not [line for line in output if any(f in line for f in PARSE_FAILURES)], output
+
+
+@pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3"])
+def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
+    """The feature-rich policy of test_compile_rules: AH, IPv6 NAT, RETURN chains, modes."""
+    from tests.test_compile_rules import POLICY, UNICAST
+
+    text = {
+        "multicast-ah": POLICY,
+        "unicast": UNICAST,
+        "notrack": POLICY.replace("mode ftfw", "mode notrack"),
+        "alarm-v3": POLICY.replace("mode ftfw", "mode alarm").replace(
+            'password "s3cret"  auth ah  advert 1s', "advert 100ms  version 3"),
+    }[variant]
+    path = tmp_path / "rules.fw"
+    path.write_text(text)
+    assert fwc_main(["compile", str(path), "-o", str(tmp_path / "out")]) == 0
+    analysis = analyse(path, run_checks=False)
+    assert analysis.policy is not None
+    for cluster in analysis.policy.clusters:
+        for member in cluster.members:
+            _check_directory(tmp_path / "out" / cluster.name / member.name,
+                             tuple(link.device for link in member.links))

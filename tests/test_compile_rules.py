@@ -1,0 +1,327 @@
+"""Rule by rule: what each kind of policy rule becomes in iptables-restore text.
+
+One policy exercises every chain (INPUT/OUTPUT/FORWARD), each NAT kind, IPv6,
+logging (with a prefix that is cut and warned about), the automatic HA rules
+and the replicated mark bit; a second one switches sync to unicast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fwc.lower import LowerOptions, lower
+from fwc.pipeline import analyse
+from fwc.render.iptables import render
+
+POLICY = """\
+network lan      192.0.2.0/24
+network lan6     2001:db8:1::/64
+network uplink   198.51.100.0/24
+host    client   192.0.2.10
+host    web      192.0.2.80
+host    web6     2001:db8:1::80
+host    ntp      198.51.100.123
+range   guests   192.0.2.100-192.0.2.103
+service ssh      tcp/22
+service web      tcp/80,443
+service ntp      udp/123
+service ping     icmp/echo-request, icmpv6/echo-request
+
+cluster edge {
+    vrrp { password "s3cret"  auth ah  advert 1s  vrid 51 }
+    sync { link sync  mode ftfw  multicast 225.0.0.50 port 3780  mark-bit 20 }
+    interface lan    vip 192.0.2.254/24, 2001:db8:1::fe/64
+    interface uplink vip 198.51.100.254/24  vrid 52
+    interface sync
+    member fw1 priority 150 {
+        lan    eth0 192.0.2.1/24, 2001:db8:1::1/64
+        uplink eth1 198.51.100.1/24
+        sync   eth2 203.0.113.1/24
+    }
+    member fw2 priority 100 {
+        lan    lan0 192.0.2.2/24, 2001:db8:1::2/64
+        uplink wan0 198.51.100.2/24
+        sync   eth9 203.0.113.2/24
+    }
+}
+
+policy edge {
+    accept from client   to firewall service ssh in lan
+    accept from firewall to ntp      service ntp
+    accept from lan, !guests to any  service web out uplink
+    accept from lan6     to web6     service web
+    accept from any      to firewall, web service ping
+    accept from !client  to uplink.vip service ssh only fw1
+    reject from any, !lan to any     service ssh log "this prefix is much too long to keep"
+    drop   from any      to any      log
+}
+
+nat edge {
+    nonat from client to 198.18.0.0/15
+    nonat from lan to uplink out uplink
+    masquerade from guests to any out uplink
+    snat from lan to any out uplink -> uplink.vip
+    dnat from any to uplink.vip service web in uplink -> web:8080
+    dnat from any to 2001:db8:1::fe service web in lan -> web6
+}
+"""
+
+COMMENT = '-m comment --comment "rules.fw:{}"'
+
+
+def line_of(text: str, needle: str) -> int:
+    """The 1-based line number of the policy line containing `needle`."""
+    for number, line in enumerate(POLICY.splitlines(), 1):
+        if needle in line:
+            return number
+    raise AssertionError(needle)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("rules") / "rules.fw"
+    path.write_text(POLICY)
+    analysis = analyse(path)
+    assert analysis.policy is not None
+    cluster = analysis.policy.clusters[0]
+    options = LowerOptions(str(path.parent))
+
+    def lines(member: str, family: int) -> list[str]:
+        node = cluster.member(member)
+        assert node is not None
+        return render(lower(cluster, node, family, options)).splitlines()
+
+    return analysis, lines
+
+
+def c(needle: str) -> str:
+    return COMMENT.format(line_of(POLICY, needle))
+
+
+def test_policy_checks_with_only_the_expected_warnings(compiled):
+    analysis, _ = compiled
+    codes = sorted(d.code for d in analysis.diagnostics)
+    assert "FWC501" in codes  # the long log prefix
+    assert not [d for d in analysis.diagnostics if d.is_error]
+
+
+def test_input_rule_to_firewall_names_every_own_address_and_vip(compiled):
+    _, lines = compiled
+    rule = c("client   to firewall")
+    got = [line for line in lines("fw1", 4) if rule in line]
+    targets = sorted(line.split(" -d ")[1].split()[0] for line in got)
+    assert targets == sorted(["192.0.2.1/32", "192.0.2.254/32", "198.51.100.1/32",
+                              "198.51.100.254/32", "203.0.113.1/32"])
+    assert all(line.startswith("-A INPUT -s 192.0.2.10/32 -d ") for line in got)
+    assert all("-i eth0 -p tcp -m tcp --dport 22" in line for line in got)
+    # fw2 uses its own device and addresses
+    fw2 = [line for line in lines("fw2", 4) if rule in line]
+    assert any("-d 192.0.2.2/32 -i lan0" in line for line in fw2)
+    assert not any("192.0.2.1/32" in line for line in fw2)
+
+
+def test_output_rule_from_firewall(compiled):
+    _, lines = compiled
+    got = [line for line in lines("fw1", 4) if c("firewall to ntp") in line]
+    assert got and all(line.startswith("-A OUTPUT -s ") for line in got)
+    assert "-A OUTPUT -s 198.51.100.254/32 -d 198.51.100.123/32 -p udp -m udp --dport 123 " \
+        f"{c('firewall to ntp')} -j fwc-accept" in got
+
+
+def test_forward_rule_with_negation_uses_a_return_chain(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    rule = c("lan, !guests")
+    assert f"-A FORWARD -s 192.0.2.0/24 -o eth1 -p tcp -m multiport --dports 80,443 {rule} " \
+        "-j fwc-p3-FORWARD" in fw1
+    assert f"-A fwc-p3-FORWARD -s 192.0.2.100/30 {rule} -j RETURN" in fw1
+    assert f"-A fwc-p3-FORWARD {rule} -j fwc-accept" in fw1
+    # `lan` contains the node's addresses but does not name the firewall: no INPUT/OUTPUT part
+    assert not [line for line in fw1 if rule in line and line.startswith(("-A INPUT",
+                                                                          "-A OUTPUT"))]
+
+
+def test_destination_list_splits_between_input_and_forward(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    rule = c("to firewall, web")
+    assert f"-A FORWARD -d 192.0.2.80/32 -p icmp -m icmp --icmp-type 8 {rule} -j fwc-accept" \
+        in fw1
+    assert f"-A INPUT -d 192.0.2.254/32 -p icmp -m icmp --icmp-type 8 {rule} -j fwc-accept" \
+        in fw1
+
+
+def test_only_rule_to_a_vip_lands_on_its_member_only(compiled):
+    _, lines = compiled
+    rule = c("only fw1")
+    fw1 = lines("fw1", 4)
+    assert f"-A INPUT -d 198.51.100.254/32 -p tcp -m tcp --dport 22 {rule} -j fwc-p6-INPUT" \
+        in fw1
+    assert f"-A fwc-p6-INPUT -s 192.0.2.10/32 {rule} -j RETURN" in fw1
+    # member-scoped accepts do not set the replicated mark
+    assert f"-A fwc-p6-INPUT {rule} -j ACCEPT" in fw1
+    assert not [line for line in lines("fw2", 4) if rule in line]
+
+
+def test_drop_any_to_any_lands_in_forward_only(compiled):
+    _, lines = compiled
+    rule = c("drop   from any")
+    got = [line for line in lines("fw1", 4) if rule in line]
+    assert got == [
+        f"-A FORWARD {rule} -m limit --limit 5/sec --limit-burst 10 -j LOG "
+        '--log-prefix "fwc DROP "',
+        f"-A FORWARD {rule} -j DROP",
+    ]
+
+
+def test_reject_logs_with_a_cut_prefix_and_resets_tcp(compiled):
+    analysis, lines = compiled
+    rule = c("reject from any")
+    fw1 = lines("fw1", 4)
+    prefix = '"this prefix is much too long "'
+    assert len(prefix) - 2 == 29
+    assert f"-A fwc-p7-FORWARD {rule} -m limit --limit 5/sec --limit-burst 10 -j LOG " \
+        f"--log-prefix {prefix}" in fw1
+    assert f"-A fwc-p7-FORWARD -p tcp {rule} -j REJECT --reject-with tcp-reset" in fw1
+    assert f"-A fwc-p7-FORWARD -s 192.0.2.0/24 {rule} -j RETURN" in fw1
+    warning = [d for d in analysis.diagnostics if d.code == "FWC501"]
+    assert len(warning) == 1 and warning[0].span.line == line_of(POLICY, "reject from any")
+    # IPv6: nothing is excluded there, so no chain is needed
+    fw1v6 = lines("fw1", 6)
+    assert f"-A FORWARD -p tcp -m tcp --dport 22 {rule} -j REJECT --reject-with tcp-reset" \
+        in fw1v6
+
+
+def test_stateful_core_comes_right_after_the_automatic_rules(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    forward = [line for line in fw1 if line.startswith("-A FORWARD")]
+    assert forward[:3] == [
+        '-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment '
+        '"fwc auto: established" -j ACCEPT',
+        '-A FORWARD -m conntrack --ctstate INVALID -m comment --comment "fwc auto: invalid" '
+        '-j DROP',
+        '-A FORWARD -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW '
+        '-m comment --comment "fwc auto: new tcp without syn" -j DROP',
+    ]
+    assert ":INPUT DROP [0:0]" in fw1 and ":FORWARD DROP [0:0]" in fw1
+    assert ":OUTPUT ACCEPT [0:0]" in fw1
+    assert not [line for line in fw1 if "REJECT" in line and "auto" in line]
+
+
+def test_automatic_ha_rules_come_first_vrrp_with_ah_and_sync(compiled):
+    _, lines = compiled
+    fw2 = [line for line in lines("fw2", 4) if line.startswith("-A INPUT")]
+    assert fw2[:6] == [
+        '-A INPUT -i lo -m comment --comment "fwc auto: loopback" -j ACCEPT',
+        '-A INPUT -d 224.0.0.18/32 -i lan0 -p 112 -m comment --comment "fwc auto: vrrp lan0" '
+        '-j ACCEPT',
+        '-A INPUT -d 224.0.0.18/32 -i lan0 -p 51 -m comment --comment '
+        '"fwc auto: vrrp-ah lan0" -j ACCEPT',
+        '-A INPUT -d 224.0.0.18/32 -i wan0 -p 112 -m comment --comment "fwc auto: vrrp wan0" '
+        '-j ACCEPT',
+        '-A INPUT -d 224.0.0.18/32 -i wan0 -p 51 -m comment --comment '
+        '"fwc auto: vrrp-ah wan0" -j ACCEPT',
+        '-A INPUT -d 225.0.0.50/32 -i eth9 -p udp -m udp --dport 3780 -m comment --comment '
+        '"fwc auto: conntrackd sync eth9" -j ACCEPT',
+    ]
+    output = [line for line in lines("fw2", 4) if line.startswith("-A OUTPUT") and "auto" in line]
+    assert '-A OUTPUT -d 225.0.0.50/32 -o eth9 -p udp -m udp --dport 3780 -m comment ' \
+        '--comment "fwc auto: conntrackd sync eth9" -j ACCEPT' in output
+    assert '-A OUTPUT -d 224.0.0.18/32 -o wan0 -p 51 -m comment --comment ' \
+        '"fwc auto: vrrp-ah wan0" -j ACCEPT' in output
+    # nothing more open than that: every automatic INPUT accept names a device or a state
+    for line in fw2:
+        if "fwc auto" in line and line.endswith("-j ACCEPT"):
+            assert " -i " in line or "--ctstate" in line
+
+
+def test_ipv6_vrrp_and_neighbour_discovery(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 6)
+    assert '-A INPUT -d ff02::12/128 -i eth0 -p 112 -m comment --comment ' \
+        '"fwc auto: vrrp eth0" -j ACCEPT' in fw1
+    assert '-A OUTPUT -d ff02::12/128 -o eth0 -p 112 -m comment --comment ' \
+        '"fwc auto: vrrp eth0" -j ACCEPT' in fw1
+    # no AH in IPv6 (VRRPv3 has no authentication), no conntrackd sync (IPv4 only)
+    assert not [line for line in fw1 if "-p 51" in line or "3780" in line]
+    ndp = [line for line in fw1 if "fwc auto: ndp" in line]
+    assert len(ndp) == 2 and all("--hl-eq 255" in line for line in ndp)
+    invalid = fw1.index('-A INPUT -m conntrack --ctstate INVALID -m comment --comment '
+                        '"fwc auto: invalid" -j DROP')
+    assert all(fw1.index(line) < invalid for line in ndp)
+
+
+def test_ipv6_forward_and_dnat(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 6)
+    assert f"-A FORWARD -s 2001:db8:1::/64 -d 2001:db8:1::80/128 -p tcp -m multiport " \
+        f"--dports 80,443 {c('from lan6')} -j fwc-accept" in fw1
+    assert f"-A PREROUTING -d 2001:db8:1::fe/128 -i eth0 -p tcp -m multiport --dports 80,443 " \
+        f"{c('-> web6')} -j DNAT --to-destination 2001:db8:1::80" in fw1
+    # IPv4-only rules leave no trace in ip6tables
+    assert not [line for line in fw1 if c("firewall to ntp") in line]
+
+
+def test_nat_kinds_in_order(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    post = [line for line in fw1 if line.startswith("-A POSTROUTING")]
+    assert post[:4] == [
+        f"-A POSTROUTING -s 192.0.2.10/32 -d 198.18.0.0/15 {c('nonat from client')} -j RETURN",
+        f"-A POSTROUTING -s 192.0.2.0/24 -d 198.51.100.0/24 -o eth1 {c('nonat from lan')} "
+        "-j RETURN",
+        f"-A POSTROUTING -s 192.0.2.100/30 -o eth1 {c('masquerade')} -j MASQUERADE",
+        f"-A POSTROUTING -s 192.0.2.0/24 -o eth1 {c('snat')} -j SNAT --to-source 198.51.100.254",
+    ]
+    pre = [line for line in fw1 if line.startswith("-A PREROUTING")]
+    # a nonat without in/out exempts from dnat too; one with `out` only from snat
+    assert pre == [
+        f"-A PREROUTING -s 192.0.2.10/32 -d 198.18.0.0/15 {c('nonat from client')} -j RETURN",
+        f"-A PREROUTING -d 198.51.100.254/32 -i eth1 -p tcp -m multiport --dports 80,443 "
+        f"{c('-> web:8080')} -j DNAT --to-destination 192.0.2.80:8080",
+    ]
+    assert fw1.index("*nat") < fw1.index("*filter")
+    assert fw1.count("COMMIT") == 2
+
+
+def test_mark_bit_is_set_by_cluster_wide_accepts(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    assert ":fwc-accept - [0:0]" in fw1
+    assert '-A fwc-accept -m comment --comment "fwc auto: replicated mark" -j CONNMARK ' \
+        '--set-xmark 0x00100000/0x00100000' in fw1
+    assert fw1.index('-A fwc-accept -m comment --comment "fwc auto: replicated mark" '
+                     '-j ACCEPT') > fw1.index('-A fwc-accept -m comment --comment '
+                                              '"fwc auto: replicated mark" -j CONNMARK '
+                                              '--set-xmark 0x00100000/0x00100000')
+    user_accepts = [line for line in fw1 if "rules.fw" in line and line.endswith("-j ACCEPT")]
+    assert all(c("only fw1") in line for line in user_accepts)
+
+
+def test_every_rule_carries_a_comment(compiled):
+    _, lines = compiled
+    for member in ("fw1", "fw2"):
+        for family in (4, 6):
+            for line in lines(member, family):
+                if line.startswith("-A "):
+                    assert '-m comment --comment "' in line, line
+
+
+UNICAST = POLICY.replace("mode ftfw  multicast 225.0.0.50 port 3780", "unicast port 3790")
+
+
+def test_unicast_sync_rules_name_the_peer(tmp_path: Path):
+    path = tmp_path / "uni.fw"
+    path.write_text(UNICAST)
+    analysis = analyse(path)
+    assert analysis.policy is not None, analysis.diagnostics
+    cluster = analysis.policy.clusters[0]
+    fw1 = render(lower(cluster, cluster.members[0], 4)).splitlines()
+    assert '-A INPUT -s 203.0.113.2/32 -d 203.0.113.1/32 -i eth2 -p udp -m udp --dport 3790 ' \
+        '-m comment --comment "fwc auto: conntrackd sync eth2" -j ACCEPT' in fw1
+    assert '-A OUTPUT -s 203.0.113.1/32 -d 203.0.113.2/32 -o eth2 -p udp -m udp --dport 3790 ' \
+        '-m comment --comment "fwc auto: conntrackd sync eth2" -j ACCEPT' in fw1
+    assert not [line for line in fw1 if "225.0.0.50" in line]
