@@ -1,0 +1,1 @@
+"""Benchmarks: synthetic policies and whole-process timings (see bench/run.py)."""
