@@ -19,9 +19,7 @@ def render_summary(policy: str, summaries: list[ClusterSummary], palette: Palett
         _list_change(out, "policy", summary.rules, palette)
         _list_change(out, "nat", summary.nat, palette)
         if summary.allowed or summary.denied:
-            note = "" if summary.traffic_exact else \
-                " (from the changed rules; earlier rules may shadow part of it)"
-            out.append(f"  traffic{note}:")
+            out.append("  traffic:")
             out.extend("    " + palette.green(f"newly allowed: {c}") for c in summary.allowed)
             out.extend("    " + palette.red(f"newly denied:  {c}") for c in summary.denied)
         for member in summary.members:

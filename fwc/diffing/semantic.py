@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fwc import model
+from fwc.analysis.diff import TrafficChange
 from fwc.diffing import rulesets
 from fwc.diffing.sequences import ListChange, compare
 from fwc.diffing.terms import rule_text
-from fwc.diffing.traffic import TrafficChange, traffic_changes
+from fwc.diffing.traffic import traffic_changes
 
 RULE_FILES = (("iptables.rules", "IPv4"), ("ip6tables.rules", "IPv6"))
 
@@ -49,7 +50,6 @@ class ClusterSummary:
     nat: ListChange[str] = field(default_factory=ListChange)
     allowed: list[TrafficChange] = field(default_factory=list)
     denied: list[TrafficChange] = field(default_factory=list)
-    traffic_exact: bool = True
     members: list[MemberSummary] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -86,9 +86,7 @@ def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
                             [rule_text(r) for r in (new.rules if new else ())])
     summary.nat = compare([rule_text(r) for r in (old.nat if old else ())],
                           [rule_text(r) for r in (new.nat if new else ())])
-    changes, summary.traffic_exact = traffic_changes(old, new)
-    summary.allowed = [c for c in changes if c.verdict == "allowed"]
-    summary.denied = [c for c in changes if c.verdict == "denied"]
+    summary.allowed, summary.denied = traffic_changes(old, new)
     old_members = {m.name: m for m in old.members} if old else {}
     new_members = {m.name: m for m in new.members} if new else {}
     for member in list(new_members) + [m for m in old_members if m not in new_members]:
