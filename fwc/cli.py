@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     color.add_argument("--no-color", dest="color", action="store_false")
     p.add_argument("--installed", metavar="MEMBER",
                    help="compare what runs on MEMBER with the compiled output")
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default="ssh",
+                   help="how --installed reaches the node (as for install)")
+    p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
+    p.add_argument("--inventory", metavar="FILE", help="member -> host file")
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
     p.add_argument("files", nargs="+", metavar="FILE")
