@@ -1,0 +1,138 @@
+"""`fwc install [--member M | --all] FILE`: push a compiled cluster, with rollback.
+
+Exit status: 0 every chosen node installed and confirmed, 1 a node failed
+(or was rolled back), 2 usage errors (nothing was touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwc.commands.common import print_diagnostics
+from fwc.install.compiled import CompiledError, load_member_files
+from fwc.install.node import Confirmer
+from fwc.install.plan import (
+    InstallOptions,
+    automatic_confirmer,
+    install_cluster,
+    terminal_confirmer,
+    waiting_confirmer,
+)
+from fwc.install.secrets import SecretsError, fill, read_secrets
+from fwc.install.settle import SettleCheck, check_cluster
+from fwc.install.transport import (
+    DryRun,
+    InventoryEntry,
+    InventoryError,
+    Transport,
+    make_transport,
+    read_inventory,
+)
+from fwc.model import Cluster, Member, Policy
+from fwc.pipeline import analyse
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class Target:
+    cluster: Cluster
+    members: list[Member]
+
+
+def load_policy(path: str) -> Policy:
+    if not Path(path).is_file():
+        raise UsageError(f"cannot read '{path}'")
+    analysis = analyse(path)
+    if not analysis.ok or analysis.policy is None:
+        print_diagnostics(analysis.diagnostics, analysis.program.texts)
+        raise UsageError(f"{path} does not check clean: nothing installed")
+    return analysis.policy
+
+
+def choose(policy: Policy, member: str | None, everything: bool) -> list[Target]:
+    if not member and not everything:
+        raise UsageError("say which nodes: --member M or --all")
+    if everything:
+        return [Target(c, list(c.members)) for c in policy.clusters]
+    for cluster in policy.clusters:
+        found = cluster.member(member or "")
+        if found is not None:
+            return [Target(cluster, [found])]
+    known = ", ".join(m.name for c in policy.clusters for m in c.members)
+    raise UsageError(f"no member '{member}' in the policy (members: {known})")
+
+
+def transports_for(cluster: Cluster, args: argparse.Namespace,
+                   inventory: dict[str, InventoryEntry]) -> dict[str, Transport]:
+    if args.transport == "local" and len(cluster.members) > 1 and args.all:
+        raise UsageError("the local transport installs only this node: use --member")
+    out: dict[str, Transport] = {}
+    for member in cluster.members:
+        transport = make_transport(args.transport, member.name, ssh_target=member.ssh,
+                                   inventory=inventory, ssh=args.ssh)
+        problem = None if args.dry_run else transport.preflight()
+        if problem:
+            raise UsageError(problem)
+        out[member.name] = DryRun(transport, sys.stdout) if args.dry_run else transport
+    return out
+
+
+def member_files(output: Path, policy: Policy, target: Target,
+                 secrets: dict[str, str] | None) -> dict[str, dict[str, str]]:
+    files: dict[str, dict[str, str]] = {}
+    for member in target.members:
+        loaded = load_member_files(output, policy, target.cluster.name, member.name)
+        files[member.name] = {name: fill(target.cluster.name, name, text, secrets)
+                              for name, text in loaded.items()}
+    return files
+
+
+def pick_confirmer(args: argparse.Namespace) -> Confirmer:
+    if args.confirm:
+        return automatic_confirmer
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return terminal_confirmer(sys.stdin, sys.stdout)
+    return waiting_confirmer
+
+
+def run(args: argparse.Namespace, check: SettleCheck = check_cluster) -> int:
+    try:
+        policy = load_policy(args.file)
+        targets = choose(policy, args.member, args.all)
+        inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
+        secrets = read_secrets(Path(args.secrets)) if args.secrets else None
+        if args.confirm_timeout <= 0:
+            raise UsageError("--confirm-timeout must be positive")
+        plans = []
+        for target in targets:
+            plans.append((target, transports_for(target.cluster, args, inventory),
+                          member_files(Path(args.output), policy, target, secrets)))
+    except (UsageError, InventoryError, SecretsError, CompiledError) as exc:
+        print(f"fwc install: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    options = InstallOptions(confirm_timeout=args.confirm_timeout,
+                             systemd=args.transport != "netns", out=sys.stdout)
+    failed = False
+    for target, transports, files in plans:
+        results = install_cluster(target.cluster, target.members, files, transports, options,
+                                  pick_confirmer(args), check, dry_run=args.dry_run)
+        for result in results:
+            if not result.ok:
+                failed = True
+                what = "rolled back" if result.rolled_back else "not changed" \
+                    if result.stage in ("stage", "test", "snapshot", "watchdog") \
+                    else "state unknown: check it"
+                print(f"fwc install: {result.member}: {result.stage} failed: "
+                      f"{result.message} ({what})", file=sys.stderr)
+        if failed:
+            break
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,144 @@
+"""`fwc diff --installed MEMBER FILE`: does the node run what the policy compiles to?
+
+Compares, normalised, the node's live rulesets (iptables-save / ip6tables-save)
+and its installed files (keepalived, conntrackd, notify hook, sysctl, ipsets)
+with a fresh compile of FILE. Exit 1 on drift, 0 when they agree.
+
+iptables-save prints rules in its own canonical form (`-m tcp`, `/32`,
+option order), so the compiled ruleset is put in that form by the node's own
+iptables: restored and saved in a throwaway network namespace (`unshare -n`).
+Counters, comments-only lines and tables nobody loaded are ignored; VRRP
+passwords are masked on both sides (never printed, not compared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from pathlib import Path
+
+from fwc.commands.common import print_diagnostics
+from fwc.diffing.colour import Palette, wants_colour
+from fwc.diffing.rulesets import normalised
+from fwc.install.paths import BY_NAME
+from fwc.install.transport import (
+    InventoryError,
+    Transport,
+    TransportError,
+    make_transport,
+    read_inventory,
+)
+from fwc.pipeline import analyse
+
+EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
+RULESETS = (("iptables.rules", "iptables-save", "iptables-restore"),
+            ("ip6tables.rules", "ip6tables-save", "ip6tables-restore"))
+_AUTH_PASS = re.compile(r'(auth_pass\s+)("[^"]*"|\S+)')
+
+
+def mask_secrets(text: str) -> str:
+    return _AUTH_PASS.sub(r'\1"(secret)"', text)
+
+
+class Usage(Exception):
+    pass
+
+
+def run_installed(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (Usage, InventoryError) as exc:
+        print(f"fwc diff --installed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransportError as exc:
+        print(f"fwc diff --installed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    if len(args.args) != 1:
+        raise Usage("give exactly one policy FILE")
+    path = args.args[0]
+    if not Path(path).is_file():
+        raise Usage(f"cannot read '{path}'")
+    analysis = analyse(path)
+    if not analysis.ok or analysis.policy is None:
+        print_diagnostics(analysis.diagnostics, analysis.program.texts)
+        raise Usage(f"{path} does not check clean")
+    cluster = next((c for c in analysis.policy.clusters if c.member(args.installed)), None)
+    if cluster is None:
+        raise Usage(f"no member '{args.installed}' in {path}")
+    member = cluster.member(args.installed)
+    assert member is not None
+    inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
+    transport = make_transport(args.transport, member.name, ssh_target=member.ssh,
+                               inventory=inventory, ssh=args.ssh)
+    from fwc.output import compile_policy
+
+    compiled = {}
+    for output in compile_policy(analysis.policy, redact=True):
+        if output.name == cluster.name:
+            prefix = f"{member.name}/"
+            compiled = {f.path[len(prefix):]: f.content.decode("utf-8")
+                        for f in output.files if f.path.startswith(prefix)}
+    palette = Palette(wants_colour(args.color, sys.stdout))
+    drift = compare(transport, compiled)
+    for title, lines in drift:
+        sys.stdout.write(palette.bold(f"drift: {title}") + "\n")
+        for line in lines:
+            paint = palette.green if line.startswith("+") and not line.startswith("+++") \
+                else palette.red if line.startswith("-") and not line.startswith("---") \
+                else palette.cyan if line.startswith("@@") else str
+            sys.stdout.write(paint(line) + "\n")
+    if not drift:
+        print(f"{member.name}: runs what {path} compiles to")
+    return EXIT_DRIFT if drift else EXIT_SAME
+
+
+def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """[(what drifted, unified diff lines compiled -> node)]."""
+    out: list[tuple[str, list[str]]] = []
+    for name, save, restore in RULESETS:
+        expected = canonical(transport, compiled.get(name, ""), save, restore)
+        live = node_output(transport, f"{save} 2>/dev/null || :")
+        lines = _udiff(expected, normalised(live), f"compiled/{name}", f"{save} on node")
+        if lines:
+            out.append((f"live {save.split('-')[0]} rules", lines))
+    for name, file in BY_NAME.items():
+        if name in ("iptables.rules", "ip6tables.rules"):
+            continue
+        want = compiled.get(name)
+        have = node_output(transport, f"cat {file.path} 2>/dev/null || echo '(fwc: absent)'")
+        if want is None and have.strip() == "(fwc: absent)":
+            continue
+        want_lines = mask_secrets(want).splitlines() if want is not None else ["(fwc: absent)"]
+        lines = _udiff(want_lines, mask_secrets(have).splitlines(), f"compiled/{name}",
+                       f"node:{file.path}")
+        if lines:
+            out.append((file.path, lines))
+    return out
+
+
+def canonical(transport: Transport, rules: str, save: str, restore: str) -> list[str]:
+    """The compiled ruleset as the node's iptables-save would print it."""
+    if not rules.strip():
+        return []
+    result = transport.run(f"unshare -n sh -c '{restore} && {save}'", input=rules, timeout=60)
+    if result.ok and result.stdout.strip():
+        return normalised(result.stdout)
+    # No unshare on the node (or no privileges): compare the text as compiled.
+    return normalised(rules)
+
+
+def node_output(transport: Transport, command: str) -> str:
+    result = transport.run(command, timeout=60)
+    if not result.ok:
+        raise TransportError(f"{transport.member}: {command.split()[0]} failed: "
+                             f"{result.reason()}")
+    return result.stdout
+
+
+def _udiff(expected: list[str], actual: list[str], a: str, b: str) -> list[str]:
+    return list(difflib.unified_diff(expected, actual, a, b, lineterm=""))

@@ -1,0 +1,212 @@
+"""Installing one node: stage, test, snapshot, apply, reload, settle, confirm or roll back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from fwc.install import scripts
+from fwc.install.paths import BY_NAME, CONFIRMED
+from fwc.install.transport import Result, Transport, TransportError
+
+# What the node-side watchdog allows on top of the confirmation window: the
+# apply, the daemon reloads and the settle wait all happen after it is armed.
+WATCHDOG_GRACE = 30.0
+
+
+class StepFailed(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
+
+
+@dataclass
+class NodeResult:
+    member: str
+    ok: bool = False
+    stage: str = ""  # the step that failed, "" when ok
+    message: str = ""
+    rolled_back: bool = False
+    changed: list[str] = field(default_factory=list)
+
+
+# (node, seconds left) -> True when the user or automation confirmed in time.
+Confirmer = Callable[["NodeInstall", float], bool]
+# () -> (settled, detail); run after the reload, before asking for confirmation.
+SettleWait = Callable[[], tuple[bool, str]]
+
+
+class NodeInstall:
+    def __init__(self, transport: Transport, files: dict[str, str], *, role: str,
+                 systemd: bool, confirm_timeout: float, settle_timeout: float,
+                 confirmer: Confirmer, settle: SettleWait, out: TextIO) -> None:
+        self.transport = transport
+        self.member = transport.member
+        self.files = [BY_NAME[name] for name in BY_NAME if name in files]
+        self.contents = files
+        self.role = role
+        self.systemd = systemd
+        self.confirm_timeout = confirm_timeout
+        self.settle_timeout = settle_timeout
+        self.confirmer = confirmer
+        self.settle = settle
+        self.out = out
+        self.result = NodeResult(self.member)
+
+    # -- plumbing ---------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        prefix = "# " if self.transport.dry_run else ""
+        self.out.write(f"{prefix}{self.member}: {text}\n")
+        self.out.flush()
+
+    def step(self, stage: str, command: str, *, input: str | None = None,
+             timeout: float = 60.0) -> Result:
+        try:
+            result = self.transport.run(command, input=input, timeout=timeout)
+        except TransportError as exc:
+            raise StepFailed(stage, str(exc)) from exc
+        if not result.ok:
+            raise StepFailed(stage, result.reason())
+        return result
+
+    def probe(self, command: str) -> bool:
+        try:
+            return self.transport.run(command, timeout=15).ok
+        except TransportError:
+            return False
+
+    # -- the install ------------------------------------------------------------------
+    def run(self) -> NodeResult:
+        applied = False
+        try:
+            self.stage_files()
+            self.say("testing the new rulesets")
+            self.step("test", scripts.test_ruleset(self.files))
+            self.say("saving the running rules, ipsets and daemon configs")
+            self.snapshot()
+            self.arm_watchdog()
+            self.say("applying")
+            applied = True
+            self.step("apply", scripts.apply(self.files))
+            self.reload_daemons()
+            self.wait_settled()
+        except StepFailed as exc:
+            self.result.stage, self.result.message = exc.stage, exc.message
+            if applied:
+                self.roll_back(f"{exc.stage} failed")
+            else:
+                self.say(f"{exc.stage} failed: {exc.message}; nothing was changed")
+                self.cleanup_staging()
+            return self.result
+        self.decide()
+        return self.result
+
+    def stage_files(self) -> None:
+        self.say(f"copying {len(self.files)} files")
+        self.step("stage", scripts.refuse_if_pending())
+        for file in self.files:
+            self.step("stage", scripts.stage(file), input=self.contents[file.name])
+
+    def cleanup_staging(self) -> None:
+        self.probe(f"rm -rf {scripts.STAGING}")
+
+    def snapshot(self) -> None:
+        result = self.step("snapshot", scripts.snapshot(self.files))
+        changed = [line.split(None, 1)[1] for line in result.stdout.splitlines()
+                   if line.startswith("changed ")]
+        self.result.changed = changed if not self.transport.dry_run else \
+            [f.name for f in self.files]
+        # Rolling back restores the old configs, so the same daemons reload again.
+        reloads = [command for _, command in self.reload_commands(old_config=None)]
+        self.step("snapshot", scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
+                  input=scripts.rollback_script(self.files, reloads))
+
+    def arm_watchdog(self) -> None:
+        seconds = self.confirm_timeout + self.settle_timeout + WATCHDOG_GRACE
+        self.say(f"arming the node-side rollback in {seconds:.0f} s unless confirmed")
+        self.step("watchdog", scripts.arm_watchdog(seconds))
+
+    def reload_commands(self, old_config: str | None) -> list[tuple[str, str]]:
+        """(daemon, command) for each daemon whose configuration this install changes."""
+        changed = set(self.result.changed)
+        commands = []
+        if {"keepalived.conf", "fwc-notify.sh"} & changed:
+            commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
+        if "conntrackd.conf" in changed:
+            commands.append(("conntrackd",
+                             scripts.reload_conntrackd(self.systemd, old_config, self.role)))
+        return commands
+
+    def reload_daemons(self) -> None:
+        snapshot_copy = None
+        if "conntrackd.conf" in self.result.changed:
+            index = self.files.index(BY_NAME["conntrackd.conf"])
+            snapshot_copy = f"{scripts.SNAPSHOT}/file.{index}"
+        for daemon, command in self.reload_commands(old_config=snapshot_copy):
+            self.say(f"reloading {daemon}")
+            result = self.step("reload", command)
+            for line in result.stderr.splitlines():
+                self.say(line)
+
+    def wait_settled(self) -> None:
+        if self.transport.dry_run:
+            self.say(f"wait up to {self.settle_timeout:.0f} s for one master holding every "
+                     "VIP and conntrackd answering")
+            return
+        settled, detail = self.settle()
+        if not settled:
+            raise StepFailed("settle", f"cluster not settled after "
+                                       f"{self.settle_timeout:.0f} s: {detail}")
+        self.say(f"cluster settled: {detail}")
+
+    def decide(self) -> None:
+        if self.transport.dry_run:
+            self.say(f"wait up to {self.confirm_timeout:.0f} s for confirmation, then:")
+            self.step("confirm", scripts.confirm())
+            self.say("without it:")
+            self.step("rollback", scripts.rollback())
+            self.result.ok = True
+            return
+        if self.confirmer(self, self.confirm_timeout):
+            try:
+                self.step("confirm", scripts.confirm())
+            except StepFailed as exc:
+                self.result.stage, self.result.message = exc.stage, exc.message
+                self.say(f"could not confirm ({exc.message}): the node rolls back by itself")
+                return
+            self.say("confirmed: the new configuration stays")
+            self.result.ok = True
+            return
+        self.result.stage, self.result.message = "confirm", "not confirmed in time"
+        self.roll_back("not confirmed")
+
+    def confirmed_elsewhere(self) -> bool:
+        """Someone confirmed on the node itself (touch .../confirmed)."""
+        return self.probe(f"[ -e {CONFIRMED} ]")
+
+    def roll_back(self, why: str) -> None:
+        self.say(f"{why}: restoring the previous configuration")
+        try:
+            self.step("rollback", scripts.rollback(), timeout=120)
+        except StepFailed as exc:
+            # The watchdog still runs on the node and retries at its deadline.
+            self.say(f"rollback failed: {exc.message}")
+            self.result.message += f"; rollback failed: {exc.message}"
+            return
+        self.result.rolled_back = True
+        self.say("previous configuration restored")
+
+
+def wait_for_marker(node: NodeInstall, seconds: float, interval: float = 0.5,
+                    clock: Callable[[], float] = time.monotonic) -> bool:
+    """Poll the node for an out-of-band confirmation until SECONDS pass."""
+    deadline = clock() + seconds
+    while clock() < deadline:
+        if node.confirmed_elsewhere():
+            return True
+        time.sleep(min(interval, max(0.0, deadline - clock())))
+    return node.confirmed_elsewhere()
+

@@ -1,0 +1,122 @@
+"""Installing a cluster: which nodes, in which order, and stopping at the first failure.
+
+Backups go first and the master last, so the VIPs move at most once, and
+only to a node that already runs the new configuration. Between nodes the
+cluster must settle again (one master holding every VIP, conntrackd
+answering), when it was settled before the install began.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TextIO
+
+from fwc.install.node import Confirmer, NodeInstall, NodeResult, wait_for_marker
+from fwc.install.settle import ClusterState, SettleCheck, check_cluster, wait_settled
+from fwc.install.transport import Transport
+from fwc.model import Cluster, Member
+
+DEFAULT_SETTLE_TIMEOUT = 30.0
+
+
+@dataclass
+class InstallOptions:
+    confirm_timeout: float = 60.0
+    settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
+    systemd: bool = True  # False when nodes are namespaces on this host (no own systemd)
+    out: TextIO = sys.stdout
+
+
+def order(cluster: Cluster, chosen: list[Member], state: ClusterState | None) -> list[Member]:
+    """Backups first (lowest priority first), the current or configured master last."""
+    def rank(member: Member) -> tuple[int, int, int]:
+        is_master = state is not None and state.master == member.name
+        return (int(is_master), int(member.master), member.priority)
+    return sorted(chosen, key=rank)
+
+
+def role_of(member: Member, cluster: Cluster) -> str:
+    highest = max(cluster.members, key=lambda m: (m.master, m.priority))
+    return "master" if member.name == highest.name else "backup"
+
+
+def install_cluster(cluster: Cluster, chosen: list[Member], files: Mapping[str, dict[str, str]],
+                    transports: Mapping[str, Transport], options: InstallOptions,
+                    confirmer: Confirmer, check: SettleCheck = check_cluster,
+                    dry_run: bool = False) -> list[NodeResult]:
+    """Install CHOSEN members one by one; stop after the first one that fails."""
+    out = options.out
+    before = None if dry_run else check(cluster, transports)
+    if before is not None and not before.settled:
+        out.write(f"cluster {cluster.name}: not settled before the install ({before.detail}); "
+                  "not waiting for it between nodes\n")
+    ordered = order(cluster, chosen, before)
+    out.write(f"{'# ' if dry_run else ''}cluster {cluster.name}: installing "
+              f"{', '.join(m.name for m in ordered)} in this order\n")
+    results: list[NodeResult] = []
+    for member in ordered:
+        def settle() -> tuple[bool, str]:
+            if before is None or not before.settled:
+                return True, "not checked (was not settled before)"
+            state = wait_settled(check, cluster, transports, options.settle_timeout)
+            return state.settled, state.detail
+
+        node = NodeInstall(transports[member.name], files[member.name],
+                           role=role_of(member, cluster), systemd=options.systemd,
+                           confirm_timeout=options.confirm_timeout,
+                           settle_timeout=options.settle_timeout,
+                           confirmer=confirmer, settle=settle, out=out)
+        result = node.run()
+        results.append(result)
+        if not result.ok:
+            rest = [m.name for m in ordered[len(results):]]
+            if rest:
+                out.write(f"cluster {cluster.name}: stopping after {member.name} failed; "
+                          f"not touched: {', '.join(rest)}\n")
+            break
+    return results
+
+
+def automatic_confirmer(node: NodeInstall, seconds: float) -> bool:
+    """--confirm: a fresh connection to the node after the change proves it reachable."""
+    reachable = node.probe("true")
+    if not reachable:
+        node.say("unreachable after the change: not confirming")
+    return reachable
+
+
+def terminal_confirmer(stdin: TextIO, out: TextIO) -> Confirmer:
+    """Ask on the terminal, like ferm --interactive: no answer in time means no."""
+
+    def ask(node: NodeInstall, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                out.write("\n")
+                return node.confirmed_elsewhere()
+            out.write(f"{node.member}: keep the new configuration? "
+                      f"type 'yes' within {left:.0f} s: ")
+            out.flush()
+            ready, _, _ = select.select([stdin], [], [], left)
+            if not ready:
+                continue
+            answer = stdin.readline()
+            if not answer:  # end of input: nobody is there to confirm
+                return False
+            if answer.strip().lower() in ("y", "yes"):
+                return True
+            if answer.strip().lower() in ("n", "no"):
+                return False
+    return ask
+
+
+def waiting_confirmer(node: NodeInstall, seconds: float) -> bool:
+    """No terminal and no --confirm: only a confirmation made on the node counts."""
+    node.say(f"waiting {seconds:.0f} s for a confirmation (fwc install --confirm, or "
+             "'touch /etc/fwc/snapshot/confirmed' on the node)")
+    return wait_for_marker(node, seconds)

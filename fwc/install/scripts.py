@@ -1,0 +1,198 @@
+"""The shell commands an install runs on a node, one function per step.
+
+Kept apart from the code that runs them so that `--dry-run` prints exactly
+these, and tests can read them.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from fwc.install.paths import (
+    CONFIRMED,
+    CONNTRACKD,
+    ROLLBACK_SCRIPT,
+    ROLLED_BACK,
+    SNAPSHOT,
+    STAGING,
+    WATCHDOG_PID,
+    NodeFile,
+)
+
+q = shlex.quote
+
+
+def refuse_if_pending() -> str:
+    """An unconfirmed earlier install still has a live watchdog: do not stack another."""
+    return (f'if [ -s {WATCHDOG_PID} ] && kill -0 "$(cat {WATCHDOG_PID})" 2>/dev/null '
+            f'&& [ ! -e {CONFIRMED} ] && [ ! -e {ROLLED_BACK} ]; then '
+            'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
+            'exit 3; fi; '
+            f"rm -rf {STAGING} && mkdir -p -m 0700 {STAGING}")
+
+
+def stage(file: NodeFile) -> str:
+    """Write stdin to the staging copy of FILE."""
+    staged = f"{STAGING}/{file.name}"
+    return f"cat > {staged} && chmod {file.mode:o} {staged}"
+
+
+def write(path: str, mode: int) -> str:
+    """Write stdin to PATH on the node, replacing it in one rename."""
+    tmp = f"{path}.fwc-new"
+    return (f"mkdir -p {q(path.rsplit('/', 1)[0])} && cat > {tmp} && chmod {mode:o} {tmp} "
+            f"&& mv -f {tmp} {path}")
+
+
+def test_ruleset(files: list[NodeFile]) -> str:
+    names = {f.name for f in files}
+    steps = [f"iptables-restore --test < {STAGING}/iptables.rules"]
+    if "ip6tables.rules" in names:
+        steps.append(f"ip6tables-restore --test < {STAGING}/ip6tables.rules")
+    return " && ".join(steps)
+
+
+def snapshot(files: list[NodeFile]) -> str:
+    """Save the running rules, ipsets and every file the install replaces.
+
+    Prints `changed NAME` for each staged file that differs from the one in
+    place, so that only the daemons whose configuration changed are reloaded.
+    """
+    new = f"{SNAPSHOT}.new"
+    lines = [
+        "set -e",
+        f"rm -rf {new}",
+        f"mkdir -p -m 0700 {new}",
+        f"iptables-save > {new}/iptables.save",
+        "if command -v ip6tables-save >/dev/null 2>&1; then "
+        f"ip6tables-save > {new}/ip6tables.save; fi",
+        "if command -v ipset >/dev/null 2>&1; then "
+        f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
+    ]
+    for index, file in enumerate(files):
+        lines.append(
+            f"if [ -e {file.path} ]; then cp -p {file.path} {new}/file.{index}; fi; "
+            f"cmp -s {STAGING}/{file.name} {file.path} || echo changed {file.name}")
+    lines.append(f"rm -rf {SNAPSHOT}")
+    lines.append(f"mv {new} {SNAPSHOT}")
+    return "\n".join(lines)
+
+
+def apply(files: list[NodeFile]) -> str:
+    """Put the staged files in place, then load ipsets and rulesets (each atomic)."""
+    names = {f.name for f in files}
+    lines = ["set -e"]
+    for file in files:
+        tmp = f"{file.path}.fwc-new"
+        lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
+        lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
+                     f"&& mv -f {tmp} {file.path}")
+    if "ipsets.rules" in names:
+        lines.append("ipset restore -exist < /etc/fwc/ipsets.rules")
+    lines.append("iptables-restore < /etc/fwc/iptables.rules")
+    if "ip6tables.rules" in names:
+        lines.append("ip6tables-restore < /etc/fwc/ip6tables.rules")
+    if "sysctl.conf" in names:
+        lines.append("sysctl -q -p /etc/sysctl.d/90-fwc.conf")
+    lines.append(f"rm -rf {STAGING}")
+    return "\n".join(lines)
+
+
+def reload_keepalived(systemd: bool) -> str:
+    """SIGHUP makes keepalived re-read its config without dropping VRRP state."""
+    signal = ("pkill -HUP --oldest -x keepalived --ns $$ --nslist net "
+              "|| echo 'keepalived is not running: nothing to reload' >&2")
+    if not systemd:
+        return signal
+    return ("if [ -d /run/systemd/system ] && systemctl -q is-active keepalived; then "
+            f"systemctl reload keepalived; else {signal}; fi")
+
+
+def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
+    """conntrackd cannot re-read its config: restart it, then resynchronise.
+
+    The old daemon is stopped through the *old* config's socket. A backup then
+    asks the master for a full resync (-n); the master re-reads the kernel
+    table (-R) and sends its cache to the backups (-B), as the notify hook
+    does on a transition (ha-daemons.md 2.3).
+    """
+    stop_conf = q(old_config) if old_config else "/etc/conntrackd/conntrackd.conf"
+    resync = f"{CONNTRACKD} -n" if role == "backup" else f"{CONNTRACKD} -R && {CONNTRACKD} -B"
+    wait_socket = (f"i=0; until {CONNTRACKD} -s >/dev/null 2>&1; do i=$((i+1)); "
+                   "[ $i -gt 50 ] && { echo 'conntrackd did not come back' >&2; exit 1; }; "
+                   "sleep 0.1; done")
+    plain = (f"if conntrackd -C {stop_conf} -s >/dev/null 2>&1; then "
+             f"conntrackd -C {stop_conf} -k >/dev/null 2>&1 || :; "
+             "i=0; while [ -e /var/lock/conntrackd.lock ] && [ $i -lt 50 ]; do "
+             "i=$((i+1)); sleep 0.1; done; "
+             f"{CONNTRACKD} -d; {wait_socket}; {resync}; "
+             "else echo 'conntrackd is not running: nothing to restart' >&2; fi")
+    if not systemd:
+        return plain
+    return ("if [ -d /run/systemd/system ] && systemctl -q is-active conntrackd; then "
+            f"systemctl restart conntrackd && {wait_socket} && {resync}; else {plain}; fi")
+
+
+def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
+    """The node restores itself with this, from the watchdog or from fwc.
+
+    Idempotent and serialised: the watchdog and fwc may both reach it.
+    """
+    lines = [
+        "#!/bin/sh",
+        "# Written by fwc install: restores what ran before the install.",
+        f"S={SNAPSHOT}",
+        "exec 9>>$S/lock",
+        "if command -v flock >/dev/null 2>&1; then flock 9; fi",
+        "[ -e $S/confirmed ] && exit 0",
+        "[ -e $S/rolled-back ] && exit 0",
+        "rc=0",
+    ]
+    for index, file in enumerate(files):
+        lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
+                     f"|| rc=1; else rm -f {file.path}; fi")
+    lines += [
+        "iptables-restore < $S/iptables.save || rc=1",
+        "if [ -e $S/ip6tables.save ]; then ip6tables-restore < $S/ip6tables.save || rc=1; fi",
+        # Sets the new rules created are gone from the restored rules: drop them.
+        "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
+        "    ipset restore -exist < $S/ipsets.save || rc=1",
+        "    for set in $(ipset list -n); do",
+        '        grep -q "^create $set " $S/ipsets.save || ipset destroy "$set" 2>/dev/null || :',
+        "    done",
+        "fi",
+        *reloads,
+        "touch $S/rolled-back",
+        "exit $rc",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def arm_watchdog(seconds: float) -> str:
+    """A node-side dead man's switch: rolls back unless confirmed in time.
+
+    It keeps working when the new rules cut fwc off the node. It polls the
+    markers, so confirming or rolling back ends it within 0.2 s.
+    """
+    ticks = max(1, round(seconds * 5))
+    body = (f"i=0; while [ $i -lt {ticks} ]; do "
+            f"if [ -e {CONFIRMED} ] || [ -e {ROLLED_BACK} ]; then exit 0; fi; "
+            "sleep 0.2; i=$((i+1)); done; "
+            f"sh {ROLLBACK_SCRIPT} >/dev/null 2>&1")
+    return (f"rm -f {CONFIRMED} {ROLLED_BACK}; "
+            f"nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}")
+
+
+def confirm() -> str:
+    return (f"touch {CONFIRMED}; "
+            f"p=$(cat {WATCHDOG_PID} 2>/dev/null); i=0; "
+            'while [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 20 ]; do '
+            "sleep 0.1; i=$((i+1)); done; :")
+
+
+def rollback() -> str:
+    return f"sh {ROLLBACK_SCRIPT} && [ -e {ROLLED_BACK} ]"
+
+
+def rolled_back() -> str:
+    return f"[ -e {ROLLED_BACK} ]"

@@ -1,0 +1,207 @@
+"""How fwc reaches a node: ssh, the local machine, or a network namespace.
+
+Every node step is one POSIX shell command run as root on the node; files
+travel on that command's stdin (`cat > path`), so no transport needs scp and
+a dry run can print exactly what would run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from fwc.install.paths import NETNS_PRIVATE_DIRS
+
+
+class TransportError(Exception):
+    """A node could not be reached or a command could not be started."""
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def reason(self) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return text[-1] if text else f"exit status {self.returncode}"
+
+
+class Transport:
+    """Runs shell commands on one node."""
+
+    dry_run = False
+
+    def __init__(self, member: str, target: str) -> None:
+        self.member = member
+        self.target = target
+
+    def argv(self, command: str) -> list[str]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.member} ({self.target})"
+
+    def preflight(self) -> str | None:
+        """Why this transport must not be used as configured, or None."""
+        return None
+
+    def run(self, command: str, *, input: str | None = None, timeout: float = 60.0) -> Result:
+        argv = self.argv(command)
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                                  timeout=timeout, stdin=None if input is not None
+                                  else subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise TransportError(f"{self.member}: cannot run {argv[0]!r}: not installed") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise TransportError(f"{self.member}: no answer within {timeout:.0f} s "
+                                 f"({shlex.join(argv[:3])} ...)") from exc
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+class SshTransport(Transport):
+    def __init__(self, member: str, target: str, ssh: str = "ssh") -> None:
+        super().__init__(member, target)
+        self.ssh = shlex.split(ssh) or ["ssh"]
+
+    def argv(self, command: str) -> list[str]:
+        # The remote login shell may not be POSIX: hand it one quoted `sh -c`.
+        return [*self.ssh, self.target, "sh -c " + shlex.quote(command)]
+
+
+class LocalTransport(Transport):
+    def __init__(self, member: str) -> None:
+        super().__init__(member, "local")
+
+    def argv(self, command: str) -> list[str]:
+        return ["sh", "-c", command]
+
+
+class NetnsTransport(Transport):
+    """`ip netns exec NAME`: /etc/netns/NAME/* is bind-mounted over /etc/* (iproute2).
+
+    `ip netns exec` forgets mounts between calls (lab-notes pitfall 4), so a
+    namespace whose private /etc and /run live in a persistent mount
+    namespace (the lab's) is entered with nsenter on that mount file instead.
+    """
+
+    def __init__(self, member: str, target: str, mount: str | None = None) -> None:
+        super().__init__(member, target)
+        self.mount = mount
+
+    def argv(self, command: str) -> list[str]:
+        if self.mount:
+            return ["nsenter", f"--mount={self.mount}", f"--net=/run/netns/{self.target}",
+                    "--", "sh", "-c", command]
+        return ["ip", "netns", "exec", self.target, "sh", "-c", command]
+
+    def describe(self) -> str:
+        return f"{self.member} (netns {self.target})"
+
+    def preflight(self) -> str | None:
+        """Refuse to write the host's /etc through a namespace without private dirs."""
+        if self.mount:
+            return None if Path(self.mount).exists() else \
+                f"{self.member}: mount namespace file {self.mount} does not exist"
+        if not Path(f"/run/netns/{self.target}").exists():
+            return f"{self.member}: no network namespace '{self.target}'"
+        for name in NETNS_PRIVATE_DIRS:
+            private, shared = Path("/etc/netns") / self.target / name, Path("/etc") / name
+            if not private.is_dir() or not shared.is_dir():
+                return (f"{self.member}: {private} and {shared} must both be directories, or "
+                        f"'ip netns exec {self.target}' would write the host's {shared} "
+                        "(or give mount=FILE in the inventory)")
+        return None
+
+
+@dataclass
+class DryRun(Transport):
+    """Prints what the real transport would run; every command 'succeeds' silently."""
+
+    real: Transport
+    stream: TextIO
+    printed: list[str] = field(default_factory=list)
+    dry_run = True
+
+    def __post_init__(self) -> None:
+        self.member = self.real.member
+        self.target = self.real.target
+
+    def argv(self, command: str) -> list[str]:
+        return self.real.argv(command)
+
+    def describe(self) -> str:
+        return self.real.describe()
+
+    def run(self, command: str, *, input: str | None = None, timeout: float = 60.0) -> Result:
+        line = shlex.join(self.argv(command))
+        if input is not None:
+            line += f"  <<< ({len(input.encode())} bytes)"
+        self.printed.append(line)
+        self.stream.write(line + "\n")
+        return Result(0, "", "")
+
+
+@dataclass(frozen=True)
+class InventoryEntry:
+    target: str
+    options: dict[str, str]
+
+
+class InventoryError(Exception):
+    pass
+
+
+def read_inventory(path: Path) -> dict[str, InventoryEntry]:
+    """`MEMBER TARGET [key=value...]` per line; `#` starts a comment.
+
+    TARGET is an ssh destination (user@host) or, for the netns transport, a
+    namespace name; `mount=FILE` names a persistent mount namespace for it.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from exc
+    entries: dict[str, InventoryEntry] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) < 2:
+            raise InventoryError(f"{path}:{number}: expected 'MEMBER TARGET [key=value...]'")
+        options: dict[str, str] = {}
+        for word in words[2:]:
+            key, sep, value = word.partition("=")
+            if not sep or not value:
+                raise InventoryError(f"{path}:{number}: expected key=value, got {word!r}")
+            options[key] = value
+        if words[0] in entries:
+            raise InventoryError(f"{path}:{number}: member {words[0]!r} listed twice")
+        entries[words[0]] = InventoryEntry(words[1], options)
+    return entries
+
+
+def make_transport(kind: str, member: str, *, ssh_target: str | None,
+                   inventory: dict[str, InventoryEntry], ssh: str = "ssh") -> Transport:
+    """The transport for MEMBER; raises InventoryError when its target is unknown."""
+    entry = inventory.get(member)
+    if kind == "local":
+        return LocalTransport(member)
+    if kind == "netns":
+        target = entry.target if entry else member
+        return NetnsTransport(member, target, entry.options.get("mount") if entry else None)
+    target = entry.target if entry else ssh_target
+    if not target:
+        raise InventoryError(
+            f"no ssh host for member {member}: add ssh \"root@host\" to the member "
+            "or a line to --inventory")
+    return SshTransport(member, target, ssh)
