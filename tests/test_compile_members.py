@@ -1,0 +1,87 @@
+"""Members' files differ only in node-specific values (issue 3).
+
+For every example policy and every pair of members, each generated file is
+compared line by line: where two lines differ, every differing word must be a
+node-specific value (a member's address, device, priority or name). Lines of
+member-scoped (`only`) rules are the one legitimate exception and are set aside.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fwc.model import Cluster
+from fwc.output import compile_policy, relative_source, source_root
+from fwc.pipeline import analyse
+
+REPO = Path(__file__).resolve().parent.parent
+POLICY_FILES = sorted((REPO / "policies").glob("*.fw"))
+
+
+def node_values(cluster: Cluster) -> set[str]:
+    values: set[str] = set()
+    for member in cluster.members:
+        values |= {member.name, str(member.priority)}
+        for link in member.links:
+            values.add(link.device)
+            for address in link.addresses:
+                values |= {str(address.ip), str(address)}
+    return values
+
+
+def only_rule_comments(cluster: Cluster, root: str) -> set[str]:
+    return {f"{relative_source(r.span.file, root)}:{r.span.line}"
+            for r in cluster.all_rules() if r.only is not None}
+
+
+WORD = re.compile(r'[^\s"]+')
+
+
+def words(line: str) -> list[str]:
+    return [re.sub(r"/(32|128)$", "", w) for w in WORD.findall(line)]
+
+
+@pytest.mark.parametrize("path", POLICY_FILES, ids=[p.stem for p in POLICY_FILES])
+def test_members_differ_only_in_node_specific_values(path: Path):
+    analysis = analyse(path)
+    assert analysis.policy is not None
+    root = source_root(analysis.policy)
+    for cluster, output in zip(analysis.policy.clusters, compile_policy(analysis.policy),
+                               strict=True):
+        allowed = node_values(cluster)
+        scoped = only_rule_comments(cluster, root)
+        files: dict[str, dict[str, str]] = {}
+        for f in output.files:
+            member, _, name = f.path.partition("/")
+            if name:
+                files.setdefault(name, {})[member] = f.content.decode()
+        compared = 0
+        for name, by_member in files.items():
+            assert set(by_member) == {m.name for m in cluster.members}, name
+            texts = [by_member[m.name] for m in cluster.members]
+            first = [line for line in texts[0].splitlines()
+                     if not any(f'"{c}"' in line for c in scoped)]
+            for other in texts[1:]:
+                lines = [line for line in other.splitlines()
+                         if not any(f'"{c}"' in line for c in scoped)]
+                assert len(first) == len(lines), f"{name}: different number of lines"
+                for a, b in zip(first, lines, strict=True):
+                    if a == b:
+                        continue
+                    wa, wb = words(a), words(b)
+                    assert len(wa) == len(wb), f"{name}:\n{a}\n{b}"
+                    for x, y in zip(wa, wb, strict=True):
+                        if x != y:
+                            assert x in allowed and y in allowed, f"{name}:\n{a}\n{b}"
+                            compared += 1
+        assert compared > 0  # the members really have their own values
+
+
+def test_a_difference_that_is_not_node_specific_would_be_caught():
+    allowed = {"fw1", "fw2", "eth0"}
+    a = words("-A FORWARD -s 192.0.2.0/24 -j ACCEPT")
+    b = words("-A FORWARD -s 192.0.2.0/25 -j ACCEPT")
+    assert [x for x, y in zip(a, b, strict=True) if x != y and x not in allowed] == ["192.0.2.0/24"]
