@@ -84,7 +84,7 @@ def test_fwc206_vip_without_prefix_from_resolver(tmp_path):
 
 
 @pytest.mark.parametrize(("vip", "phrase"), [
-    ("198.51.101.254/24", "outside the members' subnet"),
+    ("198.51.101.254/24", "outside the segment's subnet"),
     ("198.51.100.254/25", "prefix /25"),
     ("198.51.100.255/24", "broadcast address"),
     ("198.51.100.0/24", "network address"),

@@ -8,6 +8,7 @@ in the HA research notes, P3-P7, P15, P21, P22).
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from fwc import protocols as proto
@@ -95,33 +96,43 @@ def unmapped_interfaces(policy: Policy) -> Iterable[Diagnostic]:
                     devices[link.device] = link.interface
 
 
-def _segment_network(cluster: Cluster, iface: Interface, family: int) \
-        -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str] | None:
-    """The subnet of a segment: the VIP's when it has one, else the first member's."""
-    for vip in iface.vips_of(family):
-        return vip.network, f"the VIP {vip}"
+def segment_subnet(cluster: Cluster, iface: Interface, family: int) \
+        -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The subnet of a segment in one family: the one most of its members and VIPs are in.
+
+    Ties go to the VIP, then to the first member, so that one wrong address is
+    reported as wrong instead of making every other address look wrong.
+    """
+    votes: Counter[ipaddress.IPv4Network | ipaddress.IPv6Network] = Counter()
+    order: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    candidates = [v.network for v in iface.vips_of(family)]
     for member in cluster.members:
-        for address, _ in _address_spans(member, iface.name):
-            if address.version == family:
-                return address.network, f"member '{member.name}' ({address})"
-    return None
+        candidates += [a.network for a, _ in _address_spans(member, iface.name)
+                       if a.version == family]
+    for network in candidates:
+        votes[network] += 1
+        if network not in order:
+            order.append(network)
+    if not order:
+        return None
+    return max(order, key=lambda n: (votes[n], -order.index(n)))
 
 
 @check("FWC203", "member address outside its segment's subnet", E, """
-All members on a segment must have an address in the same subnet, the subnet of
-the interface's VIP when it has one (else the first member's). A member outside
-it cannot exchange VRRP adverts with the others (they are sent from the
-primary address, TTL 255, to a link-local group) and cannot reach the hosts
-behind the VIP after a failover. A member also needs an address of each family
+All members on a segment must have an address in the same subnet. The segment's
+subnet is the one most of its member addresses and VIPs agree on (ties go to the
+VIP, then to the first member), so that one wrong address is the one reported.
+A member outside it cannot exchange VRRP adverts with the others (they are sent
+from the primary address, TTL 255, to a link-local group) and cannot reach the
+hosts behind the VIP after a failover. A member also needs an address of each family
 its interface has a VIP in, for the VRRP instance of that family.""")
 def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
             for family in (4, 6):
-                reference = _segment_network(cluster, iface, family)
-                if reference is None:
+                network = segment_subnet(cluster, iface, family)
+                if network is None:
                     continue
-                network, source = reference
                 for member in cluster.members:
                     if member.link(iface.name) is None:
                         continue  # FWC202
@@ -137,7 +148,7 @@ def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
                         if address.network != network:
                             yield error("FWC203", f"member '{member.name}' address {address} "
                                         f"on '{iface.name}' is not in the segment's subnet "
-                                        f"{network} (from {source})", span,
+                                        f"{network}", span,
                                         hint=f"use an address in {network} with prefix "
                                         f"/{network.prefixlen}")
 
@@ -171,26 +182,21 @@ def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
             for vip, span in _vip_spans(iface):
-                members = [a for mb in cluster.members
-                           for a, _ in _address_spans(mb, iface.name) if a.version == vip.version]
-                if members and all(vip.ip not in a.network for a in members):
-                    subnet = members[0].network
-                    yield error("FWC207", f"VIP {vip} of '{iface.name}' is outside the members' "
-                                f"subnet {subnet}", span,
+                subnet = segment_subnet(cluster, iface, vip.version)
+                if subnet is None:
+                    continue
+                if vip.ip not in subnet:
+                    yield error("FWC207", f"VIP {vip} of '{iface.name}' is outside the "
+                                f"segment's subnet {subnet}", span,
                                 hint=f"pick a free address in {subnet}")
-                    continue
-                if members and vip.network.prefixlen != members[0].network.prefixlen:
+                elif vip.network.prefixlen != subnet.prefixlen:
                     yield error("FWC207", f"VIP {vip} of '{iface.name}' has prefix "
-                                f"/{vip.network.prefixlen}, the segment's is "
-                                f"/{members[0].network.prefixlen}", span,
-                                hint=f"write {vip.ip}/{members[0].network.prefixlen}")
-                    continue
-                net = vip.network
-                special = net.prefixlen < net.max_prefixlen - 1 and (
-                    vip.ip == net.network_address
-                    or (vip.version == 4 and vip.ip == net.broadcast_address))
-                if special:
-                    which = "network" if vip.ip == net.network_address else "broadcast"
+                                f"/{vip.network.prefixlen}, the segment's is /{subnet.prefixlen}",
+                                span, hint=f"write {vip.ip}/{subnet.prefixlen}")
+                elif subnet.prefixlen < subnet.max_prefixlen - 1 and (
+                        vip.ip == subnet.network_address
+                        or (vip.version == 4 and vip.ip == subnet.broadcast_address)):
+                    which = "network" if vip.ip == subnet.network_address else "broadcast"
                     yield error("FWC207", f"VIP {vip} of '{iface.name}' is the {which} "
                                 "address of its subnet", span,
                                 hint="pick a host address of the subnet")

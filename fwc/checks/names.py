@@ -115,7 +115,10 @@ def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
         for what, item in _matchers(cluster):
             for side_name, side in (("source", item.source), ("destination", item.destination)):
                 negated_any = any(i.kind == "any" and i.negated for i in side.items)
-                empty = (not side.is_any and not side.firewall
+                # An item without addresses was malformed or empty: already reported.
+                broken = any(not i.addresses for i in side.items if i.kind not in
+                             ("any", "firewall"))
+                empty = (not side.is_any and not side.firewall and not broken
                          and not (side.addresses - side.excluded))
                 if negated_any or empty:
                     yield error("FWC112", f"{what} {side_name} '{side.label}' matches no "
