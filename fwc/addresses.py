@@ -6,6 +6,7 @@ operations cost O(n) in the number of intervals, never per address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,30 @@ def _covers(outer: tuple[Interval, ...], inner: tuple[Interval, ...]) -> bool:
         if j == len(outer) or outer[j][0] > lo or outer[j][1] < hi:
             return False
     return True
+
+
+def _address_text(value: int, family: int) -> str:
+    if family == 4:
+        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+    return str(ipaddress.IPv6Address(value))
+
+
+@functools.lru_cache(maxsize=65536)
+def _cidr_texts(intervals: tuple[Interval, ...], family: int) -> tuple[str, ...]:
+    # Integer arithmetic instead of ipaddress.summarize_address_range: lowering asks for
+    # the CIDRs of the same objects once per rule, member and family, and the ipaddress
+    # objects made this the top of the compile profile at 20,000 rules (docs/performance.md).
+    bits = FAMILY_BITS[family]
+    out: list[str] = []
+    for lo, hi in intervals:
+        while lo <= hi:
+            aligned = (lo & -lo).bit_length() - 1 if lo else bits
+            fits = (hi - lo + 1).bit_length() - 1
+            block = min(aligned, fits)
+            text = _address_text(lo, family)
+            out.append(text if block == 0 else f"{text}/{bits - block}")
+            lo += 1 << block
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +175,8 @@ class AddressSet:
             yield from ipaddress.summarize_address_range(make(lo), make(hi))
 
     def cidrs(self, family: int) -> list[str]:
-        full = FAMILY_BITS[family]
-        return [
-            str(n.network_address) if n.prefixlen == full else str(n)
-            for n in self.networks(family)
-        ]
+        """The minimal CIDR list as text (a host without /32 or /128), like `networks`."""
+        return list(_cidr_texts(self.family(family), family))
 
     def hull(self, family: int) -> IPNetwork | None:
         """The smallest CIDR block containing the whole set (for indexing)."""
