@@ -6,6 +6,7 @@ analysis engine. Nothing here refers back to syntax nodes except through spans.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -289,7 +290,7 @@ class Cluster:
 
     def firewall_addresses(self, member: Member) -> AddressSet:
         """What `firewall` means on this member: its own addresses plus every VIP."""
-        return member.addresses | self.vips
+        return _firewall_addresses(member, self.interfaces)
 
     @property
     def all_member_addresses(self) -> AddressSet:
@@ -310,6 +311,13 @@ class Cluster:
     def all_rules(self) -> Iterator[Rule]:
         yield from self.rules
         yield from self.nat
+
+
+@functools.lru_cache(maxsize=256)
+def _firewall_addresses(member: Member, interfaces: tuple[Interface, ...]) -> AddressSet:
+    # Cached: lowering and several checks ask once per rule, and building the set from
+    # ipaddress objects each time was a top entry of the 20,000-rule profile.
+    return member.addresses | AddressSet.of(*(v.ip for i in interfaces for v in i.vips))
 
 
 @dataclass(frozen=True, slots=True)
