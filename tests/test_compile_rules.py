@@ -28,6 +28,7 @@ service ssh      tcp/22
 service web      tcp/80,443
 service ntp      udp/123
 service ping     icmp/echo-request, icmpv6/echo-request
+service ftp      tcp/21 helper ftp
 
 cluster edge {
     vrrp { password "s3cret"  auth ah  advert 1s  vrid 51 }
@@ -54,6 +55,7 @@ policy edge {
     accept from lan6     to web6     service web
     accept from any      to firewall, web service ping
     accept from !client  to uplink.vip service ssh only fw1
+    accept from lan      to uplink   service ftp
     reject from any, !lan to any     service ssh log "this prefix is much too long to keep"
     drop   from any      to any      log
 }
@@ -182,10 +184,10 @@ def test_reject_logs_with_a_cut_prefix_and_resets_tcp(compiled):
     fw1 = lines("fw1", 4)
     prefix = '"this prefix is much too long "'
     assert len(prefix) - 2 == 29
-    assert f"-A fwc-p7-FORWARD {rule} -m limit --limit 5/sec --limit-burst 10 -j LOG " \
+    assert f"-A fwc-p8-FORWARD {rule} -m limit --limit 5/sec --limit-burst 10 -j LOG " \
         f"--log-prefix {prefix}" in fw1
-    assert f"-A fwc-p7-FORWARD -p tcp {rule} -j REJECT --reject-with tcp-reset" in fw1
-    assert f"-A fwc-p7-FORWARD -s 192.0.2.0/24 {rule} -j RETURN" in fw1
+    assert f"-A fwc-p8-FORWARD -p tcp {rule} -j REJECT --reject-with tcp-reset" in fw1
+    assert f"-A fwc-p8-FORWARD -s 192.0.2.0/24 {rule} -j RETURN" in fw1
     warning = [d for d in analysis.diagnostics if d.code == "FWC501"]
     assert len(warning) == 1 and warning[0].span.line == line_of(POLICY, "reject from any")
     # IPv6: nothing is excluded there, so no chain is needed
@@ -276,7 +278,8 @@ def test_nat_kinds_in_order(compiled):
         f"-A POSTROUTING -s 192.0.2.100/30 -o eth1 {c('masquerade')} -j MASQUERADE",
         f"-A POSTROUTING -s 192.0.2.0/24 -o eth1 {c('snat')} -j SNAT --to-source 198.51.100.254",
     ]
-    pre = [line for line in fw1 if line.startswith("-A PREROUTING")]
+    nat = fw1[fw1.index("*nat"):fw1.index("*filter")]
+    pre = [line for line in nat if line.startswith("-A PREROUTING")]
     # a nonat without in/out exempts from dnat too; one with `out` only from snat
     assert pre == [
         f"-A PREROUTING -s 192.0.2.10/32 -d 198.18.0.0/15 {c('nonat from client')} -j RETURN",
@@ -284,7 +287,7 @@ def test_nat_kinds_in_order(compiled):
         f"{c('-> web:8080')} -j DNAT --to-destination 192.0.2.80:8080",
     ]
     assert fw1.index("*nat") < fw1.index("*filter")
-    assert fw1.count("COMMIT") == 2
+    assert fw1.count("COMMIT") == 3  # raw (the ftp helper), nat, filter
 
 
 def test_mark_bit_is_set_by_cluster_wide_accepts(compiled):
@@ -325,3 +328,15 @@ def test_unicast_sync_rules_name_the_peer(tmp_path: Path):
     assert '-A OUTPUT -s 203.0.113.1/32 -d 203.0.113.2/32 -o eth2 -p udp -m udp --dport 3790 ' \
         '-m comment --comment "fwc auto: conntrackd sync eth2" -j ACCEPT' in fw1
     assert not [line for line in fw1 if "225.0.0.50" in line]
+
+
+def test_conntrack_helpers_are_assigned_explicitly_in_raw(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    rule = c("to uplink   service ftp")
+    assert fw1.index("*raw") < fw1.index("*nat") < fw1.index("*filter")
+    assert f"-A PREROUTING -p tcp -m tcp --dport 21 {rule} -j CT --helper ftp" in fw1
+    assert f"-A FORWARD -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp -m tcp --dport 21 {rule} " \
+        "-j fwc-accept" in fw1
+    # the rule's addresses are IPv4 only: no helper in ip6tables either
+    assert "*raw" not in lines("fw1", 6)

@@ -196,6 +196,8 @@ class _Tables:
     filter: dict[str, list[Rule]] = field(
         default_factory=lambda: {name: [] for name, _ in FILTER_POLICIES})
     nat: dict[str, list[Rule]] = field(default_factory=lambda: {n: [] for n in NAT_CHAINS})
+    raw: dict[str, list[Rule]] = field(default_factory=lambda: {n: [] for n in RAW_CHAINS})
+    raw_seen: set[tuple[str, Match, str]] = field(default_factory=set)
     filter_user: dict[str, list[Rule]] = field(default_factory=dict)
     nat_user: dict[str, list[Rule]] = field(default_factory=dict)
 
@@ -297,7 +299,10 @@ class _Lowering:
         if services is None:
             return
         origin = self.origin(rule, "policy")
-        for part in filter_parts(rule, self.fw, self.family):
+        parts = filter_parts(rule, self.fw, self.family)
+        if rule.action == "accept":
+            self.helpers(rule, origin, {p.chain for p in parts})
+        for part in parts:
             base = Match(source=part.source, destination=part.destination,
                          in_device=self.device(rule.in_interface) if part.chain != "OUTPUT"
                          else None,
@@ -305,6 +310,30 @@ class _Lowering:
                          else None)
             self.emit(self.tables.filter, self.tables.filter_user, rule, origin, part, base,
                       services, "p")
+
+    def helpers(self, rule: PolicyRule, origin: Origin, chains: set[str]) -> None:
+        """Assign conntrack helpers explicitly in raw (nf_conntrack_helper is 0).
+
+        The raw table sees packets before DNAT and routing, so the helper is chosen by
+        protocol, port and incoming device only; a helper on a connection the filter
+        then drops never sees its payload.
+        """
+        raw_chains = []
+        if chains & {"INPUT", "FORWARD"}:
+            raw_chains.append("PREROUTING")
+        if "OUTPUT" in chains:
+            raw_chains.append("OUTPUT")
+        for service in rule.services:
+            if service.helper is None or service.family not in (None, self.family):
+                continue
+            for chain in raw_chains:
+                match = Match(in_device=self.device(rule.in_interface) if chain == "PREROUTING"
+                              else None, protocol=service.number, dports=service.ports)
+                key = (chain, match, service.helper)
+                if key not in self.tables.raw_seen:
+                    self.tables.raw_seen.add(key)
+                    self.tables.raw[chain].append(
+                        Rule(match, "CT", origin, (("helper", service.helper),)))
 
     def action(self, rule: PolicyRule, match: Match, inside_chain: bool) \
             -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -432,6 +461,9 @@ class _Lowering:
         filter_chains.extend(Chain(name, None, tuple(rules))
                              for name, rules in t.filter_user.items())
         tables = []
+        if any(t.raw.values()):
+            tables.append(Table("raw", tuple(Chain(name, "ACCEPT", tuple(t.raw[name]))
+                                             for name in RAW_CHAINS)))
         if any(t.nat.values()):
             nat_chains = [Chain(name, "ACCEPT", tuple(t.nat[name])) for name in NAT_CHAINS]
             nat_chains.extend(Chain(name, None, tuple(rules)) for name, rules in t.nat_user.items())
