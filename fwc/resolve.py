@@ -23,6 +23,11 @@ from fwc.loader import LoadedProgram
 IPV4_BITS, IPV6_BITS = 32, 128
 
 
+def _small_int(digits: str) -> int:
+    """int() of a digit string, saturated: int() refuses more than 4300 digits."""
+    return int(digits) if len(digits) <= 10 else 10**10
+
+
 def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else None
@@ -126,7 +131,7 @@ class Resolver:
             if text.endswith("s"):
                 return round(float(text[:-1]) * 1000)
             return int(text) * 1000
-        except ValueError:
+        except (ValueError, OverflowError):  # float('9' * 400) is inf
             self.err("FWC109", f"malformed {what} '{text}'", word.span,
                      hint="write a duration such as 1s or 100ms")
             return None
@@ -278,7 +283,8 @@ class Resolver:
                     self.err("FWC107", f"malformed port '{part}' in '{item.text}'", item.span,
                              hint="ports are numbers 0-65535; ranges are written LOW-HIGH")
                     return None
-                low, high = int(low_text), int(high_text) if dash else int(low_text)
+                low = _small_int(low_text)
+                high = _small_int(high_text) if dash else low
                 if high > 65535 or low > high:
                     self.err("FWC107", f"invalid port '{part}' in '{item.text}'", item.span,
                              hint="ports are 0-65535 and a range is LOW-HIGH with LOW <= HIGH")
@@ -288,7 +294,7 @@ class Resolver:
             return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol], tuple(ports))
         if protocol in ("icmp", "icmpv6"):
             table = proto.ICMP_TYPES if protocol == "icmp" else proto.ICMPV6_TYPES
-            if rest.isdigit() and int(rest) <= 255:
+            if rest.isdigit() and _small_int(rest) <= 255:
                 names = [k for k, v in table.items() if v == int(rest)]
                 return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol], (), int(rest),
                                       names[0] if names else rest)
@@ -301,7 +307,7 @@ class Resolver:
             return None
         # proto/NUMBER or proto/NAME
         if rest.isdigit():
-            number = int(rest)
+            number = _small_int(rest)
             if number > 255:
                 self.err("FWC107", f"IP protocol {number} is out of range 0-255", item.span)
                 return None
