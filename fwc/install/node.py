@@ -90,7 +90,9 @@ class NodeInstall:
             self.arm_watchdog()
             self.say("applying")
             applied = True
-            self.step("apply", scripts.apply(self.files))
+            applied_result = self.step("apply", scripts.apply(self.files))
+            for line in applied_result.stderr.splitlines():
+                self.say(line)
             self.reload_daemons()
             self.wait_settled()
         except StepFailed as exc:

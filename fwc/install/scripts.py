@@ -21,10 +21,15 @@ from fwc.install.paths import (
 
 q = shlex.quote
 
+# `kill -0` succeeds on a zombie, and some init processes (containers) reap
+# late: a watchdog that exited must count as gone.
+_ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/status "
+          '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; };')
+
 
 def refuse_if_pending() -> str:
     """An unconfirmed earlier install still has a live watchdog: do not stack another."""
-    return (f'if [ -s {WATCHDOG_PID} ] && kill -0 "$(cat {WATCHDOG_PID})" 2>/dev/null '
+    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] && alive "$(cat {WATCHDOG_PID})" '
             f'&& [ ! -e {CONFIRMED} ] && [ ! -e {ROLLED_BACK} ]; then '
             'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
             'exit 3; fi; '
@@ -93,7 +98,10 @@ def apply(files: list[NodeFile]) -> str:
     if "ip6tables.rules" in names:
         lines.append("ip6tables-restore < /etc/fwc/ip6tables.rules")
     if "sysctl.conf" in names:
-        lines.append("sysctl -q -p /etc/sysctl.d/90-fwc.conf")
+        # A key the kernel refuses (per-namespace limits, removed knobs) must not
+        # undo a good ruleset: report it and carry on.
+        lines.append("if ! sysctl -q -p /etc/sysctl.d/90-fwc.conf; then "
+                     "echo 'warning: some sysctl keys were not set' >&2; fi")
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
 
@@ -152,8 +160,22 @@ def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
         lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
                      f"|| rc=1; else rm -f {file.path}; fi")
     lines += [
-        "iptables-restore < $S/iptables.save || rc=1",
-        "if [ -e $S/ip6tables.save ]; then ip6tables-restore < $S/ip6tables.save || rc=1; fi",
+        # Restoring a save leaves tables it does not mention alone: a nat table the
+        # install created would keep its rules. Add those tables back empty.
+        "loaded_only() {",
+        '    for t in $($1 | sed -n "s/^\\*//p"); do',
+        '        grep -qx "\\*$t" "$2" && continue',
+        '        echo "*$t"',
+        '        $1 -t "$t" | sed -n "s/^:\\([A-Z]*\\) [A-Z]* .*/:\\1 ACCEPT [0:0]/p"',
+        "        echo COMMIT",
+        "    done",
+        "}",
+        "{ cat $S/iptables.save; loaded_only iptables-save $S/iptables.save; } "
+        "| iptables-restore || rc=1",
+        "if [ -e $S/ip6tables.save ]; then",
+        "    { cat $S/ip6tables.save; loaded_only ip6tables-save $S/ip6tables.save; } "
+        "| ip6tables-restore || rc=1",
+        "fi",
         # Sets the new rules created are gone from the restored rules: drop them.
         "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
         "    ipset restore -exist < $S/ipsets.save || rc=1",
@@ -162,7 +184,8 @@ def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
         "    done",
         "fi",
         *reloads,
-        "touch $S/rolled-back",
+        # Without the marker the watchdog tries again at its deadline.
+        "if [ $rc -eq 0 ]; then touch $S/rolled-back; fi",
         "exit $rc",
     ]
     return "\n".join(lines) + "\n"
@@ -183,15 +206,19 @@ def arm_watchdog(seconds: float) -> str:
             f"nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}")
 
 
+def _watchdog_gone() -> str:
+    """Wait (at most 2 s) for the watchdog to see a marker and exit by itself."""
+    return (f"{_ALIVE} p=$(cat {WATCHDOG_PID} 2>/dev/null); i=0; "
+            'while [ -n "$p" ] && alive "$p" && [ $i -lt 20 ]; do '
+            "sleep 0.1; i=$((i+1)); done")
+
+
 def confirm() -> str:
-    return (f"touch {CONFIRMED}; "
-            f"p=$(cat {WATCHDOG_PID} 2>/dev/null); i=0; "
-            'while [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 20 ]; do '
-            "sleep 0.1; i=$((i+1)); done; :")
+    return f"touch {CONFIRMED}; {_watchdog_gone()}; :"
 
 
 def rollback() -> str:
-    return f"sh {ROLLBACK_SCRIPT} && [ -e {ROLLED_BACK} ]"
+    return f"sh {ROLLBACK_SCRIPT} && [ -e {ROLLED_BACK} ] && {{ {_watchdog_gone()}; :; }}"
 
 
 def rolled_back() -> str:

@@ -1,0 +1,317 @@
+"""`fwc install` end to end against two member namespaces this test creates.
+
+Each member is a network namespace with the policy's devices (veth pairs
+between the two members) and addresses. `ip netns exec` bind-mounts
+/etc/netns/NAME/{fwc,keepalived,conntrackd,sysctl.d} over /etc, so each node
+has its own node paths. No daemons run here (the lab does that): the settle
+check is a fake that records when it was asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fwc.cli import build_parser, main
+from fwc.commands import install as install_command
+from fwc.diffing.rulesets import normalised
+from fwc.install.settle import ClusterState
+from fwc.install.transport import Transport
+from fwc.model import Cluster
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parent.parent
+POLICY = REPO / "policies" / "edge.fw"
+PRIVATE_DIRS = ("fwc", "keepalived", "conntrackd", "sysctl.d")
+# (interface, device, fw1 addresses, fw2 addresses), as in policies/edge.fw
+LINKS = (
+    ("eth0", ("192.0.2.1/24", "2001:db8:1::1/64"), ("192.0.2.2/24", "2001:db8:1::2/64")),
+    ("eth1", ("198.51.100.1/24",), ("198.51.100.2/24",)),
+    ("eth2", ("203.0.113.1/24",), ("203.0.113.2/24",)),
+)
+# What ran before the install: a user chain, a custom rule, a non-default policy.
+OLD_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:old-chain - [0:0]
+-A INPUT -s 198.51.100.99/32 -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -j old-chain
+-A old-chain -s 203.0.113.99/32 -j DROP
+COMMIT
+"""
+OLD_KEEPALIVED = "# keepalived.conf before fwc\n"
+
+
+def sh(*argv: str, input: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Node:
+    member: str
+    ns: str
+
+    def exec(self, command: str, input: str | None = None, check: bool = True) -> str:
+        return sh("ip", "netns", "exec", self.ns, "sh", "-c", command, input=input,
+                  check=check)
+
+    def rules(self, save: str = "iptables-save") -> list[str]:
+        return normalised(self.exec(save))
+
+    @property
+    def etc(self) -> Path:
+        return Path("/etc/netns") / self.ns
+
+
+@dataclass
+class Lab:
+    nodes: dict[str, Node]
+    inventory: Path
+    output: Path
+    secrets: Path
+    tmp: Path
+
+
+def _kill_namespace_processes(ns: str) -> None:
+    """Anything still living in our namespace (a watchdog), by PID."""
+    for _ in range(20):
+        pids = [int(p) for p in sh("ip", "netns", "pids", ns, check=False).split()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    prefix = f"fwci{os.getpid() % 100000}{tmp_path.name[-6:].replace('_', '')}"[:14]
+    nodes = {m: Node(m, f"{prefix}-{m}") for m in ("fw1", "fw2")}
+    created_etc = [d for d in PRIVATE_DIRS if not (Path("/etc") / d).exists()]
+    created_netns_dir = not Path("/etc/netns").exists()
+    try:
+        for name in created_etc:
+            (Path("/etc") / name).mkdir()
+        for node in nodes.values():
+            for name in PRIVATE_DIRS:
+                (node.etc / name).mkdir(parents=True)
+            sh("ip", "netns", "add", node.ns)
+            sh("ip", "-n", node.ns, "link", "set", "lo", "up")
+        fw1, fw2 = nodes["fw1"], nodes["fw2"]
+        for device, first, second in LINKS:
+            sh("ip", "-n", fw1.ns, "link", "add", device, "type", "veth", "peer", "name",
+               device, "netns", fw2.ns)
+            for node, addresses in ((fw1, first), (fw2, second)):
+                for address in addresses:
+                    sh("ip", "-n", node.ns, "addr", "add", address, "dev", device, "nodad")
+                sh("ip", "-n", node.ns, "link", "set", device, "up")
+        for node in nodes.values():
+            node.exec("iptables-restore", input=OLD_RULES)
+            (node.etc / "keepalived" / "keepalived.conf").write_text(OLD_KEEPALIVED)
+        output = tmp_path / "output"
+        assert main(["compile", str(POLICY), "-o", str(output), "--redact-secrets"]) == 0
+        inventory = tmp_path / "inventory"
+        inventory.write_text("".join(f"{n.member} {n.ns}\n" for n in nodes.values()))
+        secrets = tmp_path / "secrets"
+        secrets.write_text("# test secret\nvrrp_password = s3cret\n")
+        yield Lab(nodes, inventory, output, secrets, tmp_path)
+    finally:
+        for node in nodes.values():
+            if Path(f"/run/netns/{node.ns}").exists():
+                _kill_namespace_processes(node.ns)
+                sh("ip", "netns", "del", node.ns, check=False)
+            shutil.rmtree(node.etc, ignore_errors=True)
+        for name in created_etc:
+            with contextlib.suppress(OSError):
+                (Path("/etc") / name).rmdir()
+        if created_netns_dir:
+            with contextlib.suppress(OSError):
+                Path("/etc/netns").rmdir()
+
+
+class FakeSettle:
+    """Settled, fw1 master; records the order in which it was asked."""
+
+    def __init__(self, settled: bool = True) -> None:
+        self.calls = 0
+        self.settled = settled
+
+    def __call__(self, cluster: Cluster, transports: Mapping[str, Transport]) -> ClusterState:
+        self.calls += 1
+        return ClusterState(self.settled, "fw1" if self.settled else None, "fake")
+
+
+def install(lab: Lab, *extra: str, settle: FakeSettle | None = None) -> int:
+    args = build_parser().parse_args([
+        "install", "--transport", "netns", "--inventory", str(lab.inventory),
+        "-o", str(lab.output), "--secrets", str(lab.secrets), *extra, str(POLICY)])
+    return install_command.run(args, check=settle or FakeSettle())
+
+
+def test_install_all_with_confirmation_activates_rules(lab, capsys):
+    settle = FakeSettle()
+    assert install(lab, "--all", "--confirm", settle=settle) == 0
+    out = capsys.readouterr().out
+    assert "installing fw2, fw1 in this order" in out  # backup first, master last
+    assert out.index("fw2: applying") < out.index("fw1: applying")
+    # once before the install, then after each node
+    assert settle.calls == 3
+    compiled = lab.output / "edge"
+    for member, node in lab.nodes.items():
+        live = "\n".join(node.rules())
+        assert "fwc auto: established" in live
+        assert "old-chain" not in live and "198.51.100.99" not in live
+        live6 = "\n".join(node.rules("ip6tables-save"))
+        assert "fwc auto: vrrp eth0" in live6
+        installed = (node.etc / "fwc" / "iptables.rules").read_text()
+        assert installed == (compiled / member / "iptables.rules").read_text()
+        keepalived = node.etc / "keepalived" / "keepalived.conf"
+        assert 'auth_pass "s3cret"' in keepalived.read_text()  # the secret was filled in
+        assert "@FWCPW@" not in keepalived.read_text()
+        assert keepalived.stat().st_mode & 0o777 == 0o600
+        assert (node.etc / "fwc" / "snapshot" / "confirmed").exists()
+        assert not (node.etc / "fwc" / "staging").exists()
+        # the watchdog ended by itself once confirmed
+        assert sh("ip", "netns", "pids", node.ns).split() == []
+    # a second install of the same output changes nothing and is confirmed again
+    assert install(lab, "--member", "fw2", "--confirm") == 0
+    assert "reloading" not in capsys.readouterr().out
+
+
+def test_no_confirmation_rolls_back_exactly(lab, capsys):
+    fw2 = lab.nodes["fw2"]
+    before = fw2.rules()
+    before6 = fw2.rules("ip6tables-save")
+    started = time.monotonic()
+    assert install(lab, "--member", "fw2", "--confirm-timeout", "1") == 1
+    assert time.monotonic() - started < 15
+    captured = capsys.readouterr()
+    assert "not confirmed: restoring the previous configuration" in captured.out
+    assert "fw2: confirm failed: not confirmed in time (rolled back)" in captured.err
+    assert fw2.rules() == before
+    assert fw2.rules("ip6tables-save") == before6
+    # files the install added are gone, files it replaced are back
+    assert not (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    assert (fw2.etc / "fwc" / "snapshot" / "rolled-back").exists()
+    # fw1 was never part of it
+    assert not (lab.nodes["fw1"].etc / "fwc" / "snapshot").exists()
+    assert sh("ip", "netns", "pids", fw2.ns).split() == []
+
+
+def test_watchdog_on_the_node_rolls_back_without_fwc(lab):
+    """If fwc loses the node (the new rules cut it off), the node restores itself."""
+    from fwc.install import scripts
+    from fwc.install.paths import NODE_FILES
+
+    fw1 = lab.nodes["fw1"]
+    before = fw1.rules()
+    files = [f for f in NODE_FILES if f.name == "iptables.rules"]
+    fw1.exec(scripts.refuse_if_pending())
+    fw1.exec(scripts.stage(files[0]),
+             input=(lab.output / "edge" / "fw1" / "iptables.rules").read_text())
+    fw1.exec(scripts.snapshot(files))
+    fw1.exec(scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
+             input=scripts.rollback_script(files, []))
+    fw1.exec(scripts.arm_watchdog(0.6))
+    fw1.exec(scripts.apply(files))
+    assert fw1.rules() != before
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (fw1.etc / "fwc/snapshot/rolled-back").exists():
+        time.sleep(0.1)
+    assert fw1.rules() == before
+    assert not (fw1.etc / "fwc" / "iptables.rules").exists()
+
+
+def test_failed_node_stops_all_and_leaves_the_rest_untouched(lab, capsys, monkeypatch):
+    # An iptables-restore that fails on fw2 when it applies the installed file
+    # (the test mode and the rollback's restore still work).
+    fake = lab.tmp / "bin"
+    fake.mkdir()
+    real = shutil.which("iptables-restore")
+    (fake / "iptables-restore").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$(ip netns identify $$)" = "{lab.nodes["fw2"].ns}" ] '
+        '&& [ "$(readlink /proc/$$/fd/0)" = /etc/fwc/iptables.rules ]; then\n'
+        '    echo "iptables-restore: line 9 failed (simulated)" >&2; exit 1\nfi\n'
+        f'exec {real} "$@"\n')
+    (fake / "iptables-restore").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    fw1, fw2 = lab.nodes["fw1"], lab.nodes["fw2"]
+    fw1_before, fw2_before = fw1.rules(), fw2.rules()
+    assert install(lab, "--all", "--confirm") == 1
+    captured = capsys.readouterr()
+    assert "fw2: apply failed: restoring the previous configuration" in captured.out
+    assert "stopping after fw2 failed; not touched: fw1" in captured.out
+    assert "fw2: apply failed: iptables-restore: line 9 failed (simulated) (rolled back)" \
+        in captured.err
+    assert "fw1: copying" not in captured.out
+    assert fw2.rules() == fw2_before
+    assert fw1.rules() == fw1_before
+    assert not (fw1.etc / "fwc" / "snapshot").exists()
+    assert (fw1.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+
+
+def test_settle_timeout_rolls_the_node_back(lab, capsys, monkeypatch):
+    """The cluster was settled before; it does not settle after fw2: fw2 is undone."""
+    from fwc.install import plan
+
+    class SettlesOnce(FakeSettle):
+        def __call__(self, cluster, transports):
+            self.calls += 1
+            return ClusterState(self.calls == 1, "fw1" if self.calls == 1 else None,
+                                "fw1 holds 1/3 VIPs")
+
+    monkeypatch.setattr(plan, "DEFAULT_SETTLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(install_command, "InstallOptions",
+                        lambda **kw: plan.InstallOptions(settle_timeout=0.3, **kw))
+    fw2 = lab.nodes["fw2"]
+    before = fw2.rules()
+    assert install(lab, "--all", "--confirm", settle=SettlesOnce()) == 1
+    out = capsys.readouterr().out
+    assert "settle failed: restoring the previous configuration" in out
+    assert fw2.rules() == before
+    assert not (lab.nodes["fw1"].etc / "fwc" / "snapshot").exists()
+
+
+def test_diff_installed_detects_hand_made_changes(lab, capsys):
+    def diff_installed(member: str) -> tuple[int, str]:
+        code = main(["diff", "--no-color", "--installed", member, "--transport", "netns",
+                     "--inventory", str(lab.inventory), str(POLICY)])
+        return code, capsys.readouterr().out
+
+    code, out = diff_installed("fw1")
+    assert code == 1 and "drift: live iptables rules" in out  # nothing installed yet
+    assert install(lab, "--all", "--confirm") == 0
+    capsys.readouterr()
+    assert diff_installed("fw1") == (0, "fw1: runs what "
+                                        f"{POLICY} compiles to\n")
+    fw1 = lab.nodes["fw1"]
+    fw1.exec("iptables -I INPUT 3 -s 192.0.2.99/32 -p tcp --dport 2222 -j ACCEPT")
+    code, out = diff_installed("fw1")
+    assert code == 1
+    assert "drift: live iptables rules" in out
+    assert "+-A INPUT -s 192.0.2.99/32 -p tcp -m tcp --dport 2222 -j ACCEPT" in out
+    assert "s3cret" not in out
+    conf = fw1.etc / "keepalived" / "keepalived.conf"
+    conf.write_text(conf.read_text().replace("priority 150", "priority 250"))
+    code, out = diff_installed("fw1")
+    assert code == 1 and "drift: /etc/keepalived/keepalived.conf" in out
+    assert "+    priority 250" in out
+    assert "s3cret" not in out  # secrets are masked on both sides
+    assert diff_installed("fw2")[0] == 0
