@@ -87,6 +87,7 @@ class Node:
         self.daemons: dict[str, Proc] = {}
         self.helpers: list[Proc] = []
         self.conntrackd_enabled = True
+        self.last_conntrack = ""
 
     # ------------------------------------------------------------ execution
     def argv(self, cmd: Sequence[str]) -> list[str]:
@@ -354,6 +355,7 @@ class Node:
 
     def kernel_flows(self, port: int) -> list[str]:
         proc = self.exec(["conntrack", "-L", "-p", "tcp", "--dport", str(port)], check=False)
+        self.last_conntrack = (proc.stdout + proc.stderr)[-600:]
         return [ln for ln in proc.stdout.splitlines() if ln.startswith("tcp")]
 
     def syslog(self) -> str:

@@ -172,6 +172,7 @@ class FailoverResult:
     failback_s: float | None = None
     failback_gap_s: float | None = None
     survived_failback: bool | None = None
+    failback_committed: int | None = None
     longest_gap_s: float | None = None
     echoes: int = 0
     sent: int = 0
@@ -302,6 +303,8 @@ def failover_drill(
         res.backup_kernel_flows_after = sum(
             f"sport={sport}" in ln for ln in backup.kernel_flows(flow.port)
         )
+        if not res.backup_kernel_flows_after:
+            res.notes.append(f"backup conntrack -L lacks sport={sport}: {backup.last_conntrack}")
         res.notify_after_failover = _recent(backup.syslog(), 30.0)
         if ct_log is not None:
             res.committed_entries = _committed(ct_log, ct_offset)
@@ -318,6 +321,8 @@ def failover_drill(
         if restore:
             # The old master comes back (as after a reboot) and preempts.
             t_back = time.monotonic()
+            old_log = lab.logdir / f"{master.name}-conntrackd.log"
+            old_offset = old_log.stat().st_size if old_log.exists() else 0
             master.restore(lab.listener_for(master))
             res.failback_s = wait_for(lambda: master.vips_held() == lab.vip_set, 20.0)
             if failback and res.survived_failover:
@@ -327,6 +332,7 @@ def failover_drill(
                 window = [r for r in recv if r > t_back - 0.5]
                 gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
                 res.failback_gap_s = max(gaps) if gaps else None
+                res.failback_committed = _committed(old_log, old_offset)
                 res.survived_failback = (
                     bool([r for r in recv if r > t_switch + 1.0]) and "end" not in info
                 )
