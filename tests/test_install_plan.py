@@ -1,0 +1,240 @@
+"""`fwc install` without root: dry run, refusals, ordering, settle, inventory, secrets."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from fwc.cli import main
+from fwc.install import transport as transport_module
+from fwc.install.plan import order
+from fwc.install.secrets import SecretsError, fill, read_secrets
+from fwc.install.settle import ClusterState, check_cluster, wait_settled
+from fwc.install.transport import (
+    InventoryError,
+    NetnsTransport,
+    Result,
+    SshTransport,
+    Transport,
+    read_inventory,
+)
+from fwc.model import Cluster
+from fwc.pipeline import analyse
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+WITH_SSH = EDGE.replace(
+    "member fw1 priority 150 {", 'member fw1 priority 150 ssh "root@192.0.2.1" {').replace(
+    "member fw2 priority 100 {", 'member fw2 priority 100 ssh "root@192.0.2.2" {')
+
+
+@pytest.fixture
+def compiled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    policy = tmp_path / "edge.fw"
+    policy.write_text(WITH_SSH, encoding="utf-8")
+    assert main(["compile", str(policy), "-o", str(tmp_path / "output"), "--redact-secrets"]) \
+        == 0, capsys.readouterr().err
+    (tmp_path / "secrets").write_text("edge.vrrp_password = s3cret\n")
+    capsys.readouterr()
+    return policy
+
+
+@pytest.fixture
+def no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a command ran: {args}")
+    monkeypatch.setattr(transport_module.subprocess, "run", refuse)
+
+
+def fwc_install(policy: Path, *args: str) -> int:
+    return main(["install", "-o", str(policy.parent / "output"), *args, str(policy)])
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(compiled, capsys, no_commands):
+    assert fwc_install(compiled, "--all", "--dry-run", "--ssh", "ssh -F /dev/null",
+                       "--secrets", str(compiled.parent / "secrets")) == 0
+    out = capsys.readouterr().out
+    assert "# cluster edge: installing fw2, fw1 in this order" in out
+    fw2, fw1 = out.index("ssh -F /dev/null root@192.0.2.2"), out.index("root@192.0.2.1")
+    assert fw2 < fw1
+    for step in ("iptables-restore --test", "iptables-save >", "nohup sh -c",
+                 "iptables-restore < /etc/fwc/iptables.rules", "pkill -HUP",
+                 "touch /etc/fwc/snapshot/confirmed", "sh /etc/fwc/snapshot/rollback.sh"):
+        assert step in out, step
+    assert "s3cret" not in out  # files travel on stdin: only their size is shown
+    assert "<<< (" in out
+
+
+def test_dry_run_with_inventory_and_netns(compiled, capsys, no_commands, tmp_path):
+    inventory = tmp_path / "inventory"
+    inventory.write_text("# member target\nfw1 lab-fw1\nfw2 lab-fw2 mount=/run/x/fw2\n")
+    assert fwc_install(compiled, "--member", "fw2", "--dry-run", "--transport", "netns",
+                       "--inventory", str(inventory), "--secrets",
+                       str(compiled.parent / "secrets")) == 0
+    out = capsys.readouterr().out
+    assert "nsenter --mount=/run/x/fw2 --net=/run/netns/lab-fw2 -- sh -c" in out
+    assert "lab-fw1" not in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((), "say which nodes: --member M or --all"),
+    (("--member", "fw9"), "no member 'fw9' in the policy (members: fw1, fw2)"),
+    (("--all", "--dry-run"), "holds a redacted VRRP password: give --secrets FILE"),
+    (("--all", "--transport", "local"), "the local transport installs only this node"),
+    (("--all", "--confirm-timeout", "0"), "--confirm-timeout must be positive"),
+])
+def test_refusals_touch_nothing(compiled, capsys, no_commands, args, message):
+    assert fwc_install(compiled, *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_refuses_output_not_matching_the_policy(compiled, capsys, no_commands):
+    compiled.write_text(WITH_SSH.replace("priority 100", "priority 90"), encoding="utf-8")
+    assert fwc_install(compiled, "--all", "--dry-run") == 2
+    assert "compiled from another version of the policy" in capsys.readouterr().err
+    compiled.write_text(WITH_SSH, encoding="utf-8")
+    rules = compiled.parent / "output" / "edge" / "fw1" / "iptables.rules"
+    rules.write_text(rules.read_text() + "# edited\n")
+    assert fwc_install(compiled, "--all", "--dry-run") == 2
+    assert "does not match its MANIFEST" in capsys.readouterr().err
+    assert main(["install", "--all", "-o", str(compiled.parent / "nowhere"),
+                 str(compiled)]) == 2
+    assert "run fwc compile first" in capsys.readouterr().err
+
+
+def test_ssh_needs_a_host(tmp_path, capsys, no_commands):
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE, encoding="utf-8")
+    assert main(["compile", str(policy), "-o", str(tmp_path / "output")]) == 0
+    capsys.readouterr()
+    assert main(["install", "--all", "-o", str(tmp_path / "output"), str(policy)]) == 2
+    assert 'no ssh host for member fw1: add ssh "root@host"' in capsys.readouterr().err
+
+
+def test_ssh_transport_quotes_for_any_login_shell():
+    argv = SshTransport("fw1", "admin@fw1", "ssh -p 2222").argv("echo 'a b' && true")
+    assert argv == ["ssh", "-p", "2222", "admin@fw1", "sh -c 'echo '\"'\"'a b'\"'\"' && true'"]
+    assert NetnsTransport("fw1", "ns1").argv("true") == ["ip", "netns", "exec", "ns1", "sh",
+                                                          "-c", "true"]
+
+
+def test_inventory_errors(tmp_path):
+    path = tmp_path / "inv"
+    path.write_text("fw1\n")
+    with pytest.raises(InventoryError, match="inv:1: expected 'MEMBER TARGET"):
+        read_inventory(path)
+    path.write_text("fw1 a\nfw1 b\n")
+    with pytest.raises(InventoryError, match="member 'fw1' listed twice"):
+        read_inventory(path)
+    path.write_text("fw1 a mount\n")
+    with pytest.raises(InventoryError, match="expected key=value"):
+        read_inventory(path)
+    with pytest.raises(InventoryError, match="cannot read inventory"):
+        read_inventory(tmp_path / "missing")
+
+
+def test_secrets(tmp_path):
+    path = tmp_path / "s"
+    path.write_text("vrrp_password = general\nedge.vrrp_password = \"special\"\n")
+    secrets = read_secrets(path)
+    assert fill("edge", "keepalived.conf", 'auth_pass "@FWCPW@"', secrets) == \
+        'auth_pass "special"'
+    assert fill("core", "keepalived.conf", 'auth_pass "@FWCPW@"', secrets) == \
+        'auth_pass "general"'
+    assert fill("core", "iptables.rules", "@FWCPW@", None) == "@FWCPW@"
+    with pytest.raises(SecretsError, match="redacted VRRP password"):
+        fill("edge", "keepalived.conf", "@FWCPW@", {})
+    path.write_text("novalue\n")
+    with pytest.raises(SecretsError, match="s:1: expected KEY = VALUE"):
+        read_secrets(path)
+
+
+# -- ordering and settling ---------------------------------------------------------------
+
+@pytest.fixture
+def cluster() -> Cluster:
+    policy = analyse(REPO / "policies" / "edge.fw").policy
+    assert policy is not None
+    return policy.clusters[0]
+
+
+def test_backups_first_and_the_current_master_last(cluster):
+    fw1, fw2 = cluster.member("fw1"), cluster.member("fw2")
+    assert [m.name for m in order(cluster, [fw1, fw2], None)] == ["fw2", "fw1"]
+    # after a failover fw2 holds the VIPs: it goes last, so the VIPs move once
+    failed_over = ClusterState(True, "fw2", "")
+    assert [m.name for m in order(cluster, [fw1, fw2], failed_over)] == ["fw1", "fw2"]
+
+
+class Canned(Transport):
+    """Answers `ip -o addr show` with the given addresses; conntrackd per flag."""
+
+    def __init__(self, member: str, addresses: list[str], conntrackd: bool = True) -> None:
+        super().__init__(member, member)
+        self.addresses = addresses
+        self.conntrackd = conntrackd
+
+    def run(self, command: str, *, input: str | None = None, timeout: float = 60.0) -> Result:
+        if command.startswith("ip -o addr"):
+            lines = [f"2: eth0    {'inet6' if ':' in a else 'inet'} {a} scope global"
+                     for a in self.addresses]
+            return Result(0, "\n".join(lines), "")
+        if "conntrackd" in command:
+            return Result(0 if self.conntrackd else 1, "", "")
+        raise AssertionError(command)
+
+
+VIPS = ["192.0.2.254/24", "2001:db8:1::fe/64", "198.51.100.254/24"]
+
+
+def test_check_cluster(cluster):
+    master = Canned("fw1", ["192.0.2.1/24", *VIPS])
+    backup = Canned("fw2", ["192.0.2.2/24", "2001:db8:1::2/64"])
+    assert check_cluster(cluster, {"fw1": master, "fw2": backup}) == \
+        ClusterState(True, "fw1", "fw1 is master")
+    partial = Canned("fw1", ["192.0.2.1/24", *VIPS[:2]])
+    state = check_cluster(cluster, {"fw1": partial, "fw2": backup})
+    assert not state.settled and state.detail == "fw1 holds 2/3 VIPs"
+    split = Canned("fw2", ["198.51.100.254/24"])
+    state = check_cluster(cluster, {"fw1": master, "fw2": split})
+    assert not state.settled and "fw2 holds 1/3 VIPs" in state.detail
+    nobody = check_cluster(cluster, {"fw1": backup, "fw2": backup})
+    assert not nobody.settled and nobody.detail == "no member holds the VIPs"
+    silent = Canned("fw2", ["192.0.2.2/24"], conntrackd=False)
+    state = check_cluster(cluster, {"fw1": master, "fw2": silent})
+    assert not state.settled and state.detail == "conntrackd does not answer -s on fw2"
+
+
+def test_wait_settled_is_bounded(cluster):
+    now = [0.0]
+    calls = []
+
+    def never(c: Cluster, t: Mapping[str, Transport]) -> ClusterState:
+        calls.append(now[0])
+        return ClusterState(False, None, "no member holds the VIPs")
+
+    def tick(seconds: float) -> None:
+        now[0] += seconds
+
+    state = wait_settled(never, cluster, {}, timeout=3, interval=0.5,
+                         clock=lambda: now[0], sleep=tick)
+    assert not state.settled and now[0] == pytest.approx(3.0) and len(calls) == 7
+
+    answers = iter([False, False, True])
+
+    def eventually(c: Cluster, t: Mapping[str, Transport]) -> ClusterState:
+        settled = next(answers)
+        return ClusterState(settled, "fw1" if settled else None, "")
+
+    now[0] = 0.0
+    assert wait_settled(eventually, cluster, {}, timeout=30, interval=0.5,
+                        clock=lambda: now[0], sleep=tick).settled
+    assert now[0] == pytest.approx(1.0)
+
+
+def test_subprocess_is_what_transports_use():
+    # the no_commands fixture relies on this
+    assert transport_module.subprocess is subprocess
