@@ -1,0 +1,195 @@
+"""Large address lists become named ipsets instead of one iptables rule per CIDR.
+
+A lowered rule whose source or destination holds more than IPSET_THRESHOLD
+CIDRs is rendered by `fwc.render.iptables` as one line per CIDR (and per CIDR
+of the other side: a cross product). This pass replaces such a list by a
+`hash:net` set, one per object and family, shared by every rule that uses the
+object, and returns the sets so that `render` can write `ipsets.rules`.
+
+Names are deterministic: `fwc4-OBJECT` / `fwc6-OBJECT` when the list is exactly
+a named object's addresses in that family (the usual case), otherwise
+`fwc4.HASH` from the content (an address list written inline, or an object
+minus the firewall's own addresses). '.' cannot appear in an object name, so
+the two kinds never collide. Names fit ipset's 31 characters, and stay under
+27 so that the loader's temporary `NAME.new` fits too.
+
+Loading order (docs/contracts.md): `ipset restore < ipsets.rules` before
+`iptables-restore`, because a rule naming a missing set is refused. Each set
+is filled in a temporary set and swapped in, so a reload never leaves a rule
+looking at a half-filled set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from fwc import protocols as proto
+from fwc.evaluate import TERMINAL
+from fwc.lower.ruleset import AddressMatch, Chain, NodeRuleset, Rule, Table
+from fwc.model import Endpoint
+
+SET_NAME_MAX = 27  # ipset allows 31; ".new" is appended while loading
+SWAP_SUFFIX = ".new"
+HASHSIZE = 1024
+MAXELEM_MIN = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class IpSet:
+    name: str
+    family: int
+    cidrs: tuple[str, ...]
+
+
+def _hash(text: str, length: int = 10) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _object_set_name(obj: str, family: int) -> str:
+    name = f"fwc{family}-{obj}"
+    if len(name) <= SET_NAME_MAX:
+        return name
+    return f"fwc{family}-{obj[:SET_NAME_MAX - 12]}-{_hash(obj, 6)}"
+
+
+def _content_set_name(cidrs: tuple[str, ...], family: int) -> str:
+    return f"fwc{family}.{_hash(' '.join(cidrs), 12)}"
+
+
+def _object_of(endpoint: Endpoint, cidrs: tuple[str, ...], family: int) -> str | None:
+    """The one named object this list is exactly, if there is one."""
+    positives = [i for i in endpoint.items if not i.negated]
+    negatives = [i for i in endpoint.items if i.negated]
+    candidates = positives if len(positives) == 1 else negatives if len(negatives) == 1 \
+        else []
+    for item in candidates:
+        if item.object_name and tuple(item.addresses.cidrs(family)) == cidrs:
+            return item.object_name
+    return None
+
+
+class _Namer:
+    def __init__(self, family: int, threshold: int) -> None:
+        self.family = family
+        self.threshold = threshold
+        self.sets: dict[str, IpSet] = {}
+
+    def name_for(self, cidrs: tuple[str, ...], endpoints: Iterable[Endpoint]) -> str:
+        name = None
+        for endpoint in endpoints:
+            obj = _object_of(endpoint, cidrs, self.family)
+            if obj is not None:
+                name = _object_set_name(obj, self.family)
+                break
+        if name is None or (name in self.sets and self.sets[name].cidrs != cidrs):
+            name = _content_set_name(cidrs, self.family)
+        self.sets.setdefault(name, IpSet(name, self.family, cidrs))
+        return name
+
+    def address(self, match: AddressMatch, endpoints: Iterable[Endpoint]) -> AddressMatch:
+        if match.set_name is not None or len(match.cidrs) <= self.threshold:
+            return match
+        return AddressMatch((), self.name_for(match.cidrs, endpoints), match.negated)
+
+
+def _mergeable(a: Rule, b: Rule) -> str | None:
+    """'source'/'destination' when b differs from a only by that side's CIDRs."""
+    if a.target != b.target or a.target_options != b.target_options or a.origin != b.origin:
+        return None
+    if a.target not in TERMINAL and a.target != "RETURN":
+        return None  # a LOG or a jump must keep firing once per line it had
+    ma, mb = a.match, b.match
+    for side, other in (("source", "destination"), ("destination", "source")):
+        sa, sb = getattr(ma, side), getattr(mb, side)
+        if sa.set_name or sb.set_name or sa.negated or sb.negated or not sa.cidrs \
+                or not sb.cidrs:
+            continue
+        if replace(ma, **{side: sb}) == mb and getattr(ma, other) == getattr(mb, other):
+            return side
+    return None
+
+
+def _merge_runs(rules: tuple[Rule, ...], threshold: int) -> tuple[Rule, ...]:
+    """Consecutive rules differing only in one side's CIDRs (the RETURN lines of an
+    exclusion, one per CIDR) become one rule with the CIDR list, when the run is long
+    enough for a set. First match is kept: the lines of a run share their verdict."""
+    out: list[Rule] = []
+    i = 0
+    while i < len(rules):
+        j = i + 1
+        side = None
+        while j < len(rules):
+            got = _mergeable(rules[i], rules[j])
+            if got is None or (side is not None and got != side):
+                break
+            side = got
+            j += 1
+        run = rules[i:j]
+        cidr_count = sum(len(getattr(r.match, side).cidrs) for r in run) if side else 0
+        if side is not None and cidr_count > threshold:
+            cidrs: list[str] = []
+            for r in run:
+                cidrs.extend(getattr(r.match, side).cidrs)
+            merged = replace(run[0].match, **{side: AddressMatch(tuple(dict.fromkeys(cidrs)))})
+            out.append(replace(run[0], match=merged))
+        else:
+            out.extend(run)
+        i = j
+    return tuple(out)
+
+
+def _endpoints_for(rule: Rule, side: str) -> list[Endpoint]:
+    policy_rule = rule.origin.rule
+    if policy_rule is None:
+        return []
+    return [policy_rule.source if side == "source" else policy_rule.destination]
+
+
+def use_ipsets(ruleset: NodeRuleset, threshold: int = proto.IPSET_THRESHOLD) \
+        -> tuple[NodeRuleset, tuple[IpSet, ...]]:
+    """The ruleset with every address list longer than `threshold` in a set, and the sets."""
+    namer = _Namer(ruleset.family, threshold)
+    tables: list[Table] = []
+    for table in ruleset.tables:
+        chains: list[Chain] = []
+        for chain in table.chains:
+            rules = _merge_runs(chain.rules, threshold)
+            new_rules = []
+            for rule in rules:
+                m = rule.match
+                source = namer.address(m.source, _endpoints_for(rule, "source"))
+                destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
+                if source is not m.source or destination is not m.destination:
+                    rule = replace(rule, match=replace(m, source=source,
+                                                       destination=destination))
+                new_rules.append(rule)
+            chains.append(replace(chain, rules=tuple(new_rules)))
+        tables.append(replace(table, chains=tuple(chains)))
+    sets = tuple(sorted(namer.sets.values(), key=lambda s: s.name))
+    return replace(ruleset, tables=tuple(tables)), sets
+
+
+def set_contents(sets: Iterable[IpSet]) -> dict[str, tuple[str, ...]]:
+    return {s.name: s.cidrs for s in sets}
+
+
+def render(sets: Iterable[IpSet], cluster: str, member: str) -> str:
+    """`ipset restore` text: each set filled aside and swapped in, so reloads are atomic."""
+    out = [f"# ipset restore file for member {member} of cluster {cluster}. Generated by fwc: "
+           "edit the policy, not this file.",
+           "# Load it before iptables.rules/ip6tables.rules: ipset restore < ipsets.rules"]
+    for s in sorted(sets, key=lambda s: s.name):
+        family = "inet" if s.family == 4 else "inet6"
+        maxelem = max(MAXELEM_MIN, len(s.cidrs))
+        spec = f"hash:net family {family} hashsize {HASHSIZE} maxelem {maxelem}"
+        temporary = s.name + SWAP_SUFFIX
+        out.append(f"create {s.name} {spec} -exist")
+        out.append(f"create {temporary} {spec} -exist")
+        out.append(f"flush {temporary}")
+        out.extend(f"add {temporary} {cidr}" for cidr in s.cidrs)
+        out.append(f"swap {temporary} {s.name}")
+        out.append(f"destroy {temporary}")
+    return "\n".join(out) + "\n"
+
