@@ -1,0 +1,82 @@
+"""`fwc install` into the lab's running cluster: real keepalived and conntrackd.
+
+The lab (fwc.lab) brings edge up in namespaces with private mount namespaces;
+install reaches each member through them (`mount=` in the inventory), checks
+the real cluster state (one master holding every VIP, conntrackd answering)
+before and between nodes, and reloads keepalived where its config changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fwc.cli import main
+from fwc.lab.adapter import load_policy_cluster
+from fwc.lab.netns import teardown
+from fwc.lab.runner import Lab, LabReport
+from fwc.lab.topology import plan
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+
+
+def test_install_into_the_running_lab(tmp_path, capsys):
+    first = tmp_path / "v1" / "edge.fw"
+    first.parent.mkdir()
+    first.write_text(EDGE, encoding="utf-8")
+    assert main(["compile", str(first), "-o", str(tmp_path / "v1" / "output")]) == 0
+    cluster, compiled = load_policy_cluster(first, tmp_path / "v1" / "output", tmp_path)
+
+    second = tmp_path / "v2" / "edge.fw"
+    second.parent.mkdir()
+    second.write_text(EDGE.replace(
+        "    reject from any      to any      service ident",
+        "    accept from server   to monitor  service ssh\n"
+        "    reject from any      to any      service ident").replace(
+        "member fw2 priority 100", "member fw2 priority 90"), encoding="utf-8")
+    assert main(["compile", str(second), "-o", str(tmp_path / "v2" / "output"),
+                 "--redact-secrets"]) == 0
+    (tmp_path / "secrets").write_text("vrrp_password = s3cret\n")
+    capsys.readouterr()
+
+    prefix = f"fwcin{os.getpid() % 100000}"
+    lab = Lab(plan(cluster, prefix), compiled, tmp_path / "logs", None, lambda _: None)
+    lab.report = LabReport(cluster.name, prefix, str(tmp_path / "logs"))
+    try:
+        lab.build()
+        lab.start_members()
+        master, _ = lab.wait_master()
+        assert master.name == "fw1"
+        inventory = tmp_path / "inventory"
+        inventory.write_text("".join(
+            f"{node.name} {node.ns} mount={node.mntfile}\n" for node in lab.nodes))
+        code = main(["install", "--all", "--confirm", "--transport", "netns",
+                     "--inventory", str(inventory), "-o", str(tmp_path / "v2" / "output"),
+                     "--secrets", str(tmp_path / "secrets"), str(second)])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "installing fw2, fw1 in this order" in out
+        assert "not settled" not in out
+        # real cluster state, checked after each node
+        assert len(re.findall(r"cluster settled: fw1 is master", out)) == 2
+        # keepalived.conf changed on fw2 only (its priority): reloaded there only
+        assert "fw2: reloading keepalived" in out
+        assert "fw1: reloading keepalived" not in out
+        fw1 = lab.node("fw1")
+        rules = fw1.exec(["iptables-save"]).stdout
+        assert "-s 198.51.100.10/32 -d 192.0.2.20/32" in rules
+        assert "priority 90" in lab.node("fw2").exec(
+            ["cat", "/etc/keepalived/keepalived.conf"]).stdout
+        assert lab.current_master().name == "fw1"
+        for node in lab.nodes:
+            assert main(["diff", "--installed", node.name, "--transport", "netns",
+                         "--inventory", str(inventory), str(second)]) == 0
+        capsys.readouterr()
+    finally:
+        teardown(prefix)
