@@ -237,7 +237,10 @@ def failover_drill(
 ) -> FailoverResult:
     flow = lab.flow
     master, _ = lab.wait_master()  # settled, and the expected node
-    backup = next(n for n in lab.nodes if n is not master)
+    # With more than two members the next master is the highest remaining priority.
+    prio = {m.name: m.priority for m in lab.plan.cluster.members}
+    others = sorted((n for n in lab.nodes if n is not master), key=lambda n: -prio[n.name])
+    backup = others[0]
     res = FailoverResult(
         label,
         mode,
@@ -294,7 +297,17 @@ def failover_drill(
             f"cache: {res.external_flows_before}); failing {master.name} hard"
         )
         t_fail = master.crash()
-        res.takeover_s = wait_for(lambda: backup.vips_held() == lab.vip_set, 20.0)
+        new_master: list[Node] = []
+
+        def taken_over() -> bool:
+            new_master[:] = [n for n in others if n.vips_held() == lab.vip_set]
+            return bool(new_master)
+
+        res.takeover_s = wait_for(taken_over, 20.0)
+        if new_master and new_master[0] is not backup:
+            res.notes.append(f"{new_master[0].name} took over, not {backup.name}")
+            backup = new_master[0]
+            res.backup = backup.name
         window = survive_window if expect == "survive" else 10.0
         wait_for(lambda: bool(stream.echoes_after(t_fail)), window + (res.takeover_s or 0), 0.1)
         recv, info = stream.parse()
