@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fwc.lab.netns import LabError
 from fwc.lab.topology import (
@@ -21,8 +22,12 @@ from fwc.lab.topology import (
     LabSnat,
 )
 
+if TYPE_CHECKING:
+    from fwc.addresses import AddressSet
+    from fwc.model import AddressObject, Cluster, Endpoint, Policy
 
-def _items(obj) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+
+def _items(obj: AddressObject | _Literal) -> tuple[str, ...]:
     """An AddressObject as lab items: CIDRs for networks, addresses or a-b ranges otherwise."""
     out: list[str] = []
     for family in (4, 6):
@@ -38,7 +43,7 @@ def _items(obj) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     return tuple(out)
 
 
-def _endpoint_names(endpoint, literals: dict[str, LabObject]) -> list[str]:  # type: ignore[no-untyped-def]
+def _endpoint_names(endpoint: Endpoint, literals: dict[str, LabObject]) -> list[str]:
     names: list[str] = []
     for item in endpoint.items:
         if item.negated:
@@ -59,11 +64,11 @@ class _Literal:
 
     kind = "literal"
 
-    def __init__(self, addresses) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, addresses: AddressSet) -> None:
         self.addresses = addresses
 
 
-def cluster_from_model(policy, cluster) -> LabCluster:  # type: ignore[no-untyped-def]
+def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
     """Build the LabCluster for one cluster of a resolved fwc.model.Policy."""
     members = tuple(
         LabMember(
@@ -111,7 +116,7 @@ def cluster_from_model(policy, cluster) -> LabCluster:  # type: ignore[no-untype
     )
 
 
-def _first(addresses) -> ipaddress.IPv4Address | ipaddress.IPv6Address:  # type: ignore[no-untyped-def]
+def _first(addresses: AddressSet) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     for family in (4, 6):
         for lo, _hi in addresses.family(family):
             return ipaddress.IPv4Address(lo) if family == 4 else ipaddress.IPv6Address(lo)

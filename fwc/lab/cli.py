@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fwc.lab.netns import LabError, lab_namespaces, leftover_labs, require_root, teardown
+from fwc.lab.topology import LabCluster
 
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +114,7 @@ def run_lab(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _load(args: argparse.Namespace, tmp: Path):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace, tmp: Path) -> tuple[LabCluster, Path]:
     """(LabCluster, DIR/<cluster>) from a .json spec or a policy file."""
     from fwc.lab.spec import load_spec
 

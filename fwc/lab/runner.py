@@ -114,6 +114,9 @@ class Lab:
         self.nodes: list[Node] = []
         self.flow = self._pick_flow()
         self.listen: dict[str, tuple[set[int], set[int]]] = {}
+        # Callers that drive the lab step by step (tests, fwc install) get a
+        # report to collect warnings in without building one themselves.
+        self.report = LabReport(plan_.cluster.name, plan_.prefix, str(logdir))
         self.host_procs: dict[str, Any] = {}
 
     # ------------------------------------------------------------ helpers
@@ -326,8 +329,6 @@ class Lab:
         for node in self.nodes:
             node.start_keepalived()
         self.advert_label = f"{advert * 1000:g}ms" if advert < 1 else f"{advert:g}s"
-
-    report: LabReport
 
 
 @contextmanager
