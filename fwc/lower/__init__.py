@@ -1,6 +1,13 @@
 """Lowering: the policy model -> one structured ruleset per member and address family."""
 
-from fwc.lower.build import MARK_ACCEPT_CHAIN, LowerOptions, log_prefix, lower, source_label
+from fwc.lower.build import (
+    MARK_ACCEPT_CHAIN,
+    LowerOptions,
+    log_prefix,
+    lower,
+    options_for,
+    source_label,
+)
 from fwc.lower.ruleset import (
     ANY,
     AddressMatch,
@@ -15,5 +22,5 @@ from fwc.lower.ruleset import (
 
 __all__ = [
     "ANY", "MARK_ACCEPT_CHAIN", "AddressMatch", "Chain", "LowerOptions", "Match", "NodeRuleset",
-    "Origin", "RateLimit", "Rule", "Table", "log_prefix", "lower", "source_label",
+    "Origin", "RateLimit", "Rule", "Table", "log_prefix", "lower", "options_for", "source_label",
 ]

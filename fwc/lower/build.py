@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from fwc import protocols as proto
 from fwc.addresses import AddressSet
@@ -25,10 +26,11 @@ from fwc.lower.ruleset import (
     Rule,
     Table,
 )
-from fwc.model import Cluster, Endpoint, Member, PortRange, ServiceMatch
+from fwc.model import Cluster, Endpoint, IPAddress, Member, Policy, PortRange, ServiceMatch
 from fwc.model import Rule as PolicyRule
 
 MARK_ACCEPT_CHAIN = "fwc-accept"
+_EMPTY = AddressSet()
 FILTER_POLICIES = (("INPUT", "DROP"), ("FORWARD", "DROP"), ("OUTPUT", "ACCEPT"))
 NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 RAW_CHAINS = ("PREROUTING", "OUTPUT")
@@ -44,10 +46,19 @@ class LowerOptions:
     source_root: str = "."
 
 
+@lru_cache(maxsize=256)
+def _relative(file: str, source_root: str) -> str:
+    return os.path.relpath(os.path.abspath(file), os.path.abspath(source_root))
+
+
+def options_for(policy: Policy) -> LowerOptions:
+    """Comments name files relative to the root policy's directory."""
+    return LowerOptions(os.path.dirname(policy.root) or ".")
+
+
 def source_label(file: str, line: int, source_root: str) -> str:
     """`edge.fw:42`, relative to the root policy's directory so output is cwd-independent."""
-    path = os.path.relpath(os.path.abspath(file), os.path.abspath(source_root))
-    return f"{path}:{line}"
+    return f"{_relative(file, source_root)}:{line}"
 
 
 def log_prefix(rule: PolicyRule) -> tuple[str, bool]:
@@ -88,22 +99,28 @@ def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
     VIP, a node address, `firewall`); a network that merely contains them does
     not: `any` and `lan` stay forwarded traffic, as the language defines.
     """
-    other = AddressSet()
-    named_fw = fw if endpoint.firewall else AddressSet()
-    excluded = fw if endpoint.excludes_firewall else AddressSet()
+    other = named_fw = excluded = _EMPTY
+    if endpoint.firewall:
+        named_fw = fw
+    if endpoint.excludes_firewall:
+        excluded = fw
     for item in endpoint.items:
-        addresses = item.addresses.only(family)
-        if not addresses:
+        if not item.addresses.family(family):
             continue
+        addresses = item.addresses
+        if addresses.family(6 if family == 4 else 4):
+            addresses = addresses.only(family)
         if item.negated:
-            excluded = excluded | addresses
+            excluded = excluded | addresses if excluded else addresses
         elif fw.covers(addresses):
-            named_fw = named_fw | addresses
+            named_fw = named_fw | addresses if named_fw else addresses
         else:
-            other = other | addresses
+            other = other | addresses if other else addresses
+    if excluded and named_fw:
+        named_fw = named_fw - excluded
     # Negated items are not subtracted from `other`: `lan, !host` as CIDRs can take
     # dozens of lines (up to 128 in IPv6); a RETURN chain takes one per exclusion.
-    return Side(endpoint.is_any, other, named_fw - excluded, excluded)
+    return Side(endpoint.is_any, other, named_fw, excluded)
 
 
 def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
@@ -133,7 +150,33 @@ def _bounded(side: Side, addresses: AddressSet, family: int) \
     return addresses_match(addresses, family), side.excluded & addresses
 
 
-def filter_parts(rule: PolicyRule, fw: AddressSet, family: int) -> list[Part]:
+def may_apply(endpoint: Endpoint, family: int) -> bool:
+    """Cheap test first: a side that names only addresses of the other family matches nothing."""
+    return endpoint.is_any or endpoint.firewall or bool(endpoint.addresses.family(family))
+
+
+def firewall_match(addresses: AddressSet, family: int, order: tuple[IPAddress, ...]) \
+        -> AddressMatch:
+    """Firewall addresses one by one, in a member-independent order (own, then VIPs).
+
+    Aggregating them would merge a VIP with a neighbouring node address into one
+    CIDR on one member but not on the other: the files would differ in shape.
+    """
+    if not order:
+        return addresses_match(addresses, family)
+    return AddressMatch(tuple(str(a) for a in order if addresses.contains_address(a)))
+
+
+def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAddress, ...]:
+    own = [a.ip for link in member.links for a in link.addresses if a.version == family]
+    vips = [v.ip for iface in cluster.interfaces for v in iface.vips if v.version == family]
+    return tuple(dict.fromkeys(own + vips))
+
+
+def filter_parts(rule: PolicyRule, fw: AddressSet, family: int,
+                 order: tuple[IPAddress, ...] = ()) -> list[Part]:
+    if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
+        return []
     src = side_of(rule.source, fw, family)
     dst = side_of(rule.destination, fw, family)
     parts: list[Part] = []
@@ -141,13 +184,13 @@ def filter_parts(rule: PolicyRule, fw: AddressSet, family: int) -> list[Part]:
     if dst.firewall and rule.out_interface is None:
         got = _bounded(src, src.named, family)
         if got is not None:
-            parts.append(Part("INPUT", got[0], addresses_match(dst.firewall, family), got[1],
+            parts.append(Part("INPUT", got[0], firewall_match(dst.firewall, family, order), got[1],
                               AddressSet()))
     # OUTPUT: from the firewall; a packet the node sends has no input device.
     if src.firewall and rule.in_interface is None:
         got = _bounded(dst, dst.named, family)
         if got is not None:
-            parts.append(Part("OUTPUT", addresses_match(src.firewall, family), got[0],
+            parts.append(Part("OUTPUT", firewall_match(src.firewall, family, order), got[0],
                               AddressSet(), got[1]))
     # FORWARD: through the firewall.
     s = _bounded(src, src.other, family)
@@ -158,6 +201,8 @@ def filter_parts(rule: PolicyRule, fw: AddressSet, family: int) -> list[Part]:
 
 
 def nat_part(rule: PolicyRule, fw: AddressSet, family: int, chain: str) -> Part | None:
+    if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
+        return None
     src = side_of(rule.source, fw, family)
     dst = side_of(rule.destination, fw, family)
     s = _bounded(src, src.named, family)
@@ -210,6 +255,7 @@ class _Lowering:
         self.family = family
         self.options = options
         self.fw = cluster.firewall_addresses(member).only(family)
+        self.fw_order = firewall_order(cluster, member, family)
         self.tables = _Tables()
         self.mark = mark_value(cluster.sync.mark_bit)
         self.log_limit = RateLimit(proto.LOG_RATE, proto.LOG_BURST)
@@ -299,7 +345,7 @@ class _Lowering:
         if services is None:
             return
         origin = self.origin(rule, "policy")
-        parts = filter_parts(rule, self.fw, self.family)
+        parts = filter_parts(rule, self.fw, self.family, self.fw_order)
         if rule.action == "accept":
             self.helpers(rule, origin, {p.chain for p in parts})
         for part in parts:
@@ -472,7 +518,23 @@ class _Lowering:
         return NodeRuleset(self.cluster.name, self.member.name, self.family, tuple(tables))
 
 
+# Checks (parity) and the compiler lower the same clusters: remember the last few
+# results. Keyed by identity (hashing a 20,000-rule cluster costs more than lowering
+# it); the cluster itself is kept in the entry so that its id cannot be reused.
+_RECENT: dict[tuple[int, str, int, LowerOptions], tuple[Cluster, NodeRuleset]] = {}
+_RECENT_MAX = 16
+
+
 def lower(cluster: Cluster, member: Member, family: int,
           options: LowerOptions | None = None) -> NodeRuleset:
     """The member's ruleset for one address family. Pure: same input, same output."""
-    return _Lowering(cluster, member, family, options or LowerOptions()).build()
+    options = options or LowerOptions()
+    key = (id(cluster), member.name, family, options)
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0] is cluster:
+        return hit[1]
+    result = _Lowering(cluster, member, family, options).build()
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.pop(next(iter(_RECENT)))
+    _RECENT[key] = (cluster, result)
+    return result
