@@ -398,3 +398,123 @@ def test_lab_edge_reports_100ms_gap_side_by_side(edge_lab: LabReport) -> None:
         fast = rows[mode]["100ms"]
         assert fast["survived"] and fast["failover_gap_s"] < 1.0, fast
         assert fast["takeover_s"] < rows[mode]["1s"]["takeover_s"]
+
+
+@pytest.mark.root
+def test_probe_kinds_between_two_namespaces(tmp_path: Path) -> None:
+    """TCP, UDP and ICMP probes, IPv4 and IPv6, allowed and dropped, on a bare veth pair."""
+    _root_or_skip()
+    prefix = f"fwc{os.getpid()}p"
+    state = LabState(prefix)
+    probe_py = REPO / "fwc" / "lab" / "probe.py"
+    a, b = state.ns("a"), state.ns("b")
+
+    def probe(proto: str, src: str, dst: str, port: int = 0) -> dict[str, object]:
+        out = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                a,
+                sys.executable,
+                str(probe_py),
+                "probe",
+                "--src",
+                src,
+                "--dst",
+                dst,
+                "--proto",
+                proto,
+                "--port",
+                str(port),
+                "--timeout",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return json.loads(out.stdout)
+
+    try:
+        state.create()
+        state.add_netns(a)
+        state.add_netns(b)
+        subprocess.run(
+            [
+                "ip",
+                "-n",
+                a,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                b,
+            ],
+            check=True,
+        )
+        for ns, v4, v6 in (
+            (a, "198.18.7.1/24", "2001:db8:7::1/64"),
+            (b, "198.18.7.2/24", "2001:db8:7::2/64"),
+        ):
+            subprocess.run(["ip", "-n", ns, "addr", "add", v4, "dev", "eth0"], check=True)
+            subprocess.run(["ip", "-n", ns, "addr", "add", v6, "dev", "eth0", "nodad"], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        state.spawn(
+            "server",
+            [
+                "ip",
+                "netns",
+                "exec",
+                b,
+                sys.executable,
+                str(probe_py),
+                "serve",
+                "--tcp",
+                "5001",
+                "--udp",
+                "5353",
+                "--lifetime",
+                "60",
+            ],
+            tmp_path / "serve.log",
+        )
+        time.sleep(0.5)
+        for src, dst in (("198.18.7.1", "198.18.7.2"), ("2001:db8:7::1", "2001:db8:7::2")):
+            assert probe("tcp", src, dst, 5001)["passed"]
+            assert probe("udp", src, dst, 5353)["passed"]
+            assert probe("icmp", src, dst)["passed"]
+            assert probe("tcp", src, dst, 5002)["how"] == "refused (reset)"
+        subprocess.run(
+            ["ip", "netns", "exec", b, "iptables", "-A", "INPUT", "-j", "DROP"], check=True
+        )
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                b,
+                "ip6tables",
+                "-A",
+                "INPUT",
+                "-p",
+                "ipv6-icmp",
+                "--icmpv6-type",
+                "echo-request",
+                "-j",
+                "DROP",
+            ],
+            check=True,
+        )
+        assert probe("tcp", "198.18.7.1", "198.18.7.2", 5001)["how"] == "timeout (dropped)"
+        assert not probe("udp", "198.18.7.1", "198.18.7.2", 5353)["passed"]
+        assert not probe("icmp", "198.18.7.1", "198.18.7.2")["passed"]
+        assert not probe("icmp", "2001:db8:7::1", "2001:db8:7::2")["passed"]
+    finally:
+        teardown(prefix)
+    assert lab_namespaces(prefix) == []
