@@ -88,6 +88,18 @@ def test_icmp_types(tmp_path):
     assert hits == {line_of(text, "drop from client to server service icmp/echo-request")}
 
 
+def test_vip_destinations_are_firewall_traffic(tmp_path):
+    # `any` is not the firewall: a rule to a VIP is INPUT, which `to any` never covers,
+    # while `to firewall` covers every VIP.
+    text = add_rules("accept from client to any service tcp/8080",
+                     "drop from client to lan.vip service tcp/8080",
+                     "accept from client to firewall service tcp/8081",
+                     "drop from client to uplink.vip service tcp/8081")
+    analysis = run(tmp_path, text)
+    hits = {d.span.line for d in with_code(analysis, "FWC401")}
+    assert hits == {line_of(text, "drop from client to uplink.vip service tcp/8081")}
+
+
 def test_negation_in_the_earlier_rule(tmp_path):
     text = add_rules("accept from lan, !client to any service tcp/25",
                      "drop from client to server service tcp/25",

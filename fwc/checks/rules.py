@@ -31,18 +31,13 @@ NAT_HOOKS = {"dnat": frozenset({"pre"}), "snat": frozenset({"post"}),
              "masquerade": frozenset({"post"}), "nonat": frozenset({"pre", "post"})}
 FILTER_HOOKS = frozenset({"filter"})
 
-# A side of a part: an address set (one family), or None for the firewall itself.
-Addresses = AddressSet | None
 
 
 Key = tuple[int, int]  # a CIDR hull as (prefix length, network as an integer)
-FIREWALL_KEY: Key = (0, 0)
 
 
-def hull_key(addresses: Addresses, family: int) -> Key:
-    """The smallest CIDR block holding the addresses; the firewall side keys as /0."""
-    if addresses is None:
-        return FIREWALL_KEY
+def hull_key(addresses: AddressSet, family: int) -> Key:
+    """The smallest CIDR block holding the addresses (in one family)."""
     intervals = addresses.family(family)
     low, high = intervals[0][0], intervals[-1][1]
     bits = FAMILY_BITS[family]
@@ -55,13 +50,13 @@ def hull_key(addresses: Addresses, family: int) -> Key:
 class Part:
     kind: str  # FORWARD, INPUT, OUTPUT or LOCAL
     family: int
-    source: Addresses
-    destination: Addresses
+    source: AddressSet  # one family; firewall addresses for INPUT/OUTPUT/LOCAL sides
+    destination: AddressSet
     source_key: Key
     destination_key: Key
 
 
-def _part(kind: str, family: int, source: Addresses, destination: Addresses) -> Part:
+def _part(kind: str, family: int, source: AddressSet, destination: AddressSet) -> Part:
     return Part(kind, family, source, destination, hull_key(source, family),
                 hull_key(destination, family))
 
@@ -78,8 +73,6 @@ class Flow:
     in_interface: str | None
     out_interface: str | None
     only: str | None
-    source_fw_excluded: AddressSet
-    destination_fw_excluded: AddressSet
     outcome: tuple[object, ...]  # action plus NAT target: equal outcome means redundant
     rule: Rule | None = field(default=None, compare=False)
 
@@ -94,28 +87,45 @@ def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
     return frozenset(out)
 
 
-def _net(endpoint: Endpoint) -> AddressSet:
-    """The non-firewall addresses an endpoint matches (`any` excludes the firewall)."""
-    base = AddressSet.everything() if endpoint.is_any else endpoint.addresses
-    return base - endpoint.excluded
+def sides(endpoint: Endpoint, firewall: AddressSet) -> tuple[AddressSet, AddressSet]:
+    """(forwarded addresses, firewall addresses) an endpoint matches.
+
+    As in the lowering: `firewall` is every firewall address, an item whose
+    addresses are all firewall addresses (a VIP, a member address) names the
+    firewall too, and `any` never includes the firewall. Negated items are
+    subtracted from both.
+    """
+    net = AddressSet()
+    local = AddressSet()
+    positives = [i for i in endpoint.items if not i.negated]
+    for item in positives:
+        if item.kind == "any":
+            net = AddressSet.everything()
+        elif item.kind == "firewall":
+            local = local | firewall
+        elif item.addresses and firewall.covers(item.addresses):
+            local = local | item.addresses
+        else:
+            net = net | item.addresses
+    if not positives:
+        net = AddressSet.everything()
+    if endpoint.excludes_firewall:
+        local = AddressSet()
+    return net - endpoint.excluded, local - endpoint.excluded
 
 
-def _parts(source_net: AddressSet, source_fw: bool, destination_net: AddressSet,
-           destination_fw: bool, families: frozenset[int]) -> tuple[Part, ...]:
+def _parts(source: tuple[AddressSet, AddressSet], destination: tuple[AddressSet, AddressSet],
+           families: frozenset[int]) -> tuple[Part, ...]:
     out: list[Part] = []
     for family in FAMILIES:
         if family not in families:
             continue
-        src = source_net.only(family)
-        dst = destination_net.only(family)
-        if src and dst:
-            out.append(_part(FORWARD, family, src, dst))
-        if src and destination_fw:
-            out.append(_part(INPUT, family, src, None))
-        if source_fw and dst:
-            out.append(_part(OUTPUT, family, None, dst))
-        if source_fw and destination_fw:
-            out.append(_part(LOCAL, family, None, None))
+        src_net, src_fw = source[0].only(family), source[1].only(family)
+        dst_net, dst_fw = destination[0].only(family), destination[1].only(family)
+        for kind, src, dst in ((FORWARD, src_net, dst_net), (INPUT, src_net, dst_fw),
+                               (OUTPUT, src_fw, dst_net), (LOCAL, src_fw, dst_fw)):
+            if src and dst:
+                out.append(_part(kind, family, src, dst))
     return tuple(out)
 
 
@@ -125,13 +135,12 @@ def _target_outcome(target: NatTarget | None) -> tuple[object, ...]:
     return (target.addresses, target.port)
 
 
-def flow_of(rule: Rule, hooks: frozenset[str]) -> Flow:
-    families = _live_families(rule.services)
-    parts = _parts(_net(rule.source), rule.source.firewall,
-                   _net(rule.destination), rule.destination.firewall, families)
+def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet) -> Flow:
+    parts = _parts(sides(rule.source, firewall), sides(rule.destination, firewall),
+                   _live_families(rule.services))
     return Flow(rule.index, rule.action, hooks, parts, rule.services, rule.in_interface,
-                rule.out_interface, rule.only, rule.source.excluded, rule.destination.excluded,
-                (rule.action, *_target_outcome(rule.target)), rule)
+                rule.out_interface, rule.only, (rule.action, *_target_outcome(rule.target)),
+                rule)
 
 
 # -- coverage -----------------------------------------------------------------------------
@@ -170,16 +179,6 @@ def _services_cover(outer: tuple[ServiceMatch, ...], inner: tuple[ServiceMatch, 
     return all(_match_covered(m, outer) for m in _in_family(inner, family))
 
 
-def _side_covers(outer: Addresses, inner: Addresses, outer_fw_excluded: AddressSet,
-                 inner_fw_excluded: AddressSet, firewall: AddressSet) -> bool:
-    if outer is None or inner is None:
-        # The firewall side: equal unless the outer list cuts firewall addresses out
-        # that the inner one keeps.
-        return outer is None and inner is None and \
-            inner_fw_excluded.covers(outer_fw_excluded & firewall)
-    return outer.covers(inner)
-
-
 def _scope_covers(outer: Flow, inner: Flow) -> bool:
     return (outer.hooks >= inner.hooks
             and outer.only in (None, inner.only)
@@ -187,17 +186,15 @@ def _scope_covers(outer: Flow, inner: Flow) -> bool:
             and outer.out_interface in (None, inner.out_interface))
 
 
-def covers(outer: Flow, inner: Flow, firewall: AddressSet) -> bool:
+def covers(outer: Flow, inner: Flow) -> bool:
     """True when every packet `inner` matches is matched by `outer` (one rule, not a union)."""
     if not _scope_covers(outer, inner):
         return False
     for part in inner.parts:
         if not any(
             o.kind == part.kind and o.family == part.family
-            and _side_covers(o.source, part.source, outer.source_fw_excluded,
-                             inner.source_fw_excluded, firewall)
-            and _side_covers(o.destination, part.destination, outer.destination_fw_excluded,
-                             inner.destination_fw_excluded, firewall)
+            and o.source.covers(part.source)
+            and o.destination.covers(part.destination)
             and _services_cover(outer.services, inner.services, part.family)
             for o in outer.parts
         ):
@@ -227,12 +224,6 @@ def _services_overlap(a: tuple[ServiceMatch, ...], b: tuple[ServiceMatch, ...],
     return False
 
 
-def _side_overlaps(a: Addresses, b: Addresses) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.overlaps(b)
-
-
 def overlaps(a: Flow, b: Flow) -> bool:
     """True when some packet is matched by both (scope, parts and services)."""
     if not a.hooks & b.hooks:
@@ -243,8 +234,8 @@ def overlaps(a: Flow, b: Flow) -> bool:
             return False
     return any(
         p.kind == q.kind and p.family == q.family
-        and _side_overlaps(p.source, q.source)
-        and _side_overlaps(p.destination, q.destination)
+        and p.source.overlaps(q.source)
+        and p.destination.overlaps(q.destination)
         and _services_overlap(a.services, b.services, p.family)
         for p in a.parts for q in b.parts)
 
@@ -351,31 +342,31 @@ def _firewall(cluster: Cluster) -> AddressSet:
     return cluster.all_member_addresses | cluster.vips
 
 
-def shadowing(flows: list[Flow], firewall: AddressSet) -> Iterator[tuple[Flow, Flow]]:
+def shadowing(flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
     """(shadowed, earlier covering) pairs; each flow is tested against few candidates."""
     index = CoverIndex()
     for flow in flows:
         if flow.parts:
             for earlier in index.candidates(flow):
-                if covers(earlier, flow, firewall):
+                if covers(earlier, flow):
                     yield flow, earlier
                     break
         index.add(flow)
 
 
-def _filter_flows(cluster: Cluster) -> list[Flow]:
-    return [flow_of(r, FILTER_HOOKS) for r in cluster.rules]
+def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
+    return [flow_of(r, FILTER_HOOKS, firewall) for r in cluster.rules]
 
 
-def _nat_flows(cluster: Cluster) -> list[Flow]:
-    return [flow_of(r, NAT_HOOKS.get(r.action, frozenset())) for r in cluster.nat]
+def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
+    return [flow_of(r, NAT_HOOKS.get(r.action, frozenset()), firewall) for r in cluster.nat]
 
 
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
     for cluster in policy.clusters:
         firewall = _firewall(cluster)
-        yield from shadowing(_filter_flows(cluster), firewall)
-        yield from shadowing(_nat_flows(cluster), firewall)
+        yield from shadowing(_filter_flows(cluster, firewall))
+        yield from shadowing(_nat_flows(cluster, firewall))
 
 
 def _describe_rule(flow: Flow) -> str:
@@ -391,9 +382,11 @@ rule against every earlier rule of its block (the policy rules, and separately
 the NAT rules, where dnat and snat work in different hooks and only nonat
 spans both) and reports it when a single earlier rule covers it: the earlier
 rule's sources, destinations, services (protocol, port intervals, ICMP type),
-`in`/`out` interfaces and `only` scope all contain the later rule's. `any`
-never includes the firewall itself, and `firewall` (its own addresses and the
-VIPs) is compared as a whole. Coverage by the union of several earlier rules is
+`in`/`out` interfaces and `only` scope all contain the later rule's. Traffic is
+split as the compiler places it: `any` never includes the firewall itself, while
+`firewall` and any item made only of firewall addresses (a VIP, `IFACE.vip`)
+are traffic to or from the firewall (INPUT/OUTPUT), which a forwarding rule
+never covers. Coverage by the union of several earlier rules is
 not detected. The search uses an index of earlier rules by protocol and by the
 CIDR hull of their addresses, so large policies stay fast."""
 
@@ -427,22 +420,23 @@ def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
                              related=related)
 
 
-def _translated_flow(rule: Rule, cluster: Cluster, firewall: AddressSet) -> Flow | None:
+def _translated_flow(rule: Rule, firewall: AddressSet) -> Flow | None:
     """The traffic a dnat rule hands to the filter: its destination is the target."""
     target = rule.target
     if target is None or not target.addresses:
         return None
-    to_firewall = target.kind == "vip" or firewall.covers(target.addresses)
     services = rule.services
     if target.port is not None:
         services = tuple(ServiceMatch(m.protocol, m.number, (PortRange(target.port, target.port),)
                                       if m.ports else m.ports, m.icmp_type, m.icmp_name, m.helper)
                          for m in services)
+    to_firewall = firewall.covers(target.addresses)
+    destination = (AddressSet(), target.addresses) if to_firewall \
+        else (target.addresses, AddressSet())
     families = _live_families(services) & target.addresses.families
-    parts = _parts(_net(rule.source), rule.source.firewall,
-                   AddressSet() if to_firewall else target.addresses, to_firewall, families)
+    parts = _parts(sides(rule.source, firewall), destination, families)
     return Flow(rule.index, "accept", FILTER_HOOKS, parts, services, rule.in_interface, None,
-                rule.only, rule.source.excluded, AddressSet(), ("accept",), rule)
+                rule.only, ("accept",), rule)
 
 
 class DestinationIndex:
@@ -483,9 +477,9 @@ def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
         if not dnats:
             continue
         firewall = _firewall(cluster)
-        index = DestinationIndex(_filter_flows(cluster))
+        index = DestinationIndex(_filter_flows(cluster, firewall))
         for rule in dnats:
-            translated = _translated_flow(rule, cluster, firewall)
+            translated = _translated_flow(rule, firewall)
             if translated is None or not translated.parts:
                 continue
             blocker: Flow | None = None
@@ -496,7 +490,7 @@ def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
                 if candidate.action == "accept":
                     accepted = True
                     break
-                if covers(candidate, translated, firewall):
+                if covers(candidate, translated):
                     blocker = candidate
                     break
             if accepted:
