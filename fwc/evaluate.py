@@ -194,6 +194,7 @@ class Evaluator:
 SAMPLE_PROTOCOLS = (TCP, proto.IP_PROTOCOLS["udp"], proto.IP_PROTOCOLS["icmp"])
 UNKNOWN_DEVICE = "fwcx9"  # a device no rule names: the "any other interface" path
 DEFAULT_PORT = 443
+PORT_PROTOCOL_NUMBERS = frozenset(proto.IP_PROTOCOLS[p] for p in proto.PORT_PROTOCOLS)
 
 
 def _edges(address: AddressMatch, sets: Mapping[str, tuple[str, ...]], family: int,
@@ -267,7 +268,7 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
                 icmp = m.icmp_type if m.icmp_type is not None else 8
                 for protocol in protocols:
                     base = Packet(family, sources[0], destinations[0], protocol,
-                                  ports[0] if protocol in (TCP, 17, 132, 33) else None,
+                                  ports[0] if protocol in PORT_PROTOCOL_NUMBERS else None,
                                   icmp if protocol in (1, 58) else None, in_dev, out_dev,
                                   hop_limit=m.hop_limit or 64)
                     variants = [base]
@@ -280,8 +281,11 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
                     if protocol == TCP:
                         variants.append(replace(base, syn=False))
                     other = [p for p in SAMPLE_PROTOCOLS if p != protocol][0]
+                    # a TCP or UDP packet always has a port; an ICMP one never has
                     variants.append(replace(base, protocol=other,
-                                            dport=base.dport if other != 1 else None,
+                                            dport=None if other == 1
+                                            else DEFAULT_PORT if base.dport is None
+                                            else base.dport,
                                             icmp_type=8 if other == 1 else None))
                     if in_dev is not None:
                         for dev in (*devices, UNKNOWN_DEVICE):

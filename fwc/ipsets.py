@@ -59,12 +59,8 @@ def _content_set_name(cidrs: tuple[str, ...], family: int) -> str:
 
 
 def _object_of(endpoint: Endpoint, cidrs: tuple[str, ...], family: int) -> str | None:
-    """The one named object this list is exactly, if there is one."""
-    positives = [i for i in endpoint.items if not i.negated]
-    negatives = [i for i in endpoint.items if i.negated]
-    candidates = positives if len(positives) == 1 else negatives if len(negatives) == 1 \
-        else []
-    for item in candidates:
+    """The named object (positive, or negated for an exclusion) this list is exactly."""
+    for item in endpoint.items:
         if item.object_name and tuple(item.addresses.cidrs(family)) == cidrs:
             return item.object_name
     return None

@@ -1,0 +1,217 @@
+"""The speed passes keep the ruleset's meaning: ipsets and arrangement vs the flat rules.
+
+Every sampled packet (each rule's own corner packets and their neighbours, see
+fwc.evaluate.corner_packets) must get the same verdict, the same target options and
+the same LOG/CONNMARK effects from the flat lowered ruleset, from the ruleset with
+ipsets, and from the arranged one. Arrangement thresholds are lowered here so that
+small policies exercise every level (device pairs, protocols, port buckets).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from fwc.arrange import arrange
+from fwc.evaluate import Evaluator, Packet, corner_packets
+from fwc.ipsets import render as render_ipsets
+from fwc.ipsets import set_contents, use_ipsets
+from fwc.lower import NodeRuleset, lower
+from fwc.model import Cluster, Member
+from fwc.pipeline import analyse
+from fwc.protocols import CHAIN_NAME_MAX, IPSET_THRESHOLD
+
+REPO = Path(__file__).resolve().parent.parent
+
+CLUSTER = """
+cluster mix {
+    vrrp { password "x" advert 1s vrid 71 }
+    sync { link sync }
+    interface lan    vip 198.18.0.254/16, 2001:db8:10::fe/64
+    interface dmz    vip 198.19.0.254/17
+    interface uplink vip 198.19.128.254/18 vrid 72
+    interface sync
+    member fw1 priority 150 {
+        lan eth0 198.18.0.1/16, 2001:db8:10::1/64
+        dmz eth1 198.19.0.1/17
+        uplink eth2 198.19.128.1/18
+        sync eth3 198.19.254.1/24
+    }
+    member fw2 priority 100 {
+        lan eth0 198.18.0.2/16, 2001:db8:10::2/64
+        dmz eth1 198.19.0.2/17
+        uplink eth2 198.19.128.2/18
+        sync eth3 198.19.254.2/24
+    }
+}
+"""
+
+
+def mixed_policy(seed: int, rules: int) -> str:
+    """Objects of every shape (hosts, networks, big groups for ipsets, v6) and rules with
+    and without devices, services, logging, negation, member scope and the firewall."""
+    rng = random.Random(seed)
+    lines = ["network lan 198.18.0.0/16", "network dmz 198.19.0.0/17",
+             "network lan6 2001:db8:10::/64"]
+    zones = {"lan": (198, 18), "dmz": (198, 19), "uplink": (198, 19)}
+    names: dict[str, list[str]] = {z: [] for z in zones}
+    for zone, (a, b) in zones.items():
+        base = 128 if zone == "uplink" else 0
+        for i in range(6):
+            lines.append(f"host h-{zone}-{i} {a}.{b}.{base + i}.{10 + i}")
+            names[zone].append(f"h-{zone}-{i}")
+        lines.append(f"network n-{zone} {a}.{b}.{base + 7}.0/24")
+        names[zone].append(f"n-{zone}")
+        members = ", ".join(f"{a}.{b}.{base + 20 + i}.{4 * i}/30"
+                            for i in range(IPSET_THRESHOLD + 4))
+        lines.append(f"group big-{zone} {members}")
+        names[zone].append(f"big-{zone}")
+    lines.append("host h6 2001:db8:10::10")
+    services = ["tcp/22", "tcp/80,443", "udp/53", "tcp/1024-2047", "icmp/echo-request",
+                "tcp/8000-8100, udp/8000-8100", "gre", "tcp/25", "udp/123", "tcp/3306"]
+    lines.append(CLUSTER)
+    lines.append("policy mix {")
+    for index in range(rules):
+        src_zone, dst_zone = rng.sample(sorted(zones), 2)
+        src = rng.choice(names[src_zone] + ["any"])
+        dst = rng.choice(names[dst_zone] + ["any", "firewall"])
+        if rng.random() < 0.15 and src == "any":
+            src = f"any, !{rng.choice(names[src_zone])}"
+        action = rng.choice(("accept", "accept", "accept", "drop", "reject"))
+        rule = f"    {action} from {src} to {dst}"
+        if rng.random() < 0.85:
+            rule += " service " + ", ".join(rng.sample(services, rng.choice((1, 1, 2))))
+        pin = rng.random()
+        if pin < 0.8:
+            rule += f" in {src_zone}"
+        if pin < 0.55 and dst != "firewall":
+            rule += f" out {dst_zone}"
+        if rng.random() < 0.1:
+            rule += ' log "mix"'
+        if dst == "firewall" and rng.random() < 0.2:
+            rule += " only fw1"
+        lines.append(rule)
+        if index == rules // 2:
+            lines.append("    accept from h6 to any service tcp/22 in lan")
+    lines.append("    drop from any to any log")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def rulesets(path: Path) -> list[tuple[Cluster, Member, int, NodeRuleset]]:
+    analysis = analyse(path, run_checks=False)
+    assert analysis.policy is not None, analysis.diagnostics
+    assert not [d for d in analysis.diagnostics if d.is_error], analysis.diagnostics
+    out = []
+    for cluster in analysis.policy.clusters:
+        for member in cluster.members:
+            for family in sorted(cluster.families):
+                out.append((cluster, member, family, lower(cluster, member, family)))
+    return out
+
+
+def assert_same_meaning(flat: NodeRuleset, *, min_rules: int, split_min: int,
+                        device_names: dict[str, str]) -> tuple[int, float, float]:
+    with_sets, sets = use_ipsets(flat)
+    arranged = arrange(with_sets, device_names, min_rules=min_rules, split_min=split_min)
+    contents = set_contents(sets)
+    packets = corner_packets(flat)
+    assert packets
+    flat_eval = Evaluator(flat)
+    set_eval = Evaluator(with_sets, contents)
+    arranged_eval = Evaluator(arranged, contents)
+    flat_total = arranged_total = 0
+    for packet in packets:
+        expected = flat_eval.decide(packet)
+        with_sets_got = set_eval.decide(packet)
+        arranged_got = arranged_eval.decide(packet)
+        assert with_sets_got.meaning == expected.meaning, packet.describe()
+        assert arranged_got.meaning == expected.meaning, packet.describe()
+        flat_total += expected.traversed
+        arranged_total += arranged_got.traversed
+    for chain in arranged.table("filter").chains:  # type: ignore[union-attr]
+        assert len(chain.name) <= CHAIN_NAME_MAX
+    return len(packets), flat_total / len(packets), arranged_total / len(packets)
+
+
+def _devices(member: Member) -> dict[str, str]:
+    return {link.device: link.interface for link in member.links}
+
+
+def test_reference_policy_arranged_at_every_level_decides_like_flat():
+    for _, member, _, flat in rulesets(REPO / "policies" / "edge.fw"):
+        assert_same_meaning(flat, min_rules=1, split_min=1, device_names=_devices(member))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_mixed_policy_with_sets_and_arrangement_decides_like_flat(tmp_path, seed):
+    path = tmp_path / "mix.fw"
+    path.write_text(mixed_policy(seed, 70), encoding="utf-8")
+    arranged_somewhere = False
+    for _, member, family, flat in rulesets(path):
+        count, flat_avg, arranged_avg = assert_same_meaning(
+            flat, min_rules=8, split_min=4, device_names=_devices(member))
+        if family == 4:
+            assert count > 1000
+            arranged_somewhere = True
+            assert arranged_avg < flat_avg  # the point of it all
+    assert arranged_somewhere
+
+
+def test_defaults_leave_a_small_policy_flat():
+    for _, member, _, flat in rulesets(REPO / "policies" / "edge.fw"):
+        with_sets, sets = use_ipsets(flat)
+        assert sets == ()
+        assert arrange(with_sets, _devices(member)) == flat
+
+
+def test_big_groups_become_one_shared_set_per_object_and_family(tmp_path):
+    path = tmp_path / "mix.fw"
+    path.write_text(mixed_policy(1, 70), encoding="utf-8")
+    for _, member, family, flat in rulesets(path):
+        with_sets, sets = use_ipsets(flat)
+        if family == 6:
+            assert sets == ()
+            continue
+        names = [s.name for s in sets]
+        assert names == sorted(names) and len(set(names)) == len(names)
+        assert {"fwc4-big-lan", "fwc4-big-dmz", "fwc4-big-uplink"} <= set(names)
+        for s in sets:
+            assert len(s.cidrs) > IPSET_THRESHOLD and len(s.name) <= 27
+        # no rule keeps a long address list
+        for _, _, rule in with_sets.rules():
+            for side in (rule.match.source, rule.match.destination):
+                assert side.set_name is not None or len(side.cidrs) <= IPSET_THRESHOLD
+        text = render_ipsets(sets, "mix", member.name)
+        assert "create fwc4-big-lan hash:net family inet hashsize 1024 maxelem 65536 -exist" \
+            in text
+        assert "swap fwc4-big-lan.new fwc4-big-lan" in text
+        assert render_ipsets(sets, "mix", member.name) == text  # deterministic
+
+
+def test_negated_big_group_becomes_one_return_rule(tmp_path):
+    path = tmp_path / "neg.fw"
+    path.write_text(mixed_policy(4, 0).replace(
+        "    drop from any to any log",
+        "    accept from any, !big-lan to n-dmz service tcp/22 in lan\n"
+        "    drop from any to any log"), encoding="utf-8")
+    for _, member, family, flat in rulesets(path):
+        if family != 4:
+            continue
+        with_sets, sets = use_ipsets(flat)
+        returns = [r for _, _, r in with_sets.rules() if r.target == "RETURN"]
+        assert len(returns) == 1 and returns[0].match.source.set_name == "fwc4-big-lan"
+        assert_same_meaning(flat, min_rules=1, split_min=1, device_names=_devices(member))
+
+
+def test_unknown_devices_and_later_packets_take_the_flat_path():
+    (_, member, _, flat), *_ = rulesets(REPO / "policies" / "edge.fw")
+    arranged = arrange(flat, _devices(member), min_rules=1, split_min=1)
+    evaluator, reference = Evaluator(arranged), Evaluator(flat)
+    for packet in (Packet(4, 0xC000020A, 0xC6336401, 6, 80, None, "fwcx9", "eth1"),
+                   Packet(4, 0xC000020A, 0xC6336401, 6, 80, None, "eth0", "fwcx9"),
+                   Packet(4, 0xC000020A, 0xC6336401, 6, 80, None, "eth0", "eth1",
+                          ctstate="ESTABLISHED")):
+        assert evaluator.decide(packet).meaning == reference.decide(packet).meaning
