@@ -184,7 +184,8 @@ def _check_directory(directory: Path, devices: tuple[str, ...]) -> None:
     assert not [line for line in output if any(f in line for f in PARSE_FAILURES)], output
 
 
-@pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3"])
+@pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3",
+                                     "nopreempt", "delay-garp"])
 def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
     """The feature-rich policy of test_compile_rules: AH, IPv6 NAT, RETURN chains, modes."""
     from tests.test_compile_rules import POLICY, UNICAST
@@ -195,6 +196,9 @@ def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
         "notrack": POLICY.replace("mode ftfw", "mode notrack"),
         "alarm-v3": POLICY.replace("mode ftfw", "mode alarm").replace(
             'password "s3cret"  auth ah  advert 1s', "advert 100ms  version 3"),
+        "nopreempt": POLICY.replace("auth ah  advert 1s", "advert 1s  preempt off"),
+        "delay-garp": POLICY.replace("auth ah  advert 1s",
+                                     "advert 2s  preempt-delay 30s  garp-refresh 60s"),
     }[variant]
     path = tmp_path / "rules.fw"
     path.write_text(text)
