@@ -1,0 +1,312 @@
+"""The benchmark: `python3 bench/run.py [--sizes 1000,5000,20000] [--quick]`.
+
+For each size it generates the synthetic site (bench/generate.py, fixed seed),
+then times whole processes, as a user would run them:
+
+- `fwc check` and `fwc compile` (wall time, peak RSS of that child via wait4),
+- the size of what compile wrote (member fw1: iptables lines, bytes, ipsets),
+- `ipset restore` + `iptables-restore --test` of fw1's output inside a throwaway
+  network namespace (root only; the table says when skipped),
+- Aerleon's `aclgen` on the equivalent policy when Aerleon is installed
+  (`pip install '.[bench]'`), with the ratio aclgen / fwc compile,
+- rules traversed by a sample of new connections: flat lowered ruleset, with
+  ipsets, and as fwc arranges it (fwc.arrange),
+
+and `fwc --version` start-up. Nothing here runs inside the unit tests: speed is
+measured here only. Output is a Markdown table (docs/performance.md keeps the
+last one). The machine is shared: the load average is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.generate import build_site, fwc_policy, write_aerleon  # noqa: E402
+
+DEFAULT_SIZES = (1000, 5000, 20000)
+TRAVERSAL_SAMPLE = 300
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_mb: float
+    returncode: int
+    stderr: str = ""
+
+
+@dataclass
+class Row:
+    rules: int
+    check: Run | None = None
+    compile: Run | None = None
+    iptables_lines: int = 0
+    output_kb: float = 0.0
+    ipsets: int = 0
+    restore_test: float | None = None
+    ipset_restore: float | None = None
+    restore_note: str = ""
+    aclgen: Run | None = None
+    traversal: dict[str, float] = field(default_factory=dict)
+
+
+def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None) -> Run:
+    """Wall time and the peak RSS of exactly this child (wait4), not of all children."""
+    start = time.perf_counter()
+    with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
+            tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
+                                 stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - start
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-2000:]
+    return Run(elapsed, usage.ru_maxrss / 1024, child.returncode, tail)
+
+
+def fwc_command() -> list[str]:
+    return [sys.executable, "-m", "fwc"]
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return {"nproc": str(os.cpu_count()), "cpu": model, "memory": mem,
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def startup() -> tuple[float, float]:
+    """`fwc --version`: best and median of 7 runs, via the interpreter (no shim)."""
+    times = [timed([*fwc_command(), "--version"]).seconds for _ in range(7)]
+    return min(times), statistics.median(times)
+
+
+def output_stats(out: Path) -> tuple[int, float, int]:
+    member = next(iter(sorted((out / "bench").glob("fw1"))), None)
+    if member is None:
+        return 0, 0.0, 0
+    rules = member / "iptables.rules"
+    lines = sum(1 for line in rules.read_text().splitlines() if line.startswith("-A"))
+    size = sum(f.stat().st_size for f in member.iterdir()) / 1024
+    sets_file = member / "ipsets.rules"
+    sets = sum(1 for line in sets_file.read_text().splitlines()
+               if line.startswith("create ") and not line.split()[1].endswith(".new")) \
+        if sets_file.exists() else 0
+    return lines, size, sets
+
+
+def restore_test(out: Path) -> tuple[float | None, float | None, str]:
+    """ipset restore + iptables-restore --test of fw1's files in a throwaway namespace."""
+    if os.geteuid() != 0:
+        return None, None, "skipped: not root"
+    for tool in ("ip", "iptables-restore"):
+        if shutil.which(tool) is None:
+            return None, None, f"skipped: no {tool}"
+    member = out / "bench" / "fw1"
+    namespace = f"fwcbench{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", namespace], capture_output=True).returncode:
+        return None, None, "skipped: cannot create a network namespace"
+    try:
+        ipset_seconds = None
+        sets = member / "ipsets.rules"
+        if sets.exists():
+            if shutil.which("ipset") is None:
+                return None, None, "skipped: no ipset"
+            got = timed(["ip", "netns", "exec", namespace, "ipset", "restore"], stdin=sets)
+            if got.returncode:
+                return None, None, f"ipset restore failed: {got.stderr.strip()[:200]}"
+            ipset_seconds = got.seconds
+        got = timed(["ip", "netns", "exec", namespace, "iptables-restore", "--test"],
+                    stdin=member / "iptables.rules")
+        if got.returncode:
+            return None, ipset_seconds, f"iptables-restore failed: {got.stderr.strip()[:200]}"
+        return got.seconds, ipset_seconds, ""
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def aclgen_available() -> bool:
+    return shutil.which("aclgen") is not None
+
+
+def run_aclgen(root: Path) -> Run:
+    (root / "out").mkdir(exist_ok=True)
+    return timed(["aclgen", "--base_directory", "policies", "--definitions_directory", "def",
+                  "--output_directory", "out"], cwd=root)
+
+
+def traversal(policy: Path, sample: int) -> dict[str, float]:
+    """Average kernel rules tested by sampled new connections on fw1, IPv4."""
+    from fwc.arrange import arrange
+    from fwc.evaluate import Evaluator, corner_packets
+    from fwc.ipsets import set_contents, use_ipsets
+    from fwc.lower import Chain, NodeRuleset, lower
+    from fwc.pipeline import analyse
+
+    analysis = analyse(policy, run_checks=False)
+    assert analysis.policy is not None
+    cluster = analysis.policy.clusters[0]
+    member = cluster.members[0]
+    flat = lower(cluster, member, 4)
+    with_sets, sets = use_ipsets(flat)
+    arranged = arrange(with_sets, {link.device: link.interface for link in member.links})
+    contents = set_contents(sets)
+    # Packets aimed at a random sample of FORWARD rules (their corners and neighbours):
+    # connections that the policy is about, not random noise that all hits the last rule.
+    rng = random.Random(7)
+    table = flat.table("filter")
+    assert table is not None
+    forward = table.chain("FORWARD")
+    assert forward is not None
+    picked = tuple(sorted(rng.sample(range(len(forward.rules)),
+                                     min(len(forward.rules), sample))))
+    reduced = NodeRuleset(flat.cluster, flat.member, flat.family, (
+        type(table)("filter", (Chain("FORWARD", "DROP",
+                                     tuple(forward.rules[i] for i in picked)),)),))
+    packets = [p for p in corner_packets(reduced) if p.ctstate == "NEW" and p.syn]
+    packets = rng.sample(packets, min(len(packets), sample))
+    out: dict[str, float] = {"packets": float(len(packets))}
+    for name, ruleset, known in (("flat", flat, {}), ("ipsets", with_sets, contents),
+                                 ("arranged", arranged, contents)):
+        evaluator = Evaluator(ruleset, known)
+        out[name] = sum(evaluator.decide(p).traversed for p in packets) / len(packets)
+    return out
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[Row], with_aclgen: bool) -> str:
+    head = ["rules", "check s", "check MB", "compile s", "compile MB", "fw1 -A lines",
+            "fw1 KB", "ipsets", "ipset restore s", "iptables-restore --test s"]
+    if with_aclgen:
+        head += ["aclgen s", "aclgen MB", "aclgen / fwc compile"]
+    head += ["rules traversed: flat", "with ipsets", "arranged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r.rules),
+                 fmt(r.check.seconds) if r.check else "-",
+                 fmt(r.check.peak_mb, 0) if r.check else "-",
+                 fmt(r.compile.seconds) if r.compile else "-",
+                 fmt(r.compile.peak_mb, 0) if r.compile else "-",
+                 str(r.iptables_lines), fmt(r.output_kb, 0), str(r.ipsets),
+                 fmt(r.ipset_restore), fmt(r.restore_test) if r.restore_test is not None
+                 else (r.restore_note or "-")]
+        if with_aclgen:
+            ok = r.aclgen is not None and r.aclgen.returncode == 0
+            cells += [fmt(r.aclgen.seconds) if ok and r.aclgen else "failed",
+                      fmt(r.aclgen.peak_mb, 0) if ok and r.aclgen else "-",
+                      f"{r.aclgen.seconds / r.compile.seconds:.1f}x"
+                      if ok and r.aclgen and r.compile else "-"]
+        t = r.traversal
+        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default=None,
+                        help=f"comma-separated rule counts (default {DEFAULT_SIZES})")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 rules only, small traversal sample, no Aerleon")
+    parser.add_argument("--no-aerleon", action="store_true")
+    parser.add_argument("--no-traversal", action="store_true")
+    parser.add_argument("--sample", type=int, default=TRAVERSAL_SAMPLE,
+                        help="packets for the traversal average")
+    parser.add_argument("--keep", metavar="DIR", help="keep generated policies and outputs")
+    args = parser.parse_args(argv)
+    sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
+        ((1000,) if args.quick else DEFAULT_SIZES)
+    sample = min(args.sample, 100) if args.quick else args.sample
+    with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
+    info = machine()
+    print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory']}, "
+          f"Python {info['python']}, kernel {info['kernel']}")
+    print(f"load average at start: {load()}")
+    best, median = startup()
+    print(f"fwc --version: best {best:.3f} s, median {median:.3f} s (target < 0.2 s)")
+    if not with_aclgen:
+        reason = "--quick" if args.quick else "--no-aerleon" if args.no_aerleon \
+            else "not installed (pip install '.[bench]')"
+        print(f"Aerleon: skipped ({reason})")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    try:
+        for size in sizes:
+            row = Row(size)
+            site = build_site(size)
+            folder = work / str(size)
+            folder.mkdir(exist_ok=True)
+            policy = folder / "bench.fw"
+            policy.write_text(fwc_policy(site), encoding="utf-8")
+            row.check = timed([*fwc_command(), "check", str(policy)])
+            out = folder / "output"
+            row.compile = timed([*fwc_command(), "compile", str(policy), "-o", str(out)])
+            if row.compile.returncode:
+                print(f"{size}: fwc compile failed:\n{row.compile.stderr}", file=sys.stderr)
+            else:
+                row.iptables_lines, row.output_kb, row.ipsets = output_stats(out)
+                row.restore_test, row.ipset_restore, row.restore_note = restore_test(out)
+            if with_aclgen:
+                aerleon_root = folder / "aerleon"
+                write_aerleon(site, aerleon_root)
+                row.aclgen = run_aclgen(aerleon_root)
+                if row.aclgen.returncode:
+                    print(f"{size}: aclgen failed:\n{row.aclgen.stderr}", file=sys.stderr)
+            if not args.no_traversal:
+                row.traversal = traversal(policy, sample)
+            rows.append(row)
+            print(f"  {size} rules done (load {load()})", file=sys.stderr)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table(rows, with_aclgen))
+    print()
+    if rows and rows[-1].traversal:
+        print(f"traversal: average over {int(rows[-1].traversal['packets'])} sampled new "
+              "connections per size (fw1, IPv4), in kernel rules tested")
+    print(f"load average at end: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
