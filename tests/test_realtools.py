@@ -184,8 +184,34 @@ def _check_directory(directory: Path, devices: tuple[str, ...]) -> None:
     assert not [line for line in output if any(f in line for f in PARSE_FAILURES)], output
 
 
+# One VRRP instance: keepalived warns about a sync group of one, so none is written.
+SINGLE_INSTANCE = """\
+network lan 192.0.2.0/24
+cluster solo {
+    vrrp { password "s3cret"  vrid 7 }
+    sync { link sync }
+    interface lan    vip 192.0.2.254/24
+    interface uplink
+    interface sync
+    member a priority 150 {
+        lan    eth0 192.0.2.1/24
+        uplink eth1 198.51.100.1/24
+        sync   eth2 203.0.113.1/24
+    }
+    member b priority 100 {
+        lan    eth0 192.0.2.2/24
+        uplink eth1 198.51.100.2/24
+        sync   eth2 203.0.113.2/24
+    }
+}
+policy solo {
+    accept from lan to any out uplink
+}
+"""
+
+
 @pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3",
-                                     "nopreempt", "delay-garp"])
+                                     "nopreempt", "delay-garp", "single-instance"])
 def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
     """The feature-rich policy of test_compile_rules: AH, IPv6 NAT, RETURN chains, modes."""
     from tests.test_compile_rules import POLICY, UNICAST
@@ -199,6 +225,7 @@ def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
         "nopreempt": POLICY.replace("auth ah  advert 1s", "advert 1s  preempt off"),
         "delay-garp": POLICY.replace("auth ah  advert 1s",
                                      "advert 2s  preempt-delay 30s  garp-refresh 60s"),
+        "single-instance": SINGLE_INSTANCE,
     }[variant]
     path = tmp_path / "rules.fw"
     path.write_text(text)

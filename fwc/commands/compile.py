@@ -20,7 +20,15 @@ def run(args: argparse.Namespace) -> int:
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         print("fwc: nothing written: fix the errors above first", file=sys.stderr)
         return 1
-    clusters = compile_policy(policy, redact=args.redact_secrets)
+    try:
+        clusters = compile_policy(policy, redact=args.redact_secrets)
+    except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
+        diagnostics.append(error("FWC900", f"internal error while compiling: "
+                                 f"{type(exc).__name__}: {exc}",
+                                 hint="please report this with the policy; nothing was "
+                                 "written"))
+        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        return 1
     try:
         removed = write_output(Path(args.output), relative_source(policy.root,
                                                                   source_root(policy)), clusters)

@@ -91,12 +91,16 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
 
 
 def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> str:
+    instances = vrrp_instances(cluster, member, redact)
     return render_template("keepalived.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "group_name": f"VG_{cluster.name}",
+        # keepalived warns about a sync group of one ("this probably isn't what you
+        # want"): a single instance carries the notify lines itself.
+        "sync_group": len(instances) > 1,
         "notify": proto.NODE_NOTIFY_SCRIPT,
-        "instances": vrrp_instances(cluster, member, redact),
+        "instances": instances,
     })
 
 
