@@ -27,7 +27,7 @@ from fwc.lab.daemons import fast_keepalived
 from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _gap_around
 from fwc.lab.netns import LabState, lab_namespaces, teardown
 from fwc.lab.report import render_text, to_dict
-from fwc.lab.runner import LabOptions, LabRefused, LabReport, run_lab_cluster
+from fwc.lab.runner import LabOptions, LabRefused, LabReport, failover_runs, run_lab_cluster
 from fwc.lab.spec import load_spec
 from fwc.lab.topology import (
     LabLink,
@@ -152,6 +152,20 @@ def test_fast_keepalived_rewrites_advert_version_and_auth() -> None:
     assert "authentication" not in fast and "auth_pass" not in fast
     assert fast.count("advert_int 0.1") == text.count("advert_int")
     assert "advert_int 1\n" not in fast
+
+
+def test_failover_runs_side_by_side() -> None:
+    both = ["routed", "snat"]
+    assert failover_runs(1.0, both, quick=False) == [
+        (1.0, "routed"),
+        (1.0, "snat"),
+        (0.1, "routed"),
+        (0.1, "snat"),
+    ]
+    assert failover_runs(1.0, both, quick=True) == [(0.1, "snat")]
+    assert failover_runs(1.0, ["routed"], quick=False) == [(1.0, "routed"), (0.1, "routed")]
+    # A policy already at 100 ms is not run twice.
+    assert failover_runs(0.1, both, quick=False) == [(0.1, "routed"), (0.1, "snat")]
 
 
 def test_stream_gap_computation(tmp_path: Path) -> None:

@@ -434,6 +434,19 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
     _judge(report)
 
 
+FAST_ADVERT = 0.1
+
+
+def failover_runs(advert: float, modes: list[str], quick: bool) -> list[tuple[float, str]]:
+    """(advert, mode) per failover drill: the policy's interval, then 100 ms side by side."""
+    runs: list[tuple[float, str]] = []
+    if not quick:
+        runs += [(advert, m) for m in modes]
+    if quick or advert > FAST_ADVERT:
+        runs += [(FAST_ADVERT, m) for m in (modes[-1:] if quick else modes)]
+    return runs
+
+
 def _failover_drills(
     lab: Lab, report: LabReport, options: LabOptions, on_backup: Callable[[Node], None]
 ) -> None:
@@ -445,12 +458,7 @@ def _failover_drills(
         report.warnings.append(
             f"the policy has no SNAT out of {lab.flow.dst_segment}: SNAT drills skipped"
         )
-    fast = 0.1
-    runs: list[tuple[float, str]] = []
-    if not options.quick:
-        runs += [(lab.plan.cluster.advert, m) for m in modes]
-    if options.quick or lab.plan.cluster.advert > fast:
-        runs += [(fast, m) for m in (modes[-1:] if options.quick else modes)]
+    runs = failover_runs(lab.plan.cluster.advert, modes, options.quick)
     first = True
     for advert, mode in runs:
         if advert != lab.plan.cluster.advert and lab.advert_label != advert_label(advert):
