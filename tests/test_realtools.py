@@ -236,3 +236,31 @@ def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
         for member in cluster.members:
             _check_directory(tmp_path / "out" / cluster.name / member.name,
                              tuple(link.device for link in member.links))
+
+
+def test_a_named_set_renders_the_way_iptables_save_prints_it(tmp_path):
+    """Later passes replace CIDR lists by ipsets: the renderer's set syntax must load."""
+    from dataclasses import replace
+
+    from fwc.lower import AddressMatch, lower
+    from fwc.render.iptables import render
+
+    analysis = analyse(REPO / "policies" / "edge.fw")
+    assert analysis.policy is not None
+    cluster = analysis.policy.clusters[0]
+    ruleset = lower(cluster, cluster.members[0], 4)
+    table = ruleset.table("filter")
+    forward = table.chain("FORWARD")
+    rules = tuple(
+        replace(r, match=replace(r.match, source=AddressMatch(set_name="fwc-desktops")))
+        if r.match.source.cidrs else r for r in forward.rules)
+    chains = tuple(replace(c, rules=rules) if c.name == "FORWARD" else c for c in table.chains)
+    text = render(ruleset.with_table(replace(table, chains=chains)))
+    assert "-m set --match-set fwc-desktops src" in text
+    with namespace() as ns:
+        made = in_ns(ns, "ipset", "create", "fwc-desktops", "hash:net")
+        assert made.returncode == 0, made.stderr
+        loaded = in_ns(ns, "iptables-restore", stdin=text)
+        assert loaded.returncode == 0, loaded.stderr
+        saved = in_ns(ns, "iptables-save").stdout
+    assert rules_by_table(text)["filter"] == rules_by_table(saved)["filter"]

@@ -25,12 +25,15 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _set_match(direction: str, match: AddressMatch) -> list[str]:
+    if match.set_name is None:
+        return []
+    neg = ["!"] if match.negated else []
+    return ["-m", "set", *neg, "--match-set", match.set_name, direction]
+
+
 def _address(flag: str, match: AddressMatch, cidr: str | None) -> list[str]:
-    if match.set_name is not None:
-        direction = "src" if flag == "-s" else "dst"
-        neg = ["!"] if match.negated else []
-        return ["-m", "set", *neg, "--match-set", match.set_name, direction]
-    if cidr is None:
+    if match.set_name is not None or cidr is None:
         return []
     if "/" not in cidr:
         cidr += "/128" if ":" in cidr else "/32"
@@ -70,7 +73,7 @@ def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
     if match.protocol is None:
         return []
     name = _protocol_name(match.protocol)
-    out = ["-p", name]
+    out: list[str] = []
     if match.tcp_not_syn:
         out += ["-m", "tcp", "!", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"]
     if len(ports) == 1:
@@ -98,6 +101,12 @@ def rule_lines(chain: str, rule: Rule) -> Iterator[str]:
                     words += ["-i", match.in_device]
                 if match.out_device:
                     words += ["-o", match.out_device]
+                # iptables-save prints -s -d -i -o -p first, then the match modules in
+                # the order they were given: sets, protocol, hop limit, state, comment.
+                if match.protocol is not None:
+                    words += ["-p", _protocol_name(match.protocol)]
+                words += _set_match("src", match.source)
+                words += _set_match("dst", match.destination)
                 words += _protocol_options(match, ports)
                 if match.hop_limit is not None:
                     words += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
