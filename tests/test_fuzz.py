@@ -149,3 +149,15 @@ def test_huge_numbers_are_diagnostics(tmp_path):
         path = tmp_path / "huge.fw"
         path.write_text(BASE.replace(old, new), encoding="utf-8")
         assert not analyse(path).ok
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutated_policy())
+def test_cli_on_mutated_examples(tmp_path, text: str) -> None:
+    path = tmp_path / "mutated.fw"
+    path.write_text(text, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "fwc", "check", str(path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode in (0, 1), result.stderr
