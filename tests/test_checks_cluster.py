@@ -203,6 +203,15 @@ def test_fwc216_sync_link_is_not_an_interface(tmp_path):
     assert line.index("link hasync") < d.span.column <= line.index("hasync") + 1
 
 
+def test_fwc216_member_without_address_on_the_sync_link(tmp_path):
+    text = mutate(("sync   eth2 203.0.113.2/24", "sync   eth2"))
+    analysis = run(tmp_path, text)
+    fw2_sync = line_of(text, "member fw2") + 3
+    assert text.splitlines()[fw2_sync - 1].strip() == "sync   eth2"
+    assert_diagnostic(analysis, "FWC216", E, fw2_sync,
+                      "'fw2' has no IPv4 address on the sync link")
+
+
 def test_fwc217_vip_on_the_sync_link(tmp_path):
     text = mutate(("    interface sync\n", "    interface sync vip 203.0.113.254/24 vrid 53\n"))
     analysis = run(tmp_path, text)

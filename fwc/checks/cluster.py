@@ -341,8 +341,9 @@ def _sync_span(cluster: Cluster, key: str) -> Span:
 @check("FWC216", "sync link missing or not an interface", E, """
 conntrackd replicates connection state over a dedicated link; without it a
 failover drops every established connection. A cluster of two or more members
-needs `sync { link IFACE }`, and IFACE must be one of the cluster's interfaces
-(so that every member maps it to a device and an address).""")
+needs `sync { link IFACE }`, and IFACE must be one of the cluster's interfaces,
+on which every member has an IPv4 address: conntrackd's multicast and UDP
+transports bind to it.""")
 def sync_link_declared(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         link = cluster.sync.link
@@ -357,6 +358,14 @@ def sync_link_declared(policy: Policy) -> Iterable[Diagnostic]:
             yield error("FWC216", f"sync link '{link}' is not an interface of cluster "
                         f"'{cluster.name}'", _sync_span(cluster, "sync-link"),
                         hint=f"declare 'interface {link}' (interfaces: {names})")
+        else:
+            for member in cluster.members:
+                mapped = member.link(link)
+                if mapped is not None and not any(a.version == 4 for a in mapped.addresses):
+                    yield error("FWC216", f"member '{member.name}' has no IPv4 address on the "
+                                f"sync link '{link}'", mapped.span,
+                                hint="conntrackd sends and receives the state over IPv4: give "
+                                "the sync device an address, e.g. 203.0.113.1/29")
 
 
 @check("FWC217", "sync link carries a VIP", E, """
