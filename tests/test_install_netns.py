@@ -98,8 +98,15 @@ def _kill_namespace_processes(ns: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def compiled_edge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("edge") / "output"
+    assert main(["compile", str(POLICY), "-o", str(output), "--redact-secrets"]) == 0
+    return output
+
+
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmp_path: Path, compiled_edge: Path) -> Iterator[Lab]:
     prefix = f"fwci{os.getpid() % 100000}{tmp_path.name[-6:].replace('_', '')}"[:14]
     nodes = {m: Node(m, f"{prefix}-{m}") for m in ("fw1", "fw2")}
     created_etc = [d for d in PRIVATE_DIRS if not (Path("/etc") / d).exists()]
@@ -124,7 +131,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             node.exec("iptables-restore", input=OLD_RULES)
             (node.etc / "keepalived" / "keepalived.conf").write_text(OLD_KEEPALIVED)
         output = tmp_path / "output"
-        assert main(["compile", str(POLICY), "-o", str(output), "--redact-secrets"]) == 0
+        shutil.copytree(compiled_edge, output)
         inventory = tmp_path / "inventory"
         inventory.write_text("".join(f"{n.member} {n.ns}\n" for n in nodes.values()))
         secrets = tmp_path / "secrets"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,15 +32,22 @@ WITH_SSH = EDGE.replace(
     "member fw2 priority 100 {", 'member fw2 priority 100 ssh "root@192.0.2.2" {')
 
 
-@pytest.fixture
-def compiled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    policy = tmp_path / "edge.fw"
+@pytest.fixture(scope="module")
+def compiled_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compiled")
+    policy = root / "edge.fw"
     policy.write_text(WITH_SSH, encoding="utf-8")
-    assert main(["compile", str(policy), "-o", str(tmp_path / "output"), "--redact-secrets"]) \
-        == 0, capsys.readouterr().err
+    assert main(["compile", str(policy), "-o", str(root / "output"), "--redact-secrets"]) == 0
+    return root
+
+
+@pytest.fixture
+def compiled(compiled_once: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A private copy (some tests edit it) of the policy, its output and a secrets file."""
+    shutil.copytree(compiled_once, tmp_path, dirs_exist_ok=True)
     (tmp_path / "secrets").write_text("edge.vrrp_password = s3cret\n")
     capsys.readouterr()
-    return policy
+    return tmp_path / "edge.fw"
 
 
 @pytest.fixture
