@@ -160,6 +160,14 @@ def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
         lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
                      f"|| rc=1; else rm -f {file.path}; fi")
     lines += [
+        # Sets the snapshot had get their saved members back before the restored
+        # rules use them again.
+        "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
+        "    for set in $(sed -n 's/^create \\([^ ]*\\) .*/\\1/p' $S/ipsets.save); do",
+        '        ipset flush "$set" 2>/dev/null || :',
+        "    done",
+        "    ipset restore -exist < $S/ipsets.save || rc=1",
+        "fi",
         # Restoring a save leaves tables it does not mention alone: a nat table the
         # install created would keep its rules. Add those tables back empty.
         "loaded_only() {",
@@ -176,9 +184,8 @@ def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
         "    { cat $S/ip6tables.save; loaded_only ip6tables-save $S/ip6tables.save; } "
         "| ip6tables-restore || rc=1",
         "fi",
-        # Sets the new rules created are gone from the restored rules: drop them.
+        # Sets only the new rules used are referenced by nothing now.
         "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
-        "    ipset restore -exist < $S/ipsets.save || rc=1",
         "    for set in $(ipset list -n); do",
         '        grep -q "^create $set " $S/ipsets.save || ipset destroy "$set" 2>/dev/null || :',
         "    done",
