@@ -70,12 +70,14 @@ def choose(policy: Policy, member: str | None, everything: bool) -> list[Target]
     raise UsageError(f"no member '{member}' in the policy (members: {known})")
 
 
-def transports_for(cluster: Cluster, args: argparse.Namespace,
+def transports_for(cluster: Cluster, chosen: list[Member], args: argparse.Namespace,
                    inventory: dict[str, InventoryEntry]) -> dict[str, Transport]:
     if args.transport == "local" and len(cluster.members) > 1 and args.all:
         raise UsageError("the local transport installs only this node: use --member")
     out: dict[str, Transport] = {}
-    for member in cluster.members:
+    # The local transport reaches only this node: the settle check sees it alone.
+    reachable = chosen if args.transport == "local" else list(cluster.members)
+    for member in reachable:
         transport = make_transport(args.transport, member.name, ssh_target=member.ssh,
                                    inventory=inventory, ssh=args.ssh)
         problem = None if args.dry_run else transport.preflight()
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster) -> int:
             raise UsageError("--confirm-timeout must be positive")
         plans = []
         for target in targets:
-            plans.append((target, transports_for(target.cluster, args, inventory),
+            plans.append((target, transports_for(target.cluster, target.members, args,
+                                                 inventory),
                           member_files(Path(args.output), policy, target, secrets)))
     except (UsageError, InventoryError, SecretsError, CompiledError) as exc:
         print(f"fwc install: {exc}", file=sys.stderr)

@@ -103,7 +103,16 @@ class NodeInstall:
                 self.say(f"{exc.stage} failed: {exc.message}; nothing was changed")
                 self.cleanup_staging()
             return self.result
-        self.decide()
+        except KeyboardInterrupt:
+            if applied:
+                self.roll_back("interrupted")
+            raise
+        try:
+            self.decide()
+        except KeyboardInterrupt:
+            if not self.result.ok:
+                self.roll_back("interrupted")
+            raise
         return self.result
 
     def stage_files(self) -> None:
