@@ -100,6 +100,25 @@ def test_vip_destinations_are_firewall_traffic(tmp_path):
     assert hits == {line_of(text, "drop from client to uplink.vip service tcp/8081")}
 
 
+def test_out_interface_drops_the_firewall_part(tmp_path):
+    # With `out uplink` the `firewall` part of the later rule does not exist (INPUT has
+    # no outgoing interface), so the earlier forwarding rule covers all that is left.
+    text = add_rules("accept from client to any service tcp/2000 out uplink",
+                     "drop from client to firewall, server service tcp/2000 out uplink")
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC401", E, line_of(text, "drop from client to firewall, "),
+                      "can never match")
+
+
+def test_nonat_with_out_only_does_not_shadow_dnat(tmp_path):
+    text = mutate(("    snat from lan to any out uplink -> uplink.vip\n",
+                   "    nonat from any to any out uplink\n"
+                   "    snat from lan to any out uplink -> uplink.vip\n"))
+    analysis = run(tmp_path, text)
+    found = {d.span.line for d in with_code(analysis, "FWC401")}
+    assert found == {line_of(text, "snat from lan")}
+
+
 def test_negation_in_the_earlier_rule(tmp_path):
     text = add_rules("accept from lan, !client to any service tcp/25",
                      "drop from client to server service tcp/25",

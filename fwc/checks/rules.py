@@ -31,8 +31,6 @@ NAT_HOOKS = {"dnat": frozenset({"pre"}), "snat": frozenset({"post"}),
              "masquerade": frozenset({"post"}), "nonat": frozenset({"pre", "post"})}
 FILTER_HOOKS = frozenset({"filter"})
 
-
-
 Key = tuple[int, int]  # a CIDR hull as (prefix length, network as an integer)
 
 
@@ -135,9 +133,26 @@ def _target_outcome(target: NatTarget | None) -> tuple[object, ...]:
     return (target.addresses, target.port)
 
 
+def _nat_hooks(rule: Rule) -> frozenset[str]:
+    """nonat with only `in` exempts from dnat, with only `out` from snat, else from both."""
+    if rule.action == "nonat":
+        if rule.in_interface and not rule.out_interface:
+            return frozenset({"pre"})
+        if rule.out_interface and not rule.in_interface:
+            return frozenset({"post"})
+    return NAT_HOOKS.get(rule.action, frozenset())
+
+
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet) -> Flow:
     parts = _parts(sides(rule.source, firewall), sides(rule.destination, firewall),
                    _live_families(rule.services))
+    if hooks == FILTER_HOOKS:
+        # Traffic to the firewall has no outgoing interface, traffic from it no
+        # incoming one: the compiler drops those parts, and so does the comparison.
+        if rule.out_interface is not None:
+            parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
+        if rule.in_interface is not None:
+            parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
     return Flow(rule.index, rule.action, hooks, parts, rule.services, rule.in_interface,
                 rule.out_interface, rule.only, (rule.action, *_target_outcome(rule.target)),
                 rule)
@@ -359,7 +374,7 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
-    return [flow_of(r, NAT_HOOKS.get(r.action, frozenset()), firewall) for r in cluster.nat]
+    return [flow_of(r, _nat_hooks(r), firewall) for r in cluster.nat]
 
 
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
