@@ -11,7 +11,7 @@ import pytest
 
 from fwc.cli import main
 from fwc.install import transport as transport_module
-from fwc.install.plan import order
+from fwc.install.plan import automatic_confirmer, order, terminal_confirmer
 from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.settle import ClusterState, check_cluster, wait_settled
 from fwc.install.transport import (
@@ -246,3 +246,57 @@ def test_wait_settled_is_bounded(cluster):
 def test_subprocess_is_what_transports_use():
     # the no_commands fixture relies on this
     assert transport_module.subprocess is subprocess
+
+
+class PromptNode:
+    """Just what the confirmers use of a NodeInstall."""
+
+    member = "fw2"
+
+    def __init__(self, confirmed_on_node: bool = False, reachable: bool = True) -> None:
+        self.confirmed_on_node = confirmed_on_node
+        self.reachable = reachable
+        self.said: list[str] = []
+
+    def confirmed_elsewhere(self) -> bool:
+        return self.confirmed_on_node
+
+    def probe(self, command: str) -> bool:
+        return self.reachable
+
+    def say(self, text: str) -> None:
+        self.said.append(text)
+
+
+@pytest.mark.parametrize(("typed", "expected"), [
+    ("yes\n", True), ("y\n", True), ("no\n", False), ("\nmaybe\nYES\n", True), ("", False)])
+def test_terminal_prompt(typed, expected):
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, typed.encode())
+    os.close(write_end)
+    out = io.StringIO()
+    with os.fdopen(read_end) as stdin:
+        assert terminal_confirmer(stdin, out)(PromptNode(), 2.0) is expected
+    assert "fw2: keep the new configuration? type 'yes' within" in out.getvalue()
+
+
+def test_terminal_prompt_times_out():
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as stdin:
+        assert terminal_confirmer(stdin, io.StringIO())(PromptNode(), 0.2) is False
+        # a confirmation made on the node while nobody typed still counts
+        assert terminal_confirmer(stdin, io.StringIO())(PromptNode(True), 0.2) is True
+    os.close(write_end)
+
+
+def test_automatic_confirmation_needs_a_fresh_connection():
+    assert automatic_confirmer(PromptNode(reachable=True), 60) is True
+    node = PromptNode(reachable=False)
+    assert automatic_confirmer(node, 60) is False
+    assert node.said == ["unreachable after the change: not confirming"]
