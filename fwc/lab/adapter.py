@@ -148,6 +148,33 @@ def load_policy_cluster(
     return cluster_from_model(policy, cluster), out
 
 
+def fast_keepalived_confs(
+    policy_file: Path, advert_ms: int = 100, cluster_name: str | None = None
+) -> dict[str, str]:
+    """keepalived.conf per member as fwc generates it for `vrrp { advert 100ms version 3 }`.
+
+    The fast-failover drill should exercise fwc's own sub-second output, not a
+    text rewrite of the slow one; the policy's other VRRP settings are kept,
+    only authentication goes (VRRPv3 has none).
+    """
+    from dataclasses import replace
+
+    from fwc.pipeline import analyse
+    from fwc.render.daemons import keepalived_conf
+
+    analysis = analyse(policy_file, run_checks=False)
+    if analysis.policy is None:
+        return {}
+    cluster = analysis.policy.cluster(cluster_name) if cluster_name else analysis.policy.clusters[0]
+    if cluster is None:
+        return {}
+    vrrp = replace(
+        cluster.vrrp, advert_ms=advert_ms, version=3, password=None, password_file=None, auth=None
+    )
+    fast = replace(cluster, vrrp=vrrp)
+    return {m.name: keepalived_conf(fast, m) for m in fast.members}
+
+
 def _compile(policy_file: Path, outdir: Path) -> None:
     """Run `fwc compile FILE -o OUTDIR` in-process."""
     import contextlib

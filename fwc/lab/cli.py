@@ -94,12 +94,18 @@ def run_lab(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="fwc-lab-compile-") as tmp:
             cluster, compiled = _load(args, Path(tmp))
+            fast = None
+            if args.file.suffix != ".json":
+                from fwc.lab.adapter import fast_keepalived_confs
+
+                fast = fast_keepalived_confs(args.file, cluster_name=cluster.name) or None
             options = LabOptions(
                 keep=args.keep,
                 remap=args.remap,
                 quick=args.quick,
                 logdir=args.logdir,
                 prefix=args.prefix,
+                fast_keepalived=fast,
             )
             report = run_lab_cluster(cluster, compiled, options)
     except LabRefused as exc:

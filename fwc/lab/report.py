@@ -24,6 +24,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "failover": [f.as_dict() for f in report.failover],
         "control": report.control.as_dict() if report.control else None,
         "gaps": gap_table(report),
+        "fast_config": report.fast_config,
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -110,6 +111,8 @@ def render_text(report: LabReport) -> str:
                 if k != "mode"
             ]
             out.append(f"    {row['mode']:7} " + " | ".join(cells))
+    if report.fast_config:
+        out.append(f"  100ms runs: keepalived.conf {report.fast_config}")
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:
