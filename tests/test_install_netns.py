@@ -322,3 +322,18 @@ def test_diff_installed_detects_hand_made_changes(lab, capsys):
     assert "+    priority 250" in out
     assert "s3cret" not in out  # secrets are masked on both sides
     assert diff_installed("fw2")[0] == 0
+
+
+def test_failed_test_step_changes_nothing(lab, capsys):
+    """keepalived -t refuses a VRRP interface the node lacks: nothing is applied."""
+    fw2 = lab.nodes["fw2"]
+    sh("ip", "-n", fw2.ns, "link", "del", "eth1")
+    before = fw2.rules()
+    assert install(lab, "--member", "fw2", "--confirm") == 1
+    captured = capsys.readouterr()
+    assert "fw2: test failed" in captured.out and "nothing was changed" in captured.out
+    assert "(not changed)" in captured.err
+    assert fw2.rules() == before
+    assert not (fw2.etc / "fwc" / "snapshot").exists()
+    assert not (fw2.etc / "fwc" / "staging").exists()
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED

@@ -54,6 +54,10 @@ def test_ruleset(files: list[NodeFile]) -> str:
     steps = [f"iptables-restore --test < {STAGING}/iptables.rules"]
     if "ip6tables.rules" in names:
         steps.append(f"ip6tables-restore --test < {STAGING}/ip6tables.rules")
+    if "keepalived.conf" in names:
+        # Also catches a VRRP interface this node does not have.
+        steps.append("{ ! command -v keepalived >/dev/null 2>&1 || "
+                     f"keepalived -t -f {STAGING}/keepalived.conf; }}")
     return " && ".join(steps)
 
 
