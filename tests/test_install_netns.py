@@ -337,3 +337,16 @@ def test_failed_test_step_changes_nothing(lab, capsys):
     assert not (fw2.etc / "fwc" / "snapshot").exists()
     assert not (fw2.etc / "fwc" / "staging").exists()
     assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+
+
+def test_dry_run_against_the_namespaces_changes_nothing(lab, capsys):
+    before = {m: (n.rules(), n.rules("ip6tables-save")) for m, n in lab.nodes.items()}
+    assert install(lab, "--all", "--dry-run") == 0
+    out = capsys.readouterr().out
+    fw2, fw1 = lab.nodes["fw2"].ns, lab.nodes["fw1"].ns
+    assert out.index(f"ip netns exec {fw2} sh -c") < out.index(f"ip netns exec {fw1} sh -c")
+    assert out.count("iptables-restore --test") == 2
+    for member, node in lab.nodes.items():
+        assert (node.rules(), node.rules("ip6tables-save")) == before[member]
+        assert sorted(p.name for p in (node.etc / "fwc").iterdir()) == []
+        assert (node.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
