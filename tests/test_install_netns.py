@@ -243,6 +243,11 @@ def test_watchdog_on_the_node_rolls_back_without_fwc(lab):
         time.sleep(0.1)
     assert fw1.rules() == before
     assert not (fw1.etc / "fwc" / "iptables.rules").exists()
+    # a confirmation arriving after that is refused, not silently accepted
+    late = subprocess.run(["ip", "netns", "exec", fw1.ns, "sh", "-c", scripts.confirm()],
+                          capture_output=True, text=True, timeout=30)
+    assert late.returncode == 1 and "too late" in late.stderr
+    assert not (fw1.etc / "fwc" / "snapshot" / "confirmed").exists()
 
 
 def test_failed_node_stops_all_and_leaves_the_rest_untouched(lab, capsys, monkeypatch):

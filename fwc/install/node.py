@@ -186,7 +186,7 @@ class NodeInstall:
                 self.step("confirm", scripts.confirm())
             except StepFailed as exc:
                 self.result.stage, self.result.message = exc.stage, exc.message
-                self.say(f"could not confirm ({exc.message}): the node rolls back by itself")
+                self.say(f"could not confirm: {exc.message}")
                 return
             self.say("confirmed: the new configuration stays")
             self.result.ok = True

@@ -225,7 +225,15 @@ def _watchdog_gone() -> str:
 
 
 def confirm() -> str:
-    return f"touch {CONFIRMED}; {_watchdog_gone()}; :"
+    """Keep the new configuration, unless the watchdog already restored the old one.
+
+    Takes rollback.sh's lock, so a confirmation and a rollback never cross.
+    """
+    return (f"exec 9>>{SNAPSHOT}/lock; "
+            "if command -v flock >/dev/null 2>&1; then flock 9; fi; "
+            f"if [ -e {ROLLED_BACK} ]; then "
+            "echo 'too late: the node already restored the previous configuration' >&2; "
+            f"exit 1; fi; touch {CONFIRMED}; exec 9>&-; {_watchdog_gone()}; :")
 
 
 def rollback() -> str:
