@@ -163,11 +163,13 @@ class FakeSettle:
         return ClusterState(self.settled, "fw1" if self.settled else None, "fake")
 
 
-def install(lab: Lab, *extra: str, settle: FakeSettle | None = None) -> int:
+def install(lab: Lab, *extra: str, settle: FakeSettle | None = None,
+            settle_timeout: float = 30.0) -> int:
     args = build_parser().parse_args([
         "install", "--transport", "netns", "--inventory", str(lab.inventory),
         "-o", str(lab.output), "--secrets", str(lab.secrets), *extra, str(POLICY)])
-    return install_command.run(args, check=settle or FakeSettle())
+    return install_command.run(args, check=settle or FakeSettle(),
+                               settle_timeout=settle_timeout)
 
 
 def test_install_all_with_confirmation_activates_rules(lab, capsys):
@@ -279,9 +281,8 @@ def test_failed_node_stops_all_and_leaves_the_rest_untouched(lab, capsys, monkey
     assert (fw1.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
 
 
-def test_settle_timeout_rolls_the_node_back(lab, capsys, monkeypatch):
+def test_settle_timeout_rolls_the_node_back(lab, capsys):
     """The cluster was settled before; it does not settle after fw2: fw2 is undone."""
-    from fwc.install import plan
 
     class SettlesOnce(FakeSettle):
         def __call__(self, cluster, transports):
@@ -289,14 +290,15 @@ def test_settle_timeout_rolls_the_node_back(lab, capsys, monkeypatch):
             return ClusterState(self.calls == 1, "fw1" if self.calls == 1 else None,
                                 "fw1 holds 1/3 VIPs")
 
-    monkeypatch.setattr(plan, "DEFAULT_SETTLE_TIMEOUT", 0.3)
-    monkeypatch.setattr(install_command, "InstallOptions",
-                        lambda **kw: plan.InstallOptions(settle_timeout=0.3, **kw))
     fw2 = lab.nodes["fw2"]
     before = fw2.rules()
-    assert install(lab, "--all", "--confirm", settle=SettlesOnce()) == 1
-    out = capsys.readouterr().out
-    assert "settle failed: restoring the previous configuration" in out
+    started = time.monotonic()
+    assert install(lab, "--all", "--confirm", settle=SettlesOnce(), settle_timeout=0.6) == 1
+    assert time.monotonic() - started < 10  # the wait is bounded
+    captured = capsys.readouterr()
+    assert "settle failed: restoring the previous configuration" in captured.out
+    assert "fw2: settle failed: cluster not settled after 1 s: fw1 holds 1/3 VIPs " \
+        "(rolled back)" in captured.err
     assert fw2.rules() == before
     assert not (lab.nodes["fw1"].etc / "fwc" / "snapshot").exists()
 

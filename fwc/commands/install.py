@@ -15,6 +15,7 @@ from fwc.commands.common import print_diagnostics
 from fwc.install.compiled import CompiledError, load_member_files
 from fwc.install.node import Confirmer
 from fwc.install.plan import (
+    DEFAULT_SETTLE_TIMEOUT,
     InstallOptions,
     automatic_confirmer,
     install_cluster,
@@ -105,7 +106,9 @@ def pick_confirmer(args: argparse.Namespace) -> Confirmer:
     return waiting_confirmer
 
 
-def run(args: argparse.Namespace, check: SettleCheck = check_cluster) -> int:
+def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
+        settle_timeout: float = DEFAULT_SETTLE_TIMEOUT) -> int:
+    """The CLI entry; tests pass a fake CHECK (no daemons) and a short SETTLE_TIMEOUT."""
     try:
         policy = load_policy(args.file)
         targets = choose(policy, args.member, args.all)
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster) -> int:
         return EXIT_USAGE
 
     options = InstallOptions(confirm_timeout=args.confirm_timeout,
+                             settle_timeout=settle_timeout,
                              systemd=args.transport != "netns", out=sys.stdout)
     failed = False
     for target, transports, files in plans:
