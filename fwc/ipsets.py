@@ -3,8 +3,10 @@
 A lowered rule whose source or destination holds more than IPSET_THRESHOLD
 CIDRs is rendered by `fwc.render.iptables` as one line per CIDR (and per CIDR
 of the other side: a cross product). This pass replaces such a list by a
-`hash:net` set, one per object and family, shared by every rule that uses the
-object, and returns the sets so that `render` can write `ipsets.rules`.
+`hash:net` set (and, when both sides are shorter but their cross product is
+longer than the threshold, the longer side), one per object and family,
+shared by every rule that uses the object, and returns the sets so that
+`render` can write `ipsets.rules`.
 
 Names are deterministic: `fwc4-OBJECT` / `fwc6-OBJECT` when the list is exactly
 a named object's addresses in that family (the usual case), otherwise
@@ -84,10 +86,16 @@ class _Namer:
         self.sets.setdefault(name, IpSet(name, self.family, cidrs))
         return name
 
-    def address(self, match: AddressMatch, endpoints: Iterable[Endpoint]) -> AddressMatch:
-        if match.set_name is not None or len(match.cidrs) <= self.threshold:
+    def address(self, match: AddressMatch, endpoints: Iterable[Endpoint],
+                force: bool = False) -> AddressMatch:
+        if match.set_name is not None or len(match.cidrs) <= (1 if force else self.threshold):
             return match
         return AddressMatch((), self.name_for(match.cidrs, endpoints), match.negated)
+
+
+def _width(match: AddressMatch) -> int:
+    """Rendered lines this side contributes: one per CIDR, one for a set or any."""
+    return 1 if match.set_name is not None else max(1, len(match.cidrs))
 
 
 def _mergeable(a: Rule, b: Rule) -> str | None:
@@ -157,6 +165,15 @@ def use_ipsets(ruleset: NodeRuleset, threshold: int = proto.IPSET_THRESHOLD) \
                 m = rule.match
                 source = namer.address(m.source, _endpoints_for(rule, "source"))
                 destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
+                # Two lists each under the threshold still render as their cross product
+                # (15 x 15 = 225 lines): the longer one becomes a set as well.
+                if _width(source) * _width(destination) > threshold:
+                    if _width(source) >= _width(destination):
+                        source = namer.address(m.source, _endpoints_for(rule, "source"),
+                                               force=True)
+                    else:
+                        destination = namer.address(
+                            m.destination, _endpoints_for(rule, "destination"), force=True)
                 if source is not m.source or destination is not m.destination:
                     rule = replace(rule, match=replace(m, source=source,
                                                        destination=destination))

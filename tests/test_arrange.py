@@ -180,10 +180,11 @@ def test_big_groups_become_one_shared_set_per_object_and_family(tmp_path):
         assert {"fwc4-big-lan", "fwc4-big-dmz", "fwc4-big-uplink"} <= set(names)
         for s in sets:
             assert len(s.cidrs) > IPSET_THRESHOLD and len(s.name) <= 27
-        # no rule keeps a long address list
+        # no rule keeps a long address list, nor a long cross product of two short ones
         for _, _, rule in with_sets.rules():
-            for side in (rule.match.source, rule.match.destination):
-                assert side.set_name is not None or len(side.cidrs) <= IPSET_THRESHOLD
+            widths = [1 if side.set_name else max(1, len(side.cidrs))
+                      for side in (rule.match.source, rule.match.destination)]
+            assert widths[0] * widths[1] <= IPSET_THRESHOLD
         text = render_ipsets(sets, "mix", member.name)
         assert "create fwc4-big-lan hash:net family inet hashsize 1024 maxelem 65536 -exist" \
             in text
