@@ -146,7 +146,12 @@ class NodeInstall:
         commands = []
         if {"keepalived.conf", "fwc-notify.sh"} & changed:
             commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
-        if "conntrackd.conf" in changed:
+        if "conntrackd.conf" in changed and not self.transport.private_run:
+            # Its UNIX socket path is shared with the host (lab-notes pitfall 3):
+            # a restart could hit another node's daemon.
+            commands.append(("conntrackd", "echo 'warning: conntrackd.conf changed but this "
+                             "node shares /run: restart its conntrackd yourself' >&2"))
+        elif "conntrackd.conf" in changed:
             commands.append(("conntrackd",
                              scripts.reload_conntrackd(self.systemd, old_config, self.role)))
         return commands

@@ -39,6 +39,9 @@ class Transport:
     """Runs shell commands on one node."""
 
     dry_run = False
+    # False when the node shares /run with others (ip netns exec without a mount
+    # namespace): conntrackd's socket and lock are then not the node's own.
+    private_run = True
 
     def __init__(self, member: str, target: str) -> None:
         self.member = member
@@ -97,6 +100,7 @@ class NetnsTransport(Transport):
     def __init__(self, member: str, target: str, mount: str | None = None) -> None:
         super().__init__(member, target)
         self.mount = mount
+        self.private_run = mount is not None
 
     def argv(self, command: str) -> list[str]:
         if self.mount:
@@ -135,6 +139,7 @@ class DryRun(Transport):
     def __post_init__(self) -> None:
         self.member = self.real.member
         self.target = self.real.target
+        self.private_run = self.real.private_run
 
     def argv(self, command: str) -> list[str]:
         return self.real.argv(command)
