@@ -44,8 +44,9 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
+from fwc.ipsets import IpSet, use_ipsets
 from fwc.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
-from fwc.model import PortRange
+from fwc.model import Member, PortRange
 
 ARRANGE_MIN_RULES = 64  # below this a chain stays flat
 SPLIT_MIN_RULES = 32  # a sub-chain shorter than this is not split further
@@ -227,3 +228,17 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     if not added:
         return ruleset
     return ruleset.with_table(Table(table.name, tuple(chains + added)))
+
+
+def optimise(member: Member, rulesets: Mapping[int, NodeRuleset]) \
+        -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
+    """The default speed passes for one member: ipsets for long address lists, then the
+    arranged FORWARD/INPUT chains. Returns the rulesets per family and every set."""
+    names = {link.device: link.interface for link in member.links}
+    out: dict[int, NodeRuleset] = {}
+    sets: list[IpSet] = []
+    for family, ruleset in sorted(rulesets.items()):
+        with_sets, made = use_ipsets(ruleset)
+        sets.extend(made)
+        out[family] = arrange(with_sets, names)
+    return out, tuple(sets)
