@@ -39,7 +39,9 @@ def test_install_into_the_running_lab(tmp_path, capsys):
         "    reject from any      to any      service ident",
         "    accept from server   to monitor  service ssh\n"
         "    reject from any      to any      service ident").replace(
-        "member fw2 priority 100", "member fw2 priority 90"), encoding="utf-8")
+        "member fw2 priority 100", "member fw2 priority 90").replace(
+        "multicast 225.0.0.50 port 3780", "multicast 225.0.0.50 port 3781"),
+        encoding="utf-8")
     assert main(["compile", str(second), "-o", str(tmp_path / "v2" / "output"),
                  "--redact-secrets"]) == 0
     (tmp_path / "secrets").write_text("vrrp_password = s3cret\n")
@@ -68,6 +70,11 @@ def test_install_into_the_running_lab(tmp_path, capsys):
         # keepalived.conf changed on fw2 only (its priority): reloaded there only
         assert "fw2: reloading keepalived" in out
         assert "fw1: reloading keepalived" not in out
+        # the sync port changed everywhere: conntrackd restarted on both, and answers
+        assert "fw2: reloading conntrackd" in out and "fw1: reloading conntrackd" in out
+        for node in lab.nodes:
+            assert node.ct(["-s"], check=False).returncode == 0
+            assert "Group 3781" in node.exec(["cat", "/etc/conntrackd/conntrackd.conf"]).stdout
         fw1 = lab.node("fw1")
         rules = fw1.exec(["iptables-save"]).stdout
         assert "-s 198.51.100.10/32 -d 192.0.2.20/32" in rules
