@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fwc.arrange import optimise
+from fwc.ipsets import render as render_ipsets
 from fwc.lower import LowerOptions, lower
 from fwc.model import Cluster, Member, Policy
 from fwc.render import daemons
@@ -63,11 +65,18 @@ def relative_source(path: str, root: str) -> str:
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
                  redact: bool) -> list[OutputFile]:
     prefix = f"{member.name}/"
-    files = [OutputFile(prefix + "iptables.rules",
-                        render_iptables(lower(cluster, member, 4, options)).encode(), MODE_FILE)]
-    if 6 in cluster.families:
+    families = (4, 6) if 6 in cluster.families else (4,)
+    # Speed passes (fwc.arrange.optimise): long address lists become ipsets, loaded first
+    # from ipsets.rules (docs/contracts.md), and long chains become per-interface chains.
+    rulesets, sets = optimise(member, {f: lower(cluster, member, f, options) for f in families})
+    files = [OutputFile(prefix + "iptables.rules", render_iptables(rulesets[4]).encode(),
+                        MODE_FILE)]
+    if 6 in rulesets:
         files.append(OutputFile(prefix + "ip6tables.rules",
-                                render_iptables(lower(cluster, member, 6, options)).encode(),
+                                render_iptables(rulesets[6]).encode(), MODE_FILE))
+    if sets:
+        files.append(OutputFile(prefix + "ipsets.rules",
+                                render_ipsets(sets, cluster.name, member.name).encode(),
                                 MODE_FILE))
     secret = daemons.holds_secret(cluster, redact)
     files.append(OutputFile(prefix + "keepalived.conf",
