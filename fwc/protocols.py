@@ -103,7 +103,6 @@ ALARM_CACHE_TIMEOUT = 180
 # conntrackd wants HashLimit >= 2 x nf_conntrack_max (conntrackd.conf(5)).
 CONNTRACKD_HASHLIMIT_FACTOR = 2
 NF_CONNTRACK_EVENTS = 1
-NF_CONNTRACK_HELPER = 0
 # Where the generated files live on a node (docs/contracts.md).
 NODE_KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 NODE_CONNTRACKD_CONF = "/etc/conntrackd/conntrackd.conf"
