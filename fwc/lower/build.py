@@ -358,7 +358,7 @@ class _Lowering:
                       services, "p")
 
     def helpers(self, rule: PolicyRule, origin: Origin, chains: set[str]) -> None:
-        """Assign conntrack helpers explicitly in raw (nf_conntrack_helper is 0).
+        """Assign conntrack helpers explicitly in raw (the kernel no longer does it).
 
         The raw table sees packets before DNAT and routing, so the helper is chosen by
         protocol, port and incoming device only; a helper on a connection the filter

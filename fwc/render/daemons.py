@@ -234,9 +234,6 @@ def sysctl_settings(cluster: Cluster) -> list[tuple[str, object, str]]:
          "nothing is replicated"),
         ("net.netfilter.nf_conntrack_max", proto.NF_CONNTRACK_MAX,
          "the connection table size; conntrackd.conf's HashLimit is twice this value"),
-        ("net.netfilter.nf_conntrack_helper", proto.NF_CONNTRACK_HELPER,
-         "no automatic helper assignment: both members must track the same "
-         "connections the same way, so helpers are assigned explicitly or not at all"),
     ]
     return settings
 
