@@ -264,3 +264,22 @@ def test_a_named_set_renders_the_way_iptables_save_prints_it(tmp_path):
         assert loaded.returncode == 0, loaded.stderr
         saved = in_ns(ns, "iptables-save").stdout
     assert rules_by_table(text)["filter"] == rules_by_table(saved)["filter"]
+
+
+@pytest.mark.parametrize(("policy", "cluster", "member", "devices"), MEMBERS, ids=IDS)
+def test_sysctl_conf_applies(compiled, policy, cluster, member, devices):
+    conf = compiled[policy] / cluster / member / "sysctl.conf"
+    keys = [line.split("=")[0].strip() for line in conf.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert "net.ipv4.ip_forward" in keys and "net.netfilter.nf_conntrack_events" in keys
+    with namespace() as ns:
+        # loading a conntrack rule loads nf_conntrack, whose keys sysctl.conf sets
+        rules = (compiled[policy] / cluster / member / "iptables.rules").read_text()
+        assert in_ns(ns, "iptables-restore", stdin=rules).returncode == 0
+        result = in_ns(ns, "sysctl", "-p", str(conf))
+    errors = [line for line in result.stderr.splitlines()
+              # nf_conntrack_max is global: only the initial namespace may set it
+              if "nf_conntrack_max" not in line]
+    assert errors == [], result.stderr
+    for key in keys:
+        assert Path("/proc/sys", *key.split(".")).exists(), key
