@@ -67,6 +67,7 @@ nat edge {
     snat from lan to any out uplink -> uplink.vip
     dnat from any to uplink.vip service web in uplink -> web:8080
     dnat from any to 2001:db8:1::fe service web in lan -> web6
+    nonat from !client to 198.18.0.0/15
 }
 """
 
@@ -285,6 +286,7 @@ def test_nat_kinds_in_order(compiled):
         f"-A PREROUTING -s 192.0.2.10/32 -d 198.18.0.0/15 {c('nonat from client')} -j RETURN",
         f"-A PREROUTING -d 198.51.100.254/32 -i eth1 -p tcp -m multiport --dports 80,443 "
         f"{c('-> web:8080')} -j DNAT --to-destination 192.0.2.80:8080",
+        f"-A PREROUTING -d 198.18.0.0/15 {c('nonat from !client')} -j fwc-n7-PREROUTING",
     ]
     assert fw1.index("*nat") < fw1.index("*filter")
     assert fw1.count("COMMIT") == 3  # raw (the ftp helper), nat, filter
@@ -300,7 +302,9 @@ def test_mark_bit_is_set_by_cluster_wide_accepts(compiled):
                      '-j ACCEPT') > fw1.index('-A fwc-accept -m comment --comment '
                                               '"fwc auto: replicated mark" -j CONNMARK '
                                               '--set-xmark 0x00100000/0x00100000')
-    user_accepts = [line for line in fw1 if "rules.fw" in line and line.endswith("-j ACCEPT")]
+    filter_table = fw1[fw1.index("*filter"):]
+    user_accepts = [line for line in filter_table
+                    if "rules.fw" in line and line.endswith("-j ACCEPT")]
     assert all(c("only fw1") in line for line in user_accepts)
 
 
@@ -340,3 +344,18 @@ def test_conntrack_helpers_are_assigned_explicitly_in_raw(compiled):
         "-j fwc-accept" in fw1
     # the rule's addresses are IPv4 only: no helper in ip6tables either
     assert "*raw" not in lines("fw1", 6)
+
+
+def test_nonat_with_exclusions_ends_the_nat_chain_with_accept(compiled):
+    _, lines = compiled
+    fw1 = lines("fw1", 4)
+    rule = c("nonat from !client")
+    for chain in ("PREROUTING", "POSTROUTING"):
+        sub = f"fwc-n7-{chain}"
+        assert f"-A {chain} -d 198.18.0.0/15 {rule} -j {sub}" in fw1
+        # RETURN leaves only the sub-chain; ACCEPT ends the built-in nat chain like
+        # RETURN does there, so the NAT rules after the exception are skipped
+        assert [line for line in fw1 if line.startswith(f"-A {sub}")] == [
+            f"-A {sub} -s 192.0.2.10/32 {rule} -j RETURN",
+            f"-A {sub} {rule} -j ACCEPT",
+        ]
