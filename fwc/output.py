@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from fwc.arrange import optimise
 from fwc.ipsets import render as render_ipsets
-from fwc.lower import LowerOptions, lower
+from fwc.lower import LowerOptions, lower, options_for
 from fwc.model import Cluster, Member, Policy
 from fwc.render import daemons
 from fwc.render.iptables import render as render_iptables
@@ -107,7 +108,7 @@ def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> b
 
 def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
     """Every file of every cluster, in memory. Pure: no file system access."""
-    options = LowerOptions(source_root(policy))
+    options = options_for(policy)
     out: list[ClusterOutput] = []
     for cluster in policy.clusters:
         files: list[OutputFile] = []
@@ -167,6 +168,23 @@ def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutpu
     policy that another policy's MANIFEST already claims is an error.
     """
     output_dir = Path(output_dir)
+    parent = output_dir.parent if str(output_dir.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OutputError(f"cannot use '{parent}': {exc.strerror or exc}") from exc
+    try:
+        # Two compiles into one output directory would each swap in their own copy
+        # and lose the other's clusters: serialise them on the parent directory.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_locked(output_dir, parent, policy_name, clusters)
+    finally:
+        os.close(lock)
+
+
+def _write_locked(output_dir: Path, parent: Path, policy_name: str,
+                  clusters: list[ClusterOutput]) -> list[str]:
     new_names = {c.name for c in clusters}
     removed: list[str] = []
     if output_dir.exists() and not output_dir.is_dir():
@@ -185,8 +203,6 @@ def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutpu
                                   "remove it or choose another output directory")
             if entry.name not in new_names and owner == policy_name:
                 removed.append(entry.name)
-    parent = output_dir.parent if str(output_dir.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".{output_dir.name}.fwc-staging-{os.getpid()}"
     old = parent / f".{output_dir.name}.fwc-old-{os.getpid()}"
     try:

@@ -184,3 +184,19 @@ def test_summary_lists_the_files_per_member(edge, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"{tmp_path / 'out'}/edge/fw1: iptables.rules ip6tables.rules keepalived.conf " \
         "conntrackd.conf fwc-notify.sh sysctl.conf" in printed
+
+
+def test_concurrent_compiles_into_one_directory_keep_both_clusters(edge, tmp_path):
+    import subprocess
+    import sys
+
+    other = tmp_path / "src" / "other.fw"
+    other.write_text(EDGE.replace("cluster edge", "cluster branch").replace(
+        "policy edge", "policy branch").replace("nat edge", "nat branch").replace(
+        "expect edge", "expect branch"))
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "fwc", "compile", str(p), "-o", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+             for p in (edge, other) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert sorted(p.name for p in out.iterdir()) == ["branch", "edge"]
