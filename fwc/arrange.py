@@ -165,7 +165,12 @@ class _Arranger:
                 r.match.protocol not in (None, protocol) for r in rules):
             return rules
         lows = sorted(p.low for r in with_ports for p in r.match.dports)
-        buckets = max(2, round(math.sqrt(len(rules))))
+        # About sqrt(n) buckets balance the jumps against the bucket length, but every
+        # port-less rule is copied into every bucket: keep those copies under half of
+        # the rules with ports, so the output grows by a bounded factor.
+        portless = len(rules) - len(with_ports)
+        buckets = max(2, min(round(math.sqrt(len(rules))),
+                             len(with_ports) // max(1, 2 * portless)))
         cuts = sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})
         bounds = [0, *cuts, PORT_MAX + 1]
         out: list[Rule] = []
