@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from fwc.addresses import AddressSet
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error
-from fwc.lower import MARK_ACCEPT_CHAIN, AddressMatch, NodeRuleset, Rule, lower
+from fwc.lower import (
+    MARK_ACCEPT_CHAIN,
+    AddressMatch,
+    LowerOptions,
+    NodeRuleset,
+    Rule,
+    lower,
+    options_for,
+)
 from fwc.model import Cluster, Member, Policy
 from fwc.model import Rule as PolicyRule
 
@@ -101,10 +109,10 @@ class _MemberView:
     ordered: list[tuple[str, NormalRule, PolicyRule | None]]
 
 
-def _view(cluster: Cluster, member: Member, family: int) -> _MemberView:
+def _view(cluster: Cluster, member: Member, family: int, options: LowerOptions) -> _MemberView:
     devices, addresses = _substitutions(cluster, member)
     view = _MemberView(member, {}, {}, [])
-    for table, chain, rule in _forwarding_rules(lower(cluster, member, family)):
+    for table, chain, rule in _forwarding_rules(lower(cluster, member, family, options)):
         normal = _normal(table, chain, rule, devices, addresses)
         key = rule.origin.label
         view.by_origin.setdefault(key, []).append(normal)
@@ -167,12 +175,12 @@ def _describe_rule(rule: PolicyRule) -> str:
     return f"'{rule.action} from {rule.source.label} to {rule.destination.label}'"
 
 
-def cluster_parity(cluster: Cluster) -> Iterable[Diagnostic]:
+def cluster_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnostic]:
     if len(cluster.members) < 2:
         return
     reported: set[str] = set()
     for family in sorted(cluster.families):
-        views = [_view(cluster, m, family) for m in cluster.members]
+        views = [_view(cluster, m, family, options) for m in cluster.members]
         keys: dict[str, None] = {}
         for view in views:
             keys.update(dict.fromkeys(view.by_origin))
@@ -234,4 +242,4 @@ diagnostic names the rule and what decides the same traffic on the other
 member(s).""")
 def parity(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        yield from cluster_parity(cluster)
+        yield from cluster_parity(cluster, options_for(policy))
