@@ -225,3 +225,19 @@ def test_usage_errors_exit_2(repo, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)
     code, _, err = fwc_diff(capsys)
     assert code == 2 and "not a git repository" in err
+
+
+def test_rule_moved_without_changing_traffic(repo, capsys):
+    edit(repo / "policies" / "edge.fw",
+         "    accept from client   to firewall service ssh\n"
+         "    accept from monitor  to firewall service snmp  only fw1\n",
+         "    accept from monitor  to firewall service snmp  only fw1\n"
+         "    accept from client   to firewall service ssh\n")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "policy rules: 1 moved" in out
+    assert "~ accept from" in out
+    assert "traffic:" not in out  # disjoint sources: the order does not matter
+    fw1 = section(out, "member fw1")
+    assert re.search(r"IPv4 filter/INPUT: \d+ moved", fw1)
+    assert "member fw2" not in out  # the snmp rule exists on fw1 only
