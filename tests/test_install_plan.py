@@ -127,6 +127,10 @@ def test_ssh_transport_quotes_for_any_login_shell():
     assert argv == ["ssh", "-p", "2222", "admin@fw1", "sh -c 'echo '\"'\"'a b'\"'\"' && true'"]
     assert NetnsTransport("fw1", "ns1").argv("true") == ["ip", "netns", "exec", "ns1", "sh",
                                                           "-c", "true"]
+    # the confirmation probe must open a new connection, not reuse a multiplexed one
+    fresh = SshTransport("fw1", "admin@fw1", "ssh -o ControlMaster=auto").fresh()
+    assert fresh.argv("true")[:5] == ["ssh", "-o", "ControlMaster=auto", "-o",
+                                      "ControlPath=none"]
 
 
 def test_inventory_errors(tmp_path):
@@ -261,7 +265,8 @@ class PromptNode:
     def confirmed_elsewhere(self) -> bool:
         return self.confirmed_on_node
 
-    def probe(self, command: str) -> bool:
+    def probe(self, command: str, *, fresh: bool = False) -> bool:
+        assert fresh or command != "true"
         return self.reachable
 
     def say(self, text: str) -> None:

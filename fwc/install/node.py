@@ -72,9 +72,10 @@ class NodeInstall:
             raise StepFailed(stage, result.reason())
         return result
 
-    def probe(self, command: str) -> bool:
+    def probe(self, command: str, *, fresh: bool = False) -> bool:
+        transport = self.transport.fresh() if fresh else self.transport
         try:
-            return self.transport.run(command, timeout=15).ok
+            return transport.run(command, timeout=15).ok
         except TransportError:
             return False
 

@@ -83,7 +83,7 @@ def install_cluster(cluster: Cluster, chosen: list[Member], files: Mapping[str, 
 
 def automatic_confirmer(node: NodeInstall, seconds: float) -> bool:
     """--confirm: a fresh connection to the node after the change proves it reachable."""
-    reachable = node.probe("true")
+    reachable = node.probe("true", fresh=True)
     if not reachable:
         node.say("unreachable after the change: not confirming")
     return reachable

@@ -57,6 +57,10 @@ class Transport:
         """Why this transport must not be used as configured, or None."""
         return None
 
+    def fresh(self) -> Transport:
+        """The same node over a new connection (proves new connections still work)."""
+        return self
+
     def run(self, command: str, *, input: str | None = None, timeout: float = 60.0) -> Result:
         argv = self.argv(command)
         try:
@@ -79,6 +83,12 @@ class SshTransport(Transport):
     def argv(self, command: str) -> list[str]:
         # The remote login shell may not be POSIX: hand it one quoted `sh -c`.
         return [*self.ssh, self.target, "sh -c " + shlex.quote(command)]
+
+    def fresh(self) -> Transport:
+        # A multiplexed ssh (ControlMaster) would ride the old, ESTABLISHED
+        # connection, which any ruleset lets through.
+        return SshTransport(self.member, self.target,
+                            shlex.join([*self.ssh, "-o", "ControlPath=none"]))
 
 
 class LocalTransport(Transport):
