@@ -357,3 +357,25 @@ def test_dry_run_against_the_namespaces_changes_nothing(lab, capsys):
         assert (node.rules(), node.rules("ip6tables-save")) == before[member]
         assert sorted(p.name for p in (node.etc / "fwc").iterdir()) == []
         assert (node.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+
+
+def test_ssh_transport_quoting_end_to_end(lab, capsys):
+    """The ssh transport's commands survive a remote shell: a stand-in `ssh` that
+    hands the remote command line to `sh -c` inside the member's namespace."""
+    fake_ssh = lab.tmp / "fake-ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        'while [ "$1" = -o ]; do shift 2; done\n'
+        'host=$1; shift\n'
+        'exec ip netns exec "$host" sh -c "$*"\n')
+    fake_ssh.chmod(0o755)
+    args = build_parser().parse_args([
+        "install", "--member", "fw2", "--confirm", "--ssh", str(fake_ssh),
+        "--inventory", str(lab.inventory), "-o", str(lab.output),
+        "--secrets", str(lab.secrets), str(POLICY)])
+    assert install_command.run(args, check=FakeSettle()) == 0
+    assert "fw2: confirmed" in capsys.readouterr().out
+    fw2 = lab.nodes["fw2"]
+    assert "fwc auto: established" in "\n".join(fw2.rules())
+    assert (fw2.etc / "fwc" / "iptables.rules").read_text() == \
+        (lab.output / "edge" / "fw2" / "iptables.rules").read_text()
