@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
                              settle_timeout=settle_timeout,
                              systemd=args.transport != "netns", out=sys.stdout)
     failed = False
-    for target, transports, files in plans:
+    for number, (target, transports, files) in enumerate(plans):
         results = install_cluster(target.cluster, target.members, files, transports, options,
                                   pick_confirmer(args), check, dry_run=args.dry_run)
         for result in results:
@@ -141,5 +141,8 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
                 print(f"fwc install: {result.member}: {result.stage} failed: "
                       f"{result.message} ({what})", file=sys.stderr)
         if failed:
+            rest = [t.cluster.name for t, _, _ in plans[number + 1:]]
+            if rest:
+                print(f"fwc install: clusters not touched: {', '.join(rest)}", file=sys.stderr)
             break
     return EXIT_FAILED if failed else EXIT_OK
