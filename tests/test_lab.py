@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fwc.lab.daemons import fast_keepalived
-from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _gap_around
+from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _longest_gap
 from fwc.lab.netns import LabState, lab_namespaces, teardown
 from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabOptions, LabRefused, LabReport, failover_runs, run_lab_cluster
@@ -177,8 +177,11 @@ def test_stream_gap_computation(tmp_path: Path) -> None:
     )
     recv, info = Stream(log).parse()
     assert info["sport"] == "40000" and info["end"].startswith("stopped")
-    assert _gap_around(recv, 2.0) == pytest.approx(5.2 - 1.4)
-    assert _gap_around(recv, 9.0) is None
+    # From a second before the failure to the first echo after the takeover.
+    assert _longest_gap(recv, 1.0, 5.2) == pytest.approx(5.2 - 1.4)
+    # An echo that slipped through just after the failure does not hide the gap.
+    assert _longest_gap([1.0, 1.1, 1.2, 7.8, 7.9], 0.2, 7.8) == pytest.approx(6.6)
+    assert _longest_gap(recv, 9.0, 10.0) is None
 
 
 def test_report_renders_side_by_side_gaps() -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fwc.lab.netns import LabError, LabState, Proc, netns_pids, run
+from fwc.lab.netns import PYTHON, LabError, LabState, Proc, netns_pids, run
 from fwc.lab.topology import IPInterface, Remap
 
 # Compiled file -> where docs/contracts.md says it lives on the node.
@@ -235,7 +235,7 @@ class Node:
     def start_listener(self, tcp: Sequence[int], udp: Sequence[int], probe_py: Path) -> None:
         if not tcp and not udp:
             return
-        argv = ["python3", str(probe_py), "serve", "--tcp", *map(str, tcp), "--udp", *map(str, udp)]
+        argv = [PYTHON, str(probe_py), "serve", "--tcp", *map(str, tcp), "--udp", *map(str, udp)]
         log = self.logdir / f"{self.name}-listener.log"
         self.helpers.append(self.state.spawn(f"{self.name}/listener", self.argv(argv), log))
 

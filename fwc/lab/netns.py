@@ -15,12 +15,16 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_ROOT = Path("/run/fwc-lab")
+# Probes run with this interpreter (not whatever `python3` is on PATH in a
+# namespace): the same one, and no shim start-up cost per probe.
+PYTHON = sys.executable or "python3"
 PREFIX_RE = re.compile(r"^fwc[0-9a-z]{1,12}$")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from fwc.lab import drills
 from fwc.lab.daemons import KEEPALIVED_CONF, Node, fast_keepalived
-from fwc.lab.netns import LabError, LabState, new_prefix, run, teardown
+from fwc.lab.netns import PYTHON, LabError, LabState, new_prefix, run, teardown
 from fwc.lab.topology import (
     HostPlan,
     IPAddress,
@@ -249,7 +249,7 @@ class Lab:
                     node.start_listener(sorted(tcp), sorted(udp), self.probe_py)
                 continue
             argv = [
-                "python3",
+                PYTHON,
                 str(self.probe_py),
                 "serve",
                 "--tcp",
