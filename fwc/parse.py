@@ -25,6 +25,10 @@ _TERMINAL_NAMES = {
     "INT": "a number", "STRING": "a quoted string", "ACTION": "accept, drop or reject",
     "NAT_KIND": "snat, dnat, masquerade or nonat", "VERDICT": "allow or deny",
     "ADDRESS_KIND": "host or network", "NEGATE": "!", "ANY": "any", "FIREWALL": "firewall",
+    "KW_INCLUDE": "include", "KW_RANGE": "range", "KW_GROUP": "group",
+    "KW_SERVICE": "service", "KW_CLUSTER": "cluster", "KW_POLICY": "policy", "KW_NAT": "nat",
+    "KW_EXPECT": "expect", "UNICAST": "unicast", "MASTER": "master", "LINK_IPV4": "an IPv4 address",
+    "LINK_IPV6": "an IPv6 address",
     "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
 }
@@ -166,7 +170,8 @@ class _Builder(Transformer):
         return children
 
     def include(self, children: list) -> s.Include:
-        path = self.word(children[0])
+        _keyword, path_token = children
+        path = self.word(path_token)
         return s.Include(path, path.span)
 
     def address_def(self, children: list) -> s.AddressDef:
@@ -176,14 +181,13 @@ class _Builder(Transformer):
                             _join(self.span(kind), words[-1].span))
 
     def range_def(self, children: list) -> s.AddressDef:
-        name, value = children
+        _keyword, name, value = children
         value_word = self.word(value)
-        name_word = self.word(name)
-        return s.AddressDef("range", name_word, (value_word,), _join(name_word.span,
-                                                                     value_word.span))
+        return s.AddressDef("range", self.word(name), (value_word,),
+                            _join(self.word(name).span, value_word.span))
 
     def group_def(self, children: list) -> s.GroupDef:
-        name, *items = children
+        _keyword, name, *items = children
         name_word = self.word(name)
         members = tuple(self.endpoint_of(i, False) for i in items)
         last = members[-1].span if members else name_word.span
@@ -193,7 +197,7 @@ class _Builder(Transformer):
         return ("helper", self.word(children[0]))
 
     def service_def(self, children: list) -> s.ServiceDef:
-        name, *rest = children
+        _keyword, name, *rest = children
         helper = None
         if rest and isinstance(rest[-1], tuple):
             helper = rest.pop()[1]
@@ -285,7 +289,7 @@ class _Builder(Transformer):
         return s.MemberDecl(name_word, options, links, _join(name_word.span, last))
 
     def cluster(self, children: list) -> s.ClusterDecl:
-        name, *items = children
+        _keyword, name, *items = children
         vrrp: list[s.Option] = []
         sync: list[s.Option] = []
         vrrp_span = sync_span = None
@@ -375,7 +379,7 @@ class _Builder(Transformer):
                           _join(verdict_word.span, last))
 
     def _block(self, kind: str, children: list) -> s.BlockDecl:
-        name, *rules = children
+        _keyword, name, *rules = children
         name_word = self.word(name)
         last = rules[-1].span if rules else name_word.span
         return s.BlockDecl(kind, name_word, tuple(rules), _join(name_word.span, last))

@@ -107,3 +107,10 @@ def test_expectation_interface_is_not_a_service():
     assert [s.text for s in first.services] == ["web", "dns"]
     assert [(o.key, o.value.text) for o in first.options] == [("in", "lan")]
     assert [s.text for s in second.services] == ["web"] and second.options == ()
+
+
+def test_empty_group_before_a_statement_keyword(tmp_path):
+    path = write_policy(tmp_path, "host a 192.0.2.1\ngroup g\nservice s tcp/1\n")
+    codes = [(d.code, d.span.line) for d in analyse(path).diagnostics]
+    assert ("FWC104", 2) in codes
+    assert not any(code == "FWC001" for code, _ in codes)
