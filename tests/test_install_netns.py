@@ -379,3 +379,50 @@ def test_ssh_transport_quoting_end_to_end(lab, capsys):
     assert "fwc auto: established" in "\n".join(fw2.rules())
     assert (fw2.etc / "fwc" / "iptables.rules").read_text() == \
         (lab.output / "edge" / "fw2" / "iptables.rules").read_text()
+
+
+def blocked_policy(directory: Path) -> Path:
+    """edge plus a group large enough to become an ipset (fwc4-blocked)."""
+    hosts = ", ".join(f"198.18.{i}.{2 * i + 1}" for i in range(20))
+    text = POLICY.read_text(encoding="utf-8").replace(
+        "group   desktops client, guests",
+        f"group   desktops client, guests\ngroup   blocked  {hosts}").replace(
+        "policy edge {\n", "policy edge {\n    drop   from blocked  to any\n")
+    path = directory / "edge.fw"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_ipsets_installed_and_rolled_back(lab, capsys):
+    policy = blocked_policy(lab.tmp)
+    output = lab.tmp / "ipset-output"
+    assert main(["compile", str(policy), "-o", str(output)]) == 0
+    assert (output / "edge" / "fw1" / "ipsets.rules").exists()
+    fw1 = lab.nodes["fw1"]
+    # What ran before uses a set of its own, which must come back with its members.
+    fw1.exec("ipset create oldset hash:net && ipset add oldset 203.0.113.99")
+    fw1.exec("iptables -A INPUT -m set --match-set oldset src -j DROP")
+    fw1.exec("ipset add oldset 203.0.113.98")
+    before = fw1.rules()
+    old_set = fw1.exec("ipset save oldset")
+
+    def install_blocked(*extra: str) -> int:
+        args = build_parser().parse_args([
+            "install", "--member", "fw1", "--transport", "netns",
+            "--inventory", str(lab.inventory), "-o", str(output), *extra, str(policy)])
+        return install_command.run(args, check=FakeSettle())
+
+    assert install_blocked("--confirm-timeout", "0.5") == 1
+    out = capsys.readouterr().out
+    assert "fw1: applying" in out and "previous configuration restored" in out
+    assert fw1.rules() == before
+    assert fw1.exec("ipset list -n").split() == ["oldset"]
+    assert fw1.exec("ipset save oldset") == old_set
+
+    assert install_blocked("--confirm") == 0
+    assert sorted(fw1.exec("ipset list -n").split()) == ["fwc4-blocked", "oldset"]
+    members = [line for line in fw1.exec("ipset save fwc4-blocked").splitlines()
+               if line.startswith("add ")]
+    assert len(members) == 20
+    assert "--match-set fwc4-blocked src" in "\n".join(fw1.rules())
+    capsys.readouterr()

@@ -54,6 +54,12 @@ def test_ruleset(files: list[NodeFile]) -> str:
     steps = [f"iptables-restore --test < {STAGING}/iptables.rules"]
     if "ip6tables.rules" in names:
         steps.append(f"ip6tables-restore --test < {STAGING}/ip6tables.rules")
+    if "ipsets.rules" in names:
+        # A rule naming a set that does not exist yet fails the test, and creating
+        # the sets here would change the node: test in a throwaway network
+        # namespace (sets are per namespace) with the new sets loaded.
+        isolated = " && ".join([f"ipset restore < {STAGING}/ipsets.rules", *steps])
+        steps = [f"unshare -n sh -c {q(isolated)}"]
     if "keepalived.conf" in names:
         # Also catches a VRRP interface this node does not have.
         steps.append("{ ! command -v keepalived >/dev/null 2>&1 || "
