@@ -143,14 +143,31 @@ class AddressSet:
     def __bool__(self) -> bool:
         return not self.is_empty()
 
+    # The shortcuts below return an operand unchanged (sets are immutable): lowering and
+    # the checks combine with empty sets (no exclusions, no firewall address) all the
+    # time, and re-normalising those was a visible part of the 20,000-rule profile.
     def __or__(self, other: AddressSet) -> AddressSet:
-        return AddressSet(_normalise(self.v4 + other.v4), _normalise(self.v6 + other.v6))
+        if not other.v4 and not other.v6:
+            return self
+        if not self.v4 and not self.v6:
+            return other
+        return AddressSet(_normalise(self.v4 + other.v4) if other.v4 and self.v4
+                          else self.v4 or other.v4,
+                          _normalise(self.v6 + other.v6) if other.v6 and self.v6
+                          else self.v6 or other.v6)
 
     def __and__(self, other: AddressSet) -> AddressSet:
+        if not self.v4 and not self.v6:
+            return self
+        if not other.v4 and not other.v6:
+            return other
         return AddressSet(_intersect(self.v4, other.v4), _intersect(self.v6, other.v6))
 
     def __sub__(self, other: AddressSet) -> AddressSet:
-        return AddressSet(_subtract(self.v4, other.v4), _subtract(self.v6, other.v6))
+        if (not other.v4 and not other.v6) or (not self.v4 and not self.v6):
+            return self
+        return AddressSet(_subtract(self.v4, other.v4) if other.v4 else self.v4,
+                          _subtract(self.v6, other.v6) if other.v6 else self.v6)
 
     def covers(self, other: AddressSet) -> bool:
         return _covers(self.v4, other.v4) and _covers(self.v6, other.v6)
