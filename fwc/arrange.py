@@ -37,6 +37,7 @@ rule by rule, and a jump costs as much as a rule.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import re
@@ -137,19 +138,31 @@ class _Arranger:
 
     def split(self, rules: list[Rule], dim: _Dimension, order: list[str],
               path: list[str], protocol: int | None) -> list[Rule] | None:
-        values = sorted({v for r in rules if (v := dim.value(r.match)) is not None},
-                        key=str)
-        unconstrained = [r for r in rules if dim.value(r.match) is None]
+        # One pass, in order: each rule goes to its value's list, or to every list.
+        by_value: dict[Hashable, list[Rule]] = {}
+        unconstrained: list[Rule] = []
+        kinds: list[Hashable | None] = []
+        for rule in rules:
+            value = dim.value(rule.match)
+            kinds.append(value)
+            if value is None:
+                unconstrained.append(rule)
+            elif value not in by_value:
+                by_value[value] = []
         # Splitting pays when most rules name a value: the others are copied everywhere.
-        if not values or len(unconstrained) * 2 > len(rules):
+        if not by_value or len(unconstrained) * 2 > len(rules):
             return None
+        for rule, value in zip(rules, kinds, strict=True):
+            if value is None:
+                for subset in by_value.values():
+                    subset.append(rule)
+            else:
+                by_value[value].append(replace(rule, match=dim.strip(rule.match)))
         out: list[Rule] = []
-        for value in values:
+        for value in sorted(by_value, key=str):
             label = dim.label(value)
-            subset = [replace(r, match=dim.strip(r.match)) if dim.value(r.match) == value else r
-                      for r in rules if dim.value(r.match) in (None, value)]
             name = self.chain_name([*path, label])
-            body = self.arrange(subset, order, [*path, label],
+            body = self.arrange(by_value[value], order, [*path, label],
                                 int(value) if dim.name == "protocol" else protocol)  # type: ignore[call-overload]
             self.chains.append(Chain(name, None, tuple(
                 [*body, Rule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
@@ -173,16 +186,27 @@ class _Arranger:
                              len(with_ports) // max(1, 2 * portless)))
         cuts = sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})
         bounds = [0, *cuts, PORT_MAX + 1]
+        members: list[list[Rule]] = [[] for _ in bounds[:-1]]
+        for rule in rules:
+            if not rule.match.dports:
+                for bucket in members:
+                    bucket.append(rule)
+                continue
+            touched: set[int] = set()
+            for port in rule.match.dports:
+                first = bisect.bisect_right(bounds, port.low) - 1
+                last = bisect.bisect_right(bounds, port.high) - 1
+                touched.update(range(first, last + 1))
+            for index in sorted(touched):
+                members[index].append(rule)
         out: list[Rule] = []
         for index, (low, next_low) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            high = next_low - 1
-            subset = [r for r in rules if not r.match.dports
-                      or any(p.low <= high and p.high >= low for p in r.match.dports)]
             name = self.chain_name([*path, str(index)])
             self.chains.append(Chain(name, None, tuple(
-                [*subset, Rule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
-            out.append(Rule(Match(protocol=protocol, dports=(PortRange(low, high),)), name,
-                            self.origin(f"ports {low}-{high}")))
+                [*members[index],
+                 Rule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
+            out.append(Rule(Match(protocol=protocol, dports=(PortRange(low, next_low - 1),)),
+                            name, self.origin(f"ports {low}-{next_low - 1}")))
         # Only packets of `protocol` enter this chain, and every one of them takes a bucket;
         # the protocol-free rules follow anyway, so the chain is right on its own too.
         out.extend(r for r in rules if r.match.protocol is None)
