@@ -297,11 +297,11 @@ def test_mark_bit_is_set_by_cluster_wide_accepts(compiled):
     fw1 = lines("fw1", 4)
     assert ":fwc-accept - [0:0]" in fw1
     assert '-A fwc-accept -m comment --comment "fwc auto: replicated mark" -j CONNMARK ' \
-        '--set-xmark 0x00100000/0x00100000' in fw1
+        '--set-xmark 0x100000/0x100000' in fw1
     assert fw1.index('-A fwc-accept -m comment --comment "fwc auto: replicated mark" '
                      '-j ACCEPT') > fw1.index('-A fwc-accept -m comment --comment '
                                               '"fwc auto: replicated mark" -j CONNMARK '
-                                              '--set-xmark 0x00100000/0x00100000')
+                                              '--set-xmark 0x100000/0x100000')
     filter_table = fw1[fw1.index("*filter"):]
     user_accepts = [line for line in filter_table
                     if "rules.fw" in line and line.endswith("-j ACCEPT")]

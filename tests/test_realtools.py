@@ -116,6 +116,35 @@ def rules_by_table(text: str) -> dict[str, list[tuple[str, ...]]]:
     return tables
 
 
+def restore_sets(ns: str, directory: Path) -> None:
+    """Rules naming an ipset are refused until the set exists: load ipsets.rules first."""
+    sets = directory / "ipsets.rules"
+    if sets.exists():
+        loaded = in_ns(ns, "ipset", "restore", stdin=sets.read_text())
+        assert loaded.returncode == 0, f"{sets}: {loaded.stderr}"
+
+
+def load_and_compare(directory: Path, devices: tuple[str, ...]) -> None:
+    """--test in a fresh namespace, then load for real and compare with iptables-save."""
+    for filename, tool in rule_files(directory):
+        text = (directory / filename).read_text()
+        with namespace() as ns:
+            restore_sets(ns, directory)
+            tested = in_ns(ns, f"{tool}-restore", "--test", stdin=text)
+            assert tested.returncode == 0, f"{filename}: {tested.stderr}"
+        with namespace(devices) as ns:
+            restore_sets(ns, directory)
+            loaded = in_ns(ns, f"{tool}-restore", stdin=text)
+            assert loaded.returncode == 0, f"{filename}: {loaded.stderr}"
+            saved = in_ns(ns, f"{tool}-save")
+            assert saved.returncode == 0, saved.stderr
+        expected = rules_by_table(text)
+        actual = rules_by_table(saved.stdout)
+        for table, lines in expected.items():
+            assert actual.get(table) == lines, f"{filename} table {table} differs after loading"
+        assert sum(len(v) for v in expected.values()) > 0
+
+
 def rule_files(directory: Path) -> list[tuple[str, str]]:
     files = [("iptables.rules", "iptables")]
     if (directory / "ip6tables.rules").exists():
@@ -126,22 +155,7 @@ def rule_files(directory: Path) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("policy", "cluster", "member", "devices"), MEMBERS, ids=IDS)
 def test_iptables_restore_accepts_and_loads_every_rule(compiled, policy, cluster, member,
                                                        devices):
-    directory = compiled[policy] / cluster / member
-    for filename, tool in rule_files(directory):
-        text = (directory / filename).read_text()
-        with namespace() as ns:
-            tested = in_ns(ns, f"{tool}-restore", "--test", stdin=text)
-            assert tested.returncode == 0, f"{filename}: {tested.stderr}"
-        with namespace(devices) as ns:
-            loaded = in_ns(ns, f"{tool}-restore", stdin=text)
-            assert loaded.returncode == 0, f"{filename}: {loaded.stderr}"
-            saved = in_ns(ns, f"{tool}-save")
-            assert saved.returncode == 0, saved.stderr
-        expected = rules_by_table(text)
-        actual = rules_by_table(saved.stdout)
-        for table, lines in expected.items():
-            assert actual.get(table) == lines, f"{filename} table {table} differs after loading"
-        assert sum(len(v) for v in expected.values()) > 0
+    load_and_compare(compiled[policy] / cluster / member, devices)
 
 
 @pytest.mark.parametrize(("policy", "cluster", "member", "devices"), MEMBERS, ids=IDS)
@@ -170,11 +184,7 @@ def test_conntrackd_parses_the_config(compiled, policy, cluster, member, devices
 
 
 def _check_directory(directory: Path, devices: tuple[str, ...]) -> None:
-    for filename, tool in rule_files(directory):
-        with namespace() as ns:
-            tested = in_ns(ns, f"{tool}-restore", "--test",
-                           stdin=(directory / filename).read_text())
-        assert tested.returncode == 0, f"{directory}/{filename}: {tested.stderr}"
+    load_and_compare(directory, devices)
     with namespace(devices) as ns:
         result = in_ns(ns, "keepalived", "-t", "-e", "-f", str(directory / "keepalived.conf"))
     assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -182,6 +192,20 @@ def _check_directory(directory: Path, devices: tuple[str, ...]) -> None:
                             capture_output=True, text=True, timeout=30)
     output = (parsed.stdout + parsed.stderr).strip().splitlines()
     assert not [line for line in output if any(f in line for f in PARSE_FAILURES)], output
+
+
+def large_policy(base: str) -> str:
+    """Big enough for the speed passes: a 40-host group (an ipset) and 200 rules (arranged)."""
+    hosts = [f"host h{i} 198.18.{i}.7" for i in range(40)]  # 40 CIDRs: no aggregation
+    group = "group many " + ", ".join(f"h{i}" for i in range(40))
+    rules = []
+    for i in range(200):
+        side = ("in lan out uplink", "in uplink out lan", "in lan")[i % 3]
+        rules.append(f"    accept from many to 198.19.{i // 250}.{i % 250 + 1} "
+                     f"service tcp/{1000 + i} {side}")
+    head, _, tail = base.partition("policy edge {\n")
+    return ("\n".join(hosts) + "\n" + group + "\n" + head + "policy edge {\n"
+            + "\n".join(rules) + "\n" + tail)
 
 
 # One VRRP instance: keepalived warns about a sync group of one, so none is written.
@@ -211,7 +235,8 @@ policy solo {
 
 
 @pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3",
-                                     "nopreempt", "delay-garp", "single-instance"])
+                                     "nopreempt", "delay-garp", "single-instance",
+                                     "large"])
 def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
     """The feature-rich policy of test_compile_rules: AH, IPv6 NAT, RETURN chains, modes."""
     from tests.test_compile_rules import POLICY, UNICAST
@@ -226,6 +251,7 @@ def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
         "delay-garp": POLICY.replace("auth ah  advert 1s",
                                      "advert 2s  preempt-delay 30s  garp-refresh 60s"),
         "single-instance": SINGLE_INSTANCE,
+        "large": large_policy(POLICY),
     }[variant]
     path = tmp_path / "rules.fw"
     path.write_text(text)

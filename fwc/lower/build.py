@@ -72,7 +72,8 @@ def log_prefix(rule: PolicyRule) -> tuple[str, bool]:
 
 
 def mark_value(bit: int) -> str:
-    value = f"{1 << bit:#010x}"
+    """value/mask for CONNMARK, written the way iptables-save prints it (no padding)."""
+    value = f"{1 << bit:#x}"
     return f"{value}/{value}"
 
 

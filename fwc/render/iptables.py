@@ -131,9 +131,13 @@ def render(ruleset: NodeRuleset) -> str:
     tables = sorted(ruleset.tables, key=lambda t: TABLE_ORDER.index(t.name))
     for table in tables:
         out.append(f"*{table.name}")
-        for chain in table.chains:
+        # iptables-save lists built-in chains first, then user chains by name: the
+        # same order here makes a loaded ruleset read back line for line.
+        chains = [c for c in table.chains if c.builtin] + sorted(
+            (c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
+        for chain in chains:
             out.append(f":{chain.name} {chain.policy or '-'} [0:0]")
-        for chain in table.chains:
+        for chain in chains:
             for rule in chain.rules:
                 out.extend(rule_lines(chain.name, rule))
         out.append("COMMIT")
