@@ -426,3 +426,6 @@ def test_ipsets_installed_and_rolled_back(lab, capsys):
     assert len(members) == 20
     assert "--match-set fwc4-blocked src" in "\n".join(fw1.rules())
     capsys.readouterr()
+    # the node runs exactly the compiled rules (set references canonicalised too)
+    assert main(["diff", "--installed", "fw1", "--transport", "netns", "--inventory",
+                 str(lab.inventory), str(policy)]) == 0, capsys.readouterr().out

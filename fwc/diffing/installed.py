@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, l
     """[(what drifted, unified diff lines compiled -> node)]."""
     out: list[tuple[str, list[str]]] = []
     for name, save, restore in RULESETS:
-        expected = canonical(transport, compiled.get(name, ""), save, restore)
+        expected = canonical(transport, compiled.get(name, ""), save, restore,
+                             compiled.get("ipsets.rules", ""))
         live = node_output(transport, f"{save} 2>/dev/null || :")
         lines = _udiff(expected, normalised(live), f"compiled/{name}", f"{save} on node")
         if lines:
@@ -121,11 +123,28 @@ def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, l
     return out
 
 
-def canonical(transport: Transport, rules: str, save: str, restore: str) -> list[str]:
-    """The compiled ruleset as the node's iptables-save would print it."""
+SPLIT = "# fwc-split"
+
+
+def canonical(transport: Transport, rules: str, save: str, restore: str,
+              ipsets: str = "") -> list[str]:
+    """The compiled ruleset as the node's iptables-save would print it.
+
+    Rules naming a set only load where the set exists, so the compiled sets go
+    into the throwaway namespace first; both travel on stdin (a set can be
+    too large for a command line).
+    """
     if not rules.strip():
         return []
-    result = transport.run(f"unshare -n sh -c '{restore} && {save}'", input=rules, timeout=60)
+    script = (
+        'd=$(mktemp -d) && trap \'rm -rf "$d"\' EXIT && touch "$d/sets" "$d/rules" && '
+        f'awk -v d="$d" \'$0 == "{SPLIT}" {{ f = 1; next }} '
+        '{ print > (d (f ? "/rules" : "/sets")) }\' && '
+        f'{{ [ ! -s "$d/sets" ] || ipset restore < "$d/sets"; }} && '
+        f'{restore} < "$d/rules" && {save}')
+    payload = f"{ipsets}\n{SPLIT}\n{rules}"
+    result = transport.run(f"unshare -n sh -c {shlex.quote(script)}", input=payload,
+                           timeout=60)
     if result.ok and result.stdout.strip():
         return normalised(result.stdout)
     # No unshare on the node (or no privileges): compare the text as compiled.
