@@ -12,6 +12,11 @@ addresses or interfaces changed, the whole traffic space is compared.
 
 Results are stated in policy terms (`describe.Vocabulary`), one line per
 distinct change, merged across members when all members agree.
+
+When the firewall's addresses, interfaces or subnets change, chains and
+inferred interfaces differ between the versions: the region then also holds
+the packets whose chain changed and those touching a changed subnet, and each
+new piece is re-entered into the old version (`_reenter`) before comparing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from difflib import SequenceMatcher
 from fwc.analysis.describe import Vocabulary, describe_box
 from fwc.analysis.engine import CHAINS, FAMILIES, MemberView, Piece, classify_box
 from fwc.analysis.index import RuleList
-from fwc.analysis.space import Box, coalesce, union
+from fwc.analysis.space import ALL_SERVICES, LOCAL, Box, coalesce, full_addresses, union
 from fwc.model import Cluster
 
 # A region assembled from more changed rules than this is compared whole, chain by chain.
@@ -85,20 +90,43 @@ def _disjoint(boxes: Iterable[Box]) -> list[Box]:
     return out
 
 
-def changed_regions(old: MemberView, new: MemberView) -> list[tuple[Box, str]]:
-    """(box, chain) pairs outside which both versions decide every packet alike."""
+def _subnet_changes(old: MemberView, new: MemberView, family: int) -> list[Box]:
+    """Where routing (and so the inferred interfaces) differs: subnets added or dropped."""
+    before = set(old.connected.get(family, ()))
+    after = set(new.connected.get(family, ()))
+    out: list[Box] = []
+    everything = full_addresses(family)
+    every_iface = new.all_in | old.all_in
+    for _, subnet in before ^ after:
+        out.append(Box(family, subnet, everything, ALL_SERVICES, every_iface, every_iface))
+        out.append(Box(family, everything, subnet, ALL_SERVICES, every_iface, every_iface))
+    return out
+
+
+def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
+        -> list[tuple[Box, str]]:
+    """(box, chain) pairs, in the new version's chains, outside which nothing changed.
+
+    `whole` compares the entire traffic space instead (slow; the tests use it
+    as the reference the narrowed comparison must equal).
+    """
     out: list[tuple[Box, str]] = []
     same_shape = old.regions == new.regions and old.connected == new.connected
     for family in FAMILIES:
+        candidates = _unaligned(old.filter[(family, "forward")],
+                                new.filter[(family, "forward")])
+        candidates += _unaligned(old.dnat[family], new.dnat[family])
+        if not same_shape:
+            candidates += _subnet_changes(old, new, family)
         for chain in CHAINS:
             region = new.regions[(family, chain)]
+            chain_candidates = list(candidates)
             if not same_shape:
-                candidates = [region]
-            else:
-                candidates = _unaligned(old.filter[(family, chain)], new.filter[(family, chain)])
-                if chain != "output":
-                    candidates += _unaligned(old.dnat[family], new.dnat[family])
-            parts = [p for c in candidates if (p := c.intersect(region)) is not None]
+                # packets that changed chain, or arrive on an interface that is new
+                chain_candidates += _minus(region, old.regions[(family, chain)])
+            if whole:
+                chain_candidates = [region]
+            parts = [p for c in chain_candidates if (p := c.intersect(region)) is not None]
             if len(parts) > MAX_REGION_BOXES:
                 parts = [region]
             for box in _disjoint(parts):
@@ -106,16 +134,40 @@ def changed_regions(old: MemberView, new: MemberView) -> list[tuple[Box, str]]:
     return out
 
 
-def member_changes(old: MemberView, new: MemberView) -> list[tuple[str, Piece, Box]]:
+def _reenter(view: MemberView, box: Box) -> list[tuple[Box, str]]:
+    """A piece of the other version's traffic as this version's entry boxes.
+
+    Chains and inferred interfaces depend on the version (its firewall
+    addresses and subnets), so they are derived again; an interface the
+    packet really arrived on is kept.
+    """
+    out: list[tuple[Box, str]] = []
+    keeps_in = LOCAL not in box.in_ifaces
+    base = box.with_(in_ifaces=box.in_ifaces if keeps_in else view.all_in,
+                     out_ifaces=view.all_in)
+    for chain in (*CHAINS, "local"):
+        part = base.intersect(view.regions[(box.family, chain)])
+        if part is not None:
+            out.extend((routed, chain) for routed in view.route_box(
+                part, chain, route_in=not keeps_in, route_out=True))
+    return out
+
+
+def member_changes(old: MemberView, new: MemberView, *, whole: bool = False) \
+        -> list[tuple[str, Piece, Box]]:
     """(allowed|denied, the piece under the new version, the box that changed)."""
     out: list[tuple[str, Piece, Box]] = []
-    for box, chain in changed_regions(old, new):
+    same_shape = old.regions == new.regions and old.connected == new.connected
+    for box, chain in changed_regions(old, new, whole=whole):
         for now in classify_box(new, box, chain, entry_terms=True):
-            for before in classify_box(old, now.box, chain, entry_terms=True):
-                if now.accepted and not before.accepted:
-                    out.append(("allowed", now, before.box))
-                elif before.accepted and not now.accepted:
-                    out.append(("denied", now, before.box))
+            entries = [(now.box, chain)] if same_shape else _reenter(old, now.box)
+            for entry, old_chain in entries:
+                for before in classify_box(old, entry, old_chain, entry_terms=True):
+                    if now.accepted == before.accepted:
+                        continue
+                    changed = now.box.with_(src=before.box.src, dst=before.box.dst,
+                                            services=before.box.services)
+                    out.append(("allowed" if now.accepted else "denied", now, changed))
     return out
 
 
@@ -149,7 +201,8 @@ def _where(piece: Piece) -> str:
 
 
 def traffic_changes(old: Cluster | None, new: Cluster | None,
-                    vocabulary: Vocabulary | None = None) -> list[TrafficChange]:
+                    vocabulary: Vocabulary | None = None, *,
+                    whole: bool = False) -> list[TrafficChange]:
     """Newly allowed and newly denied traffic, per member, in policy terms.
 
     Members present in only one version are not compared (the member itself
@@ -171,7 +224,7 @@ def traffic_changes(old: Cluster | None, new: Cluster | None,
         members.append(member.name)
         old_view, new_view = MemberView(old, before), MemberView(new, member)
         grouped: dict[tuple[str, str], list[Box]] = {}
-        for verdict, piece, box in member_changes(old_view, new_view):
+        for verdict, piece, box in member_changes(old_view, new_view, whole=whole):
             grouped.setdefault((verdict, _where(piece)), []).append(box)
         for (verdict, where), group in grouped.items():
             for box in merge_routed(group):

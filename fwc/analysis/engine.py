@@ -193,34 +193,44 @@ class MemberView:
             "local": Box(family, fw, fw, ALL_SERVICES, local, local),
         }
 
-    def rule_box(self, rule: Rule, family: int) -> Box | None:
+    def rule_box(self, rule: Rule, family: int,
+                 memo: dict[tuple[object, ...], Intervals] | None = None) -> Box | None:
         """The packets a rule matches on this member in one family (None: none)."""
-        src = endpoint_intervals(rule.source, self.firewall, family)
-        dst = endpoint_intervals(rule.destination, self.firewall, family)
+        src = self._endpoint(rule.source, family, memo)
+        dst = self._endpoint(rule.destination, family, memo)
         services = service_intervals(rule.services, family)
         in_ifaces = frozenset({rule.in_interface}) if rule.in_interface else self.all_in
         out_ifaces = frozenset({rule.out_interface}) if rule.out_interface else self.all_in
         box = Box(family, src, dst, services, in_ifaces, out_ifaces)
         return None if box.is_empty() else box
 
+    def _endpoint(self, endpoint: Endpoint, family: int,
+                  memo: dict[tuple[object, ...], Intervals] | None) -> Intervals:
+        if memo is None:
+            return endpoint_intervals(endpoint, self.firewall, family)
+        # Rules reuse the same few thousand objects: resolve each combination once.
+        key = tuple((i.kind, i.negated, i.object_name or i.label) for i in endpoint.items)
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = endpoint_intervals(endpoint, self.firewall, family)
+        return found
+
     def _build_family(self, family: int, rules: list[Rule], nat: list[Rule]) -> None:
-        regions = self._regions(family)
-        for chain, region in regions.items():
+        for chain, region in self._regions(family).items():
             self.regions[(family, chain)] = region
-        boxes = [(r, self.rule_box(r, family)) for r in rules]
+        memo: dict[tuple[object, ...], Intervals] = {}
+        entries = [(r, box) for r in rules if (box := self.rule_box(r, family, memo))]
+        # One list serves every chain: a query box lies inside one chain's region, so
+        # rules outside it never match, and the address index keeps them out of the way.
+        shared = RuleList(family, entries)
         for chain in CHAINS:
-            entries = []
-            for rule, box in boxes:
-                part = box.intersect(regions[chain]) if box is not None else None
-                if part is not None:
-                    entries.append((rule, part))
-            self.filter[(family, chain)] = RuleList(family, entries)
+            self.filter[(family, chain)] = shared
         dnat, snat = [], []
         for rule in nat:
             if rule.action == "dnat" and (rule.target is None
                                           or not rule.target.addresses.family(family)):
                 continue  # no address to translate to in this family
-            box = self.rule_box(rule, family)
+            box = self.rule_box(rule, family, memo)
             if box is None:
                 continue
             if rule.action in DNAT_STAGE:
@@ -297,22 +307,29 @@ class MemberView:
 
 # -- first match -------------------------------------------------------------------
 def first_match(rules: RuleList, box: Box) -> Iterator[tuple[Box, RuleBox | None]]:
-    """Partition `box` by the first rule of `rules` each packet matches (None: no rule)."""
-    remaining = [box]
-    for candidate in rules.candidates(box):
-        survivors: list[Box] = []
-        for part in remaining:
+    """Partition `box` by the first rule of `rules` each packet matches (None: no rule).
+
+    Output-sensitive: each part remembers the position after the rule that
+    carved it, since no earlier rule can match it (they missed its parent), and
+    asks the index only for its own candidates. The cost is about the number
+    of parts times the rules skipped per part, not rules times parts.
+    """
+    stack: list[tuple[Box, int]] = [(box, 0)]
+    while stack:
+        part, start = stack.pop()
+        decided = None
+        hit = None
+        for candidate in rules.candidates(part, start):
             hit = part.intersect(candidate.box)
-            if hit is None:
-                survivors.append(part)
-                continue
-            yield hit, candidate
-            survivors.extend(part.minus(hit))
-        remaining = coalesce(survivors) if len(survivors) > 64 else survivors
-        if not remaining:
-            return
-    for part in remaining:
-        yield part, None
+            if hit is not None:
+                decided = candidate
+                break
+        if decided is None or hit is None:
+            yield part, None
+            continue
+        yield hit, decided
+        following = decided.position + 1
+        stack.extend((rest, following) for rest in reversed(part.minus(hit)))
 
 
 def _per_protocol(services: Intervals) -> dict[int, Intervals]:

@@ -11,7 +11,7 @@ is used (it is a superset of the rules that can match, in rule order).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from fwc.addresses import FAMILY_BITS
@@ -80,16 +80,19 @@ class RuleList:
     def __len__(self) -> int:
         return len(self.rules)
 
-    def candidates(self, box: Box) -> list[RuleBox]:
-        """Rules that may match part of `box`, in order (a superset of those that do)."""
-        if not self.rules or box.family != self.family or box.is_empty():
-            return []
+    def candidates(self, box: Box, start: int = 0) -> Iterator[RuleBox]:
+        """Rules at `start` or later that may match part of `box`, in order.
+
+        A superset of those that do: the caller tests each against the box.
+        """
+        if start >= len(self.rules) or box.family != self.family or box.is_empty():
+            return iter(())
         by_dst = self._dst.lookup(*_hull(box.dst))
         by_src = self._src.lookup(*_hull(box.src))
         dst_count = sum(len(b) for b in by_dst)
         src_count = sum(len(b) for b in by_src)
+        if min(dst_count, src_count) * 2 >= len(self.rules) - start:
+            return iter(self.rules[start:])
         chosen = by_dst if dst_count <= src_count else by_src
-        if min(dst_count, src_count) >= len(self.rules):
-            return list(self.rules)
-        positions = sorted({p for bucket in chosen for p in bucket})
-        return [self.rules[p] for p in positions]
+        positions = sorted({p for bucket in chosen for p in bucket if p >= start})
+        return (self.rules[p] for p in positions)

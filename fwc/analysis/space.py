@@ -16,6 +16,7 @@ that cannot exist (an ICMP type 300, a port on GRE).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from fwc.model import ServiceMatch
 Intervals = tuple[tuple[int, int], ...]
 
 PORT_SHIFT = 16
+_INFINITY = 2 ** 129  # above every address and service value
 PORT_PROTOCOL_NUMBERS = frozenset(proto.IP_PROTOCOLS[name] for name in proto.PORT_PROTOCOLS)
 ICMP_NUMBERS = frozenset({proto.IP_PROTOCOLS["icmp"], proto.IP_PROTOCOLS["icmpv6"]})
 ICMP_FAMILY = {proto.IP_PROTOCOLS["icmp"]: 4, proto.IP_PROTOCOLS["icmpv6"]: 6}
@@ -40,7 +42,24 @@ def normalise(intervals: Iterable[tuple[int, int]]) -> Intervals:
 
 
 def intersect(a: Intervals, b: Intervals) -> Intervals:
-    return _intersect(a, b)
+    """a ∩ b; by binary search when one side is much shorter (a host against a big group)."""
+    if len(a) > len(b):
+        a, b = b, a
+    if not a:
+        return ()
+    if len(b) < 8 * len(a):
+        return _intersect(a, b)
+    out: list[tuple[int, int]] = []
+    for lo, hi in a:
+        k = bisect_right(b, (lo, _INFINITY)) - 1
+        if k < 0:
+            k = 0
+        while k < len(b) and b[k][0] <= hi:
+            start, end = max(lo, b[k][0]), min(hi, b[k][1])
+            if start <= end:
+                out.append((start, end))
+            k += 1
+    return tuple(out)
 
 
 def subtract(a: Intervals, b: Intervals) -> Intervals:
@@ -125,14 +144,20 @@ class Box:
         out_ifaces = self.out_ifaces & other.out_ifaces
         if not out_ifaces:
             return None
-        src = intersect(self.src, other.src)
-        if not src:
+        a, b = self.dst, other.dst
+        if not a or not b or a[0][0] > b[-1][1] or b[0][0] > a[-1][1]:
+            return None  # hulls apart: the common case when scanning rules
+        a, b = self.src, other.src
+        if not a or not b or a[0][0] > b[-1][1] or b[0][0] > a[-1][1]:
+            return None
+        services = intersect(self.services, other.services)
+        if not services:
             return None
         dst = intersect(self.dst, other.dst)
         if not dst:
             return None
-        services = intersect(self.services, other.services)
-        if not services:
+        src = intersect(self.src, other.src)
+        if not src:
             return None
         return Box(self.family, src, dst, services, in_ifaces, out_ifaces)
 
