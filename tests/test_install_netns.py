@@ -427,5 +427,10 @@ def test_ipsets_installed_and_rolled_back(lab, capsys):
     assert "--match-set fwc4-blocked src" in "\n".join(fw1.rules())
     capsys.readouterr()
     # the node runs exactly the compiled rules (set references canonicalised too)
-    assert main(["diff", "--installed", "fw1", "--transport", "netns", "--inventory",
-                 str(lab.inventory), str(policy)]) == 0, capsys.readouterr().out
+    drift = ["diff", "--installed", "fw1", "--transport", "netns", "--inventory",
+             str(lab.inventory), str(policy)]
+    assert main(drift) == 0, capsys.readouterr().out
+    fw1.exec("ipset add fwc4-blocked 198.19.0.0/16")
+    assert main(drift) == 1
+    out = capsys.readouterr().out
+    assert "drift: live ipsets" in out and "+fwc4-blocked 198.19.0.0/16" in out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import re
 import shlex
 import sys
@@ -120,7 +121,37 @@ def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, l
                        f"node:{file.path}")
         if lines:
             out.append((file.path, lines))
+    sets = set_members(compiled.get("ipsets.rules", ""))
+    if sets:
+        live = node_output(transport, "ipset save 2>/dev/null || :")
+        lines = _udiff(set_lines(sets), set_lines(set_members(live, only=set(sets))),
+                       "compiled/ipsets.rules", "ipset save on node")
+        if lines:
+            out.append(("live ipsets", lines))
     return out
+
+
+def set_members(text: str, only: set[str] | None = None) -> dict[str, set[str]]:
+    """{set: members} from ipset restore/save text; `NAME.new` (the swap copy) is NAME."""
+    members: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] not in ("create", "add"):
+            continue
+        name = words[1].removesuffix(".new")
+        if only is not None and name not in only:
+            continue
+        entries = members.setdefault(name, set())
+        if words[0] == "add" and len(words) >= 3:
+            try:
+                entries.add(str(ipaddress.ip_network(words[2], strict=False)))
+            except ValueError:
+                entries.add(words[2])
+    return members
+
+
+def set_lines(members: dict[str, set[str]]) -> list[str]:
+    return [f"{name} {entry}" for name in sorted(members) for entry in sorted(members[name])]
 
 
 SPLIT = "# fwc-split"
