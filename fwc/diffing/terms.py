@@ -24,7 +24,3 @@ def rule_text(rule: model.Rule) -> str:
         parts += ["log"] + ([f'"{rule.log_prefix}"'] if rule.log_prefix else [])
     return " ".join(parts)
 
-
-def endpoint_objects(endpoint: model.Endpoint) -> dict[str, model.EndpointItem]:
-    """Named items of a from/to side (objects and VIPs), by label."""
-    return {item.label: item for item in endpoint.items if item.kind in ("object", "vip")}
