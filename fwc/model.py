@@ -6,7 +6,6 @@ analysis engine. Nothing here refers back to syntax nodes except through spans.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -313,11 +312,22 @@ class Cluster:
         yield from self.nat
 
 
-@functools.lru_cache(maxsize=256)
+_FIREWALL: dict[tuple[int, int], tuple[Member, tuple[Interface, ...], AddressSet]] = {}
+
+
 def _firewall_addresses(member: Member, interfaces: tuple[Interface, ...]) -> AddressSet:
     # Cached: lowering and several checks ask once per rule, and building the set from
-    # ipaddress objects each time was a top entry of the 20,000-rule profile.
-    return member.addresses | AddressSet.of(*(v.ip for i in interfaces for v in i.vips))
+    # ipaddress objects each time was a top entry of the 20,000-rule profile. Keyed by
+    # identity, because hashing a Member (a dataclass) each time cost as much again.
+    key = (id(member), id(interfaces))
+    hit = _FIREWALL.get(key)
+    if hit is not None and hit[0] is member and hit[1] is interfaces:
+        return hit[2]
+    found = member.addresses | AddressSet.of(*(v.ip for i in interfaces for v in i.vips))
+    if len(_FIREWALL) >= 256:
+        _FIREWALL.pop(next(iter(_FIREWALL)))
+    _FIREWALL[key] = (member, interfaces, found)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
