@@ -1,0 +1,97 @@
+"""traffic_changes: newly allowed / denied traffic between two versions, in policy terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fwc.analysis.describe import Vocabulary
+from fwc.analysis.diff import traffic_changes
+from fwc.model import Cluster, Policy
+from fwc.pipeline import analyse
+
+EDGE = Path(__file__).resolve().parent.parent / "policies" / "edge.fw"
+SOURCE = EDGE.read_text(encoding="utf-8")
+
+
+def _load(tmp_path: Path, text: str, name: str) -> tuple[Policy, Cluster]:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    analysis = analyse(path, run_checks=False)
+    assert analysis.ok and analysis.policy is not None
+    return analysis.policy, analysis.policy.clusters[0]
+
+
+def _changes(tmp_path: Path, new_text: str, whole: bool = False):
+    _, old = _load(tmp_path, SOURCE, "old.fw")
+    policy, new = _load(tmp_path, new_text, "new.fw")
+    return traffic_changes(old, new, Vocabulary.of_policy(policy), whole=whole)
+
+
+def test_no_change_means_no_traffic_change(tmp_path):
+    assert _changes(tmp_path, SOURCE) == []
+
+
+def test_added_rule_allows_traffic_named_by_objects(tmp_path):
+    text = SOURCE.replace("    reject from any",
+                          "    accept from any      to server   service ssh\n    reject from any")
+    changes = _changes(tmp_path, text)
+    assert [(c.verdict, c.text, c.member) for c in changes] == [
+        ("allowed", "from any to server service ssh out uplink", None)]
+    assert changes[0].where.endswith("new.fw:45")
+
+
+def test_removed_rule_denies_by_default_policy(tmp_path):
+    text = SOURCE.replace("    accept from client   to firewall service ssh\n", "")
+    changes = _changes(tmp_path, text)
+    assert [(c.verdict, c.text) for c in changes] == [
+        ("denied", "from client to firewall service ssh in lan")]
+    assert "INPUT" in changes[0].where
+
+
+def test_widened_object_reports_only_the_new_part(tmp_path):
+    text = SOURCE.replace("host    client   192.0.2.10", "network client   192.0.2.8/30")
+    changes = _changes(tmp_path, text)
+    assert changes and all(c.verdict == "allowed" for c in changes)
+    # .10 was allowed before; only the three new addresses are news
+    assert all(c.text.startswith("from client except 192.0.2.10 ") for c in changes)
+
+
+def test_member_scoped_change_names_the_member(tmp_path):
+    text = SOURCE.replace("snmp  only fw1", "snmp  only fw2")
+    changes = {(c.verdict, c.member) for c in _changes(tmp_path, text)}
+    assert changes == {("allowed", "fw2"), ("denied", "fw1")}
+
+
+def test_reordered_rules_change_only_their_overlap(tmp_path):
+    text = SOURCE.replace(
+        '    reject from any      to any      service ident\n    drop   from any      to any'
+        '      log "default"\n',
+        '    drop   from any      to any      log "default"\n'
+        '    reject from any      to any      service ident\n')
+    changes = _changes(tmp_path, text)
+    assert changes == []  # reject and drop both deny: the verdict class does not change
+
+
+@pytest.mark.parametrize("edit", [
+    ("198.51.100.254/24", "198.51.100.253/24"),  # a VIP moves
+    ("192.0.2.1/24, 2001", "192.0.2.3/24, 2001"),  # a member address changes
+    ("-> web\n", "-> client\n"),  # a dnat target changes
+    ("accept from desktops", "accept from client"),  # a rule narrows
+])
+def test_narrowed_comparison_equals_the_whole_space(tmp_path, edit):
+    text = SOURCE.replace(*edit)
+    assert text != SOURCE
+    narrowed = [(c.verdict, c.text, c.where, c.member) for c in _changes(tmp_path, text)]
+    whole = [(c.verdict, c.text, c.where, c.member) for c in _changes(tmp_path, text, True)]
+    assert narrowed == whole
+    assert narrowed, "each of these edits changes some traffic"
+
+
+def test_vip_move_reports_old_vip_as_plain_address(tmp_path):
+    text = SOURCE.replace("198.51.100.254/24", "198.51.100.253/24")
+    texts = {(c.verdict, c.text) for c in _changes(tmp_path, text)}
+    assert ("denied", "from client to 198.51.100.254 (in uplink) service ssh in lan out uplink") \
+        in texts
+    assert ("allowed", "from client to uplink.vip service ssh in lan") in texts
