@@ -1,0 +1,113 @@
+"""`fwc query`: per member, what happens to a set of packets and which line decides it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fwc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = str(REPO / "policies" / "edge.fw")
+
+
+def query(capsys, *args: str) -> tuple[int, str, str]:
+    status = main(["query", EDGE, *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_single_packet_answer_per_member(capsys):
+    status, out, _ = query(capsys, "--from", "192.0.2.10", "--to", "198.51.100.10",
+                           "--service", "tcp/5001")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[1] == "edge/fw1: accept (FORWARD)"
+    assert any(line.strip().startswith("decided by") and "edge.fw:41" in line
+               and "accept from desktops to any service web, dns, ping, echo" in line
+               for line in lines)
+    assert any("snat to 198.51.100.254" in line and "edge.fw:50" in line for line in lines)
+    assert "edge/fw2: accept (FORWARD)" in lines
+
+
+def test_default_policy_is_named(capsys):
+    status, out, _ = query(capsys, "--from", "guests", "--to", "firewall", "--service", "ssh")
+    assert status == 0
+    assert "edge/fw1: drop (INPUT)" in out
+    assert "decided by the default policy of INPUT (drop)" in out
+
+
+def test_parts_with_different_outcomes_are_listed(capsys):
+    status, out, _ = query(capsys, "--from", "client", "--to", "firewall")
+    assert status == 0
+    assert "edge/fw1: 2 parts with different outcomes" in out
+    assert "from client to firewall service ssh in lan" in out
+    assert "from client to firewall, any service except ssh in lan" in out
+
+
+def test_dnat_and_interface(capsys):
+    status, out, _ = query(capsys, "--from", "203.0.113.50", "--to", "uplink.vip",
+                           "--service", "tcp/443", "--in", "uplink")
+    assert status == 0
+    assert "dnat to 192.0.2.80 by" in out and "edge.fw:51" in out
+    assert "edge.fw:44" in out
+
+
+def test_json_format(capsys):
+    status, out, _ = query(capsys, "--from", "monitor", "--to", "192.0.2.254",
+                           "--service", "snmp", "--format", "json")
+    assert status == 0
+    report = json.loads(out)
+    by_member = {m["member"]: m["pieces"] for m in report["members"]}
+    fw1, fw2 = by_member["fw1"], by_member["fw2"]
+    assert len(fw1) == 1 and len(fw2) == 1
+    assert fw1[0]["verdict"] == "accept" and fw1[0]["rule"]["line"] == 43
+    assert fw1[0]["chain"] == "input" and fw1[0]["from"] == ["192.0.2.20"]
+    assert fw2[0]["verdict"] == "drop" and fw2[0]["rule"] is None
+    assert fw2[0]["decided_by"].startswith("default policy of INPUT")
+
+
+def test_ranges_negation_and_lists(capsys):
+    status, out, _ = query(capsys, "--from", "192.0.2.100-192.0.2.150, !192.0.2.120",
+                           "--to", "198.51.100.0/24", "--service", "tcp/80,443")
+    assert status == 0
+    assert "accept (FORWARD)" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--from", "192.0.2.300", "--to", "any"), "not a valid address"),
+    (("--from", "192.0.2.1/24", "--to", "any"), "host bits set"),
+    (("--from", "nosuchobject", "--to", "any"), "neither an address nor an object"),
+    (("--from", "any", "--to", "nope.vip"), "no interface 'nope' with a VIP"),
+    (("--from", "any", "--to", "any", "--service", "tcp/99999"), "bad service"),
+    (("--from", "any", "--to", "any", "--service", "nosuch"), "unknown service"),
+    (("--from", "any", "--to", "any", "--in", "wan"), "no interface 'wan'"),
+    (("--from", "192.0.2.9-192.0.2.1", "--to", "any"), "not a valid range"),
+])
+def test_usage_errors_exit_2_in_one_line(capsys, args, message):
+    status, out, err = query(capsys, *args)
+    assert status == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_policy_errors_exit_1(tmp_path, capsys):
+    bad = tmp_path / "bad.fw"
+    bad.write_text("host a 192.0.2.1\npolicy nowhere {\n}\n", encoding="utf-8")
+    status = main(["query", str(bad), "--from", "any", "--to", "any"])
+    _, err = capsys.readouterr()
+    assert status == 1
+    assert "FWC101" in err
+
+
+def test_cli_subprocess_round_trip():
+    result = subprocess.run([sys.executable, "-m", "fwc", "query", EDGE, "--from", "server",
+                             "--to", "client", "--service", "echo"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "edge/fw1: drop (FORWARD)" in result.stdout
+    assert "edge.fw:46" in result.stdout
