@@ -285,7 +285,7 @@ class Cluster:
 
     @property
     def vips(self) -> AddressSet:
-        return AddressSet.of(*(v.ip for i in self.interfaces for v in i.vips))
+        return _vips(self.interfaces)
 
     def firewall_addresses(self, member: Member) -> AddressSet:
         """What `firewall` means on this member: its own addresses plus every VIP."""
@@ -301,11 +301,7 @@ class Cluster:
     @property
     def families(self) -> frozenset[int]:
         """Address families the cluster carries (from interfaces, VIPs and rules)."""
-        fams: set[int] = set()
-        for m in self.members:
-            for link in m.links:
-                fams.update(a.version for a in link.addresses)
-        return frozenset(fams)
+        return _families(self.members)
 
     def all_rules(self) -> Iterator[Rule]:
         yield from self.rules
@@ -313,6 +309,31 @@ class Cluster:
 
 
 _FIREWALL: dict[tuple[int, int], tuple[Member, tuple[Interface, ...], AddressSet]] = {}
+_VIPS: dict[int, tuple[tuple[Interface, ...], AddressSet]] = {}
+_FAMILIES: dict[int, tuple[tuple[Member, ...], frozenset[int]]] = {}
+
+
+def _vips(interfaces: tuple[Interface, ...]) -> AddressSet:
+    # Asked per rule by checks (`firewall` endpoints); built from ipaddress objects.
+    hit = _VIPS.get(id(interfaces))
+    if hit is not None and hit[0] is interfaces:
+        return hit[1]
+    found = AddressSet.of(*(v.ip for i in interfaces for v in i.vips))
+    if len(_VIPS) >= 64:
+        _VIPS.pop(next(iter(_VIPS)))
+    _VIPS[id(interfaces)] = (interfaces, found)
+    return found
+
+
+def _families(members: tuple[Member, ...]) -> frozenset[int]:
+    hit = _FAMILIES.get(id(members))
+    if hit is not None and hit[0] is members:
+        return hit[1]
+    found = frozenset(a.version for m in members for link in m.links for a in link.addresses)
+    if len(_FAMILIES) >= 64:
+        _FAMILIES.pop(next(iter(_FAMILIES)))
+    _FAMILIES[id(members)] = (members, found)
+    return found
 
 
 def _firewall_addresses(member: Member, interfaces: tuple[Interface, ...]) -> AddressSet:
@@ -323,7 +344,7 @@ def _firewall_addresses(member: Member, interfaces: tuple[Interface, ...]) -> Ad
     hit = _FIREWALL.get(key)
     if hit is not None and hit[0] is member and hit[1] is interfaces:
         return hit[2]
-    found = member.addresses | AddressSet.of(*(v.ip for i in interfaces for v in i.vips))
+    found = member.addresses | _vips(interfaces)
     if len(_FIREWALL) >= 256:
         _FIREWALL.pop(next(iter(_FIREWALL)))
     _FIREWALL[key] = (member, interfaces, found)
