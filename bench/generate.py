@@ -341,6 +341,9 @@ cluster bench {
 
 # --- Aerleon -------------------------------------------------------------------------------
 
+AERLEON_ACTIONS = {"accept": "accept", "drop": "deny", "reject": "reject"}
+
+
 def _aerleon_name(name: str) -> str:
     return name.upper().replace("-", "_")
 
@@ -386,7 +389,7 @@ def write_aerleon(site: Site, root: Path) -> None:
             names = " ".join(_aerleon_name(s) for s in rule.services)
             lines.append(f"  destination-port:: {names}")
         del family
-        lines.append(f"  action:: {rule.action}")
+        lines.append(f"  action:: {AERLEON_ACTIONS[rule.action]}")
         lines.append("}")
         terms.append("\n".join(lines))
     (root / "policies" / "pol" / "bench.pol").write_text("\n\n".join(terms) + "\n")
