@@ -132,3 +132,23 @@ def test_compile_refuses_a_policy_with_parity_errors(tmp_path):
     path.write_text(HEAD + "policy edge {\n    accept from lan to web service web only fw1\n}\n")
     assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_text_the_generated_files_cannot_hold(tmp_path):
+    for bad in (r'pass\"x', r"pa\tss"):
+        path = tmp_path / "p.fw"
+        path.write_text(HEAD.replace('password "s3cret"', f'password "{bad}"')
+                        + "policy edge {\n    drop from any to any\n}\n")
+        found = [d for d in analyse(path).diagnostics if d.code == "FWC505"]
+        assert len(found) == 1 and "keepalived.conf cannot hold" in found[0].message, bad
+    diags = diagnostics(tmp_path, r'    accept from lan to web service web log "a\"b"' "\n"
+                        r'    accept from lan to client service web log "a\nb"')
+    assert [d.span.line for d in diags if d.code == "FWC505"] == [HEAD.count("\n") + 3]
+
+
+def test_password_file_with_an_inner_newline_is_refused(tmp_path):
+    (tmp_path / "secret").write_text("ab\ncd\n")
+    path = tmp_path / "p.fw"
+    path.write_text(HEAD.replace('password "s3cret"', 'password file "secret"')
+                    + "policy edge {\n    drop from any to any\n}\n")
+    assert [d.code for d in analyse(path).diagnostics if d.code == "FWC505"] == ["FWC505"]

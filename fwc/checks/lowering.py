@@ -107,3 +107,36 @@ def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
                               "member", rule.span,
                               hint="traffic to the firewall has no 'out' interface and "
                               "traffic from it no 'in' interface; check the families too")
+
+
+def _unwritable(text: str, quote_ok: bool) -> str | None:
+    for char in text:
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return f"the control character {char!r}"
+        if char == '"' and not quote_ok:
+            return "a double quote"
+    return None
+
+
+@check("FWC505", "text a generated file cannot hold", Severity.ERROR, """
+Some values are copied into the generated files as quoted strings. keepalived
+has no escape for a double quote inside `auth_pass "..."`, and a control
+character (a newline from a password file, a tab) in a password or a log
+prefix would break the line it is written on: the daemon would then read a
+different password than the other member, or reject the file. Such values are
+refused before anything is written.""")
+def unwritable_text(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        password = cluster.vrrp.password
+        if password is not None:
+            problem = _unwritable(password, quote_ok=False)
+            if problem is not None:
+                yield error("FWC505", f"the VRRP password contains {problem}, which "
+                            "keepalived.conf cannot hold", cluster.vrrp.span_of("password"),
+                            hint="use printable characters other than '\"'")
+        for rule in cluster.all_rules():
+            if rule.log_prefix is not None:
+                problem = _unwritable(rule.log_prefix, quote_ok=True)
+                if problem is not None:
+                    yield error("FWC505", f"the log prefix contains {problem}", rule.span,
+                                hint="use printable characters only")
