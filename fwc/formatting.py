@@ -37,16 +37,21 @@ INDENT = "    "
 OPTION_GAP = "  "
 COMMENT_GAP = "  "
 
-VALUE_TYPES = frozenset({
-    "NAME", "DEVICE", "VIP_REF", "IPV4", "IPV6", "LINK_IPV4", "LINK_IPV6", "ADDR_RANGE",
-    "SVC_SPEC", "DURATION", "INT", "STRING", "ANY", "FIREWALL",
-})
-TOP_KEYWORDS = frozenset({"INCLUDE", "ADDRESS_KIND", "RANGE", "GROUP", "SERVICE", "CLUSTER",
-                          "POLICY", "NAT", "EXPECT"})
-DEFINITIONS = frozenset({"ADDRESS_KIND", "RANGE", "GROUP", "SERVICE"})
-CLUSTER_ITEMS = frozenset({"VRRP", "SYNC", "INTERFACE", "MEMBER"})
-RULE_STARTS = frozenset({"ACTION", "NAT_KIND", "VERDICT"})
+# Token roles come from the text of keyword tokens, never from terminal names (which
+# the grammar is free to rename): a token is a keyword when its terminal is a fixed
+# word (or a choice of fixed words); everything else (names, addresses, numbers,
+# strings) is a value.
+TOP_KEYWORDS = frozenset({"include", "host", "network", "range", "group", "service", "cluster",
+                          "policy", "nat", "expect"})
+DEFINITIONS = frozenset({"host", "network", "range", "group", "service"})
+BLOCKS = frozenset({"cluster", "policy", "nat", "expect"})
+CLUSTER_ITEMS = frozenset({"vrrp", "sync", "interface", "member"})
+RULE_STARTS = frozenset({"accept", "drop", "reject", "snat", "dnat", "masquerade", "nonat",
+                         "allow", "deny"})
+ENDPOINT_WORDS = frozenset({",", "!", "any", "firewall"})
+PUNCTUATION = frozenset({",", "!", ";", ":", "[", "]", "{", "}", "->"})
 _COMMENT = re.compile(r"#[^\n]*")
+_FIXED_WORDS = re.compile(r"\(\?:[A-Za-z-]+(?:\|[A-Za-z-]+)*\)|[A-Za-z-]+")
 
 
 class FormatError(Exception):
@@ -56,6 +61,17 @@ class FormatError(Exception):
 @functools.cache
 def _token_parser() -> Lark:
     return Lark(grammar_text(), parser="lalr", keep_all_tokens=True, maybe_placeholders=False)
+
+
+@functools.cache
+def _keyword_terminals() -> frozenset[str]:
+    """Terminals that are fixed words or punctuation (from the grammar itself)."""
+    out = set()
+    for terminal in _token_parser().terminals:
+        pattern = terminal.pattern
+        if type(pattern).__name__ == "PatternStr" or _FIXED_WORDS.fullmatch(pattern.value):
+            out.add(terminal.name)
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +110,15 @@ def tokenize(text: str) -> tuple[list[Token], list[Comment]]:
 
 
 def _is_value(token: Token) -> bool:
-    return token.type in VALUE_TYPES
+    return token.type not in _keyword_terminals()
+
+
+def _is_keyword(token: Token, words: frozenset[str]) -> bool:
+    return str(token) in words and not _is_value(token)
+
+
+def _in_endpoint(token: Token) -> bool:
+    return _is_value(token) or str(token) in ENDPOINT_WORDS
 
 
 def join(tokens: list[Token]) -> str:
@@ -122,7 +146,7 @@ def _option_groups(tokens: list[Token]) -> list[list[int]]:
         value = str(token)
         if value == ";":
             continue
-        starts = not _is_value(token) and value not in (",", "!", ":", "[", "]")
+        starts = not _is_value(token) and value not in PUNCTUATION
         words = [str(tokens[k]) for k in groups[-1]] if groups else []
         if value == "port" and len(words) == 2 and words[0] == "multicast":
             starts = False  # `multicast GROUP port N` is one option
@@ -230,14 +254,13 @@ class _Layout:
         i = 0
         tokens = self.tokens
         while i < len(tokens):
-            kind = tokens[i].type
-            if kind in ("CLUSTER", "POLICY", "NAT", "EXPECT"):
+            if _is_keyword(tokens[i], BLOCKS):
                 i = self.block(i, 0)
                 continue
             end = i + 1
-            while end < len(tokens) and tokens[end].type not in TOP_KEYWORDS:
+            while end < len(tokens) and not _is_keyword(tokens[end], TOP_KEYWORDS):
                 end += 1
-            if kind in DEFINITIONS:
+            if _is_keyword(tokens[i], DEFINITIONS):
                 head = tokens[i:i + 2]
                 self.emit(Line(0, i, end - 1, cells=[str(t) for t in head],
                                tail=join(tokens[i + 2:end]), kind="definition"))
@@ -270,11 +293,11 @@ class _Layout:
         brace = self._brace_after(i)
         close = self._matching_brace(brace)
         self.open_block(Line(indent, i, brace, text=join(self.tokens[i:brace + 1])))
-        kind = self.tokens[i].type
-        if kind == "CLUSTER":
+        kind = str(self.tokens[i])
+        if kind == "cluster":
             self.cluster_body(brace + 1, close, indent + 1)
         else:
-            self.rules(brace + 1, close, indent + 1, kind.lower())
+            self.rules(brace + 1, close, indent + 1, kind)
         self.close_block(close, indent)
         return close + 1
 
@@ -283,7 +306,7 @@ class _Layout:
         i = start
         while i < end:
             j = i + 1
-            while j < end and tokens[j].type not in RULE_STARTS:
+            while j < end and not _is_keyword(tokens[j], RULE_STARTS):
                 j += 1
             self.emit(self.rule_line(i, j, indent, block))
             i = j
@@ -294,16 +317,16 @@ class _Layout:
             separator = next(k for k, t in enumerate(tokens) if str(t) == "->")
             source = tokens[1:separator]
             k = separator + 1
-            while k < len(tokens) and (_is_value(tokens[k]) or str(tokens[k]) in (",", "!")):
+            while k < len(tokens) and _in_endpoint(tokens[k]):
                 k += 1
             destination = tokens[separator + 1:k]
             tail = OPTION_GAP.join(join(g) for g in _split_options(tokens[k:]))
             # the empty cell leaves two spaces before the arrow: `client  -> server`
             cells = [str(tokens[0]), join(source), "", "->", join(destination)]
             return Line(indent, i, end - 1, cells=cells, tail=tail, kind="expect")
-        to = next(k for k, t in enumerate(tokens) if t.type == "TO")
+        to = next(k for k, t in enumerate(tokens) if _is_keyword(t, frozenset({"to"})))
         k = to + 1
-        while k < len(tokens) and (_is_value(tokens[k]) or str(tokens[k]) in (",", "!")):
+        while k < len(tokens) and _in_endpoint(tokens[k]):
             k += 1
         rest = tokens[k:]
         arrow = next((n for n, t in enumerate(rest) if str(t) == "->"), None)
@@ -318,14 +341,14 @@ class _Layout:
         tokens = self.tokens
         i = start
         while i < end:
-            kind = tokens[i].type
-            if kind in ("VRRP", "SYNC") and i + 1 < end and str(tokens[i + 1]) == "{":
+            word = str(tokens[i]) if not _is_value(tokens[i]) else ""
+            if word in ("vrrp", "sync") and i + 1 < end and str(tokens[i + 1]) == "{":
                 i = self.option_block(i, indent)
-            elif kind == "MEMBER":
+            elif word == "member":
                 i = self.member(i, indent)
             else:
                 j = i + 1
-                while j < end and tokens[j].type not in CLUSTER_ITEMS:
+                while j < end and not _is_keyword(tokens[j], CLUSTER_ITEMS):
                     j += 1
                 head, rest = tokens[i:i + 2], tokens[i + 2:j]
                 tail = OPTION_GAP.join(join(g) for g in _split_options(rest))
@@ -359,8 +382,8 @@ class _Layout:
         while j < close:
             start = j
             j += 2  # interface name, device
-            while j < close and (tokens[j].type.endswith(("IPV4", "IPV6"))
-                                 or str(tokens[j]) == ","):
+            while j < close and (str(tokens[j]) == "," or (
+                    _is_value(tokens[j]) and (str(tokens[j])[:1].isdigit() or ":" in tokens[j]))):
                 j += 1
             cells = [str(tokens[start]), str(tokens[start + 1])] if start + 1 < close \
                 else [str(tokens[start])]
