@@ -359,3 +359,25 @@ def test_nonat_with_exclusions_ends_the_nat_chain_with_accept(compiled):
             f"-A {sub} -s 192.0.2.10/32 {rule} -j RETURN",
             f"-A {sub} {rule} -j ACCEPT",
         ]
+
+
+def test_in_and_out_drop_the_parts_their_chain_cannot_match(tmp_path: Path):
+    """INPUT has no outgoing device, OUTPUT no incoming one: those parts are left out."""
+    head, _, _ = POLICY.partition("policy edge {")
+    path = tmp_path / "io.fw"
+    path.write_text(head + "policy edge {\n"
+                    "    accept from client to firewall, web service ssh out uplink\n"
+                    "    accept from firewall, lan to ntp service ntp in lan\n"
+                    "}\n")
+    analysis = analyse(path)
+    assert analysis.policy is not None
+    cluster = analysis.policy.clusters[0]
+    rules = render(lower(cluster, cluster.members[0], 4, LowerOptions(str(tmp_path)))) \
+        .splitlines()
+    first = [line for line in rules if '"io.fw:' in line and "--dport 22" in line]
+    assert first == ['-A FORWARD -s 192.0.2.10/32 -d 192.0.2.80/32 -o eth1 -p tcp -m tcp '
+                     f'--dport 22 -m comment --comment "io.fw:{head.count(chr(10)) + 2}" '
+                     '-j fwc-accept']
+    second = [line for line in rules if '"io.fw:' in line and "--dport 123" in line]
+    assert len(second) == 1 and second[0].startswith("-A FORWARD -s 192.0.2.0/24 "
+                                                     "-d 198.51.100.123/32 -i eth0 ")
