@@ -36,6 +36,8 @@ from fwc.parse import grammar_text
 INDENT = "    "
 OPTION_GAP = "  "
 COMMENT_GAP = "  "
+# A cell longer than the next widest by more than this overflows instead of widening its column.
+OUTLIER_SLACK = 6
 
 # Token roles come from the text of keyword tokens, never from terminal names (which
 # the grammar is free to rename): a token is a keyword when its terminal is a fixed
@@ -412,6 +414,14 @@ def _runs(items: list[Item]) -> Iterator[list[Line]]:
         yield run
 
 
+def _column_width(lengths: list[int]) -> int:
+    """The widest cell, unless it sticks out: one long list should not push a whole block."""
+    ordered = sorted(set(lengths), reverse=True)
+    while len(ordered) > 1 and ordered[0] > ordered[1] + OUTLIER_SLACK:
+        ordered.pop(0)
+    return ordered[0] if ordered else 0
+
+
 def _render_cells(line: Line, widths: list[int]) -> str:
     parts: list[str] = []
     last_filled = max((n for n, c in enumerate(line.cells) if c), default=-1)
@@ -430,7 +440,7 @@ def render(items: list[Item]) -> str:
     rendered: dict[int, str] = {}
     comment_column: dict[int, int] = {}
     for run in _runs(items):
-        widths = [max(len(line.cells[n]) if n < len(line.cells) else 0 for line in run)
+        widths = [_column_width([len(line.cells[n]) for line in run if n < len(line.cells)])
                   for n in range(max(len(line.cells) for line in run))]
         texts = {id(line): _render_cells(line, widths) for line in run}
         rendered.update(texts)
