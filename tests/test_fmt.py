@@ -118,11 +118,12 @@ def test_layout_of_a_messy_policy():
         "# before service\n"
         "service s1     tcp/22,80-90, udp/53\n"
         "policy c {\n"
+        # `a, !bbbbbb` sticks out: it overflows instead of widening the source column
         "    accept from a, !bbbbbb to any      service s1  log  # why\n"
         "    # odd\n"
-        "    drop   from any        to firewall\n"
+        "    drop   from any to firewall\n"
         "\n"
-        "    reject from any        to any      service tcp/1-5, s1  in lan\n"
+        "    reject from any to any      service tcp/1-5, s1  in lan\n"
         "    # last\n"
         "}\n"
         "# end\n")
