@@ -10,6 +10,7 @@ check is a fake that records when it was asked.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -107,6 +108,32 @@ def compiled_edge(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def lab(tmp_path: Path, compiled_edge: Path) -> Iterator[Lab]:
+    # Two test runs at once (two engineers, one machine) would race on the
+    # shared /etc mount points below: one would remove what the other uses.
+    with host_etc_lock():
+        yield from _lab(tmp_path, compiled_edge)
+
+
+@contextlib.contextmanager
+def host_etc_lock(timeout: float = 300.0) -> Iterator[None]:
+    with open("/tmp/fwc-install-tests.lock", "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("another run of the install tests holds the lock") \
+                        from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lab(tmp_path: Path, compiled_edge: Path) -> Iterator[Lab]:
     prefix = f"fwci{os.getpid() % 100000}{tmp_path.name[-6:].replace('_', '')}"[:14]
     nodes = {m: Node(m, f"{prefix}-{m}") for m in ("fw1", "fw2")}
     created_etc = [d for d in PRIVATE_DIRS if not (Path("/etc") / d).exists()]
