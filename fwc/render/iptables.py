@@ -137,8 +137,16 @@ def render(ruleset: NodeRuleset) -> str:
             (c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
         for chain in chains:
             out.append(f":{chain.name} {chain.policy or '-'} [0:0]")
+        # fwc.arrange puts the same Rule object in several chains (a rule without
+        # `in`/`out` is copied into every interface-pair chain): render it once.
+        rendered: dict[int, tuple[Rule, list[str]]] = {}
         for chain in chains:
+            prefix = f"-A {chain.name} "
             for rule in chain.rules:
-                out.extend(rule_lines(chain.name, rule))
+                hit = rendered.get(id(rule))
+                if hit is None or hit[0] is not rule:
+                    hit = (rule, [line[len(prefix):] for line in rule_lines(chain.name, rule)])
+                    rendered[id(rule)] = hit
+                out.extend(prefix + body for body in hit[1])
         out.append("COMMIT")
     return "\n".join(out) + "\n"
