@@ -152,9 +152,10 @@ class _Arranger:
         # Splitting pays when most rules name a value: the others are copied everywhere.
         if not by_value or len(unconstrained) * 2 > len(rules):
             return None
+        subsets = list(by_value.values())
         for rule, value in zip(rules, kinds, strict=True):
             if value is None:
-                for subset in by_value.values():
+                for subset in subsets:
                     subset.append(rule)
             else:
                 by_value[value].append(replace(rule, match=dim.strip(rule.match)))
