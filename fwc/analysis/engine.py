@@ -148,13 +148,13 @@ def endpoint_intervals(spec: AddressSpec, firewall: AddressSet, family: int) -> 
         else:
             part = item.addresses.family(family)
         if item.negated:
-            negative = normalise(negative + part)
+            negative = normalise(negative + part) if negative else part
         else:
+            positive = normalise(positive + part) if has_positive else part
             has_positive = True
-            positive = normalise(positive + part)
     if not has_positive:
         positive = subtract(everything, fw)
-    return subtract(positive, negative)
+    return subtract(positive, negative) if negative else positive
 
 
 class MemberView:
