@@ -24,12 +24,13 @@ from fwc.render.iptables import render as render_iptables
 
 pytestmark = pytest.mark.root
 
-PARTNERS = ", ".join(f"198.19.{200 + i // 8}.{(i % 8) * 32}/27" for i in range(40))
+# Prefixes that do not merge into a few larger blocks: one /28 per /24, hosts apart.
+PARTNERS = ", ".join(f"198.19.{200 + i}.{(i % 4) * 64}/28" for i in range(40))
 BIG_GROUP_POLICY = f"""
 network lan 198.18.0.0/16
 host web 198.18.0.80
 group partners {PARTNERS}
-group blocked {", ".join(f"2001:db8:99::{i:x}" for i in range(1, 30))}
+group blocked {", ".join(f"2001:db8:99::{16 * i + 1:x}" for i in range(1, 30))}
 service web tcp/80,443
 cluster big {{
     vrrp {{ password "x" advert 1s vrid 81 }}
@@ -102,7 +103,7 @@ def _by_chain(text: str) -> dict[str, list[tuple[str, ...]]]:
 
 
 def test_compiled_output_with_a_big_group_loads(tmp_path):
-    """Through `fwc compile`: ipsets.rules (when written) is loaded before iptables.rules."""
+    """Through `fwc compile`: ipsets.rules is written and loads before the rules."""
     from fwc.cli import main as fwc_main
 
     path = tmp_path / "big.fw"
@@ -114,9 +115,11 @@ def test_compiled_output_with_a_big_group_loads(tmp_path):
             continue
         with namespace() as ns:
             sets = member / "ipsets.rules"
-            if sets.exists():
-                loaded = in_ns(ns, "ipset", "restore", stdin=sets.read_text())
-                assert loaded.returncode == 0, loaded.stderr
+            text = sets.read_text()
+            assert "create fwc4-partners hash:net family inet" in text
+            assert "create fwc6-blocked hash:net family inet6" in text
+            loaded = in_ns(ns, "ipset", "restore", stdin=text)
+            assert loaded.returncode == 0, loaded.stderr
             for name, tool in (("iptables.rules", "iptables-restore"),
                                ("ip6tables.rules", "ip6tables-restore")):
                 if (member / name).exists():
