@@ -111,3 +111,33 @@ def test_cli_subprocess_round_trip():
     assert result.returncode == 0, result.stderr
     assert "edge/fw1: drop (FORWARD)" in result.stdout
     assert "edge.fw:46" in result.stdout
+
+
+def test_several_clusters_skip_those_without_the_interface(tmp_path, capsys):
+    second = """
+cluster branch {
+    vrrp { password "other"  vrid 61 }
+    interface inside vip 198.18.0.254/24
+    member b1 priority 150 {
+        inside eth0 198.18.0.1/24
+    }
+    member b2 priority 100 {
+        inside eth0 198.18.0.2/24
+    }
+}
+policy branch {
+    accept from any to any service ssh
+}
+"""
+    path = tmp_path / "two.fw"
+    path.write_text(Path(EDGE).read_text(encoding="utf-8") + second, encoding="utf-8")
+    status = main(["query", str(path), "--from", "client", "--to", "server", "--service", "ssh",
+                   "--in", "lan"])
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert "edge/fw1: drop (FORWARD)" in out and "branch/" not in out
+    assert "skipped: cluster 'branch' has no interface 'lan'" in err
+    status = main(["query", str(path), "--from", "client", "--to", "server", "--service", "ssh"])
+    out, _ = capsys.readouterr()
+    assert status == 0 and "branch/b1: accept (FORWARD)" in out
+    assert main(["query", str(path), "--from", "any", "--to", "any", "--in", "wan"]) == 2

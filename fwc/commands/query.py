@@ -194,22 +194,40 @@ def piece_lines(piece: Piece, texts: dict[str, str], indent: str) -> list[str]:
     return lines
 
 
-def answer(policy: model.Policy, question: Question) -> list[tuple[model.Cluster, MemberView,
-                                                                      list[Piece]]]:
+def _traffic(policy: model.Policy, cluster: model.Cluster, question: Question) -> TrafficClass:
+    for iface in (question.in_interface, question.out_interface):
+        if iface is not None and cluster.interface(iface) is None:
+            raise UsageError(f"cluster '{cluster.name}' has no interface '{iface}' "
+                             f"(it has: {', '.join(i.name for i in cluster.interfaces)})")
+    return TrafficClass(parse_endpoint(question.source, policy, cluster),
+                        parse_endpoint(question.destination, policy, cluster),
+                        question.services, question.in_interface, question.out_interface)
+
+
+def answer(policy: model.Policy, question: Question) \
+        -> tuple[list[tuple[model.Cluster, MemberView, list[Piece]]], list[str]]:
+    """Per member of every cluster the question makes sense for; and why others were skipped.
+
+    In a policy with several clusters an interface or `IFACE.vip` may exist in
+    only some of them: those are answered, the others are named as skipped. A
+    question that fits no cluster is a usage error.
+    """
     out = []
+    skipped: list[str] = []
     for cluster in policy.clusters:
-        for iface in (question.in_interface, question.out_interface):
-            if iface is not None and cluster.interface(iface) is None:
-                raise UsageError(f"cluster '{cluster.name}' has no interface '{iface}' "
-                                 f"(it has: {', '.join(i.name for i in cluster.interfaces)})")
-        traffic = TrafficClass(parse_endpoint(question.source, policy, cluster),
-                               parse_endpoint(question.destination, policy, cluster),
-                               question.services, question.in_interface,
-                               question.out_interface)
+        try:
+            traffic = _traffic(policy, cluster, question)
+        except UsageError as exc:
+            if len(policy.clusters) == 1:
+                raise
+            skipped.append(str(exc))
+            continue
         for member in cluster.members:
             view = MemberView(cluster, member)
             out.append((cluster, view, classify(view, traffic)))
-    return out
+    if not out and skipped:
+        raise UsageError(skipped[0])
+    return out, skipped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,13 +242,15 @@ def run(args: argparse.Namespace) -> int:
         question = Question(args.source, args.destination,
                             parse_services(args.service, policy), args.service,
                             args.in_interface, args.out_interface)
-        results = answer(policy, question)
+        results, skipped = answer(policy, question)
     except UsageError as exc:
         print(f"fwc query: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not policy.clusters:
         print("fwc query: error: the policy defines no cluster", file=sys.stderr)
         return EXIT_POLICY
+    for reason in skipped:
+        print(f"fwc query: skipped: {reason}", file=sys.stderr)
     base_vocabulary = Vocabulary.of_policy(policy)
     vocabularies = {c.name: base_vocabulary.with_cluster(c) for c in policy.clusters}
     if args.format == "json":
