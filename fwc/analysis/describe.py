@@ -110,18 +110,18 @@ class Vocabulary:
         text = cidr_text(intervals, family)
         if covers(fw, intervals):
             return f"{text} (firewall)"
-        missing = subtract(subtract(everything, fw), intervals)
-        if missing and _blocks(missing, family) < _blocks(intervals, family):
-            with_fw = normalise(missing + fw)
-            if _blocks(with_fw, family) < _blocks(missing, family):
-                missing = with_fw
-            return f"any except {self.name_addresses(missing, family, no_fw, True)}"
-        with_fw = tuple(iv for iv in normalise(intervals + fw) if intersect((iv,), intervals))
-        if with_fw != intervals and _blocks(with_fw, family) < _blocks(intervals, family):
-            return f"{self.name_addresses(with_fw, family, no_fw, True)} except firewall"
-        if containing:
-            return f"{text} (in {min(containing)[2]})"
-        return text
+        # The shortest of: as is, with the firewall's holes filled, or as `any except`.
+        plain = f"{text} (in {min(containing)[2]})" if containing else text
+        options = [(_blocks(intervals, family), 0, plain)]
+        with_fw = _absorb(intervals, fw)
+        if with_fw != intervals:
+            options.append((_blocks(with_fw, family), 1,
+                            f"{self.name_addresses(with_fw, family, no_fw, True)} except firewall"))
+        missing = _absorb(subtract(subtract(everything, fw), intervals), fw)
+        if missing:
+            options.append((_blocks(missing, family), 2,
+                            f"any except {self.name_addresses(missing, family, no_fw, True)}"))
+        return min(options)[2]
 
     def name_services(self, intervals: Intervals, family: int) -> str:
         if intervals == ALL_SERVICES:
@@ -135,8 +135,14 @@ class Vocabulary:
         return service_text(intervals)
 
 
+def _absorb(intervals: Intervals, firewall: Intervals) -> Intervals:
+    """Fill the holes that firewall addresses make (they are never `any` anyway)."""
+    return tuple(iv for iv in normalise(intervals + firewall) if intersect((iv,), intervals))
+
+
 def _blocks(intervals: Intervals, family: int) -> int:
-    return len(cidr_list(intervals, family))
+    """How many items it takes to write the set (CIDRs or ranges)."""
+    return len(intervals)
 
 
 def cidr_list(intervals: Intervals, family: int) -> list[str]:
@@ -145,10 +151,19 @@ def cidr_list(intervals: Intervals, family: int) -> list[str]:
 
 
 def cidr_text(intervals: Intervals, family: int) -> str:
-    cidrs = cidr_list(intervals, family)
-    if len(cidrs) > MAX_CIDRS:
-        return ", ".join(cidrs[:MAX_CIDRS]) + f" and {len(cidrs) - MAX_CIDRS} more blocks"
-    return ", ".join(cidrs)
+    """Addresses as written in a policy: a CIDR where one fits, else FIRST-LAST."""
+    parts: list[str] = []
+    for lo, hi in intervals:
+        blocks = cidr_list(((lo, hi),), family)
+        if len(blocks) == 1:
+            parts.append(blocks[0])
+        else:
+            first = cidr_list(((lo, lo),), family)[0]
+            last = cidr_list(((hi, hi),), family)[0]
+            parts.append(f"{first}-{last}")
+    if len(parts) > MAX_CIDRS:
+        return ", ".join(parts[:MAX_CIDRS]) + f" and {len(parts) - MAX_CIDRS} more"
+    return ", ".join(parts)
 
 
 def _icmp_name(number: int, value: int) -> str:
