@@ -115,6 +115,16 @@ class AddressSet:
         return AddressSet(_normalise(v4), _normalise(v6))
 
     @staticmethod
+    def union(sets: Iterable[AddressSet]) -> AddressSet:
+        """All of `sets` in one normalisation (a | b | c ... re-sorts the growing set)."""
+        v4: list[Interval] = []
+        v6: list[Interval] = []
+        for one in sets:
+            v4.extend(one.v4)
+            v6.extend(one.v6)
+        return AddressSet(_normalise(v4), _normalise(v6))
+
+    @staticmethod
     def from_range(first: IPAddress, last: IPAddress) -> AddressSet:
         span = (int(first), int(last))
         return AddressSet((span,), ()) if first.version == 4 else AddressSet((), (span,))

@@ -195,7 +195,9 @@ class Resolver:
                 if got is not None:
                     addresses = addresses | got
             return m.AddressObject(decl.name.text, decl.kind, addresses, (), decl.span)
-        addresses = AddressSet()
+        # One union at the end: adding members one by one re-sorted the growing set
+        # (quadratic in the group size; a 500-prefix group was visible in the profile).
+        parts: list[AddressSet] = []
         for item in decl.members:
             if item.kind == "name":
                 self.used.add(item.text)
@@ -204,13 +206,14 @@ class Resolver:
                     if item.text not in self.object_decls:
                         self.undefined_object(item)
                     continue
-                addresses = addresses | member.addresses
+                parts.append(member.addresses)
             elif item.kind == "address":
                 got = self.parse_address(s.Word(item.text, item.span), want="any")
-                addresses = addresses | (got or AddressSet())
+                parts.append(got or AddressSet())
             elif item.kind == "range":
                 got = self.parse_range(s.Word(item.text, item.span))
-                addresses = addresses | (got or AddressSet())
+                parts.append(got or AddressSet())
+        addresses = AddressSet.union(parts)
         if not decl.members:
             self.err("FWC104", f"group '{decl.name.text}' is empty", decl.name.span,
                      hint="add members, or remove the group")
