@@ -216,3 +216,84 @@ def test_unknown_devices_and_later_packets_take_the_flat_path():
                    Packet(4, 0xC000020A, 0xC6336401, 6, 80, None, "eth0", "eth1",
                           ctstate="ESTABLISHED")):
         assert evaluator.decide(packet).meaning == reference.decide(packet).meaning
+
+
+# -- random lowered rulesets, straight in the rule model ----------------------------------
+
+def _random_ruleset(seed: int, count: int) -> NodeRuleset:
+    """FORWARD and INPUT with every kind of rule the arrangement must keep in order:
+    devices or not, protocols or not, port lists touching 0 and 65535, LOG before a
+    verdict, RETURN in a built-in chain, jumps to a user chain that RETURNs."""
+    from fwc.lower import AddressMatch, Chain, Match, Origin, Rule, Table
+    from fwc.model import PortRange
+
+    rng = random.Random(seed)
+    devices = ["eth0", "eth1", "eth2", None, None]
+    protocols = [6, 6, 17, 1, None]
+    cidrs = ["198.18.0.0/16", "198.18.1.0/24", "198.18.1.7", "198.19.0.0/17", "198.19.5.5",
+             "198.19.128.0/18"]
+    origin = Origin("policy", "random")
+
+    def ports() -> tuple[PortRange, ...]:
+        out = []
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            low = rng.choice((0, 1, 22, 80, 443, 1024, 8080, 65535, rng.randrange(65536)))
+            out.append(PortRange(low, min(65535, low + rng.choice((0, 0, 1, 100, 70000)))))
+        return tuple(sorted(set(out), key=lambda p: (p.low, p.high)))
+
+    def rule(chain: str) -> list[Rule]:
+        protocol = rng.choice(protocols)
+        match = Match(
+            source=AddressMatch((rng.choice(cidrs),)) if rng.random() < 0.5 else AddressMatch(),
+            destination=AddressMatch((rng.choice(cidrs),)) if rng.random() < 0.5
+            else AddressMatch(),
+            in_device=rng.choice(devices),
+            out_device=rng.choice(devices) if chain == "FORWARD" else None,
+            protocol=protocol,
+            dports=ports() if protocol in (6, 17) and rng.random() < 0.8 else (),
+            icmp_type=8 if protocol == 1 and rng.random() < 0.5 else None)
+        kind = rng.random()
+        if kind < 0.1:
+            return [Rule(match, "LOG", origin, (("log-prefix", f"r{rng.randrange(99)} "),)),
+                    Rule(match, "DROP", origin)]
+        if kind < 0.15:
+            return [Rule(match, "RETURN", origin)]
+        if kind < 0.25:
+            return [Rule(match, "fwc-sub", origin)]
+        target = rng.choice(("ACCEPT", "ACCEPT", "DROP", "REJECT"))
+        return [Rule(match, target, origin)]
+
+    forward = [Rule(Match(ctstate=("RELATED", "ESTABLISHED")), "ACCEPT", origin)]
+    inputs: list[Rule] = [Rule(Match(in_device="lo"), "ACCEPT", origin)]
+    for _ in range(count):
+        forward.extend(rule("FORWARD"))
+        inputs.extend(rule("INPUT"))
+    sub = (Rule(Match(source=AddressMatch(("198.18.1.7",))), "RETURN", origin),
+           Rule(Match(), "LOG", origin, (("log-prefix", "sub "),)),
+           Rule(Match(), "ACCEPT", origin))
+    table = Table("filter", (Chain("INPUT", "DROP", tuple(inputs)),
+                             Chain("FORWARD", "DROP", tuple(forward)),
+                             Chain("OUTPUT", "ACCEPT", ()), Chain("fwc-sub", None, sub)))
+    return NodeRuleset("random", "fw1", 4, (table,))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_rulesets_arranged_decide_like_flat(seed):
+    flat = _random_ruleset(seed, 60)
+    arranged = arrange(flat, {"eth0": "lan", "eth1": "dmz"}, min_rules=1, split_min=2)
+    assert arranged != flat
+    reference, evaluator = Evaluator(flat), Evaluator(arranged)
+    rng = random.Random(seed)
+    packets = corner_packets(flat)
+    # and packets that no rule aims at: other devices, other protocols, random ports
+    for _ in range(300):
+        protocol = rng.choice((6, 17, 1, 47))
+        packets.append(Packet(4, 0xC6120000 + rng.randrange(1 << 17),
+                              0xC6120000 + rng.randrange(1 << 17), protocol,
+                              rng.randrange(65536) if protocol in (6, 17) else None,
+                              8 if protocol == 1 else None,
+                              rng.choice(("eth0", "eth1", "eth2", "eth7", "lo")),
+                              rng.choice(("eth0", "eth1", "eth2", "eth7", None))))
+    for packet in packets:
+        assert evaluator.decide(packet).meaning == reference.decide(packet).meaning, \
+            packet.describe()
