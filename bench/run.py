@@ -168,7 +168,7 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
     from fwc.arrange import arrange
     from fwc.evaluate import Evaluator, corner_packets
     from fwc.ipsets import set_contents, use_ipsets
-    from fwc.lower import Chain, NodeRuleset, lower
+    from fwc.lower import Chain, NodeRuleset, Table, lower
     from fwc.pipeline import analyse
 
     analysis = analyse(policy, run_checks=False)
@@ -189,8 +189,7 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
     picked = tuple(sorted(rng.sample(range(len(forward.rules)),
                                      min(len(forward.rules), sample))))
     reduced = NodeRuleset(flat.cluster, flat.member, flat.family, (
-        type(table)("filter", (Chain("FORWARD", "DROP",
-                                     tuple(forward.rules[i] for i in picked)),)),))
+        Table("filter", (Chain("FORWARD", "DROP", tuple(forward.rules[i] for i in picked)),)),))
     packets = [p for p in corner_packets(reduced) if p.ctstate == "NEW" and p.syn]
     packets = rng.sample(packets, min(len(packets), sample))
     out: dict[str, float] = {"packets": float(len(packets))}
