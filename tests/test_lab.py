@@ -30,6 +30,7 @@ from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabOptions, LabRefused, LabReport, failover_runs, run_lab_cluster
 from fwc.lab.spec import load_spec
 from fwc.lab.topology import (
+    LabExpectation,
     LabLink,
     LabMember,
     doc_range_violations,
@@ -227,6 +228,54 @@ def test_adapter_matches_hand_written_spec() -> None:
     assert [(e.verdict, e.src, e.dst, e.proto, e.port) for e in cluster.expectations] == [
         (e.verdict, e.src, e.dst, e.proto, e.port) for e in spec.expectations
     ]
+
+
+def _model_cluster(name: str):
+    from fwc.lab.adapter import cluster_from_model
+    from fwc.pipeline import analyse
+
+    analysis = analyse(REPO / "policies" / f"{name}.fw", run_checks=False)
+    assert analysis.policy is not None
+    return cluster_from_model(analysis.policy, analysis.policy.clusters[0])
+
+
+def test_hosts_beyond_the_segments_sit_on_the_outside_host() -> None:
+    pytest.importorskip("fwc.pipeline")
+    lab = plan(_model_cluster("dmz"), "fwc3")
+    uplink = lab.host("uplink")
+    assert uplink is not None
+    # outsider 198.51.100.77 is in no segment: the uplink host stands in for it
+    assert ipaddress.ip_interface("198.51.100.77/32") in uplink.outside
+    assert lab.upstream == {4: ipaddress.ip_address("203.0.113.1")}
+    assert lab.upstream_segment == "uplink"
+    probes = {p.expectation.text: p for p in lab.probes}
+    assert all(p.skip is None for p in lab.probes), [p.skip for p in lab.probes]
+    out = probes["allow outsider -> web service web in uplink"]
+    assert out.src is not None and out.src.host_ns == uplink.ns
+    # `lan6 -> web6` resolves in IPv6 on both ends
+    six = probes["allow lan6 -> web6 service web"]
+    assert six.src is not None and six.dst is not None
+    assert str(six.src.address) == "2001:db8:10::10" and str(six.dst.address) == "2001:db8:20::80"
+
+
+def test_expectation_family_picks_the_matching_address() -> None:
+    cluster = edge()
+    ping4 = LabExpectation("allow", "client", "firewall", "ping", "icmp", None, "p4", 4)
+    ping6 = LabExpectation("allow", "lan6", "firewall", "ping", "icmp", None, "p6", 6)
+    lab = plan(replace(cluster, expectations=(ping4, ping6)), "fwc4")
+    p4, p6 = lab.probes
+    assert p4.src is not None and p4.src.address == ipaddress.ip_address("192.0.2.10")
+    assert p6.src is not None and p6.src.address == ipaddress.ip_address("2001:db8:1::3")
+    missing = LabExpectation("allow", "client", "firewall", "ping", "icmp", None, "x", 6)
+    (p,) = plan(replace(cluster, expectations=(missing,)), "fwc4").probes
+    assert p.skip is not None and "IPv6" in p.skip
+
+
+def test_range_representative_avoids_network_addresses() -> None:
+    from fwc.lab.topology import LabObject, object_addresses
+
+    got = object_addresses(LabObject("g", ("192.0.2.0-192.0.2.255", "192.0.2.100-192.0.2.150")))
+    assert [str(a) for a in got] == ["192.0.2.1", "192.0.2.100"]
 
 
 # ---------------------------------------------------------------- root tests
@@ -453,7 +502,8 @@ def test_probe_kinds_between_two_namespaces(tmp_path: Path) -> None:
                 "--port",
                 str(port),
                 "--timeout",
-                "1",
+                # the first IPv6 SYN on a fresh link is retransmitted after 1 s
+                "1" if proto != "tcp" or port != 5001 else "3",
             ],
             capture_output=True,
             text=True,
@@ -509,9 +559,14 @@ def test_probe_kinds_between_two_namespaces(tmp_path: Path) -> None:
             ],
             tmp_path / "serve.log",
         )
-        time.sleep(0.5)
+        # The listener is ready once it says so (bounded: a loaded CI box is slow).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "serving" not in (tmp_path / "serve.log").read_text():
+            time.sleep(0.1)
+        time.sleep(0.2)
         for src, dst in (("198.18.7.1", "198.18.7.2"), ("2001:db8:7::1", "2001:db8:7::2")):
-            assert probe("tcp", src, dst, 5001)["passed"]
+            res = probe("tcp", src, dst, 5001)
+            assert res["passed"], (src, res)
             assert probe("udp", src, dst, 5353)["passed"]
             assert probe("icmp", src, dst)["passed"]
             assert probe("tcp", src, dst, 5002)["how"] == "refused (reset)"

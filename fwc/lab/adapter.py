@@ -90,13 +90,17 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
     for exp in cluster.expectations:
         services = ", ".join(exp.service_labels)
         text = f"{exp.verdict} {exp.source.label} -> {exp.destination.label} service {services}"
+        if exp.in_interface:
+            text += f" in {exp.in_interface}"
         for src in _endpoint_names(exp.source, literals):
             for dst in _endpoint_names(exp.destination, literals):
                 for match in exp.services:
                     proto = {"icmpv6": "icmp"}.get(match.protocol, match.protocol)
                     port = match.ports[0].low if match.ports else None
                     expectations.append(
-                        LabExpectation(exp.verdict, src, dst, services, proto, port, text)
+                        LabExpectation(
+                            exp.verdict, src, dst, services, proto, port, text, match.family
+                        )
                     )
     snat = tuple(
         LabSnat(rule.source.label, rule.out_interface or "", str(_first(rule.target.addresses)))

@@ -88,6 +88,7 @@ class Node:
         self.helpers: list[Proc] = []
         self.conntrackd_enabled = True
         self.last_conntrack = ""
+        self.routes: list[list[str]] = []  # `ip` route arguments to restore after a crash
 
     # ------------------------------------------------------------ execution
     def argv(self, cmd: Sequence[str]) -> list[str]:
@@ -298,6 +299,9 @@ class Node:
         self._clean_run_files()
         for dev in self.devices:
             run(["ip", "-n", self.ns, "link", "set", dev, "up"])
+        # Link-down dropped the static routes through those links.
+        for route in self.routes:
+            run(["ip", "-n", self.ns, *route], check=False)
         self.start()
         if listener is not None:
             self.start_listener(*listener)

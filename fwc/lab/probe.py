@@ -51,14 +51,19 @@ def _echo_conn(conn: socket.socket, deadline: float) -> None:
                 conn.sendall(data)
 
 
-def _tcp_listener(port: int, family: int, deadline: float) -> None:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _bind(kind: int, port: int, family: int) -> socket.socket:
+    sock = socket.socket(family, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-    sock.listen(64)
+    if kind == socket.SOCK_STREAM:
+        sock.listen(64)
     sock.settimeout(1.0)
+    return sock
+
+
+def _tcp_listener(sock: socket.socket, deadline: float) -> None:
     while time.monotonic() < deadline:
         try:
             conn, _ = sock.accept()
@@ -68,12 +73,7 @@ def _tcp_listener(port: int, family: int, deadline: float) -> None:
         threading.Thread(target=_echo_conn, args=(conn, deadline), daemon=True).start()
 
 
-def _udp_listener(port: int, family: int, deadline: float) -> None:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-    sock.settimeout(1.0)
+def _udp_listener(sock: socket.socket, deadline: float) -> None:
     while time.monotonic() < deadline:
         try:
             data, peer = sock.recvfrom(4096)
@@ -86,16 +86,15 @@ def _udp_listener(port: int, family: int, deadline: float) -> None:
 def serve(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.lifetime
     threads = []
-    for port in args.tcp:
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            threads.append(
-                threading.Thread(target=_tcp_listener, args=(port, fam, deadline), daemon=True)
-            )
-    for port in args.udp:
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            threads.append(
-                threading.Thread(target=_udp_listener, args=(port, fam, deadline), daemon=True)
-            )
+    # Bind everything before saying "serving", so that line means ready.
+    for kind, ports, loop in (
+        (socket.SOCK_STREAM, args.tcp, _tcp_listener),
+        (socket.SOCK_DGRAM, args.udp, _udp_listener),
+    ):
+        for port in ports:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                sock = _bind(kind, port, fam)
+                threads.append(threading.Thread(target=loop, args=(sock, deadline), daemon=True))
     for t in threads:
         t.start()
     print(f"serving tcp {args.tcp} udp {args.udp}", flush=True)

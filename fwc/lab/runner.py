@@ -116,8 +116,14 @@ class Lab:
         self.vip_set = {str(v.ip) for v in all_vips(plan_)}
         self.advert_label = advert_label(plan_.cluster.advert)
         self.nodes: list[Node] = []
-        self.flow = self._pick_flow()
+        self.candidates = self._candidate_flows()
+        self.flow = self.candidates[0] if self.candidates else None
+        # mode -> the connection its failover drill uses ("snat" once classified)
+        self.flows: dict[str, Flow] = {"routed": self.flow} if self.flow else {}
         self.listen: dict[str, tuple[set[int], set[int]]] = {}
+        # Routes the lab adds to members (to the upstream host); a member
+        # restored after a crash gets them back, as a rebooted node would.
+        self.member_routes: dict[str, list[list[str]]] = {}
         # Callers that drive the lab step by step (tests, fwc install) get a
         # report to collect warnings in without building one themselves.
         self.report = LabReport(plan_.cluster.name, plan_.prefix, str(logdir))
@@ -141,8 +147,8 @@ class Lab:
         tcp, udp = self.listen.get("firewall", (set(), set()))
         return sorted(tcp), sorted(udp), self.probe_py
 
-    def _pick_flow(self) -> Flow | None:
-        """The drill-2 connection: an allowed TCP expectation between two VIP segments."""
+    def _candidate_flows(self) -> list[Flow]:
+        """Drill-2 connections: allowed TCP expectations between two VIP segments (IPv4)."""
         vip_segments = {s.name for s in self.plan.segments if s.vips and not s.is_sync}
         snat_out = {s.out_segment for s in self.plan.cluster.snat}
         candidates = []
@@ -163,7 +169,37 @@ class Lab:
                 )
             )
         candidates.sort(key=lambda f: f.dst_segment not in snat_out)
-        return candidates[0] if candidates else None
+        return candidates
+
+    def classify_snat(self, master: Node) -> Flow | None:
+        """The first candidate the policy really SNATs to a VIP.
+
+        Read from the master's conntrack entries left by the expectation
+        probes: a flow is translated when its reply goes to a VIP. Asking the
+        kernel avoids re-implementing the policy's nonat/snat ordering here.
+        """
+        vips = {str(v.ip) for v in all_vips(self.plan)}
+        for flow in self.candidates:
+            proc = master.exec(
+                [
+                    "conntrack",
+                    "-L",
+                    "-p",
+                    "tcp",
+                    "-s",
+                    str(flow.src),
+                    "-d",
+                    str(flow.dst),
+                    "--dport",
+                    str(flow.port),
+                ],
+                check=False,
+            )
+            for line in proc.stdout.splitlines():
+                dsts = [f.split("=", 1)[1] for f in line.split() if f.startswith("dst=")]
+                if len(dsts) >= 2 and dsts[1] in vips:
+                    return flow
+        return None
 
     # ------------------------------------------------------------ bring-up
     def build(self) -> None:
@@ -185,13 +221,23 @@ class Lab:
                     run(["ip", "-n", ns, "addr", "add", addr, "dev", link.device, *extra])
         for host in p.hosts:
             self._address_host(host)
+        if p.upstream_segment is not None:
+            for member in p.cluster.members:
+                link = member.links.get(p.upstream_segment)
+                if link is None:
+                    continue
+                for fam, via in p.upstream.items():
+                    route = [f"-{fam}", "route", "replace", "default", "via", str(via)]
+                    route += ["dev", link.device]
+                    self.member_routes.setdefault(member.name, []).append(route)
+                    run(["ip", "-n", p.member_ns[member.name], *route])
         self.progress(
             f"built {len(p.member_ns)} members, {len(p.hosts)} test hosts, "
             f"{len(p.segments)} segments (prefix {p.prefix})"
         )
 
     def _address_host(self, host: HostPlan) -> None:
-        for addr in host.addresses:
+        for addr in [*host.addresses, *host.outside]:
             extra = ["nodad"] if addr.version == 6 else []
             run(["ip", "-n", host.ns, "addr", "add", str(addr), "dev", host.device, *extra])
         self.set_default_routes(host, True)
@@ -218,6 +264,7 @@ class Lab:
                 self.logdir,
                 self.remap,
             )
+            node.routes = self.member_routes.get(member.name, [])
             self.nodes.append(node)
             node.create_mount_ns()
             installed = node.install()
@@ -241,8 +288,8 @@ class Lab:
             key = d.host_ns if d.address is not None else "firewall"
             tcp, udp = self.listen.setdefault(key or "", (set(), set()))
             (tcp if e.proto == "tcp" else udp).add(e.port)
-        if self.flow is not None:
-            self.listen.setdefault(self.flow.dst_ns, (set(), set()))[0].add(self.flow.port)
+        for flow in self.candidates:
+            self.listen.setdefault(flow.dst_ns, (set(), set()))[0].add(flow.port)
         for ns, (tcp, udp) in self.listen.items():
             if ns == "firewall":
                 for node in self.nodes:
@@ -307,8 +354,7 @@ class Lab:
     # ------------------------------------------------------------ drill set-up
     def prepare_mode(self, mode: str) -> Callable[[], None]:
         """Routed: exempt the drill flow from SNAT. SNAT: the far host loses its way back."""
-        flow = self.flow
-        assert flow is not None
+        flow = self.flows[mode]
         if mode == "routed":
             rule = ["-s", f"{flow.src}/32", "-d", f"{flow.dst}/32", "-j", "ACCEPT"]
             for node in self.nodes:
@@ -441,12 +487,20 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
         )
 
     report.expectations += drills.probe_expectations(lab, "master", master)
+    snat_flow = lab.classify_snat(master)
+    if snat_flow is not None:
+        lab.flows["snat"] = snat_flow
 
     def on_backup(node: Node) -> None:
         report.expectations.extend(drills.probe_expectations(lab, "backup", node))
 
     if lab.flow is not None:
         _failover_drills(lab, report, options, on_backup)
+    if lab.plan.probes and not any(r.phase == "backup" for r in report.expectations):
+        # No drill reached the backup (none possible, or the first one failed):
+        # the expectations must still be checked through it.
+        lab.progress("failing the master once more to probe the expectations through the backup")
+        drills.failover_for_probes(lab, on_backup)
     _judge(report)
 
 
@@ -466,13 +520,12 @@ def failover_runs(advert: float, modes: list[str], quick: bool) -> list[tuple[fl
 def _failover_drills(
     lab: Lab, report: LabReport, options: LabOptions, on_backup: Callable[[Node], None]
 ) -> None:
-    assert lab.flow is not None
-    # The SNAT mode only makes sense when the policy translates this flow.
-    snat = any(s.out_segment == lab.flow.dst_segment for s in lab.plan.cluster.snat)
-    modes = ["routed", "snat"] if snat else ["routed"]
-    if not snat:
+    # The SNAT mode only makes sense for a flow the policy translates.
+    modes = ["routed", "snat"] if "snat" in lab.flows else ["routed"]
+    if "snat" not in lab.flows:
         report.warnings.append(
-            f"the policy has no SNAT out of {lab.flow.dst_segment}: SNAT drills skipped"
+            "no expected TCP flow between two VIP segments is SNATed to a VIP by the policy "
+            "(checked in the master's conntrack table): SNAT drills skipped"
         )
     runs = failover_runs(lab.plan.cluster.advert, modes, options.quick)
     first = True
@@ -521,7 +574,12 @@ def _judge(report: LabReport) -> None:
                 f"(failover {fo.survived_failover}, failback {fo.survived_failback})"
                 + (f"; {'; '.join(fo.notes)}" if fo.notes else "")
             )
-    if report.control is not None and not report.control.ok:
+    if report.control is not None and not report.control.connected:
+        report.failures.append(
+            "control run: the connection could not be set up"
+            + (f" ({'; '.join(report.control.notes)})" if report.control.notes else "")
+        )
+    elif report.control is not None and not report.control.ok:
         report.failures.append(
             "control run: the connection survived without conntrackd "
             "(the drill would not prove state sync)"

@@ -42,6 +42,7 @@ def cluster_from_dict(data: dict[str, Any]) -> LabCluster:
                 e["proto"],
                 e.get("port"),
                 e.get("text", ""),
+                e.get("family"),
             )
             for e in data.get("expectations", ())
         ),

@@ -71,6 +71,7 @@ class LabExpectation:
     proto: str  # "tcp" | "udp" | "icmp"
     port: int | None
     text: str = ""
+    family: int | None = None  # 4 or 6 for icmp/icmpv6 matches, None: either
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,11 @@ class HostPlan:
     device: str
     addresses: list[IPInterface]
     gateways: list[IPAddress]  # the segment's VIPs, one per family
-    names: dict[str, IPAddress] = field(default_factory=dict)  # object -> address
+    names: dict[str, IPAddress] = field(default_factory=dict)  # object -> first address
+    by_family: dict[str, dict[int, IPAddress]] = field(default_factory=dict)
+    # Stand-ins for policy hosts beyond every segment (the Internet), as /32 or
+    # /128 on the host of the outside segment, which the members route to.
+    outside: list[IPInterface] = field(default_factory=list)
 
 
 @dataclass
@@ -160,6 +165,9 @@ class LabPlan:
     ports: list[PortPlan]
     probes: list[ProbePlan]
     remap_notes: list[str] = field(default_factory=list)
+    # family -> the outside test host's address the members use as default route
+    upstream: dict[int, IPAddress] = field(default_factory=dict)
+    upstream_segment: str | None = None
 
     def host(self, segment: str) -> HostPlan | None:
         return next((h for h in self.hosts if h.segment == segment), None)
@@ -205,13 +213,26 @@ def object_addresses(obj: LabObject) -> list[IPAddress | IPNetwork]:
     out: list[IPAddress | IPNetwork] = []
     for item in obj.items:
         if "-" in item and "/" not in item:
-            out.append(ipaddress.ip_address(item.split("-", 1)[0].strip()))
+            first, last = (ipaddress.ip_address(x.strip()) for x in item.split("-", 1))
+            out.append(_range_representative(first, last))
         elif "/" in item:
             net = ipaddress.ip_network(item, strict=False)
             out.append(net.network_address if net.prefixlen == net.max_prefixlen else net)
         else:
             out.append(ipaddress.ip_address(item))
     return out
+
+
+def _range_representative(first: IPAddress, last: IPAddress) -> IPAddress:
+    """A range's first address, unless the range is a whole subnet: then its first host.
+
+    Groups flatten to ranges, so a group holding 192.0.2.0/24 arrives as
+    192.0.2.0-192.0.2.255; a probe from the network address would be odd.
+    """
+    size = int(last) - int(first) + 1
+    if size >= 4 and size & (size - 1) == 0 and int(first) % size == 0:
+        return ipaddress.ip_address(int(first) + 1)
+    return first
 
 
 # --------------------------------------------------------------------------
@@ -351,6 +372,7 @@ def plan(cluster: LabCluster, prefix: str) -> LabPlan:
         hosts.append(host)
         ports.append(PortPlan(host.ns, host.device, seg.name, f"h{i}"))
     lab = LabPlan(prefix, cluster, sw_ns, member_ns, segments, hosts, ports, [])
+    _place_outside(lab)
     lab.probes = [_plan_probe(lab, e) for e in cluster.expectations]
     return lab
 
@@ -372,40 +394,81 @@ def _plan_host(
     ns: str,
 ) -> HostPlan:
     used = _used_addresses(cluster, seg)
-    addresses: list[IPInterface] = []
-    names: dict[str, IPAddress] = {}
+    host = HostPlan(seg.name, ns, "eth0", [], [])
     for obj in cluster.objects:
         for item in object_addresses(obj):
             if not isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
                 continue
             net = next((n for n in subnets if n.version == item.version and item in n), None)
-            if net is None or item in used:
+            if net is None or item in used or item.version in host.by_family.get(obj.name, {}):
                 continue
-            names.setdefault(obj.name, item)
+            _name(host, obj.name, item)
             iface = ipaddress.ip_interface(f"{item}/{net.prefixlen}")
-            if iface not in addresses:
-                addresses.append(iface)
-            break
+            if iface not in host.addresses:
+                host.addresses.append(iface)
     # Every family present on the segment gets at least one test address.
     for net in subnets:
-        if not any(a.version == net.version and a.ip in net for a in addresses):
-            free = _first_free(net, used | {a.ip for a in addresses})
-            addresses.append(ipaddress.ip_interface(f"{free}/{net.prefixlen}"))
+        if not any(a.version == net.version and a.ip in net for a in host.addresses):
+            free = _first_free(net, used | {a.ip for a in host.addresses})
+            host.addresses.append(ipaddress.ip_interface(f"{free}/{net.prefixlen}"))
     # Network objects covering the segment resolve to its first test address.
     for obj in cluster.objects:
         for item in object_addresses(obj):
             if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
                 hit = next(
-                    (a.ip for a in addresses if a.version == item.version and a.ip in item), None
+                    (a.ip for a in host.addresses if a.version == item.version and a.ip in item),
+                    None,
                 )
-                if hit is not None:
-                    names.setdefault(obj.name, hit)
-                    break
-    gateways: list[IPAddress] = []
+                if hit is not None and item.version not in host.by_family.get(obj.name, {}):
+                    _name(host, obj.name, hit)
     for vip in vips:
-        if not any(g.version == vip.version for g in gateways):
-            gateways.append(vip.ip)
-    return HostPlan(seg.name, ns, "eth0", addresses, gateways, names)
+        if not any(g.version == vip.version for g in host.gateways):
+            host.gateways.append(vip.ip)
+    return host
+
+
+def _name(host: HostPlan, name: str, addr: IPAddress) -> None:
+    host.names.setdefault(name, addr)
+    host.by_family.setdefault(name, {}).setdefault(addr.version, addr)
+
+
+def _place_outside(lab: LabPlan) -> None:
+    """Put policy hosts that lie beyond every segment on the outside segment's host.
+
+    The outside segment is where the policy SNATs to (the uplink); its test
+    host plays the upstream router: it holds those addresses, and every member
+    gets a default route to it, as a real deployment has one to its ISP.
+    Only documentation addresses are placed (they are the only ones allowed
+    on the wire).
+    """
+    outside = next(
+        (lab.host(s.out_segment) for s in lab.cluster.snat if lab.host(s.out_segment)), None
+    )
+    if outside is None:
+        return
+    nets = [n for s in lab.segments for n in s.subnets]
+    taken = {a.ip for h in lab.hosts for a in h.addresses}
+    for obj in lab.cluster.objects:
+        if any(obj.name in h.names for h in lab.hosts):
+            continue
+        for item in object_addresses(obj):
+            if not isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                continue
+            if any(item.version == n.version and item in n for n in nets):
+                continue
+            if not in_doc_ranges(item) or item in taken:
+                continue
+            if item.version in outside.by_family.get(obj.name, {}):
+                continue
+            _name(outside, obj.name, item)
+            outside.outside.append(ipaddress.ip_interface(f"{item}/{item.max_prefixlen}"))
+            taken.add(item)
+    if outside.outside:
+        lab.upstream_segment = outside.segment
+        for fam in sorted({a.version for a in outside.outside}):
+            own = next((a.ip for a in outside.addresses if a.version == fam), None)
+            if own is not None:
+                lab.upstream[fam] = own
 
 
 def _first_free(net: IPNetwork, used: set[IPAddress]) -> IPAddress:
@@ -417,23 +480,39 @@ def _first_free(net: IPNetwork, used: set[IPAddress]) -> IPAddress:
     raise ValueError(f"no free address in {net}")
 
 
-def resolve_endpoint(lab: LabPlan, name: str) -> Endpoint | None:
+def resolve_endpoint(lab: LabPlan, name: str, family: int | None = None) -> Endpoint | None:
     if name == "firewall":
         return Endpoint("firewall", None, None, None)
     for host in lab.hosts:
-        if name in host.names:
+        if family is None and name in host.names:
             return Endpoint(name, host.names[name], host.ns, host.segment)
+        addr = host.by_family.get(name, {}).get(family or 0)
+        if addr is not None:
+            return Endpoint(name, addr, host.ns, host.segment)
     return None
 
 
 def _plan_probe(lab: LabPlan, exp: LabExpectation) -> ProbePlan:
-    src = resolve_endpoint(lab, exp.src)
-    dst = resolve_endpoint(lab, exp.dst)
+    family = exp.family
+    src = resolve_endpoint(lab, exp.src, family)
+    if family is None and src is not None and src.address is not None:
+        family = src.address.version  # both ends in the same family
+    dst = resolve_endpoint(lab, exp.dst, family)
+    if dst is None and exp.family is None and src is not None and src.address is not None:
+        # e.g. `admins -> web6`: try the source's other family
+        other = 10 - src.address.version
+        alt_src, alt_dst = (
+            resolve_endpoint(lab, exp.src, other),
+            resolve_endpoint(lab, exp.dst, other),
+        )
+        if alt_src is not None and alt_dst is not None:
+            src, dst = alt_src, alt_dst
+    fam = f" with an IPv{family} address" if family else ""
     skip = None
     if src is None:
-        skip = f"source {exp.src!r} is not in any lab segment"
+        skip = f"source {exp.src!r} has no test address{fam} (not in a lab segment)"
     elif dst is None:
-        skip = f"destination {exp.dst!r} is not in any lab segment"
+        skip = f"destination {exp.dst!r} has no test address{fam} (not in a lab segment)"
     elif src.address is None and dst.address is None:
         skip = "firewall to firewall is not probed"
     elif exp.proto not in ("tcp", "udp", "icmp"):
@@ -464,3 +543,8 @@ def describe(lab: LabPlan) -> Iterable[str]:
         addrs = ", ".join(str(a) for a in host.addresses)
         gws = ", ".join(str(g) for g in host.gateways) or "none"
         yield f"test host {host.ns} on {host.segment}: {addrs} (default via {gws})"
+        if host.outside:
+            outs = ", ".join(str(a) for a in host.outside)
+            yield f"  {host.ns} also stands in for hosts beyond the segments: {outs}"
+    for fam, addr in sorted(lab.upstream.items()):
+        yield f"members: IPv{fam} default route via {addr} (the {lab.upstream_segment} test host)"
