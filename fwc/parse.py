@@ -49,7 +49,7 @@ def _lark_options() -> dict[str, object]:
         import lark_cython
     except ImportError:
         return {"cache": True}
-    return {"_plugins": lark_cython.plugins}
+    return {"_plugins": lark_cython.plugins, "cache": True}
 
 
 @functools.lru_cache(maxsize=64)
