@@ -141,3 +141,13 @@ policy branch {
     out, _ = capsys.readouterr()
     assert status == 0 and "branch/b1: accept (FORWARD)" in out
     assert main(["query", str(path), "--from", "any", "--to", "any", "--in", "wan"]) == 2
+
+
+def test_parts_split_only_by_routing_are_shown_together(capsys):
+    status, out, _ = query(capsys, "--from", "any", "--to", "uplink.vip", "--service", "web")
+    assert status == 0
+    assert "edge/fw1: 2 parts with different outcomes" in out
+    assert "from any except uplink to uplink.vip service web in lan, sync" in out
+    status, out, _ = query(capsys, "--from", "any", "--to", "any")
+    assert status == 0
+    assert "  - from any to any service ident\n    reject (FORWARD)" in out

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
 from fwc.analysis.describe import Vocabulary, describe_box
-from fwc.analysis.engine import CHAINS, FAMILIES, MemberView, Piece, classify_box
+from fwc.analysis.engine import CHAINS, FAMILIES, MemberView, Piece, classify_box, merge_routed
 from fwc.analysis.index import RuleList
-from fwc.analysis.space import ALL_SERVICES, LOCAL, Box, coalesce, full_addresses, union
+from fwc.analysis.space import ALL_SERVICES, LOCAL, Box, full_addresses
 from fwc.model import Cluster
 
 # A region assembled from more changed rules than this is compared whole, chain by chain.
@@ -169,31 +169,6 @@ def member_changes(old: MemberView, new: MemberView, *, whole: bool = False) \
                                             services=before.box.services)
                     out.append(("allowed" if now.accepted else "denied", now, changed))
     return out
-
-
-def merge_routed(boxes: Iterable[Box]) -> list[Box]:
-    """Boxes for reading: glue parts that routing split by interface.
-
-    Interfaces in a changed region come from the connected subnets (a source
-    arrives on the interface of its subnet), so `from lan in lan` and `from
-    any-other in any` read better as `from any`. The union of products may
-    also contain spoofed combinations, which is why `TrafficChange.boxes`
-    keeps the exact boxes.
-    """
-    current = coalesce(boxes)
-    by_destination: dict[tuple[object, ...], Box] = {}
-    for box in current:
-        key = (box.family, box.dst, box.services, box.out_ifaces)
-        seen = by_destination.get(key)
-        by_destination[key] = box if seen is None else seen.with_(
-            src=union(seen.src, box.src), in_ifaces=seen.in_ifaces | box.in_ifaces)
-    by_source: dict[tuple[object, ...], Box] = {}
-    for box in by_destination.values():
-        key = (box.family, box.src, box.services, box.in_ifaces)
-        seen = by_source.get(key)
-        by_source[key] = box if seen is None else seen.with_(
-            dst=union(seen.dst, box.dst), out_ifaces=seen.out_ifaces | box.out_ifaces)
-    return coalesce(by_source.values())
 
 
 def _where(piece: Piece) -> str:

@@ -37,7 +37,7 @@ query for `uplink.vip:80` answers about `uplink.vip:80`.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from fwc.addresses import AddressSet
@@ -55,6 +55,7 @@ from fwc.analysis.space import (
     normalise,
     service_intervals,
     subtract,
+    union,
 )
 from fwc.model import Cluster, Endpoint, Member, Rule, ServiceMatch
 
@@ -121,7 +122,7 @@ class Piece:
         if self.rule is not None:
             return self.rule.location
         if self.chain == "local":
-            return "loopback traffic (always accepted)"
+            return "automatic loopback rule (always accepted)"
         return f"default policy of {self.chain.upper()} ({DEFAULT_POLICY[self.chain]})"
 
     def outcome(self) -> tuple[object, ...]:
@@ -449,6 +450,44 @@ def _filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
             snat = _snat_step(view, nat.rule, box.family, nat_part.out_ifaces) \
                 if nat is not None else None
             yield Piece(back(nat_part), chain, verdict, rule, dnat, snat)
+
+
+def merge_routed(boxes: Iterable[Box]) -> list[Box]:
+    """Boxes for reading: glue parts that routing split by interface.
+
+    Interfaces not given by the user come from the connected subnets (a source
+    arrives on the interface of its subnet), so `from lan in lan` and `from
+    any-other in any` read better as `from any`. The union of products may
+    also contain spoofed combinations, which is why `TrafficChange.boxes`
+    keeps the exact boxes.
+    """
+    current = coalesce(boxes)
+    by_destination: dict[tuple[object, ...], Box] = {}
+    for box in current:
+        key = (box.family, box.dst, box.services, box.out_ifaces)
+        seen = by_destination.get(key)
+        by_destination[key] = box if seen is None else seen.with_(
+            src=union(seen.src, box.src), in_ifaces=seen.in_ifaces | box.in_ifaces)
+    by_source: dict[tuple[object, ...], Box] = {}
+    for box in by_destination.values():
+        key = (box.family, box.src, box.services, box.in_ifaces)
+        seen = by_source.get(key)
+        by_source[key] = box if seen is None else seen.with_(
+            dst=union(seen.dst, box.dst), out_ifaces=seen.out_ifaces | box.out_ifaces)
+    return coalesce(by_source.values())
+
+
+def merge_routed_pieces(pieces: list[Piece]) -> list[Piece]:
+    """`merge_routed` per outcome: one piece per outcome and readable box."""
+    groups: dict[tuple[object, ...], list[Piece]] = {}
+    for piece in pieces:
+        groups.setdefault((piece.box.family, *piece.outcome()), []).append(piece)
+    out: list[Piece] = []
+    for group in groups.values():
+        first = group[0]
+        out.extend(Piece(box, first.chain, first.verdict, first.rule, first.dnat, first.snat)
+                   for box in merge_routed(p.box for p in group))
+    return out
 
 
 def merge_pieces(pieces: list[Piece]) -> list[Piece]:

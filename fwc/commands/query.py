@@ -20,7 +20,14 @@ from fwc import model
 from fwc import syntax as s
 from fwc.addresses import AddressSet
 from fwc.analysis.describe import Vocabulary, cidr_list, describe_box, rule_text, service_text
-from fwc.analysis.engine import MemberView, NatStep, Piece, TrafficClass, classify
+from fwc.analysis.engine import (
+    MemberView,
+    NatStep,
+    Piece,
+    TrafficClass,
+    classify,
+    merge_routed_pieces,
+)
 from fwc.analysis.space import LOCAL
 from fwc.commands.common import print_diagnostics
 from fwc.diagnostics import Span, has_errors
@@ -222,9 +229,12 @@ def answer(policy: model.Policy, question: Question) \
                 raise
             skipped.append(str(exc))
             continue
+        routed = question.in_interface is None or question.out_interface is None
         for member in cluster.members:
             view = MemberView(cluster, member)
-            out.append((cluster, view, classify(view, traffic)))
+            pieces = classify(view, traffic)
+            # parts that differ only by the interface routing picked read better together
+            out.append((cluster, view, merge_routed_pieces(pieces) if routed else pieces))
     if not out and skipped:
         raise UsageError(skipped[0])
     return out, skipped
