@@ -19,6 +19,7 @@ from fwc.analysis.engine import (
     TrafficClass,
     classify,
     endpoint_intervals,
+    merge_routed_pieces,
 )
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
@@ -42,7 +43,7 @@ class Failure:
 def evaluate(expectation: Expectation, view: MemberView) -> list[Piece]:
     traffic = TrafficClass(expectation.source, expectation.destination, expectation.services,
                            expectation.in_interface)
-    return classify(view, traffic)
+    return merge_routed_pieces(classify(view, traffic))
 
 
 def failures(expectation: Expectation, view: MemberView, pieces: Iterable[Piece],
