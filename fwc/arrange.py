@@ -59,12 +59,17 @@ PORT_MAX = 65535
 
 @dataclass(frozen=True, slots=True)
 class _Dimension:
-    """One way of splitting: the value a rule constrains, the jump, and what goes."""
+    """One way of splitting: the value a rule constrains, and the jump for a value.
+
+    Rules keep their own `-i`/`-o`/`-p` inside a sub-chain: the test is free in the
+    kernel (every iptables entry compares its interfaces anyway), the lines still
+    read as written, and a rule copied into several chains stays one object that is
+    rendered once.
+    """
 
     name: str
     value: Callable[[Match], Hashable | None]
     jump: Callable[[Hashable], Match]
-    strip: Callable[[Match], Match]
     label: Callable[[Hashable], str]
 
 
@@ -75,13 +80,11 @@ def _device_label(names: Mapping[str, str]) -> Callable[[Hashable], str]:
 def _dimensions(names: Mapping[str, str]) -> dict[str, _Dimension]:
     return {
         "in": _Dimension("in", lambda m: m.in_device, lambda v: Match(in_device=str(v)),
-                         lambda m: replace(m, in_device=None), _device_label(names)),
+                         _device_label(names)),
         "out": _Dimension("out", lambda m: m.out_device, lambda v: Match(out_device=str(v)),
-                          lambda m: replace(m, out_device=None), _device_label(names)),
-        # -p stays on the rules: --dport and --icmp-type need it.
+                          _device_label(names)),
         "protocol": _Dimension("protocol", lambda m: m.protocol,
                                lambda v: Match(protocol=int(v)),  # type: ignore[call-overload]
-                               lambda m: m,
                                lambda v: PROTOCOL_NAMES.get(int(v), str(v))),  # type: ignore
     }
 
@@ -158,7 +161,7 @@ class _Arranger:
                 for subset in subsets:
                     subset.append(rule)
             else:
-                by_value[value].append(replace(rule, match=dim.strip(rule.match)))
+                by_value[value].append(rule)
         out: list[Rule] = []
         for value in sorted(by_value, key=str):
             label = dim.label(value)
