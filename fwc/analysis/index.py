@@ -2,24 +2,23 @@
 
 Each rule box's source and destination sets are summarised by their hull
 (the smallest CIDR block containing them). Hulls of the same prefix length are
-aligned blocks, so a dict per prefix length maps block number -> positions.
-A query box looks up, per populated prefix length, only the blocks its own
-hull touches: a host query costs one dict lookup per prefix length in use.
+aligned blocks, so per prefix length a sorted list of block numbers maps to
+rule positions. A query box finds, per populated prefix length, the blocks its
+own hull touches by binary search: a host query costs one search per prefix
+length in use.
 Both the source and the destination index are consulted; the smaller answer
 is used (it is a superset of the rules that can match, in rule order).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from fwc.addresses import FAMILY_BITS
 from fwc.analysis.space import Box, Intervals
 from fwc.model import Rule
-
-# Above this many blocks in a query's hull, scan the prefix length's buckets instead.
-_SCAN_FACTOR = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,12 @@ def _prefix_of(lo: int, hi: int, bits: int) -> int:
 
 
 class PrefixIndex:
-    """Positions of rules by the CIDR hull of one address field."""
+    """Positions of rules by the CIDR hull of one address field.
+
+    Per prefix length in use: the sorted block numbers, their position lists
+    and running totals, so that a lookup is a binary search per prefix length
+    and counting the candidates costs nothing.
+    """
 
     def __init__(self, family: int, hulls: Sequence[tuple[int, int]]) -> None:
         self.bits = FAMILY_BITS[family]
@@ -49,22 +53,26 @@ class PrefixIndex:
             prefix = _prefix_of(lo, hi, self.bits)
             block = lo >> (self.bits - prefix) if prefix else 0
             buckets.setdefault(prefix, {}).setdefault(block, []).append(position)
-        self.buckets = buckets
+        self.levels: list[tuple[int, list[int], list[list[int]], list[int]]] = []
+        for prefix, blocks in sorted(buckets.items()):
+            keys = sorted(blocks)
+            lists = [blocks[k] for k in keys]
+            totals = [0]
+            for bucket in lists:
+                totals.append(totals[-1] + len(bucket))
+            self.levels.append((self.bits - prefix, keys, lists, totals))
 
-    def lookup(self, lo: int, hi: int) -> list[list[int]]:
-        """Buckets that may hold a rule whose hull meets [lo, hi]."""
+    def lookup(self, lo: int, hi: int) -> tuple[int, list[list[int]]]:
+        """(how many, which position lists) may hold a rule whose hull meets [lo, hi]."""
+        count = 0
         found: list[list[int]] = []
-        for prefix, blocks in self.buckets.items():
-            shift = self.bits - prefix
-            first, last = lo >> shift, hi >> shift
-            if last - first + 1 > len(blocks) * _SCAN_FACTOR:
-                found.extend(b for n, b in blocks.items() if first <= n <= last)
-            else:
-                for n in range(first, last + 1):
-                    bucket = blocks.get(n)
-                    if bucket is not None:
-                        found.append(bucket)
-        return found
+        for shift, keys, lists, totals in self.levels:
+            first = bisect_left(keys, lo >> shift)
+            last = bisect_right(keys, hi >> shift)
+            if first < last:
+                count += totals[last] - totals[first]
+                found.extend(lists[first:last])
+        return count, found
 
 
 class RuleList:
@@ -87,12 +95,11 @@ class RuleList:
         """
         if start >= len(self.rules) or box.family != self.family or box.is_empty():
             return iter(())
-        by_dst = self._dst.lookup(*_hull(box.dst))
-        by_src = self._src.lookup(*_hull(box.src))
-        dst_count = sum(len(b) for b in by_dst)
-        src_count = sum(len(b) for b in by_src)
+        dst_count, by_dst = self._dst.lookup(*_hull(box.dst))
+        src_count, by_src = self._src.lookup(*_hull(box.src))
         if min(dst_count, src_count) * 2 >= len(self.rules) - start:
-            return iter(self.rules[start:])
+            rules = self.rules  # lazily: a wide box often stops at the first candidate
+            return (rules[p] for p in range(start, len(rules)))
         chosen = by_dst if dst_count <= src_count else by_src
         positions = sorted({p for bucket in chosen for p in bucket if p >= start})
         return (self.rules[p] for p in positions)
