@@ -598,3 +598,36 @@ def test_probe_kinds_between_two_namespaces(tmp_path: Path) -> None:
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("name", ["dmz", "branch"])
+def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
+    """The other example policies, --quick: hosts beyond the segments, IPv6
+    expectations, `nonat` exceptions (branch's SNAT flow must be one the policy
+    really translates) and member routes restored after a crash."""
+    _root_or_skip()
+    if importlib.util.find_spec("fwc.commands.compile") is None:
+        pytest.skip("needs fwc compile")
+    from fwc.lab.adapter import fast_keepalived_confs, load_policy_cluster
+
+    policy = REPO / "policies" / f"{name}.fw"
+    cluster, out = load_policy_cluster(policy, None, tmp_path)
+    report = run_lab_cluster(
+        cluster,
+        out,
+        LabOptions(
+            quick=True,
+            logdir=tmp_path / "logs",
+            fast_keepalived=fast_keepalived_confs(policy) or None,
+        ),
+    )
+    print(render_text(report), file=sys.stderr)
+    assert report.ok, (report.error, report.failures)
+    assert all(r.agrees for r in report.expectations), report.expectations
+    assert {r.phase for r in report.expectations} == {"master", "backup"}
+    assert report.control is not None and report.control.ok
+    assert lab_namespaces(report.prefix) == []
+    if name == "branch":
+        (fo,) = report.failover
+        assert fo.mode == "snat" and fo.ok
