@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from fwc import protocols as proto
 from fwc.addresses import AddressSet
@@ -42,6 +43,31 @@ class Vocabulary:
 
     objects: Mapping[str, tuple[str, AddressSet]] = field(default_factory=dict)  # name -> kind, set
     services: Mapping[str, tuple[ServiceMatch, ...]] = field(default_factory=dict)
+
+    @cached_property
+    def _tables(self) -> dict[int, tuple[dict[Intervals, list[tuple[int, str]]],
+                                         list[tuple[int, int, int, int, str, Intervals]]]]:
+        """Per family: exact sets -> names, and (hull, size, kind order, name, set) rows."""
+        tables: dict[int, tuple[dict[Intervals, list[tuple[int, str]]],
+                                list[tuple[int, int, int, int, str, Intervals]]]] = {}
+        for family in (4, 6):
+            exact: dict[Intervals, list[tuple[int, str]]] = {}
+            rows: list[tuple[int, int, int, int, str, Intervals]] = []
+            for name, (kind, addresses) in self.objects.items():
+                own = addresses.family(family)
+                if not own:
+                    continue
+                order = _KIND_ORDER.get(kind, 9)
+                exact.setdefault(own, []).append((order, name))
+                rows.append((own[0][0], own[-1][1], addresses.count(family), order, name, own))
+            tables[family] = (exact, rows)
+        return tables
+
+    def _exact(self, family: int) -> dict[Intervals, list[tuple[int, str]]]:
+        return self._tables[family][0]
+
+    def _by_family(self, family: int) -> list[tuple[int, int, int, int, str, Intervals]]:
+        return self._tables[family][1]
 
     @classmethod
     def of_policy(cls, policy: Policy) -> Vocabulary:
@@ -84,17 +110,13 @@ class Vocabulary:
             return "any"
         if fw and intervals == fw:
             return "firewall"
-        exact: list[tuple[int, str]] = []
+        exact = self._exact(family).get(intervals, [])
         containing: list[tuple[int, int, str]] = []
-        for name, (kind, addresses) in self.objects.items():
-            own = addresses.family(family)
-            if not own:
-                continue
-            if own == intervals:
-                exact.append((_KIND_ORDER.get(kind, 9), name))
-            elif covers(own, intervals):
-                containing.append((AddressSet.count(addresses.only(family), family),
-                                   _KIND_ORDER.get(kind, 9), name))
+        if not exact and not nested:
+            lo, hi = intervals[0][0], intervals[-1][1]
+            for own_lo, own_hi, size, order, name, own in self._by_family(family):
+                if own_lo <= lo and hi <= own_hi and covers(own, intervals):
+                    containing.append((size, order, name))
         if exact:
             return min(exact)[1]
         if nested:

@@ -199,7 +199,13 @@ class MemberView:
         """The packets a rule matches on this member in one family (None: none)."""
         src = self._endpoint(rule.source, family, memo)
         dst = self._endpoint(rule.destination, family, memo)
-        services = service_intervals(rule.services, family)
+        if memo is None:
+            services = service_intervals(rule.services, family)
+        else:
+            key = ("services", rule.services)
+            services = memo.get(key)
+            if services is None:
+                services = memo[key] = service_intervals(rule.services, family)
         in_ifaces = frozenset({rule.in_interface}) if rule.in_interface else self.all_in
         out_ifaces = frozenset({rule.out_interface}) if rule.out_interface else self.all_in
         box = Box(family, src, dst, services, in_ifaces, out_ifaces)
