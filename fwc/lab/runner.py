@@ -144,6 +144,7 @@ class Lab:
         raise LabError("no member holds all VIPs")
 
     def listener_for(self, node: Node) -> tuple[Sequence[int], Sequence[int], Path]:
+        """What NODE listens on for `-> firewall` probes (the same on every member)."""
         tcp, udp = self.listen.get("firewall", (set(), set()))
         return sorted(tcp), sorted(udp), self.probe_py
 

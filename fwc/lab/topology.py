@@ -164,7 +164,6 @@ class LabPlan:
     hosts: list[HostPlan]
     ports: list[PortPlan]
     probes: list[ProbePlan]
-    remap_notes: list[str] = field(default_factory=list)
     # family -> the outside test host's address the members use as default route
     upstream: dict[int, IPAddress] = field(default_factory=dict)
     upstream_segment: str | None = None
@@ -518,10 +517,6 @@ def _plan_probe(lab: LabPlan, exp: LabExpectation) -> ProbePlan:
     elif exp.proto not in ("tcp", "udp", "icmp"):
         skip = f"protocol {exp.proto} is not probed"
     return ProbePlan(exp, src, dst, skip)
-
-
-def family_gateway(host: HostPlan, version: int) -> IPAddress | None:
-    return next((g for g in host.gateways if g.version == version), None)
 
 
 def vip_for(lab: LabPlan, segment: str, version: int) -> IPAddress | None:
