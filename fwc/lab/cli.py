@@ -47,6 +47,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         help="use already compiled output DIR/<cluster>/<member>/ instead of compiling",
     )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
+    parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")
     parser.add_argument("--prefix", help="namespace prefix (default fwc<pid>)")
     parser.add_argument(
         "--teardown",
@@ -65,6 +66,7 @@ def run_lab(args: argparse.Namespace) -> int:
         ("logdir", None),
         ("prefix", None),
         ("json_out", getattr(args, "json", None)),
+        ("cluster", None),
     ):
         if getattr(args, name, None) is None:
             setattr(args, name, default)
@@ -117,6 +119,7 @@ def run_lab(args: argparse.Namespace) -> int:
     print(render_text(report))
     if args.json_out:
         write_json(report, args.json_out)
+        print(f"fwc lab: JSON report written to {args.json_out}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -131,7 +134,7 @@ def _load(args: argparse.Namespace, tmp: Path) -> tuple[LabCluster, Path]:
         return cluster, args.compiled / cluster.name
     from fwc.lab.adapter import load_policy_cluster
 
-    return load_policy_cluster(args.file, args.compiled, tmp)
+    return load_policy_cluster(args.file, args.compiled, tmp, args.cluster)
 
 
 def main(argv: list[str] | None = None) -> int:
