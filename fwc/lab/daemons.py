@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -105,13 +106,16 @@ class Node:
         return run(self.argv(cmd), check=check, input=input, timeout=timeout)
 
     def write(self, path: str, content: str, mode: int) -> None:
-        # Written from inside the node so the overlay sees a normal write.
+        # Written from inside the node so the overlay sees a normal write;
+        # root-owned and not group/world writable, as keepalived's script
+        # security demands for the notify hook.
+        q = shlex.quote(path)
         self.exec(
             [
                 "sh",
                 "-c",
-                f'mkdir -p "$(dirname {path})" && cat > {path} && chmod {mode:o} {path}'
-                f" && chown root:root {path}",
+                f'mkdir -p "$(dirname {q})" && cat > {q} && chmod {mode:o} {q}'
+                f" && chown root:root {q}",
             ],
             input=content,
         )
