@@ -55,6 +55,9 @@ policy big {{
     accept from lan to any, !partners service web in lan out uplink
     drop   from any to any log
 }}
+nat big {{
+    dnat from partners to uplink.vip service web in uplink -> web
+}}
 """
 
 
@@ -118,6 +121,9 @@ def test_compiled_output_with_a_big_group_loads(tmp_path):
             text = sets.read_text()
             assert "create fwc4-partners hash:net family inet" in text
             assert "create fwc6-blocked hash:net family inet6" in text
+            rules = (member / "iptables.rules").read_text()
+            assert "-i eth1 -p tcp -m set --match-set fwc4-partners src" in rules \
+                and "-j DNAT" in rules
             loaded = in_ns(ns, "ipset", "restore", stdin=text)
             assert loaded.returncode == 0, loaded.stderr
             for name, tool in (("iptables.rules", "iptables-restore"),
