@@ -229,7 +229,10 @@ def _in_endpoint(endpoint: Endpoint, address: ipaddress.IPv4Address, firewall: A
             return not is_fw
         if item.kind == "firewall":
             return is_fw
-        return item.addresses.contains_address(address)
+        if not item.addresses.contains_address(address):
+            return False
+        # an item made only of firewall addresses names the firewall; `lan` does not
+        return item.negated or not is_fw or firewall.covers(item.addresses.only(4))
 
     positives = [i for i in endpoint.items if not i.negated]
     negatives = [i for i in endpoint.items if i.negated]
@@ -314,3 +317,40 @@ def test_engine_agrees_with_packet_oracle(tmp_path_factory, rules, data):
         piece = only_piece(classify(views[member], traffic))
         assert (piece.verdict, line_of(piece)) == expected, (rules, member, src, dst, protocol,
                                                               port, in_iface, out_iface)
+
+
+def test_only_items_made_of_firewall_addresses_name_the_firewall(tmp_path):
+    text = EDGE.read_text(encoding="utf-8")
+    start = text.index("policy edge {")
+    end = text.index("}", start)
+    rules = """policy edge {
+    accept from any to lan         service ssh
+    accept from any to 192.0.2.1   service tcp/2222
+    drop   from any to any
+"""
+    path = tmp_path / "fwaddr.fw"
+    path.write_text(text[:start] + rules + text[end:], encoding="utf-8")
+    policy = _policy(path)
+    cluster = policy.clusters[0]
+    fw1, fw2 = (MemberView(cluster, m) for m in cluster.members)
+    client = hosts("192.0.2.10")
+    # `lan` contains 192.0.2.1 but names forwarded traffic only (docs/language.md)
+    to_node = only_piece(classify(fw1, TrafficClass(client, hosts("192.0.2.1"), tcp(22))))
+    assert (to_node.chain, to_node.verdict, to_node.rule) == ("input", "drop", None)
+    to_host = only_piece(classify(fw1, TrafficClass(client, hosts("192.0.2.50"), tcp(22))))
+    assert (to_host.chain, to_host.verdict, line_of(to_host)) == ("forward", "accept", 41)
+    # a member's own address is the firewall on that member only
+    on_fw1 = only_piece(classify(fw1, TrafficClass(client, hosts("192.0.2.1"), tcp(2222))))
+    assert (on_fw1.chain, on_fw1.verdict, line_of(on_fw1)) == ("input", "accept", 42)
+    on_fw2 = only_piece(classify(fw2, TrafficClass(client, hosts("192.0.2.1"), tcp(2222))))
+    assert (on_fw2.chain, on_fw2.verdict, line_of(on_fw2)) == ("forward", "accept", 42)
+
+
+def test_every_arrival_interface_when_routing_is_off(edge):
+    policy, _, views = edge
+    web = policy.services["web"].matches
+    traffic = TrafficClass(hosts("203.0.113.77"), hosts("198.51.100.254"), web, route_in=False)
+    pieces = classify(views["fw1"], traffic)
+    by_in = {frozenset(p.box.in_ifaces): p for p in pieces}
+    assert by_in[frozenset({"uplink"})].verdict == "accept"
+    assert all(p.verdict == "drop" for k, p in by_in.items() if "uplink" not in k)

@@ -139,3 +139,12 @@ def test_many_expectations_on_a_large_policy_are_fast(tmp_path):
     elapsed = time.perf_counter() - started
     assert found == []
     assert elapsed < 5.0, f"expectations took {elapsed:.2f}s"
+
+
+def test_without_in_an_expectation_covers_every_arrival_interface(tmp_path):
+    # the dnat and rule 44 need `in uplink`: from lan the VIP is just the firewall
+    path = _with_expectations(tmp_path, "    allow server -> uplink.vip service web\n")
+    found, _ = _expect_diagnostics(path)
+    assert [d.code for d in found] == ["FWC601"]
+    assert " in lan" in found[0].message or " in sync" in found[0].message
+    assert "default policy of INPUT" in found[0].message

@@ -13,9 +13,10 @@ Semantics (decided for the whole project; `fwc compile` emits the same):
   firewall is loopback, always accepted. Defaults: INPUT drop, FORWARD drop,
   OUTPUT accept.
 - Endpoints: `firewall` is the member's addresses plus every VIP; `any` is
-  every address except those; negated items are subtracted; a list of only
-  negated items means `any` minus them. Literal firewall addresses (a VIP)
-  simply lie in the INPUT region.
+  every address except those; an item made only of firewall addresses (a
+  VIP, a member's address) stands for them, any other item (`lan`) for its
+  addresses that are not the firewall's; negated items are subtracted; a list
+  of only negated items means `any` minus them.
 - `only M` rules exist on M only. `in`/`out` name logical interfaces.
 - Only NEW connections are classified (established/related is always
   accepted).
@@ -25,10 +26,12 @@ Semantics (decided for the whole project; `fwc compile` emits the same):
   translated destination. Accepted FORWARD and OUTPUT traffic then meets the
   snat stage (snat, masquerade, nonat; first match), which changes the reported
   NAT but never the verdict.
-- Interfaces: a query or expectation that names no `in`/`out` interface gets
-  them from the member's connected subnets (a source inside a subnet arrives on
-  that interface, a destination inside one leaves by it); addresses outside
-  every subnet may use any interface.
+- Interfaces: a traffic class that names no `in`/`out` interface gets them
+  from the member's connected subnets (a source inside a subnet arrives on
+  that interface, a destination inside one leaves by it; addresses outside
+  every subnet may use any interface), unless it asks for every interface
+  (`route_in=False`: expectations without `in` hold for any arrival
+  interface, as docs/language.md says).
 
 Pieces are reported in the original packet's terms (before DNAT), so that a
 query for `uplink.vip:80` answers about `uplink.vip:80`.
@@ -50,6 +53,7 @@ from fwc.analysis.space import (
     Box,
     Intervals,
     coalesce,
+    covers,
     full_addresses,
     intersect,
     normalise,
@@ -79,6 +83,8 @@ class TrafficClass:
     services: tuple[ServiceMatch, ...] = ()  # empty: every protocol
     in_interface: str | None = None  # None: from routing (connected subnets)
     out_interface: str | None = None
+    route_in: bool = True  # False: no in_interface means every interface, spoofing included
+    route_out: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +137,13 @@ class Piece:
 
 
 def endpoint_intervals(spec: AddressSpec, firewall: AddressSet, family: int) -> Intervals:
-    """The addresses a from/to side stands for on a member with these firewall addresses."""
+    """The addresses a from/to side stands for on a member with these firewall addresses.
+
+    As docs/language.md defines it: `any` is every address but the firewall's,
+    `firewall` the firewall's, an item made only of firewall addresses stands
+    for them, any other item for its addresses that are not the firewall's;
+    negated items are subtracted; only negated items mean `any` minus them.
+    """
     everything = full_addresses(family)
     if spec is None:
         return everything
@@ -148,6 +160,10 @@ def endpoint_intervals(spec: AddressSpec, firewall: AddressSet, family: int) -> 
             part = fw
         else:
             part = item.addresses.family(family)
+            if not item.negated and part and not covers(fw, part):
+                # Only an item made entirely of firewall addresses (a VIP, a member's
+                # address) names the firewall; `lan` names the forwarded part of lan.
+                part = subtract(part, fw)
         if item.negated:
             negative = normalise(negative + part) if negative else part
         else:
@@ -292,8 +308,8 @@ class MemberView:
                 if part is None:
                     continue
                 yield from ((routed, chain) for routed in self.route_box(
-                    part, chain, route_in=traffic.in_interface is None,
-                    route_out=traffic.out_interface is None))
+                    part, chain, route_in=traffic.route_in and traffic.in_interface is None,
+                    route_out=traffic.route_out and traffic.out_interface is None))
 
     def route_box(self, box: Box, chain: str, *, route_in: bool = True,
                   route_out: bool = True) -> list[Box]:

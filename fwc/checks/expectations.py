@@ -41,8 +41,10 @@ class Failure:
 
 
 def evaluate(expectation: Expectation, view: MemberView) -> list[Piece]:
+    # Without `in`, an expectation holds for traffic arriving on any interface
+    # (docs/language.md); the out interface is where routing sends it.
     traffic = TrafficClass(expectation.source, expectation.destination, expectation.services,
-                           expectation.in_interface)
+                           expectation.in_interface, route_in=False)
     return merge_routed_pieces(classify(view, traffic))
 
 
