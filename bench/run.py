@@ -193,10 +193,17 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
     packets = [p for p in corner_packets(reduced) if p.ctstate == "NEW" and p.syn]
     packets = rng.sample(packets, min(len(packets), sample))
     out: dict[str, float] = {"packets": float(len(packets))}
+    meanings: dict[str, list[object]] = {}
     for name, ruleset, known in (("flat", flat, {}), ("ipsets", with_sets, contents),
                                  ("arranged", arranged, contents)):
         evaluator = Evaluator(ruleset, known)
-        out[name] = sum(evaluator.decide(p).traversed for p in packets) / len(packets)
+        decisions = [evaluator.decide(p) for p in packets]
+        out[name] = sum(d.traversed for d in decisions) / len(packets)
+        meanings[name] = [d.meaning for d in decisions]
+    # The same packets double as a check at scale: fwc's output must decide like flat.
+    out["mismatches"] = float(sum(
+        1 for f, s, a in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
+                             strict=True) if not f == s == a))
     return out
 
 
@@ -302,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     if rows and rows[-1].traversal:
         print(f"traversal: average over {int(rows[-1].traversal['packets'])} sampled new "
-              "connections per size (fw1, IPv4), in kernel rules tested")
+              "connections per size (fw1, IPv4), in kernel rules tested; decisions "
+              "differing from the flat ruleset: "
+              + ", ".join(f"{int(r.traversal['mismatches'])} at {r.rules}" for r in rows
+                          if r.traversal))
     print(f"load average at end: {load()}")
     return 0
 
