@@ -603,9 +603,10 @@ def test_probe_kinds_between_two_namespaces(tmp_path: Path) -> None:
 @pytest.mark.lab
 @pytest.mark.parametrize("name", ["dmz", "branch"])
 def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
-    """The other example policies, --quick: hosts beyond the segments, IPv6
+    """The other example policies, --quick --keep: hosts beyond the segments, IPv6
     expectations, `nonat` exceptions (branch's SNAT flow must be one the policy
-    really translates) and member routes restored after a crash."""
+    really translates), members restored after a crash with their addresses and
+    routes, and the kept lab back to the compiled configuration."""
     _root_or_skip()
     if importlib.util.find_spec("fwc.commands.compile") is None:
         pytest.skip("needs fwc compile")
@@ -613,21 +614,53 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
 
     policy = REPO / "policies" / f"{name}.fw"
     cluster, out = load_policy_cluster(policy, None, tmp_path)
-    report = run_lab_cluster(
-        cluster,
-        out,
-        LabOptions(
-            quick=True,
-            logdir=tmp_path / "logs",
-            fast_keepalived=fast_keepalived_confs(policy) or None,
-        ),
-    )
-    print(render_text(report), file=sys.stderr)
-    assert report.ok, (report.error, report.failures)
-    assert all(r.agrees for r in report.expectations), report.expectations
-    assert {r.phase for r in report.expectations} == {"master", "backup"}
-    assert report.control is not None and report.control.ok
-    assert lab_namespaces(report.prefix) == []
-    if name == "branch":
-        (fo,) = report.failover
-        assert fo.mode == "snat" and fo.ok
+    prefix = f"fwc{os.getpid()}{name[0]}"
+    try:
+        report = run_lab_cluster(
+            cluster,
+            out,
+            LabOptions(
+                quick=True,
+                keep=True,
+                prefix=prefix,
+                logdir=tmp_path / "logs",
+                fast_keepalived=fast_keepalived_confs(policy) or None,
+            ),
+        )
+        print(render_text(report), file=sys.stderr)
+        assert report.ok, (report.error, report.failures)
+        assert all(r.agrees for r in report.expectations), report.expectations
+        assert {r.phase for r in report.expectations} == {"master", "backup"}
+        assert report.control is not None and report.control.ok
+        if name == "branch":
+            (fo,) = report.failover
+            assert fo.mode == "snat" and fo.ok
+        # Kept: the cluster as compiled again, not the control run's leftovers.
+        top = max(cluster.members, key=lambda m: m.priority)
+        for member in cluster.members:
+            ns = f"/run/netns/{prefix}-{member.name}"
+            mnt = f"/run/fwc-lab/{prefix}/mnt/{member.name}"
+
+            def node(*cmd: str, ns: str = ns, mnt: str = mnt) -> str:
+                return subprocess.run(
+                    ["nsenter", f"--mount={mnt}", f"--net={ns}", *cmd],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                ).stdout
+
+            assert "cache internal" in node(
+                "conntrackd", "-C", "/etc/conntrackd/conntrackd.conf", "-s"
+            )
+            assert node("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose").strip() == "1"
+            assert "advert_int 0.1" not in node("cat", "/etc/keepalived/keepalived.conf")
+            held = node("ip", "-br", "addr").split()
+            for link in member.links.values():
+                for addr in link.addresses:
+                    assert addr in held, (member.name, addr, held)
+            for seg in cluster.segments:
+                for vip in seg.vips:
+                    assert (vip in held) == (member.name == top.name), (member.name, vip)
+    finally:
+        teardown(prefix)
+    assert lab_namespaces(prefix) == []

@@ -90,6 +90,9 @@ class Node:
         self.conntrackd_enabled = True
         self.last_conntrack = ""
         self.routes: list[list[str]] = []  # `ip` route arguments to restore after a crash
+        # device -> addresses as compiled; IPv6 ones vanish when a link goes down
+        # (keep_addr_on_down=0), so a restored member gets them back.
+        self.link_addresses: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------ execution
     def argv(self, cmd: Sequence[str]) -> list[str]:
@@ -279,6 +282,19 @@ class Node:
         self.conntrackd_enabled = False
         self.exec(["mount", "--bind", "/etc/fwc-lab/conntrackd-off", "/usr/sbin/conntrackd"])
 
+    def enable_conntrackd(self) -> None:
+        """Undo disable_conntrackd (the daemon itself is started by the caller)."""
+        if not self.conntrackd_enabled:
+            self.exec(["umount", "/usr/sbin/conntrackd"], check=False)
+            self.conntrackd_enabled = True
+
+    def reinstall_keepalived(self) -> None:
+        """Put the compiled keepalived.conf back (after the 100 ms runs)."""
+        content = (self.compiled / "keepalived.conf").read_text()
+        if self.remap is not None:
+            content = self.remap.rewrite(content)
+        self.write(KEEPALIVED_CONF, content, NODE_PATHS["keepalived.conf"][1])
+
     def crash(self) -> float:
         """Fail hard (lab-notes "crash"): SIGSTOP, links down, SIGKILL. Returns the time."""
         pids = netns_pids(self.ns)
@@ -303,6 +319,10 @@ class Node:
         self._clean_run_files()
         for dev in self.devices:
             run(["ip", "-n", self.ns, "link", "set", dev, "up"])
+        for dev, addrs in self.link_addresses.items():
+            for addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                run(["ip", "-n", self.ns, "addr", "replace", addr, "dev", dev, *extra], check=False)
         # Link-down dropped the static routes through those links.
         for route in self.routes:
             run(["ip", "-n", self.ns, *route], check=False)

@@ -124,6 +124,7 @@ class Lab:
         # Routes the lab adds to members (to the upstream host); a member
         # restored after a crash gets them back, as a rebooted node would.
         self.member_routes: dict[str, list[list[str]]] = {}
+        self.saved_sysctls: dict[str, str] = {}  # tcp_loose before the control run
         # Callers that drive the lab step by step (tests, fwc install) get a
         # report to collect warnings in without building one themselves.
         self.report = LabReport(plan_.cluster.name, plan_.prefix, str(logdir))
@@ -266,6 +267,7 @@ class Lab:
                 self.remap,
             )
             node.routes = self.member_routes.get(member.name, [])
+            node.link_addresses = {lk.device: list(lk.addresses) for lk in member.links.values()}
             self.nodes.append(node)
             node.create_mount_ns()
             installed = node.install()
@@ -369,6 +371,30 @@ class Lab:
         host = next(h for h in self.plan.hosts if h.ns == flow.dst_ns)
         self.set_default_routes(host, False)
         return lambda: self.set_default_routes(host, True)
+
+    def back_to_compiled(self) -> Node:
+        """After the drills, for --keep: every member as compiled, synced, one master.
+
+        Undoes the control run (conntrackd masked, tcp_loose=0, old master
+        down) and the 100 ms keepalived, so the kept lab is the cluster as
+        compiled rather than the last drill's wreckage.
+        """
+        for node in self.nodes:
+            node.stop_keepalived()
+            node.enable_conntrackd()
+            loose = self.saved_sysctls.get(node.name)
+            if loose:
+                node.sysctl("net.netfilter.nf_conntrack_tcp_loose", loose)
+            node.reinstall_keepalived()
+        for node in self.nodes:
+            if "conntrackd" in node.daemons:
+                node.start_keepalived()
+            else:  # crashed in the control run, or conntrackd stopped
+                node.stop_conntrackd()
+                node.restore(self.listener_for(node) if not node.helpers else None)
+        self.advert_label = advert_label(self.plan.cluster.advert)
+        master, _ = self.wait_master()
+        return master
 
     def switch_advert(self, advert: float, generated: dict[str, str] | None = None) -> str:
         """Restart keepalived on every member with ADVERT seconds (VRRPv3).
@@ -497,6 +523,9 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
 
     if lab.flow is not None:
         _failover_drills(lab, report, options, on_backup)
+    if options.keep and (lab.flow is not None or report.fast_config):
+        master = lab.back_to_compiled()
+        lab.progress(f"lab back to the compiled configuration, {master.name} is master")
     if lab.plan.probes and not any(r.phase == "backup" for r in report.expectations):
         # No drill reached the backup (none possible, or the first one failed):
         # the expectations must still be checked through it.
@@ -546,6 +575,9 @@ def _failover_drills(
         first = False
     lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
     for node in lab.nodes:
+        lab.saved_sysctls[node.name] = node.exec(
+            ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"], check=False
+        ).stdout.strip()
         node.disable_conntrackd()
         node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
     mode = modes[-1]
