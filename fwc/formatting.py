@@ -8,9 +8,11 @@ the tree's shape), laid out one per line, and aligned in columns:
 - top level: runs of object and service definitions (`host`, `network`,
   `range`, `group`, `service`) align keyword and name, across blank lines and
   comments, until another kind of statement;
-- `policy`/`nat` rules align action, source and destination; `expect`
-  lines align verdict, source and destination; options follow, two spaces
-  apart (`service web  in uplink`);
+- `policy`/`nat` rules align action, source, destination and their first
+  option; `expect` lines align verdict, source, destination and first option;
+  further options follow two spaces apart (`service snmp  only fw1`), a NAT
+  target one space after (`out uplink -> uplink.vip`);
+- a cell at the end of its line is not padded and does not widen its column;
 - cluster `interface` lines align their names, member links their interface
   and device; `vrrp { }` and `sync { }` stay on one line when written so.
 
@@ -165,6 +167,14 @@ def _split_options(tokens: list[Token]) -> list[list[Token]]:
     return [[tokens[k] for k in group] for group in _option_groups(tokens)]
 
 
+def _first_option(tokens: list[Token]) -> tuple[list[str], str]:
+    """A rule's options as (first option as a column cell, the others two spaces apart)."""
+    options = [join(g) for g in _split_options(tokens)]
+    if not options:
+        return [], ""
+    return [options[0]], OPTION_GAP.join(options[1:])
+
+
 # -- layout items --------------------------------------------------------------------------
 @dataclass
 class Line:
@@ -174,8 +184,14 @@ class Line:
     text: str = ""  # for unaligned lines
     cells: list[str] = field(default_factory=list)
     tail: str = ""
+    tail_gap: str = " "  # between the last cell and the tail
+    suffix: str = ""  # after everything, one space apart, never aligned (`-> target`)
     kind: str | None = None  # lines of one kind in a run align their cells
     comment: str | None = None
+
+    def followed(self, n: int) -> bool:
+        """Whether anything but the suffix comes after cell n (only then is it padded)."""
+        return bool(self.tail) or any(self.cells[n + 1:])
 
 
 @dataclass
@@ -322,10 +338,11 @@ class _Layout:
             while k < len(tokens) and _in_endpoint(tokens[k]):
                 k += 1
             destination = tokens[separator + 1:k]
-            tail = OPTION_GAP.join(join(g) for g in _split_options(tokens[k:]))
+            first, tail = _first_option(tokens[k:])
             # the empty cell leaves two spaces before the arrow: `client  -> server`
-            cells = [str(tokens[0]), join(source), "", "->", join(destination)]
-            return Line(indent, i, end - 1, cells=cells, tail=tail, kind="expect")
+            cells = [str(tokens[0]), join(source), "", "->", join(destination), *first]
+            return Line(indent, i, end - 1, cells=cells, tail=tail, tail_gap=OPTION_GAP,
+                        kind="expect")
         to = next(k for k, t in enumerate(tokens) if _is_keyword(t, frozenset({"to"})))
         k = to + 1
         while k < len(tokens) and _in_endpoint(tokens[k]):
@@ -333,11 +350,11 @@ class _Layout:
         rest = tokens[k:]
         arrow = next((n for n, t in enumerate(rest) if str(t) == "->"), None)
         options, target = (rest, []) if arrow is None else (rest[:arrow], rest[arrow:])
-        tail = OPTION_GAP.join(join(g) for g in _split_options(options))
-        if target:
-            tail = f"{tail} {join(target)}" if tail else join(target)
-        cells = [str(tokens[0]), "from", join(tokens[2:to]), "to", join(tokens[to + 1:k])]
-        return Line(indent, i, end - 1, cells=cells, tail=tail, kind=block)
+        first, tail = _first_option(options)
+        cells = [str(tokens[0]), "from", join(tokens[2:to]), "to", join(tokens[to + 1:k]),
+                 *first]
+        return Line(indent, i, end - 1, cells=cells, tail=tail, tail_gap=OPTION_GAP,
+                    suffix=join(target), kind=block)
 
     def cluster_body(self, start: int, end: int, indent: int) -> None:
         tokens = self.tokens
@@ -423,24 +440,24 @@ def _column_width(lengths: list[int]) -> int:
 
 
 def _render_cells(line: Line, widths: list[int]) -> str:
-    parts: list[str] = []
-    last_filled = max((n for n, c in enumerate(line.cells) if c), default=-1)
-    for n, cell in enumerate(line.cells):
-        if n < last_filled or line.tail:
-            parts.append(cell.ljust(widths[n]))
-        else:
-            parts.append(cell)
+    parts = [cell.ljust(widths[n]) if line.followed(n) else cell
+             for n, cell in enumerate(line.cells)]
     text = " ".join(parts)
     if line.tail:
-        text = f"{text} {line.tail}"
-    return text.rstrip()
+        text = f"{text}{line.tail_gap}{line.tail}"
+    text = text.rstrip()
+    if line.suffix:
+        text = f"{text} {line.suffix}"
+    return text
 
 
 def render(items: list[Item]) -> str:
     rendered: dict[int, str] = {}
     comment_column: dict[int, int] = {}
     for run in _runs(items):
-        widths = [_column_width([len(line.cells[n]) for line in run if n < len(line.cells)])
+        # a cell at the end of its line needs no padding, so it does not widen its column
+        widths = [_column_width([len(line.cells[n]) for line in run
+                                 if n < len(line.cells) and line.followed(n)])
                   for n in range(max(len(line.cells) for line in run))]
         texts = {id(line): _render_cells(line, widths) for line in run}
         rendered.update(texts)
