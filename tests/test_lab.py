@@ -266,6 +266,9 @@ def test_expectation_family_picks_the_matching_address() -> None:
     p4, p6 = lab.probes
     assert p4.src is not None and p4.src.address == ipaddress.ip_address("192.0.2.10")
     assert p6.src is not None and p6.src.address == ipaddress.ip_address("2001:db8:1::3")
+    wrong_in = LabExpectation("allow", "client", "server", "echo", "tcp", 5001, "w", None, "uplink")
+    (w,) = plan(replace(cluster, expectations=(wrong_in,)), "fwc4").probes
+    assert w.skip is not None and "arriving on uplink" in w.skip
     missing = LabExpectation("allow", "client", "firewall", "ping", "icmp", None, "x", 6)
     (p,) = plan(replace(cluster, expectations=(missing,)), "fwc4").probes
     assert p.skip is not None and "IPv6" in p.skip

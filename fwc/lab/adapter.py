@@ -99,7 +99,15 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
                     port = match.ports[0].low if match.ports else None
                     expectations.append(
                         LabExpectation(
-                            exp.verdict, src, dst, services, proto, port, text, match.family
+                            exp.verdict,
+                            src,
+                            dst,
+                            services,
+                            proto,
+                            port,
+                            text,
+                            match.family,
+                            exp.in_interface,
                         )
                     )
     snat = tuple(

@@ -43,6 +43,7 @@ def cluster_from_dict(data: dict[str, Any]) -> LabCluster:
                 e.get("port"),
                 e.get("text", ""),
                 e.get("family"),
+                e.get("in"),
             )
             for e in data.get("expectations", ())
         ),

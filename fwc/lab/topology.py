@@ -72,6 +72,7 @@ class LabExpectation:
     port: int | None
     text: str = ""
     family: int | None = None  # 4 or 6 for icmp/icmpv6 matches, None: either
+    in_segment: str | None = None  # `in IFACE`: the packet must arrive there
 
 
 @dataclass(frozen=True)
@@ -512,6 +513,11 @@ def _plan_probe(lab: LabPlan, exp: LabExpectation) -> ProbePlan:
         skip = f"source {exp.src!r} has no test address{fam} (not in a lab segment)"
     elif dst is None:
         skip = f"destination {exp.dst!r} has no test address{fam} (not in a lab segment)"
+    elif exp.in_segment and src.address is not None and src.segment != exp.in_segment:
+        skip = (
+            f"source {exp.src!r} sits on {src.segment}, but the expectation is "
+            f"about packets arriving on {exp.in_segment}"
+        )
     elif src.address is None and dst.address is None:
         skip = "firewall to firewall is not probed"
     elif exp.proto not in ("tcp", "udp", "icmp"):
