@@ -43,6 +43,8 @@ def gap_table(report: LabReport) -> list[dict[str, Any]]:
             "failover_gap_s": fo.failover_gap_s,
             "failback_gap_s": fo.failback_gap_s,
             "survived": fo.ok,
+            # issue 4's goal for sub-second adverts: no loss and a gap under 1 s
+            "under_1s": fo.ok and fo.failover_gap_s is not None and fo.failover_gap_s < 1.0,
         }
     return list(rows.values())
 
@@ -107,6 +109,7 @@ def render_text(report: LabReport) -> str:
         for row in table:
             cells = [
                 f"{k}: gap {_s(v['failover_gap_s'])} takeover {_s(v['takeover_s'])}"
+                + (" (< 1 s)" if v["under_1s"] else "")
                 for k, v in row.items()
                 if k != "mode"
             ]
