@@ -55,7 +55,10 @@ RULE_STARTS = frozenset({"accept", "drop", "reject", "snat", "dnat", "masquerade
 ENDPOINT_WORDS = frozenset({",", "!", "any", "firewall"})
 PUNCTUATION = frozenset({",", "!", ";", ":", "[", "]", "{", "}", "->"})
 _COMMENT = re.compile(r"#[^\n]*")
-_FIXED_WORDS = re.compile(r"\(\?:[A-Za-z-]+(?:\|[A-Za-z-]+)*\)|[A-Za-z-]+")
+# A keyword terminal: one word or (?:a|b), optionally ending at a word boundary
+# (keywords that outrank NAME carry a negative lookahead so `anycast` stays a name).
+_FIXED_WORDS = re.compile(
+    r"(?:\(\?:[A-Za-z-]+(?:\|[A-Za-z-]+)*\)|[A-Za-z-]+)(?:\(\?!\[A-Za-z0-9_-\]\))?")
 
 
 class FormatError(Exception):

@@ -324,7 +324,7 @@ class _Builder(Transformer):
         return self.endpoint_of(token, True, _join(self.span(bang), self.span(token)))
 
     def opt_service(self, children: list) -> tuple[s.ServiceRef, ...]:
-        return tuple(self.service_ref(c) for c in children)
+        return tuple(self.service_ref(c) for c in children[1:])  # after the keyword
 
     def opt_log(self, children: list) -> s.Option:
         keyword = self.span(children[0])
@@ -371,7 +371,8 @@ class _Builder(Transformer):
     def expectation(self, children: list) -> s.RuleDecl:
         verdict, sources, destinations, *rest = children
         options = tuple(c for c in rest if isinstance(c, s.Option))
-        services = tuple(self.service_ref(c) for c in rest if not isinstance(c, s.Option))
+        services = tuple(self.service_ref(c) for c in rest
+                         if not isinstance(c, s.Option) and c.type != "KW_SERVICE")
         verdict_word = self.word(verdict)
         spans = [destinations[-1].span, *(o.span for o in options), *(x.span for x in services)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))

@@ -114,3 +114,27 @@ def test_empty_group_before_a_statement_keyword(tmp_path):
     codes = [(d.code, d.span.line) for d in analyse(path).diagnostics]
     assert ("FWC104", 2) in codes
     assert not any(code == "FWC001" for code, _ in codes)
+
+
+def test_names_that_start_with_a_keyword_stay_names():
+    statements = parse_ok("""
+host anycast 192.0.2.9
+host firewall-mgmt 192.0.2.8
+group servicehosts anycast, firewall-mgmt
+policy p {
+    accept from anycast to firewall-mgmt, servicehosts service logging
+    dropbox from a to b
+}
+""".replace("    dropbox from a to b\n", ""))
+    rule = statements[-1].rules[0]
+    assert [(e.kind, e.text) for e in rule.sources] == [("name", "anycast")]
+    assert [(e.kind, e.text) for e in rule.destinations] == [
+        ("name", "firewall-mgmt"), ("name", "servicehosts")]
+    assert [s.text for s in rule.services] == ["logging"]
+
+
+def test_service_after_a_literal_address_in_rules_and_expectations():
+    statements = parse_ok("policy c {\n  accept from any to 192.0.2.1 service tcp/80\n}\n"
+                          "expect c {\n  allow 192.0.2.9 -> 192.0.2.1 service tcp/80\n}\n")
+    assert [s.text for s in statements[0].rules[0].services] == ["tcp/80"]
+    assert [s.text for s in statements[1].rules[0].services] == ["tcp/80"]
