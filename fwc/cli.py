@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from fwc import __version__
+from fwc.lab.arguments import add_lab_arguments
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -40,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")
-    p.add_argument("file", metavar="FILE", nargs="?")
-    p.add_argument("--json", metavar="OUT", help="write a machine-readable report")
-    p.add_argument("--keep", action="store_true", help="leave the lab up for poking")
-    p.add_argument("--remap", action="store_true",
-                   help="map the policy's subnets onto documentation ranges")
-    p.add_argument("--quick", action="store_true", help="skip the slow drills")
-    p.add_argument("--teardown", metavar="PREFIX", help="tear down a kept lab")
+    add_lab_arguments(p)
 
     p = sub.add_parser("diff", help="what a change does: semantic summary and file diff")
     p.add_argument("args", nargs="*", metavar="[REV] [FILE...]")

@@ -1,0 +1,51 @@
+"""The `fwc lab` command-line options, importable without the lab itself (fast start-up)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        help="policy file (.fw), or a lab spec (.json) together with --compiled",
+    )
+    parser.add_argument(
+        "--json",
+        dest="json_out",
+        type=Path,
+        metavar="OUT",
+        help="write the machine-readable report to OUT",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the lab running afterwards (prints the teardown command)",
+    )
+    parser.add_argument(
+        "--remap",
+        action="store_true",
+        help="map non-documentation subnets onto documentation ranges",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the 100ms-advert SNAT failover drill and the control",
+    )
+    parser.add_argument(
+        "--compiled",
+        type=Path,
+        metavar="DIR",
+        help="use already compiled output DIR/<cluster>/<member>/ instead of compiling",
+    )
+    parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
+    parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")
+    parser.add_argument("--prefix", help="namespace prefix (default fwc<pid>)")
+    parser.add_argument(
+        "--teardown",
+        metavar="PREFIX",
+        help="tear down a lab left running by --keep (or a crashed run)",
+    )
