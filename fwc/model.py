@@ -169,6 +169,12 @@ class Expectation:
     span: Span
 
 
+def _option_span(spans: tuple[tuple[str, Span], ...], key: str,
+                 block: Span | None) -> Span | None:
+    """Where an option of a vrrp/sync block was written, else the block itself."""
+    return next((span for k, span in spans if k == key), block)
+
+
 @dataclass(frozen=True, slots=True)
 class Vrrp:
     password: str | None
@@ -184,10 +190,7 @@ class Vrrp:
     option_spans: tuple[tuple[str, Span], ...] = ()
 
     def span_of(self, key: str) -> Span | None:
-        for k, sp in self.option_spans:
-            if k == key:
-                return sp
-        return self.span
+        return _option_span(self.option_spans, key, self.span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +205,7 @@ class Sync:
     option_spans: tuple[tuple[str, Span], ...] = ()
 
     def span_of(self, key: str) -> Span | None:
-        for k, sp in self.option_spans:
-            if k == key:
-                return sp
-        return self.span
+        return _option_span(self.option_spans, key, self.span)
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,27 +161,35 @@ class Resolver:
                 continue
             table[name.text] = st  # type: ignore[assignment]
 
-    def resolve_objects(self) -> None:
+    def definition_order(self, kind: str, members: dict[str, list[str]],
+                         spans: dict[str, Span]) -> list[str]:
+        """Names in an order where members come before what contains them.
+
+        Names on a cycle are reported (the cycle path is printed) and left out.
+        """
         graph: nx.DiGraph = nx.DiGraph()
-        for name, decl in self.object_decls.items():
+        for name, contained in members.items():
             graph.add_node(name)
-            if isinstance(decl, s.GroupDef):
-                for item in decl.members:
-                    if item.kind == "name" and item.text in self.object_decls:
-                        graph.add_edge(name, item.text)
+            graph.add_edges_from((name, other) for other in contained if other in members)
         cyclic: set[str] = set()
         for component in nx.strongly_connected_components(graph):
             if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
                 start = min(component)
                 cycle = nx.find_cycle(graph, start)
                 path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
-                decl = self.object_decls[start]
-                self.err("FWC108", f"group cycle: {path}", decl.name.span,
-                         hint="a group cannot contain itself, directly or through other groups")
+                self.err("FWC108", f"{kind} cycle: {path}", spans[start],
+                         hint=f"a {kind} cannot contain itself, directly or through others")
                 cyclic |= component
-        order = [n for n in reversed(list(nx.topological_sort(graph.subgraph(
-            [n for n in graph if n not in cyclic]))))]
-        for name in order:
+        acyclic = graph.subgraph([n for n in graph if n not in cyclic])
+        return list(reversed(list(nx.topological_sort(acyclic))))
+
+    def resolve_objects(self) -> None:
+        members = {
+            name: [i.text for i in decl.members if i.kind == "name"]
+            if isinstance(decl, s.GroupDef) else []
+            for name, decl in self.object_decls.items()}
+        spans = {name: decl.name.span for name, decl in self.object_decls.items()}
+        for name in self.definition_order("group", members, spans):
             self.objects[name] = self.build_object(self.object_decls[name])
 
     def build_object(self, decl: s.AddressDef | s.GroupDef) -> m.AddressObject:
@@ -230,23 +238,10 @@ class Resolver:
 
     # -- services --------------------------------------------------------------------
     def resolve_services(self) -> None:
-        graph: nx.DiGraph = nx.DiGraph()
-        for name, decl in self.service_decls.items():
-            graph.add_node(name)
-            for item in decl.items:
-                if item.kind == "name" and item.text in self.service_decls:
-                    graph.add_edge(name, item.text)
-        cyclic: set[str] = set()
-        for component in nx.strongly_connected_components(graph):
-            if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
-                start = min(component)
-                cycle = nx.find_cycle(graph, start)
-                path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
-                self.err("FWC108", f"service cycle: {path}",
-                         self.service_decls[start].name.span)
-                cyclic |= component
-        acyclic = graph.subgraph([n for n in graph if n not in cyclic])
-        for name in reversed(list(nx.topological_sort(acyclic))):
+        members = {name: [i.text for i in decl.items if i.kind == "name"]
+                   for name, decl in self.service_decls.items()}
+        spans = {name: decl.name.span for name, decl in self.service_decls.items()}
+        for name in self.definition_order("service", members, spans):
             decl = self.service_decls[name]
             helper = None
             if decl.helper is not None:
