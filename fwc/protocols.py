@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import NamedTuple
 
 # IP protocol numbers for the names the language accepts bare or as `proto/NAME`.
 IP_PROTOCOLS = MappingProxyType({
@@ -110,6 +111,28 @@ NODE_NOTIFY_SCRIPT = "/etc/fwc/fwc-notify.sh"
 NODE_CONNTRACKD_LOCK = "/var/lock/conntrackd.lock"
 NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
+
+
+class NodeFile(NamedTuple):
+    """A compiled file: its name in output/<cluster>/<member>/, its node path and mode."""
+
+    name: str
+    path: str
+    mode: int
+
+
+# The one table of where compiled files go on a node (install and the lab use it).
+NODE_FILES: tuple[NodeFile, ...] = (
+    NodeFile("iptables.rules", "/etc/fwc/iptables.rules", 0o644),
+    NodeFile("ip6tables.rules", "/etc/fwc/ip6tables.rules", 0o644),
+    NodeFile("ipsets.rules", "/etc/fwc/ipsets.rules", 0o644),
+    # It holds the VRRP password whenever authentication is on.
+    NodeFile("keepalived.conf", NODE_KEEPALIVED_CONF, 0o600),
+    NodeFile("conntrackd.conf", NODE_CONNTRACKD_CONF, 0o644),
+    NodeFile("fwc-notify.sh", NODE_NOTIFY_SCRIPT, 0o755),
+    NodeFile("sysctl.conf", "/etc/sysctl.d/90-fwc.conf", 0o644),
+)
+NODE_FILES_BY_NAME = MappingProxyType({f.name: f for f in NODE_FILES})
 NOTIFY_LOG_TAG = "fwc-notify"
 # keepalived uses only the first 8 characters of auth_pass; the placeholder fits.
 REDACTED_PASSWORD = "@FWCPW@"

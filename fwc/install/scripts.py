@@ -18,6 +18,7 @@ from fwc.install.paths import (
     WATCHDOG_PID,
     NodeFile,
 )
+from fwc.protocols import NODE_CONNTRACKD_CONF
 
 q = shlex.quote
 
@@ -134,7 +135,7 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     table (-R) and sends its cache to the backups (-B), as the notify hook
     does on a transition (ha-daemons.md 2.3).
     """
-    stop_conf = q(old_config) if old_config else "/etc/conntrackd/conntrackd.conf"
+    stop_conf = q(old_config) if old_config else NODE_CONNTRACKD_CONF
     resync = f"{CONNTRACKD} -n" if role == "backup" else f"{CONNTRACKD} -R && {CONNTRACKD} -B"
     wait_socket = (f"i=0; until {CONNTRACKD} -s >/dev/null 2>&1; do i=$((i+1)); "
                    "[ $i -gt 50 ] && { echo 'conntrackd did not come back' >&2; exit 1; }; "

@@ -23,19 +23,12 @@ from pathlib import Path
 
 from fwc.lab.netns import PYTHON, LabError, LabState, Proc, netns_pids, run
 from fwc.lab.topology import IPInterface, Remap
+from fwc.protocols import NODE_CONNTRACKD_CONF, NODE_FILES, NODE_KEEPALIVED_CONF
 
-# Compiled file -> where docs/contracts.md says it lives on the node.
-NODE_PATHS: dict[str, tuple[str, int]] = {
-    "keepalived.conf": ("/etc/keepalived/keepalived.conf", 0o644),
-    "conntrackd.conf": ("/etc/conntrackd/conntrackd.conf", 0o644),
-    "fwc-notify.sh": ("/etc/fwc/fwc-notify.sh", 0o755),
-    "iptables.rules": ("/etc/fwc/iptables.rules", 0o644),
-    "ip6tables.rules": ("/etc/fwc/ip6tables.rules", 0o644),
-    "ipsets.rules": ("/etc/fwc/ipsets.rules", 0o644),
-    "sysctl.conf": ("/etc/sysctl.d/90-fwc.conf", 0o644),
-}
-KEEPALIVED_CONF = NODE_PATHS["keepalived.conf"][0]
-CONNTRACKD_CONF = NODE_PATHS["conntrackd.conf"][0]
+# Compiled file -> (node path, mode), from the one table in fwc.protocols.
+NODE_PATHS: dict[str, tuple[str, int]] = {f.name: (f.path, f.mode) for f in NODE_FILES}
+KEEPALIVED_CONF = NODE_KEEPALIVED_CONF
+CONNTRACKD_CONF = NODE_CONNTRACKD_CONF
 SYSLOG = "/run/fwc-lab/syslog.log"
 
 # There is no /dev/log in the lab, so `logger` in the notify hook would lose
