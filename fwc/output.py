@@ -86,6 +86,9 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
     conntrackd = daemons.conntrackd_conf(cluster, member)
     if conntrackd is not None:
         files.append(OutputFile(prefix + "conntrackd.conf", conntrackd.encode(), MODE_FILE))
+        files.append(OutputFile(prefix + "keepalived-systemd.conf",
+                                daemons.keepalived_systemd_dropin(cluster, member).encode(),
+                                MODE_FILE))
     files.append(OutputFile(prefix + "fwc-notify.sh",
                             daemons.notify_script(cluster, member).encode(), MODE_SCRIPT))
     files.append(OutputFile(prefix + "sysctl.conf",

@@ -111,6 +111,7 @@ NODE_NOTIFY_SCRIPT = "/etc/fwc/fwc-notify.sh"
 NODE_CONNTRACKD_LOCK = "/var/lock/conntrackd.lock"
 NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
+NODE_KEEPALIVED_DROPIN = "/etc/systemd/system/keepalived.service.d/fwc.conf"
 
 
 class NodeFile(NamedTuple):
@@ -131,6 +132,7 @@ NODE_FILES: tuple[NodeFile, ...] = (
     NodeFile("conntrackd.conf", NODE_CONNTRACKD_CONF, 0o644),
     NodeFile("fwc-notify.sh", NODE_NOTIFY_SCRIPT, 0o755),
     NodeFile("sysctl.conf", "/etc/sysctl.d/90-fwc.conf", 0o644),
+    NodeFile("keepalived-systemd.conf", NODE_KEEPALIVED_DROPIN, 0o644),
 )
 NODE_FILES_BY_NAME = MappingProxyType({f.name: f for f in NODE_FILES})
 NOTIFY_LOG_TAG = "fwc-notify"

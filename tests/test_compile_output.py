@@ -41,7 +41,7 @@ def test_compile_twice_gives_the_same_bytes_from_any_directory(edge, tmp_path, m
     assert set(a) == {"edge/MANIFEST"} | {
         f"edge/{m}/{f}" for m in ("fw1", "fw2")
         for f in ("iptables.rules", "ip6tables.rules", "keepalived.conf", "conntrackd.conf",
-                  "fwc-notify.sh", "sysctl.conf")}
+                  "keepalived-systemd.conf", "fwc-notify.sh", "sysctl.conf")}
     assert a["edge/fw1/fwc-notify.sh"][1] == 0o755
     assert a["edge/fw1/iptables.rules"][1] == 0o644
 
@@ -54,7 +54,7 @@ def test_manifest_hashes_every_file_and_source_without_absolute_paths(edge, tmp_
     source_hash = hashlib.sha256(EDGE.encode()).hexdigest()
     assert f"source {source_hash}  edge.fw" in manifest.splitlines()
     files = [line.split() for line in manifest.splitlines() if line.startswith("file ")]
-    assert len(files) == 12
+    assert len(files) == 14
     for _, digest, path in files:
         content = (tmp_path / "out" / "edge" / path).read_bytes()
         assert hashlib.sha256(content).hexdigest() == digest
@@ -183,7 +183,7 @@ def test_summary_lists_the_files_per_member(edge, tmp_path, capsys):
     assert compile_to(edge, tmp_path / "out") == 0
     printed = capsys.readouterr().out
     assert f"{tmp_path / 'out'}/edge/fw1: iptables.rules ip6tables.rules keepalived.conf " \
-        "conntrackd.conf fwc-notify.sh sysctl.conf" in printed
+        "conntrackd.conf keepalived-systemd.conf fwc-notify.sh sysctl.conf" in printed
 
 
 def test_concurrent_compiles_into_one_directory_keep_both_clusters(edge, tmp_path):

@@ -145,6 +145,8 @@ class NodeInstall:
         """(daemon, command) for each daemon whose configuration this install changes."""
         changed = set(self.result.changed)
         commands = []
+        if "keepalived-systemd.conf" in changed and self.systemd:
+            commands.append(("systemd", scripts.reload_systemd_units()))
         if {"keepalived.conf", "fwc-notify.sh"} & changed:
             commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
         if "conntrackd.conf" in changed and not self.transport.private_run:

@@ -117,6 +117,11 @@ def apply(files: list[NodeFile]) -> str:
     return "\n".join(lines)
 
 
+def reload_systemd_units() -> str:
+    """A changed drop-in (keepalived after conntrackd) only counts once systemd re-reads it."""
+    return "if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi"
+
+
 def reload_keepalived(systemd: bool) -> str:
     """SIGHUP makes keepalived re-read its config without dropping VRRP state."""
     signal = ("pkill -HUP --oldest -x keepalived --ns $$ --nslist net "

@@ -244,3 +244,12 @@ def sysctl_conf(cluster: Cluster, member: Member) -> str:
         "member": member.name,
         "settings": sysctl_settings(cluster),
     })
+
+
+def keepalived_systemd_dropin(cluster: Cluster, member: Member) -> str:
+    """Orders keepalived after conntrackd so a takeover can always commit the cache."""
+    return render_template("keepalived-systemd.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "path": proto.NODE_KEEPALIVED_DROPIN,
+    })
