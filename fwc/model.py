@@ -157,6 +157,24 @@ class Rule:
     def location(self) -> str:
         return f"{self.span.file}:{self.span.line}"
 
+    def text(self) -> str:
+        """The rule as the policy language writes it, canonically spaced (no location)."""
+        parts = [self.action, "from", self.source.label, "to", self.destination.label]
+        if self.service_labels:
+            parts += ["service", ", ".join(self.service_labels)]
+        if self.in_interface:
+            parts += ["in", self.in_interface]
+        if self.out_interface:
+            parts += ["out", self.out_interface]
+        if self.log:
+            parts.append("log" + (f' "{self.log_prefix}"' if self.log_prefix else ""))
+        if self.only:
+            parts += ["only", self.only]
+        if self.target is not None:
+            port = f":{self.target.port}" if self.target.port is not None else ""
+            parts += ["->", self.target.label + port]
+        return " ".join(parts)
+
 
 @dataclass(frozen=True, slots=True)
 class Expectation:

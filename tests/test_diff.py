@@ -241,3 +241,17 @@ def test_rule_moved_without_changing_traffic(repo, capsys):
     fw1 = section(out, "member fw1")
     assert re.search(r"IPv4 filter/INPUT: \d+ moved", fw1)
     assert "member fw2" not in out  # the snmp rule exists on fw1 only
+
+
+def test_new_traffic_is_named_by_an_object_no_rule_uses(repo, capsys):
+    policy = repo / "policies" / "edge.fw"
+    edit(policy, "range   guests   192.0.2.100-192.0.2.150",
+         "range   guests   192.0.2.100-192.0.2.150\nnetwork lowhalf  192.0.2.0/25")
+    commit(repo, "an object for the lower half of the LAN")
+    edit(policy, "    reject from any      to any      service ident",
+         "    accept from 192.0.2.0/25 to server service ssh\n"
+         "    reject from any      to any      service ident")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    traffic = section(out, "traffic")
+    assert "newly allowed: from lowhalf except firewall to server service ssh" in traffic, out

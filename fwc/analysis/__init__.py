@@ -15,7 +15,7 @@ Public API:
 - `classify(view, traffic) -> list[Piece]` — the partition; a `Piece` has the
   box (original packet terms), chain, verdict, deciding rule (None: default
   policy or loopback) and the dnat/snat `NatStep`s applied.
-- `describe.Vocabulary` / `describe_box` / `rule_text` — pieces in policy terms.
+- `describe.Vocabulary` / `describe_box` — pieces in policy terms (`model.Rule.text()` for rules).
 - `changes.traffic_changes(old, new)` — traffic newly allowed and newly denied
   between two versions of a cluster, per member, in policy terms (for diff).
 

@@ -30,7 +30,7 @@ from fwc.analysis.space import (
     service_intervals,
     subtract,
 )
-from fwc.model import Cluster, Policy, Rule, ServiceMatch
+from fwc.model import Cluster, Policy, ServiceMatch
 
 MAX_CIDRS = 4
 _KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3, "vip": 4}
@@ -249,20 +249,3 @@ def describe_box(box: Box, vocabulary: Vocabulary, firewall: AddressSet,
     return text
 
 
-def rule_text(rule: Rule) -> str:
-    """A rule as the policy language writes it (canonical spacing, from the model)."""
-    parts = [rule.action, "from", rule.source.label, "to", rule.destination.label]
-    if rule.service_labels:
-        parts += ["service", ", ".join(rule.service_labels)]
-    if rule.in_interface:
-        parts += ["in", rule.in_interface]
-    if rule.out_interface:
-        parts += ["out", rule.out_interface]
-    if rule.log:
-        parts.append("log" + (f' "{rule.log_prefix}"' if rule.log_prefix else ""))
-    if rule.only:
-        parts += ["only", rule.only]
-    if rule.target is not None:
-        port = f":{rule.target.port}" if rule.target.port is not None else ""
-        parts += ["->", rule.target.label + port]
-    return " ".join(parts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fwc.analysis.describe import Vocabulary, describe_box, rule_text
+from fwc.analysis.describe import Vocabulary, describe_box
 from fwc.analysis.engine import (
     FAMILIES,
     MemberView,
@@ -75,7 +75,7 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
         where = "member" if len(members) == 1 else "members"
         if piece.rule is not None:
             by = f"rule {piece.rule.location}"
-            related = [Related(piece.rule.span, f"this rule decides it: {rule_text(piece.rule)}")]
+            related = [Related(piece.rule.span, f"this rule decides it: {piece.rule.text()}")]
         elif piece.chain == "local":
             by = "the automatic loopback rule"
             related = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fwc import model
 from fwc import syntax as s
 from fwc.addresses import AddressSet
-from fwc.analysis.describe import Vocabulary, cidr_list, describe_box, rule_text, service_text
+from fwc.analysis.describe import Vocabulary, cidr_list, describe_box, service_text
 from fwc.analysis.engine import (
     MemberView,
     NatStep,
@@ -147,7 +147,7 @@ def _source_line(rule: model.Rule, texts: dict[str, str]) -> str:
         lines = text.splitlines()
         if 1 <= rule.span.line <= len(lines):
             return " ".join(lines[rule.span.line - 1].split())
-    return rule_text(rule)
+    return rule.text()
 
 
 def _nat_json(step: NatStep | None, texts: dict[str, str]) -> dict[str, object] | None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fwc import model
+from fwc.analysis.describe import Vocabulary
 from fwc.analysis.diff import TrafficChange
 from fwc.diffing import rulesets
 from fwc.diffing.sequences import ListChange, compare
-from fwc.diffing.terms import rule_text
 from fwc.diffing.traffic import traffic_changes
 
 RULE_FILES = (("iptables.rules", "IPv4"), ("ip6tables.rules", "IPv6"))
@@ -64,29 +64,32 @@ def summarise(old: model.Policy | None, new: model.Policy | None,
     old_clusters = {c.name: c for c in old.clusters} if old else {}
     new_clusters = {c.name: c for c in new.clusters} if new else {}
     names = list(new_clusters) + [n for n in old_clusters if n not in new_clusters]
+    # Name traffic with every object of the new side, used by a rule or not.
+    vocabulary = Vocabulary.of_policy(new or old)  # type: ignore[arg-type]
     out: list[ClusterSummary] = []
     for name in names:
         summary = summarise_cluster(old_clusters.get(name), new_clusters.get(name),
                                     old_out / name if old_out else None,
-                                    new_out / name if new_out else None)
+                                    new_out / name if new_out else None, vocabulary)
         if summary:
             out.append(summary)
     return out
 
 
 def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
-                      old_dir: Path | None, new_dir: Path | None) -> ClusterSummary:
+                      old_dir: Path | None, new_dir: Path | None,
+                      vocabulary: Vocabulary | None = None) -> ClusterSummary:
     assert old is not None or new is not None
     name = (new or old).name  # type: ignore[union-attr]
     status = "added" if old is None else "removed" if new is None else "changed"
     summary = ClusterSummary(name, status)
     if old is not None and new is not None:
         summary.settings = cluster_settings(old, new)
-    summary.rules = compare([rule_text(r) for r in (old.rules if old else ())],
-                            [rule_text(r) for r in (new.rules if new else ())])
-    summary.nat = compare([rule_text(r) for r in (old.nat if old else ())],
-                          [rule_text(r) for r in (new.nat if new else ())])
-    summary.allowed, summary.denied = traffic_changes(old, new)
+    summary.rules = compare([r.text() for r in (old.rules if old else ())],
+                            [r.text() for r in (new.rules if new else ())])
+    summary.nat = compare([r.text() for r in (old.nat if old else ())],
+                          [r.text() for r in (new.nat if new else ())])
+    summary.allowed, summary.denied = traffic_changes(old, new, vocabulary)
     old_members = {m.name: m for m in old.members} if old else {}
     new_members = {m.name: m for m in new.members} if new else {}
     for member in list(new_members) + [m for m in old_members if m not in new_members]:
