@@ -275,3 +275,15 @@ def test_fmt_refuses_what_does_not_parse(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert "FWC001" in err and "FWC002" in err and "Traceback" not in err
     assert bad.read_text(encoding="utf-8").startswith("host a 192.0.2.1\n")
+
+
+def test_the_example_policies_we_wrote_are_canonical():
+    # policies/edge.fw is kept exactly as the reference text of the language issue.
+    from pathlib import Path
+
+    from fwc.cli import main
+
+    root = Path(__file__).resolve().parent.parent / "policies"
+    files = [str(p) for p in sorted(root.rglob("*.fw")) if p.name != "edge.fw"]
+    assert len(files) >= 4
+    assert main(["fmt", "--check", *files]) == 0
