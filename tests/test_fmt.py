@@ -279,11 +279,6 @@ def test_fmt_refuses_what_does_not_parse(tmp_path, capsys):
 
 def test_the_example_policies_we_wrote_are_canonical():
     # policies/edge.fw is kept exactly as the reference text of the language issue.
-    from pathlib import Path
-
-    from fwc.cli import main
-
-    root = Path(__file__).resolve().parent.parent / "policies"
-    files = [str(p) for p in sorted(root.rglob("*.fw")) if p.name != "edge.fw"]
+    files = [str(p) for p in sorted(POLICIES.rglob("*.fw")) if p.name != "edge.fw"]
     assert len(files) >= 4
     assert main(["fmt", "--check", *files]) == 0
