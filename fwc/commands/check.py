@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from fwc.commands.common import failed, print_diagnostics
+from fwc.commands.common import failed, print_diagnostics, without_cycle_collection
 from fwc.diagnostics import Diagnostic
 from fwc.pipeline import analyse
 
 
 def run(args: argparse.Namespace) -> int:
+    with without_cycle_collection():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     diagnostics: list[Diagnostic] = []
     texts: dict[str, str] = {}
     for path in args.files:

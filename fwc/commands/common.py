@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import gc
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from fwc.diagnostics import Diagnostic, Severity, render_json, render_text
 from fwc.pipeline import Analysis, analyse
+
+
+@contextmanager
+def without_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one short-lived command.
+
+    Analysing and compiling a large policy allocates millions of objects that all stay
+    alive until the command ends, and almost none of them form cycles: every automatic
+    collection traverses the whole growing heap for nothing (about 2 s of 8 s at 20,000
+    rules, under 10 MB of garbage left to the end). Reference counting still frees
+    everything else; collection is enabled again for in-process callers (tests).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            # What is still alive (modules, memo caches such as the lowering's) would make
+            # the first collection after re-enabling, and the one at exit, traverse the
+            # whole heap (0.6 s at 20,000 rules): freeze it. Frozen objects are still freed
+            # by reference counting; only cycles among them are left to the process's end.
+            gc.freeze()
+            gc.enable()
 
 
 def print_diagnostics(diagnostics: Iterable[Diagnostic], texts: dict[str, str],

@@ -6,13 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from fwc.commands.common import failed, print_diagnostics
+from fwc.commands.common import failed, print_diagnostics, without_cycle_collection
 from fwc.diagnostics import error
 from fwc.output import OutputError, compile_policy, relative_source, source_root, write_output
 from fwc.pipeline import analyse
 
 
 def run(args: argparse.Namespace) -> int:
+    with without_cycle_collection():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     analysis = analyse(args.file)
     diagnostics = list(analysis.diagnostics)
     policy = analysis.policy
