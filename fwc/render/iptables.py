@@ -88,40 +88,72 @@ def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
     return out
 
 
-def rule_lines(chain: str, rule: Rule) -> Iterator[str]:
+# (protocol, ports, tcp_not_syn, icmp_type) -> the protocol options as text. A large
+# policy uses a few hundred port lists in tens of thousands of rules.
+_PROTOCOL_TEXT: dict[tuple[int | None, tuple[PortRange, ...], bool, int | None], str] = {}
+
+
+def _protocol_text(match: Match, ports: tuple[PortRange, ...]) -> str:
+    key = (match.protocol, ports, match.tcp_not_syn, match.icmp_type)
+    text = _PROTOCOL_TEXT.get(key)
+    if text is None:
+        text = _PROTOCOL_TEXT[key] = " ".join(_protocol_options(match, ports))
+    return text
+
+
+def rule_bodies(rule: Rule) -> list[str]:
+    """A rule's lines without the leading `-A CHAIN ` (render adds it for every chain).
+
+    Each line is the words below joined by single spaces, in this order; only the
+    addresses and the port group differ between a rule's lines, so the rest is built
+    once per rule (rendering is a visible part of compiling a large policy).
+    """
     match = rule.match
+    # iptables-save prints -s -d -i -o -p first, then the match modules in the order
+    # they were given: sets, protocol, hop limit, state, comment.
+    middle: list[str] = []
+    if match.in_device:
+        middle += ["-i", match.in_device]
+    if match.out_device:
+        middle += ["-o", match.out_device]
+    if match.protocol is not None:
+        middle += ["-p", _protocol_name(match.protocol)]
+    middle += _set_match("src", match.source)
+    middle += _set_match("dst", match.destination)
+    tail: list[str] = []
+    if match.hop_limit is not None:
+        tail += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
+    if match.ctstate:
+        states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
+        tail += ["-m", "conntrack", "--ctstate", ",".join(states)]
+    tail += ["-m", "comment", "--comment", quote(rule.comment)]
+    if match.limit is not None:
+        amount, _, unit = match.limit.rate.partition("/")
+        tail += ["-m", "limit", "--limit", f"{amount}/{RATE_UNITS.get(unit, unit)}",
+                 "--limit-burst", str(match.limit.burst)]
+    tail += ["-j", rule.target]
+    for option, value in rule.target_options:
+        tail += [f"--{option}", quote(value) if option == "log-prefix" else value]
+    # Joining non-empty groups of words joins exactly the same words as one list would.
+    middle_text = " ".join(middle)
+    tail_text = " ".join(tail)
     port_groups = _port_groups(match.dports) if match.dports else [()]
-    for source in _cidrs(match.source):
-        for destination in _cidrs(match.destination):
-            for ports in port_groups:
-                words = ["-A", chain]
-                words += _address("-s", match.source, source)
-                words += _address("-d", match.destination, destination)
-                if match.in_device:
-                    words += ["-i", match.in_device]
-                if match.out_device:
-                    words += ["-o", match.out_device]
-                # iptables-save prints -s -d -i -o -p first, then the match modules in
-                # the order they were given: sets, protocol, hop limit, state, comment.
-                if match.protocol is not None:
-                    words += ["-p", _protocol_name(match.protocol)]
-                words += _set_match("src", match.source)
-                words += _set_match("dst", match.destination)
-                words += _protocol_options(match, ports)
-                if match.hop_limit is not None:
-                    words += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
-                if match.ctstate:
-                    states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
-                    words += ["-m", "conntrack", "--ctstate", ",".join(states)]
-                words += ["-m", "comment", "--comment", quote(rule.comment)]
-                if match.limit is not None:
-                    amount, _, unit = match.limit.rate.partition("/")
-                    words += ["-m", "limit", "--limit", f"{amount}/{RATE_UNITS.get(unit, unit)}",
-                              "--limit-burst", str(match.limit.burst)]
-                words += ["-j", rule.target]
-                for option, value in rule.target_options:
-                    words += [f"--{option}", quote(value) if option == "log-prefix" else value]
-                yield " ".join(words)
+    protocol_texts = [_protocol_text(match, ports) for ports in port_groups]
+    sources = [" ".join(_address("-s", match.source, c)) for c in _cidrs(match.source)]
+    destinations = [" ".join(_address("-d", match.destination, c))
+                    for c in _cidrs(match.destination)]
+    out: list[str] = []
+    for source in sources:
+        for destination in destinations:
+            for protocol_text in protocol_texts:
+                out.append(" ".join(part for part in (source, destination, middle_text,
+                                                      protocol_text, tail_text) if part))
+    return out
+
+
+def rule_lines(chain: str, rule: Rule) -> Iterator[str]:
+    for body in rule_bodies(rule):
+        yield f"-A {chain} {body}"
 
 
 def render(ruleset: NodeRuleset) -> str:
@@ -145,7 +177,7 @@ def render(ruleset: NodeRuleset) -> str:
             for rule in chain.rules:
                 hit = rendered.get(id(rule))
                 if hit is None or hit[0] is not rule:
-                    hit = (rule, [line[len(prefix):] for line in rule_lines(chain.name, rule)])
+                    hit = (rule, rule_bodies(rule))
                     rendered[id(rule)] = hit
                 out.extend(prefix + body for body in hit[1])
         out.append("COMMIT")
