@@ -257,6 +257,9 @@ class _Lowering:
         self.options = options
         self.fw = cluster.firewall_addresses(member).only(family)
         self.fw_order = firewall_order(cluster, member, family)
+        # rule.services -> service_matches(): thousands of rules name the same services.
+        # The lists are shared between rules and only ever read.
+        self.service_memo: dict[tuple[ServiceMatch, ...], list[Match] | None] = {}
         self.tables = _Tables()
         self.mark = mark_value(cluster.sync.mark_bit)
         self.log_limit = RateLimit(proto.LOG_RATE, proto.LOG_BURST)
@@ -341,8 +344,15 @@ class _Lowering:
     def applies(self, rule: PolicyRule) -> bool:
         return rule.only is None or rule.only == self.member.name
 
+    def services(self, rule: PolicyRule) -> list[Match] | None:
+        key = tuple(rule.services)
+        if key in self.service_memo:
+            return self.service_memo[key]
+        got = self.service_memo[key] = service_matches(key, self.family)
+        return got
+
     def filter_rule(self, rule: PolicyRule) -> None:
-        services = service_matches(rule.services, self.family)
+        services = self.services(rule)
         if services is None:
             return
         origin = self.origin(rule, "policy")
