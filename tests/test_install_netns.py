@@ -2,7 +2,7 @@
 
 Each member is a network namespace with the policy's devices (veth pairs
 between the two members) and addresses. `ip netns exec` bind-mounts
-/etc/netns/NAME/{fwc,keepalived,conntrackd,sysctl.d} over /etc, so each node
+/etc/netns/NAME/{conntrackd,fwc,keepalived,sysctl.d,systemd} over /etc, so each node
 has its own node paths. No daemons run here (the lab does that): the settle
 check is a fake that records when it was asked.
 """
@@ -25,6 +25,7 @@ import pytest
 from fwc.cli import build_parser, main
 from fwc.commands import install as install_command
 from fwc.diffing.rulesets import normalised
+from fwc.install.paths import NETNS_PRIVATE_DIRS
 from fwc.install.settle import ClusterState
 from fwc.install.transport import Transport
 from fwc.model import Cluster
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "policies" / "edge.fw"
-PRIVATE_DIRS = ("fwc", "keepalived", "conntrackd", "sysctl.d")
+PRIVATE_DIRS = NETNS_PRIVATE_DIRS
 # (interface, device, fw1 addresses, fw2 addresses), as in policies/edge.fw
 LINKS = (
     ("eth0", ("192.0.2.1/24", "2001:db8:1::1/64"), ("192.0.2.2/24", "2001:db8:1::2/64")),

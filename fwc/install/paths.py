@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from fwc.protocols import NODE_CONNTRACKD_CONF, NODE_FILES, NODE_FILES_BY_NAME, NodeFile
 
 __all__ = ["BY_NAME", "NODE_FILES", "NodeFile"]
@@ -19,6 +21,9 @@ WATCHDOG_PID = f"{SNAPSHOT}/watchdog.pid"
 
 # Directories `ip netns exec NAME` must find under /etc/netns/NAME so that a
 # namespace node has its own copies rather than the host's.
-NETNS_PRIVATE_DIRS = ("fwc", "keepalived", "conntrackd", "sysctl.d")
+# Derived from the node files, so that a new compiled file can never land in the
+# host's /etc through a namespace that lacks a private copy of its directory.
+NETNS_PRIVATE_DIRS = tuple(sorted({PurePosixPath(f.path).parts[2] for f in NODE_FILES
+                                   if f.path.startswith("/etc/")} | {"fwc"}))
 
 CONNTRACKD = f"conntrackd -C {NODE_CONNTRACKD_CONF}"
