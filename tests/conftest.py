@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "keepalived", "conntrackd")
+REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "keepalived", "conntrackd",
+                  "nsenter", "unshare")
 
 
 def _root_problem() -> str | None:
@@ -44,8 +45,8 @@ def root_problem() -> str | None:
     return _ROOT_PROBLEM[0]
 
 
-@pytest.fixture
-def needs_root() -> None:
+def skip_or_fail_without_root() -> None:
+    """When root tests cannot run here: fail in CI, elsewhere skip with the reason printed."""
     problem = root_problem()
     if problem is None:
         return
@@ -53,6 +54,11 @@ def needs_root() -> None:
         pytest.fail(f"CI must run this test, but: {problem}")
     print(f"\nSKIP (not CI): {problem}", file=sys.stderr)
     pytest.skip(problem)
+
+
+@pytest.fixture
+def needs_root() -> None:
+    skip_or_fail_without_root()
 
 
 def pytest_collection_modifyitems(config, items):
