@@ -8,7 +8,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from fwc.diagnostics import Diagnostic, Severity, render_json, render_text
-from fwc.pipeline import Analysis, analyse
+from fwc.model import Policy
+from fwc.pipeline import analyse
 
 
 @contextmanager
@@ -54,10 +55,10 @@ def failed(diagnostics: Iterable[Diagnostic], strict: bool) -> bool:
                for d in diagnostics)
 
 
-def analyse_and_report(path: str, fmt: str = "text", strict: bool = False) \
-        -> tuple[Analysis, bool]:
-    """Analyse one file and print its diagnostics; returns (analysis, ok)."""
+def clean_policy(path: str) -> Policy | None:
+    """The policy when it checks clean; otherwise None, after printing why."""
     analysis = analyse(path)
-    print_diagnostics(analysis.diagnostics, analysis.program.texts, fmt)
-    ok = analysis.policy is not None and not failed(analysis.diagnostics, strict)
-    return analysis, ok
+    if analysis.ok and analysis.policy is not None:
+        return analysis.policy
+    print_diagnostics(analysis.diagnostics, analysis.program.texts)
+    return None

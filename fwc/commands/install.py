@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.commands.common import print_diagnostics
+from fwc.commands.common import clean_policy
 from fwc.install.compiled import CompiledError, load_member_files
 from fwc.install.node import Confirmer
 from fwc.install.plan import (
@@ -33,7 +33,6 @@ from fwc.install.transport import (
     read_inventory,
 )
 from fwc.model import Cluster, Member, Policy
-from fwc.pipeline import analyse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -51,11 +50,10 @@ class Target:
 def load_policy(path: str) -> Policy:
     if not Path(path).is_file():
         raise UsageError(f"cannot read '{path}'")
-    analysis = analyse(path)
-    if not analysis.ok or analysis.policy is None:
-        print_diagnostics(analysis.diagnostics, analysis.program.texts)
+    policy = clean_policy(path)
+    if policy is None:
         raise UsageError(f"{path} does not check clean: nothing installed")
-    return analysis.policy
+    return policy
 
 
 def choose(policy: Policy, member: str | None, everything: bool) -> list[Target]:

@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fwc.commands.common import print_diagnostics
+from fwc.commands.common import clean_policy
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
 from fwc.install.paths import BY_NAME
@@ -32,7 +32,6 @@ from fwc.install.transport import (
     make_transport,
     read_inventory,
 )
-from fwc.pipeline import analyse
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
 RULESETS = (("iptables.rules", "iptables-save", "iptables-restore"),
@@ -65,11 +64,10 @@ def _run(args: argparse.Namespace) -> int:
     path = args.args[0]
     if not Path(path).is_file():
         raise Usage(f"cannot read '{path}'")
-    analysis = analyse(path)
-    if not analysis.ok or analysis.policy is None:
-        print_diagnostics(analysis.diagnostics, analysis.program.texts)
+    policy = clean_policy(path)
+    if policy is None:
         raise Usage(f"{path} does not check clean")
-    cluster = next((c for c in analysis.policy.clusters if c.member(args.installed)), None)
+    cluster = next((c for c in policy.clusters if c.member(args.installed)), None)
     if cluster is None:
         raise Usage(f"no member '{args.installed}' in {path}")
     member = cluster.member(args.installed)
@@ -80,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     from fwc.output import compile_policy
 
     compiled = {}
-    for output in compile_policy(analysis.policy, redact=True):
+    for output in compile_policy(policy, redact=True):
         if output.name == cluster.name:
             prefix = f"{member.name}/"
             compiled = {f.path[len(prefix):]: f.content.decode("utf-8")
