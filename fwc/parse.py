@@ -44,7 +44,8 @@ def grammar_text() -> str:
 
 
 def _lark_options() -> dict[str, object]:
-    # lark-cython, when installed (extra `fast`), halves the parse of large policies.
+    # lark-cython, when installed (extra `fast`), parses about 20% faster (1.75 -> 1.38 s for
+    # 20,000 rules with this inline transformer); pure lark is the fallback.
     try:
         import lark_cython
     except ImportError:
