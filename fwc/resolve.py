@@ -18,6 +18,7 @@ from fwc import protocols as proto
 from fwc import syntax as s
 from fwc.addresses import AddressSet
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
+from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
 from fwc.loader import LoadedProgram
 
 IPV4_BITS, IPV6_BITS = 32, 128
@@ -480,6 +481,13 @@ class Resolver:
                                         *proto.PRIORITY_RANGE, "FWC209")
             master = "master" in opts
             ssh = opts["ssh"].value.text if "ssh" in opts and opts["ssh"].value else None
+            if ssh is not None:
+                problem = ssh_target_problem(ssh)
+                if problem:
+                    self.err("FWC520", f"ssh target of member '{mdecl.name.text}' {problem}",
+                             opts["ssh"].value.span, hint=f"write {SSH_TARGET_FORM}; ssh options "
+                             "belong in fwc install --ssh \"ssh -o ...\" or ~/.ssh/config")
+                    ssh = None
             if priority is None and not master and "priority" not in opts:
                 self.err("FWC209", f"member '{mdecl.name.text}' has no priority",
                          mdecl.name.span, hint="write 'priority N' (1-254) or 'master'")

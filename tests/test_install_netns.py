@@ -394,6 +394,7 @@ def test_ssh_transport_quoting_end_to_end(lab, capsys):
     fake_ssh.write_text(
         "#!/bin/sh\n"
         'while [ "$1" = -o ]; do shift 2; done\n'
+        '[ "$1" = -- ] && shift\n'
         'host=$1; shift\n'
         'exec ip netns exec "$host" sh -c "$*"\n')
     fake_ssh.chmod(0o755)

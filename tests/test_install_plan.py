@@ -66,7 +66,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(compiled, capsys, no_commands)
                        "--secrets", str(compiled.parent / "secrets")) == 0
     out = capsys.readouterr().out
     assert "# cluster edge: installing fw2, fw1 in this order" in out
-    fw2, fw1 = out.index("ssh -F /dev/null root@192.0.2.2"), out.index("root@192.0.2.1")
+    fw2, fw1 = out.index("ssh -F /dev/null -- root@192.0.2.2"), out.index("root@192.0.2.1")
     assert fw2 < fw1
     for step in ("iptables-restore --test", "iptables-save >", "nohup sh -c",
                  "iptables-restore < /etc/fwc/iptables.rules", "pkill -HUP",
@@ -124,7 +124,8 @@ def test_ssh_needs_a_host(tmp_path, capsys, no_commands):
 
 def test_ssh_transport_quotes_for_any_login_shell():
     argv = SshTransport("fw1", "admin@fw1", "ssh -p 2222").argv("echo 'a b' && true")
-    assert argv == ["ssh", "-p", "2222", "admin@fw1", "sh -c 'echo '\"'\"'a b'\"'\"' && true'"]
+    assert argv == ["ssh", "-p", "2222", "--", "admin@fw1",
+                    "sh -c 'echo '\"'\"'a b'\"'\"' && true'"]
     assert NetnsTransport("fw1", "ns1").argv("true") == ["ip", "netns", "exec", "ns1", "sh",
                                                           "-c", "true"]
     # the confirmation probe must open a new connection, not reuse a multiplexed one

@@ -34,6 +34,12 @@ describe("FWC215", "sync mark bit out of range", E, """
 The conntrack mark bit fwc reserves for its own bookkeeping is one of the 32 bits
 of the mark (0-31). ct marks are replicated by conntrackd, so the bit means the
 same thing on every member.""")
+describe("FWC520", "ssh target is not a plain [user@]host", E, """
+`fwc install` and `fwc diff --installed` hand a member's `ssh "..."` target to
+ssh. A target such as "-oProxyCommand=..." would be read as an ssh option and
+run a command on the machine running fwc, so only a user name and a host name,
+ssh alias or IP address are accepted (and the transport passes it after `--`).
+ssh options belong in `--ssh "ssh -o ..."` or ~/.ssh/config.""")
 
 
 def _clusters(policy: Policy) -> Iterator[Cluster]:

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import TextIO
 
 from fwc.install.paths import NETNS_PRIVATE_DIRS
+from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
 
 
 class TransportError(Exception):
     """A node could not be reached or a command could not be started."""
+
+
+class InventoryError(Exception):
+    """A member's target is unknown or not acceptable (nothing was run)."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,18 @@ class Transport:
 
 class SshTransport(Transport):
     def __init__(self, member: str, target: str, ssh: str = "ssh") -> None:
+        problem = ssh_target_problem(target)
+        if problem:
+            # The policy check (FWC520) catches this too; an inventory line does not pass it.
+            raise InventoryError(f"ssh target of member {member} {problem}: "
+                                 f"write {SSH_TARGET_FORM}")
         super().__init__(member, target)
         self.ssh = shlex.split(ssh) or ["ssh"]
 
     def argv(self, command: str) -> list[str]:
-        # The remote login shell may not be POSIX: hand it one quoted `sh -c`.
-        return [*self.ssh, self.target, "sh -c " + shlex.quote(command)]
+        # `--` ends ssh's options: the target can never be read as one. The remote
+        # login shell may not be POSIX: hand it one quoted `sh -c`.
+        return [*self.ssh, "--", self.target, "sh -c " + shlex.quote(command)]
 
     def fresh(self) -> Transport:
         # A multiplexed ssh (ControlMaster) would ride the old, ESTABLISHED
@@ -170,10 +181,6 @@ class DryRun(Transport):
 class InventoryEntry:
     target: str
     options: dict[str, str]
-
-
-class InventoryError(Exception):
-    pass
 
 
 def read_inventory(path: Path) -> dict[str, InventoryEntry]:

@@ -1,0 +1,68 @@
+"""Install and diff safety (issue 10): ssh targets that could be read as options."""
+
+from __future__ import annotations
+
+import pytest
+from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+
+from fwc.diagnostics import Severity
+from fwc.install.target import ssh_target_problem
+from fwc.install.transport import InventoryError, SshTransport, make_transport
+from fwc.pipeline import analyse
+
+E = Severity.ERROR
+HOSTILE = ["-oProxyCommand=touch /tmp/pwned", "-F/tmp/evil", "root@host -oX=y",
+           "root@fw1\n-oProxyCommand=x", "", "@host", "root@", "-root@host", "ro ot@host",
+           "root@-host", "root@host;reboot", "root@$(id)", "ssh://root@host"]
+PLAIN = ["fw1", "root@fw1", "root@fw1.example.org", "admin_2@192.0.2.1", "root@2001:db8::1",
+         "fw1-mgmt", "root@fw1.example.org."]
+
+
+@pytest.mark.parametrize("target", HOSTILE)
+def test_hostile_ssh_targets_are_refused(target):
+    assert ssh_target_problem(target) is not None
+
+
+@pytest.mark.parametrize("target", PLAIN)
+def test_plain_ssh_targets_are_accepted(target):
+    assert ssh_target_problem(target) is None
+
+
+def test_fwc520_ssh_target_read_as_an_option(tmp_path):
+    text = mutate(("member fw2 priority 100 {",
+                   'member fw2 priority 100 ssh "-oProxyCommand=touch /tmp/x" {'))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC520", E, line_of(text, "member fw2"),
+                          "ssh target of member 'fw2'", "read it as an option")
+    # pointed at the target itself, not just the member
+    assert d.span.column == text.splitlines()[d.span.line - 1].index('"-o') + 1
+    assert d.hint and "user@host" in d.hint
+
+
+def test_fwc520_silent_on_plain_targets(tmp_path):
+    text = mutate(
+        ("member fw1 priority 150 {", 'member fw1 priority 150 ssh "root@192.0.2.1" {'),
+        ("member fw2 priority 100 {", 'member fw2 priority 100 ssh "admin@fw2.example" {'))
+    assert run(tmp_path, text).diagnostics == ()
+    assert with_code(run(tmp_path, BASE), "FWC520") == []
+
+
+@pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.name)
+def test_fwc520_silent_on_examples(policy):
+    assert [d for d in analyse(policy).diagnostics if d.code == "FWC520"] == []
+
+
+def test_ssh_transport_passes_the_target_after_double_dash():
+    argv = SshTransport("fw1", "root@fw1", "ssh -p 2222").argv("true")
+    assert argv[:5] == ["ssh", "-p", "2222", "--", "root@fw1"]
+    fresh = SshTransport("fw1", "root@fw1", "ssh").fresh().argv("true")
+    assert fresh[:5] == ["ssh", "-o", "ControlPath=none", "--", "root@fw1"]
+
+
+@pytest.mark.parametrize("target", ["-oProxyCommand=touch /tmp/x", "root@fw1 -v"])
+def test_ssh_transport_refuses_an_option_as_target(target):
+    # an inventory line or a policy checked by an older fwc can still carry one
+    with pytest.raises(InventoryError, match="ssh target of member fw1"):
+        SshTransport("fw1", target)
+    with pytest.raises(InventoryError, match="ssh target of member fw1"):
+        make_transport("ssh", "fw1", ssh_target=target, inventory={})
