@@ -1,16 +1,22 @@
-"""Install and diff safety (issue 10): ssh targets that could be read as options."""
+"""Install and diff safety (issue 10): ssh targets, policy paths git would quote."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
 
+from fwc.cli import main
 from fwc.diagnostics import Severity
 from fwc.install.target import ssh_target_problem
 from fwc.install.transport import InventoryError, SshTransport, make_transport
 from fwc.pipeline import analyse
 
 E = Severity.ERROR
+REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["-oProxyCommand=touch /tmp/pwned", "-F/tmp/evil", "root@host -oX=y",
            "root@fw1\n-oProxyCommand=x", "", "@host", "root@", "-root@host", "ro ot@host",
            "root@-host", "root@host;reboot", "root@$(id)", "ssh://root@host"]
@@ -66,3 +72,75 @@ def test_ssh_transport_refuses_an_option_as_target(target):
         SshTransport("fw1", target)
     with pytest.raises(InventoryError, match="ssh target of member fw1"):
         make_transport("ssh", "fw1", ssh_target=target, inventory={})
+
+
+# -- fwc diff: policy paths git would quote --------------------------------------------------
+
+EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+OTHER = (EDGE.replace("cluster edge", "cluster other").replace("policy edge", "policy other")
+         .replace("nat edge", "nat other").replace("expect edge", "expect other"))
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "fw"
+    (root / "policies").mkdir(parents=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "test@example.org")
+    git(root, "config", "user.name", "test")
+    (root / "policies" / "edge.fw").write_text(EDGE, encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "edge")
+    monkeypatch.chdir(root)
+    return root
+
+
+def fwc_diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["diff", "--no-color", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_diff_shows_a_new_policy_with_a_non_ascii_name(repo, capsys):
+    (repo / "policies" / "café.fw").write_text(OTHER, encoding="utf-8")
+    # git quotes this name ("policies/caf\303\251.fw") unless asked for -z output
+    assert '"' in git(repo, "ls-files", "--others")
+    code, out, err = fwc_diff(capsys)
+    assert (code, err) == (1, "")
+    assert "cluster other (policies/café.fw)" in out
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "café")
+    code, out, err = fwc_diff(capsys, "HEAD~1..HEAD")
+    assert (code, err) == (1, "")
+    assert "cluster other (policies/café.fw)" in out
+    assert "cluster edge" not in out
+    # and it is read from git on both sides once it exists there
+    (repo / "policies" / "café.fw").write_text(
+        OTHER.replace("member fw2 priority 100", "member fw2 priority 90"), encoding="utf-8")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1 and "priority 100 -> 90" in out
+
+
+def test_diff_reports_a_policy_name_that_is_not_utf8(repo, capsys):
+    name = os.fsdecode(b"caf\xe9.fw")
+    (repo / "policies" / name).write_text(OTHER, encoding="utf-8")
+    code, out, err = fwc_diff(capsys)
+    assert code == 2 and out == ""
+    assert "fwc diff: 'policies/caf\\xe9.fw': the file name is not valid UTF-8" in err
+    assert "rename it" in err and "Traceback" not in err
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "latin-1 name")
+    code, out, err = fwc_diff(capsys, "HEAD~1..HEAD")
+    assert code == 2 and "'policies/caf\\xe9.fw': the file name is not valid UTF-8" in err
+
+
+def test_diff_ignores_non_utf8_names_that_are_not_policies(repo, capsys):
+    (repo / os.fsdecode(b"notes-\xe9.txt")).write_text("x\n", encoding="utf-8")
+    (repo / "policies" / "other.fw").write_text(OTHER, encoding="utf-8")
+    code, out, err = fwc_diff(capsys)
+    assert (code, err) == (1, "") and "cluster other (policies/other.fw)" in out

@@ -37,6 +37,45 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+def _utf8_name(raw: bytes) -> str | None:
+    """RAW as text; None for a name that is not UTF-8 and no policy (fails closed on those)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if raw.endswith(b".fw"):
+            shown = raw.decode("utf-8", "backslashreplace")
+            raise GitError(f"'{shown}': the file name is not valid UTF-8, so fwc cannot "
+                           "name or read it: rename it (git mv) to a UTF-8 name") from None
+        return None  # not a policy: nothing fwc reads can name it
+
+
+def git_paths(repo: Path, *args: str, check: bool = True) -> list[str] | None:
+    """The NUL-separated (-z) path list a git command prints; None when it failed.
+
+    Without -z git quotes any path with non-ASCII bytes ("caf\\303\\251.fw"), which
+    then matches no file: a new policy would silently not be compared.
+    """
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                              timeout=60)
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"git {' '.join(args)} timed out") from exc
+    if proc.returncode != 0:
+        if not check:
+            return None
+        first = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GitError(first[0] if first else f"git {' '.join(args)} failed")
+    names = (_utf8_name(raw) for raw in proc.stdout.split(b"\0") if raw)
+    return [name for name in names if name is not None]
+
+
+def worktree_name(name: str) -> str | None:
+    """A file name read from the disk (surrogate-escaped bytes) checked like git's."""
+    return _utf8_name(os.fsencode(name))
+
+
 def repo_root(start: Path) -> Path:
     proc = git(start, "rev-parse", "--show-toplevel", check=False)
     if proc.returncode != 0:
@@ -93,24 +132,22 @@ class Side:
             base = self.repo / directory if directory else self.repo
             if not base.is_dir():
                 return []
-            return sorted(normalise(Path(directory) / p.name) if directory else p.name
-                          for p in base.glob("*.fw") if p.is_file())
+            on_disk = [worktree_name(p.name) for p in base.glob("*.fw") if p.is_file()]
+            return sorted(normalise(Path(directory) / n) if directory else n
+                          for n in on_disk if n is not None)
         spec = f"{self.rev}:{directory}" if directory else f"{self.rev}:"
-        proc = git(self.repo, "ls-tree", "--name-only", spec, check=False)
-        if proc.returncode != 0:
-            return []
-        names = [n for n in proc.stdout.splitlines() if n.endswith(".fw")]
+        listed = git_paths(self.repo, "ls-tree", "-z", "--name-only", spec, check=False)
+        names = [n for n in listed or [] if n.endswith(".fw")]
         return sorted(normalise(Path(directory) / n) if directory else n for n in names)
 
 
 def changed_paths(old: Side, new: Side) -> set[str]:
     """Repository-relative paths that differ between the two sides."""
+    diff = ["diff", "-z", "--name-only", "--no-renames", old.rev or "HEAD"]
     if new.rev is WORKTREE:
-        proc = git(old.repo, "diff", "--name-only", "--no-renames", old.rev or "HEAD")
-        untracked = git(old.repo, "ls-files", "--others", "--exclude-standard").stdout
-        return set(proc.stdout.split("\n")) - {""} | (set(untracked.split("\n")) - {""})
-    proc = git(old.repo, "diff", "--name-only", "--no-renames", old.rev or "HEAD", new.rev)
-    return set(proc.stdout.split("\n")) - {""}
+        untracked = git_paths(old.repo, "ls-files", "-z", "--others", "--exclude-standard")
+        return set(git_paths(old.repo, *diff) or []) | set(untracked or [])
+    return set(git_paths(old.repo, *diff, new.rev) or [])
 
 
 def parse_range(repo: Path, text: str) -> tuple[Side, Side]:
