@@ -259,13 +259,14 @@ def test_watchdog_on_the_node_rolls_back_without_fwc(lab):
     fw1 = lab.nodes["fw1"]
     before = fw1.rules()
     files = [f for f in NODE_FILES if f.name == "iptables.rules"]
+    fw1.exec(scripts.take_lock("t1", 60))
     fw1.exec(scripts.refuse_if_pending())
     fw1.exec(scripts.stage(files[0]),
              input=(lab.output / "edge" / "fw1" / "iptables.rules").read_text())
-    fw1.exec(scripts.snapshot(files))
+    fw1.exec(scripts.snapshot(files, []))
     fw1.exec(scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
-             input=scripts.rollback_script(files, []))
-    fw1.exec(scripts.arm_watchdog(0.6))
+             input=scripts.rollback_script(files, [], token="t1"))
+    fw1.exec(scripts.arm_watchdog(0.6, token="t1"))
     fw1.exec(scripts.apply(files))
     assert fw1.rules() != before
     deadline = time.monotonic() + 10
@@ -273,8 +274,12 @@ def test_watchdog_on_the_node_rolls_back_without_fwc(lab):
         time.sleep(0.1)
     assert fw1.rules() == before
     assert not (fw1.etc / "fwc" / "iptables.rules").exists()
+    # the rollback gave the node lock back: the next install may start
+    assert not (fw1.etc / "fwc" / "install.owner").exists()
+    fw1.exec("flock -n /etc/fwc/install.lock true")
     # a confirmation arriving after that is refused, not silently accepted
-    late = subprocess.run(["ip", "netns", "exec", fw1.ns, "sh", "-c", scripts.confirm()],
+    late = subprocess.run(["ip", "netns", "exec", fw1.ns, "sh", "-c",
+                           scripts.confirm(token="t1")],
                           capture_output=True, text=True, timeout=30)
     assert late.returncode == 1 and "too late" in late.stderr
     assert not (fw1.etc / "fwc" / "snapshot" / "confirmed").exists()

@@ -35,6 +35,8 @@ from fwc.install.transport import (
 from fwc.model import Cluster, Member, Policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Steps that fail before the node changes.
+BEFORE_APPLY = ("preflight", "lock", "stage", "test", "snapshot", "watchdog")
 
 
 class UsageError(Exception):
@@ -134,8 +136,7 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
             if not result.ok:
                 failed = True
                 what = "rolled back" if result.rolled_back else "not changed" \
-                    if result.stage in ("stage", "test", "snapshot", "watchdog") \
-                    else "state unknown: check it"
+                    if result.stage in BEFORE_APPLY else "state unknown: check it"
                 print(f"fwc install: {result.member}: {result.stage} failed: "
                       f"{result.message} ({what})", file=sys.stderr)
         if failed:

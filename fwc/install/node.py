@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +57,10 @@ class NodeInstall:
         self.settle = settle
         self.out = out
         self.result = NodeResult(self.member)
+        # Names this install in the node lock's owner file, so that only its own
+        # confirmation, rollback or watchdog releases the lock.
+        self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.locked = False
 
     # -- plumbing ---------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -83,6 +89,8 @@ class NodeInstall:
     def run(self) -> NodeResult:
         applied = False
         try:
+            self.step("preflight", scripts.preflight(self.files))
+            self.take_lock()
             self.stage_files()
             self.say("testing the new rulesets")
             self.step("test", scripts.test_ruleset(self.files))
@@ -107,6 +115,8 @@ class NodeInstall:
         except KeyboardInterrupt:
             if applied:
                 self.roll_back("interrupted")
+            else:
+                self.cleanup_staging()
             raise
         try:
             self.decide()
@@ -116,6 +126,15 @@ class NodeInstall:
             raise
         return self.result
 
+    def watchdog_seconds(self) -> float:
+        return self.confirm_timeout + self.settle_timeout + WATCHDOG_GRACE
+
+    def take_lock(self) -> None:
+        """One install at a time on the node, from before staging to confirm or rollback."""
+        seconds = scripts.LOCK_SETUP_BUDGET + self.watchdog_seconds() + scripts.LOCK_SLACK
+        self.step("lock", scripts.take_lock(self.token, seconds))
+        self.locked = True
+
     def stage_files(self) -> None:
         self.say(f"copying {len(self.files)} files")
         self.step("stage", scripts.refuse_if_pending())
@@ -123,10 +142,14 @@ class NodeInstall:
             self.step("stage", scripts.stage(file), input=self.contents[file.name])
 
     def cleanup_staging(self) -> None:
-        self.probe(f"rm -rf {scripts.STAGING}")
+        # Only with the lock: without it the staging directory is another install's.
+        if self.locked:
+            self.probe(f"rm -rf {scripts.STAGING}; {scripts.release(self.token)}")
+            self.locked = False
 
     def snapshot(self) -> None:
-        result = self.step("snapshot", scripts.snapshot(self.files))
+        keys = scripts.sysctl_keys(self.contents.get("sysctl.conf", ""))
+        result = self.step("snapshot", scripts.snapshot(self.files, keys))
         changed = [line.split(None, 1)[1] for line in result.stdout.splitlines()
                    if line.startswith("changed ")]
         self.result.changed = changed if not self.transport.dry_run else \
@@ -134,12 +157,12 @@ class NodeInstall:
         # Rolling back restores the old configs, so the same daemons reload again.
         reloads = [command for _, command in self.reload_commands(old_config=None)]
         self.step("snapshot", scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
-                  input=scripts.rollback_script(self.files, reloads))
+                  input=scripts.rollback_script(self.files, reloads, token=self.token))
 
     def arm_watchdog(self) -> None:
-        seconds = self.confirm_timeout + self.settle_timeout + WATCHDOG_GRACE
+        seconds = self.watchdog_seconds()
         self.say(f"arming the node-side rollback in {seconds:.0f} s unless confirmed")
-        self.step("watchdog", scripts.arm_watchdog(seconds))
+        self.step("watchdog", scripts.arm_watchdog(seconds, token=self.token))
 
     def reload_commands(self, old_config: str | None) -> list[tuple[str, str]]:
         """(daemon, command) for each daemon whose configuration this install changes."""
@@ -184,14 +207,14 @@ class NodeInstall:
     def decide(self) -> None:
         if self.transport.dry_run:
             self.say(f"wait up to {self.confirm_timeout:.0f} s for confirmation, then:")
-            self.step("confirm", scripts.confirm())
+            self.step("confirm", scripts.confirm(token=self.token))
             self.say("without it:")
             self.step("rollback", scripts.rollback())
             self.result.ok = True
             return
         if self.confirmer(self, self.confirm_timeout):
             try:
-                self.step("confirm", scripts.confirm())
+                self.step("confirm", scripts.confirm(token=self.token))
             except StepFailed as exc:
                 self.result.stage, self.result.message = exc.stage, exc.message
                 self.say(f"could not confirm: {exc.message}")

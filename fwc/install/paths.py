@@ -18,6 +18,10 @@ ROLLBACK_SCRIPT = f"{SNAPSHOT}/rollback.sh"
 CONFIRMED = f"{SNAPSHOT}/confirmed"
 ROLLED_BACK = f"{SNAPSHOT}/rolled-back"
 WATCHDOG_PID = f"{SNAPSHOT}/watchdog.pid"
+# One install at a time per node: flock on INSTALL_LOCK, held from before
+# staging until the install is confirmed or rolled back (scripts.take_lock).
+INSTALL_LOCK = f"{STATE_DIR}/install.lock"
+LOCK_OWNER = f"{STATE_DIR}/install.owner"
 
 # Directories `ip netns exec NAME` must find under /etc/netns/NAME so that a
 # namespace node has its own copies rather than the host's.

@@ -11,6 +11,8 @@ import shlex
 from fwc.install.paths import (
     CONFIRMED,
     CONNTRACKD,
+    INSTALL_LOCK,
+    LOCK_OWNER,
     ROLLBACK_SCRIPT,
     ROLLED_BACK,
     SNAPSHOT,
@@ -26,6 +28,87 @@ q = shlex.quote
 # late: a watchdog that exited must count as gone.
 _ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/status "
           '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; };')
+
+
+# The programs each compiled file needs on the node, with what needs them. A
+# missing one must stop the install before anything changes: skipping the
+# `keepalived -t` it would have run, or a reload, is not an install.
+_TOOLS: tuple[tuple[str | None, str, str], ...] = (
+    (None, "flock", "the install lock"),
+    (None, "cmp", "the snapshot"),
+    ("iptables.rules", "iptables-restore", "iptables.rules"),
+    ("iptables.rules", "iptables-save", "the snapshot"),
+    ("ip6tables.rules", "ip6tables-restore", "ip6tables.rules"),
+    ("ip6tables.rules", "ip6tables-save", "the snapshot"),
+    ("ipsets.rules", "ipset", "ipsets.rules"),
+    ("ipsets.rules", "unshare", "testing ipsets.rules"),
+    ("keepalived.conf", "keepalived", "keepalived.conf"),
+    ("keepalived.conf", "pkill", "reloading keepalived"),
+    ("conntrackd.conf", "conntrackd", "conntrackd.conf"),
+    ("sysctl.conf", "sysctl", "sysctl.conf"),
+)
+
+# What may pass between taking the node lock and arming the watchdog (staging,
+# test and snapshot: a few steps of at most 60 s each), and how long after the
+# watchdog's deadline its rollback may still run: the lock outlives both.
+LOCK_SETUP_BUDGET = 600
+LOCK_SLACK = 120
+
+
+def required_tools(files: list[NodeFile]) -> list[tuple[str, str]]:
+    """(program, what needs it) for installing FILES."""
+    names = {f.name for f in files}
+    return [(tool, why) for needs, tool, why in _TOOLS if needs is None or needs in names]
+
+
+def preflight(files: list[NodeFile]) -> str:
+    """Refuse (exit 3) when a program the install needs is missing on the node."""
+    lines = ["m="]
+    for tool, why in required_tools(files):
+        lines.append(f"command -v {tool} >/dev/null 2>&1 || m=\"$m, {tool} (for {why})\"")
+    lines.append('if [ -n "$m" ]; then echo "not installed on this node: ${m#, }: '
+                 'install them first" >&2; exit 3; fi')
+    return "\n".join(lines)
+
+
+def _read_owner() -> str:
+    return f"p= t= s=; {{ read -r p t s < {LOCK_OWNER}; }} 2>/dev/null; "
+
+
+def take_lock(token: str, seconds: float) -> str:
+    """Take the node's install lock (exit 3 when another install holds it).
+
+    flock(1) on INSTALL_LOCK; a detached `sleep` inherits the locked descriptor
+    and keeps the lock after this command returns, until release() kills it
+    or SECONDS pass (an fwc that died before arming the watchdog). The kernel
+    drops the lock with its holder, so a dead holder never leaves a stale lock.
+    """
+    return (f"mkdir -p -m 0700 {INSTALL_LOCK.rsplit('/', 1)[0]} && exec 8>>{INSTALL_LOCK} "
+            "|| exit 3\n"
+            "if ! flock -n 8; then "
+            f"{_read_owner()}"
+            "echo \"another fwc install is running on this node (it holds "
+            f"{INSTALL_LOCK}, holder pid $p, install $t): wait until it is confirmed or "
+            "rolled back; if that fwc died, the lock ends with the holder\" >&2; exit 3; fi\n"
+            f"nohup sleep {max(1, round(seconds))} </dev/null >/dev/null 2>&1 &\n"
+            f'echo "$! {token} $(date +%s)" > {LOCK_OWNER}')
+
+
+def _lock_is_ours(token: str) -> str:
+    """Shell test: this install still holds the node lock, taken recently enough."""
+    return (f'{{ {_read_owner()}[ "$t" = {token} ] && '
+            '[ "$(cat /proc/$p/comm 2>/dev/null)" = sleep ] && '
+            f"[ $(( $(date +%s) - ${{s:-0}} )) -le {LOCK_SETUP_BUDGET} ]; }}")
+
+
+def release(token: str) -> str:
+    """Give the node lock back, when it is this install's (idempotent)."""
+    # Waits (at most 1 s) until the holder is gone, so that the lock is free
+    # when this returns; a zombie no longer holds it.
+    return (f'{_read_owner()}if [ -n "$p" ] && [ "$t" = {token} ]; then rm -f {LOCK_OWNER}; '
+            'if [ "$(cat /proc/$p/comm 2>/dev/null)" = sleep ]; then kill "$p" 2>/dev/null; '
+            "i=0; while [ $i -lt 20 ] && grep -q '^State:[[:space:]]*[^Z]' /proc/$p/status "
+            "2>/dev/null; do sleep 0.05; i=$((i+1)); done; fi; fi; :")
 
 
 def refuse_if_pending() -> str:
@@ -62,17 +145,32 @@ def test_ruleset(files: list[NodeFile]) -> str:
         isolated = " && ".join([f"ipset restore < {STAGING}/ipsets.rules", *steps])
         steps = [f"unshare -n sh -c {q(isolated)}"]
     if "keepalived.conf" in names:
-        # Also catches a VRRP interface this node does not have.
-        steps.append("{ ! command -v keepalived >/dev/null 2>&1 || "
-                     f"keepalived -t -f {STAGING}/keepalived.conf; }}")
+        # Also catches a VRRP interface this node does not have. keepalived is
+        # known to be there (preflight).
+        steps.append(f"keepalived -t -f {STAGING}/keepalived.conf")
     return " && ".join(steps)
 
 
-def snapshot(files: list[NodeFile]) -> str:
-    """Save the running rules, ipsets and every file the install replaces.
+def sysctl_keys(conf: str) -> list[str]:
+    """The keys a sysctl.conf (`sysctl -p` format) sets, in order."""
+    keys: list[str] = []
+    for line in conf.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key = line.split("=", 1)[0].strip().lstrip("-")
+        if key and key not in keys:
+            keys.append(key)
+    return keys
 
-    Prints `changed NAME` for each staged file that differs from the one in
-    place, so that only the daemons whose configuration changed are reloaded.
+
+def snapshot(files: list[NodeFile], sysctls: list[str]) -> str:
+    """Save the running rules, ipsets, sysctl values and every file the install replaces.
+
+    SYSCTLS are the keys the new sysctl.conf sets: their current values go to
+    sysctl.save (`key=value` lines) for rollback.sh. Prints `changed NAME` for
+    each staged file that differs from the one in place, so that only the
+    daemons whose configuration changed are reloaded.
     """
     new = f"{SNAPSHOT}.new"
     lines = [
@@ -85,6 +183,12 @@ def snapshot(files: list[NodeFile]) -> str:
         "if command -v ipset >/dev/null 2>&1; then "
         f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
     ]
+    if sysctls:
+        lines.append(f": > {new}/sysctl.save")
+    for key in sysctls:
+        # A key this kernel does not have cannot be set by the install either.
+        lines.append(f"if v=$(sysctl -n {q(key)} 2>/dev/null); then "
+                     f"printf '%s=%s\\n' {q(key)} \"$v\" >> {new}/sysctl.save; fi")
     for index, file in enumerate(files):
         lines.append(
             f"if [ -e {file.path} ]; then cp -p {file.path} {new}/file.{index}; fi; "
@@ -157,10 +261,11 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
             f"systemctl restart conntrackd && {wait_socket} && {resync}; else {plain}; fi")
 
 
-def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
+def rollback_script(files: list[NodeFile], reloads: list[str], *, token: str) -> str:
     """The node restores itself with this, from the watchdog or from fwc.
 
-    Idempotent and serialised: the watchdog and fwc may both reach it.
+    Idempotent and serialised: the watchdog and fwc may both reach it. Once
+    the old configuration is back it releases install TOKEN's node lock.
     """
     lines = [
         "#!/bin/sh",
@@ -176,6 +281,14 @@ def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
         lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
                      f"|| rc=1; else rm -f {file.path}; fi")
     lines += [
+        # Before the rules: a node where forwarding was off must not keep forwarding.
+        "if [ -e $S/sysctl.save ]; then",
+        "    while IFS= read -r kv; do",
+        '        k=${kv%%=*}; v=${kv#*=}',
+        '        [ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] '
+        '|| sysctl -q -w "$k=$v" >/dev/null || rc=1',
+        "    done < $S/sysctl.save",
+        "fi",
         # Sets the snapshot had get their saved members back before the restored
         # rules use them again.
         "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
@@ -208,24 +321,30 @@ def rollback_script(files: list[NodeFile], reloads: list[str]) -> str:
         "fi",
         *reloads,
         # Without the marker the watchdog tries again at its deadline.
-        "if [ $rc -eq 0 ]; then touch $S/rolled-back; fi",
+        f"if [ $rc -eq 0 ]; then touch $S/rolled-back; {release(token)}; fi",
         "exit $rc",
     ]
     return "\n".join(lines) + "\n"
 
 
-def arm_watchdog(seconds: float) -> str:
+def arm_watchdog(seconds: float, *, token: str) -> str:
     """A node-side dead man's switch: rolls back unless confirmed in time.
 
     It keeps working when the new rules cut fwc off the node. It polls the
-    markers, so confirming or rolling back ends it within 0.2 s.
+    markers, so confirming or rolling back ends it within 0.2 s, and then
+    releases install TOKEN's node lock (a confirmation made by hand on the node
+    must free the node too). Refused when TOKEN no longer holds the lock: the
+    lock must outlive the watchdog's deadline.
     """
     ticks = max(1, round(seconds * 5))
     body = (f"i=0; while [ $i -lt {ticks} ]; do "
-            f"if [ -e {CONFIRMED} ] || [ -e {ROLLED_BACK} ]; then exit 0; fi; "
+            f"if [ -e {CONFIRMED} ] || [ -e {ROLLED_BACK} ]; then {release(token)}; exit 0; fi; "
             "sleep 0.2; i=$((i+1)); done; "
             f"sh {ROLLBACK_SCRIPT} >/dev/null 2>&1")
-    return (f"rm -f {CONFIRMED} {ROLLED_BACK}; "
+    return (f"if ! {_lock_is_ours(token)}; then echo 'this install no longer holds the node "
+            f"lock {INSTALL_LOCK} (it expired or was taken): nothing was applied, "
+            "run fwc install again' >&2; exit 1; fi; "
+            f"rm -f {CONFIRMED} {ROLLED_BACK}; "
             f"nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}")
 
 
@@ -236,16 +355,17 @@ def _watchdog_gone() -> str:
             "sleep 0.1; i=$((i+1)); done")
 
 
-def confirm() -> str:
+def confirm(*, token: str) -> str:
     """Keep the new configuration, unless the watchdog already restored the old one.
 
-    Takes rollback.sh's lock, so a confirmation and a rollback never cross.
+    Takes rollback.sh's lock, so a confirmation and a rollback never cross;
+    then gives install TOKEN's node lock back.
     """
     return (f"exec 9>>{SNAPSHOT}/lock; "
             "if command -v flock >/dev/null 2>&1; then flock 9; fi; "
             f"if [ -e {ROLLED_BACK} ]; then "
             "echo 'too late: the node already restored the previous configuration' >&2; "
-            f"exit 1; fi; touch {CONFIRMED}; exec 9>&-; {_watchdog_gone()}; :")
+            f"exit 1; fi; touch {CONFIRMED}; exec 9>&-; {_watchdog_gone()}; {release(token)}")
 
 
 def rollback() -> str:

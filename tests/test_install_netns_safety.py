@@ -1,0 +1,180 @@
+"""`fwc install` safety on real namespaces (issue 10): one install at a time per node,
+no install on a node that lacks its daemons, rollback restores sysctl values.
+
+Uses the two-member namespace lab of test_install_netns.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_install_netns import (
+    OLD_KEEPALIVED,
+    POLICY,
+    REPO,
+    Lab,
+    _lab,
+    host_etc_lock,
+    install,
+    sh,
+)
+
+from fwc.cli import main
+from fwc.diffing.rulesets import normalised
+from fwc.install import scripts
+
+pytestmark = pytest.mark.root
+
+SYSCTL_KEYS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
+               "net.netfilter.nf_conntrack_events")
+
+
+@pytest.fixture(scope="module")
+def edge_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("edge") / "output"
+    assert main(["compile", str(POLICY), "-o", str(output), "--redact-secrets"]) == 0
+    return output
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, edge_output: Path) -> Iterator[Lab]:
+    """fw1 and fw2 as namespaces, as test_install_netns.py's `lab` fixture builds them."""
+    with host_etc_lock():
+        yield from _lab(tmp_path, edge_output)
+
+
+def fwc_install_process(lab: Lab, *extra: str) -> subprocess.Popen[str]:
+    """`fwc install` as its own process (two of them race for one node)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fwc", "install", "--transport", "netns",
+         "--inventory", str(lab.inventory), "-o", str(lab.output),
+         "--secrets", str(lab.secrets), *extra, str(POLICY)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=str(lab.tmp))
+
+
+def no_staging_or_lock_left(lab: Lab, member: str) -> None:
+    etc = lab.nodes[member].etc / "fwc"
+    assert not (etc / "staging").exists()
+    assert not (etc / "install.owner").exists()
+    lab.nodes[member].exec("flock -n /etc/fwc/install.lock true")  # the lock is free
+
+
+def test_two_installs_at_once_one_refuses_and_the_snapshot_stays_intact(nodes):
+    fw2 = nodes.nodes["fw2"]
+    before, before6 = fw2.rules(), fw2.rules("ip6tables-save")
+    # Neither is confirmed: the winner holds the node for its 6 s window, then
+    # rolls back to its snapshot, which must be what ran before either started.
+    runs = [fwc_install_process(nodes, "--member", "fw2", "--confirm-timeout", "6")
+            for _ in range(2)]
+    try:
+        results = [(run.wait(timeout=120), *run.communicate()) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+    refused = [r for r in results if "another fwc install is running on this node" in r[2]]
+    winners = [r for r in results if r not in refused]
+    assert len(refused) == 1 and len(winners) == 1, results
+    code, out, err = refused[0]
+    assert code == 1
+    assert "fw2: lock failed: another fwc install is running on this node" in err
+    assert "(not changed)" in err and "fw2: applying" not in out
+    code, out, err = winners[0]
+    assert code == 1, (out, err)
+    assert "fw2: applying" in out and "previous configuration restored" in out
+    assert "fw2: confirm failed: not confirmed in time (rolled back)" in err
+    # the snapshot the winner took is the original, and that is what runs again
+    saved = (fw2.etc / "fwc" / "snapshot" / "iptables.save").read_text()
+    assert normalised(saved) == before
+    assert fw2.rules() == before and fw2.rules("ip6tables-save") == before6
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    no_staging_or_lock_left(nodes, "fw2")
+    assert sh("ip", "netns", "pids", fw2.ns).split() == []
+
+
+def test_a_held_lock_refuses_without_touching_the_other_install(nodes, capsys):
+    fw2 = nodes.nodes["fw2"]
+    before = fw2.rules()
+    # another install is in its staging phase on fw2
+    fw2.exec(scripts.take_lock("other-run", 60))
+    fw2.exec("mkdir -p /etc/fwc/staging && echo theirs > /etc/fwc/staging/iptables.rules")
+    assert install(nodes, "--member", "fw2", "--confirm") == 1
+    captured = capsys.readouterr()
+    assert "fw2: lock failed: another fwc install is running on this node" in captured.err
+    assert "install other-run" in captured.err and "(not changed)" in captured.err
+    assert fw2.rules() == before
+    assert (fw2.etc / "fwc" / "staging" / "iptables.rules").read_text() == "theirs\n"
+    assert not (fw2.etc / "fwc" / "snapshot").exists()
+    # the lock dies with its holder (an fwc that vanished leaves no stale lock)
+    holder = (fw2.etc / "fwc" / "install.owner").read_text().split()[0]
+    fw2.exec(f"kill {holder}")
+    fw2.exec(f"while [ -e /proc/{holder}/status ] && ! grep -q '^State:.*Z' "
+             f"/proc/{holder}/status; do sleep 0.05; done")
+    assert install(nodes, "--member", "fw2", "--confirm") == 0
+    assert "fwc auto: established" in "\n".join(fw2.rules())
+    assert not (fw2.etc / "fwc" / "install.owner").exists()
+    fw2.exec("flock -n /etc/fwc/install.lock true")
+
+
+@pytest.mark.parametrize("missing", ["keepalived", "conntrackd"])
+def test_node_without_a_daemon_is_refused_before_anything_changes(nodes, capsys, monkeypatch,
+                                                                  missing):
+    # A PATH holding every program of this machine except the missing daemon.
+    bin_dir = nodes.tmp / f"no-{missing}"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not Path(directory).is_dir():
+            continue
+        for program in Path(directory).iterdir():
+            target = bin_dir / program.name
+            if program.name != missing and not target.exists() and os.access(program, os.X_OK):
+                target.symlink_to(program)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert shutil.which(missing) is None and shutil.which("iptables-restore")
+    fw2 = nodes.nodes["fw2"]
+    before = fw2.rules()
+    assert install(nodes, "--member", "fw2", "--confirm") == 1
+    captured = capsys.readouterr()
+    assert f"fw2: preflight failed: not installed on this node: {missing} " \
+        f"(for {missing}.conf): install them first (not changed)" in captured.err
+    assert "nothing was changed" in captured.out and "fw2: copying" not in captured.out
+    assert fw2.rules() == before
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    assert sorted(p.name for p in (fw2.etc / "fwc").iterdir()) == []
+
+
+def sysctls(lab: Lab, member: str) -> dict[str, str]:
+    node = lab.nodes[member]
+    return {key: node.exec(f"sysctl -n {key}").strip() for key in SYSCTL_KEYS}
+
+
+def test_rollback_restores_sysctl_values(nodes, capsys):
+    fw2 = nodes.nodes["fw2"]
+    # a node that does not forward (a fresh namespace's default) and has events off
+    fw2.exec("sysctl -q -w net.ipv4.ip_forward=0 net.netfilter.nf_conntrack_events=0")
+    before = sysctls(nodes, "fw2")
+    assert before["net.ipv4.ip_forward"] == "0"
+    assert install(nodes, "--member", "fw2", "--confirm-timeout", "1") == 1
+    assert "previous configuration restored" in capsys.readouterr().out
+    assert sysctls(nodes, "fw2") == before
+    saved = (fw2.etc / "fwc" / "snapshot" / "sysctl.save").read_text().splitlines()
+    assert "net.ipv4.ip_forward=0" in saved and "net.netfilter.nf_conntrack_events=0" in saved
+    assert not (fw2.etc / "sysctl.d" / "90-fwc.conf").exists()
+    # the same install, confirmed, does set them (so the rollback really undid something)
+    assert install(nodes, "--member", "fw2", "--confirm") == 0
+    after = sysctls(nodes, "fw2")
+    assert after["net.ipv4.ip_forward"] == "1" and after["net.netfilter.nf_conntrack_events"] == "1"
+
+
+def test_sysctl_keys_of_a_conf():
+    conf = ("# comment\n; also a comment\nnet.ipv4.ip_forward = 1\n"
+            "-net.netfilter.nf_conntrack_max=262144\n\nnet.ipv4.ip_forward = 1\n")
+    assert scripts.sysctl_keys(conf) == ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max"]
