@@ -177,8 +177,13 @@ def load(path: str | Path, reader: Reader | None = None,
             if not isinstance(statement, s.Include):
                 continue
             name = statement.path.text
-            target = _locate(where, file, name)
-            target_key = where.key(target)
+            try:
+                target = _locate(where, file, name)
+                target_key = where.key(target)
+            except ValueError as exc:  # a name the OS cannot take (an embedded NUL byte)
+                diagnostics.append(error("FWC002", f"cannot read {name!r}: {exc}",
+                                         statement.span))
+                continue
             chain = [p for p, _ in stack] + [key]
             if target_key in chain:
                 cycle = " -> ".join(

@@ -354,3 +354,12 @@ def test_diff_include_path_inside_the_repository_is_searched(gitrepo: Path):
     assert "192.0.2.21" in result.stdout and "192.0.2.20" in result.stdout
     refused = fwc(gitrepo, "diff", "--no-color", "policies/edge.fw")
     assert refused.returncode == 2 and "error[FWC002]" in refused.stderr
+
+
+def test_a_name_the_os_cannot_take_is_a_diagnostic(tree: Path):
+    (tree / "p.fw").write_text('include "a\\x00b.fw"\n' + BASE, encoding="utf-8")
+    result = fwc(tree, "check", "p.fw")
+    assert result.returncode == 1
+    # FWC002 from the loader today; a stricter string decoding may report it earlier
+    assert "p.fw:1:9: error[FWC0" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
