@@ -8,6 +8,7 @@ import sys
 
 from fwc import __version__
 from fwc.lab.arguments import add_lab_arguments
+from fwc.sources import add_include_path_argument
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_include_path_argument(p)
 
     p = sub.add_parser("explain", help="print the rationale of a diagnostic code")
     p.add_argument("code", nargs="?", help="e.g. FWC201; without it, list every code")
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a placeholder instead of VRRP passwords (for committed trees)")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_include_path_argument(p)
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")
     add_lab_arguments(p)
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --installed reaches the node (as for install)")
     p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
+    add_include_path_argument(p)
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -69,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="in_interface", metavar="IFACE")
     p.add_argument("--out", dest="out_interface", metavar="IFACE")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_include_path_argument(p)
 
     p = sub.add_parser("install", help="push a compiled cluster to its nodes, with rollback")
     p.add_argument("file", metavar="FILE")
@@ -84,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confirm non-interactively (for automation)")
     p.add_argument("--secrets", metavar="FILE", help="fill redacted secrets from FILE")
     p.add_argument("-o", "--output", default="output", metavar="DIR")
+    add_include_path_argument(p)
     return parser
 
 

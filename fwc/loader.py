@@ -1,14 +1,35 @@
-"""Read a policy file and everything it includes, in order, with cycle detection."""
+"""Read a policy file and everything it includes, in order, with cycle detection.
+
+Which files an include may name, and how they are read, is `fwc.sources`' business:
+inside the policy repository or an `--include-path` directory, regular files only,
+bounded in size and in depth.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import posixpath
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fwc import syntax as s
 from fwc.diagnostics import Diagnostic, Related, error
-from fwc.parse import parse_text
+from fwc.parse import PolicyParser, parse_text
+from fwc.sources import (
+    MAX_FILE_BYTES,
+    MAX_INCLUDE_DEPTH,
+    MAX_TOTAL_BYTES,
+    MIB,
+    Refused,
+    inside,
+    read_regular,
+    repository_root,
+    too_large,
+)
+
+Reader = Callable[[Path], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,40 +51,139 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def load(path: str | Path, reader=None) -> tuple[LoadedProgram, list[Diagnostic]]:
-    """Load `path` and its includes. `reader(Path) -> str` lets `fwc diff` read from git."""
-    read = reader or (lambda p: p.read_text(encoding="utf-8"))
+class _Disk:
+    """Files on disk. Keys are resolved paths; includes stay under the roots."""
+
+    def __init__(self, top: Path, include_path: Sequence[Path]) -> None:
+        self.search = tuple(Path(d).resolve() for d in include_path)
+        self.repository = repository_root(top)
+        self.roots = (self.repository, *self.search)
+
+    def key(self, file: Path) -> Path:
+        return file.resolve()
+
+    def shown(self, file: Path) -> str:
+        return display_path(file)
+
+    def exists(self, file: Path) -> bool:
+        return os.path.lexists(file)
+
+    def refuse(self, target: Path, name: str) -> Refused | None:
+        """Why TARGET (named NAME in an include) may not be read, or None."""
+        if inside(target.resolve(), self.roots):
+            return None
+        where = f"the policy repository {self.repository}"
+        hint = ("keep included files inside the repository, or allow their directory "
+                "with --include-path DIR")
+        if inside(Path(os.path.normpath(target.absolute())), self.roots):
+            return Refused("FWC010", f"include '{name}' leads outside {where} through a "
+                           "symbolic link", hint)
+        return Refused("FWC010", f"include '{name}' is outside {where}", hint)
+
+    def read(self, file: Path, shown: str) -> bytes:
+        return read_regular(file.resolve(), shown)
+
+
+class _Through:
+    """Files through a reader (`fwc diff`: a git revision or the work tree).
+
+    Paths are repository-relative and normalised here, so `lib/../edge.fw` is the same
+    file as `edge.fw` (cycle detection) and nothing climbs out of the repository.
+    """
+
+    def __init__(self, reader: Reader, include_path: Sequence[Path]) -> None:
+        self.reader = reader
+        self.search = tuple(Path(posixpath.normpath(Path(d).as_posix())) for d in include_path)
+
+    def key(self, file: Path) -> Path:
+        return Path(posixpath.normpath(file.as_posix()))
+
+    def shown(self, file: Path) -> str:
+        return str(self.key(file))
+
+    def exists(self, file: Path) -> bool:
+        if self.refuse(file, "") is not None:
+            return False  # never even opened
+        try:
+            self.reader(self.key(file))
+        except FileNotFoundError:
+            return False
+        except (OSError, UnicodeDecodeError, Refused):
+            return True  # it is there; reading it again reports the problem
+        return True
+
+    def refuse(self, target: Path, name: str) -> Refused | None:
+        rel = posixpath.normpath(target.as_posix())
+        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
+            return Refused("FWC010", f"include '{name}' is outside the repository",
+                           "keep included files inside the repository")
+        return None
+
+    def read(self, file: Path, shown: str) -> bytes:
+        data = self.reader(self.key(file)).encode("utf-8")
+        if len(data) > MAX_FILE_BYTES:
+            raise too_large(shown)
+        return data
+
+
+def load(path: str | Path, reader: Reader | None = None,
+         include_path: Sequence[Path] = ()) -> tuple[LoadedProgram, list[Diagnostic]]:
+    """Load `path` and its includes. `reader(Path) -> str` lets `fwc diff` read from git.
+
+    INCLUDE_PATH: directories includes may also come from; a relative include not
+    found next to the including file is looked up in them, in order.
+    """
+    root = Path(path)
+    where = _Disk(root, include_path) if reader is None else _Through(reader, include_path)
     diagnostics: list[Diagnostic] = []
     files: list[s.SourceFile] = []
     hashes: list[tuple[str, str]] = []
     loaded: set[Path] = set()
-    root = Path(path)
+    total = 0
+    # One parser for this load: it names each file in its spans, and no other load shares it.
+    policy_parser = PolicyParser()
 
     def visit(file: Path, stack: list[tuple[Path, s.Include | None]]) -> None:
-        key = file.resolve() if reader is None else Path(str(file))
-        shown = display_path(file) if reader is None else str(file)
+        nonlocal total
+        key = where.key(file)
+        shown = where.shown(file)
         if key in loaded:
             return
+        include = stack[-1][1] if stack else None
+        span = include.span if include else None
         try:
-            text = read(file)
+            data = where.read(file, shown)
+            total += len(data)
+            if total > MAX_TOTAL_BYTES:
+                raise Refused("FWC012", f"'{shown}' takes the policy and its includes over "
+                              f"{MAX_TOTAL_BYTES // MIB} MiB",
+                              "split the policy, or include fewer or smaller files")
+            text = data.decode("utf-8")
+        except Refused as exc:
+            diagnostics.append(error(exc.code, exc.message, span, hint=exc.hint))
+            return
         except (OSError, UnicodeDecodeError, KeyError) as exc:
-            include = stack[-1][1] if stack else None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             diagnostics.append(error(
-                "FWC002", f"cannot read '{shown}': {reason}",
-                include.span if include else None,
+                "FWC002", f"cannot read '{shown}': {reason}", span,
                 hint="include paths are relative to the including file" if include else None))
             return
         loaded.add(key)
         hashes.append((shown, hashlib.sha256(text.encode()).hexdigest()))
-        source, diags = parse_text(text, shown)
+        source, diags = parse_text(text, shown, policy_parser)
         diagnostics.extend(diags)
         files.append(source)
         for statement in source.statements:
             if not isinstance(statement, s.Include):
                 continue
-            target = file.parent / statement.path.text
-            target_key = target.resolve() if reader is None else Path(str(target))
+            name = statement.path.text
+            try:
+                target = _locate(where, file, name)
+                target_key = where.key(target)
+            except ValueError as exc:  # a name the OS cannot take (an embedded NUL byte)
+                diagnostics.append(error("FWC002", f"cannot read {name!r}: {exc}",
+                                         statement.span))
+                continue
             chain = [p for p, _ in stack] + [key]
             if target_key in chain:
                 cycle = " -> ".join(
@@ -75,9 +195,31 @@ def load(path: str | Path, reader=None) -> tuple[LoadedProgram, list[Diagnostic]
                     related=[Related(inc.span, "included here")
                              for _, inc in stack[1:] if inc is not None]))
                 continue
+            if len(chain) >= MAX_INCLUDE_DEPTH:
+                diagnostics.append(error(
+                    "FWC013", f"includes nested more than {MAX_INCLUDE_DEPTH} files deep",
+                    statement.span, hint="include the shared files from fewer levels"))
+                continue
+            refused = where.refuse(target, name)
+            if refused is not None:
+                diagnostics.append(error(refused.code, refused.message, statement.span,
+                                         hint=refused.hint))
+                continue
             visit(target, [*stack, (key, statement)])
 
     visit(root, [])
-    program = LoadedProgram(display_path(root) if reader is None else str(root),
+    program = LoadedProgram(where.shown(root) if reader is not None else display_path(root),
                             tuple(files), tuple(hashes))
     return program, diagnostics
+
+
+def _locate(where: _Disk | _Through, including: Path, name: str) -> Path:
+    """The file an include names: next to the including file, else in the include path."""
+    here = including.parent / name
+    if Path(name).is_absolute() or not where.search or where.exists(here):
+        return here
+    for directory in where.search:
+        candidate = directory / name
+        if where.exists(candidate):
+            return candidate
+    return here

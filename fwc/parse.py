@@ -12,6 +12,8 @@ from pathlib import Path
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.grammar import Rule
+from lark.lexer import TerminalDef
 
 from fwc import syntax as s
 from fwc.diagnostics import Diagnostic, Span, error
@@ -43,26 +45,49 @@ def grammar_text() -> str:
     return checkout.read_text(encoding="utf-8")
 
 
-def _lark_options() -> dict[str, object]:
+def _plugins() -> dict[str, object]:
     # lark-cython, when installed (extra `fast`), parses about 20% faster (1.75 -> 1.38 s for
     # 20,000 rules with this inline transformer); pure lark is the fallback.
     try:
         import lark_cython
     except ImportError:
-        return {"cache": True}
-    return {"_plugins": lark_cython.plugins, "cache": True}
+        return {}
+    return {"_plugins": lark_cython.plugins}
 
 
-@functools.lru_cache(maxsize=64)
-def parser(path: str = "<policy>") -> Lark:
-    """A parser that builds the syntax tree while parsing, with spans naming `path`.
+@functools.cache
+def _tables() -> tuple[dict, dict]:
+    """The analysed grammar (LALR tables, terminals, rules) as plain data, once per process.
+
+    Built in memory, never with lark's `cache=True`: that option loads whatever pickle sits
+    at a predictable name in the shared temp directory, so any local user could run code as
+    whoever runs fwc. Building costs about 50 ms per process (docs/performance.md); the
+    result is only read afterwards (every parser deserialises its own objects from it).
+    """
+    base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, **_plugins())
+    return base.memo_serialize([TerminalDef, Rule])
+
+
+class PolicyParser:
+    """A parser that builds the syntax tree while parsing, with spans naming the parsed file.
 
     The tree is built by an inline transformer (no intermediate lark tree), which is
     what makes 20,000-rule policies parse fast; spans come from tokens because lark's
-    propagate_positions costs more than the parse itself.
+    propagate_positions costs more than the parse itself. The transformer is this
+    object's own, so a run (one `fwc.loader.load`) owns its parser and the path it sets
+    for each parse can never leak into another run's spans. Not for use by two threads
+    at once.
     """
-    return Lark(grammar_text(), parser="lalr", maybe_placeholders=False,
-                transformer=_Builder(path), **_lark_options())
+
+    def __init__(self) -> None:
+        self._builder = _Builder("<policy>")
+        data, memo = _tables()
+        # ~6 ms: the tables are analysed once per process, only the objects are per parser.
+        self._lark = Lark._load_from_dict(data, memo, transformer=self._builder, **_plugins())
+
+    def parse(self, text: str, path: str) -> list:
+        self._builder.path = path
+        return self._lark.parse(text)
 
 
 def _describe(terminal: str) -> str:
@@ -106,14 +131,17 @@ def _blank_line(text: str, line: int) -> str:
     return "\n".join(lines)
 
 
-def parse_text(text: str, path: str) -> tuple[s.SourceFile, list[Diagnostic]]:
+def parse_text(text: str, path: str,
+               parser: PolicyParser | None = None) -> tuple[s.SourceFile, list[Diagnostic]]:
+    """Parse TEXT, spans naming PATH; PARSER is reused across the files of one run."""
+    parser = parser or PolicyParser()
     diagnostics: list[Diagnostic] = []
     attempt = text
     tree: list | None = None
     seen_lines: set[int] = set()
     while tree is None:
         try:
-            tree = parser(path).parse(attempt)
+            tree = parser.parse(attempt, path)
         except UnexpectedInput as exc:
             diagnostics.append(_syntax_diagnostic(path, exc, attempt))
             line = getattr(exc, "line", 0) or 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ class Analysis:
 
 
 def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
-            read_secret=None) -> Analysis:
-    program, diagnostics = load(path, reader)
+            read_secret=None, include_path: Sequence[Path] = ()) -> Analysis:
+    program, diagnostics = load(path, reader, include_path)
     if has_errors(diagnostics):
         return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
     from fwc.resolve import resolve

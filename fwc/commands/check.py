@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     diagnostics: list[Diagnostic] = []
     texts: dict[str, str] = {}
     for path in args.files:
-        analysis = analyse(path)
+        analysis = analyse(path, include_path=args.include_path)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
     print_diagnostics(diagnostics, texts, args.format)

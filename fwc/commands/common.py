@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Severity, render_json, render_text
 from fwc.model import Policy
@@ -55,9 +56,9 @@ def failed(diagnostics: Iterable[Diagnostic], strict: bool) -> bool:
                for d in diagnostics)
 
 
-def clean_policy(path: str) -> Policy | None:
+def clean_policy(path: str, include_path: Sequence[Path] = ()) -> Policy | None:
     """The policy when it checks clean; otherwise None, after printing why."""
-    analysis = analyse(path)
+    analysis = analyse(path, include_path=include_path)
     if analysis.ok and analysis.policy is not None:
         return analysis.policy
     print_diagnostics(analysis.diagnostics, analysis.program.texts)

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    analysis = analyse(args.file)
+    analysis = analyse(args.file, include_path=args.include_path)
     diagnostics = list(analysis.diagnostics)
     policy = analysis.policy
     if policy is None or failed(diagnostics, args.strict):

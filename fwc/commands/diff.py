@@ -64,13 +64,24 @@ def repo_relative(repo: Path, path: str) -> str:
             raise UsageError(f"'{path}' is outside the repository {repo}") from None
 
 
+def _include_dir(repo: Path, directory: Path) -> str:
+    try:
+        return repo_relative(repo, str(directory))
+    except UsageError:
+        raise UsageError(f"--include-path '{directory}' is outside the repository {repo}: "
+                         "fwc diff reads both sides from git") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     words = [w for w in args.args if w != "--"]
     first_file = next((w for w in words if Path(w).exists()), None)
     repo = repo_root(Path(first_file).parent if first_file else Path.cwd())
     spec, file_args = split_args(repo, words)
+    # Both sides are read from git, so a search directory must be part of the repository.
+    searched = [Path(_include_dir(repo, d)) for d in getattr(args, "include_path", [])]
     old, new = parse_range(repo, spec)
-    policies = [repo_relative(repo, f) for f in file_args] or changed_policies(old, new)
+    policies = ([repo_relative(repo, f) for f in file_args]
+                or changed_policies(old, new, searched))
     for rel in policies:
         if not old.exists(rel) and not new.exists(rel):
             raise UsageError(f"'{rel}' exists neither in {old.label} nor in the {new.label}")
@@ -81,8 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fwc-diff-") as scratch:
         for number, rel in enumerate(policies):
             try:
-                before = compile_side(old, rel, Path(scratch) / f"{number}-old")
-                after = compile_side(new, rel, Path(scratch) / f"{number}-new")
+                before = compile_side(old, rel, Path(scratch) / f"{number}-old", searched)
+                after = compile_side(new, rel, Path(scratch) / f"{number}-new", searched)
             except BuildError as exc:
                 _report_broken(exc)
                 return EXIT_USAGE

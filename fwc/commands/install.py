@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,10 @@ class Target:
     members: list[Member]
 
 
-def load_policy(path: str) -> Policy:
+def load_policy(path: str, include_path: Sequence[Path] = ()) -> Policy:
     if not Path(path).is_file():
         raise UsageError(f"cannot read '{path}'")
-    policy = clean_policy(path)
+    policy = clean_policy(path, include_path)
     if policy is None:
         raise UsageError(f"{path} does not check clean: nothing installed")
     return policy
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
         settle_timeout: float = DEFAULT_SETTLE_TIMEOUT) -> int:
     """The CLI entry; tests pass a fake CHECK (no daemons) and a short SETTLE_TIMEOUT."""
     try:
-        policy = load_policy(args.file)
+        policy = load_policy(args.file, args.include_path)
         targets = choose(policy, args.member, args.all)
         inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
         secrets = read_secrets(Path(args.secrets)) if args.secrets else None

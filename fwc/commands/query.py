@@ -241,7 +241,7 @@ def answer(policy: model.Policy, question: Question) \
 
 
 def run(args: argparse.Namespace) -> int:
-    analysis = analyse(args.file, run_checks=False)
+    analysis = analyse(args.file, run_checks=False, include_path=args.include_path)
     if analysis.policy is None or has_errors(analysis.diagnostics):
         print_diagnostics([d for d in analysis.diagnostics if d.is_error],
                           analysis.program.texts)

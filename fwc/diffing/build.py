@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from fwc.diagnostics import Diagnostic
 from fwc.diffing.git import Side
 from fwc.model import Policy
 from fwc.pipeline import analyse
+from fwc.sources import Refused
 
 
 @dataclass
@@ -29,12 +31,16 @@ class BuildError(Exception):
         self.diagnostics = diagnostics
 
 
-def compile_side(side: Side, rel: str, scratch: Path) -> Build:
-    """Analyse and compile REL as it is on SIDE; secrets redacted (diffs end up in logs)."""
+def compile_side(side: Side, rel: str, scratch: Path,
+                 include_path: Sequence[Path] = ()) -> Build:
+    """Analyse and compile REL as it is on SIDE; secrets redacted (diffs end up in logs).
+
+    INCLUDE_PATH: repository-relative directories, read on SIDE like the policy."""
     build = Build(side, rel, None, None, {})
     if not side.exists(rel):
         return build
-    analysis = analyse(Path(rel), reader=side.read, read_secret=_secret_reader(side))
+    analysis = analyse(Path(rel), reader=side.read, read_secret=_secret_reader(side),
+                       include_path=include_path)
     build.texts = analysis.program.texts
     if not analysis.ok or analysis.policy is None:
         raise BuildError(build, analysis.diagnostics)
@@ -52,6 +58,6 @@ def _secret_reader(side: Side):  # type: ignore[no-untyped-def]
     def read(path: Path) -> str:
         try:
             return side.read(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, Refused):  # not tracked, or outside the repository
             return path.read_text(encoding="utf-8")
     return read

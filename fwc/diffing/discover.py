@@ -9,6 +9,7 @@ side) changed between the two sides.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from fwc.diffing.git import Side, changed_paths, normalise
@@ -24,17 +25,18 @@ def candidates(old: Side, new: Side) -> list[str]:
     return sorted(found)
 
 
-def sources(side: Side, rel: str) -> set[str]:
+def sources(side: Side, rel: str, include_path: Sequence[Path] = ()) -> set[str]:
     """Every file REL reads on SIDE (itself and its includes); empty if absent."""
     if not side.exists(rel):
         return set()
-    program, _ = load(Path(rel), reader=side.read)
+    program, _ = load(Path(rel), reader=side.read, include_path=include_path)
     return {normalise(path) for path, _ in program.hashes} | {rel}
 
 
-def changed_policies(old: Side, new: Side) -> list[str]:
+def changed_policies(old: Side, new: Side, include_path: Sequence[Path] = ()) -> list[str]:
     changed = changed_paths(old, new)
     names = candidates(old, new)
-    reads = {rel: sources(old, rel) | sources(new, rel) for rel in names}
+    reads = {rel: sources(old, rel, include_path) | sources(new, rel, include_path)
+             for rel in names}
     included = {path for rel, paths in reads.items() for path in paths if path != rel}
     return [rel for rel in names if rel not in included and reads[rel] & changed]

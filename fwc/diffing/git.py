@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from fwc.sources import MAX_FILE_BYTES, Refused, inside, read_regular, too_large
+
 WORKTREE = None  # the `rev` of a Side that reads the working tree
 
 Reader = Callable[[Path], str]
@@ -76,6 +78,30 @@ def worktree_name(name: str) -> str | None:
     return _utf8_name(os.fsencode(name))
 
 
+def _git_blob(repo: Path, spec: str, limit: int) -> bytes | None:
+    """At most LIMIT + 1 bytes of the blob SPEC (None when it is not a blob), never more
+    in memory however large the blob is."""
+    try:
+        proc = subprocess.Popen(["git", "-C", str(repo), "cat-file", "blob", spec],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed") from exc
+    assert proc.stdout is not None
+    with proc.stdout:
+        data = proc.stdout.read(limit + 1)
+    if len(data) > limit:
+        proc.kill()
+    try:
+        status = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.wait()
+        raise GitError(f"git cat-file blob {spec} timed out") from exc
+    if len(data) > limit:
+        return data
+    return data if status == 0 else None
+
+
 def repo_root(start: Path) -> Path:
     proc = git(start, "rev-parse", "--show-toplevel", check=False)
     if proc.returncode != 0:
@@ -113,13 +139,21 @@ class Side:
     label: str  # what the user typed, for messages: HEAD, abc123, "working tree"
 
     def read(self, path: Path) -> str:
+        """REL's text on this side: a regular file inside the repository, bounded in size."""
         rel = normalise(path)
         if self.rev is WORKTREE:
-            return (self.repo / rel).read_text(encoding="utf-8")
-        proc = git(self.repo, "show", f"{self.rev}:{rel}", check=False)
-        if proc.returncode != 0:
+            repo = self.repo.resolve()
+            target = (repo / rel).resolve()
+            if not inside(target, [repo]):
+                raise Refused("FWC010", f"'{rel}' leads outside the repository",
+                              "keep policy files inside the repository")
+            return read_regular(target, rel).decode("utf-8")
+        data = _git_blob(self.repo, f"{self.rev}:{rel}", MAX_FILE_BYTES)
+        if data is None:
             raise FileNotFoundError(2, f"not in {self.label}", rel)
-        return proc.stdout
+        if len(data) > MAX_FILE_BYTES:
+            raise too_large(rel)
+        return data.decode("utf-8")
 
     def exists(self, rel: str) -> bool:
         if self.rev is WORKTREE:

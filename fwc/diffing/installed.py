@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     path = args.args[0]
     if not Path(path).is_file():
         raise Usage(f"cannot read '{path}'")
-    policy = clean_policy(path)
+    policy = clean_policy(path, args.include_path)
     if policy is None:
         raise Usage(f"{path} does not check clean")
     cluster = next((c for c in policy.clusters if c.member(args.installed)), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,12 +137,16 @@ def _first(addresses: AddressSet) -> ipaddress.IPv4Address | ipaddress.IPv6Addre
 
 
 def load_policy_cluster(
-    policy_file: Path, compiled: Path | None, tmp: Path, cluster_name: str | None = None
+    policy_file: Path,
+    compiled: Path | None,
+    tmp: Path,
+    cluster_name: str | None = None,
+    include_path: Sequence[Path] = (),
 ) -> tuple[LabCluster, Path]:
     """Analyse POLICY_FILE, compile it (unless COMPILED is given) and pick one cluster."""
     from fwc.pipeline import analyse
 
-    analysis = analyse(policy_file)
+    analysis = analyse(policy_file, include_path=include_path)
     if not analysis.ok or analysis.policy is None:
         msgs = "; ".join(d.message for d in analysis.diagnostics[:5])
         raise LabError(f"{policy_file} does not check cleanly: {msgs}")
@@ -153,7 +158,7 @@ def load_policy_cluster(
         raise LabError(f"no cluster {cluster_name!r} in {policy_file}")
     if compiled is None:
         compiled = tmp / "compiled"
-        _compile(policy_file, compiled)
+        _compile(policy_file, compiled, include_path)
     out = compiled / cluster.name
     if not out.is_dir():
         raise LabError(f"no compiled output for cluster {cluster.name} in {compiled}")
@@ -161,7 +166,10 @@ def load_policy_cluster(
 
 
 def fast_keepalived_confs(
-    policy_file: Path, advert_ms: int = 100, cluster_name: str | None = None
+    policy_file: Path,
+    advert_ms: int = 100,
+    cluster_name: str | None = None,
+    include_path: Sequence[Path] = (),
 ) -> dict[str, str]:
     """keepalived.conf per member as fwc generates it for `vrrp { advert 100ms version 3 }`.
 
@@ -174,7 +182,7 @@ def fast_keepalived_confs(
     from fwc.pipeline import analyse
     from fwc.render.daemons import keepalived_conf
 
-    analysis = analyse(policy_file, run_checks=False)
+    analysis = analyse(policy_file, run_checks=False, include_path=include_path)
     if analysis.policy is None:
         return {}
     cluster = analysis.policy.cluster(cluster_name) if cluster_name else analysis.policy.clusters[0]
@@ -187,7 +195,7 @@ def fast_keepalived_confs(
     return {m.name: keepalived_conf(fast, m) for m in fast.members}
 
 
-def _compile(policy_file: Path, outdir: Path) -> None:
+def _compile(policy_file: Path, outdir: Path, include_path: Sequence[Path] = ()) -> None:
     """Run `fwc compile FILE -o OUTDIR` in-process."""
     import contextlib
     import io
@@ -196,7 +204,8 @@ def _compile(policy_file: Path, outdir: Path) -> None:
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["compile", str(policy_file), "-o", str(outdir)])
+        searched = [word for d in include_path for word in ("--include-path", str(d))]
+        rc = main(["compile", str(policy_file), "-o", str(outdir), *searched])
     if rc != 0 or not outdir.is_dir():
         shutil.rmtree(outdir, ignore_errors=True)
         raise LabError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fwc.sources import add_include_path_argument
+
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -43,6 +45,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")
+    add_include_path_argument(parser)
     parser.add_argument("--prefix", help="namespace prefix (default fwc<pid>)")
     parser.add_argument(
         "--teardown",

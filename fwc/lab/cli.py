@@ -23,6 +23,7 @@ def run_lab(args: argparse.Namespace) -> int:
         ("prefix", None),
         ("json_out", getattr(args, "json", None)),
         ("cluster", None),
+        ("include_path", []),
     ):
         if getattr(args, name, None) is None:
             setattr(args, name, default)
@@ -56,7 +57,12 @@ def run_lab(args: argparse.Namespace) -> int:
             if args.file.suffix != ".json":
                 from fwc.lab.adapter import fast_keepalived_confs
 
-                fast = fast_keepalived_confs(args.file, cluster_name=cluster.name) or None
+                fast = (
+                    fast_keepalived_confs(
+                        args.file, cluster_name=cluster.name, include_path=args.include_path
+                    )
+                    or None
+                )
             options = LabOptions(
                 keep=args.keep,
                 remap=args.remap,
@@ -90,7 +96,9 @@ def _load(args: argparse.Namespace, tmp: Path) -> tuple[LabCluster, Path]:
         return cluster, args.compiled / cluster.name
     from fwc.lab.adapter import load_policy_cluster
 
-    return load_policy_cluster(args.file, args.compiled, tmp, args.cluster)
+    return load_policy_cluster(
+        args.file, args.compiled, tmp, args.cluster, include_path=args.include_path
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,131 @@
+"""How the parser is built (issue 10): never from a pickle others can write; one per run.
+
+lark's `cache=True` stored the analysed grammar as a pickle at a predictable name in
+the shared temp directory and loaded whatever pickle it found there: another local
+user could plant one and run code as whoever runs fwc.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from checkkit import REPO
+
+from fwc import parse
+from fwc.parse import PolicyParser, parse_text
+
+EDGE = REPO / "policies" / "edge.fw"
+
+# Writes, into the temp directory it is given, exactly the cache file lark's cache=True
+# uses for fwc's grammar and parser options (the transformer and plugins are not part
+# of lark's cache key), then replaces its pickle by one that creates MARKER when loaded.
+PLANT = r"""
+import glob, os, pathlib, pickle, sys, tempfile
+from lark import Lark
+from fwc.parse import grammar_text
+
+Lark(grammar_text(), parser="lalr", maybe_placeholders=False, cache=True)
+marker = pathlib.Path(sys.argv[1])
+
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (marker,))
+
+names = glob.glob(os.path.join(tempfile.gettempdir(), ".lark_cache*"))
+assert names, "lark wrote no cache file"
+for name in names:
+    with open(name, "rb") as f:
+        digest = f.readline()
+    with open(name, "wb") as f:
+        f.write(digest)
+        pickle.dump(Payload(), f)
+"""
+
+# What the parser did before: proves that the planted file is one lark would load.
+OLD_PARSER = r"""
+from lark import Lark
+from fwc.parse import grammar_text
+Lark(grammar_text(), parser="lalr", maybe_placeholders=False, cache=True)
+"""
+
+
+def run_python(tmpdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def test_a_planted_pickle_in_the_temp_dir_is_never_loaded(tmp_path: Path):
+    shared_tmp = tmp_path / "shared-tmp"
+    shared_tmp.mkdir()
+    marker = tmp_path / "code-ran"
+    planted = run_python(shared_tmp, "-c", PLANT, str(marker))
+    assert planted.returncode == 0, planted.stderr
+    # the plant works: lark with cache=True runs it
+    run_python(shared_tmp, "-c", OLD_PARSER)
+    assert marker.exists(), "the planted pickle is not one lark loads: the test proves nothing"
+    marker.unlink()
+    before = sorted(p.name for p in shared_tmp.iterdir())
+
+    result = run_python(shared_tmp, "-m", "fwc", "check", str(EDGE))
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), "fwc loaded a parser pickle from the shared temp directory"
+    # and fwc leaves nothing there for the next run to trust
+    assert sorted(p.name for p in shared_tmp.iterdir()) == before
+
+
+def test_the_grammar_is_analysed_once_per_process_not_per_path(monkeypatch: pytest.MonkeyPatch):
+    built: list[object] = []
+    real = parse.Lark
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(kwargs.get("transformer"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(parse, "Lark", Counting)
+    parse._tables.cache_clear()
+    try:
+        text = EDGE.read_text(encoding="utf-8")
+        for n in range(80):
+            source, diagnostics = parse_text(text, f"f{n}.fw")
+            assert diagnostics == []
+            assert {st.span.file for st in source.statements} == {f"f{n}.fw"}
+        assert built == [None]  # one analysis, without a transformer bound to a path
+    finally:
+        parse._tables.cache_clear()
+
+
+def test_one_parser_names_each_file_it_parses():
+    parser = PolicyParser()
+    a, _ = parse_text("network a 192.0.2.0/24\n", "a.fw", parser)
+    b, _ = parse_text("network b 192.0.2.0/24\n", "b.fw", parser)
+    assert a.statements[0].span.file == "a.fw"
+    assert b.statements[0].span.file == "b.fw"
+
+
+def test_runs_in_threads_do_not_share_paths():
+    text = EDGE.read_text(encoding="utf-8")
+    wrong: list[str] = []
+    start = threading.Barrier(4)
+
+    def one_run(n: int) -> None:
+        parser = PolicyParser()  # what every fwc.loader.load does
+        start.wait(timeout=30)
+        for round_ in range(15):
+            name = f"t{n}-{round_}.fw"
+            source, _ = parse_text(text, name, parser)
+            wrong.extend(s.span.file for s in source.statements if s.span.file != name)
+
+    threads = [threading.Thread(target=one_run, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert wrong == []
