@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --installed reaches the node (as for install)")
     p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
+    p.add_argument("--secrets", metavar="FILE",
+                   help="with --installed: the secrets file install was given")
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
-import hashlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -21,12 +20,12 @@ from pathlib import Path
 from fwc.arrange import optimise
 from fwc.ipsets import render as render_ipsets
 from fwc.lower import LowerOptions, lower, options_for
+from fwc.manifest import NAME as MANIFEST
+from fwc.manifest import Manifest, ManifestError
 from fwc.model import Cluster, Member, Policy
 from fwc.render import daemons
 from fwc.render.iptables import render as render_iptables
 
-MANIFEST = "MANIFEST"
-MANIFEST_HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
 MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755
 
 
@@ -97,16 +96,10 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
 
 
 def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> bytes:
-    """No timestamps, no absolute paths: the same policy gives the same bytes anywhere."""
     root = source_root(policy)
-    lines = [MANIFEST_HEADER,
-             f"cluster {cluster.name}",
-             f"policy {relative_source(policy.root, root)}"]
-    for source in sorted(policy.sources, key=lambda s: relative_source(s.path, root)):
-        lines.append(f"source {source.sha256}  {relative_source(source.path, root)}")
-    for f in sorted(files, key=lambda f: f.path):
-        lines.append(f"file {hashlib.sha256(f.content).hexdigest()}  {f.path}")
-    return ("\n".join(lines) + "\n").encode()
+    return Manifest.build(cluster.name, relative_source(policy.root, root),
+                          ((relative_source(s.path, root), s.sha256) for s in policy.sources),
+                          ((f.path, f.content) for f in files)).render()
 
 
 def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
@@ -127,15 +120,9 @@ def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
 def manifest_owner(cluster_dir: Path) -> str | None:
     """The root policy named by a cluster directory's MANIFEST (None: not fwc's)."""
     try:
-        text = (cluster_dir / MANIFEST).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return Manifest.read(cluster_dir).policy
+    except ManifestError:
         return None
-    if not text.startswith(MANIFEST_HEADER):
-        return None
-    for line in text.splitlines():
-        if line.startswith("policy "):
-            return line[len("policy "):]
-    return None
 
 
 def _exchange(a: Path, b: Path) -> bool:
