@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="output", metavar="DIR")
     p.add_argument("--redact-secrets", action="store_true",
                    help="write a placeholder instead of VRRP passwords (for committed trees)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an output directory that holds files fwc did not write")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
 

@@ -19,7 +19,18 @@ describe("FWC510", "output directory cannot be written", Severity.ERROR, """
 `fwc compile` writes into a staging copy of the output directory and swaps it in
 only when everything succeeded. It refuses to overwrite a cluster directory that
 another policy's MANIFEST claims, or one that fwc did not write (no MANIFEST);
-file system errors end up here too. Nothing under the output directory changes.""",
+file system errors end up here too. Nothing under the output directory changes.
+An output path that is a symbolic link stands for the directory it points to;
+a link to anything else is refused.""",
+         "compile")
+
+describe("FWC511", "output directory holds files fwc did not write", Severity.ERROR, """
+`fwc compile -o DIR` replaces DIR as a whole (a staging copy swapped in), and
+the cluster directories it owns inside it. A mistyped `-o` (a home directory,
+/etc, a checkout) or a file dropped into a cluster directory would be rewritten
+or lost without a word, so a DIR holding anything without an fwc MANIFEST, or
+files a MANIFEST does not list, is refused. `--force` writes anyway: other
+content is kept, apart from unlisted files inside the replaced clusters.""",
          "compile")
 
 
