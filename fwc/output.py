@@ -281,8 +281,8 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
                                              if len(foreign) > 5 else "")
             raise ForeignContent(f"'{output_dir}' holds files fwc did not write ({shown}); "
                                  "choose another output directory, remove them, or give "
-                                 "--force to write anyway (they are kept, except inside the "
-                                 "cluster directories fwc replaces)")
+                                 "--force to write anyway (they are kept, apart from those at "
+                                 "or inside the cluster directories fwc replaces)")
     staging = parent / f".{output_dir.name}.fwc-staging-{os.getpid()}"
     old = parent / f".{output_dir.name}.fwc-old-{os.getpid()}"
     try:
@@ -293,7 +293,9 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             os.mkdir(staging, 0o700)
             final_mode = 0o777 & ~_umask()
         for name in sorted(new_names | set(removed)):
-            if (staging / name).exists():
+            if (staging / name).is_symlink():  # foreign, kept only with --force
+                (staging / name).unlink()
+            elif (staging / name).exists():
                 shutil.rmtree(staging / name)
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)

@@ -129,6 +129,19 @@ def test_foreign_files_are_refused_unless_forced(edge, tmp_path, capsys):
     assert (out / "edge" / "MANIFEST").is_file()
 
 
+def test_a_link_named_like_a_cluster_is_foreign_and_forced_replaced(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "edge").symlink_to(elsewhere)
+    assert compile_to(edge, out) == 1
+    assert "error[FWC511]" in capsys.readouterr().err
+    assert compile_to(edge, out, "--force") == 0
+    assert not (out / "edge").is_symlink() and (out / "edge" / "MANIFEST").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_an_unlisted_file_in_a_cluster_directory_is_foreign(edge, tmp_path, capsys):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0

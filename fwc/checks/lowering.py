@@ -30,7 +30,8 @@ the cluster directories it owns inside it. A mistyped `-o` (a home directory,
 /etc, a checkout) or a file dropped into a cluster directory would be rewritten
 or lost without a word, so a DIR holding anything without an fwc MANIFEST, or
 files a MANIFEST does not list, is refused. `--force` writes anyway: other
-content is kept, apart from unlisted files inside the replaced clusters.""",
+content is kept, apart from what sits at or inside the cluster directories that
+the compile replaces.""",
          "compile")
 
 
