@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="output", metavar="DIR")
     p.add_argument("--redact-secrets", action="store_true",
                    help="write a placeholder instead of VRRP passwords (for committed trees)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an output directory that holds files fwc did not write")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
     add_include_path_argument(p)
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --installed reaches the node (as for install)")
     p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
+    p.add_argument("--secrets", metavar="FILE",
+                   help="with --installed: the secrets file install was given")
     add_include_path_argument(p)
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")

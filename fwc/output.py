@@ -8,12 +8,13 @@ old one, so a failure leaves every file under DIR as it was.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
-import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +22,25 @@ from pathlib import Path
 from fwc.arrange import optimise
 from fwc.ipsets import render as render_ipsets
 from fwc.lower import LowerOptions, lower, options_for
+from fwc.manifest import NAME as MANIFEST
+from fwc.manifest import Manifest, ManifestError
 from fwc.model import Cluster, Member, Policy
 from fwc.render import daemons
 from fwc.render.iptables import render as render_iptables
 
-MANIFEST = "MANIFEST"
-MANIFEST_HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
 MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755
 
 
 class OutputError(Exception):
     """The output directory cannot be written as asked; the message says why."""
+
+    code = "FWC510"
+
+
+class ForeignContent(OutputError):
+    """The output directory holds files fwc did not write (and --force was not given)."""
+
+    code = "FWC511"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +106,10 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
 
 
 def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> bytes:
-    """No timestamps, no absolute paths: the same policy gives the same bytes anywhere."""
     root = source_root(policy)
-    lines = [MANIFEST_HEADER,
-             f"cluster {cluster.name}",
-             f"policy {relative_source(policy.root, root)}"]
-    for source in sorted(policy.sources, key=lambda s: relative_source(s.path, root)):
-        lines.append(f"source {source.sha256}  {relative_source(source.path, root)}")
-    for f in sorted(files, key=lambda f: f.path):
-        lines.append(f"file {hashlib.sha256(f.content).hexdigest()}  {f.path}")
-    return ("\n".join(lines) + "\n").encode()
+    return Manifest.build(cluster.name, relative_source(policy.root, root),
+                          ((relative_source(s.path, root), s.sha256) for s in policy.sources),
+                          ((f.path, f.content) for f in files)).render()
 
 
 def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
@@ -127,15 +130,9 @@ def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
 def manifest_owner(cluster_dir: Path) -> str | None:
     """The root policy named by a cluster directory's MANIFEST (None: not fwc's)."""
     try:
-        text = (cluster_dir / MANIFEST).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return Manifest.read(cluster_dir).policy
+    except ManifestError:
         return None
-    if not text.startswith(MANIFEST_HEADER):
-        return None
-    for line in text.splitlines():
-        if line.startswith("policy "):
-            return line[len("policy "):]
-    return None
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -164,13 +161,15 @@ def _write_cluster(directory: Path, cluster: ClusterOutput) -> None:
         os.chmod(path, f.mode)  # the umask may have removed bits
 
 
-def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutput]) -> list[str]:
+def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutput],
+                 force: bool = False) -> list[str]:
     """Replace this policy's clusters under output_dir; returns the removed cluster names.
 
     Clusters whose MANIFEST names another policy are kept; a cluster of this
-    policy that another policy's MANIFEST already claims is an error.
+    policy that another policy's MANIFEST already claims is an error. Content
+    fwc did not write is refused (ForeignContent) unless FORCE.
     """
-    output_dir = Path(output_dir)
+    output_dir = _follow_link(Path(output_dir))
     parent = output_dir.parent if str(output_dir.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -181,20 +180,90 @@ def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutpu
         # Two compiles into one output directory would each swap in their own copy
         # and lose the other's clusters: serialise them on the parent directory.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_locked(output_dir, parent, policy_name, clusters)
+        _remove_leftovers(parent, output_dir.name)
+        return _write_locked(output_dir, parent, policy_name, clusters, force)
     finally:
         os.close(lock)
 
 
+def _follow_link(output_dir: Path) -> Path:
+    """An output path that is a symbolic link means its target directory.
+
+    Swapping the staging copy with the link itself would replace the link by a
+    directory (and leave the old target unchanged), so the link is resolved
+    once, here, and everything below works on the real directory.
+    """
+    if not output_dir.is_symlink():
+        return output_dir
+    target = Path(os.path.realpath(output_dir))
+    if not target.is_dir():
+        raise OutputError(f"'{output_dir}' is a symbolic link to '{target}', which is not an "
+                          "existing directory: fwc writes into the directory a link points "
+                          "to; create that directory or give -o a directory")
+    return target
+
+
+def _is_leftover(name: str, output_name: str) -> bool:
+    for kind in ("staging", "old"):
+        prefix = f".{output_name}.fwc-{kind}-"
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return True
+    return False
+
+
+def _remove_leftovers(parent: Path, output_name: str) -> None:
+    """Staging and old copies a killed compile left next to the output directory.
+
+    Called under the parent's lock, which every compile into this output
+    directory holds while its own copies exist: any copy found now belongs to a
+    process that died (its PID may already be reused, so the PID is not asked).
+    """
+    try:
+        entries = sorted(os.scandir(parent), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if not _is_leftover(entry.name, output_name):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def foreign_content(output_dir: Path) -> list[str]:
+    """Paths under OUTPUT_DIR that fwc did not write (relative, sorted).
+
+    A directory with an fwc MANIFEST is fwc's, apart from files its MANIFEST
+    does not list; empty directories hold nothing to lose.
+    """
+    out: list[str] = []
+    for entry in sorted(output_dir.iterdir()):
+        if entry.is_symlink() or not entry.is_dir():
+            out.append(entry.name)
+            continue
+        try:
+            listed = {e.path for e in Manifest.read(entry).files} | {MANIFEST}
+        except ManifestError:
+            listed = set()
+        for path in sorted(entry.rglob("*")):
+            if path.is_symlink() or not path.is_dir():
+                rel = str(path.relative_to(entry))
+                if rel not in listed:
+                    out.append(f"{entry.name}/{rel}")
+    return out
+
+
 def _write_locked(output_dir: Path, parent: Path, policy_name: str,
-                  clusters: list[ClusterOutput]) -> list[str]:
+                  clusters: list[ClusterOutput], force: bool) -> list[str]:
     new_names = {c.name for c in clusters}
     removed: list[str] = []
-    if output_dir.exists() and not output_dir.is_dir():
+    if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
         raise OutputError(f"'{output_dir}' exists and is not a directory")
     if output_dir.exists():
         for entry in sorted(output_dir.iterdir()):
-            if not entry.is_dir():
+            if not entry.is_dir() or entry.is_symlink():
                 continue
             owner = manifest_owner(entry)
             if entry.name in new_names and owner is not None and owner != policy_name:
@@ -206,18 +275,31 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
                                   "remove it or choose another output directory")
             if entry.name not in new_names and owner == policy_name:
                 removed.append(entry.name)
+        foreign = foreign_content(output_dir)
+        if foreign and not force:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                             if len(foreign) > 5 else "")
+            raise ForeignContent(f"'{output_dir}' holds files fwc did not write ({shown}); "
+                                 "choose another output directory, remove them, or give "
+                                 "--force to write anyway (they are kept, apart from those at "
+                                 "or inside the cluster directories fwc replaces)")
     staging = parent / f".{output_dir.name}.fwc-staging-{os.getpid()}"
     old = parent / f".{output_dir.name}.fwc-old-{os.getpid()}"
     try:
         if output_dir.exists():
-            shutil.copytree(output_dir, staging, symlinks=True)
+            _copy_tree(output_dir, staging)
+            final_mode = stat.S_IMODE(output_dir.stat().st_mode)
         else:
-            staging.mkdir()
+            os.mkdir(staging, 0o700)
+            final_mode = 0o777 & ~_umask()
         for name in sorted(new_names | set(removed)):
-            if (staging / name).exists():
+            if (staging / name).is_symlink():  # foreign, kept only with --force
+                (staging / name).unlink()
+            elif (staging / name).exists():
                 shutil.rmtree(staging / name)
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
+        os.chmod(staging, final_mode)
         if not output_dir.exists():
             staging.rename(output_dir)
         elif _exchange(staging, output_dir):
@@ -234,6 +316,43 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
         raise OutputError(f"cannot write '{output_dir}': {exc.strerror or exc}") from exc
     finally:
         for leftover in (staging, old):
-            if leftover.exists():
+            if leftover.is_symlink():
+                leftover.unlink()
+            elif leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """shutil.copytree(symlinks=True) without its moment of exposure.
+
+    copytree creates each file with the default mode and sets the source's mode
+    only after the data is in, and creates directories readable by others: a
+    0600 keepalived.conf was briefly world-readable. Here every directory is
+    0700 until its content is complete (TARGET itself until the caller swaps it
+    in), and every file is created with its final mode.
+    """
+    os.mkdir(target, 0o700)
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        destination = target / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), destination)
+        elif entry.is_dir(follow_symlinks=False):
+            _copy_tree(Path(entry.path), destination)
+            os.chmod(destination, stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode))
+        elif entry.is_file(follow_symlinks=False):
+            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+            with open(entry.path, "rb") as stream:
+                fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             mode)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(stream, out)
+                    os.fchmod(out.fileno(), mode)  # the umask may have removed bits
+        else:
+            raise OSError(f"'{entry.path}' is not a regular file, directory or link")

@@ -361,6 +361,10 @@ def test_diff_installed_detects_hand_made_changes(lab, capsys):
     assert code == 1 and "drift: /etc/keepalived/keepalived.conf" in out
     assert "+    priority 250" in out
     assert "s3cret" not in out  # secrets are masked on both sides
+    conf.write_text(conf.read_text().replace('"s3cret"', '"hunter2"'))
+    code, out = diff_installed("fw1")
+    assert code == 1 and '+        auth_pass "(secret: not the compiled one)"' in out
+    assert "s3cret" not in out and "hunter2" not in out
     assert diff_installed("fw2")[0] == 0
 
 

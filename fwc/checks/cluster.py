@@ -15,6 +15,7 @@ from fwc import protocols as proto
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
+from fwc.passwords import password_problems
 
 E = Severity.ERROR
 
@@ -286,11 +287,10 @@ there is.""")
 def password_length(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         password = cluster.vrrp.password
-        if password is not None and len(password) > proto.VRRP_PASSWORD_MAX:
-            yield error("FWC212", f"VRRP password has {len(password)} characters; keepalived "
-                        f"uses only the first {proto.VRRP_PASSWORD_MAX}",
-                        cluster.vrrp.span_of("password"),
-                        hint=f"use at most {proto.VRRP_PASSWORD_MAX} characters")
+        for problem in password_problems(password) if password is not None else ():
+            if problem.code == "FWC212":
+                yield error("FWC212", problem.message, cluster.vrrp.span_of("password"),
+                            hint=problem.hint)
 
 
 @check("FWC213", "VRRP authentication that cannot work", E, """

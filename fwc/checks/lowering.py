@@ -13,12 +13,25 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.lower.build import filter_parts, log_prefix, nat_part, service_matches
 from fwc.model import Cluster, Policy, Rule
+from fwc.passwords import password_problems, unwritable
 
 describe("FWC510", "output directory cannot be written", Severity.ERROR, """
 `fwc compile` writes into a staging copy of the output directory and swaps it in
 only when everything succeeded. It refuses to overwrite a cluster directory that
 another policy's MANIFEST claims, or one that fwc did not write (no MANIFEST);
-file system errors end up here too. Nothing under the output directory changes.""",
+file system errors end up here too. Nothing under the output directory changes.
+An output path that is a symbolic link stands for the directory it points to;
+a link to anything else is refused.""",
+         "compile")
+
+describe("FWC511", "output directory holds files fwc did not write", Severity.ERROR, """
+`fwc compile -o DIR` replaces DIR as a whole (a staging copy swapped in), and
+the cluster directories it owns inside it. A mistyped `-o` (a home directory,
+/etc, a checkout) or a file dropped into a cluster directory would be rewritten
+or lost without a word, so a DIR holding anything without an fwc MANIFEST, or
+files a MANIFEST does not list, is refused. `--force` writes anyway: other
+content is kept, apart from what sits at or inside the cluster directories that
+the compile replaces.""",
          "compile")
 
 
@@ -109,15 +122,6 @@ def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
                               "traffic from it no 'in' interface; check the families too")
 
 
-def _unwritable(text: str, quote_ok: bool) -> str | None:
-    for char in text:
-        if ord(char) < 0x20 or ord(char) == 0x7F:
-            return f"the control character {char!r}"
-        if char == '"' and not quote_ok:
-            return "a double quote"
-    return None
-
-
 @check("FWC505", "text a generated file cannot hold", Severity.ERROR, """
 Some values are copied into the generated files as quoted strings. keepalived
 has no escape for a double quote inside `auth_pass "..."`, and a control
@@ -128,15 +132,13 @@ refused before anything is written.""")
 def unwritable_text(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         password = cluster.vrrp.password
-        if password is not None:
-            problem = _unwritable(password, quote_ok=False)
-            if problem is not None:
-                yield error("FWC505", f"the VRRP password contains {problem}, which "
-                            "keepalived.conf cannot hold", cluster.vrrp.span_of("password"),
-                            hint="use printable characters other than '\"'")
+        for bad in password_problems(password) if password is not None else ():
+            if bad.code == "FWC505":
+                yield error("FWC505", bad.message, cluster.vrrp.span_of("password"),
+                            hint=bad.hint)
         for rule in cluster.all_rules():
             if rule.log_prefix is not None:
-                problem = _unwritable(rule.log_prefix, quote_ok=True)
+                problem = unwritable(rule.log_prefix, quote_ok=True)
                 if problem is not None:
                     yield error("FWC505", f"the log prefix contains {problem}", rule.span,
                                 hint="use printable characters only")

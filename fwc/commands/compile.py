@@ -36,9 +36,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     try:
         removed = write_output(Path(args.output), relative_source(policy.root,
-                                                                  source_root(policy)), clusters)
+                                                                  source_root(policy)), clusters,
+                               force=args.force)
     except OutputError as exc:
-        diagnostics.append(error("FWC510", str(exc),
+        diagnostics.append(error(exc.code, str(exc),
                                  hint="nothing under the output directory was changed"))
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         return 1

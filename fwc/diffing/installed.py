@@ -8,7 +8,9 @@ iptables-save prints rules in its own canonical form (`-m tcp`, `/32`,
 option order), so the compiled ruleset is put in that form by the node's own
 iptables: restored and saved in a throwaway network namespace (`unshare -n`).
 Counters, comments-only lines and tables nobody loaded are ignored; VRRP
-passwords are masked on both sides (never printed, not compared).
+passwords are never printed: both sides show `"(secret)"` where the node holds
+the password the policy (or `--secrets FILE`, as for install) gives, and the
+node's side shows `"(secret: not the compiled one)"` where it holds another.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from fwc.commands.common import clean_policy
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
 from fwc.install.paths import BY_NAME
+from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.transport import (
     InventoryError,
     Transport,
@@ -32,15 +34,18 @@ from fwc.install.transport import (
     make_transport,
     read_inventory,
 )
+from fwc.manifest import mask_secrets as _mask
+from fwc.manifest import secret_values
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
 RULESETS = (("iptables.rules", "iptables-save", "iptables-restore"),
             ("ip6tables.rules", "ip6tables-save", "ip6tables-restore"))
-_AUTH_PASS = re.compile(r'(auth_pass\s+)("[^"]*"|\S+)')
+OTHER_SECRET = "(secret: not the compiled one)"
 
 
-def mask_secrets(text: str) -> str:
-    return _AUTH_PASS.sub(r'\1"(secret)"', text)
+def mask_secrets(text: str, known: tuple[str, ...] = ()) -> str:
+    """TEXT without its secrets; one that is not in KNOWN is marked as different."""
+    return _mask(text, known, other=OTHER_SECRET if known else "(secret)")
 
 
 class Usage(Exception):
@@ -50,7 +55,7 @@ class Usage(Exception):
 def run_installed(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (Usage, InventoryError) as exc:
+    except (Usage, InventoryError, SecretsError) as exc:
         print(f"fwc diff --installed: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TransportError as exc:
@@ -77,11 +82,14 @@ def _run(args: argparse.Namespace) -> int:
                                inventory=inventory, ssh=args.ssh)
     from fwc.output import compile_policy
 
+    # The passwords install would have written: the policy's, or --secrets FILE's.
+    secrets = read_secrets(Path(args.secrets)) if args.secrets else None
     compiled = {}
-    for output in compile_policy(policy, redact=True):
+    for output in compile_policy(policy, redact=secrets is not None):
         if output.name == cluster.name:
             prefix = f"{member.name}/"
-            compiled = {f.path[len(prefix):]: f.content.decode("utf-8")
+            compiled = {f.path[len(prefix):]: fill(cluster.name, f.path[len(prefix):],
+                                                   f.content.decode("utf-8"), secrets)
                         for f in output.files if f.path.startswith(prefix)}
     palette = Palette(wants_colour(args.color, sys.stdout))
     drift = compare(transport, compiled)
@@ -114,8 +122,10 @@ def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, l
         have = node_output(transport, f"cat {file.path} 2>/dev/null || echo '(fwc: absent)'")
         if want is None and have.strip() == "(fwc: absent)":
             continue
-        want_lines = mask_secrets(want).splitlines() if want is not None else ["(fwc: absent)"]
-        lines = _udiff(want_lines, mask_secrets(have).splitlines(), f"compiled/{name}",
+        known = tuple(secret_values(name, want or ""))
+        want_lines = mask_secrets(want, known).splitlines() if want is not None \
+            else ["(fwc: absent)"]
+        lines = _udiff(want_lines, mask_secrets(have, known).splitlines(), f"compiled/{name}",
                        f"node:{file.path}")
         if lines:
             out.append((file.path, lines))

@@ -7,57 +7,69 @@ sources differ from the policy as it is now.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from fwc.install.paths import BY_NAME
+from fwc.manifest import Manifest, ManifestError
 from fwc.model import Policy
-
-MANIFEST = "MANIFEST"
+from fwc.output import relative_source, source_root
 
 
 class CompiledError(Exception):
     pass
 
 
-def read_manifest(cluster_dir: Path) -> tuple[dict[str, str], set[str]]:
-    """({file path: sha256}, {source sha256}) from DIR/<cluster>/MANIFEST."""
+def read_manifest(cluster_dir: Path) -> Manifest:
+    if not (cluster_dir / "MANIFEST").exists():
+        raise CompiledError(f"no compiled output in {cluster_dir}: run fwc compile first")
     try:
-        text = (cluster_dir / MANIFEST).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CompiledError(f"no compiled output in {cluster_dir} ({exc.strerror}): "
-                            "run fwc compile first") from exc
-    files: dict[str, str] = {}
-    sources: set[str] = set()
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0] == "file":
-            files[words[2]] = words[1]
-        elif len(words) >= 3 and words[0] == "source":
-            sources.add(words[1])
-    return files, sources
+        return Manifest.read(cluster_dir)
+    except ManifestError as exc:
+        raise CompiledError(str(exc)) from exc
+
+
+def check_compiled_from(manifest: Manifest, cluster_dir: Path, policy: Policy,
+                        cluster: str) -> None:
+    """The MANIFEST must name exactly this policy's sources, cluster and root file.
+
+    Equality of the whole set, not 'no listed source differs': deleting the
+    `source` lines of the files that changed must not make an old tree pass.
+    """
+    root = source_root(policy)
+    current = tuple(sorted((relative_source(s.path, root), s.sha256) for s in policy.sources))
+    if (manifest.sources != current or manifest.cluster != cluster
+            or manifest.policy != relative_source(policy.root, root)):
+        raise CompiledError(f"{cluster_dir} was compiled from another version of the policy: "
+                            "run fwc compile again (and review it with fwc diff)")
 
 
 def load_member_files(output: Path, policy: Policy, cluster: str, member: str) \
         -> dict[str, str]:
     """{file name: content} for MEMBER, verified; CompiledError says what is wrong."""
     cluster_dir = output / cluster
-    listed, sources = read_manifest(cluster_dir)
-    current = {s.sha256 for s in policy.sources}
-    if sources and sources != current:
-        raise CompiledError(f"{cluster_dir} was compiled from another version of the policy: "
-                            "run fwc compile again (and review it with fwc diff)")
+    manifest = read_manifest(cluster_dir)
+    check_compiled_from(manifest, cluster_dir, policy, cluster)
+    model = next(c for c in policy.clusters if c.name == cluster)
+    listed = {e.path for e in manifest.files}
+    member_dir = cluster_dir / member
+    # A node file in the member directory that MANIFEST does not list would
+    # otherwise be skipped, and the node would keep its old copy.
+    for name in sorted(BY_NAME):
+        if (member_dir / name).exists() and f"{member}/{name}" not in listed:
+            raise CompiledError(f"{member_dir / name} is not listed in MANIFEST "
+                                "(MANIFEST edited by hand?): run fwc compile again")
     out: dict[str, str] = {}
-    for rel, digest in sorted(listed.items()):
-        owner, _, name = rel.partition("/")
+    for entry in manifest.files:
+        owner, _, name = entry.path.partition("/")
         if owner != member or name not in BY_NAME:
             continue
-        data = (cluster_dir / rel).read_bytes() if (cluster_dir / rel).is_file() else None
+        path = cluster_dir / entry.path
+        data = path.read_bytes() if path.is_file() else None
         if data is None:
-            raise CompiledError(f"{cluster_dir / rel} is listed in MANIFEST but missing")
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise CompiledError(f"{cluster_dir / rel} does not match its MANIFEST "
-                                "(edited by hand?): run fwc compile again")
+            raise CompiledError(f"{path} is listed in MANIFEST but missing")
+        problem = manifest.mismatch(entry.path, data, model.vrrp.password)
+        if problem is not None:
+            raise CompiledError(f"{path} {problem}: run fwc compile again")
         out[name] = data.decode("utf-8")
     if "iptables.rules" not in out:
         raise CompiledError(f"no compiled files for member {member} in {cluster_dir}")

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-try:
-    from fwc.protocols import REDACTED_PASSWORD
-except ImportError:  # a build whose compiler cannot redact
-    REDACTED_PASSWORD = "@FWCPW@"
+from fwc.manifest import SECRET_FILES
+from fwc.passwords import Problem, password_problems
+from fwc.protocols import REDACTED_PASSWORD
 
-SECRET_FILES = ("keepalived.conf",)
+__all__ = ["SECRET_FILES", "SecretsError", "fill", "is_redacted", "read_secrets"]
 
 
 class SecretsError(Exception):
@@ -38,8 +37,19 @@ def read_secrets(path: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise SecretsError(f"{path}:{number}: expected KEY = VALUE")
-        out[key.strip()] = value.strip().strip('"')
+        value = value.strip().strip('"')
+        if key.strip().rpartition(".")[2] == "vrrp_password":
+            # The checks a password in the policy passes (never echoing the value).
+            column = len(raw) - len(raw.partition("=")[2].lstrip()) + 1
+            problems = password_problems(value)
+            if problems:
+                raise SecretsError(f"{path}:{number}:{column}: " + _describe(problems))
+        out[key.strip()] = value
     return out
+
+
+def _describe(problems: list[Problem]) -> str:
+    return "; ".join(f"{p.message} [{p.code}]: {p.hint}" for p in problems)
 
 
 def is_redacted(content: str) -> bool:
@@ -56,6 +66,7 @@ def fill(cluster: str, name: str, content: str, secrets: dict[str, str] | None) 
         raise SecretsError(
             f"{name} of cluster {cluster} holds a redacted VRRP password: give --secrets FILE "
             f"with 'vrrp_password = ...' (or '{cluster}.vrrp_password = ...')")
-    if '"' in value or "\n" in value:
-        raise SecretsError(f"the VRRP password for {cluster} cannot contain quotes or newlines")
+    problems = password_problems(value)
+    if problems:
+        raise SecretsError(f"the VRRP password for {cluster}: " + _describe(problems))
     return content.replace(REDACTED_PASSWORD, value)

@@ -1,0 +1,166 @@
+"""DIR/<cluster>/MANIFEST: the one reader and writer (docs/contracts.md, "MANIFEST format").
+
+The MANIFEST is world-readable and committed, while a file holding a VRRP
+password is private (0600). A plain sha256 of such a file would let anyone who
+knows the template (every other line of the file is public: the redacted
+compile, the other member's file) recover an 8-character password offline.
+So a file that holds secrets is listed as `redacted`: the sha256 of its text
+with every secret replaced by the placeholder (`protocols.REDACTED_PASSWORD`),
+which is exactly the `--redact-secrets` rendering. The secret itself is then
+checked by whoever knows it (install compares it with the policy's), never
+through the MANIFEST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fwc.protocols import REDACTED_PASSWORD
+
+NAME = "MANIFEST"
+HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
+# Compiled files that can carry a secret, and where it sits in them.
+SECRET_FILES = ("keepalived.conf",)
+_AUTH_PASS = re.compile(r'(auth_pass[ \t]+)("[^"\n]*"|[^\s"]+)')
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+FILE, REDACTED = "file", "redacted"
+
+
+class ManifestError(Exception):
+    """A MANIFEST that is missing or not in fwc's format; the message says where."""
+
+
+def secret_values(name: str, text: str) -> list[str]:
+    """The secrets written into compiled file NAME, in order (quotes removed)."""
+    if name.rsplit("/", 1)[-1] not in SECRET_FILES:
+        return []
+    return [m.group(2).strip('"') for m in _AUTH_PASS.finditer(text)]
+
+
+def mask_secrets(text: str, known: Collection[str] = (), *, placeholder: str = "(secret)",
+                 other: str = "(secret)") -> str:
+    """TEXT with every secret replaced: by PLACEHOLDER when it is one of KNOWN, else OTHER."""
+    def replace(match: re.Match[str]) -> str:
+        value = match.group(2).strip('"')
+        return f'{match.group(1)}"{placeholder if value in known else other}"'
+    return _AUTH_PASS.sub(replace, text)
+
+
+def redact(name: str, content: bytes) -> bytes:
+    """CONTENT as `fwc compile --redact-secrets` would have written it."""
+    if name.rsplit("/", 1)[-1] not in SECRET_FILES:
+        return content
+    text = content.decode("utf-8", errors="surrogateescape")
+    masked = mask_secrets(text, placeholder=REDACTED_PASSWORD, other=REDACTED_PASSWORD)
+    return masked.encode("utf-8", errors="surrogateescape")
+
+
+def holds_secret(name: str, content: bytes) -> bool:
+    return redact(name, content) != content
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: str  # FILE: sha256 of the bytes; REDACTED: sha256 of redact(bytes)
+    sha256: str
+    path: str  # relative to the cluster directory: <member>/<name>
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    cluster: str
+    policy: str  # the root policy file, relative to its own directory
+    sources: tuple[tuple[str, str], ...]  # (path relative to the root's directory, sha256)
+    files: tuple[Entry, ...]
+
+    @classmethod
+    def build(cls, cluster: str, policy: str, sources: Iterable[tuple[str, str]],
+              files: Iterable[tuple[str, bytes]]) -> Manifest:
+        """From the compiled (path, content) pairs: secret-holding files get REDACTED entries."""
+        entries = []
+        for path, content in files:
+            redacted = redact(path, content)
+            kind = REDACTED if redacted != content else FILE
+            entries.append(Entry(kind, _sha256(redacted), path))
+        return cls(cluster, policy, tuple(sorted(sources)),
+                   tuple(sorted(entries, key=lambda e: e.path)))
+
+    def render(self) -> bytes:
+        """No timestamps, no absolute paths: the same policy gives the same bytes anywhere."""
+        lines = [HEADER, f"cluster {self.cluster}", f"policy {self.policy}"]
+        lines += [f"source {sha}  {path}" for path, sha in self.sources]
+        lines += [f"{e.kind} {e.sha256}  {e.path}" for e in self.files]
+        return ("\n".join(lines) + "\n").encode()
+
+    @classmethod
+    def parse(cls, text: str, where: str = NAME) -> Manifest:
+        """Strict: a line fwc would not have written is an error, not something to skip."""
+        lines = text.splitlines()
+        if not lines or lines[0] != HEADER:
+            raise ManifestError(f"{where}:1: not an fwc MANIFEST (the first line must be "
+                                f"'{HEADER}')")
+        single: dict[str, str] = {}
+        sources: list[tuple[str, str]] = []
+        files: list[Entry] = []
+        for number, line in enumerate(lines[1:], 2):
+            kind, _, rest = line.partition(" ")
+            if kind in ("cluster", "policy") and rest and kind not in single:
+                single[kind] = rest
+                continue
+            sha, sep, path = rest.partition("  ")
+            if kind in ("source", FILE, REDACTED) and sep and path and _SHA256.fullmatch(sha):
+                if kind == "source":
+                    sources.append((path, sha))
+                else:
+                    files.append(Entry(kind, sha, path))
+                continue
+            raise ManifestError(f"{where}:{number}: unexpected line {line[:60]!r}: "
+                                "run fwc compile again")
+        for kind in ("cluster", "policy"):
+            if kind not in single:
+                raise ManifestError(f"{where}: no '{kind}' line: run fwc compile again")
+        paths = [p for p, _ in sources] + [e.path for e in files]
+        if len(paths) != len(set(paths)):
+            raise ManifestError(f"{where}: a path is listed twice: run fwc compile again")
+        return cls(single["cluster"], single["policy"], tuple(sorted(sources)),
+                   tuple(sorted(files, key=lambda e: e.path)))
+
+    @classmethod
+    def read(cls, cluster_dir: Path) -> Manifest:
+        path = cluster_dir / NAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ManifestError(f"cannot read {path}: {reason}") from exc
+        return cls.parse(text, str(path))
+
+    def entry(self, path: str) -> Entry | None:
+        return next((e for e in self.files if e.path == path), None)
+
+    def mismatch(self, path: str, content: bytes, secret: str | None) -> str | None:
+        """Why CONTENT is not the file listed as PATH (None: it is).
+
+        SECRET is the value a REDACTED file must hold wherever it holds a secret
+        (the policy's password); the message never contains a secret.
+        """
+        entry = self.entry(path)
+        if entry is None:
+            return "is not listed in MANIFEST"
+        redacted = redact(path, content) if entry.kind == REDACTED else content
+        if _sha256(redacted) != entry.sha256:
+            return "does not match its MANIFEST (edited by hand?)"
+        if entry.kind == REDACTED:
+            values = secret_values(path, content.decode("utf-8", errors="replace"))
+            if not values or secret is None or any(v != secret for v in values):
+                return "holds another secret than the policy (edited by hand, or the " \
+                       "password changed since it was compiled?)"
+        return None

@@ -1,0 +1,183 @@
+"""The output directory (issue 10): private staging copies, `-o` through a symbolic link,
+content fwc did not write (FWC511, `--force`), leftovers of a killed compile."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from fwc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Path:
+    path = tmp_path / "src" / "edge.fw"
+    path.parent.mkdir()
+    path.write_text(EDGE, encoding="utf-8")
+    return path
+
+
+def compile_to(policy: Path, out: Path, *extra: str) -> int:
+    return main(["compile", str(policy), "-o", str(out), *extra])
+
+
+def tree(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def leftovers(*directories: Path) -> list[str]:
+    return sorted(p.name for d in directories for p in d.iterdir() if ".fwc-" in p.name)
+
+
+class CreationWatch:
+    """Every file created under a staging copy, with the copy's mode at that moment.
+
+    An audit hook sees each open() before the file exists (hooks cannot be
+    removed, so it goes quiet after the test).
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.seen: list[tuple[str, int]] = []
+        sys.addaudithook(self.hook)
+
+    def hook(self, event: str, args: tuple) -> None:
+        if not self.active or event != "open":
+            return
+        path, _, flags = args
+        if not isinstance(path, str | os.PathLike) or not isinstance(flags, int) \
+                or not flags & os.O_CREAT:
+            return
+        text = os.fspath(path)
+        marker = text.find(".fwc-staging-")
+        if marker < 0:
+            return
+        root = text[:text.index("/", marker)] if "/" in text[marker:] else text
+        self.seen.append((text, stat.S_IMODE(os.stat(root).st_mode)))
+
+
+WATCH = CreationWatch()
+
+
+def test_staging_copy_is_private_until_it_is_swapped_in(edge, tmp_path):
+    out = tmp_path / "out"
+    assert compile_to(edge, out) == 0
+    os.chmod(out, 0o750)
+    before = tree(out)
+    assert before["edge/fw1/keepalived.conf"][1] == 0o600
+    WATCH.seen.clear()
+    WATCH.active = True
+    try:
+        assert compile_to(edge, out) == 0
+    finally:
+        WATCH.active = False
+    copied = [path for path, _ in WATCH.seen]
+    assert any(p.endswith("edge/fw1/keepalived.conf") for p in copied)
+    assert [(p, oct(mode)) for p, mode in WATCH.seen if mode & 0o077] == []
+    # once swapped in, every mode is the final one again
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert tree(out) == before
+
+
+def test_output_through_a_symbolic_link_writes_into_its_target(edge, tmp_path):
+    real = tmp_path / "real" / "compiled"
+    real.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(real)
+    for _ in range(2):  # the first compile creates, the second swaps
+        assert compile_to(edge, link) == 0
+        assert link.is_symlink() and os.readlink(link) == str(real)
+        assert (real / "edge" / "fw1" / "iptables.rules").is_file()
+        assert leftovers(tmp_path, real.parent) == []
+
+
+@pytest.mark.parametrize("target", ["missing", "file"])
+def test_a_link_to_no_directory_is_refused_and_left_alone(edge, tmp_path, capsys, target):
+    pointed = tmp_path / target
+    if target == "file":
+        pointed.write_text("not a directory\n")
+    link = tmp_path / "out"
+    link.symlink_to(pointed)
+    assert compile_to(edge, link) == 1
+    err = capsys.readouterr().err
+    assert "error[FWC510]" in err and "is a symbolic link to" in err
+    assert "which is not an existing directory" in err
+    assert link.is_symlink() and os.readlink(link) == str(pointed)
+    assert (pointed.read_text() == "not a directory\n") if target == "file" \
+        else not pointed.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_foreign_files_are_refused_unless_forced(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    assert compile_to(edge, out) == 1
+    err = capsys.readouterr().err
+    assert "error[FWC511]" in err and "notes.txt" in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert compile_to(edge, out, "--force") == 0
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert (out / "edge" / "MANIFEST").is_file()
+
+
+def test_a_link_named_like_a_cluster_is_foreign_and_forced_replaced(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "edge").symlink_to(elsewhere)
+    assert compile_to(edge, out) == 1
+    assert "error[FWC511]" in capsys.readouterr().err
+    assert compile_to(edge, out, "--force") == 0
+    assert not (out / "edge").is_symlink() and (out / "edge" / "MANIFEST").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_unlisted_file_in_a_cluster_directory_is_foreign(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert compile_to(edge, out) == 0
+    (out / "edge" / "fw1" / "local.rules").write_text("# hand-made\n")
+    before = tree(out)
+    assert compile_to(edge, out) == 1
+    assert "edge/fw1/local.rules" in capsys.readouterr().err
+    assert tree(out) == before
+    assert compile_to(edge, out, "--force") == 0
+    assert not (out / "edge" / "fw1" / "local.rules").exists()
+
+
+def test_fwc_own_output_and_an_empty_directory_need_no_force(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert compile_to(edge, out) == 0
+    other = edge.parent / "other.fw"
+    other.write_text(EDGE.replace("cluster edge", "cluster branch").replace(
+        "policy edge", "policy branch").replace("nat edge", "nat branch").replace(
+        "expect edge", "expect branch"), encoding="utf-8")
+    assert compile_to(other, out) == 0
+    assert compile_to(edge, out) == 0
+    assert "FWC511" not in capsys.readouterr().err
+
+
+def test_leftovers_of_a_killed_compile_are_removed(edge, tmp_path):
+    out = tmp_path / "out"
+    assert compile_to(edge, out) == 0
+    staging = tmp_path / ".out.fwc-staging-999999"
+    (staging / "edge").mkdir(parents=True)
+    (staging / "edge" / "keepalived.conf").write_text('auth_pass "s3cret"\n')
+    (tmp_path / ".out.fwc-old-4242").mkdir()
+    (tmp_path / f".out.fwc-staging-{os.getpid() + 1}").symlink_to(out)  # a stale link
+    unrelated = [tmp_path / ".other.fwc-staging-12", tmp_path / ".out.fwc-staging-x1"]
+    for path in unrelated:
+        path.mkdir()
+    assert compile_to(edge, out) == 0
+    assert leftovers(tmp_path) == sorted(p.name for p in unrelated)
+    assert (out / "edge" / "MANIFEST").is_file()
