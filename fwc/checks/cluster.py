@@ -15,6 +15,7 @@ from fwc import protocols as proto
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
+from fwc.text import utf8_length
 
 E = Severity.ERROR
 
@@ -272,19 +273,27 @@ def distinct_priorities(policy: Policy) -> Iterable[Diagnostic]:
                                          f"'{first.name}' priority here")])
 
 
-@check("FWC212", "VRRP password longer than 8 characters", E, """
-VRRP simple-password authentication carries 8 bytes: keepalived silently cuts a
-longer password to its first 8 characters, so "papas_con_tomate" and
-"papas_co" are the same password, and the text suggests more secrecy than
-there is.""")
+@check("FWC212", "VRRP password longer than 8 bytes", E, """
+VRRP simple-password authentication carries 8 bytes: keepalived copies at most
+8 bytes of `auth_pass` (its `auth_data[8]`, counted with strlen) and silently
+drops the rest, so "papas_con_tomate" and "papas_co" are the same password, and
+the text suggests more secrecy than there is. keepalived counts bytes, not
+characters: "ééééé" is 10 bytes in UTF-8 and would be cut inside the fifth
+letter.""")
 def password_length(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         password = cluster.vrrp.password
-        if password is not None and len(password) > proto.VRRP_PASSWORD_MAX:
-            yield error("FWC212", f"VRRP password has {len(password)} characters; keepalived "
-                        f"uses only the first {proto.VRRP_PASSWORD_MAX}",
+        if password is None:
+            continue
+        size = utf8_length(password)
+        if size > proto.VRRP_PASSWORD_MAX:
+            counted = f"{len(password)} characters" + (
+                f", {size} bytes in UTF-8" if size != len(password) else "")
+            yield error("FWC212", f"VRRP password has {counted}; keepalived uses only the "
+                        f"first {proto.VRRP_PASSWORD_MAX} bytes",
                         cluster.vrrp.span_of("password"),
-                        hint=f"use at most {proto.VRRP_PASSWORD_MAX} characters")
+                        hint=f"use at most {proto.VRRP_PASSWORD_MAX} bytes (an ASCII "
+                        "character is one byte, most others two to four)")
 
 
 @check("FWC213", "VRRP authentication that cannot work", E, """
@@ -304,7 +313,7 @@ def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
                         hint="remove the password and auth, or use version 2")
         elif vrrp.auth is not None and vrrp.password is None:
             yield error("FWC213", f"'auth {vrrp.auth}' without a password", vrrp.span_of("auth"),
-                        hint="add 'password \"...\"' (at most 8 characters) or remove 'auth'")
+                        hint="add 'password \"...\"' (at most 8 bytes) or remove 'auth'")
 
 
 @check("FWC214", "advert interval invalid for the VRRP version", E, """

@@ -23,9 +23,10 @@ file system errors end up here too. Nothing under the output directory changes."
 
 
 @check("FWC501", "log prefix cut to the kernel's limit", Severity.WARNING, f"""
-The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} characters of prefix
-(iptables refuses longer ones). fwc writes the prefix followed by a space and
-cuts it to that length, so log lines no longer carry the whole text; shorten it.""")
+The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} bytes of prefix
+(iptables refuses longer ones; a character outside ASCII takes two to four bytes
+in UTF-8). fwc writes the prefix followed by a space and cuts it to that length,
+never inside a character, so log lines no longer carry the whole text; shorten it.""")
 def log_prefix_cut(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
@@ -34,9 +35,10 @@ def log_prefix_cut(policy: Policy) -> Iterable[Diagnostic]:
             prefix, cut = log_prefix(rule)
             if cut:
                 yield warning("FWC501", f"log prefix \"{rule.log_prefix}\" is longer than "
-                              f"{proto.LOG_PREFIX_MAX} characters; it is cut to "
+                              f"{proto.LOG_PREFIX_MAX} bytes; it is cut to "
                               f"\"{prefix.rstrip()}\"", rule.span,
-                              hint=f"use at most {proto.LOG_PREFIX_MAX - 1} characters")
+                              hint=f"use at most {proto.LOG_PREFIX_MAX - 1} bytes (ASCII "
+                              "characters are one byte each)")
 
 
 @check("FWC502", "NAT rule names an interface its chain cannot see", Severity.ERROR, """
