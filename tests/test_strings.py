@@ -305,3 +305,18 @@ def test_iptables_keeps_255_bytes_of_a_comment(size):
     kept = line.split(b"--comment ", 1)[1].rsplit(b" -j ACCEPT", 1)[0].strip(b'"')
     assert len(kept) == min(size, proto.IPTABLES_COMMENT_MAX)
     assert kept == comment.encode()[:proto.IPTABLES_COMMENT_MAX]
+
+
+def test_password_file_that_is_not_utf8_is_a_diagnostic(tmp_path):
+    (tmp_path / "secret").write_bytes(b"s3\xffcret\n")
+    text = mutate(('password "s3cret"', 'password file "secret"'))
+    d = the_one(run(tmp_path, text), "FWC002")
+    assert "is not UTF-8" in d.message and d.span.line == line_of(text, "password file")
+
+
+def test_password_file_with_a_c1_control_is_refused(tmp_path):
+    """Found by the property test: FWC505 knew only C0 controls and DEL."""
+    (tmp_path / "secret").write_text("s3\x85cret\n", encoding="utf-8")
+    d = the_one(run(tmp_path, mutate(('password "s3cret"', 'password file "secret"'))),
+                "FWC505")
+    assert "U+0085" in d.message

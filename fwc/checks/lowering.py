@@ -13,6 +13,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.lower.build import filter_parts, log_prefix, nat_part, service_matches
 from fwc.model import Cluster, Policy, Rule
+from fwc.text import describe_character, unsafe_character
 
 describe("FWC510", "output directory cannot be written", Severity.ERROR, """
 `fwc compile` writes into a staging copy of the output directory and swaps it in
@@ -112,18 +113,21 @@ def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
 
 
 def _unwritable(text: str, quote_ok: bool) -> str | None:
-    for char in text:
-        if ord(char) < 0x20 or ord(char) == 0x7F:
-            return f"the control character {char!r}"
-        if char == '"' and not quote_ok:
-            return "a double quote"
+    # The same characters that string literals refuse (FWC004): values from password
+    # files reach here without passing the parser.
+    bad = unsafe_character(text)
+    if bad is not None:
+        return f"the character {describe_character(bad[1])}"
+    if '"' in text and not quote_ok:
+        return "a double quote"
     return None
 
 
 @check("FWC505", "text a generated file cannot hold", Severity.ERROR, """
 Some values are copied into the generated files as quoted strings. keepalived
 has no escape for a double quote inside `auth_pass "..."`, and a control
-character (a newline from a password file, a tab) in a password or a log
+character (a newline from a password file, a tab, C1 controls such as U+0085),
+a line separator or a bidirectional formatting character in a password or a log
 prefix would break the line it is written on: the daemon would then read a
 different password than the other member, or reject the file. Such values are
 refused before anything is written.""")
