@@ -98,6 +98,11 @@ def _unsafe(index: int, char: str) -> LiteralError:
                         index, "strings hold printable text only: remove the character")
 
 
+def encode_literal(value: str) -> str:
+    """The string literal whose value is `value` (the inverse of decode_literal)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def utf8_length(text: str) -> int:
     """Length in bytes, as the C programs reading the generated files count it."""
     return len(text.encode("utf-8", "surrogatepass"))

@@ -320,3 +320,13 @@ def test_password_file_with_a_c1_control_is_refused(tmp_path):
     d = the_one(run(tmp_path, mutate(('password "s3cret"', 'password file "secret"'))),
                 "FWC505")
     assert "U+0085" in d.message
+
+
+def test_rule_text_writes_the_log_prefix_as_a_literal(tmp_path):
+    """fwc diff and query show rules in the language: the prefix reads back unchanged."""
+    text = mutate(("accept from lan6   to any      service tcp/80,443",
+                   'accept from lan6   to any      service tcp/80,443 log "say \\"hi\\" \\\\o/"'))
+    analysis = run(tmp_path, text)
+    (rule,) = [r for r in analysis.policy.clusters[0].rules if r.log]
+    assert rule.text().endswith('log "say \\"hi\\" \\\\o/"')
+    assert decode_literal(rule.text().split("log ", 1)[1][1:-1]) == 'say "hi" \\o/'
