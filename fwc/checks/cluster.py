@@ -277,9 +277,9 @@ def distinct_priorities(policy: Policy) -> Iterable[Diagnostic]:
 VRRP simple-password authentication carries 8 bytes: keepalived copies at most
 8 bytes of `auth_pass` (its `auth_data[8]`, counted with strlen) and silently
 drops the rest, so "papas_con_tomate" and "papas_co" are the same password, and
-the text suggests more secrecy than there is. keepalived counts bytes, not
-characters: "ééééé" is 10 bytes in UTF-8 and would be cut inside the fifth
-letter.""")
+the text suggests more secrecy than there is. keepalived logs "Truncating
+auth_pass to 8 characters", but it counts bytes, not characters: "ééééé" is 10
+bytes in UTF-8 and would be cut inside the fifth letter.""")
 def password_length(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         password = cluster.vrrp.password
