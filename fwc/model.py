@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from fwc.addresses import AddressSet
 from fwc.diagnostics import Span
+from fwc.text import encode_literal
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -167,7 +168,9 @@ class Rule:
         if self.out_interface:
             parts += ["out", self.out_interface]
         if self.log:
-            parts.append("log" + (f' "{self.log_prefix}"' if self.log_prefix else ""))
+            # As the language writes it: `log "say \"hi\""` reads back as the same rule.
+            parts.append("log" + (f" {encode_literal(self.log_prefix)}" if self.log_prefix
+                                  else ""))
         if self.only:
             parts += ["only", self.only]
         if self.target is not None:

@@ -17,6 +17,7 @@ from lark.lexer import TerminalDef
 
 from fwc import syntax as s
 from fwc.diagnostics import Diagnostic, Span, error
+from fwc.text import LiteralError, decode_literal
 
 MAX_SYNTAX_ERRORS = 10
 
@@ -131,6 +132,14 @@ def _blank_line(text: str, line: int) -> str:
     return "\n".join(lines)
 
 
+class _BadString(Exception):  # noqa: N818 - control flow inside the parse, never escapes
+    """Raised by the tree builder for a string literal that cannot be decoded."""
+
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
 def parse_text(text: str, path: str,
                parser: PolicyParser | None = None) -> tuple[s.SourceFile, list[Diagnostic]]:
     """Parse TEXT, spans naming PATH; PARSER is reused across the files of one run."""
@@ -142,6 +151,14 @@ def parse_text(text: str, path: str,
     while tree is None:
         try:
             tree = parser.parse(attempt, path)
+        except _BadString as bad:
+            # Like a syntax error: report it, blank its line and look for more.
+            diagnostics.append(bad.diagnostic)
+            line = bad.diagnostic.span.line if bad.diagnostic.span else 0
+            if line <= 0 or line in seen_lines or len(diagnostics) >= MAX_SYNTAX_ERRORS:
+                return s.SourceFile(path, text, ()), diagnostics
+            seen_lines.add(line)
+            attempt = _blank_line(attempt, line)
         except UnexpectedInput as exc:
             diagnostics.append(_syntax_diagnostic(path, exc, attempt))
             line = getattr(exc, "line", 0) or 0
@@ -182,8 +199,18 @@ class _Builder(Transformer):
     def word(self, token: Token) -> s.Word:
         text = token.value
         if token.type == "STRING":
-            text = bytes(text[1:-1], "utf-8").decode("unicode_escape")
+            text = self.string(token)
         return s.Word(text, self.span(token))
+
+    def string(self, token: Token) -> str:
+        """A literal's value as docs/language.md defines it; FWC004 at the offending character."""
+        try:
+            return decode_literal(token.value[1:-1])
+        except LiteralError as exc:
+            # A STRING token never spans lines; +1 skips the opening quote.
+            column = token.column + 1 + exc.offset
+            span = Span(self.path, token.line, column, token.line, column + 1)
+            raise _BadString(error("FWC004", exc.message, span, hint=exc.hint)) from None
 
     def endpoint_of(self, token: Token, negated: bool, span: Span | None = None) -> s.Endpoint:
         kind = _ENDPOINT_KINDS[token.type]

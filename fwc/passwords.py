@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fwc import protocols as proto
+from fwc.text import describe_character, unsafe_character, utf8_length
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,22 +18,31 @@ class Problem:
 
 
 def unwritable(text: str, quote_ok: bool) -> str | None:
-    """What in TEXT a quoted string of a generated file cannot hold (None: nothing)."""
-    for char in text:
-        if ord(char) < 0x20 or ord(char) == 0x7F:
-            return f"the control character {char!r}"
-        if char == '"' and not quote_ok:
-            return "a double quote"
+    """What in TEXT a quoted string of a generated file cannot hold (None: nothing).
+
+    The same characters that string literals refuse (FWC004): values from password
+    files and `--secrets` reach here without passing the parser.
+    """
+    bad = unsafe_character(text)
+    if bad is not None:
+        return f"the character {describe_character(bad[1])}"
+    if '"' in text and not quote_ok:
+        return "a double quote"
     return None
 
 
 def password_problems(password: str) -> list[Problem]:
     """Every reason PASSWORD cannot be a VRRP password; the messages never show it."""
     out: list[Problem] = []
-    if len(password) > proto.VRRP_PASSWORD_MAX:
-        out.append(Problem("FWC212", f"VRRP password has {len(password)} characters; "
-                           f"keepalived uses only the first {proto.VRRP_PASSWORD_MAX}",
-                           f"use at most {proto.VRRP_PASSWORD_MAX} characters"))
+    size = utf8_length(password)
+    if size > proto.VRRP_PASSWORD_MAX:
+        # keepalived copies strlen() bytes into an 8-byte field: it counts bytes.
+        counted = f"{len(password)} characters" + (
+            f", {size} bytes in UTF-8" if size != len(password) else "")
+        out.append(Problem("FWC212", f"VRRP password has {counted}; keepalived uses only "
+                           f"the first {proto.VRRP_PASSWORD_MAX} bytes",
+                           f"use at most {proto.VRRP_PASSWORD_MAX} bytes (an ASCII "
+                           "character is one byte, most others two to four)"))
     problem = unwritable(password, quote_ok=False)
     if problem is not None:
         out.append(Problem("FWC505", f"the VRRP password contains {problem}, which "

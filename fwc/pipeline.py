@@ -25,6 +25,13 @@ class Analysis:
 def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
             read_secret=None, include_path: Sequence[Path] = ()) -> Analysis:
     program, diagnostics = load(path, reader, include_path)
+    from fwc.checks.strings import file_name_diagnostics
+
+    # A file name no generated file can carry is the only thing worth saying: every
+    # other diagnostic would print that name.
+    bad_names = file_name_diagnostics(program)
+    if bad_names:
+        return Analysis(program, None, tuple(bad_names))
     if has_errors(diagnostics):
         return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
     from fwc.resolve import resolve

@@ -70,8 +70,17 @@ CONNTRACKD_PURGE_TIMEOUT = 60
 SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "IPv6-ICMP")
 SYNCED_PROTOCOL_V6_ONLY = "IPv6-ICMP"
 
-# The kernel's LOG target keeps at most 29 characters of prefix.
+# The kernel's LOG target keeps at most 29 bytes of prefix (30 with the NUL).
 LOG_PREFIX_MAX = 29
+# Limits of the programs that read the generated files, in bytes (C strings):
+# `-m comment` holds 255 (XT_MAX_COMMENT_LEN 256 with the NUL); a device name 15
+# (IFNAMSIZ 16 with the NUL); keepalived reads lines into a 1024-byte buffer (MAXBUF)
+# and parses what does not fit as a line of its own; a file or directory name is at
+# most 255 (NAME_MAX): clusters and members become directories of the output.
+IPTABLES_COMMENT_MAX = 255
+DEVICE_NAME_MAX = 15
+KEEPALIVED_LINE_MAX = 1023
+NAME_BYTES_MAX = 255
 LOG_RATE = "5/second"
 LOG_BURST = 10
 

@@ -372,6 +372,9 @@ class Resolver:
                     self.err("FWC002", f"cannot read password file '{opt.value.text}': "
                              f"{exc.strerror or exc}", opt.value.span,
                              hint="the path is relative to the policy file")
+                except UnicodeDecodeError:
+                    self.err("FWC002", f"password file '{opt.value.text}' is not UTF-8 text",
+                             opt.value.span, hint="write the password as UTF-8 text")
             else:
                 password = opt.value.text
         auth = None

@@ -135,15 +135,31 @@ def test_compile_refuses_a_policy_with_parity_errors(tmp_path):
 
 
 def test_text_the_generated_files_cannot_hold(tmp_path):
-    for bad in (r'pass\"x', r"pa\tss"):
+    path = tmp_path / "p.fw"
+    path.write_text(HEAD.replace('password "s3cret"', r'password "pass\"x"')
+                    + "policy edge {\n    drop from any to any\n}\n")
+    found = [d for d in analyse(path).diagnostics if d.code == "FWC505"]
+    assert len(found) == 1 and "keepalived.conf cannot hold" in found[0].message
+    diags = diagnostics(tmp_path, r'    accept from lan to web service web log "a\"b"')
+    assert [d.code for d in diags if d.severity.name == "ERROR"] == []
+
+
+def test_control_characters_in_strings_are_refused_at_the_character(tmp_path):
+    # `\t` and `\n` were never escapes of the language (docs/language.md); Python's
+    # unicode_escape used to turn them into control characters that FWC505 caught
+    # late. Now the literal itself is refused, pointing at the backslash.
+    for bad in (r"pa\tss", "pa\tss"):
         path = tmp_path / "p.fw"
         path.write_text(HEAD.replace('password "s3cret"', f'password "{bad}"')
                         + "policy edge {\n    drop from any to any\n}\n")
-        found = [d for d in analyse(path).diagnostics if d.code == "FWC505"]
-        assert len(found) == 1 and "keepalived.conf cannot hold" in found[0].message, bad
-    diags = diagnostics(tmp_path, r'    accept from lan to web service web log "a\"b"' "\n"
-                        r'    accept from lan to client service web log "a\nb"')
-    assert [d.span.line for d in diags if d.code == "FWC505"] == [HEAD.count("\n") + 3]
+        (found,) = [d for d in analyse(path).diagnostics if d.code == "FWC004"]
+        line = HEAD.replace('password "s3cret"', f'password "{bad}"').splitlines()[
+            found.span.line - 1]
+        assert found.span.column == line.index('"pa') + 4, (bad, found)  # the 3rd character
+    path.write_text(HEAD + "policy edge {\n" + r'    accept from lan to client log "a\nb"'
+                    + "\n}\n")
+    assert [(d.code, d.span.line) for d in analyse(path).diagnostics] == [
+        ("FWC004", HEAD.count("\n") + 2)]
 
 
 def test_password_file_with_an_inner_newline_is_refused(tmp_path):

@@ -279,11 +279,13 @@ def distinct_priorities(policy: Policy) -> Iterable[Diagnostic]:
                                          f"'{first.name}' priority here")])
 
 
-@check("FWC212", "VRRP password longer than 8 characters", E, """
-VRRP simple-password authentication carries 8 bytes: keepalived silently cuts a
-longer password to its first 8 characters, so "papas_con_tomate" and
-"papas_co" are the same password, and the text suggests more secrecy than
-there is.""")
+@check("FWC212", "VRRP password longer than 8 bytes", E, """
+VRRP simple-password authentication carries 8 bytes: keepalived copies at most
+8 bytes of `auth_pass` (its `auth_data[8]`, counted with strlen) and silently
+drops the rest, so "papas_con_tomate" and "papas_co" are the same password, and
+the text suggests more secrecy than there is. keepalived logs "Truncating
+auth_pass to 8 characters", but it counts bytes, not characters: "ééééé" is 10
+bytes in UTF-8 and would be cut inside the fifth letter.""")
 def password_length(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         password = cluster.vrrp.password
@@ -310,7 +312,7 @@ def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
                         hint="remove the password and auth, or use version 2")
         elif vrrp.auth is not None and vrrp.password is None:
             yield error("FWC213", f"'auth {vrrp.auth}' without a password", vrrp.span_of("auth"),
-                        hint="add 'password \"...\"' (at most 8 characters) or remove 'auth'")
+                        hint="add 'password \"...\"' (at most 8 bytes) or remove 'auth'")
 
 
 @check("FWC214", "advert interval invalid for the VRRP version", E, """

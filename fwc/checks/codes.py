@@ -17,6 +17,13 @@ describe("FWC003", "include cycle", E, """
 A file includes itself, directly or through other files. Each file is read once;
 a cycle is almost always a mistake in the include structure, so it is an error
 and the cycle is printed.""", "parse")
+describe("FWC004", "string literal cannot be decoded", E, """
+A string knows two escapes, `\\"` and `\\\\`; any other backslash sequence (`"\\x"`,
+`"\\n"`) is refused instead of guessed at. A string also cannot hold control
+characters (a tab, a NUL byte, an escape character), line or paragraph separators
+or bidirectional formatting characters: every string ends up in a generated file,
+where a newline would end the line and start a new rule. The diagnostic points at
+the character.""", "parse")
 describe("FWC010", "include outside the policy repository", E, """
 An include names a file outside the policy repository (the git work tree that
 holds the top policy file, or its directory outside git), by an absolute path,

@@ -36,9 +36,10 @@ the compile replaces.""",
 
 
 @check("FWC501", "log prefix cut to the kernel's limit", Severity.WARNING, f"""
-The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} characters of prefix
-(iptables refuses longer ones). fwc writes the prefix followed by a space and
-cuts it to that length, so log lines no longer carry the whole text; shorten it.""")
+The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} bytes of prefix
+(iptables refuses longer ones; a character outside ASCII takes two to four bytes
+in UTF-8). fwc writes the prefix followed by a space and cuts it to that length,
+never inside a character, so log lines no longer carry the whole text; shorten it.""")
 def log_prefix_cut(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
@@ -47,9 +48,10 @@ def log_prefix_cut(policy: Policy) -> Iterable[Diagnostic]:
             prefix, cut = log_prefix(rule)
             if cut:
                 yield warning("FWC501", f"log prefix \"{rule.log_prefix}\" is longer than "
-                              f"{proto.LOG_PREFIX_MAX} characters; it is cut to "
+                              f"{proto.LOG_PREFIX_MAX} bytes; it is cut to "
                               f"\"{prefix.rstrip()}\"", rule.span,
-                              hint=f"use at most {proto.LOG_PREFIX_MAX - 1} characters")
+                              hint=f"use at most {proto.LOG_PREFIX_MAX - 1} bytes (ASCII "
+                              "characters are one byte each)")
 
 
 @check("FWC502", "NAT rule names an interface its chain cannot see", Severity.ERROR, """
@@ -125,7 +127,8 @@ def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC505", "text a generated file cannot hold", Severity.ERROR, """
 Some values are copied into the generated files as quoted strings. keepalived
 has no escape for a double quote inside `auth_pass "..."`, and a control
-character (a newline from a password file, a tab) in a password or a log
+character (a newline from a password file, a tab, C1 controls such as U+0085),
+a line separator or a bidirectional formatting character in a password or a log
 prefix would break the line it is written on: the daemon would then read a
 different password than the other member, or reject the file. Such values are
 refused before anything is written.""")

@@ -28,6 +28,7 @@ from fwc.lower.ruleset import (
 )
 from fwc.model import Cluster, Endpoint, IPAddress, Member, Policy, PortRange, ServiceMatch
 from fwc.model import Rule as PolicyRule
+from fwc.text import cut_utf8, utf8_length
 
 MARK_ACCEPT_CHAIN = "fwc-accept"
 _EMPTY = AddressSet()
@@ -65,10 +66,11 @@ def log_prefix(rule: PolicyRule) -> tuple[str, bool]:
     """The LOG prefix for a rule and whether the user's text had to be cut."""
     text = f"{rule.log_prefix} " if rule.log_prefix is not None \
         else f"fwc {rule.action.upper()} "
-    if len(text) <= proto.LOG_PREFIX_MAX:
+    if utf8_length(text) <= proto.LOG_PREFIX_MAX:
         return text, False
-    # Only the user's own text can be too long; the trailing space goes first.
-    return text[:proto.LOG_PREFIX_MAX], len(text.rstrip()) > proto.LOG_PREFIX_MAX
+    # Only the user's own text can be too long; the trailing space goes first. The
+    # kernel counts bytes: the cut never splits a UTF-8 character.
+    return cut_utf8(text, proto.LOG_PREFIX_MAX), utf8_length(text.rstrip()) > proto.LOG_PREFIX_MAX
 
 
 def mark_value(bit: int) -> str:

@@ -13,18 +13,24 @@ import jinja2
 
 from fwc import protocols as proto
 from fwc.model import Cluster, IPInterface, Member
+from fwc.render import escape
 
 
 @cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("fwc", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - config files, not HTML
+        autoescape=False,  # noqa: S701 - config files, not HTML; fwc.render.escape instead
+        # Every interpolated value, filtered or not, stays on its line: a value that
+        # would break a line stops the compile instead of reaching a file.
+        finalize=escape.line_text,
     )
+    env.filters.update(escape.FILTERS)
+    return env
 
 
 def render_template(name: str, context: dict[str, object]) -> str:
@@ -92,7 +98,7 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
 
 def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> str:
     instances = vrrp_instances(cluster, member, redact)
-    return render_template("keepalived.conf.j2", {
+    return escape.keepalived_file(render_template("keepalived.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "group_name": f"VG_{cluster.name}",
@@ -101,7 +107,7 @@ def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> s
         "sync_group": len(instances) > 1,
         "notify": proto.NODE_NOTIFY_SCRIPT,
         "instances": instances,
-    })
+    }))
 
 
 def holds_secret(cluster: Cluster, redact: bool) -> bool:

@@ -1,0 +1,168 @@
+"""Every string that reaches a generated file goes through one function here, per format.
+
+Each function either returns the text as the reading program will take it back
+(quoted where the format has quoting) or raises UnwritableText: a value the
+format cannot carry is never written half-escaped. The checks (FWC004, FWC005,
+FWC114-FWC116, FWC212, FWC501, FWC505) refuse such values at their line first,
+so these exceptions only fire on a bug; the templates' `finalize` sends every
+other interpolated value through `line_text`, so nothing reaches a file unchecked.
+
+Formats and what their readers do with a value:
+
+- iptables-restore: a line is split into words at blanks; `"..."` groups a word,
+  inside it `\\` escapes the next character. `--comment` holds 255 bytes
+  (XT_MAX_COMMENT_LEN 256 with the NUL), `--log-prefix` 29 (30 with the NUL).
+- ipset restore: blank-separated words, no quoting at all.
+- keepalived.conf (2.2): `"..."` ends at the next `"`, without escapes; a bare word
+  ends at a blank or `"`; `#` and `!` start a comment; lines over 1023 bytes are cut
+  (MAXBUF), so the rest of the line becomes keywords of its own.
+- conntrackd.conf: a flex lexer; names are `[a-zA-Z][a-zA-Z0-9._-]*`.
+- sh (fwc-notify.sh): single quotes hold anything but a single quote.
+- systemd unit files, sysctl.conf and the `#` comment line of every format: one
+  line each, so only line breaks and other control characters are a danger.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from functools import lru_cache
+
+from fwc import protocols as proto
+from fwc.text import describe_character, unsafe_character, utf8_length
+
+
+class UnwritableText(ValueError):
+    """A value that the target format cannot carry."""
+
+
+def line_text(text: object) -> str:
+    """Any value on a line of any generated file: no line break or other control character."""
+    value = str(text)
+    bad = unsafe_character(value)
+    if bad is not None:
+        raise UnwritableText(f"{value!r} contains {describe_character(bad[1])}")
+    return value
+
+
+# -- iptables-restore -----------------------------------------------------------------------
+
+@lru_cache(maxsize=8192)  # a large policy writes each comment on many lines
+def iptables_string(text: str) -> str:
+    """A quoted iptables-restore word."""
+    return '"' + line_text(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@lru_cache(maxsize=8192)
+def iptables_word(text: str) -> str:
+    """A bare iptables-restore word (a chain, a device, an address, a target option)."""
+    value = line_text(text)
+    if not value or any(c.isspace() or c in '"\\' for c in value):
+        raise UnwritableText(f"{text!r} cannot be a bare iptables-restore word")
+    return value
+
+
+def iptables_comment(text: str) -> str:
+    if utf8_length(text) > proto.IPTABLES_COMMENT_MAX:
+        raise UnwritableText(f"comment {text!r} is longer than "
+                             f"{proto.IPTABLES_COMMENT_MAX} bytes")
+    return iptables_string(text)
+
+
+def iptables_log_prefix(text: str) -> str:
+    if utf8_length(text) > proto.LOG_PREFIX_MAX:
+        raise UnwritableText(f"log prefix {text!r} is longer than {proto.LOG_PREFIX_MAX} bytes")
+    return iptables_string(text)
+
+
+# -- ipset restore ---------------------------------------------------------------------------
+
+_IPSET_WORD = re.compile(r"[A-Za-z0-9_.:/-]+")
+
+
+def ipset_word(text: str) -> str:
+    """A set name, type or address: ipset restore has no quoting."""
+    if not _IPSET_WORD.fullmatch(text):
+        raise UnwritableText(f"{text!r} cannot be an ipset restore word")
+    return text
+
+
+# -- keepalived.conf -------------------------------------------------------------------------
+
+_KEEPALIVED_WORD_STOPS = frozenset(' "#!{}')
+
+
+def keepalived_string(text: str) -> str:
+    """A quoted keepalived value: keepalived has no escape for '"' inside quotes."""
+    if '"' in line_text(text):
+        raise UnwritableText(f"{text!r}: keepalived cannot quote a double quote")
+    return f'"{text}"'
+
+
+def keepalived_word(text: str) -> str:
+    """A bare keepalived word (names, devices, addresses)."""
+    value = line_text(text)
+    if not value or any(c in _KEEPALIVED_WORD_STOPS or c.isspace() for c in value):
+        raise UnwritableText(f"{text!r} cannot be a bare keepalived word")
+    return value
+
+
+def keepalived_file(text: str) -> str:
+    """A whole keepalived.conf: a longer line would be cut and its rest misread."""
+    for line in text.splitlines():
+        if utf8_length(line) > proto.KEEPALIVED_LINE_MAX:
+            raise UnwritableText(f"keepalived.conf line {line[:40]!r}... is longer than "
+                                 f"{proto.KEEPALIVED_LINE_MAX} bytes")
+    return text
+
+
+# -- conntrackd.conf -------------------------------------------------------------------------
+
+_CONNTRACKD_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9._-]*")
+
+
+def conntrackd_name(text: str) -> str:
+    """A name conntrackd's lexer reads as one token (an interface)."""
+    if not _CONNTRACKD_NAME.fullmatch(text):
+        raise UnwritableText(f"{text!r} is not a name conntrackd.conf can hold")
+    return text
+
+
+# -- shell, systemd, sysctl, comments ----------------------------------------------------------
+
+def shell_word(text: str) -> str:
+    """One sh word, quoted when it needs to be."""
+    return shlex.quote(line_text(text))
+
+
+def comment(text: str) -> str:
+    """The text of a `#` comment line (every format): one line, nothing more."""
+    return line_text(text)
+
+
+def systemd_value(text: str) -> str:
+    """A unit-file value: `%` starts a specifier, a trailing `\\` continues the line."""
+    value = line_text(text).replace("%", "%%")
+    if value.endswith("\\") or value != value.strip():
+        raise UnwritableText(f"{text!r} cannot be a systemd value")
+    return value
+
+
+def sysctl_value(text: object) -> str:
+    """A `key = value` setting: one line, no surrounding blanks (sysctl strips them)."""
+    value = line_text(text)
+    if value != value.strip() or not value:
+        raise UnwritableText(f"{text!r} cannot be a sysctl value")
+    return value
+
+
+# Jinja filters, named after the functions, so templates say which format a value is in.
+FILTERS = {
+    "keepalived_string": keepalived_string,
+    "keepalived_word": keepalived_word,
+    "conntrackd_name": conntrackd_name,
+    "shell_word": shell_word,
+    "comment": comment,
+    "systemd_value": systemd_value,
+    "sysctl_value": sysctl_value,
+}
