@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
 from fwc import protocols as proto
 from fwc.addresses import AddressSet
@@ -46,7 +45,6 @@ class LowerOptions:
     source_root: str = "."
 
 
-@lru_cache(maxsize=256)
 def _relative(file: str, source_root: str) -> str:
     return os.path.relpath(os.path.abspath(file), os.path.abspath(source_root))
 
@@ -260,6 +258,7 @@ class _Lowering:
         # rule.services -> service_matches(): thousands of rules name the same services.
         # The lists are shared between rules and only ever read.
         self.service_memo: dict[tuple[ServiceMatch, ...], list[Match] | None] = {}
+        self.relative: dict[str, str] = {}
         self.tables = _Tables()
         self.mark = mark_value(cluster.sync.mark_bit)
         self.log_limit = RateLimit(proto.LOG_RATE, proto.LOG_BURST)
@@ -270,8 +269,13 @@ class _Lowering:
         return self.member.device(interface) or interface
 
     def origin(self, rule: PolicyRule, kind: str) -> Origin:
-        return Origin(kind, source_label(rule.span.file, rule.span.line,
-                                         self.options.source_root), rule)
+        # Per lowering, not process-wide: the relative path depends on the current
+        # directory, which may differ between runs in one process.
+        relative = self.relative.get(rule.span.file)
+        if relative is None:
+            relative = self.relative[rule.span.file] = _relative(rule.span.file,
+                                                                 self.options.source_root)
+        return Origin(kind, f"{relative}:{rule.span.line}", rule)
 
     # -- automatic rules ---------------------------------------------------------
     def auto(self, chain: str, match: Match, label: str, target: str = "ACCEPT") -> None:
@@ -529,23 +533,13 @@ class _Lowering:
         return NodeRuleset(self.cluster.name, self.member.name, self.family, tuple(tables))
 
 
-# Checks (parity) and the compiler lower the same clusters: remember the last few
-# results. Keyed by identity (hashing a 20,000-rule cluster costs more than lowering
-# it); the cluster itself is kept in the entry so that its id cannot be reused.
-_RECENT: dict[tuple[int, str, int, LowerOptions], tuple[Cluster, NodeRuleset]] = {}
-_RECENT_MAX = 16
-
-
 def lower(cluster: Cluster, member: Member, family: int,
           options: LowerOptions | None = None) -> NodeRuleset:
     """The member's ruleset for one address family. Pure: same input, same output."""
     options = options or LowerOptions()
-    key = (id(cluster), member.name, family, options)
-    hit = _RECENT.get(key)
-    if hit is not None and hit[0] is cluster:
-        return hit[1]
-    result = _Lowering(cluster, member, family, options).build()
-    if len(_RECENT) >= _RECENT_MAX:
-        _RECENT.pop(next(iter(_RECENT)))
-    _RECENT[key] = (cluster, result)
-    return result
+    if not cluster.owns(member):
+        return _Lowering(cluster, member, family, options).build()
+    # Checks (parity) and the compiler lower the same clusters in one run: the result is
+    # memoised on the cluster, so it is shared within the run and dies with its model.
+    return cluster.memo.get(("lower", member.name, family, options),
+                            lambda: _Lowering(cluster, member, family, options).build())
