@@ -4,6 +4,8 @@ Chain placement (docs/compile.md): the part of a rule whose destination is the
 firewall (the member's own addresses plus every VIP) goes to INPUT, the part
 whose source is the firewall goes to OUTPUT, the rest (any or non-firewall
 addresses on both sides) goes to FORWARD. `any` never implies the firewall.
+What a side names is `fwc.semantics.side_of`, shared with the checks and the
+analysis engine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fwc.lower.ruleset import (
 )
 from fwc.model import Cluster, Endpoint, IPAddress, Member, Policy, PortRange, ServiceMatch
 from fwc.model import Rule as PolicyRule
+from fwc.semantics import Side, side_of
 
 MARK_ACCEPT_CHAIN = "fwc-accept"
 _EMPTY = AddressSet()
@@ -76,51 +79,6 @@ def mark_value(bit: int) -> str:
 
 
 # -- endpoints ------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    """One side (from/to) of a rule, for one member and family."""
-
-    unbounded: bool  # `any`, or only negated items: every address
-    other: AddressSet  # named non-firewall addresses
-    firewall: AddressSet  # firewall addresses named (the keyword or one of its addresses)
-    excluded: AddressSet  # negated items
-
-    @property
-    def named(self) -> AddressSet:
-        return self.other | self.firewall
-
-
-def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
-    """Split a side into what names the firewall and what does not.
-
-    An item names the firewall when all its addresses are firewall addresses (a
-    VIP, a node address, `firewall`); a network that merely contains them does
-    not: `any` and `lan` stay forwarded traffic, as the language defines.
-    """
-    other = named_fw = excluded = _EMPTY
-    if endpoint.firewall:
-        named_fw = fw
-    if endpoint.excludes_firewall:
-        excluded = fw
-    for item in endpoint.items:
-        if not item.addresses.family(family):
-            continue
-        addresses = item.addresses
-        if addresses.family(6 if family == 4 else 4):
-            addresses = addresses.only(family)
-        if item.negated:
-            excluded = excluded | addresses if excluded else addresses
-        elif fw.covers(addresses):
-            named_fw = named_fw | addresses if named_fw else addresses
-        else:
-            other = other | addresses if other else addresses
-    if excluded and named_fw:
-        named_fw = named_fw - excluded
-    # Negated items are not subtracted from `other`: `lan, !host` as CIDRs can take
-    # dozens of lines (up to 128 in IPv6); a RETURN chain takes one per exclusion.
-    return Side(endpoint.is_any, other, named_fw, excluded)
-
 
 def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
     if addresses.is_everything(family):
