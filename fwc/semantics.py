@@ -41,6 +41,7 @@ from fwc.model import Endpoint
 
 FAMILIES = (4, 6)
 _EMPTY = AddressSet()
+_EVERYTHING = {family: AddressSet.everything((family,)) for family in FAMILIES}
 
 Intervals = tuple[tuple[int, int], ...]
 
@@ -65,23 +66,34 @@ class Side:
 def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
     """Split a side into what names the firewall and what does not (see the module doc).
 
-    `fw` is the firewall's addresses in this family.
+    `fw` is the firewall's addresses in this family. One pass over the items, and no
+    `Endpoint` properties: this runs per rule, member and family in the lowering.
     """
     other = named_fw = excluded = negated = _EMPTY
-    if endpoint.firewall:
-        named_fw = fw
-    if endpoint.excludes_firewall:
-        excluded = fw
+    has_positive = has_any = names_firewall = excludes_firewall = False
+    opposite = 6 if family == 4 else 4
     for item in endpoint.items:
-        if item.kind == "any" and item.negated:
-            # `!any` removes everything (the checks refuse it: FWC112).
-            everything = AddressSet.everything((family,))
-            excluded = negated = everything
-            continue
-        if not item.addresses.family(family):
-            continue
+        kind = item.kind
+        if item.negated:
+            if kind == "firewall":
+                excludes_firewall = True
+                continue
+            if kind == "any":
+                # `!any` removes everything (the checks refuse it: FWC112).
+                excluded = negated = _EVERYTHING[family]
+                continue
+        else:
+            has_positive = True
+            if kind == "any":
+                has_any = True
+                continue
+            if kind == "firewall":
+                names_firewall = True
+                continue
         addresses = item.addresses
-        if addresses.family(6 if family == 4 else 4):
+        if not addresses.family(family):
+            continue
+        if addresses.family(opposite):
             addresses = addresses.only(family)
         if item.negated:
             excluded = excluded | addresses if excluded else addresses
@@ -90,9 +102,14 @@ def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
             named_fw = named_fw | addresses if named_fw else addresses
         else:
             other = other | addresses if other else addresses
+    if names_firewall:
+        named_fw = fw | named_fw if named_fw else fw
+    if excludes_firewall:
+        excluded = excluded | fw if excluded else fw
     if excluded and named_fw:
         named_fw = named_fw - excluded
-    return Side(endpoint.is_any, other, named_fw, excluded, negated)
+    # `any`, or only negated items: every address (Endpoint.is_any)
+    return Side(has_any or not has_positive, other, named_fw, excluded, negated)
 
 
 def forwarded_and_local(endpoint: Endpoint, firewall: AddressSet) \
@@ -106,8 +123,10 @@ def forwarded_and_local(endpoint: Endpoint, firewall: AddressSet) \
     net = local = _EMPTY
     for family in FAMILIES:
         side = side_of(endpoint, firewall.only(family), family)
-        base = AddressSet.everything((family,)) if side.unbounded else side.other
-        net = net | (base - side.negated)
+        base = _EVERYTHING[family] if side.unbounded else side.other
+        if side.negated:
+            base = base - side.negated
+        net = net | base
         local = local | side.firewall
     return net, local
 
@@ -121,12 +140,12 @@ def endpoint_intervals(spec: Endpoint | AddressSet | None, firewall: AddressSet,
     itself; None is every address.
     """
     if spec is None:
-        return AddressSet.everything((family,)).family(family)
+        return _EVERYTHING[family].family(family)
     if isinstance(spec, AddressSet):
         return spec.family(family)
     fw = firewall.only(family)
     side = side_of(spec, fw, family)
-    base = AddressSet.everything((family,)) if side.unbounded else side.other
+    base = _EVERYTHING[family] if side.unbounded else side.other
     out = (base - fw) | side.firewall
     return (out - side.excluded if side.excluded else out).family(family)
 
@@ -160,6 +179,8 @@ class PrefixIndex(Generic[V]):
     lengths in use.
     """
 
+    __slots__ = ("_levels", "bits", "by_length")
+
     def __init__(self, family: int) -> None:
         self.bits = FAMILY_BITS[family]
         self.by_length: dict[int, dict[int, V]] = {}
@@ -168,7 +189,9 @@ class PrefixIndex(Generic[V]):
     def slot(self, block: Block, make: Callable[[], V]) -> V:
         """The value stored under `block`, made first when there is none."""
         length, network = block
-        table = self.by_length.setdefault(length, {})
+        table = self.by_length.get(length)
+        if table is None:
+            table = self.by_length[length] = {}
         found = table.get(network)
         if found is None:
             found = table[network] = make()
