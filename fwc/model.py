@@ -7,10 +7,10 @@ analysis engine. Nothing here refers back to syntax nodes except through spans.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from fwc.addresses import AddressSet
 from fwc.diagnostics import Span
@@ -18,6 +18,27 @@ from fwc.text import encode_literal
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
+
+
+class Memo:
+    """What later stages derive from one immutable model value, computed once per run.
+
+    Lives on the value it derives from (see `Cluster.memo`), so one run's results die
+    with that run's model: two analyses of the same file in one process never share a
+    result, and nothing is keyed by id() (ids are reused once an object is freed).
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[object, object] = {}
+
+    def get(self, key: object, make: Callable[[], T]) -> T:
+        if key in self._values:
+            return self._values[key]  # type: ignore[return-value]
+        value = self._values[key] = make()
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +297,12 @@ class Member:
         return AddressSet.of(*(a.ip for link in self.links for a in link.addresses))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Cluster:
+    """One cluster. Not slotted: what is derived from it (firewall address sets, the
+    lowered rulesets) is memoised on the value itself, so that it lives and dies with
+    this run's model and never with a process-wide table."""
+
     name: str
     vrrp: Vrrp
     sync: Sync
@@ -304,13 +329,27 @@ class Cluster:
     def vrrp_interfaces(self) -> tuple[Interface, ...]:
         return tuple(i for i in self.interfaces if i.vips)
 
-    @property
+    @cached_property
     def vips(self) -> AddressSet:
-        return _vips(self.interfaces)
+        # Asked per rule by checks (`firewall` endpoints); built from ipaddress objects.
+        return AddressSet.of(*(v.ip for i in self.interfaces for v in i.vips))
+
+    @cached_property
+    def memo(self) -> Memo:
+        """This run's values derived from the cluster (lowered rulesets, check flows)."""
+        return Memo()
+
+    def owns(self, member: Member) -> bool:
+        """True for one of this cluster's own members (memo keys use member names)."""
+        return self.member(member.name) is member
 
     def firewall_addresses(self, member: Member) -> AddressSet:
         """What `firewall` means on this member: its own addresses plus every VIP."""
-        return _firewall_addresses(member, self.interfaces)
+        # Memoised: lowering and several checks ask once per rule, and building the set
+        # from ipaddress objects each time was a top entry of the 20,000-rule profile.
+        if not self.owns(member):
+            return member.addresses | self.vips
+        return self.memo.get(("firewall", member.name), lambda: member.addresses | self.vips)
 
     @property
     def all_member_addresses(self) -> AddressSet:
@@ -319,57 +358,15 @@ class Cluster:
             out = out | m.addresses
         return out
 
-    @property
+    @cached_property
     def families(self) -> frozenset[int]:
         """Address families the cluster carries (from interfaces, VIPs and rules)."""
-        return _families(self.members)
+        return frozenset(a.version for m in self.members for link in m.links
+                         for a in link.addresses)
 
     def all_rules(self) -> Iterator[Rule]:
         yield from self.rules
         yield from self.nat
-
-
-_FIREWALL: dict[tuple[int, int], tuple[Member, tuple[Interface, ...], AddressSet]] = {}
-_VIPS: dict[int, tuple[tuple[Interface, ...], AddressSet]] = {}
-_FAMILIES: dict[int, tuple[tuple[Member, ...], frozenset[int]]] = {}
-
-
-def _vips(interfaces: tuple[Interface, ...]) -> AddressSet:
-    # Asked per rule by checks (`firewall` endpoints); built from ipaddress objects.
-    hit = _VIPS.get(id(interfaces))
-    if hit is not None and hit[0] is interfaces:
-        return hit[1]
-    found = AddressSet.of(*(v.ip for i in interfaces for v in i.vips))
-    if len(_VIPS) >= 64:
-        _VIPS.pop(next(iter(_VIPS)))
-    _VIPS[id(interfaces)] = (interfaces, found)
-    return found
-
-
-def _families(members: tuple[Member, ...]) -> frozenset[int]:
-    hit = _FAMILIES.get(id(members))
-    if hit is not None and hit[0] is members:
-        return hit[1]
-    found = frozenset(a.version for m in members for link in m.links for a in link.addresses)
-    if len(_FAMILIES) >= 64:
-        _FAMILIES.pop(next(iter(_FAMILIES)))
-    _FAMILIES[id(members)] = (members, found)
-    return found
-
-
-def _firewall_addresses(member: Member, interfaces: tuple[Interface, ...]) -> AddressSet:
-    # Cached: lowering and several checks ask once per rule, and building the set from
-    # ipaddress objects each time was a top entry of the 20,000-rule profile. Keyed by
-    # identity, because hashing a Member (a dataclass) each time cost as much again.
-    key = (id(member), id(interfaces))
-    hit = _FIREWALL.get(key)
-    if hit is not None and hit[0] is member and hit[1] is interfaces:
-        return hit[2]
-    found = member.addresses | _vips(interfaces)
-    if len(_FIREWALL) >= 256:
-        _FIREWALL.pop(next(iter(_FIREWALL)))
-    _FIREWALL[key] = (member, interfaces, found)
-    return found
 
 
 @dataclass(frozen=True, slots=True)

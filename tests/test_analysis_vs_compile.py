@@ -1,8 +1,9 @@
 """The engine and `fwc compile` agree: packets through a tiny iptables evaluator.
 
-The evaluator reads the compiled iptables-restore files and walks nat
-PREROUTING and the filter chains for one NEW packet the way the kernel does
-(jumps, RETURN, non-terminal LOG/CONNMARK, chain policies). For sampled
+The test reads the compiled iptables-restore files back into the lowered rule
+model and walks nat PREROUTING and the filter chains for one NEW packet with
+the project's one packet evaluator, `fwc.evaluate.Evaluator` (jumps, RETURN,
+non-terminal LOG/CONNMARK, chain policies). For sampled
 packets on every member of every example policy, its verdict and DNAT must be
 the engine's. This is what makes `expect` and `fwc query` answers about the
 compiled rules, not only about the policy text.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ import pytest
 from fwc import protocols as proto
 from fwc.addresses import AddressSet
 from fwc.analysis.engine import MemberView, TrafficClass, classify
+from fwc.evaluate import PORT_PROTOCOL_NUMBERS, Evaluator
+from fwc.evaluate import Packet as EvalPacket
+from fwc.lower import AddressMatch, Chain, Match, NodeRuleset, Origin, Rule, Table
 from fwc.model import Cluster, Member, PortRange, ServiceMatch
 from fwc.output import compile_policy
 from fwc.pipeline import analyse
@@ -41,51 +45,12 @@ class Packet:
     in_dev: str | None
     out_dev: str | None
 
-
-@dataclass
-class IptRule:
-    words: list[str]
-    target: str
-    target_args: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Table:
-    policies: dict[str, str] = field(default_factory=dict)
-    chains: dict[str, list[IptRule]] = field(default_factory=dict)
-
-
-def parse_rules(text: str) -> dict[str, Table]:
-    tables: dict[str, Table] = {}
-    current: Table | None = None
-    for line in text.splitlines():
-        if line.startswith("*"):
-            current = tables.setdefault(line[1:], Table())
-        elif line.startswith(":") and current is not None:
-            name, policy = line[1:].split()[:2]
-            current.policies[name] = policy
-            current.chains.setdefault(name, [])
-        elif line.startswith("-A") and current is not None:
-            words = shlex.split(line)
-            chain = words[1]
-            j = words.index("-j")
-            current.chains.setdefault(chain, []).append(
-                IptRule(words[2:j], words[j + 1], words[j + 2:]))
-    return tables
-
-
-def _address(text: str, family: int, value: int) -> bool:
-    net = ipaddress.ip_network(text, strict=False)
-    return net.version == family and int(net.network_address) <= value \
-        <= int(net.broadcast_address)
-
-
-def _ports(spec: str, port: int) -> bool:
-    for part in spec.split(","):
-        low, _, high = part.partition(":")
-        if int(low) <= port <= int(high or low):
-            return True
-    return False
+    def as_evaluated(self) -> EvalPacket:
+        """The packet as `fwc.evaluate` takes it: a NEW connection's first packet."""
+        icmp = self.protocol in (1, 58)
+        return EvalPacket(self.family, self.src, self.dst, self.protocol,
+                          self.port if self.protocol in PORT_PROTOCOL_NUMBERS else None,
+                          self.port if icmp else None, self.in_dev, self.out_dev)
 
 
 def _icmp_type(spec: str, family: int) -> int:
@@ -96,8 +61,26 @@ def _icmp_type(spec: str, family: int) -> int:
     return table[value]
 
 
-def matches(rule: IptRule, packet: Packet) -> bool:
-    words = rule.words
+def _port_ranges(spec: str) -> tuple[PortRange, ...]:
+    out = []
+    for part in spec.split(","):
+        low, _, high = part.partition(":")
+        out.append(PortRange(int(low), int(high or low)))
+    return tuple(out)
+
+
+def _range_cidrs(spec: str) -> tuple[str, ...]:
+    first, last = (ipaddress.ip_address(a) for a in spec.split("-"))
+    return tuple(str(n) for n in ipaddress.summarize_address_range(first, last))
+
+
+def read_match(words: list[str], family: int) -> Match:
+    """The words of a rendered rule (between the chain and -j) as the lowered model.
+
+    Written independently of the renderer, so that the rendered text, not the
+    model it came from, is what gets evaluated.
+    """
+    fields: dict[str, object] = {}
     i = 0
     while i < len(words):
         negate = words[i] == "!"
@@ -106,73 +89,74 @@ def matches(rule: IptRule, packet: Packet) -> bool:
         option = words[i]
         value = words[i + 1] if i + 1 < len(words) else ""
         step = 2
-        if option == "-m":
-            ok = True
-        elif option == "-s":
-            ok = _address(value, packet.family, packet.src)
-        elif option == "-d":
-            ok = _address(value, packet.family, packet.dst)
-        elif option == "-i":
-            ok = packet.in_dev == value
-        elif option == "-o":
-            ok = packet.out_dev == value
+        if option in ("-s", "-d", "--src-range", "--dst-range"):
+            cidrs = _range_cidrs(value) if option.endswith("range") else (value,)
+            key = "source" if option in ("-s", "--src-range") else "destination"
+            fields[key] = AddressMatch(cidrs, negated=negate)
+        elif option in ("-i", "-o"):
+            assert not negate, words
+            fields["in_device" if option == "-i" else "out_device"] = value
         elif option == "-p":
-            number = int(value) if value.isdigit() else PROTOCOL_NAMES[value]
-            ok = packet.protocol == number
+            fields["protocol"] = int(value) if value.isdigit() else PROTOCOL_NAMES[value]
         elif option in ("--dport", "--dports"):
-            ok = _ports(value, packet.port)
+            fields["dports"] = _port_ranges(value)
         elif option in ("--icmp-type", "--icmpv6-type"):
-            ok = packet.port == _icmp_type(value, packet.family)
+            fields["icmp_type"] = _icmp_type(value, family)
         elif option == "--ctstate":
-            ok = "NEW" in value.split(",")
+            fields["ctstate"] = tuple(value.split(","))
         elif option == "--tcp-flags":
-            ok = True  # `! --tcp-flags FIN,SYN,RST,ACK SYN`: our packets are SYNs
+            # `! --tcp-flags FIN,SYN,RST,ACK SYN` is what `! --syn` renders as
+            assert negate and words[i + 1:i + 3] == ["FIN,SYN,RST,ACK", "SYN"], words
+            fields["tcp_not_syn"] = True
             step = 3
-            if negate:  # a SYN has exactly SYN among those flags: the negation fails
-                return False
         elif option == "--hl-eq":
-            ok = value == "64"
-        elif option in ("--src-range", "--dst-range"):
-            first, last = (int(ipaddress.ip_address(a)) for a in value.split("-"))
-            address = packet.src if option == "--src-range" else packet.dst
-            ok = first <= address <= last
-        elif option in ("--comment", "--limit", "--limit-burst", "--log-prefix", "--helper"):
-            ok = True
+            fields["hop_limit"] = int(value)
+        elif option == "-m":
+            pass  # the options that follow say what the module matches
+        elif option in ("--comment", "--limit", "--limit-burst"):
+            pass  # no effect on which packets match (limits are on LOG rules only)
         else:
             raise AssertionError(f"evaluator does not know {option}")
-        if negate:
-            ok = not ok
-        if not ok:
-            return False
         i += step
-    return True
+    return Match(**fields)  # type: ignore[arg-type]
 
 
-def run_chain(table: Table, chain: str, packet: Packet, depth: int = 0) -> str | None:
-    """The terminal target that decides, or None when the chain falls through (RETURN)."""
-    assert depth < 20, "jump loop"
-    for rule in table.chains.get(chain, []):
-        if not matches(rule, packet):
-            continue
-        if rule.target in ("ACCEPT", "DROP", "REJECT"):
-            return rule.target
-        if rule.target == "RETURN":
-            return None
-        if rule.target in ("LOG", "CONNMARK", "CT", "NFLOG"):
-            continue
-        if rule.target in ("DNAT", "SNAT", "MASQUERADE"):
-            return f"{rule.target} {' '.join(rule.target_args)}"
-        decided = run_chain(table, rule.target, packet, depth + 1)
-        if decided is not None:
-            return decided
-    return None
+def _target_options(words: list[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((words[k][2:], words[k + 1]) for k in range(0, len(words) - 1, 2)
+                 if words[k].startswith("--"))
+
+
+def parse_rules(text: str, family: int) -> NodeRuleset:
+    """iptables-restore text -> the lowered model, for `fwc.evaluate.Evaluator`."""
+    policies: dict[str, dict[str, str | None]] = {}
+    rules: dict[str, dict[str, list[Rule]]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = line[1:]
+            policies[current], rules[current] = {}, {}
+        elif line.startswith(":") and current:
+            name, policy = line[1:].split()[:2]
+            policies[current][name] = None if policy == "-" else policy
+            rules[current].setdefault(name, [])
+        elif line.startswith("-A") and current:
+            words = shlex.split(line)
+            j = words.index("-j")
+            rules[current].setdefault(words[1], []).append(
+                Rule(read_match(words[2:j], family), words[j + 1], Origin("auto", line),
+                     _target_options(words[j + 2:])))
+    tables = tuple(Table(name, tuple(Chain(chain, policies[name].get(chain),
+                                           tuple(rules[name][chain]))
+                                     for chain in rules[name]))
+                   for name in rules)
+    return NodeRuleset("", "", family, tables)
 
 
 @dataclass
 class Node:
     cluster: Cluster
     member: Member
-    tables: dict[int, dict[str, Table]]
+    rulesets: dict[int, NodeRuleset]
     firewall: AddressSet
 
     def device(self, interface: str | None) -> str | None:
@@ -180,20 +164,18 @@ class Node:
 
     def evaluate(self, packet: Packet) -> tuple[str, str | None]:
         """(verdict, dnat address) as the compiled rules decide a NEW packet."""
-        tables = self.tables[packet.family]
+        ruleset = self.rulesets[packet.family]
         dnat = None
         if not self.firewall.contains_address(_ip(packet.family, packet.src)):
-            nat = tables.get("nat")
-            decided = run_chain(nat, "PREROUTING", packet) if nat else None
-            if decided and decided.startswith("DNAT"):
-                target = decided.split("--to-destination", 1)[1].strip()
+            decided = Evaluator(ruleset, table="nat").decide(packet.as_evaluated(), "PREROUTING")
+            if decided.verdict == "DNAT":
+                target = dict(decided.options)["to-destination"]
                 host = target.rsplit(":", 1)[0] if target.count(":") == 1 or \
                     target.startswith("[") else target
                 host = host.strip("[]")
                 dnat = host
                 packet = Packet(packet.family, packet.src, int(ipaddress.ip_address(host)),
                                 packet.protocol, packet.port, packet.in_dev, packet.out_dev)
-        filt = tables["filter"]
         if self.firewall.contains_address(_ip(packet.family, packet.dst)):
             chain = "INPUT"
             packet.out_dev = None
@@ -201,9 +183,8 @@ class Node:
             chain = "OUTPUT"
         else:
             chain = "FORWARD"
-        decided = run_chain(filt, chain, packet)
-        verdict = (decided or filt.policies[chain]).lower()
-        return verdict, dnat
+        decided = Evaluator(ruleset).decide(packet.as_evaluated(), chain)
+        return decided.verdict.lower(), dnat
 
 
 def _ip(family: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -218,9 +199,9 @@ def _nodes(path: Path) -> list[Node]:
                                compile_policy(analysis.policy, redact=True), strict=True):
         files = {f.path: f.content.decode() for f in output.files}
         for member in cluster.members:
-            tables = {4: parse_rules(files[f"{member.name}/iptables.rules"]),
-                      6: parse_rules(files.get(f"{member.name}/ip6tables.rules", ""))}
-            nodes.append(Node(cluster, member, tables, cluster.firewall_addresses(member)))
+            rulesets = {4: parse_rules(files[f"{member.name}/iptables.rules"], 4),
+                        6: parse_rules(files.get(f"{member.name}/ip6tables.rules", ""), 6)}
+            nodes.append(Node(cluster, member, rulesets, cluster.firewall_addresses(member)))
     return nodes
 
 
@@ -264,7 +245,7 @@ def test_engine_and_compiled_rules_agree(path):
         view = MemberView(node.cluster, node.member)
         interfaces = [link.interface for link in node.member.links]
         for family in (4, 6):
-            if not node.tables[family].get("filter"):
+            if node.rulesets[family].table("filter") is None:
                 continue
             addresses = _candidate_addresses(node, family, rng)
             services = SERVICES + ([(1, 8), (1, 0)] if family == 4 else [(58, 128), (58, 129)])

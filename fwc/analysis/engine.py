@@ -12,11 +12,12 @@ Semantics (decided for the whole project; `fwc compile` emits the same):
   VIP) is INPUT, traffic from one is OUTPUT, the rest FORWARD; firewall to
   firewall is loopback, always accepted. Defaults: INPUT drop, FORWARD drop,
   OUTPUT accept.
-- Endpoints: `firewall` is the member's addresses plus every VIP; `any` is
-  every address except those; an item made only of firewall addresses (a
-  VIP, a member's address) stands for them, any other item (`lan`) for its
-  addresses that are not the firewall's; negated items are subtracted; a list
-  of only negated items means `any` minus them.
+- Endpoints: as `fwc.semantics` defines them for the compiler and the checks
+  (`endpoint_intervals`): `firewall` is the member's addresses plus every VIP;
+  `any` is every address except those; an item made only of firewall
+  addresses (a VIP, a member's address) stands for them, any other item
+  (`lan`) for its addresses that are not the firewall's; negated items are
+  subtracted; a list of only negated items means `any` minus them.
 - `only M` rules exist on M only. `in`/`out` name logical interfaces.
 - Only NEW connections are classified (established/related is always
   accepted).
@@ -53,7 +54,6 @@ from fwc.analysis.space import (
     Box,
     Intervals,
     coalesce,
-    covers,
     full_addresses,
     intersect,
     normalise,
@@ -62,6 +62,7 @@ from fwc.analysis.space import (
     union,
 )
 from fwc.model import Cluster, Endpoint, Member, Rule, ServiceMatch
+from fwc.semantics import endpoint_intervals
 
 FAMILIES = (4, 6)
 CHAINS = ("input", "forward", "output")
@@ -134,44 +135,6 @@ class Piece:
     def outcome(self) -> tuple[object, ...]:
         """Everything but the box: pieces with equal outcomes may be merged."""
         return (self.chain, self.verdict, self.rule, self.dnat, self.snat)
-
-
-def endpoint_intervals(spec: AddressSpec, firewall: AddressSet, family: int) -> Intervals:
-    """The addresses a from/to side stands for on a member with these firewall addresses.
-
-    As docs/language.md defines it: `any` is every address but the firewall's,
-    `firewall` the firewall's, an item made only of firewall addresses stands
-    for them, any other item for its addresses that are not the firewall's;
-    negated items are subtracted; only negated items mean `any` minus them.
-    """
-    everything = full_addresses(family)
-    if spec is None:
-        return everything
-    if isinstance(spec, AddressSet):
-        return spec.family(family)
-    fw = firewall.family(family)
-    positive: Intervals = ()
-    negative: Intervals = ()
-    has_positive = False
-    for item in spec.items:
-        if item.kind == "any":
-            part = subtract(everything, fw) if not item.negated else everything
-        elif item.kind == "firewall":
-            part = fw
-        else:
-            part = item.addresses.family(family)
-            if not item.negated and part and not covers(fw, part):
-                # Only an item made entirely of firewall addresses (a VIP, a member's
-                # address) names the firewall; `lan` names the forwarded part of lan.
-                part = subtract(part, fw)
-        if item.negated:
-            negative = normalise(negative + part) if negative else part
-        else:
-            positive = normalise(positive + part) if has_positive else part
-            has_positive = True
-    if not has_positive:
-        positive = subtract(everything, fw)
-    return subtract(positive, negative) if negative else positive
 
 
 class MemberView:

@@ -12,13 +12,12 @@ is used (it is a superset of the rules that can match, in rule order).
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from fwc.addresses import FAMILY_BITS
 from fwc.analysis.space import Box, Intervals
 from fwc.model import Rule
+from fwc.semantics import PrefixIndex, hull_block
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,45 +33,12 @@ def _hull(intervals: Intervals) -> tuple[int, int]:
     return intervals[0][0], intervals[-1][1]
 
 
-def _prefix_of(lo: int, hi: int, bits: int) -> int:
-    return bits - (lo ^ hi).bit_length()
-
-
-class PrefixIndex:
-    """Positions of rules by the CIDR hull of one address field.
-
-    Per prefix length in use: the sorted block numbers, their position lists
-    and running totals, so that a lookup is a binary search per prefix length
-    and counting the candidates costs nothing.
-    """
-
-    def __init__(self, family: int, hulls: Sequence[tuple[int, int]]) -> None:
-        self.bits = FAMILY_BITS[family]
-        buckets: dict[int, dict[int, list[int]]] = {}
-        for position, (lo, hi) in enumerate(hulls):
-            prefix = _prefix_of(lo, hi, self.bits)
-            block = lo >> (self.bits - prefix) if prefix else 0
-            buckets.setdefault(prefix, {}).setdefault(block, []).append(position)
-        self.levels: list[tuple[int, list[int], list[list[int]], list[int]]] = []
-        for prefix, blocks in sorted(buckets.items()):
-            keys = sorted(blocks)
-            lists = [blocks[k] for k in keys]
-            totals = [0]
-            for bucket in lists:
-                totals.append(totals[-1] + len(bucket))
-            self.levels.append((self.bits - prefix, keys, lists, totals))
-
-    def lookup(self, lo: int, hi: int) -> tuple[int, list[list[int]]]:
-        """(how many, which position lists) may hold a rule whose hull meets [lo, hi]."""
-        count = 0
-        found: list[list[int]] = []
-        for shift, keys, lists, totals in self.levels:
-            first = bisect_left(keys, lo >> shift)
-            last = bisect_right(keys, hi >> shift)
-            if first < last:
-                count += totals[last] - totals[first]
-                found.extend(lists[first:last])
-        return count, found
+def _index(family: int, hulls: Sequence[tuple[int, int]]) -> PrefixIndex[list[int]]:
+    """Rule positions by the CIDR hull of one address field."""
+    index: PrefixIndex[list[int]] = PrefixIndex(family)
+    for position, (lo, hi) in enumerate(hulls):
+        index.slot(hull_block(lo, hi, family), list).append(position)
+    return index
 
 
 class RuleList:
@@ -82,8 +48,8 @@ class RuleList:
         self.family = family
         self.rules: tuple[RuleBox, ...] = tuple(
             RuleBox(i, rule, box) for i, (rule, box) in enumerate(entries))
-        self._src = PrefixIndex(family, [_hull(r.box.src) for r in self.rules])
-        self._dst = PrefixIndex(family, [_hull(r.box.dst) for r in self.rules])
+        self._src = _index(family, [_hull(r.box.src) for r in self.rules])
+        self._dst = _index(family, [_hull(r.box.dst) for r in self.rules])
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -95,8 +61,8 @@ class RuleList:
         """
         if start >= len(self.rules) or box.family != self.family or box.is_empty():
             return iter(())
-        dst_count, by_dst = self._dst.lookup(*_hull(box.dst))
-        src_count, by_src = self._src.lookup(*_hull(box.src))
+        dst_count, by_dst = self._dst.overlapping(*_hull(box.dst))
+        src_count, by_src = self._src.overlapping(*_hull(box.src))
         if min(dst_count, src_count) * 2 >= len(self.rules) - start:
             rules = self.rules  # lazily: a wide box often stops at the first candidate
             return (rules[p] for p in range(start, len(rules)))

@@ -2,10 +2,11 @@
 
 Shadowing is the expensive one: a policy of 20,000 rules must not compare every
 pair. Each rule is normalised into a `Flow` (what it matches, per chain and
-address family), and earlier flows are indexed by protocol/port and by the CIDR
-hull of their source and destination. A rule can only be covered by a rule
-whose hulls contain its own, so the lookup walks the prefix ancestors of the
-candidate's hulls, only over the prefix lengths actually present in the index.
+address family, with the endpoint meaning of `fwc.semantics`), and earlier flows
+are indexed by protocol/port and by the CIDR hull of their source and destination
+(`fwc.semantics.PrefixIndex`). A rule can only be covered by a rule whose hulls
+contain its own, so the lookup walks the prefix ancestors of the candidate's
+hulls, only over the prefix lengths actually present in the index.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from fwc.addresses import FAMILY_BITS, AddressSet
+from fwc.addresses import AddressSet
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
-from fwc.model import Cluster, Endpoint, NatTarget, Policy, PortRange, Rule, ServiceMatch
+from fwc.model import Cluster, NatTarget, Policy, PortRange, Rule, ServiceMatch
+from fwc.semantics import Block, PrefixIndex, forwarded_and_local, hull
 
 FAMILIES = (4, 6)
 # ServiceMatch.family as a table lookup: this runs per rule on the hot path.
@@ -31,17 +33,7 @@ NAT_HOOKS = {"dnat": frozenset({"pre"}), "snat": frozenset({"post"}),
              "masquerade": frozenset({"post"}), "nonat": frozenset({"pre", "post"})}
 FILTER_HOOKS = frozenset({"filter"})
 
-Key = tuple[int, int]  # a CIDR hull as (prefix length, network as an integer)
-
-
-def hull_key(addresses: AddressSet, family: int) -> Key:
-    """The smallest CIDR block holding the addresses (in one family)."""
-    intervals = addresses.family(family)
-    low, high = intervals[0][0], intervals[-1][1]
-    bits = FAMILY_BITS[family]
-    length = bits - (low ^ high).bit_length()
-    shift = bits - length
-    return length, low >> shift << shift
+Key = Block  # a CIDR hull as (prefix length, network as an integer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +47,8 @@ class Part:
 
 
 def _part(kind: str, family: int, source: AddressSet, destination: AddressSet) -> Part:
-    return Part(kind, family, source, destination, hull_key(source, family),
-                hull_key(destination, family))
+    return Part(kind, family, source, destination, hull(source, family),
+                hull(destination, family))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,33 +75,6 @@ def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
         family = PROTOCOL_FAMILY.get(match.protocol)
         out |= set(FAMILIES) if family is None else {family}
     return frozenset(out)
-
-
-def sides(endpoint: Endpoint, firewall: AddressSet) -> tuple[AddressSet, AddressSet]:
-    """(forwarded addresses, firewall addresses) an endpoint matches.
-
-    As in the lowering: `firewall` is every firewall address, an item whose
-    addresses are all firewall addresses (a VIP, a member address) names the
-    firewall too, and `any` never includes the firewall. Negated items are
-    subtracted from both.
-    """
-    net = AddressSet()
-    local = AddressSet()
-    positives = [i for i in endpoint.items if not i.negated]
-    for item in positives:
-        if item.kind == "any":
-            net = AddressSet.everything()
-        elif item.kind == "firewall":
-            local = local | firewall
-        elif item.addresses and firewall.covers(item.addresses):
-            local = local | item.addresses
-        else:
-            net = net | item.addresses
-    if not positives:
-        net = AddressSet.everything()
-    if endpoint.excludes_firewall:
-        local = AddressSet()
-    return net - endpoint.excluded, local - endpoint.excluded
 
 
 def _parts(source: tuple[AddressSet, AddressSet], destination: tuple[AddressSet, AddressSet],
@@ -144,7 +109,8 @@ def _nat_hooks(rule: Rule) -> frozenset[str]:
 
 
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet) -> Flow:
-    parts = _parts(sides(rule.source, firewall), sides(rule.destination, firewall),
+    parts = _parts(forwarded_and_local(rule.source, firewall),
+                   forwarded_and_local(rule.destination, firewall),
                    _live_families(rule.services))
     if hooks == FILTER_HOOKS:
         # Traffic to the firewall has no outgoing interface, traffic from it no
@@ -256,31 +222,6 @@ def overlaps(a: Flow, b: Flow) -> bool:
 
 
 # -- index --------------------------------------------------------------------------------
-class PrefixIndex:
-    """Values stored under CIDR keys; `ancestors` yields those whose key contains a query."""
-
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.by_length: dict[int, dict[int, object]] = {}
-
-    def slot(self, key: Key, make) -> object:
-        length, network = key
-        table = self.by_length.setdefault(length, {})
-        if network not in table:
-            table[network] = make()
-        return table[network]
-
-    def ancestors(self, key: Key) -> Iterator[object]:
-        length, network = key
-        for candidate in self.by_length:
-            if candidate > length:
-                continue
-            shift = self.bits - candidate
-            found = self.by_length[candidate].get(network >> shift << shift)
-            if found is not None:
-                yield found
-
-
 def _service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[tuple[object, ...]]:
     """Index keys of a flow's services in one family: whole protocols, single ports, types."""
     if not services:
@@ -320,20 +261,20 @@ class CoverIndex:
     """Earlier flows, found by (part kind, family, service key, source hull, destination hull)."""
 
     def __init__(self) -> None:
-        self.tables: dict[tuple[object, ...], PrefixIndex] = {}
+        self.tables: dict[tuple[object, ...], PrefixIndex[PrefixIndex[list[Flow]]]] = {}
 
     def add(self, flow: Flow) -> None:
         for part in flow.parts:
-            bits = FAMILY_BITS[part.family]
+            family = part.family
             src, dst = part.source_key, part.destination_key
             for skey in _service_keys(flow.services, part.family):
                 table = self.tables.get((part.kind, part.family, *skey))
                 if table is None:
-                    table = self.tables[(part.kind, part.family, *skey)] = PrefixIndex(bits)
-                inner = table.slot(src, lambda b=bits: PrefixIndex(b))
-                bucket = inner.slot(dst, list)  # type: ignore[attr-defined]
-                if not bucket or bucket[-1] is not flow:  # type: ignore[index]
-                    bucket.append(flow)  # type: ignore[attr-defined]
+                    table = self.tables[(part.kind, part.family, *skey)] = PrefixIndex(family)
+                inner = table.slot(src, lambda f=family: PrefixIndex(f))
+                bucket = inner.slot(dst, list)
+                if not bucket or bucket[-1] is not flow:
+                    bucket.append(flow)
 
     def candidates(self, flow: Flow) -> list[Flow]:
         """Earlier flows that might cover `flow`, in rule order."""
@@ -346,9 +287,9 @@ class CoverIndex:
             table = self.tables.get((part.kind, part.family, *skey))
             if table is None:
                 continue
-            for inner in table.ancestors(src):
-                for bucket in inner.ancestors(dst):  # type: ignore[attr-defined]
-                    for candidate in bucket:  # type: ignore[attr-defined]
+            for inner in table.containing(src):
+                for bucket in inner.containing(dst):
+                    for candidate in bucket:
                         found[candidate.position] = candidate
         return [found[k] for k in sorted(found)]
 
@@ -369,22 +310,11 @@ def shadowing(flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
         index.add(flow)
 
 
-# The shadowing and the DNAT checks both need the filter flows of a cluster; building
-# them twice was 1.5 s of `fwc check` at 20,000 rules. Keyed by identity (hashing a
-# cluster hashes every rule); the entry keeps the cluster alive so the id stays valid.
-_FLOWS: dict[tuple[int, AddressSet], tuple[Cluster, list[Flow]]] = {}
-
-
 def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
-    key = (id(cluster), firewall)
-    hit = _FLOWS.get(key)
-    if hit is not None and hit[0] is cluster:
-        return hit[1]
-    flows = [flow_of(r, FILTER_HOOKS, firewall) for r in cluster.rules]
-    if len(_FLOWS) >= 8:
-        _FLOWS.pop(next(iter(_FLOWS)))
-    _FLOWS[key] = (cluster, flows)
-    return flows
+    # The shadowing and the DNAT checks both need the filter flows of a cluster; building
+    # them twice was 1.5 s of `fwc check` at 20,000 rules: memoised for this run.
+    return cluster.memo.get(("filter-flows", firewall),
+                            lambda: [flow_of(r, FILTER_HOOKS, firewall) for r in cluster.rules])
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
@@ -463,7 +393,7 @@ def _translated_flow(rule: Rule, firewall: AddressSet) -> Flow | None:
     destination = (AddressSet(), target.addresses) if to_firewall \
         else (target.addresses, AddressSet())
     families = _live_families(services) & target.addresses.families
-    parts = _parts(sides(rule.source, firewall), destination, families)
+    parts = _parts(forwarded_and_local(rule.source, firewall), destination, families)
     return Flow(rule.index, "accept", FILTER_HOOKS, parts, services, rule.in_interface, None,
                 rule.only, ("accept",), rule)
 
@@ -472,14 +402,15 @@ class DestinationIndex:
     """Filter flows by (part kind, family) and destination hull, for DNAT targets."""
 
     def __init__(self, flows: list[Flow]) -> None:
-        self.tables: dict[tuple[str, int], PrefixIndex] = {}
+        self.tables: dict[tuple[str, int], PrefixIndex[list[Flow]]] = {}
         for flow in flows:
             for part in flow.parts:
-                table = self.tables.setdefault((part.kind, part.family),
-                                               PrefixIndex(FAMILY_BITS[part.family]))
+                table = self.tables.get((part.kind, part.family))
+                if table is None:
+                    table = self.tables[(part.kind, part.family)] = PrefixIndex(part.family)
                 bucket = table.slot(part.destination_key, list)
-                if not bucket or bucket[-1] is not flow:  # type: ignore[index]
-                    bucket.append(flow)  # type: ignore[attr-defined]
+                if not bucket or bucket[-1] is not flow:
+                    bucket.append(flow)
 
     def candidates(self, flow: Flow) -> list[Flow]:
         found: dict[int, Flow] = {}
@@ -487,8 +418,8 @@ class DestinationIndex:
             table = self.tables.get((part.kind, part.family))
             if table is None:
                 continue
-            for bucket in table.ancestors(part.destination_key):
-                for candidate in bucket:  # type: ignore[attr-defined]
+            for bucket in table.containing(part.destination_key):
+                for candidate in bucket:
                     found[candidate.position] = candidate
         return [found[k] for k in sorted(found)]
 

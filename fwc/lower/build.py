@@ -4,6 +4,8 @@ Chain placement (docs/compile.md): the part of a rule whose destination is the
 firewall (the member's own addresses plus every VIP) goes to INPUT, the part
 whose source is the firewall goes to OUTPUT, the rest (any or non-firewall
 addresses on both sides) goes to FORWARD. `any` never implies the firewall.
+What a side names is `fwc.semantics.side_of`, shared with the checks and the
+analysis engine.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
 from fwc import protocols as proto
 from fwc.addresses import AddressSet
@@ -28,6 +29,7 @@ from fwc.lower.ruleset import (
 )
 from fwc.model import Cluster, Endpoint, IPAddress, Member, Policy, PortRange, ServiceMatch
 from fwc.model import Rule as PolicyRule
+from fwc.semantics import Side, side_of
 from fwc.text import cut_utf8, utf8_length
 
 MARK_ACCEPT_CHAIN = "fwc-accept"
@@ -47,7 +49,6 @@ class LowerOptions:
     source_root: str = "."
 
 
-@lru_cache(maxsize=256)
 def _relative(file: str, source_root: str) -> str:
     return os.path.relpath(os.path.abspath(file), os.path.abspath(source_root))
 
@@ -80,51 +81,6 @@ def mark_value(bit: int) -> str:
 
 
 # -- endpoints ------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    """One side (from/to) of a rule, for one member and family."""
-
-    unbounded: bool  # `any`, or only negated items: every address
-    other: AddressSet  # named non-firewall addresses
-    firewall: AddressSet  # firewall addresses named (the keyword or one of its addresses)
-    excluded: AddressSet  # negated items
-
-    @property
-    def named(self) -> AddressSet:
-        return self.other | self.firewall
-
-
-def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
-    """Split a side into what names the firewall and what does not.
-
-    An item names the firewall when all its addresses are firewall addresses (a
-    VIP, a node address, `firewall`); a network that merely contains them does
-    not: `any` and `lan` stay forwarded traffic, as the language defines.
-    """
-    other = named_fw = excluded = _EMPTY
-    if endpoint.firewall:
-        named_fw = fw
-    if endpoint.excludes_firewall:
-        excluded = fw
-    for item in endpoint.items:
-        if not item.addresses.family(family):
-            continue
-        addresses = item.addresses
-        if addresses.family(6 if family == 4 else 4):
-            addresses = addresses.only(family)
-        if item.negated:
-            excluded = excluded | addresses if excluded else addresses
-        elif fw.covers(addresses):
-            named_fw = named_fw | addresses if named_fw else addresses
-        else:
-            other = other | addresses if other else addresses
-    if excluded and named_fw:
-        named_fw = named_fw - excluded
-    # Negated items are not subtracted from `other`: `lan, !host` as CIDRs can take
-    # dozens of lines (up to 128 in IPv6); a RETURN chain takes one per exclusion.
-    return Side(endpoint.is_any, other, named_fw, excluded)
-
 
 def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
     if addresses.is_everything(family):
@@ -262,6 +218,7 @@ class _Lowering:
         # rule.services -> service_matches(): thousands of rules name the same services.
         # The lists are shared between rules and only ever read.
         self.service_memo: dict[tuple[ServiceMatch, ...], list[Match] | None] = {}
+        self.relative: dict[str, str] = {}
         self.tables = _Tables()
         self.mark = mark_value(cluster.sync.mark_bit)
         self.log_limit = RateLimit(proto.LOG_RATE, proto.LOG_BURST)
@@ -272,8 +229,13 @@ class _Lowering:
         return self.member.device(interface) or interface
 
     def origin(self, rule: PolicyRule, kind: str) -> Origin:
-        return Origin(kind, source_label(rule.span.file, rule.span.line,
-                                         self.options.source_root), rule)
+        # Per lowering, not process-wide: the relative path depends on the current
+        # directory, which may differ between runs in one process.
+        relative = self.relative.get(rule.span.file)
+        if relative is None:
+            relative = self.relative[rule.span.file] = _relative(rule.span.file,
+                                                                 self.options.source_root)
+        return Origin(kind, f"{relative}:{rule.span.line}", rule)
 
     # -- automatic rules ---------------------------------------------------------
     def auto(self, chain: str, match: Match, label: str, target: str = "ACCEPT") -> None:
@@ -531,23 +493,13 @@ class _Lowering:
         return NodeRuleset(self.cluster.name, self.member.name, self.family, tuple(tables))
 
 
-# Checks (parity) and the compiler lower the same clusters: remember the last few
-# results. Keyed by identity (hashing a 20,000-rule cluster costs more than lowering
-# it); the cluster itself is kept in the entry so that its id cannot be reused.
-_RECENT: dict[tuple[int, str, int, LowerOptions], tuple[Cluster, NodeRuleset]] = {}
-_RECENT_MAX = 16
-
-
 def lower(cluster: Cluster, member: Member, family: int,
           options: LowerOptions | None = None) -> NodeRuleset:
     """The member's ruleset for one address family. Pure: same input, same output."""
     options = options or LowerOptions()
-    key = (id(cluster), member.name, family, options)
-    hit = _RECENT.get(key)
-    if hit is not None and hit[0] is cluster:
-        return hit[1]
-    result = _Lowering(cluster, member, family, options).build()
-    if len(_RECENT) >= _RECENT_MAX:
-        _RECENT.pop(next(iter(_RECENT)))
-    _RECENT[key] = (cluster, result)
-    return result
+    if not cluster.owns(member):
+        return _Lowering(cluster, member, family, options).build()
+    # Checks (parity) and the compiler lower the same clusters in one run: the result is
+    # memoised on the cluster, so it is shared within the run and dies with its model.
+    return cluster.memo.get(("lower", member.name, family, options),
+                            lambda: _Lowering(cluster, member, family, options).build())

@@ -1,0 +1,240 @@
+"""What the policy's words mean for packets, defined once.
+
+Lowering (`fwc.lower`), the rule checks (shadowing, DNAT), the analysis engine
+(`expect`, `fwc query`, `fwc diff`) and the tests all take their meaning of
+`from X to Y` from here, and their CIDR-hull index too.
+
+Endpoints (docs/language.md): on a member whose firewall addresses are its own
+addresses plus every VIP,
+
+- `firewall` names the firewall addresses; an item made only of firewall
+  addresses (a VIP, a member's address) names the firewall too;
+- any other item (`lan`) names its addresses as forwarded traffic: a network
+  that merely contains a firewall address does not name the firewall;
+- `any` is every address, but never the firewall itself;
+- negated items are subtracted; a list of only negated items is `any` minus them.
+
+`side_of` classifies the items of one side once. Its three readings differ
+only in how much of that classification the reader needs:
+
+- lowering places the named firewall part in INPUT/OUTPUT and the rest in
+  FORWARD, where the kernel never sees firewall addresses anyway, so it keeps
+  `other` as written (exclusions become a RETURN chain);
+- the rule checks compare rules chain by chain (`forwarded_and_local`);
+- the engine needs the exact address set (`endpoint_intervals`).
+
+First match: rules are tried in order and the first that matches decides;
+`fwc.analysis.engine.first_match` does this for packet sets (a packet is a
+one-point box) and `fwc.evaluate.Evaluator` for one packet through the lowered,
+rendered chains (jumps, RETURN, policies).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from fwc.addresses import FAMILY_BITS, AddressSet
+from fwc.model import Endpoint
+
+FAMILIES = (4, 6)
+_EMPTY = AddressSet()
+_EVERYTHING = {family: AddressSet.everything((family,)) for family in FAMILIES}
+
+Intervals = tuple[tuple[int, int], ...]
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One side (from/to) of a rule, for one member (its firewall set) and one family."""
+
+    unbounded: bool  # `any`, or only negated items: every address
+    other: AddressSet  # named non-firewall items, as written
+    firewall: AddressSet  # firewall addresses named (the keyword or one of its addresses)
+    excluded: AddressSet  # negated items (the firewall's addresses for `!firewall`)
+    negated: AddressSet  # negated items' own addresses (not `!firewall`)
+
+    @property
+    def named(self) -> AddressSet:
+        return self.other | self.firewall
+
+
+def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
+    """Split a side into what names the firewall and what does not (see the module doc).
+
+    `fw` is the firewall's addresses in this family. One pass over the items, and no
+    `Endpoint` properties: this runs per rule, member and family in the lowering.
+    """
+    other = named_fw = excluded = negated = _EMPTY
+    has_positive = has_any = names_firewall = excludes_firewall = False
+    opposite = 6 if family == 4 else 4
+    for item in endpoint.items:
+        kind = item.kind
+        if item.negated:
+            if kind == "firewall":
+                excludes_firewall = True
+                continue
+            if kind == "any":
+                # `!any` removes everything (the checks refuse it: FWC112).
+                excluded = negated = _EVERYTHING[family]
+                continue
+        else:
+            has_positive = True
+            if kind == "any":
+                has_any = True
+                continue
+            if kind == "firewall":
+                names_firewall = True
+                continue
+        addresses = item.addresses
+        if not addresses.family(family):
+            continue
+        if addresses.family(opposite):
+            addresses = addresses.only(family)
+        if item.negated:
+            excluded = excluded | addresses if excluded else addresses
+            negated = negated | addresses if negated else addresses
+        elif fw.covers(addresses):
+            named_fw = named_fw | addresses if named_fw else addresses
+        else:
+            other = other | addresses if other else addresses
+    if names_firewall:
+        named_fw = fw | named_fw if named_fw else fw
+    if excludes_firewall:
+        excluded = excluded | fw if excluded else fw
+    if excluded and named_fw:
+        named_fw = named_fw - excluded
+    # `any`, or only negated items: every address (Endpoint.is_any)
+    return Side(has_any or not has_positive, other, named_fw, excluded, negated)
+
+
+def forwarded_and_local(endpoint: Endpoint, firewall: AddressSet) \
+        -> tuple[AddressSet, AddressSet]:
+    """(forwarded addresses, firewall addresses) a side matches, both families.
+
+    For comparing rules chain by chain: the forwarded part is every address for
+    `any`, else the non-firewall items, minus the negated items; the firewall
+    part is what `side_of` names.
+    """
+    net = local = _EMPTY
+    for family in FAMILIES:
+        side = side_of(endpoint, firewall.only(family), family)
+        base = _EVERYTHING[family] if side.unbounded else side.other
+        if side.negated:
+            base = base - side.negated
+        net = net | base
+        local = local | side.firewall
+    return net, local
+
+
+def endpoint_intervals(spec: Endpoint | AddressSet | None, firewall: AddressSet,
+                       family: int) -> Intervals:
+    """The exact addresses a side stands for on a member with these firewall addresses.
+
+    `any` and non-firewall items lose the firewall's addresses, the named
+    firewall part is kept, and the exclusions go. A plain address set is
+    itself; None is every address.
+    """
+    if spec is None:
+        return _EVERYTHING[family].family(family)
+    if isinstance(spec, AddressSet):
+        return spec.family(family)
+    fw = firewall.only(family)
+    side = side_of(spec, fw, family)
+    base = _EVERYTHING[family] if side.unbounded else side.other
+    out = (base - fw) | side.firewall
+    return (out - side.excluded if side.excluded else out).family(family)
+
+
+# -- the CIDR-hull index ---------------------------------------------------------------------
+
+Block = tuple[int, int]  # a CIDR block as (prefix length, network as an integer)
+V = TypeVar("V")
+
+
+def hull_block(low: int, high: int, family: int) -> Block:
+    """The smallest CIDR block holding [low, high]."""
+    bits = FAMILY_BITS[family]
+    length = bits - (low ^ high).bit_length()
+    shift = bits - length
+    return length, low >> shift << shift
+
+
+def hull(addresses: AddressSet | Intervals, family: int) -> Block:
+    """The smallest CIDR block holding the addresses (in one family; not empty)."""
+    intervals = addresses.family(family) if isinstance(addresses, AddressSet) else addresses
+    return hull_block(intervals[0][0], intervals[-1][1], family)
+
+
+class PrefixIndex(Generic[V]):
+    """Values stored under CIDR blocks, found by the blocks that contain or meet a query.
+
+    Rules are indexed by the hull of their addresses: a rule can only cover a
+    query whose hull lies inside its own (`containing`), and only match part of
+    one whose hull meets its own (`overlapping`). Both look only at the prefix
+    lengths in use.
+    """
+
+    __slots__ = ("_levels", "bits", "by_length")
+
+    def __init__(self, family: int) -> None:
+        self.bits = FAMILY_BITS[family]
+        self.by_length: dict[int, dict[int, V]] = {}
+        self._levels: list[tuple[int, list[int], list[V], list[int]]] | None = None
+
+    def slot(self, block: Block, make: Callable[[], V]) -> V:
+        """The value stored under `block`, made first when there is none."""
+        length, network = block
+        table = self.by_length.get(length)
+        if table is None:
+            table = self.by_length[length] = {}
+        found = table.get(network)
+        if found is None:
+            found = table[network] = make()
+            self._levels = None
+        return found
+
+    def containing(self, block: Block) -> Iterator[V]:
+        """Values under blocks that contain `block` (its ancestors, itself included)."""
+        length, network = block
+        for candidate, table in self.by_length.items():
+            if candidate > length:
+                continue
+            shift = self.bits - candidate
+            found = table.get(network >> shift << shift)
+            if found is not None:
+                yield found
+
+    def overlapping(self, low: int, high: int) -> tuple[int, list[V]]:
+        """(total size, values) under blocks that meet [low, high]; values must be sized.
+
+        One binary search per prefix length in use; the running totals make the
+        size free, so a caller can choose the smaller of two indexes before reading.
+        """
+        if self._levels is None:
+            self._levels = []
+            for length, table in sorted(self.by_length.items()):
+                keys = sorted(table)
+                values = [table[k] for k in keys]
+                totals = [0]
+                for value in values:
+                    totals.append(totals[-1] + len(value))  # type: ignore[arg-type]
+                self._levels.append((self.bits - length, keys, values, totals))
+        count = 0
+        found: list[V] = []
+        for shift, keys, values, totals in self._levels:
+            # keys are network addresses: the query's ends as blocks of this length
+            first = bisect_left(keys, low >> shift << shift)
+            last = bisect_right(keys, high >> shift << shift)
+            if first < last:
+                count += totals[last] - totals[first]
+                found.extend(values[first:last])
+        return count, found
+
+
+__all__ = ["FAMILIES", "Block", "PrefixIndex", "Side", "endpoint_intervals",
+           "forwarded_and_local", "hull", "hull_block", "side_of"]

@@ -1,0 +1,143 @@
+"""One meaning of an endpoint and one CIDR-hull index (fwc.semantics, issue 11).
+
+Lowering, the rule checks and the analysis engine read `side_of`; these tests
+pin its readings against each other and against brute force, and the one
+place where the checks used to differ from the compiler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fwc.addresses import AddressSet
+from fwc.checks import run_checks
+from fwc.lower import lower, options_for
+from fwc.pipeline import analyse
+from fwc.semantics import (
+    PrefixIndex,
+    endpoint_intervals,
+    forwarded_and_local,
+    hull,
+    hull_block,
+    side_of,
+)
+from tests.conftest import write_policy
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "policies").glob("*.fw"))
+
+
+def test_the_readings_agree_on_every_example_endpoint():
+    """Engine set = forwarded part minus the firewall, plus the named firewall part."""
+    checked = 0
+    for path in EXAMPLES:
+        policy = analyse(path, run_checks=False).policy
+        assert policy is not None
+        for cluster in policy.clusters:
+            cluster_fw = cluster.all_member_addresses | cluster.vips
+            for member in cluster.members:
+                fw = cluster.firewall_addresses(member)
+                endpoints = [e for r in cluster.all_rules() for e in (r.source, r.destination)]
+                endpoints += [e for x in cluster.expectations for e in (x.source, x.destination)]
+                for endpoint in endpoints:
+                    net, local = forwarded_and_local(endpoint, fw)
+                    for family in (4, 6):
+                        side = side_of(endpoint, fw.only(family), family)
+                        exact = endpoint_intervals(endpoint, fw, family)
+                        assert exact == (((net - fw) | local) - side.excluded).family(family)
+                        assert side.firewall == local.only(family)
+                        checked += 1
+                # the checks' cluster-wide view names at least what one member names
+                for endpoint in endpoints:
+                    assert forwarded_and_local(endpoint, cluster_fw)[1].covers(
+                        forwarded_and_local(endpoint, fw)[1])
+    assert checked > 100
+
+
+def test_not_any_means_nothing_everywhere():
+    policy = analyse(REPO / "policies" / "edge.fw", run_checks=False).policy
+    assert policy is not None
+    rule = policy.clusters[0].rules[0]
+    item = rule.destination.items[0]
+    assert item.kind == "any"
+    negated = type(rule.destination)((type(item)("any", "any", AddressSet(), True, None,
+                                                  item.span),))
+    fw = policy.clusters[0].firewall_addresses(policy.clusters[0].members[0])
+    assert endpoint_intervals(negated, fw, 4) == ()
+    assert forwarded_and_local(negated, fw) == (AddressSet(), AddressSet())
+
+
+DUAL = """
+host vip4 192.0.2.254
+host v6host 2001:db8:1::99
+group dual vip4, v6host
+service ssh tcp/22
+cluster c {
+    vrrp { password "s3cret" advert 1s vrid 51 }
+    sync { link sync mode ftfw multicast 225.0.0.50 port 3780 }
+    interface lan vip 192.0.2.254/24, 2001:db8:1::fe/64
+    interface sync
+    member a priority 150 {
+        lan eth0 192.0.2.1/24, 2001:db8:1::1/64
+        sync eth2 203.0.113.1/24
+    }
+    member b priority 100 {
+        lan eth0 192.0.2.2/24, 2001:db8:1::2/64
+        sync eth2 203.0.113.2/24
+    }
+}
+policy c {
+    accept from any to any service ssh
+    accept from any to dual service ssh
+}
+"""
+
+
+def test_a_dual_family_item_is_split_per_family_as_the_compiler_does(tmp_path: Path):
+    """The checks used to call `dual` forwarded traffic in both families, so they
+    reported the second rule as redundant; the compiler puts its IPv4 part (a VIP)
+    in INPUT, which `to any` never matches: removing the rule would cut SSH to the VIP.
+    """
+    policy = analyse(write_policy(tmp_path, DUAL)).policy
+    assert policy is not None
+    codes = {d.code for d in run_checks(policy)}
+    assert "FWC402" not in codes and "FWC401" not in codes
+    cluster = policy.clusters[0]
+    ruleset = lower(cluster, cluster.members[0], 4, options_for(policy))
+    line = f"{Path(policy.root).name}:{cluster.rules[1].span.line}"
+    chains = {chain for _, chain, r in ruleset.rules() if r.origin.label == line}
+    assert chains == {"INPUT"}
+
+
+blocks = st.tuples(st.integers(0, 32), st.integers(0, 2 ** 32 - 1)).map(
+    lambda b: (b[0], b[1] >> (32 - b[0]) << (32 - b[0]) if b[0] else 0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(blocks, max_size=20), blocks)
+def test_prefix_index_agrees_with_brute_force(stored, query):
+    index: PrefixIndex[list[int]] = PrefixIndex(4)
+    for position, block in enumerate(stored):
+        index.slot(block, list).append(position)
+
+    def span(block):
+        length, network = block
+        return network, network + 2 ** (32 - length) - 1
+
+    lo, hi = span(query)
+    containing = sorted(p for bucket in index.containing(query) for p in bucket)
+    assert containing == [p for p, b in enumerate(stored)
+                          if span(b)[0] <= lo and hi <= span(b)[1]]
+    count, found = index.overlapping(lo, hi)
+    meeting = [p for p, b in enumerate(stored) if span(b)[0] <= hi and lo <= span(b)[1]]
+    assert sorted(p for bucket in found for p in bucket) == meeting
+    assert count == len(meeting)
+
+
+def test_hull_is_the_smallest_block():
+    assert hull_block(0xC0000200, 0xC00002FF, 4) == (24, 0xC0000200)
+    assert hull(AddressSet.of("192.0.2.10", "192.0.2.20"), 4) == (27, 0xC0000200)
+    assert hull_block(0, 2 ** 32 - 1, 4) == (0, 0)
