@@ -145,7 +145,7 @@ class NodeInstall:
         """(daemon, command) for each daemon whose configuration this install changes."""
         changed = set(self.result.changed)
         commands = []
-        if "keepalived-systemd.conf" in changed and self.systemd:
+        if scripts.SYSTEMD_FILES & changed and self.systemd:
             commands.append(("systemd", scripts.reload_systemd_units()))
         if {"keepalived.conf", "fwc-notify.sh"} & changed:
             commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
