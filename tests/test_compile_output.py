@@ -41,8 +41,11 @@ def test_compile_twice_gives_the_same_bytes_from_any_directory(edge, tmp_path, m
     assert set(a) == {"edge/MANIFEST"} | {
         f"edge/{m}/{f}" for m in ("fw1", "fw2")
         for f in ("iptables.rules", "ip6tables.rules", "keepalived.conf", "conntrackd.conf",
-                  "keepalived-systemd.conf", "fwc-notify.sh", "sysctl.conf")}
+                  "keepalived-systemd.conf", "fwc-notify.sh", "sysctl.conf",
+                  "failsafe.rules", "failsafe6.rules", "forwarding.conf", "fwc-firewall.sh",
+                  "fwc-firewall.service", "conntrackd-systemd.conf")}
     assert a["edge/fw1/fwc-notify.sh"][1] == 0o755
+    assert a["edge/fw1/fwc-firewall.sh"][1] == 0o755
     assert a["edge/fw1/iptables.rules"][1] == 0o644
 
 
