@@ -74,11 +74,6 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
     rulesets, sets = optimise(member, {f: lower(cluster, member, f, options) for f in families})
     files = [OutputFile(prefix + "iptables.rules", render_iptables(rulesets[4]).encode(),
                         MODE_FILE)]
-    for family in families:
-        # From the lowered ruleset before the speed passes: the fallback names no ipset.
-        name = "failsafe.rules" if family == 4 else "failsafe6.rules"
-        files.append(OutputFile(prefix + name, render_failsafe(
-            failsafe(lower(cluster, member, family, options))).encode(), MODE_FILE))
     if 6 in rulesets:
         files.append(OutputFile(prefix + "ip6tables.rules",
                                 render_iptables(rulesets[6]).encode(), MODE_FILE))
@@ -106,6 +101,11 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
                             daemons.sysctl_conf(cluster, member).encode(), MODE_FILE))
     files.append(OutputFile(prefix + "forwarding.conf",
                             daemons.forwarding_conf(cluster, member).encode(), MODE_FILE))
+    for family in families:
+        # From the lowered ruleset before the speed passes: the fallback names no ipset.
+        name = "failsafe.rules" if family == 4 else "failsafe6.rules"
+        files.append(OutputFile(prefix + name, render_failsafe(
+            failsafe(lower(cluster, member, family, options))).encode(), MODE_FILE))
     files.append(OutputFile(prefix + "fwc-firewall.sh",
                             daemons.boot_script(cluster, member, tuple(sorted(rulesets)),
                                                 bool(sets)).encode(), MODE_SCRIPT))

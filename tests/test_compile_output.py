@@ -186,7 +186,9 @@ def test_summary_lists_the_files_per_member(edge, tmp_path, capsys):
     assert compile_to(edge, tmp_path / "out") == 0
     printed = capsys.readouterr().out
     assert f"{tmp_path / 'out'}/edge/fw1: iptables.rules ip6tables.rules keepalived.conf " \
-        "conntrackd.conf keepalived-systemd.conf fwc-notify.sh sysctl.conf" in printed
+        "conntrackd.conf conntrackd-systemd.conf keepalived-systemd.conf fwc-notify.sh " \
+        "sysctl.conf forwarding.conf failsafe.rules failsafe6.rules fwc-firewall.sh " \
+        "fwc-firewall.service\n" in printed
 
 
 def test_concurrent_compiles_into_one_directory_keep_both_clusters(edge, tmp_path):
