@@ -250,7 +250,7 @@ def test_unicast_with_two_members_is_fine(tmp_path):
     assert run(tmp_path, text).diagnostics == ()
 
 
-CLUSTER_CODES = [f"FWC2{n:02d}" for n in range(1, 21)]
+CLUSTER_CODES = [f"FWC2{n:02d}" for n in range(1, 22)]
 
 
 def test_every_cluster_code_is_registered():
@@ -265,3 +265,22 @@ def test_cluster_checks_silent_on_examples(policy):
     analysis = analyse(policy)
     assert analysis.policy is not None
     assert [d for d in analysis.diagnostics if d.code in CLUSTER_CODES] == []
+
+
+@pytest.mark.parametrize("delay, phrase", [
+    ("0s", "before conntrackd has resynchronised"),
+    ("4s", "preempt-delay 4 s"),
+    ("500ms", "preempt-delay 0 s"),
+    ("1001s", "maximum of 1000 s"),
+])
+def test_fwc221_preempt_delay_out_of_range(tmp_path, delay, phrase):
+    text = mutate(("advert 1s", f"advert 1s  preempt-delay {delay}"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC221", E, line_of(text, "preempt-delay"), phrase)
+
+
+@pytest.mark.parametrize("option", ["preempt-delay 5s", "preempt-delay 30s", "preempt off",
+                                    "preempt off  preempt-delay 0s"])
+def test_fwc221_silent_for_a_long_enough_delay_or_nopreempt(tmp_path, option):
+    text = mutate(("advert 1s", f"advert 1s  {option}"))
+    assert with_code(run(tmp_path, text), "FWC221") == []

@@ -41,8 +41,11 @@ def test_compile_twice_gives_the_same_bytes_from_any_directory(edge, tmp_path, m
     assert set(a) == {"edge/MANIFEST"} | {
         f"edge/{m}/{f}" for m in ("fw1", "fw2")
         for f in ("iptables.rules", "ip6tables.rules", "keepalived.conf", "conntrackd.conf",
-                  "keepalived-systemd.conf", "fwc-notify.sh", "sysctl.conf")}
+                  "keepalived-systemd.conf", "fwc-notify.sh", "sysctl.conf",
+                  "failsafe.rules", "failsafe6.rules", "forwarding.conf", "fwc-firewall.sh",
+                  "fwc-firewall.service", "conntrackd-systemd.conf")}
     assert a["edge/fw1/fwc-notify.sh"][1] == 0o755
+    assert a["edge/fw1/fwc-firewall.sh"][1] == 0o755
     assert a["edge/fw1/iptables.rules"][1] == 0o644
 
 
@@ -55,7 +58,7 @@ def test_manifest_hashes_every_file_and_source_without_absolute_paths(edge, tmp_
     assert f"source {source_hash}  edge.fw" in manifest.splitlines()
     files = [line.split() for line in manifest.splitlines()
              if line.startswith(("file ", "redacted "))]
-    assert len(files) == 14
+    assert len(files) == 26  # 13 files per member
     for kind, digest, path in files:
         content = (tmp_path / "out" / "edge" / path).read_bytes()
         # keepalived.conf holds the password: hashed as if redacted (see the secrets tests)
@@ -187,7 +190,9 @@ def test_summary_lists_the_files_per_member(edge, tmp_path, capsys):
     assert compile_to(edge, tmp_path / "out") == 0
     printed = capsys.readouterr().out
     assert f"{tmp_path / 'out'}/edge/fw1: iptables.rules ip6tables.rules keepalived.conf " \
-        "conntrackd.conf keepalived-systemd.conf fwc-notify.sh sysctl.conf" in printed
+        "conntrackd.conf conntrackd-systemd.conf keepalived-systemd.conf fwc-notify.sh " \
+        "sysctl.conf forwarding.conf failsafe.rules failsafe6.rules fwc-firewall.sh " \
+        "fwc-firewall.service\n" in printed
 
 
 def test_concurrent_compiles_into_one_directory_keep_both_clusters(edge, tmp_path):

@@ -1,8 +1,19 @@
-"""keepalived starts after conntrackd (ha-daemons P11): a systemd drop-in per member."""
+"""Boot and daemon ordering: the systemd units fwc generates per member.
+
+keepalived starts after conntrackd (ha-daemons P11); both require the boot unit
+fwc-firewall.service, which loads the rules before the network is up and only
+then switches forwarding on (issue 10: a rebooted node never forwards unfiltered).
+"""
 
 from __future__ import annotations
 
 import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI
 
 from fwc.install.node import NodeInstall
 from fwc.output import compile_policy
@@ -10,16 +21,58 @@ from fwc.pipeline import analyse
 from fwc.protocols import NODE_FILES_BY_NAME
 
 
-def test_every_member_gets_the_ordering_dropin(policies):
-    policy = analyse(policies / "edge.fw").policy
-    files = {f.path: f for cluster in compile_policy(policy) for f in cluster.files}
+def _files(policies: Path, name: str = "edge.fw") -> dict[str, bytes]:
+    policy = analyse(policies / name).policy
+    return {f.path: f.content for cluster in compile_policy(policy) for f in cluster.files}
+
+
+def _unit(text: bytes) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(text.decode())
+    return unit
+
+
+def test_every_member_gets_the_ordering_dropins(policies):
+    files = _files(policies)
     for member in ("fw1", "fw2"):
-        unit = configparser.ConfigParser()
-        unit.read_string(files[f"{member}/keepalived-systemd.conf"].content.decode())
-        assert unit["Unit"]["After"] == "conntrackd.service"
-        assert unit["Unit"]["Wants"] == "conntrackd.service"
+        keepalived = _unit(files[f"{member}/keepalived-systemd.conf"])["Unit"]
+        assert keepalived["After"].split() == ["fwc-firewall.service", "conntrackd.service"]
+        assert keepalived["Wants"] == "conntrackd.service"
+        assert keepalived["Requires"] == "fwc-firewall.service"
+        conntrackd = _unit(files[f"{member}/conntrackd-systemd.conf"])["Unit"]
+        assert conntrackd["Requires"] == conntrackd["After"] == "fwc-firewall.service"
     assert NODE_FILES_BY_NAME["keepalived-systemd.conf"].path == \
         "/etc/systemd/system/keepalived.service.d/fwc.conf"
+    assert NODE_FILES_BY_NAME["conntrackd-systemd.conf"].path == \
+        "/etc/systemd/system/conntrackd.service.d/fwc.conf"
+
+
+def test_the_boot_unit_runs_before_the_network_and_stays_active(policies):
+    files = _files(policies)
+    unit = _unit(files["fw1/fwc-firewall.service"])
+    assert unit["Unit"]["DefaultDependencies"] == "no"
+    assert "network-pre.target" in unit["Unit"]["Before"].split()
+    assert unit["Unit"]["Wants"] == "network-pre.target"
+    assert unit["Service"]["Type"] == "oneshot"
+    assert unit["Service"]["RemainAfterExit"] == "yes"
+    assert unit["Service"]["ExecStart"] == NODE_FILES_BY_NAME["fwc-firewall.sh"].path
+    assert NODE_FILES_BY_NAME["fwc-firewall.sh"].mode == 0o755
+    assert NODE_FILES_BY_NAME["fwc-firewall.service"].path == \
+        "/etc/systemd/system/fwc-firewall.service"
+
+
+def test_sysctl_d_no_longer_switches_forwarding_on(policies):
+    """systemd-sysctl applies /etc/sysctl.d before any rule is loaded."""
+    for name in ("edge.fw", "dmz.fw", "branch.fw"):
+        files = _files(policies, name)
+        for path, content in files.items():
+            if path.endswith("/sysctl.conf"):
+                assert b"forward" not in content, path
+        forwarding = files["fw1/forwarding.conf"].decode() if "fw1/forwarding.conf" in files \
+            else next(c for p, c in files.items() if p.endswith("/forwarding.conf")).decode()
+        assert "net.ipv4.ip_forward = 1" in forwarding
+    assert NODE_FILES_BY_NAME["forwarding.conf"].path.startswith("/etc/fwc/")
 
 
 def test_install_reloads_systemd_units_before_keepalived_when_the_dropin_changed():
@@ -38,3 +91,100 @@ def test_install_reloads_systemd_units_before_keepalived_when_the_dropin_changed
     assert daemons == ["systemd", "keepalived"]
     node.systemd = False
     assert [d for d, _ in node.reload_commands(old_config=None)] == ["keepalived"]
+
+
+def test_install_enables_the_boot_unit_when_it_changes():
+    node = NodeInstall.__new__(NodeInstall)
+    node.systemd = True
+    node.role = "backup"
+
+    class Result:
+        changed = ["fwc-firewall.service"]
+
+    class Transport:
+        private_run = True
+
+    node.result, node.transport = Result(), Transport()
+    commands = dict(node.reload_commands(old_config=None))
+    assert "systemctl daemon-reload" in commands["systemd"]
+    assert "systemctl enable -q fwc-firewall.service" in commands["systemd"]
+
+
+def _systemd_analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if IN_CI:
+            pytest.fail("CI must run this test: systemd-analyze is missing (tests/run.sh "
+                        "installs the systemd package)")
+        pytest.skip("systemd-analyze missing (tests/run.sh installs it)")
+    return tool
+
+
+UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+
+
+def _stock_unit(name: str) -> Path:
+    for directory in UNIT_DIRS:
+        if (directory / name).exists():
+            return directory / name
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {name} is missing (tests/run.sh installs it)")
+    pytest.skip(f"{name} missing")
+
+
+@pytest.mark.parametrize("name", ["edge.fw", "dmz.fw", "branch.fw"])
+def test_systemd_analyze_verify_accepts_the_generated_units(policies, tmp_path, name):
+    """The units and drop-ins as installed, next to Debian's keepalived/conntrackd units.
+
+    A root directory stands in for the node: the generated files at their node
+    paths, the stock units and targets, and the executables the units name.
+    """
+    tool = _systemd_analyze()
+    root = tmp_path / "root"
+    units = root / "lib/systemd/system"
+    units.mkdir(parents=True)
+    for stock in ("keepalived.service", "conntrackd.service"):
+        shutil.copy(_stock_unit(stock), units)
+    for directory in UNIT_DIRS:
+        for target in directory.glob("*.target") if directory.is_dir() else ():
+            if not (units / target.name).exists():
+                shutil.copy(target, units, follow_symlinks=True)
+    for binary in ("usr/sbin/keepalived", "usr/sbin/conntrackd", "bin/kill", "usr/bin/kill"):
+        path = root / binary
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    files = _files(policies, name)
+    member = sorted(p.split("/")[0] for p in files if p.endswith("/fwc-firewall.service"))[0]
+    for path, content in files.items():
+        owner, _, fname = path.partition("/")
+        if owner != member or fname not in NODE_FILES_BY_NAME:
+            continue
+        node = NODE_FILES_BY_NAME[fname]
+        target = root / node.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(node.mode)
+    proc = subprocess.run([tool, "verify", f"--root={root}", "fwc-firewall.service",
+                           "keepalived.service", "conntrackd.service"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # Warnings (an unknown key in a drop-in, an ordering cycle) do not change the exit code.
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_systemd_analyze_verify_catches_a_broken_dropin(policies, tmp_path):
+    """The verification above is not vacuous: a misspelt key in a drop-in is reported."""
+    tool = _systemd_analyze()
+    root = tmp_path / "root"
+    dropin = root / "etc/systemd/system/fwc-firewall.service"
+    dropin.parent.mkdir(parents=True)
+    dropin.write_bytes(_files(policies)["fw1/fwc-firewall.service"].replace(
+        b"RemainAfterExit", b"RemainAfterExi"))
+    script = root / "etc/fwc/fwc-firewall.sh"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    proc = subprocess.run([tool, "verify", f"--root={root}", "fwc-firewall.service"],
+                          capture_output=True, text=True, timeout=60)
+    assert "RemainAfterExi" in proc.stderr

@@ -389,7 +389,9 @@ def test_dry_run_against_the_namespaces_changes_nothing(lab, capsys):
     out = capsys.readouterr().out
     fw2, fw1 = lab.nodes["fw2"].ns, lab.nodes["fw1"].ns
     assert out.index(f"ip netns exec {fw2} sh -c") < out.index(f"ip netns exec {fw1} sh -c")
-    assert out.count("iptables-restore --test") == 2
+    # Per node: the rules and the boot script's fail-closed fallback.
+    assert out.count("iptables-restore --test < /etc/fwc/staging/iptables.rules") == 2
+    assert out.count("iptables-restore --test < /etc/fwc/staging/failsafe.rules") == 2
     for member, node in lab.nodes.items():
         assert (node.rules(), node.rules("ip6tables-save")) == before[member]
         assert sorted(p.name for p in (node.etc / "fwc").iterdir()) == []

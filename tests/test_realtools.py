@@ -294,15 +294,23 @@ def test_a_named_set_renders_the_way_iptables_save_prints_it(tmp_path):
 
 @pytest.mark.parametrize(("policy", "cluster", "member", "devices"), MEMBERS, ids=IDS)
 def test_sysctl_conf_applies(compiled, policy, cluster, member, devices):
-    conf = compiled[policy] / cluster / member / "sysctl.conf"
-    keys = [line.split("=")[0].strip() for line in conf.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
-    assert "net.ipv4.ip_forward" in keys and "net.netfilter.nf_conntrack_events" in keys
+    directory = compiled[policy] / cluster / member
+    conf, forwarding = directory / "sysctl.conf", directory / "forwarding.conf"
+
+    def keys_of(path: Path) -> list[str]:
+        return [line.split("=")[0].strip() for line in path.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    keys = keys_of(conf) + keys_of(forwarding)
+    # Forwarding is switched on by the boot script after the rules, never by sysctl.d.
+    assert "net.ipv4.ip_forward" in keys_of(forwarding)
+    assert "net.ipv4.ip_forward" not in keys_of(conf)
+    assert "net.netfilter.nf_conntrack_events" in keys_of(conf)
     with namespace() as ns:
         # loading a conntrack rule loads nf_conntrack, whose keys sysctl.conf sets
-        rules = (compiled[policy] / cluster / member / "iptables.rules").read_text()
+        rules = (directory / "iptables.rules").read_text()
         assert in_ns(ns, "iptables-restore", stdin=rules).returncode == 0
-        result = in_ns(ns, "sysctl", "-p", str(conf))
+        result = in_ns(ns, "sysctl", "-p", str(conf), "-p", str(forwarding))
     errors = [line for line in result.stderr.splitlines()
               # nf_conntrack_max is global: only the initial namespace may set it
               if "nf_conntrack_max" not in line]

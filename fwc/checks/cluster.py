@@ -438,3 +438,32 @@ def unicast_two_members(policy: Policy) -> Iterable[Diagnostic]:
             yield error("FWC220", f"unicast sync with {len(cluster.members)} members; "
                         "conntrackd unicast reaches one peer", _sync_span(cluster, "unicast"),
                         hint="use 'multicast GROUP port PORT' (the default)")
+
+
+@check("FWC221", "preempt delay too short for conntrackd to resynchronise", E, f"""
+A master that comes back (reboot, restart) has an empty connection table. Its
+conntrackd asks the peer for a full resync only once keepalived has started in
+BACKUP state; if keepalived preempts before that transfer has finished, the node
+takes the VIPs with the replicated connections missing and every one of them is
+dropped as INVALID. keepalived's `preempt_delay` holds preemption back after its
+start: fwc writes {proto.DEFAULT_PREEMPT_DELAY_S} s when the policy says nothing, and an
+explicit `preempt-delay` must be at least {proto.MIN_PREEMPT_DELAY_S} s (the time a
+bulk resync of a full table over the sync link and the links' own bring-up take)
+and at most keepalived's {proto.KEEPALIVED_PREEMPT_DELAY_MAX_S} s. `preempt off` (nopreempt)
+never takes the VIPs back and needs no delay.""")
+def preempt_delay(policy: Policy) -> Iterable[Diagnostic]:
+    low, high = proto.MIN_PREEMPT_DELAY_S, proto.KEEPALIVED_PREEMPT_DELAY_MAX_S
+    for cluster in _clusters(policy):
+        vrrp = cluster.vrrp
+        delay = vrrp.preempt_delay_s
+        if not vrrp.preempt or delay is None or low <= delay <= high:
+            continue
+        if delay < low:
+            yield error("FWC221", f"preempt-delay {delay} s lets a returning master take the "
+                        "VIPs before conntrackd has resynchronised", vrrp.span_of("preempt-delay"),
+                        hint=f"use at least {low}s (without preempt-delay fwc writes "
+                        f"{proto.DEFAULT_PREEMPT_DELAY_S}s), or 'preempt off'")
+        else:
+            yield error("FWC221", f"preempt-delay {delay} s is more than keepalived's "
+                        f"maximum of {high} s", vrrp.span_of("preempt-delay"),
+                        hint=f"use {low}s to {high}s, or 'preempt off'")

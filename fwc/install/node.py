@@ -148,7 +148,11 @@ class NodeInstall:
             self.locked = False
 
     def snapshot(self) -> None:
-        keys = scripts.sysctl_keys(self.contents.get("sysctl.conf", ""))
+        # Forwarding lives in forwarding.conf (the boot unit's), the rest in sysctl.conf:
+        # a rollback must put both back, ip_forward above all.
+        keys = list(dict.fromkeys(
+            key for name in ("sysctl.conf", "forwarding.conf")
+            for key in scripts.sysctl_keys(self.contents.get(name, ""))))
         result = self.step("snapshot", scripts.snapshot(self.files, keys))
         changed = [line.split(None, 1)[1] for line in result.stdout.splitlines()
                    if line.startswith("changed ")]
@@ -168,7 +172,7 @@ class NodeInstall:
         """(daemon, command) for each daemon whose configuration this install changes."""
         changed = set(self.result.changed)
         commands = []
-        if "keepalived-systemd.conf" in changed and self.systemd:
+        if scripts.SYSTEMD_FILES & changed and self.systemd:
             commands.append(("systemd", scripts.reload_systemd_units()))
         if {"keepalived.conf", "fwc-notify.sh"} & changed:
             commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))

@@ -20,7 +20,13 @@ from fwc.install.paths import (
     WATCHDOG_PID,
     NodeFile,
 )
-from fwc.protocols import NODE_CONNTRACKD_CONF
+from fwc.protocols import (
+    BOOT_UNIT,
+    NODE_BOOT_UNIT,
+    NODE_CONNTRACKD_CONF,
+    NODE_FORWARDING_CONF,
+    NODE_SYSCTL_CONF,
+)
 
 q = shlex.quote
 
@@ -138,6 +144,10 @@ def test_ruleset(files: list[NodeFile]) -> str:
     steps = [f"iptables-restore --test < {STAGING}/iptables.rules"]
     if "ip6tables.rules" in names:
         steps.append(f"ip6tables-restore --test < {STAGING}/ip6tables.rules")
+    # The boot fallback is only loaded when something already went wrong: test it now.
+    for name, tool in (("failsafe.rules", "iptables"), ("failsafe6.rules", "ip6tables")):
+        if name in names:
+            steps.append(f"{tool}-restore --test < {STAGING}/{name}")
     if "ipsets.rules" in names:
         # A rule naming a set that does not exist yet fails the test, and creating
         # the sets here would change the node: test in a throwaway network
@@ -215,15 +225,32 @@ def apply(files: list[NodeFile]) -> str:
     if "sysctl.conf" in names:
         # A key the kernel refuses (per-namespace limits, removed knobs) must not
         # undo a good ruleset: report it and carry on.
-        lines.append("if ! sysctl -q -p /etc/sysctl.d/90-fwc.conf; then "
+        lines.append(f"if ! sysctl -q -p {NODE_SYSCTL_CONF}; then "
                      "echo 'warning: some sysctl keys were not set' >&2; fi")
+    if "forwarding.conf" in names:
+        # Forwarding is not in /etc/sysctl.d (the boot unit switches it on after the
+        # rules): switch it on here, after the rules were applied above.
+        lines.append(f"sysctl -q -p {NODE_FORWARDING_CONF}")
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
 
 
+# Unit files and drop-ins: systemd only sees a change after daemon-reload.
+SYSTEMD_FILES = frozenset({"keepalived-systemd.conf", "conntrackd-systemd.conf",
+                           "fwc-firewall.service"})
+
+
 def reload_systemd_units() -> str:
-    """A changed drop-in (keepalived after conntrackd) only counts once systemd re-reads it."""
-    return "if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi"
+    """Re-read changed units; enable the boot unit so the next boot loads the rules.
+
+    Not started here: the rules are in already, and starting it would switch
+    forwarding off for the moment it takes to load them again. On a rollback
+    that removed the unit, its enablement link goes too.
+    """
+    wants = f"/etc/systemd/system/multi-user.target.wants/{BOOT_UNIT}"
+    return ("if [ -d /run/systemd/system ]; then systemctl daemon-reload && "
+            f"if [ -e {NODE_BOOT_UNIT} ]; then systemctl enable -q {BOOT_UNIT}; "
+            f"else rm -f {wants}; fi; fi")
 
 
 def reload_keepalived(systemd: bool) -> str:

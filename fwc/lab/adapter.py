@@ -22,6 +22,7 @@ from fwc.lab.topology import (
     LabSegment,
     LabSnat,
 )
+from fwc.render import daemons
 
 if TYPE_CHECKING:
     from fwc.addresses import AddressSet
@@ -126,6 +127,7 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
         snat=snat,
         advert=cluster.vrrp.advert_ms / 1000.0,
         preempt=cluster.vrrp.preempt,
+        preempt_delay=float(daemons.preempt_delay(cluster.vrrp)) if cluster.vrrp.preempt else 0.0,
     )
 
 

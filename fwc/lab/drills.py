@@ -358,7 +358,8 @@ def failover_drill(
             old_log = lab.logdir / f"{master.name}-conntrackd.log"
             old_offset = old_log.stat().st_size if old_log.exists() else 0
             master.restore(lab.listener_for(master))
-            res.failback_s = wait_for(lambda: master.vips_held() == lab.vip_set, 20.0)
+            res.failback_s = wait_for(lambda: master.vips_held() == lab.vip_set,
+                                      20.0 + lab.plan.cluster.preempt_delay)
             if failback and res.survived_failover:
                 t_switch = time.monotonic()
                 wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)), survive_window, 0.1)

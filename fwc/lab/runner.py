@@ -319,7 +319,7 @@ class Lab:
             return None
         return max(self.plan.cluster.members, key=lambda m: m.priority).name
 
-    def wait_master(self, timeout: float = 20.0) -> tuple[Node, float]:
+    def wait_master(self, timeout: float | None = None) -> tuple[Node, float]:
         """Exactly one member holding every VIP, the others none, and settled.
 
         Right after a restart a lower priority member can win briefly before
@@ -327,6 +327,8 @@ class Lab:
         in the next drill. So wait for the expected master (with preemption),
         or for one sole master that stays put for a second (without).
         """
+        # The preferred master only preempts once its preempt_delay has passed.
+        timeout = timeout if timeout is not None else 20.0 + self.plan.cluster.preempt_delay
         expected = self.expected_master()
         found: list[Node] = []
         since: list[float] = []

@@ -93,6 +93,8 @@ class LabCluster:
     snat: tuple[LabSnat, ...] = ()
     advert: float = 1.0
     preempt: bool = True  # keepalived default: the highest priority always ends up master
+    # keepalived's preempt_delay as compiled: a returning master waits this long (FWC221).
+    preempt_delay: float = 0.0
 
     def segment(self, name: str) -> LabSegment:
         for seg in self.segments:

@@ -1,4 +1,4 @@
-"""The model -> keepalived.conf, conntrackd.conf, fwc-notify.sh, sysctl.conf.
+"""The model -> keepalived.conf, conntrackd.conf, fwc-notify.sh, sysctl.conf, boot files.
 
 Each file has a jinja2 template in fwc/templates and a context builder here; the
 builders make every decision, the templates only lay the values out.
@@ -12,7 +12,7 @@ from functools import cache
 import jinja2
 
 from fwc import protocols as proto
-from fwc.model import Cluster, IPInterface, Member
+from fwc.model import Cluster, IPInterface, Member, Vrrp
 from fwc.render import escape
 
 
@@ -63,6 +63,13 @@ def advert_interval(advert_ms: int) -> str:
     return f"{advert_ms / 1000:.2f}".rstrip("0")
 
 
+def preempt_delay(vrrp: Vrrp) -> int:
+    """The policy's delay, else a default long enough for conntrackd to resync (FWC221)."""
+    if vrrp.preempt_delay_s is not None:
+        return vrrp.preempt_delay_s
+    return proto.DEFAULT_PREEMPT_DELAY_S
+
+
 def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpInstance]:
     vrrp = cluster.vrrp
     out: list[VrrpInstance] = []
@@ -87,7 +94,7 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 version=None if version == proto.DEFAULT_VRRP_VERSION else version,
                 nopreempt=not vrrp.preempt,
                 # keepalived: nopreempt and preempt_delay exclude each other.
-                preempt_delay=vrrp.preempt_delay_s if vrrp.preempt else None,
+                preempt_delay=preempt_delay(vrrp) if vrrp.preempt else None,
                 garp_refresh=vrrp.garp_refresh_s,
                 auth_type=auth.upper() if auth else None,
                 auth_pass=password,
@@ -226,22 +233,26 @@ def notify_script(cluster: Cluster, member: Member) -> str:
     })
 
 
-def sysctl_settings(cluster: Cluster) -> list[tuple[str, object, str]]:
+def forwarding_settings(cluster: Cluster) -> list[tuple[str, object, str]]:
+    """Switched on by the boot script and by fwc install, only after the rules loaded."""
     settings: list[tuple[str, object, str]] = []
     if 4 in cluster.families:
-        settings.append(("net.ipv4.ip_forward", 1,
+        settings.append((proto.FORWARDING_SYSCTLS[4], 1,
                          "a firewall routes: forward IPv4 between its interfaces"))
     if 6 in cluster.families:
-        settings.append(("net.ipv6.conf.all.forwarding", 1,
+        settings.append((proto.FORWARDING_SYSCTLS[6], 1,
                          "the cluster carries IPv6: forward it too"))
-    settings += [
+    return settings
+
+
+def sysctl_settings(cluster: Cluster) -> list[tuple[str, object, str]]:
+    return [
         ("net.netfilter.nf_conntrack_events", proto.NF_CONNTRACK_EVENTS,
          "conntrackd learns about connections from conntrack events; without them "
          "nothing is replicated"),
         ("net.netfilter.nf_conntrack_max", proto.NF_CONNTRACK_MAX,
          "the connection table size; conntrackd.conf's HashLimit is twice this value"),
     ]
-    return settings
 
 
 def sysctl_conf(cluster: Cluster, member: Member) -> str:
@@ -252,10 +263,64 @@ def sysctl_conf(cluster: Cluster, member: Member) -> str:
     })
 
 
-def keepalived_systemd_dropin(cluster: Cluster, member: Member) -> str:
-    """Orders keepalived after conntrackd so a takeover can always commit the cache."""
+def forwarding_conf(cluster: Cluster, member: Member) -> str:
+    return render_template("forwarding.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "script": proto.NODE_BOOT_SCRIPT,
+        "settings": forwarding_settings(cluster),
+    })
+
+
+def keepalived_systemd_dropin(cluster: Cluster, member: Member, sync: bool = True) -> str:
+    """keepalived after the boot unit (rules loaded) and, with SYNC, after conntrackd."""
     return render_template("keepalived-systemd.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "path": proto.NODE_KEEPALIVED_DROPIN,
+        "unit": proto.BOOT_UNIT,
+        "sync": sync,
+    })
+
+
+# -- boot ----------------------------------------------------------------------------------
+
+def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
+    return render_template("conntrackd-systemd.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "path": proto.NODE_CONNTRACKD_DROPIN,
+        "unit": proto.BOOT_UNIT,
+    })
+
+
+def boot_unit(cluster: Cluster, member: Member) -> str:
+    return render_template("fwc-firewall.service.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "path": proto.NODE_BOOT_UNIT,
+        "script": proto.NODE_BOOT_SCRIPT,
+    })
+
+
+def boot_script(cluster: Cluster, member: Member, families: tuple[int, ...],
+                ipsets: bool) -> str:
+    """FAMILIES: the rules files the member has; IPSETS: whether ipsets.rules exists."""
+    rules_path = {4: "/etc/fwc/iptables.rules", 6: "/etc/fwc/ip6tables.rules"}
+    tool = {4: "iptables-restore", 6: "ip6tables-restore"}
+    return render_template("fwc-firewall.sh.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "unit": proto.BOOT_UNIT,
+        "log_tag": proto.BOOT_LOG_TAG,
+        # Both families always: an IPv4-only cluster has no ip6tables rules at all, so
+        # IPv6 forwarding left on by anything else would route it unfiltered.
+        "forwarding_off": [(key, "/proc/sys/" + key.replace(".", "/"))
+                           for key in proto.FORWARDING_SYSCTLS.values()],
+        "ipsets": "/etc/fwc/ipsets.rules" if ipsets else None,
+        "rules": [(tool[f], rules_path[f]) for f in families],
+        "failsafe": [(tool[f], proto.NODE_FAILSAFE_RULES[f]) for f in families],
+        "chains": ("INPUT", "FORWARD", "OUTPUT"),
+        "sysctl_conf": proto.NODE_SYSCTL_CONF,
+        "forwarding_conf": proto.NODE_FORWARDING_CONF,
     })
