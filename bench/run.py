@@ -10,7 +10,7 @@ then times whole processes, as a user would run them:
 - Aerleon's `aclgen` on the equivalent policy when Aerleon is installed
   (`pip install '.[bench]'`), with the ratio aclgen / fwc compile,
 - rules traversed by a sample of new connections: flat lowered ruleset, with
-  ipsets, and as fwc arranges it (fwc.arrange),
+  ipsets, and as fwc arranges it (fwc.backend.arrange),
 
 and `fwc --version` start-up. Nothing here runs inside the unit tests: speed is
 measured here only. Output is a Markdown table (docs/performance.md keeps the
@@ -165,10 +165,10 @@ def run_aclgen(root: Path) -> Run:
 
 def traversal(policy: Path, sample: int) -> dict[str, float]:
     """Average kernel rules tested by sampled new connections on fw1, IPv4."""
-    from fwc.arrange import arrange
-    from fwc.evaluate import Evaluator, corner_packets
-    from fwc.ipsets import set_contents, use_ipsets
-    from fwc.lower import Chain, NodeRuleset, Table, lower
+    from fwc.analysis.evaluate import Evaluator, corner_packets
+    from fwc.backend.arrange import arrange
+    from fwc.backend.ipsets import set_contents, use_ipsets
+    from fwc.backend.lower import Chain, NodeRuleset, Table, lower
     from fwc.pipeline import analyse
 
     analysis = analyse(policy, run_checks=False)

@@ -7,8 +7,8 @@ import importlib
 import sys
 
 from fwc import __version__
+from fwc.frontend.sources import add_include_path_argument
 from fwc.lab.arguments import add_lab_arguments
-from fwc.sources import add_include_path_argument
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

@@ -7,6 +7,7 @@ optional hint. Rendering is compiler style so that editors can jump to it.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -153,3 +154,22 @@ def render_json(diagnostics: Iterable[Diagnostic]) -> str:
         "warnings": sum(1 for i in items if i["severity"] == "warning"),
     }
     return json.dumps({"diagnostics": items, **summary}, indent=2) + "\n"
+
+
+def print_diagnostics(diagnostics: Iterable[Diagnostic], texts: dict[str, str],
+                      fmt: str = "text", stream=None) -> None:
+    out = stream or sys.stderr
+    diags = list(diagnostics)
+    if fmt == "json":
+        sys.stdout.write(render_json(diags))
+        return
+    out.write(render_text(diags, texts))
+    errors = sum(1 for d in diags if d.severity is Severity.ERROR)
+    warnings = sum(1 for d in diags if d.severity is Severity.WARNING)
+    if errors or warnings:
+        out.write(f"{errors} error(s), {warnings} warning(s)\n")
+
+
+def failed(diagnostics: Iterable[Diagnostic], strict: bool) -> bool:
+    return any(d.severity is Severity.ERROR or (strict and d.severity is Severity.WARNING)
+               for d in diagnostics)

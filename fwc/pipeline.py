@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.diagnostics import Diagnostic, has_errors
-from fwc.loader import LoadedProgram, load
+from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
+from fwc.frontend.loader import LoadedProgram, load
 from fwc.model import Policy
 
 
@@ -34,7 +34,7 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
         return Analysis(program, None, tuple(bad_names))
     if has_errors(diagnostics):
         return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
-    from fwc.resolve import resolve
+    from fwc.frontend.resolve import resolve
 
     policy, resolved = resolve(program, read_secret)
     diagnostics.extend(resolved)
@@ -44,3 +44,12 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
         diagnostics.extend(run(policy))
     unique = list(dict.fromkeys(diagnostics))
     return Analysis(program, policy, tuple(sorted(unique, key=Diagnostic.sort_key)))
+
+
+def clean_policy(path: str, include_path: Sequence[Path] = ()) -> Policy | None:
+    """The policy when it checks clean; otherwise None, after printing why."""
+    analysis = analyse(path, include_path=include_path)
+    if analysis.ok and analysis.policy is not None:
+        return analysis.policy
+    print_diagnostics(analysis.diagnostics, analysis.program.texts)
+    return None

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fwc.addresses import AddressSet
 from fwc.analysis.engine import MemberView, Piece, TrafficClass, classify
 from fwc.model import Cluster, Endpoint, Policy, PortRange, Rule, ServiceMatch
+from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent

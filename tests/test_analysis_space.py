@@ -5,7 +5,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwc.addresses import _intersect
 from fwc.analysis.engine import first_match
 from fwc.analysis.index import RuleList
 from fwc.analysis.space import (
@@ -19,6 +18,7 @@ from fwc.analysis.space import (
     subtract,
 )
 from fwc.model import PortRange, ServiceMatch
+from fwc.model.addresses import _intersect
 
 IFACES = ("a", "b", "c")
 SMALL = 64  # a 6-bit address space keeps the oracle exhaustive

@@ -2,7 +2,7 @@
 
 The test reads the compiled iptables-restore files back into the lowered rule
 model and walks nat PREROUTING and the filter chains for one NEW packet with
-the project's one packet evaluator, `fwc.evaluate.Evaluator` (jumps, RETURN,
+the project's one packet evaluator, `fwc.analysis.evaluate.Evaluator` (jumps, RETURN,
 non-terminal LOG/CONNMARK, chain policies). For sampled
 packets on every member of every example policy, its verdict and DNAT must be
 the engine's. This is what makes `expect` and `fwc query` answers about the
@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from fwc import protocols as proto
-from fwc.addresses import AddressSet
 from fwc.analysis.engine import MemberView, TrafficClass, classify
-from fwc.evaluate import PORT_PROTOCOL_NUMBERS, Evaluator
-from fwc.evaluate import Packet as EvalPacket
-from fwc.lower import AddressMatch, Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.analysis.evaluate import PORT_PROTOCOL_NUMBERS, Evaluator
+from fwc.analysis.evaluate import Packet as EvalPacket
+from fwc.backend.lower import AddressMatch, Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.backend.output import compile_policy
 from fwc.model import Cluster, Member, PortRange, ServiceMatch
-from fwc.output import compile_policy
+from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ class Packet:
     out_dev: str | None
 
     def as_evaluated(self) -> EvalPacket:
-        """The packet as `fwc.evaluate` takes it: a NEW connection's first packet."""
+        """The packet as `fwc.analysis.evaluate` takes it: a NEW connection's first packet."""
         icmp = self.protocol in (1, 58)
         return EvalPacket(self.family, self.src, self.dst, self.protocol,
                           self.port if self.protocol in PORT_PROTOCOL_NUMBERS else None,
@@ -127,7 +127,7 @@ def _target_options(words: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def parse_rules(text: str, family: int) -> NodeRuleset:
-    """iptables-restore text -> the lowered model, for `fwc.evaluate.Evaluator`."""
+    """iptables-restore text -> the lowered model, for `fwc.analysis.evaluate.Evaluator`."""
     policies: dict[str, dict[str, str | None]] = {}
     rules: dict[str, dict[str, list[Rule]]] = {}
     current = ""

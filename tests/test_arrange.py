@@ -1,7 +1,7 @@
 """The speed passes keep the ruleset's meaning: ipsets and arrangement vs the flat rules.
 
 Every sampled packet (each rule's own corner packets and their neighbours, see
-fwc.evaluate.corner_packets) must get the same verdict, the same target options and
+fwc.analysis.evaluate.corner_packets) must get the same verdict, the same target options and
 the same LOG/CONNMARK effects from the flat lowered ruleset, from the ruleset with
 ipsets, and from the arranged one. Arrangement thresholds are lowered here so that
 small policies exercise every level (device pairs, protocols, port buckets).
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fwc.arrange import arrange
-from fwc.evaluate import Evaluator, Packet, corner_packets
-from fwc.ipsets import render as render_ipsets
-from fwc.ipsets import set_contents, use_ipsets
-from fwc.lower import NodeRuleset, lower
+from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
+from fwc.backend.arrange import arrange
+from fwc.backend.ipsets import render as render_ipsets
+from fwc.backend.ipsets import set_contents, use_ipsets
+from fwc.backend.lower import NodeRuleset, lower
 from fwc.model import Cluster, Member
 from fwc.pipeline import analyse
 from fwc.protocols import CHAIN_NAME_MAX, IPSET_THRESHOLD
@@ -224,7 +224,7 @@ def _random_ruleset(seed: int, count: int) -> NodeRuleset:
     """FORWARD and INPUT with every kind of rule the arrangement must keep in order:
     devices or not, protocols or not, port lists touching 0 and 65535, LOG before a
     verdict, RETURN in a built-in chain, jumps to a user chain that RETURNs."""
-    from fwc.lower import AddressMatch, Chain, Match, Origin, Rule, Table
+    from fwc.backend.lower import AddressMatch, Chain, Match, Origin, Rule, Table
     from fwc.model import PortRange
 
     rng = random.Random(seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail_without_root
 
-from fwc.output import compile_policy
+from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 from fwc.protocols import NODE_FILES_BY_NAME
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fwc.backend.output import compile_policy, relative_source, source_root
 from fwc.model import Cluster
-from fwc.output import compile_policy, relative_source, source_root
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fwc.output import compile_policy
+from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent

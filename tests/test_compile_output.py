@@ -109,12 +109,12 @@ def test_a_failure_while_writing_changes_nothing(edge, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
     before = snapshot(out)
-    import fwc.output
+    import fwc.backend.output
 
     def broken(directory, cluster):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fwc.output, "_write_cluster", broken)
+    monkeypatch.setattr(fwc.backend.output, "_write_cluster", broken)
     assert compile_to(edge, out) == 1
     assert snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

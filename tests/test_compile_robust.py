@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fwc.output import compile_policy
+from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fwc.lower import LowerOptions, lower
+from fwc.backend.lower import LowerOptions, lower
+from fwc.backend.render.iptables import render
 from fwc.pipeline import analyse
-from fwc.render.iptables import render
 
 POLICY = """\
 network lan      192.0.2.0/24

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI
 
+from fwc.backend.output import compile_policy
 from fwc.install.node import NodeInstall
-from fwc.output import compile_policy
 from fwc.pipeline import analyse
 from fwc.protocols import NODE_FILES_BY_NAME
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fwc.cli import main
-from fwc.formatting import format_text, tokenize
+from fwc.frontend.formatting import format_text, tokenize
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def semantic(value: object) -> object:
 
 
 def compiled(path: Path) -> dict[str, bytes]:
-    from fwc.output import compile_policy
+    from fwc.backend.output import compile_policy
 
     analysis = analyse(path, run_checks=False)
     assert analysis.policy is not None

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from checkkit import BASE, REPO
 
-from fwc import loader
-from fwc.loader import load
+from fwc.frontend import loader
+from fwc.frontend.loader import load
+from fwc.frontend.sources import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH, Refused, read_regular
 from fwc.pipeline import analyse
-from fwc.sources import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH, Refused, read_regular
 
 SECRET = "TOPSECRET-3f1c9a"
 SHARED = "network shared_net 203.0.113.0/24\n"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from fwc.backend.manifest import Manifest, ManifestError, redact
 from fwc.cli import main
 from fwc.diffing.installed import OTHER_SECRET, compare
 from fwc.install.compiled import CompiledError, load_member_files
 from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.transport import Result, Transport
-from fwc.manifest import Manifest, ManifestError, redact
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fwc.parse import parse_text
+from fwc.frontend.parse import parse_text
+from fwc.frontend.syntax import AddressDef, BlockDecl, ClusterDecl, GroupDef
 from fwc.pipeline import analyse
-from fwc.syntax import AddressDef, BlockDecl, ClusterDecl, GroupDef
 from tests.conftest import write_policy
 
 

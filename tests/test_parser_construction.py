@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from checkkit import REPO
 
-from fwc import parse
-from fwc.parse import PolicyParser, parse_text
+from fwc.frontend import parse
+from fwc.frontend.parse import PolicyParser, parse_text
 
 EDGE = REPO / "policies" / "edge.fw"
 
@@ -27,7 +27,7 @@ EDGE = REPO / "policies" / "edge.fw"
 PLANT = r"""
 import glob, os, pathlib, pickle, sys, tempfile
 from lark import Lark
-from fwc.parse import grammar_text
+from fwc.frontend.parse import grammar_text
 
 Lark(grammar_text(), parser="lalr", maybe_placeholders=False, cache=True)
 marker = pathlib.Path(sys.argv[1])
@@ -49,7 +49,7 @@ for name in names:
 # What the parser did before: proves that the planted file is one lark would load.
 OLD_PARSER = r"""
 from lark import Lark
-from fwc.parse import grammar_text
+from fwc.frontend.parse import grammar_text
 Lark(grammar_text(), parser="lalr", maybe_placeholders=False, cache=True)
 """
 
@@ -115,7 +115,7 @@ def test_runs_in_threads_do_not_share_paths():
     start = threading.Barrier(4)
 
     def one_run(n: int) -> None:
-        parser = PolicyParser()  # what every fwc.loader.load does
+        parser = PolicyParser()  # what every fwc.frontend.loader.load does
         start.wait(timeout=30)
         for round_ in range(15):
             name = f"t{n}-{round_}.fw"

@@ -268,8 +268,8 @@ def test_a_named_set_renders_the_way_iptables_save_prints_it(tmp_path):
     """Later passes replace CIDR lists by ipsets: the renderer's set syntax must load."""
     from dataclasses import replace
 
-    from fwc.lower import AddressMatch, lower
-    from fwc.render.iptables import render
+    from fwc.backend.lower import AddressMatch, lower
+    from fwc.backend.render.iptables import render
 
     analysis = analyse(REPO / "policies" / "edge.fw")
     assert analysis.policy is not None

@@ -12,10 +12,10 @@ import gc
 import shutil
 from pathlib import Path
 
+from fwc.backend.lower import lower, options_for
+from fwc.backend.output import compile_policy
 from fwc.cli import main
-from fwc.lower import lower, options_for
 from fwc.model import Cluster
-from fwc.output import compile_policy
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent

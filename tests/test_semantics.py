@@ -1,4 +1,4 @@
-"""One meaning of an endpoint and one CIDR-hull index (fwc.semantics, issue 11).
+"""One meaning of an endpoint and one CIDR-hull index (fwc.model.semantics, issue 11).
 
 Lowering, the rule checks and the analysis engine read `side_of`; these tests
 pin its readings against each other and against brute force, and the one
@@ -12,11 +12,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwc.addresses import AddressSet
+from fwc.backend.lower import lower, options_for
 from fwc.checks import run_checks
-from fwc.lower import lower, options_for
-from fwc.pipeline import analyse
-from fwc.semantics import (
+from fwc.model.addresses import AddressSet
+from fwc.model.semantics import (
     PrefixIndex,
     endpoint_intervals,
     forwarded_and_local,
@@ -24,6 +23,7 @@ from fwc.semantics import (
     hull_block,
     side_of,
 )
+from fwc.pipeline import analyse
 from tests.conftest import write_policy
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,12 +15,12 @@ from checkkit import BASE, line_of, mutate, run, the_one, with_code
 from test_realtools import in_ns, namespace
 
 from fwc import protocols as proto
+from fwc.backend.lower.ruleset import Match, Origin, Rule
+from fwc.backend.output import compile_policy
+from fwc.backend.render import escape
+from fwc.backend.render.iptables import rule_bodies
 from fwc.cli import main
-from fwc.lower.ruleset import Match, Origin, Rule
-from fwc.output import compile_policy
 from fwc.pipeline import analyse
-from fwc.render import escape
-from fwc.render.iptables import rule_bodies
 from fwc.text import LiteralError, cut_utf8, decode_literal
 
 INJECTED = "x\n-A INPUT -j ACCEPT\n#.fw"
@@ -134,7 +134,7 @@ def test_renderers_refuse_what_their_format_cannot_carry():
 
 def test_every_template_value_passes_the_line_check(tmp_path):
     """jinja's finalize: an unfiltered value with a newline stops the render."""
-    from fwc.render.daemons import render_template
+    from fwc.backend.render.daemons import render_template
 
     with pytest.raises(escape.UnwritableText):
         render_template("sysctl.conf.j2", {"cluster": "c", "member": "m\nx", "settings": []})

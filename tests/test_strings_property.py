@@ -21,7 +21,7 @@ from checkkit import BASE, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fwc.output import compile_policy
+from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 
 SETTINGS = settings(max_examples=40, deadline=None,

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from fwc import protocols as proto
-from fwc.addresses import AddressSet
 from fwc.analysis.space import (
     ALL_SERVICES,
     ICMP_NUMBERS,
@@ -31,6 +30,7 @@ from fwc.analysis.space import (
     subtract,
 )
 from fwc.model import Cluster, Policy, ServiceMatch
+from fwc.model.addresses import AddressSet
 
 MAX_CIDRS = 4
 _KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3, "vip": 4}

@@ -12,7 +12,7 @@ Semantics (decided for the whole project; `fwc compile` emits the same):
   VIP) is INPUT, traffic from one is OUTPUT, the rest FORWARD; firewall to
   firewall is loopback, always accepted. Defaults: INPUT drop, FORWARD drop,
   OUTPUT accept.
-- Endpoints: as `fwc.semantics` defines them for the compiler and the checks
+- Endpoints: as `fwc.model.semantics` defines them for the compiler and the checks
   (`endpoint_intervals`): `firewall` is the member's addresses plus every VIP;
   `any` is every address except those; an item made only of firewall
   addresses (a VIP, a member's address) stands for them, any other item
@@ -44,7 +44,6 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from fwc.addresses import AddressSet
 from fwc.analysis.index import RuleBox, RuleList
 from fwc.analysis.space import (
     ALL_SERVICES,
@@ -62,7 +61,8 @@ from fwc.analysis.space import (
     union,
 )
 from fwc.model import Cluster, Endpoint, Member, Rule, ServiceMatch
-from fwc.semantics import endpoint_intervals
+from fwc.model.addresses import AddressSet
+from fwc.model.semantics import endpoint_intervals
 
 FAMILIES = (4, 6)
 CHAINS = ("input", "forward", "output")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from fwc.analysis.space import Box, Intervals
 from fwc.model import Rule
-from fwc.semantics import PrefixIndex, hull_block
+from fwc.model.semantics import PrefixIndex, hull_block
 
 
 @dataclass(frozen=True, slots=True)

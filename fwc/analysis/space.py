@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fwc import protocols as proto
-from fwc.addresses import FAMILY_BITS, _intersect, _normalise, _subtract
 from fwc.model import ServiceMatch
+from fwc.model.addresses import FAMILY_BITS, _intersect, _normalise, _subtract
 
 Intervals = tuple[tuple[int, int], ...]
 

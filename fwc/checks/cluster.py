@@ -15,7 +15,7 @@ from fwc import protocols as proto
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
-from fwc.passwords import password_problems
+from fwc.model.passwords import password_problems
 
 E = Severity.ERROR
 

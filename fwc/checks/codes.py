@@ -2,7 +2,7 @@
 
 from fwc.checks import describe
 from fwc.diagnostics import Severity
-from fwc.sources import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH, MAX_TOTAL_BYTES, MIB
+from fwc.frontend.sources import MAX_FILE_BYTES, MAX_INCLUDE_DEPTH, MAX_TOTAL_BYTES, MIB
 
 E, W = Severity.ERROR, Severity.WARNING
 

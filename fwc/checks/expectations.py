@@ -23,7 +23,7 @@ from fwc.analysis.engine import (
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Expectation, Policy
-from fwc.semantics import endpoint_intervals
+from fwc.model.semantics import endpoint_intervals
 
 # Failing parts reported per expectation; the rest are counted.
 MAX_REPORTS_PER_EXPECTATION = 4

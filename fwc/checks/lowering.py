@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fwc import protocols as proto
+from fwc.backend.lower.build import filter_parts, log_prefix, nat_part, service_matches
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, error, warning
-from fwc.lower.build import filter_parts, log_prefix, nat_part, service_matches
 from fwc.model import Cluster, Policy, Rule
-from fwc.passwords import password_problems, unwritable
+from fwc.model.passwords import password_problems, unwritable
 
 describe("FWC510", "output directory cannot be written", Severity.ERROR, """
 `fwc compile` writes into a staging copy of the output directory and swaps it in

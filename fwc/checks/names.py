@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from fwc.addresses import AddressSet
 from fwc.checks import check
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
+from fwc.model.addresses import AddressSet
 
 BOTH = frozenset({4, 6})
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fwc.addresses import AddressSet
-from fwc.checks import check, describe
-from fwc.diagnostics import Diagnostic, Related, Severity, error
-from fwc.lower import (
+from fwc.backend.lower import (
     MARK_ACCEPT_CHAIN,
     AddressMatch,
     LowerOptions,
@@ -23,8 +20,11 @@ from fwc.lower import (
     lower,
     options_for,
 )
+from fwc.checks import check, describe
+from fwc.diagnostics import Diagnostic, Related, Severity, error
 from fwc.model import Cluster, Member, Policy
 from fwc.model import Rule as PolicyRule
+from fwc.model.addresses import AddressSet
 
 describe("FWC302", "members differ for forwarded or NATed traffic", Severity.ERROR, """
 After the substitution of each member's own devices and addresses, the members'

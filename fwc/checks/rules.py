@@ -2,9 +2,9 @@
 
 Shadowing is the expensive one: a policy of 20,000 rules must not compare every
 pair. Each rule is normalised into a `Flow` (what it matches, per chain and
-address family, with the endpoint meaning of `fwc.semantics`), and earlier flows
+address family, with the endpoint meaning of `fwc.model.semantics`), and earlier flows
 are indexed by protocol/port and by the CIDR hull of their source and destination
-(`fwc.semantics.PrefixIndex`). A rule can only be covered by a rule whose hulls
+(`fwc.model.semantics.PrefixIndex`). A rule can only be covered by a rule whose hulls
 contain its own, so the lookup walks the prefix ancestors of the candidate's
 hulls, only over the prefix lengths actually present in the index.
 """
@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from fwc.addresses import AddressSet
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import Cluster, NatTarget, Policy, PortRange, Rule, ServiceMatch
-from fwc.semantics import Block, PrefixIndex, forwarded_and_local, hull
+from fwc.model.addresses import AddressSet
+from fwc.model.semantics import Block, PrefixIndex, forwarded_and_local, hull
 
 FAMILIES = (4, 6)
 # ServiceMatch.family as a table lookup: this runs per rule on the hot path.

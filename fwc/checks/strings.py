@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterable
 
 from fwc import protocols as proto
+from fwc.backend.lower.build import options_for, source_label
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, Span, error
-from fwc.loader import LoadedProgram
-from fwc.lower.build import options_for, source_label
+from fwc.frontend.loader import LoadedProgram
 from fwc.model import Policy
 from fwc.text import describe_character, unsafe_character, utf8_length
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fwc.commands.common import failed, print_diagnostics, without_cycle_collection
-from fwc.diagnostics import Diagnostic
+from fwc.commands.common import without_cycle_collection
+from fwc.diagnostics import Diagnostic, failed, print_diagnostics
 from fwc.pipeline import analyse
 
 

@@ -1,16 +1,10 @@
-"""What several commands share: analysing files and printing diagnostics."""
+"""What several commands share: a command runs without the cyclic garbage collector."""
 
 from __future__ import annotations
 
 import gc
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-from fwc.diagnostics import Diagnostic, Severity, render_json, render_text
-from fwc.model import Policy
-from fwc.pipeline import analyse
 
 
 @contextmanager
@@ -34,31 +28,3 @@ def without_cycle_collection() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def print_diagnostics(diagnostics: Iterable[Diagnostic], texts: dict[str, str],
-                      fmt: str = "text", stream=None) -> None:
-    out = stream or sys.stderr
-    diags = list(diagnostics)
-    if fmt == "json":
-        sys.stdout.write(render_json(diags))
-        return
-    out.write(render_text(diags, texts))
-    errors = sum(1 for d in diags if d.severity is Severity.ERROR)
-    warnings = sum(1 for d in diags if d.severity is Severity.WARNING)
-    if errors or warnings:
-        out.write(f"{errors} error(s), {warnings} warning(s)\n")
-
-
-def failed(diagnostics: Iterable[Diagnostic], strict: bool) -> bool:
-    return any(d.severity is Severity.ERROR or (strict and d.severity is Severity.WARNING)
-               for d in diagnostics)
-
-
-def clean_policy(path: str, include_path: Sequence[Path] = ()) -> Policy | None:
-    """The policy when it checks clean; otherwise None, after printing why."""
-    analysis = analyse(path, include_path=include_path)
-    if analysis.ok and analysis.policy is not None:
-        return analysis.policy
-    print_diagnostics(analysis.diagnostics, analysis.program.texts)
-    return None

@@ -6,9 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from fwc.commands.common import failed, print_diagnostics, without_cycle_collection
-from fwc.diagnostics import error
-from fwc.output import OutputError, compile_policy, relative_source, source_root, write_output
+from fwc.backend.output import (
+    OutputError,
+    compile_policy,
+    relative_source,
+    source_root,
+    write_output,
+)
+from fwc.commands.common import without_cycle_collection
+from fwc.diagnostics import error, failed, print_diagnostics
 from fwc.pipeline import analyse
 
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fwc.commands.common import print_diagnostics
+from fwc.diagnostics import print_diagnostics
 from fwc.diffing import files as filediff
 from fwc.diffing.build import Build, BuildError, compile_side
 from fwc.diffing.colour import Palette, wants_colour

@@ -16,10 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fwc.commands.common import print_diagnostics
-from fwc.diagnostics import error
-from fwc.formatting import FormatError, format_text
-from fwc.parse import parse_text
+from fwc.diagnostics import error, print_diagnostics
+from fwc.frontend.formatting import FormatError, format_text
+from fwc.frontend.parse import parse_text
 
 
 def _format_file(path: Path) -> tuple[str, str] | None:

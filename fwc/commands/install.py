@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.commands.common import clean_policy
 from fwc.install.compiled import CompiledError, load_member_files
 from fwc.install.node import Confirmer
 from fwc.install.plan import (
@@ -34,6 +33,7 @@ from fwc.install.transport import (
     read_inventory,
 )
 from fwc.model import Cluster, Member, Policy
+from fwc.pipeline import clean_policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Steps that fail before the node changes.

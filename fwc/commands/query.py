@@ -17,8 +17,6 @@ import sys
 from dataclasses import dataclass
 
 from fwc import model
-from fwc import syntax as s
-from fwc.addresses import AddressSet
 from fwc.analysis.describe import Vocabulary, cidr_list, describe_box, service_text
 from fwc.analysis.engine import (
     MemberView,
@@ -29,9 +27,10 @@ from fwc.analysis.engine import (
     merge_routed_pieces,
 )
 from fwc.analysis.space import LOCAL
-from fwc.commands.common import print_diagnostics
-from fwc.diagnostics import Span, has_errors
-from fwc.loader import LoadedProgram
+from fwc.diagnostics import Span, has_errors, print_diagnostics
+from fwc.frontend import syntax as s
+from fwc.frontend.loader import LoadedProgram
+from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
@@ -103,7 +102,7 @@ def parse_endpoint(text: str, policy: model.Policy, cluster: model.Cluster) -> m
 def parse_services(text: str | None, policy: model.Policy) -> tuple[model.ServiceMatch, ...]:
     if not text:
         return ()
-    from fwc.resolve import Resolver
+    from fwc.frontend.resolve import Resolver
 
     resolver = Resolver(LoadedProgram("", (), ()))
     out: list[model.ServiceMatch] = []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from fwc.diagnostics import Diagnostic
 from fwc.diffing.git import Side
+from fwc.frontend.sources import Refused
 from fwc.model import Policy
 from fwc.pipeline import analyse
-from fwc.sources import Refused
 
 
 @dataclass
@@ -44,7 +44,7 @@ def compile_side(side: Side, rel: str, scratch: Path,
     build.texts = analysis.program.texts
     if not analysis.ok or analysis.policy is None:
         raise BuildError(build, analysis.diagnostics)
-    from fwc.output import compile_policy, write_output
+    from fwc.backend.output import compile_policy, write_output
 
     build.policy = analysis.policy
     scratch.mkdir(parents=True, exist_ok=True)

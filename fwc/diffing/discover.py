@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fwc.diffing.git import Side, changed_paths, normalise
-from fwc.loader import load
+from fwc.frontend.loader import load
 
 POLICY_DIR = "policies"
 

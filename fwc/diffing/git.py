@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fwc.sources import MAX_FILE_BYTES, Refused, inside, read_regular, too_large
+from fwc.frontend.sources import MAX_FILE_BYTES, Refused, inside, read_regular, too_large
 
 WORKTREE = None  # the `rev` of a Side that reads the working tree
 

@@ -22,7 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from fwc.commands.common import clean_policy
+from fwc.backend.manifest import mask_secrets as _mask
+from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
 from fwc.install.paths import BY_NAME
@@ -34,8 +35,7 @@ from fwc.install.transport import (
     make_transport,
     read_inventory,
 )
-from fwc.manifest import mask_secrets as _mask
-from fwc.manifest import secret_values
+from fwc.pipeline import clean_policy
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
 RULESETS = (("iptables.rules", "iptables-save", "iptables-restore"),
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
     transport = make_transport(args.transport, member.name, ssh_target=member.ssh,
                                inventory=inventory, ssh=args.ssh)
-    from fwc.output import compile_policy
+    from fwc.backend.output import compile_policy
 
     # The passwords install would have written: the policy's, or --secrets FILE's.
     secrets = read_secrets(Path(args.secrets)) if args.secrets else None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fwc.backend.manifest import Manifest, ManifestError
+from fwc.backend.output import relative_source, source_root
 from fwc.install.paths import BY_NAME
-from fwc.manifest import Manifest, ManifestError
 from fwc.model import Policy
-from fwc.output import relative_source, source_root
 
 
 class CompiledError(Exception):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fwc.manifest import SECRET_FILES
-from fwc.passwords import Problem, password_problems
+from fwc.backend.manifest import SECRET_FILES
+from fwc.model.passwords import Problem, password_problems
 from fwc.protocols import REDACTED_PASSWORD
 
 __all__ = ["SECRET_FILES", "SecretsError", "fill", "is_redacted", "read_secrets"]

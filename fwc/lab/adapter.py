@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fwc.backend.render import daemons
 from fwc.lab.netns import LabError
 from fwc.lab.topology import (
     LabCluster,
@@ -22,11 +23,10 @@ from fwc.lab.topology import (
     LabSegment,
     LabSnat,
 )
-from fwc.render import daemons
 
 if TYPE_CHECKING:
-    from fwc.addresses import AddressSet
     from fwc.model import AddressObject, Cluster, Endpoint, Policy
+    from fwc.model.addresses import AddressSet
 
 
 def _items(obj: AddressObject | _Literal) -> tuple[str, ...]:
@@ -181,8 +181,8 @@ def fast_keepalived_confs(
     """
     from dataclasses import replace
 
+    from fwc.backend.render.daemons import keepalived_conf
     from fwc.pipeline import analyse
-    from fwc.render.daemons import keepalived_conf
 
     analysis = analyse(policy_file, run_checks=False, include_path=include_path)
     if analysis.policy is None:
@@ -198,19 +198,32 @@ def fast_keepalived_confs(
 
 
 def _compile(policy_file: Path, outdir: Path, include_path: Sequence[Path] = ()) -> None:
-    """Run `fwc compile FILE -o OUTDIR` in-process."""
-    import contextlib
-    import io
+    """Compile the policy into OUTDIR with the product's own stages (as `fwc compile`)."""
+    from fwc.backend.output import (
+        OutputError,
+        compile_policy,
+        relative_source,
+        source_root,
+        write_output,
+    )
+    from fwc.diagnostics import render_text
+    from fwc.pipeline import analyse
 
-    from fwc.cli import main
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        searched = [word for d in include_path for word in ("--include-path", str(d))]
-        rc = main(["compile", str(policy_file), "-o", str(outdir), *searched])
-    if rc != 0 or not outdir.is_dir():
+    analysis = analyse(policy_file, include_path=include_path)
+    policy = analysis.policy
+    problem = ""
+    if policy is None or not analysis.ok:
+        problem = render_text([d for d in analysis.diagnostics if d.is_error],
+                              analysis.program.texts)
+    else:
+        try:
+            write_output(outdir, relative_source(policy.root, source_root(policy)),
+                         compile_policy(policy))
+        except OutputError as exc:
+            problem = str(exc)
+    if problem or not outdir.is_dir():
         shutil.rmtree(outdir, ignore_errors=True)
         raise LabError(
-            f"fwc compile {policy_file} failed (rc {rc}): {stderr.getvalue().strip()[:500]} "
+            f"fwc compile {policy_file} failed: {problem.strip()[:500]} "
             "(use --compiled DIR to run the lab on existing output)"
         )

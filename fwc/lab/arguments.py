@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fwc.sources import add_include_path_argument
+from fwc.frontend.sources import add_include_path_argument
 
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """What a policy means: resolved, typed and immutable.
 
-Built by `fwc.resolve` from the syntax tree; read by checks, lowering and the
+Built by `fwc.frontend.resolve` from the syntax tree; read by checks, lowering and the
 analysis engine. Nothing here refers back to syntax nodes except through spans.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple, TypeVar
 
-from fwc.addresses import AddressSet
 from fwc.diagnostics import Span
+from fwc.model.addresses import AddressSet
 from fwc.text import encode_literal
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

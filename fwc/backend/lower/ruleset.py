@@ -1,7 +1,7 @@
 """The lowered rule model: what one member's kernel gets, per address family.
 
 Structured, not text: every later pass (ipsets for large groups, per-interface
-chains) rewrites these values, and only `fwc.render.iptables` turns them into
+chains) rewrites these values, and only `fwc.backend.render.iptables` turns them into
 iptables-restore lines. Everything is frozen so that passes return new values.
 """
 

@@ -4,7 +4,7 @@ Chain placement (docs/compile.md): the part of a rule whose destination is the
 firewall (the member's own addresses plus every VIP) goes to INPUT, the part
 whose source is the firewall goes to OUTPUT, the rest (any or non-firewall
 addresses on both sides) goes to FORWARD. `any` never implies the firewall.
-What a side names is `fwc.semantics.side_of`, shared with the checks and the
+What a side names is `fwc.model.semantics.side_of`, shared with the checks and the
 analysis engine.
 """
 
@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from fwc import protocols as proto
-from fwc.addresses import AddressSet
-from fwc.lower.ruleset import (
+from fwc.backend.lower.ruleset import (
     ANY,
     AddressMatch,
     Chain,
@@ -29,7 +28,8 @@ from fwc.lower.ruleset import (
 )
 from fwc.model import Cluster, Endpoint, IPAddress, Member, Policy, PortRange, ServiceMatch
 from fwc.model import Rule as PolicyRule
-from fwc.semantics import Side, side_of
+from fwc.model.addresses import AddressSet
+from fwc.model.semantics import Side, side_of
 from fwc.text import cut_utf8, utf8_length
 
 MARK_ACCEPT_CHAIN = "fwc-accept"

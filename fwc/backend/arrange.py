@@ -28,7 +28,7 @@ packets with value v enter it, and it ends with the built-in chain's policy,
 so such a packet never returns to rules it has already passed. Packets with
 any other value skip the jumps and meet exactly the unconstrained rules.
 First match is therefore preserved for every packet. tests/test_arrange.py
-checks this with the evaluator of `fwc.evaluate` on every rule's corner
+checks this with the evaluator of `fwc.analysis.evaluate` on every rule's corner
 packets.
 
 Short chains are left flat (ARRANGE_MIN_RULES): a small policy stays readable
@@ -45,8 +45,8 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
-from fwc.ipsets import IpSet, use_ipsets
-from fwc.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.backend.ipsets import IpSet, use_ipsets
+from fwc.backend.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
 from fwc.model import Member, PortRange
 
 ARRANGE_MIN_RULES = 64  # below this a chain stays flat

@@ -1,7 +1,7 @@
 """Large address lists become named ipsets instead of one iptables rule per CIDR.
 
 A lowered rule whose source or destination holds more than IPSET_THRESHOLD
-CIDRs is rendered by `fwc.render.iptables` as one line per CIDR (and per CIDR
+CIDRs is rendered by `fwc.backend.render.iptables` as one line per CIDR (and per CIDR
 of the other side: a cross product). This pass replaces such a list by a
 `hash:net` set (and, when both sides are shorter but their cross product is
 longer than the threshold, the longer side), one per object and family,
@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
-from fwc.evaluate import TERMINAL
-from fwc.lower.ruleset import AddressMatch, Chain, NodeRuleset, Rule, Table
+from fwc.analysis.evaluate import TERMINAL
+from fwc.backend.lower.ruleset import AddressMatch, Chain, NodeRuleset, Rule, Table
+from fwc.backend.render import escape
 from fwc.model import Endpoint
-from fwc.render import escape
 
 SET_NAME_MAX = 27  # ipset allows 31; ".new" is appended while loading
 SWAP_SUFFIX = ".new"

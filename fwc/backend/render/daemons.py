@@ -12,8 +12,8 @@ from functools import cache
 import jinja2
 
 from fwc import protocols as proto
+from fwc.backend.render import escape
 from fwc.model import Cluster, IPInterface, Member, Vrrp
-from fwc.render import escape
 
 
 @cache
@@ -24,7 +24,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - config files, not HTML; fwc.render.escape instead
+        autoescape=False,  # noqa: S701 - config files, not HTML; fwc.backend.render.escape instead
         # Every interpolated value, filtered or not, stays on its line: a value that
         # would break a line stops the compile instead of reaching a file.
         finalize=escape.line_text,

@@ -1,7 +1,7 @@
 """A small evaluator of the lowered rule model: what a ruleset does with one packet.
 
-Used to prove that the passes which rewrite a ruleset for speed (`fwc.ipsets`,
-`fwc.arrange`) keep its meaning, and by the benchmark to count how many rules a
+Used to prove that the passes which rewrite a ruleset for speed (`fwc.backend.ipsets`,
+`fwc.backend.arrange`) keep its meaning, and by the benchmark to count how many rules a
 new connection traverses. It follows netfilter's semantics for the matches fwc
 generates: first match wins in a chain, a jump to a user chain returns to the
 next rule when that chain ends or says RETURN, LOG and CONNMARK go on, the
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
-from fwc.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule, Table
+from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule, Table
 
 TCP = proto.IP_PROTOCOLS["tcp"]
 TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE"})

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fwc import protocols as proto
-from fwc.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.backend.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
 
 FAILSAFE_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]

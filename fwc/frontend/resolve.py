@@ -15,11 +15,11 @@ import networkx as nx
 
 from fwc import model as m
 from fwc import protocols as proto
-from fwc import syntax as s
-from fwc.addresses import AddressSet
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
+from fwc.frontend import syntax as s
+from fwc.frontend.loader import LoadedProgram
 from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
-from fwc.loader import LoadedProgram
+from fwc.model.addresses import AddressSet
 
 IPV4_BITS, IPV6_BITS = 32, 128
 

@@ -1,4 +1,4 @@
-"""Parse `*.fw` text into the syntax tree (`fwc.syntax`) with lark.
+"""Parse `*.fw` text into the syntax tree (`fwc.frontend.syntax`) with lark.
 
 Syntax errors become diagnostics. After an error the offending line is blanked
 and parsing resumes, so one run reports the syntax errors of several lines.
@@ -15,8 +15,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.grammar import Rule
 from lark.lexer import TerminalDef
 
-from fwc import syntax as s
 from fwc.diagnostics import Diagnostic, Span, error
+from fwc.frontend import syntax as s
 from fwc.text import LiteralError, decode_literal
 
 MAX_SYNTAX_ERRORS = 10
@@ -42,7 +42,7 @@ def grammar_text() -> str:
     packaged = resources.files("fwc").joinpath("grammar/fwc.lark")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parent.parent / "grammar" / "fwc.lark"
+    checkout = Path(__file__).resolve().parents[2] / "grammar" / "fwc.lark"
     return checkout.read_text(encoding="utf-8")
 
 
@@ -75,7 +75,7 @@ class PolicyParser:
     The tree is built by an inline transformer (no intermediate lark tree), which is
     what makes 20,000-rule policies parse fast; spans come from tokens because lark's
     propagate_positions costs more than the parse itself. The transformer is this
-    object's own, so a run (one `fwc.loader.load`) owns its parser and the path it sets
+    object's own, so a run (one `fwc.frontend.loader.load`) owns its parser and the path it sets
     for each parse can never leak into another run's spans. Not for use by two threads
     at once.
     """
@@ -183,7 +183,7 @@ def _join(first: Span, last: Span) -> Span:
 
 
 class _Builder(Transformer):
-    """Builds `fwc.syntax` nodes during the LALR parse (one method per grammar rule).
+    """Builds `fwc.frontend.syntax` nodes during the LALR parse (one method per grammar rule).
 
     Children arrive already transformed: tokens for terminals, syntax nodes or
     (key, value, span) triples for the rules below.

@@ -3,7 +3,7 @@
 The small, numerous nodes (words, endpoints, options) are NamedTuples because a
 20,000-rule policy builds hundreds of thousands of them.
 
-Produced by `fwc.parse`, consumed by `fwc.resolve`. Values are kept as text
+Produced by `fwc.frontend.parse`, consumed by `fwc.frontend.resolve`. Values are kept as text
 so that the resolver can report a malformed address or port at its position.
 """
 

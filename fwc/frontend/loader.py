@@ -1,6 +1,6 @@
 """Read a policy file and everything it includes, in order, with cycle detection.
 
-Which files an include may name, and how they are read, is `fwc.sources`' business:
+Which files an include may name, and how they are read, is `fwc.frontend.sources`' business:
 inside the policy repository or an `--include-path` directory, regular files only,
 bounded in size and in depth.
 """
@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc import syntax as s
 from fwc.diagnostics import Diagnostic, Related, error
-from fwc.parse import PolicyParser, parse_text
-from fwc.sources import (
+from fwc.frontend import syntax as s
+from fwc.frontend.parse import PolicyParser, parse_text
+from fwc.frontend.sources import (
     MAX_FILE_BYTES,
     MAX_INCLUDE_DEPTH,
     MAX_TOTAL_BYTES,

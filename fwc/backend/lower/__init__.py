@@ -1,6 +1,6 @@
 """Lowering: the policy model -> one structured ruleset per member and address family."""
 
-from fwc.lower.build import (
+from fwc.backend.lower.build import (
     MARK_ACCEPT_CHAIN,
     LowerOptions,
     log_prefix,
@@ -8,7 +8,7 @@ from fwc.lower.build import (
     options_for,
     source_label,
 )
-from fwc.lower.ruleset import (
+from fwc.backend.lower.ruleset import (
     ANY,
     AddressMatch,
     Chain,

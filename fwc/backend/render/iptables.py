@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fwc import protocols as proto
-from fwc.lower.ruleset import AddressMatch, Match, NodeRuleset, Rule
+from fwc.backend.lower.ruleset import AddressMatch, Match, NodeRuleset, Rule
+from fwc.backend.render import escape
 from fwc.model import PortRange
-from fwc.render import escape
 
 TABLE_ORDER = ("raw", "mangle", "nat", "filter")
 TCP = proto.IP_PROTOCOLS["tcp"]
@@ -170,7 +170,7 @@ def render(ruleset: NodeRuleset) -> str:
             (c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
         for chain in chains:
             out.append(f":{escape.iptables_word(chain.name)} {chain.policy or '-'} [0:0]")
-        # fwc.arrange puts the same Rule object in several chains (a rule without
+        # fwc.backend.arrange puts the same Rule object in several chains (a rule without
         # `in`/`out` is copied into every interface-pair chain): render it once. By
         # identity, within this call only (the entry keeps the rule, so its id cannot
         # be reused): hashing rules by value cost 1 s at 20,000 rules.

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from fwc.parse import grammar_text
+from fwc.frontend.parse import grammar_text
 
 INDENT = "    "
 OPTION_GAP = "  "

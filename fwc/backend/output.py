@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fwc import protocols as proto
-from fwc.arrange import optimise
-from fwc.ipsets import render as render_ipsets
-from fwc.lower import LowerOptions, NodeRuleset, lower, options_for
-from fwc.lower.failsafe import failsafe
-from fwc.manifest import NAME as MANIFEST
-from fwc.manifest import Manifest, ManifestError
+from fwc.backend.arrange import optimise
+from fwc.backend.ipsets import render as render_ipsets
+from fwc.backend.lower import LowerOptions, NodeRuleset, lower, options_for
+from fwc.backend.lower.failsafe import failsafe
+from fwc.backend.manifest import NAME as MANIFEST
+from fwc.backend.manifest import Manifest, ManifestError
+from fwc.backend.render import daemons
+from fwc.backend.render.iptables import render as render_iptables
 from fwc.model import Cluster, Member, Policy
-from fwc.render import daemons
-from fwc.render.iptables import render as render_iptables
 
 MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755
 
@@ -78,7 +78,7 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
                  redact: bool) -> list[OutputFile]:
     prefix = f"{member.name}/"
     families = (4, 6) if 6 in cluster.families else (4,)
-    # Speed passes (fwc.arrange.optimise): long address lists become ipsets, loaded first
+    # Speed passes (fwc.backend.arrange.optimise): long address lists become ipsets, loaded first
     # from ipsets.rules (docs/contracts.md), and long chains become per-interface chains.
     rulesets, sets = optimise(member, {f: lower(cluster, member, f, options) for f in families})
     files = [OutputFile(prefix + "iptables.rules", render_iptables(rulesets[4]).encode(),

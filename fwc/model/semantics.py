@@ -1,6 +1,6 @@
 """What the policy's words mean for packets, defined once.
 
-Lowering (`fwc.lower`), the rule checks (shadowing, DNAT), the analysis engine
+Lowering (`fwc.backend.lower`), the rule checks (shadowing, DNAT), the analysis engine
 (`expect`, `fwc query`, `fwc diff`) and the tests all take their meaning of
 `from X to Y` from here, and their CIDR-hull index too.
 
@@ -25,7 +25,7 @@ only in how much of that classification the reader needs:
 
 First match: rules are tried in order and the first that matches decides;
 `fwc.analysis.engine.first_match` does this for packet sets (a packet is a
-one-point box) and `fwc.evaluate.Evaluator` for one packet through the lowered,
+one-point box) and `fwc.analysis.evaluate.Evaluator` for one packet through the lowered,
 rendered chains (jumps, RETURN, policies).
 """
 
@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from fwc.addresses import FAMILY_BITS, AddressSet
 from fwc.model import Endpoint
+from fwc.model.addresses import FAMILY_BITS, AddressSet
 
 FAMILIES = (4, 6)
 _EMPTY = AddressSet()
