@@ -17,23 +17,23 @@ log() {
 
 forwarding_off() {
     if [ -e /proc/sys/net/ipv4/ip_forward ]; then
-        sysctl -q -w net.ipv4.ip_forward=0 || { log "cannot switch net.ipv4.ip_forward off"; rc=1; }
+        sysctl -q -w net.ipv4.ip_forward=0 || { log "cannot switch" net.ipv4.ip_forward "off"; rc=1; }
     fi
     if [ -e /proc/sys/net/ipv6/conf/all/forwarding ]; then
-        sysctl -q -w net.ipv6.conf.all.forwarding=0 || { log "cannot switch net.ipv6.conf.all.forwarding off"; rc=1; }
+        sysctl -q -w net.ipv6.conf.all.forwarding=0 || { log "cannot switch" net.ipv6.conf.all.forwarding "off"; rc=1; }
     fi
 }
 
 load() {
-    iptables-restore < /etc/fwc/iptables.rules || { log "iptables-restore /etc/fwc/iptables.rules failed"; return 1; }
-    ip6tables-restore < /etc/fwc/ip6tables.rules || { log "ip6tables-restore /etc/fwc/ip6tables.rules failed"; return 1; }
+    iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
+    ip6tables-restore < /etc/fwc/ip6tables.rules || { log ip6tables-restore /etc/fwc/ip6tables.rules "failed"; return 1; }
     return 0
 }
 
 fail_closed() {
     if ! iptables-restore < /etc/fwc/failsafe.rules; then
         # Even the fallback did not load: drop everything rather than route.
-        log "iptables-restore /etc/fwc/failsafe.rules failed: DROP policies only, no management access"
+        log iptables-restore /etc/fwc/failsafe.rules "failed: DROP policies only, no management access"
         iptables -w -P INPUT DROP || :
         iptables -w -P FORWARD DROP || :
         iptables -w -P OUTPUT DROP || :
@@ -44,7 +44,7 @@ fail_closed() {
     done
     if ! ip6tables-restore < /etc/fwc/failsafe6.rules; then
         # Even the fallback did not load: drop everything rather than route.
-        log "ip6tables-restore /etc/fwc/failsafe6.rules failed: DROP policies only, no management access"
+        log ip6tables-restore /etc/fwc/failsafe6.rules "failed: DROP policies only, no management access"
         ip6tables -w -P INPUT DROP || :
         ip6tables -w -P FORWARD DROP || :
         ip6tables -w -P OUTPUT DROP || :
@@ -70,10 +70,10 @@ fi
 log "rules loaded"
 # net.netfilter.* keys exist only now that the rules loaded nf_conntrack. A key the
 # kernel refuses (a global knob inside a container) must not stop the firewall.
-sysctl -q -p /etc/sysctl.d/90-fwc.conf || log "warning: some keys of /etc/sysctl.d/90-fwc.conf were not set"
+sysctl -q -p /etc/sysctl.d/90-fwc.conf || log "warning: some keys of" /etc/sysctl.d/90-fwc.conf "were not set"
 if ! sysctl -q -p /etc/fwc/forwarding.conf; then
     forwarding_off
-    log "forwarding could not be switched on (/etc/fwc/forwarding.conf): forwarding stays off"
+    log "forwarding could not be switched on (from" /etc/fwc/forwarding.conf"): forwarding stays off"
     exit 1
 fi
 log "forwarding on"
