@@ -136,17 +136,17 @@ def _reboot_text(report: LabReport) -> list[str]:
     if rb.skipped:
         return [f"  reboot (drill 3): skipped: {rb.skipped}"]
     b = rb.boot
-    fwd = ", ".join(f"IPv{k} {v:.3f}s" for k, v in sorted(b.forwarding_on_s.items())) or "-"
+    fwd = ", ".join(f"IPv{k} {_ms(v)}" for k, v in sorted(b.forwarding_on_s.items())) or "-"
     out = [
         f"  reboot (drill 3): {rb.label} {'HELD' if rb.ok else 'FAILED'}",
         f"    power loss on {rb.master}: wiped {_wiped(rb.wiped)}; {rb.backup} took over in "
         f"{_s(rb.takeover_s)}, echo gap {_s(rb.failover_gap_s)}, connection "
         f"{'survived' if rb.survived_failover else 'LOST'}",
-        f"    boot script rc {b.rc} in {_s(b.script_s)}: rules loaded at "
-        f"{_s(b.rules_loaded_s)}, forwarding on at {fwd} ({b.samples} samples, off before)",
+        f"    boot script rc {b.rc} in {_ms(b.script_s)}: rules loaded at "
+        f"{_ms(b.rules_loaded_s)}, forwarding on at {fwd} ({b.samples} samples, off before)",
         f"    probe SYNs through {rb.master}: {b.syns_sent} sent ({b.syns_sent_before_rules} "
         f"before the rules), forwarded {b.forwarded_before_rules} before the rules, "
-        f"{b.forwarded_after_rules} after (first at {_s(b.first_forwarded_s)})",
+        f"{b.forwarded_after_rules} after (first at {_ms(b.first_forwarded_s)})",
         f"    rejoin (from keepalived's start, preempt delay {rb.preempt_delay_s:g}s): flow in "
         f"{rb.master}'s {rb.cache or '?'} cache at {_s(rb.cache_s)}, first VIP at "
         f"{_s(rb.first_vip_s)}, all at {_s(rb.failback_s)}; {rb.backup} held them until "
@@ -158,6 +158,11 @@ def _reboot_text(report: LabReport) -> list[str]:
     ]
     out += [f"      note: {note}" for note in rb.notes]
     return out
+
+
+def _ms(val: float | None) -> str:
+    # Boot steps are milliseconds apart: seconds with two decimals would hide the order.
+    return "-" if val is None else f"{val * 1000:.1f}ms"
 
 
 def _wiped(w: dict[str, Any]) -> str:
