@@ -376,14 +376,30 @@ def test_sigterm_tears_the_lab_down(tmp_path: Path) -> None:
         teardown(prefix)
 
 
+# The lab waits out the preempt delay at every failback and in the reboot drill:
+# the reference policy at the shortest delay FWC221 allows, which is also the
+# one the reboot drill must prove long enough for conntrackd's resync.
+EDGE_PREEMPT_DELAY = "preempt-delay 5s"
+
+
+def _edge_policy(tmp: Path) -> Path:
+    text = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+    vrrp = "vrrp { password \"s3cret\"  advert 1s  vrid 51 }"
+    assert vrrp in text
+    policy = tmp / "edge.fw"
+    policy.write_text(text.replace(vrrp, vrrp[:-1] + EDGE_PREEMPT_DELAY + " }"), encoding="utf-8")
+    return policy
+
+
 def _compiled_edge(tmp: Path) -> tuple[Path, str]:
-    """Real `fwc compile` output of the reference policy."""
+    """Real `fwc compile` output of the reference policy (with a 5 s preempt delay)."""
     from fwc.cli import main
 
     out = tmp / "compiled"
-    assert main(["compile", str(REPO / "policies" / "edge.fw"), "-o", str(out)]) == 0, (
-        "fwc compile policies/edge.fw failed (see the captured output)"
+    assert main(["compile", str(_edge_policy(tmp)), "-o", str(out)]) == 0, (
+        "fwc compile of policies/edge.fw failed (see the captured output)"
     )
+    assert "preempt_delay 5\n" in (out / "edge" / "fw1" / "keepalived.conf").read_text()
     return out, "fwc compile"
 
 
@@ -396,8 +412,9 @@ def edge_lab(tmp_path_factory: pytest.TempPathFactory) -> LabReport:
     tmp = tmp_path_factory.mktemp("lab")
     compiled, source = _compiled_edge(tmp)
     print(f"\nlab uses {source}: {compiled}", file=sys.stderr)
-    cluster, out = load_policy_cluster(REPO / "policies" / "edge.fw", compiled, tmp)
-    fast = fast_keepalived_confs(REPO / "policies" / "edge.fw") if "compile" in source else None
+    cluster, out = load_policy_cluster(tmp / "edge.fw", compiled, tmp)
+    assert cluster.preempt_delay == 5.0
+    fast = fast_keepalived_confs(tmp / "edge.fw") if "compile" in source else None
     report = run_lab_cluster(
         cluster, out, LabOptions(logdir=tmp / "logs", fast_keepalived=fast or None)
     )
@@ -431,6 +448,47 @@ def test_lab_edge_connection_survives_failover_and_failback(edge_lab: LabReport)
         assert fo.external_flows_before >= 1, fo  # the backup really had the flow
         assert fo.takeover_s is not None and fo.failover_gap_s is not None
         assert fo.order_errors == 0
+
+
+@pytest.mark.lab
+def test_lab_edge_reboot_forwards_nothing_before_the_rules(edge_lab: LabReport) -> None:
+    """(a) of the reboot drill: issue 10, a rebooted node never forwards unfiltered."""
+    rb = edge_lab.reboot
+    assert rb is not None and not rb.skipped, rb
+    assert (rb.master, rb.backup, rb.mode) == ("fw1", "fw2", "snat")
+    # wiped as at power loss
+    assert rb.wiped["processes"] == 0 and rb.wiped["vips"] == [] and rb.wiped["rules"] == 0
+    assert rb.wiped["conntrack_entries"] == 0
+    assert set(rb.wiped["forwarding"].values()) == {"0"}
+    b = rb.boot
+    assert b.rc == 0 and b.ok, b.problems
+    assert b.forwarding_before == {"4": "0", "6": "0"}
+    assert b.syns_sent_before_rules > 0 and b.forwarded_before_rules == 0, b
+    assert b.forwarded_after_rules > 0, b  # the probe path did go through the node
+    assert b.rules_loaded_s is not None and b.first_forwarded_s is not None
+    assert b.first_forwarded_s > b.rules_loaded_s
+    for fam in ("4", "6"):  # edge carries IPv6: both families off until their rules
+        assert b.forwarding_on_s[fam] > b.rules_loaded_s, b
+        assert b.forwarding_on_s[fam] > b.chain_in_by_s[fam] > b.chain_absent_at_s[fam], b
+
+
+@pytest.mark.lab
+def test_lab_edge_reboot_rejoins_after_resync_and_keeps_the_connection(
+    edge_lab: LabReport,
+) -> None:
+    """(b) and (c): the VIPs stay on the backup until conntrackd has the flow and the
+    preempt delay has passed; the connection survives the power loss and the return."""
+    rb = edge_lab.reboot
+    assert rb is not None and rb.ok, (rb.notes if rb else None)
+    assert rb.preempt_delay_s == 5.0
+    assert rb.cache_s is not None and rb.first_vip_s is not None
+    assert rb.cache_s < rb.first_vip_s and rb.first_vip_s >= rb.preempt_delay_s
+    assert rb.backup_held_vips and rb.resync_requested
+    assert rb.survived_failover and rb.survived_failback and rb.order_errors == 0
+    assert rb.external_flows_before >= 1 and rb.failback_committed
+    data = to_dict(edge_lab)["reboot"]
+    assert data["ok"] and data["boot"]["forwarded_before_rules"] == 0
+    assert "reboot (drill 3): reboot-snat-1s HELD" in render_text(edge_lab)
 
 
 @pytest.mark.lab

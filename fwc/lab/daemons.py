@@ -30,6 +30,14 @@ NODE_PATHS: dict[str, tuple[str, int]] = {f.name: (f.path, f.mode) for f in NODE
 KEEPALIVED_CONF = NODE_KEEPALIVED_CONF
 CONNTRACKD_CONF = NODE_CONNTRACKD_CONF
 SYSLOG = "/run/fwc-lab/syslog.log"
+FORWARDING_KEYS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
 
 # There is no /dev/log in the lab, so `logger` in the notify hook would lose
 # its lines. Inside each member this stand-in is bind-mounted over
@@ -329,6 +337,13 @@ class Node:
         self.drop_vips()
         self.exec(["conntrack", "-F"], check=False)
         self._clean_run_files()
+        self.network_up()
+        self.start()
+        if listener is not None:
+            self.start_listener(*listener)
+
+    def network_up(self) -> None:
+        """Links up with the compiled addresses and the lab's routes, as the network brings them."""
         for dev in self.devices:
             run(["ip", "-n", self.ns, "link", "set", dev, "up"])
         for dev, addrs in self.link_addresses.items():
@@ -338,9 +353,55 @@ class Node:
         # Link-down dropped the static routes through those links.
         for route in self.routes:
             run(["ip", "-n", self.ns, *route], check=False)
-        self.start()
-        if listener is not None:
-            self.start_listener(*listener)
+
+    def wipe(self) -> dict[str, object]:
+        """After crash(): what a power loss leaves. Returns the state as measured afterwards.
+
+        A fresh kernel has no VIPs, an empty conntrack table, no rules or
+        ipsets (every chain ACCEPT), forwarding off (the kernel default) and
+        an empty /run; the daemons died with crash().
+        """
+        self.drop_vips()
+        self.exec(["conntrack", "-F"], check=False)
+        self.exec(["conntrack", "-F", "expect"], check=False)
+        for tool in ("iptables", "ip6tables"):
+            tables = self.exec([f"{tool}-save"], check=False).stdout
+            empty = "".join(
+                f"*{table}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in BUILTIN_CHAINS[table])
+                + "COMMIT\n"
+                for table in re.findall(r"^\*(\S+)", tables, re.M)
+                if table in BUILTIN_CHAINS
+            )
+            if empty:
+                self.exec([f"{tool}-restore"], input=empty)
+        self.exec(["ipset", "destroy"], check=False)
+        for key in FORWARDING_KEYS:
+            self.exec(["sysctl", "-qw", f"{key}=0"], check=False)
+        self._clean_run_files()
+        self.exec(["rm", "-f", "/run/fwc-notify.lock"], check=False)
+        rules = sum(
+            line.startswith("-A ")
+            for tool in ("iptables", "ip6tables")
+            for line in self.exec([f"{tool}-save"], check=False).stdout.splitlines()
+        )
+        entries = self.exec(["conntrack", "-C"], check=False).stdout.strip()
+        return {
+            "processes": len(netns_pids(self.ns)),
+            "vips": sorted(self.vips_held()),
+            "rules": rules,
+            "ipsets": len(self.exec(["ipset", "list", "-n"], check=False).stdout.split()),
+            "conntrack_entries": int(entries) if entries.isdigit() else entries,
+            "forwarding": {
+                key: self.exec(["sysctl", "-n", key], check=False).stdout.strip()
+                for key in FORWARDING_KEYS
+            },
+        }
+
+    def boot(self) -> tuple[int, str, float, float]:
+        """The compiled boot script, as fwc-firewall.service runs it: rc, stderr, wall times."""
+        t0 = time.time()
+        proc = self.exec(["sh", NODE_PATHS["fwc-firewall.sh"][0]], check=False)
+        return proc.returncode, proc.stderr or "", t0, time.time()
 
     def _clean_run_files(self) -> None:
         lock, sock = self._conntrackd_paths()

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fwc.lab.netns import PYTHON, run
+from fwc.lab.netns import PYTHON, Proc, run
 from fwc.lab.topology import Endpoint, ProbePlan, vip_for
 
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
-    from fwc.lab.runner import Lab
+    from fwc.lab.runner import Flow, Lab
 
 POLL = 0.05  # VIP polling period (lab-notes: takeover is polled every 50 ms)
 
@@ -230,6 +230,38 @@ class Stream:
         return [r for r in self.parse()[0] if r > t]
 
 
+def start_stream(lab: Lab, label: str, flow: Flow) -> tuple[Proc, Stream]:
+    """The long-lived TCP connection of a drill, logging to LOGDIR/LABEL-stream.log."""
+    log = lab.logdir / f"{label}-stream.log"
+    log.unlink(missing_ok=True)
+    argv = [
+        PYTHON,
+        str(lab.probe_py),
+        "stream",
+        "--src",
+        str(flow.src),
+        "--dst",
+        str(flow.dst),
+        "--port",
+        str(flow.port),
+        "--interval",
+        "0.1",
+        "--duration",
+        "90",
+    ]
+    proc = lab.state.spawn(f"stream/{label}", lab.host_argv(flow.src_ns, argv), log)
+    return proc, Stream(log)
+
+
+def stop_proc(lab: Lab, proc: Proc, grace: float = 3.0) -> None:
+    """SIGTERM (so the helper prints its summary), SIGKILL after GRACE, and forget it."""
+    proc.signal(signal.SIGTERM)
+    proc.reap(grace)
+    proc.signal(signal.SIGKILL)
+    proc.reap(1.0)
+    lab.state.forget(proc)
+
+
 def _longest_gap(recv: list[float], start: float, end: float) -> float | None:
     """Longest interval between consecutive echoes received in [START, END]."""
     window = [r for r in recv if start <= r <= end]
@@ -268,26 +300,9 @@ def failover_drill(
         return res
     undo = lab.prepare_mode(mode)
     stream_proc = None
+    log = lab.logdir / f"{label}-stream.log"
     try:
-        log = lab.logdir / f"{label}-stream.log"
-        log.unlink(missing_ok=True)
-        argv = [
-            PYTHON,
-            str(lab.probe_py),
-            "stream",
-            "--src",
-            str(flow.src),
-            "--dst",
-            str(flow.dst),
-            "--port",
-            str(flow.port),
-            "--interval",
-            "0.1",
-            "--duration",
-            "90",
-        ]
-        stream_proc = lab.state.spawn(f"stream/{label}", lab.host_argv(flow.src_ns, argv), log)
-        stream = Stream(log)
+        stream_proc, stream = start_stream(lab, label, flow)
         if wait_for(lambda: len(stream.parse()[0]) >= 10, 6.0, 0.1) is None:
             res.notes.append(f"connection did not establish or echo: {stream.parse()[1]}")
             return res
@@ -379,10 +394,7 @@ def failover_drill(
                 res.notes.append(f"{master.name} did not take the VIPs back after restore")
     finally:
         if stream_proc is not None:
-            stream_proc.signal(signal.SIGTERM)
-            stream_proc.reap(3.0)
-            stream_proc.signal(signal.SIGKILL)
-            lab.state.forget(stream_proc)
+            stop_proc(lab, stream_proc)
         undo()
     recv, info = Stream(log).parse()
     res.echoes = len(recv)

@@ -8,16 +8,24 @@ Commands:
   serve   --tcp PORT... --udp PORT... [--lifetime S]   echo lines / datagrams
   probe   --src A --dst B --proto tcp|udp|icmp [--port P] [--timeout S]
   stream  --src A --dst B --port P [--interval S] [--duration S]
+  syns    --src A --dst B --port P --sport-base N [--interval S] [--duration S]
+  capture --device D --dst B --port P [--duration S]
+  watch   [--period S] [--duration S]                   forwarding and FORWARD chains
 
-``probe`` prints one JSON object. ``stream`` prints one line per echo
-(``E seq t_sent t_recv``, CLOCK_MONOTONIC, shared by all processes on the
-host) and a final ``END reason``, so the lab can compute gaps from the log.
+``probe``, ``syns``, ``capture`` and ``watch`` print one JSON object (the
+last three when they stop: SIGTERM or their duration; ``capture`` and
+``watch`` print ``READY`` first). Their times are CLOCK_REALTIME, like the
+logger shim's stamps in the members, so they line up with the boot script's log.
+``stream`` prints one line per echo (``E seq t_sent t_recv``, CLOCK_MONOTONIC,
+shared by all processes on the host) and a final ``END reason``, so the lab
+can compute gaps from the log.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -25,6 +33,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -271,6 +280,175 @@ def stream(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- reboot drill
+def _stopper() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def syns(args: argparse.Namespace) -> int:
+    """One TCP SYN every INTERVAL from SRC:sport-base+i, each socket closed at once.
+
+    Closing in SYN_SENT sends nothing (no RST), so every SYN is a fresh
+    connection attempt the firewall must decide on; the source ports are
+    outside the ephemeral range, so a policy route can steer only these.
+    """
+    stop = _stopper()
+    deadline = time.monotonic() + args.duration
+    sent = 0
+    stamps: list[float] = []
+    errors: dict[str, int] = {}
+    for i in range(args.count):
+        if stop.is_set() or time.monotonic() >= deadline:
+            break
+        sock = socket.socket(_family(args.dst), socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((args.src, args.sport_base + i % args.sports))
+            sock.setblocking(False)
+            rc = sock.connect_ex((args.dst, args.port))
+            if rc in (0, errno.EINPROGRESS):
+                sent += 1
+                stamps.append(round(time.time(), 4))
+            else:
+                errors[os.strerror(rc)] = errors.get(os.strerror(rc), 0) + 1
+        except OSError as exc:
+            key = exc.strerror or str(exc)
+            errors[key] = errors.get(key, 0) + 1
+        finally:
+            sock.close()
+        stop.wait(args.interval)
+    print(json.dumps({"sent": sent, "times": stamps, "errors": errors}), flush=True)
+    return 0
+
+
+
+def capture(args: argparse.Namespace) -> int:
+    """Arrival times of TCP SYNs (no ACK) to DST:PORT on DEVICE (IPv4, AF_PACKET)."""
+    stop = _stopper()
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    sock.bind((args.device, 0))
+    sock.settimeout(0.1)
+    want = socket.inet_aton(args.dst)
+    seen: list[list[object]] = []
+    frames = 0
+    print("READY", flush=True)
+    deadline = time.monotonic() + args.duration
+    while not stop.is_set() and time.monotonic() < deadline and frames < args.max_frames:
+        try:
+            frame, meta = sock.recvfrom(2048)
+        except TimeoutError:
+            continue
+        except InterruptedError:
+            continue
+        now = time.time()
+        frames += 1
+        if meta[2] == socket.PACKET_OUTGOING or len(frame) < 14 + 20:
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[0] >> 4 != 4 or ip[9] != 6 or ip[16:20] != want or len(ip) < ihl + 14:
+            continue
+        tcp = ip[ihl:]
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        flags = tcp[13]
+        if dport == args.port and flags & 0x02 and not flags & 0x10:
+            seen.append([round(now, 6), socket.inet_ntoa(ip[12:16]), sport])
+    sock.close()
+    print(json.dumps({"syns": seen, "frames": frames}), flush=True)
+    return 0
+
+
+FORWARDING = {
+    "4": "/proc/sys/net/ipv4/ip_forward",
+    "6": "/proc/sys/net/ipv6/conf/all/forwarding",
+}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return "?"
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Sample forwarding (every PERIOD) and the FORWARD chains (as fast as they list).
+
+    Runs inside a member's network namespace, where /proc/sys/net is the
+    member's. A FORWARD chain counts as loaded once `iptables -S FORWARD`
+    differs from what it listed first (the wiped chain). For each chain
+    listing the start and end times are kept: the rules were certainly
+    absent when a listing that saw the wiped chain started, and certainly
+    in when the first listing that saw them ended.
+    """
+    stop = _stopper()
+    first = {fam: _read(path) for fam, path in FORWARDING.items()}
+    state = dict(first)
+    changes: list[list[object]] = []
+    samples = 0
+    chains: dict[str, dict[str, object]] = {}
+    tools = {"4": "iptables", "6": "ip6tables"}
+
+    def lister() -> None:
+        for _ in range(int(args.duration / 0.002) + 1):
+            if stop.is_set() or all("in_by" in chains.get(f, {}) for f in tools):
+                return
+            for fam, tool in tools.items():
+                if "in_by" in chains.get(fam, {}):
+                    continue
+                t0 = time.time()
+                try:
+                    out = subprocess.run(
+                        [tool, "-S", "FORWARD"], capture_output=True, text=True, timeout=5
+                    ).stdout
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
+                t1 = time.time()
+                entry = chains.setdefault(fam, {"wiped": out, "listings": 0})
+                entry["listings"] = int(str(entry["listings"])) + 1
+                if out == entry["wiped"]:
+                    entry["absent_at"] = round(t0, 6)
+                else:
+                    entry["in_by"] = round(t1, 6)
+                    entry["loaded"] = out.splitlines()[:1]
+
+    thread = threading.Thread(target=lister, daemon=True)
+    thread.start()
+    print(f"READY {json.dumps(first)}", flush=True)
+    deadline = time.monotonic() + args.duration
+    last_off: dict[str, float] = {}
+    while not stop.is_set() and time.monotonic() < deadline:
+        now = time.time()
+        samples += 1
+        for fam, path in FORWARDING.items():
+            val = _read(path)
+            if val == "0":
+                last_off[fam] = now
+            if val != state[fam]:
+                changes.append([fam, val, round(now, 6)])
+                state[fam] = val
+        time.sleep(args.period)
+    stop.set()
+    thread.join(5.0)
+    print(
+        json.dumps(
+            {
+                "first": first,
+                "changes": changes,
+                "samples": samples,
+                "last_off": {k: round(v, 6) for k, v in last_off.items()},
+                "chains": chains,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fwc-lab-probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -291,8 +469,30 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--interval", type=float, default=0.1)
     c.add_argument("--duration", type=float, default=120.0)
     c.add_argument("--connect-timeout", type=float, default=3.0)
+    y = sub.add_parser("syns")
+    y.add_argument("--src", required=True)
+    y.add_argument("--dst", required=True)
+    y.add_argument("--port", type=int, required=True)
+    y.add_argument("--sport-base", type=int, default=61000)
+    y.add_argument("--sports", type=int, default=1000)
+    y.add_argument("--interval", type=float, default=0.005)
+    y.add_argument("--count", type=int, default=6000)
+    y.add_argument("--duration", type=float, default=30.0)
+    k = sub.add_parser("capture")
+    k.add_argument("--device", required=True)
+    k.add_argument("--dst", required=True)
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--duration", type=float, default=40.0)
+    k.add_argument("--max-frames", type=int, default=200000)
+    w = sub.add_parser("watch")
+    w.add_argument("--period", type=float, default=0.001)
+    w.add_argument("--duration", type=float, default=40.0)
     args = parser.parse_args(argv)
-    return {"serve": serve, "probe": probe, "stream": stream}[args.cmd](args)
+    commands = {
+        "serve": serve, "probe": probe, "stream": stream,
+        "syns": syns, "capture": capture, "watch": watch,
+    }
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "expectations": [asdict(r) for r in report.expectations],
         "failover": [f.as_dict() for f in report.failover],
         "control": report.control.as_dict() if report.control else None,
+        "reboot": report.reboot.as_dict() if report.reboot else None,
         "gaps": gap_table(report),
         "fast_config": report.fast_config,
         "warnings": report.warnings,
@@ -103,6 +104,7 @@ def render_text(report: LabReport) -> str:
             )
             for note in fo.notes:
                 out.append(f"      note: {note}")
+    out += _reboot_text(report)
     table = gap_table(report)
     if table:
         out.append("  failover gap by advert interval:")
@@ -125,3 +127,50 @@ def render_text(report: LabReport) -> str:
     if report.kept:
         out.append(f"  lab kept running: tear down with `fwc lab --teardown {report.prefix}`")
     return "\n".join(out)
+
+
+def _reboot_text(report: LabReport) -> list[str]:
+    rb = report.reboot
+    if rb is None:
+        return []
+    if rb.skipped:
+        return [f"  reboot (drill 3): skipped: {rb.skipped}"]
+    b = rb.boot
+    fwd = ", ".join(f"IPv{k} {_ms(v)}" for k, v in sorted(b.forwarding_on_s.items())) or "-"
+    out = [
+        f"  reboot (drill 3): {rb.label} {'HELD' if rb.ok else 'FAILED'}",
+        f"    power loss on {rb.master}: wiped {_wiped(rb.wiped)}; {rb.backup} took over in "
+        f"{_s(rb.takeover_s)}, echo gap {_s(rb.failover_gap_s)}, connection "
+        f"{'survived' if rb.survived_failover else 'LOST'}",
+        f"    boot script rc {b.rc} in {_ms(b.script_s)}: rules loaded at "
+        f"{_ms(b.rules_loaded_s)}, forwarding on at {fwd} ({b.samples} samples, off before)",
+        f"    probe SYNs through {rb.master}: {b.syns_sent} sent ({b.syns_sent_before_rules} "
+        f"before the rules), forwarded {b.forwarded_before_rules} before the rules, "
+        f"{b.forwarded_after_rules} after (first at {_ms(b.first_forwarded_s)})",
+        f"    rejoin (from keepalived's start, preempt delay {rb.preempt_delay_s:g}s): flow in "
+        f"{rb.master}'s {rb.cache or '?'} cache at {_s(rb.cache_s)}, first VIP at "
+        f"{_s(rb.first_vip_s)}, all at {_s(rb.failback_s)}; {rb.backup} held them until "
+        f"then: {'yes' if rb.backup_held_vips else 'NO'}; resync requested: "
+        f"{'yes' if rb.resync_requested else 'no'}",
+        f"    failback echo gap {_s(rb.failback_gap_s)}, connection "
+        f"{'survived' if rb.survived_failback else 'LOST'} ({rb.echoes} echoes, "
+        f"{rb.order_errors} out of order)",
+    ]
+    out += [f"      note: {note}" for note in rb.notes]
+    return out
+
+
+def _ms(val: float | None) -> str:
+    # Boot steps are milliseconds apart: seconds with two decimals would hide the order.
+    return "-" if val is None else f"{val * 1000:.1f}ms"
+
+
+def _wiped(w: dict[str, Any]) -> str:
+    if not w:
+        return "-"
+    fwd = "/".join(str(v) for v in w.get("forwarding", {}).values())
+    return (
+        f"{w.get('processes')} processes, {len(w.get('vips', []))} VIPs, {w.get('rules')} rules, "
+        f"{w.get('ipsets')} ipsets, {w.get('conntrack_entries')} conntrack entries, "
+        f"forwarding {fwd}"
+    )

@@ -22,6 +22,7 @@ from typing import Any
 from fwc.lab import drills
 from fwc.lab.daemons import KEEPALIVED_CONF, Node, fast_keepalived
 from fwc.lab.netns import PYTHON, LabError, LabState, new_prefix, run, teardown
+from fwc.lab.reboot import RebootResult, reboot_drill
 from fwc.lab.topology import (
     HostPlan,
     IPAddress,
@@ -83,6 +84,7 @@ class LabReport:
     expectations: list[drills.ProbeResult] = field(default_factory=list)
     failover: list[drills.FailoverResult] = field(default_factory=list)
     control: drills.FailoverResult | None = None
+    reboot: RebootResult | None = None
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     error: str | None = None
@@ -561,7 +563,14 @@ def _failover_drills(
         )
     runs = failover_runs(lab.plan.cluster.advert, modes, options.quick)
     first = True
-    for advert, mode in runs:
+    # The reboot drill boots the node with its compiled configuration, so it
+    # runs after the policy's own advert runs and before the 100 ms switch.
+    reboot_at = sum(advert == lab.plan.cluster.advert for advert, _ in runs)
+    for i, (advert, mode) in enumerate([*runs, (0.0, "")]):
+        if i == reboot_at and not options.quick:
+            _reboot(lab, report, modes[-1])
+        if not mode:
+            break
         if advert != lab.plan.cluster.advert and lab.advert_label != advert_label(advert):
             source = lab.switch_advert(advert, options.fast_keepalived)
             lab.progress(
@@ -595,6 +604,16 @@ def _failover_drills(
     lab.progress(f"control: connection {verdict}")
 
 
+def _reboot(lab: Lab, report: LabReport, mode: str) -> None:
+    lab.progress(f"reboot: power loss on the master, then the boot sequence ({mode})")
+    result = reboot_drill(lab, mode)
+    report.reboot = result
+    if result.skipped:
+        report.warnings.append(f"reboot drill skipped: {result.skipped}")
+        return
+    lab.progress(f"reboot: {'held' if result.ok else 'FAILED'}")
+
+
 def _judge(report: LabReport) -> None:
     for res in report.expectations:
         if res.agrees is False:
@@ -619,6 +638,9 @@ def _judge(report: LabReport) -> None:
             "control run: the connection survived without conntrackd "
             "(the drill would not prove state sync)"
         )
+    rb = report.reboot
+    if rb is not None and not rb.skipped and not rb.ok:
+        report.failures.append(f"reboot drill {rb.label}: " + "; ".join(rb.notes))
     phases = {r.phase for r in report.expectations if r.agrees is not None}
     if report.expectations and "backup" not in phases and report.failover:
         report.failures.append("expectations were not probed through the backup")

@@ -1,0 +1,170 @@
+"""The reboot drill's measurements (fwc/lab/reboot.py).
+
+Unit tests feed the judges made-up timelines; the root test boots a wiped
+member of a real lab once through a boot script that switches forwarding on
+before its rules (the pre-issue-10 order) and once through the compiled one:
+the watchers must catch the first and pass the second. The full drill runs
+in the edge lab of tests/test_lab.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+from fwc.lab.reboot import BootWatch, RebootResult, judge_boot, judge_reboot
+from fwc.lab.report import render_text, to_dict
+from fwc.lab.runner import LabReport
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = 1000.0
+
+
+def _watch(on_at: float, absent_at: float, in_by: float) -> dict[str, object]:
+    return {
+        "first": {"4": "0", "6": "0"},
+        "changes": [["4", "1", T0 + on_at], ["6", "1", T0 + on_at]],
+        "samples": 900,
+        "last_off": {"4": T0 + on_at - 0.001, "6": T0 + on_at - 0.001},
+        "chains": {
+            fam: {"wiped": "-P FORWARD ACCEPT\n", "absent_at": T0 + absent_at, "in_by": T0 + in_by}
+            for fam in ("4", "6")
+        },
+        "syns_sent": [T0 - 0.3 + i * 0.005 for i in range(180)],
+    }
+
+
+def test_judge_boot_passes_rules_then_forwarding() -> None:
+    log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
+    syns = [[T0 + 0.055 + i * 0.005, "198.51.100.254", 61000 + i] for i in range(100)]
+    bw = judge_boot(_watch(0.052, 0.02, 0.047), syns, log, T0, 0)
+    assert bw.ok, bw.problems
+    assert bw.forwarded_before_rules == 0 and bw.forwarded_after_rules == 100
+    assert bw.syns_sent_before_rules == 70  # from 0.3 s before the script to 'rules loaded'
+    assert bw.forwarding_on_s == {"4": 0.052, "6": 0.052}
+
+
+def test_judge_boot_catches_forwarding_before_the_rules() -> None:
+    # Forwarding on at 0.002 s, the chain still wiped at 0.3 s, packets through at once.
+    log = [(T0 + 0.35, "rules loaded"), (T0 + 0.36, "forwarding on")]
+    syns = [[T0 + 0.003 + i * 0.005, "192.0.2.10", 61000 + i] for i in range(120)]
+    bw = judge_boot(_watch(0.002, 0.3, 0.34), syns, log, T0, 0)
+    assert not bw.ok
+    text = " | ".join(bw.problems)
+    assert "before the script's 'rules loaded'" in text
+    assert "while FORWARD was still empty" in text
+    assert f"{bw.forwarded_before_rules} probe SYNs were forwarded before" in text
+    assert bw.forwarded_before_rules == 70
+
+
+def test_judge_boot_refuses_a_vacuous_probe() -> None:
+    # Nothing got through at all, even after the boot: the probe missed the node.
+    log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
+    bw = judge_boot(_watch(0.052, 0.02, 0.047), [], log, T0, 0)
+    assert any("proves nothing" in p for p in bw.problems)
+    # And a node that was not wiped (forwarding on, rules in) cannot pass either.
+    watch = _watch(0.052, 0.02, 0.047)
+    watch["first"] = {"4": "1", "6": "0"}
+    chains = watch["chains"]
+    assert isinstance(chains, dict)
+    chains["4"]["wiped"] = "-P FORWARD DROP\n"
+    bw = judge_boot(watch, [[T0 + 0.06, "x", 61000]], log, T0, 0)
+    assert any("forwarding was 1 before" in p for p in bw.problems)
+    assert any("FORWARD was not wiped" in p for p in bw.problems)
+
+
+def _reboot_result(**kw: object) -> RebootResult:
+    res = RebootResult("reboot-snat-1s", "snat", "1s", "fw1", "fw2", 5.0, connected=True)
+    res.boot = BootWatch(rc=0)
+    res.survived_failover = res.survived_failback = True
+    res.cache_s, res.cache, res.first_vip_s, res.failback_s = 0.12, "external", 7.7, 7.7
+    res.backup_held_vips = True
+    for key, val in kw.items():
+        setattr(res, key, val)
+    return res
+
+
+def test_judge_reboot_needs_resync_before_the_vips_and_the_delay() -> None:
+    assert judge_reboot(_reboot_result())
+    early = _reboot_result(first_vip_s=0.05)
+    assert not judge_reboot(early)
+    assert any("before conntrackd had the flow" in n for n in early.notes)
+    assert any("within the preempt delay" in n for n in early.notes)
+    nocache = _reboot_result(cache_s=None)
+    assert not judge_reboot(nocache)
+    lost = _reboot_result(survived_failback=False)
+    assert not judge_reboot(lost) and "did not survive the return" in lost.notes[-1]
+    stolen = _reboot_result(backup_held_vips=False)
+    assert not judge_reboot(stolen)
+
+
+def test_reboot_in_text_and_json_report() -> None:
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    res = _reboot_result()
+    res.ok = judge_reboot(res)
+    res.wiped = {"processes": 0, "vips": [], "rules": 0, "ipsets": 0,
+                 "conntrack_entries": 0, "forwarding": {"a": "0", "b": "0"}}
+    report.reboot = res
+    text = render_text(report)
+    assert "reboot (drill 3): reboot-snat-1s HELD" in text
+    assert "flow in fw1's external cache at 0.12s, first VIP at 7.70s" in text
+    data = to_dict(report)["reboot"]
+    assert data["ok"] and data["boot"]["ok"] and data["cache_s"] == 0.12
+    report.reboot = RebootResult("reboot-snat-1s", "snat", "1s", skipped="no boot script")
+    assert "reboot (drill 3): skipped: no boot script" in render_text(report)
+
+
+@pytest.mark.root
+def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_script(
+    tmp_path: Path,
+) -> None:
+    from fwc.lab.adapter import load_policy_cluster
+    from fwc.lab.netns import lab_namespaces, teardown
+    from fwc.lab.reboot import boot_and_watch
+    from fwc.lab.runner import Lab
+    from fwc.lab.topology import plan
+
+    cluster, out = load_policy_cluster(REPO / "policies" / "edge.fw", None, tmp_path)
+    prefix = f"fwc{os.getpid()}b"
+    (tmp_path / "logs").mkdir()
+    lab = Lab(plan(cluster, prefix), out, tmp_path / "logs", None, lambda _m: None)
+    try:
+        lab.build()
+        lab.start_members()
+        lab.start_listeners()
+        assert lab.flow is not None
+        node = lab.node("fw1")
+        script = "/etc/fwc/fwc-firewall.sh"
+        # The order issue 10 removed: forwarding from /etc/sysctl.d first, the rules later.
+        node.exec(["cp", script, "/etc/fwc/compiled-boot.sh"])
+        node.write(
+            script,
+            "#!/bin/sh\nsysctl -q -p /etc/fwc/forwarding.conf\nsleep 0.4\n"
+            f"exec sh {shlex.quote('/etc/fwc/compiled-boot.sh')}\n",
+            0o755,
+        )
+        node.crash()
+        wiped = node.wipe()
+        assert wiped["rules"] == 0 and wiped["processes"] == 0, wiped
+        bad = boot_and_watch(lab, node, lab.flow, "bad-boot")
+        assert bad.rc == 0 and not bad.ok
+        assert bad.forwarded_before_rules > 0, bad
+        assert any("before the script's 'rules loaded'" in p for p in bad.problems), bad
+
+        node.exec(["cp", "/etc/fwc/compiled-boot.sh", script])
+        node.crash()
+        node.wipe()
+        time.sleep(0.2)
+        good = boot_and_watch(lab, node, lab.flow, "good-boot")
+        assert good.ok, good.problems
+        assert good.forwarded_before_rules == 0 and good.forwarded_after_rules > 0, good
+        assert good.syns_sent_before_rules > 0, good
+        assert good.rules_loaded_s is not None
+        assert all(t > good.rules_loaded_s for t in good.forwarding_on_s.values()), good
+    finally:
+        teardown(prefix)
+    assert lab_namespaces(prefix) == []
