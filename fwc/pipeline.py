@@ -36,6 +36,10 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
         return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
     from fwc.frontend.resolve import resolve
 
+    if read_secret is None and reader is None:
+        from fwc.frontend.sources import secret_reader
+
+        read_secret = secret_reader(Path(path), include_path)
     policy, resolved = resolve(program, read_secret)
     diagnostics.extend(resolved)
     if run_checks:

@@ -363,3 +363,66 @@ def test_a_name_the_os_cannot_take_is_a_diagnostic(tree: Path):
     assert result.returncode == 1
     assert "p.fw:1:11: error[FWC004]" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- password files: the same confinement (their content reaches keepalived.conf) ----------
+
+def password_policy(repo: Path, password_file: str) -> Path:
+    path = repo / "p.fw"
+    text = BASE.replace('password "s3cret"', f'password file "{password_file}"')
+    assert text != BASE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
+def test_password_file_outside_the_repository_is_refused(tree: Path, where: str):
+    secret = tree.parent / "outside" / "pw"
+    secret.write_text(SECRET + "\n", encoding="utf-8")
+    name = {"absolute": str(secret), "dotdot": "../outside/pw", "symlink": "lib/pw"}[where]
+    if where == "symlink":
+        (tree / "lib" / "pw").symlink_to(secret)
+    password_policy(tree, name)
+    result = fwc(tree, "check", "p.fw")
+    assert result.returncode == 1, result.stderr
+    assert "error[FWC010]: password file" in result.stderr, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    compiled = fwc(tree, "compile", "p.fw", "-o", "out")
+    assert compiled.returncode == 1 and not (tree / "out").exists()
+
+
+def test_password_file_fifo_and_device_do_not_hang(tree: Path):
+    os.mkfifo(tree / "lib" / "pw")
+    password_policy(tree, "lib/pw")
+    result = fwc(tree, "check", "p.fw", timeout=30)
+    assert result.returncode == 1 and "error[FWC011]: 'lib/pw' is a FIFO" in result.stderr
+    password_policy(tree, "/dev/zero")
+    assert "error[FWC010]" in fwc(tree, "check", "p.fw", timeout=30).stderr
+
+
+def test_password_file_inside_the_repository_or_include_path_is_read(tree: Path):
+    (tree / "lib" / "pw").write_text("s3cret\n", encoding="utf-8")
+    password_policy(tree, "lib/pw")
+    assert fwc(tree, "check", "p.fw").returncode == 0
+    outside = tree.parent / "outside"
+    (outside / "pw").write_text("s3cret\n", encoding="utf-8")
+    password_policy(tree, str(outside / "pw"))
+    allowed = fwc(tree, "check", "--include-path", str(outside), "p.fw")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_diff_does_not_read_a_password_file_outside_the_repository(tree: Path):
+    repo = tree
+    subprocess.run(["rm", "-rf", str(repo / ".git")], check=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "p.fw").write_text(BASE, encoding="utf-8")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "add", "p.fw"], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    secret = tree.parent / "outside" / "pw"
+    secret.write_text("abcdefghijklmnopq\n", encoding="utf-8")  # FWC212 would count it
+    password_policy(repo, str(secret))
+    result = fwc(repo, "diff", "--no-color")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error[FWC010]" in result.stderr, result.stderr
+    assert "FWC212" not in result.stderr

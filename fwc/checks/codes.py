@@ -29,11 +29,12 @@ An include names a file outside the policy repository (the git work tree that
 holds the top policy file, or its directory outside git), by an absolute path,
 by `..` or through a symbolic link. A policy under review must not make fwc read
 arbitrary files of whoever runs it, so only the repository and directories given
-with `--include-path DIR` are allowed. The diagnostic never shows anything of the
-refused file.""", "parse")
+with `--include-path DIR` are allowed. The same holds for a VRRP `password file`,
+whose content is copied into keepalived.conf. The diagnostic never shows anything
+of the refused file.""", "parse")
 describe("FWC011", "not a regular file", E, """
-A policy or include names a directory, FIFO, device or socket. Only regular files
-are read: a FIFO would block fwc forever and `/dev/zero` would fill memory.""",
+A policy, include or password file names a directory, FIFO, device or socket. Only
+regular files are read: a FIFO would block fwc forever and `/dev/zero` would fill memory.""",
          "parse")
 describe("FWC012", "policy file too large", E, f"""
 A policy file is larger than {MAX_FILE_BYTES // MIB} MiB, or a policy with its

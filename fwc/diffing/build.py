@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.diagnostics import Diagnostic
-from fwc.diffing.git import Side
-from fwc.frontend.sources import Refused
+from fwc.diffing.git import Side, normalise
+from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
 from fwc.pipeline import analyse
 
@@ -54,10 +54,14 @@ def compile_side(side: Side, rel: str, scratch: Path,
 
 
 def _secret_reader(side: Side):  # type: ignore[no-untyped-def]
-    """Password files are read from the same side as the policy (if tracked there)."""
+    """Password files are read from the same side as the policy when tracked there, else
+    from the working tree, under the same rules as any password file (inside the
+    repository, regular, small): a policy under review must not read the reviewer's files."""
+    on_disk = secret_reader(side.repo / "policy.fw")
+
     def read(path: Path) -> str:
         try:
             return side.read(path)
-        except (FileNotFoundError, Refused):  # not tracked, or outside the repository
-            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:  # not tracked (password files rarely are)
+            return on_disk(side.repo / normalise(path))
     return read

@@ -18,6 +18,7 @@ from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
 from fwc.frontend.loader import LoadedProgram
+from fwc.frontend.sources import Refused
 from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.addresses import AddressSet
 
@@ -368,6 +369,8 @@ class Resolver:
                 password_file = str(path)
                 try:
                     password = self.read_secret(path).strip()
+                except Refused as exc:
+                    self.err(exc.code, exc.message, opt.value.span, hint=exc.hint)
                 except OSError as exc:
                     self.err("FWC002", f"cannot read password file '{opt.value.text}': "
                              f"{exc.strerror or exc}", opt.value.span,

@@ -7,7 +7,10 @@ colleague decides which files fwc opens. These rules keep that harmless:
   top file, or its directory outside git; `--include-path DIR` adds directories;
 - only regular files are read (a FIFO would block forever, `/dev/zero` never
   ends), at most `MAX_FILE_BYTES` each and `MAX_TOTAL_BYTES` per policy;
-- include chains are at most `MAX_INCLUDE_DEPTH` deep.
+- include chains are at most `MAX_INCLUDE_DEPTH` deep;
+- password files follow the same rules (inside the repository or an include-path
+  directory, regular, at most `MAX_SECRET_BYTES`): the password ends up in
+  keepalived.conf, so a policy must not be able to copy any file of the machine there.
 
 No diagnostic about a refused file echoes anything of its content.
 
@@ -29,6 +32,8 @@ MAX_FILE_BYTES = 8 * MIB
 MAX_TOTAL_BYTES = 32 * MIB
 # Real include trees are two or three levels deep; a long chain is generated or hostile.
 MAX_INCLUDE_DEPTH = 32
+# A VRRP password file holds one short line.
+MAX_SECRET_BYTES = 4096
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -124,3 +129,20 @@ def add_include_path_argument(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also allow includes from DIR, and look up relative includes not found next to "
              "the including file there (repeatable, searched in order)")
+
+
+def secret_reader(top: Path, include_path: Iterable[Path] = ()):  # type: ignore[no-untyped-def]
+    """`read(path) -> str` for the password files of the policy TOP: inside its repository
+    (or an include-path directory), regular, small; Refused otherwise (echoing nothing)."""
+    roots = (repository_root(Path(top)), *(Path(d).resolve() for d in include_path))
+
+    def read(path: Path) -> str:
+        target = Path(path).absolute().resolve()
+        if not inside(target, roots):
+            raise Refused("FWC010", f"password file '{path}' is outside the policy repository "
+                          f"{roots[0]}",
+                          "keep the password file inside the repository (and out of git: "
+                          "list it in .gitignore), or allow its directory with --include-path")
+        return read_regular(target, str(path), MAX_SECRET_BYTES).decode("utf-8")
+
+    return read
