@@ -11,8 +11,8 @@ from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, wi
 
 from fwc.cli import main
 from fwc.diagnostics import Severity
-from fwc.install.target import ssh_target_problem
 from fwc.install.transport import InventoryError, SshTransport, make_transport
+from fwc.model.ssh import ssh_target_problem
 
 E = Severity.ERROR
 REPO = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
 from fwc.frontend.loader import LoadedProgram
-from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.addresses import AddressSet
+from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 
 IPV4_BITS, IPV6_BITS = 32, 128
 
