@@ -3,6 +3,10 @@
 Tests that need root and network namespaces use the `needs_root` fixture (or the
 `root` marker). In CI (CI=true) they must run: a missing capability fails the
 test. Off CI they are skipped with the reason printed.
+
+The example policies are analysed and compiled once per session (`examples`);
+tests that only read the result share it, tests that change a policy analyse
+their own copy.
 """
 
 from __future__ import annotations
@@ -11,12 +15,25 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from fwc.backend.output import (
+    ClusterOutput,
+    compile_policy,
+    relative_source,
+    source_root,
+    write_output,
+)
+from fwc.model import Policy
+from fwc.pipeline import Analysis, analyse
+
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
+EXAMPLE_FILES = sorted(POLICIES.glob("*.fw"))
+EXAMPLE_NAMES = [p.name for p in EXAMPLE_FILES]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "keepalived", "conntrackd",
                   "nsenter", "unshare")
@@ -76,3 +93,61 @@ def write_policy(tmp_path: Path, text: str, name: str = "p.fw") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@dataclass(frozen=True)
+class CompiledExample:
+    """One example policy, analysed (checks included) and compiled as `fwc compile` does."""
+
+    path: Path
+    analysis: Analysis
+    clusters: tuple[ClusterOutput, ...]
+    out: Path  # the directory `fwc compile -o` would have written: out/<cluster>/...
+
+    @property
+    def policy(self) -> Policy:
+        assert self.analysis.policy is not None, self.path
+        return self.analysis.policy
+
+    def tree(self) -> dict[str, bytes]:
+        """Every written file by its path under `out` (`edge/fw1/iptables.rules`)."""
+        return {str(p.relative_to(self.out)): p.read_bytes()
+                for p in sorted(self.out.rglob("*")) if p.is_file()}
+
+    def files(self, cluster: str | None = None) -> dict[str, bytes]:
+        """The files of one cluster (the only one when not named) by `<member>/<name>`."""
+        (chosen,) = [c for c in self.clusters if cluster is None or c.name == cluster]
+        return {f.path: f.content for f in chosen.files}
+
+
+class Examples:
+    """The example policies by file name, each compiled on first use, once per session."""
+
+    def __init__(self, base: Path) -> None:
+        self._base = base
+        self._done: dict[str, CompiledExample] = {}
+
+    def __getitem__(self, name: str) -> CompiledExample:
+        if name not in self._done:
+            self._done[name] = self._compile(POLICIES / name)
+        return self._done[name]
+
+    def all(self) -> list[CompiledExample]:
+        return [self[name] for name in EXAMPLE_NAMES]
+
+    def _compile(self, path: Path) -> CompiledExample:
+        # The three calls of `fwc compile FILE -o DIR` (fwc/commands/compile.py) with its
+        # defaults, so that the written tree is byte for byte what the command writes.
+        analysis = analyse(path)
+        assert analysis.ok, [f"{d.code} {d.span}: {d.message}" for d in analysis.diagnostics]
+        policy = analysis.policy
+        assert policy is not None
+        clusters = compile_policy(policy)
+        out = self._base / path.stem
+        write_output(out, relative_source(policy.root, source_root(policy)), clusters)
+        return CompiledExample(path, analysis, tuple(clusters), out)
+
+
+@pytest.fixture(scope="session")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
+    return Examples(tmp_path_factory.mktemp("examples"))

@@ -15,22 +15,18 @@ import ipaddress
 import random
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_NAMES, CompiledExample, Examples
 
 from fwc import protocols as proto
 from fwc.analysis.engine import MemberView, TrafficClass, classify
 from fwc.analysis.evaluate import PORT_PROTOCOL_NUMBERS, Evaluator
 from fwc.analysis.evaluate import Packet as EvalPacket
 from fwc.backend.lower import AddressMatch, Chain, Match, NodeRuleset, Origin, Rule, Table
-from fwc.backend.output import compile_policy
 from fwc.model import Cluster, Member, PortRange, ServiceMatch
 from fwc.model.addresses import AddressSet
-from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((REPO / "policies").glob("*.fw"))
 PROTOCOL_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
                   "dccp": 33, "gre": 47, "esp": 50, "ah": 51}
 
@@ -191,12 +187,9 @@ def _ip(family: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
     return ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
 
 
-def _nodes(path: Path) -> list[Node]:
-    analysis = analyse(path)
-    assert analysis.policy is not None
+def _nodes(example: CompiledExample) -> list[Node]:
     nodes = []
-    for cluster, output in zip(analysis.policy.clusters,
-                               compile_policy(analysis.policy, redact=True), strict=True):
+    for cluster, output in zip(example.policy.clusters, example.clusters, strict=True):
         files = {f.path: f.content.decode() for f in output.files}
         for member in cluster.members:
             rulesets = {4: parse_rules(files[f"{member.name}/iptables.rules"], 4),
@@ -237,11 +230,11 @@ def _service(protocol: int, port: int) -> ServiceMatch:
     return ServiceMatch(name, protocol, ports)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_engine_and_compiled_rules_agree(path):
-    rng = random.Random(path.name)
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_engine_and_compiled_rules_agree(examples: Examples, name: str):
+    rng = random.Random(name)
     checked = 0
-    for node in _nodes(path):
+    for node in _nodes(examples[name]):
         view = MemberView(node.cluster, node.member)
         interfaces = [link.interface for link in node.member.links]
         for family in (4, 6):

@@ -6,7 +6,6 @@ import pytest
 from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
 
 from fwc.diagnostics import Severity
-from fwc.pipeline import analyse
 
 E, W = Severity.ERROR, Severity.WARNING
 SERVER_RULE = "accept from server to client   service tcp/5001"
@@ -86,7 +85,7 @@ def test_negation_inside_the_list_is_fine(tmp_path):
 
 
 @pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.name)
-def test_name_checks_silent_on_examples(policy):
-    analysis = analyse(policy)
+def test_name_checks_silent_on_examples(examples, policy):
+    analysis = examples[policy.name].analysis
     codes = {"FWC105", "FWC112", "FWC113"}
     assert [d for d in analysis.diagnostics if d.code in codes] == []

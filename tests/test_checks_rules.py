@@ -9,7 +9,6 @@ from checkkit import EXAMPLES, assert_diagnostic, line_of, mutate, run, with_cod
 
 from fwc.checks import rules
 from fwc.diagnostics import Severity
-from fwc.pipeline import analyse
 
 E, W = Severity.ERROR, Severity.WARNING
 SERVER_RULE = "accept from server to client   service tcp/5001"
@@ -174,8 +173,8 @@ def test_fwc404_masquerade(tmp_path):
 
 
 @pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.name)
-def test_rule_checks_silent_on_examples(policy):
-    analysis = analyse(policy)
+def test_rule_checks_silent_on_examples(examples, policy):
+    analysis = examples[policy.name].analysis
     codes = {"FWC401", "FWC402", "FWC403", "FWC404"}
     assert [d for d in analysis.diagnostics if d.code in codes] == []
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_NAMES, Examples
 
 from fwc.pipeline import analyse
-
-REPO = Path(__file__).resolve().parent.parent
-POLICY_FILES = sorted((REPO / "policies").glob("*.fw"))
 
 HEAD = """\
 network lan      192.0.2.0/24
@@ -52,10 +50,9 @@ def codes(diags: list) -> list[str]:
     return sorted(d.code for d in diags if d.code.startswith(("FWC3", "FWC5")))
 
 
-@pytest.mark.parametrize("path", POLICY_FILES, ids=[p.stem for p in POLICY_FILES])
-def test_examples_have_no_parity_or_compile_findings(path: Path):
-    analysis = analyse(path)
-    assert codes(list(analysis.diagnostics)) == []
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_examples_have_no_parity_or_compile_findings(examples: Examples, name: str):
+    assert codes(list(examples[name].analysis.diagnostics)) == []
 
 
 def test_only_rule_for_the_firewall_itself_is_fine(tmp_path):

@@ -1,11 +1,12 @@
-"""Golden files: the compiled output of every example policy, byte for byte.
+"""The committed output/ is the golden: a fresh compile of every example, byte for byte.
 
-An intended change to the generated files is recorded with
+output/ is what `fwc compile policies/X.fw` writes for each example, and it is the
+one record of the generated files (reviewed in its git diff). After an intended
+change to the generated files, record it with
 
     FWC_UPDATE_GOLDEN=1 python3 -m pytest tests/test_compile_golden.py
 
-and reviewed in the diff of tests/golden/. The committed output/ tree must be a
-fresh compile of policies/*.fw too (`fwc compile policies/X.fw` for each).
+which rewrites output/ from this session's compile (README.md, "Tests").
 """
 
 from __future__ import annotations
@@ -14,58 +15,50 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
+from conftest import REPO, Examples
 
-from fwc.cli import main as fwc_main
-
-REPO = Path(__file__).resolve().parent.parent
-POLICY_FILES = sorted((REPO / "policies").glob("*.fw"))
-GOLDEN = Path(__file__).resolve().parent / "golden"
+OUTPUT = REPO / "output"
 UPDATE = os.environ.get("FWC_UPDATE_GOLDEN") == "1"
+KEEP = ".gitkeep"
 
 
-def tree(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+def committed_tree() -> dict[str, bytes]:
+    if not OUTPUT.is_dir():
+        return {}
+    return {str(p.relative_to(OUTPUT)): p.read_bytes() for p in sorted(OUTPUT.rglob("*"))
+            if p.is_file() and p.name != KEEP}
 
 
-def compile_into(path: Path, out: Path) -> None:
-    assert fwc_main(["compile", str(path), "-o", str(out)]) == 0, path
+def record(examples: Examples) -> None:
+    """Replace output/ by this session's compile of the examples."""
+    fresh_clusters = set()
+    for example in examples.all():
+        for cluster in example.clusters:
+            fresh_clusters.add(cluster.name)
+            shutil.rmtree(OUTPUT / cluster.name, ignore_errors=True)
+            shutil.copytree(example.out / cluster.name, OUTPUT / cluster.name)
+    for stale in sorted(OUTPUT.iterdir()):
+        if stale.is_dir() and stale.name not in fresh_clusters:
+            shutil.rmtree(stale)
 
 
-@pytest.mark.parametrize("path", POLICY_FILES, ids=[p.stem for p in POLICY_FILES])
-def test_output_matches_the_golden_files(path: Path, tmp_path: Path):
-    compile_into(path, tmp_path / "out")
-    fresh = tree(tmp_path / "out")
-    golden_dir = GOLDEN / path.stem
+def test_committed_output_is_a_fresh_compile_of_the_examples(examples: Examples):
     if UPDATE:
-        shutil.rmtree(golden_dir, ignore_errors=True)
-        shutil.copytree(tmp_path / "out", golden_dir)
-    assert golden_dir.is_dir(), f"no golden files for {path.name}: run with FWC_UPDATE_GOLDEN=1"
-    golden = tree(golden_dir)
-    assert sorted(fresh) == sorted(golden), "files differ; FWC_UPDATE_GOLDEN=1 records them"
+        record(examples)
+    fresh: dict[str, bytes] = {}
+    for example in examples.all():
+        fresh.update(example.tree())
+    committed = committed_tree()
+    hint = "FWC_UPDATE_GOLDEN=1 python3 -m pytest tests/test_compile_golden.py records it"
+    assert sorted(committed) == sorted(fresh), f"output/ holds other files than a compile: {hint}"
     for name, content in fresh.items():
-        assert content == golden[name], f"{name} differs from tests/golden/{path.stem}/{name}"
+        assert committed[name] == content, f"output/{name} is stale: {hint}"
 
 
-def test_every_golden_directory_has_a_policy():
-    if not GOLDEN.is_dir():
-        pytest.fail("tests/golden is missing: run with FWC_UPDATE_GOLDEN=1")
-    stale = sorted({p.name for p in GOLDEN.iterdir()} - {p.stem for p in POLICY_FILES})
-    if UPDATE:
-        for name in stale:
-            shutil.rmtree(GOLDEN / name)
-        stale = []
-    assert stale == [], "golden files of policies that no longer exist"
-
-
-def test_committed_output_is_a_fresh_compile_of_the_examples(tmp_path: Path):
-    for path in POLICY_FILES:
-        compile_into(path, tmp_path / "out")
-    fresh = tree(tmp_path / "out")
-    committed = tree(REPO / "output") if (REPO / "output").is_dir() else {}
-    committed = {k: v for k, v in committed.items() if not k.endswith(".gitkeep")}
-    assert sorted(committed) == sorted(fresh), \
-        "output/ is stale: run fwc compile policies/X.fw for every example and commit output/"
-    for name, content in fresh.items():
-        assert committed[name] == content, f"output/{name} is stale"
+def test_scripts_are_executable_in_output(examples: Examples):
+    """git keeps the exec bit: output/ must carry the mode the node gets for scripts."""
+    for example in examples.all():
+        for cluster in example.clusters:
+            for f in cluster.files:
+                path: Path = OUTPUT / cluster.name / f.path
+                assert bool(path.stat().st_mode & 0o100) == bool(f.mode & 0o100), path

@@ -9,16 +9,12 @@ member-scoped (`only`) rules are the one legitimate exception and are set aside.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_NAMES, Examples
 
-from fwc.backend.output import compile_policy, relative_source, source_root
+from fwc.backend.output import relative_source, source_root
 from fwc.model import Cluster
-from fwc.pipeline import analyse
-
-REPO = Path(__file__).resolve().parent.parent
-POLICY_FILES = sorted((REPO / "policies").glob("*.fw"))
 
 
 def node_values(cluster: Cluster) -> set[str]:
@@ -44,13 +40,11 @@ def words(line: str) -> list[str]:
     return [re.sub(r"/(32|128)$", "", w) for w in WORD.findall(line)]
 
 
-@pytest.mark.parametrize("path", POLICY_FILES, ids=[p.stem for p in POLICY_FILES])
-def test_members_differ_only_in_node_specific_values(path: Path):
-    analysis = analyse(path)
-    assert analysis.policy is not None
-    root = source_root(analysis.policy)
-    for cluster, output in zip(analysis.policy.clusters, compile_policy(analysis.policy),
-                               strict=True):
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_members_differ_only_in_node_specific_values(examples: Examples, name: str):
+    example = examples[name]
+    root = source_root(example.policy)
+    for cluster, output in zip(example.policy.clusters, example.clusters, strict=True):
         allowed = node_values(cluster)
         scoped = only_rule_comments(cluster, root)
         files: dict[str, dict[str, str]] = {}

@@ -13,17 +13,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from conftest import IN_CI, Examples
 
-from fwc.backend.output import compile_policy
 from fwc.install.node import NodeInstall
-from fwc.pipeline import analyse
 from fwc.protocols import NODE_FILES_BY_NAME
 
 
-def _files(policies: Path, name: str = "edge.fw") -> dict[str, bytes]:
-    policy = analyse(policies / name).policy
-    return {f.path: f.content for cluster in compile_policy(policy) for f in cluster.files}
+def _files(examples: Examples, name: str = "edge.fw") -> dict[str, bytes]:
+    return examples[name].files()
 
 
 def _unit(text: bytes) -> configparser.ConfigParser:
@@ -33,8 +30,8 @@ def _unit(text: bytes) -> configparser.ConfigParser:
     return unit
 
 
-def test_every_member_gets_the_ordering_dropins(policies):
-    files = _files(policies)
+def test_every_member_gets_the_ordering_dropins(examples):
+    files = _files(examples)
     for member in ("fw1", "fw2"):
         keepalived = _unit(files[f"{member}/keepalived-systemd.conf"])["Unit"]
         assert keepalived["After"].split() == ["fwc-firewall.service", "conntrackd.service"]
@@ -48,8 +45,8 @@ def test_every_member_gets_the_ordering_dropins(policies):
         "/etc/systemd/system/conntrackd.service.d/fwc.conf"
 
 
-def test_the_boot_unit_runs_before_the_network_and_stays_active(policies):
-    files = _files(policies)
+def test_the_boot_unit_runs_before_the_network_and_stays_active(examples):
+    files = _files(examples)
     unit = _unit(files["fw1/fwc-firewall.service"])
     assert unit["Unit"]["DefaultDependencies"] == "no"
     assert "network-pre.target" in unit["Unit"]["Before"].split()
@@ -62,10 +59,10 @@ def test_the_boot_unit_runs_before_the_network_and_stays_active(policies):
         "/etc/systemd/system/fwc-firewall.service"
 
 
-def test_sysctl_d_no_longer_switches_forwarding_on(policies):
+def test_sysctl_d_no_longer_switches_forwarding_on(examples):
     """systemd-sysctl applies /etc/sysctl.d before any rule is loaded."""
     for name in ("edge.fw", "dmz.fw", "branch.fw"):
-        files = _files(policies, name)
+        files = _files(examples, name)
         for path, content in files.items():
             if path.endswith("/sysctl.conf"):
                 assert b"forward" not in content, path
@@ -133,7 +130,7 @@ def _stock_unit(name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["edge.fw", "dmz.fw", "branch.fw"])
-def test_systemd_analyze_verify_accepts_the_generated_units(policies, tmp_path, name):
+def test_systemd_analyze_verify_accepts_the_generated_units(examples, tmp_path, name):
     """The units and drop-ins as installed, next to Debian's keepalived/conntrackd units.
 
     A root directory stands in for the node: the generated files at their node
@@ -154,7 +151,7 @@ def test_systemd_analyze_verify_accepts_the_generated_units(policies, tmp_path, 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")
         path.chmod(0o755)
-    files = _files(policies, name)
+    files = _files(examples, name)
     member = sorted(p.split("/")[0] for p in files if p.endswith("/fwc-firewall.service"))[0]
     for path, content in files.items():
         owner, _, fname = path.partition("/")
@@ -173,13 +170,13 @@ def test_systemd_analyze_verify_accepts_the_generated_units(policies, tmp_path, 
     assert proc.stderr.strip() == "", proc.stderr
 
 
-def test_systemd_analyze_verify_catches_a_broken_dropin(policies, tmp_path):
+def test_systemd_analyze_verify_catches_a_broken_dropin(examples, tmp_path):
     """The verification above is not vacuous: a misspelt key in a drop-in is reported."""
     tool = _systemd_analyze()
     root = tmp_path / "root"
     dropin = root / "etc/systemd/system/fwc-firewall.service"
     dropin.parent.mkdir(parents=True)
-    dropin.write_bytes(_files(policies)["fw1/fwc-firewall.service"].replace(
+    dropin.write_bytes(_files(examples)["fw1/fwc-firewall.service"].replace(
         b"RemainAfterExit", b"RemainAfterExi"))
     script = root / "etc/fwc/fwc-firewall.sh"
     script.parent.mkdir(parents=True)

@@ -11,9 +11,8 @@ from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, wi
 
 from fwc.cli import main
 from fwc.diagnostics import Severity
-from fwc.install.target import ssh_target_problem
 from fwc.install.transport import InventoryError, SshTransport, make_transport
-from fwc.pipeline import analyse
+from fwc.model.ssh import ssh_target_problem
 
 E = Severity.ERROR
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +53,8 @@ def test_fwc520_silent_on_plain_targets(tmp_path):
 
 
 @pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.name)
-def test_fwc520_silent_on_examples(policy):
-    assert [d for d in analyse(policy).diagnostics if d.code == "FWC520"] == []
+def test_fwc520_silent_on_examples(examples, policy):
+    assert [d for d in examples[policy.name].analysis.diagnostics if d.code == "FWC520"] == []
 
 
 def test_ssh_transport_passes_the_target_after_double_dash():

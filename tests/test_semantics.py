@@ -24,18 +24,14 @@ from fwc.model.semantics import (
     side_of,
 )
 from fwc.pipeline import analyse
-from tests.conftest import write_policy
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((REPO / "policies").glob("*.fw"))
+from tests.conftest import Examples, write_policy
 
 
-def test_the_readings_agree_on_every_example_endpoint():
+def test_the_readings_agree_on_every_example_endpoint(examples: Examples):
     """Engine set = forwarded part minus the firewall, plus the named firewall part."""
     checked = 0
-    for path in EXAMPLES:
-        policy = analyse(path, run_checks=False).policy
-        assert policy is not None
+    for example in examples.all():
+        policy = example.policy
         for cluster in policy.clusters:
             cluster_fw = cluster.all_member_addresses | cluster.vips
             for member in cluster.members:
@@ -57,9 +53,8 @@ def test_the_readings_agree_on_every_example_endpoint():
     assert checked > 100
 
 
-def test_not_any_means_nothing_everywhere():
-    policy = analyse(REPO / "policies" / "edge.fw", run_checks=False).policy
-    assert policy is not None
+def test_not_any_means_nothing_everywhere(examples: Examples):
+    policy = examples["edge.fw"].policy
     rule = policy.clusters[0].rules[0]
     item = rule.destination.items[0]
     assert item.kind == "any"

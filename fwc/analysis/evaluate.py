@@ -21,10 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
-from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule, Table
+from fwc.backend.lower.ruleset import (
+    TERMINAL,
+    AddressMatch,
+    Chain,
+    Match,
+    NodeRuleset,
+    Rule,
+    Table,
+)
 
 TCP = proto.IP_PROTOCOLS["tcp"]
-TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE"})
 GOES_ON = frozenset({"LOG", "CONNMARK"})
 MAX_DEPTH = 16  # iptables' own limit is larger; fwc never nests deeper than 3
 

@@ -28,8 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
-from fwc.analysis.evaluate import TERMINAL
-from fwc.backend.lower.ruleset import AddressMatch, Chain, NodeRuleset, Rule, Table
+from fwc.backend.lower.ruleset import TERMINAL, AddressMatch, Chain, NodeRuleset, Rule, Table
 from fwc.backend.render import escape
 from fwc.model import Endpoint
 

@@ -11,16 +11,14 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
-import networkx as nx
-
 from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
 from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.sources import Refused
-from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.addresses import AddressSet
+from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 
 IPV4_BITS, IPV6_BITS = 32, 128
 
@@ -28,6 +26,33 @@ IPV4_BITS, IPV6_BITS = 32, 128
 def _small_int(digits: str) -> int:
     """int() of a digit string, saturated: int() refuses more than 4300 digits."""
     return int(digits) if len(digits) <= 10 else 10**10
+
+
+def flat_order(members: dict[str, list[str]]) -> list[str] | None:
+    """Members before their containers, when no definition contains one with members of
+    its own; None when definitions nest (then the order needs the graph).
+
+    The order is the one of networkx's topological sort of the same graph, reversed, so
+    that a policy resolves alike whichever way it takes: first everything nothing
+    contains, in definition order, then each contained name once its last container is
+    passed (tests/test_resolve_order.py holds the two together).
+    """
+    contained = {name: dict.fromkeys(n for n in names if n in members)
+                 for name, names in members.items()}
+    containers: dict[str, int] = {}
+    for children in contained.values():
+        for child in children:
+            if contained[child]:
+                return None
+            containers[child] = containers.get(child, 0) + 1
+    top = [name for name in members if name not in containers]
+    below: list[str] = []
+    for name in top:
+        for child in contained[name]:
+            containers[child] -= 1
+            if containers[child] == 0:
+                below.append(child)
+    return list(reversed(top + below))
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
@@ -169,6 +194,13 @@ class Resolver:
 
         Names on a cycle are reported (the cycle path is printed) and left out.
         """
+        flat = flat_order(members)
+        if flat is not None:
+            return flat
+        # Nested groups or services (or a cycle) are a graph; networkx costs ~80 ms to
+        # import, which `fwc --version` and policies without nesting do not pay.
+        import networkx as nx
+
         graph: nx.DiGraph = nx.DiGraph()
         for name, contained in members.items():
             graph.add_node(name)

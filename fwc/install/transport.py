@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from fwc.install.paths import NETNS_PRIVATE_DIRS
-from fwc.install.target import SSH_TARGET_FORM, ssh_target_problem
+from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 
 
 class TransportError(Exception):

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field, replace
 from fwc.model import PortRange
 from fwc.model import Rule as PolicyRule
 
+# Targets that end a packet's walk through the chains (RETURN only ends the chain); the
+# evaluator and the ipset pass both read it from here, the lowered model's vocabulary.
+TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE"})
+
 
 @dataclass(frozen=True, slots=True)
 class AddressMatch:

@@ -6,7 +6,8 @@ transport passes the destination after `--`, and both the policy (FWC520)
 and the transport refuse anything but a plain user and host, so that neither
 ssh nor a wrapper given with `--ssh` can read it as an option.
 
-Kept free of heavy imports: the resolver uses it too.
+Part of the model (it says which policy values are valid) so that the resolver
+checks it without importing the installer; the ssh transport uses it too.
 """
 
 from __future__ import annotations
