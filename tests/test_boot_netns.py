@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail_without_root
 
+from fwc.backend.files import BY_NAME as NODE_FILES_BY_NAME
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
-from fwc.protocols import NODE_FILES_BY_NAME
 
 RUN = """set -e
 mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI
 
+from fwc.backend.files import BY_NAME as NODE_FILES_BY_NAME
 from fwc.backend.output import compile_policy
 from fwc.install.node import NodeInstall
 from fwc.pipeline import analyse
-from fwc.protocols import NODE_FILES_BY_NAME
 
 
 def _files(policies: Path, name: str = "edge.fw") -> dict[str, bytes]:

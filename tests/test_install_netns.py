@@ -253,8 +253,8 @@ def test_no_confirmation_rolls_back_exactly(lab, capsys):
 
 def test_watchdog_on_the_node_rolls_back_without_fwc(lab):
     """If fwc loses the node (the new rules cut it off), the node restores itself."""
+    from fwc.backend.files import FILES as NODE_FILES
     from fwc.install import scripts
-    from fwc.install.paths import NODE_FILES
 
     fw1 = lab.nodes["fw1"]
     before = fw1.rules()
