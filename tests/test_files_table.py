@@ -242,3 +242,12 @@ def test_rows_are_frozen_data():
     with pytest.raises(AttributeError):
         row.path = "/tmp/x"  # type: ignore[misc]
     assert replace(row, name="x").name == "x"
+
+
+def test_install_preflight_asks_for_the_programs_of_the_rows_it_installs():
+    tools = scripts.required_tools([BY_NAME["iptables.rules"], BY_NAME["keepalived.conf"]])
+    assert [tool for tool, _ in tools] == ["flock", "cmp", "iptables-restore", "iptables-save",
+                                           "keepalived", "pkill"]
+    every = {tool for tool, _ in scripts.required_tools(list(FILES))}
+    assert {"ipset", "unshare", "conntrackd", "sysctl", "ip6tables-restore"} <= every
+    assert "command -v conntrackd" in scripts.preflight([BY_NAME["conntrackd.conf"]])

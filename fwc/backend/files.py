@@ -75,6 +75,9 @@ class GeneratedFile:
     # Rulesets: the family, and the program that loads the file from stdin.
     family: int | None = None
     loader: str | None = None
+    # (program, what for) that `fwc install` needs on the node for this file: a
+    # missing one stops the install before anything changes.
+    needs: tuple[tuple[str, str], ...] = ()
 
     def output_mode(self, holds_secret: bool) -> int:
         return self.mode if holds_secret or not self.secret else MODE_FILE
@@ -84,18 +87,25 @@ class GeneratedFile:
 FILES: tuple[GeneratedFile, ...] = (
     GeneratedFile("iptables.rules", "/etc/fwc/iptables.rules", MODE_FILE, "iptables",
                   When.ALWAYS, Reload.RULES, "`iptables-restore` input",
-                  family=4, loader="iptables-restore"),
+                  family=4, loader="iptables-restore",
+                  needs=(("iptables-restore", "iptables.rules"),
+                         ("iptables-save", "the snapshot"))),
     GeneratedFile("ip6tables.rules", "/etc/fwc/ip6tables.rules", MODE_FILE, "iptables",
                   When.IPV6, Reload.RULES, "`ip6tables-restore` input",
-                  family=6, loader="ip6tables-restore"),
+                  family=6, loader="ip6tables-restore",
+                  needs=(("ip6tables-restore", "ip6tables.rules"),
+                         ("ip6tables-save", "the snapshot"))),
     GeneratedFile("ipsets.rules", "/etc/fwc/ipsets.rules", MODE_FILE, "ipset",
-                  When.IPSETS, Reload.IPSETS, "`ipset restore` input: the sets the rules name"),
+                  When.IPSETS, Reload.IPSETS, "`ipset restore` input: the sets the rules name",
+                  needs=(("ipset", "ipsets.rules"), ("unshare", "testing ipsets.rules"))),
     # It holds the VRRP password whenever authentication is on.
     GeneratedFile("keepalived.conf", "/etc/keepalived/keepalived.conf", MODE_SECRET,
                   "keepalived", When.ALWAYS, Reload.KEEPALIVED, "keepalived: the VRRP sync group",
-                  secret=True),
+                  secret=True, needs=(("keepalived", "keepalived.conf"),
+                                      ("pkill", "reloading keepalived"))),
     GeneratedFile("conntrackd.conf", "/etc/conntrackd/conntrackd.conf", MODE_FILE,
-                  "conntrackd", When.SYNC, Reload.CONNTRACKD, "conntrackd: state replication"),
+                  "conntrackd", When.SYNC, Reload.CONNTRACKD, "conntrackd: state replication",
+                  needs=(("conntrackd", "conntrackd.conf"),)),
     GeneratedFile("conntrackd-systemd.conf", "/etc/systemd/system/conntrackd.service.d/fwc.conf",
                   MODE_FILE, "systemd", When.SYNC, Reload.SYSTEMD,
                   "systemd drop-in: conntrackd requires the boot unit"),
@@ -107,7 +117,8 @@ FILES: tuple[GeneratedFile, ...] = (
                   When.ALWAYS, Reload.KEEPALIVED, "keepalived's notify hook"),
     GeneratedFile("sysctl.conf", "/etc/sysctl.d/90-fwc.conf", MODE_FILE, "sysctl",
                   When.ALWAYS, Reload.SYSCTL,
-                  "`sysctl -p` (systemd-sysctl at boot, the boot script again after the rules)"),
+                  "`sysctl -p` (systemd-sysctl at boot, the boot script again after the rules)",
+                  needs=(("sysctl", "sysctl.conf"),)),
     # Not in /etc/sysctl.d: systemd-sysctl runs before any rule is loaded.
     GeneratedFile("forwarding.conf", "/etc/fwc/forwarding.conf", MODE_FILE, "sysctl",
                   When.ALWAYS, Reload.FORWARDING,

@@ -29,23 +29,11 @@ _ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/
           '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; };')
 
 
-# The programs each compiled file needs on the node, with what needs them. A
-# missing one must stop the install before anything changes: skipping the
+# Programs every install needs; each file's own are in its row (GeneratedFile.needs).
+# A missing one must stop the install before anything changes: skipping the
 # `keepalived -t` it would have run, or a reload, is not an install.
-_TOOLS: tuple[tuple[str | None, str, str], ...] = (
-    (None, "flock", "the install lock"),
-    (None, "cmp", "the snapshot"),
-    ("iptables.rules", "iptables-restore", "iptables.rules"),
-    ("iptables.rules", "iptables-save", "the snapshot"),
-    ("ip6tables.rules", "ip6tables-restore", "ip6tables.rules"),
-    ("ip6tables.rules", "ip6tables-save", "the snapshot"),
-    ("ipsets.rules", "ipset", "ipsets.rules"),
-    ("ipsets.rules", "unshare", "testing ipsets.rules"),
-    ("keepalived.conf", "keepalived", "keepalived.conf"),
-    ("keepalived.conf", "pkill", "reloading keepalived"),
-    ("conntrackd.conf", "conntrackd", "conntrackd.conf"),
-    ("sysctl.conf", "sysctl", "sysctl.conf"),
-)
+_ALWAYS_NEEDED = (("flock", "the install lock"), ("cmp", "the snapshot"))
+
 
 # What may pass between taking the node lock and arming the watchdog (staging,
 # test and snapshot: a few steps of at most 60 s each), and how long after the
@@ -56,8 +44,7 @@ LOCK_SLACK = 120
 
 def required_tools(files: list[GeneratedFile]) -> list[tuple[str, str]]:
     """(program, what needs it) for installing FILES."""
-    names = {f.name for f in files}
-    return [(tool, why) for needs, tool, why in _TOOLS if needs is None or needs in names]
+    return [*_ALWAYS_NEEDED, *(need for f in files for need in f.needs)]
 
 
 def preflight(files: list[GeneratedFile]) -> str:
