@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import NamedTuple
 
 # IP protocol numbers for the names the language accepts bare or as `proto/NAME`.
 IP_PROTOCOLS = MappingProxyType({
@@ -113,22 +112,11 @@ ALARM_CACHE_TIMEOUT = 180
 # conntrackd wants HashLimit >= 2 x nf_conntrack_max (conntrackd.conf(5)).
 CONNTRACKD_HASHLIMIT_FACTOR = 2
 NF_CONNTRACK_EVENTS = 1
-# Where the generated files live on a node (docs/contracts.md).
-NODE_KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
-NODE_CONNTRACKD_CONF = "/etc/conntrackd/conntrackd.conf"
-NODE_NOTIFY_SCRIPT = "/etc/fwc/fwc-notify.sh"
+# Node paths the generated files use besides their own (those: fwc.backend.files).
 NODE_CONNTRACKD_LOCK = "/var/lock/conntrackd.lock"
 NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
-NODE_KEEPALIVED_DROPIN = "/etc/systemd/system/keepalived.service.d/fwc.conf"
-NODE_CONNTRACKD_DROPIN = "/etc/systemd/system/conntrackd.service.d/fwc.conf"
-NODE_SYSCTL_CONF = "/etc/sysctl.d/90-fwc.conf"
-# The boot unit and what it runs (docs/compile.md "Boot"): rules first, forwarding last.
-BOOT_UNIT = "fwc-firewall.service"
-NODE_BOOT_UNIT = f"/etc/systemd/system/{BOOT_UNIT}"
-NODE_BOOT_SCRIPT = "/etc/fwc/fwc-firewall.sh"
-NODE_FORWARDING_CONF = "/etc/fwc/forwarding.conf"
-NODE_FAILSAFE_RULES = {4: "/etc/fwc/failsafe.rules", 6: "/etc/fwc/failsafe6.rules"}
+# The boot script's syslog tag (docs/compile.md "Boot").
 BOOT_LOG_TAG = "fwc-firewall"
 # The forwarding switches the boot script turns off first and on last.
 FORWARDING_SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
@@ -137,38 +125,6 @@ FORWARDING_SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding
 DEFAULT_PREEMPT_DELAY_S = 10
 MIN_PREEMPT_DELAY_S = 5
 KEEPALIVED_PREEMPT_DELAY_MAX_S = 1000
-
-
-class NodeFile(NamedTuple):
-    """A compiled file: its name in output/<cluster>/<member>/, its node path and mode."""
-
-    name: str
-    path: str
-    mode: int
-
-
-# The one table of where compiled files go on a node (install and the lab use it).
-NODE_FILES: tuple[NodeFile, ...] = (
-    NodeFile("iptables.rules", "/etc/fwc/iptables.rules", 0o644),
-    NodeFile("ip6tables.rules", "/etc/fwc/ip6tables.rules", 0o644),
-    NodeFile("ipsets.rules", "/etc/fwc/ipsets.rules", 0o644),
-    # It holds the VRRP password whenever authentication is on.
-    NodeFile("keepalived.conf", NODE_KEEPALIVED_CONF, 0o600),
-    NodeFile("conntrackd.conf", NODE_CONNTRACKD_CONF, 0o644),
-    NodeFile("fwc-notify.sh", NODE_NOTIFY_SCRIPT, 0o755),
-    NodeFile("sysctl.conf", NODE_SYSCTL_CONF, 0o644),
-    NodeFile("keepalived-systemd.conf", NODE_KEEPALIVED_DROPIN, 0o644),
-    # Boot: the unit runs the script, which loads the rules above (or the fail-closed
-    # ones) and only then applies forwarding.conf. Not in /etc/sysctl.d: systemd-sysctl
-    # runs before any rule is loaded.
-    NodeFile("failsafe.rules", NODE_FAILSAFE_RULES[4], 0o644),
-    NodeFile("failsafe6.rules", NODE_FAILSAFE_RULES[6], 0o644),
-    NodeFile("forwarding.conf", NODE_FORWARDING_CONF, 0o644),
-    NodeFile("fwc-firewall.sh", NODE_BOOT_SCRIPT, 0o755),
-    NodeFile("fwc-firewall.service", NODE_BOOT_UNIT, 0o644),
-    NodeFile("conntrackd-systemd.conf", NODE_CONNTRACKD_DROPIN, 0o644),
-)
-NODE_FILES_BY_NAME = MappingProxyType({f.name: f for f in NODE_FILES})
 NOTIFY_LOG_TAG = "fwc-notify"
 # keepalived uses only the first 8 characters of auth_pass; the placeholder fits.
 REDACTED_PASSWORD = "@FWCPW@"

@@ -16,9 +16,9 @@ import pytest
 
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend.arrange import arrange
-from fwc.backend.ipsets import render as render_ipsets
 from fwc.backend.ipsets import set_contents, use_ipsets
 from fwc.backend.lower import NodeRuleset, lower
+from fwc.backend.render.ipset import render as render_ipsets
 from fwc.model import Cluster, Member
 from fwc.pipeline import analyse
 from fwc.protocols import CHAIN_NAME_MAX, IPSET_THRESHOLD

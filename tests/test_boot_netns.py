@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail_without_root
 
+from fwc.backend.files import BY_NAME
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
-from fwc.protocols import NODE_FILES_BY_NAME
 
 RUN = """set -e
 mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc
@@ -41,9 +41,9 @@ def boot(tmp_path: Path, policies: Path, before: str = "",
     work.mkdir()
     for f in compile_policy(policy)[0].files:
         member, _, name = f.path.partition("/")
-        if member != "fw1" or name not in NODE_FILES_BY_NAME:
+        if member != "fw1" or name not in BY_NAME:
             continue
-        node = NODE_FILES_BY_NAME[name]
+        node = BY_NAME[name]
         target = upper / node.path.removeprefix("/etc/")
         target.parent.mkdir(parents=True, exist_ok=True)
         content = f.content.decode()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI, Examples
 
+from fwc.backend.files import BY_NAME
 from fwc.install.node import NodeInstall
-from fwc.protocols import NODE_FILES_BY_NAME
 
 
 def _files(examples: Examples, name: str = "edge.fw") -> dict[str, bytes]:
@@ -39,9 +39,9 @@ def test_every_member_gets_the_ordering_dropins(examples):
         assert keepalived["Requires"] == "fwc-firewall.service"
         conntrackd = _unit(files[f"{member}/conntrackd-systemd.conf"])["Unit"]
         assert conntrackd["Requires"] == conntrackd["After"] == "fwc-firewall.service"
-    assert NODE_FILES_BY_NAME["keepalived-systemd.conf"].path == \
+    assert BY_NAME["keepalived-systemd.conf"].path == \
         "/etc/systemd/system/keepalived.service.d/fwc.conf"
-    assert NODE_FILES_BY_NAME["conntrackd-systemd.conf"].path == \
+    assert BY_NAME["conntrackd-systemd.conf"].path == \
         "/etc/systemd/system/conntrackd.service.d/fwc.conf"
 
 
@@ -53,9 +53,9 @@ def test_the_boot_unit_runs_before_the_network_and_stays_active(examples):
     assert unit["Unit"]["Wants"] == "network-pre.target"
     assert unit["Service"]["Type"] == "oneshot"
     assert unit["Service"]["RemainAfterExit"] == "yes"
-    assert unit["Service"]["ExecStart"] == NODE_FILES_BY_NAME["fwc-firewall.sh"].path
-    assert NODE_FILES_BY_NAME["fwc-firewall.sh"].mode == 0o755
-    assert NODE_FILES_BY_NAME["fwc-firewall.service"].path == \
+    assert unit["Service"]["ExecStart"] == BY_NAME["fwc-firewall.sh"].path
+    assert BY_NAME["fwc-firewall.sh"].mode == 0o755
+    assert BY_NAME["fwc-firewall.service"].path == \
         "/etc/systemd/system/fwc-firewall.service"
 
 
@@ -69,7 +69,7 @@ def test_sysctl_d_no_longer_switches_forwarding_on(examples):
         forwarding = files["fw1/forwarding.conf"].decode() if "fw1/forwarding.conf" in files \
             else next(c for p, c in files.items() if p.endswith("/forwarding.conf")).decode()
         assert "net.ipv4.ip_forward = 1" in forwarding
-    assert NODE_FILES_BY_NAME["forwarding.conf"].path.startswith("/etc/fwc/")
+    assert BY_NAME["forwarding.conf"].path.startswith("/etc/fwc/")
 
 
 def test_install_reloads_systemd_units_before_keepalived_when_the_dropin_changed():
@@ -155,9 +155,9 @@ def test_systemd_analyze_verify_accepts_the_generated_units(examples, tmp_path, 
     member = sorted(p.split("/")[0] for p in files if p.endswith("/fwc-firewall.service"))[0]
     for path, content in files.items():
         owner, _, fname = path.partition("/")
-        if owner != member or fname not in NODE_FILES_BY_NAME:
+        if owner != member or fname not in BY_NAME:
             continue
-        node = NODE_FILES_BY_NAME[fname]
+        node = BY_NAME[fname]
         target = root / node.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)

@@ -253,12 +253,12 @@ def test_no_confirmation_rolls_back_exactly(lab, capsys):
 
 def test_watchdog_on_the_node_rolls_back_without_fwc(lab):
     """If fwc loses the node (the new rules cut it off), the node restores itself."""
+    from fwc.backend.files import FILES
     from fwc.install import scripts
-    from fwc.install.paths import NODE_FILES
 
     fw1 = lab.nodes["fw1"]
     before = fw1.rules()
-    files = [f for f in NODE_FILES if f.name == "iptables.rules"]
+    files = [f for f in FILES if f.name == "iptables.rules"]
     fw1.exec(scripts.take_lock("t1", 60))
     fw1.exec(scripts.refuse_if_pending())
     fw1.exec(scripts.stage(files[0]),

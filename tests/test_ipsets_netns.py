@@ -16,9 +16,9 @@ from test_arrange import mixed_policy
 from test_realtools import in_ns, namespace, rules_by_table
 
 from fwc.backend.arrange import arrange
-from fwc.backend.ipsets import render as render_ipsets
 from fwc.backend.ipsets import use_ipsets
 from fwc.backend.lower import lower
+from fwc.backend.render.ipset import render as render_ipsets
 from fwc.backend.render.iptables import render as render_iptables
 from fwc.pipeline import analyse
 

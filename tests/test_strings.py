@@ -134,7 +134,7 @@ def test_renderers_refuse_what_their_format_cannot_carry():
 
 def test_every_template_value_passes_the_line_check(tmp_path):
     """jinja's finalize: an unfiltered value with a newline stops the render."""
-    from fwc.backend.render.daemons import render_template
+    from fwc.backend.render.templates import render_template
 
     with pytest.raises(escape.UnwritableText):
         render_template("sysctl.conf.j2", {"cluster": "c", "member": "m\nx", "settings": []})

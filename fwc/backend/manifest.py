@@ -19,12 +19,12 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fwc.backend.files import SECRET_FILES
 from fwc.protocols import REDACTED_PASSWORD
 
 NAME = "MANIFEST"
 HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
-# Compiled files that can carry a secret, and where it sits in them.
-SECRET_FILES = ("keepalived.conf",)
+# Where a secret sits in the files that can carry one (fwc.backend.files.SECRET_FILES).
 _AUTH_PASS = re.compile(r'(auth_pass[ \t]+)("[^"\n]*"|[^\s"]+)')
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 FILE, REDACTED = "file", "redacted"

@@ -22,11 +22,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from fwc.backend.files import FILES, Reload
 from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
-from fwc.install.paths import BY_NAME
 from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.transport import (
     InventoryError,
@@ -38,8 +38,9 @@ from fwc.install.transport import (
 from fwc.pipeline import clean_policy
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
-RULESETS = (("iptables.rules", "iptables-save", "iptables-restore"),
-            ("ip6tables.rules", "ip6tables-save", "ip6tables-restore"))
+# (file, save, restore) of every ruleset the node runs: compared live, not as a file.
+RULESETS = tuple((f.name, f.loader.replace("-restore", "-save"), f.loader)
+                 for f in FILES if f.reload is Reload.RULES and f.loader)
 OTHER_SECRET = "(secret: not the compiled one)"
 
 
@@ -115,8 +116,9 @@ def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, l
         lines = _udiff(expected, normalised(live), f"compiled/{name}", f"{save} on node")
         if lines:
             out.append((f"live {save.split('-')[0]} rules", lines))
-    for name, file in BY_NAME.items():
-        if name in ("iptables.rules", "ip6tables.rules"):
+    for file in FILES:
+        name = file.name
+        if file.reload is Reload.RULES:
             continue
         want = compiled.get(name)
         have = node_output(transport, f"cat {file.path} 2>/dev/null || echo '(fwc: absent)'")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fwc.backend.files import BY_NAME
 from fwc.backend.manifest import Manifest, ManifestError
 from fwc.backend.output import relative_source, source_root
-from fwc.install.paths import BY_NAME
 from fwc.model import Policy
 
 

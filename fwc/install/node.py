@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from fwc.backend.files import BY_NAME, DAEMON_ORDER, FILES, Reload
 from fwc.install import scripts
-from fwc.install.paths import BY_NAME, CONFIRMED
+from fwc.install.paths import CONFIRMED
 from fwc.install.transport import Result, Transport, TransportError
 
 # What the node-side watchdog allows on top of the confirmation window: the
@@ -47,7 +48,7 @@ class NodeInstall:
                  confirmer: Confirmer, settle: SettleWait, out: TextIO) -> None:
         self.transport = transport
         self.member = transport.member
-        self.files = [BY_NAME[name] for name in BY_NAME if name in files]
+        self.files = [f for f in FILES if f.name in files]
         self.contents = files
         self.role = role
         self.systemd = systemd
@@ -169,28 +170,37 @@ class NodeInstall:
         self.step("watchdog", scripts.arm_watchdog(seconds, token=self.token))
 
     def reload_commands(self, old_config: str | None) -> list[tuple[str, str]]:
-        """(daemon, command) for each daemon whose configuration this install changes."""
-        changed = set(self.result.changed)
+        """(daemon, command) for each daemon whose configuration this install changes.
+
+        Which daemons: the reload actions of the changed files' rows in the table
+        of generated files (fwc.backend.files), in DAEMON_ORDER.
+        """
+        changed = {BY_NAME[name].reload for name in self.result.changed if name in BY_NAME}
         commands = []
-        if scripts.SYSTEMD_FILES & changed and self.systemd:
-            commands.append(("systemd", scripts.reload_systemd_units()))
-        if {"keepalived.conf", "fwc-notify.sh"} & changed:
-            commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
-        if "conntrackd.conf" in changed and not self.transport.private_run:
-            # Its UNIX socket path is shared with the host (lab-notes pitfall 3):
-            # a restart could hit another node's daemon.
-            commands.append(("conntrackd", "echo 'warning: conntrackd.conf changed but this "
-                             "node shares /run: restart its conntrackd yourself' >&2"))
-        elif "conntrackd.conf" in changed:
-            commands.append(("conntrackd",
-                             scripts.reload_conntrackd(self.systemd, old_config, self.role)))
+        for reload in DAEMON_ORDER:
+            if reload not in changed:
+                continue
+            if reload is Reload.SYSTEMD and self.systemd:
+                commands.append(("systemd", scripts.reload_systemd_units()))
+            elif reload is Reload.KEEPALIVED:
+                commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
+            elif reload is Reload.CONNTRACKD and not self.transport.private_run:
+                # Its UNIX socket path is shared with the host (lab-notes pitfall 3):
+                # a restart could hit another node's daemon.
+                commands.append(("conntrackd", "echo 'warning: conntrackd.conf changed but "
+                                 "this node shares /run: restart its conntrackd yourself' >&2"))
+            elif reload is Reload.CONNTRACKD:
+                commands.append(("conntrackd",
+                                 scripts.reload_conntrackd(self.systemd, old_config, self.role)))
         return commands
 
     def reload_daemons(self) -> None:
         snapshot_copy = None
-        if "conntrackd.conf" in self.result.changed:
-            index = self.files.index(BY_NAME["conntrackd.conf"])
-            snapshot_copy = f"{scripts.SNAPSHOT}/file.{index}"
+        conntrackd = next((f for f in self.files if f.reload is Reload.CONNTRACKD
+                           and f.name in self.result.changed), None)
+        if conntrackd is not None:
+            # The old daemon is stopped through its old config's socket (the snapshot's copy).
+            snapshot_copy = f"{scripts.SNAPSHOT}/file.{self.files.index(conntrackd)}"
         for daemon, command in self.reload_commands(old_config=snapshot_copy):
             self.say(f"reloading {daemon}")
             result = self.step("reload", command)

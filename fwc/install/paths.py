@@ -1,13 +1,10 @@
-"""Where compiled files live on a node (docs/contracts.md) and fwc's own node state."""
+"""fwc's own state on a node (docs/contracts.md); the compiled files: fwc.backend.files."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from fwc.protocols import NODE_CONNTRACKD_CONF, NODE_FILES, NODE_FILES_BY_NAME, NodeFile
-
-__all__ = ["BY_NAME", "NODE_FILES", "NodeFile"]
-BY_NAME = NODE_FILES_BY_NAME
+from fwc.backend.files import FILES, path_of
 
 # fwc's state on the node lives under /etc/fwc, which the lab (and any node)
 # keeps private per member; /var/lib would be shared between lab namespaces.
@@ -27,7 +24,7 @@ LOCK_OWNER = f"{STATE_DIR}/install.owner"
 # namespace node has its own copies rather than the host's.
 # Derived from the node files, so that a new compiled file can never land in the
 # host's /etc through a namespace that lacks a private copy of its directory.
-NETNS_PRIVATE_DIRS = tuple(sorted({PurePosixPath(f.path).parts[2] for f in NODE_FILES
+NETNS_PRIVATE_DIRS = tuple(sorted({PurePosixPath(f.path).parts[2] for f in FILES
                                    if f.path.startswith("/etc/")} | {"fwc"}))
 
-CONNTRACKD = f"conntrackd -C {NODE_CONNTRACKD_CONF}"
+CONNTRACKD = f"conntrackd -C {path_of('conntrackd.conf')}"

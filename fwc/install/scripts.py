@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 
+from fwc.backend.files import BOOT_UNIT, LOAD_ORDER, GeneratedFile, Reload, path_of
 from fwc.install.paths import (
     CONFIRMED,
     CONNTRACKD,
@@ -18,14 +19,6 @@ from fwc.install.paths import (
     SNAPSHOT,
     STAGING,
     WATCHDOG_PID,
-    NodeFile,
-)
-from fwc.protocols import (
-    BOOT_UNIT,
-    NODE_BOOT_UNIT,
-    NODE_CONNTRACKD_CONF,
-    NODE_FORWARDING_CONF,
-    NODE_SYSCTL_CONF,
 )
 
 q = shlex.quote
@@ -36,23 +29,11 @@ _ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/
           '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; };')
 
 
-# The programs each compiled file needs on the node, with what needs them. A
-# missing one must stop the install before anything changes: skipping the
+# Programs every install needs; each file's own are in its row (GeneratedFile.needs).
+# A missing one must stop the install before anything changes: skipping the
 # `keepalived -t` it would have run, or a reload, is not an install.
-_TOOLS: tuple[tuple[str | None, str, str], ...] = (
-    (None, "flock", "the install lock"),
-    (None, "cmp", "the snapshot"),
-    ("iptables.rules", "iptables-restore", "iptables.rules"),
-    ("iptables.rules", "iptables-save", "the snapshot"),
-    ("ip6tables.rules", "ip6tables-restore", "ip6tables.rules"),
-    ("ip6tables.rules", "ip6tables-save", "the snapshot"),
-    ("ipsets.rules", "ipset", "ipsets.rules"),
-    ("ipsets.rules", "unshare", "testing ipsets.rules"),
-    ("keepalived.conf", "keepalived", "keepalived.conf"),
-    ("keepalived.conf", "pkill", "reloading keepalived"),
-    ("conntrackd.conf", "conntrackd", "conntrackd.conf"),
-    ("sysctl.conf", "sysctl", "sysctl.conf"),
-)
+_ALWAYS_NEEDED = (("flock", "the install lock"), ("cmp", "the snapshot"))
+
 
 # What may pass between taking the node lock and arming the watchdog (staging,
 # test and snapshot: a few steps of at most 60 s each), and how long after the
@@ -61,13 +42,12 @@ LOCK_SETUP_BUDGET = 600
 LOCK_SLACK = 120
 
 
-def required_tools(files: list[NodeFile]) -> list[tuple[str, str]]:
+def required_tools(files: list[GeneratedFile]) -> list[tuple[str, str]]:
     """(program, what needs it) for installing FILES."""
-    names = {f.name for f in files}
-    return [(tool, why) for needs, tool, why in _TOOLS if needs is None or needs in names]
+    return [*_ALWAYS_NEEDED, *(need for f in files for need in f.needs)]
 
 
-def preflight(files: list[NodeFile]) -> str:
+def preflight(files: list[GeneratedFile]) -> str:
     """Refuse (exit 3) when a program the install needs is missing on the node."""
     lines = ["m="]
     for tool, why in required_tools(files):
@@ -126,7 +106,7 @@ def refuse_if_pending() -> str:
             f"rm -rf {STAGING} && mkdir -p -m 0700 {STAGING}")
 
 
-def stage(file: NodeFile) -> str:
+def stage(file: GeneratedFile) -> str:
     """Write stdin to the staging copy of FILE."""
     staged = f"{STAGING}/{file.name}"
     return f"cat > {staged} && chmod {file.mode:o} {staged}"
@@ -139,20 +119,18 @@ def write(path: str, mode: int) -> str:
             f"&& mv -f {tmp} {path}")
 
 
-def test_ruleset(files: list[NodeFile]) -> str:
+def test_ruleset(files: list[GeneratedFile]) -> str:
     names = {f.name for f in files}
-    steps = [f"iptables-restore --test < {STAGING}/iptables.rules"]
-    if "ip6tables.rules" in names:
-        steps.append(f"ip6tables-restore --test < {STAGING}/ip6tables.rules")
     # The boot fallback is only loaded when something already went wrong: test it now.
-    for name, tool in (("failsafe.rules", "iptables"), ("failsafe6.rules", "ip6tables")):
-        if name in names:
-            steps.append(f"{tool}-restore --test < {STAGING}/{name}")
-    if "ipsets.rules" in names:
+    steps = [f"{f.loader} --test < {STAGING}/{f.name}"
+             for reload in (Reload.RULES, Reload.FAILSAFE) for f in files if f.reload is reload]
+    ipsets = [f for f in files if f.reload is Reload.IPSETS]
+    if ipsets:
         # A rule naming a set that does not exist yet fails the test, and creating
         # the sets here would change the node: test in a throwaway network
         # namespace (sets are per namespace) with the new sets loaded.
-        isolated = " && ".join([f"ipset restore < {STAGING}/ipsets.rules", *steps])
+        isolated = " && ".join([*(f"ipset restore < {STAGING}/{f.name}" for f in ipsets),
+                                *steps])
         steps = [f"unshare -n sh -c {q(isolated)}"]
     if "keepalived.conf" in names:
         # Also catches a VRRP interface this node does not have. keepalived is
@@ -174,7 +152,7 @@ def sysctl_keys(conf: str) -> list[str]:
     return keys
 
 
-def snapshot(files: list[NodeFile], sysctls: list[str]) -> str:
+def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     """Save the running rules, ipsets, sysctl values and every file the install replaces.
 
     SYSCTLS are the keys the new sysctl.conf sets: their current values go to
@@ -208,36 +186,35 @@ def snapshot(files: list[NodeFile], sysctls: list[str]) -> str:
     return "\n".join(lines)
 
 
-def apply(files: list[NodeFile]) -> str:
-    """Put the staged files in place, then load ipsets and rulesets (each atomic)."""
-    names = {f.name for f in files}
+def load(file: GeneratedFile) -> str:
+    """The command that makes the node use FILE at once (its row's LOAD_ORDER reload)."""
+    if file.reload is Reload.IPSETS:
+        return f"ipset restore -exist < {file.path}"
+    if file.reload is Reload.RULES:
+        return f"{file.loader} < {file.path}"
+    if file.reload is Reload.SYSCTL:
+        # A key the kernel refuses (per-namespace limits, removed knobs) must not
+        # undo a good ruleset: report it and carry on.
+        return (f"if ! sysctl -q -p {file.path}; then "
+                "echo 'warning: some sysctl keys were not set' >&2; fi")
+    if file.reload is Reload.FORWARDING:
+        # Forwarding is not in /etc/sysctl.d (the boot unit switches it on after the
+        # rules): switch it on here, after the rules were applied above.
+        return f"sysctl -q -p {file.path}"
+    raise ValueError(f"{file.name} is not loaded by the apply step ({file.reload.name})")
+
+
+def apply(files: list[GeneratedFile]) -> str:
+    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic)."""
     lines = ["set -e"]
     for file in files:
         tmp = f"{file.path}.fwc-new"
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
         lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
                      f"&& mv -f {tmp} {file.path}")
-    if "ipsets.rules" in names:
-        lines.append("ipset restore -exist < /etc/fwc/ipsets.rules")
-    lines.append("iptables-restore < /etc/fwc/iptables.rules")
-    if "ip6tables.rules" in names:
-        lines.append("ip6tables-restore < /etc/fwc/ip6tables.rules")
-    if "sysctl.conf" in names:
-        # A key the kernel refuses (per-namespace limits, removed knobs) must not
-        # undo a good ruleset: report it and carry on.
-        lines.append(f"if ! sysctl -q -p {NODE_SYSCTL_CONF}; then "
-                     "echo 'warning: some sysctl keys were not set' >&2; fi")
-    if "forwarding.conf" in names:
-        # Forwarding is not in /etc/sysctl.d (the boot unit switches it on after the
-        # rules): switch it on here, after the rules were applied above.
-        lines.append(f"sysctl -q -p {NODE_FORWARDING_CONF}")
+    lines += [load(f) for reload in LOAD_ORDER for f in files if f.reload is reload]
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
-
-
-# Unit files and drop-ins: systemd only sees a change after daemon-reload.
-SYSTEMD_FILES = frozenset({"keepalived-systemd.conf", "conntrackd-systemd.conf",
-                           "fwc-firewall.service"})
 
 
 def reload_systemd_units() -> str:
@@ -249,7 +226,7 @@ def reload_systemd_units() -> str:
     """
     wants = f"/etc/systemd/system/multi-user.target.wants/{BOOT_UNIT}"
     return ("if [ -d /run/systemd/system ]; then systemctl daemon-reload && "
-            f"if [ -e {NODE_BOOT_UNIT} ]; then systemctl enable -q {BOOT_UNIT}; "
+            f"if [ -e {path_of('fwc-firewall.service')} ]; then systemctl enable -q {BOOT_UNIT}; "
             f"else rm -f {wants}; fi; fi")
 
 
@@ -271,7 +248,7 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     table (-R) and sends its cache to the backups (-B), as the notify hook
     does on a transition (ha-daemons.md 2.3).
     """
-    stop_conf = q(old_config) if old_config else NODE_CONNTRACKD_CONF
+    stop_conf = q(old_config) if old_config else path_of("conntrackd.conf")
     resync = f"{CONNTRACKD} -n" if role == "backup" else f"{CONNTRACKD} -R && {CONNTRACKD} -B"
     wait_socket = (f"i=0; until {CONNTRACKD} -s >/dev/null 2>&1; do i=$((i+1)); "
                    "[ $i -gt 50 ] && { echo 'conntrackd did not come back' >&2; exit 1; }; "
@@ -288,7 +265,7 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
             f"systemctl restart conntrackd && {wait_socket} && {resync}; else {plain}; fi")
 
 
-def rollback_script(files: list[NodeFile], reloads: list[str], *, token: str) -> str:
+def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: str) -> str:
     """The node restores itself with this, from the watchdog or from fwc.
 
     Idempotent and serialised: the watchdog and fwc may both reach it. Once

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fwc.backend.manifest import SECRET_FILES
+from fwc.backend.files import SECRET_FILES
 from fwc.model.passwords import Problem, password_problems
 from fwc.protocols import REDACTED_PASSWORD
 

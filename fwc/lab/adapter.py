@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fwc.backend.render import daemons
+from fwc.backend.render import keepalived
 from fwc.lab.netns import LabError
 from fwc.lab.topology import (
     LabCluster,
@@ -127,7 +127,8 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
         snat=snat,
         advert=cluster.vrrp.advert_ms / 1000.0,
         preempt=cluster.vrrp.preempt,
-        preempt_delay=float(daemons.preempt_delay(cluster.vrrp)) if cluster.vrrp.preempt else 0.0,
+        preempt_delay=(float(keepalived.preempt_delay(cluster.vrrp)) if cluster.vrrp.preempt
+                       else 0.0),
     )
 
 
@@ -181,7 +182,7 @@ def fast_keepalived_confs(
     """
     from dataclasses import replace
 
-    from fwc.backend.render.daemons import keepalived_conf
+    from fwc.backend.render.keepalived import keepalived_conf
     from fwc.pipeline import analyse
 
     analysis = analyse(policy_file, run_checks=False, include_path=include_path)

@@ -21,14 +21,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fwc.backend.files import FILES, Reload, path_of
 from fwc.lab.netns import PYTHON, LabError, LabState, Proc, netns_pids, run
 from fwc.lab.topology import IPInterface, Remap
-from fwc.protocols import NODE_CONNTRACKD_CONF, NODE_FILES, NODE_KEEPALIVED_CONF
 
-# Compiled file -> (node path, mode), from the one table in fwc.protocols.
-NODE_PATHS: dict[str, tuple[str, int]] = {f.name: (f.path, f.mode) for f in NODE_FILES}
-KEEPALIVED_CONF = NODE_KEEPALIVED_CONF
-CONNTRACKD_CONF = NODE_CONNTRACKD_CONF
+# Compiled file -> (node path, mode), from the table of generated files.
+NODE_PATHS: dict[str, tuple[str, int]] = {f.name: (f.path, f.mode) for f in FILES}
+KEEPALIVED_CONF = path_of("keepalived.conf")
+CONNTRACKD_CONF = path_of("conntrackd.conf")
 SYSLOG = "/run/fwc-lab/syslog.log"
 FORWARDING_KEYS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
 BUILTIN_CHAINS = {
@@ -200,11 +200,12 @@ class Node:
 
     def _load_step_by_step(self) -> list[str]:
         warnings: list[str] = []
-        if (self.compiled / "ipsets.rules").exists():
-            self.exec(["sh", "-c", "ipset restore < /etc/fwc/ipsets.rules"])
-        self.exec(["sh", "-c", "iptables-restore < /etc/fwc/iptables.rules"])
-        if (self.compiled / "ip6tables.rules").exists():
-            self.exec(["sh", "-c", "ip6tables-restore < /etc/fwc/ip6tables.rules"])
+        # Sets before the rules that name them (docs/contracts.md).
+        for reload in (Reload.IPSETS, Reload.RULES):
+            for file in FILES:
+                if file.reload is reload and (self.compiled / file.name).exists():
+                    loader = "ipset restore" if reload is Reload.IPSETS else file.loader
+                    self.exec(["sh", "-c", f"{loader} < {shlex.quote(file.path)}"])
         if (self.compiled / "sysctl.conf").exists():
             proc = self.exec(["sysctl", "-q", "-p", NODE_PATHS["sysctl.conf"][0]], check=False)
             # Global knobs (nf_conntrack_max, net.core.*) cannot be set inside a

@@ -1,1 +1,2 @@
-"""Renderers: lowered rulesets and the model -> the files a node reads."""
+"""Render targets: lowered rulesets and the model -> the files a node reads (one module per
+target, listed in fwc.backend.render.registry; the files themselves: fwc.backend.files)."""

@@ -1,0 +1,117 @@
+"""Target conntrackd: conntrackd.conf, the state replication of one member."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fwc import protocols as proto
+from fwc.backend.files import GeneratedFile
+from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.templates import render_template
+from fwc.model import Cluster, IPInterface, Member
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTransport:
+    kind: str  # multicast or unicast
+    device: str
+    own_address: str
+    port: int
+    group: str | None = None
+    peer_address: str | None = None
+
+
+def mode_options(mode: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """The Mode block: the grammar is mode-specific (ha-daemons 1.2)."""
+    if mode == "notrack":
+        return "NOTRACK", (("DisableInternalCache", "Off"), ("DisableExternalCache", "Off"),
+                           ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT))
+    if mode == "alarm":
+        return "ALARM", (("RefreshTime", proto.ALARM_REFRESH_TIME),
+                         ("CacheTimeout", proto.ALARM_CACHE_TIMEOUT),
+                         ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT))
+    return "FTFW", (("ResendQueueSize", proto.FTFW_RESEND_QUEUE_SIZE),
+                    ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT),
+                    ("ACKWindowSize", proto.FTFW_ACK_WINDOW_SIZE),
+                    ("DisableExternalCache", "Off"))
+
+
+def _first_v4(addresses: tuple[IPInterface, ...]) -> IPInterface | None:
+    return next((a for a in addresses if a.version == 4), None)
+
+
+def sync_transport(cluster: Cluster, member: Member) -> SyncTransport | None:
+    """None when the member has no IPv4 address on the sync link (a check reports it)."""
+    sync = cluster.sync
+    link = member.link(sync.link) if sync.link else None
+    own = _first_v4(link.addresses) if link else None
+    if link is None or own is None:
+        return None
+    if sync.transport == "multicast":
+        return SyncTransport("multicast", link.device, str(own.ip), sync.port,
+                             group=str(sync.group))
+    peers = [a for m in cluster.members if m.name != member.name
+             for pl in [m.link(sync.link)] if pl is not None
+             for a in [_first_v4(pl.addresses)] if a is not None]
+    if not peers:
+        return None
+    return SyncTransport("unicast", link.device, str(own.ip), sync.port,
+                         peer_address=str(peers[0].ip))
+
+
+def ignored_addresses(cluster: Cluster) -> list[tuple[int, str]]:
+    """Loopback, every member address, every VIP and the sync subnet; nothing forwarded."""
+    out: list[tuple[int, str]] = [(4, "127.0.0.1"), (6, "::1")]
+    for member in cluster.members:
+        for link in member.links:
+            out.extend((a.version, str(a.ip)) for a in link.addresses)
+    for iface in cluster.interfaces:
+        out.extend((v.version, str(v.ip)) for v in iface.vips)
+    if cluster.sync.link:
+        for member in cluster.members:
+            link = member.link(cluster.sync.link)
+            if link is not None:
+                out.extend((a.version, str(a.network)) for a in link.addresses)
+    return list(dict.fromkeys(out))
+
+
+def uses_helpers(cluster: Cluster) -> bool:
+    return any(s.helper for rule in cluster.all_rules() for s in rule.services)
+
+
+def conntrackd_conf(cluster: Cluster, member: Member) -> str | None:
+    """None when the member has no IPv4 address on the sync link (a check reports it)."""
+    transport = sync_transport(cluster, member)
+    if transport is None:
+        return None
+    protocols = [p for p in proto.SYNCED_PROTOCOLS
+                 if p != proto.SYNCED_PROTOCOL_V6_ONLY or 6 in cluster.families]
+    mode, options = mode_options(cluster.sync.mode)
+    return render_template("conntrackd.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "mode": {"name": mode, "options": options},
+        "transport": transport,
+        "socket_buffer": proto.CONNTRACKD_SOCKET_BUFFER,
+        "expectation_sync": uses_helpers(cluster),
+        "hash_size": proto.CONNTRACKD_HASHSIZE,
+        "hash_limit": proto.CONNTRACKD_HASHLIMIT_FACTOR * proto.NF_CONNTRACK_MAX,
+        "lock_file": proto.NODE_CONNTRACKD_LOCK,
+        "socket": proto.NODE_CONNTRACKD_SOCKET,
+        "netlink_buffer": proto.CONNTRACKD_NETLINK_BUFFER,
+        "netlink_buffer_max": proto.CONNTRACKD_NETLINK_BUFFER_MAX,
+        "protocols": protocols,
+        "ignore": ignored_addresses(cluster),
+    })
+
+
+def synced(build: MemberBuild) -> bool:
+    """The member replicates state (it gets conntrackd.conf and its drop-in)."""
+    return sync_transport(build.cluster, build.member) is not None
+
+
+def render_file(build: MemberBuild, file: GeneratedFile) -> str:
+    text = conntrackd_conf(build.cluster, build.member)
+    if text is None:  # registry.exists asked synced() first
+        raise ValueError(f"{build.member.name} has no sync transport for {file.name}")
+    return text

@@ -1,0 +1,39 @@
+"""What every render target receives for one member: the backend-neutral input.
+
+`MemberBuild` carries the model (cluster, member), the lowering options, whether
+secrets are redacted, the generated files this member gets (so that a file can
+name the others it depends on) and the lowered rulesets, the backend-neutral
+form of the policy (`fwc.backend.lower`). A target derives its own forms from
+these (the iptables target its speed passes) and keeps them in `memo`, which
+lives as long as this one compile of this one member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fwc.backend.files import GeneratedFile
+from fwc.backend.lower import LowerOptions, NodeRuleset, lower
+from fwc.model import Cluster, Member
+
+
+@dataclass(slots=True)
+class MemberBuild:
+    cluster: Cluster
+    member: Member
+    options: LowerOptions
+    redact: bool = False
+    # The files this member gets, in table order (fwc.backend.render.registry.member_files).
+    files: tuple[GeneratedFile, ...] = ()
+    memo: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return (4, 6) if 6 in self.cluster.families else (4,)
+
+    def lowered(self, family: int) -> NodeRuleset:
+        """The member's ruleset for FAMILY before any backend pass."""
+        return lower(self.cluster, self.member, family, self.options)
+
+    def has(self, name: str) -> bool:
+        return any(f.name == name for f in self.files)

@@ -1,0 +1,103 @@
+"""Target keepalived: keepalived.conf, the VRRP sync group of one member."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fwc import protocols as proto
+from fwc.backend.files import GeneratedFile, path_of
+from fwc.backend.render import escape
+from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.templates import render_template
+from fwc.model import Cluster, Member, Vrrp
+
+
+@dataclass(frozen=True, slots=True)
+class VrrpInstance:
+    name: str
+    device: str
+    vrid: int
+    priority: int
+    advert_int: str
+    version: int | None  # written when not keepalived's default (2)
+    nopreempt: bool
+    preempt_delay: int | None
+    garp_refresh: int | None
+    auth_type: str | None
+    auth_pass: str | None
+    vips: tuple[str, ...]
+
+
+def advert_interval(advert_ms: int) -> str:
+    """keepalived's advert_int in seconds: 1, 0.1, 2.5."""
+    seconds, rest = divmod(advert_ms, 1000)
+    if not rest:
+        return str(seconds)
+    return f"{advert_ms / 1000:.2f}".rstrip("0")
+
+
+def preempt_delay(vrrp: Vrrp) -> int:
+    """The policy's delay, else a default long enough for conntrackd to resync (FWC221)."""
+    if vrrp.preempt_delay_s is not None:
+        return vrrp.preempt_delay_s
+    return proto.DEFAULT_PREEMPT_DELAY_S
+
+
+def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpInstance]:
+    vrrp = cluster.vrrp
+    out: list[VrrpInstance] = []
+    for iface in cluster.vrrp_interfaces:
+        device = member.device(iface.name) or iface.name
+        for family in (4, 6):
+            vips = iface.vips_of(family)
+            if not vips or iface.vrid is None:
+                continue
+            # VRRPv3 is the only version for IPv6, and it has no authentication.
+            version = 3 if family == 6 else vrrp.version
+            auth = vrrp.auth if version == 2 and vrrp.password is not None else None
+            password = None
+            if auth is not None:
+                password = proto.REDACTED_PASSWORD if redact else vrrp.password
+            out.append(VrrpInstance(
+                name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
+                device=device,
+                vrid=iface.vrid,
+                priority=member.priority,
+                advert_int=advert_interval(vrrp.advert_ms),
+                version=None if version == proto.DEFAULT_VRRP_VERSION else version,
+                nopreempt=not vrrp.preempt,
+                # keepalived: nopreempt and preempt_delay exclude each other.
+                preempt_delay=preempt_delay(vrrp) if vrrp.preempt else None,
+                garp_refresh=vrrp.garp_refresh_s,
+                auth_type=auth.upper() if auth else None,
+                auth_pass=password,
+                vips=tuple(str(v) for v in vips),
+            ))
+    return out
+
+
+def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> str:
+    instances = vrrp_instances(cluster, member, redact)
+    return escape.keepalived_file(render_template("keepalived.conf.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "group_name": f"VG_{cluster.name}",
+        # keepalived warns about a sync group of one ("this probably isn't what you
+        # want"): a single instance carries the notify lines itself.
+        "sync_group": len(instances) > 1,
+        "notify": path_of("fwc-notify.sh"),
+        "instances": instances,
+    }))
+
+
+def holds_secret(build: MemberBuild) -> bool:
+    """True when keepalived.conf will carry a real VRRP password (it gets mode 0600)."""
+    cluster = build.cluster
+    if build.redact or cluster.vrrp.password is None:
+        return False
+    return any(i.auth_pass for m in cluster.members[:1]
+               for i in vrrp_instances(cluster, m, build.redact))
+
+
+def render_file(build: MemberBuild, file: GeneratedFile) -> str:
+    return keepalived_conf(build.cluster, build.member, build.redact)

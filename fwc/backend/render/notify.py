@@ -1,0 +1,24 @@
+"""Target notify: fwc-notify.sh, keepalived's hook that drives conntrackd on a transition."""
+
+from __future__ import annotations
+
+from fwc import protocols as proto
+from fwc.backend.files import GeneratedFile, path_of
+from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.templates import render_template
+from fwc.model import Cluster, Member
+
+
+def notify_script(cluster: Cluster, member: Member) -> str:
+    return render_template("fwc-notify.sh.j2", {
+        "cluster": cluster.name,
+        "member": member.name,
+        "config": path_of("conntrackd.conf"),
+        "lock_file": proto.NODE_CONNTRACKD_LOCK,
+        "notify_lock": proto.NODE_NOTIFY_LOCK,
+        "log_tag": proto.NOTIFY_LOG_TAG,
+    })
+
+
+def render_file(build: MemberBuild, file: GeneratedFile) -> str:
+    return notify_script(build.cluster, build.member)

@@ -1,0 +1,253 @@
+"""The one table of generated files (fwc.backend.files) and the render targets behind it.
+
+Everything that handles generated files reads the table: compile (which files a
+member gets, their modes), MANIFEST (secret files), install (test, apply order,
+reloads, private netns directories), `fwc diff --installed`, the lab and the docs.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+from pathlib import PurePosixPath
+
+import pytest
+from checkkit import REPO
+
+from fwc.backend import files as table
+from fwc.backend.files import BY_NAME, FILES, SECRET_FILES, GeneratedFile, Reload, When
+from fwc.backend.manifest import Manifest
+from fwc.backend.output import compile_policy
+from fwc.backend.render import registry
+from fwc.diffing import installed
+from fwc.install import scripts
+from fwc.install.node import NodeInstall
+from fwc.install.paths import NETNS_PRIVATE_DIRS
+from fwc.lab import daemons as lab_daemons
+from fwc.model import Policy
+from fwc.pipeline import analyse
+
+
+@pytest.fixture(scope="module")
+def edge() -> Policy:
+    policy = analyse(REPO / "policies" / "edge.fw").policy
+    assert policy is not None
+    return policy
+
+
+def test_compile_md_shows_the_table():
+    page = (REPO / "docs" / "compile.md").read_text(encoding="utf-8")
+    assert table.markdown() in page, (
+        "docs/compile.md is stale: replace its table of generated files with the output of "
+        "`python3 -m fwc.backend.files`")
+
+
+def test_every_row_is_rendered_by_a_registered_target_and_every_target_has_rows():
+    assert {f.target for f in FILES} == set(registry.TARGETS)
+    assert set(registry.CONDITIONS) == set(When)
+    assert len(BY_NAME) == len(FILES)
+    for f in FILES:
+        assert f.path.startswith("/") and PurePosixPath(f.path).name, f
+        # A file the node loads from stdin names the program that does it.
+        assert (f.loader is not None) == (f.reload in (Reload.RULES, Reload.FAILSAFE)), f
+
+
+def test_compile_writes_exactly_the_rows_a_member_gets_with_their_modes(edge):
+    [cluster] = compile_policy(edge)
+    by_member = cluster.members()
+    # edge has IPv6, a sync link and no ipsets: every row but ipsets.rules, in table order.
+    expected = [f.name for f in FILES if f.when is not When.IPSETS]
+    assert by_member == {"fw1": expected, "fw2": expected}
+    modes = {f.path: f.mode for f in cluster.files}
+    for member in by_member:
+        for name in expected:
+            assert modes[f"{member}/{name}"] == BY_NAME[name].mode, name
+    assert BY_NAME["keepalived.conf"].mode == 0o600  # edge has a VRRP password
+
+
+def test_a_secret_row_without_a_secret_is_world_readable(edge):
+    [cluster] = compile_policy(edge, redact=True)
+    modes = {f.path: f.mode for f in cluster.files}
+    assert SECRET_FILES == ("keepalived.conf",)
+    assert modes["fw1/keepalived.conf"] == 0o644
+    assert BY_NAME["keepalived.conf"].output_mode(holds_secret=False) == 0o644
+
+
+def test_ipv4_only_cluster_has_no_ipv6_rows(tmp_path):
+    from conftest import write_policy
+
+    text = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+    v4 = "\n".join(line for line in text.splitlines() if "2001:db8" not in line) + "\n"
+    path = write_policy(tmp_path, v4)
+    analysis = analyse(path)
+    assert analysis.policy is not None and not [
+        d for d in analysis.diagnostics if d.severity == "error"], analysis.diagnostics
+    [cluster] = compile_policy(analysis.policy)
+    names = cluster.members()["fw1"]
+    assert names == [f.name for f in FILES if f.when not in (When.IPV6, When.IPSETS)]
+    boot = next(f.content.decode() for f in cluster.files if f.path == "fw1/fwc-firewall.sh")
+    assert "ip6tables-restore" not in boot and "/etc/fwc/iptables.rules" in boot
+
+
+def test_manifest_redacts_exactly_the_secret_rows(edge):
+    [cluster] = compile_policy(edge)
+    manifest = Manifest.parse(next(f.content for f in cluster.files
+                                   if f.path == "MANIFEST").decode())
+    redacted = {e.path.split("/", 1)[1] for e in manifest.files if e.kind == "redacted"}
+    assert redacted == set(SECRET_FILES)
+
+
+def test_the_renderers_name_each_other_by_the_table_paths(edge):
+    [cluster] = compile_policy(edge)
+    text = {f.path: f.content.decode() for f in cluster.files}
+    assert table.path_of("fwc-notify.sh") in text["fw1/keepalived.conf"]
+    assert f"CONFIG={table.path_of('conntrackd.conf')}\n" in text["fw1/fwc-notify.sh"]
+    assert f"ExecStart={table.path_of('fwc-firewall.sh')}" in text["fw1/fwc-firewall.service"]
+    boot = text["fw1/fwc-firewall.sh"]
+    for f in FILES:
+        if f.reload in (Reload.RULES, Reload.FAILSAFE):
+            assert f"{f.loader} < {f.path}" in boot, f.name
+    assert table.path_of("forwarding.conf") in boot and table.path_of("sysctl.conf") in boot
+
+
+def test_install_loads_in_load_order_from_the_table():
+    present = list(FILES)
+    lines = scripts.apply(present).splitlines()
+    loads = [line for line in lines if not line.startswith(("mkdir", "cp", "set", "rm"))]
+    assert loads == [
+        "ipset restore -exist < /etc/fwc/ipsets.rules",
+        "iptables-restore < /etc/fwc/iptables.rules",
+        "ip6tables-restore < /etc/fwc/ip6tables.rules",
+        "if ! sysctl -q -p /etc/sysctl.d/90-fwc.conf; then "
+        "echo 'warning: some sysctl keys were not set' >&2; fi",
+        "sysctl -q -p /etc/fwc/forwarding.conf",
+    ]
+    for f in present:  # every row goes to its path with its mode
+        new = f"{f.path}.fwc-new"
+        assert f"cp {scripts.STAGING}/{f.name} {new} && chmod {f.mode:o} {new} " \
+            f"&& mv -f {new} {f.path}" in lines, f.name
+    test = scripts.test_ruleset(present)
+    for f in present:
+        if f.reload in (Reload.RULES, Reload.FAILSAFE):
+            assert f"{f.loader} --test < {scripts.STAGING}/{f.name}" in test, f.name
+    assert test.startswith("unshare -n sh -c ")  # ipsets loaded in a throwaway netns first
+
+
+def _reloads(changed: list[str], *, systemd: bool = True, private: bool = True) -> list[str]:
+    node = NodeInstall.__new__(NodeInstall)  # only reload_commands is exercised
+    node.systemd = systemd
+    node.role = "backup"
+
+    class Result:
+        pass
+
+    class Transport:
+        private_run = private
+
+    result = Result()
+    result.changed = changed  # type: ignore[attr-defined]
+    node.result, node.transport = result, Transport()  # type: ignore[assignment]
+    return [daemon for daemon, _ in node.reload_commands(old_config=None)]
+
+
+@pytest.mark.parametrize("row", FILES, ids=lambda f: f.name)
+def test_install_reloads_what_the_row_says(row: GeneratedFile):
+    expected = {Reload.SYSTEMD: ["systemd"], Reload.KEEPALIVED: ["keepalived"],
+                Reload.CONNTRACKD: ["conntrackd"]}.get(row.reload, [])
+    assert _reloads([row.name]) == expected
+
+
+def test_install_reloads_in_daemon_order_once_each():
+    assert _reloads([f.name for f in reversed(FILES)]) == ["systemd", "keepalived", "conntrackd"]
+    assert _reloads([f.name for f in FILES], systemd=False) == ["keepalived", "conntrackd"]
+
+
+def test_netns_private_dirs_cover_every_row():
+    for f in FILES:
+        parts = PurePosixPath(f.path).parts
+        if parts[1] == "etc":
+            assert parts[2] in NETNS_PRIVATE_DIRS, f.path
+
+
+def test_diff_installed_and_lab_read_the_table():
+    assert installed.RULESETS == (("iptables.rules", "iptables-save", "iptables-restore"),
+                                  ("ip6tables.rules", "ip6tables-save", "ip6tables-restore"))
+    assert {f.name: (f.path, f.mode) for f in FILES} == lab_daemons.NODE_PATHS
+
+
+def test_diff_installed_compares_every_other_row_at_its_path(edge):
+    [cluster] = compile_policy(edge)
+    compiled = {f.path.split("/", 1)[1]: f.content.decode() for f in cluster.files
+                if f.path.startswith("fw1/")}
+
+    class Node:
+        """The node runs exactly what was compiled, except one file."""
+
+        member = "fw1"
+
+        def __init__(self, files: dict[str, str]) -> None:
+            self.files = files
+
+        def run(self, command: str, input: str | None = None, timeout: float = 60):
+            class Result:
+                ok = True
+                stderr = ""
+
+            result = Result()
+            words = shlex.split(command)
+            if words[0] == "cat":
+                result.stdout = self.files.get(words[1], "(fwc: absent)\n")  # type: ignore
+            elif words[0] == "unshare":
+                result.stdout = ""  # no canonical form here: compared as compiled
+            else:
+                name = "iptables.rules" if words[0].startswith("iptables") else \
+                    "ip6tables.rules" if words[0].startswith("ip6tables") else None
+                result.stdout = compiled.get(name, "") if name else ""  # type: ignore
+            return result
+
+    node_files = {BY_NAME[name].path: text for name, text in compiled.items()}
+    assert installed.compare(Node(node_files), compiled) == []  # type: ignore[arg-type]
+    for f in FILES:
+        if f.reload is Reload.RULES or f.name not in compiled:
+            continue
+        changed = dict(node_files)
+        changed[f.path] += "# edited on the node\n"
+        drift = installed.compare(Node(changed), compiled)  # type: ignore[arg-type]
+        assert [title for title, _ in drift] == [f.path], f.name
+
+
+def test_a_new_target_is_one_module_and_a_row(edge, monkeypatch):
+    """The interface the nftables backend (issue 13) will use: a target plus a row."""
+
+    def render_file(build: registry.MemberBuild, file: GeneratedFile) -> str:
+        rules = build.lowered(4)
+        return f"# {file.name} for {build.member.name}: {len(rules.tables)} tables\n"
+
+    row = GeneratedFile("example.rules", "/etc/fwc/example.rules", 0o640, "example",
+                        When.ALWAYS, Reload.BOOT, "an example backend")
+    monkeypatch.setattr(registry, "FILES", (*FILES, row))
+    monkeypatch.setattr(registry, "TARGETS", {**registry.TARGETS,
+                                              "example": registry.Target("example", render_file)})
+    [cluster] = compile_policy(edge)
+    got = {f.path: f for f in cluster.files}
+    assert got["fw2/example.rules"].content.decode().startswith("# example.rules for fw2: ")
+    assert got["fw2/example.rules"].mode == 0o640
+    assert cluster.members()["fw1"][-1] == "example.rules"
+    assert "example.rules" in next(f.content for f in cluster.files
+                                   if f.path == "MANIFEST").decode()
+
+
+def test_rows_are_frozen_data():
+    row = BY_NAME["iptables.rules"]
+    with pytest.raises(AttributeError):
+        row.path = "/tmp/x"  # type: ignore[misc]
+    assert replace(row, name="x").name == "x"
+
+
+def test_install_preflight_asks_for_the_programs_of_the_rows_it_installs():
+    tools = scripts.required_tools([BY_NAME["iptables.rules"], BY_NAME["keepalived.conf"]])
+    assert [tool for tool, _ in tools] == ["flock", "cmp", "iptables-restore", "iptables-save",
+                                           "keepalived", "pkill"]
+    every = {tool for tool, _ in scripts.required_tools(list(FILES))}
+    assert {"ipset", "unshare", "conntrackd", "sysctl", "ip6tables-restore"} <= every
+    assert "command -v conntrackd" in scripts.preflight([BY_NAME["conntrackd.conf"]])
