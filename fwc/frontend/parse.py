@@ -20,6 +20,9 @@ from fwc.frontend import syntax as s
 from fwc.text import LiteralError, decode_literal
 
 MAX_SYNTAX_ERRORS = 10
+# Start rules of grammar/fwc.lark: a whole file, and the fragments of a rule that
+# `fwc query` takes on its command line.
+_STARTS = ("start", "endpoints_fragment", "services_fragment")
 
 _TERMINAL_NAMES = {
     "NAME": "a name", "DEVICE": "a device name", "VIP_REF": "IFACE.vip",
@@ -57,7 +60,7 @@ def _plugins() -> dict[str, object]:
 
 
 @functools.cache
-def _tables() -> tuple[dict, dict]:
+def _tables() -> tuple[dict, dict, dict[str, frozenset[str]]]:
     """The analysed grammar (LALR tables, terminals, rules) as plain data, once per process.
 
     Built in memory, never with lark's `cache=True`: that option loads whatever pickle sits
@@ -65,8 +68,35 @@ def _tables() -> tuple[dict, dict]:
     whoever runs fwc. Building costs about 50 ms per process (docs/performance.md); the
     result is only read afterwards (every parser deserialises its own objects from it).
     """
-    base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, **_plugins())
-    return base.memo_serialize([TerminalDef, Rule])
+    base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, start=list(_STARTS),
+                **_plugins())
+    data, memo = base.memo_serialize([TerminalDef, Rule])
+    return data, memo, _terminals_of_starts(base.rules)
+
+
+def _terminals_of_starts(rules: list[Rule]) -> dict[str, frozenset[str]]:
+    """Per start rule, the terminals its text can hold.
+
+    LALR shares states between contexts, so the terminals a syntax error lists
+    include those of a whole rule even when only an endpoint list was parsed; a
+    fragment's hint keeps only the terminals the fragment can contain.
+    """
+    expansions: dict[str, list] = {}
+    for rule in rules:
+        expansions.setdefault(rule.origin.name, []).append(rule.expansion)
+    out = {}
+    for start in _STARTS:
+        seen, todo, terminals = {start}, [start], set()
+        while todo:
+            for expansion in expansions.get(todo.pop(), ()):
+                for symbol in expansion:
+                    if symbol.is_term:
+                        terminals.add(symbol.name)
+                    elif symbol.name not in seen:
+                        seen.add(symbol.name)
+                        todo.append(symbol.name)
+        out[start] = frozenset(terminals)
+    return out
 
 
 class PolicyParser:
@@ -82,13 +112,13 @@ class PolicyParser:
 
     def __init__(self) -> None:
         self._builder = _Builder("<policy>")
-        data, memo = _tables()
+        data, memo, _ = _tables()
         # ~6 ms: the tables are analysed once per process, only the objects are per parser.
         self._lark = Lark._load_from_dict(data, memo, transformer=self._builder, **_plugins())
 
-    def parse(self, text: str, path: str) -> list:
+    def parse(self, text: str, path: str, start: str = "start"):
         self._builder.path = path
-        return self._lark.parse(text)
+        return self._lark.parse(text, start=start)
 
 
 def _describe(terminal: str) -> str:
@@ -97,14 +127,22 @@ def _describe(terminal: str) -> str:
     return f'"{terminal.lower().replace("_", "-")}"' if terminal.isupper() else terminal
 
 
-def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic:
+def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str,
+                       fragment: frozenset[str] | None = None) -> Diagnostic:
+    """FWC001 for EXC; FRAGMENT: the terminals of the fragment that was parsed, if any."""
     line = getattr(exc, "line", 0) or 0
     column = getattr(exc, "column", 0) or 0
     at_end = isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
     if isinstance(exc, UnexpectedEOF) or line <= 0 or at_end:
         lines = text.splitlines() or [""]
         line, column = len(lines), len(lines[-1]) + 1
-        return error("FWC001", "unexpected end of file", Span(path, line, column, line, column),
+        end = Span(path, line, column, line, column)
+        if fragment is not None:
+            expected = sorted({_describe(t) for t in getattr(exc, "expected", ())
+                               if t in fragment})
+            return error("FWC001", f"{path} ends too early", end,
+                         hint=f"expected {', '.join(expected[:8])}" if expected else None)
+        return error("FWC001", "unexpected end of file", end,
                      hint="a block is not closed: check that every '{' has its '}'")
     expected: set[str] = set()
     found = ""
@@ -116,6 +154,8 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic
     elif isinstance(exc, UnexpectedCharacters):
         expected = {t for t in (exc.allowed or ()) if not t.startswith("__")}
         found = f"character {text[exc.pos_in_stream]!r}" if exc.pos_in_stream < len(text) else ""
+    if fragment is not None:
+        expected &= fragment
     names = sorted({_describe(t) for t in expected})
     hint = None
     if names:
@@ -174,6 +214,22 @@ def parse_text(text: str, path: str,
     return s.SourceFile(path, text, tuple(tree)), diagnostics
 
 
+def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None = None) \
+        -> tuple[object, list[Diagnostic]]:
+    """Parse TEXT, the value of command-line argument WHAT, from the grammar rule START.
+
+    Spans name WHAT (`--from:1:5`), so a diagnostic points into the argument. The
+    value is what the tree builder makes of that rule (None after an error).
+    """
+    parser = parser or PolicyParser()
+    try:
+        return parser.parse(text, what, start), []
+    except _BadString as bad:
+        return None, [bad.diagnostic]
+    except UnexpectedInput as exc:
+        return None, [_syntax_diagnostic(what, exc, text, fragment=_tables()[2][start])]
+
+
 _ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "IPV4": "address", "IPV6": "address",
                    "ADDR_RANGE": "range", "ANY": "any", "FIREWALL": "firewall"}
 
@@ -224,6 +280,12 @@ class _Builder(Transformer):
     # -- top level ---------------------------------------------------------------
     def start(self, children: list) -> list:
         return children
+
+    def endpoints_fragment(self, children: list) -> tuple[s.Endpoint, ...]:
+        return children[0]
+
+    def services_fragment(self, children: list) -> tuple[s.ServiceRef, ...]:
+        return tuple(self.service_ref(c) for c in children)
 
     def include(self, children: list) -> s.Include:
         _keyword, path_token = children
