@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -59,8 +60,15 @@ def _plugins() -> dict[str, object]:
     return {"_plugins": lark_cython.plugins}
 
 
+class _Tables(NamedTuple):
+    data: dict
+    memo: dict
+    fragment_terminals: dict[str, frozenset[str]]  # per start rule
+    terminals: tuple[str, ...]  # the terminals the parser sees (not whitespace, comments)
+
+
 @functools.cache
-def _tables() -> tuple[dict, dict, dict[str, frozenset[str]]]:
+def _tables() -> _Tables:
     """The analysed grammar (LALR tables, terminals, rules) as plain data, once per process.
 
     Built in memory, never with lark's `cache=True`: that option loads whatever pickle sits
@@ -71,7 +79,8 @@ def _tables() -> tuple[dict, dict, dict[str, frozenset[str]]]:
     base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, start=list(_STARTS),
                 **_plugins())
     data, memo = base.memo_serialize([TerminalDef, Rule])
-    return data, memo, _terminals_of_starts(base.rules)
+    return _Tables(data, memo, _terminals_of_starts(base.rules),
+                   tuple(t.name for t in base.terminals if t.name not in base.ignore_tokens))
 
 
 def _terminals_of_starts(rules: list[Rule]) -> dict[str, frozenset[str]]:
@@ -110,14 +119,42 @@ class PolicyParser:
     at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_tokens: bool = False) -> None:
         self._builder = _Builder("<policy>")
-        data, memo, _ = _tables()
+        tables = _tables()
+        # Comments reach the lexer callback although the grammar ignores them: the one
+        # lexer that parses a file also finds its comments (`fwc fmt` keeps them). Only
+        # comments call back, so a parse for `fwc check` pays nothing per token.
+        self.comments: list[s.Lexeme] = []
+        self.tokens: list[s.Lexeme] = []
+        callbacks = {"COMMENT": self._comment}
+        if keep_tokens:
+            callbacks |= {name: self._token for name in tables.terminals}
         # ~6 ms: the tables are analysed once per process, only the objects are per parser.
-        self._lark = Lark._load_from_dict(data, memo, transformer=self._builder, **_plugins())
+        self._lark = Lark._load_from_dict(tables.data, tables.memo, transformer=self._builder,
+                                          lexer_callbacks=callbacks, **_plugins())
+
+    def _comment(self, token: Token) -> Token:
+        value = token.value.rstrip()
+        # an ignored token carries no end position; a comment never spans lines
+        self.comments.append(s.Lexeme(token.type, value, token.start_pos,
+                                      token.start_pos + len(token.value), token.line,
+                                      token.column, token.line, token.column + len(value)))
+        return token
+
+    def _token(self, token: Token) -> Token:
+        # No terminal spans lines; the ends are computed because a callback may run
+        # before the lexer (lark-cython) has filled them in.
+        width = len(token.value)
+        self.tokens.append(s.Lexeme(token.type, token.value, token.start_pos,
+                                    token.start_pos + width, token.line, token.column,
+                                    token.line, token.column + width))
+        return token
 
     def parse(self, text: str, path: str, start: str = "start"):
         self._builder.path = path
+        self.comments = []
+        self.tokens = []
         return self._lark.parse(text, start=start)
 
 
@@ -172,7 +209,7 @@ def _blank_line(text: str, line: int) -> str:
     return "\n".join(lines)
 
 
-class _BadString(Exception):  # noqa: N818 - control flow inside the parse, never escapes
+class BadLiteral(Exception):  # noqa: N818 - a syntax error, like lark's
     """Raised by the tree builder for a string literal that cannot be decoded."""
 
     def __init__(self, diagnostic: Diagnostic) -> None:
@@ -191,7 +228,7 @@ def parse_text(text: str, path: str,
     while tree is None:
         try:
             tree = parser.parse(attempt, path)
-        except _BadString as bad:
+        except BadLiteral as bad:
             # Like a syntax error: report it, blank its line and look for more.
             diagnostics.append(bad.diagnostic)
             line = bad.diagnostic.span.line if bad.diagnostic.span else 0
@@ -211,7 +248,7 @@ def parse_text(text: str, path: str,
     if diagnostics:
         # The tree of a repaired text would hide what was removed; keep only errors.
         return s.SourceFile(path, text, ()), diagnostics
-    return s.SourceFile(path, text, tuple(tree)), diagnostics
+    return s.SourceFile(path, text, tuple(tree), tuple(parser.comments)), diagnostics
 
 
 def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None = None) \
@@ -224,10 +261,11 @@ def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None
     parser = parser or PolicyParser()
     try:
         return parser.parse(text, what, start), []
-    except _BadString as bad:
+    except BadLiteral as bad:
         return None, [bad.diagnostic]
     except UnexpectedInput as exc:
-        return None, [_syntax_diagnostic(what, exc, text, fragment=_tables()[2][start])]
+        terminals = _tables().fragment_terminals[start]
+        return None, [_syntax_diagnostic(what, exc, text, fragment=terminals)]
 
 
 _ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "IPV4": "address", "IPV6": "address",
@@ -266,7 +304,7 @@ class _Builder(Transformer):
             # A STRING token never spans lines; +1 skips the opening quote.
             column = token.column + 1 + exc.offset
             span = Span(self.path, token.line, column, token.line, column + 1)
-            raise _BadString(error("FWC004", exc.message, span, hint=exc.hint)) from None
+            raise BadLiteral(error("FWC004", exc.message, span, hint=exc.hint)) from None
 
     def endpoint_of(self, token: Token, negated: bool, span: Span | None = None) -> s.Endpoint:
         kind = _ENDPOINT_KINDS[token.type]
