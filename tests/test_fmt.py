@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fwc.cli import main
-from fwc.frontend.formatting import format_text, tokenize
+from fwc.frontend.formatting import FormatError, format_text, tokenize
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -282,3 +282,39 @@ def test_the_example_policies_we_wrote_are_canonical():
     files = [str(p) for p in sorted(POLICIES.rglob("*.fw")) if p.name != "edge.fw"]
     assert len(files) >= 4
     assert main(["fmt", "--check", *files]) == 0
+
+
+# -- one parser ---------------------------------------------------------------------------------
+def test_the_policy_parser_keeps_the_comments_its_lexer_read():
+    from fwc.frontend.parse import parse_text
+
+    text = 'host a 192.0.2.1  # why a\n# own line\npolicy c {\n  accept from a to any # r\n}\n'
+    source, diagnostics = parse_text(text, "c.fw")
+    assert not diagnostics
+    assert [(c.value, c.line, c.column) for c in source.comments] == [
+        ("# why a", 1, 19), ("# own line", 2, 1), ("# r", 4, 24)]
+    assert all(text[c.start:c.end] == c.value for c in source.comments)
+
+
+def test_fmt_refuses_what_the_parser_refuses():
+    # the formatter had its own parser, which did not decode strings: it laid out a
+    # policy that `fwc check` rejects
+    text = 'host a 192.0.2.1\npolicy c {\n    accept from a to any log "x\\q"\n}\n'
+    with pytest.raises(FormatError):
+        format_text(text)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tests" / "bad").glob("*.fw")),
+                         ids=lambda p: p.name)
+def test_bad_corpus_that_parses_formats_to_a_fixed_point(path):
+    from fwc.frontend.parse import parse_text
+
+    text = path.read_text(encoding="utf-8")
+    if parse_text(text, path.name)[1]:
+        with pytest.raises(FormatError):
+            format_text(text)
+        return
+    once = format_text(text)
+    assert format_text(once) == once
+    assert comments_of(once) == comments_of(text)
+    assert_canonical_shape(once)

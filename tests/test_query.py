@@ -78,21 +78,89 @@ def test_ranges_negation_and_lists(capsys):
     assert "accept (FORWARD)" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--from", "192.0.2.300", "--to", "any"), "not a valid address"),
-    (("--from", "192.0.2.1/24", "--to", "any"), "host bits set"),
-    (("--from", "nosuchobject", "--to", "any"), "neither an address nor an object"),
-    (("--from", "any", "--to", "nope.vip"), "no interface 'nope' with a VIP"),
-    (("--from", "any", "--to", "any", "--service", "tcp/99999"), "bad service"),
-    (("--from", "any", "--to", "any", "--service", "nosuch"), "unknown service"),
-    (("--from", "any", "--to", "any", "--in", "wan"), "no interface 'wan'"),
-    (("--from", "192.0.2.9-192.0.2.1", "--to", "any"), "not a valid range"),
+@pytest.mark.parametrize("args, where, message", [
+    (("--from", "192.0.2.300", "--to", "any"), "--from:1:1: error[FWC106]",
+     "malformed address '192.0.2.300'"),
+    (("--from", "192.0.2.1/24", "--to", "any"), "--from:1:1: error[FWC106]", "host bits set"),
+    (("--from", "nosuchobject", "--to", "any"), "--from:1:1: error[FWC101]",
+     "undefined object 'nosuchobject'"),
+    (("--from", "any", "--to", "nope.vip"), "--to:1:1: error[FWC101]",
+     "undefined interface 'nope' in 'nope.vip'"),
+    (("--from", "any", "--to", "any", "--service", "tcp/99999"),
+     "--service:1:1: error[FWC107]", "invalid port '99999'"),
+    (("--from", "any", "--to", "any", "--service", "nosuch"), "--service:1:1: error[FWC101]",
+     "undefined service 'nosuch'"),
+    (("--from", "192.0.2.9-192.0.2.1", "--to", "any"), "--from:1:1: error[FWC106]",
+     "ends before it starts"),
+    # the column is that of the bad item inside the argument
+    (("--from", "client, !nosuch", "--to", "any"), "--from:1:9: error[FWC101]",
+     "undefined object 'nosuch'"),
+    (("--from", "any", "--to", "any", "--service", "ssh, tcp/0-99999"),
+     "--service:1:6: error[FWC107]", "invalid port '0-99999'"),
 ])
-def test_usage_errors_exit_2_in_one_line(capsys, args, message):
+def test_bad_values_are_diagnostics_pointing_into_the_argument(capsys, args, where, message):
     status, out, err = query(capsys, *args)
+    assert status == 2 and out == ""
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith(where) and message in first, err
+
+
+def test_unknown_interface_is_a_usage_error_in_one_line(capsys):
+    status, _, err = query(capsys, "--from", "any", "--to", "any", "--in", "wan")
     assert status == 2
-    assert message in err and "Traceback" not in err
+    assert "no interface 'wan'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, where, message, hint", [
+    # a second parser split on commas: `client server` was looked up as one name
+    (("--from", "client server", "--to", "any"), "--from:1:8: error[FWC001]",
+     "unexpected 'server'", "expected ','"),
+    (("--from", "client,,server", "--to", "any"), "--from:1:8: error[FWC001]",
+     "unexpected ','", "a name"),
+    (("--from", "any", "--to", "192.0.2.1,"), "--to:1:11: error[FWC001]", "--to ends too early",
+     "an IPv4 address"),
+    # a rule cannot write `tcp/80, 443` either: the port list is one token, `tcp/80,443`
+    (("--from", "any", "--to", "any", "--service", "tcp/80, 443"),
+     "--service:1:9: error[FWC001]", "unexpected '443'", "a service such as tcp/22"),
+])
+def test_values_are_parsed_by_the_policy_grammar(capsys, args, where, message, hint):
+    status, _, err = query(capsys, *args)
+    assert status == 2, err
+    lines = err.splitlines()
+    assert lines[0].startswith(where) and message in lines[0], err
+    assert any("hint:" in line and hint in line for line in lines), err
+    assert "Traceback" not in err
+
+
+def test_values_are_resolved_by_the_policy_resolver(capsys):
+    # the resolver's hints know the policy's names (a dummy resolver knew none)
+    status, _, err = query(capsys, "--from", "clinet", "--to", "any")
+    assert status == 2
+    assert "did you mean 'client'?" in err
+    status, _, err = query(capsys, "--from", "any", "--to", "any", "--service", "webb")
+    assert status == 2
+    assert "did you mean 'web'?" in err
+    status, _, err = query(capsys, "--from", "any", "--to", "any", "--service", "desktops")
+    assert status == 2 and "'desktops' is an address object, not a service" in err
+
+
+def test_fragments_are_the_nodes_a_rule_builds():
+    from fwc.frontend.parse import parse_fragment, parse_text
+
+    written = "client, !192.0.2.7, 192.0.2.3-192.0.2.9, lan.vip, any, firewall, 2001:db8::/64"
+    services = "ssh, tcp/80,443, icmp/echo-request, proto/47"
+    source, diagnostics = parse_text(f"policy c {{\n accept from {written} to any "
+                                     f"service {services}\n}}\n", "p.fw")
+    assert not diagnostics
+    rule = source.statements[0].rules[0]
+    endpoints, problems = parse_fragment(written, "--from", "endpoints_fragment")
+    refs, more = parse_fragment(services, "--service", "services_fragment")
+    assert not problems and not more
+    assert [e[:3] for e in endpoints] == [e[:3] for e in rule.sources]
+    assert [r[:2] for r in refs] == [r[:2] for r in rule.services]
+    assert endpoints[1].span.file == "--from" and endpoints[1].span.column == 9
 
 
 def test_policy_errors_exit_1(tmp_path, capsys):

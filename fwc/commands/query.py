@@ -2,16 +2,17 @@
 
 A and B are comma-separated lists of addresses, networks, ranges, object names,
 `IFACE.vip`, `any` or `firewall` (each may be negated with `!`), exactly as in a
-rule. The answer is the analysis engine's partition of that traffic: per
-member, every part with its own outcome, the policy line that decides it (or
-the default policy) and the NAT applied. Exit 0 with an answer, 1 when the
-policy has errors, 2 on a usage error.
+rule: they are parsed by the policy grammar and resolved against the policy's
+names, and a mistake is reported as a diagnostic pointing into the argument
+(`--from:1:5: error[FWC106]: ...`). The answer is the analysis engine's
+partition of that traffic: per member, every part with its own outcome, the
+policy line that decides it (or the default policy) and the NAT applied. Exit 0
+with an answer, 1 when the policy has errors, 2 on a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import sys
 from dataclasses import dataclass
@@ -27,116 +28,64 @@ from fwc.analysis.engine import (
     merge_routed_pieces,
 )
 from fwc.analysis.space import LOCAL
-from fwc.diagnostics import Span, has_errors, print_diagnostics
+from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
 from fwc.frontend import syntax as s
-from fwc.frontend.loader import LoadedProgram
-from fwc.model.addresses import AddressSet
+from fwc.frontend.parse import PolicyParser, parse_fragment
+from fwc.frontend.resolve import FragmentResolver
 from fwc.pipeline import analyse
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
-COMMAND_LINE = Span("<command line>", 0, 0, 0, 0)
 
 
 class UsageError(Exception):
     """A bad command-line value: reported in one line, exit status 2."""
 
 
+class FragmentError(Exception):
+    """A command-line value that is not valid policy text: diagnostics pointing into it."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__(diagnostics[0].message)
+        self.diagnostics = diagnostics
+
+
 @dataclass(frozen=True)
 class Question:
-    source: str
-    destination: str
+    source: tuple[s.Endpoint, ...]
+    destination: tuple[s.Endpoint, ...]
     services: tuple[model.ServiceMatch, ...]
-    service_text: str | None
     in_interface: str | None
     out_interface: str | None
 
 
 # -- parsing the command line ------------------------------------------------------------
-def _address_item(text: str, policy: model.Policy, cluster: model.Cluster,
-                  negated: bool) -> model.EndpointItem:
-    if text in ("any", "firewall"):
-        return model.EndpointItem(text, text, AddressSet(), negated, None, COMMAND_LINE)
-    if text.endswith(".vip"):
-        iface = cluster.interface(text[: -len(".vip")])
-        if iface is None or not iface.vips:
-            raise UsageError(f"'{text}': cluster '{cluster.name}' has no interface "
-                             f"'{text[:-4]}' with a VIP")
-        return model.EndpointItem("vip", text, AddressSet.of(*(v.ip for v in iface.vips)),
-                                  negated, None, COMMAND_LINE)
-    if text in policy.objects:
-        return model.EndpointItem("object", text, policy.objects[text].addresses, negated, text,
-                                  COMMAND_LINE)
-    if "-" in text and text[0].isdigit() or ("-" in text and ":" in text):
-        first, _, last = text.partition("-")
-        try:
-            low, high = ipaddress.ip_address(first), ipaddress.ip_address(last)
-        except ValueError:
-            raise UsageError(f"'{text}' is not an address range (FIRST-LAST)") from None
-        if low.version != high.version or int(high) < int(low):
-            raise UsageError(f"'{text}' is not a valid range (same family, FIRST <= LAST)")
-        return model.EndpointItem("literal", text, AddressSet.from_range(low, high), negated,
-                                  None, COMMAND_LINE)
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        if text[:1].isdigit() or ":" in text:
-            raise UsageError(f"'{text}' is not a valid address or network ({exc})") from None
-        raise UsageError(f"'{text}' is neither an address nor an object of the policy "
-                         "(nor any, firewall, IFACE.vip)") from None
-    return model.EndpointItem("literal", text, AddressSet.of(network), negated, None,
-                              COMMAND_LINE)
+# The values of --from/--to/--service are fragments of a rule: parsed with the policy
+# grammar's fragment start rules and resolved by the policy's resolver, so they accept and
+# mean exactly what a rule does, and a mistake is a diagnostic at its column.
+def parse_argument(text: str, option: str, start: str, parser: PolicyParser) -> tuple:
+    value, diagnostics = parse_fragment(text, option, start, parser)
+    if diagnostics:
+        raise FragmentError(diagnostics)
+    return value
 
 
-def parse_endpoint(text: str, policy: model.Policy, cluster: model.Cluster) -> model.Endpoint:
-    items = []
-    for raw in text.split(","):
-        word = raw.strip()
-        negated = word.startswith("!")
-        word = word.removeprefix("!").strip()
-        if not word:
-            raise UsageError(f"empty item in '{text}'")
-        items.append(_address_item(word, policy, cluster, negated))
-    return model.Endpoint(tuple(items))
+def parse_question(args: argparse.Namespace, resolver: FragmentResolver) -> Question:
+    parser = PolicyParser()
+    source = parse_argument(args.source, "--from", "endpoints_fragment", parser)
+    destination = parse_argument(args.destination, "--to", "endpoints_fragment", parser)
+    services: tuple[model.ServiceMatch, ...] = ()
+    if args.service is not None:
+        refs = parse_argument(args.service, "--service", "services_fragment", parser)
+        services, diagnostics = resolver.services(refs)
+        if diagnostics:
+            raise FragmentError(diagnostics)
+    return Question(source, destination, services, args.in_interface, args.out_interface)
 
 
-def parse_services(text: str | None, policy: model.Policy) -> tuple[model.ServiceMatch, ...]:
-    if not text:
-        return ()
-    from fwc.frontend.resolve import Resolver
-
-    resolver = Resolver(LoadedProgram("", (), ()))
-    out: list[model.ServiceMatch] = []
-    # Specs may contain commas (tcp/80,443); split on commas that start a new item.
-    items: list[str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if items and "/" in items[-1] and part and (part[0].isdigit() or "-" in part[:1]) \
-                and "/" not in part:
-            items[-1] += "," + part
-        else:
-            items.append(part)
-    for item in items:
-        if not item:
-            raise UsageError(f"empty service in '{text}'")
-        if item in policy.services:
-            out.extend(policy.services[item].matches)
-            continue
-        kind = "spec" if "/" in item else "name"
-        if kind == "name" and item not in resolver_protocols():
-            raise UsageError(f"unknown service '{item}' (a service of the policy, a protocol "
-                             "name, or a spec such as tcp/22, udp/53, icmp/echo-request)")
-        got = resolver.service_item(s.ServiceRef(kind, item, COMMAND_LINE))
-        if resolver.diagnostics or not got:
-            why = resolver.diagnostics[0].message if resolver.diagnostics else "unknown"
-            raise UsageError(f"bad service '{item}': {why}")
-        out.extend(got)
-    return tuple(out)
-
-
-def resolver_protocols() -> frozenset[str]:
-    from fwc.protocols import IP_PROTOCOLS
-
-    return frozenset(IP_PROTOCOLS)
+def _one_line(diagnostic: Diagnostic) -> str:
+    where = diagnostic.span
+    at = f"{where.file}:{where.line}:{where.column}: " if where else ""
+    return f"{at}{diagnostic.message}"
 
 
 # -- answering --------------------------------------------------------------------------
@@ -200,33 +149,41 @@ def piece_lines(piece: Piece, texts: dict[str, str], indent: str) -> list[str]:
     return lines
 
 
-def _traffic(policy: model.Policy, cluster: model.Cluster, question: Question) -> TrafficClass:
+def _traffic(cluster: model.Cluster, question: Question,
+             resolver: FragmentResolver) -> TrafficClass:
     for iface in (question.in_interface, question.out_interface):
         if iface is not None and cluster.interface(iface) is None:
             raise UsageError(f"cluster '{cluster.name}' has no interface '{iface}' "
                              f"(it has: {', '.join(i.name for i in cluster.interfaces)})")
-    return TrafficClass(parse_endpoint(question.source, policy, cluster),
-                        parse_endpoint(question.destination, policy, cluster),
-                        question.services, question.in_interface, question.out_interface)
+    source, problems = resolver.endpoint(question.source, cluster)
+    destination, more = resolver.endpoint(question.destination, cluster)
+    if source is None or destination is None:
+        raise FragmentError(problems + more)
+    return TrafficClass(source, destination, question.services, question.in_interface,
+                        question.out_interface)
 
 
-def answer(policy: model.Policy, question: Question) \
+def answer(policy: model.Policy, question: Question, resolver: FragmentResolver) \
         -> tuple[list[tuple[model.Cluster, MemberView, list[Piece]]], list[str]]:
     """Per member of every cluster the question makes sense for; and why others were skipped.
 
     In a policy with several clusters an interface or `IFACE.vip` may exist in
     only some of them: those are answered, the others are named as skipped. A
-    question that fits no cluster is a usage error.
+    question that fits no cluster raises the first cluster's error.
     """
     out = []
     skipped: list[str] = []
+    first_error: UsageError | FragmentError | None = None
     for cluster in policy.clusters:
         try:
-            traffic = _traffic(policy, cluster, question)
-        except UsageError as exc:
-            if len(policy.clusters) == 1:
-                raise
-            skipped.append(str(exc))
+            traffic = _traffic(cluster, question, resolver)
+        except (UsageError, FragmentError) as exc:
+            first_error = first_error or exc
+            if isinstance(exc, FragmentError):
+                skipped.append(f"cluster '{cluster.name}': "
+                               + "; ".join(_one_line(d) for d in exc.diagnostics))
+            else:
+                skipped.append(str(exc))
             continue
         routed = question.in_interface is None or question.out_interface is None
         for member in cluster.members:
@@ -234,8 +191,8 @@ def answer(policy: model.Policy, question: Question) \
             pieces = classify(view, traffic)
             # parts that differ only by the interface routing picked read better together
             out.append((cluster, view, merge_routed_pieces(pieces) if routed else pieces))
-    if not out and skipped:
-        raise UsageError(skipped[0])
+    if not out and first_error is not None:
+        raise first_error
     return out, skipped
 
 
@@ -248,12 +205,15 @@ def run(args: argparse.Namespace) -> int:
     policy = analysis.policy
     texts = analysis.program.texts
     try:
-        question = Question(args.source, args.destination,
-                            parse_services(args.service, policy), args.service,
-                            args.in_interface, args.out_interface)
-        results, skipped = answer(policy, question)
+        resolver = FragmentResolver(analysis.program, policy)
+        results, skipped = answer(policy, parse_question(args, resolver), resolver)
     except UsageError as exc:
         print(f"fwc query: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FragmentError as exc:
+        arguments = {"--from": args.source, "--to": args.destination,
+                     "--service": args.service or ""}
+        print_diagnostics(exc.diagnostics, arguments)
         return EXIT_USAGE
     if not policy.clusters:
         print("fwc query: error: the policy defines no cluster", file=sys.stderr)

@@ -1,9 +1,11 @@
-"""Canonical layout of `*.fw` text (`fwc fmt`), from the token stream.
+"""Canonical layout of `*.fw` text (`fwc fmt`), from the syntax tree.
 
-The text is parsed once with the real grammar (so only valid policies are
-formatted) keeping every token; comments are recovered from the gaps between
-tokens, so none is lost. Statements are then found from token types (not from
-the tree's shape), laid out one per line, and aligned in columns:
+The text is parsed once, by the policy parser (`fwc.frontend.parse`), asked to
+keep every token and comment its lexer read (lexer callbacks; comments are
+ignored by the grammar, never lost). Lines and cells come from the syntax
+nodes: each statement, rule, option and link is the run of tokens its node
+spans, and each comment is placed with the line it belongs to, as the walk
+reaches it. Statements are laid out one per line and aligned in columns:
 
 - top level: runs of object and service definitions (`host`, `network`,
   `range`, `group`, `service`) align keyword and name, across blank lines and
@@ -25,15 +27,14 @@ Idempotent: `format_text(format_text(x)) == format_text(x)`.
 
 from __future__ import annotations
 
-import functools
-import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from fwc.frontend.parse import grammar_text
+from fwc.diagnostics import Span
+from fwc.frontend import syntax as s
+from fwc.frontend.parse import BadLiteral, PolicyParser
 
 INDENT = "    "
 OPTION_GAP = "  "
@@ -41,44 +42,9 @@ COMMENT_GAP = "  "
 # A cell longer than the next widest by more than this overflows instead of widening its column.
 OUTLIER_SLACK = 6
 
-# Token roles come from the text of keyword tokens, never from terminal names (which
-# the grammar is free to rename): a token is a keyword when its terminal is a fixed
-# word (or a choice of fixed words); everything else (names, addresses, numbers,
-# strings) is a value.
-TOP_KEYWORDS = frozenset({"include", "host", "network", "range", "group", "service", "cluster",
-                          "policy", "nat", "expect"})
-DEFINITIONS = frozenset({"host", "network", "range", "group", "service"})
-BLOCKS = frozenset({"cluster", "policy", "nat", "expect"})
-CLUSTER_ITEMS = frozenset({"vrrp", "sync", "interface", "member"})
-RULE_STARTS = frozenset({"accept", "drop", "reject", "snat", "dnat", "masquerade", "nonat",
-                         "allow", "deny"})
-ENDPOINT_WORDS = frozenset({",", "!", "any", "firewall"})
-PUNCTUATION = frozenset({",", "!", ";", ":", "[", "]", "{", "}", "->"})
-_COMMENT = re.compile(r"#[^\n]*")
-# A keyword terminal: one word or (?:a|b), optionally ending at a word boundary
-# (keywords that outrank NAME carry a negative lookahead so `anycast` stays a name).
-_FIXED_WORDS = re.compile(
-    r"(?:\(\?:[A-Za-z-]+(?:\|[A-Za-z-]+)*\)|[A-Za-z-]+)(?:\(\?!\[A-Za-z0-9_-\]\))?")
-
 
 class FormatError(Exception):
     """The text does not parse; `fwc check` reports why."""
-
-
-@functools.cache
-def _token_parser() -> Lark:
-    return Lark(grammar_text(), parser="lalr", keep_all_tokens=True, maybe_placeholders=False)
-
-
-@functools.cache
-def _keyword_terminals() -> frozenset[str]:
-    """Terminals that are fixed words or punctuation (from the grammar itself)."""
-    out = set()
-    for terminal in _token_parser().terminals:
-        pattern = terminal.pattern
-        if type(pattern).__name__ == "PatternStr" or _FIXED_WORDS.fullmatch(pattern.value):
-            out.add(terminal.name)
-    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,51 +55,35 @@ class Comment:
     text: str
 
 
-def _leaves(node: Tree | Token) -> Iterator[Token]:
-    if isinstance(node, Token):
-        yield node
-        return
-    for child in node.children:
-        yield from _leaves(child)
-
-
-def tokenize(text: str) -> tuple[list[Token], list[Comment]]:
-    """Every token as the parser lexed it, and every comment, in order."""
+def parse_for_layout(text: str) -> tuple[tuple[s.Statement, ...], list[s.Lexeme],
+                                           list[Comment]]:
+    """The statements of TEXT, every token as the parser lexed it, and every comment."""
+    parser = PolicyParser(keep_tokens=True)
     try:
-        tree = _token_parser().parse(text)
+        statements = parser.parse(text, "<fmt>")
+    except BadLiteral as exc:
+        raise FormatError(exc.diagnostic.message) from None
     except UnexpectedInput as exc:
-        raise FormatError(str(exc).splitlines()[0] if str(exc) else "syntax error") from None
-    tokens = sorted(_leaves(tree), key=lambda t: t.start_pos)
-    comments: list[Comment] = []
-    previous_end = 0
-    for token in [*tokens, None]:
-        gap_end = token.start_pos if token is not None else len(text)
-        for match in _COMMENT.finditer(text, previous_end, gap_end):
-            line = text.count("\n", 0, match.start()) + 1
-            comments.append(Comment(match.start(), match.end(), line, match.group().rstrip()))
-        if token is not None:
-            previous_end = token.end_pos
+        # str() of lark-cython's exceptions can fail; `fwc check` gives the full diagnostic
+        line = getattr(exc, "line", 0) or 0
+        raise FormatError(f"syntax error on line {line}" if line > 0 else "syntax error") \
+            from None
+    comments = [Comment(c.start, c.end, c.line, c.value) for c in parser.comments]
+    return tuple(statements), parser.tokens, comments
+
+
+def tokenize(text: str) -> tuple[list[s.Lexeme], list[Comment]]:
+    """Every token as the parser lexed it, and every comment, in order."""
+    _, tokens, comments = parse_for_layout(text)
     return tokens, comments
 
 
-def _is_value(token: Token) -> bool:
-    return token.type not in _keyword_terminals()
-
-
-def _is_keyword(token: Token, words: frozenset[str]) -> bool:
-    return str(token) in words and not _is_value(token)
-
-
-def _in_endpoint(token: Token) -> bool:
-    return _is_value(token) or str(token) in ENDPOINT_WORDS
-
-
-def join(tokens: list[Token]) -> str:
+def join(tokens: Iterable[s.Lexeme]) -> str:
     """Tokens with canonical spacing: `a, b`, `!x`, `web:8080`, `[2001:db8::1]:80`."""
     out = ""
     previous: str | None = None
     for token in tokens:
-        value = str(token)
+        value = token.value
         if value == ";":
             continue
         if previous is None:
@@ -144,38 +94,6 @@ def join(tokens: list[Token]) -> str:
             out += " " + value
         previous = value
     return out
-
-
-def _option_groups(tokens: list[Token]) -> list[list[int]]:
-    """Cut a token run at each keyword that is not punctuation: one index list per option."""
-    groups: list[list[int]] = []
-    for n, token in enumerate(tokens):
-        value = str(token)
-        if value == ";":
-            continue
-        starts = not _is_value(token) and value not in PUNCTUATION
-        words = [str(tokens[k]) for k in groups[-1]] if groups else []
-        if value == "port" and len(words) == 2 and words[0] == "multicast":
-            starts = False  # `multicast GROUP port N` is one option
-        if value == "file" and words == ["password"]:
-            starts = False  # `password file "path"`
-        if starts or not groups:
-            groups.append([n])
-        else:
-            groups[-1].append(n)
-    return groups
-
-
-def _split_options(tokens: list[Token]) -> list[list[Token]]:
-    return [[tokens[k] for k in group] for group in _option_groups(tokens)]
-
-
-def _first_option(tokens: list[Token]) -> tuple[list[str], str]:
-    """A rule's options as (first option as a column cell, the others two spaces apart)."""
-    options = [join(g) for g in _split_options(tokens)]
-    if not options:
-        return [], ""
-    return [options[0]], OPTION_GAP.join(options[1:])
 
 
 # -- layout items --------------------------------------------------------------------------
@@ -191,6 +109,8 @@ class Line:
     suffix: str = ""  # after everything, one space apart, never aligned (`-> target`)
     kind: str | None = None  # lines of one kind in a run align their cells
     comment: str | None = None
+    rendered: str | None = None  # the aligned text, once its run is known
+    comment_column: int = 0  # where a trailing comment starts, shared by its run
 
     def followed(self, n: int) -> bool:
         """Whether anything but the suffix comes after cell n (only then is it padded)."""
@@ -212,16 +132,51 @@ Item = Line | OwnComment | Blank
 
 
 class _Layout:
-    """Walks the tokens once, producing lines; comments are placed as it goes."""
+    """Walks the syntax tree once, producing lines; comments are placed as it goes.
 
-    def __init__(self, text: str, tokens: list[Token], comments: list[Comment]) -> None:
+    A line is a run of tokens (indices into the lexed tokens) that a syntax node
+    spans; its cells are those tokens joined with canonical spacing.
+    """
+
+    def __init__(self, text: str, statements: tuple[s.Statement, ...], tokens: list[s.Lexeme],
+                 comments: list[Comment]) -> None:
         self.text = text
+        self.statements = statements
         self.tokens = tokens
         self.comments = comments
         self.next_comment = 0
         self.last_end = 0  # source offset of the last token or comment placed
         self.items: list[Item] = []
         self.at_block_start = True
+        self._starting = {(t.line, t.column): n for n, t in enumerate(tokens)}
+        self._ending = {(t.end_line, t.end_column): n for n, t in enumerate(tokens)}
+
+    def first_of(self, span: Span) -> int:
+        """The index of the token a node's span starts with."""
+        return self._starting[(span.line, span.column)]
+
+    def last_of(self, span: Span) -> int:
+        """The index of the token a node's span ends with."""
+        return self._ending[(span.end_line, span.end_column)]
+
+    def groups(self, start: int, end: int, cuts: Iterable[int]) -> list[list[int]]:
+        """Tokens start..end-1 (without `;`) cut after each index in CUTS: one list per option.
+
+        Tokens after the last cut are left out: the caller knows what they are.
+        """
+        out: list[list[int]] = []
+        current: list[int] = []
+        wanted = set(cuts)
+        for n in range(start, end):
+            if self.tokens[n].value != ";":
+                current.append(n)
+            if n in wanted and current:
+                out.append(current)
+                current = []
+        return out
+
+    def texts(self, groups: list[list[int]]) -> list[str]:
+        return [join(self.tokens[k] for k in group) for group in groups]
 
     # -- comments and blank lines ------------------------------------------------------
     def _blank_before(self, start: int) -> bool:
@@ -245,11 +200,11 @@ class _Layout:
 
     def emit(self, line: Line) -> None:
         first, last = self.tokens[line.first], self.tokens[line.last]
-        self._comments_before(first.start_pos, line.indent)
-        self._place_blank(first.start_pos)
-        self._comments_before(last.end_pos, line.indent, hoisted=True)
-        self.last_end = max(self.last_end, last.end_pos)
-        following = self.tokens[line.last + 1].start_pos if line.last + 1 < len(self.tokens) \
+        self._comments_before(first.start, line.indent)
+        self._place_blank(first.start)
+        self._comments_before(last.end, line.indent, hoisted=True)
+        self.last_end = max(self.last_end, last.end)
+        following = self.tokens[line.last + 1].start if line.last + 1 < len(self.tokens) \
             else len(self.text) + 1
         if self.next_comment < len(self.comments):
             comment = self.comments[self.next_comment]
@@ -262,7 +217,7 @@ class _Layout:
 
     def close_block(self, index: int, indent: int) -> None:
         """The `}` at tokens[index]: comments before it stay inside the block."""
-        self._comments_before(self.tokens[index].start_pos, indent + 1)
+        self._comments_before(self.tokens[index].start, indent + 1)
         self.at_block_start = True  # no blank line right before `}`
         self.emit(Line(indent, index, index, text="}"))
 
@@ -272,18 +227,15 @@ class _Layout:
 
     # -- statements -------------------------------------------------------------------
     def run(self) -> list[Item]:
-        i = 0
+        i = 0  # a statement's keyword is the token after the previous statement
         tokens = self.tokens
-        while i < len(tokens):
-            if _is_keyword(tokens[i], BLOCKS):
-                i = self.block(i, 0)
+        for statement in self.statements:
+            if isinstance(statement, s.ClusterDecl | s.BlockDecl):
+                i = self.block(i, 0, statement)
                 continue
-            end = i + 1
-            while end < len(tokens) and not _is_keyword(tokens[end], TOP_KEYWORDS):
-                end += 1
-            if _is_keyword(tokens[i], DEFINITIONS):
-                head = tokens[i:i + 2]
-                self.emit(Line(0, i, end - 1, cells=[str(t) for t in head],
+            end = self.last_of(statement.span) + 1
+            if isinstance(statement, s.AddressDef | s.GroupDef | s.ServiceDef):
+                self.emit(Line(0, i, end - 1, cells=[t.value for t in tokens[i:i + 2]],
                                tail=join(tokens[i + 2:end]), kind="definition"))
             else:
                 self.emit(Line(0, i, end - 1, text=join(tokens[i:end])))
@@ -294,7 +246,7 @@ class _Layout:
     def _matching_brace(self, open_index: int) -> int:
         depth = 0
         for j in range(open_index, len(self.tokens)):
-            value = str(self.tokens[j])
+            value = self.tokens[j].value
             if value == "{":
                 depth += 1
             elif value == "}":
@@ -305,112 +257,119 @@ class _Layout:
 
     def _brace_after(self, index: int) -> int:
         j = index
-        while str(self.tokens[j]) != "{":
+        while self.tokens[j].value != "{":
             j += 1
         return j
 
-    def block(self, i: int, indent: int) -> int:
+    def block(self, i: int, indent: int, decl: s.ClusterDecl | s.BlockDecl) -> int:
         """A `cluster`, `policy`, `nat` or `expect` block starting at tokens[i]."""
         brace = self._brace_after(i)
         close = self._matching_brace(brace)
         self.open_block(Line(indent, i, brace, text=join(self.tokens[i:brace + 1])))
-        kind = str(self.tokens[i])
-        if kind == "cluster":
-            self.cluster_body(brace + 1, close, indent + 1)
+        if isinstance(decl, s.ClusterDecl):
+            self.cluster_body(brace + 1, close, indent + 1, decl)
         else:
-            self.rules(brace + 1, close, indent + 1, kind)
+            self.rules(close, indent + 1, decl)
         self.close_block(close, indent)
         return close + 1
 
-    def rules(self, start: int, end: int, indent: int, block: str) -> None:
-        tokens = self.tokens
-        i = start
-        while i < end:
-            j = i + 1
-            while j < end and not _is_keyword(tokens[j], RULE_STARTS):
-                j += 1
-            self.emit(self.rule_line(i, j, indent, block))
-            i = j
+    def rules(self, close: int, indent: int, block: s.BlockDecl) -> None:
+        starts = [self.first_of(rule.span) for rule in block.rules]
+        # a rule runs up to the next one: its span may stop short of a NAT target's `]`
+        for rule, first, end in zip(block.rules, starts, [*starts[1:], close], strict=True):
+            self.emit(self.rule_line(first, end, indent, block.kind, rule))
 
-    def rule_line(self, i: int, end: int, indent: int, block: str) -> Line:
-        tokens = self.tokens[i:end]
+    def rule_line(self, i: int, end: int, indent: int, block: str, rule: s.RuleDecl) -> Line:
+        tokens = self.tokens
+        arrow_or_to = self.last_of(rule.sources[-1].span) + 1
+        after = self.last_of(rule.destinations[-1].span) + 1
+        source = join(tokens[i + 1:arrow_or_to]) if block == "expect" \
+            else join(tokens[i + 2:arrow_or_to])
+        destination = join(tokens[arrow_or_to + 1:after])
+        cuts = [self.last_of(option.span) for option in rule.options]
+        if block == "expect" and rule.services:
+            cuts.append(self.last_of(rule.services[-1].span))
+        groups = self.groups(after, end, cuts)
+        options = self.texts(groups)
+        first, tail = options[:1], OPTION_GAP.join(options[1:])
         if block == "expect":
-            separator = next(k for k, t in enumerate(tokens) if str(t) == "->")
-            source = tokens[1:separator]
-            k = separator + 1
-            while k < len(tokens) and _in_endpoint(tokens[k]):
-                k += 1
-            destination = tokens[separator + 1:k]
-            first, tail = _first_option(tokens[k:])
             # the empty cell leaves two spaces before the arrow: `client  -> server`
-            cells = [str(tokens[0]), join(source), "", "->", join(destination), *first]
+            cells = [tokens[i].value, source, "", "->", destination, *first]
             return Line(indent, i, end - 1, cells=cells, tail=tail, tail_gap=OPTION_GAP,
                         kind="expect")
-        to = next(k for k, t in enumerate(tokens) if _is_keyword(t, frozenset({"to"})))
-        k = to + 1
-        while k < len(tokens) and _in_endpoint(tokens[k]):
-            k += 1
-        rest = tokens[k:]
-        arrow = next((n for n, t in enumerate(rest) if str(t) == "->"), None)
-        options, target = (rest, []) if arrow is None else (rest[:arrow], rest[arrow:])
-        first, tail = _first_option(options)
-        cells = [str(tokens[0]), "from", join(tokens[2:to]), "to", join(tokens[to + 1:k]),
-                 *first]
+        target_start = groups[-1][-1] + 1 if groups else after
+        cells = [tokens[i].value, tokens[i + 1].value, source, tokens[arrow_or_to].value,
+                 destination, *first]
         return Line(indent, i, end - 1, cells=cells, tail=tail, tail_gap=OPTION_GAP,
-                    suffix=join(target), kind=block)
+                    suffix=join(tokens[target_start:end]), kind=block)
 
-    def cluster_body(self, start: int, end: int, indent: int) -> None:
-        tokens = self.tokens
+    def cluster_body(self, start: int, end: int, indent: int, cluster: s.ClusterDecl) -> None:
+        # an interface or member starts with its keyword, just before its name
+        interfaces = {self.first_of(i.name.span) - 1: i for i in cluster.interfaces}
+        members = {self.first_of(m.name.span) - 1: m for m in cluster.members}
+        options = (*cluster.vrrp, *cluster.sync)
         i = start
         while i < end:
-            word = str(tokens[i]) if not _is_value(tokens[i]) else ""
-            if word in ("vrrp", "sync") and i + 1 < end and str(tokens[i + 1]) == "{":
-                i = self.option_block(i, indent)
-            elif word == "member":
-                i = self.member(i, indent)
-            else:
-                j = i + 1
-                while j < end and not _is_keyword(tokens[j], CLUSTER_ITEMS):
-                    j += 1
-                head, rest = tokens[i:i + 2], tokens[i + 2:j]
-                tail = OPTION_GAP.join(join(g) for g in _split_options(rest))
-                self.emit(Line(indent, i, j - 1, cells=[str(t) for t in head], tail=tail,
-                               kind="interface"))
-                i = j
+            if i in members:
+                i = self.member(i, indent, members[i])
+            elif i in interfaces:
+                i = self.interface(i, indent, interfaces[i])
+            else:  # `vrrp { ... }` or `sync { ... }`
+                i = self.option_block(i, indent, options)
 
-    def option_block(self, i: int, indent: int) -> int:
+    def interface(self, i: int, indent: int, decl: s.InterfaceDecl) -> int:
+        tokens = self.tokens
+        j = self.last_of(decl.span) + 1
+        # a `vip` list ends at an address not followed by a comma
+        values = [self.last_of(w.span) for w in (*decl.vips, *([decl.vrid] if decl.vrid else []))]
+        cuts = [n for n in values if n + 1 >= j or tokens[n + 1].value != ","]
+        tail = OPTION_GAP.join(self.texts(self.groups(i + 2, j, cuts)))
+        self.emit(Line(indent, i, j - 1, cells=[t.value for t in tokens[i:i + 2]], tail=tail,
+                       kind="interface"))
+        return j
+
+    def option_cuts(self, options: Iterable[s.Option]) -> list[int]:
+        """Where the options end; `multicast GROUP port N` is one option."""
+        ordered = sorted(options, key=lambda o: (o.span.line, o.span.column))
+        cuts = []
+        for n, option in enumerate(ordered):
+            last = self.last_of(option.span)
+            following = ordered[n + 1] if n + 1 < len(ordered) else None
+            if option.key == "multicast" and following is not None \
+                    and following.key == "port" \
+                    and self.first_of(following.span) == last + 2:
+                continue
+            cuts.append(last)
+        return cuts
+
+    def option_block(self, i: int, indent: int, options: tuple[s.Option, ...]) -> int:
         close = self._matching_brace(i + 1)
-        options = _split_options(self.tokens[i + 2:close])
+        inside = [o for o in options if i + 1 < self.first_of(o.span) < close]
+        groups = self.groups(i + 2, close, self.option_cuts(inside))
         one_line = self.tokens[i].line == self.tokens[close].line
-        name = str(self.tokens[i])
+        name = self.tokens[i].value
         if one_line:
-            inner = OPTION_GAP.join(join(g) for g in options)
+            inner = OPTION_GAP.join(self.texts(groups))
             text = f"{name} {{ {inner} }}" if inner else f"{name} {{ }}"
             self.emit(Line(indent, i, close, text=text))
             return close + 1
         self.open_block(Line(indent, i, i + 1, text=f"{name} {{"))
-        for group in _option_groups(self.tokens[i + 2:close]):
-            first, last = i + 2 + group[0], i + 2 + group[-1]
-            self.emit(Line(indent + 1, first, last, text=join(self.tokens[first:last + 1])))
+        for group in groups:
+            self.emit(Line(indent + 1, group[0], group[-1],
+                           text=join(self.tokens[group[0]:group[-1] + 1])))
         self.close_block(close, indent)
         return close + 1
 
-    def member(self, i: int, indent: int) -> int:
+    def member(self, i: int, indent: int, decl: s.MemberDecl) -> int:
         tokens = self.tokens
         brace = self._brace_after(i)
         close = self._matching_brace(brace)
         self.open_block(Line(indent, i, brace, text=join(tokens[i:brace + 1])))
-        j = brace + 1
-        while j < close:
-            start = j
-            j += 2  # interface name, device
-            while j < close and (str(tokens[j]) == "," or (
-                    _is_value(tokens[j]) and (str(tokens[j])[:1].isdigit() or ":" in tokens[j]))):
-                j += 1
-            cells = [str(tokens[start]), str(tokens[start + 1])] if start + 1 < close \
-                else [str(tokens[start])]
-            self.emit(Line(indent + 1, start, min(j, close) - 1, cells=cells,
-                           tail=join(tokens[start + 2:j]), kind="link"))
+        for link in decl.links:
+            start, last = self.first_of(link.span), self.last_of(link.span)
+            self.emit(Line(indent + 1, start, last,
+                           cells=[tokens[start].value, tokens[start + 1].value],
+                           tail=join(tokens[start + 2:last + 1]), kind="link"))
         self.close_block(close, indent)
         return close + 1
 
@@ -455,19 +414,17 @@ def _render_cells(line: Line, widths: list[int]) -> str:
 
 
 def render(items: list[Item]) -> str:
-    rendered: dict[int, str] = {}
-    comment_column: dict[int, int] = {}
     for run in _runs(items):
         # a cell at the end of its line needs no padding, so it does not widen its column
         widths = [_column_width([len(line.cells[n]) for line in run
                                  if n < len(line.cells) and line.followed(n)])
                   for n in range(max(len(line.cells) for line in run))]
-        texts = {id(line): _render_cells(line, widths) for line in run}
-        rendered.update(texts)
-        with_comment = [len(texts[id(line)]) for line in run if line.comment]
-        column = max(with_comment, default=0)
         for line in run:
-            comment_column[id(line)] = column
+            line.rendered = _render_cells(line, widths)
+        column = max((len(line.rendered) for line in run if line.comment and line.rendered),
+                     default=0)
+        for line in run:
+            line.comment_column = column
     out: list[str] = []
     for item in items:
         if isinstance(item, Blank):
@@ -475,10 +432,10 @@ def render(items: list[Item]) -> str:
         elif isinstance(item, OwnComment):
             out.append(INDENT * item.indent + item.text)
         else:
-            text = rendered.get(id(item), item.text)
+            text = item.text if item.rendered is None else item.rendered
             if item.comment:
-                text = text.ljust(comment_column.get(id(item), len(text))) + COMMENT_GAP \
-                    + item.comment
+                column = item.comment_column if item.rendered is not None else len(text)
+                text = text.ljust(column) + COMMENT_GAP + item.comment
             out.append(INDENT * item.indent + text)
     while out and out[-1] == "":
         out.pop()
@@ -487,5 +444,5 @@ def render(items: list[Item]) -> str:
 
 def format_text(text: str) -> str:
     """The canonical layout of a policy text; raises FormatError when it does not parse."""
-    tokens, comments = tokenize(text)
-    return render(_Layout(text, tokens, comments).run())
+    statements, tokens, comments = parse_for_layout(text)
+    return render(_Layout(text, statements, tokens, comments).run())

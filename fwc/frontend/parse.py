@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -20,6 +21,9 @@ from fwc.frontend import syntax as s
 from fwc.text import LiteralError, decode_literal
 
 MAX_SYNTAX_ERRORS = 10
+# Start rules of grammar/fwc.lark: a whole file, and the fragments of a rule that
+# `fwc query` takes on its command line.
+_STARTS = ("start", "endpoints_fragment", "services_fragment")
 
 _TERMINAL_NAMES = {
     "NAME": "a name", "DEVICE": "a device name", "VIP_REF": "IFACE.vip",
@@ -56,8 +60,15 @@ def _plugins() -> dict[str, object]:
     return {"_plugins": lark_cython.plugins}
 
 
+class _Tables(NamedTuple):
+    data: dict
+    memo: dict
+    fragment_terminals: dict[str, frozenset[str]]  # per start rule
+    terminals: tuple[str, ...]  # the terminals the parser sees (not whitespace, comments)
+
+
 @functools.cache
-def _tables() -> tuple[dict, dict]:
+def _tables() -> _Tables:
     """The analysed grammar (LALR tables, terminals, rules) as plain data, once per process.
 
     Built in memory, never with lark's `cache=True`: that option loads whatever pickle sits
@@ -65,8 +76,36 @@ def _tables() -> tuple[dict, dict]:
     whoever runs fwc. Building costs about 50 ms per process (docs/performance.md); the
     result is only read afterwards (every parser deserialises its own objects from it).
     """
-    base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, **_plugins())
-    return base.memo_serialize([TerminalDef, Rule])
+    base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, start=list(_STARTS),
+                **_plugins())
+    data, memo = base.memo_serialize([TerminalDef, Rule])
+    return _Tables(data, memo, _terminals_of_starts(base.rules),
+                   tuple(t.name for t in base.terminals if t.name not in base.ignore_tokens))
+
+
+def _terminals_of_starts(rules: list[Rule]) -> dict[str, frozenset[str]]:
+    """Per start rule, the terminals its text can hold.
+
+    LALR shares states between contexts, so the terminals a syntax error lists
+    include those of a whole rule even when only an endpoint list was parsed; a
+    fragment's hint keeps only the terminals the fragment can contain.
+    """
+    expansions: dict[str, list] = {}
+    for rule in rules:
+        expansions.setdefault(rule.origin.name, []).append(rule.expansion)
+    out = {}
+    for start in _STARTS:
+        seen, todo, terminals = {start}, [start], set()
+        while todo:
+            for expansion in expansions.get(todo.pop(), ()):
+                for symbol in expansion:
+                    if symbol.is_term:
+                        terminals.add(symbol.name)
+                    elif symbol.name not in seen:
+                        seen.add(symbol.name)
+                        todo.append(symbol.name)
+        out[start] = frozenset(terminals)
+    return out
 
 
 class PolicyParser:
@@ -80,15 +119,43 @@ class PolicyParser:
     at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_tokens: bool = False) -> None:
         self._builder = _Builder("<policy>")
-        data, memo = _tables()
+        tables = _tables()
+        # Comments reach the lexer callback although the grammar ignores them: the one
+        # lexer that parses a file also finds its comments (`fwc fmt` keeps them). Only
+        # comments call back, so a parse for `fwc check` pays nothing per token.
+        self.comments: list[s.Lexeme] = []
+        self.tokens: list[s.Lexeme] = []
+        callbacks = {"COMMENT": self._comment}
+        if keep_tokens:
+            callbacks |= {name: self._token for name in tables.terminals}
         # ~6 ms: the tables are analysed once per process, only the objects are per parser.
-        self._lark = Lark._load_from_dict(data, memo, transformer=self._builder, **_plugins())
+        self._lark = Lark._load_from_dict(tables.data, tables.memo, transformer=self._builder,
+                                          lexer_callbacks=callbacks, **_plugins())
 
-    def parse(self, text: str, path: str) -> list:
+    def _comment(self, token: Token) -> Token:
+        value = token.value.rstrip()
+        # an ignored token carries no end position; a comment never spans lines
+        self.comments.append(s.Lexeme(token.type, value, token.start_pos,
+                                      token.start_pos + len(token.value), token.line,
+                                      token.column, token.line, token.column + len(value)))
+        return token
+
+    def _token(self, token: Token) -> Token:
+        # No terminal spans lines; the ends are computed because a callback may run
+        # before the lexer (lark-cython) has filled them in.
+        width = len(token.value)
+        self.tokens.append(s.Lexeme(token.type, token.value, token.start_pos,
+                                    token.start_pos + width, token.line, token.column,
+                                    token.line, token.column + width))
+        return token
+
+    def parse(self, text: str, path: str, start: str = "start"):
         self._builder.path = path
-        return self._lark.parse(text)
+        self.comments = []
+        self.tokens = []
+        return self._lark.parse(text, start=start)
 
 
 def _describe(terminal: str) -> str:
@@ -97,14 +164,22 @@ def _describe(terminal: str) -> str:
     return f'"{terminal.lower().replace("_", "-")}"' if terminal.isupper() else terminal
 
 
-def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic:
+def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str,
+                       fragment: frozenset[str] | None = None) -> Diagnostic:
+    """FWC001 for EXC; FRAGMENT: the terminals of the fragment that was parsed, if any."""
     line = getattr(exc, "line", 0) or 0
     column = getattr(exc, "column", 0) or 0
     at_end = isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
     if isinstance(exc, UnexpectedEOF) or line <= 0 or at_end:
         lines = text.splitlines() or [""]
         line, column = len(lines), len(lines[-1]) + 1
-        return error("FWC001", "unexpected end of file", Span(path, line, column, line, column),
+        end = Span(path, line, column, line, column)
+        if fragment is not None:
+            expected = sorted({_describe(t) for t in getattr(exc, "expected", ())
+                               if t in fragment})
+            return error("FWC001", f"{path} ends too early", end,
+                         hint=f"expected {', '.join(expected[:8])}" if expected else None)
+        return error("FWC001", "unexpected end of file", end,
                      hint="a block is not closed: check that every '{' has its '}'")
     expected: set[str] = set()
     found = ""
@@ -116,6 +191,8 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str) -> Diagnostic
     elif isinstance(exc, UnexpectedCharacters):
         expected = {t for t in (exc.allowed or ()) if not t.startswith("__")}
         found = f"character {text[exc.pos_in_stream]!r}" if exc.pos_in_stream < len(text) else ""
+    if fragment is not None:
+        expected &= fragment
     names = sorted({_describe(t) for t in expected})
     hint = None
     if names:
@@ -132,7 +209,7 @@ def _blank_line(text: str, line: int) -> str:
     return "\n".join(lines)
 
 
-class _BadString(Exception):  # noqa: N818 - control flow inside the parse, never escapes
+class BadLiteral(Exception):  # noqa: N818 - a syntax error, like lark's
     """Raised by the tree builder for a string literal that cannot be decoded."""
 
     def __init__(self, diagnostic: Diagnostic) -> None:
@@ -151,7 +228,7 @@ def parse_text(text: str, path: str,
     while tree is None:
         try:
             tree = parser.parse(attempt, path)
-        except _BadString as bad:
+        except BadLiteral as bad:
             # Like a syntax error: report it, blank its line and look for more.
             diagnostics.append(bad.diagnostic)
             line = bad.diagnostic.span.line if bad.diagnostic.span else 0
@@ -171,7 +248,24 @@ def parse_text(text: str, path: str,
     if diagnostics:
         # The tree of a repaired text would hide what was removed; keep only errors.
         return s.SourceFile(path, text, ()), diagnostics
-    return s.SourceFile(path, text, tuple(tree)), diagnostics
+    return s.SourceFile(path, text, tuple(tree), tuple(parser.comments)), diagnostics
+
+
+def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None = None) \
+        -> tuple[object, list[Diagnostic]]:
+    """Parse TEXT, the value of command-line argument WHAT, from the grammar rule START.
+
+    Spans name WHAT (`--from:1:5`), so a diagnostic points into the argument. The
+    value is what the tree builder makes of that rule (None after an error).
+    """
+    parser = parser or PolicyParser()
+    try:
+        return parser.parse(text, what, start), []
+    except BadLiteral as bad:
+        return None, [bad.diagnostic]
+    except UnexpectedInput as exc:
+        terminals = _tables().fragment_terminals[start]
+        return None, [_syntax_diagnostic(what, exc, text, fragment=terminals)]
 
 
 _ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "IPV4": "address", "IPV6": "address",
@@ -210,7 +304,7 @@ class _Builder(Transformer):
             # A STRING token never spans lines; +1 skips the opening quote.
             column = token.column + 1 + exc.offset
             span = Span(self.path, token.line, column, token.line, column + 1)
-            raise _BadString(error("FWC004", exc.message, span, hint=exc.hint)) from None
+            raise BadLiteral(error("FWC004", exc.message, span, hint=exc.hint)) from None
 
     def endpoint_of(self, token: Token, negated: bool, span: Span | None = None) -> s.Endpoint:
         kind = _ENDPOINT_KINDS[token.type]
@@ -224,6 +318,12 @@ class _Builder(Transformer):
     # -- top level ---------------------------------------------------------------
     def start(self, children: list) -> list:
         return children
+
+    def endpoints_fragment(self, children: list) -> tuple[s.Endpoint, ...]:
+        return children[0]
+
+    def services_fragment(self, children: list) -> tuple[s.ServiceRef, ...]:
+        return tuple(self.service_ref(c) for c in children)
 
     def include(self, children: list) -> s.Include:
         _keyword, path_token = children

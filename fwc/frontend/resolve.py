@@ -790,3 +790,34 @@ def resolve(program: LoadedProgram, read_secret=None) -> tuple[m.Policy, list[Di
     resolver = Resolver(program, read_secret)
     policy = resolver.run()
     return policy, resolver.diagnostics
+
+
+class FragmentResolver:
+    """Resolves fragments of a rule written outside the policy (`fwc query --from/--service`).
+
+    They mean what they would mean in a rule of POLICY: its objects, services and a
+    cluster's interfaces, with the resolver's own diagnostics (spans name the
+    fragment, e.g. `--from:1:5`). Built from the resolved policy, so nothing is
+    resolved twice; PROGRAM supplies the declarations behind the hints.
+    """
+
+    def __init__(self, program: LoadedProgram, policy: m.Policy) -> None:
+        self._resolver = Resolver(program)
+        self._resolver.declare([st for f in program.files for st in f.statements])
+        self._resolver.objects = dict(policy.objects)
+        self._resolver.services = dict(policy.services)
+
+    def _collect(self) -> list[Diagnostic]:
+        out = self._resolver.diagnostics
+        self._resolver.diagnostics = []
+        return out
+
+    def endpoint(self, items: tuple[s.Endpoint, ...], cluster: m.Cluster) \
+            -> tuple[m.Endpoint | None, list[Diagnostic]]:
+        got = self._resolver.endpoint(items, {i.name: i for i in cluster.interfaces})
+        return got, self._collect()
+
+    def services(self, refs: tuple[s.ServiceRef, ...]) \
+            -> tuple[tuple[m.ServiceMatch, ...], list[Diagnostic]]:
+        matches, _labels, _ok = self._resolver.services_of(refs)
+        return matches, self._collect()

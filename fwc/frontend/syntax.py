@@ -15,6 +15,26 @@ from typing import NamedTuple
 from fwc.diagnostics import Span
 
 
+class Lexeme(NamedTuple):
+    """A token or comment as the lexer read it: terminal, text, offsets and positions.
+
+    Comments are kept on the parsed file for `fwc fmt`; the formatter also asks
+    the parser for every token (`PolicyParser(keep_tokens=True)`).
+    """
+
+    type: str
+    value: str
+    start: int
+    end: int
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Word(NamedTuple):
     """A token as written: a name, an address, a number, a string's contents."""
 
@@ -149,3 +169,4 @@ class SourceFile:
     path: str
     text: str
     statements: tuple[Statement, ...]
+    comments: tuple[Lexeme, ...] = ()  # in order; the parser skips them, `fwc fmt` keeps them
