@@ -22,7 +22,7 @@ from fwc.backend.lower import (
 )
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error
-from fwc.model import Cluster, Member, Policy
+from fwc.model import Cluster, Member, NatRule, Policy
 from fwc.model import Rule as PolicyRule
 from fwc.model.addresses import AddressSet
 
@@ -168,7 +168,7 @@ def _decider(view: _MemberView, scoped: PolicyRule, sample: NormalRule) \
 
 
 def _is_nat(rule: PolicyRule) -> bool:
-    return rule.action in ("snat", "dnat", "masquerade", "nonat")
+    return isinstance(rule, NatRule)
 
 
 def _describe_rule(rule: PolicyRule) -> str:
