@@ -51,17 +51,13 @@ from fwc.analysis.space import (
     PORT_PROTOCOL_NUMBERS,
     PORT_SHIFT,
     Box,
-    Intervals,
     coalesce,
     full_addresses,
-    intersect,
-    normalise,
     service_intervals,
-    subtract,
-    union,
 )
 from fwc.model import Cluster, Endpoint, FilterRule, Member, NatRule, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
 from fwc.model.semantics import endpoint_intervals
 from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
@@ -290,8 +286,7 @@ class MemberView:
         return [b for b in boxes if not b.is_empty()]
 
     def chain_of(self, family: int, destination: int) -> str:
-        fw = self.firewall.family(family)
-        return "input" if any(lo <= destination <= hi for lo, hi in fw) else "forward"
+        return "input" if contains(self.firewall.family(family), destination) else "forward"
 
 
 # -- first match -------------------------------------------------------------------

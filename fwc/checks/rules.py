@@ -19,6 +19,7 @@ from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import Cluster, NatRule, NatTarget, Policy, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import IntervalSet
 from fwc.model.semantics import Block, PrefixIndex, forwarded_and_local, hull
 from fwc.model.vocabulary import Action, FilterAction, NatAction
 
@@ -176,9 +177,8 @@ def covers(outer: Flow, inner: Flow) -> bool:
     return True
 
 
-def _port_set(ranges: Iterable[PortRange]) -> AddressSet:
-    """Port ranges as a normalised interval set (the interval code is reused as is)."""
-    return AddressSet() | AddressSet(tuple((p.low, p.high) for p in ranges))
+def _port_set(ranges: Iterable[PortRange]) -> IntervalSet:
+    return IntervalSet.of(ranges)
 
 
 def _services_overlap(a: tuple[ServiceMatch, ...], b: tuple[ServiceMatch, ...],
