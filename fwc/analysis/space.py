@@ -27,7 +27,6 @@ from fwc.model.intervals import Intervals, covers, intersect, normalise, subtrac
 PORT_SHIFT = 16
 PORT_PROTOCOL_NUMBERS = frozenset(proto.IP_PROTOCOLS[name] for name in proto.PORT_PROTOCOLS)
 ICMP_NUMBERS = frozenset({proto.IP_PROTOCOLS["icmp"], proto.IP_PROTOCOLS["icmpv6"]})
-ICMP_FAMILY = {proto.IP_PROTOCOLS["icmp"]: 4, proto.IP_PROTOCOLS["icmpv6"]: 6}
 
 # The pseudo-interface of traffic that starts or ends on the firewall itself:
 # the in interface of OUTPUT traffic and the out interface of INPUT traffic.

@@ -463,7 +463,7 @@ class Resolver:
                          idecl.name.span,
                          hint="set 'vrid N' on the interface or a cluster-wide 'vrid' in vrrp { }")
             out.append(m.Interface(idecl.name.text, tuple(vips), vrid if idecl.vips else None,
-                                   idecl.vrid is not None, idecl.span, tuple(spans)))
+                                   idecl.span, tuple(spans)))
         return tuple(out)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:

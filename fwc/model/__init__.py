@@ -283,7 +283,6 @@ class Interface:
     name: str
     vips: tuple[IPInterface, ...]
     vrid: int | None  # its own or the cluster default; None when no VIP
-    vrid_explicit: bool
     span: Span
     vip_spans: tuple[Span, ...] = ()
 
