@@ -86,14 +86,6 @@ class Diagnostic:
         return out
 
 
-class DiagnosticError(Exception):
-    """Raised by a stage that cannot go on; carries the diagnostics that say why."""
-
-    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
-        self.diagnostics = tuple(diagnostics)
-        super().__init__("; ".join(d.message for d in self.diagnostics))
-
-
 def error(code: str, message: str, span: Span | None = None, hint: str | None = None,
           related: Iterable[Related] = ()) -> Diagnostic:
     return Diagnostic(code, Severity.ERROR, message, span, hint, tuple(related))

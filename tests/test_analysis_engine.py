@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fwc.analysis.engine import MemberView, Piece, TrafficClass, classify
+from fwc.backend.lower import lower
 from fwc.model import Cluster, Endpoint, Policy, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
@@ -354,3 +355,29 @@ def test_every_arrival_interface_when_routing_is_off(edge):
     by_in = {frozenset(p.box.in_ifaces): p for p in pieces}
     assert by_in[frozenset({"uplink"})].verdict == "accept"
     assert all(p.verdict == "drop" for k, p in by_in.items() if "uplink" not in k)
+
+
+def test_nonat_works_only_in_the_stage_its_interfaces_name(tmp_path):
+    """A nonat with only `in` exempts from dnat alone: the compiler puts it in PREROUTING
+    only, so the snat after it still translates. The engine used to exempt in both stages
+    and told `fwc query` the traffic left untranslated."""
+    text = EDGE.read_text(encoding="utf-8")
+    path = tmp_path / "nonat.fw"
+    exemption = "nat edge {\n    nonat from lan to server in lan\n"
+    path.write_text(text.replace("nat edge {\n", exemption), encoding="utf-8")
+    policy = _policy(path)
+    cluster = policy.clusters[0]
+    nonat = cluster.nat[0]
+    assert nonat.action == "nonat" and nonat.in_interface == "lan"
+    for member in cluster.members:
+        rules = lower(cluster, member, 4)
+        # the compiled side: the exemption sits in nat PREROUTING and not in POSTROUTING
+        placed = {chain for table, chain, rule in rules.rules()
+                  if table == "nat" and rule.origin.rule is nonat}
+        assert placed == {"PREROUTING"}
+        piece = only_piece(classify(MemberView(cluster, member),
+                                    TrafficClass(hosts("192.0.2.10"), hosts("198.51.100.10"),
+                                                 tcp(5001))))
+        assert piece.dnat is not None and piece.dnat.address is None  # exempt from dnat
+        assert piece.snat is not None and piece.snat.kind == "snat"
+        assert piece.snat.address == "198.51.100.254"

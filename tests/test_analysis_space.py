@@ -11,14 +11,11 @@ from fwc.analysis.space import (
     ALL_SERVICES,
     Box,
     coalesce,
-    intersect,
-    normalise,
     protocol_block,
     service_intervals,
-    subtract,
 )
 from fwc.model import PortRange, ServiceMatch
-from fwc.model.addresses import _intersect
+from fwc.model.intervals import _intersect_merge, intersect, normalise, subtract
 
 IFACES = ("a", "b", "c")
 SMALL = 64  # a 6-bit address space keeps the oracle exhaustive
@@ -109,8 +106,8 @@ def test_coalesce_keeps_the_union(parts: list[Box]) -> None:
 def test_intersect_fast_path_matches_merge(a, b) -> None:
     left = normalise((lo, lo + w) for lo, w in a)
     right = normalise((lo, lo + w) for lo, w in b)
-    assert intersect(left, right) == _intersect(left, right)
-    assert intersect(right, left) == _intersect(left, right)
+    assert intersect(left, right) == _intersect_merge(left, right)
+    assert intersect(right, left) == _intersect_merge(left, right)
 
 
 def test_service_axis_blocks() -> None:

@@ -20,17 +20,13 @@ from fwc.analysis.space import (
     PORT_PROTOCOL_NUMBERS,
     PORT_SHIFT,
     Box,
-    Intervals,
-    covers,
     full_addresses,
-    intersect,
-    normalise,
     protocol_block,
     service_intervals,
-    subtract,
 )
 from fwc.model import Cluster, Policy, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import Intervals, covers, intersect, normalise, subtract
 
 MAX_CIDRS = 4
 _KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3, "vip": 4}

@@ -51,24 +51,20 @@ from fwc.analysis.space import (
     PORT_PROTOCOL_NUMBERS,
     PORT_SHIFT,
     Box,
-    Intervals,
     coalesce,
     full_addresses,
-    intersect,
-    normalise,
     service_intervals,
-    subtract,
-    union,
 )
-from fwc.model import Cluster, Endpoint, Member, Rule, ServiceMatch
+from fwc.model import Cluster, Endpoint, FilterRule, Member, NatRule, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
 from fwc.model.semantics import endpoint_intervals
+from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
 FAMILIES = (4, 6)
 CHAINS = ("input", "forward", "output")
-DEFAULT_POLICY = {"input": "drop", "forward": "drop", "output": "accept", "local": "accept"}
-DNAT_STAGE = frozenset({"dnat", "nonat"})
-SNAT_STAGE = frozenset({"snat", "masquerade", "nonat"})
+DEFAULT_POLICY = {"input": FilterAction.DROP, "forward": FilterAction.DROP,
+                  "output": FilterAction.ACCEPT, "local": FilterAction.ACCEPT}
 
 # What a traffic class's address side may be: a policy endpoint (any/firewall
 # resolved per member), a plain address set, or None for every address.
@@ -92,12 +88,12 @@ class TrafficClass:
 class NatStep:
     """The NAT rule that decided a piece in one stage, and what it translates to."""
 
-    rule: Rule
+    rule: NatRule
     address: str | None  # None for nonat
     port: int | None
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> NatAction:
         return self.rule.action
 
     def __str__(self) -> str:
@@ -114,14 +110,14 @@ class Piece:
 
     box: Box  # in the original packet's terms
     chain: str  # input, forward, output or local
-    verdict: str  # accept, drop, reject
-    rule: Rule | None
+    verdict: FilterAction
+    rule: FilterRule | None
     dnat: NatStep | None = None
     snat: NatStep | None = None
 
     @property
     def accepted(self) -> bool:
-        return self.verdict == "accept"
+        return self.verdict is FilterAction.ACCEPT
 
     @property
     def decided_by(self) -> str:
@@ -201,7 +197,7 @@ class MemberView:
             found = memo[key] = endpoint_intervals(endpoint, self.firewall, family)
         return found
 
-    def _build_family(self, family: int, rules: list[Rule], nat: list[Rule]) -> None:
+    def _build_family(self, family: int, rules: list[FilterRule], nat: list[NatRule]) -> None:
         for chain, region in self._regions(family).items():
             self.regions[(family, chain)] = region
         memo: dict[tuple[object, ...], Intervals] = {}
@@ -213,15 +209,18 @@ class MemberView:
             self.filter[(family, chain)] = shared
         dnat, snat = [], []
         for rule in nat:
-            if rule.action == "dnat" and (rule.target is None
-                                          or not rule.target.addresses.family(family)):
+            if rule.action is NatAction.DNAT and (
+                    rule.target is None or not rule.target.addresses.family(family)):
                 continue  # no address to translate to in this family
             box = self.rule_box(rule, family, memo)
             if box is None:
                 continue
-            if rule.action in DNAT_STAGE:
+            # The stages the compiler puts the rule in (a nonat with only `in` or only
+            # `out` works in one stage, like its kernel rule).
+            stages = rule.stages
+            if NatStage.PREROUTING in stages:
                 dnat.append((rule, box))
-            if rule.action in SNAT_STAGE:
+            if NatStage.POSTROUTING in stages:
                 snat.append((rule, box))
         self.dnat[family] = RuleList(family, dnat)
         self.snat[family] = RuleList(family, snat)
@@ -287,8 +286,7 @@ class MemberView:
         return [b for b in boxes if not b.is_empty()]
 
     def chain_of(self, family: int, destination: int) -> str:
-        fw = self.firewall.family(family)
-        return "input" if any(lo <= destination <= hi for lo, hi in fw) else "forward"
+        return "input" if contains(self.firewall.family(family), destination) else "forward"
 
 
 # -- first match -------------------------------------------------------------------
@@ -330,7 +328,7 @@ def _per_protocol(services: Intervals) -> dict[int, Intervals]:
     return {n: tuple(v) for n, v in out.items()}
 
 
-def _translate(view: MemberView, box: Box, step: Rule, forced_out: str | None,
+def _translate(view: MemberView, box: Box, step: NatRule, forced_out: str | None,
                entry_terms: bool) -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
     """The box as the filter sees it after DNAT, its chain, and the way back."""
     assert step.target is not None
@@ -379,11 +377,11 @@ def _translate(view: MemberView, box: Box, step: Rule, forced_out: str | None,
     return translated, chain, NatStep(step, address, port), back
 
 
-def _snat_step(view: MemberView, rule: Rule, family: int, out_ifaces: frozenset[str]) \
+def _snat_step(view: MemberView, rule: NatRule, family: int, out_ifaces: frozenset[str]) \
         -> NatStep:
-    if rule.action == "nonat":
+    if rule.action is NatAction.NONAT:
         return NatStep(rule, None, None)
-    if rule.action == "masquerade":
+    if rule.action is NatAction.MASQUERADE:
         names = sorted(out_ifaces) if rule.out_interface is None else [rule.out_interface]
         for name in names:
             link = view.member.link(name)
@@ -406,7 +404,7 @@ def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None 
     is a sub-box of `box` (what comparing two policies needs).
     """
     if chain == "local":
-        yield Piece(box, "local", "accept", None)
+        yield Piece(box, "local", FilterAction.ACCEPT, None)
         return
     family = box.family
     if chain in ("input", "forward"):
@@ -414,7 +412,7 @@ def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None 
     else:
         stages = iter([(box, None)])
     for part, nat in stages:
-        if nat is None or nat.rule.action == "nonat":
+        if nat is None or nat.rule.action is NatAction.NONAT:
             dnat = NatStep(nat.rule, None, None) if nat is not None else None
             yield from _filter(view, part, chain, dnat, lambda b: b)
             continue
@@ -428,7 +426,7 @@ def _filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
     for part, decided in first_match(view.filter[(box.family, chain)], box):
         rule = decided.rule if decided is not None else None
         verdict = rule.action if rule is not None else DEFAULT_POLICY[chain]
-        if verdict != "accept" or chain == "input":
+        if verdict is not FilterAction.ACCEPT or chain == "input":
             yield Piece(back(part), chain, verdict, rule, dnat, None)
             continue
         for nat_part, nat in first_match(view.snat[box.family], part):

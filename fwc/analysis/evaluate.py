@@ -30,6 +30,7 @@ from fwc.backend.lower.ruleset import (
     Rule,
     Table,
 )
+from fwc.model.intervals import Intervals, contains, normalise
 
 TCP = proto.IP_PROTOCOLS["tcp"]
 GOES_ON = frozenset({"LOG", "CONNMARK"})
@@ -82,16 +83,14 @@ class Decision:
 
 
 @functools.lru_cache(maxsize=65536)
-def _intervals(cidrs: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+def _intervals(cidrs: tuple[str, ...]) -> Intervals:
     out = []
     for cidr in cidrs:
         net = ipaddress.ip_network(cidr, strict=False)
         out.append((int(net.network_address), int(net.broadcast_address)))
-    return tuple(sorted(out))
+    return normalise(out)
 
 
-def _contains(intervals: tuple[tuple[int, int], ...], value: int) -> bool:
-    return any(lo <= value <= hi for lo, hi in intervals)
 
 
 def multiport_groups(match: Match) -> int:
@@ -129,9 +128,9 @@ class Evaluator:
 
     def _address(self, address: AddressMatch, value: int) -> bool:
         if address.set_name is not None:
-            inside = _contains(_intervals(tuple(self.sets[address.set_name])), value)
+            inside = contains(_intervals(tuple(self.sets[address.set_name])), value)
         elif address.cidrs:
-            inside = _contains(_intervals(address.cidrs), value)
+            inside = contains(_intervals(address.cidrs), value)
         else:
             return True
         return inside != address.negated

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from fwc.analysis.space import Box, Intervals
+from fwc.analysis.space import Box
 from fwc.model import Rule
+from fwc.model.intervals import Intervals
 from fwc.model.semantics import PrefixIndex, hull_block
 
 

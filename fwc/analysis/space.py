@@ -16,62 +16,21 @@ that cannot exist (an ICMP type 300, a port on GRE).
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.model import ServiceMatch
-from fwc.model.addresses import FAMILY_BITS, _intersect, _normalise, _subtract
-
-Intervals = tuple[tuple[int, int], ...]
+from fwc.model.addresses import FAMILY_BITS
+from fwc.model.intervals import Intervals, covers, intersect, normalise, subtract, union
 
 PORT_SHIFT = 16
-_INFINITY = 2 ** 129  # above every address and service value
 PORT_PROTOCOL_NUMBERS = frozenset(proto.IP_PROTOCOLS[name] for name in proto.PORT_PROTOCOLS)
 ICMP_NUMBERS = frozenset({proto.IP_PROTOCOLS["icmp"], proto.IP_PROTOCOLS["icmpv6"]})
-ICMP_FAMILY = {proto.IP_PROTOCOLS["icmp"]: 4, proto.IP_PROTOCOLS["icmpv6"]: 6}
 
 # The pseudo-interface of traffic that starts or ends on the firewall itself:
 # the in interface of OUTPUT traffic and the out interface of INPUT traffic.
 LOCAL = "<local>"
-
-
-def normalise(intervals: Iterable[tuple[int, int]]) -> Intervals:
-    return _normalise(intervals)
-
-
-def intersect(a: Intervals, b: Intervals) -> Intervals:
-    """a ∩ b; by binary search when one side is much shorter (a host against a big group)."""
-    if len(a) > len(b):
-        a, b = b, a
-    if not a:
-        return ()
-    if len(b) < 8 * len(a):
-        return _intersect(a, b)
-    out: list[tuple[int, int]] = []
-    for lo, hi in a:
-        k = bisect_right(b, (lo, _INFINITY)) - 1
-        if k < 0:
-            k = 0
-        while k < len(b) and b[k][0] <= hi:
-            start, end = max(lo, b[k][0]), min(hi, b[k][1])
-            if start <= end:
-                out.append((start, end))
-            k += 1
-    return tuple(out)
-
-
-def subtract(a: Intervals, b: Intervals) -> Intervals:
-    return _subtract(a, b)
-
-
-def union(a: Intervals, b: Intervals) -> Intervals:
-    return _normalise(a + b)
-
-
-def covers(outer: Intervals, inner: Intervals) -> bool:
-    return not _subtract(inner, outer)
 
 
 def full_addresses(family: int) -> Intervals:
@@ -112,11 +71,6 @@ def service_intervals(matches: Sequence[ServiceMatch], family: int) -> Intervals
         else:
             out.append(protocol_block(match.number))
     return normalise(out)
-
-
-def split_service(value: int) -> tuple[int, int]:
-    """(protocol number, port or ICMP type) of one point on the service axis."""
-    return value >> PORT_SHIFT, value & 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Expectation, Policy
 from fwc.model.semantics import endpoint_intervals
+from fwc.model.vocabulary import Verdict
 
 # Failing parts reported per expectation; the rest are counted.
 MAX_REPORTS_PER_EXPECTATION = 4
@@ -50,7 +51,7 @@ def evaluate(expectation: Expectation, view: MemberView) -> list[Piece]:
 
 def failures(expectation: Expectation, view: MemberView, pieces: Iterable[Piece],
              vocabulary: Vocabulary) -> Iterator[Failure]:
-    want_accept = expectation.verdict == "allow"
+    want_accept = expectation.verdict is Verdict.ALLOW
     for piece in pieces:
         if piece.accepted != want_accept:
             yield Failure(view.member.name, piece,
@@ -65,7 +66,7 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
     groups: dict[tuple[object, ...], list[Failure]] = {}
     for failure in found:
         groups.setdefault(_decider(failure.piece), []).append(failure)
-    code = "FWC601" if expectation.verdict == "allow" else "FWC602"
+    code = "FWC601" if expectation.verdict is Verdict.ALLOW else "FWC602"
     out: list[Diagnostic] = []
     for group in list(groups.values())[:MAX_REPORTS_PER_EXPECTATION]:
         members = list(dict.fromkeys(f.member for f in group))
@@ -87,7 +88,7 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
         extra = f" (and {more} more part{'s' if more > 1 else ''})" if more > 0 else ""
         message = (f"{expectation.verdict} expectation fails on {where} "
                    f"{', '.join(members)}: {first.text}{extra} is {verdict}{nat} by {by}")
-        if expectation.verdict == "allow":
+        if expectation.verdict is Verdict.ALLOW:
             hint = ("add an accept rule for this traffic before the deciding rule, "
                     "or correct the expectation")
         else:

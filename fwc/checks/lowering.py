@@ -12,8 +12,9 @@ from fwc import protocols as proto
 from fwc.backend.lower.build import filter_parts, log_prefix, nat_part, service_matches
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, error, warning
-from fwc.model import Cluster, Policy, Rule
+from fwc.model import Cluster, FilterRule, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable
+from fwc.model.vocabulary import NatAction
 
 describe("FWC510", "output directory cannot be written", Severity.ERROR, """
 `fwc compile` writes into a staging copy of the output directory and swaps it in
@@ -63,11 +64,14 @@ traffic than written, so the rule is refused.""")
 def nat_interfaces(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for rule in cluster.nat:
-            if rule.action == "dnat" and rule.out_interface is not None:
-                yield error("FWC502", "dnat cannot match 'out': the outgoing interface is "
-                            "not known before routing", rule.span,
+            if rule.action is NatAction.NONAT:
+                continue  # its stages follow its interfaces (FWC503 for both)
+            stages = rule.stages
+            if rule.out_interface is not None and not any(s.sees_out for s in stages):
+                yield error("FWC502", f"{rule.action} cannot match 'out': the outgoing "
+                            "interface is not known before routing", rule.span,
                             hint="remove 'out', or match the destination address instead")
-            if rule.action in ("snat", "masquerade") and rule.in_interface is not None:
+            if rule.in_interface is not None and not any(s.sees_in for s in stages):
                 yield error("FWC502", f"{rule.action} cannot match 'in': POSTROUTING does not "
                             "see the incoming interface", rule.span,
                             hint="remove 'in', or match the source address instead")
@@ -82,7 +86,7 @@ exempt from dnat) or only `out` (to exempt from snat).""")
 def nonat_both_interfaces(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for rule in cluster.nat:
-            if rule.action == "nonat" and rule.in_interface and rule.out_interface:
+            if rule.action is NatAction.NONAT and rule.in_interface and rule.out_interface:
                 yield warning("FWC503", "nonat with both 'in' and 'out': PREROUTING matches "
                               "only 'in', POSTROUTING only 'out'", rule.span,
                               hint="split it into one nonat with 'in' and one with 'out'")
@@ -99,7 +103,7 @@ def _produces_something(cluster: Cluster, rule: Rule) -> bool:
                 continue
             if rule.target is not None and not rule.target.addresses.family(family):
                 continue
-            if rule.action in ("accept", "drop", "reject"):
+            if isinstance(rule, FilterRule):
                 if filter_parts(rule, fw_family, family):
                     return True
             elif nat_part(rule, fw_family, family, "") is not None:

@@ -22,9 +22,10 @@ from fwc.backend.lower import (
 )
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error
-from fwc.model import Cluster, Member, Policy
+from fwc.model import Cluster, Member, NatRule, Policy
 from fwc.model import Rule as PolicyRule
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import IntervalSet
 
 describe("FWC302", "members differ for forwarded or NATed traffic", Severity.ERROR, """
 After the substitution of each member's own devices and addresses, the members'
@@ -133,7 +134,7 @@ def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 def _ports_overlap(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) -> bool:
     if not a or not b:
         return True
-    return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)
+    return IntervalSet.of(a).overlaps(IntervalSet.of(b))
 
 
 def may_overlap(a: NormalRule, b: NormalRule) -> bool:
@@ -168,7 +169,7 @@ def _decider(view: _MemberView, scoped: PolicyRule, sample: NormalRule) \
 
 
 def _is_nat(rule: PolicyRule) -> bool:
-    return rule.action in ("snat", "dnat", "masquerade", "nonat")
+    return isinstance(rule, NatRule)
 
 
 def _describe_rule(rule: PolicyRule) -> str:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
-from fwc.model import Cluster, NatTarget, Policy, PortRange, Rule, ServiceMatch
+from fwc.model import Cluster, NatRule, NatTarget, Policy, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import IntervalSet
 from fwc.model.semantics import Block, PrefixIndex, forwarded_and_local, hull
+from fwc.model.vocabulary import Action, FilterAction, NatAction
 
 FAMILIES = (4, 6)
 # ServiceMatch.family as a table lookup: this runs per rule on the hot path.
@@ -28,10 +30,8 @@ PROTOCOL_FAMILY = {"icmp": 4, "icmpv6": 6}
 # Where a rule's traffic is matched: forwarded, to the firewall, from it, or both.
 FORWARD, INPUT, OUTPUT, LOCAL = "forward", "input", "output", "local"
 
-# Which nat hooks a NAT action works in; nonat exempts in both.
-NAT_HOOKS = {"dnat": frozenset({"pre"}), "snat": frozenset({"post"}),
-             "masquerade": frozenset({"post"}), "nonat": frozenset({"pre", "post"})}
-FILTER_HOOKS = frozenset({"filter"})
+# Where a rule works: the filter hooks, or the NAT stages of `NatRule.stages`.
+FILTER_HOOKS: frozenset[str] = frozenset({"filter"})
 
 Key = Block  # a CIDR hull as (prefix length, network as an integer)
 
@@ -56,7 +56,7 @@ class Flow:
     """What a rule matches, normalised for coverage tests."""
 
     position: int
-    action: str
+    action: Action
     hooks: frozenset[str]
     parts: tuple[Part, ...]
     services: tuple[ServiceMatch, ...]  # empty: every protocol
@@ -98,14 +98,8 @@ def _target_outcome(target: NatTarget | None) -> tuple[object, ...]:
     return (target.addresses, target.port)
 
 
-def _nat_hooks(rule: Rule) -> frozenset[str]:
-    """nonat with only `in` exempts from dnat, with only `out` from snat, else from both."""
-    if rule.action == "nonat":
-        if rule.in_interface and not rule.out_interface:
-            return frozenset({"pre"})
-        if rule.out_interface and not rule.in_interface:
-            return frozenset({"post"})
-    return NAT_HOOKS.get(rule.action, frozenset())
+def _nat_hooks(rule: NatRule) -> frozenset[str]:
+    return frozenset(rule.stages)
 
 
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet) -> Flow:
@@ -183,9 +177,8 @@ def covers(outer: Flow, inner: Flow) -> bool:
     return True
 
 
-def _port_set(ranges: Iterable[PortRange]) -> AddressSet:
-    """Port ranges as a normalised interval set (the interval code is reused as is)."""
-    return AddressSet() | AddressSet(tuple((p.low, p.high) for p in ranges))
+def _port_set(ranges: Iterable[PortRange]) -> IntervalSet:
+    return IntervalSet.of(ranges)
 
 
 def _services_overlap(a: tuple[ServiceMatch, ...], b: tuple[ServiceMatch, ...],
@@ -379,7 +372,7 @@ def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
                              related=related)
 
 
-def _translated_flow(rule: Rule, firewall: AddressSet) -> Flow | None:
+def _translated_flow(rule: NatRule, firewall: AddressSet) -> Flow | None:
     """The traffic a dnat rule hands to the filter: its destination is the target."""
     target = rule.target
     if target is None or not target.addresses:
@@ -394,8 +387,8 @@ def _translated_flow(rule: Rule, firewall: AddressSet) -> Flow | None:
         else (target.addresses, AddressSet())
     families = _live_families(services) & target.addresses.families
     parts = _parts(forwarded_and_local(rule.source, firewall), destination, families)
-    return Flow(rule.index, "accept", FILTER_HOOKS, parts, services, rule.in_interface, None,
-                rule.only, ("accept",), rule)
+    return Flow(rule.index, FilterAction.ACCEPT, FILTER_HOOKS, parts, services,
+                rule.in_interface, None, rule.only, (FilterAction.ACCEPT,), rule)
 
 
 class DestinationIndex:
@@ -433,7 +426,7 @@ it accepts, fine; if it drops or rejects all of it, or no rule accepts any of
 it, the dnat rule is reported.""")
 def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        dnats = [r for r in cluster.nat if r.action == "dnat"]
+        dnats = [r for r in cluster.nat if r.action is NatAction.DNAT]
         if not dnats:
             continue
         firewall = _firewall(cluster)
@@ -447,7 +440,7 @@ def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
             for candidate in index.candidates(translated):
                 if not overlaps(candidate, translated):
                     continue
-                if candidate.action == "accept":
+                if candidate.action is FilterAction.ACCEPT:
                     accepted = True
                     break
                 if covers(candidate, translated):
@@ -477,7 +470,7 @@ survives (conntrackd replicates the NAT mapping).""")
 def masquerade_in_cluster(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for rule in cluster.nat:
-            if rule.action != "masquerade":
+            if rule.action is not NatAction.MASQUERADE:
                 continue
             iface = rule.out_interface or "IFACE"
             has_vip = bool(cluster.interface(iface) and cluster.interface(iface).vips)  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
+from fwc.model.vocabulary import FilterAction, NatAction, Verdict
 
 IPV4_BITS, IPV6_BITS = 32, 128
 
@@ -359,18 +360,18 @@ class Resolver:
         members = self.resolve_members(decl, {i.name for i in interfaces})
         iface_names = {i.name: i for i in interfaces}
         member_names = {mb.name for mb in members}
-        rules: list[m.Rule] = []
-        nat: list[m.Rule] = []
+        rules: list[m.FilterRule] = []
+        nat: list[m.NatRule] = []
         expectations: list[m.Expectation] = []
         for block in blocks:
             for rd in block.rules:
                 if block.kind == "policy":
                     rule = self.resolve_rule(rd, len(rules), iface_names, member_names, False)
-                    if rule:
+                    if isinstance(rule, m.FilterRule):
                         rules.append(rule)
                 elif block.kind == "nat":
                     rule = self.resolve_rule(rd, len(nat), iface_names, member_names, True)
-                    if rule:
+                    if isinstance(rule, m.NatRule):
                         nat.append(rule)
                 else:
                     exp = self.resolve_expectation(rd, iface_names)
@@ -497,7 +498,7 @@ class Resolver:
                          idecl.name.span,
                          hint="set 'vrid N' on the interface or a cluster-wide 'vrid' in vrrp { }")
             out.append(m.Interface(idecl.name.text, tuple(vips), vrid if idecl.vips else None,
-                                   idecl.vrid is not None, idecl.span, tuple(spans)))
+                                   idecl.span, tuple(spans)))
         return tuple(out)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
@@ -656,26 +657,30 @@ class Resolver:
                 self.err("FWC101", f"undefined member '{only}'", opts["only"].value.span,
                          hint=_did_you_mean(only, members) or "use a member of this cluster")
                 return None
-        action = rd.action.text
-        target = None
-        if is_nat:
-            target = self.nat_target(rd, action, ifaces, out_iface)
-            if action in ("snat", "dnat") and target is None:
+        if not is_nat:
+            if source is None or destination is None or not services_ok:
                 return None
+            return m.FilterRule(index, FilterAction(rd.action.text), source, destination,
+                                services, labels, in_iface, out_iface, log, prefix, only,
+                                rd.span)
+        action = NatAction(rd.action.text)
+        target = self.nat_target(rd, action, ifaces, out_iface)
+        if action.has_target and target is None:
+            return None
         if source is None or destination is None or not services_ok:
             return None
-        return m.Rule(index, action, source, destination, services, labels, in_iface,
-                      out_iface, log, prefix, only, target, rd.span)
+        return m.NatRule(index, action, source, destination, services, labels, in_iface,
+                         out_iface, log, prefix, only, rd.span, target)
 
-    def nat_target(self, rd: s.RuleDecl, action: str, ifaces: dict[str, m.Interface],
+    def nat_target(self, rd: s.RuleDecl, action: NatAction, ifaces: dict[str, m.Interface],
                    out_iface: str | None) -> m.NatTarget | None:
         t = rd.target
-        if action in ("masquerade", "nonat"):
+        if not action.has_target:
             if t is not None:
                 self.err("FWC111", f"'{action}' takes no '-> ADDRESS'", t.span,
-                         hint="remove the target" if action == "nonat"
+                         hint="remove the target" if action is NatAction.NONAT
                          else "masquerade uses the outgoing interface's own address")
-            if action == "masquerade" and out_iface is None:
+            if action is NatAction.MASQUERADE and out_iface is None:
                 self.err("FWC111", "masquerade needs 'out INTERFACE'", rd.span)
             return None
         if t is None:
@@ -685,7 +690,7 @@ class Resolver:
             return None
         port = None
         if t.port is not None:
-            if action != "dnat":
+            if action is not NatAction.DNAT:
                 self.err("FWC111", "only dnat can change the port", t.port.span)
                 return None
             port = self.integer(t.port, "port", 1, 65535, "FWC107")
@@ -727,8 +732,8 @@ class Resolver:
         in_iface = self.interface_ref(opts["in"], ifaces) if "in" in opts else None
         if source is None or destination is None or not ok:
             return None
-        return m.Expectation(rd.action.text, source, destination, services, labels, in_iface,
-                             rd.span)
+        return m.Expectation(Verdict(rd.action.text), source, destination, services, labels,
+                             in_iface, rd.span)
 
     @staticmethod
     def segment_networks(clusters: Iterable[m.Cluster]) -> list[AddressSet]:

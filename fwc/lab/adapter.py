@@ -23,6 +23,7 @@ from fwc.lab.topology import (
     LabSegment,
     LabSnat,
 )
+from fwc.model.vocabulary import NatAction
 
 if TYPE_CHECKING:
     from fwc.model import AddressObject, Cluster, Endpoint, Policy
@@ -115,7 +116,7 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
     snat = tuple(
         LabSnat(rule.source.label, rule.out_interface or "", str(_first(rule.target.addresses)))
         for rule in cluster.nat
-        if rule.action == "snat" and rule.target is not None and rule.out_interface
+        if rule.action is NatAction.SNAT and rule.target is not None and rule.out_interface
     )
     return LabCluster(
         name=cluster.name,

@@ -14,6 +14,7 @@ from typing import NamedTuple, TypeVar
 
 from fwc.diagnostics import Span
 from fwc.model.addresses import AddressSet
+from fwc.model.vocabulary import Action, FilterAction, NatAction, NatStage, Verdict
 from fwc.text import encode_literal
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -158,11 +159,11 @@ class NatTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
-    """A filter rule (action accept/drop/reject) or a NAT rule (snat/dnat/masquerade/nonat)."""
+class BaseRule:
+    """What filter and NAT rules share; a rule is a `FilterRule` or a `NatRule`."""
 
     index: int  # position in its block, 0-based; first match wins
-    action: str
+    action: Action
     source: Endpoint
     destination: Endpoint
     services: tuple[ServiceMatch, ...]  # empty: every protocol
@@ -172,7 +173,6 @@ class Rule:
     log: bool
     log_prefix: str | None
     only: str | None  # member name for a member-scoped rule
-    target: NatTarget | None
     span: Span
 
     @property
@@ -181,6 +181,7 @@ class Rule:
 
     def text(self) -> str:
         """The rule as the policy language writes it, canonically spaced (no location)."""
+        target: NatTarget | None = self.target  # type: ignore[attr-defined]
         parts = [self.action, "from", self.source.label, "to", self.destination.label]
         if self.service_labels:
             parts += ["service", ", ".join(self.service_labels)]
@@ -194,15 +195,42 @@ class Rule:
                                   else ""))
         if self.only:
             parts += ["only", self.only]
-        if self.target is not None:
-            port = f":{self.target.port}" if self.target.port is not None else ""
-            parts += ["->", self.target.label + port]
+        if target is not None:
+            port = f":{target.port}" if target.port is not None else ""
+            parts += ["->", target.label + port]
         return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
+class FilterRule(BaseRule):
+    """A rule of a `rules` block: accept, drop or reject."""
+
+    action: FilterAction
+
+    @property
+    def target(self) -> None:
+        """Filter rules translate nothing (NatRule.target's counterpart)."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class NatRule(BaseRule):
+    """A rule of a `nat` block: snat/dnat (with a target), masquerade or nonat."""
+
+    action: NatAction
+    target: NatTarget | None  # set exactly when action.has_target
+
+    @property
+    def stages(self) -> tuple[NatStage, ...]:
+        return self.action.stages(self.in_interface, self.out_interface)
+
+
+Rule = FilterRule | NatRule
+
+
+@dataclass(frozen=True, slots=True)
 class Expectation:
-    verdict: str  # allow or deny
+    verdict: Verdict
     source: Endpoint
     destination: Endpoint
     services: tuple[ServiceMatch, ...]
@@ -255,7 +283,6 @@ class Interface:
     name: str
     vips: tuple[IPInterface, ...]
     vrid: int | None  # its own or the cluster default; None when no VIP
-    vrid_explicit: bool
     span: Span
     vip_spans: tuple[Span, ...] = ()
 
@@ -308,8 +335,8 @@ class Cluster:
     sync: Sync
     interfaces: tuple[Interface, ...]
     members: tuple[Member, ...]
-    rules: tuple[Rule, ...]
-    nat: tuple[Rule, ...]
+    rules: tuple[FilterRule, ...]
+    nat: tuple[NatRule, ...]
     expectations: tuple[Expectation, ...]
     span: Span
 

@@ -1,4 +1,4 @@
-"""Address sets as sorted, disjoint integer intervals per family.
+"""Address sets: one interval set (`fwc.model.intervals`) per family.
 
 Every analysis (shadowing, parity, expectations, query) works on these, so set
 operations cost O(n) in the number of intervals, never per address.
@@ -11,66 +11,13 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-Interval = tuple[int, int]
+from fwc.model.intervals import Interval, contains, covers, intersect, normalise, subtract
+from fwc.model.vocabulary import FAMILIES
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-FAMILY_BITS = {4: 32, 6: 128}
-
-
-def _normalise(intervals: Iterable[Interval]) -> tuple[Interval, ...]:
-    merged: list[list[int]] = []
-    for lo, hi in sorted(intervals):
-        if merged and lo <= merged[-1][1] + 1:
-            if hi > merged[-1][1]:
-                merged[-1][1] = hi
-        else:
-            merged.append([lo, hi])
-    return tuple((lo, hi) for lo, hi in merged)
-
-
-def _intersect(a: tuple[Interval, ...], b: tuple[Interval, ...]) -> tuple[Interval, ...]:
-    out: list[Interval] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        lo = max(a[i][0], b[j][0])
-        hi = min(a[i][1], b[j][1])
-        if lo <= hi:
-            out.append((lo, hi))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tuple(out)
-
-
-def _subtract(a: tuple[Interval, ...], b: tuple[Interval, ...]) -> tuple[Interval, ...]:
-    out: list[Interval] = []
-    j = 0
-    for lo, hi in a:
-        cur = lo
-        while j < len(b) and b[j][1] < cur:
-            j += 1
-        k = j
-        while k < len(b) and b[k][0] <= hi:
-            if b[k][0] > cur:
-                out.append((cur, b[k][0] - 1))
-            cur = max(cur, b[k][1] + 1)
-            k += 1
-        if cur <= hi:
-            out.append((cur, hi))
-    return tuple(out)
-
-
-def _covers(outer: tuple[Interval, ...], inner: tuple[Interval, ...]) -> bool:
-    """True when every interval of inner lies inside one interval of outer."""
-    j = 0
-    for lo, hi in inner:
-        while j < len(outer) and outer[j][1] < lo:
-            j += 1
-        if j == len(outer) or outer[j][0] > lo or outer[j][1] < hi:
-            return False
-    return True
+FAMILY_BITS = {family: family.bits for family in FAMILIES}
 
 
 def _address_text(value: int, family: int) -> str:
@@ -112,7 +59,7 @@ class AddressSet:
                 net = ipaddress.ip_network(net)
             span = (int(net.network_address), int(net.broadcast_address))
             (v4 if net.version == 4 else v6).append(span)
-        return AddressSet(_normalise(v4), _normalise(v6))
+        return AddressSet(normalise(v4), normalise(v6))
 
     @staticmethod
     def union(sets: Iterable[AddressSet]) -> AddressSet:
@@ -122,7 +69,7 @@ class AddressSet:
         for one in sets:
             v4.extend(one.v4)
             v6.extend(one.v6)
-        return AddressSet(_normalise(v4), _normalise(v6))
+        return AddressSet(normalise(v4), normalise(v6))
 
     @staticmethod
     def from_range(first: IPAddress, last: IPAddress) -> AddressSet:
@@ -161,9 +108,9 @@ class AddressSet:
             return self
         if not self.v4 and not self.v6:
             return other
-        return AddressSet(_normalise(self.v4 + other.v4) if other.v4 and self.v4
+        return AddressSet(normalise(self.v4 + other.v4) if other.v4 and self.v4
                           else self.v4 or other.v4,
-                          _normalise(self.v6 + other.v6) if other.v6 and self.v6
+                          normalise(self.v6 + other.v6) if other.v6 and self.v6
                           else self.v6 or other.v6)
 
     def __and__(self, other: AddressSet) -> AddressSet:
@@ -171,23 +118,22 @@ class AddressSet:
             return self
         if not other.v4 and not other.v6:
             return other
-        return AddressSet(_intersect(self.v4, other.v4), _intersect(self.v6, other.v6))
+        return AddressSet(intersect(self.v4, other.v4), intersect(self.v6, other.v6))
 
     def __sub__(self, other: AddressSet) -> AddressSet:
         if (not other.v4 and not other.v6) or (not self.v4 and not self.v6):
             return self
-        return AddressSet(_subtract(self.v4, other.v4) if other.v4 else self.v4,
-                          _subtract(self.v6, other.v6) if other.v6 else self.v6)
+        return AddressSet(subtract(self.v4, other.v4) if other.v4 else self.v4,
+                          subtract(self.v6, other.v6) if other.v6 else self.v6)
 
     def covers(self, other: AddressSet) -> bool:
-        return _covers(self.v4, other.v4) and _covers(self.v6, other.v6)
+        return covers(self.v4, other.v4) and covers(self.v6, other.v6)
 
     def overlaps(self, other: AddressSet) -> bool:
-        return bool(_intersect(self.v4, other.v4) or _intersect(self.v6, other.v6))
+        return bool(intersect(self.v4, other.v4) or intersect(self.v6, other.v6))
 
     def contains_address(self, address: IPAddress) -> bool:
-        value = int(address)
-        return any(lo <= value <= hi for lo, hi in self.family(address.version))
+        return contains(self.family(address.version), int(address))
 
     def is_everything(self, family: int) -> bool:
         return self.family(family) == ((0, 2 ** FAMILY_BITS[family] - 1),)

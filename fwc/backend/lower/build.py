@@ -26,16 +26,28 @@ from fwc.backend.lower.ruleset import (
     Rule,
     Table,
 )
-from fwc.model import Cluster, Endpoint, IPAddress, Member, Policy, PortRange, ServiceMatch
-from fwc.model import Rule as PolicyRule
+from fwc.model import (
+    BaseRule,
+    Cluster,
+    Endpoint,
+    FilterRule,
+    IPAddress,
+    Member,
+    NatRule,
+    Policy,
+    PortRange,
+    ServiceMatch,
+)
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import Side, side_of
+from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction
 from fwc.text import cut_utf8, utf8_length
 
 MARK_ACCEPT_CHAIN = "fwc-accept"
 _EMPTY = AddressSet()
 FILTER_POLICIES = (("INPUT", "DROP"), ("FORWARD", "DROP"), ("OUTPUT", "ACCEPT"))
-NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+NAT_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.INPUT, BuiltinChain.OUTPUT,
+              BuiltinChain.POSTROUTING)
 RAW_CHAINS = ("PREROUTING", "OUTPUT")
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
@@ -63,7 +75,7 @@ def source_label(file: str, line: int, source_root: str) -> str:
     return f"{_relative(file, source_root)}:{line}"
 
 
-def log_prefix(rule: PolicyRule) -> tuple[str, bool]:
+def log_prefix(rule: BaseRule) -> tuple[str, bool]:
     """The LOG prefix for a rule and whether the user's text had to be cut."""
     text = f"{rule.log_prefix} " if rule.log_prefix is not None \
         else f"fwc {rule.action.upper()} "
@@ -132,7 +144,7 @@ def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAdd
     return tuple(dict.fromkeys(own + vips))
 
 
-def filter_parts(rule: PolicyRule, fw: AddressSet, family: int,
+def filter_parts(rule: FilterRule, fw: AddressSet, family: int,
                  order: tuple[IPAddress, ...] = ()) -> list[Part]:
     if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
         return []
@@ -159,7 +171,7 @@ def filter_parts(rule: PolicyRule, fw: AddressSet, family: int,
     return parts
 
 
-def nat_part(rule: PolicyRule, fw: AddressSet, family: int, chain: str) -> Part | None:
+def nat_part(rule: NatRule, fw: AddressSet, family: int, chain: str) -> Part | None:
     if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
         return None
     src = side_of(rule.source, fw, family)
@@ -228,7 +240,7 @@ class _Lowering:
             return None
         return self.member.device(interface) or interface
 
-    def origin(self, rule: PolicyRule, kind: str) -> Origin:
+    def origin(self, rule: BaseRule, kind: str) -> Origin:
         # Per lowering, not process-wide: the relative path depends on the current
         # directory, which may differ between runs in one process.
         relative = self.relative.get(rule.span.file)
@@ -305,23 +317,23 @@ class _Lowering:
                       "new tcp without syn", "DROP")
 
     # -- policy rules ------------------------------------------------------------------
-    def applies(self, rule: PolicyRule) -> bool:
+    def applies(self, rule: BaseRule) -> bool:
         return rule.only is None or rule.only == self.member.name
 
-    def services(self, rule: PolicyRule) -> list[Match] | None:
+    def services(self, rule: BaseRule) -> list[Match] | None:
         key = tuple(rule.services)
         if key in self.service_memo:
             return self.service_memo[key]
         got = self.service_memo[key] = service_matches(key, self.family)
         return got
 
-    def filter_rule(self, rule: PolicyRule) -> None:
+    def filter_rule(self, rule: FilterRule) -> None:
         services = self.services(rule)
         if services is None:
             return
         origin = self.origin(rule, "policy")
         parts = filter_parts(rule, self.fw, self.family, self.fw_order)
-        if rule.action == "accept":
+        if rule.action is FilterAction.ACCEPT:
             self.helpers(rule, origin, {p.chain for p in parts})
         for part in parts:
             base = Match(source=part.source, destination=part.destination,
@@ -332,7 +344,7 @@ class _Lowering:
             self.emit(self.tables.filter, self.tables.filter_user, rule, origin, part, base,
                       services, "p")
 
-    def helpers(self, rule: PolicyRule, origin: Origin, chains: set[str]) -> None:
+    def helpers(self, rule: FilterRule, origin: Origin, chains: set[str]) -> None:
         """Assign conntrack helpers explicitly in raw (the kernel no longer does it).
 
         The raw table sees packets before DNAT and routing, so the helper is chosen by
@@ -356,24 +368,24 @@ class _Lowering:
                     self.tables.raw[chain].append(
                         Rule(match, "CT", origin, (("helper", service.helper),)))
 
-    def action(self, rule: PolicyRule, match: Match, inside_chain: bool) \
+    def action(self, rule: FilterRule | NatRule, match: Match, inside_chain: bool) \
             -> tuple[str, tuple[tuple[str, str], ...]]:
-        if rule.action == "accept":
+        if rule.action is FilterAction.ACCEPT:
             return ("ACCEPT" if rule.only else MARK_ACCEPT_CHAIN), ()
-        if rule.action == "drop":
+        if rule.action is FilterAction.DROP:
             return "DROP", ()
-        if rule.action == "reject":
+        if rule.action is FilterAction.REJECT:
             how = proto.REJECT_TCP if match.protocol == TCP else proto.REJECT_OTHER[self.family]
             return "REJECT", (("reject-with", how),)
-        if rule.action == "nonat":
+        if rule.action is NatAction.NONAT:
             # Inside a RETURN chain, RETURN would only leave that chain; ACCEPT ends the
             # built-in nat chain exactly like RETURN does there.
             return ("ACCEPT" if inside_chain else "RETURN"), ()
-        if rule.action == "masquerade":
+        if rule.action is NatAction.MASQUERADE:
             return "MASQUERADE", ()
         assert rule.target is not None
         address = rule.target.addresses.cidrs(self.family)[0]
-        if rule.action == "snat":
+        if rule.action is NatAction.SNAT:
             return "SNAT", (("to-source", address),)
         port = rule.target.port
         if port is None:
@@ -382,7 +394,7 @@ class _Lowering:
         return "DNAT", (("to-destination", f"{where}:{port}"),)
 
     def emit(self, builtin: dict[str, list[Rule]], user: dict[str, list[Rule]],
-             rule: PolicyRule, origin: Origin, part: Part, base: Match,
+             rule: FilterRule | NatRule, origin: Origin, part: Part, base: Match,
              services: list[Match], kind: str) -> None:
         lines = len(services) * max(1, len(part.source.cidrs)) \
             * max(1, len(part.destination.cidrs))
@@ -415,13 +427,13 @@ class _Lowering:
             self.final(user[sub_name], rule, origin, Match(), inside_chain=True,
                        protocols={s.protocol for s in services})
 
-    def final(self, rules: list[Rule], rule: PolicyRule, origin: Origin, match: Match,
+    def final(self, rules: list[Rule], rule: FilterRule | NatRule, origin: Origin, match: Match,
               inside_chain: bool, protocols: set[int | None] | None = None) -> None:
         if rule.log:
             prefix, _ = log_prefix(rule)
             rules.append(Rule(replace(match, limit=self.log_limit), "LOG", origin,
                               (("log-prefix", prefix),)))
-        if rule.action == "reject" and match.protocol is None and (
+        if rule.action is FilterAction.REJECT and match.protocol is None and (
                 protocols is None or TCP in protocols or None in protocols):
             # An RST needs -p tcp: answer TCP with a reset, everything else unreachable.
             rules.append(Rule(replace(match, protocol=TCP), "REJECT", origin,
@@ -430,32 +442,21 @@ class _Lowering:
         rules.append(Rule(match, target, origin, options))
 
     # -- NAT ------------------------------------------------------------------------------
-    def nat_rule(self, rule: PolicyRule) -> None:
-        if rule.action in ("snat", "dnat") and (
+    def nat_rule(self, rule: NatRule) -> None:
+        if rule.action.has_target and (
                 rule.target is None or not rule.target.addresses.family(self.family)):
             return
         services = service_matches(rule.services, self.family)
         if services is None:
             return
         origin = self.origin(rule, "nat")
-        chains: list[str] = []
-        if rule.action == "dnat":
-            chains = ["PREROUTING"]
-        elif rule.action in ("snat", "masquerade"):
-            chains = ["POSTROUTING"]
-        else:  # nonat: exempt from the NAT rules after it, in the chain(s) in/out imply
-            if rule.in_interface is not None or rule.out_interface is None:
-                chains.append("PREROUTING")
-            if rule.out_interface is not None or rule.in_interface is None:
-                chains.append("POSTROUTING")
-        for chain in chains:
-            part = nat_part(rule, self.fw, self.family, chain)
+        for stage in rule.stages:
+            part = nat_part(rule, self.fw, self.family, stage.chain)
             if part is None:
                 continue
             base = Match(source=part.source, destination=part.destination,
-                         in_device=self.device(rule.in_interface) if chain == "PREROUTING"
-                         else None,
-                         out_device=self.device(rule.out_interface) if chain == "POSTROUTING"
+                         in_device=self.device(rule.in_interface) if stage.sees_in else None,
+                         out_device=self.device(rule.out_interface) if stage.sees_out
                          else None)
             self.emit(self.tables.nat, self.tables.nat_user, rule, origin, part, base,
                       services, "n")
