@@ -151,3 +151,15 @@ class Examples:
 @pytest.fixture(scope="session")
 def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
     return Examples(tmp_path_factory.mktemp("examples"))
+
+
+EDGE_TEXT = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Path:
+    """A private copy of policies/edge.fw (tmp/src/edge.fw) that a test may change."""
+    path = tmp_path / "src" / "edge.fw"
+    path.parent.mkdir()
+    path.write_text(EDGE_TEXT, encoding="utf-8")
+    return path

@@ -7,12 +7,10 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
+from conftest import EDGE_TEXT as EDGE
+from conftest import REPO
 
 from fwc.cli import main as fwc_main
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text()
 
 
 def compile_to(policy: Path, out: Path, *extra: str) -> int:
@@ -23,13 +21,6 @@ def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
-
-@pytest.fixture
-def edge(tmp_path: Path) -> Path:
-    path = tmp_path / "src" / "edge.fw"
-    path.parent.mkdir()
-    path.write_text(EDGE)
-    return path
 
 
 def test_compile_twice_gives_the_same_bytes_from_any_directory(edge, tmp_path, monkeypatch):

@@ -9,19 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT as EDGE
 
 from fwc.cli import main
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
-
-
-@pytest.fixture
-def edge(tmp_path: Path) -> Path:
-    path = tmp_path / "src" / "edge.fw"
-    path.parent.mkdir()
-    path.write_text(EDGE, encoding="utf-8")
-    return path
 
 
 def compile_to(policy: Path, out: Path, *extra: str) -> int:

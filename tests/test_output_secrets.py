@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT as EDGE
 
 from fwc.backend.manifest import Manifest, ManifestError, redact
 from fwc.cli import main
@@ -15,17 +16,6 @@ from fwc.install.compiled import CompiledError, load_member_files
 from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.transport import Result, Transport
 from fwc.pipeline import analyse
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
-
-
-@pytest.fixture
-def edge(tmp_path: Path) -> Path:
-    path = tmp_path / "src" / "edge.fw"
-    path.parent.mkdir()
-    path.write_text(EDGE, encoding="utf-8")
-    return path
 
 
 def policy_of(path: Path):
