@@ -1,6 +1,6 @@
 """The benchmark: `python3 bench/run.py [--sizes 1000,5000,20000] [--shapes site,groups] [--quick]`.
 
-Per-pass scaling (`--passes`, the default): for every shape (bench/generate.py
+Per-pass scaling (always, unless `--no-passes`): for every shape (bench/generate.py
 SHAPES) and size, `python3 -m bench.passes` compiles the policy in a fresh process
 `--repeat` times; the table shows the median CPU seconds and the peak RSS of every
 pass. The run exits 1 when a pass grows faster than allowed: from one size to the
@@ -8,7 +8,7 @@ next (ratio r), its median CPU time may grow at most 2.3 ** log2(r) times (2.3x 
 doubling of the rules); passes under MIN_JUDGED seconds at the larger size are too
 small to judge on a shared machine.
 
-Whole processes (`--processes`, also run unless `--passes-only`):
+Whole processes (also run unless `--passes-only`), on the `site` shape:
 
 For each size it generates the synthetic site (bench/generate.py, fixed seed),
 then times whole processes, as a user would run them:
