@@ -43,6 +43,57 @@ SMALL_GROUP_SIZE = (5, 15)  # stays under IPSET_THRESHOLD: plain rules
 
 
 @dataclass(frozen=True)
+class Shape:
+    """How a synthetic policy looks; the benchmark runs every pass on each shape.
+
+    - `site`: the original generator (3 interfaces, 2 members, 4 groups of 500
+      prefixes used by 2% of the rules, most rules pinned to `in`/`out`);
+    - `groups`: 40 groups of 300 prefixes, used by about half of the rules as source
+      or destination, and no `in`/`out` on the policy rules (a flat policy);
+    - `interfaces`: 12 traffic interfaces and 4 members, rules pinned to them.
+    """
+
+    name: str
+    zones: tuple[str, ...]  # traffic interfaces; "dmz" and "uplink" always among them
+    members: int
+    big_groups: int
+    big_group_size: int
+    big_source: float  # share of the rules whose source is a big group
+    big_destination: float  # share of the rules whose destination is a big group
+    pinned: bool  # rules carry `in`/`out` from their zones
+
+
+SHAPES = {
+    "site": Shape("site", INTERFACES, 2, BIG_GROUPS, BIG_GROUP_SIZE, 0.02, 0.0, True),
+    "groups": Shape("groups", INTERFACES, 2, 40, 300, 0.35, 0.25, False),
+    "interfaces": Shape("interfaces", tuple(f"lan{i}" for i in range(10)) + ("dmz", "uplink"),
+                        4, BIG_GROUPS, BIG_GROUP_SIZE, 0.02, 0.0, True),
+}
+
+
+def zone_v4(zone: str) -> ipaddress.IPv4Network:
+    """The IPv4 network behind an interface: lanN are /20s of 198.18.0.0/16."""
+    if zone in ZONE_V4:
+        return ZONE_V4[zone]
+    return ipaddress.IPv4Network((int(ZONE_V4["lan"].network_address) + (int(zone[3:]) << 12),
+                                  20))
+
+
+def zone_v6(zone: str) -> ipaddress.IPv6Network:
+    if zone in ZONE_V6:
+        return ZONE_V6[zone]
+    return ipaddress.IPv6Network(f"2001:db8:1{int(zone[3:]):x}::/64")
+
+
+def member_address(network: ipaddress._BaseNetwork, member: int) -> ipaddress._BaseAddress:
+    return network.network_address + member + 1
+
+
+def vip_address(network: ipaddress._BaseNetwork) -> ipaddress._BaseAddress:
+    return network.network_address + 254
+
+
+@dataclass(frozen=True)
 class AddressObject:
     name: str
     kind: str  # host, network, group
@@ -84,6 +135,7 @@ class NatDef:
 @dataclass
 class Site:
     rule_count: int
+    shape: Shape = SHAPES["site"]
     objects: list[AddressObject] = field(default_factory=list)
     services: list[ServiceDef] = field(default_factory=list)
     rules: list[RuleDef] = field(default_factory=list)
@@ -109,28 +161,36 @@ def _unique_hosts(rng: random.Random, net: ipaddress._BaseNetwork, count: int,
     return out
 
 
-def build_site(rule_count: int, seed: int = SEED) -> Site:
+def build_site(rule_count: int, seed: int = SEED, shape: str = "site") -> Site:
     rng = random.Random(seed)
-    site = Site(rule_count)
+    form = SHAPES[shape]
+    site = Site(rule_count, form)
     taken: set[int] = set()
+    if form.name != "site":  # (the original shape stays byte-identical to earlier runs)
+        for zone in form.zones:
+            for net in (zone_v4(zone), zone_v6(zone)):
+                taken.add(int(vip_address(net)))
+                taken.update(int(member_address(net, m)) for m in range(form.members))
 
     # ~3,000 hosts and networks, mostly IPv4, spread over the zones.
-    plan = [("lan", 4, 900), ("dmz", 4, 500), ("uplink", 4, 500), ("lan", 6, 120),
-            ("dmz", 6, 80)]
+    lans = [z for z in form.zones if z not in ("dmz", "uplink")]
+    plan = [(z, 4, 900 // len(lans)) for z in lans] + [("dmz", 4, 500), ("uplink", 4, 500)] \
+        + [(z, 6, 120 // len(lans)) for z in lans] + [("dmz", 6, 80)]
     for zone, family, count in plan:
         if family == 4:
-            pool = EXTERNAL_V4 if zone == "uplink" else ZONE_V4[zone]
+            pool = EXTERNAL_V4 if zone == "uplink" else zone_v4(zone)
         else:
-            pool = ZONE_V6[zone]
+            pool = zone_v6(zone)
         for i, address in enumerate(_unique_hosts(rng, pool, count, taken)):
             site.objects.append(AddressObject(f"h{family}-{zone}-{i}", "host", zone, family,
                                               (str(address),)))
-    net_plan = [("lan", 500), ("dmz", 200), ("uplink", 200)]
+    net_plan = [(z, 500 // len(lans)) for z in lans] + [("dmz", 200), ("uplink", 200)]
     for zone, count in net_plan:
-        pool = EXTERNAL_V4 if zone == "uplink" else ZONE_V4[zone]
+        pool = EXTERNAL_V4 if zone == "uplink" else zone_v4(zone)
         seen: set[str] = set()
         while len(seen) < count:
-            prefix = rng.choice((24, 26, 27, 28, 29)) if zone != "uplink" \
+            prefix = rng.choice((24, 26, 27, 28, 29) if pool.prefixlen < 20 else (26, 27, 28, 29)) \
+                if zone != "uplink" \
                 else rng.choice((27, 28, 29))
             offset = rng.randrange(0, pool.num_addresses >> (32 - prefix)) << (32 - prefix)
             net = ipaddress.IPv4Network((int(pool.network_address) + offset, prefix))
@@ -156,9 +216,9 @@ def build_site(rule_count: int, seed: int = SEED) -> Site:
     site.objects.extend(groups)
 
     # A few big groups of 500 prefixes (partner networks, blocklists): ipset material.
-    for g in range(BIG_GROUPS):
+    for g in range(form.big_groups):
         prefixes: set[str] = set()
-        while len(prefixes) < BIG_GROUP_SIZE:
+        while len(prefixes) < form.big_group_size:
             prefix = rng.choice((28, 29, 30, 32))
             offset = rng.randrange(0, EXTERNAL_V4.num_addresses >> (32 - prefix)) \
                 << (32 - prefix)
@@ -197,6 +257,7 @@ def build_site(rule_count: int, seed: int = SEED) -> Site:
 
 
 def _draw_rules(rng: random.Random, site: Site) -> None:
+    form = site.shape
     small = [o for o in site.objects if o.kind == "group" and not o.name.startswith("partners")]
     big = [o for o in site.objects if o.name.startswith("partners")]
     plain = [o for o in site.objects if o.kind != "group"]
@@ -216,7 +277,7 @@ def _draw_rules(rng: random.Random, site: Site) -> None:
         roll = rng.random()
         if i < len(must_use):
             src = site.object(must_use[i])
-        elif roll < 0.02:
+        elif roll < form.big_source:
             src = rng.choice(big)
         elif roll < 0.10:
             src = rng.choice(v6)
@@ -231,6 +292,9 @@ def _draw_rules(rng: random.Random, site: Site) -> None:
             dst_name, dst_zone = dst.name, dst.zone
         elif rng.random() < 0.05:
             dst_name, dst_zone = "any", None
+        elif form.big_destination and rng.random() < form.big_destination:
+            dst = rng.choice(big)
+            dst_name, dst_zone = dst.name, dst.zone
         else:
             dst = rng.choice(v4)
             while dst.zone == src.zone:
@@ -244,7 +308,7 @@ def _draw_rules(rng: random.Random, site: Site) -> None:
             svc: tuple[str, ...] = (cycle.pop(),)
         else:
             svc = tuple(sorted(set(rng.sample(pool, rng.choice((1, 1, 1, 2, 3))))))
-        pin = rng.random()
+        pin = rng.random() if form.pinned else 1.0
         in_iface = src.zone if pin < 0.85 else None
         out_iface = dst_zone if pin < 0.6 and dst_zone else None
         site.rules.append(RuleDef(action, src.name, dst_name, svc, in_iface, out_iface,
@@ -257,7 +321,7 @@ def _draw_rules(rng: random.Random, site: Site) -> None:
 def _draw_nat(rng: random.Random, site: Site) -> None:
     dmz_hosts = [o for o in site.objects if o.kind == "host" and o.zone == "dmz"
                  and o.family == 4]
-    lan_nets = [o for o in site.objects if o.kind == "network" and o.zone == "lan"]
+    lan_nets = [o for o in site.objects if o.kind == "network" and o.zone.startswith("lan")]
     tcp = [s for s in site.services if s.protocol == "tcp" and "-" not in s.ports[0]
            and s.name.startswith("svc")]
     for svc in rng.sample(tcp, DNAT_COUNT):
@@ -284,30 +348,7 @@ def fwc_policy(site: Site) -> str:
             out.append(f"{obj.kind} {obj.name} {', '.join(obj.values)}")
     for svc in site.services:
         out.append(f"service {svc.name} {svc.protocol}/{','.join(svc.ports)}")
-    out.append("""
-cluster bench {
-    vrrp { password "bench" advert 1s vrid 61 }
-    sync { link sync mode ftfw multicast 225.0.0.50 port 3780 }
-
-    interface lan    vip 198.18.0.254/16, 2001:db8:10::fe/64
-    interface dmz    vip 198.19.0.254/17, 2001:db8:20::fe/64  vrid 62
-    interface uplink vip 198.19.128.254/18, 2001:db8:30::fe/64 vrid 63
-    interface sync
-
-    member fw1 priority 150 {
-        lan    eth0 198.18.0.1/16, 2001:db8:10::1/64
-        dmz    eth1 198.19.0.1/17, 2001:db8:20::1/64
-        uplink eth2 198.19.128.1/18, 2001:db8:30::1/64
-        sync   eth3 198.19.254.1/24
-    }
-    member fw2 priority 100 {
-        lan    eth0 198.18.0.2/16, 2001:db8:10::2/64
-        dmz    eth1 198.19.0.2/17, 2001:db8:20::2/64
-        uplink eth2 198.19.128.2/18, 2001:db8:30::2/64
-        sync   eth3 198.19.254.2/24
-    }
-}
-""")
+    out.append(_cluster(site.shape))
     out.append("policy bench {")
     for r in site.rules:
         line = f"    {r.action} from {r.source} to {r.destination}"
@@ -337,6 +378,52 @@ cluster bench {
         out.append(line)
     out.append("}\n")
     return "\n".join(out)
+
+
+def _cluster(form: Shape) -> str:
+    if form.name == "site":  # written out as before, so that its output stays comparable
+        return """
+cluster bench {
+    vrrp { password "bench" advert 1s vrid 61 }
+    sync { link sync mode ftfw multicast 225.0.0.50 port 3780 }
+
+    interface lan    vip 198.18.0.254/16, 2001:db8:10::fe/64
+    interface dmz    vip 198.19.0.254/17, 2001:db8:20::fe/64  vrid 62
+    interface uplink vip 198.19.128.254/18, 2001:db8:30::fe/64 vrid 63
+    interface sync
+
+    member fw1 priority 150 {
+        lan    eth0 198.18.0.1/16, 2001:db8:10::1/64
+        dmz    eth1 198.19.0.1/17, 2001:db8:20::1/64
+        uplink eth2 198.19.128.1/18, 2001:db8:30::1/64
+        sync   eth3 198.19.254.1/24
+    }
+    member fw2 priority 100 {
+        lan    eth0 198.18.0.2/16, 2001:db8:10::2/64
+        dmz    eth1 198.19.0.2/17, 2001:db8:20::2/64
+        uplink eth2 198.19.128.2/18, 2001:db8:30::2/64
+        sync   eth3 198.19.254.2/24
+    }
+}
+"""
+    lines = ["", "cluster bench {", '    vrrp { password "bench" advert 1s vrid 61 }',
+             "    sync { link sync mode ftfw multicast 225.0.0.50 port 3780 }", ""]
+    for i, zone in enumerate(form.zones):
+        v4, v6 = zone_v4(zone), zone_v6(zone)
+        vrid = f" vrid {61 + i}" if i else ""
+        lines.append(f"    interface {zone} vip {vip_address(v4)}/{v4.prefixlen}, "
+                     f"{vip_address(v6)}/{v6.prefixlen}{vrid}")
+    lines.append("    interface sync")
+    for m in range(form.members):
+        lines.append(f"    member fw{m + 1} priority {150 - 10 * m} {{")
+        for i, zone in enumerate(form.zones):
+            v4, v6 = zone_v4(zone), zone_v6(zone)
+            lines.append(f"        {zone} eth{i} {member_address(v4, m)}/{v4.prefixlen}, "
+                         f"{member_address(v6, m)}/{v6.prefixlen}")
+        lines.append(f"        sync eth{len(form.zones)} {member_address(SYNC_V4, m)}/24")
+        lines.append("    }")
+    lines.append("}\n")
+    return "\n".join(lines)
 
 
 # --- Aerleon -------------------------------------------------------------------------------

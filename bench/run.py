@@ -1,4 +1,14 @@
-"""The benchmark: `python3 bench/run.py [--sizes 1000,5000,20000] [--quick]`.
+"""The benchmark: `python3 bench/run.py [--sizes 1000,5000,20000] [--shapes site,groups] [--quick]`.
+
+Per-pass scaling (always, unless `--no-passes`): for every shape (bench/generate.py
+SHAPES) and size, `python3 -m bench.passes` compiles the policy in a fresh process
+`--repeat` times; the table shows the median CPU seconds and the peak RSS of every
+pass. The run exits 1 when a pass grows faster than allowed: from one size to the
+next (ratio r), its median CPU time may grow at most 2.3 ** log2(r) times (2.3x per
+doubling of the rules); passes under MIN_JUDGED seconds at the larger size are too
+small to judge on a shared machine.
+
+Whole processes (also run unless `--passes-only`), on the `site` shape:
 
 For each size it generates the synthetic site (bench/generate.py, fixed seed),
 then times whole processes, as a user would run them:
@@ -20,6 +30,8 @@ last one). The machine is shared: the load average is printed with the table.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import random
@@ -35,10 +47,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.generate import build_site, fwc_policy, write_aerleon  # noqa: E402
+from bench.generate import SHAPES, build_site, fwc_policy, write_aerleon  # noqa: E402
 
 DEFAULT_SIZES = (1000, 5000, 20000)
+ALL_SIZES = (1000, 5000, 20000, 50000, 100000)
 TRAVERSAL_SAMPLE = 300
+GROWTH_PER_DOUBLING = 2.3
+MIN_JUDGED = 0.1  # CPU seconds: below this a pass is noise on a shared machine
 
 
 @dataclass
@@ -207,6 +222,92 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
     return out
 
 
+def pass_run(policy: Path) -> dict[str, object] | None:
+    argv = [sys.executable, "-m", "bench.passes", str(policy)]
+    got = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if got.returncode:
+        print(f"{policy}: bench.passes failed:\n{got.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(got.stdout)
+
+
+def pass_medians(runs: list[dict[str, object]]) -> dict[str, tuple[float, float, float]]:
+    """pass -> (median CPU s, median wall s, median peak MB at its end)."""
+    out: dict[str, tuple[float, float, float]] = {}
+    names = list(runs[0]["passes"])  # type: ignore[arg-type]
+    for name in names:
+        values = [r["passes"][name] for r in runs]  # type: ignore[index]
+        out[name] = (statistics.median(v["cpu"] for v in values),
+                     statistics.median(v["wall"] for v in values),
+                     statistics.median(v["peak_mb"] for v in values))
+    return out
+
+
+def growth_failures(shape: str, medians: dict[int, dict[str, tuple[float, float, float]]]) \
+        -> list[str]:
+    failures: list[str] = []
+    sizes = sorted(medians)
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        allowed = GROWTH_PER_DOUBLING ** math.log2(large / small)
+        for name, (cpu, _, _) in medians[large].items():
+            before = medians[small].get(name, (0.0, 0.0, 0.0))[0]
+            if cpu < MIN_JUDGED:
+                continue
+            grew = cpu / max(before, 1e-3)
+            if grew > allowed:
+                failures.append(f"{shape}: {name} grew {grew:.1f}x from {small} to {large} "
+                                f"rules ({before:.2f} -> {cpu:.2f} s CPU; allowed "
+                                f"{allowed:.1f}x)")
+    return failures
+
+
+def pass_table(shape: str, medians: dict[int, dict[str, tuple[float, float, float]]],
+               totals: dict[int, tuple[float, float]]) -> str:
+    sizes = sorted(medians)
+    names = list(medians[sizes[0]])
+    head = ["pass"] + [f"{size} s" for size in sizes] + [f"{size} MB" for size in sizes]
+    lines = [f"shape {shape}: median CPU seconds of each pass, and peak RSS (MB) when it "
+             "ended", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        cells = [name] + [fmt(medians[s].get(name, (0.0,) * 3)[0]) for s in sizes] \
+            + [fmt(medians[s].get(name, (0.0,) * 3)[2], 0) for s in sizes]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| total (wall s / peak MB) | "
+                 + " | ".join(fmt(totals[s][0]) for s in sizes) + " | "
+                 + " | ".join(fmt(totals[s][1], 0) for s in sizes) + " |")
+    return "\n".join(lines)
+
+
+def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path) -> int:
+    failures: list[str] = []
+    for shape in shapes:
+        medians: dict[int, dict[str, tuple[float, float, float]]] = {}
+        totals: dict[int, tuple[float, float]] = {}
+        for size in sizes:
+            folder = work / shape / str(size)
+            folder.mkdir(parents=True, exist_ok=True)
+            policy = folder / "bench.fw"
+            policy.write_text(fwc_policy(build_site(size, shape=shape)), encoding="utf-8")
+            runs = [r for r in (pass_run(policy) for _ in range(repeat)) if r is not None]
+            if len(runs) != repeat:
+                failures.append(f"{shape}: {size} rules did not compile")
+                break
+            medians[size] = pass_medians(runs)
+            totals[size] = (statistics.median(sum(p["wall"] for p in r["passes"].values())
+                                              for r in runs),  # type: ignore[union-attr]
+                            statistics.median(r["peak_mb"] for r in runs))  # type: ignore[misc]
+            print(f"  {shape} {size} rules done (load {load()})", file=sys.stderr)
+        if medians:
+            print(pass_table(shape, medians, totals))
+            print()
+            failures.extend(growth_failures(shape, medians))
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    if not failures:
+        print(f"every pass grew at most {GROWTH_PER_DOUBLING}x per doubling of the rules")
+    return 1 if failures else 0
+
+
 def load() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -257,12 +358,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=TRAVERSAL_SAMPLE,
                         help="packets for the traversal average")
     parser.add_argument("--keep", metavar="DIR", help="keep generated policies and outputs")
+    parser.add_argument("--shapes", default="site,groups,interfaces",
+                        help="comma-separated shapes for the per-pass table "
+                        f"(of {', '.join(SHAPES)})")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per shape and size for the per-pass medians")
+    parser.add_argument("--all-sizes", action="store_true",
+                        help=f"sizes {', '.join(map(str, ALL_SIZES))}")
+    parser.add_argument("--passes-only", action="store_true",
+                        help="only the per-pass table and its scaling verdict")
+    parser.add_argument("--no-passes", action="store_true",
+                        help="only whole processes (the original table)")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
-        ((1000,) if args.quick else DEFAULT_SIZES)
+        ALL_SIZES if args.all_sizes else ((1000,) if args.quick else DEFAULT_SIZES)
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}: use {', '.join(SHAPES)}")
     sample = min(args.sample, 100) if args.quick else args.sample
     with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
     info = machine()
+    if args.passes_only:
+        print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
+              f"load average at start: {load()}")
+        work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
+        try:
+            verdict = run_passes(shapes, sizes, args.repeat, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"load average at end: {load()}")
+        return verdict
     print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory']}, "
           f"Python {info['python']}, kernel {info['kernel']}")
     print(f"load average at start: {load()}")
@@ -275,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    verdict = 0
     try:
+        if not args.no_passes:
+            verdict = run_passes(shapes, sizes, args.repeat, work / "passes")
         for size in sizes:
             row = Row(size)
             site = build_site(size)
@@ -314,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{int(r.traversal['mismatches'])} at {r.rules}" for r in rows
                           if r.traversal))
     print(f"load average at end: {load()}")
-    return 0
+    return verdict
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 
 class Severity(StrEnum):
@@ -165,3 +166,83 @@ def print_diagnostics(diagnostics: Iterable[Diagnostic], texts: dict[str, str],
 def failed(diagnostics: Iterable[Diagnostic], strict: bool) -> bool:
     return any(d.severity is Severity.ERROR or (strict and d.severity is Severity.WARNING)
                for d in diagnostics)
+
+
+# -- progress ----------------------------------------------------------------------------
+# A 100,000-rule policy takes seconds per phase; a person at a terminal should see
+# that fwc works and how far it is. Nothing is written unless the stream is a
+# terminal: pipes, files, CI logs and `--format json` get exactly what they got
+# before. One line is rewritten in place (carriage return) and erased before the
+# diagnostics and the summary are printed.
+
+# Seconds between two redraws of the same phase: redrawing per check or member is
+# cheap, but a terminal over ssh should not receive thousands of lines.
+REDRAW = 0.1
+
+
+class Progress:
+    """`phase(name, share)`: what runs now and the share of the whole work already done."""
+
+    __slots__ = ("_last", "_name", "_shown", "stream")
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self._shown = ""
+        self._name = ""
+        self._last = 0.0
+
+    @classmethod
+    def for_terminal(cls, stream: TextIO, enabled: bool = True) -> Progress:
+        """Progress on `stream` when it is a terminal (and `enabled`), else silent."""
+        try:
+            live = enabled and stream.isatty()
+        except (AttributeError, ValueError):  # a closed or unusual stream: stay silent
+            live = False
+        return cls(stream if live else None)
+
+    @property
+    def live(self) -> bool:
+        return self.stream is not None
+
+    def phase(self, name: str, share: float) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        percent = max(0, min(100, int(share * 100)))
+        text = f"fwc: {name} {percent:3d}%"
+        if name == self._name and (text == self._shown or now - self._last < REDRAW):
+            return
+        self.stream.write("\r" + text.ljust(len(self._shown)))
+        self.stream.flush()
+        self._shown, self._name, self._last = text, name, now
+
+    def done(self) -> None:
+        """Erase the line, so that whatever is printed next starts clean."""
+        if self.stream is None or not self._shown:
+            return
+        self.stream.write("\r" + " " * len(self._shown) + "\r")
+        self.stream.flush()
+        self._shown = self._name = ""
+
+    def within(self, start: float, end: float) -> Part:
+        """A view that maps 0..1 onto start..end of this progress."""
+        return Part(self, start, end)
+
+
+class Part:
+    """A stretch of a `Progress`: the analysis reports 0..1, the compile places it."""
+
+    __slots__ = ("end", "outer", "start")
+
+    def __init__(self, outer: Progress | Part, start: float, end: float) -> None:
+        self.outer, self.start, self.end = outer, start, end
+
+    def phase(self, name: str, share: float) -> None:
+        self.outer.phase(name, self.start + (self.end - self.start) * share)
+
+    def within(self, start: float, end: float) -> Part:
+        return Part(self, start, end)
+
+
+Reporter = Progress | Part
+SILENT = Progress(None)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
+from fwc.diagnostics import SILENT, Diagnostic, Reporter, has_errors, print_diagnostics
 from fwc.frontend.loader import LoadedProgram, load
 from fwc.model import Policy
 
@@ -23,7 +23,10 @@ class Analysis:
 
 
 def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
-            read_secret=None, include_path: Sequence[Path] = ()) -> Analysis:
+            read_secret=None, include_path: Sequence[Path] = (),
+            progress: Reporter = SILENT) -> Analysis:
+    # Shares of the whole analysis, as measured on large policies (docs/performance.md).
+    progress.phase("parsing", 0.0)
     program, diagnostics = load(path, reader, include_path)
     from fwc.checks.strings import file_name_diagnostics
 
@@ -36,6 +39,7 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
         return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
     from fwc.frontend.resolve import resolve
 
+    progress.phase("resolving", 0.3)
     if read_secret is None and reader is None:
         from fwc.frontend.sources import secret_reader
 
@@ -45,7 +49,7 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
     if run_checks:
         from fwc.checks import run_checks as run
 
-        diagnostics.extend(run(policy))
+        diagnostics.extend(run(policy, progress.within(0.4, 1.0)))
     unique = list(dict.fromkeys(diagnostics))
     return Analysis(program, policy, tuple(sorted(unique, key=Diagnostic.sort_key)))
 

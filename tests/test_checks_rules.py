@@ -6,9 +6,12 @@ import time
 
 import pytest
 from checkkit import EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from fwc.checks import rules
 from fwc.diagnostics import Severity
+from fwc.pipeline import analyse
 
 E, W = Severity.ERROR, Severity.WARNING
 SERVER_RULE = "accept from server to client   service tcp/5001"
@@ -202,3 +205,94 @@ def test_shadowing_is_not_quadratic(tmp_path):
     assert [d.code for d in found] == ["FWC401"]
     # 10x the rules: a quadratic check would take ~100x; allow generous noise.
     assert large_time < 30 * small_time + 0.5, (small_time, large_time)
+
+
+def _shared_hull_policy(rules_per_group: int) -> str:
+    """Twenty groups of scattered prefixes that share one CIDR hull (198.18.0.0/15), each
+    the source of many rules with distinct ports: no rule covers another."""
+    groups = [f"group partners{g} " + ", ".join(
+        f"198.{18 + (i % 2)}.{(g * 7 + i * 13) % 256}.{16 * ((g + i) % 16)}/28"
+        for i in range(12)) for g in range(20)]
+    lines = [f"    accept from partners{g} to any service tcp/{2000 + r}"
+             for r in range(rules_per_group) for g in range(20)]
+    return "\n".join(groups) + "\n" + mutate((SERVER_RULE, "\n".join(lines).strip()))
+
+
+def test_shadowing_tests_few_candidates_when_groups_share_a_hull(tmp_path, monkeypatch):
+    # Regression (issue 12): candidates were every earlier rule whose address hull
+    # contains the rule's hull, so groups of scattered prefixes inside one hull made
+    # every rule a candidate of every later one with the same port: quadratic.
+    policy = run(tmp_path, _shared_hull_policy(60)).policy
+    assert policy is not None
+    tested = 0
+    real = rules.covers
+
+    def counting(outer, inner):
+        nonlocal tested
+        tested += 1
+        return real(outer, inner)
+
+    monkeypatch.setattr(rules, "covers", counting)
+    found = list(rules.shadowed_rules(policy))
+    count = len(policy.clusters[0].rules)
+    assert count > 1200
+    partner_lines = {r.span.line for r in policy.clusters[0].rules
+                     if r.source.label.startswith("partners")}
+    assert len(partner_lines) == 1200
+    assert [d for d in found if d.span.line in partner_lines] == []
+    # Each rule meets at most the few earlier rules whose sets contain its own.
+    assert tested < 3 * count, (tested, count)
+
+
+# -- the indexed shadowing search equals a brute-force oracle ------------------------------
+
+_OBJECTS = """\
+group scattered1 198.18.0.0/28, 198.18.9.16/28, 198.19.3.0/29
+group scattered2 198.18.0.0/28, 198.19.3.0/29
+group scattered3 198.18.9.16/28, 198.19.200.0/24
+host  inside1   198.18.0.5
+host  inside2   198.19.3.4
+network wide    198.18.0.0/15
+"""
+_SIDES = ("any", "firewall", "lan", "client", "server", "web", "scattered1", "scattered2",
+          "scattered3", "inside1", "inside2", "wide", "lan6", "uplink.vip", "!client",
+          "scattered1, !inside1")
+_SERVICES = ("", " service tcp/80", " service tcp/80,443", " service tcp/1-1000",
+             " service udp/53", " service tcp/80, udp/53", " service icmp/8", " service icmp")
+_SCOPES = ("", " in lan", " in uplink", " out uplink", " only fw1", " in lan out uplink")
+
+
+def _oracle(flows: list[rules.Flow]) -> list[tuple[int, int]]:
+    """Every earlier flow is a candidate: the first that covers a flow is its finding."""
+    out = []
+    for at, flow in enumerate(flows):
+        if not flow.parts:
+            continue
+        for earlier in flows[:at]:
+            if rules.covers(earlier, flow):
+                out.append((flow.position, earlier.position))
+                break
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(("accept", "drop")), st.sampled_from(_SIDES),
+                          st.sampled_from(_SIDES), st.sampled_from(_SERVICES),
+                          st.sampled_from(_SCOPES)), min_size=1, max_size=14))
+def test_shadowing_equals_brute_force(tmp_path, drawn):
+    lines = [f"    {action} from {src} to {dst}{svc}{scope}"
+             for action, src, dst, svc, scope in drawn]
+    text = _OBJECTS + mutate((SERVER_RULE, "\n".join(lines).strip()))
+    analysis = analyse_text(tmp_path, text)
+    assume(analysis.policy is not None)
+    cluster = analysis.policy.clusters[0]
+    flows = rules._filter_flows(cluster, rules._firewall(cluster))
+    fast = [(shadowed.position, by.position) for shadowed, by in rules.shadowing(flows)]
+    assert fast == _oracle(flows)
+
+
+def analyse_text(tmp_path, text: str):
+    path = tmp_path / "oracle.fw"
+    path.write_text(text, encoding="utf-8")
+    return analyse(path, run_checks=False)

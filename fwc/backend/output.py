@@ -25,6 +25,7 @@ from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Manifest, ManifestError
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.registry import render_member
+from fwc.diagnostics import SILENT, Reporter
 from fwc.model import Cluster, Member, Policy
 
 
@@ -84,14 +85,19 @@ def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> b
                           ((f.path, f.content) for f in files)).render()
 
 
-def compile_policy(policy: Policy, redact: bool = False) -> list[ClusterOutput]:
+def compile_policy(policy: Policy, redact: bool = False,
+                   progress: Reporter = SILENT) -> list[ClusterOutput]:
     """Every file of every cluster, in memory. Pure: no file system access."""
     options = options_for(policy)
     out: list[ClusterOutput] = []
+    total = sum(len(cluster.members) for cluster in policy.clusters) or 1
+    done = 0
     for cluster in policy.clusters:
         files: list[OutputFile] = []
         for member in cluster.members:
+            progress.phase(f"compiling {cluster.name}/{member.name}", done / total)
             files.extend(member_files(cluster, member, options, redact))
+            done += 1
         files.append(OutputFile(MANIFEST, manifest(policy, cluster, files), MODE_FILE))
         out.append(ClusterOutput(cluster.name, tuple(files)))
     return out

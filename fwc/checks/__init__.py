@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from fwc.diagnostics import Diagnostic, Severity, error
+from fwc.diagnostics import SILENT, Diagnostic, Reporter, Severity, error
 from fwc.model import Policy
 
 CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
@@ -62,12 +62,14 @@ def load_registry() -> dict[str, CheckInfo]:
     return REGISTRY
 
 
-def run_checks(policy: Policy) -> list[Diagnostic]:
+def run_checks(policy: Policy, progress: Reporter = SILENT) -> list[Diagnostic]:
     """Run every registered check; a crashing check becomes a diagnostic, not a traceback."""
     out: list[Diagnostic] = []
-    for info in sorted(load_registry().values(), key=lambda i: i.code):
-        if info.function is None:
-            continue
+    checks = [info for info in sorted(load_registry().values(), key=lambda i: i.code)
+              if info.function is not None]
+    for done, info in enumerate(checks):
+        assert info.function is not None
+        progress.phase(f"checking ({info.code})", done / len(checks))
         try:
             out.extend(info.function(policy))
         except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others

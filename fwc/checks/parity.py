@@ -63,18 +63,25 @@ def _substitutions(cluster: Cluster, member: Member) -> tuple[dict[str, str], di
     return devices, addresses
 
 
-def _addresses(match: AddressMatch, addresses: dict[str, str]) -> tuple[str, ...]:
+def _addresses(match: AddressMatch, addresses: dict[str, str],
+               seen: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:
     if match.set_name is not None:
         return (f"set:{match.set_name}",)
-    return tuple(addresses.get(c, c) for c in match.cidrs)
+    # A group of several hundred prefixes is named by many rules: substitute each
+    # distinct list once per member, not once per rule.
+    found = seen.get(match.cidrs)
+    if found is None:
+        found = seen[match.cidrs] = tuple(addresses.get(c, c) for c in match.cidrs)
+    return found
 
 
 def _normal(table: str, chain: str, rule: Rule, devices: dict[str, str],
-            addresses: dict[str, str]) -> NormalRule:
+            addresses: dict[str, str], seen: dict[tuple[str, ...], tuple[str, ...]]) \
+        -> NormalRule:
     m = rule.match
     options = tuple((k, addresses.get(v, v)) for k, v in rule.target_options)
-    return NormalRule(table, chain, _addresses(m.source, addresses),
-                      _addresses(m.destination, addresses),
+    return NormalRule(table, chain, _addresses(m.source, addresses, seen),
+                      _addresses(m.destination, addresses, seen),
                       devices.get(m.in_device, m.in_device) if m.in_device else None,
                       devices.get(m.out_device, m.out_device) if m.out_device else None,
                       m.protocol, tuple((p.low, p.high) for p in m.dports), m.icmp_type,
@@ -86,13 +93,15 @@ def _forwarding_rules(ruleset: NodeRuleset) -> Iterator[tuple[str, str, Rule]]:
     filter_table = ruleset.table("filter")
     if filter_table is not None:
         reachable = {"FORWARD"}
+        # by name once: Table.chain walks the chains, and there is one per rule with
+        # exclusions or long lists, so a lookup per rule grew with the square
+        names = {chain.name for chain in filter_table.chains}
         for chain in filter_table.chains:
             if chain.name not in reachable:
                 continue
             for rule in chain.rules:
                 yield "filter", chain.name, rule
-                if rule.target not in (MARK_ACCEPT_CHAIN,) and \
-                        filter_table.chain(rule.target) is not None:
+                if rule.target != MARK_ACCEPT_CHAIN and rule.target in names:
                     reachable.add(rule.target)
     nat = ruleset.table("nat")
     if nat is not None:
@@ -113,8 +122,9 @@ class _MemberView:
 def _view(cluster: Cluster, member: Member, family: int, options: LowerOptions) -> _MemberView:
     devices, addresses = _substitutions(cluster, member)
     view = _MemberView(member, {}, {}, [])
+    seen: dict[tuple[str, ...], tuple[str, ...]] = {}
     for table, chain, rule in _forwarding_rules(lower(cluster, member, family, options)):
-        normal = _normal(table, chain, rule, devices, addresses)
+        normal = _normal(table, chain, rule, devices, addresses, seen)
         key = rule.origin.label
         view.by_origin.setdefault(key, []).append(normal)
         view.origins.setdefault(key, rule.origin.rule)

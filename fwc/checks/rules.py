@@ -1,18 +1,21 @@
 """Rule checks (FWC4xx): shadowed and redundant rules, DNAT without an accept, masquerade.
 
-Shadowing is the expensive one: a policy of 20,000 rules must not compare every
+Shadowing is the expensive one: a policy of 100,000 rules must not compare every
 pair. Each rule is normalised into a `Flow` (what it matches, per chain and
 address family, with the endpoint meaning of `fwc.model.semantics`), and earlier flows
-are indexed by protocol/port and by the CIDR hull of their source and destination
-(`fwc.model.semantics.PrefixIndex`). A rule can only be covered by a rule whose hulls
-contain its own, so the lookup walks the prefix ancestors of the candidate's
-hulls, only over the prefix lengths actually present in the index.
+are indexed by protocol/port and by the identity of their source and destination
+sets (`fwc.model.semantics.SupersetIndex`). A rule can only be covered by a rule whose
+sets contain its own; which sets contain a set is answered once per distinct set
+(over the sets whose CIDR hull contains its hull), so a lookup costs a few probes
+per rule, not a walk over every earlier rule that shares a hull. Covered rules stay
+out of the index (coverage is transitive), so repeated rules cost nothing extra.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
@@ -20,7 +23,13 @@ from fwc.diagnostics import error as error_diag
 from fwc.model import Cluster, NatRule, NatTarget, Policy, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet
-from fwc.model.semantics import Block, PrefixIndex, forwarded_and_local, hull
+from fwc.model.semantics import (
+    Block,
+    PrefixIndex,
+    SupersetIndex,
+    forwarded_and_local,
+    hull,
+)
 from fwc.model.vocabulary import Action, FilterAction, NatAction
 
 FAMILIES = (4, 6)
@@ -34,6 +43,7 @@ FORWARD, INPUT, OUTPUT, LOCAL = "forward", "input", "output", "local"
 FILTER_HOOKS: frozenset[str] = frozenset({"filter"})
 
 Key = Block  # a CIDR hull as (prefix length, network as an integer)
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +177,12 @@ def covers(outer: Flow, inner: Flow) -> bool:
         return False
     for part in inner.parts:
         if not any(
+            # services first: the cheapest test, and the one that tells apart the
+            # rules an index lookup finds with containing addresses
             o.kind == part.kind and o.family == part.family
+            and _services_cover(outer.services, inner.services, part.family)
             and o.source.covers(part.source)
             and o.destination.covers(part.destination)
-            and _services_cover(outer.services, inner.services, part.family)
             for o in outer.parts
         ):
             return False
@@ -250,41 +262,75 @@ def _probe_keys(services: tuple[ServiceMatch, ...], family: int) -> list[tuple[o
     return keys
 
 
+PartKeys = tuple[tuple[int, int], ...]  # per part of a flow: (source id, destination id)
+
+
 class CoverIndex:
-    """Earlier flows, found by (part kind, family, service key, source hull, destination hull)."""
+    """Earlier flows, found by (part kind, family, service key, source set, destination set).
 
-    def __init__(self) -> None:
-        self.tables: dict[tuple[object, ...], PrefixIndex[PrefixIndex[list[Flow]]]] = {}
+    Address sets are keyed by identity (`SupersetIndex`): a flow can only be covered by
+    one whose source and destination contain its own, and the sets containing a set are
+    known per distinct set, so a lookup costs a few dictionary probes per set that
+    contains the flow's sets, however many rules share them. Every flow of the block is
+    registered up front (`keys`) so that the answers never change during the scan.
+    """
 
-    def add(self, flow: Flow) -> None:
-        for part in flow.parts:
-            family = part.family
-            src, dst = part.source_key, part.destination_key
+    def __init__(self, flows: list[Flow]) -> None:
+        self.sources = {family: SupersetIndex(family) for family in FAMILIES}
+        self.destinations = {family: SupersetIndex(family) for family in FAMILIES}
+        self.keys: list[PartKeys] = [
+            tuple((self.sources[p.family].add(p.source.family(p.family)),
+                   self.destinations[p.family].add(p.destination.family(p.family)))
+                  for p in flow.parts)
+            for flow in flows]
+        self.tables: dict[tuple[object, ...], dict[int, dict[int, list[Flow]]]] = {}
+
+    def add(self, flow: Flow, keys: PartKeys) -> None:
+        for part, (src, dst) in zip(flow.parts, keys, strict=True):
             for skey in _service_keys(flow.services, part.family):
                 table = self.tables.get((part.kind, part.family, *skey))
                 if table is None:
-                    table = self.tables[(part.kind, part.family, *skey)] = PrefixIndex(family)
-                inner = table.slot(src, lambda f=family: PrefixIndex(f))
-                bucket = inner.slot(dst, list)
+                    table = self.tables[(part.kind, part.family, *skey)] = {}
+                inner = table.get(src)
+                if inner is None:
+                    inner = table[src] = {}
+                bucket = inner.get(dst)
+                if bucket is None:
+                    bucket = inner[dst] = []
                 if not bucket or bucket[-1] is not flow:
                     bucket.append(flow)
 
-    def candidates(self, flow: Flow) -> list[Flow]:
+    def candidates(self, flow: Flow, keys: PartKeys) -> list[Flow]:
         """Earlier flows that might cover `flow`, in rule order."""
         if not flow.parts:
             return []
         part = flow.parts[0]
-        src, dst = part.source_key, part.destination_key
+        src, dst = keys[0]
+        sources = self.sources[part.family].supersets(src)
+        destinations = self.destinations[part.family].supersets(dst)
         found: dict[int, Flow] = {}
         for skey in _probe_keys(flow.services, part.family):
             table = self.tables.get((part.kind, part.family, *skey))
             if table is None:
                 continue
-            for inner in table.containing(src):
-                for bucket in inner.containing(dst):
+            for inner in _picked(table, sources):
+                for bucket in _picked(inner, destinations):
                     for candidate in bucket:
                         found[candidate.position] = candidate
         return [found[k] for k in sorted(found)]
+
+
+def _picked(table: dict[int, V], wanted: frozenset[int]) -> Iterator[V]:
+    """The values of `table` under the ids in `wanted`, walking the smaller of the two."""
+    if len(table) <= len(wanted):
+        for key, value in table.items():
+            if key in wanted:
+                yield value
+    else:
+        for key in wanted:
+            value = table.get(key)
+            if value is not None:
+                yield value
 
 
 def _firewall(cluster: Cluster) -> AddressSet:
@@ -292,15 +338,22 @@ def _firewall(cluster: Cluster) -> AddressSet:
 
 
 def shadowing(flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
-    """(shadowed, earlier covering) pairs; each flow is tested against few candidates."""
-    index = CoverIndex()
-    for flow in flows:
-        if flow.parts:
-            for earlier in index.candidates(flow):
-                if covers(earlier, flow):
-                    yield flow, earlier
-                    break
-        index.add(flow)
+    """(shadowed, first earlier covering) pairs; each flow is tested against few candidates.
+
+    A covered flow is left out of the index: coverage is transitive, so whatever it
+    covers, the earlier flow covering it covers too and comes first. Repeated rules
+    then cost one candidate each instead of one per repetition.
+    """
+    index = CoverIndex(flows)
+    for flow, keys in zip(flows, index.keys, strict=True):
+        if not flow.parts:
+            continue
+        for earlier in index.candidates(flow, keys):
+            if covers(earlier, flow):
+                yield flow, earlier
+                break
+        else:
+            index.add(flow, keys)
 
 
 def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
@@ -340,7 +393,8 @@ split as the compiler places it: `any` never includes the firewall itself, while
 are traffic to or from the firewall (INPUT/OUTPUT), which a forwarding rule
 never covers. Coverage by the union of several earlier rules is
 not detected. The search uses an index of earlier rules by protocol and by the
-CIDR hull of their addresses, so large policies stay fast."""
+address sets (objects, groups) that contain the rule's own, so large policies
+stay fast however their groups are shaped."""
 
 
 # Both codes come from one pass over the rules: FWC402 is registered with

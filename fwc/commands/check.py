@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fwc.commands.common import without_cycle_collection
-from fwc.diagnostics import Diagnostic, failed, print_diagnostics
+from fwc.diagnostics import Diagnostic, Progress, failed, print_diagnostics
 from fwc.pipeline import analyse
 
 
@@ -17,9 +18,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     diagnostics: list[Diagnostic] = []
     texts: dict[str, str] = {}
-    for path in args.files:
-        analysis = analyse(path, include_path=args.include_path)
+    progress = Progress.for_terminal(sys.stderr, args.format == "text")
+    for done, path in enumerate(args.files):
+        share = progress.within(done / len(args.files), (done + 1) / len(args.files))
+        analysis = analyse(path, include_path=args.include_path, progress=share)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
+    progress.done()
     print_diagnostics(diagnostics, texts, args.format)
     return 1 if failed(diagnostics, args.strict) else 0

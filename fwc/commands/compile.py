@@ -14,7 +14,7 @@ from fwc.backend.output import (
     write_output,
 )
 from fwc.commands.common import without_cycle_collection
-from fwc.diagnostics import error, failed, print_diagnostics
+from fwc.diagnostics import Progress, error, failed, print_diagnostics
 from fwc.pipeline import analyse
 
 
@@ -24,31 +24,47 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    analysis = analyse(args.file, include_path=args.include_path)
+    progress = Progress.for_terminal(sys.stderr, args.format == "text")
+    try:
+        return _compile(args, progress)
+    finally:
+        progress.done()
+
+
+def _compile(args: argparse.Namespace, progress: Progress) -> int:
+    # Shares of the whole compile, as measured on large policies (docs/performance.md).
+    analysis = analyse(args.file, include_path=args.include_path,
+                       progress=progress.within(0.0, 0.55))
     diagnostics = list(analysis.diagnostics)
     policy = analysis.policy
     if policy is None or failed(diagnostics, args.strict):
+        progress.done()
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         print("fwc: nothing written: fix the errors above first", file=sys.stderr)
         return 1
     try:
-        clusters = compile_policy(policy, redact=args.redact_secrets)
+        clusters = compile_policy(policy, redact=args.redact_secrets,
+                                  progress=progress.within(0.55, 0.95))
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
+        progress.done()
         diagnostics.append(error("FWC900", f"internal error while compiling: "
                                  f"{type(exc).__name__}: {exc}",
                                  hint="please report this with the policy; nothing was "
                                  "written"))
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         return 1
+    progress.phase("writing", 0.95)
     try:
         removed = write_output(Path(args.output), relative_source(policy.root,
                                                                   source_root(policy)), clusters,
                                force=args.force)
     except OutputError as exc:
+        progress.done()
         diagnostics.append(error(exc.code, str(exc),
                                  hint="nothing under the output directory was changed"))
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         return 1
+    progress.done()
     print_diagnostics(diagnostics, analysis.program.texts, args.format)
     if args.format == "text":
         for cluster in clusters:

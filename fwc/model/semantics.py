@@ -236,5 +236,69 @@ class PrefixIndex(Generic[V]):
         return count, found
 
 
-__all__ = ["FAMILIES", "Block", "PrefixIndex", "Side", "endpoint_intervals",
+def contains(outer: Intervals, starts: list[int], inner: Intervals) -> bool:
+    """True when `outer` (sorted disjoint intervals, `starts` their lows) holds `inner`.
+
+    One binary search per interval of `inner`: testing a host against a group of
+    several hundred prefixes costs a few steps, not a walk over the group.
+    """
+    for low, high in inner:
+        at = bisect_right(starts, low) - 1
+        if at < 0 or outer[at][1] < high:
+            return False
+    return True
+
+
+class SupersetIndex:
+    """Distinct address sets of one family, each with the registered sets that contain it.
+
+    The rule checks ask "which earlier rules' sources contain this source?": a CIDR hull
+    cannot tell apart groups of scattered prefixes that share one hull (forty partner
+    groups inside one /19), so rules are keyed by the identity of their address set and
+    the question becomes "which registered sets contain this one". That answer depends on
+    the objects, not on the rules: it is computed once per distinct set, over the sets
+    whose hull contains its hull, and then each rule costs a few dictionary lookups
+    however many rules share its sets.
+    """
+
+    __slots__ = ("_answers", "_hulls", "_starts", "family", "ids", "sets")
+
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.ids: dict[Intervals, int] = {}
+        self.sets: list[Intervals] = []
+        self._starts: list[list[int]] = []
+        self._hulls: PrefixIndex[list[int]] | None = None
+        self._answers: dict[int, frozenset[int]] = {}
+
+    def add(self, intervals: Intervals) -> int:
+        """The id of this set (the same for equal sets); not empty."""
+        found = self.ids.get(intervals)
+        if found is None:
+            found = self.ids[intervals] = len(self.sets)
+            self.sets.append(intervals)
+            self._starts.append([low for low, _ in intervals])
+            self._hulls = None
+            self._answers = {}
+        return found
+
+    def supersets(self, ident: int) -> frozenset[int]:
+        """Ids of the registered sets that contain set `ident` (itself included)."""
+        found = self._answers.get(ident)
+        if found is not None:
+            return found
+        if self._hulls is None:
+            self._hulls = PrefixIndex(self.family)
+            for other, intervals in enumerate(self.sets):
+                self._hulls.slot(hull(intervals, self.family), list).append(other)
+        inner = self.sets[ident]
+        found = self._answers[ident] = frozenset(
+            other for bucket in self._hulls.containing(hull(inner, self.family))
+            for other in bucket
+            if other == ident or contains(self.sets[other], self._starts[other], inner))
+        return found
+
+
+__all__ = ["FAMILIES", "Block", "PrefixIndex", "Side", "SupersetIndex", "contains",
+           "endpoint_intervals",
            "forwarded_and_local", "hull", "hull_block", "side_of"]

@@ -1,0 +1,125 @@
+"""Time and peak memory of every pass of one compile, in one process.
+
+`python3 -m bench.passes POLICY` prints one JSON object: for each pass, in order,
+wall seconds, CPU seconds (process time: less disturbed by the other users of a
+shared machine) and the process's peak RSS in MB when the pass ended. bench/run.py
+runs it in a fresh process per shape, size and repetition and takes medians.
+
+The passes are the compiler's own functions, called in the order `fwc compile`
+needs them, with one difference: the rulesets of every member and family are
+lowered as a pass of their own before the checks (the parity check would lower
+them otherwise; both share them through the model's memo), so that "lower" and
+"check FWC301" are told apart. Arrangement and ipsets are timed by wrapping
+`fwc.backend.output.optimise`, render is the rest of building the files.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.passes: dict[str, dict[str, float]] = {}
+
+    def add(self, name: str, wall: float, cpu: float) -> None:
+        got = self.passes.setdefault(name, {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0})
+        got["wall"] += wall
+        got["cpu"] += cpu
+        got["peak_mb"] = _peak_mb()
+
+    def run(self, name: str, function: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = function()
+        self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
+        return result
+
+
+def measure(policy_path: Path) -> dict[str, Any]:
+    from fwc.backend import output
+    from fwc.backend.lower import lower, options_for
+    from fwc.checks import load_registry
+    from fwc.diagnostics import has_errors
+    from fwc.frontend.loader import load
+    from fwc.frontend.resolve import resolve
+
+    clock = Clock()
+    gc.disable()  # as the CLI runs (fwc.commands.common.without_cycle_collection)
+    program, diagnostics = clock.run("parse", lambda: load(policy_path))
+    if has_errors(diagnostics):
+        raise SystemExit(f"{policy_path}: does not parse")
+    policy, resolved = clock.run("resolve", lambda: resolve(program, None))
+    diagnostics.extend(resolved)
+    options = options_for(policy)
+
+    def lower_all() -> None:
+        for cluster in policy.clusters:
+            for member in cluster.members:
+                for family in sorted(cluster.families):
+                    lower(cluster, member, family, options)
+
+    clock.run("lower", lower_all)
+    # One entry per check module ("family"), as the registry runs them: by code.
+    for info in sorted(load_registry().values(), key=lambda i: i.code):
+        if info.function is None:
+            continue
+        family = f"check {info.function.__module__.rsplit('.', 1)[-1]}"
+        diagnostics.extend(clock.run(family, lambda f=info.function: list(f(policy))))
+    if has_errors(diagnostics):
+        raise SystemExit(f"{policy_path}: has errors, nothing to compile")
+
+    optimise = output.optimise
+
+    def timed_optimise(*args: Any, **kwargs: Any) -> Any:
+        return clock.run("arrange+ipsets", lambda: optimise(*args, **kwargs))
+
+    output.optimise = timed_optimise  # type: ignore[assignment]
+    try:
+        before = dict(clock.passes.get("arrange+ipsets", {"wall": 0.0, "cpu": 0.0}))
+        wall, cpu = time.perf_counter(), time.process_time()
+        clusters = output.compile_policy(policy)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        output.optimise = optimise  # type: ignore[assignment]
+    spent = clock.passes["arrange+ipsets"]
+    clock.add("render", wall - (spent["wall"] - before["wall"]),
+              cpu - (spent["cpu"] - before["cpu"]))
+    with tempfile.TemporaryDirectory(prefix="fwc-bench-write-") as folder:
+        target = Path(folder) / "out"
+        clock.run("write", lambda: output.write_output(
+            target, output.relative_source(policy.root, output.source_root(policy)), clusters))
+    return {"passes": clock.passes, "peak_mb": _peak_mb(),
+            "diagnostics": len(diagnostics)}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python3 -m bench.passes POLICY", file=sys.stderr)
+        return 2
+    try:
+        result = measure(Path(argv[0]))
+    except Exception:  # noqa: BLE001 - the parent reports the failure with this text
+        traceback.print_exc()
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""bench/: the shapes stay valid policies and the growth verdict fails when it should.
+
+Speed itself is measured by bench/run.py only, never here."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.generate import SHAPES, build_site, fwc_policy
+from bench.run import growth_failures
+from fwc.diagnostics import Severity
+from fwc.pipeline import analyse
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_shape_checks_without_errors(tmp_path, shape):
+    path = tmp_path / f"{shape}.fw"
+    path.write_text(fwc_policy(build_site(400, shape=shape)), encoding="utf-8")
+    analysis = analyse(path)
+    errors = [d for d in analysis.diagnostics if d.severity is Severity.ERROR]
+    assert analysis.policy is not None and errors == []
+    cluster = analysis.policy.clusters[0]
+    if shape == "interfaces":
+        assert len(cluster.members) == 4 and len(cluster.interfaces) == 13
+    if shape == "groups":
+        assert all(r.in_interface is None and r.out_interface is None
+                   for r in cluster.rules[20:])  # after the DNAT accepts
+
+
+def _medians(times: dict[int, float]) -> dict[int, dict[str, tuple[float, float, float]]]:
+    return {size: {"render": (cpu, cpu, 100.0)} for size, cpu in times.items()}
+
+
+def test_growth_verdict():
+    linear = _medians({1000: 0.2, 2000: 0.4, 4000: 0.8})
+    assert growth_failures("s", linear) == []
+    quadratic = _medians({1000: 0.2, 2000: 0.8})
+    assert growth_failures("s", quadratic) == [
+        "s: render grew 4.0x from 1000 to 2000 rules (0.20 -> 0.80 s CPU; allowed 2.3x)"]
+    # 5x the rules may take 2.3 ** log2(5) = 6.9x the time
+    assert growth_failures("s", _medians({1000: 0.2, 5000: 1.3})) == []
+    assert len(growth_failures("s", _medians({1000: 0.2, 5000: 1.5}))) == 1
+    # too small to judge on a shared machine
+    assert growth_failures("s", _medians({1000: 0.001, 2000: 0.05})) == []

@@ -1,0 +1,86 @@
+"""Progress on stderr: on a terminal only, never in pipes or --format json (issue 12)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+from fwc.diagnostics import Progress
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = REPO / "policies" / "edge.fw"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_silent_unless_a_terminal():
+    pipe = io.StringIO()
+    progress = Progress.for_terminal(pipe)
+    progress.phase("parsing", 0.0)
+    progress.within(0.5, 1.0).phase("checking (FWC401)", 0.5)
+    progress.done()
+    assert pipe.getvalue() == ""
+    assert not progress.live
+
+
+def test_phases_and_shares_on_a_terminal_then_erased():
+    screen = Terminal()
+    progress = Progress.for_terminal(screen)
+    progress.phase("parsing", 0.0)
+    progress.within(0.4, 1.0).within(0.0, 0.5).phase("checking (FWC401)", 0.5)
+    progress.done()
+    text = screen.getvalue()
+    assert "fwc: parsing   0%" in text
+    assert "fwc: checking (FWC401)  55%" in text
+    assert text.endswith("\r")  # the line is blanked and the cursor back at its start
+    assert Progress.for_terminal(Terminal(), enabled=False).live is False
+
+
+def _run_on_terminal(*argv: str, cwd: Path) -> tuple[int, str, str]:
+    """fwc with stderr on a pseudo-terminal: (exit code, stdout, what the terminal got)."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(master)
+    out = child.stdout.read().decode() if child.stdout else ""
+    return child.wait(timeout=120), out, received.decode(errors="replace")
+
+
+def test_check_and_compile_show_progress_on_a_terminal(tmp_path):
+    code, _, screen = _run_on_terminal("check", str(EDGE), cwd=tmp_path)
+    assert code == 0
+    assert "fwc: parsing" in screen and "fwc: checking (FWC" in screen
+    code, out, screen = _run_on_terminal("compile", str(EDGE), "-o", str(tmp_path / "out"),
+                                         cwd=tmp_path)
+    assert code == 0, screen
+    assert "fwc: compiling edge/fw1" in screen and "fwc: writing  95%" in screen
+    assert "edge/fw1:" in out  # the summary still goes to stdout
+
+
+def test_no_progress_in_pipes_or_json(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    piped = subprocess.run([sys.executable, "-m", "fwc", "check", str(EDGE)], env=env,
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert piped.returncode == 0
+    assert "fwc: parsing" not in piped.stderr and "\r" not in piped.stderr
+    code, out, screen = _run_on_terminal("check", "--format", "json", str(EDGE), cwd=tmp_path)
+    assert code == 0 and '"errors": 0' in out
+    assert "fwc:" not in screen
