@@ -8,7 +8,6 @@ name: numbers do not depend on the node's /etc/protocols.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
 from fwc import protocols as proto
@@ -20,8 +19,9 @@ from fwc.backend.lower.ruleset import AddressMatch, Match, NodeRuleset, Rule
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
 from fwc.model import PortRange
+from fwc.model.vocabulary import Table as TableName
 
-TABLE_ORDER = ("raw", "mangle", "nat", "filter")
+TABLE_ORDER = tuple(TableName)
 TCP = proto.IP_PROTOCOLS["tcp"]
 ICMP = proto.IP_PROTOCOLS["icmp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
@@ -155,11 +155,6 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
                 out.append(" ".join(part for part in (source, destination, middle_text,
                                                       protocol_text, tail_text) if part))
     return out
-
-
-def rule_lines(chain: str, rule: Rule) -> Iterator[str]:
-    for body in rule_bodies(rule):
-        yield f"-A {chain} {body}"
 
 
 def render(ruleset: NodeRuleset) -> str:
