@@ -57,3 +57,57 @@ def test_lowered_rule_types_refuse_the_other_tables_targets():
     with pytest.raises(TypeError, match="FilterRule in the nat table"):
         Table(TableName.NAT, (Chain("PREROUTING", Target.ACCEPT,
                                     (FilterRule(Match(), Target.ACCEPT, origin),)),))
+
+
+def test_no_module_looks_anything_up_by_id():
+    """Not even within one call (the shared structure tool's rule): fwc.backend.render.iptables
+    once kept a per-render dict keyed by id(rule)."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "fwc"
+    pattern = re.compile(r"\[\s*id\(|\bid\([^)]*\)\s*(in|not in)\b|\.get\(\s*id\(|\{\s*id\(")
+    found = [f"{path.relative_to(package)}:{number}"
+             for path in sorted(package.rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if pattern.search(line)]
+    assert found == []
+
+
+def test_a_rule_shared_by_chains_and_renders_renders_the_same_everywhere():
+    """The renderer renders a rule object once per call (arrange copies rules into several
+    chains); what it remembers on the rule must never leak into another render."""
+    from dataclasses import replace
+
+    from fwc.backend.lower import AddressMatch, Chain, FilterRule, Match, NodeRuleset, Origin
+    from fwc.backend.lower import Table as LoweredTable
+    from fwc.backend.render.iptables import render
+    from fwc.model.vocabulary import Table as TableName
+    from fwc.model.vocabulary import Target
+
+    def rule(n: int, target: Target = Target.ACCEPT) -> FilterRule:
+        return FilterRule(Match(source=AddressMatch((f"198.18.0.{n}",))), target,
+                          Origin("auto", f"rule {n}"))
+
+    shared = [rule(n) for n in range(4)]
+
+    def ruleset(chains: dict[str, list[FilterRule]]) -> NodeRuleset:
+        table = LoweredTable(TableName.FILTER, tuple(
+            Chain(name, Target.DROP if name.isupper() else None, tuple(rules))
+            for name, rules in chains.items()))
+        return NodeRuleset("c", "fw1", 4, (table,))
+
+    def fresh(chains: dict[str, list[FilterRule]]) -> str:
+        # equal rules, new objects: nothing remembered from an earlier render
+        return render(ruleset({name: [replace(r) for r in rules]
+                               for name, rules in chains.items()}))
+
+    first = {"FORWARD": shared, "fwd-a": [shared[3], shared[1]], "fwd-b": shared[::-1]}
+    second = {"INPUT": [rule(9, Target.DROP), shared[2], shared[0]], "in-x": [shared[2]]}
+    for chains in (first, second, first, second):
+        text = render(ruleset(chains))
+        assert text == fresh(chains)
+        for name, rules in chains.items():
+            lines = [line for line in text.splitlines() if line.startswith(f"-A {name} ")]
+            assert [line.split("--comment ")[1].split(" -j")[0].strip('"') for line in lines] \
+                == [r.origin.label for r in rules]

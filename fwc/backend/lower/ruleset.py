@@ -103,6 +103,10 @@ class FilterRule:
     # Target options in order, as (option, value); e.g. (("reject-with", "tcp-reset"),).
     target_options: tuple[tuple[str, str], ...] = ()
 
+    # A renderer's scratch index (see fwc.backend.render.iptables.render): not part of
+    # the rule's value, never read without checking it against that render's own list.
+    render_slot: int = field(default=-1, init=False, compare=False, repr=False)
+
     def __post_init__(self) -> None:
         _check_target(self, NAT_TARGETS)
 
@@ -121,6 +125,8 @@ class NatRule:
     origin: Origin
     # e.g. (("to-source", "198.51.100.254"),).
     target_options: tuple[tuple[str, str], ...] = ()
+
+    render_slot: int = field(default=-1, init=False, compare=False, repr=False)  # as above
 
     def __post_init__(self) -> None:
         _check_target(self, NOT_NAT_TARGETS)
