@@ -23,9 +23,22 @@ from fwc import protocols as proto
 from fwc.analysis.engine import MemberView, TrafficClass, classify
 from fwc.analysis.evaluate import PORT_PROTOCOL_NUMBERS, Evaluator
 from fwc.analysis.evaluate import Packet as EvalPacket
-from fwc.backend.lower import AddressMatch, Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.backend.lower import (
+    AddressMatch,
+    Chain,
+    FilterRule,
+    Match,
+    NatRule,
+    NodeRuleset,
+    Origin,
+    Rule,
+    Table,
+)
+from fwc.backend.lower.ruleset import target_of
 from fwc.model import Cluster, Member, PortRange, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.vocabulary import Table as TableName
+from fwc.model.vocabulary import Target
 
 PROTOCOL_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
                   "dccp": 33, "gre": 47, "esp": 50, "ah": 51}
@@ -122,6 +135,10 @@ def _target_options(words: list[str]) -> tuple[tuple[str, str], ...]:
                  if words[k].startswith("--"))
 
 
+def _policy(word: str | None) -> Target | None:
+    return None if word is None else Target(word)
+
+
 def parse_rules(text: str, family: int) -> NodeRuleset:
     """iptables-restore text -> the lowered model, for `fwc.analysis.evaluate.Evaluator`."""
     policies: dict[str, dict[str, str | None]] = {}
@@ -138,12 +155,13 @@ def parse_rules(text: str, family: int) -> NodeRuleset:
         elif line.startswith("-A") and current:
             words = shlex.split(line)
             j = words.index("-j")
+            make = NatRule if current == TableName.NAT else FilterRule
             rules[current].setdefault(words[1], []).append(
-                Rule(read_match(words[2:j], family), words[j + 1], Origin("auto", line),
-                     _target_options(words[j + 2:])))
-    tables = tuple(Table(name, tuple(Chain(chain, policies[name].get(chain),
-                                           tuple(rules[name][chain]))
-                                     for chain in rules[name]))
+                make(read_match(words[2:j], family), target_of(words[j + 1]),
+                     Origin("auto", line), _target_options(words[j + 2:])))
+    tables = tuple(Table(TableName(name), tuple(Chain(chain, _policy(policies[name].get(chain)),
+                                                      tuple(rules[name][chain]))
+                                                for chain in rules[name]))
                    for name in rules)
     return NodeRuleset("", "", family, tables)
 

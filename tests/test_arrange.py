@@ -224,8 +224,11 @@ def _random_ruleset(seed: int, count: int) -> NodeRuleset:
     """FORWARD and INPUT with every kind of rule the arrangement must keep in order:
     devices or not, protocols or not, port lists touching 0 and 65535, LOG before a
     verdict, RETURN in a built-in chain, jumps to a user chain that RETURNs."""
-    from fwc.backend.lower import AddressMatch, Chain, Match, Origin, Rule, Table
+    from fwc.backend.lower import AddressMatch, Chain, Match, Origin, Table
+    from fwc.backend.lower import FilterRule as Rule
     from fwc.model import PortRange
+    from fwc.model.vocabulary import Table as TableName
+    from fwc.model.vocabulary import Target
 
     rng = random.Random(seed)
     devices = ["eth0", "eth1", "eth2", None, None]
@@ -254,26 +257,27 @@ def _random_ruleset(seed: int, count: int) -> NodeRuleset:
             icmp_type=8 if protocol == 1 and rng.random() < 0.5 else None)
         kind = rng.random()
         if kind < 0.1:
-            return [Rule(match, "LOG", origin, (("log-prefix", f"r{rng.randrange(99)} "),)),
-                    Rule(match, "DROP", origin)]
+            return [Rule(match, Target.LOG, origin, (("log-prefix", f"r{rng.randrange(99)} "),)),
+                    Rule(match, Target.DROP, origin)]
         if kind < 0.15:
-            return [Rule(match, "RETURN", origin)]
+            return [Rule(match, Target.RETURN, origin)]
         if kind < 0.25:
             return [Rule(match, "fwc-sub", origin)]
-        target = rng.choice(("ACCEPT", "ACCEPT", "DROP", "REJECT"))
+        target = rng.choice((Target.ACCEPT, Target.ACCEPT, Target.DROP, Target.REJECT))
         return [Rule(match, target, origin)]
 
-    forward = [Rule(Match(ctstate=("RELATED", "ESTABLISHED")), "ACCEPT", origin)]
-    inputs: list[Rule] = [Rule(Match(in_device="lo"), "ACCEPT", origin)]
+    forward = [Rule(Match(ctstate=("RELATED", "ESTABLISHED")), Target.ACCEPT, origin)]
+    inputs: list[Rule] = [Rule(Match(in_device="lo"), Target.ACCEPT, origin)]
     for _ in range(count):
         forward.extend(rule("FORWARD"))
         inputs.extend(rule("INPUT"))
-    sub = (Rule(Match(source=AddressMatch(("198.18.1.7",))), "RETURN", origin),
-           Rule(Match(), "LOG", origin, (("log-prefix", "sub "),)),
-           Rule(Match(), "ACCEPT", origin))
-    table = Table("filter", (Chain("INPUT", "DROP", tuple(inputs)),
-                             Chain("FORWARD", "DROP", tuple(forward)),
-                             Chain("OUTPUT", "ACCEPT", ()), Chain("fwc-sub", None, sub)))
+    sub = (Rule(Match(source=AddressMatch(("198.18.1.7",))), Target.RETURN, origin),
+           Rule(Match(), Target.LOG, origin, (("log-prefix", "sub "),)),
+           Rule(Match(), Target.ACCEPT, origin))
+    table = Table(TableName.FILTER, (Chain("INPUT", Target.DROP, tuple(inputs)),
+                                     Chain("FORWARD", Target.DROP, tuple(forward)),
+                                     Chain("OUTPUT", Target.ACCEPT, ()),
+                                     Chain("fwc-sub", None, sub)))
     return NodeRuleset("random", "fw1", 4, (table,))
 
 
@@ -297,3 +301,4 @@ def test_random_rulesets_arranged_decide_like_flat(seed):
     for packet in packets:
         assert evaluator.decide(packet).meaning == reference.decide(packet).meaning, \
             packet.describe()
+

@@ -15,11 +15,12 @@ from checkkit import BASE, line_of, mutate, run, the_one, with_code
 from test_realtools import in_ns, namespace
 
 from fwc import protocols as proto
-from fwc.backend.lower.ruleset import Match, Origin, Rule
+from fwc.backend.lower.ruleset import FilterRule, Match, Origin
 from fwc.backend.output import compile_policy
 from fwc.backend.render import escape
 from fwc.backend.render.iptables import rule_bodies
 from fwc.cli import main
+from fwc.model.vocabulary import Target
 from fwc.pipeline import analyse
 from fwc.text import LiteralError, cut_utf8, decode_literal
 
@@ -112,7 +113,7 @@ def test_awkward_file_name_round_trips_through_iptables(tmp_path):
 
 def test_renderers_refuse_what_their_format_cannot_carry():
     """The escaping layer fails closed even if a check missed something."""
-    rule = Rule(Match(), "ACCEPT", Origin("policy", "a\n-A INPUT -j ACCEPT\n#:1"))
+    rule = FilterRule(Match(), Target.ACCEPT, Origin("policy", "a\n-A INPUT -j ACCEPT\n#:1"))
     with pytest.raises(escape.UnwritableText):
         rule_bodies(rule)
     for function, bad in [(escape.iptables_string, "a\nb"), (escape.iptables_word, "a b"),

@@ -31,9 +31,11 @@ from fwc.backend.lower.ruleset import (
     Table,
 )
 from fwc.model.intervals import Intervals, contains, normalise
+from fwc.model.vocabulary import BuiltinChain, Target
+from fwc.model.vocabulary import Table as TableName
 
 TCP = proto.IP_PROTOCOLS["tcp"]
-GOES_ON = frozenset({"LOG", "CONNMARK"})
+GOES_ON = frozenset({Target.LOG, Target.CONNMARK})
 MAX_DEPTH = 16  # iptables' own limit is larger; fwc never nests deeper than 3
 
 
@@ -54,10 +56,10 @@ class Packet:
     hop_limit: int = 64
 
     @property
-    def hook(self) -> str:
+    def hook(self) -> BuiltinChain:
         if self.in_device is None:
-            return "OUTPUT"
-        return "INPUT" if self.out_device is None else "FORWARD"
+            return BuiltinChain.OUTPUT
+        return BuiltinChain.INPUT if self.out_device is None else BuiltinChain.FORWARD
 
     def describe(self) -> str:
         make = ipaddress.IPv4Address if self.family == 4 else ipaddress.IPv6Address
@@ -120,7 +122,7 @@ class Evaluator:
     """Evaluates packets against one table of a ruleset; `sets` maps ipset names to CIDRs."""
 
     def __init__(self, ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | None = None,
-                 table: str = "filter") -> None:
+                 table: TableName = TableName.FILTER) -> None:
         found = ruleset.table(table)
         self.table: Table = found if found is not None else Table(table, ())
         self.chains: dict[str, Chain] = {c.name: c for c in self.table.chains}
@@ -160,12 +162,12 @@ class Evaluator:
         start = chain or packet.hook
         builtin = self.chains.get(start)
         if builtin is None:
-            return Decision("ACCEPT", (), (), 0)
+            return Decision(Target.ACCEPT, (), (), 0)
         effects: list[tuple[str, tuple[tuple[str, str], ...]]] = []
         counter = [0]
         result = self._walk(builtin, packet, effects, counter, 0)
         if result is None:
-            return Decision(builtin.policy or "ACCEPT", (), tuple(effects), counter[0])
+            return Decision(builtin.policy or Target.ACCEPT, (), tuple(effects), counter[0])
         return Decision(result[0], result[1], tuple(effects), counter[0])
 
     def _walk(self, chain: Chain, packet: Packet,
@@ -184,8 +186,8 @@ class Evaluator:
             if target in GOES_ON:
                 effects.append((target, rule.target_options))
                 continue
-            if target == "RETURN":
-                return None if depth > 0 else (chain.policy or "ACCEPT", ())
+            if target is Target.RETURN:
+                return None if depth > 0 else (chain.policy or Target.ACCEPT, ())
             sub = self.chains.get(target)
             if sub is None:
                 raise KeyError(f"jump to unknown chain {target}")
@@ -238,7 +240,7 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
     chains).
     """
     sets = dict(sets or {})
-    table = ruleset.table("filter")
+    table = ruleset.table(TableName.FILTER)
     if table is None:
         return []
     family = ruleset.family
@@ -251,7 +253,8 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
     packets: dict[Packet, None] = {}
     counter = 0
     for chain in table.chains:
-        hooks = [chain.name] if chain.builtin else ["FORWARD", "INPUT", "OUTPUT"]
+        hooks = [chain.name] if chain.builtin else \
+            [BuiltinChain.FORWARD, BuiltinChain.INPUT, BuiltinChain.OUTPUT]
         for rule in chain.rules:
             m = rule.match
             counter += 1
@@ -263,13 +266,13 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
             for hook in hooks:
                 in_dev = m.in_device or devices[counter % len(devices)]
                 out_dev = m.out_device or devices[(counter + 1) % len(devices)]
-                if hook == "INPUT":
+                if hook == BuiltinChain.INPUT:
                     out_dev = None
-                elif hook == "OUTPUT":
+                elif hook == BuiltinChain.OUTPUT:
                     in_dev = None
-                if hook == "OUTPUT" and m.in_device is not None:
+                if hook == BuiltinChain.OUTPUT and m.in_device is not None:
                     continue
-                if hook == "INPUT" and m.out_device is not None:
+                if hook == BuiltinChain.INPUT and m.out_device is not None:
                     continue
                 icmp = m.icmp_type if m.icmp_type is not None else 8
                 for protocol in protocols:

@@ -43,16 +43,19 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
+from typing import cast
 
 from fwc import protocols as proto
 from fwc.backend.ipsets import IpSet, use_ipsets
-from fwc.backend.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.backend.lower.ruleset import Chain, FilterRule, Match, NodeRuleset, Origin, Table
 from fwc.model import Member, PortRange
+from fwc.model.vocabulary import BuiltinChain, Target
+from fwc.model.vocabulary import Table as TableName
 
 ARRANGE_MIN_RULES = 64  # below this a chain stays flat
 SPLIT_MIN_RULES = 32  # a sub-chain shorter than this is not split further
 PORT_PROTOCOLS = frozenset(proto.IP_PROTOCOLS[p] for p in proto.PORT_PROTOCOLS)
-CHAINS = (("FORWARD", "fwd"), ("INPUT", "in"))
+CHAINS = ((BuiltinChain.FORWARD, "fwd"), (BuiltinChain.INPUT, "in"))
 PROTOCOL_NAMES = {number: name for name, number in proto.IP_PROTOCOLS.items()}
 PORT_MAX = 65535
 
@@ -93,7 +96,7 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class _Arranger:
-    def __init__(self, builtin: str, prefix: str, policy: str, names: Mapping[str, str],
+    def __init__(self, builtin: str, prefix: str, policy: Target, names: Mapping[str, str],
                  taken: set[str], split_min: int) -> None:
         self.builtin = builtin
         self.split_min = split_min
@@ -116,14 +119,14 @@ class _Arranger:
     def origin(self, what: str) -> Origin:
         return Origin("auto", f"fwc arrange: {what}")
 
-    def as_moved(self, rule: Rule) -> Rule:
+    def as_moved(self, rule: FilterRule) -> FilterRule:
         # RETURN in a built-in chain applies its policy; inside a sub-chain it must too.
-        if rule.target == "RETURN":
+        if rule.target is Target.RETURN:
             return replace(rule, target=self.policy, target_options=())
         return rule
 
-    def arrange(self, rules: list[Rule], order: list[str], path: list[str],
-                protocol: int | None = None) -> list[Rule]:
+    def arrange(self, rules: list[FilterRule], order: list[str], path: list[str],
+                protocol: int | None = None) -> list[FilterRule]:
         """Rules for a chain whose packets all share the values on `path` (and `protocol`,
         when the chain is only entered through a `-p` jump)."""
         while order:
@@ -139,11 +142,11 @@ class _Arranger:
                 return got
         return rules
 
-    def split(self, rules: list[Rule], dim: _Dimension, order: list[str],
-              path: list[str], protocol: int | None) -> list[Rule] | None:
+    def split(self, rules: list[FilterRule], dim: _Dimension, order: list[str],
+              path: list[str], protocol: int | None) -> list[FilterRule] | None:
         # One pass, in order: each rule goes to its value's list, or to every list.
-        by_value: dict[Hashable, list[Rule]] = {}
-        unconstrained: list[Rule] = []
+        by_value: dict[Hashable, list[FilterRule]] = {}
+        unconstrained: list[FilterRule] = []
         kinds: list[Hashable | None] = []
         for rule in rules:
             value = dim.value(rule.match)
@@ -162,20 +165,22 @@ class _Arranger:
                     subset.append(rule)
             else:
                 by_value[value].append(rule)
-        out: list[Rule] = []
+        out: list[FilterRule] = []
         for value in sorted(by_value, key=str):
             label = dim.label(value)
             name = self.chain_name([*path, label])
             body = self.arrange(by_value[value], order, [*path, label],
                                 int(value) if dim.name == "protocol" else protocol)  # type: ignore[call-overload]
             self.chains.append(Chain(name, None, tuple(
-                [*body, Rule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
-            out.append(Rule(dim.jump(value), name, self.origin(f"{dim.name} {label}")))
+                [*body, FilterRule(Match(), self.policy,
+                                   self.origin(f"{self.builtin} policy"))])))
+            out.append(FilterRule(dim.jump(value), name, self.origin(f"{dim.name} {label}")))
         out.extend(self.arrange(unconstrained, order, [*path, "other"],
                                 None if dim.name == "protocol" else protocol))
         return out
 
-    def split_ports(self, rules: list[Rule], path: list[str], protocol: int) -> list[Rule]:
+    def split_ports(self, rules: list[FilterRule], path: list[str],
+                    protocol: int) -> list[FilterRule]:
         """Destination-port buckets covering 0-65535, about sqrt(n) of them, balanced."""
         with_ports = [r for r in rules if r.match.dports]
         if len(with_ports) * 2 < len(rules) or any(
@@ -190,7 +195,7 @@ class _Arranger:
                              len(with_ports) // max(1, 2 * portless)))
         cuts = sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})
         bounds = [0, *cuts, PORT_MAX + 1]
-        members: list[list[Rule]] = [[] for _ in bounds[:-1]]
+        members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
         for rule in rules:
             if not rule.match.dports:
                 for bucket in members:
@@ -203,14 +208,15 @@ class _Arranger:
                 touched.update(range(first, last + 1))
             for index in sorted(touched):
                 members[index].append(rule)
-        out: list[Rule] = []
+        out: list[FilterRule] = []
         for index, (low, next_low) in enumerate(zip(bounds, bounds[1:], strict=False)):
             name = self.chain_name([*path, str(index)])
             self.chains.append(Chain(name, None, tuple(
                 [*members[index],
-                 Rule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
-            out.append(Rule(Match(protocol=protocol, dports=(PortRange(low, next_low - 1),)),
-                            name, self.origin(f"ports {low}-{next_low - 1}")))
+                 FilterRule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
+            out.append(FilterRule(Match(protocol=protocol,
+                                        dports=(PortRange(low, next_low - 1),)),
+                                  name, self.origin(f"ports {low}-{next_low - 1}")))
         # Only packets of `protocol` enter this chain, and every one of them takes a bucket;
         # the protocol-free rules follow anyway, so the chain is right on its own too.
         out.extend(r for r in rules if r.match.protocol is None)
@@ -220,7 +226,7 @@ class _Arranger:
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int = ARRANGE_MIN_RULES,
                   split_min: int = SPLIT_MIN_RULES) -> tuple[Chain, list[Chain]]:
-    rules = list(chain.rules)
+    rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     head_end = 0
     while head_end < len(rules) and rules[head_end].match.in_device is None \
             and rules[head_end].match.out_device is None:
@@ -242,14 +248,15 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     device_names maps a member's devices to logical interface names, so that chains
     are called fwd-lan-dmz on every member whatever the devices are called.
     """
-    table = ruleset.table("filter")
+    table = ruleset.table(TableName.FILTER)
     if table is None:
         return ruleset
     names = dict(device_names or {})
     taken = {c.name for c in table.chains}
     chains = list(table.chains)
     added: list[Chain] = []
-    orders = {"FORWARD": ("in", "out", "protocol", "ports"), "INPUT": ("in", "protocol", "ports")}
+    orders = {BuiltinChain.FORWARD: ("in", "out", "protocol", "ports"),
+              BuiltinChain.INPUT: ("in", "protocol", "ports")}
     for builtin, prefix in CHAINS:
         current = table.chain(builtin)
         if current is None:

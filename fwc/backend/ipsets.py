@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import TERMINAL, AddressMatch, Chain, NodeRuleset, Rule, Table
 from fwc.model import Endpoint
+from fwc.model.vocabulary import Target
 
 SET_NAME_MAX = 27  # ipset allows 31; ".new" is appended while loading
 SWAP_SUFFIX = ".new"
@@ -99,7 +100,7 @@ def _mergeable(a: Rule, b: Rule) -> str | None:
     """'source'/'destination' when b differs from a only by that side's CIDRs."""
     if a.target != b.target or a.target_options != b.target_options or a.origin != b.origin:
         return None
-    if a.target not in TERMINAL and a.target != "RETURN":
+    if a.target not in TERMINAL and a.target is not Target.RETURN:
         return None  # a LOG or a jump must keep firing once per line it had
     ma, mb = a.match, b.match
     for side, other in (("source", "destination"), ("destination", "source")):

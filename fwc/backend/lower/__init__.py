@@ -12,7 +12,9 @@ from fwc.backend.lower.ruleset import (
     ANY,
     AddressMatch,
     Chain,
+    FilterRule,
     Match,
+    NatRule,
     NodeRuleset,
     Origin,
     RateLimit,
@@ -21,6 +23,7 @@ from fwc.backend.lower.ruleset import (
 )
 
 __all__ = [
-    "ANY", "MARK_ACCEPT_CHAIN", "AddressMatch", "Chain", "LowerOptions", "Match", "NodeRuleset",
-    "Origin", "RateLimit", "Rule", "Table", "log_prefix", "lower", "options_for", "source_label",
+    "ANY", "MARK_ACCEPT_CHAIN", "AddressMatch", "Chain", "FilterRule", "LowerOptions", "Match",
+    "NatRule", "NodeRuleset", "Origin", "RateLimit", "Rule", "Table", "log_prefix", "lower",
+    "options_for", "source_label",
 ]

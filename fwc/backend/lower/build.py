@@ -19,7 +19,11 @@ from fwc.backend.lower.ruleset import (
     ANY,
     AddressMatch,
     Chain,
+    ChainName,
+    FilterRule,
+    JumpTarget,
     Match,
+    NatRule,
     NodeRuleset,
     Origin,
     RateLimit,
@@ -30,25 +34,27 @@ from fwc.model import (
     BaseRule,
     Cluster,
     Endpoint,
-    FilterRule,
     IPAddress,
     Member,
-    NatRule,
     Policy,
     PortRange,
     ServiceMatch,
 )
+from fwc.model import FilterRule as PolicyFilterRule
+from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import Side, side_of
-from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction
+from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, Target
+from fwc.model.vocabulary import Table as TableName
 from fwc.text import cut_utf8, utf8_length
 
 MARK_ACCEPT_CHAIN = "fwc-accept"
 _EMPTY = AddressSet()
-FILTER_POLICIES = (("INPUT", "DROP"), ("FORWARD", "DROP"), ("OUTPUT", "ACCEPT"))
+FILTER_POLICIES = ((BuiltinChain.INPUT, Target.DROP), (BuiltinChain.FORWARD, Target.DROP),
+                   (BuiltinChain.OUTPUT, Target.ACCEPT))
 NAT_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.INPUT, BuiltinChain.OUTPUT,
               BuiltinChain.POSTROUTING)
-RAW_CHAINS = ("PREROUTING", "OUTPUT")
+RAW_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.OUTPUT)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
@@ -104,7 +110,7 @@ def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
 class Part:
     """A rule's share of one chain: bounded address sets, or any minus exclusions."""
 
-    chain: str
+    chain: ChainName
     source: AddressMatch
     destination: AddressMatch
     source_excluded: AddressSet
@@ -144,7 +150,7 @@ def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAdd
     return tuple(dict.fromkeys(own + vips))
 
 
-def filter_parts(rule: FilterRule, fw: AddressSet, family: int,
+def filter_parts(rule: PolicyFilterRule, fw: AddressSet, family: int,
                  order: tuple[IPAddress, ...] = ()) -> list[Part]:
     if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
         return []
@@ -155,23 +161,26 @@ def filter_parts(rule: FilterRule, fw: AddressSet, family: int,
     if dst.firewall and rule.out_interface is None:
         got = _bounded(src, src.named, family)
         if got is not None:
-            parts.append(Part("INPUT", got[0], firewall_match(dst.firewall, family, order), got[1],
+            parts.append(Part(BuiltinChain.INPUT, got[0],
+                              firewall_match(dst.firewall, family, order), got[1],
                               AddressSet()))
     # OUTPUT: from the firewall; a packet the node sends has no input device.
     if src.firewall and rule.in_interface is None:
         got = _bounded(dst, dst.named, family)
         if got is not None:
-            parts.append(Part("OUTPUT", firewall_match(src.firewall, family, order), got[0],
+            parts.append(Part(BuiltinChain.OUTPUT,
+                              firewall_match(src.firewall, family, order), got[0],
                               AddressSet(), got[1]))
     # FORWARD: through the firewall.
     s = _bounded(src, src.other, family)
     d = _bounded(dst, dst.other, family)
     if s is not None and d is not None:
-        parts.append(Part("FORWARD", s[0], d[0], s[1], d[1]))
+        parts.append(Part(BuiltinChain.FORWARD, s[0], d[0], s[1], d[1]))
     return parts
 
 
-def nat_part(rule: NatRule, fw: AddressSet, family: int, chain: str) -> Part | None:
+def nat_part(rule: PolicyNatRule, fw: AddressSet, family: int, chain: ChainName) \
+        -> Part | None:
     if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
         return None
     src = side_of(rule.source, fw, family)
@@ -209,13 +218,13 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
 
 @dataclass
 class _Tables:
-    filter: dict[str, list[Rule]] = field(
+    filter: dict[ChainName, list[Rule]] = field(
         default_factory=lambda: {name: [] for name, _ in FILTER_POLICIES})
-    nat: dict[str, list[Rule]] = field(default_factory=lambda: {n: [] for n in NAT_CHAINS})
-    raw: dict[str, list[Rule]] = field(default_factory=lambda: {n: [] for n in RAW_CHAINS})
-    raw_seen: set[tuple[str, Match, str]] = field(default_factory=set)
-    filter_user: dict[str, list[Rule]] = field(default_factory=dict)
-    nat_user: dict[str, list[Rule]] = field(default_factory=dict)
+    nat: dict[ChainName, list[Rule]] = field(default_factory=lambda: {n: [] for n in NAT_CHAINS})
+    raw: dict[ChainName, list[Rule]] = field(default_factory=lambda: {n: [] for n in RAW_CHAINS})
+    raw_seen: set[tuple[ChainName, Match, str]] = field(default_factory=set)
+    filter_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
+    nat_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
 
 
 class _Lowering:
@@ -250,11 +259,13 @@ class _Lowering:
         return Origin(kind, f"{relative}:{rule.span.line}", rule)
 
     # -- automatic rules ---------------------------------------------------------
-    def auto(self, chain: str, match: Match, label: str, target: str = "ACCEPT") -> None:
-        self.tables.filter[chain].append(Rule(match, target, Origin("auto", f"fwc auto: {label}")))
+    def auto(self, chain: BuiltinChain, match: Match, label: str,
+             target: Target = Target.ACCEPT) -> None:
+        self.tables.filter[chain].append(FilterRule(match, target,
+                                                    Origin("auto", f"fwc auto: {label}")))
 
     def automatic_rules(self) -> None:
-        self.auto("INPUT", Match(in_device="lo"), "loopback")
+        self.auto(BuiltinChain.INPUT, Match(in_device="lo"), "loopback")
         group = proto.VRRP_GROUP_V4 if self.family == 4 else proto.VRRP_GROUP_V6
         protocols = [proto.VRRP_PROTOCOL]
         if self.family == 4 and self.cluster.vrrp.auth == "ah":
@@ -266,16 +277,18 @@ class _Lowering:
             to_group = AddressMatch((group,))
             for number in protocols:
                 label = f"vrrp {dev}" if number == proto.VRRP_PROTOCOL else f"vrrp-ah {dev}"
-                self.auto("INPUT", Match(destination=to_group, in_device=dev, protocol=number),
+                self.auto(BuiltinChain.INPUT,
+                          Match(destination=to_group, in_device=dev, protocol=number),
                           label)
-                self.auto("OUTPUT", Match(destination=to_group, out_device=dev, protocol=number),
+                self.auto(BuiltinChain.OUTPUT,
+                          Match(destination=to_group, out_device=dev, protocol=number),
                           label)
         if self.family == 4:
             self.sync_rules()
         else:
             for icmp_type in proto.NDP_ICMPV6_TYPES:
-                self.auto("INPUT", Match(protocol=ICMPV6, icmp_type=icmp_type,
-                                         hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+                self.auto(BuiltinChain.INPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
+                                                    hop_limit=proto.NDP_HOP_LIMIT), "ndp")
 
     def sync_rules(self) -> None:
         sync = self.cluster.sync
@@ -287,10 +300,10 @@ class _Lowering:
         label = f"conntrackd sync {dev}"
         if sync.transport == "multicast":
             group = AddressMatch((str(sync.group),))
-            self.auto("INPUT", Match(destination=group, in_device=dev, protocol=UDP,
-                                     dports=port), label)
-            self.auto("OUTPUT", Match(destination=group, out_device=dev, protocol=UDP,
-                                      dports=port), label)
+            self.auto(BuiltinChain.INPUT, Match(destination=group, in_device=dev, protocol=UDP,
+                                                dports=port), label)
+            self.auto(BuiltinChain.OUTPUT, Match(destination=group, out_device=dev,
+                                                 protocol=UDP, dports=port), label)
             return
         own = [a.ip for a in link.addresses if a.version == 4]
         peers = [a.ip for m in self.cluster.members if m.name != self.member.name
@@ -300,21 +313,23 @@ class _Lowering:
             return
         mine = AddressMatch((str(own[0]),))
         theirs = AddressMatch(tuple(str(p) for p in peers))
-        self.auto("INPUT", Match(source=theirs, destination=mine, in_device=dev, protocol=UDP,
-                                 dports=port), label)
-        self.auto("OUTPUT", Match(source=mine, destination=theirs, out_device=dev,
-                                  protocol=UDP, dports=port), label)
+        self.auto(BuiltinChain.INPUT,
+                  Match(source=theirs, destination=mine, in_device=dev, protocol=UDP,
+                        dports=port), label)
+        self.auto(BuiltinChain.OUTPUT,
+                  Match(source=mine, destination=theirs, out_device=dev, protocol=UDP,
+                        dports=port), label)
 
     def stateful_core(self) -> None:
         established = Match(ctstate=("RELATED", "ESTABLISHED"))
         for chain, _ in FILTER_POLICIES:
             self.auto(chain, established, "established")
-        for chain in ("INPUT", "FORWARD"):
+        for chain in (BuiltinChain.INPUT, BuiltinChain.FORWARD):
             # DROP, never REJECT: right after a failover, packets of flows the notify
             # script has not committed yet must be retransmitted, not reset (ha-daemons P19).
-            self.auto(chain, Match(ctstate=("INVALID",)), "invalid", "DROP")
+            self.auto(chain, Match(ctstate=("INVALID",)), "invalid", Target.DROP)
             self.auto(chain, Match(protocol=TCP, tcp_not_syn=True, ctstate=("NEW",)),
-                      "new tcp without syn", "DROP")
+                      "new tcp without syn", Target.DROP)
 
     # -- policy rules ------------------------------------------------------------------
     def applies(self, rule: BaseRule) -> bool:
@@ -327,7 +342,7 @@ class _Lowering:
         got = self.service_memo[key] = service_matches(key, self.family)
         return got
 
-    def filter_rule(self, rule: FilterRule) -> None:
+    def filter_rule(self, rule: PolicyFilterRule) -> None:
         services = self.services(rule)
         if services is None:
             return
@@ -337,14 +352,14 @@ class _Lowering:
             self.helpers(rule, origin, {p.chain for p in parts})
         for part in parts:
             base = Match(source=part.source, destination=part.destination,
-                         in_device=self.device(rule.in_interface) if part.chain != "OUTPUT"
-                         else None,
-                         out_device=self.device(rule.out_interface) if part.chain != "INPUT"
-                         else None)
-            self.emit(self.tables.filter, self.tables.filter_user, rule, origin, part, base,
-                      services, "p")
+                         in_device=self.device(rule.in_interface)
+                         if part.chain != BuiltinChain.OUTPUT else None,
+                         out_device=self.device(rule.out_interface)
+                         if part.chain != BuiltinChain.INPUT else None)
+            self.emit(self.tables.filter, self.tables.filter_user, FilterRule, rule, origin,
+                      part, base, services, "p")
 
-    def helpers(self, rule: FilterRule, origin: Origin, chains: set[str]) -> None:
+    def helpers(self, rule: PolicyFilterRule, origin: Origin, chains: set[ChainName]) -> None:
         """Assign conntrack helpers explicitly in raw (the kernel no longer does it).
 
         The raw table sees packets before DNAT and routing, so the helper is chosen by
@@ -352,50 +367,51 @@ class _Lowering:
         then drops never sees its payload.
         """
         raw_chains = []
-        if chains & {"INPUT", "FORWARD"}:
-            raw_chains.append("PREROUTING")
-        if "OUTPUT" in chains:
-            raw_chains.append("OUTPUT")
+        if chains & {BuiltinChain.INPUT, BuiltinChain.FORWARD}:
+            raw_chains.append(BuiltinChain.PREROUTING)
+        if BuiltinChain.OUTPUT in chains:
+            raw_chains.append(BuiltinChain.OUTPUT)
         for service in rule.services:
             if service.helper is None or service.family not in (None, self.family):
                 continue
             for chain in raw_chains:
-                match = Match(in_device=self.device(rule.in_interface) if chain == "PREROUTING"
-                              else None, protocol=service.number, dports=service.ports)
+                match = Match(in_device=self.device(rule.in_interface)
+                              if chain is BuiltinChain.PREROUTING else None,
+                              protocol=service.number, dports=service.ports)
                 key = (chain, match, service.helper)
                 if key not in self.tables.raw_seen:
                     self.tables.raw_seen.add(key)
                     self.tables.raw[chain].append(
-                        Rule(match, "CT", origin, (("helper", service.helper),)))
+                        FilterRule(match, Target.CT, origin, (("helper", service.helper),)))
 
-    def action(self, rule: FilterRule | NatRule, match: Match, inside_chain: bool) \
-            -> tuple[str, tuple[tuple[str, str], ...]]:
+    def action(self, rule: PolicyFilterRule | PolicyNatRule, match: Match, inside_chain: bool) \
+            -> tuple[JumpTarget, tuple[tuple[str, str], ...]]:
         if rule.action is FilterAction.ACCEPT:
-            return ("ACCEPT" if rule.only else MARK_ACCEPT_CHAIN), ()
+            return (Target.ACCEPT if rule.only else MARK_ACCEPT_CHAIN), ()
         if rule.action is FilterAction.DROP:
-            return "DROP", ()
+            return Target.DROP, ()
         if rule.action is FilterAction.REJECT:
             how = proto.REJECT_TCP if match.protocol == TCP else proto.REJECT_OTHER[self.family]
-            return "REJECT", (("reject-with", how),)
+            return Target.REJECT, (("reject-with", how),)
         if rule.action is NatAction.NONAT:
             # Inside a RETURN chain, RETURN would only leave that chain; ACCEPT ends the
             # built-in nat chain exactly like RETURN does there.
-            return ("ACCEPT" if inside_chain else "RETURN"), ()
+            return (Target.ACCEPT if inside_chain else Target.RETURN), ()
         if rule.action is NatAction.MASQUERADE:
-            return "MASQUERADE", ()
+            return Target.MASQUERADE, ()
         assert rule.target is not None
         address = rule.target.addresses.cidrs(self.family)[0]
         if rule.action is NatAction.SNAT:
-            return "SNAT", (("to-source", address),)
+            return Target.SNAT, (("to-source", address),)
         port = rule.target.port
         if port is None:
-            return "DNAT", (("to-destination", address),)
+            return Target.DNAT, (("to-destination", address),)
         where = f"[{address}]" if self.family == 6 else address
-        return "DNAT", (("to-destination", f"{where}:{port}"),)
+        return Target.DNAT, (("to-destination", f"{where}:{port}"),)
 
-    def emit(self, builtin: dict[str, list[Rule]], user: dict[str, list[Rule]],
-             rule: FilterRule | NatRule, origin: Origin, part: Part, base: Match,
-             services: list[Match], kind: str) -> None:
+    def emit(self, builtin: dict[ChainName, list[Rule]], user: dict[ChainName, list[Rule]],
+             make: type[FilterRule] | type[NatRule], rule: PolicyFilterRule | PolicyNatRule,
+             origin: Origin, part: Part, base: Match, services: list[Match], kind: str) -> None:
         lines = len(services) * max(1, len(part.source.cidrs)) \
             * max(1, len(part.destination.cidrs))
         # A RETURN chain for exclusions; for a logged rule on several lines, one chain keeps
@@ -408,41 +424,42 @@ class _Lowering:
             sub_name = f"fwc-{kind}{rule.index + 1}-{part.chain}"[:proto.CHAIN_NAME_MAX]
             sub = user.setdefault(sub_name, [])
             if part.source_excluded:
-                sub.append(Rule(Match(source=addresses_match(part.source_excluded,
-                                                             self.family)), "RETURN", origin))
+                sub.append(make(Match(source=addresses_match(part.source_excluded,
+                                                             self.family)), Target.RETURN, origin))
             if part.destination_excluded:
-                sub.append(Rule(Match(destination=addresses_match(part.destination_excluded,
+                sub.append(make(Match(destination=addresses_match(part.destination_excluded,
                                                                   self.family)),
-                                "RETURN", origin))
+                                Target.RETURN, origin))
         for service in services:
             match = Match(source=base.source, destination=base.destination,
                           in_device=base.in_device, out_device=base.out_device,
                           protocol=service.protocol, dports=service.dports,
                           icmp_type=service.icmp_type)
             if needs_chain:
-                target_rules.append(Rule(match, sub_name, origin))
+                target_rules.append(make(match, sub_name, origin))
                 continue
-            self.final(target_rules, rule, origin, match, inside_chain=False)
+            self.final(target_rules, make, rule, origin, match, inside_chain=False)
         if needs_chain:
-            self.final(user[sub_name], rule, origin, Match(), inside_chain=True,
+            self.final(user[sub_name], make, rule, origin, Match(), inside_chain=True,
                        protocols={s.protocol for s in services})
 
-    def final(self, rules: list[Rule], rule: FilterRule | NatRule, origin: Origin, match: Match,
+    def final(self, rules: list[Rule], make: type[FilterRule] | type[NatRule],
+              rule: PolicyFilterRule | PolicyNatRule, origin: Origin, match: Match,
               inside_chain: bool, protocols: set[int | None] | None = None) -> None:
         if rule.log:
             prefix, _ = log_prefix(rule)
-            rules.append(Rule(replace(match, limit=self.log_limit), "LOG", origin,
+            rules.append(make(replace(match, limit=self.log_limit), Target.LOG, origin,
                               (("log-prefix", prefix),)))
         if rule.action is FilterAction.REJECT and match.protocol is None and (
                 protocols is None or TCP in protocols or None in protocols):
             # An RST needs -p tcp: answer TCP with a reset, everything else unreachable.
-            rules.append(Rule(replace(match, protocol=TCP), "REJECT", origin,
+            rules.append(make(replace(match, protocol=TCP), Target.REJECT, origin,
                               (("reject-with", proto.REJECT_TCP),)))
         target, options = self.action(rule, match, inside_chain)
-        rules.append(Rule(match, target, origin, options))
+        rules.append(make(match, target, origin, options))
 
     # -- NAT ------------------------------------------------------------------------------
-    def nat_rule(self, rule: NatRule) -> None:
+    def nat_rule(self, rule: PolicyNatRule) -> None:
         if rule.action.has_target and (
                 rule.target is None or not rule.target.addresses.family(self.family)):
             return
@@ -458,7 +475,7 @@ class _Lowering:
                          in_device=self.device(rule.in_interface) if stage.sees_in else None,
                          out_device=self.device(rule.out_interface) if stage.sees_out
                          else None)
-            self.emit(self.tables.nat, self.tables.nat_user, rule, origin, part, base,
+            self.emit(self.tables.nat, self.tables.nat_user, NatRule, rule, origin, part, base,
                       services, "n")
 
     # -- assembly ------------------------------------------------------------------------
@@ -475,22 +492,23 @@ class _Lowering:
         filter_chains = [Chain(name, policy, tuple(t.filter[name]))
                          for name, policy in FILTER_POLICIES]
         mark_chain = Chain(MARK_ACCEPT_CHAIN, None, (
-            Rule(Match(), "CONNMARK", Origin("auto", "fwc auto: replicated mark"),
-                 (("set-xmark", self.mark),)),
-            Rule(Match(), "ACCEPT", Origin("auto", "fwc auto: replicated mark")),
+            FilterRule(Match(), Target.CONNMARK, Origin("auto", "fwc auto: replicated mark"),
+                       (("set-xmark", self.mark),)),
+            FilterRule(Match(), Target.ACCEPT, Origin("auto", "fwc auto: replicated mark")),
         ))
         filter_chains.append(mark_chain)
         filter_chains.extend(Chain(name, None, tuple(rules))
                              for name, rules in t.filter_user.items())
         tables = []
         if any(t.raw.values()):
-            tables.append(Table("raw", tuple(Chain(name, "ACCEPT", tuple(t.raw[name]))
-                                             for name in RAW_CHAINS)))
+            tables.append(Table(TableName.RAW, tuple(Chain(name, Target.ACCEPT,
+                                                           tuple(t.raw[name]))
+                                                     for name in RAW_CHAINS)))
         if any(t.nat.values()):
-            nat_chains = [Chain(name, "ACCEPT", tuple(t.nat[name])) for name in NAT_CHAINS]
+            nat_chains = [Chain(name, Target.ACCEPT, tuple(t.nat[name])) for name in NAT_CHAINS]
             nat_chains.extend(Chain(name, None, tuple(rules)) for name, rules in t.nat_user.items())
-            tables.append(Table("nat", tuple(nat_chains)))
-        tables.append(Table("filter", tuple(filter_chains)))
+            tables.append(Table(TableName.NAT, tuple(nat_chains)))
+        tables.append(Table(TableName.FILTER, tuple(filter_chains)))
         return NodeRuleset(self.cluster.name, self.member.name, self.family, tuple(tables))
 
 

@@ -14,23 +14,34 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fwc import protocols as proto
-from fwc.backend.lower.ruleset import Chain, Match, NodeRuleset, Origin, Rule, Table
+from fwc.backend.lower.ruleset import (
+    Chain,
+    ChainName,
+    FilterRule,
+    Match,
+    NodeRuleset,
+    Origin,
+    Rule,
+    Table,
+)
+from fwc.model.vocabulary import BuiltinChain, Target
+from fwc.model.vocabulary import Table as TableName
 
-FAILSAFE_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+FAILSAFE_CHAINS = (BuiltinChain.INPUT, BuiltinChain.FORWARD, BuiltinChain.OUTPUT)
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
 
 
-def _jumps(rules: tuple[Rule, ...], chains: dict[str, Chain]) -> set[str]:
+def _jumps(rules: tuple[Rule, ...], chains: dict[ChainName, Chain]) -> set[ChainName]:
     return {r.target for r in rules if r.target in chains}
 
 
-def _auto(match: Match, label: str) -> Rule:
-    return Rule(match, "ACCEPT", Origin("auto", f"fwc failsafe: {label}"))
+def _auto(match: Match, label: str) -> FilterRule:
+    return FilterRule(match, Target.ACCEPT, Origin("auto", f"fwc failsafe: {label}"))
 
 
 def failsafe(ruleset: NodeRuleset) -> NodeRuleset:
     """RULESET (lowered, before ipsets) reduced to what a node may do after a failed load."""
-    table = ruleset.table("filter")
+    table = ruleset.table(TableName.FILTER)
     assert table is not None  # lowering always builds a filter table
     chains = {c.name: c for c in table.chains}
     output = [_auto(Match(out_device="lo"), "loopback")]
@@ -40,11 +51,11 @@ def failsafe(ruleset: NodeRuleset) -> NodeRuleset:
                          "ndp") for t in proto.NDP_ICMPV6_TYPES]
     # OUTPUT keeps only fwc's own rules (established, VRRP, sync): the policy's
     # OUTPUT rules open the node's outbound traffic, which a failed node does not need.
-    output += [r for r in chains["OUTPUT"].rules if r.origin.kind == "auto"]
-    kept = {
-        "INPUT": chains["INPUT"].rules,
-        "FORWARD": (),
-        "OUTPUT": tuple(output),
+    output += [r for r in chains[BuiltinChain.OUTPUT].rules if r.origin.kind == "auto"]
+    kept: dict[ChainName, tuple[Rule, ...]] = {
+        BuiltinChain.INPUT: chains[BuiltinChain.INPUT].rules,
+        BuiltinChain.FORWARD: (),
+        BuiltinChain.OUTPUT: tuple(output),
     }
     # User chains the kept rules jump to (fwc-accept, negation and log chains).
     todo = set().union(*(_jumps(rules, chains) for rules in kept.values())) - set(kept)
@@ -52,7 +63,7 @@ def failsafe(ruleset: NodeRuleset) -> NodeRuleset:
         name = todo.pop()
         kept[name] = chains[name].rules
         todo |= _jumps(chains[name].rules, chains) - set(kept)
-    new_chains = [Chain(name, "DROP", kept[name]) for name in FAILSAFE_CHAINS]
+    new_chains = [Chain(name, Target.DROP, kept[name]) for name in FAILSAFE_CHAINS]
     new_chains += [Chain(name, None, kept[name]) for name in sorted(kept)
                    if name not in FAILSAFE_CHAINS]
-    return replace(ruleset, tables=(Table("filter", tuple(new_chains)),))
+    return replace(ruleset, tables=(Table(TableName.FILTER, tuple(new_chains)),))

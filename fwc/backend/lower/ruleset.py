@@ -10,12 +10,37 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from fwc.model import PortRange
+from fwc.model import PortRange, vocabulary
 from fwc.model import Rule as PolicyRule
+from fwc.model.vocabulary import BuiltinChain, Target
 
 # Targets that end a packet's walk through the chains (RETURN only ends the chain); the
 # evaluator and the ipset pass both read it from here, the lowered model's vocabulary.
-TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE"})
+TERMINAL = frozenset({Target.ACCEPT, Target.DROP, Target.REJECT, Target.DNAT, Target.SNAT,
+                      Target.MASQUERADE})
+# What only the nat table may do (translate), and what it may not (filter: the kernel
+# refuses DROP and REJECT there; CT belongs to raw): the two rule types below keep to it.
+NAT_TARGETS = frozenset({Target.DNAT, Target.SNAT, Target.MASQUERADE})
+NOT_NAT_TARGETS = frozenset({Target.DROP, Target.REJECT, Target.CT})
+_TARGET_NAMES = frozenset(t.value for t in Target)
+
+# A rule's target: a kernel target, or the name of one of fwc's user chains (a jump).
+JumpTarget = Target | str
+ChainName = BuiltinChain | str
+
+
+def target_of(word: str) -> JumpTarget:
+    """A target as iptables writes it: the kernel target's member, else the user chain."""
+    return Target(word) if word in _TARGET_NAMES else word
+
+
+def _check_target(rule: FilterRule | NatRule, refused: frozenset[Target]) -> None:
+    # Invariants of the lowered model, not user errors: a failure here is a bug in a pass.
+    target = rule.target
+    if target in refused:
+        raise ValueError(f"{type(rule).__name__} cannot jump to {target}")
+    if type(target) is str and target in _TARGET_NAMES:
+        raise TypeError(f"kernel target {target!r} must be Target.{target}, not a string")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +94,21 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class FilterRule:
+    """A rule of the raw, mangle or filter table: it decides, marks or logs, never translates."""
+
     match: Match
-    target: str  # ACCEPT, DROP, REJECT, RETURN, LOG, DNAT, SNAT, MASQUERADE, CONNMARK, a chain
+    target: JumpTarget
     origin: Origin
-    # Target options in order, as (option, value); e.g. (("to-source", "198.51.100.254"),).
+    # Target options in order, as (option, value); e.g. (("reject-with", "tcp-reset"),).
     target_options: tuple[tuple[str, str], ...] = ()
+
+    # A renderer's scratch index (see fwc.backend.render.iptables.render): not part of
+    # the rule's value, never read without checking it against that render's own list.
+    render_slot: int = field(default=-1, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_target(self, NAT_TARGETS)
 
     @property
     def comment(self) -> str:
@@ -82,9 +116,33 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class NatRule:
+    """A rule of the nat table: it translates (DNAT, SNAT, MASQUERADE), exempts from the
+    translations after it (ACCEPT, RETURN), logs or jumps, never filters."""
+
+    match: Match
+    target: JumpTarget
+    origin: Origin
+    # e.g. (("to-source", "198.51.100.254"),).
+    target_options: tuple[tuple[str, str], ...] = ()
+
+    render_slot: int = field(default=-1, init=False, compare=False, repr=False)  # as above
+
+    def __post_init__(self) -> None:
+        _check_target(self, NOT_NAT_TARGETS)
+
+    @property
+    def comment(self) -> str:
+        return self.origin.label
+
+
+Rule = FilterRule | NatRule
+
+
+@dataclass(frozen=True, slots=True)
 class Chain:
-    name: str
-    policy: str | None  # ACCEPT/DROP for built-in chains, None for user chains
+    name: ChainName
+    policy: Target | None  # ACCEPT/DROP for built-in chains, None for user chains
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -94,8 +152,18 @@ class Chain:
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    name: str  # raw, mangle, nat, filter
+    name: vocabulary.Table
     chains: tuple[Chain, ...]
+
+    def __post_init__(self) -> None:
+        # The nat table holds NAT rules, every other table filter rules: a pass that
+        # moves a rule across tables fails here, not in iptables-restore on the node.
+        kind = NatRule if self.name == vocabulary.Table.NAT else FilterRule
+        for chain in self.chains:
+            for rule in chain.rules:
+                if type(rule) is not kind:
+                    raise TypeError(f"{type(rule).__name__} in the {self.name} table "
+                                    f"(chain {chain.name})")
 
     def chain(self, name: str) -> Chain | None:
         for chain in self.chains:
@@ -117,17 +185,17 @@ class NodeRuleset:
     family: int  # 4 or 6
     tables: tuple[Table, ...]
 
-    def table(self, name: str) -> Table | None:
+    def table(self, name: vocabulary.Table) -> Table | None:
         for table in self.tables:
             if table.name == name:
                 return table
         return None
 
-    def chain(self, table: str, chain: str) -> Chain | None:
+    def chain(self, table: vocabulary.Table, chain: str) -> Chain | None:
         found = self.table(table)
         return found.chain(chain) if found else None
 
-    def rules(self) -> Iterator[tuple[str, str, Rule]]:
+    def rules(self) -> Iterator[tuple[vocabulary.Table, ChainName, Rule]]:
         """Every rule as (table, chain, rule), in file order."""
         for table in self.tables:
             for chain in table.chains:
