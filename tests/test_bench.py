@@ -42,3 +42,24 @@ def test_growth_verdict():
     assert len(growth_failures("s", _medians({1000: 0.2, 5000: 1.5}))) == 1
     # too small to judge on a shared machine
     assert growth_failures("s", _medians({1000: 0.001, 2000: 0.05})) == []
+
+
+def test_the_per_pass_harness_runs_every_pass(tmp_path):
+    # bench/passes.py hooks into the compiler's own functions: a rename there must fail
+    # here, not in the next benchmark run.
+    import json
+    import subprocess
+    import sys
+
+    from bench.passes import REPO
+
+    path = tmp_path / "site.fw"
+    path.write_text(fwc_policy(build_site(400)), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "bench.passes", str(path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    passes = json.loads(result.stdout)["passes"]
+    for name in ("parse", "resolve", "lower", "check rules", "arrange+ipsets", "render",
+                 "write"):
+        assert passes[name]["cpu"] >= 0 and passes[name]["peak_mb"] > 0, name
+    assert passes["arrange+ipsets"]["wall"] > 0  # the hook really wrapped the speed passes

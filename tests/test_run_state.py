@@ -39,6 +39,21 @@ def test_one_run_lowers_each_member_once():
     assert cluster.firewall_addresses(member) is cluster.firewall_addresses(member)
 
 
+def test_compile_forgets_a_members_rulesets_once_its_files_are_built():
+    policy = analyse(EDGE).policy
+    assert policy is not None
+    cluster = policy.clusters[0]
+    options = options_for(policy)
+    checked = [lower(cluster, m, 4, options) for m in cluster.members]  # what the checks used
+    first = compile_policy(policy)
+    # Not kept to the end of the compile (a 100,000-rule policy holds every member's
+    # rulesets otherwise), and lowered afresh, to the same bytes, when asked again.
+    assert all(lower(cluster, m, 4, options) is not r for m, r in zip(cluster.members, checked,
+                                                                      strict=True))
+    assert [f.content for c in compile_policy(policy) for f in c.files] == \
+        [f.content for c in first for f in c.files]
+
+
 def test_two_runs_share_no_result():
     one = analyse(EDGE).policy
     two = analyse(EDGE).policy

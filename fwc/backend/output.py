@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.backend.files import MODE_FILE
-from fwc.backend.lower import LowerOptions, options_for
+from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Manifest, ManifestError
 from fwc.backend.render.context import MemberBuild
@@ -97,6 +97,7 @@ def compile_policy(policy: Policy, redact: bool = False,
         for member in cluster.members:
             progress.phase(f"compiling {cluster.name}/{member.name}", done / total)
             files.extend(member_files(cluster, member, options, redact))
+            forget_lowered(cluster, member, options)
             done += 1
         files.append(OutputFile(MANIFEST, manifest(policy, cluster, files), MODE_FILE))
         out.append(ClusterOutput(cluster.name, tuple(files)))

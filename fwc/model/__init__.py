@@ -41,6 +41,11 @@ class Memo:
         value = self._values[key] = make()
         return value
 
+    def drop(self, key: object) -> None:
+        """Forget KEY's value (a later `get` computes it again): for large values that
+        a stage is done with, so that they do not stay alive to the end of the run."""
+        self._values.pop(key, None)
+
 
 @dataclass(frozen=True, slots=True)
 class AddressObject:

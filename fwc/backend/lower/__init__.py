@@ -3,6 +3,7 @@
 from fwc.backend.lower.build import (
     MARK_ACCEPT_CHAIN,
     LowerOptions,
+    forget_lowered,
     log_prefix,
     lower,
     options_for,
@@ -24,6 +25,6 @@ from fwc.backend.lower.ruleset import (
 
 __all__ = [
     "ANY", "MARK_ACCEPT_CHAIN", "AddressMatch", "Chain", "FilterRule", "LowerOptions", "Match",
-    "NatRule", "NodeRuleset", "Origin", "RateLimit", "Rule", "Table", "log_prefix", "lower",
-    "options_for", "source_label",
+    "NatRule", "NodeRuleset", "Origin", "RateLimit", "Rule", "Table", "forget_lowered",
+    "log_prefix", "lower", "options_for", "source_label",
 ]

@@ -520,5 +520,17 @@ def lower(cluster: Cluster, member: Member, family: int,
         return _Lowering(cluster, member, family, options).build()
     # Checks (parity) and the compiler lower the same clusters in one run: the result is
     # memoised on the cluster, so it is shared within the run and dies with its model.
-    return cluster.memo.get(("lower", member.name, family, options),
+    return cluster.memo.get(_memo_key(member, family, options),
                             lambda: _Lowering(cluster, member, family, options).build())
+
+
+def _memo_key(member: Member, family: int, options: LowerOptions) -> tuple[object, ...]:
+    return ("lower", member.name, family, options)
+
+
+def forget_lowered(cluster: Cluster, member: Member, options: LowerOptions | None = None) -> None:
+    """Drop the member's memoised rulesets once its files are built: a 100,000-rule policy
+    would otherwise keep every member's rulesets alive until the compile ends."""
+    options = options or LowerOptions()
+    for family in (4, 6):
+        cluster.memo.drop(_memo_key(member, family, options))
