@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fwc.lab.runner import LabReport
+from fwc.lab.results import LabReport
 
 
 def to_dict(report: LabReport) -> dict[str, Any]:
