@@ -671,6 +671,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
         if name == "branch":
             (fo,) = report.failover
             assert fo.mode == "snat" and fo.ok
+        if name == "dmz":
+            # service web is tcp/80,443: both ports probed through both members
+            web = {(r.phase, r.port) for r in report.expectations
+                   if r.expectation == "allow outsider -> web service web in uplink"}
+            assert web == {(p, port) for p in ("master", "backup") for port in (80, 443)}
         # Kept: the cluster as compiled again, not the control run's leftovers.
         top = max(cluster.members, key=lambda m: m.priority)
         for member in cluster.members:

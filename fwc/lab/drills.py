@@ -129,7 +129,7 @@ def probe_expectations(lab: Lab, phase: str, via: Node) -> list[ProbeResult]:
     for probe in lab.plan.probes:
         res = run_probe(lab, probe, phase, via)
         mark = {True: "ok", False: "MISMATCH", None: "skipped"}[res.agrees]
-        lab.progress(f"  [{phase}] {res.expectation}: kernel {res.kernel} ({res.how}) -> {mark}")
+        lab.progress(f"  [{phase}] {res.label}: kernel {res.kernel} ({res.how}) -> {mark}")
         results.append(res)
     return results
 

@@ -81,7 +81,7 @@ def render_text(report: LabReport) -> str:
         for r in report.expectations:
             mark = {True: "ok", False: "MISMATCH", None: "skipped"}[r.agrees]
             out.append(
-                f"    {mark:8} {r.phase:6} via {r.via}: {r.expectation} -> kernel "
+                f"    {mark:8} {r.phase:6} via {r.via}: {r.label} -> kernel "
                 f"{r.kernel} ({r.how})"
             )
     if report.failover or report.control:

@@ -43,6 +43,12 @@ class ProbeResult:
     how: str
     agrees: bool | None
 
+    @property
+    def label(self) -> str:
+        """The expectation and the port probed: one expectation probes several ports."""
+        return self.expectation if self.port is None else \
+            f"{self.expectation} ({self.proto}/{self.port})"
+
 
 @dataclass
 class FailoverResult:

@@ -245,7 +245,7 @@ def _judge(report: LabReport) -> None:
     for res in report.expectations:
         if res.agrees is False:
             report.failures.append(
-                f"expectation '{res.expectation}' via {res.phase} {res.via}: "
+                f"expectation '{res.label}' via {res.phase} {res.via}: "
                 f"kernel {res.kernel} ({res.how})"
             )
     for fo in report.failover:
