@@ -15,8 +15,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "fwc"
 ARCHITECTURE_DOC = PACKAGE.parent / "docs" / "architecture.md"
 
@@ -42,10 +40,6 @@ MAY_IMPORT: dict[str, set[str]] = {
     "cli": set(ORDER[:ORDER.index("cli")]),
 }
 FOUNDATION_MODULES = {"fwc", "fwc.diagnostics", "fwc.protocols", "fwc.text"}
-
-# Another developer is reworking fwc/lab/ (issue 11, "the lab uses the product"): this
-# one cycle is expected to go with that work, and must not hide any other.
-KNOWN_CYCLES = {("fwc.lab.drills", "fwc.lab.reboot", "fwc.lab.runner")}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -296,15 +290,22 @@ def test_the_stages_import_each_other_without_cycles():
     assert cycles(stage_edges(EDGES)) == []
 
 
-def test_no_import_cycle_between_modules_but_the_known_one():
-    assert [c for c in cycles(EDGES) if c not in KNOWN_CYCLES] == []
+def test_no_import_cycle_between_modules():
+    assert cycles(EDGES) == []
 
 
-@pytest.mark.xfail(strict=True, reason="fwc.lab.drills/reboot <-> fwc.lab.runner (TYPE_CHECKING "
-                   "imports of Lab and Flow): open item of issue 11, the lab still has its "
-                   "own runner types")
-def test_the_lab_cycle_is_gone():
-    assert [c for c in cycles(EDGES) if c in KNOWN_CYCLES] == []
+def test_the_lab_points_one_way():
+    """runner -> drills/reboot -> running -> results: the drills act on the running lab
+    and report in result types, neither of which knows the drills or the runner (the
+    cycle drills/reboot <-> runner through TYPE_CHECKING imports is gone, issue 11)."""
+    below = {"fwc.lab.results": {"fwc.lab.running", "fwc.lab.drills", "fwc.lab.reboot",
+                                 "fwc.lab.runner"},
+             "fwc.lab.running": {"fwc.lab.drills", "fwc.lab.reboot", "fwc.lab.runner"},
+             "fwc.lab.drills": {"fwc.lab.reboot", "fwc.lab.runner"},
+             "fwc.lab.reboot": {"fwc.lab.runner"}}
+    for module, forbidden in below.items():
+        assert set(EDGES[module]) & forbidden == set(), module
+    assert {"fwc.lab.drills", "fwc.lab.reboot", "fwc.lab.running"} <= set(EDGES["fwc.lab.runner"])
 
 
 def test_no_module_keeps_state_keyed_by_id():

@@ -37,7 +37,7 @@ from fwc.lab.topology import (
     plan_remap,
     remap_cluster,
 )
-from tests.conftest import skip_or_fail_without_root
+from tests.conftest import Examples, skip_or_fail_without_root
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "lab_fixtures"
@@ -145,8 +145,9 @@ def test_remap_is_consistent_and_lands_in_doc_ranges() -> None:
     assert remap.leftovers(out) == [] and remap.leftovers(text) == ["10.1.0.0", "10.1.0.254"]
 
 
-def test_fast_keepalived_rewrites_advert_version_and_auth() -> None:
-    text = (FIXTURES / "out" / "edge" / "fw1" / "keepalived.conf").read_text()
+def test_fast_keepalived_rewrites_advert_version_and_auth(examples: Examples) -> None:
+    text = (examples["edge.fw"].out / "edge" / "fw1" / "keepalived.conf").read_text()
+    assert "authentication" in text and "advert_int 1\n" in text
     fast = fast_keepalived(text, 0.1)
     assert "vrrp_version 3" in fast
     assert "authentication" not in fast and "auth_pass" not in fast
@@ -212,14 +213,13 @@ def test_report_renders_side_by_side_gaps() -> None:
     assert json.loads(json.dumps(data))["gaps"][0]["100ms"]["failover_gap_s"] == 0.7
 
 
-def test_adapter_matches_hand_written_spec() -> None:
+def test_adapter_matches_hand_written_spec(examples: Examples) -> None:
     from fwc.lab.adapter import load_policy_cluster
 
-    cluster, out = load_policy_cluster(
-        REPO / "policies" / "edge.fw", FIXTURES / "out", Path("/tmp")
-    )
+    compiled = examples["edge.fw"].out
+    cluster, out = load_policy_cluster(REPO / "policies" / "edge.fw", compiled, Path("/tmp"))
     spec = edge()
-    assert out == FIXTURES / "out" / "edge"
+    assert out == compiled / "edge"
     assert cluster.members == spec.members
     assert cluster.segments == spec.segments
     assert cluster.sync == spec.sync and cluster.snat == spec.snat
@@ -310,14 +310,19 @@ def test_teardown_kills_only_recorded_processes_and_is_idempotent(tmp_path: Path
 
 
 @pytest.mark.root
-def test_keep_then_teardown_command(tmp_path: Path) -> None:
+def test_keep_then_teardown_command(tmp_path: Path, examples: Examples) -> None:
     """--keep leaves the lab up; `--teardown PREFIX` removes every trace."""
+    from fwc.lab.adapter import cluster_from_model
+
     prefix = f"fwc{os.getpid()}k"
-    cluster = replace(edge(), expectations=())
+    # The policy's model and its fresh `fwc compile` output, not a hand-written copy.
+    compiled = examples["edge.fw"]
+    cluster = replace(cluster_from_model(compiled.policy, compiled.policy.clusters[0]),
+                      expectations=())
     try:
         report = run_lab_cluster(
             cluster,
-            FIXTURES / "out" / "edge",
+            compiled.out / "edge",
             LabOptions(keep=True, logdir=tmp_path, prefix=prefix, progress=lambda m: None),
         )
         assert report.error is None, report.error
@@ -340,15 +345,15 @@ def test_keep_then_teardown_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_sigterm_tears_the_lab_down(tmp_path: Path) -> None:
+def test_sigterm_tears_the_lab_down(tmp_path: Path, examples: Examples) -> None:
     prefix = f"fwc{os.getpid()}s"
     cmd = [
         sys.executable,
         "-m",
         "fwc.lab",
-        str(EDGE_SPEC),
+        str(REPO / "policies" / "edge.fw"),
         "--compiled",
-        str(FIXTURES / "out"),
+        str(examples["edge.fw"].out),
         "--prefix",
         prefix,
         "--logdir",
@@ -671,6 +676,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
         if name == "branch":
             (fo,) = report.failover
             assert fo.mode == "snat" and fo.ok
+        if name == "dmz":
+            # service web is tcp/80,443: both ports probed through both members
+            web = {(r.phase, r.port) for r in report.expectations
+                   if r.expectation == "allow outsider -> web service web in uplink"}
+            assert web == {(p, port) for p in ("master", "backup") for port in (80, 443)}
         # Kept: the cluster as compiled again, not the control run's leftovers.
         top = max(cluster.members, key=lambda m: m.priority)
         for member in cluster.members:

@@ -26,8 +26,37 @@ from fwc.lab.topology import (
 from fwc.model.vocabulary import NatAction
 
 if TYPE_CHECKING:
-    from fwc.model import AddressObject, Cluster, Endpoint, Policy
+    from fwc.model import AddressObject, Cluster, Endpoint, Policy, PortRange
     from fwc.model.addresses import AddressSet
+
+# Probes per service match of an expectation (docs/lab.md, "Drill 1"): every port up
+# to this many; beyond it the ends of every range, then ports spread evenly over the
+# rest. Each probe costs up to two 1.5 s timeouts per phase, so `tcp/1024-65535` must
+# not become 64512 of them.
+MAX_PROBED_PORTS = 16
+
+
+def probe_ports(ranges: Sequence[PortRange], cap: int = MAX_PROBED_PORTS) -> tuple[int, ...]:
+    """The ports to probe for RANGES, sorted: all of them, or at most CAP.
+
+    Over the cap, the ends of each range come first (an off-by-one in a rule shows
+    there), then evenly spaced ports of the whole set fill up to CAP. Deterministic:
+    the same policy probes the same ports on every run.
+    """
+    every: set[int] = set()
+    for r in ranges:
+        every.update(range(r.low, r.high + 1))
+    if len(every) <= cap:
+        return tuple(sorted(every))
+    edges = sorted({end for r in ranges for end in (r.low, r.high)})
+    if len(edges) >= cap:  # many ranges: their ends, evenly spaced, first and last kept
+        return tuple(edges[k * (len(edges) - 1) // (cap - 1)] for k in range(cap))
+    # Interior points spaced evenly over the ports that are not an end; the spacing is
+    # at least one port, so the floor division never picks one twice.
+    rest = sorted(every.difference(edges))
+    m = cap - len(edges)
+    sample = [rest[(k + 1) * (len(rest) + 1) // (m + 1) - 1] for k in range(m)]
+    return tuple(sorted([*edges, *sample]))
 
 
 def _items(obj: AddressObject | _Literal) -> tuple[str, ...]:
@@ -99,8 +128,8 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
             for dst in _endpoint_names(exp.destination, literals):
                 for match in exp.services:
                     proto = {"icmpv6": "icmp"}.get(match.protocol, match.protocol)
-                    port = match.ports[0].low if match.ports else None
-                    expectations.append(
+                    ports: tuple[int | None, ...] = probe_ports(match.ports) or (None,)
+                    expectations.extend(
                         LabExpectation(
                             exp.verdict,
                             src,
@@ -112,6 +141,7 @@ def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
                             match.family,
                             exp.in_interface,
                         )
+                        for port in ports
                     )
     snat = tuple(
         LabSnat(rule.source.label, rule.out_interface or "", str(_first(rule.target.addresses)))

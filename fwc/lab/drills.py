@@ -11,48 +11,19 @@ import re
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwc.lab.netns import PYTHON, Proc, run
+from fwc.lab.results import FailoverResult, Flow, ProbeResult, wait_for
 from fwc.lab.topology import Endpoint, ProbePlan, vip_for
 
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
-    from fwc.lab.runner import Flow, Lab
-
-POLL = 0.05  # VIP polling period (lab-notes: takeover is polled every 50 ms)
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, period: float = POLL) -> float | None:
-    """Poll PRED until true; seconds taken, or None after TIMEOUT."""
-    start = time.monotonic()
-    for _ in range(int(timeout / period) + 2):
-        if pred():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            break
-        time.sleep(period)
-    return None
+    from fwc.lab.running import Lab
 
 
 # ------------------------------------------------------------ drill 1
-@dataclass
-class ProbeResult:
-    expectation: str
-    verdict: str
-    phase: str
-    via: str
-    src: str
-    dst: str
-    proto: str
-    port: int | None
-    kernel: str  # "allowed" | "blocked" | "skipped"
-    how: str
-    agrees: bool | None
-
-
 def _probe_dst(lab: Lab, probe: ProbePlan) -> str | None:
     assert probe.src is not None and probe.dst is not None
     if probe.dst.address is not None:
@@ -158,47 +129,12 @@ def probe_expectations(lab: Lab, phase: str, via: Node) -> list[ProbeResult]:
     for probe in lab.plan.probes:
         res = run_probe(lab, probe, phase, via)
         mark = {True: "ok", False: "MISMATCH", None: "skipped"}[res.agrees]
-        lab.progress(f"  [{phase}] {res.expectation}: kernel {res.kernel} ({res.how}) -> {mark}")
+        lab.progress(f"  [{phase}] {res.label}: kernel {res.kernel} ({res.how}) -> {mark}")
         results.append(res)
     return results
 
 
 # ------------------------------------------------------------ drill 2
-@dataclass
-class FailoverResult:
-    label: str
-    mode: str  # "routed" | "snat"
-    advert: str
-    sync: bool
-    expect: str  # "survive" | "die"
-    master: str = ""
-    backup: str = ""
-    connected: bool = False
-    flow_via_master: int = 0
-    external_cache_before: dict[str, int] = field(default_factory=dict)
-    external_flows_before: int = 0
-    takeover_s: float | None = None
-    failover_gap_s: float | None = None
-    survived_failover: bool = False
-    backup_kernel_flows_after: int = 0
-    committed_entries: int | None = None
-    notify_after_failover: list[str] = field(default_factory=list)
-    failback_s: float | None = None
-    failback_gap_s: float | None = None
-    survived_failback: bool | None = None
-    failback_committed: int | None = None
-    longest_gap_s: float | None = None
-    echoes: int = 0
-    sent: int = 0
-    order_errors: int = 0
-    end: str = ""
-    ok: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class Stream:
     """The long-lived TCP probe, read back from its log file."""
 

@@ -22,89 +22,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fwc.lab.drills import Stream, _committed, _longest_gap, start_stream, stop_proc, wait_for
+from fwc.lab.drills import Stream, _committed, _longest_gap, start_stream, stop_proc
 from fwc.lab.netns import PYTHON, LabError, Proc, run
+from fwc.lab.results import BootWatch, Flow, RebootResult, wait_for
 
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
-    from fwc.lab.runner import Flow, Lab
+    from fwc.lab.running import Lab
 
 SPORT_BASE = 61000  # above the ephemeral range (32768-60999): never the drill's own stream
 SPORTS = 1000
 ROUTE_TABLE = "197"  # a policy routing table in the test host only
 SYN_INTERVAL = 0.005
 AFTER_BOOT = 0.6  # keep probing this long after the boot script: the positive control
-
-
-@dataclass
-class BootWatch:
-    """What the node did while its boot script ran (wall-clock seconds, CLOCK_REALTIME)."""
-
-    rc: int | None = None
-    script_s: float | None = None
-    stderr: list[str] = field(default_factory=list)
-    forwarding_before: dict[str, str] = field(default_factory=dict)  # family -> value
-    rules_before: dict[str, str] = field(default_factory=dict)  # family -> FORWARD listing
-    rules_loaded_s: float | None = None  # the script's "rules loaded", from its start
-    forwarding_on_log_s: float | None = None  # the script's "forwarding on"
-    forwarding_on_s: dict[str, float] = field(default_factory=dict)  # sampled, per family
-    forwarding_off_until_s: dict[str, float] = field(default_factory=dict)
-    chain_absent_at_s: dict[str, float] = field(default_factory=dict)
-    chain_in_by_s: dict[str, float] = field(default_factory=dict)
-    samples: int = 0
-    syns_sent: int = 0
-    syns_sent_before_rules: int = 0
-    forwarded_before_rules: int = 0
-    forwarded_after_rules: int = 0
-    first_forwarded_s: float | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass
-class RebootResult:
-    label: str
-    mode: str
-    advert: str
-    master: str = ""
-    backup: str = ""
-    preempt_delay_s: float = 0.0
-    connected: bool = False
-    external_flows_before: int = 0
-    wiped: dict[str, Any] = field(default_factory=dict)
-    takeover_s: float | None = None
-    failover_gap_s: float | None = None
-    survived_failover: bool = False
-    committed_entries: int | None = None
-    boot: BootWatch = field(default_factory=BootWatch)
-    conntrackd_up_s: float | None = None
-    # from keepalived's start on the returning node:
-    cache_s: float | None = None
-    cache: str = ""  # "external" | "internal": where its conntrackd had the flow first
-    first_vip_s: float | None = None
-    failback_s: float | None = None
-    backup_held_vips: bool = False  # every sample before the first VIP moved
-    resync_requested: bool = False  # the notify hook's `conntrackd -n` ran
-    failback_gap_s: float | None = None
-    survived_failback: bool | None = None
-    failback_committed: int | None = None
-    echoes: int = 0
-    order_errors: int = 0
-    end: str = ""
-    ok: bool = False
-    skipped: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["boot"]["ok"] = self.boot.ok
-        return data
 
 
 def judge_boot(

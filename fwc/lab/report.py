@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fwc.lab.runner import LabReport
+from fwc.lab.results import LabReport
 
 
 def to_dict(report: LabReport) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def render_text(report: LabReport) -> str:
         for r in report.expectations:
             mark = {True: "ok", False: "MISMATCH", None: "skipped"}[r.agrees]
             out.append(
-                f"    {mark:8} {r.phase:6} via {r.via}: {r.expectation} -> kernel "
+                f"    {mark:8} {r.phase:6} via {r.via}: {r.label} -> kernel "
                 f"{r.kernel} ({r.how})"
             )
     if report.failover or report.control:

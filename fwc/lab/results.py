@@ -1,0 +1,189 @@
+"""What the lab measures and reports, and the one polling helper its drills share.
+
+Kept apart from the drills and the runner so that both import it and neither
+imports the other for a type: the lab's modules point one way (runner ->
+drills/reboot -> running -> results), with no cycle to hide under TYPE_CHECKING.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fwc.lab.topology import IPAddress
+
+POLL = 0.05  # VIP polling period (lab-notes: takeover is polled every 50 ms)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, period: float = POLL) -> float | None:
+    """Poll PRED until true; seconds taken, or None after TIMEOUT."""
+    start = time.monotonic()
+    for _ in range(int(timeout / period) + 2):
+        if pred():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            break
+        time.sleep(period)
+    return None
+
+
+@dataclass
+class ProbeResult:
+    expectation: str
+    verdict: str
+    phase: str
+    via: str
+    src: str
+    dst: str
+    proto: str
+    port: int | None
+    kernel: str  # "allowed" | "blocked" | "skipped"
+    how: str
+    agrees: bool | None
+
+    @property
+    def label(self) -> str:
+        """The expectation and the port probed: one expectation probes several ports."""
+        return self.expectation if self.port is None else \
+            f"{self.expectation} ({self.proto}/{self.port})"
+
+
+@dataclass
+class FailoverResult:
+    label: str
+    mode: str  # "routed" | "snat"
+    advert: str
+    sync: bool
+    expect: str  # "survive" | "die"
+    master: str = ""
+    backup: str = ""
+    connected: bool = False
+    flow_via_master: int = 0
+    external_cache_before: dict[str, int] = field(default_factory=dict)
+    external_flows_before: int = 0
+    takeover_s: float | None = None
+    failover_gap_s: float | None = None
+    survived_failover: bool = False
+    backup_kernel_flows_after: int = 0
+    committed_entries: int | None = None
+    notify_after_failover: list[str] = field(default_factory=list)
+    failback_s: float | None = None
+    failback_gap_s: float | None = None
+    survived_failback: bool | None = None
+    failback_committed: int | None = None
+    longest_gap_s: float | None = None
+    echoes: int = 0
+    sent: int = 0
+    order_errors: int = 0
+    end: str = ""
+    ok: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BootWatch:
+    """What the node did while its boot script ran (wall-clock seconds, CLOCK_REALTIME)."""
+
+    rc: int | None = None
+    script_s: float | None = None
+    stderr: list[str] = field(default_factory=list)
+    forwarding_before: dict[str, str] = field(default_factory=dict)  # family -> value
+    rules_before: dict[str, str] = field(default_factory=dict)  # family -> FORWARD listing
+    rules_loaded_s: float | None = None  # the script's "rules loaded", from its start
+    forwarding_on_log_s: float | None = None  # the script's "forwarding on"
+    forwarding_on_s: dict[str, float] = field(default_factory=dict)  # sampled, per family
+    forwarding_off_until_s: dict[str, float] = field(default_factory=dict)
+    chain_absent_at_s: dict[str, float] = field(default_factory=dict)
+    chain_in_by_s: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    syns_sent: int = 0
+    syns_sent_before_rules: int = 0
+    forwarded_before_rules: int = 0
+    forwarded_after_rules: int = 0
+    first_forwarded_s: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class RebootResult:
+    label: str
+    mode: str
+    advert: str
+    master: str = ""
+    backup: str = ""
+    preempt_delay_s: float = 0.0
+    connected: bool = False
+    external_flows_before: int = 0
+    wiped: dict[str, Any] = field(default_factory=dict)
+    takeover_s: float | None = None
+    failover_gap_s: float | None = None
+    survived_failover: bool = False
+    committed_entries: int | None = None
+    boot: BootWatch = field(default_factory=BootWatch)
+    conntrackd_up_s: float | None = None
+    # from keepalived's start on the returning node:
+    cache_s: float | None = None
+    cache: str = ""  # "external" | "internal": where its conntrackd had the flow first
+    first_vip_s: float | None = None
+    failback_s: float | None = None
+    backup_held_vips: bool = False  # every sample before the first VIP moved
+    resync_requested: bool = False  # the notify hook's `conntrackd -n` ran
+    failback_gap_s: float | None = None
+    survived_failback: bool | None = None
+    failback_committed: int | None = None
+    echoes: int = 0
+    order_errors: int = 0
+    end: str = ""
+    ok: bool = False
+    skipped: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["boot"]["ok"] = self.boot.ok
+        return data
+
+
+@dataclass
+class Flow:
+    src: IPAddress
+    src_ns: str
+    dst: IPAddress
+    dst_ns: str
+    dst_segment: str
+    port: int
+
+
+@dataclass
+class LabReport:
+    cluster: str
+    prefix: str
+    logdir: str
+    started: float = field(default_factory=time.time)
+    duration_s: float = 0.0
+    remap: list[str] = field(default_factory=list)
+    topology: list[str] = field(default_factory=list)
+    election: dict[str, Any] = field(default_factory=dict)
+    expectations: list[ProbeResult] = field(default_factory=list)
+    failover: list[FailoverResult] = field(default_factory=list)
+    control: FailoverResult | None = None
+    reboot: RebootResult | None = None
+    warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    error: str | None = None
+    kept: bool = False
+    fast_config: str = ""
+    teardown: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.error is None

@@ -1,0 +1,351 @@
+"""The running lab: its plan, state, member nodes and test hosts.
+
+What the drills act on. It imports none of the drills nor the runner, which
+drives it (see fwc/lab/results.py for why the direction matters).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fwc.lab.daemons import KEEPALIVED_CONF, Node, fast_keepalived
+from fwc.lab.netns import PYTHON, LabError, LabState, run
+from fwc.lab.results import Flow, LabReport, wait_for
+from fwc.lab.topology import HostPlan, LabPlan, Remap, all_vips
+
+PROBE_PY = Path(__file__).with_name("probe.py")
+
+
+class Lab:
+    """The running lab: plan, state, member nodes and test hosts."""
+
+    def __init__(
+        self,
+        plan_: LabPlan,
+        compiled: Path,
+        logdir: Path,
+        remap: Remap | None,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.plan = plan_
+        self.compiled = compiled
+        self.logdir = logdir
+        self.remap = remap
+        self.progress = progress
+        self.state = LabState(plan_.prefix)
+        self.probe_py = PROBE_PY
+        self.vip_set = {str(v.ip) for v in all_vips(plan_)}
+        self.advert_label = advert_label(plan_.cluster.advert)
+        self.nodes: list[Node] = []
+        self.candidates = self._candidate_flows()
+        self.flow = self.candidates[0] if self.candidates else None
+        # mode -> the connection its failover drill uses ("snat" once classified)
+        self.flows: dict[str, Flow] = {"routed": self.flow} if self.flow else {}
+        self.listen: dict[str, tuple[set[int], set[int]]] = {}
+        # Routes the lab adds to members (to the upstream host); a member
+        # restored after a crash gets them back, as a rebooted node would.
+        self.member_routes: dict[str, list[list[str]]] = {}
+        self.saved_sysctls: dict[str, str] = {}  # tcp_loose before the control run
+        # Callers that drive the lab step by step (tests, fwc install) get a
+        # report to collect warnings in without building one themselves.
+        self.report = LabReport(plan_.cluster.name, plan_.prefix, str(logdir))
+        self.host_procs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ helpers
+    def host_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
+        # Test hosts need no mount namespace: only their network is private.
+        return ["nsenter", f"--net=/run/netns/{ns}", "--", *argv]
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def current_master(self) -> Node:
+        for node in self.nodes:
+            if node.vips_held() == self.vip_set:
+                return node
+        raise LabError("no member holds all VIPs")
+
+    def listener_for(self, node: Node) -> tuple[Sequence[int], Sequence[int], Path]:
+        """What NODE listens on for `-> firewall` probes (the same on every member)."""
+        tcp, udp = self.listen.get("firewall", (set(), set()))
+        return sorted(tcp), sorted(udp), self.probe_py
+
+    def _candidate_flows(self) -> list[Flow]:
+        """Drill-2 connections: allowed TCP expectations between two VIP segments (IPv4)."""
+        vip_segments = {s.name for s in self.plan.segments if s.vips and not s.is_sync}
+        snat_out = {s.out_segment for s in self.plan.cluster.snat}
+        candidates = []
+        for probe in self.plan.probes:
+            e = probe.expectation
+            if probe.skip or e.verdict != "allow" or e.proto != "tcp" or not e.port:
+                continue
+            s, d = probe.src, probe.dst
+            if s is None or d is None or s.address is None or d.address is None:
+                continue
+            if s.segment == d.segment or not {s.segment, d.segment} <= vip_segments:
+                continue
+            if s.address.version != 4:
+                continue
+            candidates.append(
+                Flow(
+                    s.address, s.host_ns or "", d.address, d.host_ns or "", d.segment or "", e.port
+                )
+            )
+        candidates.sort(key=lambda f: f.dst_segment not in snat_out)
+        return candidates
+
+    def classify_snat(self, master: Node) -> Flow | None:
+        """The first candidate the policy really SNATs to a VIP.
+
+        Read from the master's conntrack entries left by the expectation
+        probes: a flow is translated when its reply goes to a VIP. Asking the
+        kernel avoids re-implementing the policy's nonat/snat ordering here.
+        """
+        vips = {str(v.ip) for v in all_vips(self.plan)}
+        for flow in self.candidates:
+            proc = master.exec(
+                [
+                    "conntrack",
+                    "-L",
+                    "-p",
+                    "tcp",
+                    "-s",
+                    str(flow.src),
+                    "-d",
+                    str(flow.dst),
+                    "--dport",
+                    str(flow.port),
+                ],
+                check=False,
+            )
+            for line in proc.stdout.splitlines():
+                dsts = [f.split("=", 1)[1] for f in line.split() if f.startswith("dst=")]
+                if len(dsts) >= 2 and dsts[1] in vips:
+                    return flow
+        return None
+
+    # ------------------------------------------------------------ bring-up
+    def build(self) -> None:
+        p = self.plan
+        self.state.create()
+        self.state.add_netns(p.sw_ns)
+        for seg in p.segments:
+            self.state.add_bridge(p.sw_ns, seg.bridge)
+        for ns in [*p.member_ns.values(), *(h.ns for h in p.hosts)]:
+            self.state.add_netns(ns)
+        bridges = {s.name: s.bridge for s in p.segments}
+        for port in p.ports:
+            self.state.add_port(p.sw_ns, bridges[port.segment], port.port, port.ns, port.device)
+        for member in p.cluster.members:
+            ns = p.member_ns[member.name]
+            for link in member.links.values():
+                for addr in link.addresses:
+                    extra = ["nodad"] if ipaddress.ip_interface(addr).version == 6 else []
+                    run(["ip", "-n", ns, "addr", "add", addr, "dev", link.device, *extra])
+        for host in p.hosts:
+            self._address_host(host)
+        if p.upstream_segment is not None:
+            for member in p.cluster.members:
+                link = member.links.get(p.upstream_segment)
+                if link is None:
+                    continue
+                for fam, via in p.upstream.items():
+                    route = [f"-{fam}", "route", "replace", "default", "via", str(via)]
+                    route += ["dev", link.device]
+                    self.member_routes.setdefault(member.name, []).append(route)
+                    run(["ip", "-n", p.member_ns[member.name], *route])
+        self.progress(
+            f"built {len(p.member_ns)} members, {len(p.hosts)} test hosts, "
+            f"{len(p.segments)} segments (prefix {p.prefix})"
+        )
+
+    def _address_host(self, host: HostPlan) -> None:
+        for addr in [*host.addresses, *host.outside]:
+            extra = ["nodad"] if addr.version == 6 else []
+            run(["ip", "-n", host.ns, "addr", "add", str(addr), "dev", host.device, *extra])
+        self.set_default_routes(host, True)
+
+    def set_default_routes(self, host: HostPlan, present: bool) -> None:
+        for gw in host.gateways:
+            fam = "-6" if gw.version == 6 else "-4"
+            if present:
+                run(["ip", fam, "-n", host.ns, "route", "replace", "default", "via", str(gw)])
+            else:
+                run(["ip", fam, "-n", host.ns, "route", "del", "default"], check=False)
+
+    def start_members(self) -> None:
+        p = self.plan
+        vips = all_vips(p)
+        for member in p.cluster.members:
+            node = Node(
+                self.state,
+                member.name,
+                p.member_ns[member.name],
+                self.compiled / member.name,
+                [lk.device for lk in member.links.values()],
+                vips,
+                self.logdir,
+                self.remap,
+            )
+            node.routes = self.member_routes.get(member.name, [])
+            node.link_addresses = {lk.device: list(lk.addresses) for lk in member.links.values()}
+            self.nodes.append(node)
+            node.create_mount_ns()
+            installed = node.install()
+            self.report.warnings.extend(node.load_firewall())
+            problem = node.config_test()
+            if problem:
+                self.report.warnings.append(f"{member.name}: {problem}")
+            self.progress(
+                f"{member.name}: installed {', '.join(installed)}; rules and sysctls loaded"
+            )
+        for node in self.nodes:
+            node.start_conntrackd()
+        for node in self.nodes:
+            node.start_keepalived()
+
+    def start_listeners(self) -> None:
+        for probe in self.plan.probes:
+            e, d = probe.expectation, probe.dst
+            if probe.skip or d is None or e.proto == "icmp" or not e.port:
+                continue
+            key = d.host_ns if d.address is not None else "firewall"
+            tcp, udp = self.listen.setdefault(key or "", (set(), set()))
+            (tcp if e.proto == "tcp" else udp).add(e.port)
+        for flow in self.candidates:
+            self.listen.setdefault(flow.dst_ns, (set(), set()))[0].add(flow.port)
+        for ns, (tcp, udp) in self.listen.items():
+            if ns == "firewall":
+                for node in self.nodes:
+                    node.start_listener(sorted(tcp), sorted(udp), self.probe_py)
+                continue
+            argv = [
+                PYTHON,
+                str(self.probe_py),
+                "serve",
+                "--tcp",
+                *map(str, sorted(tcp)),
+                "--udp",
+                *map(str, sorted(udp)),
+            ]
+            self.state.spawn(
+                f"{ns}/listener",
+                self.host_argv(ns, argv),
+                self.logdir / f"{ns.removeprefix(self.plan.prefix + '-')}-listener.log",
+            )
+
+    def expected_master(self) -> str | None:
+        """With preemption the highest priority member must end up master."""
+        if not self.plan.cluster.preempt:
+            return None
+        return max(self.plan.cluster.members, key=lambda m: m.priority).name
+
+    def wait_master(self, timeout: float | None = None) -> tuple[Node, float]:
+        """Exactly one member holding every VIP, the others none, and settled.
+
+        Right after a restart a lower priority member can win briefly before
+        the preferred one preempts; returning then would fail the wrong node
+        in the next drill. So wait for the expected master (with preemption),
+        or for one sole master that stays put for a second (without).
+        """
+        # The preferred master only preempts once its preempt_delay has passed.
+        timeout = timeout if timeout is not None else 20.0 + self.plan.cluster.preempt_delay
+        expected = self.expected_master()
+        found: list[Node] = []
+        since: list[float] = []
+
+        def converged() -> bool:
+            held = {n.name: n.vips_held() for n in self.nodes}
+            masters = [n for n in self.nodes if held[n.name] == self.vip_set]
+            others = [n for n in self.nodes if n not in masters]
+            sole = len(masters) == 1 and all(not held[n.name] for n in others)
+            if not sole or (expected is not None and masters[0].name != expected):
+                since.clear()
+                return False
+            if not found or found[0] is not masters[0]:
+                found[:] = masters
+                since[:] = [time.monotonic()]
+            return expected is not None or time.monotonic() - since[0] >= 1.0
+
+        took = wait_for(converged, timeout)
+        if took is None:
+            held = {n.name: sorted(n.vips_held()) for n in self.nodes}
+            want = f"{expected} as the only master" if expected else "a single master"
+            raise LabError(
+                f"no {want} within {timeout:.0f} s (VIPs held: {held}); "
+                f"see {self.logdir}/*-keepalived.log"
+            )
+        return found[0], took
+
+    # ------------------------------------------------------------ drill set-up
+    def prepare_mode(self, mode: str) -> Callable[[], None]:
+        """Routed: exempt the drill flow from SNAT. SNAT: the far host loses its way back."""
+        flow = self.flows[mode]
+        if mode == "routed":
+            rule = ["-s", f"{flow.src}/32", "-d", f"{flow.dst}/32", "-j", "ACCEPT"]
+            for node in self.nodes:
+                node.exec(["iptables", "-t", "nat", "-I", "POSTROUTING", "1", *rule])
+
+            def undo_routed() -> None:
+                for node in self.nodes:
+                    node.exec(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule], check=False)
+
+            return undo_routed
+        host = next(h for h in self.plan.hosts if h.ns == flow.dst_ns)
+        self.set_default_routes(host, False)
+        return lambda: self.set_default_routes(host, True)
+
+    def back_to_compiled(self) -> Node:
+        """After the drills, for --keep: every member as compiled, synced, one master.
+
+        Undoes the control run (conntrackd masked, tcp_loose=0, old master
+        down) and the 100 ms keepalived, so the kept lab is the cluster as
+        compiled rather than the last drill's wreckage.
+        """
+        for node in self.nodes:
+            node.stop_keepalived()
+            node.enable_conntrackd()
+            loose = self.saved_sysctls.get(node.name)
+            if loose:
+                node.sysctl("net.netfilter.nf_conntrack_tcp_loose", loose)
+            node.reinstall_keepalived()
+        for node in self.nodes:
+            if "conntrackd" in node.daemons:
+                node.start_keepalived()
+            else:  # crashed in the control run, or conntrackd stopped
+                node.stop_conntrackd()
+                node.restore(self.listener_for(node) if not node.helpers else None)
+        self.advert_label = advert_label(self.plan.cluster.advert)
+        master, _ = self.wait_master()
+        return master
+
+    def switch_advert(self, advert: float, generated: dict[str, str] | None = None) -> str:
+        """Restart keepalived on every member with ADVERT seconds (VRRPv3).
+
+        GENERATED (member -> keepalived.conf) is used when given; otherwise the
+        compiled file is rewritten. Returns where the configs came from.
+        """
+        for node in self.nodes:
+            node.stop_keepalived()
+        source = "generated by fwc" if generated else "rewritten from the compiled file"
+        for node in self.nodes:
+            if generated and node.name in generated:
+                text = generated[node.name]
+                if self.remap is not None:
+                    text = self.remap.rewrite(text)
+            else:
+                text = fast_keepalived(node.exec(["cat", KEEPALIVED_CONF]).stdout, advert)
+                source = "rewritten from the compiled file"
+            node.write(KEEPALIVED_CONF, text, 0o644)
+        for node in self.nodes:
+            node.start_keepalived()
+        self.advert_label = advert_label(advert)
+        return source
+
+
+def advert_label(seconds: float) -> str:
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
