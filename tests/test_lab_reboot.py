@@ -168,3 +168,45 @@ def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_scri
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []
+
+
+class _ScriptedNode:
+    """A member whose VIPs follow a script of readings (the last one repeats)."""
+
+    def __init__(self, readings: list[set[str]]) -> None:
+        self.readings = readings
+
+    def vips_held(self) -> set[str]:
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+    def ct(self, args: list[str], check: bool = False):  # type: ignore[no-untyped-def]
+        class Done:
+            stdout = "sport=1 dport=2\n"
+        return Done()
+
+
+class _Lab:
+    vip_set = {"192.0.2.1", "198.51.100.1"}
+
+
+def _rejoin_with(master: list[set[str]], backup: list[set[str]]) -> RebootResult:
+    from fwc.lab.reboot import _rejoin
+
+    res = RebootResult("reboot-snat-1s", "snat", "1s", "fw1", "fw2", 0.0, connected=True)
+    _rejoin(_Lab(), res, _ScriptedNode(master), _ScriptedNode(backup),  # type: ignore[arg-type]
+            lambda lines: True, time.monotonic())
+    return res
+
+
+def test_a_handover_between_two_readings_is_not_a_gap() -> None:
+    every = _Lab.vip_set
+    # master read empty; then it took the VIPs and the backup released them before the
+    # backup was read: the second reading of the master shows the handover.
+    res = _rejoin_with(master=[set(), every, every], backup=[set()])
+    assert res.backup_held_vips and res.failback_s is not None
+
+
+def test_a_vip_nobody_holds_is_a_gap() -> None:
+    every = _Lab.vip_set
+    res = _rejoin_with(master=[set(), set(), every], backup=[{"192.0.2.1"}])
+    assert not res.backup_held_vips

@@ -414,7 +414,10 @@ def _rejoin(
         if mine == lab.vip_set:
             res.failback_s = round(now - t_ka, 3)
             break
-        if not mine and backup.vips_held() != lab.vip_set:
+        # Read the master again after the backup: between the two reads the master may
+        # have taken the VIPs and the backup released them (a handover, not a gap). Only
+        # a VIP that neither holds at the backup's reading is one the cluster dropped.
+        if not mine and backup.vips_held() != lab.vip_set and not master.vips_held():
             held_throughout = False
         if res.cache_s is None:
             for kind, flag in (("external", "-e"), ("internal", "-i")):
