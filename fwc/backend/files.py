@@ -22,6 +22,8 @@ from enum import Enum
 from pathlib import PurePosixPath
 from types import MappingProxyType
 
+from fwc.model.vocabulary import Backend
+
 MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755
 
 
@@ -78,6 +80,8 @@ class GeneratedFile:
     # (program, what for) that `fwc install` needs on the node for this file: a
     # missing one stops the install before anything changes.
     needs: tuple[tuple[str, str], ...] = ()
+    # Only for clusters compiled for this packet filter (None: for every backend).
+    backend: Backend | None = None
 
     def output_mode(self, holds_secret: bool) -> int:
         return self.mode if holds_secret or not self.secret else MODE_FILE
@@ -89,15 +93,22 @@ FILES: tuple[GeneratedFile, ...] = (
                   When.ALWAYS, Reload.RULES, "`iptables-restore` input",
                   family=4, loader="iptables-restore",
                   needs=(("iptables-restore", "iptables.rules"),
-                         ("iptables-save", "the snapshot"))),
+                         ("iptables-save", "the snapshot")),
+                  backend=Backend.IPTABLES),
     GeneratedFile("ip6tables.rules", "/etc/fwc/ip6tables.rules", MODE_FILE, "iptables",
                   When.IPV6, Reload.RULES, "`ip6tables-restore` input",
                   family=6, loader="ip6tables-restore",
                   needs=(("ip6tables-restore", "ip6tables.rules"),
-                         ("ip6tables-save", "the snapshot"))),
+                         ("ip6tables-save", "the snapshot")),
+                  backend=Backend.IPTABLES),
     GeneratedFile("ipsets.rules", "/etc/fwc/ipsets.rules", MODE_FILE, "ipset",
                   When.IPSETS, Reload.IPSETS, "`ipset restore` input: the sets the rules name",
-                  needs=(("ipset", "ipsets.rules"), ("unshare", "testing ipsets.rules"))),
+                  needs=(("ipset", "ipsets.rules"), ("unshare", "testing ipsets.rules")),
+                  backend=Backend.IPTABLES),
+    GeneratedFile("nftables.nft", "/etc/fwc/nftables.nft", MODE_FILE, "nftables",
+                  When.ALWAYS, Reload.RULES,
+                  "`nft -f` input: replaces only fwc's own table `inet fwc`, atomically",
+                  loader="nft", needs=(("nft", "nftables.nft"),), backend=Backend.NFTABLES),
     # It holds the VRRP password whenever authentication is on.
     GeneratedFile("keepalived.conf", "/etc/keepalived/keepalived.conf", MODE_SECRET,
                   "keepalived", When.ALWAYS, Reload.KEEPALIVED, "keepalived: the VRRP sync group",
@@ -125,10 +136,16 @@ FILES: tuple[GeneratedFile, ...] = (
                   "`sysctl -p` by the boot script and `fwc install`, after the rules loaded"),
     GeneratedFile("failsafe.rules", "/etc/fwc/failsafe.rules", MODE_FILE, "iptables",
                   When.ALWAYS, Reload.FAILSAFE, "the fail-closed IPv4 rules of the boot script",
-                  family=4, loader="iptables-restore"),
+                  family=4, loader="iptables-restore",
+                  backend=Backend.IPTABLES),
     GeneratedFile("failsafe6.rules", "/etc/fwc/failsafe6.rules", MODE_FILE, "iptables",
                   When.IPV6, Reload.FAILSAFE, "the fail-closed IPv6 rules of the boot script",
-                  family=6, loader="ip6tables-restore"),
+                  family=6, loader="ip6tables-restore",
+                  backend=Backend.IPTABLES),
+    GeneratedFile("failsafe.nft", "/etc/fwc/failsafe.nft", MODE_FILE, "nftables",
+                  When.ALWAYS, Reload.FAILSAFE,
+                  "the fail-closed `inet fwc` table of the boot script (both families)",
+                  loader="nft", backend=Backend.NFTABLES),
     GeneratedFile("fwc-firewall.sh", "/etc/fwc/fwc-firewall.sh", MODE_SCRIPT, "systemd",
                   When.ALWAYS, Reload.BOOT,
                   "the boot script: forwarding off, rules (or the fail-closed ones), forwarding"),
@@ -166,7 +183,8 @@ def markdown() -> str:
              "| after a change (`fwc install`) |",
              "|---|---|---|---|---|---|"]
     for f in FILES:
-        lines.append(f"| `{f.name}` | {f.when.value} | {f.path} | {_mode(f)} | {f.what} "
+        when = f.when.value if f.backend is None else f"backend {f.backend}: {f.when.value}"
+        lines.append(f"| `{f.name}` | {when} | {f.path} | {_mode(f)} | {f.what} "
                      f"| {f.reload.value} |")
     lines.append(DOC_END)
     return "\n".join(lines) + "\n"
