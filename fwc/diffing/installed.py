@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fwc.backend.files import FILES, Reload
+from fwc.backend.files import FILES, Reload, backend_refusal
 from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
@@ -76,6 +76,9 @@ def _run(args: argparse.Namespace) -> int:
     cluster = next((c for c in policy.clusters if c.member(args.installed)), None)
     if cluster is None:
         raise Usage(f"no member '{args.installed}' in {path}")
+    refusal = backend_refusal(cluster.name, cluster.backend, "fwc diff --installed")
+    if refusal is not None:
+        raise Usage(refusal)
     member = cluster.member(args.installed)
     assert member is not None
     inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
