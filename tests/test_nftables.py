@@ -256,3 +256,14 @@ def test_boot_scripts_last_resort_table_loads(tmp_path):
         listed = _table(ns, "fwc")
         assert "hook input" in _table(ns, "other")
     assert listed.count("policy drop;") == 3
+
+
+def test_install_scripts_load_and_test_nft_rows_with_nft():
+    from fwc.install import scripts
+
+    present = [f for f in FILES if f.backend in (None, Backend.NFTABLES)]
+    loads = scripts.apply(present)
+    assert "nft -f /etc/fwc/nftables.nft" in loads and "iptables" not in loads
+    test = scripts.test_ruleset(present)
+    assert f"nft -c -f {scripts.STAGING}/nftables.nft" in test
+    assert f"nft -c -f {scripts.STAGING}/failsafe.nft" in test

@@ -35,12 +35,15 @@ from fwc.install.transport import (
     make_transport,
     read_inventory,
 )
+from fwc.model.vocabulary import Backend
 from fwc.pipeline import clean_policy
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
 # (file, save, restore) of every ruleset the node runs: compared live, not as a file.
+# Only iptables' rows: a cluster of another backend is refused (backend_refusal).
 RULESETS = tuple((f.name, f.loader.replace("-restore", "-save"), f.loader)
-                 for f in FILES if f.reload is Reload.RULES and f.loader)
+                 for f in FILES if f.reload is Reload.RULES and f.loader
+                 and f.backend is Backend.IPTABLES)
 OTHER_SECRET = "(secret: not the compiled one)"
 
 
