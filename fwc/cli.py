@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a placeholder instead of VRRP passwords (for committed trees)")
     p.add_argument("--force", action="store_true",
                    help="write into an output directory that holds files fwc did not write")
+    p.add_argument("--backend", choices=("iptables", "nftables"), default=None,
+                   help="packet filter to write rules for (overrides the policy's `backend`)")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
     add_include_path_argument(p)

@@ -35,7 +35,7 @@ POLICIES = REPO / "policies"
 EXAMPLE_FILES = sorted(POLICIES.glob("*.fw"))
 EXAMPLE_NAMES = [p.name for p in EXAMPLE_FILES]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "keepalived", "conntrackd",
+REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "nft", "keepalived", "conntrackd",
                   "nsenter", "unshare")
 
 

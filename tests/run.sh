@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in ip:iproute2 iptables-restore:iptables systemd-analyze:systemd keepalived:keepalived conntrackd:conntrackd \
+for tool in ip:iproute2 iptables-restore:iptables nft:nftables systemd-analyze:systemd keepalived:keepalived conntrackd:conntrackd \
             conntrack:conntrack ipset:ipset unshare:util-linux nsenter:util-linux \
             sysctl:procps; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")

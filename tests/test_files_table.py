@@ -25,6 +25,7 @@ from fwc.install.node import NodeInstall
 from fwc.install.paths import NETNS_PRIVATE_DIRS
 from fwc.lab import daemons as lab_daemons
 from fwc.model import Policy
+from fwc.model.vocabulary import Backend
 from fwc.pipeline import analyse
 
 
@@ -56,7 +57,8 @@ def test_compile_writes_exactly_the_rows_a_member_gets_with_their_modes(edge):
     [cluster] = compile_policy(edge)
     by_member = cluster.members()
     # edge has IPv6, a sync link and no ipsets: every row but ipsets.rules, in table order.
-    expected = [f.name for f in FILES if f.when is not When.IPSETS]
+    expected = [f.name for f in FILES if f.when is not When.IPSETS
+                and f.backend in (None, Backend.IPTABLES)]
     assert by_member == {"fw1": expected, "fw2": expected}
     modes = {f.path: f.mode for f in cluster.files}
     for member in by_member:
@@ -84,7 +86,8 @@ def test_ipv4_only_cluster_has_no_ipv6_rows(tmp_path):
         d for d in analysis.diagnostics if d.severity == "error"], analysis.diagnostics
     [cluster] = compile_policy(analysis.policy)
     names = cluster.members()["fw1"]
-    assert names == [f.name for f in FILES if f.when not in (When.IPV6, When.IPSETS)]
+    assert names == [f.name for f in FILES if f.when not in (When.IPV6, When.IPSETS)
+                     and f.backend in (None, Backend.IPTABLES)]
     boot = next(f.content.decode() for f in cluster.files if f.path == "fw1/fwc-firewall.sh")
     assert "ip6tables-restore" not in boot and "/etc/fwc/iptables.rules" in boot
 
@@ -105,13 +108,13 @@ def test_the_renderers_name_each_other_by_the_table_paths(edge):
     assert f"ExecStart={table.path_of('fwc-firewall.sh')}" in text["fw1/fwc-firewall.service"]
     boot = text["fw1/fwc-firewall.sh"]
     for f in FILES:
-        if f.reload in (Reload.RULES, Reload.FAILSAFE):
+        if f.reload in (Reload.RULES, Reload.FAILSAFE) and f.backend is Backend.IPTABLES:
             assert f"{f.loader} < {f.path}" in boot, f.name
     assert table.path_of("forwarding.conf") in boot and table.path_of("sysctl.conf") in boot
 
 
 def test_install_loads_in_load_order_from_the_table():
-    present = list(FILES)
+    present = [f for f in FILES if f.backend in (None, Backend.IPTABLES)]
     lines = scripts.apply(present).splitlines()
     loads = [line for line in lines if not line.startswith(("mkdir", "cp", "set", "rm"))]
     assert loads == [

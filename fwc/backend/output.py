@@ -27,6 +27,7 @@ from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.registry import render_member
 from fwc.diagnostics import SILENT, Reporter
 from fwc.model import Cluster, Member, Policy
+from fwc.model.vocabulary import Backend
 
 
 class OutputError(Exception):
@@ -71,9 +72,12 @@ def relative_source(path: str, root: str) -> str:
 
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
-                 redact: bool) -> list[OutputFile]:
-    """The member's generated files, as the table of generated files (fwc.backend.files) says."""
-    build = MemberBuild(cluster, member, options, redact)
+                 redact: bool, backend: Backend | None = None) -> list[OutputFile]:
+    """The member's generated files, as the table of generated files (fwc.backend.files) says.
+
+    BACKEND: the packet filter to write for (None: the cluster's `backend`).
+    """
+    build = MemberBuild(cluster, member, options, redact, backend=backend)
     return [OutputFile(f"{member.name}/{r.file.name}", r.text.encode(), r.mode)
             for r in render_member(build)]
 
@@ -86,8 +90,12 @@ def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> b
 
 
 def compile_policy(policy: Policy, redact: bool = False,
-                   progress: Reporter = SILENT) -> list[ClusterOutput]:
-    """Every file of every cluster, in memory. Pure: no file system access."""
+                   progress: Reporter = SILENT,
+                   backend: Backend | None = None) -> list[ClusterOutput]:
+    """Every file of every cluster, in memory. Pure: no file system access.
+
+    BACKEND (`fwc compile --backend`) overrides every cluster's `backend`.
+    """
     options = options_for(policy)
     out: list[ClusterOutput] = []
     total = sum(len(cluster.members) for cluster in policy.clusters) or 1
@@ -96,7 +104,7 @@ def compile_policy(policy: Policy, redact: bool = False,
         files: list[OutputFile] = []
         for member in cluster.members:
             progress.phase(f"compiling {cluster.name}/{member.name}", done / total)
-            files.extend(member_files(cluster, member, options, redact))
+            files.extend(member_files(cluster, member, options, redact, backend))
             forget_lowered(cluster, member, options)
             done += 1
         files.append(OutputFile(MANIFEST, manifest(policy, cluster, files), MODE_FILE))

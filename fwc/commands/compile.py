@@ -15,6 +15,7 @@ from fwc.backend.output import (
 )
 from fwc.commands.common import without_cycle_collection
 from fwc.diagnostics import Progress, error, failed, print_diagnostics
+from fwc.model.vocabulary import Backend
 from fwc.pipeline import analyse
 
 
@@ -43,8 +44,9 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         print("fwc: nothing written: fix the errors above first", file=sys.stderr)
         return 1
     try:
+        backend = Backend(args.backend) if args.backend else None
         clusters = compile_policy(policy, redact=args.redact_secrets,
-                                  progress=progress.within(0.55, 0.95))
+                                  progress=progress.within(0.55, 0.95), backend=backend)
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
         progress.done()
         diagnostics.append(error("FWC900", f"internal error while compiling: "

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fwc.backend.files import backend_refusal
 from fwc.install.compiled import CompiledError, load_member_files
 from fwc.install.node import Confirmer
 from fwc.install.plan import (
@@ -113,6 +114,10 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
     try:
         policy = load_policy(args.file, args.include_path)
         targets = choose(policy, args.member, args.all)
+        for target in targets:
+            refusal = backend_refusal(target.cluster.name, target.cluster.backend, "fwc install")
+            if refusal is not None:
+                raise UsageError(refusal)
         inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
         secrets = read_secrets(Path(args.secrets)) if args.secrets else None
         if args.confirm_timeout <= 0:

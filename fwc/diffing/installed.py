@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fwc.backend.files import FILES, Reload
+from fwc.backend.files import FILES, Reload, backend_refusal
 from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
@@ -35,12 +35,15 @@ from fwc.install.transport import (
     make_transport,
     read_inventory,
 )
+from fwc.model.vocabulary import Backend
 from fwc.pipeline import clean_policy
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
 # (file, save, restore) of every ruleset the node runs: compared live, not as a file.
+# Only iptables' rows: a cluster of another backend is refused (backend_refusal).
 RULESETS = tuple((f.name, f.loader.replace("-restore", "-save"), f.loader)
-                 for f in FILES if f.reload is Reload.RULES and f.loader)
+                 for f in FILES if f.reload is Reload.RULES and f.loader
+                 and f.backend is Backend.IPTABLES)
 OTHER_SECRET = "(secret: not the compiled one)"
 
 
@@ -76,6 +79,9 @@ def _run(args: argparse.Namespace) -> int:
     cluster = next((c for c in policy.clusters if c.member(args.installed)), None)
     if cluster is None:
         raise Usage(f"no member '{args.installed}' in {path}")
+    refusal = backend_refusal(cluster.name, cluster.backend, "fwc diff --installed")
+    if refusal is not None:
+        raise Usage(refusal)
     member = cluster.member(args.installed)
     assert member is not None
     inventory = read_inventory(Path(args.inventory)) if args.inventory else {}

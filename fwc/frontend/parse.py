@@ -389,6 +389,7 @@ class _Builder(Transformer):
     opt_only = _valued("only")
     unicast = _valued("unicast")
     master = _valued("master")
+    backend = _valued("backend")
     del _valued
 
     def multicast(self, children: list) -> list[s.Option]:
@@ -451,8 +452,9 @@ class _Builder(Transformer):
         vrrp_span = sync_span = None
         interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
         members = tuple(i for i in items if isinstance(i, s.MemberDecl))
+        backend = tuple(i for i in items if isinstance(i, s.Option))
         for item in items:
-            if not isinstance(item, tuple):
+            if not isinstance(item, tuple) or isinstance(item, s.Option):
                 continue
             kind, options = item
             target = vrrp if kind == "vrrp" else sync
@@ -467,7 +469,7 @@ class _Builder(Transformer):
         spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
         return s.ClusterDecl(name_word, tuple(vrrp), vrrp_span, tuple(sync), sync_span,
-                             interfaces, members, _join(name_word.span, last))
+                             interfaces, members, _join(name_word.span, last), backend)
 
     # -- rules ----------------------------------------------------------------------
     def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:

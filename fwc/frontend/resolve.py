@@ -19,7 +19,7 @@ from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
-from fwc.model.vocabulary import FilterAction, NatAction, Verdict
+from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
 
 IPV4_BITS, IPV6_BITS = 32, 128
 
@@ -378,7 +378,16 @@ class Resolver:
                     if exp:
                         expectations.append(exp)
         return m.Cluster(decl.name.text, vrrp, sync, interfaces, members, tuple(rules),
-                         tuple(nat), tuple(expectations), decl.span)
+                         tuple(nat), tuple(expectations), decl.span,
+                         self.resolve_backend(decl))
+
+    def resolve_backend(self, decl: s.ClusterDecl) -> Backend:
+        opts = self.unique_options(decl.backend)
+        word = opts["backend"].value if "backend" in opts else None
+        if word is None:
+            return Backend.IPTABLES
+        name = self.choice(word, "backend", (b.value for b in Backend))
+        return Backend.IPTABLES if name is None else Backend(name)
 
     def unique_options(self, options: Iterable[s.Option]) -> dict[str, s.Option]:
         seen: dict[str, s.Option] = {}

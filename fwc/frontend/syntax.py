@@ -130,6 +130,7 @@ class ClusterDecl:
     interfaces: tuple[InterfaceDecl, ...]
     members: tuple[MemberDecl, ...]
     span: Span
+    backend: tuple[Option, ...] = ()  # `backend NAME` (given twice: FWC110)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,8 @@ def write(path: str, mode: int) -> str:
 def test_ruleset(files: list[GeneratedFile]) -> str:
     names = {f.name for f in files}
     # The boot fallback is only loaded when something already went wrong: test it now.
-    steps = [f"{f.loader} --test < {STAGING}/{f.name}"
+    steps = [f"nft -c -f {STAGING}/{f.name}" if f.loader == "nft"
+             else f"{f.loader} --test < {STAGING}/{f.name}"
              for reload in (Reload.RULES, Reload.FAILSAFE) for f in files if f.reload is reload]
     ipsets = [f for f in files if f.reload is Reload.IPSETS]
     if ipsets:
@@ -191,7 +192,8 @@ def load(file: GeneratedFile) -> str:
     if file.reload is Reload.IPSETS:
         return f"ipset restore -exist < {file.path}"
     if file.reload is Reload.RULES:
-        return f"{file.loader} < {file.path}"
+        # nft reads a file by name (`-f`); the restore programs read stdin.
+        return f"nft -f {file.path}" if file.loader == "nft" else f"{file.loader} < {file.path}"
     if file.reload is Reload.SYSCTL:
         # A key the kernel refuses (per-namespace limits, removed knobs) must not
         # undo a good ruleset: report it and carry on.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fwc.backend.files import backend_refusal
 from fwc.backend.render import keepalived
 from fwc.lab.netns import LabError
 from fwc.lab.topology import (
@@ -190,6 +191,11 @@ def load_policy_cluster(
     cluster = policy.cluster(cluster_name) if cluster_name else policy.clusters[0]
     if cluster is None:
         raise LabError(f"no cluster {cluster_name!r} in {policy_file}")
+    refusal = backend_refusal(cluster.name, cluster.backend, "fwc lab")
+    if refusal is not None:
+        from fwc.lab.runner import LabRefused
+
+        raise LabRefused(refusal)
     if compiled is None:
         compiled = tmp / "compiled"
         _compile(policy_file, compiled, include_path)

@@ -14,7 +14,7 @@ from typing import NamedTuple, TypeVar
 
 from fwc.diagnostics import Span
 from fwc.model.addresses import AddressSet
-from fwc.model.vocabulary import Action, FilterAction, NatAction, NatStage, Verdict
+from fwc.model.vocabulary import Action, Backend, FilterAction, NatAction, NatStage, Verdict
 from fwc.text import encode_literal
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -344,6 +344,8 @@ class Cluster:
     nat: tuple[NatRule, ...]
     expectations: tuple[Expectation, ...]
     span: Span
+    # The packet filter the rules are written for; `fwc compile --backend` overrides it.
+    backend: Backend = Backend.IPTABLES
 
     def interface(self, name: str) -> Interface | None:
         for iface in self.interfaces:

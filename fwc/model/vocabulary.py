@@ -101,6 +101,13 @@ class Verdict(StrEnum):
     DENY = "deny"
 
 
+class Backend(StrEnum):
+    """The packet filter a cluster's rules are written for (`backend` in `cluster { }`)."""
+
+    IPTABLES = "iptables"
+    NFTABLES = "nftables"
+
+
 class Table(StrEnum):
     """The netfilter tables fwc writes, in iptables-restore order."""
 

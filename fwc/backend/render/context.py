@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fwc.backend.files import GeneratedFile
 from fwc.backend.lower import LowerOptions, NodeRuleset, lower
 from fwc.model import Cluster, Member
+from fwc.model.vocabulary import Backend
 
 
 @dataclass(slots=True)
@@ -26,6 +27,12 @@ class MemberBuild:
     # The files this member gets, in table order (fwc.backend.render.registry.member_files).
     files: tuple[GeneratedFile, ...] = ()
     memo: dict[str, object] = field(default_factory=dict)
+    # The packet filter written for: the cluster's `backend` unless `fwc compile --backend`.
+    backend: Backend | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = self.cluster.backend
 
     @property
     def families(self) -> tuple[int, ...]:

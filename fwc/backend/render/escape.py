@@ -13,6 +13,9 @@ Formats and what their readers do with a value:
   inside it `\\` escapes the next character. `--comment` holds 255 bytes
   (XT_MAX_COMMENT_LEN 256 with the NUL), `--log-prefix` 29 (30 with the NUL).
 - ipset restore: blank-separated words, no quoting at all.
+- nft -f: `"..."` has no escapes, so a string holds no `"`; a comment holds 128
+  bytes (NFTNL_UDATA_COMMENT_MAXLEN), a log prefix 127; in an interface name a
+  trailing `*` is a wildcard; identifiers (chains, sets) are bare words.
 - keepalived.conf (2.2): `"..."` ends at the next `"`, without escapes; a bare word
   ends at a blank or `"`; `#` and `!` start a comment; lines over 1023 bytes are cut
   (MAXBUF), so the rest of the line becomes keywords of its own.
@@ -85,6 +88,49 @@ def ipset_word(text: str) -> str:
     if not _IPSET_WORD.fullmatch(text):
         raise UnwritableText(f"{text!r} cannot be an ipset restore word")
     return text
+
+
+# -- nft -f ---------------------------------------------------------------------------------
+
+NFT_COMMENT_MAX = 128
+NFT_LOG_PREFIX_MAX = 127
+_NFT_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def nft_string(text: str) -> str:
+    """A quoted nft string: nft has no escape for '"' inside quotes."""
+    if '"' in line_text(text):
+        raise UnwritableText(f"{text!r}: nft cannot quote a double quote")
+    return f'"{text}"'
+
+
+def nft_identifier(text: str) -> str:
+    """A chain, set or object name, written bare."""
+    if not _NFT_IDENTIFIER.fullmatch(text):
+        raise UnwritableText(f"{text!r} cannot be an nft identifier")
+    return text
+
+
+def nft_device(text: str) -> str:
+    """An interface name for iifname/oifname: a `*` would make it a wildcard."""
+    if "*" in text or "\\" in text:
+        raise UnwritableText(f"{text!r} cannot be an nft interface name")
+    return nft_string(text)
+
+
+def nft_comment(text: str) -> str:
+    """A rule comment. Longer than nft allows: the start goes, so file:line stays."""
+    value = line_text(text).replace('"', "'")  # a comment only informs: no refusal
+    if utf8_length(value) > NFT_COMMENT_MAX:
+        data = value.encode()[-(NFT_COMMENT_MAX - 3):]
+        value = "..." + data.decode(errors="ignore")
+    return nft_string(value)
+
+
+def nft_log_prefix(text: str) -> str:
+    if utf8_length(text) > NFT_LOG_PREFIX_MAX:
+        raise UnwritableText(f"log prefix {text!r} is longer than {NFT_LOG_PREFIX_MAX} bytes")
+    return nft_string(text)
 
 
 # -- keepalived.conf -------------------------------------------------------------------------

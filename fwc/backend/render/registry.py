@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from fwc.backend.files import FILES, GeneratedFile, When
-from fwc.backend.render import conntrackd, ipset, iptables, keepalived, notify, sysctl, systemd
+from fwc.backend.render import (
+    conntrackd,
+    ipset,
+    iptables,
+    keepalived,
+    nftables,
+    notify,
+    sysctl,
+    systemd,
+)
 from fwc.backend.render.context import MemberBuild
 
 
@@ -32,6 +41,7 @@ class Target:
 
 TARGETS = MappingProxyType({t.name: t for t in (
     Target("iptables", iptables.render_file),
+    Target("nftables", nftables.render_file),
     Target("ipset", ipset.render_file),
     Target("keepalived", keepalived.render_file, keepalived.holds_secret),
     Target("conntrackd", conntrackd.render_file),
@@ -51,7 +61,8 @@ CONDITIONS: MappingProxyType[When, Callable[[MemberBuild], bool]] = MappingProxy
 
 def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
     """The rows of the generated files BUILD's member gets, in table order."""
-    return tuple(f for f in FILES if CONDITIONS[f.when](build))
+    return tuple(f for f in FILES if f.backend in (None, build.backend)
+                 and CONDITIONS[f.when](build))
 
 
 @dataclass(frozen=True, slots=True)

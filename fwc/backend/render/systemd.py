@@ -66,6 +66,7 @@ def boot_script(cluster: Cluster, member: Member, files: tuple[GeneratedFile, ..
         "rules": _loaded(files, Reload.RULES),
         "failsafe": _loaded(files, Reload.FAILSAFE),
         "chains": ("INPUT", "FORWARD", "OUTPUT"),
+        "nft_table": "fwc",
         "sysctl_conf": path_of("sysctl.conf"),
         "forwarding_conf": path_of("forwarding.conf"),
     })

@@ -1,0 +1,269 @@
+"""The nftables backend (issue 13, first slice): language, files, real `nft`, refusals.
+
+`backend nftables` in a cluster (or `fwc compile --backend nftables`) writes
+nftables.nft and failsafe.nft instead of the iptables rows; `nft -c -f` accepts
+them for every example, a namespace loads them for real, a second load replaces
+fwc's table and a foreign table survives both. The commands that read the
+files back do not know nft yet and refuse such a cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_FILES, IN_CI, POLICIES, skip_or_fail_without_root
+from test_ipsets_netns import BIG_GROUP_POLICY
+from test_realtools import in_ns, namespace
+
+from fwc.backend.files import FILES
+from fwc.backend.output import compile_policy
+from fwc.backend.render import escape
+from fwc.cli import main
+from fwc.model.vocabulary import Backend
+from fwc.pipeline import analyse
+
+IPTABLES_ONLY = {"iptables.rules", "ip6tables.rules", "ipsets.rules", "failsafe.rules",
+                 "failsafe6.rules"}
+FOREIGN = "table inet other {\n\tchain input {\n\t\ttype filter hook input priority 10;\n" \
+          "\t\tcounter\n\t}\n}\n"
+
+
+def _nft() -> str:
+    found = shutil.which("nft")
+    if found is None:
+        if IN_CI:
+            pytest.fail("CI must run this test, but nft is missing (tests/run.sh installs it)")
+        pytest.skip("nft missing (tests/run.sh installs the nftables package)")
+    return found
+
+
+def _with_backend(text: str, word: str = "nftables") -> str:
+    """TEXT with `backend WORD` as the first item of its first cluster."""
+    brace = text.index("{", text.index("\ncluster ") + 1)
+    return text[:brace + 1] + f"\n    backend {word}" + text[brace + 1:]
+
+
+def _copy_policies(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    return target
+
+
+def _compiled(path: Path, backend: Backend | None = None) -> dict[str, str]:
+    analysis = analyse(path)
+    assert analysis.policy is not None and analysis.ok, analysis.diagnostics
+    return {f"{c.name}/{f.path}": f.content.decode()
+            for c in compile_policy(analysis.policy, backend=backend) for f in c.files}
+
+
+# -- the language ---------------------------------------------------------------------------
+
+def test_backend_keyword_sets_the_cluster_backend_default_iptables(tmp_path):
+    copy = _copy_policies(tmp_path)
+    plain = analyse(copy / "edge.fw").policy
+    assert plain is not None and plain.clusters[0].backend is Backend.IPTABLES
+    path = copy / "edge.fw"
+    path.write_text(_with_backend(path.read_text()))
+    nft = analyse(path)
+    assert nft.policy is not None and nft.ok
+    assert nft.policy.clusters[0].backend is Backend.NFTABLES
+
+
+def test_unknown_and_repeated_backend_are_diagnostics_with_the_line(tmp_path, capsys):
+    copy = _copy_policies(tmp_path)
+    path = copy / "edge.fw"
+    original = path.read_text()
+    path.write_text(_with_backend(original, "pf"))
+    assert main(["check", str(path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "FWC109" in err and "unknown backend 'pf'" in err and "iptables, nftables" in err
+    line = 1 + _with_backend(original, "pf")[:_with_backend(original, "pf").index(
+        "backend pf")].count("\n")
+    assert f"edge.fw:{line}:" in err
+    path.write_text(_with_backend(_with_backend(original), "iptables"))
+    assert main(["check", str(path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "FWC110" in err and "'backend' is given twice" in err
+
+
+# -- the files ------------------------------------------------------------------------------
+
+def test_nftables_cluster_gets_nft_files_instead_of_the_iptables_rows(tmp_path):
+    copy = _copy_policies(tmp_path)
+    path = copy / "edge.fw"
+    path.write_text(_with_backend(path.read_text()))
+    files = _compiled(path)
+    names = {p.rsplit("/", 1)[1] for p in files if p.count("/") == 2}
+    assert not names & IPTABLES_ONLY
+    assert {"nftables.nft", "failsafe.nft", "keepalived.conf", "fwc-firewall.sh"} <= names
+    # The override on the command line gives the same files as the keyword (the
+    # keyword's line shifts the policy's lines, hence the comparison without comments).
+    overridden = _compiled(POLICIES / "edge.fw", Backend.NFTABLES)
+    assert overridden.keys() == files.keys()
+    assert overridden["edge/fw1/nftables.nft"].count("\n") == \
+        files["edge/fw1/nftables.nft"].count("\n")
+    rules = files["edge/fw1/nftables.nft"]
+    lines = rules.splitlines()
+    # Only fwc's table, replaced in the same transaction; never the whole ruleset.
+    assert lines[2:5] == ["table inet fwc {}", "delete table inet fwc", "table inet fwc {"]
+    assert "flush ruleset" not in rules
+    assert "ip daddr 224.0.0.18/32 meta l4proto 112 counter accept" in rules
+    assert "ip6 daddr ff02::12/128 meta l4proto 112 counter accept" in rules
+    assert "udp dport 3780" in rules  # conntrackd sync
+    assert "ct state related,established counter accept" in rules
+    assert 'limit rate 5/second burst 10 packets counter log prefix "default "' in rules
+    assert 'comment "edge.fw:' in rules
+    assert "type nat hook prerouting priority -100" in rules
+    assert "type nat hook postrouting priority 100" in rules
+    script = files["edge/fw1/fwc-firewall.sh"]
+    assert "nft -f /etc/fwc/nftables.nft" in script and "nft -f /etc/fwc/failsafe.nft" in script
+    assert "iptables" not in script
+    assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
+
+
+def test_iptables_backend_rows_are_the_old_ones():
+    by_backend = {f.name: f.backend for f in FILES}
+    assert {n for n, b in by_backend.items() if b is Backend.IPTABLES} == IPTABLES_ONLY
+    assert {n for n, b in by_backend.items() if b is Backend.NFTABLES} == \
+        {"nftables.nft", "failsafe.nft"}
+
+
+def test_large_groups_become_named_interval_sets(tmp_path):
+    path = tmp_path / "big.fw"
+    path.write_text(BIG_GROUP_POLICY)
+    rules = _compiled(path, Backend.NFTABLES)["big/fw1/nftables.nft"]
+    assert "\tset addresses-v4-1 {\n\t\ttype ipv4_addr\n\t\tflags interval\n" in rules
+    assert "ip saddr @addresses-v4-1" in rules
+    assert "ip6 saddr @addresses-v6-" in rules
+
+
+def test_nft_escaping_refuses_what_nft_cannot_read():
+    assert escape.nft_string("eth0") == '"eth0"'
+    with pytest.raises(escape.UnwritableText):
+        escape.nft_string('a"b')
+    with pytest.raises(escape.UnwritableText):
+        escape.nft_device("eth*")
+    with pytest.raises(escape.UnwritableText):
+        escape.nft_identifier("1chain")
+    long = "x" * 200 + ".fw:42"
+    comment = escape.nft_comment(long)
+    assert comment.endswith('.fw:42"') and len(comment.encode()) - 2 <= escape.NFT_COMMENT_MAX
+
+
+# -- the real tool --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("example", EXAMPLE_FILES, ids=[p.name for p in EXAMPLE_FILES])
+def test_nft_checks_every_example(example, tmp_path):
+    nft = _nft()
+    files = _compiled(example, Backend.NFTABLES)
+    nft_files = {k: v for k, v in files.items() if k.endswith(".nft")}
+    assert nft_files
+    for name, text in nft_files.items():
+        path = tmp_path / name.replace("/", "_")
+        path.write_text(text)
+        checked = subprocess.run([nft, "-c", "-f", str(path)], capture_output=True, text=True)
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
+
+
+def _table(ns: str, name: str) -> str:
+    listed = in_ns(ns, "nft", "list", "table", "inet", name)
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("example", [*EXAMPLE_FILES, None],
+                         ids=[*(p.name for p in EXAMPLE_FILES), "big-groups"])
+def test_nft_loads_replaces_only_its_table_in_a_namespace(example, tmp_path):
+    skip_or_fail_without_root()
+    _nft()
+    if example is None:
+        example = tmp_path / "big.fw"
+        example.write_text(BIG_GROUP_POLICY)
+    files = _compiled(example, Backend.NFTABLES)
+    member = next(k for k in files if k.endswith("/nftables.nft"))
+    rules, fallback = files[member], files[member.replace("nftables.nft", "failsafe.nft")]
+    with namespace() as ns:
+        assert in_ns(ns, "nft", "-f", "-", stdin=FOREIGN).returncode == 0
+        first = in_ns(ns, "nft", "-f", "-", stdin=rules)  # the table does not exist yet
+        assert first.returncode == 0, first.stderr
+        loaded = _table(ns, "fwc")
+        second = in_ns(ns, "nft", "-f", "-", stdin=rules)  # replaces it, no duplicates
+        assert second.returncode == 0, second.stderr
+        assert _table(ns, "fwc") == loaded
+        assert "hook input" in _table(ns, "other")
+        safe = in_ns(ns, "nft", "-f", "-", stdin=fallback)
+        assert safe.returncode == 0, safe.stderr
+        failsafe = _table(ns, "fwc")
+        assert "hook input" in _table(ns, "other")
+        tables = in_ns(ns, "nft", "list", "tables").stdout.split("\n")
+    assert sorted(t for t in tables if t) == ["table inet fwc", "table inet other"]
+    # The fallback is a different table: no NAT, FORWARD dropping everything.
+    assert "type nat" in loaded or "nat" not in rules
+    assert "type nat" not in failsafe
+    assert "hook forward priority filter; policy drop;" in failsafe
+    assert loaded.count("chain filter-INPUT-v4 {") == 1
+
+
+# -- what does not read nft yet refuses -----------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["install", "{p}", "--member", "fw1", "--transport", "local", "-o", "{o}"],
+    ["diff", "--installed", "fw1", "{p}", "--transport", "local"],
+    ["query", "{p}", "--from", "192.0.2.10", "--to", "198.51.100.1"],
+    ["lab", "{p}"],
+], ids=["install", "diff-installed", "query", "lab"])
+def test_readers_refuse_a_nftables_cluster(argv, tmp_path, capsys):
+    copy = _copy_policies(tmp_path)
+    path = copy / "edge.fw"
+    path.write_text(_with_backend(path.read_text()))
+    code = main([a.format(p=path, o=tmp_path / "out") for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "uses `backend nftables`" in err and "does not support the nftables backend" in err
+    assert "nothing was done" in err
+
+
+def test_compile_backend_option_overrides_the_policy(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compile", "--backend", "nftables", str(POLICIES / "branch.fw"),
+                 "-o", str(out)]) == 0
+    member = out / "branch" / "bfw1"
+    assert (member / "nftables.nft").is_file() and not (member / "iptables.rules").exists()
+    capsys.readouterr()
+    assert main(["compile", "--backend", "iptables", str(POLICIES / "branch.fw"),
+                 "-o", str(out)]) == 0
+    assert (member / "iptables.rules").is_file() and not (member / "nftables.nft").exists()
+
+
+@pytest.mark.root
+def test_boot_scripts_last_resort_table_loads(tmp_path):
+    """When even failsafe.nft fails, the boot script's here-document table must load."""
+    skip_or_fail_without_root()
+    _nft()
+    script = _compiled(POLICIES / "edge.fw", Backend.NFTABLES)["edge/fw1/fwc-firewall.sh"]
+    after = script.split("<<'EOF'", 1)[1]
+    table = after.split("\n", 1)[1].split("\nEOF\n", 1)[0]
+    with namespace() as ns:
+        assert in_ns(ns, "nft", "-f", "-", stdin=FOREIGN).returncode == 0
+        loaded = in_ns(ns, "nft", "-f", "-", stdin=table + "\n")
+        assert loaded.returncode == 0, loaded.stderr
+        listed = _table(ns, "fwc")
+        assert "hook input" in _table(ns, "other")
+    assert listed.count("policy drop;") == 3
+
+
+def test_install_scripts_load_and_test_nft_rows_with_nft():
+    from fwc.install import scripts
+
+    present = [f for f in FILES if f.backend in (None, Backend.NFTABLES)]
+    loads = scripts.apply(present)
+    assert "nft -f /etc/fwc/nftables.nft" in loads and "iptables" not in loads
+    test = scripts.test_ruleset(present)
+    assert f"nft -c -f {scripts.STAGING}/nftables.nft" in test
+    assert f"nft -c -f {scripts.STAGING}/failsafe.nft" in test
