@@ -83,7 +83,9 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
     says, one at a time (each text is encoded and let go before the next is rendered)."""
     build = MemberBuild(cluster, member, options, redact)
     for r in render_member(build):
-        yield OutputFile(f"{member.name}/{r.file.name}", r.text.encode(), r.mode)
+        f = OutputFile(f"{member.name}/{r.file.name}", r.text.encode(), r.mode)
+        del r  # the text: only its bytes stay alive while the file is written
+        yield f
 
 
 def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry]) -> bytes:
@@ -122,6 +124,7 @@ class ClusterStream:
                 entries.append(Entry.of(f.path, f.content))
                 self._written.append(f.path)
                 yield f
+                del f  # written: not kept while the next file is rendered
             forget_lowered(cluster, member, self._options)
         self._written.append(MANIFEST)
         yield OutputFile(MANIFEST, _manifest(self._policy, cluster, entries), MODE_FILE)
@@ -183,6 +186,7 @@ def _write_cluster(directory: Path, cluster: ClusterOutput | ClusterStream) -> N
     directory.mkdir()
     for f in cluster.files if isinstance(cluster, ClusterOutput) else cluster.files():
         write_file(directory, f)
+        del f  # a stream's file is let go before the next one is rendered
 
 
 def write_file(directory: Path, f: OutputFile) -> None:
