@@ -126,6 +126,9 @@ class ClusterStream:
                 yield f
                 del f  # written: not kept while the next file is rendered
             forget_lowered(cluster, member, self._options)
+        # What is left of the cluster is its MANIFEST (and, after the last cluster,
+        # write_output's swap).
+        self._progress.phase("writing", (self._first + len(cluster.members)) / self._total)
         self._written.append(MANIFEST)
         yield OutputFile(MANIFEST, _manifest(self._policy, cluster, entries), MODE_FILE)
 

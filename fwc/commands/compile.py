@@ -45,7 +45,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     # Each file is written to the staging copy as soon as it is built (a large
     # policy's output is never held at once), so a compile failure surfaces here too.
     clusters = stream_policy(policy, redact=args.redact_secrets,
-                             progress=progress.within(0.55, 1.0))
+                             progress=progress.within(0.55, 0.95))
     try:
         removed = write_output(Path(args.output), relative_source(policy.root,
                                                                   source_root(policy)), clusters,
