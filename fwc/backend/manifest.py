@@ -73,6 +73,12 @@ class Entry:
     sha256: str
     path: str  # relative to the cluster directory: <member>/<name>
 
+    @classmethod
+    def of(cls, path: str, content: bytes) -> Entry:
+        """The entry of a compiled file: a secret-holding file gets a REDACTED one."""
+        redacted = redact(path, content)
+        return cls(REDACTED if redacted != content else FILE, _sha256(redacted), path)
+
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
@@ -85,11 +91,13 @@ class Manifest:
     def build(cls, cluster: str, policy: str, sources: Iterable[tuple[str, str]],
               files: Iterable[tuple[str, bytes]]) -> Manifest:
         """From the compiled (path, content) pairs: secret-holding files get REDACTED entries."""
-        entries = []
-        for path, content in files:
-            redacted = redact(path, content)
-            kind = REDACTED if redacted != content else FILE
-            entries.append(Entry(kind, _sha256(redacted), path))
+        return cls.of_entries(cluster, policy, sources,
+                              (Entry.of(path, content) for path, content in files))
+
+    @classmethod
+    def of_entries(cls, cluster: str, policy: str, sources: Iterable[tuple[str, str]],
+                   entries: Iterable[Entry]) -> Manifest:
+        """From entries made as each file was written (`Entry.of`), not from the files."""
         return cls(cluster, policy, tuple(sorted(sources)),
                    tuple(sorted(entries, key=lambda e: e.path)))
 

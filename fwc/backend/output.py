@@ -1,9 +1,16 @@
-"""From a checked policy to files on disk: build every file in memory, then swap them in.
+"""From a checked policy to files on disk: build the files, then swap them in.
 
 Layout (docs/contracts.md): DIR/<cluster>/MANIFEST and DIR/<cluster>/<member>/<file>.
 The output directory is replaced as a whole: a staging copy next to it receives
 the new clusters, and only when all of it was written is it exchanged with the
-old one, so a failure leaves every file under DIR as it was.
+old one, so a failure (of the writing or of the compile) leaves every file under
+DIR as it was.
+
+`compile_policy` builds every file in memory (for the commands that compare
+them); `fwc compile` passes `stream_policy` to `write_output` instead, which
+renders each file while the staging copy is written and keeps only its MANIFEST
+entry: the output of a large policy (about 300 MB at 20,000 rules on four
+members) is never held at once.
 """
 
 from __future__ import annotations
@@ -15,14 +22,14 @@ import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
-from fwc.backend.manifest import Manifest, ManifestError
+from fwc.backend.manifest import Entry, Manifest, ManifestError
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.registry import render_member
 from fwc.diagnostics import SILENT, Reporter
@@ -72,21 +79,90 @@ def relative_source(path: str, root: str) -> str:
 
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
-                 redact: bool, backend: Backend | None = None) -> list[OutputFile]:
-    """The member's generated files, as the table of generated files (fwc.backend.files) says.
+                 redact: bool, backend: Backend | None = None) -> Iterator[OutputFile]:
+    """The member's generated files, as the table of generated files (fwc.backend.files)
+    says, one at a time (each text is encoded and let go before the next is rendered).
 
     BACKEND: the packet filter to write for (None: the cluster's `backend`).
     """
     build = MemberBuild(cluster, member, options, redact, backend=backend)
-    return [OutputFile(f"{member.name}/{r.file.name}", r.text.encode(), r.mode)
-            for r in render_member(build)]
+    for r in render_member(build):
+        f = OutputFile(f"{member.name}/{r.file.name}", r.text.encode(), r.mode)
+        del r  # the text: only its bytes stay alive while the file is written
+        yield f
 
 
-def manifest(policy: Policy, cluster: Cluster, files: Iterable[OutputFile]) -> bytes:
+def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry]) -> bytes:
     root = source_root(policy)
-    return Manifest.build(cluster.name, relative_source(policy.root, root),
-                          ((relative_source(s.path, root), s.sha256) for s in policy.sources),
-                          ((f.path, f.content) for f in files)).render()
+    return Manifest.of_entries(cluster.name, relative_source(policy.root, root),
+                               ((relative_source(s.path, root), s.sha256)
+                                for s in policy.sources), entries).render()
+
+
+class ClusterStream:
+    """One cluster's files, built member by member while `write_output` writes them.
+
+    Each file is yielded once and only its MANIFEST entry is kept, so what is alive
+    at a time is one member's build (its rulesets and the file being written).
+    `members()` answers like ClusterOutput's once the files have been written.
+    """
+
+    def __init__(self, policy: Policy, cluster: Cluster, options: LowerOptions, redact: bool,
+                 progress: Reporter, first: int, total: int,
+                 backend: Backend | None = None) -> None:
+        self.name = cluster.name
+        self._policy = policy
+        self._cluster = cluster
+        self._options = options
+        self._redact = redact
+        self._progress = progress
+        self._first = first  # members of the clusters before this one, for the progress
+        self._total = total
+        self._written: list[str] = []
+        self._backend = backend
+
+    def files(self) -> Iterator[OutputFile]:
+        cluster = self._cluster
+        entries: list[Entry] = []
+        for done, member in enumerate(cluster.members, start=self._first):
+            self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)
+            for f in member_files(cluster, member, self._options, self._redact,
+                                  self._backend):
+                entries.append(Entry.of(f.path, f.content))
+                self._written.append(f.path)
+                yield f
+                del f  # written: not kept while the next file is rendered
+            forget_lowered(cluster, member, self._options)
+        # What is left of the cluster is its MANIFEST (and, after the last cluster,
+        # write_output's swap).
+        self._progress.phase("writing", (self._first + len(cluster.members)) / self._total)
+        self._written.append(MANIFEST)
+        yield OutputFile(MANIFEST, _manifest(self._policy, cluster, entries), MODE_FILE)
+
+    def members(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for path in self._written:
+            member, _, name = path.partition("/")
+            if name:
+                out.setdefault(member, []).append(name)
+        return out
+
+
+def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SILENT,
+                  backend: Backend | None = None) -> list[ClusterStream]:
+    """Every cluster, to be built while `write_output` writes it (nothing is built yet).
+
+    BACKEND (`fwc compile --backend`) overrides every cluster's `backend`.
+    """
+    options = options_for(policy)
+    total = sum(len(cluster.members) for cluster in policy.clusters) or 1
+    out: list[ClusterStream] = []
+    first = 0
+    for cluster in policy.clusters:
+        out.append(ClusterStream(policy, cluster, options, redact, progress, first, total,
+                                 backend))
+        first += len(cluster.members)
+    return out
 
 
 def compile_policy(policy: Policy, redact: bool = False,
@@ -96,20 +172,8 @@ def compile_policy(policy: Policy, redact: bool = False,
 
     BACKEND (`fwc compile --backend`) overrides every cluster's `backend`.
     """
-    options = options_for(policy)
-    out: list[ClusterOutput] = []
-    total = sum(len(cluster.members) for cluster in policy.clusters) or 1
-    done = 0
-    for cluster in policy.clusters:
-        files: list[OutputFile] = []
-        for member in cluster.members:
-            progress.phase(f"compiling {cluster.name}/{member.name}", done / total)
-            files.extend(member_files(cluster, member, options, redact, backend))
-            forget_lowered(cluster, member, options)
-            done += 1
-        files.append(OutputFile(MANIFEST, manifest(policy, cluster, files), MODE_FILE))
-        out.append(ClusterOutput(cluster.name, tuple(files)))
-    return out
+    return [ClusterOutput(stream.name, tuple(stream.files()))
+            for stream in stream_policy(policy, redact, progress, backend)]
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -136,21 +200,30 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
-def _write_cluster(directory: Path, cluster: ClusterOutput) -> None:
+def _write_cluster(directory: Path, cluster: ClusterOutput | ClusterStream) -> None:
     directory.mkdir()
-    for f in cluster.files:
-        path = directory / f.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Create with the final mode so a secret is never readable, not even briefly.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(f.content)
-        os.chmod(path, f.mode)  # the umask may have removed bits
+    for f in cluster.files if isinstance(cluster, ClusterOutput) else cluster.files():
+        write_file(directory, f)
+        del f  # a stream's file is let go before the next one is rendered
 
 
-def write_output(output_dir: Path, policy_name: str, clusters: list[ClusterOutput],
+def write_file(directory: Path, f: OutputFile) -> None:
+    path = directory / f.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Create with the final mode so a secret is never readable, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(f.content)
+    os.chmod(path, f.mode)  # the umask may have removed bits
+
+
+def write_output(output_dir: Path, policy_name: str,
+                 clusters: Sequence[ClusterOutput | ClusterStream],
                  force: bool = False) -> list[str]:
     """Replace this policy's clusters under output_dir; returns the removed cluster names.
+
+    A ClusterStream is built while it is written: an exception of the compile then
+    comes out of here, with nothing under output_dir changed.
 
     Clusters whose MANIFEST names another policy are kept; a cluster of this
     policy that another policy's MANIFEST already claims is an error. Content
@@ -243,7 +316,7 @@ def foreign_content(output_dir: Path) -> list[str]:
 
 
 def _write_locked(output_dir: Path, parent: Path, policy_name: str,
-                  clusters: list[ClusterOutput], force: bool) -> list[str]:
+                  clusters: Sequence[ClusterOutput | ClusterStream], force: bool) -> list[str]:
     new_names = {c.name for c in clusters}
     removed: list[str] = []
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from fwc.backend.output import (
     OutputError,
-    compile_policy,
     relative_source,
     source_root,
+    stream_policy,
     write_output,
 )
 from fwc.commands.common import without_cycle_collection
@@ -43,19 +43,11 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         print("fwc: nothing written: fix the errors above first", file=sys.stderr)
         return 1
-    try:
-        backend = Backend(args.backend) if args.backend else None
-        clusters = compile_policy(policy, redact=args.redact_secrets,
-                                  progress=progress.within(0.55, 0.95), backend=backend)
-    except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
-        progress.done()
-        diagnostics.append(error("FWC900", f"internal error while compiling: "
-                                 f"{type(exc).__name__}: {exc}",
-                                 hint="please report this with the policy; nothing was "
-                                 "written"))
-        print_diagnostics(diagnostics, analysis.program.texts, args.format)
-        return 1
-    progress.phase("writing", 0.95)
+    # Each file is written to the staging copy as soon as it is built (a large
+    # policy's output is never held at once), so a compile failure surfaces here too.
+    backend = Backend(args.backend) if args.backend else None
+    clusters = stream_policy(policy, redact=args.redact_secrets,
+                             progress=progress.within(0.55, 0.95), backend=backend)
     try:
         removed = write_output(Path(args.output), relative_source(policy.root,
                                                                   source_root(policy)), clusters,
@@ -64,6 +56,14 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         progress.done()
         diagnostics.append(error(exc.code, str(exc),
                                  hint="nothing under the output directory was changed"))
+        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
+        progress.done()
+        diagnostics.append(error("FWC900", f"internal error while compiling: "
+                                 f"{type(exc).__name__}: {exc}",
+                                 hint="please report this with the policy; nothing was "
+                                 "written"))
         print_diagnostics(diagnostics, analysis.program.texts, args.format)
         return 1
     progress.done()

@@ -9,7 +9,7 @@ the table of generated files (with a `When` if it exists only sometimes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -72,12 +72,14 @@ class Rendered:
     mode: int  # in output/: the row's mode, 0644 for a secret file without a secret
 
 
-def render_member(build: MemberBuild) -> list[Rendered]:
-    """Every generated file of BUILD's member, rendered by its target."""
+def render_member(build: MemberBuild) -> Iterator[Rendered]:
+    """Every generated file of BUILD's member, rendered by its target, one at a time.
+
+    A generator so that a caller can write (or hash) each text and let it go before
+    the next is rendered: at 100,000 rules one member's files are hundreds of MB.
+    """
     build.files = member_files(build)
-    out = []
     for file in build.files:
         target = TARGETS[file.target]
-        out.append(Rendered(file, target.render(build, file),
-                            file.output_mode(target.holds_secret(build))))
-    return out
+        yield Rendered(file, target.render(build, file),
+                       file.output_mode(target.holds_secret(build)))

@@ -1,0 +1,119 @@
+"""`fwc compile` writes each file as soon as it is rendered and keeps no member's texts.
+
+A 20,000-rule policy on four members is about 300 MB of output: holding it all
+until the write (as compile_policy does for the commands that compare files)
+was most of the back end's peak memory (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from bench.generate import build_site, fwc_policy
+from fwc.backend import output
+from fwc.backend.files import GeneratedFile
+from fwc.backend.lower import NodeRuleset, options_for
+from fwc.backend.lower.failsafe import failsafe
+from fwc.backend.render import iptables, registry
+from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.registry import Rendered, render_member
+from fwc.cli import main as fwc_main
+from fwc.pipeline import analyse
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_compile_writes_each_file_before_rendering_the_next(edge, tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    write_file = output.write_file
+
+    def rendering(build: MemberBuild) -> Iterator[Rendered]:
+        for rendered in render_member(build):
+            events.append(("render", f"{build.member.name}/{rendered.file.name}"))
+            yield rendered
+
+    def writing(directory: Path, f: output.OutputFile) -> None:
+        events.append(("write", f.path))
+        write_file(directory, f)
+
+    monkeypatch.setattr(output, "render_member", rendering)
+    monkeypatch.setattr(output, "write_file", writing)
+    assert fwc_main(["compile", str(edge), "-o", str(tmp_path / "out")]) == 0
+    rendered = [path for kind, path in events if kind == "render"]
+    assert len(rendered) > 20  # two members' files
+    expected = [event for path in rendered for event in (("render", path), ("write", path))]
+    assert events == [*expected, ("write", "MANIFEST")]
+
+
+def test_streamed_output_is_the_in_memory_output(edge, tmp_path):
+    policy = analyse(edge).policy
+    assert policy is not None
+    name = output.relative_source(policy.root, output.source_root(policy))
+    output.write_output(tmp_path / "memory", name, output.compile_policy(policy))
+    streams = output.stream_policy(policy)
+    output.write_output(tmp_path / "stream", name, streams)
+    assert snapshot(tmp_path / "memory") == snapshot(tmp_path / "stream")
+    [cluster] = output.compile_policy(policy)
+    assert [s.members() for s in streams] == [cluster.members()]
+
+
+def test_a_compile_failure_midway_leaves_the_output_as_it_was(edge, tmp_path, monkeypatch,
+                                                               capsys):
+    out = tmp_path / "out"
+    assert fwc_main(["compile", str(edge), "-o", str(out)]) == 0
+    before = snapshot(out)
+    def failing(build: MemberBuild, file: GeneratedFile) -> str:
+        if build.member.name == "fw2":  # after every file of fw1 was written to staging
+            raise RuntimeError("render exploded")
+        return iptables.render_file(build, file)
+
+    monkeypatch.setattr(registry, "TARGETS", MappingProxyType(
+        {**registry.TARGETS, "iptables": registry.Target("iptables", failing)}))
+    assert fwc_main(["compile", str(edge), "-o", str(out)]) == 1
+    err = capsys.readouterr()
+    assert "FWC900" in err.out + err.err and "render exploded" in err.out + err.err
+    assert snapshot(out) == before
+    assert not [p for p in tmp_path.iterdir() if ".fwc-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def large_failsafe(tmp_path_factory: pytest.TempPathFactory) -> NodeRuleset:
+    path = tmp_path_factory.mktemp("stream") / "site.fw"
+    path.write_text(fwc_policy(build_site(2000, shape="site")), encoding="utf-8")
+    policy = analyse(path).policy
+    assert policy is not None
+    cluster = policy.clusters[0]
+    build = MemberBuild(cluster, cluster.members[0], options_for(policy))
+    return failsafe(build.lowered(4))
+
+
+def test_render_peak_stays_near_twice_the_text(large_failsafe, monkeypatch):
+    # The text and its final join are needed; every line as its own object, every rule's
+    # lines kept for reuse and a copy for the final newline made the peak 4-5 times it.
+    monkeypatch.setattr(iptables, "BLOCK_LINES", 512)  # the default's share of 100,000 rules
+    text = iptables.render(large_failsafe)
+    assert text.count("\n") > 10 * iptables.BLOCK_LINES
+    tracemalloc.start()
+    try:
+        again = iptables.render(large_failsafe)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert again == text
+    assert peak < 2.6 * len(text), (peak, len(text))
+
+
+def test_blocks_join_to_the_lines(large_failsafe, monkeypatch):
+    whole = iptables.render(large_failsafe)
+    for size in (1, 7, 4096):
+        monkeypatch.setattr(iptables, "BLOCK_LINES", size)
+        assert iptables.render(large_failsafe) == whole
+    assert whole.endswith("COMMIT\n") and not whole.endswith("\n\n")
