@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwc.lab.netns import PYTHON, Proc, run
-from fwc.lab.results import FailoverResult, Flow, ProbeResult, wait_for
+from fwc.lab.results import FailoverResult, Flow, ProbeResult, RebootResult, wait_for
 from fwc.lab.topology import Endpoint, ProbePlan, vip_for
 
 if TYPE_CHECKING:
@@ -164,6 +164,16 @@ class Stream:
 
     def echoes_after(self, t: float) -> list[float]:
         return [r for r in self.parse()[0] if r > t]
+
+
+def record_stream(res: FailoverResult | RebootResult, log: Path) -> list[float]:
+    """Fill RES's echo count, end marker and order errors from the stream's LOG; the echo
+    times, for the gaps the caller measures."""
+    recv, info = Stream(log).parse()
+    res.echoes = len(recv)
+    res.end = info.get("end", "")
+    res.order_errors = int(info.get("order", "0"))
+    return recv
 
 
 def start_stream(lab: Lab, label: str, flow: Flow) -> tuple[Proc, Stream]:
@@ -332,10 +342,7 @@ def failover_drill(
         if stream_proc is not None:
             stop_proc(lab, stream_proc)
         undo()
-    recv, info = Stream(log).parse()
-    res.echoes = len(recv)
-    res.end = info.get("end", "")
-    res.order_errors = int(info.get("order", "0"))
+    recv = record_stream(res, log)
     gaps = [b - a for a, b in zip(recv, recv[1:], strict=False)]
     res.longest_gap_s = round(max(gaps), 3) if gaps else None
     for key in ("takeover_s", "failover_gap_s", "failback_s", "failback_gap_s"):

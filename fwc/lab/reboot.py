@@ -24,7 +24,13 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from fwc.lab.drills import Stream, _committed, _longest_gap, start_stream, stop_proc
+from fwc.lab.drills import (
+    _committed,
+    _longest_gap,
+    record_stream,
+    start_stream,
+    stop_proc,
+)
 from fwc.lab.netns import PYTHON, LabError, Proc, run
 from fwc.lab.results import BootWatch, Flow, RebootResult, wait_for
 
@@ -357,10 +363,7 @@ def reboot_drill(lab: Lab, mode: str) -> RebootResult:
         if stream_proc is not None:
             stop_proc(lab, stream_proc)
         undo()
-    recv, info = Stream(log).parse()
-    res.echoes = len(recv)
-    res.end = info.get("end", "")
-    res.order_errors = int(info.get("order", "0"))
+    record_stream(res, log)
     for key in ("takeover_s", "failover_gap_s"):
         val = getattr(res, key)
         if val is not None:
