@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -62,15 +63,19 @@ def root_problem() -> str | None:
     return _ROOT_PROBLEM[0]
 
 
-def skip_or_fail_without_root() -> None:
-    """When root tests cannot run here: fail in CI, elsewhere skip with the reason printed."""
-    problem = root_problem()
-    if problem is None:
-        return
+def cannot_run(problem: str) -> NoReturn:
+    """A test that cannot run here: fail in CI, elsewhere skip with the reason printed."""
     if IN_CI:
         pytest.fail(f"CI must run this test, but: {problem}")
     print(f"\nSKIP (not CI): {problem}", file=sys.stderr)
     pytest.skip(problem)
+
+
+def skip_or_fail_without_root() -> None:
+    """When root tests cannot run here: fail in CI, elsewhere skip with the reason printed."""
+    problem = root_problem()
+    if problem is not None:
+        cannot_run(problem)
 
 
 @pytest.fixture

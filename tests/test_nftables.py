@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_FILES, IN_CI, POLICIES, skip_or_fail_without_root
+from conftest import EXAMPLE_FILES, POLICIES, cannot_run, skip_or_fail_without_root
 from test_ipsets_netns import BIG_GROUP_POLICY
 from test_realtools import in_ns, namespace
 
@@ -34,9 +34,7 @@ FOREIGN = "table inet other {\n\tchain input {\n\t\ttype filter hook input prior
 def _nft() -> str:
     found = shutil.which("nft")
     if found is None:
-        if IN_CI:
-            pytest.fail("CI must run this test, but nft is missing (tests/run.sh installs it)")
-        pytest.skip("nft missing (tests/run.sh installs the nftables package)")
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
     return found
 
 
