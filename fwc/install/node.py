@@ -149,11 +149,11 @@ class NodeInstall:
             self.locked = False
 
     def snapshot(self) -> None:
-        # Forwarding lives in forwarding.conf (the boot unit's), the rest in sysctl.conf:
-        # a rollback must put both back, ip_forward above all.
+        # Every file of the sysctl target (sysctl.conf, and forwarding.conf with
+        # ip_forward): a rollback must put all of their keys back.
         keys = list(dict.fromkeys(
-            key for name in ("sysctl.conf", "forwarding.conf")
-            for key in scripts.sysctl_keys(self.contents.get(name, ""))))
+            key for f in self.files if f.target == "sysctl"
+            for key in scripts.sysctl_keys(self.contents[f.name])))
         result = self.step("snapshot", scripts.snapshot(self.files, keys))
         changed = [line.split(None, 1)[1] for line in result.stdout.splitlines()
                    if line.startswith("changed ")]
