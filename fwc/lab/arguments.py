@@ -13,7 +13,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         "file",
         nargs="?",
         type=Path,
-        help="policy file (.fw), or a lab spec (.json) together with --compiled",
+        help="policy file (.fw)",
     )
     parser.add_argument(
         "--json",
@@ -35,13 +35,14 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the 100ms-advert SNAT failover drill and the control",
+        help="one failover drill (SNAT if the policy has one) and the control; no reboot drill",
     )
     parser.add_argument(
         "--compiled",
         type=Path,
         metavar="DIR",
-        help="use already compiled output DIR/<cluster>/<member>/ instead of compiling",
+        help="install the `fwc compile -o DIR` output (verified against its MANIFEST) "
+        "instead of compiling in-process",
     )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")

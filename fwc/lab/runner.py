@@ -18,24 +18,15 @@ from pathlib import Path
 from types import FrameType
 
 from fwc.lab import drills
+from fwc.lab.adapter import LabSource
 from fwc.lab.daemons import Node
-from fwc.lab.netns import LabError, new_prefix, teardown
+from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
 from fwc.lab.reboot import reboot_drill
 from fwc.lab.results import LabReport
-from fwc.lab.running import Lab, advert_label
-from fwc.lab.topology import (
-    LabCluster,
-    Remap,
-    describe,
-    doc_range_violations,
-    plan,
-    plan_remap,
-    remap_cluster,
-)
+from fwc.lab.running import Lab
+from fwc.lab.topology import Remap, describe, doc_range_violations, plan, plan_remap
 
-
-class LabRefused(LabError):
-    """The policy cannot be run in the lab as given (e.g. non-documentation ranges)."""
+__all__ = ["LabInterrupted", "LabOptions", "LabRefused", "run_lab"]
 
 
 class LabInterrupted(LabError):
@@ -50,9 +41,6 @@ class LabOptions:
     logdir: Path | None = None
     prefix: str | None = None
     progress: Callable[[str], None] | None = None
-    # member -> keepalived.conf for the 100 ms runs, as fwc generates it; without
-    # it the compiled file is rewritten (VRRPv3, advert_int 0.1, no auth).
-    fast_keepalived: dict[str, str] | None = None
 
 
 @contextmanager
@@ -77,15 +65,13 @@ def _stderr_progress(start: float) -> Callable[[str], None]:
     return emit
 
 
-def run_lab_cluster(cluster: LabCluster, compiled: Path, options: LabOptions) -> LabReport:
-    """Run the whole lab for CLUSTER using the compiled files in COMPILED/<member>/."""
+def run_lab(source: LabSource, options: LabOptions) -> LabReport:
+    """Run the whole lab for SOURCE's cluster with its compiled files."""
     t0 = time.monotonic()
     progress = options.progress or _stderr_progress(t0)
     prefix = options.prefix or new_prefix()
-    logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
-    logdir.mkdir(parents=True, exist_ok=True)
-    report = LabReport(cluster.name, prefix, str(logdir))
-    remap: Remap | None = None
+    cluster = source.cluster
+    remap = Remap()
     violations = doc_range_violations(cluster)
     if violations:
         if not options.remap:
@@ -96,15 +82,18 @@ def run_lab_cluster(cluster: LabCluster, compiled: Path, options: LabOptions) ->
                 "its subnets onto documentation ranges."
             )
         remap = plan_remap(cluster)
-        cluster = remap_cluster(cluster, remap)
-        report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
-        for line in report.remap:
-            progress(f"remapped {line}")
-    lab_plan = plan(cluster, prefix)
+    logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
+    logdir.mkdir(parents=True, exist_ok=True)
+    report = LabReport(cluster.name, prefix, str(logdir))
+    report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
+    for line in report.remap:
+        progress(f"remapped {line}")
+    progress(f"cluster {cluster.name} of {source.policy.root}, files {source.origin}")
+    lab_plan = plan(source.policy, cluster, prefix, remap)
     report.topology = list(describe(lab_plan))
     for line in report.topology:
         progress(line)
-    lab = Lab(lab_plan, compiled, logdir, remap, progress)
+    lab = Lab(lab_plan, source.files, logdir, progress)
     lab.report = report
     try:
         with _signals_raise():
@@ -154,7 +143,7 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
 
     if lab.flow is not None:
         _failover_drills(lab, report, options, on_backup)
-    if options.keep and (lab.flow is not None or report.fast_config):
+    if options.keep and lab.flow is not None:
         master = lab.back_to_compiled()
         lab.progress(f"lab back to the compiled configuration, {master.name} is master")
     if lab.plan.probes and not any(r.phase == "backup" for r in report.expectations):
@@ -165,17 +154,9 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
     _judge(report)
 
 
-FAST_ADVERT = 0.1
-
-
-def failover_runs(advert: float, modes: list[str], quick: bool) -> list[tuple[float, str]]:
-    """(advert, mode) per failover drill: the policy's interval, then 100 ms side by side."""
-    runs: list[tuple[float, str]] = []
-    if not quick:
-        runs += [(advert, m) for m in modes]
-    if quick or advert > FAST_ADVERT:
-        runs += [(FAST_ADVERT, m) for m in (modes[-1:] if quick else modes)]
-    return runs
+def drill_modes(modes: list[str], quick: bool) -> list[str]:
+    """The failover drills to run: every mode, or with --quick the last (SNAT if any)."""
+    return modes[-1:] if quick else list(modes)
 
 
 def _failover_drills(
@@ -188,29 +169,15 @@ def _failover_drills(
             "no expected TCP flow between two VIP segments is SNATed to a VIP by the policy "
             "(checked in the master's conntrack table): SNAT drills skipped"
         )
-    runs = failover_runs(lab.plan.cluster.advert, modes, options.quick)
-    first = True
-    # The reboot drill boots the node with its compiled configuration, so it
-    # runs after the policy's own advert runs and before the 100 ms switch.
-    reboot_at = sum(advert == lab.plan.cluster.advert for advert, _ in runs)
-    for i, (advert, mode) in enumerate([*runs, (0.0, "")]):
-        if i == reboot_at and not options.quick:
-            _reboot(lab, report, modes[-1])
-        if not mode:
-            break
-        if advert != lab.plan.cluster.advert and lab.advert_label != advert_label(advert):
-            source = lab.switch_advert(advert, options.fast_keepalived)
-            lab.progress(
-                f"switched every member to VRRPv3 with advert {advert_label(advert)} "
-                f"(keepalived.conf {source})"
-            )
-            report.fast_config = source
-            lab.wait_master()
+    # Every drill runs with the policy's own VRRP settings (one keepalived.conf, the
+    # compiled one); a faster advert interval is a policy of its own (docs/lab.md).
+    for i, mode in enumerate(drill_modes(modes, options.quick)):
         label = f"{mode}-{lab.advert_label}"
         report.failover.append(
-            drills.failover_drill(lab, label, mode, while_on_backup=on_backup if first else None)
+            drills.failover_drill(lab, label, mode, while_on_backup=on_backup if i == 0 else None)
         )
-        first = False
+    if not options.quick:
+        _reboot(lab, report, modes[-1])
     lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
     for node in lab.nodes:
         lab.saved_sysctls[node.name] = node.exec(
