@@ -13,7 +13,7 @@ Commands:
   watch   [--period S] [--duration S]                   forwarding and FORWARD chains
 
 ``probe``, ``syns``, ``capture`` and ``watch`` print one JSON object (the
-last three when they stop: SIGTERM or their duration; ``capture`` and
+last three when they stop: SIGTERM or their duration; ``syns``, ``capture`` and
 ``watch`` print ``READY`` first). Their times are CLOCK_REALTIME, like the
 logger shim's stamps in the members, so they line up with the boot script's log.
 ``stream`` prints one line per echo (``E seq t_sent t_recv``, CLOCK_MONOTONIC,
@@ -296,6 +296,7 @@ def syns(args: argparse.Namespace) -> int:
     outside the ephemeral range, so a policy route can steer only these.
     """
     stop = _stopper()
+    print("READY", flush=True)  # the drill starts its clock from here, not from the spawn
     deadline = time.monotonic() + args.duration
     sent = 0
     stamps: list[float] = []

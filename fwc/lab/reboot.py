@@ -225,7 +225,10 @@ def boot_and_watch(lab: Lab, node: Node, flow: Flow, label: str) -> BootWatch:
             lab.logdir / f"{label}-syns.log",
         )
         helpers.append(sender)
-        # Probes are already knocking while the node is still wiped.
+        # Probes are already knocking while the node is still wiped: from the sender's
+        # READY (its interpreter can take longer than that to start on a loaded box).
+        if not _ready(sender):
+            raise LabError(f"the probe sender did not start; see {lab.logdir}/{label}-syns.log")
         time.sleep(0.3)
         rc, stderr, t0, t1 = node.boot()
         time.sleep(AFTER_BOOT)
