@@ -276,11 +276,19 @@ def test_load_source_compiles_in_process_or_reads_a_verified_tree(
         load_source(bad)
 
 
-def test_the_lab_refuses_what_the_files_table_says_it_cannot_read(tmp_path: Path) -> None:
+def test_the_lab_refuses_what_the_files_table_says_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = EDGE_TEXT.replace("cluster edge {", "cluster edge {\n    backend nftables")
     path = tmp_path / "edge.fw"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(LabRefused, match="backend nftables"):
+        load_source(path)
+    # Once fwc install handles a backend, the lab still refuses it until its drills do.
+    from fwc.lab import adapter
+
+    monkeypatch.setattr(adapter, "backend_refusal", lambda *args: None)
+    with pytest.raises(LabRefused, match="drills wipe, watch and change iptables state"):
         load_source(path)
 
 

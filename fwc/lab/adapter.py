@@ -18,9 +18,17 @@ from fwc.backend.files import backend_refusal
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.lab.netns import LabError, LabRefused
 from fwc.model import Cluster, Policy
+from fwc.model.vocabulary import Backend
 
 # member -> file name (a row of fwc.backend.files) -> its text
 MemberFiles = Mapping[str, Mapping[str, str]]
+
+# The files reach a member through fwc install, whatever its backend; but three drill
+# steps read or change the kernel's packet filter themselves, with iptables so far: the
+# reboot drill's wipe (daemons.Node.wipe) and its FORWARD watcher (probe.py watch),
+# and the routed drill's SNAT exemption (running.Lab.prepare_mode). A backend joins
+# here once those three know it.
+DRILLED_BACKENDS = (Backend.IPTABLES,)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ def load_source(
     if cluster is None:
         raise LabRefused(f"no cluster {cluster_name!r} in {policy_file}")
     refusal = backend_refusal(cluster.name, cluster.backend, "fwc lab")
+    if refusal is None and cluster.backend not in DRILLED_BACKENDS:
+        refusal = (f"cluster '{cluster.name}' uses `backend {cluster.backend}`: the lab's "
+                   "drills wipe, watch and change iptables state only so far, so nothing "
+                   "was started")
     if refusal is not None:
         raise LabRefused(refusal)
     if compiled is None:
