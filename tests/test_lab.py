@@ -204,6 +204,18 @@ def test_the_lab_keeps_no_keepalived_of_its_own() -> None:
             assert word not in text, (name, word)
 
 
+def test_the_install_logs_apply_warnings_reach_the_report() -> None:
+    from fwc.lab.running import apply_warnings
+
+    log = ("cluster edge: installing fw2, fw1 in this order\nfw2: applying\n"
+           'fw2: sysctl: setting key "net.netfilter.nf_conntrack_max": Invalid argument\n'
+           "fw2: reloading keepalived\nfw2: keepalived is not running: nothing to reload\n"
+           "fw1: applying\nfw1: cluster settled: not checked\n")
+    assert apply_warnings(log) == [
+        'fw2: sysctl: setting key "net.netfilter.nf_conntrack_max": Invalid argument '
+        "(while loading; not settable per namespace?)"]
+
+
 def test_stream_gap_computation(tmp_path: Path) -> None:
     log = tmp_path / "s.log"
     log.write_text(
