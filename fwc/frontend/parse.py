@@ -27,6 +27,7 @@ _STARTS = ("start", "endpoints_fragment", "services_fragment")
 
 _TERMINAL_NAMES = {
     "NAME": "a name", "DEVICE": "a device name", "VIP_REF": "IFACE.vip",
+    "VIP_NAMED_REF": "IFACE.vip.NAME",
     "IPV4": "an IPv4 address", "IPV6": "an IPv6 address", "ADDR_RANGE": "an address range",
     "SVC_SPEC": "a service such as tcp/22", "DURATION": "a duration such as 1s or 100ms",
     "INT": "a number", "STRING": "a quoted string", "ACTION": "accept, drop or reject",
@@ -268,7 +269,7 @@ def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None
         return None, [_syntax_diagnostic(what, exc, text, fragment=terminals)]
 
 
-_ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "IPV4": "address", "IPV6": "address",
+_ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip", "IPV4": "address", "IPV6": "address",
                    "ADDR_RANGE": "range", "ANY": "any", "FIREWALL": "firewall"}
 
 
@@ -412,22 +413,31 @@ class _Builder(Transformer):
     def sync(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
         return self._options_block("sync", children)
 
-    def vips(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
-        return ("vips", tuple(self.word(c) for c in children))
+    def named_vip(self, children: list) -> tuple[s.Word, s.Word]:
+        name, address = children
+        return (self.word(name), self.word(address))
+
+    def vips(self, children: list) -> tuple[str, tuple[tuple[s.Word | None, s.Word], ...]]:
+        return ("vips", tuple(c if isinstance(c, tuple) else (None, self.word(c))
+                              for c in children))
 
     def interface(self, children: list) -> s.InterfaceDecl:
         name, *opts = children
         vips: list[s.Word] = []
+        names: list[s.Word | None] = []
         vrid = None
         for opt in opts:
             if isinstance(opt, s.Option):
                 vrid = opt.value
             else:
-                vips.extend(opt[1])
+                for vip_name, address in opt[1]:
+                    names.append(vip_name)
+                    vips.append(address)
         name_word = self.word(name)
         last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else [])],
                    key=lambda sp: (sp.end_line, sp.end_column))
-        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last))
+        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last),
+                               tuple(names))
 
     def member_link(self, children: list) -> s.MemberLink:
         iface, device, *addresses = children
@@ -494,7 +504,8 @@ class _Builder(Transformer):
     def nat_target(self, children: list) -> s.NatTargetDecl:
         what = children[0]
         port = self.word(children[1]) if len(children) > 1 else None
-        kind = {"NAME": "name", "VIP_REF": "vip"}.get(what.type, "address")
+        kind = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip"}.get(
+            what.type, "address")
         text = what.value[: -len(".vip")] if kind == "vip" else what.value
         span = self.span(what)
         return s.NatTargetDecl(kind, text, port, _join(span, port.span) if port else span)

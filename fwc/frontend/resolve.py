@@ -494,11 +494,23 @@ class Resolver:
             seen[idecl.name.text] = idecl
             vips: list[m.IPInterface] = []
             spans: list[Span] = []
-            for word in idecl.vips:
+            names: list[str | None] = []
+            named: dict[str, s.Word] = {}
+            vip_names = idecl.vip_names or (None,) * len(idecl.vips)
+            for word, name in zip(idecl.vips, vip_names, strict=True):
+                if name is not None:
+                    if name.text in named:
+                        self.err("FWC119", f"VIP name '{name.text}' is given twice on interface "
+                                 f"'{idecl.name.text}'", name.span,
+                                 hint="give each VIP of an interface its own name",
+                                 related=[Related(named[name.text].span, "first named here")])
+                    named.setdefault(name.text, name)
                 vip = self.parse_interface_address(word, "VIP")
                 if vip is not None:
                     vips.append(vip)
                     spans.append(word.span)
+                    names.append(name.text if name is not None and named[name.text] is name
+                                 else None)
             vrid = vrrp.vrid
             if idecl.vrid is not None:
                 vrid = self.integer(idecl.vrid, "VRID", *proto.VRID_RANGE, "FWC204")
@@ -507,7 +519,7 @@ class Resolver:
                          idecl.name.span,
                          hint="set 'vrid N' on the interface or a cluster-wide 'vrid' in vrrp { }")
             out.append(m.Interface(idecl.name.text, tuple(vips), vrid if idecl.vips else None,
-                                   idecl.span, tuple(spans)))
+                                   idecl.span, tuple(spans), tuple(names)))
         return tuple(out)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
@@ -610,6 +622,13 @@ class Resolver:
                 out.append(m.EndpointItem("vip", f"{item.text}.vip",
                                           AddressSet.of(*(v.ip for v in iface.vips)),
                                           item.negated, None, item.span))
+            elif item.kind == "named_vip":
+                vip = self.named_vip_ref(item.text, item.span, ifaces)
+                if vip is None:
+                    ok = False
+                    continue
+                out.append(m.EndpointItem("vip", item.text, AddressSet.of(vip.ip),
+                                          item.negated, None, item.span))
             else:
                 word = s.Word(item.text, item.span)
                 got = self.parse_range(word) if item.kind == "range" \
@@ -620,6 +639,39 @@ class Resolver:
                 out.append(m.EndpointItem("literal", item.text, got, item.negated, None,
                                           item.span))
         return m.Endpoint(tuple(out)) if ok else None
+
+    def named_vip_ref(self, text: str, span: Span, ifaces: dict[str, m.Interface]) \
+            -> m.IPInterface | None:
+        """`IFACE.vip.NAME`: the one VIP of IFACE that `vip NAME ADDR` named."""
+        iface_name, _, vip_name = text.partition(".vip.")
+        iface = ifaces.get(iface_name)
+        if iface is None or not iface.vips:
+            self.bad_vip_ref(iface_name, span, ifaces)
+            return None
+        vip = iface.named_vip(vip_name)
+        if vip is None:
+            known = [n for n in iface.vip_names if n is not None]
+            choices = ", ".join(f"{iface_name}.vip.{n}" for n in known)
+            self.err("FWC118", f"interface '{iface_name}' has no VIP named '{vip_name}'", span,
+                     hint=(_did_you_mean(vip_name, known) or f"its named VIPs: {choices}")
+                     if known else f"name it in the interface: 'interface {iface_name} vip "
+                     f"{vip_name} ADDRESS/PREFIX'")
+        return vip
+
+    def ambiguous_vip(self, iface: m.Interface, span: Span) -> None:
+        """FWC117: `IFACE.vip` where one address is needed and IFACE has several of a family."""
+        families = iface.ambiguous_families
+        listed = []
+        for vip in (v for v in iface.vips if v.version in families):
+            name = iface.name_of(vip)
+            listed.append(f"{iface.name}.vip.{name} ({vip})" if name else f"{vip} (unnamed)")
+        unnamed = [v for v in iface.vips if v.version in families and iface.name_of(v) is None]
+        hint = (f"name each VIP ('interface {iface.name} vip NAME {unnamed[0]}, ...') and "
+                f"write '{iface.name}.vip.NAME'") if unnamed \
+            else f"write one of {', '.join(f'{iface.name}.vip.{n}' for n in iface.vip_names if n)}"
+        kinds = " and ".join("IPv4" if f == 4 else "IPv6" for f in families)
+        self.err("FWC117", f"'{iface.name}.vip' is ambiguous here: interface '{iface.name}' has "
+                 f"several {kinds} VIPs: {', '.join(listed)}", span, hint=hint)
 
     def bad_vip_ref(self, name: str, span: Span, ifaces: dict[str, m.Interface]) -> None:
         if name in ifaces:
@@ -710,8 +762,17 @@ class Resolver:
             if iface is None or not iface.vips:
                 self.bad_vip_ref(t.text, t.span, ifaces)
                 return None
+            if iface.ambiguous_families:
+                self.ambiguous_vip(iface, t.span)
+                return None
             return m.NatTarget("vip", f"{t.text}.vip", AddressSet.of(*(v.ip for v in iface.vips)),
                                port, t.text, t.span)
+        if t.kind == "named_vip":
+            vip = self.named_vip_ref(t.text, t.span, ifaces)
+            if vip is None:
+                return None
+            return m.NatTarget("vip", t.text, AddressSet.of(vip.ip), port,
+                               t.text.partition(".vip.")[0], t.span)
         if t.kind == "name":
             self.used.add(t.text)
             obj = self.objects.get(t.text)

@@ -43,7 +43,8 @@ class Word(NamedTuple):
 
 
 class Endpoint(NamedTuple):
-    """One item of a from/to list: kind is name, vip, address, range, any or firewall."""
+    """One item of a from/to list: kind is name, vip, named_vip, address, range, any or
+    firewall. A `vip` is IFACE (written IFACE.vip), a `named_vip` is IFACE.vip.NAME."""
 
     kind: str
     text: str
@@ -102,6 +103,7 @@ class InterfaceDecl:
     vips: tuple[Word, ...]
     vrid: Word | None
     span: Span
+    vip_names: tuple[Word | None, ...] = ()  # per VIP: `vip NAME ADDR` names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,7 @@ class ClusterDecl:
 
 @dataclass(frozen=True, slots=True)
 class NatTargetDecl:
-    kind: str  # name, vip, address
+    kind: str  # name, vip (IFACE), named_vip (IFACE.vip.NAME), address
     text: str
     port: Word | None
     span: Span

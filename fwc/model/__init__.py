@@ -290,9 +290,29 @@ class Interface:
     vrid: int | None  # its own or the cluster default; None when no VIP
     span: Span
     vip_spans: tuple[Span, ...] = ()
+    # Per VIP, the name `vip NAME ADDR/PREFIX` gives it (None: unnamed); `IFACE.vip.NAME`.
+    vip_names: tuple[str | None, ...] = ()
 
     def vips_of(self, family: int) -> tuple[IPInterface, ...]:
         return tuple(v for v in self.vips if v.version == family)
+
+    def name_of(self, vip: IPInterface) -> str | None:
+        """The name the policy gave VIP, if any."""
+        for address, name in zip(self.vips, self.vip_names, strict=False):
+            if address == vip:
+                return name
+        return None
+
+    def named_vip(self, name: str) -> IPInterface | None:
+        for address, vip_name in zip(self.vips, self.vip_names, strict=False):
+            if vip_name == name:
+                return address
+        return None
+
+    @property
+    def ambiguous_families(self) -> tuple[int, ...]:
+        """Families with more than one VIP: `IFACE.vip` cannot stand for one address there."""
+        return tuple(f for f in (4, 6) if len(self.vips_of(f)) > 1)
 
 
 @dataclass(frozen=True, slots=True)
