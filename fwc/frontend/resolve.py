@@ -379,7 +379,78 @@ class Resolver:
                         expectations.append(exp)
         return m.Cluster(decl.name.text, vrrp, sync, interfaces, members, tuple(rules),
                          tuple(nat), tuple(expectations), decl.span,
-                         self.resolve_backend(decl))
+                         self.resolve_backend(decl), self.resolve_tracks(decl),
+                         self.resolve_notify(decl))
+
+    def signed(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
+        try:
+            value = int(word.text)
+        except ValueError:
+            self.err("FWC109", f"{what} must be a number, got '{word.text}'", word.span)
+            return None
+        if not low <= value <= high:
+            self.err(code, f"{what} {value} is out of range {low}-{high}", word.span)
+            return None
+        return value
+
+    def resolve_tracks(self, decl: s.ClusterDecl) -> tuple[m.Track, ...]:
+        out: list[m.Track] = []
+        for item in decl.track:
+            opts = self.unique_options(item.options)
+            kind, target = item.kind.text, item.target.text
+            ok = True
+            if kind == "ping":
+                got = self.parse_address(item.target, want="host")
+                if got is None:
+                    continue
+            weight = None
+            if "weight" in opts and opts["weight"].value is not None:
+                weight = self.signed(opts["weight"].value, "track weight",
+                                     *proto.TRACK_WEIGHT_RANGE, "FWC256")
+                ok = ok and weight is not None
+            interval = proto.DEFAULT_TRACK_INTERVAL_S
+            if "interval" in opts and opts["interval"].value is not None:
+                word = opts["interval"].value
+                ms = self.duration_ms(word, "track interval")
+                low, high = proto.TRACK_INTERVAL_RANGE_S
+                if ms is None:
+                    ok = False
+                elif ms % 1000 or not low <= ms // 1000 <= high:
+                    self.err("FWC256", f"track interval {word.text} is not whole seconds "
+                             f"{low}-{high}", word.span,
+                             hint="keepalived runs track scripts every N whole seconds")
+                    ok = False
+                else:
+                    interval = ms // 1000
+            counts = {"fall": proto.DEFAULT_TRACK_FALL, "rise": proto.DEFAULT_TRACK_RISE}
+            for key in counts:
+                if key in opts and opts[key].value is not None:
+                    value = self.integer(opts[key].value, f"track {key}",
+                                         *proto.TRACK_COUNT_RANGE, "FWC256")
+                    if value is None:
+                        ok = False
+                    else:
+                        counts[key] = value
+            if kind == "interface" and ("interval" in opts or "fall" in opts
+                                        or "rise" in opts):
+                extra = next(k for k in ("interval", "fall", "rise") if k in opts)
+                self.err("FWC109", f"'{extra}' does not apply to a tracked interface",
+                         opts[extra].span, hint="keepalived follows the link state itself; "
+                         "only 'weight' applies")
+                ok = False
+            if ok:
+                spans = tuple((k, o.span) for k, o in opts.items())
+                out.append(m.Track(kind, target, weight, interval, counts["fall"],
+                                   counts["rise"], item.span, spans))
+        return tuple(out)
+
+    def resolve_notify(self, decl: s.ClusterDecl) -> tuple[m.NotifyAction, ...]:
+        out: list[m.NotifyAction] = []
+        for key, opt in self.unique_options(decl.notify).items():
+            state = self.choice(s.Word(key, opt.span), "notify state", proto.NOTIFY_STATES)
+            if state is not None and opt.value is not None:
+                out.append(m.NotifyAction(state, opt.value.text, opt.span))
+        return tuple(out)
 
     def resolve_backend(self, decl: s.ClusterDecl) -> Backend:
         opts = self.unique_options(decl.backend)
@@ -450,7 +521,7 @@ class Resolver:
             garp = None if ms is None else max(1, ms // 1000)
         spans = tuple((k, o.span) for k, o in opts.items())
         return m.Vrrp(password, password_file, auth, advert, version, preempt, delay, vrid,
-                      garp, decl.vrrp_span, spans)
+                      garp, decl.vrrp_span, spans, "unicast" in opts)
 
     def resolve_sync(self, decl: s.ClusterDecl) -> m.Sync:
         opts = self.unique_options(decl.sync)
@@ -479,8 +550,15 @@ class Resolver:
         if "mark-bit" in opts and opts["mark-bit"].value is not None:
             value = self.integer(opts["mark-bit"].value, "mark bit", 0, 31, "FWC215")
             mark_bit = mark_bit if value is None else value
+        allow: tuple[m.ServiceMatch, ...] = ()
+        labels: tuple[str, ...] = ()
+        if "allow" in opts:
+            option = opts["allow"]
+            assert isinstance(option, s.ServicesOption)
+            allow, labels, _ok = self.services_of(option.services)
         spans = tuple((k, o.span) for k, o in opts.items())
-        return m.Sync(link, mode, transport, group, port, mark_bit, decl.sync_span, spans)
+        return m.Sync(link, mode, transport, group, port, mark_bit, decl.sync_span, spans,
+                      allow, labels)
 
     def resolve_interfaces(self, decl: s.ClusterDecl, vrrp: m.Vrrp) -> tuple[m.Interface, ...]:
         out: list[m.Interface] = []

@@ -68,6 +68,29 @@ class Option(NamedTuple):
     span: Span
 
 
+class ServicesOption(NamedTuple):
+    """An option whose value is a list of services (`sync { allow ssh, ntp }`)."""
+
+    key: str
+    value: Word | None
+    span: Span
+    services: tuple[ServiceRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackDecl:
+    """One item of `track { }`: kind is interface, ping, process or script."""
+
+    kind: Word
+    target: Word
+    options: tuple[Option, ...]
+    span: Span
+
+    @property
+    def key(self) -> str:  # laid out like a block option by `fwc fmt`
+        return "track"
+
+
 @dataclass(frozen=True, slots=True)
 class Include:
     path: Word
@@ -133,6 +156,10 @@ class ClusterDecl:
     members: tuple[MemberDecl, ...]
     span: Span
     backend: tuple[Option, ...] = ()  # `backend NAME` (given twice: FWC110)
+    track: tuple[TrackDecl, ...] = ()
+    track_span: Span | None = None
+    notify: tuple[Option, ...] = ()  # `notify { master "..." }`: key is the state as written
+    notify_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
