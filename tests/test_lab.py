@@ -674,8 +674,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
         assert {r.phase for r in report.expectations} == {"master", "backup"}
         assert report.control is not None and report.control.ok
         if name == "branch":
+            # branch's VRRP is unicast (issue 14): this crash drill is its failover proof
             (fo,) = report.failover
             assert fo.mode == "snat" and fo.ok
+            assert fo.survived_failover and fo.survived_failback
+            assert "unicast_peer" in (out / "bfw1" / "keepalived.conf").read_text()
         if name == "dmz":
             # service web is tcp/80,443: both ports probed through both members
             web = {(r.phase, r.port) for r in report.expectations
@@ -698,6 +701,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
             assert "cache internal" in node(
                 "conntrackd", "-C", "/etc/conntrackd/conntrackd.conf", "-s"
             )
+            if name == "branch":
+                # its notify action ran after fwc's conntrackd steps on every takeover
+                log = node("cat", "/run/fwc-lab/syslog.log")
+                assert "action for master ok" in log, log[-2000:]
+                assert log.index("conntrackd -B ok") < log.rindex("action for master ok")
             assert node("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose").strip() == "1"
             assert "advert_int 0.1" not in node("cat", "/etc/keepalived/keepalived.conf")
             held = node("ip", "-br", "addr").split()
