@@ -252,9 +252,10 @@ The backup takes over when it has heard nothing for three adverts plus a skew
 is a stall of a few tens of milliseconds of the master: a busy CPU, a ruleset
 reload, a link renegotiation or a full queue on a loaded link. Then both
 members are master for a moment and the VIPs flap, which costs more than the
-failover time it saves. The lab measured what 100 ms and 50 ms adverts give
-(docs/lab.md, "Failover times"); below that, connections gain little because
-TCP's own retransmission timer (at least 200 ms) sets the pace.""")
+failover time it saves. What shorter adverts buy is small: the lab measured
+the echo gap of a crash at 0.74 s with 100 ms adverts whether the backup took
+over after 0.11 s or 0.40 s (docs/lab.md, "Failover times"), because TCP's own
+retransmission timer (at least 200 ms, doubling) sets the pace.""")
 def advert_too_short(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         vrrp = cluster.vrrp
