@@ -50,6 +50,26 @@ PRIORITY_RANGE = (1, 254)
 VRRP_V3_ADVERT_RANGE_MS = (10, 40950)
 VRRP_V2_ADVERT_RANGE_S = (1, 255)
 MASTER_PRIORITY_STEP = 50
+# Health tracking (keepalived vrrp_script / track_*): weights keepalived accepts on
+# track_interface and track_script (-253..253), script intervals in whole seconds.
+TRACK_KINDS = ("interface", "ping", "process", "script")
+TRACK_WEIGHT_RANGE = (-253, 253)
+TRACK_INTERVAL_RANGE_S = (1, 4294)
+TRACK_COUNT_RANGE = (1, 255)  # fall, rise
+DEFAULT_TRACK_INTERVAL_S = 1
+DEFAULT_TRACK_FALL = 2
+DEFAULT_TRACK_RISE = 2
+# The gateway ping: one echo request, one second to answer, no name lookups.
+PING_COMMAND = ("/usr/bin/ping", "-c", "1", "-W", "1", "-n")
+# notify { STATE "command" }: the states, and the argument keepalived passes the
+# notify script for each (docs/compile.md "Notify script").
+NOTIFY_STATES = MappingProxyType({"master": "primary", "backup": "backup", "fault": "fault"})
+# An admin's command must not hold the notify lock (and the next transition's
+# conntrackd steps) for ever.
+NOTIFY_ACTION_TIMEOUT_S = 30
+# Fast failover: adverts shorter than this leave a master whose CPU or link stalls
+# for 3 adverts (plus skew) no margin before the backup takes over (FWC260).
+VRRP_SAFE_ADVERT_MS = 50
 
 # conntrackd defaults (conntrack-tools upstream examples).
 DEFAULT_SYNC_MODE = "ftfw"

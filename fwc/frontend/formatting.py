@@ -307,7 +307,7 @@ class _Layout:
         # an interface or member starts with its keyword, just before its name
         interfaces = {self.first_of(i.name.span) - 1: i for i in cluster.interfaces}
         members = {self.first_of(m.name.span) - 1: m for m in cluster.members}
-        options = (*cluster.vrrp, *cluster.sync)
+        options = (*cluster.vrrp, *cluster.sync, *cluster.track, *cluster.notify)
         i = start
         while i < end:
             if i in members:

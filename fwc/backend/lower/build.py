@@ -274,21 +274,58 @@ class _Lowering:
             if not iface.vips_of(self.family):
                 continue
             dev = self.device(iface.name)
-            to_group = AddressMatch((group,))
+            # Multicast: adverts to the VRRP group. Unicast: from each peer's address on
+            # the segment to this member's and back, and from nobody else.
+            own, peers = self.segment_peers(iface.name)
+            if self.cluster.vrrp.unicast and (not own or not peers):
+                continue  # FWC203: a member without an address of the family
+            incoming = Match(source=AddressMatch(peers), destination=AddressMatch(own[:1])) \
+                if self.cluster.vrrp.unicast else Match(destination=AddressMatch((group,)))
+            outgoing = Match(source=AddressMatch(own[:1]), destination=AddressMatch(peers)) \
+                if self.cluster.vrrp.unicast else incoming
             for number in protocols:
                 label = f"vrrp {dev}" if number == proto.VRRP_PROTOCOL else f"vrrp-ah {dev}"
                 self.auto(BuiltinChain.INPUT,
-                          Match(destination=to_group, in_device=dev, protocol=number),
-                          label)
+                          replace(incoming, in_device=dev, protocol=number), label)
                 self.auto(BuiltinChain.OUTPUT,
-                          Match(destination=to_group, out_device=dev, protocol=number),
-                          label)
+                          replace(outgoing, out_device=dev, protocol=number), label)
         if self.family == 4:
             self.sync_rules()
         else:
             for icmp_type in proto.NDP_ICMPV6_TYPES:
                 self.auto(BuiltinChain.INPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+        self.sync_allowance()
+
+    def segment_peers(self, interface: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(this member's addresses, every other member's) on INTERFACE in this family."""
+        def addresses(member: Member) -> list[str]:
+            link = member.link(interface)
+            return [str(a.ip) for a in link.addresses if a.version == self.family] \
+                if link is not None else []
+        peers = [a for m in self.cluster.members if m.name != self.member.name
+                 for a in addresses(m)]
+        return tuple(addresses(self.member)), tuple(peers)
+
+    def sync_allowance(self) -> None:
+        """`sync { allow ssh, ntp }`: those services between the members' sync addresses,
+        either way (replies are the established rule's)."""
+        sync = self.cluster.sync
+        if not sync.allow or sync.link is None:
+            return
+        dev = self.device(sync.link)
+        own, peers = self.segment_peers(sync.link)
+        matches = service_matches(sync.allow, self.family)
+        if not own or not peers or matches is None:
+            return
+        label = f"sync allow {', '.join(sync.allow_labels)}"
+        for match in matches:
+            self.auto(BuiltinChain.INPUT,
+                      replace(match, source=AddressMatch(peers), destination=AddressMatch(own),
+                              in_device=dev), label)
+            self.auto(BuiltinChain.OUTPUT,
+                      replace(match, source=AddressMatch(own), destination=AddressMatch(peers),
+                              out_device=dev), label)
 
     def sync_rules(self) -> None:
         sync = self.cluster.sync
