@@ -131,6 +131,26 @@ class ClusterDecl:
     members: tuple[MemberDecl, ...]
     span: Span
     backend: tuple[Option, ...] = ()  # `backend NAME` (given twice: FWC110)
+    routes: tuple[RouteDecl | RouteRuleDecl, ...] = ()  # `route` and `route-rule` lines
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecl:
+    """`route DEST ...`: DEST is `default` or an address; options keyed by their keyword."""
+
+    destination: Word
+    options: tuple[Option, ...]  # via, dev, table, src, metric, follow, only
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuleDecl:
+    """`route-rule ...`: a policy-routing rule; from/to carry their address words."""
+
+    sources: tuple[Word, ...]
+    destinations: tuple[Word, ...]
+    options: tuple[Option, ...]  # in, mark, table, priority, follow, only
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
