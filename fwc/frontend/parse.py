@@ -35,7 +35,8 @@ _TERMINAL_NAMES = {
     "KW_INCLUDE": "include", "KW_RANGE": "range", "KW_GROUP": "group",
     "KW_SERVICE": "service", "KW_CLUSTER": "cluster", "KW_POLICY": "policy", "KW_NAT": "nat",
     "KW_EXPECT": "expect", "UNICAST": "unicast", "MASTER": "master", "LINK_IPV4": "an IPv4 address",
-    "LINK_IPV6": "an IPv6 address", "ROUTE_DEFAULT": "default",
+    "LINK_IPV6": "an IPv6 address", "ROUTE_DEFAULT": "default", "KW_ROUTE": "route",
+    "KW_ROUTE_RULE": "route-rule",
     "ROUTE_MARK": "a mark such as 0x10 or 0x10/0xff",
     "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
@@ -501,17 +502,18 @@ class _Builder(Transformer):
         return ("to", tuple(self.word(c) for c in children))
 
     def route(self, children: list) -> s.RouteDecl:
-        destination = self.word(children[0])
-        options = tuple(children[1:])
+        keyword, destination_token, *options = children
+        destination = self.word(destination_token)
         last = options[-1].span if options else destination.span
-        return s.RouteDecl(destination, options, _join(destination.span, last))
+        return s.RouteDecl(destination, tuple(options), _join(self.span(keyword), last))
 
     def route_rule(self, children: list) -> s.RouteRuleDecl:
+        keyword, *rest = children
         sources: list[s.Word] = []
         destinations: list[s.Word] = []
         options: list[s.Option] = []
-        spans: list[Span] = []
-        for child in children:
+        spans: list[Span] = [self.span(keyword)]
+        for child in rest:
             if isinstance(child, s.Option):
                 options.append(child)
                 spans.append(child.span)
@@ -519,10 +521,9 @@ class _Builder(Transformer):
                 kind, words = child
                 (sources if kind == "from" else destinations).extend(words)
                 spans.extend(w.span for w in words)
-        first = min(spans, key=lambda sp: (sp.line, sp.column)) if spans else None
-        last = max(spans, key=lambda sp: (sp.end_line, sp.end_column)) if spans else None
-        span = _join(first, last) if first and last else Span(self.path, 0, 0, 0, 0)
-        return s.RouteRuleDecl(tuple(sources), tuple(destinations), tuple(options), span)
+        last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
+        return s.RouteRuleDecl(tuple(sources), tuple(destinations), tuple(options),
+                               _join(spans[0], last))
 
     # -- rules ----------------------------------------------------------------------
     def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:

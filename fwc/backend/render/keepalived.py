@@ -8,6 +8,7 @@ from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, path_of
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.routes import vrrp_routing
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member, Vrrp
 
@@ -26,6 +27,9 @@ class VrrpInstance:
     auth_type: str | None
     auth_pass: str | None
     vips: tuple[str, ...]
+    # `follow master` routes and rules (fwc.backend.render.routes.vrrp_routing).
+    virtual_routes: tuple[tuple[str, ...], ...] = ()
+    virtual_rules: tuple[tuple[str, ...], ...] = ()
 
 
 def advert_interval(advert_ms: int) -> str:
@@ -46,6 +50,7 @@ def preempt_delay(vrrp: Vrrp) -> int:
 def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpInstance]:
     vrrp = cluster.vrrp
     out: list[VrrpInstance] = []
+    first_of_family = {4: True, 6: True}
     for iface in cluster.vrrp_interfaces:
         device = member.device(iface.name) or iface.name
         for family in (4, 6):
@@ -58,6 +63,8 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
             password = None
             if auth is not None:
                 password = proto.REDACTED_PASSWORD if redact else vrrp.password
+            routing = vrrp_routing(cluster, member, iface.name, family, first_of_family[family])
+            first_of_family[family] = False
             out.append(VrrpInstance(
                 name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
                 device=device,
@@ -72,6 +79,8 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 auth_type=auth.upper() if auth else None,
                 auth_pass=password,
                 vips=tuple(str(v) for v in vips),
+                virtual_routes=routing.routes,
+                virtual_rules=routing.rules,
             ))
     return out
 
