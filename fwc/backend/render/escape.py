@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from functools import lru_cache
 
 from fwc import protocols as proto
@@ -188,6 +189,22 @@ def ip_word(text: object) -> str:
     if not _IP_WORD.fullmatch(value):
         raise UnwritableText(f"{value!r} cannot be a word of an ip -batch line")
     return value
+
+
+# -- Graphviz DOT (fwc graph) ------------------------------------------------------------------
+
+def _dot_escaped(text: object) -> str:
+    return line_text(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def dot_string(text: object) -> str:
+    """A quoted DOT ID or attribute value: `"` and `\\` escaped, one line."""
+    return f'"{_dot_escaped(text)}"'
+
+
+def dot_label(lines: Iterable[object]) -> str:
+    """A quoted DOT label of several lines (DOT's own `\\n` between them)."""
+    return '"' + "\\n".join(_dot_escaped(line) for line in lines) + '"'
 
 
 # -- shell, systemd, sysctl, comments ----------------------------------------------------------
