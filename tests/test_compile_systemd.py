@@ -1,6 +1,6 @@
 """Boot and daemon ordering: the systemd units fwc generates per member.
 
-keepalived starts after conntrackd (ha-daemons P11); both require the boot unit
+keepalived starts after conntrackd (docs/ha-pitfalls.md); both require the boot unit
 fwc-firewall.service, which loads the rules before the network is up and only
 then switches forwarding on (issue 10: a rebooted node never forwards unfiltered).
 """

@@ -135,6 +135,8 @@ def test_ruleset(files: list[GeneratedFile]) -> str:
         isolated = " && ".join([*(f"ipset restore < {STAGING}/{f.name}" for f in ipsets),
                                 *steps])
         steps = [f"unshare -n sh -c {q(isolated)}"]
+    # The routes script must at least parse; what it installs only the node can tell.
+    steps += [f"sh -n {STAGING}/{f.name}" for f in files if f.reload is Reload.ROUTES]
     if "keepalived.conf" in names:
         # Also catches a VRRP interface this node does not have. keepalived is
         # known to be there (preflight).
@@ -259,7 +261,7 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     The old daemon is stopped through the *old* config's socket. A backup then
     asks the master for a full resync (-n); the master re-reads the kernel
     table (-R) and sends its cache to the backups (-B), as the notify hook
-    does on a transition (ha-daemons.md 2.3).
+    does on a transition (docs/ha-pitfalls.md, "What a transition does").
     """
     stop_conf = q(old_config) if old_config else path_of("conntrackd.conf")
     resync = f"{CONNTRACKD} -n" if role == "backup" else f"{CONNTRACKD} -R && {CONNTRACKD} -B"

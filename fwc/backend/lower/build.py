@@ -384,7 +384,7 @@ class _Lowering:
             self.auto(chain, established, "established")
         for chain in (BuiltinChain.INPUT, BuiltinChain.FORWARD):
             # DROP, never REJECT: right after a failover, packets of flows the notify
-            # script has not committed yet must be retransmitted, not reset (ha-daemons P19).
+            # script has not committed yet must be retransmitted, not reset (docs/ha-pitfalls.md).
             self.auto(chain, Match(ctstate=("INVALID",)), "invalid", Target.DROP)
             self.auto(chain, Match(protocol=TCP, tcp_not_syn=True, ctstate=("NEW",)),
                       "new tcp without syn", Target.DROP)
