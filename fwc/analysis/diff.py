@@ -183,9 +183,14 @@ def _reenter(view: MemberView, box: Box) -> list[tuple[Box, str]]:
                      out_ifaces=view.all_in)
     for chain in (*CHAINS, "local"):
         part = base.intersect(view.regions[(box.family, chain)])
-        if part is not None:
-            out.extend((routed, chain) for routed in view.route_box(
-                part, chain, route_in=not keeps_in, route_out=True))
+        if part is None:
+            continue
+        for routed in view.route_box(part, chain, route_in=not keeps_in, route_out=True):
+            # Where this version may send the packets by the interfaces the piece names
+            # (several are possible: no route, multicast), those are the packets meant.
+            if box.out_ifaces <= routed.out_ifaces:
+                routed = routed.with_(out_ifaces=box.out_ifaces)
+            out.append((routed, chain))
     return out
 
 

@@ -596,6 +596,7 @@ def _split(table: Table, addresses: Intervals) \
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
+    priority: int
     sources: Intervals
     destinations: Intervals
     in_interface: str | None
@@ -624,7 +625,8 @@ class _Lookups:
         def networks(nets: tuple[IPNetwork, ...]) -> Intervals:
             return AddressSet.of(*nets).family(family) if nets else full
 
-        rules = tuple(_Rule(networks(r.sources), networks(r.destinations), r.in_interface,
+        rules = tuple(_Rule(r.priority, networks(r.sources), networks(r.destinations),
+                            r.in_interface,
                             r.marked, _table(routing.table(r.table), family))
                       for r in routing.rules)
         return cls(family, _table(routing.main, family),
@@ -646,13 +648,15 @@ class _Lookups:
         return [(p, ifaces or self.fallback) for p, ifaces in parts if ifaces or self.fallback]
 
     def forward(self, box: Box) -> list[tuple[Box, frozenset[str]]]:
-        done: list[tuple[Box, frozenset[str]]] = []
+        # (part, interfaces, priority of the lookup that decided it): a mark rule can only
+        # change what lookups after it decided.
+        done: list[tuple[Box, frozenset[str], float]] = []
 
-        def lookup(table: Table, boxes: list[Box]) -> list[Box]:
+        def lookup(table: Table, boxes: list[Box], priority: float) -> list[Box]:
             left: list[Box] = []
             for b in boxes:
                 found, rest = _split(table, b.dst)
-                done.extend((b.with_(dst=part), ifaces) for part, ifaces in found)
+                done.extend((b.with_(dst=part), ifaces, priority) for part, ifaces in found)
                 if rest:
                     left.append(b.with_(dst=rest))
             return left
@@ -662,15 +666,18 @@ class _Lookups:
         if groups:
             # The sending program names a multicast packet's interface (conntrackd its
             # sync link, keepalived each VRRP interface), not the routing table.
-            done.append((box.with_(dst=groups), self.every))
+            done.append((box.with_(dst=groups), self.every, -1))
             rest = subtract(box.dst, self.multicast)
             pending = [box.with_(dst=rest)] if rest else []
-        plain = [r for r in self.rules if not r.marked]
+        last = float("inf")
         if not self.rules:
-            pending = lookup(self.main, pending)
+            pending = lookup(self.main, pending, last)
         else:
-            pending = lookup(self.main_specific, pending)
-            for rule in plain:
+            # `lookup main suppress_prefixlength 0` comes before every rule
+            pending = lookup(self.main_specific, pending, -1)
+            for rule in self.rules:
+                if rule.marked:
+                    continue
                 nxt: list[Box] = []
                 for b in pending:
                     hit = b.intersect(self._selector(rule, b))
@@ -678,26 +685,30 @@ class _Lookups:
                         nxt.append(b)
                         continue
                     nxt.extend(b.minus(hit))
-                    nxt.extend(lookup(rule.table, [hit]))  # a miss goes on to the next rule
+                    # a miss goes on to the next rule
+                    nxt.extend(lookup(rule.table, [hit], rule.priority))
                 pending = nxt
-            pending = lookup(self.main_default, pending)
-        done.extend((b, self.fallback) for b in pending if self.fallback)
-        for rule in (r for r in self.rules if r.marked):
+            pending = lookup(self.main_default, pending, last)
+        done.extend((b, self.fallback, last) for b in pending if self.fallback)
+        for rule in self.rules:
+            if not rule.marked:
+                continue
             # Marks are no field of the analysis' packets: marked traffic may take the
             # rule's table, unmarked traffic the way above, so both interfaces count.
-            widened: list[tuple[Box, frozenset[str]]] = []
-            for b, ifaces in done:
-                hit = b.intersect(self._selector(rule, b))
+            widened: list[tuple[Box, frozenset[str], float]] = []
+            for b, ifaces, decided in done:
+                hit = b.intersect(self._selector(rule, b)) if decided > rule.priority else None
                 if hit is None:
-                    widened.append((b, ifaces))
+                    widened.append((b, ifaces, decided))
                     continue
-                widened.extend((rest, ifaces) for rest in b.minus(hit))
+                widened.extend((rest, ifaces, decided) for rest in b.minus(hit))
                 found, miss = _split(rule.table, hit.dst)
-                widened.extend((hit.with_(dst=part), ifaces | more) for part, more in found)
+                widened.extend((hit.with_(dst=part), ifaces | more, decided)
+                               for part, more in found)
                 if miss:
-                    widened.append((hit.with_(dst=miss), ifaces))
+                    widened.append((hit.with_(dst=miss), ifaces, decided))
             done = widened
-        return done
+        return [(b, ifaces) for b, ifaces, _ in done]
 
     @staticmethod
     def _selector(rule: _Rule, box: Box) -> Box:
