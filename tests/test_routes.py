@@ -390,3 +390,94 @@ def test_graph_without_dot_is_a_usage_error_and_writes_nothing(tmp_path, capsys,
     bad = tmp_path / "bad.fw"
     bad.write_text("cluster {")
     assert main(["graph", str(bad)]) == 1
+
+
+# -- the automatic HA rules in query, expect and diff (issue 14, bug) -----------------------
+
+def test_query_accepts_the_peers_sync_packets_as_the_compiled_input_does(capsys):
+    edge = str(REPO / "policies" / "edge.fw")
+    assert main(["query", edge, "--from", "203.0.113.2", "--to", "225.0.0.50",
+                 "--service", "udp/3780"]) == 0
+    out = capsys.readouterr().out
+    assert "edge/fw1: accept (INPUT)\n    decided by the automatic rule 'fwc auto: " \
+        "conntrackd sync eth2'" in out
+    assert "from 203.0.113.2 (firewall) to 225.0.0.50 service udp/3780 out sync\n" \
+        "    accept (OUTPUT)\n      decided by the automatic rule 'fwc auto: conntrackd sync " \
+        "eth2'" in out
+    assert main(["query", edge, "--from", "203.0.113.9", "--to", "224.0.0.1",
+                 "--service", "proto/igmp"]) == 0
+    assert "edge/fw1: accept (INPUT)\n    decided by the automatic rule 'fwc auto: igmp eth2'" \
+        in capsys.readouterr().out
+
+
+def _evaluated(cluster, member, family, packet) -> str:
+    from fwc.analysis.evaluate import Evaluator
+    from fwc.backend.lower import lower
+    return Evaluator(lower(cluster, member, family)).decide(packet, packet.hook).verdict.lower()
+
+
+@pytest.mark.parametrize("unicast", [False, True])
+def test_engine_and_compiled_chains_agree_on_ha_traffic(tmp_path, unicast):
+    from fwc.analysis.evaluate import Packet
+    text = BASE.replace("multicast 225.0.0.50 port 3780", "unicast port 3780") if unicast \
+        else BASE
+    cluster = _cluster(tmp_path, text)
+    fw1, fw2 = cluster.members
+    view = MemberView(cluster, fw1)
+    group = "203.0.113.1" if unicast else "225.0.0.50"
+    cases = [  # (source, destination, protocol, port, in interface)
+        ("203.0.113.2", group, 17, 3780, "sync"), ("203.0.113.2", group, 17, 3781, "sync"),
+        ("192.0.2.2", "224.0.0.18", 112, None, "lan"),
+        ("198.51.100.2", "224.0.0.18", 112, None, "uplink"),
+        ("192.0.2.2", "224.0.0.18", 112, None, "sync"),
+        ("203.0.113.9", "224.0.0.1", 2, None, "sync"), ("203.0.113.9", "224.0.0.22", 2, None,
+                                                         "sync"),
+        ("192.0.2.9", "224.0.0.1", 2, None, "lan")]
+    checked = 0
+    for source, destination, protocol, port, iface in cases:
+        services = (ServiceMatch("udp", 17, (PortRange(port, port),)),) if port else \
+            (ServiceMatch("proto", protocol),)
+        traffic = TrafficClass(AddressSet.of(ipaddress.ip_address(source)),
+                               AddressSet.of(ipaddress.ip_address(destination)), services, iface)
+        pieces = classify(view, traffic)
+        assert len(pieces) <= 1, [p.decided_by for p in pieces]
+        device = fw1.device(iface)
+        local = pieces and pieces[0].chain == "input"
+        packet = Packet(4, int(ipaddress.ip_address(source)),
+                        int(ipaddress.ip_address(destination)), protocol, port,
+                        in_device=device, out_device=None if local else "eth1")
+        compiled = _evaluated(cluster, fw1, 4, packet)
+        engine = str(pieces[0].verdict) if pieces else "drop"
+        assert engine == compiled, (source, destination, protocol, port, iface,
+                                    [p.decided_by for p in pieces])
+        checked += 1
+    assert checked == len(cases)
+    # what fw2 sends is accepted by an automatic OUTPUT rule on the right device only
+    out = classify(MemberView(cluster, fw2), TrafficClass(
+        AddressSet.of(ipaddress.ip_address("203.0.113.2")),
+        AddressSet.of(ipaddress.ip_address(group)),
+        (ServiceMatch("udp", 17, (PortRange(3780, 3780),)),), out_interface="sync"))
+    assert [(p.chain, p.auto) for p in out] == [("output", "fwc auto: conntrackd sync eth2")]
+
+
+def test_diff_reports_traffic_the_ha_rules_now_accept(tmp_path):
+    before = _cluster(tmp_path, BASE)
+    after = _cluster(tmp_path, BASE.replace("multicast 225.0.0.50", "multicast 225.0.0.51"))
+    changes = [(c.verdict, c.text, c.where) for c in traffic_changes(before, after)]
+    assert changes[0] == ("allowed", "from 203.0.113.0/24 except firewall to 225.0.0.51 service "
+                          "udp/3780 in sync", "automatic rule 'fwc auto: conntrackd sync eth2'")
+    assert changes[1][:2] == ("denied", "from 203.0.113.0/24 except firewall to 225.0.0.50 "
+                              "service udp/3780 in sync")
+    assert len(changes) == 2
+
+
+def test_fmt_keeps_routes_and_their_comments(tmp_path):
+    from fwc.frontend.formatting import format_text
+    messy = TWO_UPLINKS.replace("    route default via 198.51.100.9\n",
+                                "  route   default   via 198.51.100.9   # the provider\n")
+    formatted = format_text(messy)
+    assert "\n    route default via 198.51.100.9  # the provider\n" in formatted
+    assert "\n    route-rule mark 0x10/0xf0 table 102 priority 500\n" in formatted
+    assert format_text(formatted) == formatted
+    dmz = (REPO / "policies" / "dmz.fw").read_text()
+    assert format_text(dmz) == dmz
