@@ -346,14 +346,6 @@ class _Lowering:
         if link is None:
             return
         dev = link.device
-        # IGMP on the sync link: a snooping switch forwards conntrackd's group only to
-        # ports whose host answered its queries with membership reports (docs/compile.md,
-        # "Automatic rules"). Any transport: a switch's queries are harmless to accept.
-        groups = AddressMatch((str(MULTICAST[4]),))
-        self.auto(BuiltinChain.INPUT, Match(destination=groups, in_device=dev,
-                                            protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
-        self.auto(BuiltinChain.OUTPUT, Match(destination=groups, out_device=dev,
-                                             protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
         port = (PortRange(sync.port, sync.port),)
         label = f"conntrackd sync {dev}"
         if sync.transport == "multicast":
@@ -362,6 +354,7 @@ class _Lowering:
                                                 dports=port), label)
             self.auto(BuiltinChain.OUTPUT, Match(destination=group, out_device=dev,
                                                  protocol=UDP, dports=port), label)
+            self.igmp_rules(dev)
             return
         own = [a.ip for a in link.addresses if a.version == 4]
         peers = [a.ip for m in self.cluster.members if m.name != self.member.name
@@ -377,6 +370,16 @@ class _Lowering:
         self.auto(BuiltinChain.OUTPUT,
                   Match(source=mine, destination=theirs, out_device=dev, protocol=UDP,
                         dports=port), label)
+
+    def igmp_rules(self, dev: str) -> None:
+        # IGMP on the sync link with multicast sync: a snooping switch forwards
+        # conntrackd's group only to ports whose host answered its queries with
+        # membership reports (docs/ha-pitfalls.md, "Automatic rules for the HA plumbing").
+        groups = AddressMatch((str(MULTICAST[4]),))
+        self.auto(BuiltinChain.INPUT, Match(destination=groups, in_device=dev,
+                                            protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+        self.auto(BuiltinChain.OUTPUT, Match(destination=groups, out_device=dev,
+                                             protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
 
     def stateful_core(self) -> None:
         established = Match(ctstate=("RELATED", "ESTABLISHED"))
