@@ -147,3 +147,19 @@ KEEPALIVED_PREEMPT_DELAY_MAX_S = 1000
 NOTIFY_LOG_TAG = "fwc-notify"
 # keepalived uses only the first 8 characters of auth_pass; the placeholder fits.
 REDACTED_PASSWORD = "@FWCPW@"
+
+# Routing (docs/compile.md, "Routes"). Tables fwc may fill: 0 and 253-255 are the
+# kernel's unspec, default, main and local tables.
+ROUTE_TABLE_RANGE = (1, 252)
+# fwc's routes and rules carry this protocol number (`proto 94`), so that the routes
+# script replaces exactly its own (unassigned in iproute2's rt_protos).
+ROUTE_PROTOCOL = 94
+# `route-rule` priorities: written ones 2-32765 (0 is the local table's rule, 32766 and
+# 32767 main and default; fwc's `lookup main suppress_prefixlength 0` takes the one
+# before the first rule); unwritten ones count from 1000 in steps of 10.
+ROUTE_RULE_PRIORITY_RANGE = (2, 32765)
+ROUTE_RULE_FIRST_PRIORITY = 1000
+ROUTE_RULE_PRIORITY_STEP = 10
+IGMP_PROTOCOL = 2
+# The routes script's syslog tag.
+ROUTES_LOG_TAG = "fwc-routes"

@@ -1,4 +1,4 @@
-"""The real programs accept every generated file (ha-daemons.md section 6).
+"""The real programs accept every generated file (docs/ha-pitfalls.md, validating).
 
 For every example policy and every member: iptables-restore/ip6tables-restore
 --test in a fresh network namespace, the rules loaded for real and listed back

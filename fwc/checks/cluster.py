@@ -1,8 +1,8 @@
 """Cluster checks (FWC2xx): members, segments, VIPs, VRRP and conntrackd sync.
 
 Each one guards against a way an HA pair silently fails: both nodes master, a
-VIP nobody can reach, a state sync that never happens (see the pitfalls table
-in the HA research notes, P3-P7, P15, P21, P22).
+VIP nobody can reach, a state sync that never happens (docs/ha-pitfalls.md explains
+the failures; each check's rationale says which one it prevents).
 """
 
 from __future__ import annotations

@@ -36,8 +36,10 @@ _TERMINAL_NAMES = {
     "KW_INCLUDE": "include", "KW_RANGE": "range", "KW_GROUP": "group",
     "KW_SERVICE": "service", "KW_CLUSTER": "cluster", "KW_POLICY": "policy", "KW_NAT": "nat",
     "KW_EXPECT": "expect", "UNICAST": "unicast", "MASTER": "master", "LINK_IPV4": "an IPv4 address",
-    "LINK_IPV6": "an IPv6 address",
     "SIGNED_INT": "a number such as -60",
+    "LINK_IPV6": "an IPv6 address", "ROUTE_DEFAULT": "default", "KW_ROUTE": "route",
+    "KW_ROUTE_RULE": "route-rule",
+    "ROUTE_MARK": "a mark such as 0x10 or 0x10/0xff",
     "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
 }
@@ -279,6 +281,14 @@ def _join(first: Span, last: Span) -> Span:
     return Span(first.file, first.line, first.column, last.end_line, last.end_column)
 
 
+def _route_valued(key: str):
+    """A `route`/`route-rule` option: (key, the value word), spanning the value."""
+    def build(self: _Builder, children: list) -> s.Option:
+        value = self.word(children[-1])
+        return s.Option(key, value, value.span)
+    return build
+
+
 class _Builder(Transformer):
     """Builds `fwc.frontend.syntax` nodes during the LALR parse (one method per grammar rule).
 
@@ -505,6 +515,7 @@ class _Builder(Transformer):
         block_spans: dict[str, Span | None] = dict.fromkeys(blocks)
         interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
         members = tuple(i for i in items if isinstance(i, s.MemberDecl))
+        routes = tuple(i for i in items if isinstance(i, s.RouteDecl | s.RouteRuleDecl))
         backend = tuple(i for i in items if isinstance(i, s.Option))
         for item in items:
             if not isinstance(item, tuple) or isinstance(item, s.Option):
@@ -515,13 +526,56 @@ class _Builder(Transformer):
                 block_spans[kind] = block_spans[kind] or _join(options[0].span,
                                                                options[-1].span)
         name_word = self.word(name)
-        spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members)]
+        spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members),
+                 *(r.span for r in routes)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
         return s.ClusterDecl(name_word, tuple(blocks["vrrp"]), block_spans["vrrp"],
                              tuple(blocks["sync"]), block_spans["sync"], interfaces, members,
                              _join(name_word.span, last), backend, tuple(blocks["track"]),
                              block_spans["track"], tuple(blocks["notify"]),
-                             block_spans["notify"])
+                             block_spans["notify"], routes)
+
+    # -- routing (`route`, `route-rule`) ------------------------------------------------
+    route_via = _route_valued("via")
+    route_dev = _route_valued("dev")
+    route_table = _route_valued("table")
+    route_src = _route_valued("src")
+    route_metric = _route_valued("metric")
+    route_follow = _route_valued("follow")
+    route_only = _route_valued("only")
+    route_in = _route_valued("in")
+    route_mark = _route_valued("mark")
+    route_priority = _route_valued("priority")
+
+    def route_from(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("from", tuple(self.word(c) for c in children))
+
+    def route_to(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("to", tuple(self.word(c) for c in children))
+
+    def route(self, children: list) -> s.RouteDecl:
+        keyword, destination_token, *options = children
+        destination = self.word(destination_token)
+        last = options[-1].span if options else destination.span
+        return s.RouteDecl(destination, tuple(options), _join(self.span(keyword), last))
+
+    def route_rule(self, children: list) -> s.RouteRuleDecl:
+        keyword, *rest = children
+        sources: list[s.Word] = []
+        destinations: list[s.Word] = []
+        options: list[s.Option] = []
+        spans: list[Span] = [self.span(keyword)]
+        for child in rest:
+            if isinstance(child, s.Option):
+                options.append(child)
+                spans.append(child.span)
+            else:
+                kind, words = child
+                (sources if kind == "from" else destinations).extend(words)
+                spans.extend(w.span for w in words)
+        last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
+        return s.RouteRuleDecl(tuple(sources), tuple(destinations), tuple(options),
+                               _join(spans[0], last))
 
     # -- rules ----------------------------------------------------------------------
     def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:

@@ -16,6 +16,7 @@ from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
 from fwc.frontend.loader import LoadedProgram
+from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
@@ -377,10 +378,11 @@ class Resolver:
                     exp = self.resolve_expectation(rd, iface_names)
                     if exp:
                         expectations.append(exp)
+        routes, route_rules = resolve_routing(self, decl, interfaces, members)
         return m.Cluster(decl.name.text, vrrp, sync, interfaces, members, tuple(rules),
                          tuple(nat), tuple(expectations), decl.span,
                          self.resolve_backend(decl), self.resolve_tracks(decl),
-                         self.resolve_notify(decl))
+                         self.resolve_notify(decl), routes, route_rules)
 
     def signed(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
         try:

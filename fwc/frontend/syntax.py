@@ -160,6 +160,26 @@ class ClusterDecl:
     track_span: Span | None = None
     notify: tuple[Option, ...] = ()  # `notify { master "..." }`: key is the state as written
     notify_span: Span | None = None
+    routes: tuple[RouteDecl | RouteRuleDecl, ...] = ()  # `route` and `route-rule` lines
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecl:
+    """`route DEST ...`: DEST is `default` or an address; options keyed by their keyword."""
+
+    destination: Word
+    options: tuple[Option, ...]  # via, dev, table, src, metric, follow, only
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuleDecl:
+    """`route-rule ...`: a policy-routing rule; from/to carry their address words."""
+
+    sources: tuple[Word, ...]
+    destinations: tuple[Word, ...]
+    options: tuple[Option, ...]  # in, mark, table, priority, follow, only
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from fwc.lab.topology import IPAddress
 
-POLL = 0.05  # VIP polling period (lab-notes: takeover is polled every 50 ms)
+POLL = 0.05  # VIP polling period (a takeover is timed to within one poll)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, period: float = POLL) -> float | None:

@@ -396,6 +396,78 @@ class Member:
         return AddressSet.of(*(a.ip for link in self.links for a in link.addresses))
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """`route DEST via GW ...` in a cluster: on every member, or on `only` one.
+
+    `interface` is the logical interface written with `dev`; without it, each
+    member reaches the gateway through the interface whose subnet holds it
+    (`fwc.model.topology`). `table` None is the main table. `follow` routes are
+    keepalived's `virtual_routes`: present only on the current master.
+    """
+
+    destination: IPNetwork
+    gateway: IPAddress | None
+    interface: str | None
+    table: int | None
+    source: IPAddress | None  # preferred source (`src`), e.g. a VIP
+    source_label: str | None  # as written: an address or IFACE.vip
+    metric: int | None
+    follow: bool
+    only: str | None
+    span: Span
+
+    @property
+    def family(self) -> int:
+        return self.destination.version
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination.prefixlen == 0
+
+    def text(self) -> str:
+        """The route as the language writes it (canonical spacing, no location)."""
+        parts = ["route", "default" if self.is_default else str(self.destination)]
+        if self.gateway is not None:
+            parts += ["via", str(self.gateway)]
+        if self.interface is not None:
+            parts += ["dev", self.interface]
+        if self.table is not None:
+            parts += ["table", str(self.table)]
+        if self.source_label is not None:
+            parts += ["src", self.source_label]
+        if self.metric is not None:
+            parts += ["metric", str(self.metric)]
+        if self.follow:
+            parts += ["follow", "master"]
+        if self.only is not None:
+            parts += ["only", self.only]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """`route-rule ... table N`: a policy-routing rule (iproute2's `ip rule`).
+
+    Sources and destinations are CIDR networks of one family (empty: any);
+    `mark` is (value, mask) of the packet's firewall mark.
+    """
+
+    family: int
+    sources: tuple[IPNetwork, ...]
+    destinations: tuple[IPNetwork, ...]
+    in_interface: str | None
+    mark: tuple[int, int] | None
+    table: int
+    priority: int  # iproute2's preference: lower is looked at first
+    follow: bool
+    only: str | None
+    span: Span
+
+
 @dataclass(frozen=True)
 class Cluster:
     """One cluster. Not slotted: what is derived from it (firewall address sets, the
@@ -415,6 +487,9 @@ class Cluster:
     backend: Backend = Backend.IPTABLES
     tracks: tuple[Track, ...] = ()
     notify_actions: tuple[NotifyAction, ...] = ()
+    # `route` and `route-rule` lines (docs/language.md, "Routes"), in source order.
+    routes: tuple[Route, ...] = ()
+    route_rules: tuple[RouteRule, ...] = ()
 
     def interface(self, name: str) -> Interface | None:
         for iface in self.interfaces:

@@ -10,6 +10,7 @@ analysis engine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,8 @@ RAW_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.OUTPUT)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
+# Multicast destinations: a packet to a group the node joined is taken in (INPUT).
+MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,53 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
 
 # -- the builder ---------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class AutoRule:
+    """An automatic filter rule that can decide the first packet of a connection.
+
+    What `fwc query`, `expect` and `fwc diff` model of the HA plumbing (VRRP, AH,
+    conntrackd sync, IGMP, NDP): the same rules the compiled INPUT and OUTPUT
+    chains start with, read from the lowering (`automatic_rules`), never restated.
+    """
+
+    chain: str  # input or output
+    match: Match
+    verdict: FilterAction
+    label: str  # the rule's comment, e.g. "fwc auto: conntrackd sync eth2"
+    multicast: bool  # every destination is a multicast group the node takes in
+
+
+_VERDICTS = {Target.ACCEPT: FilterAction.ACCEPT, Target.DROP: FilterAction.DROP,
+             Target.REJECT: FilterAction.REJECT}
+
+
+def automatic_rules(cluster: Cluster, member: Member, family: int) -> tuple[AutoRule, ...]:
+    """The member's automatic INPUT/OUTPUT rules that a NEW packet can meet, in order.
+
+    Left out: loopback (the analysis' `local` chain), and the stateful core, which
+    decides only established, invalid and SYN-less packets. The NDP rules also
+    require hop limit 255, which the analysis' packets do not carry: every genuine
+    neighbour discovery packet has it.
+    """
+    lowering = _Lowering(cluster, member, family, LowerOptions())
+    lowering.automatic_rules()
+    out: list[AutoRule] = []
+    for chain, name in ((BuiltinChain.INPUT, "input"), (BuiltinChain.OUTPUT, "output")):
+        for rule in lowering.tables.filter[chain]:
+            match = rule.match
+            verdict = _VERDICTS.get(rule.target)  # type: ignore[call-overload]
+            if verdict is None or "lo" in (match.in_device, match.out_device):
+                continue
+            if match.tcp_not_syn or (match.ctstate and "NEW" not in match.ctstate):
+                continue
+            groups = match.destination.cidrs
+            multicast = bool(groups) and all(
+                ipaddress.ip_network(c).subnet_of(MULTICAST[family])  # type: ignore[arg-type]
+                for c in groups)
+            out.append(AutoRule(name, match, verdict, rule.origin.label, multicast))
+    return tuple(out)
+
+
 @dataclass
 class _Tables:
     filter: dict[ChainName, list[Rule]] = field(
@@ -341,6 +391,7 @@ class _Lowering:
                                                 dports=port), label)
             self.auto(BuiltinChain.OUTPUT, Match(destination=group, out_device=dev,
                                                  protocol=UDP, dports=port), label)
+            self.igmp_rules(dev)
             return
         own = [a.ip for a in link.addresses if a.version == 4]
         peers = [a.ip for m in self.cluster.members if m.name != self.member.name
@@ -357,13 +408,23 @@ class _Lowering:
                   Match(source=mine, destination=theirs, out_device=dev, protocol=UDP,
                         dports=port), label)
 
+    def igmp_rules(self, dev: str) -> None:
+        # IGMP on the sync link with multicast sync: a snooping switch forwards
+        # conntrackd's group only to ports whose host answered its queries with
+        # membership reports (docs/ha-pitfalls.md, "Automatic rules for the HA plumbing").
+        groups = AddressMatch((str(MULTICAST[4]),))
+        self.auto(BuiltinChain.INPUT, Match(destination=groups, in_device=dev,
+                                            protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+        self.auto(BuiltinChain.OUTPUT, Match(destination=groups, out_device=dev,
+                                             protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+
     def stateful_core(self) -> None:
         established = Match(ctstate=("RELATED", "ESTABLISHED"))
         for chain, _ in FILTER_POLICIES:
             self.auto(chain, established, "established")
         for chain in (BuiltinChain.INPUT, BuiltinChain.FORWARD):
             # DROP, never REJECT: right after a failover, packets of flows the notify
-            # script has not committed yet must be retransmitted, not reset (ha-daemons P19).
+            # script has not committed yet must be retransmitted, not reset (docs/ha-pitfalls.md).
             self.auto(chain, Match(ctstate=("INVALID",)), "invalid", Target.DROP)
             self.auto(chain, Match(protocol=TCP, tcp_not_syn=True, ctstate=("NEW",)),
                       "new tcp without syn", Target.DROP)

@@ -9,6 +9,7 @@ from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, path_of
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.routes import vrrp_routing
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member, Track, Vrrp
 
@@ -33,6 +34,9 @@ class VrrpInstance:
     # The device is tracked explicitly (track { interface ... }): keepalived refuses a
     # device tracked both implicitly by its instance and by the sync group.
     dont_track_primary: bool = False
+    # `follow master` routes and rules (fwc.backend.render.routes.vrrp_routing).
+    virtual_routes: tuple[tuple[str, ...], ...] = ()
+    virtual_rules: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,7 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
     vrrp = cluster.vrrp
     tracked = {t.target for t in cluster.tracks if t.kind == "interface"}
     out: list[VrrpInstance] = []
+    first_of_family = {4: True, 6: True}
     for iface in cluster.vrrp_interfaces:
         device = member.device(iface.name) or iface.name
         for family in (4, 6):
@@ -151,6 +156,8 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 password = proto.REDACTED_PASSWORD if redact else vrrp.password
             source, peers = unicast_addresses(cluster, member, iface.name, family) \
                 if vrrp.unicast else (None, ())
+            routing = vrrp_routing(cluster, member, iface.name, family, first_of_family[family])
+            first_of_family[family] = False
             out.append(VrrpInstance(
                 name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
                 device=device,
@@ -168,6 +175,8 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 unicast_src=source,
                 unicast_peers=peers,
                 dont_track_primary=iface.name in tracked,
+                virtual_routes=routing.routes,
+                virtual_rules=routing.rules,
             ))
     return out
 
