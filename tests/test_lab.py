@@ -744,7 +744,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
         (fo,) = report.failover
         assert fo.advert == "100ms" and fo.ok
         if name == "branch":
+            # branch's VRRP is unicast (issue 14): this crash drill is its failover proof
             assert fo.mode == "snat"
+            assert fo.survived_failover and fo.survived_failback
+            assert all("unicast_peer" in files["keepalived.conf"]
+                       for files in source.files.values())
         # Measured 0.73-0.78 s; the hard bound leaves room for a loaded CI box (one
         # more TCP backoff step would be ~1.5 s), the goal itself is reported.
         assert fo.takeover_s is not None and fo.takeover_s < 1.0, fo
@@ -772,6 +776,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
             assert "cache internal" in node(
                 "conntrackd", "-C", "/etc/conntrackd/conntrackd.conf", "-s"
             )
+            if name == "branch":
+                # its notify action ran after fwc's conntrackd steps on every takeover
+                log = node("cat", "/run/fwc-lab/syslog.log")
+                assert "action for master ok" in log, log[-2000:]
+                assert log.index("conntrackd -B ok") < log.rindex("action for master ok")
             assert node("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose").strip() == "1"
             assert node("cat", "/etc/keepalived/keepalived.conf") \
                 == source.files[member.name]["keepalived.conf"]
@@ -782,6 +791,121 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
             for iface in cluster.interfaces:
                 for vip in iface.vips:
                     assert (str(vip) in held) == (member.name == top.name), (member.name, vip)
+    finally:
+        teardown(prefix)
+    assert lab_namespaces(prefix) == []
+
+
+# -- failover times over repeated crashes (issue 14) ------------------------------------------
+
+def test_timing_series_spread_report_and_json() -> None:
+    from fwc.lab.results import TimingSeries, spread
+
+    assert spread([]) is None
+    assert spread([0.5, 0.1, 0.3]) == {"min": 0.1, "median": 0.3, "max": 0.5}
+    assert spread([0.4, 0.1, 0.3, 0.2]) == {"min": 0.1, "median": 0.25, "max": 0.4}
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    report.timing.append(TimingSeries("100ms", "snat", 3, 3, [0.3, 0.36, 0.33],
+                                      [0.74, 0.52, 0.61]))
+    report.timing.append(TimingSeries("50ms", "snat", 2, 1, [0.2], [0.4]))
+    text = render_text(report)
+    assert "failover times over repeated crashes" in text
+    assert "0.30 / 0.33 / 0.36" in text and "0.52 / 0.61 / 0.74" in text
+    data = json.loads(json.dumps(to_dict(report)))
+    assert data["timing"][0]["gap"] == {"min": 0.52, "median": 0.61, "max": 0.74}
+    assert data["timing"][0]["ok"] is True and data["timing"][1]["ok"] is False
+
+
+def test_a_timing_run_that_lost_the_connection_fails_the_lab() -> None:
+    from fwc.lab.results import TimingSeries
+    from fwc.lab.runner import _judge
+
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    report.timing.append(TimingSeries("50ms", "snat", 2, 1, [0.2], [0.4]))
+    _judge(report)
+    assert not report.ok and "1 of 2 crash runs" in report.failures[0]
+
+
+def test_advert_profiles_argument() -> None:
+    import argparse
+
+    from fwc.lab.arguments import advert_list
+
+    assert advert_list("100ms,50ms, 1s") == (0.1, 0.05, 1.0)
+    for bad in ("5ms", "fast", "50s"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            advert_list(bad)
+
+
+def test_an_advert_profile_is_a_checked_variant_of_the_model(tmp_path: Path) -> None:
+    """--adverts 50ms: the cluster's VRRP settings with advert 50ms and version 3,
+    compiled by the back end (fwc's own keepalived.conf, no lab-written text); a
+    profile the policy cannot take (a password with VRRPv3, an interval v3 does not
+    allow) is refused with the checks' code, before anything starts."""
+    from fwc.lab.adapter import advert_variant
+
+    fast = load_source(fast_variant("edge", tmp_path))
+    variant = advert_variant(fast, 0.05)
+    assert variant.cluster.vrrp.advert_ms == 50 and variant.cluster.vrrp.version == 3
+    assert variant.cluster.vrrp.vrid == fast.cluster.vrrp.vrid  # every other setting kept
+    assert variant.policy.cluster(fast.cluster.name) is variant.cluster
+    assert fast.cluster.vrrp.advert_ms == 100  # the policy's own model is unchanged
+    for member, files in variant.files.items():
+        conf = files["keepalived.conf"]
+        assert "advert_int 0.05" in conf and "authentication" not in conf
+        # only keepalived.conf differs from the policy's own files
+        changed = {n for n, text in files.items() if fast.files[member].get(n) != text}
+        assert changed == {"keepalived.conf"}, changed
+    assert "variant of the model" in variant.origin
+    with pytest.raises(LabRefused, match=r"advert profile 100ms .*FWC213"):
+        advert_variant(load_source(_edge_policy(tmp_path)), 0.1)  # password "s3cret"
+    with pytest.raises(LabRefused, match=r"advert profile 15ms .*FWC214"):
+        advert_variant(fast, 0.015)
+
+
+def test_the_lab_refuses_timing_runs_the_policy_cannot_take(tmp_path: Path) -> None:
+    """`fwc lab --runs 2` on the reference policy (a VRRP password): refused, exit 2,
+    with the profile and the check's code; nothing was started (no root needed to
+    get that far: the profiles are checked before the lab is built)."""
+    from fwc.lab.runner import run_lab as run
+
+    source = load_source(_edge_policy(tmp_path))
+    with pytest.raises(LabRefused, match=r"advert profile 100ms cannot run on cluster 'edge'"):
+        run(source, LabOptions(timing_runs=2, timing_adverts=(0.1,), prefix="fwc9zz",
+                               logdir=tmp_path / "logs"))
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.lab
+def test_lab_timing_series_over_repeated_crashes(tmp_path: Path) -> None:
+    """--runs 2 --adverts 100ms,50ms on a policy that runs VRRPv3: each profile is a
+    variant of the model, compiled in-process and installed by fwc install before its
+    runs; every run survives, the spread is reported, and the policy's own files go
+    back onto the members afterwards."""
+    source = load_source(fast_variant("edge", tmp_path))
+    prefix = f"fwc{os.getpid()}t"
+    try:
+        report = run_lab(source, LabOptions(
+            quick=True, keep=True, prefix=prefix, logdir=tmp_path / "logs", timing_runs=2,
+            timing_adverts=(0.1, 0.05)))
+        print(render_text(report), file=sys.stderr)
+        assert report.ok, (report.error, report.failures)
+        assert [(s.advert, s.runs, s.survived) for s in report.timing] == [
+            ("100ms", 2, 2), ("50ms", 2, 2)]
+        for series in report.timing:
+            assert len(series.takeover_s) == 2 and len(series.failover_gap_s) == 2
+        assert all(v > 0 for s in report.timing for v in (*s.takeover_s, *s.failover_gap_s))
+        # the control ran at the policy's own interval, on the policy's own files again
+        assert report.control is not None and report.control.label.endswith("-100ms")
+        log = (tmp_path / "logs" / "install.log").read_text(encoding="utf-8")
+        assert log.count("cluster edge: installing") == 4  # bring-up, 100ms, 50ms, back
+        for member in source.cluster.members:
+            conf = subprocess.run(
+                ["nsenter", f"--mount=/run/fwc-lab/{prefix}/mnt/{member.name}",
+                 f"--net=/run/netns/{prefix}-{member.name}",
+                 "cat", "/etc/keepalived/keepalived.conf"],
+                capture_output=True, text=True, timeout=20).stdout
+            assert conf == source.files[member.name]["keepalived.conf"]
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []

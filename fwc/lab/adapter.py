@@ -11,7 +11,7 @@ MANIFEST and the policy exactly as `fwc install` reads it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fwc.backend.files import backend_refusal
@@ -107,3 +107,39 @@ def read_compiled(output: Path, policy: Policy, cluster: Cluster) -> dict[str, d
         raise LabRefused(f"{exc} (or run the lab without --compiled: it compiles in-process)") \
             from exc
     return files
+
+
+def advert_label(seconds: float) -> str:
+    """0.1 -> "100ms", 1.0 -> "1s": how the lab names an advert interval."""
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def advert_variant(source: LabSource, advert_s: float) -> LabSource:
+    """SOURCE's cluster with `vrrp { advert ADVERT_S version 3 }`, checked and compiled.
+
+    The model's own VRRP settings with a different interval and version (the
+    policy's password, auth and every other setting kept), checked by every check
+    of `fwc check` and compiled by the back end in this process, as if the policy
+    said so. A profile the policy cannot take (VRRPv3 has no authentication, so a
+    policy with a password cannot; an interval VRRPv3 does not allow) is refused
+    with the checks' own words, before anything starts.
+    """
+    from fwc.checks import run_checks
+
+    policy, cluster = source.policy, source.cluster
+    label = advert_label(advert_s)
+    vrrp = replace(cluster.vrrp, advert_ms=round(advert_s * 1000), version=3)
+    variant = replace(cluster, vrrp=vrrp)
+    clusters = tuple(variant if c.name == cluster.name else c for c in policy.clusters)
+    varied = replace(policy, clusters=clusters)
+    errors = [d for d in run_checks(varied) if d.is_error]
+    if errors:
+        why = "; ".join(f"{d.code} {d.message}" + (f" ({d.hint})" if d.hint else "")
+                        for d in errors)
+        raise LabRefused(
+            f"advert profile {label} cannot run on cluster '{cluster.name}': with "
+            f"`vrrp {{ advert {label} version 3 }}` its policy does not check: {why}. "
+            "Drop that profile from --adverts, or run a variant of the policy that checks "
+            f"with `version 3` (e.g. without a password); nothing was started")
+    return LabSource(varied, variant, compile_cluster(varied, variant),
+                     f"VRRPv3 advert {label} variant of the model, compiled in-process")

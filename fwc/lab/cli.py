@@ -49,6 +49,8 @@ def run_lab(args: argparse.Namespace) -> int:
             quick=args.quick,
             logdir=args.logdir,
             prefix=args.prefix,
+            timing_runs=args.runs,
+            timing_adverts=args.adverts,
         )
         report = run_lab(source, options)
     except LabRefused as exc:

@@ -1,11 +1,11 @@
 """One firewall member in the lab: private mount namespace, rules, daemons.
 
 The compiled configs refer to stock node paths (docs/contracts.md). Every
-member therefore gets a *persistent* private mount namespace (lab-notes
-pitfall 4: ``ip netns exec`` would forget mounts between calls) in which /etc
+member therefore gets a *persistent* private mount namespace (docs/ha-pitfalls.md,
+"Several daemons on one machine": ``ip netns exec`` would forget mounts between calls) in which /etc
 is an overlay with a per-node upper directory and /run is a private tmpfs.
 keepalived's pid files, conntrackd's lock file and UNIX socket and the notify
-lock then cannot collide between members (pitfalls 1-3), and the generated
+lock then cannot collide between members (same page), and the generated
 files run unchanged. The member is reached through the install code's
 `NetnsTransport` on that mount namespace: `fwc install` puts the files in
 place (fwc/lab/running.py), and every command the lab runs in the member
@@ -167,7 +167,7 @@ class Node:
         self.daemons["conntrackd"] = self.state.spawn(
             f"{self.name}/conntrackd", self.argv(["conntrackd", "-C", CONNTRACKD_CONF]), log
         )
-        # keepalived's first notify needs the UNIX socket (ha-daemons.md P11).
+        # keepalived's first notify needs the UNIX socket (docs/ha-pitfalls.md).
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ct(["-s"], check=False).returncode == 0:
@@ -234,7 +234,7 @@ class Node:
             self.conntrackd_enabled = True
 
     def crash(self) -> float:
-        """Fail hard (lab-notes "crash"): SIGSTOP, links down, SIGKILL. Returns the time."""
+        """Fail hard, like a crash: SIGSTOP, links down, SIGKILL. Returns the time."""
         pids = netns_pids(self.ns)
         for pid in pids:
             _kill(pid, signal.SIGSTOP)

@@ -11,18 +11,18 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from fwc.lab import drills
-from fwc.lab.adapter import LabSource
+from fwc.lab.adapter import LabSource, advert_variant
 from fwc.lab.daemons import Node
 from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
 from fwc.lab.reboot import reboot_drill
-from fwc.lab.results import LabReport
+from fwc.lab.results import LabReport, TimingSeries, spread
 from fwc.lab.running import Lab
 from fwc.lab.topology import Remap, describe, doc_range_violations, plan, plan_remap
 
@@ -41,6 +41,11 @@ class LabOptions:
     logdir: Path | None = None
     prefix: str | None = None
     progress: Callable[[str], None] | None = None
+    # N crash runs per advert profile (0: none), reported as min/median/max. Each
+    # profile (seconds) is a VRRPv3 variant of the policy's model, compiled and
+    # installed like the policy itself (fwc.lab.adapter.advert_variant).
+    timing_runs: int = 0
+    timing_adverts: tuple[float, ...] = (0.1, 0.05)
 
 
 @contextmanager
@@ -82,6 +87,10 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
                 "its subnets onto documentation ranges."
             )
         remap = plan_remap(cluster)
+    # Every advert profile is checked and compiled before anything starts: a profile
+    # the policy cannot take is refused here, not after minutes of drills.
+    variants = ([advert_variant(source, advert) for advert in options.timing_adverts]
+                if options.timing_runs > 0 else [])
     logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
     logdir.mkdir(parents=True, exist_ok=True)
     report = LabReport(cluster.name, prefix, str(logdir))
@@ -89,6 +98,8 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     for line in report.remap:
         progress(f"remapped {line}")
     progress(f"cluster {cluster.name} of {source.policy.root}, files {source.origin}")
+    for variant in variants:
+        progress(f"advert profile: {variant.origin}")
     lab_plan = plan(source.policy, cluster, prefix, remap)
     report.topology = list(describe(lab_plan))
     for line in report.topology:
@@ -97,7 +108,7 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     lab.report = report
     try:
         with _signals_raise():
-            _run(lab, report, options)
+            _run(lab, report, options, variants)
     except LabError as exc:
         report.error = str(exc)
         progress(f"ERROR: {exc}")
@@ -119,7 +130,8 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     return report
 
 
-def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
+def _run(lab: Lab, report: LabReport, options: LabOptions,
+         variants: Sequence[LabSource] = ()) -> None:
     lab.build()
     lab.start_members()
     lab.start_listeners()
@@ -142,7 +154,7 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
         report.expectations.extend(drills.probe_expectations(lab, "backup", node))
 
     if lab.flow is not None:
-        _failover_drills(lab, report, options, on_backup)
+        _failover_drills(lab, report, options, on_backup, variants)
     if options.keep and lab.flow is not None:
         master = lab.back_to_compiled()
         lab.progress(f"lab back to the compiled configuration, {master.name} is master")
@@ -160,7 +172,8 @@ def drill_modes(modes: list[str], quick: bool) -> list[str]:
 
 
 def _failover_drills(
-    lab: Lab, report: LabReport, options: LabOptions, on_backup: Callable[[Node], None]
+    lab: Lab, report: LabReport, options: LabOptions, on_backup: Callable[[Node], None],
+    variants: Sequence[LabSource] = (),
 ) -> None:
     # The SNAT mode only makes sense for a flow the policy translates.
     modes = ["routed", "snat"] if "snat" in lab.flows else ["routed"]
@@ -169,8 +182,9 @@ def _failover_drills(
             "no expected TCP flow between two VIP segments is SNATed to a VIP by the policy "
             "(checked in the master's conntrack table): SNAT drills skipped"
         )
-    # Every drill runs with the policy's own VRRP settings (one keepalived.conf, the
-    # compiled one); a faster advert interval is a policy of its own (docs/lab.md).
+    # Every drill runs with the policy's own VRRP settings (the compiled files); a
+    # faster advert interval is a policy of its own, or a --runs advert profile (a
+    # variant of the model, compiled and installed like the policy: docs/lab.md).
     for i, mode in enumerate(drill_modes(modes, options.quick)):
         label = f"{mode}-{lab.advert_label}"
         report.failover.append(
@@ -178,6 +192,8 @@ def _failover_drills(
         )
     if not options.quick:
         _reboot(lab, report, modes[-1])
+    if variants:
+        _timing_series(lab, report, options.timing_runs, variants, modes[-1])
     lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
     for node in lab.nodes:
         lab.saved_sysctls[node.name] = node.exec(
@@ -196,6 +212,38 @@ def _failover_drills(
     )
     verdict = "died as expected" if report.control.ok else "DID NOT DIE"
     lab.progress(f"control: connection {verdict}")
+
+
+def _timing_series(lab: Lab, report: LabReport, runs: int, variants: Sequence[LabSource],
+                   mode: str) -> None:
+    """The crash drill RUNS times per advert profile, for the failover time spread.
+
+    Each profile's variant of the model is installed by `fwc install` (keepalived
+    reloads, as on a real node) before its runs; afterwards the policy's own files
+    go back the same way, so the control run and a kept lab are the policy as compiled.
+    """
+    for variant in variants:
+        lab.install_variant(variant)
+        lab.progress(f"timing: {variant.origin}, installed by fwc install on every member")
+        lab.wait_master()
+        series = TimingSeries(lab.advert_label, mode, runs)
+        for n in range(runs):
+            label = f"t-{mode}-{lab.advert_label}-{n + 1}"
+            res = drills.failover_drill(lab, label, mode)
+            series.labels.append(label)
+            if res.ok:
+                series.survived += 1
+            if res.takeover_s is not None:
+                series.takeover_s.append(res.takeover_s)
+            if res.failover_gap_s is not None:
+                series.failover_gap_s.append(res.failover_gap_s)
+        report.timing.append(series)
+        lab.progress(f"timing {series.advert}: {series.survived}/{series.runs} survived, "
+                     f"takeover {spread(series.takeover_s)}, gap {spread(series.failover_gap_s)}")
+    if variants:
+        lab.install_variant(None)
+        master, _ = lab.wait_master()
+        lab.progress(f"timing: the policy's own files installed again, {master.name} is master")
 
 
 def _reboot(lab: Lab, report: LabReport, mode: str) -> None:
@@ -232,6 +280,11 @@ def _judge(report: LabReport) -> None:
             "control run: the connection survived without conntrackd "
             "(the drill would not prove state sync)"
         )
+    for series in report.timing:
+        if not series.ok:
+            report.failures.append(
+                f"timing series {series.mode}-{series.advert}: {series.survived} of "
+                f"{series.runs} crash runs kept the connection")
     rb = report.reboot
     if rb is not None and not rb.skipped and not rb.ok:
         report.failures.append(f"reboot drill {rb.label}: " + "; ".join(rb.notes))

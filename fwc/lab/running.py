@@ -17,6 +17,7 @@ from typing import Any
 
 from fwc.backend.files import BY_NAME
 from fwc.install.plan import InstallOptions, automatic_confirmer, install_cluster
+from fwc.lab.adapter import LabSource, advert_label
 from fwc.lab.daemons import CONNTRACKD_CONF, KEEPALIVED_CONF, Node
 from fwc.lab.netns import PYTHON, LabError, LabRefused, LabState, run
 from fwc.lab.results import Flow, LabReport, wait_for
@@ -200,9 +201,11 @@ class Lab:
         for node in self.nodes:
             node.start_keepalived()
 
-    def member_files(self, member: str) -> dict[str, str]:
-        """MEMBER's compiled files as they go onto the node (with --remap: rewritten)."""
-        files = dict(self.files.get(member, {}))
+    def member_files(self, member: str,
+                     compiled: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+        """MEMBER's compiled files (COMPILED, else the policy's) as they go onto the node
+        (with --remap: rewritten)."""
+        files = dict((self.files if compiled is None else compiled).get(member, {}))
         missing = [name for name in NEEDED if name not in files]
         if missing:
             raise LabRefused(f"{member}: the compiled files lack {', '.join(missing)}: the "
@@ -217,31 +220,44 @@ class Lab:
                 raise LabError(f"{member}/{name}: --remap left {', '.join(left[:5])}")
         return files
 
-    def install_members(self) -> None:
+    def install_members(self, variant: LabSource | None = None) -> None:
         """Every member's files with `fwc install --all --confirm --transport netns`.
 
         The install code's own steps (backups first; stage, test, snapshot, apply
         and load in the table's order, confirm) over each member's
-        `NetnsTransport`; keepalived and conntrackd are not running yet, so their
-        reloads say so and the lab starts them afterwards, as a booting node's
-        units would. Its output goes to LOGDIR/install.log.
+        `NetnsTransport`. At bring-up keepalived and conntrackd are not running
+        yet, so their reloads say so and the lab starts them afterwards, as a
+        booting node's units would; a VARIANT (an advert profile's model and files)
+        installed later reloads the running keepalived, as on a live cluster.
+        Its output goes to LOGDIR/install.log.
         """
-        files = {m.name: self.member_files(m.name) for m in self.plan.cluster.members}
+        cluster = self.plan.cluster if variant is None else variant.cluster
+        compiled = None if variant is None else variant.files
+        files = {m.name: self.member_files(m.name, compiled) for m in cluster.members}
         transports = {n.name: n.transport for n in self.nodes}
         log = self.logdir / "install.log"
+        offset = log.stat().st_size if log.exists() else 0
         with open(log, "a", encoding="utf-8") as out:
             options = InstallOptions(systemd=False, out=out)
-            results = install_cluster(self.plan.cluster, list(self.plan.cluster.members),
+            results = install_cluster(cluster, list(cluster.members),
                                       files, transports, options, automatic_confirmer)
         failed = [r for r in results if not r.ok]
         if failed or len(results) != len(self.nodes):
             why = "; ".join(f"{r.member}: {r.stage} failed: {r.message}" for r in failed)
             raise LabError(f"fwc install into the lab failed ({why or 'not every member'}); "
                            f"see {log}")
-        self.report.warnings.extend(apply_warnings(log.read_text(encoding="utf-8")))
+        warnings = apply_warnings(log.read_bytes()[offset:].decode("utf-8", "replace"))
+        self.report.warnings.extend(w for w in warnings if w not in self.report.warnings)
         for r in results:
             self.progress(f"{r.member}: fwc install put {len(files[r.member])} files in place "
                           "and loaded them (confirmed)")
+
+    def install_variant(self, variant: LabSource | None) -> None:
+        """VARIANT's files (an advert profile) onto every member by `fwc install`, or
+        with None the policy's own again; the drills' labels follow its interval."""
+        self.install_members(variant)
+        cluster = self.plan.cluster if variant is None else variant.cluster
+        self.advert_label = advert_label(cluster.vrrp.advert_ms / 1000.0)
 
     def start_listeners(self) -> None:
         for probe in self.plan.probes:
@@ -355,10 +371,6 @@ class Lab:
                 node.restore(self.listener_for(node) if not node.helpers else None)
         master, _ = self.wait_master()
         return master
-
-
-def advert_label(seconds: float) -> str:
-    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
 
 
 def apply_warnings(install_log: str) -> list[str]:
