@@ -31,6 +31,7 @@ from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabOptions, LabReport, drill_modes, run_lab
 from fwc.lab.topology import (
     Probe,
+    describe,
     doc_range_violations,
     plan,
     plan_remap,
@@ -320,6 +321,34 @@ def test_hosts_beyond_the_segments_sit_on_the_outside_host() -> None:
     six = probes["allow lan6 -> web6 service web"]
     assert six.src is not None and six.dst is not None
     assert str(six.src.address) == "2001:db8:10::10" and str(six.dst.address) == "2001:db8:20::80"
+
+
+def test_the_policys_routes_lead_to_test_hosts_and_replace_the_labs_default(
+        tmp_path: Path) -> None:
+    """dmz routes by default via 203.0.113.1 / 2001:db8:ff::1 and to 198.18.50.0/24 via
+    198.18.10.254: the test hosts hold those gateways, the members' default route is
+    the policy's (fwc install's routes script), and the lab adds none of its own. With
+    another gateway the upstream host takes that one, not its first free address."""
+    lab = plan(*model("dmz"), "fwc3")
+    uplink, dmz = lab.host("uplink"), lab.host("dmz")
+    assert uplink is not None and dmz is not None
+    v4, v6 = ipaddress.ip_address("203.0.113.1"), ipaddress.ip_address("2001:db8:ff::1")
+    assert lab.policy_default == {4: v4, 6: v6}
+    assert uplink.routers == [v4, v6] and lab.upstream == {4: v4}
+    assert [str(r) for r in dmz.routers] == ["198.18.10.254", "198.18.10.253"]
+    assert ipaddress.ip_interface("198.18.10.254/24") in dmz.addresses
+    assert "the policy's route, installed by fwc install" in "\n".join(describe(lab))
+    text = (REPO / "policies" / "dmz.fw").read_text(encoding="utf-8")
+    moved = text.replace("route default via 203.0.113.1\n", "route default via 203.0.113.5\n")
+    assert moved != text
+    lab = plan(*model("dmz", moved, tmp_path), "fwc3")
+    host = lab.host("uplink")
+    assert host is not None and lab.upstream == {4: ipaddress.ip_address("203.0.113.5")}
+    assert ipaddress.ip_interface("203.0.113.5/24") in host.addresses
+    # without routes the lab routes the members to the upstream host itself
+    bare = plan(*model("dmz", re.sub(r"\n    route [^\n]*", "", text), tmp_path), "fwc3")
+    assert bare.policy_default == {} and bare.upstream == {4: v4}  # first free address
+    assert "added by the lab" in "\n".join(describe(bare))
 
 
 def test_expectation_family_picks_the_matching_address() -> None:
@@ -784,6 +813,15 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
             assert node("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose").strip() == "1"
             assert node("cat", "/etc/keepalived/keepalived.conf") \
                 == source.files[member.name]["keepalived.conf"]
+            if name == "dmz":
+                # the policy's routes, put there by fwc install's routes script and
+                # back after the crash; its default route leads to the uplink test
+                # host, which holds the policy's gateway (no lab route of its own)
+                routes = node("ip", "-4", "route", "show")
+                assert "default via 203.0.113.1 dev eth2 proto 94" in routes, routes
+                assert "198.18.50.0/24 via 198.18.10.254 dev eth1 proto 94" in routes, routes
+                assert "default via 2001:db8:ff::1 dev eth2 proto 94" in node(
+                    "ip", "-6", "route", "show")
             held = node("ip", "-br", "addr").split()
             for link in member.links:
                 for addr in link.addresses:

@@ -34,6 +34,8 @@ from fwc.lab.topology import IPInterface
 KEEPALIVED_CONF = path_of("keepalived.conf")
 CONNTRACKD_CONF = path_of("conntrackd.conf")
 BOOT_SCRIPT = next(f for f in FILES if f.reload is Reload.BOOT)
+# The policy's routes: its unit runs the script once the network is up.
+ROUTES_SCRIPT = next(f for f in FILES if f.reload is Reload.ROUTES)
 SYSLOG = "/run/fwc-lab/syslog.log"
 FORWARDING_KEYS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
 BUILTIN_CHAINS = {
@@ -261,16 +263,20 @@ class Node:
             self.start_listener(*listener)
 
     def network_up(self) -> None:
-        """Links up with the compiled addresses and the lab's routes, as the network brings them."""
+        """Links up with the compiled addresses and the routes, as the network brings them."""
         for dev in self.devices:
             run(["ip", "-n", self.ns, "link", "set", dev, "up"])
         for dev, addrs in self.link_addresses.items():
             for addr in addrs:
                 extra = ["nodad"] if ":" in addr else []
                 run(["ip", "-n", self.ns, "addr", "replace", addr, "dev", dev, *extra], check=False)
-        # Link-down dropped the static routes through those links.
+        # Link-down dropped the static routes through those links: the lab's come
+        # back, and the policy's by its routes script, as its unit runs it once the
+        # network is up (a member without routes has no script).
         for route in self.routes:
             run(["ip", "-n", self.ns, *route], check=False)
+        path = ROUTES_SCRIPT.path
+        self.exec(["sh", "-c", f"[ ! -e {path} ] || sh {path}"], check=False)
 
     def wipe(self) -> dict[str, object]:
         """After crash(): what a power loss leaves. Returns the state as measured afterwards.

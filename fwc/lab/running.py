@@ -160,6 +160,8 @@ class Lab:
                 if link is None:
                     continue
                 for fam, via in p.upstream.items():
+                    if fam in p.policy_default:
+                        continue  # the policy's default route: fwc install puts it there
                     route = [f"-{fam}", "route", "replace", "default", "via", str(via)]
                     route += ["dev", link.device]
                     self.member_routes.setdefault(member.name, []).append(route)

@@ -87,6 +87,9 @@ class HostPlan:
     # Stand-ins for policy hosts beyond every segment (the Internet), as /32 or
     # /128 on the host of the outside segment, which the members route to.
     outside: list[IPInterface] = field(default_factory=list)
+    # The policy's route gateways on this segment: the test host holds them, so the
+    # routes fwc install puts on the members lead somewhere.
+    routers: list[IPAddress] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +134,10 @@ class LabPlan:
     # family -> the outside test host's address the members use as default route
     upstream: dict[int, IPAddress] = field(default_factory=dict)
     upstream_segment: str | None = None
+    # family -> the gateway of the policy's own default route (main table), remapped:
+    # the members get that route from the policy (fwc-routes.sh, installed by fwc
+    # install, or keepalived's virtual_routes), so the lab adds none of its own.
+    policy_default: dict[int, IPAddress] = field(default_factory=dict)
     remap: Remap = field(default_factory=lambda: Remap())  # identity unless --remap
 
     def host(self, segment: str) -> HostPlan | None:
@@ -413,10 +420,12 @@ def plan(policy: Policy, cluster: Cluster, prefix: str, remap: Remap | None = No
             continue
         used = _used_addresses(cluster.members, iface.name, vips, remap)
         host = _plan_host(iface.name, subnets, vips, used, named, f"{prefix}-h{i}")
+        _hold_routers(host, subnets, route_gateways(cluster, remap), used)
         hosts.append(host)
         ports.append(PortPlan(host.ns, host.device, iface.name, f"h{i}"))
     lab = LabPlan(prefix, cluster, sw_ns, member_ns, segments, hosts, ports, [],
-                  snat_segments(cluster), remap=remap)
+                  snat_segments(cluster), remap=remap,
+                  policy_default=policy_defaults(cluster, remap))
     _place_outside(lab, named)
     lab.probes = [_plan_probe(lab, p) for p in probes]
     return lab
@@ -478,6 +487,38 @@ def _plan_host(
     return host
 
 
+def route_gateways(cluster: Cluster, remap: Remap) -> list[IPAddress]:
+    """Every gateway the cluster's routes name, remapped, in source order."""
+    out: list[IPAddress] = []
+    for route in cluster.routes:
+        if route.gateway is not None and remap.address(route.gateway) not in out:
+            out.append(remap.address(route.gateway))
+    return out
+
+
+def policy_defaults(cluster: Cluster, remap: Remap) -> dict[int, IPAddress]:
+    """Family -> gateway of the cluster's first main-table default route."""
+    out: dict[int, IPAddress] = {}
+    for route in cluster.routes:
+        if (route.destination.prefixlen == 0 and route.table is None
+                and route.gateway is not None):
+            out.setdefault(route.gateway.version, remap.address(route.gateway))
+    return out
+
+
+def _hold_routers(host: HostPlan, subnets: list[IPNetwork], gateways: list[IPAddress],
+                  used: set[IPAddress]) -> None:
+    """The policy's gateways on HOST's segment become addresses of its test host."""
+    for gw in gateways:
+        net = next((n for n in subnets if n.version == gw.version and gw in n), None)
+        if net is None or gw in used or gw in host.routers:
+            continue
+        host.routers.append(gw)
+        iface = ipaddress.ip_interface(f"{gw}/{net.prefixlen}")
+        if iface not in host.addresses:
+            host.addresses.append(iface)
+
+
 def _name(host: HostPlan, name: str, addr: IPAddress) -> None:
     host.names.setdefault(name, addr)
     host.by_family.setdefault(name, {}).setdefault(addr.version, addr)
@@ -515,7 +556,10 @@ def _place_outside(lab: LabPlan, named: list[tuple[str, list[IPAddress | IPNetwo
     if outside.outside:
         lab.upstream_segment = outside.segment
         for fam in sorted({a.version for a in outside.outside}):
-            own = next((a.ip for a in outside.addresses if a.version == fam), None)
+            # The policy's own gateway when this host holds it, else its first address.
+            policy_gw = lab.policy_default.get(fam)
+            own = policy_gw if policy_gw in outside.routers else next(
+                (a.ip for a in outside.addresses if a.version == fam), None)
             if own is not None:
                 lab.upstream[fam] = own
 
@@ -596,5 +640,14 @@ def describe(lab: LabPlan) -> Iterable[str]:
         if host.outside:
             outs = ", ".join(str(a) for a in host.outside)
             yield f"  {host.ns} also stands in for hosts beyond the segments: {outs}"
+        if host.routers:
+            yield f"  {host.ns} holds the policy's route gateways: " + ", ".join(
+                str(r) for r in host.routers)
     for fam, addr in sorted(lab.upstream.items()):
-        yield f"members: IPv{fam} default route via {addr} (the {lab.upstream_segment} test host)"
+        whose = ("the policy's route, installed by fwc install"
+                 if lab.policy_default.get(fam) == addr else "added by the lab")
+        yield (f"members: IPv{fam} default route via {addr} (the {lab.upstream_segment} "
+               f"test host; {whose})")
+    for fam, gw in sorted(lab.policy_default.items()):
+        if lab.upstream.get(fam) != gw:
+            yield f"members: IPv{fam} default route via {gw} (the policy's route)"
