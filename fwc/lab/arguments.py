@@ -66,7 +66,9 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         type=advert_list,
         default=(0.1, 0.05),
         metavar="LIST",
-        help="advert profiles for --runs, VRRPv3 (default 100ms,50ms)",
+        help="advert profiles for --runs (default 100ms,50ms): each a variant of the "
+        "policy with `vrrp { advert X version 3 }`, checked, compiled and installed like "
+        "the policy; refused when the policy does not check that way (e.g. a password)",
     )
     parser.add_argument(
         "--compiled",
