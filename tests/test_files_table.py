@@ -178,7 +178,10 @@ def test_netns_private_dirs_cover_every_row():
 def test_diff_installed_and_lab_read_the_table():
     assert installed.RULESETS == (("iptables.rules", "iptables-save", "iptables-restore"),
                                   ("ip6tables.rules", "ip6tables-save", "ip6tables-restore"))
-    assert {f.name: (f.path, f.mode) for f in FILES} == lab_daemons.NODE_PATHS
+    # The lab installs through fwc install; the paths it reads back are the table's.
+    assert BY_NAME["keepalived.conf"].path == lab_daemons.KEEPALIVED_CONF
+    assert BY_NAME["conntrackd.conf"].path == lab_daemons.CONNTRACKD_CONF
+    assert lab_daemons.BOOT_SCRIPT is BY_NAME["fwc-firewall.sh"]
 
 
 def test_diff_installed_compares_every_other_row_at_its_path(edge):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -123,11 +124,15 @@ class NetnsTransport(Transport):
         self.mount = mount
         self.private_run = mount is not None
 
-    def argv(self, command: str) -> list[str]:
+    def enter(self, argv: Sequence[str]) -> list[str]:
+        """ARGV run inside the node without a shell (the lab starts its daemons so)."""
         if self.mount:
             return ["nsenter", f"--mount={self.mount}", f"--net=/run/netns/{self.target}",
-                    "--", "sh", "-c", command]
-        return ["ip", "netns", "exec", self.target, "sh", "-c", command]
+                    "--", *argv]
+        return ["ip", "netns", "exec", self.target, *argv]
+
+    def argv(self, command: str) -> list[str]:
+        return self.enter(["sh", "-c", command])
 
     def describe(self) -> str:
         return f"{self.member} (netns {self.target})"

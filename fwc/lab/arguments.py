@@ -29,7 +29,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         "file",
         nargs="?",
         type=Path,
-        help="policy file (.fw), or a lab spec (.json) together with --compiled",
+        help="policy file (.fw)",
     )
     parser.add_argument(
         "--json",
@@ -51,7 +51,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the 100ms-advert SNAT failover drill and the control",
+        help="one failover drill (SNAT if the policy has one) and the control; no reboot drill",
     )
     parser.add_argument(
         "--runs",
@@ -66,13 +66,16 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         type=advert_list,
         default=(0.1, 0.05),
         metavar="LIST",
-        help="advert profiles for --runs, VRRPv3 (default 100ms,50ms)",
+        help="advert profiles for --runs (default 100ms,50ms): each a variant of the "
+        "policy with `vrrp { advert X version 3 }`, checked, compiled and installed like "
+        "the policy; refused when the policy does not check that way (e.g. a password)",
     )
     parser.add_argument(
         "--compiled",
         type=Path,
         metavar="DIR",
-        help="use already compiled output DIR/<cluster>/<member>/ instead of compiling",
+        help="install the `fwc compile -o DIR` output (verified against its MANIFEST) "
+        "instead of compiling in-process",
     )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")

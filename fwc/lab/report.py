@@ -26,7 +26,6 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "reboot": report.reboot.as_dict() if report.reboot else None,
         "gaps": gap_table(report),
         "timing": [series.as_dict() for series in report.timing],
-        "fast_config": report.fast_config,
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -36,7 +35,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
 
 
 def gap_table(report: LabReport) -> list[dict[str, Any]]:
-    """Per mode, the 1 s and 100 ms runs side by side."""
+    """Per mode, its runs by advert interval (the policy's, one per lab run)."""
     rows: dict[str, dict[str, Any]] = {}
     for fo in report.failover:
         row = rows.setdefault(fo.mode, {"mode": fo.mode})
@@ -118,8 +117,6 @@ def render_text(report: LabReport) -> str:
             ]
             out.append(f"    {row['mode']:7} " + " | ".join(cells))
     out += timing_text(report)
-    if report.fast_config:
-        out.append(f"  100ms runs: keepalived.conf {report.fast_config}")
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:

@@ -213,7 +213,6 @@ class LabReport:
     failures: list[str] = field(default_factory=list)
     error: str | None = None
     kept: bool = False
-    fast_config: str = ""
     teardown: list[str] = field(default_factory=list)
     timing: list[TimingSeries] = field(default_factory=list)
 
