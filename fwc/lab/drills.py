@@ -15,12 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwc.lab.netns import PYTHON, Proc, run
-from fwc.lab.results import FailoverResult, Flow, ProbeResult, RebootResult, wait_for
+from fwc.lab.results import (
+    FailoverResult,
+    Flow,
+    GatewayResult,
+    ProbeResult,
+    RebootResult,
+    wait_for,
+)
 from fwc.lab.topology import EndpointPlan, ProbePlan, vip_for
 
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
     from fwc.lab.running import Lab
+    from fwc.model import IPAddress, Track
 
 
 # ------------------------------------------------------------ drill 1
@@ -408,3 +416,121 @@ def _recent(log: str, seconds: float) -> list[str]:
 
 def _fmt(val: float | None) -> str:
     return "n/a" if val is None else f"{val:.2f} s"
+
+
+# ------------------------------------------------------------ gateway drill
+def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
+                  track: Track) -> GatewayResult:
+    """The master's tracked gateway stops answering it; the backup takes over.
+
+    The test host that holds GATEWAY drops the master's pings to it (its own
+    iptables, only from the master's addresses on that segment: the backup still
+    reaches it, as when the master's uplink path is broken). A live connection must
+    survive the takeover; once the gateway answers again, the policy's preemption
+    decides: with `preempt on` the VIPs go back after `preempt_delay`, with
+    `preempt off` they stay on the backup. The drop rule is removed in every case.
+    """
+    plan = lab.plan
+    res = GatewayResult(label, str(gateway), track.weight, preempt=plan.preempt,
+                        preempt_delay_s=plan.preempt_delay)
+    host = plan.router_host(gateway)
+    flow = lab.flows.get(mode)
+    if host is None or flow is None:
+        res.notes.append("no test host holds the gateway" if host is None
+                         else "no allowed TCP flow between two VIP segments")
+        return res
+    master, _ = lab.wait_master()
+    others = sorted((n for n in lab.nodes if n is not master),
+                    key=lambda n: -plan.priority(n.name))
+    backup = others[0]
+    res.master, res.backup = master.name, backup.name
+    sources = [a.ip for p in plan.member_ports(master.name) if p.segment == host.segment
+               for a in p.addresses if a.version == gateway.version]
+    tool = "iptables" if gateway.version == 4 else "ip6tables"
+    icmp = ["-p", "icmp"] if gateway.version == 4 else ["-p", "ipv6-icmp"]
+    rules = [["-s", str(src), "-d", str(gateway), *icmp, "-j", "DROP"] for src in sources]
+    # A check fails after `fall` failed runs `interval` apart, each waiting up to its
+    # timeout (interval + 1 s); then VRRP needs a few adverts: bounded generously.
+    detect = track.interval_s * (track.fall + 1) + (track.interval_s + 1) + 10.0
+    recover = track.interval_s * (track.rise + 1) + 10.0
+    undo = lab.prepare_mode(mode)
+    stream_proc = None
+    blocked = False
+
+    def unblock() -> None:
+        for rule in rules:
+            run(lab.host_argv(host.ns, [tool, "-D", "INPUT", *rule]), check=False)
+
+    try:
+        stream_proc, stream = start_stream(lab, label, flow)
+        if wait_for(lambda: len(stream.parse()[0]) >= 10, 6.0, 0.1) is None:
+            res.notes.append(f"connection did not establish or echo: {stream.parse()[1]}")
+            return res
+        res.connected = True
+        lab.progress(f"  [{label}] {host.ns} stops answering {master.name}'s pings to "
+                     f"{gateway} (track weight {track.weight})")
+        for rule in rules:
+            run(lab.host_argv(host.ns, [tool, "-I", "INPUT", "1", *rule]))
+        blocked = True
+        t_block = time.monotonic()
+
+        def moved() -> bool:
+            return backup.vips_held() == lab.vip_set and not master.vips_held()
+
+        res.takeover_s = wait_for(moved, detect)
+        t_taken = time.monotonic() if res.takeover_s is not None else float("inf")
+        if res.takeover_s is None:
+            res.notes.append(f"{backup.name} did not take the VIPs within {detect:.0f} s")
+        else:
+            wait_for(lambda: bool(stream.echoes_after(t_taken)), 15.0, 0.1)
+            recv, info = stream.parse()
+            after = stream.echoes_after(t_taken)
+            res.survived_takeover = bool(after) and "end" not in info
+            if after:
+                res.failover_gap_s = _longest_gap(recv, t_block, after[0])
+        lab.progress(f"  [{label}] takeover by {backup.name} {_fmt(res.takeover_s)}, echo gap "
+                     f"{_fmt(res.failover_gap_s)}, survived: {res.survived_takeover}")
+        unblock()
+        blocked = False
+        t_back = time.monotonic()
+        if res.takeover_s is not None:
+            if plan.preempt:
+                res.returned_s = wait_for(
+                    lambda: master.vips_held() == lab.vip_set and not backup.vips_held(),
+                    recover + plan.preempt_delay)
+                if res.returned_s is None:
+                    res.notes.append(f"{master.name} did not take the VIPs back")
+                elif res.returned_s < plan.preempt_delay:
+                    res.notes.append(f"VIPs back after {res.returned_s:.2f} s, before the "
+                                     f"preempt delay of {plan.preempt_delay:.0f} s")
+            else:
+                # preempt off: the old master's track is good again; it must stay backup.
+                left = wait_for(lambda: bool(master.vips_held()), recover, 0.1)
+                res.stayed = left is None and backup.vips_held() == lab.vip_set
+            t_settled = time.monotonic()
+            wait_for(lambda: bool(stream.echoes_after(t_settled + 1.0)), 15.0, 0.1)
+            recv, info = stream.parse()
+            res.survived_return = (bool([r for r in recv if r > t_settled + 1.0])
+                                   and "end" not in info)
+            lab.progress(
+                f"  [{label}] gateway answers again: "
+                + (f"VIPs back on {master.name} after {_fmt(res.returned_s)} "
+                   f"(preempt delay {plan.preempt_delay:.0f} s)" if plan.preempt
+                   else f"VIPs stayed on {backup.name}: {res.stayed}")
+                + f", connection survived: {res.survived_return} "
+                f"({time.monotonic() - t_back:.1f} s)")
+    finally:
+        if blocked:
+            unblock()
+        if stream_proc is not None:
+            stop_proc(lab, stream_proc)
+        undo()
+    for key in ("takeover_s", "failover_gap_s", "returned_s"):
+        val = getattr(res, key)
+        if val is not None:
+            setattr(res, key, round(val, 3))
+    moved_back = (res.returned_s is not None and res.returned_s >= plan.preempt_delay
+                  if plan.preempt else bool(res.stayed))
+    res.ok = (res.connected and res.survived_takeover and moved_back
+              and bool(res.survived_return))
+    return res

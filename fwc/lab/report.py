@@ -26,6 +26,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "reboot": report.reboot.as_dict() if report.reboot else None,
         "gaps": gap_table(report),
         "timing": [series.as_dict() for series in report.timing],
+        "gateway": [g.as_dict() for g in report.gateway],
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -117,6 +118,7 @@ def render_text(report: LabReport) -> str:
             ]
             out.append(f"    {row['mode']:7} " + " | ".join(cells))
     out += timing_text(report)
+    out += gateway_text(report)
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:
@@ -126,6 +128,22 @@ def render_text(report: LabReport) -> str:
     if report.kept:
         out.append(f"  lab kept running: tear down with `fwc lab --teardown {report.prefix}`")
     return "\n".join(out)
+
+
+def gateway_text(report: LabReport) -> list[str]:
+    """The gateway drill: takeover on a silent gateway, then the preemption behaviour."""
+    out = []
+    for gw in report.gateway:
+        back = (f"VIPs back on {gw.master} after {_s(gw.returned_s)} (preempt delay "
+                f"{gw.preempt_delay_s:.0f}s)" if gw.preempt
+                else f"VIPs stayed on {gw.backup} (preempt off): {gw.stayed}")
+        out.append(f"  gateway drill {gw.label}: {gw.gateway} silent for {gw.master} -> "
+                   f"{gw.backup} took over in {_s(gw.takeover_s)}, echo gap "
+                   f"{_s(gw.failover_gap_s)}; {back}; connection "
+                   f"{'survived' if gw.survived_takeover and gw.survived_return else 'LOST'}"
+                   f" -> {'ok' if gw.ok else 'FAILED'}")
+        out += [f"    note: {n}" for n in gw.notes]
+    return out
 
 
 def timing_text(report: LabReport) -> list[str]:

@@ -86,6 +86,36 @@ class FailoverResult:
 
 
 @dataclass
+class GatewayResult:
+    """The gateway drill (issue 14): the master's tracked gateway stops answering it.
+
+    `preempt` is the policy's: with it the VIPs must go back to the old master once
+    the gateway answers again, no sooner than `preempt_delay_s` after its track is
+    good (keepalived's preempt_delay); without it they must stay on the backup.
+    """
+
+    label: str
+    gateway: str
+    weight: int | None
+    master: str = ""
+    backup: str = ""
+    connected: bool = False
+    takeover_s: float | None = None  # from the gateway's silence to the backup's VIPs
+    failover_gap_s: float | None = None
+    survived_takeover: bool = False
+    preempt: bool = True
+    preempt_delay_s: float = 0.0
+    returned_s: float | None = None  # from the gateway's return to the old master's VIPs
+    stayed: bool | None = None  # preempt off: the VIPs stayed on the backup
+    survived_return: bool | None = None
+    ok: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class BootWatch:
     """What the node did while its boot script ran (wall-clock seconds, CLOCK_REALTIME)."""
 
@@ -215,6 +245,7 @@ class LabReport:
     kept: bool = False
     teardown: list[str] = field(default_factory=list)
     timing: list[TimingSeries] = field(default_factory=list)
+    gateway: list[GatewayResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -24,7 +24,14 @@ from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
 from fwc.lab.reboot import reboot_drill
 from fwc.lab.results import LabReport, TimingSeries, spread
 from fwc.lab.running import Lab
-from fwc.lab.topology import Remap, describe, doc_range_violations, plan, plan_remap
+from fwc.lab.topology import (
+    Remap,
+    describe,
+    doc_range_violations,
+    plan,
+    plan_remap,
+    tracked_gateways,
+)
 
 __all__ = ["LabInterrupted", "LabOptions", "LabRefused", "run_lab"]
 
@@ -192,6 +199,7 @@ def _failover_drills(
         )
     if not options.quick:
         _reboot(lab, report, modes[-1])
+    _gateway(lab, report, modes[-1])
     if variants:
         _timing_series(lab, report, options.timing_runs, variants, modes[-1])
     lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
@@ -246,6 +254,19 @@ def _timing_series(lab: Lab, report: LabReport, runs: int, variants: Sequence[La
         lab.progress(f"timing: the policy's own files installed again, {master.name} is master")
 
 
+def _gateway(lab: Lab, report: LabReport, mode: str) -> None:
+    """The gateway drill for the first gateway a `track { ping }` watches (if any)."""
+    for gateway, track in tracked_gateways(lab.plan.cluster, lab.plan.remap):
+        if lab.plan.router_host(gateway) is None:
+            continue
+        lab.progress(f"gateway: {gateway} stops answering the master ({mode})")
+        result = drills.gateway_drill(lab, f"gateway-{mode}-{lab.advert_label}", mode,
+                                      gateway, track)
+        report.gateway.append(result)
+        lab.progress(f"gateway: {'held' if result.ok else 'FAILED'}")
+        return
+
+
 def _reboot(lab: Lab, report: LabReport, mode: str) -> None:
     lab.progress(f"reboot: power loss on the master, then the boot sequence ({mode})")
     result = reboot_drill(lab, mode)
@@ -285,6 +306,14 @@ def _judge(report: LabReport) -> None:
             report.failures.append(
                 f"timing series {series.mode}-{series.advert}: {series.survived} of "
                 f"{series.runs} crash runs kept the connection")
+    for gw in report.gateway:
+        if not gw.ok:
+            expected = (f"VIPs back after the preempt delay ({gw.preempt_delay_s:.0f} s)"
+                        if gw.preempt else "VIPs staying on the backup (preempt off)")
+            report.failures.append(
+                f"gateway drill {gw.label}: takeover {gw.takeover_s}, connection "
+                f"{gw.survived_takeover}/{gw.survived_return}, expected {expected}"
+                + (f"; {'; '.join(gw.notes)}" if gw.notes else ""))
     rb = report.reboot
     if rb is not None and not rb.skipped and not rb.ok:
         report.failures.append(f"reboot drill {rb.label}: " + "; ".join(rb.notes))

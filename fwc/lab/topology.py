@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fwc.backend.render.keepalived import preempt_delay
-from fwc.model import Cluster, Endpoint, Member, Policy, PortRange
+from fwc.model import Cluster, Endpoint, Member, Policy, PortRange, Track
 from fwc.model.addresses import AddressSet
 from fwc.model.vocabulary import NatAction
 
@@ -142,6 +142,10 @@ class LabPlan:
 
     def host(self, segment: str) -> HostPlan | None:
         return next((h for h in self.hosts if h.segment == segment), None)
+
+    def router_host(self, address: IPAddress) -> HostPlan | None:
+        """The test host that holds ADDRESS as one of the policy's gateways."""
+        return next((h for h in self.hosts if address in h.routers), None)
 
     def member_ports(self, member: str) -> list[PortPlan]:
         return [p for p in self.ports if p.member == member]
@@ -420,7 +424,8 @@ def plan(policy: Policy, cluster: Cluster, prefix: str, remap: Remap | None = No
             continue
         used = _used_addresses(cluster.members, iface.name, vips, remap)
         host = _plan_host(iface.name, subnets, vips, used, named, f"{prefix}-h{i}")
-        _hold_routers(host, subnets, route_gateways(cluster, remap), used)
+        _hold_routers(host, subnets, [*route_gateways(cluster, remap),
+                                      *(gw for gw, _ in tracked_gateways(cluster, remap))], used)
         hosts.append(host)
         ports.append(PortPlan(host.ns, host.device, iface.name, f"h{i}"))
     lab = LabPlan(prefix, cluster, sw_ns, member_ns, segments, hosts, ports, [],
@@ -493,6 +498,19 @@ def route_gateways(cluster: Cluster, remap: Remap) -> list[IPAddress]:
     for route in cluster.routes:
         if route.gateway is not None and remap.address(route.gateway) not in out:
             out.append(remap.address(route.gateway))
+    return out
+
+
+def tracked_gateways(cluster: Cluster, remap: Remap) -> list[tuple[IPAddress, Track]]:
+    """The addresses `track { ping ... }` items watch, remapped, with their track: the
+    test host of their segment holds them (the gateway drill silences them there)."""
+    out: list[tuple[IPAddress, Track]] = []
+    for track in cluster.tracks:
+        if track.kind != "ping":
+            continue
+        address = remap.address(ipaddress.ip_address(track.target))
+        if all(address != gw for gw, _ in out):
+            out.append((address, track))
     return out
 
 
