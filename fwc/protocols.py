@@ -135,6 +135,9 @@ NF_CONNTRACK_EVENTS = 1
 NODE_CONNTRACKD_LOCK = "/var/lock/conntrackd.lock"
 NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
+# Per vrrp-group, the last state the notify script was told (active-active: a member
+# that still masters one group must not purge the kernel table for another).
+NODE_VRRP_STATE_DIR = "/run/fwc-vrrp"
 # The boot script's syslog tag (docs/compile.md "Boot").
 BOOT_LOG_TAG = "fwc-firewall"
 # The forwarding switches the boot script turns off first and on last.

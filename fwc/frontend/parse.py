@@ -38,7 +38,7 @@ _TERMINAL_NAMES = {
     "KW_EXPECT": "expect", "UNICAST": "unicast", "MASTER": "master", "LINK_IPV4": "an IPv4 address",
     "SIGNED_INT": "a number such as -60",
     "LINK_IPV6": "an IPv6 address", "ROUTE_DEFAULT": "default", "KW_ROUTE": "route",
-    "KW_ROUTE_RULE": "route-rule",
+    "KW_ROUTE_RULE": "route-rule", "KW_VRRP_GROUP": "vrrp-group",
     "ROUTE_MARK": "a mark such as 0x10 or 0x10/0xff",
     "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
@@ -444,6 +444,21 @@ class _Builder(Transformer):
         state_word, command_word = self.word(state), self.word(command)
         return s.Option(state_word.text, command_word, _join(state_word.span, command_word.span))
 
+    def vrrp_group_interfaces(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("interface", tuple(self.word(c) for c in children))
+
+    def vrrp_group_master(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("master", (self.word(children[-1]),))
+
+    def vrrp_group(self, children: list) -> s.VrrpGroupDecl:
+        keyword, name, *items = children
+        first, name_word = self.word(keyword), self.word(name)
+        interfaces = tuple(w for kind, words in items if kind == "interface" for w in words)
+        masters = tuple(w for kind, words in items if kind == "master" for w in words)
+        last = max((w.span for w in (name_word, *interfaces, *masters)),
+                   key=lambda sp: (sp.end_line, sp.end_column))
+        return s.VrrpGroupDecl(name_word, interfaces, masters, _join(first.span, last))
+
     def notify(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
         return ("notify", tuple(children))
 
@@ -516,6 +531,7 @@ class _Builder(Transformer):
         interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
         members = tuple(i for i in items if isinstance(i, s.MemberDecl))
         routes = tuple(i for i in items if isinstance(i, s.RouteDecl | s.RouteRuleDecl))
+        groups = tuple(i for i in items if isinstance(i, s.VrrpGroupDecl))
         backend = tuple(i for i in items if isinstance(i, s.Option))
         for item in items:
             if not isinstance(item, tuple) or isinstance(item, s.Option):
@@ -527,13 +543,13 @@ class _Builder(Transformer):
                                                                options[-1].span)
         name_word = self.word(name)
         spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members),
-                 *(r.span for r in routes)]
+                 *(r.span for r in routes), *(g.span for g in groups)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
         return s.ClusterDecl(name_word, tuple(blocks["vrrp"]), block_spans["vrrp"],
                              tuple(blocks["sync"]), block_spans["sync"], interfaces, members,
                              _join(name_word.span, last), backend, tuple(blocks["track"]),
                              block_spans["track"], tuple(blocks["notify"]),
-                             block_spans["notify"], routes)
+                             block_spans["notify"], routes, groups)
 
     # -- routing (`route`, `route-rule`) ------------------------------------------------
     route_via = _route_valued("via")

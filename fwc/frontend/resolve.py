@@ -382,7 +382,8 @@ class Resolver:
         return m.Cluster(decl.name.text, vrrp, sync, interfaces, members, tuple(rules),
                          tuple(nat), tuple(expectations), decl.span,
                          self.resolve_backend(decl), self.resolve_tracks(decl),
-                         self.resolve_notify(decl), routes, route_rules)
+                         self.resolve_notify(decl), routes, route_rules,
+                         self.resolve_groups(decl))
 
     def signed(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
         try:
@@ -444,6 +445,26 @@ class Resolver:
                 spans = tuple((k, o.span) for k, o in opts.items())
                 out.append(m.Track(kind, target, weight, interval, counts["fall"],
                                    counts["rise"], item.span, spans))
+        return tuple(out)
+
+    def resolve_groups(self, decl: s.ClusterDecl) -> tuple[m.VrrpGroup, ...]:
+        """`vrrp-group` blocks as written; what the names refer to is checked later."""
+        out: list[m.VrrpGroup] = []
+        seen: set[str] = set()
+        for group in decl.groups:
+            name = group.name.text
+            if name in seen:
+                self.err("FWC263", f"vrrp-group '{name}' is declared twice", group.name.span)
+                continue
+            seen.add(name)
+            if len(group.masters) > 1:
+                self.err("FWC263", f"vrrp-group '{name}' names more than one master",
+                         group.masters[1].span, hint="one member masters a group")
+            master = group.masters[0] if group.masters else None
+            out.append(m.VrrpGroup(name, tuple(w.text for w in group.interfaces),
+                                   master.text if master else None, group.span,
+                                   tuple(w.span for w in group.interfaces),
+                                   master.span if master else None))
         return tuple(out)
 
     def resolve_notify(self, decl: s.ClusterDecl) -> tuple[m.NotifyAction, ...]:

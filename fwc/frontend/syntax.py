@@ -92,6 +92,16 @@ class TrackDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class VrrpGroupDecl:
+    """`vrrp-group NAME { interface A, B  master M }` in a cluster (active-active)."""
+
+    name: Word
+    interfaces: tuple[Word, ...]
+    masters: tuple[Word, ...]  # as written: more than one is an error (FWC263)
+    span: Span  # from the keyword to the last word
+
+
+@dataclass(frozen=True, slots=True)
 class Include:
     path: Word
     span: Span
@@ -161,6 +171,7 @@ class ClusterDecl:
     notify: tuple[Option, ...] = ()  # `notify { master "..." }`: key is the state as written
     notify_span: Span | None = None
     routes: tuple[RouteDecl | RouteRuleDecl, ...] = ()  # `route` and `route-rule` lines
+    groups: tuple[VrrpGroupDecl, ...] = ()  # `vrrp-group NAME { ... }`
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,6 +324,30 @@ class NotifyAction:
 
 
 @dataclass(frozen=True, slots=True)
+class VrrpGroup:
+    """`vrrp-group NAME { interface A, B  master M }`: active-active VRRP.
+
+    The VIPs of its interfaces are one keepalived sync group of their own, with the
+    notify script called for this group; `master` is the member that holds them while
+    every member is well (`Cluster.group_priority` orders the members for it).
+    Names are as written: the checks (FWC261-FWC269) say what they must refer to.
+    """
+
+    name: str
+    interfaces: tuple[str, ...]
+    master: str | None
+    span: Span
+    interface_spans: tuple[Span, ...] = ()
+    master_span: Span | None = None
+
+    def span_of_interface(self, name: str) -> Span:
+        for iface, span in zip(self.interfaces, self.interface_spans, strict=False):
+            if iface == name:
+                return span
+        return self.span
+
+
+@dataclass(frozen=True, slots=True)
 class Interface:
     name: str
     vips: tuple[IPInterface, ...]
@@ -490,6 +514,8 @@ class Cluster:
     # `route` and `route-rule` lines (docs/language.md, "Routes"), in source order.
     routes: tuple[Route, ...] = ()
     route_rules: tuple[RouteRule, ...] = ()
+    # `vrrp-group` blocks (active-active); empty: one sync group for every VIP.
+    groups: tuple[VrrpGroup, ...] = ()
 
     def interface(self, name: str) -> Interface | None:
         for iface in self.interfaces:
@@ -502,6 +528,21 @@ class Cluster:
             if member.name == name:
                 return member
         return None
+
+    def group_of(self, interface: str) -> VrrpGroup | None:
+        """The `vrrp-group` INTERFACE belongs to (the first, if written in two: FWC261)."""
+        return next((g for g in self.groups if interface in g.interfaces), None)
+
+    def group_priority(self, group: VrrpGroup | None, member: Member) -> int:
+        """MEMBER's VRRP priority in GROUP: the group's master gets the cluster's highest
+        priority, the other members follow in their own order with the remaining values
+        (so the priorities stay distinct and keep their gaps). No group, or a group
+        without a valid master: the member's own priority."""
+        if group is None or group.master is None or self.member(group.master) is None:
+            return member.priority
+        values = sorted((m.priority for m in self.members), reverse=True)
+        order = sorted(self.members, key=lambda m: (m.name != group.master, -m.priority))
+        return values[[m.name for m in order].index(member.name)]
 
     @property
     def vrrp_interfaces(self) -> tuple[Interface, ...]:

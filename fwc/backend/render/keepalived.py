@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, path_of
@@ -37,6 +37,20 @@ class VrrpInstance:
     # `follow master` routes and rules (fwc.backend.render.routes.vrrp_routing).
     virtual_routes: tuple[tuple[str, ...], ...] = ()
     virtual_rules: tuple[tuple[str, ...], ...] = ()
+    # The `vrrp-group` it belongs to (None: the cluster's one group).
+    group: str | None = None
+    # True when the instance carries the notify lines and tracking itself (it is the
+    # only instance of its group: keepalived warns about a sync group of one).
+    own_notify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SyncGroup:
+    """One vrrp_sync_group: its instances, and what the notify script is told."""
+
+    name: str
+    instances: tuple[str, ...]
+    notify_suffix: str  # "" for the cluster's one group, " NAME" for a vrrp-group
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +172,13 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 if vrrp.unicast else (None, ())
             routing = vrrp_routing(cluster, member, iface.name, family, first_of_family[family])
             first_of_family[family] = False
+            group = cluster.group_of(iface.name)
             out.append(VrrpInstance(
                 name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
                 device=device,
                 vrid=iface.vrid,
-                priority=member.priority,
+                # a vrrp-group's master gets the top priority for its instances
+                priority=cluster.group_priority(group, member),
                 advert_int=advert_interval(vrrp.advert_ms),
                 version=None if version == proto.DEFAULT_VRRP_VERSION else version,
                 nopreempt=not vrrp.preempt,
@@ -177,7 +193,30 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 dont_track_primary=iface.name in tracked,
                 virtual_routes=routing.routes,
                 virtual_rules=routing.rules,
+                group=group.name if group is not None else None,
             ))
+    return _with_notify(out)
+
+
+def _with_notify(instances: list[VrrpInstance]) -> list[VrrpInstance]:
+    """Mark the instances that are alone in their group: they carry the notify lines."""
+    count: dict[str | None, int] = {}
+    for instance in instances:
+        count[instance.group] = count.get(instance.group, 0) + 1
+    return [replace(i, own_notify=count[i.group] == 1) for i in instances]
+
+
+def sync_groups(cluster: Cluster, instances: list[VrrpInstance]) -> list[SyncGroup]:
+    """VG_<cluster> for the cluster's one group, or VG_<cluster>_<group> per vrrp-group;
+    a group of one instance has none (the instance carries its notify lines)."""
+    out: list[SyncGroup] = []
+    for name in dict.fromkeys(i.group for i in instances):
+        members = tuple(i.name for i in instances if i.group == name)
+        if len(members) < 2:
+            continue
+        suffix = "" if name is None else f"_{name}"
+        out.append(SyncGroup(f"VG_{cluster.name}{suffix}", members,
+                             "" if name is None else f" {name}"))
     return out
 
 
@@ -186,10 +225,9 @@ def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> s
     return escape.keepalived_file(render_template("keepalived.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
-        "group_name": f"VG_{cluster.name}",
         # keepalived warns about a sync group of one ("this probably isn't what you
         # want"): a single instance carries the notify lines itself.
-        "sync_group": len(instances) > 1,
+        "sync_groups": sync_groups(cluster, instances),
         "notify": path_of("fwc-notify.sh"),
         "instances": instances,
         "tracking": tracking(cluster, member),
