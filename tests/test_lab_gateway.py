@@ -84,10 +84,10 @@ def test_lab_gateway_drill(preempt: bool, tmp_path: Path) -> None:
         print(render_text(report), file=sys.stderr)
         assert report.ok, (report.error, report.failures)
         (gw,) = report.gateway
-        assert gw.ok and gw.master == "fw1" and gw.backup == "fw2", gw
+        assert gw.ok and {gw.master, gw.backup} == {"fw1", "fw2"}, gw
         assert gw.survived_takeover and gw.survived_return
-        # a failed ping every second, fall 2: detected within a few seconds
-        assert gw.takeover_s is not None and gw.takeover_s < 10.0, gw
+        # a ping every second (up to 2 s each), fall 2: seconds, more on a loaded box
+        assert gw.takeover_s is not None and gw.takeover_s < 15.0, gw
         if preempt:
             assert gw.returned_s is not None and gw.returned_s >= 5.0, gw
             assert gw.stayed is None
