@@ -309,11 +309,15 @@ class _Layout:
         members = {self.first_of(m.name.span) - 1: m for m in cluster.members}
         # a route or route-rule's span starts at its keyword
         routes = {self.first_of(r.span): r for r in cluster.routes}
+        # a vrrp-group's span starts at its keyword too
+        groups = {self.first_of(g.span): g for g in cluster.groups}
         options = (*cluster.vrrp, *cluster.sync, *cluster.track, *cluster.notify)
         i = start
         while i < end:
             if i in members:
                 i = self.member(i, indent, members[i])
+            elif i in groups:
+                i = self.vrrp_group(i, indent, groups[i])
             elif i in routes:
                 last = self.last_of(routes[i].span)
                 self.emit(Line(indent, i, last, text=join(self.tokens[i:last + 1])))
@@ -322,6 +326,21 @@ class _Layout:
                 i = self.interface(i, indent, interfaces[i])
             else:  # `vrrp { ... }` or `sync { ... }`
                 i = self.option_block(i, indent, options)
+
+    def vrrp_group(self, i: int, indent: int, decl: s.VrrpGroupDecl) -> int:
+        """`vrrp-group NAME { interface A, B  master M }` on one line, options two apart."""
+        tokens = self.tokens
+        close = self.last_of(decl.span) + 1
+        while tokens[close].value != "}":
+            close += 1
+        parts: list[list[s.Lexeme]] = [list(tokens[i:i + 3])]  # keyword, name, {
+        for token in tokens[i + 3:close]:
+            if token.value in ("interface", "master") or len(parts) == 1:
+                parts.append([])
+            parts[-1].append(token)
+        text = join(parts[0]) + " " + OPTION_GAP.join(join(p) for p in parts[1:] if p) + " }"
+        self.emit(Line(indent, i, close, text=text.replace("{  }", "{ }")))
+        return close + 1
 
     def interface(self, i: int, indent: int, decl: s.InterfaceDecl) -> int:
         tokens = self.tokens
