@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fwc.lab.netns import PYTHON, Proc, run
+from fwc.lab.netns import PYTHON, LabError, Proc, run
 from fwc.lab.results import (
+    ActiveActiveResult,
     FailoverResult,
     Flow,
     GatewayResult,
+    GroupFlow,
     ProbeResult,
     RebootResult,
     wait_for,
@@ -533,4 +535,89 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
                   if plan.preempt else bool(res.stayed))
     res.ok = (res.connected and res.survived_takeover and moved_back
               and bool(res.survived_return))
+    return res
+
+
+# ------------------------------------------------------------ active-active drill
+def active_active_drill(lab: Lab, label: str, crashed: Node,
+                        flows: dict[str, Flow]) -> ActiveActiveResult:
+    """A connection through each vrrp-group; CRASHED fails hard and comes back.
+
+    The survivor must hold every VIP and every connection must go on through it
+    (its conntrackd committed the crashed member's states); after the restore each
+    group must be back on its own master (after the preempt delay) and every
+    connection must still echo.
+    """
+    res = ActiveActiveResult(label, crashed.name)
+    lab.wait_groups()
+    survivors = [n for n in lab.nodes if n is not crashed]
+    procs: list[Proc] = []
+    streams: dict[str, Stream] = {}
+    try:
+        for group, flow in flows.items():
+            proc, stream = start_stream(lab, f"{label}-{group}", flow)
+            procs.append(proc)
+            streams[group] = stream
+            res.flows.append(GroupFlow(group, f"{flow.src} -> {flow.dst}:{flow.port}"))
+        for item in res.flows:
+            stream = streams[item.group]
+            item.connected = wait_for(lambda s=stream: len(s.parse()[0]) >= 10,
+                                      6.0, 0.1) is not None
+        if not all(f.connected for f in res.flows):
+            res.notes.append("a group's connection did not establish or echo")
+            return res
+        lab.progress(f"  [{label}] connections through "
+                     + ", ".join(f"{f.group} ({f.flow})" for f in res.flows)
+                     + f"; failing {crashed.name} hard")
+        t_fail = crashed.crash()
+        holder: list[Node] = []
+
+        def taken() -> bool:
+            holder[:] = [n for n in survivors if n.vips_held() == lab.vip_set]
+            return bool(holder)
+
+        res.takeover_s = wait_for(taken, 20.0)
+        if res.takeover_s is None:
+            res.notes.append("no surviving member took every VIP")
+        else:
+            res.survivor = holder[0].name
+            t_taken = time.monotonic()
+            for item in res.flows:
+                stream = streams[item.group]
+                wait_for(lambda s=stream: bool(s.echoes_after(t_taken)), 15.0, 0.1)
+                recv, info = stream.parse()
+                after = stream.echoes_after(t_taken)
+                item.survived_failover = bool(after) and "end" not in info
+                if after:
+                    gap = _longest_gap(recv, t_fail - 1.0, after[0])
+                    item.failover_gap_s = round(gap, 3) if gap is not None else None
+        lab.progress(f"  [{label}] takeover by {res.survivor or 'nobody'} "
+                     f"{_fmt(res.takeover_s)}; "
+                     + ", ".join(f"{f.group}: gap {_fmt(f.failover_gap_s)} survived "
+                                 f"{f.survived_failover}" for f in res.flows))
+        crashed.restore(lab.listener_for(crashed))
+        t_back = time.monotonic()
+        try:
+            lab.wait_groups()
+            res.failback_s = round(time.monotonic() - t_back, 3)
+        except LabError as exc:
+            res.notes.append(str(exc))
+        t_settled = time.monotonic()
+        for item in res.flows:
+            stream = streams[item.group]
+            wait_for(lambda s=stream: bool(s.echoes_after(t_settled + 1.0)), 15.0, 0.1)
+            recv, info = stream.parse()
+            item.survived_failback = (bool([r for r in recv if r > t_settled + 1.0])
+                                      and "end" not in info)
+        lab.progress(f"  [{label}] groups back on their masters after {_fmt(res.failback_s)}; "
+                     + ", ".join(f"{f.group} survived {f.survived_failback}"
+                                 for f in res.flows))
+    finally:
+        for proc in procs:
+            stop_proc(lab, proc)
+    if res.takeover_s is not None:
+        res.takeover_s = round(res.takeover_s, 3)
+    res.ok = (bool(res.flows) and res.takeover_s is not None and res.failback_s is not None
+              and all(f.connected and f.survived_failover and f.survived_failback
+                      for f in res.flows))
     return res

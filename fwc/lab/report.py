@@ -27,6 +27,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "gaps": gap_table(report),
         "timing": [series.as_dict() for series in report.timing],
         "gateway": [g.as_dict() for g in report.gateway],
+        "active_active": [a.as_dict() for a in report.active_active],
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -72,7 +73,12 @@ def render_text(report: LabReport) -> str:
     )
     for line in report.remap:
         out.append(f"  remapped {line}")
-    if report.election:
+    if report.election and "masters" in report.election:  # vrrp-groups
+        out.append("  election: " + "; ".join(
+            f"{member} holds {', '.join(vips)}"
+            for member, vips in report.election["masters"].items())
+            + f" after {report.election['seconds']:.2f} s")
+    elif report.election:
         out.append(
             f"  election: {report.election['master']} master after "
             f"{report.election['seconds']:.2f} s"
@@ -119,6 +125,7 @@ def render_text(report: LabReport) -> str:
             out.append(f"    {row['mode']:7} " + " | ".join(cells))
     out += timing_text(report)
     out += gateway_text(report)
+    out += active_active_text(report)
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:
@@ -128,6 +135,21 @@ def render_text(report: LabReport) -> str:
     if report.kept:
         out.append(f"  lab kept running: tear down with `fwc lab --teardown {report.prefix}`")
     return "\n".join(out)
+
+
+def active_active_text(report: LabReport) -> list[str]:
+    """Each member's crash with a connection through every vrrp-group."""
+    out = []
+    for aa in report.active_active:
+        out.append(f"  active-active {aa.label}: {aa.crashed} crashed, {aa.survivor or 'nobody'} "
+                   f"took every group in {_s(aa.takeover_s)}, groups back on their masters "
+                   f"after {_s(aa.failback_s)} -> {'ok' if aa.ok else 'FAILED'}")
+        for f in aa.flows:
+            out.append(f"    {f.group} ({f.flow}): echo gap {_s(f.failover_gap_s)}, "
+                       f"failover {'survived' if f.survived_failover else 'LOST'}, "
+                       f"failback {'survived' if f.survived_failback else 'LOST'}")
+        out += [f"    note: {n}" for n in aa.notes]
+    return out
 
 
 def gateway_text(report: LabReport) -> list[str]:

@@ -116,6 +116,37 @@ class GatewayResult:
 
 
 @dataclass
+class GroupFlow:
+    """One vrrp-group's connection in the active-active drill."""
+
+    group: str
+    flow: str  # src -> dst:port
+    connected: bool = False
+    survived_failover: bool = False
+    failover_gap_s: float | None = None
+    survived_failback: bool = False
+
+
+@dataclass
+class ActiveActiveResult:
+    """Active-active (issue 14): one member crashes while a connection runs through
+    each vrrp-group; the survivor takes every group, and when the member returns each
+    group goes back to its own master. Every connection must survive both moves."""
+
+    label: str
+    crashed: str
+    survivor: str = ""
+    takeover_s: float | None = None  # until the survivor held every VIP
+    failback_s: float | None = None  # until every group was on its own master again
+    flows: list[GroupFlow] = field(default_factory=list)
+    ok: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class BootWatch:
     """What the node did while its boot script ran (wall-clock seconds, CLOCK_REALTIME)."""
 
@@ -246,6 +277,7 @@ class LabReport:
     teardown: list[str] = field(default_factory=list)
     timing: list[TimingSeries] = field(default_factory=list)
     gateway: list[GatewayResult] = field(default_factory=list)
+    active_active: list[ActiveActiveResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

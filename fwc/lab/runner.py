@@ -139,6 +139,9 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
 
 def _run(lab: Lab, report: LabReport, options: LabOptions,
          variants: Sequence[LabSource] = ()) -> None:
+    if lab.plan.active_active:
+        _run_active_active(lab, report, options)
+        return
     lab.build()
     lab.start_members()
     lab.start_listeners()
@@ -170,6 +173,40 @@ def _run(lab: Lab, report: LabReport, options: LabOptions,
         # the expectations must still be checked through it.
         lab.progress("failing the master once more to probe the expectations through the backup")
         drills.failover_for_probes(lab, on_backup)
+    _judge(report)
+
+
+def _run_active_active(lab: Lab, report: LabReport, options: LabOptions) -> None:
+    """vrrp-groups with different masters: expectations through the split cluster, then
+    each member crashed in turn with a connection running through every group."""
+    lab.build()
+    lab.start_members()
+    lab.start_listeners()
+    took = lab.wait_groups()
+    expected = lab.plan.expected_vips()
+    report.election = {"masters": {m: sorted(v) for m, v in expected.items()},
+                       "seconds": round(took, 2)}
+    lab.progress("vrrp-groups on their masters after "
+                 f"{took:.2f} s: " + "; ".join(f"{m} holds {', '.join(sorted(v))}"
+                                               for m, v in expected.items()))
+    # Probes from `firewall` go through the first member; the others cross the split
+    # cluster as the test hosts' routes send them (each segment to its group's master).
+    report.expectations += drills.probe_expectations(lab, "groups", lab.nodes[0])
+    flows = lab.group_flows()
+    missing = [g.name for g in lab.plan.cluster.groups if g.name not in flows]
+    if missing:
+        report.warnings.append("no allowed TCP expectation between two segments of "
+                               f"vrrp-group {', '.join(missing)}: its connection is not drilled")
+    if not flows:
+        return
+    if options.timing_runs:
+        report.warnings.append("--runs is not implemented for vrrp-groups: no timing series")
+    for node in list(lab.nodes):
+        label = f"aa-{node.name}-{lab.advert_label}"
+        lab.progress(f"active-active: {node.name} crashes with a connection through each group")
+        result = drills.active_active_drill(lab, label, node, flows)
+        report.active_active.append(result)
+        lab.progress(f"active-active: {'held' if result.ok else 'FAILED'}")
     _judge(report)
 
 
@@ -306,6 +343,13 @@ def _judge(report: LabReport) -> None:
             report.failures.append(
                 f"timing series {series.mode}-{series.advert}: {series.survived} of "
                 f"{series.runs} crash runs kept the connection")
+    for aa in report.active_active:
+        if not aa.ok:
+            report.failures.append(
+                f"active-active drill {aa.label}: " + "; ".join(
+                    f"{f.group} connected {f.connected}, failover {f.survived_failover}, "
+                    f"failback {f.survived_failback}" for f in aa.flows)
+                + (f"; {'; '.join(aa.notes)}" if aa.notes else ""))
     for gw in report.gateway:
         if not gw.ok:
             expected = (f"VIPs back after the preempt delay ({gw.preempt_delay_s:.0f} s)"

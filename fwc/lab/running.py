@@ -334,6 +334,30 @@ class Lab:
             )
         return found[0], took
 
+    def wait_groups(self, timeout: float | None = None) -> float:
+        """Active-active: every member holds exactly its own groups' VIPs."""
+        timeout = timeout if timeout is not None else 20.0 + self.plan.preempt_delay
+        expected = self.plan.expected_vips()
+        took = wait_for(lambda: all(n.vips_held() == expected[n.name] for n in self.nodes),
+                        timeout)
+        if took is None:
+            held = {n.name: sorted(n.vips_held()) for n in self.nodes}
+            raise LabError(f"the vrrp-groups did not settle on their masters within "
+                           f"{timeout:.0f} s (VIPs held: {held}); see "
+                           f"{self.logdir}/*-keepalived.log")
+        return took
+
+    def group_flows(self) -> dict[str, Flow]:
+        """Per vrrp-group, the first drill connection whose two segments are its own."""
+        out: dict[str, Flow] = {}
+        for group in self.plan.cluster.groups:
+            for flow in self.candidates:
+                src = next((h.segment for h in self.plan.hosts if h.ns == flow.src_ns), None)
+                if src in group.interfaces and flow.dst_segment in group.interfaces:
+                    out[group.name] = flow
+                    break
+        return out
+
     # ------------------------------------------------------------ drill set-up
     def prepare_mode(self, mode: str) -> Callable[[], None]:
         """Routed: exempt the drill flow from SNAT. SNAT: the far host loses its way back."""

@@ -164,6 +164,23 @@ class LabPlan:
         """keepalived's preempt_delay as compiled: a returning master waits this long."""
         return float(preempt_delay(self.cluster.vrrp)) if self.cluster.vrrp.preempt else 0.0
 
+    @property
+    def active_active(self) -> bool:
+        """vrrp-groups mastered by different members: the VIPs are split while all is well."""
+        return len({g.master for g in self.cluster.groups}) > 1
+
+    def expected_vips(self) -> dict[str, set[str]]:
+        """Member -> the VIPs (as on the wire) it holds while every member is well: its
+        groups' with vrrp-groups, else every VIP on the highest priority."""
+        out: dict[str, set[str]] = {m.name: set() for m in self.cluster.members}
+        top = max(self.cluster.members, key=lambda m: m.priority).name
+        for iface in self.cluster.interfaces:
+            group = self.cluster.group_of(iface.name)
+            holder = group.master if group is not None and group.master else top
+            out.setdefault(holder, set()).update(
+                str(self.remap.interface(v).ip) for v in iface.vips)
+        return out
+
     def priority(self, member: str) -> int:
         found = self.cluster.member(member)
         return found.priority if found is not None else 0

@@ -1,0 +1,84 @@
+"""The active-active lab drill (issue 14): policies/loadshare.fw at 100 ms adverts.
+
+Group blue (lan, uplink) is mastered by fw1, red (dmz, uplink2) by fw2. With a
+connection running through each group, each member in turn crashes hard: the
+other takes every VIP, both connections survive (state replicated both ways),
+and after the restore each group goes back to its own master with both
+connections still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from fwc.lab.adapter import load_source
+from fwc.lab.netns import lab_namespaces, teardown
+from fwc.lab.report import render_text, to_dict
+from fwc.lab.results import ActiveActiveResult, GroupFlow, LabReport
+from fwc.lab.runner import LabOptions, _judge, run_lab
+from fwc.lab.topology import plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def loadshare_fast(tmp: Path) -> Path:
+    shutil.copytree(REPO / "policies", tmp / "policies")
+    path = tmp / "policies" / "loadshare.fw"
+    text = path.read_text(encoding="utf-8")
+    assert text.count("advert 1s") == 1
+    path.write_text(text.replace("advert 1s", "advert 100ms"), encoding="utf-8")
+    return path
+
+
+def test_the_plan_splits_the_vips_by_group(tmp_path: Path) -> None:
+    source = load_source(loadshare_fast(tmp_path))
+    lab_plan = plan(source.policy, source.cluster, "fwca")
+    assert lab_plan.active_active
+    assert lab_plan.expected_vips() == {"fw1": {"192.0.2.254", "198.51.100.126"},
+                                        "fw2": {"203.0.113.126", "198.51.100.254"}}
+
+
+def test_a_lost_group_connection_fails_the_lab() -> None:
+    report = LabReport("loadshare", "p", "/tmp/x")
+    report.election = {"masters": {"fw1": ["192.0.2.254"], "fw2": ["203.0.113.126"]},
+                       "seconds": 1.0}
+    report.active_active.append(ActiveActiveResult(
+        "aa-fw1-100ms", "fw1", "fw2", 0.3, 11.0,
+        [GroupFlow("blue", "a -> b:1", True, True, 0.7, True),
+         GroupFlow("red", "c -> d:1", True, False, None, False)]))
+    _judge(report)
+    assert not report.ok and "active-active drill aa-fw1-100ms" in report.failures[0]
+    assert "red (c -> d:1): echo gap -, failover LOST" in render_text(report)
+    assert to_dict(report)["active_active"][0]["survivor"] == "fw2"
+    assert "election: fw1 holds 192.0.2.254; fw2 holds 203.0.113.126" in render_text(report)
+
+
+@pytest.mark.lab
+def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -> None:
+    source = load_source(loadshare_fast(tmp_path))
+    prefix = f"fwc{os.getpid()}a"
+    try:
+        report = run_lab(source, LabOptions(prefix=prefix, logdir=tmp_path / "logs"))
+        print(render_text(report), file=sys.stderr)
+        assert report.ok, (report.error, report.failures)
+        assert all(r.agrees for r in report.expectations), report.expectations
+        assert [(a.crashed, a.survivor) for a in report.active_active] == [
+            ("fw1", "fw2"), ("fw2", "fw1")]
+        for aa in report.active_active:
+            assert {f.group for f in aa.flows} == {"blue", "red"}
+            assert all(f.survived_failover and f.survived_failback for f in aa.flows), aa
+            assert aa.takeover_s is not None and aa.takeover_s < 2.0, aa
+        # fw1 handed red back while it mastered blue: no purge of its kernel table
+        # (that would drop blue's connections), and no cache flush while fw2 had red
+        notify = (tmp_path / "logs" / "fw1-notify.log").read_text(errors="replace")
+        assert "transition to backup of group red (other groups: master yes" in notify
+        assert "no kernel purge: this member still masters another group" in notify
+        assert "keeping the external cache: the peer still masters another group" in notify
+    finally:
+        teardown(prefix)
+    assert lab_namespaces(prefix) == []
