@@ -96,3 +96,13 @@ def test_lab_gateway_drill(preempt: bool, tmp_path: Path) -> None:
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []
+
+
+def test_rto_min_argument() -> None:
+    import argparse
+
+    from fwc.lab.arguments import rto_min
+    assert rto_min("50ms") == 50
+    for bad in ("0ms", "201ms", "0.05s", "50"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rto_min(bad)

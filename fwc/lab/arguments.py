@@ -24,6 +24,14 @@ def advert_list(text: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def rto_min(text: str) -> int:
+    """`50ms` -> 50: iproute2's rto_min for the test hosts' routes, 1-200 ms."""
+    word = text.strip()
+    if not word.endswith("ms") or not word[:-2].isdigit() or not 1 <= int(word[:-2]) <= 200:
+        raise argparse.ArgumentTypeError(f"{text}: give milliseconds 1ms-200ms, e.g. 50ms")
+    return int(word[:-2])
+
+
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "file",
@@ -69,6 +77,15 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         help="advert profiles for --runs (default 100ms,50ms): each a variant of the "
         "policy with `vrrp { advert X version 3 }`, checked, compiled and installed like "
         "the policy; refused when the policy does not check that way (e.g. a password)",
+    )
+    parser.add_argument(
+        "--rto-min",
+        type=rto_min,
+        default=None,
+        metavar="DURATION",
+        help="the test hosts' routes get `rto_min DURATION` (e.g. 50ms): the probe "
+        "connections retransmit sooner than Linux's 200 ms minimum, so the echo gap "
+        "shows the firewall's failover more than the client's TCP backoff (docs/lab.md)",
     )
     parser.add_argument(
         "--compiled",

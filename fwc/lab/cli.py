@@ -51,6 +51,7 @@ def run_lab(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             timing_runs=args.runs,
             timing_adverts=args.adverts,
+            rto_min_ms=args.rto_min,
         )
         report = run_lab(source, options)
     except LabRefused as exc:

@@ -53,6 +53,8 @@ class LabOptions:
     # installed like the policy itself (fwc.lab.adapter.advert_variant).
     timing_runs: int = 0
     timing_adverts: tuple[float, ...] = (0.1, 0.05)
+    # `ip route ... rto_min N ms` on every test host's routes (None: the kernel's 200 ms)
+    rto_min_ms: int | None = None
 
 
 @contextmanager
@@ -112,6 +114,7 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     for line in report.topology:
         progress(line)
     lab = Lab(lab_plan, source.files, logdir, progress)
+    lab.rto_min_ms = options.rto_min_ms
     lab.report = report
     try:
         with _signals_raise():

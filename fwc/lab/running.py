@@ -62,6 +62,8 @@ class Lab:
         # report to collect warnings in without building one themselves.
         self.report = LabReport(plan_.cluster.name, plan_.prefix, str(logdir))
         self.host_procs: dict[str, Any] = {}
+        # `rto_min` on the test hosts' routes (ms; None: the kernel's 200 ms minimum)
+        self.rto_min_ms: int | None = None
 
     # ------------------------------------------------------------ helpers
     def host_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
@@ -176,12 +178,26 @@ class Lab:
             extra = ["nodad"] if addr.version == 6 else []
             run(["ip", "-n", host.ns, "addr", "add", str(addr), "dev", host.device, *extra])
         self.set_default_routes(host, True)
+        if self.rto_min_ms is not None:
+            # the on-link routes too: a server answers a SNATed client's VIP on-link
+            for fam in ("-4", "-6"):
+                listed = run(["ip", fam, "-n", host.ns, "-o", "route", "show"], check=False)
+                for line in listed.stdout.splitlines():
+                    if line.startswith("default"):
+                        continue
+                    words = line.split("\\")[0].split()
+                    run(["ip", fam, "-n", host.ns, "route", "change", *words,
+                         *self._rto_words()], check=False)
+
+    def _rto_words(self) -> list[str]:
+        return [] if self.rto_min_ms is None else ["rto_min", f"{self.rto_min_ms}ms"]
 
     def set_default_routes(self, host: HostPlan, present: bool) -> None:
         for gw in host.gateways:
             fam = "-6" if gw.version == 6 else "-4"
             if present:
-                run(["ip", fam, "-n", host.ns, "route", "replace", "default", "via", str(gw)])
+                run(["ip", fam, "-n", host.ns, "route", "replace", "default", "via", str(gw),
+                     *self._rto_words()])
             else:
                 run(["ip", fam, "-n", host.ns, "route", "del", "default"], check=False)
 
