@@ -87,7 +87,7 @@ def test_lab_gateway_drill(preempt: bool, tmp_path: Path) -> None:
         assert gw.ok and {gw.master, gw.backup} == {"fw1", "fw2"}, gw
         assert gw.survived_takeover and gw.survived_return
         # a ping every second (up to 2 s each), fall 2: seconds, more on a loaded box
-        assert gw.takeover_s is not None and gw.takeover_s < 15.0, gw
+        assert gw.takeover_s is not None and gw.takeover_s < 22.0, gw
         if preempt:
             assert gw.returned_s is not None and gw.returned_s >= 5.0, gw
             assert gw.stayed is None
