@@ -135,9 +135,14 @@ def test_large_groups_become_named_interval_sets(tmp_path):
     path = tmp_path / "big.fw"
     path.write_text(BIG_GROUP_POLICY)
     rules = _compiled(path, Backend.NFTABLES)["big/fw1/nftables.nft"]
-    assert "\tset addresses-v4-1 {\n\t\ttype ipv4_addr\n\t\tflags interval\n" in rules
-    assert "ip saddr @addresses-v4-1" in rules
-    assert "ip6 saddr @addresses-v6-" in rules
+    # named after the object, as the ipset is (fwc.backend.ipsets), one per family
+    assert "\tset fwc4-partners {\n\t\ttype ipv4_addr\n\t\tflags interval\n" in rules
+    assert "ip saddr @fwc4-partners" in rules
+    assert "ip6 saddr @fwc6-blocked" in rules
+    # no anonymous sets: every list of more than one element is a named set
+    assert " { " not in "".join(line for line in rules.splitlines()
+                                if not line.startswith(("\t", "table")) or "saddr" in line
+                                or "dport" in line)
 
 
 def test_nft_escaping_refuses_what_nft_cannot_read():
