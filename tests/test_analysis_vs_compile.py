@@ -118,6 +118,11 @@ def read_match(words: list[str], family: int) -> Match:
             assert negate and words[i + 1:i + 3] == ["FIN,SYN,RST,ACK", "SYN"], words
             fields["tcp_not_syn"] = True
             step = 3
+        elif option == "--match-set":
+            # -m set [!] --match-set NAME src|dst: an ipset (its blocks come with the caller)
+            key = "source" if words[i + 2] == "src" else "destination"
+            fields[key] = AddressMatch((), value, negated=negate)
+            step = 3
         elif option == "--hl-eq":
             fields["hop_limit"] = int(value)
         elif option == "-m":

@@ -119,14 +119,22 @@ def rendered_lines(rule: Rule) -> int:
 
 
 class Evaluator:
-    """Evaluates packets against one table of a ruleset; `sets` maps ipset names to CIDRs."""
+    """Evaluates packets against one table of a ruleset; `sets` maps ipset names to CIDRs.
+
+    `costs` (chain name -> one number per rule) replaces the iptables count of
+    "rules traversed" with the cost of testing each rule, matched or not: the nft
+    reader (`fwc.analysis.nftread`) gives 1 to the first rule of each nft rule and 0
+    to the rest of an expanded map or set lookup, so a lookup counts once.
+    """
 
     def __init__(self, ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | None = None,
-                 table: TableName = TableName.FILTER) -> None:
+                 table: TableName = TableName.FILTER,
+                 costs: Mapping[str, tuple[int, ...]] | None = None) -> None:
         found = ruleset.table(table)
         self.table: Table = found if found is not None else Table(table, ())
         self.chains: dict[str, Chain] = {c.name: c for c in self.table.chains}
         self.sets = dict(sets or {})
+        self.costs = dict(costs or {})
 
     def _address(self, address: AddressMatch, value: int) -> bool:
         if address.set_name is not None:
@@ -175,11 +183,12 @@ class Evaluator:
               depth: int) -> tuple[str, tuple[tuple[str, str], ...]] | None:
         if depth > MAX_DEPTH:
             raise RecursionError(f"chain nesting deeper than {MAX_DEPTH} at {chain.name}")
-        for rule in chain.rules:
+        costs = self.costs.get(chain.name)
+        for index, rule in enumerate(chain.rules):
             if not self.matches(rule.match, packet):
-                counter[0] += rendered_lines(rule)
+                counter[0] += rendered_lines(rule) if costs is None else costs[index]
                 continue
-            counter[0] += 1
+            counter[0] += 1 if costs is None else costs[index]
             target = rule.target
             if target in TERMINAL:
                 return target, rule.target_options
