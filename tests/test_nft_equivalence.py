@@ -213,3 +213,27 @@ def test_reader_refuses_what_it_does_not_know():
             read(text)
 
 
+
+
+def test_query_answers_a_nftables_cluster_as_its_iptables_twin(tmp_path, capsys):
+    """fwc query no longer refuses nft clusters: the engine's answer is the nft output's
+    (the engine agrees with the iptables output, tests/test_analysis_vs_compile.py, and
+    the iptables output with the nft output, above)."""
+    import json
+
+    from test_nftables import _copy_policies, _with_backend
+
+    from fwc.cli import main
+
+    copy = _copy_policies(tmp_path)
+    path = copy / "edge.fw"
+    plain = path.read_text()
+    answers = []
+    for text in (plain, _with_backend(plain)):
+        path.write_text(text)
+        assert main(["query", str(path), "--from", "any", "--to", "any", "--service", "tcp/22",
+                     "--format", "json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        answers.append([(m["member"], [(p["verdict"], p["from"], p["to"], p["chain"])
+                                       for p in m["pieces"]]) for m in report["members"]])
+    assert answers[0] == answers[1] and answers[0][0][1]

@@ -218,9 +218,8 @@ def test_nft_loads_replaces_only_its_table_in_a_namespace(example, tmp_path):
 @pytest.mark.parametrize("argv", [
     ["install", "{p}", "--member", "fw1", "--transport", "local", "-o", "{o}"],
     ["diff", "--installed", "fw1", "{p}", "--transport", "local"],
-    ["query", "{p}", "--from", "192.0.2.10", "--to", "198.51.100.1"],
     ["lab", "{p}"],
-], ids=["install", "diff-installed", "query", "lab"])
+], ids=["install", "diff-installed", "lab"])
 def test_readers_refuse_a_nftables_cluster(argv, tmp_path, capsys):
     copy = _copy_policies(tmp_path)
     path = copy / "edge.fw"
