@@ -180,7 +180,8 @@ def run_aclgen(root: Path) -> Run:
 
 def traversal(policy: Path, sample: int) -> dict[str, float]:
     """Average kernel rules tested by sampled new connections on fw1, IPv4."""
-    from fwc.analysis.evaluate import Evaluator, corner_packets
+    from fwc.analysis.evaluate import Evaluator, corner_packets, rendered_lines
+    from fwc.analysis.nftread import evaluations
     from fwc.backend.arrange import arrange
     from fwc.backend.ipsets import set_contents, use_ipsets
     from fwc.backend.lower import Chain, NodeRuleset, Table, lower
@@ -214,12 +215,33 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
         evaluator = Evaluator(ruleset, known)
         decisions = [evaluator.decide(p) for p in packets]
         out[name] = sum(d.traversed for d in decisions) / len(packets)
+        out[f"{name} worst"] = float(max(d.traversed for d in decisions))
         meanings[name] = [d.meaning for d in decisions]
+    out["flat list"] = float(sum(rendered_lines(r) for _, _, r in flat.rules()))
+    # nftables: fw1's nftables.nft read back, a map or set lookup counting as one rule
+    nft = nft_rules(cluster, member)
+    worst, mean = evaluations(nft, 4, packets)
+    out["nftables"], out["nftables worst"] = mean, float(worst)
+    nft_eval = nft.evaluator(4)
+    meanings["nftables"] = [nft_eval.decide(p).meaning for p in packets]
     # The same packets double as a check at scale: fwc's output must decide like flat.
     out["mismatches"] = float(sum(
-        1 for f, s, a in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
-                             strict=True) if not f == s == a))
+        1 for f, s, a, n in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
+                                meanings["nftables"], strict=True) if not f == s == a == n))
     return out
+
+
+def nft_rules(cluster: object, member: object) -> object:
+    """The member's nftables.nft as `fwc compile --backend nftables` writes it, read back."""
+    from fwc.analysis.nftread import read
+    from fwc.backend.lower import LowerOptions
+    from fwc.backend.render import nftables
+    from fwc.backend.render.context import MemberBuild
+    from fwc.model.vocabulary import Backend
+
+    build = MemberBuild(cluster, member, LowerOptions(), backend=Backend.NFTABLES)  # type: ignore[arg-type]
+    rulesets, sets = nftables.passes(build)
+    return read(nftables.render([rulesets[f] for f in build.families], "bench", sets))
 
 
 def pass_run(policy: Path) -> dict[str, object] | None:
@@ -324,7 +346,8 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
             "fw1 KB", "ipsets", "ipset restore s", "iptables-restore --test s"]
     if with_aclgen:
         head += ["aclgen s", "aclgen MB", "aclgen / fwc compile"]
-    head += ["rules traversed: flat", "with ipsets", "arranged"]
+    head += ["rules traversed: flat", "with ipsets", "arranged", "nftables",
+             "worst: flat", "arranged", "nftables", "flat list"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r.rules),
@@ -342,7 +365,10 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
                       f"{r.aclgen.seconds / r.compile.seconds:.1f}x"
                       if ok and r.aclgen and r.compile else "-"]
         t = r.traversal
-        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1)]
+        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1),
+                  fmt(t.get("nftables"), 1), fmt(t.get("flat worst"), 0),
+                  fmt(t.get("arranged worst"), 0), fmt(t.get("nftables worst"), 0),
+                  fmt(t.get("flat list"), 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
