@@ -36,7 +36,6 @@ Every rule counts (`counter`) and carries its policy line as the comment.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import itertools
 from dataclasses import dataclass, field, replace
@@ -323,10 +322,6 @@ def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _digest(parts: tuple[object, ...]) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
-
-
 @dataclass
 class _Writer:
     """The state of one file: its named sets, verdict maps and conntrack helper objects."""
@@ -336,6 +331,8 @@ class _Writer:
     maps: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
     helpers: dict[tuple[str, int], str] = field(default_factory=dict)
     collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    by_content: dict[tuple[str, str, tuple[str, ...]], str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
         found = self.collapsed_memo.get(cidrs)
@@ -345,13 +342,19 @@ class _Writer:
 
     def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
                   preferred: str | None = None) -> str:
-        """The set holding ELEMENTS (one per distinct content), declared once."""
-        name = preferred or f"{prefix}-{_digest((key_type, elements))}"
+        """The set holding ELEMENTS (one per distinct content), declared once. Sets are
+        numbered per kind in the order of first use, so members differ only in values."""
+        key = (prefix, key_type, elements)
+        found = self.by_content.get(key)
+        if found is not None:
+            return found
+        name = preferred
+        if name is None or name in self.sets:
+            self.counts[prefix] = self.counts.get(prefix, 0) + 1
+            name = f"{prefix}-{self.counts[prefix]}"
         name = escape.nft_identifier(name)
-        known = self.sets.get(name)
-        if known is not None and known[2] != elements:
-            name = escape.nft_identifier(f"{prefix}-{_digest((key_type, elements))}")
-        self.sets.setdefault(name, (key_type, "interval", elements))
+        self.sets[name] = (key_type, "interval", elements)
+        self.by_content[key] = name
         return name
 
     def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...]) -> str:
@@ -372,10 +375,18 @@ class _Writer:
 
 
 def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
-    # An interval set refuses overlapping elements; their union is the same set of
-    # addresses, so the collapsed list matches exactly what the list matched.
-    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+    # An interval set refuses overlapping elements. Two blocks overlap only when one
+    # holds the other, so dropping the held ones matches exactly the same addresses;
+    # adjacent blocks stay as written (each member lists its own addresses alike).
+    nets = sorted({ipaddress.ip_network(c, strict=False) for c in cidrs},
+                  key=lambda n: (n.version, int(n.network_address), -n.prefixlen))
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in nets:
+        if out and out[-1].version == net.version and \
+                int(net.broadcast_address) <= int(out[-1].broadcast_address):
+            continue  # inside the previous block
+        out.append(net)
+    return tuple(str(n) for n in out)
 
 
 def _address_set(family: int, cidrs: tuple[str, ...], writer: _Writer,
