@@ -314,6 +314,9 @@ class _Layout:
                 i = self.member(i, indent, members[i])
             elif i in interfaces:
                 i = self.interface(i, indent, interfaces[i])
+            elif self.tokens[i].value == "backend":  # `backend NAME`, one line
+                self.emit(Line(indent, i, i + 1, text=f"backend {self.tokens[i + 1].value}"))
+                i += 2
             else:  # `vrrp { ... }` or `sync { ... }`
                 i = self.option_block(i, indent, options)
 
