@@ -23,6 +23,7 @@ from fwc import protocols as proto
 from fwc.analysis.engine import MemberView, TrafficClass, classify
 from fwc.analysis.evaluate import PORT_PROTOCOL_NUMBERS, Evaluator
 from fwc.analysis.evaluate import Packet as EvalPacket
+from fwc.analysis.nftread import read as read_nft
 from fwc.backend.lower import (
     AddressMatch,
     Chain,
@@ -177,6 +178,7 @@ class Node:
     member: Member
     rulesets: dict[int, NodeRuleset]
     firewall: AddressSet
+    sets: dict[str, tuple[str, ...]] | None = None  # named address sets (nftables.nft)
 
     def device(self, interface: str | None) -> str | None:
         return self.member.device(interface) if interface else None
@@ -186,7 +188,8 @@ class Node:
         ruleset = self.rulesets[packet.family]
         dnat = None
         if not self.firewall.contains_address(_ip(packet.family, packet.src)):
-            decided = Evaluator(ruleset, table="nat").decide(packet.as_evaluated(), "PREROUTING")
+            decided = Evaluator(ruleset, self.sets, table="nat").decide(packet.as_evaluated(),
+                                                                        "PREROUTING")
             if decided.verdict == "DNAT":
                 target = dict(decided.options)["to-destination"]
                 host = target.rsplit(":", 1)[0] if target.count(":") == 1 or \
@@ -202,7 +205,7 @@ class Node:
             chain = "OUTPUT"
         else:
             chain = "FORWARD"
-        decided = Evaluator(ruleset).decide(packet.as_evaluated(), chain)
+        decided = Evaluator(ruleset, self.sets).decide(packet.as_evaluated(), chain)
         return decided.verdict.lower(), dnat
 
 
@@ -215,6 +218,12 @@ def _nodes(example: CompiledExample) -> list[Node]:
     for cluster, output in zip(example.policy.clusters, example.clusters, strict=True):
         files = {f.path: f.content.decode() for f in output.files}
         for member in cluster.members:
+            nft = files.get(f"{member.name}/nftables.nft")
+            if nft is not None:  # backend nftables: the nft output, read back
+                rules = read_nft(nft)
+                nodes.append(Node(cluster, member, rules.rulesets,
+                                  cluster.firewall_addresses(member), rules.sets))
+                continue
             rulesets = {4: parse_rules(files[f"{member.name}/iptables.rules"], 4),
                         6: parse_rules(files.get(f"{member.name}/ip6tables.rules", ""), 6)}
             nodes.append(Node(cluster, member, rulesets, cluster.firewall_addresses(member)))
