@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from fwc import __version__
+from fwc.diagnostics import DIAGNOSTIC_FORMATS
 from fwc.frontend.sources import add_include_path_argument
 from fwc.lab.arguments import add_lab_arguments
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="parse, resolve and check policies")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_include_path_argument(p)
 
     p = sub.add_parser("explain", help="print the rationale of a diagnostic code")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("iptables", "nftables"), default=None,
                    help="packet filter to write rules for (overrides the policy's `backend`)")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_include_path_argument(p)
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")
