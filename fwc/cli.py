@@ -69,8 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_include_path_argument(p)
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--check", action="store_true", help="exit 1 and list files that would change")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="policy files to format; '-' reads standard input and writes the "
+                        "result to standard output")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="write nothing; list the files that would change and exit 1 if any")
+    mode.add_argument("--diff", action="store_true",
+                      help="write nothing; print a unified diff of what would change and "
+                           "exit 1 if anything would")
 
     p = sub.add_parser("query", help="what happens to a packet, per member")
     p.add_argument("file", metavar="FILE")
