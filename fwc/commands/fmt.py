@@ -24,7 +24,6 @@ from fwc.diagnostics import error, print_diagnostics
 from fwc.frontend.formatting import FormatError, format_text
 from fwc.frontend.parse import parse_text
 
-
 STDIN = "-"
 STDIN_NAME = "<stdin>"
 
