@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[REV] [FILE...]")
     p.add_argument("--stat", action="store_true")
     p.add_argument("--name-only", action="store_true")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the semantic summary and the list of changed files as one "
+                        "JSON object on stdout (no patch)")
     color = p.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_true", default=None)
     color.add_argument("--no-color", dest="color", action="store_false")
