@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--member", metavar="M")
     who.add_argument("--all", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print every command instead")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="with --dry-run: json prints the plan (order, files, every command) "
+                        "as one JSON object")
     p.add_argument("--transport", choices=("ssh", "local", "netns"), default="ssh")
     p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
