@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from fwc import __version__
+from fwc.commands.defaults import ProjectParser
 from fwc.diagnostics import DIAGNOSTIC_FORMATS
 from fwc.frontend.sources import add_include_path_argument
 from fwc.lab.arguments import add_lab_arguments
@@ -21,14 +22,16 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ProjectParser(
         prog="fwc", description="Compile and check policies for HA Linux firewall clusters.")
     parser.add_argument("--version", action="version", version=f"fwc {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=argparse.ArgumentParser)
 
     p = sub.add_parser("check", help="parse, resolve and check policies")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                   help="warnings fail too (default: `strict` in fwc.toml, else off)")
     p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_include_path_argument(p)
 
@@ -37,14 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="write per-node iptables, keepalived, conntrackd files")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("-o", "--output", default="output", metavar="DIR")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="output directory (default: ./output, or `output` in fwc.toml)")
     p.add_argument("--redact-secrets", action="store_true",
                    help="write a placeholder instead of VRRP passwords (for committed trees)")
     p.add_argument("--force", action="store_true",
                    help="write into an output directory that holds files fwc did not write")
     p.add_argument("--backend", choices=("iptables", "nftables"), default=None,
                    help="packet filter to write rules for (overrides the policy's `backend`)")
-    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                   help="warnings fail too (default: `strict` in fwc.toml, else off)")
     p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_include_path_argument(p)
 
@@ -63,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     color.add_argument("--no-color", dest="color", action="store_false")
     p.add_argument("--installed", metavar="MEMBER",
                    help="compare what runs on MEMBER with the compiled output")
-    p.add_argument("--transport", choices=("ssh", "local", "netns"), default="ssh",
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None,
                    help="how --installed reaches the node (as for install)")
-    p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
+    p.add_argument("--ssh", default=None, metavar="CMD",
+                   help="ssh command to use (default: ssh, or `ssh` in fwc.toml)")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
-    p.add_argument("--secrets", metavar="FILE",
-                   help="with --installed: the secrets file install was given")
+    add_secrets_arguments(p, "with --installed: the secrets install was given")
     add_include_path_argument(p)
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
@@ -101,16 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="with --dry-run: json prints the plan (order, files, every command) "
                         "as one JSON object")
-    p.add_argument("--transport", choices=("ssh", "local", "netns"), default="ssh")
-    p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None)
+    p.add_argument("--ssh", default=None, metavar="CMD",
+                   help="ssh command to use (default: ssh, or `ssh` in fwc.toml)")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
     p.add_argument("--confirm-timeout", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--confirm", action="store_true",
                    help="confirm non-interactively (for automation)")
-    p.add_argument("--secrets", metavar="FILE", help="fill redacted secrets from FILE")
-    p.add_argument("-o", "--output", default="output", metavar="DIR")
+    add_secrets_arguments(p, "fill redacted secrets")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="output directory (default: ./output, or `output` in fwc.toml)")
     add_include_path_argument(p)
     return parser
+
+
+def add_secrets_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--secrets FILE | --secrets-env VAR | --secrets-command CMD (docs/project.md)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--secrets", metavar="FILE",
+                        help=f"{what} from FILE ('vrrp_password = ...' lines)")
+    source.add_argument("--secrets-env", metavar="VAR",
+                        help=f"{what} from the environment variable VAR (the password, or "
+                             "KEY = VALUE lines)")
+    source.add_argument("--secrets-command", metavar="CMD",
+                        help=f"{what} from what CMD prints, e.g. 'pass show fwc/edge' (its "
+                             "first line is the password, or KEY = VALUE lines)")
 
 
 def main(argv: list[str] | None = None) -> int:

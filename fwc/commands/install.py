@@ -24,7 +24,7 @@ from fwc.install.plan import (
     terminal_confirmer,
     waiting_confirmer,
 )
-from fwc.install.secrets import SecretsError, fill, read_secrets
+from fwc.install.secrets import SecretsError, fill, read_secret_source
 from fwc.install.settle import SettleCheck, check_cluster
 from fwc.install.transport import (
     DryRun,
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
             if refusal is not None:
                 raise UsageError(refusal)
         inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
-        secrets = read_secrets(Path(args.secrets)) if args.secrets else None
+        secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
+                                     getattr(args, "secrets_command", None))
         if args.confirm_timeout <= 0:
             raise UsageError("--confirm-timeout must be positive")
         plans = []

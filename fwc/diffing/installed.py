@@ -27,7 +27,7 @@ from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
-from fwc.install.secrets import SecretsError, fill, read_secrets
+from fwc.install.secrets import SecretsError, fill, read_secret_source
 from fwc.install.transport import (
     InventoryError,
     Transport,
@@ -89,8 +89,9 @@ def _run(args: argparse.Namespace) -> int:
                                inventory=inventory, ssh=args.ssh)
     from fwc.backend.output import compile_policy
 
-    # The passwords install would have written: the policy's, or --secrets FILE's.
-    secrets = read_secrets(Path(args.secrets)) if args.secrets else None
+    # The passwords install would have written: the policy's, or the --secrets* source's.
+    secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
+                                 getattr(args, "secrets_command", None))
     compiled = {}
     for output in compile_policy(policy, redact=secrets is not None):
         if output.name == cluster.name:
