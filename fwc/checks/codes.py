@@ -69,6 +69,16 @@ describe("FWC034", "secrets named more than one way in fwc.toml", E, """
 fwc.toml gives more than one of `secrets_file`, `secrets_env` and
 `secrets_command`. fwc would have to pick one silently; name exactly one source
 of the VRRP secrets.""", "parse")
+describe("FWC035", "malformed library name", E, """
+`include <NAME>` names a file of the library search path (docs/library.md). NAME
+must be a relative path of a `.fw` file without `.`, `..` or empty parts
+(`<std/services.fw>`): the angle brackets may reach fwc's own library outside the
+policy repository, so a name that could climb out of a library directory is
+refused before anything is looked up.""", "parse")
+describe("FWC036", "library file not found", E, """
+No `--include-path` directory and not fwc's own library holds the file an
+`include <NAME>` names. The hint lists the directories searched, in order; the
+files shipped with fwc are listed in docs/library.md.""", "parse")
 describe("FWC101", "undefined name", E, """
 An object, service, interface, member or cluster is used but never defined.
 Address objects, services and interfaces live in separate namespaces: `lan` the

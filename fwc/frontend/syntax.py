@@ -71,6 +71,7 @@ class Option(NamedTuple):
 class Include:
     path: Word
     span: Span
+    library: bool = False  # `include <name>`: looked up in the library search path
 
 
 @dataclass(frozen=True, slots=True)
