@@ -160,5 +160,5 @@ def test_diff_reads_the_library_from_disk_and_the_policy_from_git(tmp_path, monk
 
 
 def test_library_is_package_data_next_to_the_code():
-    assert LIBRARY_ROOT == Path(__file__).resolve().parent.parent / "fwc" / "library"
+    assert Path(__file__).resolve().parent.parent / "fwc" / "library" == LIBRARY_ROOT
     assert {p.name for p in STD} == {"services.fw", "networks.fw", "bogons.fw"}

@@ -24,11 +24,11 @@ from fwc.diagnostics import Diagnostic, Related, error
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, parse_text
 from fwc.frontend.sources import (
+    LIBRARY_ROOT,
     MAX_FILE_BYTES,
     MAX_INCLUDE_DEPTH,
     MAX_TOTAL_BYTES,
     MIB,
-    LIBRARY_ROOT,
     Refused,
     inside,
     library_name_problem,
