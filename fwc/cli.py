@@ -8,6 +8,7 @@ import sys
 
 from fwc import __version__
 from fwc.commands.defaults import ProjectParser
+from fwc.commands.teach import teach
 from fwc.diagnostics import DIAGNOSTIC_FORMATS
 from fwc.frontend.sources import add_include_path_argument
 from fwc.lab.arguments import add_lab_arguments
@@ -18,6 +19,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 COMMANDS = {
     "check": "check", "explain": "explain", "compile": "compile", "lab": "lab",
     "diff": "diff", "fmt": "fmt", "query": "query", "install": "install",
+    "status": "status", "completion": "completion",
 }
 
 
@@ -117,7 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, metavar="DIR",
                    help="output directory (default: ./output, or `output` in fwc.toml)")
     add_include_path_argument(p)
-    return parser
+
+    add_toolbelt_commands(sub, parser)
+    return teach(parser)
+
+
+def add_toolbelt_commands(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser) \
+        -> None:
+    """`fwc status` and `fwc completion` (issue 17)."""
+    p = sub.add_parser("status", help="what each node runs: its install record")
+    p.add_argument("file", metavar="FILE", help="the policy whose nodes are asked")
+    p.add_argument("--member", metavar="M", help="ask this member only (default: every one)")
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None,
+                   help="how nodes are reached (as for install)")
+    p.add_argument("--ssh", default=None, metavar="CMD",
+                   help="ssh command to use (default: ssh, or `ssh` in fwc.toml)")
+    p.add_argument("--inventory", metavar="FILE", help="member -> host file")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="compiled output to compare with (default: ./output, or `output` "
+                        "in fwc.toml)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text, or json (one object: per node its record)")
+    add_include_path_argument(p)
+
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"),
+                   help="the shell to complete for")
+    p.add_argument("--members", metavar="FILE", help=argparse.SUPPRESS)
+    p.set_defaults(root_parser=parser)
 
 
 def add_secrets_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fwc.backend.files import BY_NAME, backend_refusal
@@ -24,6 +24,7 @@ from fwc.install.plan import (
     terminal_confirmer,
     waiting_confirmer,
 )
+from fwc.install.record import InstallRecord, make_record
 from fwc.install.secrets import SecretsError, fill, read_secret_source
 from fwc.install.settle import SettleCheck, check_cluster
 from fwc.install.transport import (
@@ -104,6 +105,14 @@ def member_files(output: Path, policy: Policy, target: Target,
     return files
 
 
+def install_record(args: argparse.Namespace, cluster: str) -> InstallRecord:
+    """What the nodes keep after the confirmation (fwc status): the cluster's MANIFEST as
+    compiled (checked against the files before anything ran), revision, who, when."""
+    manifest = Path(args.output) / cluster / "MANIFEST"
+    return make_record(cluster, args.file, manifest.read_text(encoding="utf-8"),
+                       dry_run=args.dry_run)
+
+
 def pick_confirmer(args: argparse.Namespace) -> Confirmer:
     if args.confirm:
         return automatic_confirmer
@@ -151,7 +160,8 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
                              systemd=args.transport != "netns", out=sys.stdout)
     failed = False
     for number, (target, transports, files) in enumerate(plans):
-        results = install_cluster(target.cluster, target.members, files, transports, options,
+        recorded = replace(options, record=install_record(args, target.cluster.name))
+        results = install_cluster(target.cluster, target.members, files, transports, recorded,
                                   pick_confirmer(args), check, dry_run=args.dry_run)
         for result in results:
             if not result.ok:
@@ -178,7 +188,9 @@ def print_plan_json(args: argparse.Namespace, plans: list[Plan],
     clusters = []
     for (target, transports, files), recorder in zip(plans, recorders, strict=True):
         options = InstallOptions(confirm_timeout=args.confirm_timeout,
-                                 systemd=args.transport != "netns", out=recorder)  # type: ignore[arg-type]
+                                 systemd=args.transport != "netns",
+                                 out=recorder,  # type: ignore[arg-type]
+                                 record=install_record(args, target.cluster.name))
         results = install_cluster(target.cluster, target.members, files, transports, options,
                                   automatic_confirmer, check, dry_run=True)
         clusters.append({
