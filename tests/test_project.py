@@ -92,6 +92,14 @@ def test_bad_file_is_a_diagnostic_with_its_place(project, text, code, where, wor
     assert "Traceback" not in done.stderr
 
 
+def test_a_bad_file_in_the_format_asked_for(project):
+    write_config(project, 'outptu = "x"\n')
+    done = fwc("check", "--format", "github", "policies/edge.fw", cwd=project)
+    assert done.returncode == 2
+    assert done.stdout.startswith("::error file=fwc.toml,line=1,col=1,")
+    assert "title=fwc FWC030::" in done.stdout
+
+
 def test_a_file_others_may_write_is_refused(project):
     path = write_config(project, 'output = "build"\n')
     path.chmod(0o666)

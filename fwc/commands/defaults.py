@@ -73,8 +73,10 @@ class ProjectParser(argparse.ArgumentParser):
         parsed, rest = super().parse_known_args(args, namespace)
         problems = apply_project_defaults(parsed)
         if problems:
-            from fwc.diagnostics import print_diagnostics
+            from fwc.commands.common import report
 
-            print_diagnostics(problems, {})
+            # in the format asked for: a CI job reading SARIF or annotations sees it too
+            fmt = getattr(parsed, "format", "text")
+            report(problems, {}, fmt if fmt in ("text", "json", "sarif", "github") else "text")
             self.exit(2)
         return parsed, rest
