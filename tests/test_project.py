@@ -121,6 +121,17 @@ def test_a_good_file_is_silent(project):
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def test_only_the_commands_that_share_an_options_meaning_take_it():
+    from fwc.cli import build_parser
+    from fwc.commands.defaults import apply_project_defaults
+
+    args = build_parser().parse_args(["query", "policies/edge.fw", "--from", "a", "--to", "b"])
+    args.output = None  # as if a command had an -o of its own meaning (fwc graph FILE)
+    assert apply_project_defaults(args) == [] and args.output is None
+    args = build_parser().parse_args(["compile", "policies/edge.fw"])
+    assert args.output == "output" and args.strict is False
+
+
 def test_fmt_and_explain_ignore_the_file(project):
     write_config(project, "bogus = 1\n")
     formatted = fwc("fmt", "--check", "policies/edge.fw", cwd=project)

@@ -21,6 +21,23 @@ FROM_CONFIG = {"output": "output", "inventory": "inventory", "ssh": "ssh",
                "transport": "transport", "backend": "backend", "strict": "strict"}
 SECRET_DESTS = {"secrets": "secrets_file", "secrets_env": "secrets_env",
                 "secrets_command": "secrets_command"}
+# Which sub-commands each option dest means the same thing in: another command's
+# `-o` (a file to write, say) or `--format` is not the project's.
+APPLIES_TO: dict[str, frozenset[str]] = {
+    "output": frozenset({"compile", "install", "status"}),
+    "inventory": frozenset({"install", "status", "diff"}),
+    "ssh": frozenset({"install", "status", "diff"}),
+    "transport": frozenset({"install", "status", "diff"}),
+    "backend": frozenset({"compile"}),
+    "strict": frozenset({"check", "compile"}),
+    "secrets": frozenset({"install", "diff"}),
+    "secrets_env": frozenset({"install", "diff"}),
+    "secrets_command": frozenset({"install", "diff"}),
+}
+
+
+def _applies(args: argparse.Namespace, dest: str) -> bool:
+    return hasattr(args, dest) and getattr(args, "command", None) in APPLIES_TO[dest]
 
 
 def policy_start(args: argparse.Namespace) -> Path:
@@ -48,19 +65,19 @@ def apply_project_defaults(args: argparse.Namespace) -> list:  # list[Diagnostic
             return diagnostics
     values = config.values if config is not None else {}
     for dest, key in FROM_CONFIG.items():
-        if hasattr(args, dest) and getattr(args, dest) is None and key in values:
+        if _applies(args, dest) and getattr(args, dest) is None and key in values:
             value = values[key]
             setattr(args, dest, str(value) if isinstance(value, Path) else value)
-    if any(hasattr(args, d) for d in SECRET_DESTS) and not any(
+    if any(_applies(args, d) for d in SECRET_DESTS) and not any(
             getattr(args, d, None) for d in SECRET_DESTS):
         for dest, key in SECRET_DESTS.items():
-            if key in values and hasattr(args, dest):
+            if key in values and _applies(args, dest):
                 value = values[key]
                 setattr(args, dest, str(value) if isinstance(value, Path) else value)
     if hasattr(args, "include_path") and not args.include_path and "include_path" in values:
         args.include_path = list(values["include_path"])  # type: ignore[call-overload]
     for dest, value in BUILTIN.items():
-        if hasattr(args, dest) and getattr(args, dest) is None:
+        if _applies(args, dest) and getattr(args, dest) is None:
             setattr(args, dest, value)
     args.project_config = config.path if config is not None else None
     return diagnostics

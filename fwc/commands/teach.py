@@ -35,6 +35,7 @@ OPTION_HELP: dict[tuple[str, str], str] = {
     ("install", "all"): "install every member of every cluster, backups first",
     ("install", "transport"): "how nodes are reached: ssh (default, or `transport` in "
                               "fwc.toml), local (this machine), netns (namespace labs)",
+    ("graph", "file"): "the policy whose clusters are drawn",
     ("install", "confirm_timeout"): "seconds to wait for the confirmation before rolling "
                                     "back (default 60)",
 }
@@ -75,6 +76,10 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "what each member does with it, and which line decides"),
         ("fwc query policies/edge.fw --from any --to uplink.vip --service web --in uplink",
          "traffic to a VIP from outside"),
+    ),
+    "graph": (
+        ("fwc graph policies/edge.fw", "the topology as Graphviz DOT on stdout"),
+        ("fwc graph policies/edge.fw -o edge.svg", "drawn as SVG (needs Graphviz's dot)"),
     ),
     "install": (
         ("fwc install --all policies/edge.fw --secrets-command 'pass show fwc/edge'",
