@@ -340,6 +340,9 @@ class _Builder(Transformer):
 
     def include(self, children: list) -> s.Include:
         _keyword, path_token = children
+        if path_token.type == "LIBRARY_FILE":
+            path = s.Word(path_token.value[1:-1], self.span(path_token))
+            return s.Include(path, path.span, library=True)
         path = self.word(path_token)
         return s.Include(path, path.span)
 

@@ -930,11 +930,13 @@ class Resolver:
         for name, decl in self.object_decls.items():
             obj = self.objects.get(name)
             documents_segment = obj is not None and obj.addresses in segments
-            if name not in self.used and not documents_segment:
+            offered = decl.name.span.file in self.program.libraries
+            if name not in self.used and not documents_segment and not offered:
                 self.warn("FWC103", f"object '{name}' is never used", decl.name.span,
                           hint="remove it, or use it in a rule")
         for name, sdecl in self.service_decls.items():
-            if name not in self.used_services:
+            if name not in self.used_services \
+                    and sdecl.name.span.file not in self.program.libraries:
                 self.warn("FWC103", f"service '{name}' is never used", sdecl.name.span,
                           hint="remove it, or use it in a rule")
         sources = tuple(m.SourceInfo(p, h) for p, h in self.program.hashes)

@@ -95,6 +95,7 @@ class TrackDecl:
 class Include:
     path: Word
     span: Span
+    library: bool = False  # `include <name>`: looked up in the library search path
 
 
 @dataclass(frozen=True, slots=True)
