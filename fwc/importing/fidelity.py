@@ -9,8 +9,10 @@ through the filter chains and the nat table's PREROUTING and POSTROUTING by the
 one packet evaluator. A class decided differently (verdict, NAT address) is a
 difference. Left out, because fwc writes them itself on every cluster (docs/
 migration.md): packets in state INVALID, new TCP packets without SYN, loopback,
-VRRP and packets to or from the firewall whose address is not one the original
-rules name (INPUT and OUTPUT see only the node's own addresses).
+VRRP, packets one of fwc's automatic rules decides (`fwc auto: ...`: conntrackd
+sync, `sync { allow }`; they follow the cluster block, which the import only
+sketches), and packets to or from the firewall whose address is not one the
+original rules name (INPUT and OUTPUT see only the node's own addresses).
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ def compare(original: NodeRuleset, compiled: NodeRuleset,
     filters = (Evaluator(original, a_sets), Evaluator(compiled, b_sets))
     nats = (Evaluator(original, a_sets, table=TableName.NAT),
             Evaluator(compiled, b_sets, table=TableName.NAT))
+    # fwc's automatic rules (VRRP, conntrackd sync and what `sync { allow }` lets through)
+    # follow the cluster block, which the import only sketches: a packet one of them
+    # decides is the cluster part's business, not a difference of the rules.
+    auto = [(chain, rule.match) for ruleset_ in (original, compiled)
+            for table, chain, rule in ruleset_.rules()
+            if table == TableName.FILTER and rule.origin.label.startswith("fwc auto")]
     differences: list[Difference] = []
     compared = 0
     for packet in packets:
@@ -91,7 +99,8 @@ def compare(original: NodeRuleset, compiled: NodeRuleset,
             packet = replace(packet, source=own_default)
         compared += 1
         a, b = (f.decide(packet) for f in filters)
-        if _verdict(a.verdict, a.options) != _verdict(b.verdict, b.options):
+        if _verdict(a.verdict, a.options) != _verdict(b.verdict, b.options) and not any(
+                chain == hook and filters[0].matches(match, packet) for chain, match in auto):
             differences.append(Difference(packet.describe(), f"filter {hook}",
                                           _verdict(a.verdict, a.options),
                                           _verdict(b.verdict, b.options)))

@@ -38,7 +38,7 @@ MAX_DEPTH = 8
 FILTER_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 DEFAULT_POLICY = {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "ACCEPT"}
 PLACEHOLDER_NET = ipaddress.ip_network("198.18.0.0/16")
-SYNC_NET = ipaddress.ip_network("198.19.255.0/24")
+SYNC_NET = ipaddress.ip_network("198.18.255.0/24")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +179,11 @@ def flatten(saved: Saved, table: str, chain: str, outer: Match = Match(),
         if d.goto:
             out.append((rule, "-g (goto)"))
             continue
+        if d.target == "RETURN" and depth == 0:
+            out.append(Flat(d, rule, via))  # in a built-in chain: the chain's policy
+            continue
         if d.target == "RETURN":
-            if depth > 0 and index == len(rules) - 1 and d.match == outer:
+            if index == len(rules) - 1 and d.match == outer:
                 continue  # an unconditional RETURN at the end changes nothing
             out.append((rule, "RETURN (a conditional return from a chain)"))
             continue
@@ -201,7 +204,8 @@ def automatic(d: Decoded, chain: str) -> str | None:
     """Why fwc writes this rule itself (None: it does not)."""
     m = d.match
     bare = replace(m, ctstate=(), tcp_not_syn=False, protocol=None, limit=None)
-    if d.comment and d.comment.startswith("fwc auto"):
+    if d.comment and d.comment.startswith("fwc auto") and not (
+            d.comment == "fwc auto: replicated mark" and d.target == "ACCEPT"):
         return d.comment
     if m.ctstate and set(m.ctstate) <= {"RELATED", "ESTABLISHED"} and d.target == "ACCEPT" \
             and bare == Match() and m.protocol is None:
@@ -224,7 +228,7 @@ def import_saved(text: str, path: str, cluster: str) -> Import:
     w = _Writer(path, cluster)
     for line, content, why in saved.skipped:
         w.warn("FWC701", line, f"not imported: {why}", hint=content[:80])
-    policy_lines: list[str] = []
+    policy_lines: list[str | OwnRule] = []
     nat_lines: list[str] = []
     if "filter" in saved.tables:
         for chain in FILTER_CHAINS:
@@ -270,9 +274,35 @@ def _comment_out(w: _Writer, rule: SavedRule, why: str) -> list[str]:
     return [f"# line {rule.line}: NOT IMPORTED ({why}): {rule.text}"]
 
 
-def _filter_chain(w: _Writer, saved: Saved, chain: str) -> list[str]:
+@dataclass
+class OwnRule:
+    """A rule to (INPUT) or from (OUTPUT) some of the firewall's own addresses.
+
+    Consecutive ones that differ only in those addresses are one rule; rendered once
+    every own address is known: `firewall` when they are all of them, else the
+    addresses, `only fw1` when one is a member's own (not a VIP).
+    """
+
+    key: tuple[str, ...]  # action, chain, other side, service, in, out, log
+    own: list[str]
+    quotes: list[str] = field(default_factory=list)
+
+    def render(self, w: _Writer, member: set[str], every: set[str]) -> str:
+        action, chain, other, *rest = self.key
+        if set(self.own) == every:
+            side = "firewall"
+        else:
+            side = ", ".join(w.address(AddressMatch((f"{a}/32",)), {}, 0) for a in self.own)
+        source, destination = (other, side) if chain == "INPUT" else (side, other)
+        only = ["only", "fw1"] if side != "firewall" and set(self.own) & member else []
+        tail = [word for word in rest if word]
+        return "\n".join([*self.quotes, " ".join(["   ", action, "from", source, "to",
+                                                  destination, *tail, *only])])
+
+
+def _filter_chain(w: _Writer, saved: Saved, chain: str) -> list[str | OwnRule]:
     table = saved.tables["filter"]
-    out: list[str] = []
+    out: list[str | OwnRule] = []
     flat = flatten(saved, "filter", chain) if chain in table.policies else []
     pending_log: Flat | None = None
     for item in flat:
@@ -300,7 +330,17 @@ def _filter_chain(w: _Writer, saved: Saved, chain: str) -> list[str]:
                                     "the same match")
             pending_log = None
         try:
-            out += [_quote(item.rule, item.via), _filter_line(w, saved, chain, d, log)]
+            line = _filter_line(w, saved, chain, d, log)
+            previous = out[-1] if out else None
+            if isinstance(previous, OwnRule) and isinstance(line, OwnRule) \
+                    and previous.key == line.key:
+                previous.quotes.append(_quote(item.rule, item.via))
+                previous.own += [a for a in line.own if a not in previous.own]
+            elif isinstance(line, OwnRule):
+                line.quotes.append(_quote(item.rule, item.via))
+                out.append(line)
+            else:
+                out += [_quote(item.rule, item.via), line]
             w.translated += 1
         except Untranslatable as exc:
             out += _comment_out(w, item.rule, str(exc))
@@ -322,9 +362,13 @@ def _filter_chain(w: _Writer, saved: Saved, chain: str) -> list[str]:
 ACTIONS = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject"}
 
 
-def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | None) -> str:
+def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | None) \
+        -> str | OwnRule:
     m = d.match
-    action = ACTIONS.get(d.target)
+    target = d.target
+    if target == "RETURN":  # in a built-in chain: its policy decides
+        target = saved.tables["filter"].policies.get(chain) or DEFAULT_POLICY[chain]
+    action = ACTIONS.get(target)
     if action is None:
         raise Untranslatable(f"target {d.target}")
     if m.ctstate and "NEW" not in m.ctstate:
@@ -336,40 +380,39 @@ def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | No
     source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
     destination = w.address(m.destination, saved.sets, 0) if not m.destination.is_any \
         else "any"
+    own: list[str] = []
     if chain == "INPUT":
-        destination = _own(w, m.destination, m.in_device)
+        destination, own = _own(w, m.destination, m.in_device)
     elif chain == "OUTPUT":
-        source = _own(w, m.source, m.out_device)
-    parts = [action, "from", source, "to", destination]
+        source, own = _own(w, m.source, m.out_device)
     service = w.service(m)
-    if service:
-        parts += ["service", service]
-    if m.in_device:
-        parts += ["in", w.device(m.in_device) or ""]
-    if m.out_device:
-        parts += ["out", w.device(m.out_device) or ""]
-    if log is not None:
-        parts += ["log", encode_literal(log)] if log else ["log"]
-    return "    " + " ".join(parts)
+    tail = [*(["service", service] if service else []),
+            *(["in", w.device(m.in_device) or ""] if m.in_device else []),
+            *(["out", w.device(m.out_device) or ""] if m.out_device else []),
+            *((["log", encode_literal(log)] if log else ["log"]) if log is not None else [])]
+    if own:
+        other = source if chain == "INPUT" else destination
+        return OwnRule((action, chain, other, " ".join(tail)), own)
+    return "    " + " ".join([action, "from", source, "to", destination, *tail])
 
 
-def _own(w: _Writer, match: AddressMatch, device: str | None) -> str:
-    """The firewall side of an INPUT or OUTPUT rule: `firewall`, or its own address."""
+def _own(w: _Writer, match: AddressMatch, device: str | None) -> tuple[str, list[str]]:
+    """The firewall side of an INPUT or OUTPUT rule: `firewall`, or its own addresses."""
     if match.is_any:
-        return "firewall"
+        return "firewall", []
     if match.negated or match.set_name is not None or any(
             ipaddress.ip_network(c).prefixlen != 32 for c in match.cidrs):
         raise Untranslatable("the firewall's side names more than its own addresses")
-    names = []
+    addresses = []
     for cidr in match.cidrs:
         address = str(ipaddress.ip_network(cidr).network_address)
         where = w.own.setdefault(device or "", [])
-        if address not in where:
+        if address not in where and not any(address in v for v in w.own.values()):
             where.append(address)
-        names.append(w.address(AddressMatch((cidr,)), {}, 0))
+        addresses.append(address)
         if device:
             w.device(device)
-    return ", ".join(names)
+    return "", addresses
 
 
 def _nat(w: _Writer, saved: Saved) -> list[str]:
@@ -440,7 +483,8 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     return "    " + " ".join(parts)
 
 
-def _assemble(w: _Writer, policy_lines: list[str], nat_lines: list[str], path: str) -> str:
+def _assemble(w: _Writer, policy_lines: list[str | OwnRule], nat_lines: list[str],
+              path: str) -> str:
     w.warn("FWC704", 1, f"the cluster block of '{w.cluster}' is a skeleton: fill in the "
            "members' addresses, the sync link and the VRRP password (TODO(import))")
     lines = [f"# Imported by `fwc import iptables-save` from {path}.",
@@ -448,9 +492,19 @@ def _assemble(w: _Writer, policy_lines: list[str], nat_lines: list[str], path: s
              "# decision. The cluster block is a skeleton: complete every TODO(import).", ""]
     lines += sorted(w.objects.values()) + [""] if w.objects else []
     lines += sorted(w.services.values()) + [""] if w.services else []
-    lines += _cluster(w) + [""]
+    cluster = _cluster(w)
+    devices, own = _placement(w)
+    member = {held[0] for held in own.values() if held}
+    every = {a for held in own.values() for a in held}
+    rendered = [line.render(w, member, every) if isinstance(line, OwnRule) else line
+                for line in policy_lines]
+    # Objects named by the rendering above are defined before the cluster block.
+    head = lines[:4]
+    head += sorted(w.objects.values()) + [""] if w.objects else []
+    head += sorted(w.services.values()) + [""] if w.services else []
+    lines = head + cluster + [""]
     lines.append(f"policy {w.cluster} {{")
-    lines += [_indent(line) for line in policy_lines]
+    lines += [_indent(line) for line in rendered]
     lines.append("}")
     if nat_lines:
         lines += ["", f"nat {w.cluster} {{"] + [_indent(line) for line in nat_lines] + ["}"]
@@ -462,19 +516,49 @@ def _indent(line: str) -> str:
                      for part in line.split("\n"))
 
 
-def _cluster(w: _Writer) -> list[str]:
+def _placement(w: _Writer) -> tuple[list[str], dict[str, list[str]]]:
+    """Devices, and the firewall addresses each carries (fw1's, then VIPs): one /24 each.
+
+    An address a rule names with its device stays there; one without goes to a
+    device already holding its /24, else to the first device without addresses,
+    else to a new placeholder device.
+    """
     devices = list(w.devices) or ["eth0"]
-    # The firewall's own addresses seen without a device go on the first interface.
-    own = {d: list(w.own.get(d, [])) for d in devices}
-    own[devices[0]] = own[devices[0]] + [a for a in w.own.get("", []) if a not in own[devices[0]]]
-    lines = [f"# TODO(import): a skeleton. fw1 holds the addresses the rules treat as the",
-             "# firewall's own; everything from 198.18.0.0/15 is a placeholder.",
+    own: dict[str, list[str]] = {d: [] for d in devices}
+
+    def net(address: str) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(f"{address}/24", strict=False)
+
+    pending = [(d, a) for d in devices for a in w.own.get(d, [])]
+    pending += [("", a) for a in w.own.get("", [])]
+    for device, address in pending:
+        if any(address in held for held in own.values()):
+            continue
+        if device and (not own[device] or net(own[device][0]) == net(address)):
+            own[device].append(address)
+            continue
+        home = next((d for d, held in own.items() if held and net(held[0]) == net(address)),
+                    None) or next((d for d, held in own.items() if not held), None)
+        if home is None:
+            home = f"fwcimp{len(own)}"
+            own[home] = []
+        own[home].append(address)
+    return list(own), own
+
+
+def _cluster(w: _Writer) -> list[str]:
+    devices, own = _placement(w)
+    lines = ["# TODO(import): a skeleton. fw1 holds the addresses the rules treat as the",
+             "# firewall's own (each on a /24: check the prefixes and the devices); everything",
+             "# from 198.18.0.0/15 is a placeholder.",
              f"cluster {w.cluster} {{",
              "    vrrp { password \"TODO-imp\"  advert 1s  vrid 51 }  # TODO(import)",
              "    sync { link sync  mode ftfw }",
              ]
     first: dict[str, tuple[str, str]] = {}
-    for index, device in enumerate(devices):
+    placeholders = iter(PLACEHOLDER_NET.subnets(new_prefix=24))
+    vrid = 51
+    for device in devices:
         name = interface_name(device)
         addresses = own[device]
         if addresses:
@@ -484,11 +568,13 @@ def _cluster(w: _Writer) -> list[str]:
             first[device] = (f"{addresses[0]}/24", f"{spare}/24")
             vips = [f"{a}/24" for a in addresses[1:]]
         else:
-            net = list(PLACEHOLDER_NET.subnets(new_prefix=24))[index]
-            hosts = list(net.hosts())
+            hosts = list(next(placeholders).hosts())
             first[device] = (f"{hosts[0]}/24", f"{hosts[1]}/24")
             vips = []
-        vip = f" vip {', '.join(vips)}" if vips else ""
+        vip = ""
+        if vips:
+            vrid += 1
+            vip = f" vip {', '.join(vips)}  vrid {vrid}"
         lines.append(f"    interface {name}{vip}")
     lines.append("    interface sync  # TODO(import): the link between the two members")
     sync = list(SYNC_NET.hosts())
