@@ -179,7 +179,7 @@ def test_fleet_rollout_idempotence_and_rollback(fleet: Fleet,
     assert set(counts) == set(MEMBERS)
     assert all(c["changed"] > 0 and c["failed"] == 0 for c in counts.values()), counts
     # One member at a time, backups before the master, cluster by cluster.
-    order = re.findall(r"^TASK \[fwc_node : Put the files in place.*?\n(?:.*\n)*?"
+    order = re.findall(r"^TASK \[fwc : Put the files in place.*?\n(?:.*\n)*?"
                        r"changed: \[(\S+)\]", first.stdout, re.M)
     assert order == ["fw2", "fw1", "bfw2", "bfw1"], order
     for member in MEMBERS:
@@ -203,7 +203,7 @@ def test_fleet_rollout_idempotence_and_rollback(fleet: Fleet,
     before = {m: fleet.rules(m) for m in ("bfw1", "bfw2")}
     files_before = fleet.exec("bfw1", "cat /etc/fwc/iptables.rules")
     export(fleet)
-    broken = fleet.tree / "roles/fwc_node/files/branch/bfw2/forwarding.conf"
+    broken = fleet.tree / "roles/fwc/files/branch/bfw2/forwarding.conf"
     broken.write_text(broken.read_text() + "net.ipv4.fwc_no_such_key = 1\n")
     third = playbook(fleet)
     assert third.returncode != 0

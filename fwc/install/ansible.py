@@ -41,7 +41,7 @@ from fwc.model.ssh import ssh_target_problem
 from fwc.model.vocabulary import Backend
 from fwc.protocols import REDACTED_PASSWORD
 
-ROLE = "fwc_node"
+ROLE = "fwc"  # its variables are fwc_*: the role prefix ansible-lint asks for
 # Where the role keeps the member's step scripts on the node, and the run's lock token.
 STEPS_DIR = f"{STATE_DIR}/ansible"
 TOKEN_FILE = f"{STEPS_DIR}/token"
@@ -313,8 +313,8 @@ def _host_vars(host: Host, files: list[GeneratedFile], contents: Mapping[str, by
         lines.append(f"    path: {yaml_unsafe(f.path)}")
         lines.append(f"    mode: '{f.mode:04o}'")
         lines.append(f"    redacted: {'true' if f.name in redacted else 'false'}")
-    steps = ", ".join(yaml_unsafe(n) for n in sorted(member_steps(host, files, contents)))
-    lines.append(f"fwc_steps: [{steps}]")
+    lines.append("fwc_steps:")
+    lines += [f"  - {yaml_unsafe(n)}" for n in sorted(member_steps(host, files, contents))]
     lines.append("# Daemons to reload when one of their files changed, in fwc install's order.")
     lines.append("fwc_reloads:" + ("" if reloads else " []"))
     for daemon, names, _ in reloads:
@@ -359,10 +359,27 @@ interpreter_python = auto_silent
 pipelining = True
 """
 
-# Reads `NAME MODE BASE64` lines from stdin into DIR (mode, then one rename per file).
-UNPACK = ("umask 077 && mkdir -p {dir} && while read -r n m d; do [ -n \\\"$n\\\" ] || continue; "
-          "printf %s \\\"$d\\\" | base64 -d > {dir}/$n.fwc-new && chmod $m {dir}/$n.fwc-new && "
-          "mv -f {dir}/$n.fwc-new {dir}/$n || exit 1; done")
+# Reads `NAME MODE BASE64` lines from stdin into DIR (mode, then one rename per file);
+# written as a YAML literal block.
+UNPACK = """\
+umask 077
+mkdir -p {dir}
+while read -r n m d; do
+  [ -n "$n" ] || continue
+  base64 -d > {dir}/$n.fwc-new <<EOF || exit 1
+$d
+EOF
+  chmod "$m" {dir}/$n.fwc-new && mv -f {dir}/$n.fwc-new {dir}/$n || exit 1
+done"""
+
+
+STAGE_AND_UNPACK = f"sh {STEPS_DIR}/stage.sh || exit 1\n" + UNPACK.format(dir=STAGING)
+
+
+def _block(text: str, indent: int) -> str:
+    pad = " " * indent
+    return "|\n" + "\n".join(pad + line for line in text.splitlines())
+
 
 DEFAULTS = """\
 ---
@@ -392,7 +409,7 @@ TASKS = f"""\
 # Files travel base64-encoded on a command's stdin, all of a member's at once (one
 # module run instead of two per file), and are never templated.
 - name: Copy the member's install steps and name this run (the node lock's owner)
-  ansible.builtin.shell: "{UNPACK.format(dir=STEPS_DIR)}"
+  ansible.builtin.shell: {_block(UNPACK.format(dir=STEPS_DIR), 4)}
   args:
     stdin: "{{% for name in fwc_steps %}}{{{{ name }}}} 0700 {{{{ lookup('ansible.builtin.file',
       fwc_cluster ~ '/' ~ fwc_member ~ '/steps/' ~ name, rstrip=false) | b64encode }}}}\\n{{%
@@ -434,7 +451,7 @@ TASKS = f"""\
       no_log: true
 
     - name: Stage the compiled files (a redacted password filled from the variable)
-      ansible.builtin.shell: "sh {STEPS_DIR}/stage.sh && {UNPACK.format(dir=STAGING)}"
+      ansible.builtin.shell: {_block(STAGE_AND_UNPACK, 8)}
       args:
         stdin: "{{% for f in fwc_files %}}{{{{ f.name }}}} {{{{ f.mode }}}} {{{{
           lookup('ansible.builtin.file', fwc_cluster ~ '/' ~ fwc_member ~ '/' ~ f.name,
