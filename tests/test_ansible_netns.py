@@ -2,8 +2,8 @@
 
 Four network namespaces this test creates are the members of two clusters
 (policies/edge.fw: fw1, fw2; policies/branch.fw: bfw1, bfw2), each with the
-policy's devices (veth pairs between the two members) and addresses and its own /etc/netns/NAME/{fwc,
-keepalived, conntrackd, sysctl.d, systemd}. The inventory line `MEMBER x
+policy's devices (veth pairs between the two members) and addresses and its own
+/etc/netns/NAME/{fwc, keepalived, conntrackd, sysctl.d, systemd}. The inventory line `MEMBER x
 netns=NAME` makes the tree run Ansible's modules inside the member through
 `ip netns exec` (a python interpreter wrapper: docs/ansible.md "Members that are
 namespaces"). No daemons run (as in test_install_netns.py): keepalived's reload
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import cannot_run
+from test_install_netns import _kill_namespace_processes, host_etc_lock, sh
+
 from fwc.cli import main
 from fwc.diffing.rulesets import normalised
 from fwc.install.paths import NETNS_PRIVATE_DIRS
-from test_install_netns import _kill_namespace_processes, host_etc_lock, sh
 
 pytestmark = pytest.mark.root
 
@@ -97,7 +97,7 @@ def _fleet(tmp_path: Path) -> Iterator[Fleet]:
     try:
         for name in created_etc:
             (Path("/etc") / name).mkdir()
-        for member, (_, links) in MEMBERS.items():
+        for member in MEMBERS:
             for name in NETNS_PRIVATE_DIRS:
                 (Path("/etc/netns") / ns[member] / name).mkdir(parents=True)
             sh("ip", "netns", "add", ns[member])

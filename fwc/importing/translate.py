@@ -153,7 +153,7 @@ def conjunction(outer: Match, inner: Match) -> Match:
     for f in fields(Match):
         a, b = getattr(outer, f.name), getattr(inner, f.name)
         default = getattr(Match(), f.name)
-        if a == default or a == b:
+        if a in (default, b):
             values[f.name] = b
         elif b == default:
             values[f.name] = a
@@ -162,7 +162,10 @@ def conjunction(outer: Match, inner: Match) -> Match:
     return Match(**values)
 
 
-def flatten(saved: Saved, table: str, chain: str, outer: Match = Match(),
+EVERYTHING = Match()
+
+
+def flatten(saved: Saved, table: str, chain: str, outer: Match = EVERYTHING,
             via: tuple[SavedRule, ...] = (), depth: int = 0) -> list[Flat | tuple[SavedRule, str]]:
     """The rules a packet entering CHAIN meets, jumps inlined; (rule, why) when not."""
     if depth > MAX_DEPTH:
@@ -437,7 +440,7 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     m = d.match
     if chain not in ("PREROUTING", "POSTROUTING"):
         raise Untranslatable(f"a rule in the nat table's {chain} chain")
-    if m.ctstate or m.tcp_not_syn or m.limit or m.icmp_type is not None and False:
+    if m.ctstate or m.tcp_not_syn or m.limit or False:
         raise Untranslatable("a state or limit match in the nat table")
     options = dict(d.options)
     source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
