@@ -157,3 +157,24 @@ def test_inventory_values_never_become_template_expressions(tmp_path, capsys):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "{{lookup('pipe','id')}}" in run.stdout and "uid=" not in run.stdout
+
+
+def test_ansible_lint_and_syntax_check_pass_on_the_tree(tmp_path, capsys):
+    from conftest import cannot_run
+
+    for tool in ("ansible-lint", "ansible-playbook"):
+        if not shutil.which(tool):
+            cannot_run(f"{tool} is not installed (pip install '.[test]')")
+    assert export(capsys, str(EDGE), str(REPO / "policies/branch.fw"), "-o",
+                  str(tmp_path / "t"), "--redact-secrets", "--inventory",
+                  inventory(tmp_path, "fw1 root@192.0.2.1\nfw2 x netns=fwc-none\n"
+                                      "bfw1 192.0.2.3 port=2222\nbfw2 192.0.2.4\n"))[0] == 0
+    env = {**os.environ, "ANSIBLE_CONFIG": str(tmp_path / "t/ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1", "HOME": str(tmp_path)}
+    syntax = subprocess.run(["ansible-playbook", "--syntax-check", "site.yml"],
+                            cwd=tmp_path / "t", env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert syntax.returncode == 0, syntax.stdout + syntax.stderr
+    lint = subprocess.run(["ansible-lint", "--offline", "-q"], cwd=tmp_path / "t", env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
