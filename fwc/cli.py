@@ -19,7 +19,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 COMMANDS = {
     "check": "check", "explain": "explain", "compile": "compile", "lab": "lab",
     "diff": "diff", "fmt": "fmt", "query": "query", "install": "install", "graph": "graph",
-    "status": "status", "completion": "completion",
+    "status": "status", "completion": "completion", "export": "export", "import": "importing",
 }
 
 
@@ -127,6 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, metavar="DIR",
                    help="output directory (default: ./output, or `output` in fwc.toml)")
     add_include_path_argument(p)
+
+    p = sub.add_parser("export", help="the compiled clusters of FILEs for another engine")
+    p.add_argument("format", choices=("ansible",), help="ansible: inventory, role, playbook")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--redact-secrets", action="store_true",
+                   help="leave VRRP passwords out; the role takes fwc_vrrp_password")
+    p.add_argument("--inventory", metavar="FILE",
+                   help="MEMBER TARGET [port= python= netns= mount=] lines (as for install)")
+    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    add_include_path_argument(p)
+
+    p = sub.add_parser("import", help="an existing ruleset as an fwc policy")
+    p.add_argument("format", choices=("iptables-save",))
+    p.add_argument("file", metavar="FILE", help="iptables-save output ('-': stdin)")
+    p.add_argument("--cluster", default="imported", metavar="NAME",
+                   help="name of the cluster (and policy) the import writes")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the policy here (default: stdout)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the original and the compiled rulesets packet class by class")
 
     add_toolbelt_commands(sub, parser)
     return teach(parser)

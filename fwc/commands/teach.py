@@ -36,6 +36,9 @@ OPTION_HELP: dict[tuple[str, str], str] = {
     ("install", "transport"): "how nodes are reached: ssh (default, or `transport` in "
                               "fwc.toml), local (this machine), netns (namespace labs)",
     ("graph", "file"): "the policy whose clusters are drawn",
+    ("export", "files"): "the policies whose clusters go into the tree",
+    ("export", "output"): "the directory the Ansible tree is written to (swapped in whole)",
+    ("import", "format"): "iptables-save: the output of iptables-save (filter and nat)",
     ("install", "confirm_timeout"): "seconds to wait for the confirmation before rolling "
                                     "back (default 60)",
 }
@@ -86,6 +89,17 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "every node, backups first, with the password from pass"),
         ("fwc install --member fw2 --dry-run policies/edge.fw", "print every command"),
         ("fwc install --all --dry-run --format json policies/edge.fw", "the plan as JSON"),
+    ),
+    "export": (
+        ("fwc export ansible policies/*.fw -o ansible/", "every cluster as one Ansible tree"),
+        ("fwc export ansible --redact-secrets --inventory hosts policies/edge.fw -o ansible/",
+         "passwords from Ansible variables, hosts from an inventory file"),
+    ),
+    "import": (
+        ("fwc import iptables-save running.rules -o edge.fw",
+         "a ruleset saved on the node with iptables-save, as a policy"),
+        ("fwc import iptables-save running.rules --cluster edge --verify -o edge.fw",
+         "and prove the compiled result decides every packet class the same"),
     ),
     "status": (
         ("fwc status policies/edge.fw", "what each node runs: revision, who, when"),
