@@ -36,7 +36,8 @@ _TERMINAL_NAMES = {
     "KW_SERVICE": "service", "KW_CLUSTER": "cluster", "KW_POLICY": "policy", "KW_NAT": "nat",
     "KW_EXPECT": "expect", "UNICAST": "unicast", "MASTER": "master", "LINK_IPV4": "an IPv4 address",
     "LINK_IPV6": "an IPv6 address",
-    "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
+    "LOG": "log", "RATE": "a rate such as 10/second", "PER_SOURCE": "per-source",
+    "NOTRACK": "notrack", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
 }
 
@@ -390,7 +391,80 @@ class _Builder(Transformer):
     unicast = _valued("unicast")
     master = _valued("master")
     backend = _valued("backend")
+    log_level = _valued("log-level")
+    log_rate = _valued("log-rate")
+    log_burst = _valued("log-burst")
+    log_group = _valued("log-group")
+    default_input = _valued("input")
+    default_forward = _valued("forward")
+    default_output = _valued("output")
+    commit_timeout = _valued("commit-timeout")
+    external_cache = _valued("external-cache")
+    conntrack_max = _valued("conntrack-max")
+    hash_size = _valued("hash-size")
+    opt_with = _valued("with")
+    opt_connlimit = _valued("connlimit")
     del _valued
+
+    def log_drops(self, children: list) -> s.Option:
+        keyword = self.span(children[0])
+        if len(children) > 1:
+            value = self.word(children[1])
+            return s.Option("log-drops", value, _join(keyword, value.span))
+        return s.Option("log-drops", None, keyword)
+
+    def _listed(self, key: str, children: list) -> s.Option:
+        """`protocols tcp, udp`: one option whose value is the list joined by commas."""
+        words = [self.word(c) for c in children]
+        span = _join(words[0].span, words[-1].span)
+        return s.Option(key, s.Word(",".join(w.text for w in words), span), span)
+
+    def sync_protocols(self, children: list) -> s.Option:
+        return self._listed("protocols", children)
+
+    def sync_states(self, children: list) -> s.Option:
+        return self._listed("states", children)
+
+    def backup_link(self, children: list) -> list[s.Option]:
+        link = self.word(children[0])
+        out = [s.Option("backup-link", link, link.span)]
+        if len(children) > 1:
+            port = self.word(children[1])
+            out.append(s.Option("backup-port", port, port.span))
+        return out
+
+    def mss(self, children: list) -> s.Option:
+        value = self.word(children[0])
+        return s.Option("mss", value, value.span)
+
+    @staticmethod
+    def _clause(options: list[s.Option]) -> list[s.Option]:
+        """A rule option with parameters (`limit 10/second burst 20`): every part's span ends
+        where the clause ends, so that `fwc fmt` keeps it on one cell; each value keeps its
+        own span for diagnostics."""
+        spans = [o.value.span if o.value is not None else o.span for o in options]
+        whole = _join(spans[0], max(spans, key=lambda sp: (sp.end_line, sp.end_column)))
+        return [s.Option(o.key, o.value, whole) for o in options]
+
+    def opt_limit(self, children: list) -> list[s.Option]:
+        rate = self.word(children[0])
+        options = [s.Option("limit", rate, rate.span)]
+        for token in children[1:]:
+            word = self.word(token)
+            key = "per-source" if token.type == "PER_SOURCE" else "limit-burst"
+            options.append(s.Option(key, word, word.span))
+        return self._clause(options)
+
+    def opt_syn_limit(self, children: list) -> list[s.Option]:
+        rate = self.word(children[0])
+        options = [s.Option("syn-limit", rate, rate.span)]
+        if len(children) > 1:
+            burst = self.word(children[1])
+            options.append(s.Option("syn-limit-burst", burst, burst.span))
+        return self._clause(options)
+
+    def opt_notrack(self, children: list) -> s.Option:
+        return s.Option("notrack", None, self.span(children[0]))
 
     def multicast(self, children: list) -> list[s.Option]:
         group = self.word(children[0])
@@ -412,6 +486,12 @@ class _Builder(Transformer):
     def sync(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
         return self._options_block("sync", children)
 
+    def log_defaults(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return self._options_block("log", children[1:])  # after the `log` keyword
+
+    def defaults(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return self._options_block("default", children)
+
     def vips(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
         return ("vips", tuple(self.word(c) for c in children))
 
@@ -419,15 +499,20 @@ class _Builder(Transformer):
         name, *opts = children
         vips: list[s.Word] = []
         vrid = None
+        mss = None
         for opt in opts:
             if isinstance(opt, s.Option):
-                vrid = opt.value
+                if opt.key == "mss":
+                    mss = opt.value
+                else:
+                    vrid = opt.value
             else:
                 vips.extend(opt[1])
         name_word = self.word(name)
-        last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else [])],
+        last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else []),
+                    *([mss.span] if mss else [])],
                    key=lambda sp: (sp.end_line, sp.end_column))
-        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last))
+        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last), mss)
 
     def member_link(self, children: list) -> s.MemberLink:
         iface, device, *addresses = children
@@ -447,9 +532,8 @@ class _Builder(Transformer):
 
     def cluster(self, children: list) -> s.ClusterDecl:
         _keyword, name, *items = children
-        vrrp: list[s.Option] = []
-        sync: list[s.Option] = []
-        vrrp_span = sync_span = None
+        blocks: dict[str, list[s.Option]] = {"vrrp": [], "sync": [], "log": [], "default": []}
+        block_spans: dict[str, Span | None] = dict.fromkeys(blocks)
         interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
         members = tuple(i for i in items if isinstance(i, s.MemberDecl))
         backend = tuple(i for i in items if isinstance(i, s.Option))
@@ -457,19 +541,18 @@ class _Builder(Transformer):
             if not isinstance(item, tuple) or isinstance(item, s.Option):
                 continue
             kind, options = item
-            target = vrrp if kind == "vrrp" else sync
-            target.extend(options)
+            blocks[kind].extend(options)
             if options:
-                block_span = _join(options[0].span, options[-1].span)
-                if kind == "vrrp":
-                    vrrp_span = vrrp_span or block_span
-                else:
-                    sync_span = sync_span or block_span
+                block_spans[kind] = block_spans[kind] or _join(options[0].span,
+                                                               options[-1].span)
         name_word = self.word(name)
         spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
-        return s.ClusterDecl(name_word, tuple(vrrp), vrrp_span, tuple(sync), sync_span,
-                             interfaces, members, _join(name_word.span, last), backend)
+        return s.ClusterDecl(name_word, tuple(blocks["vrrp"]), block_spans["vrrp"],
+                             tuple(blocks["sync"]), block_spans["sync"], interfaces, members,
+                             _join(name_word.span, last), backend, tuple(blocks["log"]),
+                             block_spans["log"], tuple(blocks["default"]),
+                             block_spans["default"])
 
     # -- rules ----------------------------------------------------------------------
     def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:
@@ -484,41 +567,57 @@ class _Builder(Transformer):
     def opt_service(self, children: list) -> tuple[s.ServiceRef, ...]:
         return tuple(self.service_ref(c) for c in children[1:])  # after the keyword
 
-    def opt_log(self, children: list) -> s.Option:
+    def opt_log(self, children: list) -> s.Option | list[s.Option]:
         keyword = self.span(children[0])
-        if len(children) > 1:
-            value = self.word(children[1])
-            return s.Option("log", value, _join(keyword, value.span))
-        return s.Option("log", None, keyword)
+        rest = children[1:]
+        prefix = None
+        if rest and not isinstance(rest[0], s.Option):
+            prefix = self.word(rest.pop(0))
+        params = [p for p in rest if isinstance(p, s.Option)]
+        last = max([keyword, *([prefix.span] if prefix else []), *(p.span for p in params)],
+                   key=lambda sp: (sp.end_line, sp.end_column))
+        whole = _join(keyword, last)
+        log = s.Option("log", prefix, whole)
+        if not params:
+            return log
+        # every part spans the whole clause (fwc fmt keeps it together); values keep theirs
+        return [log, *(s.Option(p.key, p.value, whole) for p in params)]
 
     def nat_target(self, children: list) -> s.NatTargetDecl:
         what = children[0]
         port = self.word(children[1]) if len(children) > 1 else None
-        kind = {"NAME": "name", "VIP_REF": "vip"}.get(what.type, "address")
+        port_high = self.word(children[2]) if len(children) > 2 else None
+        kind = {"NAME": "name", "VIP_REF": "vip", "ADDR_RANGE": "range"}.get(what.type, "address")
         text = what.value[: -len(".vip")] if kind == "vip" else what.value
         span = self.span(what)
-        return s.NatTargetDecl(kind, text, port, _join(span, port.span) if port else span)
+        end = port_high or port
+        return s.NatTargetDecl(kind, text, port, _join(span, end.span) if end else span,
+                               port_high)
 
     def rule(self, children: list) -> s.RuleDecl:
         action, sources, destinations, *rest = children
         options: list[s.Option] = []
         services: tuple[s.ServiceRef, ...] = ()
-        target = None
+        targets: list[s.NatTargetDecl] = []
         last = destinations[-1].span
         for child in rest:
             if isinstance(child, s.Option):
                 options.append(child)
                 last = child.span
+            elif isinstance(child, list):  # an option with parameters
+                options.extend(child)
+                last = child[-1].span
             elif isinstance(child, s.NatTargetDecl):
-                target = child
+                targets.append(child)
                 last = child.span
             else:
                 services = services + child
                 options.append(s.Option("service", None, _join(child[0].span, child[-1].span)))
                 last = child[-1].span
         action_word = self.word(action)
-        return s.RuleDecl(action_word, sources, destinations, tuple(options), services, target,
-                          _join(action_word.span, last))
+        return s.RuleDecl(action_word, sources, destinations, tuple(options), services,
+                          targets[0] if targets else None, _join(action_word.span, last),
+                          tuple(targets[1:]))
 
     nat_rule = rule
 

@@ -102,6 +102,7 @@ class InterfaceDecl:
     vips: tuple[Word, ...]
     vrid: Word | None
     span: Span
+    mss: Word | None = None  # `mss N` or `mss pmtu`
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +132,19 @@ class ClusterDecl:
     members: tuple[MemberDecl, ...]
     span: Span
     backend: tuple[Option, ...] = ()  # `backend NAME` (given twice: FWC110)
+    log: tuple[Option, ...] = ()  # `log { }`: the cluster's logging defaults
+    log_span: Span | None = None
+    defaults: tuple[Option, ...] = ()  # `default { }`: the filter chains' defaults
+    defaults_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NatTargetDecl:
-    kind: str  # name, vip, address
+    kind: str  # name, vip, address, range
     text: str
     port: Word | None
     span: Span
+    port_high: Word | None = None  # `:LOW-HIGH`
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,7 @@ class RuleDecl:
     services: tuple[ServiceRef, ...]
     target: NatTargetDecl | None
     span: Span
+    pool: tuple[NatTargetDecl, ...] = ()  # dnat to several backends: the ones after `target`
 
 
 @dataclass(frozen=True, slots=True)
