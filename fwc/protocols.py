@@ -113,6 +113,8 @@ NFLOG_GROUP_MAX = 65535
 NFLOG_PREFIX_MAX = 63
 # hashlimit table names (`--hashlimit-name`): at most 15 bytes in every revision.
 HASHLIMIT_NAME_MAX = 15
+# The burst iptables' limit and hashlimit use when none is given (and print back).
+LIMIT_BURST_DEFAULT = 5
 # limit's burst: the kernel refuses more than 10000 (XT_LIMIT_SCALE overflow).
 LIMIT_BURST_MAX = 10000
 # The fastest rate `-m limit` can express: 10000/second (one token per 100 us).
