@@ -33,13 +33,14 @@ from fwc.backend.lower.ruleset import (
     Table,
 )
 from fwc.model import (
+    NO_LOG_OPTIONS,
     BaseRule,
     Cluster,
     Endpoint,
     IPAddress,
     Limit,
-    LogOptions,
     Logging,
+    LogOptions,
     Member,
     NatTarget,
     Policy,
@@ -48,7 +49,6 @@ from fwc.model import (
 )
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
-from fwc.model import NO_LOG_OPTIONS
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import Side, side_of
 from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, Target
@@ -515,10 +515,9 @@ class _Lowering:
                          if chain is BuiltinChain.PREROUTING else None,
                          out_device=self.device(rule.out_interface)
                          if chain is BuiltinChain.OUTPUT else None)
-            raw_part = replace(part, chain=chain)
+            kind = "ri" if part.chain == BuiltinChain.INPUT else "r"
             self.emit(self.tables.raw, self.tables.raw_user, FilterRule, rule, origin,
-                      raw_part, base, services, f"r{'i' if part.chain == BuiltinChain.INPUT else ''}",
-                      notrack=True)
+                      replace(part, chain=chain), base, services, kind, notrack=True)
 
     def helpers(self, rule: PolicyFilterRule, origin: Origin, chains: set[ChainName]) -> None:
         """Assign conntrack helpers explicitly in raw (the kernel no longer does it).
