@@ -6,7 +6,9 @@ and parsing resumes, so one run reports the syntax errors of several lines.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -194,6 +196,17 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str,
         found = f"character {text[exc.pos_in_stream]!r}" if exc.pos_in_stream < len(text) else ""
     if fragment is not None:
         expected &= fragment
+    if isinstance(exc, UnexpectedToken):
+        pos = exc.token.start_pos
+    else:
+        pos = getattr(exc, "pos_in_stream", None)
+    if pos is not None and fragment is None:
+        suggested = _suggestion(text, pos, expected)
+        if suggested is not None:
+            code, message, hint = suggested
+            word, _ = _words_around(text, pos)
+            span = Span(path, line, column, line, column + max(1, len(word)))
+            return error(code, message, span, hint=hint)
     names = sorted({_describe(t) for t in expected})
     hint = None
     if names:
@@ -201,6 +214,63 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str,
         hint = f"expected {shown}"
     span = Span(path, line, column, line, column + width)
     return error("FWC001", f"syntax error: unexpected {found}".rstrip(), span, hint=hint)
+
+
+# Words admins reach for that the language spells otherwise, per terminal expected.
+SYNONYMS = {
+    "ACTION": {"allow": "accept", "permit": "accept", "pass": "accept", "deny": "drop",
+               "block": "drop", "refuse": "reject"},
+    "VERDICT": {"accept": "allow", "permit": "allow", "pass": "allow", "drop": "deny",
+                "reject": "deny", "block": "deny"},
+    "NAT_KIND": {"masq": "masquerade", "no-nat": "nonat", "source-nat": "snat",
+                 "destination-nat": "dnat"},
+}
+# Keyword terminals by their spelling, for "did you mean" on a near miss.
+_SPELLINGS = {
+    "ACTION": ("accept", "drop", "reject"), "VERDICT": ("allow", "deny"),
+    "NAT_KIND": ("snat", "dnat", "masquerade", "nonat"), "LOG": ("log",),
+    "KW_SERVICE": ("service",), "NOTRACK": ("notrack",), "PER_SOURCE": ("per-source",),
+}
+_WORD = re.compile(r"[A-Za-z0-9_./:-]+")
+
+
+def _words_around(text: str, pos: int) -> tuple[str, str]:
+    """The word at POS and the word before it (on the same line)."""
+    match = _WORD.match(text, pos)
+    word = match.group(0) if match else ""
+    line_start = text.rfind("\n", 0, pos) + 1
+    before = _WORD.findall(text[line_start:pos])
+    return word, before[-1] if before else ""
+
+
+def _suggestion(text: str, pos: int, expected: set[str]) -> tuple[str, str, str] | None:
+    """(code, message, hint) for a mistake fwc recognises at POS, else None."""
+    word, before = _words_around(text, pos)
+    if not word:
+        return None
+    protocols = ("tcp", "udp", "sctp", "dccp", "icmp", "icmpv6")
+    if before in protocols and re.fullmatch(r"[0-9A-Za-z-]+(?:,[0-9A-Za-z-]+)*", word) \
+            and (word[0].isdigit() or before.startswith("icmp")):
+        return ("FWC020", f"'{before} {word}': a service is written protocol/port",
+                f"did you mean {before}/{word}?")
+    lower = word.lower()
+    for terminal, table in SYNONYMS.items():
+        if terminal in expected and lower in table:
+            return ("FWC021", f"unknown keyword '{word}'",
+                    f"did you mean '{table[lower]}'? (expected {_expected_text(expected)})")
+    spellings = [s for t in expected for s in _SPELLINGS.get(t, ())]
+    spellings += [t.strip('"') for t in (_describe(t) for t in expected)
+                  if t.startswith('"') and t.endswith('"')]
+    close = difflib.get_close_matches(lower, spellings, n=1, cutoff=0.75)
+    if close and close[0] != lower:
+        return ("FWC021", f"unknown keyword '{word}'",
+                f"did you mean '{close[0]}'? (expected {_expected_text(expected)})")
+    return None
+
+
+def _expected_text(expected: set[str]) -> str:
+    names = sorted({_describe(t) for t in expected})
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
 
 
 def _blank_line(text: str, line: int) -> str:
