@@ -15,7 +15,7 @@ from fwc.backend.lower.build import filter_parts
 from fwc.checks import check
 from fwc.checks.rules import FILTER_HOOKS, flow_of, overlaps
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
-from fwc.model import Cluster, Endpoint, FilterRule, Policy
+from fwc.model import Cluster, Endpoint, FilterRule, NatRule, Policy
 from fwc.model.addresses import AddressSet
 from fwc.model.vocabulary import Backend, BuiltinChain, FilterAction, NatAction
 
@@ -161,6 +161,23 @@ def _notrack_flows(cluster: Cluster) -> list[tuple[FilterRule, object]]:
     return [(r, flow_of(r, FILTER_HOOKS, firewall)) for r in cluster.rules if r.notrack]
 
 
+def _segments_except(cluster: Cluster, interface: str) -> AddressSet:
+    return AddressSet.union([AddressSet.of(a.network) for m in cluster.members
+                             for link in m.links if link.interface != interface
+                             for a in link.addresses])
+
+
+def _routed_elsewhere(cluster: Cluster, rule: FilterRule, nat: NatRule) -> bool:
+    """RULE's traffic never crosses NAT's interface: its destination (for `out`) or
+    source (for `in`) lies on the segments of other interfaces."""
+    for iface, side in ((nat.out_interface, rule.destination), (nat.in_interface, rule.source)):
+        if iface is None or side.is_any or side.firewall:
+            continue
+        if not side.addresses - _segments_except(cluster, iface):
+            return True
+    return False
+
+
 @check("FWC412", "notrack on translated traffic", E, """
 NAT works on tracked connections only: the kernel translates the first packet of
 a connection and applies the mapping to the rest from the conntrack entry. An
@@ -177,6 +194,8 @@ def notrack_nat(policy: Policy) -> Iterable[Diagnostic]:
                 continue
             flow = flow_of(nat, FILTER_HOOKS, firewall)
             for rule, notrack_flow in notracked:
+                if _routed_elsewhere(cluster, rule, nat):
+                    continue
                 if overlaps(flow, notrack_flow):  # type: ignore[arg-type]
                     yield error("FWC412", f"'notrack' traffic is also translated by the "
                                 f"{nat.action} rule at line {nat.span.line}: untracked "

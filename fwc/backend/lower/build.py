@@ -628,6 +628,14 @@ class _Lowering:
         if notrack:
             rules.append(make(match, Target.CT, origin, (("notrack", ""),)))
             return
+        if isinstance(rule, PolicyNatRule) and match.protocol is None and protocols \
+                and None not in protocols and any(t.port is not None for t in rule.targets):
+            # A NAT port needs `-p` on its own line (iptables: "Need TCP, UDP, SCTP or
+            # DCCP with port specification"), also inside a chain all protocols share.
+            for number in sorted(p for p in protocols if p is not None):
+                self.final(rules, make, rule, origin, replace(match, protocol=number),
+                           inside_chain, notrack=notrack)
+            return
         tcp_here = match.protocol == TCP or (match.protocol is None and (
             protocols is None or TCP in protocols or None in protocols))
         if inside_chain and rule.limit is not None:
