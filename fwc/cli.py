@@ -15,7 +15,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 # sub-command -> module in fwc.commands providing `run(args) -> int`
 COMMANDS = {
     "check": "check", "explain": "explain", "compile": "compile", "lab": "lab",
-    "diff": "diff", "fmt": "fmt", "query": "query", "install": "install",
+    "diff": "diff", "fmt": "fmt", "query": "query", "install": "install", "graph": "graph",
 }
 
 
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="in_interface", metavar="IFACE")
     p.add_argument("--out", dest="out_interface", metavar="IFACE")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_include_path_argument(p)
+
+    p = sub.add_parser("graph", help="draw the clusters' topology (Graphviz DOT or SVG)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="write here instead of stdout (.svg: SVG by Graphviz's dot)")
+    p.add_argument("--format", choices=("dot", "svg"), default=None,
+                   help="dot or svg (default: svg for an -o ending in .svg, else dot)")
     add_include_path_argument(p)
 
     p = sub.add_parser("install", help="push a compiled cluster to its nodes, with rollback")

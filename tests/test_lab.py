@@ -674,8 +674,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
         assert {r.phase for r in report.expectations} == {"master", "backup"}
         assert report.control is not None and report.control.ok
         if name == "branch":
+            # branch's VRRP is unicast (issue 14): this crash drill is its failover proof
             (fo,) = report.failover
             assert fo.mode == "snat" and fo.ok
+            assert fo.survived_failover and fo.survived_failback
+            assert "unicast_peer" in (out / "bfw1" / "keepalived.conf").read_text()
         if name == "dmz":
             # service web is tcp/80,443: both ports probed through both members
             web = {(r.phase, r.port) for r in report.expectations
@@ -698,6 +701,11 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
             assert "cache internal" in node(
                 "conntrackd", "-C", "/etc/conntrackd/conntrackd.conf", "-s"
             )
+            if name == "branch":
+                # its notify action ran after fwc's conntrackd steps on every takeover
+                log = node("cat", "/run/fwc-lab/syslog.log")
+                assert "action for master ok" in log, log[-2000:]
+                assert log.index("conntrackd -B ok") < log.rindex("action for master ok")
             assert node("sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose").strip() == "1"
             assert "advert_int 0.1" not in node("cat", "/etc/keepalived/keepalived.conf")
             held = node("ip", "-br", "addr").split()
@@ -710,3 +718,66 @@ def test_lab_other_examples_quick(name: str, tmp_path: Path) -> None:
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []
+
+
+# -- failover times over repeated crashes (issue 14) ------------------------------------------
+
+def test_timing_series_spread_report_and_json() -> None:
+    from fwc.lab.results import TimingSeries, spread
+
+    assert spread([]) is None
+    assert spread([0.5, 0.1, 0.3]) == {"min": 0.1, "median": 0.3, "max": 0.5}
+    assert spread([0.4, 0.1, 0.3, 0.2]) == {"min": 0.1, "median": 0.25, "max": 0.4}
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    report.timing.append(TimingSeries("100ms", "snat", 3, 3, [0.3, 0.36, 0.33],
+                                      [0.74, 0.52, 0.61]))
+    report.timing.append(TimingSeries("50ms", "snat", 2, 1, [0.2], [0.4]))
+    text = render_text(report)
+    assert "failover times over repeated crashes" in text
+    assert "0.30 / 0.33 / 0.36" in text and "0.52 / 0.61 / 0.74" in text
+    data = json.loads(json.dumps(to_dict(report)))
+    assert data["timing"][0]["gap"] == {"min": 0.52, "median": 0.61, "max": 0.74}
+    assert data["timing"][0]["ok"] is True and data["timing"][1]["ok"] is False
+
+
+def test_a_timing_run_that_lost_the_connection_fails_the_lab() -> None:
+    from fwc.lab.results import TimingSeries
+    from fwc.lab.runner import _judge
+
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    report.timing.append(TimingSeries("50ms", "snat", 2, 1, [0.2], [0.4]))
+    _judge(report)
+    assert not report.ok and "1 of 2 crash runs" in report.failures[0]
+
+
+def test_advert_profiles_argument() -> None:
+    import argparse
+
+    from fwc.lab.arguments import advert_list
+
+    assert advert_list("100ms,50ms, 1s") == (0.1, 0.05, 1.0)
+    for bad in ("5ms", "fast", "50s"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            advert_list(bad)
+
+
+@pytest.mark.lab
+def test_lab_timing_series_over_repeated_crashes(tmp_path: Path) -> None:
+    """--runs: the crash drill repeated per advert profile (fwc's own VRRPv3 output for
+    100 ms and 50 ms), every run survives, and the spread is reported."""
+    from fwc.lab.adapter import fast_keepalived_confs, load_policy_cluster
+
+    policy = _edge_policy(tmp_path)
+    cluster, out = load_policy_cluster(policy, None, tmp_path)
+    timing = {a: fast_keepalived_confs(policy, advert_ms=round(a * 1000)) for a in (0.1, 0.05)}
+    report = run_lab_cluster(cluster, out, LabOptions(
+        quick=True, logdir=tmp_path / "logs", timing_runs=2, timing_adverts=(0.1, 0.05),
+        fast_keepalived=timing[0.1], timing_keepalived=timing))
+    print(render_text(report), file=sys.stderr)
+    assert report.ok, (report.error, report.failures)
+    assert [(s.advert, s.runs, s.survived) for s in report.timing] == [
+        ("100ms", 2, 2), ("50ms", 2, 2)]
+    for series in report.timing:
+        assert len(series.takeover_s) == 2 and len(series.failover_gap_s) == 2
+    assert all(v > 0 for s in report.timing for v in (*s.takeover_s, *s.failover_gap_s))
+    assert lab_namespaces(report.prefix) == []

@@ -90,6 +90,22 @@ describe("FWC111", "malformed NAT rule", E, """
 snat and dnat need a target (`-> ADDRESS`), masquerade needs `out IFACE` and no
 target, nonat takes no target, only dnat may change the port, and a target must
 be a single address per family.""")
+describe("FWC117", "IFACE.vip is ambiguous", E, """
+A NAT target must be one address per family, and `IFACE.vip` stands for every
+VIP of the interface. With two VIPs of one family (`interface uplink vip
+198.51.100.254/24, 198.51.100.253/24`) fwc would have to pick one, and an
+address picked silently (by sort order) is not the one the reader of
+`snat ... -> uplink.vip` can see. The error lists the VIPs; name them
+(`vip web 198.51.100.254/24, mail 198.51.100.253/24`) and write
+`uplink.vip.web`. In a rule's source or destination `IFACE.vip` stays the set
+of all of them.""")
+describe("FWC118", "unknown VIP name", E, """
+`IFACE.vip.NAME` names one VIP of an interface by the name `vip NAME
+ADDRESS/PREFIX` gave it; the interface has no VIP of that name. The hint lists
+the names it has.""")
+describe("FWC119", "VIP name given twice", E, """
+Two VIPs of one interface carry the same name, so `IFACE.vip.NAME` would not
+say which one is meant.""")
 describe("FWC900", "internal error", E, """
 A check crashed. The other checks still ran; this is a bug in fwc, please report
 it with the policy that triggers it.""", "check")

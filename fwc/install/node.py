@@ -185,7 +185,7 @@ class NodeInstall:
             elif reload is Reload.KEEPALIVED:
                 commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
             elif reload is Reload.CONNTRACKD and not self.transport.private_run:
-                # Its UNIX socket path is shared with the host (lab-notes pitfall 3):
+                # Its UNIX socket path is shared with the host (docs/ha-pitfalls.md):
                 # a restart could hit another node's daemon.
                 commands.append(("conntrackd", "echo 'warning: conntrackd.conf changed but "
                                  "this node shares /run: restart its conntrackd yourself' >&2"))

@@ -113,7 +113,7 @@ class LocalTransport(Transport):
 class NetnsTransport(Transport):
     """`ip netns exec NAME`: /etc/netns/NAME/* is bind-mounted over /etc/* (iproute2).
 
-    `ip netns exec` forgets mounts between calls (lab-notes pitfall 4), so a
+    `ip netns exec` forgets mounts between calls (docs/ha-pitfalls.md), so a
     namespace whose private /etc and /run live in a persistent mount
     namespace (the lab's) is entered with nsenter on that mount file instead.
     """

@@ -63,6 +63,14 @@ def run_lab(args: argparse.Namespace) -> int:
                     )
                     or None
                 )
+            timing: dict[float, dict[str, str]] = {}
+            if getattr(args, "runs", 0) and args.file.suffix != ".json":
+                from fwc.lab.adapter import fast_keepalived_confs
+
+                for advert in args.adverts:
+                    timing[advert] = fast_keepalived_confs(
+                        args.file, advert_ms=round(advert * 1000), cluster_name=cluster.name,
+                        include_path=args.include_path)
             options = LabOptions(
                 keep=args.keep,
                 remap=args.remap,
@@ -70,6 +78,9 @@ def run_lab(args: argparse.Namespace) -> int:
                 logdir=args.logdir,
                 prefix=args.prefix,
                 fast_keepalived=fast,
+                timing_runs=getattr(args, "runs", 0) or 0,
+                timing_adverts=getattr(args, "adverts", (0.1, 0.05)),
+                timing_keepalived=timing or None,
             )
             report = run_lab_cluster(cluster, compiled, options)
     except LabRefused as exc:

@@ -1,11 +1,11 @@
 """One firewall member in the lab: private mount namespace, rules, daemons.
 
 The compiled configs refer to stock node paths (docs/contracts.md). Every
-member therefore gets a *persistent* private mount namespace (lab-notes
-pitfall 4: ``ip netns exec`` would forget mounts between calls) in which /etc
+member therefore gets a *persistent* private mount namespace (docs/ha-pitfalls.md,
+"Several daemons on one machine": ``ip netns exec`` would forget mounts between calls) in which /etc
 is an overlay with a per-node upper directory and /run is a private tmpfs.
 keepalived's pid files, conntrackd's lock file and UNIX socket and the notify
-lock then cannot collide between members (pitfalls 1-3), and the generated
+lock then cannot collide between members (same page), and the generated
 files run unchanged.
 """
 
@@ -219,7 +219,7 @@ class Node:
         self.exec(["sysctl", "-qw", f"{key}={value}"])
 
     def config_test(self) -> str:
-        """keepalived -t: rc 0 and empty stderr pass (ha-daemons.md 6.1)."""
+        """keepalived -t: rc 0 and empty stderr pass (docs/ha-pitfalls.md, validating)."""
         proc = self.exec(["keepalived", "-t", "-e", "-f", KEEPALIVED_CONF], check=False)
         if proc.returncode != 0:
             msg = (proc.stderr or proc.stdout).strip()
@@ -243,7 +243,7 @@ class Node:
         self.daemons["conntrackd"] = self.state.spawn(
             f"{self.name}/conntrackd", self.argv(["conntrackd", "-C", CONNTRACKD_CONF]), log
         )
-        # keepalived's first notify needs the UNIX socket (ha-daemons.md P11).
+        # keepalived's first notify needs the UNIX socket (docs/ha-pitfalls.md).
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ct(["-s"], check=False).returncode == 0:
@@ -317,7 +317,7 @@ class Node:
         self.write(KEEPALIVED_CONF, content, NODE_PATHS["keepalived.conf"][1])
 
     def crash(self) -> float:
-        """Fail hard (lab-notes "crash"): SIGSTOP, links down, SIGKILL. Returns the time."""
+        """Fail hard, like a crash: SIGSTOP, links down, SIGKILL. Returns the time."""
         pids = netns_pids(self.ns)
         for pid in pids:
             _kill(pid, signal.SIGSTOP)
@@ -479,7 +479,7 @@ def fast_keepalived(text: str, advert: float = 0.1) -> str:
     """The same keepalived.conf with VRRPv3 and sub-second adverts, no auth.
 
     VRRPv2 only takes whole seconds, and v3 has no authentication
-    (ha-daemons.md 2.2), so both changes are needed for advert 100ms.
+    (docs/ha-pitfalls.md, "VRRP versions and adverts"), so both changes are needed for advert 100ms.
     """
     text = re.sub(r"^(\s*)advert_int\s+\S+", rf"\g<1>advert_int {advert:g}", text, flags=re.M)
     text = re.sub(r"^\s*(vrrp_)?version\s+\S+\s*\n", "", text, flags=re.M)

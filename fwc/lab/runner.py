@@ -21,7 +21,7 @@ from fwc.lab import drills
 from fwc.lab.daemons import Node
 from fwc.lab.netns import LabError, new_prefix, teardown
 from fwc.lab.reboot import reboot_drill
-from fwc.lab.results import LabReport
+from fwc.lab.results import LabReport, TimingSeries, spread
 from fwc.lab.running import Lab, advert_label
 from fwc.lab.topology import (
     LabCluster,
@@ -53,6 +53,11 @@ class LabOptions:
     # member -> keepalived.conf for the 100 ms runs, as fwc generates it; without
     # it the compiled file is rewritten (VRRPv3, advert_int 0.1, no auth).
     fast_keepalived: dict[str, str] | None = None
+    # Issue 14: N crash runs per advert profile (0: none), reported as min/median/max;
+    # the profiles (seconds) and, per profile, fwc's keepalived.conf per member.
+    timing_runs: int = 0
+    timing_adverts: tuple[float, ...] = (0.1, 0.05)
+    timing_keepalived: dict[float, dict[str, str]] | None = None
 
 
 @contextmanager
@@ -211,6 +216,8 @@ def _failover_drills(
             drills.failover_drill(lab, label, mode, while_on_backup=on_backup if first else None)
         )
         first = False
+    if options.timing_runs > 0:
+        _timing_series(lab, report, options, modes[-1])
     lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
     for node in lab.nodes:
         lab.saved_sysctls[node.name] = node.exec(
@@ -229,6 +236,33 @@ def _failover_drills(
     )
     verdict = "died as expected" if report.control.ok else "DID NOT DIE"
     lab.progress(f"control: connection {verdict}")
+
+
+def _timing_series(lab: Lab, report: LabReport, options: LabOptions, mode: str) -> None:
+    """The crash drill N times per advert profile, for the failover time spread."""
+    generated = options.timing_keepalived or {}
+    for advert in options.timing_adverts:
+        if lab.advert_label != advert_label(advert):
+            confs = generated.get(advert) or (
+                options.fast_keepalived if advert == FAST_ADVERT else None)
+            source = lab.switch_advert(advert, confs)
+            lab.progress(f"timing: every member on VRRPv3 advert {advert_label(advert)} "
+                         f"(keepalived.conf {source})")
+            lab.wait_master()
+        series = TimingSeries(lab.advert_label, mode, options.timing_runs)
+        for n in range(options.timing_runs):
+            label = f"t-{mode}-{lab.advert_label}-{n + 1}"
+            res = drills.failover_drill(lab, label, mode)
+            series.labels.append(label)
+            if res.ok:
+                series.survived += 1
+            if res.takeover_s is not None:
+                series.takeover_s.append(res.takeover_s)
+            if res.failover_gap_s is not None:
+                series.failover_gap_s.append(res.failover_gap_s)
+        report.timing.append(series)
+        lab.progress(f"timing {series.advert}: {series.survived}/{series.runs} survived, "
+                     f"takeover {spread(series.takeover_s)}, gap {spread(series.failover_gap_s)}")
 
 
 def _reboot(lab: Lab, report: LabReport, mode: str) -> None:
@@ -265,6 +299,11 @@ def _judge(report: LabReport) -> None:
             "control run: the connection survived without conntrackd "
             "(the drill would not prove state sync)"
         )
+    for series in report.timing:
+        if not series.ok:
+            report.failures.append(
+                f"timing series {series.mode}-{series.advert}: {series.survived} of "
+                f"{series.runs} crash runs kept the connection")
     rb = report.reboot
     if rb is not None and not rb.skipped and not rb.ok:
         report.failures.append(f"reboot drill {rb.label}: " + "; ".join(rb.notes))

@@ -22,9 +22,9 @@ class SyncTransport:
 
 
 def mode_options(mode: str, sync: Sync | None = None) -> tuple[str, tuple[tuple[str, object], ...]]:
-    """The Mode block: the grammar is mode-specific (ha-daemons 1.2). SYNC's tuning adds
+    """The Mode block: the grammar is mode-specific (docs/ha-pitfalls.md). SYNC's tuning adds
     CommitTimeout (every mode) and DisableExternalCache (FTFW and NOTRACK only: ALARM's
-    grammar has no such clause, FWC273)."""
+    grammar has no such clause, FWC272)."""
     external = "Off" if sync is None or sync.external_cache else "On"
     commit: tuple[tuple[str, object], ...] = ()
     if sync is not None and sync.commit_timeout_s is not None:
