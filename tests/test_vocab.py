@@ -435,7 +435,9 @@ def test_unicast_backup_link_gets_its_own_udp_block(tmp_path):
 
 
 def test_nft_writes_reject_types_log_levels_and_nflog(tmp_path):
-    text = mutate(("cluster edge {\n", "cluster edge {\n    backend nftables\n"),
+    text = mutate(("cluster edge {\n", "cluster edge {\n    backend nftables\n"
+                   '    log { level info  drops "fwc drop" }\n'
+                   "    default { input reject  output drop }\n"),
                   (LAST, "    reject from lan6 to any service udp/500 with host-unreachable\n"
                    "    reject from lan to any service udp/501 with admin-prohibited\n"
                    '    accept from lan to any service tcp/8080 log "out" level info\n'
@@ -444,6 +446,8 @@ def test_nft_writes_reject_types_log_levels_and_nflog(tmp_path):
     assert "reject with icmpv6 type addr-unreachable" in nft_text
     assert 'log prefix "out " level info' in nft_text
     assert 'log prefix "grp " group 4' in nft_text
+    assert 'log prefix "fwc drop " level info' in nft_text  # the default drop, logged
+    assert "hook output priority 0; policy drop;" in nft_text
     nft = subprocess.run(["which", "nft"], capture_output=True, text=True).stdout.strip()
     if not nft:
         cannot_run("nft is not installed")
