@@ -10,6 +10,17 @@ describe("FWC001", "syntax error", E, """
 The text does not follow the grammar (grammar/fwc.lark). The diagnostic shows
 what was found and what the parser expected at that point. After a syntax
 error fwc skips the line and goes on, so one run shows several of them.""", "parse")
+describe("FWC020", "service written apart from its protocol", E, """
+A service is one word, protocol/port: `tcp/22`, `udp/53,123`, `icmp/echo-request`.
+Written apart (`service ssh tcp 22`) the parser sees a service named `tcp`
+followed by a stray number. The diagnostic proposes the joined form. It is a
+syntax error like FWC001: fwc skips the line and goes on.""", "parse")
+describe("FWC021", "misspelled or foreign keyword", E, """
+A word where the grammar expects a keyword, that is a near miss of one or the
+word other firewalls use for it (`allow`/`permit` for `accept`, `deny`/`block`
+for `drop` in a policy; `accept`/`drop` for `allow`/`deny` in an expectation).
+The diagnostic names the keyword fwc expects instead of listing the parser's
+tokens. A syntax error like FWC001: fwc skips the line and goes on.""", "parse")
 describe("FWC002", "file cannot be read", E, """
 A policy file, an included file or a password file does not exist or cannot be
 read. Include and password-file paths are relative to the file that names them.""", "parse")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fwc.backend.capabilities import nftables_gaps
 from fwc.backend.output import (
     OutputError,
     relative_source,
@@ -46,6 +47,16 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     # Each file is written to the staging copy as soon as it is built (a large
     # policy's output is never held at once), so a compile failure surfaces here too.
     backend = Backend(args.backend) if args.backend else None
+    if backend is Backend.NFTABLES:
+        # the clusters' own `backend` was checked (FWC429); the override is checked here
+        gaps = [error("FWC429", f"{what} is not yet supported by the nftables backend", span,
+                      hint="compile this policy without --backend nftables")
+                for cluster in policy.clusters for what, span in nftables_gaps(cluster)]
+        if gaps:
+            progress.done()
+            report(diagnostics + gaps, analysis.program.texts, args.format)
+            print("fwc: nothing written: fix the errors above first", file=sys.stderr)
+            return 1
     clusters = stream_policy(policy, redact=args.redact_secrets,
                              progress=progress.within(0.55, 0.95), backend=backend)
     try:

@@ -128,6 +128,7 @@ class InterfaceDecl:
     vrid: Word | None
     span: Span
     vip_names: tuple[Word | None, ...] = ()  # per VIP: `vip NAME ADDR` names it
+    mss: Word | None = None  # `mss N` or `mss pmtu`
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,10 @@ class ClusterDecl:
     notify: tuple[Option, ...] = ()  # `notify { master "..." }`: key is the state as written
     notify_span: Span | None = None
     routes: tuple[RouteDecl | RouteRuleDecl, ...] = ()  # `route` and `route-rule` lines
+    log: tuple[Option, ...] = ()  # `log { }`: the cluster's logging defaults
+    log_span: Span | None = None
+    defaults: tuple[Option, ...] = ()  # `default { }`: the filter chains' defaults
+    defaults_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +191,11 @@ class RouteRuleDecl:
 @dataclass(frozen=True, slots=True)
 class NatTargetDecl:
     kind: str  # name, vip (IFACE), named_vip (IFACE.vip.NAME), address
+    kind: str  # name, vip, address, range
     text: str
     port: Word | None
     span: Span
+    port_high: Word | None = None  # `:LOW-HIGH`
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,7 @@ class RuleDecl:
     services: tuple[ServiceRef, ...]
     target: NatTargetDecl | None
     span: Span
+    pool: tuple[NatTargetDecl, ...] = ()  # dnat to several backends: the ones after `target`
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,16 @@ REJECTS = {
     proto.REJECT_TCP: "reject with tcp reset",
     proto.REJECT_OTHER[4]: "reject with icmp type port-unreachable",
     proto.REJECT_OTHER[6]: "reject with icmpv6 type port-unreachable",
+    # `reject ... with TYPE` (protocols.REJECT_TYPES)
+    "icmp-host-unreachable": "reject with icmp type host-unreachable",
+    "icmp6-addr-unreachable": "reject with icmpv6 type addr-unreachable",
+    "icmp-net-unreachable": "reject with icmp type net-unreachable",
+    "icmp6-no-route": "reject with icmpv6 type no-route",
+    "icmp-admin-prohibited": "reject with icmp type admin-prohibited",
+    "icmp6-adm-prohibited": "reject with icmpv6 type admin-prohibited",
 }
+# `--log-level N` as nft's `log level` names it.
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
 MARK_BITS = 0xFFFFFFFF
 
 
@@ -169,7 +178,12 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
             raise NftUnsupported(f"REJECT --reject-with {how}")
         return REJECTS[how]
     if target is Target.LOG:
-        return f"log prefix {escape.nft_log_prefix(options['log-prefix'])}"
+        level = options.get("log-level")
+        suffix = f" level {LOG_LEVELS[int(level)]}" if level is not None else ""
+        return f"log prefix {escape.nft_log_prefix(options['log-prefix'])}{suffix}"
+    if target is Target.NFLOG:
+        return (f"log prefix {escape.nft_log_prefix(options['nflog-prefix'])} "
+                f"group {int(options['nflog-group'])}")
     if target is Target.MASQUERADE:
         return "masquerade"
     if target is Target.SNAT:
@@ -195,6 +209,10 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
 
 def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str]) -> str:
     match = rule.match
+    # Never drop a condition silently (fwc.backend.capabilities lists what is refused).
+    for name in ("hashlimit", "connlimit", "statistic", "tcp_flags"):
+        if getattr(match, name) is not None:
+            raise NftUnsupported(f"{name} matches")
     parts: list[str] = []
     if match.in_device:
         parts.append(f"iifname {escape.nft_device(match.in_device)}")
