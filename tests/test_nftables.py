@@ -3,8 +3,9 @@
 `backend nftables` in a cluster (or `fwc compile --backend nftables`) writes
 nftables.nft and failsafe.nft instead of the iptables rows; `nft -c -f` accepts
 them for every example, a namespace loads them for real, a second load replaces
-fwc's table and a foreign table survives both. The commands that read the
-files back do not know nft yet and refuse such a cluster.
+fwc's table and a foreign table survives both. `fwc query` and the lab do not
+read nft yet and refuse such a cluster (install and diff --installed:
+tests/test_install_nft.py).
 """
 
 from __future__ import annotations
@@ -209,13 +210,12 @@ def test_nft_loads_replaces_only_its_table_in_a_namespace(example, tmp_path):
 
 
 # -- what does not read nft yet refuses -----------------------------------------------------
+# (install and diff --installed do: tests/test_install_nft.py)
 
 @pytest.mark.parametrize("argv", [
-    ["install", "{p}", "--member", "fw1", "--transport", "local", "-o", "{o}"],
-    ["diff", "--installed", "fw1", "{p}", "--transport", "local"],
     ["query", "{p}", "--from", "192.0.2.10", "--to", "198.51.100.1"],
     ["lab", "{p}"],
-], ids=["install", "diff-installed", "query", "lab"])
+], ids=["query", "lab"])
 def test_readers_refuse_a_nftables_cluster(argv, tmp_path, capsys):
     copy = _copy_policies(tmp_path)
     path = copy / "edge.fw"
