@@ -142,7 +142,9 @@ def _protocol(match: Match) -> list[str]:
             out.append(f"{name} dport {_ports(match.dports)}")
         else:
             out.append(f"meta l4proto {match.protocol} th dport {_ports(match.dports)}")
-    elif match.icmp_type is not None and match.protocol in (ICMP, ICMPV6):
+    elif match.icmp_type is not None:
+        if match.protocol not in (ICMP, ICMPV6):
+            raise NftUnsupported(f"an ICMP type on protocol {match.protocol}")
         word = "icmp" if match.protocol == ICMP else "icmpv6"
         out.append(f"{word} type {match.icmp_type}")
     elif not match.tcp_not_syn:
@@ -154,9 +156,21 @@ def _protocol(match: Match) -> list[str]:
     return out
 
 
+# The target options each statement writes: a lowered rule carrying any other one
+# is refused (NftUnsupported), never written without it.
+TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
+    Target.REJECT: frozenset({"reject-with"}), Target.LOG: frozenset({"log-prefix"}),
+    Target.SNAT: frozenset({"to-source"}), Target.DNAT: frozenset({"to-destination"}),
+    Target.CONNMARK: frozenset({"set-xmark"}), Target.CT: frozenset({"helper"}),
+}
+
+
 def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str]) -> str:
     target = rule.target
     options = dict(rule.target_options)
+    unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
+    if unwritten:
+        raise NftUnsupported(f"{target} option {sorted(unwritten)[0]}")
     if target is Target.ACCEPT:
         return "accept"
     if target is Target.DROP:
