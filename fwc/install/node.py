@@ -95,7 +95,8 @@ class NodeInstall:
             self.stage_files()
             self.say("testing the new rulesets")
             self.step("test", scripts.test_ruleset(self.files))
-            self.say("saving the running rules, ipsets and daemon configs")
+            self.say(f"saving the running {scripts.saved_rulesets(self.files)} and daemon "
+                     "configs")
             self.snapshot()
             self.arm_watchdog()
             self.say("applying")

@@ -60,6 +60,14 @@ NFT_REPLACE_HEAD = (f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}")
 _PRINT_HEAD = f"printf '%s\\n' {' '.join(q(line) for line in NFT_REPLACE_HEAD)}"
 
 
+def saved_rulesets(files: list[GeneratedFile]) -> str:
+    """What the snapshot of FILES' install saves, for the user."""
+    using = backends(files)
+    return " and ".join(([f"nftables table {NFT_TABLE}"] if Backend.NFTABLES in using else [])
+                        + (["rules, ipsets"] if Backend.IPTABLES in using else [])) \
+        or "files"
+
+
 def nft_drop_table() -> str:
     """Remove fwc's nftables table, whether it exists or not; never another table."""
     return f"{_PRINT_HEAD} | nft -f -"
