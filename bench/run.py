@@ -86,14 +86,27 @@ class Row:
     traversal: dict[str, float] = field(default_factory=dict)
 
 
-def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None) -> Run:
-    """Wall time and the peak RSS of exactly this child (wait4), not of all children."""
+def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
+          timeout: float | None = None) -> Run:
+    """Wall time and the peak RSS of exactly this child (wait4), not of all children.
+
+    TIMEOUT: the child is killed after so many seconds (returncode -9, "timed out").
+    """
     start = time.perf_counter()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
         child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
                                  stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - start > timeout:
+                child.kill()
+                _, status, usage = os.wait4(child.pid, 0)
+                err.write(f"timed out after {timeout:.0f} s".encode())
+                break
+            time.sleep(0.05)
         child.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - start
         err.seek(0)
@@ -176,6 +189,9 @@ def restore_test(out: Path) -> tuple[float | None, float | None, str]:
 
 
 BACKENDS = ("iptables", "nftables")
+# A load slower than this is reported as such, not waited for (the kernel's time for
+# anonymous sets grows with their square: see docs/performance.md).
+LOAD_TIMEOUT = 600.0
 
 
 @dataclass
@@ -225,7 +241,8 @@ def load_output(member: Path, backend: str) -> tuple[float | None, str]:
     try:
         total = 0.0
         for argv, path in steps:
-            got = timed(["ip", "netns", "exec", namespace, *argv], stdin=path)
+            got = timed(["ip", "netns", "exec", namespace, *argv], stdin=path,
+                        timeout=LOAD_TIMEOUT)
             if got.returncode:
                 return None, f"{argv[0]} failed: {got.stderr.strip()[:200]}"
             total += got.seconds

@@ -79,6 +79,15 @@ class _Writer:
 
     sets: dict[tuple[int, tuple[str, ...]], str] = field(default_factory=dict)
     helpers: dict[tuple[str, int], str] = field(default_factory=dict)
+    # A group's blocks, collapsed once per file: thousands of rules name the same groups
+    # (without it, collapsing dominated the render: 260 s for 2,000 rules of `groups`).
+    collapsed: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+
+    def collapse(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        found = self.collapsed.get(cidrs)
+        if found is None:
+            found = self.collapsed[cidrs] = _collapsed(cidrs)
+        return found
 
     def set_name(self, family: int, cidrs: tuple[str, ...]) -> str:
         key = (family, cidrs)
@@ -107,7 +116,7 @@ def _addresses(direction: str, match: AddressMatch, family: int, writer: _Writer
         raise NftUnsupported(f"ipset {match.set_name}: this target renders before the ipset pass")
     field_ = f"{FAMILY_WORDS[family][0]} {direction}"
     op = "!= " if match.negated else ""
-    cidrs = _collapsed(match.cidrs)
+    cidrs = writer.collapse(match.cidrs)
     if len(cidrs) == 1:
         return f"{field_} {op}{cidrs[0]}"
     if len(cidrs) > proto.IPSET_THRESHOLD:
