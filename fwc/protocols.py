@@ -60,6 +60,26 @@ PRIORITY_RANGE = (1, 254)
 VRRP_V3_ADVERT_RANGE_MS = (10, 40950)
 VRRP_V2_ADVERT_RANGE_S = (1, 255)
 MASTER_PRIORITY_STEP = 50
+# Health tracking (keepalived vrrp_script / track_*): weights keepalived accepts on
+# track_interface and track_script (-253..253), script intervals in whole seconds.
+TRACK_KINDS = ("interface", "ping", "process", "script")
+TRACK_WEIGHT_RANGE = (-253, 253)
+TRACK_INTERVAL_RANGE_S = (1, 4294)
+TRACK_COUNT_RANGE = (1, 255)  # fall, rise
+DEFAULT_TRACK_INTERVAL_S = 1
+DEFAULT_TRACK_FALL = 2
+DEFAULT_TRACK_RISE = 2
+# The gateway ping: one echo request, one second to answer, no name lookups.
+PING_COMMAND = ("/usr/bin/ping", "-c", "1", "-W", "1", "-n")
+# notify { STATE "command" }: the states, and the argument keepalived passes the
+# notify script for each (docs/compile.md "Notify script").
+NOTIFY_STATES = MappingProxyType({"master": "primary", "backup": "backup", "fault": "fault"})
+# An admin's command must not hold the notify lock (and the next transition's
+# conntrackd steps) for ever.
+NOTIFY_ACTION_TIMEOUT_S = 30
+# Fast failover: adverts shorter than this leave a master whose CPU or link stalls
+# for 3 adverts (plus skew) no margin before the backup takes over (FWC260).
+VRRP_SAFE_ADVERT_MS = 50
 
 # conntrackd defaults (conntrack-tools upstream examples).
 DEFAULT_SYNC_MODE = "ftfw"
@@ -137,3 +157,19 @@ KEEPALIVED_PREEMPT_DELAY_MAX_S = 1000
 NOTIFY_LOG_TAG = "fwc-notify"
 # keepalived uses only the first 8 characters of auth_pass; the placeholder fits.
 REDACTED_PASSWORD = "@FWCPW@"
+
+# Routing (docs/compile.md, "Routes"). Tables fwc may fill: 0 and 253-255 are the
+# kernel's unspec, default, main and local tables.
+ROUTE_TABLE_RANGE = (1, 252)
+# fwc's routes and rules carry this protocol number (`proto 94`), so that the routes
+# script replaces exactly its own (unassigned in iproute2's rt_protos).
+ROUTE_PROTOCOL = 94
+# `route-rule` priorities: written ones 2-32765 (0 is the local table's rule, 32766 and
+# 32767 main and default; fwc's `lookup main suppress_prefixlength 0` takes the one
+# before the first rule); unwritten ones count from 1000 in steps of 10.
+ROUTE_RULE_PRIORITY_RANGE = (2, 32765)
+ROUTE_RULE_FIRST_PRIORITY = 1000
+ROUTE_RULE_PRIORITY_STEP = 10
+IGMP_PROTOCOL = 2
+# The routes script's syslog tag.
+ROUTES_LOG_TAG = "fwc-routes"

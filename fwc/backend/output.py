@@ -75,6 +75,8 @@ def source_root(policy: Policy) -> str:
 
 
 def relative_source(path: str, root: str) -> str:
+    if path.startswith("<"):  # a file of fwc's library: `<std/services.fw>` everywhere
+        return path
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 

@@ -32,8 +32,9 @@ from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
+from fwc.install.record import parse_record, read_command
 from fwc.install.scripts import NFT_TABLE, nft_list_table
-from fwc.install.secrets import SecretsError, fill, read_secrets
+from fwc.install.secrets import SecretsError, fill, read_secret_source
 from fwc.install.transport import (
     InventoryError,
     Transport,
@@ -94,8 +95,9 @@ def _run(args: argparse.Namespace) -> int:
                                inventory=inventory, ssh=args.ssh)
     from fwc.backend.output import compile_policy
 
-    # The passwords install would have written: the policy's, or --secrets FILE's.
-    secrets = read_secrets(Path(args.secrets)) if args.secrets else None
+    # The passwords install would have written: the policy's, or the --secrets* source's.
+    secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
+                                 getattr(args, "secrets_command", None))
     compiled = {}
     for output in compile_policy(policy, redact=secrets is not None):
         if output.name == cluster.name:
@@ -104,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
                                                    f.content.decode("utf-8"), secrets)
                         for f in output.files if f.path.startswith(prefix)}
     palette = Palette(wants_colour(args.color, sys.stdout))
+    sys.stdout.write(installed_by(transport) + "\n")
     drift = compare(transport, compiled, cluster.backend)
     for title, lines in drift:
         sys.stdout.write(palette.bold(f"drift: {title}") + "\n")
@@ -115,6 +118,16 @@ def _run(args: argparse.Namespace) -> int:
     if not drift:
         print(f"{member.name}: runs what {path} compiles to")
     return EXIT_DRIFT if drift else EXIT_SAME
+
+
+def installed_by(transport: Transport) -> str:
+    """One line from the node's install record (fwc.install.record): who installed what."""
+    result = transport.run(read_command(), timeout=30)
+    record = parse_record(result.stdout) if result.ok else None
+    if record is None:
+        return f"{transport.member}: no install record on the node"
+    return (f"{transport.member}: installed {record.get('at', '?')} by {record.get('by', '?')} "
+            f"from {record.get('policy', '?')} at revision {record.get('revision', '?')}")
 
 
 def compare(transport: Transport, compiled: dict[str, str],

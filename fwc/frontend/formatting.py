@@ -307,11 +307,17 @@ class _Layout:
         # an interface or member starts with its keyword, just before its name
         interfaces = {self.first_of(i.name.span) - 1: i for i in cluster.interfaces}
         members = {self.first_of(m.name.span) - 1: m for m in cluster.members}
-        options = (*cluster.vrrp, *cluster.sync)
+        # a route or route-rule's span starts at its keyword
+        routes = {self.first_of(r.span): r for r in cluster.routes}
+        options = (*cluster.vrrp, *cluster.sync, *cluster.track, *cluster.notify)
         i = start
         while i < end:
             if i in members:
                 i = self.member(i, indent, members[i])
+            elif i in routes:
+                last = self.last_of(routes[i].span)
+                self.emit(Line(indent, i, last, text=join(self.tokens[i:last + 1])))
+                i = last + 1
             elif i in interfaces:
                 i = self.interface(i, indent, interfaces[i])
             else:  # `vrrp { ... }` or `sync { ... }`

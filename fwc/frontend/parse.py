@@ -27,6 +27,7 @@ _STARTS = ("start", "endpoints_fragment", "services_fragment")
 
 _TERMINAL_NAMES = {
     "NAME": "a name", "DEVICE": "a device name", "VIP_REF": "IFACE.vip",
+    "VIP_NAMED_REF": "IFACE.vip.NAME",
     "IPV4": "an IPv4 address", "IPV6": "an IPv6 address", "ADDR_RANGE": "an address range",
     "SVC_SPEC": "a service such as tcp/22", "DURATION": "a duration such as 1s or 100ms",
     "INT": "a number", "STRING": "a quoted string", "ACTION": "accept, drop or reject",
@@ -35,7 +36,10 @@ _TERMINAL_NAMES = {
     "KW_INCLUDE": "include", "KW_RANGE": "range", "KW_GROUP": "group",
     "KW_SERVICE": "service", "KW_CLUSTER": "cluster", "KW_POLICY": "policy", "KW_NAT": "nat",
     "KW_EXPECT": "expect", "UNICAST": "unicast", "MASTER": "master", "LINK_IPV4": "an IPv4 address",
-    "LINK_IPV6": "an IPv6 address",
+    "SIGNED_INT": "a number such as -60",
+    "LINK_IPV6": "an IPv6 address", "ROUTE_DEFAULT": "default", "KW_ROUTE": "route",
+    "KW_ROUTE_RULE": "route-rule",
+    "ROUTE_MARK": "a mark such as 0x10 or 0x10/0xff",
     "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
 }
@@ -268,12 +272,21 @@ def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None
         return None, [_syntax_diagnostic(what, exc, text, fragment=terminals)]
 
 
-_ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "IPV4": "address", "IPV6": "address",
-                   "ADDR_RANGE": "range", "ANY": "any", "FIREWALL": "firewall"}
+_ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip",
+                   "IPV4": "address", "IPV6": "address", "ADDR_RANGE": "range",
+                   "ANY": "any", "FIREWALL": "firewall"}
 
 
 def _join(first: Span, last: Span) -> Span:
     return Span(first.file, first.line, first.column, last.end_line, last.end_column)
+
+
+def _route_valued(key: str):
+    """A `route`/`route-rule` option: (key, the value word), spanning the value."""
+    def build(self: _Builder, children: list) -> s.Option:
+        value = self.word(children[-1])
+        return s.Option(key, value, value.span)
+    return build
 
 
 class _Builder(Transformer):
@@ -327,6 +340,9 @@ class _Builder(Transformer):
 
     def include(self, children: list) -> s.Include:
         _keyword, path_token = children
+        if path_token.type == "LIBRARY_FILE":
+            path = s.Word(path_token.value[1:-1], self.span(path_token))
+            return s.Include(path, path.span, library=True)
         path = self.word(path_token)
         return s.Include(path, path.span)
 
@@ -390,7 +406,49 @@ class _Builder(Transformer):
     unicast = _valued("unicast")
     master = _valued("master")
     backend = _valued("backend")
+    vrrp_unicast = _valued("unicast")
+    track_weight = _valued("weight")
+    track_interval = _valued("interval")
+    track_fall = _valued("fall")
+    track_rise = _valued("rise")
     del _valued
+
+    def sync_allow(self, children: list) -> s.ServicesOption:
+        services = tuple(self.service_ref(c) for c in children)
+        return s.ServicesOption("allow", None, _join(services[0].span, services[-1].span),
+                                services)
+
+    def _make_track(self, kind: str, children: list) -> s.TrackDecl:
+        target, *options = children
+        target_word = self.word(target)
+        # The keyword is an anonymous token without a position: the item's span starts
+        # at its target (`ping 198.51.100.9 ...` is reported at the address).
+        last = options[-1].span if options else target_word.span
+        return s.TrackDecl(s.Word(kind, target_word.span), target_word, tuple(options),
+                           _join(target_word.span, last))
+
+    def track_interface(self, children: list) -> s.TrackDecl:
+        return self._make_track("interface", children)
+
+    def track_ping(self, children: list) -> s.TrackDecl:
+        return self._make_track("ping", children)
+
+    def track_process(self, children: list) -> s.TrackDecl:
+        return self._make_track("process", children)
+
+    def track_script(self, children: list) -> s.TrackDecl:
+        return self._make_track("script", children)
+
+    def track(self, children: list) -> tuple[str, tuple[s.TrackDecl, ...]]:
+        return ("track", tuple(children))
+
+    def notify_action(self, children: list) -> s.Option:
+        state, command = children
+        state_word, command_word = self.word(state), self.word(command)
+        return s.Option(state_word.text, command_word, _join(state_word.span, command_word.span))
+
+    def notify(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return ("notify", tuple(children))
 
     def multicast(self, children: list) -> list[s.Option]:
         group = self.word(children[0])
@@ -412,22 +470,31 @@ class _Builder(Transformer):
     def sync(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
         return self._options_block("sync", children)
 
-    def vips(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
-        return ("vips", tuple(self.word(c) for c in children))
+    def named_vip(self, children: list) -> tuple[s.Word, s.Word]:
+        name, address = children
+        return (self.word(name), self.word(address))
+
+    def vips(self, children: list) -> tuple[str, tuple[tuple[s.Word | None, s.Word], ...]]:
+        return ("vips", tuple(c if isinstance(c, tuple) else (None, self.word(c))
+                              for c in children))
 
     def interface(self, children: list) -> s.InterfaceDecl:
         name, *opts = children
         vips: list[s.Word] = []
+        names: list[s.Word | None] = []
         vrid = None
         for opt in opts:
             if isinstance(opt, s.Option):
                 vrid = opt.value
             else:
-                vips.extend(opt[1])
+                for vip_name, address in opt[1]:
+                    names.append(vip_name)
+                    vips.append(address)
         name_word = self.word(name)
         last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else [])],
                    key=lambda sp: (sp.end_line, sp.end_column))
-        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last))
+        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last),
+                               tuple(names))
 
     def member_link(self, children: list) -> s.MemberLink:
         iface, device, *addresses = children
@@ -447,29 +514,71 @@ class _Builder(Transformer):
 
     def cluster(self, children: list) -> s.ClusterDecl:
         _keyword, name, *items = children
-        vrrp: list[s.Option] = []
-        sync: list[s.Option] = []
-        vrrp_span = sync_span = None
+        blocks: dict[str, list] = {"vrrp": [], "sync": [], "track": [], "notify": []}
+        block_spans: dict[str, Span | None] = dict.fromkeys(blocks)
         interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
         members = tuple(i for i in items if isinstance(i, s.MemberDecl))
+        routes = tuple(i for i in items if isinstance(i, s.RouteDecl | s.RouteRuleDecl))
         backend = tuple(i for i in items if isinstance(i, s.Option))
         for item in items:
             if not isinstance(item, tuple) or isinstance(item, s.Option):
                 continue
             kind, options = item
-            target = vrrp if kind == "vrrp" else sync
-            target.extend(options)
+            blocks[kind].extend(options)
             if options:
-                block_span = _join(options[0].span, options[-1].span)
-                if kind == "vrrp":
-                    vrrp_span = vrrp_span or block_span
-                else:
-                    sync_span = sync_span or block_span
+                block_spans[kind] = block_spans[kind] or _join(options[0].span,
+                                                               options[-1].span)
         name_word = self.word(name)
-        spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members)]
+        spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members),
+                 *(r.span for r in routes)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
-        return s.ClusterDecl(name_word, tuple(vrrp), vrrp_span, tuple(sync), sync_span,
-                             interfaces, members, _join(name_word.span, last), backend)
+        return s.ClusterDecl(name_word, tuple(blocks["vrrp"]), block_spans["vrrp"],
+                             tuple(blocks["sync"]), block_spans["sync"], interfaces, members,
+                             _join(name_word.span, last), backend, tuple(blocks["track"]),
+                             block_spans["track"], tuple(blocks["notify"]),
+                             block_spans["notify"], routes)
+
+    # -- routing (`route`, `route-rule`) ------------------------------------------------
+    route_via = _route_valued("via")
+    route_dev = _route_valued("dev")
+    route_table = _route_valued("table")
+    route_src = _route_valued("src")
+    route_metric = _route_valued("metric")
+    route_follow = _route_valued("follow")
+    route_only = _route_valued("only")
+    route_in = _route_valued("in")
+    route_mark = _route_valued("mark")
+    route_priority = _route_valued("priority")
+
+    def route_from(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("from", tuple(self.word(c) for c in children))
+
+    def route_to(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
+        return ("to", tuple(self.word(c) for c in children))
+
+    def route(self, children: list) -> s.RouteDecl:
+        keyword, destination_token, *options = children
+        destination = self.word(destination_token)
+        last = options[-1].span if options else destination.span
+        return s.RouteDecl(destination, tuple(options), _join(self.span(keyword), last))
+
+    def route_rule(self, children: list) -> s.RouteRuleDecl:
+        keyword, *rest = children
+        sources: list[s.Word] = []
+        destinations: list[s.Word] = []
+        options: list[s.Option] = []
+        spans: list[Span] = [self.span(keyword)]
+        for child in rest:
+            if isinstance(child, s.Option):
+                options.append(child)
+                spans.append(child.span)
+            else:
+                kind, words = child
+                (sources if kind == "from" else destinations).extend(words)
+                spans.extend(w.span for w in words)
+        last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
+        return s.RouteRuleDecl(tuple(sources), tuple(destinations), tuple(options),
+                               _join(spans[0], last))
 
     # -- rules ----------------------------------------------------------------------
     def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:
@@ -494,7 +603,8 @@ class _Builder(Transformer):
     def nat_target(self, children: list) -> s.NatTargetDecl:
         what = children[0]
         port = self.word(children[1]) if len(children) > 1 else None
-        kind = {"NAME": "name", "VIP_REF": "vip"}.get(what.type, "address")
+        kind = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip"}.get(
+            what.type, "address")
         text = what.value[: -len(".vip")] if kind == "vip" else what.value
         span = self.span(what)
         return s.NatTargetDecl(kind, text, port, _join(span, port.span) if port else span)

@@ -16,6 +16,7 @@ from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
 from fwc.frontend.loader import LoadedProgram
+from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
@@ -377,9 +378,81 @@ class Resolver:
                     exp = self.resolve_expectation(rd, iface_names)
                     if exp:
                         expectations.append(exp)
+        routes, route_rules = resolve_routing(self, decl, interfaces, members)
         return m.Cluster(decl.name.text, vrrp, sync, interfaces, members, tuple(rules),
                          tuple(nat), tuple(expectations), decl.span,
-                         self.resolve_backend(decl))
+                         self.resolve_backend(decl), self.resolve_tracks(decl),
+                         self.resolve_notify(decl), routes, route_rules)
+
+    def signed(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
+        try:
+            value = int(word.text)
+        except ValueError:
+            self.err("FWC109", f"{what} must be a number, got '{word.text}'", word.span)
+            return None
+        if not low <= value <= high:
+            self.err(code, f"{what} {value} is out of range {low}-{high}", word.span)
+            return None
+        return value
+
+    def resolve_tracks(self, decl: s.ClusterDecl) -> tuple[m.Track, ...]:
+        out: list[m.Track] = []
+        for item in decl.track:
+            opts = self.unique_options(item.options)
+            kind, target = item.kind.text, item.target.text
+            ok = True
+            if kind == "ping":
+                got = self.parse_address(item.target, want="host")
+                if got is None:
+                    continue
+            weight = None
+            if "weight" in opts and opts["weight"].value is not None:
+                weight = self.signed(opts["weight"].value, "track weight",
+                                     *proto.TRACK_WEIGHT_RANGE, "FWC256")
+                ok = ok and weight is not None
+            interval = proto.DEFAULT_TRACK_INTERVAL_S
+            if "interval" in opts and opts["interval"].value is not None:
+                word = opts["interval"].value
+                ms = self.duration_ms(word, "track interval")
+                low, high = proto.TRACK_INTERVAL_RANGE_S
+                if ms is None:
+                    ok = False
+                elif ms % 1000 or not low <= ms // 1000 <= high:
+                    self.err("FWC256", f"track interval {word.text} is not whole seconds "
+                             f"{low}-{high}", word.span,
+                             hint="keepalived runs track scripts every N whole seconds")
+                    ok = False
+                else:
+                    interval = ms // 1000
+            counts = {"fall": proto.DEFAULT_TRACK_FALL, "rise": proto.DEFAULT_TRACK_RISE}
+            for key in counts:
+                if key in opts and opts[key].value is not None:
+                    value = self.integer(opts[key].value, f"track {key}",
+                                         *proto.TRACK_COUNT_RANGE, "FWC256")
+                    if value is None:
+                        ok = False
+                    else:
+                        counts[key] = value
+            if kind == "interface" and ("interval" in opts or "fall" in opts
+                                        or "rise" in opts):
+                extra = next(k for k in ("interval", "fall", "rise") if k in opts)
+                self.err("FWC109", f"'{extra}' does not apply to a tracked interface",
+                         opts[extra].span, hint="keepalived follows the link state itself; "
+                         "only 'weight' applies")
+                ok = False
+            if ok:
+                spans = tuple((k, o.span) for k, o in opts.items())
+                out.append(m.Track(kind, target, weight, interval, counts["fall"],
+                                   counts["rise"], item.span, spans))
+        return tuple(out)
+
+    def resolve_notify(self, decl: s.ClusterDecl) -> tuple[m.NotifyAction, ...]:
+        out: list[m.NotifyAction] = []
+        for key, opt in self.unique_options(decl.notify).items():
+            state = self.choice(s.Word(key, opt.span), "notify state", proto.NOTIFY_STATES)
+            if state is not None and opt.value is not None:
+                out.append(m.NotifyAction(state, opt.value.text, opt.span))
+        return tuple(out)
 
     def resolve_backend(self, decl: s.ClusterDecl) -> Backend:
         opts = self.unique_options(decl.backend)
@@ -450,7 +523,7 @@ class Resolver:
             garp = None if ms is None else max(1, ms // 1000)
         spans = tuple((k, o.span) for k, o in opts.items())
         return m.Vrrp(password, password_file, auth, advert, version, preempt, delay, vrid,
-                      garp, decl.vrrp_span, spans)
+                      garp, decl.vrrp_span, spans, "unicast" in opts)
 
     def resolve_sync(self, decl: s.ClusterDecl) -> m.Sync:
         opts = self.unique_options(decl.sync)
@@ -479,8 +552,15 @@ class Resolver:
         if "mark-bit" in opts and opts["mark-bit"].value is not None:
             value = self.integer(opts["mark-bit"].value, "mark bit", 0, 31, "FWC215")
             mark_bit = mark_bit if value is None else value
+        allow: tuple[m.ServiceMatch, ...] = ()
+        labels: tuple[str, ...] = ()
+        if "allow" in opts:
+            option = opts["allow"]
+            assert isinstance(option, s.ServicesOption)
+            allow, labels, _ok = self.services_of(option.services)
         spans = tuple((k, o.span) for k, o in opts.items())
-        return m.Sync(link, mode, transport, group, port, mark_bit, decl.sync_span, spans)
+        return m.Sync(link, mode, transport, group, port, mark_bit, decl.sync_span, spans,
+                      allow, labels)
 
     def resolve_interfaces(self, decl: s.ClusterDecl, vrrp: m.Vrrp) -> tuple[m.Interface, ...]:
         out: list[m.Interface] = []
@@ -494,11 +574,23 @@ class Resolver:
             seen[idecl.name.text] = idecl
             vips: list[m.IPInterface] = []
             spans: list[Span] = []
-            for word in idecl.vips:
+            names: list[str | None] = []
+            named: dict[str, s.Word] = {}
+            vip_names = idecl.vip_names or (None,) * len(idecl.vips)
+            for word, name in zip(idecl.vips, vip_names, strict=True):
+                if name is not None:
+                    if name.text in named:
+                        self.err("FWC119", f"VIP name '{name.text}' is given twice on interface "
+                                 f"'{idecl.name.text}'", name.span,
+                                 hint="give each VIP of an interface its own name",
+                                 related=[Related(named[name.text].span, "first named here")])
+                    named.setdefault(name.text, name)
                 vip = self.parse_interface_address(word, "VIP")
                 if vip is not None:
                     vips.append(vip)
                     spans.append(word.span)
+                    names.append(name.text if name is not None and named[name.text] is name
+                                 else None)
             vrid = vrrp.vrid
             if idecl.vrid is not None:
                 vrid = self.integer(idecl.vrid, "VRID", *proto.VRID_RANGE, "FWC204")
@@ -507,7 +599,7 @@ class Resolver:
                          idecl.name.span,
                          hint="set 'vrid N' on the interface or a cluster-wide 'vrid' in vrrp { }")
             out.append(m.Interface(idecl.name.text, tuple(vips), vrid if idecl.vips else None,
-                                   idecl.span, tuple(spans)))
+                                   idecl.span, tuple(spans), tuple(names)))
         return tuple(out)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
@@ -610,6 +702,13 @@ class Resolver:
                 out.append(m.EndpointItem("vip", f"{item.text}.vip",
                                           AddressSet.of(*(v.ip for v in iface.vips)),
                                           item.negated, None, item.span))
+            elif item.kind == "named_vip":
+                vip = self.named_vip_ref(item.text, item.span, ifaces)
+                if vip is None:
+                    ok = False
+                    continue
+                out.append(m.EndpointItem("vip", item.text, AddressSet.of(vip.ip),
+                                          item.negated, None, item.span))
             else:
                 word = s.Word(item.text, item.span)
                 got = self.parse_range(word) if item.kind == "range" \
@@ -620,6 +719,39 @@ class Resolver:
                 out.append(m.EndpointItem("literal", item.text, got, item.negated, None,
                                           item.span))
         return m.Endpoint(tuple(out)) if ok else None
+
+    def named_vip_ref(self, text: str, span: Span, ifaces: dict[str, m.Interface]) \
+            -> m.IPInterface | None:
+        """`IFACE.vip.NAME`: the one VIP of IFACE that `vip NAME ADDR` named."""
+        iface_name, _, vip_name = text.partition(".vip.")
+        iface = ifaces.get(iface_name)
+        if iface is None or not iface.vips:
+            self.bad_vip_ref(iface_name, span, ifaces)
+            return None
+        vip = iface.named_vip(vip_name)
+        if vip is None:
+            known = [n for n in iface.vip_names if n is not None]
+            choices = ", ".join(f"{iface_name}.vip.{n}" for n in known)
+            self.err("FWC118", f"interface '{iface_name}' has no VIP named '{vip_name}'", span,
+                     hint=(_did_you_mean(vip_name, known) or f"its named VIPs: {choices}")
+                     if known else f"name it in the interface: 'interface {iface_name} vip "
+                     f"{vip_name} ADDRESS/PREFIX'")
+        return vip
+
+    def ambiguous_vip(self, iface: m.Interface, span: Span) -> None:
+        """FWC117: `IFACE.vip` where one address is needed and IFACE has several of a family."""
+        families = iface.ambiguous_families
+        listed = []
+        for vip in (v for v in iface.vips if v.version in families):
+            name = iface.name_of(vip)
+            listed.append(f"{iface.name}.vip.{name} ({vip})" if name else f"{vip} (unnamed)")
+        unnamed = [v for v in iface.vips if v.version in families and iface.name_of(v) is None]
+        hint = (f"name each VIP ('interface {iface.name} vip NAME {unnamed[0]}, ...') and "
+                f"write '{iface.name}.vip.NAME'") if unnamed \
+            else f"write one of {', '.join(f'{iface.name}.vip.{n}' for n in iface.vip_names if n)}"
+        kinds = " and ".join("IPv4" if f == 4 else "IPv6" for f in families)
+        self.err("FWC117", f"'{iface.name}.vip' is ambiguous here: interface '{iface.name}' has "
+                 f"several {kinds} VIPs: {', '.join(listed)}", span, hint=hint)
 
     def bad_vip_ref(self, name: str, span: Span, ifaces: dict[str, m.Interface]) -> None:
         if name in ifaces:
@@ -710,8 +842,17 @@ class Resolver:
             if iface is None or not iface.vips:
                 self.bad_vip_ref(t.text, t.span, ifaces)
                 return None
+            if iface.ambiguous_families:
+                self.ambiguous_vip(iface, t.span)
+                return None
             return m.NatTarget("vip", f"{t.text}.vip", AddressSet.of(*(v.ip for v in iface.vips)),
                                port, t.text, t.span)
+        if t.kind == "named_vip":
+            vip = self.named_vip_ref(t.text, t.span, ifaces)
+            if vip is None:
+                return None
+            return m.NatTarget("vip", t.text, AddressSet.of(vip.ip), port,
+                               t.text.partition(".vip.")[0], t.span)
         if t.kind == "name":
             self.used.add(t.text)
             obj = self.objects.get(t.text)
@@ -789,11 +930,13 @@ class Resolver:
         for name, decl in self.object_decls.items():
             obj = self.objects.get(name)
             documents_segment = obj is not None and obj.addresses in segments
-            if name not in self.used and not documents_segment:
+            offered = decl.name.span.file in self.program.libraries
+            if name not in self.used and not documents_segment and not offered:
                 self.warn("FWC103", f"object '{name}' is never used", decl.name.span,
                           hint="remove it, or use it in a rule")
         for name, sdecl in self.service_decls.items():
-            if name not in self.used_services:
+            if name not in self.used_services \
+                    and sdecl.name.span.file not in self.program.libraries:
                 self.warn("FWC103", f"service '{name}' is never used", sdecl.name.span,
                           hint="remove it, or use it in a rule")
         sources = tuple(m.SourceInfo(p, h) for p, h in self.program.hashes)

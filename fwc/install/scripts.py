@@ -7,8 +7,10 @@ these, and tests can read them.
 from __future__ import annotations
 
 import shlex
+from pathlib import PurePosixPath
 
-from fwc.backend.files import BOOT_UNIT, FILES, LOAD_ORDER, GeneratedFile, Reload, path_of
+from fwc import protocols as proto
+from fwc.backend.files import ENABLED_UNITS, FILES, LOAD_ORDER, GeneratedFile, Reload, path_of
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
@@ -173,6 +175,8 @@ def test_ruleset(files: list[GeneratedFile]) -> str:
         isolated = " && ".join([*(f"ipset restore < {STAGING}/{f.name}" for f in ipsets),
                                 *steps])
         steps = [f"unshare -n sh -c {q(isolated)}"]
+    # The routes script must at least parse; what it installs only the node can tell.
+    steps += [f"sh -n {STAGING}/{f.name}" for f in files if f.reload is Reload.ROUTES]
     if "keepalived.conf" in names:
         # Also catches a VRRP interface this node does not have. keepalived is
         # known to be there (preflight).
@@ -245,6 +249,11 @@ def load(file: GeneratedFile) -> str:
         # undo a good ruleset: report it and carry on.
         return (f"if ! sysctl -q -p {file.path}; then "
                 "echo 'warning: some sysctl keys were not set' >&2; fi")
+    if file.reload is Reload.ROUTES:
+        # A route the kernel refuses (a gateway whose interface is down) must not undo
+        # a good ruleset: the script installs what it can and says what it could not.
+        return (f"if ! sh {file.path}; then "
+                "echo 'warning: some routes were not installed' >&2; fi")
     if file.reload is Reload.FORWARDING:
         # Forwarding is not in /etc/sysctl.d (the boot unit switches it on after the
         # rules): switch it on here, after the rules were applied above.
@@ -272,10 +281,14 @@ def reload_systemd_units() -> str:
     forwarding off for the moment it takes to load them again. On a rollback
     that removed the unit, its enablement link goes too.
     """
-    wants = f"/etc/systemd/system/multi-user.target.wants/{BOOT_UNIT}"
+    steps = []
+    for unit in ENABLED_UNITS:
+        name = PurePosixPath(path_of(unit)).name
+        wants = f"/etc/systemd/system/multi-user.target.wants/{name}"
+        steps.append(f"if [ -e {path_of(unit)} ]; then systemctl enable -q {name}; "
+                     f"else rm -f {wants}; fi")
     return ("if [ -d /run/systemd/system ]; then systemctl daemon-reload && "
-            f"if [ -e {path_of('fwc-firewall.service')} ]; then systemctl enable -q {BOOT_UNIT}; "
-            f"else rm -f {wants}; fi; fi")
+            + "; ".join(steps) + "; fi")
 
 
 def reload_keepalived(systemd: bool) -> str:
@@ -294,7 +307,7 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     The old daemon is stopped through the *old* config's socket. A backup then
     asks the master for a full resync (-n); the master re-reads the kernel
     table (-R) and sends its cache to the backups (-B), as the notify hook
-    does on a transition (ha-daemons.md 2.3).
+    does on a transition (docs/ha-pitfalls.md, "What a transition does").
     """
     stop_conf = q(old_config) if old_config else path_of("conntrackd.conf")
     resync = f"{CONNTRACKD} -n" if role == "backup" else f"{CONNTRACKD} -R && {CONNTRACKD} -B"
@@ -311,6 +324,20 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
         return plain
     return ("if [ -d /run/systemd/system ] && systemctl -q is-active conntrackd; then "
             f"systemctl restart conntrackd && {wait_socket} && {resync}; else {plain}; fi")
+
+
+def _restore_routes(files: list[GeneratedFile]) -> list[str]:
+    """The routes as they were: the old script again, or none of fwc's without one."""
+    lines = []
+    for file in files:
+        if file.reload is not Reload.ROUTES:
+            continue
+        flush = "; ".join(f"ip -{family} route flush table all proto {proto.ROUTE_PROTOCOL}; "
+                          f"ip -{family} rule flush protocol {proto.ROUTE_PROTOCOL}"
+                          for family in (4, 6))
+        lines.append(f"if [ -e {file.path} ]; then sh {file.path} || rc=1; "
+                     f"else {{ {flush}; }} 2>/dev/null || :; fi")
+    return lines
 
 
 def _iptables_rollback() -> list[str]:
@@ -395,6 +422,7 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
     if Backend.NFTABLES in using:
         lines += _nft_rollback()
     lines += [
+        *_restore_routes(files),
         *reloads,
         # Without the marker the watchdog tries again at its deadline.
         f"if [ $rc -eq 0 ]; then touch $S/rolled-back; {release(token)}; fi",

@@ -263,6 +263,9 @@ class Vrrp:
     garp_refresh_s: int | None
     span: Span | None
     option_spans: tuple[tuple[str, Span], ...] = ()
+    # `unicast`: adverts go to each peer's address on the segment (unicast_peer), not
+    # to the VRRP multicast group.
+    unicast: bool = False
 
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
@@ -278,9 +281,46 @@ class Sync:
     mark_bit: int
     span: Span | None
     option_spans: tuple[tuple[str, Span], ...] = ()
+    # `allow SERVICES`: management between the members' sync addresses (ssh, ntp, ...).
+    allow: tuple[ServiceMatch, ...] = ()
+    allow_labels: tuple[str, ...] = ()
 
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """One `track { }` item: what else than a dead member moves the VIPs.
+
+    kind: interface (a logical interface: each member's device), ping (an address
+    on a segment), process (a process name) or script (a command line). Without a
+    weight a failure puts the member in FAULT; with one, the member's priority
+    moves by it (a negative weight is subtracted on failure, a positive one added
+    while the check is good), as keepalived's track_* weights do.
+    """
+
+    kind: str
+    target: str
+    weight: int | None
+    interval_s: int
+    fall: int
+    rise: int
+    span: Span
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def span_of(self, key: str) -> Span:
+        return _option_span(self.option_spans, key, self.span) or self.span
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAction:
+    """`notify { master "CMD" }`: the admin's command for one state, run by the notify
+    script after fwc's own conntrackd steps (state: master, backup or fault)."""
+
+    state: str
+    command: str
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +330,29 @@ class Interface:
     vrid: int | None  # its own or the cluster default; None when no VIP
     span: Span
     vip_spans: tuple[Span, ...] = ()
+    # Per VIP, the name `vip NAME ADDR/PREFIX` gives it (None: unnamed); `IFACE.vip.NAME`.
+    vip_names: tuple[str | None, ...] = ()
 
     def vips_of(self, family: int) -> tuple[IPInterface, ...]:
         return tuple(v for v in self.vips if v.version == family)
+
+    def name_of(self, vip: IPInterface) -> str | None:
+        """The name the policy gave VIP, if any."""
+        for address, name in zip(self.vips, self.vip_names, strict=False):
+            if address == vip:
+                return name
+        return None
+
+    def named_vip(self, name: str) -> IPInterface | None:
+        for address, vip_name in zip(self.vips, self.vip_names, strict=False):
+            if vip_name == name:
+                return address
+        return None
+
+    @property
+    def ambiguous_families(self) -> tuple[int, ...]:
+        """Families with more than one VIP: `IFACE.vip` cannot stand for one address there."""
+        return tuple(f for f in (4, 6) if len(self.vips_of(f)) > 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,9 +384,88 @@ class Member:
         link = self.link(interface)
         return link.device if link else None
 
+    def link_on(self, address: IPAddress) -> MemberLink | None:
+        """The link whose subnet holds ADDRESS (a gateway on a segment), if any."""
+        for link in self.links:
+            if any(address in a.network for a in link.addresses if a.version == address.version):
+                return link
+        return None
+
     @property
     def addresses(self) -> AddressSet:
         return AddressSet.of(*(a.ip for link in self.links for a in link.addresses))
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """`route DEST via GW ...` in a cluster: on every member, or on `only` one.
+
+    `interface` is the logical interface written with `dev`; without it, each
+    member reaches the gateway through the interface whose subnet holds it
+    (`fwc.model.topology`). `table` None is the main table. `follow` routes are
+    keepalived's `virtual_routes`: present only on the current master.
+    """
+
+    destination: IPNetwork
+    gateway: IPAddress | None
+    interface: str | None
+    table: int | None
+    source: IPAddress | None  # preferred source (`src`), e.g. a VIP
+    source_label: str | None  # as written: an address or IFACE.vip
+    metric: int | None
+    follow: bool
+    only: str | None
+    span: Span
+
+    @property
+    def family(self) -> int:
+        return self.destination.version
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination.prefixlen == 0
+
+    def text(self) -> str:
+        """The route as the language writes it (canonical spacing, no location)."""
+        parts = ["route", "default" if self.is_default else str(self.destination)]
+        if self.gateway is not None:
+            parts += ["via", str(self.gateway)]
+        if self.interface is not None:
+            parts += ["dev", self.interface]
+        if self.table is not None:
+            parts += ["table", str(self.table)]
+        if self.source_label is not None:
+            parts += ["src", self.source_label]
+        if self.metric is not None:
+            parts += ["metric", str(self.metric)]
+        if self.follow:
+            parts += ["follow", "master"]
+        if self.only is not None:
+            parts += ["only", self.only]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """`route-rule ... table N`: a policy-routing rule (iproute2's `ip rule`).
+
+    Sources and destinations are CIDR networks of one family (empty: any);
+    `mark` is (value, mask) of the packet's firewall mark.
+    """
+
+    family: int
+    sources: tuple[IPNetwork, ...]
+    destinations: tuple[IPNetwork, ...]
+    in_interface: str | None
+    mark: tuple[int, int] | None
+    table: int
+    priority: int  # iproute2's preference: lower is looked at first
+    follow: bool
+    only: str | None
+    span: Span
 
 
 @dataclass(frozen=True)
@@ -346,6 +485,11 @@ class Cluster:
     span: Span
     # The packet filter the rules are written for; `fwc compile --backend` overrides it.
     backend: Backend = Backend.IPTABLES
+    tracks: tuple[Track, ...] = ()
+    notify_actions: tuple[NotifyAction, ...] = ()
+    # `route` and `route-rule` lines (docs/language.md, "Routes"), in source order.
+    routes: tuple[Route, ...] = ()
+    route_rules: tuple[RouteRule, ...] = ()
 
     def interface(self, name: str) -> Interface | None:
         for iface in self.interfaces:

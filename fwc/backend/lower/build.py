@@ -10,6 +10,7 @@ analysis engine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,8 @@ RAW_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.OUTPUT)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
+# Multicast destinations: a packet to a group the node joined is taken in (INPUT).
+MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,53 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
 
 # -- the builder ---------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class AutoRule:
+    """An automatic filter rule that can decide the first packet of a connection.
+
+    What `fwc query`, `expect` and `fwc diff` model of the HA plumbing (VRRP, AH,
+    conntrackd sync, IGMP, NDP): the same rules the compiled INPUT and OUTPUT
+    chains start with, read from the lowering (`automatic_rules`), never restated.
+    """
+
+    chain: str  # input or output
+    match: Match
+    verdict: FilterAction
+    label: str  # the rule's comment, e.g. "fwc auto: conntrackd sync eth2"
+    multicast: bool  # every destination is a multicast group the node takes in
+
+
+_VERDICTS = {Target.ACCEPT: FilterAction.ACCEPT, Target.DROP: FilterAction.DROP,
+             Target.REJECT: FilterAction.REJECT}
+
+
+def automatic_rules(cluster: Cluster, member: Member, family: int) -> tuple[AutoRule, ...]:
+    """The member's automatic INPUT/OUTPUT rules that a NEW packet can meet, in order.
+
+    Left out: loopback (the analysis' `local` chain), and the stateful core, which
+    decides only established, invalid and SYN-less packets. The NDP rules also
+    require hop limit 255, which the analysis' packets do not carry: every genuine
+    neighbour discovery packet has it.
+    """
+    lowering = _Lowering(cluster, member, family, LowerOptions())
+    lowering.automatic_rules()
+    out: list[AutoRule] = []
+    for chain, name in ((BuiltinChain.INPUT, "input"), (BuiltinChain.OUTPUT, "output")):
+        for rule in lowering.tables.filter[chain]:
+            match = rule.match
+            verdict = _VERDICTS.get(rule.target)  # type: ignore[call-overload]
+            if verdict is None or "lo" in (match.in_device, match.out_device):
+                continue
+            if match.tcp_not_syn or (match.ctstate and "NEW" not in match.ctstate):
+                continue
+            groups = match.destination.cidrs
+            multicast = bool(groups) and all(
+                ipaddress.ip_network(c).subnet_of(MULTICAST[family])  # type: ignore[arg-type]
+                for c in groups)
+            out.append(AutoRule(name, match, verdict, rule.origin.label, multicast))
+    return tuple(out)
+
+
 @dataclass
 class _Tables:
     filter: dict[ChainName, list[Rule]] = field(
@@ -274,21 +324,58 @@ class _Lowering:
             if not iface.vips_of(self.family):
                 continue
             dev = self.device(iface.name)
-            to_group = AddressMatch((group,))
+            # Multicast: adverts to the VRRP group. Unicast: from each peer's address on
+            # the segment to this member's and back, and from nobody else.
+            own, peers = self.segment_peers(iface.name)
+            if self.cluster.vrrp.unicast and (not own or not peers):
+                continue  # FWC203: a member without an address of the family
+            incoming = Match(source=AddressMatch(peers), destination=AddressMatch(own[:1])) \
+                if self.cluster.vrrp.unicast else Match(destination=AddressMatch((group,)))
+            outgoing = Match(source=AddressMatch(own[:1]), destination=AddressMatch(peers)) \
+                if self.cluster.vrrp.unicast else incoming
             for number in protocols:
                 label = f"vrrp {dev}" if number == proto.VRRP_PROTOCOL else f"vrrp-ah {dev}"
                 self.auto(BuiltinChain.INPUT,
-                          Match(destination=to_group, in_device=dev, protocol=number),
-                          label)
+                          replace(incoming, in_device=dev, protocol=number), label)
                 self.auto(BuiltinChain.OUTPUT,
-                          Match(destination=to_group, out_device=dev, protocol=number),
-                          label)
+                          replace(outgoing, out_device=dev, protocol=number), label)
         if self.family == 4:
             self.sync_rules()
         else:
             for icmp_type in proto.NDP_ICMPV6_TYPES:
                 self.auto(BuiltinChain.INPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+        self.sync_allowance()
+
+    def segment_peers(self, interface: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(this member's addresses, every other member's) on INTERFACE in this family."""
+        def addresses(member: Member) -> list[str]:
+            link = member.link(interface)
+            return [str(a.ip) for a in link.addresses if a.version == self.family] \
+                if link is not None else []
+        peers = [a for m in self.cluster.members if m.name != self.member.name
+                 for a in addresses(m)]
+        return tuple(addresses(self.member)), tuple(peers)
+
+    def sync_allowance(self) -> None:
+        """`sync { allow ssh, ntp }`: those services between the members' sync addresses,
+        either way (replies are the established rule's)."""
+        sync = self.cluster.sync
+        if not sync.allow or sync.link is None:
+            return
+        dev = self.device(sync.link)
+        own, peers = self.segment_peers(sync.link)
+        matches = service_matches(sync.allow, self.family)
+        if not own or not peers or matches is None:
+            return
+        label = f"sync allow {', '.join(sync.allow_labels)}"
+        for match in matches:
+            self.auto(BuiltinChain.INPUT,
+                      replace(match, source=AddressMatch(peers), destination=AddressMatch(own),
+                              in_device=dev), label)
+            self.auto(BuiltinChain.OUTPUT,
+                      replace(match, source=AddressMatch(own), destination=AddressMatch(peers),
+                              out_device=dev), label)
 
     def sync_rules(self) -> None:
         sync = self.cluster.sync
@@ -304,6 +391,7 @@ class _Lowering:
                                                 dports=port), label)
             self.auto(BuiltinChain.OUTPUT, Match(destination=group, out_device=dev,
                                                  protocol=UDP, dports=port), label)
+            self.igmp_rules(dev)
             return
         own = [a.ip for a in link.addresses if a.version == 4]
         peers = [a.ip for m in self.cluster.members if m.name != self.member.name
@@ -320,13 +408,23 @@ class _Lowering:
                   Match(source=mine, destination=theirs, out_device=dev, protocol=UDP,
                         dports=port), label)
 
+    def igmp_rules(self, dev: str) -> None:
+        # IGMP on the sync link with multicast sync: a snooping switch forwards
+        # conntrackd's group only to ports whose host answered its queries with
+        # membership reports (docs/ha-pitfalls.md, "Automatic rules for the HA plumbing").
+        groups = AddressMatch((str(MULTICAST[4]),))
+        self.auto(BuiltinChain.INPUT, Match(destination=groups, in_device=dev,
+                                            protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+        self.auto(BuiltinChain.OUTPUT, Match(destination=groups, out_device=dev,
+                                             protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+
     def stateful_core(self) -> None:
         established = Match(ctstate=("RELATED", "ESTABLISHED"))
         for chain, _ in FILTER_POLICIES:
             self.auto(chain, established, "established")
         for chain in (BuiltinChain.INPUT, BuiltinChain.FORWARD):
             # DROP, never REJECT: right after a failover, packets of flows the notify
-            # script has not committed yet must be retransmitted, not reset (ha-daemons P19).
+            # script has not committed yet must be retransmitted, not reset (docs/ha-pitfalls.md).
             self.auto(chain, Match(ctstate=("INVALID",)), "invalid", Target.DROP)
             self.auto(chain, Match(protocol=TCP, tcp_not_syn=True, ctstate=("NEW",)),
                       "new tcp without syn", Target.DROP)

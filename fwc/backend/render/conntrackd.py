@@ -22,7 +22,7 @@ class SyncTransport:
 
 
 def mode_options(mode: str) -> tuple[str, tuple[tuple[str, object], ...]]:
-    """The Mode block: the grammar is mode-specific (ha-daemons 1.2)."""
+    """The Mode block: each mode has its own grammar (docs/ha-pitfalls.md)."""
     if mode == "notrack":
         return "NOTRACK", (("DisableInternalCache", "Off"), ("DisableExternalCache", "Off"),
                            ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT))
