@@ -35,6 +35,16 @@ CONNTRACK_HELPERS = MappingProxyType({
     "amanda": ("udp", 10080), "netbios-ns": ("udp", 137), "sane": ("tcp", 6566),
 })
 
+# The kernel's helper for (helper, protocol): the name `CT --helper` and an nftables
+# `ct helper` object give it (H.323 is two helpers). A pair not listed has no helper
+# in the kernel: FWC231.
+CONNTRACK_HELPER_KERNEL_NAMES = MappingProxyType({
+    ("ftp", "tcp"): "ftp", ("tftp", "udp"): "tftp", ("sip", "udp"): "sip",
+    ("sip", "tcp"): "sip", ("irc", "tcp"): "irc", ("h323", "tcp"): "Q.931",
+    ("h323", "udp"): "RAS", ("pptp", "tcp"): "pptp", ("snmp", "udp"): "snmp",
+    ("amanda", "udp"): "amanda", ("netbios-ns", "udp"): "netbios-ns", ("sane", "tcp"): "sane",
+})
+
 # VRRP (RFC 3768 / RFC 5798).
 VRRP_PROTOCOL = 112
 AH_PROTOCOL = 51

@@ -1,5 +1,6 @@
 """Checks of the rule vocabulary (issue 15): reject types, logging, limits, notrack, NAT
-pools, MSS, conntrackd tuning, and what the nftables backend cannot write yet.
+pools, MSS and conntrackd tuning (what the nftables backend cannot write yet, FWC429,
+is with the other backend capabilities in fwc.checks.capability).
 
 Rules FWC405-FWC429, conntrackd and cluster FWC270-FWC289. Each check is small and
 reports at the option that is wrong (`BaseRule.span_of`).
@@ -10,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from fwc import protocols as proto
-from fwc.backend.capabilities import nftables_gaps
 from fwc.backend.lower.build import filter_parts
 from fwc.checks import check
 from fwc.checks.rules import FILTER_HOOKS, flow_of, overlaps
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, NatRule, Policy
 from fwc.model.addresses import AddressSet
-from fwc.model.vocabulary import Backend, BuiltinChain, FilterAction, NatAction
+from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction
 
 E, W = Severity.ERROR, Severity.WARNING
 PORT_PROTOCOLS = frozenset(proto.IP_PROTOCOLS[p] for p in proto.PORT_PROTOCOLS)
@@ -305,23 +305,6 @@ def snat_to_vip(policy: Policy) -> Iterable[Diagnostic]:
                               "not a VIP and does not move on failover", rule.target.span,
                               hint="translate to IFACE.vip, or declare the pool's addresses "
                               "as VIPs of the outgoing interface")
-
-
-# -- nftables -----------------------------------------------------------------------------
-@check("FWC429", "not yet supported by the nftables backend", E, """
-Some of the vocabulary is written for iptables only so far (per-source limits and
-connection limits need nft meters, `notrack` a raw-priority chain, MSS clamping
-and DNAT load sharing their own statements). A cluster with `backend nftables`
-that uses one of them is refused rather than compiled without it: a backend
-never drops a rule's condition silently. Use `backend iptables` for that cluster
-until the nftables backend writes it.""")
-def nftables_capabilities(policy: Policy) -> Iterable[Diagnostic]:
-    for cluster in policy.clusters:
-        if cluster.backend is not Backend.NFTABLES:
-            continue
-        for what, span in nftables_gaps(cluster):
-            yield error("FWC429", f"{what} is not yet supported by the nftables backend",
-                        span, hint="use 'backend iptables' for this cluster")
 
 
 # -- conntrackd ---------------------------------------------------------------------------

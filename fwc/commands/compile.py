@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from fwc.backend.capabilities import nftables_gaps
 from fwc.backend.output import (
     OutputError,
     relative_source,
@@ -14,6 +13,7 @@ from fwc.backend.output import (
     stream_policy,
     write_output,
 )
+from fwc.checks import capability
 from fwc.commands.common import report, without_cycle_collection
 from fwc.diagnostics import Progress, error, failed
 from fwc.model.vocabulary import Backend
@@ -39,6 +39,13 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                        progress=progress.within(0.0, 0.55))
     diagnostics = list(analysis.diagnostics)
     policy = analysis.policy
+    backend = Backend(args.backend) if args.backend else None
+    if policy is not None and backend is not None:
+        # The checks ran for each cluster's own backend: what --backend cannot express.
+        known = {(d.code, d.span, d.message) for d in diagnostics}
+        diagnostics += [d for d in capability.problems(policy, backend)
+                        if (d.code, d.span, d.message) not in known]
+        diagnostics.sort(key=lambda d: d.sort_key())
     if policy is None or failed(diagnostics, args.strict):
         progress.done()
         report(diagnostics, analysis.program.texts, args.format)
@@ -46,17 +53,6 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         return 1
     # Each file is written to the staging copy as soon as it is built (a large
     # policy's output is never held at once), so a compile failure surfaces here too.
-    backend = Backend(args.backend) if args.backend else None
-    if backend is Backend.NFTABLES:
-        # the clusters' own `backend` was checked (FWC429); the override is checked here
-        gaps = [error("FWC429", f"{what} is not yet supported by the nftables backend", span,
-                      hint="compile this policy without --backend nftables")
-                for cluster in policy.clusters for what, span in nftables_gaps(cluster)]
-        if gaps:
-            progress.done()
-            report(diagnostics + gaps, analysis.program.texts, args.format)
-            print("fwc: nothing written: fix the errors above first", file=sys.stderr)
-            return 1
     clusters = stream_policy(policy, redact=args.redact_secrets,
                              progress=progress.within(0.55, 0.95), backend=backend)
     try:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fwc.backend.files import BY_NAME, backend_refusal
-from fwc.install.compiled import CompiledError, load_member_files
+from fwc.backend.files import BY_NAME
+from fwc.install.compiled import CompiledError, load_member_files, read_manifest
 from fwc.install.node import Confirmer
 from fwc.install.plan import (
     DEFAULT_SETTLE_TIMEOUT,
@@ -98,6 +98,12 @@ def transports_for(cluster: Cluster, chosen: list[Member], args: argparse.Namesp
 def member_files(output: Path, policy: Policy, target: Target,
                  secrets: dict[str, str] | None) -> dict[str, dict[str, str]]:
     files: dict[str, dict[str, str]] = {}
+    # What was compiled (and reviewed) is installed: `fwc compile --backend` wins.
+    backend = read_manifest(output / target.cluster.name).backend
+    if backend is not target.cluster.backend:
+        print(f"fwc install: cluster {target.cluster.name}: installing the {backend} files "
+              f"of {output} (compiled with --backend {backend}; the policy says "
+              f"backend {target.cluster.backend})", file=sys.stderr)
     for member in target.members:
         loaded = load_member_files(output, policy, target.cluster.name, member.name)
         files[member.name] = {name: fill(target.cluster.name, name, text, secrets)
@@ -132,10 +138,6 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
     try:
         policy = load_policy(args.file, args.include_path)
         targets = choose(policy, args.member, args.all)
-        for target in targets:
-            refusal = backend_refusal(target.cluster.name, target.cluster.backend, "fwc install")
-            if refusal is not None:
-                raise UsageError(refusal)
         inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
         secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
                                      getattr(args, "secrets_command", None))

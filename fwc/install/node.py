@@ -98,7 +98,8 @@ class NodeInstall:
             self.stage_files()
             self.say("testing the new rulesets")
             self.step("test", scripts.test_ruleset(self.files))
-            self.say("saving the running rules, ipsets and daemon configs")
+            self.say(f"saving the running {scripts.saved_rulesets(self.files)} and daemon "
+                     "configs")
             self.snapshot()
             self.arm_watchdog()
             self.say("applying")
@@ -166,6 +167,9 @@ class NodeInstall:
         reloads = [command for _, command in self.reload_commands(old_config=None)]
         self.step("snapshot", scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
                   input=scripts.rollback_script(self.files, reloads, token=self.token))
+        # What the confirmation removes: fwc's rules of another backend (a switch).
+        self.step("snapshot", scripts.write(scripts.RETIRE_SCRIPT, 0o700),
+                  input=scripts.retire_script(self.files))
 
     def arm_watchdog(self) -> None:
         seconds = self.watchdog_seconds()
@@ -232,12 +236,14 @@ class NodeInstall:
             return
         if self.confirmer(self, self.confirm_timeout):
             try:
-                self.step("confirm", scripts.confirm(token=self.token))
+                confirmed = self.step("confirm", scripts.confirm(token=self.token))
             except StepFailed as exc:
                 self.result.stage, self.result.message = exc.stage, exc.message
                 self.say(f"could not confirm: {exc.message}")
                 return
             self.say("confirmed: the new configuration stays")
+            for line in confirmed.stderr.splitlines():  # the previous backend's rules went
+                self.say(line)
             self.result.ok = True
             self.store_record()
             return

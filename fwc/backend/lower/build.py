@@ -638,8 +638,11 @@ class _Lowering:
                 key = (chain, match, service.helper)
                 if key not in self.tables.raw_seen:
                     self.tables.raw_seen.add(key)
+                    # The kernel's name (h323 is Q.931 or RAS); a pair it lacks is FWC231.
+                    kernel = proto.CONNTRACK_HELPER_KERNEL_NAMES.get(
+                        (service.helper, service.protocol), service.helper)
                     self.tables.raw[chain].append(
-                        FilterRule(match, Target.CT, origin, (("helper", service.helper),)))
+                        FilterRule(match, Target.CT, origin, (("helper", kernel),)))
 
     def action(self, rule: PolicyFilterRule | PolicyNatRule, match: Match, inside_chain: bool) \
             -> tuple[JumpTarget, tuple[tuple[str, str], ...]]:
