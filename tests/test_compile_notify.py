@@ -17,6 +17,7 @@ import pytest
 
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
+from fwc.text import encode_literal
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "-C /etc/conntrackd/conntrackd.conf"
@@ -39,7 +40,7 @@ def fake(bin_dir: Path, name: str, body: str) -> None:
 
 
 def run(script: str, tmp_path: Path, state: str, *, daemon_up: bool = True,
-        systemd: bool = True, lock_exists: bool = False) -> list[str]:
+        systemd: bool = True, lock_exists: bool = False, shell: str = "sh") -> list[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     calls = tmp_path / "calls"
@@ -63,7 +64,7 @@ def run(script: str, tmp_path: Path, state: str, *, daemon_up: bool = True,
     path = tmp_path / "fwc-notify.sh"
     path.write_text(text)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    result = subprocess.run(["sh", str(path), state], env=env, capture_output=True, text=True,
+    result = subprocess.run([shell, str(path), state], env=env, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == (1 if state == "bogus" else 0), result.stderr
     return [line for line in calls.read_text().splitlines()]
@@ -124,3 +125,83 @@ def test_compiled_script_is_executable(tmp_path):
     assert main(["compile", str(REPO / "policies" / "edge.fw"), "-o", str(tmp_path)]) == 0
     mode = stat.S_IMODE((tmp_path / "edge" / "fw1" / "fwc-notify.sh").stat().st_mode)
     assert mode == 0o755
+
+
+# -- notify { } actions (issue 14) --------------------------------------------------------
+
+# Quotes, $, backticks, ; a glob and a backslash: each must reach `sh -c` exactly as
+# written. (The command as the admin means it; the policy writes it as a literal.)
+NASTY = "echo \"it's $HOME `id` ; *\" > /dev/null; printf '%s\\n' \"a b\" >> ACTIONS"
+
+
+def _with_actions(tmp_path: Path, actions: str) -> str:
+    text = (REPO / "policies" / "edge.fw").read_text()
+    text = text.replace("    interface lan ", f"    notify {{ {actions} }}\n    interface lan ", 1)
+    path = tmp_path / "edge.fw"
+    path.write_text(text)
+    analysis = analyse(path)
+    assert analysis.policy is not None, analysis.diagnostics
+    assert not [d for d in analysis.diagnostics if d.severity.name == "ERROR"]
+    (cluster,) = compile_policy(analysis.policy)
+    (found,) = [f for f in cluster.files if f.path == "fw1/fwc-notify.sh"]
+    return found.content.decode()
+
+
+def _recorded(tmp_path: Path, marker: str) -> str:
+    """An action that appends MARKER to the calls file, as the fakes do."""
+    return f'echo "action {marker}" >> {tmp_path / "calls"}'
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_each_action_runs_after_the_conntrackd_steps_of_its_state(tmp_path, shell):
+    actions = " ".join(f"{state} {encode_literal(_recorded(tmp_path, state))}"
+                       for state in ("master", "backup", "fault"))
+    script = _with_actions(tmp_path, actions)
+    assert subprocess.run([shell, "-n"], input=script, text=True).returncode == 0
+    expected = {"primary": ("master", ["-c", "-f", "-R", "-B"]),
+                "backup": ("backup", ["-s", "-n", "-t"]), "fault": ("fault", ["-t"])}
+    for state, (action, steps) in expected.items():
+        calls = run(script, tmp_path, state, shell=shell)
+        done = [c for c in calls if c.startswith(("conntrackd ", "action "))]
+        # fwc's own steps first, all of them, then exactly this state's action
+        assert done == [f"conntrackd {CONFIG} {op}" for op in steps] + [f"action {action}"]
+        assert any(f"action for {action} ok" in c for c in calls if c.startswith("logger"))
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_an_action_is_one_shell_word_whatever_it_holds(tmp_path, shell):
+    out = tmp_path / "ACTIONS"
+    command = NASTY.replace("ACTIONS", str(out))
+    script = _with_actions(tmp_path, f"master {encode_literal(command)}")
+    run(script, tmp_path, "primary", shell=shell)
+    # the command ran as written: its own quoting, no expansion by the notify script
+    assert out.read_text() == "a b\n"
+    # and what the script hands `sh -c` is the policy's text, unchanged
+    line = next(line for line in script.splitlines() if line.strip().startswith("action master"))
+    word = subprocess.run([shell, "-c", f"printf %s {line.strip().split(' ', 2)[2]}"],
+                          capture_output=True, text=True).stdout
+    assert word == command
+
+
+def test_a_failing_action_is_logged_and_changes_nothing_else(tmp_path):
+    script = _with_actions(tmp_path, 'backup "exit 3"')
+    calls = run(script, tmp_path, "backup")
+    assert conntrackd_calls(calls) == [f"{CONFIG} {op}" for op in ("-s", "-n", "-t")]
+    assert any("action for backup failed (exit 3)" in c for c in calls)
+
+
+def test_a_hung_action_is_cut_off_by_the_time_limit(tmp_path):
+    import time
+
+    script = _with_actions(tmp_path, 'fault "sleep 20"')
+    assert "timeout 30 sh -c" in script
+    start = time.monotonic()
+    calls = run(script.replace("timeout 30 sh -c", "timeout 1 sh -c"), tmp_path, "fault")
+    assert time.monotonic() - start < 10
+    assert conntrackd_calls(calls) == [f"{CONFIG} -t"]
+    assert any("action for fault failed (exit 124)" in c for c in calls)
+
+
+def test_no_actions_no_action_code(script):
+    assert "action" not in script.split("case \"$1\" in")[1]
+    assert "timeout" not in script

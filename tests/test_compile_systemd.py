@@ -1,6 +1,6 @@
 """Boot and daemon ordering: the systemd units fwc generates per member.
 
-keepalived starts after conntrackd (ha-daemons P11); both require the boot unit
+keepalived starts after conntrackd (docs/ha-pitfalls.md); both require the boot unit
 fwc-firewall.service, which loads the rules before the network is up and only
 then switches forwarding on (issue 10: a rebooted node never forwards unfiltered).
 """
@@ -157,8 +157,11 @@ def test_systemd_analyze_verify_accepts_the_generated_units(examples, tmp_path, 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
         target.chmod(node.mode)
+    # the routes unit exists where the policy has routes (dmz.fw)
+    routes = ["fwc-routes.service"] if f"{member}/fwc-routes.service" in files else []
+    assert bool(routes) == (name == "dmz.fw")
     proc = subprocess.run([tool, "verify", f"--root={root}", "fwc-firewall.service",
-                           "keepalived.service", "conntrackd.service"],
+                           "keepalived.service", "conntrackd.service", *routes],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     # Warnings (an unknown key in a drop-in, an ordering cycle) do not change the exit code.

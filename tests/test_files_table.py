@@ -57,7 +57,7 @@ def test_compile_writes_exactly_the_rows_a_member_gets_with_their_modes(edge):
     [cluster] = compile_policy(edge)
     by_member = cluster.members()
     # edge has IPv6, a sync link and no ipsets: every row but ipsets.rules, in table order.
-    expected = [f.name for f in FILES if f.when is not When.IPSETS
+    expected = [f.name for f in FILES if f.when not in (When.IPSETS, When.ROUTES)
                 and f.backend in (None, Backend.IPTABLES)]
     assert by_member == {"fw1": expected, "fw2": expected}
     modes = {f.path: f.mode for f in cluster.files}
@@ -86,7 +86,7 @@ def test_ipv4_only_cluster_has_no_ipv6_rows(tmp_path):
         d for d in analysis.diagnostics if d.severity == "error"], analysis.diagnostics
     [cluster] = compile_policy(analysis.policy)
     names = cluster.members()["fw1"]
-    assert names == [f.name for f in FILES if f.when not in (When.IPV6, When.IPSETS)
+    assert names == [f.name for f in FILES if f.when not in (When.IPV6, When.IPSETS, When.ROUTES)
                      and f.backend in (None, Backend.IPTABLES)]
     boot = next(f.content.decode() for f in cluster.files if f.path == "fw1/fwc-firewall.sh")
     assert "ip6tables-restore" not in boot and "/etc/fwc/iptables.rules" in boot
@@ -123,6 +123,8 @@ def test_install_loads_in_load_order_from_the_table():
         "ip6tables-restore < /etc/fwc/ip6tables.rules",
         "if ! sysctl -q -p /etc/sysctl.d/90-fwc.conf; then "
         "echo 'warning: some sysctl keys were not set' >&2; fi",
+        "if ! sh /etc/fwc/fwc-routes.sh; then echo 'warning: some routes were not installed' "
+        ">&2; fi",
         "sysctl -q -p /etc/fwc/forwarding.conf",
     ]
     for f in present:  # every row goes to its path with its mode
@@ -134,6 +136,7 @@ def test_install_loads_in_load_order_from_the_table():
         if f.reload in (Reload.RULES, Reload.FAILSAFE):
             assert f"{f.loader} --test < {scripts.STAGING}/{f.name}" in test, f.name
     assert test.startswith("unshare -n sh -c ")  # ipsets loaded in a throwaway netns first
+    assert f"sh -n {scripts.STAGING}/fwc-routes.sh" in test  # the routes script parses
 
 
 def _reloads(changed: list[str], *, systemd: bool = True, private: bool = True) -> list[str]:
@@ -175,7 +178,10 @@ def test_netns_private_dirs_cover_every_row():
 def test_diff_installed_and_lab_read_the_table():
     assert installed.RULESETS == (("iptables.rules", "iptables-save", "iptables-restore"),
                                   ("ip6tables.rules", "ip6tables-save", "ip6tables-restore"))
-    assert {f.name: (f.path, f.mode) for f in FILES} == lab_daemons.NODE_PATHS
+    # The lab installs through fwc install; the paths it reads back are the table's.
+    assert BY_NAME["keepalived.conf"].path == lab_daemons.KEEPALIVED_CONF
+    assert BY_NAME["conntrackd.conf"].path == lab_daemons.CONNTRACKD_CONF
+    assert lab_daemons.BOOT_SCRIPT is BY_NAME["fwc-firewall.sh"]
 
 
 def test_diff_installed_compares_every_other_row_at_its_path(edge):

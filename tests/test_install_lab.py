@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from fwc.cli import main
-from fwc.lab.adapter import load_policy_cluster
+from fwc.lab.adapter import load_source
 from fwc.lab.netns import teardown
-from fwc.lab.runner import Lab, LabReport
+from fwc.lab.results import LabReport
+from fwc.lab.running import Lab
 from fwc.lab.topology import plan
 
 pytestmark = pytest.mark.lab
@@ -31,7 +32,7 @@ def test_install_into_the_running_lab(tmp_path, capsys):
     first.parent.mkdir()
     first.write_text(EDGE, encoding="utf-8")
     assert main(["compile", str(first), "-o", str(tmp_path / "v1" / "output")]) == 0
-    cluster, compiled = load_policy_cluster(first, tmp_path / "v1" / "output", tmp_path)
+    source = load_source(first, tmp_path / "v1" / "output")
 
     second = tmp_path / "v2" / "edge.fw"
     second.parent.mkdir()
@@ -48,8 +49,10 @@ def test_install_into_the_running_lab(tmp_path, capsys):
     capsys.readouterr()
 
     prefix = f"fwcin{os.getpid() % 100000}"
-    lab = Lab(plan(cluster, prefix), compiled, tmp_path / "logs", None, lambda _: None)
-    lab.report = LabReport(cluster.name, prefix, str(tmp_path / "logs"))
+    (tmp_path / "logs").mkdir()
+    lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
+              lambda _: None)
+    lab.report = LabReport(source.cluster.name, prefix, str(tmp_path / "logs"))
     try:
         lab.build()
         lab.start_members()

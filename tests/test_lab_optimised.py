@@ -28,24 +28,27 @@ def edge_with_big_group() -> str:
                        "out lan" for i in range(70))
     marker = "    reject from any      to any      service ident\n"
     assert marker in text
+    # 100 ms adverts (a policy setting; VRRPv3 has no password) keep the quick lab short.
+    vrrp = 'vrrp { password "s3cret"  advert 1s '
+    assert vrrp in text
+    text = text.replace(vrrp, "vrrp { advert 100ms  version 3 ")
     return text.replace(marker, filler + "\n" + marker)
 
 
 def test_quick_lab_passes_on_ipsets_and_arranged_chains(tmp_path: Path) -> None:
-    from fwc.lab.adapter import fast_keepalived_confs, load_policy_cluster
+    from fwc.lab.adapter import load_source
     from fwc.lab.report import render_text
-    from fwc.lab.runner import LabOptions, run_lab_cluster
+    from fwc.lab.runner import LabOptions, run_lab
 
     policy = tmp_path / "edge.fw"
     policy.write_text(edge_with_big_group(), encoding="utf-8")
-    cluster, out = load_policy_cluster(policy, None, tmp_path)
+    source = load_source(policy)
     for member in ("fw1", "fw2"):
-        rules = next(Path(out).rglob(f"{member}/iptables.rules")).read_text()
+        rules = source.files[member]["iptables.rules"]
         assert "-j fwd-uplink" in rules and "--match-set fwc4-partners src" in rules
-        assert next(Path(out).rglob(f"{member}/ipsets.rules")).exists()
-    report = run_lab_cluster(cluster, out, LabOptions(
-        quick=True, prefix=f"fwc{os.getpid()}o", logdir=tmp_path / "logs",
-        fast_keepalived=fast_keepalived_confs(policy) or None))
+        assert "ipsets.rules" in source.files[member]
+    report = run_lab(source, LabOptions(
+        quick=True, prefix=f"fwc{os.getpid()}o", logdir=tmp_path / "logs"))
     print(render_text(report), file=sys.stderr)
     assert report.ok, (report.error, report.failures)
     assert all(r.agrees for r in report.expectations), report.expectations

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fwc.lab.adapter import MAX_PROBED_PORTS, cluster_from_model, probe_ports
 from fwc.lab.results import ProbeResult
+from fwc.lab.topology import MAX_PROBED_PORTS, probe_ports, probes_of
 from fwc.model import PortRange
 from fwc.pipeline import analyse
 
@@ -52,14 +52,13 @@ def test_more_range_ends_than_the_cap_keep_the_first_and_the_last() -> None:
     assert probe_ports(ranges, cap=4) == (100, 405, 800, 1105)  # ends 0, 7, 14, 21 of 22
 
 
-def test_the_adapter_probes_each_port_of_a_multi_port_service() -> None:
+def test_the_plan_probes_each_port_of_a_multi_port_service() -> None:
     analysis = analyse(REPO / "policies" / "dmz.fw", run_checks=False)
     assert analysis.policy is not None
-    cluster = cluster_from_model(analysis.policy, analysis.policy.clusters[0])
-    web = [e for e in cluster.expectations
-           if e.text == "allow outsider -> web service web in uplink"]
-    assert sorted(e.port for e in web) == [80, 443]  # service web is tcp/80,443
-    assert {(e.proto, e.verdict, e.in_segment) for e in web} == {("tcp", "allow", "uplink")}
+    probes, _ = probes_of(analysis.policy.clusters[0])
+    web = [p for p in probes if p.text == "allow outsider -> web service web in uplink"]
+    assert sorted(p.port for p in web) == [80, 443]  # service web is tcp/80,443
+    assert {(p.proto, p.verdict, p.in_segment) for p in web} == {("tcp", "allow", "uplink")}
 
 
 def test_a_result_names_its_port() -> None:

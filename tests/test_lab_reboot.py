@@ -122,16 +122,17 @@ def test_reboot_in_text_and_json_report() -> None:
 def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_script(
     tmp_path: Path,
 ) -> None:
-    from fwc.lab.adapter import load_policy_cluster
+    from fwc.lab.adapter import load_source
     from fwc.lab.netns import lab_namespaces, teardown
     from fwc.lab.reboot import boot_and_watch
-    from fwc.lab.runner import Lab
+    from fwc.lab.running import Lab
     from fwc.lab.topology import plan
 
-    cluster, out = load_policy_cluster(REPO / "policies" / "edge.fw", None, tmp_path)
+    source = load_source(REPO / "policies" / "edge.fw")
     prefix = f"fwc{os.getpid()}b"
     (tmp_path / "logs").mkdir()
-    lab = Lab(plan(cluster, prefix), out, tmp_path / "logs", None, lambda _m: None)
+    lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
+              lambda _m: None)
     try:
         lab.build()
         lab.start_members()

@@ -1,4 +1,4 @@
-"""The real programs accept every generated file (ha-daemons.md section 6).
+"""The real programs accept every generated file (docs/ha-pitfalls.md, validating).
 
 For every example policy and every member: iptables-restore/ip6tables-restore
 --test in a fresh network namespace, the rules loaded for real and listed back
@@ -256,9 +256,39 @@ policy solo {
 """
 
 
+# Issue 14: tracking of every kind on the sync group, unicast VRRP with AH, the sync-link
+# allowance and notify actions, on one policy (the script must exist for keepalived -t).
+TRACKING = """\
+    track {
+        interface uplink weight -60
+        ping 198.51.100.9 weight -60 interval 2s fall 3 rise 2
+        process haproxy weight -60
+        script "/usr/bin/true --check" weight 60 interval 5s
+    }
+    notify { master "/usr/bin/logger up"  backup "/usr/bin/logger 'it''s down'" }
+"""
+
+
+def tracking_policy() -> str:
+    from tests.test_compile_rules import POLICY
+
+    text = POLICY.replace("auth ah  advert 1s  vrid 51", "auth ah  advert 1s  vrid 51  unicast")
+    text = text.replace("mark-bit 20 }", "mark-bit 20  allow tcp/22, udp/123, "
+                        "icmp/echo-request }")
+    return text.replace("    interface lan ", TRACKING + "    interface lan ", 1)
+
+
+def single_instance_tracking() -> str:
+    return SINGLE_INSTANCE.replace("    interface lan ", "    track {\n        interface "
+                                   "uplink\n        ping 198.51.100.9 weight -60\n    }\n"
+                                   "    interface lan ", 1).replace(
+        'vrrp { password "s3cret"  vrid 7 }', 'vrrp { password "s3cret"  vrid 7  unicast }')
+
+
 @pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3",
                                      "nopreempt", "delay-garp", "single-instance",
-                                     "large"])
+                                     "large", "tracking-unicast-vrrp",
+                                     "single-instance-tracking", "fast-50ms"])
 def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
     """The feature-rich policy of test_compile_rules: AH, IPv6 NAT, RETURN chains, modes."""
     from tests.test_compile_rules import POLICY, UNICAST
@@ -274,6 +304,10 @@ def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
                                      "advert 2s  preempt-delay 30s  garp-refresh 60s"),
         "single-instance": SINGLE_INSTANCE,
         "large": large_policy(POLICY),
+        "tracking-unicast-vrrp": tracking_policy(),
+        "single-instance-tracking": single_instance_tracking(),
+        "fast-50ms": POLICY.replace('password "s3cret"  auth ah  advert 1s',
+                                    "advert 50ms  version 3"),
     }[variant]
     path = tmp_path / "rules.fw"
     path.write_text(text)
@@ -338,8 +372,8 @@ def test_sysctl_conf_applies(compiled, policy, cluster, member, devices):
             assert in_ns(ns, "iptables-restore", stdin=rules).returncode == 0
         result = in_ns(ns, "sysctl", "-p", str(conf), "-p", str(forwarding))
     errors = [line for line in result.stderr.splitlines()
-              # nf_conntrack_max is global: only the initial namespace may set it
-              if "nf_conntrack_max" not in line]
+              # nf_conntrack_max and _buckets are global: only the initial namespace sets them
+              if "nf_conntrack_max" not in line and "nf_conntrack_buckets" not in line]
     assert errors == [], result.stderr
     for key in keys:
         assert Path("/proc/sys", *key.split(".")).exists(), key

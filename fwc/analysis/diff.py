@@ -30,6 +30,7 @@ from fwc.analysis.engine import CHAINS, FAMILIES, MemberView, Piece, classify_bo
 from fwc.analysis.index import RuleList
 from fwc.analysis.space import ALL_SERVICES, LOCAL, Box, full_addresses
 from fwc.model import Cluster
+from fwc.model.addresses import AddressSet
 
 # A region assembled from more changed rules than this is compared whole, chain by chain.
 MAX_REGION_BOXES = 2000
@@ -91,15 +92,49 @@ def _disjoint(boxes: Iterable[Box]) -> list[Box]:
 
 
 def _subnet_changes(old: MemberView, new: MemberView, family: int) -> list[Box]:
-    """Where routing (and so the inferred interfaces) differs: subnets added or dropped."""
+    """Where routing (and so the inferred interfaces) differs: subnets added or dropped,
+    routes and policy-routing rules changed (their destinations and selectors)."""
     before = set(old.connected.get(family, ()))
     after = set(new.connected.get(family, ()))
-    out: list[Box] = []
     everything = full_addresses(family)
     every_iface = new.all_in | old.all_in
-    for _, subnet in before ^ after:
+    changed = [subnet for _, subnet in before ^ after]
+    old_routing, new_routing = old.routing[family], new.routing[family]
+    if old_routing.fallback != new_routing.fallback:
+        changed.append(everything)
+    routes = {(None, r) for r in old_routing.main} ^ {(None, r) for r in new_routing.main}
+    for number, table in (*old_routing.tables, *new_routing.tables):
+        routes ^= {(number, r) for r in table}
+    changed += [AddressSet.of(r.destination).family(family) for _, r in routes]
+    out: list[Box] = []
+    for rule in set(old_routing.rules) ^ set(new_routing.rules):
+        sources = AddressSet.of(*rule.sources).family(family) if rule.sources else everything
+        destinations = AddressSet.of(*rule.destinations).family(family) \
+            if rule.destinations else everything
+        out.append(Box(family, sources, destinations, ALL_SERVICES, every_iface, every_iface))
+        out.append(Box(family, destinations, sources, ALL_SERVICES, every_iface, every_iface))
+    for subnet in changed:
         out.append(Box(family, subnet, everything, ALL_SERVICES, every_iface, every_iface))
         out.append(Box(family, everything, subnet, ALL_SERVICES, every_iface, every_iface))
+    return out
+
+
+def _same_shape(old: MemberView, new: MemberView) -> bool:
+    """Chains, interfaces and routing alike: a packet enters both versions alike."""
+    return (old.regions == new.regions and old.connected == new.connected
+            and old.routing == new.routing)
+
+
+def _auto_changes(old: MemberView, new: MemberView, family: int) -> list[Box]:
+    """Boxes of automatic rules (VRRP, sync, IGMP, NDP) that differ between the versions."""
+    out: list[Box] = []
+    for chain in ("input", "output"):
+        before = {(e.rule.label, e.box) for e in old.auto[(family, chain)].rules}
+        after = {(e.rule.label, e.box) for e in new.auto[(family, chain)].rules}
+        out += [box for _, box in before ^ after]
+    before = {(e.rule.label, e.box) for e in old.local_groups[family].rules}
+    after = {(e.rule.label, e.box) for e in new.local_groups[family].rules}
+    out += [box.with_(out_ifaces=old.all_in | new.all_in) for _, box in before ^ after]
     return out
 
 
@@ -111,11 +146,12 @@ def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
     as the reference the narrowed comparison must equal).
     """
     out: list[tuple[Box, str]] = []
-    same_shape = old.regions == new.regions and old.connected == new.connected
+    same_shape = _same_shape(old, new)
     for family in FAMILIES:
         candidates = _unaligned(old.filter[(family, "forward")],
                                 new.filter[(family, "forward")])
         candidates += _unaligned(old.dnat[family], new.dnat[family])
+        candidates += _auto_changes(old, new, family)
         if not same_shape:
             candidates += _subnet_changes(old, new, family)
         for chain in CHAINS:
@@ -147,9 +183,14 @@ def _reenter(view: MemberView, box: Box) -> list[tuple[Box, str]]:
                      out_ifaces=view.all_in)
     for chain in (*CHAINS, "local"):
         part = base.intersect(view.regions[(box.family, chain)])
-        if part is not None:
-            out.extend((routed, chain) for routed in view.route_box(
-                part, chain, route_in=not keeps_in, route_out=True))
+        if part is None:
+            continue
+        for routed in view.route_box(part, chain, route_in=not keeps_in, route_out=True):
+            # Where this version may send the packets by the interfaces the piece names
+            # (several are possible: no route, multicast), those are the packets meant.
+            if box.out_ifaces <= routed.out_ifaces:
+                routed = routed.with_(out_ifaces=box.out_ifaces)
+            out.append((routed, chain))
     return out
 
 
@@ -157,7 +198,7 @@ def member_changes(old: MemberView, new: MemberView, *, whole: bool = False) \
         -> list[tuple[str, Piece, Box]]:
     """(allowed|denied, the piece under the new version, the box that changed)."""
     out: list[tuple[str, Piece, Box]] = []
-    same_shape = old.regions == new.regions and old.connected == new.connected
+    same_shape = _same_shape(old, new)
     for box, chain in changed_regions(old, new, whole=whole):
         for now in classify_box(new, box, chain, entry_terms=True):
             entries = [(now.box, chain)] if same_shape else _reenter(old, now.box)

@@ -53,16 +53,30 @@ from fwc.analysis.space import (
     Box,
     coalesce,
     full_addresses,
+    protocol_block,
     service_intervals,
 )
-from fwc.model import Cluster, Endpoint, FilterRule, Member, NatRule, Rule, ServiceMatch
+from fwc.backend.lower import MULTICAST, AutoRule, automatic_rules
+from fwc.model import (
+    Cluster,
+    Endpoint,
+    FilterRule,
+    IPNetwork,
+    Member,
+    NatRule,
+    NatTarget,
+    Rule,
+    ServiceMatch,
+)
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
 from fwc.model.semantics import endpoint_intervals
+from fwc.model.topology import MemberRouting, TableRoute, member_routing, subnets
 from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
 FAMILIES = (4, 6)
 CHAINS = ("input", "forward", "output")
+# The defaults without a `default { }` block; a cluster's own are `Cluster.defaults`.
 DEFAULT_POLICY = {"input": FilterAction.DROP, "forward": FilterAction.DROP,
                   "output": FilterAction.ACCEPT, "local": FilterAction.ACCEPT}
 
@@ -114,6 +128,7 @@ class Piece:
     rule: FilterRule | None
     dnat: NatStep | None = None
     snat: NatStep | None = None
+    auto: str | None = None  # the automatic rule that decides (its comment), if one does
 
     @property
     def accepted(self) -> bool:
@@ -121,16 +136,24 @@ class Piece:
 
     @property
     def decided_by(self) -> str:
-        """The rule's location, or which default decides."""
+        """The rule's location, or which automatic rule or default decides."""
+        if self.rule is not None and self.rule.conditional:
+            # fwc answers for traffic within the limit; beyond it the later rules decide
+            return f"{self.rule.location} (within its limit)"
         if self.rule is not None:
             return self.rule.location
+        if self.auto is not None:
+            return f"automatic rule '{self.auto}'"
         if self.chain == "local":
             return "automatic loopback rule (always accepted)"
-        return f"default policy of {self.chain.upper()} ({DEFAULT_POLICY[self.chain]})"
+        return f"default policy of {self.chain.upper()} ({self.verdict})"
 
     def outcome(self) -> tuple[object, ...]:
         """Everything but the box: pieces with equal outcomes may be merged."""
-        return (self.chain, self.verdict, self.rule, self.dnat, self.snat)
+        return (self.chain, self.verdict, self.rule, self.dnat, self.snat, self.auto)
+
+    def with_box(self, box: Box) -> Piece:
+        return Piece(box, self.chain, self.verdict, self.rule, self.dnat, self.snat, self.auto)
 
 
 class MemberView:
@@ -147,6 +170,14 @@ class MemberView:
         self.dnat: dict[int, RuleList] = {}
         self.snat: dict[int, RuleList] = {}
         self.connected: dict[int, list[tuple[str, Intervals]]] = {}
+        self.routing: dict[int, MemberRouting] = {}
+        self.lookups: dict[int, _Lookups] = {}
+        # The automatic rules the compiled ruleset puts before the policy's (fwc.backend.lower:
+        # one source): per family, those of INPUT and OUTPUT, and those of INPUT for
+        # multicast groups, whose packets the node takes in although no `firewall`
+        # address is their destination.
+        self.auto: dict[tuple[int, str], RuleList] = {}
+        self.local_groups: dict[int, RuleList] = {}
         rules = [r for r in cluster.rules if r.only in (None, member.name)]
         nat = [r for r in cluster.nat if r.only in (None, member.name)]
         for family in FAMILIES:
@@ -209,8 +240,8 @@ class MemberView:
             self.filter[(family, chain)] = shared
         dnat, snat = [], []
         for rule in nat:
-            if rule.action is NatAction.DNAT and (
-                    rule.target is None or not rule.target.addresses.family(family)):
+            if rule.action is NatAction.DNAT and not any(
+                    t.addresses.family(family) for t in rule.targets):
                 continue  # no address to translate to in this family
             box = self.rule_box(rule, family, memo)
             if box is None:
@@ -224,33 +255,40 @@ class MemberView:
                 snat.append((rule, box))
         self.dnat[family] = RuleList(family, dnat)
         self.snat[family] = RuleList(family, snat)
-        connected: list[tuple[str, Intervals, int]] = []
-        for link in self.member.links:
-            nets = [a.network for a in link.addresses if a.version == family]
-            iface = self.cluster.interface(link.interface)
-            if iface is not None:
-                nets += [v.network for v in iface.vips_of(family)]
-            for net in nets:
-                connected.append((link.interface, AddressSet.of(net).family(family),
-                                  net.prefixlen))
-        connected.sort(key=lambda c: -c[2])  # longest prefix first, like the kernel
-        self.connected[family] = [(name, ivs) for name, ivs, _ in connected]
+        routing = self.routing[family] = member_routing(self.cluster, self.member, family)
+        self.lookups[family] = _Lookups.of(routing, family, self.interfaces)
+        self.connected[family] = [(name, _intervals(net, family))
+                                  for name, net in subnets(self.cluster, self.member, family)]
+        self._build_auto(family)
+
+    def _build_auto(self, family: int) -> None:
+        by_chain: dict[str, list[tuple[AutoRule, Box]]] = {"input": [], "output": []}
+        groups: list[tuple[AutoRule, Box]] = []
+        devices = {link.device: link.interface for link in self.member.links}
+        for auto in automatic_rules(self.cluster, self.member, family):
+            box = _auto_box(auto, family, devices, self.all_in)
+            if box is None:
+                continue
+            by_chain[auto.chain].append((auto, box))
+            if auto.chain == "input" and auto.multicast:
+                groups.append((auto, box.with_(out_ifaces=self.all_in)))
+        for chain, entries in by_chain.items():
+            self.auto[(family, chain)] = RuleList(family, entries)  # type: ignore[arg-type]
+        self.local_groups[family] = RuleList(family, groups)  # type: ignore[arg-type]
 
     # -- routing -------------------------------------------------------------------
     def route(self, addresses: Intervals, family: int) -> list[tuple[Intervals, frozenset[str]]]:
-        """Split addresses by the interface that reaches them (connected subnets)."""
-        out: list[tuple[Intervals, frozenset[str]]] = []
-        rest = addresses
-        for name, subnet in self.connected.get(family, ()):
-            if not rest:
-                break
-            part = intersect(rest, subnet)
-            if part:
-                out.append((part, frozenset({name}) & self.interfaces))
-                rest = subtract(rest, subnet)
-        if rest:
-            out.append((rest, self.interfaces))
-        return [(a, i) for a, i in out if i]
+        """Split source addresses by the interfaces they may arrive on (reverse routing).
+
+        A source arrives where the member routes it back to: its connected subnet, or
+        the interface of its routes (every table's, so an address two uplinks'
+        defaults cover may arrive on either); others by the fallback interfaces.
+        """
+        return self.lookups[family].reverse(addresses)
+
+    def route_out(self, box: Box) -> list[tuple[Box, frozenset[str]]]:
+        """Split a box by the interface the member sends each part by (docs/analysis.md)."""
+        return self.lookups[box.family].forward(box)
 
     def entry_boxes(self, traffic: TrafficClass) -> Iterator[tuple[Box, str]]:
         """The traffic class as boxes, each inside one chain region, interfaces resolved."""
@@ -281,8 +319,8 @@ class MemberView:
             boxes = [b.with_(src=part, in_ifaces=ifaces & b.in_ifaces)
                      for b in boxes for part, ifaces in self.route(b.src, b.family)]
         if route_out and chain in ("forward", "output"):
-            boxes = [b.with_(dst=part, out_ifaces=ifaces & b.out_ifaces)
-                     for b in boxes for part, ifaces in self.route(b.dst, b.family)]
+            boxes = [part.with_(out_ifaces=ifaces & part.out_ifaces)
+                     for b in boxes for part, ifaces in self.route_out(b)]
         return [b for b in boxes if not b.is_empty()]
 
     def chain_of(self, family: int, destination: int) -> str:
@@ -329,12 +367,16 @@ def _per_protocol(services: Intervals) -> dict[int, Intervals]:
 
 
 def _translate(view: MemberView, box: Box, step: NatRule, forced_out: str | None,
-               entry_terms: bool) -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
-    """The box as the filter sees it after DNAT, its chain, and the way back."""
-    assert step.target is not None
+               entry_terms: bool, to: NatTarget | None = None) \
+        -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
+    """The box as the filter sees it after DNAT to TO (default: the rule's target), its
+    chain, and the way back. A range or port range is represented by its first address
+    and port (the kernel picks one per connection)."""
+    to = to or step.target
+    assert to is not None
     family = box.family
-    target = step.target.addresses.family(family)[0][0]
-    port = step.target.port
+    target = to.addresses.family(family)[0][0]
+    port = to.port
     services = box.services
     if port is not None:
         mapped: list[tuple[int, int]] = []
@@ -351,8 +393,9 @@ def _translate(view: MemberView, box: Box, step: NatRule, forced_out: str | None
     elif forced_out is not None:
         out_ifaces = frozenset({forced_out})
     else:
-        routes = view.route(((target, target),), family)
-        out_ifaces = routes[0][1] if routes else view.interfaces
+        # The union over the parts policy routing may split the sources into.
+        routed = view.route_out(box.with_(dst=((target, target),)))
+        out_ifaces = frozenset().union(*(ifaces for _, ifaces in routed)) or view.interfaces
     translated = box.with_(dst=((target, target),), services=services, out_ifaces=out_ifaces)
     original = box
 
@@ -390,8 +433,7 @@ def _snat_step(view: MemberView, rule: NatRule, family: int, out_ifaces: frozens
                     return NatStep(rule, str(address.ip), None)
         return NatStep(rule, f"address of {', '.join(names)}", None)
     assert rule.target is not None
-    cidrs = rule.target.addresses.cidrs(family)
-    return NatStep(rule, cidrs[0] if cidrs else rule.target.label, None)
+    return NatStep(rule, rule.target.address_text(family) or rule.target.label, None)
 
 
 def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None = None,
@@ -416,16 +458,56 @@ def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None 
             dnat = NatStep(nat.rule, None, None) if nat is not None else None
             yield from _filter(view, part, chain, dnat, lambda b: b)
             continue
-        translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
-                                                       entry_terms)
-        yield from _filter(view, translated, new_chain, step, back)
+        # A dnat that shares load sends each connection to one of its backends: every
+        # backend's outcome is a possible one (pieces of the same packets, one per backend).
+        for target in nat.rule.targets:
+            if not target.addresses.family(family):
+                continue
+            translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
+                                                           entry_terms, target)
+            yield from _filter(view, translated, new_chain, step, back)
+
+
+def _automatic(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
+               back: Callable[[Box], Box], rest: list[Box]) -> Iterator[Piece]:
+    """Pieces the automatic rules decide (they come first in the compiled chains); REST
+    receives the parts they leave to the policy's rules."""
+    if chain == "forward":
+        # A multicast group the node joins is taken in (INPUT), though no firewall
+        # address is its destination: only automatic rules ever accept it.
+        for part, hit in first_match(view.local_groups[box.family], box):
+            if hit is None:
+                rest.append(part)
+                continue
+            auto: AutoRule = hit.rule  # type: ignore[assignment]
+            yield Piece(back(part.with_(out_ifaces=frozenset({LOCAL}))), "input",
+                        auto.verdict, None, dnat, None, auto.label)
+        return
+    rules = view.auto.get((box.family, chain))
+    if rules is None:
+        rest.append(box)
+        return
+    for part, hit in first_match(rules, box):
+        if hit is None:
+            rest.append(part)
+            continue
+        auto = hit.rule  # type: ignore[assignment]
+        yield Piece(back(part), chain, auto.verdict, None, dnat, None, auto.label)
 
 
 def _filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
             back: Callable[[Box], Box]) -> Iterator[Piece]:
+    rest: list[Box] = []
+    yield from _automatic(view, box, chain, dnat, back, rest)
+    for remaining in rest:
+        yield from _policy_filter(view, remaining, chain, dnat, back)
+
+
+def _policy_filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
+                   back: Callable[[Box], Box]) -> Iterator[Piece]:
     for part, decided in first_match(view.filter[(box.family, chain)], box):
         rule = decided.rule if decided is not None else None
-        verdict = rule.action if rule is not None else DEFAULT_POLICY[chain]
+        verdict = rule.action if rule is not None else view.cluster.defaults.of(chain)
         if verdict is not FilterAction.ACCEPT or chain == "input":
             yield Piece(back(part), chain, verdict, rule, dnat, None)
             continue
@@ -468,8 +550,7 @@ def merge_routed_pieces(pieces: list[Piece]) -> list[Piece]:
     out: list[Piece] = []
     for group in groups.values():
         first = group[0]
-        out.extend(Piece(box, first.chain, first.verdict, first.rule, first.dnat, first.snat)
-                   for box in merge_routed(p.box for p in group))
+        out.extend(first.with_box(box) for box in merge_routed(p.box for p in group))
     return out
 
 
@@ -482,8 +563,7 @@ def merge_pieces(pieces: list[Piece]) -> list[Piece]:
     for group in groups.values():
         first = group[0]
         for box in coalesce(p.box for p in group):
-            out.append(Piece(box, first.chain, first.verdict, first.rule, first.dnat,
-                             first.snat))
+            out.append(first.with_box(box))
     return out
 
 
@@ -497,3 +577,196 @@ def classify(view: MemberView, traffic: TrafficClass, *, merge: bool = True) -> 
 
 def member_views(cluster: Cluster) -> list[MemberView]:
     return [MemberView(cluster, member) for member in cluster.members]
+
+
+# -- routing lookups ---------------------------------------------------------------------
+def _intervals(network: IPNetwork, family: int) -> Intervals:
+    return AddressSet.of(network).family(family)
+
+
+Table = tuple[tuple[Intervals, frozenset[str]], ...]
+
+
+def _table(routes: Iterable[TableRoute], family: int) -> Table:
+    """One table as (destination intervals, interfaces), longest prefix first; of routes
+    to one destination the lowest metric wins (equal metrics: any of their interfaces)."""
+    best: dict[IPNetwork, tuple[int, set[str]]] = {}
+    for route in routes:
+        seen = best.get(route.destination)
+        if seen is None or route.metric < seen[0]:
+            best[route.destination] = (route.metric, {route.interface})
+        elif route.metric == seen[0]:
+            seen[1].add(route.interface)
+    ordered = sorted(best.items(), key=lambda item: -item[0].prefixlen)
+    return tuple((_intervals(net, family), frozenset(ifaces)) for net, (_, ifaces) in ordered)
+
+
+def _split(table: Table, addresses: Intervals) \
+        -> tuple[list[tuple[Intervals, frozenset[str]]], Intervals]:
+    """ADDRESSES by the table's routes, and the part no route covers."""
+    out: list[tuple[Intervals, frozenset[str]]] = []
+    rest = addresses
+    for destination, ifaces in table:
+        if not rest:
+            break
+        part = intersect(rest, destination)
+        if part:
+            out.append((part, ifaces))
+            rest = subtract(rest, destination)
+    return out, rest
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    priority: int
+    sources: Intervals
+    destinations: Intervals
+    in_interface: str | None
+    marked: bool
+    table: Table
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookups:
+    """A member's routing for one family as interval tables (built once per view)."""
+
+    family: int
+    main: Table  # every main route, connected subnets included
+    main_specific: Table  # main without default routes (`suppress_prefixlength 0`)
+    main_default: Table
+    tables: tuple[Table, ...]  # every numbered table (reverse routing only)
+    rules: tuple[_Rule, ...]
+    fallback: frozenset[str]
+    every: frozenset[str]  # every interface of the member
+    multicast: Intervals
+
+    @classmethod
+    def of(cls, routing: MemberRouting, family: int, every: frozenset[str]) -> _Lookups:
+        full = full_addresses(family)
+
+        def networks(nets: tuple[IPNetwork, ...]) -> Intervals:
+            return AddressSet.of(*nets).family(family) if nets else full
+
+        rules = tuple(_Rule(r.priority, networks(r.sources), networks(r.destinations),
+                            r.in_interface,
+                            r.marked, _table(routing.table(r.table), family))
+                      for r in routing.rules)
+        return cls(family, _table(routing.main, family),
+                   _table((r for r in routing.main if r.destination.prefixlen), family),
+                   _table((r for r in routing.main if not r.destination.prefixlen), family),
+                   tuple(_table(routes, family) for _, routes in routing.tables), rules,
+                   routing.fallback, every, _intervals(MULTICAST[family], family))
+
+    def reverse(self, addresses: Intervals) -> list[tuple[Intervals, frozenset[str]]]:
+        parts: list[tuple[Intervals, frozenset[str]]] = [(addresses, frozenset())]
+        for table in (self.main, *self.tables):
+            refined: list[tuple[Intervals, frozenset[str]]] = []
+            for part, ifaces in parts:
+                found, rest = _split(table, part)
+                refined.extend((p, ifaces | more) for p, more in found)
+                if rest:
+                    refined.append((rest, ifaces))
+            parts = refined
+        return [(p, ifaces or self.fallback) for p, ifaces in parts if ifaces or self.fallback]
+
+    def forward(self, box: Box) -> list[tuple[Box, frozenset[str]]]:
+        # (part, interfaces, priority of the lookup that decided it): a mark rule can only
+        # change what lookups after it decided.
+        done: list[tuple[Box, frozenset[str], float]] = []
+
+        def lookup(table: Table, boxes: list[Box], priority: float) -> list[Box]:
+            left: list[Box] = []
+            for b in boxes:
+                found, rest = _split(table, b.dst)
+                done.extend((b.with_(dst=part), ifaces, priority) for part, ifaces in found)
+                if rest:
+                    left.append(b.with_(dst=rest))
+            return left
+
+        pending = [box]
+        groups = intersect(box.dst, self.multicast)
+        if groups:
+            # The sending program names a multicast packet's interface (conntrackd its
+            # sync link, keepalived each VRRP interface), not the routing table.
+            done.append((box.with_(dst=groups), self.every, -1))
+            rest = subtract(box.dst, self.multicast)
+            pending = [box.with_(dst=rest)] if rest else []
+        last = float("inf")
+        if not self.rules:
+            pending = lookup(self.main, pending, last)
+        else:
+            # `lookup main suppress_prefixlength 0` comes before every rule
+            pending = lookup(self.main_specific, pending, -1)
+            for rule in self.rules:
+                if rule.marked:
+                    continue
+                nxt: list[Box] = []
+                for b in pending:
+                    hit = b.intersect(self._selector(rule, b))
+                    if hit is None:
+                        nxt.append(b)
+                        continue
+                    nxt.extend(b.minus(hit))
+                    # a miss goes on to the next rule
+                    nxt.extend(lookup(rule.table, [hit], rule.priority))
+                pending = nxt
+            pending = lookup(self.main_default, pending, last)
+        done.extend((b, self.fallback, last) for b in pending if self.fallback)
+        for rule in self.rules:
+            if not rule.marked:
+                continue
+            # Marks are no field of the analysis' packets: marked traffic may take the
+            # rule's table, unmarked traffic the way above, so both interfaces count.
+            widened: list[tuple[Box, frozenset[str], float]] = []
+            for b, ifaces, decided in done:
+                hit = b.intersect(self._selector(rule, b)) if decided > rule.priority else None
+                if hit is None:
+                    widened.append((b, ifaces, decided))
+                    continue
+                widened.extend((rest, ifaces, decided) for rest in b.minus(hit))
+                found, miss = _split(rule.table, hit.dst)
+                widened.extend((hit.with_(dst=part), ifaces | more, decided)
+                               for part, more in found)
+                if miss:
+                    widened.append((hit.with_(dst=miss), ifaces, decided))
+            done = widened
+        return [(b, ifaces) for b, ifaces, _ in done]
+
+    @staticmethod
+    def _selector(rule: _Rule, box: Box) -> Box:
+        in_ifaces = frozenset({rule.in_interface}) if rule.in_interface else box.in_ifaces
+        return Box(box.family, rule.sources, rule.destinations, ALL_SERVICES, in_ifaces,
+                   box.out_ifaces)
+
+
+def _address_intervals(match_cidrs: tuple[str, ...], family: int) -> Intervals:
+    if not match_cidrs:
+        return full_addresses(family)
+    return AddressSet.of(*(ipaddress.ip_network(c) for c in match_cidrs)).family(family)
+
+
+def _auto_box(auto: AutoRule, family: int, devices: dict[str, str],
+              every: frozenset[str]) -> Box | None:
+    """The packets an automatic rule matches, in the engine's terms (None: no NEW ones)."""
+    match = auto.match
+    services = ALL_SERVICES
+    if match.protocol is not None:
+        base = match.protocol << PORT_SHIFT
+        if match.dports:
+            services = normalise((base | p.low, base | p.high) for p in match.dports)
+        elif match.icmp_type is not None:
+            services = ((base | match.icmp_type, base | match.icmp_type),)
+        else:
+            services = (protocol_block(match.protocol),)
+    in_ifaces = every if match.in_device is None else \
+        frozenset({devices[match.in_device]}) if match.in_device in devices else frozenset()
+    out_ifaces = every if match.out_device is None else \
+        frozenset({devices[match.out_device]}) if match.out_device in devices else frozenset()
+    if auto.chain == "input":
+        out_ifaces = frozenset({LOCAL})
+    else:
+        in_ifaces = frozenset({LOCAL})
+    box = Box(family, _address_intervals(match.source.cidrs, family),
+              _address_intervals(match.destination.cidrs, family), services, in_ifaces,
+              out_ifaces)
+    return None if box.is_empty() else box

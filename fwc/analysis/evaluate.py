@@ -5,8 +5,10 @@ Used to prove that the passes which rewrite a ruleset for speed (`fwc.backend.ip
 new connection traverses. It follows netfilter's semantics for the matches fwc
 generates: first match wins in a chain, a jump to a user chain returns to the
 next rule when that chain ends or says RETURN, LOG and CONNMARK go on, the
-built-in chain's policy applies at its end. Rate limits always match (they are
-only on LOG rules, which never decide).
+built-in chain's policy applies at its end. A LOG rate limit always matches (LOG
+never decides); a rule's own rate or connection limit (`--hashlimit-above`,
+`--connlimit-above`: beyond the limit) never does, so one packet is within every
+limit.
 
 "Rules traversed" counts iptables rules as rendered: a lowered rule with k
 source CIDRs, l destination CIDRs and m multiport groups is k*l*m lines in the
@@ -35,7 +37,7 @@ from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
 TCP = proto.IP_PROTOCOLS["tcp"]
-GOES_ON = frozenset({Target.LOG, Target.CONNMARK})
+GOES_ON = frozenset({Target.LOG, Target.NFLOG, Target.CONNMARK, Target.CT, Target.TCPMSS})
 MAX_DEPTH = 16  # iptables' own limit is larger; fwc never nests deeper than 3
 
 
@@ -163,6 +165,12 @@ class Evaluator:
             return False
         if match.hop_limit is not None and match.hop_limit != packet.hop_limit:
             return False
+        if match.tcp_flags is not None and (packet.protocol != TCP or not packet.syn):
+            return False  # fwc's flag matches select a connection's first packet (SYN)
+        if match.hashlimit is not None or match.connlimit is not None:
+            return False  # "beyond the limit": a single packet is within every limit
+        if match.statistic is not None and match.statistic[1] != 0:
+            return False  # the nth match takes the first of every N: this packet
         return self._address(match.source, packet.source) and \
             self._address(match.destination, packet.destination)
 

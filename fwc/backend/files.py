@@ -34,6 +34,7 @@ class When(Enum):
     IPV6 = "the cluster has IPv6 addresses"
     IPSETS = "long address lists became ipsets"
     SYNC = "the member has an IPv4 address on the sync link"
+    ROUTES = "the member has routes or route-rules that do not follow the master"
 
 
 class Reload(Enum):
@@ -48,6 +49,7 @@ class Reload(Enum):
     IPSETS = "`ipset restore -exist`, before the rules"
     RULES = "its restore program, atomically"
     SYSCTL = "`sysctl -p` after the rules (a refused key only warns)"
+    ROUTES = "the script runs: fwc's routes and rules (protocol 94) replaced"
     FORWARDING = "`sysctl -p` last: forwarding on once the rules are in"
     SYSTEMD = "`systemctl daemon-reload`"
     KEEPALIVED = "keepalived reloads (SIGHUP): VRRP state kept"
@@ -56,7 +58,7 @@ class Reload(Enum):
     BOOT = "nothing: read at the next boot"
 
 
-LOAD_ORDER = (Reload.IPSETS, Reload.RULES, Reload.SYSCTL, Reload.FORWARDING)
+LOAD_ORDER = (Reload.IPSETS, Reload.RULES, Reload.SYSCTL, Reload.ROUTES, Reload.FORWARDING)
 DAEMON_ORDER = (Reload.SYSTEMD, Reload.KEEPALIVED, Reload.CONNTRACKD)
 
 
@@ -153,10 +155,26 @@ FILES: tuple[GeneratedFile, ...] = (
                   "systemd", When.ALWAYS, Reload.SYSTEMD,
                   "systemd boot unit running the boot script before the network (`fwc install` "
                   "enables it)"),
+    # Routes need configured interfaces: not the boot script's (it runs before the
+    # network), but their own unit's once the network is online (docs/compile.md "Routes").
+    GeneratedFile("fwc-routes.sh", "/etc/fwc/fwc-routes.sh", MODE_SCRIPT, "routes",
+                  When.ROUTES, Reload.ROUTES,
+                  "the routes script: the policy's routes and route-rules (`ip -batch`)",
+                  needs=(("ip", "fwc-routes.sh"),)),
+    GeneratedFile("fwc-routes.service", "/etc/systemd/system/fwc-routes.service", MODE_FILE,
+                  "routes", When.ROUTES, Reload.SYSTEMD,
+                  "systemd unit running the routes script once the network is online "
+                  "(`fwc install` enables it)"),
 )
 BY_NAME = MappingProxyType({f.name: f for f in FILES})
 # Files that can carry a secret (MANIFEST lists them `redacted`, install fills them).
 SECRET_FILES = tuple(f.name for f in FILES if f.secret)
+
+
+def rules_file(backend: Backend) -> GeneratedFile:
+    """The ruleset every member compiled for BACKEND gets (iptables.rules, nftables.nft)."""
+    return next(f for f in FILES if f.backend is backend and f.reload is Reload.RULES
+                and f.when is When.ALWAYS)
 
 
 def path_of(name: str) -> str:
@@ -166,9 +184,12 @@ def path_of(name: str) -> str:
 
 # The boot unit's name, as `systemctl enable` and the drop-ins' After= name it.
 BOOT_UNIT = PurePosixPath(path_of("fwc-firewall.service")).name
+# The units `fwc install` enables when the member has them (the boot unit always).
+ENABLED_UNITS = ("fwc-firewall.service", "fwc-routes.service")
 
-# The commands that read generated files back, and the backends they understand so far
-# (issue 13: nftables is compiled, not yet installed, diffed, queried or drilled).
+# The backends the commands that still refuse the others (`fwc query`, `fwc lab`)
+# understand so far (issue 13: nftables is compiled, installed and compared with
+# `fwc diff --installed`, not yet queried or drilled).
 READERS_KNOW = (Backend.IPTABLES,)
 
 

@@ -18,8 +18,8 @@ from fwc.model import Policy
 CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
 
 # Modules that register checks; imported on first use so that start-up stays fast.
-CHECK_MODULES = ("codes", "names", "cluster", "parity", "rules", "expectations", "lowering",
-                 "strings")
+CHECK_MODULES = ("codes", "names", "cluster", "ha", "parity", "rules", "expectations", "lowering",
+                 "strings", "routing", "vocab", "export", "importing", "capability")
 
 
 @dataclass(frozen=True, slots=True)

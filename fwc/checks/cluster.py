@@ -1,8 +1,8 @@
 """Cluster checks (FWC2xx): members, segments, VIPs, VRRP and conntrackd sync.
 
 Each one guards against a way an HA pair silently fails: both nodes master, a
-VIP nobody can reach, a state sync that never happens (see the pitfalls table
-in the HA research notes, P3-P7, P15, P21, P22).
+VIP nobody can reach, a state sync that never happens (docs/ha-pitfalls.md explains
+the failures; each check's rationale says which one it prevents).
 """
 
 from __future__ import annotations
@@ -393,7 +393,10 @@ def sync_link_without_vip(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC218", "sync link used by a rule", E, """
 Policy and NAT rules must not name the sync link in `in` or `out`: it is a
 dedicated link between the members, carrying only conntrackd's own traffic, which
-fwc allows itself. A rule on it means user traffic is expected there.""")
+fwc allows itself. A rule on it means user traffic is expected there. Management
+between the members themselves (ssh, ntp, a heartbeat ping) is allowed with
+`sync { allow SERVICES }`, which opens exactly those services between the
+members' sync addresses.""")
 def sync_link_not_policy(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         link = cluster.sync.link
@@ -404,8 +407,9 @@ def sync_link_not_policy(policy: Policy) -> Iterable[Diagnostic]:
                 if name == link:
                     yield error("FWC218", f"rule uses the sync link '{link}' ('{direction} "
                                 f"{link}')", rule.span,
-                                hint="the sync link is reserved for conntrackd; fwc opens it "
-                                "itself")
+                                hint="the sync link is reserved for conntrackd; for "
+                                "management between the members write 'sync { allow ssh, "
+                                "ntp }'")
 
 
 @check("FWC219", "sync group not a usable multicast address", E, """

@@ -24,6 +24,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Expectation, Policy
 from fwc.model.semantics import endpoint_intervals
+from fwc.model.topology import has_default
 from fwc.model.vocabulary import Verdict
 
 # Failing parts reported per expectation; the rest are counted.
@@ -39,6 +40,7 @@ class Failure:
     member: str
     piece: Piece
     text: str  # the part in policy terms
+    unrouted: bool = False  # it leaves by a guessed interface: the member has no default route
 
 
 def evaluate(expectation: Expectation, view: MemberView) -> list[Piece]:
@@ -54,8 +56,11 @@ def failures(expectation: Expectation, view: MemberView, pieces: Iterable[Piece]
     want_accept = expectation.verdict is Verdict.ALLOW
     for piece in pieces:
         if piece.accepted != want_accept:
+            unrouted = piece.chain in ("forward", "output") and \
+                not has_default(view.routing[piece.box.family])
             yield Failure(view.member.name, piece,
-                          describe_box(piece.box, vocabulary, view.firewall, view.interfaces))
+                          describe_box(piece.box, vocabulary, view.firewall, view.interfaces),
+                          unrouted)
 
 
 def _decider(piece: Piece) -> tuple[object, ...]:
@@ -93,6 +98,10 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
                     "or correct the expectation")
         else:
             hint = "add a drop or reject rule before the deciding rule, or correct the expectation"
+        if any(f.unrouted for f in group):
+            hint += ("; fwc knows no default route of this member, so traffic no subnet holds "
+                     "may leave by any interface but the sync link: 'route default via "
+                     "GATEWAY' tells it the exit (docs/language.md, \"Routes\")")
         out.append(error(code, message, expectation.span, hint=hint, related=related))
     hidden = len(groups) - MAX_REPORTS_PER_EXPECTATION
     if hidden > 0:

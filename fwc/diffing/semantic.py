@@ -166,6 +166,15 @@ def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
         out.append("vrrp: password changed")
     out.extend(_fields("sync", old.sync, new.sync,
                        ("link", "mode", "transport", "group", "port", "mark_bit")))
+    # Routes and route-rules by what they say (a moved line is no change).
+    old_routes = [r.text() for r in old.routes]
+    new_routes = [r.text() for r in new.routes]
+    out += [f"{text} added" for text in new_routes if text not in old_routes]
+    out += [f"{text} removed" for text in old_routes if text not in new_routes]
+    old_rules = [_rule_text(r) for r in old.route_rules]
+    new_rules = [_rule_text(r) for r in new.route_rules]
+    out += [f"{text} added" for text in new_rules if text not in old_rules]
+    out += [f"{text} removed" for text in old_rules if text not in new_rules]
     for member in old.members:
         if new.member(member.name) is None:
             out.append(f"member {member.name} removed")
@@ -173,6 +182,24 @@ def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
         if old.member(member.name) is None:
             out.append(f"member {member.name} added (priority {member.priority})")
     return out
+
+
+def _rule_text(rule: model.RouteRule) -> str:
+    words = ["route-rule"]
+    if rule.sources:
+        words += ["from", ", ".join(map(str, rule.sources))]
+    if rule.destinations:
+        words += ["to", ", ".join(map(str, rule.destinations))]
+    if rule.in_interface:
+        words += ["in", rule.in_interface]
+    if rule.mark is not None:
+        words += ["mark", f"{rule.mark[0]:#x}/{rule.mark[1]:#x}"]
+    words += ["table", str(rule.table), "priority", str(rule.priority)]
+    if rule.follow:
+        words += ["follow", "master"]
+    if rule.only:
+        words += ["only", rule.only]
+    return " ".join(words)
 
 
 def member_settings(old: model.Member, new: model.Member) -> list[str]:

@@ -88,7 +88,7 @@ def join(tokens: Iterable[s.Lexeme]) -> str:
             continue
         if previous is None:
             out = value
-        elif value in (",", ":", "]") or previous in ("!", "[", ":"):
+        elif value in (",", ":", "]", "-") or previous in ("!", "[", ":", "-"):
             out += value
         else:
             out += " " + value
@@ -307,11 +307,18 @@ class _Layout:
         # an interface or member starts with its keyword, just before its name
         interfaces = {self.first_of(i.name.span) - 1: i for i in cluster.interfaces}
         members = {self.first_of(m.name.span) - 1: m for m in cluster.members}
-        options = (*cluster.vrrp, *cluster.sync)
+        # a route or route-rule's span starts at its keyword
+        routes = {self.first_of(r.span): r for r in cluster.routes}
+        options = (*cluster.vrrp, *cluster.sync, *cluster.track, *cluster.notify,
+                   *cluster.log, *cluster.defaults)
         i = start
         while i < end:
             if i in members:
                 i = self.member(i, indent, members[i])
+            elif i in routes:
+                last = self.last_of(routes[i].span)
+                self.emit(Line(indent, i, last, text=join(self.tokens[i:last + 1])))
+                i = last + 1
             elif i in interfaces:
                 i = self.interface(i, indent, interfaces[i])
             elif self.tokens[i].value == "backend":  # `backend NAME`, one line
@@ -324,7 +331,8 @@ class _Layout:
         tokens = self.tokens
         j = self.last_of(decl.span) + 1
         # a `vip` list ends at an address not followed by a comma
-        values = [self.last_of(w.span) for w in (*decl.vips, *([decl.vrid] if decl.vrid else []))]
+        values = [self.last_of(w.span) for w in (*decl.vips, *([decl.vrid] if decl.vrid else []),
+                                                  *([decl.mss] if decl.mss else []))]
         cuts = [n for n in values if n + 1 >= j or tokens[n + 1].value != ","]
         tail = OPTION_GAP.join(self.texts(self.groups(i + 2, j, cuts)))
         self.emit(Line(indent, i, j - 1, cells=[t.value for t in tokens[i:i + 2]], tail=tail,
@@ -338,8 +346,8 @@ class _Layout:
         for n, option in enumerate(ordered):
             last = self.last_of(option.span)
             following = ordered[n + 1] if n + 1 < len(ordered) else None
-            if option.key == "multicast" and following is not None \
-                    and following.key == "port" \
+            if option.key in ("multicast", "backup-link") and following is not None \
+                    and following.key in ("port", "backup-port") \
                     and self.first_of(following.span) == last + 2:
                 continue
             cuts.append(last)

@@ -43,7 +43,8 @@ class Word(NamedTuple):
 
 
 class Endpoint(NamedTuple):
-    """One item of a from/to list: kind is name, vip, address, range, any or firewall."""
+    """One item of a from/to list: kind is name, vip, named_vip, address, range, any or
+    firewall. A `vip` is IFACE (written IFACE.vip), a `named_vip` is IFACE.vip.NAME."""
 
     kind: str
     text: str
@@ -67,10 +68,34 @@ class Option(NamedTuple):
     span: Span
 
 
+class ServicesOption(NamedTuple):
+    """An option whose value is a list of services (`sync { allow ssh, ntp }`)."""
+
+    key: str
+    value: Word | None
+    span: Span
+    services: tuple[ServiceRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackDecl:
+    """One item of `track { }`: kind is interface, ping, process or script."""
+
+    kind: Word
+    target: Word
+    options: tuple[Option, ...]
+    span: Span
+
+    @property
+    def key(self) -> str:  # laid out like a block option by `fwc fmt`
+        return "track"
+
+
 @dataclass(frozen=True, slots=True)
 class Include:
     path: Word
     span: Span
+    library: bool = False  # `include <name>`: looked up in the library search path
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +127,8 @@ class InterfaceDecl:
     vips: tuple[Word, ...]
     vrid: Word | None
     span: Span
+    vip_names: tuple[Word | None, ...] = ()  # per VIP: `vip NAME ADDR` names it
+    mss: Word | None = None  # `mss N` or `mss pmtu`
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +158,44 @@ class ClusterDecl:
     members: tuple[MemberDecl, ...]
     span: Span
     backend: tuple[Option, ...] = ()  # `backend NAME` (given twice: FWC110)
+    track: tuple[TrackDecl, ...] = ()
+    track_span: Span | None = None
+    notify: tuple[Option, ...] = ()  # `notify { master "..." }`: key is the state as written
+    notify_span: Span | None = None
+    routes: tuple[RouteDecl | RouteRuleDecl, ...] = ()  # `route` and `route-rule` lines
+    log: tuple[Option, ...] = ()  # `log { }`: the cluster's logging defaults
+    log_span: Span | None = None
+    defaults: tuple[Option, ...] = ()  # `default { }`: the filter chains' defaults
+    defaults_span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecl:
+    """`route DEST ...`: DEST is `default` or an address; options keyed by their keyword."""
+
+    destination: Word
+    options: tuple[Option, ...]  # via, dev, table, src, metric, follow, only
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuleDecl:
+    """`route-rule ...`: a policy-routing rule; from/to carry their address words."""
+
+    sources: tuple[Word, ...]
+    destinations: tuple[Word, ...]
+    options: tuple[Option, ...]  # in, mark, table, priority, follow, only
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
 class NatTargetDecl:
-    kind: str  # name, vip, address
+    kind: str  # name, vip (IFACE), named_vip (IFACE.vip.NAME), address
+    kind: str  # name, vip, address, range
     text: str
     port: Word | None
     span: Span
+    port_high: Word | None = None  # `:LOW-HIGH`
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +207,7 @@ class RuleDecl:
     services: tuple[ServiceRef, ...]
     target: NatTargetDecl | None
     span: Span
+    pool: tuple[NatTargetDecl, ...] = ()  # dnat to several backends: the ones after `target`
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -113,7 +114,7 @@ class LocalTransport(Transport):
 class NetnsTransport(Transport):
     """`ip netns exec NAME`: /etc/netns/NAME/* is bind-mounted over /etc/* (iproute2).
 
-    `ip netns exec` forgets mounts between calls (lab-notes pitfall 4), so a
+    `ip netns exec` forgets mounts between calls (docs/ha-pitfalls.md), so a
     namespace whose private /etc and /run live in a persistent mount
     namespace (the lab's) is entered with nsenter on that mount file instead.
     """
@@ -123,11 +124,15 @@ class NetnsTransport(Transport):
         self.mount = mount
         self.private_run = mount is not None
 
-    def argv(self, command: str) -> list[str]:
+    def enter(self, argv: Sequence[str]) -> list[str]:
+        """ARGV run inside the node without a shell (the lab starts its daemons so)."""
         if self.mount:
             return ["nsenter", f"--mount={self.mount}", f"--net=/run/netns/{self.target}",
-                    "--", "sh", "-c", command]
-        return ["ip", "netns", "exec", self.target, "sh", "-c", command]
+                    "--", *argv]
+        return ["ip", "netns", "exec", self.target, *argv]
+
+    def argv(self, command: str) -> list[str]:
+        return self.enter(["sh", "-c", command])
 
     def describe(self) -> str:
         return f"{self.member} (netns {self.target})"
@@ -169,12 +174,53 @@ class DryRun(Transport):
         return self.real.describe()
 
     def run(self, command: str, *, input: str | None = None, timeout: float = 60.0) -> Result:
-        line = shlex.join(self.argv(command))
-        if input is not None:
-            line += f"  <<< ({len(input.encode())} bytes)"
+        argv = self.argv(command)
+        line = shlex.join(argv)
+        size = None if input is None else len(input.encode())
+        if size is not None:
+            line += f"  <<< ({size} bytes)"
         self.printed.append(line)
-        self.stream.write(line + "\n")
+        if isinstance(self.stream, PlanRecorder):
+            self.stream.command(self.member, argv, command, size)
+        else:
+            self.stream.write(line + "\n")
         return Result(0, "", "")
+
+
+class PlanRecorder:
+    """The dry run as data (`fwc install --dry-run --format json`).
+
+    Given as the DryRun's stream and as the install's output, it receives both the
+    commands (`command`) and the notes the install says (`# member: text` lines), in
+    the order they would happen. Only sizes of what travels on stdin are kept: the
+    files may hold secrets.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[dict[str, object]]] = {}
+        self.notes: list[str] = []
+        self._partial = ""
+
+    def command(self, member: str, argv: list[str], command: str, size: int | None) -> None:
+        step: dict[str, object] = {"run": argv, "script": command}
+        if size is not None:
+            step["stdin_bytes"] = size
+        self.steps.setdefault(member, []).append(step)
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            note = line.removeprefix("# ")
+            who, sep, what = note.partition(": ")
+            if sep and not who.startswith("cluster ") and " " not in who:
+                self.steps.setdefault(who, []).append({"note": what})
+            elif note:
+                self.notes.append(note)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)

@@ -1,267 +1,146 @@
-"""fwc's policy model -> LabCluster, and the compiled output the lab runs.
+"""What the lab runs: a cluster of the checked model and its files, compiled in-process.
 
-Kept thin on purpose: the lab itself only knows LabCluster, so changes to the
-model touch this file alone.
+The policy goes through the normal pipeline (`fwc.pipeline.analyse`: load, parse,
+resolve, check); the files come from the back end in this process
+(`fwc.backend.output.stream_policy`, only the chosen cluster is built) or, with
+`--compiled DIR`, from an `fwc compile` tree read and verified against its
+MANIFEST and the policy exactly as `fwc install` reads it
+(`fwc.install.compiled.load_member_files`).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fwc.backend.files import backend_refusal
-from fwc.backend.render import keepalived
-from fwc.lab.netns import LabError
-from fwc.lab.topology import (
-    LabCluster,
-    LabExpectation,
-    LabLink,
-    LabMember,
-    LabObject,
-    LabSegment,
-    LabSnat,
-)
-from fwc.model.vocabulary import NatAction
+from fwc.backend.manifest import NAME as MANIFEST
+from fwc.lab.netns import LabError, LabRefused
+from fwc.model import Cluster, Policy
+from fwc.model.vocabulary import Backend
 
-if TYPE_CHECKING:
-    from fwc.model import AddressObject, Cluster, Endpoint, Policy, PortRange
-    from fwc.model.addresses import AddressSet
+# member -> file name (a row of fwc.backend.files) -> its text
+MemberFiles = Mapping[str, Mapping[str, str]]
 
-# Probes per service match of an expectation (docs/lab.md, "Drill 1"): every port up
-# to this many; beyond it the ends of every range, then ports spread evenly over the
-# rest. Each probe costs up to two 1.5 s timeouts per phase, so `tcp/1024-65535` must
-# not become 64512 of them.
-MAX_PROBED_PORTS = 16
+# The files reach a member through fwc install, whatever its backend; but three drill
+# steps read or change the kernel's packet filter themselves, with iptables so far: the
+# reboot drill's wipe (daemons.Node.wipe) and its FORWARD watcher (probe.py watch),
+# and the routed drill's SNAT exemption (running.Lab.prepare_mode). A backend joins
+# here once those three know it.
+DRILLED_BACKENDS = (Backend.IPTABLES,)
 
 
-def probe_ports(ranges: Sequence[PortRange], cap: int = MAX_PROBED_PORTS) -> tuple[int, ...]:
-    """The ports to probe for RANGES, sorted: all of them, or at most CAP.
+@dataclass(frozen=True)
+class LabSource:
+    """One cluster of a checked policy and, per member, the files the lab installs."""
 
-    Over the cap, the ends of each range come first (an off-by-one in a rule shows
-    there), then evenly spaced ports of the whole set fill up to CAP. Deterministic:
-    the same policy probes the same ports on every run.
-    """
-    every: set[int] = set()
-    for r in ranges:
-        every.update(range(r.low, r.high + 1))
-    if len(every) <= cap:
-        return tuple(sorted(every))
-    edges = sorted({end for r in ranges for end in (r.low, r.high)})
-    if len(edges) >= cap:  # many ranges: their ends, evenly spaced, first and last kept
-        return tuple(edges[k * (len(edges) - 1) // (cap - 1)] for k in range(cap))
-    # Interior points spaced evenly over the ports that are not an end; the spacing is
-    # at least one port, so the floor division never picks one twice.
-    rest = sorted(every.difference(edges))
-    m = cap - len(edges)
-    sample = [rest[(k + 1) * (len(rest) + 1) // (m + 1) - 1] for k in range(m)]
-    return tuple(sorted([*edges, *sample]))
+    policy: Policy
+    cluster: Cluster
+    files: MemberFiles
+    origin: str  # where the files came from, for the progress and the report
 
 
-def _items(obj: AddressObject | _Literal) -> tuple[str, ...]:
-    """An AddressObject as lab items: CIDRs for networks, addresses or a-b ranges otherwise."""
-    out: list[str] = []
-    for family in (4, 6):
-        if obj.kind == "network":
-            out.extend(obj.addresses.cidrs(family))
-            continue
-        for lo, hi in obj.addresses.family(family):
-            if family == 6:
-                first, last = ipaddress.IPv6Address(lo), ipaddress.IPv6Address(hi)
-            else:
-                first, last = ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi)
-            out.append(str(first) if lo == hi else f"{first}-{last}")
-    return tuple(out)
-
-
-def _endpoint_names(endpoint: Endpoint, literals: dict[str, LabObject]) -> list[str]:
-    names: list[str] = []
-    for item in endpoint.items:
-        if item.negated:
-            continue
-        if item.kind == "firewall":
-            names.append("firewall")
-        elif item.kind == "object" and item.object_name:
-            names.append(item.object_name)
-        elif item.kind in ("literal", "vip"):
-            label = f"literal:{item.label}"
-            literals.setdefault(label, LabObject(label, _items(_Literal(item.addresses))))
-            names.append(label)
-    return names
-
-
-class _Literal:
-    """Just enough of an AddressObject for `_items`."""
-
-    kind = "literal"
-
-    def __init__(self, addresses: AddressSet) -> None:
-        self.addresses = addresses
-
-
-def cluster_from_model(policy: Policy, cluster: Cluster) -> LabCluster:
-    """Build the LabCluster for one cluster of a resolved fwc.model.Policy."""
-    members = tuple(
-        LabMember(
-            m.name,
-            m.priority,
-            {
-                ln.interface: LabLink(ln.device, tuple(str(a) for a in ln.addresses))
-                for ln in m.links
-            },
-        )
-        for m in cluster.members
-    )
-    segments = tuple(
-        LabSegment(i.name, tuple(str(v) for v in i.vips), i.vrid) for i in cluster.interfaces
-    )
-    objects = [LabObject(name, _items(obj)) for name, obj in policy.objects.items()]
-    literals: dict[str, LabObject] = {}
-    expectations: list[LabExpectation] = []
-    for exp in cluster.expectations:
-        services = ", ".join(exp.service_labels)
-        text = f"{exp.verdict} {exp.source.label} -> {exp.destination.label} service {services}"
-        if exp.in_interface:
-            text += f" in {exp.in_interface}"
-        for src in _endpoint_names(exp.source, literals):
-            for dst in _endpoint_names(exp.destination, literals):
-                for match in exp.services:
-                    proto = {"icmpv6": "icmp"}.get(match.protocol, match.protocol)
-                    ports: tuple[int | None, ...] = probe_ports(match.ports) or (None,)
-                    expectations.extend(
-                        LabExpectation(
-                            exp.verdict,
-                            src,
-                            dst,
-                            services,
-                            proto,
-                            port,
-                            text,
-                            match.family,
-                            exp.in_interface,
-                        )
-                        for port in ports
-                    )
-    snat = tuple(
-        LabSnat(rule.source.label, rule.out_interface or "", str(_first(rule.target.addresses)))
-        for rule in cluster.nat
-        if rule.action is NatAction.SNAT and rule.target is not None and rule.out_interface
-    )
-    return LabCluster(
-        name=cluster.name,
-        members=members,
-        segments=segments,
-        sync=cluster.sync.link,
-        objects=tuple(objects) + tuple(literals.values()),
-        expectations=tuple(expectations),
-        snat=snat,
-        advert=cluster.vrrp.advert_ms / 1000.0,
-        preempt=cluster.vrrp.preempt,
-        preempt_delay=(float(keepalived.preempt_delay(cluster.vrrp)) if cluster.vrrp.preempt
-                       else 0.0),
-    )
-
-
-def _first(addresses: AddressSet) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    for family in (4, 6):
-        for lo, _hi in addresses.family(family):
-            return ipaddress.IPv4Address(lo) if family == 4 else ipaddress.IPv6Address(lo)
-    raise LabError("SNAT target without an address")
-
-
-def load_policy_cluster(
+def load_source(
     policy_file: Path,
-    compiled: Path | None,
-    tmp: Path,
+    compiled: Path | None = None,
     cluster_name: str | None = None,
     include_path: Sequence[Path] = (),
-) -> tuple[LabCluster, Path]:
-    """Analyse POLICY_FILE, compile it (unless COMPILED is given) and pick one cluster."""
-    from fwc.pipeline import analyse
-
-    analysis = analyse(policy_file, include_path=include_path)
-    if not analysis.ok or analysis.policy is None:
-        msgs = "; ".join(d.message for d in analysis.diagnostics[:5])
-        raise LabError(f"{policy_file} does not check cleanly: {msgs}")
-    policy = analysis.policy
-    if not policy.clusters:
-        raise LabError(f"{policy_file} defines no cluster")
-    cluster = policy.cluster(cluster_name) if cluster_name else policy.clusters[0]
-    if cluster is None:
-        raise LabError(f"no cluster {cluster_name!r} in {policy_file}")
-    refusal = backend_refusal(cluster.name, cluster.backend, "fwc lab")
-    if refusal is not None:
-        from fwc.lab.runner import LabRefused
-
-        raise LabRefused(refusal)
-    if compiled is None:
-        compiled = tmp / "compiled"
-        _compile(policy_file, compiled, include_path)
-    out = compiled / cluster.name
-    if not out.is_dir():
-        raise LabError(f"no compiled output for cluster {cluster.name} in {compiled}")
-    return cluster_from_model(policy, cluster), out
-
-
-def fast_keepalived_confs(
-    policy_file: Path,
-    advert_ms: int = 100,
-    cluster_name: str | None = None,
-    include_path: Sequence[Path] = (),
-) -> dict[str, str]:
-    """keepalived.conf per member as fwc generates it for `vrrp { advert 100ms version 3 }`.
-
-    The fast-failover drill should exercise fwc's own sub-second output, not a
-    text rewrite of the slow one; the policy's other VRRP settings are kept,
-    only authentication goes (VRRPv3 has none).
-    """
-    from dataclasses import replace
-
-    from fwc.backend.render.keepalived import keepalived_conf
-    from fwc.pipeline import analyse
-
-    analysis = analyse(policy_file, run_checks=False, include_path=include_path)
-    if analysis.policy is None:
-        return {}
-    cluster = analysis.policy.cluster(cluster_name) if cluster_name else analysis.policy.clusters[0]
-    if cluster is None:
-        return {}
-    vrrp = replace(
-        cluster.vrrp, advert_ms=advert_ms, version=3, password=None, password_file=None, auth=None
-    )
-    fast = replace(cluster, vrrp=vrrp)
-    return {m.name: keepalived_conf(fast, m) for m in fast.members}
-
-
-def _compile(policy_file: Path, outdir: Path, include_path: Sequence[Path] = ()) -> None:
-    """Compile the policy into OUTDIR with the product's own stages (as `fwc compile`)."""
-    from fwc.backend.output import (
-        OutputError,
-        compile_policy,
-        relative_source,
-        source_root,
-        write_output,
-    )
+) -> LabSource:
+    """Analyse POLICY_FILE, pick one cluster and get its files (compiled here unless
+    COMPILED names an `fwc compile` output directory)."""
     from fwc.diagnostics import render_text
     from fwc.pipeline import analyse
 
     analysis = analyse(policy_file, include_path=include_path)
+    if not analysis.ok or analysis.policy is None:
+        errors = [d for d in analysis.diagnostics if d.is_error]
+        text = render_text(errors, analysis.program.texts).strip()
+        raise LabRefused(f"{policy_file} does not check cleanly, nothing was started:\n{text}")
     policy = analysis.policy
-    problem = ""
-    if policy is None or not analysis.ok:
-        problem = render_text([d for d in analysis.diagnostics if d.is_error],
-                              analysis.program.texts)
-    else:
-        try:
-            write_output(outdir, relative_source(policy.root, source_root(policy)),
-                         compile_policy(policy))
-        except OutputError as exc:
-            problem = str(exc)
-    if problem or not outdir.is_dir():
-        shutil.rmtree(outdir, ignore_errors=True)
-        raise LabError(
-            f"fwc compile {policy_file} failed: {problem.strip()[:500]} "
-            "(use --compiled DIR to run the lab on existing output)"
-        )
+    if not policy.clusters:
+        raise LabRefused(f"{policy_file} defines no cluster")
+    cluster = policy.cluster(cluster_name) if cluster_name else policy.clusters[0]
+    if cluster is None:
+        raise LabRefused(f"no cluster {cluster_name!r} in {policy_file}")
+    refusal = backend_refusal(cluster.name, cluster.backend, "fwc lab")
+    if refusal is None and cluster.backend not in DRILLED_BACKENDS:
+        refusal = (f"cluster '{cluster.name}' uses `backend {cluster.backend}`: the lab's "
+                   "drills wipe, watch and change iptables state only so far, so nothing "
+                   "was started")
+    if refusal is not None:
+        raise LabRefused(refusal)
+    if compiled is None:
+        return LabSource(policy, cluster, compile_cluster(policy, cluster), "compiled in-process")
+    return LabSource(policy, cluster, read_compiled(compiled, policy, cluster),
+                     f"{compiled / cluster.name} (MANIFEST verified)")
+
+
+def compile_cluster(policy: Policy, cluster: Cluster) -> dict[str, dict[str, str]]:
+    """CLUSTER's files per member, built by the back end in this process (nothing written)."""
+    from fwc.backend.output import OutputError, stream_policy
+
+    (stream,) = [s for s in stream_policy(policy) if s.name == cluster.name]
+    files: dict[str, dict[str, str]] = {m.name: {} for m in cluster.members}
+    try:
+        for f in stream.files():
+            member, _, name = f.path.partition("/")
+            if f.path != MANIFEST:
+                files[member][name] = f.content.decode("utf-8")
+    except OutputError as exc:
+        raise LabError(f"compiling cluster {cluster.name} failed: {exc}") from exc
+    return files
+
+
+def read_compiled(output: Path, policy: Policy, cluster: Cluster) -> dict[str, dict[str, str]]:
+    """CLUSTER's files from an `fwc compile` tree, verified as `fwc install` verifies them."""
+    from fwc.install.compiled import CompiledError, load_member_files
+    from fwc.install.secrets import SecretsError, fill
+
+    files: dict[str, dict[str, str]] = {}
+    try:
+        for member in cluster.members:
+            loaded = load_member_files(output, policy, cluster.name, member.name)
+            files[member.name] = {name: fill(cluster.name, name, text, None)
+                                  for name, text in loaded.items()}
+    except (CompiledError, SecretsError) as exc:
+        raise LabRefused(f"{exc} (or run the lab without --compiled: it compiles in-process)") \
+            from exc
+    return files
+
+
+def advert_label(seconds: float) -> str:
+    """0.1 -> "100ms", 1.0 -> "1s": how the lab names an advert interval."""
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def advert_variant(source: LabSource, advert_s: float) -> LabSource:
+    """SOURCE's cluster with `vrrp { advert ADVERT_S version 3 }`, checked and compiled.
+
+    The model's own VRRP settings with a different interval and version (the
+    policy's password, auth and every other setting kept), checked by every check
+    of `fwc check` and compiled by the back end in this process, as if the policy
+    said so. A profile the policy cannot take (VRRPv3 has no authentication, so a
+    policy with a password cannot; an interval VRRPv3 does not allow) is refused
+    with the checks' own words, before anything starts.
+    """
+    from fwc.checks import run_checks
+
+    policy, cluster = source.policy, source.cluster
+    label = advert_label(advert_s)
+    vrrp = replace(cluster.vrrp, advert_ms=round(advert_s * 1000), version=3)
+    variant = replace(cluster, vrrp=vrrp)
+    clusters = tuple(variant if c.name == cluster.name else c for c in policy.clusters)
+    varied = replace(policy, clusters=clusters)
+    errors = [d for d in run_checks(varied) if d.is_error]
+    if errors:
+        # The checks' hints speak to the policy's author ("use version 2"), not to a
+        # profile that is version 3 by definition: the code and message say it.
+        why = "; ".join(f"{d.code} {d.message}" for d in errors)
+        raise LabRefused(
+            f"advert profile {label} cannot run on cluster '{cluster.name}': with "
+            f"`vrrp {{ advert {label} version 3 }}` its policy does not check: {why}. "
+            "Drop that profile from --adverts, or run a variant of the policy that checks "
+            f"with `version 3` (e.g. without a password); nothing was started")
+    return LabSource(varied, variant, compile_cluster(varied, variant),
+                     f"VRRPv3 advert {label} variant of the model, compiled in-process")

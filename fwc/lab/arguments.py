@@ -8,12 +8,28 @@ from pathlib import Path
 from fwc.frontend.sources import add_include_path_argument
 
 
+def advert_list(text: str) -> tuple[float, ...]:
+    """`100ms,50ms,1s` -> (0.1, 0.05, 1.0): VRRPv3 advert profiles in seconds."""
+    out = []
+    for word in text.split(","):
+        word = word.strip()
+        try:
+            seconds = float(word[:-2]) / 1000 if word.endswith("ms") else \
+                float(word.removesuffix("s"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a duration: {word!r}") from None
+        if not 0.01 <= seconds <= 40.95:
+            raise argparse.ArgumentTypeError(f"{word}: VRRPv3 adverts are 10ms-40.95s")
+        out.append(round(seconds, 3))
+    return tuple(out)
+
+
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "file",
         nargs="?",
         type=Path,
-        help="policy file (.fw), or a lab spec (.json) together with --compiled",
+        help="policy file (.fw)",
     )
     parser.add_argument(
         "--json",
@@ -35,13 +51,31 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the 100ms-advert SNAT failover drill and the control",
+        help="one failover drill (SNAT if the policy has one) and the control; no reboot drill",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="crash the master N times per advert profile (--adverts) and report takeover "
+        "and echo gap as min/median/max",
+    )
+    parser.add_argument(
+        "--adverts",
+        type=advert_list,
+        default=(0.1, 0.05),
+        metavar="LIST",
+        help="advert profiles for --runs (default 100ms,50ms): each a variant of the "
+        "policy with `vrrp { advert X version 3 }`, checked, compiled and installed like "
+        "the policy; refused when the policy does not check that way (e.g. a password)",
     )
     parser.add_argument(
         "--compiled",
         type=Path,
         metavar="DIR",
-        help="use already compiled output DIR/<cluster>/<member>/ instead of compiling",
+        help="install the `fwc compile -o DIR` output (verified against its MANIFEST) "
+        "instead of compiling in-process",
     )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")

@@ -1,35 +1,26 @@
-"""`fwc lab` command-line glue: the lead's fwc/cli.py calls these two functions."""
+"""`fwc lab` command-line glue: `fwc lab` (fwc.commands.lab) and `python3 -m fwc.lab`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 from fwc.lab.arguments import add_lab_arguments  # noqa: F401 - re-exported
-from fwc.lab.netns import LabError, lab_namespaces, leftover_labs, require_root, teardown
-from fwc.lab.topology import LabCluster
+from fwc.lab.netns import (
+    LabError,
+    LabRefused,
+    lab_namespaces,
+    leftover_labs,
+    require_root,
+    teardown,
+)
 
 
 def run_lab(args: argparse.Namespace) -> int:
+    from fwc.lab.adapter import load_source
     from fwc.lab.report import render_text, write_json
-    from fwc.lab.runner import LabOptions, LabRefused, run_lab_cluster
+    from fwc.lab.runner import LabOptions, run_lab
 
-    # The lead's `fwc lab` parser has fewer options than ours: default the rest.
-    for name, default in (
-        ("compiled", None),
-        ("logdir", None),
-        ("prefix", None),
-        ("json_out", getattr(args, "json", None)),
-        ("cluster", None),
-        ("include_path", []),
-    ):
-        if getattr(args, name, None) is None:
-            setattr(args, name, default)
-    for name in ("compiled", "logdir", "json_out", "file"):
-        if isinstance(getattr(args, name), str):
-            setattr(args, name, Path(getattr(args, name)))
     why = require_root()
     if why:
         print(f"fwc lab: {why}", file=sys.stderr)
@@ -51,27 +42,17 @@ def run_lab(args: argparse.Namespace) -> int:
         print("fwc lab: a policy FILE is required", file=sys.stderr)
         return 2
     try:
-        with tempfile.TemporaryDirectory(prefix="fwc-lab-compile-") as tmp:
-            cluster, compiled = _load(args, Path(tmp))
-            fast = None
-            if args.file.suffix != ".json":
-                from fwc.lab.adapter import fast_keepalived_confs
-
-                fast = (
-                    fast_keepalived_confs(
-                        args.file, cluster_name=cluster.name, include_path=args.include_path
-                    )
-                    or None
-                )
-            options = LabOptions(
-                keep=args.keep,
-                remap=args.remap,
-                quick=args.quick,
-                logdir=args.logdir,
-                prefix=args.prefix,
-                fast_keepalived=fast,
-            )
-            report = run_lab_cluster(cluster, compiled, options)
+        source = load_source(args.file, args.compiled, args.cluster, args.include_path)
+        options = LabOptions(
+            keep=args.keep,
+            remap=args.remap,
+            quick=args.quick,
+            logdir=args.logdir,
+            prefix=args.prefix,
+            timing_runs=args.runs,
+            timing_adverts=args.adverts,
+        )
+        report = run_lab(source, options)
     except LabRefused as exc:
         print(f"fwc lab: refused: {exc}", file=sys.stderr)
         return 2
@@ -83,22 +64,6 @@ def run_lab(args: argparse.Namespace) -> int:
         write_json(report, args.json_out)
         print(f"fwc lab: JSON report written to {args.json_out}", file=sys.stderr)
     return 0 if report.ok else 1
-
-
-def _load(args: argparse.Namespace, tmp: Path) -> tuple[LabCluster, Path]:
-    """(LabCluster, DIR/<cluster>) from a .json spec or a policy file."""
-    from fwc.lab.spec import load_spec
-
-    if args.file.suffix == ".json":
-        if args.compiled is None:
-            raise LabError("a .json lab spec needs --compiled DIR")
-        cluster = load_spec(args.file)
-        return cluster, args.compiled / cluster.name
-    from fwc.lab.adapter import load_policy_cluster
-
-    return load_policy_cluster(
-        args.file, args.compiled, tmp, args.cluster, include_path=args.include_path
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

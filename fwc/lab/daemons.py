@@ -1,12 +1,15 @@
 """One firewall member in the lab: private mount namespace, rules, daemons.
 
 The compiled configs refer to stock node paths (docs/contracts.md). Every
-member therefore gets a *persistent* private mount namespace (lab-notes
-pitfall 4: ``ip netns exec`` would forget mounts between calls) in which /etc
+member therefore gets a *persistent* private mount namespace (docs/ha-pitfalls.md,
+"Several daemons on one machine": ``ip netns exec`` would forget mounts between calls) in which /etc
 is an overlay with a per-node upper directory and /run is a private tmpfs.
 keepalived's pid files, conntrackd's lock file and UNIX socket and the notify
-lock then cannot collide between members (pitfalls 1-3), and the generated
-files run unchanged.
+lock then cannot collide between members (same page), and the generated
+files run unchanged. The member is reached through the install code's
+`NetnsTransport` on that mount namespace: `fwc install` puts the files in
+place (fwc/lab/running.py), and every command the lab runs in the member
+enters it the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shlex
 import signal
 import subprocess
 import time
@@ -22,13 +24,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fwc.backend.files import FILES, Reload, path_of
+from fwc.install import scripts
+from fwc.install.transport import NetnsTransport
 from fwc.lab.netns import PYTHON, LabError, LabState, Proc, netns_pids, run
-from fwc.lab.topology import IPInterface, Remap
+from fwc.lab.topology import IPInterface
 
-# Compiled file -> (node path, mode), from the table of generated files.
-NODE_PATHS: dict[str, tuple[str, int]] = {f.name: (f.path, f.mode) for f in FILES}
+# Where the daemons' configurations and the boot script live on a node: the table
+# of generated files says (the boot script is the row read only at boot).
 KEEPALIVED_CONF = path_of("keepalived.conf")
 CONNTRACKD_CONF = path_of("conntrackd.conf")
+BOOT_SCRIPT = next(f for f in FILES if f.reload is Reload.BOOT)
+# The policy's routes: its unit runs the script once the network is up.
+ROUTES_SCRIPT = next(f for f in FILES if f.reload is Reload.ROUTES)
 SYSLOG = "/run/fwc-lab/syslog.log"
 FORWARDING_KEYS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
 BUILTIN_CHAINS = {
@@ -70,22 +77,20 @@ class Node:
         state: LabState,
         name: str,
         ns: str,
-        compiled: Path,
         devices: Sequence[str],
         vips: Sequence[IPInterface],
         logdir: Path,
-        remap: Remap | None = None,
     ) -> None:
         self.state = state
         self.name = name
         self.ns = ns
-        self.compiled = compiled
         self.devices = list(devices)
         self.vips = list(vips)
         self.logdir = logdir
-        self.remap = remap
         self.root = state.dir / "nodes" / name
         self.mntfile = state.dir / "mnt" / name
+        # How fwc install (and every command of the lab) reaches this member.
+        self.transport = NetnsTransport(name, ns, mount=str(self.mntfile))
         self.daemons: dict[str, Proc] = {}
         self.helpers: list[Proc] = []
         self.conntrackd_enabled = True
@@ -97,7 +102,7 @@ class Node:
 
     # ------------------------------------------------------------ execution
     def argv(self, cmd: Sequence[str]) -> list[str]:
-        return ["nsenter", f"--mount={self.mntfile}", f"--net=/run/netns/{self.ns}", "--", *cmd]
+        return self.transport.enter(cmd)
 
     def exec(
         self,
@@ -110,19 +115,10 @@ class Node:
         return run(self.argv(cmd), check=check, input=input, timeout=timeout)
 
     def write(self, path: str, content: str, mode: int) -> None:
-        # Written from inside the node so the overlay sees a normal write;
-        # root-owned and not group/world writable, as keepalived's script
-        # security demands for the notify hook.
-        q = shlex.quote(path)
-        self.exec(
-            [
-                "sh",
-                "-c",
-                f'mkdir -p "$(dirname {q})" && cat > {q} && chmod {mode:o} {q}'
-                f" && chown root:root {q}",
-            ],
-            input=content,
-        )
+        """PATH on the node, written as fwc install writes a file (through the transport)."""
+        result = self.transport.run(scripts.write(path, mode), input=content, timeout=30)
+        if not result.ok:
+            raise LabError(f"{self.name}: cannot write {path}: {result.reason()}")
 
     # ------------------------------------------------------------ set-up
     def create_mount_ns(self) -> None:
@@ -153,78 +149,8 @@ class Node:
         self.write("/etc/fwc-lab/conntrackd-off", CONNTRACKD_STUB, 0o755)
         self.exec(["mount", "--bind", "/etc/fwc-lab/logger", "/usr/bin/logger"])
 
-    def install(self) -> list[str]:
-        """Copy the compiled files to their node paths; return the ones installed."""
-        installed: list[str] = []
-        for fname, (path, mode) in NODE_PATHS.items():
-            src = self.compiled / fname
-            if not src.exists():
-                continue
-            content = src.read_text()
-            if self.remap is not None:
-                content = self.remap.rewrite(content)
-                left = self.remap.leftovers(content)
-                if left:
-                    raise LabError(f"{self.name}/{fname}: --remap left {', '.join(left[:5])}")
-            self.write(path, content, mode)
-            installed.append(fname)
-        for required in ("keepalived.conf", "conntrackd.conf", "iptables.rules"):
-            if required not in installed:
-                raise LabError(f"{self.name}: compiled output lacks {required} ({self.compiled})")
-        return installed
-
-    def load_firewall(self) -> list[str]:
-        """ipsets, then rules, then sysctls; returns warnings for the report.
-
-        With a compiled boot script this is the node's own boot sequence: it
-        switches forwarding on only after the rules loaded (sysctl.conf no
-        longer does). Hand-written fixtures without it are loaded step by step.
-        """
-        warnings: list[str] = []
-        if (self.compiled / "fwc-firewall.sh").exists():
-            proc = self.exec(["sh", NODE_PATHS["fwc-firewall.sh"][0]], check=False)
-            for line in (proc.stderr or "").splitlines():
-                if line.strip() and line.strip() not in ("rules loaded", "forwarding on"):
-                    warnings.append(f"{self.name}: boot: {line.strip()}")
-            if proc.returncode != 0:
-                raise LabError(f"{self.name}: the boot script failed (rc {proc.returncode}): "
-                               f"{proc.stderr.strip()[-300:]}")
-        else:
-            warnings += self._load_step_by_step()
-        forward = self.exec(["sysctl", "-n", "net.ipv4.ip_forward"], check=False).stdout.strip()
-        if forward != "1":
-            warnings.append(
-                f"{self.name}: net.ipv4.ip_forward is {forward or '?'} after loading"
-            )
-        return warnings
-
-    def _load_step_by_step(self) -> list[str]:
-        warnings: list[str] = []
-        # Sets before the rules that name them (docs/contracts.md).
-        for reload in (Reload.IPSETS, Reload.RULES):
-            for file in FILES:
-                if file.reload is reload and (self.compiled / file.name).exists():
-                    loader = "ipset restore" if reload is Reload.IPSETS else file.loader
-                    self.exec(["sh", "-c", f"{loader} < {shlex.quote(file.path)}"])
-        if (self.compiled / "sysctl.conf").exists():
-            proc = self.exec(["sysctl", "-q", "-p", NODE_PATHS["sysctl.conf"][0]], check=False)
-            # Global knobs (nf_conntrack_max, net.core.*) cannot be set inside a
-            # network namespace; the lab runs with the host's value for those.
-            for line in (proc.stderr or "").splitlines():
-                if line.strip():
-                    warnings.append(f"{self.name}: {line.strip()} (not settable per namespace?)")
-        return warnings
-
     def sysctl(self, key: str, value: str) -> None:
         self.exec(["sysctl", "-qw", f"{key}={value}"])
-
-    def config_test(self) -> str:
-        """keepalived -t: rc 0 and empty stderr pass (ha-daemons.md 6.1)."""
-        proc = self.exec(["keepalived", "-t", "-e", "-f", KEEPALIVED_CONF], check=False)
-        if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip()
-            return f"keepalived --config-test rc {proc.returncode}: {msg}"
-        return ""
 
     # ------------------------------------------------------------ daemons
     def _conntrackd_paths(self) -> tuple[str, str]:
@@ -243,7 +169,7 @@ class Node:
         self.daemons["conntrackd"] = self.state.spawn(
             f"{self.name}/conntrackd", self.argv(["conntrackd", "-C", CONNTRACKD_CONF]), log
         )
-        # keepalived's first notify needs the UNIX socket (ha-daemons.md P11).
+        # keepalived's first notify needs the UNIX socket (docs/ha-pitfalls.md).
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ct(["-s"], check=False).returncode == 0:
@@ -309,15 +235,8 @@ class Node:
             self.exec(["umount", "/usr/sbin/conntrackd"], check=False)
             self.conntrackd_enabled = True
 
-    def reinstall_keepalived(self) -> None:
-        """Put the compiled keepalived.conf back (after the 100 ms runs)."""
-        content = (self.compiled / "keepalived.conf").read_text()
-        if self.remap is not None:
-            content = self.remap.rewrite(content)
-        self.write(KEEPALIVED_CONF, content, NODE_PATHS["keepalived.conf"][1])
-
     def crash(self) -> float:
-        """Fail hard (lab-notes "crash"): SIGSTOP, links down, SIGKILL. Returns the time."""
+        """Fail hard, like a crash: SIGSTOP, links down, SIGKILL. Returns the time."""
         pids = netns_pids(self.ns)
         for pid in pids:
             _kill(pid, signal.SIGSTOP)
@@ -344,16 +263,20 @@ class Node:
             self.start_listener(*listener)
 
     def network_up(self) -> None:
-        """Links up with the compiled addresses and the lab's routes, as the network brings them."""
+        """Links up with the compiled addresses and the routes, as the network brings them."""
         for dev in self.devices:
             run(["ip", "-n", self.ns, "link", "set", dev, "up"])
         for dev, addrs in self.link_addresses.items():
             for addr in addrs:
                 extra = ["nodad"] if ":" in addr else []
                 run(["ip", "-n", self.ns, "addr", "replace", addr, "dev", dev, *extra], check=False)
-        # Link-down dropped the static routes through those links.
+        # Link-down dropped the static routes through those links: the lab's come
+        # back, and the policy's by its routes script, as its unit runs it once the
+        # network is up (a member without routes has no script).
         for route in self.routes:
             run(["ip", "-n", self.ns, *route], check=False)
+        path = ROUTES_SCRIPT.path
+        self.exec(["sh", "-c", f"[ ! -e {path} ] || sh {path}"], check=False)
 
     def wipe(self) -> dict[str, object]:
         """After crash(): what a power loss leaves. Returns the state as measured afterwards.
@@ -401,7 +324,7 @@ class Node:
     def boot(self) -> tuple[int, str, float, float]:
         """The compiled boot script, as fwc-firewall.service runs it: rc, stderr, wall times."""
         t0 = time.time()
-        proc = self.exec(["sh", NODE_PATHS["fwc-firewall.sh"][0]], check=False)
+        proc = self.exec(["sh", BOOT_SCRIPT.path], check=False)
         return proc.returncode, proc.stderr or "", t0, time.time()
 
     def _clean_run_files(self) -> None:
@@ -474,20 +397,3 @@ def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
-
-def fast_keepalived(text: str, advert: float = 0.1) -> str:
-    """The same keepalived.conf with VRRPv3 and sub-second adverts, no auth.
-
-    VRRPv2 only takes whole seconds, and v3 has no authentication
-    (ha-daemons.md 2.2), so both changes are needed for advert 100ms.
-    """
-    text = re.sub(r"^(\s*)advert_int\s+\S+", rf"\g<1>advert_int {advert:g}", text, flags=re.M)
-    text = re.sub(r"^\s*(vrrp_)?version\s+\S+\s*\n", "", text, flags=re.M)
-    text = re.sub(r"^\s*authentication\s*\{[^}]*\}\s*\n", "", text, flags=re.M)
-    if re.search(r"^\s*global_defs\s*\{", text, re.M):
-        text = re.sub(
-            r"^(\s*global_defs\s*\{)", r"\1\n    vrrp_version 3", text, count=1, flags=re.M
-        )
-    else:
-        text = "global_defs {\n    vrrp_version 3\n}\n" + text
-    return text

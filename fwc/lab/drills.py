@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fwc.lab.netns import PYTHON, Proc, run
 from fwc.lab.results import FailoverResult, Flow, ProbeResult, RebootResult, wait_for
-from fwc.lab.topology import Endpoint, ProbePlan, vip_for
+from fwc.lab.topology import EndpointPlan, ProbePlan, vip_for
 
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
@@ -37,7 +37,7 @@ def _probe_dst(lab: Lab, probe: ProbePlan) -> str | None:
 def run_probe(
     lab: Lab, probe: ProbePlan, phase: str, via: Node, timeout: float = 1.5
 ) -> ProbeResult:
-    exp = probe.expectation
+    exp = probe.probe
     base = dict(
         expectation=exp.text or f"{exp.verdict} {exp.src} -> {exp.dst} service {exp.service}",
         verdict=exp.verdict,
@@ -50,7 +50,7 @@ def run_probe(
         return ProbeResult(
             **base, src=exp.src, dst=exp.dst, kernel="skipped", how=probe.skip, agrees=None
         )
-    src: Endpoint = probe.src  # type: ignore[assignment]
+    src: EndpointPlan = probe.src  # type: ignore[assignment]
     dst = _probe_dst(lab, probe)
     if dst is None:
         return ProbeResult(
@@ -229,8 +229,8 @@ def failover_drill(
     flow = lab.flows.get(mode)
     master, _ = lab.wait_master()  # settled, and the expected node
     # With more than two members the next master is the highest remaining priority.
-    prio = {m.name: m.priority for m in lab.plan.cluster.members}
-    others = sorted((n for n in lab.nodes if n is not master), key=lambda n: -prio[n.name])
+    others = sorted((n for n in lab.nodes if n is not master),
+                    key=lambda n: -lab.plan.priority(n.name))
     backup = others[0]
     res = FailoverResult(
         label,
@@ -320,7 +320,7 @@ def failover_drill(
             old_offset = old_log.stat().st_size if old_log.exists() else 0
             master.restore(lab.listener_for(master))
             res.failback_s = wait_for(lambda: master.vips_held() == lab.vip_set,
-                                      20.0 + lab.plan.cluster.preempt_delay)
+                                      20.0 + lab.plan.preempt_delay)
             if failback and res.survived_failover:
                 t_switch = time.monotonic()
                 wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)), survive_window, 0.1)

@@ -32,6 +32,10 @@ class LabError(RuntimeError):
     """A lab step failed; the message says which and why."""
 
 
+class LabRefused(LabError):
+    """The policy cannot be run in the lab as given (e.g. non-documentation ranges)."""
+
+
 def run(
     argv: Sequence[str],
     *,

@@ -13,7 +13,7 @@ Commands:
   watch   [--period S] [--duration S]                   forwarding and FORWARD chains
 
 ``probe``, ``syns``, ``capture`` and ``watch`` print one JSON object (the
-last three when they stop: SIGTERM or their duration; ``capture`` and
+last three when they stop: SIGTERM or their duration; ``syns``, ``capture`` and
 ``watch`` print ``READY`` first). Their times are CLOCK_REALTIME, like the
 logger shim's stamps in the members, so they line up with the boot script's log.
 ``stream`` prints one line per echo (``E seq t_sent t_recv``, CLOCK_MONOTONIC,
@@ -296,6 +296,7 @@ def syns(args: argparse.Namespace) -> int:
     outside the ephemeral range, so a policy route can steer only these.
     """
     stop = _stopper()
+    print("READY", flush=True)  # the drill starts its clock from here, not from the spawn
     deadline = time.monotonic() + args.duration
     sent = 0
     stamps: list[float] = []
@@ -393,31 +394,38 @@ def watch(args: argparse.Namespace) -> int:
     chains: dict[str, dict[str, object]] = {}
     tools = {"4": "iptables", "6": "ip6tables"}
 
-    def lister() -> None:
+    def lister(fam: str, tool: str) -> None:
+        # One lister per family, so that neither waits for the other's listing: the
+        # boot script loads both within a few ms of switching forwarding on, and a
+        # listing that ends after that proves nothing about the order.
         for _ in range(int(args.duration / 0.002) + 1):
-            if stop.is_set() or all("in_by" in chains.get(f, {}) for f in tools):
+            if stop.is_set():
                 return
-            for fam, tool in tools.items():
-                if "in_by" in chains.get(fam, {}):
-                    continue
-                t0 = time.time()
-                try:
-                    out = subprocess.run(
-                        [tool, "-S", "FORWARD"], capture_output=True, text=True, timeout=5
-                    ).stdout
-                except (OSError, subprocess.TimeoutExpired):
-                    continue
-                t1 = time.time()
-                entry = chains.setdefault(fam, {"wiped": out, "listings": 0})
-                entry["listings"] = int(str(entry["listings"])) + 1
-                if out == entry["wiped"]:
-                    entry["absent_at"] = round(t0, 6)
-                else:
-                    entry["in_by"] = round(t1, 6)
-                    entry["loaded"] = out.splitlines()[:1]
+            t0 = time.time()
+            try:
+                out = subprocess.run(
+                    [tool, "-S", "FORWARD"], capture_output=True, text=True, timeout=5
+                ).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            t1 = time.time()
+            entry = chains.setdefault(fam, {"wiped": out, "listings": 0})
+            entry["listings"] = int(str(entry["listings"])) + 1
+            if out == entry["wiped"]:
+                entry["absent_at"] = round(t0, 6)
+            else:
+                entry["in_by"] = round(t1, 6)
+                entry["loaded"] = out.splitlines()[:1]
+                return
 
-    thread = threading.Thread(target=lister, daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=lister, args=item, daemon=True)
+               for item in tools.items()]
+    for thread in threads:
+        thread.start()
+    # READY once each chain was listed wiped (its baseline), at most 5 s from now.
+    ready_by = time.monotonic() + 5.0
+    while len(chains) < len(tools) and time.monotonic() < ready_by:
+        time.sleep(0.005)
     print(f"READY {json.dumps(first)}", flush=True)
     deadline = time.monotonic() + args.duration
     last_off: dict[str, float] = {}
@@ -433,7 +441,8 @@ def watch(args: argparse.Namespace) -> int:
                 state[fam] = val
         time.sleep(args.period)
     stop.set()
-    thread.join(5.0)
+    for thread in threads:
+        thread.join(5.0)
     print(
         json.dumps(
             {

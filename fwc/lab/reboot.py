@@ -24,6 +24,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from fwc.lab.daemons import BOOT_SCRIPT
 from fwc.lab.drills import (
     _committed,
     _longest_gap,
@@ -179,12 +180,10 @@ def _ready(proc: Proc, timeout: float = 8.0) -> bool:
 
 def boot_and_watch(lab: Lab, node: Node, flow: Flow, label: str) -> BootWatch:
     """Links up, watchers on, the boot script, watchers off: the verdict for (a)."""
-    member = next(m for m in lab.plan.cluster.members if m.name == node.name)
     host = next(h for h in lab.plan.hosts if h.ns == flow.src_ns)
     dst_host = next(h for h in lab.plan.hosts if h.ns == flow.dst_ns)
-    via = next(
-        (a.split("/")[0] for a in member.links[host.segment].addresses if ":" not in a), None
-    )
+    via = next((str(a.ip) for port in lab.plan.member_ports(node.name)
+                if port.segment == host.segment for a in port.addresses if a.version == 4), None)
     if via is None:
         raise LabError(f"{node.name} has no IPv4 address on {host.segment} to route probes via")
     node.network_up()
@@ -226,7 +225,10 @@ def boot_and_watch(lab: Lab, node: Node, flow: Flow, label: str) -> BootWatch:
             lab.logdir / f"{label}-syns.log",
         )
         helpers.append(sender)
-        # Probes are already knocking while the node is still wiped.
+        # Probes are already knocking while the node is still wiped: from the sender's
+        # READY (its interpreter can take longer than that to start on a loaded box).
+        if not _ready(sender):
+            raise LabError(f"the probe sender did not start; see {lab.logdir}/{label}-syns.log")
         time.sleep(0.3)
         rc, stderr, t0, t1 = node.boot()
         time.sleep(AFTER_BOOT)
@@ -251,8 +253,8 @@ def reboot_drill(lab: Lab, mode: str) -> RebootResult:
     """Drill 3 (see the module docstring). MODE is the failover drill mode it runs in."""
     flow = lab.flows.get(mode)
     master, _ = lab.wait_master()
-    prio = {m.name: m.priority for m in lab.plan.cluster.members}
-    others = sorted((n for n in lab.nodes if n is not master), key=lambda n: -prio[n.name])
+    others = sorted((n for n in lab.nodes if n is not master),
+                    key=lambda n: -lab.plan.priority(n.name))
     backup = others[0]
     res = RebootResult(
         f"reboot-{mode}-{lab.advert_label}",
@@ -260,10 +262,10 @@ def reboot_drill(lab: Lab, mode: str) -> RebootResult:
         lab.advert_label,
         master.name,
         backup.name,
-        lab.plan.cluster.preempt_delay,
+        lab.plan.preempt_delay,
     )
-    if not (master.compiled / "fwc-firewall.sh").exists():
-        res.skipped = "the compiled output has no boot script (fwc-firewall.sh)"
+    if BOOT_SCRIPT.name not in lab.files.get(master.name, {}):
+        res.skipped = f"the compiled output has no boot script ({BOOT_SCRIPT.name})"
         return res
     if flow is None:
         res.skipped = "no allowed TCP flow between two VIP segments"

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fwc.lab.results import LabReport
+from fwc.lab.results import LabReport, spread
 
 
 def to_dict(report: LabReport) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "control": report.control.as_dict() if report.control else None,
         "reboot": report.reboot.as_dict() if report.reboot else None,
         "gaps": gap_table(report),
-        "fast_config": report.fast_config,
+        "timing": [series.as_dict() for series in report.timing],
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -35,7 +35,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
 
 
 def gap_table(report: LabReport) -> list[dict[str, Any]]:
-    """Per mode, the 1 s and 100 ms runs side by side."""
+    """Per mode, its runs by advert interval (the policy's, one per lab run)."""
     rows: dict[str, dict[str, Any]] = {}
     for fo in report.failover:
         row = rows.setdefault(fo.mode, {"mode": fo.mode})
@@ -116,8 +116,7 @@ def render_text(report: LabReport) -> str:
                 if k != "mode"
             ]
             out.append(f"    {row['mode']:7} " + " | ".join(cells))
-    if report.fast_config:
-        out.append(f"  100ms runs: keepalived.conf {report.fast_config}")
+    out += timing_text(report)
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:
@@ -127,6 +126,24 @@ def render_text(report: LabReport) -> str:
     if report.kept:
         out.append(f"  lab kept running: tear down with `fwc lab --teardown {report.prefix}`")
     return "\n".join(out)
+
+
+def timing_text(report: LabReport) -> list[str]:
+    """The crash series per advert profile: min/median/max of takeover and echo gap."""
+    if not report.timing:
+        return []
+    out = ["  failover times over repeated crashes (min / median / max):",
+           f"    {'advert':7} {'mode':7} {'runs':>4} {'survived':>8}  "
+           f"{'takeover':^22}  {'echo gap':^22}"]
+    for series in report.timing:
+        def cell(values: list[float]) -> str:
+            got = spread(values)
+            return "-" if got is None else \
+                f"{got['min']:.2f} / {got['median']:.2f} / {got['max']:.2f}"
+        out.append(f"    {series.advert:7} {series.mode:7} {series.runs:>4} "
+                   f"{series.survived:>8}  {cell(series.takeover_s):^22}  "
+                   f"{cell(series.failover_gap_s):^22}")
+    return out
 
 
 def _reboot_text(report: LabReport) -> list[str]:

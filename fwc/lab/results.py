@@ -14,7 +14,7 @@ from typing import Any
 
 from fwc.lab.topology import IPAddress
 
-POLL = 0.05  # VIP polling period (lab-notes: takeover is polled every 50 ms)
+POLL = 0.05  # VIP polling period (a takeover is timed to within one poll)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, period: float = POLL) -> float | None:
@@ -163,6 +163,38 @@ class Flow:
     port: int
 
 
+def spread(values: list[float]) -> dict[str, float] | None:
+    """min/median/max of a series (None when it is empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"min": round(ordered[0], 3), "median": round(median, 3),
+            "max": round(ordered[-1], 3)}
+
+
+@dataclass
+class TimingSeries:
+    """N crash runs of one advert profile (issue 14): takeover and echo gap spread."""
+
+    advert: str
+    mode: str
+    runs: int
+    survived: int = 0
+    takeover_s: list[float] = field(default_factory=list)
+    failover_gap_s: list[float] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.runs > 0 and self.survived == self.runs
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok, "takeover": spread(self.takeover_s),
+                "gap": spread(self.failover_gap_s)}
+
+
 @dataclass
 class LabReport:
     cluster: str
@@ -181,8 +213,8 @@ class LabReport:
     failures: list[str] = field(default_factory=list)
     error: str | None = None
     kept: bool = False
-    fast_config: str = ""
     teardown: list[str] = field(default_factory=list)
+    timing: list[TimingSeries] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -11,31 +11,23 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from fwc.lab import drills
+from fwc.lab.adapter import LabSource, advert_variant
 from fwc.lab.daemons import Node
-from fwc.lab.netns import LabError, new_prefix, teardown
+from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
 from fwc.lab.reboot import reboot_drill
-from fwc.lab.results import LabReport
-from fwc.lab.running import Lab, advert_label
-from fwc.lab.topology import (
-    LabCluster,
-    Remap,
-    describe,
-    doc_range_violations,
-    plan,
-    plan_remap,
-    remap_cluster,
-)
+from fwc.lab.results import LabReport, TimingSeries, spread
+from fwc.lab.running import Lab
+from fwc.lab.topology import Remap, describe, doc_range_violations, plan, plan_remap
 
-
-class LabRefused(LabError):
-    """The policy cannot be run in the lab as given (e.g. non-documentation ranges)."""
+__all__ = ["LabInterrupted", "LabOptions", "LabRefused", "run_lab"]
 
 
 class LabInterrupted(LabError):
@@ -50,9 +42,11 @@ class LabOptions:
     logdir: Path | None = None
     prefix: str | None = None
     progress: Callable[[str], None] | None = None
-    # member -> keepalived.conf for the 100 ms runs, as fwc generates it; without
-    # it the compiled file is rewritten (VRRPv3, advert_int 0.1, no auth).
-    fast_keepalived: dict[str, str] | None = None
+    # N crash runs per advert profile (0: none), reported as min/median/max. Each
+    # profile (seconds) is a VRRPv3 variant of the policy's model, compiled and
+    # installed like the policy itself (fwc.lab.adapter.advert_variant).
+    timing_runs: int = 0
+    timing_adverts: tuple[float, ...] = (0.1, 0.05)
 
 
 @contextmanager
@@ -70,22 +64,29 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _stderr_progress(start: float) -> Callable[[str], None]:
+def _stderr_progress(start: float, stream: TextIO | None = None) -> Callable[[str], None]:
+    """Timed progress lines on stderr when it is a terminal; nothing in pipes, files or
+    CI logs (the report, the JSON and the lab's log directory have everything)."""
+    out = sys.stderr if stream is None else stream
+    try:
+        live = out.isatty()
+    except (AttributeError, ValueError):
+        live = False
+
     def emit(msg: str) -> None:
-        print(f"[lab {time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+        if live:
+            print(f"[lab {time.monotonic() - start:6.1f}s] {msg}", file=out, flush=True)
 
     return emit
 
 
-def run_lab_cluster(cluster: LabCluster, compiled: Path, options: LabOptions) -> LabReport:
-    """Run the whole lab for CLUSTER using the compiled files in COMPILED/<member>/."""
+def run_lab(source: LabSource, options: LabOptions) -> LabReport:
+    """Run the whole lab for SOURCE's cluster with its compiled files."""
     t0 = time.monotonic()
     progress = options.progress or _stderr_progress(t0)
     prefix = options.prefix or new_prefix()
-    logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
-    logdir.mkdir(parents=True, exist_ok=True)
-    report = LabReport(cluster.name, prefix, str(logdir))
-    remap: Remap | None = None
+    cluster = source.cluster
+    remap = Remap()
     violations = doc_range_violations(cluster)
     if violations:
         if not options.remap:
@@ -96,19 +97,28 @@ def run_lab_cluster(cluster: LabCluster, compiled: Path, options: LabOptions) ->
                 "its subnets onto documentation ranges."
             )
         remap = plan_remap(cluster)
-        cluster = remap_cluster(cluster, remap)
-        report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
-        for line in report.remap:
-            progress(f"remapped {line}")
-    lab_plan = plan(cluster, prefix)
+    # Every advert profile is checked and compiled before anything starts: a profile
+    # the policy cannot take is refused here, not after minutes of drills.
+    variants = ([advert_variant(source, advert) for advert in options.timing_adverts]
+                if options.timing_runs > 0 else [])
+    logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
+    logdir.mkdir(parents=True, exist_ok=True)
+    report = LabReport(cluster.name, prefix, str(logdir))
+    report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
+    for line in report.remap:
+        progress(f"remapped {line}")
+    progress(f"cluster {cluster.name} of {source.policy.root}, files {source.origin}")
+    for variant in variants:
+        progress(f"advert profile: {variant.origin}")
+    lab_plan = plan(source.policy, cluster, prefix, remap)
     report.topology = list(describe(lab_plan))
     for line in report.topology:
         progress(line)
-    lab = Lab(lab_plan, compiled, logdir, remap, progress)
+    lab = Lab(lab_plan, source.files, logdir, progress)
     lab.report = report
     try:
         with _signals_raise():
-            _run(lab, report, options)
+            _run(lab, report, options, variants)
     except LabError as exc:
         report.error = str(exc)
         progress(f"ERROR: {exc}")
@@ -130,7 +140,8 @@ def run_lab_cluster(cluster: LabCluster, compiled: Path, options: LabOptions) ->
     return report
 
 
-def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
+def _run(lab: Lab, report: LabReport, options: LabOptions,
+         variants: Sequence[LabSource] = ()) -> None:
     lab.build()
     lab.start_members()
     lab.start_listeners()
@@ -153,8 +164,8 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
         report.expectations.extend(drills.probe_expectations(lab, "backup", node))
 
     if lab.flow is not None:
-        _failover_drills(lab, report, options, on_backup)
-    if options.keep and (lab.flow is not None or report.fast_config):
+        _failover_drills(lab, report, options, on_backup, variants)
+    if options.keep and lab.flow is not None:
         master = lab.back_to_compiled()
         lab.progress(f"lab back to the compiled configuration, {master.name} is master")
     if lab.plan.probes and not any(r.phase == "backup" for r in report.expectations):
@@ -165,21 +176,14 @@ def _run(lab: Lab, report: LabReport, options: LabOptions) -> None:
     _judge(report)
 
 
-FAST_ADVERT = 0.1
-
-
-def failover_runs(advert: float, modes: list[str], quick: bool) -> list[tuple[float, str]]:
-    """(advert, mode) per failover drill: the policy's interval, then 100 ms side by side."""
-    runs: list[tuple[float, str]] = []
-    if not quick:
-        runs += [(advert, m) for m in modes]
-    if quick or advert > FAST_ADVERT:
-        runs += [(FAST_ADVERT, m) for m in (modes[-1:] if quick else modes)]
-    return runs
+def drill_modes(modes: list[str], quick: bool) -> list[str]:
+    """The failover drills to run: every mode, or with --quick the last (SNAT if any)."""
+    return modes[-1:] if quick else list(modes)
 
 
 def _failover_drills(
-    lab: Lab, report: LabReport, options: LabOptions, on_backup: Callable[[Node], None]
+    lab: Lab, report: LabReport, options: LabOptions, on_backup: Callable[[Node], None],
+    variants: Sequence[LabSource] = (),
 ) -> None:
     # The SNAT mode only makes sense for a flow the policy translates.
     modes = ["routed", "snat"] if "snat" in lab.flows else ["routed"]
@@ -188,29 +192,18 @@ def _failover_drills(
             "no expected TCP flow between two VIP segments is SNATed to a VIP by the policy "
             "(checked in the master's conntrack table): SNAT drills skipped"
         )
-    runs = failover_runs(lab.plan.cluster.advert, modes, options.quick)
-    first = True
-    # The reboot drill boots the node with its compiled configuration, so it
-    # runs after the policy's own advert runs and before the 100 ms switch.
-    reboot_at = sum(advert == lab.plan.cluster.advert for advert, _ in runs)
-    for i, (advert, mode) in enumerate([*runs, (0.0, "")]):
-        if i == reboot_at and not options.quick:
-            _reboot(lab, report, modes[-1])
-        if not mode:
-            break
-        if advert != lab.plan.cluster.advert and lab.advert_label != advert_label(advert):
-            source = lab.switch_advert(advert, options.fast_keepalived)
-            lab.progress(
-                f"switched every member to VRRPv3 with advert {advert_label(advert)} "
-                f"(keepalived.conf {source})"
-            )
-            report.fast_config = source
-            lab.wait_master()
+    # Every drill runs with the policy's own VRRP settings (the compiled files); a
+    # faster advert interval is a policy of its own, or a --runs advert profile (a
+    # variant of the model, compiled and installed like the policy: docs/lab.md).
+    for i, mode in enumerate(drill_modes(modes, options.quick)):
         label = f"{mode}-{lab.advert_label}"
         report.failover.append(
-            drills.failover_drill(lab, label, mode, while_on_backup=on_backup if first else None)
+            drills.failover_drill(lab, label, mode, while_on_backup=on_backup if i == 0 else None)
         )
-        first = False
+    if not options.quick:
+        _reboot(lab, report, modes[-1])
+    if variants:
+        _timing_series(lab, report, options.timing_runs, variants, modes[-1])
     lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
     for node in lab.nodes:
         lab.saved_sysctls[node.name] = node.exec(
@@ -229,6 +222,38 @@ def _failover_drills(
     )
     verdict = "died as expected" if report.control.ok else "DID NOT DIE"
     lab.progress(f"control: connection {verdict}")
+
+
+def _timing_series(lab: Lab, report: LabReport, runs: int, variants: Sequence[LabSource],
+                   mode: str) -> None:
+    """The crash drill RUNS times per advert profile, for the failover time spread.
+
+    Each profile's variant of the model is installed by `fwc install` (keepalived
+    reloads, as on a real node) before its runs; afterwards the policy's own files
+    go back the same way, so the control run and a kept lab are the policy as compiled.
+    """
+    for variant in variants:
+        lab.install_variant(variant)
+        lab.progress(f"timing: {variant.origin}, installed by fwc install on every member")
+        lab.wait_master()
+        series = TimingSeries(lab.advert_label, mode, runs)
+        for n in range(runs):
+            label = f"t-{mode}-{lab.advert_label}-{n + 1}"
+            res = drills.failover_drill(lab, label, mode)
+            series.labels.append(label)
+            if res.ok:
+                series.survived += 1
+            if res.takeover_s is not None:
+                series.takeover_s.append(res.takeover_s)
+            if res.failover_gap_s is not None:
+                series.failover_gap_s.append(res.failover_gap_s)
+        report.timing.append(series)
+        lab.progress(f"timing {series.advert}: {series.survived}/{series.runs} survived, "
+                     f"takeover {spread(series.takeover_s)}, gap {spread(series.failover_gap_s)}")
+    if variants:
+        lab.install_variant(None)
+        master, _ = lab.wait_master()
+        lab.progress(f"timing: the policy's own files installed again, {master.name} is master")
 
 
 def _reboot(lab: Lab, report: LabReport, mode: str) -> None:
@@ -265,6 +290,11 @@ def _judge(report: LabReport) -> None:
             "control run: the connection survived without conntrackd "
             "(the drill would not prove state sync)"
         )
+    for series in report.timing:
+        if not series.ok:
+            report.failures.append(
+                f"timing series {series.mode}-{series.advert}: {series.survived} of "
+                f"{series.runs} crash runs kept the connection")
     rb = report.reboot
     if rb is not None and not rb.skipped and not rb.ok:
         report.failures.append(f"reboot drill {rb.label}: " + "; ".join(rb.notes))

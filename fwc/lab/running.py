@@ -1,21 +1,31 @@
 """The running lab: its plan, state, member nodes and test hosts.
 
 What the drills act on. It imports none of the drills nor the runner, which
-drives it (see fwc/lab/results.py for why the direction matters).
+drives it (see fwc/lab/results.py for why the direction matters). The
+compiled files reach the members through `fwc install` itself
+(`fwc.install.plan.install_cluster` over each member's `NetnsTransport`):
+staged, tested, snapshotted, applied and loaded in the order of the table of
+generated files, then confirmed, exactly as on a real node.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fwc.lab.daemons import KEEPALIVED_CONF, Node, fast_keepalived
-from fwc.lab.netns import PYTHON, LabError, LabState, run
+from fwc.backend.files import BY_NAME
+from fwc.install.plan import InstallOptions, automatic_confirmer, install_cluster
+from fwc.lab.adapter import LabSource, advert_label
+from fwc.lab.daemons import CONNTRACKD_CONF, KEEPALIVED_CONF, Node
+from fwc.lab.netns import PYTHON, LabError, LabRefused, LabState, run
 from fwc.lab.results import Flow, LabReport, wait_for
-from fwc.lab.topology import HostPlan, LabPlan, Remap, all_vips
+from fwc.lab.topology import HostPlan, LabPlan, all_vips
+
+# The daemons the drills run: a member without their files cannot be drilled.
+NEEDED = tuple(name for name, f in BY_NAME.items()
+               if f.path in (KEEPALIVED_CONF, CONNTRACKD_CONF))
 
 PROBE_PY = Path(__file__).with_name("probe.py")
 
@@ -26,20 +36,18 @@ class Lab:
     def __init__(
         self,
         plan_: LabPlan,
-        compiled: Path,
+        files: Mapping[str, Mapping[str, str]],
         logdir: Path,
-        remap: Remap | None,
         progress: Callable[[str], None],
     ) -> None:
         self.plan = plan_
-        self.compiled = compiled
+        self.files = files  # member -> file name -> text, as compiled (before --remap)
         self.logdir = logdir
-        self.remap = remap
         self.progress = progress
         self.state = LabState(plan_.prefix)
         self.probe_py = PROBE_PY
         self.vip_set = {str(v.ip) for v in all_vips(plan_)}
-        self.advert_label = advert_label(plan_.cluster.advert)
+        self.advert_label = advert_label(plan_.advert)
         self.nodes: list[Node] = []
         self.candidates = self._candidate_flows()
         self.flow = self.candidates[0] if self.candidates else None
@@ -77,10 +85,10 @@ class Lab:
     def _candidate_flows(self) -> list[Flow]:
         """Drill-2 connections: allowed TCP expectations between two VIP segments (IPv4)."""
         vip_segments = {s.name for s in self.plan.segments if s.vips and not s.is_sync}
-        snat_out = {s.out_segment for s in self.plan.cluster.snat}
+        snat_out = set(self.plan.snat_out)
         candidates = []
         for probe in self.plan.probes:
-            e = probe.expectation
+            e = probe.probe
             if probe.skip or e.verdict != "allow" or e.proto != "tcp" or not e.port:
                 continue
             s, d = probe.src, probe.dst
@@ -140,20 +148,20 @@ class Lab:
         bridges = {s.name: s.bridge for s in p.segments}
         for port in p.ports:
             self.state.add_port(p.sw_ns, bridges[port.segment], port.port, port.ns, port.device)
-        for member in p.cluster.members:
-            ns = p.member_ns[member.name]
-            for link in member.links.values():
-                for addr in link.addresses:
-                    extra = ["nodad"] if ipaddress.ip_interface(addr).version == 6 else []
-                    run(["ip", "-n", ns, "addr", "add", addr, "dev", link.device, *extra])
+        for port in p.ports:
+            for addr in port.addresses:  # a member's, as compiled
+                extra = ["nodad"] if addr.version == 6 else []
+                run(["ip", "-n", port.ns, "addr", "add", str(addr), "dev", port.device, *extra])
         for host in p.hosts:
             self._address_host(host)
         if p.upstream_segment is not None:
             for member in p.cluster.members:
-                link = member.links.get(p.upstream_segment)
+                link = member.link(p.upstream_segment)
                 if link is None:
                     continue
                 for fam, via in p.upstream.items():
+                    if fam in p.policy_default:
+                        continue  # the policy's default route: fwc install puts it there
                     route = [f"-{fam}", "route", "replace", "default", "via", str(via)]
                     route += ["dev", link.device]
                     self.member_routes.setdefault(member.name, []).append(route)
@@ -178,39 +186,84 @@ class Lab:
                 run(["ip", fam, "-n", host.ns, "route", "del", "default"], check=False)
 
     def start_members(self) -> None:
+        """Mount namespaces, then `fwc install` of the compiled files, then the daemons."""
         p = self.plan
         vips = all_vips(p)
         for member in p.cluster.members:
-            node = Node(
-                self.state,
-                member.name,
-                p.member_ns[member.name],
-                self.compiled / member.name,
-                [lk.device for lk in member.links.values()],
-                vips,
-                self.logdir,
-                self.remap,
-            )
+            ports = p.member_ports(member.name)
+            node = Node(self.state, member.name, p.member_ns[member.name],
+                        [pt.device for pt in ports], vips, self.logdir)
             node.routes = self.member_routes.get(member.name, [])
-            node.link_addresses = {lk.device: list(lk.addresses) for lk in member.links.values()}
+            node.link_addresses = {pt.device: [str(a) for a in pt.addresses] for pt in ports}
             self.nodes.append(node)
             node.create_mount_ns()
-            installed = node.install()
-            self.report.warnings.extend(node.load_firewall())
-            problem = node.config_test()
-            if problem:
-                self.report.warnings.append(f"{member.name}: {problem}")
-            self.progress(
-                f"{member.name}: installed {', '.join(installed)}; rules and sysctls loaded"
-            )
+        self.install_members()
         for node in self.nodes:
             node.start_conntrackd()
         for node in self.nodes:
             node.start_keepalived()
 
+    def member_files(self, member: str,
+                     compiled: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+        """MEMBER's compiled files (COMPILED, else the policy's) as they go onto the node
+        (with --remap: rewritten)."""
+        files = dict((self.files if compiled is None else compiled).get(member, {}))
+        missing = [name for name in NEEDED if name not in files]
+        if missing:
+            raise LabRefused(f"{member}: the compiled files lack {', '.join(missing)}: the "
+                             "drills need keepalived and conntrackd (a sync link)")
+        remap = self.plan.remap
+        if not remap.pairs:
+            return files
+        for name, text in files.items():
+            files[name] = remap.rewrite(text)
+            left = remap.leftovers(files[name])
+            if left:
+                raise LabError(f"{member}/{name}: --remap left {', '.join(left[:5])}")
+        return files
+
+    def install_members(self, variant: LabSource | None = None) -> None:
+        """Every member's files with `fwc install --all --confirm --transport netns`.
+
+        The install code's own steps (backups first; stage, test, snapshot, apply
+        and load in the table's order, confirm) over each member's
+        `NetnsTransport`. At bring-up keepalived and conntrackd are not running
+        yet, so their reloads say so and the lab starts them afterwards, as a
+        booting node's units would; a VARIANT (an advert profile's model and files)
+        installed later reloads the running keepalived, as on a live cluster.
+        Its output goes to LOGDIR/install.log.
+        """
+        cluster = self.plan.cluster if variant is None else variant.cluster
+        compiled = None if variant is None else variant.files
+        files = {m.name: self.member_files(m.name, compiled) for m in cluster.members}
+        transports = {n.name: n.transport for n in self.nodes}
+        log = self.logdir / "install.log"
+        offset = log.stat().st_size if log.exists() else 0
+        with open(log, "a", encoding="utf-8") as out:
+            options = InstallOptions(systemd=False, out=out)
+            results = install_cluster(cluster, list(cluster.members),
+                                      files, transports, options, automatic_confirmer)
+        failed = [r for r in results if not r.ok]
+        if failed or len(results) != len(self.nodes):
+            why = "; ".join(f"{r.member}: {r.stage} failed: {r.message}" for r in failed)
+            raise LabError(f"fwc install into the lab failed ({why or 'not every member'}); "
+                           f"see {log}")
+        warnings = apply_warnings(log.read_bytes()[offset:].decode("utf-8", "replace"))
+        self.report.warnings.extend(w for w in warnings if w not in self.report.warnings)
+        for r in results:
+            self.progress(f"{r.member}: fwc install put {len(files[r.member])} files in place "
+                          "and loaded them (confirmed)")
+
+    def install_variant(self, variant: LabSource | None) -> None:
+        """VARIANT's files (an advert profile) onto every member by `fwc install`, or
+        with None the policy's own again; the drills' labels follow its interval."""
+        self.install_members(variant)
+        cluster = self.plan.cluster if variant is None else variant.cluster
+        self.advert_label = advert_label(cluster.vrrp.advert_ms / 1000.0)
+
     def start_listeners(self) -> None:
         for probe in self.plan.probes:
-            e, d = probe.expectation, probe.dst
+            e, d = probe.probe, probe.dst
             if probe.skip or d is None or e.proto == "icmp" or not e.port:
                 continue
             key = d.host_ns if d.address is not None else "firewall"
@@ -240,7 +293,7 @@ class Lab:
 
     def expected_master(self) -> str | None:
         """With preemption the highest priority member must end up master."""
-        if not self.plan.cluster.preempt:
+        if not self.plan.preempt:
             return None
         return max(self.plan.cluster.members, key=lambda m: m.priority).name
 
@@ -253,7 +306,7 @@ class Lab:
         or for one sole master that stays put for a second (without).
         """
         # The preferred master only preempts once its preempt_delay has passed.
-        timeout = timeout if timeout is not None else 20.0 + self.plan.cluster.preempt_delay
+        timeout = timeout if timeout is not None else 20.0 + self.plan.preempt_delay
         expected = self.expected_master()
         found: list[Node] = []
         since: list[float] = []
@@ -303,8 +356,8 @@ class Lab:
         """After the drills, for --keep: every member as compiled, synced, one master.
 
         Undoes the control run (conntrackd masked, tcp_loose=0, old master
-        down) and the 100 ms keepalived, so the kept lab is the cluster as
-        compiled rather than the last drill's wreckage.
+        down), so the kept lab is the cluster as compiled rather than the last
+        drill's wreckage. The files on the members were never changed.
         """
         for node in self.nodes:
             node.stop_keepalived()
@@ -312,40 +365,29 @@ class Lab:
             loose = self.saved_sysctls.get(node.name)
             if loose:
                 node.sysctl("net.netfilter.nf_conntrack_tcp_loose", loose)
-            node.reinstall_keepalived()
         for node in self.nodes:
             if "conntrackd" in node.daemons:
                 node.start_keepalived()
             else:  # crashed in the control run, or conntrackd stopped
                 node.stop_conntrackd()
                 node.restore(self.listener_for(node) if not node.helpers else None)
-        self.advert_label = advert_label(self.plan.cluster.advert)
         master, _ = self.wait_master()
         return master
 
-    def switch_advert(self, advert: float, generated: dict[str, str] | None = None) -> str:
-        """Restart keepalived on every member with ADVERT seconds (VRRPv3).
 
-        GENERATED (member -> keepalived.conf) is used when given; otherwise the
-        compiled file is rewritten. Returns where the configs came from.
-        """
-        for node in self.nodes:
-            node.stop_keepalived()
-        source = "generated by fwc" if generated else "rewritten from the compiled file"
-        for node in self.nodes:
-            if generated and node.name in generated:
-                text = generated[node.name]
-                if self.remap is not None:
-                    text = self.remap.rewrite(text)
-            else:
-                text = fast_keepalived(node.exec(["cat", KEEPALIVED_CONF]).stdout, advert)
-                source = "rewritten from the compiled file"
-            node.write(KEEPALIVED_CONF, text, 0o644)
-        for node in self.nodes:
-            node.start_keepalived()
-        self.advert_label = advert_label(advert)
-        return source
-
-
-def advert_label(seconds: float) -> str:
-    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+def apply_warnings(install_log: str) -> list[str]:
+    """What the install's apply step printed (e.g. sysctl keys the kernel refuses inside a
+    network namespace, such as the global nf_conntrack_max): report warnings."""
+    out: list[str] = []
+    applying: set[str] = set()
+    for line in install_log.splitlines():
+        member, sep, text = line.partition(": ")
+        if not sep:
+            continue
+        if text == "applying":
+            applying.add(member)
+        elif text.startswith(("reloading ", "cluster settled", "confirmed")):
+            applying.discard(member)
+        elif member in applying:
+            out.append(f"{member}: {text} (while loading; not settable per namespace?)")
+    return out

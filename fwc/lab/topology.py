@@ -1,17 +1,25 @@
-"""Plan the lab: segments, member links, test hosts and their addresses.
+"""Plan the lab from the model: segments, member ports, test hosts and probes.
 
-The planner works on :class:`LabCluster`, a small plain description of what
-the lab needs from a policy. Keeping it independent of ``fwc.model`` lets the
-lab be tested with hand-written clusters; ``fwc.lab.adapter`` turns a compiled
-policy into one.
+Everything here is derived from one cluster of a resolved `fwc.model.Policy`
+(its interfaces, members' links, VIPs, sync link, SNAT rules, expectations and
+the policy's address objects); the lab keeps no description of a cluster of
+its own. The plan is what the lab builds: namespaces, bridges, veth ports,
+test hosts with their addresses, and the packets that probe each expectation.
+With `--remap` every address the plan takes from the model goes through the
+`Remap` first, so the plan only ever holds addresses that may reach the wire.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from fwc.backend.render.keepalived import preempt_delay
+from fwc.model import Cluster, Endpoint, Member, Policy, PortRange
+from fwc.model.addresses import AddressSet
+from fwc.model.vocabulary import NatAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -26,86 +34,36 @@ DOC_RANGES: tuple[IPNetwork, ...] = tuple(
 REMAP_POOL_V4 = ipaddress.ip_network("198.18.0.0/15")
 REMAP_POOL_V6 = ipaddress.ip_network("2001:db8:ff00::/40")
 
+# Probes per service match of an expectation (docs/lab.md, "Drill 1"): every port up
+# to this many; beyond it the ends of every range, then ports spread evenly over the
+# rest. Each probe costs up to two 1.5 s timeouts per phase, so `tcp/1024-65535` must
+# not become 64512 of them.
+MAX_PROBED_PORTS = 16
+PROBED_PROTOCOLS = ("tcp", "udp", "icmp")
+
 
 # --------------------------------------------------------------------------
-# Input: what the lab needs to know about a cluster
+# The plan
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class LabLink:
-    """One member's device on one logical interface, addresses as compiled."""
+class Probe:
+    """One packet kind the lab sends for an expectation: one port of one service match.
 
-    device: str
-    addresses: tuple[str, ...]  # CIDR, e.g. "192.0.2.1/24"
+    SRC and DST name what the expectation's endpoints name: an address object, a
+    literal (`literal:LABEL`) or `firewall`.
+    """
 
-
-@dataclass(frozen=True)
-class LabMember:
-    name: str
-    priority: int
-    links: dict[str, LabLink]  # logical interface -> device + addresses
-
-
-@dataclass(frozen=True)
-class LabSegment:
-    """A logical interface: one L2 segment shared by every member."""
-
-    name: str
-    vips: tuple[str, ...] = ()  # CIDR
-    vrid: int | None = None
-
-
-@dataclass(frozen=True)
-class LabObject:
-    """A policy host/network/range object; items are addresses, CIDRs or a-b ranges."""
-
-    name: str
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LabExpectation:
+    text: str  # the expectation as written, for the report
     verdict: str  # "allow" | "deny"
-    src: str  # object name or "firewall"
+    src: str
     dst: str
     service: str
-    proto: str  # "tcp" | "udp" | "icmp"
+    proto: str  # tcp, udp, icmp (icmpv6 is icmp with family 6), or a protocol not probed
     port: int | None
-    text: str = ""
     family: int | None = None  # 4 or 6 for icmp/icmpv6 matches, None: either
     in_segment: str | None = None  # `in IFACE`: the packet must arrive there
 
 
-@dataclass(frozen=True)
-class LabSnat:
-    from_segment: str
-    out_segment: str
-    to_address: str
-
-
-@dataclass(frozen=True)
-class LabCluster:
-    name: str
-    members: tuple[LabMember, ...]
-    segments: tuple[LabSegment, ...]
-    sync: str | None
-    objects: tuple[LabObject, ...] = ()
-    expectations: tuple[LabExpectation, ...] = ()
-    snat: tuple[LabSnat, ...] = ()
-    advert: float = 1.0
-    preempt: bool = True  # keepalived default: the highest priority always ends up master
-    # keepalived's preempt_delay as compiled: a returning master waits this long (FWC221).
-    preempt_delay: float = 0.0
-
-    def segment(self, name: str) -> LabSegment:
-        for seg in self.segments:
-            if seg.name == name:
-                return seg
-        raise KeyError(name)
-
-
-# --------------------------------------------------------------------------
-# Output: the plan
-# --------------------------------------------------------------------------
 @dataclass
 class SegmentPlan:
     name: str
@@ -129,6 +87,9 @@ class HostPlan:
     # Stand-ins for policy hosts beyond every segment (the Internet), as /32 or
     # /128 on the host of the outside segment, which the members route to.
     outside: list[IPInterface] = field(default_factory=list)
+    # The policy's route gateways on this segment: the test host holds them, so the
+    # routes fwc install puts on the members lead somewhere.
+    routers: list[IPAddress] = field(default_factory=list)
 
 
 @dataclass
@@ -137,10 +98,12 @@ class PortPlan:
     device: str
     segment: str
     port: str  # bridge port name in the switch namespace
+    member: str | None = None  # the member it belongs to (None: a test host)
+    addresses: tuple[IPInterface, ...] = ()  # a member's addresses on it, as compiled
 
 
 @dataclass
-class Endpoint:
+class EndpointPlan:
     """Where a probe starts or ends: a test host address, or 'the firewall'."""
 
     name: str
@@ -151,28 +114,55 @@ class Endpoint:
 
 @dataclass
 class ProbePlan:
-    expectation: LabExpectation
-    src: Endpoint | None
-    dst: Endpoint | None
+    probe: Probe
+    src: EndpointPlan | None
+    dst: EndpointPlan | None
     skip: str | None = None
 
 
 @dataclass
 class LabPlan:
     prefix: str
-    cluster: LabCluster
+    cluster: Cluster  # the model's cluster the plan was derived from
     sw_ns: str
     member_ns: dict[str, str]
     segments: list[SegmentPlan]
     hosts: list[HostPlan]
     ports: list[PortPlan]
     probes: list[ProbePlan]
+    snat_out: tuple[str, ...] = ()  # segments the policy SNATs out of
     # family -> the outside test host's address the members use as default route
     upstream: dict[int, IPAddress] = field(default_factory=dict)
     upstream_segment: str | None = None
+    # family -> the gateway of the policy's own default route (main table), remapped:
+    # the members get that route from the policy (fwc-routes.sh, installed by fwc
+    # install, or keepalived's virtual_routes), so the lab adds none of its own.
+    policy_default: dict[int, IPAddress] = field(default_factory=dict)
+    remap: Remap = field(default_factory=lambda: Remap())  # identity unless --remap
 
     def host(self, segment: str) -> HostPlan | None:
         return next((h for h in self.hosts if h.segment == segment), None)
+
+    def member_ports(self, member: str) -> list[PortPlan]:
+        return [p for p in self.ports if p.member == member]
+
+    @property
+    def advert(self) -> float:
+        """The policy's VRRP advert interval in seconds (what keepalived.conf says)."""
+        return self.cluster.vrrp.advert_ms / 1000.0
+
+    @property
+    def preempt(self) -> bool:
+        return self.cluster.vrrp.preempt
+
+    @property
+    def preempt_delay(self) -> float:
+        """keepalived's preempt_delay as compiled: a returning master waits this long."""
+        return float(preempt_delay(self.cluster.vrrp)) if self.cluster.vrrp.preempt else 0.0
+
+    def priority(self, member: str) -> int:
+        found = self.cluster.member(member)
+        return found.priority if found is not None else 0
 
 
 # --------------------------------------------------------------------------
@@ -184,57 +174,77 @@ def in_doc_ranges(net: IPNetwork | IPAddress) -> bool:
     return any(net.version == d.version and net.subnet_of(d) for d in DOC_RANGES)  # type: ignore[arg-type]
 
 
-def segment_subnets(cluster: LabCluster, segment: str) -> list[IPNetwork]:
+def member_subnets(cluster: Cluster, segment: str) -> list[IPNetwork]:
+    """The subnets the members' addresses on SEGMENT lie in, in member order."""
     nets: list[IPNetwork] = []
     for member in cluster.members:
-        link = member.links.get(segment)
-        if link is None:
-            continue
-        for addr in link.addresses:
-            net = ipaddress.ip_interface(addr).network
-            if net not in nets:
-                nets.append(net)
+        link = member.link(segment)
+        for addr in link.addresses if link else ():
+            if addr.network not in nets:
+                nets.append(addr.network)
     return nets
 
 
-def doc_range_violations(cluster: LabCluster) -> list[str]:
-    """Segments, VIPs or member addresses outside the documentation ranges."""
+def doc_range_violations(cluster: Cluster) -> list[str]:
+    """Segments or VIPs outside the documentation ranges."""
     problems: list[str] = []
-    for seg in cluster.segments:
-        for net in segment_subnets(cluster, seg.name):
+    for iface in cluster.interfaces:
+        for net in member_subnets(cluster, iface.name):
             if not in_doc_ranges(net):
-                problems.append(f"segment {seg.name}: subnet {net}")
-        for vip in seg.vips:
-            if not in_doc_ranges(ipaddress.ip_interface(vip).network):
-                problems.append(f"segment {seg.name}: VIP {vip}")
+                problems.append(f"segment {iface.name}: subnet {net}")
+        for vip in iface.vips:
+            if not in_doc_ranges(vip.network):
+                problems.append(f"segment {iface.name}: VIP {vip}")
     return problems
 
 
-def object_addresses(obj: LabObject) -> list[IPAddress | IPNetwork]:
-    """Parse an object's items; ranges are represented by their first address."""
+def representatives(kind: str, addresses: AddressSet) -> list[IPAddress | IPNetwork]:
+    """What stands for an address set in the lab: addresses, or networks.
+
+    A network object is its networks (a probe then uses the segment's test
+    address inside it); otherwise each single address is itself and each range
+    its first address, or its first host when it is a whole subnet (groups
+    flatten to ranges, and a probe from a network address would be odd).
+    """
     out: list[IPAddress | IPNetwork] = []
-    for item in obj.items:
-        if "-" in item and "/" not in item:
-            first, last = (ipaddress.ip_address(x.strip()) for x in item.split("-", 1))
-            out.append(_range_representative(first, last))
-        elif "/" in item:
-            net = ipaddress.ip_network(item, strict=False)
-            out.append(net.network_address if net.prefixlen == net.max_prefixlen else net)
-        else:
-            out.append(ipaddress.ip_address(item))
+    for family in (4, 6):
+        if kind == "network":
+            for net in addresses.networks(family):
+                out.append(net.network_address if net.prefixlen == net.max_prefixlen else net)
+            continue
+        for lo, hi in addresses.family(family):
+            first = ipaddress.ip_address(lo) if family == 4 else ipaddress.IPv6Address(lo)
+            out.append(first if lo == hi else _range_representative(first, hi - lo + 1))
     return out
 
 
-def _range_representative(first: IPAddress, last: IPAddress) -> IPAddress:
-    """A range's first address, unless the range is a whole subnet: then its first host.
-
-    Groups flatten to ranges, so a group holding 192.0.2.0/24 arrives as
-    192.0.2.0-192.0.2.255; a probe from the network address would be odd.
-    """
-    size = int(last) - int(first) + 1
+def _range_representative(first: IPAddress, size: int) -> IPAddress:
     if size >= 4 and size & (size - 1) == 0 and int(first) % size == 0:
-        return ipaddress.ip_address(int(first) + 1)
+        return first + 1
     return first
+
+
+def probe_ports(ranges: Sequence[PortRange], cap: int = MAX_PROBED_PORTS) -> tuple[int, ...]:
+    """The ports to probe for RANGES, sorted: all of them, or at most CAP.
+
+    Over the cap, the ends of each range come first (an off-by-one in a rule shows
+    there), then evenly spaced ports of the whole set fill up to CAP. Deterministic:
+    the same policy probes the same ports on every run.
+    """
+    every: set[int] = set()
+    for r in ranges:
+        every.update(range(r.low, r.high + 1))
+    if len(every) <= cap:
+        return tuple(sorted(every))
+    edges = sorted({end for r in ranges for end in (r.low, r.high)})
+    if len(edges) >= cap:  # many ranges: their ends, evenly spaced, first and last kept
+        return tuple(edges[k * (len(edges) - 1) // (cap - 1)] for k in range(cap))
+    # Interior points spaced evenly over the ports that are not an end; the spacing is
+    # at least one port, so the floor division never picks one twice.
+    rest = sorted(every.difference(edges))
+    m = cap - len(edges)
+    sample = [rest[(k + 1) * (len(rest) + 1) // (m + 1) - 1] for k in range(m)]
+    return tuple(sorted([*edges, *sample]))
 
 
 # --------------------------------------------------------------------------
@@ -253,15 +263,12 @@ class Remap:
                 return ipaddress.ip_address(int(new.network_address) + offset)
         return addr
 
-    def text(self, value: str) -> str:
-        """Map one address, CIDR, range or interface string."""
-        if "-" in value and "/" not in value:
-            a, b = value.split("-", 1)
-            return f"{self.text(a.strip())}-{self.text(b.strip())}"
-        if "/" in value:
-            iface = ipaddress.ip_interface(value)
-            return f"{self.address(iface.ip)}/{iface.network.prefixlen}"
-        return str(self.address(ipaddress.ip_address(value)))
+    def interface(self, iface: IPInterface) -> IPInterface:
+        return ipaddress.ip_interface(f"{self.address(iface.ip)}/{iface.network.prefixlen}")
+
+    def network(self, net: IPNetwork) -> IPNetwork:
+        return ipaddress.ip_network(f"{self.address(net.network_address)}/{net.prefixlen}",
+                                    strict=False)
 
     def rewrite(self, content: str) -> str:
         """Rewrite every mapped address that appears in a config file's text."""
@@ -297,14 +304,14 @@ _V4_TOKEN = re.compile(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w:]|\.\d)")
 _V6_TOKEN = re.compile(r"(?<![\w:.])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])")
 
 
-def plan_remap(cluster: LabCluster) -> Remap:
+def plan_remap(cluster: Cluster) -> Remap:
     """Map every non-documentation segment subnet onto 198.18/15 or 2001:db8:ff00::/40."""
     remap = Remap()
     next_v4 = int(REMAP_POOL_V4.network_address)
     next_v6 = int(REMAP_POOL_V6.network_address)
     seen: list[IPNetwork] = []
-    for seg in cluster.segments:
-        for net in segment_subnets(cluster, seg.name):
+    for iface in cluster.interfaces:
+        for net in member_subnets(cluster, iface.name):
             if in_doc_ranges(net) or net in seen:
                 continue
             seen.append(net)
@@ -326,85 +333,136 @@ def plan_remap(cluster: LabCluster) -> Remap:
     return remap
 
 
-def remap_cluster(cluster: LabCluster, remap: Remap) -> LabCluster:
-    members = tuple(
-        replace(
-            m,
-            links={
-                k: replace(v, addresses=tuple(remap.text(a) for a in v.addresses))
-                for k, v in m.links.items()
-            },
-        )
-        for m in cluster.members
-    )
-    segments = tuple(
-        replace(s, vips=tuple(remap.text(v) for v in s.vips)) for s in cluster.segments
-    )
-    objects = tuple(
-        replace(o, items=tuple(remap.text(i) for i in o.items)) for o in cluster.objects
-    )
-    snat = tuple(replace(s, to_address=remap.text(s.to_address)) for s in cluster.snat)
-    return replace(cluster, members=members, segments=segments, objects=objects, snat=snat)
+# --------------------------------------------------------------------------
+# From the model
+# --------------------------------------------------------------------------
+def _endpoint_names(endpoint: Endpoint, literals: dict[str, AddressSet]) -> list[str]:
+    names: list[str] = []
+    for item in endpoint.items:
+        if item.negated:
+            continue
+        if item.kind == "firewall":
+            names.append("firewall")
+        elif item.kind == "object" and item.object_name:
+            names.append(item.object_name)
+        elif item.kind in ("literal", "vip"):
+            label = f"literal:{item.label}"
+            literals.setdefault(label, item.addresses)
+            names.append(label)
+    return names
 
 
-# --------------------------------------------------------------------------
-# Planning
-# --------------------------------------------------------------------------
-def plan(cluster: LabCluster, prefix: str) -> LabPlan:
-    """Lay out namespaces, bridges, ports and test hosts for CLUSTER."""
+def probes_of(cluster: Cluster) -> tuple[tuple[Probe, ...], dict[str, AddressSet]]:
+    """Every probe of the cluster's expectations, and the literals they name.
+
+    One probe per source, destination, service match and port (`probe_ports`); an
+    endpoint `any` is not probed (it names no test address).
+    """
+    literals: dict[str, AddressSet] = {}
+    probes: list[Probe] = []
+    for exp in cluster.expectations:
+        services = ", ".join(exp.service_labels)
+        text = f"{exp.verdict} {exp.source.label} -> {exp.destination.label} service {services}"
+        if exp.in_interface:
+            text += f" in {exp.in_interface}"
+        for src in _endpoint_names(exp.source, literals):
+            for dst in _endpoint_names(exp.destination, literals):
+                for match in exp.services:
+                    proto = {"icmpv6": "icmp"}.get(match.protocol, match.protocol)
+                    ports: tuple[int | None, ...] = probe_ports(match.ports) or (None,)
+                    probes.extend(
+                        Probe(text, str(exp.verdict), src, dst, services, proto, port,
+                              match.family, exp.in_interface)
+                        for port in ports
+                    )
+    return tuple(probes), literals
+
+
+def snat_segments(cluster: Cluster) -> tuple[str, ...]:
+    """The interfaces the policy SNATs out of (to an address: the VIP, for HA)."""
+    out: list[str] = []
+    for rule in cluster.nat:
+        if (rule.action is NatAction.SNAT and rule.target is not None and rule.out_interface
+                and rule.out_interface not in out):
+            out.append(rule.out_interface)
+    return tuple(out)
+
+
+def plan(policy: Policy, cluster: Cluster, prefix: str, remap: Remap | None = None) -> LabPlan:
+    """Lay out namespaces, bridges, ports, test hosts and probes for CLUSTER of POLICY."""
+    remap = remap or Remap()
     sw_ns = f"{prefix}-sw"
     member_ns = {m.name: f"{prefix}-{m.name}" for m in cluster.members}
+    probes, literals = probes_of(cluster)
+    named: list[tuple[str, list[IPAddress | IPNetwork]]] = [
+        (name, _mapped(representatives(obj.kind, obj.addresses), remap))
+        for name, obj in policy.objects.items()
+    ]
+    named += [(label, _mapped(representatives("literal", addresses), remap))
+              for label, addresses in literals.items()]
     segments: list[SegmentPlan] = []
     ports: list[PortPlan] = []
     hosts: list[HostPlan] = []
-    for i, seg in enumerate(cluster.segments):
+    for i, iface in enumerate(cluster.interfaces):
         # Bridge and port names are limited to 15 characters: keep them short.
         bridge = f"br{i}"
-        subnets = segment_subnets(cluster, seg.name)
-        vips = [ipaddress.ip_interface(v) for v in seg.vips]
-        is_sync = seg.name == cluster.sync
-        segments.append(SegmentPlan(seg.name, bridge, subnets, vips, is_sync))
+        subnets = [remap.network(n) for n in member_subnets(cluster, iface.name)]
+        vips = [remap.interface(v) for v in iface.vips]
+        is_sync = iface.name == cluster.sync.link
+        segments.append(SegmentPlan(iface.name, bridge, subnets, vips, is_sync))
         for j, member in enumerate(cluster.members):
-            link = member.links.get(seg.name)
+            link = member.link(iface.name)
             if link is not None:
-                ports.append(PortPlan(member_ns[member.name], link.device, seg.name, f"m{j}s{i}"))
+                ports.append(PortPlan(member_ns[member.name], link.device, iface.name,
+                                      f"m{j}s{i}", member.name,
+                                      tuple(remap.interface(a) for a in link.addresses)))
         if is_sync or not subnets:
             continue
-        host = _plan_host(cluster, seg, subnets, vips, f"{prefix}-h{i}")
+        used = _used_addresses(cluster.members, iface.name, vips, remap)
+        host = _plan_host(iface.name, subnets, vips, used, named, f"{prefix}-h{i}")
+        _hold_routers(host, subnets, route_gateways(cluster, remap), used)
         hosts.append(host)
-        ports.append(PortPlan(host.ns, host.device, seg.name, f"h{i}"))
-    lab = LabPlan(prefix, cluster, sw_ns, member_ns, segments, hosts, ports, [])
-    _place_outside(lab)
-    lab.probes = [_plan_probe(lab, e) for e in cluster.expectations]
+        ports.append(PortPlan(host.ns, host.device, iface.name, f"h{i}"))
+    lab = LabPlan(prefix, cluster, sw_ns, member_ns, segments, hosts, ports, [],
+                  snat_segments(cluster), remap=remap,
+                  policy_default=policy_defaults(cluster, remap))
+    _place_outside(lab, named)
+    lab.probes = [_plan_probe(lab, p) for p in probes]
     return lab
 
 
-def _used_addresses(cluster: LabCluster, segment: LabSegment) -> set[IPAddress]:
-    used = {ipaddress.ip_interface(v).ip for v in segment.vips}
-    for m in cluster.members:
-        link = m.links.get(segment.name)
+def _mapped(items: list[IPAddress | IPNetwork], remap: Remap) -> list[IPAddress | IPNetwork]:
+    return [remap.address(i) if isinstance(i, ipaddress.IPv4Address | ipaddress.IPv6Address)
+            else remap.network(i) for i in items]
+
+
+def _used_addresses(members: Iterable[Member], segment: str, vips: list[IPInterface],
+                    remap: Remap) -> set[IPAddress]:
+    used = {v.ip for v in vips}
+    for m in members:
+        link = m.link(segment)
         if link:
-            used.update(ipaddress.ip_interface(a).ip for a in link.addresses)
+            used.update(remap.address(a.ip) for a in link.addresses)
     return used
 
 
 def _plan_host(
-    cluster: LabCluster,
-    seg: LabSegment,
+    segment: str,
     subnets: list[IPNetwork],
     vips: list[IPInterface],
+    used: set[IPAddress],
+    named: list[tuple[str, list[IPAddress | IPNetwork]]],
     ns: str,
 ) -> HostPlan:
-    used = _used_addresses(cluster, seg)
-    host = HostPlan(seg.name, ns, "eth0", [], [])
-    for obj in cluster.objects:
-        for item in object_addresses(obj):
+    host = HostPlan(segment, ns, "eth0", [], [])
+    for name, items in named:
+        for item in items:
             if not isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
                 continue
             net = next((n for n in subnets if n.version == item.version and item in n), None)
-            if net is None or item in used or item.version in host.by_family.get(obj.name, {}):
+            if net is None or item in used or item.version in host.by_family.get(name, {}):
                 continue
-            _name(host, obj.name, item)
+            _name(host, name, item)
             iface = ipaddress.ip_interface(f"{item}/{net.prefixlen}")
             if iface not in host.addresses:
                 host.addresses.append(iface)
@@ -414,19 +472,51 @@ def _plan_host(
             free = _first_free(net, used | {a.ip for a in host.addresses})
             host.addresses.append(ipaddress.ip_interface(f"{free}/{net.prefixlen}"))
     # Network objects covering the segment resolve to its first test address.
-    for obj in cluster.objects:
-        for item in object_addresses(obj):
+    for name, items in named:
+        for item in items:
             if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
                 hit = next(
                     (a.ip for a in host.addresses if a.version == item.version and a.ip in item),
                     None,
                 )
-                if hit is not None and item.version not in host.by_family.get(obj.name, {}):
-                    _name(host, obj.name, hit)
+                if hit is not None and item.version not in host.by_family.get(name, {}):
+                    _name(host, name, hit)
     for vip in vips:
         if not any(g.version == vip.version for g in host.gateways):
             host.gateways.append(vip.ip)
     return host
+
+
+def route_gateways(cluster: Cluster, remap: Remap) -> list[IPAddress]:
+    """Every gateway the cluster's routes name, remapped, in source order."""
+    out: list[IPAddress] = []
+    for route in cluster.routes:
+        if route.gateway is not None and remap.address(route.gateway) not in out:
+            out.append(remap.address(route.gateway))
+    return out
+
+
+def policy_defaults(cluster: Cluster, remap: Remap) -> dict[int, IPAddress]:
+    """Family -> gateway of the cluster's first main-table default route."""
+    out: dict[int, IPAddress] = {}
+    for route in cluster.routes:
+        if (route.destination.prefixlen == 0 and route.table is None
+                and route.gateway is not None):
+            out.setdefault(route.gateway.version, remap.address(route.gateway))
+    return out
+
+
+def _hold_routers(host: HostPlan, subnets: list[IPNetwork], gateways: list[IPAddress],
+                  used: set[IPAddress]) -> None:
+    """The policy's gateways on HOST's segment become addresses of its test host."""
+    for gw in gateways:
+        net = next((n for n in subnets if n.version == gw.version and gw in n), None)
+        if net is None or gw in used or gw in host.routers:
+            continue
+        host.routers.append(gw)
+        iface = ipaddress.ip_interface(f"{gw}/{net.prefixlen}")
+        if iface not in host.addresses:
+            host.addresses.append(iface)
 
 
 def _name(host: HostPlan, name: str, addr: IPAddress) -> None:
@@ -434,7 +524,7 @@ def _name(host: HostPlan, name: str, addr: IPAddress) -> None:
     host.by_family.setdefault(name, {}).setdefault(addr.version, addr)
 
 
-def _place_outside(lab: LabPlan) -> None:
+def _place_outside(lab: LabPlan, named: list[tuple[str, list[IPAddress | IPNetwork]]]) -> None:
     """Put policy hosts that lie beyond every segment on the outside segment's host.
 
     The outside segment is where the policy SNATs to (the uplink); its test
@@ -443,32 +533,33 @@ def _place_outside(lab: LabPlan) -> None:
     Only documentation addresses are placed (they are the only ones allowed
     on the wire).
     """
-    outside = next(
-        (lab.host(s.out_segment) for s in lab.cluster.snat if lab.host(s.out_segment)), None
-    )
+    outside = next((lab.host(s) for s in lab.snat_out if lab.host(s)), None)
     if outside is None:
         return
     nets = [n for s in lab.segments for n in s.subnets]
     taken = {a.ip for h in lab.hosts for a in h.addresses}
-    for obj in lab.cluster.objects:
-        if any(obj.name in h.names for h in lab.hosts):
+    for name, items in named:
+        if any(name in h.names for h in lab.hosts):
             continue
-        for item in object_addresses(obj):
+        for item in items:
             if not isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
                 continue
             if any(item.version == n.version and item in n for n in nets):
                 continue
             if not in_doc_ranges(item) or item in taken:
                 continue
-            if item.version in outside.by_family.get(obj.name, {}):
+            if item.version in outside.by_family.get(name, {}):
                 continue
-            _name(outside, obj.name, item)
+            _name(outside, name, item)
             outside.outside.append(ipaddress.ip_interface(f"{item}/{item.max_prefixlen}"))
             taken.add(item)
     if outside.outside:
         lab.upstream_segment = outside.segment
         for fam in sorted({a.version for a in outside.outside}):
-            own = next((a.ip for a in outside.addresses if a.version == fam), None)
+            # The policy's own gateway when this host holds it, else its first address.
+            policy_gw = lab.policy_default.get(fam)
+            own = policy_gw if policy_gw in outside.routers else next(
+                (a.ip for a in outside.addresses if a.version == fam), None)
             if own is not None:
                 lab.upstream[fam] = own
 
@@ -482,49 +573,49 @@ def _first_free(net: IPNetwork, used: set[IPAddress]) -> IPAddress:
     raise ValueError(f"no free address in {net}")
 
 
-def resolve_endpoint(lab: LabPlan, name: str, family: int | None = None) -> Endpoint | None:
+def resolve_endpoint(lab: LabPlan, name: str, family: int | None = None) -> EndpointPlan | None:
     if name == "firewall":
-        return Endpoint("firewall", None, None, None)
+        return EndpointPlan("firewall", None, None, None)
     for host in lab.hosts:
         if family is None and name in host.names:
-            return Endpoint(name, host.names[name], host.ns, host.segment)
+            return EndpointPlan(name, host.names[name], host.ns, host.segment)
         addr = host.by_family.get(name, {}).get(family or 0)
         if addr is not None:
-            return Endpoint(name, addr, host.ns, host.segment)
+            return EndpointPlan(name, addr, host.ns, host.segment)
     return None
 
 
-def _plan_probe(lab: LabPlan, exp: LabExpectation) -> ProbePlan:
-    family = exp.family
-    src = resolve_endpoint(lab, exp.src, family)
+def _plan_probe(lab: LabPlan, probe: Probe) -> ProbePlan:
+    family = probe.family
+    src = resolve_endpoint(lab, probe.src, family)
     if family is None and src is not None and src.address is not None:
         family = src.address.version  # both ends in the same family
-    dst = resolve_endpoint(lab, exp.dst, family)
-    if dst is None and exp.family is None and src is not None and src.address is not None:
+    dst = resolve_endpoint(lab, probe.dst, family)
+    if dst is None and probe.family is None and src is not None and src.address is not None:
         # e.g. `admins -> web6`: try the source's other family
         other = 10 - src.address.version
         alt_src, alt_dst = (
-            resolve_endpoint(lab, exp.src, other),
-            resolve_endpoint(lab, exp.dst, other),
+            resolve_endpoint(lab, probe.src, other),
+            resolve_endpoint(lab, probe.dst, other),
         )
         if alt_src is not None and alt_dst is not None:
             src, dst = alt_src, alt_dst
     fam = f" with an IPv{family} address" if family else ""
     skip = None
     if src is None:
-        skip = f"source {exp.src!r} has no test address{fam} (not in a lab segment)"
+        skip = f"source {probe.src!r} has no test address{fam} (not in a lab segment)"
     elif dst is None:
-        skip = f"destination {exp.dst!r} has no test address{fam} (not in a lab segment)"
-    elif exp.in_segment and src.address is not None and src.segment != exp.in_segment:
+        skip = f"destination {probe.dst!r} has no test address{fam} (not in a lab segment)"
+    elif probe.in_segment and src.address is not None and src.segment != probe.in_segment:
         skip = (
-            f"source {exp.src!r} sits on {src.segment}, but the expectation is "
-            f"about packets arriving on {exp.in_segment}"
+            f"source {probe.src!r} sits on {src.segment}, but the expectation is "
+            f"about packets arriving on {probe.in_segment}"
         )
     elif src.address is None and dst.address is None:
         skip = "firewall to firewall is not probed"
-    elif exp.proto not in ("tcp", "udp", "icmp"):
-        skip = f"protocol {exp.proto} is not probed"
-    return ProbePlan(exp, src, dst, skip)
+    elif probe.proto not in PROBED_PROTOCOLS:
+        skip = f"protocol {probe.proto} is not probed"
+    return ProbePlan(probe, src, dst, skip)
 
 
 def vip_for(lab: LabPlan, segment: str, version: int) -> IPAddress | None:
@@ -549,5 +640,14 @@ def describe(lab: LabPlan) -> Iterable[str]:
         if host.outside:
             outs = ", ".join(str(a) for a in host.outside)
             yield f"  {host.ns} also stands in for hosts beyond the segments: {outs}"
+        if host.routers:
+            yield f"  {host.ns} holds the policy's route gateways: " + ", ".join(
+                str(r) for r in host.routers)
     for fam, addr in sorted(lab.upstream.items()):
-        yield f"members: IPv{fam} default route via {addr} (the {lab.upstream_segment} test host)"
+        whose = ("the policy's route, installed by fwc install"
+                 if lab.policy_default.get(fam) == addr else "added by the lab")
+        yield (f"members: IPv{fam} default route via {addr} (the {lab.upstream_segment} "
+               f"test host; {whose})")
+    for fam, gw in sorted(lab.policy_default.items()):
+        if lab.upstream.get(fam) != gw:
+            yield f"members: IPv{fam} default route via {gw} (the policy's route)"

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple, TypeVar
 
+from fwc import protocols as proto
 from fwc.diagnostics import Span
 from fwc.model.addresses import AddressSet
 from fwc.model.vocabulary import Action, Backend, FilterAction, NatAction, NatStage, Verdict
@@ -153,14 +154,120 @@ class Endpoint:
         return ", ".join(("!" if i.negated else "") + i.label for i in self.items)
 
 
+class Rate(NamedTuple):
+    """COUNT/UNIT, as written: `10/second`."""
+
+    count: int
+    unit: str  # second, minute, hour, day (protocols.RATE_UNITS)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """`limit RATE [burst N] [per-source]` or `syn-limit RATE [burst N]` of a rule."""
+
+    rate: Rate
+    burst: int | None = None
+    per_source: bool = False
+
+    def __str__(self) -> str:
+        burst = f" burst {self.burst}" if self.burst is not None else ""
+        return f"{self.rate}{burst}{' per-source' if self.per_source else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    """A rule's `log` parameters; None: the cluster's `log { }` default."""
+
+    level: str | None = None
+    rate: Rate | None = None
+    burst: int | None = None
+    group: int | None = None  # NFLOG group (ulogd) instead of the kernel log
+
+    def text(self) -> str:
+        parts = []
+        if self.level is not None:
+            parts += ["level", self.level]
+        if self.rate is not None:
+            parts += ["rate", str(self.rate)]
+        if self.burst is not None:
+            parts += ["burst", str(self.burst)]
+        if self.group is not None:
+            parts += ["group", str(self.group)]
+        return " ".join(parts)
+
+
+NO_LOG_OPTIONS = LogOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    """The cluster's `log { }`: defaults of every logging rule, and the default drops."""
+
+    level: str = proto.DEFAULT_LOG_LEVEL
+    rate: Rate = Rate(int(proto.LOG_RATE.partition("/")[0]), proto.LOG_RATE.partition("/")[2])
+    burst: int = proto.LOG_BURST
+    group: int | None = None
+    drops: bool = False  # log what the default policies drop (or reject)
+    drops_prefix: str | None = None
+    span: Span | None = None
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def span_of(self, key: str) -> Span | None:
+        return _option_span(self.option_spans, key, self.span)
+
+    def effective(self, options: LogOptions) -> LogOptions:
+        """A rule's log parameters with every unset one taken from these defaults."""
+        return LogOptions(options.level or self.level, options.rate or self.rate,
+                          options.burst if options.burst is not None else self.burst,
+                          options.group if options.group is not None else self.group)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """`default { input ... forward ... output ... }`: traffic no rule decides."""
+
+    input: FilterAction = FilterAction.DROP
+    forward: FilterAction = FilterAction.DROP
+    output: FilterAction = FilterAction.ACCEPT
+    span: Span | None = None
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def of(self, chain: str) -> FilterAction:
+        """The default of a filter chain by its lower-case name (input, forward, output)."""
+        return {"input": self.input, "forward": self.forward,
+                "output": self.output}.get(chain, FilterAction.ACCEPT)
+
+    def span_of(self, key: str) -> Span | None:
+        return _option_span(self.option_spans, key, self.span)
+
+
 @dataclass(frozen=True, slots=True)
 class NatTarget:
-    kind: str  # object, literal, vip
+    kind: str  # object, literal, vip, range
     label: str
-    addresses: AddressSet  # one address per family at most
+    addresses: AddressSet  # one address per family at most, or a range (kind range)
     port: int | None
     interface: str | None  # the interface whose VIP this is, for `IFACE.vip`
     span: Span
+    port_high: int | None = None  # `:LOW-HIGH`: a port range
+
+    def address_text(self, family: int) -> str | None:
+        """The target's address(es) of FAMILY as iptables writes them: `A` or `A-B`."""
+        intervals = self.addresses.family(family)
+        if not intervals:
+            return None
+        low, high = intervals[0][0], intervals[-1][1]
+        make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        return str(make(low)) if low == high else f"{make(low)}-{make(high)}"
+
+    @property
+    def port_text(self) -> str | None:
+        if self.port is None:
+            return None
+        return str(self.port) if self.port_high is None else f"{self.port}-{self.port_high}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +286,24 @@ class BaseRule:
     log_prefix: str | None
     only: str | None  # member name for a member-scoped rule
     span: Span
+    # The vocabulary of issue 15; keyword-only so that subclasses keep their positions.
+    log_options: LogOptions = field(default=NO_LOG_OPTIONS, kw_only=True)
+    limit: Limit | None = field(default=None, kw_only=True)  # the rule matches up to a rate
+    connlimit: int | None = field(default=None, kw_only=True)  # up to N connections/source
+    syn_limit: Limit | None = field(default=None, kw_only=True)  # SYNs beyond it dropped
+    reject_with: str | None = field(default=None, kw_only=True)  # protocols.REJECT_TYPES
+    notrack: bool = field(default=False, kw_only=True)  # not tracked (raw table)
+    option_spans: tuple[tuple[str, Span], ...] = field(default=(), kw_only=True)
+
+    def span_of(self, key: str) -> Span:
+        """Where an option of the rule was written, else the rule."""
+        return _option_span(self.option_spans, key, self.span) or self.span
+
+    @property
+    def conditional(self) -> bool:
+        """The rule does not match every packet it describes: beyond a rate or connection
+        limit the packets go on to the rules after it."""
+        return self.limit is not None or self.connlimit is not None
 
     @property
     def location(self) -> str:
@@ -198,11 +323,24 @@ class BaseRule:
             # As the language writes it: `log "say \"hi\""` reads back as the same rule.
             parts.append("log" + (f" {encode_literal(self.log_prefix)}" if self.log_prefix
                                   else ""))
+            if self.log_options.text():
+                parts.append(self.log_options.text())
         if self.only:
             parts += ["only", self.only]
+        if self.reject_with:
+            parts += ["with", self.reject_with]
+        if self.limit is not None:
+            parts += ["limit", str(self.limit)]
+        if self.connlimit is not None:
+            parts += ["connlimit", str(self.connlimit)]
+        if self.syn_limit is not None:
+            parts += ["syn-limit", str(self.syn_limit)]
+        if self.notrack:
+            parts.append("notrack")
         if target is not None:
-            port = f":{target.port}" if target.port is not None else ""
-            parts += ["->", target.label + port]
+            targets = [target, *getattr(self, "pool", ())]
+            parts += ["->", ", ".join(t.label + (f":{t.port_text}" if t.port is not None
+                                                 else "") for t in targets)]
         return " ".join(parts)
 
 
@@ -224,6 +362,13 @@ class NatRule(BaseRule):
 
     action: NatAction
     target: NatTarget | None  # set exactly when action.has_target
+    # dnat load sharing: the backends after the first (`-> web1, web2, web3`)
+    pool: tuple[NatTarget, ...] = field(default=(), kw_only=True)
+
+    @property
+    def targets(self) -> tuple[NatTarget, ...]:
+        """Every address the rule translates to: the target and the rest of its pool."""
+        return () if self.target is None else (self.target, *self.pool)
 
     @property
     def stages(self) -> tuple[NatStage, ...]:
@@ -263,6 +408,9 @@ class Vrrp:
     garp_refresh_s: int | None
     span: Span | None
     option_spans: tuple[tuple[str, Span], ...] = ()
+    # `unicast`: adverts go to each peer's address on the segment (unicast_peer), not
+    # to the VRRP multicast group.
+    unicast: bool = False
 
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
@@ -278,9 +426,66 @@ class Sync:
     mark_bit: int
     span: Span | None
     option_spans: tuple[tuple[str, Span], ...] = ()
+    # `allow SERVICES`: management between the members' sync addresses (ssh, ntp, ...).
+    allow: tuple[ServiceMatch, ...] = ()
+    allow_labels: tuple[str, ...] = ()
+    # conntrackd tuning (docs/language.md "sync { }"); None/empty: conntrackd's defaults.
+    backup_link: str | None = None  # a second dedicated link (conntrackd fails over to it)
+    backup_port: int | None = None  # its UDP port (default: port + 1)
+    commit_timeout_s: int | None = None
+    external_cache: bool = True  # `external-cache off`: DisableExternalCache on
+    protocols: tuple[str, ...] = ()  # policy names (tcp, udp, ...); empty: every one
+    states: tuple[str, ...] = ()  # TCP states replicated; empty: every state
+    conntrack_max: int | None = None
+    hash_size: int | None = None
 
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
+
+    @property
+    def links(self) -> tuple[str, ...]:
+        """The dedicated links, the default one first."""
+        return tuple(name for name in (self.link, self.backup_link) if name is not None)
+
+    def port_of(self, link: str) -> int:
+        """The UDP port conntrackd uses on LINK (the backup link's own one)."""
+        if link == self.backup_link and link != self.link:
+            return self.backup_port if self.backup_port is not None else self.port + 1
+        return self.port
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """One `track { }` item: what else than a dead member moves the VIPs.
+
+    kind: interface (a logical interface: each member's device), ping (an address
+    on a segment), process (a process name) or script (a command line). Without a
+    weight a failure puts the member in FAULT; with one, the member's priority
+    moves by it (a negative weight is subtracted on failure, a positive one added
+    while the check is good), as keepalived's track_* weights do.
+    """
+
+    kind: str
+    target: str
+    weight: int | None
+    interval_s: int
+    fall: int
+    rise: int
+    span: Span
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def span_of(self, key: str) -> Span:
+        return _option_span(self.option_spans, key, self.span) or self.span
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAction:
+    """`notify { master "CMD" }`: the admin's command for one state, run by the notify
+    script after fwc's own conntrackd steps (state: master, backup or fault)."""
+
+    state: str
+    command: str
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +495,31 @@ class Interface:
     vrid: int | None  # its own or the cluster default; None when no VIP
     span: Span
     vip_spans: tuple[Span, ...] = ()
+    # Per VIP, the name `vip NAME ADDR/PREFIX` gives it (None: unnamed); `IFACE.vip.NAME`.
+    vip_names: tuple[str | None, ...] = ()
+    mss: int | str | None = None  # TCP MSS clamping: a size, or "pmtu" (to the path MTU)
+    mss_span: Span | None = None
 
     def vips_of(self, family: int) -> tuple[IPInterface, ...]:
         return tuple(v for v in self.vips if v.version == family)
+
+    def name_of(self, vip: IPInterface) -> str | None:
+        """The name the policy gave VIP, if any."""
+        for address, name in zip(self.vips, self.vip_names, strict=False):
+            if address == vip:
+                return name
+        return None
+
+    def named_vip(self, name: str) -> IPInterface | None:
+        for address, vip_name in zip(self.vips, self.vip_names, strict=False):
+            if vip_name == name:
+                return address
+        return None
+
+    @property
+    def ambiguous_families(self) -> tuple[int, ...]:
+        """Families with more than one VIP: `IFACE.vip` cannot stand for one address there."""
+        return tuple(f for f in (4, 6) if len(self.vips_of(f)) > 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,9 +551,88 @@ class Member:
         link = self.link(interface)
         return link.device if link else None
 
+    def link_on(self, address: IPAddress) -> MemberLink | None:
+        """The link whose subnet holds ADDRESS (a gateway on a segment), if any."""
+        for link in self.links:
+            if any(address in a.network for a in link.addresses if a.version == address.version):
+                return link
+        return None
+
     @property
     def addresses(self) -> AddressSet:
         return AddressSet.of(*(a.ip for link in self.links for a in link.addresses))
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """`route DEST via GW ...` in a cluster: on every member, or on `only` one.
+
+    `interface` is the logical interface written with `dev`; without it, each
+    member reaches the gateway through the interface whose subnet holds it
+    (`fwc.model.topology`). `table` None is the main table. `follow` routes are
+    keepalived's `virtual_routes`: present only on the current master.
+    """
+
+    destination: IPNetwork
+    gateway: IPAddress | None
+    interface: str | None
+    table: int | None
+    source: IPAddress | None  # preferred source (`src`), e.g. a VIP
+    source_label: str | None  # as written: an address or IFACE.vip
+    metric: int | None
+    follow: bool
+    only: str | None
+    span: Span
+
+    @property
+    def family(self) -> int:
+        return self.destination.version
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination.prefixlen == 0
+
+    def text(self) -> str:
+        """The route as the language writes it (canonical spacing, no location)."""
+        parts = ["route", "default" if self.is_default else str(self.destination)]
+        if self.gateway is not None:
+            parts += ["via", str(self.gateway)]
+        if self.interface is not None:
+            parts += ["dev", self.interface]
+        if self.table is not None:
+            parts += ["table", str(self.table)]
+        if self.source_label is not None:
+            parts += ["src", self.source_label]
+        if self.metric is not None:
+            parts += ["metric", str(self.metric)]
+        if self.follow:
+            parts += ["follow", "master"]
+        if self.only is not None:
+            parts += ["only", self.only]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """`route-rule ... table N`: a policy-routing rule (iproute2's `ip rule`).
+
+    Sources and destinations are CIDR networks of one family (empty: any);
+    `mark` is (value, mask) of the packet's firewall mark.
+    """
+
+    family: int
+    sources: tuple[IPNetwork, ...]
+    destinations: tuple[IPNetwork, ...]
+    in_interface: str | None
+    mark: tuple[int, int] | None
+    table: int
+    priority: int  # iproute2's preference: lower is looked at first
+    follow: bool
+    only: str | None
+    span: Span
 
 
 @dataclass(frozen=True)
@@ -346,6 +652,13 @@ class Cluster:
     span: Span
     # The packet filter the rules are written for; `fwc compile --backend` overrides it.
     backend: Backend = Backend.IPTABLES
+    tracks: tuple[Track, ...] = ()
+    notify_actions: tuple[NotifyAction, ...] = ()
+    # `route` and `route-rule` lines (docs/language.md, "Routes"), in source order.
+    routes: tuple[Route, ...] = ()
+    route_rules: tuple[RouteRule, ...] = ()
+    logging: Logging = Logging()
+    defaults: Defaults = Defaults()
 
     def interface(self, name: str) -> Interface | None:
         for iface in self.interfaces:

@@ -2,7 +2,10 @@
 
 from fwc.backend.lower.build import (
     MARK_ACCEPT_CHAIN,
+    MULTICAST,
+    AutoRule,
     LowerOptions,
+    automatic_rules,
     forget_lowered,
     log_prefix,
     lower,
@@ -24,7 +27,7 @@ from fwc.backend.lower.ruleset import (
 )
 
 __all__ = [
-    "ANY", "MARK_ACCEPT_CHAIN", "AddressMatch", "Chain", "FilterRule", "LowerOptions", "Match",
-    "NatRule", "NodeRuleset", "Origin", "RateLimit", "Rule", "Table", "forget_lowered",
-    "log_prefix", "lower", "options_for", "source_label",
+    "ANY", "MARK_ACCEPT_CHAIN", "MULTICAST", "AddressMatch", "AutoRule", "Chain", "FilterRule",
+    "LowerOptions", "Match", "NatRule", "NodeRuleset", "Origin", "RateLimit", "Rule", "Table",
+    "automatic_rules", "forget_lowered", "log_prefix", "lower", "options_for", "source_label",
 ]

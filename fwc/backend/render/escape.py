@@ -21,6 +21,12 @@ Formats and what their readers do with a value:
   (MAXBUF), so the rest of the line becomes keywords of its own.
 - conntrackd.conf: a flex lexer; names are `[a-zA-Z][a-zA-Z0-9._-]*`.
 - sh (fwc-notify.sh): single quotes hold anything but a single quote.
+- ip -batch (fwc-routes.sh): words split at blanks, `"` quotes, `#` comments: a
+  word holds letters, digits and `_.:/@-` only.
+- YAML read by Ansible (`fwc export ansible`): a single-quoted scalar holds anything
+  on one line, `''` being a quote; Ansible evaluates `{{ }}`, `{% %}` and `{# #}` in
+  every string it templates, so a value from a policy is tagged `!unsafe` (never
+  templated); a mapping key is only ever a bare name.
 - systemd unit files, sysctl.conf and the `#` comment line of every format: one
   line each, so only line breaks and other control characters are a danger.
 """
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from functools import lru_cache
 
 from fwc import protocols as proto
@@ -174,6 +181,36 @@ def conntrackd_name(text: str) -> str:
     return text
 
 
+# -- ip -batch (the routes script) -------------------------------------------------------------
+
+_IP_WORD = re.compile(r"[A-Za-z0-9_.:/@-]+")
+
+
+def ip_word(text: object) -> str:
+    """One word of an `ip -batch` line: iproute2 splits at blanks, reads quotes and `#`
+    comments, so a word holds only characters that mean nothing to it."""
+    value = line_text(text)
+    if not _IP_WORD.fullmatch(value):
+        raise UnwritableText(f"{value!r} cannot be a word of an ip -batch line")
+    return value
+
+
+# -- Graphviz DOT (fwc graph) ------------------------------------------------------------------
+
+def _dot_escaped(text: object) -> str:
+    return line_text(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def dot_string(text: object) -> str:
+    """A quoted DOT ID or attribute value: `"` and `\\` escaped, one line."""
+    return f'"{_dot_escaped(text)}"'
+
+
+def dot_label(lines: Iterable[object]) -> str:
+    """A quoted DOT label of several lines (DOT's own `\\n` between them)."""
+    return '"' + "\\n".join(_dot_escaped(line) for line in lines) + '"'
+
+
 # -- shell, systemd, sysctl, comments ----------------------------------------------------------
 
 def shell_word(text: str) -> str:
@@ -202,11 +239,29 @@ def sysctl_value(text: object) -> str:
     return value
 
 
+# -- YAML for Ansible -------------------------------------------------------------------------
+
+_YAML_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+
+
+def yaml_unsafe(text: str) -> str:
+    """A YAML string Ansible takes literally: single-quoted and tagged `!unsafe`."""
+    return "!unsafe '" + line_text(text).replace("'", "''") + "'"
+
+
+def yaml_key(text: str) -> str:
+    """A bare YAML mapping key (an inventory host or group name): a plain name only."""
+    if not _YAML_KEY.match(text):
+        raise UnwritableText(f"{text!r} cannot be an Ansible host or group name")
+    return text
+
+
 # Jinja filters, named after the functions, so templates say which format a value is in.
 FILTERS = {
     "keepalived_string": keepalived_string,
     "keepalived_word": keepalived_word,
     "conntrackd_name": conntrackd_name,
+    "ip_word": ip_word,
     "shell_word": shell_word,
     "comment": comment,
     "systemd_value": systemd_value,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, path_of
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.routes import vrrp_routing
 from fwc.backend.render.templates import render_template
-from fwc.model import Cluster, Member, Vrrp
+from fwc.model import Cluster, Member, Track, Vrrp
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,98 @@ class VrrpInstance:
     auth_type: str | None
     auth_pass: str | None
     vips: tuple[str, ...]
+    # `vrrp { unicast }`: this member's address on the segment and every peer's
+    unicast_src: str | None = None
+    unicast_peers: tuple[str, ...] = ()
+    # The device is tracked explicitly (track { interface ... }): keepalived refuses a
+    # device tracked both implicitly by its instance and by the sync group.
+    dont_track_primary: bool = False
+    # `follow master` routes and rules (fwc.backend.render.routes.vrrp_routing).
+    virtual_routes: tuple[tuple[str, ...], ...] = ()
+    virtual_rules: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrackScript:
+    """A vrrp_script block: the gateway ping or the admin's command."""
+
+    name: str
+    command: str
+    interval: int
+    timeout: int
+    fall: int
+    rise: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRef:
+    """One line of a track_interface/track_script/track_process block."""
+
+    name: str
+    weight: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """What the sync group (or the single instance) tracks, and the blocks it names."""
+
+    scripts: tuple[TrackScript, ...] = ()
+    processes: tuple[tuple[str, str], ...] = ()  # (vrrp_track_process name, process)
+    interfaces: tuple[TrackRef, ...] = ()
+    script_refs: tuple[TrackRef, ...] = ()
+    process_refs: tuple[TrackRef, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.interfaces or self.script_refs or self.process_refs)
+
+
+def track_name(cluster: Cluster, track: Track) -> str:
+    """fwc_ping_1, fwc_script_2, ...: numbered per kind in policy order."""
+    same = [t for t in cluster.tracks if t.kind == track.kind]
+    return f"fwc_{track.kind}_{same.index(track) + 1}"
+
+
+def ping_command(member: Member, track: Track) -> str:
+    address = ipaddress.ip_address(track.target)
+    link = member.link_on(address)
+    device = ("-I", link.device) if link is not None else ()
+    return " ".join((*proto.PING_COMMAND, *device, str(address)))
+
+
+def tracking(cluster: Cluster, member: Member) -> Tracking:
+    scripts: list[TrackScript] = []
+    processes: list[tuple[str, str]] = []
+    interfaces: list[TrackRef] = []
+    script_refs: list[TrackRef] = []
+    process_refs: list[TrackRef] = []
+    for track in cluster.tracks:
+        name = track_name(cluster, track)
+        if track.kind == "interface":
+            interfaces.append(TrackRef(member.device(track.target) or track.target,
+                                       track.weight))
+        elif track.kind == "process":
+            processes.append((name, track.target))
+            process_refs.append(TrackRef(name, track.weight))
+        else:
+            command = ping_command(member, track) if track.kind == "ping" else track.target
+            scripts.append(TrackScript(name, command, track.interval_s, track.interval_s + 1,
+                                       track.fall, track.rise))
+            script_refs.append(TrackRef(name, track.weight))
+    return Tracking(tuple(scripts), tuple(processes), tuple(interfaces), tuple(script_refs),
+                    tuple(process_refs))
+
+
+def unicast_addresses(cluster: Cluster, member: Member, interface: str,
+                      family: int) -> tuple[str | None, tuple[str, ...]]:
+    """(this member's address, the peers' addresses) on INTERFACE in FAMILY."""
+    def first(m: Member) -> str | None:
+        link = m.link(interface)
+        own = [a.ip for a in link.addresses if a.version == family] if link else []
+        return str(own[0]) if own else None
+    peers = tuple(p for p in (first(m) for m in cluster.members if m.name != member.name)
+                  if p is not None)
+    return first(member), peers
 
 
 def advert_interval(advert_ms: int) -> str:
@@ -45,7 +139,9 @@ def preempt_delay(vrrp: Vrrp) -> int:
 
 def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpInstance]:
     vrrp = cluster.vrrp
+    tracked = {t.target for t in cluster.tracks if t.kind == "interface"}
     out: list[VrrpInstance] = []
+    first_of_family = {4: True, 6: True}
     for iface in cluster.vrrp_interfaces:
         device = member.device(iface.name) or iface.name
         for family in (4, 6):
@@ -58,6 +154,10 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
             password = None
             if auth is not None:
                 password = proto.REDACTED_PASSWORD if redact else vrrp.password
+            source, peers = unicast_addresses(cluster, member, iface.name, family) \
+                if vrrp.unicast else (None, ())
+            routing = vrrp_routing(cluster, member, iface.name, family, first_of_family[family])
+            first_of_family[family] = False
             out.append(VrrpInstance(
                 name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
                 device=device,
@@ -72,6 +172,11 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 auth_type=auth.upper() if auth else None,
                 auth_pass=password,
                 vips=tuple(str(v) for v in vips),
+                unicast_src=source,
+                unicast_peers=peers,
+                dont_track_primary=iface.name in tracked,
+                virtual_routes=routing.routes,
+                virtual_rules=routing.rules,
             ))
     return out
 
@@ -87,6 +192,7 @@ def keepalived_conf(cluster: Cluster, member: Member, redact: bool = False) -> s
         "sync_group": len(instances) > 1,
         "notify": path_of("fwc-notify.sh"),
         "instances": instances,
+        "tracking": tracking(cluster, member),
     }))
 
 

@@ -83,7 +83,16 @@ REJECTS = {
     proto.REJECT_TCP: "reject with tcp reset",
     proto.REJECT_OTHER[4]: "reject with icmp type port-unreachable",
     proto.REJECT_OTHER[6]: "reject with icmpv6 type port-unreachable",
+    # `reject ... with TYPE` (protocols.REJECT_TYPES)
+    "icmp-host-unreachable": "reject with icmp type host-unreachable",
+    "icmp6-addr-unreachable": "reject with icmpv6 type addr-unreachable",
+    "icmp-net-unreachable": "reject with icmp type net-unreachable",
+    "icmp6-no-route": "reject with icmpv6 type no-route",
+    "icmp-admin-prohibited": "reject with icmp type admin-prohibited",
+    "icmp6-adm-prohibited": "reject with icmpv6 type admin-prohibited",
 }
+# `--log-level N` as nft's `log level` names it.
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
 MARK_BITS = 0xFFFFFFFF
 # Protocols whose destination port `th dport` reads (a concatenated set's key).
 TH_PROTOCOLS = frozenset(proto.IP_PROTOCOLS[p] for p in (*proto.PORT_PROTOCOLS, "udplite"))
@@ -452,7 +461,9 @@ def _protocol(match: Match, writer: _Writer) -> list[str]:
         else:
             out.append(f"meta l4proto {match.protocol} th dport "
                        f"{_ports(match.dports, writer)}")
-    elif match.icmp_type is not None and match.protocol in (ICMP, ICMPV6):
+    elif match.icmp_type is not None:
+        if match.protocol not in (ICMP, ICMPV6):
+            raise NftUnsupported(f"an ICMP type on protocol {match.protocol}")
         word = "icmp" if match.protocol == ICMP else "icmpv6"
         out.append(f"{word} type {match.icmp_type}")
     elif not match.tcp_not_syn:
@@ -473,9 +484,23 @@ def _verdict(rule: Rule, chain_names: dict[str, str]) -> str:
     return f"jump {chain_names[cast('str', rule.target)]}"
 
 
+# The target options each statement writes: a lowered rule carrying any other one
+# is refused (NftUnsupported), never written without it.
+TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
+    Target.REJECT: frozenset({"reject-with"}),
+    Target.LOG: frozenset({"log-prefix", "log-level"}),
+    Target.NFLOG: frozenset({"nflog-prefix", "nflog-group"}),
+    Target.SNAT: frozenset({"to-source"}), Target.DNAT: frozenset({"to-destination"}),
+    Target.CONNMARK: frozenset({"set-xmark"}), Target.CT: frozenset({"helper"}),
+}
+
+
 def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str]) -> str:
     target = rule.target
     options = dict(rule.target_options)
+    unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
+    if unwritten:
+        raise NftUnsupported(f"{target} option {sorted(unwritten)[0]}")
     if target is Target.ACCEPT:
         return "accept"
     if target is Target.DROP:
@@ -488,7 +513,12 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
             raise NftUnsupported(f"REJECT --reject-with {how}")
         return REJECTS[how]
     if target is Target.LOG:
-        return f"log prefix {escape.nft_log_prefix(options['log-prefix'])}"
+        level = options.get("log-level")
+        suffix = f" level {LOG_LEVELS[int(level)]}" if level is not None else ""
+        return f"log prefix {escape.nft_log_prefix(options['log-prefix'])}{suffix}"
+    if target is Target.NFLOG:
+        return (f"log prefix {escape.nft_log_prefix(options['nflog-prefix'])} "
+                f"group {int(options['nflog-group'])}")
     if target is Target.MASQUERADE:
         return "masquerade"
     if target is Target.SNAT:
@@ -515,6 +545,10 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
 def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
           ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None) -> str:
     match = rule.match
+    # Never drop a condition silently (fwc.backend.capabilities lists what is refused).
+    for name in ("hashlimit", "connlimit", "statistic", "tcp_flags"):
+        if getattr(match, name) is not None:
+            raise NftUnsupported(f"{name} matches")
     parts: list[str] = []
     if match.in_device:
         parts.append(f"iifname {escape.nft_device(match.in_device)}")

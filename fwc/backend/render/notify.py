@@ -17,6 +17,11 @@ def notify_script(cluster: Cluster, member: Member) -> str:
         "lock_file": proto.NODE_CONNTRACKD_LOCK,
         "notify_lock": proto.NODE_NOTIFY_LOCK,
         "log_tag": proto.NOTIFY_LOG_TAG,
+        # every state present (None: no action): the templates' undefined values raise
+        "actions": {state: next((a.command for a in cluster.notify_actions
+                                 if a.state == state), None)
+                    for state in proto.NOTIFY_STATES},
+        "action_timeout": proto.NOTIFY_ACTION_TIMEOUT_S,
     })
 
 

@@ -21,6 +21,7 @@ from fwc.backend.render import (
     keepalived,
     nftables,
     notify,
+    routes,
     sysctl,
     systemd,
 )
@@ -48,6 +49,7 @@ TARGETS = MappingProxyType({t.name: t for t in (
     Target("notify", notify.render_file),
     Target("sysctl", sysctl.render_file),
     Target("systemd", systemd.render_file),
+    Target("routes", routes.render_file),
 )})
 
 # When a row's file exists for a member.
@@ -56,6 +58,7 @@ CONDITIONS: MappingProxyType[When, Callable[[MemberBuild], bool]] = MappingProxy
     When.IPV6: lambda build: 6 in build.families,
     When.IPSETS: lambda build: bool(iptables.passes(build)[1]),
     When.SYNC: conntrackd.synced,
+    When.ROUTES: routes.has_routes,
 })
 
 

@@ -42,6 +42,18 @@ ensure_daemon() {
     fi
 }
 
+# The admin's own commands (notify { ... } in the policy): run after fwc's conntrackd
+# steps, never instead of them, each with a time limit so that a hung command cannot
+# hold the lock above (and the next transition's conntrackd steps) for ever.
+action() {
+    log "action for $1: $2"
+    if timeout 30 sh -c "$2"; then
+        log "action for $1 ok"
+    else
+        log "action for $1 failed (exit $?)"
+    fi
+}
+
 log "transition to ${1:-?}"
 case "$1" in
     primary)
@@ -49,6 +61,7 @@ case "$1" in
         ct -f   # flush both caches: this node is now the source of truth
         ct -R   # resync the internal cache with the kernel table
         ct -B   # bulk send it to the backups
+        action master '/usr/bin/logger -t branch-ha '"'"'this member now holds the VIPs'"'"''
         ;;
     backup)
         ensure_daemon

@@ -1,0 +1,245 @@
+"""The topology of a cluster as a graph: members, devices, networks, VIPs, gateways, routes.
+
+One meaning of "where does a member send this": `member_routing` walks the graph
+from the member through its devices to the networks they are on (connected
+routes) and to the gateways and destinations of the `route` lines that apply to
+it, and gives the ordered lookups the kernel makes (policy rules, tables, the
+main table). The analysis engine asks it for the out interface of a packet
+(`fwc query`, `expect`, `fwc diff`), the routing checks ask which interface
+reaches a gateway, and `fwc graph` draws the same graph.
+
+The graph is a networkx MultiDiGraph, imported on first use (commands that never
+route do not pay for it), built once per cluster and run (`Cluster.memo`).
+
+Nodes (ids are strings, so that drawings are deterministic):
+
+    member:M            a member
+    device:M:IFACE      its device on a logical interface (attribute `device`)
+    network:CIDR        a subnet some member is on (`sync`: the sync link's)
+    vip:ADDRESS         a VIP (attribute `interface`)
+    gateway:ADDRESS     a next hop of some route
+    destination:T:CIDR  a route's destination in table T (`main` or a number)
+
+Edges (attribute `kind`): member -has-> device, device -on-> network (the
+member's address), vip -on-> network, device -holds-> vip (while master),
+device -next-hop-> gateway (one per member and route, attribute `route`),
+gateway -route-> destination, device -direct-> destination (a route without a
+gateway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fwc.model import Cluster, IPNetwork, Member, Route, RouteRule
+
+if TYPE_CHECKING:
+    import networkx
+
+MAIN = "main"
+
+
+def member_node(member: str) -> str:
+    return f"member:{member}"
+
+
+def device_node(member: str, interface: str) -> str:
+    return f"device:{member}:{interface}"
+
+
+def network_node(network: IPNetwork) -> str:
+    return f"network:{network}"
+
+
+def destination_node(route: Route) -> str:
+    return f"destination:{MAIN if route.table is None else route.table}:{route.destination}"
+
+
+def applies(route: Route | RouteRule, member: Member) -> bool:
+    return route.only is None or route.only == member.name
+
+
+def subnets(cluster: Cluster, member: Member, family: int) -> list[tuple[str, IPNetwork]]:
+    """(interface, subnet) the member is directly on, longest prefix first.
+
+    A member's link addresses and its interfaces' VIP subnets: the VIP's subnet is
+    connected on the master, and a member holds no other route to it.
+    """
+    out: list[tuple[str, IPNetwork]] = []
+    for link in member.links:
+        nets = [a.network for a in link.addresses if a.version == family]
+        iface = cluster.interface(link.interface)
+        if iface is not None:
+            nets += [v.network for v in iface.vips_of(family)]
+        out.extend((link.interface, net) for net in dict.fromkeys(nets))
+    out.sort(key=lambda item: -item[1].prefixlen)  # stable: declaration order on ties
+    return out
+
+
+def route_interface(cluster: Cluster, member: Member, route: Route) -> str | None:
+    """The logical interface by which MEMBER sends ROUTE's traffic (None: it has none).
+
+    `dev IFACE` when written (and mapped by the member), else the interface whose
+    subnet holds the gateway, longest prefix first.
+    """
+    if route.interface is not None:
+        return route.interface if member.link(route.interface) is not None else None
+    if route.gateway is None:
+        return None
+    for name, net in subnets(cluster, member, route.gateway.version):
+        if route.gateway in net:
+            return name
+    return None
+
+
+def _build(cluster: Cluster) -> networkx.MultiDiGraph:
+    import networkx as nx  # lazily: only commands that route or draw need it
+
+    graph = nx.MultiDiGraph(name=cluster.name)
+    sync = cluster.sync.link
+    for iface in cluster.interfaces:
+        for vip in iface.vips:
+            graph.add_node(f"vip:{vip.ip}", kind="vip", label=str(vip), interface=iface.name)
+            graph.add_node(network_node(vip.network), kind="network", label=str(vip.network),
+                           interface=iface.name, sync=iface.name == sync)
+            graph.add_edge(f"vip:{vip.ip}", network_node(vip.network), kind="on")
+    for member in cluster.members:
+        graph.add_node(member_node(member.name), kind="member", label=member.name,
+                       priority=member.priority)
+        for link in member.links:
+            node = device_node(member.name, link.interface)
+            graph.add_node(node, kind="device", label=link.device, member=member.name,
+                           interface=link.interface, sync=link.interface == sync)
+            graph.add_edge(member_node(member.name), node, kind="has")
+            for address in link.addresses:
+                net = network_node(address.network)
+                graph.add_node(net, kind="network", label=str(address.network),
+                               interface=link.interface, sync=link.interface == sync)
+                graph.add_edge(node, net, kind="on", address=str(address.ip))
+            iface = cluster.interface(link.interface)
+            for vip in iface.vips if iface is not None else ():
+                graph.add_edge(node, f"vip:{vip.ip}", kind="holds")
+    for route in cluster.routes:
+        dest = destination_node(route)
+        graph.add_node(dest, kind="destination", label=str(route.destination),
+                       table=route.table, default=route.is_default)
+        if route.gateway is not None:
+            gateway = f"gateway:{route.gateway}"
+            graph.add_node(gateway, kind="gateway", label=str(route.gateway))
+            graph.add_edge(gateway, dest, kind="route", route=route)
+        for member in cluster.members:
+            if not applies(route, member):
+                continue
+            name = route_interface(cluster, member, route)
+            if name is None:
+                continue
+            device = device_node(member.name, name)
+            if route.gateway is not None:
+                graph.add_edge(device, f"gateway:{route.gateway}", kind="next-hop", route=route)
+            else:
+                graph.add_edge(device, dest, kind="direct", route=route)
+    return graph
+
+
+def topology(cluster: Cluster) -> networkx.MultiDiGraph:
+    """The cluster's graph, built once per run (read only: callers must not change it)."""
+    return cluster.memo.get(("topology",), lambda: _build(cluster))
+
+
+# -- what the kernel looks up --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TableRoute:
+    """One route of one table on one member: destination, the interface it leaves by."""
+
+    destination: IPNetwork
+    interface: str
+    metric: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLookup:
+    """A policy-routing rule as the analysis sees it (addresses as networks)."""
+
+    priority: int
+    sources: tuple[IPNetwork, ...]  # empty: any
+    destinations: tuple[IPNetwork, ...]
+    in_interface: str | None
+    marked: bool  # a mark selector: the analysis cannot see marks (both ways possible)
+    table: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRouting:
+    """How one member routes one family: equal values route alike (`fwc diff` compares them).
+
+    `main` holds the connected subnets and the main table's routes, `tables` the
+    numbered tables, longest prefix first; `rules` the policy rules by priority.
+    With rules, fwc puts `lookup main suppress_prefixlength 0` first: connected
+    and specific main routes win over the tables, whose defaults win over main's.
+    `fallback`: where a destination no route covers may leave (docs/analysis.md).
+    """
+
+    family: int
+    main: tuple[TableRoute, ...]
+    tables: tuple[tuple[int, tuple[TableRoute, ...]], ...]
+    rules: tuple[RuleLookup, ...]
+    fallback: frozenset[str]
+
+    def table(self, number: int) -> tuple[TableRoute, ...]:
+        return next((routes for n, routes in self.tables if n == number), ())
+
+
+def _sorted(routes: list[TableRoute]) -> tuple[TableRoute, ...]:
+    # Longest prefix first, then the lowest metric, like the kernel's choice.
+    return tuple(sorted(routes, key=lambda r: (-r.destination.prefixlen, r.metric)))
+
+
+def member_routing(cluster: Cluster, member: Member, family: int) -> MemberRouting:
+    """MEMBER's lookups for FAMILY, read off the topology graph."""
+    def make() -> MemberRouting:
+        # Without routes the graph would hold nothing the lookups read: a flat policy's
+        # check never pays for importing networkx.
+        graph = topology(cluster) if cluster.routes else None
+        main: list[TableRoute] = []
+        tables: dict[int, list[TableRoute]] = {}
+        for name, net in subnets(cluster, member, family):
+            main.append(TableRoute(net, name, 0))
+        for _, device, data in graph.out_edges(member_node(member.name), data=True) \
+                if graph is not None else ():
+            if data["kind"] != "has":
+                continue
+            interface = graph.nodes[device]["interface"]
+            for _, _, edge in graph.out_edges(device, data=True):
+                route: Route | None = edge.get("route")
+                if route is None or route.family != family:
+                    continue
+                entry = TableRoute(route.destination, interface,
+                                   route.metric if route.metric is not None else 0)
+                if route.table is None:
+                    main.append(entry)
+                else:
+                    tables.setdefault(route.table, []).append(entry)
+        rules = tuple(sorted((
+            RuleLookup(rule.priority, rule.sources, rule.destinations, rule.in_interface,
+                       rule.mark is not None, rule.table)
+            for rule in cluster.route_rules if rule.family == family and applies(rule, member)),
+            key=lambda r: r.priority))
+        # Nothing but the members' own sync addresses lies beyond the sync link (a route
+        # over it is FWC241): traffic no route covers may leave by any other interface.
+        sync = cluster.sync.link
+        fallback = frozenset(link.interface for link in member.links
+                             if link.interface != sync)
+        return MemberRouting(family, _sorted(main),
+                             tuple((n, _sorted(r)) for n, r in sorted(tables.items())),
+                             rules, fallback)
+
+    if not cluster.owns(member):
+        return make()
+    return cluster.memo.get(("routing", member.name, family), make)
+
+
+def has_default(routing: MemberRouting) -> bool:
+    return any(r.destination.prefixlen == 0 for r in routing.main)
+
