@@ -36,6 +36,8 @@ from fwc.backend.ipsets import use_ipsets
 from fwc.backend.lower import NodeRuleset, lower
 from fwc.backend.output import compile_policy
 from fwc.backend.render import nftables
+from fwc.backend.render.nftables import NftUnsupported
+from fwc.checks import capability
 from fwc.model import Cluster, Member
 from fwc.model.vocabulary import Backend
 from fwc.model.vocabulary import Table as TableName
@@ -111,6 +113,14 @@ def _flat(cluster: Cluster, member: Member) -> dict[int, NodeRuleset]:
 def test_example_outputs_decide_alike(examples: Examples, name: str):
     example = examples[name]
     policy = example.policy
+    refused = capability.problems(policy, Backend.NFTABLES)
+    if refused:
+        # busy.fw uses what nft does not write yet (limits, notrack, MSS): it is refused
+        # with the line (FWC429), and its renderer raises rather than drop a condition.
+        assert {d.code for d in refused} == {"FWC429"}, refused
+        with pytest.raises(NftUnsupported):
+            compile_policy(policy, backend=Backend.NFTABLES)
+        return
     nft_outputs = compile_policy(policy, backend=Backend.NFTABLES)
     ipt_outputs = compile_policy(policy, backend=Backend.IPTABLES)
     checked = 0
