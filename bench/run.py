@@ -22,8 +22,15 @@ then times whole processes, as a user would run them:
 - rules traversed by a sample of new connections: flat lowered ruleset, with
   ipsets, and as fwc arranges it (fwc.backend.arrange),
 
-and `fwc --version` start-up. Nothing here runs inside the unit tests: speed is
-measured here only. Output is a Markdown table (docs/performance.md keeps the
+and `fwc --version` start-up.
+
+Backends (unless `--no-backends`; `--backends-only` for just this table): for every
+shape at the largest size, `fwc compile --backend iptables|nftables` (wall time,
+peak RSS) and the time to load member fw1's output into a fresh network namespace
+(root only): `ipset restore` + `iptables-restore` + `ip6tables-restore` for
+iptables, one `nft -f` for nftables, with the counts that decide the load time
+(rules, named and anonymous sets). Nothing here runs inside the unit tests: speed
+is measured here only. Output is a Markdown table (docs/performance.md keeps the
 last one). The machine is shared: the load average is printed with the table.
 """
 
@@ -79,14 +86,27 @@ class Row:
     traversal: dict[str, float] = field(default_factory=dict)
 
 
-def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None) -> Run:
-    """Wall time and the peak RSS of exactly this child (wait4), not of all children."""
+def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
+          timeout: float | None = None) -> Run:
+    """Wall time and the peak RSS of exactly this child (wait4), not of all children.
+
+    TIMEOUT: the child is killed after so many seconds (returncode -9, "timed out").
+    """
     start = time.perf_counter()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
         child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
                                  stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - start > timeout:
+                child.kill()
+                _, status, usage = os.wait4(child.pid, 0)
+                err.write(f"timed out after {timeout:.0f} s".encode())
+                break
+            time.sleep(0.05)
         child.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - start
         err.seek(0)
@@ -168,6 +188,111 @@ def restore_test(out: Path) -> tuple[float | None, float | None, str]:
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
+BACKENDS = ("iptables", "nftables")
+# A load slower than this is reported as such, not waited for (the kernel's time for
+# anonymous sets grows with their square: see docs/performance.md).
+LOAD_TIMEOUT = 600.0
+
+
+@dataclass
+class BackendRow:
+    shape: str
+    rules: int
+    backend: str
+    compile: Run | None = None
+    lines: int = 0  # fw1: -A lines, or nft rules
+    named_sets: int = 0  # ipsets, or nft named sets
+    anonymous_sets: int = 0  # nft only: `{ ... }` inside a rule, one kernel set each
+    load: float | None = None
+    note: str = ""
+
+
+def nft_counts(text: str) -> tuple[int, int, int]:
+    """(rules, named sets, anonymous sets) of an nftables.nft file."""
+    rules = named = anonymous = 0
+    for line in text.splitlines():
+        if line.startswith("\tset "):
+            named += 1
+        elif line.startswith("\t\t") and " comment " in line:
+            rules += 1
+            anonymous += line.count("{ ")
+    return rules, named, anonymous
+
+
+def load_output(member: Path, backend: str) -> tuple[float | None, str]:
+    """Seconds to load MEMBER's ruleset files into a fresh namespace (None: see the note)."""
+    if os.geteuid() != 0:
+        return None, "skipped: not root"
+    steps: list[tuple[list[str], Path]] = []
+    if backend == "nftables":
+        steps.append((["nft", "-f", "-"], member / "nftables.nft"))
+    else:
+        if (member / "ipsets.rules").exists():
+            steps.append((["ipset", "restore"], member / "ipsets.rules"))
+        steps.append((["iptables-restore"], member / "iptables.rules"))
+        if (member / "ip6tables.rules").exists():
+            steps.append((["ip6tables-restore"], member / "ip6tables.rules"))
+    missing = [argv[0] for argv, _ in steps if shutil.which(argv[0]) is None]
+    if missing or shutil.which("ip") is None:
+        return None, f"skipped: no {', '.join(missing) or 'ip'}"
+    namespace = f"fwcbenchb{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", namespace], capture_output=True).returncode:
+        return None, "skipped: cannot create a network namespace"
+    try:
+        total = 0.0
+        for argv, path in steps:
+            got = timed(["ip", "netns", "exec", namespace, *argv], stdin=path,
+                        timeout=LOAD_TIMEOUT)
+            if got.returncode:
+                return None, f"{argv[0]} failed: {got.stderr.strip()[:200]}"
+            total += got.seconds
+        return total, ""
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def run_backends(shapes: list[str], size: int, work: Path) -> list[BackendRow]:
+    rows: list[BackendRow] = []
+    for shape in shapes:
+        folder = work / "backends" / shape
+        folder.mkdir(parents=True, exist_ok=True)
+        policy = folder / "bench.fw"
+        policy.write_text(fwc_policy(build_site(size, shape=shape)), encoding="utf-8")
+        for backend in BACKENDS:
+            row = BackendRow(shape, size, backend)
+            out = folder / backend
+            row.compile = timed([*fwc_command(), "compile", str(policy), "-o", str(out),
+                                 "--backend", backend])
+            member = out / "bench" / "fw1"
+            if row.compile.returncode:
+                row.note = f"compile failed: {row.compile.stderr.strip()[-200:]}"
+            elif backend == "nftables":
+                row.lines, row.named_sets, row.anonymous_sets = nft_counts(
+                    (member / "nftables.nft").read_text())
+            else:
+                row.lines, _, row.named_sets = output_stats(out)
+            if not row.compile.returncode:
+                row.load, row.note = load_output(member, backend)
+            rows.append(row)
+            print(f"  {shape} {backend} done (load {load()})", file=sys.stderr)
+    return rows
+
+
+def backend_table(rows: list[BackendRow]) -> str:
+    head = ["shape", "rules", "backend", "compile s", "compile MB", "fw1 rules",
+            "named sets", "anonymous sets", "load s (fresh namespace)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r.shape, str(r.rules), r.backend,
+            fmt(r.compile.seconds) if r.compile else "-",
+            fmt(r.compile.peak_mb, 0) if r.compile else "-",
+            str(r.lines), str(r.named_sets),
+            str(r.anonymous_sets) if r.backend == "nftables" else "-",
+            fmt(r.load) if r.load is not None else (r.note or "-")]) + " |")
+    return "\n".join(lines)
+
+
 def aclgen_available() -> bool:
     return shutil.which("aclgen") is not None
 
@@ -180,7 +305,8 @@ def run_aclgen(root: Path) -> Run:
 
 def traversal(policy: Path, sample: int) -> dict[str, float]:
     """Average kernel rules tested by sampled new connections on fw1, IPv4."""
-    from fwc.analysis.evaluate import Evaluator, corner_packets
+    from fwc.analysis.evaluate import Evaluator, corner_packets, rendered_lines
+    from fwc.analysis.nftread import evaluations
     from fwc.backend.arrange import arrange
     from fwc.backend.ipsets import set_contents, use_ipsets
     from fwc.backend.lower import Chain, NodeRuleset, Table, lower
@@ -214,12 +340,33 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
         evaluator = Evaluator(ruleset, known)
         decisions = [evaluator.decide(p) for p in packets]
         out[name] = sum(d.traversed for d in decisions) / len(packets)
+        out[f"{name} worst"] = float(max(d.traversed for d in decisions))
         meanings[name] = [d.meaning for d in decisions]
+    out["flat list"] = float(sum(rendered_lines(r) for _, _, r in flat.rules()))
+    # nftables: fw1's nftables.nft read back, a map or set lookup counting as one rule
+    nft = nft_rules(cluster, member)
+    worst, mean = evaluations(nft, 4, packets)
+    out["nftables"], out["nftables worst"] = mean, float(worst)
+    nft_eval = nft.evaluator(4)
+    meanings["nftables"] = [nft_eval.decide(p).meaning for p in packets]
     # The same packets double as a check at scale: fwc's output must decide like flat.
     out["mismatches"] = float(sum(
-        1 for f, s, a in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
-                             strict=True) if not f == s == a))
+        1 for f, s, a, n in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
+                                meanings["nftables"], strict=True) if not f == s == a == n))
     return out
+
+
+def nft_rules(cluster: object, member: object) -> object:
+    """The member's nftables.nft as `fwc compile --backend nftables` writes it, read back."""
+    from fwc.analysis.nftread import read
+    from fwc.backend.lower import LowerOptions
+    from fwc.backend.render import nftables
+    from fwc.backend.render.context import MemberBuild
+    from fwc.model.vocabulary import Backend
+
+    build = MemberBuild(cluster, member, LowerOptions(), backend=Backend.NFTABLES)  # type: ignore[arg-type]
+    rulesets, sets = nftables.passes(build)
+    return read(nftables.render([rulesets[f] for f in build.families], "bench", sets))
 
 
 def pass_run(policy: Path) -> dict[str, object] | None:
@@ -324,7 +471,8 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
             "fw1 KB", "ipsets", "ipset restore s", "iptables-restore --test s"]
     if with_aclgen:
         head += ["aclgen s", "aclgen MB", "aclgen / fwc compile"]
-    head += ["rules traversed: flat", "with ipsets", "arranged"]
+    head += ["rules traversed: flat", "with ipsets", "arranged", "nftables",
+             "worst: flat", "arranged", "nftables", "flat list"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r.rules),
@@ -342,7 +490,10 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
                       f"{r.aclgen.seconds / r.compile.seconds:.1f}x"
                       if ok and r.aclgen and r.compile else "-"]
         t = r.traversal
-        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1)]
+        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1),
+                  fmt(t.get("nftables"), 1), fmt(t.get("flat worst"), 0),
+                  fmt(t.get("arranged worst"), 0), fmt(t.get("nftables worst"), 0),
+                  fmt(t.get("flat list"), 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -369,9 +520,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the per-pass table and its scaling verdict")
     parser.add_argument("--no-passes", action="store_true",
                         help="only whole processes (the original table)")
+    parser.add_argument("--no-backends", action="store_true",
+                        help="without the per-backend compile and load table")
+    parser.add_argument("--backends-only", action="store_true",
+                        help="only the per-backend table (default size 20000)")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
         ALL_SIZES if args.all_sizes else ((1000,) if args.quick else DEFAULT_SIZES)
+    if args.backends_only and not args.sizes:
+        sizes = (DEFAULT_SIZES[-1],)
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
@@ -379,6 +536,17 @@ def main(argv: list[str] | None = None) -> int:
     sample = min(args.sample, 100) if args.quick else args.sample
     with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
     info = machine()
+    if args.backends_only:
+        print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, "
+              f"kernel {info['kernel']}; load average at start: {load()}")
+        work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
+        try:
+            print(backend_table(run_backends(shapes, max(sizes), work)))
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"load average at end: {load()}")
+        return 0
     if args.passes_only:
         print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
               f"load average at start: {load()}")
@@ -402,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    backend_rows: list[BackendRow] = []
     verdict = 0
     try:
         if not args.no_passes:
@@ -431,12 +600,17 @@ def main(argv: list[str] | None = None) -> int:
                 row.traversal = traversal(policy, sample)
             rows.append(row)
             print(f"  {size} rules done (load {load()})", file=sys.stderr)
+        if not args.no_backends:
+            backend_rows = run_backends(shapes, max(sizes), work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(rows, with_aclgen))
     print()
+    if backend_rows:
+        print(backend_table(backend_rows))
+        print()
     if rows and rows[-1].traversal:
         print(f"traversal: average over {int(rows[-1].traversal['packets'])} sampled new "
               "connections per size (fw1, IPv4), in kernel rules tested; decisions "

@@ -7,6 +7,9 @@ import importlib
 import sys
 
 from fwc import __version__
+from fwc.commands.defaults import ProjectParser
+from fwc.commands.teach import teach
+from fwc.diagnostics import DIAGNOSTIC_FORMATS
 from fwc.frontend.sources import add_include_path_argument
 from fwc.lab.arguments import add_lab_arguments
 
@@ -16,19 +19,22 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 COMMANDS = {
     "check": "check", "explain": "explain", "compile": "compile", "lab": "lab",
     "diff": "diff", "fmt": "fmt", "query": "query", "install": "install", "graph": "graph",
+    "status": "status", "completion": "completion", "export": "export", "import": "importing",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ProjectParser(
         prog="fwc", description="Compile and check policies for HA Linux firewall clusters.")
     parser.add_argument("--version", action="version", version=f"fwc {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=argparse.ArgumentParser)
 
     p = sub.add_parser("check", help="parse, resolve and check policies")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--strict", action="store_true", help="warnings fail too")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                   help="warnings fail too (default: `strict` in fwc.toml, else off)")
+    p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_include_path_argument(p)
 
     p = sub.add_parser("explain", help="print the rationale of a diagnostic code")
@@ -36,15 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="write per-node iptables, keepalived, conntrackd files")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("-o", "--output", default="output", metavar="DIR")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="output directory (default: ./output, or `output` in fwc.toml)")
     p.add_argument("--redact-secrets", action="store_true",
                    help="write a placeholder instead of VRRP passwords (for committed trees)")
     p.add_argument("--force", action="store_true",
                    help="write into an output directory that holds files fwc did not write")
     p.add_argument("--backend", choices=("iptables", "nftables"), default=None,
                    help="packet filter to write rules for (overrides the policy's `backend`)")
-    p.add_argument("--strict", action="store_true", help="warnings fail too")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                   help="warnings fail too (default: `strict` in fwc.toml, else off)")
+    p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_include_path_argument(p)
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")
@@ -54,22 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[REV] [FILE...]")
     p.add_argument("--stat", action="store_true")
     p.add_argument("--name-only", action="store_true")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the semantic summary and the list of changed files as one "
+                        "JSON object on stdout (no patch)")
     color = p.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_true", default=None)
     color.add_argument("--no-color", dest="color", action="store_false")
     p.add_argument("--installed", metavar="MEMBER",
                    help="compare what runs on MEMBER with the compiled output")
-    p.add_argument("--transport", choices=("ssh", "local", "netns"), default="ssh",
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None,
                    help="how --installed reaches the node (as for install)")
-    p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
+    p.add_argument("--ssh", default=None, metavar="CMD",
+                   help="ssh command to use (default: ssh, or `ssh` in fwc.toml)")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
-    p.add_argument("--secrets", metavar="FILE",
-                   help="with --installed: the secrets file install was given")
+    add_secrets_arguments(p, "with --installed: the secrets install was given")
     add_include_path_argument(p)
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--check", action="store_true", help="exit 1 and list files that would change")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="policy files to format; '-' reads standard input and writes the "
+                        "result to standard output")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="write nothing; list the files that would change and exit 1 if any")
+    mode.add_argument("--diff", action="store_true",
+                      help="write nothing; print a unified diff of what would change and "
+                           "exit 1 if anything would")
 
     p = sub.add_parser("query", help="what happens to a packet, per member")
     p.add_argument("file", metavar="FILE")
@@ -95,16 +113,81 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--member", metavar="M")
     who.add_argument("--all", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print every command instead")
-    p.add_argument("--transport", choices=("ssh", "local", "netns"), default="ssh")
-    p.add_argument("--ssh", default="ssh", metavar="CMD", help="ssh command to use")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="with --dry-run: json prints the plan (order, files, every command) "
+                        "as one JSON object")
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None)
+    p.add_argument("--ssh", default=None, metavar="CMD",
+                   help="ssh command to use (default: ssh, or `ssh` in fwc.toml)")
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
     p.add_argument("--confirm-timeout", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--confirm", action="store_true",
                    help="confirm non-interactively (for automation)")
-    p.add_argument("--secrets", metavar="FILE", help="fill redacted secrets from FILE")
-    p.add_argument("-o", "--output", default="output", metavar="DIR")
+    add_secrets_arguments(p, "fill redacted secrets")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="output directory (default: ./output, or `output` in fwc.toml)")
     add_include_path_argument(p)
-    return parser
+
+    p = sub.add_parser("export", help="the compiled clusters of FILEs for another engine")
+    p.add_argument("format", choices=("ansible",), help="ansible: inventory, role, playbook")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--redact-secrets", action="store_true",
+                   help="leave VRRP passwords out; the role takes fwc_vrrp_password")
+    p.add_argument("--inventory", metavar="FILE",
+                   help="MEMBER TARGET [port= python= netns= mount=] lines (as for install)")
+    p.add_argument("--strict", action="store_true", help="warnings fail too")
+    add_include_path_argument(p)
+
+    p = sub.add_parser("import", help="an existing ruleset as an fwc policy")
+    p.add_argument("format", choices=("iptables-save",))
+    p.add_argument("file", metavar="FILE", help="iptables-save output ('-': stdin)")
+    p.add_argument("--cluster", default="imported", metavar="NAME",
+                   help="name of the cluster (and policy) the import writes")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the policy here (default: stdout)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the original and the compiled rulesets packet class by class")
+
+    add_toolbelt_commands(sub, parser)
+    return teach(parser)
+
+
+def add_toolbelt_commands(sub: argparse._SubParsersAction, parser: argparse.ArgumentParser) \
+        -> None:
+    """`fwc status` and `fwc completion` (issue 17)."""
+    p = sub.add_parser("status", help="what each node runs: its install record")
+    p.add_argument("file", metavar="FILE", help="the policy whose nodes are asked")
+    p.add_argument("--member", metavar="M", help="ask this member only (default: every one)")
+    p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None,
+                   help="how nodes are reached (as for install)")
+    p.add_argument("--ssh", default=None, metavar="CMD",
+                   help="ssh command to use (default: ssh, or `ssh` in fwc.toml)")
+    p.add_argument("--inventory", metavar="FILE", help="member -> host file")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="compiled output to compare with (default: ./output, or `output` "
+                        "in fwc.toml)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text, or json (one object: per node its record)")
+    add_include_path_argument(p)
+
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"),
+                   help="the shell to complete for")
+    p.add_argument("--members", metavar="FILE", help=argparse.SUPPRESS)
+    p.set_defaults(root_parser=parser)
+
+
+def add_secrets_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--secrets FILE | --secrets-env VAR | --secrets-command CMD (docs/project.md)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--secrets", metavar="FILE",
+                        help=f"{what} from FILE ('vrrp_password = ...' lines)")
+    source.add_argument("--secrets-env", metavar="VAR",
+                        help=f"{what} from the environment variable VAR (the password, or "
+                             "KEY = VALUE lines)")
+    source.add_argument("--secrets-command", metavar="CMD",
+                        help=f"{what} from what CMD prints, e.g. 'pass show fwc/edge' (its "
+                             "first line is the password, or KEY = VALUE lines)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,6 +149,45 @@ def render_json(diagnostics: Iterable[Diagnostic]) -> str:
     return json.dumps({"diagnostics": items, **summary}, indent=2) + "\n"
 
 
+# GitHub Actions workflow commands: `::error file=F,line=L,...::message`. A value may not
+# carry a newline (it would end the command), and a property value may not carry `,` or
+# `:` either; the runner decodes these escapes.
+_GITHUB_DATA = {"%": "%25", "\r": "%0D", "\n": "%0A"}
+_GITHUB_PROPERTY = {**_GITHUB_DATA, ":": "%3A", ",": "%2C"}
+_GITHUB_COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning",
+                   Severity.NOTE: "notice"}
+
+
+def _github_escape(text: str, table: Mapping[str, str]) -> str:
+    return "".join(table.get(char, char) for char in text)
+
+
+def render_github(diagnostics: Iterable[Diagnostic]) -> str:
+    """One workflow annotation per diagnostic (`fwc check --format github`)."""
+    out: list[str] = []
+    for d in diagnostics:
+        props: list[tuple[str, object]] = []
+        if d.span is not None:
+            props += [("file", d.span.file), ("line", d.span.line), ("col", d.span.column)]
+            if d.span.end_line >= d.span.line:
+                props.append(("endLine", d.span.end_line))
+                if d.span.end_line == d.span.line and d.span.end_column > d.span.column:
+                    props.append(("endColumn", d.span.end_column))
+        props.append(("title", f"fwc {d.code}"))
+        message = d.message + (f"\nhint: {d.hint}" if d.hint else "")
+        for r in d.related:
+            message += f"\n{r.span}: {r.message}"
+        head = ",".join(f"{k}={_github_escape(str(v), _GITHUB_PROPERTY)}" for k, v in props)
+        out.append(f"::{_GITHUB_COMMAND[d.severity]} {head}::"
+                   f"{_github_escape(message, _GITHUB_DATA)}")
+    return "".join(line + "\n" for line in out)
+
+
+# The formats every command that reports diagnostics offers (`--format`); `sarif` is
+# rendered by fwc.checks.sarif (it needs the registry's rule descriptions).
+DIAGNOSTIC_FORMATS = ("text", "json", "sarif", "github")
+
+
 def print_diagnostics(diagnostics: Iterable[Diagnostic], texts: dict[str, str],
                       fmt: str = "text", stream=None) -> None:
     out = stream or sys.stderr
@@ -156,6 +195,11 @@ def print_diagnostics(diagnostics: Iterable[Diagnostic], texts: dict[str, str],
     if fmt == "json":
         sys.stdout.write(render_json(diags))
         return
+    if fmt == "github":
+        sys.stdout.write(render_github(diags))
+        return
+    if fmt == "sarif":
+        raise ValueError("SARIF needs the check registry: use fwc.checks.sarif.render_sarif")
     out.write(render_text(diags, texts))
     errors = sum(1 for d in diags if d.severity is Severity.ERROR)
     warnings = sum(1 for d in diags if d.severity is Severity.WARNING)

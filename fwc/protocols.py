@@ -35,6 +35,16 @@ CONNTRACK_HELPERS = MappingProxyType({
     "amanda": ("udp", 10080), "netbios-ns": ("udp", 137), "sane": ("tcp", 6566),
 })
 
+# The kernel's helper for (helper, protocol): the name `CT --helper` and an nftables
+# `ct helper` object give it (H.323 is two helpers). A pair not listed has no helper
+# in the kernel: FWC231.
+CONNTRACK_HELPER_KERNEL_NAMES = MappingProxyType({
+    ("ftp", "tcp"): "ftp", ("tftp", "udp"): "tftp", ("sip", "udp"): "sip",
+    ("sip", "tcp"): "sip", ("irc", "tcp"): "irc", ("h323", "tcp"): "Q.931",
+    ("h323", "udp"): "RAS", ("pptp", "tcp"): "pptp", ("snmp", "udp"): "snmp",
+    ("amanda", "udp"): "amanda", ("netbios-ns", "udp"): "netbios-ns", ("sane", "tcp"): "sane",
+})
+
 # VRRP (RFC 3768 / RFC 5798).
 VRRP_PROTOCOL = 112
 AH_PROTOCOL = 51
@@ -87,6 +97,24 @@ CONNTRACKD_PURGE_TIMEOUT = 60
 # with getprotobyname(): ICMPv6 is "IPv6-ICMP" in /etc/protocols ("ICMPv6" is not found).
 SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "IPv6-ICMP")
 SYNCED_PROTOCOL_V6_ONLY = "IPv6-ICMP"
+# `sync { protocols ... }`: the policy's names for conntrackd's.
+SYNC_PROTOCOL_NAMES = MappingProxyType({
+    "tcp": "TCP", "sctp": "SCTP", "dccp": "DCCP", "udp": "UDP", "icmp": "ICMP",
+    "icmpv6": "IPv6-ICMP",
+})
+# `sync { states ... }`: TCP states conntrackd's `State Accept { ... for TCP }` knows.
+SYNC_TCP_STATES = MappingProxyType({
+    "syn-sent": "SYN_SENT", "syn-recv": "SYN_RECV", "established": "ESTABLISHED",
+    "fin-wait": "FIN_WAIT", "close-wait": "CLOSE_WAIT", "last-ack": "LAST_ACK",
+    "time-wait": "TIME_WAIT", "close": "CLOSE", "listen": "LISTEN",
+})
+# conntrackd keeps at most this many dedicated links (one `Default` and the others).
+CONNTRACKD_MAX_LINKS = 4
+# The kernel's connection table (`conntrack-max`) and its hash buckets (`hash-size`):
+# nf_conntrack refuses fewer than 1 bucket; more buckets than entries waste memory.
+CONNTRACK_MAX_RANGE = (1024, 1 << 26)
+HASH_SIZE_RANGE = (1024, 1 << 24)
+NF_CONNTRACK_BUCKETS_SYSCTL = "net.netfilter.nf_conntrack_buckets"
 
 # The kernel's LOG target keeps at most 29 bytes of prefix (30 with the NUL).
 LOG_PREFIX_MAX = 29
@@ -101,6 +129,31 @@ KEEPALIVED_LINE_MAX = 1023
 NAME_BYTES_MAX = 255
 LOG_RATE = "5/second"
 LOG_BURST = 10
+# Rates are written COUNT/UNIT (`10/second`); iptables' limit and hashlimit take these units.
+RATE_UNITS = ("second", "minute", "hour", "day")
+# The LOG target's levels (syslog severities) by name, as `--log-level` takes their
+# numbers; `warning` is the kernel's default.
+LOG_LEVELS = MappingProxyType({
+    "emerg": 0, "alert": 1, "crit": 2, "error": 3, "warning": 4, "notice": 5, "info": 6,
+    "debug": 7,
+})
+DEFAULT_LOG_LEVEL = "warning"
+# NFLOG (logging to userspace, ulogd): groups 0-65535; the prefix is at most 63 bytes.
+NFLOG_GROUP_MAX = 65535
+NFLOG_PREFIX_MAX = 63
+# hashlimit table names (`--hashlimit-name`): at most 15 bytes in every revision.
+HASHLIMIT_NAME_MAX = 15
+# The burst iptables' limit and hashlimit use when none is given (and print back).
+LIMIT_BURST_DEFAULT = 5
+# limit's burst: the kernel refuses more than 10000 (XT_LIMIT_SCALE overflow).
+LIMIT_BURST_MAX = 10000
+# The fastest rate `-m limit` can express: 10000/second (one token per 100 us).
+LIMIT_RATE_MAX_PER_SECOND = 10000
+# Connection limits (`connlimit N`): at most N connections per source address.
+CONNLIMIT_MAX = 1 << 20
+# TCP MSS clamping (`mss N` on an interface): the smallest MSS IPv4 must accept (RFC 879)
+# and the largest an IPv4 packet can carry (65535 - 40).
+MSS_RANGE = (536, 65495)
 
 # ipset: groups larger than this become a named hash:net set.
 IPSET_THRESHOLD = 16
@@ -117,6 +170,16 @@ CHAIN_NAME_MAX = 28
 # REJECT flavours: an RST for TCP, port unreachable otherwise.
 REJECT_TCP = "tcp-reset"
 REJECT_OTHER = MappingProxyType({4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"})
+# `reject ... with TYPE`: the answer, per family, as `--reject-with` names it. tcp-reset
+# answers TCP only; the ICMP types answer every protocol (TCP included). ICMPv6 has no
+# "network unreachable": its closest code is "no route to destination".
+REJECT_TYPES = MappingProxyType({
+    "tcp-reset": MappingProxyType({4: "tcp-reset", 6: "tcp-reset"}),
+    "port-unreachable": REJECT_OTHER,
+    "host-unreachable": MappingProxyType({4: "icmp-host-unreachable", 6: "icmp6-addr-unreachable"}),
+    "net-unreachable": MappingProxyType({4: "icmp-net-unreachable", 6: "icmp6-no-route"}),
+    "admin-prohibited": MappingProxyType({4: "icmp-admin-prohibited", 6: "icmp6-adm-prohibited"}),
+})
 # Conntrack states in the order iptables-save prints them.
 CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 # IPv6 neighbour discovery (solicitation, advertisement): conntrack does not track it

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for tool in ip:iproute2 iptables-restore:iptables nft:nftables systemd-analyze:systemd keepalived:keepalived conntrackd:conntrackd \
             conntrack:conntrack ipset:ipset unshare:util-linux nsenter:util-linux \
-            sysctl:procps ping:iputils-ping pgrep:procps dot:graphviz; do
+            sysctl:procps ping:iputils-ping pgrep:procps dot:graphviz groff:groff-base man:man-db \
+            zsh:zsh fish:fish; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if ((${#need_apt[@]})); then

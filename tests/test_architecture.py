@@ -22,7 +22,7 @@ ARCHITECTURE_DOC = PACKAGE.parent / "docs" / "architecture.md"
 # all of them earlier in this order (test_the_table_points_one_way).
 FOUNDATION = "foundation"  # fwc, fwc.diagnostics, fwc.protocols, fwc.text
 ORDER = ["foundation", "model", "frontend", "backend", "analysis", "checks", "pipeline",
-         "install", "diffing", "lab", "commands", "cli"]
+         "importing", "install", "diffing", "lab", "commands", "cli"]
 MAY_IMPORT: dict[str, set[str]] = {
     "foundation": set(),
     "model": {"foundation"},
@@ -31,6 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "analysis": {"foundation", "model", "backend"},
     "checks": {"foundation", "model", "frontend", "backend", "analysis"},
     "pipeline": {"foundation", "model", "frontend", "checks"},
+    "importing": {"foundation", "model", "backend", "analysis", "pipeline"},
     "install": {"foundation", "model", "backend"},
     "diffing": {"foundation", "model", "frontend", "backend", "analysis", "pipeline",
                 "install"},

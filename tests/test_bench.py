@@ -63,3 +63,13 @@ def test_the_per_pass_harness_runs_every_pass(tmp_path):
                  "write"):
         assert passes[name]["cpu"] >= 0 and passes[name]["peak_mb"] > 0, name
     assert passes["arrange+ipsets"]["wall"] > 0  # the hook really wrapped the speed passes
+
+
+def test_nft_counts_rules_named_and_anonymous_sets():
+    from bench.run import nft_counts
+
+    text = ("table inet fwc {\n\tset addresses-v4-1 {\n\t\ttype ipv4_addr\n\t}\n"
+            "\tchain a {\n\t\ttcp dport { 1, 2 } ip saddr { 192.0.2.0/24, 198.51.100.0/24 } "
+            "counter accept comment \"p.fw:3\"\n"
+            "\t\tip saddr @addresses-v4-1 counter drop comment \"p.fw:4\"\n\t}\n}\n")
+    assert nft_counts(text) == (2, 1, 2)

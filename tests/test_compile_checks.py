@@ -91,12 +91,12 @@ def test_rule_naming_one_members_address_differs_between_members(tmp_path):
     assert codes(diags) == ["FWC302"]
 
 
-def test_log_prefix_cut_warns_and_a_fitting_one_does_not(tmp_path):
+def test_log_prefix_too_long_is_an_error_and_a_fitting_one_is_not(tmp_path):
     long = "x" * 30
     diags = diagnostics(tmp_path, f'    accept from lan to web service web log "{long}"\n'
                         f'    accept from lan to client service web log "{"y" * 28}"')
     (found,) = [d for d in diags if d.code == "FWC501"]
-    assert found.severity == "warning" and "x" * 29 in found.message
+    assert found.severity == "error" and "x" * 29 in found.message
 
 
 def test_nat_interfaces_the_chain_cannot_see(tmp_path):

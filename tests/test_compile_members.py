@@ -37,7 +37,8 @@ WORD = re.compile(r'[^\s"]+')
 
 
 def words(line: str) -> list[str]:
-    return [re.sub(r"/(32|128)$", "", w) for w in WORD.findall(line)]
+    # an nft set element ends in a comma
+    return [re.sub(r"/(32|128)$", "", w.rstrip(",")) for w in WORD.findall(line)]
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)

@@ -90,7 +90,7 @@ def test_an_error_leaves_the_output_untouched(edge, tmp_path, capsys):
 
 
 def test_strict_makes_warnings_fatal(edge, tmp_path):
-    edge.write_text(EDGE.replace('log "default"', 'log "a prefix that is far too long to keep"'))
+    edge.write_text(EDGE + "host unused 192.0.2.99\n")  # FWC103, a warning
     assert compile_to(edge, tmp_path / "lax") == 0
     assert compile_to(edge, tmp_path / "strict", "--strict") == 1
     assert not (tmp_path / "strict").exists()

@@ -1,14 +1,21 @@
-"""A plain (non-editable) install carries the grammar and works from any directory."""
+"""Packaging: a plain (non-editable) install carries the grammar and works from any
+directory; the license, classifiers and supported Python range agree; the sdist carries
+what a distribution packager needs to run the suite from it."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import tomllib
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import IN_CI, REPO
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +53,87 @@ def test_installed_wheel_checks_policy_from_another_directory(wheel, tmp_path):
     located = subprocess.run([sys.executable, "-c", "import fwc; print(fwc.__file__)"],
                              cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert located.stdout.startswith(str(target))
+
+
+# -- metadata, license, sdist, supported Pythons (issue 17) --------------------------------
+
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+TESTED_RANGE = [c.rsplit(" ", 1)[1] for c in PROJECT["classifiers"]
+                if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
+
+
+def test_license_file_matches_the_metadata(wheel):
+    text = (REPO / "LICENSE").read_text()
+    assert PROJECT["license"] == {"text": "MIT"}
+    assert text.startswith("MIT License\n") and "Permission is hereby granted" in text
+    assert "License :: OSI Approved :: MIT License" in PROJECT["classifiers"]
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE")
+               for n in names)
+    assert any(n.startswith("fwc/library/std/") for n in names)  # the object library
+
+
+def test_supported_python_range_is_stated_consistently():
+    floor = PROJECT["requires-python"].removeprefix(">=")
+    ordered = sorted(TESTED_RANGE, key=lambda v: int(v[2:]))
+    assert TESTED_RANGE[0] == floor and ordered == TESTED_RANGE
+    ruff = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert ruff["target-version"] == "py" + floor.replace(".", "")
+    assert (3, int(floor[2:])) <= sys.version_info[:2]
+
+
+@pytest.mark.parametrize("version", TESTED_RANGE)
+def test_every_supported_python_found_here_runs_fwc(version):
+    """Runs the interpreters of the stated range that this machine has (CI has 3.11;
+    Debian 12 packages no other). Those that are missing are skipped, even in CI: they
+    cannot be installed from the distribution's packages here."""
+    interpreter = shutil.which(f"python{version}")
+    if interpreter is None:
+        pytest.skip(f"python{version} is not installed on this machine")
+    has_deps = subprocess.run([interpreter, "-c", "import lark, jinja2, networkx"],
+                              capture_output=True, timeout=60).returncode == 0
+    if not has_deps:
+        pytest.skip(f"python{version} lacks fwc's dependencies")
+    done = subprocess.run([interpreter, "-m", "fwc", "check", "policies/edge.fw"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sdist")
+    result = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out),
+                             str(REPO)], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "No module named build" in result.stderr:
+        pytest.fail("python -m build is missing: pip install '.[test]'") if IN_CI else \
+            pytest.skip("python -m build is not installed")
+    assert result.returncode == 0, result.stderr
+    [archive] = out.glob("fwc-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(out / "x", filter="data")
+    [root] = (out / "x").iterdir()
+    return root
+
+
+def test_sdist_carries_what_the_suite_needs(sdist):
+    for needed in ("LICENSE", "README.md", "pyproject.toml", ".pre-commit-hooks.yaml",
+                   "grammar/fwc.lark", "docs/fwc.1", "docs/ci.md", "docs/checks.md",
+                   "tests/conftest.py", "tests/run.sh", "tests/bad",
+                   "tests/data/sarif/sarif-schema-2.1.0.json", "tests/data/sarif/NOTICE.md",
+                   "policies/edge.fw", "policies/lib", "output/edge/MANIFEST",
+                   "fwc/library/std/services.fw", "bench"):
+        assert (sdist / needed).exists(), needed
+    assert not list(sdist.rglob("__pycache__"))
+
+
+def test_suite_runs_from_the_unpacked_sdist(sdist):
+    """A packager's check: a part of the suite, from the sdist alone (its own tree)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_smoke.py", "tests/test_library.py",
+                           "tests/test_compile_golden.py", "tests/test_help.py"],
+                          cwd=sdist, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(sdist), "PATH": "/usr/bin:/bin",
+                               "HOME": str(sdist)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout

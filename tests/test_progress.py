@@ -84,3 +84,49 @@ def test_no_progress_in_pipes_or_json(tmp_path):
     code, out, screen = _run_on_terminal("check", "--format", "json", str(EDGE), cwd=tmp_path)
     assert code == 0 and '"errors": 0' in out
     assert "fwc:" not in screen
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_lab_progress_only_on_a_terminal():
+    from fwc.lab.runner import _stderr_progress
+
+    terminal, pipe = _Stream(True), _Stream(False)
+    for stream in (terminal, pipe):
+        emit = _stderr_progress(0.0, stream)
+        emit("electing a master")
+        emit("failover drill")
+    lines = terminal.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[lab ") and "electing" in lines[0]
+    assert pipe.getvalue() == ""
+
+
+def test_no_progress_with_sarif_or_github_on_a_terminal(tmp_path):
+    for fmt in ("sarif", "github"):
+        master, slave = pty.openpty()
+        with open(tmp_path / f"out.{fmt}", "wb") as out:  # a large log must not fill a pipe
+            child = subprocess.Popen([sys.executable, "-m", "fwc", "check", "--format", fmt,
+                                      str(EDGE)], cwd=tmp_path,
+                                     env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=slave)
+            os.close(slave)
+            screen = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            os.close(master)
+            assert child.wait(timeout=120) == 0
+        assert b"fwc:" not in screen
+        assert (tmp_path / f"out.{fmt}").stat().st_size > 0 or fmt == "github"

@@ -57,7 +57,17 @@ from fwc.analysis.space import (
     service_intervals,
 )
 from fwc.backend.lower import MULTICAST, AutoRule, automatic_rules
-from fwc.model import Cluster, Endpoint, FilterRule, IPNetwork, Member, NatRule, Rule, ServiceMatch
+from fwc.model import (
+    Cluster,
+    Endpoint,
+    FilterRule,
+    IPNetwork,
+    Member,
+    NatRule,
+    NatTarget,
+    Rule,
+    ServiceMatch,
+)
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
 from fwc.model.semantics import endpoint_intervals
@@ -66,6 +76,7 @@ from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
 FAMILIES = (4, 6)
 CHAINS = ("input", "forward", "output")
+# The defaults without a `default { }` block; a cluster's own are `Cluster.defaults`.
 DEFAULT_POLICY = {"input": FilterAction.DROP, "forward": FilterAction.DROP,
                   "output": FilterAction.ACCEPT, "local": FilterAction.ACCEPT}
 
@@ -126,13 +137,16 @@ class Piece:
     @property
     def decided_by(self) -> str:
         """The rule's location, or which automatic rule or default decides."""
+        if self.rule is not None and self.rule.conditional:
+            # fwc answers for traffic within the limit; beyond it the later rules decide
+            return f"{self.rule.location} (within its limit)"
         if self.rule is not None:
             return self.rule.location
         if self.auto is not None:
             return f"automatic rule '{self.auto}'"
         if self.chain == "local":
             return "automatic loopback rule (always accepted)"
-        return f"default policy of {self.chain.upper()} ({DEFAULT_POLICY[self.chain]})"
+        return f"default policy of {self.chain.upper()} ({self.verdict})"
 
     def outcome(self) -> tuple[object, ...]:
         """Everything but the box: pieces with equal outcomes may be merged."""
@@ -226,8 +240,8 @@ class MemberView:
             self.filter[(family, chain)] = shared
         dnat, snat = [], []
         for rule in nat:
-            if rule.action is NatAction.DNAT and (
-                    rule.target is None or not rule.target.addresses.family(family)):
+            if rule.action is NatAction.DNAT and not any(
+                    t.addresses.family(family) for t in rule.targets):
                 continue  # no address to translate to in this family
             box = self.rule_box(rule, family, memo)
             if box is None:
@@ -353,12 +367,16 @@ def _per_protocol(services: Intervals) -> dict[int, Intervals]:
 
 
 def _translate(view: MemberView, box: Box, step: NatRule, forced_out: str | None,
-               entry_terms: bool) -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
-    """The box as the filter sees it after DNAT, its chain, and the way back."""
-    assert step.target is not None
+               entry_terms: bool, to: NatTarget | None = None) \
+        -> tuple[Box, str, NatStep, Callable[[Box], Box]]:
+    """The box as the filter sees it after DNAT to TO (default: the rule's target), its
+    chain, and the way back. A range or port range is represented by its first address
+    and port (the kernel picks one per connection)."""
+    to = to or step.target
+    assert to is not None
     family = box.family
-    target = step.target.addresses.family(family)[0][0]
-    port = step.target.port
+    target = to.addresses.family(family)[0][0]
+    port = to.port
     services = box.services
     if port is not None:
         mapped: list[tuple[int, int]] = []
@@ -415,8 +433,7 @@ def _snat_step(view: MemberView, rule: NatRule, family: int, out_ifaces: frozens
                     return NatStep(rule, str(address.ip), None)
         return NatStep(rule, f"address of {', '.join(names)}", None)
     assert rule.target is not None
-    cidrs = rule.target.addresses.cidrs(family)
-    return NatStep(rule, cidrs[0] if cidrs else rule.target.label, None)
+    return NatStep(rule, rule.target.address_text(family) or rule.target.label, None)
 
 
 def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None = None,
@@ -441,9 +458,14 @@ def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None 
             dnat = NatStep(nat.rule, None, None) if nat is not None else None
             yield from _filter(view, part, chain, dnat, lambda b: b)
             continue
-        translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
-                                                       entry_terms)
-        yield from _filter(view, translated, new_chain, step, back)
+        # A dnat that shares load sends each connection to one of its backends: every
+        # backend's outcome is a possible one (pieces of the same packets, one per backend).
+        for target in nat.rule.targets:
+            if not target.addresses.family(family):
+                continue
+            translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
+                                                           entry_terms, target)
+            yield from _filter(view, translated, new_chain, step, back)
 
 
 def _automatic(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
@@ -485,7 +507,7 @@ def _policy_filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
                    back: Callable[[Box], Box]) -> Iterator[Piece]:
     for part, decided in first_match(view.filter[(box.family, chain)], box):
         rule = decided.rule if decided is not None else None
-        verdict = rule.action if rule is not None else DEFAULT_POLICY[chain]
+        verdict = rule.action if rule is not None else view.cluster.defaults.of(chain)
         if verdict is not FilterAction.ACCEPT or chain == "input":
             yield Piece(back(part), chain, verdict, rule, dnat, None)
             continue

@@ -5,8 +5,10 @@ Used to prove that the passes which rewrite a ruleset for speed (`fwc.backend.ip
 new connection traverses. It follows netfilter's semantics for the matches fwc
 generates: first match wins in a chain, a jump to a user chain returns to the
 next rule when that chain ends or says RETURN, LOG and CONNMARK go on, the
-built-in chain's policy applies at its end. Rate limits always match (they are
-only on LOG rules, which never decide).
+built-in chain's policy applies at its end. A LOG rate limit always matches (LOG
+never decides); a rule's own rate or connection limit (`--hashlimit-above`,
+`--connlimit-above`: beyond the limit) never does, so one packet is within every
+limit.
 
 "Rules traversed" counts iptables rules as rendered: a lowered rule with k
 source CIDRs, l destination CIDRs and m multiport groups is k*l*m lines in the
@@ -35,7 +37,7 @@ from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
 TCP = proto.IP_PROTOCOLS["tcp"]
-GOES_ON = frozenset({Target.LOG, Target.CONNMARK})
+GOES_ON = frozenset({Target.LOG, Target.NFLOG, Target.CONNMARK, Target.CT, Target.TCPMSS})
 MAX_DEPTH = 16  # iptables' own limit is larger; fwc never nests deeper than 3
 
 
@@ -119,14 +121,22 @@ def rendered_lines(rule: Rule) -> int:
 
 
 class Evaluator:
-    """Evaluates packets against one table of a ruleset; `sets` maps ipset names to CIDRs."""
+    """Evaluates packets against one table of a ruleset; `sets` maps ipset names to CIDRs.
+
+    `costs` (chain name -> one number per rule) replaces the iptables count of
+    "rules traversed" with the cost of testing each rule, matched or not: the nft
+    reader (`fwc.analysis.nftread`) gives 1 to the first rule of each nft rule and 0
+    to the rest of an expanded map or set lookup, so a lookup counts once.
+    """
 
     def __init__(self, ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | None = None,
-                 table: TableName = TableName.FILTER) -> None:
+                 table: TableName = TableName.FILTER,
+                 costs: Mapping[str, tuple[int, ...]] | None = None) -> None:
         found = ruleset.table(table)
         self.table: Table = found if found is not None else Table(table, ())
         self.chains: dict[str, Chain] = {c.name: c for c in self.table.chains}
         self.sets = dict(sets or {})
+        self.costs = dict(costs or {})
 
     def _address(self, address: AddressMatch, value: int) -> bool:
         if address.set_name is not None:
@@ -155,6 +165,12 @@ class Evaluator:
             return False
         if match.hop_limit is not None and match.hop_limit != packet.hop_limit:
             return False
+        if match.tcp_flags is not None and (packet.protocol != TCP or not packet.syn):
+            return False  # fwc's flag matches select a connection's first packet (SYN)
+        if match.hashlimit is not None or match.connlimit is not None:
+            return False  # "beyond the limit": a single packet is within every limit
+        if match.statistic is not None and match.statistic[1] != 0:
+            return False  # the nth match takes the first of every N: this packet
         return self._address(match.source, packet.source) and \
             self._address(match.destination, packet.destination)
 
@@ -175,11 +191,12 @@ class Evaluator:
               depth: int) -> tuple[str, tuple[tuple[str, str], ...]] | None:
         if depth > MAX_DEPTH:
             raise RecursionError(f"chain nesting deeper than {MAX_DEPTH} at {chain.name}")
-        for rule in chain.rules:
+        costs = self.costs.get(chain.name)
+        for index, rule in enumerate(chain.rules):
             if not self.matches(rule.match, packet):
-                counter[0] += rendered_lines(rule)
+                counter[0] += rendered_lines(rule) if costs is None else costs[index]
                 continue
-            counter[0] += 1
+            counter[0] += 1 if costs is None else costs[index]
             target = rule.target
             if target in TERMINAL:
                 return target, rule.target_options

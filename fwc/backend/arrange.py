@@ -97,9 +97,10 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 class _Arranger:
     def __init__(self, builtin: str, prefix: str, policy: Target, names: Mapping[str, str],
-                 taken: set[str], split_min: int) -> None:
+                 taken: set[str], split_min: int, clip_ports: bool = False) -> None:
         self.builtin = builtin
         self.split_min = split_min
+        self.clip_ports = clip_ports
         self.prefix = prefix
         self.policy = policy
         self.dimensions = _dimensions(names)
@@ -179,6 +180,16 @@ class _Arranger:
                                 None if dim.name == "protocol" else protocol))
         return out
 
+    @staticmethod
+    def clipped(rule: FilterRule, low: int, high: int) -> FilterRule:
+        """RULE inside a bucket chain that only packets with ports LOW-HIGH enter: its
+        ports outside the bucket can never match there, so they go (a short list)."""
+        inside = tuple(PortRange(max(p.low, low), min(p.high, high)) for p in rule.match.dports
+                       if p.low <= high and p.high >= low)
+        if inside == rule.match.dports:
+            return rule
+        return replace(rule, match=replace(rule.match, dports=inside))
+
     def split_ports(self, rules: list[FilterRule], path: list[str],
                     protocol: int) -> list[FilterRule]:
         """Destination-port buckets covering 0-65535, about sqrt(n) of them, balanced."""
@@ -207,7 +218,8 @@ class _Arranger:
                 last = bisect.bisect_right(bounds, port.high) - 1
                 touched.update(range(first, last + 1))
             for index in sorted(touched):
-                members[index].append(rule)
+                members[index].append(self.clipped(rule, bounds[index], bounds[index + 1] - 1)
+                                      if self.clip_ports else rule)
         out: list[FilterRule] = []
         for index, (low, next_low) in enumerate(zip(bounds, bounds[1:], strict=False)):
             name = self.chain_name([*path, str(index)])
@@ -225,7 +237,8 @@ class _Arranger:
 
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int = ARRANGE_MIN_RULES,
-                  split_min: int = SPLIT_MIN_RULES) -> tuple[Chain, list[Chain]]:
+                  split_min: int = SPLIT_MIN_RULES, clip_ports: bool = False) \
+        -> tuple[Chain, list[Chain]]:
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     head_end = 0
     while head_end < len(rules) and rules[head_end].match.in_device is None \
@@ -234,7 +247,7 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
     head, rest = rules[:head_end], rules[head_end:]
     if len(rest) < min_rules or chain.policy is None:
         return chain, []
-    arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min)
+    arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min, clip_ports)
     body = arranger.arrange([arranger.as_moved(r) for r in rest], list(order), [])
     if body == rest:
         return chain, []
@@ -242,11 +255,14 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
 
 
 def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None, *,
-            min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES) -> NodeRuleset:
+            min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
+            clip_ports: bool = False) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
-    are called fwd-lan-dmz on every member whatever the devices are called.
+    are called fwd-lan-dmz on every member whatever the devices are called. With
+    clip_ports a rule copied into a port bucket keeps only its ports inside the
+    bucket (nftables: a short list needs no set; iptables keeps one shared rule).
     """
     table = ruleset.table(TableName.FILTER)
     if table is None:
@@ -262,7 +278,7 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         if current is None:
             continue
         new, extra = arrange_chain(current, prefix, names, taken, orders[builtin], min_rules,
-                                   split_min)
+                                   split_min, clip_ports)
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
@@ -270,8 +286,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     return ruleset.with_table(Table(table.name, tuple(chains + added)))
 
 
-def optimise(member: Member, rulesets: Mapping[int, NodeRuleset]) \
-        -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
+def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
+             clip_ports: bool = False) -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
     """The default speed passes for one member: ipsets for long address lists, then the
     arranged FORWARD/INPUT chains. Returns the rulesets per family and every set."""
     names = {link.device: link.interface for link in member.links}
@@ -280,5 +296,5 @@ def optimise(member: Member, rulesets: Mapping[int, NodeRuleset]) \
     for family, ruleset in sorted(rulesets.items()):
         with_sets, made = use_ipsets(ruleset)
         sets.extend(made)
-        out[family] = arrange(with_sets, names)
+        out[family] = arrange(with_sets, names, clip_ports=clip_ports)
     return out, tuple(sets)

@@ -171,6 +171,12 @@ BY_NAME = MappingProxyType({f.name: f for f in FILES})
 SECRET_FILES = tuple(f.name for f in FILES if f.secret)
 
 
+def rules_file(backend: Backend) -> GeneratedFile:
+    """The ruleset every member compiled for BACKEND gets (iptables.rules, nftables.nft)."""
+    return next(f for f in FILES if f.backend is backend and f.reload is Reload.RULES
+                and f.when is When.ALWAYS)
+
+
 def path_of(name: str) -> str:
     """Where generated file NAME lives on the node (the files refer to each other so)."""
     return BY_NAME[name].path
@@ -181,8 +187,9 @@ BOOT_UNIT = PurePosixPath(path_of("fwc-firewall.service")).name
 # The units `fwc install` enables when the member has them (the boot unit always).
 ENABLED_UNITS = ("fwc-firewall.service", "fwc-routes.service")
 
-# The commands that read generated files back, and the backends they understand so far
-# (issue 13: nftables is compiled, not yet installed, diffed, queried or drilled).
+# The backends the commands that still refuse the others (`fwc query`, `fwc lab`)
+# understand so far (issue 13: nftables is compiled, installed and compared with
+# `fwc diff --installed`, not yet queried or drilled).
 READERS_KNOW = (Backend.IPTABLES,)
 
 

@@ -19,7 +19,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.backend.files import SECRET_FILES
+from fwc.backend.files import BY_NAME, SECRET_FILES
+from fwc.model.vocabulary import Backend
 from fwc.protocols import REDACTED_PASSWORD
 
 NAME = "MANIFEST"
@@ -80,30 +81,56 @@ class Entry:
         return cls(REDACTED if redacted != content else FILE, _sha256(redacted), path)
 
 
+def backend_problem(backend: Backend, paths: Iterable[str]) -> str | None:
+    """Why the files PATHS (`<member>/<name>`) cannot be a tree compiled for BACKEND.
+
+    Every listed file must be a row of the table of generated files for that
+    backend (or for every backend): a MANIFEST that lists iptables.rules under
+    `backend nftables` was not written by fwc.
+    """
+    for path in paths:
+        row = BY_NAME.get(path.rpartition("/")[2])
+        if row is not None and row.backend not in (None, backend):
+            return f"lists {path}, a file of the {row.backend} backend, under 'backend {backend}'"
+    return None
+
+
+def _implied_backend(paths: Iterable[str]) -> str:
+    """The backend of a MANIFEST written before it had a `backend` line: its rows say it."""
+    rows = (BY_NAME.get(path.rpartition("/")[2]) for path in paths)
+    found = sorted({str(row.backend) for row in rows if row is not None and row.backend})
+    return found[0] if found else str(Backend.IPTABLES)
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     cluster: str
     policy: str  # the root policy file, relative to its own directory
     sources: tuple[tuple[str, str], ...]  # (path relative to the root's directory, sha256)
     files: tuple[Entry, ...]
+    # The packet filter the files were written for (the cluster's `backend`, or
+    # `fwc compile --backend`). A MANIFEST from before the line existed: its rows say.
+    backend: Backend = Backend.IPTABLES
 
     @classmethod
     def build(cls, cluster: str, policy: str, sources: Iterable[tuple[str, str]],
-              files: Iterable[tuple[str, bytes]]) -> Manifest:
+              files: Iterable[tuple[str, bytes]],
+              backend: Backend = Backend.IPTABLES) -> Manifest:
         """From the compiled (path, content) pairs: secret-holding files get REDACTED entries."""
         return cls.of_entries(cluster, policy, sources,
-                              (Entry.of(path, content) for path, content in files))
+                              (Entry.of(path, content) for path, content in files), backend)
 
     @classmethod
     def of_entries(cls, cluster: str, policy: str, sources: Iterable[tuple[str, str]],
-                   entries: Iterable[Entry]) -> Manifest:
+                   entries: Iterable[Entry], backend: Backend = Backend.IPTABLES) -> Manifest:
         """From entries made as each file was written (`Entry.of`), not from the files."""
         return cls(cluster, policy, tuple(sorted(sources)),
-                   tuple(sorted(entries, key=lambda e: e.path)))
+                   tuple(sorted(entries, key=lambda e: e.path)), backend)
 
     def render(self) -> bytes:
         """No timestamps, no absolute paths: the same policy gives the same bytes anywhere."""
-        lines = [HEADER, f"cluster {self.cluster}", f"policy {self.policy}"]
+        lines = [HEADER, f"cluster {self.cluster}", f"policy {self.policy}",
+                 f"backend {self.backend}"]
         lines += [f"source {sha}  {path}" for path, sha in self.sources]
         lines += [f"{e.kind} {e.sha256}  {e.path}" for e in self.files]
         return ("\n".join(lines) + "\n").encode()
@@ -120,7 +147,7 @@ class Manifest:
         files: list[Entry] = []
         for number, line in enumerate(lines[1:], 2):
             kind, _, rest = line.partition(" ")
-            if kind in ("cluster", "policy") and rest and kind not in single:
+            if kind in ("cluster", "policy", "backend") and rest and kind not in single:
                 single[kind] = rest
                 continue
             sha, sep, path = rest.partition("  ")
@@ -138,8 +165,15 @@ class Manifest:
         paths = [p for p, _ in sources] + [e.path for e in files]
         if len(paths) != len(set(paths)):
             raise ManifestError(f"{where}: a path is listed twice: run fwc compile again")
+        word = single.get("backend") or _implied_backend(e.path for e in files)
+        if word not in tuple(Backend):
+            raise ManifestError(f"{where}: unknown backend {word[:30]!r}: run fwc compile again")
+        backend = Backend(word)
+        problem = backend_problem(backend, (e.path for e in files))
+        if problem is not None:
+            raise ManifestError(f"{where} {problem}: run fwc compile again")
         return cls(single["cluster"], single["policy"], tuple(sorted(sources)),
-                   tuple(sorted(files, key=lambda e: e.path)))
+                   tuple(sorted(files, key=lambda e: e.path)), backend)
 
     @classmethod
     def read(cls, cluster_dir: Path) -> Manifest:

@@ -75,6 +75,8 @@ def source_root(policy: Policy) -> str:
 
 
 def relative_source(path: str, root: str) -> str:
+    if path.startswith("<"):  # a file of fwc's library: `<std/services.fw>` everywhere
+        return path
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 
@@ -92,11 +94,12 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
         yield f
 
 
-def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry]) -> bytes:
+def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry],
+              backend: Backend) -> bytes:
     root = source_root(policy)
     return Manifest.of_entries(cluster.name, relative_source(policy.root, root),
                                ((relative_source(s.path, root), s.sha256)
-                                for s in policy.sources), entries).render()
+                                for s in policy.sources), entries, backend).render()
 
 
 class ClusterStream:
@@ -137,7 +140,8 @@ class ClusterStream:
         # write_output's swap).
         self._progress.phase("writing", (self._first + len(cluster.members)) / self._total)
         self._written.append(MANIFEST)
-        yield OutputFile(MANIFEST, _manifest(self._policy, cluster, entries), MODE_FILE)
+        yield OutputFile(MANIFEST, _manifest(self._policy, cluster, entries,
+                                             self._backend or cluster.backend), MODE_FILE)
 
     def members(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

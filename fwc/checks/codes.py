@@ -10,6 +10,17 @@ describe("FWC001", "syntax error", E, """
 The text does not follow the grammar (grammar/fwc.lark). The diagnostic shows
 what was found and what the parser expected at that point. After a syntax
 error fwc skips the line and goes on, so one run shows several of them.""", "parse")
+describe("FWC020", "service written apart from its protocol", E, """
+A service is one word, protocol/port: `tcp/22`, `udp/53,123`, `icmp/echo-request`.
+Written apart (`service ssh tcp 22`) the parser sees a service named `tcp`
+followed by a stray number. The diagnostic proposes the joined form. It is a
+syntax error like FWC001: fwc skips the line and goes on.""", "parse")
+describe("FWC021", "misspelled or foreign keyword", E, """
+A word where the grammar expects a keyword, that is a near miss of one or the
+word other firewalls use for it (`allow`/`permit` for `accept`, `deny`/`block`
+for `drop` in a policy; `accept`/`drop` for `allow`/`deny` in an expectation).
+The diagnostic names the keyword fwc expects instead of listing the parser's
+tokens. A syntax error like FWC001: fwc skips the line and goes on.""", "parse")
 describe("FWC002", "file cannot be read", E, """
 A policy file, an included file or a password file does not exist or cannot be
 read. Include and password-file paths are relative to the file that names them.""", "parse")
@@ -45,6 +56,40 @@ describe("FWC013", "includes nested too deep", E, f"""
 An include chain is more than {MAX_INCLUDE_DEPTH} files deep. Real policies include shared files
 from one or two levels; a long chain is generated or hostile, and following it
 without a limit would exhaust the stack.""", "parse")
+describe("FWC030", "unknown key in fwc.toml", E, """
+fwc.toml (the project's defaults, docs/project.md) names a key fwc does not know.
+A misspelt key would otherwise be ignored silently and the command would run with
+the built-in default instead of the one the project meant (`outptu = "build"`
+would compile into `output/`). The hint lists the known keys.""", "parse")
+describe("FWC031", "wrong value in fwc.toml", E, """
+A key of fwc.toml has a value of the wrong type (`strict = "yes"` instead of
+`strict = true`), a value outside its choices (`backend = "pf"`), or an
+`include_path` entry that is not a directory. The value would otherwise be
+misread or fail later, far from the line that caused it.""", "parse")
+describe("FWC032", "fwc.toml cannot be read", E, """
+fwc.toml is not valid TOML, not UTF-8, larger than 64 KiB or unreadable. The
+diagnostic points at the line and column the TOML parser stopped at. No command
+runs with half a configuration.""", "parse")
+describe("FWC033", "fwc.toml owned or writable by another user", E, """
+fwc.toml can name a command fwc runs (`secrets_command`), the ssh command and
+where files are written, so a file another user owns or may write could make fwc
+run that user's command with your rights (root, for `fwc install`). Like git's
+`safe.directory`, fwc refuses it: own it yourself (or root) and remove the group
+and world write bits.""", "parse")
+describe("FWC034", "secrets named more than one way in fwc.toml", E, """
+fwc.toml gives more than one of `secrets_file`, `secrets_env` and
+`secrets_command`. fwc would have to pick one silently; name exactly one source
+of the VRRP secrets.""", "parse")
+describe("FWC035", "malformed library name", E, """
+`include <NAME>` names a file of the library search path (docs/library.md). NAME
+must be a relative path of a `.fw` file without `.`, `..` or empty parts
+(`<std/services.fw>`): the angle brackets may reach fwc's own library outside the
+policy repository, so a name that could climb out of a library directory is
+refused before anything is looked up.""", "parse")
+describe("FWC036", "library file not found", E, """
+No `--include-path` directory and not fwc's own library holds the file an
+`include <NAME>` names. The hint lists the directories searched, in order; the
+files shipped with fwc are listed in docs/library.md.""", "parse")
 describe("FWC101", "undefined name", E, """
 An object, service, interface, member or cluster is used but never defined.
 Address objects, services and interfaces live in separate namespaces: `lan` the

@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fwc import protocols as proto
-from fwc.backend.lower.build import filter_parts, log_prefix, nat_part, service_matches
+from fwc.backend.lower.build import (
+    drops_prefix,
+    filter_parts,
+    log_prefix,
+    nat_part,
+    service_matches,
+)
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, FilterRule, Policy, Rule
@@ -36,23 +42,34 @@ the compile replaces.""",
          "compile")
 
 
-@check("FWC501", "log prefix cut to the kernel's limit", Severity.WARNING, f"""
-The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} bytes of prefix
-(iptables refuses longer ones; a character outside ASCII takes two to four bytes
-in UTF-8). fwc writes the prefix followed by a space and cuts it to that length,
-never inside a character, so log lines no longer carry the whole text; shorten it.""")
+@check("FWC501", "log prefix longer than the kernel allows", Severity.ERROR, f"""
+The kernel's LOG target keeps at most {proto.LOG_PREFIX_MAX} bytes of prefix, NFLOG
+(`group N`) {proto.NFLOG_PREFIX_MAX}; iptables refuses longer ones, and a character
+outside ASCII takes two to four bytes in UTF-8. fwc writes the prefix followed by a
+space; a longer prefix would have to be cut, and log lines that no longer say what
+was written are worse than none: shorten it.""")
 def log_prefix_cut(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
             if not rule.log:
                 continue
-            prefix, cut = log_prefix(rule)
+            nflog = cluster.logging.effective(rule.log_options).group is not None
+            limit = proto.NFLOG_PREFIX_MAX if nflog else proto.LOG_PREFIX_MAX
+            prefix, cut = log_prefix(rule, nflog)
             if cut:
-                yield warning("FWC501", f"log prefix \"{rule.log_prefix}\" is longer than "
-                              f"{proto.LOG_PREFIX_MAX} bytes; it is cut to "
-                              f"\"{prefix.rstrip()}\"", rule.span,
-                              hint=f"use at most {proto.LOG_PREFIX_MAX - 1} bytes (ASCII "
-                              "characters are one byte each)")
+                yield error("FWC501", f"log prefix \"{rule.log_prefix}\" is longer than "
+                            f"{limit} bytes (the kernel would keep \"{prefix.rstrip()}\")",
+                            rule.span, hint=f"use at most {limit - 1} bytes (ASCII "
+                            "characters are one byte each)")
+        logging = cluster.logging
+        if logging.drops and logging.drops_prefix is not None:
+            limit = proto.NFLOG_PREFIX_MAX if logging.group is not None \
+                else proto.LOG_PREFIX_MAX
+            _, cut = drops_prefix(logging, "FORWARD")
+            if cut:
+                yield error("FWC501", f"log prefix \"{logging.drops_prefix}\" is longer "
+                            f"than {limit} bytes", logging.span_of("log-drops"),
+                            hint=f"use at most {limit - 1} bytes")
 
 
 @check("FWC502", "NAT rule names an interface its chain cannot see", Severity.ERROR, """

@@ -14,7 +14,7 @@ out of the index (coverage is transitive), so repeated rules cost nothing extra.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from fwc.checks import check, describe
@@ -124,8 +124,9 @@ def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet) -> Flow:
         if rule.in_interface is not None:
             parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
     return Flow(rule.index, rule.action, hooks, parts, rule.services, rule.in_interface,
-                rule.out_interface, rule.only, (rule.action, *_target_outcome(rule.target)),
-                rule)
+                rule.out_interface, rule.only,
+                (rule.action, rule.reject_with, *_target_outcome(rule.target),
+                 tuple(_target_outcome(t) for t in getattr(rule, "pool", ()))), rule)
 
 
 # -- coverage -----------------------------------------------------------------------------
@@ -353,7 +354,10 @@ def shadowing(flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
                 yield flow, earlier
                 break
         else:
-            index.add(flow, keys)
+            # A rule with a rate or connection limit lets the traffic beyond the limit on
+            # to the rules after it: it covers nothing (it can itself be covered).
+            if flow.rule is None or not flow.rule.conditional:
+                index.add(flow, keys)
 
 
 def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
@@ -485,7 +489,8 @@ def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
             continue
         firewall = _firewall(cluster)
         index = DestinationIndex(_filter_flows(cluster, firewall))
-        for rule in dnats:
+        # a dnat that shares load is checked for each of its backends
+        for rule in [replace(r, target=t, pool=()) for r in dnats for t in r.targets]:
             translated = _translated_flow(rule, firewall)
             if translated is None or not translated.parts:
                 continue
@@ -515,6 +520,14 @@ def dnat_without_accept(policy: Policy) -> Iterable[Diagnostic]:
                               "(filter rules see the translated destination)")
 
 
+def _dynamic_uplink(cluster: Cluster, name: str | None) -> bool:
+    """The interface gets its address at run time (DHCP, PPP): no member gives it one."""
+    if name is None:
+        return False
+    links = [m.link(name) for m in cluster.members]
+    return bool(links) and all(link is not None and not link.addresses for link in links)
+
+
 @check("FWC404", "masquerade in a cluster", Severity.WARNING, """
 MASQUERADE translates to the outgoing interface's own address, which differs
 per member, and the kernel deletes masqueraded connections when that interface
@@ -530,7 +543,13 @@ def masquerade_in_cluster(policy: Policy) -> Iterable[Diagnostic]:
             has_vip = bool(cluster.interface(iface) and cluster.interface(iface).vips)  # type: ignore[union-attr]
             fix = (f"write 'snat from {rule.source.label} to {rule.destination.label} "
                    f"out {iface} -> {iface}.vip'")
-            if not has_vip:
+            if not has_vip and _dynamic_uplink(cluster, rule.out_interface):
+                # A DHCP or PPP uplink has no address of its own in the policy: there is no
+                # VIP to give it, so the hint must not propose one.
+                fix = (f"'{iface}' has no static address (DHCP, PPP): no VIP can move "
+                       "with a failover, so masquerade is the only choice there; expect the "
+                       "sessions through it to be re-established after a failover")
+            elif not has_vip:
                 fix += f" after giving interface '{iface}' a VIP"
             yield warning("FWC404", "masquerade loses every translated session on failover",
                           rule.span, hint=fix)

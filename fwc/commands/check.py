@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fwc.commands.common import without_cycle_collection
-from fwc.diagnostics import Diagnostic, Progress, failed, print_diagnostics
+from fwc.commands.common import report, without_cycle_collection
+from fwc.diagnostics import Diagnostic, Progress, failed
 from fwc.pipeline import analyse
 
 
@@ -25,5 +25,5 @@ def _run(args: argparse.Namespace) -> int:
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
     progress.done()
-    print_diagnostics(diagnostics, texts, args.format)
+    report(diagnostics, texts, args.format)
     return 1 if failed(diagnostics, args.strict) else 0

@@ -1,10 +1,25 @@
-"""What several commands share: a command runs without the cyclic garbage collector."""
+"""What several commands share: the diagnostics report in every `--format`, and a
+command runs without the cyclic garbage collector."""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+
+from fwc.diagnostics import Diagnostic, print_diagnostics
+
+
+def report(diagnostics: Iterable[Diagnostic], texts: dict[str, str], fmt: str = "text") -> None:
+    """Print DIAGNOSTICS as FMT: text (stderr), json, sarif or github (stdout)."""
+    if fmt == "sarif":
+        import sys
+
+        from fwc.checks.sarif import render_sarif
+
+        sys.stdout.write(render_sarif(list(diagnostics)))
+        return
+    print_diagnostics(diagnostics, texts, fmt)
 
 
 @contextmanager

@@ -13,8 +13,9 @@ from fwc.backend.output import (
     stream_policy,
     write_output,
 )
-from fwc.commands.common import without_cycle_collection
-from fwc.diagnostics import Progress, error, failed, print_diagnostics
+from fwc.checks import capability
+from fwc.commands.common import report, without_cycle_collection
+from fwc.diagnostics import Progress, error, failed
 from fwc.model.vocabulary import Backend
 from fwc.pipeline import analyse
 
@@ -38,14 +39,20 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                        progress=progress.within(0.0, 0.55))
     diagnostics = list(analysis.diagnostics)
     policy = analysis.policy
+    backend = Backend(args.backend) if args.backend else None
+    if policy is not None and backend is not None:
+        # The checks ran for each cluster's own backend: what --backend cannot express.
+        known = {(d.code, d.span, d.message) for d in diagnostics}
+        diagnostics += [d for d in capability.problems(policy, backend)
+                        if (d.code, d.span, d.message) not in known]
+        diagnostics.sort(key=lambda d: d.sort_key())
     if policy is None or failed(diagnostics, args.strict):
         progress.done()
-        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        report(diagnostics, analysis.program.texts, args.format)
         print("fwc: nothing written: fix the errors above first", file=sys.stderr)
         return 1
     # Each file is written to the staging copy as soon as it is built (a large
     # policy's output is never held at once), so a compile failure surfaces here too.
-    backend = Backend(args.backend) if args.backend else None
     clusters = stream_policy(policy, redact=args.redact_secrets,
                              progress=progress.within(0.55, 0.95), backend=backend)
     try:
@@ -56,7 +63,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         progress.done()
         diagnostics.append(error(exc.code, str(exc),
                                  hint="nothing under the output directory was changed"))
-        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        report(diagnostics, analysis.program.texts, args.format)
         return 1
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
         progress.done()
@@ -64,10 +71,10 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                                  f"{type(exc).__name__}: {exc}",
                                  hint="please report this with the policy; nothing was "
                                  "written"))
-        print_diagnostics(diagnostics, analysis.program.texts, args.format)
+        report(diagnostics, analysis.program.texts, args.format)
         return 1
     progress.done()
-    print_diagnostics(diagnostics, analysis.program.texts, args.format)
+    report(diagnostics, analysis.program.texts, args.format)
     if args.format == "text":
         for cluster in clusters:
             for member, names in cluster.members().items():

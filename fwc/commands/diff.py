@@ -8,6 +8,7 @@ compile at one side).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from fwc.diffing.build import Build, BuildError, compile_side
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.discover import changed_policies
 from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
-from fwc.diffing.report import render_summary
+from fwc.diffing.report import render_summary, summary_json
 from fwc.diffing.semantic import ClusterSummary, summarise
 
 EXIT_SAME, EXIT_CHANGED, EXIT_USAGE = 0, 1, 2
@@ -31,6 +32,9 @@ class UsageError(Exception):
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "installed", None):
+        if getattr(args, "format", "text") != "text":
+            print("fwc diff: --format json is not available with --installed", file=sys.stderr)
+            return EXIT_USAGE
         from fwc.diffing.installed import run_installed
 
         return run_installed(args)
@@ -115,6 +119,9 @@ def _print(args: argparse.Namespace, palette: Palette,
            summaries: list[tuple[str, list[ClusterSummary]]],
            patches: list[filediff.FileDiff]) -> None:
     out = sys.stdout
+    if getattr(args, "format", "text") == "json":
+        out.write(json.dumps(diff_json(summaries, patches), indent=2) + "\n")
+        return
     if args.name_only:
         out.write(filediff.render_names(patches))
         return
@@ -125,3 +132,14 @@ def _print(args: argparse.Namespace, palette: Palette,
     else:
         out.write(filediff.render_patch(patches, palette))
 
+
+
+def diff_json(summaries: list[tuple[str, list[ClusterSummary]]],
+              patches: list[filediff.FileDiff]) -> dict[str, object]:
+    """`fwc diff --format json`: the semantic summary per policy and the changed files."""
+    return {
+        "changed": bool(patches) or any(s for _, group in summaries for s in group),
+        "policies": [summary_json(rel, group) for rel, group in summaries],
+        "files": [{"path": p.path, "status": p.status, "insertions": p.insertions,
+                   "deletions": p.deletions} for p in patches],
+    }

@@ -1,15 +1,19 @@
-"""`fwc fmt [--check] FILE...`: rewrite policy files in the canonical layout.
+"""`fwc fmt [--check | --diff] FILE... | -`: rewrite policy files in the canonical layout.
 
 Each file is formatted on its own (includes are not followed). A file that does
 not parse is left alone and its syntax errors are printed. With `--check`
 nothing is written: the files that would change are listed and the exit status
-is 1 if there is any. Exit 1 too when a file cannot be read or parsed.
+is 1 if there is any. `--diff` writes nothing either and prints a unified diff of
+what would change (exit 1 when there is any). `-` formats standard input to standard
+output (editors, `fwc fmt - < x.fw`); on a syntax error nothing is printed to stdout.
+Exit 1 too when a file cannot be read or parsed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import stat
 import sys
@@ -20,6 +24,9 @@ from fwc.diagnostics import error, print_diagnostics
 from fwc.frontend.formatting import FormatError, format_text
 from fwc.frontend.parse import parse_text
 
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+
 
 def _format_file(path: Path) -> tuple[str, str] | None:
     """(old, new) text, or None after printing why the file cannot be formatted."""
@@ -29,15 +36,35 @@ def _format_file(path: Path) -> tuple[str, str] | None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print_diagnostics([error("FWC002", f"cannot read '{path}': {reason}")], {})
         return None
-    _, diagnostics = parse_text(text, str(path))
+    return _format_text(text, str(path))
+
+
+def _format_text(text: str, name: str) -> tuple[str, str] | None:
+    _, diagnostics = parse_text(text, name)
     if diagnostics:
-        print_diagnostics(diagnostics, {str(path): text})
+        print_diagnostics(diagnostics, {name: text})
         return None
     try:
         return text, format_text(text)
     except FormatError as exc:
-        print(f"fwc fmt: {path}: {exc}", file=sys.stderr)
+        print(f"fwc fmt: {name}: {exc}", file=sys.stderr)
         return None
+
+
+def _read_stdin() -> str | None:
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        print_diagnostics([error("FWC002", f"cannot read standard input: {exc}")], {})
+        return None
+
+
+def unified(old: str, new: str, name: str) -> str:
+    """The diff `fwc fmt --diff` prints: a/NAME -> b/NAME, like git."""
+    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                 f"a/{name}", f"b/{name}")
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                   for line in lines)
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -75,6 +102,24 @@ def replace_file(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if STDIN in args.files and len(args.files) > 1:
+        print("fwc fmt: '-' (standard input) cannot be combined with files", file=sys.stderr)
+        return 2
+    show_diff = getattr(args, "diff", False)
+    if args.files == [STDIN]:
+        text = _read_stdin()
+        result = None if text is None else _format_text(text, STDIN_NAME)
+        if result is None:
+            return 1
+        old, new = result
+        if args.check or show_diff:
+            if show_diff:
+                sys.stdout.write(unified(old, new, STDIN_NAME))
+            elif old != new:
+                print(STDIN)
+            return 1 if old != new else 0
+        sys.stdout.write(new)
+        return 0
     status = 0
     for name in args.files:
         path = Path(name)
@@ -84,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         old, new = result
         if old == new:
+            continue
+        if show_diff:
+            sys.stdout.write(unified(old, new, name))
+            status = 1
             continue
         if args.check:
             print(name)

@@ -28,7 +28,6 @@ from fwc.analysis.engine import (
     merge_routed_pieces,
 )
 from fwc.analysis.space import LOCAL
-from fwc.backend.files import backend_refusal
 from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, parse_fragment
@@ -205,12 +204,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_POLICY
     policy = analysis.policy
     texts = analysis.program.texts
-    refusals = [r for c in policy.clusters
-                if (r := backend_refusal(c.name, c.backend, "fwc query")) is not None]
-    if refusals:
-        for refusal in refusals:
-            print(f"fwc query: error: {refusal}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         resolver = FragmentResolver(analysis.program, policy)
         results, skipped = answer(policy, parse_question(args, resolver), resolver)

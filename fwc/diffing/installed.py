@@ -1,13 +1,17 @@
 """`fwc diff --installed MEMBER FILE`: does the node run what the policy compiles to?
 
-Compares, normalised, the node's live rulesets (iptables-save / ip6tables-save)
-and its installed files (keepalived, conntrackd, notify hook, sysctl, ipsets)
-with a fresh compile of FILE. Exit 1 on drift, 0 when they agree.
+Compares, normalised, the node's live rulesets (iptables-save / ip6tables-save,
+or for `backend nftables` only fwc's own table, `nft list table inet fwc`) and
+its installed files (keepalived, conntrackd, notify hook, sysctl, ipsets) with
+a fresh compile of FILE. Exit 1 on drift, 0 when they agree.
 
 iptables-save prints rules in its own canonical form (`-m tcp`, `/32`,
 option order), so the compiled ruleset is put in that form by the node's own
 iptables: restored and saved in a throwaway network namespace (`unshare -n`).
-Counters, comments-only lines and tables nobody loaded are ignored; VRRP
+The nftables table is put in `nft list` form the same way: the compiled file is
+loaded into a throwaway namespace and listed there by the node's own nft, so
+both sides are printed by one program; other tables on the node are not
+fwc's and never drift. Counters, comments-only lines and tables nobody loaded are ignored; VRRP
 passwords are never printed: both sides show `"(secret)"` where the node holds
 the password the policy (or `--secrets FILE`, as for install) gives, and the
 node's side shows `"(secret: not the compiled one)"` where it holds another.
@@ -18,16 +22,19 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
+import re
 import shlex
 import sys
 from pathlib import Path
 
-from fwc.backend.files import FILES, Reload, backend_refusal
+from fwc.backend.files import FILES, Reload, rules_file
 from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
-from fwc.install.secrets import SecretsError, fill, read_secrets
+from fwc.install.record import parse_record, read_command
+from fwc.install.scripts import NFT_TABLE, nft_list_table
+from fwc.install.secrets import SecretsError, fill, read_secret_source
 from fwc.install.transport import (
     InventoryError,
     Transport,
@@ -39,11 +46,13 @@ from fwc.model.vocabulary import Backend
 from fwc.pipeline import clean_policy
 
 EXIT_SAME, EXIT_DRIFT, EXIT_USAGE = 0, 1, 2
-# (file, save, restore) of every ruleset the node runs: compared live, not as a file.
-# Only iptables' rows: a cluster of another backend is refused (backend_refusal).
+# (file, save, restore) of every iptables ruleset the node runs: compared live, not
+# as a file. An nftables cluster's ruleset is fwc's table (NFT_RULESET), listed live.
 RULESETS = tuple((f.name, f.loader.replace("-restore", "-save"), f.loader)
                  for f in FILES if f.reload is Reload.RULES and f.loader
                  and f.backend is Backend.IPTABLES)
+NFT_RULESET = rules_file(Backend.NFTABLES).name
+_NFT_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
 OTHER_SECRET = "(secret: not the compiled one)"
 
 
@@ -79,9 +88,6 @@ def _run(args: argparse.Namespace) -> int:
     cluster = next((c for c in policy.clusters if c.member(args.installed)), None)
     if cluster is None:
         raise Usage(f"no member '{args.installed}' in {path}")
-    refusal = backend_refusal(cluster.name, cluster.backend, "fwc diff --installed")
-    if refusal is not None:
-        raise Usage(refusal)
     member = cluster.member(args.installed)
     assert member is not None
     inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
@@ -89,8 +95,9 @@ def _run(args: argparse.Namespace) -> int:
                                inventory=inventory, ssh=args.ssh)
     from fwc.backend.output import compile_policy
 
-    # The passwords install would have written: the policy's, or --secrets FILE's.
-    secrets = read_secrets(Path(args.secrets)) if args.secrets else None
+    # The passwords install would have written: the policy's, or the --secrets* source's.
+    secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
+                                 getattr(args, "secrets_command", None))
     compiled = {}
     for output in compile_policy(policy, redact=secrets is not None):
         if output.name == cluster.name:
@@ -99,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
                                                    f.content.decode("utf-8"), secrets)
                         for f in output.files if f.path.startswith(prefix)}
     palette = Palette(wants_colour(args.color, sys.stdout))
-    drift = compare(transport, compiled)
+    sys.stdout.write(installed_by(transport) + "\n")
+    drift = compare(transport, compiled, cluster.backend)
     for title, lines in drift:
         sys.stdout.write(palette.bold(f"drift: {title}") + "\n")
         for line in lines:
@@ -112,10 +120,32 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_DRIFT if drift else EXIT_SAME
 
 
-def compare(transport: Transport, compiled: dict[str, str]) -> list[tuple[str, list[str]]]:
-    """[(what drifted, unified diff lines compiled -> node)]."""
+def installed_by(transport: Transport) -> str:
+    """One line from the node's install record (fwc.install.record): who installed what."""
+    result = transport.run(read_command(), timeout=30)
+    record = parse_record(result.stdout) if result.ok else None
+    if record is None:
+        return f"{transport.member}: no install record on the node"
+    return (f"{transport.member}: installed {record.get('at', '?')} by {record.get('by', '?')} "
+            f"from {record.get('policy', '?')} at revision {record.get('revision', '?')}")
+
+
+def compare(transport: Transport, compiled: dict[str, str],
+            backend: Backend = Backend.IPTABLES) -> list[tuple[str, list[str]]]:
+    """[(what drifted, unified diff lines compiled -> node)].
+
+    BACKEND: the packet filter COMPILED is written for; with nftables only fwc's
+    table is compared, never the node's iptables or other nftables tables.
+    """
     out: list[tuple[str, list[str]]] = []
-    for name, save, restore in RULESETS:
+    if backend is Backend.NFTABLES:
+        expected, how = nft_canonical(transport, compiled.get(NFT_RULESET, ""))
+        live = nft_normalised(node_output(transport, nft_list_table()))
+        lines = _udiff(expected, live, f"compiled/{NFT_RULESET}{how}",
+                       f"nft list table {NFT_TABLE} on node")
+        if lines:
+            out.append((f"live nftables table {NFT_TABLE}", lines))
+    for name, save, restore in RULESETS if backend is Backend.IPTABLES else ():
         expected = canonical(transport, compiled.get(name, ""), save, restore,
                              compiled.get("ipsets.rules", ""))
         live = node_output(transport, f"{save} 2>/dev/null || :")
@@ -196,6 +226,29 @@ def canonical(transport: Transport, rules: str, save: str, restore: str,
         return normalised(result.stdout)
     # No unshare on the node (or no privileges): compare the text as compiled.
     return normalised(rules)
+
+
+def nft_normalised(text: str) -> list[str]:
+    """`nft list table` text without counter values and blank lines."""
+    return [_NFT_COUNTER.sub("counter", line.rstrip()) for line in text.splitlines()
+            if line.strip()]
+
+
+def nft_canonical(transport: Transport, rules: str) -> tuple[list[str], str]:
+    """The compiled table as the node's nft lists it, and a note on how it was made.
+
+    Loaded into a throwaway network namespace (`unshare -n`), which has no
+    tables of its own, and listed there; the file travels on stdin.
+    """
+    if not rules.strip():
+        return [], ""
+    script = f"nft -f - && nft list table {NFT_TABLE}"
+    result = transport.run(f"unshare -n sh -c {shlex.quote(script)}", input=rules, timeout=60)
+    if result.ok and result.stdout.strip():
+        return nft_normalised(result.stdout), ""
+    # No unshare on the node (or no privileges): the text as compiled, which nft
+    # prints differently; the diff then shows the format too.
+    return nft_normalised(rules), " (as written: unshare -n failed on the node)"
 
 
 def node_output(transport: Transport, command: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fwc.analysis.diff import TrafficChange
 from fwc.diffing.colour import Palette
 from fwc.diffing.semantic import ChainChange, ClusterSummary
 from fwc.diffing.sequences import ListChange
@@ -65,3 +66,43 @@ def _chain(chain: ChainChange, palette: Palette) -> list[str]:
         if len(rules) > MAX_RULES_SHOWN:
             lines.append(f"      ... and {len(rules) - MAX_RULES_SHOWN} more ({mark})")
     return lines
+
+
+# -- JSON (`fwc diff --format json`) ------------------------------------------------------
+
+def _list_json(change: ListChange[str]) -> dict[str, list[str]]:
+    return {"added": list(change.added), "removed": list(change.removed),
+            "moved": list(change.moved)}
+
+
+def _traffic_json(change: TrafficChange) -> dict[str, object]:
+    return {"traffic": change.text, "decided_by": change.where or None,
+            "only_member": change.member}
+
+
+def summary_json(policy: str, summaries: list[ClusterSummary]) -> dict[str, object]:
+    """The semantic summary of one policy as plain data: the text report's content,
+    every rule (the text caps each chain at MAX_RULES_SHOWN)."""
+    return {
+        "policy": policy,
+        "clusters": [{
+            "name": s.name,
+            "status": s.status,
+            "settings": list(s.settings),
+            "policy_rules": _list_json(s.rules),
+            "nat_rules": _list_json(s.nat),
+            "newly_allowed": [_traffic_json(c) for c in s.allowed],
+            "newly_denied": [_traffic_json(c) for c in s.denied],
+            "members": [{
+                "name": m.name,
+                "status": m.status,
+                "settings": list(m.settings),
+                "chains": [{
+                    "family": c.family, "table": c.table, "chain": c.chain,
+                    "policy": None if c.policy is None else {"old": c.policy[0],
+                                                             "new": c.policy[1]},
+                    **_list_json(c.change)}
+                    for c in m.chains],
+            } for m in s.members if m],
+        } for s in summaries],
+    }

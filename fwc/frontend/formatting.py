@@ -88,7 +88,7 @@ def join(tokens: Iterable[s.Lexeme]) -> str:
             continue
         if previous is None:
             out = value
-        elif value in (",", ":", "]") or previous in ("!", "[", ":"):
+        elif value in (",", ":", "]", "-") or previous in ("!", "[", ":", "-"):
             out += value
         else:
             out += " " + value
@@ -311,7 +311,8 @@ class _Layout:
         routes = {self.first_of(r.span): r for r in cluster.routes}
         # a vrrp-group's span starts at its keyword too
         groups = {self.first_of(g.span): g for g in cluster.groups}
-        options = (*cluster.vrrp, *cluster.sync, *cluster.track, *cluster.notify)
+        options = (*cluster.vrrp, *cluster.sync, *cluster.track, *cluster.notify,
+                   *cluster.log, *cluster.defaults)
         i = start
         while i < end:
             if i in members:
@@ -324,6 +325,9 @@ class _Layout:
                 i = last + 1
             elif i in interfaces:
                 i = self.interface(i, indent, interfaces[i])
+            elif self.tokens[i].value == "backend":  # `backend NAME`, one line
+                self.emit(Line(indent, i, i + 1, text=f"backend {self.tokens[i + 1].value}"))
+                i += 2
             else:  # `vrrp { ... }` or `sync { ... }`
                 i = self.option_block(i, indent, options)
 
@@ -346,7 +350,8 @@ class _Layout:
         tokens = self.tokens
         j = self.last_of(decl.span) + 1
         # a `vip` list ends at an address not followed by a comma
-        values = [self.last_of(w.span) for w in (*decl.vips, *([decl.vrid] if decl.vrid else []))]
+        values = [self.last_of(w.span) for w in (*decl.vips, *([decl.vrid] if decl.vrid else []),
+                                                  *([decl.mss] if decl.mss else []))]
         cuts = [n for n in values if n + 1 >= j or tokens[n + 1].value != ","]
         tail = OPTION_GAP.join(self.texts(self.groups(i + 2, j, cuts)))
         self.emit(Line(indent, i, j - 1, cells=[t.value for t in tokens[i:i + 2]], tail=tail,
@@ -360,8 +365,8 @@ class _Layout:
         for n, option in enumerate(ordered):
             last = self.last_of(option.span)
             following = ordered[n + 1] if n + 1 < len(ordered) else None
-            if option.key == "multicast" and following is not None \
-                    and following.key == "port" \
+            if option.key in ("multicast", "backup-link") and following is not None \
+                    and following.key in ("port", "backup-port") \
                     and self.first_of(following.span) == last + 2:
                 continue
             cuts.append(last)

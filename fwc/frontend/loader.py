@@ -3,6 +3,12 @@
 Which files an include may name, and how they are read, is `fwc.frontend.sources`' business:
 inside the policy repository or an `--include-path` directory, regular files only,
 bounded in size and in depth.
+
+`include <NAME>` names a library file: NAME is looked up in each `--include-path`
+directory, then in the library shipped with fwc (`fwc/library`, package data). The
+shipped library is the one place outside the policy tree fwc reads, read-only, and
+only through `<...>`: a quoted include can never reach it, and nothing a library file
+includes may leave it (sources.LIBRARY_ROOT).
 """
 
 from __future__ import annotations
@@ -11,19 +17,21 @@ import hashlib
 import os
 import posixpath
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Related, error
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, parse_text
 from fwc.frontend.sources import (
+    LIBRARY_ROOT,
     MAX_FILE_BYTES,
     MAX_INCLUDE_DEPTH,
     MAX_TOTAL_BYTES,
     MIB,
     Refused,
     inside,
+    library_name_problem,
     read_regular,
     repository_root,
     too_large,
@@ -37,6 +45,9 @@ class LoadedProgram:
     root: str
     files: tuple[s.SourceFile, ...]
     hashes: tuple[tuple[str, str], ...]  # (path, sha256) of every file read
+    # Files read through `include <NAME>` (and what they include): definitions offered
+    # to the policy, so an unused one is not a finding (FWC103).
+    libraries: frozenset[str] = frozenset()
 
     @property
     def texts(self) -> dict[str, str]:
@@ -126,6 +137,38 @@ class _Through:
         return data
 
 
+class _Library:
+    """The library shipped with fwc (package data): `include <std/services.fw>`.
+
+    Read from disk whatever the policy is read from (`fwc diff` reads the policy from
+    git, the library from the installed fwc), named `<std/services.fw>` in diagnostics
+    and the MANIFEST so that the name does not depend on where fwc is installed.
+    """
+
+    search: tuple[Path, ...] = ()
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def key(self, file: Path) -> Path:
+        return file.resolve()
+
+    def shown(self, file: Path) -> str:
+        return f"<{file.resolve().relative_to(self.root).as_posix()}>"
+
+    def exists(self, file: Path) -> bool:
+        return os.path.lexists(file)
+
+    def refuse(self, target: Path, name: str) -> Refused | None:
+        if inside(target.resolve(), (self.root,)):
+            return None
+        return Refused("FWC010", f"include '{name}' leads outside fwc's library",
+                       "a library file may include only other files of the library")
+
+    def read(self, file: Path, shown: str) -> bytes:
+        return read_regular(file.resolve(), shown)
+
+
 def load(path: str | Path, reader: Reader | None = None,
          include_path: Sequence[Path] = ()) -> tuple[LoadedProgram, list[Diagnostic]]:
     """Load `path` and its includes. `reader(Path) -> str` lets `fwc diff` read from git.
@@ -135,6 +178,8 @@ def load(path: str | Path, reader: Reader | None = None,
     """
     root = Path(path)
     where = _Disk(root, include_path) if reader is None else _Through(reader, include_path)
+    library = _Library(LIBRARY_ROOT)
+    libraries: set[str] = set()
     diagnostics: list[Diagnostic] = []
     files: list[s.SourceFile] = []
     hashes: list[tuple[str, str]] = []
@@ -143,16 +188,19 @@ def load(path: str | Path, reader: Reader | None = None,
     # One parser for this load: it names each file in its spans, and no other load shares it.
     policy_parser = PolicyParser()
 
-    def visit(file: Path, stack: list[tuple[Path, s.Include | None]]) -> None:
+    def visit(file: Path, stack: list[tuple[Path, s.Include | None]],
+              origin: _Disk | _Through | _Library, in_library: bool = False) -> None:
         nonlocal total
-        key = where.key(file)
-        shown = where.shown(file)
+        key = origin.key(file)
+        shown = origin.shown(file)
+        if in_library:
+            libraries.add(shown)
         if key in loaded:
             return
         include = stack[-1][1] if stack else None
         span = include.span if include else None
         try:
-            data = where.read(file, shown)
+            data = origin.read(file, shown)
             total += len(data)
             if total > MAX_TOTAL_BYTES:
                 raise Refused("FWC012", f"'{shown}' takes the policy and its includes over "
@@ -177,9 +225,17 @@ def load(path: str | Path, reader: Reader | None = None,
             if not isinstance(statement, s.Include):
                 continue
             name = statement.path.text
+            target_source = origin
             try:
-                target = _locate(where, file, name)
-                target_key = where.key(target)
+                if statement.library:
+                    found = _locate_library(where, library, name)
+                    if isinstance(found, Diagnostic):
+                        diagnostics.append(replace(found, span=statement.span))
+                        continue
+                    target, target_source = found
+                else:
+                    target = _locate(origin, file, name)
+                target_key = target_source.key(target)
             except ValueError as exc:  # a name the OS cannot take (an embedded NUL byte)
                 diagnostics.append(error("FWC002", f"cannot read {name!r}: {exc}",
                                          statement.span))
@@ -200,17 +256,40 @@ def load(path: str | Path, reader: Reader | None = None,
                     "FWC013", f"includes nested more than {MAX_INCLUDE_DEPTH} files deep",
                     statement.span, hint="include the shared files from fewer levels"))
                 continue
-            refused = where.refuse(target, name)
+            refused = target_source.refuse(target, name)
             if refused is not None:
                 diagnostics.append(error(refused.code, refused.message, statement.span,
                                          hint=refused.hint))
                 continue
-            visit(target, [*stack, (key, statement)])
+            visit(target, [*stack, (key, statement)], target_source,
+                  in_library or statement.library)
 
-    visit(root, [])
+    visit(root, [], where)
     program = LoadedProgram(where.shown(root) if reader is not None else display_path(root),
-                            tuple(files), tuple(hashes))
+                            tuple(files), tuple(hashes), frozenset(libraries))
     return program, diagnostics
+
+
+def _locate_library(where: _Disk | _Through, library: _Library, name: str) \
+        -> tuple[Path, _Disk | _Through | _Library] | Diagnostic:
+    """`include <NAME>`: the first `--include-path` directory holding NAME, else fwc's
+    own library; a diagnostic (without a span yet) when NAME is malformed or nowhere."""
+    problem = library_name_problem(name)
+    if problem:
+        return error("FWC035", f"library name <{name}> {problem}",
+                     hint="write a relative path below a library directory, e.g. "
+                          "<std/services.fw>")
+    for directory in where.search:
+        candidate = directory / name
+        if where.exists(candidate):
+            return candidate, where
+    candidate = library.root / name
+    if library.exists(candidate):
+        return candidate, library
+    searched = [str(d) for d in where.search] + [f"fwc's library ({library.root})"]
+    return error("FWC036", f"no library file <{name}>",
+                 hint=f"searched: {', '.join(searched)}; the shipped files are listed in "
+                      "docs/library.md")
 
 
 def _locate(where: _Disk | _Through, including: Path, name: str) -> Path:

@@ -6,7 +6,9 @@ and parsing resumes, so one run reports the syntax errors of several lines.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -40,7 +42,8 @@ _TERMINAL_NAMES = {
     "LINK_IPV6": "an IPv6 address", "ROUTE_DEFAULT": "default", "KW_ROUTE": "route",
     "KW_ROUTE_RULE": "route-rule", "KW_VRRP_GROUP": "vrrp-group",
     "ROUTE_MARK": "a mark such as 0x10 or 0x10/0xff",
-    "LOG": "log", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
+    "LOG": "log", "RATE": "a rate such as 10/second", "PER_SOURCE": "per-source",
+    "NOTRACK": "notrack", "$END": "end of file", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "SEMICOLON": "';'", "COLON": "':'", "LSQB": "'['", "RSQB": "']'",
 }
 
@@ -197,6 +200,17 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str,
         found = f"character {text[exc.pos_in_stream]!r}" if exc.pos_in_stream < len(text) else ""
     if fragment is not None:
         expected &= fragment
+    if isinstance(exc, UnexpectedToken):
+        pos = exc.token.start_pos
+    else:
+        pos = getattr(exc, "pos_in_stream", None)
+    if pos is not None and fragment is None:
+        suggested = _suggestion(text, pos, expected)
+        if suggested is not None:
+            code, message, hint = suggested
+            word, _ = _words_around(text, pos)
+            span = Span(path, line, column, line, column + max(1, len(word)))
+            return error(code, message, span, hint=hint)
     names = sorted({_describe(t) for t in expected})
     hint = None
     if names:
@@ -204,6 +218,63 @@ def _syntax_diagnostic(path: str, exc: UnexpectedInput, text: str,
         hint = f"expected {shown}"
     span = Span(path, line, column, line, column + width)
     return error("FWC001", f"syntax error: unexpected {found}".rstrip(), span, hint=hint)
+
+
+# Words admins reach for that the language spells otherwise, per terminal expected.
+SYNONYMS = {
+    "ACTION": {"allow": "accept", "permit": "accept", "pass": "accept", "deny": "drop",
+               "block": "drop", "refuse": "reject"},
+    "VERDICT": {"accept": "allow", "permit": "allow", "pass": "allow", "drop": "deny",
+                "reject": "deny", "block": "deny"},
+    "NAT_KIND": {"masq": "masquerade", "no-nat": "nonat", "source-nat": "snat",
+                 "destination-nat": "dnat"},
+}
+# Keyword terminals by their spelling, for "did you mean" on a near miss.
+_SPELLINGS = {
+    "ACTION": ("accept", "drop", "reject"), "VERDICT": ("allow", "deny"),
+    "NAT_KIND": ("snat", "dnat", "masquerade", "nonat"), "LOG": ("log",),
+    "KW_SERVICE": ("service",), "NOTRACK": ("notrack",), "PER_SOURCE": ("per-source",),
+}
+_WORD = re.compile(r"[A-Za-z0-9_./:-]+")
+
+
+def _words_around(text: str, pos: int) -> tuple[str, str]:
+    """The word at POS and the word before it (on the same line)."""
+    match = _WORD.match(text, pos)
+    word = match.group(0) if match else ""
+    line_start = text.rfind("\n", 0, pos) + 1
+    before = _WORD.findall(text[line_start:pos])
+    return word, before[-1] if before else ""
+
+
+def _suggestion(text: str, pos: int, expected: set[str]) -> tuple[str, str, str] | None:
+    """(code, message, hint) for a mistake fwc recognises at POS, else None."""
+    word, before = _words_around(text, pos)
+    if not word:
+        return None
+    protocols = ("tcp", "udp", "sctp", "dccp", "icmp", "icmpv6")
+    if before in protocols and re.fullmatch(r"[0-9A-Za-z-]+(?:,[0-9A-Za-z-]+)*", word) \
+            and (word[0].isdigit() or before.startswith("icmp")):
+        return ("FWC020", f"'{before} {word}': a service is written protocol/port",
+                f"did you mean {before}/{word}?")
+    lower = word.lower()
+    for terminal, table in SYNONYMS.items():
+        if terminal in expected and lower in table:
+            return ("FWC021", f"unknown keyword '{word}'",
+                    f"did you mean '{table[lower]}'? (expected {_expected_text(expected)})")
+    spellings = [s for t in expected for s in _SPELLINGS.get(t, ())]
+    spellings += [t.strip('"') for t in (_describe(t) for t in expected)
+                  if t.startswith('"') and t.endswith('"')]
+    close = difflib.get_close_matches(lower, spellings, n=1, cutoff=0.75)
+    if close and close[0] != lower:
+        return ("FWC021", f"unknown keyword '{word}'",
+                f"did you mean '{close[0]}'? (expected {_expected_text(expected)})")
+    return None
+
+
+def _expected_text(expected: set[str]) -> str:
+    names = sorted({_describe(t) for t in expected})
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
 
 
 def _blank_line(text: str, line: int) -> str:
@@ -340,6 +411,9 @@ class _Builder(Transformer):
 
     def include(self, children: list) -> s.Include:
         _keyword, path_token = children
+        if path_token.type == "LIBRARY_FILE":
+            path = s.Word(path_token.value[1:-1], self.span(path_token))
+            return s.Include(path, path.span, library=True)
         path = self.word(path_token)
         return s.Include(path, path.span)
 
@@ -403,12 +477,86 @@ class _Builder(Transformer):
     unicast = _valued("unicast")
     master = _valued("master")
     backend = _valued("backend")
+    log_level = _valued("log-level")
+    log_rate = _valued("log-rate")
+    log_burst = _valued("log-burst")
+    log_group = _valued("log-group")
+    default_input = _valued("input")
+    default_forward = _valued("forward")
+    default_output = _valued("output")
+    commit_timeout = _valued("commit-timeout")
+    external_cache = _valued("external-cache")
+    conntrack_max = _valued("conntrack-max")
+    hash_size = _valued("hash-size")
+    opt_with = _valued("with")
+    opt_connlimit = _valued("connlimit")
     vrrp_unicast = _valued("unicast")
     track_weight = _valued("weight")
     track_interval = _valued("interval")
     track_fall = _valued("fall")
     track_rise = _valued("rise")
     del _valued
+
+    def log_drops(self, children: list) -> s.Option:
+        keyword = self.span(children[0])
+        if len(children) > 1:
+            value = self.word(children[1])
+            return s.Option("log-drops", value, _join(keyword, value.span))
+        return s.Option("log-drops", None, keyword)
+
+    def _listed(self, key: str, children: list) -> s.Option:
+        """`protocols tcp, udp`: one option whose value is the list joined by commas."""
+        words = [self.word(c) for c in children]
+        span = _join(words[0].span, words[-1].span)
+        return s.Option(key, s.Word(",".join(w.text for w in words), span), span)
+
+    def sync_protocols(self, children: list) -> s.Option:
+        return self._listed("protocols", children)
+
+    def sync_states(self, children: list) -> s.Option:
+        return self._listed("states", children)
+
+    def backup_link(self, children: list) -> list[s.Option]:
+        link = self.word(children[0])
+        out = [s.Option("backup-link", link, link.span)]
+        if len(children) > 1:
+            port = self.word(children[1])
+            out.append(s.Option("backup-port", port, port.span))
+        return out
+
+    def mss(self, children: list) -> s.Option:
+        value = self.word(children[0])
+        return s.Option("mss", value, value.span)
+
+    @staticmethod
+    def _clause(options: list[s.Option]) -> list[s.Option]:
+        """A rule option with parameters (`limit 10/second burst 20`): every part's span ends
+        where the clause ends, so that `fwc fmt` keeps it on one cell; each value keeps its
+        own span for diagnostics."""
+        spans = [o.value.span if o.value is not None else o.span for o in options]
+        whole = _join(spans[0], max(spans, key=lambda sp: (sp.end_line, sp.end_column)))
+        return [s.Option(o.key, o.value, whole) for o in options]
+
+    def opt_limit(self, children: list) -> list[s.Option]:
+        rate = self.word(children[0])
+        options = [s.Option("limit", rate, rate.span)]
+        for token in children[1:]:
+            word = self.word(token)
+            key = "per-source" if token.type == "PER_SOURCE" else "limit-burst"
+            options.append(s.Option(key, word, word.span))
+        return self._clause(options)
+
+    def opt_syn_limit(self, children: list) -> list[s.Option]:
+        rate = self.word(children[0])
+        options = [s.Option("syn-limit", rate, rate.span)]
+        if len(children) > 1:
+            burst = self.word(children[1])
+            options.append(s.Option("syn-limit-burst", burst, burst.span))
+        return self._clause(options)
+
+    def opt_notrack(self, children: list) -> s.Option:
+        return s.Option("notrack", None, self.span(children[0]))
+
 
     def sync_allow(self, children: list) -> s.ServicesOption:
         services = tuple(self.service_ref(c) for c in children)
@@ -482,6 +630,12 @@ class _Builder(Transformer):
     def sync(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
         return self._options_block("sync", children)
 
+    def log_defaults(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return self._options_block("log", children[1:])  # after the `log` keyword
+
+    def defaults(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
+        return self._options_block("default", children)
+
     def named_vip(self, children: list) -> tuple[s.Word, s.Word]:
         name, address = children
         return (self.word(name), self.word(address))
@@ -495,18 +649,23 @@ class _Builder(Transformer):
         vips: list[s.Word] = []
         names: list[s.Word | None] = []
         vrid = None
+        mss = None
         for opt in opts:
             if isinstance(opt, s.Option):
-                vrid = opt.value
+                if opt.key == "mss":
+                    mss = opt.value
+                else:
+                    vrid = opt.value
             else:
                 for vip_name, address in opt[1]:
                     names.append(vip_name)
                     vips.append(address)
         name_word = self.word(name)
-        last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else [])],
+        last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else []),
+                    *([mss.span] if mss else [])],
                    key=lambda sp: (sp.end_line, sp.end_column))
         return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last),
-                               tuple(names))
+                               tuple(names), mss)
 
     def member_link(self, children: list) -> s.MemberLink:
         iface, device, *addresses = children
@@ -526,7 +685,8 @@ class _Builder(Transformer):
 
     def cluster(self, children: list) -> s.ClusterDecl:
         _keyword, name, *items = children
-        blocks: dict[str, list] = {"vrrp": [], "sync": [], "track": [], "notify": []}
+        blocks: dict[str, list] = {"vrrp": [], "sync": [], "track": [], "notify": [], "log": [],
+                                   "default": []}
         block_spans: dict[str, Span | None] = dict.fromkeys(blocks)
         interfaces = tuple(i for i in items if isinstance(i, s.InterfaceDecl))
         members = tuple(i for i in items if isinstance(i, s.MemberDecl))
@@ -549,7 +709,9 @@ class _Builder(Transformer):
                              tuple(blocks["sync"]), block_spans["sync"], interfaces, members,
                              _join(name_word.span, last), backend, tuple(blocks["track"]),
                              block_spans["track"], tuple(blocks["notify"]),
-                             block_spans["notify"], routes, groups)
+                             block_spans["notify"], routes, groups=groups, log=tuple(blocks["log"]),
+                             log_span=block_spans["log"], defaults=tuple(blocks["default"]),
+                             defaults_span=block_spans["default"])
 
     # -- routing (`route`, `route-rule`) ------------------------------------------------
     route_via = _route_valued("via")
@@ -606,42 +768,58 @@ class _Builder(Transformer):
     def opt_service(self, children: list) -> tuple[s.ServiceRef, ...]:
         return tuple(self.service_ref(c) for c in children[1:])  # after the keyword
 
-    def opt_log(self, children: list) -> s.Option:
+    def opt_log(self, children: list) -> s.Option | list[s.Option]:
         keyword = self.span(children[0])
-        if len(children) > 1:
-            value = self.word(children[1])
-            return s.Option("log", value, _join(keyword, value.span))
-        return s.Option("log", None, keyword)
+        rest = children[1:]
+        prefix = None
+        if rest and not isinstance(rest[0], s.Option):
+            prefix = self.word(rest.pop(0))
+        params = [p for p in rest if isinstance(p, s.Option)]
+        last = max([keyword, *([prefix.span] if prefix else []), *(p.span for p in params)],
+                   key=lambda sp: (sp.end_line, sp.end_column))
+        whole = _join(keyword, last)
+        log = s.Option("log", prefix, whole)
+        if not params:
+            return log
+        # every part spans the whole clause (fwc fmt keeps it together); values keep theirs
+        return [log, *(s.Option(p.key, p.value, whole) for p in params)]
 
     def nat_target(self, children: list) -> s.NatTargetDecl:
         what = children[0]
         port = self.word(children[1]) if len(children) > 1 else None
-        kind = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip"}.get(
-            what.type, "address")
+        port_high = self.word(children[2]) if len(children) > 2 else None
+        kind = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip",
+                "ADDR_RANGE": "range"}.get(what.type, "address")
         text = what.value[: -len(".vip")] if kind == "vip" else what.value
         span = self.span(what)
-        return s.NatTargetDecl(kind, text, port, _join(span, port.span) if port else span)
+        end = port_high or port
+        return s.NatTargetDecl(kind, text, port, _join(span, end.span) if end else span,
+                               port_high)
 
     def rule(self, children: list) -> s.RuleDecl:
         action, sources, destinations, *rest = children
         options: list[s.Option] = []
         services: tuple[s.ServiceRef, ...] = ()
-        target = None
+        targets: list[s.NatTargetDecl] = []
         last = destinations[-1].span
         for child in rest:
             if isinstance(child, s.Option):
                 options.append(child)
                 last = child.span
+            elif isinstance(child, list):  # an option with parameters
+                options.extend(child)
+                last = child[-1].span
             elif isinstance(child, s.NatTargetDecl):
-                target = child
+                targets.append(child)
                 last = child.span
             else:
                 services = services + child
                 options.append(s.Option("service", None, _join(child[0].span, child[-1].span)))
                 last = child[-1].span
         action_word = self.word(action)
-        return s.RuleDecl(action_word, sources, destinations, tuple(options), services, target,
-                          _join(action_word.span, last))
+        return s.RuleDecl(action_word, sources, destinations, tuple(options), services,
+                          targets[0] if targets else None, _join(action_word.span, last),
+                          tuple(targets[1:]))
 
     nat_rule = rule
 

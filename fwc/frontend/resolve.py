@@ -57,6 +57,19 @@ def flat_order(members: dict[str, list[str]]) -> list[str] | None:
     return list(reversed(top + below))
 
 
+# Option keys of the syntax tree that the language spells differently: messages name
+# an option the way the user wrote it.
+WRITTEN = {"sync-link": "link", "sync-mode": "mode", "password-file": "password file",
+           "backup-port": "port", "limit-burst": "burst", "syn-limit-burst": "burst",
+           "log-level": "level", "log-rate": "rate", "log-burst": "burst",
+           "log-group": "group", "log-drops": "drops"}
+
+
+def written(key: str) -> str:
+    """An option key as the policy writes it (`sync-link` is written `link`)."""
+    return WRITTEN.get(key, key)
+
+
 def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else None
@@ -73,6 +86,7 @@ class Resolver:
         self.service_decls: dict[str, s.ServiceDef] = {}
         self.objects: dict[str, m.AddressObject] = {}
         self.services: dict[str, m.Service] = {}
+        self.broken_vips: set[str] = set()  # interfaces whose VIP did not resolve
 
     # -- helpers ---------------------------------------------------------------
     def err(self, code: str, message: str, span: Span | None, hint: str | None = None,
@@ -165,12 +179,32 @@ class Resolver:
                      hint="write a duration such as 1s or 100ms")
             return None
 
+    def rate(self, word: s.Word, what: str) -> m.Rate | None:
+        """COUNT/UNIT; the grammar allows only the units of protocols.RATE_UNITS."""
+        count_text, _, unit = word.text.partition("/")
+        count = _small_int(count_text)
+        if count < 1:
+            self.err("FWC109", f"{what} {word.text} is zero", word.span,
+                     hint="write at least 1 per unit, e.g. 1/minute")
+            return None
+        per_second = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[unit]
+        if count / per_second > proto.LIMIT_RATE_MAX_PER_SECOND:
+            self.err("FWC109", f"{what} {word.text} is faster than the kernel can limit",
+                     word.span, hint=f"at most {proto.LIMIT_RATE_MAX_PER_SECOND}/second")
+            return None
+        return m.Rate(count, unit)
+
+    def burst(self, word: s.Word) -> int | None:
+        return self.integer(word, "burst", 1, proto.LIMIT_BURST_MAX, "FWC109")
+
     def choice(self, word: s.Word, what: str, options: Iterable[str]) -> str | None:
         opts = tuple(options)
         if word.text in opts:
             return word.text
+        close = difflib.get_close_matches(word.text, opts, n=1)
+        hint = f"expected one of: {', '.join(opts)}"
         self.err("FWC109", f"unknown {what} '{word.text}'", word.span,
-                 hint=f"expected one of: {', '.join(opts)}")
+                 hint=f"did you mean '{close[0]}'? ({hint})" if close else hint)
         return None
 
     # -- objects -------------------------------------------------------------------
@@ -383,7 +417,8 @@ class Resolver:
                          tuple(nat), tuple(expectations), decl.span,
                          self.resolve_backend(decl), self.resolve_tracks(decl),
                          self.resolve_notify(decl), routes, route_rules,
-                         self.resolve_groups(decl))
+                         groups=self.resolve_groups(decl), logging=self.resolve_logging(decl),
+                         defaults=self.resolve_defaults(decl))
 
     def signed(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
         try:
@@ -488,7 +523,8 @@ class Resolver:
         for opt in options:
             key = "password" if opt.key == "password-file" else opt.key
             if key in seen:
-                self.err("FWC110", f"'{opt.key}' is given twice", opt.span,
+                self.err("FWC110", f"'{written(opt.key)}' is given twice",
+                         opt.value.span if opt.value is not None else opt.span,
                          related=[Related(seen[key].span, "first given here")])
                 continue
             seen[key] = opt
@@ -580,8 +616,44 @@ class Resolver:
             assert isinstance(option, s.ServicesOption)
             allow, labels, _ok = self.services_of(option.services)
         spans = tuple((k, o.span) for k, o in opts.items())
+        value = {k: o.value for k, o in opts.items() if o.value is not None}
+        tuning: dict[str, object] = {}
+        if "backup-link" in value:
+            tuning["backup_link"] = value["backup-link"].text
+        if "backup-port" in value:
+            tuning["backup_port"] = self.integer(value["backup-port"], "backup link port", 1,
+                                                 65535, "FWC107")
+        if "commit-timeout" in value:
+            ms = self.duration_ms(value["commit-timeout"], "commit timeout")
+            if ms is not None and ms < 1000:
+                self.err("FWC109", "the commit timeout is counted in whole seconds",
+                         value["commit-timeout"].span, hint="write at least 1s")
+            elif ms is not None:
+                tuning["commit_timeout_s"] = ms // 1000
+        if "external-cache" in value:
+            cache = self.choice(value["external-cache"], "external-cache value", ("on", "off"))
+            tuning["external_cache"] = cache != "off"
+        if "protocols" in value:
+            tuning["protocols"] = self.listed(value["protocols"], "sync protocol",
+                                              proto.SYNC_PROTOCOL_NAMES)
+        if "states" in value:
+            tuning["states"] = self.listed(value["states"], "TCP state", proto.SYNC_TCP_STATES)
+        if "conntrack-max" in value:
+            tuning["conntrack_max"] = self.integer(value["conntrack-max"], "conntrack-max",
+                                                   *proto.CONNTRACK_MAX_RANGE, "FWC109")
+        if "hash-size" in value:
+            tuning["hash_size"] = self.integer(value["hash-size"], "hash-size",
+                                               *proto.HASH_SIZE_RANGE, "FWC109")
         return m.Sync(link, mode, transport, group, port, mark_bit, decl.sync_span, spans,
-                      allow, labels)
+                      allow, labels, **{k: v for k, v in tuning.items() if v is not None})
+
+    def listed(self, word: s.Word, what: str, known: Iterable[str]) -> tuple[str, ...]:
+        """A comma list of names (`protocols tcp, udp`), each one of KNOWN, once."""
+        names = tuple(word.text.split(","))
+        good = tuple(n for n in names if self.choice(s.Word(n, word.span), what, known))
+        for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+            self.err("FWC110", f"{what} '{name}' is listed twice", word.span)
+        return tuple(dict.fromkeys(good))
 
     def resolve_interfaces(self, decl: s.ClusterDecl, vrrp: m.Vrrp) -> tuple[m.Interface, ...]:
         out: list[m.Interface] = []
@@ -619,9 +691,65 @@ class Resolver:
                 self.err("FWC204", f"interface '{idecl.name.text}' has VIPs but no VRID",
                          idecl.name.span,
                          hint="set 'vrid N' on the interface or a cluster-wide 'vrid' in vrrp { }")
+            if len(vips) < len(idecl.vips):
+                # reported at the VIP: a later `IFACE.vip` must not add "has no VIP"
+                self.broken_vips.add(idecl.name.text)
+            mss: int | str | None = None
+            if idecl.mss is not None:
+                if idecl.mss.text.isdigit():
+                    mss = self.integer(idecl.mss, "MSS", *proto.MSS_RANGE, "FWC109")
+                else:
+                    mss = self.choice(idecl.mss, "MSS clamping", ("pmtu",))
             out.append(m.Interface(idecl.name.text, tuple(vips), vrid if idecl.vips else None,
-                                   idecl.span, tuple(spans), tuple(names)))
+                                   idecl.span, tuple(spans), tuple(names), mss,
+                                   idecl.mss.span if idecl.mss is not None else None))
         return tuple(out)
+
+    def resolve_logging(self, decl: s.ClusterDecl) -> m.Logging:
+        opts = self.unique_options(decl.log)
+        value = {k: o.value for k, o in opts.items() if o.value is not None}
+        default = m.Logging()
+        level = default.level
+        if "log-level" in value:
+            level = self.choice(value["log-level"], "log level", proto.LOG_LEVELS) or level
+        rate = default.rate
+        if "log-rate" in value:
+            rate = self.rate(value["log-rate"], "log rate") or rate
+        burst = default.burst
+        if "log-burst" in value:
+            burst = self.burst(value["log-burst"]) or burst
+        group = None
+        if "log-group" in value:
+            group = self.integer(value["log-group"], "NFLOG group", 0, proto.NFLOG_GROUP_MAX,
+                                 "FWC109")
+        drops = "log-drops" in opts
+        prefix = value["log-drops"].text if "log-drops" in value else None
+        spans = tuple((k, o.value.span if o.value is not None else o.span)
+                      for k, o in opts.items())
+        return m.Logging(level, rate, burst, group, drops, prefix, decl.log_span, spans)
+
+    def resolve_defaults(self, decl: s.ClusterDecl) -> m.Defaults:
+        opts = self.unique_options(decl.defaults)
+        chosen: dict[str, FilterAction] = {}
+        # The firewall's own output may be accepted; what arrives or passes through never
+        # is by default (a firewall that accepts what no rule names is not one).
+        allowed = {"input": ("drop", "reject"), "forward": ("drop", "reject"),
+                   "output": ("accept", "drop", "reject")}
+        for key, choices in allowed.items():
+            if key in opts and opts[key].value is not None:
+                word = opts[key].value
+                if word.text == "accept" and key != "output":
+                    self.err("FWC109", f"the {key} default cannot be 'accept'", word.span,
+                             hint="a firewall drops what no rule accepts: write 'accept' "
+                             f"rules for the {key} traffic you want, or 'reject' to answer "
+                             "the rest")
+                    continue
+                got = self.choice(word, f"{key} default", choices)
+                if got is not None:
+                    chosen[key] = FilterAction(got)
+        spans = tuple((k, o.value.span if o.value is not None else o.span)
+                      for k, o in opts.items())
+        return m.Defaults(span=decl.defaults_span, option_spans=spans, **chosen)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
         raw: list[tuple[s.MemberDecl, int | None, bool, str | None, Span | None]] = []
@@ -775,6 +903,8 @@ class Resolver:
                  f"several {kinds} VIPs: {', '.join(listed)}", span, hint=hint)
 
     def bad_vip_ref(self, name: str, span: Span, ifaces: dict[str, m.Interface]) -> None:
+        if name in self.broken_vips:
+            return  # its VIP was reported where it is declared: no follow-on error
         if name in ifaces:
             self.err("FWC101", f"interface '{name}' has no VIP", span,
                      hint=f"add 'vip ADDRESS/PREFIX' to 'interface {name}'")
@@ -819,26 +949,92 @@ class Resolver:
                 self.err("FWC101", f"undefined member '{only}'", opts["only"].value.span,
                          hint=_did_you_mean(only, members) or "use a member of this cluster")
                 return None
+        extras = self.rule_extras(opts, rd, is_nat)
         if not is_nat:
-            if source is None or destination is None or not services_ok:
+            if source is None or destination is None or not services_ok or extras is None:
                 return None
             return m.FilterRule(index, FilterAction(rd.action.text), source, destination,
                                 services, labels, in_iface, out_iface, log, prefix, only,
-                                rd.span)
+                                rd.span, **extras)
         action = NatAction(rd.action.text)
         target = self.nat_target(rd, action, ifaces, out_iface)
+        pool = tuple(self.nat_target_of(t, action, ifaces) for t in rd.pool)
         if action.has_target and target is None:
             return None
-        if source is None or destination is None or not services_ok:
+        if rd.pool and action is not NatAction.DNAT:
+            self.err("FWC111", f"only dnat shares load between several targets; '{action}' "
+                     "translates to one", rd.pool[0].span,
+                     hint="snat to several addresses: write a range, e.g. "
+                     "'-> 198.51.100.250-198.51.100.253'")
+            return None
+        if source is None or destination is None or not services_ok or extras is None \
+                or any(p is None for p in pool):
             return None
         return m.NatRule(index, action, source, destination, services, labels, in_iface,
-                         out_iface, log, prefix, only, rd.span, target)
+                         out_iface, log, prefix, only, rd.span, target,
+                         pool=tuple(p for p in pool if p is not None), **extras)
+
+    def rule_extras(self, opts: dict[str, s.Option], rd: s.RuleDecl, is_nat: bool) \
+            -> dict[str, object] | None:
+        """The options of issue 15's vocabulary, as keyword arguments of the rule; None
+        after an error (reported)."""
+        ok = True
+        out: dict[str, object] = {}
+        value = {k: o.value for k, o in opts.items() if o.value is not None}
+        level = rate = burst = group = None
+        if "log-level" in value:
+            level = self.choice(value["log-level"], "log level", proto.LOG_LEVELS)
+            ok &= level is not None
+        if "log-rate" in value:
+            rate = self.rate(value["log-rate"], "log rate")
+            ok &= rate is not None
+        if "log-burst" in value:
+            burst = self.burst(value["log-burst"])
+            ok &= burst is not None
+        if "log-group" in value:
+            group = self.integer(value["log-group"], "NFLOG group", 0, proto.NFLOG_GROUP_MAX,
+                                 "FWC109")
+            ok &= group is not None
+        out["log_options"] = m.LogOptions(level, rate, burst, group)
+        for key, field_ in (("limit", "limit"), ("syn-limit", "syn_limit")):
+            if key not in value:
+                continue
+            limit_rate = self.rate(value[key], f"{key} rate")
+            limit_burst = None
+            if f"{key}-burst" in value:
+                limit_burst = self.burst(value[f"{key}-burst"])
+                ok &= limit_burst is not None
+            if limit_rate is None:
+                ok = False
+                continue
+            out[field_] = m.Limit(limit_rate, limit_burst, key == "limit" and "per-source" in opts)
+        if "connlimit" in value:
+            out["connlimit"] = self.integer(value["connlimit"], "connlimit", 1,
+                                            proto.CONNLIMIT_MAX, "FWC109")
+            ok &= out["connlimit"] is not None
+        if "with" in value:
+            out["reject_with"] = self.choice(value["with"], "reject type", proto.REJECT_TYPES)
+            ok &= out["reject_with"] is not None
+        out["notrack"] = "notrack" in opts
+        out["option_spans"] = tuple((k, o.value.span if o.value is not None else o.span)
+                                    for k, o in opts.items())
+        if is_nat:
+            # NAT rules take none of these: they translate, the filter rules decide.
+            for key in ("with", "limit", "connlimit", "syn-limit", "notrack", "log-level",
+                        "log-rate", "log-burst", "log-group"):
+                if key in opts:
+                    word = opts[key].value
+                    self.err("FWC109", f"'{written(key)}' is an option of policy rules, "
+                             "not of NAT rules", word.span if word else opts[key].span,
+                             hint="put it on the policy rule that accepts this traffic")
+                    ok = False
+        return out if ok else None
 
     def nat_target(self, rd: s.RuleDecl, action: NatAction, ifaces: dict[str, m.Interface],
                    out_iface: str | None) -> m.NatTarget | None:
         t = rd.target
         if not action.has_target:
-            if t is not None:
+            if t is not None or rd.pool:
                 self.err("FWC111", f"'{action}' takes no '-> ADDRESS'", t.span,
                          hint="remove the target" if action is NatAction.NONAT
                          else "masquerade uses the outgoing interface's own address")
@@ -850,14 +1046,28 @@ class Resolver:
                      hint="e.g. '-> uplink.vip' for snat, '-> web' or '-> 192.0.2.80:8080' "
                      "for dnat")
             return None
-        port = None
+        return self.nat_target_of(t, action, ifaces)
+
+    def nat_target_of(self, t: s.NatTargetDecl, action: NatAction,
+                      ifaces: dict[str, m.Interface]) -> m.NatTarget | None:
+        port = port_high = None
         if t.port is not None:
-            if action is not NatAction.DNAT:
-                self.err("FWC111", "only dnat can change the port", t.port.span)
-                return None
             port = self.integer(t.port, "port", 1, 65535, "FWC107")
             if port is None:
                 return None
+        if t.port_high is not None:
+            port_high = self.integer(t.port_high, "port", 1, 65535, "FWC107")
+            if port_high is None:
+                return None
+            if port is not None and port_high < port:
+                self.err("FWC107", f"port range {port}-{port_high} ends before it starts",
+                         t.port_high.span, hint=f"write {port_high}-{port}")
+                return None
+        if t.kind == "range":
+            got = self.parse_range(s.Word(t.text, t.span))
+            if got is None:
+                return None
+            return m.NatTarget("range", t.text, got, port, None, t.span, port_high)
         if t.kind == "vip":
             iface = ifaces.get(t.text)
             if iface is None or not iface.vips:
@@ -867,13 +1077,13 @@ class Resolver:
                 self.ambiguous_vip(iface, t.span)
                 return None
             return m.NatTarget("vip", f"{t.text}.vip", AddressSet.of(*(v.ip for v in iface.vips)),
-                               port, t.text, t.span)
+                               port, t.text, t.span, port_high)
         if t.kind == "named_vip":
             vip = self.named_vip_ref(t.text, t.span, ifaces)
             if vip is None:
                 return None
             return m.NatTarget("vip", t.text, AddressSet.of(vip.ip), port,
-                               t.text.partition(".vip.")[0], t.span)
+                               t.text.partition(".vip.")[0], t.span, port_high)
         if t.kind == "name":
             self.used.add(t.text)
             obj = self.objects.get(t.text)
@@ -892,7 +1102,7 @@ class Resolver:
                 self.err("FWC111", f"NAT target '{label}' is not a single address", t.span,
                          hint="translate to one host address (or to IFACE.vip)")
                 return None
-        return m.NatTarget(kind, label, addresses, port, None, t.span)
+        return m.NatTarget(kind, label, addresses, port, None, t.span, port_high)
 
     def resolve_expectation(self, rd: s.RuleDecl, ifaces: dict[str, m.Interface]) \
             -> m.Expectation | None:
@@ -951,11 +1161,13 @@ class Resolver:
         for name, decl in self.object_decls.items():
             obj = self.objects.get(name)
             documents_segment = obj is not None and obj.addresses in segments
-            if name not in self.used and not documents_segment:
+            offered = decl.name.span.file in self.program.libraries
+            if name not in self.used and not documents_segment and not offered:
                 self.warn("FWC103", f"object '{name}' is never used", decl.name.span,
                           hint="remove it, or use it in a rule")
         for name, sdecl in self.service_decls.items():
-            if name not in self.used_services:
+            if name not in self.used_services \
+                    and sdecl.name.span.file not in self.program.libraries:
                 self.warn("FWC103", f"service '{name}' is never used", sdecl.name.span,
                           hint="remove it, or use it in a rule")
         sources = tuple(m.SourceInfo(p, h) for p, h in self.program.hashes)

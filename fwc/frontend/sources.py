@@ -14,6 +14,10 @@ colleague decides which files fwc opens. These rules keep that harmless:
 
 No diagnostic about a refused file echoes anything of its content.
 
+The one exception to "inside the repository": `include <NAME>` may read fwc's own
+library (`LIBRARY_ROOT`, package data installed with fwc, read-only), and a file of
+it may include only other files of it (fwc.frontend.loader).
+
 Imported by the command line, so no heavy imports here.
 """
 
@@ -34,6 +38,9 @@ MAX_TOTAL_BYTES = 32 * MIB
 MAX_INCLUDE_DEPTH = 32
 # A VRRP password file holds one short line.
 MAX_SECRET_BYTES = 4096
+
+# The standard object library shipped with fwc (docs/library.md).
+LIBRARY_ROOT = Path(__file__).resolve().parent.parent / "library"
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -100,6 +107,18 @@ def read_regular(path: Path, shown: str, limit: int = MAX_FILE_BYTES) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def library_name_problem(name: str) -> str | None:
+    """Why NAME cannot name a library file (`include <NAME>`), or None."""
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return "must be a relative path without '.', '..' or empty parts"
+    if any(not ch.isalnum() and ch not in "_.-/" for ch in name):
+        return "may hold only letters, digits, '_', '.', '-' and '/'"
+    if not name.endswith(".fw"):
+        return "must name a .fw file"
+    return None
 
 
 def repository_root(top: Path) -> Path:

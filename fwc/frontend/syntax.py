@@ -105,6 +105,7 @@ class VrrpGroupDecl:
 class Include:
     path: Word
     span: Span
+    library: bool = False  # `include <name>`: looked up in the library search path
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,7 @@ class InterfaceDecl:
     vrid: Word | None
     span: Span
     vip_names: tuple[Word | None, ...] = ()  # per VIP: `vip NAME ADDR` names it
+    mss: Word | None = None  # `mss N` or `mss pmtu`
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,10 @@ class ClusterDecl:
     notify_span: Span | None = None
     routes: tuple[RouteDecl | RouteRuleDecl, ...] = ()  # `route` and `route-rule` lines
     groups: tuple[VrrpGroupDecl, ...] = ()  # `vrrp-group NAME { ... }`
+    log: tuple[Option, ...] = ()  # `log { }`: the cluster's logging defaults
+    log_span: Span | None = None
+    defaults: tuple[Option, ...] = ()  # `default { }`: the filter chains' defaults
+    defaults_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +202,11 @@ class RouteRuleDecl:
 @dataclass(frozen=True, slots=True)
 class NatTargetDecl:
     kind: str  # name, vip (IFACE), named_vip (IFACE.vip.NAME), address
+    kind: str  # name, vip, address, range
     text: str
     port: Word | None
     span: Span
+    port_high: Word | None = None  # `:LOW-HIGH`
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +218,7 @@ class RuleDecl:
     services: tuple[ServiceRef, ...]
     target: NatTargetDecl | None
     span: Span
+    pool: tuple[NatTargetDecl, ...] = ()  # dnat to several backends: the ones after `target`
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fwc.backend.files import BY_NAME
+from fwc.backend.files import BY_NAME, rules_file
 from fwc.backend.manifest import Manifest, ManifestError
 from fwc.backend.output import relative_source, source_root
 from fwc.model import Policy
@@ -71,6 +71,7 @@ def load_member_files(output: Path, policy: Policy, cluster: str, member: str) \
         if problem is not None:
             raise CompiledError(f"{path} {problem}: run fwc compile again")
         out[name] = data.decode("utf-8")
-    if "iptables.rules" not in out:
+    # Every member gets its backend's ruleset (iptables.rules, nftables.nft).
+    if rules_file(manifest.backend).name not in out:
         raise CompiledError(f"no compiled files for member {member} in {cluster_dir}")
     return out

@@ -12,6 +12,7 @@ from typing import TextIO
 from fwc.backend.files import BY_NAME, DAEMON_ORDER, FILES, Reload
 from fwc.install import scripts
 from fwc.install.paths import CONFIRMED
+from fwc.install.record import InstallRecord, store_command
 from fwc.install.transport import Result, Transport, TransportError
 
 # What the node-side watchdog allows on top of the confirmation window: the
@@ -45,7 +46,8 @@ SettleWait = Callable[[], tuple[bool, str]]
 class NodeInstall:
     def __init__(self, transport: Transport, files: dict[str, str], *, role: str,
                  systemd: bool, confirm_timeout: float, settle_timeout: float,
-                 confirmer: Confirmer, settle: SettleWait, out: TextIO) -> None:
+                 confirmer: Confirmer, settle: SettleWait, out: TextIO,
+                 record: InstallRecord | None = None) -> None:
         self.transport = transport
         self.member = transport.member
         self.files = [f for f in FILES if f.name in files]
@@ -57,6 +59,7 @@ class NodeInstall:
         self.confirmer = confirmer
         self.settle = settle
         self.out = out
+        self.record = record
         self.result = NodeResult(self.member)
         # Names this install in the node lock's owner file, so that only its own
         # confirmation, rollback or watchdog releases the lock.
@@ -95,7 +98,8 @@ class NodeInstall:
             self.stage_files()
             self.say("testing the new rulesets")
             self.step("test", scripts.test_ruleset(self.files))
-            self.say("saving the running rules, ipsets and daemon configs")
+            self.say(f"saving the running {scripts.saved_rulesets(self.files)} and daemon "
+                     "configs")
             self.snapshot()
             self.arm_watchdog()
             self.say("applying")
@@ -163,6 +167,9 @@ class NodeInstall:
         reloads = [command for _, command in self.reload_commands(old_config=None)]
         self.step("snapshot", scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
                   input=scripts.rollback_script(self.files, reloads, token=self.token))
+        # What the confirmation removes: fwc's rules of another backend (a switch).
+        self.step("snapshot", scripts.write(scripts.RETIRE_SCRIPT, 0o700),
+                  input=scripts.retire_script(self.files))
 
     def arm_watchdog(self) -> None:
         seconds = self.watchdog_seconds()
@@ -222,22 +229,39 @@ class NodeInstall:
         if self.transport.dry_run:
             self.say(f"wait up to {self.confirm_timeout:.0f} s for confirmation, then:")
             self.step("confirm", scripts.confirm(token=self.token))
+            self.store_record()
             self.say("without it:")
             self.step("rollback", scripts.rollback())
             self.result.ok = True
             return
         if self.confirmer(self, self.confirm_timeout):
             try:
-                self.step("confirm", scripts.confirm(token=self.token))
+                confirmed = self.step("confirm", scripts.confirm(token=self.token))
             except StepFailed as exc:
                 self.result.stage, self.result.message = exc.stage, exc.message
                 self.say(f"could not confirm: {exc.message}")
                 return
             self.say("confirmed: the new configuration stays")
+            for line in confirmed.stderr.splitlines():  # the previous backend's rules went
+                self.say(line)
             self.result.ok = True
+            self.store_record()
             return
         self.result.stage, self.result.message = "confirm", "not confirmed in time"
         self.roll_back("not confirmed")
+
+    def store_record(self) -> None:
+        """After the confirmation: what was installed, from where, by whom, when (fwc
+        status). The install stands either way; a failure here is only reported."""
+        if self.record is None:
+            return
+        from fwc.install.record import record_input
+
+        try:
+            self.step("record", store_command(self.record, self.member),
+                      input=record_input(self.record, self.member))
+        except StepFailed as exc:
+            self.say(f"warning: could not write the install record: {exc.message}")
 
     def confirmed_elsewhere(self) -> bool:
         """Someone confirmed on the node itself (touch .../confirmed)."""

@@ -12,6 +12,10 @@ STATE_DIR = "/etc/fwc"
 STAGING = f"{STATE_DIR}/staging"
 SNAPSHOT = f"{STATE_DIR}/snapshot"
 ROLLBACK_SCRIPT = f"{SNAPSHOT}/rollback.sh"
+# Run once the install is confirmed: removes what fwc's earlier install of another
+# backend still runs (a switch from iptables to nftables, or back).
+RETIRE_SCRIPT = f"{SNAPSHOT}/retire.sh"
+RETIRED = f"{SNAPSHOT}/retired"
 CONFIRMED = f"{SNAPSHOT}/confirmed"
 ROLLED_BACK = f"{SNAPSHOT}/rolled-back"
 WATCHDOG_PID = f"{SNAPSHOT}/watchdog.pid"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from fwc.install.node import Confirmer, NodeInstall, NodeResult, wait_for_marker
+from fwc.install.record import InstallRecord
 from fwc.install.settle import ClusterState, SettleCheck, check_cluster, wait_settled
 from fwc.install.transport import Transport
 from fwc.model import Cluster, Member
@@ -29,6 +30,7 @@ class InstallOptions:
     settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
     systemd: bool = True  # False when nodes are namespaces on this host (no own systemd)
     out: TextIO = sys.stdout
+    record: InstallRecord | None = None  # written to each node once confirmed
 
 
 def order(cluster: Cluster, chosen: list[Member], state: ClusterState | None) -> list[Member]:
@@ -69,7 +71,8 @@ def install_cluster(cluster: Cluster, chosen: list[Member], files: Mapping[str, 
                            role=role_of(member, cluster), systemd=options.systemd,
                            confirm_timeout=options.confirm_timeout,
                            settle_timeout=options.settle_timeout,
-                           confirmer=confirmer, settle=settle, out=out)
+                           confirmer=confirmer, settle=settle, out=out,
+                           record=options.record)
         result = node.run()
         results.append(result)
         if not result.ok:

@@ -10,20 +10,27 @@ import shlex
 from pathlib import PurePosixPath
 
 from fwc import protocols as proto
-from fwc.backend.files import ENABLED_UNITS, LOAD_ORDER, GeneratedFile, Reload, path_of
+from fwc.backend.files import ENABLED_UNITS, FILES, LOAD_ORDER, GeneratedFile, Reload, path_of
+from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
     CONNTRACKD,
     INSTALL_LOCK,
     LOCK_OWNER,
+    RETIRE_SCRIPT,
+    RETIRED,
     ROLLBACK_SCRIPT,
     ROLLED_BACK,
     SNAPSHOT,
     STAGING,
     WATCHDOG_PID,
 )
+from fwc.model.vocabulary import Backend
 
 q = shlex.quote
+
+# The one nftables table an nftables install owns (nftables.nft replaces only it).
+NFT_TABLE = f"inet {NFT_TABLE_NAME}"
 
 # `kill -0` succeeds on a zombie, and some init processes (containers) reap
 # late: a watchdog that exited must count as gone.
@@ -42,6 +49,39 @@ _ALWAYS_NEEDED = (("flock", "the install lock"), ("cmp", "the snapshot"))
 # watchdog's deadline its rollback may still run: the lock outlives both.
 LOCK_SETUP_BUDGET = 600
 LOCK_SLACK = 120
+
+
+def backends(files: list[GeneratedFile]) -> set[Backend]:
+    """The packet filters FILES are written for (the rows that name one)."""
+    return {f.backend for f in files if f.backend is not None}
+
+
+# `nft -f` lines that remove fwc's table whether it exists or not (creating an empty
+# one first makes the delete safe): a file starting with them replaces only that table.
+NFT_REPLACE_HEAD = (f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}")
+_PRINT_HEAD = f"printf '%s\\n' {' '.join(q(line) for line in NFT_REPLACE_HEAD)}"
+
+
+def saved_rulesets(files: list[GeneratedFile]) -> str:
+    """What the snapshot of FILES' install saves, for the user."""
+    using = backends(files)
+    return " and ".join(([f"nftables table {NFT_TABLE}"] if Backend.NFTABLES in using else [])
+                        + (["rules, ipsets"] if Backend.IPTABLES in using else [])) \
+        or "files"
+
+
+def nft_drop_table() -> str:
+    """Remove fwc's nftables table, whether it exists or not; never another table."""
+    return f"{_PRINT_HEAD} | nft -f -"
+
+
+def nft_list_table() -> str:
+    """Print fwc's nftables table as the node's nft lists it; nothing when there is none.
+
+    Fails when nft itself fails: an unreadable ruleset is not an absent table.
+    """
+    return (f"t=$(nft list tables) && if printf '%s\\n' \"$t\" "
+            f"| grep -qx {q(f'table {NFT_TABLE}')}; then nft list table {NFT_TABLE}; fi")
 
 
 def required_tools(files: list[GeneratedFile]) -> list[tuple[str, str]]:
@@ -166,16 +206,22 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     daemons whose configuration changed are reloaded.
     """
     new = f"{SNAPSHOT}.new"
-    lines = [
-        "set -e",
-        f"rm -rf {new}",
-        f"mkdir -p -m 0700 {new}",
-        f"iptables-save > {new}/iptables.save",
-        "if command -v ip6tables-save >/dev/null 2>&1; then "
-        f"ip6tables-save > {new}/ip6tables.save; fi",
-        "if command -v ipset >/dev/null 2>&1; then "
-        f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
-    ]
+    lines = ["set -e", f"rm -rf {new}", f"mkdir -p -m 0700 {new}"]
+    using = backends(files)
+    if Backend.IPTABLES in using:
+        lines += [
+            f"iptables-save > {new}/iptables.save",
+            "if command -v ip6tables-save >/dev/null 2>&1; then "
+            f"ip6tables-save > {new}/ip6tables.save; fi",
+            "if command -v ipset >/dev/null 2>&1; then "
+            f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
+        ]
+    if Backend.NFTABLES in using:
+        # Only fwc's own table: the install replaces nothing else. No nft.save means
+        # there was no such table, and a rollback deletes the new one.
+        lines += ["t=$(nft list tables)",
+                  f"if printf '%s\\n' \"$t\" | grep -qx {q(f'table {NFT_TABLE}')}; then "
+                  f"nft list table {NFT_TABLE} > {new}/nft.save; fi"]
     if sysctls:
         lines.append(f": > {new}/sysctl.save")
     for key in sysctls:
@@ -294,34 +340,8 @@ def _restore_routes(files: list[GeneratedFile]) -> list[str]:
     return lines
 
 
-def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: str) -> str:
-    """The node restores itself with this, from the watchdog or from fwc.
-
-    Idempotent and serialised: the watchdog and fwc may both reach it. Once
-    the old configuration is back it releases install TOKEN's node lock.
-    """
-    lines = [
-        "#!/bin/sh",
-        "# Written by fwc install: restores what ran before the install.",
-        f"S={SNAPSHOT}",
-        "exec 9>>$S/lock",
-        "if command -v flock >/dev/null 2>&1; then flock 9; fi",
-        "[ -e $S/confirmed ] && exit 0",
-        "[ -e $S/rolled-back ] && exit 0",
-        "rc=0",
-    ]
-    for index, file in enumerate(files):
-        lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
-                     f"|| rc=1; else rm -f {file.path}; fi")
-    lines += [
-        # Before the rules: a node where forwarding was off must not keep forwarding.
-        "if [ -e $S/sysctl.save ]; then",
-        "    while IFS= read -r kv; do",
-        '        k=${kv%%=*}; v=${kv#*=}',
-        '        [ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] '
-        '|| sysctl -q -w "$k=$v" >/dev/null || rc=1',
-        "    done < $S/sysctl.save",
-        "fi",
+def _iptables_rollback() -> list[str]:
+    return [
         # Sets the snapshot had get their saved members back before the restored
         # rules use them again.
         "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
@@ -352,6 +372,56 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         '        grep -q "^create $set " $S/ipsets.save || ipset destroy "$set" 2>/dev/null || :',
         "    done",
         "fi",
+    ]
+
+
+def _nft_rollback() -> list[str]:
+    # The previous fwc table in one transaction, or none when there was none; the
+    # node's other tables are not touched.
+    return [
+        "if [ -e $S/nft.save ]; then",
+        f"    {{ {_PRINT_HEAD}; cat $S/nft.save; }} | nft -f - || rc=1",
+        "else",
+        f"    {nft_drop_table()} || rc=1",
+        "fi",
+    ]
+
+
+def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: str) -> str:
+    """The node restores itself with this, from the watchdog or from fwc.
+
+    Idempotent and serialised: the watchdog and fwc may both reach it. Once
+    the old configuration is back it releases install TOKEN's node lock.
+    """
+    lines = [
+        "#!/bin/sh",
+        "# Written by fwc install: restores what ran before the install.",
+        f"S={SNAPSHOT}",
+        "exec 9>>$S/lock",
+        "if command -v flock >/dev/null 2>&1; then flock 9; fi",
+        "[ -e $S/confirmed ] && exit 0",
+        "[ -e $S/rolled-back ] && exit 0",
+        "rc=0",
+    ]
+    for index, file in enumerate(files):
+        lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
+                     f"|| rc=1; else rm -f {file.path}; fi")
+    lines += [
+        # Before the rules: a node where forwarding was off must not keep forwarding.
+        "if [ -e $S/sysctl.save ]; then",
+        "    while IFS= read -r kv; do",
+        '        k=${kv%%=*}; v=${kv#*=}',
+        '        [ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] '
+        '|| sysctl -q -w "$k=$v" >/dev/null || rc=1',
+        "    done < $S/sysctl.save",
+        "fi",
+    ]
+    using = backends(files)
+    if Backend.IPTABLES in using:
+        lines += _iptables_rollback()
+    if Backend.NFTABLES in using:
+        lines += _nft_rollback()
+    lines += [
         *_restore_routes(files),
         *reloads,
         # Without the marker the watchdog tries again at its deadline.
@@ -359,6 +429,111 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "exit $rc",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _retire_iptables() -> list[str]:
+    """Flush the tables fwc's previous iptables install loaded, then its sets and files.
+
+    That install replaced whole tables (iptables-restore), so every table its
+    files name was fwc's: each is restored empty with ACCEPT policies (user
+    chains go). The files stay when that fails, so that a second run (the
+    watchdog, or the next install) can try again and `fwc diff --installed`
+    shows them.
+    """
+    rows = [f for f in FILES if f.backend is Backend.IPTABLES]
+    lines = [
+        "owned_empty() {",
+        '    for t in $(sed -n "s/^\\*//p" "$2"); do',
+        '        echo "*$t"',
+        '        $1 -t "$t" | sed -n "s/^:\\([A-Z]*\\) [A-Z]* .*/:\\1 ACCEPT [0:0]/p"',
+        "        echo COMMIT",
+        "    done",
+        "}",
+        "old=0",
+    ]
+    for row in rows:
+        if row.reload is not Reload.RULES or row.loader is None:
+            continue
+        save = row.loader.replace("-restore", "-save")
+        program = row.loader.split("-")[0]
+        lines += [
+            f"if [ -e {row.path} ]; then",
+            f"    tables=$(sed -n 's/^\\*//p' {row.path} | tr '\\n' ' ')",
+            f"    if command -v {row.loader} >/dev/null 2>&1 "
+            f"&& owned_empty {save} {row.path} | {row.loader}; then",
+            f"        echo \"{program}: emptied the tables of fwc's previous iptables "
+            "install: $tables\" >&2",
+            "    else",
+            f"        echo \"warning: could not empty the {program} tables $tables of fwc's "
+            "previous iptables install\" >&2; old=1",
+            "    fi",
+            "fi",
+        ]
+    sets = next(f for f in rows if f.reload is Reload.IPSETS)
+    lines += [
+        # Referenced by no rule of fwc's any more; a set someone else uses stays.
+        f"if [ $old -eq 0 ] && [ -e {sets.path} ] && command -v ipset >/dev/null 2>&1; then",
+        f"    for set in $(sed -n 's/^create \\([^ ]*\\) .*/\\1/p' {sets.path}); do",
+        '        ipset destroy "$set" 2>/dev/null || :',
+        "    done",
+        "fi",
+        f"if [ $old -eq 0 ]; then rm -f {' '.join(f.path for f in rows)}; else rc=1; fi",
+    ]
+    return lines
+
+
+def _retire_nftables() -> list[str]:
+    """Delete fwc's table of a previous nftables install, then its files."""
+    rows = [f for f in FILES if f.backend is Backend.NFTABLES]
+    rules = next(f for f in rows if f.reload is Reload.RULES)
+    return [
+        f"if [ -e {rules.path} ]; then",
+        f"    if command -v nft >/dev/null 2>&1 && {nft_drop_table()}; then",
+        f"        echo \"nft: deleted the table {NFT_TABLE} of fwc's previous nftables "
+        "install\" >&2",
+        f"        rm -f {' '.join(f.path for f in rows)}",
+        "    else",
+        f"        echo \"warning: could not delete the table {NFT_TABLE} of fwc's previous "
+        "nftables install\" >&2; rc=1",
+        "    fi",
+        "fi",
+    ]
+
+
+_RETIRE = {Backend.IPTABLES: _retire_iptables, Backend.NFTABLES: _retire_nftables}
+
+
+def retire_script(files: list[GeneratedFile]) -> str:
+    """Run once FILES' install is confirmed: what fwc's earlier install of another backend
+    still runs goes (docs/workflow.md, "Switching to nftables").
+
+    Until then the old rules stay: both rulesets see every packet, so nothing the
+    old policy refused gets through while the new one is on probation, and a
+    rollback has nothing of the old backend to restore. Idempotent and
+    serialised (fwc's confirmation and the watchdog may both run it); prints
+    what it did on stderr.
+    """
+    using = backends(files)
+    lines = [
+        "#!/bin/sh",
+        "# Written by fwc install: after the confirmation, removes what fwc's previous",
+        "# install of another packet filter left running.",
+        f"S={SNAPSHOT}",
+        "exec 8>>$S/retire.lock",
+        "if command -v flock >/dev/null 2>&1; then flock 8; fi",
+        f"[ -e {RETIRED} ] && exit 0",
+        "rc=0",
+    ]
+    for backend in Backend:
+        if backend not in using:
+            lines += _RETIRE[backend]()
+    lines += [f"if [ $rc -eq 0 ]; then touch {RETIRED}; fi", "exit $rc"]
+    return "\n".join(lines) + "\n"
+
+
+def _retire_now() -> str:
+    return (f"if [ -e {RETIRE_SCRIPT} ]; then sh {RETIRE_SCRIPT} || echo 'warning: the previous "
+            "backend was not removed completely; fwc install runs it again' >&2; fi")
 
 
 def arm_watchdog(seconds: float, *, token: str) -> str:
@@ -372,7 +547,10 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
     """
     ticks = max(1, round(seconds * 5))
     body = (f"i=0; while [ $i -lt {ticks} ]; do "
-            f"if [ -e {CONFIRMED} ] || [ -e {ROLLED_BACK} ]; then {release(token)}; exit 0; fi; "
+            # Confirmed by hand on the node: the old backend goes as with fwc's confirm.
+            f"if [ -e {CONFIRMED} ]; then {_retire_now()} >/dev/null 2>&1; {release(token)}; "
+            "exit 0; fi; "
+            f"if [ -e {ROLLED_BACK} ]; then {release(token)}; exit 0; fi; "
             "sleep 0.2; i=$((i+1)); done; "
             f"sh {ROLLBACK_SCRIPT} >/dev/null 2>&1")
     return (f"if ! {_lock_is_ours(token)}; then echo 'this install no longer holds the node "
@@ -399,7 +577,8 @@ def confirm(*, token: str) -> str:
             "if command -v flock >/dev/null 2>&1; then flock 9; fi; "
             f"if [ -e {ROLLED_BACK} ]; then "
             "echo 'too late: the node already restored the previous configuration' >&2; "
-            f"exit 1; fi; touch {CONFIRMED}; exec 9>&-; {_watchdog_gone()}; {release(token)}")
+            f"exit 1; fi; touch {CONFIRMED}; {_retire_now()}; exec 9>&-; {_watchdog_gone()}; "
+            f"{release(token)}")
 
 
 def rollback() -> str:

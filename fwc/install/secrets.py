@@ -7,17 +7,29 @@ fits). The secrets file gives the real values:
     # KEY = VALUE; a cluster-specific key wins over the general one
     vrrp_password = s3cret
     edge.vrrp_password = other
+
+The same text can come from an environment variable or from a command's standard
+output (`pass show fwc/edge`, a vault client) instead of a file; when its first
+line holds no `=`, that line is the password itself (the general `vrrp_password`)
+and the rest is ignored (`pass` keeps notes below the password). A value is never
+echoed: errors name the source and the line, not what it holds.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
 from fwc.backend.files import SECRET_FILES
 from fwc.model.passwords import Problem, password_problems
 from fwc.protocols import REDACTED_PASSWORD
 
-__all__ = ["SECRET_FILES", "SecretsError", "fill", "is_redacted", "read_secrets"]
+__all__ = ["SECRET_FILES", "SecretsError", "fill", "is_redacted", "parse_secrets",
+           "read_secret_source", "read_secrets"]
+# A secrets command that hangs (a pinentry nobody answers) must not hang fwc.
+COMMAND_TIMEOUT = 120.0
 
 
 class SecretsError(Exception):
@@ -29,6 +41,58 @@ def read_secrets(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SecretsError(f"cannot read secrets file {path}: {exc.strerror}") from exc
+    return parse_secrets(text, str(path))
+
+
+def read_secret_source(file: str | None = None, env: str | None = None,
+                       command: str | None = None) -> dict[str, str] | None:
+    """The secrets from a file, an environment variable or a command (at most one of
+    them); None when none is given."""
+    given = [what for what in (file, env, command) if what]
+    if len(given) > 1:
+        raise SecretsError("give the secrets one way: a file, an environment variable or "
+                           "a command")
+    if file:
+        return read_secrets(Path(file))
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise SecretsError(f"the environment variable {env} (secrets) is not set")
+        return parse_secrets(value, f"${env}", bare=True)
+    if command:
+        return parse_secrets(_run_command(command), f"secrets command '{command}'", bare=True)
+    return None
+
+
+def _run_command(command: str) -> str:
+    argv = shlex.split(command)
+    if not argv:
+        raise SecretsError("the secrets command is empty")
+    try:
+        # stderr goes to the user as it is (a `pass` or vault error); stdout only to fwc.
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              timeout=COMMAND_TIMEOUT, check=False)
+    except FileNotFoundError as exc:
+        raise SecretsError(f"secrets command '{argv[0]}' not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SecretsError(f"secrets command '{command}' gave no answer within "
+                           f"{COMMAND_TIMEOUT:.0f} s") from exc
+    if done.returncode != 0:
+        raise SecretsError(f"secrets command '{command}' exited with status {done.returncode}")
+    try:
+        return done.stdout.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretsError(f"secrets command '{command}' printed text that is not UTF-8") \
+            from exc
+
+
+def parse_secrets(text: str, where: str, bare: bool = False) -> dict[str, str]:
+    """KEY = VALUE lines of TEXT (WHERE names the source in errors); with BARE, a first
+    line without `=` is the general VRRP password."""
+    first = text.split("\n", 1)[0].strip()
+    if bare and first and "=" not in first:
+        text = f"vrrp_password = {first}"
+    path = where
     out: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()

@@ -174,12 +174,53 @@ class DryRun(Transport):
         return self.real.describe()
 
     def run(self, command: str, *, input: str | None = None, timeout: float = 60.0) -> Result:
-        line = shlex.join(self.argv(command))
-        if input is not None:
-            line += f"  <<< ({len(input.encode())} bytes)"
+        argv = self.argv(command)
+        line = shlex.join(argv)
+        size = None if input is None else len(input.encode())
+        if size is not None:
+            line += f"  <<< ({size} bytes)"
         self.printed.append(line)
-        self.stream.write(line + "\n")
+        if isinstance(self.stream, PlanRecorder):
+            self.stream.command(self.member, argv, command, size)
+        else:
+            self.stream.write(line + "\n")
         return Result(0, "", "")
+
+
+class PlanRecorder:
+    """The dry run as data (`fwc install --dry-run --format json`).
+
+    Given as the DryRun's stream and as the install's output, it receives both the
+    commands (`command`) and the notes the install says (`# member: text` lines), in
+    the order they would happen. Only sizes of what travels on stdin are kept: the
+    files may hold secrets.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[dict[str, object]]] = {}
+        self.notes: list[str] = []
+        self._partial = ""
+
+    def command(self, member: str, argv: list[str], command: str, size: int | None) -> None:
+        step: dict[str, object] = {"run": argv, "script": command}
+        if size is not None:
+            step["stdin_bytes"] = size
+        self.steps.setdefault(member, []).append(step)
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            note = line.removeprefix("# ")
+            who, sep, what = note.partition(": ")
+            if sep and not who.startswith("cluster ") and " " not in who:
+                self.steps.setdefault(who, []).append({"note": what})
+            elif note:
+                self.notes.append(note)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)

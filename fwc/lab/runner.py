@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from fwc.lab import drills
 from fwc.lab.adapter import LabSource, advert_variant
@@ -72,9 +73,18 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _stderr_progress(start: float) -> Callable[[str], None]:
+def _stderr_progress(start: float, stream: TextIO | None = None) -> Callable[[str], None]:
+    """Timed progress lines on stderr when it is a terminal; nothing in pipes, files or
+    CI logs (the report, the JSON and the lab's log directory have everything)."""
+    out = sys.stderr if stream is None else stream
+    try:
+        live = out.isatty()
+    except (AttributeError, ValueError):
+        live = False
+
     def emit(msg: str) -> None:
-        print(f"[lab {time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+        if live:
+            print(f"[lab {time.monotonic() - start:6.1f}s] {msg}", file=out, flush=True)
 
     return emit
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple, TypeVar
 
+from fwc import protocols as proto
 from fwc.diagnostics import Span
 from fwc.model.addresses import AddressSet
 from fwc.model.vocabulary import Action, Backend, FilterAction, NatAction, NatStage, Verdict
@@ -153,14 +154,120 @@ class Endpoint:
         return ", ".join(("!" if i.negated else "") + i.label for i in self.items)
 
 
+class Rate(NamedTuple):
+    """COUNT/UNIT, as written: `10/second`."""
+
+    count: int
+    unit: str  # second, minute, hour, day (protocols.RATE_UNITS)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """`limit RATE [burst N] [per-source]` or `syn-limit RATE [burst N]` of a rule."""
+
+    rate: Rate
+    burst: int | None = None
+    per_source: bool = False
+
+    def __str__(self) -> str:
+        burst = f" burst {self.burst}" if self.burst is not None else ""
+        return f"{self.rate}{burst}{' per-source' if self.per_source else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    """A rule's `log` parameters; None: the cluster's `log { }` default."""
+
+    level: str | None = None
+    rate: Rate | None = None
+    burst: int | None = None
+    group: int | None = None  # NFLOG group (ulogd) instead of the kernel log
+
+    def text(self) -> str:
+        parts = []
+        if self.level is not None:
+            parts += ["level", self.level]
+        if self.rate is not None:
+            parts += ["rate", str(self.rate)]
+        if self.burst is not None:
+            parts += ["burst", str(self.burst)]
+        if self.group is not None:
+            parts += ["group", str(self.group)]
+        return " ".join(parts)
+
+
+NO_LOG_OPTIONS = LogOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    """The cluster's `log { }`: defaults of every logging rule, and the default drops."""
+
+    level: str = proto.DEFAULT_LOG_LEVEL
+    rate: Rate = Rate(int(proto.LOG_RATE.partition("/")[0]), proto.LOG_RATE.partition("/")[2])
+    burst: int = proto.LOG_BURST
+    group: int | None = None
+    drops: bool = False  # log what the default policies drop (or reject)
+    drops_prefix: str | None = None
+    span: Span | None = None
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def span_of(self, key: str) -> Span | None:
+        return _option_span(self.option_spans, key, self.span)
+
+    def effective(self, options: LogOptions) -> LogOptions:
+        """A rule's log parameters with every unset one taken from these defaults."""
+        return LogOptions(options.level or self.level, options.rate or self.rate,
+                          options.burst if options.burst is not None else self.burst,
+                          options.group if options.group is not None else self.group)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """`default { input ... forward ... output ... }`: traffic no rule decides."""
+
+    input: FilterAction = FilterAction.DROP
+    forward: FilterAction = FilterAction.DROP
+    output: FilterAction = FilterAction.ACCEPT
+    span: Span | None = None
+    option_spans: tuple[tuple[str, Span], ...] = ()
+
+    def of(self, chain: str) -> FilterAction:
+        """The default of a filter chain by its lower-case name (input, forward, output)."""
+        return {"input": self.input, "forward": self.forward,
+                "output": self.output}.get(chain, FilterAction.ACCEPT)
+
+    def span_of(self, key: str) -> Span | None:
+        return _option_span(self.option_spans, key, self.span)
+
+
 @dataclass(frozen=True, slots=True)
 class NatTarget:
-    kind: str  # object, literal, vip
+    kind: str  # object, literal, vip, range
     label: str
-    addresses: AddressSet  # one address per family at most
+    addresses: AddressSet  # one address per family at most, or a range (kind range)
     port: int | None
     interface: str | None  # the interface whose VIP this is, for `IFACE.vip`
     span: Span
+    port_high: int | None = None  # `:LOW-HIGH`: a port range
+
+    def address_text(self, family: int) -> str | None:
+        """The target's address(es) of FAMILY as iptables writes them: `A` or `A-B`."""
+        intervals = self.addresses.family(family)
+        if not intervals:
+            return None
+        low, high = intervals[0][0], intervals[-1][1]
+        make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        return str(make(low)) if low == high else f"{make(low)}-{make(high)}"
+
+    @property
+    def port_text(self) -> str | None:
+        if self.port is None:
+            return None
+        return str(self.port) if self.port_high is None else f"{self.port}-{self.port_high}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +286,24 @@ class BaseRule:
     log_prefix: str | None
     only: str | None  # member name for a member-scoped rule
     span: Span
+    # The vocabulary of issue 15; keyword-only so that subclasses keep their positions.
+    log_options: LogOptions = field(default=NO_LOG_OPTIONS, kw_only=True)
+    limit: Limit | None = field(default=None, kw_only=True)  # the rule matches up to a rate
+    connlimit: int | None = field(default=None, kw_only=True)  # up to N connections/source
+    syn_limit: Limit | None = field(default=None, kw_only=True)  # SYNs beyond it dropped
+    reject_with: str | None = field(default=None, kw_only=True)  # protocols.REJECT_TYPES
+    notrack: bool = field(default=False, kw_only=True)  # not tracked (raw table)
+    option_spans: tuple[tuple[str, Span], ...] = field(default=(), kw_only=True)
+
+    def span_of(self, key: str) -> Span:
+        """Where an option of the rule was written, else the rule."""
+        return _option_span(self.option_spans, key, self.span) or self.span
+
+    @property
+    def conditional(self) -> bool:
+        """The rule does not match every packet it describes: beyond a rate or connection
+        limit the packets go on to the rules after it."""
+        return self.limit is not None or self.connlimit is not None
 
     @property
     def location(self) -> str:
@@ -198,11 +323,24 @@ class BaseRule:
             # As the language writes it: `log "say \"hi\""` reads back as the same rule.
             parts.append("log" + (f" {encode_literal(self.log_prefix)}" if self.log_prefix
                                   else ""))
+            if self.log_options.text():
+                parts.append(self.log_options.text())
         if self.only:
             parts += ["only", self.only]
+        if self.reject_with:
+            parts += ["with", self.reject_with]
+        if self.limit is not None:
+            parts += ["limit", str(self.limit)]
+        if self.connlimit is not None:
+            parts += ["connlimit", str(self.connlimit)]
+        if self.syn_limit is not None:
+            parts += ["syn-limit", str(self.syn_limit)]
+        if self.notrack:
+            parts.append("notrack")
         if target is not None:
-            port = f":{target.port}" if target.port is not None else ""
-            parts += ["->", target.label + port]
+            targets = [target, *getattr(self, "pool", ())]
+            parts += ["->", ", ".join(t.label + (f":{t.port_text}" if t.port is not None
+                                                 else "") for t in targets)]
         return " ".join(parts)
 
 
@@ -224,6 +362,13 @@ class NatRule(BaseRule):
 
     action: NatAction
     target: NatTarget | None  # set exactly when action.has_target
+    # dnat load sharing: the backends after the first (`-> web1, web2, web3`)
+    pool: tuple[NatTarget, ...] = field(default=(), kw_only=True)
+
+    @property
+    def targets(self) -> tuple[NatTarget, ...]:
+        """Every address the rule translates to: the target and the rest of its pool."""
+        return () if self.target is None else (self.target, *self.pool)
 
     @property
     def stages(self) -> tuple[NatStage, ...]:
@@ -284,9 +429,29 @@ class Sync:
     # `allow SERVICES`: management between the members' sync addresses (ssh, ntp, ...).
     allow: tuple[ServiceMatch, ...] = ()
     allow_labels: tuple[str, ...] = ()
+    # conntrackd tuning (docs/language.md "sync { }"); None/empty: conntrackd's defaults.
+    backup_link: str | None = None  # a second dedicated link (conntrackd fails over to it)
+    backup_port: int | None = None  # its UDP port (default: port + 1)
+    commit_timeout_s: int | None = None
+    external_cache: bool = True  # `external-cache off`: DisableExternalCache on
+    protocols: tuple[str, ...] = ()  # policy names (tcp, udp, ...); empty: every one
+    states: tuple[str, ...] = ()  # TCP states replicated; empty: every state
+    conntrack_max: int | None = None
+    hash_size: int | None = None
 
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
+
+    @property
+    def links(self) -> tuple[str, ...]:
+        """The dedicated links, the default one first."""
+        return tuple(name for name in (self.link, self.backup_link) if name is not None)
+
+    def port_of(self, link: str) -> int:
+        """The UDP port conntrackd uses on LINK (the backup link's own one)."""
+        if link == self.backup_link and link != self.link:
+            return self.backup_port if self.backup_port is not None else self.port + 1
+        return self.port
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +521,8 @@ class Interface:
     vip_spans: tuple[Span, ...] = ()
     # Per VIP, the name `vip NAME ADDR/PREFIX` gives it (None: unnamed); `IFACE.vip.NAME`.
     vip_names: tuple[str | None, ...] = ()
+    mss: int | str | None = None  # TCP MSS clamping: a size, or "pmtu" (to the path MTU)
+    mss_span: Span | None = None
 
     def vips_of(self, family: int) -> tuple[IPInterface, ...]:
         return tuple(v for v in self.vips if v.version == family)
@@ -516,6 +683,8 @@ class Cluster:
     route_rules: tuple[RouteRule, ...] = ()
     # `vrrp-group` blocks (active-active); empty: one sync group for every VIP.
     groups: tuple[VrrpGroup, ...] = ()
+    logging: Logging = Logging()
+    defaults: Defaults = Defaults()
 
     def interface(self, name: str) -> Interface | None:
         for iface in self.interfaces:

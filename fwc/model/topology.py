@@ -199,12 +199,15 @@ def _sorted(routes: list[TableRoute]) -> tuple[TableRoute, ...]:
 def member_routing(cluster: Cluster, member: Member, family: int) -> MemberRouting:
     """MEMBER's lookups for FAMILY, read off the topology graph."""
     def make() -> MemberRouting:
-        graph = topology(cluster)
+        # Without routes the graph would hold nothing the lookups read: a flat policy's
+        # check never pays for importing networkx.
+        graph = topology(cluster) if cluster.routes else None
         main: list[TableRoute] = []
         tables: dict[int, list[TableRoute]] = {}
         for name, net in subnets(cluster, member, family):
             main.append(TableRoute(net, name, 0))
-        for _, device, data in graph.out_edges(member_node(member.name), data=True):
+        for _, device, data in graph.out_edges(member_node(member.name), data=True) \
+                if graph is not None else ():
             if data["kind"] != "has":
                 continue
             interface = graph.nodes[device]["interface"]

@@ -140,3 +140,5 @@ class Target(StrEnum):
     MASQUERADE = "MASQUERADE"
     CONNMARK = "CONNMARK"
     CT = "CT"
+    NFLOG = "NFLOG"
+    TCPMSS = "TCPMSS"

@@ -21,7 +21,9 @@ from fwc.backend.lower.ruleset import (
     AddressMatch,
     Chain,
     ChainName,
+    ConnLimit,
     FilterRule,
+    HashLimit,
     JumpTarget,
     Match,
     NatRule,
@@ -32,11 +34,16 @@ from fwc.backend.lower.ruleset import (
     Table,
 )
 from fwc.model import (
+    NO_LOG_OPTIONS,
     BaseRule,
     Cluster,
     Endpoint,
     IPAddress,
+    Limit,
+    Logging,
+    LogOptions,
     Member,
+    NatTarget,
     Policy,
     PortRange,
     ServiceMatch,
@@ -56,6 +63,16 @@ FILTER_POLICIES = ((BuiltinChain.INPUT, Target.DROP), (BuiltinChain.FORWARD, Tar
 NAT_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.INPUT, BuiltinChain.OUTPUT,
               BuiltinChain.POSTROUTING)
 RAW_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.OUTPUT)
+MANGLE_CHAINS = (BuiltinChain.PREROUTING, BuiltinChain.INPUT, BuiltinChain.FORWARD,
+                 BuiltinChain.OUTPUT, BuiltinChain.POSTROUTING)
+# The filter chains by the name the model's defaults use.
+DEFAULT_OF = {BuiltinChain.INPUT: "input", BuiltinChain.FORWARD: "forward",
+              BuiltinChain.OUTPUT: "output"}
+TCP_SYN = ("FIN,SYN,RST,ACK", "SYN")  # a TCP packet that opens a connection
+MSS_SYN = ("SYN,RST", "SYN")  # the SYN and SYN/ACK whose MSS option is clamped
+IGMP = proto.IP_PROTOCOLS["igmp"]
+# MLD reports and done (v1 131, 132; v2 143): how a node joins the VRRP group ff02::12.
+MLD_ICMPV6_TYPES = (131, 132, 143)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
@@ -84,15 +101,38 @@ def source_label(file: str, line: int, source_root: str) -> str:
     return f"{_relative(file, source_root)}:{line}"
 
 
-def log_prefix(rule: BaseRule) -> tuple[str, bool]:
-    """The LOG prefix for a rule and whether the user's text had to be cut."""
+def log_prefix(rule: BaseRule, nflog: bool = False) -> tuple[str, bool]:
+    """The LOG (NFLOG) prefix for a rule and whether the user's text had to be cut."""
     text = f"{rule.log_prefix} " if rule.log_prefix is not None \
         else f"fwc {rule.action.upper()} "
-    if utf8_length(text) <= proto.LOG_PREFIX_MAX:
+    return cut_prefix(text, proto.NFLOG_PREFIX_MAX if nflog else proto.LOG_PREFIX_MAX)
+
+
+def cut_prefix(text: str, limit: int) -> tuple[str, bool]:
+    """TEXT (ending in a space) within LIMIT bytes, and whether the text itself was cut."""
+    if utf8_length(text) <= limit:
         return text, False
     # Only the user's own text can be too long; the trailing space goes first. The
     # kernel counts bytes: the cut never splits a UTF-8 character.
-    return cut_utf8(text, proto.LOG_PREFIX_MAX), utf8_length(text.rstrip()) > proto.LOG_PREFIX_MAX
+    return cut_utf8(text, limit), utf8_length(text.rstrip()) > limit
+
+
+def drops_prefix(logging: Logging, chain: str) -> tuple[str, bool]:
+    """The prefix of the default drop's log line in CHAIN, and whether it was cut."""
+    text = f"{logging.drops_prefix} " if logging.drops_prefix is not None \
+        else f"fwc {chain} default "
+    nflog = logging.group is not None
+    return cut_prefix(text, proto.NFLOG_PREFIX_MAX if nflog else proto.LOG_PREFIX_MAX)
+
+
+def burst_of(limit: Limit) -> int:
+    """A limit's burst as the kernel gets it (iptables' default when none is written)."""
+    return limit.burst if limit.burst is not None else proto.LIMIT_BURST_DEFAULT
+
+
+def hashlimit_name(kind: str, rule: BaseRule) -> str:
+    """The kernel's name of a rule's rate bucket: one per rule, shared by its lines."""
+    return f"fwc-{kind}{rule.index + 1}"[:proto.HASHLIMIT_NAME_MAX]
 
 
 def mark_value(bit: int) -> str:
@@ -273,6 +313,7 @@ class _Tables:
     nat: dict[ChainName, list[Rule]] = field(default_factory=lambda: {n: [] for n in NAT_CHAINS})
     raw: dict[ChainName, list[Rule]] = field(default_factory=lambda: {n: [] for n in RAW_CHAINS})
     raw_seen: set[tuple[ChainName, Match, str]] = field(default_factory=set)
+    raw_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
     filter_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
     nat_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
 
@@ -292,7 +333,8 @@ class _Lowering:
         self.relative: dict[str, str] = {}
         self.tables = _Tables()
         self.mark = mark_value(cluster.sync.mark_bit)
-        self.log_limit = RateLimit(proto.LOG_RATE, proto.LOG_BURST)
+        self.defaults = cluster.defaults
+        self.filtered_output = cluster.defaults.output is not FilterAction.ACCEPT
 
     def device(self, interface: str | None) -> str | None:
         if interface is None:
@@ -316,6 +358,11 @@ class _Lowering:
 
     def automatic_rules(self) -> None:
         self.auto(BuiltinChain.INPUT, Match(in_device="lo"), "loopback")
+        if self.filtered_output:
+            # The node's own traffic is filtered: what the HA plumbing sends goes first,
+            # before any policy rule (docs/language.md "default { }").
+            self.auto(BuiltinChain.OUTPUT, Match(out_device="lo"), "loopback")
+            self.output_plumbing()
         group = proto.VRRP_GROUP_V4 if self.family == 4 else proto.VRRP_GROUP_V6
         protocols = [proto.VRRP_PROTOCOL]
         if self.family == 4 and self.cluster.vrrp.auth == "ah":
@@ -377,13 +424,100 @@ class _Lowering:
                       replace(match, source=AddressMatch(own), destination=AddressMatch(peers),
                               out_device=dev), label)
 
+    def output_plumbing(self) -> None:
+        """With OUTPUT filtered: the multicast joins and, for IPv6, neighbour discovery.
+
+        keepalived joins 224.0.0.18 / ff02::12 and conntrackd its sync group: the
+        kernel announces that with IGMP (IPv4) or MLD (IPv6) reports, which a switch
+        with IGMP/MLD snooping needs to keep forwarding the group. Neighbour
+        solicitations and advertisements are not tracked (no ESTABLISHED to match).
+        """
+        devices: list[str] = []
+        for iface in self.cluster.vrrp_interfaces:
+            if iface.vips_of(self.family):
+                devices.append(self.device(iface.name) or iface.name)
+        # the multicast sync links have their IGMP rules already (igmp_rules)
+        synced = {link.device for name in self.cluster.sync.links
+                  for link in [self.member.link(name)] if link is not None} \
+            if self.cluster.sync.transport == "multicast" else set()
+        for dev in dict.fromkeys(d for d in devices if self.family == 6 or d not in synced):
+            if self.family == 4:
+                self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=IGMP),
+                          f"igmp {dev}")
+            else:
+                for icmp_type in MLD_ICMPV6_TYPES:
+                    self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=ICMPV6,
+                                                         icmp_type=icmp_type), f"mld {dev}")
+        if self.family == 6:
+            for icmp_type in proto.NDP_ICMPV6_TYPES:
+                self.auto(BuiltinChain.OUTPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
+                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+
+    def default_rules(self) -> None:
+        """The end of each filter chain: log what its default drops, reject if asked."""
+        logging = self.cluster.logging
+        for chain, name in DEFAULT_OF.items():
+            default = self.defaults.of(name)
+            if default is FilterAction.ACCEPT:
+                continue
+            if logging.drops:
+                prefix, _ = drops_prefix(logging, chain)
+                self.tables.filter[chain].append(self.log_rule(
+                    FilterRule, Match(), Origin("auto", f"fwc auto: log {name} default"),
+                    prefix, logging.effective(NO_LOG_OPTIONS)))
+            if default is FilterAction.REJECT:
+                origin = Origin("auto", f"fwc auto: {name} default")
+                self.tables.filter[chain].append(FilterRule(
+                    Match(protocol=TCP), Target.REJECT, origin, (("reject-with",
+                                                                  proto.REJECT_TCP),)))
+                self.tables.filter[chain].append(FilterRule(
+                    Match(), Target.REJECT, origin,
+                    (("reject-with", proto.REJECT_OTHER[self.family]),)))
+
+    def log_rule(self, make: type[FilterRule] | type[NatRule], match: Match, origin: Origin,
+                 prefix: str, options: LogOptions) -> Rule:
+        """LOG (or NFLOG with a group) with the effective level, rate and burst."""
+        assert options.rate is not None and options.burst is not None
+        limited = replace(match, limit=RateLimit(str(options.rate), options.burst))
+        if options.group is not None:
+            return make(limited, Target.NFLOG, origin, (("nflog-prefix", prefix),
+                                                        ("nflog-group", str(options.group))))
+        level = options.level or proto.DEFAULT_LOG_LEVEL
+        target_options: tuple[tuple[str, str], ...] = (("log-prefix", prefix),)
+        if level != proto.DEFAULT_LOG_LEVEL:
+            target_options += (("log-level", str(proto.LOG_LEVELS[level])),)
+        return make(limited, Target.LOG, origin, target_options)
+
+    def mss_rules(self) -> list[Rule]:
+        """TCP MSS clamping (`mss` on an interface) in mangle FORWARD, both directions for a
+        fixed size; towards the interface for `pmtu` (the path MTU of the route out)."""
+        out: list[Rule] = []
+        for iface in self.cluster.interfaces:
+            if iface.mss is None:
+                continue
+            dev = self.device(iface.name) or iface.name
+            origin = Origin("auto", f"fwc auto: mss {iface.name}")
+            syn = Match(protocol=TCP, tcp_flags=MSS_SYN)
+            if iface.mss == "pmtu":
+                out.append(FilterRule(replace(syn, out_device=dev), Target.TCPMSS, origin,
+                                      (("clamp-mss-to-pmtu", ""),)))
+                continue
+            for match in (replace(syn, in_device=dev), replace(syn, out_device=dev)):
+                out.append(FilterRule(match, Target.TCPMSS, origin,
+                                      (("set-mss", str(iface.mss)),)))
+        return out
+
     def sync_rules(self) -> None:
+        for name in self.cluster.sync.links:
+            self.sync_link_rules(name)
+
+    def sync_link_rules(self, name: str) -> None:
         sync = self.cluster.sync
-        link = self.member.link(sync.link) if sync.link else None
+        link = self.member.link(name)
         if link is None:
             return
         dev = link.device
-        port = (PortRange(sync.port, sync.port),)
+        port = (PortRange(sync.port_of(name), sync.port_of(name)),)
         label = f"conntrackd sync {dev}"
         if sync.transport == "multicast":
             group = AddressMatch((str(sync.group),))
@@ -395,7 +529,7 @@ class _Lowering:
             return
         own = [a.ip for a in link.addresses if a.version == 4]
         peers = [a.ip for m in self.cluster.members if m.name != self.member.name
-                 for pl in [m.link(sync.link)] if pl is not None
+                 for pl in [m.link(name)] if pl is not None
                  for a in pl.addresses if a.version == 4]
         if not own or not peers:
             return
@@ -429,6 +563,9 @@ class _Lowering:
             self.auto(chain, Match(protocol=TCP, tcp_not_syn=True, ctstate=("NEW",)),
                       "new tcp without syn", Target.DROP)
 
+    def chain_policy(self, chain: ChainName, fallback: Target) -> Target:
+        return chain_policy_of(self.cluster, chain, fallback)
+
     # -- policy rules ------------------------------------------------------------------
     def applies(self, rule: BaseRule) -> bool:
         return rule.only is None or rule.only == self.member.name
@@ -448,6 +585,8 @@ class _Lowering:
         parts = filter_parts(rule, self.fw, self.family, self.fw_order)
         if rule.action is FilterAction.ACCEPT:
             self.helpers(rule, origin, {p.chain for p in parts})
+            if rule.notrack:
+                self.notrack(rule, origin, parts, services)
         for part in parts:
             base = Match(source=part.source, destination=part.destination,
                          in_device=self.device(rule.in_interface)
@@ -456,6 +595,26 @@ class _Lowering:
                          if part.chain != BuiltinChain.INPUT else None)
             self.emit(self.tables.filter, self.tables.filter_user, FilterRule, rule, origin,
                       part, base, services, "p")
+
+    def notrack(self, rule: PolicyFilterRule, origin: Origin, parts: list[Part],
+                services: list[Match]) -> None:
+        """`notrack`: the raw table exempts the rule's traffic from connection tracking.
+
+        raw works before routing (PREROUTING, for INPUT and FORWARD traffic: the
+        incoming device is known, the outgoing one not yet; the checks refuse `out`
+        there) and for the node's own packets in OUTPUT.
+        """
+        for part in parts:
+            chain = BuiltinChain.OUTPUT if part.chain == BuiltinChain.OUTPUT \
+                else BuiltinChain.PREROUTING
+            base = Match(source=part.source, destination=part.destination,
+                         in_device=self.device(rule.in_interface)
+                         if chain is BuiltinChain.PREROUTING else None,
+                         out_device=self.device(rule.out_interface)
+                         if chain is BuiltinChain.OUTPUT else None)
+            kind = "ri" if part.chain == BuiltinChain.INPUT else "r"
+            self.emit(self.tables.raw, self.tables.raw_user, FilterRule, rule, origin,
+                      replace(part, chain=chain), base, services, kind, notrack=True)
 
     def helpers(self, rule: PolicyFilterRule, origin: Origin, chains: set[ChainName]) -> None:
         """Assign conntrack helpers explicitly in raw (the kernel no longer does it).
@@ -479,8 +638,11 @@ class _Lowering:
                 key = (chain, match, service.helper)
                 if key not in self.tables.raw_seen:
                     self.tables.raw_seen.add(key)
+                    # The kernel's name (h323 is Q.931 or RAS); a pair it lacks is FWC231.
+                    kernel = proto.CONNTRACK_HELPER_KERNEL_NAMES.get(
+                        (service.helper, service.protocol), service.helper)
                     self.tables.raw[chain].append(
-                        FilterRule(match, Target.CT, origin, (("helper", service.helper),)))
+                        FilterRule(match, Target.CT, origin, (("helper", kernel),)))
 
     def action(self, rule: PolicyFilterRule | PolicyNatRule, match: Match, inside_chain: bool) \
             -> tuple[JumpTarget, tuple[tuple[str, str], ...]]:
@@ -489,7 +651,11 @@ class _Lowering:
         if rule.action is FilterAction.DROP:
             return Target.DROP, ()
         if rule.action is FilterAction.REJECT:
-            how = proto.REJECT_TCP if match.protocol == TCP else proto.REJECT_OTHER[self.family]
+            if rule.reject_with is not None:
+                how = proto.REJECT_TYPES[rule.reject_with][self.family]
+            else:
+                how = proto.REJECT_TCP if match.protocol == TCP \
+                    else proto.REJECT_OTHER[self.family]
             return Target.REJECT, (("reject-with", how),)
         if rule.action is NatAction.NONAT:
             # Inside a RETURN chain, RETURN would only leave that chain; ACCEPT ends the
@@ -498,24 +664,37 @@ class _Lowering:
         if rule.action is NatAction.MASQUERADE:
             return Target.MASQUERADE, ()
         assert rule.target is not None
-        address = rule.target.addresses.cidrs(self.family)[0]
-        if rule.action is NatAction.SNAT:
+        return self.translation(rule.action, rule.target)
+
+    def translation(self, action: NatAction, target: NatTarget) \
+            -> tuple[JumpTarget, tuple[tuple[str, str], ...]]:
+        """SNAT/DNAT to TARGET's address (or range) of this family, with its port(s)."""
+        address = target.address_text(self.family)
+        assert address is not None
+        port = target.port_text
+        if port is not None:
+            address = (f"[{address}]" if self.family == 6 else address) + f":{port}"
+        if action is NatAction.SNAT:
             return Target.SNAT, (("to-source", address),)
-        port = rule.target.port
-        if port is None:
-            return Target.DNAT, (("to-destination", address),)
-        where = f"[{address}]" if self.family == 6 else address
-        return Target.DNAT, (("to-destination", f"{where}:{port}"),)
+        return Target.DNAT, (("to-destination", address),)
+
+    def pool(self, rule: PolicyNatRule) -> tuple[NatTarget, ...]:
+        """The translation targets that have an address of this family."""
+        return tuple(t for t in rule.targets if t.addresses.family(self.family))
 
     def emit(self, builtin: dict[ChainName, list[Rule]], user: dict[ChainName, list[Rule]],
              make: type[FilterRule] | type[NatRule], rule: PolicyFilterRule | PolicyNatRule,
-             origin: Origin, part: Part, base: Match, services: list[Match], kind: str) -> None:
+             origin: Origin, part: Part, base: Match, services: list[Match], kind: str,
+             notrack: bool = False) -> None:
         lines = len(services) * max(1, len(part.source.cidrs)) \
             * max(1, len(part.destination.cidrs))
         # A RETURN chain for exclusions; for a logged rule on several lines, one chain keeps
-        # the LOG and the verdict together instead of doubling every line.
+        # the LOG and the verdict together instead of doubling every line. A rule with a
+        # rate or connection limit always gets one: beyond the limit its packets RETURN to
+        # the rules after it, once per packet (one bucket however many lines jump there).
         needs_chain = bool(part.source_excluded or part.destination_excluded) \
-            or (rule.log and lines > 1)
+            or (not notrack and ((rule.log and lines > 1) or rule.conditional
+                                 or len(getattr(rule, "pool", ())) > 0 and lines > 1))
         target_rules: list[Rule] = builtin[part.chain]
         sub_name = ""
         if needs_chain:
@@ -536,30 +715,75 @@ class _Lowering:
             if needs_chain:
                 target_rules.append(make(match, sub_name, origin))
                 continue
-            self.final(target_rules, make, rule, origin, match, inside_chain=False)
+            self.final(target_rules, make, rule, origin, match, inside_chain=False,
+                       notrack=notrack)
         if needs_chain:
             self.final(user[sub_name], make, rule, origin, Match(), inside_chain=True,
-                       protocols={s.protocol for s in services})
+                       protocols={s.protocol for s in services}, notrack=notrack)
 
     def final(self, rules: list[Rule], make: type[FilterRule] | type[NatRule],
               rule: PolicyFilterRule | PolicyNatRule, origin: Origin, match: Match,
-              inside_chain: bool, protocols: set[int | None] | None = None) -> None:
+              inside_chain: bool, protocols: set[int | None] | None = None,
+              notrack: bool = False) -> None:
+        if notrack:
+            rules.append(make(match, Target.CT, origin, (("notrack", ""),)))
+            return
+        if isinstance(rule, PolicyNatRule) and match.protocol is None and protocols \
+                and None not in protocols and any(t.port is not None for t in rule.targets):
+            # A NAT port needs `-p` on its own line (iptables: "Need TCP, UDP, SCTP or
+            # DCCP with port specification"), also inside a chain all protocols share.
+            for number in sorted(p for p in protocols if p is not None):
+                self.final(rules, make, rule, origin, replace(match, protocol=number),
+                           inside_chain, notrack=notrack)
+            return
+        tcp_here = match.protocol == TCP or (match.protocol is None and (
+            protocols is None or TCP in protocols or None in protocols))
+        if inside_chain and rule.limit is not None:
+            rules.append(make(replace(match, hashlimit=HashLimit(
+                str(rule.limit.rate), burst_of(rule.limit), hashlimit_name("p", rule),
+                rule.limit.per_source)), Target.RETURN, origin))
+        if inside_chain and rule.connlimit is not None:
+            rules.append(make(replace(match, connlimit=ConnLimit(
+                rule.connlimit, 32 if self.family == 4 else 128)), Target.RETURN, origin))
+        if rule.syn_limit is not None and tcp_here:
+            # SYN flood protection: new connections beyond the rate are dropped here.
+            rules.append(make(replace(match, protocol=TCP, tcp_flags=TCP_SYN,
+                                      hashlimit=HashLimit(str(rule.syn_limit.rate),
+                                                          burst_of(rule.syn_limit),
+                                                          hashlimit_name("s", rule))),
+                              Target.DROP, origin))
         if rule.log:
-            prefix, _ = log_prefix(rule)
-            rules.append(make(replace(match, limit=self.log_limit), Target.LOG, origin,
-                              (("log-prefix", prefix),)))
-        if rule.action is FilterAction.REJECT and match.protocol is None and (
-                protocols is None or TCP in protocols or None in protocols):
+            effective = self.cluster.logging.effective(rule.log_options)
+            prefix, _ = log_prefix(rule, nflog=effective.group is not None)
+            rules.append(self.log_rule(make, match, origin, prefix, effective))
+        if rule.action is FilterAction.REJECT and rule.reject_with is None \
+                and match.protocol is None and tcp_here:
             # An RST needs -p tcp: answer TCP with a reset, everything else unreachable.
             rules.append(make(replace(match, protocol=TCP), Target.REJECT, origin,
                               (("reject-with", proto.REJECT_TCP),)))
+        if rule.action is FilterAction.REJECT and rule.reject_with == proto.REJECT_TCP \
+                and match.protocol is None:
+            # tcp-reset answers TCP only (the checks keep other protocols out of the rule)
+            rules.append(make(replace(match, protocol=TCP), Target.REJECT, origin,
+                              (("reject-with", proto.REJECT_TCP),)))
+            return
+        if isinstance(rule, PolicyNatRule) and rule.action is NatAction.DNAT \
+                and len(self.pool(rule)) > 1:
+            # Load sharing: connection n goes to backend n mod N (the nat table sees the
+            # first packet of each connection only); each line takes 1/remaining.
+            backends = self.pool(rule)
+            for n, backend in enumerate(backends):
+                left = len(backends) - n
+                line = replace(match, statistic=(left, 0)) if left > 1 else match
+                target, options = self.translation(rule.action, backend)
+                rules.append(make(line, target, origin, options))
+            return
         target, options = self.action(rule, match, inside_chain)
         rules.append(make(match, target, origin, options))
 
     # -- NAT ------------------------------------------------------------------------------
     def nat_rule(self, rule: PolicyNatRule) -> None:
-        if rule.action.has_target and (
-                rule.target is None or not rule.target.addresses.family(self.family)):
+        if rule.action.has_target and not self.pool(rule):
             return
         services = service_matches(rule.services, self.family)
         if services is None:
@@ -586,8 +810,9 @@ class _Lowering:
         for rule in self.cluster.nat:
             if self.applies(rule):
                 self.nat_rule(rule)
+        self.default_rules()
         t = self.tables
-        filter_chains = [Chain(name, policy, tuple(t.filter[name]))
+        filter_chains = [Chain(name, self.chain_policy(name, policy), tuple(t.filter[name]))
                          for name, policy in FILTER_POLICIES]
         mark_chain = Chain(MARK_ACCEPT_CHAIN, None, (
             FilterRule(Match(), Target.CONNMARK, Origin("auto", "fwc auto: replicated mark"),
@@ -599,15 +824,29 @@ class _Lowering:
                              for name, rules in t.filter_user.items())
         tables = []
         if any(t.raw.values()):
-            tables.append(Table(TableName.RAW, tuple(Chain(name, Target.ACCEPT,
-                                                           tuple(t.raw[name]))
-                                                     for name in RAW_CHAINS)))
+            raw_chains = [Chain(name, Target.ACCEPT, tuple(t.raw[name])) for name in RAW_CHAINS]
+            raw_chains.extend(Chain(name, None, tuple(rules)) for name, rules in t.raw_user.items())
+            tables.append(Table(TableName.RAW, tuple(raw_chains)))
+        mss = self.mss_rules()
+        if mss:
+            tables.append(Table(TableName.MANGLE, tuple(
+                Chain(name, Target.ACCEPT, tuple(mss) if name is BuiltinChain.FORWARD else ())
+                for name in MANGLE_CHAINS)))
         if any(t.nat.values()):
             nat_chains = [Chain(name, Target.ACCEPT, tuple(t.nat[name])) for name in NAT_CHAINS]
             nat_chains.extend(Chain(name, None, tuple(rules)) for name, rules in t.nat_user.items())
             tables.append(Table(TableName.NAT, tuple(nat_chains)))
         tables.append(Table(TableName.FILTER, tuple(filter_chains)))
         return NodeRuleset(self.cluster.name, self.member.name, self.family, tuple(tables))
+
+
+def chain_policy_of(cluster: Cluster, chain: ChainName, fallback: Target) -> Target:
+    """A filter chain's kernel policy: DROP unless its default accepts (reject: DROP,
+    after the REJECT rules at its end)."""
+    name = DEFAULT_OF.get(chain)  # type: ignore[call-overload]
+    if name is None:
+        return fallback
+    return Target.ACCEPT if cluster.defaults.of(name) is FilterAction.ACCEPT else Target.DROP
 
 
 def lower(cluster: Cluster, member: Member, family: int,

@@ -66,6 +66,26 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class HashLimit:
+    """`-m hashlimit --hashlimit-above`: matches packets beyond the rate (so that they
+    RETURN, or are dropped for syn-limit); one bucket per NAME, shared by every line of
+    a rule, per source address with `per_source`."""
+
+    rate: str  # e.g. 10/second
+    burst: int
+    name: str
+    per_source: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnLimit:
+    """`-m connlimit --connlimit-above N`: the source has more than N connections."""
+
+    above: int
+    mask: int  # 32 or 128: per source address
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     source: AddressMatch = ANY
     destination: AddressMatch = ANY
@@ -78,6 +98,11 @@ class Match:
     ctstate: tuple[str, ...] = ()  # conntrack states, in iptables-save order
     hop_limit: int | None = None  # IPv6 hop limit must equal this (NDP: 255)
     limit: RateLimit | None = None
+    # `--tcp-flags MASK SET` (e.g. ("SYN,RST", "SYN") for MSS clamping)
+    tcp_flags: tuple[str, str] | None = None
+    statistic: tuple[int, int] | None = None  # `--mode nth --every N --packet P`
+    connlimit: ConnLimit | None = None
+    hashlimit: HashLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,10 @@ Formats and what their readers do with a value:
 - sh (fwc-notify.sh): single quotes hold anything but a single quote.
 - ip -batch (fwc-routes.sh): words split at blanks, `"` quotes, `#` comments: a
   word holds letters, digits and `_.:/@-` only.
+- YAML read by Ansible (`fwc export ansible`): a single-quoted scalar holds anything
+  on one line, `''` being a quote; Ansible evaluates `{{ }}`, `{% %}` and `{# #}` in
+  every string it templates, so a value from a policy is tagged `!unsafe` (never
+  templated); a mapping key is only ever a bare name.
 - systemd unit files, sysctl.conf and the `#` comment line of every format: one
   line each, so only line breaks and other control characters are a danger.
 """
@@ -233,6 +237,23 @@ def sysctl_value(text: object) -> str:
     if value != value.strip() or not value:
         raise UnwritableText(f"{text!r} cannot be a sysctl value")
     return value
+
+
+# -- YAML for Ansible -------------------------------------------------------------------------
+
+_YAML_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+
+
+def yaml_unsafe(text: str) -> str:
+    """A YAML string Ansible takes literally: single-quoted and tagged `!unsafe`."""
+    return "!unsafe '" + line_text(text).replace("'", "''") + "'"
+
+
+def yaml_key(text: str) -> str:
+    """A bare YAML mapping key (an inventory host or group name): a plain name only."""
+    if not _YAML_KEY.match(text):
+        raise UnwritableText(f"{text!r} cannot be an Ansible host or group name")
+    return text
 
 
 # Jinja filters, named after the functions, so templates say which format a value is in.

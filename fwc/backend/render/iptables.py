@@ -84,6 +84,8 @@ def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
         out += ["-m", name, "--dport", _port_text(ports[0])]
     elif ports:
         out += ["-m", "multiport", "--dports", ",".join(_port_text(p) for p in ports)]
+    if match.tcp_flags is not None:
+        out += ["-m", "tcp", "--tcp-flags", *match.tcp_flags]
     if match.icmp_type is not None:
         if match.protocol == ICMP:
             out += ["-m", "icmp", "--icmp-type", str(match.icmp_type)]
@@ -95,15 +97,41 @@ def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
 # (protocol, ports, tcp_not_syn, icmp_type) -> the protocol options as text. A large
 # policy uses a few hundred port lists in tens of thousands of rules; one memo per
 # rendered file, never shared between runs.
-ProtocolTexts = dict[tuple[int | None, tuple[PortRange, ...], bool, int | None], str]
+ProtocolTexts = dict[tuple[int | None, tuple[PortRange, ...], bool, int | None,
+                          tuple[str, str] | None], str]
 
 
 def _protocol_text(match: Match, ports: tuple[PortRange, ...], memo: ProtocolTexts) -> str:
-    key = (match.protocol, ports, match.tcp_not_syn, match.icmp_type)
+    key = (match.protocol, ports, match.tcp_not_syn, match.icmp_type, match.tcp_flags)
     text = memo.get(key)
     if text is None:
         text = memo[key] = " ".join(_protocol_options(match, ports))
     return text
+
+
+def _rate(rate: str) -> str:
+    amount, _, unit = rate.partition("/")
+    return f"{amount}/{RATE_UNITS.get(unit, unit)}"
+
+
+def _limit_options(match: Match) -> list[str]:
+    """statistic, connlimit and hashlimit, in the order iptables-save prints them back."""
+    out: list[str] = []
+    if match.statistic is not None:
+        every, packet = match.statistic
+        out += ["-m", "statistic", "--mode", "nth", "--every", str(every), "--packet",
+                str(packet)]
+    if match.connlimit is not None:
+        out += ["-m", "connlimit", "--connlimit-above", str(match.connlimit.above),
+                "--connlimit-mask", str(match.connlimit.mask), "--connlimit-saddr"]
+    if match.hashlimit is not None:
+        limit = match.hashlimit
+        out += ["-m", "hashlimit", "--hashlimit-above", _rate(limit.rate),
+                "--hashlimit-burst", str(limit.burst)]
+        if limit.per_source:
+            out += ["--hashlimit-mode", "srcip"]
+        out += ["--hashlimit-name", escape.iptables_word(limit.name)]
+    return out
 
 
 def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list[str]:
@@ -131,6 +159,7 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
     if match.ctstate:
         states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
         tail += ["-m", "conntrack", "--ctstate", ",".join(states)]
+    tail += _limit_options(match)
     tail += ["-m", "comment", "--comment", escape.iptables_comment(rule.comment)]
     if match.limit is not None:
         amount, _, unit = match.limit.rate.partition("/")
@@ -138,8 +167,11 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
                  "--limit-burst", str(match.limit.burst)]
     tail += ["-j", escape.iptables_word(rule.target)]
     for option, value in rule.target_options:
-        tail += [f"--{option}", escape.iptables_log_prefix(value) if option == "log-prefix"
-                 else escape.iptables_word(value)]
+        tail.append(f"--{option}")
+        if option in ("log-prefix", "nflog-prefix"):
+            tail.append(escape.iptables_log_prefix(value))
+        elif value:  # an empty value is a flag (--notrack, --clamp-mss-to-pmtu)
+            tail.append(escape.iptables_word(value))
     # Joining non-empty groups of words joins exactly the same words as one list would.
     middle_text = " ".join(middle)
     tail_text = " ".join(tail)

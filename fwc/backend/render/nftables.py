@@ -6,27 +6,45 @@ switches from the old table to the new one atomically, and the tables of other
 programs (container runtimes, libvirt, fail2ban) are never touched. Never
 `flush ruleset`.
 
-The decisions stay the compiler's: the IPv4 and IPv6 rulesets that lowering
-built (the ones the iptables target starts from) are written as they are, each
-family's chains under its own names (`filter-INPUT-v4`), and one base chain per
-netfilter hook dispatches on `meta nfproto` to them. So every rule, RETURN and
-policy keeps the meaning it has in iptables. A family the cluster does not use
-is not fwc's business, as with iptables (no ip6tables rules are written then):
-its packets leave fwc's table accepted, for the node's other tables to decide.
+The decisions stay the compiler's: the IPv4 and IPv6 rulesets after the speed
+passes of `fwc.backend.arrange.optimise` (the ones the iptables target writes,
+with port buckets clipped to their range) are written rule for rule, each
+family's chains under their own names (`filter-FORWARD-v4`), and one base chain
+per netfilter hook dispatches on `meta nfproto` to them. So every rule, RETURN
+and policy keeps the meaning it has in iptables. A family the cluster does not
+use is not fwc's business, as with iptables (no ip6tables rules are written
+then): its packets leave fwc's table accepted, for the node's other tables.
 
-Long address lists (more than IPSET_THRESHOLD blocks) become named sets with
-`flags interval`, shared by every rule that names the same addresses; shorter
-lists are anonymous sets inside the rule. Every rule counts (`counter`) and
-carries its policy line as the comment.
+What nftables adds, each an exact rewrite of the rules it replaces (the nft
+reader in `fwc.analysis.nftread` expands them back, and tests/test_nft_equivalence.py
+proves the two outputs decide every sampled packet alike):
+
+- a run of jumps that each test one distinct value (the input or output device,
+  the protocol, a destination-port bucket: arrange's jump ladders) becomes one
+  lookup in a named verdict map (`iifname vmap @...`);
+- rules of one policy line that differ only in protocol and ports (a service
+  list with TCP and UDP ports) become one rule with a concatenated set
+  (`meta l4proto . th dport @...`);
+- every address or port list of more than one element is a named set with
+  `flags interval`, one per distinct content and shared by every rule naming it.
+  No anonymous sets: the kernel creates and looks them up in time that grows
+  with the square of their number (minutes for tens of thousands), a named set
+  once.
+
+Every rule counts (`counter`) and carries its policy line as the comment.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import cast
 
 from fwc import protocols as proto
+from fwc.backend.arrange import optimise
 from fwc.backend.files import GeneratedFile, Reload, path_of
+from fwc.backend.ipsets import IpSet
 from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule
 from fwc.backend.render import escape
@@ -65,26 +83,298 @@ REJECTS = {
     proto.REJECT_TCP: "reject with tcp reset",
     proto.REJECT_OTHER[4]: "reject with icmp type port-unreachable",
     proto.REJECT_OTHER[6]: "reject with icmpv6 type port-unreachable",
+    # `reject ... with TYPE` (protocols.REJECT_TYPES)
+    "icmp-host-unreachable": "reject with icmp type host-unreachable",
+    "icmp6-addr-unreachable": "reject with icmpv6 type addr-unreachable",
+    "icmp-net-unreachable": "reject with icmp type net-unreachable",
+    "icmp6-no-route": "reject with icmpv6 type no-route",
+    "icmp-admin-prohibited": "reject with icmp type admin-prohibited",
+    "icmp6-adm-prohibited": "reject with icmpv6 type admin-prohibited",
 }
+# `--log-level N` as nft's `log level` names it.
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
 MARK_BITS = 0xFFFFFFFF
+# Protocols whose destination port `th dport` reads (a concatenated set's key).
+TH_PROTOCOLS = frozenset(proto.IP_PROTOCOLS[p] for p in (*proto.PORT_PROTOCOLS, "udplite"))
+PROTOCOL_WORDS = {TCP: "tcp", UDP: "udp"}
+# The verdict-map keys: what a dispatch rule tests, and the map's key type.
+DISPATCH_TYPES = {"iifname": "ifname", "oifname": "ifname", "meta l4proto": "inet_proto",
+                  "dport": "inet_service"}
+
 
 
 class NftUnsupported(ValueError):
     """A lowered rule that this target has no nft form for (a bug: lowering made it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Consecutive jumps, each testing one distinct value of one field: one map lookup.
+
+    `field` is a DISPATCH_TYPES key; `protocol` the protocol of a port dispatch;
+    `entries` the (value, rule) pairs in order: a device name, a protocol number or a
+    PortRange. Exact: the values are distinct (port buckets disjoint), so at most one
+    of the rules can match a packet, and a packet matching none goes on after them.
+    """
+
+    field: str
+    protocol: int | None
+    entries: tuple[tuple[object, Rule], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Concat:
+    """Rules that differ only in addresses and ports: one lookup in a concatenated set.
+
+    `fields` names the key (a subset of "saddr", "daddr", "dport", in that order); each
+    rule gives its elements (its source blocks x destination blocks x port ranges).
+    Exact: the rules share everything else (devices, protocol, states, the target,
+    which is terminal or a chain that never returns), their elements are disjoint
+    (the kernel refuses overlaps), and the rules moved next to each other only moved
+    past rules no packet of theirs can match (`plan`).
+    """
+
+    fields: tuple[str, ...]
+    rules: tuple[Rule, ...]
+
+
+Item = Rule | Dispatch | Concat
+MIN_CONCAT = 4  # fewer rules stay rules: a small policy reads rule by rule
+WINDOW = 32  # how many items back a rule may move to join its kind (bounds the work)
+GROUP_MAX = 256  # rules per set (bounds the overlap checks: a rule is compared to each)
+ELEMENTS_MAX = 1  # a rule with a larger cross product stays a rule (named sets instead)
+
+
+def _dispatch_key(rule: Rule) -> tuple[str, int | None, object] | None:
+    """(field, protocol, value) when RULE is a jump testing one value and nothing else."""
+    target = rule.target
+    if not (isinstance(target, str) and not isinstance(target, Target)) \
+            and target not in (Target.ACCEPT, Target.DROP):
+        return None
+    if rule.target_options:
+        return None
+    m = rule.match
+    if m == Match(in_device=m.in_device) and m.in_device is not None:
+        return "iifname", None, m.in_device
+    if m == Match(out_device=m.out_device) and m.out_device is not None:
+        return "oifname", None, m.out_device
+    if m == Match(protocol=m.protocol) and m.protocol is not None:
+        return "meta l4proto", None, m.protocol
+    if m.protocol in PROTOCOL_WORDS and len(m.dports) == 1 and \
+            m == Match(protocol=m.protocol, dports=m.dports):
+        return "dport", m.protocol, m.dports[0]
+    return None
+
+
+def _disjoint(values: list[object], value: object) -> bool:
+    if isinstance(value, PortRange):
+        return all(isinstance(v, PortRange) and (v.high < value.low or v.low > value.high)
+                   for v in values)
+    return value not in values
+
+
+Box = tuple[object, ...]
+
+
+class _Shapes:
+    """Per chain: which rules may join a concatenated set, and which are disjoint."""
+
+    def __init__(self, ipsets: dict[str, tuple[str, ...]],
+                 never_return: frozenset[str]) -> None:
+        self.ipsets = ipsets
+        self.never_return = never_return
+        self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = {}
+
+    def blocks(self, address: AddressMatch) -> tuple[tuple[int, int], ...] | None:
+        """The address side as sorted disjoint intervals (None: every address)."""
+        if address.is_any or address.negated:
+            return None
+        cidrs = self.ipsets.get(address.set_name, ()) if address.set_name else address.cidrs
+        found = self.memo.get(cidrs)
+        if found is None:
+            nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+            found = tuple(sorted((int(n.network_address), int(n.broadcast_address))
+                                 for n in ipaddress.collapse_addresses(nets)))  # type: ignore
+            self.memo[cidrs] = found
+        return found
+
+    def shape(self, rule: Rule) -> tuple[tuple[object, ...], tuple[str, ...]] | None:
+        """(what the rules of one set share, the key fields), or None: stays a rule."""
+        target = rule.target
+        if target not in (Target.ACCEPT, Target.DROP, Target.REJECT) and \
+                not (type(target) is str and target in self.never_return):
+            return None
+        m = rule.match
+        fields = tuple(name for name, present in (
+            ("saddr", not m.source.is_any), ("daddr", not m.destination.is_any),
+            ("dport", bool(m.dports))) if present)
+        if not fields or m.source.negated or m.destination.negated or \
+                m.source.set_name or m.destination.set_name:
+            return None
+        size = max(1, len(m.source.cidrs)) * max(1, len(m.destination.cidrs)) * \
+            max(1, len(m.dports))
+        if size > ELEMENTS_MAX:
+            return None
+        rest = replace(m, source=AddressMatch(), destination=AddressMatch(), dports=())
+        return (rest, target, rule.target_options, fields), fields
+
+    def signature(self, rule: Rule) -> Signature:
+        """What `apart` compares, computed once per rule."""
+        m = rule.match
+        ports = tuple((p.low, p.high) for p in m.dports) or None
+        return (m.in_device, m.out_device, m.protocol, m.icmp_type, ports,
+                self.blocks(m.source), self.blocks(m.destination))
+
+
+Signature = tuple[object, ...]
+
+
+def _apart(a: Signature, b: Signature) -> bool:
+    """True only when no packet can match both rules (False when unsure)."""
+    for k in range(4):
+        x, y = a[k], b[k]
+        if x is not None and y is not None and x != y:
+            return True
+    for k in range(4, 7):
+        xs, ys = a[k], b[k]
+        if xs is not None and ys is not None and \
+                not _intervals_meet(xs, ys):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def _intervals_meet(xs: tuple[tuple[int, int], ...], ys: tuple[tuple[int, int], ...]) -> bool:
+    i = j = 0
+    while i < len(xs) and j < len(ys):
+        if xs[i][1] < ys[j][0]:
+            i += 1
+        elif ys[j][1] < xs[i][0]:
+            j += 1
+        else:
+            return True
+    return False
+
+
+def _grouped(rules: tuple[Rule, ...], shapes: _Shapes, min_concat: int) -> list[Item]:
+    """Rules of one shape brought together where that is exact, and joined into sets."""
+    # Each entry: [shape key or None, fields, rules]; a rule joins the latest entry of its
+    # shape when it is disjoint from every rule it moves past and from the entry's rules.
+    entries: list[tuple[object, tuple[str, ...], list[Rule], list[Signature]]] = []
+    for rule in rules:
+        got = shapes.shape(rule)
+        if got is None:
+            entries.append((None, (), [rule], [shapes.signature(rule)]))
+            continue
+        key, fields = got
+        mine = shapes.signature(rule)
+        joined = False
+        for back in range(len(entries) - 1, max(-1, len(entries) - 1 - WINDOW), -1):
+            entry_key, _, members, signatures = entries[back]
+            apart = all(_apart(mine, other) for other in signatures)
+            if entry_key == key and apart and len(members) < GROUP_MAX:
+                members.append(rule)
+                signatures.append(mine)
+                joined = True
+            if entry_key == key or not apart:
+                break
+        if not joined:
+            entries.append((key, fields, [rule], [mine]))
+    out: list[Item] = []
+    for key, fields, members, _ in entries:
+        if key is not None and len(members) >= min_concat:
+            out.append(Concat(fields, tuple(members)))
+        else:
+            out.extend(members)
+    return out
+
+
+def plan(rules: tuple[Rule, ...], shapes: _Shapes | None = None,
+         min_concat: int = MIN_CONCAT) -> list[Item]:
+    """A chain's rules as nft items: dispatch runs and concatenations, the rest as is."""
+    out: list[Item] = []
+    i = 0
+    items = _grouped(rules, shapes, min_concat) if shapes is not None else list(rules)
+    while i < len(items):
+        first = items[i]
+        key = _dispatch_key(first) if not isinstance(first, Concat) else None
+        if key is not None:
+            values = [key[2]]
+            j = i + 1
+            while j < len(items):
+                item = items[j]
+                nxt = _dispatch_key(item) if not isinstance(item, Concat) else None
+                if nxt is None or nxt[:2] != key[:2] or not _disjoint(values, nxt[2]):
+                    break
+                values.append(nxt[2])
+                j += 1
+            if j - i >= 2:
+                run = cast("list[Rule]", items[i:j])
+                out.append(Dispatch(key[0], key[1], tuple(zip(values, run, strict=True))))
+                i = j
+                continue
+        out.append(first)
+        i += 1
+    return out
+
+
+def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
+    """User chains every packet leaves with a final verdict (fwc-accept): a jump to one
+    decides like a verdict, so rules jumping to it may share a set."""
+    out = set()
+    for chain in chains:
+        if chain.builtin or not chain.rules:
+            continue
+        last = chain.rules[-1]
+        if last.match == Match() and last.target in (Target.ACCEPT, Target.DROP) and all(
+                r.target in (Target.LOG, Target.CONNMARK) for r in chain.rules[:-1]):
+            out.add(cast("str", chain.name))
+    return frozenset(out)
+
+
 @dataclass
 class _Writer:
-    """The state of one file: its named sets and conntrack helper objects."""
+    """The state of one file: its named sets, verdict maps and conntrack helper objects."""
 
-    sets: dict[tuple[int, tuple[str, ...]], str] = field(default_factory=dict)
+    # name -> (key type, flags, elements as written), in the order first used
+    sets: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
+    maps: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
     helpers: dict[tuple[str, int], str] = field(default_factory=dict)
+    collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    by_content: dict[tuple[str, str, tuple[str, ...]], str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
-    def set_name(self, family: int, cidrs: tuple[str, ...]) -> str:
-        key = (family, cidrs)
-        if key not in self.sets:
-            self.sets[key] = f"addresses-v{family}-{len(self.sets) + 1}"
-        return self.sets[key]
+    def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        found = self.collapsed_memo.get(cidrs)
+        if found is None:
+            found = self.collapsed_memo[cidrs] = _collapsed(cidrs)
+        return found
+
+    def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
+                  preferred: str | None = None) -> str:
+        """The set holding ELEMENTS (one per distinct content), declared once. Sets are
+        numbered per kind in the order of first use, so members differ only in values."""
+        key = (prefix, key_type, elements)
+        found = self.by_content.get(key)
+        if found is not None:
+            return found
+        name = preferred
+        if name is None or name in self.sets:
+            self.counts[prefix] = self.counts.get(prefix, 0) + 1
+            name = f"{prefix}-{self.counts[prefix]}"
+        name = escape.nft_identifier(name)
+        self.sets[name] = (key_type, "interval", elements)
+        self.by_content[key] = name
+        return name
+
+    def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...]) -> str:
+        base, n = escape.nft_identifier(name), 1
+        name = base
+        while name in self.maps:
+            n += 1
+            name = f"{base}-{n}"
+        self.maps[name] = (key_type, "interval" if key_type == "inet_service" else "",
+                           elements)
+        return name
 
     def helper_name(self, helper: str, protocol: int) -> str:
         key = (helper, protocol)
@@ -94,25 +384,43 @@ class _Writer:
 
 
 def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
-    # An interval set refuses overlapping elements; their union is the same set of
-    # addresses, so the collapsed list matches exactly what the list matched.
-    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    return tuple(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+    # An interval set refuses overlapping elements. Two blocks overlap only when one
+    # holds the other, so dropping the held ones matches exactly the same addresses;
+    # adjacent blocks stay as written (each member lists its own addresses alike).
+    nets = sorted({ipaddress.ip_network(c, strict=False) for c in cidrs},
+                  key=lambda n: (n.version, int(n.network_address), -n.prefixlen))
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in nets:
+        if out and out[-1].version == net.version and \
+                int(net.broadcast_address) <= int(out[-1].broadcast_address):
+            continue  # inside the previous block
+        out.append(net)
+    return tuple(str(n) for n in out)
 
 
-def _addresses(direction: str, match: AddressMatch, family: int, writer: _Writer) -> str:
+def _address_set(family: int, cidrs: tuple[str, ...], writer: _Writer,
+                 preferred: str | None = None) -> str:
+    key_type = "ipv4_addr" if family == 4 else "ipv6_addr"
+    return writer.named_set(f"addresses-v{family}", key_type, writer.collapsed(cidrs),
+                            preferred)
+
+
+def _addresses(direction: str, match: AddressMatch, family: int, writer: _Writer,
+               ipsets: dict[str, tuple[str, ...]]) -> str:
     if match.is_any:
         return ""
-    if match.set_name is not None:
-        raise NftUnsupported(f"ipset {match.set_name}: this target renders before the ipset pass")
     field_ = f"{FAMILY_WORDS[family][0]} {direction}"
     op = "!= " if match.negated else ""
-    cidrs = _collapsed(match.cidrs)
+    if match.set_name is not None:
+        if match.set_name not in ipsets:
+            raise NftUnsupported(f"set {match.set_name} without its addresses")
+        name = _address_set(family, ipsets[match.set_name], writer,
+                            escape.nft_identifier(match.set_name))
+        return f"{field_} {op}@{name}"
+    cidrs = writer.collapsed(match.cidrs)
     if len(cidrs) == 1:
         return f"{field_} {op}{cidrs[0]}"
-    if len(cidrs) > proto.IPSET_THRESHOLD:
-        return f"{field_} {op}@{writer.set_name(family, cidrs)}"
-    return f"{field_} {op}{{ {', '.join(cidrs)} }}"
+    return f"{field_} {op}@{_address_set(family, cidrs, writer)}"
 
 
 def _merged_ports(ports: tuple[PortRange, ...]) -> list[tuple[int, int]]:
@@ -125,24 +433,37 @@ def _merged_ports(ports: tuple[PortRange, ...]) -> list[tuple[int, int]]:
     return out
 
 
-def _ports(ports: tuple[PortRange, ...]) -> str:
-    texts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in _merged_ports(ports)]
-    return texts[0] if len(texts) == 1 else "{ " + ", ".join(texts) + " }"
+def _port_text(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}-{high}"
 
 
-def _protocol(match: Match) -> list[str]:
+def _ports(ports: tuple[PortRange, ...], writer: _Writer) -> str:
+    texts = tuple(_port_text(lo, hi) for lo, hi in _merged_ports(ports))
+    if len(texts) == 1:
+        return texts[0]
+    return "@" + writer.named_set("ports", "inet_service", texts)
+
+
+def _protocol_word(protocol: int) -> str:
+    return PROTOCOL_WORDS.get(protocol, str(protocol))
+
+
+def _protocol(match: Match, writer: _Writer) -> list[str]:
     if match.protocol is None:
         if match.dports or match.icmp_type is not None or match.tcp_not_syn:
             raise NftUnsupported("ports, ICMP types or TCP flags without a protocol")
         return []
     out: list[str] = []
-    name = {TCP: "tcp", UDP: "udp"}.get(match.protocol)
+    name = PROTOCOL_WORDS.get(match.protocol)
     if match.dports:
         if name is not None:
-            out.append(f"{name} dport {_ports(match.dports)}")
+            out.append(f"{name} dport {_ports(match.dports, writer)}")
         else:
-            out.append(f"meta l4proto {match.protocol} th dport {_ports(match.dports)}")
-    elif match.icmp_type is not None and match.protocol in (ICMP, ICMPV6):
+            out.append(f"meta l4proto {match.protocol} th dport "
+                       f"{_ports(match.dports, writer)}")
+    elif match.icmp_type is not None:
+        if match.protocol not in (ICMP, ICMPV6):
+            raise NftUnsupported(f"an ICMP type on protocol {match.protocol}")
         word = "icmp" if match.protocol == ICMP else "icmpv6"
         out.append(f"{word} type {match.icmp_type}")
     elif not match.tcp_not_syn:
@@ -154,9 +475,32 @@ def _protocol(match: Match) -> list[str]:
     return out
 
 
+def _verdict(rule: Rule, chain_names: dict[str, str]) -> str:
+    """The verdict of a dispatch entry: a jump or a plain verdict (`_dispatch_key`)."""
+    if rule.target is Target.ACCEPT:
+        return "accept"
+    if rule.target is Target.DROP:
+        return "drop"
+    return f"jump {chain_names[cast('str', rule.target)]}"
+
+
+# The target options each statement writes: a lowered rule carrying any other one
+# is refused (NftUnsupported), never written without it.
+TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
+    Target.REJECT: frozenset({"reject-with"}),
+    Target.LOG: frozenset({"log-prefix", "log-level"}),
+    Target.NFLOG: frozenset({"nflog-prefix", "nflog-group"}),
+    Target.SNAT: frozenset({"to-source"}), Target.DNAT: frozenset({"to-destination"}),
+    Target.CONNMARK: frozenset({"set-xmark"}), Target.CT: frozenset({"helper"}),
+}
+
+
 def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str]) -> str:
     target = rule.target
     options = dict(rule.target_options)
+    unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
+    if unwritten:
+        raise NftUnsupported(f"{target} option {sorted(unwritten)[0]}")
     if target is Target.ACCEPT:
         return "accept"
     if target is Target.DROP:
@@ -169,7 +513,12 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
             raise NftUnsupported(f"REJECT --reject-with {how}")
         return REJECTS[how]
     if target is Target.LOG:
-        return f"log prefix {escape.nft_log_prefix(options['log-prefix'])}"
+        level = options.get("log-level")
+        suffix = f" level {LOG_LEVELS[int(level)]}" if level is not None else ""
+        return f"log prefix {escape.nft_log_prefix(options['log-prefix'])}{suffix}"
+    if target is Target.NFLOG:
+        return (f"log prefix {escape.nft_log_prefix(options['nflog-prefix'])} "
+                f"group {int(options['nflog-group'])}")
     if target is Target.MASQUERADE:
         return "masquerade"
     if target is Target.SNAT:
@@ -193,16 +542,21 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
     raise NftUnsupported(f"target {target}")
 
 
-def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str]) -> str:
+def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
+          ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None) -> str:
     match = rule.match
+    # Never drop a condition silently (fwc.backend.capabilities lists what is refused).
+    for name in ("hashlimit", "connlimit", "statistic", "tcp_flags"):
+        if getattr(match, name) is not None:
+            raise NftUnsupported(f"{name} matches")
     parts: list[str] = []
     if match.in_device:
         parts.append(f"iifname {escape.nft_device(match.in_device)}")
     if match.out_device:
         parts.append(f"oifname {escape.nft_device(match.out_device)}")
-    parts.append(_addresses("saddr", match.source, family, writer))
-    parts.append(_addresses("daddr", match.destination, family, writer))
-    parts += _protocol(match)
+    parts.append(_addresses("saddr", match.source, family, writer, ipsets))
+    parts.append(_addresses("daddr", match.destination, family, writer, ipsets))
+    parts += _protocol(match, writer) if protocol_part is None else protocol_part
     if match.hop_limit is not None:
         parts.append(f"ip6 hoplimit {match.hop_limit}")
     if match.ctstate:
@@ -218,6 +572,59 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str])
     return " ".join(p for p in parts if p)
 
 
+def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str, str]) -> str:
+    elements: list[str] = []
+    for value, rule in item.entries:
+        if isinstance(value, PortRange):
+            key = _port_text(value.low, value.high)
+        elif isinstance(value, int):
+            key = _protocol_word(value)
+        else:
+            key = escape.nft_device(str(value))
+        elements.append(f"{key} : {_verdict(rule, chain_names)}")
+    suffix = {"iifname": "in", "oifname": "out", "meta l4proto": "protocol",
+              "dport": "ports"}[item.field]
+    name = writer.verdict_map(f"{chain}-{suffix}", DISPATCH_TYPES[item.field], tuple(elements))
+    lookup = item.field if item.field != "dport" else \
+        f"{_protocol_word(cast('int', item.protocol))} dport"
+    return f"{lookup} vmap @{name} comment {escape.nft_comment('fwc arrange: dispatch')}"
+
+
+def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, str],
+            ipsets: dict[str, tuple[str, ...]]) -> str:
+    first = item.rules[0]
+    word = FAMILY_WORDS[family][0]
+    address_type = "ipv4_addr" if family == 4 else "ipv6_addr"
+    protocol = first.match.protocol
+    port_word = f"{PROTOCOL_WORDS[protocol]} dport" if protocol in PROTOCOL_WORDS else "th dport"
+    expressions = {"saddr": f"{word} saddr", "daddr": f"{word} daddr", "dport": port_word}
+    types = {"saddr": address_type, "daddr": address_type, "dport": "inet_service"}
+    elements: list[str] = []
+    for rule in item.rules:
+        m = rule.match
+        axes = {"saddr": writer.collapsed(m.source.cidrs),
+                "daddr": writer.collapsed(m.destination.cidrs),
+                "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
+        comment = escape.nft_comment(rule.comment)
+        for values in itertools.product(*(axes[f] for f in item.fields)):
+            elements.append(f"{' . '.join(values)} comment {comment}")
+    name = writer.named_set(f"rules-v{family}", " . ".join(types[f] for f in item.fields),
+                            tuple(elements))
+    key = f"{' . '.join(expressions[f] for f in item.fields)} @{name}"
+    lookup = replace(first, match=replace(first.match, source=AddressMatch(),
+                                          destination=AddressMatch(), dports=()))
+    if "dport" in item.fields:
+        # `tcp dport` implies the protocol; any other port protocol is named first
+        parts = ([] if protocol in PROTOCOL_WORDS else [f"meta l4proto {protocol}"]) + [key]
+        if first.match.tcp_not_syn:
+            parts.append("tcp flags & (fin | syn | rst | ack) != syn")
+    else:
+        parts = [key, *_protocol(lookup.match, writer)]
+    text = _rule(lookup, family, writer, chain_names, ipsets, parts)
+    return text.rsplit(" comment ", 1)[0] + " comment " + escape.nft_comment(
+        f"{first.comment} and {len(item.rules) - 1} more rules (set {name})")
+
+
 def _family_chain(table: TableName, chain: str, family: int) -> str:
     return escape.nft_identifier(f"{table}-{chain}-v{family}")
 
@@ -226,26 +633,37 @@ def _base_chain(table: TableName, chain: BuiltinChain) -> str:
     return escape.nft_identifier(f"{table}-{chain}")
 
 
-def render(rulesets: list[NodeRuleset], header: str) -> str:
-    """RULESETS (one per family, lowered, without ipsets) as one `nft -f` file."""
+def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
+           concat: bool = True, min_concat: int = MIN_CONCAT) -> str:
+    """RULESETS (one per family, lowered, possibly arranged) and the ipsets their rules
+    name as one `nft -f` file; `concat` joins rules into concatenated sets (`plan`)."""
     writer = _Writer()
+    ipsets = {s.name: s.cidrs for s in sets}
     families = [r.family for r in rulesets]
     # (table, builtin chain) -> family -> its chain; plus every family's user chains.
     builtins: dict[tuple[TableName, BuiltinChain], dict[int, Chain]] = {}
     body: list[str] = []
     for ruleset in rulesets:
+        family = ruleset.family
         for table in ruleset.tables:
-            names = {c.name: _family_chain(table.name, c.name, ruleset.family)
-                     for c in table.chains}
+            names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
             for chain in table.chains:
                 if chain.builtin:
                     builtins.setdefault((table.name, BuiltinChain(chain.name)),
-                                        {})[ruleset.family] = chain
+                                        {})[family] = chain
+            shapes = _Shapes(ipsets, never_returning(table.chains)) if concat else None
             chains = [c for c in table.chains if c.builtin] + sorted(
                 (c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
             for chain in chains:
                 body.append(f"\tchain {names[chain.name]} {{")
-                body += [f"\t\t{_rule(r, ruleset.family, writer, names)}" for r in chain.rules]
+                for item in plan(chain.rules, shapes, min_concat):
+                    if isinstance(item, Dispatch):
+                        text = _dispatch(item, names[chain.name], writer, names)
+                    elif isinstance(item, Concat):
+                        text = _concat(item, family, writer, names, ipsets)
+                    else:
+                        text = _rule(item, family, writer, names, ipsets)
+                    body.append(f"\t\t{text}")
                 body.append("\t}")
     base: list[str] = []
     order = sorted(builtins, key=lambda k: (list(TableName).index(k[0]),
@@ -280,21 +698,32 @@ def render(rulesets: list[NodeRuleset], header: str) -> str:
     out = [f"# {escape.comment(line)}" for line in header.splitlines()]
     out += [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
     for (helper, protocol), name in writer.helpers.items():
-        word = {TCP: "tcp", UDP: "udp"}.get(protocol)
+        word = PROTOCOL_WORDS.get(protocol)
         if word is None:
             raise NftUnsupported(f"helper {helper} on protocol {protocol}")
         out += [f"\tct helper {name} {{",
                 f"\t\ttype {escape.nft_string(helper)} protocol {word}",
                 "\t\tl3proto inet", "\t}"]
-    for (family, cidrs), name in writer.sets.items():
-        out += [f"\tset {name} {{",
-                f"\t\ttype {'ipv4_addr' if family == 4 else 'ipv6_addr'}",
-                "\t\tflags interval",
-                "\t\telements = {"]
-        out += [f"\t\t\t{c}," for c in cidrs]
-        out += ["\t\t}", "\t}"]
+    for kind, table in (("set", writer.sets), ("map", writer.maps)):
+        for name, (key_type, flags, elements) in table.items():
+            value = " : verdict" if kind == "map" else ""
+            out += [f"\t{kind} {name} {{", f"\t\ttype {key_type}{value}"]
+            if flags:
+                out.append(f"\t\tflags {flags}")
+            out.append("\t\telements = {")
+            out += [f"\t\t\t{e}," for e in elements]
+            out += ["\t\t}", "\t}"]
     out += base + body + ["}"]
     return "\n".join(out) + "\n"
+
+
+def passes(build: MemberBuild) -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
+    """The member's rulesets after the speed passes (port buckets clipped), and the sets."""
+    if "nftables.passes" not in build.memo:
+        build.memo["nftables.passes"] = optimise(
+            build.member, {f: build.lowered(f) for f in build.families}, clip_ports=True)
+    return cast("tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]",
+                build.memo["nftables.passes"])
 
 
 def render_file(build: MemberBuild, file: GeneratedFile) -> str:
@@ -306,7 +735,8 @@ def render_file(build: MemberBuild, file: GeneratedFile) -> str:
                       f"Fail-closed nft table for {where}: loaded by "
                       f"{path_of('fwc-firewall.sh')} only when {path_of('nftables.nft')} "
                       "fails to load.\nGenerated by fwc: edit the policy, not this file.")
-    return render([build.lowered(f) for f in build.families],
+    rulesets, sets = passes(build)
+    return render([rulesets[f] for f in build.families],
                   f"nft -f input for {where}: replaces only the table inet {TABLE}, "
                   "atomically;\nother tables stay. Generated by fwc: edit the policy, "
-                  "not this file.")
+                  "not this file.", sets)

@@ -26,8 +26,12 @@ def sysctl_settings(cluster: Cluster) -> list[tuple[str, object, str]]:
         ("net.netfilter.nf_conntrack_events", proto.NF_CONNTRACK_EVENTS,
          "conntrackd learns about connections from conntrack events; without them "
          "nothing is replicated"),
-        ("net.netfilter.nf_conntrack_max", proto.NF_CONNTRACK_MAX,
+        ("net.netfilter.nf_conntrack_max", cluster.sync.conntrack_max or proto.NF_CONNTRACK_MAX,
          "the connection table size; conntrackd.conf's HashLimit is twice this value"),
+        *([(proto.NF_CONNTRACK_BUCKETS_SYSCTL, cluster.sync.hash_size,
+            "the connection table's hash buckets (writable in the initial network "
+            "namespace only); conntrackd.conf's HashSize is the same")]
+          if cluster.sync.hash_size is not None else []),
     ]
 
 

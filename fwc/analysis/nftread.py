@@ -1,0 +1,554 @@
+"""nftables.nft text -> the lowered rule model, for the one packet evaluator.
+
+`read(text)` turns the file `fwc compile` writes for the nftables backend back
+into one `NodeRuleset` per address family, in the form `fwc.analysis.evaluate`
+already walks (tables of chains of lowered rules), so that the nft output is
+evaluated by the same evaluator as the iptables output, not by a second one.
+It is written from nft's syntax, independently of the renderer: what is
+evaluated is the text the node loads.
+
+How the nft constructs become lowered rules:
+
+- A base chain (`type filter hook forward ...; policy drop;`) becomes the
+  built-in chain of its hook (FORWARD) in every family's ruleset, with that
+  policy; its `meta nfproto ipv4` rules go to the IPv4 ruleset only. Every other
+  chain is a user chain under its nft name. The table a chain belongs to is the
+  word before the first '-' of its name (filter, nat, raw, mangle), which the
+  base chain's type and hook must agree with.
+- A verdict-map lookup (`iifname vmap @m`) becomes one rule per map element,
+  in order: `iifname "eth0" jump x`, ... Exact, because the keys are distinct
+  (the reader refuses overlapping port ranges), so at most one matches and a
+  packet matching none goes on after them, as with the map.
+- A lookup in a set of concatenations (`ip saddr . tcp dport @s`) becomes one
+  rule per element, each with the element's comment as its origin. Exact for
+  the verdicts fwc writes there (accept, drop, reject, or a jump to a chain that
+  always ends in one: `never_returns`); the reader refuses any other.
+- A set of addresses stays a named set (`AddressMatch.set_name`, its blocks in
+  `NftRules.sets`); a set of ports becomes the rule's port list.
+
+`NftRules.costs` says what testing each lowered rule costs in nft terms: 1 for
+the first rule of each nft rule and 0 for the rest of an expanded lookup, so a
+map or set lookup counts as one evaluation (`evaluations`, for the benchmark).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from fwc import protocols as proto
+from fwc.analysis.evaluate import Evaluator, Packet
+from fwc.backend.lower.ruleset import (
+    AddressMatch,
+    Chain,
+    FilterRule,
+    Match,
+    NatRule,
+    NodeRuleset,
+    Origin,
+    RateLimit,
+    Rule,
+    Table,
+)
+from fwc.model import PortRange
+from fwc.model.vocabulary import BuiltinChain, Target
+from fwc.model.vocabulary import Table as TableName
+
+FAMILIES = {"ipv4": 4, "ipv6": 6}
+ADDRESS_WORDS = {"ip": 4, "ip6": 6}
+PROTOCOLS = dict(proto.IP_PROTOCOLS)
+STATES = {"invalid": "INVALID", "new": "NEW", "related": "RELATED",
+          "established": "ESTABLISHED", "untracked": "UNTRACKED"}
+REJECTS = {("tcp", "reset"): proto.REJECT_TCP,
+           ("icmp", "port-unreachable"): proto.REJECT_OTHER[4],
+           ("icmpv6", "port-unreachable"): proto.REJECT_OTHER[6]}
+MARK_BITS = 0xFFFFFFFF
+# Only these key words (a selector) are read; anything else in a rule is refused.
+SELECTORS = ("saddr", "daddr", "dport", "l4proto", "iifname", "oifname")
+
+
+class NftReadError(ValueError):
+    """Text this reader does not understand (never silently skipped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NftSet:
+    key: tuple[str, ...]  # the key types, e.g. ("ipv4_addr", "inet_service")
+    elements: tuple[tuple[tuple[str, ...], str | None], ...]  # (values, comment)
+    verdicts: tuple[str, ...] = ()  # a verdict map: each element's verdict
+
+
+@dataclass
+class NftRules:
+    """What one nftables.nft file does, as lowered rulesets per family."""
+
+    rulesets: dict[int, NodeRuleset]
+    sets: dict[str, tuple[str, ...]]  # address sets by name: their blocks
+    costs: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+
+    def evaluator(self, family: int, table: TableName = TableName.FILTER) -> Evaluator:
+        return Evaluator(self.rulesets[family], self.sets, table, costs=self.costs[family])
+
+
+def _tokens(line: str) -> list[str]:
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        return list(lexer)
+    except ValueError as exc:
+        raise NftReadError(f"{line.strip()}: {exc}") from None
+
+
+def _blocks(text: str) -> str:
+    """An address or prefix as the CIDR the lowered model writes."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise NftReadError(f"not an address: {text}") from None
+
+
+def _port_range(text: str) -> PortRange:
+    low, _, high = text.partition("-")
+    if not low.isdigit() or (high and not high.isdigit()):
+        raise NftReadError(f"not a port: {text}")
+    return PortRange(int(low), int(high or low))
+
+
+def _protocol(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    if text not in PROTOCOLS:
+        raise NftReadError(f"unknown protocol {text}")
+    return PROTOCOLS[text]
+
+
+@dataclass
+class _Parsed:
+    """One rule as read: its fields, an optional expansion (a lookup), and its verdict."""
+
+    fields: dict[str, object] = field(default_factory=dict)
+    family: int | None = None  # meta nfproto
+    lookup: tuple[tuple[str, ...], str, bool] | None = None  # (selectors, set, is map)
+    target: object = None
+    options: tuple[tuple[str, str], ...] = ()
+    comment: str = ""
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.sets: dict[str, NftSet] = {}
+        self.helpers: dict[str, str] = {}
+        self.chains: dict[str, tuple[tuple[str, str, str] | None, list[_Parsed]]] = {}
+
+    # -- the file's blocks -----------------------------------------------------------
+    def read(self) -> None:
+        depth = 0
+        i = 0
+        while i < len(self.lines):
+            line = self.lines[i].strip()
+            i += 1
+            if not line or line.startswith("#"):
+                continue
+            words = _tokens(line)
+            if depth == 0:
+                if words[:3] == ["table", "inet", "fwc"] and words[3:] == ["{}"]:
+                    continue
+                if words == ["delete", "table", "inet", "fwc"]:
+                    continue
+                if words == ["table", "inet", "fwc", "{"]:
+                    depth = 1
+                    continue
+                raise NftReadError(f"outside fwc's table: {line}")
+            if words == ["}"]:
+                depth = 0
+                continue
+            if words[0] in ("set", "map") and words[-1] == "{":
+                i = self._set(words[1], words[0] == "map", i)
+            elif words[:2] == ["ct", "helper"] and words[-1] == "{":
+                i = self._helper(words[2], i)
+            elif words[0] == "chain" and words[-1] == "{":
+                i = self._chain(words[1], i)
+            else:
+                raise NftReadError(f"unknown statement in the table: {line}")
+
+    def _block(self, start: int) -> tuple[list[str], int]:
+        out: list[str] = []
+        i = start
+        while i < len(self.lines):
+            line = self.lines[i].strip()
+            i += 1
+            if line == "}":
+                return out, i
+            out.append(line)
+        raise NftReadError("a block is not closed")
+
+    def _helper(self, name: str, start: int) -> int:
+        lines, end = self._block(start)
+        for line in lines:
+            words = _tokens(line)
+            if words[0] == "type":
+                self.helpers[name] = words[1]
+        return end
+
+    def _set(self, name: str, is_map: bool, start: int) -> int:
+        key: tuple[str, ...] = ()
+        elements: list[tuple[tuple[str, ...], str | None]] = []
+        verdicts: list[str] = []
+        i = start
+        inside = False
+        while i < len(self.lines):
+            line = self.lines[i].strip()
+            i += 1
+            if inside:
+                if line == "}":
+                    inside = False
+                    continue
+                words = _tokens(line.rstrip(","))
+                comment = None
+                if "comment" in words:
+                    at = words.index("comment")
+                    comment, words = words[at + 1], words[:at]
+                if is_map:
+                    at = words.index(":")
+                    verdicts.append(" ".join(words[at + 1:]))
+                    words = words[:at]
+                elements.append((tuple(w for w in words if w != "."), comment))
+                continue
+            if line == "}":
+                break
+            words = _tokens(line)
+            if words[0] == "type":
+                types = words[1:words.index(":")] if is_map else words[1:]
+                key = tuple(w for w in types if w != ".")
+            elif words[:3] == ["elements", "=", "{"]:
+                inside = True
+            elif words[0] != "flags":
+                raise NftReadError(f"set {name}: unknown line {line}")
+        self.sets[name] = NftSet(key, tuple(elements), tuple(verdicts))
+        return i
+
+    def _chain(self, name: str, start: int) -> int:
+        lines, end = self._block(start)
+        hook: tuple[str, str, str] | None = None
+        rules: list[_Parsed] = []
+        for line in lines:
+            words = _tokens(line)
+            if words[0] == "type":
+                # type filter hook forward priority 0; policy drop;
+                text = " ".join(words).replace(";", " ").split()
+                policy = text[text.index("policy") + 1] if "policy" in text else "accept"
+                hook = (text[1], text[3], policy)
+            else:
+                rules.append(self._rule(words, line))
+        self.chains[name] = (hook, rules)
+        return end
+
+    # -- one rule --------------------------------------------------------------------
+    def _rule(self, words: list[str], line: str) -> _Parsed:
+        rule = _Parsed()
+        i = 0
+
+        def need(n: int) -> list[str]:
+            if i + n > len(words):
+                raise NftReadError(f"rule ends early: {line}")
+            return words[i:i + n]
+
+        while i < len(words):
+            word = words[i]
+            if word == "counter":
+                i += 1
+            elif word == "comment":
+                rule.comment = need(2)[1]
+                i += 2
+            elif word == "meta" and need(2)[1] == "nfproto":
+                rule.family = FAMILIES[need(3)[2]]
+                i += 3
+            elif word in ("icmp", "icmpv6") and need(2)[1] == "type":
+                rule.fields["protocol"] = PROTOCOLS[word]
+                rule.fields["icmp_type"] = int(need(3)[2])
+                i += 3
+            elif word == "ip6" and need(2)[1] == "hoplimit":
+                rule.fields["hop_limit"] = int(need(3)[2])
+                i += 3
+            elif word == "tcp" and need(2)[1] == "flags":
+                if words[i:i + 11] != ["tcp", "flags", "&", "(fin", "|", "syn", "|", "rst",
+                                       "|", "ack)", "!="] or need(12)[11] != "syn":
+                    raise NftReadError(f"unknown tcp flags test: {line}")
+                rule.fields["protocol"] = PROTOCOLS["tcp"]
+                rule.fields["tcp_not_syn"] = True
+                i += 12
+            elif word == "ct" and need(2)[1] == "state":
+                states = need(3)[2].split(",")
+                rule.fields["ctstate"] = tuple(STATES[s] for s in states)
+                i += 3
+            elif word == "ct" and need(2)[1] == "mark":
+                # ct mark set ct mark or V | ct mark set ct mark and A xor V
+                got = need(7)
+                if got[2:5] != ["set", "ct", "mark"]:
+                    raise NftReadError(f"unknown ct mark statement: {line}")
+                if got[5] == "or":
+                    value = int(got[6], 0)
+                    mask = value
+                    i += 7
+                else:
+                    keep, value = int(got[6], 0), int(need(9)[8], 0)
+                    mask = MARK_BITS & ~keep
+                    i += 9
+                rule.target = Target.CONNMARK
+                rule.options = (("set-xmark", f"{value:#x}/{mask:#x}"),)
+            elif word == "ct" and need(2)[1] == "helper":
+                name = need(4)[3]
+                if name not in self.helpers:
+                    raise NftReadError(f"unknown ct helper {name}: {line}")
+                rule.target = Target.CT
+                rule.options = (("helper", self.helpers[name]),)
+                i += 4
+            elif word == "limit":
+                got = need(6)
+                if got[1] != "rate" or got[3] != "burst" or got[5] != "packets":
+                    raise NftReadError(f"unknown limit: {line}")
+                rule.fields["limit"] = RateLimit(got[2], int(got[4]))
+                i += 6
+            elif word in ("accept", "drop", "return", "masquerade"):
+                rule.target = Target(word.upper())
+                i += 1
+            elif word == "jump":
+                rule.target = need(2)[1]
+                i += 2
+            elif word == "reject":
+                got = need(4)
+                # reject with tcp reset | reject with icmp(v6) type port-unreachable
+                how = (got[2], got[3]) if got[2] == "tcp" else (got[2], need(5)[4])
+                if got[1] != "with" or how not in REJECTS:
+                    raise NftReadError(f"unknown reject: {line}")
+                rule.target = Target.REJECT
+                rule.options = (("reject-with", REJECTS[how]),)
+                i += 4 if got[2] == "tcp" else 5
+            elif word == "log":
+                rule.target = Target.LOG
+                rule.options = (("log-prefix", need(3)[2]),)
+                i += 3
+            elif word in ("snat", "dnat"):
+                got = need(4)
+                rule.target = Target.SNAT if word == "snat" else Target.DNAT
+                option = "to-source" if word == "snat" else "to-destination"
+                rule.options = ((option, got[3]),)
+                i += 4
+            else:
+                i = self._expression(words, i, rule, line)
+        return rule
+
+    def _expression(self, words: list[str], i: int, rule: _Parsed, line: str) -> int:
+        """Selectors joined by '.', then a value, `!=` value, `@set` or `vmap @map`."""
+        selectors: list[str] = []
+        while True:
+            word = words[i]
+            if word in ("iifname", "oifname"):
+                selectors.append(word)
+                i += 1
+            elif word in ("ip", "ip6", "tcp", "udp", "th", "meta") and i + 1 < len(words):
+                selectors.append(f"{word} {words[i + 1]}")
+                i += 2
+            else:
+                raise NftReadError(f"unknown expression at {word!r}: {line}")
+            if i < len(words) and words[i] == ".":
+                i += 1
+                continue
+            break
+        for selector in selectors:
+            if selector.split()[-1] not in SELECTORS:
+                raise NftReadError(f"unknown selector {selector}: {line}")
+        if i >= len(words):
+            raise NftReadError(f"expression without a value: {line}")
+        negated = words[i] == "!="
+        if negated:
+            i += 1
+        if words[i] == "vmap":
+            if negated or not words[i + 1].startswith("@"):
+                raise NftReadError(f"only named verdict maps are read: {line}")
+            rule.lookup = (tuple(selectors), words[i + 1][1:], True)
+            return i + 2
+        value = words[i]
+        i += 1
+        if value == "{":
+            end = words.index("}", i)
+            values = [w.rstrip(",") for w in words[i:end] if w.rstrip(",")]
+            i = end + 1
+        else:
+            values = [value]
+        if len(selectors) > 1 or (value.startswith("@") and self._set_is_lookup(
+                value[1:], selectors)):
+            if negated or not value.startswith("@"):
+                raise NftReadError(f"only named sets of concatenations are read: {line}")
+            rule.lookup = (tuple(selectors), value[1:], False)
+            return i
+        self._apply(rule.fields, selectors[0], values, negated, line)
+        return i
+
+    def _set_is_lookup(self, name: str, selectors: list[str]) -> bool:
+        """A set of ports is expanded into the rule's port list; only addresses stay sets."""
+        found = self.sets.get(name)
+        if found is None:
+            raise NftReadError(f"unknown set @{name}")
+        return selectors[0].split()[-1] not in ("saddr", "daddr", "dport")
+
+    def _apply(self, fields: dict[str, object], selector: str, values: Sequence[str],
+               negated: bool, line: str) -> None:
+        kind = selector.split()[-1]
+        if kind in ("iifname", "oifname"):
+            if negated or len(values) != 1:
+                raise NftReadError(f"one device only: {line}")
+            fields["in_device" if kind == "iifname" else "out_device"] = values[0]
+        elif kind in ("saddr", "daddr"):
+            side = "source" if kind == "saddr" else "destination"
+            if values[0].startswith("@"):
+                name = values[0][1:]
+                if name not in self.sets:
+                    raise NftReadError(f"unknown set @{name}: {line}")
+                fields[side] = AddressMatch((), name, negated)
+            else:
+                fields[side] = AddressMatch(tuple(_blocks(v) for v in values), None, negated)
+        elif kind == "dport":
+            if negated:
+                raise NftReadError(f"a negated port list: {line}")
+            word = selector.split()[0]
+            if word in ("tcp", "udp"):
+                fields["protocol"] = PROTOCOLS[word]
+            if values[0].startswith("@"):
+                found = self.sets.get(values[0][1:])
+                if found is None:
+                    raise NftReadError(f"unknown set {values[0]}: {line}")
+                values = [v[0] for v, _ in found.elements]
+            fields["dports"] = tuple(_port_range(v) for v in values)
+        elif kind == "l4proto":
+            if negated or len(values) != 1:
+                raise NftReadError(f"one protocol only: {line}")
+            fields["protocol"] = _protocol(values[0])
+        else:
+            raise NftReadError(f"unknown selector {selector}: {line}")
+
+    # -- lowered rules -----------------------------------------------------------------
+    def expanded(self, rule: _Parsed, table: TableName,
+                 never_returns: frozenset[str]) -> list[Rule]:
+        make = NatRule if table is TableName.NAT else FilterRule
+        if rule.target is None and (rule.lookup is None or not rule.lookup[2]):
+            raise NftReadError(f"a rule without a verdict ({rule.comment})")
+        base = dict(rule.fields)
+        if rule.lookup is None:
+            return [make(Match(**base), rule.target, Origin("nft", rule.comment),  # type: ignore[arg-type]
+                         rule.options)]
+        selectors, name, is_map = rule.lookup
+        found = self.sets.get(name)
+        if found is None:
+            raise NftReadError(f"unknown set @{name}")
+        if len(found.key) != len(selectors):
+            raise NftReadError(f"@{name} has {len(found.key)} fields, the rule {len(selectors)}")
+        if not is_map and not (rule.target in (Target.ACCEPT, Target.DROP, Target.REJECT)
+                               or rule.target in never_returns):
+            raise NftReadError(f"@{name}: a set lookup that jumps to a chain that may return "
+                               "is not one rule per element")
+        out: list[Rule] = []
+        seen_ports: list[PortRange] = []
+        for index, (values, comment) in enumerate(found.elements):
+            fields = dict(base)
+            for selector, value in zip(selectors, values, strict=True):
+                self._apply(fields, selector, [value], False, f"@{name}")
+            target: object = rule.target
+            options = rule.options
+            if is_map:
+                verdict = found.verdicts[index].split()
+                target = verdict[1] if verdict[0] == "jump" else Target(verdict[0].upper())
+                options = ()
+                ports = fields.get("dports")
+                if isinstance(ports, tuple) and ports:
+                    port = ports[0]
+                    if any(p.low <= port.high and port.low <= p.high for p in seen_ports):
+                        raise NftReadError(f"@{name}: overlapping ranges in a verdict map")
+                    seen_ports.append(port)
+            out.append(make(Match(**fields), target, Origin("nft", comment or rule.comment),  # type: ignore[arg-type]
+                            options))
+        return out
+
+    def rules(self) -> NftRules:
+        tables: dict[int, dict[TableName, list[Chain]]] = {4: {}, 6: {}}
+        costs: dict[int, dict[str, tuple[int, ...]]] = {4: {}, 6: {}}
+        by_table: dict[TableName, list[str]] = {}
+        for name, (hook, _) in self.chains.items():
+            word = name.split("-", 1)[0]
+            try:
+                table = TableName(word)
+            except ValueError:
+                raise NftReadError(f"chain {name}: no table {word}") from None
+            if hook is not None:
+                kind = "nat" if table is TableName.NAT else "filter"
+                if hook[0] != kind or name != f"{word}-{hook[1].upper()}":
+                    raise NftReadError(f"chain {name}: hook {hook[1]} of type {hook[0]}")
+            by_table.setdefault(table, []).append(name)
+        for table, names in by_table.items():
+            # A user chain that ends in an unconditional verdict and never returns early.
+            never: set[str] = set()
+            for name in names:
+                hook, parsed = self.chains[name]
+                if hook is None and parsed and not parsed[-1].fields and \
+                        parsed[-1].lookup is None and parsed[-1].target in (
+                            Target.ACCEPT, Target.DROP) and all(
+                        p.target in (Target.LOG, Target.CONNMARK) for p in parsed[:-1]):
+                    never.add(name)
+            for family in (4, 6):
+                chains: dict[str, Chain] = {}
+                weights_of: dict[str, tuple[int, ...]] = {}
+                for name in names:
+                    hook, parsed = self.chains[name]
+                    lowered: list[Rule] = []
+                    weights: list[int] = []
+                    for rule in parsed:
+                        if rule.family is not None and rule.family != family:
+                            continue
+                        got = self.expanded(rule, table, frozenset(never))
+                        lowered += got
+                        weights += [1] + [0] * (len(got) - 1)
+                    chain_name = BuiltinChain(hook[1].upper()) if hook is not None else name
+                    policy = Target(hook[2].upper()) if hook is not None else None
+                    chains[chain_name] = Chain(chain_name, policy, tuple(lowered))
+                    weights_of[chain_name] = tuple(weights)
+                # A family's ruleset holds the chains its hooks reach (the other family's
+                # chains test the other family's addresses).
+                reached = [n for n, c in chains.items() if c.builtin]
+                seen = set(reached)
+                while reached:
+                    for rule in chains[reached.pop()].rules:
+                        if type(rule.target) is str and rule.target not in seen:
+                            if rule.target not in chains:
+                                raise NftReadError(f"jump to unknown chain {rule.target}")
+                            seen.add(rule.target)
+                            reached.append(rule.target)
+                tables[family][table] = [c for n, c in chains.items() if n in seen]
+                costs[family].update((n, w) for n, w in weights_of.items() if n in seen)
+        address_sets = {name: tuple(_blocks(v[0]) for v, _ in s.elements)
+                        for name, s in self.sets.items()
+                        if len(s.key) == 1 and s.key[0] in ("ipv4_addr", "ipv6_addr")
+                        and not s.verdicts}
+        rulesets = {family: NodeRuleset("", "", family, tuple(
+            Table(name, tuple(chains)) for name, chains in per_table.items()))
+            for family, per_table in tables.items()}
+        return NftRules(rulesets, address_sets, costs)
+
+
+def read(text: str) -> NftRules:
+    """The nft file as lowered rulesets (raises NftReadError on anything it cannot read)."""
+    reader = _Reader(text)
+    reader.read()
+    return reader.rules()
+
+
+def evaluations(rules: NftRules, family: int, packets: Iterable[Packet]) -> tuple[int, float]:
+    """(worst, mean) nft rules evaluated by PACKETS in the filter table, a lookup counting 1."""
+    evaluator = rules.evaluator(family)
+    counts = [evaluator.decide(p).traversed for p in packets]
+    if not counts:
+        return 0, 0.0
+    return max(counts), sum(counts) / len(counts)

@@ -1,0 +1,59 @@
+"""`fwc import iptables-save FILE [--cluster NAME] [-o OUT] [--verify]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from fwc.backend.output import compile_policy
+from fwc.diagnostics import Diagnostic, error, failed, print_diagnostics
+from fwc.importing.fidelity import compare_texts
+from fwc.importing.translate import import_file
+from fwc.pipeline import analyse
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.file
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print_diagnostics([error("FWC706", f"cannot read {path}: {exc}")], {})
+        return 1
+    result = import_file(text, path, args.cluster)
+    diagnostics: list[Diagnostic] = list(result.diagnostics)
+    texts = {path: text}
+    if args.verify:
+        diagnostics += verify(text, result.text, path)
+    if args.output:
+        Path(args.output).write_text(result.text, encoding="utf-8")
+    else:
+        sys.stdout.write(result.text)
+    print_diagnostics(diagnostics, texts)
+    print(f"fwc import: {result.translated} rules translated, {result.kept_as_comments} kept "
+          "as comments", file=sys.stderr)
+    return 1 if failed(diagnostics, False) else 0
+
+
+def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
+    """FWC705 for every packet class the compiled import decides differently."""
+    with tempfile.TemporaryDirectory(prefix="fwc-import-") as tmp:
+        policy_file = Path(tmp) / "imported.fw"
+        policy_file.write_text(policy_text, encoding="utf-8")
+        analysis = analyse(policy_file)
+        if not analysis.ok or analysis.policy is None:
+            problems = [d for d in analysis.diagnostics if d.severity.name == "ERROR"]
+            return [error("FWC705", "the imported policy does not check clean, so it cannot "
+                          "be compared: " + "; ".join(d.message for d in problems[:3]))]
+        compiled = compile_policy(analysis.policy)
+    files = {f.path: f.content.decode() for f in compiled[0].files}
+    rules = files.get("ipsets.rules", "") + "\n" + files["fw1/iptables.rules"] \
+        if "fw1/ipsets.rules" not in files else \
+        files["fw1/ipsets.rules"] + "\n" + files["fw1/iptables.rules"]
+    compared, differences = compare_texts(original, rules)
+    out = [error("FWC705", f"{d.where}: {d.packet}: original {d.original}, "
+                           f"fwc {d.compiled}") for d in differences]
+    print(f"fwc import --verify: {compared} packet classes compared, "
+          f"{len(differences)} differences", file=sys.stderr)
+    return out

@@ -1,0 +1,180 @@
+"""`fwc export ansible`: the tree follows the files table, escapes every policy and
+inventory value for YAML/Jinja, refuses what it cannot install, writes all or nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fwc.backend.files import BY_NAME
+from fwc.cli import main
+from fwc.install import scripts
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = REPO / "policies" / "edge.fw"
+
+
+def export(capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["export", "ansible", *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def inventory(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "inventory"
+    path.write_text(text)
+    return str(path)
+
+
+def renamed(tmp_path: Path, cluster: str, members: tuple[str, str] = ("fw1", "fw2")) -> Path:
+    text = EDGE.read_text().replace(" edge ", f" {cluster} ").replace(" edge {", f" {cluster} {{")
+    text = text.replace("member fw1", f"member {members[0]}").replace(
+        "member fw2", f"member {members[1]}").replace("only fw1", f"only {members[0]}")
+    path = tmp_path / f"{cluster}.fw"
+    path.write_text(text)
+    return path
+
+
+def tree(path: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mode & 0o7777)
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_member_without_ssh_host_or_inventory_line(tmp_path, capsys):
+    code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "t"))
+    assert code == 1 and out.count("FWC552") == 2 and not (tmp_path / "t").exists()
+    code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                       "--inventory", inventory(tmp_path, "fw1 root@192.0.2.1\nfw2 192.0.2.2\n"))
+    assert code == 0 and "FWC" not in out, out
+
+
+def test_inventory_naming_no_member_or_unknown_option(tmp_path, capsys):
+    code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--inventory",
+                       inventory(tmp_path, "fw1 a\nfw2 b\nfw3 c\n"))
+    assert code == 1 and "'fw3', which is no member" in out
+    code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--inventory",
+                       inventory(tmp_path, "fw1 a colour=red\nfw2 b\n"))
+    assert code == 1 and "unknown option 'colour'" in out
+
+
+def test_member_names_must_be_unique_across_the_fleet(tmp_path, capsys):
+    other = renamed(tmp_path, "site2")
+    code, out = export(capsys, str(EDGE), str(other), "-o", str(tmp_path / "t"),
+                       "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))
+    assert code == 1 and out.count("FWC551") == 2
+    other = renamed(tmp_path, "site2", ("s2a", "s2b"))
+    code, out = export(capsys, str(EDGE), str(other), "-o", str(tmp_path / "t"),
+                       "--redact-secrets", "--inventory",
+                       inventory(tmp_path, "fw1 a\nfw2 b\ns2a c\ns2b d\n"))
+    assert code == 0, out
+
+
+def test_clusters_that_give_one_group(tmp_path, capsys):
+    a = renamed(tmp_path, "site-a", ("a1", "a2"))
+    b = renamed(tmp_path, "site_a", ("b1", "b2"))
+    code, out = export(capsys, str(a), str(b), "-o", str(tmp_path / "t"), "--inventory",
+                       inventory(tmp_path, "a1 a\na2 b\nb1 c\nb2 d\n"))
+    assert code == 1 and "FWC550" in out and "fwc_site_a" in out
+
+
+def test_password_in_the_tree_is_warned_and_redaction_keeps_it_out(tmp_path, capsys):
+    inv = inventory(tmp_path, "fw1 a\nfw2 b\n")
+    code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "plain"), "--inventory", inv)
+    assert code == 0 and "FWC555" in out
+    assert any(b"s3cret" in data for data, _ in tree(tmp_path / "plain").values())
+    code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "red"), "--inventory", inv,
+                       "--redact-secrets")
+    assert code == 0 and "FWC555" not in out
+    files = tree(tmp_path / "red")
+    assert not any(b"s3cret" in data for data, _ in files.values())
+    assert files["roles/fwc/files/edge/fw1/keepalived.conf"][1] == 0o644
+    assert "redacted: true" in files["host_vars/fw1.yml"][0].decode()
+
+
+def test_the_tree_follows_the_files_table_and_install_steps(tmp_path, capsys):
+    code, _ = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                     "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))
+    assert code == 0
+    files = tree(tmp_path / "t")
+    host_vars = files["host_vars/fw1.yml"][0].decode()
+    compiled = sorted(p.name for p in (REPO / "output/edge/fw1").iterdir())
+    for name in compiled:
+        row = BY_NAME[name]
+        assert f"  - name: !unsafe '{name}'\n    path: !unsafe '{row.path}'\n" \
+               f"    mode: '{row.mode:04o}'" in host_vars
+        assert f"roles/fwc/files/edge/fw1/{name}" in files
+    steps = {name.rsplit("/", 1)[1]: data.decode() for name, (data, _) in files.items()
+             if name.startswith("roles/fwc/files/edge/fw1/steps/")}
+    assert set(steps) >= {"preflight.sh", "lock.sh", "test.sh", "snapshot.sh", "apply.sh",
+                          "rollback.sh", "confirm.sh", "reload-keepalived.sh"}
+    from fwc.backend.files import FILES
+    rows = [f for f in FILES if f.name in compiled]
+    assert steps["test.sh"] == scripts.test_ruleset(rows) + "\n"
+    assert steps["apply.sh"] == scripts.apply(rows) + "\n"
+    # backups before the master, one member at a time
+    inventory_text = files["inventory.yml"][0].decode()
+    assert inventory_text.index("fw2:") < inventory_text.index("fw1:")
+    site = files["site.yml"][0].decode()
+    assert "serial: 1" in site and "max_fail_percentage: 0" in site
+
+
+def test_same_policies_same_tree_and_foreign_directory_refused(tmp_path, capsys):
+    inv = inventory(tmp_path, "fw1 a\nfw2 b\n")
+    for out in ("one", "two"):
+        assert export(capsys, str(EDGE), "-o", str(tmp_path / out), "--redact-secrets",
+                      "--inventory", inv)[0] == 0
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    # exported again over itself: replaced whole
+    assert export(capsys, str(EDGE), "-o", str(tmp_path / "one"), "--redact-secrets",
+                  "--inventory", inv)[0] == 0
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me\n")
+    code, out = export(capsys, str(EDGE), "-o", str(foreign), "--inventory", inv)
+    assert code == 1 and "FWC554" in out
+    assert [p.name for p in foreign.iterdir()] == ["mine.txt"]
+    assert not [p for p in tmp_path.iterdir() if ".fwc-" in p.name]
+
+
+def test_inventory_values_never_become_template_expressions(tmp_path, capsys):
+    if not shutil.which("ansible"):
+        pytest.skip("ansible-core is not installed")
+    code, _ = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                     "--inventory", inventory(
+                         tmp_path, "fw1 root@192.0.2.1 python={{lookup('pipe','id')}}\n"
+                                   "fw2 192.0.2.2\n"))
+    assert code == 0
+    text = (tmp_path / "t/inventory.yml").read_text()
+    assert "ansible_python_interpreter: !unsafe '{{lookup(''pipe'',''id'')}}'" in text
+    env = {**os.environ, "ANSIBLE_CONFIG": str(tmp_path / "t/ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    run = subprocess.run(["ansible", "fw1", "-m", "ansible.builtin.debug", "-a",
+                          "var=ansible_python_interpreter"], cwd=tmp_path / "t", env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "{{lookup('pipe','id')}}" in run.stdout and "uid=" not in run.stdout
+
+
+def test_ansible_lint_and_syntax_check_pass_on_the_tree(tmp_path, capsys):
+    from conftest import cannot_run
+
+    for tool in ("ansible-lint", "ansible-playbook"):
+        if not shutil.which(tool):
+            cannot_run(f"{tool} is not installed (pip install '.[test]')")
+    assert export(capsys, str(EDGE), str(REPO / "policies/branch.fw"), "-o",
+                  str(tmp_path / "t"), "--redact-secrets", "--inventory",
+                  inventory(tmp_path, "fw1 root@192.0.2.1\nfw2 x netns=fwc-none\n"
+                                      "bfw1 192.0.2.3 port=2222\nbfw2 192.0.2.4\n"))[0] == 0
+    env = {**os.environ, "ANSIBLE_CONFIG": str(tmp_path / "t/ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1", "HOME": str(tmp_path)}
+    syntax = subprocess.run(["ansible-playbook", "--syntax-check", "site.yml"],
+                            cwd=tmp_path / "t", env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert syntax.returncode == 0, syntax.stdout + syntax.stderr
+    lint = subprocess.run(["ansible-lint", "--offline", "-q"], cwd=tmp_path / "t", env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout + lint.stderr

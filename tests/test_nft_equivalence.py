@@ -1,0 +1,249 @@
+"""iptables output == nftables output, packet by packet (issue 13: equivalence proved).
+
+For every member of every example policy, and of random policies (hypothesis,
+bounded, derandomised), both compiled outputs are read back into the lowered
+rule model (iptables-restore text by the test reader of
+tests/test_analysis_vs_compile.py, nftables.nft by `fwc.analysis.nftread`) and
+walked with the one packet evaluator (`fwc.analysis.evaluate.Evaluator`) for
+the corner packets of every rule: of the flat lowered ruleset (every policy
+rule) and of the nft ruleset as read (every verdict-map entry and every element
+of a concatenated set). Each packet must get the same filter verdict with the
+same options and LOG/CONNMARK effects, the same DNAT in PREROUTING and the same
+SNAT/MASQUERADE in POSTROUTING. A difference fails with the packet.
+
+The random policies are rendered for nft with low thresholds, so that small
+policies get verdict maps (arranged chains) and concatenated sets; a sample of
+them is loaded with `nft -c -f` inside a fresh network namespace.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_NAMES, Examples, cannot_run, skip_or_fail_without_root
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_analysis_vs_compile import parse_rules
+from test_arrange import mixed_policy
+from test_realtools import in_ns, namespace
+
+from fwc.analysis.evaluate import Decision, Evaluator, corner_packets
+from fwc.analysis.nftread import NftRules, evaluations, read
+from fwc.backend.arrange import arrange
+from fwc.backend.ipsets import use_ipsets
+from fwc.backend.lower import NodeRuleset, lower
+from fwc.backend.output import compile_policy
+from fwc.backend.render import nftables
+from fwc.backend.render.nftables import NftUnsupported
+from fwc.checks import capability
+from fwc.model import Cluster, Member
+from fwc.model.vocabulary import Backend
+from fwc.model.vocabulary import Table as TableName
+from fwc.pipeline import analyse
+
+
+def _normal(decision: Decision) -> tuple[object, ...]:
+    """A decision's meaning with option values compared as numbers where they are."""
+
+    def options(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, object], ...]:
+        out: list[tuple[str, object]] = []
+        for key, value in items:
+            if key == "set-xmark":
+                number, _, mask = value.partition("/")
+                out.append((key, (int(number, 0), int(mask or "0xffffffff", 0))))
+            elif key not in ("log-level",):
+                out.append((key, value))
+        return tuple(out)
+
+    return (str(decision.verdict), options(decision.options),
+            tuple((str(t), options(o)) for t, o in decision.effects))
+
+
+def ipset_contents(text: str) -> dict[str, tuple[str, ...]]:
+    """ipsets.rules -> set name -> its blocks (filled as NAME.new, then swapped in)."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "add":
+            out.setdefault(words[1].removesuffix(".new"), []).append(words[2])
+    return {name: tuple(blocks) for name, blocks in out.items()}
+
+
+def compare(iptables: dict[int, NodeRuleset], nft: NftRules, flat: dict[int, NodeRuleset],
+            where: str, ipsets: dict[str, tuple[str, ...]] | None = None) -> int:
+    """Every corner packet decided alike by both outputs; returns how many were checked."""
+    checked = 0
+    for family, ipt in iptables.items():
+        packets = dict.fromkeys(corner_packets(flat[family]))
+        packets.update(dict.fromkeys(corner_packets(nft.rulesets[family], nft.sets)))
+        pairs = [(Evaluator(ipt, ipsets, TableName.FILTER), nft.evaluator(family), None)]
+        if ipt.table(TableName.NAT) is not None:
+            for chain in ("PREROUTING", "POSTROUTING"):
+                pairs.append((Evaluator(ipt, ipsets, TableName.NAT),
+                              nft.evaluator(family, TableName.NAT), chain))
+        for packet in packets:
+            for ipt_eval, nft_eval, chain in pairs:
+                if chain == "POSTROUTING" and packet.out_device is None:
+                    continue
+                if chain == "PREROUTING" and packet.in_device is None:
+                    continue
+                want = _normal(ipt_eval.decide(packet, chain))
+                got = _normal(nft_eval.decide(packet, chain))
+                assert got == want, (f"{where} IPv{family} {chain or 'filter'}: "
+                                     f"{packet.describe()}: iptables {want}, nftables {got}")
+                checked += 1
+    return checked
+
+
+def _iptables_rulesets(files: dict[str, str], member: str, families: set[int]) \
+        -> dict[int, NodeRuleset]:
+    out = {4: parse_rules(files[f"{member}/iptables.rules"], 4)}
+    if 6 in families:
+        out[6] = parse_rules(files[f"{member}/ip6tables.rules"], 6)
+    return out
+
+
+def _flat(cluster: Cluster, member: Member) -> dict[int, NodeRuleset]:
+    return {f: lower(cluster, member, f) for f in sorted(cluster.families)}
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_outputs_decide_alike(examples: Examples, name: str):
+    example = examples[name]
+    policy = example.policy
+    refused = capability.problems(policy, Backend.NFTABLES)
+    if refused:
+        # busy.fw uses what nft does not write yet (limits, notrack, MSS): it is refused
+        # with the line (FWC429), and its renderer raises rather than drop a condition.
+        assert {d.code for d in refused} == {"FWC429"}, refused
+        with pytest.raises(NftUnsupported):
+            compile_policy(policy, backend=Backend.NFTABLES)
+        return
+    nft_outputs = compile_policy(policy, backend=Backend.NFTABLES)
+    ipt_outputs = compile_policy(policy, backend=Backend.IPTABLES)
+    checked = 0
+    for cluster, ipt_out, nft_out in zip(policy.clusters, ipt_outputs, nft_outputs,
+                                         strict=True):
+        ipt_files = {f.path: f.content.decode() for f in ipt_out.files}
+        nft_files = {f.path: f.content.decode() for f in nft_out.files}
+        for member in cluster.members:
+            nft = read(nft_files[f"{member.name}/nftables.nft"])
+            checked += compare(_iptables_rulesets(ipt_files, member.name, cluster.families),
+                               nft, _flat(cluster, member), f"{name} {member.name}",
+                               ipset_contents(ipt_files.get(f"{member.name}/ipsets.rules", "")))
+    assert checked > 500
+
+
+def _arranged_for_nft(cluster: Cluster, member: Member) -> str:
+    """nftables.nft with thresholds low enough that a small policy gets maps and sets."""
+    names = {link.device: link.interface for link in member.links}
+    rulesets, sets = [], []
+    for family in sorted(cluster.families):
+        with_sets, made = use_ipsets(lower(cluster, member, family))
+        sets.extend(made)
+        rulesets.append(arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True))
+    return nftables.render(rulesets, "random policy", tuple(sets), min_concat=2)
+
+
+def _random_members(tmp_path: Path, seed: int, rules: int) \
+        -> list[tuple[Cluster, Member, dict[str, str]]]:
+    path = tmp_path / f"mix{seed}.fw"
+    path.write_text(mixed_policy(seed, rules))
+    analysis = analyse(path, run_checks=False)
+    assert analysis.policy is not None, analysis.diagnostics
+    out = []
+    for cluster, output in zip(analysis.policy.clusters,
+                               compile_policy(analysis.policy, backend=Backend.IPTABLES),
+                               strict=True):
+        files = {f.path: f.content.decode() for f in output.files}
+        out.extend((cluster, member, files) for member in cluster.members)
+    return out
+
+
+SEEDS = settings(max_examples=8, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                        HealthCheck.too_slow])
+
+
+@SEEDS
+@given(seed=st.integers(0, 10_000), rules=st.integers(8, 40))
+def test_random_policy_outputs_decide_alike(tmp_path: Path, seed: int, rules: int):
+    constructs = {"vmap": 0, "concat": 0}
+    for cluster, member, files in _random_members(tmp_path, seed, rules):
+        text = _arranged_for_nft(cluster, member)
+        constructs["vmap"] += text.count(" vmap @")
+        constructs["concat"] += text.count(" . ")
+        compare(_iptables_rulesets(files, member.name, cluster.families), read(text),
+                _flat(cluster, member), f"seed {seed} rules {rules} {member.name}",
+                ipset_contents(files.get(f"{member.name}/ipsets.rules", "")))
+
+
+def test_random_policies_use_maps_and_concatenated_sets(tmp_path: Path):
+    """The random policies above do exercise what they are meant to (not vacuous)."""
+    text = _arranged_for_nft(*_random_members(tmp_path, 7, 60)[0][:2])
+    assert " vmap @" in text and "iifname vmap" in text
+    assert "saddr . " in text or "daddr . " in text
+    assert "\t\ttype ifname : verdict" in text
+
+
+def test_random_policy_nft_files_load_in_a_namespace(tmp_path: Path):
+    """A sample of the random policies' nft files passes `nft -c -f` in a fresh namespace."""
+    skip_or_fail_without_root()
+    if shutil.which("nft") is None:
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    with namespace() as ns:
+        for seed in (3, 11, 29):
+            for cluster, member, _ in _random_members(tmp_path, seed, 50):
+                text = _arranged_for_nft(cluster, member)
+                target = tmp_path / f"{seed}-{member.name}.nft"
+                target.write_text(text)
+                got = in_ns(ns, "nft", "-c", "-f", str(target))
+                assert got.returncode == 0, f"seed {seed} {member.name}: {got.stderr[:2000]}"
+
+
+def test_a_lookup_counts_as_one_evaluation(tmp_path: Path):
+    """The benchmark's nft cost: a verdict map or set lookup is one rule evaluated."""
+    cluster, member, _ = _random_members(tmp_path, 7, 60)[0]
+    nft = read(_arranged_for_nft(cluster, member))
+    packets = [p for p in corner_packets(lower(cluster, member, 4)) if p.ctstate == "NEW"]
+    worst, mean = evaluations(nft, 4, packets)
+    flat = Evaluator(lower(cluster, member, 4))
+    flat_worst = max(flat.decide(p).traversed for p in packets)
+    assert 0 < mean <= worst < flat_worst
+
+
+def test_reader_refuses_what_it_does_not_know():
+    from fwc.analysis.nftread import NftReadError
+    for text in ("flush ruleset\n",
+                 "table inet fwc {\n\tchain filter-x-v4 {\n\t\tip saddr 1.2.3.4 counter "
+                 "queue\n\t}\n}\n"):
+        with pytest.raises(NftReadError):
+            read(text)
+
+
+
+
+def test_query_answers_a_nftables_cluster_as_its_iptables_twin(tmp_path, capsys):
+    """fwc query no longer refuses nft clusters: the engine's answer is the nft output's
+    (the engine agrees with the iptables output, tests/test_analysis_vs_compile.py, and
+    the iptables output with the nft output, above)."""
+    import json
+
+    from test_nftables import _copy_policies, _with_backend
+
+    from fwc.cli import main
+
+    copy = _copy_policies(tmp_path)
+    path = copy / "edge.fw"
+    plain = path.read_text()
+    answers = []
+    for text in (plain, _with_backend(plain)):
+        path.write_text(text)
+        assert main(["query", str(path), "--from", "any", "--to", "any", "--service", "tcp/22",
+                     "--format", "json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        answers.append([(m["member"], [(p["verdict"], p["from"], p["to"], p["chain"])
+                                       for p in m["pieces"]]) for m in report["members"]])
+    assert answers[0] == answers[1] and answers[0][0][1]
