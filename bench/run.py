@@ -65,6 +65,7 @@ class Run:
     peak_mb: float
     returncode: int
     stderr: str = ""
+    cpu: float = 0.0  # user + system seconds of exactly this child
 
 
 @dataclass
@@ -82,19 +83,22 @@ class Row:
     traversal: dict[str, float] = field(default_factory=dict)
 
 
-def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None) -> Run:
-    """Wall time and the peak RSS of exactly this child (wait4), not of all children."""
+def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
+          env: dict[str, str] | None = None) -> Run:
+    """Wall time, CPU time and the peak RSS of exactly this child (wait4), not of all
+    children."""
     start = time.perf_counter()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
         child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
-                                 stderr=err)
+                                 stderr=err, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - start
         err.seek(0)
         tail = err.read().decode(errors="replace")[-2000:]
-    return Run(elapsed, usage.ru_maxrss / 1024, child.returncode, tail)
+    return Run(elapsed, usage.ru_maxrss / 1024, child.returncode, tail,
+               usage.ru_utime + usage.ru_stime)
 
 
 def fwc_command() -> list[str]:
@@ -349,6 +353,103 @@ def confirmed_failures(shape: str, runs: dict[int, list[dict[str, object]]],
     return [text for small, large, name, text in again if (small, large, name) in suspected]
 
 
+EDIT_STEPS = (
+    ("compile --no-cache", "compile", ["--no-cache"], False),
+    ("compile, empty cache", "compile", [], False),
+    ("compile, unchanged", "compile", [], False),
+    ("compile after a one-line edit", "compile", [], True),
+    ("check after that compile", "check", [], False),
+    ("check after a one-line edit", "check", [], True),
+    ("compile after that check", "compile", [], False),
+)
+
+
+def one_line_edit(text: str, nth: int) -> str:
+    """The policy with one rule's service changed: its NTH accept rule with one service
+    from the middle of the policy block names the service of the rule after it."""
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("policy "))
+    candidates = [i for i in range(start + 1, len(lines))
+                  if lines[i].strip().startswith("accept from ") and " service svc" in lines[i]
+                  and "," not in lines[i].split(" service ", 1)[1]]
+    where = candidates[len(candidates) // 2 + nth]
+    word = lines[where].split(" service ", 1)[1].split()[0]
+    other = next(lines[i].split(" service ", 1)[1].split()[0] for i in candidates
+                 if i > where and lines[i].split(" service ", 1)[1].split()[0] != word)
+    lines[where] = lines[where].replace(f" service {word}", f" service {other}", 1)
+    return "\n".join(lines)
+
+
+def run_edits(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path) -> int:
+    """The edit loop through the result cache: whole `fwc` processes in a private cache
+    directory, each step's median wall and CPU time; output byte-identical to --no-cache."""
+    failures: list[str] = []
+    print("one-line edit (whole processes; median of "
+          f"{repeat}; wall s / CPU s / peak MB)")
+    print()
+    head = ["shape", "rules"] + [name for name, _, _, _ in EDIT_STEPS] + ["same bytes"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for shape in shapes:
+        for size in sizes:
+            results: dict[str, list[Run]] = {name: [] for name, _, _, _ in EDIT_STEPS}
+            same = True
+            for attempt in range(repeat):
+                folder = work / "edit" / shape / str(size) / str(attempt)
+                folder.mkdir(parents=True, exist_ok=True)
+                # Never in the shared temporary directory (fwc refuses a cache there).
+                cache_home = Path.home() / ".cache" / f"fwc-bench-{os.getpid()}-{attempt}"
+                shutil.rmtree(cache_home, ignore_errors=True)
+                cache_home.mkdir(mode=0o700, parents=True)
+                env = dict(os.environ, XDG_CACHE_HOME=str(cache_home))
+                env.pop("FWC_NO_CACHE", None)
+                policy = folder / "bench.fw"
+                text = fwc_policy(build_site(size, shape=shape))
+                policy.write_text(text, encoding="utf-8")
+                edits = 0
+                for name, command, extra, edit in EDIT_STEPS:
+                    if edit:
+                        text = one_line_edit(text, edits)
+                        edits += 1
+                        policy.write_text(text, encoding="utf-8")
+                    argv = [*fwc_command(), command, "bench.fw", *extra]
+                    if command == "compile":
+                        argv += ["-o", "out"]
+                    got = timed(argv, cwd=folder, env=env)
+                    if got.returncode:
+                        failures.append(f"{shape} {size}: {name} failed: {got.stderr[-300:]}")
+                    results[name].append(got)
+                fresh = timed([*fwc_command(), "compile", "bench.fw", "--no-cache", "-o",
+                               "fresh"], cwd=folder, env=env)
+                same = same and fresh.returncode == 0 and trees_equal(folder / "out",
+                                                                     folder / "fresh")
+                shutil.rmtree(cache_home, ignore_errors=True)
+                print(f"  {shape} {size} edit run {attempt + 1} done (load {load()})",
+                      file=sys.stderr)
+            if not same:
+                failures.append(f"{shape} {size}: the cached compile differs from --no-cache")
+            cells = [shape, str(size)]
+            for name, _, _, _ in EDIT_STEPS:
+                runs = results[name]
+                cells.append(f"{statistics.median(r.seconds for r in runs):.2f} / "
+                             f"{statistics.median(r.cpu for r in runs):.2f} / "
+                             f"{statistics.median(r.peak_mb for r in runs):.0f}")
+            cells.append("yes" if same else "NO")
+            print("| " + " | ".join(cells) + " |")
+    print()
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
+def trees_equal(a: Path, b: Path) -> bool:
+    """Same files with the same bytes and modes below A and B."""
+    def listing(root: Path) -> dict[str, tuple[bytes, int]]:
+        return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode)
+                for p in sorted(root.rglob("*")) if p.is_file()}
+    return listing(a) == listing(b)
+
+
 def load() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -413,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the per-pass table and its scaling verdict")
     parser.add_argument("--no-passes", action="store_true",
                         help="only whole processes (the original table)")
+    parser.add_argument("--edit", action="store_true",
+                        help="only the one-line edit loop through the result cache")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
         ALL_SIZES if args.all_sizes else ((1000,) if args.quick else DEFAULT_SIZES)
@@ -423,6 +526,17 @@ def main(argv: list[str] | None = None) -> int:
     sample = min(args.sample, 100) if args.quick else args.sample
     with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
     info = machine()
+    if args.edit:
+        print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
+              f"load average at start: {load()}")
+        work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
+        try:
+            verdict = run_edits(shapes, sizes, args.repeat, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"load average at end: {load()}")
+        return verdict
     if args.passes_only:
         print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
               f"load average at start: {load()}")

@@ -19,6 +19,12 @@ COMMANDS = {
 }
 
 
+def add_no_cache_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the result cache (~/.cache/fwc or "
+                        "$XDG_CACHE_HOME/fwc)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fwc", description="Compile and check policies for HA Linux firewall clusters.")
@@ -29,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_no_cache_argument(p)
     add_include_path_argument(p)
 
     p = sub.add_parser("explain", help="print the rationale of a diagnostic code")
@@ -45,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packet filter to write rules for (overrides the policy's `backend`)")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_no_cache_argument(p)
     add_include_path_argument(p)
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")
