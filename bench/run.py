@@ -11,7 +11,7 @@ runs (what other users of a shared machine inflate least), and a pass that fails
 measured again, both sizes interleaved (`--confirm` more runs each), before it
 counts: a superlinear pass fails every time, a burst of load on one run does not.
 
-Whole processes (also run unless `--passes-only`), on the `site` shape:
+Whole processes (also run unless `--passes-only`), on every shape of `--shapes`:
 
 For each size it generates the synthetic site (bench/generate.py, fixed seed),
 then times whole processes, as a user would run them:
@@ -71,12 +71,14 @@ class Run:
 @dataclass
 class Row:
     rules: int
+    shape: str = "site"
     check: Run | None = None
     compile: Run | None = None
     iptables_lines: int = 0
     output_kb: float = 0.0
     ipsets: int = 0
-    restore_test: float | None = None
+    restore_test: float | None = None  # iptables-restore --test
+    restore_load: float | None = None  # the real load into the namespace
     ipset_restore: float | None = None
     restore_note: str = ""
     aclgen: Run | None = None
@@ -145,33 +147,40 @@ def output_stats(out: Path) -> tuple[int, float, int]:
     return lines, size, sets
 
 
-def restore_test(out: Path) -> tuple[float | None, float | None, str]:
-    """ipset restore + iptables-restore --test of fw1's files in a throwaway namespace."""
+def restore_test(out: Path) -> tuple[float | None, float | None, float | None, str]:
+    """fw1's files in a throwaway network namespace: `ipset restore`, then
+    `iptables-restore --test`, then the real load (what a node does at boot or reload).
+    Returns (test s, ipset s, load s, note)."""
     if os.geteuid() != 0:
-        return None, None, "skipped: not root"
+        return None, None, None, "skipped: not root"
     for tool in ("ip", "iptables-restore"):
         if shutil.which(tool) is None:
-            return None, None, f"skipped: no {tool}"
+            return None, None, None, f"skipped: no {tool}"
     member = out / "bench" / "fw1"
     namespace = f"fwcbench{os.getpid()}"
     if subprocess.run(["ip", "netns", "add", namespace], capture_output=True).returncode:
-        return None, None, "skipped: cannot create a network namespace"
+        return None, None, None, "skipped: cannot create a network namespace"
     try:
         ipset_seconds = None
         sets = member / "ipsets.rules"
         if sets.exists():
             if shutil.which("ipset") is None:
-                return None, None, "skipped: no ipset"
+                return None, None, None, "skipped: no ipset"
             got = timed(["ip", "netns", "exec", namespace, "ipset", "restore"], stdin=sets)
             if got.returncode:
-                return None, None, f"ipset restore failed: {got.stderr.strip()[:200]}"
+                return None, None, None, f"ipset restore failed: {got.stderr.strip()[:200]}"
             ipset_seconds = got.seconds
         got = timed(["ip", "netns", "exec", namespace, "iptables-restore", "--test"],
                     stdin=member / "iptables.rules")
         if got.returncode:
-            return None, ipset_seconds, f"iptables-restore failed: {got.stderr.strip()[:200]}"
-        return got.seconds, ipset_seconds, ""
+            return None, ipset_seconds, None, \
+                f"iptables-restore failed: {got.stderr.strip()[:200]}"
+        loaded = timed(["ip", "netns", "exec", namespace, "iptables-restore"],
+                       stdin=member / "iptables.rules")
+        return got.seconds, ipset_seconds, loaded.seconds if loaded.returncode == 0 else None, \
+            "" if loaded.returncode == 0 else f"load failed: {loaded.stderr.strip()[:200]}"
     finally:
+        # Deleting the namespace drops its rules and sets with it.
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
@@ -215,13 +224,20 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
     packets = [p for p in corner_packets(reduced) if p.ctstate == "NEW" and p.syn]
     packets = rng.sample(packets, min(len(packets), sample))
     out: dict[str, float] = {"packets": float(len(packets))}
+    # Kernel rules of the flat FORWARD chain (a rule with address lists is one line per
+    # source x destination CIDR): the arranged worst case is judged against it.
+    out["flat rules"] = float(sum(max(1, len(r.match.source.cidrs))
+                                  * max(1, len(r.match.destination.cidrs))
+                                  for r in forward.rules))
     meanings: dict[str, list[object]] = {}
     for name, ruleset, known in (("flat", flat, {}), ("ipsets", with_sets, contents),
                                  ("arranged", arranged, contents)):
         evaluator = Evaluator(ruleset, known)
         decisions = [evaluator.decide(p) for p in packets]
         out[name] = sum(d.traversed for d in decisions) / len(packets)
+        out[f"{name} worst"] = float(max(d.traversed for d in decisions))
         meanings[name] = [d.meaning for d in decisions]
+    out["accepted"] = float(sum(1 for m in meanings["flat"] if "ACCEPT" in str(m)))
     # The same packets double as a check at scale: fwc's output must decide like flat.
     out["mismatches"] = float(sum(
         1 for f, s, a in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
@@ -462,21 +478,29 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(rows: list[Row], with_aclgen: bool) -> str:
-    head = ["rules", "check s", "check MB", "compile s", "compile MB", "fw1 -A lines",
-            "fw1 KB", "ipsets", "ipset restore s", "iptables-restore --test s"]
+    head = ["shape", "rules", "check s", "check CPU s", "check MB", "compile s",
+            "compile CPU s", "compile MB", "check / compile (CPU)", "fw1 -A lines", "fw1 KB",
+            "ipsets", "ipset restore s",
+            "iptables-restore --test s", "iptables-restore (load) s"]
     if with_aclgen:
         head += ["aclgen s", "aclgen MB", "aclgen / fwc compile"]
-    head += ["rules traversed: flat", "with ipsets", "arranged"]
+    head += ["rules tested: flat", "with ipsets", "arranged mean", "arranged worst",
+             "worst / flat FORWARD rules"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r.rules),
+        cells = [r.shape, str(r.rules),
                  fmt(r.check.seconds) if r.check else "-",
+                 fmt(r.check.cpu) if r.check else "-",
                  fmt(r.check.peak_mb, 0) if r.check else "-",
                  fmt(r.compile.seconds) if r.compile else "-",
+                 fmt(r.compile.cpu) if r.compile else "-",
                  fmt(r.compile.peak_mb, 0) if r.compile else "-",
+                 f"{100 * r.check.cpu / r.compile.cpu:.0f}%"
+                 if r.check and r.compile and r.compile.cpu else "-",
                  str(r.iptables_lines), fmt(r.output_kb, 0), str(r.ipsets),
                  fmt(r.ipset_restore), fmt(r.restore_test) if r.restore_test is not None
-                 else (r.restore_note or "-")]
+                 else (r.restore_note or "-"),
+                 fmt(r.restore_load) if r.restore_load is not None else (r.restore_note or "-")]
         if with_aclgen:
             ok = r.aclgen is not None and r.aclgen.returncode == 0
             cells += [fmt(r.aclgen.seconds) if ok and r.aclgen else "failed",
@@ -484,9 +508,44 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
                       f"{r.aclgen.seconds / r.compile.seconds:.1f}x"
                       if ok and r.aclgen and r.compile else "-"]
         t = r.traversal
-        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1)]
+        worst = t.get("arranged worst")
+        flat_rules = t.get("flat rules")
+        cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1),
+                  fmt(worst, 0),
+                  f"{100 * worst / flat_rules:.2f}%" if worst is not None and flat_rules
+                  else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def whole_processes(shape: str, size: int, work: Path, with_aclgen: bool,
+                    sample: int) -> Row:
+    """One row of the whole-process table: check, compile, output, load, Aerleon, traversal."""
+    row = Row(size, shape)
+    site = build_site(size, shape=shape)
+    folder = work / shape / str(size)
+    folder.mkdir(parents=True, exist_ok=True)
+    policy = folder / "bench.fw"
+    policy.write_text(fwc_policy(site), encoding="utf-8")
+    env = dict(os.environ, FWC_NO_CACHE="1")  # the work itself, not the result cache
+    row.check = timed([*fwc_command(), "check", str(policy)], env=env)
+    out = folder / "output"
+    row.compile = timed([*fwc_command(), "compile", str(policy), "-o", str(out)], env=env)
+    if row.compile.returncode:
+        print(f"{shape} {size}: fwc compile failed:\n{row.compile.stderr}", file=sys.stderr)
+    else:
+        row.iptables_lines, row.output_kb, row.ipsets = output_stats(out)
+        row.restore_test, row.ipset_restore, row.restore_load, row.restore_note = \
+            restore_test(out)
+    if with_aclgen:
+        aerleon_root = folder / "aerleon"
+        write_aerleon(site, aerleon_root)
+        row.aclgen = run_aclgen(aerleon_root)
+        if row.aclgen.returncode:
+            print(f"{shape} {size}: aclgen failed:\n{row.aclgen.stderr}", file=sys.stderr)
+    if sample:
+        row.traversal = traversal(policy, sample)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -565,31 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_passes:
             verdict = run_passes(shapes, sizes, args.repeat, work / "passes",
                                  args.confirm)
-        for size in sizes:
-            row = Row(size)
-            site = build_site(size)
-            folder = work / str(size)
-            folder.mkdir(exist_ok=True)
-            policy = folder / "bench.fw"
-            policy.write_text(fwc_policy(site), encoding="utf-8")
-            row.check = timed([*fwc_command(), "check", str(policy)])
-            out = folder / "output"
-            row.compile = timed([*fwc_command(), "compile", str(policy), "-o", str(out)])
-            if row.compile.returncode:
-                print(f"{size}: fwc compile failed:\n{row.compile.stderr}", file=sys.stderr)
-            else:
-                row.iptables_lines, row.output_kb, row.ipsets = output_stats(out)
-                row.restore_test, row.ipset_restore, row.restore_note = restore_test(out)
-            if with_aclgen:
-                aerleon_root = folder / "aerleon"
-                write_aerleon(site, aerleon_root)
-                row.aclgen = run_aclgen(aerleon_root)
-                if row.aclgen.returncode:
-                    print(f"{size}: aclgen failed:\n{row.aclgen.stderr}", file=sys.stderr)
-            if not args.no_traversal:
-                row.traversal = traversal(policy, sample)
-            rows.append(row)
-            print(f"  {size} rules done (load {load()})", file=sys.stderr)
+        for shape in shapes:
+            for size in sizes:
+                rows.append(whole_processes(shape, size, work, with_aclgen,
+                                            0 if args.no_traversal else sample))
+                print(f"  {shape} {size} rules done (load {load()})", file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -597,11 +636,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, with_aclgen))
     print()
     if rows and rows[-1].traversal:
-        print(f"traversal: average over {int(rows[-1].traversal['packets'])} sampled new "
-              "connections per size (fw1, IPv4), in kernel rules tested; decisions "
-              "differing from the flat ruleset: "
-              + ", ".join(f"{int(r.traversal['mismatches'])} at {r.rules}" for r in rows
-                          if r.traversal))
+        print(f"rules tested: mean and worst over {int(rows[-1].traversal['packets'])} sampled "
+              "new connections per shape and size (fw1, IPv4, aimed at random FORWARD rules; "
+              "accepted: " + ", ".join(f"{int(r.traversal['accepted'])}" for r in rows
+                                       if r.traversal)
+              + "); decisions differing from the flat ruleset: "
+              + ", ".join(f"{int(r.traversal['mismatches'])} at {r.shape} {r.rules}"
+                          for r in rows if r.traversal))
     print(f"load average at end: {load()}")
     return verdict
 
