@@ -211,3 +211,22 @@ def test_entries_are_data_and_bounded(cache_home, tmp_path):
     left = _entries(cache_home, "analysis")
     assert sum(p.stat().st_size for p in left) <= 300
     assert (cache_home / "fwc" / f"analysis-{4:064x}") in left  # the newest stays
+
+
+def test_a_compile_after_check_of_the_same_content_does_not_check_again(cache_home, tmp_path,
+                                                                        monkeypatch):
+    import fwc.checks
+
+    policy = _policy(tmp_path)
+    assert main(["check", str(policy)]) == 0
+    assert main(["check", str(policy)]) == 0  # answered without parsing
+
+    def no_checks(*args, **kwargs):
+        raise AssertionError("the checks ran again")
+
+    monkeypatch.setattr(fwc.checks, "run_checks", no_checks)
+    assert _compile(policy, tmp_path / "out") == 0  # parse, resolve, build; checks cached
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    assert _tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
