@@ -88,7 +88,8 @@ class Row:
 def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
           env: dict[str, str] | None = None) -> Run:
     """Wall time, CPU time and the peak RSS of exactly this child (wait4), not of all
-    children."""
+    children. The CPU time includes the processes the child waited for (Aerleon's
+    renderer workers); the peak RSS is the child's own largest."""
     start = time.perf_counter()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
@@ -226,9 +227,12 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
     out: dict[str, float] = {"packets": float(len(packets))}
     # Kernel rules of the flat FORWARD chain (a rule with address lists is one line per
     # source x destination CIDR): the arranged worst case is judged against it.
-    out["flat rules"] = float(sum(max(1, len(r.match.source.cidrs))
-                                  * max(1, len(r.match.destination.cidrs))
-                                  for r in forward.rules))
+    out["flat rules"] = float(_kernel_rules(forward.rules))
+    sets_table = with_sets.table("filter")
+    assert sets_table is not None
+    sets_forward = sets_table.chain("FORWARD")
+    assert sets_forward is not None
+    out["ipsets rules"] = float(_kernel_rules(sets_forward.rules))
     meanings: dict[str, list[object]] = {}
     for name, ruleset, known in (("flat", flat, {}), ("ipsets", with_sets, contents),
                                  ("arranged", arranged, contents)):
@@ -243,6 +247,12 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
         1 for f, s, a in zip(meanings["flat"], meanings["ipsets"], meanings["arranged"],
                              strict=True) if not f == s == a))
     return out
+
+
+def _kernel_rules(rules: object) -> int:
+    """iptables rules of a chain: one per source x destination CIDR (a set is one)."""
+    return sum(max(1, len(r.match.source.cidrs)) * max(1, len(r.match.destination.cidrs))
+               for r in rules)  # type: ignore[attr-defined]
 
 
 def pass_run(policy: Path) -> dict[str, object] | None:
@@ -483,9 +493,10 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
             "ipsets", "ipset restore s",
             "iptables-restore --test s", "iptables-restore (load) s"]
     if with_aclgen:
-        head += ["aclgen s", "aclgen MB", "aclgen / fwc compile"]
+        head += ["aclgen s", "aclgen CPU s", "aclgen MB", "aclgen / fwc compile (wall)",
+                 "(CPU)"]
     head += ["rules tested: flat", "with ipsets", "arranged mean", "arranged worst",
-             "worst / flat FORWARD rules"]
+             "FORWARD rules: flat", "with ipsets", "worst / FORWARD rules with ipsets"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.shape, str(r.rules),
@@ -504,15 +515,18 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
         if with_aclgen:
             ok = r.aclgen is not None and r.aclgen.returncode == 0
             cells += [fmt(r.aclgen.seconds) if ok and r.aclgen else "failed",
+                      fmt(r.aclgen.cpu) if ok and r.aclgen else "-",
                       fmt(r.aclgen.peak_mb, 0) if ok and r.aclgen else "-",
                       f"{r.aclgen.seconds / r.compile.seconds:.1f}x"
-                      if ok and r.aclgen and r.compile else "-"]
+                      if ok and r.aclgen and r.compile else "-",
+                      f"{r.aclgen.cpu / r.compile.cpu:.1f}x"
+                      if ok and r.aclgen and r.compile and r.compile.cpu else "-"]
         t = r.traversal
         worst = t.get("arranged worst")
-        flat_rules = t.get("flat rules")
+        set_rules = t.get("ipsets rules")
         cells += [fmt(t.get("flat"), 0), fmt(t.get("ipsets"), 0), fmt(t.get("arranged"), 1),
-                  fmt(worst, 0),
-                  f"{100 * worst / flat_rules:.2f}%" if worst is not None and flat_rules
+                  fmt(worst, 0), fmt(t.get("flat rules"), 0), fmt(set_rules, 0),
+                  f"{100 * worst / set_rules:.2f}%" if worst is not None and set_rules
                   else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
