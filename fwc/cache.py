@@ -2,8 +2,9 @@
 
 Where: `$XDG_CACHE_HOME/fwc`, else `~/.cache/fwc`; never the shared temporary
 directory. The directory must be the user's own (owner = effective uid, not a
-symbolic link, no group or other permission bits): a directory another user
-could write to, or read, is not used at all (`open_cache` says why and the command
+symbolic link, no group or other permission bits, in a parent only the user or
+root can write): a directory another user could write to, replace, or read, is
+not used at all (`open_cache` says why and the command
 runs without a cache). It holds a per-user key (`key`, 32 random bytes, mode
 0600) and one file per entry, mode 0600.
 
@@ -315,6 +316,13 @@ def open_cache(environ: Mapping[str, str] = os.environ,
                                "XDG_CACHE_HOME to a directory of your own)")
     try:
         directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Whoever may write the parent could replace the directory by one of their own
+        # (a symbolic link to it) between two runs: the parent is the user's or root's.
+        parent = os.stat(directory.parent)
+        if parent.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(parent.st_mode) & 0o022:
+            raise CacheRefused(f"'{directory.parent}' can be written by other users: the "
+                               "cache directory must live in a directory only you (or root) "
+                               "can change")
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, 0o700)
         info = os.lstat(directory)

@@ -159,6 +159,16 @@ def test_a_directory_of_another_user_is_not_used(cache_home):
         fwc_cache.open_cache(os.environ)
 
 
+def test_a_parent_others_can_write_is_not_used(cache_home, monkeypatch):
+    shared = cache_home / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # someone else could swap the cache directory for their own
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    with pytest.raises(fwc_cache.CacheRefused, match="can be written by other users"):
+        fwc_cache.open_cache(os.environ)
+    assert not (shared / "fwc").exists()  # nothing created there
+
+
 def test_never_in_the_shared_temporary_directory(tmp_path):
     with pytest.raises(fwc_cache.CacheRefused, match="shared temporary directory"):
         fwc_cache.open_cache({"XDG_CACHE_HOME": str(tmp_path)})
