@@ -344,7 +344,8 @@ def code_digest() -> str:
     from fwc import __version__
 
     digest.update(f"fwc {__version__}\0python {sys.version}\0".encode())
-    files = [p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".j2", ".lark")]
+    files = [p for p in package.rglob("*")
+             if p.is_file() and p.suffix in (".py", ".j2", ".lark", ".fw", ".toml")]
     checkout_grammar = package.parent / "grammar" / "fwc.lark"
     if checkout_grammar.is_file():
         files.append(checkout_grammar)
