@@ -23,6 +23,12 @@ COMMANDS = {
 }
 
 
+def add_no_cache_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the result cache (~/.cache/fwc or "
+                        "$XDG_CACHE_HOME/fwc)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ProjectParser(
         prog="fwc", description="Compile and check policies for HA Linux firewall clusters.")
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                    help="warnings fail too (default: `strict` in fwc.toml, else off)")
     p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
+    add_no_cache_argument(p)
     add_include_path_argument(p)
 
     p = sub.add_parser("explain", help="print the rationale of a diagnostic code")
@@ -53,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                    help="warnings fail too (default: `strict` in fwc.toml, else off)")
     p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
+    add_no_cache_argument(p)
     add_include_path_argument(p)
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")

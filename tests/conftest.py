@@ -32,6 +32,10 @@ from fwc.model import Policy
 from fwc.pipeline import Analysis, analyse
 
 REPO = Path(__file__).resolve().parent.parent
+# No test reads or fills the user's result cache (~/.cache/fwc) unless it asks to
+# (tests/test_cache.py gives its commands a private one): a cache hit would also skip
+# the progress and the passes other tests watch. Inherited by the fwc processes tests run.
+os.environ.setdefault("FWC_NO_CACHE", "1")
 POLICIES = REPO / "policies"
 EXAMPLE_FILES = sorted(POLICIES.glob("*.fw"))
 EXAMPLE_NAMES = [p.name for p in EXAMPLE_FILES]

@@ -10,6 +10,7 @@ small policies exercise every level (device pairs, protocols, port buckets).
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,26 @@ def test_random_rulesets_arranged_decide_like_flat(seed):
         assert evaluator.decide(packet).meaning == reference.decide(packet).meaning, \
             packet.describe()
 
+
+
+def test_a_policy_without_devices_is_arranged_too(tmp_path):
+    """Rules without `in`/`out` are not the chain's head (issue 12): the policy is split
+    by protocol and ports, and every packet gets the flat ruleset's decision."""
+    text = re.sub(r" (in|out) (lan|dmz|uplink)\b", "", mixed_policy(4, 200))
+    path = tmp_path / "nodev.fw"
+    path.write_text(text, encoding="utf-8")
+    for _, member, family, flat in rulesets(path):
+        if family != 4:
+            continue
+        forward = flat.table("filter").chain("FORWARD")  # type: ignore[union-attr]
+        assert all(r.match.in_device is None for r in forward.rules)  # type: ignore[union-attr]
+        count, _, _ = assert_same_meaning(flat, min_rules=64, split_min=32,
+                                          device_names=_devices(member))
+        assert count > 1000
+        with_sets, sets = use_ipsets(flat)
+        arranged = arrange(with_sets, _devices(member))
+        contents = set_contents(sets)
+        packets = corner_packets(flat)
+        plain = sum(Evaluator(with_sets, contents).decide(p).traversed for p in packets)
+        tree = sum(Evaluator(arranged, contents).decide(p).traversed for p in packets)
+        assert tree < plain / 2, (tree / len(packets), plain / len(packets))

@@ -73,3 +73,27 @@ def test_nft_counts_rules_named_and_anonymous_sets():
             "counter accept comment \"p.fw:3\"\n"
             "\t\tip saddr @addresses-v4-1 counter drop comment \"p.fw:4\"\n\t}\n}\n")
     assert nft_counts(text) == (2, 1, 2)
+
+
+def _run(cpu: float) -> dict[str, object]:
+    return {"passes": {"render": {"cpu": cpu, "wall": cpu, "peak_mb": 100.0}}, "peak_mb": 100.0}
+
+
+def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatch, tmp_path):
+    import bench.run as run
+
+    policies = {1000: tmp_path / "1000.fw", 2000: tmp_path / "2000.fw"}
+    # A burst of load on the larger size's first runs: the runs again are linear.
+    again = {policies[1000]: iter([0.2, 0.2]), policies[2000]: iter([0.4, 0.41])}
+    monkeypatch.setattr(run, "pass_run", lambda policy: _run(next(again[policy])))
+    noisy = {1000: [_run(0.2), _run(0.21)], 2000: [_run(0.9), _run(1.0)]}
+    assert run.confirmed_failures("s", noisy, policies, confirm=2) == []
+    assert len(noisy[2000]) == 4  # measured again, interleaved with the smaller size
+    # Quadratic every time: still a failure, with the minimum of all runs.
+    again = {policies[1000]: iter([0.2, 0.2]), policies[2000]: iter([0.85, 0.9])}
+    quadratic = {1000: [_run(0.2), _run(0.21)], 2000: [_run(0.9), _run(1.0)]}
+    assert run.confirmed_failures("s", quadratic, policies, confirm=2) == [
+        "s: render grew 4.2x from 1000 to 2000 rules (0.20 -> 0.85 s CPU; allowed 2.3x)"]
+    # --confirm 0 judges the first runs' minima
+    assert len(run.confirmed_failures("s", {1000: [_run(0.2)], 2000: [_run(0.9)]}, policies,
+                                      confirm=0)) == 1

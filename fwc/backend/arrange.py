@@ -240,8 +240,12 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
                   split_min: int = SPLIT_MIN_RULES, clip_ports: bool = False) \
         -> tuple[Chain, list[Chain]]:
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
+    # The head stays first and flat: the automatic rules every packet meets (established,
+    # invalid, ...). Policy rules never belong to it, with or without devices: a policy
+    # whose rules name no `in`/`out` is split by protocol and ports instead.
     head_end = 0
-    while head_end < len(rules) and rules[head_end].match.in_device is None \
+    while head_end < len(rules) and rules[head_end].origin.kind == "auto" \
+            and rules[head_end].match.in_device is None \
             and rules[head_end].match.out_device is None:
         head_end += 1
     head, rest = rules[:head_end], rules[head_end:]

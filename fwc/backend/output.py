@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
@@ -32,6 +33,7 @@ from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.registry import render_member
+from fwc.cache import BlobReader, BlobWriter
 from fwc.diagnostics import SILENT, Reporter
 from fwc.model import Cluster, Member, Policy
 from fwc.model.vocabulary import Backend
@@ -180,6 +182,88 @@ def compile_policy(policy: Policy, redact: bool = False,
             for stream in stream_policy(policy, redact, progress, backend)]
 
 
+class FileStream(Protocol):
+    """A cluster whose files are produced while `write_output` writes them."""
+
+    name: str
+
+    def files(self) -> Iterator[OutputFile]: ...
+
+    def members(self) -> dict[str, list[str]]: ...
+
+
+def _members(paths: Iterable[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        member, _, name = path.partition("/")
+        if name:
+            out.setdefault(member, []).append(name)
+    return out
+
+
+class RecordedStream:
+    """A cluster's stream whose files are also appended to a cache entry as they pass."""
+
+    def __init__(self, inner: FileStream, writer: BlobWriter) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._writer = writer
+        self.index: list[list[Any]] = []
+
+    def files(self) -> Iterator[OutputFile]:
+        for f in self._inner.files():
+            offset, length = self._writer.add(f.content)
+            self.index.append([f.path, f.mode, offset, length])
+            yield f
+
+    def members(self) -> dict[str, list[str]]:
+        return self._inner.members()
+
+
+def recorded_index(policy_name: str, clusters: Sequence[RecordedStream]) -> dict[str, Any]:
+    return {"policy": policy_name,
+            "clusters": [{"name": c.name, "files": c.index} for c in clusters]}
+
+
+class StoredCluster:
+    """A cluster's files read back, one at a time, from a verified cache entry."""
+
+    def __init__(self, name: str, files: Sequence[tuple[str, int, int, int]],
+                 reader: BlobReader) -> None:
+        self.name = name
+        self._files = files
+        self._reader = reader
+
+    def files(self) -> Iterator[OutputFile]:
+        for path, mode, offset, length in self._files:
+            yield OutputFile(path, self._reader.read(offset, length), mode)
+
+    def members(self) -> dict[str, list[str]]:
+        return _members(path for path, _, _, _ in self._files)
+
+
+def stored_clusters(reader: BlobReader) -> tuple[str, list[StoredCluster]] | None:
+    """(policy name, clusters) of a compile's cache entry; None when its index is not one."""
+    index = reader.index
+    try:
+        policy = index["policy"]
+        clusters = [StoredCluster(str(c["name"]),
+                                  [(str(p), int(m), int(o), int(n)) for p, m, o, n in c["files"]],
+                                  reader)
+                    for c in index["clusters"]]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if not isinstance(policy, str) or any(_unsafe(c) for c in clusters):
+        return None
+    return policy, clusters
+
+
+def _unsafe(cluster: StoredCluster) -> bool:
+    """A name that would leave its directory: an authenticated entry never has one."""
+    names = [cluster.name] + [path for path, _, _, _ in cluster._files]
+    return any(not n or n.startswith("/") or ".." in n.split("/") for n in names)
+
+
 # -- writing -----------------------------------------------------------------------------
 
 def manifest_owner(cluster_dir: Path) -> str | None:
@@ -204,7 +288,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
-def _write_cluster(directory: Path, cluster: ClusterOutput | ClusterStream) -> None:
+def _write_cluster(directory: Path, cluster: ClusterOutput | FileStream) -> None:
     directory.mkdir()
     for f in cluster.files if isinstance(cluster, ClusterOutput) else cluster.files():
         write_file(directory, f)
@@ -222,7 +306,7 @@ def write_file(directory: Path, f: OutputFile) -> None:
 
 
 def write_output(output_dir: Path, policy_name: str,
-                 clusters: Sequence[ClusterOutput | ClusterStream],
+                 clusters: Sequence[ClusterOutput | FileStream],
                  force: bool = False) -> list[str]:
     """Replace this policy's clusters under output_dir; returns the removed cluster names.
 
@@ -320,7 +404,7 @@ def foreign_content(output_dir: Path) -> list[str]:
 
 
 def _write_locked(output_dir: Path, parent: Path, policy_name: str,
-                  clusters: Sequence[ClusterOutput | ClusterStream], force: bool) -> list[str]:
+                  clusters: Sequence[ClusterOutput | FileStream], force: bool) -> list[str]:
     new_names = {c.name for c in clusters}
     removed: list[str] = []
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):

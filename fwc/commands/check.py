@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fwc.commands.common import report, without_cycle_collection
+from fwc.commands.common import report, result_cache, without_cycle_collection
 from fwc.diagnostics import Diagnostic, Progress, failed
-from fwc.pipeline import analyse
+from fwc.pipeline import analyse, cached_analysis
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,9 +19,15 @@ def _run(args: argparse.Namespace) -> int:
     diagnostics: list[Diagnostic] = []
     texts: dict[str, str] = {}
     progress = Progress.for_terminal(sys.stderr, args.format == "text")
+    cache = result_cache(args)
     for done, path in enumerate(args.files):
+        hit = cached_analysis(path, args.include_path, cache)
+        if hit is not None:  # the same content was checked before: nothing is parsed
+            diagnostics.extend(hit[0])
+            texts.update(hit[1])
+            continue
         share = progress.within(done / len(args.files), (done + 1) / len(args.files))
-        analysis = analyse(path, include_path=args.include_path, progress=share)
+        analysis = analyse(path, include_path=args.include_path, progress=share, cache=cache)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
     progress.done()

@@ -1,20 +1,23 @@
-"""What several commands share: the diagnostics report in every `--format`, and a
-command runs without the cyclic garbage collector."""
+"""What several commands share: the diagnostics report in every `--format`, a
+command runs without the cyclic garbage collector, check and compile open the
+user's result cache."""
 
 from __future__ import annotations
 
+import argparse
 import gc
-from collections.abc import Iterable, Iterator
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
+from fwc.cache import CacheRefused, ResultCache, open_cache
 from fwc.diagnostics import Diagnostic, print_diagnostics
 
 
 def report(diagnostics: Iterable[Diagnostic], texts: dict[str, str], fmt: str = "text") -> None:
     """Print DIAGNOSTICS as FMT: text (stderr), json, sarif or github (stdout)."""
     if fmt == "sarif":
-        import sys
-
         from fwc.checks.sarif import render_sarif
 
         sys.stdout.write(render_sarif(list(diagnostics)))
@@ -43,3 +46,20 @@ def without_cycle_collection() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def result_cache(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) \
+        -> ResultCache | None:
+    """The user's result cache for check and compile (fwc.cache), or None.
+
+    None with `--no-cache` or FWC_NO_CACHE=1, and when the cache directory cannot be
+    trusted (another owner, group or other permissions, in the shared temporary
+    directory): then one line on stderr says why and the command runs without it.
+    """
+    if getattr(args, "no_cache", False) or environ.get("FWC_NO_CACHE", "") not in ("", "0"):
+        return None
+    try:
+        return open_cache(environ)
+    except CacheRefused as exc:
+        print(f"fwc: not using the cache: {exc}", file=sys.stderr)
+        return None

@@ -1,0 +1,368 @@
+"""A user-private cache of results keyed on content hashes (`fwc check`, `fwc compile`).
+
+Where: `$XDG_CACHE_HOME/fwc`, else `~/.cache/fwc`; never the shared temporary
+directory. The directory must be the user's own (owner = effective uid, not a
+symbolic link, no group or other permission bits, in a parent only the user or
+root can write): a directory another user could write to, replace, or read, is
+not used at all (`open_cache` says why and the command
+runs without a cache). It holds a per-user key (`key`, 32 random bytes, mode
+0600) and one file per entry, mode 0600.
+
+Every entry is authenticated: `MAGIC`, the HMAC-SHA256 (with that key) of the
+entry's kind, name and payload, then the payload. An entry whose HMAC does not
+verify (corrupt, truncated, written by another program or copied from another
+user's cache) is ignored and removed, never interpreted. Payloads are data only:
+JSON, and for `fwc compile` the generated files' bytes after a JSON index
+(`BlobWriter`, `BlobReader`); nothing is ever unpickled.
+
+What a key means is the caller's business (fwc.pipeline: the content hashes of
+every file a policy read, the fwc code, the working directory); this module
+stores and authenticates. The cache is bounded (`MAX_BYTES`): after each write
+the least recently used entries go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+MAGIC = b"fwc-cache 1\n"
+HEADER = len(MAGIC) + 64 + 1  # magic, hex HMAC, newline
+KEY_FILE = "key"
+KEY_BYTES = 32
+MAX_BYTES = 2 * 1024 ** 3  # the whole cache; least recently used entries go first
+CHUNK = 1 << 20
+_INDEX_LENGTH = 20  # decimal digits of a blob entry's index length, at its very end
+
+
+class CacheRefused(Exception):  # noqa: N818 - a reason, shown to the user
+    """The cache directory cannot be trusted or created; the message says why."""
+
+
+def cache_location(environ: Mapping[str, str] = os.environ) -> Path:
+    """$XDG_CACHE_HOME/fwc (only an absolute XDG_CACHE_HOME counts), else ~/.cache/fwc."""
+    base = environ.get("XDG_CACHE_HOME", "")
+    if base and os.path.isabs(base):
+        return Path(base) / "fwc"
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".cache" / "fwc"
+
+
+def _shared_temp_dirs() -> list[str]:
+    return [os.path.realpath(d) for d in
+            {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"}]
+
+
+def _private(info: os.stat_result, what: str, path: Path) -> None:
+    if info.st_uid != os.geteuid():
+        raise CacheRefused(f"{what} '{path}' belongs to uid {info.st_uid}, not to you")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise CacheRefused(f"{what} '{path}' has group or other permissions "
+                           f"({stat.S_IMODE(info.st_mode):04o}); it must be 0700 (0600 for "
+                           "files)")
+
+
+class ResultCache:
+    """The opened cache directory and its key (`open_cache`)."""
+
+    def __init__(self, directory: Path, key: bytes, max_bytes: int = MAX_BYTES) -> None:
+        self.directory = directory
+        self._key = key
+        self.max_bytes = max_bytes
+
+    # -- naming and authentication ----------------------------------------------------
+    def _path(self, kind: str, name: str) -> Path:
+        if not (kind.isalnum() and len(name) == 64 and all(c in "0123456789abcdef"
+                                                             for c in name)):
+            raise ValueError(f"bad cache entry name {kind}-{name}")
+        return self.directory / f"{kind}-{name}"
+
+    def _mac(self, kind: str, name: str) -> Any:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac.update(f"{kind}\0{name}\0".encode())
+        return mac
+
+    def _open_entry(self, path: Path) -> IO[bytes] | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        stream = os.fdopen(fd, "rb")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() \
+                or stat.S_IMODE(info.st_mode) & 0o077:
+            stream.close()
+            return None
+        return stream
+
+    def _verified(self, stream: IO[bytes], kind: str, name: str) -> bool:
+        """Whether the open entry's HMAC matches its content (read through once)."""
+        head = stream.read(HEADER)
+        if len(head) != HEADER or not head.startswith(MAGIC) or head[-1:] != b"\n":
+            return False
+        mac = self._mac(kind, name)
+        while chunk := stream.read(CHUNK):
+            mac.update(chunk)
+        return hmac.compare_digest(mac.hexdigest().encode(), head[len(MAGIC):-1])
+
+    def _discard(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def _touch(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(path)  # least recently used goes first
+
+    # -- JSON entries -----------------------------------------------------------------
+    def get_json(self, kind: str, name: str) -> Any | None:
+        """The entry's value; None when missing, corrupt or foreign (then it is removed)."""
+        path = self._path(kind, name)
+        stream = self._open_entry(path)
+        if stream is None:
+            return None
+        with stream:
+            if not self._verified(stream, kind, name):
+                self._discard(path)
+                return None
+            stream.seek(HEADER)
+            payload = stream.read()
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            self._discard(path)
+            return None
+        self._touch(path)
+        return value
+
+    def put_json(self, kind: str, name: str, value: Any) -> None:
+        payload = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+        with self.blob_writer(kind, name) as writer:
+            writer.raw(payload)
+            writer.commit()
+
+    # -- blob entries (many named byte strings and a JSON index) ----------------------
+    def blob_writer(self, kind: str, name: str) -> BlobWriter:
+        return BlobWriter(self, kind, name)
+
+    @contextlib.contextmanager
+    def blob_reader(self, kind: str, name: str) -> Iterator[BlobReader | None]:
+        """The verified entry (None when missing, corrupt or foreign), open while inside."""
+        path = self._path(kind, name)
+        stream = self._open_entry(path)
+        if stream is None:
+            yield None
+            return
+        with stream:
+            reader = BlobReader.of(stream) if self._verified(stream, kind, name) else None
+            if reader is None:
+                self._discard(path)
+            else:
+                self._touch(path)
+            yield reader
+
+    # -- size ---------------------------------------------------------------------------
+    def prune(self) -> None:
+        """Remove least recently used entries until the cache is under max_bytes."""
+        entries = []
+        total = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                if entry.name == KEY_FILE or not entry.is_file(follow_symlinks=False):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                if entry.name.startswith("tmp-") and info.st_mtime > time.time() - 3600:
+                    continue  # another fwc may be writing it
+                entries.append((info.st_mtime, entry.name, info.st_size))
+                total += info.st_size
+        for _, name, size in sorted(entries):
+            if total <= self.max_bytes and not name.startswith("tmp-"):
+                break
+            self._discard(self.directory / name)
+            total -= size
+
+
+class BlobWriter:
+    """Writes one entry: `add` byte strings, then `commit(index)` (or nothing, on error).
+
+    The file is written under a temporary name and renamed when complete, so a
+    reader never sees half an entry; the HMAC is computed while writing.
+    """
+
+    def __init__(self, cache: ResultCache, kind: str, name: str) -> None:
+        self._cache = cache
+        self._final = cache._path(kind, name)
+        self._mac = cache._mac(kind, name)
+        self._offset = 0
+        self._done = False
+        self._tmp = cache.directory / f"tmp-{os.getpid()}-{secrets.token_hex(8)}"
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        self._stream = os.fdopen(fd, "wb")
+        self._stream.write(MAGIC + b"0" * 64 + b"\n")
+
+    def raw(self, data: bytes) -> None:
+        self._stream.write(data)
+        self._mac.update(data)
+        self._offset += len(data)
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        """Appends DATA; returns (offset, length) for the index."""
+        where = self._offset
+        self.raw(data)
+        return where, len(data)
+
+    def commit(self, index: Any = None) -> None:
+        """Finish the entry (with INDEX for a blob entry) and make it visible."""
+        if index is not None:
+            text = json.dumps(index, separators=(",", ":"), sort_keys=True).encode()
+            self.raw(text + str(len(text)).rjust(_INDEX_LENGTH).encode())
+        self._stream.seek(len(MAGIC))
+        self._stream.write(self._mac.hexdigest().encode())
+        self._stream.close()
+        os.replace(self._tmp, self._final)
+        self._done = True
+        self._cache.prune()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._done:  # an error, or never committed: nothing becomes visible
+            self._stream.close()
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+
+
+class BlobReader:
+    """A verified blob entry: its JSON index and its byte strings by (offset, length)."""
+
+    def __init__(self, stream: IO[bytes], index: Any, end: int) -> None:
+        self._stream = stream
+        self.index = index
+        self._end = end  # where the index starts, relative to the payload
+
+    @classmethod
+    def of(cls, stream: IO[bytes]) -> BlobReader | None:
+        size = os.fstat(stream.fileno()).st_size - HEADER
+        if size < _INDEX_LENGTH:
+            return None
+        stream.seek(HEADER + size - _INDEX_LENGTH)
+        try:
+            length = int(stream.read(_INDEX_LENGTH).decode("ascii"))
+        except ValueError:
+            return None
+        if not 0 <= length <= size - _INDEX_LENGTH:
+            return None
+        end = size - _INDEX_LENGTH - length
+        stream.seek(HEADER + end)
+        try:
+            index = json.loads(stream.read(length))
+        except ValueError:
+            return None
+        return cls(stream, index, end)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self._end:
+            raise ValueError("cache entry index out of range")
+        return os.pread(self._stream.fileno(), length, HEADER + offset)
+
+
+def _read_key(directory: Path) -> bytes:
+    path = directory / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(secrets.token_bytes(KEY_BYTES))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CacheRefused(f"cannot read the cache key '{path}': {exc.strerror or exc}") \
+            from exc
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheRefused(f"cache key '{path}' is not a regular file")
+        _private(info, "cache key", path)
+        key = stream.read(KEY_BYTES + 1)
+    if len(key) != KEY_BYTES:
+        raise CacheRefused(f"cache key '{path}' is not {KEY_BYTES} bytes long; remove it")
+    return key
+
+
+def open_cache(environ: Mapping[str, str] = os.environ,
+               location: Path | None = None) -> ResultCache:
+    """The user's cache, created 0700 if missing; CacheRefused when it cannot be trusted."""
+    directory = Path(os.path.abspath(location or cache_location(environ)))
+    real = os.path.realpath(directory)
+    for shared in _shared_temp_dirs():
+        if real == shared or real.startswith(shared.rstrip("/") + "/"):
+            raise CacheRefused(f"'{directory}' is in the shared temporary directory "
+                               f"{shared}: the cache is never kept there (set "
+                               "XDG_CACHE_HOME to a directory of your own)")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Whoever may write the parent could replace the directory by one of their own
+        # (a symbolic link to it) between two runs: the parent is the user's or root's.
+        parent = os.stat(directory.parent)
+        if parent.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(parent.st_mode) & 0o022:
+            raise CacheRefused(f"'{directory.parent}' can be written by other users: the "
+                               "cache directory must live in a directory only you (or root) "
+                               "can change")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise CacheRefused(f"cannot create the cache directory '{directory}': "
+                           f"{exc.strerror or exc}") from exc
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise CacheRefused(f"'{directory}' is not a directory (a symbolic link or a file)")
+    _private(info, "cache directory", directory)
+    return ResultCache(directory, _read_key(directory))
+
+
+def code_digest() -> str:
+    """sha256 of fwc itself: every source, template and the grammar, and the versions of
+    Python and of the libraries that shape the output. A changed fwc never reads what
+    another one cached."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    from fwc import __version__
+
+    digest.update(f"fwc {__version__}\0python {sys.version}\0".encode())
+    files = [p for p in package.rglob("*")
+             if p.is_file() and p.suffix in (".py", ".j2", ".lark", ".fw", ".toml")]
+    checkout_grammar = package.parent / "grammar" / "fwc.lark"
+    if checkout_grammar.is_file():
+        files.append(checkout_grammar)
+    for path in sorted(files):
+        digest.update(str(path.relative_to(package.parent)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for library in ("lark", "lark_cython", "jinja2"):
+        digest.update(f"{library} {_library_version(library)}\0".encode())
+    return digest.hexdigest()
+
+
+def _library_version(name: str) -> str:
+    from importlib.util import find_spec
+
+    spec = find_spec(name)
+    if spec is None or spec.origin is None:
+        return "absent"
+    # The installed files themselves, not a version string: an edited install differs too.
+    origin = Path(spec.origin)
+    return hashlib.sha256(origin.read_bytes()).hexdigest() + f" {origin.stat().st_mtime_ns}"

@@ -1,0 +1,242 @@
+"""The result cache (fwc.cache, issue 12): user-private, authenticated, byte-identical.
+
+`fwc check` and `fwc compile` keep their results under a key of content hashes in
+$XDG_CACHE_HOME/fwc; these tests give each one a private cache directory (never under
+the shared temporary directory, which fwc refuses) and compare every cached answer
+with the same command run with --no-cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fwc import cache as fwc_cache
+from fwc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE = REPO / "policies" / "edge.fw"
+
+
+@pytest.fixture
+def cache_home(monkeypatch):
+    home = Path.home() / ".cache" / f"fwc-test-{uuid.uuid4().hex[:12]}"
+    home.mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _entries(home: Path, kind: str) -> list[Path]:
+    return sorted((home / "fwc").glob(f"{kind}-*"))
+
+
+def _policy(tmp_path: Path, text: str | None = None) -> Path:
+    work = tmp_path / "repo"
+    work.mkdir(exist_ok=True)
+    (work / ".git").mkdir(exist_ok=True)  # the repository the policy lives in
+    path = work / "edge.fw"
+    path.write_text(text if text is not None else EDGE.read_text(encoding="utf-8"),
+                    encoding="utf-8")
+    return path
+
+
+def _compile(policy: Path, out: Path, *extra: str) -> int:
+    return main(["compile", str(policy), "-o", str(out), *extra])
+
+
+def test_compile_from_the_cache_is_byte_identical(cache_home, tmp_path, capsys):
+    policy = _policy(tmp_path)
+    assert _compile(policy, tmp_path / "first") == 0
+    assert _entries(cache_home, "out") and _entries(cache_home, "analysis")
+    first_print = capsys.readouterr().out
+    assert _compile(policy, tmp_path / "cached") == 0
+    assert capsys.readouterr().out == first_print.replace("first", "cached")
+    assert _compile(policy, tmp_path / "plain", "--no-cache") == 0
+    plain = _tree(tmp_path / "plain")
+    assert _tree(tmp_path / "first") == plain == _tree(tmp_path / "cached")
+    # and the same as the committed golden output of the example
+    golden = _tree(REPO / "output" / "edge")
+    ours = {k.removeprefix("edge/"): v for k, v in plain.items()}
+    assert {k: v[0] for k, v in ours.items() if k != "MANIFEST"} == \
+        {k: v[0] for k, v in golden.items() if k != "MANIFEST"}
+
+
+def test_a_one_line_edit_is_compiled_again(cache_home, tmp_path):
+    policy = _policy(tmp_path)
+    assert _compile(policy, tmp_path / "before") == 0
+    text = policy.read_text(encoding="utf-8")
+    assert "tcp/22" in text
+    policy.write_text(text.replace("tcp/22", "tcp/2222", 1), encoding="utf-8")
+    assert _compile(policy, tmp_path / "after") == 0
+    assert _compile(policy, tmp_path / "plain", "--no-cache") == 0
+    after = _tree(tmp_path / "after")
+    assert after == _tree(tmp_path / "plain") != _tree(tmp_path / "before")
+    assert any(b"2222" in content for content, _ in after.values())
+
+
+def test_a_changed_password_file_is_not_served_from_the_cache(cache_home, tmp_path):
+    text = EDGE.read_text(encoding="utf-8")
+    assert 'password "s3cret"' in text
+    policy = _policy(tmp_path, text.replace('password "s3cret"', 'password file "vrrp.pw"'))
+    secret = policy.parent / "vrrp.pw"
+    secret.write_text("first1\n", encoding="utf-8")
+    assert _compile(policy, tmp_path / "one") == 0
+    secret.write_text("second2\n", encoding="utf-8")
+    assert _compile(policy, tmp_path / "two") == 0
+    conf = "edge/fw1/keepalived.conf"
+    assert b"second2" in _tree(tmp_path / "two")[conf][0]
+    assert b"first1" in _tree(tmp_path / "one")[conf][0]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_check_from_the_cache_says_the_same(cache_home, tmp_path, capsys, monkeypatch, fmt):
+    # A policy with warnings and errors of the checks (shadowing, parity, ...).
+    text = EDGE.read_text(encoding="utf-8")
+    policy = _policy(tmp_path, text.replace("policy edge {", "policy edge {\n"
+                                            "    drop from any to any\n", 1))
+    monkeypatch.chdir(policy.parent)
+    runs = []
+    for extra in (["--no-cache"], [], []):
+        status = main(["check", policy.name, "--format", fmt, *extra])
+        captured = capsys.readouterr()
+        runs.append((status, captured.out, captured.err))
+    assert runs[0] == runs[1] == runs[2]
+    assert "FWC40" in runs[0][1] + runs[0][2]  # the checks did find something
+    assert _entries(cache_home, "analysis")
+
+
+def test_no_cache_neither_reads_nor_writes(cache_home, tmp_path):
+    policy = _policy(tmp_path)
+    assert _compile(policy, tmp_path / "out", "--no-cache") == 0
+    assert main(["check", str(policy), "--no-cache"]) == 0
+    assert not (cache_home / "fwc").exists() or not _entries(cache_home, "")
+
+
+def test_the_cache_directory_and_key_are_private(cache_home, tmp_path):
+    assert _compile(_policy(tmp_path), tmp_path / "out") == 0
+    directory = cache_home / "fwc"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for entry in directory.iterdir():
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o600, entry
+    assert (directory / "key").stat().st_size == fwc_cache.KEY_BYTES
+
+
+def test_a_directory_others_can_use_is_not_used(cache_home, tmp_path, capsys):
+    directory = cache_home / "fwc"
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o755)
+    policy = _policy(tmp_path)
+    assert _compile(policy, tmp_path / "out") == 0
+    assert "not using the cache" in capsys.readouterr().err
+    assert list(directory.iterdir()) == []  # nothing written, not even a key
+    assert _tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
+
+
+def _tree_of_plain(policy: Path, tmp_path: Path) -> dict[str, tuple[bytes, int]]:
+    assert _compile(policy, tmp_path / "plain", "--no-cache") == 0
+    return _tree(tmp_path / "plain")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory away")
+def test_a_directory_of_another_user_is_not_used(cache_home):
+    directory = cache_home / "fwc"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(fwc_cache.CacheRefused, match="belongs to uid 65534"):
+        fwc_cache.open_cache(os.environ)
+
+
+def test_a_parent_others_can_write_is_not_used(cache_home, monkeypatch):
+    shared = cache_home / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # someone else could swap the cache directory for their own
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    with pytest.raises(fwc_cache.CacheRefused, match="can be written by other users"):
+        fwc_cache.open_cache(os.environ)
+    assert not (shared / "fwc").exists()  # nothing created there
+
+
+def test_never_in_the_shared_temporary_directory(tmp_path):
+    with pytest.raises(fwc_cache.CacheRefused, match="shared temporary directory"):
+        fwc_cache.open_cache({"XDG_CACHE_HOME": str(tmp_path)})
+    assert not (tmp_path / "fwc").exists()
+    # a relative XDG_CACHE_HOME does not count (XDG base directory specification)
+    assert fwc_cache.cache_location({"XDG_CACHE_HOME": "rel", "HOME": "/home/u"}) == \
+        Path("/home/u/.cache/fwc")
+
+
+def test_a_corrupt_entry_is_ignored_and_replaced(cache_home, tmp_path):
+    policy = _policy(tmp_path)
+    assert _compile(policy, tmp_path / "one") == 0
+    [entry] = _entries(cache_home, "out")
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside a generated file
+    entry.write_bytes(bytes(data))
+    assert _compile(policy, tmp_path / "two") == 0
+    assert _tree(tmp_path / "two") == _tree(tmp_path / "one")
+    assert entry.read_bytes() != bytes(data)  # written anew by that compile
+
+
+def test_a_foreign_entry_is_ignored(cache_home, tmp_path):
+    """An entry authenticated with another key (another user's cache, a copied file)."""
+    policy = _policy(tmp_path)
+    assert _compile(policy, tmp_path / "one") == 0
+    [entry] = _entries(cache_home, "analysis")
+    name = entry.name.split("-", 1)[1]
+    # What another key would sign: diagnostics that say something else entirely.
+    other = fwc_cache.ResultCache(cache_home / "fwc", b"k" * fwc_cache.KEY_BYTES)
+    other.put_json("analysis", name, [["FWC999", "error", "planted", None, None, []]])
+    mine = fwc_cache.open_cache(os.environ)
+    assert mine.get_json("analysis", name) is None
+    assert not entry.exists()  # removed, not interpreted
+    assert main(["check", str(policy)]) == 0
+
+
+def test_entries_are_data_and_bounded(cache_home, tmp_path):
+    store = fwc_cache.open_cache(os.environ)
+    name = "a" * 64
+    store.put_json("analysis", name, {"x": [1, 2]})
+    assert store.get_json("analysis", name) == {"x": [1, 2]}
+    raw = (cache_home / "fwc" / f"analysis-{name}").read_bytes()
+    assert raw.startswith(fwc_cache.MAGIC) and json.loads(raw[fwc_cache.HEADER:]) == \
+        {"x": [1, 2]}
+    with pytest.raises(ValueError):
+        store.get_json("analysis", "../../etc/passwd")
+    small = fwc_cache.ResultCache(store.directory, store._key, max_bytes=300)
+    for i in range(5):
+        small.put_json("analysis", f"{i:064x}", list(range(30)))
+    left = _entries(cache_home, "analysis")
+    assert sum(p.stat().st_size for p in left) <= 300
+    assert (cache_home / "fwc" / f"analysis-{4:064x}") in left  # the newest stays
+
+
+def test_a_compile_after_check_of_the_same_content_does_not_check_again(cache_home, tmp_path,
+                                                                        monkeypatch):
+    import fwc.checks
+
+    policy = _policy(tmp_path)
+    assert main(["check", str(policy)]) == 0
+    assert main(["check", str(policy)]) == 0  # answered without parsing
+
+    def no_checks(*args, **kwargs):
+        raise AssertionError("the checks ran again")
+
+    monkeypatch.setattr(fwc.checks, "run_checks", no_checks)
+    assert _compile(policy, tmp_path / "out") == 0  # parse, resolve, build; checks cached
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    assert _tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
