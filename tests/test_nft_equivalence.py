@@ -19,6 +19,7 @@ them is loaded with `nft -c -f` inside a fresh network namespace.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,65 @@ def test_query_answers_a_nftables_cluster_as_its_iptables_twin(tmp_path, capsys)
         answers.append([(m["member"], [(p["verdict"], p["from"], p["to"], p["chain"])
                                        for p in m["pieces"]]) for m in report["members"]])
     assert answers[0] == answers[1] and answers[0][0][1]
+
+
+def _pool_ruleset(family: int, targets: tuple[str, ...], protocol: int | None = 6) \
+        -> NodeRuleset:
+    from fwc.backend.lower.ruleset import Chain, Match, NatRule, Origin, Table
+    from fwc.model.vocabulary import BuiltinChain, Target
+    lines = tuple(NatRule(Match(in_device="eth0", protocol=protocol,
+                                statistic=(len(targets) - n, 0) if n < len(targets) - 1
+                                else None),
+                          Target.DNAT, Origin("auto", "pool"), (("to-destination", target),))
+                  for n, target in enumerate(targets))
+    chains = (Chain(BuiltinChain.PREROUTING, Target.ACCEPT, lines),)
+    return NodeRuleset("c", "m", family, (Table(TableName.NAT, chains),))
+
+
+POOLS = {4: ("192.0.2.10", "192.0.2.11", "192.0.2.12"),
+         6: ("[2001:db8::10]:8080", "[2001:db8::11]:8081")}
+
+
+def test_dnat_load_sharing_is_one_numgen_map_read_back_as_the_nth_lines(tmp_path):
+    """The statistic lines of a pool are one `numgen inc mod N` map (with ports: `addr .
+    port`), and the reader gives back exactly those lines; nft loads the file."""
+    rulesets = [_pool_ruleset(f, POOLS[f]) for f in (4, 6)]
+    text = nftables.render(rulesets, "pools")
+    assert "dnat ip to numgen inc mod 3 map { 0 : 192.0.2.10, 1 : 192.0.2.11, " \
+        "2 : 192.0.2.12 }" in text
+    assert "dnat ip6 addr . port to numgen inc mod 2 map { 0 : 2001:db8::10 . 8080, " \
+        "1 : 2001:db8::11 . 8081 }" in text
+    back = read(text)
+    for ruleset in rulesets:
+        want = ruleset.table(TableName.NAT).chains[0].rules
+        got = [r for c in back.rulesets[ruleset.family].table(TableName.NAT).chains
+               for r in c.rules if r.target == "DNAT"]
+        assert [(r.match, r.target_options) for r in got] == \
+            [(r.match, r.target_options) for r in want]
+    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    skip_or_fail_without_root()
+    target = tmp_path / "pools.nft"
+    target.write_text(text)
+    with namespace() as ns:
+        got = in_ns(ns, "nft", "-c", "-f", str(target))
+        assert got.returncode == 0, got.stderr
+
+
+@pytest.mark.parametrize("targets,protocol", [
+    (("192.0.2.10-192.0.2.11", "192.0.2.12"), 6),  # a range
+    (("192.0.2.10:80", "192.0.2.12"), 6),  # with and without a port
+    (("192.0.2.10:80", "192.0.2.12:80"), None),  # ports without a protocol
+], ids=["range", "mixed-ports", "no-protocol"])
+def test_dnat_load_sharing_nft_cannot_write_is_refused(targets, protocol):
+    with pytest.raises(NftUnsupported):
+        nftables.render([_pool_ruleset(4, targets, protocol)], "pools")
+
+
+def test_a_statistic_line_outside_load_sharing_is_refused():
+    ruleset = _pool_ruleset(4, POOLS[4])
+    chain = ruleset.tables[0].chains[0]
+    broken = replace(chain, rules=chain.rules[:2])  # the last line (no statistic) missing
+    with pytest.raises(NftUnsupported):
+        nftables.render([replace(ruleset, tables=(replace(ruleset.tables[0],
+                                                          chains=(broken,)),))], "pools")

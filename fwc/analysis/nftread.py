@@ -412,7 +412,7 @@ class _Reader:
                     rule.options = (("nflog-prefix", prefix),
                                     ("nflog-group", str(int(words[i + 1]))))
                     i += 2
-            elif word == "dnat" and "numgen" in words[i:i + 6]:
+            elif word == "dnat" and "numgen" in words[i:i + 8]:
                 i = self._numgen(words, i, rule, line)
             elif word in ("snat", "dnat"):
                 got = need(4)
