@@ -31,6 +31,13 @@ proves the two outputs decide every sampled packet alike):
   with the square of their number (minutes for tens of thousands), a named set
   once.
 
+The rule vocabulary, statement for statement (docs/compile.md): a rule's rate
+limit is a named `limit` object (`rate over`, one per hashlimit name and family),
+per source a dynamic set (`update @s { ip saddr limit rate over ... }`); a
+connection limit `add @s { ip saddr ct count over N }`; `notrack` a base chain per
+hook at priority raw (`_hook_parts`); TCPMSS `tcp option maxseg size set N|rt mtu`;
+DNAT load sharing one `numgen inc mod N` map (`Share`).
+
 Every rule counts (`counter`) and carries its policy line as the comment.
 """
 
