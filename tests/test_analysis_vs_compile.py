@@ -152,8 +152,21 @@ def read_match(words: list[str], family: int) -> Match:
 
 
 def _target_options(words: list[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((words[k][2:], words[k + 1]) for k in range(0, len(words) - 1, 2)
-                 if words[k].startswith("--"))
+    """`--option value` pairs; an option followed by another (or by nothing) is a flag
+    with the value "" (`CT --notrack`, `TCPMSS --clamp-mss-to-pmtu`)."""
+    out: list[tuple[str, str]] = []
+    k = 0
+    while k < len(words):
+        if not words[k].startswith("--"):
+            k += 1
+            continue
+        if k + 1 == len(words) or words[k + 1].startswith("--"):
+            out.append((words[k][2:], ""))
+            k += 1
+        else:
+            out.append((words[k][2:], words[k + 1]))
+            k += 2
+    return tuple(out)
 
 
 def _policy(word: str | None) -> Target | None:

@@ -169,20 +169,24 @@ FIELDS = {
 }
 
 
-# Fields the nftables backend does not write yet (FWC429 refuses the policy first):
-# the renderer must raise on them, never write the rule without them.
-REFUSED_FIELDS = {
-    "tcp_flags": ("SYN,RST", "SYN"),
-    "statistic": (2, 0),
-    "connlimit": ConnLimit(10, 32),
-    "hashlimit": HashLimit("10/second", 5, "audit"),
+# Fields written on a TCP rule (tcp flags need `-p tcp`), each with the text it becomes.
+TCP_FIELDS = {
+    "tcp_flags": (("SYN,RST", "SYN"), "tcp flags & (syn | rst) == syn"),
+    "connlimit": (ConnLimit(10, 32), "ip saddr ct count over 10"),
+    "hashlimit": (HashLimit("10/second", 5, "audit"), 'limit name "audit-v4"'),
 }
+# A statistic match is written only as DNAT load sharing (a `Share`): anywhere else
+# the renderer must raise, never write the rule without it.
+REFUSED_FIELDS = {"statistic": (2, 0)}
 
 
 def test_every_field_of_a_lowered_match_reaches_the_nft_rule():
     fields = {f.name for f in dataclasses.fields(Match)}
-    assert fields == set(FIELDS) | set(REFUSED_FIELDS) | {"icmp_type"}, \
+    assert fields == set(FIELDS) | set(TCP_FIELDS) | set(REFUSED_FIELDS) | {"icmp_type"}, \
         "a new Match field: add it to this audit"
+    for name, (value, text) in TCP_FIELDS.items():
+        assert text in _rendered(dataclasses.replace(BARE, match=dataclasses.replace(
+            BARE.match, protocol=6, **{name: value})))
     for name, value in REFUSED_FIELDS.items():
         with pytest.raises(nftables.NftUnsupported):
             _rendered(dataclasses.replace(BARE, match=dataclasses.replace(
@@ -223,13 +227,17 @@ def test_every_kernel_target_has_an_nft_statement():
     }
     nat = {Target.DNAT: (("to-destination", "192.0.2.1:80"),),
            Target.SNAT: (("to-source", "192.0.2.1"),), Target.MASQUERADE: ()}
-    refused = {Target.TCPMSS}  # MSS clamping: FWC429 for nftables clusters
-    assert set(written) | set(nat) | refused == set(Target), \
+    assert set(written) | set(nat) | {Target.TCPMSS} == set(Target), \
         "a new Target: add it to this audit"
-    for target in refused:
-        with pytest.raises(nftables.NftUnsupported):
-            _rendered(FilterRule(Match(protocol=6), target, Origin("auto", "audit"),
-                                 (("clamp-mss-to-pmtu", ""),)))
+    for options, text in (((("clamp-mss-to-pmtu", ""),), "maxseg size set rt mtu"),
+                          ((("set-mss", "1400"),), "maxseg size set 1400"),
+                          ((("notrack", ""),), "notrack")):
+        target = Target.CT if options[0][0] == "notrack" else Target.TCPMSS
+        assert text in _rendered(FilterRule(Match(protocol=6), target,
+                                            Origin("auto", "audit"), options))
+    with pytest.raises(nftables.NftUnsupported):  # MSS of a packet that may not be TCP
+        _rendered(FilterRule(Match(), Target.TCPMSS, Origin("auto", "audit"),
+                             (("set-mss", "1400"),)))
     for target, options in written.items():
         assert _rendered(FilterRule(Match(protocol=6), target, Origin("auto", "audit"),
                                     options))

@@ -19,6 +19,7 @@ them is loaded with `nft -c -f` inside a fresh network namespace.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from test_analysis_vs_compile import parse_rules
 from test_arrange import mixed_policy
 from test_realtools import in_ns, namespace
 
-from fwc.analysis.evaluate import Decision, Evaluator, corner_packets
+from fwc.analysis.evaluate import Decision, Evaluator, Packet, corner_packets
 from fwc.analysis.nftread import NftRules, evaluations, read
 from fwc.backend.arrange import arrange
 from fwc.backend.ipsets import use_ipsets
@@ -44,8 +45,11 @@ from fwc.model.vocabulary import Table as TableName
 from fwc.pipeline import analyse
 
 
-def _normal(decision: Decision) -> tuple[object, ...]:
-    """A decision's meaning with option values compared as numbers where they are."""
+def _normal(decision: Decision, ordered: bool = True) -> tuple[object, ...]:
+    """A decision's meaning with option values compared as numbers where they are;
+    `ordered=False` compares the effects as a multiset (the raw table: nft runs the
+    notrack rules in a chain of their own before the helper rules, and the CT target
+    never ends a packet's walk)."""
 
     def options(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, object], ...]:
         out: list[tuple[str, object]] = []
@@ -57,8 +61,9 @@ def _normal(decision: Decision) -> tuple[object, ...]:
                 out.append((key, value))
         return tuple(out)
 
+    effects = [(str(t), options(o)) for t, o in decision.effects]
     return (str(decision.verdict), options(decision.options),
-            tuple((str(t), options(o)) for t, o in decision.effects))
+            tuple(effects if ordered else sorted(effects, key=repr)))
 
 
 def ipset_contents(text: str) -> dict[str, tuple[str, ...]]:
@@ -73,25 +78,40 @@ def ipset_contents(text: str) -> dict[str, tuple[str, ...]]:
 
 def compare(iptables: dict[int, NodeRuleset], nft: NftRules, flat: dict[int, NodeRuleset],
             where: str, ipsets: dict[str, tuple[str, ...]] | None = None) -> int:
-    """Every corner packet decided alike by both outputs; returns how many were checked."""
+    """Every corner packet decided alike by both outputs; returns how many were checked.
+
+    Filter verdicts, DNAT in nat PREROUTING, SNAT in nat POSTROUTING, the raw table's
+    CT effects (notrack, helpers) in PREROUTING and OUTPUT and the mangle table's
+    (TCPMSS) in FORWARD. The corner packets are those of every table's rules."""
     checked = 0
+    hooks = {TableName.NAT: ("PREROUTING", "POSTROUTING"),
+             TableName.RAW: ("PREROUTING", "OUTPUT"), TableName.MANGLE: ("FORWARD",)}
     for family, ipt in iptables.items():
-        packets = dict.fromkeys(corner_packets(flat[family]))
-        packets.update(dict.fromkeys(corner_packets(nft.rulesets[family], nft.sets)))
-        pairs = [(Evaluator(ipt, ipsets, TableName.FILTER), nft.evaluator(family), None)]
-        if ipt.table(TableName.NAT) is not None:
-            for chain in ("PREROUTING", "POSTROUTING"):
-                pairs.append((Evaluator(ipt, ipsets, TableName.NAT),
-                              nft.evaluator(family, TableName.NAT), chain))
+        packets: dict[Packet, None] = {}
+        for table in (TableName.FILTER, *hooks):
+            packets.update(dict.fromkeys(corner_packets(flat[family], table_name=table)))
+            packets.update(dict.fromkeys(corner_packets(nft.rulesets[family], nft.sets,
+                                                        table_name=table)))
+        pairs = [(Evaluator(ipt, ipsets, TableName.FILTER), nft.evaluator(family), None,
+                  TableName.FILTER)]
+        for table, chains in hooks.items():
+            if ipt.table(table) is not None or nft.rulesets[family].table(table) is not None:
+                pairs += [(Evaluator(ipt, ipsets, table), nft.evaluator(family, table), chain,
+                           table) for chain in chains]
         for packet in packets:
-            for ipt_eval, nft_eval, chain in pairs:
+            for ipt_eval, nft_eval, chain, table in pairs:
                 if chain == "POSTROUTING" and packet.out_device is None:
                     continue
                 if chain == "PREROUTING" and packet.in_device is None:
                     continue
-                want = _normal(ipt_eval.decide(packet, chain))
-                got = _normal(nft_eval.decide(packet, chain))
-                assert got == want, (f"{where} IPv{family} {chain or 'filter'}: "
+                if chain == "OUTPUT" and packet.in_device is not None:
+                    continue
+                if chain == "FORWARD" and packet.hook != "FORWARD":
+                    continue
+                ordered = table is not TableName.RAW
+                want = _normal(ipt_eval.decide(packet, chain), ordered)
+                got = _normal(nft_eval.decide(packet, chain), ordered)
+                assert got == want, (f"{where} IPv{family} {table} {chain or 'filter'}: "
                                      f"{packet.describe()}: iptables {want}, nftables {got}")
                 checked += 1
     return checked
@@ -113,14 +133,9 @@ def _flat(cluster: Cluster, member: Member) -> dict[int, NodeRuleset]:
 def test_example_outputs_decide_alike(examples: Examples, name: str):
     example = examples[name]
     policy = example.policy
-    refused = capability.problems(policy, Backend.NFTABLES)
-    if refused:
-        # busy.fw uses what nft does not write yet (limits, notrack, MSS): it is refused
-        # with the line (FWC429), and its renderer raises rather than drop a condition.
-        assert {d.code for d in refused} == {"FWC429"}, refused
-        with pytest.raises(NftUnsupported):
-            compile_policy(policy, backend=Backend.NFTABLES)
-        return
+    # every example is written by both backends (busy.fw too: limits, connlimit,
+    # syn-limit, notrack, MSS clamping and DNAT load sharing)
+    assert capability.problems(policy, Backend.NFTABLES) == []
     nft_outputs = compile_policy(policy, backend=Backend.NFTABLES)
     ipt_outputs = compile_policy(policy, backend=Backend.IPTABLES)
     checked = 0
@@ -247,3 +262,65 @@ def test_query_answers_a_nftables_cluster_as_its_iptables_twin(tmp_path, capsys)
         answers.append([(m["member"], [(p["verdict"], p["from"], p["to"], p["chain"])
                                        for p in m["pieces"]]) for m in report["members"]])
     assert answers[0] == answers[1] and answers[0][0][1]
+
+
+def _pool_ruleset(family: int, targets: tuple[str, ...], protocol: int | None = 6) \
+        -> NodeRuleset:
+    from fwc.backend.lower.ruleset import Chain, Match, NatRule, Origin, Table
+    from fwc.model.vocabulary import BuiltinChain, Target
+    lines = tuple(NatRule(Match(in_device="eth0", protocol=protocol,
+                                statistic=(len(targets) - n, 0) if n < len(targets) - 1
+                                else None),
+                          Target.DNAT, Origin("auto", "pool"), (("to-destination", target),))
+                  for n, target in enumerate(targets))
+    chains = (Chain(BuiltinChain.PREROUTING, Target.ACCEPT, lines),)
+    return NodeRuleset("c", "m", family, (Table(TableName.NAT, chains),))
+
+
+POOLS = {4: ("192.0.2.10", "192.0.2.11", "192.0.2.12"),
+         6: ("[2001:db8::10]:8080", "[2001:db8::11]:8081")}
+
+
+def test_dnat_load_sharing_is_one_numgen_map_read_back_as_the_nth_lines(tmp_path):
+    """The statistic lines of a pool are one `numgen inc mod N` map (with ports: `addr .
+    port`), and the reader gives back exactly those lines; nft loads the file."""
+    rulesets = [_pool_ruleset(f, POOLS[f]) for f in (4, 6)]
+    text = nftables.render(rulesets, "pools")
+    assert "dnat ip to numgen inc mod 3 map { 0 : 192.0.2.10, 1 : 192.0.2.11, " \
+        "2 : 192.0.2.12 }" in text
+    assert "dnat ip6 addr . port to numgen inc mod 2 map { 0 : 2001:db8::10 . 8080, " \
+        "1 : 2001:db8::11 . 8081 }" in text
+    back = read(text)
+    for ruleset in rulesets:
+        want = ruleset.table(TableName.NAT).chains[0].rules
+        got = [r for c in back.rulesets[ruleset.family].table(TableName.NAT).chains
+               for r in c.rules if r.target == "DNAT"]
+        assert [(r.match, r.target_options) for r in got] == \
+            [(r.match, r.target_options) for r in want]
+    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    skip_or_fail_without_root()
+    target = tmp_path / "pools.nft"
+    target.write_text(text)
+    with namespace() as ns:
+        got = in_ns(ns, "nft", "-c", "-f", str(target))
+        assert got.returncode == 0, got.stderr
+
+
+@pytest.mark.parametrize("targets,protocol", [
+    (("192.0.2.10-192.0.2.11", "192.0.2.12"), 6),  # a range
+    (("192.0.2.10:80", "192.0.2.12"), 6),  # with and without a port
+    (("192.0.2.10:80", "192.0.2.12:80"), None),  # ports without a protocol
+], ids=["range", "mixed-ports", "no-protocol"])
+def test_dnat_load_sharing_nft_cannot_write_is_refused(targets, protocol):
+    with pytest.raises(NftUnsupported):
+        nftables.render([_pool_ruleset(4, targets, protocol)], "pools")
+
+
+def test_a_statistic_line_outside_load_sharing_is_refused():
+    ruleset = _pool_ruleset(4, POOLS[4])
+    chain = ruleset.tables[0].chains[0]
+    broken = replace(chain, rules=chain.rules[:2])  # the last line (no statistic) missing
+    with pytest.raises(NftUnsupported):
+        nftables.render([replace(ruleset, tables=(replace(ruleset.tables[0],
+                                                          chains=(broken,)),))], "pools")

@@ -246,7 +246,8 @@ def _ports(match: Match) -> list[int | None]:
 
 
 def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | None = None,
-                   fallback: tuple[int, int] | None = None) -> list[Packet]:
+                   fallback: tuple[int, int] | None = None,
+                   table_name: TableName = TableName.FILTER) -> list[Packet]:
     """A deterministic sample: for every filter rule, packets on and just off its corners.
 
     Each rule gives a packet that hits it (first/last address of its first/last block on
@@ -254,10 +255,10 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
     thing: an address one below or above a block, a port just outside, another or an
     unknown device, another protocol, a later packet of the connection, a TCP packet
     without SYN. Packets go through the chain the rule is in (or every hook, for user
-    chains).
+    chains). The rules sampled are those of TABLE_NAME (the filter table by default).
     """
     sets = dict(sets or {})
-    table = ruleset.table(TableName.FILTER)
+    table = ruleset.table(table_name)
     if table is None:
         return []
     family = ruleset.family

@@ -23,6 +23,18 @@ How the nft constructs become lowered rules:
   rule per element, each with the element's comment as its origin. Exact for
   the verdicts fwc writes there (accept, drop, reject, or a jump to a chain that
   always ends in one: `never_returns`); the reader refuses any other.
+- A rule's own limits, which match beyond the limit as iptables' do: a named
+  `limit` object (`rate over R burst N packets`, `limit name "x"`) is the
+  hashlimit bucket of that name; `update @m { ip saddr limit rate over ... }`
+  a per-source one; `add @m { ip saddr ct count over N }` a connlimit. The
+  evaluator treats them as iptables' (a single packet is within every limit).
+- `notrack` is `CT --notrack`, `tcp option maxseg size set N|rt mtu` is TCPMSS
+  (`--set-mss N`, `--clamp-mss-to-pmtu`); a raw base chain `raw-HOOK-notrack`
+  runs before the raw chain of the same hook (priority raw, before conntrack),
+  so its rules come first in the one built-in chain of that hook.
+- `dnat ip to numgen inc mod N map { 0 : a, 1 : b, ... }` becomes the N lines
+  of `-m statistic --mode nth --every N-k --packet 0` the iptables output has,
+  the last without the match (load sharing: connection k of N goes to backend k).
 - A set of addresses stays a named set (`AddressMatch.set_name`, its blocks in
   `NftRules.sets`); a set of ports becomes the rule's port list.
 
@@ -43,7 +55,9 @@ from fwc.analysis.evaluate import Evaluator, Packet
 from fwc.backend.lower.ruleset import (
     AddressMatch,
     Chain,
+    ConnLimit,
     FilterRule,
+    HashLimit,
     Match,
     NatRule,
     NodeRuleset,
@@ -63,10 +77,22 @@ STATES = {"invalid": "INVALID", "new": "NEW", "related": "RELATED",
           "established": "ESTABLISHED", "untracked": "UNTRACKED"}
 REJECTS = {("tcp", "reset"): proto.REJECT_TCP,
            ("icmp", "port-unreachable"): proto.REJECT_OTHER[4],
-           ("icmpv6", "port-unreachable"): proto.REJECT_OTHER[6]}
+           ("icmpv6", "port-unreachable"): proto.REJECT_OTHER[6],
+           # `reject ... with TYPE` as iptables' --reject-with names them
+           ("icmp", "host-unreachable"): "icmp-host-unreachable",
+           ("icmp", "net-unreachable"): "icmp-net-unreachable",
+           ("icmp", "admin-prohibited"): "icmp-admin-prohibited",
+           ("icmpv6", "addr-unreachable"): "icmp6-addr-unreachable",
+           ("icmpv6", "no-route"): "icmp6-no-route",
+           ("icmpv6", "admin-prohibited"): "icmp6-adm-prohibited"}
 MARK_BITS = 0xFFFFFFFF
 # Only these key words (a selector) are read; anything else in a rule is refused.
 SELECTORS = ("saddr", "daddr", "dport", "l4proto", "iifname", "oifname")
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
+TCP_FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg", "ecn", "cwr")
+# A raw base chain with this suffix holds the `notrack` rules, at priority raw: it runs
+# before the plain one of its hook (whose `ct helper` rules need conntrack).
+NOTRACK_SUFFIX = "-notrack"
 
 
 class NftReadError(ValueError):
@@ -78,6 +104,7 @@ class NftSet:
     key: tuple[str, ...]  # the key types, e.g. ("ipv4_addr", "inet_service")
     elements: tuple[tuple[tuple[str, ...], str | None], ...]  # (values, comment)
     verdicts: tuple[str, ...] = ()  # a verdict map: each element's verdict
+    dynamic: bool = False  # filled by the rules (`add`/`update @set`), never listed
 
 
 @dataclass
@@ -135,6 +162,8 @@ class _Parsed:
     target: object = None
     options: tuple[tuple[str, str], ...] = ()
     comment: str = ""
+    # one rule per entry: (fields, target options) added to the rule's own (numgen maps)
+    variants: tuple[tuple[dict[str, object], tuple[tuple[str, str], ...]], ...] = ()
 
 
 class _Reader:
@@ -142,6 +171,7 @@ class _Reader:
         self.lines = text.splitlines()
         self.sets: dict[str, NftSet] = {}
         self.helpers: dict[str, str] = {}
+        self.limits: dict[str, tuple[str, int]] = {}  # limit objects: (rate, burst)
         self.chains: dict[str, tuple[tuple[str, str, str] | None, list[_Parsed]]] = {}
 
     # -- the file's blocks -----------------------------------------------------------
@@ -170,6 +200,8 @@ class _Reader:
                 i = self._set(words[1], words[0] == "map", i)
             elif words[:2] == ["ct", "helper"] and words[-1] == "{":
                 i = self._helper(words[2], i)
+            elif words[0] == "limit" and len(words) == 3 and words[-1] == "{":
+                i = self._limit(words[1], i)
             elif words[0] == "chain" and words[-1] == "{":
                 i = self._chain(words[1], i)
             else:
@@ -194,10 +226,20 @@ class _Reader:
                 self.helpers[name] = words[1]
         return end
 
+    def _limit(self, name: str, start: int) -> int:
+        lines, end = self._block(start)
+        words = _tokens(" ".join(lines))
+        if len(words) != 6 or words[:2] != ["rate", "over"] or words[3] != "burst" \
+                or words[5] != "packets" or not words[4].isdigit():
+            raise NftReadError(f"limit {name}: only `rate over R burst N packets` is read")
+        self.limits[name] = (words[2], int(words[4]))
+        return end
+
     def _set(self, name: str, is_map: bool, start: int) -> int:
         key: tuple[str, ...] = ()
         elements: list[tuple[tuple[str, ...], str | None]] = []
         verdicts: list[str] = []
+        dynamic = False
         i = start
         inside = False
         while i < len(self.lines):
@@ -226,9 +268,13 @@ class _Reader:
                 key = tuple(w for w in types if w != ".")
             elif words[:3] == ["elements", "=", "{"]:
                 inside = True
-            elif words[0] != "flags":
+            elif words[0] == "flags":
+                dynamic = "dynamic" in words[1].split(",")
+            elif words[0] not in ("size", "timeout"):
                 raise NftReadError(f"set {name}: unknown line {line}")
-        self.sets[name] = NftSet(key, tuple(elements), tuple(verdicts))
+        if dynamic and (elements or is_map):
+            raise NftReadError(f"set {name}: a dynamic set with elements")
+        self.sets[name] = NftSet(key, tuple(elements), tuple(verdicts), dynamic)
         return i
 
     def _chain(self, name: str, start: int) -> int:
@@ -275,12 +321,27 @@ class _Reader:
                 rule.fields["hop_limit"] = int(need(3)[2])
                 i += 3
             elif word == "tcp" and need(2)[1] == "flags":
-                if words[i:i + 11] != ["tcp", "flags", "&", "(fin", "|", "syn", "|", "rst",
-                                       "|", "ack)", "!="] or need(12)[11] != "syn":
-                    raise NftReadError(f"unknown tcp flags test: {line}")
-                rule.fields["protocol"] = PROTOCOLS["tcp"]
-                rule.fields["tcp_not_syn"] = True
-                i += 12
+                i = self._tcp_flags(words, i, rule, line)
+            elif word == "tcp" and need(2)[1] == "option":
+                # tcp option maxseg size set N | tcp option maxseg size set rt mtu
+                got = need(6)
+                if got[2:5] != ["maxseg", "size", "set"]:
+                    raise NftReadError(f"unknown tcp option statement: {line}")
+                rule.target = Target.TCPMSS
+                if got[5] == "rt" and need(7)[6] == "mtu":
+                    rule.options = (("clamp-mss-to-pmtu", ""),)
+                    i += 7
+                elif got[5].isdigit():
+                    rule.options = (("set-mss", got[5]),)
+                    i += 6
+                else:
+                    raise NftReadError(f"unknown maxseg value: {line}")
+            elif word == "notrack":
+                rule.target = Target.CT
+                rule.options = (("notrack", ""),)
+                i += 1
+            elif word in ("add", "update") and need(2)[1].startswith("@"):
+                i = self._meter(words, i, rule, line)
             elif word == "ct" and need(2)[1] == "state":
                 states = need(3)[2].split(",")
                 rule.fields["ctstate"] = tuple(STATES[s] for s in states)
@@ -307,6 +368,13 @@ class _Reader:
                 rule.target = Target.CT
                 rule.options = (("helper", self.helpers[name]),)
                 i += 4
+            elif word == "limit" and need(2)[1] == "name":
+                name = need(3)[2]
+                if name not in self.limits:
+                    raise NftReadError(f"unknown limit object {name}: {line}")
+                rate, burst = self.limits[name]
+                rule.fields["hashlimit"] = HashLimit(rate, burst, name)
+                i += 3
             elif word == "limit":
                 got = need(6)
                 if got[1] != "rate" or got[3] != "burst" or got[5] != "packets":
@@ -329,9 +397,23 @@ class _Reader:
                 rule.options = (("reject-with", REJECTS[how]),)
                 i += 4 if got[2] == "tcp" else 5
             elif word == "log":
-                rule.target = Target.LOG
-                rule.options = (("log-prefix", need(3)[2]),)
+                # log prefix P [level L] (LOG) | log prefix P group N (NFLOG)
+                prefix = need(3)[2]
                 i += 3
+                rule.target = Target.LOG
+                rule.options = (("log-prefix", prefix),)
+                if i + 1 < len(words) and words[i] == "level":
+                    if words[i + 1] not in LOG_LEVELS:
+                        raise NftReadError(f"unknown log level: {line}")
+                    rule.options += (("log-level", str(LOG_LEVELS.index(words[i + 1]))),)
+                    i += 2
+                elif i + 1 < len(words) and words[i] == "group":
+                    rule.target = Target.NFLOG
+                    rule.options = (("nflog-prefix", prefix),
+                                    ("nflog-group", str(int(words[i + 1]))))
+                    i += 2
+            elif word == "dnat" and "numgen" in words[i:i + 8]:
+                i = self._numgen(words, i, rule, line)
             elif word in ("snat", "dnat"):
                 got = need(4)
                 rule.target = Target.SNAT if word == "snat" else Target.DNAT
@@ -341,6 +423,94 @@ class _Reader:
             else:
                 i = self._expression(words, i, rule, line)
         return rule
+
+    def _tcp_flags(self, words: list[str], i: int, rule: _Parsed, line: str) -> int:
+        """`tcp flags & (fin | syn | rst | ack) != syn` (not a SYN: `! --syn`) or
+        `tcp flags & (syn | rst) == syn` (`--tcp-flags SYN,RST SYN`)."""
+        if words[i + 2:i + 3] != ["&"] or not words[i + 3].startswith("("):
+            raise NftReadError(f"unknown tcp flags test: {line}")
+        mask: list[str] = []
+        j = i + 3
+        while j < len(words):
+            word = words[j]
+            mask += [w for w in word.strip("()").split("|") if w]
+            j += 1
+            if word.endswith(")"):
+                break
+        if j + 2 > len(words) or words[j] not in ("==", "!=") or \
+                any(w not in TCP_FLAGS for w in (*mask, words[j + 1])):
+            raise NftReadError(f"unknown tcp flags test: {line}")
+        op, wanted = words[j], words[j + 1]
+        rule.fields["protocol"] = PROTOCOLS["tcp"]
+        if op == "!=":
+            if sorted(mask) != sorted(("fin", "syn", "rst", "ack")) or wanted != "syn":
+                raise NftReadError(f"unknown tcp flags test: {line}")
+            rule.fields["tcp_not_syn"] = True
+        else:
+            rule.fields["tcp_flags"] = (",".join(w.upper() for w in mask), wanted.upper())
+        return j + 2
+
+    def _meter(self, words: list[str], i: int, rule: _Parsed, line: str) -> int:
+        """`update @m { ip saddr limit rate over R burst N packets }` (a per-source
+        hashlimit) or `add @m { ip saddr ct count over N }` (connlimit)."""
+        name = words[i + 1][1:]
+        found = self.sets.get(name)
+        if found is None or not found.dynamic:
+            raise NftReadError(f"@{name} is not a dynamic set: {line}")
+        try:
+            end = words.index("}", i)
+        except ValueError:
+            raise NftReadError(f"a set statement without its end: {line}") from None
+        inner = words[i + 2:end]
+        if inner[:1] != ["{"] or len(inner) < 3 or inner[1] not in ADDRESS_WORDS \
+                or inner[2] != "saddr":
+            raise NftReadError(f"only sets keyed on the source address are read: {line}")
+        family = ADDRESS_WORDS[inner[1]]
+        what = inner[3:]
+        if words[i] == "update" and len(what) == 7 and what[:3] == ["limit", "rate", "over"] \
+                and what[4] == "burst" and what[6] == "packets":
+            rule.fields["hashlimit"] = HashLimit(what[3], int(what[5]), name, per_source=True)
+        elif words[i] == "add" and len(what) == 4 and what[:3] == ["ct", "count", "over"]:
+            rule.fields["connlimit"] = ConnLimit(int(what[3]), 32 if family == 4 else 128)
+        else:
+            raise NftReadError(f"unknown set statement: {line}")
+        return end + 1
+
+    def _numgen(self, words: list[str], i: int, rule: _Parsed, line: str) -> int:
+        """`dnat ip [addr . port] to numgen inc mod N map { 0 : a [. p], ... }`."""
+        with_port = words[i + 2:i + 5] == ["addr", ".", "port"]
+        at = i + (5 if with_port else 2)
+        if words[i + 1] not in ADDRESS_WORDS or words[at:at + 4] != ["to", "numgen", "inc",
+                                                                     "mod"] \
+                or not words[at + 4].isdigit() or words[at + 5:at + 7] != ["map", "{"]:
+            raise NftReadError(f"unknown dnat map: {line}")
+        family = ADDRESS_WORDS[words[i + 1]]
+        count = int(words[at + 4])
+        try:
+            end = words.index("}", at + 7)
+        except ValueError:
+            raise NftReadError(f"a map without its end: {line}") from None
+        entries = " ".join(words[at + 7:end]).split(",")
+        targets: list[str] = []
+        for n, entry in enumerate(e for e in entries if e.strip()):
+            key, _, value = entry.partition(":")
+            if key.strip() != str(n):
+                raise NftReadError(f"numgen map keys must be 0..N-1 in order: {line}")
+            parts = [w.strip() for w in value.split(" . ")]
+            if len(parts) != (2 if with_port else 1):
+                raise NftReadError(f"unknown dnat map value {value!r}: {line}")
+            address = str(ipaddress.ip_address(parts[0]))
+            if with_port:
+                address = (f"[{address}]" if family == 6 else address) + \
+                    f":{_port_range(parts[1]).low}"
+            targets.append(address)
+        if len(targets) != count or count < 2:
+            raise NftReadError(f"numgen mod {count} with {len(targets)} targets: {line}")
+        rule.target = Target.DNAT
+        rule.variants = tuple(
+            ({"statistic": (count - n, 0)} if n < count - 1 else {},
+             (("to-destination", target),)) for n, target in enumerate(targets))
+        return end + 1
 
     def _expression(self, words: list[str], i: int, rule: _Parsed, line: str) -> int:
         """Selectors joined by '.', then a value, `!=` value, `@set` or `vmap @map`."""
@@ -438,6 +608,11 @@ class _Reader:
         if rule.target is None and (rule.lookup is None or not rule.lookup[2]):
             raise NftReadError(f"a rule without a verdict ({rule.comment})")
         base = dict(rule.fields)
+        if rule.variants:
+            if rule.lookup is not None:
+                raise NftReadError(f"a numgen map in a set lookup ({rule.comment})")
+            return [make(Match(**base, **extra), rule.target, Origin("nft", rule.comment),  # type: ignore[arg-type]
+                         options) for extra, options in rule.variants]
         if rule.lookup is None:
             return [make(Match(**base), rule.target, Origin("nft", rule.comment),  # type: ignore[arg-type]
                          rule.options)]
@@ -485,9 +660,15 @@ class _Reader:
                 raise NftReadError(f"chain {name}: no table {word}") from None
             if hook is not None:
                 kind = "nat" if table is TableName.NAT else "filter"
-                if hook[0] != kind or name != f"{word}-{hook[1].upper()}":
+                own = f"{word}-{hook[1].upper()}"
+                if hook[0] != kind or name not in (own, *(
+                        [own + NOTRACK_SUFFIX] if table is TableName.RAW else [])):
                     raise NftReadError(f"chain {name}: hook {hook[1]} of type {hook[0]}")
             by_table.setdefault(table, []).append(name)
+        for names in by_table.values():
+            # the notrack base chain of a hook runs first (priority raw)
+            names.sort(key=lambda n: not n.endswith(NOTRACK_SUFFIX)
+                       or self.chains[n][0] is None)
         for table, names in by_table.items():
             # A user chain that ends in an unconditional verdict and never returns early.
             never: set[str] = set()
@@ -513,6 +694,14 @@ class _Reader:
                         weights += [1] + [0] * (len(got) - 1)
                     chain_name = BuiltinChain(hook[1].upper()) if hook is not None else name
                     policy = Target(hook[2].upper()) if hook is not None else None
+                    earlier = chains.get(chain_name)
+                    if earlier is not None:
+                        # the hook's second base chain (after its notrack one)
+                        if earlier.policy is not policy or policy is not Target.ACCEPT:
+                            raise NftReadError(f"chain {name}: two base chains of "
+                                               f"{chain_name} that decide")
+                        lowered = [*earlier.rules, *lowered]
+                        weights = [*weights_of[chain_name], *weights]
                     chains[chain_name] = Chain(chain_name, policy, tuple(lowered))
                     weights_of[chain_name] = tuple(weights)
                 # A family's ruleset holds the chains its hooks reach (the other family's
@@ -531,7 +720,7 @@ class _Reader:
         address_sets = {name: tuple(_blocks(v[0]) for v, _ in s.elements)
                         for name, s in self.sets.items()
                         if len(s.key) == 1 and s.key[0] in ("ipv4_addr", "ipv6_addr")
-                        and not s.verdicts}
+                        and not s.verdicts and not s.dynamic}
         rulesets = {family: NodeRuleset("", "", family, tuple(
             Table(name, tuple(chains)) for name, chains in per_table.items()))
             for family, per_table in tables.items()}

@@ -16,21 +16,26 @@ from fwc.model.vocabulary import NatAction
 
 
 def nftables_gaps(cluster: Cluster) -> Iterator[tuple[str, Span]]:
-    """(what, where) for each use of something the nftables backend does not write yet."""
-    for rule in cluster.rules:
-        if rule.limit is not None and rule.limit.per_source:
-            yield "a per-source 'limit'", rule.span_of("limit")
-        elif rule.limit is not None:
-            yield "'limit'", rule.span_of("limit")
-        if rule.connlimit is not None:
-            yield "'connlimit'", rule.span_of("connlimit")
-        if rule.syn_limit is not None:
-            yield "'syn-limit'", rule.span_of("syn-limit")
-        if rule.notrack:
-            yield "'notrack'", rule.span_of("notrack")
+    """(what, where) for each use of something the nftables backend does not write yet.
+
+    Rate and connection limits, `syn-limit`, `notrack`, MSS clamping and DNAT load
+    sharing are written (`fwc.backend.render.nftables`); load sharing only between
+    single addresses, all with a single port or all without: nft's `numgen` map
+    takes no ranges, and cannot keep the port for some backends only.
+    """
     for nat in cluster.nat:
-        if nat.action is NatAction.DNAT and nat.pool:
-            yield "dnat load sharing between several targets", nat.pool[0].span
-    for iface in cluster.interfaces:
-        if iface.mss is not None:
-            yield "MSS clamping ('mss')", iface.mss_span or iface.span
+        if nat.action is not NatAction.DNAT:
+            continue
+        for family in (4, 6):
+            pool = [t for t in nat.targets if t.addresses.family(family)]
+            if len(pool) < 2:
+                continue  # one backend of this family: a plain dnat
+            ranges = [t for t in pool if t.port_high is not None or any(
+                low != high for low, high in t.addresses.family(family))]
+            if ranges:
+                yield "dnat load sharing to an address or port range", ranges[0].span
+                break
+            if len({t.port is None for t in pool}) > 1:
+                yield ("dnat load sharing between targets with and without a port",
+                       pool[0].span)
+                break

@@ -137,12 +137,14 @@ def _unwritten(cluster: Cluster, backend: Backend) -> Iterator[Diagnostic]:
 
 
 @check("FWC429", "not yet supported by the nftables backend", Severity.ERROR, """
-Some of the vocabulary is written for iptables only so far (per-source limits and
-connection limits need nft meters, `notrack` a raw-priority chain, MSS clamping
-and DNAT load sharing their own statements). A cluster with `backend nftables`
-(or `fwc compile --backend nftables`) that uses one of them is refused rather
-than compiled without it: a backend never drops a rule's condition silently.
-Use `backend iptables` for that cluster until the nftables backend writes it.""")
+Some of the vocabulary is written for iptables only so far. The nftables backend
+writes limits, connection limits, `syn-limit`, `notrack`, MSS clamping and DNAT
+load sharing; what is left is load sharing that nft's `numgen` map cannot hold:
+a backend that is an address or port range, or a pool where some backends have a
+port and others keep the packet's own. A cluster with `backend nftables` (or
+`fwc compile --backend nftables`) that uses it is refused rather than compiled
+without it: a backend never drops a rule's condition silently. Use `backend
+iptables` for that cluster, or give every backend a single address (and port).""")
 def nftables_unwritten(policy: Policy) -> Iterable[Diagnostic]:
     return _clusters(policy, None, _unwritten)
 

@@ -31,6 +31,13 @@ proves the two outputs decide every sampled packet alike):
   with the square of their number (minutes for tens of thousands), a named set
   once.
 
+The rule vocabulary, statement for statement (docs/compile.md): a rule's rate
+limit is a named `limit` object (`rate over`, one per hashlimit name and family),
+per source a dynamic set (`update @s { ip saddr limit rate over ... }`); a
+connection limit `add @s { ip saddr ct count over N }`; `notrack` a base chain per
+hook at priority raw (`_hook_parts`); TCPMSS `tcp option maxseg size set N|rt mtu`;
+DNAT load sharing one `numgen inc mod N` map (`Share`).
+
 Every rule counts (`counter`) and carries its policy line as the comment.
 """
 
@@ -46,7 +53,16 @@ from fwc.backend.arrange import optimise
 from fwc.backend.files import GeneratedFile, Reload, path_of
 from fwc.backend.ipsets import IpSet
 from fwc.backend.lower.failsafe import failsafe
-from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule
+from fwc.backend.lower.ruleset import (
+    AddressMatch,
+    Chain,
+    FilterRule,
+    Match,
+    NatRule,
+    NodeRuleset,
+    Rule,
+    Table,
+)
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
 from fwc.model import PortRange
@@ -77,6 +93,18 @@ NAT_PRIORITIES = {
     BuiltinChain.POSTROUTING: "100",
 }
 CHAIN_ORDER = tuple(BuiltinChain)
+# Where the raw table's `notrack` rules go: a base chain of their own per hook, at
+# priority raw (-300), before conntrack (-200) sees the packet; the helper rules stay
+# at TABLE_HOOKS' -150 (`ct helper set` needs the conntrack entry).
+NOTRACK_PRIORITY = "raw"
+NOTRACK_SUFFIX = "notrack"
+# Per-source rate buckets and connection counts live in dynamic sets keyed on the
+# source address: as many sources as hashlimit keeps by default, each forgotten when
+# it has sent nothing for hashlimit's default expiry (--hashlimit-htable-expire 10 s).
+METER_SIZE = 65536
+METER_TIMEOUT = "10s"
+# `--tcp-flags MASK SET` as nft's `tcp flags & (mask) == set`.
+TCP_FLAG_WORDS = ("fin", "syn", "rst", "psh", "ack", "urg", "ecn", "cwr")
 STATES = {"INVALID": "invalid", "NEW": "new", "RELATED": "related",
           "ESTABLISHED": "established", "UNTRACKED": "untracked"}
 REJECTS = {
@@ -138,7 +166,20 @@ class Concat:
     rules: tuple[Rule, ...]
 
 
-Item = Rule | Dispatch | Concat
+@dataclass(frozen=True, slots=True)
+class Share:
+    """DNAT load sharing: the lines `-m statistic --mode nth --every N --packet 0`,
+    `--every N-1`, ..., `--every 2` and a last one without, each to its own backend,
+    as one `dnat to numgen inc mod N map { 0 : a, 1 : b, ... }`. Both send connection
+    k of every N to backend k (round robin); `rule` is the first line without its
+    statistic match, `targets` each line's `--to-destination`.
+    """
+
+    rule: Rule
+    targets: tuple[str, ...]
+
+
+Item = Rule | Dispatch | Concat | Share
 MIN_CONCAT = 4  # fewer rules stay rules: a small policy reads rule by rule
 WINDOW = 32  # how many items back a rule may move to join its kind (bounds the work)
 GROUP_MAX = 256  # rules per set (bounds the overlap checks: a rule is compared to each)
@@ -317,6 +358,63 @@ def plan(rules: tuple[Rule, ...], shapes: _Shapes | None = None,
     return out
 
 
+def shared(items: list[Item]) -> list[Item]:
+    """Runs of DNAT load-sharing lines (`Share`) joined; every other item as it is."""
+    out: list[Item] = []
+    i = 0
+    while i < len(items):
+        first = items[i]
+        stat = first.match.statistic if isinstance(first, (FilterRule, NatRule)) else None
+        if stat is None or stat[1] != 0 or first.target is not Target.DNAT:
+            out.append(first)
+            i += 1
+            continue
+        count = stat[0]
+        run = items[i:i + count]
+        base = replace(first.match, statistic=None)
+        expected = [(count - k, 0) if k < count - 1 else None for k in range(count)]
+        if len(run) != count or any(
+                not isinstance(r, NatRule) or r.target is not Target.DNAT
+                or r.match.statistic != want or replace(r.match, statistic=None) != base
+                or [k for k, _ in r.target_options] != ["to-destination"]
+                for r, want in zip(run, expected, strict=True)):
+            raise NftUnsupported("statistic lines that are not DNAT load sharing")
+        rules = cast("list[NatRule]", run)
+        out.append(Share(replace(first, match=base),
+                         tuple(r.target_options[0][1] for r in rules)))
+        i += count
+    return out
+
+
+def _share(item: Share, family: int, writer: _Writer, chain_names: dict[str, str],
+           ipsets: dict[str, tuple[str, ...]]) -> str:
+    """`dnat ip to numgen inc mod N map { 0 : a, ... }` (with ports: `addr . port`)."""
+    word = FAMILY_WORDS[family][0]
+    pairs: list[tuple[str, str | None]] = []
+    for text in item.targets:
+        if family == 6 and text.startswith("["):
+            address, _, port = text[1:].partition("]:")
+            pairs.append((address, port))
+        elif family == 4 and ":" in text:
+            address, _, port = text.partition(":")
+            pairs.append((address, port))
+        else:
+            pairs.append((text, None))
+    with_port = {port is not None for _, port in pairs}
+    if len(with_port) != 1 or any("-" in a or (p is not None and not p.isdigit())
+                                  for a, p in pairs):
+        raise NftUnsupported("dnat load sharing to ranges, or with and without a port")
+    if True in with_port and item.rule.match.protocol is None:
+        raise NftUnsupported("dnat load sharing to ports without a protocol")
+    for address, _ in pairs:
+        ipaddress.ip_address(address)  # an address, nothing else reaches the file
+    values = [escape.line_text(a if p is None else f"{a} . {p}") for a, p in pairs]
+    elements = ", ".join(f"{n} : {v}" for n, v in enumerate(values))
+    what = "addr . port " if True in with_port else ""
+    statement = f"dnat {word} {what}to numgen inc mod {len(values)} map {{ {elements} }}"
+    return _rule(item.rule, family, writer, chain_names, ipsets, statement=statement)
+
+
 def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
     """User chains every packet leaves with a final verdict (fwc-accept): a jump to one
     decides like a verdict, so rules jumping to it may share a set."""
@@ -339,6 +437,10 @@ class _Writer:
     sets: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
     maps: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
     helpers: dict[tuple[str, int], str] = field(default_factory=dict)
+    # named `limit` objects: name -> "rate over R burst N packets" (one bucket per rule)
+    limits: dict[str, str] = field(default_factory=dict)
+    # dynamic sets (meters): name -> (key type, with a timeout)
+    meters: dict[str, tuple[str, bool]] = field(default_factory=dict)
     collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
     by_content: dict[tuple[str, str, tuple[str, ...]], str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -375,6 +477,28 @@ class _Writer:
         self.maps[name] = (key_type, "interval" if key_type == "inet_service" else "",
                            elements)
         return name
+
+    def limit(self, name: str, family: int, rate: str, burst: int) -> str:
+        """The `limit` object of hashlimit bucket NAME in FAMILY (iptables keeps one table
+        per name and family), declared once and shared by every line naming it."""
+        found = escape.nft_identifier(f"{name}-v{family}")
+        spec = f"rate over {rate} burst {burst} packets"
+        if self.limits.setdefault(found, spec) != spec:
+            raise NftUnsupported(f"hashlimit {name} with two rates")
+        return found
+
+    def meter(self, name: str, family: int, timeout: bool) -> str:
+        """A dynamic set keyed on the source address: per-source buckets or counts."""
+        found = escape.nft_identifier(f"{name}-v{family}")
+        key = ("ipv4_addr" if family == 4 else "ipv6_addr", timeout)
+        if self.meters.setdefault(found, key) != key:
+            raise NftUnsupported(f"meter {name} used two ways")
+        return found
+
+    def connlimit(self, family: int) -> str:
+        """A fresh connection-count set: iptables counts per connlimit line."""
+        self.counts["connlimit"] = self.counts.get("connlimit", 0) + 1
+        return self.meter(f"connlimit-{self.counts['connlimit']}", family, False)
 
     def helper_name(self, helper: str, protocol: int) -> str:
         key = (helper, protocol)
@@ -475,6 +599,35 @@ def _protocol(match: Match, writer: _Writer) -> list[str]:
     return out
 
 
+def _tcp_flags(flags: tuple[str, str]) -> str:
+    """`--tcp-flags SYN,RST SYN` as `tcp flags & (syn | rst) == syn`."""
+    mask, wanted = ([w.lower() for w in part.split(",") if w] for part in flags)
+    unknown = [w for w in (*mask, *wanted) if w not in TCP_FLAG_WORDS]
+    if unknown or not mask or len(wanted) != 1 or wanted[0] not in mask:
+        raise NftUnsupported(f"--tcp-flags {' '.join(flags)}")
+    return f"tcp flags & ({' | '.join(mask)}) == {wanted[0]}"
+
+
+def _limits(match: Match, family: int, writer: _Writer) -> list[str]:
+    """A rule's own rate and connection limits, which match beyond the limit (`over`)."""
+    out: list[str] = []
+    word = FAMILY_WORDS[family][0]
+    if match.hashlimit is not None:
+        limit = match.hashlimit
+        rate = f"rate over {limit.rate} burst {limit.burst} packets"
+        if limit.per_source:
+            name = writer.meter(limit.name, family, True)
+            out.append(f"update @{name} {{ {word} saddr limit {rate} }}")
+        else:
+            out.append(f'limit name "{writer.limit(limit.name, family, limit.rate, limit.burst)}"')
+    if match.connlimit is not None:
+        if match.connlimit.mask != (32 if family == 4 else 128):
+            raise NftUnsupported(f"connlimit mask {match.connlimit.mask}")
+        out.append(f"add @{writer.connlimit(family)} {{ {word} saddr ct count over "
+                   f"{match.connlimit.above} }}")
+    return out
+
+
 def _verdict(rule: Rule, chain_names: dict[str, str]) -> str:
     """The verdict of a dispatch entry: a jump or a plain verdict (`_dispatch_key`)."""
     if rule.target is Target.ACCEPT:
@@ -491,7 +644,8 @@ TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
     Target.LOG: frozenset({"log-prefix", "log-level"}),
     Target.NFLOG: frozenset({"nflog-prefix", "nflog-group"}),
     Target.SNAT: frozenset({"to-source"}), Target.DNAT: frozenset({"to-destination"}),
-    Target.CONNMARK: frozenset({"set-xmark"}), Target.CT: frozenset({"helper"}),
+    Target.CONNMARK: frozenset({"set-xmark"}), Target.CT: frozenset({"helper", "notrack"}),
+    Target.TCPMSS: frozenset({"set-mss", "clamp-mss-to-pmtu"}),
 }
 
 
@@ -533,6 +687,14 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
         if value == mask:
             return f"ct mark set ct mark or {value:#010x}"
         return f"ct mark set ct mark and {MARK_BITS & ~mask:#010x} xor {value:#010x}"
+    if target is Target.CT and set(options) == {"notrack"}:
+        return "notrack"
+    if target is Target.TCPMSS:
+        if rule.match.protocol != TCP or len(options) != 1:
+            raise NftUnsupported(f"TCPMSS {rule.target_options} without -p tcp")
+        if "clamp-mss-to-pmtu" in options:
+            return "tcp option maxseg size set rt mtu"
+        return f"tcp option maxseg size set {int(options['set-mss'])}"
     if target is Target.CT:
         if set(options) != {"helper"} or rule.match.protocol is None:
             raise NftUnsupported(f"CT {rule.target_options} without a protocol")
@@ -543,12 +705,13 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
 
 
 def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
-          ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None) -> str:
+          ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None,
+          statement: str | None = None) -> str:
     match = rule.match
-    # Never drop a condition silently (fwc.backend.capabilities lists what is refused).
-    for name in ("hashlimit", "connlimit", "statistic", "tcp_flags"):
-        if getattr(match, name) is not None:
-            raise NftUnsupported(f"{name} matches")
+    # Never drop a condition silently (fwc.backend.capabilities lists what is refused);
+    # the nth lines of load sharing are written as one `Share`.
+    if match.statistic is not None:
+        raise NftUnsupported("a statistic match outside DNAT load sharing")
     parts: list[str] = []
     if match.in_device:
         parts.append(f"iifname {escape.nft_device(match.in_device)}")
@@ -557,6 +720,10 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
     parts.append(_addresses("saddr", match.source, family, writer, ipsets))
     parts.append(_addresses("daddr", match.destination, family, writer, ipsets))
     parts += _protocol(match, writer) if protocol_part is None else protocol_part
+    if match.tcp_flags is not None:
+        if match.protocol != TCP:
+            raise NftUnsupported("TCP flags on a protocol other than TCP")
+        parts.append(_tcp_flags(match.tcp_flags))
     if match.hop_limit is not None:
         parts.append(f"ip6 hoplimit {match.hop_limit}")
     if match.ctstate:
@@ -566,8 +733,9 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
         parts.append("ct state " + ",".join(STATES[s] for s in match.ctstate))
     if match.limit is not None:
         parts.append(f"limit rate {match.limit.rate} burst {match.limit.burst} packets")
+    parts += _limits(match, family, writer)
     parts.append("counter")
-    parts.append(_statement(rule, family, writer, chain_names))
+    parts.append(statement or _statement(rule, family, writer, chain_names))
     parts.append(f"comment {escape.nft_comment(rule.comment)}")
     return " ".join(p for p in parts if p)
 
@@ -629,8 +797,31 @@ def _family_chain(table: TableName, chain: str, family: int) -> str:
     return escape.nft_identifier(f"{table}-{chain}-v{family}")
 
 
-def _base_chain(table: TableName, chain: BuiltinChain) -> str:
-    return escape.nft_identifier(f"{table}-{chain}")
+def _base_chain(table: TableName, chain: BuiltinChain, variant: str = "") -> str:
+    return escape.nft_identifier(f"{table}-{chain}" + (f"-{variant}" if variant else ""))
+
+
+def _hook_parts(table: Table) -> list[tuple[Chain, str | None]]:
+    """The table's chains, each built-in one with its variant ("" or NOTRACK_SUFFIX), user
+    chains with None. The raw table's `notrack` rules (and the jumps to their chains) get
+    a base chain of their own before conntrack; its helper rules stay where they were.
+    CT never ends a packet's walk, so splitting a chain keeps what each rule does."""
+    out: list[tuple[Chain, str | None]] = []
+    for chain in table.chains:
+        if not chain.builtin:
+            continue
+        if table.name is not TableName.RAW:
+            out.append((chain, ""))
+            continue
+        helpers = tuple(r for r in chain.rules if r.target is Target.CT
+                        and "helper" in dict(r.target_options))
+        rest = tuple(r for r in chain.rules if r not in helpers)
+        if rest:
+            out.append((replace(chain, rules=rest), NOTRACK_SUFFIX))
+        if helpers or not rest:
+            out.append((replace(chain, rules=helpers), ""))
+    users = sorted((c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
+    return out + [(c, None) for c in users]
 
 
 def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
@@ -640,43 +831,47 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
     writer = _Writer()
     ipsets = {s.name: s.cidrs for s in sets}
     families = [r.family for r in rulesets]
-    # (table, builtin chain) -> family -> its chain; plus every family's user chains.
-    builtins: dict[tuple[TableName, BuiltinChain], dict[int, Chain]] = {}
+    # (table, builtin chain, variant) -> family -> its chain; plus every family's user chains.
+    builtins: dict[tuple[TableName, BuiltinChain, str], dict[int, Chain]] = {}
     body: list[str] = []
     for ruleset in rulesets:
         family = ruleset.family
         for table in ruleset.tables:
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
-            for chain in table.chains:
-                if chain.builtin:
-                    builtins.setdefault((table.name, BuiltinChain(chain.name)),
-                                        {})[family] = chain
             shapes = _Shapes(ipsets, never_returning(table.chains)) if concat else None
-            chains = [c for c in table.chains if c.builtin] + sorted(
-                (c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
-            for chain in chains:
-                body.append(f"\tchain {names[chain.name]} {{")
-                for item in plan(chain.rules, shapes, min_concat):
+            for chain, variant in _hook_parts(table):
+                name = names[chain.name]
+                if variant is not None:
+                    builtins.setdefault((table.name, BuiltinChain(chain.name), variant),
+                                        {})[family] = chain
+                    name = _family_chain(table.name, f"{chain.name}-{variant}" if variant
+                                         else chain.name, family)
+                body.append(f"\tchain {name} {{")
+                for item in shared(plan(chain.rules, shapes, min_concat)):
                     if isinstance(item, Dispatch):
-                        text = _dispatch(item, names[chain.name], writer, names)
+                        text = _dispatch(item, name, writer, names)
                     elif isinstance(item, Concat):
                         text = _concat(item, family, writer, names, ipsets)
+                    elif isinstance(item, Share):
+                        text = _share(item, family, writer, names, ipsets)
                     else:
                         text = _rule(item, family, writer, names, ipsets)
                     body.append(f"\t\t{text}")
                 body.append("\t}")
     base: list[str] = []
     order = sorted(builtins, key=lambda k: (list(TableName).index(k[0]),
-                                            CHAIN_ORDER.index(k[1])))
-    for table_name, chain_name in order:
-        per_family = builtins[(table_name, chain_name)]
+                                            CHAIN_ORDER.index(k[1]), k[2] != NOTRACK_SUFFIX))
+    for table_name, chain_name, variant in order:
+        per_family = builtins[(table_name, chain_name, variant)]
         kind, priority = TABLE_HOOKS[table_name]
-        if priority is None:
+        if variant == NOTRACK_SUFFIX:
+            priority = NOTRACK_PRIORITY
+        elif priority is None:
             priority = NAT_PRIORITIES[chain_name]
         policies = {c.policy for c in per_family.values()}
         # One policy for the hook; a family whose own policy is laxer ends with it.
         policy = Target.DROP if Target.DROP in policies else Target.ACCEPT
-        base.append(f"\tchain {_base_chain(table_name, chain_name)} {{")
+        base.append(f"\tchain {_base_chain(table_name, chain_name, variant)} {{")
         base.append(f"\t\ttype {kind} hook {chain_name.lower()} priority {priority}; "
                     f"policy {policy.lower()};")
         for family in (4, 6):
@@ -689,8 +884,9 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
             chain = per_family.get(family)
             if chain is None:
                 continue
+            own = f"{chain_name}-{variant}" if variant else chain_name
             base.append(f"\t\tmeta nfproto {nfproto} jump "
-                        f"{_family_chain(table_name, chain_name, family)}")
+                        f"{_family_chain(table_name, own, family)}")
             if chain.policy is not policy:
                 base.append(f"\t\tmeta nfproto {nfproto} counter {str(chain.policy).lower()} "
                             'comment "fwc auto: policy"')
@@ -704,6 +900,14 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
         out += [f"\tct helper {name} {{",
                 f"\t\ttype {escape.nft_string(helper)} protocol {word}",
                 "\t\tl3proto inet", "\t}"]
+    for name, spec in writer.limits.items():
+        out += [f"\tlimit {name} {{", f"\t\t{spec}", "\t}"]
+    for name, (key_type, timeout) in writer.meters.items():
+        out += [f"\tset {name} {{", f"\t\ttype {key_type}", f"\t\tsize {METER_SIZE}",
+                f"\t\tflags dynamic{',timeout' if timeout else ''}"]
+        if timeout:
+            out.append(f"\t\ttimeout {METER_TIMEOUT}")
+        out.append("\t}")
     for kind, table in (("set", writer.sets), ("map", writer.maps)):
         for name, (key_type, flags, elements) in table.items():
             value = " : verdict" if kind == "map" else ""
