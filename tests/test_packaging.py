@@ -82,22 +82,54 @@ def test_supported_python_range_is_stated_consistently():
     assert (3, int(floor[2:])) <= sys.version_info[:2]
 
 
-@pytest.mark.parametrize("version", TESTED_RANGE)
-def test_every_supported_python_found_here_runs_fwc(version):
-    """Runs the interpreters of the stated range that this machine has (CI has 3.11;
-    Debian 12 packages no other). Those that are missing are skipped, even in CI: they
-    cannot be installed from the distribution's packages here."""
-    interpreter = shutil.which(f"python{version}")
-    if interpreter is None:
-        pytest.skip(f"python{version} is not installed on this machine")
+def _interpreter(version: str) -> str | None:
+    """A python of VERSION that runs here: on PATH, or one pyenv installed (its shims on
+    PATH do not run without `pyenv global`)."""
+    found = [shutil.which(f"python{version}"),
+             *sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version}.*/bin/python3"))]
+    for candidate in found:
+        if candidate and subprocess.run([candidate, "-c", "pass"], capture_output=True,
+                                        timeout=60).returncode == 0:
+            return candidate
+    return None
+
+
+# The stated versions this machine has (CI's machine: 3.11 as python3, 3.12 and 3.13
+# from pyenv); a version without an interpreter here is not collected, never skipped.
+FOUND_PYTHONS = {v: path for v in TESTED_RANGE if (path := _interpreter(v)) is not None}
+
+
+def test_the_running_python_is_in_the_stated_range():
+    assert f"{sys.version_info[0]}.{sys.version_info[1]}" in FOUND_PYTHONS
+
+
+@pytest.mark.parametrize("version", sorted(FOUND_PYTHONS, key=lambda v: int(v[2:])))
+def test_every_supported_python_found_here_runs_fwc(version, tmp_path):
+    """fwc checks and compiles an example under each stated Python found here, with its
+    runtime dependencies installed for that interpreter alone (pip --target)."""
+    interpreter = FOUND_PYTHONS[version]
+    path = [str(REPO)]
     has_deps = subprocess.run([interpreter, "-c", "import lark, jinja2, networkx"],
                               capture_output=True, timeout=60).returncode == 0
     if not has_deps:
-        pytest.skip(f"python{version} lacks fwc's dependencies")
+        deps = tmp_path / "deps"
+        wanted = [d for d in PROJECT["dependencies"]]
+        got = subprocess.run([interpreter, "-m", "pip", "install", "-q",
+                              "--disable-pip-version-check", "--target", str(deps), *wanted],
+                             capture_output=True, text=True, timeout=600)
+        assert got.returncode == 0, got.stderr
+        path.append(str(deps))
+    env = {"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin", "FWC_NO_CACHE": "1"}
     done = subprocess.run([interpreter, "-m", "fwc", "check", "policies/edge.fw"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    done = subprocess.run([interpreter, "-m", "fwc", "compile", "policies/edge.fw", "-o",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    golden = REPO / "output" / "edge" / "fw1" / "iptables.rules"
+    assert (out / "edge" / "fw1" / "iptables.rules").read_bytes() == golden.read_bytes()
 
 
 @pytest.fixture(scope="module")
