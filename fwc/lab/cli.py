@@ -61,6 +61,9 @@ def run_lab(args: argparse.Namespace) -> int:
         print(f"fwc lab: {exc}", file=sys.stderr)
         return 1
     print(render_text(report))
+    if report.error:
+        # progress lines only reach a terminal: the error itself always reaches stderr
+        print(f"fwc lab: {report.error}", file=sys.stderr)
     if args.json_out:
         write_json(report, args.json_out)
         print(f"fwc lab: JSON report written to {args.json_out}", file=sys.stderr)
