@@ -87,10 +87,30 @@ def needs_root() -> None:
     skip_or_fail_without_root()
 
 
+# The slowest groups (namespace labs with real daemons, a real Ansible run): under
+# pytest-xdist (`-n N --dist loadgroup`, tests/run.sh) they are queued first, so that
+# the long ones do not start last. A module's tests share a worker (its module-scoped
+# fixtures are built once), except the lab tests that do not need the edge lab fixture.
+SLOW_FIRST = ("tests/test_lab.py", "tests/test_lab_gateway.py", "tests/test_ansible_netns.py",
+              "tests/test_lab_groups.py", "tests/test_lab_optimised.py",
+              "tests/test_lab_nft.py", "tests/test_lab_reboot.py")
+ONE_GROUP_PER_TEST = ("tests/test_lab.py",)
+
+
+def _group(item: pytest.Item) -> str:
+    module = item.nodeid.split("::")[0]
+    if module in ONE_GROUP_PER_TEST and "edge_lab" not in item.fixturenames:
+        return item.nodeid
+    return module
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("root") or item.get_closest_marker("lab"):
             item.fixturenames.insert(0, "needs_root")
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    slow = {module: rank for rank, module in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: slow.get(item.nodeid.split("::")[0], len(slow)))
 
 
 @pytest.fixture

@@ -24,4 +24,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test,fast]'
 python3 -m ruff check fwc tests bench
-python3 -m pytest -q -p no:cacheprovider "$@"
+# Three workers on CI's two cores: the namespace labs mostly wait (adverts, preempt
+# delays), the rest is CPU; tests/conftest.py keeps a module's tests on one worker
+# and queues the slowest first.
+python3 -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup "$@"
