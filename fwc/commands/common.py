@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from fwc.cache import CacheRefused, ResultCache, open_cache
-from fwc.diagnostics import Diagnostic, print_diagnostics
+from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
+from fwc.pipeline import Analysis, analyse
 
 
 def report(diagnostics: Iterable[Diagnostic], texts: dict[str, str], fmt: str = "text") -> None:
@@ -63,3 +64,14 @@ def result_cache(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
     except CacheRefused as exc:
         print(f"fwc: not using the cache: {exc}", file=sys.stderr)
         return None
+
+
+def resolved(args: argparse.Namespace) -> Analysis | None:
+    """ARGS.file parsed and resolved without the checks (query, graph): None, after the
+    errors are printed, when it does not resolve."""
+    analysis = analyse(args.file, run_checks=False, include_path=args.include_path)
+    if analysis.policy is None or has_errors(analysis.diagnostics):
+        print_diagnostics([d for d in analysis.diagnostics if d.is_error],
+                          analysis.program.texts)
+        return None
+    return analysis

@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 
 from fwc.backend.render.escape import dot_label, dot_string
-from fwc.diagnostics import has_errors, print_diagnostics
+from fwc.commands.common import resolved
 from fwc.model import Cluster, Policy
 from fwc.model.topology import topology
-from fwc.pipeline import analyse
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
 DOT_TIMEOUT_S = 60
@@ -168,10 +167,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    analysis = analyse(args.file, run_checks=False, include_path=args.include_path)
-    if analysis.policy is None or has_errors(analysis.diagnostics):
-        print_diagnostics([d for d in analysis.diagnostics if d.is_error],
-                          analysis.program.texts)
+    analysis = resolved(args)
+    if analysis is None or analysis.policy is None:
         return EXIT_POLICY
     if not analysis.policy.clusters:
         print("fwc graph: error: the policy defines no cluster", file=sys.stderr)

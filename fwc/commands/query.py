@@ -28,11 +28,11 @@ from fwc.analysis.engine import (
     merge_routed_pieces,
 )
 from fwc.analysis.space import LOCAL
-from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
+from fwc.commands.common import resolved
+from fwc.diagnostics import Diagnostic, print_diagnostics
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, parse_fragment
 from fwc.frontend.resolve import FragmentResolver
-from fwc.pipeline import analyse
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
 
@@ -197,10 +197,8 @@ def answer(policy: model.Policy, question: Question, resolver: FragmentResolver)
 
 
 def run(args: argparse.Namespace) -> int:
-    analysis = analyse(args.file, run_checks=False, include_path=args.include_path)
-    if analysis.policy is None or has_errors(analysis.diagnostics):
-        print_diagnostics([d for d in analysis.diagnostics if d.is_error],
-                          analysis.program.texts)
+    analysis = resolved(args)
+    if analysis is None or analysis.policy is None:
         return EXIT_POLICY
     policy = analysis.policy
     texts = analysis.program.texts

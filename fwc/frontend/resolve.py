@@ -420,17 +420,6 @@ class Resolver:
                          groups=self.resolve_groups(decl), logging=self.resolve_logging(decl),
                          defaults=self.resolve_defaults(decl))
 
-    def signed(self, word: s.Word, what: str, low: int, high: int, code: str) -> int | None:
-        try:
-            value = int(word.text)
-        except ValueError:
-            self.err("FWC109", f"{what} must be a number, got '{word.text}'", word.span)
-            return None
-        if not low <= value <= high:
-            self.err(code, f"{what} {value} is out of range {low}-{high}", word.span)
-            return None
-        return value
-
     def resolve_tracks(self, decl: s.ClusterDecl) -> tuple[m.Track, ...]:
         out: list[m.Track] = []
         for item in decl.track:
@@ -443,7 +432,7 @@ class Resolver:
                     continue
             weight = None
             if "weight" in opts and opts["weight"].value is not None:
-                weight = self.signed(opts["weight"].value, "track weight",
+                weight = self.integer(opts["weight"].value, "track weight",
                                      *proto.TRACK_WEIGHT_RANGE, "FWC256")
                 ok = ok and weight is not None
             interval = proto.DEFAULT_TRACK_INTERVAL_S

@@ -10,7 +10,7 @@ import json
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +218,20 @@ def stop_proc(lab: Lab, proc: Proc, grace: float = 3.0) -> None:
     lab.state.forget(proc)
 
 
+def crash_until_taken_over(lab: Lab, crashed: Node, others: Sequence[Node]) \
+        -> tuple[float, float | None, list[Node]]:
+    """Crash CRASHED hard; wait (20 s at most) until one of OTHERS holds every VIP.
+    Returns the crash time, the takeover time (None: nobody took over) and the holder."""
+    t_fail = crashed.crash()
+    holder: list[Node] = []
+
+    def taken() -> bool:
+        holder[:] = [n for n in others if n.vips_held() == lab.vip_set]
+        return bool(holder)
+
+    return t_fail, wait_for(taken, 20.0), holder
+
+
 def _longest_gap(recv: list[float], start: float, end: float) -> float | None:
     """Longest interval between consecutive echoes received in [START, END]."""
     window = [r for r in recv if start <= r <= end]
@@ -280,14 +294,7 @@ def failover_drill(
             f"(kernel entries on master: {res.flow_via_master}, backup external "
             f"cache: {res.external_flows_before}); failing {master.name} hard"
         )
-        t_fail = master.crash()
-        new_master: list[Node] = []
-
-        def taken_over() -> bool:
-            new_master[:] = [n for n in others if n.vips_held() == lab.vip_set]
-            return bool(new_master)
-
-        res.takeover_s = wait_for(taken_over, 20.0)
+        t_fail, res.takeover_s, new_master = crash_until_taken_over(lab, master, others)
         if new_master and new_master[0] is not backup:
             res.notes.append(f"{new_master[0].name} took over, not {backup.name}")
             backup = new_master[0]
@@ -570,14 +577,7 @@ def active_active_drill(lab: Lab, label: str, crashed: Node,
         lab.progress(f"  [{label}] connections through "
                      + ", ".join(f"{f.group} ({f.flow})" for f in res.flows)
                      + f"; failing {crashed.name} hard")
-        t_fail = crashed.crash()
-        holder: list[Node] = []
-
-        def taken() -> bool:
-            holder[:] = [n for n in survivors if n.vips_held() == lab.vip_set]
-            return bool(holder)
-
-        res.takeover_s = wait_for(taken, 20.0)
+        t_fail, res.takeover_s, holder = crash_until_taken_over(lab, crashed, survivors)
         if res.takeover_s is None:
             res.notes.append("no surviving member took every VIP")
         else:
