@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from fwc.lab.filters import PACKET_FILTERS
 from fwc.lab.reboot import BootWatch, RebootResult, judge_boot, judge_reboot
 from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabReport
+from fwc.model.vocabulary import Backend
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1000.0
+WIPED = PACKET_FILTERS[Backend.IPTABLES].forward_wiped
 
 
 def _watch(on_at: float, absent_at: float, in_by: float) -> dict[str, object]:
@@ -41,7 +44,7 @@ def _watch(on_at: float, absent_at: float, in_by: float) -> dict[str, object]:
 def test_judge_boot_passes_rules_then_forwarding() -> None:
     log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
     syns = [[T0 + 0.055 + i * 0.005, "198.51.100.254", 61000 + i] for i in range(100)]
-    bw = judge_boot(_watch(0.052, 0.02, 0.047), syns, log, T0, 0)
+    bw = judge_boot(_watch(0.052, 0.02, 0.047), syns, log, T0, 0, forward_wiped=WIPED)
     assert bw.ok, bw.problems
     assert bw.forwarded_before_rules == 0 and bw.forwarded_after_rules == 100
     assert bw.syns_sent_before_rules == 70  # from 0.3 s before the script to 'rules loaded'
@@ -52,7 +55,7 @@ def test_judge_boot_catches_forwarding_before_the_rules() -> None:
     # Forwarding on at 0.002 s, the chain still wiped at 0.3 s, packets through at once.
     log = [(T0 + 0.35, "rules loaded"), (T0 + 0.36, "forwarding on")]
     syns = [[T0 + 0.003 + i * 0.005, "192.0.2.10", 61000 + i] for i in range(120)]
-    bw = judge_boot(_watch(0.002, 0.3, 0.34), syns, log, T0, 0)
+    bw = judge_boot(_watch(0.002, 0.3, 0.34), syns, log, T0, 0, forward_wiped=WIPED)
     assert not bw.ok
     text = " | ".join(bw.problems)
     assert "before the script's 'rules loaded'" in text
@@ -64,7 +67,7 @@ def test_judge_boot_catches_forwarding_before_the_rules() -> None:
 def test_judge_boot_refuses_a_vacuous_probe() -> None:
     # Nothing got through at all, even after the boot: the probe missed the node.
     log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
-    bw = judge_boot(_watch(0.052, 0.02, 0.047), [], log, T0, 0)
+    bw = judge_boot(_watch(0.052, 0.02, 0.047), [], log, T0, 0, forward_wiped=WIPED)
     assert any("proves nothing" in p for p in bw.problems)
     # And a node that was not wiped (forwarding on, rules in) cannot pass either.
     watch = _watch(0.052, 0.02, 0.047)
@@ -72,7 +75,7 @@ def test_judge_boot_refuses_a_vacuous_probe() -> None:
     chains = watch["chains"]
     assert isinstance(chains, dict)
     chains["4"]["wiped"] = "-P FORWARD DROP\n"
-    bw = judge_boot(watch, [[T0 + 0.06, "x", 61000]], log, T0, 0)
+    bw = judge_boot(watch, [[T0 + 0.06, "x", 61000]], log, T0, 0, forward_wiped=WIPED)
     assert any("forwarding was 1 before" in p for p in bw.problems)
     assert any("FORWARD was not wiped" in p for p in bw.problems)
 
