@@ -25,6 +25,7 @@ from fwc.model.vocabulary import Backend
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1000.0
 WIPED = PACKET_FILTERS[Backend.IPTABLES].forward_wiped
+WIPED_LISTING = {Backend.IPTABLES: "-P FORWARD ACCEPT", Backend.NFTABLES: ""}
 
 
 def _watch(on_at: float, absent_at: float, in_by: float) -> dict[str, object]:
@@ -122,16 +123,20 @@ def test_reboot_in_text_and_json_report() -> None:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("backend", list(Backend), ids=str)
 def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_script(
-    tmp_path: Path,
+    tmp_path: Path, backend: Backend
 ) -> None:
+    """Per backend: edge.fw compiled for it (nftables: as `fwc lab --backend nftables`),
+    wiped by its packet filter's wipe and watched by its forward-hook listing."""
     from fwc.lab.adapter import load_source
     from fwc.lab.netns import lab_namespaces, teardown
     from fwc.lab.reboot import boot_and_watch
     from fwc.lab.running import Lab
     from fwc.lab.topology import plan
 
-    source = load_source(REPO / "policies" / "edge.fw")
+    source = load_source(REPO / "policies" / "edge.fw", backend=backend)
+    assert source.cluster.backend is backend
     prefix = f"fwc{os.getpid()}b"
     (tmp_path / "logs").mkdir()
     lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
@@ -154,6 +159,8 @@ def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_scri
         node.crash()
         wiped = node.wipe()
         assert wiped["rules"] == 0 and wiped["processes"] == 0, wiped
+        if backend is Backend.NFTABLES:
+            assert node.exec(["nft", "list", "ruleset"]).stdout.strip() == ""
         bad = boot_and_watch(lab, node, lab.flow, "bad-boot")
         assert bad.rc == 0 and not bad.ok
         assert bad.forwarded_before_rules > 0, bad
@@ -169,6 +176,7 @@ def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_scri
         assert good.syns_sent_before_rules > 0, good
         assert good.rules_loaded_s is not None
         assert all(t > good.rules_loaded_s for t in good.forwarding_on_s.values()), good
+        assert good.rules_before == {"4": WIPED_LISTING[backend], "6": WIPED_LISTING[backend]}
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []
