@@ -323,6 +323,29 @@ def test_the_lab_takes_the_nft_backend_from_the_policy_or_the_command_line(
         load_source(path)
 
 
+def test_lab_backend_option_reaches_the_source(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`fwc lab --backend nftables` hands the backend to load_source (nothing starts)."""
+    from fwc.lab import adapter, cli
+    from fwc.model.vocabulary import Backend
+
+    seen: list[object] = []
+
+    def fake_load(*args: object) -> LabSource:
+        seen.append(args[-1])
+        raise LabRefused("stop here")
+
+    monkeypatch.setattr(cli, "require_root", lambda: None)
+    monkeypatch.setattr(cli, "leftover_labs", lambda: [])
+    monkeypatch.setattr(adapter, "load_source", fake_load)
+    assert cli.main(["policies/edge.fw", "--backend", "nftables"]) == 2
+    assert cli.main(["policies/edge.fw"]) == 2
+    assert seen == [Backend.NFTABLES, None]
+    assert "refused: stop here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["policies/edge.fw", "--backend", "pf"])
+
+
 def test_the_lab_refuses_a_backend_the_policy_cannot_be_compiled_for() -> None:
     from fwc.model.vocabulary import Backend
 
@@ -524,7 +547,8 @@ def test_sigterm_tears_the_lab_down(tmp_path: Path, examples: Examples) -> None:
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-        assert "interrupted by signal SIGTERM" in err
+        # The report (stdout) says why; progress lines go to stderr only on a terminal.
+        assert "ERROR: interrupted by signal SIGTERM" in out, out + err
         assert proc.returncode == 1
         assert lab_namespaces(prefix) == []
         assert not Path(f"/run/fwc-lab/{prefix}").exists()

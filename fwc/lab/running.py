@@ -10,6 +10,7 @@ generated files, then confirmed, exactly as on a real node.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,10 @@ class Lab:
         if known is None:
             raise LabRefused(f"the drills do not know the {plan_.cluster.backend} packet "
                              "filter; nothing was started")
+        missing = [tool for tool in known.tools if shutil.which(tool) is None]
+        if missing:
+            raise LabRefused(f"fwc lab needs {', '.join(missing)} on PATH for a cluster "
+                             f"compiled for {plan_.cluster.backend}; nothing was started")
         # What the drills run on the members' packet filter (fwc.lab.filters).
         self.packet_filter: PacketFilter = known
         self.vip_set = {str(v.ip) for v in all_vips(plan_)}
