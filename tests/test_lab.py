@@ -289,20 +289,83 @@ def test_load_source_compiles_in_process_or_reads_a_verified_tree(
         load_source(bad)
 
 
-def test_the_lab_refuses_what_the_files_table_says_it_cannot_read(
+def test_the_lab_takes_the_nft_backend_from_the_policy_or_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`backend nftables` in the policy and `fwc lab --backend nftables` give the same
+    cluster and files; a backend the drills do not know is refused up front."""
+    from fwc.model.vocabulary import Backend
+
     text = EDGE_TEXT.replace("cluster edge {", "cluster edge {\n    backend nftables")
     path = tmp_path / "edge.fw"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(LabRefused, match="backend nftables"):
-        load_source(path)
-    # Once fwc install handles a backend, the lab still refuses it until its drills do.
-    from fwc.lab import adapter
+    in_policy = load_source(path)
+    assert in_policy.cluster.backend is Backend.NFTABLES
+    assert {"nftables.nft", "failsafe.nft"} <= set(in_policy.files["fw1"])
+    assert "iptables.rules" not in in_policy.files["fw1"]
+    plain = tmp_path / "plain" / "edge.fw"
+    plain.parent.mkdir()
+    plain.write_text(EDGE_TEXT, encoding="utf-8")
+    overridden = load_source(plain, backend=Backend.NFTABLES)
+    assert overridden.cluster.backend is Backend.NFTABLES
+    assert overridden.policy.clusters[0] is overridden.cluster
+    strip = re.compile(r"edge\.fw:\d+")  # the same lines, the files in other directories
+    for member, files in in_policy.files.items():
+        assert set(files) == set(overridden.files[member])
+        assert strip.sub("", files["nftables.nft"]) == \
+            strip.sub("", overridden.files[member]["nftables.nft"])
+    assert load_source(path, backend=Backend.IPTABLES).cluster.backend is Backend.IPTABLES
+    from fwc.lab import filters
 
-    monkeypatch.setattr(adapter, "backend_refusal", lambda *args: None)
-    with pytest.raises(LabRefused, match="drills wipe, watch and change iptables state"):
+    monkeypatch.setattr(filters, "PACKET_FILTERS", {Backend.IPTABLES: filters.PACKET_FILTERS[
+        Backend.IPTABLES]})
+    with pytest.raises(LabRefused, match="backend nftables.*cannot wipe, watch or change"):
         load_source(path)
+
+
+def test_lab_backend_option_reaches_the_source(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`fwc lab --backend nftables` hands the backend to load_source (nothing starts)."""
+    from fwc.lab import adapter, cli
+    from fwc.model.vocabulary import Backend
+
+    seen: list[object] = []
+
+    def fake_load(*args: object) -> LabSource:
+        seen.append(args[-1])
+        raise LabRefused("stop here")
+
+    monkeypatch.setattr(cli, "require_root", lambda: None)
+    monkeypatch.setattr(cli, "leftover_labs", lambda: [])
+    monkeypatch.setattr(adapter, "load_source", fake_load)
+    assert cli.main(["policies/edge.fw", "--backend", "nftables"]) == 2
+    assert cli.main(["policies/edge.fw"]) == 2
+    assert seen == [Backend.NFTABLES, None]
+    assert "refused: stop here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["policies/edge.fw", "--backend", "pf"])
+
+
+def test_the_lab_refuses_a_backend_the_policy_cannot_be_compiled_for() -> None:
+    from fwc.model.vocabulary import Backend
+
+    # busy.fw uses limits, notrack and MSS clamping, which nft cannot write yet.
+    with pytest.raises(LabRefused, match=r"backend nftables.*FWC429"):
+        load_source(REPO / "policies" / "busy.fw", backend=Backend.NFTABLES)
+
+
+def test_the_lab_drills_the_backend_a_compiled_tree_holds(tmp_path: Path) -> None:
+    from fwc.cli import main as fwc_main
+    from fwc.model.vocabulary import Backend
+
+    out = tmp_path / "out"
+    policy = REPO / "policies" / "edge.fw"
+    assert fwc_main(["compile", str(policy), "-o", str(out), "--backend", "nftables"]) == 0
+    source = load_source(policy, compiled=out)
+    assert source.cluster.backend is Backend.NFTABLES
+    assert "nftables.nft" in source.files["fw1"]
+    with pytest.raises(LabRefused, match="compiled for `backend nftables`, not iptables"):
+        load_source(policy, compiled=out, backend=Backend.IPTABLES)
 
 
 def test_hosts_beyond_the_segments_sit_on_the_outside_host() -> None:
@@ -484,7 +547,8 @@ def test_sigterm_tears_the_lab_down(tmp_path: Path, examples: Examples) -> None:
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-        assert "interrupted by signal SIGTERM" in err
+        # The report (stdout) says why; progress lines go to stderr only on a terminal.
+        assert "ERROR: interrupted by signal SIGTERM" in out, out + err
         assert proc.returncode == 1
         assert lab_namespaces(prefix) == []
         assert not Path(f"/run/fwc-lab/{prefix}").exists()

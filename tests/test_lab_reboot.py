@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from fwc.lab.filters import PACKET_FILTERS
 from fwc.lab.reboot import BootWatch, RebootResult, judge_boot, judge_reboot
 from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabReport
+from fwc.model.vocabulary import Backend
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1000.0
+WIPED = PACKET_FILTERS[Backend.IPTABLES].forward_wiped
+WIPED_LISTING = {Backend.IPTABLES: "-P FORWARD ACCEPT", Backend.NFTABLES: ""}
 
 
 def _watch(on_at: float, absent_at: float, in_by: float) -> dict[str, object]:
@@ -41,7 +45,7 @@ def _watch(on_at: float, absent_at: float, in_by: float) -> dict[str, object]:
 def test_judge_boot_passes_rules_then_forwarding() -> None:
     log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
     syns = [[T0 + 0.055 + i * 0.005, "198.51.100.254", 61000 + i] for i in range(100)]
-    bw = judge_boot(_watch(0.052, 0.02, 0.047), syns, log, T0, 0)
+    bw = judge_boot(_watch(0.052, 0.02, 0.047), syns, log, T0, 0, forward_wiped=WIPED)
     assert bw.ok, bw.problems
     assert bw.forwarded_before_rules == 0 and bw.forwarded_after_rules == 100
     assert bw.syns_sent_before_rules == 70  # from 0.3 s before the script to 'rules loaded'
@@ -52,7 +56,7 @@ def test_judge_boot_catches_forwarding_before_the_rules() -> None:
     # Forwarding on at 0.002 s, the chain still wiped at 0.3 s, packets through at once.
     log = [(T0 + 0.35, "rules loaded"), (T0 + 0.36, "forwarding on")]
     syns = [[T0 + 0.003 + i * 0.005, "192.0.2.10", 61000 + i] for i in range(120)]
-    bw = judge_boot(_watch(0.002, 0.3, 0.34), syns, log, T0, 0)
+    bw = judge_boot(_watch(0.002, 0.3, 0.34), syns, log, T0, 0, forward_wiped=WIPED)
     assert not bw.ok
     text = " | ".join(bw.problems)
     assert "before the script's 'rules loaded'" in text
@@ -64,7 +68,7 @@ def test_judge_boot_catches_forwarding_before_the_rules() -> None:
 def test_judge_boot_refuses_a_vacuous_probe() -> None:
     # Nothing got through at all, even after the boot: the probe missed the node.
     log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
-    bw = judge_boot(_watch(0.052, 0.02, 0.047), [], log, T0, 0)
+    bw = judge_boot(_watch(0.052, 0.02, 0.047), [], log, T0, 0, forward_wiped=WIPED)
     assert any("proves nothing" in p for p in bw.problems)
     # And a node that was not wiped (forwarding on, rules in) cannot pass either.
     watch = _watch(0.052, 0.02, 0.047)
@@ -72,7 +76,7 @@ def test_judge_boot_refuses_a_vacuous_probe() -> None:
     chains = watch["chains"]
     assert isinstance(chains, dict)
     chains["4"]["wiped"] = "-P FORWARD DROP\n"
-    bw = judge_boot(watch, [[T0 + 0.06, "x", 61000]], log, T0, 0)
+    bw = judge_boot(watch, [[T0 + 0.06, "x", 61000]], log, T0, 0, forward_wiped=WIPED)
     assert any("forwarding was 1 before" in p for p in bw.problems)
     assert any("FORWARD was not wiped" in p for p in bw.problems)
 
@@ -119,16 +123,20 @@ def test_reboot_in_text_and_json_report() -> None:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("backend", list(Backend), ids=str)
 def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_script(
-    tmp_path: Path,
+    tmp_path: Path, backend: Backend
 ) -> None:
+    """Per backend: edge.fw compiled for it (nftables: as `fwc lab --backend nftables`),
+    wiped by its packet filter's wipe and watched by its forward-hook listing."""
     from fwc.lab.adapter import load_source
     from fwc.lab.netns import lab_namespaces, teardown
     from fwc.lab.reboot import boot_and_watch
     from fwc.lab.running import Lab
     from fwc.lab.topology import plan
 
-    source = load_source(REPO / "policies" / "edge.fw")
+    source = load_source(REPO / "policies" / "edge.fw", backend=backend)
+    assert source.cluster.backend is backend
     prefix = f"fwc{os.getpid()}b"
     (tmp_path / "logs").mkdir()
     lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
@@ -151,6 +159,8 @@ def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_scri
         node.crash()
         wiped = node.wipe()
         assert wiped["rules"] == 0 and wiped["processes"] == 0, wiped
+        if backend is Backend.NFTABLES:
+            assert node.exec(["nft", "list", "ruleset"]).stdout.strip() == ""
         bad = boot_and_watch(lab, node, lab.flow, "bad-boot")
         assert bad.rc == 0 and not bad.ok
         assert bad.forwarded_before_rules > 0, bad
@@ -166,6 +176,7 @@ def test_boot_watch_catches_forwarding_before_rules_and_passes_the_compiled_scri
         assert good.syns_sent_before_rules > 0, good
         assert good.rules_loaded_s is not None
         assert all(t > good.rules_loaded_s for t in good.forwarding_on_s.values()), good
+        assert good.rules_before == {"4": WIPED_LISTING[backend], "6": WIPED_LISTING[backend]}
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []

@@ -14,21 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fwc.backend.files import backend_refusal
 from fwc.backend.manifest import NAME as MANIFEST
+from fwc.lab.filters import packet_filter
 from fwc.lab.netns import LabError, LabRefused
 from fwc.model import Cluster, Policy
 from fwc.model.vocabulary import Backend
 
 # member -> file name (a row of fwc.backend.files) -> its text
 MemberFiles = Mapping[str, Mapping[str, str]]
-
-# The files reach a member through fwc install, whatever its backend; but three drill
-# steps read or change the kernel's packet filter themselves, with iptables so far: the
-# reboot drill's wipe (daemons.Node.wipe) and its FORWARD watcher (probe.py watch),
-# and the routed drill's SNAT exemption (running.Lab.prepare_mode). A backend joins
-# here once those three know it.
-DRILLED_BACKENDS = (Backend.IPTABLES,)
 
 
 @dataclass(frozen=True)
@@ -46,9 +39,15 @@ def load_source(
     compiled: Path | None = None,
     cluster_name: str | None = None,
     include_path: Sequence[Path] = (),
+    backend: Backend | None = None,
 ) -> LabSource:
     """Analyse POLICY_FILE, pick one cluster and get its files (compiled here unless
-    COMPILED names an `fwc compile` output directory)."""
+    COMPILED names an `fwc compile` output directory).
+
+    BACKEND (`fwc lab --backend`) overrides the cluster's `backend` as `fwc compile
+    --backend` does: the model's cluster with that backend, checked and compiled.
+    A COMPILED tree brings its own (its MANIFEST's `backend` line), and the lab
+    drills what the tree holds."""
     from fwc.diagnostics import render_text
     from fwc.pipeline import analyse
 
@@ -63,17 +62,55 @@ def load_source(
     cluster = policy.cluster(cluster_name) if cluster_name else policy.clusters[0]
     if cluster is None:
         raise LabRefused(f"no cluster {cluster_name!r} in {policy_file}")
-    refusal = backend_refusal(cluster.name, cluster.backend, "fwc lab")
-    if refusal is None and cluster.backend not in DRILLED_BACKENDS:
-        refusal = (f"cluster '{cluster.name}' uses `backend {cluster.backend}`: the lab's "
-                   "drills wipe, watch and change iptables state only so far, so nothing "
-                   "was started")
-    if refusal is not None:
-        raise LabRefused(refusal)
+    if compiled is not None:
+        tree = compiled_backend(compiled, cluster)
+        if backend is not None and backend is not tree:
+            raise LabRefused(f"{compiled / cluster.name} was compiled for `backend {tree}`, "
+                             f"not {backend}: drop --backend, or compile with "
+                             f"`fwc compile --backend {backend}`; nothing was started")
+        backend = tree
+    if backend is not None and backend is not cluster.backend:
+        policy, cluster = backend_variant(policy, cluster, backend)
+    # The files reach a member through fwc install, whatever its backend; three drill
+    # steps act on the packet filter themselves, and fwc.lab.filters says how per backend.
+    if packet_filter(cluster.backend) is None:
+        raise LabRefused(f"cluster '{cluster.name}' uses `backend {cluster.backend}`: the "
+                         "lab's drills cannot wipe, watch or change that packet filter, so "
+                         "nothing was started")
     if compiled is None:
         return LabSource(policy, cluster, compile_cluster(policy, cluster), "compiled in-process")
     return LabSource(policy, cluster, read_compiled(compiled, policy, cluster),
                      f"{compiled / cluster.name} (MANIFEST verified)")
+
+
+def compiled_backend(output: Path, cluster: Cluster) -> Backend:
+    """The backend an `fwc compile` tree holds CLUSTER's files for (its MANIFEST says)."""
+    from fwc.install.compiled import CompiledError, read_manifest
+
+    try:
+        return read_manifest(output / cluster.name).backend
+    except CompiledError as exc:
+        raise LabRefused(f"{exc} (or run the lab without --compiled: it compiles in-process)") \
+            from exc
+
+
+def backend_variant(policy: Policy, cluster: Cluster, backend: Backend) -> tuple[Policy, Cluster]:
+    """POLICY with CLUSTER compiled for BACKEND, checked by every check of `fwc check`.
+
+    A policy the backend cannot express (FWC429 and the other capability checks)
+    is refused with the checks' own words before anything starts.
+    """
+    from fwc.checks import run_checks
+
+    variant = replace(cluster, backend=backend)
+    varied = replace(policy, clusters=tuple(variant if c.name == cluster.name else c
+                                            for c in policy.clusters))
+    errors = [d for d in run_checks(varied) if d.is_error]
+    if errors:
+        why = "; ".join(f"{d.code} {d.message}" for d in errors)
+        raise LabRefused(f"cluster '{cluster.name}' cannot be compiled for `backend {backend}`: "
+                         f"{why}; nothing was started")
+    return varied, variant
 
 
 def compile_cluster(policy: Policy, cluster: Cluster) -> dict[str, dict[str, str]]:

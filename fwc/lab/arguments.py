@@ -94,6 +94,13 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         help="install the `fwc compile -o DIR` output (verified against its MANIFEST) "
         "instead of compiling in-process",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("iptables", "nftables"),  # fwc.model.vocabulary.Backend, as fwc compile's
+        default=None,
+        help="packet filter to compile and drill the cluster for (overrides the policy's "
+        "`backend`, as with fwc compile; with --compiled the tree's must match)",
+    )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")
     add_include_path_argument(parser)

@@ -20,6 +20,7 @@ def run_lab(args: argparse.Namespace) -> int:
     from fwc.lab.adapter import load_source
     from fwc.lab.report import render_text, write_json
     from fwc.lab.runner import LabOptions, run_lab
+    from fwc.model.vocabulary import Backend
 
     why = require_root()
     if why:
@@ -42,7 +43,8 @@ def run_lab(args: argparse.Namespace) -> int:
         print("fwc lab: a policy FILE is required", file=sys.stderr)
         return 2
     try:
-        source = load_source(args.file, args.compiled, args.cluster, args.include_path)
+        source = load_source(args.file, args.compiled, args.cluster, args.include_path,
+                             Backend(args.backend) if args.backend else None)
         options = LabOptions(
             keep=args.keep,
             remap=args.remap,

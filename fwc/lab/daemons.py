@@ -26,6 +26,7 @@ from pathlib import Path
 from fwc.backend.files import FILES, Reload, path_of
 from fwc.install import scripts
 from fwc.install.transport import NetnsTransport
+from fwc.lab.filters import PacketFilter
 from fwc.lab.netns import PYTHON, LabError, LabState, Proc, netns_pids, run
 from fwc.lab.topology import IPInterface
 
@@ -38,13 +39,6 @@ BOOT_SCRIPT = next(f for f in FILES if f.reload is Reload.BOOT)
 ROUTES_SCRIPT = next(f for f in FILES if f.reload is Reload.ROUTES)
 SYSLOG = "/run/fwc-lab/syslog.log"
 FORWARDING_KEYS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
-BUILTIN_CHAINS = {
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "raw": ("PREROUTING", "OUTPUT"),
-    "security": ("INPUT", "FORWARD", "OUTPUT"),
-}
 
 # There is no /dev/log in the lab, so `logger` in the notify hook would lose
 # its lines. Inside each member this stand-in is bind-mounted over
@@ -80,8 +74,11 @@ class Node:
         devices: Sequence[str],
         vips: Sequence[IPInterface],
         logdir: Path,
+        packet_filter: PacketFilter,
     ) -> None:
         self.state = state
+        # How the drills wipe, list and change this member's packet filter (its backend).
+        self.packet_filter = packet_filter
         self.name = name
         self.ns = ns
         self.devices = list(devices)
@@ -288,26 +285,14 @@ class Node:
         self.drop_vips()
         self.exec(["conntrack", "-F"], check=False)
         self.exec(["conntrack", "-F", "expect"], check=False)
-        for tool in ("iptables", "ip6tables"):
-            tables = self.exec([f"{tool}-save"], check=False).stdout
-            empty = "".join(
-                f"*{table}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in BUILTIN_CHAINS[table])
-                + "COMMIT\n"
-                for table in re.findall(r"^\*(\S+)", tables, re.M)
-                if table in BUILTIN_CHAINS
-            )
-            if empty:
-                self.exec([f"{tool}-restore"], input=empty)
+        for argv, stdin in self.packet_filter.wipe(self._listing):
+            self.exec(list(argv), input=stdin)
         self.exec(["ipset", "destroy"], check=False)
         for key in FORWARDING_KEYS:
             self.exec(["sysctl", "-qw", f"{key}=0"], check=False)
         self._clean_run_files()
         self.exec(["rm", "-f", "/run/fwc-notify.lock"], check=False)
-        rules = sum(
-            line.startswith("-A ")
-            for tool in ("iptables", "ip6tables")
-            for line in self.exec([f"{tool}-save"], check=False).stdout.splitlines()
-        )
+        rules = self.packet_filter.rules_left(self._listing)
         entries = self.exec(["conntrack", "-C"], check=False).stdout.strip()
         return {
             "processes": len(netns_pids(self.ns)),
@@ -320,6 +305,9 @@ class Node:
                 for key in FORWARDING_KEYS
             },
         }
+
+    def _listing(self, cmd: Sequence[str]) -> str:
+        return self.exec(cmd, check=False).stdout
 
     def boot(self) -> tuple[int, str, float, float]:
         """The compiled boot script, as fwc-firewall.service runs it: rc, stderr, wall times."""

@@ -278,7 +278,13 @@ def failover_drill(
             return res
         res.connected = True
         sport = stream.parse()[1].get("sport", "")
-        res.flow_via_master = sum(f"sport={sport}" in ln for ln in master.kernel_flows(flow.port))
+        entries = [ln for ln in master.kernel_flows(flow.port) if f"sport={sport}" in ln]
+        res.flow_via_master = len(entries)
+        res.translated = source_translated(entries, str(flow.src))
+        if res.translated is not None and res.translated != (mode == "snat"):
+            res.notes.append(f"the {mode} drill's connection was "
+                             f"{'' if res.translated else 'not '}source-translated on "
+                             f"{master.name}: {entries[0].strip()}")
 
         def mine() -> list[str]:
             return [ln for ln in backup.external_flows(flow.port) if f"sport={sport}" in ln]
@@ -366,15 +372,29 @@ def failover_drill(
         val = getattr(res, key)
         if val is not None:
             setattr(res, key, round(val, 3))
+    # A routed drill whose connection was SNATed (or the reverse) drilled another mode.
+    as_mode = res.translated is None or res.translated == (mode == "snat")
     if expect == "survive":
         res.ok = (
-            res.connected
+            as_mode
+            and res.connected
             and res.survived_failover
             and (not failback or bool(res.survived_failback))
         )
     else:
-        res.ok = res.connected and not res.survived_failover and res.takeover_s is not None
+        res.ok = (as_mode and res.connected and not res.survived_failover
+                  and res.takeover_s is not None)
     return res
+
+
+def source_translated(entries: Sequence[str], src: str) -> bool | None:
+    """Whether the first of ENTRIES (`conntrack -L` lines of one connection from SRC)
+    has its source translated: its reply goes to another address than SRC."""
+    for line in entries:
+        dsts = re.findall(r"\bdst=(\S+)", line)
+        if len(dsts) >= 2:
+            return dsts[1] != src
+    return None
 
 
 def failover_for_probes(lab: Lab, on_backup: Callable[[Node], None]) -> None:

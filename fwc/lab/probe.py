@@ -10,7 +10,7 @@ Commands:
   stream  --src A --dst B --port P [--interval S] [--duration S]
   syns    --src A --dst B --port P --sport-base N [--interval S] [--duration S]
   capture --device D --dst B --port P [--duration S]
-  watch   [--period S] [--duration S]                   forwarding and FORWARD chains
+  watch   --listers JSON [--period S] [--duration S]    forwarding and the forward hook
 
 ``probe``, ``syns``, ``capture`` and ``watch`` print one JSON object (the
 last three when they stop: SIGTERM or their duration; ``syns``, ``capture`` and
@@ -377,14 +377,16 @@ def _read(path: str) -> str:
 
 
 def watch(args: argparse.Namespace) -> int:
-    """Sample forwarding (every PERIOD) and the FORWARD chains (as fast as they list).
+    """Sample forwarding (every PERIOD) and the forward hook (as fast as it lists).
 
     Runs inside a member's network namespace, where /proc/sys/net is the
-    member's. A FORWARD chain counts as loaded once `iptables -S FORWARD`
-    differs from what it listed first (the wiped chain). For each chain
-    listing the start and end times are kept: the rules were certainly
-    absent when a listing that saw the wiped chain started, and certainly
-    in when the first listing that saw them ended.
+    member's. LISTERS gives per family the command that lists the forward hook
+    (the lab's table of packet filters, fwc/lab/filters.py: `iptables -S FORWARD`,
+    `nft list chains`); the rules count as loaded once a listing differs from
+    what it listed first (the wiped node). For each listing the start and end
+    times are kept: the rules were certainly absent when a listing that saw the
+    wiped hook started, and certainly in when the first listing that saw them
+    ended.
     """
     stop = _stopper()
     first = {fam: _read(path) for fam, path in FORWARDING.items()}
@@ -392,9 +394,9 @@ def watch(args: argparse.Namespace) -> int:
     changes: list[list[object]] = []
     samples = 0
     chains: dict[str, dict[str, object]] = {}
-    tools = {"4": "iptables", "6": "ip6tables"}
+    tools = {str(fam): [str(word) for word in argv] for fam, argv in args.listers.items()}
 
-    def lister(fam: str, tool: str) -> None:
+    def lister(fam: str, argv: list[str]) -> None:
         # One lister per family, so that neither waits for the other's listing: the
         # boot script loads both within a few ms of switching forwarding on, and a
         # listing that ends after that proves nothing about the order.
@@ -404,7 +406,7 @@ def watch(args: argparse.Namespace) -> int:
             t0 = time.time()
             try:
                 out = subprocess.run(
-                    [tool, "-S", "FORWARD"], capture_output=True, text=True, timeout=5
+                    argv, capture_output=True, text=True, timeout=5
                 ).stdout
             except (OSError, subprocess.TimeoutExpired):
                 continue
@@ -494,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--duration", type=float, default=40.0)
     k.add_argument("--max-frames", type=int, default=200000)
     w = sub.add_parser("watch")
+    w.add_argument("--listers", type=json.loads, required=True,
+                   help='per family the argv listing its forward hook: {"4": [...], "6": [...]}')
     w.add_argument("--period", type=float, default=0.001)
     w.add_argument("--duration", type=float, default=40.0)
     args = parser.parse_args(argv)

@@ -52,13 +52,17 @@ def judge_boot(
     log: list[tuple[float, str]],
     t0: float,
     rc: int,
+    *,
+    forward_wiped: str,
 ) -> BootWatch:
     """Read the sampler, the capture and the boot script's log into a verdict.
 
     WATCH is the sampler's JSON plus `syns_sent` (the sender's send times),
     SYNS the capture's [time, src, sport] list,
     LOG the boot script's (time, message) lines and T0 its start; all on
-    CLOCK_REALTIME. Every problem found is a sentence in `problems`.
+    CLOCK_REALTIME. FORWARD_WIPED is what the watcher's listing of the forward
+    hook shows on a wiped node (the packet filter's, fwc/lab/filters.py). Every
+    problem found is a sentence in `problems`.
     """
     bw = BootWatch(rc=rc)
 
@@ -77,7 +81,7 @@ def judge_boot(
         if val != "0":
             bw.problems.append(f"IPv{fam} forwarding was {val} before the boot script, not 0")
     for fam, text in bw.rules_before.items():
-        if text != "-P FORWARD ACCEPT":
+        if text != forward_wiped:
             bw.problems.append(f"IPv{fam} FORWARD was not wiped before the boot: {text!r}")
     if rc != 0:
         bw.problems.append(f"the boot script failed (rc {rc})")
@@ -200,7 +204,9 @@ def boot_and_watch(lab: Lab, node: Node, flow: Flow, label: str) -> BootWatch:
     try:
         watcher = lab.state.spawn(
             f"{node.name}/watch",
-            node.argv([PYTHON, str(lab.probe_py), "watch", "--duration", "40"]),
+            node.argv([PYTHON, str(lab.probe_py), "watch", "--duration", "40", "--listers",
+                       json.dumps({fam: list(argv) for fam, argv
+                                   in lab.packet_filter.forward.items()})]),
             lab.logdir / f"{label}-watch.log",
         )
         helpers.append(watcher)
@@ -238,7 +244,8 @@ def boot_and_watch(lab: Lab, node: Node, flow: Flow, label: str) -> BootWatch:
         watch = _json_tail(watcher)
         syns = _json_tail(capture).get("syns", [])
         watch["syns_sent"] = _json_tail(sender).get("times", [])
-        bw = judge_boot(watch, syns, boot_log(node, t0 - 1.0), t0, rc)
+        bw = judge_boot(watch, syns, boot_log(node, t0 - 1.0), t0, rc,
+                        forward_wiped=lab.packet_filter.forward_wiped)
         bw.script_s = round(t1 - t0, 4)
         bw.stderr = [ln for ln in stderr.splitlines() if ln.strip()][-5:]
         return bw

@@ -61,6 +61,9 @@ class FailoverResult:
     backup: str = ""
     connected: bool = False
     flow_via_master: int = 0
+    # The master's kernel entry of the connection had its source translated (None:
+    # no entry read). Routed: must be False (the exemption held); SNAT: True.
+    translated: bool | None = None
     external_cache_before: dict[str, int] = field(default_factory=dict)
     external_flows_before: int = 0
     takeover_s: float | None = None

@@ -10,6 +10,7 @@ generated files, then confirmed, exactly as on a real node.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from fwc.backend.files import BY_NAME
 from fwc.install.plan import InstallOptions, automatic_confirmer, install_cluster
 from fwc.lab.adapter import LabSource, advert_label
 from fwc.lab.daemons import CONNTRACKD_CONF, KEEPALIVED_CONF, Node
+from fwc.lab.filters import PacketFilter, packet_filter
 from fwc.lab.netns import PYTHON, LabError, LabRefused, LabState, run
 from fwc.lab.results import Flow, LabReport, wait_for
 from fwc.lab.topology import HostPlan, LabPlan, all_vips
@@ -46,6 +48,16 @@ class Lab:
         self.progress = progress
         self.state = LabState(plan_.prefix)
         self.probe_py = PROBE_PY
+        known = packet_filter(plan_.cluster.backend)
+        if known is None:
+            raise LabRefused(f"the drills do not know the {plan_.cluster.backend} packet "
+                             "filter; nothing was started")
+        missing = [tool for tool in known.tools if shutil.which(tool) is None]
+        if missing:
+            raise LabRefused(f"fwc lab needs {', '.join(missing)} on PATH for a cluster "
+                             f"compiled for {plan_.cluster.backend}; nothing was started")
+        # What the drills run on the members' packet filter (fwc.lab.filters).
+        self.packet_filter: PacketFilter = known
         self.vip_set = {str(v.ip) for v in all_vips(plan_)}
         self.advert_label = advert_label(plan_.advert)
         self.nodes: list[Node] = []
@@ -208,7 +220,7 @@ class Lab:
         for member in p.cluster.members:
             ports = p.member_ports(member.name)
             node = Node(self.state, member.name, p.member_ns[member.name],
-                        [pt.device for pt in ports], vips, self.logdir)
+                        [pt.device for pt in ports], vips, self.logdir, self.packet_filter)
             node.routes = self.member_routes.get(member.name, [])
             node.link_addresses = {pt.device: [str(a) for a in pt.addresses] for pt in ports}
             self.nodes.append(node)
@@ -379,13 +391,16 @@ class Lab:
         """Routed: exempt the drill flow from SNAT. SNAT: the far host loses its way back."""
         flow = self.flows[mode]
         if mode == "routed":
-            rule = ["-s", f"{flow.src}/32", "-d", f"{flow.dst}/32", "-j", "ACCEPT"]
+            add, remove = self.packet_filter.exempt(flow.src, flow.dst)
             for node in self.nodes:
-                node.exec(["iptables", "-t", "nat", "-I", "POSTROUTING", "1", *rule])
+                for argv, stdin in add:
+                    node.exec(list(argv), input=stdin)
 
             def undo_routed() -> None:
+                # A member wiped meanwhile (the reboot drill) has no exemption left.
                 for node in self.nodes:
-                    node.exec(["iptables", "-t", "nat", "-D", "POSTROUTING", *rule], check=False)
+                    for argv, stdin in remove:
+                        node.exec(list(argv), input=stdin, check=False)
 
             return undo_routed
         host = next(h for h in self.plan.hosts if h.ns == flow.dst_ns)
