@@ -104,6 +104,7 @@ def _group(item: pytest.Item) -> str:
     return module
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("root") or item.get_closest_marker("lab"):
