@@ -201,6 +201,8 @@ def test_random_policies_use_maps_and_concatenated_sets(tmp_path: Path):
     assert " vmap @" in text and "iifname vmap" in text
     assert "saddr . " in text or "daddr . " in text
     assert "\t\ttype ifname : verdict" in text
+    # rules that differ only in their devices share one set keyed on the devices too
+    assert "iifname . " in text or "oifname . " in text
 
 
 def test_random_policy_nft_files_load_in_a_namespace(tmp_path: Path):

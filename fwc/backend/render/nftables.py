@@ -24,7 +24,10 @@ proves the two outputs decide every sampled packet alike):
   lookup in a named verdict map (`iifname vmap @...`);
 - rules of one policy line that differ only in protocol and ports (a service
   list with TCP and UDP ports) become one rule with a concatenated set
-  (`meta l4proto . th dport @...`);
+  (`meta l4proto . th dport @...`); rules that differ only in devices, addresses
+  and ports one rule with a set keyed on them (`iifname . oifname . ip saddr ...`,
+  the devices only while the key fits nft's 64 bytes of registers): fewer sets
+  load faster, as the kernel finds each set by name in a list;
 - every address or port list of more than one element is a named set with
   `flags interval`, one per distinct content and shared by every rule naming it.
   No anonymous sets: the kernel creates and looks them up in time that grows
@@ -154,8 +157,9 @@ class Dispatch:
 class Concat:
     """Rules that differ only in addresses and ports: one lookup in a concatenated set.
 
-    `fields` names the key (a subset of "saddr", "daddr", "dport", in that order); each
-    rule gives its elements (its source blocks x destination blocks x port ranges).
+    `fields` names the key (a subset of "iifname", "oifname", "saddr", "daddr", "dport",
+    in that order); each rule gives its elements (its devices x source blocks x
+    destination blocks x port ranges).
     Exact: the rules share everything else (devices, protocol, states, the target,
     which is terminal or a chain that never returns), their elements are disjoint
     (the kernel refuses overlaps), and the rules moved next to each other only moved
@@ -180,6 +184,11 @@ class Share:
 
 
 Item = Rule | Dispatch | Concat | Share
+# Bytes of a concatenated set key per field and family (each field padded to 4 bytes):
+# nft loads the whole key into its registers, 16 x 32 bits.
+KEY_BYTES = {(f, family): size for family, address in ((4, 4), (6, 16)) for f, size in (
+    ("iifname", 16), ("oifname", 16), ("saddr", address), ("daddr", address), ("dport", 4))}
+KEY_BYTES_MAX = 64
 MIN_CONCAT = 4  # fewer rules stay rules: a small policy reads rule by rule
 WINDOW = 32  # how many items back a rule may move to join its kind (bounds the work)
 GROUP_MAX = 256  # rules per set (bounds the overlap checks: a rule is compared to each)
@@ -221,9 +230,10 @@ class _Shapes:
     """Per chain: which rules may join a concatenated set, and which are disjoint."""
 
     def __init__(self, ipsets: dict[str, tuple[str, ...]],
-                 never_return: frozenset[str]) -> None:
+                 never_return: frozenset[str], family: int = 4) -> None:
         self.ipsets = ipsets
         self.never_return = never_return
+        self.family = family
         self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = {}
 
     def blocks(self, address: AddressMatch) -> tuple[tuple[int, int], ...] | None:
@@ -256,7 +266,18 @@ class _Shapes:
             max(1, len(m.dports))
         if size > ELEMENTS_MAX:
             return None
-        rest = replace(m, source=AddressMatch(), destination=AddressMatch(), dports=())
+        # The devices a rule names join the key too: rules that differ only in their
+        # devices share one set (fewer sets: the kernel finds a set by name in a list).
+        devices = tuple(name for name, present in (
+            ("iifname", m.in_device is not None), ("oifname", m.out_device is not None))
+            if present)
+        if sum(KEY_BYTES[f, self.family] for f in devices + fields) <= KEY_BYTES_MAX:
+            fields = devices + fields
+        else:  # the key would not fit nft's registers: the devices stay in the rule
+            devices = ()
+        rest = replace(m, source=AddressMatch(), destination=AddressMatch(), dports=(),
+                       **{("in_device" if d == "iifname" else "out_device"): None
+                          for d in devices})
         return (rest, target, rule.target_options, fields), fields
 
     def signature(self, rule: Rule) -> Signature:
@@ -765,12 +786,16 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
     address_type = "ipv4_addr" if family == 4 else "ipv6_addr"
     protocol = first.match.protocol
     port_word = f"{PROTOCOL_WORDS[protocol]} dport" if protocol in PROTOCOL_WORDS else "th dport"
-    expressions = {"saddr": f"{word} saddr", "daddr": f"{word} daddr", "dport": port_word}
-    types = {"saddr": address_type, "daddr": address_type, "dport": "inet_service"}
+    expressions = {"iifname": "iifname", "oifname": "oifname", "saddr": f"{word} saddr",
+                   "daddr": f"{word} daddr", "dport": port_word}
+    types = {"iifname": "ifname", "oifname": "ifname", "saddr": address_type,
+             "daddr": address_type, "dport": "inet_service"}
     elements: list[str] = []
     for rule in item.rules:
         m = rule.match
-        axes = {"saddr": writer.collapsed(m.source.cidrs),
+        axes = {"iifname": (escape.nft_device(m.in_device or ""),),
+                "oifname": (escape.nft_device(m.out_device or ""),),
+                "saddr": writer.collapsed(m.source.cidrs),
                 "daddr": writer.collapsed(m.destination.cidrs),
                 "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
         comment = escape.nft_comment(rule.comment)
@@ -779,8 +804,10 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
     name = writer.named_set(f"rules-v{family}", " . ".join(types[f] for f in item.fields),
                             tuple(elements))
     key = f"{' . '.join(expressions[f] for f in item.fields)} @{name}"
-    lookup = replace(first, match=replace(first.match, source=AddressMatch(),
-                                          destination=AddressMatch(), dports=()))
+    lookup = replace(first, match=replace(
+        first.match, source=AddressMatch(), destination=AddressMatch(), dports=(),
+        in_device=None if "iifname" in item.fields else first.match.in_device,
+        out_device=None if "oifname" in item.fields else first.match.out_device))
     if "dport" in item.fields:
         # `tcp dport` implies the protocol; any other port protocol is named first
         parts = ([] if protocol in PROTOCOL_WORDS else [f"meta l4proto {protocol}"]) + [key]
@@ -838,7 +865,7 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
         family = ruleset.family
         for table in ruleset.tables:
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
-            shapes = _Shapes(ipsets, never_returning(table.chains)) if concat else None
+            shapes = _Shapes(ipsets, never_returning(table.chains), family) if concat else None
             for chain, variant in _hook_parts(table):
                 name = names[chain.name]
                 if variant is not None:
