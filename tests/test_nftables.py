@@ -236,22 +236,9 @@ def test_nft_loads_replaces_only_its_table_in_a_namespace(example, tmp_path):
     assert loaded.count("chain filter-INPUT-v4 {") == 1
 
 
-# -- what does not read nft yet refuses -----------------------------------------------------
-# (install and diff --installed do: tests/test_install_nft.py)
-
-@pytest.mark.parametrize("argv", [
-    ["lab", "{p}"],
-], ids=["lab"])
-def test_readers_refuse_a_nftables_cluster(argv, tmp_path, capsys):
-    copy = _copy_policies(tmp_path)
-    path = copy / "edge.fw"
-    path.write_text(_with_backend(path.read_text()))
-    code = main([a.format(p=path, o=tmp_path / "out") for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "uses `backend nftables`" in err and "does not support the nftables backend" in err
-    assert "nothing was done" in err
-
+# Every reader takes nftables clusters: install and diff --installed
+# (tests/test_install_nft.py), query, expect and diff (tests/test_nft_equivalence.py),
+# the lab (tests/test_lab_nft.py).
 
 def test_compile_backend_option_overrides_the_policy(tmp_path, capsys):
     out = tmp_path / "out"
