@@ -346,12 +346,18 @@ def test_lab_backend_option_reaches_the_source(monkeypatch: pytest.MonkeyPatch,
         cli.main(["policies/edge.fw", "--backend", "pf"])
 
 
-def test_the_lab_refuses_a_backend_the_policy_cannot_be_compiled_for() -> None:
+def test_the_lab_refuses_a_backend_the_policy_cannot_be_compiled_for(tmp_path: Path) -> None:
+    from checkkit import mutate
+    from test_vocab import MIXED_POOL
+
     from fwc.model.vocabulary import Backend
 
-    # busy.fw uses limits, notrack and MSS clamping, which nft cannot write yet.
+    # a dnat pool whose backends differ in keeping the port: nft's numgen map cannot
+    # hold it (FWC429), so the lab refuses before anything starts
+    policy = tmp_path / "pool.fw"
+    policy.write_text(mutate(*MIXED_POOL), encoding="utf-8")
     with pytest.raises(LabRefused, match=r"backend nftables.*FWC429"):
-        load_source(REPO / "policies" / "busy.fw", backend=Backend.NFTABLES)
+        load_source(policy, backend=Backend.NFTABLES)
 
 
 def test_the_lab_drills_the_backend_a_compiled_tree_holds(tmp_path: Path) -> None:
