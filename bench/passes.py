@@ -11,7 +11,7 @@ lowered as a pass of their own before the checks (the parity check would lower
 them otherwise; both share them through the model's memo), so that "lower" and
 "check FWC301" are told apart. Building and writing the files is one call, as in
 `fwc compile` (each file is written as soon as it is rendered): arrangement and
-ipsets are timed by wrapping `fwc.backend.render.iptables.optimise`, write by
+ipsets are timed by wrapping `fwc.backend.render.context.optimise`, write by
 wrapping `fwc.backend.output.write_file`, render is the rest of that call.
 """
 
@@ -56,7 +56,7 @@ class Clock:
 def measure(policy_path: Path) -> dict[str, Any]:
     from fwc.backend import output
     from fwc.backend.lower import lower, options_for
-    from fwc.backend.render import iptables as iptables_target
+    from fwc.backend.render import context as build_context
     from fwc.checks import load_registry
     from fwc.diagnostics import has_errors
     from fwc.frontend.loader import load
@@ -87,10 +87,10 @@ def measure(policy_path: Path) -> dict[str, Any]:
     if has_errors(diagnostics):
         raise SystemExit(f"{policy_path}: has errors, nothing to compile")
 
-    # The iptables render target runs the speed passes (fwc.backend.render.iptables), and
+    # The render targets run the speed passes (MemberBuild.optimised), and
     # `fwc compile` writes each file to the staging copy as soon as it is rendered
     # (fwc.backend.output.stream_policy): both are timed inside the one write_output call.
-    optimise = iptables_target.optimise
+    optimise = build_context.optimise
     write_file = output.write_file
 
     def timed_optimise(*args: Any, **kwargs: Any) -> Any:
@@ -99,7 +99,7 @@ def measure(policy_path: Path) -> dict[str, Any]:
     def timed_write_file(*args: Any, **kwargs: Any) -> Any:
         return clock.run("write", lambda: write_file(*args, **kwargs))
 
-    iptables_target.optimise = timed_optimise  # type: ignore[assignment]
+    build_context.optimise = timed_optimise  # type: ignore[assignment]
     output.write_file = timed_write_file  # type: ignore[assignment]
     clock.passes["arrange+ipsets"] = {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0}
     clock.passes["render"] = {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0}
@@ -113,7 +113,7 @@ def measure(policy_path: Path) -> dict[str, Any]:
                 output.stream_policy(policy))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
-        iptables_target.optimise = optimise  # type: ignore[assignment]
+        build_context.optimise = optimise  # type: ignore[assignment]
         output.write_file = write_file  # type: ignore[assignment]
     spent = [clock.passes["arrange+ipsets"], clock.passes["write"]]
     clock.add("render", wall - sum(p["wall"] for p in spent),

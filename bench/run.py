@@ -390,7 +390,7 @@ def nft_rules(cluster: object, member: object) -> object:
     from fwc.model.vocabulary import Backend
 
     build = MemberBuild(cluster, member, LowerOptions(), backend=Backend.NFTABLES)  # type: ignore[arg-type]
-    rulesets, sets = nftables.passes(build)
+    rulesets, sets = build.optimised(clip_ports=True)
     return read(nftables.render([rulesets[f] for f in build.families], "bench", sets))
 
 

@@ -62,7 +62,6 @@ VRRP_V2_ADVERT_RANGE_S = (1, 255)
 MASTER_PRIORITY_STEP = 50
 # Health tracking (keepalived vrrp_script / track_*): weights keepalived accepts on
 # track_interface and track_script (-253..253), script intervals in whole seconds.
-TRACK_KINDS = ("interface", "ping", "process", "script")
 TRACK_WEIGHT_RANGE = (-253, 253)
 TRACK_INTERVAL_RANGE_S = (1, 4294)
 TRACK_COUNT_RANGE = (1, 255)  # fall, rise
@@ -108,8 +107,6 @@ SYNC_TCP_STATES = MappingProxyType({
     "fin-wait": "FIN_WAIT", "close-wait": "CLOSE_WAIT", "last-ack": "LAST_ACK",
     "time-wait": "TIME_WAIT", "close": "CLOSE", "listen": "LISTEN",
 })
-# conntrackd keeps at most this many dedicated links (one `Default` and the others).
-CONNTRACKD_MAX_LINKS = 4
 # The kernel's connection table (`conntrack-max`) and its hash buckets (`hash-size`):
 # nf_conntrack refuses fewer than 1 bucket; more buckets than entries waste memory.
 CONNTRACK_MAX_RANGE = (1024, 1 << 26)
@@ -226,6 +223,5 @@ ROUTE_PROTOCOL = 94
 ROUTE_RULE_PRIORITY_RANGE = (2, 32765)
 ROUTE_RULE_FIRST_PRIORITY = 1000
 ROUTE_RULE_PRIORITY_STEP = 10
-IGMP_PROTOCOL = 2
 # The routes script's syslog tag.
 ROUTES_LOG_TAG = "fwc-routes"

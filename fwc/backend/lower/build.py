@@ -548,9 +548,9 @@ class _Lowering:
         # membership reports (docs/ha-pitfalls.md, "Automatic rules for the HA plumbing").
         groups = AddressMatch((str(MULTICAST[4]),))
         self.auto(BuiltinChain.INPUT, Match(destination=groups, in_device=dev,
-                                            protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+                                            protocol=IGMP), f"igmp {dev}")
         self.auto(BuiltinChain.OUTPUT, Match(destination=groups, out_device=dev,
-                                             protocol=proto.IGMP_PROTOCOL), f"igmp {dev}")
+                                             protocol=IGMP), f"igmp {dev}")
 
     def stateful_core(self) -> None:
         established = Match(ctstate=("RELATED", "ESTABLISHED"))

@@ -12,7 +12,6 @@ from fwc.backend.files import GeneratedFile
 from fwc.backend.ipsets import SWAP_SUFFIX, IpSet
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
-from fwc.backend.render.iptables import passes
 
 HASHSIZE = 1024
 MAXELEM_MIN = 65536
@@ -39,5 +38,5 @@ def render(sets: Iterable[IpSet], cluster: str, member: str) -> str:
 
 
 def render_file(build: MemberBuild, file: GeneratedFile) -> str:
-    _, sets = passes(build)
+    _, sets = build.optimised()
     return render(sets, build.cluster.name, build.member.name)

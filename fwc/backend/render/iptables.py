@@ -8,12 +8,8 @@ name: numbers do not depend on the node's /etc/protocols.
 
 from __future__ import annotations
 
-from typing import cast
-
 from fwc import protocols as proto
-from fwc.backend.arrange import optimise
 from fwc.backend.files import GeneratedFile, Reload, path_of
-from fwc.backend.ipsets import IpSet
 from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.lower.ruleset import AddressMatch, Match, NodeRuleset, Rule
 from fwc.backend.render import escape
@@ -162,8 +158,7 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
     tail += _limit_options(match)
     tail += ["-m", "comment", "--comment", escape.iptables_comment(rule.comment)]
     if match.limit is not None:
-        amount, _, unit = match.limit.rate.partition("/")
-        tail += ["-m", "limit", "--limit", f"{amount}/{RATE_UNITS.get(unit, unit)}",
+        tail += ["-m", "limit", "--limit", _rate(match.limit.rate),
                  "--limit-burst", str(match.limit.burst)]
     tail += ["-j", escape.iptables_word(rule.target)]
     for option, value in rule.target_options:
@@ -256,19 +251,6 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
 
 # -- the iptables target (fwc.backend.render.registry) ------------------------------------
 
-def passes(build: MemberBuild) -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
-    """The member's rulesets after the speed passes, and the ipsets they name.
-
-    fwc.backend.arrange.optimise: long address lists become ipsets, loaded first
-    from ipsets.rules (docs/contracts.md), and long chains become per-interface chains.
-    """
-    if "iptables.passes" not in build.memo:
-        build.memo["iptables.passes"] = optimise(
-            build.member, {f: build.lowered(f) for f in build.families})
-    return cast("tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]",
-                build.memo["iptables.passes"])
-
-
 def render_failsafe(ruleset: NodeRuleset) -> str:
     family = "iptables" if ruleset.family == 4 else "ip6tables"
     return render(ruleset, header=(
@@ -282,5 +264,5 @@ def render_file(build: MemberBuild, file: GeneratedFile) -> str:
     if file.reload is Reload.FAILSAFE:
         # From the lowered ruleset before the speed passes: the fallback names no ipset.
         return render_failsafe(failsafe(build.lowered(file.family)))
-    rulesets, _ = passes(build)
+    rulesets, _ = build.optimised()
     return render(rulesets[file.family])

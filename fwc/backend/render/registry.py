@@ -56,7 +56,7 @@ TARGETS = MappingProxyType({t.name: t for t in (
 CONDITIONS: MappingProxyType[When, Callable[[MemberBuild], bool]] = MappingProxyType({
     When.ALWAYS: lambda build: True,
     When.IPV6: lambda build: 6 in build.families,
-    When.IPSETS: lambda build: bool(iptables.passes(build)[1]),
+    When.IPSETS: lambda build: bool(build.optimised()[1]),
     When.SYNC: conntrackd.synced,
     When.ROUTES: routes.has_routes,
 })
