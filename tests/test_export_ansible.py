@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import cannot_run
 
 from fwc.backend.files import BY_NAME
 from fwc.cli import main
@@ -143,7 +143,7 @@ def test_same_policies_same_tree_and_foreign_directory_refused(tmp_path, capsys)
 
 def test_inventory_values_never_become_template_expressions(tmp_path, capsys):
     if not shutil.which("ansible"):
-        pytest.skip("ansible-core is not installed")
+        cannot_run("ansible-core is not installed (pip install '.[test]')")
     code, _ = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
                      "--inventory", inventory(
                          tmp_path, "fw1 root@192.0.2.1 python={{lookup('pipe','id')}}\n"
@@ -160,7 +160,6 @@ def test_inventory_values_never_become_template_expressions(tmp_path, capsys):
 
 
 def test_ansible_lint_and_syntax_check_pass_on_the_tree(tmp_path, capsys):
-    from conftest import cannot_run
 
     for tool in ("ansible-lint", "ansible-playbook"):
         if not shutil.which(tool):

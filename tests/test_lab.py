@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT, Examples, skip_or_fail_without_root
 
 from fwc.lab.adapter import LabSource, load_source
 from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _longest_gap
@@ -40,7 +41,6 @@ from fwc.lab.topology import (
 from fwc.model import Cluster, Policy
 from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
-from tests.conftest import EDGE_TEXT, Examples, skip_or_fail_without_root
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail_without_root
 
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces
 from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabOptions, LabReport, run_lab
 from fwc.model.vocabulary import Backend
-from tests.conftest import skip_or_fail_without_root
 
 REPO = Path(__file__).resolve().parent.parent
 SHOP_TEXT = (REPO / "policies" / "shop.fw").read_text(encoding="utf-8")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from conftest import write_policy
+
 from fwc.frontend.parse import parse_text
 from fwc.frontend.syntax import AddressDef, BlockDecl, ClusterDecl, GroupDef
 from fwc.pipeline import analyse
-from tests.conftest import write_policy
 
 
 def parse_ok(text: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import Examples, write_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from fwc.model.semantics import (
     side_of,
 )
 from fwc.pipeline import analyse
-from tests.conftest import Examples, write_policy
 
 
 def test_the_readings_agree_on_every_example_endpoint(examples: Examples):
