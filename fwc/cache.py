@@ -24,6 +24,7 @@ the least recently used entries go.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -335,6 +336,7 @@ def open_cache(environ: Mapping[str, str] = os.environ,
     return ResultCache(directory, _read_key(directory))
 
 
+@functools.cache  # fwc does not change under a running process
 def code_digest() -> str:
     """sha256 of fwc itself: every source, template and the grammar, and the versions of
     Python and of the libraries that shape the output. A changed fwc never reads what

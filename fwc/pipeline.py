@@ -30,7 +30,7 @@ from fwc.diagnostics import (
     print_diagnostics,
 )
 from fwc.frontend.loader import LoadedProgram, load
-from fwc.frontend.sources import Refused, repository_root
+from fwc.frontend.sources import LIBRARY_ROOT, Refused, repository_root
 from fwc.model import Policy
 
 # Outcomes that depend on the file system beyond the content of the files read (a
@@ -124,6 +124,14 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _source_path(shown: str) -> Path:
+    """Where a file named SHOWN in a load is: `<std/services.fw>` is fwc's library
+    (no --include-path may shadow it when the cache is used), the rest a path."""
+    if shown.startswith("<") and shown.endswith(">"):
+        return LIBRARY_ROOT / shown[1:-1]
+    return Path(shown)
+
+
 class _Place:
     """Where a policy is read from, as a cache key, and its analysis entries."""
 
@@ -175,7 +183,7 @@ class _Place:
             files = [(str(p), str(h)) for p, h in read["files"]]
             secrets = [(str(p), str(h)) for p, h in read["secrets"]]
             for shown, sha in files:
-                data = Path(shown).read_bytes()
+                data = _source_path(shown).read_bytes()
                 if _sha(data) != sha:
                     return None
                 texts[shown] = data.decode("utf-8")

@@ -242,3 +242,18 @@ def test_a_compile_after_check_of_the_same_content_does_not_check_again(cache_ho
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     monkeypatch.delenv("FWC_NO_CACHE", raising=False)
     assert _tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
+
+
+def test_a_policy_with_library_includes_is_answered_from_the_cache(cache_home, tmp_path,
+                                                                    monkeypatch):
+    import fwc.pipeline
+
+    text = EDGE.read_text(encoding="utf-8")
+    policy = _policy(tmp_path, "include <std/networks.fw>\n" + text)
+    assert main(["check", str(policy)]) == 0
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the policy was parsed again")
+
+    monkeypatch.setattr(fwc.pipeline, "load", no_analysis)
+    assert main(["check", str(policy)]) == 0  # `<std/networks.fw>` is read from the library
