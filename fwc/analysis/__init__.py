@@ -23,7 +23,6 @@ Design notes and complexity: docs/analysis.md.
 """
 
 from fwc.analysis.engine import (
-    DEFAULT_POLICY,
     MemberView,
     NatStep,
     Piece,
@@ -32,5 +31,5 @@ from fwc.analysis.engine import (
     member_views,
 )
 
-__all__ = ["DEFAULT_POLICY", "MemberView", "NatStep", "Piece", "TrafficClass", "classify",
+__all__ = ["MemberView", "NatStep", "Piece", "TrafficClass", "classify",
            "member_views"]

@@ -76,9 +76,6 @@ from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
 FAMILIES = (4, 6)
 CHAINS = ("input", "forward", "output")
-# The defaults without a `default { }` block; a cluster's own are `Cluster.defaults`.
-DEFAULT_POLICY = {"input": FilterAction.DROP, "forward": FilterAction.DROP,
-                  "output": FilterAction.ACCEPT, "local": FilterAction.ACCEPT}
 
 # What a traffic class's address side may be: a policy endpoint (any/firewall
 # resolved per member), a plain address set, or None for every address.

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fwc.diagnostics import DIAGNOSTIC_FORMATS
+
 # built-in defaults of the options fwc.toml may set (dest -> value)
 BUILTIN: dict[str, object] = {"output": "output", "ssh": "ssh", "transport": "ssh",
                               "strict": False}
@@ -94,6 +96,6 @@ class ProjectParser(argparse.ArgumentParser):
 
             # in the format asked for: a CI job reading SARIF or annotations sees it too
             fmt = getattr(parsed, "format", "text")
-            report(problems, {}, fmt if fmt in ("text", "json", "sarif", "github") else "text")
+            report(problems, {}, fmt if fmt in DIAGNOSTIC_FORMATS else "text")
             self.exit(2)
         return parsed, rest

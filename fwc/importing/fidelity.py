@@ -20,13 +20,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
+from fwc import protocols as proto
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend.lower.ruleset import NodeRuleset
 from fwc.importing.saved import Saved, read_saved, ruleset
 from fwc.model.vocabulary import BuiltinChain
 from fwc.model.vocabulary import Table as TableName
-
-VRRP = 112
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +69,9 @@ def compare(original: NodeRuleset, compiled: NodeRuleset,
             sets: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})) \
         -> tuple[int, list[Difference]]:
     """(packet classes compared, every difference)."""
-    own = _own_addresses(original) | {0xC6120001}
-    own_default = min(_own_addresses(original) or {0xC6120001})
+    addresses = _own_addresses(original)
+    own = addresses | {0xC6120001}
+    own_default = min(addresses or {0xC6120001})
     a_sets = {k: tuple(v) for k, v in sets[0].items()}
     b_sets = {k: tuple(v) for k, v in sets[1].items()}
     packets = dict.fromkeys([*corner_packets(original, a_sets),
@@ -88,7 +88,7 @@ def compare(original: NodeRuleset, compiled: NodeRuleset,
     differences: list[Difference] = []
     compared = 0
     for packet in packets:
-        if packet.ctstate == "INVALID" or packet.protocol == VRRP or "lo" in (
+        if packet.ctstate == "INVALID" or packet.protocol == proto.VRRP_PROTOCOL or "lo" in (
                 packet.in_device, packet.out_device) or (packet.protocol == 6 and not packet.syn
                                                          and packet.ctstate == "NEW"):
             continue

@@ -32,7 +32,7 @@ from fwc.model.vocabulary import Table as TableName
 BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
            "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
 PROTOCOL_NAMES = {number: name for name, number in proto.IP_PROTOCOLS.items()}
-STATES = {"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT"}
+STATES = frozenset(proto.CTSTATE_ORDER)
 # Options that do not change what a rule matches or does (kept out of the decision).
 IGNORED_TARGET_OPTIONS = {"log-level", "log-tcp-sequence", "log-tcp-options", "log-ip-options",
                           "log-uid"}
@@ -213,8 +213,7 @@ def decode(text: str) -> Decoded:
             states = tuple(value().split(","))
             if not set(states) <= STATES:
                 raise Untranslatable(f"conntrack state {','.join(states)}")
-            order = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
-            fields["ctstate"] = tuple(s for s in order if s in states)
+            fields["ctstate"] = tuple(s for s in proto.CTSTATE_ORDER if s in states)
         elif word == "--icmp-type":
             fields["icmp_type"] = _icmp_type(value())
         elif word == "--tcp-flags":

@@ -452,9 +452,6 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
         action, target = "dnat", options.get("to-destination", "")
         if not target or "-" in target or set(options) - {"to-destination"}:
             raise Untranslatable("DNAT to a range or with options")
-        if ":" in target:
-            host, port = target.split(":")
-            target = f"{host}:{port}"
     elif chain == "POSTROUTING" and d.target == "SNAT":
         action, target = "snat", options.get("to-source", "")
         if not target or "-" in target or ":" in target or set(options) - {"to-source"}:
@@ -493,8 +490,6 @@ def _assemble(w: _Writer, policy_lines: list[str | OwnRule], nat_lines: list[str
     lines = [f"# Imported by `fwc import iptables-save` from {path}.",
              "# Every rule quotes the line it comes from; lines marked NOT IMPORTED need a",
              "# decision. The cluster block is a skeleton: complete every TODO(import).", ""]
-    lines += sorted(w.objects.values()) + [""] if w.objects else []
-    lines += sorted(w.services.values()) + [""] if w.services else []
     cluster = _cluster(w)
     devices, own = _placement(w)
     member = {held[0] for held in own.values() if held}

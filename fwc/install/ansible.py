@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from fwc.backend.files import BY_NAME, DAEMON_ORDER, FILES, GeneratedFile, Reload
+from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
 from fwc.backend.output import compile_policy
 from fwc.backend.render.escape import UnwritableText, yaml_key, yaml_unsafe
 from fwc.diagnostics import Diagnostic, error, warning
@@ -597,7 +597,6 @@ def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], 
     out.files.sort(key=lambda f: f.path)
     assert len({f.path for f in out.files}) == len(out.files)
     assert all(PurePosixPath(f.path).parts[0] != ".." for f in out.files)
-    assert set(BY_NAME)  # the table is the only list of node files
 
 
 def _readme(hosts: list[Host], redact: bool) -> str:
