@@ -203,21 +203,14 @@ def _reloads(host: Host, files: list[GeneratedFile]) -> list[tuple[str, list[str
         names = [f.name for f in files if f.reload is reload]
         if not names:
             continue
-        if reload is Reload.SYSTEMD:
-            if not host.systemd:
-                continue
-            out.append(("systemd", names, scripts.reload_systemd_units()))
-        elif reload is Reload.KEEPALIVED:
-            out.append(("keepalived", names, scripts.reload_keepalived(host.systemd)))
-        elif not host.private_run:
-            # As fwc install over `ip netns exec`: the node shares /run with the host.
-            out.append(("conntrackd", names, "echo 'warning: conntrackd.conf changed but "
-                        "this node shares /run: restart its conntrackd yourself' >&2"))
-        else:
+        old = None
+        if reload is Reload.CONNTRACKD:
             conntrackd = next(f for f in files if f.reload is Reload.CONNTRACKD)
             old = f"{SNAPSHOT}/file.{files.index(conntrackd)}"
-            out.append(("conntrackd", names,
-                        scripts.reload_conntrackd(host.systemd, old, role)))
+        command = scripts.reload_command(reload, host.systemd, host.private_run, old, role)
+        if command is not None:
+            daemon, text = command
+            out.append((daemon, names, text))
     return out
 
 

@@ -185,20 +185,11 @@ class NodeInstall:
         changed = {BY_NAME[name].reload for name in self.result.changed if name in BY_NAME}
         commands = []
         for reload in DAEMON_ORDER:
-            if reload not in changed:
-                continue
-            if reload is Reload.SYSTEMD and self.systemd:
-                commands.append(("systemd", scripts.reload_systemd_units()))
-            elif reload is Reload.KEEPALIVED:
-                commands.append(("keepalived", scripts.reload_keepalived(self.systemd)))
-            elif reload is Reload.CONNTRACKD and not self.transport.private_run:
-                # Its UNIX socket path is shared with the host (docs/ha-pitfalls.md):
-                # a restart could hit another node's daemon.
-                commands.append(("conntrackd", "echo 'warning: conntrackd.conf changed but "
-                                 "this node shares /run: restart its conntrackd yourself' >&2"))
-            elif reload is Reload.CONNTRACKD:
-                commands.append(("conntrackd",
-                                 scripts.reload_conntrackd(self.systemd, old_config, self.role)))
+            command = scripts.reload_command(reload, self.systemd, self.transport.private_run,
+                                             old_config, self.role) \
+                if reload in changed else None
+            if command is not None:
+                commands.append(command)
         return commands
 
     def reload_daemons(self) -> None:

@@ -301,6 +301,24 @@ def reload_keepalived(systemd: bool) -> str:
             f"systemctl reload keepalived; else {signal}; fi")
 
 
+def reload_command(reload: Reload, systemd: bool, private_run: bool, old_config: str | None,
+                   role: str) -> tuple[str, str] | None:
+    """(daemon, the command that makes it read its changed configuration), None: nothing
+    to run on this node. Used by fwc install (fwc.install.node) and the Ansible role."""
+    if reload is Reload.SYSTEMD:
+        return ("systemd", reload_systemd_units()) if systemd else None
+    if reload is Reload.KEEPALIVED:
+        return "keepalived", reload_keepalived(systemd)
+    if reload is Reload.CONNTRACKD and not private_run:
+        # Its UNIX socket path is shared with the host (docs/ha-pitfalls.md): a restart
+        # could hit another node's daemon.
+        return "conntrackd", ("echo 'warning: conntrackd.conf changed but this node shares "
+                              "/run: restart its conntrackd yourself' >&2")
+    if reload is Reload.CONNTRACKD:
+        return "conntrackd", reload_conntrackd(systemd, old_config, role)
+    return None
+
+
 def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     """conntrackd cannot re-read its config: restart it, then resynchronise.
 
