@@ -220,12 +220,12 @@ def _guarded(names: list[str], command: str) -> str:
     return f"if {{ {tests}; }} 2>/dev/null; then {command}; fi"
 
 
-def member_steps(host: Host, files: list[GeneratedFile], contents: Mapping[str, bytes]) \
-        -> dict[str, str]:
-    """{script name: shell text} the role runs on HOST, each a step of fwc install."""
+def member_steps(host: Host, files: list[GeneratedFile], contents: Mapping[str, bytes],
+                 reloads: list[tuple[str, list[str], str]]) -> dict[str, str]:
+    """{script name: shell text} the role runs on HOST, each a step of fwc install;
+    RELOADS: the member's `_reloads`."""
     seconds = _watchdog_seconds()
     lock_seconds = scripts.LOCK_SETUP_BUDGET + seconds + scripts.LOCK_SLACK
-    reloads = _reloads(host, files)
     steps = {
         "preflight.sh": scripts.preflight(files),
         "lock.sh": scripts.take_lock(TOKEN, lock_seconds),
@@ -292,9 +292,8 @@ def _inventory(hosts: list[Host]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _host_vars(host: Host, files: list[GeneratedFile], contents: Mapping[str, bytes],
-               redacted: set[str],
-               reloads: list[tuple[str, list[str], str]]) -> str:
+def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str],
+               steps: Iterable[str], reloads: list[tuple[str, list[str], str]]) -> str:
     lines = [HEADER.rstrip("\n"),
              f"fwc_cluster: {yaml_unsafe(host.cluster.name)}",
              f"fwc_member: {yaml_unsafe(host.member.name)}",
@@ -307,7 +306,7 @@ def _host_vars(host: Host, files: list[GeneratedFile], contents: Mapping[str, by
         lines.append(f"    mode: '{f.mode:04o}'")
         lines.append(f"    redacted: {'true' if f.name in redacted else 'false'}")
     lines.append("fwc_steps:")
-    lines += [f"  - {yaml_unsafe(n)}" for n in sorted(member_steps(host, files, contents))]
+    lines += [f"  - {yaml_unsafe(n)}" for n in sorted(steps)]
     lines.append("# Daemons to reload when one of their files changed, in fwc install's order.")
     lines.append("fwc_reloads:" + ("" if reloads else " []"))
     for daemon, names, _ in reloads:
@@ -579,10 +578,11 @@ def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], 
             mode = f.output_mode(f.name not in redacted and f.secret)
             out.add(f"{base}/{f.name}", contents[f.name], mode)
         reloads = _reloads(host, files)
-        for name, text in member_steps(host, files, contents).items():
+        steps = member_steps(host, files, contents, reloads)
+        for name, text in steps.items():
             out.add(f"{base}/steps/{name}", text, 0o700)
         out.add(f"host_vars/{yaml_key(host.member.name)}.yml",
-                _host_vars(host, files, contents, redacted, reloads))
+                _host_vars(host, files, redacted, steps, reloads))
         if host.netns is not None:
             out.add(f"netns/{yaml_key(host.member.name)}", netns_wrapper(host), 0o755)
     out.add("README.md", _readme(hosts, redact))
