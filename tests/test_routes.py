@@ -193,6 +193,23 @@ def test_a_member_without_routes_gets_no_routes_files(tmp_path):
     assert not any(p.endswith("fwc-routes.sh") for p in _files(tmp_path, BASE))
 
 
+def test_the_routes_batches_are_computed_once_per_member(tmp_path, monkeypatch):
+    from fwc.backend.render import routes
+
+    calls: list[str] = []
+    batches = routes.batches
+
+    def counted(cluster, member):
+        calls.append(member.name)
+        return batches(cluster, member)
+
+    monkeypatch.setattr(routes, "batches", counted)
+    files = _files(tmp_path, TWO_UPLINKS)
+    assert "fw1/fwc-routes.sh" in files and "fw2/fwc-routes.service" in files
+    # the files table asks once per routes file, the script renders them: one computation
+    assert sorted(calls) == ["fw1", "fw2"]
+
+
 def test_sync_link_igmp_is_accepted_in_and_out(tmp_path):
     files = _files(tmp_path, BASE)
     for name in ("fw1/iptables.rules", "fw1/failsafe.rules"):

@@ -99,9 +99,18 @@ def batches(cluster: Cluster, member: Member) -> list[FamilyBatch]:
     return out
 
 
+def member_batches(build: MemberBuild) -> tuple[FamilyBatch, ...]:
+    """`batches` of BUILD's member, computed once per member build: whether the member
+    gets the routes files (asked once per file row) and the script share them."""
+    key = "routes batches"
+    if key not in build.memo:
+        build.memo[key] = tuple(batches(build.cluster, build.member))
+    return build.memo[key]  # type: ignore[return-value]
+
+
 def has_routes(build: MemberBuild) -> bool:
     """When the member gets the routes script and its unit (the files table's When.ROUTES)."""
-    return bool(batches(build.cluster, build.member))
+    return bool(member_batches(build))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +145,16 @@ def vrrp_routing(cluster: Cluster, member: Member, interface: str, family: int,
     return VirtualRouting(tuple(routes), tuple(rules))
 
 
-def routes_script(cluster: Cluster, member: Member) -> str:
+def routes_script(cluster: Cluster, member: Member,
+                  family_batches: tuple[FamilyBatch, ...]) -> str:
+    """The routes script of MEMBER, installing FAMILY_BATCHES (`member_batches`)."""
     return render_template("fwc-routes.sh.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "unit": path_of("fwc-routes.service").rsplit("/", 1)[-1],
         "protocol": proto.ROUTE_PROTOCOL,
         "log_tag": proto.ROUTES_LOG_TAG,
-        "batches": batches(cluster, member),
+        "batches": family_batches,
     })
 
 
@@ -160,4 +171,4 @@ def routes_unit(cluster: Cluster, member: Member) -> str:
 def render_file(build: MemberBuild, file: GeneratedFile) -> str:
     if file.name == "fwc-routes.service":
         return routes_unit(build.cluster, build.member)
-    return routes_script(build.cluster, build.member)
+    return routes_script(build.cluster, build.member, member_batches(build))
