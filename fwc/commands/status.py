@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fwc.commands.install import UsageError, load_policy
-from fwc.install.record import parse_record, read_command
+from fwc.install.record import describe, parse_record, read_command
 from fwc.install.transport import (
     InventoryError,
     TransportError,
@@ -91,6 +91,4 @@ def _line(row: dict[str, object], output: str) -> str:
         return f"{name}: no install record (not installed by fwc, or by a version without " \
                "records)"
     same = "matches" if row["matches_compiled"] else "differs from"
-    return (f"{name}: installed {record.get('at', '?')} by {record.get('by', '?')} from "
-            f"{record.get('policy', '?')} at revision {record.get('revision', '?')}; its "
-            f"MANIFEST {same} {output}/{row['cluster']}/MANIFEST")
+    return f"{name}: {describe(record)}; its MANIFEST {same} {output}/{row['cluster']}/MANIFEST"

@@ -32,7 +32,7 @@ from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.rulesets import normalised
-from fwc.install.record import parse_record, read_command
+from fwc.install.record import describe, parse_record, read_command
 from fwc.install.scripts import NFT_TABLE, nft_list_table
 from fwc.install.secrets import SecretsError, fill, read_secret_source
 from fwc.install.transport import (
@@ -126,8 +126,7 @@ def installed_by(transport: Transport) -> str:
     record = parse_record(result.stdout) if result.ok else None
     if record is None:
         return f"{transport.member}: no install record on the node"
-    return (f"{transport.member}: installed {record.get('at', '?')} by {record.get('by', '?')} "
-            f"from {record.get('policy', '?')} at revision {record.get('revision', '?')}")
+    return f"{transport.member}: {describe(record)}"
 
 
 def compare(transport: Transport, compiled: dict[str, str],

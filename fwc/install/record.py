@@ -14,6 +14,7 @@ import os
 import shlex
 import socket
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +108,13 @@ def read_command() -> str:
     """Node command: print RECORD, the separator and RECORD_MANIFEST (nothing without)."""
     return (f"if [ -f {RECORD} ]; then cat {RECORD}; echo '{_SEPARATOR}'; "
             f"cat {RECORD_MANIFEST} 2>/dev/null; fi")
+
+
+def describe(record: Mapping[str, str]) -> str:
+    """A parsed record for people (`fwc status`, `fwc diff --installed`): when, by whom,
+    from which policy and revision; `?` for a field the node's record lacks."""
+    return (f"installed {record.get('at', '?')} by {record.get('by', '?')} from "
+            f"{record.get('policy', '?')} at revision {record.get('revision', '?')}")
 
 
 def parse_record(text: str) -> dict[str, str] | None:
