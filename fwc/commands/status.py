@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, InventoryError) as exc:
         print(f"fwc status: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Each cluster's compiled MANIFEST, read once for all its members.
+    compiled = {name: compiled_manifest(Path(args.output), name)
+                for name in dict.fromkeys(c.name for c, _ in chosen)}
     rows = []
     unreachable = False
     for cluster, member in chosen:
@@ -64,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         assert result is not None
         record = parse_record(result.stdout)
-        compiled = compiled_manifest(Path(args.output), cluster.name)
         if record is None:
             row["installed"] = None
         else:
             manifest = record.pop("manifest")
             row["installed"] = record
-            row["matches_compiled"] = compiled is not None and manifest == compiled
+            ours = compiled[cluster.name]
+            row["matches_compiled"] = ours is not None and manifest == ours
         rows.append(row)
     if args.format == "json":
         sys.stdout.write(json.dumps({"nodes": rows}, indent=2) + "\n")
