@@ -14,9 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fwc.backend.output import OutputFile, write_file
 from fwc.commands.common import without_cycle_collection
 from fwc.diagnostics import Diagnostic, error, failed, print_diagnostics
-from fwc.install.ansible import MARKER, TreeFile, export_ansible
+from fwc.install.ansible import MARKER, export_ansible
 from fwc.install.transport import InventoryEntry, InventoryError, read_inventory
 from fwc.pipeline import analyse
 
@@ -70,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_tree(directory: Path, files: list[TreeFile]) -> None:
+def write_tree(directory: Path, files: list[OutputFile]) -> None:
     """Write FILES as DIRECTORY, swapping the whole directory in at the end."""
     directory = directory.absolute()
     if directory.exists() and not directory.is_dir():
@@ -88,12 +89,7 @@ def write_tree(directory: Path, files: list[TreeFile]) -> None:
     try:
         os.chmod(staging, 0o755)
         for f in files:
-            target = staging / f.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
-            with os.fdopen(fd, "wb") as stream:
-                stream.write(f.content)
-            os.chmod(target, f.mode)
+            write_file(staging, f)
         if directory.exists():
             directory.rename(old)
         staging.rename(directory)

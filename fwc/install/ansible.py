@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
-from fwc.backend.output import compile_policy
+from fwc.backend.output import OutputFile, compile_policy
 from fwc.backend.render.escape import UnwritableText, yaml_key, yaml_unsafe
 from fwc.diagnostics import Diagnostic, error, warning
 from fwc.install import scripts
@@ -56,21 +56,16 @@ INVENTORY_OPTIONS = ("netns", "mount", "port", "python")
 MARKER = ".fwc-ansible"
 
 
-@dataclass(frozen=True, slots=True)
-class TreeFile:
-    path: str  # relative to the export directory
-    content: bytes
-    mode: int = 0o644
-
-
 @dataclass
 class Export:
-    files: list[TreeFile] = field(default_factory=list)
+    # Each file's path is relative to the export directory; written as `fwc compile`
+    # writes its files (fwc.backend.output.write_file).
+    files: list[OutputFile] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def add(self, path: str, text: str | bytes, mode: int = 0o644) -> None:
         data = text.encode("utf-8") if isinstance(text, str) else text
-        self.files.append(TreeFile(path, data, mode))
+        self.files.append(OutputFile(path, data, mode))
 
 
 @dataclass(frozen=True, slots=True)
