@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -28,6 +30,7 @@ from fwc.backend.output import (
     source_root,
     write_output,
 )
+from fwc.cli import main
 from fwc.model import Policy
 from fwc.pipeline import Analysis, analyse
 
@@ -37,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 # the progress and the passes other tests watch. Inherited by the fwc processes tests run.
 os.environ.setdefault("FWC_NO_CACHE", "1")
 POLICIES = REPO / "policies"
+EDGE = POLICIES / "edge.fw"
 EXAMPLE_FILES = sorted(POLICIES.glob("*.fw"))
 EXAMPLE_NAMES = [p.name for p in EXAMPLE_FILES]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -119,6 +123,32 @@ def policies() -> Path:
     return POLICIES
 
 
+# -- helpers every test module shares (one copy each) ----------------------------------------
+
+def file_tree(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under DIRECTORY by its relative path: its bytes and permission bits."""
+    return {str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def compile_to(policy: Path, out: Path, *extra: str) -> int:
+    """`fwc compile POLICY -o OUT EXTRA...` in this process; its exit code."""
+    return main(["compile", str(policy), "-o", str(out), *extra])
+
+
+def run_fwc(*args: str, cwd: Path | None = None, stdin: str | None = None,
+            env: dict[str, str] | None = None, clean_env: bool = False, timeout: float = 60,
+            preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m fwc ARGS` of this checkout (PYTHONPATH=REPO) in a child process, its
+    output captured as text. The child inherits this process's environment plus ENV; with
+    CLEAN_ENV only PATH=/usr/bin:/bin and ENV (no fwc.toml-, cache- or CI variables)."""
+    base = {"PATH": "/usr/bin:/bin"} if clean_env else dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "fwc", *args], input=stdin, cwd=cwd,
+                          env={**base, "PYTHONPATH": str(REPO), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec_fn)
+
+
 def write_policy(tmp_path: Path, text: str, name: str = "p.fw") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -183,7 +213,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
     return Examples(tmp_path_factory.mktemp("examples"))
 
 
-EDGE_TEXT = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
+EDGE_TEXT = EDGE.read_text(encoding="utf-8")
 
 
 @pytest.fixture

@@ -16,13 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import cannot_run
+from conftest import EDGE, REPO, cannot_run, compile_to, file_tree
 
 from fwc import cache as fwc_cache
 from fwc.cli import main
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = REPO / "policies" / "edge.fw"
 
 
 @pytest.fixture
@@ -33,11 +30,6 @@ def cache_home(monkeypatch):
     monkeypatch.delenv("FWC_NO_CACHE", raising=False)
     yield home
     shutil.rmtree(home, ignore_errors=True)
-
-
-def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _entries(home: Path, kind: str) -> list[Path]:
@@ -54,22 +46,18 @@ def _policy(tmp_path: Path, text: str | None = None) -> Path:
     return path
 
 
-def _compile(policy: Path, out: Path, *extra: str) -> int:
-    return main(["compile", str(policy), "-o", str(out), *extra])
-
-
 def test_compile_from_the_cache_is_byte_identical(cache_home, tmp_path, capsys):
     policy = _policy(tmp_path)
-    assert _compile(policy, tmp_path / "first") == 0
+    assert compile_to(policy, tmp_path / "first") == 0
     assert _entries(cache_home, "out") and _entries(cache_home, "analysis")
     first_print = capsys.readouterr().out
-    assert _compile(policy, tmp_path / "cached") == 0
+    assert compile_to(policy, tmp_path / "cached") == 0
     assert capsys.readouterr().out == first_print.replace("first", "cached")
-    assert _compile(policy, tmp_path / "plain", "--no-cache") == 0
-    plain = _tree(tmp_path / "plain")
-    assert _tree(tmp_path / "first") == plain == _tree(tmp_path / "cached")
+    assert compile_to(policy, tmp_path / "plain", "--no-cache") == 0
+    plain = file_tree(tmp_path / "plain")
+    assert file_tree(tmp_path / "first") == plain == file_tree(tmp_path / "cached")
     # and the same as the committed golden output of the example
-    golden = _tree(REPO / "output" / "edge")
+    golden = file_tree(REPO / "output" / "edge")
     ours = {k.removeprefix("edge/"): v for k, v in plain.items()}
     assert {k: v[0] for k, v in ours.items() if k != "MANIFEST"} == \
         {k: v[0] for k, v in golden.items() if k != "MANIFEST"}
@@ -77,14 +65,14 @@ def test_compile_from_the_cache_is_byte_identical(cache_home, tmp_path, capsys):
 
 def test_a_one_line_edit_is_compiled_again(cache_home, tmp_path):
     policy = _policy(tmp_path)
-    assert _compile(policy, tmp_path / "before") == 0
+    assert compile_to(policy, tmp_path / "before") == 0
     text = policy.read_text(encoding="utf-8")
     assert "tcp/22" in text
     policy.write_text(text.replace("tcp/22", "tcp/2222", 1), encoding="utf-8")
-    assert _compile(policy, tmp_path / "after") == 0
-    assert _compile(policy, tmp_path / "plain", "--no-cache") == 0
-    after = _tree(tmp_path / "after")
-    assert after == _tree(tmp_path / "plain") != _tree(tmp_path / "before")
+    assert compile_to(policy, tmp_path / "after") == 0
+    assert compile_to(policy, tmp_path / "plain", "--no-cache") == 0
+    after = file_tree(tmp_path / "after")
+    assert after == file_tree(tmp_path / "plain") != file_tree(tmp_path / "before")
     assert any(b"2222" in content for content, _ in after.values())
 
 
@@ -94,12 +82,12 @@ def test_a_changed_password_file_is_not_served_from_the_cache(cache_home, tmp_pa
     policy = _policy(tmp_path, text.replace('password "s3cret"', 'password file "vrrp.pw"'))
     secret = policy.parent / "vrrp.pw"
     secret.write_text("first1\n", encoding="utf-8")
-    assert _compile(policy, tmp_path / "one") == 0
+    assert compile_to(policy, tmp_path / "one") == 0
     secret.write_text("second2\n", encoding="utf-8")
-    assert _compile(policy, tmp_path / "two") == 0
+    assert compile_to(policy, tmp_path / "two") == 0
     conf = "edge/fw1/keepalived.conf"
-    assert b"second2" in _tree(tmp_path / "two")[conf][0]
-    assert b"first1" in _tree(tmp_path / "one")[conf][0]
+    assert b"second2" in file_tree(tmp_path / "two")[conf][0]
+    assert b"first1" in file_tree(tmp_path / "one")[conf][0]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -121,13 +109,13 @@ def test_check_from_the_cache_says_the_same(cache_home, tmp_path, capsys, monkey
 
 def test_no_cache_neither_reads_nor_writes(cache_home, tmp_path):
     policy = _policy(tmp_path)
-    assert _compile(policy, tmp_path / "out", "--no-cache") == 0
+    assert compile_to(policy, tmp_path / "out", "--no-cache") == 0
     assert main(["check", str(policy), "--no-cache"]) == 0
     assert not (cache_home / "fwc").exists()  # not even the key is made
 
 
 def test_the_cache_directory_and_key_are_private(cache_home, tmp_path):
-    assert _compile(_policy(tmp_path), tmp_path / "out") == 0
+    assert compile_to(_policy(tmp_path), tmp_path / "out") == 0
     directory = cache_home / "fwc"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for entry in directory.iterdir():
@@ -140,15 +128,15 @@ def test_a_directory_others_can_use_is_not_used(cache_home, tmp_path, capsys):
     directory.mkdir(mode=0o700)
     directory.chmod(0o755)
     policy = _policy(tmp_path)
-    assert _compile(policy, tmp_path / "out") == 0
+    assert compile_to(policy, tmp_path / "out") == 0
     assert "not using the cache" in capsys.readouterr().err
     assert list(directory.iterdir()) == []  # nothing written, not even a key
-    assert _tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
+    assert file_tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
 
 
 def _tree_of_plain(policy: Path, tmp_path: Path) -> dict[str, tuple[bytes, int]]:
-    assert _compile(policy, tmp_path / "plain", "--no-cache") == 0
-    return _tree(tmp_path / "plain")
+    assert compile_to(policy, tmp_path / "plain", "--no-cache") == 0
+    return file_tree(tmp_path / "plain")
 
 
 def test_a_directory_of_another_user_is_not_used(cache_home):
@@ -182,20 +170,20 @@ def test_never_in_the_shared_temporary_directory(tmp_path):
 
 def test_a_corrupt_entry_is_ignored_and_replaced(cache_home, tmp_path):
     policy = _policy(tmp_path)
-    assert _compile(policy, tmp_path / "one") == 0
+    assert compile_to(policy, tmp_path / "one") == 0
     [entry] = _entries(cache_home, "out")
     data = bytearray(entry.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit inside a generated file
     entry.write_bytes(bytes(data))
-    assert _compile(policy, tmp_path / "two") == 0
-    assert _tree(tmp_path / "two") == _tree(tmp_path / "one")
+    assert compile_to(policy, tmp_path / "two") == 0
+    assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
     assert entry.read_bytes() != bytes(data)  # written anew by that compile
 
 
 def test_a_foreign_entry_is_ignored(cache_home, tmp_path):
     """An entry authenticated with another key (another user's cache, a copied file)."""
     policy = _policy(tmp_path)
-    assert _compile(policy, tmp_path / "one") == 0
+    assert compile_to(policy, tmp_path / "one") == 0
     [entry] = _entries(cache_home, "analysis")
     name = entry.name.split("-", 1)[1]
     # What another key would sign: diagnostics that say something else entirely.
@@ -237,11 +225,11 @@ def test_a_compile_after_check_of_the_same_content_does_not_check_again(cache_ho
         raise AssertionError("the checks ran again")
 
     monkeypatch.setattr(fwc.checks, "run_checks", no_checks)
-    assert _compile(policy, tmp_path / "out") == 0  # parse, resolve, build; checks cached
+    assert compile_to(policy, tmp_path / "out") == 0  # parse, resolve, build; checks cached
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     monkeypatch.delenv("FWC_NO_CACHE", raising=False)
-    assert _tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
+    assert file_tree(tmp_path / "out") == _tree_of_plain(policy, tmp_path)
 
 
 def test_a_policy_with_library_includes_is_answered_from_the_cache(cache_home, tmp_path,

@@ -8,26 +8,14 @@ import stat
 from pathlib import Path
 
 from conftest import EDGE_TEXT as EDGE
-from conftest import REPO
-
-from fwc.cli import main as fwc_main
-
-
-def compile_to(policy: Path, out: Path, *extra: str) -> int:
-    return fwc_main(["compile", str(policy), "-o", str(out), *extra])
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
+from conftest import REPO, compile_to, file_tree
 
 
 def test_compile_twice_gives_the_same_bytes_from_any_directory(edge, tmp_path, monkeypatch):
     assert compile_to(edge, tmp_path / "a") == 0
     monkeypatch.chdir(tmp_path / "src")
     assert compile_to(Path("edge.fw"), tmp_path / "b") == 0
-    a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
+    a, b = file_tree(tmp_path / "a"), file_tree(tmp_path / "b")
     assert a == b
     assert set(a) == {"edge/MANIFEST"} | {
         f"edge/{m}/{f}" for m in ("fw1", "fw2")
@@ -80,12 +68,12 @@ def test_comments_name_sources_relative_to_the_root_policy(tmp_path):
 def test_an_error_leaves_the_output_untouched(edge, tmp_path, capsys):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
-    before = snapshot(out)
+    before = file_tree(out)
     edge.write_text(EDGE.replace("accept from client   to firewall service ssh",
                                  "accept from nobody   to firewall service ssh"))
     assert compile_to(edge, out) == 1
     assert "nothing written" in capsys.readouterr().err
-    assert snapshot(out) == before
+    assert file_tree(out) == before
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
 
 
@@ -99,7 +87,7 @@ def test_strict_makes_warnings_fatal(edge, tmp_path):
 def test_a_failure_while_writing_changes_nothing(edge, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
-    before = snapshot(out)
+    before = file_tree(out)
     import fwc.backend.output
 
     def broken(directory, cluster):
@@ -107,7 +95,7 @@ def test_a_failure_while_writing_changes_nothing(edge, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fwc.backend.output, "_write_cluster", broken)
     assert compile_to(edge, out) == 1
-    assert snapshot(out) == before
+    assert file_tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
@@ -141,12 +129,12 @@ def test_vanished_members_and_clusters_go_other_policies_stay(edge, tmp_path):
 def test_a_cluster_of_another_policy_is_never_overwritten(edge, tmp_path, capsys):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
-    before = snapshot(out)
+    before = file_tree(out)
     clash = tmp_path / "src" / "clash.fw"
     clash.write_text(EDGE)
     assert compile_to(clash, out) == 1
     assert "belongs to policy 'edge.fw'" in capsys.readouterr().err
-    assert snapshot(out) == before
+    assert file_tree(out) == before
 
 
 def test_redact_secrets_writes_a_placeholder_that_keepalived_accepts(edge, tmp_path):

@@ -8,14 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import cannot_run
+from conftest import EDGE, REPO, cannot_run, file_tree
 
 from fwc.backend.files import BY_NAME
 from fwc.cli import main
 from fwc.install import scripts
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = REPO / "policies" / "edge.fw"
 
 
 def export(capsys, *args: str) -> tuple[int, str]:
@@ -38,11 +35,6 @@ def renamed(tmp_path: Path, cluster: str, members: tuple[str, str] = ("fw1", "fw
     path = tmp_path / f"{cluster}.fw"
     path.write_text(text)
     return path
-
-
-def tree(path: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mode & 0o7777)
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_a_member_without_ssh_host_or_inventory_line(tmp_path, capsys):
@@ -86,11 +78,11 @@ def test_password_in_the_tree_is_warned_and_redaction_keeps_it_out(tmp_path, cap
     inv = inventory(tmp_path, "fw1 a\nfw2 b\n")
     code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "plain"), "--inventory", inv)
     assert code == 0 and "FWC555" in out
-    assert any(b"s3cret" in data for data, _ in tree(tmp_path / "plain").values())
+    assert any(b"s3cret" in data for data, _ in file_tree(tmp_path / "plain").values())
     code, out = export(capsys, str(EDGE), "-o", str(tmp_path / "red"), "--inventory", inv,
                        "--redact-secrets")
     assert code == 0 and "FWC555" not in out
-    files = tree(tmp_path / "red")
+    files = file_tree(tmp_path / "red")
     assert not any(b"s3cret" in data for data, _ in files.values())
     assert files["roles/fwc/files/edge/fw1/keepalived.conf"][1] == 0o644
     assert "redacted: true" in files["host_vars/fw1.yml"][0].decode()
@@ -100,7 +92,7 @@ def test_the_tree_follows_the_files_table_and_install_steps(tmp_path, capsys):
     code, _ = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
                      "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))
     assert code == 0
-    files = tree(tmp_path / "t")
+    files = file_tree(tmp_path / "t")
     host_vars = files["host_vars/fw1.yml"][0].decode()
     compiled = sorted(p.name for p in (REPO / "output/edge/fw1").iterdir())
     for name in compiled:
@@ -128,7 +120,7 @@ def test_same_policies_same_tree_and_foreign_directory_refused(tmp_path, capsys)
     for out in ("one", "two"):
         assert export(capsys, str(EDGE), "-o", str(tmp_path / out), "--redact-secrets",
                       "--inventory", inv)[0] == 0
-    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    assert file_tree(tmp_path / "one") == file_tree(tmp_path / "two")
     # exported again over itself: replaced whole
     assert export(capsys, str(EDGE), "-o", str(tmp_path / "one"), "--redact-secrets",
                   "--inventory", inv)[0] == 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
+from functools import partial
 
 import yaml
-from checkkit import REPO
+from conftest import REPO, run_fwc
 
 from fwc.cli import build_parser
 
@@ -15,10 +15,8 @@ UGLY = "host   web    192.0.2.80\nhost a 192.0.2.1\n\n\n\nservice   http tcp/80\
 PRETTY = "host    web  192.0.2.80\nhost    a    192.0.2.1\n\nservice http tcp/80\n"
 
 
-def fwc(*args: str, stdin: str | None = None, cwd=REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fwc", *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+# The checkout's fwc in a clean environment (PATH=/usr/bin:/bin only).
+fwc = partial(run_fwc, cwd=REPO, clean_env=True)
 
 
 def test_fmt_stdin_to_stdout():

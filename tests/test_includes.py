@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
-from checkkit import BASE, REPO
+from checkkit import BASE
+from conftest import EDGE_TEXT, run_fwc
 
 from fwc.frontend import loader
 from fwc.frontend.loader import load
@@ -49,11 +50,7 @@ def _limits() -> None:  # runs in the child: a /dev/zero regression hits this, n
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
-def fwc(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "fwc", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=_limits)
+fwc = partial(run_fwc, preexec_fn=_limits)
 
 
 def policy(repo: Path, include: str, name: str = "p.fw") -> Path:
@@ -75,7 +72,7 @@ def test_fwc010_include_outside_the_repository_echoes_nothing(tree: Path, how: s
     if how == "symlinked-dir":
         (tree / "out").symlink_to(secret.parent)
     policy(tree, include)
-    result = fwc(tree, "check", "p.fw")
+    result = fwc("check", "p.fw", cwd=tree)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "p.fw:1:9: error[FWC010]" in output, output
@@ -123,27 +120,27 @@ def test_include_path_allows_a_directory_and_searches_it(tree: Path):
     shared.mkdir()
     (shared / "objects.fw").write_text(SHARED, encoding="utf-8")
     policy(tree, "objects.fw")  # not next to p.fw: found through the search path
-    refused = fwc(tree, "check", "p.fw")
+    refused = fwc("check", "p.fw", cwd=tree)
     assert refused.returncode == 1
     assert "p.fw:1:9: error[FWC002]" in refused.stderr, refused.stderr
     for command in (["check", "p.fw"], ["query", "p.fw", "--from", "192.0.2.10", "--to",
                                         "198.51.100.10", "--service", "tcp/5001"],
                     ["compile", "p.fw", "-o", str(tree.parent / "out")]):
-        result = fwc(tree, *command, "--include-path", str(shared))
+        result = fwc(*command, "--include-path", str(shared), cwd=tree)
         assert result.returncode == 0, result.stderr
         assert "FWC0" not in result.stderr, result.stderr
     # by absolute name too, but a file beside the allowed directory stays refused
     policy(tree, str(shared / "objects.fw"))
-    assert fwc(tree, "check", "p.fw", "--include-path", str(shared)).returncode == 0
+    assert fwc("check", "p.fw", "--include-path", str(shared), cwd=tree).returncode == 0
     policy(tree, str(tree.parent / "outside" / "secret.fw"))
-    result = fwc(tree, "check", "p.fw", "--include-path", str(shared))
+    result = fwc("check", "p.fw", "--include-path", str(shared), cwd=tree)
     assert "error[FWC010]" in result.stderr and SECRET not in result.stderr
 
 
 def test_include_path_must_be_a_directory(tree: Path):
     policy(tree, "lib/shared.fw")
     for command in ("check", "compile", "query", "install", "lab", "diff"):
-        result = fwc(tree, command, "p.fw", "--include-path", str(tree / "nope"))
+        result = fwc(command, "p.fw", "--include-path", str(tree / "nope"), cwd=tree)
         assert result.returncode == 2, (command, result.stderr)
         assert "--include-path: '" in result.stderr and "is not a directory" in result.stderr
 
@@ -152,7 +149,7 @@ def test_include_path_of_diff_must_be_inside_the_repository(tmp_path: Path):
     repo = tmp_path / "fw"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    result = fwc(repo, "diff", "--include-path", str(tmp_path))
+    result = fwc("diff", "--include-path", str(tmp_path), cwd=repo)
     assert result.returncode == 2
     assert "is outside the repository" in result.stderr
     assert "fwc diff reads both sides from git" in result.stderr
@@ -163,10 +160,10 @@ def test_include_path_of_diff_must_be_inside_the_repository(tmp_path: Path):
 def test_fwc011_dev_zero_is_refused_quickly(tree: Path):
     """Today `include "/dev/zero"` grows memory without bound: now refused before opening."""
     policy(tree, "/dev/zero")
-    result = fwc(tree, "check", "p.fw", "--include-path", "/dev", timeout=30)
+    result = fwc("check", "p.fw", "--include-path", "/dev", timeout=30, cwd=tree)
     assert result.returncode == 1, result.stderr
     assert "p.fw:1:9: error[FWC011]: '/dev/zero' is a character device" in result.stderr
-    top = fwc(tree, "check", "/dev/zero", timeout=30)
+    top = fwc("check", "/dev/zero", timeout=30, cwd=tree)
     assert top.returncode == 1
     assert "error[FWC011]" in top.stderr and "Traceback" not in top.stderr
 
@@ -174,10 +171,10 @@ def test_fwc011_dev_zero_is_refused_quickly(tree: Path):
 def test_fwc011_fifo_does_not_hang(tree: Path):
     os.mkfifo(tree / "lib" / "pipe.fw")
     policy(tree, "lib/pipe.fw")
-    result = fwc(tree, "check", "p.fw", timeout=30)
+    result = fwc("check", "p.fw", timeout=30, cwd=tree)
     assert result.returncode == 1, result.stderr
     assert "p.fw:1:9: error[FWC011]: 'lib/pipe.fw' is a FIFO" in result.stderr
-    top = fwc(tree, "check", "lib/pipe.fw", timeout=30)
+    top = fwc("check", "lib/pipe.fw", timeout=30, cwd=tree)
     assert top.returncode == 1 and "error[FWC011]" in top.stderr
 
 
@@ -192,7 +189,7 @@ def test_fwc012_file_too_large(tree: Path):
     with open(tree / "lib" / "huge.fw", "wb") as f:
         f.truncate(MAX_FILE_BYTES + 1)  # sparse: refused by its size, never read
     policy(tree, "lib/huge.fw")
-    result = fwc(tree, "check", "p.fw", timeout=30)
+    result = fwc("check", "p.fw", timeout=30, cwd=tree)
     assert result.returncode == 1
     assert "p.fw:1:9: error[FWC012]: 'lib/huge.fw' is larger than 8 MiB" in result.stderr
 
@@ -283,7 +280,7 @@ def gitrepo(tmp_path: Path) -> Path:
     git(repo, "config", "user.email", "test@example.org")
     git(repo, "config", "user.name", "test")
     (repo / "policies" / "edge.fw").write_text(
-        (REPO / "policies" / "edge.fw").read_text(encoding="utf-8"), encoding="utf-8")
+        EDGE_TEXT, encoding="utf-8")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "edge")
     return repo
@@ -293,7 +290,7 @@ def test_diff_include_climbing_back_is_a_cycle_not_a_recursion_error(gitrepo: Pa
     edge = gitrepo / "policies" / "edge.fw"
     edge.write_text('include "lib/../edge.fw"\n' + edge.read_text(encoding="utf-8"),
                     encoding="utf-8")
-    result = fwc(gitrepo, "diff", "policies/edge.fw", timeout=60)
+    result = fwc("diff", "policies/edge.fw", timeout=60, cwd=gitrepo)
     assert result.returncode == 2, result.stderr
     assert "policies/edge.fw:1:9: error[FWC003]: include cycle" in result.stderr
     assert "RecursionError" not in result.stderr and "Traceback" not in result.stderr
@@ -304,7 +301,7 @@ def test_diff_deep_chain_ends_in_a_diagnostic(gitrepo: Path):
     (gitrepo / "policies" / "p.fw").unlink()
     edge = gitrepo / "policies" / "edge.fw"
     edge.write_text('include "c1.fw"\n' + edge.read_text(encoding="utf-8"), encoding="utf-8")
-    result = fwc(gitrepo, "diff", "policies/edge.fw", timeout=120)
+    result = fwc("diff", "policies/edge.fw", timeout=120, cwd=gitrepo)
     assert result.returncode == 2, result.stderr
     assert f"policies/c{MAX_INCLUDE_DEPTH - 1}.fw:1:9: error[FWC013]" in result.stderr
 
@@ -315,7 +312,7 @@ def test_diff_worktree_symlink_out_of_the_repository(gitrepo: Path, tree: Path):
     edge = gitrepo / "policies" / "edge.fw"
     edge.write_text('include "lib/link.fw"\n' + edge.read_text(encoding="utf-8"),
                     encoding="utf-8")
-    result = fwc(gitrepo, "diff", "policies/edge.fw")
+    result = fwc("diff", "policies/edge.fw", cwd=gitrepo)
     assert result.returncode == 2, result.stderr
     assert "policies/edge.fw:1:9: error[FWC010]" in result.stderr
     assert SECRET not in result.stderr + result.stdout
@@ -330,7 +327,7 @@ def test_diff_committed_blob_too_large(gitrepo: Path):
     git(gitrepo, "add", "-A")
     git(gitrepo, "commit", "-q", "-m", "huge")
     (gitrepo / "policies" / "lib" / "huge.fw").write_text("", encoding="utf-8")
-    result = fwc(gitrepo, "diff", "HEAD", "policies/edge.fw", timeout=60)
+    result = fwc("diff", "HEAD", "policies/edge.fw", timeout=60, cwd=gitrepo)
     assert result.returncode == 2, result.stderr
     assert "does not compile at HEAD" in result.stderr
     assert "policies/edge.fw:1:9: error[FWC012]" in result.stderr
@@ -348,18 +345,18 @@ def test_diff_include_path_inside_the_repository_is_searched(gitrepo: Path):
     git(gitrepo, "commit", "-q", "-m", "shared objects")
     (gitrepo / "shared" / "objects.fw").write_text(monitor.replace(".20", ".21"),
                                                    encoding="utf-8")
-    result = fwc(gitrepo, "diff", "--no-color", "--include-path", "shared")
+    result = fwc("diff", "--no-color", "--include-path", "shared", cwd=gitrepo)
     # the searched file's change is found (discovery) and compiled at both sides
     assert result.returncode == 1, result.stderr
     assert "192.0.2.21" in result.stdout and "192.0.2.20" in result.stdout
-    refused = fwc(gitrepo, "diff", "--no-color", "policies/edge.fw")
+    refused = fwc("diff", "--no-color", "policies/edge.fw", cwd=gitrepo)
     assert refused.returncode == 2 and "error[FWC002]" in refused.stderr
 
 
 def test_a_name_the_os_cannot_take_is_a_diagnostic(tree: Path):
     # A raw NUL byte in the name: the string decoding refuses it at the character.
     (tree / "p.fw").write_text('include "a\x00b.fw"\n' + BASE, encoding="utf-8")
-    result = fwc(tree, "check", "p.fw")
+    result = fwc("check", "p.fw", cwd=tree)
     assert result.returncode == 1
     assert "p.fw:1:11: error[FWC004]" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -383,31 +380,31 @@ def test_password_file_outside_the_repository_is_refused(tree: Path, where: str)
     if where == "symlink":
         (tree / "lib" / "pw").symlink_to(secret)
     password_policy(tree, name)
-    result = fwc(tree, "check", "p.fw")
+    result = fwc("check", "p.fw", cwd=tree)
     assert result.returncode == 1, result.stderr
     assert "error[FWC010]: password file" in result.stderr, result.stderr
     assert SECRET not in result.stdout + result.stderr
-    compiled = fwc(tree, "compile", "p.fw", "-o", "out")
+    compiled = fwc("compile", "p.fw", "-o", "out", cwd=tree)
     assert compiled.returncode == 1 and not (tree / "out").exists()
 
 
 def test_password_file_fifo_and_device_do_not_hang(tree: Path):
     os.mkfifo(tree / "lib" / "pw")
     password_policy(tree, "lib/pw")
-    result = fwc(tree, "check", "p.fw", timeout=30)
+    result = fwc("check", "p.fw", timeout=30, cwd=tree)
     assert result.returncode == 1 and "error[FWC011]: 'lib/pw' is a FIFO" in result.stderr
     password_policy(tree, "/dev/zero")
-    assert "error[FWC010]" in fwc(tree, "check", "p.fw", timeout=30).stderr
+    assert "error[FWC010]" in fwc("check", "p.fw", timeout=30, cwd=tree).stderr
 
 
 def test_password_file_inside_the_repository_or_include_path_is_read(tree: Path):
     (tree / "lib" / "pw").write_text("s3cret\n", encoding="utf-8")
     password_policy(tree, "lib/pw")
-    assert fwc(tree, "check", "p.fw").returncode == 0
+    assert fwc("check", "p.fw", cwd=tree).returncode == 0
     outside = tree.parent / "outside"
     (outside / "pw").write_text("s3cret\n", encoding="utf-8")
     password_policy(tree, str(outside / "pw"))
-    allowed = fwc(tree, "check", "--include-path", str(outside), "p.fw")
+    allowed = fwc("check", "--include-path", str(outside), "p.fw", cwd=tree)
     assert allowed.returncode == 0, allowed.stderr
 
 
@@ -422,7 +419,7 @@ def test_diff_does_not_read_a_password_file_outside_the_repository(tree: Path):
     secret = tree.parent / "outside" / "pw"
     secret.write_text("abcdefghijklmnopq\n", encoding="utf-8")  # FWC212 would count it
     password_policy(repo, str(secret))
-    result = fwc(repo, "diff", "--no-color")
+    result = fwc("diff", "--no-color", cwd=repo)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "error[FWC010]" in result.stderr, result.stderr
     assert "FWC212" not in result.stderr

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import compile_to
 from test_install_netns import (
     OLD_KEEPALIVED,
     POLICY,
@@ -46,8 +47,9 @@ def with_backend(text: str, word: str = "nftables") -> str:
     return text[:brace + 1] + f"\n    backend {word}" + text[brace + 1:]
 
 
-def compile_to(policy: Path, output: Path, *extra: str) -> Path:
-    assert main(["compile", str(policy), "-o", str(output), *extra]) == 0
+def compiled(policy: Path, output: Path, *extra: str) -> Path:
+    """OUTPUT, once `fwc compile POLICY -o OUTPUT EXTRA...` succeeded there."""
+    assert compile_to(policy, output, *extra) == 0
     return output
 
 
@@ -58,7 +60,7 @@ def nft_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     policy = base / "src" / "edge.fw"
     policy.parent.mkdir()
     policy.write_text(with_backend(POLICY.read_text()))
-    compile_to(policy, base / "out", "--redact-secrets")
+    compiled(policy, base / "out", "--redact-secrets")
     return policy
 
 
@@ -155,7 +157,7 @@ def test_nft_rollback_deletes_a_new_table_and_restores_a_previous_one(
     changed.parent.mkdir()
     changed.write_text(nft_source.read_text().replace(
         "policy edge {\n", "policy edge {\n    drop   from 198.51.100.66 to any\n"))
-    output = compile_to(changed, tmp_path / "changed-out")
+    output = compiled(changed, tmp_path / "changed-out")
     capsys.readouterr()
     assert install(lab, changed, "--member", "fw2", "--confirm-timeout", "1",
                    output=output) == 1
@@ -199,14 +201,14 @@ def test_switch_from_iptables_keeps_the_old_rules_until_the_nft_table_is_confirm
     the new table is on probation; the confirmation empties fwc's old tables."""
     fw1 = lab.nodes["fw1"]
     policy = blocked_policy(tmp_path)  # edge plus a group that becomes an ipset
-    iptables_out = compile_to(policy, tmp_path / "ipt")
+    iptables_out = compiled(policy, tmp_path / "ipt")
     assert install(lab, policy, "--member", "fw1", "--confirm", output=iptables_out) == 0
     fwc_rules = fw1.rules()
     assert "--match-set fwc4-blocked src" in "\n".join(fwc_rules)
     assert fw1.exec("ipset list -n").split() == ["fwc4-blocked"]
     other_before = other_table(fw1)
 
-    nft_out = compile_to(policy, tmp_path / "nft", "--backend", "nftables")
+    nft_out = compiled(policy, tmp_path / "nft", "--backend", "nftables")
     capsys.readouterr()
     assert install(lab, policy, "--member", "fw1", "--confirm-timeout", "1",
                    output=nft_out) == 1
@@ -249,7 +251,7 @@ def test_switch_back_to_iptables_deletes_fwcs_table_once_confirmed(lab, nft_sour
     other_before = other_table(fw1)
     assert install(lab, nft_source, "--member", "fw1", "--confirm") == 0
     assert fwc_table(fw1) != ""
-    iptables_out = compile_to(nft_source, tmp_path / "ipt", "--backend", "iptables")
+    iptables_out = compiled(nft_source, tmp_path / "ipt", "--backend", "iptables")
     capsys.readouterr()
     assert install(lab, nft_source, "--member", "fw1", "--confirm-timeout", "1",
                    output=iptables_out) == 1
@@ -268,7 +270,7 @@ def test_confirmation_by_hand_on_the_node_retires_the_old_backend_too(lab, nft_s
     """`touch /etc/fwc/snapshot/confirmed` on the node: the watchdog does what fwc's
     confirmation would have done (the node steps of an install, run by hand)."""
     fw2 = lab.nodes["fw2"]
-    iptables_out = compile_to(nft_source, tmp_path / "ipt", "--backend", "iptables")
+    iptables_out = compiled(nft_source, tmp_path / "ipt", "--backend", "iptables")
     assert install(lab, nft_source, "--member", "fw2", "--confirm", output=iptables_out) == 0
     assert "-A " in "\n".join(fw2.rules())
     files = [f for f in FILES if f.name == "nftables.nft"]

@@ -10,17 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EDGE_TEXT as EDGE
-
-from fwc.cli import main
-
-
-def compile_to(policy: Path, out: Path, *extra: str) -> int:
-    return main(["compile", str(policy), "-o", str(out), *extra])
-
-
-def tree(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(directory)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+from conftest import compile_to, file_tree
 
 
 def leftovers(*directories: Path) -> list[str]:
@@ -61,7 +51,7 @@ def test_staging_copy_is_private_until_it_is_swapped_in(edge, tmp_path):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
     os.chmod(out, 0o750)
-    before = tree(out)
+    before = file_tree(out)
     assert before["edge/fw1/keepalived.conf"][1] == 0o600
     WATCH.seen.clear()
     WATCH.active = True
@@ -74,7 +64,7 @@ def test_staging_copy_is_private_until_it_is_swapped_in(edge, tmp_path):
     assert [(p, oct(mode)) for p, mode in WATCH.seen if mode & 0o077] == []
     # once swapped in, every mode is the final one again
     assert stat.S_IMODE(out.stat().st_mode) == 0o750
-    assert tree(out) == before
+    assert file_tree(out) == before
 
 
 def test_output_through_a_symbolic_link_writes_into_its_target(edge, tmp_path):
@@ -136,10 +126,10 @@ def test_an_unlisted_file_in_a_cluster_directory_is_foreign(edge, tmp_path, caps
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
     (out / "edge" / "fw1" / "local.rules").write_text("# hand-made\n")
-    before = tree(out)
+    before = file_tree(out)
     assert compile_to(edge, out) == 1
     assert "edge/fw1/local.rules" in capsys.readouterr().err
-    assert tree(out) == before
+    assert file_tree(out) == before
     assert compile_to(edge, out, "--force") == 0
     assert not (out / "edge" / "fw1" / "local.rules").exists()
 

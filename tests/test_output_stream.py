@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from conftest import compile_to, file_tree
 
 from bench.generate import build_site, fwc_policy
 from fwc.backend import output
@@ -22,13 +23,7 @@ from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.render import iptables, registry
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.registry import Rendered, render_member
-from fwc.cli import main as fwc_main
 from fwc.pipeline import analyse
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_compile_writes_each_file_before_rendering_the_next(edge, tmp_path, monkeypatch):
@@ -46,7 +41,7 @@ def test_compile_writes_each_file_before_rendering_the_next(edge, tmp_path, monk
 
     monkeypatch.setattr(output, "render_member", rendering)
     monkeypatch.setattr(output, "write_file", writing)
-    assert fwc_main(["compile", str(edge), "-o", str(tmp_path / "out")]) == 0
+    assert compile_to(edge, tmp_path / "out") == 0
     rendered = [path for kind, path in events if kind == "render"]
     assert len(rendered) > 20  # two members' files
     expected = [event for path in rendered for event in (("render", path), ("write", path))]
@@ -60,7 +55,7 @@ def test_streamed_output_is_the_in_memory_output(edge, tmp_path):
     output.write_output(tmp_path / "memory", name, output.compile_policy(policy))
     streams = output.stream_policy(policy)
     output.write_output(tmp_path / "stream", name, streams)
-    assert snapshot(tmp_path / "memory") == snapshot(tmp_path / "stream")
+    assert file_tree(tmp_path / "memory") == file_tree(tmp_path / "stream")
     [cluster] = output.compile_policy(policy)
     assert [s.members() for s in streams] == [cluster.members()]
 
@@ -68,8 +63,8 @@ def test_streamed_output_is_the_in_memory_output(edge, tmp_path):
 def test_a_compile_failure_midway_leaves_the_output_as_it_was(edge, tmp_path, monkeypatch,
                                                                capsys):
     out = tmp_path / "out"
-    assert fwc_main(["compile", str(edge), "-o", str(out)]) == 0
-    before = snapshot(out)
+    assert compile_to(edge, out) == 0
+    before = file_tree(out)
     def failing(build: MemberBuild, file: GeneratedFile) -> str:
         if build.member.name == "fw2":  # after every file of fw1 was written to staging
             raise RuntimeError("render exploded")
@@ -77,10 +72,10 @@ def test_a_compile_failure_midway_leaves_the_output_as_it_was(edge, tmp_path, mo
 
     monkeypatch.setattr(registry, "TARGETS", MappingProxyType(
         {**registry.TARGETS, "iptables": registry.Target("iptables", failing)}))
-    assert fwc_main(["compile", str(edge), "-o", str(out)]) == 1
+    assert compile_to(edge, out) == 1
     err = capsys.readouterr()
     assert "FWC900" in err.out + err.err and "render exploded" in err.out + err.err
-    assert snapshot(out) == before
+    assert file_tree(out) == before
     assert not [p for p in tmp_path.iterdir() if ".fwc-" in p.name]
 
 

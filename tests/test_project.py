@@ -6,24 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
-from checkkit import REPO
+from conftest import EDGE_TEXT as EDGE
+from conftest import run_fwc
 
 from fwc.frontend.project import find_config, load_config
 from fwc.install.secrets import SecretsError, read_secret_source
 
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
-
-
-def fwc(*args: str, cwd: Path, env: dict[str, str] | None = None) \
-        -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fwc", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
+# The checkout's fwc in a clean environment (PATH=/usr/bin:/bin and a test's ENV).
+fwc = partial(run_fwc, clean_env=True, timeout=120)
 
 
 @pytest.fixture
