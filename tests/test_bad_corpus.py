@@ -14,12 +14,11 @@ are only included by the others.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import run_fwc
 
 BAD = Path(__file__).resolve().parent / "bad"
 CASES = sorted(BAD.glob("*.fw"))
@@ -59,8 +58,7 @@ def test_corpus_is_not_empty_and_every_file_has_an_expectation():
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_bad_policy(path: Path):
     expected, args = read_header(path)
-    result = subprocess.run([sys.executable, "-m", "fwc", "check", *args, path.name],
-                            cwd=BAD, capture_output=True, text=True, timeout=60)
+    result = run_fwc("check", *args, path.name, cwd=BAD)
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     assert result.returncode == 1, output

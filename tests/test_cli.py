@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from conftest import run_fwc
 
 from fwc.cli import build_parser, main
 
@@ -36,7 +35,6 @@ def test_lab_options_are_the_ones_the_lab_reads():
 def test_check_never_prints_a_traceback(tmp_path):
     bad = tmp_path / "bad.fw"
     bad.write_bytes(b"\xff\xfe host \x00 {{{\n")
-    result = subprocess.run([sys.executable, "-m", "fwc", "check", str(bad)],
-                            capture_output=True, text=True, timeout=60)
+    result = run_fwc("check", str(bad))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "error[FWC" in result.stderr

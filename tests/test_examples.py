@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from checkkit import EXAMPLES, REPO
+from checkkit import EXAMPLES
+from conftest import REPO, run_fwc
 
 from fwc.pipeline import analyse
 
@@ -23,8 +21,7 @@ def test_example_checks_clean_and_compiles(examples, policy):
     assert [f"{d.code} {d.span}: {d.message}" for d in analysis.diagnostics] == []
     for cluster in analysis.policy.clusters:
         assert len(cluster.members) >= 2 and cluster.expectations
-    check = subprocess.run([sys.executable, "-m", "fwc", "check", "--strict", str(policy)],
-                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    check = run_fwc("check", "--strict", str(policy), cwd=REPO)
     assert check.returncode == 0, check.stderr
     # the session's compile (tests/conftest.py), byte for byte output/ (test_compile_golden)
     for cluster in analysis.policy.clusters:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import EDGE, EXAMPLE_FILES, REPO, run_fwc
 
 from fwc.diagnostics import render_text
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
-EDGE = REPO / "policies" / "edge.fw"
 SOURCE = EDGE.read_text(encoding="utf-8")
 EXPECT_CODES = ("FWC601", "FWC602", "FWC603")
 
@@ -30,7 +27,7 @@ def _expect_diagnostics(path: Path):
     return [d for d in analysis.diagnostics if d.code in EXPECT_CODES], analysis
 
 
-@pytest.mark.parametrize("policy", sorted((REPO / "policies").glob("*.fw")), ids=lambda p: p.name)
+@pytest.mark.parametrize("policy", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_example_expectations_hold(policy):
     analysis = analyse(policy)
     assert analysis.policy is not None
@@ -111,8 +108,7 @@ def test_expectation_about_no_traffic_warns(tmp_path):
 
 def test_fwc_check_exit_status(tmp_path):
     bad = _with_expectations(tmp_path, "    deny client -> server service echo\n")
-    result = subprocess.run([sys.executable, "-m", "fwc", "check", str(bad)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = run_fwc("check", str(bad), cwd=REPO)
     assert result.returncode == 1
     assert "error[FWC602]" in result.stderr and "Traceback" not in result.stderr
 

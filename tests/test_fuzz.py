@@ -8,11 +8,10 @@ resolver and every check via `fwc.pipeline.analyse`; a few through the CLI.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from checkkit import BASE, EXAMPLES
+from conftest import run_fwc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -128,8 +127,7 @@ def test_cli_on_broken_input_prints_diagnostics_not_tracebacks(tmp_path):
         (tmp_path / name).write_text(text, encoding="utf-8")
     (tmp_path / "latin1.fw").write_bytes("host caf\xe9 192.0.2.1\n".encode("latin-1"))
     for name in [*broken, "latin1.fw"]:
-        result = subprocess.run([sys.executable, "-m", "fwc", "check", name], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60)
+        result = run_fwc("check", name, cwd=tmp_path)
         output = result.stdout + result.stderr
         assert "Traceback" not in output, output
         assert result.returncode == 1, (name, output)
@@ -157,7 +155,6 @@ def test_huge_numbers_are_diagnostics(tmp_path):
 def test_cli_on_mutated_examples(tmp_path, text: str) -> None:
     path = tmp_path / "mutated.fw"
     path.write_text(text, encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "fwc", "check", str(path)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = run_fwc("check", str(path), cwd=tmp_path)
     assert "Traceback" not in result.stdout + result.stderr
     assert result.returncode in (0, 1), result.stderr

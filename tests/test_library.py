@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from checkkit import REPO
+from conftest import EDGE_TEXT as EDGE
+from conftest import REPO, run_fwc
 
 from fwc.frontend.loader import _Library, load
 from fwc.frontend.sources import LIBRARY_ROOT
 from fwc.pipeline import analyse
 
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
 STD = sorted((LIBRARY_ROOT / "std").glob("*.fw"))
 
 
@@ -55,9 +54,8 @@ def test_policy_using_the_library_compiles_and_names_it_in_the_manifest(tmp_path
     assert [d.span.file for d in unused if d.span] == [str(policy)]  # absolute: outside cwd
     for cwd in (tmp_path, REPO):
         out = tmp_path / f"out-{cwd.name}"
-        done = subprocess.run([sys.executable, "-m", "fwc", "compile", str(policy), "-o",
-                               str(out)], cwd=cwd, capture_output=True, text=True, timeout=120,
-                              env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        done = run_fwc("compile", str(policy), "-o", str(out), cwd=cwd, clean_env=True,
+                       timeout=120)
         assert done.returncode == 0, done.stderr
     manifest = (tmp_path / f"out-{tmp_path.name}" / "edge" / "MANIFEST").read_text()
     assert "  <std/services.fw>\n" in manifest and "  <std/bogons.fw>\n" in manifest
@@ -127,10 +125,8 @@ def test_nothing_a_library_file_includes_may_leave_the_library(tmp_path):
 
 
 def test_fmt_keeps_library_includes(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fwc", "fmt", "-"],
-                          input="include   <std/services.fw>\nhost a 192.0.2.1\n",
-                          capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    done = run_fwc("fmt", "-", stdin="include   <std/services.fw>\nhost a 192.0.2.1\n",
+                   clean_env=True)
     assert done.stdout == "include <std/services.fw>\nhost a 192.0.2.1\n", done.stderr
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import EDGE as EDGE_PATH
+from conftest import REPO, run_fwc
 
 from fwc.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
-EDGE = str(REPO / "policies" / "edge.fw")
+EDGE = str(EDGE_PATH)
 
 
 def query(capsys, *args: str) -> tuple[int, str, str]:
@@ -173,9 +172,8 @@ def test_policy_errors_exit_1(tmp_path, capsys):
 
 
 def test_cli_subprocess_round_trip():
-    result = subprocess.run([sys.executable, "-m", "fwc", "query", EDGE, "--from", "server",
-                             "--to", "client", "--service", "echo"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = run_fwc("query", EDGE, "--from", "server", "--to", "client", "--service", "echo",
+                     cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "edge/fw1: drop (FORWARD)" in result.stdout
     assert "edge.fw:46" in result.stdout
