@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import EXAMPLE_FILES as EXAMPLES  # noqa: F401 - the check tests' name for them
+
 from fwc.diagnostics import Diagnostic, Severity
 from fwc.pipeline import Analysis, analyse
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((REPO / "policies").glob("*.fw"))
 
 # Clean on its own (asserted by test_base_policy_is_clean); every test changes one thing.
 BASE = """\

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from conftest import EDGE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +16,6 @@ from fwc.model import Cluster, Endpoint, Policy, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
-EDGE = REPO / "policies" / "edge.fw"
 TCP = 6
 
 

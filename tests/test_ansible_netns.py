@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import cannot_run
+from conftest import REPO, cannot_run
 from test_install_netns import _kill_namespace_processes, host_etc_lock, sh
 
 from fwc.cli import main
@@ -36,7 +36,6 @@ from fwc.install.paths import NETNS_PRIVATE_DIRS
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parent.parent
 # member -> (cluster, [(device, addresses)]) as in policies/edge.fw and policies/branch.fw
 MEMBERS = {
     "fw1": ("edge", [("eth0", ("192.0.2.1/24", "2001:db8:1::1/64")),

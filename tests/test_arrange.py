@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend.arrange import arrange
@@ -23,8 +24,6 @@ from fwc.backend.render.ipset import render as render_ipsets
 from fwc.model import Cluster, Member
 from fwc.pipeline import analyse
 from fwc.protocols import CHAIN_NAME_MAX, IPSET_THRESHOLD
-
-REPO = Path(__file__).resolve().parent.parent
 
 CLUSTER = """
 cluster mix {

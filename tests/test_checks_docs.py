@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checkkit import REPO
+from conftest import REPO
 
 from fwc.checks import load_registry
 from fwc.checks.docs import REGENERATE, render

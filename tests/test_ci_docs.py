@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from checkkit import REPO
+from conftest import REPO
 
 DOC = (REPO / "docs" / "ci.md").read_text(encoding="utf-8")
 

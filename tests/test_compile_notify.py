@@ -14,12 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 from fwc.text import encode_literal
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG = "-C /etc/conntrackd/conntrackd.conf"
 
 

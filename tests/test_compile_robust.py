@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
 SOURCES = [p.read_text() for p in sorted((REPO / "policies").glob("*.fw"))
            if "include" not in p.read_text()]
 WORDS = ["any", "firewall", "!lan", "lan", "web", "uplink.vip", "lan.vip", "only fw1",

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkkit import REPO
-from conftest import cannot_run
+from conftest import REPO, cannot_run
 
 from fwc.checks import load_registry
 from fwc.cli import build_parser

@@ -7,11 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT as EDGE
 
 from fwc.cli import main
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
 
 
 def git(repo: Path, *args: str) -> str:

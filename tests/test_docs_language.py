@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from checkkit import REPO
+from conftest import REPO
 
 from fwc.pipeline import analyse
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import PurePosixPath
 
 import pytest
-from checkkit import REPO
+from conftest import REPO
 
 from fwc.backend import files as table
 from fwc.backend.files import BY_NAME, FILES, SECRET_FILES, GeneratedFile, Reload, When

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from fwc.cli import main
 from fwc.frontend.formatting import FormatError, format_text, tokenize
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
 EXAMPLES = sorted(POLICIES.rglob("*.fw"))
 EDGE = POLICIES / "edge.fw"

@@ -8,15 +8,13 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT as EDGE
+from conftest import REPO
 
 import fwc.commands.fmt as fmt_command
 from fwc.cli import main
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
 
 
 def big_unformatted() -> str:

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 
 import pytest
-from checkkit import REPO
+from conftest import REPO
 
 from fwc.cli import build_parser
 from fwc.commands.manpage import MAN_PAGE, render

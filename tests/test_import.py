@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from fwc.cli import main
 from fwc.importing.fidelity import compare_texts
 from fwc.importing.translate import import_file
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "import_fixtures"
 
 

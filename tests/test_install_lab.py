@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT as EDGE
 
 from fwc.cli import main
 from fwc.lab.adapter import load_source
@@ -23,8 +23,6 @@ from fwc.lab.topology import plan
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
 
 
 def test_install_into_the_running_lab(tmp_path, capsys):

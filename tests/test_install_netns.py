@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from fwc.cli import build_parser, main
 from fwc.commands import install as install_command
@@ -32,7 +33,6 @@ from fwc.model import Cluster
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "policies" / "edge.fw"
 PRIVATE_DIRS = NETNS_PRIVATE_DIRS
 # (interface, device, fw1 addresses, fw2 addresses), as in policies/edge.fw

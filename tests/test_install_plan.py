@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT as EDGE
+from conftest import REPO
 
 from fwc.cli import main
 from fwc.install import transport as transport_module
@@ -25,8 +27,6 @@ from fwc.install.transport import (
 from fwc.model import Cluster
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
 WITH_SSH = EDGE.replace(
     "member fw1 priority 150 {", 'member fw1 priority 150 ssh "root@192.0.2.1" {').replace(
     "member fw2 priority 100 {", 'member fw2 priority 100 ssh "root@192.0.2.2" {')

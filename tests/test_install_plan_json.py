@@ -7,14 +7,12 @@ import re
 import shlex
 
 import pytest
-from checkkit import REPO
+from conftest import EDGE
 
 from fwc.backend.files import BY_NAME, FILES
 from fwc.cli import main
 from fwc.install import scripts
 from fwc.install.record import RECORD_DIR
-
-EDGE = REPO / "policies" / "edge.fw"
 
 
 @pytest.fixture(scope="module")

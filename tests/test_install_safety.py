@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+from conftest import EDGE_TEXT as EDGE
 
 from fwc.cli import main
 from fwc.diagnostics import Severity
@@ -15,7 +16,6 @@ from fwc.install.transport import InventoryError, SshTransport, make_transport
 from fwc.model.ssh import ssh_target_problem
 
 E = Severity.ERROR
-REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["-oProxyCommand=touch /tmp/pwned", "-F/tmp/evil", "root@host -oX=y",
            "root@fw1\n-oProxyCommand=x", "", "@host", "root@", "-root@host", "ro ot@host",
            "root@-host", "root@host;reboot", "root@$(id)", "ssh://root@host"]
@@ -75,7 +75,6 @@ def test_ssh_transport_refuses_an_option_as_target(target):
 
 # -- fwc diff: policy paths git would quote --------------------------------------------------
 
-EDGE = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
 OTHER = (EDGE.replace("cluster edge", "cluster other").replace("policy edge", "policy other")
          .replace("nat edge", "nat other").replace("expect edge", "expect other"))
 

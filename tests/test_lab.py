@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import EDGE_TEXT, Examples, skip_or_fail_without_root
+from conftest import EDGE_TEXT, REPO, Examples, skip_or_fail_without_root
 
 from fwc.lab.adapter import LabSource, load_source
 from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _longest_gap
@@ -41,8 +41,6 @@ from fwc.lab.topology import (
 from fwc.model import Cluster, Policy
 from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def model(name: str = "edge", text: str | None = None,

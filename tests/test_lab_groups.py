@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces, teardown
@@ -22,8 +23,6 @@ from fwc.lab.report import render_text, to_dict
 from fwc.lab.results import ActiveActiveResult, GroupFlow, LabReport
 from fwc.lab.runner import LabOptions, _judge, run_lab
 from fwc.lab.topology import plan
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def loadshare_fast(tmp: Path) -> Path:

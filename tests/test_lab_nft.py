@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail_without_root
+from conftest import REPO, skip_or_fail_without_root
 
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces
@@ -25,7 +24,6 @@ from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabOptions, LabReport, run_lab
 from fwc.model.vocabulary import Backend
 
-REPO = Path(__file__).resolve().parent.parent
 SHOP_TEXT = (REPO / "policies" / "shop.fw").read_text(encoding="utf-8")
 VRRP = 'vrrp { password "shop-ha1"  advert 1s  vrid 40 }'
 

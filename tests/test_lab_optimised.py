@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 pytestmark = pytest.mark.lab
 

@@ -6,14 +6,12 @@ expectation `service web` (tcp/80,443) never tried 443.
 
 from __future__ import annotations
 
-from pathlib import Path
+from conftest import REPO
 
 from fwc.lab.results import ProbeResult
 from fwc.lab.topology import MAX_PROBED_PORTS, probe_ports, probes_of
 from fwc.model import PortRange
 from fwc.pipeline import analyse
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_port_up_to_the_cap_is_probed() -> None:

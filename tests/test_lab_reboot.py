@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from fwc.lab.filters import PACKET_FILTERS
 from fwc.lab.reboot import BootWatch, RebootResult, judge_boot, judge_reboot
@@ -22,7 +23,6 @@ from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabReport
 from fwc.model.vocabulary import Backend
 
-REPO = Path(__file__).resolve().parent.parent
 T0 = 1000.0
 WIPED = PACKET_FILTERS[Backend.IPTABLES].forward_wiped
 WIPED_LISTING = {Backend.IPTABLES: "-P FORWARD ACCEPT", Backend.NFTABLES: ""}

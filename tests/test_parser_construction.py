@@ -14,12 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from checkkit import REPO
+from conftest import EDGE, REPO
 
 from fwc.frontend import parse
 from fwc.frontend.parse import PolicyParser, parse_text
-
-EDGE = REPO / "policies" / "edge.fw"
 
 # Writes, into the temp directory it is given, exactly the cache file lark's cache=True
 # uses for fwc's grammar and parser options (the transformer and plugins are not part

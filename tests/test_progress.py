@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fwc.diagnostics import Progress
+from conftest import EDGE, REPO
 
-REPO = Path(__file__).resolve().parent.parent
-EDGE = REPO / "policies" / "edge.fw"
+from fwc.diagnostics import Progress
 
 
 class Terminal(io.StringIO):

@@ -17,12 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Examples
+from conftest import REPO, Examples
 
 from fwc.cli import main as fwc_main
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
 POLICY_FILES = sorted((REPO / "policies").glob("*.fw"))
 
 pytestmark = pytest.mark.root

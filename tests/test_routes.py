@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from checkkit import BASE, assert_diagnostic, line_of, mutate, run, with_code
+from conftest import REPO
 
 from fwc.analysis.diff import traffic_changes
 from fwc.analysis.engine import MemberView, TrafficClass, classify
@@ -20,7 +21,6 @@ from fwc.model import PortRange, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
 ROUTES = """\
     route default via 198.51.100.9
     route default via 2001:db8:1::99

@@ -12,14 +12,13 @@ import gc
 import shutil
 from pathlib import Path
 
+from conftest import EDGE
+
 from fwc.backend.lower import lower, options_for
 from fwc.backend.output import compile_policy
 from fwc.cli import main
 from fwc.model import Cluster
 from fwc.pipeline import analyse
-
-REPO = Path(__file__).resolve().parent.parent
-EDGE = REPO / "policies" / "edge.fw"
 
 
 def _live_clusters(name: str) -> list[Cluster]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import jsonschema
-from checkkit import REPO
+from conftest import REPO
 
 from fwc.checks import load_registry
 from fwc.checks.sarif import sarif_log

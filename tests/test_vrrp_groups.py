@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from checkkit import assert_diagnostic, run, with_code
+from conftest import REPO
 
 from fwc.backend.output import compile_policy
 from fwc.diagnostics import Severity
 from fwc.frontend.formatting import format_text
 from fwc.pipeline import analyse
 
-REPO = Path(__file__).resolve().parent.parent
 LOADSHARE = (REPO / "policies" / "loadshare.fw").read_text(encoding="utf-8")
 E, W = Severity.ERROR, Severity.WARNING
 
