@@ -6,6 +6,7 @@ from pathlib import Path
 
 from conftest import EXAMPLE_FILES as EXAMPLES  # noqa: F401 - the check tests' name for them
 
+from fwc.backend.output import compile_policy
 from fwc.diagnostics import Diagnostic, Severity
 from fwc.pipeline import Analysis, analyse
 
@@ -57,6 +58,16 @@ def run(tmp_path: Path, text: str, name: str = "p.fw") -> Analysis:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return analyse(path)
+
+
+def compiled_files(tmp_path: Path, text: str, name: str = "p.fw") -> dict[str, str]:
+    """TEXT, checked without errors and compiled in memory: its one cluster's files by
+    `<member>/<file>`, as text."""
+    analysis = run(tmp_path, text, name)
+    assert analysis.policy is not None, analysis.diagnostics
+    assert not [d for d in analysis.diagnostics if d.is_error], analysis.diagnostics
+    [cluster] = compile_policy(analysis.policy)
+    return {f.path: f.content.decode() for f in cluster.files}
 
 
 def mutate(*replacements: tuple[str, str], base: str = BASE) -> str:

@@ -8,9 +8,17 @@ iptables-restore in a namespace.
 from __future__ import annotations
 
 import pytest
-from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+from checkkit import (
+    BASE,
+    EXAMPLES,
+    assert_diagnostic,
+    compiled_files,
+    line_of,
+    mutate,
+    run,
+    with_code,
+)
 
-from fwc.backend.output import compile_policy
 from fwc.diagnostics import Severity
 from fwc.pipeline import Analysis, analyse
 
@@ -22,13 +30,6 @@ ANCHOR = "    interface lan    vip"
 def tracked(items: str, *more: tuple[str, str]) -> str:
     """BASE with a track block (and further replacements)."""
     return mutate((ANCHOR, f"    track {{\n{items}\n    }}\n{ANCHOR}"), *more)
-
-
-def files(tmp_path, text: str) -> dict[str, str]:
-    analysis = run(tmp_path, text)
-    assert analysis.policy is not None
-    assert not [d for d in analysis.diagnostics if d.severity is E], analysis.diagnostics
-    return {f.path: f.content.decode() for f in compile_policy(analysis.policy)[0].files}
 
 
 GOOD = """\
@@ -60,7 +61,7 @@ def test_examples_and_base_are_silent(silent_policies, code):
 
 
 def test_keepalived_tracks_on_the_sync_group(tmp_path):
-    conf = files(tmp_path, tracked(GOOD))["fw1/keepalived.conf"]
+    conf = compiled_files(tmp_path, tracked(GOOD))["fw1/keepalived.conf"]
     group = conf[conf.index("vrrp_sync_group"):conf.index("vrrp_instance")]
     assert "    track_interface {\n        eth1 weight -60\n    }" in group
     assert "        fwc_ping_1 weight -60\n        fwc_script_1 weight 60\n" in group
@@ -81,7 +82,7 @@ def test_keepalived_tracks_on_the_sync_group(tmp_path):
 def test_each_member_pings_from_its_own_device(tmp_path):
     text = tracked("        ping 198.51.100.9 weight -60",
                    ("uplink eth1 198.51.100.2/24", "uplink eth7 198.51.100.2/24"))
-    out = files(tmp_path, text)
+    out = compiled_files(tmp_path, text)
     assert "-I eth1 198.51.100.9" in out["fw1/keepalived.conf"]
     assert "-I eth7 198.51.100.9" in out["fw2/keepalived.conf"]
 
@@ -92,7 +93,7 @@ def test_single_instance_tracks_on_the_instance(tmp_path):
                   ("network lan6     2001:db8:1::/64\n", ""))
     text = text.replace(ANCHOR.replace("    vip", ""), "    track {\n        interface lan\n"
                         "    }\n" + ANCHOR.replace("    vip", ""), 1)
-    conf = files(tmp_path, text)["fw1/keepalived.conf"]
+    conf = compiled_files(tmp_path, text)["fw1/keepalived.conf"]
     assert "vrrp_sync_group" not in conf
     instance = conf[conf.index("vrrp_instance VI_uplink"):]
     assert "    track_interface {\n        eth0\n    }\n    notify_master" in instance
@@ -191,7 +192,7 @@ UNICAST = ("advert 1s  vrid 51", "advert 1s  vrid 51  unicast")
 
 
 def test_unicast_vrrp_keepalived_and_rules(tmp_path):
-    out = files(tmp_path, mutate(UNICAST))
+    out = compiled_files(tmp_path, mutate(UNICAST))
     conf = out["fw1/keepalived.conf"]
     lan = conf[conf.index("vrrp_instance VI_lan "):conf.index("vrrp_instance VI_lan_v6")]
     assert "    unicast_src_ip 192.0.2.1\n    unicast_peer {\n        192.0.2.2\n    }" in lan
@@ -211,12 +212,13 @@ def test_unicast_vrrp_keepalived_and_rules(tmp_path):
 
 
 def test_unicast_vrrp_with_ah_opens_ah_from_the_peer(tmp_path):
-    out = files(tmp_path, mutate(("advert 1s  vrid 51", "advert 1s  vrid 51  unicast  auth ah")))
+    text = mutate(("advert 1s  vrid 51", "advert 1s  vrid 51  unicast  auth ah"))
+    out = compiled_files(tmp_path, text)
     assert "-A INPUT -s 192.0.2.2/32 -d 192.0.2.1/32 -i eth0 -p 51" in out["fw1/iptables.rules"]
 
 
 def test_multicast_vrrp_stays_the_default(tmp_path):
-    out = files(tmp_path, BASE)
+    out = compiled_files(tmp_path, BASE)
     assert "unicast" not in out["fw1/keepalived.conf"]
     assert "-d 224.0.0.18/32 -i eth0 -p 112" in out["fw1/iptables.rules"]
 
@@ -228,7 +230,7 @@ def test_sync_allow_opens_services_between_sync_addresses_only(tmp_path):
                    "icmp/echo-request  mode ftfw"))
     analysis = run(tmp_path, text)
     assert analysis.diagnostics == ()
-    rules = files(tmp_path, text)["fw2/iptables.rules"]
+    rules = compiled_files(tmp_path, text)["fw2/iptables.rules"]
     label = '"fwc auto: sync allow tcp/22, udp/123, icmp/echo-request"'
     assert (f"-A INPUT -s 203.0.113.1/32 -d 203.0.113.2/32 -i eth2 -p tcp -m tcp --dport 22 "
             f"-m comment --comment {label} -j ACCEPT") in rules
@@ -260,5 +262,5 @@ def test_fwc260_adverts_below_the_safe_interval_warn(tmp_path):
                       "30 ms", "90 ms")
     text = mutate(("advert 1s", "advert 50ms  version 3"), ('password "s3cret"  ', ""))
     assert not with_code(run(tmp_path, text), "FWC260")
-    conf = files(tmp_path, text)["fw1/keepalived.conf"]
+    conf = compiled_files(tmp_path, text)["fw1/keepalived.conf"]
     assert "    advert_int 0.05\n    version 3\n" in conf

@@ -9,12 +9,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from checkkit import BASE, assert_diagnostic, line_of, mutate, run, with_code
+from checkkit import (
+    BASE,
+    assert_diagnostic,
+    compiled_files,
+    line_of,
+    mutate,
+    run,
+    with_code,
+)
 from conftest import REPO
 
 from fwc.analysis.diff import traffic_changes
 from fwc.analysis.engine import MemberView, TrafficClass, classify
-from fwc.backend.output import compile_policy
 from fwc.cli import main
 from fwc.diagnostics import Severity
 from fwc.model import PortRange, ServiceMatch
@@ -151,14 +158,8 @@ def test_the_routed_policies_and_the_examples_are_clean(tmp_path):
 
 # -- generated files ----------------------------------------------------------------------
 
-def _files(tmp_path: Path, text: str) -> dict[str, str]:
-    analysis = run(tmp_path, text)
-    [cluster] = compile_policy(analysis.policy)
-    return {f.path: f.content.decode() for f in cluster.files}
-
-
 def test_routes_script_replaces_fwcs_own_routes_per_family(tmp_path):
-    files = _files(tmp_path, TWO_UPLINKS)
+    files = compiled_files(tmp_path, TWO_UPLINKS)
     script = files["fw1/fwc-routes.sh"]
     v4 = script.split("ip -force -4 -batch - <<'FWC_ROUTES'")[1].split("\nFWC_ROUTES")[0]
     assert v4.splitlines()[1:] == [
@@ -182,15 +183,15 @@ def test_routes_script_replaces_fwcs_own_routes_per_family(tmp_path):
     unit = files["fw1/fwc-routes.service"]
     assert "After=network-online.target fwc-firewall.service" in unit
     assert "ExecStart=/etc/fwc/fwc-routes.sh" in unit
-    assert _files(tmp_path, TWO_UPLINKS) == files  # deterministic
+    assert compiled_files(tmp_path, TWO_UPLINKS) == files  # deterministic
 
 
 def test_a_member_without_routes_gets_no_routes_files(tmp_path):
-    files = _files(tmp_path, mutate(("    interface sync\n", "    interface sync\n"
+    files = compiled_files(tmp_path, mutate(("    interface sync\n", "    interface sync\n"
                                      "    route 198.18.20.0/24 via 192.0.2.99 only fw2\n")))
     assert "fw1/fwc-routes.sh" not in files and "fw1/fwc-routes.service" not in files
     assert "fw2/fwc-routes.sh" in files and "fw2/fwc-routes.service" in files
-    assert not any(p.endswith("fwc-routes.sh") for p in _files(tmp_path, BASE))
+    assert not any(p.endswith("fwc-routes.sh") for p in compiled_files(tmp_path, BASE))
 
 
 def test_the_routes_batches_are_computed_once_per_member(tmp_path, monkeypatch):
@@ -204,14 +205,14 @@ def test_the_routes_batches_are_computed_once_per_member(tmp_path, monkeypatch):
         return batches(cluster, member)
 
     monkeypatch.setattr(routes, "batches", counted)
-    files = _files(tmp_path, TWO_UPLINKS)
+    files = compiled_files(tmp_path, TWO_UPLINKS)
     assert "fw1/fwc-routes.sh" in files and "fw2/fwc-routes.service" in files
     # the files table asks once per routes file, the script renders them: one computation
     assert sorted(calls) == ["fw1", "fw2"]
 
 
 def test_sync_link_igmp_is_accepted_in_and_out(tmp_path):
-    files = _files(tmp_path, BASE)
+    files = compiled_files(tmp_path, BASE)
     for name in ("fw1/iptables.rules", "fw1/failsafe.rules"):
         rules = files[name]
         assert '-A INPUT -d 224.0.0.0/4 -i eth2 -p 2 -m comment --comment "fwc auto: igmp ' \
@@ -250,7 +251,7 @@ def _ip(ns: str, *argv: str) -> str:
 
 @pytest.mark.root
 def test_routes_script_and_keepalived_accept_the_routes_in_a_namespace(tmp_path):
-    files = _files(tmp_path, TWO_UPLINKS)
+    files = compiled_files(tmp_path, TWO_UPLINKS)
     (tmp_path / "fwc-routes.sh").write_text(files["fw1/fwc-routes.sh"])
     (tmp_path / "keepalived.conf").write_text(files["fw1/keepalived.conf"])
     ns = _netns({"eth0": ["192.0.2.1/24", "2001:db8:1::1/64"], "eth1": ["198.51.100.1/24"],
@@ -275,7 +276,8 @@ def test_routes_script_and_keepalived_accept_the_routes_in_a_namespace(tmp_path)
         assert rules.count("lookup 102") == 2
         assert "198.18.99.0/24 via 192.0.2.77" in _ip(ns, "-4", "route", "show")
         # A route taken out of the policy leaves the node when the new script runs.
-        (tmp_path / "fwc-routes.sh").write_text(_files(tmp_path, ROUTED)["fw1/fwc-routes.sh"])
+        script = compiled_files(tmp_path, ROUTED)["fw1/fwc-routes.sh"]
+        (tmp_path / "fwc-routes.sh").write_text(script)
         subprocess.run(["ip", "netns", "exec", ns, "sh", str(tmp_path / "fwc-routes.sh")],
                        check=True, capture_output=True, timeout=30)
         assert "table 102" not in _ip(ns, "-4", "route", "show", "table", "all", "proto", "94")
