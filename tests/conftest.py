@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("FWC_NO_CACHE", "1")
 POLICIES = REPO / "policies"
 EDGE = POLICIES / "edge.fw"
+EDGE_TEXT = EDGE.read_text(encoding="utf-8")
 EXAMPLE_FILES = sorted(POLICIES.glob("*.fw"))
 EXAMPLE_NAMES = [p.name for p in EXAMPLE_FILES]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -149,6 +150,46 @@ def run_fwc(*args: str, cwd: Path | None = None, stdin: str | None = None,
                           preexec_fn=preexec_fn)
 
 
+def sh(*argv: str, input: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    """ARGV's output (no shell); with CHECK a failure is an AssertionError naming it."""
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def git(repo: Path, *args: str) -> str:
+    """`git -C REPO ARGS` (as a test identity, whatever the machine's git config), its
+    output stripped; a failure raises."""
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=test@example.org",
+                           "-c", "user.name=test", *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch git repository (tmp/fw, the working directory) whose one commit holds
+    policies/edge.fw."""
+    root = tmp_path / "fw"
+    (root / "policies").mkdir(parents=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "test@example.org")
+    git(root, "config", "user.name", "test")
+    (root / "policies" / "edge.fw").write_text(EDGE_TEXT, encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "edge policy")
+    monkeypatch.chdir(root)
+    return root
+
+
+def fwc_diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`fwc diff --no-color ARGS` in this process: exit code, stdout, stderr."""
+    code = main(["diff", "--no-color", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def write_policy(tmp_path: Path, text: str, name: str = "p.fw") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -211,9 +252,6 @@ class Examples:
 @pytest.fixture(scope="session")
 def examples(tmp_path_factory: pytest.TempPathFactory) -> Examples:
     return Examples(tmp_path_factory.mktemp("examples"))
-
-
-EDGE_TEXT = EDGE.read_text(encoding="utf-8")
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cannot_run
-from test_install_netns import _kill_namespace_processes, host_etc_lock, sh
+from conftest import REPO, cannot_run, sh
+from test_install_netns import _kill_namespace_processes, host_etc_lock
 
 from fwc.cli import main
 from fwc.diffing.rulesets import normalised

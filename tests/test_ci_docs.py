@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, git
 
 DOC = (REPO / "docs" / "ci.md").read_text(encoding="utf-8")
 
@@ -23,12 +23,6 @@ def block(first_line: str) -> dict:
         if body.startswith(first_line + "\n"):
             return yaml.safe_load(body)
     raise AssertionError(f"docs/ci.md has no yaml block starting with {first_line!r}")
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), "-c", "user.email=ci@example.org",
-                           "-c", "user.name=ci", *args], check=True, capture_output=True,
-                          text=True).stdout
 
 
 @pytest.fixture

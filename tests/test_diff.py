@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
-import pytest
 from conftest import EDGE_TEXT as EDGE
+from conftest import fwc_diff, git
 
 from fwc.cli import main
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def commit(repo: Path, message: str) -> str:
@@ -23,29 +17,10 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-@pytest.fixture
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "fw"
-    (root / "policies").mkdir(parents=True)
-    git(root, "init", "-q")
-    git(root, "config", "user.email", "test@example.org")
-    git(root, "config", "user.name", "test")
-    (root / "policies" / "edge.fw").write_text(EDGE, encoding="utf-8")
-    commit(root, "edge policy")
-    monkeypatch.chdir(root)
-    return root
-
-
 def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text(encoding="utf-8")
     assert old in text, old
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
-
-
-def fwc_diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["diff", "--no-color", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def section(out: str, header: str) -> str:

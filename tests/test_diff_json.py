@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from test_diff import edit, fwc_diff, repo  # noqa: F401 - the scratch repository fixture
+from conftest import fwc_diff
+from test_diff import edit
 
 
-def test_json_summary_and_files(repo, capsys):  # noqa: F811
+def test_json_summary_and_files(repo, capsys):
     edit(repo / "policies" / "edge.fw",
          "    reject from any      to any      service ident",
          "    accept from server   to monitor  service ssh\n"
@@ -35,13 +36,13 @@ def test_json_summary_and_files(repo, capsys):  # noqa: F811
     assert "diff --fwc" not in out  # no patch in JSON
 
 
-def test_json_nothing_changed(repo, capsys):  # noqa: F811
+def test_json_nothing_changed(repo, capsys):
     code, out, _ = fwc_diff(capsys, "--format", "json")
     assert code == 0
     assert json.loads(out) == {"changed": False, "policies": [], "files": []}
 
 
-def test_json_refused_with_installed(repo, capsys):  # noqa: F811
+def test_json_refused_with_installed(repo, capsys):
     code, out, err = fwc_diff(capsys, "--format", "json", "--installed", "fw1",
                               "policies/edge.fw")
     assert code == 2 and out == "" and "--installed" in err

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from checkkit import BASE
-from conftest import EDGE_TEXT, run_fwc
+from conftest import git, run_fwc
 
 from fwc.frontend import loader
 from fwc.frontend.loader import load
@@ -268,21 +268,10 @@ def test_reader_refuses_paths_out_of_the_repository():
     assert seen == ["edge.fw"]
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-
-
 @pytest.fixture
-def gitrepo(tmp_path: Path) -> Path:
-    repo = tmp_path / "fw"
-    (repo / "policies" / "lib").mkdir(parents=True)
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "test@example.org")
-    git(repo, "config", "user.name", "test")
-    (repo / "policies" / "edge.fw").write_text(
-        EDGE_TEXT, encoding="utf-8")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "edge")
+def gitrepo(repo: Path) -> Path:
+    """conftest's scratch repository (policies/edge.fw committed) with policies/lib."""
+    (repo / "policies" / "lib").mkdir()
     return repo
 
 

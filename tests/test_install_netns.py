@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, sh
 
 from fwc.cli import build_parser, main
 from fwc.commands import install as install_command
@@ -53,13 +53,6 @@ OLD_RULES = """*filter
 COMMIT
 """
 OLD_KEEPALIVED = "# keepalived.conf before fwc\n"
-
-
-def sh(*argv: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 @dataclass

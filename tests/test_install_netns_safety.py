@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import REPO, sh
 from test_install_netns import (
     OLD_KEEPALIVED,
     POLICY,
-    REPO,
     Lab,
     _lab,
     host_etc_lock,
     install,
-    sh,
 )
 
 from fwc.cli import main

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import compile_to
+from conftest import compile_to, sh
 from test_install_netns import (
     OLD_KEEPALIVED,
     POLICY,
@@ -26,7 +26,6 @@ from test_install_netns import (
     _lab,
     blocked_policy,
     host_etc_lock,
-    sh,
 )
 
 from fwc.backend.files import FILES

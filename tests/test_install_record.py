@@ -8,9 +8,9 @@ import os
 import subprocess
 
 import pytest
+from conftest import REPO
 from test_install_netns import (  # noqa: F401 - fixtures
     POLICY,
-    REPO,
     FakeSettle,
     compiled_edge,
     install,

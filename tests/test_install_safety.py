@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
 from conftest import EDGE_TEXT as EDGE
+from conftest import fwc_diff, git
 
-from fwc.cli import main
 from fwc.diagnostics import Severity
 from fwc.install.transport import InventoryError, SshTransport, make_transport
 from fwc.model.ssh import ssh_target_problem
@@ -77,31 +75,6 @@ def test_ssh_transport_refuses_an_option_as_target(target):
 
 OTHER = (EDGE.replace("cluster edge", "cluster other").replace("policy edge", "policy other")
          .replace("nat edge", "nat other").replace("expect edge", "expect other"))
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
-@pytest.fixture
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "fw"
-    (root / "policies").mkdir(parents=True)
-    git(root, "init", "-q")
-    git(root, "config", "user.email", "test@example.org")
-    git(root, "config", "user.name", "test")
-    (root / "policies" / "edge.fw").write_text(EDGE, encoding="utf-8")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "edge")
-    monkeypatch.chdir(root)
-    return root
-
-
-def fwc_diff(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["diff", "--no-color", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_diff_shows_a_new_policy_with_a_non_ascii_name(repo, capsys):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
+from conftest import sh
 
 from fwc.lab.filters import NFT_LAB_TABLE, PACKET_FILTERS, packet_filter
 from fwc.model.vocabulary import Backend
@@ -104,13 +104,6 @@ POLICY_SNAT = {
                         "\t\toifname \"rb\" meta nfproto ipv4 snat ip to 198.51.100.1\n"
                         "\t}\n}\n"),),
 }
-
-
-def sh(*argv: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=20)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 @pytest.fixture
