@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import EDGE_TEXT
 
 from fwc.analysis.describe import Vocabulary
 from fwc.analysis.diff import traffic_changes
 from fwc.model import Cluster, Policy
 from fwc.pipeline import analyse
 
-EDGE = Path(__file__).resolve().parent.parent / "policies" / "edge.fw"
-SOURCE = EDGE.read_text(encoding="utf-8")
+SOURCE = EDGE_TEXT
 
 
 def _load(tmp_path: Path, text: str, name: str) -> tuple[Policy, Cluster]:
