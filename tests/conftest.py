@@ -7,6 +7,12 @@ test. Off CI they are skipped with the reason printed.
 The example policies are analysed and compiled once per session (`examples`);
 tests that only read the result share it, tests that change a policy analyse
 their own copy.
+
+Helpers every module uses live here, once: REPO, EDGE (and EDGE_TEXT), the example
+files; `file_tree` (a written tree with modes), `compile_to` (fwc compile in this
+process), `run_fwc` (the checkout's fwc in a child process), `fwc_diff`, `git`, `sh`
+and the scratch git repository `repo`. The check tests' own (a policy to mutate,
+lookups by code, `compiled_files`) are in checkkit.py.
 """
 
 from __future__ import annotations
