@@ -713,6 +713,18 @@ class Cluster:
         order = sorted(self.members, key=lambda m: (m.name != group.master, -m.priority))
         return values[[m.name for m in order].index(member.name)]
 
+    def vrrp_order(self, interface: str) -> tuple[Member, ...]:
+        """The members in the order they hold INTERFACE's VIPs: the first while every
+        member is well (its vrrp-group's master, or the cluster's highest priority),
+        the next when that one fails, and so on (VRRP elects the highest priority
+        alive). Empty for an interface without VIPs: no VRRP decides who gets its
+        traffic."""
+        iface = self.interface(interface)
+        if iface is None or not iface.vips:
+            return ()
+        group = self.group_of(interface)
+        return tuple(sorted(self.members, key=lambda m: -self.group_priority(group, m)))
+
     @property
     def vrrp_interfaces(self) -> tuple[Interface, ...]:
         return tuple(i for i in self.interfaces if i.vips)
