@@ -27,6 +27,7 @@ from fwc.analysis.engine import (
     classify,
     merge_routed_pieces,
 )
+from fwc.analysis.handling import Handling, handling
 from fwc.analysis.space import LOCAL
 from fwc.commands.common import resolved
 from fwc.diagnostics import Diagnostic, print_diagnostics
@@ -163,8 +164,11 @@ def _traffic(cluster: model.Cluster, question: Question,
                         question.out_interface)
 
 
+Results = list[tuple[model.Cluster, MemberView, list[Piece]]]
+
+
 def answer(policy: model.Policy, question: Question, resolver: FragmentResolver) \
-        -> tuple[list[tuple[model.Cluster, MemberView, list[Piece]]], list[str]]:
+        -> tuple[Results, list[str]]:
     """Per member of every cluster the question makes sense for; and why others were skipped.
 
     In a policy with several clusters an interface or `IFACE.vip` may exist in
@@ -194,6 +198,53 @@ def answer(policy: model.Policy, question: Question, resolver: FragmentResolver)
     if not out and first_error is not None:
         raise first_error
     return out, skipped
+
+
+def _verdicts(results: Results, cluster: model.Cluster, member: str | None,
+              interface: str) -> list[str]:
+    """MEMBER's distinct verdicts on the pieces arriving on INTERFACE, in order."""
+    out: list[str] = []
+    for c, view, pieces in results:
+        if c is cluster and view.member.name == member:
+            for piece in pieces:
+                if interface in piece.box.in_ifaces and str(piece.verdict) not in out:
+                    out.append(str(piece.verdict))
+    return out
+
+
+def who_handles(results: Results) -> list[tuple[model.Cluster, Handling, dict[str, list[str]]]]:
+    """Per cluster and arrival interface of the answer: who handles that traffic
+    (`fwc.analysis.handling`) and the verdicts of the normal and the takeover member."""
+    out = []
+    for cluster in dict.fromkeys(c for c, _, _ in results):
+        arrivals = {i for c, _, pieces in results if c is cluster
+                    for piece in pieces for i in piece.box.in_ifaces}
+        for item in handling(cluster, arrivals):
+            members = [m for m in (item.normal, item.after_failover) if m is not None]
+            out.append((cluster, item,
+                        {m: _verdicts(results, cluster, m, item.interface) for m in members}))
+    return out
+
+
+def _handling_json(cluster: model.Cluster, item: Handling,
+                   verdicts: dict[str, list[str]]) -> dict[str, object]:
+    return {"cluster": cluster.name, "in": item.interface, "group": item.group,
+            "normal": item.normal, "after_failover": item.after_failover,
+            "order": list(item.order), "verdicts": verdicts}
+
+
+def _handling_line(item: Handling, verdicts: dict[str, list[str]]) -> str:
+    def member(name: str) -> str:
+        said = verdicts.get(name) or ["no such traffic"]
+        return f"{name} ({' or '.join(said)})"
+
+    where = "from the firewall" if item.interface == LOCAL else f"in {item.interface}"
+    if item.normal is None:
+        return f"  {where}: {item.why()}"
+    line = f"  {where}: {member(item.normal)}, {item.why()}"
+    if item.after_failover is not None:
+        line += f"; after a failover of {item.normal}: {member(item.after_failover)}"
+    return line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
                  "pieces": [piece_json(p, view, vocabularies[cluster.name], texts)
                             for p in pieces]}
                 for cluster, view, pieces in results],
+            "handling": [_handling_json(*row) for row in who_handles(results)],
         }
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return EXIT_OK
@@ -252,4 +304,10 @@ def run(args: argparse.Namespace) -> int:
             for piece in pieces:
                 print(f"  - {describe_box(piece.box, vocabulary, view.firewall, view.interfaces)}")
                 print("\n".join(piece_lines(piece, texts, "    ")))
+    shown = None
+    for cluster, item, verdicts in who_handles(results):
+        if cluster is not shown:
+            print(f"who handles it in {cluster.name} (by the interface it arrives on):")
+            shown = cluster
+        print(_handling_line(item, verdicts))
     return EXIT_OK
