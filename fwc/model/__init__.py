@@ -387,6 +387,9 @@ class Expectation:
     service_labels: tuple[str, ...]
     in_interface: str | None
     span: Span
+    # `via M`: the member that handles this traffic in normal operation (FWC286)
+    via: str | None = None
+    via_span: Span | None = None
 
 
 def _option_span(spans: tuple[tuple[str, Span], ...], key: str,
