@@ -13,6 +13,7 @@ from fwc.analysis.handling import Handling, handling, interface_handling
 from fwc.analysis.space import LOCAL
 from fwc.diagnostics import Severity
 from fwc.frontend.formatting import format_text
+from fwc.model import Cluster
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,3 +100,21 @@ def test_fmt_keeps_via() -> None:
     assert format_text(LOADSHARE) == LOADSHARE
     messy = LOADSHARE.replace(CLIENT, "  allow client -> server service echo in lan via  fw1\n")
     assert format_text(messy) == LOADSHARE
+
+
+def test_diff_names_a_group_that_changed_hands(tmp_path: Path) -> None:
+    from fwc.diffing.semantic import cluster_settings
+
+    def cluster_of(text: str) -> Cluster:
+        analysis = run(tmp_path, text)
+        assert analysis.policy is not None
+        return analysis.policy.clusters[0]
+
+    old = cluster_of(LOADSHARE)
+    red = "vrrp-group red { interface dmz, uplink2  master fw2 }"
+    moved = cluster_of(variant(red, red.replace("master fw2", "master fw1")))
+    lines = cluster_settings(old, moved)
+    assert ("interface dmz: traffic handled by fw2 (master of vrrp-group red) -> "
+            "fw1 (master of vrrp-group red)") in lines
+    assert not [line for line in lines if line.startswith(("interface lan", "interface sync"))]
+    assert cluster_settings(old, cluster_of(LOADSHARE)) == []
