@@ -261,7 +261,8 @@ def test_handling_in_json_and_for_interfaces_without_vips(capsys):
                               "normal": "fw1", "after_failover": "fw2",
                               "order": ["fw1", "fw2"],
                               "verdicts": {"fw1": ["drop", "accept"],
-                                           "fw2": ["drop", "accept"]}}
+                                           "fw2": ["drop", "accept"]},
+                              "replies": []}
     assert handled["dmz"]["normal"] == "fw2" and handled["dmz"]["group"] == "red"
     assert handled["sync"]["normal"] is None and handled["sync"]["order"] == []
 
@@ -274,3 +275,26 @@ def test_a_single_master_cluster_is_handled_by_its_master(capsys):
             in out.splitlines())
     status, out, _ = query(capsys, "--from", "firewall", "--to", "198.51.100.10")
     assert "  from the firewall: each member for itself" in out
+
+
+def test_replies_through_another_groups_master_are_named(tmp_path, capsys):
+    """lan (blue, fw1) out dmz (red, fw2): the replies reach fw2 (asymmetric, FWC266)."""
+    text = Path(LOADSHARE).read_text(encoding="utf-8")
+    ssh = "    accept from client to firewall service ssh        in lan\n"
+    assert text.count(ssh) == 1
+    path = tmp_path / "asym.fw"
+    path.write_text(text.replace(ssh, ssh + "    accept from lan to web service echo in lan "
+                                 "out dmz\n"), encoding="utf-8")
+    assert main(["query", str(path), "--from", "client", "--to", "web", "--service", "echo",
+                 "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["handling"]
+    assert (row["in"], row["normal"]) == ("lan", "fw1")
+    assert row["replies"] == [{"out": "dmz", "group": "red", "member": "fw2"}]
+    assert main(["query", str(path), "--from", "client", "--to", "web",
+                 "--service", "echo"]) == 0
+    assert ("its replies reach fw2 (out dmz: master of vrrp-group red), which holds no "
+            "state for it (FWC266)") in capsys.readouterr().out
+    # inside one group nothing is said about replies
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "server", "--service", "echo",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["handling"][0]["replies"] == []

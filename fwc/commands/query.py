@@ -200,48 +200,70 @@ def answer(policy: model.Policy, question: Question, resolver: FragmentResolver)
     return out, skipped
 
 
-def _verdicts(results: Results, cluster: model.Cluster, member: str | None,
-              interface: str) -> list[str]:
-    """MEMBER's distinct verdicts on the pieces arriving on INTERFACE, in order."""
-    out: list[str] = []
-    for c, view, pieces in results:
-        if c is cluster and view.member.name == member:
-            for piece in pieces:
-                if interface in piece.box.in_ifaces and str(piece.verdict) not in out:
-                    out.append(str(piece.verdict))
-    return out
+@dataclass(frozen=True)
+class Handled:
+    """One arrival interface of the answer: who handles it (`fwc.analysis.handling`),
+    the verdicts of its normal and its takeover member, and the out interfaces of the
+    accepted part whose replies another member receives (an asymmetric path)."""
+
+    cluster: model.Cluster
+    item: Handling
+    verdicts: dict[str, list[str]]
+    replies: tuple[Handling, ...] = ()
 
 
-def who_handles(results: Results) -> list[tuple[model.Cluster, Handling, dict[str, list[str]]]]:
-    """Per cluster and arrival interface of the answer: who handles that traffic
-    (`fwc.analysis.handling`) and the verdicts of the normal and the takeover member."""
+def _pieces(results: Results, cluster: model.Cluster, member: str | None,
+            interface: str) -> list[Piece]:
+    """MEMBER's pieces of the answer that arrive on INTERFACE."""
+    return [piece for c, view, pieces in results
+            if c is cluster and view.member.name == member
+            for piece in pieces if interface in piece.box.in_ifaces]
+
+
+def who_handles(results: Results) -> list[Handled]:
+    """Per cluster and arrival interface of the answer, who handles that traffic."""
     out = []
     for cluster in dict.fromkeys(c for c, _, _ in results):
         arrivals = {i for c, _, pieces in results if c is cluster
                     for piece in pieces for i in piece.box.in_ifaces}
         for item in handling(cluster, arrivals):
             members = [m for m in (item.normal, item.after_failover) if m is not None]
-            out.append((cluster, item,
-                        {m: _verdicts(results, cluster, m, item.interface) for m in members}))
+            verdicts = {m: list(dict.fromkeys(str(p.verdict) for p in
+                                              _pieces(results, cluster, m, item.interface)))
+                        for m in members}
+            # A reply goes to the sender's gateway on the out interface (or to the SNAT
+            # address, a VIP there): that interface's handler receives it.
+            exits = {i for p in _pieces(results, cluster, item.normal, item.interface)
+                     if p.accepted and p.chain == "forward" for i in p.box.out_ifaces}
+            replies = tuple(h for h in handling(cluster, exits)
+                            if h.normal is not None and h.normal != item.normal)
+            out.append(Handled(cluster, item, verdicts, replies))
     return out
 
 
-def _handling_json(cluster: model.Cluster, item: Handling,
-                   verdicts: dict[str, list[str]]) -> dict[str, object]:
-    return {"cluster": cluster.name, "in": item.interface, "group": item.group,
+def _handling_json(row: Handled) -> dict[str, object]:
+    item = row.item
+    return {"cluster": row.cluster.name, "in": item.interface, "group": item.group,
             "normal": item.normal, "after_failover": item.after_failover,
-            "order": list(item.order), "verdicts": verdicts}
+            "order": list(item.order), "verdicts": row.verdicts,
+            "replies": [{"out": h.interface, "group": h.group, "member": h.normal}
+                        for h in row.replies]}
 
 
-def _handling_line(item: Handling, verdicts: dict[str, list[str]]) -> str:
+def _handling_line(row: Handled) -> str:
+    item = row.item
+
     def member(name: str) -> str:
-        said = verdicts.get(name) or ["no such traffic"]
+        said = row.verdicts.get(name) or ["no such traffic"]
         return f"{name} ({' or '.join(said)})"
 
     where = "from the firewall" if item.interface == LOCAL else f"in {item.interface}"
     if item.normal is None:
         return f"  {where}: {item.why()}"
     line = f"  {where}: {member(item.normal)}, {item.why()}"
+    for reply in row.replies:
+        line += (f"; its replies reach {reply.normal} (out {reply.interface}: "
+                 f"{reply.why()}), which holds no state for it (FWC266)")
     if item.after_failover is not None:
         line += f"; after a failover of {item.normal}: {member(item.after_failover)}"
     return line
@@ -280,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
                  "pieces": [piece_json(p, view, vocabularies[cluster.name], texts)
                             for p in pieces]}
                 for cluster, view, pieces in results],
-            "handling": [_handling_json(*row) for row in who_handles(results)],
+            "handling": [_handling_json(row) for row in who_handles(results)],
         }
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return EXIT_OK
@@ -305,9 +327,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  - {describe_box(piece.box, vocabulary, view.firewall, view.interfaces)}")
                 print("\n".join(piece_lines(piece, texts, "    ")))
     shown = None
-    for cluster, item, verdicts in who_handles(results):
-        if cluster is not shown:
-            print(f"who handles it in {cluster.name} (by the interface it arrives on):")
-            shown = cluster
-        print(_handling_line(item, verdicts))
+    for row in who_handles(results):
+        if row.cluster is not shown:
+            print(f"who handles it in {row.cluster.name} (by the interface it arrives on):")
+            shown = row.cluster
+        print(_handling_line(row))
     return EXIT_OK
