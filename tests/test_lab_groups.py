@@ -20,7 +20,7 @@ import pytest
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces, teardown
 from fwc.lab.report import render_text, to_dict
-from fwc.lab.results import ActiveActiveResult, GroupFlow, LabReport
+from fwc.lab.results import ActiveActiveResult, GroupFlow, LabReport, ProbeResult
 from fwc.lab.runner import LabOptions, _judge, run_lab
 from fwc.lab.topology import plan
 
@@ -59,6 +59,18 @@ def test_a_lost_group_connection_fails_the_lab() -> None:
     assert "election: fw1 holds 192.0.2.254; fw2 holds 203.0.113.126" in render_text(report)
 
 
+def test_a_probe_through_the_wrong_member_is_a_mismatch() -> None:
+    report = LabReport("loadshare", "p", "/tmp/x")
+    report.expectations.append(ProbeResult(
+        "allow web -> partner service echo in dmz via fw2", "allow", "groups", "fw1",
+        "web", "partner", "tcp", 5001, "allowed", "echoed; crossed fw1, but fwc's analysis "
+        "says fw2 handles traffic arriving on dmz", False, "fw1", "fw2"))
+    _judge(report)
+    assert not report.ok and "expectation 'allow web -> partner" in report.failures[0]
+    assert "MISMATCH groups handled by fw1: allow web -> partner" in render_text(report)
+    assert to_dict(report)["expectations"][0]["handler_expected"] == "fw2"
+
+
 def test_the_control_run_must_lose_the_crashed_groups_connection() -> None:
     def report_with(blue_survived: bool) -> LabReport:
         report = LabReport("loadshare", "p", "/tmp/x")
@@ -92,6 +104,13 @@ def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -
         print(render_text(report), file=sys.stderr)
         assert report.ok, (report.error, report.failures)
         assert all(r.agrees for r in report.expectations), report.expectations
+        # each allowed probe crossed the member fwc query names (its group's master)
+        crossed = {r.expectation: (r.handled_by, r.handler_expected)
+                   for r in report.expectations if r.kernel == "allowed"}
+        assert crossed == {
+            "allow client -> server service echo in lan via fw1": ("fw1", "fw1"),
+            "allow web -> partner service echo in dmz via fw2": ("fw2", "fw2"),
+            "allow client -> firewall service ssh in lan": ("fw1", "fw1")}, crossed
         assert [(a.crashed, a.survivor) for a in report.active_active] == [
             ("fw1", "fw2"), ("fw2", "fw1")]
         for aa in report.active_active:

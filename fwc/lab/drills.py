@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fwc.analysis.handling import interface_handling
 from fwc.lab.netns import PYTHON, LabError, Proc, run
 from fwc.lab.results import (
     ActiveActiveResult,
@@ -134,10 +135,50 @@ def _probe_once(argv: list[str], timeout: float) -> dict[str, Any]:
     return out
 
 
-def probe_expectations(lab: Lab, phase: str, via: Node) -> list[ProbeResult]:
+def handled_by(lab: Lab, src: str, dst: str, proto: str, port: int | None) -> str | None:
+    """The members whose conntrack table holds a connection SRC -> DST (PROTO, PORT):
+    the one that forwarded or took in the probe (conntrackd keeps the peer's states in
+    its external cache, not in the kernel). None when no member has it."""
+    names = []
+    for node in lab.nodes:
+        argv = ["conntrack", "-L", "-s", src, "-d", dst]
+        if proto in ("tcp", "udp"):
+            argv += ["-p", proto] + (["--dport", str(port)] if port else [])
+        listing = node.exec(argv, check=False).stdout
+        if any(line.strip() and not line.startswith("conntrack") for line in
+               listing.splitlines()):
+            names.append(node.name)
+    return "+".join(names) or None
+
+
+def check_handler(lab: Lab, probe: ProbePlan, res: ProbeResult) -> None:
+    """Active-active: an allowed probe from a test host must have crossed the member
+    that `fwc query` says handles traffic arriving on the host's segment."""
+    src = probe.src
+    if res.kernel != "allowed" or src is None or src.address is None or src.segment is None:
+        return
+    res.handler_expected = interface_handling(lab.plan.cluster, src.segment).normal
+    if res.handler_expected is None:
+        return
+    dst = _probe_dst(lab, probe)
+    if dst is None:
+        return
+    res.handled_by = handled_by(lab, str(src.address), dst, probe.probe.proto, probe.probe.port)
+    if res.handled_by != res.handler_expected:
+        res.agrees = False
+        res.how += (f"; crossed {res.handled_by or 'no member'}, but fwc's analysis says "
+                    f"{res.handler_expected} handles traffic arriving on {src.segment}")
+
+
+def probe_expectations(lab: Lab, phase: str, via: Node, *,
+                       handlers: bool = False) -> list[ProbeResult]:
+    """Every probe of the plan through VIA (sources on test hosts use their routes);
+    with HANDLERS (active-active) each allowed probe's member is checked too."""
     results = []
     for probe in lab.plan.probes:
         res = run_probe(lab, probe, phase, via)
+        if handlers:
+            check_handler(lab, probe, res)
         mark = {True: "ok", False: "MISMATCH", None: "skipped"}[res.agrees]
         lab.progress(f"  [{phase}] {res.label}: kernel {res.kernel} ({res.how}) -> {mark}")
         results.append(res)

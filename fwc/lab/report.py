@@ -89,8 +89,9 @@ def render_text(report: LabReport) -> str:
         out.append("  expectations (drill 1):")
         for r in report.expectations:
             mark = {True: "ok", False: "MISMATCH", None: "skipped"}[r.agrees]
+            via = f"handled by {r.handled_by}" if r.handled_by else f"via {r.via}"
             out.append(
-                f"    {mark:8} {r.phase:6} via {r.via}: {r.label} -> kernel "
+                f"    {mark:8} {r.phase:6} {via}: {r.label} -> kernel "
                 f"{r.kernel} ({r.how})"
             )
     if report.failover or report.control:

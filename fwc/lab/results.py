@@ -42,6 +42,10 @@ class ProbeResult:
     kernel: str  # "allowed" | "blocked" | "skipped"
     how: str
     agrees: bool | None
+    # Active-active: the member whose conntrack table holds the allowed probe, and the
+    # one fwc's analysis says handles it (fwc.analysis.handling); they must agree.
+    handled_by: str | None = None
+    handler_expected: str | None = None
 
     @property
     def label(self) -> str:

@@ -202,8 +202,10 @@ def _run_active_active(lab: Lab, report: LabReport, options: LabOptions) -> None
                  f"{took:.2f} s: " + "; ".join(f"{m} holds {', '.join(sorted(v))}"
                                                for m, v in expected.items()))
     # Probes from `firewall` go through the first member; the others cross the split
-    # cluster as the test hosts' routes send them (each segment to its group's master).
-    report.expectations += drills.probe_expectations(lab, "groups", lab.nodes[0])
+    # cluster as the test hosts' routes send them (each segment to its group's master),
+    # and each allowed one must have crossed the member fwc query names.
+    report.expectations += drills.probe_expectations(lab, "groups", lab.nodes[0],
+                                                     handlers=True)
     flows = lab.group_flows()
     missing = [g.name for g in lab.plan.cluster.groups if g.name not in flows]
     if missing:

@@ -384,6 +384,8 @@ def probes_of(cluster: Cluster) -> tuple[tuple[Probe, ...], dict[str, AddressSet
         text = f"{exp.verdict} {exp.source.label} -> {exp.destination.label} service {services}"
         if exp.in_interface:
             text += f" in {exp.in_interface}"
+        if exp.via:
+            text += f" via {exp.via}"
         for src in _endpoint_names(exp.source, literals):
             for dst in _endpoint_names(exp.destination, literals):
                 for match in exp.services:
