@@ -9,11 +9,17 @@ from pathlib import Path
 
 from checkkit import assert_diagnostic, run, with_code
 
-from fwc.analysis.handling import Handling, handling, interface_handling
+from fwc.analysis.handling import (
+    Handling,
+    handling,
+    interface_handling,
+    vips_held_elsewhere,
+)
 from fwc.analysis.space import LOCAL
 from fwc.diagnostics import Severity
 from fwc.frontend.formatting import format_text
 from fwc.model import Cluster
+from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +49,20 @@ def test_each_interface_is_handled_by_its_groups_master() -> None:
     assert [h.interface for h in handling(cluster, {LOCAL, "dmz", "lan"})] == [
         "lan", "dmz", LOCAL]
     assert handling(cluster, {LOCAL})[0].why() == "each member for itself"
+
+
+def test_vips_held_elsewhere() -> None:
+    analysis = analyse(REPO / "policies" / "loadshare.fw")
+    assert analysis.policy is not None
+    (cluster,) = analysis.policy.clusters
+    every = AddressSet.of("0.0.0.0/0").family(4)
+    assert [h.interface for h in vips_held_elsewhere(cluster, "fw1", 4, every)] == [
+        "dmz", "uplink2"]
+    assert [h.interface for h in vips_held_elsewhere(cluster, "fw2", 4, every)] == [
+        "lan", "uplink"]
+    lan_vip = AddressSet.of("192.0.2.254").family(4)
+    assert vips_held_elsewhere(cluster, "fw1", 4, lan_vip) == []
+    assert vips_held_elsewhere(cluster, "fw1", 6, AddressSet.of("::/0").family(6)) == []
 
 
 def test_single_master_cluster_is_handled_by_its_highest_priority() -> None:

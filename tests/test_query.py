@@ -262,7 +262,7 @@ def test_handling_in_json_and_for_interfaces_without_vips(capsys):
                               "order": ["fw1", "fw2"],
                               "verdicts": {"fw1": ["drop", "accept"],
                                            "fw2": ["drop", "accept"]},
-                              "replies": []}
+                              "replies": [], "vips_held_elsewhere": []}
     assert handled["dmz"]["normal"] == "fw2" and handled["dmz"]["group"] == "red"
     assert handled["sync"]["normal"] is None and handled["sync"]["order"] == []
 
@@ -298,3 +298,22 @@ def test_replies_through_another_groups_master_are_named(tmp_path, capsys):
     assert main(["query", LOADSHARE, "--from", "client", "--to", "server", "--service", "echo",
                  "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["handling"][0]["replies"] == []
+
+
+def test_a_vip_the_other_member_holds_is_flagged(capsys):
+    """client -> uplink2.vip arrives at fw1 (blue), but fw2 holds red's VIPs: fw1 routes
+    it on, which the per-member answers (every VIP local) do not model."""
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "uplink2.vip",
+                 "--service", "ssh", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["handling"]
+    assert row["vips_held_elsewhere"] == [{"interface": "uplink2", "group": "red",
+                                           "member": "fw2"}]
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "firewall",
+                 "--service", "ssh"]) == 0
+    out = capsys.readouterr().out
+    assert ("dmz.vip and uplink2.vip are fw2's (master of vrrp-group red): fw1 routes such "
+            "packets on to fw2 instead of taking them in") in out
+    # its own group's VIP is fw1's: nothing to flag
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "lan.vip", "--service", "ssh",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["handling"][0]["vips_held_elsewhere"] == []

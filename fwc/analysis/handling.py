@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from fwc.analysis.space import LOCAL
 from fwc.model import Cluster
+from fwc.model.addresses import AddressSet
+from fwc.model.intervals import Intervals, intersect
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +76,19 @@ def handling(cluster: Cluster, interfaces: Iterable[str]) -> list[Handling]:
     if LOCAL in wanted:
         names.append(LOCAL)
     return [interface_handling(cluster, name) for name in names]
+
+
+def vips_held_elsewhere(cluster: Cluster, member: str, family: int,
+                        addresses: Intervals) -> list[Handling]:
+    """The VIP interfaces whose VIPs (of FAMILY) ADDRESSES touch and that another member
+    than MEMBER holds in normal operation. The engine counts every VIP as the firewall
+    on every member (what a member sees after a failover); while the groups are split,
+    MEMBER does not hold these and routes packets for them on to their holder."""
+    out = []
+    for iface in cluster.vrrp_interfaces:
+        item = interface_handling(cluster, iface.name)
+        if item.normal in (None, member):
+            continue
+        if intersect(AddressSet.of(*(v.ip for v in iface.vips)).family(family), addresses):
+            out.append(item)
+    return out

@@ -27,7 +27,7 @@ from fwc.analysis.engine import (
     classify,
     merge_routed_pieces,
 )
-from fwc.analysis.handling import Handling, handling
+from fwc.analysis.handling import Handling, handling, vips_held_elsewhere
 from fwc.analysis.space import LOCAL
 from fwc.commands.common import resolved
 from fwc.diagnostics import Diagnostic, print_diagnostics
@@ -210,6 +210,8 @@ class Handled:
     item: Handling
     verdicts: dict[str, list[str]]
     replies: tuple[Handling, ...] = ()
+    # interfaces of VIPs the traffic is sent to that another member holds meanwhile
+    elsewhere: tuple[Handling, ...] = ()
 
 
 def _pieces(results: Results, cluster: model.Cluster, member: str | None,
@@ -233,11 +235,16 @@ def who_handles(results: Results) -> list[Handled]:
                         for m in members}
             # A reply goes to the sender's gateway on the out interface (or to the SNAT
             # address, a VIP there): that interface's handler receives it.
-            exits = {i for p in _pieces(results, cluster, item.normal, item.interface)
-                     if p.accepted and p.chain == "forward" for i in p.box.out_ifaces}
+            mine = _pieces(results, cluster, item.normal, item.interface)
+            exits = {i for p in mine if p.accepted and p.chain == "forward"
+                     for i in p.box.out_ifaces}
             replies = tuple(h for h in handling(cluster, exits)
                             if h.normal is not None and h.normal != item.normal)
-            out.append(Handled(cluster, item, verdicts, replies))
+            elsewhere = {h.interface: h for p in mine if p.chain == "input"
+                         for h in vips_held_elsewhere(cluster, item.normal or "",
+                                                      p.box.family, p.box.dst)}
+            out.append(Handled(cluster, item, verdicts, replies,
+                               tuple(elsewhere.values()) if item.normal else ()))
     return out
 
 
@@ -247,7 +254,9 @@ def _handling_json(row: Handled) -> dict[str, object]:
             "normal": item.normal, "after_failover": item.after_failover,
             "order": list(item.order), "verdicts": row.verdicts,
             "replies": [{"out": h.interface, "group": h.group, "member": h.normal}
-                        for h in row.replies]}
+                        for h in row.replies],
+            "vips_held_elsewhere": [{"interface": h.interface, "group": h.group,
+                                     "member": h.normal} for h in row.elsewhere]}
 
 
 def _handling_line(row: Handled) -> str:
@@ -264,6 +273,13 @@ def _handling_line(row: Handled) -> str:
     for reply in row.replies:
         line += (f"; its replies reach {reply.normal} (out {reply.interface}: "
                  f"{reply.why()}), which holds no state for it (FWC266)")
+    holders: dict[tuple[str | None, str], list[str]] = {}
+    for held in row.elsewhere:
+        holders.setdefault((held.normal, held.why()), []).append(f"{held.interface}.vip")
+    for (holder, why), vips in holders.items():
+        line += (f"; {' and '.join(vips)} {'is' if len(vips) == 1 else 'are'} {holder}'s "
+                 f"({why}): {item.normal} routes such packets on to {holder} instead of "
+                 "taking them in, which the answer above does not model")
     if item.after_failover is not None:
         line += f"; after a failover of {item.normal}: {member(item.after_failover)}"
     return line
