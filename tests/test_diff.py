@@ -228,3 +228,13 @@ def test_new_traffic_is_named_by_an_object_no_rule_uses(repo, capsys):
     assert code == 1
     traffic = section(out, "traffic")
     assert "newly allowed: from lowhalf except firewall to server service ssh" in traffic, out
+
+
+def test_the_member_handling_the_traffic_changed(repo, capsys):
+    """fw2 above fw1: every VIP interface's traffic moves to fw2 (fwc.analysis.handling)."""
+    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 200")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert ("interface lan: traffic handled by fw1 (the VRRP master) -> "
+            "fw2 (the VRRP master)") in out
+    assert "interface sync: traffic handled" not in out  # no VIP: no VRRP master

@@ -4,7 +4,8 @@ Group blue (lan, uplink) is mastered by fw1, red (dmz, uplink2) by fw2. With a
 connection running through each group, each member in turn crashes hard: the
 other takes every VIP, both connections survive (state replicated both ways),
 and after the restore each group goes back to its own master with both
-connections still alive.
+connections still alive. The control run crashes fw1 again with conntrackd off on
+both members: blue's connection must die and red's live on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from conftest import REPO
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces, teardown
 from fwc.lab.report import render_text, to_dict
-from fwc.lab.results import ActiveActiveResult, GroupFlow, LabReport
+from fwc.lab.results import ActiveActiveResult, GroupFlow, LabReport, ProbeResult
 from fwc.lab.runner import LabOptions, _judge, run_lab
 from fwc.lab.topology import plan
 
@@ -57,6 +58,42 @@ def test_a_lost_group_connection_fails_the_lab() -> None:
     assert "election: fw1 holds 192.0.2.254; fw2 holds 203.0.113.126" in render_text(report)
 
 
+def test_a_probe_through_the_wrong_member_is_a_mismatch() -> None:
+    report = LabReport("loadshare", "p", "/tmp/x")
+    report.expectations.append(ProbeResult(
+        "allow web -> partner service echo in dmz via fw2", "allow", "groups", "fw1",
+        "web", "partner", "tcp", 5001, "allowed", "echoed; crossed fw1, but fwc's analysis "
+        "says fw2 handles traffic arriving on dmz", False, "fw1", "fw2"))
+    _judge(report)
+    assert not report.ok and "expectation 'allow web -> partner" in report.failures[0]
+    assert "MISMATCH groups handled by fw1: allow web -> partner" in render_text(report)
+    assert to_dict(report)["expectations"][0]["handler_expected"] == "fw2"
+
+
+def test_the_control_run_must_lose_the_crashed_groups_connection() -> None:
+    def report_with(blue_survived: bool) -> LabReport:
+        report = LabReport("loadshare", "p", "/tmp/x")
+        report.active_active_control = ActiveActiveResult(
+            "aa-control-fw1-100ms", "fw1", "fw2", 0.3, None,
+            [GroupFlow("blue", "a -> b:1", True, blue_survived, None, False, "die", 0),
+             GroupFlow("red", "c -> d:1", True, True, 0.2, False, "survive", 1)],
+            ok=not blue_survived, sync=False)
+        _judge(report)
+        return report
+
+    held = report_with(blue_survived=False)
+    assert held.ok, held.failures
+    text = render_text(held)
+    assert "active-active control aa-control-fw1-100ms (no state sync)" in text
+    assert "blue (a -> b:1): expected to die, died" in text
+    assert "red (c -> d:1): expected to survive, survived" in text
+    assert to_dict(held)["active_active_control"]["flows"][0]["expect"] == "die"
+    void = report_with(blue_survived=True)
+    assert not void.ok
+    assert "do not prove state sync" in void.failures[0]
+    assert "blue (a -> b:1): expected to die, SURVIVED!" in render_text(void)
+
+
 @pytest.mark.lab
 def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -> None:
     source = load_source(loadshare_fast(tmp_path))
@@ -66,12 +103,27 @@ def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -
         print(render_text(report), file=sys.stderr)
         assert report.ok, (report.error, report.failures)
         assert all(r.agrees for r in report.expectations), report.expectations
+        # each allowed probe crossed the member fwc query names (its group's master)
+        crossed = {r.expectation: (r.handled_by, r.handler_expected)
+                   for r in report.expectations if r.kernel == "allowed"}
+        assert crossed == {
+            "allow client -> server service echo in lan via fw1": ("fw1", "fw1"),
+            "allow web -> partner service echo in dmz via fw2": ("fw2", "fw2"),
+            "allow client -> firewall service ssh in lan": ("fw1", "fw1")}, crossed
         assert [(a.crashed, a.survivor) for a in report.active_active] == [
             ("fw1", "fw2"), ("fw2", "fw1")]
         for aa in report.active_active:
             assert {f.group for f in aa.flows} == {"blue", "red"}
             assert all(f.survived_failover and f.survived_failback for f in aa.flows), aa
             assert aa.takeover_s is not None and aa.takeover_s < 2.0, aa
+        # Without state sync fw1's crash loses blue's connection (fw2 has no state
+        # for it) and keeps red's, which fw2 forwarded all along.
+        control = report.active_active_control
+        assert control is not None and control.ok and not control.sync, control
+        assert (control.crashed, control.survivor) == ("fw1", "fw2")
+        fates = {f.group: (f.expect, f.survived_failover) for f in control.flows}
+        assert fates == {"blue": ("die", False), "red": ("survive", True)}, control
+        assert [f.survivor_entries for f in control.flows if f.group == "blue"] == [0]
         # fw1 handed red back while it mastered blue: no purge of its kernel table
         # (that would drop blue's connections), and no cache flush while fw2 had red
         notify = (tmp_path / "logs" / "fw1-notify.log").read_text(errors="replace")

@@ -217,3 +217,101 @@ def test_parts_split_only_by_routing_are_shown_together(capsys):
     status, out, _ = query(capsys, "--from", "any", "--to", "any")
     assert status == 0
     assert "  - from any to any service ident\n    reject (FORWARD)" in out
+
+
+# -- who handles it: the master of the arrival interface's VRRP group (issue 14) ---------
+LOADSHARE = str(REPO / "policies" / "loadshare.fw")
+
+
+def test_active_active_names_the_group_master_and_the_takeover(capsys):
+    """loadshare.fw: blue (lan, uplink) is fw1's, red (dmz, uplink2) fw2's."""
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "server",
+                 "--service", "echo"]) == 0
+    out = capsys.readouterr().out
+    assert "who handles it in loadshare (by the interface it arrives on):" in out
+    assert ("  in lan: fw1 (accept), master of vrrp-group blue; after a failover of fw1: "
+            "fw2 (accept)") in out.splitlines()
+    assert main(["query", LOADSHARE, "--from", "web", "--to", "partner",
+                 "--service", "echo"]) == 0
+    out = capsys.readouterr().out
+    assert ("  in dmz: fw2 (accept), master of vrrp-group red; after a failover of fw2: "
+            "fw1 (accept)") in out.splitlines()
+
+
+def test_the_arrival_interface_decides_not_the_source(capsys):
+    """The same source arriving on red's interface is fw2's (query --in)."""
+    assert main(["query", LOADSHARE, "--from", "server", "--to", "client",
+                 "--service", "echo"]) == 0
+    out = capsys.readouterr().out
+    assert "  in uplink: fw1 (drop), master of vrrp-group blue" in out
+    assert main(["query", LOADSHARE, "--from", "198.51.100.140", "--to", "web",
+                 "--service", "echo", "--in", "uplink2"]) == 0
+    out = capsys.readouterr().out
+    assert "  in uplink2: fw2 (drop), master of vrrp-group red" in out
+
+
+def test_handling_in_json_and_for_interfaces_without_vips(capsys):
+    assert main(["query", LOADSHARE, "--from", "any", "--to", "server",
+                 "--service", "echo", "--format", "json"]) == 0
+    handled = {h["in"]: h for h in json.loads(capsys.readouterr().out)["handling"]}
+    assert list(handled) == ["lan", "uplink", "dmz", "uplink2", "sync"]
+    assert handled["lan"] == {"cluster": "loadshare", "in": "lan", "group": "blue",
+                              "normal": "fw1", "after_failover": "fw2",
+                              "order": ["fw1", "fw2"],
+                              "verdicts": {"fw1": ["drop", "accept"],
+                                           "fw2": ["drop", "accept"]},
+                              "replies": [], "vips_held_elsewhere": []}
+    assert handled["dmz"]["normal"] == "fw2" and handled["dmz"]["group"] == "red"
+    assert handled["sync"]["normal"] is None and handled["sync"]["order"] == []
+
+
+def test_a_single_master_cluster_is_handled_by_its_master(capsys):
+    status, out, _ = query(capsys, "--from", "192.0.2.10", "--to", "198.51.100.10",
+                           "--service", "tcp/5001")
+    assert status == 0
+    assert ("  in lan: fw1 (accept), the VRRP master; after a failover of fw1: fw2 (accept)"
+            in out.splitlines())
+    status, out, _ = query(capsys, "--from", "firewall", "--to", "198.51.100.10")
+    assert "  from the firewall: each member for itself" in out
+
+
+def test_replies_through_another_groups_master_are_named(tmp_path, capsys):
+    """lan (blue, fw1) out dmz (red, fw2): the replies reach fw2 (asymmetric, FWC266)."""
+    text = Path(LOADSHARE).read_text(encoding="utf-8")
+    ssh = "    accept from client to firewall service ssh        in lan\n"
+    assert text.count(ssh) == 1
+    path = tmp_path / "asym.fw"
+    path.write_text(text.replace(ssh, ssh + "    accept from lan to web service echo in lan "
+                                 "out dmz\n"), encoding="utf-8")
+    assert main(["query", str(path), "--from", "client", "--to", "web", "--service", "echo",
+                 "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["handling"]
+    assert (row["in"], row["normal"]) == ("lan", "fw1")
+    assert row["replies"] == [{"out": "dmz", "group": "red", "member": "fw2"}]
+    assert main(["query", str(path), "--from", "client", "--to", "web",
+                 "--service", "echo"]) == 0
+    assert ("its replies reach fw2 (out dmz: master of vrrp-group red), which holds no "
+            "state for it (FWC266)") in capsys.readouterr().out
+    # inside one group nothing is said about replies
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "server", "--service", "echo",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["handling"][0]["replies"] == []
+
+
+def test_a_vip_the_other_member_holds_is_flagged(capsys):
+    """client -> uplink2.vip arrives at fw1 (blue), but fw2 holds red's VIPs: fw1 routes
+    it on, which the per-member answers (every VIP local) do not model."""
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "uplink2.vip",
+                 "--service", "ssh", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["handling"]
+    assert row["vips_held_elsewhere"] == [{"interface": "uplink2", "group": "red",
+                                           "member": "fw2"}]
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "firewall",
+                 "--service", "ssh"]) == 0
+    out = capsys.readouterr().out
+    assert ("dmz.vip and uplink2.vip are fw2's (master of vrrp-group red): fw1 routes such "
+            "packets on to fw2 instead of taking them in") in out
+    # its own group's VIP is fw1's: nothing to flag
+    assert main(["query", LOADSHARE, "--from", "client", "--to", "lan.vip", "--service", "ssh",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["handling"][0]["vips_held_elsewhere"] == []

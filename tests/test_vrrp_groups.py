@@ -74,6 +74,10 @@ def test_three_members_keep_their_values_and_order_below_the_master(tmp_path: Pa
     red = cluster.groups[1]
     assert {m.name: cluster.group_priority(red, m) for m in cluster.members} == {
         "fw1": 100, "fw2": 150, "fw3": 50}
+    # who holds each interface's VIPs, then who takes them over (fwc query's handling)
+    assert [m.name for m in cluster.vrrp_order("dmz")] == ["fw2", "fw1", "fw3"]
+    assert [m.name for m in cluster.vrrp_order("uplink")] == ["fw1", "fw2", "fw3"]
+    assert cluster.vrrp_order("sync") == () and cluster.vrrp_order("nope") == ()
 
 
 def test_fmt_keeps_groups() -> None:

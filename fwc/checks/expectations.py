@@ -20,6 +20,8 @@ from fwc.analysis.engine import (
     classify,
     merge_routed_pieces,
 )
+from fwc.analysis.handling import handling
+from fwc.analysis.space import LOCAL
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Expectation, Policy
@@ -125,12 +127,46 @@ def check_cluster(cluster: Cluster, vocabulary: Vocabulary) -> Iterator[Diagnost
             found.extend(failures(expectation, view, pieces, vocabulary))
         if found:
             yield from _diagnose(expectation, found)
+        if expectation.via is not None:
+            yield from _check_via(cluster, expectation, views)
         if empty_on and views and _shares_family(expectation, views[0]):
             yield warning(
                 "FWC603", f"expectation describes no traffic on {', '.join(empty_on)}",
                 expectation.span,
                 hint="the traffic is firewall-to-firewall only, or the interface does not "
                      "exist on that member")
+
+
+def _check_via(cluster: Cluster, expectation: Expectation,
+               views: list[MemberView]) -> Iterator[Diagnostic]:
+    """`via M`: M handles the traffic in normal operation, on every interface it arrives
+    by (`in`, else where the member routes its source back to, as `fwc query` infers)."""
+    via = expectation.via
+    span = expectation.via_span or expectation.span
+    view = next((v for v in views if v.member.name == via), None)
+    if view is None:
+        yield error("FWC287", f"'via {via}': cluster '{cluster.name}' has no member '{via}'",
+                    span, hint="members: " + ", ".join(m.name for m in cluster.members))
+        return
+    traffic = TrafficClass(expectation.source, expectation.destination, expectation.services,
+                           expectation.in_interface)
+    arrivals = {i for piece in classify(view, traffic) for i in piece.box.in_ifaces}
+    for item in handling(cluster, arrivals):
+        if item.normal == via:
+            continue
+        where = ("traffic from the firewall" if item.interface == LOCAL
+                 else f"traffic arriving on {item.interface}")
+        if item.normal is None:
+            message = f"expectation says via {via}, but no VRRP master handles {where} " \
+                      f"({item.why()})"
+        else:
+            message = (f"expectation says via {via}, but {where} is handled by "
+                       f"{item.normal} ({item.why()})")
+            if via in item.order:
+                message += f"; {via} takes it over only after a failover"
+        yield error("FWC286", message, span,
+                    hint="name the member that masters the arrival interface's vrrp-group "
+                         "(fwc query shows it), or state the arrival with 'in IFACE'")
 
 
 def _shares_family(expectation: Expectation, view: MemberView) -> bool:
@@ -159,6 +195,21 @@ describe("FWC602", "deny expectation fails", Severity.ERROR, """
 member. The message names the member, the accepted part and the rule that
 accepts it (a drop or reject counts as denied; so does the default policy).""",
          "check")
+describe("FWC286", "expectation's member does not handle its traffic", Severity.ERROR, """
+`allow A -> B service S in IFACE via M` also states which member handles that
+traffic while every member is well: the member that holds the VIPs of the
+interface it arrives on (the master of that interface's `vrrp-group`, or the
+cluster's VRRP master), since senders reach the cluster through those VIPs.
+Without `in`, the arrival interfaces are where the member routes the source back
+to, as `fwc query` infers them. The check fails when another member handles the
+traffic (say, the expectation pins group A's traffic on group B's master, which
+only gets it after a failover), or when the traffic arrives where no VIP decides
+who gets it (an interface without VIPs, the firewall's own traffic). Whether the
+traffic is allowed is still checked on every member (FWC601): after a failover
+the other member's rules decide.""", "check")
+describe("FWC287", "expectation's via names no member", Severity.ERROR, """
+`via M` must name a member of the expectation's cluster; the message lists
+them.""", "check")
 describe("FWC603", "expectation describes no traffic", Severity.WARNING, """
 An expectation that only describes firewall-to-firewall traffic, or whose `in`
 interface does not exist on a member, is true of nothing: it can

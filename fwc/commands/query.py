@@ -27,6 +27,7 @@ from fwc.analysis.engine import (
     classify,
     merge_routed_pieces,
 )
+from fwc.analysis.handling import Handling, handling, vips_held_elsewhere
 from fwc.analysis.space import LOCAL
 from fwc.commands.common import resolved
 from fwc.diagnostics import Diagnostic, print_diagnostics
@@ -163,8 +164,11 @@ def _traffic(cluster: model.Cluster, question: Question,
                         question.out_interface)
 
 
+Results = list[tuple[model.Cluster, MemberView, list[Piece]]]
+
+
 def answer(policy: model.Policy, question: Question, resolver: FragmentResolver) \
-        -> tuple[list[tuple[model.Cluster, MemberView, list[Piece]]], list[str]]:
+        -> tuple[Results, list[str]]:
     """Per member of every cluster the question makes sense for; and why others were skipped.
 
     In a policy with several clusters an interface or `IFACE.vip` may exist in
@@ -194,6 +198,91 @@ def answer(policy: model.Policy, question: Question, resolver: FragmentResolver)
     if not out and first_error is not None:
         raise first_error
     return out, skipped
+
+
+@dataclass(frozen=True)
+class Handled:
+    """One arrival interface of the answer: who handles it (`fwc.analysis.handling`),
+    the verdicts of its normal and its takeover member, and the out interfaces of the
+    accepted part whose replies another member receives (an asymmetric path)."""
+
+    cluster: model.Cluster
+    item: Handling
+    verdicts: dict[str, list[str]]
+    replies: tuple[Handling, ...] = ()
+    # interfaces of VIPs the traffic is sent to that another member holds meanwhile
+    elsewhere: tuple[Handling, ...] = ()
+
+
+def _pieces(results: Results, cluster: model.Cluster, member: str | None,
+            interface: str) -> list[Piece]:
+    """MEMBER's pieces of the answer that arrive on INTERFACE."""
+    return [piece for c, view, pieces in results
+            if c is cluster and view.member.name == member
+            for piece in pieces if interface in piece.box.in_ifaces]
+
+
+def who_handles(results: Results) -> list[Handled]:
+    """Per cluster and arrival interface of the answer, who handles that traffic."""
+    out = []
+    for cluster in dict.fromkeys(c for c, _, _ in results):
+        arrivals = {i for c, _, pieces in results if c is cluster
+                    for piece in pieces for i in piece.box.in_ifaces}
+        for item in handling(cluster, arrivals):
+            members = [m for m in (item.normal, item.after_failover) if m is not None]
+            verdicts = {m: list(dict.fromkeys(str(p.verdict) for p in
+                                              _pieces(results, cluster, m, item.interface)))
+                        for m in members}
+            # A reply goes to the sender's gateway on the out interface (or to the SNAT
+            # address, a VIP there): that interface's handler receives it.
+            mine = _pieces(results, cluster, item.normal, item.interface)
+            exits = {i for p in mine if p.accepted and p.chain == "forward"
+                     for i in p.box.out_ifaces}
+            replies = tuple(h for h in handling(cluster, exits)
+                            if h.normal is not None and h.normal != item.normal)
+            elsewhere = {h.interface: h for p in mine if p.chain == "input"
+                         for h in vips_held_elsewhere(cluster, item.normal or "",
+                                                      p.box.family, p.box.dst)}
+            out.append(Handled(cluster, item, verdicts, replies,
+                               tuple(elsewhere.values()) if item.normal else ()))
+    return out
+
+
+def _handling_json(row: Handled) -> dict[str, object]:
+    item = row.item
+    return {"cluster": row.cluster.name, "in": item.interface, "group": item.group,
+            "normal": item.normal, "after_failover": item.after_failover,
+            "order": list(item.order), "verdicts": row.verdicts,
+            "replies": [{"out": h.interface, "group": h.group, "member": h.normal}
+                        for h in row.replies],
+            "vips_held_elsewhere": [{"interface": h.interface, "group": h.group,
+                                     "member": h.normal} for h in row.elsewhere]}
+
+
+def _handling_line(row: Handled) -> str:
+    item = row.item
+
+    def member(name: str) -> str:
+        said = row.verdicts.get(name) or ["no such traffic"]
+        return f"{name} ({' or '.join(said)})"
+
+    where = "from the firewall" if item.interface == LOCAL else f"in {item.interface}"
+    if item.normal is None:
+        return f"  {where}: {item.why()}"
+    line = f"  {where}: {member(item.normal)}, {item.why()}"
+    for reply in row.replies:
+        line += (f"; its replies reach {reply.normal} (out {reply.interface}: "
+                 f"{reply.why()}), which holds no state for it (FWC266)")
+    holders: dict[tuple[str | None, str], list[str]] = {}
+    for held in row.elsewhere:
+        holders.setdefault((held.normal, held.why()), []).append(f"{held.interface}.vip")
+    for (holder, why), vips in holders.items():
+        line += (f"; {' and '.join(vips)} {'is' if len(vips) == 1 else 'are'} {holder}'s "
+                 f"({why}): {item.normal} routes such packets on to {holder} instead of "
+                 "taking them in, which the answer above does not model")
+    if item.after_failover is not None:
+        line += f"; after a failover of {item.normal}: {member(item.after_failover)}"
+    return line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
                  "pieces": [piece_json(p, view, vocabularies[cluster.name], texts)
                             for p in pieces]}
                 for cluster, view, pieces in results],
+            "handling": [_handling_json(row) for row in who_handles(results)],
         }
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return EXIT_OK
@@ -252,4 +342,10 @@ def run(args: argparse.Namespace) -> int:
             for piece in pieces:
                 print(f"  - {describe_box(piece.box, vocabulary, view.firewall, view.interfaces)}")
                 print("\n".join(piece_lines(piece, texts, "    ")))
+    shown = None
+    for row in who_handles(results):
+        if row.cluster is not shown:
+            print(f"who handles it in {row.cluster.name} (by the interface it arrives on):")
+            shown = row.cluster
+        print(_handling_line(row))
     return EXIT_OK

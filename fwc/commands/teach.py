@@ -79,6 +79,8 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
          "what each member does with it, and which line decides"),
         ("fwc query policies/edge.fw --from any --to uplink.vip --service web --in uplink",
          "traffic to a VIP from outside"),
+        ("fwc query policies/loadshare.fw --from web --to partner --service echo",
+         "active-active: which member handles it (its group's master), and after a failover"),
     ),
     "graph": (
         ("fwc graph policies/edge.fw", "the topology as Graphviz DOT on stdout"),

@@ -14,6 +14,7 @@ from pathlib import Path
 from fwc import model
 from fwc.analysis.describe import Vocabulary
 from fwc.analysis.diff import TrafficChange
+from fwc.analysis.handling import Handling, interface_handling
 from fwc.diffing import rulesets
 from fwc.diffing.sequences import ListChange, compare
 from fwc.diffing.traffic import traffic_changes
@@ -158,6 +159,7 @@ def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
             out.append(f"interface {name}: VIP {vip} removed")
         if before.vrid != after.vrid:
             out.append(f"interface {name}: VRID {before.vrid} -> {after.vrid}")
+        out.extend(handling_change(old, new, name))
     out.extend(_fields("vrrp", old.vrrp, new.vrrp, (
         "advert_ms", "version", "auth", "preempt", "preempt_delay_s", "vrid",
         "garp_refresh_s")))
@@ -182,6 +184,21 @@ def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
         if old.member(member.name) is None:
             out.append(f"member {member.name} added (priority {member.priority})")
     return out
+
+
+def handling_change(old: model.Cluster, new: model.Cluster, interface: str) -> list[str]:
+    """Who handles the traffic arriving on INTERFACE, and who takes it over, when that
+    changed (a group's master, an interface moved between groups, priorities)."""
+    before, after = interface_handling(old, interface), interface_handling(new, interface)
+    if before.order == after.order:
+        return []
+    if before.normal != after.normal:
+        def who(item: Handling) -> str:
+            return f"{item.normal} ({item.why()})" if item.normal else f"nobody ({item.why()})"
+
+        return [f"interface {interface}: traffic handled by {who(before)} -> {who(after)}"]
+    return [f"interface {interface}: takeover order {', '.join(before.order)} -> "
+            f"{', '.join(after.order)}"]
 
 
 def _rule_text(rule: model.RouteRule) -> str:

@@ -827,6 +827,10 @@ class _Builder(Transformer):
         value = self.word(children[0])
         return s.Option("in", value, value.span)
 
+    def expect_via(self, children: list) -> s.Option:
+        value = self.word(children[0])
+        return s.Option("via", value, value.span)
+
     def expectation(self, children: list) -> s.RuleDecl:
         verdict, sources, destinations, *rest = children
         options = tuple(c for c in rest if isinstance(c, s.Option))

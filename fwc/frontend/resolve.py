@@ -1100,10 +1100,12 @@ class Resolver:
         destination = self.endpoint(rd.destinations, ifaces)
         services, labels, ok = self.services_of(rd.services)
         in_iface = self.interface_ref(opts["in"], ifaces) if "in" in opts else None
+        via = opts["via"].value if "via" in opts else None
         if source is None or destination is None or not ok:
             return None
         return m.Expectation(Verdict(rd.action.text), source, destination, services, labels,
-                             in_iface, rd.span)
+                             in_iface, rd.span, via.text if via is not None else None,
+                             via.span if via is not None else None)
 
     @staticmethod
     def segment_networks(clusters: Iterable[m.Cluster]) -> list[AddressSet]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fwc.analysis.handling import interface_handling
 from fwc.lab.netns import PYTHON, LabError, Proc, run
 from fwc.lab.results import (
     ActiveActiveResult,
@@ -134,10 +135,50 @@ def _probe_once(argv: list[str], timeout: float) -> dict[str, Any]:
     return out
 
 
-def probe_expectations(lab: Lab, phase: str, via: Node) -> list[ProbeResult]:
+def handled_by(lab: Lab, src: str, dst: str, proto: str, port: int | None) -> str | None:
+    """The members whose conntrack table holds a connection SRC -> DST (PROTO, PORT):
+    the one that forwarded or took in the probe (conntrackd keeps the peer's states in
+    its external cache, not in the kernel). None when no member has it."""
+    names = []
+    for node in lab.nodes:
+        argv = ["conntrack", "-L", "-s", src, "-d", dst]
+        if proto in ("tcp", "udp"):
+            argv += ["-p", proto] + (["--dport", str(port)] if port else [])
+        listing = node.exec(argv, check=False).stdout
+        if any(line.strip() and not line.startswith("conntrack") for line in
+               listing.splitlines()):
+            names.append(node.name)
+    return "+".join(names) or None
+
+
+def check_handler(lab: Lab, probe: ProbePlan, res: ProbeResult) -> None:
+    """Active-active: an allowed probe from a test host must have crossed the member
+    that `fwc query` says handles traffic arriving on the host's segment."""
+    src = probe.src
+    if res.kernel != "allowed" or src is None or src.address is None or src.segment is None:
+        return
+    res.handler_expected = interface_handling(lab.plan.cluster, src.segment).normal
+    if res.handler_expected is None:
+        return
+    dst = _probe_dst(lab, probe)
+    if dst is None:
+        return
+    res.handled_by = handled_by(lab, str(src.address), dst, probe.probe.proto, probe.probe.port)
+    if res.handled_by != res.handler_expected:
+        res.agrees = False
+        res.how += (f"; crossed {res.handled_by or 'no member'}, but fwc's analysis says "
+                    f"{res.handler_expected} handles traffic arriving on {src.segment}")
+
+
+def probe_expectations(lab: Lab, phase: str, via: Node, *,
+                       handlers: bool = False) -> list[ProbeResult]:
+    """Every probe of the plan through VIA (sources on test hosts use their routes);
+    with HANDLERS (active-active) each allowed probe's member is checked too."""
     results = []
     for probe in lab.plan.probes:
         res = run_probe(lab, probe, phase, via)
+        if handlers:
+            check_handler(lab, probe, res)
         mark = {True: "ok", False: "MISMATCH", None: "skipped"}[res.agrees]
         lab.progress(f"  [{phase}] {res.label}: kernel {res.kernel} ({res.how}) -> {mark}")
         results.append(res)
@@ -568,17 +609,23 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
 
 # ------------------------------------------------------------ active-active drill
 def active_active_drill(lab: Lab, label: str, crashed: Node,
-                        flows: dict[str, Flow]) -> ActiveActiveResult:
+                        flows: dict[str, Flow], *, sync: bool = True) -> ActiveActiveResult:
     """A connection through each vrrp-group; CRASHED fails hard and comes back.
 
     The survivor must hold every VIP and every connection must go on through it
     (its conntrackd committed the crashed member's states); after the restore each
     group must be back on its own master (after the preempt delay) and every
     connection must still echo.
+
+    Without SYNC (the control run: the caller has stopped conntrackd and set
+    nf_conntrack_tcp_loose=0) the connections of CRASHED's groups must die, since
+    the survivor has no state for them, and the survivor's own must go on; CRASHED
+    stays down.
     """
-    res = ActiveActiveResult(label, crashed.name)
+    res = ActiveActiveResult(label, crashed.name, sync=sync)
     lab.wait_groups()
     survivors = [n for n in lab.nodes if n is not crashed]
+    masters = {g.name: g.master for g in lab.plan.cluster.groups}
     procs: list[Proc] = []
     streams: dict[str, Stream] = {}
     try:
@@ -586,7 +633,9 @@ def active_active_drill(lab: Lab, label: str, crashed: Node,
             proc, stream = start_stream(lab, f"{label}-{group}", flow)
             procs.append(proc)
             streams[group] = stream
-            res.flows.append(GroupFlow(group, f"{flow.src} -> {flow.dst}:{flow.port}"))
+            expect = "die" if not sync and masters.get(group) == crashed.name else "survive"
+            res.flows.append(GroupFlow(group, f"{flow.src} -> {flow.dst}:{flow.port}",
+                                       expect=expect))
         for item in res.flows:
             stream = streams[item.group]
             item.connected = wait_for(lambda s=stream: len(s.parse()[0]) >= 10,
@@ -596,7 +645,8 @@ def active_active_drill(lab: Lab, label: str, crashed: Node,
             return res
         lab.progress(f"  [{label}] connections through "
                      + ", ".join(f"{f.group} ({f.flow})" for f in res.flows)
-                     + f"; failing {crashed.name} hard")
+                     + f"; failing {crashed.name} hard"
+                     + ("" if sync else " (no state sync)"))
         t_fail, res.takeover_s, holder = crash_until_taken_over(lab, crashed, survivors)
         if res.takeover_s is None:
             res.notes.append("no surviving member took every VIP")
@@ -605,40 +655,61 @@ def active_active_drill(lab: Lab, label: str, crashed: Node,
             t_taken = time.monotonic()
             for item in res.flows:
                 stream = streams[item.group]
-                wait_for(lambda s=stream: bool(s.echoes_after(t_taken)), 15.0, 0.1)
+                # A connection expected to die gets the control window of failover_drill.
+                window = 15.0 if item.expect == "survive" else 10.0
+                wait_for(lambda s=stream: bool(s.echoes_after(t_taken)), window, 0.1)
                 recv, info = stream.parse()
                 after = stream.echoes_after(t_taken)
                 item.survived_failover = bool(after) and "end" not in info
                 if after:
                     gap = _longest_gap(recv, t_fail - 1.0, after[0])
                     item.failover_gap_s = round(gap, 3) if gap is not None else None
+                sport = info.get("sport", "")
+                flow = flows[item.group]
+                item.survivor_entries = sum(f"sport={sport}" in ln
+                                            for ln in holder[0].kernel_flows(flow.port))
         lab.progress(f"  [{label}] takeover by {res.survivor or 'nobody'} "
                      f"{_fmt(res.takeover_s)}; "
                      + ", ".join(f"{f.group}: gap {_fmt(f.failover_gap_s)} survived "
-                                 f"{f.survived_failover}" for f in res.flows))
-        crashed.restore(lab.listener_for(crashed))
-        t_back = time.monotonic()
-        try:
-            lab.wait_groups()
-            res.failback_s = round(time.monotonic() - t_back, 3)
-        except LabError as exc:
-            res.notes.append(str(exc))
-        t_settled = time.monotonic()
-        for item in res.flows:
-            stream = streams[item.group]
-            wait_for(lambda s=stream: bool(s.echoes_after(t_settled + 1.0)), 15.0, 0.1)
-            recv, info = stream.parse()
-            item.survived_failback = (bool([r for r in recv if r > t_settled + 1.0])
-                                      and "end" not in info)
-        lab.progress(f"  [{label}] groups back on their masters after {_fmt(res.failback_s)}; "
-                     + ", ".join(f"{f.group} survived {f.survived_failback}"
+                                 f"{f.survived_failover} (expected to {f.expect})"
                                  for f in res.flows))
+        if sync:
+            _active_active_failback(lab, label, crashed, res, streams)
     finally:
         for proc in procs:
             stop_proc(lab, proc)
     if res.takeover_s is not None:
         res.takeover_s = round(res.takeover_s, 3)
-    res.ok = (bool(res.flows) and res.takeover_s is not None and res.failback_s is not None
-              and all(f.connected and f.survived_failover and f.survived_failback
-                      for f in res.flows))
+    connected = bool(res.flows) and all(f.connected for f in res.flows)
+    if sync:
+        res.ok = (connected and res.takeover_s is not None and res.failback_s is not None
+                  and all(f.survived_failover and f.survived_failback for f in res.flows))
+    else:
+        # The proof needs a connection that died and one that lived: without the
+        # second, a broken lab would look like a lost state.
+        res.ok = (connected and res.takeover_s is not None
+                  and any(f.expect == "die" for f in res.flows)
+                  and all(f.survived_failover == (f.expect == "survive") for f in res.flows))
     return res
+
+
+def _active_active_failback(lab: Lab, label: str, crashed: Node, res: ActiveActiveResult,
+                            streams: dict[str, Stream]) -> None:
+    """CRASHED comes back: every group must return to its master, every connection live."""
+    crashed.restore(lab.listener_for(crashed))
+    t_back = time.monotonic()
+    try:
+        lab.wait_groups()
+        res.failback_s = round(time.monotonic() - t_back, 3)
+    except LabError as exc:
+        res.notes.append(str(exc))
+    t_settled = time.monotonic()
+    for item in res.flows:
+        stream = streams[item.group]
+        wait_for(lambda s=stream: bool(s.echoes_after(t_settled + 1.0)), 15.0, 0.1)
+        recv, info = stream.parse()
+        item.survived_failback = (bool([r for r in recv if r > t_settled + 1.0])
+                                  and "end" not in info)
+    lab.progress(f"  [{label}] groups back on their masters after {_fmt(res.failback_s)}; "
+                 + ", ".join(f"{f.group} survived {f.survived_failback}"
+                             for f in res.flows))

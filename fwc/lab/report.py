@@ -28,6 +28,8 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "timing": [series.as_dict() for series in report.timing],
         "gateway": [g.as_dict() for g in report.gateway],
         "active_active": [a.as_dict() for a in report.active_active],
+        "active_active_control": (report.active_active_control.as_dict()
+                                  if report.active_active_control else None),
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -87,8 +89,9 @@ def render_text(report: LabReport) -> str:
         out.append("  expectations (drill 1):")
         for r in report.expectations:
             mark = {True: "ok", False: "MISMATCH", None: "skipped"}[r.agrees]
+            via = f"handled by {r.handled_by}" if r.handled_by else f"via {r.via}"
             out.append(
-                f"    {mark:8} {r.phase:6} via {r.via}: {r.label} -> kernel "
+                f"    {mark:8} {r.phase:6} {via}: {r.label} -> kernel "
                 f"{r.kernel} ({r.how})"
             )
     if report.failover or report.control:
@@ -149,6 +152,21 @@ def active_active_text(report: LabReport) -> list[str]:
                        f"failover {'survived' if f.survived_failover else 'LOST'}, "
                        f"failback {'survived' if f.survived_failback else 'LOST'}")
         out += [f"    note: {n}" for n in aa.notes]
+    control = report.active_active_control
+    if control is not None:
+        verdict = "as expected" if control.ok else "NOT AS EXPECTED: the drills prove nothing"
+        out.append(f"  active-active control {control.label} (no state sync): {control.crashed} "
+                   f"crashed, {control.survivor or 'nobody'} took every group in "
+                   f"{_s(control.takeover_s)} -> {verdict}")
+        for f in control.flows:
+            if f.survived_failover:
+                result = "survived" if f.expect == "survive" else "SURVIVED!"
+            else:
+                result = "died" if f.expect == "die" else "DIED!"
+            out.append(f"    {f.group} ({f.flow}): expected to {f.expect}, {result} "
+                       f"(echo gap {_s(f.failover_gap_s)}, survivor's conntrack entries "
+                       f"{_n(f.survivor_entries)})")
+        out += [f"    note: {n}" for n in control.notes]
     return out
 
 

@@ -42,6 +42,10 @@ class ProbeResult:
     kernel: str  # "allowed" | "blocked" | "skipped"
     how: str
     agrees: bool | None
+    # Active-active: the member whose conntrack table holds the allowed probe, and the
+    # one fwc's analysis says handles it (fwc.analysis.handling); they must agree.
+    handled_by: str | None = None
+    handler_expected: str | None = None
 
     @property
     def label(self) -> str:
@@ -128,13 +132,21 @@ class GroupFlow:
     survived_failover: bool = False
     failover_gap_s: float | None = None
     survived_failback: bool = False
+    # "survive", or "die": in the no-sync control run, the crashed member's groups
+    expect: str = "survive"
+    # the survivor's conntrack entries of this connection after the takeover
+    survivor_entries: int | None = None
 
 
 @dataclass
 class ActiveActiveResult:
     """Active-active (issue 14): one member crashes while a connection runs through
     each vrrp-group; the survivor takes every group, and when the member returns each
-    group goes back to its own master. Every connection must survive both moves."""
+    group goes back to its own master. Every connection must survive both moves.
+
+    The control run (`sync` False: conntrackd off, nf_conntrack_tcp_loose=0, no
+    restore) must lose the connections of the crashed member's groups and keep the
+    survivor's own: state sync, not the lab, is what saves them."""
 
     label: str
     crashed: str
@@ -144,6 +156,7 @@ class ActiveActiveResult:
     flows: list[GroupFlow] = field(default_factory=list)
     ok: bool = False
     notes: list[str] = field(default_factory=list)
+    sync: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,6 +294,7 @@ class LabReport:
     timing: list[TimingSeries] = field(default_factory=list)
     gateway: list[GatewayResult] = field(default_factory=list)
     active_active: list[ActiveActiveResult] = field(default_factory=list)
+    active_active_control: ActiveActiveResult | None = None
 
     @property
     def ok(self) -> bool:

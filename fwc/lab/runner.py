@@ -179,8 +179,7 @@ def _run(lab: Lab, report: LabReport, options: LabOptions,
     if lab.flow is not None:
         _failover_drills(lab, report, options, on_backup, variants)
     if options.keep and lab.flow is not None:
-        master = lab.back_to_compiled()
-        lab.progress(f"lab back to the compiled configuration, {master.name} is master")
+        lab.progress(f"lab back to the compiled configuration, {lab.back_to_compiled()}")
     if lab.plan.probes and not any(r.phase == "backup" for r in report.expectations):
         # No drill reached the backup (none possible, or the first one failed):
         # the expectations must still be checked through it.
@@ -203,8 +202,10 @@ def _run_active_active(lab: Lab, report: LabReport, options: LabOptions) -> None
                  f"{took:.2f} s: " + "; ".join(f"{m} holds {', '.join(sorted(v))}"
                                                for m, v in expected.items()))
     # Probes from `firewall` go through the first member; the others cross the split
-    # cluster as the test hosts' routes send them (each segment to its group's master).
-    report.expectations += drills.probe_expectations(lab, "groups", lab.nodes[0])
+    # cluster as the test hosts' routes send them (each segment to its group's master),
+    # and each allowed one must have crossed the member fwc query names.
+    report.expectations += drills.probe_expectations(lab, "groups", lab.nodes[0],
+                                                     handlers=True)
     flows = lab.group_flows()
     missing = [g.name for g in lab.plan.cluster.groups if g.name not in flows]
     if missing:
@@ -220,6 +221,16 @@ def _run_active_active(lab: Lab, report: LabReport, options: LabOptions) -> None
         result = drills.active_active_drill(lab, label, node, flows)
         report.active_active.append(result)
         lab.progress(f"active-active: {'held' if result.ok else 'FAILED'}")
+    # The control: the same crash without state sync must lose the crashed member's
+    # groups' connections (and keep the survivor's), or the drills above prove nothing.
+    _without_sync(lab)
+    crashed = lab.nodes[0]
+    control = drills.active_active_drill(
+        lab, f"aa-control-{crashed.name}-{lab.advert_label}", crashed, flows, sync=False)
+    report.active_active_control = control
+    lab.progress(f"active-active control: {'as expected' if control.ok else 'NOT AS EXPECTED'}")
+    if options.keep:
+        lab.progress(f"lab back to the compiled configuration, {lab.back_to_compiled()}")
     _judge(report)
 
 
@@ -252,13 +263,7 @@ def _failover_drills(
     _gateway(lab, report, modes[-1])
     if variants:
         _timing_series(lab, report, options.timing_runs, variants, modes[-1])
-    lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
-    for node in lab.nodes:
-        lab.saved_sysctls[node.name] = node.exec(
-            ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"], check=False
-        ).stdout.strip()
-        node.disable_conntrackd()
-        node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+    _without_sync(lab)
     mode = modes[-1]
     report.control = drills.failover_drill(
         lab,
@@ -270,6 +275,19 @@ def _failover_drills(
     )
     verdict = "died as expected" if report.control.ok else "DID NOT DIE"
     lab.progress(f"control: connection {verdict}")
+
+
+def _without_sync(lab: Lab) -> None:
+    """The control runs' set-up: conntrackd stopped (and kept from starting) on every
+    member, and nf_conntrack_tcp_loose=0 so that no member picks up a connection it
+    has no state for (the saved values come back with `Lab.back_to_compiled`)."""
+    lab.progress("control: conntrackd off on every member, nf_conntrack_tcp_loose=0")
+    for node in lab.nodes:
+        lab.saved_sysctls[node.name] = node.exec(
+            ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"], check=False
+        ).stdout.strip()
+        node.disable_conntrackd()
+        node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
 
 
 def _timing_series(lab: Lab, report: LabReport, runs: int, variants: Sequence[LabSource],
@@ -356,6 +374,14 @@ def _judge(report: LabReport) -> None:
             report.failures.append(
                 f"timing series {series.mode}-{series.advert}: {series.survived} of "
                 f"{series.runs} crash runs kept the connection")
+    aa_control = report.active_active_control
+    if aa_control is not None and not aa_control.ok:
+        report.failures.append(
+            f"active-active control run {aa_control.label} (no state sync): " + "; ".join(
+                f"{f.group} connected {f.connected}, failover {f.survived_failover} "
+                f"(expected to {f.expect})" for f in aa_control.flows)
+            + (f"; {'; '.join(aa_control.notes)}" if aa_control.notes else "")
+            + ": the active-active drills do not prove state sync")
     for aa in report.active_active:
         if not aa.ok:
             report.failures.append(

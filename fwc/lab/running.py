@@ -407,8 +407,9 @@ class Lab:
         self.set_default_routes(host, False)
         return lambda: self.set_default_routes(host, True)
 
-    def back_to_compiled(self) -> Node:
-        """After the drills, for --keep: every member as compiled, synced, one master.
+    def back_to_compiled(self) -> str:
+        """After the drills, for --keep: every member as compiled, synced, one master (with
+        vrrp-groups: each group on its master). Returns what holds the VIPs now.
 
         Undoes the control run (conntrackd masked, tcp_loose=0, old master
         down), so the kept lab is the cluster as compiled rather than the last
@@ -426,8 +427,11 @@ class Lab:
             else:  # crashed in the control run, or conntrackd stopped
                 node.stop_conntrackd()
                 node.restore(self.listener_for(node) if not node.helpers else None)
+        if self.plan.active_active:
+            self.wait_groups()
+            return "every vrrp-group on its master"
         master, _ = self.wait_master()
-        return master
+        return f"{master.name} is master"
 
 
 def apply_warnings(install_log: str) -> list[str]:

@@ -173,10 +173,8 @@ class LabPlan:
         """Member -> the VIPs (as on the wire) it holds while every member is well: its
         groups' with vrrp-groups, else every VIP on the highest priority."""
         out: dict[str, set[str]] = {m.name: set() for m in self.cluster.members}
-        top = max(self.cluster.members, key=lambda m: m.priority).name
-        for iface in self.cluster.interfaces:
-            group = self.cluster.group_of(iface.name)
-            holder = group.master if group is not None and group.master else top
+        for iface in self.cluster.vrrp_interfaces:
+            holder = self.cluster.vrrp_order(iface.name)[0].name
             out.setdefault(holder, set()).update(
                 str(self.remap.interface(v).ip) for v in iface.vips)
         return out
@@ -386,6 +384,8 @@ def probes_of(cluster: Cluster) -> tuple[tuple[Probe, ...], dict[str, AddressSet
         text = f"{exp.verdict} {exp.source.label} -> {exp.destination.label} service {services}"
         if exp.in_interface:
             text += f" in {exp.in_interface}"
+        if exp.via:
+            text += f" via {exp.via}"
         for src in _endpoint_names(exp.source, literals):
             for dst in _endpoint_names(exp.destination, literals):
                 for match in exp.services:

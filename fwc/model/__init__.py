@@ -387,6 +387,9 @@ class Expectation:
     service_labels: tuple[str, ...]
     in_interface: str | None
     span: Span
+    # `via M`: the member that handles this traffic in normal operation (FWC286)
+    via: str | None = None
+    via_span: Span | None = None
 
 
 def _option_span(spans: tuple[tuple[str, Span], ...], key: str,
@@ -712,6 +715,18 @@ class Cluster:
         values = sorted((m.priority for m in self.members), reverse=True)
         order = sorted(self.members, key=lambda m: (m.name != group.master, -m.priority))
         return values[[m.name for m in order].index(member.name)]
+
+    def vrrp_order(self, interface: str) -> tuple[Member, ...]:
+        """The members in the order they hold INTERFACE's VIPs: the first while every
+        member is well (its vrrp-group's master, or the cluster's highest priority),
+        the next when that one fails, and so on (VRRP elects the highest priority
+        alive). Empty for an interface without VIPs: no VRRP decides who gets its
+        traffic."""
+        iface = self.interface(interface)
+        if iface is None or not iface.vips:
+            return ()
+        group = self.group_of(interface)
+        return tuple(sorted(self.members, key=lambda m: -self.group_priority(group, m)))
 
     @property
     def vrrp_interfaces(self) -> tuple[Interface, ...]:
