@@ -28,6 +28,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "timing": [series.as_dict() for series in report.timing],
         "gateway": [g.as_dict() for g in report.gateway],
         "active_active": [a.as_dict() for a in report.active_active],
+        "uplinks": [u.to_dict() for u in report.uplinks],
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -126,6 +127,9 @@ def render_text(report: LabReport) -> str:
     out += timing_text(report)
     out += gateway_text(report)
     out += active_active_text(report)
+    for u in report.uplinks:
+        out.append(f"  {u.summary()}")
+        out += [f"    note: {n}" for n in u.notes]
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:

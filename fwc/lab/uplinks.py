@@ -26,12 +26,13 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.backend.files import rules_file
 from fwc.lab.adapter import LabSource
 from fwc.lab.netns import PYTHON, LabRefused, LabState, Proc, run, teardown
+from fwc.lab.results import UplinkResult
 from fwc.lab.topology import in_doc_ranges
 from fwc.model import Cluster, IPAddress, IPNetwork, Member
 from fwc.model.topology import route_interface, subnets
@@ -40,10 +41,7 @@ from fwc.model.uplinks import Uplink, uplinks
 CONNECT_PERIOD = 0.1  # seconds between the client's new connections
 CONNECT_TIMEOUT = 0.3  # a connection attempt that takes longer counts as failed
 SETTLE_TIMEOUT = 10.0  # the monitor's start, the first connection
-PORT = 5001
-# A switch may take this much longer than the probe's detection time: the last probe's
-# round, the client's attempt period and a connection attempt's timeout.
-SWITCH_MARGIN = 1.0  # the server's port: the policy must forward the client's TCP to it
+PORT = 5001  # the server's port: the policy must forward the client's TCP to it
 # The server and the transit links behind the routers (198.18.0.0/15, benchmark range).
 SERVER_CANDIDATES = ("198.19.250.10", "198.19.240.10", "198.18.250.10")
 TRANSIT_CANDIDATES = (("198.19.251.0/30", "198.19.252.0/30"),
@@ -87,43 +85,6 @@ while time.monotonic() < end:
         print(json.dumps({"t": t, "error": type(exc).__name__}), flush=True)
     time.sleep(max(0.0, float(period) - (time.time() - t)))
 """
-
-
-@dataclass
-class UplinkResult:
-    """What the uplink drill measured (seconds; None: it did not happen in time)."""
-
-    member: str
-    first: str  # "uplink via gateway"
-    second: str
-    detection_s: float  # interval x (fall + 1): what the policy allows for the switch
-    restore_s: float  # interval x (rise + 1)
-    baseline: str = ""  # the address the server saw before the failure
-    switch_s: float | None = None
-    return_s: float | None = None
-    failed_connections: int = 0  # attempts between the failure and the switch
-    route_removed: bool = False
-    route_back: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return (self.switch_s is not None and self.return_s is not None
-                and self.route_removed and self.route_back
-                and 0 <= self.switch_s <= self.detection_s + SWITCH_MARGIN
-                and 0 <= self.return_s <= self.restore_s + SWITCH_MARGIN)
-
-    def summary(self) -> str:
-        def fmt(v: float | None) -> str:
-            return "never" if v is None else f"{v:.2f}s"
-        return (f"uplink drill on {self.member}: {self.first} silent -> new connections via "
-                f"{self.second} after {fmt(self.switch_s)} (detection {self.detection_s:g}s, "
-                f"{self.failed_connections} failed attempts), back after "
-                f"{fmt(self.return_s)} (restore {self.restore_s:g}s): "
-                f"{'ok' if self.ok else 'FAILED'}")
-
-    def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "ok": self.ok}
 
 
 @dataclass(frozen=True)
