@@ -293,3 +293,26 @@ def test_uplink_drill_switches_and_returns_within_the_detection_time(tmp_path):
     assert 0 <= result.return_s <= result.restore_s + 1.0, result.summary()
     assert result.ok, result.summary()
     print(result.summary())
+
+
+def test_an_uplink_result_is_ok_only_within_the_detection_time_and_with_the_route_moved():
+    from fwc.lab.report import render_text, to_dict
+    from fwc.lab.results import LabReport, UplinkResult
+
+    def result(**kw: object) -> UplinkResult:
+        base: dict[str, object] = dict(member="fw1", first="uplink via 198.51.100.1",
+                                       second="uplink2 via 203.0.113.1", detection_s=0.75,
+                                       restore_s=0.75, switch_s=0.8, return_s=0.7,
+                                       route_removed=True, route_back=True)
+        return UplinkResult(**{**base, **kw})  # type: ignore[arg-type]
+
+    assert result().ok
+    assert not result(switch_s=None).ok  # never switched
+    assert not result(switch_s=2.0).ok  # beyond detection + margin
+    assert not result(switch_s=-0.1).ok  # a connection from before the failure
+    assert not result(route_back=False).ok
+    assert "FAILED" in result(return_s=None).summary()
+    report = LabReport("uplinks", "fwcx", "/tmp/x")
+    report.uplinks.append(result())
+    assert "uplink drill on fw1" in render_text(report)
+    assert to_dict(report)["uplinks"][0]["ok"] is True
