@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 from fwc import protocols as proto
 from fwc.checks import check, describe
-from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
-from fwc.model import Cluster, Member, NatRule, Policy
+from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
+from fwc.model import Cluster, IPAddress, Member, NatRule, Policy
 from fwc.model.addresses import AddressSet
 from fwc.model.topology import route_interface, subnets
 from fwc.model.uplinks import Uplink, uplinks
@@ -55,13 +55,13 @@ cannot go both ways), or that is off the subnet of a route without a gateway
 def probe_target_reachable(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         own = cluster.all_member_addresses | cluster.vips
-        reported: set[int] = set()
+        reported: set[Span] = set()
         for member, found in _members(cluster):
-            pinned: dict[object, Uplink] = {}
+            pinned: dict[IPAddress, Uplink] = {}
             for uplink in found:
                 route, probe = uplink.route, uplink.route.probe
                 assert probe is not None
-                key = hash(route.span)
+                key = route.span
                 problem = None
                 if own.contains_address(probe.target):
                     problem = f"probe target {probe.target} is an address of the cluster"
@@ -109,13 +109,13 @@ table: policy-routed traffic then takes the main uplink.) Add
 `route DEST via OTHER-GATEWAY metric N` with N above the probed route's metric.""")
 def uplink_has_fallback(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        reported: set[int] = set()
+        reported: set[Span] = set()
         for member, found in _members(cluster):
             for uplink in found:
                 route = uplink.route
-                if uplink.fallbacks or route.table is not None or hash(route.span) in reported:
+                if uplink.fallbacks or route.table is not None or route.span in reported:
                     continue
-                reported.add(hash(route.span))
+                reported.add(route.span)
                 yield warning("FWC277", f"probed route to {route.destination} has no route "
                               f"with a higher metric to take over on member '{member.name}'",
                               route.span, hint="add a route to the same destination via the "
@@ -159,7 +159,7 @@ def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
         snats = [r for r in cluster.nat if r.action is NatAction.SNAT]
         translating = [r for r in cluster.nat
                        if r.action in (NatAction.SNAT, NatAction.MASQUERADE)]
-        reported: set[tuple[int, str]] = set()
+        reported: set[tuple[Span, str]] = set()
         for member, found in _members(cluster):
             for uplink in found:
                 others = _fallback_interfaces(cluster, member, uplink)
@@ -169,7 +169,7 @@ def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
                     if not _translates_to(rule, cluster, member, uplink.interface):
                         continue
                     if rule.out_interface is None or rule.out_interface in others:
-                        key = (hash(rule.span), uplink.interface)
+                        key = (rule.span, uplink.interface)
                         if key not in reported:
                             reported.add(key)
                             yield warning(
@@ -186,7 +186,7 @@ def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
                         if any(r.out_interface == other and r.source.label == rule.source.label
                                for r in translating):
                             continue
-                        key = (hash(rule.span), other)
+                        key = (rule.span, other)
                         if key in reported:
                             continue
                         reported.add(key)
