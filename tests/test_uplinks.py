@@ -316,3 +316,13 @@ def test_an_uplink_result_is_ok_only_within_the_detection_time_and_with_the_rout
     report.uplinks.append(result())
     assert "uplink drill on fw1" in render_text(report)
     assert to_dict(report)["uplinks"][0]["ok"] is True
+
+
+def test_fwc_graph_labels_the_probed_route(capsys):
+    from fwc.cli import main
+
+    assert main(["graph", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert '"uplinks/gateway:198.51.100.1" -> "uplinks/destination:main:0.0.0.0/0" ' \
+        '[label="probe 198.19.0.1"];' in out
+    assert '[label="metric 100"]' in out
