@@ -326,3 +326,31 @@ def test_fwc_graph_labels_the_probed_route(capsys):
     assert '"uplinks/gateway:198.51.100.1" -> "uplinks/destination:main:0.0.0.0/0" ' \
         '[label="probe 198.19.0.1"];' in out
     assert '[label="metric 100"]' in out
+
+
+def test_install_dry_run_stages_tests_and_snapshots_the_monitor(tmp_path, capsys, monkeypatch):
+    from fwc.cli import main
+    from fwc.install import transport as transport_module
+
+    policy = tmp_path / "uplinks.fw"
+    policy.write_text(EXAMPLE.read_text(encoding="utf-8").replace(
+        "member fw1 priority 150 {", 'member fw1 priority 150 ssh "root@192.0.2.1" {').replace(
+        "member fw2 priority 100 {", 'member fw2 priority 100 ssh "root@192.0.2.2" {'),
+        encoding="utf-8")
+    assert main(["compile", str(policy), "-o", str(tmp_path / "output")]) == 0
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a command ran: {args}")
+    monkeypatch.setattr(transport_module.subprocess, "run", refuse)
+    capsys.readouterr()
+    assert main(["install", "-o", str(tmp_path / "output"), "--member", "fw1", "--dry-run",
+                 "--ssh", "ssh -F /dev/null", str(policy)]) == 0
+    out = capsys.readouterr().out
+    for step in ("ping (for fwc-uplinks.sh)", "timeout (for fwc-uplinks.sh)",  # preflight
+                 "cat > /etc/fwc/staging/fwc-uplinks.sh && chmod 755",
+                 "sh -n /etc/fwc/staging/fwc-uplinks.sh",
+                 "echo changed fwc-uplinks.sh",
+                 "mv -f /etc/fwc/fwc-uplinks.sh.fwc-new /etc/fwc/fwc-uplinks.sh",
+                 "mv -f /etc/systemd/system/fwc-uplinks.service.fwc-new "
+                 "/etc/systemd/system/fwc-uplinks.service"):
+        assert step in out, step
