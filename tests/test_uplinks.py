@@ -287,6 +287,8 @@ def test_uplink_drill_switches_and_returns_within_the_detection_time(tmp_path):
     assert not lab_namespaces(prefix)  # every namespace is gone
     assert result.baseline.startswith("198.51.100."), result.notes
     assert result.route_removed and result.route_back, result.notes
+    # fwc-routes.sh re-added the route during the outage: out again within two rounds
+    assert result.reapplied_s is not None and result.reapplied_s <= 2 * 0.25 + 1.0, result.notes
     assert result.switch_s is not None and result.return_s is not None, result.notes
     # within the probe's detection time (0.75 s here) plus one second of margin
     assert 0 <= result.switch_s <= result.detection_s + 1.0, result.summary()
@@ -303,7 +305,7 @@ def test_an_uplink_result_is_ok_only_within_the_detection_time_and_with_the_rout
         base: dict[str, object] = dict(member="fw1", first="uplink via 198.51.100.1",
                                        second="uplink2 via 203.0.113.1", detection_s=0.75,
                                        restore_s=0.75, switch_s=0.8, return_s=0.7,
-                                       route_removed=True, route_back=True)
+                                       route_removed=True, route_back=True, reapplied_s=0.3)
         return UplinkResult(**{**base, **kw})  # type: ignore[arg-type]
 
     assert result().ok
@@ -311,6 +313,7 @@ def test_an_uplink_result_is_ok_only_within_the_detection_time_and_with_the_rout
     assert not result(switch_s=2.0).ok  # beyond detection + margin
     assert not result(switch_s=-0.1).ok  # a connection from before the failure
     assert not result(route_back=False).ok
+    assert not result(reapplied_s=None).ok  # fwc-routes.sh put the dead route back for good
     assert "FAILED" in result(return_s=None).summary()
     report = LabReport("uplinks", "fwcx", "/tmp/x")
     report.uplinks.append(result())

@@ -278,13 +278,16 @@ class UplinkResult:
     return_s: float | None = None
     failed_connections: int = 0  # attempts between the failure and the switch
     route_removed: bool = False
+    # fwc-routes.sh run again while the gateway is silent (an install, a boot): the monitor
+    # took the re-added route out again within this many seconds (None: it did not)
+    reapplied_s: float | None = None
     route_back: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (self.switch_s is not None and self.return_s is not None
-                and self.route_removed and self.route_back
+                and self.route_removed and self.route_back and self.reapplied_s is not None
                 and 0 <= self.switch_s <= self.detection_s + SWITCH_MARGIN
                 and 0 <= self.return_s <= self.restore_s + SWITCH_MARGIN)
 
@@ -294,7 +297,8 @@ class UplinkResult:
         return (f"uplink drill on {self.member}: {self.first} silent -> new connections via "
                 f"{self.second} after {fmt(self.switch_s)} (detection {self.detection_s:g}s, "
                 f"{self.failed_connections} failed attempts), back after "
-                f"{fmt(self.return_s)} (restore {self.restore_s:g}s): "
+                f"{fmt(self.return_s)} (restore {self.restore_s:g}s); re-added by "
+                f"fwc-routes.sh, out again after {fmt(self.reapplied_s)}: "
                 f"{'ok' if self.ok else 'FAILED'}")
 
     def to_dict(self) -> dict[str, object]:
