@@ -225,3 +225,18 @@ ROUTE_RULE_FIRST_PRIORITY = 1000
 ROUTE_RULE_PRIORITY_STEP = 10
 # The routes script's syslog tag.
 ROUTES_LOG_TAG = "fwc-routes"
+
+# Uplink failover (`route ... probe TARGET`, docs/language.md "Uplink failover"): the
+# monitor pings TARGET every interval (a ping waits at most one interval), removes the
+# route after `fall` misses in a row and puts it back after `rise` answers.
+UPLINK_INTERVAL_RANGE_MS = (200, 60_000)
+DEFAULT_UPLINK_INTERVAL_MS = 1000
+UPLINK_COUNT_RANGE = (1, 100)  # fall, rise
+DEFAULT_UPLINK_FALL = 3
+DEFAULT_UPLINK_RISE = 3
+# FWC279: one lost probe is not a dead gateway (fall 1 flaps on every lost echo), and a
+# failure noticed only after a minute is an outage, not a failover.
+UPLINK_MIN_SAFE_FALL = 2
+UPLINK_SLOW_DETECTION_MS = 60_000
+# The monitor's syslog tag.
+UPLINKS_LOG_TAG = "fwc-uplinks"

@@ -57,7 +57,7 @@ def test_compile_writes_exactly_the_rows_a_member_gets_with_their_modes(edge):
     [cluster] = compile_policy(edge)
     by_member = cluster.members()
     # edge has IPv6, a sync link and no ipsets: every row but ipsets.rules, in table order.
-    expected = [f.name for f in FILES if f.when not in (When.IPSETS, When.ROUTES)
+    expected = [f.name for f in FILES if f.when not in (When.IPSETS, When.ROUTES, When.UPLINKS)
                 and f.backend in (None, Backend.IPTABLES)]
     assert by_member == {"fw1": expected, "fw2": expected}
     modes = {f.path: f.mode for f in cluster.files}
@@ -86,7 +86,8 @@ def test_ipv4_only_cluster_has_no_ipv6_rows(tmp_path):
         d for d in analysis.diagnostics if d.severity == "error"], analysis.diagnostics
     [cluster] = compile_policy(analysis.policy)
     names = cluster.members()["fw1"]
-    assert names == [f.name for f in FILES if f.when not in (When.IPV6, When.IPSETS, When.ROUTES)
+    assert names == [f.name for f in FILES
+                     if f.when not in (When.IPV6, When.IPSETS, When.ROUTES, When.UPLINKS)
                      and f.backend in (None, Backend.IPTABLES)]
     boot = next(f.content.decode() for f in cluster.files if f.path == "fw1/fwc-firewall.sh")
     assert "ip6tables-restore" not in boot and "/etc/fwc/iptables.rules" in boot
@@ -159,13 +160,17 @@ def _reloads(changed: list[str], *, systemd: bool = True, private: bool = True) 
 @pytest.mark.parametrize("row", FILES, ids=lambda f: f.name)
 def test_install_reloads_what_the_row_says(row: GeneratedFile):
     expected = {Reload.SYSTEMD: ["systemd"], Reload.KEEPALIVED: ["keepalived"],
-                Reload.CONNTRACKD: ["conntrackd"]}.get(row.reload, [])
+                Reload.CONNTRACKD: ["conntrackd"],
+                Reload.UPLINKS: ["fwc-uplinks"]}.get(row.reload, [])
     assert _reloads([row.name]) == expected
 
 
 def test_install_reloads_in_daemon_order_once_each():
-    assert _reloads([f.name for f in reversed(FILES)]) == ["systemd", "keepalived", "conntrackd"]
-    assert _reloads([f.name for f in FILES], systemd=False) == ["keepalived", "conntrackd"]
+    assert _reloads([f.name for f in reversed(FILES)]) == ["systemd", "fwc-uplinks", "keepalived",
+                                                           "conntrackd"]
+    # Without systemd the monitor's restart is the admin's: a warning says so.
+    assert _reloads([f.name for f in FILES], systemd=False) == ["fwc-uplinks", "keepalived",
+                                                               "conntrackd"]
 
 
 def test_netns_private_dirs_cover_every_row():

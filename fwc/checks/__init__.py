@@ -19,7 +19,8 @@ CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
 
 # Modules that register checks; imported on first use so that start-up stays fast.
 CHECK_MODULES = ("codes", "names", "cluster", "ha", "parity", "rules", "expectations", "lowering",
-                 "strings", "routing", "groups", "vocab", "export", "importing", "capability")
+                 "strings", "routing", "uplinks", "groups", "vocab", "export", "importing",
+                 "capability")
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,8 @@ def cluster_dot(cluster: Cluster, indent: str = "    ") -> list[str]:
                 words.append("master only")
             if route.only:
                 words.append(f"only {route.only}")
+            if route.probe is not None:
+                words.append(f"probe {route.probe.target}")  # out while it does not answer
             if words:
                 attributes.append(f"label={dot_string(', '.join(words))}")
             if route.follow:

@@ -724,6 +724,10 @@ class _Builder(Transformer):
     route_in = _route_valued("in")
     route_mark = _route_valued("mark")
     route_priority = _route_valued("priority")
+    route_probe = _route_valued("probe")
+    route_interval = _route_valued("interval")
+    route_fall = _route_valued("fall")
+    route_rise = _route_valued("rise")
 
     def route_from(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
         return ("from", tuple(self.word(c) for c in children))

@@ -17,13 +17,14 @@ from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Related
 from fwc.frontend import syntax as s
+from fwc.frontend.uplinks import PROBE_KEYS, resolve_probe
 from fwc.model.addresses import AddressSet
 
 # The resolver (fwc.frontend.resolve.Resolver) calls in here; it is not imported back,
 # so that the two modules form no cycle.
 Resolver = Any
 
-_ROUTE_KEYS = ("via", "dev", "table", "src", "metric", "follow", "only")
+_ROUTE_KEYS = ("via", "dev", "table", "src", "metric", "follow", "only", *PROBE_KEYS)
 
 
 def _table(resolver: Resolver, opt: s.Option | None) -> int | None:
@@ -153,10 +154,12 @@ def resolve_route(resolver: Resolver, decl: s.RouteDecl, ifaces: dict[str, m.Int
     only = _member(resolver, opts.get("only"), members)
     if "only" in opts and only is None:
         ok = False
-    if not ok:
+    probed, probe = resolve_probe(resolver, opts, destination.version, "follow" in opts,
+                                  decl.span)
+    if not ok or not probed:
         return None
     return m.Route(destination, gateway, interface, table, source, label, metric,
-                   "follow" in opts, only, decl.span)
+                   "follow" in opts, only, decl.span, probe)
 
 
 def _networks(resolver: Resolver, words: tuple[s.Word, ...]) -> AddressSet | None:

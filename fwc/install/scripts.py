@@ -176,7 +176,8 @@ def test_ruleset(files: list[GeneratedFile]) -> str:
                                 *steps])
         steps = [f"unshare -n sh -c {q(isolated)}"]
     # The routes script must at least parse; what it installs only the node can tell.
-    steps += [f"sh -n {STAGING}/{f.name}" for f in files if f.reload is Reload.ROUTES]
+    steps += [f"sh -n {STAGING}/{f.name}" for f in files
+              if f.reload in (Reload.ROUTES, Reload.UPLINKS)]
     if "keepalived.conf" in names:
         # Also catches a VRRP interface this node does not have. keepalived is
         # known to be there (preflight).
@@ -291,6 +292,18 @@ def reload_systemd_units() -> str:
             + "; ".join(steps) + "; fi")
 
 
+def reload_uplinks(systemd: bool) -> str:
+    """The uplink monitor reads its script at start: restart it, or stop it when its unit
+    went (a rollback to a policy without probed routes). The routes stay as they are."""
+    unit = path_of("fwc-uplinks.service")
+    name = PurePosixPath(unit).name
+    if not systemd:
+        return ("echo 'warning: fwc-uplinks.sh changed but this node has no systemd: "
+                "restart the uplink monitor yourself' >&2")
+    return (f"if [ -d /run/systemd/system ]; then if [ -e {unit} ]; then "
+            f"systemctl restart {name}; else systemctl stop {name} 2>/dev/null || :; fi; fi")
+
+
 def reload_keepalived(systemd: bool) -> str:
     """SIGHUP makes keepalived re-read its config without dropping VRRP state."""
     signal = ("pkill -HUP --oldest -x keepalived --ns $$ --nslist net "
@@ -307,6 +320,8 @@ def reload_command(reload: Reload, systemd: bool, private_run: bool, old_config:
     to run on this node. Used by fwc install (fwc.install.node) and the Ansible role."""
     if reload is Reload.SYSTEMD:
         return ("systemd", reload_systemd_units()) if systemd else None
+    if reload is Reload.UPLINKS:
+        return "fwc-uplinks", reload_uplinks(systemd)
     if reload is Reload.KEEPALIVED:
         return "keepalived", reload_keepalived(systemd)
     if reload is Reload.CONNTRACKD and not private_run:

@@ -30,6 +30,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "active_active": [a.as_dict() for a in report.active_active],
         "active_active_control": (report.active_active_control.as_dict()
                                   if report.active_active_control else None),
+        "uplinks": [u.to_dict() for u in report.uplinks],
         "warnings": report.warnings,
         "failures": report.failures,
         "error": report.error,
@@ -129,6 +130,9 @@ def render_text(report: LabReport) -> str:
     out += timing_text(report)
     out += gateway_text(report)
     out += active_active_text(report)
+    for u in report.uplinks:
+        out.append(f"  {u.summary()}")
+        out += [f"    note: {n}" for n in u.notes]
     for w in report.warnings:
         out.append(f"  warning: {w}")
     for f in report.failures:

@@ -272,6 +272,52 @@ class TimingSeries:
                 "gap": spread(self.failover_gap_s)}
 
 
+# A switch may take this much longer than the probe's detection time: the last probe's
+# round, the client's attempt period and a connection attempt's timeout.
+SWITCH_MARGIN = 1.0
+
+
+@dataclass
+class UplinkResult:
+    """What the uplink drill measured (seconds; None: it did not happen in time)."""
+
+    member: str
+    first: str  # "uplink via gateway"
+    second: str
+    detection_s: float  # interval x (fall + 1): what the policy allows for the switch
+    restore_s: float  # interval x (rise + 1)
+    baseline: str = ""  # the address the server saw before the failure
+    switch_s: float | None = None
+    return_s: float | None = None
+    failed_connections: int = 0  # attempts between the failure and the switch
+    route_removed: bool = False
+    # fwc-routes.sh run again while the gateway is silent (an install, a boot): the monitor
+    # took the re-added route out again within this many seconds (None: it did not)
+    reapplied_s: float | None = None
+    route_back: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.switch_s is not None and self.return_s is not None
+                and self.route_removed and self.route_back and self.reapplied_s is not None
+                and 0 <= self.switch_s <= self.detection_s + SWITCH_MARGIN
+                and 0 <= self.return_s <= self.restore_s + SWITCH_MARGIN)
+
+    def summary(self) -> str:
+        def fmt(v: float | None) -> str:
+            return "never" if v is None else f"{v:.2f}s"
+        return (f"uplink drill on {self.member}: {self.first} silent -> new connections via "
+                f"{self.second} after {fmt(self.switch_s)} (detection {self.detection_s:g}s, "
+                f"{self.failed_connections} failed attempts), back after "
+                f"{fmt(self.return_s)} (restore {self.restore_s:g}s); re-added by "
+                f"fwc-routes.sh, out again after {fmt(self.reapplied_s)}: "
+                f"{'ok' if self.ok else 'FAILED'}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ok": self.ok}
+
+
 @dataclass
 class LabReport:
     cluster: str
@@ -295,6 +341,7 @@ class LabReport:
     gateway: list[GatewayResult] = field(default_factory=list)
     active_active: list[ActiveActiveResult] = field(default_factory=list)
     active_active_control: ActiveActiveResult | None = None
+    uplinks: list[UplinkResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -33,6 +33,9 @@ from fwc.lab.topology import (
     plan_remap,
     tracked_gateways,
 )
+from fwc.lab.uplinks import run_uplink_drill
+from fwc.model import Cluster
+from fwc.model.uplinks import uplinks
 
 __all__ = ["LabInterrupted", "LabOptions", "LabRefused", "run_lab"]
 
@@ -146,8 +149,35 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
         else:
             report.teardown = teardown(prefix)
             progress(f"torn down ({len(report.teardown)} steps)")
-        report.duration_s = round(time.monotonic() - t0, 1)
+    if report.error is None and not report.kept and _has_uplinks(cluster):
+        _uplink_drill(source, report, f"{prefix}u", logdir / "uplinks", progress)
+    report.duration_s = round(time.monotonic() - t0, 1)
     return report
+
+
+def _has_uplinks(cluster: Cluster) -> bool:
+    return any(uplinks(cluster, member) for member in cluster.members)
+
+
+def _uplink_drill(source: LabSource, report: LabReport, prefix: str, work: Path,
+                  progress: Callable[[str], None]) -> None:
+    """The uplink drill in namespaces of its own, after the cluster's lab is torn down."""
+    progress("uplinks: the first gateway of a probed route stops answering (no VRRP "
+             "failover: one member, two routers)")
+    try:
+        result = run_uplink_drill(source, prefix, work)
+    except LabRefused as exc:
+        report.warnings.append(f"uplink drill skipped: {exc}")
+        return
+    except LabError as exc:
+        report.error = f"uplink drill: {exc}"
+        progress(f"ERROR: {report.error}")
+        return
+    report.uplinks.append(result)
+    progress(result.summary())
+    if not result.ok:
+        report.failures.append(result.summary() + (
+            f"; {'; '.join(result.notes)}" if result.notes else ""))
 
 
 def _run(lab: Lab, report: LabReport, options: LabOptions,

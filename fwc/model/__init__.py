@@ -594,6 +594,33 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
+class RouteProbe:
+    """`route ... probe TARGET [interval D] [fall N] [rise N]`: the uplink monitor's check.
+
+    The member's monitor (fwc-uplinks.sh) pings TARGET through the route's gateway
+    every `interval_ms`; after `fall` unanswered probes in a row it removes the
+    route (the next route to the destination, with a higher metric, carries the
+    traffic), after `rise` answered ones it puts it back (docs/language.md,
+    "Uplink failover").
+    """
+
+    target: IPAddress
+    interval_ms: int
+    fall: int
+    rise: int
+    span: Span
+
+    @property
+    def detection_ms(self) -> int:
+        """The longest time from the last answer to the route's removal."""
+        return self.interval_ms * (self.fall + 1)
+
+    def text(self) -> str:
+        return (f"probe {self.target} interval {self.interval_ms}ms fall {self.fall} "
+                f"rise {self.rise}")
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """`route DEST via GW ...` in a cluster: on every member, or on `only` one.
 
@@ -613,6 +640,7 @@ class Route:
     follow: bool
     only: str | None
     span: Span
+    probe: RouteProbe | None = None  # the uplink monitor removes the route while it fails
 
     @property
     def family(self) -> int:
@@ -639,6 +667,8 @@ class Route:
             parts += ["follow", "master"]
         if self.only is not None:
             parts += ["only", self.only]
+        if self.probe is not None:
+            parts.append(self.probe.text())
         return " ".join(parts)
 
 

@@ -24,6 +24,7 @@ from fwc.backend.render import (
     routes,
     sysctl,
     systemd,
+    uplinks,
 )
 from fwc.backend.render.context import MemberBuild
 
@@ -50,6 +51,7 @@ TARGETS = MappingProxyType({t.name: t for t in (
     Target("sysctl", sysctl.render_file),
     Target("systemd", systemd.render_file),
     Target("routes", routes.render_file),
+    Target("uplinks", uplinks.render_file),
 )})
 
 # When a row's file exists for a member.
@@ -59,6 +61,7 @@ CONDITIONS: MappingProxyType[When, Callable[[MemberBuild], bool]] = MappingProxy
     When.IPSETS: lambda build: bool(build.optimised()[1]),
     When.SYNC: conntrackd.synced,
     When.ROUTES: routes.has_routes,
+    When.UPLINKS: uplinks.has_uplinks,
 })
 
 

@@ -47,6 +47,10 @@ def _route_words(cluster: Cluster, member: Member, route: Route) -> list[str] | 
     return words
 
 
+# For the uplink monitor (fwc.backend.render.uplinks): the same words for the same route.
+route_words = _route_words
+
+
 def _rule_words(member: Member, rule: RouteRule) -> Iterator[list[str]]:
     """One `ip rule` selector per source x destination network (no priority, no table)."""
     for source in rule.sources or (None,):
