@@ -299,16 +299,16 @@ class BadLiteral(Exception):  # noqa: N818 - a syntax error, like lark's
         self.diagnostic = diagnostic
 
 
-def parse_text(text: str, path: str,
-               parser: PolicyParser | None = None) -> tuple[s.SourceFile, list[Diagnostic]]:
+def parse_text(text: str, path: str, parser: PolicyParser | None = None,
+               fast: bool = True) -> tuple[s.SourceFile, list[Diagnostic]]:
     """Parse TEXT, spans naming PATH; PARSER is reused across the files of one run.
 
     The plain lines go through the fast path (`_parse_fast`); whenever it is not sure, and
     whenever the text has an error, lark parses the whole text, so the diagnostics are
-    always lark's.
+    always lark's. FAST=False: lark parses every line (the tests compare both ways).
     """
     parser = parser or PolicyParser()
-    if not parser.keep_tokens:
+    if fast and not parser.keep_tokens:
         fast = _parse_fast(text, path, parser)
         if fast is not None:
             return fast, []
