@@ -96,6 +96,8 @@ def test_an_error_anywhere_gives_lark_diagnostics():
     "group g\ngroup h\nhost\nx 192.0.2.1\n",
     # a keyword where a name may stand: the next statement starts there
     "group g\ngroup h\ngroup i host a 192.0.2.1\n",
+    "group g\ngroup h\ngroup i host, a\n",
+    "group g\ngroup h\ngroup i include\n",
     "policy c {\n accept from a to b in accept\n accept from a to b in drop\n}\n",
     # the first line of a run is not where lark reads a statement
     "cluster c {\n log {\n group 5\n }\n}\nhost a 192.0.2.1\nhost b 192.0.2.2\n",
@@ -104,7 +106,9 @@ def test_an_error_anywhere_gives_lark_diagnostics():
     # spellings lark reads its own way
     "policy c {\n accept from a to b inside\n accept from a to b outer\n}\n",
     "policy c {\n accept from !a, ! b to any service tcp/80,ssh, udp/53 only m log\n"
-    " drop from a.vip to a.vip.b, 192.0.2.1-192.0.2.9, 2001:db8::/64 log \"x\\ty\"\n}\n",
+    " drop from a.vip to a.vip.b, 192.0.2.1-192.0.2.9, 2001:db8::/64 log \"x\\\"y\"\n"
+    " drop from a to b log \"a\\\\b\" in c\n}\n",
+    "policy c {\n drop from a to b\n drop from a to b log \"x\\ty\"\n}\n",
     "service s tcp/80,443\nservice t s, udp/53\nservice u tcp/80, helper\n",
     "host h 192.0.2.1, 2001:db8::1\nnetwork n 192.0.2.0/24\nhost a 1.2.3.4.5\nhost b ::\n",
     "policy c {\n\taccept\tfrom\ta\tto\tb\r\n\taccept from a to b # c\n accept from a to b\f\n}\n",
@@ -125,7 +129,8 @@ _RULES = [
     "accept from a to b", "drop from a, b to c service s", "reject from !a to any in x out y",
     "accept from any to firewall service tcp/22, udp/53 log", 'accept from a to b log "p"',
     "host h 192.0.2.1", "network n 2001:db8::/64, 192.0.2.0/24", "group g a, b, 192.0.2.1",
-    "service s tcp/80,443, t", "group g",
+    "service s tcp/80,443, t", "group g", "accept from a.vip to a.vip.b service t only m",
+    "accept from 192.0.2.1-192.0.2.9, ::1 to ! 2001:db8::/64",
 ]
 
 
