@@ -378,10 +378,8 @@ def _runs(lines: list[str], fast: FastPath) -> list[_Run]:
         stripped = line.strip(" \t\r\f")
         if not stripped or stripped[0] == "#":
             continue
-        node: object = fast.rule(line, index + 1)
-        rules = node is not None
-        if node is None:
-            node = fast.definition(line, index + 1)
+        rules = stripped[0] in "adr"  # accept, drop, reject; else host, network, group, service
+        node: object = fast.rule(line, index + 1) if rules else fast.definition(line, index + 1)
         if current is not None and node is not None and current.rules == rules:
             current.rest.append(node)
             current.rest_lines.append(index)
