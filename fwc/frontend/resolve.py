@@ -1144,13 +1144,14 @@ class Resolver:
                              in_iface, rd.span)
 
     @staticmethod
-    def segment_networks(clusters: Iterable[m.Cluster]) -> list[AddressSet]:
-        """The subnets of every cluster interface: objects naming them document the topology."""
-        out = []
+    def segment_networks(clusters: Iterable[m.Cluster]) -> set[AddressSet]:
+        """The subnets of every cluster interface: objects naming them document the topology.
+        A set: every object is looked up in it (a list was objects x links comparisons)."""
+        out = set()
         for cluster in clusters:
             for member in cluster.members:
                 for link in member.links:
-                    out.extend(AddressSet.of(a.network) for a in link.addresses)
+                    out.update(AddressSet.of(a.network) for a in link.addresses)
         return out
 
     # -- whole program -------------------------------------------------------------------
