@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from fwc.diagnostics import Span
 from fwc.frontend import resolve
 from fwc.frontend import syntax as s
-from fwc.frontend.loader import LoadedProgram
+from fwc.frontend.loader import LoadedProgram, load
 
 _OCTETS = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "255",
                                                                     "256", "1a", "", "٣", " 1"]))
@@ -51,3 +53,16 @@ def test_the_shortcut_takes_the_common_forms(monkeypatch):
         assert fast == slow and fast[0] is not None and fast[1] == []
     for text in ("192.0.2.01", "192.0.2.1/33", "2001:db8::1", "192.0.2", "1.2.3.256"):
         assert resolve._plain_ipv4(text) is None
+
+
+def test_an_object_naming_an_interface_subnet_is_not_unused(tmp_path):
+    edge = Path(__file__).resolve().parent.parent / "policies" / "edge.fw"
+    policy = tmp_path / "p.fw"
+    policy.write_text(edge.read_text(encoding="utf-8")
+                      + "network sync_net 203.0.113.0/24\nnetwork elsewhere 203.0.113.128/25\n")
+    program, diagnostics = load(policy)
+    assert diagnostics == []
+    _, found = resolve.resolve(program)
+    unused = {d.message for d in found if d.code == "FWC103"}
+    assert "object 'elsewhere' is never used" in unused
+    assert "object 'sync_net' is never used" not in unused
