@@ -46,11 +46,6 @@ ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip"
                   "ANY": "any", "FIREWALL": "firewall"}
 
 _SPACE = " \t\r\f"  # what lark ignores, but \n: a line holds none
-# A line as (spaces, token) pairs: words, commas, bangs and strings. A word ends at a space,
-# a comma or the end of the line: a word right before `!` or `"` (`_GLUED`), and a `#` (a
-# comment, or in a string), defer the line.
-_TOKEN = re.compile(r'([ \t\r\f]*)([^ \t\r\f,!"#]+|[,!]|"(?:[^"\\\n]|\\.)*"|["#])')
-_GLUED = re.compile(r'"(?:[^"\\\n]|\\.)*"|(?P<glued>[^ \t\r\f,!"]["!])')
 _ACTIONS = frozenset({"accept", "drop", "reject"})
 _DEFINITIONS = frozenset({"host", "network", "group", "service"})
 _NAMED_OPTIONS = frozenset({"in", "out", "only"})
@@ -80,6 +75,12 @@ class Patterns:
         self.group_item = self._alternation(_GROUP_ITEM)
         self.name = self._alternation(("NAME",))
         self.service_spec = re.compile(known["SVC_SPEC"].regexp)
+        # A line as (spaces, token) pairs: words, commas, bangs and strings (lark's STRING).
+        # A word ends at a space, a comma or the end of the line: a word right before `!`
+        # or `"` (`glued`), and a `#` (a comment, or in a string), defer the line.
+        string = known["STRING"].regexp
+        self.tokens = re.compile(f'([ \\t\\r\\f]*)([^ \\t\\r\\f,!"#]+|[,!]|{string}|["#])')
+        self.glued = re.compile(f'{string}|(?P<glued>[^ \\t\\r\\f,!"]["!])')
 
     def _alternation(self, names: tuple[str, ...]) -> re.Pattern[str]:
         """The terminals NAMES as lark's lexer tries them in one parser state: sorted as lark
@@ -144,9 +145,9 @@ class FastPath:
     def _tokens(self, text: str) -> list[tuple[str, str]]:
         """The (spaces, token) pairs of TEXT; _Defer for a comment or a word glued to the next."""
         if "#" in text or (("!" in text or '"' in text) and
-                           any(m.lastgroup == "glued" for m in _GLUED.finditer(text))):
+                           any(m.lastgroup == "glued" for m in self.p.glued.finditer(text))):
             raise _Defer
-        return _TOKEN.findall(text)
+        return self.p.tokens.findall(text)
 
     def _span(self, number: int, start: int, end: int) -> Span:
         return _new(Span, (self.path, number, start + 1, number, end + 1))
