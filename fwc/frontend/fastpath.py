@@ -2,20 +2,21 @@
 
 A 20,000-rule policy is almost all lines like `accept from a, b to c service s in x out y`,
 `host NAME ADDR`, `group NAME a, b` or `service NAME tcp/22`. Lark spends most of its time
-on them (tokens, LALR steps, tree-builder callbacks); this module reads such a line with
-one regular expression and builds the same syntax nodes, with the same spans, as the
-tree builder of `fwc.frontend.parse` would. It answers None for any line it is not sure
-of, and `parse.parse_text` hands those lines to lark.
+on them (tokens, LALR steps, tree-builder callbacks); this module reads such a line itself
+and builds the same syntax nodes, with the same spans, as the tree builder of
+`fwc.frontend.parse` would. It answers None for any line it is not sure of, and
+`parse.parse_text` hands those lines to lark.
 
 It cannot read a line otherwise than lark because it lexes as lark's contextual lexer
-does: at each token it tries the terminals lark accepts in that parser state, in lark's
-own order (priority, then width: the first alternative that matches wins), with the
-grammar's own regular expressions (`Patterns`, taken from the analysed grammar), inside
-an atomic group so that no later failure makes it read the token another way; and every
-token must end at a space, a comma or the end of the line. Anything else (a comment, a
-string it cannot decode, an option it does not know, a keyword where a name may stand)
-defers the line. Whether a line stands where such a statement may start, and ends where
-it must end, is decided by `parse.parse_text` with lark's help (see there).
+does: the line is cut into words, commas, bangs and strings, and each word is read, in
+the parser state the fast path is in, by the terminals lark accepts in that state, tried
+in lark's own order (priority, then width: the first alternative that matches wins) with
+the grammar's own regular expressions (`Patterns`, taken from the analysed grammar); the
+terminal must take the whole word (a word ends at a space, a comma or the end of the
+line). Anything else (a comment, a string it cannot decode, an option it does not read, a
+keyword where lark would start the next statement) defers the line. Whether a line stands
+where such a statement may start, and ends where it must end, is decided by
+`parse.parse_text` with lark's help (see `parse._parse_fast`).
 tests/test_parse_fastpath.py compares both ways on every policy of the repository, the
 bench shapes, and random and mutated lines.
 """
