@@ -66,28 +66,3 @@ def test_an_object_naming_an_interface_subnet_is_not_unused(tmp_path):
     unused = {d.message for d in found if d.code == "FWC103"}
     assert "object 'elsewhere' is never used" in unused
     assert "object 'sync_net' is never used" not in unused
-
-
-class _NeverDisjoint:
-    def isdisjoint(self, _other: object) -> bool:
-        return False
-
-
-@pytest.mark.parametrize("name", ["policies/edge.fw", "policies/busy.fw", "bench"])
-def test_rules_without_extra_options_resolve_as_the_long_way_does(name: str, tmp_path,
-                                                                   monkeypatch):
-    from bench.generate import build_site, fwc_policy
-
-    repo = Path(__file__).resolve().parent.parent
-    if name == "bench":
-        path = tmp_path / "bench.fw"
-        path.write_text(fwc_policy(build_site(300, shape="interfaces")))
-    else:
-        path = repo / name
-    program, diagnostics = load(path)
-    assert diagnostics == []
-    short = resolve.resolve(program)
-    monkeypatch.setattr(resolve, "_EXTRA_OPTIONS", _NeverDisjoint())
-    long = resolve.resolve(program)
-    assert short == long
-    assert len(short[0].clusters[0].rules) > 5

@@ -59,13 +59,6 @@ def flat_order(members: dict[str, list[str]]) -> list[str] | None:
 
 # Option keys of the syntax tree that the language spells differently: messages name
 # an option the way the user wrote it.
-# The options `Resolver.rule_extras` reads; a rule with none of them (most rules) takes
-# its short way, with the one value the long way would build for it.
-_EXTRA_OPTIONS = frozenset({"log-level", "log-rate", "log-burst", "log-group", "limit",
-                            "limit-burst", "per-source", "syn-limit", "syn-limit-burst",
-                            "connlimit", "with", "notrack"})
-_NO_LOG_OPTIONS = m.LogOptions(None, None, None, None)
-
 WRITTEN = {"sync-link": "link", "sync-mode": "mode", "password-file": "password file",
            "backup-port": "port", "limit-burst": "burst", "syn-limit-burst": "burst",
            "log-level": "level", "log-rate": "rate", "log-burst": "burst",
@@ -1012,10 +1005,6 @@ class Resolver:
             -> dict[str, object] | None:
         """The options of issue 15's vocabulary, as keyword arguments of the rule; None
         after an error (reported)."""
-        if _EXTRA_OPTIONS.isdisjoint(opts):
-            return {"log_options": _NO_LOG_OPTIONS, "notrack": False,
-                    "option_spans": tuple((k, o.value.span if o.value is not None else o.span)
-                                          for k, o in opts.items())}
         ok = True
         out: dict[str, object] = {}
         value = {k: o.value for k, o in opts.items() if o.value is not None}
