@@ -20,6 +20,7 @@ from lark.lexer import TerminalDef
 
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import syntax as s
+from fwc.frontend.fastpath import ENDPOINT_KINDS, FastPath, Patterns, TerminalInfo
 from fwc.text import LiteralError, decode_literal
 
 MAX_SYNTAX_ERRORS = 10
@@ -72,6 +73,7 @@ class _Tables(NamedTuple):
     memo: dict
     fragment_terminals: dict[str, frozenset[str]]  # per start rule
     terminals: tuple[str, ...]  # the terminals the parser sees (not whitespace, comments)
+    patterns: Patterns  # the fast path's lexer, from the same terminals
 
 
 @functools.cache
@@ -86,8 +88,12 @@ def _tables() -> _Tables:
     base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, start=list(_STARTS),
                 **_plugins())
     data, memo = base.memo_serialize([TerminalDef, Rule])
+    patterns = Patterns(tuple(
+        TerminalInfo(t.name, t.pattern.to_regexp(), t.priority, t.pattern.max_width,
+                     len(t.pattern.value)) for t in base.terminals))
     return _Tables(data, memo, _terminals_of_starts(base.rules),
-                   tuple(t.name for t in base.terminals if t.name not in base.ignore_tokens))
+                   tuple(t.name for t in base.terminals if t.name not in base.ignore_tokens),
+                   patterns)
 
 
 def _terminals_of_starts(rules: list[Rule]) -> dict[str, frozenset[str]]:
@@ -134,6 +140,7 @@ class PolicyParser:
         # comments call back, so a parse for `fwc check` pays nothing per token.
         self.comments: list[s.Lexeme] = []
         self.tokens: list[s.Lexeme] = []
+        self.keep_tokens = keep_tokens
         callbacks = {"COMMENT": self._comment}
         if keep_tokens:
             callbacks |= {name: self._token for name in tables.terminals}
@@ -292,10 +299,19 @@ class BadLiteral(Exception):  # noqa: N818 - a syntax error, like lark's
         self.diagnostic = diagnostic
 
 
-def parse_text(text: str, path: str,
-               parser: PolicyParser | None = None) -> tuple[s.SourceFile, list[Diagnostic]]:
-    """Parse TEXT, spans naming PATH; PARSER is reused across the files of one run."""
+def parse_text(text: str, path: str, parser: PolicyParser | None = None,
+               fast: bool = True) -> tuple[s.SourceFile, list[Diagnostic]]:
+    """Parse TEXT, spans naming PATH; PARSER is reused across the files of one run.
+
+    The plain lines go through the fast path (`_parse_fast`); whenever it is not sure, and
+    whenever the text has an error, lark parses the whole text, so the diagnostics are
+    always lark's. FAST=False: lark parses every line (the tests compare both ways).
+    """
     parser = parser or PolicyParser()
+    if fast and not parser.keep_tokens:
+        fast = _parse_fast(text, path, parser)
+        if fast is not None:
+            return fast, []
     diagnostics: list[Diagnostic] = []
     attempt = text
     tree: list | None = None
@@ -326,6 +342,115 @@ def parse_text(text: str, path: str,
     return s.SourceFile(path, text, tuple(tree), tuple(parser.comments)), diagnostics
 
 
+# What may follow the last line of a run (see `_parse_fast`): the next significant line
+# must start with a token that can only begin the next rule (or close the block), or the
+# next top-level statement (or the file ends).
+_AFTER_RULES = re.compile(r"[ \t\r\f]*(?:\}|(?:accept|drop|reject)(?:[ \t\r\f]|$))")
+_AFTER_DEFINITIONS = re.compile(r"[ \t\r\f]*(?:include|host|network|range|group|service|cluster"
+                                r"|policy|nat|expect)(?:[ \t\r\f]|$)")
+
+
+class _Run(NamedTuple):
+    """Consecutive fast lines of one kind (only blank and comment lines between them)."""
+
+    rules: bool  # rules of a policy block, else top-level definitions
+    first_line: int  # 1-based; lark parses this line, the others are blanked
+    first: object  # the fast path's node for the first line
+    rest: list  # the fast path's nodes for the others, in order
+    rest_lines: list[int]  # their 0-based line indexes
+
+
+def _runs(lines: list[str], fast: FastPath) -> list[_Run]:
+    """The runs of fast lines, each ended where the next significant line cannot continue
+    its last statement (a last line that fails this goes back to lark)."""
+    runs: list[_Run] = []
+    current: _Run | None = None
+
+    def close(run: _Run, following: str | None) -> None:
+        after = _AFTER_RULES if run.rules else _AFTER_DEFINITIONS
+        if following is not None and not after.match(following) and run.rest:
+            run.rest.pop()
+            run.rest_lines.pop()
+        if run.rest:
+            runs.append(run)
+
+    for index, line in enumerate(lines):
+        stripped = line.strip(" \t\r\f")
+        if not stripped or stripped[0] == "#":
+            continue
+        rules = stripped[0] in "adr"  # accept, drop, reject; else host, network, group, service
+        node: object = fast.rule(line, index + 1) if rules else fast.definition(line, index + 1)
+        if current is not None and node is not None and current.rules == rules:
+            current.rest.append(node)
+            current.rest_lines.append(index)
+            continue
+        if current is not None:
+            close(current, line)
+        current = _Run(rules, index + 1, node, [], []) if node is not None else None
+    if current is not None:
+        close(current, None)
+    return runs
+
+
+def _parse_fast(text: str, path: str, parser: PolicyParser) -> s.SourceFile | None:
+    """TEXT parsed with the fast path for its plain lines, or None: lark must parse it all.
+
+    Every run of consecutive fast lines keeps its first line; the others are blanked (the
+    same length, so lark's lines, columns and offsets stay those of TEXT) and lark parses
+    the rest. Lark's node for a run's first line must equal the fast path's (a rule of a
+    `policy` block, or a top-level definition): then lark stood at a statement boundary
+    before it and the next significant line did not continue it, so the blanked lines
+    after it, each a complete statement of the same kind starting with a keyword that
+    cannot continue the one before, are what lark would have parsed there. Any syntax
+    error, or any doubt, and the caller parses the whole text with lark.
+    """
+    lines = text.split("\n")
+    runs = _runs(lines, FastPath(_tables().patterns, path))
+    if not runs:
+        return None
+    blanked = list(lines)
+    for run in runs:
+        for index in run.rest_lines:
+            blanked[index] = " " * len(lines[index])
+    try:
+        tree = parser.parse("\n".join(blanked), path)
+    except (UnexpectedInput, BadLiteral):
+        return None
+    statements: list = list(tree)
+    top: dict[int, int] = {}  # first line -> index of the top-level statement
+    rules: dict[int, tuple[int, int]] = {}  # first line -> (policy block, rule) indexes
+    for k, statement in enumerate(statements):
+        top.setdefault(statement.span.line, k)
+        if isinstance(statement, s.BlockDecl) and statement.kind == "policy":
+            for j, rule in enumerate(statement.rules):
+                rules.setdefault(rule.span.line, (k, j))
+    after_statement: dict[int, list] = {}
+    after_rule: dict[tuple[int, int], list] = {}
+    for run in runs:
+        if run.rules:
+            where = rules.get(run.first_line)
+            if where is None or statements[where[0]].rules[where[1]] != run.first:
+                return None
+            after_rule[where] = run.rest
+        else:
+            k = top.get(run.first_line)
+            if k is None or statements[k] != run.first:
+                return None
+            after_statement[k] = run.rest
+    merged: list = []
+    for k, statement in enumerate(statements):
+        if isinstance(statement, s.BlockDecl) and any(key[0] == k for key in after_rule):
+            block_rules: list = []
+            for j, rule in enumerate(statement.rules):
+                block_rules.append(rule)
+                block_rules.extend(after_rule.get((k, j), ()))
+            statement = s.BlockDecl(statement.kind, statement.name, tuple(block_rules),
+                                    _join(statement.name.span, block_rules[-1].span))
+        merged.append(statement)
+        merged.extend(after_statement.get(k, ()))
+    return s.SourceFile(path, text, tuple(merged), tuple(parser.comments))
+
+
 def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None = None) \
         -> tuple[object, list[Diagnostic]]:
     """Parse TEXT, the value of command-line argument WHAT, from the grammar rule START.
@@ -341,11 +466,6 @@ def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None
     except UnexpectedInput as exc:
         terminals = _tables().fragment_terminals[start]
         return None, [_syntax_diagnostic(what, exc, text, fragment=terminals)]
-
-
-_ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip",
-                   "IPV4": "address", "IPV6": "address", "ADDR_RANGE": "range",
-                   "ANY": "any", "FIREWALL": "firewall"}
 
 
 def _join(first: Span, last: Span) -> Span:
@@ -391,7 +511,7 @@ class _Builder(Transformer):
             raise BadLiteral(error("FWC004", exc.message, span, hint=exc.hint)) from None
 
     def endpoint_of(self, token: Token, negated: bool, span: Span | None = None) -> s.Endpoint:
-        kind = _ENDPOINT_KINDS[token.type]
+        kind = ENDPOINT_KINDS[token.type]
         text = token.value[: -len(".vip")] if kind == "vip" else token.value
         return s.Endpoint(kind, text, negated, span or self.span(token))
 

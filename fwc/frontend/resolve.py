@@ -75,6 +75,34 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+
+def _plain_ipv4(text: str) -> tuple[int, int] | None:
+    """(address, prefix length or -1) of an IPv4 address written as ipaddress accepts it
+    (four decimal octets without leading zeros, an optional /N up to 32), else None.
+
+    Resolving 20,000 rules parses tens of thousands of addresses; ipaddress objects were
+    most of the resolver's time. Anything else (IPv6, a malformed address) takes the
+    ipaddress path, which also words every error.
+    """
+    address, slash, length = text.partition("/")
+    octets = address.split(".")
+    if len(octets) != 4:
+        return None
+    number = 0
+    for octet in octets:
+        if not (octet.isascii() and octet.isdigit()) or len(octet) > 3 \
+                or (octet[0] == "0" and len(octet) > 1):
+            return None
+        value = int(octet)
+        if value > 255:
+            return None
+        number = number << 8 | value
+    if not slash:
+        return number, -1
+    if not (length.isascii() and length.isdigit()) or int(length) > 32:
+        return None
+    return number, int(length)
+
 class Resolver:
     def __init__(self, program: LoadedProgram, read_secret=None) -> None:
         self.program = program
@@ -99,6 +127,16 @@ class Resolver:
     def parse_address(self, word: s.Word, *, want: str) -> AddressSet | None:
         """want: 'host' (no prefix or full prefix), 'network' (prefix, no host bits), 'any'."""
         text = word.text
+        plain = _plain_ipv4(text)
+        if plain is not None:  # the common case, without ipaddress objects; errors below
+            number, prefix = plain
+            if prefix < 0:
+                if want != "network":
+                    return AddressSet(((number, number),), ())
+            elif want != "host" or prefix == 32:
+                host = (1 << (32 - prefix)) - 1
+                if prefix == 32 or not number & host:
+                    return AddressSet(((number, number | host),), ())
         try:
             if "/" in text:
                 net = ipaddress.ip_network(text, strict=False)
@@ -1108,13 +1146,14 @@ class Resolver:
                              via.span if via is not None else None)
 
     @staticmethod
-    def segment_networks(clusters: Iterable[m.Cluster]) -> list[AddressSet]:
-        """The subnets of every cluster interface: objects naming them document the topology."""
-        out = []
+    def segment_networks(clusters: Iterable[m.Cluster]) -> set[AddressSet]:
+        """The subnets of every cluster interface: objects naming them document the topology.
+        A set: every object is looked up in it (a list was objects x links comparisons)."""
+        out = set()
         for cluster in clusters:
             for member in cluster.members:
                 for link in member.links:
-                    out.extend(AddressSet.of(a.network) for a in link.addresses)
+                    out.update(AddressSet.of(a.network) for a in link.addresses)
         return out
 
     # -- whole program -------------------------------------------------------------------

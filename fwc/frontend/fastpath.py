@@ -1,0 +1,333 @@
+"""The parser's fast path: the plain one-line statements that make up most of a large policy.
+
+A 20,000-rule policy is almost all lines like `accept from a, b to c service s in x out y`,
+`host NAME ADDR`, `group NAME a, b` or `service NAME tcp/22`. Lark spends most of its time
+on them (tokens, LALR steps, tree-builder callbacks); this module reads such a line itself
+and builds the same syntax nodes, with the same spans, as the tree builder of
+`fwc.frontend.parse` would. It answers None for any line it is not sure of, and
+`parse.parse_text` hands those lines to lark.
+
+It cannot read a line otherwise than lark because it lexes as lark's contextual lexer
+does: the line is cut into words, commas, bangs and strings, and each word is read, in
+the parser state the fast path is in, by the terminals lark accepts in that state, tried
+in lark's own order (priority, then width: the first alternative that matches wins) with
+the grammar's own regular expressions (`Patterns`, taken from the analysed grammar); the
+terminal must take the whole word (a word ends at a space, a comma or the end of the
+line). Anything else (a comment, a string it cannot decode, an option it does not read, a
+keyword where lark would start the next statement) defers the line. Whether a line stands
+where such a statement may start, and ends where it must end, is decided by
+`parse.parse_text` with lark's help (see `parse._parse_fast`).
+tests/test_parse_fastpath.py compares both ways on every policy of the repository, the
+bench shapes, and random and mutated lines.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from fwc.diagnostics import Span
+from fwc.frontend import syntax as s
+from fwc.text import LiteralError, decode_literal
+
+# The terminals lark's lexer tries in the states the fast path reads (NEGATE, COMMA and the
+# keywords are written out below: nothing else they compete with can match there).
+_ENDPOINT = ("ADDR_RANGE", "VIP_NAMED_REF", "VIP_REF", "IPV4", "IPV6", "ANY", "FIREWALL",
+             "NAME")
+_ADDRESS = ("IPV4", "IPV6")
+_GROUP_ITEM = ("NAME", "IPV4", "IPV6", "ADDR_RANGE")
+_SERVICE_ITEM = ("SVC_SPEC", "NAME")
+_LEXED = frozenset(_ENDPOINT + _GROUP_ITEM + _SERVICE_ITEM + ("STRING",))
+# After `group NAME` the next statement may start: its keyword outranks a member's name.
+STATEMENT_KEYWORDS = frozenset({"include", "host", "network", "range", "group", "service",
+                                "cluster", "policy", "nat", "expect"})
+
+ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip",
+                  "IPV4": "address", "IPV6": "address", "ADDR_RANGE": "range",
+                  "ANY": "any", "FIREWALL": "firewall"}
+
+_SPACE = " \t\r\f"  # what lark ignores, but \n: a line holds none
+_ACTIONS = frozenset({"accept", "drop", "reject"})
+_DEFINITIONS = frozenset({"host", "network", "group", "service"})
+_NAMED_OPTIONS = frozenset({"in", "out", "only"})
+
+
+class TerminalInfo(NamedTuple):
+    """What lark's lexer knows of a terminal: its regular expression and its sort key."""
+
+    name: str
+    regexp: str
+    priority: int
+    max_width: int
+    value_length: int
+
+
+class Patterns:
+    """The grammar's terminals as the fast path lexes them, built once from lark's analysis."""
+
+    def __init__(self, terminals: tuple[TerminalInfo, ...]) -> None:
+        known = {t.name: t for t in terminals}
+        missing = _LEXED - known.keys()
+        if missing:  # the grammar changed under the fast path
+            raise ValueError(f"grammar lacks terminals {sorted(missing)}")
+        self._known = known
+        self.endpoint = self._alternation(_ENDPOINT)
+        self.address = self._alternation(_ADDRESS)
+        self.group_item = self._alternation(_GROUP_ITEM)
+        self.name = self._alternation(("NAME",))
+        self.service_spec = re.compile(known["SVC_SPEC"].regexp)
+        # A line as (spaces, token) pairs: words, commas, bangs and strings (lark's STRING).
+        # A word ends at a space, a comma or the end of the line: a word right before `!`
+        # or `"` (`glued`), and a `#` (a comment, or in a string), defer the line.
+        string = known["STRING"].regexp
+        self.tokens = re.compile(f'([ \\t\\r\\f]*)([^ \\t\\r\\f,!"#]+|[,!]|{string}|["#])')
+        self.glued = re.compile(f'{string}|(?P<glued>[^ \\t\\r\\f,!"]["!])')
+
+    def _alternation(self, names: tuple[str, ...]) -> re.Pattern[str]:
+        """The terminals NAMES as lark's lexer tries them in one parser state: sorted as lark
+        sorts them, each a group named after it; the first alternative that matches wins."""
+        ordered = sorted((self._known[n] for n in names),
+                         key=lambda t: (-t.priority, -t.max_width, -t.value_length, t.name))
+        return re.compile("|".join(f"(?P<{t.name}>{t.regexp})" for t in ordered))
+
+
+# The syntax tree's small nodes are NamedTuples; building them through tuple.__new__ skips
+# a Python-level __new__ per node (hundreds of thousands in a large policy).
+_new = tuple.__new__
+
+
+def _join(first: Span, last: Span) -> Span:
+    return _new(Span, (first.file, first.line, first.column, last.end_line, last.end_column))
+
+
+class _Defer(Exception):  # noqa: N818 - control flow inside the reader, never escapes it
+    """The line is not one the fast path is sure of: lark reads it."""
+
+
+class FastPath:
+    """Reads the plain lines of one file; each method answers None for a line it leaves to
+    lark. Made per parse (it remembers how each word lexes, for that file only)."""
+
+    def __init__(self, patterns: Patterns, path: str) -> None:
+        self.p = patterns
+        self.path = path
+        self._lexed: dict[re.Pattern[str], dict[str, str | None]] = {}
+        # word -> (kind, text) of the endpoint it is, or None
+        self._endpoint_words: dict[str, tuple[str, str] | None] = {}
+
+    def _lex(self, pattern: re.Pattern[str], word: str) -> str | None:
+        """The terminal lark's lexer reads WORD as in the state of PATTERN, if it reads the
+        whole word (a word ends where no terminal of these states can go on)."""
+        known = self._lexed.get(pattern)
+        if known is None:
+            known = self._lexed[pattern] = {}
+        elif word in known:
+            return known[word]
+        match = pattern.match(word)
+        kind = match.lastgroup if match is not None and match.end() == len(word) else None
+        known[word] = kind
+        return kind
+
+    def _endpoint(self, word: str) -> tuple[str, str]:
+        """(kind, text) of the endpoint WORD; _Defer if it is none."""
+        got = self._endpoint_words.get(word)
+        if got is None:
+            if word in self._endpoint_words:
+                raise _Defer
+            terminal = self._lex(self.p.endpoint, word)
+            if terminal is not None:
+                kind = ENDPOINT_KINDS[terminal]
+                got = (kind, word[:-4] if kind == "vip" else word)
+            self._endpoint_words[word] = got
+            if got is None:
+                raise _Defer
+        return got
+
+    def _tokens(self, text: str) -> list[tuple[str, str]]:
+        """The (spaces, token) pairs of TEXT; _Defer for a comment or a word glued to the next."""
+        if "#" in text or (("!" in text or '"' in text) and
+                           any(m.lastgroup == "glued" for m in self.p.glued.finditer(text))):
+            raise _Defer
+        return self.p.tokens.findall(text)
+
+    def _span(self, number: int, start: int, end: int) -> Span:
+        return _new(Span, (self.path, number, start + 1, number, end + 1))
+
+    def _endpoints(self, pairs: list, i: int, pos: int,
+                   number: int) -> tuple[list[s.Endpoint], int, int]:
+        """The endpoint list at PAIRS[I] (POS: where that pair starts); where it ends."""
+        out: list[s.Endpoint] = []
+        endpoint = self._endpoint
+        path = self.path
+        size = len(pairs)
+        while True:
+            space, value = pairs[i]
+            start = pos = pos + len(space)
+            pos += len(value)
+            negated = value == "!"
+            if negated:
+                i += 1
+                space, value = pairs[i]
+                pos += len(space) + len(value)
+            kind, text = endpoint(value)
+            out.append(_new(s.Endpoint, (kind, text, negated,
+                                         _new(Span, (path, number, start + 1, number, pos + 1)))))
+            i += 1
+            if i == size or pairs[i][1] != ",":
+                return out, i, pos
+            pos += len(pairs[i][0]) + 1
+            i += 1
+
+    def _services(self, text: str, pairs: list, i: int, pos: int,
+                  number: int) -> tuple[list[s.ServiceRef], int, int]:
+        out: list[s.ServiceRef] = []
+        while True:
+            space, value = pairs[i]
+            start = pos = pos + len(space)
+            spec = self.p.service_spec.match(text, start) if "/" in value else None
+            if spec is not None:  # SVC_SPEC outranks NAME; it may hold commas
+                end = spec.end()
+                if end < len(text) and text[end] not in _SPACE and text[end] != ",":
+                    raise _Defer
+                pos += len(value)
+                i += 1
+                while pos < end:  # the commas and words the spec took in
+                    space, value = pairs[i]
+                    pos += len(space) + len(value)
+                    i += 1
+                if pos != end:
+                    raise _Defer
+                out.append(_new(s.ServiceRef, ("spec", spec.group(),
+                                               self._span(number, start, end))))
+            else:
+                if self._lex(self.p.name, value) is None:
+                    raise _Defer
+                pos += len(value)
+                out.append(_new(s.ServiceRef, ("name", value, self._span(number, start, pos))))
+                i += 1
+            if i == len(pairs) or pairs[i][1] != ",":
+                return out, i, pos
+            pos += len(pairs[i][0]) + 1
+            i += 1
+
+    def _name(self, pairs: list, i: int, pos: int, number: int) -> tuple[s.Word, int]:
+        space, value = pairs[i]
+        if self._lex(self.p.name, value) is None:
+            raise _Defer
+        start = pos + len(space)
+        return _new(s.Word, (value, self._span(number, start, start + len(value)))), \
+            start + len(value)
+
+    def rule(self, text: str, number: int) -> s.RuleDecl | None:
+        """`accept|drop|reject from E, ... to E, ... [service S, ...] [in X] [out Y]
+        [only M] [log ["prefix"]]` on one line, as `parse._Builder.rule` builds it."""
+        try:
+            return self._rule(text, number)
+        except (_Defer, IndexError):
+            return None
+
+    def _rule(self, text: str, number: int) -> s.RuleDecl | None:
+        pairs = self._tokens(text)
+        if len(pairs) < 5 or pairs[0][1] not in _ACTIONS or pairs[1][1] != "from":
+            return None
+        start = len(pairs[0][0])
+        pos = start + len(pairs[0][1])
+        action = _new(s.Word, (pairs[0][1], self._span(number, start, pos)))
+        pos += len(pairs[1][0]) + 4
+        sources, i, pos = self._endpoints(pairs, 2, pos, number)
+        if pairs[i][1] != "to":
+            return None
+        pos += len(pairs[i][0]) + 2
+        destinations, i, pos = self._endpoints(pairs, i + 1, pos, number)
+        options: list[s.Option] = []
+        services: tuple[s.ServiceRef, ...] = ()
+        last = destinations[-1].span
+        while i < len(pairs):
+            space, keyword = pairs[i]
+            start = pos + len(space)
+            pos = start + len(keyword)
+            if keyword in _NAMED_OPTIONS:
+                value, pos = self._name(pairs, i + 1, pos, number)
+                options.append(_new(s.Option, (keyword, value, value.span)))
+                last = value.span
+                i += 2
+            elif keyword == "service":
+                refs, i, pos = self._services(text, pairs, i + 1, pos, number)
+                services = services + tuple(refs)
+                last = refs[-1].span
+                options.append(_new(s.Option, ("service", None, _join(refs[0].span, last))))
+            elif keyword == "log":
+                last = self._span(number, start, pos)
+                prefix = None
+                i += 1
+                if i < len(pairs) and pairs[i][1][0] == '"':
+                    space, literal = pairs[i]
+                    start = pos + len(space)
+                    pos = start + len(literal)
+                    if len(literal) < 2 or literal[-1] != '"' or \
+                            (pos < len(text) and text[pos] not in _SPACE):
+                        return None
+                    try:
+                        decoded = decode_literal(literal[1:-1])
+                    except LiteralError:
+                        return None  # lark reports it (FWC004)
+                    prefix = _new(s.Word, (decoded, self._span(number, start, pos)))
+                    last = _join(last, prefix.span)
+                    i += 1
+                options.append(_new(s.Option, ("log", prefix, last)))
+            else:
+                return None
+        return s.RuleDecl(action, tuple(sources), tuple(destinations), tuple(options),
+                          services, None, _join(action.span, last), ())
+
+    def definition(self, text: str, number: int) -> s.AddressDef | s.GroupDef | s.ServiceDef | None:
+        """`host|network NAME ADDR, ...`, `group NAME [ITEM, ...]` or `service NAME ITEM, ...`
+        (without `helper`) on one line, as `parse._Builder` builds them."""
+        try:
+            return self._definition(text, number)
+        except (_Defer, IndexError):
+            return None
+
+    def _definition(self, text: str,
+                    number: int) -> s.AddressDef | s.GroupDef | s.ServiceDef | None:
+        pairs = self._tokens(text)
+        if len(pairs) < 2 or pairs[0][1] not in _DEFINITIONS:
+            return None
+        keyword = pairs[0][1]
+        kind_start = len(pairs[0][0])
+        pos = kind_start + len(keyword)
+        name, pos = self._name(pairs, 1, pos, number)
+        if keyword == "service":
+            items, i, pos = self._services(text, pairs, 2, pos, number)
+            if i != len(pairs):
+                return None
+            return s.ServiceDef(name, tuple(items), None, _join(name.span, items[-1].span))
+        pattern = self.p.group_item if keyword == "group" else self.p.address
+        values: list[tuple[str, str, Span]] = []
+        i = 2
+        while i < len(pairs):
+            space, value = pairs[i]
+            kind = self._lex(pattern, value)
+            if kind is None:
+                return None
+            start = pos + len(space)
+            pos = start + len(value)
+            values.append((kind, value, self._span(number, start, pos)))
+            i += 1
+            if i < len(pairs):
+                if pairs[i][1] != "," or i + 1 == len(pairs):
+                    return None
+                pos += len(pairs[i][0]) + 1
+                i += 1
+        if keyword == "group":
+            if values and values[0][1] in STATEMENT_KEYWORDS:
+                return None  # lark reads the next statement there
+            members = tuple(_new(s.Endpoint, (ENDPOINT_KINDS[k], v, False, sp))
+                            for k, v, sp in values)
+            return s.GroupDef(name, members, _join(name.span, (members[-1] if members
+                                                               else name).span))
+        if not values:
+            return None
+        words = tuple(_new(s.Word, (v, sp)) for _, v, sp in values)
+        kind_span = self._span(number, kind_start, kind_start + len(keyword))
+        return s.AddressDef(keyword, name, words, _join(kind_span, words[-1].span))

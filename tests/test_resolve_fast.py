@@ -1,0 +1,68 @@
+"""The resolver's shortcuts mean exactly what the general code means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fwc.diagnostics import Span
+from fwc.frontend import resolve
+from fwc.frontend import syntax as s
+from fwc.frontend.loader import LoadedProgram, load
+
+_OCTETS = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "255",
+                                                                    "256", "1a", "", "٣", " 1"]))
+_PREFIXES = st.one_of(st.just(""), st.integers(0, 40).map(lambda n: f"/{n}"),
+                      st.sampled_from(["/024", "/", "/x", "/33", "/0", "/32", "/²"]))
+
+
+@st.composite
+def _address(draw: st.DrawFn) -> str:
+    octets = draw(st.lists(_OCTETS, min_size=3, max_size=5))
+    return ".".join(octets) + draw(_PREFIXES)
+
+
+def _both_ways(text: str, want: str, monkeypatch) -> tuple[object, object]:
+    program = LoadedProgram("/", (), ())
+    word = s.Word(text, Span("t.fw", 1, 1, 1, 1 + len(text)))
+    fast = resolve.Resolver(program)
+    got_fast = fast.parse_address(word, want=want)
+    with monkeypatch.context() as patch:
+        patch.setattr(resolve, "_plain_ipv4", lambda _text: None)
+        slow = resolve.Resolver(program)
+        got_slow = slow.parse_address(word, want=want)
+    return (got_fast, fast.diagnostics), (got_slow, slow.diagnostics)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_address(), st.sampled_from(["host", "network", "any"]))
+def test_plain_ipv4_addresses_resolve_as_ipaddress_does(text: str, want: str):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fast, slow = _both_ways(text, want, monkeypatch)
+    assert fast == slow
+
+
+def test_the_shortcut_takes_the_common_forms(monkeypatch):
+    for text, want in (("192.0.2.1", "host"), ("192.0.2.0/24", "network"),
+                       ("0.0.0.0/0", "any"), ("192.0.2.1/32", "host")):
+        assert resolve._plain_ipv4(text) is not None
+        fast, slow = _both_ways(text, want, monkeypatch)
+        assert fast == slow and fast[0] is not None and fast[1] == []
+    for text in ("192.0.2.01", "192.0.2.1/33", "2001:db8::1", "192.0.2", "1.2.3.256"):
+        assert resolve._plain_ipv4(text) is None
+
+
+def test_an_object_naming_an_interface_subnet_is_not_unused(tmp_path):
+    edge = Path(__file__).resolve().parent.parent / "policies" / "edge.fw"
+    policy = tmp_path / "p.fw"
+    policy.write_text(edge.read_text(encoding="utf-8")
+                      + "network sync_net 203.0.113.0/24\nnetwork elsewhere 203.0.113.128/25\n")
+    program, diagnostics = load(policy)
+    assert diagnostics == []
+    _, found = resolve.resolve(program)
+    unused = {d.message for d in found if d.code == "FWC103"}
+    assert "object 'elsewhere' is never used" in unused
+    assert "object 'sync_net' is never used" not in unused
