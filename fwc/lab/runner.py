@@ -339,6 +339,7 @@ def _active_active_timing(lab: Lab, report: LabReport, runs: int,
         lab.install_variant(variant)
         lab.progress(f"timing: {variant.origin}, installed by fwc install on every member")
         lab.wait_groups()
+        _reachable_after_install(lab, report, flows)
         series = TimingSeries(lab.advert_label, ACTIVE_ACTIVE_MODE, runs)
         for n in range(runs):
             crashed = lab.nodes[n % len(lab.nodes)]
@@ -359,6 +360,26 @@ def _active_active_timing(lab: Lab, report: LabReport, runs: int,
     took = lab.wait_groups()
     lab.progress(f"timing: the policy's own files installed again, groups on their masters "
                  f"after {took:.2f} s")
+    _reachable_after_install(lab, report, flows)
+
+
+def _reachable_after_install(lab: Lab, report: LabReport, flows: dict[str, Flow]) -> None:
+    """Wait until a connection through every group works after a profile's install
+    (`drills.groups_reachable`); a wait longer than one attempt is a warning that says
+    how long the rolling reload kept a group unreachable."""
+    took = drills.groups_reachable(lab, f"t-aa-reach-{lab.advert_label}", flows)
+    if took is None:
+        report.warnings.append(
+            f"after installing the {lab.advert_label} profile no connection through every "
+            "vrrp-group worked within 40 s: its timing runs may fail for that reason")
+    elif took > 3.0:
+        report.warnings.append(
+            f"after installing the {lab.advert_label} profile the vrrp-groups carried new "
+            f"connections again only after {took:.1f} s (during a rolling reload that "
+            "changes the advert interval a member can briefly master the other's group: "
+            "docs/lab.md, \"Failover times\")")
+    lab.progress("timing: connections through every group "
+                 + ("do not work" if took is None else f"work ({took:.1f} s)"))
 
 
 def _gateway(lab: Lab, report: LabReport, mode: str) -> None:
