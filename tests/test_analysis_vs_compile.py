@@ -205,7 +205,7 @@ class Node:
     cluster: Cluster
     member: Member
     rulesets: dict[int, NodeRuleset]
-    firewall: AddressSet
+    firewall: AddressSet  # the member's own addresses and the VIPs it holds (view.local)
     sets: dict[str, tuple[str, ...]] | None = None  # named address sets (nftables.nft)
 
     def device(self, interface: str | None) -> str | None:
@@ -250,11 +250,11 @@ def _nodes(example: CompiledExample) -> list[Node]:
             if nft is not None:  # backend nftables: the nft output, read back
                 rules = read_nft(nft)
                 nodes.append(Node(cluster, member, rules.rulesets,
-                                  cluster.firewall_addresses(member), rules.sets))
+                                  MemberView(cluster, member).local, rules.sets))
                 continue
             rulesets = {4: parse_rules(files[f"{member.name}/iptables.rules"], 4),
                         6: parse_rules(files.get(f"{member.name}/ip6tables.rules", ""), 6)}
-            nodes.append(Node(cluster, member, rulesets, cluster.firewall_addresses(member)))
+            nodes.append(Node(cluster, member, rulesets, MemberView(cluster, member).local))
     return nodes
 
 
@@ -305,36 +305,66 @@ def test_engine_and_compiled_rules_agree(examples: Examples, name: str):
             samples = [(rng.choice(addresses), rng.choice(addresses), *rng.choice(services),
                         rng.choice(interfaces), rng.choice(interfaces)) for _ in range(300)]
             samples += _inside_rules(view, family, interfaces, rng)
-            for src, dst, protocol, port, in_iface, out_iface in samples:
-                from_fw = node.firewall.contains_address(_ip(family, src))
-                to_fw = node.firewall.contains_address(_ip(family, dst))
-                if from_fw and to_fw:
-                    continue  # loopback
-                packet = Packet(family, src, dst, protocol, port,
-                                None if from_fw else node.device(in_iface),
-                                None if to_fw else node.device(out_iface))
-                traffic = TrafficClass(_single(family, src), _single(family, dst),
-                                       (_service(protocol, port),),
-                                       None if from_fw else in_iface,
-                                       None if to_fw else out_iface)
-                pieces = classify(view, traffic)
-                if not pieces:
-                    continue
-                # DNAT re-routes: the compiled FORWARD sees the out device routing picks
-                piece = pieces[0]
-                if piece.dnat is not None and piece.dnat.address is not None:
-                    packet.out_dev = node.device(next(iter(sorted(piece.box.out_ifaces)), None))
-                # a dnat that shares load answers for each backend; the compiled rules
-                # send the first connection (the one evaluated) to the first backend
-                shared = piece.dnat is not None and len(piece.dnat.rule.targets) > 1
-                assert len(pieces) == 1 or shared, [p.decided_by for p in pieces]
-                verdict, dnat = node.evaluate(packet)
-                engine_dnat = piece.dnat.address if piece.dnat and piece.dnat.address else None
-                where = (f"{node.member.name}: {_ip(family, src)} -> {_ip(family, dst)} "
-                         f"proto {protocol}/{port} in {in_iface} out {out_iface}")
-                assert (piece.verdict, engine_dnat) == (verdict, dnat), \
-                    f"{where}: engine {piece.verdict} by {piece.decided_by}, compiled {verdict}"
-                checked += 1
+            for sample in samples:
+                checked += _agree(node, view, family, *sample)
+    assert checked > 500
+
+
+def _agree(node: Node, view: MemberView, family: int, src: int, dst: int, protocol: int,
+           port: int, in_iface: str, out_iface: str) -> bool:
+    """Engine and compiled rules decide one packet alike (False: nothing to compare)."""
+    from_fw = node.firewall.contains_address(_ip(family, src))
+    to_fw = node.firewall.contains_address(_ip(family, dst))
+    if from_fw and to_fw:
+        return False  # loopback
+    packet = Packet(family, src, dst, protocol, port,
+                    None if from_fw else node.device(in_iface),
+                    None if to_fw else node.device(out_iface))
+    traffic = TrafficClass(_single(family, src), _single(family, dst),
+                           (_service(protocol, port),),
+                           None if from_fw else in_iface,
+                           None if to_fw else out_iface)
+    pieces = classify(view, traffic)
+    if not pieces:
+        return False  # the member never meets it (a VIP another member holds)
+    # DNAT re-routes: the compiled FORWARD sees the out device routing picks
+    piece = pieces[0]
+    if piece.dnat is not None and piece.dnat.address is not None:
+        packet.out_dev = node.device(next(iter(sorted(piece.box.out_ifaces)), None))
+    # a dnat that shares load answers for each backend; the compiled rules
+    # send the first connection (the one evaluated) to the first backend
+    shared = piece.dnat is not None and len(piece.dnat.rule.targets) > 1
+    assert len(pieces) == 1 or shared, [p.decided_by for p in pieces]
+    verdict, dnat = node.evaluate(packet)
+    engine_dnat = piece.dnat.address if piece.dnat and piece.dnat.address else None
+    where = (f"{node.member.name}: {_ip(family, src)} -> {_ip(family, dst)} "
+             f"proto {protocol}/{port} in {in_iface} out {out_iface}")
+    assert (piece.verdict, engine_dnat) == (verdict, dnat), \
+        f"{where}: engine {piece.verdict} by {piece.decided_by}, compiled {verdict}"
+    return True
+
+
+def test_vips_another_member_holds_agree_with_the_compiled_rules(examples: Examples):
+    """Active-active: on each member the other groups' VIPs are routed, not taken in.
+    Every packet to or from them that the member meets is decided as its compiled
+    FORWARD (or OUTPUT) chain decides it, for rules with `any`, networks around the
+    VIPs and the VIPs themselves (policies/loadshare.fw plus rules naming them)."""
+    checked = 0
+    for node in _nodes(examples["loadshare.fw"]):
+        view = MemberView(node.cluster, node.member)
+        assert view.elsewhere, node.member.name  # each member holds one group's VIPs
+        interfaces = [link.interface for link in node.member.links]
+        others = [lo for lo, _ in view.elsewhere.family(4)]
+        outside = [int(ipaddress.ip_address(a)) for a in ("192.0.2.10", "203.0.113.80",
+                                                          "198.51.100.10")]
+        own = [lo for lo, _ in node.firewall.family(4)]
+        for dst in others:
+            for src in outside + own:
+                for protocol, port in SERVICES:
+                    for in_iface in interfaces:
+                        for out_iface in interfaces:
+                            checked += _agree(node, view, 4, src, dst, protocol, port,
+                                              in_iface, out_iface)
     assert checked > 500
 
 

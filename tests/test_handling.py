@@ -24,7 +24,7 @@ from fwc.pipeline import analyse
 
 REPO = Path(__file__).resolve().parent.parent
 LOADSHARE = (REPO / "policies" / "loadshare.fw").read_text(encoding="utf-8")
-CLIENT = "    allow client  -> server   service echo  in lan  via fw1\n"
+CLIENT = "    allow client  -> server  service echo  in lan  via fw1\n"
 E = Severity.ERROR
 
 
@@ -78,7 +78,7 @@ def test_via_the_groups_master_is_silent() -> None:
     analysis = analyse(REPO / "policies" / "loadshare.fw")
     assert not with_code(analysis, "FWC286") and not with_code(analysis, "FWC287")
     (cluster,) = analysis.policy.clusters  # type: ignore[union-attr]
-    assert [e.via for e in cluster.expectations] == ["fw1", "fw2", None, None]
+    assert [e.via for e in cluster.expectations] == ["fw1", "fw2", "fw1", None]
 
 
 def test_via_the_other_groups_master_fails(tmp_path: Path) -> None:
@@ -91,16 +91,17 @@ def test_via_the_other_groups_master_fails(tmp_path: Path) -> None:
 
 def test_via_without_in_takes_the_arrival_from_routing(tmp_path: Path) -> None:
     # server is on uplink's subnet: it arrives there, in blue, which fw2 does not master
-    deny = "    deny  server  -> client   service echo  in uplink\n"
-    text = variant(deny, "    deny  server  -> client   service echo  via fw2\n")
+    deny = "    deny  server  -> client  service echo  in uplink\n"
+    text = variant(deny, "    deny  server  -> client  service echo  via fw2\n")
     assert_diagnostic(run(tmp_path, text), "FWC286", E, line_of(text, "server  -> client"),
                       "arriving on uplink is handled by fw1")
-    text = variant(deny, "    deny  server  -> client   service echo  via fw1\n")
+    text = variant(deny, "    deny  server  -> client  service echo  via fw1\n")
     assert not with_code(run(tmp_path, text), "FWC286")
 
 
 def test_via_where_no_vip_decides(tmp_path: Path) -> None:
-    ssh = "    allow client  -> firewall service ssh   in lan\n"
+    ssh = ("    allow client  -> firewall, !dmz.vip, !uplink2.vip service ssh   in lan  "
+           "via fw1\n")
     text = variant(ssh, "    deny  client  -> firewall service ssh   in sync  via fw1\n")
     assert_diagnostic(run(tmp_path, text), "FWC286", E, line_of(text, "in sync"),
                       "no VRRP master handles traffic arriving on sync", "no VIP on sync")

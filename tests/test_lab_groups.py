@@ -5,7 +5,8 @@ connection running through each group, each member in turn crashes hard: the
 other takes every VIP, both connections survive (state replicated both ways),
 and after the restore each group goes back to its own master with both
 connections still alive. The control run crashes fw1 again with conntrackd off on
-both members: blue's connection must die and red's live on.
+both members: blue's connection must die and red's live on. One timing run
+(`--runs 1`) crashes fw1 once more for the takeover/echo-gap series.
 """
 
 from __future__ import annotations
@@ -94,12 +95,29 @@ def test_the_control_run_must_lose_the_crashed_groups_connection() -> None:
     assert "blue (a -> b:1): expected to die, SURVIVED!" in render_text(void)
 
 
+def test_an_active_active_timing_series_is_tabled_and_judged() -> None:
+    from fwc.lab.results import TimingSeries
+
+    report = LabReport("loadshare", "p", "/tmp/x")
+    report.timing.append(TimingSeries("100ms", "active-active", 3, 3, [0.28, 0.24, 0.41],
+                                      [0.74, 0.75, 0.73]))
+    report.timing.append(TimingSeries("50ms", "active-active", 2, 1, [0.2], [0.3]))
+    text = render_text(report)
+    assert "100ms   active-active    3        3" in text, text
+    assert "0.24 / 0.28 / 0.41" in text and "0.73 / 0.74 / 0.75" in text
+    _judge(report)
+    assert report.failures == [
+        "timing series active-active-50ms: 1 of 2 crash runs kept the connection"]
+
+
 @pytest.mark.lab
 def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -> None:
     source = load_source(loadshare_fast(tmp_path))
     prefix = f"fwc{os.getpid()}a"
     try:
-        report = run_lab(source, LabOptions(prefix=prefix, logdir=tmp_path / "logs"))
+        # one timing run (issue 14's series, mode active-active) at the policy's own 100 ms
+        report = run_lab(source, LabOptions(prefix=prefix, logdir=tmp_path / "logs",
+                                            timing_runs=1, timing_adverts=(0.1,)))
         print(render_text(report), file=sys.stderr)
         assert report.ok, (report.error, report.failures)
         assert all(r.agrees for r in report.expectations), report.expectations
@@ -109,13 +127,20 @@ def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -
         assert crossed == {
             "allow client -> server service echo in lan via fw1": ("fw1", "fw1"),
             "allow web -> partner service echo in dmz via fw2": ("fw2", "fw2"),
-            "allow client -> firewall service ssh in lan": ("fw1", "fw1")}, crossed
+            "allow client -> firewall, !dmz.vip, !uplink2.vip service ssh in lan via fw1":
+                ("fw1", "fw1")}, crossed
         assert [(a.crashed, a.survivor) for a in report.active_active] == [
             ("fw1", "fw2"), ("fw2", "fw1")]
         for aa in report.active_active:
             assert {f.group for f in aa.flows} == {"blue", "red"}
             assert all(f.survived_failover and f.survived_failback for f in aa.flows), aa
             assert aa.takeover_s is not None and aa.takeover_s < 2.0, aa
+        (series,) = report.timing
+        assert (series.mode, series.advert, series.runs, series.survived) == (
+            "active-active", "100ms", 1, 1), series
+        assert series.labels == ["t-aa-fw1-100ms-1"], series
+        assert len(series.takeover_s) == 1 and 0 < series.takeover_s[0] < 2.0, series
+        assert len(series.failover_gap_s) == 1 and series.failover_gap_s[0] > 0, series
         # Without state sync fw1's crash loses blue's connection (fw2 has no state
         # for it) and keeps red's, which fw2 forwarded all along.
         control = report.active_active_control

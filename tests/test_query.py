@@ -300,7 +300,7 @@ def test_replies_through_another_groups_master_are_named(tmp_path, capsys):
 
 def test_a_vip_the_other_member_holds_is_flagged(capsys):
     """client -> uplink2.vip arrives at fw1 (blue), but fw2 holds red's VIPs: fw1 routes
-    it on, which the per-member answers (every VIP local) do not model."""
+    it on (its answer is FORWARD), and query says whose VIP it is."""
     assert main(["query", LOADSHARE, "--from", "client", "--to", "uplink2.vip",
                  "--service", "ssh", "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["handling"]
@@ -310,7 +310,7 @@ def test_a_vip_the_other_member_holds_is_flagged(capsys):
                  "--service", "ssh"]) == 0
     out = capsys.readouterr().out
     assert ("dmz.vip and uplink2.vip are fw2's (master of vrrp-group red): fw1 routes such "
-            "packets on to fw2 instead of taking them in") in out
+            "packets on to fw2 (FORWARD above) instead of taking them in") in out
     # its own group's VIP is fw1's: nothing to flag
     assert main(["query", LOADSHARE, "--from", "client", "--to", "lan.vip", "--service", "ssh",
                  "--format", "json"]) == 0

@@ -122,7 +122,7 @@ def _subnet_changes(old: MemberView, new: MemberView, family: int) -> list[Box]:
 def _same_shape(old: MemberView, new: MemberView) -> bool:
     """Chains, interfaces and routing alike: a packet enters both versions alike."""
     return (old.regions == new.regions and old.connected == new.connected
-            and old.routing == new.routing)
+            and old.routing == new.routing and old.unseen == new.unseen)
 
 
 def _auto_changes(old: MemberView, new: MemberView, family: int) -> list[Box]:
@@ -151,6 +151,10 @@ def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
         candidates = _unaligned(old.filter[(family, "forward")],
                                 new.filter[(family, "forward")])
         candidates += _unaligned(old.dnat[family], new.dnat[family])
+        if old.elsewhere or new.elsewhere:
+            # another member's VIPs read per chain: INPUT/OUTPUT have a list of their own
+            candidates += _unaligned(old.filter[(family, "input")],
+                                     new.filter[(family, "input")])
         candidates += _auto_changes(old, new, family)
         if not same_shape:
             candidates += _subnet_changes(old, new, family)
@@ -166,7 +170,8 @@ def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
             if len(parts) > MAX_REGION_BOXES:
                 parts = [region]
             for box in _disjoint(parts):
-                out.extend((routed, chain) for routed in new.route_box(box, chain))
+                out.extend((routed, chain) for seen in new.seen(box)
+                           for routed in new.route_box(seen, chain))
     return out
 
 
@@ -185,7 +190,9 @@ def _reenter(view: MemberView, box: Box) -> list[tuple[Box, str]]:
         part = base.intersect(view.regions[(box.family, chain)])
         if part is None:
             continue
-        for routed in view.route_box(part, chain, route_in=not keeps_in, route_out=True):
+        for routed in (r for seen in view.seen(part)
+                       for r in view.route_box(seen, chain, route_in=not keeps_in,
+                                               route_out=True)):
             # Where this version may send the packets by the interfaces the piece names
             # (several are possible: no route, multicast), those are the packets meant.
             if box.out_ifaces <= routed.out_ifaces:

@@ -11,7 +11,10 @@ Semantics (decided for the whole project; `fwc compile` emits the same):
 - Chains: traffic to a firewall address (the member's own addresses or any
   VIP) is INPUT, traffic from one is OUTPUT, the rest FORWARD; firewall to
   firewall is loopback, always accepted. Defaults: INPUT drop, FORWARD drop,
-  OUTPUT accept.
+  OUTPUT accept. In active-active a member holds only its groups' VIPs in normal
+  operation (`MemberView.local`): another group's VIP is a routed address there,
+  and VIP traffic on that group's interfaces is not met at all (`MemberView.seen`;
+  docs/analysis.md, "VIPs held by the other member").
 - Endpoints: as `fwc.model.semantics` defines them for the compiler and the checks
   (`endpoint_intervals`): `firewall` is the member's addresses plus every VIP;
   `any` is every address except those; an item made only of firewall
@@ -44,6 +47,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from fwc.analysis.handling import vips_elsewhere
 from fwc.analysis.index import RuleBox, RuleList
 from fwc.analysis.space import (
     ALL_SERVICES,
@@ -70,7 +74,7 @@ from fwc.model import (
 )
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
-from fwc.model.semantics import endpoint_intervals
+from fwc.model.semantics import endpoint_intervals, side_of
 from fwc.model.topology import MemberRouting, TableRoute, member_routing, subnets
 from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
@@ -156,10 +160,20 @@ class Piece:
 class MemberView:
     """One member's rules, compiled once into indexed boxes; read-only afterwards."""
 
-    def __init__(self, cluster: Cluster, member: Member) -> None:
+    def __init__(self, cluster: Cluster, member: Member, *, takeover: bool = False) -> None:
         self.cluster = cluster
         self.member = member
+        # `firewall` as the policy means it (the member's addresses plus every VIP), and
+        # what the member's kernel holds in normal operation: its addresses and the VIPs
+        # of the interfaces it is the normal handler of (fwc.analysis.handling). With
+        # TAKEOVER, or on a member that holds no VIP while all are well (the backup of a
+        # single-master cluster), it holds every VIP: the state after a failover.
         self.firewall = cluster.firewall_addresses(member)
+        self.takeover = takeover
+        self.elsewhere_vips = () if takeover else vips_elsewhere(cluster, member.name)
+        self.elsewhere = AddressSet.union(a for _, a in self.elsewhere_vips)
+        self.local = self.firewall - self.elsewhere if self.elsewhere else self.firewall
+        self.unseen: dict[int, list[Box]] = {}
         self.interfaces = frozenset(link.interface for link in member.links)
         self.all_in = self.interfaces | {LOCAL}
         self.regions: dict[tuple[int, str], Box] = {}
@@ -181,12 +195,12 @@ class MemberView:
             self._build_family(family, rules, nat)
 
     @classmethod
-    def build(cls, cluster: Cluster, member: Member) -> MemberView:
-        return cls(cluster, member)
+    def build(cls, cluster: Cluster, member: Member, *, takeover: bool = False) -> MemberView:
+        return cls(cluster, member, takeover=takeover)
 
     # -- construction ------------------------------------------------------------
     def _regions(self, family: int) -> dict[str, Box]:
-        fw = self.firewall.family(family)
+        fw = self.local.family(family)
         outside = subtract(full_addresses(family), fw)
         local = frozenset({LOCAL})
         ifaces = self.interfaces
@@ -198,10 +212,16 @@ class MemberView:
         }
 
     def rule_box(self, rule: Rule, family: int,
-                 memo: dict[tuple[object, ...], Intervals] | None = None) -> Box | None:
-        """The packets a rule matches on this member in one family (None: none)."""
-        src = self._endpoint(rule.source, family, memo)
-        dst = self._endpoint(rule.destination, family, memo)
+                 memo: dict[tuple[object, ...], Intervals] | None = None, *,
+                 need_addresses: bool = True) -> Box | None:
+        """The packets a rule matches on this member in one family (None: none).
+
+        Without NEED_ADDRESSES both sides are every address (the caller sets them)."""
+        if need_addresses:
+            src = self._endpoint(rule.source, family, memo)
+            dst = self._endpoint(rule.destination, family, memo)
+        else:
+            src = dst = full_addresses(family)
         if memo is None:
             services = service_intervals(rule.services, family)
         else:
@@ -225,6 +245,26 @@ class MemberView:
             found = memo[key] = endpoint_intervals(endpoint, self.firewall, family)
         return found
 
+    def _elsewhere_box(self, box: Box | None, rule: Rule, family: int, forward: bool) \
+            -> Box | None:
+        """BOX with the VIPs this member does not hold resolved as its compiled chains see
+        them: plain addresses the kernel routes on (docs/analysis.md, "VIPs held by the
+        other member"). In FORWARD a rule matches such a VIP when `any` or a non-firewall
+        item (a network around it) covers it; in INPUT's source, OUTPUT's destination and
+        NAT, where the compiler writes the named firewall part too, when that names it."""
+        held = self.elsewhere.family(family)
+        src = _elsewhere_side(rule.source, box.src if box else (), self.firewall, held,
+                              family, forward)
+        dst = _elsewhere_side(rule.destination, box.dst if box else (), self.firewall, held,
+                              family, forward)
+        if box is None:
+            if not (src and dst):
+                return None
+            base = self.rule_box(rule, family, None, need_addresses=False)
+            return None if base is None else base.with_(src=src, dst=dst)
+        out = box.with_(src=src, dst=dst)
+        return None if out.is_empty() else out
+
     def _build_family(self, family: int, rules: list[FilterRule], nat: list[NatRule]) -> None:
         for chain, region in self._regions(family).items():
             self.regions[(family, chain)] = region
@@ -235,12 +275,26 @@ class MemberView:
         shared = RuleList(family, entries)
         for chain in CHAINS:
             self.filter[(family, chain)] = shared
+        if self.elsewhere.family(family):
+            # VIPs another member holds lie outside INPUT here and read differently per
+            # chain (see _elsewhere_box): FORWARD gets a list of its own.
+            boxes = [(r, self.rule_box(r, family, memo)) for r in rules]
+            forward = [(r, b) for r, box in boxes
+                       if (b := self._elsewhere_box(box, r, family, True))]
+            other = [(r, b) for r, box in boxes
+                     if (b := self._elsewhere_box(box, r, family, False))]
+            self.filter[(family, "forward")] = RuleList(family, forward)
+            self.filter[(family, "input")] = self.filter[(family, "output")] = \
+                RuleList(family, other)
+            self.unseen[family] = self._unseen(family)
         dnat, snat = [], []
         for rule in nat:
             if rule.action is NatAction.DNAT and not any(
                     t.addresses.family(family) for t in rule.targets):
                 continue  # no address to translate to in this family
             box = self.rule_box(rule, family, memo)
+            if self.elsewhere.family(family):
+                box = self._elsewhere_box(box, rule, family, False)
             if box is None:
                 continue
             # The stages the compiler puts the rule in (a nonat with only `in` or only
@@ -304,9 +358,31 @@ class MemberView:
                 part = query.intersect(self.regions[(family, chain)])
                 if part is None:
                     continue
-                yield from ((routed, chain) for routed in self.route_box(
-                    part, chain, route_in=traffic.route_in and traffic.in_interface is None,
-                    route_out=traffic.route_out and traffic.out_interface is None))
+                for seen in self.seen(part):
+                    yield from ((routed, chain) for routed in self.route_box(
+                        seen, chain, route_in=traffic.route_in and traffic.in_interface is None,
+                        route_out=traffic.route_out and traffic.out_interface is None))
+
+    def _unseen(self, family: int) -> list[Box]:
+        """What this member never meets in normal operation: packets for a VIP that
+        arrive on an interface another member holds the VIPs of (senders there reach
+        every VIP through that member: on the link, or through their gateway, its VIP),
+        and packets from a VIP it does not hold (the holder's own traffic)."""
+        every = full_addresses(family)
+        vips = self.cluster.vips.family(family)
+        foreign = frozenset(name for name, _ in self.elsewhere_vips) & self.interfaces
+        out = [Box(family, every, vips, ALL_SERVICES, foreign, self.all_in)] \
+            if vips and foreign else []
+        out.append(Box(family, self.elsewhere.family(family), every, ALL_SERVICES,
+                       self.all_in, self.all_in))
+        return out
+
+    def seen(self, box: Box) -> list[Box]:
+        """BOX without the part this member never meets in normal operation (`_unseen`)."""
+        parts = [box]
+        for unseen in self.unseen.get(box.family, ()):
+            parts = [rest for part in parts for rest in part.minus(unseen)]
+        return parts
 
     def route_box(self, box: Box, chain: str, *, route_in: bool = True,
                   route_out: bool = True) -> list[Box]:
@@ -321,7 +397,22 @@ class MemberView:
         return [b for b in boxes if not b.is_empty()]
 
     def chain_of(self, family: int, destination: int) -> str:
-        return "input" if contains(self.firewall.family(family), destination) else "forward"
+        return "input" if contains(self.local.family(family), destination) else "forward"
+
+
+def _elsewhere_side(endpoint: Endpoint, resolved: Intervals, firewall: AddressSet,
+                    held: Intervals, family: int, forward: bool) -> Intervals:
+    """RESOLVED (a side as `endpoint_intervals` gives it) with its part among HELD (VIPs
+    another member holds) replaced by what the compiled chain matches there: `any` or
+    the non-firewall items (FORWARD), those and the named firewall part (elsewhere)."""
+    side = side_of(endpoint, firewall.only(family), family)
+    if side.unbounded:
+        names = full_addresses(family)
+    else:
+        names = (side.other if forward else side.named).family(family)
+    if side.excluded:
+        names = subtract(names, side.excluded.family(family))
+    return union(subtract(resolved, held), intersect(names, held))
 
 
 # -- first match -------------------------------------------------------------------

@@ -78,12 +78,23 @@ def handling(cluster: Cluster, interfaces: Iterable[str]) -> list[Handling]:
     return [interface_handling(cluster, name) for name in names]
 
 
+def vips_elsewhere(cluster: Cluster, member: str) -> tuple[tuple[str, AddressSet], ...]:
+    """The VIP interfaces whose VIPs MEMBER does not hold in normal operation, each with
+    its VIPs: the other vrrp-groups' (active-active). A member that holds no VIP while
+    every member is well (the backup of a single-master cluster) meets VIP traffic only
+    after it takes over, so it is answered as then, holding every VIP: empty."""
+    items = [(iface, interface_handling(cluster, iface.name)) for iface in cluster.vrrp_interfaces]
+    if not any(item.normal == member for _, item in items):
+        return ()
+    return tuple((iface.name, AddressSet.of(*(v.ip for v in iface.vips)))
+                 for iface, item in items if item.normal != member)
+
+
 def vips_held_elsewhere(cluster: Cluster, member: str, family: int,
                         addresses: Intervals) -> list[Handling]:
     """The VIP interfaces whose VIPs (of FAMILY) ADDRESSES touch and that another member
-    than MEMBER holds in normal operation. The engine counts every VIP as the firewall
-    on every member (what a member sees after a failover); while the groups are split,
-    MEMBER does not hold these and routes packets for them on to their holder."""
+    than MEMBER holds in normal operation: MEMBER routes packets for them on to their
+    holder (its answer for them is FORWARD: docs/analysis.md)."""
     out = []
     for iface in cluster.vrrp_interfaces:
         item = interface_handling(cluster, iface.name)

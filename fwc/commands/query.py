@@ -240,7 +240,8 @@ def who_handles(results: Results) -> list[Handled]:
                      for i in p.box.out_ifaces}
             replies = tuple(h for h in handling(cluster, exits)
                             if h.normal is not None and h.normal != item.normal)
-            elsewhere = {h.interface: h for p in mine if p.chain == "input"
+            # VIPs the handler does not hold: its answer routes packets for them (FORWARD)
+            elsewhere = {h.interface: h for p in mine if p.chain == "forward"
                          for h in vips_held_elsewhere(cluster, item.normal or "",
                                                       p.box.family, p.box.dst)}
             out.append(Handled(cluster, item, verdicts, replies,
@@ -278,8 +279,8 @@ def _handling_line(row: Handled) -> str:
         holders.setdefault((held.normal, held.why()), []).append(f"{held.interface}.vip")
     for (holder, why), vips in holders.items():
         line += (f"; {' and '.join(vips)} {'is' if len(vips) == 1 else 'are'} {holder}'s "
-                 f"({why}): {item.normal} routes such packets on to {holder} instead of "
-                 "taking them in, which the answer above does not model")
+                 f"({why}): {item.normal} routes such packets on to {holder} (FORWARD above) "
+                 "instead of taking them in")
     if item.after_failover is not None:
         line += f"; after a failover of {item.normal}: {member(item.after_failover)}"
     return line

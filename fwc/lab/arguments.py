@@ -66,8 +66,8 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="crash the master N times per advert profile (--adverts) and report takeover "
-        "and echo gap as min/median/max",
+        help="crash the master (active-active: each member in turn) N times per advert "
+        "profile (--adverts) and report takeover and echo gap as min/median/max",
     )
     parser.add_argument(
         "--adverts",

@@ -608,6 +608,37 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
 
 
 # ------------------------------------------------------------ active-active drill
+def groups_reachable(lab: Lab, label: str, flows: dict[str, Flow],
+                     timeout: float = 40.0) -> float | None:
+    """Seconds until a fresh connection through every group echoes (None: not in TIMEOUT).
+
+    After `fwc install` changes the advert interval the members reload one after the
+    other: for a moment the first runs the new, shorter interval against the other's
+    old one, times out on its adverts, takes the other's groups and hands them back
+    at the next advert; new connections through them failed for about 15 s after
+    that in the lab (docs/lab.md, "Failover times"). The timing runs measure
+    crashes, so they start when the groups carry connections again; the caller
+    reports how long that took."""
+    t0 = time.monotonic()
+    attempt = 0
+    while time.monotonic() - t0 < timeout:
+        attempt += 1
+        started = [start_stream(lab, f"{label}-{attempt}-{group}", flow)
+                   for group, flow in flows.items()]
+
+        streams = [stream for _, stream in started]
+        try:
+            wait_for(lambda streams=streams: all(len(s.parse()[0]) >= 3 or "end" in s.parse()[1]
+                                                 for s in streams), 8.0, 0.1)
+            ok = all(len(s.parse()[0]) >= 3 for _, s in started)
+        finally:
+            for proc, _ in started:
+                stop_proc(lab, proc)
+        if ok:
+            return time.monotonic() - t0
+    return None
+
+
 def active_active_drill(lab: Lab, label: str, crashed: Node,
                         flows: dict[str, Flow], *, sync: bool = True) -> ActiveActiveResult:
     """A connection through each vrrp-group; CRASHED fails hard and comes back.

@@ -194,15 +194,16 @@ def timing_text(report: LabReport) -> list[str]:
     """The crash series per advert profile: min/median/max of takeover and echo gap."""
     if not report.timing:
         return []
+    width = max(7, *(len(series.mode) for series in report.timing))
     out = ["  failover times over repeated crashes (min / median / max):",
-           f"    {'advert':7} {'mode':7} {'runs':>4} {'survived':>8}  "
+           f"    {'advert':7} {'mode':{width}} {'runs':>4} {'survived':>8}  "
            f"{'takeover':^22}  {'echo gap':^22}"]
     for series in report.timing:
         def cell(values: list[float]) -> str:
             got = spread(values)
             return "-" if got is None else \
                 f"{got['min']:.2f} / {got['median']:.2f} / {got['max']:.2f}"
-        out.append(f"    {series.advert:7} {series.mode:7} {series.runs:>4} "
+        out.append(f"    {series.advert:7} {series.mode:{width}} {series.runs:>4} "
                    f"{series.survived:>8}  {cell(series.takeover_s):^22}  "
                    f"{cell(series.failover_gap_s):^22}")
     return out

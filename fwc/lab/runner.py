@@ -23,7 +23,7 @@ from fwc.lab.adapter import LabSource, advert_variant
 from fwc.lab.daemons import Node
 from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
 from fwc.lab.reboot import reboot_drill
-from fwc.lab.results import LabReport, TimingSeries, spread
+from fwc.lab.results import Flow, LabReport, TimingSeries, spread
 from fwc.lab.running import Lab
 from fwc.lab.topology import (
     Remap,
@@ -183,7 +183,7 @@ def _uplink_drill(source: LabSource, report: LabReport, prefix: str, work: Path,
 def _run(lab: Lab, report: LabReport, options: LabOptions,
          variants: Sequence[LabSource] = ()) -> None:
     if lab.plan.active_active:
-        _run_active_active(lab, report, options)
+        _run_active_active(lab, report, options, variants)
         return
     lab.build()
     lab.start_members()
@@ -218,7 +218,8 @@ def _run(lab: Lab, report: LabReport, options: LabOptions,
     _judge(report)
 
 
-def _run_active_active(lab: Lab, report: LabReport, options: LabOptions) -> None:
+def _run_active_active(lab: Lab, report: LabReport, options: LabOptions,
+                       variants: Sequence[LabSource] = ()) -> None:
     """vrrp-groups with different masters: expectations through the split cluster, then
     each member crashed in turn with a connection running through every group."""
     lab.build()
@@ -243,14 +244,14 @@ def _run_active_active(lab: Lab, report: LabReport, options: LabOptions) -> None
                                f"vrrp-group {', '.join(missing)}: its connection is not drilled")
     if not flows:
         return
-    if options.timing_runs:
-        report.warnings.append("--runs is not implemented for vrrp-groups: no timing series")
     for node in list(lab.nodes):
         label = f"aa-{node.name}-{lab.advert_label}"
         lab.progress(f"active-active: {node.name} crashes with a connection through each group")
         result = drills.active_active_drill(lab, label, node, flows)
         report.active_active.append(result)
         lab.progress(f"active-active: {'held' if result.ok else 'FAILED'}")
+    if variants:
+        _active_active_timing(lab, report, options.timing_runs, variants, flows)
     # The control: the same crash without state sync must lose the crashed member's
     # groups' connections (and keep the survivor's), or the drills above prove nothing.
     _without_sync(lab)
@@ -350,6 +351,65 @@ def _timing_series(lab: Lab, report: LabReport, runs: int, variants: Sequence[La
         lab.install_variant(None)
         master, _ = lab.wait_master()
         lab.progress(f"timing: the policy's own files installed again, {master.name} is master")
+
+
+ACTIVE_ACTIVE_MODE = "active-active"  # a timing series' mode: the active-active drill
+
+
+def _active_active_timing(lab: Lab, report: LabReport, runs: int,
+                          variants: Sequence[LabSource], flows: dict[str, Flow]) -> None:
+    """The active-active crash drill RUNS times per advert profile (mode `active-active`).
+
+    The members crash in turn (run n crashes member n mod count), each run with a
+    connection through every vrrp-group and the failback after it. A run's takeover is
+    until the survivor held every VIP, its gap the longest echo gap of its connections
+    (the worst one); it survives when every connection survived the crash and the
+    failback. Profiles are installed by `fwc install` as in `_timing_series`."""
+    for variant in variants:
+        lab.install_variant(variant)
+        lab.progress(f"timing: {variant.origin}, installed by fwc install on every member")
+        lab.wait_groups()
+        _reachable_after_install(lab, report, flows)
+        series = TimingSeries(lab.advert_label, ACTIVE_ACTIVE_MODE, runs)
+        for n in range(runs):
+            crashed = lab.nodes[n % len(lab.nodes)]
+            label = f"t-aa-{crashed.name}-{lab.advert_label}-{n + 1}"
+            res = drills.active_active_drill(lab, label, crashed, flows)
+            series.labels.append(label)
+            series.survived += res.ok
+            if res.takeover_s is not None:
+                series.takeover_s.append(res.takeover_s)
+            gaps = [f.failover_gap_s for f in res.flows]
+            if gaps and all(g is not None for g in gaps):
+                series.failover_gap_s.append(max(g for g in gaps if g is not None))
+        report.timing.append(series)
+        lab.progress(f"timing {series.advert} (active-active): {series.survived}/{series.runs} "
+                     f"survived, takeover {spread(series.takeover_s)}, "
+                     f"gap {spread(series.failover_gap_s)}")
+    lab.install_variant(None)
+    took = lab.wait_groups()
+    lab.progress(f"timing: the policy's own files installed again, groups on their masters "
+                 f"after {took:.2f} s")
+    _reachable_after_install(lab, report, flows)
+
+
+def _reachable_after_install(lab: Lab, report: LabReport, flows: dict[str, Flow]) -> None:
+    """Wait until a connection through every group works after a profile's install
+    (`drills.groups_reachable`); a wait longer than one attempt is a warning that says
+    how long the rolling reload kept a group unreachable."""
+    took = drills.groups_reachable(lab, f"t-aa-reach-{lab.advert_label}", flows)
+    if took is None:
+        report.warnings.append(
+            f"after installing the {lab.advert_label} profile no connection through every "
+            "vrrp-group worked within 40 s: its timing runs may fail for that reason")
+    elif took > 3.0:
+        report.warnings.append(
+            f"after installing the {lab.advert_label} profile the vrrp-groups carried new "
+            f"connections again only after {took:.1f} s (during a rolling reload that "
+            "changes the advert interval a member can briefly master the other's group: "
+            "docs/lab.md, \"Failover times\")")
+    lab.progress("timing: connections through every group "
+                 + ("do not work" if took is None else f"work ({took:.1f} s)"))
 
 
 def _gateway(lab: Lab, report: LabReport, mode: str) -> None:
