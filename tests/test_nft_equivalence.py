@@ -18,6 +18,7 @@ them is loaded with `nft -c -f` inside a fresh network namespace.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -203,6 +204,14 @@ def test_random_policies_use_maps_and_concatenated_sets(tmp_path: Path):
     assert "\t\ttype ifname : verdict" in text
     # rules that differ only in their devices share one set keyed on the devices too
     assert "iifname . " in text or "oifname . " in text
+    # rules with different verdicts share one verdict map; a logged rule joins it as a
+    # jump to the chain of its log line and verdict
+    assert re.search(r"saddr \. [^\n]* vmap @rules-v4-\d+", text)
+    assert re.search(r" : jump filter-fwc-log\d+-v4,", text)
+    assert re.search(r"\tchain filter-fwc-log\d+-v4 \{\n\t\tlimit rate [^\n]* log prefix ", text)
+    # the port-bucket chains of one dispatch look up one shared map
+    lookups = re.findall(r" vmap @(rules-v4-\d+)", text)
+    assert any(lookups.count(name) > 1 for name in lookups)
 
 
 def test_random_policy_nft_files_load_in_a_namespace(tmp_path: Path):
@@ -236,6 +245,72 @@ def test_reader_refuses_what_it_does_not_know():
                  "queue\n\t}\n}\n"):
         with pytest.raises(NftReadError):
             read(text)
+
+
+SHARED_MAP = """table inet fwc {
+\tmap filter-FORWARD-v4-ports {
+\t\ttype inet_service : verdict
+\t\tflags interval
+\t\telements = {
+\t\t\t1-99 : jump filter-low-v4,
+\t\t\t100-199 : jump filter-high-v4,
+\t\t}
+\t}
+\tmap rules-v4-1 {
+\t\ttype ipv4_addr . inet_service : verdict
+\t\tflags interval
+\t\tcounter
+\t\telements = {
+\t\t\t192.0.2.1 . 22 comment "a.fw:1" : accept,
+\t\t\t192.0.2.0/24 . 150 comment "a.fw:2" : drop,
+\t\t\tOVERLAP
+\t\t}
+\t}
+\tchain filter-FORWARD {
+\t\ttype filter hook forward priority 0; policy drop;
+\t\tmeta nfproto ipv4 jump filter-FORWARD-v4
+\t}
+\tchain filter-FORWARD-v4 {
+\t\ttcp dport vmap @filter-FORWARD-v4-ports comment "fwc arrange: dispatch"
+\t}
+\tchain filter-high-v4 {
+\t\tip saddr . tcp dport vmap @rules-v4-1 comment "a.fw:2 and 0 more rules (map rules-v4-1)"
+\t}
+\tchain filter-low-v4 {
+\t\tip saddr . tcp dport vmap @rules-v4-1 comment "a.fw:1 and 0 more rules (map rules-v4-1)"
+\t}
+}
+"""
+
+
+def test_reader_reads_a_map_shared_by_port_buckets_per_chain():
+    """Bucket chains of one port dispatch share a map: in each chain the reader keeps the
+    elements a packet reaching it can match (its ports are the bucket's), which is what
+    the kernel's lookup can find there."""
+    rules = read(SHARED_MAP.replace("\t\t\tOVERLAP\n", ""))
+    chains = {c.name: c for c in rules.rulesets[4].table(TableName.FILTER).chains}
+    low, high = chains["filter-low-v4"].rules, chains["filter-high-v4"].rules
+    assert [(r.match.dports[0].low, str(r.target), r.comment) for r in low] == \
+        [(22, "ACCEPT", "a.fw:1")]
+    assert [(r.match.dports[0].low, str(r.target), r.comment) for r in high] == \
+        [(150, "DROP", "a.fw:2")]
+    # the envelope comes from the jumps: a chain also reached without a port test
+    # keeps every element
+    both = SHARED_MAP.replace("\t\tmeta nfproto ipv4 jump filter-FORWARD-v4\n",
+                              "\t\tmeta nfproto ipv4 jump filter-FORWARD-v4\n"
+                              "\t\tmeta nfproto ipv4 jump filter-low-v4\n")
+    chains = {c.name: c for c in read(both.replace("\t\t\tOVERLAP\n", ""))
+              .rulesets[4].table(TableName.FILTER).chains}
+    assert len(chains["filter-low-v4"].rules) == 2
+
+
+def test_reader_refuses_overlapping_verdict_map_elements():
+    """The kernel accepts overlapping elements in a map of concatenations, and which one
+    a lookup finds is not defined: the reader refuses to guess."""
+    from fwc.analysis.nftread import NftReadError
+    with pytest.raises(NftReadError, match="overlapping"):
+        read(SHARED_MAP.replace("OVERLAP", '192.0.2.0/28 . 20-30 comment "a.fw:3" : drop,'))
+    read(SHARED_MAP.replace("OVERLAP", '192.0.2.16/28 . 20-30 comment "a.fw:3" : drop,'))
 
 
 
