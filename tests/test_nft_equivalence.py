@@ -304,6 +304,30 @@ def test_reader_reads_a_map_shared_by_port_buckets_per_chain():
     assert len(chains["filter-low-v4"].rules) == 2
 
 
+def test_a_rule_map_keeps_every_rule_s_comment_and_verdict():
+    """The lookup rule names its first policy line, each element its own (a comment that
+    itself holds the word comment included), and the reader gives each rule back."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
+    rules = tuple(FilterRule(Match(source=AddressMatch((f"192.0.2.{n}/32",)), protocol=6,
+                                   dports=(PortRange(22, 22),)), verdict,
+                             Origin("policy", f"a comment b.fw:{n}"))
+                  for n, verdict in enumerate(verdicts, 1))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "comments", min_concat=2)
+    assert 'tcp dport vmap @rules-v4-1 comment "a comment b.fw:1 and 3 more rules ' \
+        '(map rules-v4-1)"' in text
+    assert '192.0.2.4/32 . 22 comment "a comment b.fw:4" : drop,' in text
+    back = read(text).rulesets[4].table(TableName.FILTER).chains
+    got = [(r.comment, r.target) for c in back if c.name == "filter-INPUT-v4"
+           for r in c.rules]
+    assert got == [(r.comment, r.target) for r in rules]
+
+
 def test_reader_refuses_overlapping_verdict_map_elements():
     """The kernel accepts overlapping elements in a map of concatenations, and which one
     a lookup finds is not defined: the reader refuses to guess."""
