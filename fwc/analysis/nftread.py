@@ -22,7 +22,15 @@ How the nft constructs become lowered rules:
 - A lookup in a set of concatenations (`ip saddr . tcp dport @s`) becomes one
   rule per element, each with the element's comment as its origin. Exact for
   the verdicts fwc writes there (accept, drop, reject, or a jump to a chain that
-  always ends in one: `never_returns`); the reader refuses any other.
+  always ends in one: `never_returns`); the reader refuses any other. A verdict
+  map of concatenations (`ip saddr . tcp dport vmap @m`) the same, each rule
+  with its element's verdict; the reader refuses a map whose elements overlap
+  (the kernel accepts them; which one a lookup finds is not defined).
+- A chain that only packets of some destination ports reach (every jump to it
+  tests a protocol and ports: a port bucket) keeps, of a set it looks up, the
+  elements of those ports: the others can never match there (the renderer
+  shares one map across the bucket chains of a dispatch). The ports are read
+  from the jumps (`_envelopes`), not assumed.
 - A rule's own limits, which match beyond the limit as iptables' do: a named
   `limit` object (`rate over R burst N packets`, `limit name "x"`) is the
   hashlimit bucket of that name; `update @m { ip saddr limit rate over ... }`

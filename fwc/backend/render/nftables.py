@@ -22,12 +22,14 @@ proves the two outputs decide every sampled packet alike):
 - a run of jumps that each test one distinct value (the input or output device,
   the protocol, a destination-port bucket: arrange's jump ladders) becomes one
   lookup in a named verdict map (`iifname vmap @...`);
-- rules of one policy line that differ only in protocol and ports (a service
-  list with TCP and UDP ports) become one rule with a concatenated set
-  (`meta l4proto . th dport @...`); rules that differ only in devices, addresses
-  and ports one rule with a set keyed on them (`iifname . oifname . ip saddr ...`,
-  the devices only while the key fits nft's 64 bytes of registers): fewer sets
-  load faster, as the kernel finds each set by name in a list;
+- rules that differ only in devices, addresses, ports and verdict become one
+  lookup in a verdict map keyed on them (`iifname . oifname . ip saddr ... vmap
+  @rules-v4-N`, the devices only while the key fits nft's 64 bytes of registers;
+  each element a rule, with its comment and its own counter); rejecting rules
+  share a set per target (`... @rules-v4-N reject ...`). A logged rule (LOG line
+  and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
+  bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
+  sets load faster, as the kernel finds each set by name in a list;
 - every address or port list of more than one element is a named set with
   `flags interval`, one per distinct content and shared by every rule naming it.
   No anonymous sets: the kernel creates and looks them up in time that grows
