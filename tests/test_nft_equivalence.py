@@ -328,6 +328,49 @@ def test_a_rule_map_keeps_every_rule_s_comment_and_verdict():
     assert got == [(r.comment, r.target) for r in rules]
 
 
+def test_logged_rules_join_a_map_each_with_its_own_log_chain():
+    """A LOG line and its verdict become a jump to a chain of the two, one chain per
+    rule: each keeps its own rate-limit bucket (a `limit` statement of its own), as the
+    iptables rules do, and the jumps join the verdict map of their neighbours."""
+    from fwc.backend.lower.ruleset import (
+        AddressMatch,
+        Chain,
+        FilterRule,
+        Match,
+        Origin,
+        RateLimit,
+        Table,
+    )
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    rules: list[FilterRule] = []
+    for n in range(1, 5):
+        match = Match(source=AddressMatch((f"192.0.2.{n}/32",)), protocol=6,
+                      dports=(PortRange(22, 22),))
+        origin = Origin("policy", f"p.fw:{n}")
+        if n % 2:
+            rules.append(FilterRule(replace(match, limit=RateLimit("5/second", 10)),
+                                    Target.LOG, origin, (("log-prefix", "x "),)))
+        rules.append(FilterRule(match, Target.DROP, origin))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, tuple(rules)),)),))
+    text = nftables.render([ruleset], "logs", min_concat=2)
+    assert text.count(" vmap @rules-v4-1 ") == 1
+    assert '192.0.2.1 . 22 comment "p.fw:1" : jump filter-fwc-log1-v4,' in \
+        text.replace("/32", "")
+    for name in ("filter-fwc-log1-v4", "filter-fwc-log2-v4"):
+        chain = text.split(f"\tchain {name} {{\n", 1)[1].split("\t}", 1)[0]
+        assert chain.startswith("\t\tlimit rate 5/second burst 10 packets counter log prefix ")
+    assert "filter-fwc-log3-v4" not in text
+    nft = read(text)
+    flat = {4: ruleset}
+    compare(flat, nft, flat, "logged rules")
+    # without enough neighbours to share a map, the two lines stay as they were
+    alone = nftables.render([ruleset], "logs", min_concat=9)
+    assert "fwc-log" not in alone and alone.count("log prefix") == 2
+
+
 def test_reader_refuses_overlapping_verdict_map_elements():
     """The kernel accepts overlapping elements in a map of concatenations, and which one
     a lookup finds is not defined: the reader refuses to guess."""
