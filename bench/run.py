@@ -224,12 +224,14 @@ class BackendRow:
 
 
 def nft_counts(text: str) -> tuple[int, int, int]:
-    """(rules, named sets, anonymous sets) of an nftables.nft file."""
+    """(rules, named sets, anonymous sets) of an nftables.nft file. A map is a set to
+    the kernel (found by name alike) and counts as one; a set's elements are no rules."""
     rules = named = anonymous = 0
     for line in text.splitlines():
-        if line.startswith("\tset "):
+        if line.startswith(("\tset ", "\tmap ")):
             named += 1
-        elif line.startswith("\t\t") and " comment " in line:
+        elif line.startswith("\t\t") and not line.startswith("\t\t\t") and \
+                " comment " in line:
             rules += 1
             anonymous += line.count("{ ")
     return rules, named, anonymous

@@ -73,6 +73,10 @@ def test_nft_counts_rules_named_and_anonymous_sets():
             "counter accept comment \"p.fw:3\"\n"
             "\t\tip saddr @addresses-v4-1 counter drop comment \"p.fw:4\"\n\t}\n}\n")
     assert nft_counts(text) == (2, 1, 2)
+    # a map is a kernel set; its elements (with their comments) are not rules
+    rule_map = ("\tmap rules-v4-1 {\n\t\ttype ipv4_addr : verdict\n\t\telements = {\n"
+                "\t\t\t192.0.2.1 comment \"p.fw:5\" : accept,\n\t\t}\n\t}\n")
+    assert nft_counts(text.replace("\tchain a", rule_map + "\tchain a")) == (2, 2, 2)
 
 
 def _run(cpu: float) -> dict[str, object]:

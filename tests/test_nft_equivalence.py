@@ -18,6 +18,7 @@ them is loaded with `nft -c -f` inside a fresh network namespace.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -203,6 +204,14 @@ def test_random_policies_use_maps_and_concatenated_sets(tmp_path: Path):
     assert "\t\ttype ifname : verdict" in text
     # rules that differ only in their devices share one set keyed on the devices too
     assert "iifname . " in text or "oifname . " in text
+    # rules with different verdicts share one verdict map; a logged rule joins it as a
+    # jump to the chain of its log line and verdict
+    assert re.search(r"saddr \. [^\n]* vmap @rules-v4-\d+", text)
+    assert re.search(r" : jump filter-fwc-log\d+-v4,", text)
+    assert re.search(r"\tchain filter-fwc-log\d+-v4 \{\n\t\tlimit rate [^\n]* log prefix ", text)
+    # the port-bucket chains of one dispatch look up one shared map
+    lookups = re.findall(r" vmap @(rules-v4-\d+)", text)
+    assert any(lookups.count(name) > 1 for name in lookups)
 
 
 def test_random_policy_nft_files_load_in_a_namespace(tmp_path: Path):
@@ -236,6 +245,139 @@ def test_reader_refuses_what_it_does_not_know():
                  "queue\n\t}\n}\n"):
         with pytest.raises(NftReadError):
             read(text)
+
+
+SHARED_MAP = """table inet fwc {
+\tmap filter-FORWARD-v4-ports {
+\t\ttype inet_service : verdict
+\t\tflags interval
+\t\telements = {
+\t\t\t1-99 : jump filter-low-v4,
+\t\t\t100-199 : jump filter-high-v4,
+\t\t}
+\t}
+\tmap rules-v4-1 {
+\t\ttype ipv4_addr . inet_service : verdict
+\t\tflags interval
+\t\tcounter
+\t\telements = {
+\t\t\t192.0.2.1 . 22 comment "a.fw:1" : accept,
+\t\t\t192.0.2.0/24 . 150 comment "a.fw:2" : drop,
+\t\t\tOVERLAP
+\t\t}
+\t}
+\tchain filter-FORWARD {
+\t\ttype filter hook forward priority 0; policy drop;
+\t\tmeta nfproto ipv4 jump filter-FORWARD-v4
+\t}
+\tchain filter-FORWARD-v4 {
+\t\ttcp dport vmap @filter-FORWARD-v4-ports comment "fwc arrange: dispatch"
+\t}
+\tchain filter-high-v4 {
+\t\tip saddr . tcp dport vmap @rules-v4-1 comment "a.fw:2 and 0 more rules (map rules-v4-1)"
+\t}
+\tchain filter-low-v4 {
+\t\tip saddr . tcp dport vmap @rules-v4-1 comment "a.fw:1 and 0 more rules (map rules-v4-1)"
+\t}
+}
+"""
+
+
+def test_reader_reads_a_map_shared_by_port_buckets_per_chain():
+    """Bucket chains of one port dispatch share a map: in each chain the reader keeps the
+    elements a packet reaching it can match (its ports are the bucket's), which is what
+    the kernel's lookup can find there."""
+    rules = read(SHARED_MAP.replace("\t\t\tOVERLAP\n", ""))
+    chains = {c.name: c for c in rules.rulesets[4].table(TableName.FILTER).chains}
+    low, high = chains["filter-low-v4"].rules, chains["filter-high-v4"].rules
+    assert [(r.match.dports[0].low, str(r.target), r.comment) for r in low] == \
+        [(22, "ACCEPT", "a.fw:1")]
+    assert [(r.match.dports[0].low, str(r.target), r.comment) for r in high] == \
+        [(150, "DROP", "a.fw:2")]
+    # the envelope comes from the jumps: a chain also reached without a port test
+    # keeps every element
+    both = SHARED_MAP.replace("\t\tmeta nfproto ipv4 jump filter-FORWARD-v4\n",
+                              "\t\tmeta nfproto ipv4 jump filter-FORWARD-v4\n"
+                              "\t\tmeta nfproto ipv4 jump filter-low-v4\n")
+    chains = {c.name: c for c in read(both.replace("\t\t\tOVERLAP\n", ""))
+              .rulesets[4].table(TableName.FILTER).chains}
+    assert len(chains["filter-low-v4"].rules) == 2
+
+
+def test_a_rule_map_keeps_every_rule_s_comment_and_verdict():
+    """The lookup rule names its first policy line, each element its own (a comment that
+    itself holds the word comment included), and the reader gives each rule back."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
+    rules = tuple(FilterRule(Match(source=AddressMatch((f"192.0.2.{n}/32",)), protocol=6,
+                                   dports=(PortRange(22, 22),)), verdict,
+                             Origin("policy", f"a comment b.fw:{n}"))
+                  for n, verdict in enumerate(verdicts, 1))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "comments", min_concat=2)
+    assert 'tcp dport vmap @rules-v4-1 comment "a comment b.fw:1 and 3 more rules ' \
+        '(map rules-v4-1)"' in text
+    assert '192.0.2.4/32 . 22 comment "a comment b.fw:4" : drop,' in text
+    back = read(text).rulesets[4].table(TableName.FILTER).chains
+    got = [(r.comment, r.target) for c in back if c.name == "filter-INPUT-v4"
+           for r in c.rules]
+    assert got == [(r.comment, r.target) for r in rules]
+
+
+def test_logged_rules_join_a_map_each_with_its_own_log_chain():
+    """A LOG line and its verdict become a jump to a chain of the two, one chain per
+    rule: each keeps its own rate-limit bucket (a `limit` statement of its own), as the
+    iptables rules do, and the jumps join the verdict map of their neighbours."""
+    from fwc.backend.lower.ruleset import (
+        AddressMatch,
+        Chain,
+        FilterRule,
+        Match,
+        Origin,
+        RateLimit,
+        Table,
+    )
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    rules: list[FilterRule] = []
+    for n in range(1, 5):
+        match = Match(source=AddressMatch((f"192.0.2.{n}/32",)), protocol=6,
+                      dports=(PortRange(22, 22),))
+        origin = Origin("policy", f"p.fw:{n}")
+        if n % 2:
+            rules.append(FilterRule(replace(match, limit=RateLimit("5/second", 10)),
+                                    Target.LOG, origin, (("log-prefix", "x "),)))
+        rules.append(FilterRule(match, Target.DROP, origin))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, tuple(rules)),)),))
+    text = nftables.render([ruleset], "logs", min_concat=2)
+    assert text.count(" vmap @rules-v4-1 ") == 1
+    assert '192.0.2.1 . 22 comment "p.fw:1" : jump filter-fwc-log1-v4,' in \
+        text.replace("/32", "")
+    for name in ("filter-fwc-log1-v4", "filter-fwc-log2-v4"):
+        chain = text.split(f"\tchain {name} {{\n", 1)[1].split("\t}", 1)[0]
+        assert chain.startswith("\t\tlimit rate 5/second burst 10 packets counter log prefix ")
+    assert "filter-fwc-log3-v4" not in text
+    nft = read(text)
+    flat = {4: ruleset}
+    compare(flat, nft, flat, "logged rules")
+    # without enough neighbours to share a map, the two lines stay as they were
+    alone = nftables.render([ruleset], "logs", min_concat=9)
+    assert "fwc-log" not in alone and alone.count("log prefix") == 2
+
+
+def test_reader_refuses_overlapping_verdict_map_elements():
+    """The kernel accepts overlapping elements in a map of concatenations, and which one
+    a lookup finds is not defined: the reader refuses to guess."""
+    from fwc.analysis.nftread import NftReadError
+    with pytest.raises(NftReadError, match="overlapping"):
+        read(SHARED_MAP.replace("OVERLAP", '192.0.2.0/28 . 20-30 comment "a.fw:3" : drop,'))
+    read(SHARED_MAP.replace("OVERLAP", '192.0.2.16/28 . 20-30 comment "a.fw:3" : drop,'))
 
 
 

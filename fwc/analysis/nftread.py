@@ -22,7 +22,15 @@ How the nft constructs become lowered rules:
 - A lookup in a set of concatenations (`ip saddr . tcp dport @s`) becomes one
   rule per element, each with the element's comment as its origin. Exact for
   the verdicts fwc writes there (accept, drop, reject, or a jump to a chain that
-  always ends in one: `never_returns`); the reader refuses any other.
+  always ends in one: `never_returns`); the reader refuses any other. A verdict
+  map of concatenations (`ip saddr . tcp dport vmap @m`) the same, each rule
+  with its element's verdict; the reader refuses a map whose elements overlap
+  (the kernel accepts them; which one a lookup finds is not defined).
+- A chain that only packets of some destination ports reach (every jump to it
+  tests a protocol and ports: a port bucket) keeps, of a set it looks up, the
+  elements of those ports: the others can never match there (the renderer
+  shares one map across the bucket chains of a dispatch). The ports are read
+  from the jumps (`_envelopes`), not assumed.
 - A rule's own limits, which match beyond the limit as iptables' do: a named
   `limit` object (`rate over R burst N packets`, `limit name "x"`) is the
   hashlimit bucket of that name; `update @m { ip saddr limit rate over ... }`
@@ -173,6 +181,8 @@ class _Reader:
         self.helpers: dict[str, str] = {}
         self.limits: dict[str, tuple[str, int]] = {}  # limit objects: (rate, burst)
         self.chains: dict[str, tuple[tuple[str, str, str] | None, list[_Parsed]]] = {}
+        self.element_memo: dict[tuple[str, tuple[str, ...]], list[dict[str, object]]] = {}
+        self.disjoint_maps: set[tuple[str, tuple[str, ...]]] = set()
 
     # -- the file's blocks -----------------------------------------------------------
     def read(self) -> None:
@@ -251,9 +261,12 @@ class _Reader:
                     continue
                 words = _tokens(line.rstrip(","))
                 comment = None
-                if "comment" in words:
+                if "counter" in words:  # a per-element counter (`counter` in a set)
+                    at = words.index("counter")
+                    words = words[:at] + words[at + 1:]
+                if "comment" in words:  # `KEY comment "c"` or `KEY comment "c" : VERDICT`
                     at = words.index("comment")
-                    comment, words = words[at + 1], words[:at]
+                    comment, words = words[at + 1], words[:at] + words[at + 2:]
                 if is_map:
                     at = words.index(":")
                     verdicts.append(" ".join(words[at + 1:]))
@@ -270,7 +283,7 @@ class _Reader:
                 inside = True
             elif words[0] == "flags":
                 dynamic = "dynamic" in words[1].split(",")
-            elif words[0] not in ("size", "timeout"):
+            elif words[0] not in ("size", "timeout", "counter"):
                 raise NftReadError(f"set {name}: unknown line {line}")
         if dynamic and (elements or is_map):
             raise NftReadError(f"set {name}: a dynamic set with elements")
@@ -602,8 +615,101 @@ class _Reader:
             raise NftReadError(f"unknown selector {selector}: {line}")
 
     # -- lowered rules -----------------------------------------------------------------
-    def expanded(self, rule: _Parsed, table: TableName,
-                 never_returns: frozenset[str]) -> list[Rule]:
+    def _element_fields(self, name: str, selectors: tuple[str, ...]) -> list[dict[str, object]]:
+        """Each element of set NAME as the fields its values set (read once per set)."""
+        key = (name, selectors)
+        found = self.element_memo.get(key)
+        if found is None:
+            found = []
+            for values, _ in self.sets[name].elements:
+                fields: dict[str, object] = {}
+                for selector, value in zip(selectors, values, strict=True):
+                    self._apply(fields, selector, [value], False, f"@{name}")
+                found.append(fields)
+            self.element_memo[key] = found
+        return found
+
+    def _disjoint(self, name: str, selectors: tuple[str, ...]) -> None:
+        """A verdict map's elements must not overlap: which of two overlapping elements
+        the kernel finds is not defined (it accepts them), so one rule per element would
+        be a guess. Checked once per map, by a sweep over one field's intervals."""
+        if (name, selectors) in self.disjoint_maps:
+            return
+        boxes: list[tuple[tuple[int, int], ...]] = []
+        for fields in self._element_fields(name, selectors):
+            box: list[tuple[int, int]] = []
+            for selector in selectors:
+                kind = selector.split()[-1]
+                if kind in ("iifname", "oifname"):
+                    device = str(fields["in_device" if kind == "iifname" else "out_device"])
+                    value = int.from_bytes(device.encode()[:16].ljust(16, b"\0"), "big")
+                    box.append((value, value))
+                elif kind in ("saddr", "daddr"):
+                    side = fields["source" if kind == "saddr" else "destination"]
+                    assert isinstance(side, AddressMatch)
+                    net = ipaddress.ip_network(side.cidrs[0])
+                    box.append((int(net.network_address), int(net.broadcast_address)))
+                elif kind == "dport":
+                    ports = fields["dports"]
+                    assert isinstance(ports, tuple)
+                    box.append((ports[0].low, ports[0].high))
+                else:  # l4proto
+                    protocol = fields["protocol"]
+                    assert isinstance(protocol, int)
+                    box.append((protocol, protocol))
+            boxes.append(tuple(box))
+        # sweep on the field with the most distinct starts (the fewest boxes open at once)
+        axis = max(range(len(selectors)), key=lambda k: len({b[k][0] for b in boxes}))
+        open_: list[tuple[tuple[int, int], ...]] = []
+        for box in sorted(boxes, key=lambda b: b[axis]):
+            open_ = [o for o in open_ if o[axis][1] >= box[axis][0]]
+            for other in open_:
+                if all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(box, other, strict=True)):
+                    raise NftReadError(f"@{name}: overlapping elements in a verdict map")
+            open_.append(box)
+        self.disjoint_maps.add((name, selectors))
+
+    def _jumps(self, rule: _Parsed) -> list[tuple[str, dict[str, object]]]:
+        """(chain, the fields of the packets sent there) for each jump RULE makes."""
+        if rule.lookup is not None and rule.lookup[2]:
+            selectors, name, _ = rule.lookup
+            found = self.sets.get(name)
+            if found is None or len(found.key) != len(selectors):
+                return []  # expanded() says what is wrong
+            out = []
+            for verdict, fields in zip(found.verdicts,
+                                       self._element_fields(name, selectors), strict=True):
+                words = verdict.split()
+                if words[0] == "jump":
+                    out.append((words[1], {**rule.fields, **fields}))
+            return out
+        if type(rule.target) is str:
+            return [(rule.target, rule.fields)]
+        return []
+
+    def _envelopes(self) -> dict[str, list[tuple[int, PortRange]]]:
+        """User chains that only packets of some destination ports reach: every jump to
+        one tests a protocol and port ranges (a port dispatch's buckets). Such a chain may
+        look up a set shared by several buckets (the renderer shares one set across the
+        bucket chains of a dispatch): an element whose port is out of the chain's
+        envelope can never match there, and `expanded` leaves it out. Exact, not an
+        assumption: the envelope is read from the jumps themselves."""
+        out: dict[str, list[tuple[int, PortRange]] | None] = {}
+        for _, parsed in self.chains.values():
+            for rule in parsed:
+                for target, fields in self._jumps(rule):
+                    protocol, ports = fields.get("protocol"), fields.get("dports")
+                    if not isinstance(protocol, int) or not isinstance(ports, tuple) \
+                            or not ports or out.get(target, []) is None:
+                        out[target] = None
+                        continue
+                    got = out.setdefault(target, [])
+                    assert got is not None
+                    got.extend((protocol, p) for p in ports)
+        return {name: ranges for name, ranges in out.items() if ranges is not None}
+
+    def expanded(self, rule: _Parsed, table: TableName, never_returns: frozenset[str],
+                 envelope: list[tuple[int, PortRange]] | None = None) -> list[Rule]:
         make = NatRule if table is TableName.NAT else FilterRule
         if rule.target is None and (rule.lookup is None or not rule.lookup[2]):
             raise NftReadError(f"a rule without a verdict ({rule.comment})")
@@ -627,23 +733,22 @@ class _Reader:
             raise NftReadError(f"@{name}: a set lookup that jumps to a chain that may return "
                                "is not one rule per element")
         out: list[Rule] = []
-        seen_ports: list[PortRange] = []
-        for index, (values, comment) in enumerate(found.elements):
-            fields = dict(base)
-            for selector, value in zip(selectors, values, strict=True):
-                self._apply(fields, selector, [value], False, f"@{name}")
+        every = self._element_fields(name, selectors)
+        if is_map:
+            self._disjoint(name, selectors)
+        for index, (_, comment) in enumerate(found.elements):
+            fields = {**base, **every[index]}
+            ports = fields.get("dports")
+            if envelope is not None and isinstance(ports, tuple) and ports and not any(
+                    protocol == fields.get("protocol") and bucket.low <= port.high and
+                    port.low <= bucket.high for port in ports for protocol, bucket in envelope):
+                continue  # no packet reaching this chain has this port (`_envelopes`)
             target: object = rule.target
             options = rule.options
             if is_map:
                 verdict = found.verdicts[index].split()
                 target = verdict[1] if verdict[0] == "jump" else Target(verdict[0].upper())
                 options = ()
-                ports = fields.get("dports")
-                if isinstance(ports, tuple) and ports:
-                    port = ports[0]
-                    if any(p.low <= port.high and port.low <= p.high for p in seen_ports):
-                        raise NftReadError(f"@{name}: overlapping ranges in a verdict map")
-                    seen_ports.append(port)
             out.append(make(Match(**fields), target, Origin("nft", comment or rule.comment),  # type: ignore[arg-type]
                             options))
         return out
@@ -669,16 +774,26 @@ class _Reader:
             # the notrack base chain of a hook runs first (priority raw)
             names.sort(key=lambda n: not n.endswith(NOTRACK_SUFFIX)
                        or self.chains[n][0] is None)
+        envelopes = self._envelopes()
         for table, names in by_table.items():
-            # A user chain that ends in an unconditional verdict and never returns early.
+            # A user chain that ends in an unconditional verdict (or a jump to such a
+            # chain) and never returns early: before it, only logs and marks.
             never: set[str] = set()
-            for name in names:
-                hook, parsed = self.chains[name]
-                if hook is None and parsed and not parsed[-1].fields and \
-                        parsed[-1].lookup is None and parsed[-1].target in (
-                            Target.ACCEPT, Target.DROP) and all(
-                        p.target in (Target.LOG, Target.CONNMARK) for p in parsed[:-1]):
-                    never.add(name)
+            grew = True
+            while grew:
+                grew = False
+                for name in names:
+                    hook, parsed = self.chains[name]
+                    if name in never or hook is not None or not parsed:
+                        continue
+                    last = parsed[-1]
+                    if not last.fields and last.lookup is None and not last.variants and (
+                            last.target in (Target.ACCEPT, Target.DROP, Target.REJECT)
+                            or last.target in never) and all(
+                            p.target in (Target.LOG, Target.NFLOG, Target.CONNMARK)
+                            for p in parsed[:-1]):
+                        never.add(name)
+                        grew = True
             for family in (4, 6):
                 chains: dict[str, Chain] = {}
                 weights_of: dict[str, tuple[int, ...]] = {}
@@ -689,9 +804,10 @@ class _Reader:
                     for rule in parsed:
                         if rule.family is not None and rule.family != family:
                             continue
-                        got = self.expanded(rule, table, frozenset(never))
+                        got = self.expanded(rule, table, frozenset(never),
+                                            envelopes.get(name))
                         lowered += got
-                        weights += [1] + [0] * (len(got) - 1)
+                        weights += [1] + [0] * (len(got) - 1) if got else []
                     chain_name = BuiltinChain(hook[1].upper()) if hook is not None else name
                     policy = Target(hook[2].upper()) if hook is not None else None
                     earlier = chains.get(chain_name)

@@ -22,12 +22,14 @@ proves the two outputs decide every sampled packet alike):
 - a run of jumps that each test one distinct value (the input or output device,
   the protocol, a destination-port bucket: arrange's jump ladders) becomes one
   lookup in a named verdict map (`iifname vmap @...`);
-- rules of one policy line that differ only in protocol and ports (a service
-  list with TCP and UDP ports) become one rule with a concatenated set
-  (`meta l4proto . th dport @...`); rules that differ only in devices, addresses
-  and ports one rule with a set keyed on them (`iifname . oifname . ip saddr ...`,
-  the devices only while the key fits nft's 64 bytes of registers): fewer sets
-  load faster, as the kernel finds each set by name in a list;
+- rules that differ only in devices, addresses, ports and verdict become one
+  lookup in a verdict map keyed on them (`iifname . oifname . ip saddr ... vmap
+  @rules-v4-N`, the devices only while the key fits nft's 64 bytes of registers;
+  each element a rule, with its comment and its own counter); rejecting rules
+  share a set per target (`... @rules-v4-N reject ...`). A logged rule (LOG line
+  and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
+  bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
+  sets load faster, as the kernel finds each set by name in a list;
 - every address or port list of more than one element is a named set with
   `flags interval`, one per distinct content and shared by every rule naming it.
   No anonymous sets: the kernel creates and looks them up in time that grows
@@ -165,6 +167,8 @@ class Concat:
 
     fields: tuple[str, ...]
     rules: tuple[Rule, ...]
+    key: object = None  # the shape the rules share (`_Shapes.shape`)
+    verdicts: bool = False  # a verdict map: each element carries its rule's verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,11 +250,20 @@ class _Shapes:
             self.memo[cidrs] = found
         return found
 
-    def shape(self, rule: Rule) -> tuple[tuple[object, ...], tuple[str, ...]] | None:
-        """(what the rules of one set share, the key fields), or None: stays a rule."""
+    def verdict(self, rule: Rule) -> bool:
+        """True when RULE's target can be a verdict-map value: accept, drop, or a jump to
+        a chain every packet leaves with a final verdict."""
         target = rule.target
-        if target not in (Target.ACCEPT, Target.DROP, Target.REJECT) and \
-                not (type(target) is str and target in self.never_return):
+        return target in (Target.ACCEPT, Target.DROP) or \
+            (type(target) is str and target in self.never_return)
+
+    def shape(self, rule: Rule) -> tuple[tuple[object, ...], tuple[str, ...]] | None:
+        """(what the rules of one set share, the key fields), or None: stays a rule.
+        Rules whose targets are verdicts share a verdict map whatever their verdicts;
+        the others (reject) a set per target."""
+        target = rule.target
+        is_verdict = self.verdict(rule)
+        if target is not Target.REJECT and not is_verdict:
             return None
         m = rule.match
         fields = tuple(name for name, present in (
@@ -275,6 +288,8 @@ class _Shapes:
         rest = replace(m, source=AddressMatch(), destination=AddressMatch(), dports=(),
                        **{("in_device" if d == "iifname" else "out_device"): None
                           for d in devices})
+        if is_verdict and not rule.target_options:
+            return (rest, "vmap", fields), fields
         return (rest, target, rule.target_options, fields), fields
 
     def signature(self, rule: Rule) -> Signature:
@@ -341,7 +356,8 @@ def _grouped(rules: tuple[Rule, ...], shapes: _Shapes, min_concat: int) -> list[
     out: list[Item] = []
     for key, fields, members, _ in entries:
         if key is not None and len(members) >= min_concat:
-            out.append(Concat(fields, tuple(members)))
+            verdicts = cast("tuple[object, ...]", key)[1] == "vmap"
+            out.append(Concat(fields, tuple(members), key, verdicts))
         else:
             out.extend(members)
     return out
@@ -434,17 +450,103 @@ def _share(item: Share, family: int, writer: _Writer, chain_names: dict[str, str
 
 
 def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
-    """User chains every packet leaves with a final verdict (fwc-accept): a jump to one
-    decides like a verdict, so rules jumping to it may share a set."""
-    out = set()
-    for chain in chains:
-        if chain.builtin or not chain.rules:
-            continue
-        last = chain.rules[-1]
-        if last.match == Match() and last.target in (Target.ACCEPT, Target.DROP) and all(
-                r.target in (Target.LOG, Target.CONNMARK) for r in chain.rules[:-1]):
-            out.add(cast("str", chain.name))
+    """User chains every packet leaves with a final verdict (fwc-accept, a log chain): a
+    jump to one decides like a verdict, so rules jumping to it may share a set or map.
+    Such a chain logs or marks (never ending a packet's walk) and then ends in an
+    unconditional accept, drop, reject or jump to another such chain."""
+    out: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for chain in chains:
+            if chain.builtin or not chain.rules or chain.name in out:
+                continue
+            last = chain.rules[-1]
+            final = last.target in (Target.ACCEPT, Target.DROP, Target.REJECT) or \
+                (type(last.target) is str and last.target in out)
+            if last.match == Match() and final and all(
+                    r.target in (Target.LOG, Target.NFLOG, Target.CONNMARK)
+                    for r in chain.rules[:-1]):
+                out.add(cast("str", chain.name))
+                grew = True
     return frozenset(out)
+
+
+LOG_CHAIN = "fwc-log"  # + a number: the chain of one logged rule (`fold_logs`)
+
+
+def fold_logs(table: Table) -> tuple[Table, dict[str, tuple[Rule, Rule]]]:
+    """Each LOG (or NFLOG) rule followed by its verdict rule, with the same match but the
+    log's own rate limit, as one jump to a chain of their own: [the log with its limit,
+    the verdict]. Exact: the chain runs the same two statements for the same packets
+    (and keeps the rule's own limit bucket), and never returns. The jump is a verdict,
+    so the logged rule joins its neighbours' verdict map instead of splitting them.
+    Returns the table and each new chain's (log, verdict) pair (`unfold_logs`)."""
+    if table.name is not TableName.FILTER:
+        return table, {}
+    never = never_returning(table.chains)
+    taken = {c.name for c in table.chains}
+    chains: list[Chain] = []
+    extra: list[Chain] = []
+    pairs: dict[str, tuple[Rule, Rule]] = {}
+    count = 0
+    for chain in table.chains:
+        rules = chain.rules
+        out: list[Rule] = []
+        i = 0
+        while i < len(rules):
+            log = rules[i]
+            after = rules[i + 1] if i + 1 < len(rules) else None
+            if after is not None and isinstance(log, FilterRule) and \
+                    isinstance(after, FilterRule) and \
+                    log.target in (Target.LOG, Target.NFLOG) and \
+                    after.match.limit is None and \
+                    replace(log.match, limit=None) == after.match and \
+                    (after.target in (Target.ACCEPT, Target.DROP, Target.REJECT)
+                     or (type(after.target) is str and after.target in never)):
+                count += 1
+                name = f"{LOG_CHAIN}{count}"
+                while name in taken:
+                    count += 1
+                    name = f"{LOG_CHAIN}{count}"
+                taken.add(name)
+                pairs[name] = (log, after)
+                extra.append(Chain(name, None, (
+                    replace(log, match=Match(limit=log.match.limit)),
+                    replace(after, match=Match()))))
+                out.append(FilterRule(after.match, name, after.origin))
+                i += 2
+                continue
+            out.append(log)
+            i += 1
+        chains.append(replace(chain, rules=tuple(out)) if len(out) != len(rules) else chain)
+    return (replace(table, chains=(*chains, *extra)) if extra else table), pairs
+
+
+def unfold_logs(parts: list[tuple[Chain, str | None]], planned: list[list[Item]],
+                pairs: dict[str, tuple[Rule, Rule]]) \
+        -> tuple[list[tuple[Chain, str | None]], list[list[Item]]]:
+    """The folds that bought nothing undone: a logged rule that joined no set or map
+    (nor a dispatch) is written as its two rules again, in its place (rules that join
+    nothing never move), and its chain goes. Small policies read as before."""
+    used = {r.target for items in planned for item in items if isinstance(item, Concat)
+            for r in item.rules} | {r.target for items in planned for item in items
+                                    if isinstance(item, Dispatch) for _, r in item.entries}
+    out_parts: list[tuple[Chain, str | None]] = []
+    out_planned: list[list[Item]] = []
+    for (chain, variant), items in zip(parts, planned, strict=True):
+        if chain.name in pairs and chain.name not in used:
+            continue
+        rules: list[Item] = []
+        for item in items:
+            target = item.target if isinstance(item, (FilterRule, NatRule)) else None
+            if type(target) is str and target in pairs and target not in used:
+                rules.extend(pairs[target])
+            else:
+                rules.append(item)
+        out_parts.append((chain, variant))
+        out_planned.append(rules)
+    return out_parts, out_planned
 
 
 @dataclass
@@ -462,6 +564,7 @@ class _Writer:
     collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
     by_content: dict[tuple[str, str, tuple[str, ...]], str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)  # maps counting per element
 
     def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
         found = self.collapsed_memo.get(cidrs)
@@ -486,14 +589,24 @@ class _Writer:
         self.by_content[key] = name
         return name
 
-    def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...]) -> str:
-        base, n = escape.nft_identifier(name), 1
-        name = base
-        while name in self.maps:
-            n += 1
-            name = f"{base}-{n}"
-        self.maps[name] = (key_type, "interval" if key_type == "inet_service" else "",
-                           elements)
+    def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...],
+                    interval: bool = False, numbered: bool = False) -> str:
+        """A verdict map named NAME (NAME-2, ... when taken), or with NUMBERED the next
+        NAME-N; INTERVAL for ranges and prefixes in the key. The rule maps (`_concat`)
+        count per element (`counter`): each element is a rule of the policy."""
+        base = escape.nft_identifier(name)
+        if numbered:
+            self.counts[base] = self.counts.get(base, 0) + 1
+            name = f"{base}-{self.counts[base]}"
+        else:
+            name, n = base, 1
+            while name in self.maps:
+                n += 1
+                name = f"{base}-{n}"
+        flags = "interval" if interval or key_type == "inet_service" else ""
+        self.maps[name] = (key_type, flags, elements)
+        if numbered:
+            self.counted.add(name)
         return name
 
     def limit(self, name: str, family: int, rate: str, burst: int) -> str:
@@ -724,7 +837,8 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
 
 def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
           ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None,
-          statement: str | None = None) -> str:
+          statement: str | None = None, comment: str | None = None,
+          counter: bool = True) -> str:
     match = rule.match
     # Never drop a condition silently (fwc.backend.capabilities lists what is refused);
     # the nth lines of load sharing are written as one `Share`.
@@ -752,9 +866,10 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
     if match.limit is not None:
         parts.append(f"limit rate {match.limit.rate} burst {match.limit.burst} packets")
     parts += _limits(match, family, writer)
-    parts.append("counter")
+    if counter:  # a verdict map's elements count, not its lookup
+        parts.append("counter")
     parts.append(statement or _statement(rule, family, writer, chain_names))
-    parts.append(f"comment {escape.nft_comment(rule.comment)}")
+    parts.append(f"comment {escape.nft_comment(rule.comment if comment is None else comment)}")
     return " ".join(p for p in parts if p)
 
 
@@ -777,7 +892,11 @@ def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str
 
 
 def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, str],
-            ipsets: dict[str, tuple[str, ...]]) -> str:
+            ipsets: dict[str, tuple[str, ...]], members: tuple[Rule, ...] | None = None,
+            name: str | None = None) -> tuple[str, str]:
+    """(the lookup rule, its set's name). MEMBERS are the rules whose elements fill the
+    set (the item's own, or those of every port bucket sharing it, `_bucket_sharing`);
+    NAME the set when it is declared already."""
     first = item.rules[0]
     word = FAMILY_WORDS[family][0]
     address_type = "ipv4_addr" if family == 4 else "ipv6_addr"
@@ -787,34 +906,48 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
                    "daddr": f"{word} daddr", "dport": port_word}
     types = {"iifname": "ifname", "oifname": "ifname", "saddr": address_type,
              "daddr": address_type, "dport": "inet_service"}
-    elements: list[str] = []
-    for rule in item.rules:
-        m = rule.match
-        axes = {"iifname": (escape.nft_device(m.in_device or ""),),
-                "oifname": (escape.nft_device(m.out_device or ""),),
-                "saddr": writer.collapsed(m.source.cidrs),
-                "daddr": writer.collapsed(m.destination.cidrs),
-                "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
-        comment = escape.nft_comment(rule.comment)
-        for values in itertools.product(*(axes[f] for f in item.fields)):
-            elements.append(f"{' . '.join(values)} comment {comment}")
-    name = writer.named_set(f"rules-v{family}", " . ".join(types[f] for f in item.fields),
-                            tuple(elements))
-    key = f"{' . '.join(expressions[f] for f in item.fields)} @{name}"
+    if name is None:
+        elements: list[str] = []
+        for rule in members or item.rules:
+            m = rule.match
+            axes = {"iifname": (escape.nft_device(m.in_device or ""),),
+                    "oifname": (escape.nft_device(m.out_device or ""),),
+                    "saddr": writer.collapsed(m.source.cidrs),
+                    "daddr": writer.collapsed(m.destination.cidrs),
+                    "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
+            tail = f" comment {escape.nft_comment(rule.comment)}"
+            if item.verdicts:
+                tail += f" : {_verdict(rule, chain_names)}"
+            for values in itertools.product(*(axes[f] for f in item.fields)):
+                elements.append(f"{' . '.join(values)}{tail}")
+        key_type = " . ".join(types[f] for f in item.fields)
+        if item.verdicts:
+            name = writer.verdict_map(f"rules-v{family}", key_type, tuple(elements),
+                                      interval=True, numbered=True)
+        else:
+            name = writer.named_set(f"rules-v{family}", key_type, tuple(elements))
+    key = f"{' . '.join(expressions[f] for f in item.fields)}"
+    key += f" vmap @{name}" if item.verdicts else f" @{name}"
     lookup = replace(first, match=replace(
         first.match, source=AddressMatch(), destination=AddressMatch(), dports=(),
         in_device=None if "iifname" in item.fields else first.match.in_device,
         out_device=None if "oifname" in item.fields else first.match.out_device))
+    # a verdict map's lookup is the rule's verdict: it goes last, as the statement
+    lookup_part = [] if item.verdicts else [key]
     if "dport" in item.fields:
         # `tcp dport` implies the protocol; any other port protocol is named first
-        parts = ([] if protocol in PROTOCOL_WORDS else [f"meta l4proto {protocol}"]) + [key]
+        parts = ([] if protocol in PROTOCOL_WORDS else [f"meta l4proto {protocol}"]) + \
+            lookup_part
         if first.match.tcp_not_syn:
             parts.append("tcp flags & (fin | syn | rst | ack) != syn")
     else:
-        parts = [key, *_protocol(lookup.match, writer)]
-    text = _rule(lookup, family, writer, chain_names, ipsets, parts)
-    return text.rsplit(" comment ", 1)[0] + " comment " + escape.nft_comment(
-        f"{first.comment} and {len(item.rules) - 1} more rules (set {name})")
+        parts = [*lookup_part, *_protocol(lookup.match, writer)]
+    kind = "map" if item.verdicts else "set"
+    comment = f"{first.comment} and {len(item.rules) - 1} more rules ({kind} {name})"
+    text = _rule(lookup, family, writer, chain_names, ipsets, parts,
+                 statement=key if item.verdicts else None, comment=comment,
+                 counter=not item.verdicts)
+    return text, name
 
 
 def _family_chain(table: TableName, chain: str, family: int) -> str:
@@ -848,6 +981,77 @@ def _hook_parts(table: Table) -> list[tuple[Chain, str | None]]:
     return out + [(c, None) for c in users]
 
 
+# (chain, dispatch item, set shape, n-th of that shape in a bucket, part): one shared set
+Slot = tuple[int, int, object, int, int]
+# Elements per shared set: the kernel's set of concatenated ranges (pipapo) checks each
+# new element against the set so far, so one huge set costs the square of its size; sets
+# of this size keep both that and the walk of the table's list of sets small.
+SHARED_MAX = 1024
+
+
+def _elements(rule: Rule, fields: tuple[str, ...]) -> int:
+    """How many set elements RULE becomes under the key FIELDS."""
+    m = rule.match
+    sizes = {"saddr": len(m.source.cidrs), "daddr": len(m.destination.cidrs),
+             "dport": len(m.dports)}
+    out = 1
+    for f in fields:
+        out *= max(1, sizes.get(f, 1))
+    return out
+
+
+def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[Item]]) \
+        -> tuple[dict[tuple[int, int], Slot], dict[Slot, tuple[Rule, ...]]]:
+    """Which concatenated sets of port-bucket chains share one set or map.
+
+    A port dispatch (`tcp dport vmap @...`) sends each packet to at most one bucket
+    chain, by its destination port. When a bucket chain is reached from that entry
+    only, and a set of its rules holds only ports of its own bucket range, the n-th
+    set of one shape in each bucket chain of the dispatch can be one set: in bucket k
+    an element of bucket j's rules never matches (its port is out of k's range), so
+    each chain's lookup decides as its own set did. Fewer sets load faster (the kernel
+    finds each set by name in a list). Returns (chain index, item index) -> slot, and
+    each slot's rules in dispatch order."""
+    refs: dict[str, int] = {}
+    for chain, _ in parts:
+        for rule in chain.rules:
+            if type(rule.target) is str:
+                refs[rule.target] = refs.get(rule.target, 0) + 1
+    user = {chain.name: at for at, (chain, variant) in enumerate(parts) if variant is None}
+    slots: dict[tuple[int, int], Slot] = {}
+    members: dict[Slot, list[Rule]] = {}
+    part: dict[tuple[int, int, object, int], int] = {}  # the current set of each kind
+    filled: dict[Slot, int] = {}  # elements per set
+    for at, items in enumerate(planned):
+        for index, item in enumerate(items):
+            if not isinstance(item, Dispatch) or item.field != "dport":
+                continue
+            for value, rule in item.entries:
+                target = rule.target
+                if type(target) is not str or refs.get(target) != 1 or target not in user \
+                        or not isinstance(value, PortRange):
+                    continue
+                bucket = user[target]
+                seen: dict[object, int] = {}
+                for inner, got in enumerate(planned[bucket]):
+                    if not isinstance(got, Concat) or "dport" not in got.fields:
+                        continue
+                    n = seen[got.key] = seen.get(got.key, 0) + 1
+                    if not all(r.match.protocol == item.protocol and all(
+                            value.low <= p.low and p.high <= value.high for p in r.match.dports)
+                            for r in got.rules):
+                        continue
+                    size = sum(_elements(r, got.fields) for r in got.rules)
+                    slot = (at, index, got.key, n, part.get((at, index, got.key, n), 0))
+                    if filled.get(slot, 0) + size > SHARED_MAX:  # a new set of this kind
+                        part[slot[:4]] = slot[4] + 1
+                        slot = (*slot[:4], slot[4] + 1)
+                    filled[slot] = filled.get(slot, 0) + size
+                    slots[bucket, inner] = slot
+                    members.setdefault(slot, []).extend(got.rules)
+    return slots, {slot: tuple(rules) for slot, rules in members.items()}
+
+
 def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
            concat: bool = True, min_concat: int = MIN_CONCAT) -> str:
     """RULESETS (one per family, lowered, possibly arranged) and the ipsets their rules
@@ -861,9 +1065,15 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
     for ruleset in rulesets:
         family = ruleset.family
         for table in ruleset.tables:
+            table, folded = fold_logs(table) if concat else (table, {})
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
             shapes = _Shapes(ipsets, never_returning(table.chains), family) if concat else None
-            for chain, variant in _hook_parts(table):
+            parts = _hook_parts(table)
+            planned = [shared(plan(chain.rules, shapes, min_concat)) for chain, _ in parts]
+            parts, planned = unfold_logs(parts, planned, folded)
+            slots, members = _bucket_sharing(parts, planned) if concat else ({}, {})
+            declared: dict[object, str] = {}  # slot -> the set or map filled for it
+            for at, ((chain, variant), items) in enumerate(zip(parts, planned, strict=True)):
                 name = names[chain.name]
                 if variant is not None:
                     builtins.setdefault((table.name, BuiltinChain(chain.name), variant),
@@ -871,11 +1081,15 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
                     name = _family_chain(table.name, f"{chain.name}-{variant}" if variant
                                          else chain.name, family)
                 body.append(f"\tchain {name} {{")
-                for item in shared(plan(chain.rules, shapes, min_concat)):
+                for index, item in enumerate(items):
                     if isinstance(item, Dispatch):
                         text = _dispatch(item, name, writer, names)
                     elif isinstance(item, Concat):
-                        text = _concat(item, family, writer, names, ipsets)
+                        slot = slots.get((at, index))
+                        text, made = _concat(item, family, writer, names, ipsets,
+                                             members.get(slot), declared.get(slot))
+                        if slot is not None:
+                            declared[slot] = made
                     elif isinstance(item, Share):
                         text = _share(item, family, writer, names, ipsets)
                     else:
@@ -938,6 +1152,8 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
             out += [f"\t{kind} {name} {{", f"\t\ttype {key_type}{value}"]
             if flags:
                 out.append(f"\t\tflags {flags}")
+            if name in writer.counted:
+                out.append("\t\tcounter")
             out.append("\t\telements = {")
             out += [f"\t\t\t{e}," for e in elements]
             out += ["\t\t}", "\t}"]
