@@ -687,9 +687,11 @@ class _Lowering:
     def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet) -> RuleLowering:
         """The rule's lines on this member (raw for notrack, filter), helpers aside;
         FW: the firewall addresses it reads."""
+        family = self.family
+        if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
+            return _NOTHING  # most rules name the addresses of one family only
         services = self.services(rule)
-        parts = filter_parts(rule, fw, self.family, self.fw_order) \
-            if services is not None else []
+        parts = filter_parts(rule, fw, family, self.fw_order) if services is not None else []
         if not parts or services is None:
             return _NOTHING
         origin = self.origin(rule, "policy")
