@@ -146,7 +146,7 @@ def mark_value(bit: int) -> str:
 def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
     if addresses.is_everything(family):
         return ANY
-    return AddressMatch(tuple(addresses.cidrs(family)))
+    return AddressMatch(addresses.cidr_tuple(family))
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,13 +331,12 @@ class _Tables:
 
 def _scratch() -> _Tables:
     """Empty tables that take one policy rule's lines (chains made on first use)."""
-    return _Tables(filter={}, nat={}, raw={}, raw_seen=set())
+    return _Tables({}, {}, {}, set(), {}, {}, {})
 
 
 # What one policy rule adds to the tables of a member, as (table attribute of _Tables,
 # ((chain, lines), ...)), in the order the lowering made them.
 Appends = tuple[tuple[str, tuple[tuple[ChainName, tuple[Rule, ...]], ...]], ...]
-_RULE_TABLES = ("raw", "raw_user", "filter", "filter_user")
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,28 +686,28 @@ class _Lowering:
     def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet) -> RuleLowering:
         """The rule's lines on this member (raw for notrack, filter), helpers aside;
         FW: the firewall addresses it reads."""
-        family = self.family
-        if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
-            return _NOTHING  # most rules name the addresses of one family only
+        # (most rules name the addresses of one family only: no parts in the other)
+        parts = filter_parts(rule, fw, self.family, self.fw_order)
+        if not parts:
+            return _NOTHING
         services = self.services(rule)
-        parts = filter_parts(rule, fw, family, self.fw_order) if services is not None else []
-        if not parts or services is None:
+        if services is None:
             return _NOTHING
         origin = self.origin(rule, "policy")
         tables = _scratch()
         if rule.action is FilterAction.ACCEPT and rule.notrack:
             self.notrack(tables, rule, origin, parts, services)
+        in_device, out_device = self.device(rule.in_interface), self.device(rule.out_interface)
         for part in parts:
             base = Match(source=part.source, destination=part.destination,
-                         in_device=self.device(rule.in_interface)
-                         if part.chain != BuiltinChain.OUTPUT else None,
-                         out_device=self.device(rule.out_interface)
-                         if part.chain != BuiltinChain.INPUT else None)
+                         in_device=in_device if part.chain != BuiltinChain.OUTPUT else None,
+                         out_device=out_device if part.chain != BuiltinChain.INPUT else None)
             self.emit(tables.filter, tables.filter_user, FilterRule, rule, origin,
                       part, base, services, "p")
         appends = tuple((name, tuple((chain, tuple(lines)) for chain, lines in made.items()))
-                        for name in _RULE_TABLES
-                        for made in [getattr(tables, name)] if made)
+                        for name, made in (("raw", tables.raw), ("raw_user", tables.raw_user),
+                                           ("filter", tables.filter),
+                                           ("filter_user", tables.filter_user)) if made)
         helpers = rule.action is FilterAction.ACCEPT and any(
             s.helper is not None for s in rule.services)
         return RuleLowering(origin, frozenset(p.chain for p in parts), appends, helpers)
