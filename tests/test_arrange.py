@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
-from fwc.backend.arrange import arrange
+from fwc.backend.arrange import arrange, optimise
 from fwc.backend.ipsets import set_contents, use_ipsets
-from fwc.backend.lower import NodeRuleset, lower
+from fwc.backend.lower import Chain, NodeRuleset, lower
 from fwc.backend.render.ipset import render as render_ipsets
 from fwc.model import Cluster, Member
 from fwc.pipeline import analyse
@@ -325,3 +326,48 @@ def test_a_policy_without_devices_is_arranged_too(tmp_path):
         plain = sum(Evaluator(with_sets, contents).decide(p).traversed for p in packets)
         tree = sum(Evaluator(arranged, contents).decide(p).traversed for p in packets)
         assert tree < plain / 2, (tree / len(packets), plain / len(packets))
+
+
+def test_a_member_with_an_equal_chain_reuses_the_previous_arrangement(tmp_path):
+    """optimise(memo=cluster.memo): the second member's FORWARD equals the first's (its
+    rules are the same objects, issue 12), so it gets the same chains, not a copy; with
+    other device names, or a changed chain, it is arranged anew, and every result equals
+    arranging without the memo."""
+    path = tmp_path / "mix.fw"
+    path.write_text(mixed_policy(2, 300), encoding="utf-8")
+    by_member = {(m.name, f): (c, m, flat) for c, m, f, flat in rulesets(path)}
+    cluster, fw1, flat1 = by_member[("fw1", 4)]
+    _, fw2, flat2 = by_member[("fw2", 4)]
+    forward1 = flat1.table("filter").chain("FORWARD")  # type: ignore[union-attr]
+    forward2 = flat2.table("filter").chain("FORWARD")  # type: ignore[union-attr]
+    assert forward1 == forward2
+    memo = cluster.memo
+    first = optimise(fw1, {4: flat1}, memo=memo)[0][4]
+    second = optimise(fw2, {4: flat2}, memo=memo)[0][4]
+    assert first == optimise(fw1, {4: flat1})[0][4]
+    assert second == optimise(fw2, {4: flat2})[0][4]
+    ours = {c.name: c for c in first.table("filter").chains}  # type: ignore[union-attr]
+    theirs = {c.name: c for c in second.table("filter").chains}  # type: ignore[union-attr]
+    arranged = [name for name in ours if name.startswith("fwd-")]
+    assert len(arranged) > 3
+    assert all(theirs[name] is ours[name] for name in arranged)
+    # other device names: other chain names, arranged again, as without the memo
+    with_sets, _ = use_ipsets(flat2)
+    renamed = {"eth0": "inside", "eth1": "dmz", "eth2": "uplink", "eth3": "sync"}
+    again = arrange(with_sets, renamed, memo=memo)
+    assert again == arrange(with_sets, renamed)
+    assert any(c.name.startswith("fwd-inside") for c in again.table("filter").chains)  # type: ignore[union-attr]
+    # a changed chain (one rule less) is not taken for the previous one
+    table = flat2.table("filter")
+    assert table is not None
+    shorter = flat2.with_table(replace(table, chains=tuple(
+        replace(c, rules=c.rules[:-1]) if c.name == "FORWARD" else c for c in table.chains)))
+    with_sets, _ = use_ipsets(shorter)
+    assert arrange(with_sets, _devices(fw2), memo=memo) == arrange(with_sets, _devices(fw2))
+    # a table that already has a chain of one of those names: arranged anew (renamed)
+    clash = flat2.with_table(replace(table, chains=(*table.chains, Chain(arranged[0], None))))
+    with_sets, _ = use_ipsets(clash)
+    optimise(fw1, {4: flat1}, memo=memo)
+    got = arrange(with_sets, _devices(fw2), memo=memo)
+    assert got == arrange(with_sets, _devices(fw2))
+    assert any(c.name.endswith("x") for c in got.table("filter").chains)  # type: ignore[union-attr]

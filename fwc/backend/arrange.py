@@ -48,7 +48,7 @@ from typing import cast
 from fwc import protocols as proto
 from fwc.backend.ipsets import IpSet, use_ipsets
 from fwc.backend.lower.ruleset import Chain, FilterRule, Match, NodeRuleset, Origin, Table
-from fwc.model import Member, PortRange
+from fwc.model import Member, Memo, PortRange
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
@@ -106,6 +106,7 @@ class _Arranger:
         self.dimensions = _dimensions(names)
         self.chains: list[Chain] = []
         self.taken = taken
+        self.collided = False  # a name was taken already (the result depends on `taken`)
 
     def chain_name(self, parts: list[str]) -> str:
         name = _NAME_CHARS.sub("_", "-".join([self.prefix, *parts]))
@@ -113,6 +114,7 @@ class _Arranger:
             digest = hashlib.sha256(name.encode()).hexdigest()[:6]
             name = f"{name[:proto.CHAIN_NAME_MAX - 7]}-{digest}"
         while name in self.taken:  # never in practice; keeps names unique regardless
+            self.collided = True
             name = name[:-1] + "x"
         self.taken.add(name)
         return name
@@ -207,19 +209,29 @@ class _Arranger:
         cuts = sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})
         bounds = [0, *cuts, PORT_MAX + 1]
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
+        # the buckets of a port list, once per distinct list (rules share services)
+        buckets_of: dict[tuple[PortRange, ...], tuple[int, ...]] = {}
         for rule in rules:
-            if not rule.match.dports:
+            dports = rule.match.dports
+            if not dports:
                 for bucket in members:
                     bucket.append(rule)
                 continue
-            touched: set[int] = set()
-            for port in rule.match.dports:
-                first = bisect.bisect_right(bounds, port.low) - 1
-                last = bisect.bisect_right(bounds, port.high) - 1
-                touched.update(range(first, last + 1))
-            for index in sorted(touched):
-                members[index].append(self.clipped(rule, bounds[index], bounds[index + 1] - 1)
-                                      if self.clip_ports else rule)
+            indexes = buckets_of.get(dports)
+            if indexes is None:
+                touched: set[int] = set()
+                for port in dports:
+                    first = bisect.bisect_right(bounds, port.low) - 1
+                    last = bisect.bisect_right(bounds, port.high) - 1
+                    touched.update(range(first, last + 1))
+                indexes = buckets_of[dports] = tuple(sorted(touched))
+            if self.clip_ports:
+                for index in indexes:
+                    members[index].append(self.clipped(rule, bounds[index],
+                                                       bounds[index + 1] - 1))
+            else:
+                for index in indexes:
+                    members[index].append(rule)
         out: list[FilterRule] = []
         for index, (low, next_low) in enumerate(zip(bounds, bounds[1:], strict=False)):
             name = self.chain_name([*path, str(index)])
@@ -239,6 +251,15 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
                   order: tuple[str, ...], min_rules: int = ARRANGE_MIN_RULES,
                   split_min: int = SPLIT_MIN_RULES, clip_ports: bool = False) \
         -> tuple[Chain, list[Chain]]:
+    new, chains, _ = _arrange_chain(chain, prefix, names, taken, order, min_rules, split_min,
+                                    clip_ports)
+    return new, chains
+
+
+def _arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
+                   order: tuple[str, ...], min_rules: int, split_min: int,
+                   clip_ports: bool) -> tuple[Chain, list[Chain], bool]:
+    """arrange_chain, and whether a chain name it wanted was in `taken` already."""
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     # The head stays first and flat: the automatic rules every packet meets (established,
     # invalid, ...). Policy rules never belong to it, with or without devices: a policy
@@ -250,23 +271,62 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
         head_end += 1
     head, rest = rules[:head_end], rules[head_end:]
     if len(rest) < min_rules or chain.policy is None:
-        return chain, []
+        return chain, [], False
     arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min, clip_ports)
     body = arranger.arrange([arranger.as_moved(r) for r in rest], list(order), [])
     if body == rest:
-        return chain, []
-    return replace(chain, rules=tuple(head + body)), arranger.chains
+        return chain, [], arranger.collided
+    return replace(chain, rules=tuple(head + body)), arranger.chains, arranger.collided
+
+
+@dataclass(slots=True)
+class _Previous:
+    """The last arrangement of one built-in chain in a run (per family and clip_ports):
+    the next member's chain is usually equal (its rules the same objects, see
+    fwc.backend.lower.build.SharedLowering), and then gets the same chains."""
+
+    key: tuple[object, ...] | None = None
+    chain: Chain | None = None
+    result: tuple[Chain, tuple[Chain, ...]] = (Chain("", None), ())
+    named: frozenset[str] = frozenset()  # the chain names it took
+    # A name it wanted was taken: the names depend on the table's other chains.
+    collided: bool = True
+
+
+def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
+              names: dict[str, str], taken: set[str], order: tuple[str, ...], min_rules: int,
+              split_min: int, clip_ports: bool) -> tuple[Chain, list[Chain]]:
+    """arrange_chain, or the previous member's result when everything it reads is equal."""
+    if memo is None:
+        return arrange_chain(chain, prefix, names, taken, order, min_rules, split_min,
+                             clip_ports)
+    previous = memo.get(("arranged", family, chain.name, clip_ports), _Previous)
+    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min)
+    # The table's other chains (`taken`) only matter when a name collides: reused when
+    # none did then, and none of the names it took is taken here.
+    if previous.key == key and not previous.collided and previous.chain == chain \
+            and previous.named.isdisjoint(taken):
+        taken |= previous.named
+        return previous.result[0], list(previous.result[1])
+    before = set(taken)
+    new, extra, collided = _arrange_chain(chain, prefix, names, taken, order, min_rules,
+                                          split_min, clip_ports)
+    previous.key, previous.chain, previous.collided = key, chain, collided
+    previous.result, previous.named = (new, tuple(extra)), frozenset(taken - before)
+    return new, extra
 
 
 def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None, *,
             min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
-            clip_ports: bool = False) -> NodeRuleset:
+            clip_ports: bool = False, memo: Memo | None = None) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
     are called fwd-lan-dmz on every member whatever the devices are called. With
     clip_ports a rule copied into a port bucket keeps only its ports inside the
     bucket (nftables: a short list needs no set; iptables keeps one shared rule).
+    MEMO (the cluster's per-run memo): a chain equal to the one the previous member had
+    in this run, with the same device names, is not arranged again.
     """
     table = ruleset.table(TableName.FILTER)
     if table is None:
@@ -281,8 +341,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         current = table.chain(builtin)
         if current is None:
             continue
-        new, extra = arrange_chain(current, prefix, names, taken, orders[builtin], min_rules,
-                                   split_min, clip_ports)
+        new, extra = _arranged(memo, ruleset.family, current, prefix, names, taken,
+                               orders[builtin], min_rules, split_min, clip_ports)
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
@@ -291,14 +351,17 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
 
 
 def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
-             clip_ports: bool = False) -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
+             clip_ports: bool = False, memo: Memo | None = None) \
+        -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
     """The default speed passes for one member: ipsets for long address lists, then the
-    arranged FORWARD/INPUT chains. Returns the rulesets per family and every set."""
+    arranged FORWARD/INPUT chains. Returns the rulesets per family and every set.
+    MEMO: the cluster's per-run memo, to reuse the previous member's arrangement of an
+    equal chain (arrange)."""
     names = {link.device: link.interface for link in member.links}
     out: dict[int, NodeRuleset] = {}
     sets: list[IpSet] = []
     for family, ruleset in sorted(rulesets.items()):
         with_sets, made = use_ipsets(ruleset)
         sets.extend(made)
-        out[family] = arrange(with_sets, names, clip_ports=clip_ports)
+        out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo)
     return out, tuple(sets)

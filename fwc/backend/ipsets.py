@@ -161,6 +161,12 @@ def use_ipsets(ruleset: NodeRuleset, threshold: int = proto.IPSET_THRESHOLD) \
             new_rules = []
             for rule in rules:
                 m = rule.match
+                # Most rules have short lists on both sides: nothing to do (as below).
+                sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
+                if sources <= threshold and destinations <= threshold \
+                        and max(1, sources) * max(1, destinations) <= threshold:
+                    new_rules.append(rule)
+                    continue
                 source = namer.address(m.source, _endpoints_for(rule, "source"))
                 destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
                 # Two lists each under the threshold still render as their cross product

@@ -98,7 +98,7 @@ class AddressSet:
         return not self.v4 and not self.v6
 
     def __bool__(self) -> bool:
-        return not self.is_empty()
+        return bool(self.v4 or self.v6)
 
     # The shortcuts below return an operand unchanged (sets are immutable): lowering and
     # the checks combine with empty sets (no exclusions, no firewall address) all the
@@ -150,6 +150,10 @@ class AddressSet:
     def cidrs(self, family: int) -> list[str]:
         """The minimal CIDR list as text (a host without /32 or /128), like `networks`."""
         return list(_cidr_texts(self.family(family), family))
+
+    def cidr_tuple(self, family: int) -> tuple[str, ...]:
+        """`cidrs` as a tuple, shared between equal sets: the lowering's form."""
+        return _cidr_texts(self.v4 if family == 4 else self.v6, family)
 
     def hull(self, family: int) -> IPNetwork | None:
         """The smallest CIDR block containing the whole set (for indexing)."""

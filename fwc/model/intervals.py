@@ -93,7 +93,18 @@ def union(a: Intervals, b: Intervals) -> Intervals:
 
 
 def covers(outer: Intervals, inner: Intervals) -> bool:
-    """True when every value of inner lies in outer (both normalised)."""
+    """True when every value of inner lies in outer (both normalised).
+
+    Each interval of inner must lie in one interval of outer (outer's are not
+    adjacent): by binary search when outer is much longer (a host against a group
+    or the firewall addresses of a cluster with many interfaces), else by a merge.
+    """
+    if len(outer) > 8 * len(inner):
+        for lo, hi in inner:
+            k = bisect_right(outer, (lo, _INFINITY)) - 1
+            if k < 0 or outer[k][1] < hi:
+                return False
+        return True
     j = 0
     for lo, hi in inner:
         while j < len(outer) and outer[j][1] < lo:

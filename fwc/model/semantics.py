@@ -38,6 +38,7 @@ from typing import Generic, TypeVar
 
 from fwc.model import Endpoint
 from fwc.model.addresses import FAMILY_BITS, AddressSet
+from fwc.model.intervals import covers
 
 FAMILIES = (4, 6)
 _EMPTY = AddressSet()
@@ -110,6 +111,29 @@ def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
         named_fw = named_fw - excluded
     # `any`, or only negated items: every address (Endpoint.is_any)
     return Side(has_any or not has_positive, other, named_fw, excluded, negated)
+
+
+def reads_firewall(endpoint: Endpoint, firewalls: AddressSet, family: int) -> bool:
+    """False when `side_of(endpoint, fw, family)` is the same for every `fw` inside
+    `firewalls` (the union of every member's firewall addresses in this family).
+
+    The side then names no firewall address on any member: no `firewall` item, no
+    positive item made only of firewall addresses. Its firewall part is empty and
+    its other, exclusions and negations are the items as written, whoever reads it;
+    so lowering does a rule with two such sides once for all members.
+    """
+    fw = firewalls.family(family)
+    for item in endpoint.items:
+        kind = item.kind
+        if kind == "firewall":
+            return True
+        if item.negated or kind == "any":
+            continue
+        inside = item.addresses.family(family)
+        # fw_m inside firewalls: an item that firewalls does not cover, no member's does
+        if inside and covers(fw, inside):
+            return True
+    return False
 
 
 def forwarded_and_local(endpoint: Endpoint, firewall: AddressSet) \
@@ -301,4 +325,4 @@ class SupersetIndex:
 
 __all__ = ["FAMILIES", "Block", "PrefixIndex", "Side", "SupersetIndex", "contains",
            "endpoint_intervals",
-           "forwarded_and_local", "hull", "hull_block", "side_of"]
+           "forwarded_and_local", "hull", "hull_block", "reads_firewall", "side_of"]

@@ -51,7 +51,7 @@ from fwc.model import (
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
-from fwc.model.semantics import Side, side_of
+from fwc.model.semantics import Side, reads_firewall, side_of
 from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, Target
 from fwc.model.vocabulary import Table as TableName
 from fwc.text import cut_utf8, utf8_length
@@ -146,7 +146,7 @@ def mark_value(bit: int) -> str:
 def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
     if addresses.is_everything(family):
         return ANY
-    return AddressMatch(tuple(addresses.cidrs(family)))
+    return AddressMatch(addresses.cidr_tuple(family))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +171,19 @@ def _bounded(side: Side, addresses: AddressSet, family: int) \
 
 
 def may_apply(endpoint: Endpoint, family: int) -> bool:
-    """Cheap test first: a side that names only addresses of the other family matches nothing."""
-    return endpoint.is_any or endpoint.firewall or bool(endpoint.addresses.family(family))
+    """Cheap test first: a side that names only addresses of the other family matches nothing.
+
+    (`Endpoint.is_any or .firewall or .addresses.family(family)`, item by item: those
+    cached properties cost more to make than this loop, once per rule.)
+    """
+    positive = False
+    for item in endpoint.items:
+        if item.negated:
+            continue
+        if item.kind == "any" or item.kind == "firewall" or item.addresses.family(family):
+            return True
+        positive = True
+    return not positive
 
 
 def firewall_match(addresses: AddressSet, family: int, order: tuple[IPAddress, ...]) \
@@ -318,9 +329,73 @@ class _Tables:
     nat_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
 
 
+def _scratch() -> _Tables:
+    """Empty tables that take one policy rule's lines (chains made on first use)."""
+    return _Tables({}, {}, {}, set(), {}, {}, {})
+
+
+# What one policy rule adds to the tables of a member, as (table attribute of _Tables,
+# ((chain, lines), ...)), in the order the lowering made them.
+Appends = tuple[tuple[str, tuple[tuple[ChainName, tuple[Rule, ...]], ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLowering:
+    """A policy rule's lowering on one member: its origin, the chains of its parts (the
+    conntrack helpers depend on them) and the lines it adds."""
+
+    origin: Origin
+    chains: frozenset[ChainName]
+    appends: Appends
+    helpers: bool = False  # an accept with a conntrack helper (raw lines per member)
+
+
+_NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
+
+
+class SharedLowering:
+    """Rule lowerings that are the same on several members of a cluster, per family.
+
+    Most rules name no firewall address (`semantics.reads_firewall` is false for both
+    sides against the union of all members' firewall addresses): their lowering then
+    depends on the member only through the devices of its `in`/`out` interfaces, so it
+    is made once per (rule, devices) and reused, the *same* Rule objects, by every
+    other member (the parity check and renderers compare them by identity first).
+    Lives on the cluster's per-run Memo, one per (family, options).
+    """
+
+    __slots__ = ("lowered", "per_member", "services")
+
+    def __init__(self, cluster: Cluster, family: int) -> None:
+        firewalls = AddressSet.union(
+            cluster.firewall_addresses(m) for m in cluster.members).only(family)
+        # by position in cluster.rules: the rule reads a member's firewall addresses
+        self.per_member = [reads_firewall(rule.source, firewalls, family)
+                           or reads_firewall(rule.destination, firewalls, family)
+                           for rule in cluster.rules]
+        # (position, in device, out device) -> the rule's lowering on such members
+        self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
+        # rule.services -> service_matches(), the same on every member
+        self.services: dict[tuple[ServiceMatch, ...], list[Match] | None] = {}
+
+
+class _Devices(dict[str | None, str | None]):
+    """A member's device for an interface name (the name itself when the member has no
+    such link; None for None), looked up once per name."""
+
+    def __init__(self, member: Member) -> None:
+        super().__init__({None: None})
+        self.member = member
+
+    def __missing__(self, interface: str | None) -> str | None:
+        assert interface is not None
+        found = self[interface] = self.member.device(interface) or interface
+        return found
+
+
 class _Lowering:
     def __init__(self, cluster: Cluster, member: Member, family: int,
-                 options: LowerOptions) -> None:
+                 options: LowerOptions, shared: SharedLowering | None = None) -> None:
         self.cluster = cluster
         self.member = member
         self.family = family
@@ -329,17 +404,18 @@ class _Lowering:
         self.fw_order = firewall_order(cluster, member, family)
         # rule.services -> service_matches(): thousands of rules name the same services.
         # The lists are shared between rules and only ever read.
-        self.service_memo: dict[tuple[ServiceMatch, ...], list[Match] | None] = {}
+        self.service_memo: dict[tuple[ServiceMatch, ...], list[Match] | None] = \
+            shared.services if shared is not None else {}
+        self.devices = _Devices(member)
         self.relative: dict[str, str] = {}
         self.tables = _Tables()
+        self.shared = shared
         self.mark = mark_value(cluster.sync.mark_bit)
         self.defaults = cluster.defaults
         self.filtered_output = cluster.defaults.output is not FilterAction.ACCEPT
 
     def device(self, interface: str | None) -> str | None:
-        if interface is None:
-            return None
-        return self.member.device(interface) or interface
+        return self.devices[interface]
 
     def origin(self, rule: BaseRule, kind: str) -> Origin:
         # Per lowering, not process-wide: the relative path depends on the current
@@ -577,27 +653,67 @@ class _Lowering:
         got = self.service_memo[key] = service_matches(key, self.family)
         return got
 
-    def filter_rule(self, rule: PolicyFilterRule) -> None:
+    def filter_rule(self, rule: PolicyFilterRule, position: int) -> None:
+        """Lower the rule at POSITION of the cluster's rules: once for every member that
+        reads it alike (SharedLowering), else for this member alone."""
+        shared = self.shared
+        if shared is None or shared.per_member[position]:
+            lowered = self.rule_lowering(rule, self.fw)
+        else:
+            devices = self.devices
+            key = (position, devices[rule.in_interface], devices[rule.out_interface])
+            lowered = shared.lowered.get(key)  # type: ignore[assignment]
+            if lowered is None:
+                # the rule names no firewall address of any member: no member's reading
+                # differs from one without firewall addresses (reads_firewall)
+                lowered = shared.lowered[key] = self.rule_lowering(rule, _EMPTY)
+        if not lowered.chains:
+            return
+        if lowered.helpers:
+            # member-specific (deduplicated over the member's rules): before the rule's
+            # own raw lines, as the kernel must assign the helper first
+            self.helpers(rule, lowered.origin, lowered.chains)
+        tables = self.tables
+        for name, chains in lowered.appends:
+            target: dict[ChainName, list[Rule]] = getattr(tables, name)
+            for chain, lines in chains:
+                got = target.get(chain)
+                if got is None:
+                    target[chain] = list(lines)
+                else:
+                    got.extend(lines)
+
+    def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet) -> RuleLowering:
+        """The rule's lines on this member (raw for notrack, filter), helpers aside;
+        FW: the firewall addresses it reads."""
+        # (most rules name the addresses of one family only: no parts in the other)
+        parts = filter_parts(rule, fw, self.family, self.fw_order)
+        if not parts:
+            return _NOTHING
         services = self.services(rule)
         if services is None:
-            return
+            return _NOTHING
         origin = self.origin(rule, "policy")
-        parts = filter_parts(rule, self.fw, self.family, self.fw_order)
-        if rule.action is FilterAction.ACCEPT:
-            self.helpers(rule, origin, {p.chain for p in parts})
-            if rule.notrack:
-                self.notrack(rule, origin, parts, services)
+        tables = _scratch()
+        if rule.action is FilterAction.ACCEPT and rule.notrack:
+            self.notrack(tables, rule, origin, parts, services)
+        in_device, out_device = self.device(rule.in_interface), self.device(rule.out_interface)
         for part in parts:
             base = Match(source=part.source, destination=part.destination,
-                         in_device=self.device(rule.in_interface)
-                         if part.chain != BuiltinChain.OUTPUT else None,
-                         out_device=self.device(rule.out_interface)
-                         if part.chain != BuiltinChain.INPUT else None)
-            self.emit(self.tables.filter, self.tables.filter_user, FilterRule, rule, origin,
+                         in_device=in_device if part.chain != BuiltinChain.OUTPUT else None,
+                         out_device=out_device if part.chain != BuiltinChain.INPUT else None)
+            self.emit(tables.filter, tables.filter_user, FilterRule, rule, origin,
                       part, base, services, "p")
+        appends = tuple((name, tuple((chain, tuple(lines)) for chain, lines in made.items()))
+                        for name, made in (("raw", tables.raw), ("raw_user", tables.raw_user),
+                                           ("filter", tables.filter),
+                                           ("filter_user", tables.filter_user)) if made)
+        helpers = rule.action is FilterAction.ACCEPT and any(
+            s.helper is not None for s in rule.services)
+        return RuleLowering(origin, frozenset(p.chain for p in parts), appends, helpers)
 
-    def notrack(self, rule: PolicyFilterRule, origin: Origin, parts: list[Part],
-                services: list[Match]) -> None:
+    def notrack(self, tables: _Tables, rule: PolicyFilterRule, origin: Origin,
+                parts: list[Part], services: list[Match]) -> None:
         """`notrack`: the raw table exempts the rule's traffic from connection tracking.
 
         raw works before routing (PREROUTING, for INPUT and FORWARD traffic: the
@@ -613,10 +729,11 @@ class _Lowering:
                          out_device=self.device(rule.out_interface)
                          if chain is BuiltinChain.OUTPUT else None)
             kind = "ri" if part.chain == BuiltinChain.INPUT else "r"
-            self.emit(self.tables.raw, self.tables.raw_user, FilterRule, rule, origin,
+            self.emit(tables.raw, tables.raw_user, FilterRule, rule, origin,
                       replace(part, chain=chain), base, services, kind, notrack=True)
 
-    def helpers(self, rule: PolicyFilterRule, origin: Origin, chains: set[ChainName]) -> None:
+    def helpers(self, rule: PolicyFilterRule, origin: Origin,
+                chains: frozenset[ChainName]) -> None:
         """Assign conntrack helpers explicitly in raw (the kernel no longer does it).
 
         The raw table sees packets before DNAT and routing, so the helper is chosen by
@@ -695,7 +812,7 @@ class _Lowering:
         needs_chain = bool(part.source_excluded or part.destination_excluded) \
             or (not notrack and ((rule.log and lines > 1) or rule.conditional
                                  or len(getattr(rule, "pool", ())) > 0 and lines > 1))
-        target_rules: list[Rule] = builtin[part.chain]
+        target_rules: list[Rule] = builtin.setdefault(part.chain, [])
         sub_name = ""
         if needs_chain:
             sub_name = f"fwc-{kind}{rule.index + 1}-{part.chain}"[:proto.CHAIN_NAME_MAX]
@@ -804,9 +921,9 @@ class _Lowering:
     def build(self) -> NodeRuleset:
         self.automatic_rules()
         self.stateful_core()
-        for rule in self.cluster.rules:
+        for position, rule in enumerate(self.cluster.rules):
             if self.applies(rule):
-                self.filter_rule(rule)
+                self.filter_rule(rule, position)
         for rule in self.cluster.nat:
             if self.applies(rule):
                 self.nat_rule(rule)
@@ -856,9 +973,12 @@ def lower(cluster: Cluster, member: Member, family: int,
     if not cluster.owns(member):
         return _Lowering(cluster, member, family, options).build()
     # Checks (parity) and the compiler lower the same clusters in one run: the result is
-    # memoised on the cluster, so it is shared within the run and dies with its model.
+    # memoised on the cluster, so it is shared within the run and dies with its model;
+    # so are the rule lowerings its members share.
+    shared = cluster.memo.get(("lower-shared", family, options),
+                              lambda: SharedLowering(cluster, family))
     return cluster.memo.get(_memo_key(member, family, options),
-                            lambda: _Lowering(cluster, member, family, options).build())
+                            lambda: _Lowering(cluster, member, family, options, shared).build())
 
 
 def _memo_key(member: Member, family: int, options: LowerOptions) -> tuple[object, ...]:

@@ -52,7 +52,7 @@ class MemberBuild:
         key = f"optimised clip={clip_ports}"
         if key not in self.memo:
             self.memo[key] = optimise(self.member, {f: self.lowered(f) for f in self.families},
-                                      clip_ports=clip_ports)
+                                      clip_ports=clip_ports, memo=self.cluster.memo)
         return self.memo[key]  # type: ignore[return-value]
 
     def has(self, name: str) -> bool:
