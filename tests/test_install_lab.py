@@ -1,10 +1,10 @@
 """`fwc install` into the lab's running cluster: real keepalived and conntrackd.
 
-The lab (fwc.lab) brings edge (and loadshare, active-active) up in namespaces with private mount namespaces;
-install reaches each member through them (`mount=` in the inventory), checks
-the real cluster state (one master holding every VIP, or each vrrp-group's VIPs
-on its master; conntrackd answering)
-before and between nodes, and reloads keepalived where its config changed.
+The lab (fwc.lab) brings edge (and loadshare, active-active) up in namespaces
+with private mount namespaces; install reaches each member through them (`mount=`
+in the inventory), checks the real cluster state (one master holding every VIP,
+or each vrrp-group's VIPs on its master; conntrackd answering) before and between
+nodes, and reloads keepalived where its config changed.
 """
 
 from __future__ import annotations
