@@ -139,3 +139,50 @@ def test_diff_names_a_group_that_changed_hands(tmp_path: Path) -> None:
             "fw1 (master of vrrp-group red)") in lines
     assert not [line for line in lines if line.startswith(("interface lan", "interface sync"))]
     assert cluster_settings(old, cluster_of(LOADSHARE)) == []
+
+
+# -- expectations in both states: normal operation and after a takeover ---------------
+DENY = "    deny  server  -> client  service echo  in uplink\n"
+
+
+def with_expectation(line: str) -> str:
+    return variant(DENY, DENY + line)
+
+
+def test_expectation_broken_only_after_takeover_is_reported(tmp_path: Path) -> None:
+    # While the groups are split, fw1 forwards ssh for red's dmz.vip (dropped) and fw2
+    # never meets lan traffic; once either holds every VIP, the ssh rule accepts it.
+    line = "    deny  client -> dmz.vip service ssh  in lan\n"
+    text = with_expectation(line)
+    found = assert_diagnostic(run(tmp_path, text), "FWC602", E, line_of(text, line.strip()),
+                              "fails on members fw1 (after takeover), fw2 (after takeover)",
+                              "from client to dmz.vip service ssh in lan is accepted by rule")
+    assert found.hint is not None and "after takeover" in found.hint
+    assert not with_code(run(tmp_path, text), "FWC603")
+
+
+def test_expectation_failing_in_normal_operation_names_no_state(tmp_path: Path) -> None:
+    line = "    allow client -> firewall service ssh  in lan\n"
+    text = with_expectation(line)
+    found = assert_diagnostic(run(tmp_path, text), "FWC601", E, line_of(text, line.strip()),
+                              "fails on member fw1: from client to ")
+    assert "after takeover" not in found.message and found.hint is not None
+    assert "after takeover" not in found.hint
+
+
+def test_expectation_holding_in_both_states_is_silent(tmp_path: Path) -> None:
+    # fw2 meets ssh to lan.vip only after it takes over blue: proved there, no FWC603
+    line = "    allow client -> lan.vip service ssh  in lan  via fw1\n"
+    analysis = run(tmp_path, with_expectation(line))
+    assert analysis.policy is not None
+    assert [d.code for d in analysis.diagnostics] == []
+
+
+def test_expectation_a_member_never_meets_draws_fwc603(tmp_path: Path) -> None:
+    # fw1 holds lan.vip in both states: its own packets to it never leave it; fw2's go
+    # to fw1 while the groups are split (traffic, not reported)
+    line = "    allow firewall -> lan.vip service ssh\n"
+    text = with_expectation(line)
+    found = assert_diagnostic(run(tmp_path, text), "FWC603", Severity.WARNING,
+                              line_of(text, line.strip()))
+    assert found.message == "expectation describes no traffic on fw1"

@@ -1,9 +1,10 @@
 """`fwc install` into the lab's running cluster: real keepalived and conntrackd.
 
-The lab (fwc.lab) brings edge up in namespaces with private mount namespaces;
-install reaches each member through them (`mount=` in the inventory), checks
-the real cluster state (one master holding every VIP, conntrackd answering)
-before and between nodes, and reloads keepalived where its config changed.
+The lab (fwc.lab) brings edge (and loadshare, active-active) up in namespaces
+with private mount namespaces; install reaches each member through them (`mount=`
+in the inventory), checks the real cluster state (one master holding every VIP,
+or each vrrp-group's VIPs on its master; conntrackd answering) before and between
+nodes, and reloads keepalived where its config changed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 
 import pytest
 from conftest import EDGE_TEXT as EDGE
+from conftest import REPO
 
 from fwc.cli import main
 from fwc.lab.adapter import load_source
@@ -86,5 +88,52 @@ def test_install_into_the_running_lab(tmp_path, capsys):
             assert main(["diff", "--installed", node.name, "--transport", "netns",
                          "--inventory", str(inventory), str(second)]) == 0
         capsys.readouterr()
+    finally:
+        teardown(prefix)
+
+
+def test_install_into_the_running_active_active_lab(tmp_path, capsys):
+    """loadshare, each vrrp-group on its own master: settled before and between nodes."""
+    text = (REPO / "policies" / "loadshare.fw").read_text(encoding="utf-8")
+    assert text.count("advert 1s") == 1
+    first = tmp_path / "v1" / "loadshare.fw"
+    first.parent.mkdir()
+    first.write_text(text.replace("advert 1s", "advert 100ms"), encoding="utf-8")
+    assert main(["compile", str(first), "-o", str(tmp_path / "v1" / "output")]) == 0
+    source = load_source(first, tmp_path / "v1" / "output")
+    second = tmp_path / "v2" / "loadshare.fw"
+    second.parent.mkdir()
+    rule = "    accept from client to firewall service ssh        in lan\n"
+    assert first.read_text(encoding="utf-8").count(rule) == 1
+    second.write_text(first.read_text(encoding="utf-8").replace(
+        rule, rule + "    accept from web    to partner  service ssh        in dmz\n"),
+        encoding="utf-8")
+    assert main(["compile", str(second), "-o", str(tmp_path / "v2" / "output")]) == 0
+    capsys.readouterr()
+
+    prefix = f"fwcia{os.getpid() % 100000}"
+    (tmp_path / "logs").mkdir()
+    lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
+              lambda _: None)
+    lab.report = LabReport(source.cluster.name, prefix, str(tmp_path / "logs"))
+    try:
+        lab.build()
+        lab.start_members()
+        lab.wait_groups()
+        inventory = tmp_path / "inventory"
+        inventory.write_text("".join(
+            f"{node.name} {node.ns} mount={node.mntfile}\n" for node in lab.nodes))
+        code = main(["install", "--all", "--confirm", "--transport", "netns",
+                     "--inventory", str(inventory), "-o", str(tmp_path / "v2" / "output"),
+                     str(second)])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "not settled" not in out, out
+        # the real state, checked after each node: each group on its own master
+        assert len(re.findall(r"cluster settled: fw1 masters blue, fw2 masters red",
+                              out)) == 2, out
+        assert "-s 203.0.113.80/32 -d 198.51.100.140/32" in lab.node("fw2").exec(
+            ["iptables-save"]).stdout
+        assert {n.name: n.vips_held() for n in lab.nodes} == lab.plan.expected_vips()
     finally:
         teardown(prefix)

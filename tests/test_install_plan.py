@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from fwc.cli import main
 from fwc.install import transport as transport_module
 from fwc.install.plan import automatic_confirmer, order, terminal_confirmer
 from fwc.install.secrets import SecretsError, fill, read_secrets
-from fwc.install.settle import ClusterState, check_cluster, wait_settled
+from fwc.install.settle import ClusterState, check_cluster, vip_state, wait_settled
 from fwc.install.transport import (
     InventoryError,
     NetnsTransport,
@@ -219,6 +220,48 @@ def test_check_cluster(cluster):
     silent = Canned("fw2", ["192.0.2.2/24"], conntrackd=False)
     state = check_cluster(cluster, {"fw1": master, "fw2": silent})
     assert not state.settled and state.detail == "conntrackd does not answer -s on fw2"
+
+
+BLUE = ["192.0.2.254/24", "198.51.100.126/25"]  # loadshare: lan, uplink; master fw1
+RED = ["203.0.113.126/25", "198.51.100.254/25"]  # dmz, uplink2; master fw2
+
+
+def _loadshare() -> Cluster:
+    policy = analyse(REPO / "policies" / "loadshare.fw").policy
+    assert policy is not None
+    return policy.clusters[0]
+
+
+def test_vip_state_of_an_active_active_cluster():
+    loadshare = _loadshare()
+
+    def state(fw1: list[str], fw2: list[str]) -> ClusterState:
+        return vip_state(loadshare, {"fw1": {a.split("/")[0] for a in fw1},
+                                     "fw2": {a.split("/")[0] for a in fw2}})
+
+    assert state(BLUE, RED) == ClusterState(True, None, "fw1 masters blue, fw2 masters red")
+    # fw1 holding every VIP is a takeover, not the settled split: red goes back (preempt)
+    assert state(BLUE + RED, []) == ClusterState(
+        False, None, "vrrp-group red is on fw1, not yet back on its master fw2")
+    assert state(BLUE[:1], RED + BLUE[1:]).detail == \
+        "vrrp-group blue split: fw1 holds 1/2, fw2 holds 1/2"
+    assert state([], []).detail == ("no member holds the VIPs of vrrp-group blue; "
+                                    "no member holds the VIPs of vrrp-group red")
+    # without preempt the VIPs stay where a failover put them: settled there
+    still = replace(loadshare, vrrp=replace(loadshare.vrrp, preempt=False))
+    assert vip_state(still, {"fw1": {a.split("/")[0] for a in BLUE + RED}, "fw2": set()}) == \
+        ClusterState(True, None, "fw1 masters blue, fw1 masters red")
+
+
+def test_check_cluster_of_an_active_active_cluster():
+    loadshare = _loadshare()
+    fw1 = Canned("fw1", ["192.0.2.1/24", *BLUE])
+    fw2 = Canned("fw2", ["192.0.2.2/24", *RED])
+    assert check_cluster(loadshare, {"fw1": fw1, "fw2": fw2}) == \
+        ClusterState(True, None, "fw1 masters blue, fw2 masters red")
+    silent = Canned("fw2", ["192.0.2.2/24", *RED], conntrackd=False)
+    assert check_cluster(loadshare, {"fw1": fw1, "fw2": silent}).detail == \
+        "conntrackd does not answer -s on fw2"
 
 
 def test_wait_settled_is_bounded(cluster):

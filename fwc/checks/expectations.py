@@ -43,6 +43,11 @@ class Failure:
     piece: Piece
     text: str  # the part in policy terms
     unrouted: bool = False  # it leaves by a guessed interface: the member has no default route
+    takeover: bool = False  # found after the member took over every vrrp-group's VIPs
+
+    @property
+    def where(self) -> str:
+        return f"{self.member} (after takeover)" if self.takeover else self.member
 
 
 def evaluate(expectation: Expectation, view: MemberView) -> list[Piece]:
@@ -62,7 +67,7 @@ def failures(expectation: Expectation, view: MemberView, pieces: Iterable[Piece]
                 not has_default(view.routing[piece.box.family])
             yield Failure(view.member.name, piece,
                           describe_box(piece.box, vocabulary, view.firewall, view.interfaces),
-                          unrouted)
+                          unrouted, view.takeover)
 
 
 def _decider(piece: Piece) -> tuple[object, ...]:
@@ -76,7 +81,7 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
     code = "FWC601" if expectation.verdict is Verdict.ALLOW else "FWC602"
     out: list[Diagnostic] = []
     for group in list(groups.values())[:MAX_REPORTS_PER_EXPECTATION]:
-        members = list(dict.fromkeys(f.member for f in group))
+        members = list(dict.fromkeys(f.where for f in group))
         first = group[0]
         piece = first.piece
         verdict = _VERDICT_WORDS.get(piece.verdict, piece.verdict)
@@ -104,6 +109,10 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
             hint += ("; fwc knows no default route of this member, so traffic no subnet holds "
                      "may leave by any interface but the sync link: 'route default via "
                      "GATEWAY' tells it the exit (docs/language.md, \"Routes\")")
+        if any(f.takeover for f in group):
+            hint += ("; after takeover: the member holds every vrrp-group's VIPs, as when the "
+                     "other members have failed, and a failover must not change what the "
+                     "policy promises (docs/analysis.md, \"Who handles it\")")
         out.append(error(code, message, expectation.span, hint=hint, related=related))
     hidden = len(groups) - MAX_REPORTS_PER_EXPECTATION
     if hidden > 0:
@@ -117,14 +126,32 @@ def check_cluster(cluster: Cluster, vocabulary: Vocabulary) -> Iterator[Diagnost
     if not cluster.expectations:
         return
     views = [MemberView(cluster, member) for member in cluster.members]
+    # Active-active: a member holds only its groups' VIPs while every member is well;
+    # after a failover it holds them all and meets traffic it never met before. The
+    # expectation is proved in both states (a member holding every VIP, or none, in
+    # normal operation has one state: its view is already the after-failover one).
+    takeovers = {view.member.name: MemberView(cluster, view.member, takeover=True)
+                 for view in views if view.elsewhere_vips}
     for expectation in cluster.expectations:
         found: list[Failure] = []
         empty_on: list[str] = []
         for view in views:
             pieces = evaluate(expectation, view)
-            if all(piece.chain == "local" for piece in pieces):
+            normal = list(failures(expectation, view, pieces, vocabulary))
+            found.extend(normal)
+            empty = _describes_nothing(pieces)
+            after = takeovers.get(view.member.name)
+            if after is not None:
+                after_pieces = evaluate(expectation, after)
+                # Only what the failover changes: a part failing in both states is reported once.
+                known = {(_decider(f.piece), f.text) for f in normal}
+                found.extend(f for f in failures(expectation, after, after_pieces, vocabulary)
+                             if (_decider(f.piece), f.text) not in known)
+                # The traffic a member meets only after it takes over a group is proved
+                # there (above): not vacuous, so no FWC603 for it.
+                empty = empty and _describes_nothing(after_pieces)
+            if empty:
                 empty_on.append(view.member.name)
-            found.extend(failures(expectation, view, pieces, vocabulary))
         if found:
             yield from _diagnose(expectation, found)
         if expectation.via is not None:
@@ -135,6 +162,10 @@ def check_cluster(cluster: Cluster, vocabulary: Vocabulary) -> Iterator[Diagnost
                 expectation.span,
                 hint="the traffic is firewall-to-firewall only, or the interface does not "
                      "exist on that member")
+
+
+def _describes_nothing(pieces: list[Piece]) -> bool:
+    return all(piece.chain == "local" for piece in pieces)
 
 
 def _check_via(cluster: Cluster, expectation: Expectation,
@@ -182,8 +213,12 @@ fails when some of that traffic is not accepted on some member: the message
 names the member, the part of the traffic, and the rule (file:line, shown as a
 note) or the default policy that decides it. Expectations are evaluated on
 intervals over the packet fields, first match wins, with DNAT applied before the
-filter as the kernel does. One run reports every failing expectation (this check
-also emits FWC602 and FWC603).""")
+filter as the kernel does. On an active-active cluster (`vrrp-group`s) each member
+is proved twice: in normal operation, holding its groups' VIPs, and after it has
+taken over every group, since a failover must not change what the policy
+promises; a part that fails only then names the member as `fw1 (after
+takeover)`. One run reports every failing expectation (this check also emits
+FWC602 and FWC603).""")
 def check_expectations(policy: Policy) -> Iterable[Diagnostic]:
     vocabulary = Vocabulary.of_policy(policy)
     for cluster in policy.clusters:
@@ -213,4 +248,9 @@ them.""", "check")
 describe("FWC603", "expectation describes no traffic", Severity.WARNING, """
 An expectation that only describes firewall-to-firewall traffic, or whose `in`
 interface does not exist on a member, is true of nothing: it can
-never fail, so it proves nothing. Fix the expectation.""", "check")
+never fail, so it proves nothing. Fix the expectation. On an active-active cluster
+traffic a member does not meet while the groups are split (it arrives through
+another group's VIPs, whose master handles it) is not reported: that member
+meets it after it takes the group over, and the expectation is proved there
+(FWC601). The warning names only members that meet none of the traffic in
+either state.""", "check")

@@ -2,8 +2,9 @@
 
 Backups go first and the master last, so the VIPs move at most once, and
 only to a node that already runs the new configuration. Between nodes the
-cluster must settle again (one master holding every VIP, conntrackd
-answering), when it was settled before the install began.
+cluster must settle again (one master holding every VIP, or each vrrp-group's on
+its master: fwc.install.settle; conntrackd answering), when it was settled before
+the install began.
 """
 
 from __future__ import annotations
