@@ -4,12 +4,25 @@ After a failover the other member decides what the network allows; if the two
 rulesets differ for traffic through the cluster, a failover silently changes
 policy. The check compares the lowered rulesets (what the kernels get) after
 replacing each member's own devices and addresses by placeholders.
+
+Lowering every member's whole ruleset for this was most of `fwc check` on large
+policies. Most rules cannot differ between members, and that is decided on the
+model (`member_neutral`): a rule for every member whose addresses and NAT targets
+hold no member's own address, that does not name `firewall`, and whose interfaces
+stand for the same placeholder on every member, lowers to the same forwarded and NAT
+rules on every member: the lowering's only member-dependent inputs are the firewall
+addresses (its own plus the VIPs), the devices and `only`. Only the other rules (and
+the automatic ones) are lowered and compared, in a copy of the cluster without the
+neutral rules; the per-rule lowering does not depend on the other rules. A scoped rule
+that touches forwarded traffic needs the rules after it (what decides that traffic on
+the other members): then the whole cluster is lowered, as before.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fwc.backend.lower import (
     MARK_ACCEPT_CHAIN,
@@ -186,7 +199,111 @@ def _describe_rule(rule: PolicyRule) -> str:
     return f"'{rule.action} from {rule.source.label} to {rule.destination.label}'"
 
 
+def _interface_placeholder(cluster: Cluster, member: Member, interface: str) -> str:
+    """What the comparison turns the device of INTERFACE on MEMBER into (`_normal`)."""
+    devices, _ = _substitutions(cluster, member)
+    device = member.device(interface) or interface
+    return devices.get(device, device)
+
+
+class Neutrality:
+    """Which rules of a cluster lower to the same forwarded and NAT rules on every member.
+
+    Decided on the model, per rule (see the module doc). The lowering depends on the
+    member through `only`, the devices, and the firewall addresses (its own plus the
+    VIPs) that `side_of` splits each item by; the comparison replaces a member's own
+    address where it stands alone in a CIDR list. So a rule is neutral when it has no
+    `only`, no `firewall` item, interfaces whose device turns into the same placeholder
+    on every member, and every item and NAT target either holds no member's own address
+    or (positive items only) holds each such address with its neighbour in the same
+    /31 (/127), so that no CIDR list built from it names the address alone, and falls
+    on the same side of the firewall split on every member.
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.own = [(a.version, int(a.ip)) for m in cluster.members for link in m.links
+                    for a in link.addresses]
+        self.firewalls = [cluster.firewall_addresses(m) for m in cluster.members]
+        names = {i.name for i in cluster.interfaces}
+        names |= {link.interface for m in cluster.members for link in m.links}
+        self.same_interfaces: set[str | None] = {None}
+        for name in names:
+            if len({_interface_placeholder(cluster, m, name) for m in cluster.members}) == 1:
+                self.same_interfaces.add(name)
+
+    def _own_in(self, addresses: AddressSet) -> list[tuple[int, int]]:
+        return [(family, value) for family, value in self.own
+                if _contains(addresses.family(family), value)]
+
+    def _item_neutral(self, addresses: AddressSet, negated: bool) -> bool:
+        held = self._own_in(addresses)
+        if not held:
+            return True
+        if negated or any(not _contains(addresses.family(f), v ^ 1) for f, v in held):
+            return False
+        split = {tuple(fw.only(f).covers(addresses.only(f)) for f in (4, 6)
+                       if addresses.family(f)) for fw in self.firewalls}
+        return len(split) == 1
+
+    def neutral(self, rule: PolicyRule) -> bool:
+        if rule.only is not None or rule.in_interface not in self.same_interfaces \
+                or rule.out_interface not in self.same_interfaces:
+            return False
+        for side in (rule.source, rule.destination):
+            for item in side.items:
+                if item.kind == "firewall" or not self._item_neutral(item.addresses,
+                                                                     item.negated):
+                    return False
+        return not any(self._own_in(t.addresses) for t in getattr(rule, "targets", ()))
+
+
+def _contains(intervals: tuple[tuple[int, int], ...], value: int) -> bool:
+    at = bisect.bisect_right(intervals, (value, _INFINITY)) - 1
+    return at >= 0 and intervals[at][0] <= value <= intervals[at][1]
+
+
+_INFINITY = 1 << 129
+
+
+def member_dependent(cluster: Cluster) -> Cluster:
+    """CLUSTER with only the rules that may lower differently on its members.
+
+    Rules written on one line share the line's origin label (the key the comparison
+    groups by): if one of them is kept, all of them are.
+    """
+    neutrality = Neutrality(cluster)
+    kept = {(r.span.file, r.span.line) for r in cluster.all_rules() if not neutrality.neutral(r)}
+    return replace(cluster, rules=tuple(r for r in cluster.rules
+                                        if (r.span.file, r.span.line) in kept),
+                   nat=tuple(r for r in cluster.nat if (r.span.file, r.span.line) in kept))
+
+
 def cluster_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnostic]:
+    """FWC301/FWC302 of CLUSTER, lowering only the rules that may differ (module doc)."""
+    if len(cluster.members) < 2:
+        return
+    reduced = member_dependent(cluster)
+    scoped = [r for r in reduced.all_rules() if r.only is not None]
+    if scoped and _touches_forwarding(reduced, scoped, options):
+        yield from compared_parity(cluster, options)
+        return
+    yield from compared_parity(reduced, options)
+
+
+def _touches_forwarding(cluster: Cluster, scoped: list[PolicyRule],
+                        options: LowerOptions) -> bool:
+    """Does one of the SCOPED rules give a forwarded or NAT kernel rule on some member?"""
+    wanted = {(r.span.file, r.span.line) for r in scoped}
+    only = replace(cluster, rules=tuple(r for r in cluster.rules
+                                        if (r.span.file, r.span.line) in wanted),
+                   nat=tuple(r for r in cluster.nat if (r.span.file, r.span.line) in wanted))
+    return any(rule.origin.rule is not None
+               for member in only.members for family in sorted(only.families)
+               for _, _, rule in _forwarding_rules(lower(only, member, family, options)))
+
+
+def compared_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnostic]:
+    """FWC301/FWC302 by lowering every rule of CLUSTER for every member and comparing."""
     if len(cluster.members) < 2:
         return
     reported: set[str] = set()
