@@ -131,4 +131,4 @@ def test_neutral_rules_are_not_lowered(tmp_path):
     analysis = analyse(path, run_checks=False)
     assert analysis.policy is not None
     kept = parity.member_dependent(analysis.policy.clusters[0])
-    assert [r.destination.label for r in kept.rules] == ["fw1lan", "firewall", "web"]
+    assert [r.destination.label for r in kept.rules] == ["fw1lan", "web"]

@@ -213,16 +213,19 @@ class Neutrality:
     member through `only`, the devices, and the firewall addresses (its own plus the
     VIPs) that `side_of` splits each item by; the comparison replaces a member's own
     address where it stands alone in a CIDR list. So a rule is neutral when it has no
-    `only`, no `firewall` item, interfaces whose device turns into the same placeholder
-    on every member, and every item and NAT target either holds no member's own address
+    `only`, interfaces whose device turns into the same placeholder
+    on every member, no `firewall` item in a NAT rule and no `!firewall`, and every
+    item and NAT target either holds no member's own address
     or (positive items only) holds each such address with its neighbour in the same
     /31 (/127), so that no CIDR list built from it names the address alone, and falls
     on the same side of the firewall split on every member.
     """
 
     def __init__(self, cluster: Cluster) -> None:
-        self.own = [(a.version, int(a.ip)) for m in cluster.members for link in m.links
-                    for a in link.addresses]
+        # every member's own addresses, sorted per family
+        self.own = {family: sorted({int(a.ip) for m in cluster.members for link in m.links
+                                    for a in link.addresses if a.version == family})
+                    for family in (4, 6)}
         self.firewalls = [cluster.firewall_addresses(m) for m in cluster.members]
         names = {i.name for i in cluster.interfaces}
         names |= {link.interface for m in cluster.members for link in m.links}
@@ -232,8 +235,19 @@ class Neutrality:
                 self.same_interfaces.add(name)
 
     def _own_in(self, addresses: AddressSet) -> list[tuple[int, int]]:
-        return [(family, value) for family, value in self.own
-                if _contains(addresses.family(family), value)]
+        """(family, address) of the members' own addresses in ADDRESSES."""
+        out: list[tuple[int, int]] = []
+        for family in (4, 6):
+            intervals = addresses.family(family)
+            if not intervals:
+                continue
+            values = self.own[family]
+            # only the own addresses within the set's hull can be in it
+            first = bisect.bisect_left(values, intervals[0][0])
+            last = bisect.bisect_right(values, intervals[-1][1])
+            out.extend((family, value) for value in values[first:last]
+                       if _contains(intervals, value))
+        return out
 
     def _item_neutral(self, addresses: AddressSet, negated: bool) -> bool:
         held = self._own_in(addresses)
@@ -249,10 +263,15 @@ class Neutrality:
         if rule.only is not None or rule.in_interface not in self.same_interfaces \
                 or rule.out_interface not in self.same_interfaces:
             return False
+        nat = _is_nat(rule)
         for side in (rule.source, rule.destination):
             for item in side.items:
-                if item.kind == "firewall" or not self._item_neutral(item.addresses,
-                                                                     item.negated):
+                if item.kind == "firewall":
+                    # The filter's FORWARD part leaves what `firewall` names out (it goes
+                    # to INPUT/OUTPUT); NAT matches it, and `!firewall` is an exclusion.
+                    if nat or item.negated:
+                        return False
+                elif not self._item_neutral(item.addresses, item.negated):
                     return False
         return not any(self._own_in(t.addresses) for t in getattr(rule, "targets", ()))
 
