@@ -37,8 +37,9 @@ _rules = st.lists(st.tuples(st.sampled_from(("accept", "drop")), st.sampled_from
                             st.sampled_from(_SIDES), st.sampled_from(_SERVICES),
                             st.sampled_from(_SCOPES)), min_size=1, max_size=10)
 _nats = st.lists(st.tuples(st.sampled_from(_NAT), st.sampled_from(_SIDES),
-                           st.sampled_from(_SIDES), st.sampled_from(("", " in lan", " out uplink"))),
-                 max_size=4)
+                           st.sampled_from(_SIDES),
+                           st.sampled_from(("", " in lan", " out uplink"))), max_size=4)
+_SNAT = "snat from lan to any out uplink -> uplink.vip"
 _settings = settings(max_examples=60, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -48,8 +49,7 @@ def _policy(tmp_path, drawn, nats):
              for action, src, dst, svc, scope in drawn]
     nat = [form.format(src=src, dst=dst, scope=scope) for form, src, dst, scope in nats]
     text = _OBJECTS + mutate((SERVER_RULE, "\n    ".join(lines)),
-                             ("snat from lan to any out uplink -> uplink.vip",
-                              "\n    ".join(nat + ["snat from lan to any out uplink -> uplink.vip"])))
+                             (_SNAT, "\n    ".join([*nat, _SNAT])))
     path = tmp_path / "fast.fw"
     path.write_text(text, encoding="utf-8")
     analysis = analyse(path, run_checks=False)
