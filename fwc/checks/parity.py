@@ -7,15 +7,17 @@ replacing each member's own devices and addresses by placeholders.
 
 Lowering every member's whole ruleset for this was most of `fwc check` on large
 policies. Most rules cannot differ between members, and that is decided on the
-model (`member_neutral`): a rule for every member whose addresses and NAT targets
-hold no member's own address, that does not name `firewall`, and whose interfaces
-stand for the same placeholder on every member, lowers to the same forwarded and NAT
-rules on every member: the lowering's only member-dependent inputs are the firewall
-addresses (its own plus the VIPs), the devices and `only`. Only the other rules (and
-the automatic ones) are lowered and compared, in a copy of the cluster without the
-neutral rules; the per-rule lowering does not depend on the other rules. A scoped rule
-that touches forwarded traffic needs the rules after it (what decides that traffic on
-the other members): then the whole cluster is lowered, as before.
+model (`Neutrality`, `member_dependent`): the lowering's only member-dependent
+inputs are `only`, the devices, and the firewall addresses (the member's own plus
+the VIPs) that split each side; the comparison's only member-dependent step is the
+placeholder for a member's own address where it stands alone in a CIDR list. A rule
+whose interfaces, items and NAT targets are alike in those respects for every member
+lowers to the same normalised forwarded and NAT rules on every member. Only the other
+rules (and the automatic ones) are lowered and compared, in a copy of the cluster
+without the neutral rules: a rule's lowering does not depend on the other rules. A
+scoped rule that touches forwarded traffic (an error) needs the rules after it (what
+decides that traffic on the other members): then the whole cluster is lowered and
+compared, as before. tests/test_parity_oracle.py keeps both ways equal.
 """
 
 from __future__ import annotations
@@ -227,6 +229,7 @@ class Neutrality:
                                     for a in link.addresses if a.version == family})
                     for family in (4, 6)}
         self.firewalls = [cluster.firewall_addresses(m) for m in cluster.members]
+        self.items: dict[tuple[AddressSet, bool], bool] = {}
         names = {i.name for i in cluster.interfaces}
         names |= {link.interface for m in cluster.members for link in m.links}
         self.same_interfaces: set[str | None] = {None}
@@ -250,6 +253,14 @@ class Neutrality:
         return out
 
     def _item_neutral(self, addresses: AddressSet, negated: bool) -> bool:
+        # the same objects and groups recur in thousands of rules: answered once each
+        key = (addresses, negated)
+        got = self.items.get(key)
+        if got is None:
+            got = self.items[key] = self._item_neutral_now(addresses, negated)
+        return got
+
+    def _item_neutral_now(self, addresses: AddressSet, negated: bool) -> bool:
         held = self._own_in(addresses)
         if not held:
             return True
@@ -301,33 +312,32 @@ def cluster_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnost
     """FWC301/FWC302 of CLUSTER, lowering only the rules that may differ (module doc)."""
     if len(cluster.members) < 2:
         return
-    reduced = member_dependent(cluster)
-    scoped = [r for r in reduced.all_rules() if r.only is not None]
-    if scoped and _touches_forwarding(reduced, scoped, options):
-        yield from compared_parity(cluster, options)
-        return
-    yield from compared_parity(reduced, options)
-
-
-def _touches_forwarding(cluster: Cluster, scoped: list[PolicyRule],
-                        options: LowerOptions) -> bool:
-    """Does one of the SCOPED rules give a forwarded or NAT kernel rule on some member?"""
-    wanted = {(r.span.file, r.span.line) for r in scoped}
-    only = replace(cluster, rules=tuple(r for r in cluster.rules
-                                        if (r.span.file, r.span.line) in wanted),
-                   nat=tuple(r for r in cluster.nat if (r.span.file, r.span.line) in wanted))
-    return any(rule.origin.rule is not None
-               for member in only.members for family in sorted(only.families)
-               for _, _, rule in _forwarding_rules(lower(only, member, family, options)))
+    views = _views(member_dependent(cluster), options)
+    if any(origin is not None and origin.only is not None
+           for family_views in views for view in family_views
+           for origin in view.origins.values()):
+        # A scoped rule touches forwarded traffic: what decides that traffic on the
+        # other members is any later rule, neutral or not.
+        views = _views(cluster, options)
+    yield from _compared(views)
 
 
 def compared_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnostic]:
     """FWC301/FWC302 by lowering every rule of CLUSTER for every member and comparing."""
     if len(cluster.members) < 2:
         return
+    yield from _compared(_views(cluster, options))
+
+
+def _views(cluster: Cluster, options: LowerOptions) -> list[list[_MemberView]]:
+    """Per family, every member's forwarded and NAT rules, normalised."""
+    return [[_view(cluster, m, family, options) for m in cluster.members]
+            for family in sorted(cluster.families)]
+
+
+def _compared(by_family: list[list[_MemberView]]) -> Iterator[Diagnostic]:
     reported: set[str] = set()
-    for family in sorted(cluster.families):
-        views = [_view(cluster, m, family, options) for m in cluster.members]
+    for views in by_family:
         keys: dict[str, None] = {}
         for view in views:
             keys.update(dict.fromkeys(view.by_origin))
