@@ -369,14 +369,17 @@ class CoverIndex:
             return []
         part = flow.parts[0]
         src, dst = keys[0]
+        tables = [table for skey in _probe_keys(flow.services, part.family)
+                  if (table := self.tables.get((part.kind, part.family, *skey))) is not None]
+        if not tables:
+            return []
         sources = self.sources[part.family].supersets(src)
-        destinations = self.destinations[part.family].supersets(dst)
+        destinations: frozenset[int] | None = None  # asked only when a source matches
         found: dict[int, Flow] = {}
-        for skey in _probe_keys(flow.services, part.family):
-            table = self.tables.get((part.kind, part.family, *skey))
-            if table is None:
-                continue
+        for table in tables:
             for inner in _picked(table, sources):
+                if destinations is None:
+                    destinations = self.destinations[part.family].supersets(dst)
                 for bucket in _picked(inner, destinations):
                     for candidate in bucket:
                         found[candidate.position] = candidate
