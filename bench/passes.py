@@ -7,12 +7,13 @@ runs it in a fresh process per shape, size and repetition and takes medians.
 
 The passes are the compiler's own functions, called in the order `fwc compile`
 needs them, with one difference: the rulesets of every member and family are
-lowered as a pass of their own before the checks (the parity check would lower
-them otherwise; both share them through the model's memo), so that "lower" and
-"check FWC301" are told apart. Building and writing the files is one call, as in
-`fwc compile` (each file is written as soon as it is rendered): arrangement and
-ipsets are timed by wrapping `fwc.backend.render.context.optimise`, write by
-wrapping `fwc.backend.output.write_file`, render is the rest of that call.
+lowered as a pass of their own before the checks, where `fwc compile` lowers them
+while building the files (the parity check lowers only the rules that may differ
+between members, in a copy of the cluster of its own, and "check parity" counts
+it). Building and writing the files is one call, as in `fwc compile` (each file
+is written as soon as it is rendered): arrangement and ipsets are timed by
+wrapping `fwc.backend.render.context.optimise`, write by wrapping
+`fwc.backend.output.write_file`, render is the rest of that call.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ meet, and from/to lists whose negations make no sense.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from fwc.checks import check
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
@@ -26,12 +27,67 @@ def firewall_families(cluster: Cluster) -> frozenset[int]:
     return cluster.families | cluster.vips.families
 
 
+@dataclass(frozen=True, slots=True)
+class SideFacts:
+    """What the name checks ask of a from/to list, from one pass over its items.
+
+    `Endpoint`'s cached properties mean the same; walking the items once here is a
+    fraction of their cost when every rule of a large policy is asked.
+    """
+
+    is_any: bool  # `any`, or only negated items
+    firewall: bool  # names `firewall`
+    positive: tuple[AddressSet, ...]  # positive items' addresses (none for any/firewall)
+    negated: tuple[AddressSet, ...]  # negated items' addresses
+    negated_any: bool  # `!any`
+    broken: bool  # an address item without addresses (malformed or empty: reported)
+
+    @staticmethod
+    def of(endpoint: Endpoint) -> SideFacts:
+        positive: list[AddressSet] = []
+        negated: list[AddressSet] = []
+        has_positive = has_any = firewall = negated_any = broken = False
+        for item in endpoint.items:
+            kind = item.kind
+            if kind not in ("any", "firewall") and not item.addresses:
+                broken = True
+            if item.negated:
+                negated_any = negated_any or kind == "any"
+                negated.append(item.addresses)
+                continue
+            has_positive = True
+            has_any = has_any or kind == "any"
+            firewall = firewall or kind == "firewall"
+            positive.append(item.addresses)
+        return SideFacts(has_any or not has_positive, firewall, tuple(positive),
+                         tuple(negated), negated_any, broken)
+
+    def remaining(self) -> AddressSet:
+        """The positive items' addresses minus the negated items' (`Endpoint`'s
+        `addresses - excluded`)."""
+        kept = AddressSet.union(self.positive)
+        return kept - AddressSet.union(self.negated) if self.negated else kept
+
+    def matches_no_address(self) -> bool:
+        """Nothing remains of the positive items' addresses after the negated ones."""
+        if not any(self.negated):
+            return not any(self.positive)
+        return not self.remaining()
+
+
 def endpoint_families(endpoint: Endpoint, cluster: Cluster) -> frozenset[int]:
     """The address families an endpoint can match in this cluster."""
-    if endpoint.is_any:
+    return _families(SideFacts.of(endpoint), cluster)
+
+
+def _families(facts: SideFacts, cluster: Cluster) -> frozenset[int]:
+    if facts.is_any:
         return BOTH
-    families = set((endpoint.addresses - endpoint.excluded).families)
-    if endpoint.firewall:
+    if any(facts.negated):
+        families = set(facts.remaining().families)
+    else:  # nothing subtracted: the families of the items
+        families = {f for a in facts.positive for f, iv in ((4, a.v4), (6, a.v6)) if iv}
+    if facts.firewall:
         families |= firewall_families(cluster)
     return frozenset(families)
 
@@ -58,6 +114,17 @@ def _matchers(cluster: Cluster) -> Iterator[tuple[str, Matcher]]:
         yield "expectation", exp
 
 
+Sides = list[tuple[str, Matcher, SideFacts, SideFacts]]
+
+
+def _sides(cluster: Cluster) -> Sides:
+    """Every matcher with the facts of its source and destination, once per run (the
+    three checks below ask the same)."""
+    return cluster.memo.get(("name-check-sides",), lambda: [
+        (what, item, SideFacts.of(item.source), SideFacts.of(item.destination))
+        for what, item in _matchers(cluster)])
+
+
 def _first_span(endpoint: Endpoint, fallback: Span) -> Span:
     return endpoint.items[0].span if endpoint.items else fallback
 
@@ -74,9 +141,9 @@ something to match: a service `ping` with both `icmp/echo-request` and
 `icmpv6/echo-request` between IPv4 endpoints is not reported.""")
 def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item in _matchers(cluster):
-            source = endpoint_families(item.source, cluster)
-            destination = endpoint_families(item.destination, cluster)
+        for what, item, source_facts, destination_facts in _sides(cluster):
+            source = _families(source_facts, cluster)
+            destination = _families(destination_facts, cluster)
             if not source or not destination:
                 continue  # matches nothing at all: FWC112
             common = source & destination
@@ -112,15 +179,13 @@ everything, or that negates `any`, matches no address, so the rule or
 expectation is dead. This is almost always a typo in the list.""")
 def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item in _matchers(cluster):
-            for side_name, side in (("source", item.source), ("destination", item.destination)):
-                negated_any = any(i.kind == "any" and i.negated for i in side.items)
+        for what, item, source, destination in _sides(cluster):
+            for side_name, side, facts in (("source", item.source, source),
+                                           ("destination", item.destination, destination)):
                 # An item without addresses was malformed or empty: already reported.
-                broken = any(not i.addresses for i in side.items if i.kind not in
-                             ("any", "firewall"))
-                empty = (not side.is_any and not side.firewall and not broken
-                         and not (side.addresses - side.excluded))
-                if negated_any or empty:
+                empty = (not facts.is_any and not facts.firewall and not facts.broken
+                         and facts.matches_no_address())
+                if facts.negated_any or empty:
                     yield error("FWC112", f"{what} {side_name} '{side.label}' matches no "
                                 "address", _first_span(side, item.span),
                                 hint="the negated items remove everything the list names")
@@ -132,11 +197,11 @@ changes nothing: `from lan, !server` with `server` outside `lan` is just
 `from lan`. Usually the wrong object was negated.""")
 def useless_negation(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item in _matchers(cluster):
-            for side in (item.source, item.destination):
-                if side.is_any or side.firewall:
+        for what, item, source, destination in _sides(cluster):
+            for side, facts in ((item.source, source), (item.destination, destination)):
+                if facts.is_any or facts.firewall or not facts.negated:
                     continue
-                positives = side.addresses
+                positives = AddressSet.union(facts.positive)
                 for negated in side.items:
                     if not negated.negated or negated.kind in ("any", "firewall"):
                         continue

@@ -4,12 +4,27 @@ After a failover the other member decides what the network allows; if the two
 rulesets differ for traffic through the cluster, a failover silently changes
 policy. The check compares the lowered rulesets (what the kernels get) after
 replacing each member's own devices and addresses by placeholders.
+
+Lowering every member's whole ruleset for this was most of `fwc check` on large
+policies. Most rules cannot differ between members, and that is decided on the
+model (`Neutrality`, `member_dependent`): the lowering's only member-dependent
+inputs are `only`, the devices, and the firewall addresses (the member's own plus
+the VIPs) that split each side; the comparison's only member-dependent step is the
+placeholder for a member's own address where it stands alone in a CIDR list. A rule
+whose interfaces, items and NAT targets are alike in those respects for every member
+lowers to the same normalised forwarded and NAT rules on every member. Only the other
+rules (and the automatic ones) are lowered and compared, in a copy of the cluster
+without the neutral rules: a rule's lowering does not depend on the other rules. A
+scoped rule that touches forwarded traffic (an error) needs the rules after it (what
+decides that traffic on the other members): then the whole cluster is lowered and
+compared, as before. tests/test_parity_oracle.py keeps both ways equal.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fwc.backend.lower import (
     MARK_ACCEPT_CHAIN,
@@ -186,12 +201,143 @@ def _describe_rule(rule: PolicyRule) -> str:
     return f"'{rule.action} from {rule.source.label} to {rule.destination.label}'"
 
 
+def _interface_placeholder(cluster: Cluster, member: Member, interface: str) -> str:
+    """What the comparison turns the device of INTERFACE on MEMBER into (`_normal`)."""
+    devices, _ = _substitutions(cluster, member)
+    device = member.device(interface) or interface
+    return devices.get(device, device)
+
+
+class Neutrality:
+    """Which rules of a cluster lower to the same forwarded and NAT rules on every member.
+
+    Decided on the model, per rule (see the module doc). The lowering depends on the
+    member through `only`, the devices, and the firewall addresses (its own plus the
+    VIPs) that `side_of` splits each item by; the comparison replaces a member's own
+    address where it stands alone in a CIDR list. So a rule is neutral when it has no
+    `only`, interfaces whose device turns into the same placeholder
+    on every member, no `firewall` item in a NAT rule and no `!firewall`, and every
+    item and NAT target either holds no member's own address
+    or (positive items only) holds each such address with its neighbour in the same
+    /31 (/127), so that no CIDR list built from it names the address alone, and falls
+    on the same side of the firewall split on every member.
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        # every member's own addresses, sorted per family
+        self.own = {family: sorted({int(a.ip) for m in cluster.members for link in m.links
+                                    for a in link.addresses if a.version == family})
+                    for family in (4, 6)}
+        self.firewalls = [cluster.firewall_addresses(m) for m in cluster.members]
+        self.items: dict[tuple[AddressSet, bool], bool] = {}
+        names = {i.name for i in cluster.interfaces}
+        names |= {link.interface for m in cluster.members for link in m.links}
+        self.same_interfaces: set[str | None] = {None}
+        for name in names:
+            if len({_interface_placeholder(cluster, m, name) for m in cluster.members}) == 1:
+                self.same_interfaces.add(name)
+
+    def _own_in(self, addresses: AddressSet) -> list[tuple[int, int]]:
+        """(family, address) of the members' own addresses in ADDRESSES."""
+        out: list[tuple[int, int]] = []
+        for family in (4, 6):
+            intervals = addresses.family(family)
+            if not intervals:
+                continue
+            values = self.own[family]
+            # only the own addresses within the set's hull can be in it
+            first = bisect.bisect_left(values, intervals[0][0])
+            last = bisect.bisect_right(values, intervals[-1][1])
+            out.extend((family, value) for value in values[first:last]
+                       if _contains(intervals, value))
+        return out
+
+    def _item_neutral(self, addresses: AddressSet, negated: bool) -> bool:
+        # the same objects and groups recur in thousands of rules: answered once each
+        key = (addresses, negated)
+        got = self.items.get(key)
+        if got is None:
+            got = self.items[key] = self._item_neutral_now(addresses, negated)
+        return got
+
+    def _item_neutral_now(self, addresses: AddressSet, negated: bool) -> bool:
+        held = self._own_in(addresses)
+        if not held:
+            return True
+        if negated or any(not _contains(addresses.family(f), v ^ 1) for f, v in held):
+            return False
+        split = {tuple(fw.only(f).covers(addresses.only(f)) for f in (4, 6)
+                       if addresses.family(f)) for fw in self.firewalls}
+        return len(split) == 1
+
+    def neutral(self, rule: PolicyRule) -> bool:
+        if rule.only is not None or rule.in_interface not in self.same_interfaces \
+                or rule.out_interface not in self.same_interfaces:
+            return False
+        nat = _is_nat(rule)
+        for side in (rule.source, rule.destination):
+            for item in side.items:
+                if item.kind == "firewall":
+                    # The filter's FORWARD part leaves what `firewall` names out (it goes
+                    # to INPUT/OUTPUT); NAT matches it, and `!firewall` is an exclusion.
+                    if nat or item.negated:
+                        return False
+                elif not self._item_neutral(item.addresses, item.negated):
+                    return False
+        return not any(self._own_in(t.addresses) for t in getattr(rule, "targets", ()))
+
+
+def _contains(intervals: tuple[tuple[int, int], ...], value: int) -> bool:
+    at = bisect.bisect_right(intervals, (value, _INFINITY)) - 1
+    return at >= 0 and intervals[at][0] <= value <= intervals[at][1]
+
+
+_INFINITY = 1 << 129
+
+
+def member_dependent(cluster: Cluster) -> Cluster:
+    """CLUSTER with only the rules that may lower differently on its members.
+
+    Rules written on one line share the line's origin label (the key the comparison
+    groups by): if one of them is kept, all of them are.
+    """
+    neutrality = Neutrality(cluster)
+    kept = {(r.span.file, r.span.line) for r in cluster.all_rules() if not neutrality.neutral(r)}
+    return replace(cluster, rules=tuple(r for r in cluster.rules
+                                        if (r.span.file, r.span.line) in kept),
+                   nat=tuple(r for r in cluster.nat if (r.span.file, r.span.line) in kept))
+
+
 def cluster_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnostic]:
+    """FWC301/FWC302 of CLUSTER, lowering only the rules that may differ (module doc)."""
     if len(cluster.members) < 2:
         return
+    views = _views(member_dependent(cluster), options)
+    if any(origin is not None and origin.only is not None
+           for family_views in views for view in family_views
+           for origin in view.origins.values()):
+        # A scoped rule touches forwarded traffic: what decides that traffic on the
+        # other members is any later rule, neutral or not.
+        views = _views(cluster, options)
+    yield from _compared(views)
+
+
+def compared_parity(cluster: Cluster, options: LowerOptions) -> Iterable[Diagnostic]:
+    """FWC301/FWC302 by lowering every rule of CLUSTER for every member and comparing."""
+    if len(cluster.members) < 2:
+        return
+    yield from _compared(_views(cluster, options))
+
+
+def _views(cluster: Cluster, options: LowerOptions) -> list[list[_MemberView]]:
+    """Per family, every member's forwarded and NAT rules, normalised."""
+    return [[_view(cluster, m, family, options) for m in cluster.members]
+            for family in sorted(cluster.families)]
+
+
+def _compared(by_family: list[list[_MemberView]]) -> Iterator[Diagnostic]:
     reported: set[str] = set()
-    for family in sorted(cluster.families):
-        views = [_view(cluster, m, family, options) for m in cluster.members]
+    for views in by_family:
         keys: dict[str, None] = {}
         for view in views:
             keys.update(dict.fromkeys(view.by_origin))

@@ -109,9 +109,20 @@ and the comment would no longer name the file. A policy file whose path from the
 root policy is that long is reported at each of its rules instead.""")
 def comment_lengths(policy: Policy) -> Iterable[Diagnostic]:
     root = options_for(policy).source_root
+    # A label is the file's path and the line: a file whose last rule's label fits has
+    # no label too long (a shorter line number never makes it longer). One path
+    # computation per file, not per rule.
+    last: dict[str, int] = {}
+    for cluster in policy.clusters:
+        for rule in cluster.all_rules():
+            last[rule.span.file] = max(last.get(rule.span.file, 0), rule.span.line)
+    fits = {file for file, line in last.items()
+            if utf8_length(source_label(file, line, root)) <= proto.IPTABLES_COMMENT_MAX}
     seen: set[tuple[str, int]] = set()
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
+            if rule.span.file in fits:
+                continue
             key = (rule.span.file, rule.span.line)
             if key in seen:
                 continue

@@ -1,0 +1,110 @@
+"""The checks' fast paths equal the plain computations they replace, on random policies.
+
+- FWC504 asks side shapes computed once per distinct side (`_Shapes`) instead of
+  calling the lowering's `filter_parts`/`nat_part` per rule (`_produces_something`);
+- the shadowing flows split each distinct side once (`PartsMemo`);
+- the name checks walk each list once (`SideFacts`) instead of `Endpoint`'s properties.
+"""
+
+from __future__ import annotations
+
+from checkkit import mutate
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from fwc.checks import lowering, names, rules
+from fwc.model import Endpoint
+from fwc.pipeline import analyse
+
+SERVER_RULE = "accept from server to client   service tcp/5001"
+_OBJECTS = """\
+host    fw1lan   192.0.2.1
+group   pair     192.0.2.0/31, 198.51.100.0/24
+group   vips     192.0.2.254, 198.51.100.254
+"""
+_SIDES = ("any", "firewall", "!firewall", "lan", "lan6", "client", "server", "fw1lan", "pair",
+          "vips", "lan.vip", "uplink.vip", "lan, !client", "!client", "client, firewall",
+          "any, !firewall", "lan6, !lan6", "firewall, !fw1lan")
+_SERVICES = ("", " service tcp/80", " service icmp/8", " service icmpv6/128",
+             " service icmp/8, udp/53")
+_SCOPES = ("", " in lan", " out uplink", " in lan out uplink", " only fw1", " only fw2")
+_NAT = ("snat from {src} to {dst} out uplink -> uplink.vip",
+        "dnat from {src} to {dst} service tcp/80 in uplink -> web",
+        "nonat from {src} to {dst}{scope}",
+        "masquerade from {src} to {dst} out uplink")
+
+_rules = st.lists(st.tuples(st.sampled_from(("accept", "drop")), st.sampled_from(_SIDES),
+                            st.sampled_from(_SIDES), st.sampled_from(_SERVICES),
+                            st.sampled_from(_SCOPES)), min_size=1, max_size=10)
+_nats = st.lists(st.tuples(st.sampled_from(_NAT), st.sampled_from(_SIDES),
+                           st.sampled_from(_SIDES),
+                           st.sampled_from(("", " in lan", " out uplink"))), max_size=4)
+_SNAT = "snat from lan to any out uplink -> uplink.vip"
+_settings = settings(max_examples=60, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _policy(tmp_path, drawn, nats):
+    lines = [f"{action} from {src} to {dst}{svc}{scope}"
+             for action, src, dst, svc, scope in drawn]
+    nat = [form.format(src=src, dst=dst, scope=scope) for form, src, dst, scope in nats]
+    text = _OBJECTS + mutate((SERVER_RULE, "\n    ".join(lines)),
+                             (_SNAT, "\n    ".join([*nat, _SNAT])))
+    path = tmp_path / "fast.fw"
+    path.write_text(text, encoding="utf-8")
+    analysis = analyse(path, run_checks=False)
+    assume(analysis.policy is not None)
+    return analysis.policy
+
+
+@_settings
+@given(_rules, _nats)
+def test_fwc504_side_shapes_equal_the_lowering(tmp_path, drawn, nats):
+    policy = _policy(tmp_path, drawn, nats)
+    for cluster in policy.clusters:
+        shapes = lowering._Shapes(cluster)
+        for rule in cluster.all_rules():
+            assert shapes.produces_something(rule) == \
+                lowering._produces_something(cluster, rule), rule.span
+
+
+@_settings
+@given(_rules, _nats)
+def test_shadowing_flows_equal_without_the_memo(tmp_path, drawn, nats):
+    policy = _policy(tmp_path, drawn, nats)
+    for cluster in policy.clusters:
+        firewall = rules._firewall(cluster)
+        memo = rules.PartsMemo(firewall)
+        for rule in cluster.rules:
+            assert rules.flow_of(rule, rules.FILTER_HOOKS, firewall, memo) == \
+                rules.flow_of(rule, rules.FILTER_HOOKS, firewall)
+        memo = rules.PartsMemo(firewall)
+        for nat in cluster.nat:
+            hooks = rules._nat_hooks(nat)
+            assert rules.flow_of(nat, hooks, firewall, memo) == \
+                rules.flow_of(nat, hooks, firewall)
+
+
+def _families_by_properties(endpoint: Endpoint, cluster) -> frozenset[int]:
+    """endpoint_families as it was written on `Endpoint`'s properties."""
+    if endpoint.is_any:
+        return names.BOTH
+    families = set((endpoint.addresses - endpoint.excluded).families)
+    if endpoint.firewall:
+        families |= names.firewall_families(cluster)
+    return frozenset(families)
+
+
+@_settings
+@given(_rules, _nats)
+def test_side_facts_equal_the_endpoint_properties(tmp_path, drawn, nats):
+    policy = _policy(tmp_path, drawn, nats)
+    for cluster in policy.clusters:
+        for rule in cluster.all_rules():
+            for side in (rule.source, rule.destination):
+                facts = names.SideFacts.of(side)
+                assert names.endpoint_families(side, cluster) == \
+                    _families_by_properties(side, cluster)
+                assert facts.is_any == side.is_any and facts.firewall == side.firewall
+                assert facts.remaining() == side.addresses - side.excluded
+                assert facts.matches_no_address() == (not side.addresses - side.excluded)
