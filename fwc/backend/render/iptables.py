@@ -32,19 +32,14 @@ def _set_match(direction: str, match: AddressMatch) -> list[str]:
     return ["-m", "set", *neg, "--match-set", escape.iptables_word(match.set_name), direction]
 
 
-def _address(flag: str, match: AddressMatch, cidr: str | None) -> list[str]:
-    if match.set_name is not None or cidr is None:
-        return []
-    if "/" not in cidr:
-        cidr += "/128" if ":" in cidr else "/32"
-    return (["!"] if match.negated else []) + [flag, cidr]
-
-
-def _cidrs(match: AddressMatch) -> list[str | None]:
-    """One entry per line: iptables expands a CIDR list into one rule per address anyway."""
+def _addresses(flag: str, match: AddressMatch) -> list[str]:
+    """The `-s`/`-d` words of each of a match's lines: one per CIDR (iptables expands a
+    CIDR list into one rule per address anyway), or one empty text for none."""
     if match.set_name is not None or not match.cidrs:
-        return [None]
-    return list(match.cidrs)
+        return [""]
+    words = ("! " + flag + " ") if match.negated else (flag + " ")
+    return [words + (c if "/" in c else c + ("/128" if ":" in c else "/32"))
+            for c in match.cidrs]
 
 
 def _port_text(port: PortRange) -> str:
@@ -90,19 +85,20 @@ def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
     return out
 
 
-# (protocol, ports, tcp_not_syn, icmp_type) -> the protocol options as text. A large
-# policy uses a few hundred port lists in tens of thousands of rules; one memo per
-# rendered file, never shared between runs.
+# (protocol, ports, tcp_not_syn, icmp_type, tcp_flags) -> the protocol options of each
+# port group as text. A large policy uses a few hundred port lists in tens of thousands of
+# rules; one memo per rendered file, never shared between runs.
 ProtocolTexts = dict[tuple[int | None, tuple[PortRange, ...], bool, int | None,
-                          tuple[str, str] | None], str]
+                          tuple[str, str] | None], list[str]]
 
 
-def _protocol_text(match: Match, ports: tuple[PortRange, ...], memo: ProtocolTexts) -> str:
-    key = (match.protocol, ports, match.tcp_not_syn, match.icmp_type, match.tcp_flags)
-    text = memo.get(key)
-    if text is None:
-        text = memo[key] = " ".join(_protocol_options(match, ports))
-    return text
+def _protocol_texts(match: Match, memo: ProtocolTexts) -> list[str]:
+    key = (match.protocol, match.dports, match.tcp_not_syn, match.icmp_type, match.tcp_flags)
+    texts = memo.get(key)
+    if texts is None:
+        groups = _port_groups(match.dports) if match.dports else [()]
+        texts = memo[key] = [" ".join(_protocol_options(match, ports)) for ports in groups]
+    return texts
 
 
 def _rate(rate: str) -> str:
@@ -135,7 +131,8 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
 
     Each line is the words below joined by single spaces, in this order; only the
     addresses and the port group differ between a rule's lines, so the rest is built
-    once per rule (rendering is a visible part of compiling a large policy).
+    once per rule, and each line is one concatenation (rendering is a visible part of
+    compiling a large policy; the unarranged failsafe expands groups into every line).
     """
     match = rule.match
     # iptables-save prints -s -d -i -o -p first, then the match modules in the order
@@ -147,15 +144,19 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
         middle += ["-o", escape.iptables_word(match.out_device)]
     if match.protocol is not None:
         middle += ["-p", _protocol_name(match.protocol)]
-    middle += _set_match("src", match.source)
-    middle += _set_match("dst", match.destination)
+    if match.source.set_name is not None:
+        middle += _set_match("src", match.source)
+    if match.destination.set_name is not None:
+        middle += _set_match("dst", match.destination)
     tail: list[str] = []
     if match.hop_limit is not None:
         tail += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
     if match.ctstate:
         states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
         tail += ["-m", "conntrack", "--ctstate", ",".join(states)]
-    tail += _limit_options(match)
+    if match.statistic is not None or match.connlimit is not None \
+            or match.hashlimit is not None:
+        tail += _limit_options(match)
     tail += ["-m", "comment", "--comment", escape.iptables_comment(rule.comment)]
     if match.limit is not None:
         tail += ["-m", "limit", "--limit", _rate(match.limit.rate),
@@ -167,22 +168,20 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
             tail.append(escape.iptables_log_prefix(value))
         elif value:  # an empty value is a flag (--notrack, --clamp-mss-to-pmtu)
             tail.append(escape.iptables_word(value))
-    # Joining non-empty groups of words joins exactly the same words as one list would.
+    # Joining non-empty groups of words joins exactly the same words as one list would;
+    # the tail is never empty (it holds the comment and the target).
     middle_text = " ".join(middle)
     tail_text = " ".join(tail)
-    port_groups = _port_groups(match.dports) if match.dports else [()]
-    memo: ProtocolTexts = {} if protocol_texts is None else protocol_texts
-    protocols = [_protocol_text(match, ports, memo) for ports in port_groups]
-    sources = [" ".join(_address("-s", match.source, c)) for c in _cidrs(match.source)]
-    destinations = [" ".join(_address("-d", match.destination, c))
-                    for c in _cidrs(match.destination)]
-    out: list[str] = []
-    for source in sources:
-        for destination in destinations:
-            for protocol_text in protocols:
-                out.append(" ".join(part for part in (source, destination, middle_text,
-                                                      protocol_text, tail_text) if part))
-    return out
+    protocols = _protocol_texts(match, {} if protocol_texts is None else protocol_texts)
+    ends = [" ".join(part for part in (middle_text, protocol_text, tail_text) if part)
+            for protocol_text in protocols]
+    destinations = _addresses("-d", match.destination)
+    if destinations != [""]:
+        ends = [destination + " " + end for destination in destinations for end in ends]
+    sources = _addresses("-s", match.source)
+    if sources == [""]:
+        return ends
+    return [source + " " + end for source in sources for end in ends]
 
 
 def render(ruleset: NodeRuleset, header: str | None = None) -> str:
@@ -198,6 +197,7 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
     # them with newlines gives exactly the lines joined with newlines.
     blocks: list[str] = []
     out = [header]
+    lines = 0  # in `out`
     tables = sorted(ruleset.tables, key=lambda t: TABLE_ORDER.index(t.name))
     protocol_texts: ProtocolTexts = {}
     for table in tables:
@@ -230,6 +230,7 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
         bodies_of: list[list[str] | None] = [None] * len(seen)
         for chain in chains:
             prefix = f"-A {chain.name} "
+            between = "\n" + prefix
             for rule in chain.rules:
                 slot = rule.render_slot
                 bodies = bodies_of[slot]
@@ -237,10 +238,14 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
                     bodies = rule_bodies(rule, protocol_texts)
                     if repeated[slot]:
                         bodies_of[slot] = bodies
-                out.extend(prefix + body for body in bodies)
-                if len(out) >= BLOCK_LINES:
+                # One text per rule (its lines joined): an entry per line cost more.
+                out.append(prefix + bodies[0] if len(bodies) == 1
+                           else prefix + between.join(bodies))
+                lines += len(bodies)
+                if lines >= BLOCK_LINES:
                     blocks.append("\n".join(out))
                     out.clear()
+                    lines = 0
         out.append("COMMIT")
     # The final newline as an empty last line: `join(...) + "\n"` would copy the whole
     # text once more (tens of MB for one member of a large policy).
