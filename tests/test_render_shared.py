@@ -156,3 +156,12 @@ def test_a_rule_of_several_lines():
     assert lines[1].startswith("-s 192.0.2.1/32 ! -d 2001:db8::1/128 -i eth0 -p tcp -m tcp "
                                "--dport 16 ")
     assert lines[3].startswith("-s 192.0.2.0/24 ! -d 2001:db8::1/128 ")
+
+
+def test_a_sets_addresses_are_checked_together():
+    good = ("192.0.2.0/24", "2001:db8::/32", "198.51.100.7")
+    assert escape.ipset_words(good) == good
+    assert escape.ipset_words(()) == ()
+    for bad in (("192.0.2.0/24", "a b"), ("", "192.0.2.1"), ("192.0.2.1\n-exist",)):
+        with pytest.raises(escape.UnwritableText):
+            escape.ipset_words(bad)

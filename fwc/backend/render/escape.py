@@ -113,6 +113,16 @@ def ipset_word(text: str) -> str:
     return text
 
 
+def ipset_words(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """`ipset_word` of each of TEXTS (a set's addresses), checked in one pass."""
+    if texts and not _IPSET_WORD.fullmatch("".join(texts)):  # a joined word is a word
+        for text in texts:
+            ipset_word(text)
+    if not all(texts):
+        raise UnwritableText("an empty text cannot be an ipset restore word")
+    return texts
+
+
 # -- nft -f ---------------------------------------------------------------------------------
 
 NFT_COMMENT_MAX = 128
