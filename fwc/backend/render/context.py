@@ -54,6 +54,10 @@ class SharedTexts:
         self.offer(key, value, got[1])
         return got[1]
 
+    def room(self) -> int:
+        """Characters that an offer may still hold (0 when nothing is kept)."""
+        return self.budget - self._used if self.keep else 0
+
     def offer(self, key: Hashable, value: object, text: tuple[str, ...]) -> None:
         """TEXT (in pieces, as rendered) was rendered for VALUE, under KEY."""
         size = sum(len(piece) for piece in text)

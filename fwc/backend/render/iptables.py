@@ -245,11 +245,27 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
             out.append("")
             yield "\n".join(out)  # a chain's text starts a block
             out.clear()
-            if text is None:
-                text = tuple(_chain_blocks(chain, bodies_of, repeated, protocol_texts))
-                if texts is not None:
-                    texts.offer((file, table.name, chain.name), chain.rules, text)
-            yield from text
+            if text is not None:
+                yield from text
+                continue
+            pieces = _chain_blocks(chain, bodies_of, repeated, protocol_texts)
+            if texts is None:
+                yield from pieces
+                continue
+            # Kept for the next member while it fits SharedTexts' budget; yielded as it
+            # is rendered either way (a chain can be nearly the whole file).
+            kept: list[str] | None = []
+            size = 0
+            for piece in pieces:
+                yield piece
+                if kept is not None:
+                    size += len(piece)
+                    if texts.room() >= size:
+                        kept.append(piece)
+                    else:
+                        kept = None
+            if kept is not None:
+                texts.offer((file, table.name, chain.name), chain.rules, tuple(kept))
         out.append("COMMIT")
     out.append("")
     yield "\n".join(out)
@@ -314,7 +330,9 @@ def render_file(build: MemberBuild, file: GeneratedFile) -> bytes:
     assert file.family is not None, file.name
     if file.reload is Reload.FAILSAFE:
         # From the lowered ruleset before the speed passes: the fallback names no ipset.
+        # Not shared: its INPUT chain (nearly all of it) names the member's own addresses,
+        # so offering it to the next member only held its text (40 MB at 20,000 rules).
         ruleset = failsafe(build.lowered(file.family))
-        return _encoded(blocks(ruleset, _failsafe_header(ruleset), build.texts, file.name))
+        return _encoded(blocks(ruleset, _failsafe_header(ruleset)))
     rulesets, _ = build.optimised()
     return _encoded(blocks(rulesets[file.family], None, build.texts, file.name))
