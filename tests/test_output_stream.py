@@ -106,6 +106,36 @@ def test_render_peak_stays_near_twice_the_text(large_failsafe, monkeypatch):
     assert peak < 2.6 * len(text), (peak, len(text))
 
 
+def test_a_file_built_as_bytes_is_held_once():
+    # What render_file does with the pieces: one buffer that grows in place and is handed
+    # over, never the pieces and their join at once (at 64 MB, where it matters).
+    pieces = ("-A INPUT -s 192.0.2.1/32 -j ACCEPT\n" * 128 for _ in range(16384))
+    size = 16384 * 128 * len("-A INPUT -s 192.0.2.1/32 -j ACCEPT\n")
+    tracemalloc.start()
+    try:
+        content = iptables._encoded(pieces)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(content) == size
+    assert peak < 1.2 * size, (peak, size)
+
+
+def test_a_chain_is_rendered_as_it_is_written(large_failsafe, monkeypatch):
+    # The failsafe's INPUT chain is nearly the whole file: its first lines are passed on
+    # before its last rules are rendered (no chain is collected when nothing is shared).
+    monkeypatch.setattr(iptables, "BLOCK_LINES", 512)
+    rendered: list[object] = []
+    rule_bodies = iptables.rule_bodies
+    monkeypatch.setattr(iptables, "rule_bodies",
+                        lambda *args: rendered.append(1) or rule_bodies(*args))
+    pieces = iptables.blocks(large_failsafe)
+    next(pieces), next(pieces), next(pieces)
+    during = len(rendered)
+    list(pieces)
+    assert 0 < during < len(rendered) / 4, (during, len(rendered))
+
+
 def test_blocks_join_to_the_lines(large_failsafe, monkeypatch):
     whole = iptables.render(large_failsafe)
     for size in (1, 7, 4096):

@@ -31,7 +31,7 @@ from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
-from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.context import MemberBuild, SharedTexts
 from fwc.backend.render.registry import render_member
 from fwc.cache import BlobReader, BlobWriter
 from fwc.diagnostics import SILENT, Reporter
@@ -83,16 +83,19 @@ def relative_source(path: str, root: str) -> str:
 
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
-                 redact: bool, backend: Backend | None = None) -> Iterator[OutputFile]:
+                 redact: bool, backend: Backend | None = None,
+                 texts: SharedTexts | None = None) -> Iterator[OutputFile]:
     """The member's generated files, as the table of generated files (fwc.backend.files)
-    says, one at a time (each text is encoded and let go before the next is rendered).
+    says, one at a time (each is let go before the next is rendered).
 
-    BACKEND: the packet filter to write for (None: the cluster's `backend`).
+    BACKEND: the packet filter to write for (None: the cluster's `backend`). TEXTS: what
+    the cluster's previous member rendered (see SharedTexts; None: nothing).
     """
-    build = MemberBuild(cluster, member, options, redact, backend=backend)
+    build = MemberBuild(cluster, member, options, redact, backend=backend,
+                        texts=SharedTexts(keep=False) if texts is None else texts)
     for r in render_member(build):
-        f = OutputFile(f"{member.name}/{r.file.name}", r.text.encode(), r.mode)
-        del r  # the text: only its bytes stay alive while the file is written
+        f = OutputFile(f"{member.name}/{r.file.name}", r.content, r.mode)
+        del r
         yield f
 
 
@@ -129,15 +132,21 @@ class ClusterStream:
     def files(self) -> Iterator[OutputFile]:
         cluster = self._cluster
         entries: list[Entry] = []
-        for done, member in enumerate(cluster.members, start=self._first):
+        # Chains equal to the previous member's are not rendered again: one per cluster
+        # and compile, bounded (fwc.backend.render.context.SharedTexts).
+        count = len(cluster.members)
+        texts = SharedTexts(keep=count > 1)
+        for index, member in enumerate(cluster.members):
+            done = self._first + index
             self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)
             for f in member_files(cluster, member, self._options, self._redact,
-                                  self._backend):
+                                  self._backend, texts):
                 entries.append(Entry.of(f.path, f.content))
                 self._written.append(f.path)
                 yield f
                 del f  # written: not kept while the next file is rendered
             forget_lowered(cluster, member, self._options)
+            texts.next_member(last=index + 2 >= count)
         # What is left of the cluster is its MANIFEST (and, after the last cluster,
         # write_output's swap).
         self._progress.phase("writing", (self._first + len(cluster.members)) / self._total)

@@ -10,6 +10,7 @@ lives as long as this one compile of this one member.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from fwc.backend.arrange import optimise
@@ -18,6 +19,57 @@ from fwc.backend.ipsets import IpSet
 from fwc.backend.lower import LowerOptions, NodeRuleset, lower
 from fwc.model import Cluster, Member
 from fwc.model.vocabulary import Backend
+
+# Characters of text a SharedTexts keeps for the next member: the whole FORWARD bulk of
+# a 20,000-rule member, a part of a 100,000-rule one (chains beyond it are rendered
+# again by the next member; the bound is what the reuse may add to the peak memory).
+SHARED_TEXT_BUDGET = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class SharedTexts:
+    """Text rendered for one member that the next member of the cluster may reuse.
+
+    Members mostly get equal parts (the FORWARD chains of every member): a target
+    offers each part's text under a key (file, table, chain) with the value it was
+    rendered from, and the next member takes it back when its own value is equal
+    (==: equal values render to equal text). Per cluster and per compile, created
+    by the caller (fwc.backend.output.ClusterStream), never global: it holds the
+    texts of the member being rendered and of the one before, at most `budget`
+    characters each.
+    """
+
+    budget: int = SHARED_TEXT_BUDGET
+    keep: bool = True  # False for the cluster's last member: nobody comes after it
+    _previous: dict[Hashable, tuple[object, tuple[str, ...]]] = field(default_factory=dict)
+    _current: dict[Hashable, tuple[object, tuple[str, ...]]] = field(default_factory=dict)
+    _used: int = 0
+
+    def get(self, key: Hashable, value: object) -> tuple[str, ...] | None:
+        """The text offered under KEY by the previous member if its value equals VALUE
+        (offered again to the next member)."""
+        got = self._previous.get(key)
+        if got is None or got[0] != value:
+            return None
+        self.offer(key, value, got[1])
+        return got[1]
+
+    def room(self) -> int:
+        """Characters that an offer may still hold (0 when nothing is kept)."""
+        return self.budget - self._used if self.keep else 0
+
+    def offer(self, key: Hashable, value: object, text: tuple[str, ...]) -> None:
+        """TEXT (in pieces, as rendered) was rendered for VALUE, under KEY."""
+        size = sum(len(piece) for piece in text)
+        if self.keep and self._used + size <= self.budget:
+            self._current[key] = (value, text)
+            self._used += size
+
+    def next_member(self, last: bool = False) -> None:
+        """The member is done: its texts are offered to the next one (LAST: the next is
+        the cluster's last member, which keeps nothing)."""
+        self._previous, self._current, self._used = self._current, {}, 0
+        self.keep = not last
 
 
 @dataclass(slots=True)
@@ -31,6 +83,8 @@ class MemberBuild:
     memo: dict[str, object] = field(default_factory=dict)
     # The packet filter written for: the cluster's `backend` unless `fwc compile --backend`.
     backend: Backend | None = None
+    # Texts of the cluster's previous member (by default none, and none kept).
+    texts: SharedTexts = field(default_factory=lambda: SharedTexts(keep=False))
 
     def __post_init__(self) -> None:
         if self.backend is None:

@@ -57,15 +57,29 @@ def line_text(text: object) -> str:
 
 # -- iptables-restore -----------------------------------------------------------------------
 
+def _plain(text: str) -> bool:
+    """Printable ASCII without `"` or `\\`: what every line format carries as it is.
+
+    The fast path of the iptables functions (a large policy has a comment per rule):
+    such a text has no control, separator or bidirectional character (line_text) and
+    is as many UTF-8 bytes long as it has characters.
+    """
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
 @lru_cache(maxsize=8192)  # a large policy writes each comment on many lines
 def iptables_string(text: str) -> str:
     """A quoted iptables-restore word."""
+    if _plain(text):
+        return '"' + text + '"'
     return '"' + line_text(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @lru_cache(maxsize=8192)
 def iptables_word(text: str) -> str:
     """A bare iptables-restore word (a chain, a device, an address, a target option)."""
+    if text and " " not in text and _plain(text):
+        return text
     value = line_text(text)
     if not value or any(c.isspace() or c in '"\\' for c in value):
         raise UnwritableText(f"{text!r} cannot be a bare iptables-restore word")
@@ -73,6 +87,8 @@ def iptables_word(text: str) -> str:
 
 
 def iptables_comment(text: str) -> str:
+    if len(text) <= proto.IPTABLES_COMMENT_MAX and _plain(text):
+        return '"' + text + '"'  # one per rule: not through iptables_string's cache
     if utf8_length(text) > proto.IPTABLES_COMMENT_MAX:
         raise UnwritableText(f"comment {text!r} is longer than "
                              f"{proto.IPTABLES_COMMENT_MAX} bytes")
@@ -95,6 +111,16 @@ def ipset_word(text: str) -> str:
     if not _IPSET_WORD.fullmatch(text):
         raise UnwritableText(f"{text!r} cannot be an ipset restore word")
     return text
+
+
+def ipset_words(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """`ipset_word` of each of TEXTS (a set's addresses), checked in one pass."""
+    if texts and not _IPSET_WORD.fullmatch("".join(texts)):  # a joined word is a word
+        for text in texts:
+            ipset_word(text)
+    if not all(texts):
+        raise UnwritableText("an empty text cannot be an ipset restore word")
+    return texts
 
 
 # -- nft -f ---------------------------------------------------------------------------------

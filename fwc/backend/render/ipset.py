@@ -31,7 +31,9 @@ def render(sets: Iterable[IpSet], cluster: str, member: str) -> str:
         out.append(f"create {name} {spec} -exist")
         out.append(f"create {temporary} {spec} -exist")
         out.append(f"flush {temporary}")
-        out.extend(f"add {temporary} {escape.ipset_word(cidr)}" for cidr in s.cidrs)
+        if s.cidrs:  # one text for the set's lines: a set holds up to thousands
+            add = f"add {temporary} "
+            out.append(add + ("\n" + add).join(escape.ipset_words(s.cidrs)))
         out.append(f"swap {temporary} {name}")
         out.append(f"destroy {temporary}")
     return "\n".join(out) + "\n"

@@ -8,12 +8,15 @@ name: numbers do not depend on the node's /etc/protocols.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterable, Iterator
+
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, Reload, path_of
 from fwc.backend.lower.failsafe import failsafe
-from fwc.backend.lower.ruleset import AddressMatch, Match, NodeRuleset, Rule
+from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule
 from fwc.backend.render import escape
-from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.context import MemberBuild, SharedTexts
 from fwc.model import PortRange
 from fwc.model.vocabulary import Table as TableName
 
@@ -32,19 +35,14 @@ def _set_match(direction: str, match: AddressMatch) -> list[str]:
     return ["-m", "set", *neg, "--match-set", escape.iptables_word(match.set_name), direction]
 
 
-def _address(flag: str, match: AddressMatch, cidr: str | None) -> list[str]:
-    if match.set_name is not None or cidr is None:
-        return []
-    if "/" not in cidr:
-        cidr += "/128" if ":" in cidr else "/32"
-    return (["!"] if match.negated else []) + [flag, cidr]
-
-
-def _cidrs(match: AddressMatch) -> list[str | None]:
-    """One entry per line: iptables expands a CIDR list into one rule per address anyway."""
+def _addresses(flag: str, match: AddressMatch) -> list[str]:
+    """The `-s`/`-d` words of each of a match's lines: one per CIDR (iptables expands a
+    CIDR list into one rule per address anyway), or one empty text for none."""
     if match.set_name is not None or not match.cidrs:
-        return [None]
-    return list(match.cidrs)
+        return [""]
+    words = ("! " + flag + " ") if match.negated else (flag + " ")
+    return [words + (c if "/" in c else c + ("/128" if ":" in c else "/32"))
+            for c in match.cidrs]
 
 
 def _port_text(port: PortRange) -> str:
@@ -90,19 +88,20 @@ def _protocol_options(match: Match, ports: tuple[PortRange, ...]) -> list[str]:
     return out
 
 
-# (protocol, ports, tcp_not_syn, icmp_type) -> the protocol options as text. A large
-# policy uses a few hundred port lists in tens of thousands of rules; one memo per
-# rendered file, never shared between runs.
+# (protocol, ports, tcp_not_syn, icmp_type, tcp_flags) -> the protocol options of each
+# port group as text. A large policy uses a few hundred port lists in tens of thousands of
+# rules; one memo per rendered file, never shared between runs.
 ProtocolTexts = dict[tuple[int | None, tuple[PortRange, ...], bool, int | None,
-                          tuple[str, str] | None], str]
+                          tuple[str, str] | None], list[str]]
 
 
-def _protocol_text(match: Match, ports: tuple[PortRange, ...], memo: ProtocolTexts) -> str:
-    key = (match.protocol, ports, match.tcp_not_syn, match.icmp_type, match.tcp_flags)
-    text = memo.get(key)
-    if text is None:
-        text = memo[key] = " ".join(_protocol_options(match, ports))
-    return text
+def _protocol_texts(match: Match, memo: ProtocolTexts) -> list[str]:
+    key = (match.protocol, match.dports, match.tcp_not_syn, match.icmp_type, match.tcp_flags)
+    texts = memo.get(key)
+    if texts is None:
+        groups = _port_groups(match.dports) if match.dports else [()]
+        texts = memo[key] = [" ".join(_protocol_options(match, ports)) for ports in groups]
+    return texts
 
 
 def _rate(rate: str) -> str:
@@ -135,7 +134,8 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
 
     Each line is the words below joined by single spaces, in this order; only the
     addresses and the port group differ between a rule's lines, so the rest is built
-    once per rule (rendering is a visible part of compiling a large policy).
+    once per rule, and each line is one concatenation (rendering is a visible part of
+    compiling a large policy; the unarranged failsafe expands groups into every line).
     """
     match = rule.match
     # iptables-save prints -s -d -i -o -p first, then the match modules in the order
@@ -147,15 +147,19 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
         middle += ["-o", escape.iptables_word(match.out_device)]
     if match.protocol is not None:
         middle += ["-p", _protocol_name(match.protocol)]
-    middle += _set_match("src", match.source)
-    middle += _set_match("dst", match.destination)
+    if match.source.set_name is not None:
+        middle += _set_match("src", match.source)
+    if match.destination.set_name is not None:
+        middle += _set_match("dst", match.destination)
     tail: list[str] = []
     if match.hop_limit is not None:
         tail += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
     if match.ctstate:
         states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
         tail += ["-m", "conntrack", "--ctstate", ",".join(states)]
-    tail += _limit_options(match)
+    if match.statistic is not None or match.connlimit is not None \
+            or match.hashlimit is not None:
+        tail += _limit_options(match)
     tail += ["-m", "comment", "--comment", escape.iptables_comment(rule.comment)]
     if match.limit is not None:
         tail += ["-m", "limit", "--limit", _rate(match.limit.rate),
@@ -167,26 +171,30 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
             tail.append(escape.iptables_log_prefix(value))
         elif value:  # an empty value is a flag (--notrack, --clamp-mss-to-pmtu)
             tail.append(escape.iptables_word(value))
-    # Joining non-empty groups of words joins exactly the same words as one list would.
+    # Joining non-empty groups of words joins exactly the same words as one list would;
+    # the tail is never empty (it holds the comment and the target).
     middle_text = " ".join(middle)
     tail_text = " ".join(tail)
-    port_groups = _port_groups(match.dports) if match.dports else [()]
-    memo: ProtocolTexts = {} if protocol_texts is None else protocol_texts
-    protocols = [_protocol_text(match, ports, memo) for ports in port_groups]
-    sources = [" ".join(_address("-s", match.source, c)) for c in _cidrs(match.source)]
-    destinations = [" ".join(_address("-d", match.destination, c))
-                    for c in _cidrs(match.destination)]
-    out: list[str] = []
-    for source in sources:
-        for destination in destinations:
-            for protocol_text in protocols:
-                out.append(" ".join(part for part in (source, destination, middle_text,
-                                                      protocol_text, tail_text) if part))
-    return out
+    protocols = _protocol_texts(match, {} if protocol_texts is None else protocol_texts)
+    ends = [" ".join(part for part in (middle_text, protocol_text, tail_text) if part)
+            for protocol_text in protocols]
+    destinations = _addresses("-d", match.destination)
+    if destinations != [""]:
+        ends = [destination + " " + end for destination in destinations for end in ends]
+    sources = _addresses("-s", match.source)
+    if sources == [""]:
+        return ends
+    return [source + " " + end for source in sources for end in ends]
 
 
-def render(ruleset: NodeRuleset, header: str | None = None) -> str:
-    """The iptables-restore text; HEADER replaces the first comment line (the failsafe's)."""
+def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts | None = None,
+           file: str = "") -> Iterator[str]:
+    """The iptables-restore text in pieces, each a run of whole lines with their newlines;
+    HEADER replaces the first comment line (the failsafe's).
+
+    TEXTS: the cluster's texts (fwc.backend.render.context.SharedTexts), under FILE:
+    a chain whose rules equal the previous member's same chain is that chain's text.
+    """
     family = "iptables" if ruleset.family == 4 else "ip6tables"
     if header is None:
         header = escape.comment(
@@ -194,9 +202,8 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
             f"{ruleset.cluster}. Generated by fwc: edit the policy, not this file.")
     # Lines are joined BLOCK_LINES at a time: a line is its own object (about 50 bytes
     # over its text), and holding every line of a 300,000-line file until one final
-    # join cost more memory than the text itself. Blocks are never empty, so joining
-    # them with newlines gives exactly the lines joined with newlines.
-    blocks: list[str] = []
+    # join cost more memory than the text itself. The last line of a block is empty, so
+    # that the block ends with its newline.
     out = [header]
     tables = sorted(ruleset.tables, key=lambda t: TABLE_ORDER.index(t.name))
     protocol_texts: ProtocolTexts = {}
@@ -208,6 +215,8 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
             (c for c in table.chains if not c.builtin), key=lambda c: c.name.encode())
         for chain in chains:
             out.append(f":{escape.iptables_word(chain.name)} {chain.policy or '-'} [0:0]")
+        shared = [texts.get((file, table.name, chain.name), chain.rules)
+                  if texts is not None and chain.rules else None for chain in chains]
         # fwc.backend.arrange puts the same rule object in several chains (a rule without
         # `in`/`out` is copied into every interface-pair chain): render it once. Each rule
         # seen gets its index in this call's own list; an index is trusted only when that
@@ -218,7 +227,9 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
         # the unarranged failsafe rules).
         seen: list[Rule] = []
         repeated: list[bool] = []
-        for chain in chains:
+        for chain, text in zip(chains, shared, strict=True):
+            if text is not None:
+                continue
             for rule in chain.rules:
                 slot = rule.render_slot
                 if 0 <= slot < len(seen) and seen[slot] is rule:
@@ -228,41 +239,100 @@ def render(ruleset: NodeRuleset, header: str | None = None) -> str:
                     seen.append(rule)
                     repeated.append(False)
         bodies_of: list[list[str] | None] = [None] * len(seen)
-        for chain in chains:
-            prefix = f"-A {chain.name} "
-            for rule in chain.rules:
-                slot = rule.render_slot
-                bodies = bodies_of[slot]
-                if bodies is None:
-                    bodies = rule_bodies(rule, protocol_texts)
-                    if repeated[slot]:
-                        bodies_of[slot] = bodies
-                out.extend(prefix + body for body in bodies)
-                if len(out) >= BLOCK_LINES:
-                    blocks.append("\n".join(out))
-                    out.clear()
+        for chain, text in zip(chains, shared, strict=True):
+            if not chain.rules:
+                continue
+            out.append("")
+            yield "\n".join(out)  # a chain's text starts a block
+            out.clear()
+            if text is not None:
+                yield from text
+                continue
+            pieces = _chain_blocks(chain, bodies_of, repeated, protocol_texts)
+            if texts is None:
+                yield from pieces
+                continue
+            # Kept for the next member while it fits SharedTexts' budget; yielded as it
+            # is rendered either way (a chain can be nearly the whole file).
+            kept: list[str] | None = []
+            size = 0
+            for piece in pieces:
+                yield piece
+                if kept is not None:
+                    size += len(piece)
+                    if texts.room() >= size:
+                        kept.append(piece)
+                    else:
+                        kept = None
+            if kept is not None:
+                texts.offer((file, table.name, chain.name), chain.rules, tuple(kept))
         out.append("COMMIT")
-    # The final newline as an empty last line: `join(...) + "\n"` would copy the whole
-    # text once more (tens of MB for one member of a large policy).
     out.append("")
-    blocks.append("\n".join(out))
-    return "\n".join(blocks)
+    yield "\n".join(out)
+
+
+def _chain_blocks(chain: Chain, bodies_of: list[list[str] | None], repeated: list[bool],
+                  protocol_texts: ProtocolTexts) -> Iterator[str]:
+    """The lines of CHAIN's rules, in blocks (see `blocks`)."""
+    prefix = f"-A {chain.name} "
+    between = "\n" + prefix
+    out: list[str] = []
+    lines = 0  # in `out`
+    for rule in chain.rules:
+        slot = rule.render_slot
+        bodies = bodies_of[slot]
+        if bodies is None:
+            bodies = rule_bodies(rule, protocol_texts)
+            if repeated[slot]:
+                bodies_of[slot] = bodies
+        # One text per rule (its lines joined): an entry per line cost more.
+        out.append(prefix + bodies[0] if len(bodies) == 1 else prefix + between.join(bodies))
+        lines += len(bodies)
+        if lines >= BLOCK_LINES:
+            out.append("")
+            yield "\n".join(out)
+            out.clear()
+            lines = 0
+    if out:
+        out.append("")
+        yield "\n".join(out)
+
+
+def render(ruleset: NodeRuleset, header: str | None = None) -> str:
+    """The iptables-restore text; HEADER replaces the first comment line (the failsafe's)."""
+    return "".join(blocks(ruleset, header))
+
+
+def _encoded(pieces: Iterable[str]) -> bytes:
+    """PIECES as one UTF-8 text, without ever holding it twice: BytesIO grows in place and
+    hands its buffer over (a 100,000-rule member's iptables.rules is about 150 MB)."""
+    buffer = io.BytesIO()
+    for piece in pieces:
+        buffer.write(piece.encode())
+    return buffer.getvalue()
 
 
 # -- the iptables target (fwc.backend.render.registry) ------------------------------------
 
-def render_failsafe(ruleset: NodeRuleset) -> str:
+def _failsafe_header(ruleset: NodeRuleset) -> str:
     family = "iptables" if ruleset.family == 4 else "ip6tables"
-    return render(ruleset, header=(
-        f"# Fail-closed {family}-restore rules for member {ruleset.member} of cluster "
-        f"{ruleset.cluster}: loaded by {path_of('fwc-firewall.sh')} only when the real "
-        "rules fail to load.\n# Generated by fwc: edit the policy, not this file."))
+    return (f"# Fail-closed {family}-restore rules for member {ruleset.member} of cluster "
+            f"{ruleset.cluster}: loaded by {path_of('fwc-firewall.sh')} only when the real "
+            "rules fail to load.\n# Generated by fwc: edit the policy, not this file.")
 
 
-def render_file(build: MemberBuild, file: GeneratedFile) -> str:
+def render_failsafe(ruleset: NodeRuleset) -> str:
+    return render(ruleset, header=_failsafe_header(ruleset))
+
+
+def render_file(build: MemberBuild, file: GeneratedFile) -> bytes:
+    """The file's UTF-8 text (built as bytes: see `_encoded`)."""
     assert file.family is not None, file.name
     if file.reload is Reload.FAILSAFE:
         # From the lowered ruleset before the speed passes: the fallback names no ipset.
-        return render_failsafe(failsafe(build.lowered(file.family)))
+        # Not shared: its INPUT chain (nearly all of it) names the member's own addresses,
+        # so offering it to the next member only held its text (40 MB at 20,000 rules).
+        ruleset = failsafe(build.lowered(file.family))
+        return _encoded(blocks(ruleset, _failsafe_header(ruleset)))
     rulesets, _ = build.optimised()
-    return render(rulesets[file.family])
+    return _encoded(blocks(rulesets[file.family], None, build.texts, file.name))

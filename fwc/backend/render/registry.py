@@ -36,7 +36,8 @@ def _never(build: MemberBuild) -> bool:
 @dataclass(frozen=True, slots=True)
 class Target:
     name: str
-    render: Callable[[MemberBuild, GeneratedFile], str]
+    # The file's text, or its UTF-8 bytes (a large file is built as bytes: never twice).
+    render: Callable[[MemberBuild, GeneratedFile], str | bytes]
     # Whether the member's files of this target carry a real secret (they get mode 0600).
     holds_secret: Callable[[MemberBuild], bool] = _never
 
@@ -74,7 +75,7 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
 @dataclass(frozen=True, slots=True)
 class Rendered:
     file: GeneratedFile
-    text: str
+    content: bytes  # UTF-8
     mode: int  # in output/: the row's mode, 0644 for a secret file without a secret
 
 
@@ -87,5 +88,7 @@ def render_member(build: MemberBuild) -> Iterator[Rendered]:
     build.files = member_files(build)
     for file in build.files:
         target = TARGETS[file.target]
-        yield Rendered(file, target.render(build, file),
+        text = target.render(build, file)
+        yield Rendered(file, text if isinstance(text, bytes) else text.encode(),
                        file.output_mode(target.holds_secret(build)))
+        del text  # not kept while the next file is rendered

@@ -1,0 +1,167 @@
+"""Rendering reuses what it can and stays byte-identical: chains equal to the previous
+member's (SharedTexts), files built as bytes, the escaping's plain-ASCII fast path."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.generate import build_site, fwc_policy
+from fwc import protocols as proto
+from fwc.backend import output
+from fwc.backend.files import BY_NAME
+from fwc.backend.lower import options_for
+from fwc.backend.lower.failsafe import failsafe
+from fwc.backend.render import escape, iptables
+from fwc.backend.render.context import MemberBuild, SharedTexts
+from fwc.model import Policy
+from fwc.pipeline import analyse
+from fwc.text import utf8_length
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    path = tmp_path_factory.mktemp("shared") / "site.fw"
+    path.write_text(fwc_policy(build_site(600, shape="site")), encoding="utf-8")
+    policy = analyse(path).policy
+    assert policy is not None
+    return policy
+
+
+def _files(policy: Policy) -> dict[str, bytes]:
+    [cluster] = output.compile_policy(policy)
+    return {f.path: f.content for f in cluster.files}
+
+
+def test_equal_chains_are_rendered_once_per_cluster(site, monkeypatch):
+    calls: list[str] = []
+    rule_bodies = iptables.rule_bodies
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append("x")
+        return rule_bodies(*args, **kwargs)
+
+    monkeypatch.setattr(iptables, "rule_bodies", counted)
+    shared = _files(site)
+    with_reuse = len(calls)
+    calls.clear()
+    monkeypatch.setattr(output, "SharedTexts", lambda keep: SharedTexts(keep=False))
+    alone = _files(site)
+    assert shared == alone  # byte for byte, every file of both members
+    assert len(calls) > 0
+    # The second member's FORWARD chains are its first member's text.
+    assert with_reuse < 0.7 * len(calls), (with_reuse, len(calls))
+
+
+def test_a_chain_is_reused_only_when_its_rules_are_equal(site):
+    cluster = site.clusters[0]
+    first, second = cluster.members[:2]
+    options = options_for(site)
+    texts = SharedTexts(keep=True)
+    file = BY_NAME["iptables.rules"]
+    one = iptables.render_file(MemberBuild(cluster, first, options, texts=texts), file)
+    texts.next_member(last=True)
+    two = iptables.render_file(MemberBuild(cluster, second, options, texts=texts), file)
+    fresh = MemberBuild(cluster, second, options)
+    assert two == iptables.render(fresh.optimised()[0][4]).encode()
+    assert one != two  # the members' own addresses differ: those chains are rendered
+    texts.next_member(last=True)
+    assert not texts._previous and not texts._current
+
+
+def test_shared_texts_keep_at_most_their_budget():
+    texts = SharedTexts(budget=10, keep=True)
+    texts.offer("a", (1,), ("12345",))
+    texts.offer("b", (2,), ("123456",))  # 11 characters in all: not kept
+    texts.next_member()
+    assert texts.get("a", (1,)) == ("12345",)
+    assert texts.get("a", (9,)) is None  # another value: render it
+    assert texts.get("b", (2,)) is None
+    texts.next_member(last=True)
+    assert texts.get("a", (1,)) == ("12345",)  # offered again by the member that took it
+    assert not texts._current  # the last member keeps nothing
+    texts.next_member()
+    assert texts.get("a", (1,)) is None
+
+
+def test_render_file_is_the_text_as_bytes(site):
+    cluster = site.clusters[0]
+    build = MemberBuild(cluster, cluster.members[0], options_for(site))
+    main = iptables.render_file(build, BY_NAME["iptables.rules"])
+    assert main == iptables.render(build.optimised()[0][4]).encode()
+    fallback = iptables.render_file(build, BY_NAME["failsafe.rules"])
+    assert fallback == iptables.render_failsafe(failsafe(build.lowered(4))).encode()
+    assert fallback.endswith(b"COMMIT\n") and main.endswith(b"COMMIT\n")
+
+
+def _slow_iptables_comment(text: str) -> str:
+    """What iptables_comment promises, written without its fast path."""
+    if utf8_length(text) > proto.IPTABLES_COMMENT_MAX:
+        raise escape.UnwritableText(text)
+    return '"' + escape.line_text(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _slow_iptables_string(text: str) -> str:
+    return '"' + escape.line_text(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _slow_iptables_word(text: str) -> str:
+    value = escape.line_text(text)
+    if not value or any(c.isspace() or c in '"\\' for c in value):
+        raise escape.UnwritableText(text)
+    return value
+
+
+TEXT = st.one_of(st.text(max_size=300),
+                 st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=300),
+                 st.sampled_from(["", " ", "x" * 255, "x" * 256, "a b", 'a"b', "a\\b",
+                                  "fw.fw:12", "a\tb", "é" * 128, "\u202e", "a\x7f"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXT)
+def test_the_fast_escapes_are_the_slow_ones(text):
+    for fast, slow in ((escape.iptables_comment, _slow_iptables_comment),
+                       (escape.iptables_word, _slow_iptables_word),
+                       (escape.iptables_string, _slow_iptables_string)):
+        try:
+            expected: str | None = slow(text)
+        except escape.UnwritableText:
+            expected = None
+        if expected is None:
+            with pytest.raises(escape.UnwritableText):
+                fast(text)
+        else:
+            assert fast(text) == expected
+
+
+def test_a_rule_of_several_lines():
+    """The golden output is the proof of byte identity (tests/test_compile_golden.py);
+    this pins the order of a rule's lines: sources x destinations x port groups."""
+    from fwc.backend.lower.ruleset import AddressMatch, FilterRule, Match, Origin
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import Target
+
+    ports = tuple(PortRange(p, p) for p in range(1, 17))  # 16 ports: two multiport groups
+    rule = FilterRule(Match(source=AddressMatch(("192.0.2.1", "192.0.2.0/24")),
+                            destination=AddressMatch(("2001:db8::1",), negated=True),
+                            protocol=6, dports=ports, in_device="eth0"),
+                      Target.ACCEPT, Origin("policy", "p.fw:3"))
+    lines = iptables.rule_bodies(rule)
+    assert len(lines) == 4
+    assert lines[0] == ("-s 192.0.2.1/32 ! -d 2001:db8::1/128 -i eth0 -p tcp -m multiport "
+                        "--dports " + ",".join(str(p) for p in range(1, 16))
+                        + ' -m comment --comment "p.fw:3" -j ACCEPT')
+    assert lines[1].startswith("-s 192.0.2.1/32 ! -d 2001:db8::1/128 -i eth0 -p tcp -m tcp "
+                               "--dport 16 ")
+    assert lines[3].startswith("-s 192.0.2.0/24 ! -d 2001:db8::1/128 ")
+
+
+def test_a_sets_addresses_are_checked_together():
+    good = ("192.0.2.0/24", "2001:db8::/32", "198.51.100.7")
+    assert escape.ipset_words(good) == good
+    assert escape.ipset_words(()) == ()
+    for bad in (("192.0.2.0/24", "a b"), ("", "192.0.2.1"), ("192.0.2.1\n-exist",)):
+        with pytest.raises(escape.UnwritableText):
+            escape.ipset_words(bad)
