@@ -105,6 +105,7 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
 
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
+_FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
 
 
 class Resolver:
@@ -998,7 +999,8 @@ class Resolver:
         if not is_nat:
             if source is None or destination is None or not services_ok or extras is None:
                 return None
-            return m.FilterRule(index, FilterAction(rd.action.text), source, destination,
+            action = _FILTER_ACTIONS.get(rd.action.text) or FilterAction(rd.action.text)
+            return m.FilterRule(index, action, source, destination,
                                 services, labels, in_iface, out_iface, log, prefix, only,
                                 rd.span, **extras)
         action = NatAction(rd.action.text)
