@@ -34,6 +34,9 @@ def test_wheel_contains_grammar_and_templates(wheel):
     assert "fwc/grammar/fwc.lark" in names
     grammar = zipfile.ZipFile(wheel).read("fwc/grammar/fwc.lark").decode()
     assert grammar == (REPO / "grammar" / "fwc.lark").read_text()
+    # the analysed grammar (fwc.frontend.tables): without it every process analyses
+    tables = zipfile.ZipFile(wheel).read("fwc/frontend/tables.json").decode()
+    assert tables == (REPO / "fwc" / "frontend" / "tables.json").read_text()
 
 
 def test_installed_wheel_checks_policy_from_another_directory(wheel, tmp_path):

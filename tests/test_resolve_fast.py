@@ -66,3 +66,41 @@ def test_an_object_naming_an_interface_subnet_is_not_unused(tmp_path):
     unused = {d.message for d in found if d.code == "FWC103"}
     assert "object 'elsewhere' is never used" in unused
     assert "object 'sync_net' is never used" not in unused
+
+
+def _edge_with_rules(tmp_path: Path, rules: str, head: str = "") -> tuple[object, list]:
+    edge = Path(__file__).resolve().parent.parent / "policies" / "edge.fw"
+    text = head + edge.read_text(encoding="utf-8").replace(
+        "policy edge {\n", "policy edge {\n" + rules, 1)
+    policy = tmp_path / "p.fw"
+    policy.write_text(text, encoding="utf-8")
+    program, diagnostics = load(policy)
+    assert diagnostics == []
+    return resolve.resolve(program)
+
+
+def test_an_inline_service_resolved_once_per_text_still_reports_every_bad_one(tmp_path):
+    policy, found = _edge_with_rules(tmp_path, "    accept from any to web service tcp/8443\n"
+                                     "    accept from any to web service tcp/99999\n"
+                                     "    accept from any to web service tcp/8443\n"
+                                     "    accept from any to web service tcp/99999\n")
+    bad = [d for d in found if d.code == "FWC107"]
+    assert [d.span.line for d in bad] == [42, 44]
+    rules = policy.clusters[0].rules
+    assert rules[0].services == rules[1].services != ()
+    assert rules[0].services[0].ports[0].low == 8443
+
+
+def test_one_named_service_resolves_as_a_list_of_services_does(tmp_path):
+    policy, found = _edge_with_rules(tmp_path, "    accept from any to web service web\n"
+                                     "    accept from any to web service web, web\n")
+    rules = policy.clusters[0].rules
+    assert rules[0].services * 2 == rules[1].services
+    assert rules[0].service_labels == ("web",)
+    assert not [d for d in found if d.code == "FWC101"]
+    # and a service no other rule uses counts as used through the short way
+    head = "service extra tcp/7000\n"
+    _, found = _edge_with_rules(tmp_path, "", head)
+    assert any("'extra'" in d.message for d in found)  # unused without the rule
+    _, found = _edge_with_rules(tmp_path, "    accept from any to web service extra\n", head)
+    assert not any("'extra'" in d.message for d in found)

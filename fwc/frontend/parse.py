@@ -9,24 +9,19 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from importlib import resources
-from pathlib import Path
 from typing import NamedTuple
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from lark.grammar import Rule
-from lark.lexer import TerminalDef
 
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import syntax as s
-from fwc.frontend.fastpath import ENDPOINT_KINDS, FastPath, Patterns, TerminalInfo
+from fwc.frontend.fastpath import ENDPOINT_KINDS, FastPath
+from fwc.frontend.tables import Tables, grammar_text
+from fwc.frontend.tables import load as load_tables
 from fwc.text import LiteralError, decode_literal
 
 MAX_SYNTAX_ERRORS = 10
-# Start rules of grammar/fwc.lark: a whole file, and the fragments of a rule that
-# `fwc query` takes on its command line.
-_STARTS = ("start", "endpoints_fragment", "services_fragment")
 
 _TERMINAL_NAMES = {
     "NAME": "a name", "DEVICE": "a device name", "VIP_REF": "IFACE.vip",
@@ -49,15 +44,6 @@ _TERMINAL_NAMES = {
 }
 
 
-def grammar_text() -> str:
-    """The grammar, from the installed package or, in a checkout, from grammar/."""
-    packaged = resources.files("fwc").joinpath("grammar/fwc.lark")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parents[2] / "grammar" / "fwc.lark"
-    return checkout.read_text(encoding="utf-8")
-
-
 def _plugins() -> dict[str, object]:
     # lark-cython, when installed (extra `fast`), parses about 20% faster (1.75 -> 1.38 s for
     # 20,000 rules with this inline transformer); pure lark is the fallback.
@@ -68,57 +54,17 @@ def _plugins() -> dict[str, object]:
     return {"_plugins": lark_cython.plugins}
 
 
-class _Tables(NamedTuple):
-    data: dict
-    memo: dict
-    fragment_terminals: dict[str, frozenset[str]]  # per start rule
-    terminals: tuple[str, ...]  # the terminals the parser sees (not whitespace, comments)
-    patterns: Patterns  # the fast path's lexer, from the same terminals
-
-
 @functools.cache
-def _tables() -> _Tables:
+def _tables() -> Tables:
     """The analysed grammar (LALR tables, terminals, rules) as plain data, once per process.
 
-    Built in memory, never with lark's `cache=True`: that option loads whatever pickle sits
-    at a predictable name in the shared temp directory, so any local user could run code as
-    whoever runs fwc. Building costs about 50 ms per process (docs/performance.md); the
+    Shipped with the package (`fwc.frontend.tables`: analysed at development time, loaded
+    when made from this grammar and this lark, else analysed in memory). Never lark's
+    `cache=True`: that option loads whatever pickle sits at a predictable name in the
+    shared temp directory, so any local user could run code as whoever runs fwc. The
     result is only read afterwards (every parser deserialises its own objects from it).
     """
-    base = Lark(grammar_text(), parser="lalr", maybe_placeholders=False, start=list(_STARTS),
-                **_plugins())
-    data, memo = base.memo_serialize([TerminalDef, Rule])
-    patterns = Patterns(tuple(
-        TerminalInfo(t.name, t.pattern.to_regexp(), t.priority, t.pattern.max_width,
-                     len(t.pattern.value)) for t in base.terminals))
-    return _Tables(data, memo, _terminals_of_starts(base.rules),
-                   tuple(t.name for t in base.terminals if t.name not in base.ignore_tokens),
-                   patterns)
-
-
-def _terminals_of_starts(rules: list[Rule]) -> dict[str, frozenset[str]]:
-    """Per start rule, the terminals its text can hold.
-
-    LALR shares states between contexts, so the terminals a syntax error lists
-    include those of a whole rule even when only an endpoint list was parsed; a
-    fragment's hint keeps only the terminals the fragment can contain.
-    """
-    expansions: dict[str, list] = {}
-    for rule in rules:
-        expansions.setdefault(rule.origin.name, []).append(rule.expansion)
-    out = {}
-    for start in _STARTS:
-        seen, todo, terminals = {start}, [start], set()
-        while todo:
-            for expansion in expansions.get(todo.pop(), ()):
-                for symbol in expansion:
-                    if symbol.is_term:
-                        terminals.add(symbol.name)
-                    elif symbol.name not in seen:
-                        seen.add(symbol.name)
-                        todo.append(symbol.name)
-        out[start] = frozenset(terminals)
-    return out
+    return load_tables(grammar_text())
 
 
 class PolicyParser:

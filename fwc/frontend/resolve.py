@@ -103,6 +103,11 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
         return None
     return number, int(length)
 
+_NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
+_NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
+_FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
+
+
 class Resolver:
     def __init__(self, program: LoadedProgram, read_secret=None) -> None:
         self.program = program
@@ -115,6 +120,9 @@ class Resolver:
         self.objects: dict[str, m.AddressObject] = {}
         self.services: dict[str, m.Service] = {}
         self.broken_vips: set[str] = set()  # interfaces whose VIP did not resolve
+        # An inline service (`tcp/443`) means the same wherever it is written: resolved
+        # once per run and text (only when it resolved without a diagnostic).
+        self.service_specs: dict[str, m.ServiceMatch] = {}
 
     # -- helpers ---------------------------------------------------------------
     def err(self, code: str, message: str, span: Span | None, hint: str | None = None,
@@ -364,7 +372,12 @@ class Resolver:
 
     def service_item(self, item: s.ServiceRef, inside: str | None = None) -> list[m.ServiceMatch]:
         if item.kind == "spec":
-            got = self.parse_service_spec(item)
+            got = self.service_specs.get(item.text)
+            if got is None:
+                reported = len(self.diagnostics)
+                got = self.parse_service_spec(item)
+                if got is not None and len(self.diagnostics) == reported:
+                    self.service_specs[item.text] = got
             return [got] if got else []
         if item.text in self.service_decls:
             self.used_services.add(item.text)
@@ -856,7 +869,7 @@ class Resolver:
         ok = True
         for item in items:
             if item.kind in ("any", "firewall"):
-                out.append(m.EndpointItem(item.kind, item.text, AddressSet(), item.negated,
+                out.append(m.EndpointItem(item.kind, item.text, _NOTHING, item.negated,
                                           None, item.span))
                 continue
             if item.kind == "name":
@@ -950,6 +963,12 @@ class Resolver:
 
     def services_of(self, refs: tuple[s.ServiceRef, ...]) -> tuple[tuple[m.ServiceMatch, ...],
                                                                   tuple[str, ...], bool]:
+        if len(refs) == 1 and refs[0].kind != "spec":  # most rules: one named service
+            ref = refs[0]
+            svc = self.services.get(ref.text)
+            if svc is not None and ref.text in self.service_decls:
+                self.used_services.add(ref.text)
+                return svc.matches, (ref.text,), bool(svc.matches)
         matches: list[m.ServiceMatch] = []
         ok = True
         for ref in refs:
@@ -980,7 +999,8 @@ class Resolver:
         if not is_nat:
             if source is None or destination is None or not services_ok or extras is None:
                 return None
-            return m.FilterRule(index, FilterAction(rd.action.text), source, destination,
+            action = _FILTER_ACTIONS.get(rd.action.text) or FilterAction(rd.action.text)
+            return m.FilterRule(index, action, source, destination,
                                 services, labels, in_iface, out_iface, log, prefix, only,
                                 rd.span, **extras)
         action = NatAction(rd.action.text)
@@ -1022,7 +1042,8 @@ class Resolver:
             group = self.integer(value["log-group"], "NFLOG group", 0, proto.NFLOG_GROUP_MAX,
                                  "FWC109")
             ok &= group is not None
-        out["log_options"] = m.LogOptions(level, rate, burst, group)
+        out["log_options"] = _NO_LOG_OPTIONS if level is rate is burst is group is None \
+            else m.LogOptions(level, rate, burst, group)
         for key, field_ in (("limit", "limit"), ("syn-limit", "syn_limit")):
             if key not in value:
                 continue
