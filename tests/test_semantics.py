@@ -18,10 +18,15 @@ from fwc.checks import run_checks
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import (
     PrefixIndex,
+    Reach,
+    Side,
     endpoint_intervals,
+    filter_chains,
     forwarded_and_local,
     hull,
     hull_block,
+    nat_reaches,
+    reach,
     side_of,
 )
 from fwc.pipeline import analyse
@@ -136,3 +141,28 @@ def test_hull_is_the_smallest_block():
     assert hull_block(0xC0000200, 0xC00002FF, 4) == (24, 0xC0000200)
     assert hull(AddressSet.of("192.0.2.10", "192.0.2.20"), 4) == (27, 0xC0000200)
     assert hull_block(0, 2 ** 32 - 1, 4) == (0, 0)
+
+
+def test_reach_is_what_is_left_after_the_exclusions():
+    fw = AddressSet.of("192.0.2.1")
+    lan = AddressSet.of("198.51.100.0/24")
+    host = AddressSet.of("198.51.100.7")
+    empty = AddressSet()
+    assert reach(Side(True, empty, empty, lan, lan)) == Reach(False, True, True)  # any, !lan
+    assert reach(Side(False, lan, empty, host, host)) == Reach(False, True, True)  # lan, !host
+    assert reach(Side(False, host, empty, lan, lan)) == Reach(False, False, False)  # host, !lan
+    assert reach(Side(False, host, fw, lan, lan)) == Reach(True, True, False)  # +firewall
+    assert reach(Side(False, empty, fw, empty, empty)) == Reach(True, True, False)
+
+
+def test_filter_chains_and_nat_reaches():
+    to_fw = Reach(True, True, False)
+    net = Reach(False, True, True)
+    nothing = Reach(False, False, False)
+    assert filter_chains(net, to_fw, False, False) == (True, False, False)
+    assert filter_chains(net, to_fw, False, True) == (False, False, False)  # INPUT: no out
+    assert filter_chains(to_fw, net, True, False) == (False, False, False)  # OUTPUT: no in
+    assert filter_chains(to_fw, net, False, False) == (False, True, False)
+    assert filter_chains(net, net, True, True) == (False, False, True)
+    assert filter_chains(net, nothing, False, False) == (False, False, False)
+    assert nat_reaches(net, to_fw) and not nat_reaches(nothing, net)

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from fwc import protocols as proto
 from fwc.backend.lower.build import (
     drops_prefix,
-    filter_parts,
     log_prefix,
     may_apply,
-    nat_part,
     service_matches,
 )
 from fwc.checks import check, describe
@@ -23,7 +21,7 @@ from fwc.checks.rules import endpoint_key
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Member, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable
-from fwc.model.semantics import side_of
+from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
 from fwc.model.vocabulary import NatAction
 
 describe("FWC510", "output directory cannot be written", Severity.ERROR, """
@@ -113,35 +111,12 @@ def nonat_both_interfaces(policy: Policy) -> Iterable[Diagnostic]:
                               hint="split it into one nonat with 'in' and one with 'out'")
 
 
-def _produces_something(cluster: Cluster, rule: Rule) -> bool:
-    """Does RULE give a kernel rule on some member? (by the lowering's own functions;
-    the check asks `_Shapes.produces_something`, which a test keeps equal to this)"""
-    for member in cluster.members:
-        if rule.only is not None and rule.only != member.name:
-            continue
-        fw = cluster.firewall_addresses(member)
-        for family in (4, 6):
-            fw_family = fw.only(family)
-            if service_matches(rule.services, family) is None:
-                continue
-            if rule.target is not None and not rule.target.addresses.family(family):
-                continue
-            if isinstance(rule, FilterRule):
-                if filter_parts(rule, fw_family, family):
-                    return True
-            elif nat_part(rule, fw_family, family, "") is not None:
-                return True
-    return False
-
-
 @dataclass(frozen=True, slots=True)
 class _SideShape:
-    """What `filter_parts` and `nat_part` ask of one side on one member and family."""
+    """What lowering asks of one side on one member and family."""
 
     applies: bool  # `may_apply`: the side can match in this family at all
-    firewall: bool  # it names firewall addresses (INPUT/OUTPUT)
-    named: bool  # `_bounded(side, side.named)` is not None
-    other: bool  # `_bounded(side, side.other)` is not None
+    reach: Reach  # which chains it can fill (`filter_chains`, `nat_reaches`)
 
 
 class _Shapes:
@@ -168,14 +143,13 @@ class _Shapes:
         got = self.known.get(key)
         if got is None:
             side = side_of(endpoint, self.firewalls[(member.name, family)], family)
-            got = self.known[key] = _SideShape(
-                may_apply(endpoint, family), bool(side.firewall),
-                side.unbounded or bool(side.named - side.excluded),
-                side.unbounded or bool(side.other - side.excluded))
+            got = self.known[key] = _SideShape(may_apply(endpoint, family), reach(side))
         return got
 
     def produces_something(self, rule: Rule) -> bool:
-        """`_produces_something` from the side shapes (test_lowering_check_oracle)."""
+        """Does RULE give a kernel rule on some member? The lowering's own predicates
+        (`filter_chains`, `nat_reaches`) on memoised side shapes; a test keeps this
+        equal to calling `filter_parts`/`nat_part` per rule."""
         for member in self.cluster.members:
             if rule.only is not None and rule.only != member.name:
                 continue
@@ -189,11 +163,10 @@ class _Shapes:
                 if not (src.applies and dst.applies):
                     continue
                 if not isinstance(rule, FilterRule):
-                    if src.named and dst.named:  # nat_part
+                    if nat_reaches(src.reach, dst.reach):
                         return True
-                elif (dst.firewall and rule.out_interface is None and src.named) \
-                        or (src.firewall and rule.in_interface is None and dst.named) \
-                        or (src.other and dst.other):  # filter_parts: INPUT, OUTPUT, FORWARD
+                elif any(filter_chains(src.reach, dst.reach, rule.in_interface is not None,
+                                       rule.out_interface is not None)):
                     return True
         return False
 

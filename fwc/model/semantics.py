@@ -34,7 +34,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from fwc.model import Endpoint
 from fwc.model.addresses import FAMILY_BITS, AddressSet
@@ -111,6 +111,43 @@ def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
         named_fw = named_fw - excluded
     # `any`, or only negated items: every address (Endpoint.is_any)
     return Side(has_any or not has_positive, other, named_fw, excluded, negated)
+
+
+class Reach(NamedTuple):
+    """What is left of one side once its exclusions are taken off: which chains it can fill.
+
+    The one meaning of "this rule produces nothing" (FWC504) and of which chains lowering
+    fills; `Side.firewall` has its exclusions taken off already (`side_of`). A
+    NamedTuple: lowering makes two per rule, member and family.
+    """
+
+    firewall: bool  # it names firewall addresses (INPUT as destination, OUTPUT as source)
+    named: bool  # `named - excluded` is not empty, or unbounded: INPUT/OUTPUT, NAT
+    other: bool  # `other - excluded` is not empty, or unbounded: FORWARD
+
+
+def reach(side: Side) -> Reach:
+    if side.unbounded:
+        return Reach(bool(side.firewall), True, True)
+    other = bool(side.other - side.excluded) if side.excluded else bool(side.other)
+    return Reach(bool(side.firewall), other or bool(side.firewall), other)
+
+
+def filter_chains(src: Reach, dst: Reach, in_interface: bool, out_interface: bool) \
+        -> tuple[bool, bool, bool]:
+    """Whether a filter rule gives a kernel rule in (INPUT, OUTPUT, FORWARD).
+
+    INPUT (to the firewall) has no outgoing interface and OUTPUT (from it) no incoming
+    one, so a rule with `out` (`in`) gives nothing there.
+    """
+    return (dst.firewall and not out_interface and src.named,
+            src.firewall and not in_interface and dst.named,
+            src.other and dst.other)
+
+
+def nat_reaches(src: Reach, dst: Reach) -> bool:
+    """Whether a NAT rule gives a kernel rule: both sides name something."""
+    return src.named and dst.named
 
 
 def reads_firewall(endpoint: Endpoint, firewalls: AddressSet, family: int) -> bool:

@@ -51,7 +51,14 @@ from fwc.model import (
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
-from fwc.model.semantics import Side, reads_firewall, side_of
+from fwc.model.semantics import (
+    Side,
+    filter_chains,
+    nat_reaches,
+    reach,
+    reads_firewall,
+    side_of,
+)
 from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, Target
 from fwc.model.vocabulary import Table as TableName
 from fwc.text import cut_utf8, utf8_length
@@ -161,12 +168,11 @@ class Part:
 
 
 def _bounded(side: Side, addresses: AddressSet, family: int) \
-        -> tuple[AddressMatch, AddressSet] | None:
-    """A side as (match, exclusions left for a RETURN chain); None when it is empty."""
+        -> tuple[AddressMatch, AddressSet]:
+    """A side as (match, exclusions left for a RETURN chain); only for a side whose
+    `reach` says it is not empty there (`filter_chains`, `nat_reaches`)."""
     if side.unbounded:
         return ANY, side.excluded
-    if not addresses - side.excluded:
-        return None
     return addresses_match(addresses, family), side.excluded & addresses
 
 
@@ -210,25 +216,26 @@ def filter_parts(rule: PolicyFilterRule, fw: AddressSet, family: int,
         return []
     src = side_of(rule.source, fw, family)
     dst = side_of(rule.destination, fw, family)
+    to_fw, from_fw, through = filter_chains(reach(src), reach(dst),
+                                            rule.in_interface is not None,
+                                            rule.out_interface is not None)
     parts: list[Part] = []
     # INPUT: to the firewall; a packet for the node has no output device.
-    if dst.firewall and rule.out_interface is None:
+    if to_fw:
         got = _bounded(src, src.named, family)
-        if got is not None:
-            parts.append(Part(BuiltinChain.INPUT, got[0],
-                              firewall_match(dst.firewall, family, order), got[1],
-                              AddressSet()))
+        parts.append(Part(BuiltinChain.INPUT, got[0],
+                          firewall_match(dst.firewall, family, order), got[1],
+                          AddressSet()))
     # OUTPUT: from the firewall; a packet the node sends has no input device.
-    if src.firewall and rule.in_interface is None:
+    if from_fw:
         got = _bounded(dst, dst.named, family)
-        if got is not None:
-            parts.append(Part(BuiltinChain.OUTPUT,
-                              firewall_match(src.firewall, family, order), got[0],
-                              AddressSet(), got[1]))
+        parts.append(Part(BuiltinChain.OUTPUT,
+                          firewall_match(src.firewall, family, order), got[0],
+                          AddressSet(), got[1]))
     # FORWARD: through the firewall.
-    s = _bounded(src, src.other, family)
-    d = _bounded(dst, dst.other, family)
-    if s is not None and d is not None:
+    if through:
+        s = _bounded(src, src.other, family)
+        d = _bounded(dst, dst.other, family)
         parts.append(Part(BuiltinChain.FORWARD, s[0], d[0], s[1], d[1]))
     return parts
 
@@ -239,10 +246,10 @@ def nat_part(rule: PolicyNatRule, fw: AddressSet, family: int, chain: ChainName)
         return None
     src = side_of(rule.source, fw, family)
     dst = side_of(rule.destination, fw, family)
+    if not nat_reaches(reach(src), reach(dst)):
+        return None
     s = _bounded(src, src.named, family)
     d = _bounded(dst, dst.named, family)
-    if s is None or d is None:
-        return None
     return Part(chain, s[0], d[0], s[1], d[1])
 
 
