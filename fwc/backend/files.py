@@ -194,8 +194,13 @@ def path_of(name: str) -> str:
     return BY_NAME[name].path
 
 
+def unit_name(name: str) -> str:
+    """The systemd unit name of generated unit file NAME (its path's last part)."""
+    return PurePosixPath(path_of(name)).name
+
+
 # The boot unit's name, as `systemctl enable` and the drop-ins' After= name it.
-BOOT_UNIT = PurePosixPath(path_of("fwc-firewall.service")).name
+BOOT_UNIT = unit_name("fwc-firewall.service")
 # The units `fwc install` enables when the member has them (the boot unit always).
 ENABLED_UNITS = ("fwc-firewall.service", "fwc-routes.service", "fwc-uplinks.service")
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fwc import protocols as proto
-from fwc.backend.files import BOOT_UNIT, GeneratedFile, path_of
+from fwc.backend.files import BOOT_UNIT, GeneratedFile, path_of, unit_name
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member, Route, RouteRule
@@ -149,15 +149,25 @@ def vrrp_routing(cluster: Cluster, member: Member, interface: str, family: int,
     return VirtualRouting(tuple(routes), tuple(rules))
 
 
+def route_script_context(cluster: Cluster, member: Member, unit: str, log_tag: str) \
+        -> dict[str, object]:
+    """What a script of MEMBER that installs routes names (the routes script, the uplink
+    monitor): its member and cluster, the unit file UNIT that runs it, the route protocol
+    that marks fwc's routes and the syslog tag it logs with."""
+    return {
+        "cluster": cluster.name,
+        "member": member.name,
+        "unit": unit_name(unit),
+        "protocol": proto.ROUTE_PROTOCOL,
+        "log_tag": log_tag,
+    }
+
+
 def routes_script(cluster: Cluster, member: Member,
                   family_batches: tuple[FamilyBatch, ...]) -> str:
     """The routes script of MEMBER, installing FAMILY_BATCHES (`member_batches`)."""
     return render_template("fwc-routes.sh.j2", {
-        "cluster": cluster.name,
-        "member": member.name,
-        "unit": path_of("fwc-routes.service").rsplit("/", 1)[-1],
-        "protocol": proto.ROUTE_PROTOCOL,
-        "log_tag": proto.ROUTES_LOG_TAG,
+        **route_script_context(cluster, member, "fwc-routes.service", proto.ROUTES_LOG_TAG),
         "batches": family_batches,
     })
 

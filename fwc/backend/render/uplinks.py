@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 
 from fwc import protocols as proto
-from fwc.backend.files import GeneratedFile, path_of
+from fwc.backend.files import GeneratedFile, path_of, unit_name
 from fwc.backend.render.context import MemberBuild
-from fwc.backend.render.routes import route_words
+from fwc.backend.render.routes import route_script_context, route_words
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member
 from fwc.model.uplinks import Uplink, uplinks
@@ -83,11 +83,7 @@ def has_uplinks(build: MemberBuild) -> bool:
 
 def monitor_script(cluster: Cluster, member: Member) -> str:
     return render_template("fwc-uplinks.sh.j2", {
-        "cluster": cluster.name,
-        "member": member.name,
-        "unit": path_of("fwc-uplinks.service").rsplit("/", 1)[-1],
-        "protocol": proto.ROUTE_PROTOCOL,
-        "log_tag": proto.UPLINKS_LOG_TAG,
+        **route_script_context(cluster, member, "fwc-uplinks.service", proto.UPLINKS_LOG_TAG),
         "uplinks": monitored(cluster, member),
     })
 
@@ -98,7 +94,7 @@ def monitor_unit(cluster: Cluster, member: Member) -> str:
         "member": member.name,
         "path": path_of("fwc-uplinks.service"),
         "script": path_of("fwc-uplinks.sh"),
-        "routes_unit": path_of("fwc-routes.service").rsplit("/", 1)[-1],
+        "routes_unit": unit_name("fwc-routes.service"),
     })
 
 
