@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from conftest import EDGE_TEXT as EDGE
 from conftest import REPO
 
 from fwc.cli import main
-from fwc.lab.adapter import load_source
+from fwc.lab.adapter import LabSource, load_source
 from fwc.lab.netns import teardown
 from fwc.lab.results import LabReport
 from fwc.lab.running import Lab
@@ -25,6 +26,14 @@ from fwc.lab.topology import plan
 
 pytestmark = pytest.mark.lab
 
+
+def _lab(tmp_path: Path, source: LabSource, prefix: str) -> Lab:
+    """The lab of SOURCE's cluster under PREFIX, logging into tmp_path/logs (not built)."""
+    (tmp_path / "logs").mkdir()
+    lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
+              lambda _: None)
+    lab.report = LabReport(source.cluster.name, prefix, str(tmp_path / "logs"))
+    return lab
 
 
 def test_install_into_the_running_lab(tmp_path, capsys):
@@ -49,10 +58,7 @@ def test_install_into_the_running_lab(tmp_path, capsys):
     capsys.readouterr()
 
     prefix = f"fwcin{os.getpid() % 100000}"
-    (tmp_path / "logs").mkdir()
-    lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
-              lambda _: None)
-    lab.report = LabReport(source.cluster.name, prefix, str(tmp_path / "logs"))
+    lab = _lab(tmp_path, source, prefix)
     try:
         lab.build()
         lab.start_members()
@@ -112,10 +118,7 @@ def test_install_into_the_running_active_active_lab(tmp_path, capsys):
     capsys.readouterr()
 
     prefix = f"fwcia{os.getpid() % 100000}"
-    (tmp_path / "logs").mkdir()
-    lab = Lab(plan(source.policy, source.cluster, prefix), source.files, tmp_path / "logs",
-              lambda _: None)
-    lab.report = LabReport(source.cluster.name, prefix, str(tmp_path / "logs"))
+    lab = _lab(tmp_path, source, prefix)
     try:
         lab.build()
         lab.start_members()
