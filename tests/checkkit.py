@@ -79,6 +79,19 @@ def mutate(*replacements: tuple[str, str], base: str = BASE) -> str:
     return text
 
 
+def second_uplink(after_sync: str) -> tuple[tuple[str, str], ...]:
+    """`mutate` replacements giving BASE a second uplink: interface isp2 (VIP
+    198.18.0.254, vrid 53) on eth3 of both members, with AFTER_SYNC (routes,
+    route-rules) written after `interface sync`."""
+    return (
+        ("    interface sync\n", "    interface isp2 vip 198.18.0.254/24 vrid 53\n"
+                                "    interface sync\n" + after_sync),
+        ("        uplink eth1 198.51.100.1/24\n", "        uplink eth1 198.51.100.1/24\n"
+                                                "        isp2   eth3 198.18.0.1/24\n"),
+        ("        uplink eth1 198.51.100.2/24\n", "        uplink eth1 198.51.100.2/24\n"
+                                                "        isp2   eth3 198.18.0.2/24\n"))
+
+
 def line_of(text: str, needle: str) -> int:
     """1-based number of the only line containing needle."""
     hits = [n for n, line in enumerate(text.splitlines(), 1) if needle in line]

@@ -16,6 +16,7 @@ from checkkit import (
     line_of,
     mutate,
     run,
+    second_uplink,
     with_code,
 )
 from conftest import REPO
@@ -37,16 +38,10 @@ ROUTES = """\
 ROUTED = mutate(("    interface sync\n", "    interface sync\n" + ROUTES))
 # A second uplink chosen by source (policy routing), and a mark-based rule.
 TWO_UPLINKS = mutate(
-    ("    interface sync\n", "    interface isp2 vip 198.18.0.254/24 vrid 53\n"
-                            "    interface sync\n" + ROUTES
-     + "    route default via 198.18.0.9 table 102\n"
-       "    route-rule from 192.0.2.128/25 table 102\n"
-       "    route-rule mark 0x10/0xf0 table 102 priority 500\n"
-       "    route-rule to 198.18.40.0/24 table 102 follow master\n"),
-    ("        uplink eth1 198.51.100.1/24\n", "        uplink eth1 198.51.100.1/24\n"
-                                            "        isp2   eth3 198.18.0.1/24\n"),
-    ("        uplink eth1 198.51.100.2/24\n", "        uplink eth1 198.51.100.2/24\n"
-                                            "        isp2   eth3 198.18.0.2/24\n"),
+    *second_uplink(ROUTES + "    route default via 198.18.0.9 table 102\n"
+                            "    route-rule from 192.0.2.128/25 table 102\n"
+                            "    route-rule mark 0x10/0xf0 table 102 priority 500\n"
+                            "    route-rule to 198.18.40.0/24 table 102 follow master\n"),
     ("    accept from lan    to any      service tcp/80,443\n",
      "    accept from lan    to any      service tcp/80,443 out uplink\n"
      "    accept from lan    to any      service tcp/80,443 out isp2\n"))

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from checkkit import BASE, assert_diagnostic, line_of, mutate, run, with_code
+from checkkit import BASE, assert_diagnostic, line_of, mutate, run, second_uplink, with_code
 from conftest import POLICIES, cannot_run, skip_or_fail_without_root
 
 from fwc.backend.files import BY_NAME, Reload
@@ -25,12 +25,7 @@ FALLBACK = "    route default via 198.18.0.9 metric 100\n"
 # BASE with a second uplink (isp2), a probed default route through the first and a
 # floating one through the second, source NAT per uplink.
 TWO = mutate(
-    ("    interface sync\n", "    interface isp2 vip 198.18.0.254/24 vrid 53\n"
-                            "    interface sync\n" + PROBED + FALLBACK),
-    ("        uplink eth1 198.51.100.1/24\n", "        uplink eth1 198.51.100.1/24\n"
-                                            "        isp2   eth3 198.18.0.1/24\n"),
-    ("        uplink eth1 198.51.100.2/24\n", "        uplink eth1 198.51.100.2/24\n"
-                                            "        isp2   eth3 198.18.0.2/24\n"),
+    *second_uplink(PROBED + FALLBACK),
     ("    snat from lan to any out uplink -> uplink.vip\n",
      "    snat from lan to any out uplink -> uplink.vip\n"
      "    snat from lan to any out isp2 -> isp2.vip\n"))
