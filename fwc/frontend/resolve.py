@@ -212,6 +212,22 @@ class Resolver:
             return None
         return value
 
+    def fall_rise(self, opts: dict[str, s.Option], what: str, defaults: tuple[int, int],
+                  bounds: tuple[int, int], code: str) -> tuple[dict[str, int], bool]:
+        """The `fall` and `rise` counts of a track or an uplink probe (failures in a row
+        before down, successes before up), DEFAULTS where not written; False after an
+        error (reported)."""
+        counts = {"fall": defaults[0], "rise": defaults[1]}
+        ok = True
+        for key in counts:
+            if key in opts and opts[key].value is not None:
+                value = self.integer(opts[key].value, f"{what} {key}", *bounds, code)
+                if value is None:
+                    ok = False
+                else:
+                    counts[key] = value
+        return counts, ok
+
     def duration_ms(self, word: s.Word, what: str) -> int | None:
         text = word.text
         try:
@@ -500,15 +516,10 @@ class Resolver:
                     ok = False
                 else:
                     interval = ms // 1000
-            counts = {"fall": proto.DEFAULT_TRACK_FALL, "rise": proto.DEFAULT_TRACK_RISE}
-            for key in counts:
-                if key in opts and opts[key].value is not None:
-                    value = self.integer(opts[key].value, f"track {key}",
-                                         *proto.TRACK_COUNT_RANGE, "FWC256")
-                    if value is None:
-                        ok = False
-                    else:
-                        counts[key] = value
+            counts, counted = self.fall_rise(opts, "track",
+                                             (proto.DEFAULT_TRACK_FALL, proto.DEFAULT_TRACK_RISE),
+                                             proto.TRACK_COUNT_RANGE, "FWC256")
+            ok = ok and counted
             if kind == "interface" and ("interval" in opts or "fall" in opts
                                         or "rise" in opts):
                 extra = next(k for k in ("interval", "fall", "rise") if k in opts)

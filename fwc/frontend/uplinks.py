@@ -65,15 +65,10 @@ def resolve_probe(resolver: Resolver, opts: dict[str, s.Option], family: int,
             ok = False
         else:
             interval = ms
-    counts = {"fall": proto.DEFAULT_UPLINK_FALL, "rise": proto.DEFAULT_UPLINK_RISE}
-    for key in counts:
-        if key in opts and opts[key].value is not None:
-            value = resolver.integer(opts[key].value, f"probe {key}",
-                                     *proto.UPLINK_COUNT_RANGE, "FWC279")
-            if value is None:
-                ok = False
-            else:
-                counts[key] = value
+    counts, counted = resolver.fall_rise(opts, "probe",
+                                         (proto.DEFAULT_UPLINK_FALL, proto.DEFAULT_UPLINK_RISE),
+                                         proto.UPLINK_COUNT_RANGE, "FWC279")
+    ok = ok and counted
     if ok and counts["fall"] < proto.UPLINK_MIN_SAFE_FALL:
         resolver.err("FWC279", f"probe fall {counts['fall']} switches uplinks on one lost echo",
                      opts["fall"].span, hint=f"use fall {proto.UPLINK_MIN_SAFE_FALL} or more "
