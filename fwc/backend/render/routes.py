@@ -28,7 +28,7 @@ from fwc.model import Cluster, Member, Route, RouteRule
 from fwc.model.topology import applies, route_interface
 
 
-def _route_words(cluster: Cluster, member: Member, route: Route) -> list[str] | None:
+def route_words(cluster: Cluster, member: Member, route: Route) -> list[str] | None:
     """ROUTE as iproute2 (and keepalived's virtual_routes) write it; None: not here."""
     interface = route_interface(cluster, member, route)
     device = member.device(interface) if interface is not None else None
@@ -48,7 +48,6 @@ def _route_words(cluster: Cluster, member: Member, route: Route) -> list[str] | 
 
 
 # For the uplink monitor (fwc.backend.render.uplinks): the same words for the same route.
-route_words = _route_words
 
 
 def _rule_words(member: Member, rule: RouteRule) -> Iterator[list[str]]:
@@ -84,7 +83,7 @@ def batches(cluster: Cluster, member: Member) -> list[FamilyBatch]:
         for route in cluster.routes:
             if route.family != family or route.follow or not applies(route, member):
                 continue
-            words = _route_words(cluster, member, route)
+            words = route_words(cluster, member, route)
             if words is not None:
                 routes.append(("route", "replace", *words, "proto", protocol))
         own = [r for r in cluster.route_rules
@@ -135,7 +134,7 @@ def vrrp_routing(cluster: Cluster, member: Member, interface: str, family: int,
             continue
         if route_interface(cluster, member, route) != interface:
             continue
-        words = _route_words(cluster, member, route)
+        words = route_words(cluster, member, route)
         if words is not None:
             routes.append(tuple(words))
     rules = []

@@ -76,15 +76,24 @@ def monitored(cluster: Cluster, member: Member) -> list[Watched]:
     return out
 
 
+def member_monitored(build: MemberBuild) -> list[Watched]:
+    """`monitored` of BUILD's member, once per member build: whether the member gets the
+    monitor (asked once per file row) and the script share it."""
+    key = "uplinks monitored"
+    if key not in build.memo:
+        build.memo[key] = monitored(build.cluster, build.member)
+    return build.memo[key]  # type: ignore[return-value]
+
+
 def has_uplinks(build: MemberBuild) -> bool:
     """When the member gets the monitor and its unit (the files table's When.UPLINKS)."""
-    return bool(monitored(build.cluster, build.member))
+    return bool(member_monitored(build))
 
 
-def monitor_script(cluster: Cluster, member: Member) -> str:
+def monitor_script(cluster: Cluster, member: Member, watched_routes: list[Watched]) -> str:
     return render_template("fwc-uplinks.sh.j2", {
         **route_script_context(cluster, member, "fwc-uplinks.service", proto.UPLINKS_LOG_TAG),
-        "uplinks": monitored(cluster, member),
+        "uplinks": watched_routes,
     })
 
 
@@ -101,4 +110,4 @@ def monitor_unit(cluster: Cluster, member: Member) -> str:
 def render_file(build: MemberBuild, file: GeneratedFile) -> str:
     if file.name == "fwc-uplinks.service":
         return monitor_unit(build.cluster, build.member)
-    return monitor_script(build.cluster, build.member)
+    return monitor_script(build.cluster, build.member, member_monitored(build))
