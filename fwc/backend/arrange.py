@@ -248,18 +248,10 @@ class _Arranger:
 
 
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
-                  order: tuple[str, ...], min_rules: int = ARRANGE_MIN_RULES,
-                  split_min: int = SPLIT_MIN_RULES, clip_ports: bool = False) \
-        -> tuple[Chain, list[Chain]]:
-    new, chains, _ = _arrange_chain(chain, prefix, names, taken, order, min_rules, split_min,
-                                    clip_ports)
-    return new, chains
-
-
-def _arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
-                   order: tuple[str, ...], min_rules: int, split_min: int,
-                   clip_ports: bool) -> tuple[Chain, list[Chain], bool]:
-    """arrange_chain, and whether a chain name it wanted was in `taken` already."""
+                  order: tuple[str, ...], min_rules: int, split_min: int,
+                  clip_ports: bool) -> tuple[Chain, list[Chain], bool]:
+    """CHAIN arranged (and the chains it jumps to), and whether a chain name it wanted
+    was in `taken` already."""
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     # The head stays first and flat: the automatic rules every packet meets (established,
     # invalid, ...). Policy rules never belong to it, with or without devices: a policy
@@ -298,8 +290,9 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
               split_min: int, clip_ports: bool) -> tuple[Chain, list[Chain]]:
     """arrange_chain, or the previous member's result when everything it reads is equal."""
     if memo is None:
-        return arrange_chain(chain, prefix, names, taken, order, min_rules, split_min,
-                             clip_ports)
+        new, extra, _ = arrange_chain(chain, prefix, names, taken, order, min_rules,
+                                      split_min, clip_ports)
+        return new, extra
     previous = memo.get(("arranged", family, chain.name, clip_ports), _Previous)
     key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min)
     # The table's other chains (`taken`) only matter when a name collides: reused when
@@ -309,8 +302,8 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
         taken |= previous.named
         return previous.result[0], list(previous.result[1])
     before = set(taken)
-    new, extra, collided = _arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                          split_min, clip_ports)
+    new, extra, collided = arrange_chain(chain, prefix, names, taken, order, min_rules,
+                                         split_min, clip_ports)
     previous.key, previous.chain, previous.collided = key, chain, collided
     previous.result, previous.named = (new, tuple(extra)), frozenset(taken - before)
     return new, extra
