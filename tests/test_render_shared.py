@@ -91,7 +91,8 @@ def test_render_file_is_the_text_as_bytes(site):
     main = iptables.render_file(build, BY_NAME["iptables.rules"])
     assert main == iptables.render(build.optimised()[0][4]).encode()
     fallback = iptables.render_file(build, BY_NAME["failsafe.rules"])
-    assert fallback == iptables.render_failsafe(failsafe(build.lowered(4))).encode()
+    safe = failsafe(build.lowered(4))
+    assert fallback == iptables.render(safe, header=iptables._failsafe_header(safe)).encode()
     assert fallback.endswith(b"COMMIT\n") and main.endswith(b"COMMIT\n")
 
 
