@@ -269,7 +269,8 @@ class MemberView:
         for chain, region in self._regions(family).items():
             self.regions[(family, chain)] = region
         memo: dict[tuple[object, ...], Intervals] = {}
-        entries = [(r, box) for r in rules if (box := self.rule_box(r, family, memo))]
+        boxes = [(r, self.rule_box(r, family, memo)) for r in rules]
+        entries = [(r, box) for r, box in boxes if box]
         # One list serves every chain: a query box lies inside one chain's region, so
         # rules outside it never match, and the address index keeps them out of the way.
         shared = RuleList(family, entries)
@@ -278,7 +279,6 @@ class MemberView:
         if self.elsewhere.family(family):
             # VIPs another member holds lie outside INPUT here and read differently per
             # chain (see _elsewhere_box): FORWARD gets a list of its own.
-            boxes = [(r, self.rule_box(r, family, memo)) for r in rules]
             forward = [(r, b) for r, box in boxes
                        if (b := self._elsewhere_box(box, r, family, True))]
             other = [(r, b) for r, box in boxes
