@@ -384,8 +384,9 @@ def _parse_fast(text: str, path: str, parser: PolicyParser) -> s.SourceFile | No
                 return None
             after_statement[k] = run.rest
     merged: list = []
+    blocks_with_runs = {k for k, _ in after_rule}
     for k, statement in enumerate(statements):
-        if isinstance(statement, s.BlockDecl) and any(key[0] == k for key in after_rule):
+        if isinstance(statement, s.BlockDecl) and k in blocks_with_runs:
             block_rules: list = []
             for j, rule in enumerate(statement.rules):
                 block_rules.append(rule)

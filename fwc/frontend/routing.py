@@ -154,8 +154,7 @@ def resolve_route(resolver: Resolver, decl: s.RouteDecl, ifaces: dict[str, m.Int
     only = _member(resolver, opts.get("only"), members)
     if "only" in opts and only is None:
         ok = False
-    probed, probe = resolve_probe(resolver, opts, destination.version, "follow" in opts,
-                                  decl.span)
+    probed, probe = resolve_probe(resolver, opts, destination.version, "follow" in opts)
     if not ok or not probed:
         return None
     return m.Route(destination, gateway, interface, table, source, label, metric,

@@ -13,7 +13,6 @@ from typing import Any
 
 from fwc import model as m
 from fwc import protocols as proto
-from fwc.diagnostics import Span
 from fwc.frontend import syntax as s
 
 Resolver = Any  # fwc.frontend.resolve.Resolver (not imported: no cycle)
@@ -22,7 +21,7 @@ PROBE_KEYS = ("probe", "interval", "fall", "rise")
 
 
 def resolve_probe(resolver: Resolver, opts: dict[str, s.Option], family: int,
-                  follow: bool, span: Span) -> tuple[bool, m.RouteProbe | None]:
+                  follow: bool) -> tuple[bool, m.RouteProbe | None]:
     """(ok, the probe or None). OPTS are the route's options by key."""
     given = [k for k in PROBE_KEYS if k in opts]
     if not given:
