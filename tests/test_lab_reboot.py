@@ -81,6 +81,18 @@ def test_judge_boot_refuses_a_vacuous_probe() -> None:
     assert any("FORWARD was not wiped" in p for p in bw.problems)
 
 
+def test_judge_boot_tells_a_missing_sender_summary_from_no_syns() -> None:
+    log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]
+    syns = [[T0 + 0.055, "198.51.100.254", 61000]]
+    watch = _watch(0.052, 0.02, 0.047)
+    watch["syns_sent"] = None  # the sender's log held no JSON line
+    bw = judge_boot(watch, syns, log, T0, 0, forward_wiped=WIPED)
+    assert bw.problems == ["the probe sender printed no summary: when it sent is unknown"]
+    watch["syns_sent"] = [T0 + 0.06]  # a summary, but every SYN after the rules
+    bw = judge_boot(watch, syns, log, T0, 0, forward_wiped=WIPED)
+    assert bw.problems == ["no probe SYN was sent before the rules loaded: nothing was tested"]
+
+
 def _reboot_result(**kw: object) -> RebootResult:
     res = RebootResult("reboot-snat-1s", "snat", "1s", "fw1", "fw2", 5.0, connected=True)
     res.boot = BootWatch(rc=0)

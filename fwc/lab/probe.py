@@ -209,11 +209,44 @@ def probe(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- stream
-def stream(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+# ---------------------------------------------------------------- stopping
+class Stop:
+    """Set by SIGTERM or SIGINT; read by the loops of the probes (any thread).
+
+    A Python signal handler runs in the main thread between any two of its
+    bytecodes, so it must take no lock: `threading.Event.set()` takes the lock
+    that `Event.wait()` holds just before and after it sleeps, and a SIGTERM
+    handled there blocked the handler on a lock its own thread held. The probe
+    hung until the lab SIGKILLed it, its summary unprinted (the reboot drill's
+    sender, on a loaded machine). Here the handler only sets a flag, and
+    `wait` sleeps (a signal cuts the sleep short by at most its remainder).
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+
+    def set(self) -> None:
+        self._flag = True
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float) -> bool:
+        if not self._flag:
+            time.sleep(timeout)
+        return self._flag
+
+
+def _stopper() -> Stop:
+    stop = Stop()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+# ---------------------------------------------------------------- stream
+def stream(args: argparse.Namespace) -> int:
+    stop = _stopper()
     sock = socket.socket(_family(args.dst), socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(args.connect_timeout)
@@ -281,11 +314,6 @@ def stream(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- reboot drill
-def _stopper() -> threading.Event:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return stop
 
 
 def syns(args: argparse.Namespace) -> int:

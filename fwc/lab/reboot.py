@@ -57,7 +57,8 @@ def judge_boot(
 ) -> BootWatch:
     """Read the sampler, the capture and the boot script's log into a verdict.
 
-    WATCH is the sampler's JSON plus `syns_sent` (the sender's send times),
+    WATCH is the sampler's JSON plus `syns_sent` (the sender's send times; None
+    when the sender printed no summary),
     SYNS the capture's [time, src, sport] list,
     LOG the boot script's (time, message) lines and T0 its start; all on
     CLOCK_REALTIME. FORWARD_WIPED is what the watcher's listing of the forward
@@ -119,7 +120,8 @@ def judge_boot(
             bw.problems.append(f"IPv{fam} forwarding came on but no FORWARD rules were seen")
     if "4" not in first_on and rc == 0:
         bw.problems.append("IPv4 forwarding never came on after the boot script")
-    sent = [float(t) for t in watch.get("syns_sent", [])]
+    summary = watch.get("syns_sent")
+    sent = [float(t) for t in summary or []]
     bw.syns_sent = len(sent)
     limit = t_rules if t_rules is not None else float("inf")
     bw.syns_sent_before_rules = sum(t < limit for t in sent)
@@ -132,7 +134,9 @@ def judge_boot(
             f"{bw.forwarded_before_rules} probe SYNs were forwarded before the rules were "
             f"loaded (first at {bw.first_forwarded_s:.4f} s)"
         )
-    if not bw.syns_sent_before_rules:
+    if summary is None:
+        bw.problems.append("the probe sender printed no summary: when it sent is unknown")
+    elif not bw.syns_sent_before_rules:
         bw.problems.append("no probe SYN was sent before the rules loaded: nothing was tested")
     if not bw.forwarded_after_rules and rc == 0:
         bw.problems.append(
@@ -243,7 +247,7 @@ def boot_and_watch(lab: Lab, node: Node, flow: Flow, label: str) -> BootWatch:
         helpers.clear()
         watch = _json_tail(watcher)
         syns = _json_tail(capture).get("syns", [])
-        watch["syns_sent"] = _json_tail(sender).get("times", [])
+        watch["syns_sent"] = _json_tail(sender).get("times")
         bw = judge_boot(watch, syns, boot_log(node, t0 - 1.0), t0, rc,
                         forward_wiped=lab.packet_filter.forward_wiped)
         bw.script_s = round(t1 - t0, 4)
