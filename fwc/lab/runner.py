@@ -293,7 +293,7 @@ def _failover_drills(
         _reboot(lab, report, modes[-1])
     _gateway(lab, report, modes[-1])
     if variants:
-        _timing_series(lab, report, options.timing_runs, variants, modes[-1])
+        _failover_timing(lab, report, options.timing_runs, variants, modes[-1])
     _without_sync(lab)
     mode = modes[-1]
     report.control = drills.failover_drill(
@@ -321,36 +321,58 @@ def _without_sync(lab: Lab) -> None:
         node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
 
 
+TimingRun = tuple[str, bool, float | None, float | None]  # label, survived, takeover, gap
+
+
 def _timing_series(lab: Lab, report: LabReport, runs: int, variants: Sequence[LabSource],
-                   mode: str) -> None:
-    """The crash drill RUNS times per advert profile, for the failover time spread.
+                   mode: str, run_one: Callable[[int], TimingRun],
+                   settle: Callable[[], str], ready: Callable[[], None] = lambda: None) -> None:
+    """A crash drill RUNS times per advert profile, for the failover time spread.
 
     Each profile's variant of the model is installed by `fwc install` (keepalived
     reloads, as on a real node) before its runs; afterwards the policy's own files
     go back the same way, so the control run and a kept lab are the policy as compiled.
+    After each install SETTLE waits for the masters (and says who they are), READY
+    for whatever else the runs need; RUN_ONE(n) is the n-th run of MODE's drill.
     """
     for variant in variants:
         lab.install_variant(variant)
         lab.progress(f"timing: {variant.origin}, installed by fwc install on every member")
-        lab.wait_master()
+        settle()
+        ready()
         series = TimingSeries(lab.advert_label, mode, runs)
         for n in range(runs):
-            label = f"t-{mode}-{lab.advert_label}-{n + 1}"
-            res = drills.failover_drill(lab, label, mode)
+            label, survived, takeover_s, gap_s = run_one(n)
             series.labels.append(label)
-            if res.ok:
-                series.survived += 1
-            if res.takeover_s is not None:
-                series.takeover_s.append(res.takeover_s)
-            if res.failover_gap_s is not None:
-                series.failover_gap_s.append(res.failover_gap_s)
+            series.survived += survived
+            if takeover_s is not None:
+                series.takeover_s.append(takeover_s)
+            if gap_s is not None:
+                series.failover_gap_s.append(gap_s)
         report.timing.append(series)
-        lab.progress(f"timing {series.advert}: {series.survived}/{series.runs} survived, "
+        kind = " (active-active)" if mode == ACTIVE_ACTIVE_MODE else ""
+        lab.progress(f"timing {series.advert}{kind}: {series.survived}/{series.runs} survived, "
                      f"takeover {spread(series.takeover_s)}, gap {spread(series.failover_gap_s)}")
     if variants:
         lab.install_variant(None)
+        lab.progress(f"timing: the policy's own files installed again, {settle()}")
+        ready()
+
+
+def _failover_timing(lab: Lab, report: LabReport, runs: int, variants: Sequence[LabSource],
+                     mode: str) -> None:
+    """The failover drill in MODE as a timing series (`_timing_series`)."""
+
+    def run_one(n: int) -> TimingRun:
+        label = f"t-{mode}-{lab.advert_label}-{n + 1}"
+        res = drills.failover_drill(lab, label, mode)
+        return label, res.ok, res.takeover_s, res.failover_gap_s
+
+    def settle() -> str:
         master, _ = lab.wait_master()
-        lab.progress(f"timing: the policy's own files installed again, {master.name} is master")
+        return f"{master.name} is master"
+
+    _timing_series(lab, report, runs, variants, mode, run_one, settle)
 
 
 ACTIVE_ACTIVE_MODE = "active-active"  # a timing series' mode: the active-active drill
@@ -358,39 +380,27 @@ ACTIVE_ACTIVE_MODE = "active-active"  # a timing series' mode: the active-active
 
 def _active_active_timing(lab: Lab, report: LabReport, runs: int,
                           variants: Sequence[LabSource], flows: dict[str, Flow]) -> None:
-    """The active-active crash drill RUNS times per advert profile (mode `active-active`).
+    """The active-active crash drill as a timing series (mode `active-active`).
 
     The members crash in turn (run n crashes member n mod count), each run with a
     connection through every vrrp-group and the failback after it. A run's takeover is
     until the survivor held every VIP, its gap the longest echo gap of its connections
     (the worst one); it survives when every connection survived the crash and the
-    failback. Profiles are installed by `fwc install` as in `_timing_series`."""
-    for variant in variants:
-        lab.install_variant(variant)
-        lab.progress(f"timing: {variant.origin}, installed by fwc install on every member")
-        lab.wait_groups()
-        _reachable_after_install(lab, report, flows)
-        series = TimingSeries(lab.advert_label, ACTIVE_ACTIVE_MODE, runs)
-        for n in range(runs):
-            crashed = lab.nodes[n % len(lab.nodes)]
-            label = f"t-aa-{crashed.name}-{lab.advert_label}-{n + 1}"
-            res = drills.active_active_drill(lab, label, crashed, flows)
-            series.labels.append(label)
-            series.survived += res.ok
-            if res.takeover_s is not None:
-                series.takeover_s.append(res.takeover_s)
-            gaps = [f.failover_gap_s for f in res.flows]
-            if gaps and all(g is not None for g in gaps):
-                series.failover_gap_s.append(max(g for g in gaps if g is not None))
-        report.timing.append(series)
-        lab.progress(f"timing {series.advert} (active-active): {series.survived}/{series.runs} "
-                     f"survived, takeover {spread(series.takeover_s)}, "
-                     f"gap {spread(series.failover_gap_s)}")
-    lab.install_variant(None)
-    took = lab.wait_groups()
-    lab.progress(f"timing: the policy's own files installed again, groups on their masters "
-                 f"after {took:.2f} s")
-    _reachable_after_install(lab, report, flows)
+    failback. After each install a connection through every group must work again."""
+
+    def run_one(n: int) -> TimingRun:
+        crashed = lab.nodes[n % len(lab.nodes)]
+        label = f"t-aa-{crashed.name}-{lab.advert_label}-{n + 1}"
+        res = drills.active_active_drill(lab, label, crashed, flows)
+        gaps = [f.failover_gap_s for f in res.flows]
+        worst = max(g for g in gaps if g is not None) if gaps and None not in gaps else None
+        return label, res.ok, res.takeover_s, worst
+
+    def settle() -> str:
+        return f"groups on their masters after {lab.wait_groups():.2f} s"
+
+    _timing_series(lab, report, runs, variants, ACTIVE_ACTIVE_MODE, run_one, settle,
+                   lambda: _reachable_after_install(lab, report, flows))
 
 
 def _reachable_after_install(lab: Lab, report: LabReport, flows: dict[str, Flow]) -> None:
