@@ -15,8 +15,12 @@ at the first position inside the lock, and the timeout fails the test.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from conftest import REPO
 
@@ -74,3 +78,32 @@ def test_sigterm_at_any_bytecode_of_stop_wait_or_set_never_hangs() -> None:
     assert out.returncode == 0, out.stderr
     positions = int(out.stdout.split()[3])
     assert positions >= 5, out.stdout  # both calls were traced, bytecode by bytecode
+
+
+def test_watch_runs_a_listing_shared_by_both_families_once(tmp_path: Path) -> None:
+    """nft's forward-hook listing (`nft list chains`) is the same command for IPv4 and
+    IPv6: the watcher runs it once per round, and both families get its entry."""
+    calls, hook = tmp_path / "calls", tmp_path / "hook"
+    hook.write_text("wiped\n")
+    lister = ["sh", "-c", f"echo . >> {calls}; cat {hook}"]
+    watcher = subprocess.Popen(
+        [sys.executable, str(PROBE), "watch", "--duration", "20", "--period", "0.01",
+         "--listers", json.dumps({"4": lister, "6": lister})],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().startswith("READY")
+        time.sleep(0.2)
+        hook.write_text("loaded\n")  # the rules come in: the lister stops at its next listing
+        time.sleep(0.3)
+        watcher.send_signal(signal.SIGTERM)
+        out, _ = watcher.communicate(timeout=10)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    chains = json.loads(out.splitlines()[-1])["chains"]
+    assert set(chains) == {"4", "6"} and chains["4"] == chains["6"], chains
+    entry = chains["4"]
+    assert entry["loaded"] == ["loaded"] and entry["in_by"] > entry["absent_at"], entry
+    assert len(calls.read_text().splitlines()) == entry["listings"] >= 2, entry

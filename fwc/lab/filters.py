@@ -142,6 +142,7 @@ PACKET_FILTERS: Mapping[Backend, PacketFilter] = MappingProxyType({
     ),
     # One `inet` table holds both families' chains and `nft -f` loads it in one
     # transaction: every chain of every table is listed, and nothing on a wiped node.
+    # Both families' listing is that one command: the watcher runs it once for both.
     Backend.NFTABLES: PacketFilter(
         Backend.NFTABLES,
         tools=("nft",),

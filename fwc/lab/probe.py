@@ -414,7 +414,7 @@ def watch(args: argparse.Namespace) -> int:
     what it listed first (the wiped node). For each listing the start and end
     times are kept: the rules were certainly absent when a listing that saw the
     wiped hook started, and certainly in when the first listing that saw them
-    ended.
+    ended. Families with the same command (nft lists both) share one lister.
     """
     stop = _stopper()
     first = {fam: _read(path) for fam, path in FORWARDING.items()}
@@ -422,12 +422,16 @@ def watch(args: argparse.Namespace) -> int:
     changes: list[list[object]] = []
     samples = 0
     chains: dict[str, dict[str, object]] = {}
-    tools = {str(fam): [str(word) for word in argv] for fam, argv in args.listers.items()}
+    # The families each distinct listing shows (nft's `list chains` shows both).
+    tools: dict[tuple[str, ...], list[str]] = {}
+    for fam, argv in args.listers.items():
+        tools.setdefault(tuple(str(word) for word in argv), []).append(str(fam))
 
-    def lister(fam: str, argv: list[str]) -> None:
-        # One lister per family, so that neither waits for the other's listing: the
+    def lister(argv: tuple[str, ...], fams: list[str]) -> None:
+        # One lister per listing, so that neither waits for the other's listing: the
         # boot script loads both within a few ms of switching forwarding on, and a
-        # listing that ends after that proves nothing about the order.
+        # listing that ends after that proves nothing about the order. Families that
+        # share a listing share its entry.
         for _ in range(int(args.duration / 0.002) + 1):
             if stop.is_set():
                 return
@@ -439,7 +443,9 @@ def watch(args: argparse.Namespace) -> int:
             except (OSError, subprocess.TimeoutExpired):
                 continue
             t1 = time.time()
-            entry = chains.setdefault(fam, {"wiped": out, "listings": 0})
+            entry = chains.setdefault(fams[0], {"wiped": out, "listings": 0})
+            for fam in fams[1:]:
+                chains[fam] = entry
             entry["listings"] = int(str(entry["listings"])) + 1
             if out == entry["wiped"]:
                 entry["absent_at"] = round(t0, 6)
@@ -454,7 +460,7 @@ def watch(args: argparse.Namespace) -> int:
         thread.start()
     # READY once each chain was listed wiped (its baseline), at most 5 s from now.
     ready_by = time.monotonic() + 5.0
-    while len(chains) < len(tools) and time.monotonic() < ready_by:
+    while len(chains) < len(args.listers) and time.monotonic() < ready_by:
         time.sleep(0.005)
     print(f"READY {json.dumps(first)}", flush=True)
     deadline = time.monotonic() + args.duration
