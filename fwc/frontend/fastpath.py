@@ -47,7 +47,7 @@ ENDPOINT_KINDS = {"NAME": "name", "VIP_REF": "vip", "VIP_NAMED_REF": "named_vip"
                   "ANY": "any", "FIREWALL": "firewall"}
 
 _SPACE = " \t\r\f"  # what lark ignores, but \n: a line holds none
-_ACTIONS = frozenset({"accept", "drop", "reject"})
+ACTIONS = frozenset({"accept", "drop", "reject"})
 _DEFINITIONS = frozenset({"host", "network", "group", "service"})
 _NAMED_OPTIONS = frozenset({"in", "out", "only"})
 
@@ -96,7 +96,8 @@ class Patterns:
 _new = tuple.__new__
 
 
-def _join(first: Span, last: Span) -> Span:
+def join_spans(first: Span, last: Span) -> Span:
+    """From the start of FIRST to the end of LAST (the parser's and the fast path's)."""
     return _new(Span, (first.file, first.line, first.column, last.end_line, last.end_column))
 
 
@@ -228,7 +229,7 @@ class FastPath:
 
     def _rule(self, text: str, number: int) -> s.RuleDecl | None:
         pairs = self._tokens(text)
-        if len(pairs) < 5 or pairs[0][1] not in _ACTIONS or pairs[1][1] != "from":
+        if len(pairs) < 5 or pairs[0][1] not in ACTIONS or pairs[1][1] != "from":
             return None
         start = len(pairs[0][0])
         pos = start + len(pairs[0][1])
@@ -255,7 +256,7 @@ class FastPath:
                 refs, i, pos = self._services(text, pairs, i + 1, pos, number)
                 services = services + tuple(refs)
                 last = refs[-1].span
-                options.append(_new(s.Option, ("service", None, _join(refs[0].span, last))))
+                options.append(_new(s.Option, ("service", None, join_spans(refs[0].span, last))))
             elif keyword == "log":
                 last = self._span(number, start, pos)
                 prefix = None
@@ -272,13 +273,13 @@ class FastPath:
                     except LiteralError:
                         return None  # lark reports it (FWC004)
                     prefix = _new(s.Word, (decoded, self._span(number, start, pos)))
-                    last = _join(last, prefix.span)
+                    last = join_spans(last, prefix.span)
                     i += 1
                 options.append(_new(s.Option, ("log", prefix, last)))
             else:
                 return None
         return s.RuleDecl(action, tuple(sources), tuple(destinations), tuple(options),
-                          services, None, _join(action.span, last), ())
+                          services, None, join_spans(action.span, last), ())
 
     def definition(self, text: str, number: int) -> s.AddressDef | s.GroupDef | s.ServiceDef | None:
         """`host|network NAME ADDR, ...`, `group NAME [ITEM, ...]` or `service NAME ITEM, ...`
@@ -301,7 +302,7 @@ class FastPath:
             items, i, pos = self._services(text, pairs, 2, pos, number)
             if i != len(pairs):
                 return None
-            return s.ServiceDef(name, tuple(items), None, _join(name.span, items[-1].span))
+            return s.ServiceDef(name, tuple(items), None, join_spans(name.span, items[-1].span))
         pattern = self.p.group_item if keyword == "group" else self.p.address
         values: list[tuple[str, str, Span]] = []
         i = 2
@@ -324,10 +325,10 @@ class FastPath:
                 return None  # lark reads the next statement there
             members = tuple(_new(s.Endpoint, (ENDPOINT_KINDS[k], v, False, sp))
                             for k, v, sp in values)
-            return s.GroupDef(name, members, _join(name.span, (members[-1] if members
+            return s.GroupDef(name, members, join_spans(name.span, (members[-1] if members
                                                                else name).span))
         if not values:
             return None
         words = tuple(_new(s.Word, (v, sp)) for _, v, sp in values)
         kind_span = self._span(number, kind_start, kind_start + len(keyword))
-        return s.AddressDef(keyword, name, words, _join(kind_span, words[-1].span))
+        return s.AddressDef(keyword, name, words, join_spans(kind_span, words[-1].span))

@@ -16,7 +16,13 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import syntax as s
-from fwc.frontend.fastpath import ENDPOINT_KINDS, FastPath
+from fwc.frontend.fastpath import (
+    ACTIONS,
+    ENDPOINT_KINDS,
+    STATEMENT_KEYWORDS,
+    FastPath,
+    join_spans,
+)
 from fwc.frontend.tables import Tables, grammar_text
 from fwc.frontend.tables import load as load_tables
 from fwc.text import LiteralError, decode_literal
@@ -291,9 +297,11 @@ def parse_text(text: str, path: str, parser: PolicyParser | None = None,
 # What may follow the last line of a run (see `_parse_fast`): the next significant line
 # must start with a token that can only begin the next rule (or close the block), or the
 # next top-level statement (or the file ends).
-_AFTER_RULES = re.compile(r"[ \t\r\f]*(?:\}|(?:accept|drop|reject)(?:[ \t\r\f]|$))")
-_AFTER_DEFINITIONS = re.compile(r"[ \t\r\f]*(?:include|host|network|range|group|service|cluster"
-                                r"|policy|nat|expect)(?:[ \t\r\f]|$)")
+# The keywords are the fast path's (an action starts a rule, STATEMENT_KEYWORDS a statement).
+_AFTER_RULES = re.compile(r"[ \t\r\f]*(?:\}|(?:" + "|".join(sorted(ACTIONS))
+                          + r")(?:[ \t\r\f]|$))")
+_AFTER_DEFINITIONS = re.compile(r"[ \t\r\f]*(?:" + "|".join(sorted(STATEMENT_KEYWORDS))
+                                + r")(?:[ \t\r\f]|$)")
 
 
 class _Run(NamedTuple):
@@ -392,7 +400,7 @@ def _parse_fast(text: str, path: str, parser: PolicyParser) -> s.SourceFile | No
                 block_rules.append(rule)
                 block_rules.extend(after_rule.get((k, j), ()))
             statement = s.BlockDecl(statement.kind, statement.name, tuple(block_rules),
-                                    _join(statement.name.span, block_rules[-1].span))
+                                    join_spans(statement.name.span, block_rules[-1].span))
         merged.append(statement)
         merged.extend(after_statement.get(k, ()))
     return s.SourceFile(path, text, tuple(merged), tuple(parser.comments))
@@ -413,10 +421,6 @@ def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None
     except UnexpectedInput as exc:
         terminals = _tables().fragment_terminals[start]
         return None, [_syntax_diagnostic(what, exc, text, fragment=terminals)]
-
-
-def _join(first: Span, last: Span) -> Span:
-    return Span(first.file, first.line, first.column, last.end_line, last.end_column)
 
 
 def _route_valued(key: str):
@@ -488,20 +492,20 @@ class _Builder(Transformer):
         kind, name, *values = children
         words = tuple(self.word(v) for v in values)
         return s.AddressDef(kind.value, self.word(name), words,
-                            _join(self.span(kind), words[-1].span))
+                            join_spans(self.span(kind), words[-1].span))
 
     def range_def(self, children: list) -> s.AddressDef:
         _keyword, name, value = children
         value_word = self.word(value)
         return s.AddressDef("range", self.word(name), (value_word,),
-                            _join(self.word(name).span, value_word.span))
+                            join_spans(self.word(name).span, value_word.span))
 
     def group_def(self, children: list) -> s.GroupDef:
         _keyword, name, *items = children
         name_word = self.word(name)
         members = tuple(self.endpoint_of(i, False) for i in items)
         last = members[-1].span if members else name_word.span
-        return s.GroupDef(name_word, members, _join(name_word.span, last))
+        return s.GroupDef(name_word, members, join_spans(name_word.span, last))
 
     def helper(self, children: list) -> tuple[str, s.Word]:
         return ("helper", self.word(children[0]))
@@ -514,7 +518,7 @@ class _Builder(Transformer):
         items = tuple(self.service_ref(i) for i in rest)
         name_word = self.word(name)
         last = helper.span if helper else items[-1].span
-        return s.ServiceDef(name_word, items, helper, _join(name_word.span, last))
+        return s.ServiceDef(name_word, items, helper, join_spans(name_word.span, last))
 
     # -- options: (key, value word or None, span) ----------------------------------------
     def _valued(key: str):  # noqa: N805 - a factory used in the class body
@@ -568,13 +572,13 @@ class _Builder(Transformer):
         keyword = self.span(children[0])
         if len(children) > 1:
             value = self.word(children[1])
-            return s.Option("log-drops", value, _join(keyword, value.span))
+            return s.Option("log-drops", value, join_spans(keyword, value.span))
         return s.Option("log-drops", None, keyword)
 
     def _listed(self, key: str, children: list) -> s.Option:
         """`protocols tcp, udp`: one option whose value is the list joined by commas."""
         words = [self.word(c) for c in children]
-        span = _join(words[0].span, words[-1].span)
+        span = join_spans(words[0].span, words[-1].span)
         return s.Option(key, s.Word(",".join(w.text for w in words), span), span)
 
     def sync_protocols(self, children: list) -> s.Option:
@@ -601,7 +605,7 @@ class _Builder(Transformer):
         where the clause ends, so that `fwc fmt` keeps it on one cell; each value keeps its
         own span for diagnostics."""
         spans = [o.value.span if o.value is not None else o.span for o in options]
-        whole = _join(spans[0], max(spans, key=lambda sp: (sp.end_line, sp.end_column)))
+        whole = join_spans(spans[0], max(spans, key=lambda sp: (sp.end_line, sp.end_column)))
         return [s.Option(o.key, o.value, whole) for o in options]
 
     def opt_limit(self, children: list) -> list[s.Option]:
@@ -627,7 +631,7 @@ class _Builder(Transformer):
 
     def sync_allow(self, children: list) -> s.ServicesOption:
         services = tuple(self.service_ref(c) for c in children)
-        return s.ServicesOption("allow", None, _join(services[0].span, services[-1].span),
+        return s.ServicesOption("allow", None, join_spans(services[0].span, services[-1].span),
                                 services)
 
     def _make_track(self, kind: str, children: list) -> s.TrackDecl:
@@ -637,7 +641,7 @@ class _Builder(Transformer):
         # at its target (`ping 198.51.100.9 ...` is reported at the address).
         last = options[-1].span if options else target_word.span
         return s.TrackDecl(s.Word(kind, target_word.span), target_word, tuple(options),
-                           _join(target_word.span, last))
+                           join_spans(target_word.span, last))
 
     def track_interface(self, children: list) -> s.TrackDecl:
         return self._make_track("interface", children)
@@ -657,7 +661,8 @@ class _Builder(Transformer):
     def notify_action(self, children: list) -> s.Option:
         state, command = children
         state_word, command_word = self.word(state), self.word(command)
-        return s.Option(state_word.text, command_word, _join(state_word.span, command_word.span))
+        return s.Option(state_word.text, command_word,
+                        join_spans(state_word.span, command_word.span))
 
     def vrrp_group_interfaces(self, children: list) -> tuple[str, tuple[s.Word, ...]]:
         return ("interface", tuple(self.word(c) for c in children))
@@ -672,7 +677,7 @@ class _Builder(Transformer):
         masters = tuple(w for kind, words in items if kind == "master" for w in words)
         last = max((w.span for w in (name_word, *interfaces, *masters)),
                    key=lambda sp: (sp.end_line, sp.end_column))
-        return s.VrrpGroupDecl(name_word, interfaces, masters, _join(first.span, last))
+        return s.VrrpGroupDecl(name_word, interfaces, masters, join_spans(first.span, last))
 
     def notify(self, children: list) -> tuple[str, tuple[s.Option, ...]]:
         return ("notify", tuple(children))
@@ -731,7 +736,7 @@ class _Builder(Transformer):
         last = max([name_word.span, *(v.span for v in vips), *([vrid.span] if vrid else []),
                     *([mss.span] if mss else [])],
                    key=lambda sp: (sp.end_line, sp.end_column))
-        return s.InterfaceDecl(name_word, tuple(vips), vrid, _join(name_word.span, last),
+        return s.InterfaceDecl(name_word, tuple(vips), vrid, join_spans(name_word.span, last),
                                tuple(names), mss)
 
     def member_link(self, children: list) -> s.MemberLink:
@@ -740,7 +745,7 @@ class _Builder(Transformer):
         iface_word = self.word(iface)
         device_word = self.word(device)
         return s.MemberLink(iface_word, device_word, words,
-                            _join(iface_word.span, (words[-1] if words else device_word).span))
+                            join_spans(iface_word.span, (words[-1] if words else device_word).span))
 
     def member(self, children: list) -> s.MemberDecl:
         name, *rest = children
@@ -748,7 +753,7 @@ class _Builder(Transformer):
         links = tuple(c for c in rest if isinstance(c, s.MemberLink))
         name_word = self.word(name)
         last = links[-1].span if links else (options[-1].span if options else name_word.span)
-        return s.MemberDecl(name_word, options, links, _join(name_word.span, last))
+        return s.MemberDecl(name_word, options, links, join_spans(name_word.span, last))
 
     def cluster(self, children: list) -> s.ClusterDecl:
         _keyword, name, *items = children
@@ -766,7 +771,7 @@ class _Builder(Transformer):
             kind, options = item
             blocks[kind].extend(options)
             if options:
-                block_spans[kind] = block_spans[kind] or _join(options[0].span,
+                block_spans[kind] = block_spans[kind] or join_spans(options[0].span,
                                                                options[-1].span)
         name_word = self.word(name)
         spans = [name_word.span, *(i.span for i in interfaces), *(m.span for m in members),
@@ -774,7 +779,7 @@ class _Builder(Transformer):
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
         return s.ClusterDecl(name_word, tuple(blocks["vrrp"]), block_spans["vrrp"],
                              tuple(blocks["sync"]), block_spans["sync"], interfaces, members,
-                             _join(name_word.span, last), backend, tuple(blocks["track"]),
+                             join_spans(name_word.span, last), backend, tuple(blocks["track"]),
                              block_spans["track"], tuple(blocks["notify"]),
                              block_spans["notify"], routes, groups=groups, log=tuple(blocks["log"]),
                              log_span=block_spans["log"], defaults=tuple(blocks["default"]),
@@ -806,7 +811,7 @@ class _Builder(Transformer):
         keyword, destination_token, *options = children
         destination = self.word(destination_token)
         last = options[-1].span if options else destination.span
-        return s.RouteDecl(destination, tuple(options), _join(self.span(keyword), last))
+        return s.RouteDecl(destination, tuple(options), join_spans(self.span(keyword), last))
 
     def route_rule(self, children: list) -> s.RouteRuleDecl:
         keyword, *rest = children
@@ -824,7 +829,7 @@ class _Builder(Transformer):
                 spans.extend(w.span for w in words)
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
         return s.RouteRuleDecl(tuple(sources), tuple(destinations), tuple(options),
-                               _join(spans[0], last))
+                               join_spans(spans[0], last))
 
     # -- rules ----------------------------------------------------------------------
     def endpoints(self, children: list) -> tuple[s.Endpoint, ...]:
@@ -834,7 +839,7 @@ class _Builder(Transformer):
         if len(children) == 1:
             return self.endpoint_of(children[0], False)
         bang, token = children
-        return self.endpoint_of(token, True, _join(self.span(bang), self.span(token)))
+        return self.endpoint_of(token, True, join_spans(self.span(bang), self.span(token)))
 
     def opt_service(self, children: list) -> tuple[s.ServiceRef, ...]:
         return tuple(self.service_ref(c) for c in children[1:])  # after the keyword
@@ -848,7 +853,7 @@ class _Builder(Transformer):
         params = [p for p in rest if isinstance(p, s.Option)]
         last = max([keyword, *([prefix.span] if prefix else []), *(p.span for p in params)],
                    key=lambda sp: (sp.end_line, sp.end_column))
-        whole = _join(keyword, last)
+        whole = join_spans(keyword, last)
         log = s.Option("log", prefix, whole)
         if not params:
             return log
@@ -864,7 +869,7 @@ class _Builder(Transformer):
         text = what.value[: -len(".vip")] if kind == "vip" else what.value
         span = self.span(what)
         end = port_high or port
-        return s.NatTargetDecl(kind, text, port, _join(span, end.span) if end else span,
+        return s.NatTargetDecl(kind, text, port, join_spans(span, end.span) if end else span,
                                port_high)
 
     def rule(self, children: list) -> s.RuleDecl:
@@ -885,11 +890,11 @@ class _Builder(Transformer):
                 last = child.span
             else:
                 services = services + child
-                options.append(s.Option("service", None, _join(child[0].span, child[-1].span)))
+                options.append(s.Option("service", None, join_spans(child[0].span, child[-1].span)))
                 last = child[-1].span
         action_word = self.word(action)
         return s.RuleDecl(action_word, sources, destinations, tuple(options), services,
-                          targets[0] if targets else None, _join(action_word.span, last),
+                          targets[0] if targets else None, join_spans(action_word.span, last),
                           tuple(targets[1:]))
 
     nat_rule = rule
@@ -911,13 +916,13 @@ class _Builder(Transformer):
         spans = [destinations[-1].span, *(o.span for o in options), *(x.span for x in services)]
         last = max(spans, key=lambda sp: (sp.end_line, sp.end_column))
         return s.RuleDecl(verdict_word, sources, destinations, options, services, None,
-                          _join(verdict_word.span, last))
+                          join_spans(verdict_word.span, last))
 
     def _block(self, kind: str, children: list) -> s.BlockDecl:
         _keyword, name, *rules = children
         name_word = self.word(name)
         last = rules[-1].span if rules else name_word.span
-        return s.BlockDecl(kind, name_word, tuple(rules), _join(name_word.span, last))
+        return s.BlockDecl(kind, name_word, tuple(rules), join_spans(name_word.span, last))
 
     def policy(self, children: list) -> s.BlockDecl:
         return self._block("policy", children)
