@@ -67,8 +67,13 @@ class NormalRule:
     options: tuple[tuple[str, str], ...]
 
 
+def _devices(member: Member) -> dict[str, str]:
+    """MEMBER's devices -> the interface each stands for (the comparison's placeholder)."""
+    return {link.device: link.interface for link in member.links}
+
+
 def _substitutions(cluster: Cluster, member: Member) -> tuple[dict[str, str], dict[str, str]]:
-    devices = {link.device: link.interface for link in member.links}
+    devices = _devices(member)
     addresses: dict[str, str] = {}
     for link in member.links:
         for address in link.addresses:
@@ -201,9 +206,9 @@ def _describe_rule(rule: PolicyRule) -> str:
     return f"'{rule.action} from {rule.source.label} to {rule.destination.label}'"
 
 
-def _interface_placeholder(cluster: Cluster, member: Member, interface: str) -> str:
-    """What the comparison turns the device of INTERFACE on MEMBER into (`_normal`)."""
-    devices, _ = _substitutions(cluster, member)
+def _interface_placeholder(member: Member, devices: dict[str, str], interface: str) -> str:
+    """What the comparison turns the device of INTERFACE on MEMBER into (`_normal`);
+    DEVICES is `_devices(member)`."""
     device = member.device(interface) or interface
     return devices.get(device, device)
 
@@ -233,8 +238,9 @@ class Neutrality:
         names = {i.name for i in cluster.interfaces}
         names |= {link.interface for m in cluster.members for link in m.links}
         self.same_interfaces: set[str | None] = {None}
+        devices = [(m, _devices(m)) for m in cluster.members]  # once per member
         for name in names:
-            if len({_interface_placeholder(cluster, m, name) for m in cluster.members}) == 1:
+            if len({_interface_placeholder(m, devs, name) for m, devs in devices}) == 1:
                 self.same_interfaces.add(name)
 
     def _own_in(self, addresses: AddressSet) -> list[tuple[int, int]]:
