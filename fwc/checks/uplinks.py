@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from fwc import protocols as proto
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
-from fwc.model import Cluster, IPAddress, Member, NatRule, Policy
+from fwc.model import Cluster, IPAddress, IPNetwork, Member, NatRule, Policy
 from fwc.model.addresses import AddressSet
 from fwc.model.topology import route_interface, subnets
 from fwc.model.uplinks import Uplink, uplinks
@@ -35,11 +35,19 @@ with ordinary loss), and a detection time (interval x (fall + 1)) above
 options without `probe`.""")
 
 
+Subnets = dict[int, list[tuple[str, IPNetwork]]]  # family -> `subnets` of a member
+
+
 def _members(cluster: Cluster) -> Iterable[tuple[Member, tuple[Uplink, ...]]]:
     for member in cluster.members:
         found = uplinks(cluster, member)
         if found:
             yield member, found
+
+
+def _subnets(cluster: Cluster, member: Member) -> Subnets:
+    """MEMBER's `subnets` per family, computed once per member for all its uplinks."""
+    return {family: subnets(cluster, member, family) for family in (4, 6)}
 
 
 @check("FWC276", "uplink probe target not reachable through its uplink", E, """
@@ -57,6 +65,7 @@ def probe_target_reachable(policy: Policy) -> Iterable[Diagnostic]:
         own = cluster.all_member_addresses | cluster.vips
         reported: set[Span] = set()
         for member, found in _members(cluster):
+            nets = _subnets(cluster, member)
             pinned: dict[IPAddress, Uplink] = {}
             for uplink in found:
                 route, probe = uplink.route, uplink.route.probe
@@ -66,15 +75,15 @@ def probe_target_reachable(policy: Policy) -> Iterable[Diagnostic]:
                 if own.contains_address(probe.target):
                     problem = f"probe target {probe.target} is an address of the cluster"
                 else:
-                    other = next((name for name, net in subnets(cluster, member, route.family)
+                    other = next((name for name, net in nets[route.family]
                                   if probe.target in net and name != uplink.interface), None)
                     if other is not None:
                         problem = (f"probe target {probe.target} is on interface '{other}' of "
                                    f"member '{member.name}', not behind uplink "
                                    f"'{uplink.interface}'")
                     elif uplink.pin is None and route.gateway is None and not any(
-                            probe.target in net for name, net in subnets(
-                                cluster, member, route.family) if name == uplink.interface):
+                            probe.target in net for name, net in nets[route.family]
+                            if name == uplink.interface):
                         problem = (f"probe target {probe.target} is off the subnet of "
                                    f"'{uplink.interface}' and the route has no gateway")
                 if problem is not None:
@@ -122,16 +131,16 @@ def uplink_has_fallback(policy: Policy) -> Iterable[Diagnostic]:
                               "other uplink with a higher metric, e.g. 'metric 100'")
 
 
-def _translates_to(rule: NatRule, cluster: Cluster, member: Member, interface: str) -> bool:
-    """RULE's snat target is an address on INTERFACE's subnets (its VIP or another)."""
+def _translates_to(rule: NatRule, nets: Subnets, interface: str) -> bool:
+    """RULE's snat target is an address on INTERFACE's subnets (its VIP or another);
+    NETS is the member's `_subnets`."""
     target = rule.target
     if target is None:
         return False
     if target.interface is not None:
         return target.interface == interface
-    nets = [net for family in (4, 6) for name, net in subnets(cluster, member, family)
-            if name == interface]
-    return any(target.addresses.overlaps(AddressSet.of(net)) for net in nets)
+    return any(target.addresses.overlaps(AddressSet.of(net))
+               for family in (4, 6) for name, net in nets[family] if name == interface)
 
 
 def _fallback_interfaces(cluster: Cluster, member: Member, uplink: Uplink) -> set[str]:
@@ -161,12 +170,13 @@ def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
                        if r.action in (NatAction.SNAT, NatAction.MASQUERADE)]
         reported: set[tuple[Span, str]] = set()
         for member, found in _members(cluster):
+            nets = _subnets(cluster, member)
             for uplink in found:
                 others = _fallback_interfaces(cluster, member, uplink)
                 if not others:
                     continue
                 for rule in snats:
-                    if not _translates_to(rule, cluster, member, uplink.interface):
+                    if not _translates_to(rule, nets, uplink.interface):
                         continue
                     if rule.out_interface is None or rule.out_interface in others:
                         key = (rule.span, uplink.interface)
