@@ -108,7 +108,7 @@ def test_shadowing_flows_equal_without_the_memo(tmp_path, drawn, nats):
 
 
 def _families_by_properties(endpoint: Endpoint, cluster) -> frozenset[int]:
-    """endpoint_families as it was written on `Endpoint`'s properties."""
+    """side_families as it was written on `Endpoint`'s properties."""
     if endpoint.is_any:
         return names.BOTH
     families = set((endpoint.addresses - endpoint.excluded).families)
@@ -125,7 +125,7 @@ def test_side_facts_equal_the_endpoint_properties(tmp_path, drawn, nats):
         for rule in cluster.all_rules():
             for side in (rule.source, rule.destination):
                 facts = names.SideFacts.of(side)
-                assert names.endpoint_families(side, cluster) == \
+                assert names.side_families(facts, cluster) == \
                     _families_by_properties(side, cluster)
                 assert facts.is_any == side.is_any and facts.firewall == side.firewall
                 assert facts.remaining() == side.addresses - side.excluded

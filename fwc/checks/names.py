@@ -75,12 +75,8 @@ class SideFacts:
         return not self.remaining()
 
 
-def endpoint_families(endpoint: Endpoint, cluster: Cluster) -> frozenset[int]:
-    """The address families an endpoint can match in this cluster."""
-    return _families(SideFacts.of(endpoint), cluster)
-
-
-def _families(facts: SideFacts, cluster: Cluster) -> frozenset[int]:
+def side_families(facts: SideFacts, cluster: Cluster) -> frozenset[int]:
+    """The address families an endpoint (its FACTS) can match in this cluster."""
     if facts.is_any:
         return BOTH
     if any(facts.negated):
@@ -142,8 +138,8 @@ something to match: a service `ping` with both `icmp/echo-request` and
 def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for what, item, source_facts, destination_facts in _sides(cluster):
-            source = _families(source_facts, cluster)
-            destination = _families(destination_facts, cluster)
+            source = side_families(source_facts, cluster)
+            destination = side_families(destination_facts, cluster)
             if not source or not destination:
                 continue  # matches nothing at all: FWC112
             common = source & destination
