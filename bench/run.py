@@ -430,11 +430,6 @@ def pass_minima(runs: list[dict[str, object]]) -> dict[str, tuple[float, float, 
             for name in names}
 
 
-def growth_failures(shape: str, medians: dict[int, dict[str, tuple[float, float, float]]]) \
-        -> list[str]:
-    return [text for _, _, _, text in growth_findings(shape, medians)]
-
-
 def growth_findings(shape: str, times: dict[int, dict[str, tuple[float, float, float]]]) \
         -> list[tuple[int, int, str, str]]:
     """(smaller size, larger size, pass, message) for every pass that grew too fast."""
@@ -567,6 +562,7 @@ def run_edits(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
         for size in sizes:
             results: dict[str, list[Run]] = {name: [] for name, _, _, _ in EDIT_STEPS}
             same = True
+            original = fwc_policy(build_site(size, shape=shape))  # seeded: one text per size
             for attempt in range(repeat):
                 folder = work / "edit" / shape / str(size) / str(attempt)
                 folder.mkdir(parents=True, exist_ok=True)
@@ -577,7 +573,7 @@ def run_edits(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
                 env = dict(os.environ, XDG_CACHE_HOME=str(cache_home))
                 env.pop("FWC_NO_CACHE", None)
                 policy = folder / "bench.fw"
-                text = fwc_policy(build_site(size, shape=shape))
+                text = original
                 policy.write_text(text, encoding="utf-8")
                 edits = 0
                 for name, command, extra, edit in EDIT_STEPS:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench.generate import SHAPES, build_site, fwc_policy
-from bench.run import growth_failures
+from bench.run import growth_findings
 from fwc.diagnostics import Severity
 from fwc.pipeline import analyse
 
@@ -29,6 +29,11 @@ def test_every_shape_checks_without_errors(tmp_path, shape):
 
 def _medians(times: dict[int, float]) -> dict[int, dict[str, tuple[float, float, float]]]:
     return {size: {"render": (cpu, cpu, 100.0)} for size, cpu in times.items()}
+
+
+def growth_failures(shape: str, medians: dict[int, dict[str, tuple[float, float, float]]]) \
+        -> list[str]:
+    return [text for _, _, _, text in growth_findings(shape, medians)]
 
 
 def test_growth_verdict():
