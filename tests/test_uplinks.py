@@ -17,7 +17,8 @@ from fwc.diagnostics import Severity
 from fwc.install import scripts
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces
-from fwc.lab.uplinks import drill_plan, run_uplink_drill
+from fwc.lab.uplinks import _rulesets, drill_plan, run_uplink_drill
+from fwc.protocols import IPSET_THRESHOLD
 
 EXAMPLE = POLICIES / "uplinks.fw"
 PROBED = "    route default via 198.51.100.9 probe 198.51.100.9 interval 500ms fall 3 rise 2\n"
@@ -290,6 +291,35 @@ def test_uplink_drill_switches_and_returns_within_the_detection_time(tmp_path):
     assert 0 <= result.return_s <= result.restore_s + 1.0, result.summary()
     assert result.ok, result.summary()
     print(result.summary())
+
+
+def _with_ipsets(tmp_path: Path) -> Path:
+    """The example with a drop to a group too long for a plain rule: an ipset."""
+    hosts = ", ".join(f"198.19.100.{2 * i + 1}" for i in range(IPSET_THRESHOLD + 4))
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = text.replace("service web    tcp/80,443\n",
+                        f"service web    tcp/80,443\ngroup   blocked {hosts}\n")
+    text = text.replace("policy uplinks {\n", "policy uplinks {\n    drop   from lan to blocked\n")
+    path = tmp_path / "uplinks-sets.fw"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_drill_loads_the_sets_before_the_rules_as_install_does(tmp_path):
+    files = load_source(_with_ipsets(tmp_path)).files["fw1"]
+    assert [f.name for f in _rulesets(files)] == ["ipsets.rules", "iptables.rules"]
+    assert [f.name for f in _rulesets(load_source(EXAMPLE).files["fw1"])] == ["iptables.rules"]
+
+
+@pytest.mark.root
+def test_uplink_drill_on_a_policy_with_ipsets(tmp_path):
+    skip_or_fail_without_root()
+    if shutil.which("ipset") is None:
+        cannot_run("ipset is missing (tests/run.sh installs it)")
+    prefix = "fwcupls"
+    result = run_uplink_drill(load_source(_with_ipsets(tmp_path)), prefix, tmp_path / "work")
+    assert not lab_namespaces(prefix)
+    assert result.ok, result.summary()
 
 
 def test_an_uplink_result_is_ok_only_within_the_detection_time_and_with_the_route_moved():

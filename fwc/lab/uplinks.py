@@ -24,12 +24,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.backend.files import rules_file
+from fwc.backend.files import FILES, LOAD_ORDER, GeneratedFile, Reload
 from fwc.lab.adapter import LabSource
 from fwc.lab.netns import PYTHON, LabRefused, LabState, Proc, run, teardown
 from fwc.lab.results import UplinkResult, wait_for
@@ -243,19 +243,31 @@ def _build(lab: _Lab, plan: _Plan, source: LabSource) -> None:
         lab.ip("sv", "addr", "add", f"{probe.target}/32", "dev", "lo")
         lab.ip("r1", "route", "add", f"{probe.target}/32", "via",
                str(list(plan.transit[0].hosts())[1]))
-    # The member: its rules, forwarding, its routes script, its monitor.
+    # The member: its sets and rules, forwarding, its routes script, its monitor.
     files = source.files[member.name]
-    rules = rules_file(source.cluster.backend)
-    loader = rules.loader or "iptables-restore"
-    ruleset = files[rules.name]
-    if loader == "nft":
-        lab.exec("fw", "nft", "-f", "-", input=ruleset)
-    else:
-        lab.exec("fw", loader, input=ruleset)
+    for generated in _rulesets(files):
+        lab.exec("fw", *_stdin_loader(generated), input=files[generated.name])
     _forwarding(lab, "fw")
     for name in ("fwc-routes.sh", "fwc-uplinks.sh"):
         (lab.work / name).write_text(files[name], encoding="utf-8")
     lab.exec("fw", "sh", str(lab.work / "fwc-routes.sh"))
+
+
+def _rulesets(files: Mapping[str, str]) -> list[GeneratedFile]:
+    """The member's sets and rules among FILES, in the order `fwc install` loads them
+    (`LOAD_ORDER`): the ipsets before the rules that name them."""
+    return [generated for reload in LOAD_ORDER if reload in (Reload.IPSETS, Reload.RULES)
+            for generated in FILES if generated.reload is reload and generated.name in files]
+
+
+def _stdin_loader(generated: GeneratedFile) -> list[str]:
+    """The program that loads GENERATED as `fwc install` does (`scripts.load`), from stdin."""
+    if generated.reload is Reload.IPSETS:
+        return ["ipset", "restore", "-exist"]
+    if generated.loader == "nft":
+        return ["nft", "-f", "-"]
+    assert generated.loader is not None
+    return [generated.loader]
 
 
 def _default_via(lab: _Lab, gateway: IPAddress) -> bool:
