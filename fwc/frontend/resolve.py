@@ -380,13 +380,14 @@ class Resolver:
                 helper = self.choice(decl.helper, "conntrack helper", proto.CONNTRACK_HELPERS)
             matches: list[m.ServiceMatch] = []
             for item in decl.items:
-                matches.extend(self.service_item(item, inside=name))
+                matches.extend(self.service_item(item))
             if helper:
                 matches = [m.ServiceMatch(x.protocol, x.number, x.ports, x.icmp_type,
                                           x.icmp_name, helper) for x in matches]
             self.services[name] = m.Service(name, tuple(matches), helper, decl.span)
 
-    def service_item(self, item: s.ServiceRef, inside: str | None = None) -> list[m.ServiceMatch]:
+    def service_item(self, item: s.ServiceRef) -> tuple[m.ServiceMatch, ...]:
+        """What ITEM matches (a named service: its matches, shared); () when undefined."""
         if item.kind == "spec":
             got = self.service_specs.get(item.text)
             if got is None:
@@ -394,19 +395,19 @@ class Resolver:
                 got = self.parse_service_spec(item)
                 if got is not None and len(self.diagnostics) == reported:
                     self.service_specs[item.text] = got
-            return [got] if got else []
+            return (got,) if got else ()
         if item.text in self.service_decls:
             self.used_services.add(item.text)
             svc = self.services.get(item.text)
-            return list(svc.matches) if svc else []
+            return svc.matches if svc else ()
         if item.text in proto.IP_PROTOCOLS:
-            return [m.ServiceMatch(item.text, proto.IP_PROTOCOLS[item.text])]
+            return (m.ServiceMatch(item.text, proto.IP_PROTOCOLS[item.text]),)
         hint = _did_you_mean(item.text, list(self.service_decls) + list(proto.IP_PROTOCOLS))
         if hint is None and item.text in self.object_decls:
             hint = f"'{item.text}' is an address object, not a service"
         self.err("FWC101", f"undefined service '{item.text}'", item.span,
                  hint=hint or "define it with 'service NAME tcp/PORT', or write tcp/PORT inline")
-        return []
+        return ()
 
     def parse_service_spec(self, item: s.ServiceRef) -> m.ServiceMatch | None:
         protocol, _, rest = item.text.partition("/")
@@ -974,12 +975,9 @@ class Resolver:
 
     def services_of(self, refs: tuple[s.ServiceRef, ...]) -> tuple[tuple[m.ServiceMatch, ...],
                                                                   tuple[str, ...], bool]:
-        if len(refs) == 1 and refs[0].kind != "spec":  # most rules: one named service
-            ref = refs[0]
-            svc = self.services.get(ref.text)
-            if svc is not None and ref.text in self.service_decls:
-                self.used_services.add(ref.text)
-                return svc.matches, (ref.text,), bool(svc.matches)
+        if len(refs) == 1:  # most rules: one service, its matches as they are
+            got = self.service_item(refs[0])
+            return got, (refs[0].text,), bool(got)
         matches: list[m.ServiceMatch] = []
         ok = True
         for ref in refs:
