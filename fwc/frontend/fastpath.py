@@ -101,6 +101,13 @@ def join_spans(first: Span, last: Span) -> Span:
     return _new(Span, (first.file, first.line, first.column, last.end_line, last.end_column))
 
 
+def _terminal(pattern: re.Pattern[str], word: str) -> str | None:
+    """The terminal lark's lexer reads WORD as in the state of PATTERN, if it reads the
+    whole word (a word ends where no terminal of these states can go on)."""
+    match = pattern.match(word)
+    return match.lastgroup if match is not None and match.end() == len(word) else None
+
+
 class _Defer(Exception):  # noqa: N818 - control flow inside the reader, never escapes it
     """The line is not one the fast path is sure of: lark reads it."""
 
@@ -117,16 +124,13 @@ class FastPath:
         self._endpoint_words: dict[str, tuple[str, str] | None] = {}
 
     def _lex(self, pattern: re.Pattern[str], word: str) -> str | None:
-        """The terminal lark's lexer reads WORD as in the state of PATTERN, if it reads the
-        whole word (a word ends where no terminal of these states can go on)."""
+        """`_terminal`, remembered per pattern and word."""
         known = self._lexed.get(pattern)
         if known is None:
             known = self._lexed[pattern] = {}
         elif word in known:
             return known[word]
-        match = pattern.match(word)
-        kind = match.lastgroup if match is not None and match.end() == len(word) else None
-        known[word] = kind
+        kind = known[word] = _terminal(pattern, word)
         return kind
 
     def _endpoint(self, word: str) -> tuple[str, str]:
@@ -135,7 +139,7 @@ class FastPath:
         if got is None:
             if word in self._endpoint_words:
                 raise _Defer
-            terminal = self._lex(self.p.endpoint, word)
+            terminal = _terminal(self.p.endpoint, word)  # remembered as the endpoint
             if terminal is not None:
                 kind = ENDPOINT_KINDS[terminal]
                 got = (kind, word[:-4] if kind == "vip" else word)
