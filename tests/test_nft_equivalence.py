@@ -321,11 +321,46 @@ def test_a_rule_map_keeps_every_rule_s_comment_and_verdict():
     text = nftables.render([ruleset], "comments", min_concat=2)
     assert 'tcp dport vmap @rules-v4-1 comment "a comment b.fw:1 and 3 more rules ' \
         '(map rules-v4-1)"' in text
-    assert '192.0.2.4/32 . 22 comment "a comment b.fw:4" : drop,' in text
+    assert '192.0.2.4 . 22 comment "a comment b.fw:4" : drop,' in text
     back = read(text).rulesets[4].table(TableName.FILTER).chains
     got = [(r.comment, r.target) for c in back if c.name == "filter-INPUT-v4"
            for r in c.rules]
     assert got == [(r.comment, r.target) for r in rules]
+
+
+def test_a_rule_map_splits_into_exact_keys_and_intervals_and_reads_back_in_order():
+    """Elements of host addresses and single ports go to a map of exact keys (a hash
+    table, no `flags interval`), the others (a prefix, a port range) to an interval map;
+    the chain looks up both, and the reader gives back every rule with its verdict."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    sources = ("192.0.2.1/32", "192.0.2.16/28", "192.0.2.2/32", "192.0.2.3/32")
+    ports = (PortRange(22, 22), PortRange(22, 22), PortRange(80, 88), PortRange(443, 443))
+    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
+    rows = enumerate(zip(sources, ports, verdicts, strict=True), 1)
+    rules = tuple(FilterRule(Match(source=AddressMatch((source,)), protocol=6, dports=(port,)),
+                             verdict, Origin("policy", f"b.fw:{n}"))
+                  for n, (source, port, verdict) in rows)
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "split", min_concat=2)
+    exact = text[text.index("\tmap rules-v4-1 {"):text.index("\tmap rules-v4-2 {")]
+    ranged = text[text.index("\tmap rules-v4-2 {"):]
+    assert "flags interval" not in exact and "flags interval" in ranged
+    assert '192.0.2.1 . 22 comment "b.fw:1" : accept,' in exact
+    assert '192.0.2.3 . 443 comment "b.fw:4" : drop,' in exact
+    assert '192.0.2.16/28 . 22 comment "b.fw:2" : drop,' in ranged
+    assert '192.0.2.2/32 . 80-88 comment "b.fw:3" : accept,' in ranged
+    assert text.index("vmap @rules-v4-1 ") < text.index("vmap @rules-v4-2 ")
+    back = read(text).rulesets[4].table(TableName.FILTER).chains
+    got = [(r.comment, r.target) for c in back if c.name == "filter-INPUT-v4"
+           for r in c.rules]
+    # exact-key elements first, then the interval map's: disjoint, so the order is free
+    assert got == [("b.fw:1", Target.ACCEPT), ("b.fw:4", Target.DROP),
+                   ("b.fw:2", Target.DROP), ("b.fw:3", Target.ACCEPT)]
+    assert nftables.render([ruleset], "split", min_concat=2) == text
 
 
 def test_logged_rules_join_a_map_each_with_its_own_log_chain():
