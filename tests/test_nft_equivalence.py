@@ -501,3 +501,22 @@ def test_a_statistic_line_outside_load_sharing_is_refused():
     with pytest.raises(NftUnsupported):
         nftables.render([replace(ruleset, tables=(replace(ruleset.tables[0],
                                                           chains=(broken,)),))], "pools")
+
+
+def test_sets_named_by_more_rules_are_declared_first():
+    """The kernel finds the set a rule names by walking the table's sets in the order
+    they were declared: the set most rules name comes first, ties in order of first use."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    once = AddressMatch(("192.0.2.0/30", "192.0.2.8/30"))
+    often = AddressMatch(("198.51.100.0/30", "198.51.100.8/30"))
+    rules = tuple(FilterRule(Match(source=source, protocol=6), Target.ACCEPT,
+                             Origin("policy", f"c.fw:{n}"))
+                  for n, source in enumerate((once, often, often), 1))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "order")
+    assert "ip saddr @addresses-v4-1 " in text and text.count("ip saddr @addresses-v4-2 ") == 2
+    assert text.index("\tset addresses-v4-2 {") < text.index("\tset addresses-v4-1 {")
+    assert nftables.render([ruleset], "order") == text

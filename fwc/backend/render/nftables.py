@@ -25,7 +25,9 @@ proves the two outputs decide every sampled packet alike):
 - rules that differ only in devices, addresses, ports and verdict become one
   lookup in a verdict map keyed on them (`iifname . oifname . ip saddr ... vmap
   @rules-v4-N`, the devices only while the key fits nft's 64 bytes of registers;
-  each element a rule, with its comment and its own counter); rejecting rules
+  each element a rule, with its comment and its own counter; the elements of exact
+  keys, host addresses and single ports, in a map of their own without `flags
+  interval`, a hash table the kernel fills cheaply); rejecting rules
   share a set per target (`... @rules-v4-N reject ...`). A logged rule (LOG line
   and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
   bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
@@ -53,7 +55,8 @@ import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import cast
+from dataclasses import fields as dataclass_fields
+from typing import Any, cast
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, Reload, path_of
@@ -192,6 +195,11 @@ Item = Rule | Dispatch | Concat | Share
 KEY_BYTES = {(f, family): size for family, address in ((4, 4), (6, 16)) for f, size in (
     ("iifname", 16), ("oifname", 16), ("saddr", address), ("daddr", address), ("dport", 4))}
 KEY_BYTES_MAX = 64
+# The Match fields a concatenated set's rules must share besides the devices: all but
+# the ones a key holds (`_Shapes.shape`).
+MATCH_DEFAULTS = tuple((f.name, getattr(Match(), f.name)) for f in dataclass_fields(Match))
+REST_FIELDS = tuple(f.name for f in dataclass_fields(Match) if f.name not in (
+    "source", "destination", "dports", "in_device", "out_device"))
 SET_REFERENCE = re.compile(r"@([A-Za-z][A-Za-z0-9_.-]*)")  # a rule naming a set or map
 MIN_CONCAT = 4  # fewer rules stay rules: a small policy reads rule by rule
 WINDOW = 32  # how many items back a rule may move to join its kind (bounds the work)
@@ -208,14 +216,15 @@ def _dispatch_key(rule: Rule) -> tuple[str, int | None, object] | None:
     if rule.target_options:
         return None
     m = rule.match
-    if m == Match(in_device=m.in_device) and m.in_device is not None:
+    present = tuple(name for name, default in MATCH_DEFAULTS if getattr(m, name) != default)
+    if present == ("in_device",):
         return "iifname", None, m.in_device
-    if m == Match(out_device=m.out_device) and m.out_device is not None:
+    if present == ("out_device",):
         return "oifname", None, m.out_device
-    if m == Match(protocol=m.protocol) and m.protocol is not None:
+    if present == ("protocol",):
         return "meta l4proto", None, m.protocol
-    if m.protocol in PROTOCOL_WORDS and len(m.dports) == 1 and \
-            m == Match(protocol=m.protocol, dports=m.dports):
+    if present == ("protocol", "dports") and m.protocol in PROTOCOL_WORDS and \
+            len(m.dports) == 1:
         return "dport", m.protocol, m.dports[0]
     return None
 
@@ -239,6 +248,7 @@ class _Shapes:
         self.never_return = never_return
         self.family = family
         self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = {}
+        self.spans: dict[object, Span | None] = {}  # an address match or ports -> span
 
     def blocks(self, address: AddressMatch) -> tuple[tuple[int, int], ...] | None:
         """The address side as sorted disjoint intervals (None: every address)."""
@@ -269,15 +279,18 @@ class _Shapes:
         if target is not Target.REJECT and not is_verdict:
             return None
         m = rule.match
-        fields = tuple(name for name, present in (
-            ("saddr", not m.source.is_any), ("daddr", not m.destination.is_any),
-            ("dport", bool(m.dports))) if present)
-        if not fields or m.source.negated or m.destination.negated or \
-                m.source.set_name or m.destination.set_name:
+        source, destination = m.source, m.destination
+        if source.negated or destination.negated or source.set_name or destination.set_name:
             return None
-        size = max(1, len(m.source.cidrs)) * max(1, len(m.destination.cidrs)) * \
-            max(1, len(m.dports))
-        if size > ELEMENTS_MAX:
+        if len(source.cidrs) > ELEMENTS_MAX or len(destination.cidrs) > ELEMENTS_MAX or \
+                len(m.dports) > ELEMENTS_MAX or \
+                max(1, len(source.cidrs)) * max(1, len(destination.cidrs)) * \
+                max(1, len(m.dports)) > ELEMENTS_MAX:
+            return None
+        fields = tuple(name for name, present in (
+            ("saddr", bool(source.cidrs)), ("daddr", bool(destination.cidrs)),
+            ("dport", bool(m.dports))) if present)
+        if not fields:
             return None
         # The devices a rule names join the key too: rules that differ only in their
         # devices share one set (fewer sets: the kernel finds a set by name in a list).
@@ -288,9 +301,11 @@ class _Shapes:
             fields = devices + fields
         else:  # the key would not fit nft's registers: the devices stay in the rule
             devices = ()
-        rest = replace(m, source=AddressMatch(), destination=AddressMatch(), dports=(),
-                       **{("in_device" if d == "iifname" else "out_device"): None
-                          for d in devices})
+        # the rest of the match: every field but the key's (addresses and ports go to
+        # the key whole; a rule with a set or a negation returned None above)
+        rest = (None if "iifname" in devices else m.in_device,
+                None if "oifname" in devices else m.out_device,
+                *(getattr(m, name) for name in REST_FIELDS))
         if is_verdict and not rule.target_options:
             return (rest, "vmap", fields), fields
         return (rest, target, rule.target_options, fields), fields
@@ -299,9 +314,21 @@ class _Shapes:
         """What `_apart_from_all` compares, computed once per rule: the devices, protocol
         and ICMP type, then the ports, sources and destinations each as `_span`."""
         m = rule.match
-        ports = tuple(sorted((p.low, p.high) for p in m.dports)) or None
-        return (m.in_device, m.out_device, m.protocol, m.icmp_type, _span(ports),
-                _span(self.blocks(m.source)), _span(self.blocks(m.destination)))
+        return (m.in_device, m.out_device, m.protocol, m.icmp_type, self.port_span(m.dports),
+                self.address_span(m.source), self.address_span(m.destination))
+
+    def address_span(self, address: AddressMatch) -> Span | None:
+        found = self.spans.get(address)
+        if found is None and address not in self.spans:
+            found = self.spans[address] = _span(self.blocks(address))
+        return found
+
+    def port_span(self, ports: tuple[PortRange, ...]) -> Span | None:
+        found = self.spans.get(ports)
+        if found is None and ports not in self.spans:
+            found = self.spans[ports] = _span(
+                tuple(sorted((p.low, p.high) for p in ports)) or None)
+        return found
 
 
 # A set of values as (lowest, highest, the sorted disjoint intervals or None when it is the
@@ -332,15 +359,22 @@ def _spans_meet(x: Span, y: Span) -> bool:
 def _apart_from_all(a: Signature, others: list[Signature]) -> bool:
     """True only when no packet can match rule A and any of OTHERS (False when unsure):
     each of OTHERS differs from A in a device, the protocol or the ICMP type, or its
-    ports, sources or destinations do not meet A's. The fields most often apart first."""
-    a0, a1, a2, a3, a4, a5, a6 = a
+    ports, sources or destinations do not meet A's. The fields most often apart first;
+    two spans that do not overlap are apart without a walk of their intervals."""
+    a0, a1, a2, a3, a4, a5, a6 = cast("tuple[Any, ...]", a)
     for b in others:
-        b0, b1, b2, b3, b4, b5, b6 = b
-        if a6 is not None and b6 is not None and not _spans_meet(a6, b6):  # type: ignore[arg-type]
+        b0, b1, b2, b3, b4, b5, b6 = cast("tuple[Any, ...]", b)
+        if a6 is not None and b6 is not None and (
+                a6[1] < b6[0] or b6[1] < a6[0] or
+                ((a6[2] is not None or b6[2] is not None) and not _spans_meet(a6, b6))):
             continue
-        if a5 is not None and b5 is not None and not _spans_meet(a5, b5):  # type: ignore[arg-type]
+        if a5 is not None and b5 is not None and (
+                a5[1] < b5[0] or b5[1] < a5[0] or
+                ((a5[2] is not None or b5[2] is not None) and not _spans_meet(a5, b5))):
             continue
-        if a4 is not None and b4 is not None and not _spans_meet(a4, b4):  # type: ignore[arg-type]
+        if a4 is not None and b4 is not None and (
+                a4[1] < b4[0] or b4[1] < a4[0] or
+                ((a4[2] is not None or b4[2] is not None) and not _spans_meet(a4, b4))):
             continue
         if (a0 is not None and b0 is not None and a0 != b0) or \
                 (a1 is not None and b1 is not None and a1 != b1) or \
