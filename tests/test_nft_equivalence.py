@@ -363,6 +363,46 @@ def test_a_rule_map_splits_into_exact_keys_and_intervals_and_reads_back_in_order
     assert nftables.render([ruleset], "split", min_concat=2) == text
 
 
+def test_the_kernel_finds_each_key_in_one_of_the_two_maps(tmp_path):
+    """Loaded for real: `nft get element` asks the kernel's lookup of each map for a
+    probe key; every key a rule matches is in exactly one of the pair (the hash map
+    holds the host and single-port rules, the interval map the prefix and the range),
+    with that rule's verdict, and a key no rule matches is in neither."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    sources = ("192.0.2.1/32", "192.0.2.16/28", "192.0.2.2/32", "192.0.2.3/32")
+    ports = (PortRange(22, 22), PortRange(22, 22), PortRange(80, 88), PortRange(443, 443))
+    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
+    rows = enumerate(zip(sources, ports, verdicts, strict=True), 1)
+    rules = tuple(FilterRule(Match(source=AddressMatch((source,)), protocol=6, dports=(port,)),
+                             verdict, Origin("policy", f"b.fw:{n}"))
+                  for n, (source, port, verdict) in rows)
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "split", min_concat=2)
+    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    skip_or_fail_without_root()
+    target = tmp_path / "split.nft"
+    target.write_text(text)
+    probes = {"192.0.2.1 . 22": "accept", "192.0.2.20 . 22": "drop",
+              "192.0.2.2 . 85": "accept", "192.0.2.3 . 443": "drop",
+              "192.0.2.1 . 23": None, "192.0.2.2 . 89": None, "192.0.2.40 . 22": None}
+    with namespace() as ns:
+        loaded = in_ns(ns, "nft", "-f", str(target))
+        assert loaded.returncode == 0, loaded.stderr
+        for key, verdict in probes.items():
+            found = [got.stdout for name in ("rules-v4-1", "rules-v4-2")
+                     if (got := in_ns(ns, "nft", "get", "element", "inet", "fwc", name,
+                                      f"{{ {key} }}")).returncode == 0]
+            if verdict is None:
+                assert found == [], key
+            else:
+                assert len(found) == 1 and f": {verdict}" in found[0], (key, found)
+
+
 def test_logged_rules_join_a_map_each_with_its_own_log_chain():
     """A LOG line and its verdict become a jump to a chain of the two, one chain per
     rule: each keeps its own rate-limit bucket (a `limit` statement of its own), as the
