@@ -321,11 +321,86 @@ def test_a_rule_map_keeps_every_rule_s_comment_and_verdict():
     text = nftables.render([ruleset], "comments", min_concat=2)
     assert 'tcp dport vmap @rules-v4-1 comment "a comment b.fw:1 and 3 more rules ' \
         '(map rules-v4-1)"' in text
-    assert '192.0.2.4/32 . 22 comment "a comment b.fw:4" : drop,' in text
+    assert '192.0.2.4 . 22 comment "a comment b.fw:4" : drop,' in text
     back = read(text).rulesets[4].table(TableName.FILTER).chains
     got = [(r.comment, r.target) for c in back if c.name == "filter-INPUT-v4"
            for r in c.rules]
     assert got == [(r.comment, r.target) for r in rules]
+
+
+def test_a_rule_map_splits_into_exact_keys_and_intervals_and_reads_back_in_order():
+    """Elements of host addresses and single ports go to a map of exact keys (a hash
+    table, no `flags interval`), the others (a prefix, a port range) to an interval map;
+    the chain looks up both, and the reader gives back every rule with its verdict."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    sources = ("192.0.2.1/32", "192.0.2.16/28", "192.0.2.2/32", "192.0.2.3/32")
+    ports = (PortRange(22, 22), PortRange(22, 22), PortRange(80, 88), PortRange(443, 443))
+    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
+    rows = enumerate(zip(sources, ports, verdicts, strict=True), 1)
+    rules = tuple(FilterRule(Match(source=AddressMatch((source,)), protocol=6, dports=(port,)),
+                             verdict, Origin("policy", f"b.fw:{n}"))
+                  for n, (source, port, verdict) in rows)
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "split", min_concat=2)
+    exact = text[text.index("\tmap rules-v4-1 {"):text.index("\tmap rules-v4-2 {")]
+    ranged = text[text.index("\tmap rules-v4-2 {"):]
+    assert "flags interval" not in exact and "flags interval" in ranged
+    assert '192.0.2.1 . 22 comment "b.fw:1" : accept,' in exact
+    assert '192.0.2.3 . 443 comment "b.fw:4" : drop,' in exact
+    assert '192.0.2.16/28 . 22 comment "b.fw:2" : drop,' in ranged
+    assert '192.0.2.2/32 . 80-88 comment "b.fw:3" : accept,' in ranged
+    assert text.index("vmap @rules-v4-1 ") < text.index("vmap @rules-v4-2 ")
+    back = read(text).rulesets[4].table(TableName.FILTER).chains
+    got = [(r.comment, r.target) for c in back if c.name == "filter-INPUT-v4"
+           for r in c.rules]
+    # exact-key elements first, then the interval map's: disjoint, so the order is free
+    assert got == [("b.fw:1", Target.ACCEPT), ("b.fw:4", Target.DROP),
+                   ("b.fw:2", Target.DROP), ("b.fw:3", Target.ACCEPT)]
+    assert nftables.render([ruleset], "split", min_concat=2) == text
+
+
+def test_the_kernel_finds_each_key_in_one_of_the_two_maps(tmp_path):
+    """Loaded for real: `nft get element` asks the kernel's lookup of each map for a
+    probe key; every key a rule matches is in exactly one of the pair (the hash map
+    holds the host and single-port rules, the interval map the prefix and the range),
+    with that rule's verdict, and a key no rule matches is in neither."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    sources = ("192.0.2.1/32", "192.0.2.16/28", "192.0.2.2/32", "192.0.2.3/32")
+    ports = (PortRange(22, 22), PortRange(22, 22), PortRange(80, 88), PortRange(443, 443))
+    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
+    rows = enumerate(zip(sources, ports, verdicts, strict=True), 1)
+    rules = tuple(FilterRule(Match(source=AddressMatch((source,)), protocol=6, dports=(port,)),
+                             verdict, Origin("policy", f"b.fw:{n}"))
+                  for n, (source, port, verdict) in rows)
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "split", min_concat=2)
+    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    skip_or_fail_without_root()
+    target = tmp_path / "split.nft"
+    target.write_text(text)
+    probes = {"192.0.2.1 . 22": "accept", "192.0.2.20 . 22": "drop",
+              "192.0.2.2 . 85": "accept", "192.0.2.3 . 443": "drop",
+              "192.0.2.1 . 23": None, "192.0.2.2 . 89": None, "192.0.2.40 . 22": None}
+    with namespace() as ns:
+        loaded = in_ns(ns, "nft", "-f", str(target))
+        assert loaded.returncode == 0, loaded.stderr
+        for key, verdict in probes.items():
+            found = [got.stdout for name in ("rules-v4-1", "rules-v4-2")
+                     if (got := in_ns(ns, "nft", "get", "element", "inet", "fwc", name,
+                                      f"{{ {key} }}")).returncode == 0]
+            if verdict is None:
+                assert found == [], key
+            else:
+                assert len(found) == 1 and f": {verdict}" in found[0], (key, found)
 
 
 def test_logged_rules_join_a_map_each_with_its_own_log_chain():
@@ -466,3 +541,22 @@ def test_a_statistic_line_outside_load_sharing_is_refused():
     with pytest.raises(NftUnsupported):
         nftables.render([replace(ruleset, tables=(replace(ruleset.tables[0],
                                                           chains=(broken,)),))], "pools")
+
+
+def test_sets_named_by_more_rules_are_declared_first():
+    """The kernel finds the set a rule names by walking the table's sets in the order
+    they were declared: the set most rules name comes first, ties in order of first use."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    once = AddressMatch(("192.0.2.0/30", "192.0.2.8/30"))
+    often = AddressMatch(("198.51.100.0/30", "198.51.100.8/30"))
+    rules = tuple(FilterRule(Match(source=source, protocol=6), Target.ACCEPT,
+                             Origin("policy", f"c.fw:{n}"))
+                  for n, source in enumerate((once, often, often), 1))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    text = nftables.render([ruleset], "order")
+    assert "ip saddr @addresses-v4-1 " in text and text.count("ip saddr @addresses-v4-2 ") == 2
+    assert text.index("\tset addresses-v4-2 {") < text.index("\tset addresses-v4-1 {")
+    assert nftables.render([ruleset], "order") == text

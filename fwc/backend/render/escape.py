@@ -132,6 +132,8 @@ _NFT_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 def nft_string(text: str) -> str:
     """A quoted nft string: nft has no escape for '"' inside quotes."""
+    if _plain(text):
+        return f'"{text}"'
     if '"' in line_text(text):
         raise UnwritableText(f"{text!r}: nft cannot quote a double quote")
     return f'"{text}"'
@@ -153,6 +155,8 @@ def nft_device(text: str) -> str:
 
 def nft_comment(text: str) -> str:
     """A rule comment. Longer than nft allows: the start goes, so file:line stays."""
+    if len(text) <= NFT_COMMENT_MAX and _plain(text):  # as below, without the scan
+        return f'"{text}"'
     value = line_text(text).replace('"', "'")  # a comment only informs: no refusal
     if utf8_length(value) > NFT_COMMENT_MAX:
         data = value.encode()[-(NFT_COMMENT_MAX - 3):]

@@ -25,7 +25,9 @@ proves the two outputs decide every sampled packet alike):
 - rules that differ only in devices, addresses, ports and verdict become one
   lookup in a verdict map keyed on them (`iifname . oifname . ip saddr ... vmap
   @rules-v4-N`, the devices only while the key fits nft's 64 bytes of registers;
-  each element a rule, with its comment and its own counter); rejecting rules
+  each element a rule, with its comment and its own counter; the elements of exact
+  keys, host addresses and single ports, in a map of their own without `flags
+  interval`, a hash table the kernel fills cheaply); rejecting rules
   share a set per target (`... @rules-v4-N reject ...`). A logged rule (LOG line
   and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
   bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
@@ -50,8 +52,11 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import cast
+from dataclasses import fields as dataclass_fields
+from typing import Any, cast
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, Reload, path_of
@@ -190,6 +195,12 @@ Item = Rule | Dispatch | Concat | Share
 KEY_BYTES = {(f, family): size for family, address in ((4, 4), (6, 16)) for f, size in (
     ("iifname", 16), ("oifname", 16), ("saddr", address), ("daddr", address), ("dport", 4))}
 KEY_BYTES_MAX = 64
+# The Match fields a concatenated set's rules must share besides the devices: all but
+# the ones a key holds (`_Shapes.shape`).
+MATCH_DEFAULTS = tuple((f.name, getattr(Match(), f.name)) for f in dataclass_fields(Match))
+REST_FIELDS = tuple(f.name for f in dataclass_fields(Match) if f.name not in (
+    "source", "destination", "dports", "in_device", "out_device"))
+SET_REFERENCE = re.compile(r"@([A-Za-z][A-Za-z0-9_.-]*)")  # a rule naming a set or map
 MIN_CONCAT = 4  # fewer rules stay rules: a small policy reads rule by rule
 WINDOW = 32  # how many items back a rule may move to join its kind (bounds the work)
 GROUP_MAX = 256  # rules per set (bounds the overlap checks: a rule is compared to each)
@@ -205,14 +216,15 @@ def _dispatch_key(rule: Rule) -> tuple[str, int | None, object] | None:
     if rule.target_options:
         return None
     m = rule.match
-    if m == Match(in_device=m.in_device) and m.in_device is not None:
+    present = tuple(name for name, default in MATCH_DEFAULTS if getattr(m, name) != default)
+    if present == ("in_device",):
         return "iifname", None, m.in_device
-    if m == Match(out_device=m.out_device) and m.out_device is not None:
+    if present == ("out_device",):
         return "oifname", None, m.out_device
-    if m == Match(protocol=m.protocol) and m.protocol is not None:
+    if present == ("protocol",):
         return "meta l4proto", None, m.protocol
-    if m.protocol in PROTOCOL_WORDS and len(m.dports) == 1 and \
-            m == Match(protocol=m.protocol, dports=m.dports):
+    if present == ("protocol", "dports") and m.protocol in PROTOCOL_WORDS and \
+            len(m.dports) == 1:
         return "dport", m.protocol, m.dports[0]
     return None
 
@@ -236,6 +248,7 @@ class _Shapes:
         self.never_return = never_return
         self.family = family
         self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = {}
+        self.spans: dict[object, Span | None] = {}  # an address match or ports -> span
 
     def blocks(self, address: AddressMatch) -> tuple[tuple[int, int], ...] | None:
         """The address side as sorted disjoint intervals (None: every address)."""
@@ -266,15 +279,18 @@ class _Shapes:
         if target is not Target.REJECT and not is_verdict:
             return None
         m = rule.match
-        fields = tuple(name for name, present in (
-            ("saddr", not m.source.is_any), ("daddr", not m.destination.is_any),
-            ("dport", bool(m.dports))) if present)
-        if not fields or m.source.negated or m.destination.negated or \
-                m.source.set_name or m.destination.set_name:
+        source, destination = m.source, m.destination
+        if source.negated or destination.negated or source.set_name or destination.set_name:
             return None
-        size = max(1, len(m.source.cidrs)) * max(1, len(m.destination.cidrs)) * \
-            max(1, len(m.dports))
-        if size > ELEMENTS_MAX:
+        if len(source.cidrs) > ELEMENTS_MAX or len(destination.cidrs) > ELEMENTS_MAX or \
+                len(m.dports) > ELEMENTS_MAX or \
+                max(1, len(source.cidrs)) * max(1, len(destination.cidrs)) * \
+                max(1, len(m.dports)) > ELEMENTS_MAX:
+            return None
+        fields = tuple(name for name, present in (
+            ("saddr", bool(source.cidrs)), ("daddr", bool(destination.cidrs)),
+            ("dport", bool(m.dports))) if present)
+        if not fields:
             return None
         # The devices a rule names join the key too: rules that differ only in their
         # devices share one set (fewer sets: the kernel finds a set by name in a list).
@@ -285,36 +301,88 @@ class _Shapes:
             fields = devices + fields
         else:  # the key would not fit nft's registers: the devices stay in the rule
             devices = ()
-        rest = replace(m, source=AddressMatch(), destination=AddressMatch(), dports=(),
-                       **{("in_device" if d == "iifname" else "out_device"): None
-                          for d in devices})
+        # the rest of the match: every field but the key's (addresses and ports go to
+        # the key whole; a rule with a set or a negation returned None above)
+        rest = (None if "iifname" in devices else m.in_device,
+                None if "oifname" in devices else m.out_device,
+                *(getattr(m, name) for name in REST_FIELDS))
         if is_verdict and not rule.target_options:
             return (rest, "vmap", fields), fields
         return (rest, target, rule.target_options, fields), fields
 
     def signature(self, rule: Rule) -> Signature:
-        """What `apart` compares, computed once per rule."""
+        """What `_apart_from_all` compares, computed once per rule: the devices, protocol
+        and ICMP type, then the ports, sources and destinations each as `_span`."""
         m = rule.match
-        ports = tuple((p.low, p.high) for p in m.dports) or None
-        return (m.in_device, m.out_device, m.protocol, m.icmp_type, ports,
-                self.blocks(m.source), self.blocks(m.destination))
+        return (m.in_device, m.out_device, m.protocol, m.icmp_type, self.port_span(m.dports),
+                self.address_span(m.source), self.address_span(m.destination))
+
+    def address_span(self, address: AddressMatch) -> Span | None:
+        found = self.spans.get(address)
+        if found is None and address not in self.spans:
+            found = self.spans[address] = _span(self.blocks(address))
+        return found
+
+    def port_span(self, ports: tuple[PortRange, ...]) -> Span | None:
+        found = self.spans.get(ports)
+        if found is None and ports not in self.spans:
+            found = self.spans[ports] = _span(
+                tuple(sorted((p.low, p.high) for p in ports)) or None)
+        return found
 
 
+# A set of values as (lowest, highest, the sorted disjoint intervals or None when it is the
+# one interval lowest-highest); None for every value.
+Span = tuple[int, int, tuple[tuple[int, int], ...] | None]
 Signature = tuple[object, ...]
 
 
-def _apart(a: Signature, b: Signature) -> bool:
-    """True only when no packet can match both rules (False when unsure)."""
-    for k in range(4):
-        x, y = a[k], b[k]
-        if x is not None and y is not None and x != y:
-            return True
-    for k in range(4, 7):
-        xs, ys = a[k], b[k]
-        if xs is not None and ys is not None and \
-                not _intervals_meet(xs, ys):  # type: ignore[arg-type]
-            return True
-    return False
+def _span(intervals: tuple[tuple[int, int], ...] | None) -> Span | None:
+    if intervals is None:
+        return None
+    if not intervals:  # no value at all (an empty set): meets nothing
+        return (1, 0, ())
+    return (intervals[0][0], max(hi for _, hi in intervals),
+            intervals if len(intervals) > 1 else None)
+
+
+def _spans_meet(x: Span, y: Span) -> bool:
+    if x[1] < y[0] or y[1] < x[0]:
+        return False
+    xs, ys = x[2], y[2]
+    if xs is None and ys is None:
+        return True
+    return _intervals_meet(((x[0], x[1]),) if xs is None else xs,
+                           ((y[0], y[1]),) if ys is None else ys)
+
+
+def _apart_from_all(a: Signature, others: list[Signature]) -> bool:
+    """True only when no packet can match rule A and any of OTHERS (False when unsure):
+    each of OTHERS differs from A in a device, the protocol or the ICMP type, or its
+    ports, sources or destinations do not meet A's. The fields most often apart first;
+    two spans that do not overlap are apart without a walk of their intervals."""
+    a0, a1, a2, a3, a4, a5, a6 = cast("tuple[Any, ...]", a)
+    for b in others:
+        b0, b1, b2, b3, b4, b5, b6 = cast("tuple[Any, ...]", b)
+        if a6 is not None and b6 is not None and (
+                a6[1] < b6[0] or b6[1] < a6[0] or
+                ((a6[2] is not None or b6[2] is not None) and not _spans_meet(a6, b6))):
+            continue
+        if a5 is not None and b5 is not None and (
+                a5[1] < b5[0] or b5[1] < a5[0] or
+                ((a5[2] is not None or b5[2] is not None) and not _spans_meet(a5, b5))):
+            continue
+        if a4 is not None and b4 is not None and (
+                a4[1] < b4[0] or b4[1] < a4[0] or
+                ((a4[2] is not None or b4[2] is not None) and not _spans_meet(a4, b4))):
+            continue
+        if (a0 is not None and b0 is not None and a0 != b0) or \
+                (a1 is not None and b1 is not None and a1 != b1) or \
+                (a2 is not None and b2 is not None and a2 != b2) or \
+                (a3 is not None and b3 is not None and a3 != b3):
+            continue
+        return False
+    return True
 
 
 def _intervals_meet(xs: tuple[tuple[int, int], ...], ys: tuple[tuple[int, int], ...]) -> bool:
@@ -334,6 +402,7 @@ def _grouped(rules: tuple[Rule, ...], shapes: _Shapes, min_concat: int) -> list[
     # Each entry: [shape key or None, fields, rules]; a rule joins the latest entry of its
     # shape when it is disjoint from every rule it moves past and from the entry's rules.
     entries: list[tuple[object, tuple[str, ...], list[Rule], list[Signature]]] = []
+    latest: dict[object, int] = {}  # shape key -> index of its latest entry
     for rule in rules:
         got = shapes.shape(rule)
         if got is None:
@@ -342,16 +411,19 @@ def _grouped(rules: tuple[Rule, ...], shapes: _Shapes, min_concat: int) -> list[
         key, fields = got
         mine = shapes.signature(rule)
         joined = False
-        for back in range(len(entries) - 1, max(-1, len(entries) - 1 - WINDOW), -1):
-            entry_key, _, members, signatures = entries[back]
-            apart = all(_apart(mine, other) for other in signatures)
-            if entry_key == key and apart and len(members) < GROUP_MAX:
-                members.append(rule)
-                signatures.append(mine)
-                joined = True
-            if entry_key == key or not apart:
-                break
+        # no entry of this shape within reach: the rule starts its own, nothing to test
+        if latest.get(key, -1) >= len(entries) - WINDOW:
+            for back in range(len(entries) - 1, max(-1, len(entries) - 1 - WINDOW), -1):
+                entry_key, _, members, signatures = entries[back]
+                apart = _apart_from_all(mine, signatures)
+                if entry_key == key and apart and len(members) < GROUP_MAX:
+                    members.append(rule)
+                    signatures.append(mine)
+                    joined = True
+                if entry_key == key or not apart:
+                    break
         if not joined:
+            latest[key] = len(entries)
             entries.append((key, fields, [rule], [mine]))
     out: list[Item] = []
     for key, fields, members, _ in entries:
@@ -603,7 +675,7 @@ class _Writer:
             while name in self.maps:
                 n += 1
                 name = f"{base}-{n}"
-        flags = "interval" if interval or key_type == "inet_service" else ""
+        flags = "interval" if interval or (not numbered and key_type == "inet_service") else ""
         self.maps[name] = (key_type, flags, elements)
         if numbered:
             self.counted.add(name)
@@ -891,12 +963,30 @@ def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str
     return f"{lookup} vmap @{name} comment {escape.nft_comment('fwc arrange: dispatch')}"
 
 
+def _exact(field_: str, value: str, family: int) -> str | None:
+    """VALUE (an element's text for one key field) as an exact key, or None when it is a
+    range: a prefix shorter than a host or a port range. Devices are always exact."""
+    if field_ in ("saddr", "daddr"):
+        host = "/32" if family == 4 else "/128"
+        return value[:-len(host)] if value.endswith(host) else None
+    if field_ == "dport":
+        return None if "-" in value else value
+    return value
+
+
 def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, str],
             ipsets: dict[str, tuple[str, ...]], members: tuple[Rule, ...] | None = None,
-            name: str | None = None) -> tuple[str, str]:
-    """(the lookup rule, its set's name). MEMBERS are the rules whose elements fill the
-    set (the item's own, or those of every port bucket sharing it, `_bucket_sharing`);
-    NAME the set when it is declared already."""
+            names: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...]]:
+    """(the lookup rules, their sets' names). MEMBERS are the rules whose elements fill
+    the sets (the item's own, or those of every port bucket sharing them,
+    `_bucket_sharing`); NAMES the sets when they are declared already.
+
+    A verdict map is written as two: the elements whose every field is one value (a
+    host address, one port) in a map of exact keys, the others in a map with `flags
+    interval`, looked up one after the other. Exact: the elements are disjoint (no
+    packet matches two of them), so which map is asked first changes no decision; a
+    map of exact keys is a hash table, which the kernel fills without the interval
+    set's per-element work (pipapo), and nft writes its keys without ranges."""
     first = item.rules[0]
     word = FAMILY_WORDS[family][0]
     address_type = "ipv4_addr" if family == 4 else "ipv6_addr"
@@ -906,8 +996,9 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
                    "daddr": f"{word} daddr", "dport": port_word}
     types = {"iifname": "ifname", "oifname": "ifname", "saddr": address_type,
              "daddr": address_type, "dport": "inet_service"}
-    if name is None:
-        elements: list[str] = []
+    if names is None:
+        exact: list[str] = []
+        ranged: list[str] = []
         for rule in members or item.rules:
             m = rule.match
             axes = {"iifname": (escape.nft_device(m.in_device or ""),),
@@ -919,35 +1010,43 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
             if item.verdicts:
                 tail += f" : {_verdict(rule, chain_names)}"
             for values in itertools.product(*(axes[f] for f in item.fields)):
-                elements.append(f"{' . '.join(values)}{tail}")
+                keys = [_exact(f, v, family) for f, v in zip(item.fields, values, strict=True)]
+                if item.verdicts and None not in keys:
+                    exact.append(f"{' . '.join(cast('list[str]', keys))}{tail}")
+                else:
+                    ranged.append(f"{' . '.join(values)}{tail}")
         key_type = " . ".join(types[f] for f in item.fields)
         if item.verdicts:
-            name = writer.verdict_map(f"rules-v{family}", key_type, tuple(elements),
-                                      interval=True, numbered=True)
+            names = tuple(writer.verdict_map(f"rules-v{family}", key_type, tuple(elements),
+                                             interval=interval, numbered=True)
+                          for elements, interval in ((exact, False), (ranged, True))
+                          if elements)
         else:
-            name = writer.named_set(f"rules-v{family}", key_type, tuple(elements))
-    key = f"{' . '.join(expressions[f] for f in item.fields)}"
-    key += f" vmap @{name}" if item.verdicts else f" @{name}"
+            names = (writer.named_set(f"rules-v{family}", key_type, tuple(ranged)),)
     lookup = replace(first, match=replace(
         first.match, source=AddressMatch(), destination=AddressMatch(), dports=(),
         in_device=None if "iifname" in item.fields else first.match.in_device,
         out_device=None if "oifname" in item.fields else first.match.out_device))
-    # a verdict map's lookup is the rule's verdict: it goes last, as the statement
-    lookup_part = [] if item.verdicts else [key]
-    if "dport" in item.fields:
-        # `tcp dport` implies the protocol; any other port protocol is named first
-        parts = ([] if protocol in PROTOCOL_WORDS else [f"meta l4proto {protocol}"]) + \
-            lookup_part
-        if first.match.tcp_not_syn:
-            parts.append("tcp flags & (fin | syn | rst | ack) != syn")
-    else:
-        parts = [*lookup_part, *_protocol(lookup.match, writer)]
     kind = "map" if item.verdicts else "set"
-    comment = f"{first.comment} and {len(item.rules) - 1} more rules ({kind} {name})"
-    text = _rule(lookup, family, writer, chain_names, ipsets, parts,
-                 statement=key if item.verdicts else None, comment=comment,
-                 counter=not item.verdicts)
-    return text, name
+    texts: list[str] = []
+    for name in names:
+        key = f"{' . '.join(expressions[f] for f in item.fields)}"
+        key += f" vmap @{name}" if item.verdicts else f" @{name}"
+        # a verdict map's lookup is the rule's verdict: it goes last, as the statement
+        lookup_part = [] if item.verdicts else [key]
+        if "dport" in item.fields:
+            # `tcp dport` implies the protocol; any other port protocol is named first
+            parts = ([] if protocol in PROTOCOL_WORDS else [f"meta l4proto {protocol}"]) + \
+                lookup_part
+            if first.match.tcp_not_syn:
+                parts.append("tcp flags & (fin | syn | rst | ack) != syn")
+        else:
+            parts = [*lookup_part, *_protocol(lookup.match, writer)]
+        comment = f"{first.comment} and {len(item.rules) - 1} more rules ({kind} {name})"
+        texts.append(_rule(lookup, family, writer, chain_names, ipsets, parts,
+                           statement=key if item.verdicts else None, comment=comment,
+                           counter=not item.verdicts))
+    return "\n\t\t".join(texts), names
 
 
 def _family_chain(table: TableName, chain: str, family: int) -> str:
@@ -1072,7 +1171,7 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
             planned = [shared(plan(chain.rules, shapes, min_concat)) for chain, _ in parts]
             parts, planned = unfold_logs(parts, planned, folded)
             slots, members = _bucket_sharing(parts, planned) if concat else ({}, {})
-            declared: dict[object, str] = {}  # slot -> the set or map filled for it
+            declared: dict[object, tuple[str, ...]] = {}  # slot -> its sets or maps
             for at, ((chain, variant), items) in enumerate(zip(parts, planned, strict=True)):
                 name = names[chain.name]
                 if variant is not None:
@@ -1146,17 +1245,22 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
         if timeout:
             out.append(f"\t\ttimeout {METER_TIMEOUT}")
         out.append("\t}")
-    for kind, table in (("set", writer.sets), ("map", writer.maps)):
-        for name, (key_type, flags, elements) in table.items():
-            value = " : verdict" if kind == "map" else ""
-            out += [f"\t{kind} {name} {{", f"\t\ttype {key_type}{value}"]
-            if flags:
-                out.append(f"\t\tflags {flags}")
-            if name in writer.counted:
-                out.append("\t\tcounter")
-            out.append("\t\telements = {")
-            out += [f"\t\t\t{e}," for e in elements]
-            out += ["\t\t}", "\t}"]
+    # The sets and maps most often named by rules first: the kernel finds each set a rule
+    # names by walking the table's list of sets in the order they were declared.
+    uses = Counter(SET_REFERENCE.findall("\n".join(body)))
+    listed = sorted(((kind, name, spec) for kind, table in (("set", writer.sets),
+                                                            ("map", writer.maps))
+                     for name, spec in table.items()), key=lambda d: -uses[d[1]])
+    for kind, name, (key_type, flags, elements) in listed:
+        value = " : verdict" if kind == "map" else ""
+        out += [f"\t{kind} {name} {{", f"\t\ttype {key_type}{value}"]
+        if flags:
+            out.append(f"\t\tflags {flags}")
+        if name in writer.counted:
+            out.append("\t\tcounter")
+        out.append("\t\telements = {")
+        out += [f"\t\t\t{e}," for e in elements]
+        out += ["\t\t}", "\t}"]
     out += base + body + ["}"]
     return "\n".join(out) + "\n"
 
