@@ -1,0 +1,210 @@
+"""Two processes (fwc.parallel, issue 12): the same files and diagnostics as one, fail closed.
+
+`--jobs 2` forks the worker whatever the policy's size, so that the examples and a
+2,000-rule generated policy are compiled and checked both ways and compared byte for
+byte (files, printed report, exit status). A policy whose checks fail, and a worker
+that is killed, leave the output directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EDGE_TEXT, EXAMPLE_FILES, EXAMPLE_NAMES, file_tree
+
+from fwc import checks as registry
+from fwc import parallel
+from fwc.cli import main
+from fwc.pipeline import FORK_RULES
+
+SHADOWED = "    drop   from desktops to any      service web\n"
+DEFAULT_RULE = '    drop   from any      to any      log "default"\n'
+
+
+def _compile(policy: Path, out: Path, jobs: str, capsys, *extra: str) -> tuple[int, str, str]:
+    status = main(["compile", "--no-cache", "--jobs", jobs, str(policy), "-o", str(out),
+                   *extra])
+    got = capsys.readouterr()
+    return status, got.out.replace(str(out), "OUT"), got.err
+
+
+def _check(policy: Path, jobs: str, capsys, *extra: str) -> tuple[int, str, str]:
+    status = main(["check", "--no-cache", "--jobs", jobs, str(policy), *extra])
+    got = capsys.readouterr()
+    return status, got.out, got.err
+
+
+def _same_compile(policy: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    one = _compile(policy, tmp_path / "one", "1", capsys, *extra)
+    two = _compile(policy, tmp_path / "two", "2", capsys, *extra)
+    assert two == one
+    assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
+    return one
+
+
+@pytest.fixture(scope="module")
+def large_policy(tmp_path_factory) -> Path:
+    """2,000 rules of the `groups` shape: redundant rules give FWC402 warnings."""
+    from bench.generate import build_site, fwc_policy
+
+    path = tmp_path_factory.mktemp("large") / "groups2000.fw"
+    path.write_text(fwc_policy(build_site(2000, shape="groups")), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("policy", EXAMPLE_FILES, ids=EXAMPLE_NAMES)
+def test_examples_compile_the_same_with_a_worker(policy, tmp_path, capsys):
+    status, printed, _ = _same_compile(policy, tmp_path, capsys)
+    assert status == 0 and "OUT/" in printed
+
+
+def test_large_policy_compiles_and_checks_the_same_with_a_worker(large_policy, tmp_path,
+                                                                 capsys):
+    status, _, report = _same_compile(large_policy, tmp_path, capsys)
+    assert status == 0 and "warning[FWC402]" in report  # diagnostics, in order, compared
+    json_one = _check(large_policy, "1", capsys, "--format", "json")
+    assert _check(large_policy, "2", capsys, "--format", "json") == json_one
+    assert any(d["code"] == "FWC402" for d in json.loads(json_one[1])["diagnostics"])
+
+
+def _with_errors(tmp_path: Path) -> Path:
+    """edge.fw with a rule shadowed by one with another action (FWC401, an error)."""
+    assert DEFAULT_RULE in EDGE_TEXT
+    path = tmp_path / "repo" / "edge.fw"
+    path.parent.mkdir()
+    (path.parent / ".git").mkdir()
+    path.write_text(EDGE_TEXT.replace(DEFAULT_RULE, SHADOWED + DEFAULT_RULE), encoding="utf-8")
+    return path
+
+
+def _no_leftovers(out: Path) -> None:
+    assert [p.name for p in out.parent.iterdir() if ".fwc-" in p.name] == []
+
+
+def test_failed_checks_write_nothing_with_a_worker(tmp_path, capsys):
+    policy = _with_errors(tmp_path)
+    clean = tmp_path / "repo" / "clean.fw"
+    clean.write_text(EDGE_TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["compile", "--no-cache", "--jobs", "1", str(clean), "-o", str(out)]) == 0
+    capsys.readouterr()
+    before = file_tree(out)
+    one = _compile(policy, out, "1", capsys)
+    two = _compile(policy, out, "2", capsys)
+    assert two == one and one[0] == 1
+    assert "error[FWC401]" in one[2] and "nothing written" in one[2]
+    assert file_tree(out) == before  # the staged files were thrown away
+    _no_leftovers(out)
+    assert _check(policy, "2", capsys) == _check(policy, "1", capsys)
+
+
+def _killing(code: str, parent: int) -> registry.CheckInfo:
+    """The check CODE, made to kill the process it runs in unless that is PARENT."""
+    info = registry.load_registry()[code]
+    function = info.function
+    assert function is not None
+
+    def killer(policy):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(policy)
+
+    return dataclasses.replace(info, function=killer)
+
+
+def test_a_killed_worker_is_an_internal_error_and_nothing_is_written(tmp_path, capsys,
+                                                                      monkeypatch):
+    registry.load_registry()
+    code = "FWC105"  # a check the worker runs for `fwc check` too
+    monkeypatch.setitem(registry.REGISTRY, code, _killing(code, os.getpid()))
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    status, printed, report = _compile(policy, out, "2", capsys)
+    assert status == 1 and printed == ""
+    assert "error[FWC900]" in report and "killed by signal 9 (SIGKILL)" in report
+    assert "nothing written" in report
+    assert not out.exists()
+    _no_leftovers(out)
+    status, _, report = _check(policy, "2", capsys)
+    assert status == 1 and "error[FWC900]" in report and "SIGKILL" in report
+    # in one process the check runs in this process, which it does not kill
+    assert _compile(policy, out, "1", capsys)[0] == 0
+
+
+def test_a_killed_worker_is_not_kept_in_the_result_cache(tmp_path, capsys, monkeypatch):
+    home = Path.home() / ".cache" / f"fwc-test-parallel-{os.getpid()}"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    try:
+        policy = tmp_path / "repo" / "edge.fw"
+        policy.parent.mkdir()
+        (policy.parent / ".git").mkdir()
+        policy.write_text(EDGE_TEXT, encoding="utf-8")
+        with monkeypatch.context() as patch:
+            registry.load_registry()
+            patch.setitem(registry.REGISTRY, "FWC105", _killing("FWC105", os.getpid()))
+            assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "a")]) == 1
+        capsys.readouterr()
+        # the next compile neither answers from a cached failure nor differs
+        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "b")]) == 0
+        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "c")]) == 0
+        assert main(["compile", "--no-cache", str(policy), "-o", str(tmp_path / "d")]) == 0
+        assert file_tree(tmp_path / "b") == file_tree(tmp_path / "c") \
+            == file_tree(tmp_path / "d")
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_worker_answers_and_fails_closed():
+    assert parallel.Worker.start(lambda: {"a": [1, "x"]}).result() == {"a": [1, "x"]}
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    worker = parallel.Worker.start(boom)
+    with pytest.raises(parallel.WorkerFailed, match="status 1"):
+        worker.result()
+    worker = parallel.Worker.start(lambda: object())  # not JSON: nothing is sent
+    with pytest.raises(parallel.WorkerFailed, match="status 1"):
+        worker.result()
+
+
+def test_close_kills_a_running_worker():
+    worker = parallel.Worker.start(lambda: time.sleep(30))
+    started = time.monotonic()
+    worker.close()
+    worker.close()  # idempotent
+    assert time.monotonic() - started < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(worker.pid, os.WNOHANG)  # reaped
+
+
+def test_jobs_setting(monkeypatch):
+    assert parallel.jobs_from(None, {}) == parallel.AUTO
+    assert parallel.jobs_from(None, {"FWC_JOBS": "1"}) == 1
+    assert parallel.jobs_from(None, {"FWC_JOBS": "nonsense"}) == parallel.AUTO
+    assert parallel.jobs_from(2, {"FWC_JOBS": "1"}) == 2  # the option wins
+    with pytest.raises(ValueError):
+        parallel.parse_jobs("0")
+    assert not parallel.wanted(1, 10 * FORK_RULES, FORK_RULES)
+    assert parallel.wanted(2, 1, FORK_RULES)
+    assert not parallel.wanted(parallel.AUTO, FORK_RULES - 1, FORK_RULES)
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 1)
+    assert not parallel.wanted(parallel.AUTO, 10 * FORK_RULES, FORK_RULES)
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
+    assert parallel.wanted(parallel.AUTO, FORK_RULES, FORK_RULES)
+
+
+def test_bad_jobs_option_is_a_usage_error(capsys):
+    assert main(["check", "--jobs", "0", "x.fw"]) == 2
+    assert "argument --jobs: '0' is not 'auto'" in capsys.readouterr().err
