@@ -4,12 +4,13 @@ POLICY...` (or `--sizes 1000,2000 --shapes site` to generate the policies).
 For each policy it runs `fwc COMMAND --no-cache --jobs J` with J = 1 (everything in one
 process) and J = 2 (a worker process for the checks, fwc.parallel), interleaved, each
 in a fresh Python process, and prints one markdown table: the median and minimum of
-wall seconds, CPU seconds (user + system of the process and its worker) and the peak
-RSS of the process and of its children (the worker; with `--jobs 1` a few MB of
-short helper processes such as git) (MB; their sum is an upper bound of what both
-held at once, the pages they share counted twice), with the load average before and
-after. The outputs of both settings are compared byte for byte (and the diagnostics
-printed), so a table is only printed for settings that agree.
+wall seconds, CPU seconds (user + system of the process and its worker), the peak RSS
+of the process and of its worker (MB; their sum is an upper bound of what both held at
+once: the pages they share since the fork count twice) and the worker's private memory
+when its checks are done (what it added: /proc/self/smaps_rollup Private_*), with the
+load average before and after. The outputs of both settings are compared (every
+file's SHA-256, the printed diagnostics and report, the exit status): a table is only
+printed for settings that agree.
 
 Each run is `python3 -m bench.twocore --one COMMAND POLICY JOBS OUT` (this file): it
 calls `fwc.cli.main` in-process and reads its own and its reaped children's rusage.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -36,9 +38,39 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _private_mb() -> float:
+    """This process's private memory (not shared with its parent), MB."""
+    total = 0
+    with open("/proc/self/smaps_rollup", encoding="ascii") as stream:
+        for line in stream:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def _measuring_workers(into: Path) -> None:
+    """Every worker writes its private memory to INTO when its task is done."""
+    from fwc import parallel
+
+    start = parallel.Worker.start.__func__  # type: ignore[attr-defined]
+
+    def measured(cls: type[parallel.Worker], task: Any) -> parallel.Worker:
+        def run() -> Any:
+            value = task()
+            into.write_text(f"{_private_mb():.1f}", encoding="ascii")
+            return value
+        return start(cls, run)
+
+    parallel.Worker.start = classmethod(measured)  # type: ignore[method-assign,assignment]
+
+
 def one(command: str, policy: str, jobs: str, out: str) -> dict[str, Any]:
     """Run one fwc command in this process; its times and peak RSS as JSON."""
     from fwc.cli import main
+
+    private = Path(out + ".worker-private")
+    private.unlink(missing_ok=True)
+    _measuring_workers(private)
 
     argv = [command, "--no-cache", "--jobs", jobs, policy]
     if command == "compile":
@@ -53,6 +85,7 @@ def one(command: str, policy: str, jobs: str, out: str) -> dict[str, Any]:
     return {"status": status, "wall": wall,
             "cpu": me.ru_utime + me.ru_stime + worker.ru_utime + worker.ru_stime,
             "parent_mb": me.ru_maxrss / 1024, "worker_mb": worker.ru_maxrss / 1024,
+            "worker_private_mb": float(private.read_text()) if private.exists() else 0.0,
             "report": stderr.getvalue() + stdout.getvalue().replace(out, "OUT")}
 
 
@@ -64,8 +97,10 @@ def run_one(command: str, policy: Path, jobs: str, out: Path) -> dict[str, Any]:
     return json.loads(got.stdout)
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes()
+def tree(root: Path) -> dict[str, str]:
+    """Every file's SHA-256 (not its bytes: the peak RSS a child reports includes
+    this process's at the fork, so this one stays small)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
@@ -75,12 +110,12 @@ def load() -> str:
 
 def compare(command: str, policies: list[Path], repeat: int, work: Path) -> str:
     head = ["policy", "jobs", "wall s (median)", "wall s (min)", "CPU s (median)",
-            "CPU s (min)", "parent MB", "children MB", "sum MB"]
+            "CPU s (min)", "parent MB", "worker MB", "sum MB", "worker private MB"]
     lines = [f"`fwc {command}`, {repeat} runs each, interleaved; load average before: "
              f"{load()}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for policy in policies:
         runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
-        outputs: dict[str, dict[str, bytes]] = {}
+        outputs: dict[str, dict[str, str]] = {}
         for _ in range(repeat):
             for jobs in ("1", "2"):
                 out = work / f"{policy.stem}-jobs{jobs}"
@@ -96,10 +131,12 @@ def compare(command: str, policies: list[Path], repeat: int, work: Path) -> str:
             walls = [r["wall"] for r in got]
             cpus = [r["cpu"] for r in got]
             parent = max(r["parent_mb"] for r in got)
-            worker = max(r["worker_mb"] for r in got)
+            worker = max(r["worker_mb"] for r in got) if jobs == "2" else 0.0
+            private = max(r["worker_private_mb"] for r in got)
             lines.append(f"| {policy.name} | {jobs} | {statistics.median(walls):.2f} | "
                          f"{min(walls):.2f} | {statistics.median(cpus):.2f} | {min(cpus):.2f}"
-                         f" | {parent:.0f} | {worker:.0f} | {parent + worker:.0f} |")
+                         f" | {parent:.0f} | {worker:.0f} | {parent + worker:.0f} | "
+                         f"{private:.0f} |")
     lines += ["", f"load average after: {load()}"]
     return "\n".join(lines)
 
