@@ -21,6 +21,7 @@ in-process, as before.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -32,6 +33,7 @@ from typing import Any
 # 1 never forks; 2 (or more) forks whenever fork exists (tests use it on small policies).
 JOBS_ENV = "FWC_JOBS"
 AUTO = 0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkerFailed(Exception):
@@ -87,6 +89,7 @@ class Worker:
     def start(cls, task: Callable[[], Any]) -> Worker:
         """Fork a worker running TASK; its return value comes back through `result`."""
         read, write = os.pipe()
+        parent = os.getpid()
         # Objects alive now are not traversed by a collection in either process
         # (the collector would otherwise dirty every page the worker shares).
         gc.freeze()
@@ -99,7 +102,7 @@ class Worker:
             raise
         if pid == 0:  # the worker: never returns
             os.close(read)
-            _serve(task, write)
+            _serve(task, write, parent)
         gc.unfreeze()
         os.close(write)
         return cls(pid, read)
@@ -158,12 +161,27 @@ class Worker:
         return self._status
 
 
-def _serve(task: Callable[[], Any], fd: int) -> None:
+def _die_with(parent: int) -> None:
+    """Linux: the worker is killed when its parent dies (even by SIGKILL), instead of
+    finishing work nobody will read."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+def _serve(task: Callable[[], Any], fd: int, parent: int) -> None:
     """The worker's whole life: compute, send, `os._exit` (0 only when all was sent)."""
     status = 1
     try:
-        # Ctrl-C goes to the whole process group: the worker just stops.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Ctrl-C goes to the whole process group: the worker just stops (a parent
+        # that ignores SIGINT, started in the background, keeps a worker that does).
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with(parent)
         data = json.dumps({"value": task()}, separators=(",", ":")).encode()
         view = memoryview(data)
         while view:

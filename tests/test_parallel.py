@@ -208,3 +208,104 @@ def test_jobs_setting(monkeypatch):
 def test_bad_jobs_option_is_a_usage_error(capsys):
     assert main(["check", "--jobs", "0", "x.fw"]) == 2
     assert "argument --jobs: '0' is not 'auto'" in capsys.readouterr().err
+
+
+SLOW_WORKER = """
+import os, sys, time
+from fwc import checks
+from fwc.cli import main
+registry = checks.load_registry()
+info = registry["FWC105"]
+parent = os.getpid()
+def slow(policy):
+    if os.getpid() != parent:
+        time.sleep(60)
+    return info.function(policy)
+import dataclasses
+registry["FWC105"] = dataclasses.replace(info, function=slow)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _workers(pid: int) -> list[int]:
+    """PID's children that are forks of it (the same command line: not a git run)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
+        mine = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return [int(w) for w in text.split()
+                if Path(f"/proc/{w}/cmdline").read_bytes() == mine]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """PID runs (a zombie left to a parent that does not reap does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_ctrl_c_stops_both_processes_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WORKER, "compile", "--no-cache", "--jobs", "2",
+         str(policy), "-o", str(out)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 30
+        while not _workers(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _workers(process.pid)
+        assert workers, "the worker did not start"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130 and "interrupted" in err
+    assert not any(_alive(w) for w in workers)
+    assert not out.exists()
+    _no_leftovers(out)
+
+
+def test_the_worker_dies_with_a_killed_parent(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WORKER, "compile", "--no-cache", "--jobs", "2",
+         str(policy), "-o", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _workers(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _workers(process.pid)
+        assert workers, "the worker did not start"
+        process.kill()  # the parent alone, by SIGKILL: no finally runs there
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
