@@ -68,13 +68,14 @@ def jobs_from(option: int | None, environ: Mapping[str, str] = os.environ) -> in
         return AUTO
 
 
-def wanted(jobs: int, size: int, threshold: int) -> bool:
-    """Whether to fork for work of SIZE (rules) under the JOBS setting."""
+def wanted(jobs: int, size: int, sizes: range) -> bool:
+    """Whether to fork for work of SIZE under the JOBS setting: auto forks for SIZES
+    (where a worker saves more time than it costs, and its memory is affordable)."""
     if not hasattr(os, "fork") or jobs == 1:
         return False
     if jobs >= 2:
         return True
-    return size >= threshold and usable_cpus() >= 2
+    return size in sizes and usable_cpus() >= 2
 
 
 class Worker:

@@ -196,13 +196,16 @@ def test_jobs_setting(monkeypatch):
     assert parallel.jobs_from(2, {"FWC_JOBS": "1"}) == 2  # the option wins
     with pytest.raises(ValueError):
         parallel.parse_jobs("0")
-    assert not parallel.wanted(1, 10 * FORK_RULES, FORK_RULES)
-    assert parallel.wanted(2, 1, FORK_RULES)
-    assert not parallel.wanted(parallel.AUTO, FORK_RULES - 1, FORK_RULES)
+    low, high = FORK_RULES.start, FORK_RULES.stop
+    assert not parallel.wanted(1, low, FORK_RULES)
+    assert parallel.wanted(2, 1, FORK_RULES) and parallel.wanted(2, high, FORK_RULES)
     monkeypatch.setattr(parallel, "usable_cpus", lambda: 1)
-    assert not parallel.wanted(parallel.AUTO, 10 * FORK_RULES, FORK_RULES)
+    assert not parallel.wanted(parallel.AUTO, low, FORK_RULES)
     monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
-    assert parallel.wanted(parallel.AUTO, FORK_RULES, FORK_RULES)
+    assert parallel.wanted(parallel.AUTO, low, FORK_RULES)
+    assert parallel.wanted(parallel.AUTO, high - 1, FORK_RULES)
+    assert not parallel.wanted(parallel.AUTO, low - 1, FORK_RULES)
+    assert not parallel.wanted(parallel.AUTO, high, FORK_RULES)  # the memory of 100k
 
 
 def test_bad_jobs_option_is_a_usage_error(capsys):
