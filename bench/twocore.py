@@ -4,7 +4,10 @@ POLICY...` (or `--sizes 1000,2000 --shapes site` to generate the policies).
 For each policy it runs `fwc COMMAND --no-cache --jobs J` with J = 1 (everything in one
 process) and J = 2 (a worker process for the checks, fwc.parallel), interleaved, each
 in a fresh Python process, and prints one markdown table: the median and minimum of
-wall seconds, CPU seconds (user + system of the process and its worker), the peak RSS
+wall seconds, CPU seconds (user + system of the process and its worker), the CPU
+seconds of the process alone (its critical path: on two otherwise idle cores the wall
+time is about this, as long as the worker finishes first; on a loaded machine the
+wall time says little), the peak RSS
 of the process and of its worker (MB; their sum is an upper bound of what both held at
 once: the pages they share since the fork count twice) and the worker's private memory
 when its checks are done (what it added: /proc/self/smaps_rollup Private_*), with the
@@ -84,6 +87,7 @@ def one(command: str, policy: str, jobs: str, out: str) -> dict[str, Any]:
     worker = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"status": status, "wall": wall,
             "cpu": me.ru_utime + me.ru_stime + worker.ru_utime + worker.ru_stime,
+            "parent_cpu": me.ru_utime + me.ru_stime,
             "parent_mb": me.ru_maxrss / 1024, "worker_mb": worker.ru_maxrss / 1024,
             "worker_private_mb": float(private.read_text()) if private.exists() else 0.0,
             "report": stderr.getvalue() + stdout.getvalue().replace(out, "OUT")}
@@ -110,7 +114,8 @@ def load() -> str:
 
 def compare(command: str, policies: list[Path], repeat: int, work: Path) -> str:
     head = ["policy", "jobs", "wall s (median)", "wall s (min)", "CPU s (median)",
-            "CPU s (min)", "parent MB", "worker MB", "sum MB", "worker private MB"]
+            "CPU s (min)", "parent CPU s (median)", "parent MB", "worker MB", "sum MB",
+            "worker private MB"]
     lines = [f"`fwc {command}`, {repeat} runs each, interleaved; load average before: "
              f"{load()}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for policy in policies:
@@ -130,13 +135,14 @@ def compare(command: str, policies: list[Path], repeat: int, work: Path) -> str:
         for jobs, got in runs.items():
             walls = [r["wall"] for r in got]
             cpus = [r["cpu"] for r in got]
+            parent_cpu = statistics.median(r["parent_cpu"] for r in got)
             parent = max(r["parent_mb"] for r in got)
             worker = max(r["worker_mb"] for r in got) if jobs == "2" else 0.0
             private = max(r["worker_private_mb"] for r in got)
             lines.append(f"| {policy.name} | {jobs} | {statistics.median(walls):.2f} | "
                          f"{min(walls):.2f} | {statistics.median(cpus):.2f} | {min(cpus):.2f}"
-                         f" | {parent:.0f} | {worker:.0f} | {parent + worker:.0f} | "
-                         f"{private:.0f} |")
+                         f" | {parent_cpu:.2f} | {parent:.0f} | {worker:.0f} | "
+                         f"{parent + worker:.0f} | {private:.0f} |")
     lines += ["", f"load average after: {load()}"]
     return "\n".join(lines)
 
