@@ -42,7 +42,7 @@ def _jobs(text: str) -> int:
 def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                         help="processes to use: 1 runs everything in this one; 2 forks a "
-                        "worker for the checks; auto (default, or FWC_JOBS) forks for 2,000 "
+                        "worker for the checks; auto (default, or FWC_JOBS) forks for 1,000 "
                         "to 50,000 rules when two CPUs are usable")
 
 
