@@ -312,3 +312,43 @@ def test_the_worker_dies_with_a_killed_parent(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _on_terminal(*argv: str, cwd: Path) -> tuple[int, str]:
+    """fwc with stderr on a pseudo-terminal: (exit code, what the terminal got)."""
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=slave)
+    os.close(slave)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(master)
+    return child.wait(timeout=120), received.decode(errors="replace")
+
+
+def test_one_progress_line_with_a_worker(tmp_path):
+    code, screen = _on_terminal("compile", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
+                                "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert code == 0
+    assert "fwc: compiling" in screen and "fwc: checking  95%" in screen
+    # only the parent's line, redrawn in place and erased: no line of its own
+    assert "\n" not in screen and screen.endswith("\r")
+    code, screen = _on_terminal("check", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
+                                cwd=tmp_path)
+    assert code == 0 and "fwc: checking (FWC401)" in screen
+    assert "fwc: checking (the other checks) 100%" in screen and "\n" not in screen
