@@ -78,6 +78,15 @@ def wanted(jobs: int, size: int, sizes: range) -> bool:
     return size in sizes and usable_cpus() >= 2
 
 
+def start(task: Callable[[], Any]) -> Worker | None:
+    """A worker running TASK, or None when the system cannot fork now (no memory, too
+    many processes): the caller then runs the work itself, as with `--jobs 1`."""
+    try:
+        return Worker.start(task)
+    except OSError:
+        return None
+
+
 class Worker:
     """A forked process computing one JSON value; `result()` once, `close()` always."""
 

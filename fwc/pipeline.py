@@ -167,8 +167,10 @@ def checked(policy: Policy, progress: Reporter = SILENT, jobs: int = 1) -> list[
     checks = check_functions()
     mine = [info for info in checks if info.code in PARENT_CHECKS]
     theirs = [info for info in checks if info.code not in PARENT_CHECKS]
-    worker = parallel.Worker.start(
+    worker = parallel.start(
         lambda: {info.code: [_encoded(d) for d in run_check(info, policy)] for info in theirs})
+    if worker is None:
+        return run_checks(policy, progress)
     try:
         got: dict[str, list[Diagnostic]] = {}
         for done, info in enumerate(mine):

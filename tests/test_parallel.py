@@ -352,3 +352,15 @@ def test_one_progress_line_with_a_worker(tmp_path):
                                 cwd=tmp_path)
     assert code == 0 and "fwc: checking (FWC401)" in screen
     assert "fwc: checking (the other checks) 100%" in screen and "\n" not in screen
+
+
+def test_no_fork_possible_runs_in_one_process(tmp_path, capsys, monkeypatch):
+    def cannot_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    policy = EXAMPLE_FILES[0]
+    one = _compile(policy, tmp_path / "one", "1", capsys)
+    monkeypatch.setattr(os, "fork", cannot_fork)
+    assert _compile(policy, tmp_path / "two", "2", capsys) == one
+    assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
+    assert _check(policy, "2", capsys) == _check(policy, "1", capsys)

@@ -84,7 +84,9 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                   progress=progress.within(0.0, 0.55), cache=cache)
     if isinstance(front, Modelled) and not failed(list(front.diagnostics), args.strict) \
             and parallel.wanted(jobs, rule_count(front.policy), FORK_RULES):
-        return _compile_beside_checks(args, progress, front, cache, backend)
+        worker = parallel.start(checks_in_worker(front.policy))
+        if worker is not None:
+            return _compile_beside_checks(args, progress, front, cache, backend, worker)
     if isinstance(front, Modelled):
         try:
             analysis = front.finish(checked(front.policy, progress.within(0.22, 0.55), jobs))
@@ -110,10 +112,10 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _compile_beside_checks(args: argparse.Namespace, progress: Progress, front: Modelled,
-                           cache: ResultCache | None, backend: Backend | None) -> int:
-    """The files built and staged here while a worker process runs the checks; they are
-    swapped in only when the checks pass (fwc.parallel)."""
-    worker = parallel.Worker.start(checks_in_worker(front.policy))
+                           cache: ResultCache | None, backend: Backend | None,
+                           worker: parallel.Worker) -> int:
+    """The files built and staged here while WORKER runs the checks; they are swapped in
+    only when the checks pass (fwc.parallel)."""
     try:
         verdict = Verdict.pending(worker, front, backend, args.strict,
                                   progress.within(0.95, 0.95))
