@@ -141,8 +141,11 @@ def model(path: str | Path, *, reader=None, read_secret=None,
 
 # `fwc check` with a worker: this process runs these checks, the worker all others.
 # The shadowing check is about 60 % of the checks' time on every benchmark shape at
-# 20,000 rules (docs/performance.md, "Two cores"), the rest together the other 40 %.
-PARENT_CHECKS = frozenset({"FWC401"})
+# 20,000 rules; FWC403 reads the same per-run filter flows (fwc.checks.rules
+# `_filter_flows`, on the cluster's memo), which cost it ~0.65 s of its own in another
+# process. The others, about a third, share nothing with them (docs/performance.md,
+# "Two cores").
+PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
 # `--jobs auto` forks a worker for this many rules (filter and NAT). Below, the checks
 # take under 0.3 s CPU (half of it imports) and the whole compile about a second: a
 # fork (10-45 ms) saves little there and only adds CPU on a busy machine. Above, the
