@@ -31,7 +31,7 @@ def _compile(policy: Path, out: Path, jobs: str, capsys, *extra: str) -> tuple[i
     status = main(["compile", "--no-cache", "--jobs", jobs, str(policy), "-o", str(out),
                    *extra])
     got = capsys.readouterr()
-    return status, got.out.replace(str(out), "OUT"), got.err
+    return status, got.out.replace(str(out), "OUT"), got.err.replace(str(out), "OUT")
 
 
 def _check(policy: Path, jobs: str, capsys, *extra: str) -> tuple[int, str, str]:
@@ -364,3 +364,27 @@ def test_no_fork_possible_runs_in_one_process(tmp_path, capsys, monkeypatch):
     assert _compile(policy, tmp_path / "two", "2", capsys) == one
     assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
     assert _check(policy, "2", capsys) == _check(policy, "1", capsys)
+
+
+def test_options_compile_the_same_with_a_worker(tmp_path, capsys):
+    policy = next(p for p in EXAMPLE_FILES if p.name == "dmz.fw")
+    status, _, _ = _same_compile(policy, tmp_path, capsys, "--backend", "nftables",
+                                 "--redact-secrets")
+    assert status == 0
+
+
+def test_failed_checks_come_before_an_output_error_with_a_worker(tmp_path, capsys):
+    # One process stops at the checks and never looks at the output directory.
+    policy = _with_errors(tmp_path)
+    for jobs in ("1", "2"):
+        (tmp_path / f"out{jobs}").mkdir()
+        (tmp_path / f"out{jobs}" / "notes.txt").write_text("mine\n", encoding="utf-8")
+    one = _compile(policy, tmp_path / "out1", "1", capsys)
+    two = _compile(policy, tmp_path / "out2", "2", capsys)
+    assert one == two and "error[FWC401]" in one[2] and "nothing written" in one[2]
+    assert [p.name for p in (tmp_path / "out2").iterdir()] == ["notes.txt"]
+    clean = tmp_path / "repo" / "clean.fw"
+    clean.write_text(EDGE_TEXT, encoding="utf-8")
+    one = _compile(clean, tmp_path / "out1", "1", capsys)
+    assert _compile(clean, tmp_path / "out2", "2", capsys) == one
+    assert one[0] == 1 and "holds files fwc did not write" in one[2]
