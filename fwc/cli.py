@@ -29,6 +29,23 @@ def add_no_cache_argument(parser: argparse.ArgumentParser) -> None:
                         "$XDG_CACHE_HOME/fwc)")
 
 
+def _jobs(text: str) -> int:
+    from fwc.parallel import parse_jobs
+
+    try:
+        return parse_jobs(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'auto' or a count of at least 1") \
+            from None
+
+
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                        help="processes to use: 1 runs everything in this one; 2 forks a "
+                        "worker for the checks; auto (default, or FWC_JOBS) forks for 1,000 "
+                        "to 50,000 rules when two CPUs are usable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ProjectParser(
         prog="fwc", description="Compile and check policies for HA Linux firewall clusters.")
@@ -42,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warnings fail too (default: `strict` in fwc.toml, else off)")
     p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_no_cache_argument(p)
+    add_jobs_argument(p)
     add_include_path_argument(p)
 
     p = sub.add_parser("explain", help="print the rationale of a diagnostic code")
@@ -61,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warnings fail too (default: `strict` in fwc.toml, else off)")
     p.add_argument("--format", choices=DIAGNOSTIC_FORMATS, default="text")
     add_no_cache_argument(p)
+    add_jobs_argument(p)
     add_include_path_argument(p)
 
     p = sub.add_parser("lab", help="bring the compiled cluster up in namespaces and test it")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fwc import parallel
 from fwc.cache import ResultCache, code_digest
 from fwc.diagnostics import (
     SILENT,
@@ -26,6 +27,7 @@ from fwc.diagnostics import (
     Reporter,
     Severity,
     Span,
+    error,
     has_errors,
     print_diagnostics,
 )
@@ -52,14 +54,58 @@ class Analysis:
 
 def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
             read_secret=None, include_path: Sequence[Path] = (),
-            progress: Reporter = SILENT, cache: ResultCache | None = None) -> Analysis:
+            progress: Reporter = SILENT, cache: ResultCache | None = None,
+            jobs: int = 1) -> Analysis:
     """Load, parse, resolve and (RUN_CHECKS) check the policy at PATH.
 
     CACHE: when the same content was analysed before, its diagnostics come from the
     cache and the checks are not run again; otherwise they are stored there. The cache
     is not used for a READER (another revision), nor with an include path (which file
     an include names then depends on which files exist, not only on content).
+    JOBS (fwc.parallel): with a worker process, the checks are shared between it and
+    this process (`checked`); 1 (the default) runs them all here.
     """
+    front = model(path, reader=reader, read_secret=read_secret, include_path=include_path,
+                  progress=progress, cache=cache if run_checks else None)
+    if isinstance(front, Analysis):
+        return front
+    if not run_checks:
+        return front.finish(())
+    try:
+        return front.finish(checked(front.policy, progress.within(0.4, 1.0), jobs))
+    except parallel.WorkerFailed as exc:
+        return front.finish([worker_failure(exc)], store=False)
+
+
+@dataclass(frozen=True)
+class Modelled:
+    """A policy parsed and resolved whose checks are still to run: the first half of
+    `analyse`, for a caller that runs the checks next to other work (`fwc compile`
+    with a worker process, fwc.parallel). `finish` is the second half."""
+
+    program: LoadedProgram
+    policy: Policy
+    diagnostics: tuple[Diagnostic, ...]  # of parse and resolve, in their order
+    key: str | None
+    place: _Place | None
+    secrets_read: tuple[tuple[str, str], ...]
+
+    def finish(self, checks: Sequence[Diagnostic], store: bool = True) -> Analysis:
+        """The analysis with the checks' diagnostics, stored in the cache if there is one
+        (unless not STORE: a worker that failed says nothing about the content)."""
+        unique = list(dict.fromkeys([*self.diagnostics, *checks]))
+        result = tuple(sorted(unique, key=Diagnostic.sort_key))
+        if store and self.key is not None and self.place is not None \
+                and self.place.store(self.key, self.program.hashes, self.secrets_read, result):
+            return Analysis(self.program, self.policy, result, self.key)
+        return Analysis(self.program, self.policy, result)
+
+
+def model(path: str | Path, *, reader=None, read_secret=None,
+          include_path: Sequence[Path] = (), progress: Reporter = SILENT,
+          cache: ResultCache | None = None) -> Analysis | Modelled:
+    """Load, parse and resolve: a finished Analysis when nothing is left to check (the
+    files do not parse, or the cache knows this content's diagnostics), else Modelled."""
     place = _Place.of(path, include_path, cache) if reader is None and read_secret is None \
         else None
     # Shares of the whole analysis, as measured on large policies (docs/performance.md).
@@ -85,21 +131,90 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
     policy, resolved = resolve(program, read_secret)
     diagnostics.extend(resolved)
     key = place.key(program.hashes, secrets_read) if place is not None else None
-    if run_checks and key is not None and place is not None:
+    if key is not None and place is not None:
         cached = place.diagnostics(key)
         if cached is not None:
             progress.phase("checked before (cache)", 1.0)
             return Analysis(program, policy, cached, key)
-    if run_checks:
-        from fwc.checks import run_checks as run
+    return Modelled(program, policy, tuple(diagnostics), key, place, tuple(secrets_read))
 
-        diagnostics.extend(run(policy, progress.within(0.4, 1.0)))
-    unique = list(dict.fromkeys(diagnostics))
-    result = tuple(sorted(unique, key=Diagnostic.sort_key))
-    if run_checks and key is not None and place is not None \
-            and place.store(key, program.hashes, secrets_read, result):
-        return Analysis(program, policy, result, key)
-    return Analysis(program, policy, result)
+
+# `fwc check` with a worker: this process runs these checks, the worker all others.
+# The shadowing check is about 60 % of the checks' time on every benchmark shape at
+# 20,000 rules; FWC403 reads the same per-run filter flows (fwc.checks.rules
+# `_filter_flows`, on the cluster's memo), which cost it ~0.65 s of its own in another
+# process. The others, about a third, share nothing with them (docs/performance.md,
+# "Two cores").
+PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
+# `--jobs auto` forks a worker for this many rules (filter and NAT). Below, the checks
+# take under 0.3 s CPU (half of it imports) and the whole compile about a second: a
+# fork (10-45 ms) saves little there and only adds CPU on a busy machine. Above, the
+# worker's private memory (copies of the model pages its checks touch, and what they
+# build: about 400 MB at 100,000 rules) outweighs the time it saves against the
+# 100,000-rule memory target (docs/performance.md, "Two cores").
+FORK_RULES = range(1_000, 50_001)
+
+
+def rule_count(policy: Policy) -> int:
+    return sum(len(c.rules) + len(c.nat) for c in policy.clusters)
+
+
+def checked(policy: Policy, progress: Reporter = SILENT, jobs: int = 1) -> list[Diagnostic]:
+    """Every check's diagnostics, in `run_checks` order; with a worker (JOBS,
+    fwc.parallel.wanted) the checks of PARENT_CHECKS run here and the others there
+    (WorkerFailed when it did not answer)."""
+    from fwc.checks import check_functions, run_check, run_checks
+
+    if not parallel.wanted(jobs, rule_count(policy), FORK_RULES):
+        return run_checks(policy, progress)
+    checks = check_functions()
+    mine = [info for info in checks if info.code in PARENT_CHECKS]
+    theirs = [info for info in checks if info.code not in PARENT_CHECKS]
+    worker = parallel.start(
+        lambda: {info.code: [_encoded(d) for d in run_check(info, policy)] for info in theirs})
+    if worker is None:
+        return run_checks(policy, progress)
+    try:
+        got: dict[str, list[Diagnostic]] = {}
+        for done, info in enumerate(mine):
+            progress.phase(f"checking ({info.code})", done / len(mine))
+            got[info.code] = run_check(info, policy)
+        progress.phase("checking (the other checks)", 1.0)
+        got.update(decoded_checks(worker.result(), [info.code for info in theirs]))
+    finally:
+        worker.close()
+    return [d for info in checks for d in got[info.code]]
+
+
+def checks_in_worker(policy: Policy) -> Callable[[], Any]:
+    """The task of a worker that runs every check (`fwc compile`): its JSON answer."""
+    from fwc.checks import run_checks
+
+    return lambda: [_encoded(d) for d in run_checks(policy)]
+
+
+def decoded_diagnostics(value: Any) -> list[Diagnostic]:
+    """A worker's list of encoded diagnostics; WorkerFailed when it is not one."""
+    try:
+        if not isinstance(value, list):
+            raise TypeError("not a list")
+        return [_diagnostic(item) for item in value]
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise parallel.WorkerFailed(f"the worker's diagnostics do not decode: {exc}") from None
+
+
+def decoded_checks(value: Any, codes: Sequence[str]) -> dict[str, list[Diagnostic]]:
+    """A worker's {check code: encoded diagnostics} for exactly CODES."""
+    if not isinstance(value, dict) or sorted(value) != sorted(codes):
+        raise parallel.WorkerFailed("the worker did not answer for the checks it was given")
+    return {code: decoded_diagnostics(value[code]) for code in codes}
+
+
+def worker_failure(exc: parallel.WorkerFailed) -> Diagnostic:
+    """The error that replaces a worker's diagnostics: the checks did not all run."""
+    return error("FWC900", f"internal error: the checks did not complete: {exc}",
+                 hint="please report this with the policy; `--jobs 1` runs the checks in "
+                 "one process")
 
 
 def cached_analysis(path: str | Path, include_path: Sequence[Path],

@@ -20,7 +20,7 @@ ARCHITECTURE_DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 # The stages in pipeline order; each may import only itself and the stages it names,
 # all of them earlier in this order (test_the_table_points_one_way).
-FOUNDATION = "foundation"  # fwc, fwc.diagnostics, fwc.protocols, fwc.text, fwc.cache
+FOUNDATION = "foundation"  # fwc, fwc.diagnostics, fwc.protocols, fwc.text, fwc.cache, fwc.parallel
 ORDER = ["foundation", "model", "frontend", "backend", "analysis", "checks", "pipeline",
          "importing", "install", "diffing", "lab", "commands", "cli"]
 MAY_IMPORT: dict[str, set[str]] = {
@@ -40,7 +40,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "commands": set(ORDER[:ORDER.index("commands")]),
     "cli": set(ORDER[:ORDER.index("cli")]),
 }
-FOUNDATION_MODULES = {"fwc", "fwc.diagnostics", "fwc.protocols", "fwc.text", "fwc.cache"}
+FOUNDATION_MODULES = {"fwc", "fwc.diagnostics", "fwc.protocols", "fwc.text", "fwc.cache",
+                      "fwc.parallel"}
 
 
 def module_name(path: Path, root: Path) -> str:

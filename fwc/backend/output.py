@@ -22,7 +22,7 @@ import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -316,7 +316,8 @@ def write_file(directory: Path, f: OutputFile) -> None:
 
 def write_output(output_dir: Path, policy_name: str,
                  clusters: Sequence[ClusterOutput | FileStream],
-                 force: bool = False) -> list[str]:
+                 force: bool = False,
+                 before_swap: Callable[[], None] | None = None) -> list[str]:
     """Replace this policy's clusters under output_dir; returns the removed cluster names.
 
     A ClusterStream is built while it is written: an exception of the compile then
@@ -325,6 +326,10 @@ def write_output(output_dir: Path, policy_name: str,
     Clusters whose MANIFEST names another policy are kept; a cluster of this
     policy that another policy's MANIFEST already claims is an error. Content
     fwc did not write is refused (ForeignContent) unless FORCE.
+
+    BEFORE_SWAP runs once the staging copy is complete, before it replaces anything
+    (`fwc compile` waits there for the checks of its worker process): an exception
+    from it comes out of here with nothing under output_dir changed.
     """
     output_dir = _follow_link(Path(output_dir))
     parent = output_dir.parent if str(output_dir.parent) else Path(".")
@@ -338,7 +343,7 @@ def write_output(output_dir: Path, policy_name: str,
         # and lose the other's clusters: serialise them on the parent directory.
         fcntl.flock(lock, fcntl.LOCK_EX)
         _remove_leftovers(parent, output_dir.name)
-        return _write_locked(output_dir, parent, policy_name, clusters, force)
+        return _write_locked(output_dir, parent, policy_name, clusters, force, before_swap)
     finally:
         os.close(lock)
 
@@ -413,7 +418,8 @@ def foreign_content(output_dir: Path) -> list[str]:
 
 
 def _write_locked(output_dir: Path, parent: Path, policy_name: str,
-                  clusters: Sequence[ClusterOutput | FileStream], force: bool) -> list[str]:
+                  clusters: Sequence[ClusterOutput | FileStream], force: bool,
+                  before_swap: Callable[[], None] | None) -> list[str]:
     new_names = {c.name for c in clusters}
     removed: list[str] = []
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
@@ -457,6 +463,8 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
         os.chmod(staging, final_mode)
+        if before_swap is not None:
+            before_swap()
         if not output_dir.exists():
             staging.rename(output_dir)
         elif _exchange(staging, output_dir):

@@ -63,19 +63,29 @@ def load_registry() -> dict[str, CheckInfo]:
     return REGISTRY
 
 
+def check_functions() -> list[CheckInfo]:
+    """The registered checks in the order `run_checks` runs them (by code)."""
+    return [info for info in sorted(load_registry().values(), key=lambda i: i.code)
+            if info.function is not None]
+
+
+def run_check(info: CheckInfo, policy: Policy) -> list[Diagnostic]:
+    """One check; a crash becomes an FWC900 diagnostic, not a traceback."""
+    assert info.function is not None
+    try:
+        return list(info.function(policy))
+    except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return [error("FWC900", f"internal error in check {info.code}: "
+                      f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})",
+                      hint="please report this; the other checks still ran")]
+
+
 def run_checks(policy: Policy, progress: Reporter = SILENT) -> list[Diagnostic]:
     """Run every registered check; a crashing check becomes a diagnostic, not a traceback."""
     out: list[Diagnostic] = []
-    checks = [info for info in sorted(load_registry().values(), key=lambda i: i.code)
-              if info.function is not None]
+    checks = check_functions()
     for done, info in enumerate(checks):
-        assert info.function is not None
         progress.phase(f"checking ({info.code})", done / len(checks))
-        try:
-            out.extend(info.function(policy))
-        except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            out.append(error("FWC900", f"internal error in check {info.code}: "
-                             f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})",
-                             hint="please report this; the other checks still ran"))
+        out.extend(run_check(info, policy))
     return out

@@ -7,6 +7,7 @@ import sys
 
 from fwc.commands.common import report, result_cache, without_cycle_collection
 from fwc.diagnostics import Diagnostic, Progress, failed
+from fwc.parallel import jobs_from
 from fwc.pipeline import analyse, cached_analysis
 
 
@@ -20,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     texts: dict[str, str] = {}
     progress = Progress.for_terminal(sys.stderr, args.format == "text")
     cache = result_cache(args)
+    jobs = jobs_from(getattr(args, "jobs", None))
     for done, path in enumerate(args.files):
         hit = cached_analysis(path, args.include_path, cache)
         if hit is not None:  # the same content was checked before: nothing is parsed
@@ -27,7 +29,8 @@ def _run(args: argparse.Namespace) -> int:
             texts.update(hit[1])
             continue
         share = progress.within(done / len(args.files), (done + 1) / len(args.files))
-        analysis = analyse(path, include_path=args.include_path, progress=share, cache=cache)
+        analysis = analyse(path, include_path=args.include_path, progress=share, cache=cache,
+                           jobs=jobs)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
     progress.done()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fwc import parallel
 from fwc.backend.output import (
     FileStream,
     OutputError,
@@ -24,9 +25,21 @@ from fwc.backend.output import (
 from fwc.cache import ResultCache
 from fwc.checks import capability
 from fwc.commands.common import report, result_cache, without_cycle_collection
-from fwc.diagnostics import Diagnostic, Progress, error, failed
+from fwc.diagnostics import SILENT, Diagnostic, Progress, Reporter, error, failed
+from fwc.model import Policy
 from fwc.model.vocabulary import Backend
-from fwc.pipeline import analyse, cached_analysis
+from fwc.parallel import jobs_from
+from fwc.pipeline import (
+    FORK_RULES,
+    Modelled,
+    cached_analysis,
+    checked,
+    checks_in_worker,
+    decoded_diagnostics,
+    model,
+    rule_count,
+    worker_failure,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,21 +75,30 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
             if stored is not None or (failed(list(diagnostics), args.strict)
                                       and not args.backend):
                 policy_name, clusters = stored if stored is not None else ("", [])
-                return _write(args, progress, list(diagnostics), texts, policy_name, clusters)
-    # Shares of the whole compile, as measured on large policies (docs/performance.md).
-    analysis = analyse(args.file, include_path=args.include_path,
-                       progress=progress.within(0.0, 0.55), cache=cache)
-    diagnostics = list(analysis.diagnostics)
-    policy = analysis.policy
+                return _write(args, progress, Verdict.known(list(diagnostics), args.strict),
+                              texts, policy_name, clusters)
     backend = Backend(args.backend) if args.backend else None
-    if policy is not None and backend is not None:
-        # The checks ran for each cluster's own backend: what --backend cannot express.
-        known = {(d.code, d.span, d.message) for d in diagnostics}
-        diagnostics += [d for d in capability.problems(policy, backend)
-                        if (d.code, d.span, d.message) not in known]
-        diagnostics.sort(key=lambda d: d.sort_key())
-    if policy is None or failed(diagnostics, args.strict):
-        return _write(args, progress, diagnostics, analysis.program.texts, "", [])
+    jobs = jobs_from(getattr(args, "jobs", None))
+    # Shares of the whole compile, as measured on large policies (docs/performance.md).
+    front = model(args.file, include_path=args.include_path,
+                  progress=progress.within(0.0, 0.55), cache=cache)
+    if isinstance(front, Modelled) and not failed(list(front.diagnostics), args.strict) \
+            and parallel.wanted(jobs, rule_count(front.policy), FORK_RULES):
+        worker = parallel.start(checks_in_worker(front.policy))
+        if worker is not None:
+            return _compile_beside_checks(args, progress, front, cache, backend, worker)
+    if isinstance(front, Modelled):
+        try:
+            analysis = front.finish(checked(front.policy, progress.within(0.22, 0.55), jobs))
+        except parallel.WorkerFailed as exc:
+            analysis = front.finish([worker_failure(exc)], store=False)
+    else:
+        analysis = front
+    policy = analysis.policy
+    verdict = Verdict.known(_with_backend(list(analysis.diagnostics), policy, backend),
+                            args.strict)
+    if policy is None or verdict.failed():
+        return _write(args, progress, verdict, analysis.program.texts, "", [])
     # Each file is written to the staging copy as soon as it is built (a large
     # policy's output is never held at once), so a compile failure surfaces here too.
     streams: Sequence[FileStream] = stream_policy(
@@ -84,47 +106,147 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         backend=backend)
     policy_name = relative_source(policy.root, source_root(policy))
     if cache is None or analysis.cache_key is None:
-        return _write(args, progress, diagnostics, analysis.program.texts, policy_name, streams)
-    return _write_and_store(args, progress, diagnostics, analysis.program.texts, policy_name,
+        return _write(args, progress, verdict, analysis.program.texts, policy_name, streams)
+    return _write_and_store(args, progress, verdict, analysis.program.texts, policy_name,
                             streams, cache, _output_key(analysis.cache_key, args))
 
 
-def _write_and_store(args: argparse.Namespace, progress: Progress,
-                     diagnostics: list[Diagnostic], texts: dict[str, str], policy_name: str,
+def _compile_beside_checks(args: argparse.Namespace, progress: Progress, front: Modelled,
+                           cache: ResultCache | None, backend: Backend | None,
+                           worker: parallel.Worker) -> int:
+    """The files built and staged here while WORKER runs the checks; they are swapped in
+    only when the checks pass (fwc.parallel)."""
+    try:
+        verdict = Verdict.pending(worker, front, backend, args.strict,
+                                  progress.within(0.95, 0.95))
+        streams: Sequence[FileStream] = stream_policy(
+            front.policy, redact=args.redact_secrets, progress=progress.within(0.25, 0.95),
+            backend=backend)
+        policy_name = relative_source(front.policy.root, source_root(front.policy))
+        texts = front.program.texts
+        if cache is None or front.key is None:
+            return _write(args, progress, verdict, texts, policy_name, streams)
+        return _write_and_store(args, progress, verdict, texts, policy_name, streams, cache,
+                                _output_key(front.key, args))
+    finally:
+        worker.close()
+
+
+def _with_backend(diagnostics: list[Diagnostic], policy: Policy | None,
+                  backend: Backend | None) -> list[Diagnostic]:
+    """DIAGNOSTICS and, with `--backend`, what that backend cannot express."""
+    if policy is None or backend is None:
+        return diagnostics
+    # The checks ran for each cluster's own backend: what --backend cannot express.
+    known = {(d.code, d.span, d.message) for d in diagnostics}
+    diagnostics += [d for d in capability.problems(policy, backend)
+                    if (d.code, d.span, d.message) not in known]
+    diagnostics.sort(key=lambda d: d.sort_key())
+    return diagnostics
+
+
+class ChecksFailed(Exception):
+    """The checks of a worker failed the compile after the files were staged."""
+
+
+class Verdict:
+    """The diagnostics of a compile: known before the files are built, or pending in
+    a worker process until the staging copy is complete (`gate`)."""
+
+    def __init__(self, strict: bool, diagnostics: list[Diagnostic] | None = None,
+                 worker: parallel.Worker | None = None, front: Modelled | None = None,
+                 backend: Backend | None = None, progress: Reporter = SILENT) -> None:
+        self._strict = strict
+        self._diagnostics = diagnostics
+        self._worker = worker
+        self._front = front
+        self._backend = backend
+        self._progress = progress
+        self._stored = diagnostics is not None  # known: stored by analyse when cached
+
+    @classmethod
+    def known(cls, diagnostics: list[Diagnostic], strict: bool) -> Verdict:
+        return cls(strict, diagnostics)
+
+    @classmethod
+    def pending(cls, worker: parallel.Worker, front: Modelled, backend: Backend | None,
+                strict: bool, progress: Reporter) -> Verdict:
+        return cls(strict, worker=worker, front=front, backend=backend, progress=progress)
+
+    @property
+    def ready(self) -> bool:
+        return self._diagnostics is not None
+
+    def diagnostics(self) -> list[Diagnostic]:
+        """Every diagnostic of the compile (waits for the worker's checks)."""
+        if self._diagnostics is None:
+            assert self._worker is not None and self._front is not None
+            self._progress.phase("checking", 1.0)
+            try:
+                analysis = self._front.finish(decoded_diagnostics(self._worker.result()))
+            except parallel.WorkerFailed as exc:
+                analysis = self._front.finish([worker_failure(exc)], store=False)
+            self._stored = analysis.cache_key is not None
+            self._diagnostics = _with_backend(list(analysis.diagnostics), analysis.policy,
+                                              self._backend)
+        return self._diagnostics
+
+    def failed(self) -> bool:
+        return failed(self.diagnostics(), self._strict)
+
+    def stored(self) -> bool:
+        """Whether the analysis is in the result cache (the files may join it)."""
+        self.diagnostics()
+        return self._stored
+
+    def gate(self) -> None:
+        """Before the staged files are swapped in: ChecksFailed when the checks fail."""
+        if self.failed():
+            raise ChecksFailed
+
+
+def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verdict,
+                     texts: dict[str, str], policy_name: str,
                      streams: Sequence[FileStream], cache: ResultCache, key: str) -> int:
     """Write the files and keep a copy in the cache entry KEY (only if all went well)."""
     try:
         writer = cache.blob_writer("out", key)
     except OSError:
-        return _write(args, progress, diagnostics, texts, policy_name, streams)
+        return _write(args, progress, verdict, texts, policy_name, streams)
     with writer:
         recorded = [RecordedStream(stream, writer) for stream in streams]
-        status = _write(args, progress, diagnostics, texts, policy_name, recorded)
-        if status == 0:
+        status = _write(args, progress, verdict, texts, policy_name, recorded)
+        if status == 0 and verdict.stored():
             # The output is written; an error here only loses the copy for next time.
             with contextlib.suppress(OSError):
                 writer.commit(recorded_index(policy_name, recorded))
     return status
 
 
-def _write(args: argparse.Namespace, progress: Progress, diagnostics: list[Diagnostic],
+def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
            texts: dict[str, str], policy_name: str, clusters: Sequence[FileStream]) -> int:
     """Print the diagnostics and, unless they fail the compile, write CLUSTERS."""
-    if not policy_name or failed(diagnostics, args.strict):
-        progress.done()
-        report(diagnostics, texts, args.format)
-        print("fwc: nothing written: fix the errors above first", file=sys.stderr)
-        return 1
+    if not policy_name or (verdict.ready and verdict.failed()):
+        return _refuse(args, progress, verdict.diagnostics(), texts)
     try:
-        removed = write_output(Path(args.output), policy_name, clusters, force=args.force)
+        removed = write_output(Path(args.output), policy_name, clusters, force=args.force,
+                               before_swap=verdict.gate)
+    except ChecksFailed:
+        return _refuse(args, progress, verdict.diagnostics(), texts)
     except OutputError as exc:
+        if verdict.failed():  # the checks come first, as without a worker
+            return _refuse(args, progress, verdict.diagnostics(), texts)
         progress.done()
+        diagnostics = verdict.diagnostics()
         diagnostics.append(error(exc.code, str(exc),
                                  hint="nothing under the output directory was changed"))
         report(diagnostics, texts, args.format)
         return 1
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
+        if verdict.failed():
+            return _refuse(args, progress, verdict.diagnostics(), texts)
         progress.done()
+        diagnostics = verdict.diagnostics()
         diagnostics.append(error("FWC900", f"internal error while compiling: "
                                  f"{type(exc).__name__}: {exc}",
                                  hint="please report this with the policy; nothing was "
@@ -132,7 +254,7 @@ def _write(args: argparse.Namespace, progress: Progress, diagnostics: list[Diagn
         report(diagnostics, texts, args.format)
         return 1
     progress.done()
-    report(diagnostics, texts, args.format)
+    report(verdict.diagnostics(), texts, args.format)
     if args.format == "text":
         for cluster in clusters:
             for member, names in cluster.members().items():
@@ -140,3 +262,11 @@ def _write(args: argparse.Namespace, progress: Progress, diagnostics: list[Diagn
         for name in removed:
             print(f"{args.output}/{name}: removed (no longer in {args.file})")
     return 0
+
+
+def _refuse(args: argparse.Namespace, progress: Progress, diagnostics: list[Diagnostic],
+            texts: dict[str, str]) -> int:
+    progress.done()
+    report(diagnostics, texts, args.format)
+    print("fwc: nothing written: fix the errors above first", file=sys.stderr)
+    return 1

@@ -1,0 +1,203 @@
+"""A second process for independent work: fork after the model is built, JSON back.
+
+`fwc check` and `fwc compile` of a large policy run their checks (or a share of them)
+in a forked worker while the parent process does the rest (docs/performance.md,
+"Two cores"). The worker sees the parent's memory as it was at the fork
+(copy-on-write: nothing is serialised on the way in), computes one JSON value and
+sends it back over a pipe; it never writes a file, never prints, and leaves with
+`os._exit` (no `finally`, `atexit` or buffered output of the parent runs twice).
+
+Fail closed: a worker that crashes, is killed or sends something that is not the
+JSON it was asked for makes `Worker.result` raise `WorkerFailed`; the caller turns
+that into a diagnostic and writes nothing. Ctrl-C reaches both processes (one
+process group); the parent kills and reaps its worker on the way out
+(`Worker.close`, also on any exception of its own).
+
+Where fork does not exist, or only one CPU is usable, or the caller asks for one
+process (`--jobs 1`, `FWC_JOBS=1`), `start` returns None and the caller runs the work
+in-process, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# `--jobs` / FWC_JOBS: "auto" forks for large work on a machine with 2+ usable CPUs;
+# 1 never forks; 2 (or more) forks whenever fork exists (tests use it on small policies).
+JOBS_ENV = "FWC_JOBS"
+AUTO = 0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class WorkerFailed(Exception):
+    """The worker did not deliver its result (crash, signal, broken answer)."""
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_jobs(text: str) -> int:
+    """`auto` -> AUTO (0), else a positive count; ValueError otherwise."""
+    if text.strip().lower() == "auto":
+        return AUTO
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"jobs must be 'auto' or at least 1, not {value}")
+    return value
+
+
+def jobs_from(option: int | None, environ: Mapping[str, str] = os.environ) -> int:
+    """The effective jobs setting: the option, else FWC_JOBS, else auto (a bad FWC_JOBS
+    is auto: an environment variable never breaks a compile)."""
+    if option is not None:
+        return option
+    try:
+        return parse_jobs(environ.get(JOBS_ENV, "auto"))
+    except ValueError:
+        return AUTO
+
+
+def wanted(jobs: int, size: int, sizes: range) -> bool:
+    """Whether to fork for work of SIZE under the JOBS setting: auto forks for SIZES
+    (where a worker saves more time than it costs, and its memory is affordable)."""
+    if not hasattr(os, "fork") or jobs == 1:
+        return False
+    if jobs >= 2:
+        return True
+    return size in sizes and usable_cpus() >= 2
+
+
+def start(task: Callable[[], Any]) -> Worker | None:
+    """A worker running TASK, or None when the system cannot fork now (no memory, too
+    many processes): the caller then runs the work itself, as with `--jobs 1`."""
+    try:
+        return Worker.start(task)
+    except OSError:
+        return None
+
+
+class Worker:
+    """A forked process computing one JSON value; `result()` once, `close()` always."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self._fd = fd
+        self._status: int | None = None
+
+    @classmethod
+    def start(cls, task: Callable[[], Any]) -> Worker:
+        """Fork a worker running TASK; its return value comes back through `result`."""
+        read, write = os.pipe()
+        parent = os.getpid()
+        # Objects alive now are not traversed by a collection in either process
+        # (the collector would otherwise dirty every page the worker shares).
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except OSError:
+            gc.unfreeze()
+            os.close(read)
+            os.close(write)
+            raise
+        if pid == 0:  # the worker: never returns
+            os.close(read)
+            _serve(task, write, parent)
+        gc.unfreeze()
+        os.close(write)
+        return cls(pid, read)
+
+    def result(self) -> Any:
+        """The worker's value; waits for it. WorkerFailed when it did not deliver."""
+        chunks: list[bytes] = []
+        try:
+            while True:
+                chunk = os.read(self._fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            self._close_pipe()
+        status = self._wait()
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            raise WorkerFailed(f"the worker process was killed by signal {number} "
+                               f"({signal.Signals(number).name})")
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise WorkerFailed(f"the worker process exited with status {code}")
+        try:
+            answer = json.loads(b"".join(chunks))
+        except ValueError as exc:
+            raise WorkerFailed(f"the worker's answer is not JSON: {exc}") from None
+        if not isinstance(answer, dict) or "value" not in answer:
+            raise WorkerFailed("the worker's answer has no value")
+        return answer["value"]
+
+    def close(self) -> None:
+        """Kill the worker if it still runs and reap it (idempotent)."""
+        self._close_pipe()
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._wait()
+
+    def _close_pipe(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _wait(self) -> int:
+        if self._status is None:
+            while True:
+                try:
+                    _, self._status = os.waitpid(self.pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+                except ChildProcessError:  # reaped elsewhere: nothing was delivered
+                    self._status = 1 << 8
+                    break
+        return self._status
+
+
+def _die_with(parent: int) -> None:
+    """Linux: the worker is killed when its parent dies (even by SIGKILL), instead of
+    finishing work nobody will read."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+def _serve(task: Callable[[], Any], fd: int, parent: int) -> None:
+    """The worker's whole life: compute, send, `os._exit` (0 only when all was sent)."""
+    status = 1
+    try:
+        # Ctrl-C goes to the whole process group: the worker just stops (a parent
+        # that ignores SIGINT, started in the background, keeps a worker that does).
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with(parent)
+        data = json.dumps({"value": task()}, separators=(",", ":")).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        status = 0
+    except BaseException:  # noqa: BLE001 - the parent reports the failure, fail closed
+        status = 1
+    finally:
+        os._exit(status)

@@ -1,0 +1,390 @@
+"""Two processes (fwc.parallel, issue 12): the same files and diagnostics as one, fail closed.
+
+`--jobs 2` forks the worker whatever the policy's size, so that the examples and a
+2,000-rule generated policy are compiled and checked both ways and compared byte for
+byte (files, printed report, exit status). A policy whose checks fail, and a worker
+that is killed, leave the output directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EDGE_TEXT, EXAMPLE_FILES, EXAMPLE_NAMES, file_tree
+
+from fwc import checks as registry
+from fwc import parallel
+from fwc.cli import main
+from fwc.pipeline import FORK_RULES
+
+SHADOWED = "    drop   from desktops to any      service web\n"
+DEFAULT_RULE = '    drop   from any      to any      log "default"\n'
+
+
+def _compile(policy: Path, out: Path, jobs: str, capsys, *extra: str) -> tuple[int, str, str]:
+    status = main(["compile", "--no-cache", "--jobs", jobs, str(policy), "-o", str(out),
+                   *extra])
+    got = capsys.readouterr()
+    return status, got.out.replace(str(out), "OUT"), got.err.replace(str(out), "OUT")
+
+
+def _check(policy: Path, jobs: str, capsys, *extra: str) -> tuple[int, str, str]:
+    status = main(["check", "--no-cache", "--jobs", jobs, str(policy), *extra])
+    got = capsys.readouterr()
+    return status, got.out, got.err
+
+
+def _same_compile(policy: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    one = _compile(policy, tmp_path / "one", "1", capsys, *extra)
+    two = _compile(policy, tmp_path / "two", "2", capsys, *extra)
+    assert two == one
+    assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
+    return one
+
+
+@pytest.fixture(scope="module")
+def large_policy(tmp_path_factory) -> Path:
+    """2,000 rules of the `groups` shape: redundant rules give FWC402 warnings."""
+    from bench.generate import build_site, fwc_policy
+
+    path = tmp_path_factory.mktemp("large") / "groups2000.fw"
+    path.write_text(fwc_policy(build_site(2000, shape="groups")), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("policy", EXAMPLE_FILES, ids=EXAMPLE_NAMES)
+def test_examples_compile_the_same_with_a_worker(policy, tmp_path, capsys):
+    status, printed, _ = _same_compile(policy, tmp_path, capsys)
+    assert status == 0 and "OUT/" in printed
+
+
+def test_large_policy_compiles_and_checks_the_same_with_a_worker(large_policy, tmp_path,
+                                                                 capsys):
+    status, _, report = _same_compile(large_policy, tmp_path, capsys)
+    assert status == 0 and "warning[FWC402]" in report  # diagnostics, in order, compared
+    json_one = _check(large_policy, "1", capsys, "--format", "json")
+    assert _check(large_policy, "2", capsys, "--format", "json") == json_one
+    assert any(d["code"] == "FWC402" for d in json.loads(json_one[1])["diagnostics"])
+
+
+def _with_errors(tmp_path: Path) -> Path:
+    """edge.fw with a rule shadowed by one with another action (FWC401, an error)."""
+    assert DEFAULT_RULE in EDGE_TEXT
+    path = tmp_path / "repo" / "edge.fw"
+    path.parent.mkdir()
+    (path.parent / ".git").mkdir()
+    path.write_text(EDGE_TEXT.replace(DEFAULT_RULE, SHADOWED + DEFAULT_RULE), encoding="utf-8")
+    return path
+
+
+def _no_leftovers(out: Path) -> None:
+    assert [p.name for p in out.parent.iterdir() if ".fwc-" in p.name] == []
+
+
+def test_failed_checks_write_nothing_with_a_worker(tmp_path, capsys):
+    policy = _with_errors(tmp_path)
+    clean = tmp_path / "repo" / "clean.fw"
+    clean.write_text(EDGE_TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["compile", "--no-cache", "--jobs", "1", str(clean), "-o", str(out)]) == 0
+    capsys.readouterr()
+    before = file_tree(out)
+    one = _compile(policy, out, "1", capsys)
+    two = _compile(policy, out, "2", capsys)
+    assert two == one and one[0] == 1
+    assert "error[FWC401]" in one[2] and "nothing written" in one[2]
+    assert file_tree(out) == before  # the staged files were thrown away
+    _no_leftovers(out)
+    assert _check(policy, "2", capsys) == _check(policy, "1", capsys)
+
+
+def _killing(code: str, parent: int) -> registry.CheckInfo:
+    """The check CODE, made to kill the process it runs in unless that is PARENT."""
+    info = registry.load_registry()[code]
+    function = info.function
+    assert function is not None
+
+    def killer(policy):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(policy)
+
+    return dataclasses.replace(info, function=killer)
+
+
+def test_a_killed_worker_is_an_internal_error_and_nothing_is_written(tmp_path, capsys,
+                                                                      monkeypatch):
+    registry.load_registry()
+    code = "FWC105"  # a check the worker runs for `fwc check` too
+    monkeypatch.setitem(registry.REGISTRY, code, _killing(code, os.getpid()))
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    status, printed, report = _compile(policy, out, "2", capsys)
+    assert status == 1 and printed == ""
+    assert "error[FWC900]" in report and "killed by signal 9 (SIGKILL)" in report
+    assert "nothing written" in report
+    assert not out.exists()
+    _no_leftovers(out)
+    status, _, report = _check(policy, "2", capsys)
+    assert status == 1 and "error[FWC900]" in report and "SIGKILL" in report
+    # in one process the check runs in this process, which it does not kill
+    assert _compile(policy, out, "1", capsys)[0] == 0
+
+
+def test_a_killed_worker_is_not_kept_in_the_result_cache(tmp_path, capsys, monkeypatch):
+    home = Path.home() / ".cache" / f"fwc-test-parallel-{os.getpid()}"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    try:
+        policy = tmp_path / "repo" / "edge.fw"
+        policy.parent.mkdir()
+        (policy.parent / ".git").mkdir()
+        policy.write_text(EDGE_TEXT, encoding="utf-8")
+        with monkeypatch.context() as patch:
+            registry.load_registry()
+            patch.setitem(registry.REGISTRY, "FWC105", _killing("FWC105", os.getpid()))
+            assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "a")]) == 1
+        capsys.readouterr()
+        # the next compile neither answers from a cached failure nor differs
+        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "b")]) == 0
+        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "c")]) == 0
+        assert main(["compile", "--no-cache", str(policy), "-o", str(tmp_path / "d")]) == 0
+        assert file_tree(tmp_path / "b") == file_tree(tmp_path / "c") \
+            == file_tree(tmp_path / "d")
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_worker_answers_and_fails_closed():
+    assert parallel.Worker.start(lambda: {"a": [1, "x"]}).result() == {"a": [1, "x"]}
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    worker = parallel.Worker.start(boom)
+    with pytest.raises(parallel.WorkerFailed, match="status 1"):
+        worker.result()
+    worker = parallel.Worker.start(lambda: object())  # not JSON: nothing is sent
+    with pytest.raises(parallel.WorkerFailed, match="status 1"):
+        worker.result()
+
+
+def test_close_kills_a_running_worker():
+    worker = parallel.Worker.start(lambda: time.sleep(30))
+    started = time.monotonic()
+    worker.close()
+    worker.close()  # idempotent
+    assert time.monotonic() - started < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(worker.pid, os.WNOHANG)  # reaped
+
+
+def test_jobs_setting(monkeypatch):
+    assert parallel.jobs_from(None, {}) == parallel.AUTO
+    assert parallel.jobs_from(None, {"FWC_JOBS": "1"}) == 1
+    assert parallel.jobs_from(None, {"FWC_JOBS": "nonsense"}) == parallel.AUTO
+    assert parallel.jobs_from(2, {"FWC_JOBS": "1"}) == 2  # the option wins
+    with pytest.raises(ValueError):
+        parallel.parse_jobs("0")
+    low, high = FORK_RULES.start, FORK_RULES.stop
+    assert not parallel.wanted(1, low, FORK_RULES)
+    assert parallel.wanted(2, 1, FORK_RULES) and parallel.wanted(2, high, FORK_RULES)
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 1)
+    assert not parallel.wanted(parallel.AUTO, low, FORK_RULES)
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
+    assert parallel.wanted(parallel.AUTO, low, FORK_RULES)
+    assert parallel.wanted(parallel.AUTO, high - 1, FORK_RULES)
+    assert not parallel.wanted(parallel.AUTO, low - 1, FORK_RULES)
+    assert not parallel.wanted(parallel.AUTO, high, FORK_RULES)  # the memory of 100k
+
+
+def test_bad_jobs_option_is_a_usage_error(capsys):
+    assert main(["check", "--jobs", "0", "x.fw"]) == 2
+    assert "argument --jobs: '0' is not 'auto'" in capsys.readouterr().err
+
+
+SLOW_WORKER = """
+import os, sys, time
+from fwc import checks
+from fwc.cli import main
+registry = checks.load_registry()
+info = registry["FWC105"]
+parent = os.getpid()
+def slow(policy):
+    if os.getpid() != parent:
+        time.sleep(60)
+    return info.function(policy)
+import dataclasses
+registry["FWC105"] = dataclasses.replace(info, function=slow)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _workers(pid: int) -> list[int]:
+    """PID's children that are forks of it (the same command line: not a git run)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
+        mine = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return [int(w) for w in text.split()
+                if Path(f"/proc/{w}/cmdline").read_bytes() == mine]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """PID runs (a zombie left to a parent that does not reap does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_ctrl_c_stops_both_processes_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WORKER, "compile", "--no-cache", "--jobs", "2",
+         str(policy), "-o", str(out)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 30
+        while not _workers(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _workers(process.pid)
+        assert workers, "the worker did not start"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130 and "interrupted" in err
+    assert not any(_alive(w) for w in workers)
+    assert not out.exists()
+    _no_leftovers(out)
+
+
+def test_the_worker_dies_with_a_killed_parent(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WORKER, "compile", "--no-cache", "--jobs", "2",
+         str(policy), "-o", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _workers(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _workers(process.pid)
+        assert workers, "the worker did not start"
+        process.kill()  # the parent alone, by SIGKILL: no finally runs there
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _on_terminal(*argv: str, cwd: Path) -> tuple[int, str]:
+    """fwc with stderr on a pseudo-terminal: (exit code, what the terminal got)."""
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=slave)
+    os.close(slave)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(master)
+    return child.wait(timeout=120), received.decode(errors="replace")
+
+
+def test_one_progress_line_with_a_worker(tmp_path):
+    code, screen = _on_terminal("compile", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
+                                "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert code == 0
+    assert "fwc: compiling" in screen and "fwc: checking  95%" in screen
+    # only the parent's line, redrawn in place and erased: no line of its own
+    assert "\n" not in screen and screen.endswith("\r")
+    code, screen = _on_terminal("check", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
+                                cwd=tmp_path)
+    assert code == 0 and "fwc: checking (FWC401)" in screen
+    assert "fwc: checking (the other checks) 100%" in screen and "\n" not in screen
+
+
+def test_no_fork_possible_runs_in_one_process(tmp_path, capsys, monkeypatch):
+    def cannot_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    policy = EXAMPLE_FILES[0]
+    one = _compile(policy, tmp_path / "one", "1", capsys)
+    monkeypatch.setattr(os, "fork", cannot_fork)
+    assert _compile(policy, tmp_path / "two", "2", capsys) == one
+    assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
+    assert _check(policy, "2", capsys) == _check(policy, "1", capsys)
+
+
+def test_options_compile_the_same_with_a_worker(tmp_path, capsys):
+    policy = next(p for p in EXAMPLE_FILES if p.name == "dmz.fw")
+    status, _, _ = _same_compile(policy, tmp_path, capsys, "--backend", "nftables",
+                                 "--redact-secrets")
+    assert status == 0
+
+
+def test_failed_checks_come_before_an_output_error_with_a_worker(tmp_path, capsys):
+    # One process stops at the checks and never looks at the output directory.
+    policy = _with_errors(tmp_path)
+    for jobs in ("1", "2"):
+        (tmp_path / f"out{jobs}").mkdir()
+        (tmp_path / f"out{jobs}" / "notes.txt").write_text("mine\n", encoding="utf-8")
+    one = _compile(policy, tmp_path / "out1", "1", capsys)
+    two = _compile(policy, tmp_path / "out2", "2", capsys)
+    assert one == two and "error[FWC401]" in one[2] and "nothing written" in one[2]
+    assert [p.name for p in (tmp_path / "out2").iterdir()] == ["notes.txt"]
+    clean = tmp_path / "repo" / "clean.fw"
+    clean.write_text(EDGE_TEXT, encoding="utf-8")
+    one = _compile(clean, tmp_path / "out1", "1", capsys)
+    assert _compile(clean, tmp_path / "out2", "2", capsys) == one
+    assert one[0] == 1 and "holds files fwc did not write" in one[2]
