@@ -41,19 +41,29 @@ import bisect
 import hashlib
 import math
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
 from fwc import protocols as proto
 from fwc.backend.ipsets import IpSet, use_ipsets
-from fwc.backend.lower.ruleset import Chain, FilterRule, Match, NodeRuleset, Origin, Table
+from fwc.backend.lower.ruleset import (
+    ANY,
+    AddressMatch,
+    Chain,
+    FilterRule,
+    Match,
+    NodeRuleset,
+    Origin,
+    Table,
+)
 from fwc.model import Member, Memo, PortRange
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
 ARRANGE_MIN_RULES = 64  # below this a chain stays flat
 SPLIT_MIN_RULES = 32  # a sub-chain shorter than this is not split further
+SHARE_MIN_SAVING = 2  # lines a chain of one copied rule must save (see share_expansions)
 PORT_PROTOCOLS = frozenset(proto.IP_PROTOCOLS[p] for p in proto.PORT_PROTOCOLS)
 CHAINS = ((BuiltinChain.FORWARD, "fwd"), (BuiltinChain.INPUT, "in"))
 PROTOCOL_NAMES = {number: name for name, number in proto.IP_PROTOCOLS.items()}
@@ -247,11 +257,109 @@ class _Arranger:
         return out
 
 
+def _width(side: AddressMatch) -> int:
+    return 1 if side.set_name is not None else max(1, len(side.cidrs))
+
+
+def _port_lines(match: Match) -> int:
+    """multiport lines of the port list (a range takes two of a line's MULTIPORT_MAX
+    slots): an estimate where the packing differs, only a decision reads it."""
+    if 2 * len(match.dports) <= proto.MULTIPORT_MAX:
+        return 1
+    return -(-sum(1 if p.low == p.high else 2 for p in match.dports) // proto.MULTIPORT_MAX)
+
+
+def _lines(match: Match) -> int:
+    """iptables lines of a rule with MATCH: one per source x destination CIDR (a set is
+    one) and per multiport line."""
+    return _width(match.source) * _width(match.destination) * _port_lines(match)
+
+
+def _entry(match: Match) -> Match:
+    """The part of MATCH that one iptables line can test, and that has no state: the
+    devices, protocol, ports (one multiport line), states, ICMP type, and each address
+    side that is one CIDR or a set. Every packet MATCH matches, it matches too."""
+    return replace(
+        match,
+        source=match.source if _width(match.source) == 1 else ANY,
+        destination=match.destination if _width(match.destination) == 1 else ANY,
+        dports=match.dports if _port_lines(match) == 1 else (),
+        limit=None, statistic=None, connlimit=None, hashlimit=None)
+
+
+_HELD = "\x00held-"  # a placeholder target: never a chain name (see hold_expansions)
+
+
+def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str, FilterRule]]:
+    """RULES with each rule of several iptables lines replaced by a placeholder (the same
+    match, a placeholder target) for the arrangement, and the rule behind each placeholder.
+    share_expansions then counts a rule's copies by its placeholder's name."""
+    held: dict[str, FilterRule] = {}
+    out: list[FilterRule] = []
+    for rule in rules:
+        if _lines(rule.match) < 2:
+            out.append(rule)
+            continue
+        name = f"{_HELD}{len(held)}"
+        held[name] = rule
+        out.append(FilterRule(rule.match, name, rule.origin))
+    return out, held
+
+
+def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[str, FilterRule],
+                     chain_name: Callable[[list[str]], str],
+                     origin: Callable[[str], Origin]) -> tuple[list[FilterRule], list[Chain]]:
+    """An arrangement (BODY, CHAINS) of placeholders (hold_expansions) with each HELD rule
+    that the arrangement copied into several chains moved into a chain of its own, once,
+    and every copy made one jump there; the other placeholders become their rule again.
+    s copies of an m-line rule (a cross product of short address lists, or more ports
+    than one multiport line takes) cost s * m lines; shared m + s and the chain.
+
+    Same decisions: the jump tests a part of the rule's match (_entry), so every packet
+    the rule matches enters the chain, where the whole rule decides (or logs, marks)
+    exactly as in place; a packet it does not match returns from the chain (a user chain
+    without a verdict returns) to the rule after the jump. Stateful matches (limit,
+    statistic, connlimit, hashlimit) stay on the rule only, so they count each packet
+    once. Fewer rule tests too: a packet that the jump's devices, protocol, ports or
+    single address exclude tests one line, not m.
+
+    Chains are named in the order of their first copy: the output is deterministic.
+    """
+    count = dict.fromkeys(held, 0)
+    first: list[str] = []  # the placeholders in the order of their first copy
+    for rules in (body, *(c.rules for c in chains)):
+        for rule in rules:
+            target = rule.target
+            if type(target) is str and target in count:
+                if not count[target]:
+                    first.append(target)
+                count[target] += 1
+    final: dict[str, FilterRule] = {}
+    made: list[Chain] = []
+    for placeholder in first:
+        whole, copies = held[placeholder], count[placeholder]
+        lines = _lines(whole.match)
+        if copies * lines - (copies + lines + 1) < SHARE_MIN_SAVING:
+            final[placeholder] = whole
+            continue
+        name = chain_name([f"_{len(made)}"])
+        made.append(Chain(name, None, (whole,)))
+        final[placeholder] = FilterRule(_entry(whole.match), name,
+                                        origin(f"{whole.origin.label}, in {copies} chains"))
+
+    def resolved(rules: Sequence[FilterRule]) -> list[FilterRule]:
+        return [final[r.target] if type(r.target) is str and r.target in final else r
+                for r in rules]
+
+    return resolved(body), [replace(c, rules=tuple(resolved(c.rules))) for c in chains] + made
+
+
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int, split_min: int,
-                  clip_ports: bool) -> tuple[Chain, list[Chain], bool]:
+                  clip_ports: bool, share: bool = True) -> tuple[Chain, list[Chain], bool]:
     """CHAIN arranged (and the chains it jumps to), and whether a chain name it wanted
-    was in `taken` already."""
+    was in `taken` already. SHARE: copied multi-line rules get a chain of their own
+    (share_expansions)."""
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     # The head stays first and flat: the automatic rules every packet meets (established,
     # invalid, ...). Policy rules never belong to it, with or without devices: a policy
@@ -265,10 +373,18 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
     if len(rest) < min_rules or chain.policy is None:
         return chain, [], False
     arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min, clip_ports)
-    body = arranger.arrange([arranger.as_moved(r) for r in rest], list(order), [])
-    if body == rest:
+    moved = [arranger.as_moved(r) for r in rest]
+    # nftables (clip_ports) tests an address list as one set lookup: nothing to share
+    held: dict[str, FilterRule] = {}
+    if share and not clip_ports:
+        moved, held = hold_expansions(moved)
+    body = arranger.arrange(moved, list(order), [])
+    if body == moved:
         return chain, [], arranger.collided
-    return replace(chain, rules=tuple(head + body)), arranger.chains, arranger.collided
+    chains = arranger.chains
+    if held:
+        body, chains = share_expansions(body, chains, held, arranger.chain_name, arranger.origin)
+    return replace(chain, rules=tuple(head + body)), chains, arranger.collided
 
 
 @dataclass(slots=True)
@@ -287,14 +403,14 @@ class _Previous:
 
 def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
               names: dict[str, str], taken: set[str], order: tuple[str, ...], min_rules: int,
-              split_min: int, clip_ports: bool) -> tuple[Chain, list[Chain]]:
+              split_min: int, clip_ports: bool, share: bool) -> tuple[Chain, list[Chain]]:
     """arrange_chain, or the previous member's result when everything it reads is equal."""
     if memo is None:
         new, extra, _ = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                      split_min, clip_ports)
+                                      split_min, clip_ports, share)
         return new, extra
     previous = memo.get(("arranged", family, chain.name, clip_ports), _Previous)
-    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min)
+    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min, share)
     # The table's other chains (`taken`) only matter when a name collides: reused when
     # none did then, and none of the names it took is taken here.
     if previous.key == key and not previous.collided and previous.chain == chain \
@@ -303,7 +419,7 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
         return previous.result[0], list(previous.result[1])
     before = set(taken)
     new, extra, collided = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                         split_min, clip_ports)
+                                         split_min, clip_ports, share)
     previous.key, previous.chain, previous.collided = key, chain, collided
     previous.result, previous.named = (new, tuple(extra)), frozenset(taken - before)
     return new, extra
@@ -311,7 +427,8 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
 
 def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None, *,
             min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
-            clip_ports: bool = False, memo: Memo | None = None) -> NodeRuleset:
+            clip_ports: bool = False, memo: Memo | None = None,
+            share: bool = True) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
@@ -335,7 +452,7 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         if current is None:
             continue
         new, extra = _arranged(memo, ruleset.family, current, prefix, names, taken,
-                               orders[builtin], min_rules, split_min, clip_ports)
+                               orders[builtin], min_rules, split_min, clip_ports, share)
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
