@@ -448,3 +448,33 @@ def test_a_member_with_an_equal_chain_reuses_the_previous_arrangement(tmp_path):
     got = arrange(with_sets, _devices(fw2), memo=memo)
     assert got == arrange(with_sets, _devices(fw2))
     assert any(c.name.endswith("x") for c in got.table("filter").chains)  # type: ignore[union-attr]
+
+
+def test_shared_chains_load_into_the_kernel_and_list_back(needs_root):
+    """The arranged wide ruleset, its shared chains included, rendered as iptables-restore
+    input: `--test`, then loaded in a throwaway namespace; iptables-save lists every
+    chain with as many rules, jumping to the same targets in the same order (the kernel
+    rewrites some matches, e.g. drops a port range 0:65535)."""
+    from test_ipsets_netns import _by_chain
+    from test_realtools import in_ns, namespace
+
+    from fwc.backend.render.iptables import render as render_iptables
+
+    arranged = arrange(_random_ruleset(1, 80, wide=True), {"eth0": "lan", "eth1": "dmz"},
+                       min_rules=1, split_min=2)
+    assert _shared(arranged)
+    text = render_iptables(arranged)
+    with namespace() as ns:
+        tested = in_ns(ns, "iptables-restore", "--test", stdin=text)
+        assert tested.returncode == 0, tested.stderr
+        loaded = in_ns(ns, "iptables-restore", stdin=text)
+        assert loaded.returncode == 0, loaded.stderr
+        saved = in_ns(ns, "iptables-save", "-t", "filter").stdout
+
+    def targets(listing: str) -> dict[str, list[str]]:
+        return {chain: [line[line.index("-j") + 1] for line in lines]
+                for chain, lines in _by_chain(listing).items()}
+
+    assert targets(text) == targets(saved)
+    assert any(target == chain.name for chain in _shared(arranged)
+               for jumps in targets(saved).values() for target in jumps)
