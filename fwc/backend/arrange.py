@@ -307,8 +307,10 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
     held: dict[str, FilterRule] = {}
     out: list[FilterRule] = []
     for rule in rules:
-        if _lines(rule.match) < 2:
-            out.append(rule)
+        match = rule.match
+        if (len(match.source.cidrs) < 2 and len(match.destination.cidrs) < 2
+                and 2 * len(match.dports) <= proto.MULTIPORT_MAX) or _lines(match) < 2:
+            out.append(rule)  # one line (the first test is the quick, common case)
             continue
         name = f"{_HELD}{len(held)}"
         held[name] = rule
@@ -337,13 +339,18 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     """
     count = dict.fromkeys(held, 0)
     first: list[str] = []  # the placeholders in the order of their first copy
-    for rules in (body, *(c.rules for c in chains)):
+    holding: list[int] = []  # the chains with a placeholder (-1: the body)
+    for index, rules in enumerate((body, *(c.rules for c in chains)), -1):
+        found = False
         for rule in rules:
             target = rule.target
             if type(target) is str and target in count:
+                found = True
                 if not count[target]:
                     first.append(target)
                 count[target] += 1
+        if found:
+            holding.append(index)
     final: dict[str, FilterRule] = {}
     made: list[Chain] = []
     for placeholder in first:
@@ -361,7 +368,12 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
         return [final[r.target] if type(r.target) is str and r.target in final else r
                 for r in rules]
 
-    return resolved(body), [replace(c, rules=tuple(resolved(c.rules))) for c in chains] + made
+    out = list(chains)
+    for index in holding:
+        if index >= 0:
+            chain = out[index]
+            out[index] = Chain(chain.name, chain.policy, tuple(resolved(chain.rules)))
+    return resolved(body) if holding and holding[0] == -1 else body, out + made
 
 
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
