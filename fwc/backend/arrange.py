@@ -51,7 +51,7 @@ import bisect
 import hashlib
 import math
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -339,18 +339,19 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     """
     count = dict.fromkeys(held, 0)
     first: list[str] = []  # the placeholders in the order of their first copy
-    holding: list[int] = []  # the chains with a placeholder (-1: the body)
+    # where the placeholders are: (chain index, -1 for the body; positions in it)
+    places: list[tuple[int, list[int]]] = []
     for index, rules in enumerate((body, *(c.rules for c in chains)), -1):
-        found = False
-        for rule in rules:
-            target = rule.target
-            if type(target) is str and target in count:
-                found = True
-                if not count[target]:
-                    first.append(target)
-                count[target] += 1
-        if found:
-            holding.append(index)
+        positions = [i for i, r in enumerate(rules)
+                     if type(r.target) is str and r.target in count]
+        if not positions:
+            continue
+        places.append((index, positions))
+        for i in positions:
+            target = cast("str", rules[i].target)
+            if not count[target]:
+                first.append(target)
+            count[target] += 1
     final: dict[str, FilterRule] = {}
     made: list[Chain] = []
     for placeholder in first:
@@ -363,17 +364,16 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
         made.append(Chain(name, None, (whole,)))
         final[placeholder] = FilterRule(_entry(whole.match), name,
                                         origin(f"{whole.origin.label}, in {copies} chains"))
-
-    def resolved(rules: Sequence[FilterRule]) -> list[FilterRule]:
-        return [final[r.target] if type(r.target) is str and r.target in final else r
-                for r in rules]
-
-    out = list(chains)
-    for index in holding:
-        if index >= 0:
-            chain = out[index]
-            out[index] = Chain(chain.name, chain.policy, tuple(resolved(chain.rules)))
-    return resolved(body) if holding and holding[0] == -1 else body, out + made
+    new_body, out = body, list(chains)
+    for index, positions in places:
+        rules = list(body if index < 0 else out[index].rules)
+        for i in positions:
+            rules[i] = final[cast("str", rules[i].target)]
+        if index < 0:
+            new_body = rules
+        else:
+            out[index] = Chain(out[index].name, out[index].policy, tuple(rules))
+    return new_body, out + made
 
 
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
