@@ -458,7 +458,9 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     clip_ports a rule copied into a port bucket keeps only its ports inside the
     bucket (nftables: a short list needs no set; iptables keeps one shared rule).
     MEMO (the cluster's per-run memo): a chain equal to the one the previous member had
-    in this run, with the same device names, is not arranged again.
+    in this run, with the same device names, is not arranged again. SHARE (iptables
+    only, not with clip_ports): a rule of several lines copied into several chains is
+    written once, in a chain of its own (share_expansions); False: every copy in place.
     """
     table = ruleset.table(TableName.FILTER)
     if table is None:
