@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
+from fwc.analysis.evaluate import Evaluator, Packet, corner_packets, rendered_lines
 from fwc.backend.arrange import arrange, optimise
 from fwc.backend.ipsets import set_contents, use_ipsets
 from fwc.backend.lower import Chain, NodeRuleset, lower
 from fwc.backend.render.ipset import render as render_ipsets
 from fwc.model import Cluster, Member
+from fwc.model.vocabulary import Target
 from fwc.pipeline import analyse
 from fwc.protocols import CHAIN_NAME_MAX, IPSET_THRESHOLD
 
@@ -221,11 +222,13 @@ def test_unknown_devices_and_later_packets_take_the_flat_path():
 
 # -- random lowered rulesets, straight in the rule model ----------------------------------
 
-def _random_ruleset(seed: int, count: int) -> NodeRuleset:
+def _random_ruleset(seed: int, count: int, wide: bool = False) -> NodeRuleset:
     """FORWARD and INPUT with every kind of rule the arrangement must keep in order:
     devices or not, protocols or not, port lists touching 0 and 65535, LOG before a
-    verdict, RETURN in a built-in chain, jumps to a user chain that RETURNs."""
-    from fwc.backend.lower import AddressMatch, Chain, Match, Origin, Table
+    verdict, RETURN in a built-in chain, jumps to a user chain that RETURNs. WIDE: rules
+    of several iptables lines too (short address lists on both sides, more ports than
+    one multiport line takes), a negated address, rate-limited LOG and `statistic`."""
+    from fwc.backend.lower import AddressMatch, Chain, Match, Origin, RateLimit, Table
     from fwc.backend.lower import FilterRule as Rule
     from fwc.model import PortRange
     from fwc.model.vocabulary import Table as TableName
@@ -245,20 +248,36 @@ def _random_ruleset(seed: int, count: int) -> NodeRuleset:
             out.append(PortRange(low, min(65535, low + rng.choice((0, 0, 1, 100, 70000)))))
         return tuple(sorted(set(out), key=lambda p: (p.low, p.high)))
 
+    def address() -> AddressMatch:
+        if rng.random() < 0.5:
+            return AddressMatch()
+        if wide and rng.random() < 0.6:
+            return AddressMatch(tuple(rng.sample(cidrs, rng.choice((2, 3)))))
+        return AddressMatch((rng.choice(cidrs),), negated=wide and rng.random() < 0.1)
+
+    def many_ports() -> tuple[PortRange, ...]:  # 16+ multiport slots: two lines
+        low = rng.randrange(60000)
+        return tuple(PortRange(low + 3 * i, low + 3 * i) for i in range(rng.choice((16, 20))))
+
     def rule(chain: str) -> list[Rule]:
         protocol = rng.choice(protocols)
+        dports = ports() if protocol in (6, 17) and rng.random() < 0.8 else ()
+        if wide and dports and rng.random() < 0.2:
+            dports = many_ports()
         match = Match(
-            source=AddressMatch((rng.choice(cidrs),)) if rng.random() < 0.5 else AddressMatch(),
-            destination=AddressMatch((rng.choice(cidrs),)) if rng.random() < 0.5
-            else AddressMatch(),
+            source=address(),
+            destination=address(),
             in_device=rng.choice(devices),
             out_device=rng.choice(devices) if chain == "FORWARD" else None,
             protocol=protocol,
-            dports=ports() if protocol in (6, 17) and rng.random() < 0.8 else (),
-            icmp_type=8 if protocol == 1 and rng.random() < 0.5 else None)
+            dports=dports,
+            icmp_type=8 if protocol == 1 and rng.random() < 0.5 else None,
+            statistic=(3, 0) if wide and rng.random() < 0.05 else None)
         kind = rng.random()
         if kind < 0.1:
-            return [Rule(match, Target.LOG, origin, (("log-prefix", f"r{rng.randrange(99)} "),)),
+            logged = replace(match, limit=RateLimit("5/second", 10)) if wide else match
+            return [Rule(logged, Target.LOG, origin,
+                         (("log-prefix", f"r{rng.randrange(99)} "),)),
                     Rule(match, Target.DROP, origin)]
         if kind < 0.15:
             return [Rule(match, Target.RETURN, origin)]
@@ -287,6 +306,10 @@ def test_random_rulesets_arranged_decide_like_flat(seed):
     flat = _random_ruleset(seed, 60)
     arranged = arrange(flat, {"eth0": "lan", "eth1": "dmz"}, min_rules=1, split_min=2)
     assert arranged != flat
+    _assert_decides_like(flat, arranged, seed)
+
+
+def _assert_decides_like(flat: NodeRuleset, arranged: NodeRuleset, seed: int) -> None:
     reference, evaluator = Evaluator(flat), Evaluator(arranged)
     rng = random.Random(seed)
     packets = corner_packets(flat)
@@ -302,6 +325,60 @@ def test_random_rulesets_arranged_decide_like_flat(seed):
     for packet in packets:
         assert evaluator.decide(packet).meaning == reference.decide(packet).meaning, \
             packet.describe()
+
+
+def _lines(ruleset: NodeRuleset) -> int:
+    return sum(rendered_lines(r) for c in ruleset.table("filter").chains  # type: ignore[union-attr]
+               for r in c.rules)
+
+
+def _shared(ruleset: NodeRuleset) -> list[Chain]:
+    return [c for c in ruleset.table("filter").chains  # type: ignore[union-attr]
+            if re.fullmatch(r"(fwd|in)-_\d+", c.name)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_copied_rules_of_several_lines_are_shared_and_decide_like_flat(seed):
+    """A rule of several iptables lines that the arrangement copies into several chains
+    is written once, in a chain of its own, and each copy jumps there (share_expansions):
+    fewer lines, every packet decided as by the flat ruleset (LOG, rate limits and
+    `statistic` included)."""
+    flat = _random_ruleset(seed, 80, wide=True)
+    arranged = arrange(flat, {"eth0": "lan", "eth1": "dmz"}, min_rules=1, split_min=2)
+    copied = arrange(flat, {"eth0": "lan", "eth1": "dmz"}, min_rules=1, split_min=2,
+                     share=False)
+    shared = _shared(arranged)
+    assert shared and not _shared(copied)
+    assert _lines(arranged) < _lines(copied)
+    names = {c.name for c in arranged.table("filter").chains}  # type: ignore[union-attr]
+    jumps = [r for c in arranged.table("filter").chains for r in c.rules  # type: ignore[union-attr]
+             if r.target in {c.name for c in shared}]
+    for chain in shared:
+        whole, = chain.rules
+        assert rendered_lines(whole) > 1 and whole.target in names | set(Target)
+        into = [r for r in jumps if r.target == chain.name]
+        assert len(into) > 1 and all(r is into[0] for r in into)  # one jump object
+        jump = into[0]
+        assert rendered_lines(jump) == 1
+        # the jump tests part of the rule, never a stateful match
+        assert jump.match.limit is None and jump.match.statistic is None
+        for field in ("in_device", "out_device", "protocol"):
+            assert getattr(jump.match, field) == getattr(whole.match, field)
+    _assert_decides_like(flat, arranged, seed)
+    again = arrange(flat, {"eth0": "lan", "eth1": "dmz"}, min_rules=1, split_min=2)
+    assert again == arranged  # deterministic, names included
+    assert [c.name for c in again.table("filter").chains] == \
+        [c.name for c in arranged.table("filter").chains]  # type: ignore[union-attr]
+
+
+def test_rules_of_one_line_and_nftables_port_clipping_share_nothing():
+    """Rules of one line each have nothing to share; nor has the nftables flavour
+    (clip_ports), where an address list is one set lookup."""
+    one_line = _random_ruleset(3, 80)
+    assert not _shared(arrange(one_line, {}, min_rules=1, split_min=2))
+    wide = _random_ruleset(3, 80, wide=True)
+    assert _shared(arrange(wide, {}, min_rules=1, split_min=2))
+    assert not _shared(arrange(wide, {}, min_rules=1, split_min=2, clip_ports=True))
 
 
 
@@ -371,3 +448,33 @@ def test_a_member_with_an_equal_chain_reuses_the_previous_arrangement(tmp_path):
     got = arrange(with_sets, _devices(fw2), memo=memo)
     assert got == arrange(with_sets, _devices(fw2))
     assert any(c.name.endswith("x") for c in got.table("filter").chains)  # type: ignore[union-attr]
+
+
+def test_shared_chains_load_into_the_kernel_and_list_back(needs_root):
+    """The arranged wide ruleset, its shared chains included, rendered as iptables-restore
+    input: `--test`, then loaded in a throwaway namespace; iptables-save lists every
+    chain with as many rules, jumping to the same targets in the same order (the kernel
+    rewrites some matches, e.g. drops a port range 0:65535)."""
+    from test_ipsets_netns import _by_chain
+    from test_realtools import in_ns, namespace
+
+    from fwc.backend.render.iptables import render as render_iptables
+
+    arranged = arrange(_random_ruleset(1, 80, wide=True), {"eth0": "lan", "eth1": "dmz"},
+                       min_rules=1, split_min=2)
+    assert _shared(arranged)
+    text = render_iptables(arranged)
+    with namespace() as ns:
+        tested = in_ns(ns, "iptables-restore", "--test", stdin=text)
+        assert tested.returncode == 0, tested.stderr
+        loaded = in_ns(ns, "iptables-restore", stdin=text)
+        assert loaded.returncode == 0, loaded.stderr
+        saved = in_ns(ns, "iptables-save", "-t", "filter").stdout
+
+    def targets(listing: str) -> dict[str, list[str]]:
+        return {chain: [line[line.index("-j") + 1] for line in lines]
+                for chain, lines in _by_chain(listing).items()}
+
+    assert targets(text) == targets(saved)
+    assert any(target == chain.name for chain in _shared(arranged)
+               for jumps in targets(saved).values() for target in jumps)
