@@ -52,8 +52,12 @@ class Analysis:
 
 def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
             read_secret=None, include_path: Sequence[Path] = (),
-            progress: Reporter = SILENT, cache: ResultCache | None = None) -> Analysis:
+            progress: Reporter = SILENT, cache: ResultCache | None = None,
+            keep_syntax: bool = True) -> Analysis:
     """Load, parse, resolve and (RUN_CHECKS) check the policy at PATH.
+
+    KEEP_SYNTAX False: the program returned (and held during the checks) has no syntax
+    trees, only its texts (`LoadedProgram.without_syntax`; check and compile).
 
     CACHE: when the same content was analysed before, its diagnostics come from the
     cache and the checks are not run again; otherwise they are stored there. The cache
@@ -84,6 +88,8 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
         read_secret = _recording(secret_reader(Path(path), include_path), secrets_read)
     policy, resolved = resolve(program, read_secret)
     diagnostics.extend(resolved)
+    if not keep_syntax:
+        program = program.without_syntax()
     key = place.key(program.hashes, secrets_read) if place is not None else None
     if run_checks and key is not None and place is not None:
         cached = place.diagnostics(key)

@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
             texts.update(hit[1])
             continue
         share = progress.within(done / len(args.files), (done + 1) / len(args.files))
-        analysis = analyse(path, include_path=args.include_path, progress=share, cache=cache)
+        analysis = analyse(path, include_path=args.include_path, progress=share, cache=cache,
+                           keep_syntax=False)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
     progress.done()

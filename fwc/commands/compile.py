@@ -64,7 +64,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                 policy_name, clusters = stored if stored is not None else ("", [])
                 return _write(args, progress, list(diagnostics), texts, policy_name, clusters)
     # Shares of the whole compile, as measured on large policies (docs/performance.md).
-    analysis = analyse(args.file, include_path=args.include_path,
+    analysis = analyse(args.file, include_path=args.include_path, keep_syntax=False,
                        progress=progress.within(0.0, 0.55), cache=cache)
     diagnostics = list(analysis.diagnostics)
     policy = analysis.policy
