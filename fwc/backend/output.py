@@ -97,6 +97,9 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
         f = OutputFile(f"{member.name}/{r.file.name}", r.content, r.mode)
         del r
         yield f
+        # A loop variable stays bound until the next value is made: without this, the
+        # file just written (150 MB at 100,000 rules) lived while the next was rendered.
+        del f
 
 
 def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry],
@@ -224,6 +227,7 @@ class RecordedStream:
             offset, length = self._writer.add(f.content)
             self.index.append([f.path, f.mode, offset, length])
             yield f
+            del f  # not kept while the next file is rendered (see member_files)
 
     def members(self) -> dict[str, list[str]]:
         return self._inner.members()

@@ -16,7 +16,7 @@ from fwc.backend.files import GeneratedFile, Reload, path_of
 from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule
 from fwc.backend.render import escape
-from fwc.backend.render.context import MemberBuild, SharedTexts
+from fwc.backend.render.context import KeptText, MemberBuild, SharedTexts
 from fwc.model import PortRange
 from fwc.model.vocabulary import Table as TableName
 
@@ -252,20 +252,17 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
             if texts is None:
                 yield from pieces
                 continue
-            # Kept for the next member while it fits SharedTexts' budget; yielded as it
-            # is rendered either way (a chain can be nearly the whole file).
-            kept: list[str] | None = []
-            size = 0
+            # Kept (compressed) for the next member while it fits SharedTexts' budget;
+            # yielded as it is rendered either way (a chain can be nearly the whole file).
+            kept: KeptText | None = KeptText() if texts.room() > 0 else None
             for piece in pieces:
                 yield piece
                 if kept is not None:
-                    size += len(piece)
-                    if texts.room() >= size:
-                        kept.append(piece)
-                    else:
+                    kept.add(piece)
+                    if kept.size > texts.room():
                         kept = None
             if kept is not None:
-                texts.offer((file, table.name, chain.name), chain.rules, tuple(kept))
+                texts.offer((file, table.name, chain.name), chain.rules, kept)
         out.append("COMMIT")
     out.append("")
     yield "\n".join(out)
