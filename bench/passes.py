@@ -111,7 +111,7 @@ def measure(policy_path: Path) -> dict[str, Any]:
             wall, cpu = time.perf_counter(), time.process_time()
             output.write_output(
                 target, output.relative_source(policy.root, output.source_root(policy)),
-                output.stream_policy(policy))
+                output.stream_policy(policy, chunked=True))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         build_context.optimise = optimise  # type: ignore[assignment]

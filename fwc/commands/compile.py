@@ -81,7 +81,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     # policy's output is never held at once), so a compile failure surfaces here too.
     streams: Sequence[FileStream] = stream_policy(
         policy, redact=args.redact_secrets, progress=progress.within(0.55, 0.95),
-        backend=backend)
+        backend=backend, chunked=True)
     policy_name = relative_source(policy.root, source_root(policy))
     if cache is None or analysis.cache_key is None:
         return _write(args, progress, diagnostics, analysis.program.texts, policy_name, streams)
