@@ -55,8 +55,11 @@ class Analysis:
 def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
             read_secret=None, include_path: Sequence[Path] = (),
             progress: Reporter = SILENT, cache: ResultCache | None = None,
-            jobs: int = 1) -> Analysis:
+            jobs: int = 1, keep_syntax: bool = True) -> Analysis:
     """Load, parse, resolve and (RUN_CHECKS) check the policy at PATH.
+
+    KEEP_SYNTAX False: the program returned (and held during the checks) has no syntax
+    trees, only its texts (`LoadedProgram.without_syntax`; check and compile).
 
     CACHE: when the same content was analysed before, its diagnostics come from the
     cache and the checks are not run again; otherwise they are stored there. The cache
@@ -66,7 +69,8 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
     this process (`checked`); 1 (the default) runs them all here.
     """
     front = model(path, reader=reader, read_secret=read_secret, include_path=include_path,
-                  progress=progress, cache=cache if run_checks else None)
+                  progress=progress, cache=cache if run_checks else None,
+                  keep_syntax=keep_syntax)
     if isinstance(front, Analysis):
         return front
     if not run_checks:
@@ -103,7 +107,7 @@ class Modelled:
 
 def model(path: str | Path, *, reader=None, read_secret=None,
           include_path: Sequence[Path] = (), progress: Reporter = SILENT,
-          cache: ResultCache | None = None) -> Analysis | Modelled:
+          cache: ResultCache | None = None, keep_syntax: bool = True) -> Analysis | Modelled:
     """Load, parse and resolve: a finished Analysis when nothing is left to check (the
     files do not parse, or the cache knows this content's diagnostics), else Modelled."""
     place = _Place.of(path, include_path, cache) if reader is None and read_secret is None \
@@ -130,6 +134,8 @@ def model(path: str | Path, *, reader=None, read_secret=None,
         read_secret = _recording(secret_reader(Path(path), include_path), secrets_read)
     policy, resolved = resolve(program, read_secret)
     diagnostics.extend(resolved)
+    if not keep_syntax:
+        program = program.without_syntax()
     key = place.key(program.hashes, secrets_read) if place is not None else None
     if key is not None and place is not None:
         cached = place.diagnostics(key)

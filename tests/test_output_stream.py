@@ -30,8 +30,8 @@ def test_compile_writes_each_file_before_rendering_the_next(edge, tmp_path, monk
     events: list[tuple[str, str]] = []
     write_file = output.write_file
 
-    def rendering(build: MemberBuild) -> Iterator[Rendered]:
-        for rendered in render_member(build):
+    def rendering(build: MemberBuild, chunked: bool = False) -> Iterator[Rendered]:
+        for rendered in render_member(build, chunked):
             events.append(("render", f"{build.member.name}/{rendered.file.name}"))
             yield rendered
 
@@ -142,3 +142,37 @@ def test_blocks_join_to_the_lines(large_failsafe, monkeypatch):
         monkeypatch.setattr(iptables, "BLOCK_LINES", size)
         assert iptables.render(large_failsafe) == whole
     assert whole.endswith("COMMIT\n") and not whole.endswith("\n\n")
+
+
+def test_chunked_stream_writes_the_in_memory_output(edge, tmp_path, monkeypatch):
+    """`fwc compile` (chunked=True) writes the rule files as they are rendered: same tree,
+    same MANIFEST, and the rule files never exist whole as one bytes object."""
+    policy = analyse(edge).policy
+    assert policy is not None
+    name = output.relative_source(policy.root, output.source_root(policy))
+    output.write_output(tmp_path / "memory", name, output.compile_policy(policy))
+    chunked: list[str] = []
+    write_file = output.write_file
+
+    def writing(directory: Path, f: output.OutputFile) -> None:
+        if f.chunks is not None:
+            assert f.content == b""
+            chunked.append(f.path)
+        write_file(directory, f)
+
+    monkeypatch.setattr(output, "write_file", writing)
+    output.write_output(tmp_path / "chunked", name, output.stream_policy(policy, chunked=True))
+    assert file_tree(tmp_path / "memory") == file_tree(tmp_path / "chunked")
+    assert "fw1/iptables.rules" in chunked and "fw2/failsafe.rules" in chunked
+    assert not any(p.endswith(("keepalived.conf", "MANIFEST")) for p in chunked)
+
+
+def test_chunks_are_read_once_and_know_their_digest_after():
+    chunks = registry.Chunks(iter([b"a", b"bc"]))
+    with pytest.raises(RuntimeError):
+        chunks.sha256()
+    assert b"".join(chunks) == b"abc"
+    assert chunks.size == 3
+    assert chunks.sha256() == __import__("hashlib").sha256(b"abc").hexdigest()
+    with pytest.raises(RuntimeError):
+        list(chunks)

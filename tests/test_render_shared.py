@@ -14,7 +14,7 @@ from fwc.backend.files import BY_NAME
 from fwc.backend.lower import options_for
 from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.render import escape, iptables
-from fwc.backend.render.context import MemberBuild, SharedTexts
+from fwc.backend.render.context import KeptText, MemberBuild, SharedTexts
 from fwc.model import Policy
 from fwc.pipeline import analyse
 from fwc.text import utf8_length
@@ -70,19 +70,42 @@ def test_a_chain_is_reused_only_when_its_rules_are_equal(site):
     assert not texts._previous and not texts._current
 
 
+def _kept_size(text: str) -> int:
+    kept = KeptText()
+    kept.add(text)
+    return len(kept.done())
+
+
 def test_shared_texts_keep_at_most_their_budget():
-    texts = SharedTexts(budget=10, keep=True)
-    texts.offer("a", (1,), ("12345",))
-    texts.offer("b", (2,), ("123456",))  # 11 characters in all: not kept
+    # The budget counts compressed bytes: "a" fits, "a" and "b" together do not.
+    texts = SharedTexts(budget=_kept_size("12345") + 5, keep=True)
+    texts.offer("a", (1,), ("123", "45"))
+    texts.offer("b", (2,), ("123456",))
     texts.next_member()
-    assert texts.get("a", (1,)) == ("12345",)
+    assert "".join(texts.get("a", (1,)) or ()) == "12345"
     assert texts.get("a", (9,)) is None  # another value: render it
     assert texts.get("b", (2,)) is None
     texts.next_member(last=True)
-    assert texts.get("a", (1,)) == ("12345",)  # offered again by the member that took it
+    assert "".join(texts.get("a", (1,)) or ()) == "12345"  # offered again by its taker
     assert not texts._current  # the last member keeps nothing
     texts.next_member()
     assert texts.get("a", (1,)) is None
+
+
+def test_kept_texts_are_compressed_and_come_back_whole():
+    # Text far larger than the budget as characters, and far larger than one expanded
+    # chunk, with multi-byte characters cut across the chunks' boundaries.
+    line = "-A FORWARD -s 198.51.100.0/24 -m comment --comment \"é€ rule\" -j ACCEPT\n"
+    pieces = tuple(line * 20_000 for _ in range(10))
+    texts = SharedTexts(budget=256 * 1024, keep=True)
+    kept = KeptText()
+    for piece in pieces:
+        kept.add(piece)
+    assert kept.size < texts.budget < sum(len(p) for p in pieces)
+    texts.offer("forward", (1,), kept)
+    texts.next_member()
+    got = list(texts.get("forward", (1,)) or ())
+    assert "".join(got) == "".join(pieces)
 
 
 def test_render_file_is_the_text_as_bytes(site):

@@ -80,6 +80,14 @@ class Entry:
         redacted = redact(path, content)
         return cls(REDACTED if redacted != content else FILE, _sha256(redacted), path)
 
+    @classmethod
+    def of_digest(cls, path: str, sha256: str) -> Entry:
+        """The entry of a file hashed while it was written; never one that can carry a
+        secret (its entry is of its redacted bytes: `of`)."""
+        if path.rsplit("/", 1)[-1] in SECRET_FILES:
+            raise ValueError(f"{path} can hold a secret: its entry needs its bytes")
+        return cls(FILE, sha256, path)
+
 
 def backend_problem(backend: Backend, paths: Iterable[str]) -> str | None:
     """Why the files PATHS (`<member>/<name>`) cannot be a tree compiled for BACKEND.

@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
 from fwc.backend.render.context import MemberBuild, SharedTexts
-from fwc.backend.render.registry import render_member
+from fwc.backend.render.registry import Chunks, render_member
 from fwc.cache import BlobReader, BlobWriter
 from fwc.diagnostics import SILENT, Reporter
 from fwc.model import Cluster, Member, Policy
@@ -54,8 +54,11 @@ class ForeignContent(OutputError):
 @dataclass(frozen=True, slots=True)
 class OutputFile:
     path: str  # relative to the cluster directory: <member>/<name>, or MANIFEST
-    content: bytes
+    content: bytes  # empty when `chunks` carries it
     mode: int
+    # A large file's bytes in pieces as they are rendered, read once by `write_file`
+    # (`stream_policy(chunked=True)`, as `fwc compile` writes); None: `content` is all.
+    chunks: Chunks | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +87,23 @@ def relative_source(path: str, root: str) -> str:
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
                  redact: bool, backend: Backend | None = None,
-                 texts: SharedTexts | None = None) -> Iterator[OutputFile]:
+                 texts: SharedTexts | None = None, chunked: bool = False) -> Iterator[OutputFile]:
     """The member's generated files, as the table of generated files (fwc.backend.files)
     says, one at a time (each is let go before the next is rendered).
 
     BACKEND: the packet filter to write for (None: the cluster's `backend`). TEXTS: what
-    the cluster's previous member rendered (see SharedTexts; None: nothing).
+    the cluster's previous member rendered (see SharedTexts; None: nothing). CHUNKED:
+    large files come as `OutputFile.chunks`, each to be read before the next file.
     """
     build = MemberBuild(cluster, member, options, redact, backend=backend,
                         texts=SharedTexts(keep=False) if texts is None else texts)
-    for r in render_member(build):
-        f = OutputFile(f"{member.name}/{r.file.name}", r.content, r.mode)
+    for r in render_member(build, chunked=True) if chunked else render_member(build):
+        f = OutputFile(f"{member.name}/{r.file.name}", r.content, r.mode, r.chunks)
         del r
         yield f
+        # A loop variable stays bound until the next value is made: without this, the
+        # file just written (150 MB at 100,000 rules) lived while the next was rendered.
+        del f
 
 
 def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry],
@@ -117,7 +124,7 @@ class ClusterStream:
 
     def __init__(self, policy: Policy, cluster: Cluster, options: LowerOptions, redact: bool,
                  progress: Reporter, first: int, total: int,
-                 backend: Backend | None = None) -> None:
+                 backend: Backend | None = None, chunked: bool = False) -> None:
         self.name = cluster.name
         self._policy = policy
         self._cluster = cluster
@@ -128,6 +135,7 @@ class ClusterStream:
         self._total = total
         self._written: list[str] = []
         self._backend = backend
+        self._chunked = chunked
 
     def files(self) -> Iterator[OutputFile]:
         cluster = self._cluster
@@ -140,10 +148,13 @@ class ClusterStream:
             done = self._first + index
             self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)
             for f in member_files(cluster, member, self._options, self._redact,
-                                  self._backend, texts):
-                entries.append(Entry.of(f.path, f.content))
+                                  self._backend, texts, self._chunked):
+                if f.chunks is None:
+                    entries.append(Entry.of(f.path, f.content))
                 self._written.append(f.path)
                 yield f
+                if f.chunks is not None:  # hashed while it was written
+                    entries.append(Entry.of_digest(f.path, f.chunks.sha256()))
                 del f  # written: not kept while the next file is rendered
             forget_lowered(cluster, member, self._options)
             texts.next_member(last=index + 2 >= count)
@@ -164,10 +175,12 @@ class ClusterStream:
 
 
 def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SILENT,
-                  backend: Backend | None = None) -> list[ClusterStream]:
+                  backend: Backend | None = None, chunked: bool = False) -> list[ClusterStream]:
     """Every cluster, to be built while `write_output` writes it (nothing is built yet).
 
-    BACKEND (`fwc compile --backend`) overrides every cluster's `backend`.
+    BACKEND (`fwc compile --backend`) overrides every cluster's `backend`. CHUNKED: the
+    large files (iptables rules) are written as they are rendered, never whole in memory
+    (`OutputFile.chunks`: only `write_output` and `RecordedStream` read those).
     """
     options = options_for(policy)
     total = sum(len(cluster.members) for cluster in policy.clusters) or 1
@@ -175,7 +188,7 @@ def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SIL
     first = 0
     for cluster in policy.clusters:
         out.append(ClusterStream(policy, cluster, options, redact, progress, first, total,
-                                 backend))
+                                 backend, chunked))
         first += len(cluster.members)
     return out
 
@@ -221,9 +234,20 @@ class RecordedStream:
 
     def files(self) -> Iterator[OutputFile]:
         for f in self._inner.files():
-            offset, length = self._writer.add(f.content)
-            self.index.append([f.path, f.mode, offset, length])
-            yield f
+            if f.chunks is None:
+                offset, length = self._writer.add(f.content)
+                self.index.append([f.path, f.mode, offset, length])
+                yield f
+            else:
+                offset, _ = self._writer.add(b"")
+                yield replace(f, chunks=Chunks(self._recorded(f.chunks)))
+                self.index.append([f.path, f.mode, offset, f.chunks.size])
+            del f  # not kept while the next file is rendered (see member_files)
+
+    def _recorded(self, chunks: Chunks) -> Iterator[bytes]:
+        for piece in chunks:
+            self._writer.add(piece)
+            yield piece
 
     def members(self) -> dict[str, list[str]]:
         return self._inner.members()
@@ -310,7 +334,11 @@ def write_file(directory: Path, f: OutputFile) -> None:
     # Create with the final mode so a secret is never readable, not even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
     with os.fdopen(fd, "wb") as stream:
-        stream.write(f.content)
+        if f.chunks is None:
+            stream.write(f.content)
+        else:
+            for piece in f.chunks:
+                stream.write(piece)
     os.chmod(path, f.mode)  # the umask may have removed bits
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fwc.checks import check
+from fwc.checks import SIDES_MEMO, check
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
@@ -116,7 +116,7 @@ Sides = list[tuple[str, Matcher, SideFacts, SideFacts]]
 def _sides(cluster: Cluster) -> Sides:
     """Every matcher with the facts of its source and destination, once per run (the
     three checks below ask the same)."""
-    return cluster.memo.get(("name-check-sides",), lambda: [
+    return cluster.memo.get((SIDES_MEMO,), lambda: [
         (what, item, SideFacts.of(item.source), SideFacts.of(item.destination))
         for what, item in _matchers(cluster)])
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from fwc.checks import check, describe
+from fwc.checks import FLOWS_MEMO, check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import (
@@ -432,7 +432,7 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
         memo = PartsMemo(firewall)
         return [flow_of(r, FILTER_HOOKS, firewall, memo) for r in cluster.rules]
 
-    return cluster.memo.get(("filter-flows", firewall), build)
+    return cluster.memo.get((FLOWS_MEMO, firewall), build)
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:

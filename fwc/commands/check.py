@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
             continue
         share = progress.within(done / len(args.files), (done + 1) / len(args.files))
         analysis = analyse(path, include_path=args.include_path, progress=share, cache=cache,
-                           jobs=jobs)
+                           jobs=jobs, keep_syntax=False)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
     progress.done()

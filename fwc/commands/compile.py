@@ -81,7 +81,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     jobs = jobs_from(getattr(args, "jobs", None))
     # Shares of the whole compile, as measured on large policies (docs/performance.md).
     front = model(args.file, include_path=args.include_path,
-                  progress=progress.within(0.0, 0.55), cache=cache)
+                  progress=progress.within(0.0, 0.55), cache=cache, keep_syntax=False)
     if isinstance(front, Modelled) and not failed(list(front.diagnostics), args.strict) \
             and parallel.wanted(jobs, rule_count(front.policy), FORK_RULES):
         worker = parallel.start(checks_in_worker(front.policy))
@@ -103,7 +103,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     # policy's output is never held at once), so a compile failure surfaces here too.
     streams: Sequence[FileStream] = stream_policy(
         policy, redact=args.redact_secrets, progress=progress.within(0.55, 0.95),
-        backend=backend)
+        backend=backend, chunked=True)
     policy_name = relative_source(policy.root, source_root(policy))
     if cache is None or analysis.cache_key is None:
         return _write(args, progress, verdict, analysis.program.texts, policy_name, streams)
@@ -121,7 +121,7 @@ def _compile_beside_checks(args: argparse.Namespace, progress: Progress, front: 
                                   progress.within(0.95, 0.95))
         streams: Sequence[FileStream] = stream_policy(
             front.policy, redact=args.redact_secrets, progress=progress.within(0.25, 0.95),
-            backend=backend)
+            backend=backend, chunked=True)
         policy_name = relative_source(front.policy.root, source_root(front.policy))
         texts = front.program.texts
         if cache is None or front.key is None:

@@ -47,6 +47,12 @@ class Memo:
         a stage is done with, so that they do not stay alive to the end of the run."""
         self._values.pop(key, None)
 
+    def drop_kind(self, kind: object) -> None:
+        """Forget every value whose key is a tuple starting with KIND (e.g. a check's
+        side tables, one per firewall address set, once every check has run)."""
+        for key in [k for k in self._values if type(k) is tuple and k and k[0] == kind]:
+            del self._values[key]
+
 
 @dataclass(frozen=True, slots=True)
 class AddressObject:

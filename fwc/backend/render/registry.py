@@ -9,7 +9,8 @@ the table of generated files (with a `When` if it exists only sometimes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -40,10 +41,13 @@ class Target:
     render: Callable[[MemberBuild, GeneratedFile], str | bytes]
     # Whether the member's files of this target carry a real secret (they get mode 0600).
     holds_secret: Callable[[MemberBuild], bool] = _never
+    # The same bytes as `render`, in pieces as they are rendered (None: not offered), for
+    # files too large to hold whole (a 100,000-rule member's iptables.rules is 135 MB).
+    stream: Callable[[MemberBuild, GeneratedFile], Iterable[bytes]] | None = None
 
 
 TARGETS = MappingProxyType({t.name: t for t in (
-    Target("iptables", iptables.render_file),
+    Target("iptables", iptables.render_file, stream=iptables.stream_file),
     Target("nftables", nftables.render_file),
     Target("ipset", ipset.render_file),
     Target("keepalived", keepalived.render_file, keepalived.holds_secret),
@@ -72,23 +76,59 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
                  and CONDITIONS[f.when](build))
 
 
+class Chunks:
+    """A file's bytes as its target renders them, read once (by the writer of `fwc
+    compile`, so that a large file is never whole in memory); its SHA-256 and size are
+    known once it has been read to the end."""
+
+    __slots__ = ("_pieces", "_sha", "size", "_state")
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = pieces
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self._state = "new"  # new, reading, read
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._state != "new":
+            raise RuntimeError("a file's chunks can be read only once")
+        self._state = "reading"
+        for piece in self._pieces:
+            self._sha.update(piece)
+            self.size += len(piece)
+            yield piece
+        self._pieces = ()
+        self._state = "read"
+
+    def sha256(self) -> str:
+        if self._state != "read":
+            raise RuntimeError("a file's digest is known once it has been read")
+        return self._sha.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     file: GeneratedFile
-    content: bytes  # UTF-8
+    content: bytes  # UTF-8 (empty when `chunks` carries it)
     mode: int  # in output/: the row's mode, 0644 for a secret file without a secret
+    chunks: Chunks | None = None  # the content in pieces, for a target that streams
 
 
-def render_member(build: MemberBuild) -> Iterator[Rendered]:
+def render_member(build: MemberBuild, chunked: bool = False) -> Iterator[Rendered]:
     """Every generated file of BUILD's member, rendered by its target, one at a time.
 
     A generator so that a caller can write (or hash) each text and let it go before
     the next is rendered: at 100,000 rules one member's files are hundreds of MB.
+    CHUNKED: a target that streams (Target.stream) gives its files as `Chunks`, to be
+    read before the next file is asked for.
     """
     build.files = member_files(build)
     for file in build.files:
         target = TARGETS[file.target]
+        mode = file.output_mode(target.holds_secret(build))
+        if chunked and target.stream is not None:
+            yield Rendered(file, b"", mode, Chunks(target.stream(build, file)))
+            continue
         text = target.render(build, file)
-        yield Rendered(file, text if isinstance(text, bytes) else text.encode(),
-                       file.output_mode(target.holds_secret(build)))
+        yield Rendered(file, text if isinstance(text, bytes) else text.encode(), mode)
         del text  # not kept while the next file is rendered

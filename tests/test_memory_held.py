@@ -1,0 +1,78 @@
+"""What a compile holds once a stage is done with it (issue 12: 100,000 rules in 500 MB).
+
+The CLI runs without the cyclic collector (fwc.commands.common.without_cycle_collection),
+so anything caught in a reference cycle lives to the end of the run: these tests count
+live objects with the collector off, as `fwc compile` runs.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from fwc.checks import FLOWS_MEMO, SIDES_MEMO, run_checks
+from fwc.frontend import syntax
+from fwc.frontend.loader import load
+from fwc.model import Memo
+from fwc.pipeline import analyse
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _live_rule_decls() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is syntax.RuleDecl)
+
+
+# Counted against what was alive before (other tests of the session may hold trees).
+
+def test_loading_leaves_no_syntax_tree_in_a_cycle(edge, collector_off):
+    before = _live_rule_decls()
+    program, _ = load(edge)
+    assert _live_rule_decls() > before  # held by the program
+    del program
+    assert _live_rule_decls() == before
+
+
+def test_check_and_compile_drop_the_syntax_trees_after_resolving(edge, collector_off):
+    before = _live_rule_decls()
+    analysis = analyse(edge, keep_syntax=False)
+    assert analysis.ok
+    assert _live_rule_decls() == before
+    assert analysis.program.texts and all(not f.statements for f in analysis.program.files)
+
+
+def test_by_default_the_syntax_trees_are_kept(edge, collector_off):
+    before = _live_rule_decls()
+    analysis = analyse(edge)
+    assert _live_rule_decls() > before
+    assert all(f.statements for f in analysis.program.files if f.path == str(edge))
+
+
+def test_the_checks_side_tables_are_dropped_once_they_ran(edge):
+    analysis = analyse(edge, run_checks=False)
+    assert analysis.policy is not None
+    run_checks(analysis.policy)
+    for cluster in analysis.policy.clusters:
+        kinds = {key[0] for key in cluster.memo._values if isinstance(key, tuple) and key}
+        assert not kinds & {SIDES_MEMO, FLOWS_MEMO}, kinds
+        assert "firewall" in kinds  # the model's own memo entries stay
+
+
+def test_memo_drop_kind_drops_only_that_kind():
+    memo = Memo()
+    for key in [("a", 1), ("a", 2), ("b", 1), ("a",)]:
+        memo.get(key, lambda: object())
+    memo.drop_kind("a")
+    assert list(memo._values) == [("b", 1)]
