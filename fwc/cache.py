@@ -212,6 +212,11 @@ class BlobWriter:
         self._stream = os.fdopen(fd, "wb")
         self._stream.write(MAGIC + b"0" * 64 + b"\n")
 
+    @property
+    def offset(self) -> int:
+        """Where the next byte string goes (relative to the payload)."""
+        return self._offset
+
     def raw(self, data: bytes) -> None:
         self._stream.write(data)
         self._mac.update(data)

@@ -239,14 +239,16 @@ class RecordedStream:
                 self.index.append([f.path, f.mode, offset, length])
                 yield f
             else:
-                offset, _ = self._writer.add(b"")
-                yield replace(f, chunks=Chunks(self._recorded(f.chunks)))
+                offset = self._writer.offset
+                # The inner Chunks hashes the pieces (for the manifest); this one only
+                # passes them on.
+                yield replace(f, chunks=Chunks(self._recorded(f.chunks), digest=False))
                 self.index.append([f.path, f.mode, offset, f.chunks.size])
             del f  # not kept while the next file is rendered (see member_files)
 
     def _recorded(self, chunks: Chunks) -> Iterator[bytes]:
         for piece in chunks:
-            self._writer.add(piece)
+            self._writer.raw(piece)
             yield piece
 
     def members(self) -> dict[str, list[str]]:

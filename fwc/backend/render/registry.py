@@ -79,13 +79,14 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
 class Chunks:
     """A file's bytes as its target renders them, read once (by the writer of `fwc
     compile`, so that a large file is never whole in memory); its SHA-256 and size are
-    known once it has been read to the end."""
+    known once it has been read to the end. DIGEST=False: pieces passed on to another
+    reader whose own `Chunks` already hashes them (no second SHA-256, no `sha256()`)."""
 
     __slots__ = ("_pieces", "_sha", "size", "_state")
 
-    def __init__(self, pieces: Iterable[bytes]) -> None:
+    def __init__(self, pieces: Iterable[bytes], digest: bool = True) -> None:
         self._pieces = pieces
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if digest else None
         self.size = 0
         self._state = "new"  # new, reading, read
 
@@ -93,16 +94,18 @@ class Chunks:
         if self._state != "new":
             raise RuntimeError("a file's chunks can be read only once")
         self._state = "reading"
+        sha = self._sha
         for piece in self._pieces:
-            self._sha.update(piece)
+            if sha is not None:
+                sha.update(piece)
             self.size += len(piece)
             yield piece
         self._pieces = ()
         self._state = "read"
 
     def sha256(self) -> str:
-        if self._state != "read":
-            raise RuntimeError("a file's digest is known once it has been read")
+        if self._state != "read" or self._sha is None:
+            raise RuntimeError("a file's digest is known once it has been read (and hashed)")
         return self._sha.hexdigest()
 
 
