@@ -21,7 +21,6 @@ in-process, as before.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -174,6 +173,8 @@ class Worker:
 def _die_with(parent: int) -> None:
     """Linux: the worker is killed when its parent dies (even by SIGKILL), instead of
     finishing work nobody will read."""
+    import ctypes  # here: only a worker needs it, not every `fwc check`
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
