@@ -158,15 +158,10 @@ class Worker:
 
     def _wait(self) -> int:
         if self._status is None:
-            while True:
-                try:
-                    _, self._status = os.waitpid(self.pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-                except ChildProcessError:  # reaped elsewhere: nothing was delivered
-                    self._status = 1 << 8
-                    break
+            try:  # an EINTR is retried by Python itself (PEP 475)
+                _, self._status = os.waitpid(self.pid, 0)
+            except ChildProcessError:  # reaped elsewhere: nothing was delivered
+                self._status = 1 << 8
         return self._status
 
 
