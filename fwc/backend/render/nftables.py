@@ -1010,11 +1010,13 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
             if item.verdicts:
                 tail += f" : {_verdict(rule, chain_names)}"
             for values in itertools.product(*(axes[f] for f in item.fields)):
-                keys = [_exact(f, v, family) for f, v in zip(item.fields, values, strict=True)]
-                if item.verdicts and None not in keys:
-                    exact.append(f"{' . '.join(cast('list[str]', keys))}{tail}")
-                else:
-                    ranged.append(f"{' . '.join(values)}{tail}")
+                if item.verdicts:  # only a map splits exact keys from ranges
+                    keys = [_exact(f, v, family)
+                            for f, v in zip(item.fields, values, strict=True)]
+                    if None not in keys:
+                        exact.append(f"{' . '.join(cast('list[str]', keys))}{tail}")
+                        continue
+                ranged.append(f"{' . '.join(values)}{tail}")
         key_type = " . ".join(types[f] for f in item.fields)
         if item.verdicts:
             names = tuple(writer.verdict_map(f"rules-v{family}", key_type, tuple(elements),
