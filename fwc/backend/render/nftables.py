@@ -1249,7 +1249,9 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
         out.append("\t}")
     # The sets and maps most often named by rules first: the kernel finds each set a rule
     # names by walking the table's list of sets in the order they were declared.
-    uses = Counter(SET_REFERENCE.findall("\n".join(body)))
+    uses: Counter[str] = Counter()
+    for line in body:  # line by line: no second copy of the whole rule text
+        uses.update(SET_REFERENCE.findall(line))
     listed = sorted(((kind, name, spec) for kind, table in (("set", writer.sets),
                                                             ("map", writer.maps))
                      for name, spec in table.items()), key=lambda d: -uses[d[1]])
