@@ -268,16 +268,17 @@ def load(path: str | Path, reader: Reader | None = None,
                 diagnostics.append(error(refused.code, refused.message, statement.span,
                                          hint=refused.hint))
                 continue
-            visit(target, [*stack, (key, statement)], target_source,
+            # (ruff takes the `del visit` below for an unbound name here: F821)
+            visit(target, [*stack, (key, statement)], target_source,  # noqa: F821
                   in_library or statement.library)
 
     visit(root, [], where)
     program = LoadedProgram(where.shown(root) if reader is not None else display_path(root),
                             tuple(files), tuple(hashes), frozenset(libraries))
-    # `visit` refers to itself through its closure, a cycle that outlives this call when
-    # the cyclic collector is off (as the CLI runs): emptied, it no longer holds every
-    # syntax tree to the end of the run.
-    files.clear()
+    # `visit` refers to itself through its closure, a cycle that would outlive this call
+    # when the cyclic collector is off (as the CLI runs), holding every syntax tree, the
+    # parser and the hashes to the end of the run: deleted, its cell no longer does.
+    del visit
     return program, diagnostics
 
 
