@@ -75,10 +75,7 @@ def analyse(path: str | Path, *, run_checks: bool = True, reader=None,
         return front
     if not run_checks:
         return front.finish(())
-    try:
-        return front.finish(checked(front.policy, progress.within(0.4, 1.0), jobs))
-    except parallel.WorkerFailed as exc:
-        return front.finish([worker_failure(exc)], store=False)
+    return front.finish_with(lambda: checked(front.policy, progress.within(0.4, 1.0), jobs))
 
 
 @dataclass(frozen=True)
@@ -93,6 +90,14 @@ class Modelled:
     key: str | None
     place: _Place | None
     secrets_read: tuple[tuple[str, str], ...]
+
+    def finish_with(self, checks: Callable[[], Sequence[Diagnostic]]) -> Analysis:
+        """`finish` with what CHECKS returns; when a worker process it waits for failed
+        (WorkerFailed), with the error that says so instead, not stored."""
+        try:
+            return self.finish(checks())
+        except parallel.WorkerFailed as exc:
+            return self.finish([worker_failure(exc)], store=False)
 
     def finish(self, checks: Sequence[Diagnostic], store: bool = True) -> Analysis:
         """The analysis with the checks' diagnostics, stored in the cache if there is one

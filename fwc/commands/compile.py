@@ -38,7 +38,6 @@ from fwc.pipeline import (
     decoded_diagnostics,
     model,
     rule_count,
-    worker_failure,
 )
 
 
@@ -88,10 +87,8 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         if worker is not None:
             return _compile_beside_checks(args, progress, front, cache, backend, worker)
     if isinstance(front, Modelled):
-        try:
-            analysis = front.finish(checked(front.policy, progress.within(0.22, 0.55), jobs))
-        except parallel.WorkerFailed as exc:
-            analysis = front.finish([worker_failure(exc)], store=False)
+        analysis = front.finish_with(
+            lambda: checked(front.policy, progress.within(0.22, 0.55), jobs))
     else:
         analysis = front
     policy = analysis.policy
@@ -182,10 +179,9 @@ class Verdict:
         if self._diagnostics is None:
             assert self._worker is not None and self._front is not None
             self._progress.phase("checking", 1.0)
-            try:
-                analysis = self._front.finish(decoded_diagnostics(self._worker.result()))
-            except parallel.WorkerFailed as exc:
-                analysis = self._front.finish([worker_failure(exc)], store=False)
+            worker = self._worker
+            analysis = self._front.finish_with(
+                lambda: decoded_diagnostics(worker.result()))
             self._stored = analysis.cache_key is not None
             self._diagnostics = _with_backend(list(analysis.diagnostics), analysis.policy,
                                               self._backend)
