@@ -174,7 +174,7 @@ def checked(policy: Policy, progress: Reporter = SILENT, jobs: int = 1) -> list[
     """Every check's diagnostics, in `run_checks` order; with a worker (JOBS,
     fwc.parallel.wanted) the checks of PARENT_CHECKS run here and the others there
     (WorkerFailed when it did not answer)."""
-    from fwc.checks import check_functions, run_check, run_checks
+    from fwc.checks import check_functions, drop_side_tables, run_check, run_checks
 
     if not parallel.wanted(jobs, rule_count(policy), FORK_RULES):
         return run_checks(policy, progress)
@@ -190,6 +190,7 @@ def checked(policy: Policy, progress: Reporter = SILENT, jobs: int = 1) -> list[
         for done, info in enumerate(mine):
             progress.phase(f"checking ({info.code})", done / len(mine))
             got[info.code] = run_check(info, policy)
+        drop_side_tables(policy)  # as run_checks does: the worker has its own copy
         progress.phase("checking (the other checks)", 1.0)
         got.update(decoded_checks(worker.result(), [info.code for info in theirs]))
     finally:

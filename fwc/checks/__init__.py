@@ -94,11 +94,11 @@ def run_checks(policy: Policy, progress: Reporter = SILENT) -> list[Diagnostic]:
     for done, info in enumerate(checks):
         progress.phase(f"checking ({info.code})", done / len(checks))
         out.extend(run_check(info, policy))
-    _drop_side_tables(policy)
+    drop_side_tables(policy)
     return out
 
 
-def _drop_side_tables(policy: Policy) -> None:
+def drop_side_tables(policy: Policy) -> None:
     """Forget what the checks memoised on the clusters for each other (flows, sides):
     about a tenth of the memory of a large policy's model, which `fwc compile` would
     otherwise hold while it renders (issue 12)."""

@@ -86,6 +86,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         worker = parallel.start(checks_in_worker(front.policy))
         if worker is not None:
             return _compile_beside_checks(args, progress, front, cache, backend, worker)
+        jobs = 1  # the fork failed: `checked` would only try it again
     if isinstance(front, Modelled):
         analysis = front.finish_with(
             lambda: checked(front.policy, progress.within(0.22, 0.55), jobs))
