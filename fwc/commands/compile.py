@@ -97,16 +97,8 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                             args.strict)
     if policy is None or verdict.failed():
         return _write(args, progress, verdict, analysis.program.texts, "", [])
-    # Each file is written to the staging copy as soon as it is built (a large
-    # policy's output is never held at once), so a compile failure surfaces here too.
-    streams: Sequence[FileStream] = stream_policy(
-        policy, redact=args.redact_secrets, progress=progress.within(0.55, 0.95),
-        backend=backend, chunked=True)
-    policy_name = relative_source(policy.root, source_root(policy))
-    if cache is None or analysis.cache_key is None:
-        return _write(args, progress, verdict, analysis.program.texts, policy_name, streams)
-    return _write_and_store(args, progress, verdict, analysis.program.texts, policy_name,
-                            streams, cache, _output_key(analysis.cache_key, args))
+    return _build_and_write(args, progress.within(0.55, 0.95), progress, verdict, policy,
+                            analysis.program.texts, backend, cache, analysis.cache_key)
 
 
 def _compile_beside_checks(args: argparse.Namespace, progress: Progress, front: Modelled,
@@ -117,17 +109,28 @@ def _compile_beside_checks(args: argparse.Namespace, progress: Progress, front: 
     try:
         verdict = Verdict.pending(worker, front, backend, args.strict,
                                   progress.within(0.95, 0.95))
-        streams: Sequence[FileStream] = stream_policy(
-            front.policy, redact=args.redact_secrets, progress=progress.within(0.25, 0.95),
-            backend=backend, chunked=True)
-        policy_name = relative_source(front.policy.root, source_root(front.policy))
-        texts = front.program.texts
-        if cache is None or front.key is None:
-            return _write(args, progress, verdict, texts, policy_name, streams)
-        return _write_and_store(args, progress, verdict, texts, policy_name, streams, cache,
-                                _output_key(front.key, args))
+        return _build_and_write(args, progress.within(0.25, 0.95), progress, verdict,
+                                front.policy, front.program.texts, backend, cache, front.key)
     finally:
         worker.close()
+
+
+def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Progress,
+                     verdict: Verdict, policy: Policy, texts: dict[str, str],
+                     backend: Backend | None, cache: ResultCache | None,
+                     key: str | None) -> int:
+    """POLICY's files built and written (and stored in CACHE under KEY, if both).
+
+    Each file is written to the staging copy as soon as it is built (a large policy's
+    output is never held at once), so a compile failure surfaces here too."""
+    streams: Sequence[FileStream] = stream_policy(
+        policy, redact=args.redact_secrets, progress=building, backend=backend,
+        chunked=True)
+    policy_name = relative_source(policy.root, source_root(policy))
+    if cache is None or key is None:
+        return _write(args, progress, verdict, texts, policy_name, streams)
+    return _write_and_store(args, progress, verdict, texts, policy_name, streams, cache,
+                            _output_key(key, args))
 
 
 def _with_backend(diagnostics: list[Diagnostic], policy: Policy | None,
