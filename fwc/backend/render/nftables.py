@@ -54,6 +54,7 @@ import ipaddress
 import itertools
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any, cast
@@ -318,16 +319,19 @@ class _Shapes:
                 self.address_span(m.source), self.address_span(m.destination))
 
     def address_span(self, address: AddressMatch) -> Span | None:
-        found = self.spans.get(address)
-        if found is None and address not in self.spans:
-            found = self.spans[address] = _span(self.blocks(address))
-        return found
+        return self._cached_span(address, lambda: self.blocks(address))
 
     def port_span(self, ports: tuple[PortRange, ...]) -> Span | None:
-        found = self.spans.get(ports)
-        if found is None and ports not in self.spans:
-            found = self.spans[ports] = _span(
-                tuple(sorted((p.low, p.high) for p in ports)) or None)
+        return self._cached_span(
+            ports, lambda: tuple(sorted((p.low, p.high) for p in ports)) or None)
+
+    def _cached_span(self, key: object,
+                     intervals: Callable[[], tuple[tuple[int, int], ...] | None]) \
+            -> Span | None:
+        """KEY's `_span` of INTERVALS(), computed once per compile of a family."""
+        found = self.spans.get(key)
+        if found is None and key not in self.spans:
+            found = self.spans[key] = _span(intervals())
         return found
 
 
@@ -346,12 +350,10 @@ def _span(intervals: tuple[tuple[int, int], ...] | None) -> Span | None:
             intervals if len(intervals) > 1 else None)
 
 
-def _spans_meet(x: Span, y: Span) -> bool:
-    if x[1] < y[0] or y[1] < x[0]:
-        return False
+def _walk_meets(x: Span, y: Span) -> bool:
+    """Whether two spans whose bounds overlap, one at least with its own intervals,
+    share a value: the walk `_apart_from_all` leaves to the end."""
     xs, ys = x[2], y[2]
-    if xs is None and ys is None:
-        return True
     return _intervals_meet(((x[0], x[1]),) if xs is None else xs,
                            ((y[0], y[1]),) if ys is None else ys)
 
@@ -360,21 +362,24 @@ def _apart_from_all(a: Signature, others: list[Signature]) -> bool:
     """True only when no packet can match rule A and any of OTHERS (False when unsure):
     each of OTHERS differs from A in a device, the protocol or the ICMP type, or its
     ports, sources or destinations do not meet A's. The fields most often apart first;
-    two spans that do not overlap are apart without a walk of their intervals."""
+    two spans that do not overlap are apart without a walk of their intervals.
+
+    The span test is written out for each of the three fields: the hottest loop of the
+    nftables backend, and a function call per field made it 18% slower (site20k)."""
     a0, a1, a2, a3, a4, a5, a6 = cast("tuple[Any, ...]", a)
     for b in others:
         b0, b1, b2, b3, b4, b5, b6 = cast("tuple[Any, ...]", b)
         if a6 is not None and b6 is not None and (
                 a6[1] < b6[0] or b6[1] < a6[0] or
-                ((a6[2] is not None or b6[2] is not None) and not _spans_meet(a6, b6))):
+                ((a6[2] is not None or b6[2] is not None) and not _walk_meets(a6, b6))):
             continue
         if a5 is not None and b5 is not None and (
                 a5[1] < b5[0] or b5[1] < a5[0] or
-                ((a5[2] is not None or b5[2] is not None) and not _spans_meet(a5, b5))):
+                ((a5[2] is not None or b5[2] is not None) and not _walk_meets(a5, b5))):
             continue
         if a4 is not None and b4 is not None and (
                 a4[1] < b4[0] or b4[1] < a4[0] or
-                ((a4[2] is not None or b4[2] is not None) and not _spans_meet(a4, b4))):
+                ((a4[2] is not None or b4[2] is not None) and not _walk_meets(a4, b4))):
             continue
         if (a0 is not None and b0 is not None and a0 != b0) or \
                 (a1 is not None and b1 is not None and a1 != b1) or \
