@@ -378,10 +378,10 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
 
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int, split_min: int,
-                  clip_ports: bool, share: bool = True) -> tuple[Chain, list[Chain], bool]:
+                  clip_ports: bool) -> tuple[Chain, list[Chain], bool]:
     """CHAIN arranged (and the chains it jumps to), and whether a chain name it wanted
-    was in `taken` already. SHARE: copied multi-line rules get a chain of their own
-    (share_expansions)."""
+    was in `taken` already. Without clip_ports, copied multi-line rules get a chain of
+    their own (share_expansions)."""
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     # The head stays first and flat: the automatic rules every packet meets (established,
     # invalid, ...). Policy rules never belong to it, with or without devices: a policy
@@ -398,7 +398,7 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
     moved = [arranger.as_moved(r) for r in rest]
     # nftables (clip_ports) tests an address list as one set lookup: nothing to share
     held: dict[str, FilterRule] = {}
-    if share and not clip_ports:
+    if not clip_ports:
         moved, held = hold_expansions(moved)
     body = arranger.arrange(moved, list(order), [])
     if body == moved:
@@ -425,14 +425,14 @@ class _Previous:
 
 def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
               names: dict[str, str], taken: set[str], order: tuple[str, ...], min_rules: int,
-              split_min: int, clip_ports: bool, share: bool) -> tuple[Chain, list[Chain]]:
+              split_min: int, clip_ports: bool) -> tuple[Chain, list[Chain]]:
     """arrange_chain, or the previous member's result when everything it reads is equal."""
     if memo is None:
         new, extra, _ = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                      split_min, clip_ports, share)
+                                      split_min, clip_ports)
         return new, extra
     previous = memo.get(("arranged", family, chain.name, clip_ports), _Previous)
-    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min, share)
+    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min)
     # The table's other chains (`taken`) only matter when a name collides: reused when
     # none did then, and none of the names it took is taken here.
     if previous.key == key and not previous.collided and previous.chain == chain \
@@ -441,7 +441,7 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
         return previous.result[0], list(previous.result[1])
     before = set(taken)
     new, extra, collided = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                         split_min, clip_ports, share)
+                                         split_min, clip_ports)
     previous.key, previous.chain, previous.collided = key, chain, collided
     previous.result, previous.named = (new, tuple(extra)), frozenset(taken - before)
     return new, extra
@@ -449,8 +449,7 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
 
 def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None, *,
             min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
-            clip_ports: bool = False, memo: Memo | None = None,
-            share: bool = True) -> NodeRuleset:
+            clip_ports: bool = False, memo: Memo | None = None) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
@@ -458,9 +457,9 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     clip_ports a rule copied into a port bucket keeps only its ports inside the
     bucket (nftables: a short list needs no set; iptables keeps one shared rule).
     MEMO (the cluster's per-run memo): a chain equal to the one the previous member had
-    in this run, with the same device names, is not arranged again. SHARE (iptables
-    only, not with clip_ports): a rule of several lines copied into several chains is
-    written once, in a chain of its own (share_expansions); False: every copy in place.
+    in this run, with the same device names, is not arranged again. Without clip_ports
+    (iptables) a rule of several lines copied into several chains is written once, in a
+    chain of its own, when that saves SHARE_MIN_SAVING lines (share_expansions).
     """
     table = ruleset.table(TableName.FILTER)
     if table is None:
@@ -476,7 +475,7 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         if current is None:
             continue
         new, extra = _arranged(memo, ruleset.family, current, prefix, names, taken,
-                               orders[builtin], min_rules, split_min, clip_ports, share)
+                               orders[builtin], min_rules, split_min, clip_ports)
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
