@@ -70,17 +70,22 @@ def test_a_chain_is_reused_only_when_its_rules_are_equal(site):
     assert not texts._previous and not texts._current
 
 
-def _kept_size(text: str) -> int:
+def _kept(*pieces: str) -> KeptText:
     kept = KeptText()
-    kept.add(text)
-    return len(kept.done())
+    for piece in pieces:
+        kept.add(piece)
+    return kept
+
+
+def _kept_size(text: str) -> int:
+    return len(_kept(text).done())
 
 
 def test_shared_texts_keep_at_most_their_budget():
     # The budget counts compressed bytes: "a" fits, "a" and "b" together do not.
     texts = SharedTexts(budget=_kept_size("12345") + 5, keep=True)
-    texts.offer("a", (1,), ("123", "45"))
-    texts.offer("b", (2,), ("123456",))
+    texts.offer("a", (1,), _kept("123", "45"))
+    texts.offer("b", (2,), _kept("123456"))
     texts.next_member()
     assert "".join(texts.get("a", (1,)) or ()) == "12345"
     assert texts.get("a", (9,)) is None  # another value: render it

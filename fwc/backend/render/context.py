@@ -99,16 +99,10 @@ class SharedTexts:
         """Compressed bytes that an offer may still hold (0 when nothing is kept)."""
         return self.budget - self._used if self.keep else 0
 
-    def offer(self, key: Hashable, value: object, text: KeptText | tuple[str, ...]) -> None:
-        """TEXT (a KeptText, or the pieces as rendered) was rendered for VALUE, under KEY."""
-        if not self.keep:
-            return
-        if isinstance(text, tuple):
-            kept = KeptText()
-            for piece in text:
-                kept.add(piece)
-            text = kept
-        self._take(key, value, text.done())
+    def offer(self, key: Hashable, value: object, text: KeptText) -> None:
+        """TEXT was rendered for VALUE, under KEY."""
+        if self.keep:
+            self._take(key, value, text.done())
 
     def _take(self, key: Hashable, value: object, data: bytes) -> None:
         if self.keep and self._used + len(data) <= self.budget:
