@@ -323,11 +323,12 @@ def run_aclgen(root: Path) -> Run:
 
 def traversal(policy: Path, sample: int) -> dict[str, float]:
     """Average kernel rules tested by sampled new connections on fw1, IPv4."""
-    from fwc.analysis.evaluate import Evaluator, corner_packets, rendered_lines
+    from fwc.analysis.evaluate import Evaluator, corner_packets
     from fwc.analysis.nftread import evaluations
     from fwc.backend.arrange import arrange
     from fwc.backend.ipsets import set_contents, use_ipsets
     from fwc.backend.lower import Chain, NodeRuleset, Table, lower
+    from fwc.backend.lower.ruleset import rendered_lines
     from fwc.pipeline import analyse
 
     analysis = analyse(policy, run_checks=False)
@@ -368,7 +369,7 @@ def traversal(policy: Path, sample: int) -> dict[str, float]:
         out[name] = sum(d.traversed for d in decisions) / len(packets)
         out[f"{name} worst"] = float(max(d.traversed for d in decisions))
         meanings[name] = [d.meaning for d in decisions]
-    out["flat list"] = float(sum(rendered_lines(r) for _, _, r in flat.rules()))
+    out["flat list"] = float(sum(rendered_lines(r.match) for _, _, r in flat.rules()))
     # nftables: fw1's nftables.nft read back, a map or set lookup counting as one rule
     nft = nft_rules(cluster, member)
     worst, mean = evaluations(nft, 4, packets)

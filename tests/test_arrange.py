@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from fwc.analysis.evaluate import Evaluator, Packet, corner_packets, rendered_lines
+from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend import arrange as arrange_module
 from fwc.backend.arrange import arrange, optimise
 from fwc.backend.ipsets import set_contents, use_ipsets
 from fwc.backend.lower import Chain, NodeRuleset, lower
+from fwc.backend.lower.ruleset import rendered_lines
 from fwc.backend.render.ipset import render as render_ipsets
 from fwc.model import Cluster, Member
 from fwc.model.vocabulary import Target
@@ -329,7 +330,7 @@ def _assert_decides_like(flat: NodeRuleset, arranged: NodeRuleset, seed: int) ->
 
 
 def _lines(ruleset: NodeRuleset) -> int:
-    return sum(rendered_lines(r) for c in ruleset.table("filter").chains  # type: ignore[union-attr]
+    return sum(rendered_lines(r.match) for c in ruleset.table("filter").chains  # type: ignore[union-attr]
                for r in c.rules)
 
 
@@ -357,11 +358,11 @@ def test_copied_rules_of_several_lines_are_shared_and_decide_like_flat(seed, mon
              if r.target in {c.name for c in shared}]
     for chain in shared:
         whole, = chain.rules
-        assert rendered_lines(whole) > 1 and whole.target in names | set(Target)
+        assert rendered_lines(whole.match) > 1 and whole.target in names | set(Target)
         into = [r for r in jumps if r.target == chain.name]
         assert len(into) > 1 and all(r is into[0] for r in into)  # one jump object
         jump = into[0]
-        assert rendered_lines(jump) == 1
+        assert rendered_lines(jump.match) == 1
         # the jump tests part of the rule, never a stateful match
         assert jump.match.limit is None and jump.match.statistic is None
         for field in ("in_device", "out_device", "protocol"):

@@ -29,8 +29,8 @@ from fwc.backend.lower.ruleset import (
     Chain,
     Match,
     NodeRuleset,
-    Rule,
     Table,
+    rendered_lines,
 )
 from fwc.model.intervals import Intervals, contains, normalise
 from fwc.model.vocabulary import BuiltinChain, Target
@@ -93,31 +93,6 @@ def _intervals(cidrs: tuple[str, ...]) -> Intervals:
         net = ipaddress.ip_network(cidr, strict=False)
         out.append((int(net.network_address), int(net.broadcast_address)))
     return normalise(out)
-
-
-
-
-def multiport_groups(match: Match) -> int:
-    """How many rendered lines the port list of a match needs (15 ports per multiport)."""
-    if not match.dports:
-        return 1
-    groups, used = 1, 0
-    for port in match.dports:
-        cost = 1 if port.low == port.high else 2
-        if used + cost > proto.MULTIPORT_MAX:
-            groups += 1
-            used = 0
-        used += cost
-    return groups
-
-
-def rendered_lines(rule: Rule) -> int:
-    match = rule.match
-
-    def width(address: AddressMatch) -> int:
-        return 1 if address.set_name is not None else max(1, len(address.cidrs))
-
-    return width(match.source) * width(match.destination) * multiport_groups(match)
 
 
 class Evaluator:
@@ -194,7 +169,7 @@ class Evaluator:
         costs = self.costs.get(chain.name)
         for index, rule in enumerate(chain.rules):
             if not self.matches(rule.match, packet):
-                counter[0] += rendered_lines(rule) if costs is None else costs[index]
+                counter[0] += rendered_lines(rule.match) if costs is None else costs[index]
                 continue
             counter[0] += 1 if costs is None else costs[index]
             target = rule.target

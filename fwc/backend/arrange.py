@@ -59,13 +59,15 @@ from fwc import protocols as proto
 from fwc.backend.ipsets import IpSet, use_ipsets
 from fwc.backend.lower.ruleset import (
     ANY,
-    AddressMatch,
     Chain,
     FilterRule,
     Match,
     NodeRuleset,
     Origin,
     Table,
+    address_width,
+    port_groups,
+    rendered_lines,
 )
 from fwc.model import Member, Memo, PortRange
 from fwc.model.vocabulary import BuiltinChain, Target
@@ -267,33 +269,15 @@ class _Arranger:
         return out
 
 
-def _width(side: AddressMatch) -> int:
-    return 1 if side.set_name is not None else max(1, len(side.cidrs))
-
-
-def _port_lines(match: Match) -> int:
-    """multiport lines of the port list (a range takes two of a line's MULTIPORT_MAX
-    slots): an estimate where the packing differs, only a decision reads it."""
-    if 2 * len(match.dports) <= proto.MULTIPORT_MAX:
-        return 1
-    return -(-sum(1 if p.low == p.high else 2 for p in match.dports) // proto.MULTIPORT_MAX)
-
-
-def _lines(match: Match) -> int:
-    """iptables lines of a rule with MATCH: one per source x destination CIDR (a set is
-    one) and per multiport line."""
-    return _width(match.source) * _width(match.destination) * _port_lines(match)
-
-
 def _entry(match: Match) -> Match:
     """The part of MATCH that one iptables line can test, and that has no state: the
     devices, protocol, ports (one multiport line), states, ICMP type, and each address
     side that is one CIDR or a set. Every packet MATCH matches, it matches too."""
     return replace(
         match,
-        source=match.source if _width(match.source) == 1 else ANY,
-        destination=match.destination if _width(match.destination) == 1 else ANY,
-        dports=match.dports if _port_lines(match) == 1 else (),
+        source=match.source if address_width(match.source) == 1 else ANY,
+        destination=match.destination if address_width(match.destination) == 1 else ANY,
+        dports=match.dports if len(port_groups(match.dports)) == 1 else (),
         limit=None, statistic=None, connlimit=None, hashlimit=None)
 
 
@@ -309,7 +293,7 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
     for rule in rules:
         match = rule.match
         if (len(match.source.cidrs) < 2 and len(match.destination.cidrs) < 2
-                and 2 * len(match.dports) <= proto.MULTIPORT_MAX) or _lines(match) < 2:
+                and 2 * len(match.dports) <= proto.MULTIPORT_MAX) or rendered_lines(match) < 2:
             out.append(rule)  # one line (the first test is the quick, common case)
             continue
         name = f"{_HELD}{len(held)}"
@@ -356,7 +340,7 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     made: list[Chain] = []
     for placeholder in first:
         whole, copies = held[placeholder], count[placeholder]
-        lines = _lines(whole.match)
+        lines = rendered_lines(whole.match)
         if copies * lines - (copies + lines + 1) < SHARE_MIN_SAVING:
             final[placeholder] = whole
             continue

@@ -28,7 +28,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from fwc import protocols as proto
-from fwc.backend.lower.ruleset import TERMINAL, AddressMatch, Chain, NodeRuleset, Rule, Table
+from fwc.backend.lower.ruleset import (
+    TERMINAL,
+    AddressMatch,
+    Chain,
+    NodeRuleset,
+    Rule,
+    Table,
+    address_width,
+)
 from fwc.model import Endpoint
 from fwc.model.vocabulary import Target
 
@@ -89,11 +97,6 @@ class _Namer:
         if match.set_name is not None or len(match.cidrs) <= (1 if force else self.threshold):
             return match
         return AddressMatch((), self.name_for(match.cidrs, endpoints), match.negated)
-
-
-def _width(match: AddressMatch) -> int:
-    """Rendered lines this side contributes: one per CIDR, one for a set or any."""
-    return 1 if match.set_name is not None else max(1, len(match.cidrs))
 
 
 def _mergeable(a: Rule, b: Rule) -> str | None:
@@ -171,8 +174,8 @@ def use_ipsets(ruleset: NodeRuleset, threshold: int = proto.IPSET_THRESHOLD) \
                 destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
                 # Two lists each under the threshold still render as their cross product
                 # (15 x 15 = 225 lines): the longer one becomes a set as well.
-                if _width(source) * _width(destination) > threshold:
-                    if _width(source) >= _width(destination):
+                if address_width(source) * address_width(destination) > threshold:
+                    if address_width(source) >= address_width(destination):
                         source = namer.address(m.source, _endpoints_for(rule, "source"),
                                                force=True)
                     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from fwc import protocols as proto
 from fwc.model import PortRange, vocabulary
 from fwc.model import Rule as PolicyRule
 from fwc.model.vocabulary import BuiltinChain, Target
@@ -103,6 +104,34 @@ class Match:
     statistic: tuple[int, int] | None = None  # `--mode nth --every N --packet P`
     connlimit: ConnLimit | None = None
     hashlimit: HashLimit | None = None
+
+
+def address_width(side: AddressMatch) -> int:
+    """iptables lines this side of a match takes: one per CIDR, one for a set or any."""
+    return 1 if side.set_name is not None else max(1, len(side.cidrs))
+
+
+def port_groups(ports: tuple[PortRange, ...]) -> list[tuple[PortRange, ...]]:
+    """PORTS split, in order, so that each multiport match holds at most
+    MULTIPORT_MAX slots (a range takes two)."""
+    groups: list[list[PortRange]] = [[]]
+    used = 0
+    for port in ports:
+        cost = 1 if port.low == port.high else 2
+        if used + cost > proto.MULTIPORT_MAX:
+            groups.append([])
+            used = 0
+        groups[-1].append(port)
+        used += cost
+    return [tuple(g) for g in groups]
+
+
+def rendered_lines(match: Match) -> int:
+    """The iptables lines a rule with MATCH is written as: one per source x destination
+    CIDR (a set is one) and per multiport group of its ports (`port_groups`)."""
+    ports = match.dports
+    groups = 1 if 2 * len(ports) <= proto.MULTIPORT_MAX else len(port_groups(ports))
+    return address_width(match.source) * address_width(match.destination) * groups
 
 
 @dataclass(frozen=True, slots=True)

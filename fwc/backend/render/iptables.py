@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, Reload, path_of
 from fwc.backend.lower.failsafe import failsafe
-from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule
+from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule, port_groups
 from fwc.backend.render import escape
 from fwc.backend.render.context import KeptText, MemberBuild, SharedTexts
 from fwc.model import PortRange
@@ -47,20 +47,6 @@ def _addresses(flag: str, match: AddressMatch) -> list[str]:
 
 def _port_text(port: PortRange) -> str:
     return str(port.low) if port.low == port.high else f"{port.low}:{port.high}"
-
-
-def _port_groups(ports: tuple[PortRange, ...]) -> list[tuple[PortRange, ...]]:
-    """Split a port list so that each multiport match holds at most 15 ports."""
-    groups: list[list[PortRange]] = [[]]
-    used = 0
-    for port in ports:
-        cost = 1 if port.low == port.high else 2
-        if used + cost > proto.MULTIPORT_MAX:
-            groups.append([])
-            used = 0
-        groups[-1].append(port)
-        used += cost
-    return [tuple(g) for g in groups]
 
 
 def _protocol_name(number: int) -> str:
@@ -99,7 +85,7 @@ def _protocol_texts(match: Match, memo: ProtocolTexts) -> list[str]:
     key = (match.protocol, match.dports, match.tcp_not_syn, match.icmp_type, match.tcp_flags)
     texts = memo.get(key)
     if texts is None:
-        groups = _port_groups(match.dports) if match.dports else [()]
+        groups = port_groups(match.dports) if match.dports else [()]
         texts = memo[key] = [" ".join(_protocol_options(match, ports)) for ports in groups]
     return texts
 
