@@ -18,11 +18,13 @@ lookups by code, `compiled_files`) are in checkkit.py.
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -141,6 +143,45 @@ def file_tree(directory: Path) -> dict[str, tuple[bytes, int]]:
 def compile_to(policy: Path, out: Path, *extra: str) -> int:
     """`fwc compile POLICY -o OUT EXTRA...` in this process; its exit code."""
     return main(["compile", str(policy), "-o", str(out), *extra])
+
+
+def run_on_terminal(*argv: str, cwd: Path) -> tuple[int, str, str]:
+    """`python -m fwc ARGV` with stderr on a pseudo-terminal: (exit code, stdout, what
+    the terminal got)."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(master)
+    out = child.stdout.read().decode() if child.stdout else ""
+    return child.wait(timeout=120), out, received.decode(errors="replace")
+
+
+def leftovers(*directories: Path) -> list[str]:
+    """The staging copies and swapped-out trees (`.fwc-`) left in DIRECTORIES."""
+    return sorted(p.name for d in directories for p in d.iterdir() if ".fwc-" in p.name)
+
+
+@pytest.fixture
+def cache_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private $XDG_CACHE_HOME with the cache on (never under the shared temporary
+    directory, which fwc refuses), removed afterwards."""
+    home = Path.home() / ".cache" / f"fwc-test-{uuid.uuid4().hex[:12]}"
+    home.mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def run_fwc(*args: str, cwd: Path | None = None, stdin: str | None = None,

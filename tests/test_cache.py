@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,6 @@ from conftest import EDGE, REPO, cannot_run, compile_to, file_tree
 
 from fwc import cache as fwc_cache
 from fwc.cli import main
-
-
-@pytest.fixture
-def cache_home(monkeypatch):
-    home = Path.home() / ".cache" / f"fwc-test-{uuid.uuid4().hex[:12]}"
-    home.mkdir(mode=0o700, parents=True)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def _entries(home: Path, kind: str) -> list[Path]:

@@ -6,15 +6,10 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import EDGE_TEXT as EDGE
-from conftest import compile_to, file_tree
-
-
-def leftovers(*directories: Path) -> list[str]:
-    return sorted(p.name for d in directories for p in d.iterdir() if ".fwc-" in p.name)
+from conftest import compile_to, file_tree, leftovers
 
 
 class CreationWatch:

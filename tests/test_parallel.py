@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EDGE_TEXT, EXAMPLE_FILES, EXAMPLE_NAMES, file_tree
+from conftest import EDGE_TEXT, EXAMPLE_FILES, EXAMPLE_NAMES, file_tree, leftovers, run_on_terminal
 
 from fwc import checks as registry
 from fwc import parallel
@@ -83,10 +83,6 @@ def _with_errors(tmp_path: Path) -> Path:
     return path
 
 
-def _no_leftovers(out: Path) -> None:
-    assert [p.name for p in out.parent.iterdir() if ".fwc-" in p.name] == []
-
-
 def test_failed_checks_write_nothing_with_a_worker(tmp_path, capsys):
     policy = _with_errors(tmp_path)
     clean = tmp_path / "repo" / "clean.fw"
@@ -100,7 +96,7 @@ def test_failed_checks_write_nothing_with_a_worker(tmp_path, capsys):
     assert two == one and one[0] == 1
     assert "error[FWC401]" in one[2] and "nothing written" in one[2]
     assert file_tree(out) == before  # the staged files were thrown away
-    _no_leftovers(out)
+    assert leftovers(out.parent) == []
     assert _check(policy, "2", capsys) == _check(policy, "1", capsys)
 
 
@@ -131,38 +127,29 @@ def test_a_killed_worker_is_an_internal_error_and_nothing_is_written(tmp_path, c
     assert "error[FWC900]" in report and "killed by signal 9 (SIGKILL)" in report
     assert "nothing written" in report
     assert not out.exists()
-    _no_leftovers(out)
+    assert leftovers(out.parent) == []
     status, _, report = _check(policy, "2", capsys)
     assert status == 1 and "error[FWC900]" in report and "SIGKILL" in report
     # in one process the check runs in this process, which it does not kill
     assert _compile(policy, out, "1", capsys)[0] == 0
 
 
-def test_a_killed_worker_is_not_kept_in_the_result_cache(tmp_path, capsys, monkeypatch):
-    home = Path.home() / ".cache" / f"fwc-test-parallel-{os.getpid()}"
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
-    try:
-        policy = tmp_path / "repo" / "edge.fw"
-        policy.parent.mkdir()
-        (policy.parent / ".git").mkdir()
-        policy.write_text(EDGE_TEXT, encoding="utf-8")
-        with monkeypatch.context() as patch:
-            registry.load_registry()
-            patch.setitem(registry.REGISTRY, "FWC105", _killing("FWC105", os.getpid()))
-            assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "a")]) == 1
-        capsys.readouterr()
-        # the next compile neither answers from a cached failure nor differs
-        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "b")]) == 0
-        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "c")]) == 0
-        assert main(["compile", "--no-cache", str(policy), "-o", str(tmp_path / "d")]) == 0
-        assert file_tree(tmp_path / "b") == file_tree(tmp_path / "c") \
-            == file_tree(tmp_path / "d")
-    finally:
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
+def test_a_killed_worker_is_not_kept_in_the_result_cache(tmp_path, capsys, monkeypatch,
+                                                         cache_home):
+    policy = tmp_path / "repo" / "edge.fw"
+    policy.parent.mkdir()
+    (policy.parent / ".git").mkdir()
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    with monkeypatch.context() as patch:
+        registry.load_registry()
+        patch.setitem(registry.REGISTRY, "FWC105", _killing("FWC105", os.getpid()))
+        assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "a")]) == 1
+    capsys.readouterr()
+    # the next compile neither answers from a cached failure nor differs
+    assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "b")]) == 0
+    assert main(["compile", "--jobs", "2", str(policy), "-o", str(tmp_path / "c")]) == 0
+    assert main(["compile", "--no-cache", str(policy), "-o", str(tmp_path / "d")]) == 0
+    assert file_tree(tmp_path / "b") == file_tree(tmp_path / "c") == file_tree(tmp_path / "d")
 
 
 def test_worker_answers_and_fails_closed():
@@ -280,7 +267,7 @@ def test_ctrl_c_stops_both_processes_and_writes_nothing(tmp_path):
     assert process.returncode == 130 and "interrupted" in err
     assert not any(_alive(w) for w in workers)
     assert not out.exists()
-    _no_leftovers(out)
+    assert leftovers(out.parent) == []
 
 
 def test_the_worker_dies_with_a_killed_parent(tmp_path):
@@ -314,41 +301,14 @@ def test_the_worker_dies_with_a_killed_parent(tmp_path):
             process.wait()
 
 
-def _on_terminal(*argv: str, cwd: Path) -> tuple[int, str]:
-    """fwc with stderr on a pseudo-terminal: (exit code, what the terminal got)."""
-    import pty
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    master, slave = pty.openpty()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=slave)
-    os.close(slave)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        received += chunk
-    os.close(master)
-    return child.wait(timeout=120), received.decode(errors="replace")
-
-
 def test_one_progress_line_with_a_worker(tmp_path):
-    code, screen = _on_terminal("compile", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
+    code, _, screen = run_on_terminal("compile", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
                                 "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert code == 0
     assert "fwc: compiling" in screen and "fwc: checking  95%" in screen
     # only the parent's line, redrawn in place and erased: no line of its own
     assert "\n" not in screen and screen.endswith("\r")
-    code, screen = _on_terminal("check", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
+    code, _, screen = run_on_terminal("check", "--no-cache", "--jobs", "2", str(EXAMPLE_FILES[0]),
                                 cwd=tmp_path)
     assert code == 0 and "fwc: checking (FWC401)" in screen
     assert "fwc: checking (the other checks) 100%" in screen and "\n" not in screen

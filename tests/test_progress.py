@@ -7,9 +7,8 @@ import os
 import pty
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import EDGE, REPO
+from conftest import EDGE, REPO, run_on_terminal
 
 from fwc.diagnostics import Progress
 
@@ -42,32 +41,11 @@ def test_phases_and_shares_on_a_terminal_then_erased():
     assert Progress.for_terminal(Terminal(), enabled=False).live is False
 
 
-def _run_on_terminal(*argv: str, cwd: Path) -> tuple[int, str, str]:
-    """fwc with stderr on a pseudo-terminal: (exit code, stdout, what the terminal got)."""
-    master, slave = pty.openpty()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        received += chunk
-    os.close(master)
-    out = child.stdout.read().decode() if child.stdout else ""
-    return child.wait(timeout=120), out, received.decode(errors="replace")
-
-
 def test_check_and_compile_show_progress_on_a_terminal(tmp_path):
-    code, _, screen = _run_on_terminal("check", str(EDGE), cwd=tmp_path)
+    code, _, screen = run_on_terminal("check", str(EDGE), cwd=tmp_path)
     assert code == 0
     assert "fwc: parsing" in screen and "fwc: checking (FWC" in screen
-    code, out, screen = _run_on_terminal("compile", str(EDGE), "-o", str(tmp_path / "out"),
+    code, out, screen = run_on_terminal("compile", str(EDGE), "-o", str(tmp_path / "out"),
                                          cwd=tmp_path)
     assert code == 0, screen
     assert "fwc: compiling edge/fw1" in screen and "fwc: writing  95%" in screen
@@ -80,7 +58,7 @@ def test_no_progress_in_pipes_or_json(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path)
     assert piped.returncode == 0
     assert "fwc: parsing" not in piped.stderr and "\r" not in piped.stderr
-    code, out, screen = _run_on_terminal("check", "--format", "json", str(EDGE), cwd=tmp_path)
+    code, out, screen = run_on_terminal("check", "--format", "json", str(EDGE), cwd=tmp_path)
     assert code == 0 and '"errors": 0' in out
     assert "fwc:" not in screen
 
