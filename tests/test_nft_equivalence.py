@@ -328,10 +328,9 @@ def test_a_rule_map_keeps_every_rule_s_comment_and_verdict():
     assert got == [(r.comment, r.target) for r in rules]
 
 
-def test_a_rule_map_splits_into_exact_keys_and_intervals_and_reads_back_in_order():
-    """Elements of host addresses and single ports go to a map of exact keys (a hash
-    table, no `flags interval`), the others (a prefix, a port range) to an interval map;
-    the chain looks up both, and the reader gives back every rule with its verdict."""
+def _split_ruleset() -> NodeRuleset:
+    """An INPUT chain of four rules on source . port: two exact keys (a host and one
+    port), a prefix and a port range, with both verdicts (the map pair's test case)."""
     from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
     from fwc.model import PortRange
     from fwc.model.vocabulary import BuiltinChain, Target
@@ -343,8 +342,17 @@ def test_a_rule_map_splits_into_exact_keys_and_intervals_and_reads_back_in_order
     rules = tuple(FilterRule(Match(source=AddressMatch((source,)), protocol=6, dports=(port,)),
                              verdict, Origin("policy", f"b.fw:{n}"))
                   for n, (source, port, verdict) in rows)
-    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+    return NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
         Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+
+
+def test_a_rule_map_splits_into_exact_keys_and_intervals_and_reads_back_in_order():
+    """Elements of host addresses and single ports go to a map of exact keys (a hash
+    table, no `flags interval`), the others (a prefix, a port range) to an interval map;
+    the chain looks up both, and the reader gives back every rule with its verdict."""
+    from fwc.model.vocabulary import Target
+
+    ruleset = _split_ruleset()
     text = nftables.render([ruleset], "split", min_concat=2)
     exact = text[text.index("\tmap rules-v4-1 {"):text.index("\tmap rules-v4-2 {")]
     ranged = text[text.index("\tmap rules-v4-2 {"):]
@@ -368,19 +376,7 @@ def test_the_kernel_finds_each_key_in_one_of_the_two_maps(tmp_path):
     probe key; every key a rule matches is in exactly one of the pair (the hash map
     holds the host and single-port rules, the interval map the prefix and the range),
     with that rule's verdict, and a key no rule matches is in neither."""
-    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
-    from fwc.model import PortRange
-    from fwc.model.vocabulary import BuiltinChain, Target
-
-    sources = ("192.0.2.1/32", "192.0.2.16/28", "192.0.2.2/32", "192.0.2.3/32")
-    ports = (PortRange(22, 22), PortRange(22, 22), PortRange(80, 88), PortRange(443, 443))
-    verdicts = (Target.ACCEPT, Target.DROP, Target.ACCEPT, Target.DROP)
-    rows = enumerate(zip(sources, ports, verdicts, strict=True), 1)
-    rules = tuple(FilterRule(Match(source=AddressMatch((source,)), protocol=6, dports=(port,)),
-                             verdict, Origin("policy", f"b.fw:{n}"))
-                  for n, (source, port, verdict) in rows)
-    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
-        Chain(BuiltinChain.INPUT, Target.DROP, rules),)),))
+    ruleset = _split_ruleset()
     text = nftables.render([ruleset], "split", min_concat=2)
     if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
         cannot_run("nft is missing (tests/run.sh installs the nftables package)")
