@@ -315,13 +315,17 @@ def test_one_progress_line_with_a_worker(tmp_path):
 
 
 def test_no_fork_possible_runs_in_one_process(tmp_path, capsys, monkeypatch):
+    forks: list[int] = []
+
     def cannot_fork() -> int:
+        forks.append(1)
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     policy = EXAMPLE_FILES[0]
     one = _compile(policy, tmp_path / "one", "1", capsys)
     monkeypatch.setattr(os, "fork", cannot_fork)
     assert _compile(policy, tmp_path / "two", "2", capsys) == one
+    assert len(forks) == 1  # a failed fork is not tried again for the checks
     assert file_tree(tmp_path / "two") == file_tree(tmp_path / "one")
     assert _check(policy, "2", capsys) == _check(policy, "1", capsys)
 
