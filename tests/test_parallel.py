@@ -237,6 +237,16 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def _started_workers(pid: int) -> list[int]:
+    """The worker processes of PID, once it has forked them (bounded wait)."""
+    deadline = time.monotonic() + 30
+    while not _workers(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _workers(pid)
+    assert workers, "the worker did not start"
+    return workers
+
+
 def test_ctrl_c_stops_both_processes_and_writes_nothing(tmp_path):
     import subprocess
     import sys
@@ -253,11 +263,7 @@ def test_ctrl_c_stops_both_processes_and_writes_nothing(tmp_path):
         stderr=subprocess.PIPE, text=True, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 30
-        while not _workers(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _workers(process.pid)
-        assert workers, "the worker did not start"
+        workers = _started_workers(process.pid)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
         _, err = process.communicate(timeout=20)
     finally:
@@ -284,11 +290,7 @@ def test_the_worker_dies_with_a_killed_parent(tmp_path):
          str(policy), "-o", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while not _workers(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _workers(process.pid)
-        assert workers, "the worker did not start"
+        workers = _started_workers(process.pid)
         process.kill()  # the parent alone, by SIGKILL: no finally runs there
         process.wait()
         deadline = time.monotonic() + 10
