@@ -7,6 +7,7 @@ these, and tests can read them.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from fwc import protocols as proto
@@ -238,13 +239,29 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     return "\n".join(lines)
 
 
+def in_load_order(files: Iterable[GeneratedFile]) -> list[GeneratedFile]:
+    """FILES in the order the apply step loads them (LOAD_ORDER: sets before the rules
+    that name them, rules before forwarding)."""
+    listed = list(files)
+    return [f for reload in LOAD_ORDER for f in listed if f.reload is reload]
+
+
+def ruleset_loader(file: GeneratedFile) -> list[str]:
+    """The program that loads the sets or rules FILE from its standard input."""
+    if file.reload is Reload.IPSETS:
+        return ["ipset", "restore", "-exist"]
+    if file.reload is Reload.RULES and file.loader is not None:
+        return ["nft", "-f", "-"] if file.loader == "nft" else [file.loader]
+    raise ValueError(f"{file.name} is not a set or rules file")
+
+
 def load(file: GeneratedFile) -> str:
     """The command that makes the node use FILE at once (its row's LOAD_ORDER reload)."""
-    if file.reload is Reload.IPSETS:
-        return f"ipset restore -exist < {file.path}"
-    if file.reload is Reload.RULES:
-        # nft reads a file by name (`-f`); the restore programs read stdin.
-        return f"nft -f {file.path}" if file.loader == "nft" else f"{file.loader} < {file.path}"
+    if file.reload is Reload.RULES and file.loader == "nft":
+        # nft reads a file by name (`-f`): its diagnostics then name the file.
+        return f"nft -f {file.path}"
+    if file.reload in (Reload.IPSETS, Reload.RULES):
+        return f"{' '.join(ruleset_loader(file))} < {file.path}"
     if file.reload is Reload.SYSCTL:
         # A key the kernel refuses (per-namespace limits, removed knobs) must not
         # undo a good ruleset: report it and carry on.
@@ -270,7 +287,7 @@ def apply(files: list[GeneratedFile]) -> str:
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
         lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
                      f"&& mv -f {tmp} {file.path}")
-    lines += [load(f) for reload in LOAD_ORDER for f in files if f.reload is reload]
+    lines += [load(f) for f in in_load_order(files)]
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
 

@@ -29,7 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwc.backend.files import FILES, LOAD_ORDER, GeneratedFile, Reload
+from fwc.backend.files import FILES, GeneratedFile, Reload
+from fwc.install.scripts import in_load_order, ruleset_loader
 from fwc.lab.adapter import LabSource
 from fwc.lab.netns import PYTHON, LabRefused, LabState, Proc, run, teardown
 from fwc.lab.results import UplinkResult, wait_for
@@ -246,7 +247,7 @@ def _build(lab: _Lab, plan: _Plan, source: LabSource) -> None:
     # The member: its sets and rules, forwarding, its routes script, its monitor.
     files = source.files[member.name]
     for generated in _rulesets(files):
-        lab.exec("fw", *_stdin_loader(generated), input=files[generated.name])
+        lab.exec("fw", *ruleset_loader(generated), input=files[generated.name])
     _forwarding(lab, "fw")
     for name in ("fwc-routes.sh", "fwc-uplinks.sh"):
         (lab.work / name).write_text(files[name], encoding="utf-8")
@@ -254,20 +255,10 @@ def _build(lab: _Lab, plan: _Plan, source: LabSource) -> None:
 
 
 def _rulesets(files: Mapping[str, str]) -> list[GeneratedFile]:
-    """The member's sets and rules among FILES, in the order `fwc install` loads them
-    (`LOAD_ORDER`): the ipsets before the rules that name them."""
-    return [generated for reload in LOAD_ORDER if reload in (Reload.IPSETS, Reload.RULES)
-            for generated in FILES if generated.reload is reload and generated.name in files]
-
-
-def _stdin_loader(generated: GeneratedFile) -> list[str]:
-    """The program that loads GENERATED as `fwc install` does (`scripts.load`), from stdin."""
-    if generated.reload is Reload.IPSETS:
-        return ["ipset", "restore", "-exist"]
-    if generated.loader == "nft":
-        return ["nft", "-f", "-"]
-    assert generated.loader is not None
-    return [generated.loader]
+    """The member's sets and rules among FILES, in the order `fwc install` loads them:
+    the ipsets before the rules that name them."""
+    return [generated for generated in in_load_order(f for f in FILES if f.name in files)
+            if generated.reload in (Reload.IPSETS, Reload.RULES)]
 
 
 def _default_via(lab: _Lab, gateway: IPAddress) -> bool:
