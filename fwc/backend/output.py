@@ -97,7 +97,7 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
     """
     build = MemberBuild(cluster, member, options, redact, backend=backend,
                         texts=SharedTexts(keep=False) if texts is None else texts)
-    for r in render_member(build, chunked=True) if chunked else render_member(build):
+    for r in render_member(build, chunked=chunked):
         f = OutputFile(f"{member.name}/{r.file.name}", r.content, r.mode, r.chunks)
         del r
         yield f
