@@ -321,25 +321,22 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
 
     Chains are named in the order of their first copy: the output is deterministic.
     """
-    count = dict.fromkeys(held, 0)
-    first: list[str] = []  # the placeholders in the order of their first copy
+    count: dict[str, int] = {}  # copies per placeholder, in the order of its first copy
     # where the placeholders are: (chain index, -1 for the body; positions in it)
     places: list[tuple[int, list[int]]] = []
     for index, rules in enumerate((body, *(c.rules for c in chains)), -1):
         positions = [i for i, r in enumerate(rules)
-                     if type(r.target) is str and r.target in count]
+                     if type(r.target) is str and r.target in held]
         if not positions:
             continue
         places.append((index, positions))
         for i in positions:
             target = cast("str", rules[i].target)
-            if not count[target]:
-                first.append(target)
-            count[target] += 1
+            count[target] = count.get(target, 0) + 1
     final: dict[str, FilterRule] = {}
     made: list[Chain] = []
-    for placeholder in first:
-        whole, copies = held[placeholder], count[placeholder]
+    for placeholder, copies in count.items():
+        whole = held[placeholder]
         lines = rendered_lines(whole.match)
         if copies * lines - (copies + lines + 1) < SHARE_MIN_SAVING:
             final[placeholder] = whole
