@@ -223,6 +223,14 @@ def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verd
     return status
 
 
+def _write_failure(exc: Exception) -> Diagnostic:
+    """What a failed write says: the output directory's own error, or a compiler bug."""
+    if isinstance(exc, OutputError):
+        return error(exc.code, str(exc), hint="nothing under the output directory was changed")
+    return error("FWC900", f"internal error while compiling: {type(exc).__name__}: {exc}",
+                 hint="please report this with the policy; nothing was written")
+
+
 def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
            texts: dict[str, str], policy_name: str, clusters: Sequence[FileStream]) -> int:
     """Print the diagnostics and, unless they fail the compile, write CLUSTERS."""
@@ -233,24 +241,12 @@ def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
                                before_swap=verdict.gate)
     except ChecksFailed:
         return _refuse(args, progress, verdict.diagnostics(), texts)
-    except OutputError as exc:
+    except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
         if verdict.failed():  # the checks come first, as without a worker
             return _refuse(args, progress, verdict.diagnostics(), texts)
         progress.done()
         diagnostics = verdict.diagnostics()
-        diagnostics.append(error(exc.code, str(exc),
-                                 hint="nothing under the output directory was changed"))
-        report(diagnostics, texts, args.format)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
-        if verdict.failed():
-            return _refuse(args, progress, verdict.diagnostics(), texts)
-        progress.done()
-        diagnostics = verdict.diagnostics()
-        diagnostics.append(error("FWC900", f"internal error while compiling: "
-                                 f"{type(exc).__name__}: {exc}",
-                                 hint="please report this with the policy; nothing was "
-                                 "written"))
+        diagnostics.append(_write_failure(exc))
         report(diagnostics, texts, args.format)
         return 1
     progress.done()
