@@ -147,24 +147,29 @@ def compile_to(policy: Path, out: Path, *extra: str) -> int:
 
 def run_on_terminal(*argv: str, cwd: Path) -> tuple[int, str, str]:
     """`python -m fwc ARGV` with stderr on a pseudo-terminal: (exit code, stdout, what
-    the terminal got)."""
+    the terminal got). Stdout goes to a file in CWD: a large report must not fill a
+    pipe nobody reads while the terminal is drained."""
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        received += chunk
-    os.close(master)
-    out = child.stdout.read().decode() if child.stdout else ""
-    return child.wait(timeout=120), out, received.decode(errors="replace")
+    stdout = cwd / ".stdout-on-terminal"
+    with open(stdout, "wb") as sink:
+        child = subprocess.Popen([sys.executable, "-m", "fwc", *argv], cwd=cwd, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=sink, stderr=slave)
+        os.close(slave)
+        received = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            received += chunk
+        os.close(master)
+        code = child.wait(timeout=120)
+    out = stdout.read_text(encoding="utf-8", errors="replace")
+    stdout.unlink()
+    return code, out, received.decode(errors="replace")
 
 
 def leftovers(*directories: Path) -> list[str]:
