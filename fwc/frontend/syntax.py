@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fwc.diagnostics import Span
+from fwc.model.records import quick_init
 
 
 class Lexeme(NamedTuple):
@@ -108,6 +109,7 @@ class Include:
     library: bool = False  # `include <name>`: looked up in the library search path
 
 
+@quick_init  # one per rule or definition of a large policy
 @dataclass(frozen=True, slots=True)
 class AddressDef:
     kind: str  # host, network, range
@@ -116,6 +118,7 @@ class AddressDef:
     span: Span
 
 
+@quick_init  # one per rule or definition of a large policy
 @dataclass(frozen=True, slots=True)
 class GroupDef:
     name: Word
@@ -209,6 +212,7 @@ class NatTargetDecl:
     port_high: Word | None = None  # `:LOW-HIGH`
 
 
+@quick_init  # one per rule or definition of a large policy
 @dataclass(frozen=True, slots=True)
 class RuleDecl:
     action: Word  # accept/drop/reject, or snat/dnat/masquerade/nonat in a nat block

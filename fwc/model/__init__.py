@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeVar
 from fwc import protocols as proto
 from fwc.diagnostics import Span
 from fwc.model.addresses import AddressSet
+from fwc.model.records import quick_init
 from fwc.model.vocabulary import Action, Backend, FilterAction, NatAction, NatStage, Verdict
 from fwc.text import encode_literal
 
@@ -107,6 +108,7 @@ class Service:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EndpointItem:
     """One item of a from/to list, resolved. kind: object, literal, vip, any, firewall."""
@@ -350,6 +352,7 @@ class BaseRule:
         return " ".join(parts)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class FilterRule(BaseRule):
     """A rule of a `rules` block: accept, drop or reject."""
@@ -362,6 +365,7 @@ class FilterRule(BaseRule):
         return None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NatRule(BaseRule):
     """A rule of a `nat` block: snat/dnat (with a target), masquerade or nonat."""
