@@ -122,6 +122,14 @@ class FastPath:
         self._lexed: dict[re.Pattern[str], dict[str, str | None]] = {}
         # word -> (kind, text) of the endpoint it is, or None
         self._endpoint_words: dict[str, tuple[str, str] | None] = {}
+        # word -> whether NAME reads it whole (`_lex(self.p.name, word)`, asked per name)
+        self._name_words: dict[str, bool] = {}
+
+    def _is_name(self, word: str) -> bool:
+        known = self._name_words.get(word)
+        if known is None:
+            known = self._name_words[word] = self._lex(self.p.name, word) is not None
+        return known
 
     def _lex(self, pattern: re.Pattern[str], word: str) -> str | None:
         """`_terminal`, remembered per pattern and word."""
@@ -186,9 +194,21 @@ class FastPath:
     def _services(self, text: str, pairs: list, i: int, pos: int,
                   number: int) -> tuple[list[s.ServiceRef], int, int]:
         out: list[s.ServiceRef] = []
+        names = self._name_words
+        path = self.path
         while True:
             space, value = pairs[i]
             start = pos = pos + len(space)
+            if "/" not in value and names.get(value):  # a known name: the common case
+                pos += len(value)
+                out.append(_new(s.ServiceRef, ("name", value, _new(Span, (
+                    path, number, start + 1, number, pos + 1)))))
+                i += 1
+                if i == len(pairs) or pairs[i][1] != ",":
+                    return out, i, pos
+                pos += len(pairs[i][0]) + 1
+                i += 1
+                continue
             spec = self.p.service_spec.match(text, start) if "/" in value else None
             if spec is not None:  # SVC_SPEC outranks NAME; it may hold commas
                 end = spec.end()
@@ -205,7 +225,7 @@ class FastPath:
                 out.append(_new(s.ServiceRef, ("spec", spec.group(),
                                                self._span(number, start, end))))
             else:
-                if self._lex(self.p.name, value) is None:
+                if not self._is_name(value):
                     raise _Defer
                 pos += len(value)
                 out.append(_new(s.ServiceRef, ("name", value, self._span(number, start, pos))))
@@ -217,11 +237,12 @@ class FastPath:
 
     def _name(self, pairs: list, i: int, pos: int, number: int) -> tuple[s.Word, int]:
         space, value = pairs[i]
-        if self._lex(self.p.name, value) is None:
+        if not (self._name_words.get(value) or self._is_name(value)):
             raise _Defer
         start = pos + len(space)
-        return _new(s.Word, (value, self._span(number, start, start + len(value)))), \
-            start + len(value)
+        end = start + len(value)
+        return _new(s.Word, (value, _new(Span, (self.path, number, start + 1, number,
+                                                end + 1)))), end
 
     def rule(self, text: str, number: int) -> s.RuleDecl | None:
         """`accept|drop|reject from E, ... to E, ... [service S, ...] [in X] [out Y]
@@ -308,19 +329,24 @@ class FastPath:
                 return None
             return s.ServiceDef(name, tuple(items), None, join_spans(name.span, items[-1].span))
         pattern = self.p.group_item if keyword == "group" else self.p.address
+        lexed = self._lexed.get(pattern)
+        if lexed is None:
+            lexed = self._lexed[pattern] = {}
         values: list[tuple[str, str, Span]] = []
+        path = self.path
+        size = len(pairs)
         i = 2
-        while i < len(pairs):
+        while i < size:
             space, value = pairs[i]
-            kind = self._lex(pattern, value)
+            kind = lexed.get(value) or self._lex(pattern, value)
             if kind is None:
                 return None
             start = pos + len(space)
             pos = start + len(value)
-            values.append((kind, value, self._span(number, start, pos)))
+            values.append((kind, value, _new(Span, (path, number, start + 1, number, pos + 1))))
             i += 1
-            if i < len(pairs):
-                if pairs[i][1] != "," or i + 1 == len(pairs):
+            if i < size:
+                if pairs[i][1] != "," or i + 1 == size:
                     return None
                 pos += len(pairs[i][0]) + 1
                 i += 1

@@ -105,7 +105,9 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
 
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
-_FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
+_FILTER_ACTIONS = {a.value: a for a in FilterAction}
+# Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
+_PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})  # a dict lookup, not Enum's __call__
 
 
 class Resolver:
@@ -879,21 +881,22 @@ class Resolver:
             -> m.Endpoint | None:
         out: list[m.EndpointItem] = []
         ok = True
+        make = m.EndpointItem
+        objects = self.objects
         for item in items:
-            if item.kind in ("any", "firewall"):
-                out.append(m.EndpointItem(item.kind, item.text, _NOTHING, item.negated,
-                                          None, item.span))
-                continue
-            if item.kind == "name":
-                self.used.add(item.text)
-                obj = self.objects.get(item.text)
+            kind = item.kind
+            if kind == "name":  # most items
+                text = item.text
+                self.used.add(text)
+                obj = objects.get(text)
                 if obj is None:
-                    if item.text not in self.object_decls:
+                    if text not in self.object_decls:
                         self.undefined_object(item)
                     ok = False
                     continue
-                out.append(m.EndpointItem("object", item.text, obj.addresses, item.negated,
-                                          item.text, item.span))
+                out.append(make("object", text, obj.addresses, item.negated, text, item.span))
+            elif kind == "any" or kind == "firewall":
+                out.append(make(kind, item.text, _NOTHING, item.negated, None, item.span))
             elif item.kind == "vip":
                 iface = ifaces.get(item.text)
                 if iface is None or not iface.vips:
@@ -1034,6 +1037,9 @@ class Resolver:
             -> dict[str, object] | None:
         """The options of issue 15's vocabulary, as keyword arguments of the rule; None
         after an error (reported)."""
+        if opts.keys() <= _PLAIN_OPTIONS:  # most rules: none of the options below
+            return {"log_options": _NO_LOG_OPTIONS, "notrack": False, "option_spans": tuple(
+                (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())}
         ok = True
         out: dict[str, object] = {}
         value = {k: o.value for k, o in opts.items() if o.value is not None}
