@@ -105,9 +105,9 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
 
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
-_FILTER_ACTIONS = {a.value: a for a in FilterAction}
+_FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
-_PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})  # a dict lookup, not Enum's __call__
+_PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
 
 class Resolver:
