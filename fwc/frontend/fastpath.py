@@ -268,18 +268,25 @@ class FastPath:
         options: list[s.Option] = []
         services: tuple[s.ServiceRef, ...] = ()
         last = destinations[-1].span
-        while i < len(pairs):
+        names = self._name_words
+        path = self.path
+        size = len(pairs)
+        while i < size:
             space, keyword = pairs[i]
             start = pos + len(space)
             pos = start + len(keyword)
             if keyword in _NAMED_OPTIONS:
-                value, pos = self._name(pairs, i + 1, pos, number)
-                options.append(_new(s.Option, (keyword, value, value.span)))
-                last = value.span
+                space, word = pairs[i + 1]
+                if not (names.get(word) or self._is_name(word)):
+                    raise _Defer
+                start = pos + len(space)
+                pos = start + len(word)
+                last = _new(Span, (path, number, start + 1, number, pos + 1))
+                options.append(_new(s.Option, (keyword, _new(s.Word, (word, last)), last)))
                 i += 2
             elif keyword == "service":
                 refs, i, pos = self._services(text, pairs, i + 1, pos, number)
-                services = services + tuple(refs)
+                services = services + tuple(refs) if services else tuple(refs)
                 last = refs[-1].span
                 options.append(_new(s.Option, ("service", None, join_spans(refs[0].span, last))))
             elif keyword == "log":
@@ -304,7 +311,8 @@ class FastPath:
             else:
                 return None
         return s.RuleDecl(action, tuple(sources), tuple(destinations), tuple(options),
-                          services, None, join_spans(action.span, last), ())
+                          services, None, _new(Span, (path, number, action.span.column,
+                                                      last.end_line, last.end_column)), ())
 
     def definition(self, text: str, number: int) -> s.AddressDef | s.GroupDef | s.ServiceDef | None:
         """`host|network NAME ADDR, ...`, `group NAME [ITEM, ...]` or `service NAME ITEM, ...`
