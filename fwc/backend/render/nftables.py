@@ -549,6 +549,63 @@ def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
+DEVICE_FIELDS = ("in_device", "out_device")
+
+
+def entry_devices(table: Table) -> dict[str, tuple[str | None, str | None]]:
+    """User chain -> the (input, output) device every packet entering it has, or None
+    where that is not one known device. A chain's device is known when every jump to it
+    tests that device itself or comes from a chain where it is known (arrange's
+    dispatch on the input device: `-i eth1 -j fwd-dmz`, and every chain below it).
+    Sound by construction: a chain starts unknown and becomes known only once all its
+    callers agree, so a chain nobody jumps to, or a cycle, stays unknown."""
+    callers: dict[str, list[tuple[str, Rule]]] = {}
+    for chain in table.chains:
+        for rule in chain.rules:
+            if type(rule.target) is str:
+                callers.setdefault(rule.target, []).append((chain.name, rule))
+    unknown: tuple[str | None, str | None] = (None, None)
+    known: dict[str, tuple[str | None, str | None]] = {}
+    grew = True
+    while grew:
+        grew = False
+        for chain in table.chains:
+            if chain.builtin or chain.name not in callers:
+                continue
+            got: list[str | None] = []
+            for at, name in enumerate(DEVICE_FIELDS):
+                values = {getattr(rule.match, name) or known.get(caller, unknown)[at]
+                          for caller, rule in callers[chain.name]}
+                got.append(values.pop() if len(values) == 1 else None)
+            now = (got[0], got[1])
+            if now != known.get(chain.name, unknown):
+                known[chain.name] = now
+                grew = True
+    return known
+
+
+def drop_known_devices(table: Table) -> Table:
+    """Each rule's test of a device its chain's packets all have (`entry_devices`)
+    dropped: `iifname "eth1"` inside the chains reached only through the input-device
+    dispatch on eth1. Exact: in that chain the test is true for every packet. Each test
+    is two kernel expressions and parser work, and a rule map of such a chain keys on
+    one device less (rules that differed only in naming it now share a map)."""
+    known = entry_devices(table)
+    chains: list[Chain] = []
+    for chain in table.chains:
+        devices = known.get(chain.name)
+        if devices is None or devices == (None, None):
+            chains.append(chain)
+            continue
+        rules: list[Rule] = []
+        for rule in chain.rules:
+            drop = {name: None for name, device in zip(DEVICE_FIELDS, devices, strict=True)
+                    if device is not None and getattr(rule.match, name) == device}
+            rules.append(replace(rule, match=replace(rule.match, **drop)) if drop else rule)
+        chains.append(replace(chain, rules=tuple(rules)))
+    return replace(table, chains=tuple(chains))
+
+
 LOG_CHAIN = "fwc-log"  # + a number: the chain of one logged rule (`fold_logs`)
 
 
@@ -1171,6 +1228,8 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
     for ruleset in rulesets:
         family = ruleset.family
         for table in ruleset.tables:
+            if concat:
+                table = drop_known_devices(table)
             table, folded = fold_logs(table) if concat else (table, {})
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
             shapes = _Shapes(ipsets, never_returning(table.chains), family) if concat else None
