@@ -591,7 +591,7 @@ def entry_matches(table: Table) -> dict[str, Entry]:
 def drop_known_devices(table: Table) -> Table:
     """Each rule's test of a device its chain's packets all have (`entry_matches`)
     dropped: `iifname "eth1"` inside the chains reached only through the input-device
-    dispatch on eth1 (`entry_matches`). Exact: in that chain the test is true for every packet. Each test
+    dispatch on eth1. Exact: in that chain the test is true for every packet. Each test
     is two kernel expressions and parser work, and a rule map of such a chain keys on
     one device less (rules that differed only in naming it now share a map)."""
     known = entry_matches(table)
