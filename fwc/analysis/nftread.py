@@ -31,6 +31,12 @@ How the nft constructs become lowered rules:
   elements of those ports: the others can never match there (the renderer
   shares one map across the bucket chains of a dispatch). The ports are read
   from the jumps (`_envelopes`), not assumed.
+- `th dport` without a protocol (the renderer writes it in a chain that only
+  packets of one protocol reach) is a port test of that protocol, read from the
+  jumps to the chain (`_given_protocols`); where packets of several protocols
+  arrive it is refused. A chain's rules may also leave out a device or
+  protocol test that every packet reaching them passes: read as written, they
+  decide the same, as the evaluator walks the packet from its hook.
 - A rule's own limits, which match beyond the limit as iptables' do: a named
   `limit` object (`rate over R burst N packets`, `limit name "x"`) is the
   hashlimit bucket of that name; `update @m { ip saddr limit rate over ... }`

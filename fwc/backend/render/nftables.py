@@ -32,6 +32,10 @@ proves the two outputs decide every sampled packet alike):
   and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
   bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
   sets load faster, as the kernel finds each set by name in a list;
+- inside a chain that only packets of one input device or one protocol reach
+  (below arrange's dispatch on them, `entry_matches`), a rule does not test
+  that device again, and its ports are `th dport` without the protocol test
+  (`drop_known_devices`, `_protocol`): fewer kernel expressions to load;
 - every address or port list of more than one element is a named set with
   `flags interval`, one per distinct content and shared by every rule naming it.
   No anonymous sets: the kernel creates and looks them up in time that grows
