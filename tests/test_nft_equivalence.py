@@ -556,3 +556,153 @@ def test_sets_named_by_more_rules_are_declared_first():
     assert "ip saddr @addresses-v4-1 " in text and text.count("ip saddr @addresses-v4-2 ") == 2
     assert text.index("\tset addresses-v4-2 {") < text.index("\tset addresses-v4-1 {")
     assert nftables.render([ruleset], "order") == text
+
+
+def _known_entry_ruleset() -> NodeRuleset:
+    """FORWARD dispatches on the input device (eth1 -> fwd-dmz, eth2 -> fwd-up), fwd-dmz
+    on the protocol (tcp -> dmz-tcp, udp -> dmz-udp); `both` is reached from dmz-tcp
+    (eth1, tcp) and from fwd-up (eth2, udp), so nothing is known there."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    def rule(n: int, target: object, **match: object) -> FilterRule:
+        return FilterRule(Match(**match), target, Origin("policy", f"k.fw:{n}"))  # type: ignore[arg-type]
+
+    def host(n: int) -> AddressMatch:
+        return AddressMatch((f"192.0.2.{n}/32",))
+
+    def port(n: int) -> tuple[PortRange, ...]:
+        return (PortRange(n, n),)
+
+    forward = (rule(1, "fwd-dmz", in_device="eth1"), rule(2, "fwd-up", in_device="eth2"))
+    dmz = (rule(3, "dmz-tcp", protocol=6), rule(4, "dmz-udp", protocol=17))
+    dmz_tcp = (rule(5, Target.ACCEPT, in_device="eth1", protocol=6, dports=port(22),
+                    source=host(1)),
+               rule(6, Target.DROP, protocol=6, dports=port(23), source=host(2)),
+               rule(7, Target.ACCEPT, in_device="eth2", protocol=6, dports=port(24)),
+               rule(8, Target.DROP, in_device="eth1", out_device="eth0", protocol=6),
+               rule(9, "both", in_device="eth1", protocol=6, dports=port(25)))
+    dmz_udp = (rule(10, Target.ACCEPT, in_device="eth1", protocol=17, dports=port(53)),)
+    up = (rule(11, "both", protocol=17, dports=port(53)),)
+    both = (rule(12, Target.ACCEPT, in_device="eth1", protocol=6, dports=port(25)),
+            rule(13, Target.DROP, in_device="eth2", protocol=17, dports=port(53)))
+    return NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.FORWARD, Target.DROP, forward),
+        Chain("fwd-dmz", None, dmz), Chain("dmz-tcp", None, dmz_tcp),
+        Chain("dmz-udp", None, dmz_udp), Chain("fwd-up", None, up),
+        Chain("both", None, both))),))
+
+
+def _chain_text(text: str, name: str) -> str:
+    return text.split(f"\tchain {name} {{\n", 1)[1].split("\n\t}", 1)[0]
+
+
+def test_entry_matches_knows_a_chain_s_device_and_protocol_only_when_every_jump_agrees():
+    table = _known_entry_ruleset().tables[0]
+    known = nftables.entry_matches(table)
+    assert known["fwd-dmz"] == ("eth1", None, None)
+    assert known["dmz-tcp"] == ("eth1", None, 6)
+    assert known["dmz-udp"] == ("eth1", None, 17)
+    assert known["fwd-up"] == ("eth2", None, None)
+    assert known.get("both", (None, None, None)) == (None, None, None)  # eth1/tcp, eth2/udp
+    # a cycle entered from the base chain without a test: unknown where that jump
+    # arrives, known below the jump that tests the device
+    from fwc.backend.lower.ruleset import Chain, FilterRule, Match, Origin, Table
+    from fwc.model.vocabulary import BuiltinChain, Target
+    loop = Table(TableName.FILTER, (
+        Chain(BuiltinChain.FORWARD, Target.DROP, (FilterRule(Match(), "a", Origin("auto", "z")),)),
+        Chain("a", None, (FilterRule(Match(in_device="eth1"), "b", Origin("auto", "x")),)),
+        Chain("b", None, (FilterRule(Match(), "a", Origin("auto", "y")),))))
+    known = nftables.entry_matches(loop)
+    assert known.get("a", (None, None, None)) == (None, None, None)
+    assert known["b"] == ("eth1", None, None)
+
+
+def test_a_chain_reached_with_one_device_and_protocol_tests_neither_again():
+    """Inside the chains below the input-device and protocol dispatch, a rule's test of
+    that device goes and its ports are `th dport` (no `meta l4proto` test); a rule
+    naming another device keeps it (it can never match there, as in iptables); a chain
+    reached with different devices and protocols keeps every test. The reader gives
+    every packet the decision of the rules as lowered."""
+    ruleset = _known_entry_ruleset()
+    text = nftables.render([ruleset], "known entry")
+    dmz_tcp = _chain_text(text, "filter-dmz-tcp-v4")
+    assert 'iifname "eth1"' not in dmz_tcp and "tcp dport" not in dmz_tcp
+    assert 'ip saddr 192.0.2.1/32 th dport 22 counter accept comment "k.fw:5"' in dmz_tcp
+    assert 'iifname "eth2" th dport 24 counter accept' in dmz_tcp
+    # a protocol test with nothing else to say goes; the output device stays
+    assert 'oifname "eth0" counter drop comment "k.fw:8"' in dmz_tcp
+    assert "th dport 53 counter accept" in _chain_text(text, "filter-dmz-udp-v4")
+    both = _chain_text(text, "filter-both-v4")
+    assert 'iifname "eth1" tcp dport 25' in both and 'iifname "eth2" udp dport 53' in both
+    nft = read(text)
+    back = {c.name: c for c in nft.rulesets[4].table(TableName.FILTER).chains}
+    assert [r.match.protocol for r in back["filter-dmz-tcp-v4"].rules] == [6, 6, 6, None, 6]
+    flat = {4: ruleset}
+    assert compare(flat, nft, flat, "known entry") > 20
+    # the plain form (no concatenation work) writes every test, as before
+    plain = nftables.render([ruleset], "known entry", concat=False)
+    assert 'iifname "eth1" ip saddr 192.0.2.1/32 tcp dport 22' in plain
+
+
+def test_a_rule_map_below_the_device_dispatch_keys_on_one_device_less():
+    """Rules that named the chain's device and rules that named none become one shape:
+    one map keyed without the input device."""
+    from fwc.backend.lower.ruleset import AddressMatch, Chain, FilterRule, Match, Origin, Table
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import BuiltinChain, Target
+
+    rules = tuple(FilterRule(Match(in_device="eth1" if n % 2 else None, out_device="eth0",
+                                   source=AddressMatch((f"192.0.2.{n}/32",)), protocol=6,
+                                   dports=(PortRange(22, 22),)),
+                             Target.ACCEPT if n % 3 else Target.DROP,
+                             Origin("policy", f"m.fw:{n}")) for n in range(1, 9))
+    ruleset = NodeRuleset("c", "m", 4, (Table(TableName.FILTER, (
+        Chain(BuiltinChain.FORWARD, Target.DROP, (
+            FilterRule(Match(in_device="eth1"), "dmz", Origin("auto", "dispatch")),)),
+        Chain("dmz", None, rules))),))
+    text = nftables.render([ruleset], "one map", min_concat=2)
+    dmz = _chain_text(text, "filter-dmz-v4")
+    assert dmz.count(" vmap @rules-v4-") == 1, dmz
+    assert "\t\ttype ifname . ipv4_addr . inet_service : verdict" in text
+    assert 'oifname . ip saddr . tcp dport vmap @rules-v4-1' in dmz
+    flat = {4: ruleset}
+    assert compare(flat, read(text), flat, "one map") > 8
+
+
+def test_reader_refuses_ports_without_a_protocol_where_packets_of_several_arrive():
+    """`th dport` reads as the ports of the chain's one protocol; in a chain reached by
+    packets of any protocol it would match every protocol's ports: refused."""
+    from fwc.analysis.nftread import NftReadError
+    text = ("table inet fwc {\n\tchain filter-FORWARD {\n"
+            "\t\ttype filter hook forward priority 0; policy drop;\n"
+            "\t\tmeta nfproto ipv4 jump filter-FORWARD-v4\n\t}\n"
+            "\tchain filter-FORWARD-v4 {\n\t\tjump filter-x-v4\n\t}\n"
+            "\tchain filter-x-v4 {\n\t\tth dport 22 counter accept comment \"x:1\"\n\t}\n}\n")
+    with pytest.raises(NftReadError, match="ports without a protocol"):
+        read(text)
+    with pytest.raises(NftReadError, match="ports without a protocol"):
+        read(text.replace("\t\tjump filter-x-v4", "\t\tth dport 22 counter accept"))
+    # reached only through a protocol test: read as that protocol's port
+    good = read(text.replace("\t\tjump filter-x-v4", "\t\tmeta l4proto tcp jump filter-x-v4"))
+    rule = good.rulesets[4].table(TableName.FILTER).chain("filter-x-v4").rules[0]
+    assert rule.match.protocol == 6 and rule.match.dports[0].low == 22
+
+
+def test_the_kernel_loads_chains_without_their_known_tests(tmp_path):
+    """Loaded for real in a fresh namespace: the kernel takes `th dport` and the rules
+    without device tests, and lists them back as written."""
+    text = nftables.render([_known_entry_ruleset()], "known entry")
+    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    skip_or_fail_without_root()
+    target = tmp_path / "known.nft"
+    target.write_text(text)
+    with namespace() as ns:
+        loaded = in_ns(ns, "nft", "-f", str(target))
+        assert loaded.returncode == 0, loaded.stderr
+        listed = in_ns(ns, "nft", "list", "chain", "inet", "fwc", "filter-dmz-tcp-v4")
+        assert listed.returncode == 0, listed.stderr
+        assert "ip saddr 192.0.2.1 th dport 22 counter" in listed.stdout
+        assert 'iifname "eth1"' not in listed.stdout and "tcp dport" not in listed.stdout

@@ -31,6 +31,12 @@ How the nft constructs become lowered rules:
   elements of those ports: the others can never match there (the renderer
   shares one map across the bucket chains of a dispatch). The ports are read
   from the jumps (`_envelopes`), not assumed.
+- `th dport` without a protocol (the renderer writes it in a chain that only
+  packets of one protocol reach) is a port test of that protocol, read from the
+  jumps to the chain (`_given_protocols`); where packets of several protocols
+  arrive it is refused. A chain's rules may also leave out a device or
+  protocol test that every packet reaching them passes: read as written, they
+  decide the same, as the evaluator walks the packet from its hook.
 - A rule's own limits, which match beyond the limit as iptables' do: a named
   `limit` object (`rate over R burst N packets`, `limit name "x"`) is the
   hashlimit bucket of that name; `update @m { ip saddr limit rate over ... }`
@@ -687,6 +693,43 @@ class _Reader:
             return [(rule.target, rule.fields)]
         return []
 
+    def _given_protocols(self) -> None:
+        """A port test without a protocol, `th dport` (the renderer writes it in a chain
+        that only packets of one protocol reach, saving the `meta l4proto` test), gets
+        the protocol of the chain's packets: read from the jumps to the chain, each
+        testing the protocol itself (`meta l4proto vmap`) or coming from a chain where it
+        is known. A chain starts unknown and becomes known only once every jump to it
+        agrees, so a cycle or a chain nobody jumps to stays unknown; a `th dport`
+        without a protocol there is refused (it would match every protocol's ports)."""
+        callers: dict[str, list[tuple[str, dict[str, object]]]] = {}
+        for name, (_, parsed) in self.chains.items():
+            for rule in parsed:
+                for target, fields in self._jumps(rule):
+                    callers.setdefault(target, []).append((name, fields))
+        known: dict[str, object] = {}
+        grew = True
+        while grew:
+            grew = False
+            for name, (hook, _) in self.chains.items():
+                if hook is not None or name not in callers or name in known:
+                    continue
+                values = {fields.get("protocol", known.get(caller))
+                          for caller, fields in callers[name]}
+                value = values.pop() if len(values) == 1 else None
+                if isinstance(value, int):
+                    known[name] = value
+                    grew = True
+        for name, (_, parsed) in self.chains.items():
+            for rule in parsed:
+                if "protocol" in rule.fields or not (
+                        "dports" in rule.fields or
+                        (rule.lookup is not None and "th dport" in rule.lookup[0])):
+                    continue
+                if name not in known:
+                    raise NftReadError(f"chain {name}: ports without a protocol, and the "
+                                       f"chain's packets are not all of one ({rule.comment})")
+                rule.fields["protocol"] = known[name]
+
     def _envelopes(self) -> dict[str, list[tuple[int, PortRange]]]:
         """User chains that only packets of some destination ports reach: every jump to
         one tests a protocol and port ranges (a port dispatch's buckets). Such a chain may
@@ -774,6 +817,7 @@ class _Reader:
             # the notrack base chain of a hook runs first (priority raw)
             names.sort(key=lambda n: not n.endswith(NOTRACK_SUFFIX)
                        or self.chains[n][0] is None)
+        self._given_protocols()
         envelopes = self._envelopes()
         for table, names in by_table.items():
             # A user chain that ends in an unconditional verdict (or a jump to such a

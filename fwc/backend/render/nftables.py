@@ -32,6 +32,10 @@ proves the two outputs decide every sampled packet alike):
   and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
   bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
   sets load faster, as the kernel finds each set by name in a list;
+- inside a chain that only packets of one input device or one protocol reach
+  (below arrange's dispatch on them, `entry_matches`), a rule does not test
+  that device again, and its ports are `th dport` without the protocol test
+  (`drop_known_devices`, `_protocol`): fewer kernel expressions to load;
 - every address or port list of more than one element is a named set with
   `flags interval`, one per distinct content and shared by every rule naming it.
   No anonymous sets: the kernel creates and looks them up in time that grows
@@ -549,6 +553,67 @@ def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
+DEVICE_FIELDS = ("in_device", "out_device")
+ENTRY_FIELDS = (*DEVICE_FIELDS, "protocol")
+Entry = tuple[object, ...]  # a chain's (input device, output device, protocol), None: any
+
+
+def entry_matches(table: Table) -> dict[str, Entry]:
+    """User chain -> the (input device, output device, protocol) every packet entering
+    it has, each None where that is not one known value. A chain's value is known when
+    every jump to it tests that value itself or comes from a chain where it is known
+    (arrange's dispatch on the input device, `-i eth1 -j fwd-dmz`, then on the
+    protocol, and every chain below them). Sound by construction: a chain starts
+    unknown and becomes known only once all its callers agree, so a chain nobody jumps
+    to, or a cycle, stays unknown."""
+    callers: dict[str, list[tuple[str, Rule]]] = {}
+    for chain in table.chains:
+        for rule in chain.rules:
+            if type(rule.target) is str:
+                callers.setdefault(rule.target, []).append((chain.name, rule))
+    unknown: Entry = (None,) * len(ENTRY_FIELDS)
+    known: dict[str, Entry] = {}
+    grew = True
+    while grew:
+        grew = False
+        for chain in table.chains:
+            if chain.builtin or chain.name not in callers:
+                continue
+            got: list[object] = []
+            for at, name in enumerate(ENTRY_FIELDS):
+                values = {getattr(rule.match, name) if getattr(rule.match, name) is not None
+                          else known.get(caller, unknown)[at]
+                          for caller, rule in callers[chain.name]}
+                got.append(values.pop() if len(values) == 1 else None)
+            now = tuple(got)
+            if now != known.get(chain.name, unknown):
+                known[chain.name] = now
+                grew = True
+    return known
+
+
+def drop_known_devices(table: Table) -> Table:
+    """Each rule's test of a device its chain's packets all have (`entry_matches`)
+    dropped: `iifname "eth1"` inside the chains reached only through the input-device
+    dispatch on eth1. Exact: in that chain the test is true for every packet. Each test
+    is two kernel expressions and parser work, and a rule map of such a chain keys on
+    one device less (rules that differed only in naming it now share a map)."""
+    known = entry_matches(table)
+    chains: list[Chain] = []
+    for chain in table.chains:
+        devices = known.get(chain.name, (None, None))[:len(DEVICE_FIELDS)]
+        if devices == (None, None):
+            chains.append(chain)
+            continue
+        rules: list[Rule] = []
+        for rule in chain.rules:
+            drop = {name: None for name, device in zip(DEVICE_FIELDS, devices, strict=True)
+                    if device is not None and getattr(rule.match, name) == device}
+            rules.append(replace(rule, match=replace(rule.match, **drop)) if drop else rule)
+        chains.append(replace(chain, rules=tuple(rules)))
+    return replace(table, chains=tuple(chains))
+
+
 LOG_CHAIN = "fwc-log"  # + a number: the chain of one logged rule (`fold_logs`)
 
 
@@ -780,15 +845,21 @@ def _protocol_word(protocol: int) -> str:
     return PROTOCOL_WORDS.get(protocol, str(protocol))
 
 
-def _protocol(match: Match, writer: _Writer) -> list[str]:
+def _protocol(match: Match, writer: _Writer, known: object = None) -> list[str]:
+    """The protocol part of MATCH. KNOWN is the protocol every packet of the rule's chain
+    has (`entry_matches`): its ports are then `th dport` and a bare protocol test goes,
+    no `meta l4proto` test (2 kernel expressions) that is true for every packet there."""
     if match.protocol is None:
         if match.dports or match.icmp_type is not None or match.tcp_not_syn:
             raise NftUnsupported("ports, ICMP types or TCP flags without a protocol")
         return []
     out: list[str] = []
     name = PROTOCOL_WORDS.get(match.protocol)
+    given = name is not None and known == match.protocol
     if match.dports:
-        if name is not None:
+        if given:
+            out.append(f"th dport {_ports(match.dports, writer)}")
+        elif name is not None:
             out.append(f"{name} dport {_ports(match.dports, writer)}")
         else:
             out.append(f"meta l4proto {match.protocol} th dport "
@@ -798,7 +869,7 @@ def _protocol(match: Match, writer: _Writer) -> list[str]:
             raise NftUnsupported(f"an ICMP type on protocol {match.protocol}")
         word = "icmp" if match.protocol == ICMP else "icmpv6"
         out.append(f"{word} type {match.icmp_type}")
-    elif not match.tcp_not_syn:
+    elif not match.tcp_not_syn and not given:
         out.append(f"meta l4proto {match.protocol}")
     if match.tcp_not_syn:
         if match.protocol != TCP:
@@ -915,7 +986,7 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
 def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
           ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None,
           statement: str | None = None, comment: str | None = None,
-          counter: bool = True) -> str:
+          counter: bool = True, known_protocol: object = None) -> str:
     match = rule.match
     # Never drop a condition silently (fwc.backend.capabilities lists what is refused);
     # the nth lines of load sharing are written as one `Share`.
@@ -928,7 +999,8 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
         parts.append(f"oifname {escape.nft_device(match.out_device)}")
     parts.append(_addresses("saddr", match.source, family, writer, ipsets))
     parts.append(_addresses("daddr", match.destination, family, writer, ipsets))
-    parts += _protocol(match, writer) if protocol_part is None else protocol_part
+    parts += _protocol(match, writer, known_protocol) if protocol_part is None \
+        else protocol_part
     if match.tcp_flags is not None:
         if match.protocol != TCP:
             raise NftUnsupported("TCP flags on a protocol other than TCP")
@@ -950,7 +1022,8 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
     return " ".join(p for p in parts if p)
 
 
-def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str, str]) -> str:
+def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str, str],
+              known_protocol: object = None) -> str:
     elements: list[str] = []
     for value, rule in item.entries:
         if isinstance(value, PortRange):
@@ -963,8 +1036,12 @@ def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str
     suffix = {"iifname": "in", "oifname": "out", "meta l4proto": "protocol",
               "dport": "ports"}[item.field]
     name = writer.verdict_map(f"{chain}-{suffix}", DISPATCH_TYPES[item.field], tuple(elements))
-    lookup = item.field if item.field != "dport" else \
-        f"{_protocol_word(cast('int', item.protocol))} dport"
+    if item.field != "dport":
+        lookup = item.field
+    elif known_protocol == item.protocol and item.protocol in PROTOCOL_WORDS:
+        lookup = "th dport"  # the chain's packets all have the protocol (`_protocol`)
+    else:
+        lookup = f"{_protocol_word(cast('int', item.protocol))} dport"
     return f"{lookup} vmap @{name} comment {escape.nft_comment('fwc arrange: dispatch')}"
 
 
@@ -981,7 +1058,8 @@ def _exact(field_: str, value: str, family: int) -> str | None:
 
 def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, str],
             ipsets: dict[str, tuple[str, ...]], members: tuple[Rule, ...] | None = None,
-            names: tuple[str, ...] | None = None) -> tuple[str, tuple[str, ...]]:
+            names: tuple[str, ...] | None = None,
+            known_protocol: object = None) -> tuple[str, tuple[str, ...]]:
     """(the lookup rules, their sets' names). MEMBERS are the rules whose elements fill
     the sets (the item's own, or those of every port bucket sharing them,
     `_bucket_sharing`); NAMES the sets when they are declared already.
@@ -996,7 +1074,8 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
     word = FAMILY_WORDS[family][0]
     address_type = "ipv4_addr" if family == 4 else "ipv6_addr"
     protocol = first.match.protocol
-    port_word = f"{PROTOCOL_WORDS[protocol]} dport" if protocol in PROTOCOL_WORDS else "th dport"
+    port_word = f"{PROTOCOL_WORDS[protocol]} dport" if protocol in PROTOCOL_WORDS and \
+        known_protocol != protocol else "th dport"  # `_protocol`
     expressions = {"iifname": "iifname", "oifname": "oifname", "saddr": f"{word} saddr",
                    "daddr": f"{word} daddr", "dport": port_word}
     types = {"iifname": "ifname", "oifname": "ifname", "saddr": address_type,
@@ -1048,7 +1127,7 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
             if first.match.tcp_not_syn:
                 parts.append("tcp flags & (fin | syn | rst | ack) != syn")
         else:
-            parts = [*lookup_part, *_protocol(lookup.match, writer)]
+            parts = [*lookup_part, *_protocol(lookup.match, writer, known_protocol)]
         comment = f"{first.comment} and {len(item.rules) - 1} more rules ({kind} {name})"
         texts.append(_rule(lookup, family, writer, chain_names, ipsets, parts,
                            statement=key if item.verdicts else None, comment=comment,
@@ -1171,7 +1250,10 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
     for ruleset in rulesets:
         family = ruleset.family
         for table in ruleset.tables:
+            if concat:
+                table = drop_known_devices(table)
             table, folded = fold_logs(table) if concat else (table, {})
+            entries = entry_matches(table) if concat else {}
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
             shapes = _Shapes(ipsets, never_returning(table.chains), family) if concat else None
             parts = _hook_parts(table)
@@ -1187,19 +1269,21 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
                     name = _family_chain(table.name, f"{chain.name}-{variant}" if variant
                                          else chain.name, family)
                 body.append(f"\tchain {name} {{")
+                known = entries.get(chain.name, (None,) * len(ENTRY_FIELDS))[2]
                 for index, item in enumerate(items):
                     if isinstance(item, Dispatch):
-                        text = _dispatch(item, name, writer, names)
+                        text = _dispatch(item, name, writer, names, known)
                     elif isinstance(item, Concat):
                         slot = slots.get((at, index))
                         text, made = _concat(item, family, writer, names, ipsets,
-                                             members.get(slot), declared.get(slot))
+                                             members.get(slot), declared.get(slot), known)
                         if slot is not None:
                             declared[slot] = made
                     elif isinstance(item, Share):
                         text = _share(item, family, writer, names, ipsets)
                     else:
-                        text = _rule(item, family, writer, names, ipsets)
+                        text = _rule(item, family, writer, names, ipsets,
+                                     known_protocol=known)
                     body.append(f"\t\t{text}")
                 body.append("\t}")
     base: list[str] = []
