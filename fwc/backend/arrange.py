@@ -475,7 +475,7 @@ def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
     out: dict[int, NodeRuleset] = {}
     sets: list[IpSet] = []
     for family, ruleset in sorted(rulesets.items()):
-        with_sets, made = use_ipsets(ruleset)
+        with_sets, made = use_ipsets(ruleset, memo=memo)
         sets.extend(made)
         out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo)
     return out, tuple(sets)
