@@ -46,7 +46,8 @@ def test_equal_chains_are_rendered_once_per_cluster(site, monkeypatch):
     shared = _files(site)
     with_reuse = len(calls)
     calls.clear()
-    monkeypatch.setattr(output, "SharedTexts", lambda keep: SharedTexts(keep=False))
+    monkeypatch.setattr(output, "SharedTexts",
+                        lambda keep, raw_budget=0: SharedTexts(keep=False))
     alone = _files(site)
     assert shared == alone  # byte for byte, every file of both members
     assert len(calls) > 0
@@ -111,6 +112,28 @@ def test_kept_texts_are_compressed_and_come_back_whole():
     texts.next_member()
     got = list(texts.get("forward", (1,)) or ())
     assert "".join(got) == "".join(pieces)
+
+
+def test_small_texts_are_kept_as_they_are_and_large_ones_compressed():
+    # Up to raw_budget characters stay text (nothing to compress or expand); a part that
+    # outgrows its raw room is compressed whole, and both come back piece for piece.
+    texts = SharedTexts(budget=1024 * 1024, keep=True, raw_budget=12)
+    small = KeptText(texts.raw_room())
+    small.add("12345")
+    small.add("678")
+    assert small.size == 0
+    texts.offer("small", (1,), small)
+    assert texts.raw_room() == 4
+    large = KeptText(texts.raw_room())
+    large.add("abc")
+    large.add("defgh" * 1000)
+    assert large.size > 0 and large.chars == 0
+    texts.offer("large", (2,), large)
+    texts.next_member()
+    assert list(texts.get("small", (1,)) or ()) == ["12345", "678"]
+    assert "".join(texts.get("large", (2,)) or ()) == "abc" + "defgh" * 1000
+    texts.next_member(last=True)  # offered again by their taker, then nothing is kept
+    assert "".join(texts.get("small", (1,)) or ()) == "12345678"
 
 
 def test_render_file_is_the_text_as_bytes(site):
