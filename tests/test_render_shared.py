@@ -36,13 +36,13 @@ def _files(policy: Policy) -> dict[str, bytes]:
 
 def test_equal_chains_are_rendered_once_per_cluster(site, monkeypatch):
     calls: list[str] = []
-    rule_bodies = iptables.rule_bodies
+    rule_pieces = iptables.rule_pieces
 
     def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append("x")
-        return rule_bodies(*args, **kwargs)
+        return rule_pieces(*args, **kwargs)
 
-    monkeypatch.setattr(iptables, "rule_bodies", counted)
+    monkeypatch.setattr(iptables, "rule_pieces", counted)
     shared = _files(site)
     with_reuse = len(calls)
     calls.clear()
@@ -208,6 +208,27 @@ def test_a_rule_of_several_lines():
     assert lines[1].startswith("-s 192.0.2.1/32 ! -d 2001:db8::1/128 -i eth0 -p tcp -m tcp "
                                "--dport 16 ")
     assert lines[3].startswith("-s 192.0.2.0/24 ! -d 2001:db8::1/128 ")
+
+
+@settings(max_examples=60, deadline=None)
+@given(sources=st.integers(0, 3), destinations=st.integers(0, 3), ports=st.integers(0, 20))
+def test_a_rules_text_is_its_lines_joined(sources: int, destinations: int, ports: int):
+    """rule_text (one join per source) writes exactly the lines of rule_bodies."""
+    from fwc.backend.lower.ruleset import AddressMatch, FilterRule, Match, Origin
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import Target
+
+    rule = FilterRule(Match(source=AddressMatch(tuple(f"192.0.2.{i}" for i in range(sources))),
+                            destination=AddressMatch(tuple(f"198.51.100.{i}"
+                                                           for i in range(destinations))),
+                            protocol=6 if ports else None,
+                            dports=tuple(PortRange(p, p) for p in range(1, ports + 1))),
+                      Target.DROP, Origin("policy", "p.fw:9"))
+    lines = iptables.rule_bodies(rule)
+    text, count = iptables.rule_text(rule, {}, "-A fwd-x ")
+    assert count == len(lines) == max(1, sources) * max(1, destinations) * (2 if ports > 15
+                                                                               else 1)
+    assert text == "\n".join("-A fwd-x " + line for line in lines)
 
 
 def test_a_sets_addresses_are_checked_together():

@@ -34,10 +34,8 @@ from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet
 from fwc.model.semantics import (
     Block,
-    EndpointKey,
     PrefixIndex,
     SupersetIndex,
-    endpoint_key,
     forwarded_and_local,
     hull,
 )
@@ -137,6 +135,19 @@ def _target_outcome(target: NatTarget | None) -> tuple[object, ...]:
 
 def _nat_hooks(rule: NatRule) -> frozenset[str]:
     return frozenset(rule.stages)
+
+
+EndpointKey = tuple[tuple[str, bool, AddressSet], ...]
+
+
+def endpoint_key(endpoint: Endpoint) -> EndpointKey:
+    """What a from/to list means, without where it was written: equal keys, equal sides.
+
+    `side_of` reads only each item's kind, negation and addresses. A policy of 20,000
+    rules has a few thousand distinct sides: what is derived from a side (here, and in
+    the FWC504 check) is computed once per key, not once per rule.
+    """
+    return tuple((item.kind, item.negated, item.addresses) for item in endpoint.items)
 
 
 class PartsMemo:

@@ -64,19 +64,6 @@ class Side:
         return self.other | self.firewall
 
 
-EndpointKey = tuple[tuple[str, bool, AddressSet], ...]
-
-
-def endpoint_key(endpoint: Endpoint) -> EndpointKey:
-    """What a from/to list means, without where it was written: equal keys, equal sides.
-
-    `side_of` reads only each item's kind, negation and addresses. A policy of 20,000
-    rules has a few thousand distinct sides: what is derived from a side (the checks,
-    the lowering) is computed once per key, not once per rule.
-    """
-    return tuple((item.kind, item.negated, item.addresses) for item in endpoint.items)
-
-
 def side_of(endpoint: Endpoint, fw: AddressSet, family: int) -> Side:
     """Split a side into what names the firewall and what does not (see the module doc).
 

@@ -52,10 +52,8 @@ from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import (
-    EndpointKey,
     Reach,
     Side,
-    endpoint_key,
     filter_chains,
     nat_reaches,
     reach,
@@ -390,17 +388,39 @@ _ANY_MATCH = Match()
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
 
 
+class _SideKey:
+    """A side as `RuleKeys` numbers it: each item's kind, negation, label and addresses.
+
+    What the lowering reads of a side is its items' kind, negation and addresses
+    (`semantics.endpoint_key`); the label only splits equal sides written differently.
+    Hashed by kind, negation and label: hashing a group's few hundred intervals per rule
+    cost more than the lookups it serves. Equal keys mostly share their AddressSet
+    objects (an object's addresses are resolved once), so comparing them is quick too.
+    """
+
+    __slots__ = ("_hash", "items")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.items = tuple((i.kind, i.negated, i.label, i.addresses) for i in endpoint.items)
+        self._hash = hash(tuple((i.kind, i.negated, i.label) for i in endpoint.items))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SideKey) and self.items == other.items
+
+
 class RuleKeys:
     """Each policy rule's sides and service list as small numbers, the same for every
-    member and family: equal sides (`semantics.endpoint_key`) and equal service lists get
-    one number, so what the lowering derives from them is made once per number and then
-    found by index, not hashed again per rule, member and family. On the cluster's
-    per-run Memo."""
+    member and family: equal sides (`_SideKey`) and equal service lists get one number,
+    so what the lowering derives from them is made once per number and then found by
+    index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
 
     __slots__ = ("rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
-        side_numbers: dict[EndpointKey, int] = {}
+        side_numbers: dict[_SideKey, int] = {}
         service_numbers: dict[tuple[ServiceMatch, ...], int] = {}
         self.sides: list[Endpoint] = []  # one endpoint of each number
         self.services: list[tuple[ServiceMatch, ...]] = []
@@ -410,7 +430,7 @@ class RuleKeys:
         for rule in cluster.rules:
             numbers = []
             for endpoint in (rule.source, rule.destination):
-                key = endpoint_key(endpoint)
+                key = _SideKey(endpoint)
                 number = side_numbers.get(key)
                 if number is None:
                     number = side_numbers[key] = len(sides)

@@ -116,7 +116,34 @@ def _limit_options(match: Match) -> list[str]:
 
 
 def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list[str]:
-    """A rule's lines without the leading `-A CHAIN ` (render adds it for every chain).
+    """A rule's lines without the leading `-A CHAIN ` (render adds it for every chain)."""
+    sources, ends = rule_pieces(rule, protocol_texts)
+    if sources is None:
+        return ends
+    return [source + " " + end for source in sources for end in ends]
+
+
+def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str) \
+        -> tuple[str, int]:
+    """A rule's lines each after PREFIX (`-A CHAIN `), joined by newlines (no newline at
+    the end), and how many: `rule_bodies` as one text, built with a join per source
+    instead of a concatenation per line (the failsafe's groups make hundreds of lines
+    of one rule)."""
+    sources, ends = rule_pieces(rule, protocol_texts)
+    between = "\n" + prefix
+    if sources is None:
+        return prefix + (ends[0] if len(ends) == 1 else between.join(ends)), len(ends)
+    if len(ends) == 1:
+        end = " " + ends[0]
+        return prefix + (end + between).join(sources) + end, len(sources)
+    return prefix + between.join(source + " " + (between + source + " ").join(ends)
+                                 for source in sources), len(sources) * len(ends)
+
+
+def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None) \
+        -> tuple[list[str] | None, list[str]]:
+    """(sources, ends): a rule's lines are `source + " " + end` for each source (outer)
+    and end, or the ends alone when SOURCES is None (no `-s`).
 
     Each line is the words below joined by single spaces, in this order; only the
     addresses and the port group differ between a rule's lines, so the rest is built
@@ -168,9 +195,7 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
     if destinations != [""]:
         ends = [destination + " " + end for destination in destinations for end in ends]
     sources = _addresses("-s", match.source)
-    if sources == [""]:
-        return ends
-    return [source + " " + end for source in sources for end in ends]
+    return (None if sources == [""] else sources), ends
 
 
 def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts | None = None,
@@ -265,13 +290,17 @@ def _chain_blocks(chain: Chain, bodies_of: list[list[str] | None], repeated: lis
     for rule in chain.rules:
         slot = rule.render_slot
         bodies = bodies_of[slot]
-        if bodies is None:
-            bodies = rule_bodies(rule, protocol_texts)
-            if repeated[slot]:
-                bodies_of[slot] = bodies
-        # One text per rule (its lines joined): an entry per line cost more.
-        out.append(prefix + bodies[0] if len(bodies) == 1 else prefix + between.join(bodies))
-        lines += len(bodies)
+        if bodies is None and not repeated[slot]:
+            # One text per rule (its lines joined): an entry per line cost more.
+            text, count = rule_text(rule, protocol_texts, prefix)
+            out.append(text)
+            lines += count
+        else:
+            if bodies is None:  # kept for the rule's other chains
+                bodies = bodies_of[slot] = rule_bodies(rule, protocol_texts)
+            out.append(prefix + bodies[0] if len(bodies) == 1
+                       else prefix + between.join(bodies))
+            lines += len(bodies)
         if lines >= BLOCK_LINES:
             out.append("")
             yield "\n".join(out)
