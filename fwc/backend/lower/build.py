@@ -466,7 +466,7 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("keys", "lowered", "per_member", "services", "sides")
+    __slots__ = ("keys", "lowered", "nothing", "per_member", "services", "sides")
 
     def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
         self.keys = keys if keys is not None else RuleKeys(cluster)
@@ -478,6 +478,8 @@ class SharedLowering:
                            for source, destination, _ in self.keys.rules]
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
+        # by position: the rule has no line in this family on any member (found once)
+        self.nothing = [False] * len(self.keys.rules)
         # by services number: service_matches(), the same on every member (_UNKNOWN: not
         # made yet)
         self.services: list[list[Match] | None | _Unknown] = \
@@ -766,37 +768,48 @@ class _Lowering:
             self.service_memo = [_UNKNOWN] * len(self._keys.services)
         return self._keys
 
-    def filter_rule(self, rule: PolicyFilterRule, position: int) -> None:
-        """Lower the rule at POSITION of the cluster's rules: once for every member that
-        reads it alike (SharedLowering), else for this member alone."""
+    def filter_rules(self) -> None:
+        """Lower every policy rule that applies to this member, in order: once for every
+        member that reads it alike (SharedLowering), else for this member alone."""
+        numbers_of = self.keys().rules
         shared = self.shared
-        numbers = self.keys().rules[position]
-        if shared is None or shared.per_member[position]:
-            lowered = self.rule_lowering(rule, self.fw, self.sides, numbers)
-        else:
-            devices = self.devices
-            key = (position, devices[rule.in_interface], devices[rule.out_interface])
-            lowered = shared.lowered.get(key)  # type: ignore[assignment]
-            if lowered is None:
-                # the rule names no firewall address of any member: no member's reading
-                # differs from one without firewall addresses (reads_firewall)
-                lowered = shared.lowered[key] = self.rule_lowering(rule, _EMPTY, shared.sides,
-                                                                   numbers)
-        if not lowered.chains:
-            return
-        if lowered.helpers:
-            # member-specific (deduplicated over the member's rules): before the rule's
-            # own raw lines, as the kernel must assign the helper first
-            self.helpers(rule, lowered.origin, lowered.chains)
+        member = self.member.name
+        devices = self.devices
         tables = self.tables
-        for name, chains in lowered.appends:
-            target: dict[ChainName, list[Rule]] = getattr(tables, name)
-            for chain, lines in chains:
-                got = target.get(chain)
-                if got is None:
-                    target[chain] = list(lines)
-                else:
-                    got.extend(lines)
+        by_name = {"raw": tables.raw, "raw_user": tables.raw_user, "filter": tables.filter,
+                   "filter_user": tables.filter_user}
+        for position, rule in enumerate(self.cluster.rules):
+            if rule.only is not None and rule.only != member:
+                continue
+            if shared is None or shared.per_member[position]:
+                lowered = self.rule_lowering(rule, self.fw, self.sides, numbers_of[position])
+            elif shared.nothing[position]:
+                continue
+            else:
+                key = (position, devices[rule.in_interface], devices[rule.out_interface])
+                lowered = shared.lowered.get(key)  # type: ignore[assignment]
+                if lowered is None:
+                    # the rule names no firewall address of any member: no member's reading
+                    # differs from one without firewall addresses (reads_firewall)
+                    lowered = shared.lowered[key] = self.rule_lowering(
+                        rule, _EMPTY, shared.sides, numbers_of[position])
+                    # whether a rule has lines depends on whether it has devices, never on
+                    # which: nothing here is nothing on every member
+                    shared.nothing[position] = lowered is _NOTHING
+            if lowered is _NOTHING:
+                continue
+            if lowered.helpers:
+                # member-specific (deduplicated over the member's rules): before the rule's
+                # own raw lines, as the kernel must assign the helper first
+                self.helpers(rule, lowered.origin, lowered.chains)
+            for name, chains in lowered.appends:
+                target = by_name[name]
+                for chain, lines in chains:
+                    got = target.get(chain)
+                    if got is None:
+                        target[chain] = list(lines)
+                    else:
+                        got.extend(lines)
 
     def side(self, endpoint: Endpoint, fw: AddressSet, sides: list[SideParts | None],
              number: int) -> SideParts:
@@ -1065,9 +1078,7 @@ class _Lowering:
     def build(self) -> NodeRuleset:
         self.automatic_rules()
         self.stateful_core()
-        for position, rule in enumerate(self.cluster.rules):
-            if rule.only is None or rule.only == self.member.name:
-                self.filter_rule(rule, position)
+        self.filter_rules()
         for rule in self.cluster.nat:
             if self.applies(rule):
                 self.nat_rule(rule)
