@@ -854,10 +854,14 @@ class _Lowering:
                       in_device if part.chain != BuiltinChain.OUTPUT else None,
                       out_device if part.chain != BuiltinChain.INPUT else None,
                       services, "p")
-        appends = tuple((name, tuple((chain, tuple(lines)) for chain, lines in made.items()))
-                        for name, made in (("raw", raw), ("raw_user", raw_user),
-                                           ("filter", filter_), ("filter_user", filter_user))
-                        if made)
+        if raw or raw_user or filter_user or len(filter_) != 1:
+            appends = tuple((name, tuple((chain, tuple(lines)) for chain, lines in made.items()))
+                            for name, made in (("raw", raw), ("raw_user", raw_user),
+                                               ("filter", filter_),
+                                               ("filter_user", filter_user)) if made)
+        else:  # the usual rule: lines in one built-in chain
+            [(chain, lines)] = filter_.items()
+            appends = (("filter", ((chain, tuple(lines)),)),)
         helpers = rule.action is FilterAction.ACCEPT and any(
             s.helper is not None for s in rule.services)
         return RuleLowering(origin, frozenset([p.chain for p in parts]), appends, helpers)
