@@ -401,8 +401,14 @@ class _SideKey:
     __slots__ = ("_hash", "items")
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.items = tuple((i.kind, i.negated, i.label, i.addresses) for i in endpoint.items)
-        self._hash = hash(tuple((i.kind, i.negated, i.label) for i in endpoint.items))
+        items = endpoint.items
+        if len(items) == 1:  # the usual side: its item's fields (never equal to a tuple of them)
+            one = items[0]
+            self.items: tuple[object, ...] = (one.kind, one.negated, one.label, one.addresses)
+            self._hash = hash((one.kind, one.negated, one.label))
+        else:
+            self.items = tuple([(i.kind, i.negated, i.label, i.addresses) for i in items])
+            self._hash = hash(tuple([(i.kind, i.negated, i.label) for i in items]))
 
     def __hash__(self) -> int:
         return self._hash
