@@ -120,7 +120,11 @@ class _Namer:
 
 def _mergeable(a: Rule, b: Rule) -> str | None:
     """'source'/'destination' when b differs from a only by that side's CIDRs."""
-    if a.target != b.target or a.target_options != b.target_options or a.origin != b.origin:
+    origin, other_origin = a.origin, b.origin
+    if origin is not other_origin and (origin.label != other_origin.label
+                                       or origin != other_origin):
+        return None  # (lines of different rules: the usual case, told by the label)
+    if a.target != b.target or a.target_options != b.target_options:
         return None
     if a.target not in TERMINAL and a.target is not Target.RETURN:
         return None  # a LOG or a jump must keep firing once per line it had

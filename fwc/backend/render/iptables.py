@@ -144,6 +144,7 @@ def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
 # A rule's words but its addresses and comment, by everything else they are made of:
 # (the text of each port group's line up to the comment, the text after the comment).
 # Thousands of rules differ only in their addresses and comment; one memo per file.
+# It also holds each address list's words, by (flag, negated, CIDRs): (words, "").
 ShapeTexts = dict[tuple[object, ...], tuple[list[str], str]]
 
 
@@ -173,11 +174,23 @@ def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
     heads, after = shape
     comment = escape.iptables_comment(rule.comment)
     ends = [head + comment + after for head in heads]
-    destinations = _addresses("-d", destination)
-    if destinations != [""]:
+    if destination.cidrs and destination.set_name is None:
+        destinations = _address_words("-d", destination, shapes)
         ends = [destination + " " + end for destination in destinations for end in ends]
-    sources = _addresses("-s", source)
-    return (None if sources == [""] else sources), ends
+    if not source.cidrs or source.set_name is not None:
+        return None, ends
+    return _address_words("-s", source, shapes), ends
+
+
+def _address_words(flag: str, match: AddressMatch, shapes: ShapeTexts | None) -> list[str]:
+    """`_addresses` of a side with CIDRs, once per file (in SHAPES) for each list."""
+    if shapes is None:
+        return _addresses(flag, match)
+    key = (flag, match.negated, match.cidrs)
+    got = shapes.get(key)
+    if got is None:
+        got = shapes[key] = (_addresses(flag, match), "")
+    return got[0]
 
 
 def _shape(rule: Rule, protocol_texts: ProtocolTexts) -> tuple[list[str], str]:
