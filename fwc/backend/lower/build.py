@@ -847,6 +847,28 @@ class _Lowering:
             return _NOTHING
         assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
+        helpers = rule.action is FilterAction.ACCEPT and any(
+            s.helper is not None for s in rule.services)
+        if len(parts) == 1 and type(rule) is PolicyFilterRule and not rule.notrack \
+                and not rule.log and rule.syn_limit is None and rule.limit is None \
+                and rule.connlimit is None and rule.action is not FilterAction.REJECT:
+            part = parts[0]
+            if not (part.source_excluded or part.destination_excluded):
+                # The usual rule: a verdict in one built-in chain, a line per service (what
+                # emit and final make of it, without their general cases).
+                chain = part.chain
+                in_device = self.devices[rule.in_interface] \
+                    if chain != BuiltinChain.OUTPUT else None
+                out_device = self.devices[rule.out_interface] \
+                    if chain != BuiltinChain.INPUT else None
+                target, options = self.action(rule, _ANY_MATCH, False)
+                source, destination = part.source, part.destination
+                lines = tuple([FilterRule(Match(source, destination, in_device, out_device,
+                                                service.protocol, service.dports,
+                                                service.icmp_type), target, origin, options)
+                               for service in services])
+                return RuleLowering(origin, frozenset((chain,)),
+                                    (("filter", ((chain, lines),)),), helpers)
         raw: dict[ChainName, list[Rule]] = {}
         raw_user: dict[ChainName, list[Rule]] = {}
         if rule.action is FilterAction.ACCEPT and rule.notrack:
@@ -866,10 +888,8 @@ class _Lowering:
                                                ("filter", filter_),
                                                ("filter_user", filter_user)) if made)
         else:  # the usual rule: lines in one built-in chain
-            [(chain, lines)] = filter_.items()
-            appends = (("filter", ((chain, tuple(lines)),)),)
-        helpers = rule.action is FilterAction.ACCEPT and any(
-            s.helper is not None for s in rule.services)
+            [(chain, made)] = filter_.items()
+            appends = (("filter", ((chain, tuple(made)),)),)
         return RuleLowering(origin, frozenset([p.chain for p in parts]), appends, helpers)
 
     def notrack(self, raw: dict[ChainName, list[Rule]], raw_user: dict[ChainName, list[Rule]],
