@@ -145,7 +145,17 @@ def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
 # (the text of each port group's line up to the comment, the text after the comment).
 # Thousands of rules differ only in their addresses and comment; one memo per file.
 # It also holds each address list's words, by (flag, negated, CIDRs): (words, "").
+# At most SHAPES_MAX entries (emptied when full): at 100,000 rules an unbounded memo
+# held about 25 MB through each rule file.
 ShapeTexts = dict[tuple[object, ...], tuple[list[str], str]]
+SHAPES_MAX = 8192
+
+
+def _remember(shapes: ShapeTexts, key: tuple[object, ...],
+              value: tuple[list[str], str]) -> None:
+    if len(shapes) >= SHAPES_MAX:
+        shapes.clear()
+    shapes[key] = value
 
 
 def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
@@ -170,7 +180,7 @@ def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
     if shape is None:
         shape = _shape(rule, {} if protocol_texts is None else protocol_texts)
         if shapes is not None:
-            shapes[key] = shape
+            _remember(shapes, key, shape)
     heads, after = shape
     comment = escape.iptables_comment(rule.comment)
     ends = [head + comment + after for head in heads]
@@ -189,7 +199,8 @@ def _address_words(flag: str, match: AddressMatch, shapes: ShapeTexts | None) ->
     key = (flag, match.negated, match.cidrs)
     got = shapes.get(key)
     if got is None:
-        got = shapes[key] = (_addresses(flag, match), "")
+        got = (_addresses(flag, match), "")
+        _remember(shapes, key, got)
     return got[0]
 
 
