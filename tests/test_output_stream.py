@@ -126,9 +126,9 @@ def test_a_chain_is_rendered_as_it_is_written(large_failsafe, monkeypatch):
     # before its last rules are rendered (no chain is collected when nothing is shared).
     monkeypatch.setattr(iptables, "BLOCK_LINES", 512)
     rendered: list[object] = []
-    rule_bodies = iptables.rule_bodies
-    monkeypatch.setattr(iptables, "rule_bodies",
-                        lambda *args: rendered.append(1) or rule_bodies(*args))
+    rule_pieces = iptables.rule_pieces
+    monkeypatch.setattr(iptables, "rule_pieces",
+                        lambda *args: rendered.append(1) or rule_pieces(*args))
     pieces = iptables.blocks(large_failsafe)
     next(pieces), next(pieces), next(pieces)
     during = len(rendered)

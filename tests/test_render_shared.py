@@ -36,17 +36,18 @@ def _files(policy: Policy) -> dict[str, bytes]:
 
 def test_equal_chains_are_rendered_once_per_cluster(site, monkeypatch):
     calls: list[str] = []
-    rule_bodies = iptables.rule_bodies
+    rule_pieces = iptables.rule_pieces
 
     def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append("x")
-        return rule_bodies(*args, **kwargs)
+        return rule_pieces(*args, **kwargs)
 
-    monkeypatch.setattr(iptables, "rule_bodies", counted)
+    monkeypatch.setattr(iptables, "rule_pieces", counted)
     shared = _files(site)
     with_reuse = len(calls)
     calls.clear()
-    monkeypatch.setattr(output, "SharedTexts", lambda keep: SharedTexts(keep=False))
+    monkeypatch.setattr(output, "SharedTexts",
+                        lambda keep, raw_budget=0: SharedTexts(keep=False))
     alone = _files(site)
     assert shared == alone  # byte for byte, every file of both members
     assert len(calls) > 0
@@ -111,6 +112,28 @@ def test_kept_texts_are_compressed_and_come_back_whole():
     texts.next_member()
     got = list(texts.get("forward", (1,)) or ())
     assert "".join(got) == "".join(pieces)
+
+
+def test_small_texts_are_kept_as_they_are_and_large_ones_compressed():
+    # Up to raw_budget characters stay text (nothing to compress or expand); a part that
+    # outgrows its raw room is compressed whole, and both come back piece for piece.
+    texts = SharedTexts(budget=1024 * 1024, keep=True, raw_budget=12)
+    small = KeptText(texts.raw_room())
+    small.add("12345")
+    small.add("678")
+    assert small.size == 0
+    texts.offer("small", (1,), small)
+    assert texts.raw_room() == 4
+    large = KeptText(texts.raw_room())
+    large.add("abc")
+    large.add("defgh" * 1000)
+    assert large.size > 0 and large.chars == 0
+    texts.offer("large", (2,), large)
+    texts.next_member()
+    assert list(texts.get("small", (1,)) or ()) == ["12345", "678"]
+    assert "".join(texts.get("large", (2,)) or ()) == "abc" + "defgh" * 1000
+    texts.next_member(last=True)  # offered again by their taker, then nothing is kept
+    assert "".join(texts.get("small", (1,)) or ()) == "12345678"
 
 
 def test_render_file_is_the_text_as_bytes(site):
@@ -185,6 +208,27 @@ def test_a_rule_of_several_lines():
     assert lines[1].startswith("-s 192.0.2.1/32 ! -d 2001:db8::1/128 -i eth0 -p tcp -m tcp "
                                "--dport 16 ")
     assert lines[3].startswith("-s 192.0.2.0/24 ! -d 2001:db8::1/128 ")
+
+
+@settings(max_examples=60, deadline=None)
+@given(sources=st.integers(0, 3), destinations=st.integers(0, 3), ports=st.integers(0, 20))
+def test_a_rules_text_is_its_lines_joined(sources: int, destinations: int, ports: int):
+    """rule_text (one join per source) writes exactly the lines of rule_bodies."""
+    from fwc.backend.lower.ruleset import AddressMatch, FilterRule, Match, Origin
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import Target
+
+    rule = FilterRule(Match(source=AddressMatch(tuple(f"192.0.2.{i}" for i in range(sources))),
+                            destination=AddressMatch(tuple(f"198.51.100.{i}"
+                                                           for i in range(destinations))),
+                            protocol=6 if ports else None,
+                            dports=tuple(PortRange(p, p) for p in range(1, ports + 1))),
+                      Target.DROP, Origin("policy", "p.fw:9"))
+    lines = iptables.rule_bodies(rule)
+    text, count = iptables.rule_text(rule, {}, "-A fwd-x ")
+    assert count == len(lines) == max(1, sources) * max(1, destinations) * (2 if ports > 15
+                                                                               else 1)
+    assert text == "\n".join("-A fwd-x " + line for line in lines)
 
 
 def test_a_sets_addresses_are_checked_together():

@@ -53,6 +53,7 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import cast
 
 from fwc import protocols as proto
@@ -93,7 +94,7 @@ class _Dimension:
     """
 
     name: str
-    value: Callable[[Match], Hashable | None]
+    value: Callable[[FilterRule], Hashable | None]  # of the rule's match
     jump: Callable[[Hashable], Match]
     label: Callable[[Hashable], str]
 
@@ -104,11 +105,11 @@ def _device_label(names: Mapping[str, str]) -> Callable[[Hashable], str]:
 
 def _dimensions(names: Mapping[str, str]) -> dict[str, _Dimension]:
     return {
-        "in": _Dimension("in", lambda m: m.in_device, lambda v: Match(in_device=str(v)),
-                         _device_label(names)),
-        "out": _Dimension("out", lambda m: m.out_device, lambda v: Match(out_device=str(v)),
-                          _device_label(names)),
-        "protocol": _Dimension("protocol", lambda m: m.protocol,
+        "in": _Dimension("in", attrgetter("match.in_device"),
+                         lambda v: Match(in_device=str(v)), _device_label(names)),
+        "out": _Dimension("out", attrgetter("match.out_device"),
+                          lambda v: Match(out_device=str(v)), _device_label(names)),
+        "protocol": _Dimension("protocol", attrgetter("match.protocol"),
                                lambda v: Match(protocol=int(v)),  # type: ignore[call-overload]
                                lambda v: PROTOCOL_NAMES.get(int(v), str(v))),  # type: ignore
     }
@@ -170,16 +171,12 @@ class _Arranger:
     def split(self, rules: list[FilterRule], dim: _Dimension, order: list[str],
               path: list[str], protocol: int | None) -> list[FilterRule] | None:
         # One pass, in order: each rule goes to its value's list, or to every list.
-        by_value: dict[Hashable, list[FilterRule]] = {}
-        unconstrained: list[FilterRule] = []
-        kinds: list[Hashable | None] = []
-        for rule in rules:
-            value = dim.value(rule.match)
-            kinds.append(value)
-            if value is None:
-                unconstrained.append(rule)
-            elif value not in by_value:
-                by_value[value] = []
+        kinds: list[Hashable | None] = list(map(dim.value, rules))
+        by_value: dict[Hashable, list[FilterRule]] = dict.fromkeys(kinds)  # type: ignore[arg-type]
+        by_value.pop(None, None)
+        for value in by_value:
+            by_value[value] = []
+        unconstrained = [rule for rule, value in zip(rules, kinds, strict=True) if value is None]
         # Splitting pays when most rules name a value: the others are copied everywhere.
         if not by_value or len(unconstrained) * 2 > len(rules):
             return None
@@ -217,24 +214,24 @@ class _Arranger:
     def split_ports(self, rules: list[FilterRule], path: list[str],
                     protocol: int) -> list[FilterRule]:
         """Destination-port buckets covering 0-65535, about sqrt(n) of them, balanced."""
-        with_ports = [r for r in rules if r.match.dports]
-        if len(with_ports) * 2 < len(rules) or any(
+        ports_of = [r.match.dports for r in rules]
+        with_ports = len(rules) - ports_of.count(())
+        if with_ports * 2 < len(rules) or any(
                 r.match.protocol not in (None, protocol) for r in rules):
             return rules
-        lows = sorted(p.low for r in with_ports for p in r.match.dports)
+        lows = sorted([p.low for dports in ports_of for p in dports])
         # About sqrt(n) buckets balance the jumps against the bucket length, but every
         # port-less rule is copied into every bucket: keep those copies under half of
         # the rules with ports, so the output grows by a bounded factor.
-        portless = len(rules) - len(with_ports)
+        portless = len(rules) - with_ports
         buckets = max(2, min(round(math.sqrt(len(rules))),
-                             len(with_ports) // max(1, 2 * portless)))
+                             with_ports // max(1, 2 * portless)))
         cuts = sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})
         bounds = [0, *cuts, PORT_MAX + 1]
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
         # the buckets of a port list, once per distinct list (rules share services)
         buckets_of: dict[tuple[PortRange, ...], tuple[int, ...]] = {}
-        for rule in rules:
-            dports = rule.match.dports
+        for rule, dports in zip(rules, ports_of, strict=True):
             if not dports:
                 for bucket in members:
                     bucket.append(rule)
@@ -475,7 +472,7 @@ def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
     out: dict[int, NodeRuleset] = {}
     sets: list[IpSet] = []
     for family, ruleset in sorted(rulesets.items()):
-        with_sets, made = use_ipsets(ruleset)
+        with_sets, made = use_ipsets(ruleset, memo=memo)
         sets.extend(made)
         out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo)
     return out, tuple(sets)

@@ -37,7 +37,7 @@ from fwc.backend.lower.ruleset import (
     Table,
     address_width,
 )
-from fwc.model import Endpoint
+from fwc.model import Endpoint, Memo
 from fwc.model.vocabulary import Target
 
 SET_NAME_MAX = 27  # ipset allows 31; ".new" is appended while loading
@@ -79,6 +79,14 @@ class _Namer:
         self.family = family
         self.threshold = threshold
         self.sets: dict[str, IpSet] = {}
+        # The sets named since `watch()`, and whether a name was decided by what had been
+        # named before (an object's name taken by other addresses): see _Reused.
+        self.used: dict[str, IpSet] = {}
+        self.collided = False
+
+    def watch(self) -> None:
+        self.used = {}
+        self.collided = False
 
     def name_for(self, cidrs: tuple[str, ...], endpoints: Iterable[Endpoint]) -> str:
         name = None
@@ -88,9 +96,20 @@ class _Namer:
                 name = _object_set_name(obj, self.family)
                 break
         if name is None or (name in self.sets and self.sets[name].cidrs != cidrs):
+            self.collided = self.collided or name is not None
             name = _content_set_name(cidrs, self.family)
-        self.sets.setdefault(name, IpSet(name, self.family, cidrs))
+        made = self.sets.setdefault(name, IpSet(name, self.family, cidrs))
+        self.used.setdefault(name, made)
         return name
+
+    def fits(self, used: Iterable[IpSet]) -> bool:
+        """No set of USED has its name taken by other addresses here."""
+        sets = self.sets
+        return all(sets.get(s.name, s).cidrs == s.cidrs for s in used)
+
+    def add(self, used: Iterable[IpSet]) -> None:
+        for one in used:
+            self.sets.setdefault(one.name, one)
 
     def address(self, match: AddressMatch, endpoints: Iterable[Endpoint],
                 force: bool = False) -> AddressMatch:
@@ -101,7 +120,11 @@ class _Namer:
 
 def _mergeable(a: Rule, b: Rule) -> str | None:
     """'source'/'destination' when b differs from a only by that side's CIDRs."""
-    if a.target != b.target or a.target_options != b.target_options or a.origin != b.origin:
+    origin, other_origin = a.origin, b.origin
+    if origin is not other_origin and (origin.label != other_origin.label
+                                       or origin != other_origin):
+        return None  # (lines of different rules: the usual case, told by the label)
+    if a.target != b.target or a.target_options != b.target_options:
         return None
     if a.target not in TERMINAL and a.target is not Target.RETURN:
         return None  # a LOG or a jump must keep firing once per line it had
@@ -152,43 +175,90 @@ def _endpoints_for(rule: Rule, side: str) -> list[Endpoint]:
     return [policy_rule.source if side == "source" else policy_rule.destination]
 
 
-def use_ipsets(ruleset: NodeRuleset, threshold: int = proto.IPSET_THRESHOLD) \
-        -> tuple[NodeRuleset, tuple[IpSet, ...]]:
-    """The ruleset with every address list longer than `threshold` in a set, and the sets."""
+@dataclass(slots=True)
+class _Reused:
+    """One chain's result in the previous member's use_ipsets of this run (per family,
+    table, chain and threshold): the next member's chain is usually the same rules (the
+    same objects, fwc.backend.lower.build.SharedLowering), and then gets the same rules.
+
+    Exact: the rules are equal (`_same_rules`), and no name it chose depended on the
+    sets named before (`collided`): each name is the object's or the content's. Reused
+    only when none of the names it used is taken by other addresses in the new ruleset's
+    sets so far, so that naming them again gives the same names; its sets are then
+    added."""
+
+    rules: tuple[Rule, ...] = ()
+    result: tuple[Rule, ...] = ()
+    used: tuple[IpSet, ...] = ()
+    collided: bool = True
+
+
+def use_ipsets(ruleset: NodeRuleset, threshold: int = proto.IPSET_THRESHOLD,
+               memo: Memo | None = None) -> tuple[NodeRuleset, tuple[IpSet, ...]]:
+    """The ruleset with every address list longer than `threshold` in a set, and the sets.
+
+    MEMO (the cluster's per-run memo): a chain equal to the previous member's same chain
+    gets the previous result (`_Reused`)."""
     namer = _Namer(ruleset.family, threshold)
     tables: list[Table] = []
     for table in ruleset.tables:
         chains: list[Chain] = []
         for chain in table.chains:
-            rules = _merge_runs(chain.rules, threshold)
-            new_rules = []
-            for rule in rules:
-                m = rule.match
-                # Most rules have short lists on both sides: nothing to do (as below).
-                sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
-                if sources <= threshold and destinations <= threshold \
-                        and max(1, sources) * max(1, destinations) <= threshold:
-                    new_rules.append(rule)
-                    continue
-                source = namer.address(m.source, _endpoints_for(rule, "source"))
-                destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
-                # Two lists each under the threshold still render as their cross product
-                # (15 x 15 = 225 lines): the longer one becomes a set as well.
-                if address_width(source) * address_width(destination) > threshold:
-                    if address_width(source) >= address_width(destination):
-                        source = namer.address(m.source, _endpoints_for(rule, "source"),
-                                               force=True)
-                    else:
-                        destination = namer.address(
-                            m.destination, _endpoints_for(rule, "destination"), force=True)
-                if source is not m.source or destination is not m.destination:
-                    rule = replace(rule, match=replace(m, source=source,
-                                                       destination=destination))
-                new_rules.append(rule)
-            chains.append(replace(chain, rules=tuple(new_rules)))
+            reused = memo.get(("ipsets", ruleset.family, table.name, chain.name, threshold),
+                              _Reused) if memo is not None else None
+            if reused is not None and not reused.collided \
+                    and _same_rules(reused.rules, chain.rules) and namer.fits(reused.used):
+                namer.add(reused.used)
+                chains.append(replace(chain, rules=reused.result))
+                continue
+            namer.watch()
+            new_rules = tuple(_with_sets(chain.rules, namer, threshold))
+            if reused is not None:
+                reused.rules, reused.result = chain.rules, new_rules
+                reused.used, reused.collided = tuple(namer.used.values()), namer.collided
+            chains.append(replace(chain, rules=new_rules))
         tables.append(replace(table, chains=tuple(chains)))
     sets = tuple(sorted(namer.sets.values(), key=lambda s: s.name))
     return replace(ruleset, tables=tuple(tables)), sets
+
+
+def _same_rules(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> bool:
+    """Equal rules, each from the same policy rule (a set's name comes from the policy
+    rule behind a rule, which the rule's value does not compare). Mostly the very same
+    objects (shared lowering): compared by identity first."""
+    return len(a) == len(b) and all(
+        x is y or (x == y and x.origin.rule is y.origin.rule)
+        for x, y in zip(a, b))  # noqa: B905
+
+
+def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> list[Rule]:
+    """A chain's rules with their long address lists in sets (named by NAMER)."""
+    rules = _merge_runs(chain_rules, threshold)
+    new_rules = []
+    for rule in rules:
+        m = rule.match
+        # Most rules have short lists on both sides: nothing to do (as below).
+        sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
+        if sources <= threshold and destinations <= threshold \
+                and max(1, sources) * max(1, destinations) <= threshold:
+            new_rules.append(rule)
+            continue
+        source = namer.address(m.source, _endpoints_for(rule, "source"))
+        destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
+        # Two lists each under the threshold still render as their cross product
+        # (15 x 15 = 225 lines): the longer one becomes a set as well.
+        if address_width(source) * address_width(destination) > threshold:
+            if address_width(source) >= address_width(destination):
+                source = namer.address(m.source, _endpoints_for(rule, "source"),
+                                       force=True)
+            else:
+                destination = namer.address(
+                    m.destination, _endpoints_for(rule, "destination"), force=True)
+        if source is not m.source or destination is not m.destination:
+            rule = replace(rule, match=replace(m, source=source,
+                                               destination=destination))
+        new_rules.append(rule)
+    return new_rules
 
 
 def set_contents(sets: Iterable[IpSet]) -> dict[str, tuple[str, ...]]:

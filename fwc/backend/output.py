@@ -31,7 +31,12 @@ from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
-from fwc.backend.render.context import MemberBuild, SharedTexts
+from fwc.backend.render.context import (
+    SHARED_RAW_BUDGET,
+    SHARED_RAW_RULES,
+    MemberBuild,
+    SharedTexts,
+)
 from fwc.backend.render.registry import Chunks, render_member
 from fwc.cache import BlobReader, BlobWriter
 from fwc.diagnostics import SILENT, Reporter
@@ -143,7 +148,8 @@ class ClusterStream:
         # Chains equal to the previous member's are not rendered again: one per cluster
         # and compile, bounded (fwc.backend.render.context.SharedTexts).
         count = len(cluster.members)
-        texts = SharedTexts(keep=count > 1)
+        texts = SharedTexts(keep=count > 1, raw_budget=SHARED_RAW_BUDGET
+                            if len(cluster.rules) <= SHARED_RAW_RULES else 0)
         for index, member in enumerate(cluster.members):
             done = self._first + index
             self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)

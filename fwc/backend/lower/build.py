@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -52,6 +54,7 @@ from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import (
+    Reach,
     Side,
     filter_chains,
     nat_reaches,
@@ -210,34 +213,65 @@ def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAdd
     return tuple(dict.fromkeys(own + vips))
 
 
-def filter_parts(rule: PolicyFilterRule, fw: AddressSet, family: int,
-                 order: tuple[IPAddress, ...] = ()) -> list[Part]:
-    if not (may_apply(rule.source, family) and may_apply(rule.destination, family)):
+@dataclass(frozen=True, slots=True)
+class SideParts:
+    """What a filter rule's parts take from one side (for one firewall set, family and
+    address order): made once per distinct side (`semantics.endpoint_key`), not once per
+    rule. Each share is there only when `reach` says the side fills its chains."""
+
+    applies: bool  # `may_apply`: false, and nothing below is known
+    reach: Reach
+    named: tuple[AddressMatch, AddressSet] | None  # `_bounded` of the named part: INPUT/OUTPUT
+    other: tuple[AddressMatch, AddressSet] | None  # `_bounded` of the other part: FORWARD
+    firewall: AddressMatch | None  # `firewall_match` of the firewall part
+
+
+_NOT_HERE = SideParts(False, Reach(False, False, False), None, None, None)
+
+
+def side_parts(endpoint: Endpoint, fw: AddressSet, family: int,
+               order: tuple[IPAddress, ...] = ()) -> SideParts:
+    if not may_apply(endpoint, family):
+        return _NOT_HERE
+    side = side_of(endpoint, fw, family)
+    reached = reach(side)
+    return SideParts(True, reached,
+                     _bounded(side, side.named, family) if reached.named else None,
+                     _bounded(side, side.other, family) if reached.other else None,
+                     firewall_match(side.firewall, family, order) if reached.firewall
+                     else None)
+
+
+def parts_of(src: SideParts, dst: SideParts, in_interface: bool, out_interface: bool) \
+        -> list[Part]:
+    """A filter rule's parts from its two sides (`filter_parts`)."""
+    if not (src.applies and dst.applies):
         return []
-    src = side_of(rule.source, fw, family)
-    dst = side_of(rule.destination, fw, family)
-    to_fw, from_fw, through = filter_chains(reach(src), reach(dst),
-                                            rule.in_interface is not None,
-                                            rule.out_interface is not None)
+    to_fw, from_fw, through = filter_chains(src.reach, dst.reach, in_interface, out_interface)
     parts: list[Part] = []
     # INPUT: to the firewall; a packet for the node has no output device.
     if to_fw:
-        got = _bounded(src, src.named, family)
-        parts.append(Part(BuiltinChain.INPUT, got[0],
-                          firewall_match(dst.firewall, family, order), got[1],
-                          AddressSet()))
+        got = src.named
+        assert got is not None and dst.firewall is not None
+        parts.append(Part(BuiltinChain.INPUT, got[0], dst.firewall, got[1], _EMPTY))
     # OUTPUT: from the firewall; a packet the node sends has no input device.
     if from_fw:
-        got = _bounded(dst, dst.named, family)
-        parts.append(Part(BuiltinChain.OUTPUT,
-                          firewall_match(src.firewall, family, order), got[0],
-                          AddressSet(), got[1]))
+        got = dst.named
+        assert got is not None and src.firewall is not None
+        parts.append(Part(BuiltinChain.OUTPUT, src.firewall, got[0], _EMPTY, got[1]))
     # FORWARD: through the firewall.
     if through:
-        s = _bounded(src, src.other, family)
-        d = _bounded(dst, dst.other, family)
+        s, d = src.other, dst.other
+        assert s is not None and d is not None
         parts.append(Part(BuiltinChain.FORWARD, s[0], d[0], s[1], d[1]))
     return parts
+
+
+def filter_parts(rule: PolicyFilterRule, fw: AddressSet, family: int,
+                 order: tuple[IPAddress, ...] = ()) -> list[Part]:
+    return parts_of(side_parts(rule.source, fw, family, order),
+                    side_parts(rule.destination, fw, family, order),
+                    rule.in_interface is not None, rule.out_interface is not None)
 
 
 def nat_part(rule: PolicyNatRule, fw: AddressSet, family: int, chain: ChainName) \
@@ -336,11 +370,6 @@ class _Tables:
     nat_user: dict[ChainName, list[Rule]] = field(default_factory=dict)
 
 
-def _scratch() -> _Tables:
-    """Empty tables that take one policy rule's lines (chains made on first use)."""
-    return _Tables({}, {}, {}, set(), {}, {}, {})
-
-
 # What one policy rule adds to the tables of a member, as (table attribute of _Tables,
 # ((chain, lines), ...)), in the order the lowering made them.
 Appends = tuple[tuple[str, tuple[tuple[ChainName, tuple[Rule, ...]], ...]], ...]
@@ -357,7 +386,95 @@ class RuleLowering:
     helpers: bool = False  # an accept with a conntrack helper (raw lines per member)
 
 
+_ANY_MATCH = Match()
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
+
+
+class _SideKey:
+    """A side as `RuleKeys` numbers it: each item's kind, negation, label and addresses.
+
+    What the lowering reads of a side is its items' kind, negation and addresses
+    (`semantics.endpoint_key`); the label only splits equal sides written differently.
+    Hashed by kind, negation and label: hashing a group's few hundred intervals per rule
+    cost more than the lookups it serves. Equal keys mostly share their AddressSet
+    objects (an object's addresses are resolved once), so comparing them is quick too.
+    """
+
+    __slots__ = ("_hash", "items")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        items = endpoint.items
+        if len(items) == 1:  # the usual side: its item's fields (never equal to a tuple of them)
+            one = items[0]
+            self.items: tuple[object, ...] = (one.kind, one.negated, one.label, one.addresses)
+            self._hash = hash((one.kind, one.negated, one.label))
+        else:
+            self.items = tuple([(i.kind, i.negated, i.label, i.addresses) for i in items])
+            self._hash = hash(tuple([(i.kind, i.negated, i.label) for i in items]))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SideKey) and self.items == other.items
+
+
+class RuleNumbers(NamedTuple):
+    """RuleKeys' numbers of the rules, by position in cluster.rules."""
+
+    source: array[int]
+    destination: array[int]
+    services: array[int]
+
+    def at(self, position: int) -> tuple[int, int, int]:
+        return self.source[position], self.destination[position], self.services[position]
+
+
+class RuleKeys:
+    """Each policy rule's sides and service list as small numbers, the same for every
+    member and family: equal sides (`_SideKey`) and equal service lists get one number,
+    so what the lowering derives from them is made once per number and then found by
+    index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
+
+    __slots__ = ("rules", "services", "sides")
+
+    def __init__(self, cluster: Cluster) -> None:
+        side_numbers: dict[_SideKey, int] = {}
+        service_numbers: dict[tuple[ServiceMatch, ...], int] = {}
+        self.sides: list[Endpoint] = []  # one endpoint of each number
+        self.services: list[tuple[ServiceMatch, ...]] = []
+        # by position in cluster.rules: (source number, destination number, services number),
+        # as three arrays of machine integers (a tuple per rule cost 12 MB at 100,000 rules)
+        self.rules = RuleNumbers(array("l"), array("l"), array("l"))
+        sides = self.sides
+        for rule in cluster.rules:
+            numbers = []
+            for endpoint in (rule.source, rule.destination):
+                key = _SideKey(endpoint)
+                number = side_numbers.get(key)
+                if number is None:
+                    number = side_numbers[key] = len(sides)
+                    sides.append(endpoint)
+                numbers.append(number)
+            services = tuple(rule.services)
+            number = service_numbers.get(services)
+            if number is None:
+                number = service_numbers[services] = len(self.services)
+                self.services.append(services)
+            self.rules.source.append(numbers[0])
+            self.rules.destination.append(numbers[1])
+            self.rules.services.append(number)
+
+
+def rule_keys(cluster: Cluster) -> RuleKeys:
+    return cluster.memo.get(("lower-keys",), lambda: RuleKeys(cluster))
+
+
+class _Unknown:
+    """Not computed yet (None is an answer: a service list with nothing in this family)."""
+
+
+_UNKNOWN = _Unknown()
 
 
 class SharedLowering:
@@ -371,19 +488,28 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("lowered", "per_member", "services")
+    __slots__ = ("keys", "lowered", "nothing", "per_member", "services", "sides")
 
-    def __init__(self, cluster: Cluster, family: int) -> None:
+    def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
+        self.keys = keys if keys is not None else RuleKeys(cluster)
         firewalls = AddressSet.union(
             cluster.firewall_addresses(m) for m in cluster.members).only(family)
+        reads = [reads_firewall(endpoint, firewalls, family) for endpoint in self.keys.sides]
         # by position in cluster.rules: the rule reads a member's firewall addresses
-        self.per_member = [reads_firewall(rule.source, firewalls, family)
-                           or reads_firewall(rule.destination, firewalls, family)
-                           for rule in cluster.rules]
+        self.per_member = [reads[source] or reads[destination]
+                           for source, destination in zip(self.keys.rules.source,
+                                                          self.keys.rules.destination,
+                                                          strict=True)]
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
-        # rule.services -> service_matches(), the same on every member
-        self.services: dict[tuple[ServiceMatch, ...], list[Match] | None] = {}
+        # by position: the rule has no line in this family on any member (found once)
+        self.nothing = [False] * len(self.keys.rules.source)
+        # by services number: service_matches(), the same on every member (_UNKNOWN: not
+        # made yet)
+        self.services: list[list[Match] | None | _Unknown] = \
+            [_UNKNOWN] * len(self.keys.services)
+        # by side number: side_parts() without firewall addresses, the same on every member
+        self.sides: list[SideParts | None] = [None] * len(self.keys.sides)
 
 
 class _Devices(dict[str | None, str | None]):
@@ -409,11 +535,14 @@ class _Lowering:
         self.options = options
         self.fw = cluster.firewall_addresses(member).only(family)
         self.fw_order = firewall_order(cluster, member, family)
-        # rule.services -> service_matches(): thousands of rules name the same services.
-        # The lists are shared between rules and only ever read.
-        self.service_memo: dict[tuple[ServiceMatch, ...], list[Match] | None] = \
-            shared.services if shared is not None else {}
         self.devices = _Devices(member)
+        # The rules' numbers (RuleKeys), and by number: service_matches() (thousands of
+        # rules name the same services; the lists are shared between rules and only ever
+        # read) and side_parts() with this member's firewall addresses. Made on first use.
+        self._keys: RuleKeys | None = shared.keys if shared is not None else None
+        self.service_memo: list[list[Match] | None | _Unknown] = \
+            shared.services if shared is not None else []
+        self.sides: list[SideParts | None] = []
         self.relative: dict[str, str] = {}
         self.tables = _Tables()
         self.shared = shared
@@ -653,74 +782,137 @@ class _Lowering:
     def applies(self, rule: BaseRule) -> bool:
         return rule.only is None or rule.only == self.member.name
 
-    def services(self, rule: BaseRule) -> list[Match] | None:
-        key = tuple(rule.services)
-        if key in self.service_memo:
-            return self.service_memo[key]
-        got = self.service_memo[key] = service_matches(key, self.family)
+    def keys(self) -> RuleKeys:
+        if self._keys is None:
+            self._keys = rule_keys(self.cluster) if self.cluster.owns(self.member) \
+                else RuleKeys(self.cluster)
+        if not self.sides:
+            self.sides = [None] * len(self._keys.sides)
+        if not self.service_memo:
+            self.service_memo = [_UNKNOWN] * len(self._keys.services)
+        return self._keys
+
+    def filter_rules(self) -> None:
+        """Lower every policy rule that applies to this member, in order: once for every
+        member that reads it alike (SharedLowering), else for this member alone."""
+        numbers_of = self.keys().rules
+        shared = self.shared
+        member = self.member.name
+        devices = self.devices
+        tables = self.tables
+        by_name = {"raw": tables.raw, "raw_user": tables.raw_user, "filter": tables.filter,
+                   "filter_user": tables.filter_user}
+        for position, rule in enumerate(self.cluster.rules):
+            if rule.only is not None and rule.only != member:
+                continue
+            if shared is None or shared.per_member[position]:
+                lowered = self.rule_lowering(rule, self.fw, self.sides, numbers_of.at(position))
+            elif shared.nothing[position]:
+                continue
+            else:
+                key = (position, devices[rule.in_interface], devices[rule.out_interface])
+                lowered = shared.lowered.get(key)  # type: ignore[assignment]
+                if lowered is None:
+                    # the rule names no firewall address of any member: no member's reading
+                    # differs from one without firewall addresses (reads_firewall)
+                    lowered = shared.lowered[key] = self.rule_lowering(
+                        rule, _EMPTY, shared.sides, numbers_of.at(position))
+                    # whether a rule has lines depends on whether it has devices, never on
+                    # which: nothing here is nothing on every member
+                    shared.nothing[position] = lowered is _NOTHING
+            if lowered is _NOTHING:
+                continue
+            if lowered.helpers:
+                # member-specific (deduplicated over the member's rules): before the rule's
+                # own raw lines, as the kernel must assign the helper first
+                self.helpers(rule, lowered.origin, lowered.chains)
+            for name, chains in lowered.appends:
+                target = by_name[name]
+                for chain, lines in chains:
+                    got = target.get(chain)
+                    if got is None:
+                        target[chain] = list(lines)
+                    else:
+                        got.extend(lines)
+
+    def side(self, endpoint: Endpoint, fw: AddressSet, sides: list[SideParts | None],
+             number: int) -> SideParts:
+        """`side_parts` of ENDPOINT (side NUMBER) against FW, made once in SIDES."""
+        got = sides[number]
+        if got is None:
+            got = sides[number] = side_parts(endpoint, fw, self.family, self.fw_order)
         return got
 
-    def filter_rule(self, rule: PolicyFilterRule, position: int) -> None:
-        """Lower the rule at POSITION of the cluster's rules: once for every member that
-        reads it alike (SharedLowering), else for this member alone."""
-        shared = self.shared
-        if shared is None or shared.per_member[position]:
-            lowered = self.rule_lowering(rule, self.fw)
-        else:
-            devices = self.devices
-            key = (position, devices[rule.in_interface], devices[rule.out_interface])
-            lowered = shared.lowered.get(key)  # type: ignore[assignment]
-            if lowered is None:
-                # the rule names no firewall address of any member: no member's reading
-                # differs from one without firewall addresses (reads_firewall)
-                lowered = shared.lowered[key] = self.rule_lowering(rule, _EMPTY)
-        if not lowered.chains:
-            return
-        if lowered.helpers:
-            # member-specific (deduplicated over the member's rules): before the rule's
-            # own raw lines, as the kernel must assign the helper first
-            self.helpers(rule, lowered.origin, lowered.chains)
-        tables = self.tables
-        for name, chains in lowered.appends:
-            target: dict[ChainName, list[Rule]] = getattr(tables, name)
-            for chain, lines in chains:
-                got = target.get(chain)
-                if got is None:
-                    target[chain] = list(lines)
-                else:
-                    got.extend(lines)
-
-    def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet) -> RuleLowering:
+    def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet,
+                      sides: list[SideParts | None], numbers: tuple[int, int, int]) \
+            -> RuleLowering:
         """The rule's lines on this member (raw for notrack, filter), helpers aside;
-        FW: the firewall addresses it reads."""
+        FW: the firewall addresses it reads; SIDES: its sides against FW, by number;
+        NUMBERS: the rule's (RuleKeys.rules)."""
         # (most rules name the addresses of one family only: no parts in the other)
-        parts = filter_parts(rule, fw, self.family, self.fw_order)
+        src = self.side(rule.source, fw, sides, numbers[0])
+        if not src.applies:
+            return _NOTHING
+        parts = parts_of(src, self.side(rule.destination, fw, sides, numbers[1]),
+                         rule.in_interface is not None, rule.out_interface is not None)
         if not parts:
             return _NOTHING
-        services = self.services(rule)
+        services = self.service_memo[numbers[2]]
+        if services is _UNKNOWN:
+            services = self.service_memo[numbers[2]] = service_matches(rule.services,
+                                                                       self.family)
         if services is None:
             return _NOTHING
+        assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
-        tables = _scratch()
-        if rule.action is FilterAction.ACCEPT and rule.notrack:
-            self.notrack(tables, rule, origin, parts, services)
-        in_device, out_device = self.device(rule.in_interface), self.device(rule.out_interface)
-        for part in parts:
-            base = Match(source=part.source, destination=part.destination,
-                         in_device=in_device if part.chain != BuiltinChain.OUTPUT else None,
-                         out_device=out_device if part.chain != BuiltinChain.INPUT else None)
-            self.emit(tables.filter, tables.filter_user, FilterRule, rule, origin,
-                      part, base, services, "p")
-        appends = tuple((name, tuple((chain, tuple(lines)) for chain, lines in made.items()))
-                        for name, made in (("raw", tables.raw), ("raw_user", tables.raw_user),
-                                           ("filter", tables.filter),
-                                           ("filter_user", tables.filter_user)) if made)
         helpers = rule.action is FilterAction.ACCEPT and any(
             s.helper is not None for s in rule.services)
-        return RuleLowering(origin, frozenset(p.chain for p in parts), appends, helpers)
+        if len(parts) == 1 and type(rule) is PolicyFilterRule and not rule.notrack \
+                and not rule.log and rule.syn_limit is None and rule.limit is None \
+                and rule.connlimit is None and rule.action is not FilterAction.REJECT:
+            part = parts[0]
+            if not (part.source_excluded or part.destination_excluded):
+                # The usual rule: a verdict in one built-in chain, a line per service (what
+                # emit and final make of it, without their general cases).
+                chain = part.chain
+                in_device = self.devices[rule.in_interface] \
+                    if chain != BuiltinChain.OUTPUT else None
+                out_device = self.devices[rule.out_interface] \
+                    if chain != BuiltinChain.INPUT else None
+                target, options = self.action(rule, _ANY_MATCH, False)
+                source, destination = part.source, part.destination
+                lines = tuple([FilterRule(Match(source, destination, in_device, out_device,
+                                                service.protocol, service.dports,
+                                                service.icmp_type), target, origin, options)
+                               for service in services])
+                return RuleLowering(origin, frozenset((chain,)),
+                                    (("filter", ((chain, lines),)),), helpers)
+        raw: dict[ChainName, list[Rule]] = {}
+        raw_user: dict[ChainName, list[Rule]] = {}
+        if rule.action is FilterAction.ACCEPT and rule.notrack:
+            self.notrack(raw, raw_user, rule, origin, parts, services)
+        in_device, out_device = self.devices[rule.in_interface], \
+            self.devices[rule.out_interface]
+        filter_: dict[ChainName, list[Rule]] = {}
+        filter_user: dict[ChainName, list[Rule]] = {}
+        for part in parts:
+            self.emit(filter_, filter_user, FilterRule, rule, origin, part,
+                      in_device if part.chain != BuiltinChain.OUTPUT else None,
+                      out_device if part.chain != BuiltinChain.INPUT else None,
+                      services, "p")
+        if raw or raw_user or filter_user or len(filter_) != 1:
+            appends = tuple((name, tuple((chain, tuple(lines)) for chain, lines in made.items()))
+                            for name, made in (("raw", raw), ("raw_user", raw_user),
+                                               ("filter", filter_),
+                                               ("filter_user", filter_user)) if made)
+        else:  # the usual rule: lines in one built-in chain
+            [(chain, made)] = filter_.items()
+            appends = (("filter", ((chain, tuple(made)),)),)
+        return RuleLowering(origin, frozenset([p.chain for p in parts]), appends, helpers)
 
-    def notrack(self, tables: _Tables, rule: PolicyFilterRule, origin: Origin,
-                parts: list[Part], services: list[Match]) -> None:
+    def notrack(self, raw: dict[ChainName, list[Rule]], raw_user: dict[ChainName, list[Rule]],
+                rule: PolicyFilterRule, origin: Origin, parts: list[Part],
+                services: list[Match]) -> None:
         """`notrack`: the raw table exempts the rule's traffic from connection tracking.
 
         raw works before routing (PREROUTING, for INPUT and FORWARD traffic: the
@@ -730,14 +922,13 @@ class _Lowering:
         for part in parts:
             chain = BuiltinChain.OUTPUT if part.chain == BuiltinChain.OUTPUT \
                 else BuiltinChain.PREROUTING
-            base = Match(source=part.source, destination=part.destination,
-                         in_device=self.device(rule.in_interface)
-                         if chain is BuiltinChain.PREROUTING else None,
-                         out_device=self.device(rule.out_interface)
-                         if chain is BuiltinChain.OUTPUT else None)
             kind = "ri" if part.chain == BuiltinChain.INPUT else "r"
-            self.emit(tables.raw, tables.raw_user, FilterRule, rule, origin,
-                      replace(part, chain=chain), base, services, kind, notrack=True)
+            self.emit(raw, raw_user, FilterRule, rule, origin, replace(part, chain=chain),
+                      self.device(rule.in_interface) if chain is BuiltinChain.PREROUTING
+                      else None,
+                      self.device(rule.out_interface) if chain is BuiltinChain.OUTPUT
+                      else None,
+                      services, kind, notrack=True)
 
     def helpers(self, rule: PolicyFilterRule, origin: Origin,
                 chains: frozenset[ChainName]) -> None:
@@ -808,10 +999,10 @@ class _Lowering:
 
     def emit(self, builtin: dict[ChainName, list[Rule]], user: dict[ChainName, list[Rule]],
              make: type[FilterRule] | type[NatRule], rule: PolicyFilterRule | PolicyNatRule,
-             origin: Origin, part: Part, base: Match, services: list[Match], kind: str,
-             notrack: bool = False) -> None:
-        lines = len(services) * max(1, len(part.source.cidrs)) \
-            * max(1, len(part.destination.cidrs))
+             origin: Origin, part: Part, in_device: str | None, out_device: str | None,
+             services: list[Match], kind: str, notrack: bool = False) -> None:
+        source, destination = part.source, part.destination
+        lines = len(services) * (len(source.cidrs) or 1) * (len(destination.cidrs) or 1)
         # A RETURN chain for exclusions; for a logged rule on several lines, one chain keeps
         # the LOG and the verdict together instead of doubling every line. A rule with a
         # rate or connection limit always gets one: beyond the limit its packets RETURN to
@@ -819,8 +1010,9 @@ class _Lowering:
         needs_chain = bool(part.source_excluded or part.destination_excluded) \
             or (not notrack and ((rule.log and lines > 1) or rule.conditional
                                  or len(getattr(rule, "pool", ())) > 0 and lines > 1))
-        target_rules: list[Rule] = builtin.setdefault(part.chain, [])
-        sub_name = ""
+        target_rules = builtin.get(part.chain)
+        if target_rules is None:
+            target_rules = builtin[part.chain] = []
         if needs_chain:
             sub_name = f"fwc-{kind}{rule.index + 1}-{part.chain}"[:proto.CHAIN_NAME_MAX]
             sub = user.setdefault(sub_name, [])
@@ -831,19 +1023,27 @@ class _Lowering:
                 sub.append(make(Match(destination=addresses_match(part.destination_excluded,
                                                                   self.family)),
                                 Target.RETURN, origin))
-        for service in services:
-            match = Match(source=base.source, destination=base.destination,
-                          in_device=base.in_device, out_device=base.out_device,
-                          protocol=service.protocol, dports=service.dports,
-                          icmp_type=service.icmp_type)
-            if needs_chain:
-                target_rules.append(make(match, sub_name, origin))
-                continue
-            self.final(target_rules, make, rule, origin, match, inside_chain=False,
-                       notrack=notrack)
-        if needs_chain:
+            for service in services:
+                target_rules.append(make(Match(source, destination, in_device, out_device,
+                                               service.protocol, service.dports,
+                                               service.icmp_type), sub_name, origin))
             self.final(user[sub_name], make, rule, origin, Match(), inside_chain=True,
                        protocols={s.protocol for s in services}, notrack=notrack)
+            return
+        # The usual rule (a verdict, nothing logged or limited) takes its lines directly.
+        plain = not notrack and not rule.log and rule.syn_limit is None \
+            and type(rule) is PolicyFilterRule \
+            and rule.action is not FilterAction.REJECT
+        if plain:
+            target, options = self.action(rule, _ANY_MATCH, False)
+        for service in services:
+            match = Match(source, destination, in_device, out_device, service.protocol,
+                          service.dports, service.icmp_type)
+            if plain:
+                target_rules.append(make(match, target, origin, options))
+            else:
+                self.final(target_rules, make, rule, origin, match, inside_chain=False,
+                           notrack=notrack)
 
     def final(self, rules: list[Rule], make: type[FilterRule] | type[NatRule],
               rule: PolicyFilterRule | PolicyNatRule, origin: Origin, match: Match,
@@ -917,20 +1117,16 @@ class _Lowering:
             part = nat_part(rule, self.fw, self.family, stage.chain)
             if part is None:
                 continue
-            base = Match(source=part.source, destination=part.destination,
-                         in_device=self.device(rule.in_interface) if stage.sees_in else None,
-                         out_device=self.device(rule.out_interface) if stage.sees_out
-                         else None)
-            self.emit(self.tables.nat, self.tables.nat_user, NatRule, rule, origin, part, base,
+            self.emit(self.tables.nat, self.tables.nat_user, NatRule, rule, origin, part,
+                      self.device(rule.in_interface) if stage.sees_in else None,
+                      self.device(rule.out_interface) if stage.sees_out else None,
                       services, "n")
 
     # -- assembly ------------------------------------------------------------------------
     def build(self) -> NodeRuleset:
         self.automatic_rules()
         self.stateful_core()
-        for position, rule in enumerate(self.cluster.rules):
-            if self.applies(rule):
-                self.filter_rule(rule, position)
+        self.filter_rules()
         for rule in self.cluster.nat:
             if self.applies(rule):
                 self.nat_rule(rule)
@@ -983,7 +1179,7 @@ def lower(cluster: Cluster, member: Member, family: int,
     # memoised on the cluster, so it is shared within the run and dies with its model;
     # so are the rule lowerings its members share.
     shared = cluster.memo.get(("lower-shared", family, options),
-                              lambda: SharedLowering(cluster, family))
+                              lambda: SharedLowering(cluster, family, rule_keys(cluster)))
     return cluster.memo.get(_memo_key(member, family, options),
                             lambda: _Lowering(cluster, member, family, options, shared).build())
 

@@ -214,10 +214,10 @@ class Table:
         # moves a rule across tables fails here, not in iptables-restore on the node.
         kind = NatRule if self.name == vocabulary.Table.NAT else FilterRule
         for chain in self.chains:
-            for rule in chain.rules:
-                if type(rule) is not kind:
-                    raise TypeError(f"{type(rule).__name__} in the {self.name} table "
-                                    f"(chain {chain.name})")
+            if chain.rules and set(map(type, chain.rules)) != {kind}:  # (one C-level pass)
+                rule = next(r for r in chain.rules if type(r) is not kind)
+                raise TypeError(f"{type(rule).__name__} in the {self.name} table "
+                                f"(chain {chain.name})")
 
     def chain(self, name: str) -> Chain | None:
         for chain in self.chains:

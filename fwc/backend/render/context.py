@@ -27,27 +27,57 @@ from fwc.model.vocabulary import Backend
 # and 0.4 s to expand, against several seconds to render it): 16 MB hold the whole FORWARD
 # bulk of a 100,000-rule member, which kept as text cost 64 MB of the peak for a part of it.
 SHARED_TEXT_BUDGET = 16 * 1024 * 1024
+# Characters of text a SharedTexts may keep as they are, before compressing: expanding and
+# compressing are about a third of rendering the chains they save (0.27 s to compress and
+# 0.16 s to expand 27 MB, each member after the first). Only for clusters of up to
+# SHARED_RAW_RULES policy rules: the 100,000-rule peak (500 MB) has no room for them.
+SHARED_RAW_BUDGET = 48 * 1024 * 1024
+SHARED_RAW_RULES = 50_000
 # Characters of text expanded at a time when a kept text is handed back.
 _EXPAND_CHUNK = 4 * 1024 * 1024
 
 
+# A kept text: its pieces as they are, or compressed (`KeptText`).
+Kept = tuple[str, ...] | bytes
+
+
 class KeptText:
-    """One part's text being kept while it is rendered: pieces in, compressed."""
+    """One part's text being kept while it is rendered: pieces in, kept as they are while
+    they fit RAW_ROOM characters, else compressed (all of them)."""
 
-    __slots__ = ("_compressor", "_out", "size")
+    __slots__ = ("_compressor", "_out", "_raw", "chars", "raw_room", "size")
 
-    def __init__(self) -> None:
-        self._compressor = zlib.compressobj(1)
+    def __init__(self, raw_room: int = 0) -> None:
+        self._compressor: zlib._Compress | None = None
         self._out: list[bytes] = []
+        self._raw: list[str] = []
+        self.raw_room = raw_room
+        self.chars = 0  # characters kept as they are
         self.size = 0  # compressed bytes so far (what the budget counts)
 
     def add(self, piece: str) -> None:
+        if self._compressor is None:
+            if self.chars + len(piece) <= self.raw_room:
+                self._raw.append(piece)
+                self.chars += len(piece)
+                return
+            self._compressor = zlib.compressobj(1)
+            raw, self._raw, self.chars = self._raw, [], 0
+            for one in raw:
+                self._compress(one)
+        self._compress(piece)
+
+    def _compress(self, piece: str) -> None:
+        assert self._compressor is not None
         data = self._compressor.compress(piece.encode())
         if data:
             self._out.append(data)
             self.size += len(data)
 
-    def done(self) -> bytes:
+    def done(self) -> Kept:
+        if self._compressor is None:
+            raw, self._raw = tuple(self._raw), []
+            return raw
         self._out.append(self._compressor.flush())
         data = b"".join(self._out)
         self._out = []
@@ -76,15 +106,18 @@ class SharedTexts:
     rendered from, and the next member takes it back when its own value is equal
     (==: equal values render to equal text). Per cluster and per compile, created
     by the caller (fwc.backend.output.ClusterStream), never global: it holds the
-    texts of the member being rendered and of the one before, zlib-compressed (see
-    `KeptText`), at most `budget` compressed bytes each.
+    texts of the member being rendered and of the one before: up to `raw_budget`
+    characters as they are, the rest zlib-compressed (see `KeptText`), at most `budget`
+    compressed bytes.
     """
 
     budget: int = SHARED_TEXT_BUDGET
     keep: bool = True  # False for the cluster's last member: nobody comes after it
-    _previous: dict[Hashable, tuple[object, bytes]] = field(default_factory=dict)
-    _current: dict[Hashable, tuple[object, bytes]] = field(default_factory=dict)
+    raw_budget: int = 0  # characters kept uncompressed (SHARED_RAW_BUDGET for small ones)
+    _previous: dict[Hashable, tuple[object, Kept]] = field(default_factory=dict)
+    _current: dict[Hashable, tuple[object, Kept]] = field(default_factory=dict)
     _used: int = 0
+    _raw_used: int = 0
 
     def get(self, key: Hashable, value: object) -> Iterator[str] | None:
         """The pieces of the text offered under KEY by the previous member if its value
@@ -93,26 +126,39 @@ class SharedTexts:
         if got is None or got[0] != value:
             return None
         self._take(key, value, got[1])
-        return expanded(got[1])
+        kept = got[1]
+        return iter(kept) if isinstance(kept, tuple) else expanded(kept)
 
     def room(self) -> int:
         """Compressed bytes that an offer may still hold (0 when nothing is kept)."""
         return self.budget - self._used if self.keep else 0
+
+    def raw_room(self) -> int:
+        """Characters an offer may still keep as they are."""
+        return self.raw_budget - self._raw_used if self.keep else 0
 
     def offer(self, key: Hashable, value: object, text: KeptText) -> None:
         """TEXT was rendered for VALUE, under KEY."""
         if self.keep:
             self._take(key, value, text.done())
 
-    def _take(self, key: Hashable, value: object, data: bytes) -> None:
-        if self.keep and self._used + len(data) <= self.budget:
+    def _take(self, key: Hashable, value: object, data: Kept) -> None:
+        if not self.keep:
+            return
+        if isinstance(data, tuple):
+            chars = sum(map(len, data))
+            if self._raw_used + chars <= self.raw_budget:
+                self._current[key] = (value, data)
+                self._raw_used += chars
+        elif self._used + len(data) <= self.budget:
             self._current[key] = (value, data)
             self._used += len(data)
 
     def next_member(self, last: bool = False) -> None:
         """The member is done: its texts are offered to the next one (LAST: the next is
         the cluster's last member, which keeps nothing)."""
-        self._previous, self._current, self._used = self._current, {}, 0
+        self._previous, self._current, self._used, self._raw_used = \
+            self._current, {}, 0, 0
         self.keep = not last
 
 

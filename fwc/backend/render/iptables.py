@@ -115,14 +115,98 @@ def _limit_options(match: Match) -> list[str]:
     return out
 
 
-def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list[str]:
-    """A rule's lines without the leading `-A CHAIN ` (render adds it for every chain).
+def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None,
+                shapes: ShapeTexts | None = None) -> list[str]:
+    """A rule's lines without the leading `-A CHAIN ` (render adds it for every chain)."""
+    sources, ends = rule_pieces(rule, protocol_texts, shapes)
+    if sources is None:
+        return ends
+    return [source + " " + end for source in sources for end in ends]
+
+
+def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
+              shapes: ShapeTexts | None = None) -> tuple[str, int]:
+    """A rule's lines each after PREFIX (`-A CHAIN `), joined by newlines (no newline at
+    the end), and how many: `rule_bodies` as one text, built with a join per source
+    instead of a concatenation per line (the failsafe's groups make hundreds of lines
+    of one rule)."""
+    sources, ends = rule_pieces(rule, protocol_texts, shapes)
+    between = "\n" + prefix
+    if sources is None:
+        return prefix + (ends[0] if len(ends) == 1 else between.join(ends)), len(ends)
+    if len(ends) == 1:
+        end = " " + ends[0]
+        return prefix + (end + between).join(sources) + end, len(sources)
+    return prefix + between.join(source + " " + (between + source + " ").join(ends)
+                                 for source in sources), len(sources) * len(ends)
+
+
+# A rule's words but its addresses and comment, by everything else they are made of:
+# (the text of each port group's line up to the comment, the text after the comment).
+# Thousands of rules differ only in their addresses and comment; one memo per file.
+# It also holds each address list's words, by (flag, negated, CIDRs): (words, "").
+# At most SHAPES_MAX entries (emptied when full): at 100,000 rules an unbounded memo
+# held about 25 MB through each rule file.
+ShapeTexts = dict[tuple[object, ...], tuple[list[str], str]]
+SHAPES_MAX = 8192
+
+
+def _remember(shapes: ShapeTexts, key: tuple[object, ...],
+              value: tuple[list[str], str]) -> None:
+    if len(shapes) >= SHAPES_MAX:
+        shapes.clear()
+    shapes[key] = value
+
+
+def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
+                shapes: ShapeTexts | None = None) -> tuple[list[str] | None, list[str]]:
+    """(sources, ends): a rule's lines are `source + " " + end` for each source (outer)
+    and end, or the ends alone when SOURCES is None (no `-s`).
 
     Each line is the words below joined by single spaces, in this order; only the
     addresses and the port group differ between a rule's lines, so the rest is built
-    once per rule, and each line is one concatenation (rendering is a visible part of
-    compiling a large policy; the unarranged failsafe expands groups into every line).
+    once per rule (once per SHAPES entry, the comment aside), and each line is one
+    concatenation (rendering is a visible part of compiling a large policy; the
+    unarranged failsafe expands groups into every line).
     """
+    match = rule.match
+    source, destination = match.source, match.destination
+    key = (match.in_device, match.out_device, match.protocol, source.set_name,
+           source.negated, destination.set_name, destination.negated, match.hop_limit,
+           match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
+           rule.target, rule.target_options, match.dports, match.tcp_not_syn,
+           match.icmp_type, match.tcp_flags)
+    shape = shapes.get(key) if shapes is not None else None
+    if shape is None:
+        shape = _shape(rule, {} if protocol_texts is None else protocol_texts)
+        if shapes is not None:
+            _remember(shapes, key, shape)
+    heads, after = shape
+    comment = escape.iptables_comment(rule.comment)
+    ends = [head + comment + after for head in heads]
+    if destination.cidrs and destination.set_name is None:
+        destinations = _address_words("-d", destination, shapes)
+        ends = [destination + " " + end for destination in destinations for end in ends]
+    if not source.cidrs or source.set_name is not None:
+        return None, ends
+    return _address_words("-s", source, shapes), ends
+
+
+def _address_words(flag: str, match: AddressMatch, shapes: ShapeTexts | None) -> list[str]:
+    """`_addresses` of a side with CIDRs, once per file (in SHAPES) for each list."""
+    if shapes is None:
+        return _addresses(flag, match)
+    key = (flag, match.negated, match.cidrs)
+    got = shapes.get(key)
+    if got is None:
+        got = (_addresses(flag, match), "")
+        _remember(shapes, key, got)
+    return got[0]
+
+
+def _shape(rule: Rule, protocol_texts: ProtocolTexts) -> tuple[list[str], str]:
+    """(heads, after): each port group's line is `head + comment + after`, without the
+    addresses (see `rule_pieces`)."""
     match = rule.match
     # iptables-save prints -s -d -i -o -p first, then the match modules in the order
     # they were given: sets, protocol, hop limit, state, comment.
@@ -137,40 +221,34 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None) -> list
         middle += _set_match("src", match.source)
     if match.destination.set_name is not None:
         middle += _set_match("dst", match.destination)
-    tail: list[str] = []
+    before: list[str] = []
     if match.hop_limit is not None:
-        tail += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
+        before += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
     if match.ctstate:
         states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
-        tail += ["-m", "conntrack", "--ctstate", ",".join(states)]
+        before += ["-m", "conntrack", "--ctstate", ",".join(states)]
     if match.statistic is not None or match.connlimit is not None \
             or match.hashlimit is not None:
-        tail += _limit_options(match)
-    tail += ["-m", "comment", "--comment", escape.iptables_comment(rule.comment)]
+        before += _limit_options(match)
+    before += ["-m", "comment", "--comment"]
+    after: list[str] = []
     if match.limit is not None:
-        tail += ["-m", "limit", "--limit", _rate(match.limit.rate),
-                 "--limit-burst", str(match.limit.burst)]
-    tail += ["-j", escape.iptables_word(rule.target)]
+        after += ["-m", "limit", "--limit", _rate(match.limit.rate),
+                  "--limit-burst", str(match.limit.burst)]
+    after += ["-j", escape.iptables_word(rule.target)]
     for option, value in rule.target_options:
-        tail.append(f"--{option}")
+        after.append(f"--{option}")
         if option in ("log-prefix", "nflog-prefix"):
-            tail.append(escape.iptables_log_prefix(value))
+            after.append(escape.iptables_log_prefix(value))
         elif value:  # an empty value is a flag (--notrack, --clamp-mss-to-pmtu)
-            tail.append(escape.iptables_word(value))
+            after.append(escape.iptables_word(value))
     # Joining non-empty groups of words joins exactly the same words as one list would;
     # the tail is never empty (it holds the comment and the target).
     middle_text = " ".join(middle)
-    tail_text = " ".join(tail)
-    protocols = _protocol_texts(match, {} if protocol_texts is None else protocol_texts)
-    ends = [" ".join(part for part in (middle_text, protocol_text, tail_text) if part)
-            for protocol_text in protocols]
-    destinations = _addresses("-d", match.destination)
-    if destinations != [""]:
-        ends = [destination + " " + end for destination in destinations for end in ends]
-    sources = _addresses("-s", match.source)
-    if sources == [""]:
-        return ends
-    return [source + " " + end for source in sources for end in ends]
+    before_text = " ".join(before) + " "
+    heads = [" ".join(part for part in (middle_text, protocol_text, before_text) if part)
+             for protocol_text in _protocol_texts(match, protocol_texts)]
+    return heads, " " + " ".join(after)
 
 
 def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts | None = None,
@@ -193,6 +271,7 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
     out = [header]
     tables = sorted(ruleset.tables, key=lambda t: TABLE_ORDER.index(t.name))
     protocol_texts: ProtocolTexts = {}
+    shapes: ShapeTexts = {}
     for table in tables:
         out.append(f"*{table.name}")
         # iptables-save lists built-in chains first, then user chains by name: the
@@ -234,13 +313,14 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
             if text is not None:
                 yield from text
                 continue
-            pieces = _chain_blocks(chain, bodies_of, repeated, protocol_texts)
+            pieces = _chain_blocks(chain, bodies_of, repeated, protocol_texts, shapes)
             if texts is None:
                 yield from pieces
                 continue
-            # Kept (compressed) for the next member while it fits SharedTexts' budget;
-            # yielded as it is rendered either way (a chain can be nearly the whole file).
-            kept: KeptText | None = KeptText() if texts.room() > 0 else None
+            # Kept (as it is or compressed) for the next member while it fits SharedTexts'
+            # budgets; yielded as it is rendered either way (a chain can be nearly the
+            # whole file).
+            kept: KeptText | None = KeptText(texts.raw_room()) if texts.room() > 0 else None
             for piece in pieces:
                 yield piece
                 if kept is not None:
@@ -255,7 +335,7 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
 
 
 def _chain_blocks(chain: Chain, bodies_of: list[list[str] | None], repeated: list[bool],
-                  protocol_texts: ProtocolTexts) -> Iterator[str]:
+                  protocol_texts: ProtocolTexts, shapes: ShapeTexts) -> Iterator[str]:
     """The lines of CHAIN's rules, in blocks (see `blocks`)."""
     prefix = f"-A {chain.name} "
     between = "\n" + prefix
@@ -264,13 +344,17 @@ def _chain_blocks(chain: Chain, bodies_of: list[list[str] | None], repeated: lis
     for rule in chain.rules:
         slot = rule.render_slot
         bodies = bodies_of[slot]
-        if bodies is None:
-            bodies = rule_bodies(rule, protocol_texts)
-            if repeated[slot]:
-                bodies_of[slot] = bodies
-        # One text per rule (its lines joined): an entry per line cost more.
-        out.append(prefix + bodies[0] if len(bodies) == 1 else prefix + between.join(bodies))
-        lines += len(bodies)
+        if bodies is None and not repeated[slot]:
+            # One text per rule (its lines joined): an entry per line cost more.
+            text, count = rule_text(rule, protocol_texts, prefix, shapes)
+            out.append(text)
+            lines += count
+        else:
+            if bodies is None:  # kept for the rule's other chains
+                bodies = bodies_of[slot] = rule_bodies(rule, protocol_texts, shapes)
+            out.append(prefix + bodies[0] if len(bodies) == 1
+                       else prefix + between.join(bodies))
+            lines += len(bodies)
         if lines >= BLOCK_LINES:
             out.append("")
             yield "\n".join(out)
