@@ -28,7 +28,7 @@ from conftest import EXAMPLE_NAMES, Examples, cannot_run, skip_or_fail_without_r
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_analysis_vs_compile import parse_rules
-from test_arrange import mixed_policy
+from test_arrange import CLUSTER, mixed_policy
 from test_realtools import in_ns, namespace
 
 from fwc.analysis.evaluate import Decision, Evaluator, Packet, corner_packets
@@ -152,14 +152,17 @@ def test_example_outputs_decide_alike(examples: Examples, name: str):
     assert checked > 500
 
 
-def _arranged_for_nft(cluster: Cluster, member: Member) -> str:
-    """nftables.nft with thresholds low enough that a small policy gets maps and sets."""
+def _arranged_for_nft(cluster: Cluster, member: Member,
+                      copies_max_share: int | None = None) -> str:
+    """nftables.nft with thresholds low enough that a small policy gets maps and sets
+    (COPIES_MAX_SHARE: arrange's bound on device copies, 0 for none)."""
     names = {link.device: link.interface for link in member.links}
     rulesets, sets = [], []
     for family in sorted(cluster.families):
         with_sets, made = use_ipsets(lower(cluster, member, family))
         sets.extend(made)
-        rulesets.append(arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True))
+        rulesets.append(arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True,
+                                copies_max_share=copies_max_share))
     return nftables.render(rulesets, "random policy", tuple(sets), min_concat=2)
 
 
@@ -188,17 +191,20 @@ SEEDS = settings(max_examples=8, deadline=None, derandomize=True, database=None,
 def test_random_policy_outputs_decide_alike(tmp_path: Path, seed: int, rules: int):
     constructs = {"vmap": 0, "concat": 0}
     for cluster, member, files in _random_members(tmp_path, seed, rules):
-        text = _arranged_for_nft(cluster, member)
-        constructs["vmap"] += text.count(" vmap @")
-        constructs["concat"] += text.count(" . ")
-        compare(_iptables_rulesets(files, member.name, cluster.families), read(text),
-                _flat(cluster, member), f"seed {seed} rules {rules} {member.name}",
-                ipset_contents(files.get(f"{member.name}/ipsets.rules", "")))
+        # with the default bound on device copies, and split by device whatever it copies
+        for copies_max_share in (None, 0):
+            text = _arranged_for_nft(cluster, member, copies_max_share)
+            constructs["vmap"] += text.count(" vmap @")
+            constructs["concat"] += text.count(" . ")
+            compare(_iptables_rulesets(files, member.name, cluster.families), read(text),
+                    _flat(cluster, member),
+                    f"seed {seed} rules {rules} {member.name} copies {copies_max_share}",
+                    ipset_contents(files.get(f"{member.name}/ipsets.rules", "")))
 
 
 def test_random_policies_use_maps_and_concatenated_sets(tmp_path: Path):
     """The random policies above do exercise what they are meant to (not vacuous)."""
-    text = _arranged_for_nft(*_random_members(tmp_path, 7, 60)[0][:2])
+    text = _arranged_for_nft(*_random_members(tmp_path, 7, 60)[0][:2], copies_max_share=0)
     assert " vmap @" in text and "iifname vmap" in text
     assert "saddr . " in text or "daddr . " in text
     assert "\t\ttype ifname : verdict" in text
@@ -706,3 +712,27 @@ def test_the_kernel_loads_chains_without_their_known_tests(tmp_path):
         assert listed.returncode == 0, listed.stderr
         assert "ip saddr 192.0.2.1 th dport 22 counter" in listed.stdout
         assert 'iifname "eth1"' not in listed.stdout and "tcp dport" not in listed.stdout
+
+
+def test_nft_splits_by_device_only_when_the_copies_stay_few(tmp_path: Path):
+    """A device split copies every rule without a device into each device's chain: the
+    nft flavour leaves it out when that adds more than 1/COPIES_MAX_SHARE of the rules
+    (the other dimensions still apply), iptables splits anyway."""
+    cluster, member, _ = _random_members(tmp_path, 7, 60)[0]
+    bounded = _arranged_for_nft(cluster, member)
+    unbounded = _arranged_for_nft(cluster, member, copies_max_share=0)
+    assert "iifname vmap" not in bounded and "iifname vmap" in unbounded
+    assert bounded.count(" : ") + bounded.count("\t\t") < \
+        unbounded.count(" : ") + unbounded.count("\t\t")
+    policy = tmp_path / "devices.fw"
+    hosts = [f"host d{i} 198.19.1.{i + 1}" for i in range(80)]
+    rules = [f"    accept from any to d{i} service tcp/{1000 + i} in "
+             f"{'lan' if i % 2 else 'uplink'}" for i in range(80)]
+    rules[40] = "    accept from any to d40 service tcp/80"  # the one without a device
+    policy.write_text("\n".join([*hosts, CLUSTER, "policy mix {", *rules, "}"]) + "\n")
+    analysis = analyse(policy, run_checks=False)
+    assert analysis.policy is not None, analysis.diagnostics
+    cluster = analysis.policy.clusters[0]
+    text = _arranged_for_nft(cluster, cluster.members[0])
+    # one copied rule in a chain of 80: the split by device pays and is kept
+    assert "iifname vmap" in text

@@ -76,6 +76,8 @@ from fwc.model.vocabulary import Table as TableName
 
 ARRANGE_MIN_RULES = 64  # below this a chain stays flat
 SPLIT_MIN_RULES = 32  # a sub-chain shorter than this is not split further
+# nftables: a device split may add copies of at most 1/COPIES_MAX_SHARE of its rules
+COPIES_MAX_SHARE = 4
 SHARE_MIN_SAVING = 2  # lines a chain of one copied rule must save (see share_expansions)
 PORT_PROTOCOLS = frozenset(proto.IP_PROTOCOLS[p] for p in proto.PORT_PROTOCOLS)
 CHAINS = ((BuiltinChain.FORWARD, "fwd"), (BuiltinChain.INPUT, "in"))
@@ -120,10 +122,12 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 class _Arranger:
     def __init__(self, builtin: str, prefix: str, policy: Target, names: Mapping[str, str],
-                 taken: set[str], split_min: int, clip_ports: bool = False) -> None:
+                 taken: set[str], split_min: int, clip_ports: bool = False,
+                 copies_max_share: int = 0) -> None:
         self.builtin = builtin
         self.split_min = split_min
         self.clip_ports = clip_ports
+        self.copies_max_share = copies_max_share  # 0: a split copies without a bound
         self.prefix = prefix
         self.policy = policy
         self.dimensions = _dimensions(names)
@@ -179,6 +183,11 @@ class _Arranger:
         unconstrained = [rule for rule, value in zip(rules, kinds, strict=True) if value is None]
         # Splitting pays when most rules name a value: the others are copied everywhere.
         if not by_value or len(unconstrained) * 2 > len(rules):
+            return None
+        if self.copies_max_share and dim.name != "protocol" and len(unconstrained) \
+                * (len(by_value) - 1) * self.copies_max_share > len(rules):
+            # nftables looks most of a chain's rules up in maps, so a longer chain costs
+            # little per packet, but every copy is more to load (docs/performance.md)
             return None
         subsets = list(by_value.values())
         for rule, value in zip(rules, kinds, strict=True):
@@ -356,7 +365,8 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
 
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int, split_min: int,
-                  clip_ports: bool) -> tuple[Chain, list[Chain], bool]:
+                  clip_ports: bool, copies_max_share: int = 0) \
+        -> tuple[Chain, list[Chain], bool]:
     """CHAIN arranged (and the chains it jumps to), and whether a chain name it wanted
     was in `taken` already. Without clip_ports, copied multi-line rules get a chain of
     their own (share_expansions)."""
@@ -372,7 +382,8 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
     head, rest = rules[:head_end], rules[head_end:]
     if len(rest) < min_rules or chain.policy is None:
         return chain, [], False
-    arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min, clip_ports)
+    arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min, clip_ports,
+                         copies_max_share)
     moved = [arranger.as_moved(r) for r in rest]
     # nftables (clip_ports) tests an address list as one set lookup: nothing to share
     held: dict[str, FilterRule] = {}
@@ -403,14 +414,15 @@ class _Previous:
 
 def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
               names: dict[str, str], taken: set[str], order: tuple[str, ...], min_rules: int,
-              split_min: int, clip_ports: bool) -> tuple[Chain, list[Chain]]:
+              split_min: int, clip_ports: bool, copies_max_share: int) \
+        -> tuple[Chain, list[Chain]]:
     """arrange_chain, or the previous member's result when everything it reads is equal."""
     if memo is None:
         new, extra, _ = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                      split_min, clip_ports)
+                                      split_min, clip_ports, copies_max_share)
         return new, extra
     previous = memo.get(("arranged", family, chain.name, clip_ports), _Previous)
-    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min)
+    key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min, copies_max_share)
     # The table's other chains (`taken`) only matter when a name collides: reused when
     # none did then, and none of the names it took is taken here.
     if previous.key == key and not previous.collided and previous.chain == chain \
@@ -419,7 +431,7 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
         return previous.result[0], list(previous.result[1])
     before = set(taken)
     new, extra, collided = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                         split_min, clip_ports)
+                                         split_min, clip_ports, copies_max_share)
     previous.key, previous.chain, previous.collided = key, chain, collided
     previous.result, previous.named = (new, tuple(extra)), frozenset(taken - before)
     return new, extra
@@ -427,7 +439,8 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
 
 def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None, *,
             min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
-            clip_ports: bool = False, memo: Memo | None = None) -> NodeRuleset:
+            clip_ports: bool = False, memo: Memo | None = None,
+            copies_max_share: int | None = None) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
@@ -438,7 +451,12 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     in this run, with the same device names, is not arranged again. Without clip_ports
     (iptables) a rule of several lines copied into several chains is written once, in a
     chain of its own, when that saves SHARE_MIN_SAVING lines (share_expansions).
+    COPIES_MAX_SHARE: a split by device is left out when its copies would add more than
+    1/COPIES_MAX_SHARE of the rules (0: no bound); by default COPIES_MAX_SHARE with
+    clip_ports (nftables), no bound without (iptables).
     """
+    if copies_max_share is None:
+        copies_max_share = COPIES_MAX_SHARE if clip_ports else 0
     table = ruleset.table(TableName.FILTER)
     if table is None:
         return ruleset
@@ -453,7 +471,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         if current is None:
             continue
         new, extra = _arranged(memo, ruleset.family, current, prefix, names, taken,
-                               orders[builtin], min_rules, split_min, clip_ports)
+                               orders[builtin], min_rules, split_min, clip_ports,
+                               copies_max_share)
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
