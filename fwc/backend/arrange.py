@@ -43,6 +43,12 @@ jump returns when the rule does not decide, so first match holds. This keeps
 the arranged output of the benchmark's policies at 0.6-0.8x the lines it had
 and lowers the rules a connection tests (docs/performance.md). nftables tests
 an address list as one set lookup: its flavour (clip_ports) shares nothing.
+
+In nftables most of a chain's rules are looked up in verdict maps, so a longer
+chain costs a packet little, while every copy is one more rule or map element
+for `nft -f` to load. Its flavour therefore splits by input or output device
+only when the copies of the rules without that device add at most a quarter of
+the chain's rules (COPIES_MAX_SHARE); protocol and port buckets still apply.
 """
 
 from __future__ import annotations
