@@ -126,6 +126,15 @@ def _iptables_rulesets(files: dict[str, str], member: str, families: set[int]) \
     return out
 
 
+def _nft_file(target: Path, text: str) -> Path:
+    """TEXT written to TARGET for the real nft in a namespace (fails in CI without it)."""
+    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
+        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
+    skip_or_fail_without_root()
+    target.write_text(text)
+    return target
+
+
 def _flat(cluster: Cluster, member: Member) -> dict[int, NodeRuleset]:
     return {f: lower(cluster, member, f) for f in sorted(cluster.families)}
 
@@ -384,11 +393,7 @@ def test_the_kernel_finds_each_key_in_one_of_the_two_maps(tmp_path):
     with that rule's verdict, and a key no rule matches is in neither."""
     ruleset = _split_ruleset()
     text = nftables.render([ruleset], "split", min_concat=2)
-    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
-        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
-    skip_or_fail_without_root()
-    target = tmp_path / "split.nft"
-    target.write_text(text)
+    target = _nft_file(tmp_path / "split.nft", text)
     probes = {"192.0.2.1 . 22": "accept", "192.0.2.20 . 22": "drop",
               "192.0.2.2 . 85": "accept", "192.0.2.3 . 443": "drop",
               "192.0.2.1 . 23": None, "192.0.2.2 . 89": None, "192.0.2.40 . 22": None}
@@ -516,11 +521,7 @@ def test_dnat_load_sharing_is_one_numgen_map_read_back_as_the_nth_lines(tmp_path
                for r in c.rules if r.target == "DNAT"]
         assert [(r.match, r.target_options) for r in got] == \
             [(r.match, r.target_options) for r in want]
-    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
-        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
-    skip_or_fail_without_root()
-    target = tmp_path / "pools.nft"
-    target.write_text(text)
+    target = _nft_file(tmp_path / "pools.nft", text)
     with namespace() as ns:
         got = in_ns(ns, "nft", "-c", "-f", str(target))
         assert got.returncode == 0, got.stderr
@@ -700,11 +701,7 @@ def test_the_kernel_loads_chains_without_their_known_tests(tmp_path):
     """Loaded for real in a fresh namespace: the kernel takes `th dport` and the rules
     without device tests, and lists them back as written."""
     text = nftables.render([_known_entry_ruleset()], "known entry")
-    if shutil.which("nft") is None or not Path("/proc/self/ns/net").exists():
-        cannot_run("nft is missing (tests/run.sh installs the nftables package)")
-    skip_or_fail_without_root()
-    target = tmp_path / "known.nft"
-    target.write_text(text)
+    target = _nft_file(tmp_path / "known.nft", text)
     with namespace() as ns:
         loaded = in_ns(ns, "nft", "-f", str(target))
         assert loaded.returncode == 0, loaded.stderr
