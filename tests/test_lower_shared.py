@@ -16,7 +16,7 @@ from conftest import Examples, write_policy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fwc.backend.lower import lower, options_for
+from fwc.backend.lower import build, lower, options_for
 from fwc.backend.lower.build import SharedLowering, _Lowering
 from fwc.diagnostics import Span
 from fwc.model import Endpoint, EndpointItem, Policy
@@ -181,3 +181,26 @@ def test_a_side_that_reads_no_firewall_reads_alike_on_every_member(items, firewa
     assert empty.firewall == AddressSet()
     for fw in members:
         assert side_of(endpoint, fw, 4) == empty
+
+
+def test_the_plain_verdict_shortcuts_lower_as_final_does(examples: Examples, tmp_path: Path,
+                                                         monkeypatch):
+    """`plain_verdict` lets the lowering write a rule's verdict lines without `final`:
+    every example and the policy above lower to the same rulesets with the shortcuts
+    switched off, so the shortcuts leave nothing out that `final` would write."""
+    policies = [e.policy for e in examples.all()]
+    policies.append(_analysed(write_policy(tmp_path, POLICY)))
+    with_shortcuts = []
+    for policy in policies:
+        options = options_for(policy)
+        with_shortcuts.append([_Lowering(cluster, member, family, options).build()
+                               for cluster in policy.clusters for member in cluster.members
+                               for family in sorted(cluster.families)])
+    plain = [r for p in policies for c in p.clusters for r in c.rules if build.plain_verdict(r)]
+    assert len(plain) > 20  # the shortcuts are taken, not vacuous
+    monkeypatch.setattr(build, "plain_verdict", lambda rule: False)
+    for policy, expected in zip(policies, with_shortcuts, strict=True):
+        options = options_for(policy)
+        assert [_Lowering(cluster, member, family, options).build()
+                for cluster in policy.clusters for member in cluster.members
+                for family in sorted(cluster.families)] == expected

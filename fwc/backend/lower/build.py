@@ -140,6 +140,17 @@ def burst_of(limit: Limit) -> int:
     return limit.burst if limit.burst is not None else proto.LIMIT_BURST_DEFAULT
 
 
+def plain_verdict(rule: BaseRule) -> bool:
+    """Whether RULE's lines are its verdict alone, one per service and address pair: no
+    notrack, log, SYN limit, rate or connection limit, or reject answer. The shortcuts of
+    `_Lowering.rule_lowering` and `emit` make such a rule's lines without `final`; a new
+    rule option that `final` handles must make this false (tests/test_lower_shared.py
+    lowers every example with and without the shortcuts)."""
+    return type(rule) is PolicyFilterRule and not rule.notrack and not rule.log \
+        and rule.syn_limit is None and rule.limit is None and rule.connlimit is None \
+        and rule.action is not FilterAction.REJECT
+
+
 def hashlimit_name(kind: str, rule: BaseRule) -> str:
     """The kernel's name of a rule's rate bucket: one per rule, shared by its lines."""
     return f"fwc-{kind}{rule.index + 1}"[:proto.HASHLIMIT_NAME_MAX]
@@ -216,7 +227,7 @@ def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAdd
 @dataclass(frozen=True, slots=True)
 class SideParts:
     """What a filter rule's parts take from one side (for one firewall set, family and
-    address order): made once per distinct side (`semantics.endpoint_key`), not once per
+    address order): made once per distinct side (`_SideKey`), not once per
     rule. Each share is there only when `reach` says the side fills its chains."""
 
     applies: bool  # `may_apply`: false, and nothing below is known
@@ -394,7 +405,8 @@ class _SideKey:
     """A side as `RuleKeys` numbers it: each item's kind, negation, label and addresses.
 
     What the lowering reads of a side is its items' kind, negation and addresses
-    (`semantics.endpoint_key`); the label only splits equal sides written differently.
+    (as `fwc.checks.rules.endpoint_key` reads it for the checks); the label only splits
+    equal sides written differently.
     Hashed by kind, negation and label: hashing a group's few hundred intervals per rule
     cost more than the lookups it serves. Equal keys mostly share their AddressSet
     objects (an object's addresses are resolved once), so comparing them is quick too.
@@ -867,9 +879,7 @@ class _Lowering:
         origin = self.origin(rule, "policy")
         helpers = rule.action is FilterAction.ACCEPT and any(
             s.helper is not None for s in rule.services)
-        if len(parts) == 1 and type(rule) is PolicyFilterRule and not rule.notrack \
-                and not rule.log and rule.syn_limit is None and rule.limit is None \
-                and rule.connlimit is None and rule.action is not FilterAction.REJECT:
+        if len(parts) == 1 and plain_verdict(rule):
             part = parts[0]
             if not (part.source_excluded or part.destination_excluded):
                 # The usual rule: a verdict in one built-in chain, a line per service (what
@@ -1031,9 +1041,7 @@ class _Lowering:
                        protocols={s.protocol for s in services}, notrack=notrack)
             return
         # The usual rule (a verdict, nothing logged or limited) takes its lines directly.
-        plain = not notrack and not rule.log and rule.syn_limit is None \
-            and type(rule) is PolicyFilterRule \
-            and rule.action is not FilterAction.REJECT
+        plain = not notrack and plain_verdict(rule)
         if plain:
             target, options = self.action(rule, _ANY_MATCH, False)
         for service in services:
