@@ -190,8 +190,10 @@ class _Arranger:
         # Splitting pays when most rules name a value: the others are copied everywhere.
         if not by_value or len(unconstrained) * 2 > len(rules):
             return None
+        # (a rule without a value goes into every value's chain and stays on the
+        # "other" path too: len(by_value) copies more of it)
         if self.copies_max_share and dim.name != "protocol" and len(unconstrained) \
-                * (len(by_value) - 1) * self.copies_max_share > len(rules):
+                * len(by_value) * self.copies_max_share > len(rules):
             # nftables looks most of a chain's rules up in maps, so a longer chain costs
             # little per packet, but every copy is more to load (docs/performance.md)
             return None
@@ -457,8 +459,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     in this run, with the same device names, is not arranged again. Without clip_ports
     (iptables) a rule of several lines copied into several chains is written once, in a
     chain of its own, when that saves SHARE_MIN_SAVING lines (share_expansions).
-    COPIES_MAX_SHARE: a split by device is left out when its copies would add more than
-    1/COPIES_MAX_SHARE of the rules (0: no bound); by default COPIES_MAX_SHARE with
+    copies_max_share: a split by device is left out when its copies would add more than
+    1/copies_max_share of the rules (0: no bound); by default COPIES_MAX_SHARE with
     clip_ports (nftables), no bound without (iptables).
     """
     if copies_max_share is None:
