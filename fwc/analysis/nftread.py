@@ -700,7 +700,9 @@ class _Reader:
         testing the protocol itself (`meta l4proto vmap`) or coming from a chain where it
         is known. A chain starts unknown and becomes known only once every jump to it
         agrees, so a cycle or a chain nobody jumps to stays unknown; a `th dport`
-        without a protocol there is refused (it would match every protocol's ports)."""
+        without a protocol there is refused (it would match every protocol's ports).
+        The renderer decides what a chain knows the same way (fwc.backend.render.nftables,
+        `entry_matches`): a new kind of jump updates both."""
         callers: dict[str, list[tuple[str, dict[str, object]]]] = {}
         for name, (_, parsed) in self.chains.items():
             for rule in parsed:

@@ -228,7 +228,7 @@ def _same_rules(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> bool:
     objects (shared lowering): compared by identity first."""
     return len(a) == len(b) and all(
         x is y or (x == y and x.origin.rule is y.origin.rule)
-        for x, y in zip(a, b))  # noqa: B905
+        for x, y in zip(a, b, strict=True))
 
 
 def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> list[Rule]:

@@ -555,6 +555,7 @@ def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
 
 DEVICE_FIELDS = ("in_device", "out_device")
 ENTRY_FIELDS = (*DEVICE_FIELDS, "protocol")
+_PROTOCOL_AT = ENTRY_FIELDS.index("protocol")
 Entry = tuple[object, ...]  # a chain's (input device, output device, protocol), None: any
 
 
@@ -565,7 +566,8 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     (arrange's dispatch on the input device, `-i eth1 -j fwd-dmz`, then on the
     protocol, and every chain below them). Sound by construction: a chain starts
     unknown and becomes known only once all its callers agree, so a chain nobody jumps
-    to, or a cycle, stays unknown."""
+    to, or a cycle, stays unknown. The nft reader finds a chain's protocol the same way
+    (fwc.analysis.nftread, `_given_protocols`): a new kind of jump updates both."""
     callers: dict[str, list[tuple[str, Rule]]] = {}
     for chain in table.chains:
         for rule in chain.rules:
@@ -1253,6 +1255,8 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
             if concat:
                 table = drop_known_devices(table)
             table, folded = fold_logs(table) if concat else (table, {})
+            # again after fold_logs (drop_known_devices asked before): the log chains it
+            # made are entered only from their rules' chains, and know what those know
             entries = entry_matches(table) if concat else {}
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
             shapes = _Shapes(ipsets, never_returning(table.chains), family) if concat else None
@@ -1269,7 +1273,7 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
                     name = _family_chain(table.name, f"{chain.name}-{variant}" if variant
                                          else chain.name, family)
                 body.append(f"\tchain {name} {{")
-                known = entries.get(chain.name, (None,) * len(ENTRY_FIELDS))[2]
+                known = entries.get(chain.name, (None,) * len(ENTRY_FIELDS))[_PROTOCOL_AT]
                 for index, item in enumerate(items):
                     if isinstance(item, Dispatch):
                         text = _dispatch(item, name, writer, names, known)
