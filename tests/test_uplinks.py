@@ -17,6 +17,7 @@ from fwc.diagnostics import Severity
 from fwc.install import scripts
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces
+from fwc.lab.results import UplinkResult
 from fwc.lab.uplinks import _rulesets, drill_plan, run_uplink_drill
 from fwc.protocols import IPSET_THRESHOLD
 
@@ -273,14 +274,19 @@ def test_the_drill_plans_the_example():
     assert str(plan.client_gateway) == "192.0.2.254"
 
 
+def _drill(tmp_path: Path, policy: Path, prefix: str, tool: str) -> UplinkResult:
+    """The uplink drill run as root on POLICY; every namespace it made is gone after."""
+    skip_or_fail_without_root()
+    if shutil.which(tool) is None:
+        cannot_run(f"{tool} is missing (tests/run.sh installs it)")
+    result = run_uplink_drill(load_source(policy), prefix, tmp_path / "work")
+    assert not lab_namespaces(prefix)  # every namespace is gone
+    return result
+
+
 @pytest.mark.root
 def test_uplink_drill_switches_and_returns_within_the_detection_time(tmp_path):
-    skip_or_fail_without_root()
-    if shutil.which("iptables") is None:
-        cannot_run("iptables is missing (tests/run.sh installs it)")
-    prefix = "fwcupl"
-    result = run_uplink_drill(load_source(EXAMPLE), prefix, tmp_path / "work")
-    assert not lab_namespaces(prefix)  # every namespace is gone
+    result = _drill(tmp_path, EXAMPLE, "fwcupl", "iptables")
     assert result.baseline.startswith("198.51.100."), result.notes
     assert result.route_removed and result.route_back, result.notes
     # fwc-routes.sh re-added the route during the outage: out again within two rounds
@@ -313,18 +319,13 @@ def test_the_drill_loads_the_sets_before_the_rules_as_install_does(tmp_path):
 
 @pytest.mark.root
 def test_uplink_drill_on_a_policy_with_ipsets(tmp_path):
-    skip_or_fail_without_root()
-    if shutil.which("ipset") is None:
-        cannot_run("ipset is missing (tests/run.sh installs it)")
-    prefix = "fwcupls"
-    result = run_uplink_drill(load_source(_with_ipsets(tmp_path)), prefix, tmp_path / "work")
-    assert not lab_namespaces(prefix)
+    result = _drill(tmp_path, _with_ipsets(tmp_path), "fwcupls", "ipset")
     assert result.ok, result.summary()
 
 
 def test_an_uplink_result_is_ok_only_within_the_detection_time_and_with_the_route_moved():
     from fwc.lab.report import render_text, to_dict
-    from fwc.lab.results import LabReport, UplinkResult
+    from fwc.lab.results import LabReport
 
     def result(**kw: object) -> UplinkResult:
         base: dict[str, object] = dict(member="fw1", first="uplink via 198.51.100.1",
