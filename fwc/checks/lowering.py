@@ -17,7 +17,7 @@ from fwc.backend.lower.build import (
     service_matches,
 )
 from fwc.checks import check, describe
-from fwc.checks.rules import endpoint_key
+from fwc.checks.rules import side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Member, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable
@@ -121,13 +121,14 @@ class _SideShape:
 
 class _Shapes:
     """Side shapes per (side, member, family), each computed once: a policy of 20,000
-    rules has a few thousand distinct sides (`endpoint_key`)."""
+    rules has a few thousand distinct sides (`fwc.checks.rules.SideNumbers`)."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.firewalls = {(m.name, family): cluster.firewall_addresses(m).only(family)
                           for m in cluster.members for family in (4, 6)}
-        self.known: dict[tuple[object, ...], _SideShape] = {}
+        self.numbers = side_numbers(cluster)
+        self.known: dict[tuple[int, str, int], _SideShape] = {}
         self.services: dict[tuple[object, ...], bool] = {}
 
     def has_services(self, rule: Rule, family: int) -> bool:
@@ -139,7 +140,7 @@ class _Shapes:
         return got
 
     def of(self, endpoint: Endpoint, member: Member, family: int) -> _SideShape:
-        key = (endpoint_key(endpoint), member.name, family)
+        key = (self.numbers.number(endpoint), member.name, family)
         got = self.known.get(key)
         if got is None:
             side = side_of(endpoint, self.firewalls[(member.name, family)], family)

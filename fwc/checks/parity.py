@@ -37,7 +37,7 @@ from fwc.backend.lower import (
 )
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error
-from fwc.model import Cluster, Member, NatRule, Policy
+from fwc.model import Cluster, EndpointItem, Member, NatRule, Policy
 from fwc.model import Rule as PolicyRule
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet
@@ -235,6 +235,9 @@ class Neutrality:
                     for family in (4, 6)}
         self.firewalls = [cluster.firewall_addresses(m) for m in cluster.members]
         self.items: dict[tuple[AddressSet, bool], bool] = {}
+        # (kind, label, negation) -> (the item's set, answer): hashing a group's intervals
+        # per use cost more than the answer; taken only for the very same set object
+        self.written: dict[tuple[str, str, bool], tuple[AddressSet, bool]] = {}
         names = {i.name for i in cluster.interfaces}
         names |= {link.interface for m in cluster.members for link in m.links}
         self.same_interfaces: set[str | None] = {None}
@@ -258,12 +261,18 @@ class Neutrality:
                        if _contains(intervals, value))
         return out
 
-    def _item_neutral(self, addresses: AddressSet, negated: bool) -> bool:
+    def _item_neutral(self, item: EndpointItem) -> bool:
         # the same objects and groups recur in thousands of rules: answered once each
+        addresses, negated = item.addresses, item.negated
+        text = (item.kind, item.label, negated)
+        seen = self.written.get(text)
+        if seen is not None and seen[0] is addresses:
+            return seen[1]
         key = (addresses, negated)
         got = self.items.get(key)
         if got is None:
             got = self.items[key] = self._item_neutral_now(addresses, negated)
+        self.written[text] = (addresses, got)
         return got
 
     def _item_neutral_now(self, addresses: AddressSet, negated: bool) -> bool:
@@ -288,7 +297,7 @@ class Neutrality:
                     # to INPUT/OUTPUT); NAT matches it, and `!firewall` is an exclusion.
                     if nat or item.negated:
                         return False
-                elif not self._item_neutral(item.addresses, item.negated):
+                elif not self._item_neutral(item):
                     return False
         return not any(self._own_in(t.addresses) for t in getattr(rule, "targets", ()))
 
