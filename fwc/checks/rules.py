@@ -13,6 +13,7 @@ out of the index (coverage is transitive), so repeated rules cost nothing extra.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -31,7 +32,7 @@ from fwc.model import (
     ServiceMatch,
 )
 from fwc.model.addresses import AddressSet
-from fwc.model.intervals import IntervalSet
+from fwc.model.intervals import IntervalSet, normalise
 from fwc.model.semantics import (
     Block,
     PrefixIndex,
@@ -44,6 +45,7 @@ from fwc.model.vocabulary import Action, FilterAction, NatAction
 FAMILIES = (4, 6)
 # ServiceMatch.family as a table lookup: this runs per rule on the hot path.
 PROTOCOL_FAMILY = {"icmp": 4, "icmpv6": 6}
+PORT_INFINITY = 1 << 17  # above every port
 
 # Where a rule's traffic is matched: forwarded, to the firewall, from it, or both.
 FORWARD, INPUT, OUTPUT, LOCAL = "forward", "input", "output", "local"
@@ -78,6 +80,7 @@ class Flow:
     hooks: frozenset[str]
     parts: tuple[Part, ...]
     services: tuple[ServiceMatch, ...]  # empty: every protocol
+    summary: Services = field(compare=False)  # the same list, for the search
     in_interface: str | None
     out_interface: str | None
     only: str | None
@@ -213,6 +216,14 @@ class PartsMemo:
         self.firewall = firewall
         self.numbers = SideNumbers() if numbers is None else numbers
         self.sides: dict[int, Split] = {}
+        self.lists: dict[tuple[ServiceMatch, ...], Services] = {}
+
+    def services(self, matches: tuple[ServiceMatch, ...]) -> Services:
+        """One `Services` per distinct list, shared by the flows with that list."""
+        got = self.lists.get(matches)
+        if got is None:
+            got = self.lists[matches] = Services(matches)
+        return got
 
     def side(self, endpoint: Endpoint) -> Split:
         number = self.numbers.number(endpoint)
@@ -242,46 +253,105 @@ def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
             parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
         if rule.in_interface is not None:
             parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
-    return Flow(rule.index, rule.action, hooks, parts, rule.services, rule.in_interface,
-                rule.out_interface, rule.only,
+    summary = Services(rule.services) if memo is None else memo.services(rule.services)
+    return Flow(rule.index, rule.action, hooks, parts, rule.services, summary,
+                rule.in_interface, rule.out_interface, rule.only,
                 (rule.action, rule.reject_with, *_target_outcome(rule.target),
                  tuple(_target_outcome(t) for t in getattr(rule, "pool", ()))), rule)
 
 
 # -- coverage -----------------------------------------------------------------------------
-def _ports_cover(outer: list[PortRange], inner: tuple[PortRange, ...]) -> bool:
-    return _port_set(outer).covers(_port_set(inner))
-
-
 def _whole_protocol(match: ServiceMatch) -> bool:
     return not match.ports and match.icmp_type is None
-
-
-def _match_covered(inner: ServiceMatch, outer: tuple[ServiceMatch, ...]) -> bool:
-    if not outer:
-        return True
-    same = [o for o in outer if o.number == inner.number
-            and (inner.helper is None or o.helper == inner.helper)]
-    if any(_whole_protocol(o) for o in same):
-        return True
-    if inner.icmp_type is not None:
-        return any(o.icmp_type == inner.icmp_type for o in same)
-    if inner.ports:
-        return _ports_cover([p for o in same for p in o.ports], inner.ports)
-    return False
 
 
 def _in_family(services: tuple[ServiceMatch, ...], family: int) -> tuple[ServiceMatch, ...]:
     return tuple(m for m in services if PROTOCOL_FAMILY.get(m.protocol, family) == family)
 
 
-def _services_cover(outer: tuple[ServiceMatch, ...], inner: tuple[ServiceMatch, ...],
-                    family: int) -> bool:
-    if not outer:
+# What one protocol of a service list offers a coverage test: the whole protocol, these
+# ICMP types, these ports (normalised intervals).
+Offer = tuple[bool, frozenset[int], tuple[tuple[int, int], ...]]
+TableKey = tuple[object, ...]  # (part kind, family, *service key): a table of `CoverIndex`
+
+
+class Services:
+    """A rule's service list with what the shadowing search asks of it, each computed
+    once per distinct list (thousands of rules share a few thousand lists): its matches
+    per family, its index and probe keys, and per protocol what it offers.
+
+    The meaning (`covers`): a list covers another in a family when each of the other's
+    matches in that family is covered by the matches of this list with its protocol
+    number (and its conntrack helper, if it names one): one of them is the whole
+    protocol, or one has its ICMP type, or their ports together hold its ports. An
+    empty list is every protocol. A test keeps this equal to the plain definition.
+    """
+
+    __slots__ = ("_family", "_index", "_offers", "_probe", "matches")
+
+    def __init__(self, matches: tuple[ServiceMatch, ...]) -> None:
+        self.matches = matches
+        self._family: dict[int, tuple[ServiceMatch, ...]] = {}
+        self._offers: dict[tuple[int, str | None], Offer] = {}
+        self._index: dict[tuple[str, int], tuple[TableKey, ...]] = {}
+        self._probe: dict[tuple[str, int], tuple[TableKey, ...]] = {}
+
+    def in_family(self, family: int) -> tuple[ServiceMatch, ...]:
+        got = self._family.get(family)
+        if got is None:
+            got = self._family[family] = _in_family(self.matches, family)
+        return got
+
+    def _offer(self, number: int, helper: str | None) -> Offer:
+        got = self._offers.get((number, helper))
+        if got is None:
+            same = [o for o in self.matches
+                    if o.number == number and (helper is None or o.helper == helper)]
+            got = self._offers[(number, helper)] = (
+                any(_whole_protocol(o) for o in same),
+                frozenset(o.icmp_type for o in same if o.icmp_type is not None),
+                normalise([(p.low, p.high) for o in same for p in o.ports]))
+        return got
+
+    def covers(self, inner: Services, family: int) -> bool:
+        """Every packet of INNER's list in FAMILY is matched by this list."""
+        if not self.matches:
+            return True
+        if not inner.matches:
+            return False
+        for match in inner.in_family(family):
+            whole, types, ports = self._offer(match.number, match.helper)
+            if whole:
+                continue
+            if match.icmp_type is not None:
+                if match.icmp_type not in types:
+                    return False
+            elif not match.ports or not all(_ports_inside(ports, low, high)
+                                            for low, high in match.ports):
+                return False
         return True
-    if not inner:
-        return False
-    return all(_match_covered(m, outer) for m in _in_family(inner, family))
+
+    def index_keys(self, kind: str, family: int) -> tuple[TableKey, ...]:
+        """The `CoverIndex` tables a flow part of this list is stored in."""
+        got = self._index.get((kind, family))
+        if got is None:
+            got = self._index[(kind, family)] = tuple(
+                (kind, family, *key) for key in _service_keys(self.matches, family))
+        return got
+
+    def probe_keys(self, kind: str, family: int) -> tuple[TableKey, ...]:
+        """The `CoverIndex` tables a flow covering this list must be stored in."""
+        got = self._probe.get((kind, family))
+        if got is None:
+            got = self._probe[(kind, family)] = tuple(
+                (kind, family, *key) for key in _probe_keys(self.matches, family))
+        return got
+
+
+def _ports_inside(spans: tuple[tuple[int, int], ...], low: int, high: int) -> bool:
+    """[low, high] lies in one interval of SPANS (normalised: none are adjacent)."""
+    at = bisect_right(spans, (low, PORT_INFINITY)) - 1
+    return at >= 0 and spans[at][1] >= high
 
 
 def _scope_covers(outer: Flow, inner: Flow) -> bool:
@@ -300,7 +370,7 @@ def covers(outer: Flow, inner: Flow) -> bool:
             # services first: the cheapest test, and the one that tells apart the
             # rules an index lookup finds with containing addresses
             o.kind == part.kind and o.family == part.family
-            and _services_cover(outer.services, inner.services, part.family)
+            and outer.summary.covers(inner.summary, part.family)
             and o.source.covers(part.source)
             and o.destination.covers(part.destination)
             for o in outer.parts
@@ -421,14 +491,14 @@ class CoverIndex:
                          p.destination, p.family))
                   for p in flow.parts)
             for flow in flows]
-        self.tables: dict[tuple[object, ...], dict[int, dict[int, list[Flow]]]] = {}
+        self.tables: dict[TableKey, dict[int, dict[int, list[Flow]]]] = {}
 
     def add(self, flow: Flow, keys: PartKeys) -> None:
         for part, (src, dst) in zip(flow.parts, keys, strict=True):
-            for skey in _service_keys(flow.services, part.family):
-                table = self.tables.get((part.kind, part.family, *skey))
+            for key in flow.summary.index_keys(part.kind, part.family):
+                table = self.tables.get(key)
                 if table is None:
-                    table = self.tables[(part.kind, part.family, *skey)] = {}
+                    table = self.tables[key] = {}
                 inner = table.get(src)
                 if inner is None:
                     inner = table[src] = {}
@@ -444,8 +514,8 @@ class CoverIndex:
             return []
         part = flow.parts[0]
         src, dst = keys[0]
-        tables = [table for skey in _probe_keys(flow.services, part.family)
-                  if (table := self.tables.get((part.kind, part.family, *skey))) is not None]
+        tables = [table for key in flow.summary.probe_keys(part.kind, part.family)
+                  if (table := self.tables.get(key)) is not None]
         if not tables:
             return []
         sources = self.sources[part.family].supersets(src)
@@ -590,7 +660,8 @@ def _translated_flow(rule: NatRule, firewall: AddressSet) -> Flow | None:
     families = _live_families(services) & target.addresses.families
     parts = _parts(forwarded_and_local(rule.source, firewall), destination, families)
     return Flow(rule.index, FilterAction.ACCEPT, FILTER_HOOKS, parts, services,
-                rule.in_interface, None, rule.only, (FilterAction.ACCEPT,), rule)
+                Services(services), rule.in_interface, None, rule.only,
+                (FilterAction.ACCEPT,), rule)
 
 
 class DestinationIndex:
