@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fwc.backend.lower.build import filter_parts, nat_part, service_matches
-from fwc.checks import lowering, names, rules
+from fwc.checks import lowering, names, rules, sides
 from fwc.diagnostics import Span
 from fwc.model import Cluster, Endpoint, EndpointItem, FilterRule, Rule
 from fwc.model.addresses import AddressSet
@@ -116,13 +116,13 @@ def test_shadowing_flows_equal_without_the_memo(tmp_path, drawn, nats):
 def test_side_numbers_are_equal_exactly_for_equal_sides(tmp_path, drawn, nats):
     policy = _policy(tmp_path, drawn, nats)
     for cluster in policy.clusters:
-        numbers = rules.SideNumbers()
-        sides = [side for rule in cluster.all_rules() for side in (rule.source, rule.destination)]
-        got = [numbers.number(side) for side in sides]
-        assert got == [numbers.number(side) for side in reversed(sides)][::-1]
-        keys = [rules.endpoint_key(side) for side in sides]
-        for a in range(len(sides)):
-            for b in range(len(sides)):
+        numbers = sides.SideNumbers()
+        ends = [side for rule in cluster.all_rules() for side in (rule.source, rule.destination)]
+        got = [numbers.number(side) for side in ends]
+        assert got == [numbers.number(side) for side in reversed(ends)][::-1]
+        keys = [sides.endpoint_key(side) for side in ends]
+        for a in range(len(ends)):
+            for b in range(len(ends)):
                 assert (got[a] == got[b]) == (keys[a] == keys[b])
 
 
@@ -134,7 +134,7 @@ def test_side_numbers_check_the_sets_behind_a_label():
                             Span("x.fw", 1, 1, 1, 2))
         return Endpoint((item,))
 
-    numbers = rules.SideNumbers()
+    numbers = sides.SideNumbers()
     first = numbers.number(side("web", "192.0.2.1"))
     assert numbers.number(side("web", "192.0.2.2")) != first
     assert numbers.number(side("web", "192.0.2.1")) == first  # equal set, another object

@@ -17,7 +17,7 @@ from fwc.backend.lower.build import (
     service_matches,
 )
 from fwc.checks import check, describe
-from fwc.checks.rules import side_numbers
+from fwc.checks.sides import side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Member, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable

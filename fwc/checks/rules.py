@@ -18,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from fwc.checks import FLOWS_MEMO, NUMBERS_MEMO, check, describe
+from fwc.checks import FLOWS_MEMO, check, describe
+from fwc.checks.sides import SideNumbers, side_numbers
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import (
@@ -144,68 +145,6 @@ def _target_outcome(target: NatTarget | None) -> tuple[object, ...]:
 
 def _nat_hooks(rule: NatRule) -> frozenset[str]:
     return frozenset(rule.stages)
-
-
-EndpointKey = tuple[tuple[str, bool, AddressSet], ...]
-
-
-def endpoint_key(endpoint: Endpoint) -> EndpointKey:
-    """What a from/to list means, without where it was written: equal keys, equal sides.
-
-    `side_of` reads only each item's kind, negation and addresses. A policy of 20,000
-    rules has a few thousand distinct sides: what is derived from a side (here, and in
-    the FWC504 check) is computed once per key, not once per rule.
-    """
-    return tuple((item.kind, item.negated, item.addresses) for item in endpoint.items)
-
-
-class SideNumbers:
-    """The distinct sides of a cluster's rules numbered: equal `endpoint_key`, equal number.
-
-    Hashing an `endpoint_key` hashes every interval of every group the side names, on
-    every lookup (tuples do not keep their hash): with groups of hundreds of prefixes
-    that was a tenth of the checks' time at 20,000 rules. A side is first looked up by
-    what was written (each item's kind, negation and label: strings keep their hash),
-    and that answer stands when its items hold the very address sets, the same objects,
-    of the side first numbered under that text (the resolver shares an object's set
-    among all its uses); otherwise the full key decides. Equal numbers therefore always
-    mean equal keys, and the full key is hashed about once per distinct side.
-    (`fwc.backend.lower.build.RuleKeys` numbers the policy rules' sides for the lowering
-    the same way.)
-    """
-
-    __slots__ = ("_by_text", "_by_value")
-
-    def __init__(self) -> None:
-        self._by_text: dict[object, tuple[tuple[AddressSet, ...], int]] = {}
-        self._by_value: dict[EndpointKey, int] = {}
-
-    def number(self, endpoint: Endpoint) -> int:
-        items = endpoint.items
-        text: object
-        if len(items) == 1:  # the usual side (a 3-tuple: never equal to a tuple of them)
-            one = items[0]
-            text = (one.kind, one.negated, one.label)
-            got = self._by_text.get(text)
-            if got is not None and got[0][0] is one.addresses:
-                return got[1]
-        else:
-            text = tuple([(i.kind, i.negated, i.label) for i in items])
-            got = self._by_text.get(text)
-            if got is not None and all(
-                    a is i.addresses for a, i in zip(got[0], items, strict=True)):
-                return got[1]
-        key = endpoint_key(endpoint)
-        number = self._by_value.get(key)
-        if number is None:
-            number = self._by_value[key] = len(self._by_value)
-        self._by_text[text] = (tuple([i.addresses for i in items]), number)
-        return number
-
-
-def side_numbers(cluster: Cluster) -> SideNumbers:
-    """The cluster's `SideNumbers` for this run of the checks (dropped after them)."""
-    return cluster.memo.get((NUMBERS_MEMO,), SideNumbers)
 
 
 class PartsMemo:
