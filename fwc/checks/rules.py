@@ -149,13 +149,15 @@ def _nat_hooks(rule: NatRule) -> frozenset[str]:
 
 class PartsMemo:
     """Each distinct side of one block's rules split once (`forwarded_and_local`, per
-    family, with hulls): a rule's parts are then only combined."""
+    family, with hulls), and each distinct combination of two sides, families and
+    interfaces combined once: rules with equal sides share their parts."""
 
     def __init__(self, firewall: AddressSet, numbers: SideNumbers | None = None) -> None:
         self.firewall = firewall
         self.numbers = SideNumbers() if numbers is None else numbers
         self.sides: dict[int, Split] = {}
         self.lists: dict[tuple[ServiceMatch, ...], Services] = {}
+        self.combined: dict[tuple[int, int, frozenset[int], bool, bool], tuple[Part, ...]] = {}
 
     def services(self, matches: tuple[ServiceMatch, ...]) -> Services:
         """One `Services` per distinct list, shared by the flows with that list."""
@@ -172,27 +174,44 @@ class PartsMemo:
                                               number)
         return got
 
-    def of(self, rule: Rule, families: frozenset[int]) -> tuple[Part, ...]:
-        return _combined(self.side(rule.source), self.side(rule.destination), families)
+    def of(self, rule: Rule, families: frozenset[int], outgoing: bool,
+           incoming: bool) -> tuple[Part, ...]:
+        """RULE's parts in FAMILIES, without INPUT (OUTPUT) parts when OUTGOING
+        (INCOMING): see `flow_of`."""
+        key = (self.numbers.number(rule.source), self.numbers.number(rule.destination),
+               families, outgoing, incoming)
+        got = self.combined.get(key)
+        if got is None:
+            got = self.combined[key] = _placed(
+                _combined(self.side(rule.source), self.side(rule.destination), families),
+                outgoing, incoming)
+        return got
+
+
+def _placed(parts: tuple[Part, ...], outgoing: bool, incoming: bool) -> tuple[Part, ...]:
+    # Traffic to the firewall has no outgoing interface, traffic from it no incoming
+    # one: the compiler drops those parts, and so does the comparison.
+    if outgoing:
+        parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
+    if incoming:
+        parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
+    return parts
 
 
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
             memo: PartsMemo | None = None) -> Flow:
     """RULE's flow; MEMO (for FIREWALL) shares the parts of rules with equal sides."""
-    families = _live_families(rule.services)
+    filtering = hooks == FILTER_HOOKS  # interfaces restrict the filter's chains
+    outgoing = filtering and rule.out_interface is not None
+    incoming = filtering and rule.in_interface is not None
     if memo is not None:
-        parts = memo.of(rule, families)
+        summary = memo.services(rule.services)
+        parts = memo.of(rule, summary.families, outgoing, incoming)
     else:
-        parts = _parts(forwarded_and_local(rule.source, firewall),
-                       forwarded_and_local(rule.destination, firewall), families)
-    if hooks == FILTER_HOOKS:
-        # Traffic to the firewall has no outgoing interface, traffic from it no
-        # incoming one: the compiler drops those parts, and so does the comparison.
-        if rule.out_interface is not None:
-            parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
-        if rule.in_interface is not None:
-            parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
-    summary = Services(rule.services) if memo is None else memo.services(rule.services)
+        summary = Services(rule.services)
+        parts = _placed(_parts(forwarded_and_local(rule.source, firewall),
+                               forwarded_and_local(rule.destination, firewall),
+                               summary.families), outgoing, incoming)
     return Flow(rule.index, rule.action, hooks, parts, rule.services, summary,
                 rule.in_interface, rule.out_interface, rule.only,
                 (rule.action, rule.reject_with, *_target_outcome(rule.target),
@@ -226,10 +245,11 @@ class Services:
     empty list is every protocol. A test keeps this equal to the plain definition.
     """
 
-    __slots__ = ("_family", "_index", "_offers", "_probe", "matches")
+    __slots__ = ("_family", "_index", "_offers", "_probe", "families", "matches")
 
     def __init__(self, matches: tuple[ServiceMatch, ...]) -> None:
         self.matches = matches
+        self.families = _live_families(matches)  # the families it can match in
         self._family: dict[int, tuple[ServiceMatch, ...]] = {}
         self._offers: dict[tuple[int, str | None], Offer] = {}
         self._index: dict[tuple[str, int], tuple[TableKey, ...]] = {}
