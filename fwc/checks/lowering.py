@@ -17,10 +17,11 @@ from fwc.backend.lower.build import (
     service_matches,
 )
 from fwc.checks import check, describe
-from fwc.checks.sides import side_numbers
+from fwc.checks.sides import rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule, ServiceMatch
 from fwc.model.passwords import password_problems, unwritable
+from fwc.model.records import quick_init
 from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
 from fwc.model.vocabulary import NatAction
 
@@ -111,6 +112,7 @@ def nonat_both_interfaces(policy: Policy) -> Iterable[Diagnostic]:
                               hint="split it into one nonat with 'in' and one with 'out'")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _SideShape:
     """What lowering asks of one side on one member and family."""
@@ -151,11 +153,12 @@ class _Shapes:
                                           reach(side_of(endpoint, firewall, family)))
         return got
 
-    def produces_something(self, rule: Rule) -> bool:
+    def produces_something(self, rule: Rule, sides: tuple[int, int] | None = None) -> bool:
         """Does RULE give a kernel rule on some member? The lowering's own predicates
         (`filter_chains`, `nat_reaches`) on memoised side shapes; a test keeps this
-        equal to calling `filter_parts`/`nat_part` per rule."""
-        source = destination = -1  # numbered when first needed
+        equal to calling `filter_parts`/`nat_part` per rule. SIDES: the numbers of
+        RULE's sides (`rule_sides`), if known."""
+        source, destination = (-1, -1) if sides is None else sides
         for at, (name, _) in enumerate(self.members):
             if rule.only is not None and rule.only != name:
                 continue
@@ -190,8 +193,9 @@ mistake.""")
 def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         shapes = _Shapes(cluster)
-        for rule in cluster.all_rules():
-            if not shapes.produces_something(rule):
+        filters, nats = rule_sides(cluster)
+        for rule, sides in zip(cluster.all_rules(), [*filters, *nats], strict=True):
+            if not shapes.produces_something(rule, sides):
                 yield warning("FWC504", f"'{rule.action}' rule gives no iptables rule on any "
                               "member", rule.span,
                               hint="traffic to the firewall has no 'out' interface and "

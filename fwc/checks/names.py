@@ -11,10 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from fwc.checks import SIDES_MEMO, check
-from fwc.checks.sides import side_numbers
+from fwc.checks.sides import rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.records import quick_init
 
 BOTH = frozenset({4, 6})
 
@@ -28,6 +29,7 @@ def firewall_families(cluster: Cluster) -> frozenset[int]:
     return cluster.families | cluster.vips.families
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SideFacts:
     """What the name checks ask of a from/to list, from one pass over its items.
@@ -121,11 +123,13 @@ def _sides(cluster: Cluster) -> Sides:
     (`fwc.checks.rules.SideNumbers`: a few thousand sides for 20,000 rules)."""
     def build() -> Sides:
         numbers = side_numbers(cluster)
+        filters, nats = rule_sides(cluster)
+        expectations = [(numbers.number(e.source), numbers.number(e.destination))
+                        for e in cluster.expectations]
         facts: dict[int, SideFacts] = {}
         out: Sides = []
-        for what, item in _matchers(cluster):
-            source = numbers.number(item.source)
-            destination = numbers.number(item.destination)
+        for (what, item), (source, destination) in zip(
+                _matchers(cluster), [*filters, *nats, *expectations], strict=True):
             source_facts = facts.get(source)
             if source_facts is None:
                 source_facts = facts[source] = SideFacts.of(item.source)

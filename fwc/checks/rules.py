@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from fwc.checks import FLOWS_MEMO, check, describe
-from fwc.checks.sides import SideNumbers, side_numbers
+from fwc.checks.sides import SideNumbers, rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import (
@@ -34,6 +34,7 @@ from fwc.model import (
 )
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet, normalise
+from fwc.model.records import quick_init
 from fwc.model.semantics import (
     Block,
     PrefixIndex,
@@ -58,6 +59,7 @@ Key = Block  # a CIDR hull as (prefix length, network as an integer)
 V = TypeVar("V")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Part:
     kind: str  # FORWARD, INPUT, OUTPUT or LOCAL
@@ -72,6 +74,7 @@ class Part:
     destination_ref: int = field(default=-1, compare=False)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Flow:
     """What a rule matches, normalised for coverage tests."""
@@ -149,15 +152,14 @@ def _nat_hooks(rule: NatRule) -> frozenset[str]:
 
 class PartsMemo:
     """Each distinct side of one block's rules split once (`forwarded_and_local`, per
-    family, with hulls), and each distinct combination of two sides, families and
-    interfaces combined once: rules with equal sides share their parts."""
+    family, with hulls): a rule's parts are then only combined. Each distinct service
+    list is summarised once (`Services`)."""
 
     def __init__(self, firewall: AddressSet, numbers: SideNumbers | None = None) -> None:
         self.firewall = firewall
         self.numbers = SideNumbers() if numbers is None else numbers
         self.sides: dict[int, Split] = {}
         self.lists: dict[tuple[ServiceMatch, ...], Services] = {}
-        self.combined: dict[tuple[int, int, frozenset[int], bool, bool], tuple[Part, ...]] = {}
 
     def services(self, matches: tuple[ServiceMatch, ...]) -> Services:
         """One `Services` per distinct list, shared by the flows with that list."""
@@ -166,26 +168,20 @@ class PartsMemo:
             got = self.lists[matches] = Services(matches)
         return got
 
-    def side(self, endpoint: Endpoint) -> Split:
-        number = self.numbers.number(endpoint)
+    def side(self, endpoint: Endpoint, number: int) -> Split:
         got = self.sides.get(number)
         if got is None:
             got = self.sides[number] = _split(forwarded_and_local(endpoint, self.firewall),
                                               number)
         return got
 
-    def of(self, rule: Rule, families: frozenset[int], outgoing: bool,
-           incoming: bool) -> tuple[Part, ...]:
-        """RULE's parts in FAMILIES, without INPUT (OUTPUT) parts when OUTGOING
-        (INCOMING): see `flow_of`."""
-        key = (self.numbers.number(rule.source), self.numbers.number(rule.destination),
-               families, outgoing, incoming)
-        got = self.combined.get(key)
-        if got is None:
-            got = self.combined[key] = _placed(
-                _combined(self.side(rule.source), self.side(rule.destination), families),
-                outgoing, incoming)
-        return got
+    def of(self, rule: Rule, families: frozenset[int], sides: tuple[int, int] | None = None) \
+            -> tuple[Part, ...]:
+        """RULE's parts in FAMILIES; SIDES are the numbers of its sides, if known."""
+        if sides is None:
+            sides = (self.numbers.number(rule.source), self.numbers.number(rule.destination))
+        return _combined(self.side(rule.source, sides[0]),
+                         self.side(rule.destination, sides[1]), families)
 
 
 def _placed(parts: tuple[Part, ...], outgoing: bool, incoming: bool) -> tuple[Part, ...]:
@@ -199,14 +195,15 @@ def _placed(parts: tuple[Part, ...], outgoing: bool, incoming: bool) -> tuple[Pa
 
 
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
-            memo: PartsMemo | None = None) -> Flow:
-    """RULE's flow; MEMO (for FIREWALL) shares the parts of rules with equal sides."""
+            memo: PartsMemo | None = None, sides: tuple[int, int] | None = None) -> Flow:
+    """RULE's flow; MEMO (for FIREWALL) shares the parts of rules with equal sides (SIDES:
+    the numbers of RULE's sides in MEMO's `SideNumbers`, if known)."""
     filtering = hooks == FILTER_HOOKS  # interfaces restrict the filter's chains
     outgoing = filtering and rule.out_interface is not None
     incoming = filtering and rule.in_interface is not None
     if memo is not None:
         summary = memo.services(rule.services)
-        parts = memo.of(rule, summary.families, outgoing, incoming)
+        parts = _placed(memo.of(rule, summary.families, sides), outgoing, incoming)
     else:
         summary = Services(rule.services)
         parts = _placed(_parts(forwarded_and_local(rule.source, firewall),
@@ -534,14 +531,16 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     # them twice was 1.5 s of `fwc check` at 20,000 rules: memoised for this run.
     def build() -> list[Flow]:
         memo = PartsMemo(firewall, side_numbers(cluster))
-        return [flow_of(r, FILTER_HOOKS, firewall, memo) for r in cluster.rules]
+        return [flow_of(r, FILTER_HOOKS, firewall, memo, sides)
+                for r, sides in zip(cluster.rules, rule_sides(cluster)[0], strict=True)]
 
     return cluster.memo.get((FLOWS_MEMO, firewall), build)
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     memo = PartsMemo(firewall, side_numbers(cluster))
-    return [flow_of(r, _nat_hooks(r), firewall, memo) for r in cluster.nat]
+    return [flow_of(r, _nat_hooks(r), firewall, memo, sides)
+            for r, sides in zip(cluster.nat, rule_sides(cluster)[1], strict=True)]
 
 
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:

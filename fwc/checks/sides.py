@@ -70,3 +70,18 @@ class SideNumbers:
 def side_numbers(cluster: Cluster) -> SideNumbers:
     """The cluster's `SideNumbers` for this run of the checks (dropped after them)."""
     return cluster.memo.get((NUMBERS_MEMO,), SideNumbers)
+
+
+# (source number, destination number) of each rule, by position
+RuleSides = list[tuple[int, int]]
+
+
+def rule_sides(cluster: Cluster) -> tuple[RuleSides, RuleSides]:
+    """The side numbers of `cluster.rules` and of `cluster.nat`, by position: each rule is
+    numbered once per run, however many checks ask."""
+    def build() -> tuple[RuleSides, RuleSides]:
+        number = side_numbers(cluster).number
+        return ([(number(r.source), number(r.destination)) for r in cluster.rules],
+                [(number(r.source), number(r.destination)) for r in cluster.nat])
+
+    return cluster.memo.get((NUMBERS_MEMO, "rules"), build)
