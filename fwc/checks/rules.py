@@ -102,10 +102,13 @@ def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
     return frozenset(out)
 
 
-# One family of a side: (forwarded addresses, their hull, number), (firewall addresses,
-# hull, number); an empty set has no hull (None). Numbers as `Part.source_ref`.
-Half = tuple[AddressSet, Key | None, int]
-Split = dict[int, tuple[Half, Half]]
+# One family of a side: its non-empty halves in this order: the forwarded addresses,
+# then the firewall addresses, each as (is the firewall half, addresses, hull, number).
+# Numbers as `Part.source_ref`.
+Half = tuple[bool, AddressSet, Key, int]
+Split = dict[int, tuple[Half, ...]]
+# the chain of a part by (source is the firewall half, destination is the firewall half)
+_KINDS = ((FORWARD, INPUT), (OUTPUT, LOCAL))
 
 
 def _split(side: tuple[AddressSet, AddressSet], number: int = -1) -> Split:
@@ -115,8 +118,12 @@ def _split(side: tuple[AddressSet, AddressSet], number: int = -1) -> Split:
     for family in FAMILIES:
         net, fw = side[0].only(family), side[1].only(family)
         base = -1 if number < 0 else number * 4 + (family == 6) * 2
-        out[family] = ((net, hull(net, family) if net else None, base),
-                       (fw, hull(fw, family) if fw else None, -1 if base < 0 else base + 1))
+        halves: list[Half] = []
+        if net:
+            halves.append((False, net, hull(net, family), base))
+        if fw:
+            halves.append((True, fw, hull(fw, family), -1 if base < 0 else base + 1))
+        out[family] = tuple(halves)
     return out
 
 
@@ -126,17 +133,17 @@ def _parts(source: tuple[AddressSet, AddressSet], destination: tuple[AddressSet,
 
 
 def _combined(source: Split, destination: Split, families: frozenset[int]) -> tuple[Part, ...]:
+    """Per family, each pair of halves: FORWARD, INPUT, OUTPUT, LOCAL in this order."""
     out: list[Part] = []
     for family in FAMILIES:
         if family not in families:
             continue
-        src_net, src_fw = source[family]
-        dst_net, dst_fw = destination[family]
-        for kind, (src, src_key, src_ref), (dst, dst_key, dst_ref) in (
-                (FORWARD, src_net, dst_net), (INPUT, src_net, dst_fw),
-                (OUTPUT, src_fw, dst_net), (LOCAL, src_fw, dst_fw)):
-            if src_key is not None and dst_key is not None:
-                out.append(Part(kind, family, src, dst, src_key, dst_key, src_ref, dst_ref))
+        targets = destination[family]
+        for src_fw, src, src_key, src_ref in source[family]:
+            kinds = _KINDS[src_fw]
+            for dst_fw, dst, dst_key, dst_ref in targets:
+                out.append(Part(kinds[dst_fw], family, src, dst, src_key, dst_key,
+                                src_ref, dst_ref))
     return tuple(out)
 
 
@@ -465,39 +472,35 @@ class CoverIndex:
                     bucket.append(flow)
 
     def candidates(self, flow: Flow, keys: PartKeys) -> list[Flow]:
-        """Earlier flows that might cover `flow`, in rule order."""
+        """Earlier flows that might cover `flow`, in rule order (a list the index may
+        extend later: read it before the next `add`)."""
         if not flow.parts:
             return []
         part = flow.parts[0]
-        src, dst = keys[0]
         tables = [table for key in flow.summary.probe_keys(part.kind, part.family)
                   if (table := self.tables.get(key)) is not None]
         if not tables:
             return []
+        src, dst = keys[0]
         sources = self.sources[part.family].supersets(src)
         destinations: frozenset[int] | None = None  # asked only when a source matches
-        found: dict[int, Flow] = {}
+        buckets: list[list[Flow]] = []
         for table in tables:
             for inner in _picked(table, sources):
                 if destinations is None:
                     destinations = self.destinations[part.family].supersets(dst)
-                for bucket in _picked(inner, destinations):
-                    for candidate in bucket:
-                        found[candidate.position] = candidate
+                buckets.extend(_picked(inner, destinations))
+        if len(buckets) <= 1:  # one bucket is in rule order already
+            return buckets[0] if buckets else []
+        found = {candidate.position: candidate for bucket in buckets for candidate in bucket}
         return [found[k] for k in sorted(found)]
 
 
-def _picked(table: dict[int, V], wanted: frozenset[int]) -> Iterator[V]:
+def _picked(table: dict[int, V], wanted: frozenset[int]) -> list[V]:
     """The values of `table` under the ids in `wanted`, walking the smaller of the two."""
     if len(table) <= len(wanted):
-        for key, value in table.items():
-            if key in wanted:
-                yield value
-    else:
-        for key in wanted:
-            value = table.get(key)
-            if value is not None:
-                yield value
+        return [value for key, value in table.items() if key in wanted]
+    return [value for key in wanted if (value := table.get(key)) is not None]
 
 
 def _firewall(cluster: Cluster) -> AddressSet:
