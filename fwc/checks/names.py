@@ -175,8 +175,9 @@ def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
                             "match", _first_span(item.destination, item.span),
                             hint="source and destination must share an address family")
                 continue
-            services = service_families(item.services)
-            if not services & common:
+            # a service list always names a family: it can only miss a one-family pair
+            services = service_families(item.services) if common != BOTH else None
+            if services is not None and not services & common:
                 yield error("FWC105", f"{what} service {', '.join(item.service_labels)} is "
                             f"{family_label(services)} only, the endpoints are "
                             f"{family_label(common)}", item.span,
@@ -185,6 +186,8 @@ def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
                 continue
             target = getattr(item, "target", None)
             if target is not None and target.addresses:
+                if services is None:
+                    services = service_families(item.services)
                 traffic = common & services
                 if not traffic & target.addresses.families:
                     yield error("FWC105", f"{item.action} target '{target.label}' is "
