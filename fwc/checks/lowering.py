@@ -17,7 +17,7 @@ from fwc.backend.lower.build import (
     service_matches,
 )
 from fwc.checks import check, describe
-from fwc.checks.sides import rule_sides, side_numbers
+from fwc.checks.sides import all_rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule, ServiceMatch
 from fwc.model.passwords import password_problems, unwritable
@@ -193,8 +193,7 @@ mistake.""")
 def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         shapes = _Shapes(cluster)
-        filters, nats = rule_sides(cluster)
-        for rule, sides in zip(cluster.all_rules(), [*filters, *nats], strict=True):
+        for rule, sides in zip(cluster.all_rules(), all_rule_sides(cluster), strict=True):
             if not shapes.produces_something(rule, sides):
                 yield warning("FWC504", f"'{rule.action}' rule gives no iptables rule on any "
                               "member", rule.span,

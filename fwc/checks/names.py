@@ -129,7 +129,8 @@ def _sides(cluster: Cluster) -> Sides:
         facts: dict[int, SideFacts] = {}
         out: Sides = []
         for (what, item), (source, destination) in zip(
-                _matchers(cluster), [*filters, *nats, *expectations], strict=True):
+                _matchers(cluster), [*filters.pairs(), *nats.pairs(), *expectations],
+                strict=True):
             source_facts = facts.get(source)
             if source_facts is None:
                 source_facts = facts[source] = SideFacts.of(item.source)

@@ -36,7 +36,7 @@ from fwc.backend.lower import (
     options_for,
 )
 from fwc.checks import check, describe
-from fwc.checks.sides import rule_sides
+from fwc.checks.sides import all_rule_sides
 from fwc.diagnostics import Diagnostic, Related, Severity, error
 from fwc.model import Cluster, Endpoint, EndpointItem, Member, NatRule, Policy
 from fwc.model import Rule as PolicyRule
@@ -334,9 +334,8 @@ def member_dependent(cluster: Cluster) -> Cluster:
     groups by): if one of them is kept, all of them are.
     """
     neutrality = Neutrality(cluster)
-    filters, nats = rule_sides(cluster)
     kept = {(r.span.file, r.span.line)
-            for r, sides in zip(cluster.all_rules(), [*filters, *nats], strict=True)
+            for r, sides in zip(cluster.all_rules(), all_rule_sides(cluster), strict=True)
             if not neutrality.neutral(r, sides)}
     return replace(cluster, rules=tuple(r for r in cluster.rules
                                         if (r.span.file, r.span.line) in kept),

@@ -92,14 +92,18 @@ class Flow:
     rule: Rule | None = field(default=None, compare=False)
 
 
+# the three answers of `_live_families`, shared (one per distinct service list otherwise)
+_LIVE = {frozenset(f): frozenset(f) for f in ((4,), (6,), FAMILIES)}
+
+
 def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
     if not services:
-        return frozenset(FAMILIES)
+        return _LIVE[frozenset(FAMILIES)]
     out: set[int] = set()
     for match in services:
         family = PROTOCOL_FAMILY.get(match.protocol)
         out |= set(FAMILIES) if family is None else {family}
-    return frozenset(out)
+    return _LIVE.get(frozenset(out)) or frozenset(out)
 
 
 # One family of a side: its non-empty halves in this order: the forwarded addresses,
@@ -238,9 +242,9 @@ TableKey = tuple[object, ...]  # (part kind, family, *service key): a table of `
 
 
 class Services:
-    """A rule's service list with what the shadowing search asks of it, each computed
-    once per distinct list (thousands of rules share a few thousand lists): its matches
-    per family, its index and probe keys, and per protocol what it offers.
+    """A rule's service list with what the shadowing search asks of it: its live
+    families, and per protocol what it offers a coverage test (made once per distinct
+    list, shared by the rules with that list through `PartsMemo`).
 
     The meaning (`covers`): a list covers another in a family when each of the other's
     matches in that family is covered by the matches of this list with its protocol
@@ -249,28 +253,27 @@ class Services:
     empty list is every protocol. A test keeps this equal to the plain definition.
     """
 
-    __slots__ = ("_family", "_index", "_offers", "_probe", "families", "matches")
+    __slots__ = ("_offers", "families", "matches")
 
     def __init__(self, matches: tuple[ServiceMatch, ...]) -> None:
         self.matches = matches
         self.families = _live_families(matches)  # the families it can match in
-        self._family: dict[int, tuple[ServiceMatch, ...]] = {}
-        self._offers: dict[tuple[int, str | None], Offer] = {}
-        self._index: dict[tuple[str, int], tuple[TableKey, ...]] = {}
-        self._probe: dict[tuple[str, int], tuple[TableKey, ...]] = {}
+        # per (protocol number, helper), made when this list is first the outer one of a
+        # coverage test (few are: a 100,000-rule policy has some 27,000 lists)
+        self._offers: dict[tuple[int, str | None], Offer] | None = None
 
     def in_family(self, family: int) -> tuple[ServiceMatch, ...]:
-        got = self._family.get(family)
-        if got is None:
-            got = self._family[family] = _in_family(self.matches, family)
-        return got
+        return _in_family(self.matches, family)
 
     def _offer(self, number: int, helper: str | None) -> Offer:
-        got = self._offers.get((number, helper))
+        offers = self._offers
+        if offers is None:
+            offers = self._offers = {}
+        got = offers.get((number, helper))
         if got is None:
             same = [o for o in self.matches
                     if o.number == number and (helper is None or o.helper == helper)]
-            got = self._offers[(number, helper)] = (
+            got = offers[(number, helper)] = (
                 any(_whole_protocol(o) for o in same),
                 frozenset(o.icmp_type for o in same if o.icmp_type is not None),
                 normalise([(p.low, p.high) for o in same for p in o.ports]))
@@ -294,21 +297,14 @@ class Services:
                 return False
         return True
 
-    def index_keys(self, kind: str, family: int) -> tuple[TableKey, ...]:
-        """The `CoverIndex` tables a flow part of this list is stored in."""
-        got = self._index.get((kind, family))
-        if got is None:
-            got = self._index[(kind, family)] = tuple(
-                (kind, family, *key) for key in _service_keys(self.matches, family))
-        return got
+    def index_keys(self, kind: str, family: int) -> list[TableKey]:
+        """The `CoverIndex` tables a flow part of this list is stored in (made per call:
+        kept, they cost more memory than time at 100,000 rules)."""
+        return [(kind, family, *key) for key in _service_keys(self.matches, family)]
 
-    def probe_keys(self, kind: str, family: int) -> tuple[TableKey, ...]:
+    def probe_keys(self, kind: str, family: int) -> list[TableKey]:
         """The `CoverIndex` tables a flow covering this list must be stored in."""
-        got = self._probe.get((kind, family))
-        if got is None:
-            got = self._probe[(kind, family)] = tuple(
-                (kind, family, *key) for key in _probe_keys(self.matches, family))
-        return got
+        return [(kind, family, *key) for key in _probe_keys(self.matches, family)]
 
 
 def _ports_inside(spans: tuple[tuple[int, int], ...], low: int, high: int) -> bool:
@@ -535,7 +531,7 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     def build() -> list[Flow]:
         memo = PartsMemo(firewall, side_numbers(cluster))
         return [flow_of(r, FILTER_HOOKS, firewall, memo, sides)
-                for r, sides in zip(cluster.rules, rule_sides(cluster)[0], strict=True)]
+                for r, sides in zip(cluster.rules, rule_sides(cluster)[0].pairs(), strict=True)]
 
     return cluster.memo.get((FLOWS_MEMO, firewall), build)
 
@@ -543,7 +539,7 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     memo = PartsMemo(firewall, side_numbers(cluster))
     return [flow_of(r, _nat_hooks(r), firewall, memo, sides)
-            for r, sides in zip(cluster.nat, rule_sides(cluster)[1], strict=True)]
+            for r, sides in zip(cluster.nat, rule_sides(cluster)[1].pairs(), strict=True)]
 
 
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
