@@ -65,8 +65,9 @@ _DEFAULTS = {"init": True, "repr": True, "eq": True, "order": False, "unsafe_has
 def _build(cls: C, options: dict[str, Any]) -> C:
     frozen = bool(options.get("frozen", False))
     slots = bool(options.get("slots", False))
-    if any(options.get(k, v) != v for k, v in _DEFAULTS.items()) \
-            or set(options) - {*_DEFAULTS, "frozen", "slots"} or not _plain(cls):
+    others = options.keys() - {"frozen", "slots"}
+    if (others and (others - _DEFAULTS.keys()
+                    or any(options[k] != _DEFAULTS[k] for k in others))) or not _plain(cls):
         return dataclasses.dataclass(cls, **options)  # type: ignore[no-any-return]
     own = cls.__dict__
     if frozen and ("__setattr__" in own or "__delattr__" in own):
