@@ -277,6 +277,10 @@ def test_what_the_builder_reproduces_behaves_as_the_dataclass() -> None:
     assert hash(ours["OwnHash"](1)) == 7
     assert ours["OwnEq"](1) == ours["OwnEq"](2)
     assert ours["Ordered"](1) < ours["Ordered"](2)  # (handed to the standard builder)
+    with pytest.raises(TypeError, match="cannot inherit frozen dataclass from a non"):
+        dataclass(frozen=True)(type("Frozen", (ours["Mutable"],), {"__module__": __name__}))
+    with pytest.raises(TypeError, match="cannot inherit non-frozen dataclass from a froz"):
+        dataclass(type("Thawed", (ours["Base"],), {"__module__": __name__}))
     with pytest.raises(TypeError, match="non-default argument"):
         dataclass(frozen=True, slots=True)(type("Bad", (), {
             "__annotations__": {"a": "int", "b": "int"}, "a": 1, "__module__": __name__}))
