@@ -37,6 +37,9 @@ def test_wheel_contains_grammar_and_templates(wheel):
     # the analysed grammar (fwc.frontend.tables): without it every process analyses
     tables = zipfile.ZipFile(wheel).read("fwc/frontend/tables.json").decode()
     assert tables == (REPO / "fwc" / "frontend" / "tables.json").read_text()
+    # the templates' generated code (fwc.backend.render.templates)
+    code = zipfile.ZipFile(wheel).read("fwc/backend/render/templates.json").decode()
+    assert code == (REPO / "fwc" / "backend" / "render" / "templates.json").read_text()
 
 
 def test_the_fwc_command_is_the_console_entry_point(wheel):
