@@ -262,10 +262,11 @@ def console() -> NoReturn:
     everything a command writes is closed: output files are written, closed and renamed
     (fwc.backend.output), cache entries committed or removed (fwc.cache), a worker
     process reaped (fwc.parallel), the progress line cleared; fwc registers no `atexit`
-    handler and no finaliser. What stays is Python's own buffered stdout and stderr,
-    flushed here. When that flush fails (a reader that went away: `fwc check big.fw |
-    head`), the process takes the ordinary way out, whose messages and exit status
-    (120) are Python's, as before.
+    handler and no finaliser (the one its imports add is `logging.shutdown`, through
+    lark, whose only handler writes to stderr). What stays is Python's own buffered
+    stdout and stderr, flushed here. When that flush fails (a reader that went away:
+    `fwc check big.fw | head`), the process takes the ordinary way out, whose messages
+    and exit status (120) are Python's, as before.
     """
     kept: list[object] = []
     code = main(kept=kept)
