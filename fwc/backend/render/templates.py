@@ -49,8 +49,8 @@ class _Loader(jinja2.PackageLoader):
             return super().load(environment, name, globals)
         # what jinja2's own load does after generating the code (Environment._compile)
         code = compile(known[1], filename or "<template>", "exec")
-        return environment.template_class.from_code(environment, code, globals or {},
-                                                    uptodate)
+        return environment.template_class.from_code(
+            environment, code, {} if globals is None else globals, uptodate)
 
 
 def _environment(generated: Mapping[str, tuple[str, str]] | None) -> jinja2.Environment:
