@@ -7,7 +7,6 @@ compiles without surprises.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.backend.lower.build import (
@@ -21,6 +20,7 @@ from fwc.checks.rules import endpoint_key
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Member, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable
+from fwc.model.records import dataclass
 from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
 from fwc.model.vocabulary import NatAction
 

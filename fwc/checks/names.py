@@ -8,12 +8,12 @@ meet, and from/to lists whose negations make no sense.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from fwc.checks import SIDES_MEMO, check
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.records import dataclass
 
 BOTH = frozenset({4, 6})
 

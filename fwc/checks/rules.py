@@ -14,7 +14,7 @@ out of the index (coverage is transitive), so repeated rules cost nothing extra.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TypeVar
 
 from fwc.checks import FLOWS_MEMO, check, describe
@@ -32,6 +32,7 @@ from fwc.model import (
 )
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet
+from fwc.model.records import dataclass
 from fwc.model.semantics import (
     Block,
     PrefixIndex,

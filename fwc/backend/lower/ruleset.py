@@ -8,11 +8,12 @@ iptables-restore lines. Everything is frozen so that passes return new values.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from fwc import protocols as proto
 from fwc.model import PortRange, vocabulary
 from fwc.model import Rule as PolicyRule
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 
 # Targets that end a packet's walk through the chains (RETURN only ends the chain); the

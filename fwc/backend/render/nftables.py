@@ -59,7 +59,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any, cast
 
@@ -80,6 +80,7 @@ from fwc.backend.lower.ruleset import (
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
 from fwc.model import PortRange
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
