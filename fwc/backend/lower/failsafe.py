@@ -35,6 +35,7 @@ from fwc.backend.lower.ruleset import (
     address_width,
     never_returning,
     port_groups,
+    rendered_lines,
 )
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
@@ -150,9 +151,42 @@ def _name(rule: Rule, taken: set[str], last: dict[str, int]) -> str:
             return name
 
 
+def _outer_key(rule: Rule) -> tuple[object, ...]:
+    """What the rules of one policy rule's run must share to have one outer part: the
+    origin, the sources and the matches that do not depend on the protocol."""
+    m = rule.match
+    return (rule.origin, m.source, m.in_device, m.out_device, m.ctstate, m.hop_limit)
+
+
+def _lines(rule: Rule) -> int:
+    """Lines of RULE alone: its product, or its factored form (`_split`)."""
+    split = _split(rule.match)
+    if split is None:
+        return rendered_lines(rule.match)
+    outer, inner = split
+    return rendered_lines(outer) + rendered_lines(inner) + 1
+
+
+def _run(rules: tuple[Rule, ...], start: int, decides: frozenset[str]) -> int:
+    """The end of the run of rules from START that share one outer part: the lowered
+    rules of one policy rule (one per service) from the same sources, each factorable."""
+    key = _outer_key(rules[start])
+    end = start + 1
+    while end < len(rules) and _factorable(rules[end], decides) \
+            and _outer_key(rules[end]) == key:
+        end += 1
+    return end
+
+
 def factored(ruleset: NodeRuleset) -> NodeRuleset:
     """RULESET's filter table with each large product written as a jump to a chain of its
-    own (see the module docstring): fewer lines, the same decision for every packet."""
+    own (see the module docstring): fewer lines, the same decision for every packet.
+
+    A policy rule with several services is several lowered rules with the same sources,
+    one after the other: when one jump per source to a chain holding all of them (each
+    without its sources) is fewer lines than each rule on its own, they share it. That
+    decides the same: all of them end the packet's walk, so the first of them that
+    matches decides, in the chain as in the run."""
     table = ruleset.table(TableName.FILTER)
     if table is None:
         return ruleset
@@ -163,15 +197,39 @@ def factored(ruleset: NodeRuleset) -> NodeRuleset:
     made: list[Chain] = []
     for chain in table.chains:
         rules: list[Rule] = []
-        for rule in chain.rules:
-            split = _split(rule.match) if _factorable(rule, decides) else None
+        index = 0
+        while index < len(chain.rules):
+            rule = chain.rules[index]
+            if not _factorable(rule, decides):
+                rules.append(rule)
+                index += 1
+                continue
+            end = _run(chain.rules, index, decides) if address_width(rule.match.source) > 1 \
+                else index + 1
+            run = chain.rules[index:end]
+            inner = [replace(r.match, source=ANY, in_device=None, out_device=None, ctstate=(),
+                             hop_limit=None) for r in run]
+            shared = address_width(rule.match.source) + sum(map(rendered_lines, inner)) + 1
+            if len(run) > 1 and shared < sum(map(_lines, run)):
+                m = rule.match
+                name = _name(rule, taken, last)
+                rules.append(FilterRule(Match(m.source, in_device=m.in_device,
+                                              out_device=m.out_device, ctstate=m.ctstate,
+                                              hop_limit=m.hop_limit), name, rule.origin))
+                made.append(Chain(name, None, tuple(
+                    FilterRule(match, r.target, r.origin, r.target_options)
+                    for match, r in zip(inner, run, strict=True))))
+                index = end
+                continue
+            index += 1
+            split = _split(rule.match)
             if split is None:
                 rules.append(rule)
                 continue
-            outer, inner = split
+            outer, inner_match = split
             name = _name(rule, taken, last)
             rules.append(FilterRule(outer, name, rule.origin))
-            made.append(Chain(name, None, (FilterRule(inner, rule.target, rule.origin,
+            made.append(Chain(name, None, (FilterRule(inner_match, rule.target, rule.origin,
                                                       rule.target_options),)))
         chains.append(replace(chain, rules=tuple(rules)))
     if not made:
