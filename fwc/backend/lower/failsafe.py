@@ -198,31 +198,36 @@ def factored(ruleset: NodeRuleset) -> NodeRuleset:
     for chain in table.chains:
         rules: list[Rule] = []
         index = 0
-        while index < len(chain.rules):
+        count = len(chain.rules)
+        while index < count:
             rule = chain.rules[index]
-            if not _factorable(rule, decides):
+            m = rule.match
+            wide = len(m.source.cidrs) > 1
+            # Most rules have one multi-valued dimension at most: a quick no first.
+            if not wide and (len(m.destination.cidrs) < 2
+                             or 2 * len(m.dports) <= proto.MULTIPORT_MAX) \
+                    or not _factorable(rule, decides):
                 rules.append(rule)
                 index += 1
                 continue
-            end = _run(chain.rules, index, decides) if address_width(rule.match.source) > 1 \
-                else index + 1
-            run = chain.rules[index:end]
-            inner = [replace(r.match, source=ANY, in_device=None, out_device=None, ctstate=(),
-                             hop_limit=None) for r in run]
-            shared = address_width(rule.match.source) + sum(map(rendered_lines, inner)) + 1
-            if len(run) > 1 and shared < sum(map(_lines, run)):
-                m = rule.match
-                name = _name(rule, taken, last)
-                rules.append(FilterRule(Match(m.source, in_device=m.in_device,
-                                              out_device=m.out_device, ctstate=m.ctstate,
-                                              hop_limit=m.hop_limit), name, rule.origin))
-                made.append(Chain(name, None, tuple(
-                    FilterRule(match, r.target, r.origin, r.target_options)
-                    for match, r in zip(inner, run, strict=True))))
-                index = end
-                continue
+            end = _run(chain.rules, index, decides) if wide else index + 1
+            if end - index > 1:
+                run = chain.rules[index:end]
+                inner = [replace(r.match, source=ANY, in_device=None, out_device=None,
+                                 ctstate=(), hop_limit=None) for r in run]
+                if len(m.source.cidrs) + sum(map(rendered_lines, inner)) + 1 \
+                        < sum(map(_lines, run)):
+                    name = _name(rule, taken, last)
+                    rules.append(FilterRule(Match(m.source, in_device=m.in_device,
+                                                  out_device=m.out_device, ctstate=m.ctstate,
+                                                  hop_limit=m.hop_limit), name, rule.origin))
+                    made.append(Chain(name, None, tuple(
+                        FilterRule(match, r.target, r.origin, r.target_options)
+                        for match, r in zip(inner, run, strict=True))))
+                    index = end
+                    continue
             index += 1
-            split = _split(rule.match)
+            split = _split(m)
             if split is None:
                 rules.append(rule)
                 continue
