@@ -5,19 +5,17 @@ The proof is the evaluator (fwc.analysis.evaluate): every example policy, the mi
 policies of tests/test_arrange.py and random policies with groups to and from the
 firewall, each member and family, on every rule's corner packets (of both rulesets)
 and random packets: same verdict, options and LOG/CONNMARK effects. The line counts
-are exact on hand-made rulesets; a factored failsafe loads in a namespace.
+are exact on hand-made rulesets; tests/test_failsafe_netns.py loads one in a kernel.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_FILES, skip_or_fail_without_root
+from conftest import EXAMPLE_FILES
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_arrange import CLUSTER, mixed_policy
@@ -316,41 +314,3 @@ def test_only_the_iptables_failsafe_is_factored(tmp_path):
     lowered = lower(cluster, cluster.members[0], 4)
     assert iptables_failsafe(lowered) == factored(failsafe(lowered)) != failsafe(lowered)
     # nft matches an address list with a set: failsafe.nft is built from `failsafe` alone
-
-
-# -- the real tool ---------------------------------------------------------------------------
-
-def test_factored_failsafe_loads_in_a_namespace(tmp_path):
-    skip_or_fail_without_root()
-    path = tmp_path / "g.fw"
-    path.write_text(group_policy([(1, 0, 2, 0, 0), (2, 0, 4, 3, 2), (1, 2, 1, 6, 0),
-                                  (1, 4, 0, 0, 1)]), encoding="utf-8")
-    checked = 0
-    for label, ruleset in failsafes(path):
-        after = factored(ruleset)
-        # IPv4: the member has 3 own addresses and 3 VIPs, IPv6 one of each
-        assert lines(after) < lines(ruleset) or ruleset.family == 6, label
-        text = render(after)
-        tool = "iptables" if ruleset.family == 4 else "ip6tables"
-        name = f"fwcfs{os.getpid()}x{checked}"
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        try:
-            tested = subprocess.run(["ip", "netns", "exec", name, f"{tool}-restore", "--test"],
-                                    input=text, capture_output=True, text=True, timeout=60)
-            assert tested.returncode == 0, f"{label}: {tested.stderr}"
-            loaded = subprocess.run(["ip", "netns", "exec", name, f"{tool}-restore"],
-                                    input=text, capture_output=True, text=True, timeout=60)
-            assert loaded.returncode == 0, f"{label}: {loaded.stderr}"
-            saved = subprocess.run(["ip", "netns", "exec", name, f"{tool}-save", "-t", "filter"],
-                                   capture_output=True, text=True, timeout=60)
-            assert saved.returncode == 0, saved.stderr
-        finally:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-        chains = [line.split()[0] for line in text.splitlines() if line.startswith(":fwc-f")]
-        assert chains or ruleset.family == 6, label
-        for chain in chains:
-            assert chain in saved.stdout, f"{label}: {chain} not loaded"
-        assert sum(line.startswith("-A ") for line in saved.stdout.splitlines()) == \
-            lines(after), label
-        checked += 1
-    assert checked >= 2
