@@ -43,7 +43,7 @@ from fwc.model.vocabulary import Table as TableName
 FAILSAFE_CHAINS = (BuiltinChain.INPUT, BuiltinChain.FORWARD, BuiltinChain.OUTPUT)
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
 VERDICTS = frozenset({Target.ACCEPT, Target.DROP, Target.REJECT})
-FACTOR_PREFIX = "fwc-f"  # + the policy rule's number: no other fwc chain starts so
+FACTOR_PREFIX = "fwc-f"  # + the policy rule's number (`_name` skips any name already taken)
 
 
 def _jumps(rules: tuple[Rule, ...], chains: dict[ChainName, Chain]) -> set[ChainName]:
