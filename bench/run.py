@@ -73,6 +73,7 @@ class Run:
     returncode: int
     stderr: str = ""
     cpu: float = 0.0  # user + system seconds of exactly this child
+    timed_out: bool = False  # killed after `timed`'s TIMEOUT: seconds is a lower bound
 
 
 @dataclass
@@ -101,6 +102,7 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
     TIMEOUT: the child is killed after so many seconds (returncode -9, "timed out").
     """
     start = time.perf_counter()
+    killed = False
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
         child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
@@ -110,6 +112,7 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
             if pid:
                 break
             if timeout is not None and time.perf_counter() - start > timeout:
+                killed = True
                 child.kill()
                 _, status, usage = os.wait4(child.pid, 0)
                 err.write(f"timed out after {timeout:.0f} s".encode())
@@ -120,7 +123,7 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
         err.seek(0)
         tail = err.read().decode(errors="replace")[-2000:]
     return Run(elapsed, usage.ru_maxrss / 1024, child.returncode, tail,
-               usage.ru_utime + usage.ru_stime)
+               usage.ru_utime + usage.ru_stime, killed)
 
 
 def fwc_command() -> list[str]:
@@ -315,10 +318,16 @@ def aclgen_available() -> bool:
     return shutil.which("aclgen") is not None
 
 
-def run_aclgen(root: Path) -> Run:
+# Aerleon on the groups shape ran for more than 9 minutes at 20,000 rules (4.5 GB):
+# past this limit it is stopped and its cell says "> LIMIT", the ratio a lower bound.
+ACLGEN_TIMEOUT = 600.0
+
+
+def run_aclgen(root: Path, timeout: float = ACLGEN_TIMEOUT) -> Run:
     (root / "out").mkdir(exist_ok=True)
     return timed(["aclgen", "--base_directory", "policies", "--definitions_directory", "def",
-                  "--output_directory", "out"], cwd=root)
+                  "--output_directory", "out"], cwd=root, timeout=timeout)
+
 
 
 def traversal(policy: Path, sample: int) -> dict[str, float]:
@@ -657,7 +666,13 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
                  fmt(r.ipset_restore), fmt(r.restore_test) if r.restore_test is not None
                  else (r.restore_note or "-"),
                  fmt(r.restore_load) if r.restore_load is not None else (r.restore_note or "-")]
-        if with_aclgen:
+        if with_aclgen and r.aclgen is not None and r.aclgen.timed_out:
+            # stopped at the limit: its time and the ratios are lower bounds
+            cells += [f"> {r.aclgen.seconds:.0f}", f"> {r.aclgen.cpu:.0f}", "-",
+                      f"> {r.aclgen.seconds / r.compile.seconds:.1f}x" if r.compile else "-",
+                      f"> {r.aclgen.cpu / r.compile.cpu:.1f}x"
+                      if r.compile and r.compile.cpu else "-"]
+        elif with_aclgen:
             ok = r.aclgen is not None and r.aclgen.returncode == 0
             cells += [fmt(r.aclgen.seconds) if ok and r.aclgen else "failed",
                       fmt(r.aclgen.cpu) if ok and r.aclgen else "-",
@@ -679,7 +694,7 @@ def table(rows: list[Row], with_aclgen: bool) -> str:
 
 
 def whole_processes(shape: str, size: int, work: Path, with_aclgen: bool,
-                    sample: int) -> Row:
+                    sample: int, aclgen_timeout: float = ACLGEN_TIMEOUT) -> Row:
     """One row of the whole-process table: check, compile, output, load, Aerleon, traversal."""
     row = Row(size, shape)
     site = build_site(size, shape=shape)
@@ -700,8 +715,11 @@ def whole_processes(shape: str, size: int, work: Path, with_aclgen: bool,
     if with_aclgen:
         aerleon_root = folder / "aerleon"
         write_aerleon(site, aerleon_root)
-        row.aclgen = run_aclgen(aerleon_root)
-        if row.aclgen.returncode:
+        row.aclgen = run_aclgen(aerleon_root, aclgen_timeout)
+        if row.aclgen.timed_out:
+            print(f"{shape} {size}: aclgen stopped after {aclgen_timeout:.0f} s",
+                  file=sys.stderr)
+        elif row.aclgen.returncode:
             print(f"{shape} {size}: aclgen failed:\n{row.aclgen.stderr}", file=sys.stderr)
     if sample:
         row.traversal = traversal(policy, sample)
@@ -715,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="1,000 rules only, small traversal sample, no Aerleon")
     parser.add_argument("--no-aerleon", action="store_true")
+    parser.add_argument("--aclgen-timeout", type=float, default=ACLGEN_TIMEOUT,
+                        metavar="SECONDS",
+                        help="stop Aerleon after so many seconds per run; its time and "
+                        "the ratio are then printed as lower bounds (default %(default).0f)")
     parser.add_argument("--no-traversal", action="store_true")
     parser.add_argument("--sample", type=int, default=TRAVERSAL_SAMPLE,
                         help="packets for the traversal average")
@@ -805,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             for size in sizes:
                 rows.append(whole_processes(shape, size, work, with_aclgen,
-                                            0 if args.no_traversal else sample))
+                                            0 if args.no_traversal else sample,
+                                            args.aclgen_timeout))
                 print(f"  {shape} {size} rules done (load {load()})", file=sys.stderr)
         if not args.no_backends:
             backend_rows = run_backends(shapes, max(sizes), work)

@@ -1,3 +1,3 @@
-from fwc.cli import main
+from fwc.cli import console
 
-raise SystemExit(main())
+console()

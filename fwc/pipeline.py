@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from fwc.diagnostics import (
 from fwc.frontend.loader import LoadedProgram, load
 from fwc.frontend.sources import LIBRARY_ROOT, Refused, repository_root
 from fwc.model import Policy
+from fwc.model.records import dataclass
 
 # Outcomes that depend on the file system beyond the content of the files read (a
 # missing include appearing, a repository or size limit): never cached.

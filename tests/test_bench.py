@@ -4,6 +4,8 @@ Speed itself is measured by bench/run.py only, never here."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bench.generate import SHAPES, build_site, fwc_policy
@@ -106,3 +108,18 @@ def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatc
     # --confirm 0 judges the first runs' minima
     assert len(run.confirmed_failures("s", {1000: [_run(0.2)], 2000: [_run(0.9)]}, policies,
                                       confirm=0)) == 1
+
+
+def test_a_run_past_its_limit_is_stopped_and_printed_as_a_lower_bound():
+    from bench.run import Row, Run, table, timed
+
+    stopped = timed([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    assert stopped.timed_out and stopped.returncode != 0
+    assert 0.5 <= stopped.seconds < 10
+    finished = timed([sys.executable, "-c", "pass"], timeout=30)
+    assert not finished.timed_out and finished.returncode == 0
+    row = Row(20000, "groups")
+    row.compile = Run(2.0, 100.0, 0, cpu=2.5)
+    row.aclgen = Run(600.0, 1000.0, -9, "timed out after 600 s", cpu=590.0, timed_out=True)
+    cells = table([row], with_aclgen=True).splitlines()[2].split(" | ")
+    assert "> 600" in cells and "> 300.0x" in cells and "> 236.0x" in cells

@@ -1,4 +1,6 @@
-"""fwc.model.records.quick_init: the same construction as the dataclass's own __init__."""
+"""The most numerous records' `__init__` (fwc.model.records.dataclass sets each slot
+through its descriptor; `quick_init`, no longer applied in the package, does the same for
+a class the standard builder made): the same construction as the dataclass's own."""
 
 from __future__ import annotations
 
@@ -49,6 +51,18 @@ def test_quick_init_sets_every_field_as_the_dataclass_does(cls: type) -> None:
     assert dataclasses.replace(made) == made
     with pytest.raises(TypeError):
         cls(*positional, *positional)
+
+
+def test_quick_init_keeps_the_signature_of_a_standard_dataclass() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Point:
+        x: int
+        y: int = 0
+
+    standard = str(inspect.signature(Point))
+    quick = quick_init(Point)
+    assert str(inspect.signature(quick)) == standard == "(x: 'int', y: 'int' = 0) -> None"
+    assert quick(1) == Point(1, 0) and quick(1, y=2).y == 2
 
 
 def test_quick_init_refuses_what_it_does_not_reproduce() -> None:

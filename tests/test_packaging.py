@@ -37,6 +37,18 @@ def test_wheel_contains_grammar_and_templates(wheel):
     # the analysed grammar (fwc.frontend.tables): without it every process analyses
     tables = zipfile.ZipFile(wheel).read("fwc/frontend/tables.json").decode()
     assert tables == (REPO / "fwc" / "frontend" / "tables.json").read_text()
+    # the templates' generated code (fwc.backend.render.templates)
+    code = zipfile.ZipFile(wheel).read("fwc/backend/render/templates.json").decode()
+    assert code == (REPO / "fwc" / "backend" / "render" / "templates.json").read_text()
+
+
+def test_the_fwc_command_is_the_console_entry_point(wheel):
+    """`fwc` runs fwc.cli.console (it ends the process with os._exit, tests/test_exit.py),
+    not fwc.cli.main (which tests call in-process)."""
+    archive = zipfile.ZipFile(wheel)
+    [entry_points] = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
+    lines = archive.read(entry_points).decode().splitlines()
+    assert "fwc = fwc.cli:console" in [line.strip() for line in lines]
 
 
 def test_installed_wheel_checks_policy_from_another_directory(wheel, tmp_path):

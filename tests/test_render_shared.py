@@ -12,7 +12,7 @@ from fwc import protocols as proto
 from fwc.backend import output
 from fwc.backend.files import BY_NAME
 from fwc.backend.lower import options_for
-from fwc.backend.lower.failsafe import failsafe
+from fwc.backend.lower.failsafe import iptables_failsafe
 from fwc.backend.render import escape, iptables
 from fwc.backend.render.context import KeptText, MemberBuild, SharedTexts
 from fwc.model import Policy
@@ -142,7 +142,7 @@ def test_render_file_is_the_text_as_bytes(site):
     main = iptables.render_file(build, BY_NAME["iptables.rules"])
     assert main == iptables.render(build.optimised()[0][4]).encode()
     fallback = iptables.render_file(build, BY_NAME["failsafe.rules"])
-    safe = failsafe(build.lowered(4))
+    safe = iptables_failsafe(build.lowered(4))  # its products factored (nft: not)
     assert fallback == iptables.render(safe, header=iptables._failsafe_header(safe)).encode()
     assert fallback.endswith(b"COMMIT\n") and main.endswith(b"COMMIT\n")
 

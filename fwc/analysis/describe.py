@@ -9,7 +9,7 @@ service that is exactly it, else written as specs (tcp/22, icmp/echo-request).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
 
 from fwc import protocols as proto
@@ -27,6 +27,7 @@ from fwc.analysis.space import (
 from fwc.model import Cluster, Policy, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, covers, intersect, normalise, subtract
+from fwc.model.records import dataclass
 
 MAX_CIDRS = 4
 _KIND_ORDER = {"host": 0, "network": 1, "range": 2, "group": 3, "vip": 4}

@@ -22,7 +22,7 @@ new piece is re-entered into the old version (`_reenter`) before comparing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from difflib import SequenceMatcher
 
 from fwc.analysis.describe import Vocabulary, describe_box
@@ -31,6 +31,7 @@ from fwc.analysis.index import RuleList
 from fwc.analysis.space import ALL_SERVICES, LOCAL, Box, full_addresses
 from fwc.model import Cluster
 from fwc.model.addresses import AddressSet
+from fwc.model.records import dataclass
 
 # A region assembled from more changed rules than this is compared whole, chain by chain.
 MAX_REGION_BOXES = 2000

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from fwc.analysis.handling import vips_elsewhere
 from fwc.analysis.index import RuleBox, RuleList
@@ -74,6 +73,7 @@ from fwc.model import (
 )
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
+from fwc.model.records import dataclass
 from fwc.model.semantics import endpoint_intervals, side_of
 from fwc.model.topology import MemberRouting, TableRoute, member_routing, subnets
 from fwc.model.vocabulary import FilterAction, NatAction, NatStage

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -33,6 +33,7 @@ from fwc.backend.lower.ruleset import (
     rendered_lines,
 )
 from fwc.model.intervals import Intervals, contains, normalise
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 

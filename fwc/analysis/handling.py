@@ -16,12 +16,12 @@ it beside the per-member answers and `expect ... via MEMBER` checks it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from fwc.analysis.space import LOCAL
 from fwc.model import Cluster
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, intersect
+from fwc.model.records import dataclass
 
 
 @dataclass(frozen=True, slots=True)

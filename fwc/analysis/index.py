@@ -13,11 +13,11 @@ is used (it is a superset of the rules that can match, in rule order).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from fwc.analysis.space import Box
 from fwc.model import Rule
 from fwc.model.intervals import Intervals
+from fwc.model.records import dataclass
 from fwc.model.semantics import PrefixIndex, hull_block
 
 

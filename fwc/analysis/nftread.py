@@ -62,7 +62,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from fwc import protocols as proto
 from fwc.analysis.evaluate import Evaluator, Packet
@@ -81,6 +81,7 @@ from fwc.backend.lower.ruleset import (
     Table,
 )
 from fwc.model import PortRange
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 

@@ -17,12 +17,12 @@ that cannot exist (an ICMP type 300, a port on GRE).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.model import ServiceMatch
 from fwc.model.addresses import FAMILY_BITS
 from fwc.model.intervals import Intervals, covers, intersect, normalise, subtract, union
+from fwc.model.records import dataclass
 
 PORT_SHIFT = 16
 PORT_PROTOCOL_NUMBERS = frozenset(proto.IP_PROTOCOLS[name] for name in proto.PORT_PROTOCOLS)

@@ -58,7 +58,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from operator import attrgetter
 from typing import cast
 
@@ -77,6 +77,7 @@ from fwc.backend.lower.ruleset import (
     rendered_lines,
 )
 from fwc.model import Member, Memo, PortRange
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 

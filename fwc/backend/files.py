@@ -17,11 +17,11 @@ it where the other files live (keepalived.conf names the notify hook's path).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
 from types import MappingProxyType
 
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
 MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755

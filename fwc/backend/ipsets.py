@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -38,6 +38,7 @@ from fwc.backend.lower.ruleset import (
     address_width,
 )
 from fwc.model import Endpoint, Memo
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Target
 
 SET_NAME_MAX = 27  # ipset allows 31; ".new" is appended while loading

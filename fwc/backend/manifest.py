@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.backend.files import BY_NAME, SECRET_FILES
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 from fwc.protocols import REDACTED_PASSWORD
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from fwc.backend.render.registry import Chunks, render_member
 from fwc.cache import BlobReader, BlobWriter
 from fwc.diagnostics import SILENT, Reporter
 from fwc.model import Cluster, Member, Policy
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from fwc.diagnostics import SILENT, Diagnostic, Reporter, Severity, error
 from fwc.model import Policy
+from fwc.model.records import dataclass
 
 CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
 

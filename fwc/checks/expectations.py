@@ -9,7 +9,6 @@ policy terms and the rule that decides it (or the chain's default policy).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from fwc.analysis.describe import Vocabulary, describe_box
 from fwc.analysis.engine import (
@@ -25,6 +24,7 @@ from fwc.analysis.space import LOCAL
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Expectation, Policy
+from fwc.model.records import dataclass
 from fwc.model.semantics import endpoint_intervals
 from fwc.model.topology import has_default
 from fwc.model.vocabulary import Verdict

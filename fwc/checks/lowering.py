@@ -7,7 +7,6 @@ compiles without surprises.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.backend.lower.build import (
@@ -21,7 +20,7 @@ from fwc.checks.sides import all_rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule, ServiceMatch
 from fwc.model.passwords import password_problems, unwritable
-from fwc.model.records import quick_init
+from fwc.model.records import dataclass
 from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
 from fwc.model.vocabulary import NatAction
 
@@ -112,7 +111,6 @@ def nonat_both_interfaces(policy: Policy) -> Iterable[Diagnostic]:
                               hint="split it into one nonat with 'in' and one with 'out'")
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class _SideShape:
     """What lowering asks of one side on one member and family."""

@@ -8,14 +8,13 @@ meet, and from/to lists whose negations make no sense.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from fwc.checks import SIDES_MEMO, check
 from fwc.checks.sides import rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
-from fwc.model.records import quick_init
+from fwc.model.records import dataclass
 
 BOTH = frozenset({4, 6})
 
@@ -29,7 +28,6 @@ def firewall_families(cluster: Cluster) -> frozenset[int]:
     return cluster.families | cluster.vips.families
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class SideFacts:
     """What the name checks ask of a from/to list, from one pass over its items.

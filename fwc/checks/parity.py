@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from fwc.backend.lower import (
     MARK_ACCEPT_CHAIN,
@@ -42,6 +42,7 @@ from fwc.model import Cluster, Endpoint, EndpointItem, Member, NatRule, Policy
 from fwc.model import Rule as PolicyRule
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet
+from fwc.model.records import dataclass
 
 describe("FWC302", "members differ for forwarded or NATed traffic", Severity.ERROR, """
 After the substitution of each member's own devices and addresses, the members'

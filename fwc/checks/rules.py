@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TypeVar
 
 from fwc.checks import FLOWS_MEMO, check, describe
@@ -34,7 +34,7 @@ from fwc.model import (
 )
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet, normalise
-from fwc.model.records import quick_init
+from fwc.model.records import dataclass
 from fwc.model.semantics import (
     Block,
     PrefixIndex,
@@ -59,7 +59,6 @@ Key = Block  # a CIDR hull as (prefix length, network as an integer)
 V = TypeVar("V")
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Part:
     kind: str  # FORWARD, INPUT, OUTPUT or LOCAL
@@ -74,7 +73,6 @@ class Part:
     destination_ref: int = field(default=-1, compare=False)
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Flow:
     """What a rule matches, normalised for coverage tests."""

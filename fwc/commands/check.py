@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fwc.commands.common import report, result_cache, without_cycle_collection
+from fwc.commands.common import (
+    keep_until_exit,
+    report,
+    result_cache,
+    without_cycle_collection,
+)
 from fwc.diagnostics import Diagnostic, Progress, failed
 from fwc.parallel import jobs_from
-from fwc.pipeline import analyse, cached_analysis
+from fwc.pipeline import Analysis, analyse, cached_analysis
 
 
 def run(args: argparse.Namespace) -> int:
-    with without_cycle_collection():
+    with without_cycle_collection(args):
         return _run(args)
 
 
@@ -22,6 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress.for_terminal(sys.stderr, args.format == "text")
     cache = result_cache(args)
     jobs = jobs_from(getattr(args, "jobs", None))
+    analysis: Analysis | None = None
     for done, path in enumerate(args.files):
         hit = cached_analysis(path, args.include_path, cache)
         if hit is not None:  # the same content was checked before: nothing is parsed
@@ -33,6 +39,9 @@ def _run(args: argparse.Namespace) -> int:
                            jobs=jobs, keep_syntax=False)
         diagnostics.extend(analysis.diagnostics)
         texts.update(analysis.program.texts)
+    # the last file's model is left to the process' end (each earlier one was freed
+    # when the next replaced it: a long list of files never holds every model at once)
+    keep_until_exit(args, analysis)
     progress.done()
     report(diagnostics, texts, args.format)
     return 1 if failed(diagnostics, args.strict) else 0

@@ -24,7 +24,12 @@ from fwc.backend.output import (
 )
 from fwc.cache import ResultCache
 from fwc.checks import capability
-from fwc.commands.common import report, result_cache, without_cycle_collection
+from fwc.commands.common import (
+    keep_until_exit,
+    report,
+    result_cache,
+    without_cycle_collection,
+)
 from fwc.diagnostics import SILENT, Diagnostic, Progress, Reporter, error, failed
 from fwc.model import Policy
 from fwc.model.vocabulary import Backend
@@ -42,7 +47,7 @@ from fwc.pipeline import (
 
 
 def run(args: argparse.Namespace) -> int:
-    with without_cycle_collection():
+    with without_cycle_collection(args):
         return _run(args)
 
 
@@ -81,6 +86,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     # Shares of the whole compile, as measured on large policies (docs/performance.md).
     front = model(args.file, include_path=args.include_path,
                   progress=progress.within(0.0, 0.55), cache=cache, keep_syntax=False)
+    keep_until_exit(args, front)
     if isinstance(front, Modelled) and not failed(list(front.diagnostics), args.strict) \
             and parallel.wanted(jobs, rule_count(front.policy), FORK_RULES):
         worker = parallel.start(checks_in_worker(front.policy))
@@ -92,6 +98,7 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
             lambda: checked(front.policy, progress.within(0.22, 0.55), jobs))
     else:
         analysis = front
+    keep_until_exit(args, analysis)
     policy = analysis.policy
     verdict = Verdict.known(_with_backend(list(analysis.diagnostics), policy, backend),
                             args.strict)
@@ -126,6 +133,7 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
     streams: Sequence[FileStream] = stream_policy(
         policy, redact=args.redact_secrets, progress=building, backend=backend,
         chunked=True)
+    keep_until_exit(args, streams)
     policy_name = relative_source(policy.root, source_root(policy))
     if cache is None or key is None:
         return _write(args, progress, verdict, texts, policy_name, streams)

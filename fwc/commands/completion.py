@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
 from fwc.commands.teach import subcommands
+from fwc.model.records import dataclass
 
 SHELLS = ("bash", "zsh", "fish")
 

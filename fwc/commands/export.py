@@ -27,7 +27,7 @@ class TreeError(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    with without_cycle_collection():
+    with without_cycle_collection(args):
         return _run(args)
 
 

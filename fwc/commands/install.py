@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from fwc.backend.files import BY_NAME
@@ -37,6 +37,7 @@ from fwc.install.transport import (
     read_inventory,
 )
 from fwc.model import Cluster, Member, Policy
+from fwc.model.records import dataclass
 from fwc.pipeline import clean_policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

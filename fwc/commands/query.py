@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 
 from fwc import model
 from fwc.analysis.describe import Vocabulary, cidr_list, describe_box, service_text
@@ -34,6 +33,7 @@ from fwc.diagnostics import Diagnostic, print_diagnostics
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, parse_fragment
 from fwc.frontend.resolve import FragmentResolver
+from fwc.model.records import dataclass
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.diagnostics import Diagnostic
 from fwc.diffing.git import Side, normalise
 from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
+from fwc.model.records import dataclass
 from fwc.pipeline import analyse
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.diffing.colour import Palette
+from fwc.model.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fwc.frontend.sources import MAX_FILE_BYTES, Refused, inside, read_regular, too_large
+from fwc.model.records import dataclass
 
 WORKTREE = None  # the `rev` of a Side that reads the working tree
 

@@ -7,7 +7,9 @@ with what `iptables-save` reports on a node (drift).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from fwc.model.records import dataclass
 
 BUILTIN_CHAINS = {"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"}
 _COUNTERS = re.compile(r"^\[\d+:\d+\]\s*")

@@ -8,7 +8,7 @@ compiled rulesets, because that is what the kernel will run.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from fwc import model
@@ -18,6 +18,7 @@ from fwc.analysis.handling import Handling, interface_handling
 from fwc.diffing import rulesets
 from fwc.diffing.sequences import ListChange, compare
 from fwc.diffing.traffic import traffic_changes
+from fwc.model.records import dataclass
 
 RULE_FILES = (("iptables.rules", "IPv4"), ("ip6tables.rules", "IPv6"))
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from difflib import SequenceMatcher
 from typing import Generic, TypeVar
+
+from fwc.model.records import dataclass
 
 T = TypeVar("T", bound=Hashable)
 

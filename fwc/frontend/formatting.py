@@ -28,13 +28,14 @@ Idempotent: `format_text(format_text(x)) == format_text(x)`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from lark.exceptions import UnexpectedInput
 
 from fwc.diagnostics import Span
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import BadLiteral, PolicyParser
+from fwc.model.records import dataclass
 
 INDENT = "    "
 OPTION_GAP = "  "

@@ -17,7 +17,7 @@ import hashlib
 import os
 import posixpath
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Related, error
@@ -36,6 +36,7 @@ from fwc.frontend.sources import (
     repository_root,
     too_large,
 )
+from fwc.model.records import dataclass
 
 Reader = Callable[[Path], str]
 

@@ -23,10 +23,11 @@ import difflib
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Span, error
+from fwc.model.records import dataclass
 
 CONFIG_NAME = "fwc.toml"
 MAX_CONFIG_BYTES = 64 * 1024

@@ -9,11 +9,10 @@ so that the resolver can report a malformed address or port at its position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from fwc.diagnostics import Span
-from fwc.model.records import quick_init
+from fwc.model.records import dataclass
 
 
 class Lexeme(NamedTuple):
@@ -109,7 +108,6 @@ class Include:
     library: bool = False  # `include <name>`: looked up in the library search path
 
 
-@quick_init  # one per rule or definition of a large policy
 @dataclass(frozen=True, slots=True)
 class AddressDef:
     kind: str  # host, network, range
@@ -118,7 +116,6 @@ class AddressDef:
     span: Span
 
 
-@quick_init  # one per rule or definition of a large policy
 @dataclass(frozen=True, slots=True)
 class GroupDef:
     name: Word
@@ -212,7 +209,6 @@ class NatTargetDecl:
     port_high: Word | None = None  # `:LOW-HIGH`
 
 
-@quick_init  # one per rule or definition of a large policy
 @dataclass(frozen=True, slots=True)
 class RuleDecl:
     action: Word  # accept/drop/reject, or snat/dnat/masquerade/nonat in a nat block

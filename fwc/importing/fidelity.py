@@ -18,12 +18,13 @@ original rules name (INPUT and OUTPUT see only the node's own addresses).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from fwc import protocols as proto
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend.lower.ruleset import NodeRuleset
 from fwc.importing.saved import Saved, read_saved, ruleset
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain
 from fwc.model.vocabulary import Table as TableName
 

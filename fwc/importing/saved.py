@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -27,6 +27,7 @@ from fwc.backend.lower.ruleset import (
     target_of,
 )
 from fwc.model import PortRange
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Table as TableName
 
 BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import ANY, AddressMatch, Match
@@ -31,6 +31,7 @@ from fwc.importing.saved import (
     decode,
     read_saved,
 )
+from fwc.model.records import dataclass
 from fwc.text import encode_literal
 
 ICMP_NAMES = {number: name for name, number in proto.ICMP_TYPES.items()}

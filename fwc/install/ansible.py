@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import PurePosixPath
 
 from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
@@ -37,6 +37,7 @@ from fwc.install.paths import SNAPSHOT, STAGING, STATE_DIR
 from fwc.install.plan import DEFAULT_SETTLE_TIMEOUT, order, role_of
 from fwc.install.transport import InventoryEntry
 from fwc.model import Cluster, Member, Policy
+from fwc.model.records import dataclass
 from fwc.model.ssh import ssh_target_problem
 from fwc.model.vocabulary import Backend
 from fwc.protocols import REDACTED_PASSWORD

@@ -6,7 +6,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TextIO
 
 from fwc.backend.files import BY_NAME, DAEMON_ORDER, FILES, Reload
@@ -14,6 +14,7 @@ from fwc.install import scripts
 from fwc.install.paths import CONFIRMED
 from fwc.install.record import InstallRecord, store_command
 from fwc.install.transport import Result, Transport, TransportError
+from fwc.model.records import dataclass
 
 # What the node-side watchdog allows on top of the confirmation window: the
 # apply, the daemon reloads and the settle wait all happen after it is armed.

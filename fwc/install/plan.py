@@ -13,7 +13,6 @@ import select
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TextIO
 
 from fwc.install.node import Confirmer, NodeInstall, NodeResult, wait_for_marker
@@ -21,6 +20,7 @@ from fwc.install.record import InstallRecord
 from fwc.install.settle import ClusterState, SettleCheck, check_cluster, wait_settled
 from fwc.install.transport import Transport
 from fwc.model import Cluster, Member
+from fwc.model.records import dataclass
 
 DEFAULT_SETTLE_TIMEOUT = 30.0
 

@@ -15,12 +15,12 @@ import shlex
 import socket
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fwc import __version__
 from fwc.install.paths import STATE_DIR
+from fwc.model.records import dataclass
 
 RECORD_DIR = f"{STATE_DIR}/installed"
 RECORD = f"{RECORD_DIR}/record"

@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass
 
 from fwc.install.paths import CONNTRACKD
 from fwc.install.transport import Transport, TransportError
 from fwc.model import Cluster
+from fwc.model.records import dataclass
 
 
 @dataclass(frozen=True)

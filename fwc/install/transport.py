@@ -10,11 +10,12 @@ from __future__ import annotations
 import shlex
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TextIO
 
 from fwc.install.paths import NETNS_PRIVATE_DIRS
+from fwc.model.records import dataclass
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 
 

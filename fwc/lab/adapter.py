@@ -11,13 +11,14 @@ MANIFEST and the policy exactly as `fwc install` reads it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.lab.filters import packet_filter
 from fwc.lab.netns import LabError, LabRefused
 from fwc.model import Cluster, Policy
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
 # member -> file name (a row of fwc.backend.files) -> its text

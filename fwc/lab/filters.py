@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from types import MappingProxyType
 
 from fwc.backend.render.nftables import NAT_PRIORITIES
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend, BuiltinChain
 
 Argv = tuple[str, ...]

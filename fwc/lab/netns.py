@@ -18,8 +18,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+from fwc.model.records import dataclass
 
 STATE_ROOT = Path("/run/fwc-lab")
 # Probes run with this interpreter (not whatever `python3` is on PATH in a

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
 
 from fwc.lab.topology import IPAddress
+from fwc.model.records import dataclass
 
 POLL = 0.05  # VIP polling period (a takeover is timed to within one poll)
 

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -35,6 +34,7 @@ from fwc.lab.topology import (
 )
 from fwc.lab.uplinks import run_uplink_drill
 from fwc.model import Cluster
+from fwc.model.records import dataclass
 from fwc.model.uplinks import uplinks
 
 __all__ = ["LabInterrupted", "LabOptions", "LabRefused", "run_lab"]

@@ -14,11 +14,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from fwc.backend.render.keepalived import preempt_delay
 from fwc.model import Cluster, Endpoint, Member, Policy, PortRange, Track
 from fwc.model.addresses import AddressSet
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import NatAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

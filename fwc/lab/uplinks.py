@@ -26,7 +26,6 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.backend.files import FILES, GeneratedFile, Reload
@@ -36,6 +35,7 @@ from fwc.lab.netns import PYTHON, LabRefused, LabState, Proc, run, teardown
 from fwc.lab.results import UplinkResult, wait_for
 from fwc.lab.topology import in_doc_ranges
 from fwc.model import Cluster, IPAddress, IPNetwork, Member
+from fwc.model.records import dataclass
 from fwc.model.topology import route_interface, subnets
 from fwc.model.uplinks import Uplink, uplinks
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
 from typing import NamedTuple, TypeVar
 
 from fwc import protocols as proto
 from fwc.diagnostics import Span
 from fwc.model.addresses import AddressSet
-from fwc.model.records import quick_init
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Action, Backend, FilterAction, NatAction, NatStage, Verdict
 from fwc.text import encode_literal
 
@@ -108,7 +108,6 @@ class Service:
     span: Span
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class EndpointItem:
     """One item of a from/to list, resolved. kind: object, literal, vip, any, firewall."""
@@ -352,7 +351,6 @@ class BaseRule:
         return " ".join(parts)
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class FilterRule(BaseRule):
     """A rule of a `rules` block: accept, drop or reject."""
@@ -365,7 +363,6 @@ class FilterRule(BaseRule):
         return None
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class NatRule(BaseRule):
     """A rule of a `nat` block: snat/dnat (with a target), masquerade or nonat."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from fwc.model.intervals import Interval, contains, covers, intersect, normalise, subtract
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import FAMILIES
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from fwc.model.records import dataclass
 
 Interval = tuple[int, int]
 Intervals = tuple[Interval, ...]

@@ -4,9 +4,8 @@ policy checks would have refused."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fwc import protocols as proto
+from fwc.model.records import dataclass
 from fwc.text import describe_character, unsafe_character, utf8_length
 
 

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 from fwc.model import Endpoint
 from fwc.model.addresses import FAMILY_BITS, AddressSet
 from fwc.model.intervals import covers
+from fwc.model.records import dataclass
 
 FAMILIES = (4, 6)
 _EMPTY = AddressSet()

@@ -29,10 +29,10 @@ gateway).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fwc.model import Cluster, IPNetwork, Member, Route, RouteRule
+from fwc.model.records import dataclass
 
 if TYPE_CHECKING:
     import networkx

@@ -11,9 +11,8 @@ table's rule (policy routing: the main table).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fwc.model import Cluster, IPAddress, Member, Route
+from fwc.model.records import dataclass
 from fwc.model.topology import applies, route_interface, subnets
 
 

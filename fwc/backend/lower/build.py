@@ -14,7 +14,7 @@ import ipaddress
 import os
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import NamedTuple
 
 from fwc import protocols as proto
@@ -53,6 +53,7 @@ from fwc.model import (
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
+from fwc.model.records import dataclass
 from fwc.model.semantics import (
     Reach,
     Side,

@@ -8,11 +8,12 @@ iptables-restore lines. Everything is frozen so that passes return new values.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from fwc import protocols as proto
 from fwc.model import PortRange, vocabulary
 from fwc.model import Rule as PolicyRule
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 
 # Targets that end a packet's walk through the chains (RETURN only ends the chain); the
@@ -260,3 +261,30 @@ class NodeRuleset:
         """A copy with `new` replacing the table of the same name (for later passes)."""
         tables = tuple(new if t.name == new.name else t for t in self.tables)
         return replace(self, tables=tables)
+
+
+# What a rule may do on its way to a verdict without ending the walk or returning.
+_GOES_ON_QUIETLY = frozenset({Target.LOG, Target.NFLOG, Target.CONNMARK})
+
+
+def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
+    """User chains every packet leaves with a final verdict (fwc-accept, a log chain): a
+    jump to one decides like a verdict (the nft renderer lets rules jumping to one share
+    a set or map; the failsafe factors their address products into a chain).
+    Such a chain logs or marks (never ending a packet's walk) and then ends in an
+    unconditional accept, drop, reject or jump to another such chain."""
+    out: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for chain in chains:
+            if chain.builtin or not chain.rules or chain.name in out:
+                continue
+            last = chain.rules[-1]
+            final = last.target in (Target.ACCEPT, Target.DROP, Target.REJECT) or \
+                (type(last.target) is str and last.target in out)
+            if last.match == Match() and final and all(
+                    r.target in _GOES_ON_QUIETLY for r in chain.rules[:-1]):
+                out.add(str(chain.name))
+                grew = True
+    return frozenset(out)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, IPInterface, Member, Sync
+from fwc.model.records import dataclass
 
 
 @dataclass(frozen=True, slots=True)

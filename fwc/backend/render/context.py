@@ -13,13 +13,14 @@ from __future__ import annotations
 import codecs
 import zlib
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from fwc.backend.arrange import optimise
 from fwc.backend.files import GeneratedFile
 from fwc.backend.ipsets import IpSet
 from fwc.backend.lower import LowerOptions, NodeRuleset, lower
 from fwc.model import Cluster, Member
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
 # Bytes of compressed text a SharedTexts keeps for the next member. The texts are kept

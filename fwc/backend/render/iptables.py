@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, Reload, path_of
-from fwc.backend.lower.failsafe import failsafe
+from fwc.backend.lower.failsafe import iptables_failsafe
 from fwc.backend.lower.ruleset import AddressMatch, Chain, Match, NodeRuleset, Rule, port_groups
 from fwc.backend.render import escape
 from fwc.backend.render.context import KeptText, MemberBuild, SharedTexts
@@ -391,10 +391,11 @@ def _failsafe_header(ruleset: NodeRuleset) -> str:
 def _file_blocks(build: MemberBuild, file: GeneratedFile) -> Iterator[str]:
     assert file.family is not None, file.name
     if file.reload is Reload.FAILSAFE:
-        # From the lowered ruleset before the speed passes: the fallback names no ipset.
+        # From the lowered ruleset before the speed passes: the fallback names no ipset
+        # (its large address products factored into chains instead).
         # Not shared: its INPUT chain (nearly all of it) names the member's own addresses,
         # so offering it to the next member only held its text (40 MB at 20,000 rules).
-        ruleset = failsafe(build.lowered(file.family))
+        ruleset = iptables_failsafe(build.lowered(file.family))
         yield from blocks(ruleset, _failsafe_header(ruleset))
         return
     rulesets, _ = build.optimised()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, path_of
@@ -12,6 +12,7 @@ from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.routes import vrrp_routing
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member, Track, Vrrp
+from fwc.model.records import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any, cast
 
@@ -76,10 +76,12 @@ from fwc.backend.lower.ruleset import (
     NodeRuleset,
     Rule,
     Table,
+    never_returning,
 )
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
 from fwc.model import PortRange
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
@@ -528,29 +530,6 @@ def _share(item: Share, family: int, writer: _Writer, chain_names: dict[str, str
     what = "addr . port " if True in with_port else ""
     statement = f"dnat {word} {what}to numgen inc mod {len(values)} map {{ {elements} }}"
     return _rule(item.rule, family, writer, chain_names, ipsets, statement=statement)
-
-
-def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
-    """User chains every packet leaves with a final verdict (fwc-accept, a log chain): a
-    jump to one decides like a verdict, so rules jumping to it may share a set or map.
-    Such a chain logs or marks (never ending a packet's walk) and then ends in an
-    unconditional accept, drop, reject or jump to another such chain."""
-    out: set[str] = set()
-    grew = True
-    while grew:
-        grew = False
-        for chain in chains:
-            if chain.builtin or not chain.rules or chain.name in out:
-                continue
-            last = chain.rules[-1]
-            final = last.target in (Target.ACCEPT, Target.DROP, Target.REJECT) or \
-                (type(last.target) is str and last.target in out)
-            if last.match == Match() and final and all(
-                    r.target in (Target.LOG, Target.NFLOG, Target.CONNMARK)
-                    for r in chain.rules[:-1]):
-                out.add(cast("str", chain.name))
-                grew = True
-    return frozenset(out)
 
 
 DEVICE_FIELDS = ("in_device", "out_device")

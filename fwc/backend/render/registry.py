@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from fwc.backend.files import FILES, GeneratedFile, When
@@ -28,6 +27,7 @@ from fwc.backend.render import (
     uplinks,
 )
 from fwc.backend.render.context import MemberBuild
+from fwc.model.records import dataclass
 
 
 def _never(build: MemberBuild) -> bool:

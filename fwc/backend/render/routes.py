@@ -18,13 +18,13 @@ whose default routes win over main's (the way fwc's analysis routes, too).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.backend.files import BOOT_UNIT, GeneratedFile, path_of, unit_name
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member, Route, RouteRule
+from fwc.model.records import dataclass
 from fwc.model.topology import applies, route_interface
 
 

@@ -12,7 +12,6 @@ read in a minute, and is tested on a real kernel by the lab's uplink drill.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, path_of, unit_name
@@ -20,6 +19,7 @@ from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.routes import route_script_context, route_words
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member
+from fwc.model.records import dataclass
 from fwc.model.uplinks import Uplink, uplinks
 
 

@@ -1,0 +1,143 @@
+"""A factored failsafe (fwc.backend.lower.failsafe.factored) in a real kernel.
+
+iptables-restore --test and a real load in throwaway namespaces (iptables-save lists
+every chain and line back), and traffic: a node that loaded it still answers its
+management access from a large group (the rule is factored into a chain) and drops
+the same service from an address outside the group. Every namespace is created
+with a unique name and deleted in a finally block; each probe is one connection
+attempt with a 2-second timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import count
+
+import pytest
+from test_failsafe_factor import failsafes, group_policy, lines
+
+from fwc.backend.lower.failsafe import factored
+from fwc.backend.render.iptables import render
+
+pytestmark = pytest.mark.root
+
+_names = count()
+
+
+@contextmanager
+def namespaces(*roles: str) -> Iterator[list[str]]:
+    names = [f"fwcfs{os.getpid()}{role}{next(_names)}" for role in roles]
+    try:
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True,
+                           capture_output=True)
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def run_in(ns: str, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_factored_failsafe_loads_in_a_namespace(tmp_path):
+    path = tmp_path / "g.fw"
+    path.write_text(group_policy([(1, 0, 2, 0, 0), (2, 0, 4, 3, 2), (1, 2, 1, 6, 0),
+                                  (1, 4, 0, 0, 1)]), encoding="utf-8")
+    checked = 0
+    for label, ruleset in failsafes(path):
+        after = factored(ruleset)
+        # IPv4: the member has 3 own addresses and 3 VIPs, IPv6 one of each
+        assert lines(after) < lines(ruleset) or ruleset.family == 6, label
+        text = render(after)
+        tool = "iptables" if ruleset.family == 4 else "ip6tables"
+        with namespaces("t") as (ns,):
+            tested = run_in(ns, f"{tool}-restore", "--test", stdin=text)
+            assert tested.returncode == 0, f"{label}: {tested.stderr}"
+            loaded = run_in(ns, f"{tool}-restore", stdin=text)
+            assert loaded.returncode == 0, f"{label}: {loaded.stderr}"
+            saved = run_in(ns, f"{tool}-save", "-t", "filter")
+            assert saved.returncode == 0, saved.stderr
+        chains = [line.split()[0] for line in text.splitlines() if line.startswith(":fwc-f")]
+        assert chains or ruleset.family == 6, label
+        for chain in chains:
+            assert chain in saved.stdout, f"{label}: {chain} not loaded"
+        assert sum(line.startswith("-A ") for line in saved.stdout.splitlines()) == \
+            lines(after), label
+        checked += 1
+    assert checked >= 2
+
+
+LISTEN = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 22))
+s.listen(8)
+s.settimeout(1.0)
+print("READY", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        conn, _ = s.accept()
+        conn.close()
+    except OSError:
+        pass
+"""
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 22), timeout=2, source_address=(sys.argv[2], 0)).close()
+    print("open")
+except OSError as error:
+    print("closed", error)
+"""
+
+
+def test_management_access_from_a_factored_group_still_works(tmp_path):
+    # accept from big (12 prefixes) to firewall service tcp/22: 12 x 6 lines, factored
+    path = tmp_path / "g.fw"
+    path.write_text(group_policy([(1, 0, 1, 0, 0)]), encoding="utf-8")
+    label, ruleset = failsafes(path)[0]
+    assert label == "fw1/4"
+    after = factored(ruleset)
+    assert lines(after) < lines(ruleset)
+    text = render(after)
+    assert "-j fwc-f1" in text
+    with namespaces("fw", "cl") as (fw, client):
+        for argv in (["ip", "link", "add", "eth0", "netns", fw, "type", "veth", "peer",
+                      "name", "peer0", "netns", client],
+                     ["ip", "-n", fw, "address", "add", "198.18.0.1/16", "dev", "eth0"],
+                     ["ip", "-n", fw, "link", "set", "eth0", "up"],
+                     # 198.18.10.1 is in `big` (198.18.10.0/30), 198.18.3.3 is not
+                     ["ip", "-n", client, "address", "add", "198.18.10.1/16", "dev", "peer0"],
+                     ["ip", "-n", client, "address", "add", "198.18.3.3/16", "dev", "peer0"],
+                     ["ip", "-n", client, "link", "set", "peer0", "up"]):
+            subprocess.run(argv, check=True, capture_output=True)
+        loaded = run_in(fw, "iptables-restore", stdin=text)
+        assert loaded.returncode == 0, loaded.stderr
+        server = subprocess.Popen(["ip", "netns", "exec", fw, sys.executable, "-c", LISTEN,
+                                   "20"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "READY"
+            time.sleep(0.2)
+            inside = run_in(client, sys.executable, "-c", CONNECT, "198.18.0.1", "198.18.10.1")
+            outside = run_in(client, sys.executable, "-c", CONNECT, "198.18.0.1", "198.18.3.3")
+            counters = run_in(fw, "iptables", "-L", "fwc-f1", "-n", "-v", "-x")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    assert inside.stdout.startswith("open"), inside.stdout + inside.stderr
+    assert outside.stdout.startswith("closed"), outside.stdout + outside.stderr
+    # the accepted connection went through the factored chain
+    packets = [int(line.split()[0]) for line in counters.stdout.splitlines()[2:] if line.strip()]
+    assert sum(packets) >= 1, counters.stdout
