@@ -4,6 +4,8 @@
   shapes computed once per distinct side (`_Shapes`) instead of calling
   `filter_parts`/`nat_part` per rule (`_produces_something` below);
 - the shadowing flows split each distinct side once (`PartsMemo`);
+- the sides are numbered by what was written, checked against their address sets
+  (`SideNumbers`): equal numbers exactly when the sides mean the same (`endpoint_key`);
 - the name checks walk each list once (`SideFacts`) instead of `Endpoint`'s properties.
 """
 
@@ -14,8 +16,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fwc.backend.lower.build import filter_parts, nat_part, service_matches
-from fwc.checks import lowering, names, rules
-from fwc.model import Cluster, Endpoint, FilterRule, Rule
+from fwc.checks import lowering, names, rules, sides
+from fwc.diagnostics import Span
+from fwc.model import Cluster, Endpoint, EndpointItem, FilterRule, Rule
+from fwc.model.addresses import AddressSet
 from fwc.pipeline import analyse
 
 SERVER_RULE = "accept from server to client   service tcp/5001"
@@ -105,6 +109,42 @@ def test_shadowing_flows_equal_without_the_memo(tmp_path, drawn, nats):
             hooks = rules._nat_hooks(nat)
             assert rules.flow_of(nat, hooks, firewall, memo) == \
                 rules.flow_of(nat, hooks, firewall)
+
+
+@_settings
+@given(_rules, _nats)
+def test_side_numbers_are_equal_exactly_for_equal_sides(tmp_path, drawn, nats):
+    policy = _policy(tmp_path, drawn, nats)
+    for cluster in policy.clusters:
+        numbers = sides.SideNumbers()
+        ends = [side for rule in cluster.all_rules() for side in (rule.source, rule.destination)]
+        got = [numbers.number(side) for side in ends]
+        assert got == [numbers.number(side) for side in reversed(ends)][::-1]
+        keys = [sides.endpoint_key(side) for side in ends]
+        for a in range(len(ends)):
+            for b in range(len(ends)):
+                assert (got[a] == got[b]) == (keys[a] == keys[b])
+
+
+def test_side_numbers_check_the_sets_behind_a_label():
+    """The same text with other addresses (another cluster's object of that name, a
+    literal) is another side; equal sets in other objects are the same side."""
+    def side(label: str, *addresses: str, negated: bool = False) -> Endpoint:
+        item = EndpointItem("object", label, AddressSet.of(*addresses), negated, label,
+                            Span("x.fw", 1, 1, 1, 2))
+        return Endpoint((item,))
+
+    numbers = sides.SideNumbers()
+    first = numbers.number(side("web", "192.0.2.1"))
+    assert numbers.number(side("web", "192.0.2.2")) != first
+    assert numbers.number(side("web", "192.0.2.1")) == first  # equal set, another object
+    assert numbers.number(side("www", "192.0.2.1")) == first  # the same meaning
+    assert numbers.number(side("web", "192.0.2.1", negated=True)) != first
+    pair = Endpoint((*side("web", "192.0.2.1").items, *side("db", "192.0.2.9").items))
+    other = Endpoint((*side("web", "192.0.2.1").items, *side("db", "192.0.2.8").items))
+    assert numbers.number(pair) != numbers.number(other)
+    assert numbers.number(pair) == numbers.number(
+        Endpoint((*side("web", "192.0.2.1").items, *side("db", "192.0.2.9").items)))
 
 
 def _families_by_properties(endpoint: Endpoint, cluster) -> frozenset[int]:

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from fwc.checks import rules
 from fwc.diagnostics import Severity
+from fwc.model import PortRange, ServiceMatch
+from fwc.model.intervals import IntervalSet
 from fwc.pipeline import analyse
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -296,3 +298,51 @@ def analyse_text(tmp_path, text: str):
     path = tmp_path / "oracle.fw"
     path.write_text(text, encoding="utf-8")
     return analyse(path, run_checks=False)
+
+
+# -- the per-list service coverage equals its plain definition ----------------------------
+
+def _plain_match_covered(inner: ServiceMatch, outer: tuple[ServiceMatch, ...]) -> bool:
+    same = [o for o in outer if o.number == inner.number
+            and (inner.helper is None or o.helper == inner.helper)]
+    if any(not o.ports and o.icmp_type is None for o in same):
+        return True
+    if inner.icmp_type is not None:
+        return any(o.icmp_type == inner.icmp_type for o in same)
+    if inner.ports:
+        return IntervalSet.of(p for o in same for p in o.ports).covers(
+            IntervalSet.of(inner.ports))
+    return False
+
+
+def _plain_services_cover(outer: tuple[ServiceMatch, ...], inner: tuple[ServiceMatch, ...],
+                          family: int) -> bool:
+    """The coverage of service lists as the shadowing check first wrote it."""
+    if not outer:
+        return True
+    if not inner:
+        return False
+    return all(_plain_match_covered(m, outer) for m in inner
+               if rules.PROTOCOL_FAMILY.get(m.protocol, family) == family)
+
+
+_ports = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 12)).map(
+    lambda p: PortRange(p[0], p[0] + p[1])), min_size=1, max_size=3).map(tuple)
+_match = st.one_of(
+    st.builds(lambda proto, ports, helper: ServiceMatch(proto[0], proto[1], ports,
+                                                        helper=helper),
+              st.sampled_from((("tcp", 6), ("udp", 17))), st.one_of(st.just(()), _ports),
+              st.sampled_from((None, None, "ftp"))),
+    st.builds(lambda proto, kind: ServiceMatch(proto[0], proto[1], (), kind),
+              st.sampled_from((("icmp", 1), ("icmpv6", 58))),
+              st.sampled_from((None, 0, 8, 128))))
+_list = st.lists(_match, max_size=4).map(tuple)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_list, _list)
+def test_service_coverage_equals_its_plain_definition(outer, inner):
+    fast = rules.Services(outer)
+    for family in (4, 6):
+        assert fast.covers(rules.Services(inner), family) == \
+            _plain_services_cover(outer, inner, family), (outer, inner, family)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fwc.checks import FLOWS_MEMO, SIDES_MEMO, run_checks
+from fwc.checks import FLOWS_MEMO, NUMBERS_MEMO, SIDES_MEMO, run_checks
 from fwc.frontend import syntax
 from fwc.frontend.loader import load
 from fwc.model import Memo
@@ -71,7 +71,7 @@ def test_the_checks_side_tables_are_dropped_once_they_ran(edge, jobs):
         checked(analysis.policy, jobs=jobs)
     for cluster in analysis.policy.clusters:
         kinds = {key[0] for key in cluster.memo._values if isinstance(key, tuple) and key}
-        assert not kinds & {SIDES_MEMO, FLOWS_MEMO}, kinds
+        assert not kinds & {SIDES_MEMO, FLOWS_MEMO, NUMBERS_MEMO}, kinds
         # the model's own memo entries stay (with a worker, its checks made them there)
         assert "firewall" in kinds or jobs is not None
 

@@ -16,10 +16,13 @@ from hypothesis import strategies as st
 from fwc.backend.lower import lower, options_for
 from fwc.checks import run_checks
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import normalise
 from fwc.model.semantics import (
     PrefixIndex,
     Reach,
     Side,
+    SupersetIndex,
+    cidr_blocks,
     endpoint_intervals,
     filter_chains,
     forwarded_and_local,
@@ -135,6 +138,40 @@ def test_prefix_index_agrees_with_brute_force(stored, query):
     meeting = [p for p, b in enumerate(stored) if span(b)[0] <= hi and lo <= span(b)[1]]
     assert sorted(p for bucket in found for p in bucket) == meeting
     assert count == len(meeting)
+
+
+# small sets in a small corner of the space, so that containment is common
+_intervals = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=1,
+                      max_size=6).map(lambda pairs: normalise(
+                          [(2 ** 32 - 512 + low, 2 ** 32 - 512 + low + size)
+                           for low, size in pairs]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_intervals, min_size=1, max_size=25))
+def test_superset_index_agrees_with_brute_force(sets):
+    index = SupersetIndex(4)
+    ids = [index.add(one) for one in sets]
+    assert ids == [index.add(one) for one in sets]  # equal sets, equal ids
+
+    def inside(inner, outer):
+        return all(any(a <= low and high <= b for a, b in outer) for low, high in inner)
+
+    for one, ident in zip(sets, ids, strict=True):
+        assert index.supersets(ident) == frozenset(
+            other for other, outer in enumerate(index.sets) if inside(one, outer))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 20))
+def test_cidr_blocks_tile_the_interval(low, size):
+    high = min(low + size, 2 ** 32 - 1)
+    blocks = list(cidr_blocks(low, high, 4))
+    at = low
+    for length, network in blocks:
+        assert network == at and network % 2 ** (32 - length) == 0  # aligned, no gap
+        at = network + 2 ** (32 - length)
+    assert at == high + 1
 
 
 def test_hull_is_the_smallest_block():

@@ -18,10 +18,12 @@ from fwc.model.records import dataclass
 CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
 
 # Kinds of the cluster memo entries that checks share with each other (names: each
-# matcher's side facts; rules: the filter flows of shadowing and DNAT): side tables of
+# matcher's side facts; rules: the filter flows of shadowing and DNAT, and the numbers
+# of the rules' sides that rules, lowering and parity key their tables by): side tables of
 # the checks only, dropped once they have all run (`run_checks`).
 SIDES_MEMO = "name-check-sides"
 FLOWS_MEMO = "filter-flows"
+NUMBERS_MEMO = "side-numbers"  # fwc.checks.rules.SideNumbers: the sides of the rules numbered
 
 # Modules that register checks; imported on first use so that start-up stays fast.
 CHECK_MODULES = ("codes", "names", "cluster", "ha", "parity", "rules", "expectations", "lowering",
@@ -105,3 +107,4 @@ def drop_side_tables(policy: Policy) -> None:
     for cluster in policy.clusters:
         cluster.memo.drop_kind(SIDES_MEMO)
         cluster.memo.drop_kind(FLOWS_MEMO)
+        cluster.memo.drop_kind(NUMBERS_MEMO)

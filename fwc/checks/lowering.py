@@ -16,9 +16,9 @@ from fwc.backend.lower.build import (
     service_matches,
 )
 from fwc.checks import check, describe
-from fwc.checks.rules import endpoint_key
+from fwc.checks.sides import all_rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
-from fwc.model import Cluster, Endpoint, FilterRule, Member, Policy, Rule
+from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule, ServiceMatch
 from fwc.model.passwords import password_problems, unwritable
 from fwc.model.records import dataclass
 from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
@@ -120,15 +120,16 @@ class _SideShape:
 
 
 class _Shapes:
-    """Side shapes per (side, member, family), each computed once: a policy of 20,000
-    rules has a few thousand distinct sides (`endpoint_key`)."""
+    """Side shapes per (side, member, family), each computed once, when first asked: a
+    policy of 20,000 rules has a few thousand distinct sides (`SideNumbers`)."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.firewalls = {(m.name, family): cluster.firewall_addresses(m).only(family)
-                          for m in cluster.members for family in (4, 6)}
-        self.known: dict[tuple[object, ...], _SideShape] = {}
-        self.services: dict[tuple[object, ...], bool] = {}
+        self.members = [(m.name, cluster.firewall_addresses(m)) for m in cluster.members]
+        self.numbers = side_numbers(cluster)
+        # side number -> its shape per member and family (at 2 * member + (family == 6))
+        self.known: dict[int, list[_SideShape | None]] = {}
+        self.services: dict[tuple[tuple[ServiceMatch, ...], int], bool] = {}
 
     def has_services(self, rule: Rule, family: int) -> bool:
         """`service_matches` finds something of FAMILY (thousands of rules share services)."""
@@ -138,28 +139,37 @@ class _Shapes:
             got = self.services[key] = service_matches(rule.services, family) is not None
         return got
 
-    def of(self, endpoint: Endpoint, member: Member, family: int) -> _SideShape:
-        key = (endpoint_key(endpoint), member.name, family)
-        got = self.known.get(key)
+    def of(self, endpoint: Endpoint, number: int, member: int, family: int) -> _SideShape:
+        shapes = self.known.get(number)
+        if shapes is None:
+            shapes = self.known[number] = [None] * (2 * len(self.members))
+        at = 2 * member + (family == 6)
+        got = shapes[at]
         if got is None:
-            side = side_of(endpoint, self.firewalls[(member.name, family)], family)
-            got = self.known[key] = _SideShape(may_apply(endpoint, family), reach(side))
+            firewall = self.members[member][1].only(family)
+            got = shapes[at] = _SideShape(may_apply(endpoint, family),
+                                          reach(side_of(endpoint, firewall, family)))
         return got
 
-    def produces_something(self, rule: Rule) -> bool:
+    def produces_something(self, rule: Rule, sides: tuple[int, int] | None = None) -> bool:
         """Does RULE give a kernel rule on some member? The lowering's own predicates
         (`filter_chains`, `nat_reaches`) on memoised side shapes; a test keeps this
-        equal to calling `filter_parts`/`nat_part` per rule."""
-        for member in self.cluster.members:
-            if rule.only is not None and rule.only != member.name:
+        equal to calling `filter_parts`/`nat_part` per rule. SIDES: the numbers of
+        RULE's sides (`rule_sides`), if known."""
+        source, destination = (-1, -1) if sides is None else sides
+        for at, (name, _) in enumerate(self.members):
+            if rule.only is not None and rule.only != name:
                 continue
             for family in (4, 6):
                 if not self.has_services(rule, family):
                     continue
                 if rule.target is not None and not rule.target.addresses.family(family):
                     continue
-                src = self.of(rule.source, member, family)
-                dst = self.of(rule.destination, member, family)
+                if source < 0:
+                    source = self.numbers.number(rule.source)
+                    destination = self.numbers.number(rule.destination)
+                src = self.of(rule.source, source, at, family)
+                dst = self.of(rule.destination, destination, at, family)
                 if not (src.applies and dst.applies):
                     continue
                 if not isinstance(rule, FilterRule):
@@ -181,8 +191,8 @@ mistake.""")
 def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         shapes = _Shapes(cluster)
-        for rule in cluster.all_rules():
-            if not shapes.produces_something(rule):
+        for rule, sides in zip(cluster.all_rules(), all_rule_sides(cluster), strict=True):
+            if not shapes.produces_something(rule, sides):
                 yield warning("FWC504", f"'{rule.action}' rule gives no iptables rule on any "
                               "member", rule.span,
                               hint="traffic to the firewall has no 'out' interface and "

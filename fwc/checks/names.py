@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from fwc.checks import SIDES_MEMO, check
+from fwc.checks.sides import rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
@@ -110,15 +111,34 @@ def _matchers(cluster: Cluster) -> Iterator[tuple[str, Matcher]]:
         yield "expectation", exp
 
 
-Sides = list[tuple[str, Matcher, SideFacts, SideFacts]]
+# (what, matcher, source facts, destination facts, source number, destination number)
+Sides = list[tuple[str, Matcher, SideFacts, SideFacts, int, int]]
 
 
 def _sides(cluster: Cluster) -> Sides:
     """Every matcher with the facts of its source and destination, once per run (the
-    three checks below ask the same)."""
-    return cluster.memo.get((SIDES_MEMO,), lambda: [
-        (what, item, SideFacts.of(item.source), SideFacts.of(item.destination))
-        for what, item in _matchers(cluster)])
+    three checks below ask the same); the facts of each distinct side are made once
+    (`fwc.checks.rules.SideNumbers`: a few thousand sides for 20,000 rules)."""
+    def build() -> Sides:
+        numbers = side_numbers(cluster)
+        filters, nats = rule_sides(cluster)
+        expectations = [(numbers.number(e.source), numbers.number(e.destination))
+                        for e in cluster.expectations]
+        facts: dict[int, SideFacts] = {}
+        out: Sides = []
+        for (what, item), (source, destination) in zip(
+                _matchers(cluster), [*filters.pairs(), *nats.pairs(), *expectations],
+                strict=True):
+            source_facts = facts.get(source)
+            if source_facts is None:
+                source_facts = facts[source] = SideFacts.of(item.source)
+            destination_facts = facts.get(destination)
+            if destination_facts is None:
+                destination_facts = facts[destination] = SideFacts.of(item.destination)
+            out.append((what, item, source_facts, destination_facts, source, destination))
+        return out
+
+    return cluster.memo.get((SIDES_MEMO,), build)
 
 
 def _first_span(endpoint: Endpoint, fallback: Span) -> Span:
@@ -137,9 +157,14 @@ something to match: a service `ping` with both `icmp/echo-request` and
 `icmpv6/echo-request` between IPv4 endpoints is not reported.""")
 def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item, source_facts, destination_facts in _sides(cluster):
-            source = side_families(source_facts, cluster)
-            destination = side_families(destination_facts, cluster)
+        families: dict[int, frozenset[int]] = {}  # by side number
+        for what, item, source_facts, destination_facts, src, dst in _sides(cluster):
+            source = families.get(src)
+            if source is None:
+                source = families[src] = side_families(source_facts, cluster)
+            destination = families.get(dst)
+            if destination is None:
+                destination = families[dst] = side_families(destination_facts, cluster)
             if not source or not destination:
                 continue  # matches nothing at all: FWC112
             common = source & destination
@@ -149,8 +174,9 @@ def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
                             "match", _first_span(item.destination, item.span),
                             hint="source and destination must share an address family")
                 continue
-            services = service_families(item.services)
-            if not services & common:
+            # a service list always names a family: it can only miss a one-family pair
+            services = service_families(item.services) if common != BOTH else None
+            if services is not None and not services & common:
                 yield error("FWC105", f"{what} service {', '.join(item.service_labels)} is "
                             f"{family_label(services)} only, the endpoints are "
                             f"{family_label(common)}", item.span,
@@ -159,6 +185,8 @@ def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
                 continue
             target = getattr(item, "target", None)
             if target is not None and target.addresses:
+                if services is None:
+                    services = service_families(item.services)
                 traffic = common & services
                 if not traffic & target.addresses.families:
                     yield error("FWC105", f"{item.action} target '{target.label}' is "
@@ -175,7 +203,7 @@ everything, or that negates `any`, matches no address, so the rule or
 expectation is dead. This is almost always a typo in the list.""")
 def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item, source, destination in _sides(cluster):
+        for what, item, source, destination, _, _ in _sides(cluster):
             for side_name, side, facts in (("source", item.source, source),
                                            ("destination", item.destination, destination)):
                 # An item without addresses was malformed or empty: already reported.
@@ -193,7 +221,7 @@ changes nothing: `from lan, !server` with `server` outside `lan` is just
 `from lan`. Usually the wrong object was negated.""")
 def useless_negation(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item, source, destination in _sides(cluster):
+        for what, item, source, destination, _, _ in _sides(cluster):
             for side, facts in ((item.source, source), (item.destination, destination)):
                 if facts.is_any or facts.firewall or not facts.negated:
                     continue

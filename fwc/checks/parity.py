@@ -36,8 +36,9 @@ from fwc.backend.lower import (
     options_for,
 )
 from fwc.checks import check, describe
+from fwc.checks.sides import all_rule_sides
 from fwc.diagnostics import Diagnostic, Related, Severity, error
-from fwc.model import Cluster, Member, NatRule, Policy
+from fwc.model import Cluster, Endpoint, EndpointItem, Member, NatRule, Policy
 from fwc.model import Rule as PolicyRule
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import IntervalSet
@@ -236,6 +237,10 @@ class Neutrality:
                     for family in (4, 6)}
         self.firewalls = [cluster.firewall_addresses(m) for m in cluster.members]
         self.items: dict[tuple[AddressSet, bool], bool] = {}
+        # (kind, label, negation) -> (the item's set, answer): hashing a group's intervals
+        # per use cost more than the answer; taken only for the very same set object
+        self.written: dict[tuple[str, str, bool], tuple[AddressSet, bool]] = {}
+        self.sides: dict[tuple[int, bool], bool] = {}  # (side number, NAT rule) -> neutral
         names = {i.name for i in cluster.interfaces}
         names |= {link.interface for m in cluster.members for link in m.links}
         self.same_interfaces: set[str | None] = {None}
@@ -259,12 +264,18 @@ class Neutrality:
                        if _contains(intervals, value))
         return out
 
-    def _item_neutral(self, addresses: AddressSet, negated: bool) -> bool:
+    def _item_neutral(self, item: EndpointItem) -> bool:
         # the same objects and groups recur in thousands of rules: answered once each
+        addresses, negated = item.addresses, item.negated
+        text = (item.kind, item.label, negated)
+        seen = self.written.get(text)
+        if seen is not None and seen[0] is addresses:
+            return seen[1]
         key = (addresses, negated)
         got = self.items.get(key)
         if got is None:
             got = self.items[key] = self._item_neutral_now(addresses, negated)
+        self.written[text] = (addresses, got)
         return got
 
     def _item_neutral_now(self, addresses: AddressSet, negated: bool) -> bool:
@@ -277,20 +288,35 @@ class Neutrality:
                        if addresses.family(f)) for fw in self.firewalls}
         return len(split) == 1
 
-    def neutral(self, rule: PolicyRule) -> bool:
+    def _side_neutral(self, side: Endpoint, nat: bool) -> bool:
+        for item in side.items:
+            if item.kind == "firewall":
+                # The filter's FORWARD part leaves what `firewall` names out (it goes
+                # to INPUT/OUTPUT); NAT matches it, and `!firewall` is an exclusion.
+                if nat or item.negated:
+                    return False
+            elif not self._item_neutral(item):
+                return False
+        return True
+
+    def neutral(self, rule: PolicyRule, sides: tuple[int, int] | None = None) -> bool:
+        """SIDES: the numbers of RULE's sides (`rule_sides`): a side's answer is then
+        found by its number (it depends on its items only)."""
         if rule.only is not None or rule.in_interface not in self.same_interfaces \
                 or rule.out_interface not in self.same_interfaces:
             return False
         nat = _is_nat(rule)
-        for side in (rule.source, rule.destination):
-            for item in side.items:
-                if item.kind == "firewall":
-                    # The filter's FORWARD part leaves what `firewall` names out (it goes
-                    # to INPUT/OUTPUT); NAT matches it, and `!firewall` is an exclusion.
-                    if nat or item.negated:
-                        return False
-                elif not self._item_neutral(item.addresses, item.negated):
+        for at, side in enumerate((rule.source, rule.destination)):
+            if sides is None:
+                if not self._side_neutral(side, nat):
                     return False
+                continue
+            key = (sides[at], nat)
+            got = self.sides.get(key)
+            if got is None:
+                got = self.sides[key] = self._side_neutral(side, nat)
+            if not got:
+                return False
         return not any(self._own_in(t.addresses) for t in getattr(rule, "targets", ()))
 
 
@@ -309,7 +335,9 @@ def member_dependent(cluster: Cluster) -> Cluster:
     groups by): if one of them is kept, all of them are.
     """
     neutrality = Neutrality(cluster)
-    kept = {(r.span.file, r.span.line) for r in cluster.all_rules() if not neutrality.neutral(r)}
+    kept = {(r.span.file, r.span.line)
+            for r, sides in zip(cluster.all_rules(), all_rule_sides(cluster), strict=True)
+            if not neutrality.neutral(r, sides)}
     return replace(cluster, rules=tuple(r for r in cluster.rules
                                         if (r.span.file, r.span.line) in kept),
                    nat=tuple(r for r in cluster.nat if (r.span.file, r.span.line) in kept))

@@ -13,11 +13,13 @@ out of the index (coverage is transitive), so repeated rules cost nothing extra.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import field, replace
 from typing import TypeVar
 
 from fwc.checks import FLOWS_MEMO, check, describe
+from fwc.checks.sides import SideNumbers, rule_sides, side_numbers
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import (
@@ -31,7 +33,7 @@ from fwc.model import (
     ServiceMatch,
 )
 from fwc.model.addresses import AddressSet
-from fwc.model.intervals import IntervalSet
+from fwc.model.intervals import IntervalSet, normalise
 from fwc.model.records import dataclass
 from fwc.model.semantics import (
     Block,
@@ -45,6 +47,7 @@ from fwc.model.vocabulary import Action, FilterAction, NatAction
 FAMILIES = (4, 6)
 # ServiceMatch.family as a table lookup: this runs per rule on the hot path.
 PROTOCOL_FAMILY = {"icmp": 4, "icmpv6": 6}
+PORT_INFINITY = 1 << 17  # above every port
 
 # Where a rule's traffic is matched: forwarded, to the firewall, from it, or both.
 FORWARD, INPUT, OUTPUT, LOCAL = "forward", "input", "output", "local"
@@ -64,6 +67,10 @@ class Part:
     destination: AddressSet
     source_key: Key
     destination_key: Key
+    # Numbers of the two sets, equal for equal sets of one `PartsMemo` (-1: not numbered),
+    # so that `CoverIndex` hashes a group's intervals once per distinct side, not per rule.
+    source_ref: int = field(default=-1, compare=False)
+    destination_ref: int = field(default=-1, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class Flow:
     hooks: frozenset[str]
     parts: tuple[Part, ...]
     services: tuple[ServiceMatch, ...]  # empty: every protocol
+    summary: Services = field(compare=False)  # the same list, for the search
     in_interface: str | None
     out_interface: str | None
     only: str | None
@@ -82,29 +90,42 @@ class Flow:
     rule: Rule | None = field(default=None, compare=False)
 
 
+# the three answers of `_live_families`, shared (one per distinct service list otherwise)
+_LIVE = {frozenset(f): frozenset(f) for f in ((4,), (6,), FAMILIES)}
+
+
 def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
     if not services:
-        return frozenset(FAMILIES)
+        return _LIVE[frozenset(FAMILIES)]
     out: set[int] = set()
     for match in services:
         family = PROTOCOL_FAMILY.get(match.protocol)
         out |= set(FAMILIES) if family is None else {family}
-    return frozenset(out)
+    return _LIVE.get(frozenset(out)) or frozenset(out)
 
 
-# One family of a side: (forwarded addresses, their hull), (firewall addresses, hull);
-# an empty set has no hull (None).
-Half = tuple[AddressSet, Key | None]
-Split = dict[int, tuple[Half, Half]]
+# One family of a side: its non-empty halves in this order: the forwarded addresses,
+# then the firewall addresses, each as (is the firewall half, addresses, hull, number).
+# Numbers as `Part.source_ref`.
+Half = tuple[bool, AddressSet, Key, int]
+Split = dict[int, tuple[Half, ...]]
+# the chain of a part by (source is the firewall half, destination is the firewall half)
+_KINDS = ((FORWARD, INPUT), (OUTPUT, LOCAL))
 
 
-def _split(side: tuple[AddressSet, AddressSet]) -> Split:
-    """A side's (forwarded, firewall) addresses per family, each with its hull."""
+def _split(side: tuple[AddressSet, AddressSet], number: int = -1) -> Split:
+    """A side's (forwarded, firewall) addresses per family, each with its hull; NUMBER
+    (the side's, or -1) gives each half a number of its own."""
     out: Split = {}
     for family in FAMILIES:
         net, fw = side[0].only(family), side[1].only(family)
-        out[family] = ((net, hull(net, family) if net else None),
-                       (fw, hull(fw, family) if fw else None))
+        base = -1 if number < 0 else number * 4 + (family == 6) * 2
+        halves: list[Half] = []
+        if net:
+            halves.append((False, net, hull(net, family), base))
+        if fw:
+            halves.append((True, fw, hull(fw, family), -1 if base < 0 else base + 1))
+        out[family] = tuple(halves)
     return out
 
 
@@ -114,17 +135,17 @@ def _parts(source: tuple[AddressSet, AddressSet], destination: tuple[AddressSet,
 
 
 def _combined(source: Split, destination: Split, families: frozenset[int]) -> tuple[Part, ...]:
+    """Per family, each pair of halves: FORWARD, INPUT, OUTPUT, LOCAL in this order."""
     out: list[Part] = []
     for family in FAMILIES:
         if family not in families:
             continue
-        src_net, src_fw = source[family]
-        dst_net, dst_fw = destination[family]
-        for kind, (src, src_key), (dst, dst_key) in (
-                (FORWARD, src_net, dst_net), (INPUT, src_net, dst_fw),
-                (OUTPUT, src_fw, dst_net), (LOCAL, src_fw, dst_fw)):
-            if src_key is not None and dst_key is not None:
-                out.append(Part(kind, family, src, dst, src_key, dst_key))
+        targets = destination[family]
+        for src_fw, src, src_key, src_ref in source[family]:
+            kinds = _KINDS[src_fw]
+            for dst_fw, dst, dst_key, dst_ref in targets:
+                out.append(Part(kinds[dst_fw], family, src, dst, src_key, dst_key,
+                                src_ref, dst_ref))
     return tuple(out)
 
 
@@ -138,94 +159,156 @@ def _nat_hooks(rule: NatRule) -> frozenset[str]:
     return frozenset(rule.stages)
 
 
-EndpointKey = tuple[tuple[str, bool, AddressSet], ...]
-
-
-def endpoint_key(endpoint: Endpoint) -> EndpointKey:
-    """What a from/to list means, without where it was written: equal keys, equal sides.
-
-    `side_of` reads only each item's kind, negation and addresses. A policy of 20,000
-    rules has a few thousand distinct sides: what is derived from a side (here, and in
-    the FWC504 check) is computed once per key, not once per rule.
-    """
-    return tuple((item.kind, item.negated, item.addresses) for item in endpoint.items)
-
-
 class PartsMemo:
     """Each distinct side of one block's rules split once (`forwarded_and_local`, per
-    family, with hulls): a rule's parts are then only combined."""
+    family, with hulls): a rule's parts are then only combined. Each distinct service
+    list is summarised once (`Services`)."""
 
-    def __init__(self, firewall: AddressSet) -> None:
+    def __init__(self, firewall: AddressSet, numbers: SideNumbers | None = None) -> None:
         self.firewall = firewall
-        self.sides: dict[EndpointKey, Split] = {}
+        self.numbers = SideNumbers() if numbers is None else numbers
+        self.sides: dict[int, Split] = {}
+        self.lists: dict[tuple[ServiceMatch, ...], Services] = {}
 
-    def side(self, endpoint: Endpoint) -> Split:
-        key = endpoint_key(endpoint)
-        got = self.sides.get(key)
+    def services(self, matches: tuple[ServiceMatch, ...]) -> Services:
+        """One `Services` per distinct list, shared by the flows with that list."""
+        got = self.lists.get(matches)
         if got is None:
-            got = self.sides[key] = _split(forwarded_and_local(endpoint, self.firewall))
+            got = self.lists[matches] = Services(matches)
         return got
 
-    def of(self, rule: Rule, families: frozenset[int]) -> tuple[Part, ...]:
-        return _combined(self.side(rule.source), self.side(rule.destination), families)
+    def side(self, endpoint: Endpoint, number: int) -> Split:
+        got = self.sides.get(number)
+        if got is None:
+            got = self.sides[number] = _split(forwarded_and_local(endpoint, self.firewall),
+                                              number)
+        return got
+
+    def of(self, rule: Rule, families: frozenset[int], sides: tuple[int, int] | None = None) \
+            -> tuple[Part, ...]:
+        """RULE's parts in FAMILIES; SIDES are the numbers of its sides, if known."""
+        if sides is None:
+            sides = (self.numbers.number(rule.source), self.numbers.number(rule.destination))
+        return _combined(self.side(rule.source, sides[0]),
+                         self.side(rule.destination, sides[1]), families)
+
+
+def _placed(parts: tuple[Part, ...], outgoing: bool, incoming: bool) -> tuple[Part, ...]:
+    # Traffic to the firewall has no outgoing interface, traffic from it no incoming
+    # one: the compiler drops those parts, and so does the comparison.
+    if outgoing:
+        parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
+    if incoming:
+        parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
+    return parts
 
 
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
-            memo: PartsMemo | None = None) -> Flow:
-    """RULE's flow; MEMO (for FIREWALL) shares the parts of rules with equal sides."""
-    families = _live_families(rule.services)
+            memo: PartsMemo | None = None, sides: tuple[int, int] | None = None) -> Flow:
+    """RULE's flow; MEMO (for FIREWALL) shares the parts of rules with equal sides (SIDES:
+    the numbers of RULE's sides in MEMO's `SideNumbers`, if known)."""
+    filtering = hooks == FILTER_HOOKS  # interfaces restrict the filter's chains
+    outgoing = filtering and rule.out_interface is not None
+    incoming = filtering and rule.in_interface is not None
     if memo is not None:
-        parts = memo.of(rule, families)
+        summary = memo.services(rule.services)
+        parts = _placed(memo.of(rule, summary.families, sides), outgoing, incoming)
     else:
-        parts = _parts(forwarded_and_local(rule.source, firewall),
-                       forwarded_and_local(rule.destination, firewall), families)
-    if hooks == FILTER_HOOKS:
-        # Traffic to the firewall has no outgoing interface, traffic from it no
-        # incoming one: the compiler drops those parts, and so does the comparison.
-        if rule.out_interface is not None:
-            parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
-        if rule.in_interface is not None:
-            parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
-    return Flow(rule.index, rule.action, hooks, parts, rule.services, rule.in_interface,
-                rule.out_interface, rule.only,
+        summary = Services(rule.services)
+        parts = _placed(_parts(forwarded_and_local(rule.source, firewall),
+                               forwarded_and_local(rule.destination, firewall),
+                               summary.families), outgoing, incoming)
+    return Flow(rule.index, rule.action, hooks, parts, rule.services, summary,
+                rule.in_interface, rule.out_interface, rule.only,
                 (rule.action, rule.reject_with, *_target_outcome(rule.target),
                  tuple(_target_outcome(t) for t in getattr(rule, "pool", ()))), rule)
 
 
 # -- coverage -----------------------------------------------------------------------------
-def _ports_cover(outer: list[PortRange], inner: tuple[PortRange, ...]) -> bool:
-    return _port_set(outer).covers(_port_set(inner))
-
-
 def _whole_protocol(match: ServiceMatch) -> bool:
     return not match.ports and match.icmp_type is None
-
-
-def _match_covered(inner: ServiceMatch, outer: tuple[ServiceMatch, ...]) -> bool:
-    if not outer:
-        return True
-    same = [o for o in outer if o.number == inner.number
-            and (inner.helper is None or o.helper == inner.helper)]
-    if any(_whole_protocol(o) for o in same):
-        return True
-    if inner.icmp_type is not None:
-        return any(o.icmp_type == inner.icmp_type for o in same)
-    if inner.ports:
-        return _ports_cover([p for o in same for p in o.ports], inner.ports)
-    return False
 
 
 def _in_family(services: tuple[ServiceMatch, ...], family: int) -> tuple[ServiceMatch, ...]:
     return tuple(m for m in services if PROTOCOL_FAMILY.get(m.protocol, family) == family)
 
 
-def _services_cover(outer: tuple[ServiceMatch, ...], inner: tuple[ServiceMatch, ...],
-                    family: int) -> bool:
-    if not outer:
+# What one protocol of a service list offers a coverage test: the whole protocol, these
+# ICMP types, these ports (normalised intervals).
+Offer = tuple[bool, frozenset[int], tuple[tuple[int, int], ...]]
+TableKey = tuple[object, ...]  # (part kind, family, *service key): a table of `CoverIndex`
+
+
+class Services:
+    """A rule's service list with what the shadowing search asks of it: its live
+    families, and per protocol what it offers a coverage test (made once per distinct
+    list, shared by the rules with that list through `PartsMemo`).
+
+    The meaning (`covers`): a list covers another in a family when each of the other's
+    matches in that family is covered by the matches of this list with its protocol
+    number (and its conntrack helper, if it names one): one of them is the whole
+    protocol, or one has its ICMP type, or their ports together hold its ports. An
+    empty list is every protocol. A test keeps this equal to the plain definition.
+    """
+
+    __slots__ = ("_offers", "families", "matches")
+
+    def __init__(self, matches: tuple[ServiceMatch, ...]) -> None:
+        self.matches = matches
+        self.families = _live_families(matches)  # the families it can match in
+        # per (protocol number, helper), made when this list is first the outer one of a
+        # coverage test (few are: a 100,000-rule policy has some 27,000 lists)
+        self._offers: dict[tuple[int, str | None], Offer] | None = None
+
+    def in_family(self, family: int) -> tuple[ServiceMatch, ...]:
+        return _in_family(self.matches, family)
+
+    def _offer(self, number: int, helper: str | None) -> Offer:
+        offers = self._offers
+        if offers is None:
+            offers = self._offers = {}
+        got = offers.get((number, helper))
+        if got is None:
+            same = [o for o in self.matches
+                    if o.number == number and (helper is None or o.helper == helper)]
+            got = offers[(number, helper)] = (
+                any(_whole_protocol(o) for o in same),
+                frozenset(o.icmp_type for o in same if o.icmp_type is not None),
+                normalise([(p.low, p.high) for o in same for p in o.ports]))
+        return got
+
+    def covers(self, inner: Services, family: int) -> bool:
+        """Every packet of INNER's list in FAMILY is matched by this list."""
+        if not self.matches:
+            return True
+        if not inner.matches:
+            return False
+        for match in inner.in_family(family):
+            whole, types, ports = self._offer(match.number, match.helper)
+            if whole:
+                continue
+            if match.icmp_type is not None:
+                if match.icmp_type not in types:
+                    return False
+            elif not match.ports or not all(_ports_inside(ports, low, high)
+                                            for low, high in match.ports):
+                return False
         return True
-    if not inner:
-        return False
-    return all(_match_covered(m, outer) for m in _in_family(inner, family))
+
+    def index_keys(self, kind: str, family: int) -> list[TableKey]:
+        """The `CoverIndex` tables a flow part of this list is stored in (made per call:
+        kept, they cost more memory than time at 100,000 rules)."""
+        return [(kind, family, *key) for key in _service_keys(self.matches, family)]
+
+    def probe_keys(self, kind: str, family: int) -> list[TableKey]:
+        """The `CoverIndex` tables a flow covering this list must be stored in."""
+        return [(kind, family, *key) for key in _probe_keys(self.matches, family)]
+
+
+def _ports_inside(spans: tuple[tuple[int, int], ...], low: int, high: int) -> bool:
+    """[low, high] lies in one interval of SPANS (normalised: none are adjacent)."""
+    at = bisect_right(spans, (low, PORT_INFINITY)) - 1
+    return at >= 0 and spans[at][1] >= high
 
 
 def _scope_covers(outer: Flow, inner: Flow) -> bool:
@@ -244,7 +327,7 @@ def covers(outer: Flow, inner: Flow) -> bool:
             # services first: the cheapest test, and the one that tells apart the
             # rules an index lookup finds with containing addresses
             o.kind == part.kind and o.family == part.family
-            and _services_cover(outer.services, inner.services, part.family)
+            and outer.summary.covers(inner.summary, part.family)
             and o.source.covers(part.source)
             and o.destination.covers(part.destination)
             for o in outer.parts
@@ -342,19 +425,37 @@ class CoverIndex:
     def __init__(self, flows: list[Flow]) -> None:
         self.sources = {family: SupersetIndex(family) for family in FAMILIES}
         self.destinations = {family: SupersetIndex(family) for family in FAMILIES}
+        # set number (`Part.source_ref`) -> (the set, its id): a group's intervals are
+        # hashed once per distinct side, not per rule; the number is trusted only for
+        # the very set it was first seen with
+        source_ids: dict[int, tuple[AddressSet, int]] = {}
+        destination_ids: dict[int, tuple[AddressSet, int]] = {}
+
+        def ident(ids: dict[int, tuple[AddressSet, int]], index: dict[int, SupersetIndex],
+                  ref: int, addresses: AddressSet, family: int) -> int:
+            if ref >= 0:
+                seen = ids.get(ref)
+                if seen is not None and seen[0] is addresses:
+                    return seen[1]
+            found = index[family].add(addresses.family(family))
+            if ref >= 0:
+                ids[ref] = (addresses, found)
+            return found
+
         self.keys: list[PartKeys] = [
-            tuple((self.sources[p.family].add(p.source.family(p.family)),
-                   self.destinations[p.family].add(p.destination.family(p.family)))
+            tuple((ident(source_ids, self.sources, p.source_ref, p.source, p.family),
+                   ident(destination_ids, self.destinations, p.destination_ref,
+                         p.destination, p.family))
                   for p in flow.parts)
             for flow in flows]
-        self.tables: dict[tuple[object, ...], dict[int, dict[int, list[Flow]]]] = {}
+        self.tables: dict[TableKey, dict[int, dict[int, list[Flow]]]] = {}
 
     def add(self, flow: Flow, keys: PartKeys) -> None:
         for part, (src, dst) in zip(flow.parts, keys, strict=True):
-            for skey in _service_keys(flow.services, part.family):
-                table = self.tables.get((part.kind, part.family, *skey))
+            for key in flow.summary.index_keys(part.kind, part.family):
+                table = self.tables.get(key)
                 if table is None:
-                    table = self.tables[(part.kind, part.family, *skey)] = {}
+                    table = self.tables[key] = {}
                 inner = table.get(src)
                 if inner is None:
                     inner = table[src] = {}
@@ -365,39 +466,35 @@ class CoverIndex:
                     bucket.append(flow)
 
     def candidates(self, flow: Flow, keys: PartKeys) -> list[Flow]:
-        """Earlier flows that might cover `flow`, in rule order."""
+        """Earlier flows that might cover `flow`, in rule order (a list the index may
+        extend later: read it before the next `add`)."""
         if not flow.parts:
             return []
         part = flow.parts[0]
-        src, dst = keys[0]
-        tables = [table for skey in _probe_keys(flow.services, part.family)
-                  if (table := self.tables.get((part.kind, part.family, *skey))) is not None]
+        tables = [table for key in flow.summary.probe_keys(part.kind, part.family)
+                  if (table := self.tables.get(key)) is not None]
         if not tables:
             return []
+        src, dst = keys[0]
         sources = self.sources[part.family].supersets(src)
         destinations: frozenset[int] | None = None  # asked only when a source matches
-        found: dict[int, Flow] = {}
+        buckets: list[list[Flow]] = []
         for table in tables:
             for inner in _picked(table, sources):
                 if destinations is None:
                     destinations = self.destinations[part.family].supersets(dst)
-                for bucket in _picked(inner, destinations):
-                    for candidate in bucket:
-                        found[candidate.position] = candidate
+                buckets.extend(_picked(inner, destinations))
+        if len(buckets) <= 1:  # one bucket is in rule order already
+            return buckets[0] if buckets else []
+        found = {candidate.position: candidate for bucket in buckets for candidate in bucket}
         return [found[k] for k in sorted(found)]
 
 
-def _picked(table: dict[int, V], wanted: frozenset[int]) -> Iterator[V]:
+def _picked(table: dict[int, V], wanted: frozenset[int]) -> list[V]:
     """The values of `table` under the ids in `wanted`, walking the smaller of the two."""
     if len(table) <= len(wanted):
-        for key, value in table.items():
-            if key in wanted:
-                yield value
-    else:
-        for key in wanted:
-            value = table.get(key)
-            if value is not None:
-                yield value
+        return [value for key, value in table.items() if key in wanted]
+    return [value for key in wanted if (value := table.get(key)) is not None]
 
 
 def _firewall(cluster: Cluster) -> AddressSet:
@@ -430,15 +527,17 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     # The shadowing and the DNAT checks both need the filter flows of a cluster; building
     # them twice was 1.5 s of `fwc check` at 20,000 rules: memoised for this run.
     def build() -> list[Flow]:
-        memo = PartsMemo(firewall)
-        return [flow_of(r, FILTER_HOOKS, firewall, memo) for r in cluster.rules]
+        memo = PartsMemo(firewall, side_numbers(cluster))
+        return [flow_of(r, FILTER_HOOKS, firewall, memo, sides)
+                for r, sides in zip(cluster.rules, rule_sides(cluster)[0].pairs(), strict=True)]
 
     return cluster.memo.get((FLOWS_MEMO, firewall), build)
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
-    memo = PartsMemo(firewall)
-    return [flow_of(r, _nat_hooks(r), firewall, memo) for r in cluster.nat]
+    memo = PartsMemo(firewall, side_numbers(cluster))
+    return [flow_of(r, _nat_hooks(r), firewall, memo, sides)
+            for r, sides in zip(cluster.nat, rule_sides(cluster)[1].pairs(), strict=True)]
 
 
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
@@ -516,7 +615,8 @@ def _translated_flow(rule: NatRule, firewall: AddressSet) -> Flow | None:
     families = _live_families(services) & target.addresses.families
     parts = _parts(forwarded_and_local(rule.source, firewall), destination, families)
     return Flow(rule.index, FilterAction.ACCEPT, FILTER_HOOKS, parts, services,
-                rule.in_interface, None, rule.only, (FilterAction.ACCEPT,), rule)
+                Services(services), rule.in_interface, None, rule.only,
+                (FilterAction.ACCEPT,), rule)
 
 
 class DestinationIndex:
