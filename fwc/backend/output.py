@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -246,16 +246,12 @@ class RecordedStream:
                 yield f
             else:
                 offset = self._writer.offset
-                # The inner Chunks hashes the pieces (for the manifest); this one only
-                # passes them on.
-                yield replace(f, chunks=Chunks(self._recorded(f.chunks), digest=False))
+                # Each piece is appended where it is hashed (for the manifest): in the
+                # writer's thread when write_file drains the chunks.
+                f.chunks.tap(self._writer.raw)
+                yield f
                 self.index.append([f.path, f.mode, offset, f.chunks.size])
             del f  # not kept while the next file is rendered (see member_files)
-
-    def _recorded(self, chunks: Chunks) -> Iterator[bytes]:
-        for piece in chunks:
-            self._writer.raw(piece)
-            yield piece
 
     def members(self) -> dict[str, list[str]]:
         return self._inner.members()
@@ -344,9 +340,8 @@ def write_file(directory: Path, f: OutputFile) -> None:
     with os.fdopen(fd, "wb") as stream:
         if f.chunks is None:
             stream.write(f.content)
-        else:
-            for piece in f.chunks:
-                stream.write(piece)
+        else:  # rendered here while another thread hashes and writes (Chunks.drain)
+            f.chunks.drain(stream.write)
     os.chmod(path, f.mode)  # the umask may have removed bits
 
 

@@ -10,6 +10,8 @@ the table of generated files (with a `When` if it exists only sometimes).
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,6 +30,11 @@ from fwc.backend.render import (
     uplinks,
 )
 from fwc.backend.render.context import MemberBuild
+
+# Chunks.drain: bytes handed to the writer thread at a time, and how many such lists may
+# wait for it (measured on the 20,000-rule policies: docs/performance.md).
+DRAIN_BATCH = 1 << 20
+DRAIN_DEPTH = 4
 
 
 def _never(build: MemberBuild) -> bool:
@@ -79,29 +86,102 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
 class Chunks:
     """A file's bytes as its target renders them, read once (by the writer of `fwc
     compile`, so that a large file is never whole in memory); its SHA-256 and size are
-    known once it has been read to the end. DIGEST=False: pieces passed on to another
-    reader whose own `Chunks` already hashes them (no second SHA-256, no `sha256()`)."""
+    known once it has been read to the end. DIGEST=False: no SHA-256 (no `sha256()`).
 
-    __slots__ = ("_pieces", "_sha", "size", "_state")
+    Read either by iterating (each piece hashed, and passed to the taps, before it is
+    yielded) or by `drain`, which renders in the calling thread and hashes, taps and
+    writes in a thread of its own."""
+
+    __slots__ = ("_pieces", "_sha", "size", "_state", "_taps")
 
     def __init__(self, pieces: Iterable[bytes], digest: bool = True) -> None:
         self._pieces = pieces
         self._sha = hashlib.sha256() if digest else None
         self.size = 0
         self._state = "new"  # new, reading, read
+        self._taps: tuple[Callable[[bytes], object], ...] = ()
 
-    def __iter__(self) -> Iterator[bytes]:
+    def tap(self, sink: Callable[[bytes], object]) -> None:
+        """Pass every piece to SINK too, in order, where the pieces are hashed (a cache
+        entry records the file while it is written)."""
+        if self._state != "new":
+            raise RuntimeError("a file's chunks are tapped before they are read")
+        self._taps += (sink,)
+
+    def _start(self) -> Iterable[bytes]:
         if self._state != "new":
             raise RuntimeError("a file's chunks can be read only once")
         self._state = "reading"
-        sha = self._sha
-        for piece in self._pieces:
-            if sha is not None:
-                sha.update(piece)
-            self.size += len(piece)
-            yield piece
+        return self._pieces
+
+    def _took(self, piece: bytes) -> None:
+        if self._sha is not None:
+            self._sha.update(piece)
+        self.size += len(piece)
+        for sink in self._taps:
+            sink(piece)
+
+    def _finished(self) -> None:
         self._pieces = ()
         self._state = "read"
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self._start():
+            self._took(piece)
+            yield piece
+        self._finished()
+
+    def drain(self, sink: Callable[[bytes], object], batch: int = DRAIN_BATCH,
+              depth: int = DRAIN_DEPTH) -> None:
+        """Every piece hashed, tapped and passed to SINK, as iterating would, but in a
+        thread of this call's own while this thread renders the next pieces.
+
+        SHA-256 and a file's write release the GIL for large buffers, so they run on
+        another core while the renderer runs Python. Pieces go over in lists of about
+        BATCH bytes, at most DEPTH lists waiting (the memory stays bounded). Returns when
+        every piece has been written; an exception of either side comes out of here
+        (the writer's first), after the thread has ended.
+        """
+        pieces = self._start()
+        handoff: queue.Queue[list[bytes] | None] = queue.Queue(depth)
+        failure: list[BaseException] = []
+
+        def write() -> None:
+            while (got := handoff.get()) is not None:
+                if failure:
+                    continue  # failed: only emptied, so that the renderer never blocks
+                try:
+                    # One buffer: each call below waits for the GIL (up to the switch
+                    # interval while the renderer runs), so as few calls as can be.
+                    joined = got[0] if len(got) == 1 else b"".join(got)
+                    del got
+                    self._took(joined)
+                    sink(joined)
+                    del joined
+                except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+                    failure.append(exc)
+
+        writer = threading.Thread(target=write, name="fwc-writer", daemon=True)
+        writer.start()
+        try:
+            waiting: list[bytes] = []
+            size = 0
+            for piece in pieces:
+                waiting.append(piece)
+                size += len(piece)
+                if size >= batch:
+                    if failure:
+                        break
+                    handoff.put(waiting)
+                    waiting, size = [], 0
+            if waiting and not failure:
+                handoff.put(waiting)
+        finally:
+            handoff.put(None)
+            writer.join()
+        if failure:
+            raise failure[0]
+        self._finished()
 
     def sha256(self) -> str:
         if self._state != "read" or self._sha is None:
