@@ -131,8 +131,8 @@ class Chunks:
             yield piece
         self._finished()
 
-    def drain(self, sink: Callable[[bytes], object], batch: int = DRAIN_BATCH,
-              depth: int = DRAIN_DEPTH) -> None:
+    def drain(self, sink: Callable[[bytes], object], batch: int | None = None,
+              depth: int | None = None) -> None:
         """Every piece hashed, tapped and passed to SINK, as iterating would, but in a
         thread of this call's own while this thread renders the next pieces.
 
@@ -143,7 +143,9 @@ class Chunks:
         (the writer's first), after the thread has ended.
         """
         pieces = self._start()
-        handoff: queue.Queue[list[bytes] | None] = queue.Queue(depth)
+        batch = DRAIN_BATCH if batch is None else batch
+        handoff: queue.Queue[list[bytes] | None] = queue.Queue(
+            DRAIN_DEPTH if depth is None else depth)
         failure: list[BaseException] = []
 
         def write() -> None:
