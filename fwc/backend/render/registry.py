@@ -33,8 +33,8 @@ from fwc.backend.render.context import MemberBuild
 
 # Chunks.drain: bytes handed to the writer thread at a time, and how many such lists may
 # wait for it (measured on the 20,000-rule policies: docs/performance.md).
-DRAIN_BATCH = 1 << 20
-DRAIN_DEPTH = 4
+DRAIN_BATCH = 2 << 20
+DRAIN_DEPTH = 3
 
 
 def _never(build: MemberBuild) -> bool:
@@ -138,9 +138,10 @@ class Chunks:
 
         SHA-256 and a file's write release the GIL for large buffers, so they run on
         another core while the renderer runs Python. Pieces go over in lists of about
-        BATCH bytes, at most DEPTH lists waiting (the memory stays bounded). Returns when
-        every piece has been written; an exception of either side comes out of here
-        (the writer's first), after the thread has ended.
+        BATCH bytes, at most DEPTH lists waiting (the memory stays bounded; defaults:
+        DRAIN_BATCH, DRAIN_DEPTH). Returns when every piece has been written. An
+        exception comes out of here once the thread has ended: the renderer's, or else
+        the writer's (after which nothing more is rendered or written).
         """
         pieces = self._start()
         batch = DRAIN_BATCH if batch is None else batch
