@@ -288,16 +288,14 @@ _PROTOCOL = attrgetter("match.protocol")
 def _buckets(bounds: list[int], dports: tuple[PortRange, ...]) -> tuple[int, ...]:
     """The indexes of the buckets (BOUNDS: each bucket's lowest port, then one past the
     highest port) that ports DPORTS touch, in order."""
-    if len(dports) == 1:
-        low, high = dports[0]
-        first = bisect.bisect_right(bounds, low) - 1
-        return (first,) if high < bounds[first + 1] \
-            else tuple(range(first, bisect.bisect_right(bounds, high)))
-    touched: set[int] = set()
+    touched: list[int] = []
     for low, high in dports:
         first = bisect.bisect_right(bounds, low) - 1
-        touched.update(range(first, bisect.bisect_right(bounds, high)))
-    return tuple(sorted(touched))
+        if high < bounds[first + 1]:  # the usual port or range: inside one bucket
+            touched.append(first)
+        else:
+            touched.extend(range(first, bisect.bisect_right(bounds, high)))
+    return (touched[0],) if len(touched) == 1 else tuple(sorted(set(touched)))
 
 
 def _entry(match: Match) -> Match:
