@@ -230,7 +230,7 @@ def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAdd
 @dataclass(frozen=True, slots=True)
 class SideParts:
     """What a filter rule's parts take from one side (for one firewall set, family and
-    address order): made once per distinct side (`RuleKeys`), not once per
+    address order): made once per distinct side (`_SideKey`), not once per
     rule. Each share is there only when `reach` says the side fills its chains."""
 
     applies: bool  # `may_apply`: false, and nothing below is known
@@ -405,6 +405,36 @@ _ANY_MATCH = Match()
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
 
 
+class _SideKey:
+    """A side as `RuleKeys` numbers it: each item's kind, negation, label and addresses.
+
+    What the lowering reads of a side is its items' kind, negation and addresses
+    (as `fwc.checks.rules.endpoint_key` reads it for the checks); the label only splits
+    equal sides written differently.
+    Hashed by kind, negation and label: hashing a group's few hundred intervals per rule
+    cost more than the lookups it serves. Equal keys mostly share their AddressSet
+    objects (an object's addresses are resolved once), so comparing them is quick too.
+    """
+
+    __slots__ = ("_hash", "items")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        items = endpoint.items
+        if len(items) == 1:  # the usual side: its item's fields (never equal to a tuple of them)
+            one = items[0]
+            self.items: tuple[object, ...] = (one.kind, one.negated, one.label, one.addresses)
+            self._hash = hash((one.kind, one.negated, one.label))
+        else:
+            self.items = tuple([(i.kind, i.negated, i.label, i.addresses) for i in items])
+            self._hash = hash(tuple([(i.kind, i.negated, i.label) for i in items]))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SideKey) and self.items == other.items
+
+
 class RuleNumbers(NamedTuple):
     """RuleKeys' numbers of the rules, by position in cluster.rules."""
 
@@ -425,15 +455,7 @@ class RuleKeys:
     __slots__ = ("rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
-        # A side's key is each item's kind, negation, label and addresses: what the
-        # lowering reads of a side is its items' kind, negation and addresses (as
-        # `fwc.checks.rules.endpoint_key` reads it for the checks); the label only splits
-        # equal sides written differently. Looked up by kind, negation and label (plain
-        # tuples: hashed in C), then by the addresses among the sides with that label:
-        # hashing a group's few hundred intervals per rule cost more than the lookups it
-        # serves, and equal sides mostly share their AddressSet objects (an object's
-        # addresses are resolved once), so comparing them is quick too.
-        by_label: dict[object, list[tuple[object, int]]] = {}
+        side_numbers: dict[_SideKey, int] = {}
         service_numbers: dict[tuple[ServiceMatch, ...], int] = {}
         self.sides: list[Endpoint] = []  # one endpoint of each number
         self.services: list[tuple[ServiceMatch, ...]] = []
@@ -441,34 +463,22 @@ class RuleKeys:
         # as three arrays of machine integers (a tuple per rule cost 12 MB at 100,000 rules)
         self.rules = RuleNumbers(array("l"), array("l"), array("l"))
         sides = self.sides
-        numbers = (self.rules.source, self.rules.destination)
         for rule in cluster.rules:
-            for endpoint, to in zip((rule.source, rule.destination), numbers, strict=True):
-                items = endpoint.items
-                if len(items) == 1:  # the usual side (a 3-tuple is never a tuple of them)
-                    one = items[0]
-                    label: object = (one.kind, one.negated, one.label)
-                    addresses: object = one.addresses
-                else:
-                    label = tuple([(i.kind, i.negated, i.label) for i in items])
-                    addresses = tuple([i.addresses for i in items])
-                known = by_label.get(label)
-                if known is None:
-                    known = by_label[label] = []
-                for other, found in known:
-                    if other is addresses or other == addresses:
-                        number = found
-                        break
-                else:
-                    number = len(sides)
-                    known.append((addresses, number))
+            numbers = []
+            for endpoint in (rule.source, rule.destination):
+                key = _SideKey(endpoint)
+                number = side_numbers.get(key)
+                if number is None:
+                    number = side_numbers[key] = len(sides)
                     sides.append(endpoint)
-                to.append(number)
+                numbers.append(number)
             services = tuple(rule.services)
             number = service_numbers.get(services)
             if number is None:
                 number = service_numbers[services] = len(self.services)
                 self.services.append(services)
+            self.rules.source.append(numbers[0])
+            self.rules.destination.append(numbers[1])
             self.rules.services.append(number)
 
 
