@@ -33,8 +33,8 @@ from fwc.backend.render.context import MemberBuild
 
 # Chunks.drain: bytes handed to the writer thread at a time, and how many such lists may
 # wait for it (measured on the 20,000-rule policies: docs/performance.md).
-DRAIN_BATCH = 2 << 20
-DRAIN_DEPTH = 3
+DRAIN_BATCH = 1 << 20
+DRAIN_DEPTH = 2
 
 
 def _never(build: MemberBuild) -> bool:
