@@ -178,68 +178,16 @@ def test_chunks_are_read_once_and_know_their_digest_after():
         list(chunks)
 
 
-def _pieces(count: int) -> list[bytes]:
-    return [bytes([65 + i % 26]) * (1 + (i * 7919) % 5000) for i in range(count)]
 
-
-def test_drain_writes_hashes_and_taps_what_iterating_does():
+def test_a_tap_gets_every_piece_in_order_as_it_is_hashed():
     import hashlib
-    import threading
 
-    pieces = _pieces(300)
-    read = registry.Chunks(iter(pieces))
-    read_tapped: list[bytes] = []
-    read.tap(read_tapped.append)
-    whole = b"".join(read)
-    for batch in (1, 4096, 1 << 20):
-        drained = registry.Chunks(iter(pieces))
-        tapped: list[bytes] = []
-        drained.tap(tapped.append)
-        written: list[bytes] = []
-        drained.drain(written.append, batch=batch, depth=2)
-        assert b"".join(written) == whole == b"".join(tapped) == b"".join(read_tapped)
-        assert drained.size == read.size == len(whole)
-        assert drained.sha256() == read.sha256() == hashlib.sha256(whole).hexdigest()
-        with pytest.raises(RuntimeError):
-            drained.drain(written.append)
-    assert not [t for t in threading.enumerate() if t.name == "fwc-writer"]
-
-
-def test_drain_raises_the_writers_error_and_stops_rendering():
-    import threading
-
-    rendered = []
-
-    def pieces():
-        for piece in _pieces(1000):
-            rendered.append(piece)
-            yield piece
-
-    def full(piece: bytes) -> None:
-        raise OSError(28, "No space left on device")
-
-    chunks = registry.Chunks(pieces())
-    with pytest.raises(OSError, match="No space left"):
-        chunks.drain(full, batch=1, depth=1)
-    assert len(rendered) < 1000  # the renderer stopped soon after the failure
-    assert not [t for t in threading.enumerate() if t.name == "fwc-writer"]
-    with pytest.raises(RuntimeError):
-        chunks.sha256()
-
-
-def test_drain_raises_the_renderers_error_after_the_writer_ended():
-    import threading
-
-    def pieces():
-        yield b"a" * 5000
-        raise ValueError("render failed")
-
-    written: list[bytes] = []
-    with pytest.raises(ValueError, match="render failed"):
-        registry.Chunks(pieces()).drain(written.append, batch=1)
-    assert written == [b"a" * 5000]
-    assert not [t for t in threading.enumerate() if t.name == "fwc-writer"]
-
+    pieces = [bytes([65 + i % 26]) * (1 + (i * 7919) % 5000) for i in range(300)]
+    chunks = registry.Chunks(iter(pieces))
+    tapped: list[bytes] = []
+    chunks.tap(tapped.append)
+    assert b"".join(chunks) == b"".join(pieces) == b"".join(tapped)
+    assert chunks.sha256() == hashlib.sha256(b"".join(pieces)).hexdigest()
 
 def test_tap_comes_before_reading():
     chunks = registry.Chunks(iter([b"a"]))

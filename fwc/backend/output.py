@@ -246,8 +246,8 @@ class RecordedStream:
                 yield f
             else:
                 offset = self._writer.offset
-                # Each piece is appended where it is hashed (for the manifest): in the
-                # writer's thread when write_file drains the chunks.
+                # Each piece is appended where it is hashed (for the manifest), before
+                # write_file writes it.
                 f.chunks.tap(self._writer.raw)
                 yield f
                 self.index.append([f.path, f.mode, offset, f.chunks.size])
@@ -340,8 +340,9 @@ def write_file(directory: Path, f: OutputFile) -> None:
     with os.fdopen(fd, "wb") as stream:
         if f.chunks is None:
             stream.write(f.content)
-        else:  # rendered here while another thread hashes and writes (Chunks.drain)
-            f.chunks.drain(stream.write)
+        else:
+            for piece in f.chunks:
+                stream.write(piece)
     os.chmod(path, f.mode)  # the umask may have removed bits
 
 

@@ -10,8 +10,6 @@ the table of generated files (with a `When` if it exists only sometimes).
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -30,11 +28,6 @@ from fwc.backend.render import (
     uplinks,
 )
 from fwc.backend.render.context import MemberBuild
-
-# Chunks.drain: bytes handed to the writer thread at a time, and how many such lists may
-# wait for it (measured on the 20,000-rule policies: docs/performance.md).
-DRAIN_BATCH = 1 << 20
-DRAIN_DEPTH = 2
 
 
 def _never(build: MemberBuild) -> bool:
@@ -87,10 +80,7 @@ class Chunks:
     """A file's bytes as its target renders them, read once (by the writer of `fwc
     compile`, so that a large file is never whole in memory); its SHA-256 and size are
     known once it has been read to the end. DIGEST=False: no SHA-256 (no `sha256()`).
-
-    Read either by iterating (each piece hashed, and passed to the taps, before it is
-    yielded) or by `drain`, which renders in the calling thread and hashes, taps and
-    writes in a thread of its own."""
+    Each piece is hashed, and passed to the taps, before it is yielded."""
 
     __slots__ = ("_pieces", "_sha", "size", "_state", "_taps")
 
@@ -108,83 +98,20 @@ class Chunks:
             raise RuntimeError("a file's chunks are tapped before they are read")
         self._taps += (sink,)
 
-    def _start(self) -> Iterable[bytes]:
+    def __iter__(self) -> Iterator[bytes]:
         if self._state != "new":
             raise RuntimeError("a file's chunks can be read only once")
         self._state = "reading"
-        return self._pieces
-
-    def _took(self, piece: bytes) -> None:
-        if self._sha is not None:
-            self._sha.update(piece)
-        self.size += len(piece)
-        for sink in self._taps:
-            sink(piece)
-
-    def _finished(self) -> None:
+        sha, taps = self._sha, self._taps
+        for piece in self._pieces:
+            if sha is not None:
+                sha.update(piece)
+            self.size += len(piece)
+            for sink in taps:
+                sink(piece)
+            yield piece
         self._pieces = ()
         self._state = "read"
-
-    def __iter__(self) -> Iterator[bytes]:
-        for piece in self._start():
-            self._took(piece)
-            yield piece
-        self._finished()
-
-    def drain(self, sink: Callable[[bytes], object], batch: int | None = None,
-              depth: int | None = None) -> None:
-        """Every piece hashed, tapped and passed to SINK, as iterating would, but in a
-        thread of this call's own while this thread renders the next pieces.
-
-        SHA-256 and a file's write release the GIL for large buffers, so they run on
-        another core while the renderer runs Python. Pieces go over in lists of about
-        BATCH bytes, at most DEPTH lists waiting (the memory stays bounded; defaults:
-        DRAIN_BATCH, DRAIN_DEPTH). Returns when every piece has been written. An
-        exception comes out of here once the thread has ended: the renderer's, or else
-        the writer's (after which nothing more is rendered or written).
-        """
-        pieces = self._start()
-        batch = DRAIN_BATCH if batch is None else batch
-        handoff: queue.Queue[list[bytes] | None] = queue.Queue(
-            DRAIN_DEPTH if depth is None else depth)
-        failure: list[BaseException] = []
-
-        def write() -> None:
-            while (got := handoff.get()) is not None:
-                if failure:
-                    continue  # failed: only emptied, so that the renderer never blocks
-                try:
-                    # One buffer: each call below waits for the GIL (up to the switch
-                    # interval while the renderer runs), so as few calls as can be.
-                    joined = got[0] if len(got) == 1 else b"".join(got)
-                    del got
-                    self._took(joined)
-                    sink(joined)
-                    del joined
-                except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
-                    failure.append(exc)
-
-        writer = threading.Thread(target=write, name="fwc-writer", daemon=True)
-        writer.start()
-        try:
-            waiting: list[bytes] = []
-            size = 0
-            for piece in pieces:
-                waiting.append(piece)
-                size += len(piece)
-                if size >= batch:
-                    if failure:
-                        break
-                    handoff.put(waiting)
-                    waiting, size = [], 0
-            if waiting and not failure:
-                handoff.put(waiting)
-        finally:
-            handoff.put(None)
-            writer.join()
-        if failure:
-            raise failure[0]
-        self._finished()
 
     def sha256(self) -> str:
         if self._state != "read" or self._sha is None:
