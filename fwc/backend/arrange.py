@@ -232,12 +232,12 @@ class _Arranger:
     def split_ports(self, rules: list[FilterRule], path: list[str],
                     protocol: int) -> list[FilterRule]:
         """Destination-port buckets covering 0-65535, about sqrt(n) of them, balanced."""
-        ports_of = [r.match.dports for r in rules]
+        ports_of = list(map(_DPORTS, rules))
         with_ports = len(rules) - ports_of.count(())
-        if with_ports * 2 < len(rules) or any(
-                r.match.protocol not in (None, protocol) for r in rules):
+        if with_ports * 2 < len(rules) or not {None, protocol}.issuperset(
+                map(_PROTOCOL, rules)):
             return rules
-        lows = sorted([p.low for dports in ports_of for p in dports])
+        lows = sorted([p[0] for dports in ports_of for p in dports])
         # About sqrt(n) buckets balance the jumps against the bucket length, but every
         # port-less rule is copied into every bucket: keep those copies under half of
         # the rules with ports, so the output grows by a bounded factor.
@@ -249,6 +249,7 @@ class _Arranger:
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
         # the buckets of a port list, once per distinct list (rules share services)
         buckets_of: dict[tuple[PortRange, ...], tuple[int, ...]] = {}
+        clip = self.clip_ports
         for rule, dports in zip(rules, ports_of, strict=True):
             if not dports:
                 for bucket in members:
@@ -256,13 +257,10 @@ class _Arranger:
                 continue
             indexes = buckets_of.get(dports)
             if indexes is None:
-                touched: set[int] = set()
-                for port in dports:
-                    first = bisect.bisect_right(bounds, port.low) - 1
-                    last = bisect.bisect_right(bounds, port.high) - 1
-                    touched.update(range(first, last + 1))
-                indexes = buckets_of[dports] = tuple(sorted(touched))
-            if self.clip_ports:
+                indexes = buckets_of[dports] = _buckets(bounds, dports)
+            if len(indexes) == 1 and not clip:  # the usual rule: one bucket
+                members[indexes[0]].append(rule)
+            elif clip:
                 for index in indexes:
                     members[index].append(self.clipped(rule, bounds[index],
                                                        bounds[index + 1] - 1))
@@ -282,6 +280,23 @@ class _Arranger:
         # the protocol-free rules follow anyway, so the chain is right on its own too.
         out.extend(r for r in rules if r.match.protocol is None)
         return out
+
+
+_DPORTS = attrgetter("match.dports")
+_PROTOCOL = attrgetter("match.protocol")
+
+
+def _buckets(bounds: list[int], dports: tuple[PortRange, ...]) -> tuple[int, ...]:
+    """The indexes of the buckets (BOUNDS: each bucket's lowest port, then one past the
+    highest port) that ports DPORTS touch, in order."""
+    touched: list[int] = []
+    for low, high in dports:
+        first = bisect.bisect_right(bounds, low) - 1
+        if high < bounds[first + 1]:  # the usual port or range: inside one bucket
+            touched.append(first)
+        else:
+            touched.extend(range(first, bisect.bisect_right(bounds, high)))
+    return (touched[0],) if len(touched) == 1 else tuple(sorted(set(touched)))
 
 
 def _entry(match: Match) -> Match:

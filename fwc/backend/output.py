@@ -23,7 +23,6 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -247,16 +246,12 @@ class RecordedStream:
                 yield f
             else:
                 offset = self._writer.offset
-                # The inner Chunks hashes the pieces (for the manifest); this one only
-                # passes them on.
-                yield replace(f, chunks=Chunks(self._recorded(f.chunks), digest=False))
+                # Each piece is appended where it is hashed (for the manifest), before
+                # write_file writes it.
+                f.chunks.tap(self._writer.raw)
+                yield f
                 self.index.append([f.path, f.mode, offset, f.chunks.size])
             del f  # not kept while the next file is rendered (see member_files)
-
-    def _recorded(self, chunks: Chunks) -> Iterator[bytes]:
-        for piece in chunks:
-            self._writer.raw(piece)
-            yield piece
 
     def members(self) -> dict[str, list[str]]:
         return self._inner.members()

@@ -141,18 +141,20 @@ def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
                                  for source in sources), len(sources) * len(ends)
 
 
-# A rule's words but its addresses and comment, by everything else they are made of:
-# (the text of each port group's line up to the comment, the text after the comment).
-# Thousands of rules differ only in their addresses and comment; one memo per file.
-# It also holds each address list's words, by (flag, negated, CIDRs): (words, "").
-# At most SHAPES_MAX entries (emptied when full): at 100,000 rules an unbounded memo
-# held about 25 MB through each rule file.
-ShapeTexts = dict[tuple[object, ...], tuple[list[str], str]]
+# A rule's words but its addresses, protocol options and comment, by everything else
+# they are made of: (the text before the protocol options, with its space; the text
+# from the protocol options to the comment; the text after the comment). Thousands of
+# rules differ only in their addresses, ports and comment; one memo per file (the ports'
+# words have their own, ProtocolTexts). It also holds each address list's words, by
+# (flag, negated, CIDRs): ([words], "", ""). At most SHAPES_MAX entries (emptied when
+# full): at 100,000 rules an unbounded memo held about 25 MB through each rule file.
+Shape = tuple[str, str, str]
+ShapeTexts = dict[tuple[object, ...], Shape | tuple[list[str], str, str]]
 SHAPES_MAX = 8192
 
 
 def _remember(shapes: ShapeTexts, key: tuple[object, ...],
-              value: tuple[list[str], str]) -> None:
+              value: Shape | tuple[list[str], str, str]) -> None:
     if len(shapes) >= SHAPES_MAX:
         shapes.clear()
     shapes[key] = value
@@ -174,16 +176,21 @@ def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
     key = (match.in_device, match.out_device, match.protocol, source.set_name,
            source.negated, destination.set_name, destination.negated, match.hop_limit,
            match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
-           rule.target, rule.target_options, match.dports, match.tcp_not_syn,
-           match.icmp_type, match.tcp_flags)
+           rule.target, rule.target_options)
     shape = shapes.get(key) if shapes is not None else None
     if shape is None:
-        shape = _shape(rule, {} if protocol_texts is None else protocol_texts)
+        shape = _shape(rule)
         if shapes is not None:
             _remember(shapes, key, shape)
-    heads, after = shape
+    lead, mid, after = shape  # type: ignore[misc]
     comment = escape.iptables_comment(rule.comment)
-    ends = [head + comment + after for head in heads]
+    if match.protocol is None and not match.dports:  # no protocol options, one line
+        ends = [lead + mid + comment + after]
+    else:
+        ends = [lead + protocol + " " + mid + comment + after if protocol
+                else lead + mid + comment + after
+                for protocol in _protocol_texts(match, {} if protocol_texts is None
+                                                else protocol_texts)]
     if destination.cidrs and destination.set_name is None:
         destinations = _address_words("-d", destination, shapes)
         ends = [destination + " " + end for destination in destinations for end in ends]
@@ -199,38 +206,39 @@ def _address_words(flag: str, match: AddressMatch, shapes: ShapeTexts | None) ->
     key = (flag, match.negated, match.cidrs)
     got = shapes.get(key)
     if got is None:
-        got = (_addresses(flag, match), "")
+        got = (_addresses(flag, match), "", "")
         _remember(shapes, key, got)
-    return got[0]
+    return got[0]  # type: ignore[return-value]
 
 
-def _shape(rule: Rule, protocol_texts: ProtocolTexts) -> tuple[list[str], str]:
-    """(heads, after): each port group's line is `head + comment + after`, without the
-    addresses (see `rule_pieces`)."""
+def _shape(rule: Rule) -> Shape:
+    """(lead, mid, after): each port group's line is `lead`, its protocol options and a
+    space (if it has any), `mid`, the comment and `after`, without the addresses (see
+    `rule_pieces`)."""
     match = rule.match
     # iptables-save prints -s -d -i -o -p first, then the match modules in the order
     # they were given: sets, protocol, hop limit, state, comment.
-    middle: list[str] = []
+    lead: list[str] = []
     if match.in_device:
-        middle += ["-i", escape.iptables_word(match.in_device)]
+        lead += ["-i", escape.iptables_word(match.in_device)]
     if match.out_device:
-        middle += ["-o", escape.iptables_word(match.out_device)]
+        lead += ["-o", escape.iptables_word(match.out_device)]
     if match.protocol is not None:
-        middle += ["-p", _protocol_name(match.protocol)]
+        lead += ["-p", _protocol_name(match.protocol)]
     if match.source.set_name is not None:
-        middle += _set_match("src", match.source)
+        lead += _set_match("src", match.source)
     if match.destination.set_name is not None:
-        middle += _set_match("dst", match.destination)
-    before: list[str] = []
+        lead += _set_match("dst", match.destination)
+    mid: list[str] = []
     if match.hop_limit is not None:
-        before += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
+        mid += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
     if match.ctstate:
         states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
-        before += ["-m", "conntrack", "--ctstate", ",".join(states)]
+        mid += ["-m", "conntrack", "--ctstate", ",".join(states)]
     if match.statistic is not None or match.connlimit is not None \
             or match.hashlimit is not None:
-        before += _limit_options(match)
-    before += ["-m", "comment", "--comment"]
+        mid += _limit_options(match)
+    mid += ["-m", "comment", "--comment"]
     after: list[str] = []
     if match.limit is not None:
         after += ["-m", "limit", "--limit", _rate(match.limit.rate),
@@ -243,12 +251,9 @@ def _shape(rule: Rule, protocol_texts: ProtocolTexts) -> tuple[list[str], str]:
         elif value:  # an empty value is a flag (--notrack, --clamp-mss-to-pmtu)
             after.append(escape.iptables_word(value))
     # Joining non-empty groups of words joins exactly the same words as one list would;
-    # the tail is never empty (it holds the comment and the target).
-    middle_text = " ".join(middle)
-    before_text = " ".join(before) + " "
-    heads = [" ".join(part for part in (middle_text, protocol_text, before_text) if part)
-             for protocol_text in _protocol_texts(match, protocol_texts)]
-    return heads, " " + " ".join(after)
+    # the part after the protocol options is never empty (it holds `--comment`), nor is
+    # the tail (the target).
+    return (" ".join(lead) + " " if lead else "", " ".join(mid) + " ", " " + " ".join(after))
 
 
 def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts | None = None,
