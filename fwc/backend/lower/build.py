@@ -409,7 +409,7 @@ class _SideKey:
     """A side as `RuleKeys` numbers it: each item's kind, negation, label and addresses.
 
     What the lowering reads of a side is its items' kind, negation and addresses
-    (as `fwc.checks.rules.endpoint_key` reads it for the checks); the label only splits
+    (as `fwc.checks.sides.endpoint_key` reads it for the checks); the label only splits
     equal sides written differently.
     Hashed by kind, negation and label: hashing a group's few hundred intervals per rule
     cost more than the lookups it serves. Equal keys mostly share their AddressSet
