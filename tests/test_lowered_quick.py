@@ -1,4 +1,4 @@
-"""The lowered model's most built values get the model's quick_init (fwc.model.records):
+"""The lowered model's most built values, built by the records builder (fwc.model.records):
 the same fields, defaults, immutability and `replace` as their dataclass."""
 
 from __future__ import annotations

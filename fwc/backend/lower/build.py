@@ -53,7 +53,7 @@ from fwc.model import (
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
-from fwc.model.records import dataclass, quick_init
+from fwc.model.records import dataclass
 from fwc.model.semantics import (
     Reach,
     Side,
@@ -171,7 +171,6 @@ def addresses_match(addresses: AddressSet, family: int) -> AddressMatch:
     return AddressMatch(addresses.cidr_tuple(family))
 
 
-@quick_init  # one per lowered policy rule
 @dataclass(frozen=True, slots=True)
 class Part:
     """A rule's share of one chain: bounded address sets, or any minus exclusions."""
@@ -226,7 +225,6 @@ def firewall_order(cluster: Cluster, member: Member, family: int) -> tuple[IPAdd
     return tuple(dict.fromkeys(own + vips))
 
 
-@quick_init  # one per distinct side
 @dataclass(frozen=True, slots=True)
 class SideParts:
     """What a filter rule's parts take from one side (for one firewall set, family and
@@ -389,7 +387,6 @@ class _Tables:
 Appends = tuple[tuple[str, tuple[tuple[ChainName, tuple[Rule, ...]], ...]], ...]
 
 
-@quick_init  # one per lowered policy rule
 @dataclass(frozen=True, slots=True)
 class RuleLowering:
     """A policy rule's lowering on one member: its origin, the chains of its parts (the

@@ -13,7 +13,7 @@ from dataclasses import field, replace
 from fwc import protocols as proto
 from fwc.model import PortRange, vocabulary
 from fwc.model import Rule as PolicyRule
-from fwc.model.records import dataclass, quick_init
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 
 # Targets that end a packet's walk through the chains (RETURN only ends the chain); the
@@ -45,7 +45,6 @@ def _check_target(rule: FilterRule | NatRule, refused: frozenset[Target]) -> Non
         raise TypeError(f"kernel target {target!r} must be Target.{target}, not a string")
 
 
-@quick_init  # two per lowered rule
 @dataclass(frozen=True, slots=True)
 class AddressMatch:
     """A source or destination: CIDR blocks, or a named set. Neither means any address."""
@@ -88,7 +87,6 @@ class ConnLimit:
     mask: int  # 32 or 128: per source address
 
 
-@quick_init  # one per lowered rule and more per pass
 @dataclass(frozen=True, slots=True)
 class Match:
     source: AddressMatch = ANY
@@ -137,7 +135,6 @@ def rendered_lines(match: Match) -> int:
     return address_width(match.source) * address_width(match.destination) * groups
 
 
-@quick_init  # one per lowered policy rule
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a lowered rule comes from: a policy/NAT rule, or an automatic one."""
