@@ -46,6 +46,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -105,15 +106,18 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
     killed = False
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
+        # A session of its own: at the limit the whole group goes (aclgen runs behind a
+        # pyenv shim and forks renderer workers; killing the first process alone left
+        # them running).
         child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
-                                 stderr=err, env=env)
+                                 stderr=err, env=env, start_new_session=timeout is not None)
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
             if pid:
                 break
             if timeout is not None and time.perf_counter() - start > timeout:
                 killed = True
-                child.kill()
+                os.killpg(child.pid, signal.SIGKILL)
                 _, status, usage = os.wait4(child.pid, 0)
                 err.write(f"timed out after {timeout:.0f} s".encode())
                 break

@@ -4,7 +4,9 @@ Speed itself is measured by bench/run.py only, never here."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import pytest
 
@@ -110,12 +112,22 @@ def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatc
                                       confirm=0)) == 1
 
 
-def test_a_run_past_its_limit_is_stopped_and_printed_as_a_lower_bound():
+def test_a_run_past_its_limit_is_stopped_and_printed_as_a_lower_bound(tmp_path):
     from bench.run import Row, Run, table, timed
 
-    stopped = timed([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    # the child forks a process of its own (as aclgen does): both must be gone
+    grandchild = tmp_path / "pid"
+    script = ("import subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+              f"open({str(grandchild)!r}, 'w').write(str(p.pid)); time.sleep(30)")
+    stopped = timed([sys.executable, "-c", script], timeout=1.5)
     assert stopped.timed_out and stopped.returncode != 0
-    assert 0.5 <= stopped.seconds < 10
+    assert 1.5 <= stopped.seconds < 10
+    pid = int(grandchild.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the stopped run's own child is still running"
     finished = timed([sys.executable, "-c", "pass"], timeout=30)
     assert not finished.timed_out and finished.returncode == 0
     row = Row(20000, "groups")
@@ -123,3 +135,16 @@ def test_a_run_past_its_limit_is_stopped_and_printed_as_a_lower_bound():
     row.aclgen = Run(600.0, 1000.0, -9, "timed out after 600 s", cpu=590.0, timed_out=True)
     cells = table([row], with_aclgen=True).splitlines()[2].split(" | ")
     assert "> 600" in cells and "> 300.0x" in cells and "> 236.0x" in cells
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie waiting for init to reap it counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped in between
+        return False
