@@ -16,10 +16,10 @@ dataclass's in every case. tests/test_records.py compares, for every dataclass i
 package, the class built here with the one `dataclasses.dataclass` builds.
 
 The generated `__init__` of a frozen slotted record sets each field through its slot's
-descriptor (`quick_init`'s speed-up: `object.__setattr__` looks the slot up by name each
-time, a `FilterRule` of 20 fields took 4.4 us to build instead of about 2); `__eq__` and
-`__hash__` are the standard builder's code (the checks hash records a lot: the same
-tuples, hence the same hash values and set orders).
+descriptor (`object.__setattr__` looks the slot up by name each time: a `FilterRule` of
+20 fields took 4.4 us to build instead of about 2); `__eq__` and `__hash__` are the
+standard builder's code (the checks hash records a lot: the same tuples, hence the same
+hash values and set orders).
 """
 
 from __future__ import annotations
@@ -260,38 +260,3 @@ def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: 
     parameters = ", ".join(["self", *positional, *(["*", *keywords] if keywords else [])])
     return [f"def __init__({parameters}):", *(body or ["  pass"]),
             "__init__.__annotations__ = _init_annotations"]
-
-
-def quick_init(cls: C) -> C:
-    """Replace the `__init__` of CLS, a frozen slotted dataclass, by one that sets each
-    field through its slot descriptor. Refuses (TypeError, at import) what it does not
-    reproduce: `__post_init__`, default factories, fields left out of `__init__`.
-    (Records declared with this module's `dataclass` have such an `__init__` already.)"""
-    params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen or "__slots__" not in cls.__dict__ \
-            or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: quick_init takes a frozen slotted dataclass "
-                        "without __post_init__")
-    namespace: dict[str, object] = {}
-    positional: list[str] = []
-    keywords: list[str] = []
-    body: list[str] = []
-    for f in dataclasses.fields(cls):
-        if not f.init or f.default_factory is not dataclasses.MISSING:
-            raise TypeError(f"{cls.__name__}.{f.name}: quick_init takes plain fields only")
-        parameter = f.name
-        if f.default is not dataclasses.MISSING:
-            namespace[f"_d_{f.name}"] = f.default
-            parameter += f"=_d_{f.name}"
-        (keywords if f.kw_only else positional).append(parameter)
-        namespace[f"_s_{f.name}"] = getattr(cls, f.name).__set__  # the slot's descriptor
-        body.append(f"    _s_{f.name}(self, {f.name})\n")
-    parameters = ", ".join(["self", *positional, *(["*", *keywords] if keywords else [])])
-    exec(f"def __init__({parameters}):\n{''.join(body) or '    pass'}\n", namespace)  # noqa: S102
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
-    init.__module__ = cls.__module__  # type: ignore[attr-defined]
-    init.__annotations__ = {f.name: f.type for f in dataclasses.fields(cls)} \
-        | {"return": None}  # type: ignore[attr-defined]  # the same signature
-    cls.__init__ = init  # type: ignore[misc]
-    return cls
