@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import inspect
 import reprlib
+import sys
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -158,12 +159,7 @@ def _add_methods(cls: type, own: Any, fields: tuple[dataclasses.Field[Any], ...]
         made.append("__init__")
     compared = [f.name for f in fields if f.compare]
     if "__eq__" not in own:
-        mine = "".join(f"self.{n}," for n in compared)
-        theirs = "".join(f"other.{n}," for n in compared)
-        source += ["def __eq__(self, other):",
-                   "  if other.__class__ is self.__class__:",
-                   f"    return ({mine}) == ({theirs})",
-                   "  return NotImplemented"]
+        source += _eq_source(compared)
         made.append("__eq__")
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
     if frozen and not explicit_hash:
@@ -205,6 +201,26 @@ def _frozen_methods(cls: type, names: tuple[str, ...]) -> dict[str, Callable[...
             raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
         super(cls, self).__delattr__(name)
     return {"__setattr__": __setattr__, "__delattr__": __delattr__}
+
+
+def _eq_source(compared: list[str]) -> list[str]:
+    """The standard builder's `__eq__` for this Python: tuples up to 3.12; from 3.13
+    identity first, then field by field (a shared NaN, a field whose `==` is not a bool
+    compare differently)."""
+    if sys.version_info < (3, 13):
+        mine = "".join(f"self.{n}," for n in compared)
+        theirs = "".join(f"other.{n}," for n in compared)
+        return ["def __eq__(self, other):",
+                "  if other.__class__ is self.__class__:",
+                f"    return ({mine}) == ({theirs})",
+                "  return NotImplemented"]
+    terms = " and ".join(f"self.{n}==other.{n}" for n in compared) or "True"
+    return ["def __eq__(self, other):",
+            "  if self is other:",
+            "   return True",
+            "  if other.__class__ is self.__class__:",
+            f"   return {terms}",
+            "  return NotImplemented"]
 
 
 def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: bool,
