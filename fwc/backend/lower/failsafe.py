@@ -24,6 +24,7 @@ from dataclasses import replace
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
     ANY,
+    VERDICTS,
     Chain,
     ChainName,
     FilterRule,
@@ -42,7 +43,6 @@ from fwc.model.vocabulary import Table as TableName
 
 FAILSAFE_CHAINS = (BuiltinChain.INPUT, BuiltinChain.FORWARD, BuiltinChain.OUTPUT)
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
-VERDICTS = frozenset({Target.ACCEPT, Target.DROP, Target.REJECT})
 FACTOR_PREFIX = "fwc-f"  # + the policy rule's number (`_name` skips any name already taken)
 
 
