@@ -40,6 +40,7 @@ last one). The machine is shared: the load average is printed with the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -111,17 +112,26 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
         # them running).
         child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
                                  stderr=err, env=env, start_new_session=timeout is not None)
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
-            if pid:
-                break
-            if timeout is not None and time.perf_counter() - start > timeout:
-                killed = True
-                os.killpg(child.pid, signal.SIGKILL)
-                _, status, usage = os.wait4(child.pid, 0)
-                err.write(f"timed out after {timeout:.0f} s".encode())
-                break
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
+                if pid:
+                    break
+                if timeout is not None and time.perf_counter() - start > timeout:
+                    killed = True
+                    os.killpg(child.pid, signal.SIGKILL)
+                    _, status, usage = os.wait4(child.pid, 0)
+                    err.write(f"timed out after {timeout:.0f} s".encode())
+                    break
+                time.sleep(0.05)
+        except BaseException:
+            # Ctrl-C no longer reaches a child in a session of its own: take it along
+            if timeout is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.wait4(child.pid, 0)
+            raise
         child.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - start
         err.seek(0)

@@ -148,3 +148,28 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:  # reaped in between
         return False
+
+
+def test_an_interrupted_run_with_a_limit_takes_its_processes_along(tmp_path, monkeypatch):
+    import bench.run as run
+
+    marker = tmp_path / "pid"
+    script = ("import subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+              f"open({str(marker)!r}, 'w').write(str(p.pid)); time.sleep(30)")
+    real_sleep = time.sleep
+
+    def interrupt_once_started(seconds: float) -> None:
+        real_sleep(seconds)
+        if marker.exists() and marker.read_text():
+            raise KeyboardInterrupt  # as Ctrl-C arrives in the waiting loop
+
+    monkeypatch.setattr(run.time, "sleep", interrupt_once_started)
+    with pytest.raises(KeyboardInterrupt):
+        run.timed([sys.executable, "-c", script], timeout=20)
+    monkeypatch.undo()
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the interrupted run's own child is still running"

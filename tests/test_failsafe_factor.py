@@ -170,6 +170,27 @@ def test_random_group_policies_factored_failsafe_decides_like_the_failsafe(tmp_p
     path.write_text(group_policy(rules), encoding="utf-8")
     for _, ruleset in failsafes(path):  # every combination is a valid policy
         assert_same_decisions(ruleset)
+        assert_the_kernel_takes_its_resets(factored(ruleset))
+
+
+def assert_the_kernel_takes_its_resets(ruleset: NodeRuleset) -> None:
+    """The kernel (not `iptables-restore --test`) refuses a tcp-reset without -p tcp."""
+    for line in render(ruleset).splitlines():
+        if "--reject-with tcp-reset" in line:
+            assert " -p tcp " in line, line
+
+
+def test_a_tcp_reject_from_a_group_keeps_its_protocol_in_the_chain(tmp_path):
+    # the ports (one line) stay outside: the chain's REJECT still needs -p tcp
+    path = tmp_path / "g.fw"
+    path.write_text(group_policy([(1, 0, 1, 0, 2)]), encoding="utf-8")
+    resets = 0
+    for _, ruleset in failsafes(path):
+        after = assert_same_decisions(ruleset)
+        assert_the_kernel_takes_its_resets(after)
+        resets += sum("tcp-reset" in line and line.startswith("-A fwc-f")
+                      for line in render(after).splitlines())
+    assert resets > 0
 
 
 # -- what is factored, how, and what is not --------------------------------------------------
@@ -202,7 +223,7 @@ def test_sources_go_outside_and_the_line_count_is_the_sum():
     outer = after.chain(TableName.FILTER, BuiltinChain.INPUT).rules  # type: ignore[union-attr]
     # the port (one line) stays outside, with the protocol: few packets enter the chain
     assert outer[0].match == Match(sources(40), protocol=TCP, dports=(PortRange(22, 22),))
-    assert chain.rules[0].match == Match(destination=AddressMatch(OWN))
+    assert chain.rules[0].match == Match(destination=AddressMatch(OWN), protocol=TCP)
     assert outer[0].target == "fwc-fa" and chain.rules[0].target is Target.ACCEPT
 
 

@@ -50,8 +50,10 @@ def run_in(ns: str, *argv: str, stdin: str | None = None) -> subprocess.Complete
 
 def test_factored_failsafe_loads_in_a_namespace(tmp_path):
     path = tmp_path / "g.fw"
+    # (1, 0, 1, 0, 2): a reject of tcp from a group, ports outside: its chain's
+    # REJECT --reject-with tcp-reset loads only with -p tcp on its own line
     path.write_text(group_policy([(1, 0, 2, 0, 0), (2, 0, 4, 3, 2), (1, 2, 1, 6, 0),
-                                  (1, 4, 0, 0, 1)]), encoding="utf-8")
+                                  (1, 4, 0, 0, 1), (1, 0, 1, 0, 2)]), encoding="utf-8")
     checked = 0
     for label, ruleset in failsafes(path):
         after = factored(ruleset)

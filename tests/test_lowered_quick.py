@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from test_model_records import (
-    test_quick_init_sets_every_field_as_the_dataclass_does as _same_as_the_dataclass,
+    test_init_sets_every_field_as_the_dataclass_does as _same_as_the_dataclass,
 )
 
 from fwc.backend.lower import build, ruleset

@@ -1,6 +1,5 @@
 """The most numerous records' `__init__` (fwc.model.records.dataclass sets each slot
-through its descriptor; `quick_init`, no longer applied in the package, does the same for
-a class the standard builder made): the same construction as the dataclass's own."""
+through its descriptor): the same construction as the dataclass's own."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import pytest
 
 from fwc import model as m
 from fwc.frontend import syntax as s
-from fwc.model.records import quick_init
 
 QUICK = (m.EndpointItem, m.FilterRule, m.NatRule, s.RuleDecl, s.AddressDef, s.GroupDef)
 
@@ -29,7 +27,7 @@ def _dataclass_signature(cls: type) -> inspect.Signature:
 
 
 @pytest.mark.parametrize("cls", QUICK, ids=lambda c: c.__name__)
-def test_quick_init_sets_every_field_as_the_dataclass_does(cls: type) -> None:
+def test_init_sets_every_field_as_the_dataclass_does(cls: type) -> None:
     assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
     signature = inspect.signature(cls)
     assert [(p.name, p.kind, p.default) for p in signature.parameters.values()] == \
@@ -52,35 +50,3 @@ def test_quick_init_sets_every_field_as_the_dataclass_does(cls: type) -> None:
     with pytest.raises(TypeError):
         cls(*positional, *positional)
 
-
-def test_quick_init_keeps_the_signature_of_a_standard_dataclass() -> None:
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Point:
-        x: int
-        y: int = 0
-
-    standard = str(inspect.signature(Point))
-    quick = quick_init(Point)
-    assert str(inspect.signature(quick)) == standard == "(x: 'int', y: 'int' = 0) -> None"
-    assert quick(1) == Point(1, 0) and quick(1, y=2).y == 2
-
-
-def test_quick_init_refuses_what_it_does_not_reproduce() -> None:
-    @dataclasses.dataclass(frozen=True)
-    class Unslotted:
-        a: int
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Factory:
-        a: tuple = dataclasses.field(default_factory=tuple)
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Post:
-        a: int
-
-        def __post_init__(self) -> None:
-            pass
-
-    for cls in (Unslotted, Factory, Post):
-        with pytest.raises(TypeError):
-            quick_init(cls)

@@ -288,3 +288,32 @@ def test_what_the_builder_reproduces_behaves_as_the_dataclass() -> None:
     with pytest.raises(TypeError, match="non-default argument"):
         dataclass(frozen=True, slots=True)(type("Bad", (), {
             "__annotations__": {"a": "int", "b": "int"}, "a": 1, "__module__": __name__}))
+
+
+class _Odd:
+    """A field value whose `==` answers something other than a bool."""
+
+    def __eq__(self, other: object) -> Any:
+        return "odd"
+
+    __hash__ = object.__hash__
+
+
+def test_equality_is_the_dataclass_s_of_this_python() -> None:
+    # 3.13 changed the standard __eq__ (identity first, field by field): a shared NaN
+    # and a non-bool `==` tell the two forms apart
+    def built(builder: Any) -> type:
+        @builder(frozen=True, slots=True)
+        class Point:
+            x: Any
+            y: Any = 0
+
+        return Point
+
+    ours, theirs = built(dataclass), built(dataclasses.dataclass)
+    nan, odd = float("nan"), _Odd()
+    for left, right in (((nan,), (nan,)), ((odd, 1), (odd, 1)), ((1, odd), (1, odd)),
+                        ((1, 2), (1, 3)), ((1, 2), (1, 2))):
+        assert (ours(*left) == ours(*right)) == (theirs(*left) == theirs(*right)), left
+        same_ours, same_theirs = ours(*left), theirs(*left)
+        assert (same_ours == same_ours) == (same_theirs == same_theirs), left

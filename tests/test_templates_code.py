@@ -90,3 +90,22 @@ def test_the_environment_uses_the_shipped_code() -> None:
     env = templates.environment()
     assert isinstance(env.loader, templates._Loader)
     assert env.loader._generated  # the committed file fits this jinja2
+
+
+def test_a_filter_called_another_way_under_the_same_name_is_another_environment() -> None:
+    # jinja2 writes how a filter is called (@pass_context ...) into the code it generates
+    from fwc.backend.render.templates import _fingerprint, environment
+
+    env = environment().overlay()
+    env.filters = dict(env.filters)  # an overlay shares the dict: never touch the cached one
+    before = _fingerprint(env)
+    name, plain = next((n, f) for n, f in sorted(env.filters.items())
+                       if getattr(f, "jinja_pass_arg", None) is None)
+
+    @jinja2.pass_context
+    def with_context(context: object, *args: object, **kwargs: object) -> object:
+        return plain(*args, **kwargs)
+
+    env.filters[name] = with_context
+    assert _fingerprint(env) != before
+    assert environment().filters[name] is plain

@@ -67,6 +67,7 @@ from dataclasses import field
 from fwc import protocols as proto
 from fwc.analysis.evaluate import Evaluator, Packet
 from fwc.backend.lower.ruleset import (
+    VERDICTS,
     AddressMatch,
     Chain,
     ConnLimit,
@@ -774,7 +775,7 @@ class _Reader:
             raise NftReadError(f"unknown set @{name}")
         if len(found.key) != len(selectors):
             raise NftReadError(f"@{name} has {len(found.key)} fields, the rule {len(selectors)}")
-        if not is_map and not (rule.target in (Target.ACCEPT, Target.DROP, Target.REJECT)
+        if not is_map and not (rule.target in VERDICTS
                                or rule.target in never_returns):
             raise NftReadError(f"@{name}: a set lookup that jumps to a chain that may return "
                                "is not one rule per element")
@@ -835,7 +836,7 @@ class _Reader:
                         continue
                     last = parsed[-1]
                     if not last.fields and last.lookup is None and not last.variants and (
-                            last.target in (Target.ACCEPT, Target.DROP, Target.REJECT)
+                            last.target in VERDICTS
                             or last.target in never) and all(
                             p.target in (Target.LOG, Target.NFLOG, Target.CONNMARK)
                             for p in parsed[:-1]):

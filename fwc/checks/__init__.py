@@ -23,7 +23,7 @@ CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
 # the checks only, dropped once they have all run (`run_checks`).
 SIDES_MEMO = "name-check-sides"
 FLOWS_MEMO = "filter-flows"
-NUMBERS_MEMO = "side-numbers"  # fwc.checks.rules.SideNumbers: the sides of the rules numbered
+NUMBERS_MEMO = "side-numbers"  # fwc.checks.sides.SideNumbers: the sides of the rules numbered
 
 # Modules that register checks; imported on first use so that start-up stays fast.
 CHECK_MODULES = ("codes", "names", "cluster", "ha", "parity", "rules", "expectations", "lowering",

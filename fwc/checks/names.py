@@ -118,7 +118,7 @@ Sides = list[tuple[str, Matcher, SideFacts, SideFacts, int, int]]
 def _sides(cluster: Cluster) -> Sides:
     """Every matcher with the facts of its source and destination, once per run (the
     three checks below ask the same); the facts of each distinct side are made once
-    (`fwc.checks.rules.SideNumbers`: a few thousand sides for 20,000 rules)."""
+    (`fwc.checks.sides.SideNumbers`: a few thousand sides for 20,000 rules)."""
     def build() -> Sides:
         numbers = side_numbers(cluster)
         filters, nats = rule_sides(cluster)

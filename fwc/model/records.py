@@ -16,10 +16,10 @@ dataclass's in every case. tests/test_records.py compares, for every dataclass i
 package, the class built here with the one `dataclasses.dataclass` builds.
 
 The generated `__init__` of a frozen slotted record sets each field through its slot's
-descriptor (`quick_init`'s speed-up: `object.__setattr__` looks the slot up by name each
-time, a `FilterRule` of 20 fields took 4.4 us to build instead of about 2); `__eq__` and
-`__hash__` are the standard builder's code (the checks hash records a lot: the same
-tuples, hence the same hash values and set orders).
+descriptor (`object.__setattr__` looks the slot up by name each time: a `FilterRule` of
+20 fields took 4.4 us to build instead of about 2); `__eq__` and `__hash__` are the
+standard builder's code (the checks hash records a lot: the same tuples, hence the same
+hash values and set orders).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import inspect
 import reprlib
+import sys
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -158,12 +159,7 @@ def _add_methods(cls: type, own: Any, fields: tuple[dataclasses.Field[Any], ...]
         made.append("__init__")
     compared = [f.name for f in fields if f.compare]
     if "__eq__" not in own:
-        mine = "".join(f"self.{n}," for n in compared)
-        theirs = "".join(f"other.{n}," for n in compared)
-        source += ["def __eq__(self, other):",
-                   "  if other.__class__ is self.__class__:",
-                   f"    return ({mine}) == ({theirs})",
-                   "  return NotImplemented"]
+        source += _eq_source(compared)
         made.append("__eq__")
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
     if frozen and not explicit_hash:
@@ -205,6 +201,26 @@ def _frozen_methods(cls: type, names: tuple[str, ...]) -> dict[str, Callable[...
             raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
         super(cls, self).__delattr__(name)
     return {"__setattr__": __setattr__, "__delattr__": __delattr__}
+
+
+def _eq_source(compared: list[str]) -> list[str]:
+    """The standard builder's `__eq__` for this Python: tuples up to 3.12; from 3.13
+    identity first, then field by field (a shared NaN, a field whose `==` is not a bool
+    compare differently)."""
+    if sys.version_info < (3, 13):
+        mine = "".join(f"self.{n}," for n in compared)
+        theirs = "".join(f"other.{n}," for n in compared)
+        return ["def __eq__(self, other):",
+                "  if other.__class__ is self.__class__:",
+                f"    return ({mine}) == ({theirs})",
+                "  return NotImplemented"]
+    terms = " and ".join(f"self.{n}==other.{n}" for n in compared) or "True"
+    return ["def __eq__(self, other):",
+            "  if self is other:",
+            "   return True",
+            "  if other.__class__ is self.__class__:",
+            f"   return {terms}",
+            "  return NotImplemented"]
 
 
 def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: bool,
@@ -260,38 +276,3 @@ def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: 
     parameters = ", ".join(["self", *positional, *(["*", *keywords] if keywords else [])])
     return [f"def __init__({parameters}):", *(body or ["  pass"]),
             "__init__.__annotations__ = _init_annotations"]
-
-
-def quick_init(cls: C) -> C:
-    """Replace the `__init__` of CLS, a frozen slotted dataclass, by one that sets each
-    field through its slot descriptor. Refuses (TypeError, at import) what it does not
-    reproduce: `__post_init__`, default factories, fields left out of `__init__`.
-    (Records declared with this module's `dataclass` have such an `__init__` already.)"""
-    params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen or "__slots__" not in cls.__dict__ \
-            or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: quick_init takes a frozen slotted dataclass "
-                        "without __post_init__")
-    namespace: dict[str, object] = {}
-    positional: list[str] = []
-    keywords: list[str] = []
-    body: list[str] = []
-    for f in dataclasses.fields(cls):
-        if not f.init or f.default_factory is not dataclasses.MISSING:
-            raise TypeError(f"{cls.__name__}.{f.name}: quick_init takes plain fields only")
-        parameter = f.name
-        if f.default is not dataclasses.MISSING:
-            namespace[f"_d_{f.name}"] = f.default
-            parameter += f"=_d_{f.name}"
-        (keywords if f.kw_only else positional).append(parameter)
-        namespace[f"_s_{f.name}"] = getattr(cls, f.name).__set__  # the slot's descriptor
-        body.append(f"    _s_{f.name}(self, {f.name})\n")
-    parameters = ", ".join(["self", *positional, *(["*", *keywords] if keywords else [])])
-    exec(f"def __init__({parameters}):\n{''.join(body) or '    pass'}\n", namespace)  # noqa: S102
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
-    init.__module__ = cls.__module__  # type: ignore[attr-defined]
-    init.__annotations__ = {f.name: f.type for f in dataclasses.fields(cls)} \
-        | {"return": None}  # type: ignore[attr-defined]  # the same signature
-    cls.__init__ = init  # type: ignore[misc]
-    return cls

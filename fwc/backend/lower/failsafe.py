@@ -24,6 +24,7 @@ from dataclasses import replace
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
     ANY,
+    VERDICTS,
     Chain,
     ChainName,
     FilterRule,
@@ -42,7 +43,6 @@ from fwc.model.vocabulary import Table as TableName
 
 FAILSAFE_CHAINS = (BuiltinChain.INPUT, BuiltinChain.FORWARD, BuiltinChain.OUTPUT)
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
-VERDICTS = frozenset({Target.ACCEPT, Target.DROP, Target.REJECT})
 FACTOR_PREFIX = "fwc-f"  # + the policy rule's number (`_name` skips any name already taken)
 
 
@@ -99,7 +99,8 @@ def _split(match: Match) -> tuple[Match, Match] | None:
     whose lines plus the inner product are the fewest goes outside too (sources first
     on a tie: an INPUT packet is always for one of the firewall's own addresses, so
     sources outside send almost no packet into the chain). The inner rules hold the
-    rest: destinations and/or ports (with the protocol, which a port match needs).
+    rest: destinations and/or ports, with the protocol (a port match needs it, and so
+    does `REJECT --reject-with tcp-reset`).
     """
     widths = {"source": address_width(match.source),
               "destination": address_width(match.destination), "ports": _port_width(match)}
@@ -118,7 +119,9 @@ def _split(match: Match) -> tuple[Match, Match] | None:
                     dports=() if ports_inside else match.dports)
     inner = Match(source=match.source if "source" in inside else ANY,
                   destination=match.destination if "destination" in inside else ANY,
-                  protocol=match.protocol if ports_inside else None,
+                  # always: REJECT --reject-with tcp-reset needs `-p tcp` on its own
+                  # line (the kernel refuses it otherwise; `--test` does not notice)
+                  protocol=match.protocol,
                   dports=match.dports if ports_inside else ())
     return outer, inner
 

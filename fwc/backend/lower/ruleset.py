@@ -20,6 +20,8 @@ from fwc.model.vocabulary import BuiltinChain, Target
 # evaluator and the ipset pass both read it from here, the lowered model's vocabulary.
 TERMINAL = frozenset({Target.ACCEPT, Target.DROP, Target.REJECT, Target.DNAT, Target.SNAT,
                       Target.MASQUERADE})
+# The filter table's verdicts: a chain whose last rule gives one never returns.
+VERDICTS = frozenset({Target.ACCEPT, Target.DROP, Target.REJECT})
 # What only the nat table may do (translate), and what it may not (filter: the kernel
 # refuses DROP and REJECT there; CT belongs to raw): the two rule types below keep to it.
 NAT_TARGETS = frozenset({Target.DNAT, Target.SNAT, Target.MASQUERADE})
@@ -281,7 +283,7 @@ def never_returning(chains: tuple[Chain, ...]) -> frozenset[str]:
             if chain.builtin or not chain.rules or chain.name in out:
                 continue
             last = chain.rules[-1]
-            final = last.target in (Target.ACCEPT, Target.DROP, Target.REJECT) or \
+            final = last.target in VERDICTS or \
                 (type(last.target) is str and last.target in out)
             if last.match == Match() and final and all(
                     r.target in _GOES_ON_QUIETLY for r in chain.rules[:-1]):

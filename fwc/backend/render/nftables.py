@@ -68,6 +68,7 @@ from fwc.backend.files import GeneratedFile, Reload, path_of
 from fwc.backend.ipsets import IpSet
 from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.lower.ruleset import (
+    VERDICTS,
     AddressMatch,
     Chain,
     FilterRule,
@@ -625,7 +626,7 @@ def fold_logs(table: Table) -> tuple[Table, dict[str, tuple[Rule, Rule]]]:
                     log.target in (Target.LOG, Target.NFLOG) and \
                     after.match.limit is None and \
                     replace(log.match, limit=None) == after.match and \
-                    (after.target in (Target.ACCEPT, Target.DROP, Target.REJECT)
+                    (after.target in VERDICTS
                      or (type(after.target) is str and after.target in never)):
                 count += 1
                 name = f"{LOG_CHAIN}{count}"

@@ -79,14 +79,14 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
 class Chunks:
     """A file's bytes as its target renders them, read once (by the writer of `fwc
     compile`, so that a large file is never whole in memory); its SHA-256 and size are
-    known once it has been read to the end. DIGEST=False: no SHA-256 (no `sha256()`).
-    Each piece is hashed, and passed to the taps, before it is yielded."""
+    known once it has been read to the end. Each piece is hashed, and passed to the taps,
+    before it is yielded."""
 
     __slots__ = ("_pieces", "_sha", "size", "_state", "_taps")
 
-    def __init__(self, pieces: Iterable[bytes], digest: bool = True) -> None:
+    def __init__(self, pieces: Iterable[bytes]) -> None:
         self._pieces = pieces
-        self._sha = hashlib.sha256() if digest else None
+        self._sha = hashlib.sha256()
         self.size = 0
         self._state = "new"  # new, reading, read
         self._taps: tuple[Callable[[bytes], object], ...] = ()
@@ -104,8 +104,7 @@ class Chunks:
         self._state = "reading"
         sha, taps = self._sha, self._taps
         for piece in self._pieces:
-            if sha is not None:
-                sha.update(piece)
+            sha.update(piece)
             self.size += len(piece)
             for sink in taps:
                 sink(piece)
@@ -114,7 +113,7 @@ class Chunks:
         self._state = "read"
 
     def sha256(self) -> str:
-        if self._state != "read" or self._sha is None:
+        if self._state != "read":
             raise RuntimeError("a file's digest is known once it has been read (and hashed)")
         return self._sha.hexdigest()
 

@@ -83,6 +83,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _passes(function: Callable[..., Any] | None) -> str | None:
+    """What jinja2 passes FUNCTION first (context, eval context, environment), if anything:
+    the mark `jinja2.pass_context` and its siblings leave on it."""
+    kind = getattr(function, "jinja_pass_arg", None)
+    return None if kind is None else str(getattr(kind, "name", kind))
+
+
 def _fingerprint(env: jinja2.Environment) -> str:
     """What the generated code depends on besides a template's text."""
     finalize: Callable[..., Any] | None = env.finalize
@@ -92,7 +99,12 @@ def _fingerprint(env: jinja2.Environment) -> str:
                env.trim_blocks, env.lstrip_blocks, env.newline_sequence,
                env.keep_trailing_newline, env.optimized, repr(env.autoescape),
                None if finalize is None else f"{finalize.__module__}.{finalize.__qualname__}",
-               sorted(env.filters), sorted(env.tests), sorted(env.extensions)]
+               _passes(finalize), env.is_async,
+               # how each filter and test is called (@pass_context and the like) is
+               # written into the code too, not only its name
+               sorted((name, _passes(f)) for name, f in env.filters.items()),
+               sorted((name, _passes(f)) for name, f in env.tests.items()),
+               sorted(env.extensions)]
     return _digest(json.dumps(options))
 
 
