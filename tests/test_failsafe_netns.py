@@ -10,42 +10,18 @@ attempt with a 2-second timeout.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from itertools import count
 
 import pytest
 from test_failsafe_factor import failsafes, group_policy, lines
+from test_realtools import in_ns, namespace
 
 from fwc.backend.lower.failsafe import factored
 from fwc.backend.render.iptables import render
 
 pytestmark = pytest.mark.root
-
-_names = count()
-
-
-@contextmanager
-def namespaces(*roles: str) -> Iterator[list[str]]:
-    names = [f"fwcfs{os.getpid()}{role}{next(_names)}" for role in roles]
-    try:
-        for name in names:
-            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True,
-                           capture_output=True)
-        yield names
-    finally:
-        for name in names:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def run_in(ns: str, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin,
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_factored_failsafe_loads_in_a_namespace(tmp_path):
@@ -61,12 +37,12 @@ def test_factored_failsafe_loads_in_a_namespace(tmp_path):
         assert lines(after) < lines(ruleset) or ruleset.family == 6, label
         text = render(after)
         tool = "iptables" if ruleset.family == 4 else "ip6tables"
-        with namespaces("t") as (ns,):
-            tested = run_in(ns, f"{tool}-restore", "--test", stdin=text)
+        with namespace() as ns:
+            tested = in_ns(ns, f"{tool}-restore", "--test", stdin=text)
             assert tested.returncode == 0, f"{label}: {tested.stderr}"
-            loaded = run_in(ns, f"{tool}-restore", stdin=text)
+            loaded = in_ns(ns, f"{tool}-restore", stdin=text)
             assert loaded.returncode == 0, f"{label}: {loaded.stderr}"
-            saved = run_in(ns, f"{tool}-save", "-t", "filter")
+            saved = in_ns(ns, f"{tool}-save", "-t", "filter")
             assert saved.returncode == 0, saved.stderr
         chains = [line.split()[0] for line in text.splitlines() if line.startswith(":fwc-f")]
         assert chains or ruleset.family == 6, label
@@ -115,7 +91,7 @@ def test_management_access_from_a_factored_group_still_works(tmp_path):
     assert lines(after) < lines(ruleset)
     text = render(after)
     assert "-j fwc-f1" in text
-    with namespaces("fw", "cl") as (fw, client):
+    with namespace() as fw, namespace() as client:
         for argv in (["ip", "link", "add", "eth0", "netns", fw, "type", "veth", "peer",
                       "name", "peer0", "netns", client],
                      ["ip", "-n", fw, "address", "add", "198.18.0.1/16", "dev", "eth0"],
@@ -125,16 +101,16 @@ def test_management_access_from_a_factored_group_still_works(tmp_path):
                      ["ip", "-n", client, "address", "add", "198.18.3.3/16", "dev", "peer0"],
                      ["ip", "-n", client, "link", "set", "peer0", "up"]):
             subprocess.run(argv, check=True, capture_output=True)
-        loaded = run_in(fw, "iptables-restore", stdin=text)
+        loaded = in_ns(fw, "iptables-restore", stdin=text)
         assert loaded.returncode == 0, loaded.stderr
         server = subprocess.Popen(["ip", "netns", "exec", fw, sys.executable, "-c", LISTEN,
                                    "20"], stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "READY"
             time.sleep(0.2)
-            inside = run_in(client, sys.executable, "-c", CONNECT, "198.18.0.1", "198.18.10.1")
-            outside = run_in(client, sys.executable, "-c", CONNECT, "198.18.0.1", "198.18.3.3")
-            counters = run_in(fw, "iptables", "-L", "fwc-f1", "-n", "-v", "-x")
+            inside = in_ns(client, sys.executable, "-c", CONNECT, "198.18.0.1", "198.18.10.1")
+            outside = in_ns(client, sys.executable, "-c", CONNECT, "198.18.0.1", "198.18.3.3")
+            counters = in_ns(fw, "iptables", "-L", "fwc-f1", "-n", "-v", "-x")
         finally:
             server.terminate()
             server.wait(timeout=10)
