@@ -399,6 +399,7 @@ class RuleLowering:
 
 
 _ANY_MATCH = Match()
+_ONE_CHAIN = {chain: frozenset((chain,)) for chain in BuiltinChain}  # RuleLowering.chains
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
 
 
@@ -439,9 +440,6 @@ class RuleNumbers(NamedTuple):
     destination: array[int]
     services: array[int]
 
-    def at(self, position: int) -> tuple[int, int, int]:
-        return self.source[position], self.destination[position], self.services[position]
-
 
 class RuleKeys:
     """Each policy rule's sides and service list as small numbers, the same for every
@@ -449,13 +447,15 @@ class RuleKeys:
     so what the lowering derives from them is made once per number and then found by
     index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
 
-    __slots__ = ("rules", "services", "sides")
+    __slots__ = ("helped", "rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
         side_numbers: dict[_SideKey, int] = {}
         service_numbers: dict[tuple[ServiceMatch, ...], int] = {}
         self.sides: list[Endpoint] = []  # one endpoint of each number
         self.services: list[tuple[ServiceMatch, ...]] = []
+        # by services number: a service of the list names a conntrack helper
+        self.helped: list[bool] = []
         # by position in cluster.rules: (source number, destination number, services number),
         # as three arrays of machine integers (a tuple per rule cost 12 MB at 100,000 rules)
         self.rules = RuleNumbers(array("l"), array("l"), array("l"))
@@ -474,6 +474,7 @@ class RuleKeys:
             if number is None:
                 number = service_numbers[services] = len(self.services)
                 self.services.append(services)
+                self.helped.append(any(s.helper is not None for s in services))
             self.rules.source.append(numbers[0])
             self.rules.destination.append(numbers[1])
             self.rules.services.append(number)
@@ -481,6 +482,17 @@ class RuleKeys:
 
 def rule_keys(cluster: Cluster) -> RuleKeys:
     return cluster.memo.get(("lower-keys",), lambda: RuleKeys(cluster))
+
+
+def present_rules(keys: RuleKeys, family: int) -> list[int]:
+    """The positions of the rules both of whose sides may name addresses of FAMILY
+    (`may_apply`, once per side number): the others have no line in it on any member
+    (`side_parts` is `_NOT_HERE`, so `rule_lowering` gives `_NOTHING`). Most rules of a
+    policy name one family only: the lowering of the other skips them without a call."""
+    applies = [may_apply(endpoint, family) for endpoint in keys.sides]
+    return [position for position, (source, destination)
+            in enumerate(zip(keys.rules.source, keys.rules.destination, strict=True))
+            if applies[source] and applies[destination]]
 
 
 class _Unknown:
@@ -501,7 +513,7 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("keys", "lowered", "nothing", "per_member", "services", "sides")
+    __slots__ = ("keys", "lowered", "nothing", "per_member", "present", "services", "sides")
 
     def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
         self.keys = keys if keys is not None else RuleKeys(cluster)
@@ -513,6 +525,7 @@ class SharedLowering:
                            for source, destination in zip(self.keys.rules.source,
                                                           self.keys.rules.destination,
                                                           strict=True)]
+        self.present = present_rules(self.keys, family)  # the rules that may have lines
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
         # by position: the rule has no line in this family on any member (found once)
@@ -556,6 +569,7 @@ class _Lowering:
         self.service_memo: list[list[Match] | None | _Unknown] = \
             shared.services if shared is not None else []
         self.sides: list[SideParts | None] = []
+        self.helped: list[bool] = []  # RuleKeys.helped, by services number
         self.relative: dict[str, str] = {}
         self.tables = _Tables()
         self.shared = shared
@@ -801,6 +815,7 @@ class _Lowering:
                 else RuleKeys(self.cluster)
         if not self.sides:
             self.sides = [None] * len(self._keys.sides)
+        self.helped = self._keys.helped
         if not self.service_memo:
             self.service_memo = [_UNKNOWN] * len(self._keys.services)
         return self._keys
@@ -808,18 +823,24 @@ class _Lowering:
     def filter_rules(self) -> None:
         """Lower every policy rule that applies to this member, in order: once for every
         member that reads it alike (SharedLowering), else for this member alone."""
-        numbers_of = self.keys().rules
+        keys = self.keys()
+        numbers_of = keys.rules
         shared = self.shared
         member = self.member.name
         devices = self.devices
         tables = self.tables
         by_name = {"raw": tables.raw, "raw_user": tables.raw_user, "filter": tables.filter,
                    "filter_user": tables.filter_user}
-        for position, rule in enumerate(self.cluster.rules):
+        rules = self.cluster.rules
+        present = shared.present if shared is not None else present_rules(keys, self.family)
+        sources, destinations, services = numbers_of
+        for position in present:
+            rule = rules[position]
             if rule.only is not None and rule.only != member:
                 continue
             if shared is None or shared.per_member[position]:
-                lowered = self.rule_lowering(rule, self.fw, self.sides, numbers_of.at(position))
+                lowered = self.rule_lowering(rule, self.fw, self.sides, (
+                    sources[position], destinations[position], services[position]))
             elif shared.nothing[position]:
                 continue
             else:
@@ -829,7 +850,8 @@ class _Lowering:
                     # the rule names no firewall address of any member: no member's reading
                     # differs from one without firewall addresses (reads_firewall)
                     lowered = shared.lowered[key] = self.rule_lowering(
-                        rule, _EMPTY, shared.sides, numbers_of.at(position))
+                        rule, _EMPTY, shared.sides,
+                        (sources[position], destinations[position], services[position]))
                     # whether a rule has lines depends on whether it has devices, never on
                     # which: nothing here is nothing on every member
                     shared.nothing[position] = lowered is _NOTHING
@@ -878,8 +900,7 @@ class _Lowering:
             return _NOTHING
         assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
-        helpers = rule.action is FilterAction.ACCEPT and any(
-            s.helper is not None for s in rule.services)
+        helpers = rule.action is FilterAction.ACCEPT and self.helped[numbers[2]]
         if len(parts) == 1 and plain_verdict(rule):
             part = parts[0]
             if not (part.source_excluded or part.destination_excluded):
@@ -896,7 +917,7 @@ class _Lowering:
                                                 service.protocol, service.dports,
                                                 service.icmp_type), target, origin, options)
                                for service in services])
-                return RuleLowering(origin, frozenset((chain,)),
+                return RuleLowering(origin, _ONE_CHAIN[chain],
                                     (("filter", ((chain, lines),)),), helpers)
         raw: dict[ChainName, list[Rule]] = {}
         raw_user: dict[ChainName, list[Rule]] = {}
