@@ -46,7 +46,7 @@ RULES = st.builds(
     st.sampled_from([(), (("log-prefix", "fwc DROP "),), (("reject-with", "tcp-reset"),)]))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(RULES, min_size=1, max_size=6))
 def test_the_single_line_path_writes_the_general_lines(rules: list[FilterRule]) -> None:
     protocol_texts: iptables.ProtocolTexts = {}
