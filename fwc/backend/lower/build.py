@@ -885,13 +885,20 @@ class _Lowering:
         FW: the firewall addresses it reads; SIDES: its sides against FW, by number;
         NUMBERS: the rule's (RuleKeys.rules)."""
         # (most rules name the addresses of one family only: no parts in the other)
-        src = self.side(rule.source, fw, sides, numbers[0])
+        src = sides[numbers[0]]
+        if src is None:
+            src = self.side(rule.source, fw, sides, numbers[0])
         if not src.applies:
             return _NOTHING
-        parts = parts_of(src, self.side(rule.destination, fw, sides, numbers[1]),
-                         rule.in_interface is not None, rule.out_interface is not None)
-        if not parts:
+        dst = sides[numbers[1]]
+        if dst is None:
+            dst = self.side(rule.destination, fw, sides, numbers[1])
+        if not dst.applies:
             return _NOTHING
+        has_in, has_out = rule.in_interface is not None, rule.out_interface is not None
+        to_fw, from_fw, through = filter_chains(src.reach, dst.reach, has_in, has_out)
+        if not (to_fw or from_fw or through):
+            return _NOTHING  # (parts_of gives no part)
         services = self.service_memo[numbers[2]]
         if services is _UNKNOWN:
             services = self.service_memo[numbers[2]] = service_matches(rule.services,
@@ -901,24 +908,34 @@ class _Lowering:
         assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
         helpers = rule.action is FilterAction.ACCEPT and self.helped[numbers[2]]
-        if len(parts) == 1 and plain_verdict(rule):
-            part = parts[0]
-            if not (part.source_excluded or part.destination_excluded):
-                # The usual rule: a verdict in one built-in chain, a line per service (what
-                # emit and final make of it, without their general cases).
-                chain = part.chain
+        if to_fw + from_fw + through == 1 and plain_verdict(rule):
+            # The usual rule: a verdict in one built-in chain, a line per service (what
+            # parts_of, emit and final make of it, without their general cases or a Part).
+            if to_fw:
+                chain: BuiltinChain = BuiltinChain.INPUT
+                (source, source_excluded), destination = src.named, dst.firewall  # type: ignore[misc]
+                destination_excluded = _EMPTY
+            elif from_fw:
+                chain = BuiltinChain.OUTPUT
+                source, (destination, destination_excluded) = src.firewall, dst.named  # type: ignore[misc]
+                source_excluded = _EMPTY
+            else:
+                chain = BuiltinChain.FORWARD
+                (source, source_excluded), (destination, destination_excluded) = \
+                    src.other, dst.other  # type: ignore[misc]
+            if not (source_excluded or destination_excluded):
                 in_device = self.devices[rule.in_interface] \
                     if chain != BuiltinChain.OUTPUT else None
                 out_device = self.devices[rule.out_interface] \
                     if chain != BuiltinChain.INPUT else None
                 target, options = self.action(rule, _ANY_MATCH, False)
-                source, destination = part.source, part.destination
                 lines = tuple([FilterRule(Match(source, destination, in_device, out_device,
                                                 service.protocol, service.dports,
                                                 service.icmp_type), target, origin, options)
                                for service in services])
                 return RuleLowering(origin, _ONE_CHAIN[chain],
                                     (("filter", ((chain, lines),)),), helpers)
+        parts = parts_of(src, dst, has_in, has_out)
         raw: dict[ChainName, list[Rule]] = {}
         raw_user: dict[ChainName, list[Rule]] = {}
         if rule.action is FilterAction.ACCEPT and rule.notrack:
