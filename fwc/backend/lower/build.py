@@ -513,7 +513,8 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("keys", "lowered", "nothing", "per_member", "present", "services", "sides")
+    __slots__ = ("interfaces", "keys", "lowered", "nothing", "per_member", "present",
+                 "replays", "services", "sides")
 
     def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
         self.keys = keys if keys is not None else RuleKeys(cluster)
@@ -526,6 +527,11 @@ class SharedLowering:
                                                           self.keys.rules.destination,
                                                           strict=True)]
         self.present = present_rules(self.keys, family)  # the rules that may have lines
+        # every interface a rule names, and per member devices of them: Replay
+        self.interfaces = sorted({name for rule in cluster.rules
+                                  for name in (rule.in_interface, rule.out_interface)
+                                  if name is not None})
+        self.replays: dict[tuple[str | None, ...], Replay] = {}
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
         # by position: the rule has no line in this family on any member (found once)
@@ -536,6 +542,21 @@ class SharedLowering:
             [_UNKNOWN] * len(self.keys.services)
         # by side number: side_parts() without firewall addresses, the same on every member
         self.sides: list[SideParts | None] = [None] * len(self.keys.sides)
+
+
+@dataclass(slots=True)
+class Replay:
+    """What the shared rules add to a member's tables, for every member with the same
+    devices (the device of each interface the rules name): in order, each rule that is
+    lowered per member (its position: firewall addresses, `only`, conntrack helpers) and
+    between them the shared lines as (table, chain, lines), in the order each chain was
+    first added to. Appending a chain's lines of a run at once gives each chain the same
+    lines in the same order, and creates the chains in the same order, as appending
+    them rule by rule (tests/test_lower_shared.py compares with each member lowered
+    alone)."""
+
+    steps: list[int | tuple[tuple[str, ChainName, tuple[Rule, ...]], ...]] = \
+        field(default_factory=list)
 
 
 class _Devices(dict[str | None, str | None]):
@@ -822,45 +843,73 @@ class _Lowering:
 
     def filter_rules(self) -> None:
         """Lower every policy rule that applies to this member, in order: once for every
-        member that reads it alike (SharedLowering), else for this member alone."""
+        member that reads it alike (SharedLowering), else for this member alone.
+
+        A member whose devices are those of a member lowered before (the same device
+        for every interface the rules name: `Replay`) takes that member's shared lines
+        chain by chain, a run of rules at a time; only the rules that differ between
+        members (firewall addresses, `only`, conntrack helpers) are visited one by one."""
         keys = self.keys()
-        numbers_of = keys.rules
         shared = self.shared
-        member = self.member.name
-        devices = self.devices
         tables = self.tables
         by_name = {"raw": tables.raw, "raw_user": tables.raw_user, "filter": tables.filter,
                    "filter_user": tables.filter_user}
-        rules = self.cluster.rules
-        present = shared.present if shared is not None else present_rules(keys, self.family)
+        if shared is None:
+            for position in present_rules(keys, self.family):
+                self.one_rule(position, by_name)
+            return
+        devices = self.devices
+        signature = tuple([devices[name] for name in shared.interfaces])
+        replay = shared.replays.get(signature)
+        if replay is not None:
+            for step in replay.steps:
+                if type(step) is int:
+                    self.one_rule(step, by_name)
+                    continue
+                for name, chain, lines in step:  # type: ignore[union-attr]
+                    target = by_name[name]
+                    got = target.get(chain)
+                    if got is None:
+                        target[chain] = list(lines)
+                    else:
+                        got.extend(lines)
+            return
+        replay = shared.replays[signature] = Replay()
+        steps = replay.steps
+        run: dict[tuple[str, ChainName], list[Rule]] = {}  # the shared lines since the last step
+        numbers_of = keys.rules
         sources, destinations, services = numbers_of
-        for position in present:
+        rules = self.cluster.rules
+        per_member, nothing, made = shared.per_member, shared.nothing, shared.lowered
+        for position in shared.present:
             rule = rules[position]
-            if rule.only is not None and rule.only != member:
+            if rule.only is not None or per_member[position]:
+                if run:
+                    steps.append(tuple([(name, chain, tuple(lines))
+                                        for (name, chain), lines in run.items()]))
+                    run = {}
+                steps.append(position)
+                self.one_rule(position, by_name)
                 continue
-            if shared is None or shared.per_member[position]:
-                lowered = self.rule_lowering(rule, self.fw, self.sides, (
-                    sources[position], destinations[position], services[position]))
-            elif shared.nothing[position]:
+            if nothing[position]:
                 continue
-            else:
-                key = (position, devices[rule.in_interface], devices[rule.out_interface])
-                lowered = shared.lowered.get(key)  # type: ignore[assignment]
-                if lowered is None:
-                    # the rule names no firewall address of any member: no member's reading
-                    # differs from one without firewall addresses (reads_firewall)
-                    lowered = shared.lowered[key] = self.rule_lowering(
-                        rule, _EMPTY, shared.sides,
-                        (sources[position], destinations[position], services[position]))
-                    # whether a rule has lines depends on whether it has devices, never on
-                    # which: nothing here is nothing on every member
-                    shared.nothing[position] = lowered is _NOTHING
+            key = (position, devices[rule.in_interface], devices[rule.out_interface])
+            lowered = made.get(key)
+            if lowered is None:
+                lowered = made[key] = self.rule_lowering(
+                    rule, _EMPTY, shared.sides,
+                    (sources[position], destinations[position], services[position]))
+                nothing[position] = lowered is _NOTHING
             if lowered is _NOTHING:
                 continue
             if lowered.helpers:
-                # member-specific (deduplicated over the member's rules): before the rule's
-                # own raw lines, as the kernel must assign the helper first
-                self.helpers(rule, lowered.origin, lowered.chains)
+                if run:
+                    steps.append(tuple([(name, chain, tuple(lines))
+                                        for (name, chain), lines in run.items()]))
+                    run = {}
+                steps.append(position)
+                self.add_lowered(rule, lowered, by_name)
+                continue
             for name, chains in lowered.appends:
                 target = by_name[name]
                 for chain, lines in chains:
@@ -869,6 +918,57 @@ class _Lowering:
                         target[chain] = list(lines)
                     else:
                         got.extend(lines)
+                    kept = run.get((name, chain))
+                    if kept is None:
+                        run[(name, chain)] = list(lines)
+                    else:
+                        kept.extend(lines)
+        if run:
+            steps.append(tuple([(name, chain, tuple(lines))
+                                for (name, chain), lines in run.items()]))
+
+    def one_rule(self, position: int, by_name: dict[str, dict[ChainName, list[Rule]]]) -> None:
+        """The policy rule at POSITION lowered for this member and added to its tables."""
+        rule = self.cluster.rules[position]
+        if rule.only is not None and rule.only != self.member.name:
+            return
+        shared = self.shared
+        numbers_of = self._keys.rules  # type: ignore[union-attr]
+        numbers = (numbers_of.source[position], numbers_of.destination[position],
+                   numbers_of.services[position])
+        if shared is None or shared.per_member[position]:
+            lowered = self.rule_lowering(rule, self.fw, self.sides, numbers)
+        elif shared.nothing[position]:
+            return
+        else:
+            devices = self.devices
+            key = (position, devices[rule.in_interface], devices[rule.out_interface])
+            lowered = shared.lowered.get(key)  # type: ignore[assignment]
+            if lowered is None:
+                # the rule names no firewall address of any member: no member's reading
+                # differs from one without firewall addresses (reads_firewall)
+                lowered = shared.lowered[key] = self.rule_lowering(
+                    rule, _EMPTY, shared.sides, numbers)
+                # whether a rule has lines depends on whether it has devices, never on
+                # which: nothing here is nothing on every member
+                shared.nothing[position] = lowered is _NOTHING
+        if lowered is not _NOTHING:
+            self.add_lowered(rule, lowered, by_name)
+
+    def add_lowered(self, rule: PolicyFilterRule, lowered: RuleLowering,
+                    by_name: dict[str, dict[ChainName, list[Rule]]]) -> None:
+        if lowered.helpers:
+            # member-specific (deduplicated over the member's rules): before the rule's
+            # own raw lines, as the kernel must assign the helper first
+            self.helpers(rule, lowered.origin, lowered.chains)
+        for name, chains in lowered.appends:
+            target = by_name[name]
+            for chain, lines in chains:
+                got = target.get(chain)
+                if got is None:
+                    target[chain] = list(lines)
+                else:
+                    got.extend(lines)
 
     def side(self, endpoint: Endpoint, fw: AddressSet, sides: list[SideParts | None],
              number: int) -> SideParts:
