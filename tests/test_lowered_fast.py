@@ -55,3 +55,21 @@ def test_with_match_is_replace(rule: ruleset.Rule) -> None:
         assert getattr(got, f.name) == getattr(expected, f.name), f.name
     assert got.origin is rule.origin and got.render_slot == -1
 
+
+
+@pytest.mark.parametrize("match", [
+    ruleset.Match(), FULL,
+    dataclasses.replace(FULL, source=ruleset.AddressMatch(("192.0.2.1", "192.0.2.9")),
+                        dports=tuple(PortRange(p, p) for p in range(1, 20))),
+], ids=["default", "full", "wide"])
+def test_arrange_entry_is_its_replace(match: ruleset.Match) -> None:
+    from fwc.backend import arrange
+
+    expected = dataclasses.replace(
+        match,
+        source=match.source if ruleset.address_width(match.source) == 1 else ruleset.ANY,
+        destination=match.destination if ruleset.address_width(match.destination) == 1
+        else ruleset.ANY,
+        dports=match.dports if len(ruleset.port_groups(match.dports)) == 1 else (),
+        limit=None, statistic=None, connlimit=None, hashlimit=None)
+    assert arrange._entry(match) == expected
