@@ -348,17 +348,21 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
         # the unarranged failsafe rules).
         seen: list[Rule] = []
         repeated: list[bool] = []
+        count = 0  # len(seen)
+        set_slot = object.__setattr__  # frozen: scratch only
+        append_seen, append_repeated = seen.append, repeated.append
         for chain, text in zip(chains, shared, strict=True):
             if text is not None:
                 continue
             for rule in chain.rules:
                 slot = rule.render_slot
-                if 0 <= slot < len(seen) and seen[slot] is rule:
+                if 0 <= slot < count and seen[slot] is rule:
                     repeated[slot] = True
                 else:
-                    object.__setattr__(rule, "render_slot", len(seen))  # frozen: scratch only
-                    seen.append(rule)
-                    repeated.append(False)
+                    set_slot(rule, "render_slot", count)
+                    append_seen(rule)
+                    append_repeated(False)
+                    count += 1
         bodies_of: list[list[str] | None] = [None] * len(seen)
         for chain, text in zip(chains, shared, strict=True):
             if not chain.rules:
