@@ -129,6 +129,9 @@ def test_a_chain_is_rendered_as_it_is_written(large_failsafe, monkeypatch):
     rule_pieces = iptables.rule_pieces
     monkeypatch.setattr(iptables, "rule_pieces",
                         lambda *args: rendered.append(1) or rule_pieces(*args))
+    one_line = iptables._one_line  # the single-line rules' own path
+    monkeypatch.setattr(iptables, "_one_line",
+                        lambda *args: rendered.append(1) or one_line(*args))
     pieces = iptables.blocks(large_failsafe)
     next(pieces), next(pieces), next(pieces)
     during = len(rendered)

@@ -43,6 +43,13 @@ def test_equal_chains_are_rendered_once_per_cluster(site, monkeypatch):
         return rule_pieces(*args, **kwargs)
 
     monkeypatch.setattr(iptables, "rule_pieces", counted)
+    one_line = iptables._one_line  # the single-line rules' own path
+
+    def counted_line(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append("x")
+        return one_line(*args, **kwargs)
+
+    monkeypatch.setattr(iptables, "_one_line", counted_line)
     shared = _files(site)
     with_reuse = len(calls)
     calls.clear()

@@ -257,7 +257,13 @@ class _Arranger:
                 continue
             indexes = buckets_of.get(dports)
             if indexes is None:
-                indexes = buckets_of[dports] = _buckets(bounds, dports)
+                if len(dports) == 1:  # the usual list: one port or range (as _buckets)
+                    low, high = dports[0]
+                    first = bisect.bisect_right(bounds, low) - 1
+                    indexes = (first,) if high < bounds[first + 1] else _buckets(bounds, dports)
+                else:
+                    indexes = _buckets(bounds, dports)
+                buckets_of[dports] = indexes
             if len(indexes) == 1 and not clip:  # the usual rule: one bucket
                 members[indexes[0]].append(rule)
             elif clip:
@@ -283,6 +289,7 @@ class _Arranger:
 
 
 _DPORTS = attrgetter("match.dports")
+_TARGET = attrgetter("target")
 _PROTOCOL = attrgetter("match.protocol")
 
 
@@ -303,12 +310,14 @@ def _entry(match: Match) -> Match:
     """The part of MATCH that one iptables line can test, and that has no state: the
     devices, protocol, ports (one multiport line), states, ICMP type, and each address
     side that is one CIDR or a set. Every packet MATCH matches, it matches too."""
-    return replace(
-        match,
-        source=match.source if address_width(match.source) == 1 else ANY,
-        destination=match.destination if address_width(match.destination) == 1 else ANY,
-        dports=match.dports if len(port_groups(match.dports)) == 1 else (),
-        limit=None, statistic=None, connlimit=None, hashlimit=None)
+    # (built directly, field by field as Match declares them: dataclasses.replace cost
+    # more than the rest of share_expansions' work on a copied rule)
+    return Match(match.source if address_width(match.source) == 1 else ANY,
+                 match.destination if address_width(match.destination) == 1 else ANY,
+                 match.in_device, match.out_device, match.protocol,
+                 match.dports if len(port_groups(match.dports)) == 1 else (),
+                 match.icmp_type, match.tcp_not_syn, match.ctstate, match.hop_limit,
+                 None, match.tcp_flags, None, None, None)
 
 
 _HELD = "\x00held-"  # a placeholder target: never a chain name (see hold_expansions)
@@ -354,7 +363,11 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     count: dict[str, int] = {}  # copies per placeholder, in the order of its first copy
     # where the placeholders are: (chain index, -1 for the body; positions in it)
     places: list[tuple[int, list[int]]] = []
+    placeholders = held.keys()
     for index, rules in enumerate((body, *(c.rules for c in chains)), -1):
+        # (most chains hold no placeholder: told by one C-level pass over their targets)
+        if placeholders.isdisjoint(map(_TARGET, rules)):
+            continue
         positions = [i for i, r in enumerate(rules)
                      if type(r.target) is str and r.target in held]
         if not positions:

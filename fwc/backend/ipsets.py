@@ -36,8 +36,10 @@ from fwc.backend.lower.ruleset import (
     Rule,
     Table,
     address_width,
+    with_match,
+    with_sides,
 )
-from fwc.model import Endpoint, Memo
+from fwc.model import AddressSet, Endpoint, Memo
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import Target
 
@@ -67,11 +69,26 @@ def _content_set_name(cidrs: tuple[str, ...], family: int) -> str:
     return f"fwc{family}.{_hash(' '.join(cidrs), 12)}"
 
 
-def _object_of(endpoint: Endpoint, cidrs: tuple[str, ...], family: int) -> str | None:
-    """The named object (positive, or negated for an exclusion) this list is exactly."""
+def _object_of(endpoint: Endpoint, cidrs: tuple[str, ...], family: int,
+               known: dict[str, tuple[AddressSet, tuple[str, ...]]] | None = None) -> str | None:
+    """The named object (positive, or negated for an exclusion) this list is exactly.
+
+    KNOWN: each object's addresses and their CIDRs in this family, made once per object
+    (by name; its entry is used only for the very AddressSet it was made from). A group
+    of a few hundred prefixes is used by thousands of rules: its CIDRs were the largest
+    cost of the pass."""
     for item in endpoint.items:
-        if item.object_name and tuple(item.addresses.cidrs(family)) == cidrs:
-            return item.object_name
+        name = item.object_name
+        if not name:
+            continue
+        addresses = item.addresses
+        got = known.get(name) if known is not None else None
+        if got is None or got[0] is not addresses:
+            got = (addresses, addresses.cidr_tuple(family))
+            if known is not None:
+                known[name] = got
+        if got[1] is cidrs or got[1] == cidrs:
+            return name
     return None
 
 
@@ -84,6 +101,7 @@ class _Namer:
         # named before (an object's name taken by other addresses): see _Reused.
         self.used: dict[str, IpSet] = {}
         self.collided = False
+        self.objects: dict[str, tuple[AddressSet, tuple[str, ...]]] = {}  # see _object_of
 
     def watch(self) -> None:
         self.used = {}
@@ -92,7 +110,7 @@ class _Namer:
     def name_for(self, cidrs: tuple[str, ...], endpoints: Iterable[Endpoint]) -> str:
         name = None
         for endpoint in endpoints:
-            obj = _object_of(endpoint, cidrs, self.family)
+            obj = _object_of(endpoint, cidrs, self.family, self.objects)
             if obj is not None:
                 name = _object_set_name(obj, self.family)
                 break
@@ -256,8 +274,7 @@ def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> 
                 destination = namer.address(
                     m.destination, _endpoints_for(rule, "destination"), force=True)
         if source is not m.source or destination is not m.destination:
-            rule = replace(rule, match=replace(m, source=source,
-                                               destination=destination))
+            rule = with_match(rule, with_sides(m, source, destination))
         new_rules.append(rule)
     return new_rules
 

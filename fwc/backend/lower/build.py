@@ -399,6 +399,7 @@ class RuleLowering:
 
 
 _ANY_MATCH = Match()
+_ONE_CHAIN = {chain: frozenset((chain,)) for chain in BuiltinChain}  # RuleLowering.chains
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
 
 
@@ -439,9 +440,6 @@ class RuleNumbers(NamedTuple):
     destination: array[int]
     services: array[int]
 
-    def at(self, position: int) -> tuple[int, int, int]:
-        return self.source[position], self.destination[position], self.services[position]
-
 
 class RuleKeys:
     """Each policy rule's sides and service list as small numbers, the same for every
@@ -449,13 +447,15 @@ class RuleKeys:
     so what the lowering derives from them is made once per number and then found by
     index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
 
-    __slots__ = ("rules", "services", "sides")
+    __slots__ = ("helped", "rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
         side_numbers: dict[_SideKey, int] = {}
         service_numbers: dict[tuple[ServiceMatch, ...], int] = {}
         self.sides: list[Endpoint] = []  # one endpoint of each number
         self.services: list[tuple[ServiceMatch, ...]] = []
+        # by services number: a service of the list names a conntrack helper
+        self.helped: list[bool] = []
         # by position in cluster.rules: (source number, destination number, services number),
         # as three arrays of machine integers (a tuple per rule cost 12 MB at 100,000 rules)
         self.rules = RuleNumbers(array("l"), array("l"), array("l"))
@@ -474,6 +474,7 @@ class RuleKeys:
             if number is None:
                 number = service_numbers[services] = len(self.services)
                 self.services.append(services)
+                self.helped.append(any(s.helper is not None for s in services))
             self.rules.source.append(numbers[0])
             self.rules.destination.append(numbers[1])
             self.rules.services.append(number)
@@ -481,6 +482,17 @@ class RuleKeys:
 
 def rule_keys(cluster: Cluster) -> RuleKeys:
     return cluster.memo.get(("lower-keys",), lambda: RuleKeys(cluster))
+
+
+def present_rules(keys: RuleKeys, family: int) -> list[int]:
+    """The positions of the rules both of whose sides may name addresses of FAMILY
+    (`may_apply`, once per side number): the others have no line in it on any member
+    (`side_parts` is `_NOT_HERE`, so `rule_lowering` gives `_NOTHING`). Most rules of a
+    policy name one family only: the lowering of the other skips them without a call."""
+    applies = [may_apply(endpoint, family) for endpoint in keys.sides]
+    return [position for position, (source, destination)
+            in enumerate(zip(keys.rules.source, keys.rules.destination, strict=True))
+            if applies[source] and applies[destination]]
 
 
 class _Unknown:
@@ -501,7 +513,8 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("keys", "lowered", "nothing", "per_member", "services", "sides")
+    __slots__ = ("interfaces", "keys", "lowered", "nothing", "per_member", "present",
+                 "replays", "services", "sides")
 
     def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
         self.keys = keys if keys is not None else RuleKeys(cluster)
@@ -513,6 +526,12 @@ class SharedLowering:
                            for source, destination in zip(self.keys.rules.source,
                                                           self.keys.rules.destination,
                                                           strict=True)]
+        self.present = present_rules(self.keys, family)  # the rules that may have lines
+        # every interface a rule names, and per member devices of them: Replay
+        self.interfaces = sorted({name for rule in cluster.rules
+                                  for name in (rule.in_interface, rule.out_interface)
+                                  if name is not None})
+        self.replays: dict[tuple[str | None, ...], Replay] = {}
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
         # by position: the rule has no line in this family on any member (found once)
@@ -523,6 +542,21 @@ class SharedLowering:
             [_UNKNOWN] * len(self.keys.services)
         # by side number: side_parts() without firewall addresses, the same on every member
         self.sides: list[SideParts | None] = [None] * len(self.keys.sides)
+
+
+@dataclass(slots=True)
+class Replay:
+    """What the shared rules add to a member's tables, for every member with the same
+    devices (the device of each interface the rules name): in order, each rule that is
+    lowered per member (its position: firewall addresses, `only`, conntrack helpers) and
+    between them the shared lines as (table, chain, lines), in the order each chain was
+    first added to. Appending a chain's lines of a run at once gives each chain the same
+    lines in the same order, and creates the chains in the same order, as appending
+    them rule by rule (tests/test_lower_shared.py compares with each member lowered
+    alone)."""
+
+    steps: list[int | tuple[tuple[str, ChainName, tuple[Rule, ...]], ...]] = \
+        field(default_factory=list)
 
 
 class _Devices(dict[str | None, str | None]):
@@ -556,6 +590,7 @@ class _Lowering:
         self.service_memo: list[list[Match] | None | _Unknown] = \
             shared.services if shared is not None else []
         self.sides: list[SideParts | None] = []
+        self.helped: list[bool] = []  # RuleKeys.helped, by services number
         self.relative: dict[str, str] = {}
         self.tables = _Tables()
         self.shared = shared
@@ -801,44 +836,80 @@ class _Lowering:
                 else RuleKeys(self.cluster)
         if not self.sides:
             self.sides = [None] * len(self._keys.sides)
+        self.helped = self._keys.helped
         if not self.service_memo:
             self.service_memo = [_UNKNOWN] * len(self._keys.services)
         return self._keys
 
     def filter_rules(self) -> None:
         """Lower every policy rule that applies to this member, in order: once for every
-        member that reads it alike (SharedLowering), else for this member alone."""
-        numbers_of = self.keys().rules
+        member that reads it alike (SharedLowering), else for this member alone.
+
+        A member whose devices are those of a member lowered before (the same device
+        for every interface the rules name: `Replay`) takes that member's shared lines
+        chain by chain, a run of rules at a time; only the rules that differ between
+        members (firewall addresses, `only`, conntrack helpers) are visited one by one."""
+        keys = self.keys()
         shared = self.shared
-        member = self.member.name
-        devices = self.devices
         tables = self.tables
         by_name = {"raw": tables.raw, "raw_user": tables.raw_user, "filter": tables.filter,
                    "filter_user": tables.filter_user}
-        for position, rule in enumerate(self.cluster.rules):
-            if rule.only is not None and rule.only != member:
+        if shared is None:
+            for position in present_rules(keys, self.family):
+                self.one_rule(position, by_name)
+            return
+        devices = self.devices
+        signature = tuple([devices[name] for name in shared.interfaces])
+        replay = shared.replays.get(signature)
+        if replay is not None:
+            for step in replay.steps:
+                if type(step) is int:
+                    self.one_rule(step, by_name)
+                    continue
+                for name, chain, lines in step:  # type: ignore[union-attr]
+                    target = by_name[name]
+                    got = target.get(chain)
+                    if got is None:
+                        target[chain] = list(lines)
+                    else:
+                        got.extend(lines)
+            return
+        replay = shared.replays[signature] = Replay()
+        steps = replay.steps
+        run: dict[tuple[str, ChainName], list[Rule]] = {}  # the shared lines since the last step
+        numbers_of = keys.rules
+        sources, destinations, services = numbers_of
+        rules = self.cluster.rules
+        per_member, nothing, made = shared.per_member, shared.nothing, shared.lowered
+        for position in shared.present:
+            rule = rules[position]
+            if rule.only is not None or per_member[position]:
+                if run:
+                    steps.append(tuple([(name, chain, tuple(lines))
+                                        for (name, chain), lines in run.items()]))
+                    run = {}
+                steps.append(position)
+                self.one_rule(position, by_name)
                 continue
-            if shared is None or shared.per_member[position]:
-                lowered = self.rule_lowering(rule, self.fw, self.sides, numbers_of.at(position))
-            elif shared.nothing[position]:
+            if nothing[position]:
                 continue
-            else:
-                key = (position, devices[rule.in_interface], devices[rule.out_interface])
-                lowered = shared.lowered.get(key)  # type: ignore[assignment]
-                if lowered is None:
-                    # the rule names no firewall address of any member: no member's reading
-                    # differs from one without firewall addresses (reads_firewall)
-                    lowered = shared.lowered[key] = self.rule_lowering(
-                        rule, _EMPTY, shared.sides, numbers_of.at(position))
-                    # whether a rule has lines depends on whether it has devices, never on
-                    # which: nothing here is nothing on every member
-                    shared.nothing[position] = lowered is _NOTHING
+            key = (position, devices[rule.in_interface], devices[rule.out_interface])
+            lowered = made.get(key)
+            if lowered is None:
+                lowered = made[key] = self.rule_lowering(
+                    rule, _EMPTY, shared.sides,
+                    (sources[position], destinations[position], services[position]))
+                nothing[position] = lowered is _NOTHING
             if lowered is _NOTHING:
                 continue
             if lowered.helpers:
-                # member-specific (deduplicated over the member's rules): before the rule's
-                # own raw lines, as the kernel must assign the helper first
-                self.helpers(rule, lowered.origin, lowered.chains)
+                if run:
+                    steps.append(tuple([(name, chain, tuple(lines))
+                                        for (name, chain), lines in run.items()]))
+                    run = {}
+                steps.append(position)
+                self.add_lowered(rule, lowered, by_name)
+                continue
             for name, chains in lowered.appends:
                 target = by_name[name]
                 for chain, lines in chains:
@@ -847,6 +918,57 @@ class _Lowering:
                         target[chain] = list(lines)
                     else:
                         got.extend(lines)
+                    kept = run.get((name, chain))
+                    if kept is None:
+                        run[(name, chain)] = list(lines)
+                    else:
+                        kept.extend(lines)
+        if run:
+            steps.append(tuple([(name, chain, tuple(lines))
+                                for (name, chain), lines in run.items()]))
+
+    def one_rule(self, position: int, by_name: dict[str, dict[ChainName, list[Rule]]]) -> None:
+        """The policy rule at POSITION lowered for this member and added to its tables."""
+        rule = self.cluster.rules[position]
+        if rule.only is not None and rule.only != self.member.name:
+            return
+        shared = self.shared
+        numbers_of = self._keys.rules  # type: ignore[union-attr]
+        numbers = (numbers_of.source[position], numbers_of.destination[position],
+                   numbers_of.services[position])
+        if shared is None or shared.per_member[position]:
+            lowered = self.rule_lowering(rule, self.fw, self.sides, numbers)
+        elif shared.nothing[position]:
+            return
+        else:
+            devices = self.devices
+            key = (position, devices[rule.in_interface], devices[rule.out_interface])
+            lowered = shared.lowered.get(key)  # type: ignore[assignment]
+            if lowered is None:
+                # the rule names no firewall address of any member: no member's reading
+                # differs from one without firewall addresses (reads_firewall)
+                lowered = shared.lowered[key] = self.rule_lowering(
+                    rule, _EMPTY, shared.sides, numbers)
+                # whether a rule has lines depends on whether it has devices, never on
+                # which: nothing here is nothing on every member
+                shared.nothing[position] = lowered is _NOTHING
+        if lowered is not _NOTHING:
+            self.add_lowered(rule, lowered, by_name)
+
+    def add_lowered(self, rule: PolicyFilterRule, lowered: RuleLowering,
+                    by_name: dict[str, dict[ChainName, list[Rule]]]) -> None:
+        if lowered.helpers:
+            # member-specific (deduplicated over the member's rules): before the rule's
+            # own raw lines, as the kernel must assign the helper first
+            self.helpers(rule, lowered.origin, lowered.chains)
+        for name, chains in lowered.appends:
+            target = by_name[name]
+            for chain, lines in chains:
+                got = target.get(chain)
+                if got is None:
+                    target[chain] = list(lines)
+                else:
+                    got.extend(lines)
 
     def side(self, endpoint: Endpoint, fw: AddressSet, sides: list[SideParts | None],
              number: int) -> SideParts:
@@ -863,13 +985,20 @@ class _Lowering:
         FW: the firewall addresses it reads; SIDES: its sides against FW, by number;
         NUMBERS: the rule's (RuleKeys.rules)."""
         # (most rules name the addresses of one family only: no parts in the other)
-        src = self.side(rule.source, fw, sides, numbers[0])
+        src = sides[numbers[0]]
+        if src is None:
+            src = self.side(rule.source, fw, sides, numbers[0])
         if not src.applies:
             return _NOTHING
-        parts = parts_of(src, self.side(rule.destination, fw, sides, numbers[1]),
-                         rule.in_interface is not None, rule.out_interface is not None)
-        if not parts:
+        dst = sides[numbers[1]]
+        if dst is None:
+            dst = self.side(rule.destination, fw, sides, numbers[1])
+        if not dst.applies:
             return _NOTHING
+        has_in, has_out = rule.in_interface is not None, rule.out_interface is not None
+        to_fw, from_fw, through = filter_chains(src.reach, dst.reach, has_in, has_out)
+        if not (to_fw or from_fw or through):
+            return _NOTHING  # (parts_of gives no part)
         services = self.service_memo[numbers[2]]
         if services is _UNKNOWN:
             services = self.service_memo[numbers[2]] = service_matches(rule.services,
@@ -878,26 +1007,35 @@ class _Lowering:
             return _NOTHING
         assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
-        helpers = rule.action is FilterAction.ACCEPT and any(
-            s.helper is not None for s in rule.services)
-        if len(parts) == 1 and plain_verdict(rule):
-            part = parts[0]
-            if not (part.source_excluded or part.destination_excluded):
-                # The usual rule: a verdict in one built-in chain, a line per service (what
-                # emit and final make of it, without their general cases).
-                chain = part.chain
+        helpers = rule.action is FilterAction.ACCEPT and self.helped[numbers[2]]
+        if to_fw + from_fw + through == 1 and plain_verdict(rule):
+            # The usual rule: a verdict in one built-in chain, a line per service (what
+            # parts_of, emit and final make of it, without their general cases or a Part).
+            if to_fw:
+                chain: BuiltinChain = BuiltinChain.INPUT
+                (source, source_excluded), destination = src.named, dst.firewall  # type: ignore[misc]
+                destination_excluded = _EMPTY
+            elif from_fw:
+                chain = BuiltinChain.OUTPUT
+                source, (destination, destination_excluded) = src.firewall, dst.named  # type: ignore[misc]
+                source_excluded = _EMPTY
+            else:
+                chain = BuiltinChain.FORWARD
+                (source, source_excluded), (destination, destination_excluded) = \
+                    src.other, dst.other  # type: ignore[misc]
+            if not (source_excluded or destination_excluded):
                 in_device = self.devices[rule.in_interface] \
                     if chain != BuiltinChain.OUTPUT else None
                 out_device = self.devices[rule.out_interface] \
                     if chain != BuiltinChain.INPUT else None
                 target, options = self.action(rule, _ANY_MATCH, False)
-                source, destination = part.source, part.destination
                 lines = tuple([FilterRule(Match(source, destination, in_device, out_device,
                                                 service.protocol, service.dports,
                                                 service.icmp_type), target, origin, options)
                                for service in services])
-                return RuleLowering(origin, frozenset((chain,)),
+                return RuleLowering(origin, _ONE_CHAIN[chain],
                                     (("filter", ((chain, lines),)),), helpers)
+        parts = parts_of(src, dst, has_in, has_out)
         raw: dict[ChainName, list[Rule]] = {}
         raw_user: dict[ChainName, list[Rule]] = {}
         if rule.action is FilterAction.ACCEPT and rule.notrack:

@@ -118,6 +118,12 @@ def _limit_options(match: Match) -> list[str]:
 def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None,
                 shapes: ShapeTexts | None = None) -> list[str]:
     """A rule's lines without the leading `-A CHAIN ` (render adds it for every chain)."""
+    match = rule.match
+    if len(match.source.cidrs) < 2 and len(match.destination.cidrs) < 2 \
+            and shapes is not None and protocol_texts is not None:
+        line = _one_line(rule, match, match.source, match.destination, protocol_texts, shapes)
+        if line is not None:
+            return [line]
     sources, ends = rule_pieces(rule, protocol_texts, shapes)
     if sources is None:
         return ends
@@ -130,6 +136,13 @@ def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
     the end), and how many: `rule_bodies` as one text, built with a join per source
     instead of a concatenation per line (the failsafe's groups make hundreds of lines
     of one rule)."""
+    match = rule.match
+    source, destination = match.source, match.destination
+    if len(source.cidrs) < 2 and len(destination.cidrs) < 2 and shapes is not None \
+            and protocol_texts is not None:
+        line = _one_line(rule, match, source, destination, protocol_texts, shapes)
+        if line is not None:
+            return prefix + line, 1
     sources, ends = rule_pieces(rule, protocol_texts, shapes)
     between = "\n" + prefix
     if sources is None:
@@ -197,6 +210,44 @@ def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
     if not source.cidrs or source.set_name is not None:
         return None, ends
     return _address_words("-s", source, shapes), ends
+
+
+def _one_line(rule: Rule, match: Match, source: AddressMatch, destination: AddressMatch,
+              protocol_texts: ProtocolTexts, shapes: ShapeTexts) -> str | None:
+    """The line of a rule of at most one CIDR a side and one port group, as
+    `rule_pieces` makes it (without its lists and address memo: most rules of a large
+    policy are such a line); None for a rule of several lines. tests/test_render_fast.py
+    keeps it equal to `rule_bodies`."""
+    key = (match.in_device, match.out_device, match.protocol, source.set_name,
+           source.negated, destination.set_name, destination.negated, match.hop_limit,
+           match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
+           rule.target, rule.target_options)
+    shape = shapes.get(key)
+    if shape is None:
+        shape = _shape(rule)
+        _remember(shapes, key, shape)
+    lead, mid, after = shape  # type: ignore[misc]
+    if match.protocol is None and not match.dports:
+        line = lead + mid + escape.iptables_comment(rule.comment) + after
+    else:
+        protocols = _protocol_texts(match, protocol_texts)
+        if len(protocols) != 1:
+            return None
+        protocol = protocols[0]
+        line = (lead + protocol + " " if protocol else lead) + mid \
+            + escape.iptables_comment(rule.comment) + after
+    if destination.cidrs and destination.set_name is None:
+        line = _address_word("-d", destination) + " " + line
+    if source.cidrs and source.set_name is None:
+        line = _address_word("-s", source) + " " + line
+    return line
+
+
+def _address_word(flag: str, match: AddressMatch) -> str:
+    """`_addresses` of a side of one CIDR."""
+    [cidr] = match.cidrs
+    return ("! " + flag + " " if match.negated else flag + " ") \
+        + (cidr if "/" in cidr else cidr + ("/128" if ":" in cidr else "/32"))
 
 
 def _address_words(flag: str, match: AddressMatch, shapes: ShapeTexts | None) -> list[str]:
@@ -297,17 +348,21 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
         # the unarranged failsafe rules).
         seen: list[Rule] = []
         repeated: list[bool] = []
+        count = 0  # len(seen)
+        set_slot = object.__setattr__  # frozen: scratch only
+        append_seen, append_repeated = seen.append, repeated.append
         for chain, text in zip(chains, shared, strict=True):
             if text is not None:
                 continue
             for rule in chain.rules:
                 slot = rule.render_slot
-                if 0 <= slot < len(seen) and seen[slot] is rule:
+                if 0 <= slot < count and seen[slot] is rule:
                     repeated[slot] = True
                 else:
-                    object.__setattr__(rule, "render_slot", len(seen))  # frozen: scratch only
-                    seen.append(rule)
-                    repeated.append(False)
+                    set_slot(rule, "render_slot", count)
+                    append_seen(rule)
+                    append_repeated(False)
+                    count += 1
         bodies_of: list[list[str] | None] = [None] * len(seen)
         for chain, text in zip(chains, shared, strict=True):
             if not chain.rules:

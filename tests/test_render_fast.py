@@ -1,0 +1,72 @@
+"""The single-line path of the iptables render (`_one_line`, taken by `rule_text` and
+`rule_bodies` when a file's memos are at hand) writes what the general path writes
+(`rule_pieces`, taken without memos), for rules drawn over every field that reaches
+the line."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fwc.backend.lower.ruleset import (
+    AddressMatch,
+    ConnLimit,
+    FilterRule,
+    HashLimit,
+    Match,
+    Origin,
+    RateLimit,
+)
+from fwc.backend.render import iptables
+from fwc.model import PortRange
+from fwc.model.vocabulary import Target
+
+CIDRS = st.sampled_from(["192.0.2.1", "192.0.2.0/24", "2001:db8::1", "2001:db8::/48"])
+SIDES = st.one_of(
+    st.just(AddressMatch()),
+    st.builds(AddressMatch, st.lists(CIDRS, min_size=1, max_size=3, unique=True).map(tuple),
+              st.none(), st.booleans()),
+    st.builds(AddressMatch, st.just(()), st.sampled_from(["fwc4-web", "fwc6.abc"]),
+              st.booleans()))
+PORTS = st.lists(st.builds(lambda a, b: PortRange(min(a, b), max(a, b)),
+                           st.integers(1, 65535), st.integers(1, 65535)),
+                 max_size=18).map(tuple)
+MATCHES = st.builds(
+    Match, SIDES, SIDES, st.sampled_from([None, "eth0", "bond0.7"]),
+    st.sampled_from([None, "eth1"]), st.sampled_from([None, 6, 17, 1, 58, 47]), PORTS,
+    st.sampled_from([None, 8]), st.booleans(),
+    st.sampled_from([(), ("NEW",), ("RELATED", "ESTABLISHED")]), st.sampled_from([None, 255]),
+    st.sampled_from([None, RateLimit("5/second", 10)]),
+    st.sampled_from([None, ("SYN,RST", "SYN")]), st.sampled_from([None, (3, 1)]),
+    st.sampled_from([None, ConnLimit(8, 32)]),
+    st.sampled_from([None, HashLimit("10/minute", 5, "fwc-h1", True)]))
+RULES = st.builds(
+    FilterRule, MATCHES, st.sampled_from([Target.ACCEPT, Target.DROP, "fwc-accept", Target.LOG]),
+    st.builds(Origin, st.just("policy"), st.sampled_from(["p.fw:3", "fwc auto: x", 'a"b'])),
+    st.sampled_from([(), (("log-prefix", "fwc DROP "),), (("reject-with", "tcp-reset"),)]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(RULES, min_size=1, max_size=6))
+def test_the_single_line_path_writes_the_general_lines(rules: list[FilterRule]) -> None:
+    protocol_texts: iptables.ProtocolTexts = {}
+    shapes: iptables.ShapeTexts = {}
+    for rule in rules:  # one memo for several rules, as in a file
+        general = iptables.rule_bodies(rule)
+        assert iptables.rule_bodies(rule, protocol_texts, shapes) == general
+        text, count = iptables.rule_text(rule, protocol_texts, "-A fwd-x ", shapes)
+        assert count == len(general)
+        assert text == "\n".join("-A fwd-x " + line for line in general)
+
+
+def test_single_lines_take_the_fast_path(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    taken: list[str] = []
+    one_line = iptables._one_line
+    monkeypatch.setattr(iptables, "_one_line",
+                        lambda *args: taken.append("x") or one_line(*args))
+    rule = FilterRule(Match(AddressMatch(("192.0.2.1",)), protocol=6,
+                            dports=(PortRange(22, 22),)), Target.ACCEPT, Origin("policy", "p:1"))
+    text, count = iptables.rule_text(rule, {}, "-A INPUT ", {})
+    assert (text, count) == ('-A INPUT -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment '
+                             '--comment "p:1" -j ACCEPT', 1)
+    assert taken == ["x"]
