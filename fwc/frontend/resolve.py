@@ -1116,15 +1116,25 @@ class Resolver:
         `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
         objects = self.objects
         make = m.EndpointItem
+        if "," not in words:  # most lists: one item
+            span = _new(Span, (path, number, start + 1, number, start + len(words) + 1))
+            if words in PLAIN_ENDPOINTS:
+                return m.Endpoint((make(words, words, _NOTHING, False, None, span),))
+            self.used.add(words)
+            obj = objects.get(words)
+            if obj is None:
+                return None
+            return m.Endpoint((make("object", words, obj.addresses, False, words, span),))
         items: list[m.EndpointItem] = []
-        for word, at in ((words, start),) if "," not in words else \
-                ((w.group(), w.start()) for w in PLAIN_WORD.finditer(text, start,
-                                                                      start + len(words))):
+        used = self.used
+        for w in PLAIN_WORD.finditer(text, start, start + len(words)):
+            word = w.group()
+            at = w.start()
             span = _new(Span, (path, number, at + 1, number, at + len(word) + 1))
             if word in PLAIN_ENDPOINTS:
                 items.append(make(word, word, _NOTHING, False, None, span))
                 continue
-            self.used.add(word)
+            used.add(word)
             obj = objects.get(word)
             if obj is None:
                 return None
