@@ -24,6 +24,7 @@ bench shapes, and random and mutated lines.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fwc.diagnostics import Span
@@ -144,8 +145,10 @@ class FastPath:
         self._endpoint_words: dict[str, tuple[str, str] | None] = {}
         # word -> whether NAME reads it whole (`_lex(self.p.name, word)`, asked per name)
         self._name_words: dict[str, bool] = {}
-        # word -> whether a RuleLine may hold it as an endpoint (`plain_rule`)
-        self._plain_endpoint: dict[str, bool] = {}
+        # a from/to list (services list) as matched -> whether a RuleLine may hold it
+        # (`plain_rule`; a list is checked word by word once per file)
+        self._plain_lists: dict[str, bool] = {}
+        self._plain_services: dict[str, bool] = {}
 
     def _is_name(self, word: str) -> bool:
         known = self._name_words.get(word)
@@ -186,19 +189,24 @@ class FastPath:
         if match is None:
             return None
         _, _, sources, destinations, services, in_, out, _, prefix, only = match.groups()
-        plain = self._plain_endpoint
-        for words in (sources, destinations):
-            for word in (words,) if "," not in words else PLAIN_WORD.findall(words):
-                ok = plain.get(word)
-                if ok is None:
-                    ok = plain[word] = self._plain_endpoint_word(word)
-                if not ok:
-                    return None
+        lists = self._plain_lists
+        ok = lists.get(sources)
+        if ok is None:
+            ok = lists[sources] = self._plain_list(sources, self._plain_endpoint_word)
+        if not ok:
+            return None
+        ok = lists.get(destinations)
+        if ok is None:
+            ok = lists[destinations] = self._plain_list(destinations, self._plain_endpoint_word)
+        if not ok:
+            return None
         names = self._name_words
         if services is not None:
-            for word in (services,) if "," not in services else PLAIN_WORD.findall(services):
-                if not (names.get(word) or self._is_name(word)):
-                    return None
+            ok = self._plain_services.get(services)
+            if ok is None:
+                ok = self._plain_services[services] = self._plain_list(services, self._is_name)
+            if not ok:
+                return None
         for word in (in_, out, only):
             if word is not None and not (names.get(word) or self._is_name(word)):
                 return None
@@ -208,6 +216,11 @@ class FastPath:
             except LiteralError:
                 return None
         return _new(s.RuleLine, (self, number, match))
+
+    @staticmethod
+    def _plain_list(words: str, plain: Callable[[str], bool]) -> bool:
+        """Whether every item of the list WORDS (as PLAIN_RULE matched it) is PLAIN."""
+        return all(plain(word) for word in PLAIN_WORD.findall(words))
 
     def _plain_endpoint_word(self, word: str) -> bool:
         try:

@@ -81,6 +81,7 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]+))?")
+_OCTETS = {str(n): n for n in range(256)}  # what _OCTET reads: a lookup, cheaper than int()
 
 
 def _plain_ipv4(text: str) -> tuple[int, int] | None:
@@ -96,7 +97,8 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
     if match is None:
         return None
     a, b, c, d, length = match.groups()
-    number = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+    octets = _OCTETS
+    number = octets[a] << 24 | octets[b] << 16 | octets[c] << 8 | octets[d]
     if length is None:
         return number, -1
     bits = int(length)
