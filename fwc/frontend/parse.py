@@ -331,17 +331,19 @@ def _runs(lines: list[str], fast: FastPath, plain: bool = False) -> list[_Run]:
             runs.append(run)
 
     for index, line in enumerate(lines):
+        if plain and current is not None and current.rules:
+            # PLAIN: after a run's first rule (a RuleDecl, compared with lark's), a plain
+            # rule line is kept as it matched (s.RuleLine), read into the model later.
+            node: object = fast.plain_rule(line, index + 1)
+            if node is not None:
+                current.rest.append(node)
+                current.rest_lines.append(index)
+                continue
         stripped = line.strip(" \t\r\f")
         if not stripped or stripped[0] == "#":
             continue
         rules = stripped[0] in "adr"  # accept, drop, reject; else host, network, group, service
-        node: object = None
-        if plain and rules and current is not None and current.rules:
-            # PLAIN: after a run's first rule (a RuleDecl, compared with lark's), a plain
-            # rule line is kept as it matched (s.RuleLine), read into the model later.
-            node = fast.plain_rule(line, index + 1)
-        if node is None:
-            node = fast.rule(line, index + 1) if rules else fast.definition(line, index + 1)
+        node = fast.rule(line, index + 1) if rules else fast.definition(line, index + 1)
         if current is not None and node is not None and current.rules == rules:
             current.rest.append(node)
             current.rest_lines.append(index)

@@ -1054,12 +1054,12 @@ class Resolver:
         path = fast.path
         _, action, sources, destinations, services, in_, out, log, prefix, only = \
             match.groups()
-        regs = match.regs
+        span_of = match.span  # only of the groups there: `regs` builds a tuple for each
         text = match.string
-        source = self._line_endpoint(sources, regs[3][0], text, path, number)
+        source = self._line_endpoint(sources, match.start(3), text, path, number)
         if source is None:
             return None
-        destination = self._line_endpoint(destinations, regs[4][0], text, path, number)
+        destination = self._line_endpoint(destinations, match.start(4), text, path, number)
         if destination is None:
             return None
         spans: list[tuple[str, Span]] = []
@@ -1083,29 +1083,29 @@ class Resolver:
                     self.used_services.add(name)
                     found.extend(svc.matches)
                 matches = tuple(found)
-            start, end = regs[5]
+            start, end = span_of(5)
             spans.append(("service", _new(Span, (path, number, start + 1, number, end + 1))))
         if in_ is not None:
             if in_ not in ifaces:
                 return None
-            start, end = regs[6]
+            start, end = span_of(6)
             spans.append(("in", _new(Span, (path, number, start + 1, number, end + 1))))
         if out is not None:
             if out not in ifaces:
                 return None
-            start, end = regs[7]
+            start, end = span_of(7)
             spans.append(("out", _new(Span, (path, number, start + 1, number, end + 1))))
         if log is not None:
-            start, end = regs[8] if prefix is None else regs[9]
+            start, end = span_of(8 if prefix is None else 9)
             spans.append(("log", _new(Span, (path, number, start + 1, number, end + 1))))
             if prefix is not None:
                 prefix = decode_literal(prefix[1:-1])  # it decodes: FastPath.plain_rule
         if only is not None:
             if only not in members:
                 return None
-            start, end = regs[10]
+            start, end = span_of(10)
             spans.append(("only", _new(Span, (path, number, start + 1, number, end + 1))))
-        start, end = regs[1]
+        start, end = span_of(1)
         return m.FilterRule(index, _FILTER_ACTIONS[action], source, destination, matches,
                             labels, in_, out, log is not None, prefix, only,
                             _new(Span, (path, number, start + 1, number, end + 1)),
