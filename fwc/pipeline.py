@@ -119,16 +119,19 @@ def model(path: str | Path, *, reader=None, read_secret=None,
         else None
     # Shares of the whole analysis, as measured on large policies (docs/performance.md).
     progress.phase("parsing", 0.0)
-    program, diagnostics = load(path, reader, include_path)
+    # Without KEEP_SYNTAX the trees are only resolved, then dropped: plain rule lines may
+    # stay as their matches (s.RuleLine) and go straight into the model.
+    program, diagnostics = load(path, reader, include_path, lines=not keep_syntax)
     from fwc.checks.strings import file_name_diagnostics
 
     # A file name no generated file can carry is the only thing worth saying: every
     # other diagnostic would print that name.
     bad_names = file_name_diagnostics(program)
-    if bad_names:
-        return Analysis(program, None, tuple(bad_names))
-    if has_errors(diagnostics):
-        return Analysis(program, None, tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
+    if bad_names or has_errors(diagnostics):
+        if not keep_syntax:
+            program = program.without_syntax()
+        return Analysis(program, None, tuple(bad_names) if bad_names
+                        else tuple(sorted(diagnostics, key=Diagnostic.sort_key)))
     from fwc.frontend.resolve import resolve
 
     progress.phase("resolving", 0.3)

@@ -24,6 +24,7 @@ bench shapes, and random and mutated lines.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fwc.diagnostics import Span
@@ -50,6 +51,26 @@ _SPACE = " \t\r\f"  # what lark ignores, but \n: a line holds none
 ACTIONS = frozenset({"accept", "drop", "reject"})
 _DEFINITIONS = frozenset({"host", "network", "group", "service"})
 _NAMED_OPTIONS = frozenset({"in", "out", "only"})
+
+# A plain rule line (`fwc.frontend.syntax.RuleLine`): the usual options, each at most once and
+# in this order, endpoints and services without `!`, strings other than a plain log prefix,
+# or inline services (no `/`). A word is what `FastPath._tokens` cuts (it ends at a space or
+# a comma); `FastPath.plain_rule` asks the fast path's own word checks of each, so a line
+# it takes is one `FastPath.rule` reads into the same statement. Group 1 is the rule (its
+# span), then one group per part, numbered as PLAIN_GROUPS says.
+_S = r"[ \t\r\f]"
+_W = r'[^ \t\r\f,!"#]+'
+_LIST = f"{_W}(?:{_S}*,{_S}*{_W})*"
+_NAMES = r'[^ \t\r\f,!"#/]+' + f"(?:{_S}*,{_S}*" + r'[^ \t\r\f,!"#/]+)*'
+PLAIN_RULE = re.compile(
+    f"{_S}*((" + "|".join(sorted(ACTIONS)) + f"){_S}+from{_S}+({_LIST}){_S}+to{_S}+({_LIST})"
+    f"(?:{_S}+service{_S}+({_NAMES}))?(?:{_S}+in{_S}+({_W}))?(?:{_S}+out{_S}+({_W}))?"
+    f'(?:{_S}+(log)(?:{_S}+("[^"\\\\#\n]*"))?)?(?:{_S}+only{_S}+({_W}))?){_S}*')
+PLAIN_GROUPS = ("rule", "action", "sources", "destinations", "services", "in", "out", "log",
+                "prefix", "only")
+PLAIN_WORD = re.compile(_W)  # an item of a list of PLAIN_RULE
+# The endpoint kinds a RuleLine holds: a word is an object's name unless it is one of these.
+PLAIN_ENDPOINTS = frozenset({"any", "firewall"})
 
 
 class TerminalInfo(NamedTuple):
@@ -124,6 +145,10 @@ class FastPath:
         self._endpoint_words: dict[str, tuple[str, str] | None] = {}
         # word -> whether NAME reads it whole (`_lex(self.p.name, word)`, asked per name)
         self._name_words: dict[str, bool] = {}
+        # a from/to list (services list) as matched -> whether a RuleLine may hold it
+        # (`plain_rule`; a list is checked word by word once per file)
+        self._plain_lists: dict[str, bool] = {}
+        self._plain_services: dict[str, bool] = {}
 
     def _is_name(self, word: str) -> bool:
         known = self._name_words.get(word)
@@ -155,6 +180,56 @@ class FastPath:
             if got is None:
                 raise _Defer
         return got
+
+    def plain_rule(self, text: str, number: int) -> s.RuleLine | None:
+        """TEXT as a RuleLine, if it is a plain rule line (PLAIN_RULE) whose every word the
+        fast path reads as `rule` would: endpoints that are names, `any` or `firewall`,
+        services, interfaces and members that NAME reads, a prefix that decodes."""
+        match = PLAIN_RULE.fullmatch(text)
+        if match is None:
+            return None
+        _, _, sources, destinations, services, in_, out, _, prefix, only = match.groups()
+        lists = self._plain_lists
+        ok = lists.get(sources)
+        if ok is None:
+            ok = lists[sources] = self._plain_list(sources, self._plain_endpoint_word)
+        if not ok:
+            return None
+        ok = lists.get(destinations)
+        if ok is None:
+            ok = lists[destinations] = self._plain_list(destinations, self._plain_endpoint_word)
+        if not ok:
+            return None
+        names = self._name_words
+        if services is not None:
+            ok = self._plain_services.get(services)
+            if ok is None:
+                ok = self._plain_services[services] = self._plain_list(services, self._is_name)
+            if not ok:
+                return None
+        for word in (in_, out, only):
+            if word is not None and not (names.get(word) or self._is_name(word)):
+                return None
+        if prefix is not None:
+            try:
+                decode_literal(prefix[1:-1])
+            except LiteralError:
+                return None
+        return _new(s.RuleLine, (self, number, match))
+
+    @staticmethod
+    def _plain_list(words: str, plain: Callable[[str], bool]) -> bool:
+        """Whether every item of the list WORDS (as PLAIN_RULE matched it) is PLAIN."""
+        return all(plain(word) for word in PLAIN_WORD.findall(words))
+
+    def _plain_endpoint_word(self, word: str) -> bool:
+        try:
+            kind, _ = self._endpoint(word)
+        except _Defer:
+            return False
+        if word in PLAIN_ENDPOINTS:
+            return kind == word  # `any` is ANY, not a name
+        return kind == "name"
 
     def _tokens(self, text: str) -> list[tuple[str, str]]:
         """The (spaces, token) pairs of TEXT; _Defer for a comment or a word glued to the next."""

@@ -178,11 +178,15 @@ class _Library:
 
 
 def load(path: str | Path, reader: Reader | None = None,
-         include_path: Sequence[Path] = ()) -> tuple[LoadedProgram, list[Diagnostic]]:
+         include_path: Sequence[Path] = (), lines: bool = False) \
+        -> tuple[LoadedProgram, list[Diagnostic]]:
     """Load `path` and its includes. `reader(Path) -> str` lets `fwc diff` read from git.
 
     INCLUDE_PATH: directories includes may also come from; a relative include not
     found next to the including file is looked up in them, in order.
+    LINES: plain rule lines of `policy` blocks may be s.RuleLine records instead of
+    RuleDecl (`fwc.frontend.parse.parse_text`): for a caller that resolves the program and
+    then drops its syntax trees, nothing else (`fwc.pipeline.model` without keep_syntax).
     """
     root = Path(path)
     where = _Disk(root, include_path) if reader is None else _Through(reader, include_path)
@@ -226,7 +230,7 @@ def load(path: str | Path, reader: Reader | None = None,
             return
         loaded.add(key)
         hashes.append((shown, hashlib.sha256(text.encode()).hexdigest()))
-        source, diags = parse_text(text, shown, policy_parser)
+        source, diags = parse_text(text, shown, policy_parser, lines=lines)
         diagnostics.extend(diags)
         files.append(source)
         for statement in source.statements:

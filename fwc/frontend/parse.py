@@ -252,18 +252,20 @@ class BadLiteral(Exception):  # noqa: N818 - a syntax error, like lark's
 
 
 def parse_text(text: str, path: str, parser: PolicyParser | None = None,
-               fast: bool = True) -> tuple[s.SourceFile, list[Diagnostic]]:
+               fast: bool = True, lines: bool = False) -> tuple[s.SourceFile, list[Diagnostic]]:
     """Parse TEXT, spans naming PATH; PARSER is reused across the files of one run.
 
     The plain lines go through the fast path (`_parse_fast`); whenever it is not sure, and
     whenever the text has an error, lark parses the whole text, so the diagnostics are
     always lark's. FAST=False: lark parses every line (the tests compare both ways).
+    LINES (with FAST): most plain rule lines of a `policy` block become s.RuleLine records
+    instead of RuleDecl, for a caller that only resolves the tree (`fwc.frontend.loader.load`).
     """
     parser = parser or PolicyParser()
     if fast and not parser.keep_tokens:
-        fast = _parse_fast(text, path, parser)
-        if fast is not None:
-            return fast, []
+        got = _parse_fast(text, path, parser, lines)
+        if got is not None:
+            return got, []
     diagnostics: list[Diagnostic] = []
     attempt = text
     tree: list | None = None
@@ -314,7 +316,7 @@ class _Run(NamedTuple):
     rest_lines: list[int]  # their 0-based line indexes
 
 
-def _runs(lines: list[str], fast: FastPath) -> list[_Run]:
+def _runs(lines: list[str], fast: FastPath, plain: bool = False) -> list[_Run]:
     """The runs of fast lines, each ended where the next significant line cannot continue
     its last statement (a last line that fails this goes back to lark)."""
     runs: list[_Run] = []
@@ -329,11 +331,19 @@ def _runs(lines: list[str], fast: FastPath) -> list[_Run]:
             runs.append(run)
 
     for index, line in enumerate(lines):
+        if plain and current is not None and current.rules:
+            # PLAIN: after a run's first rule (a RuleDecl, compared with lark's), a plain
+            # rule line is kept as it matched (s.RuleLine), read into the model later.
+            node: object = fast.plain_rule(line, index + 1)
+            if node is not None:
+                current.rest.append(node)
+                current.rest_lines.append(index)
+                continue
         stripped = line.strip(" \t\r\f")
         if not stripped or stripped[0] == "#":
             continue
         rules = stripped[0] in "adr"  # accept, drop, reject; else host, network, group, service
-        node: object = fast.rule(line, index + 1) if rules else fast.definition(line, index + 1)
+        node = fast.rule(line, index + 1) if rules else fast.definition(line, index + 1)
         if current is not None and node is not None and current.rules == rules:
             current.rest.append(node)
             current.rest_lines.append(index)
@@ -346,7 +356,8 @@ def _runs(lines: list[str], fast: FastPath) -> list[_Run]:
     return runs
 
 
-def _parse_fast(text: str, path: str, parser: PolicyParser) -> s.SourceFile | None:
+def _parse_fast(text: str, path: str, parser: PolicyParser,
+                plain: bool = False) -> s.SourceFile | None:
     """TEXT parsed with the fast path for its plain lines, or None: lark must parse it all.
 
     Every run of consecutive fast lines keeps its first line; the others are blanked (the
@@ -357,9 +368,10 @@ def _parse_fast(text: str, path: str, parser: PolicyParser) -> s.SourceFile | No
     after it, each a complete statement of the same kind starting with a keyword that
     cannot continue the one before, are what lark would have parsed there. Any syntax
     error, or any doubt, and the caller parses the whole text with lark.
+    PLAIN: the plain rule lines after a run's first are s.RuleLine records (see `parse_text`).
     """
     lines = text.split("\n")
-    runs = _runs(lines, FastPath(_tables().patterns, path))
+    runs = _runs(lines, FastPath(_tables().patterns, path), plain)
     if not runs:
         return None
     blanked = list(lines)

@@ -16,12 +16,14 @@ from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
+from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD
 from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
+from fwc.text import decode_literal
 
 IPV4_BITS, IPV6_BITS = 32, 128
 
@@ -79,6 +81,7 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]+))?")
+_OCTETS = {str(n): n for n in range(256)}  # what _OCTET reads: a lookup, cheaper than int()
 
 
 def _plain_ipv4(text: str) -> tuple[int, int] | None:
@@ -94,13 +97,15 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
     if match is None:
         return None
     a, b, c, d, length = match.groups()
-    number = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+    octets = _OCTETS
+    number = octets[a] << 24 | octets[b] << 16 | octets[c] << 8 | octets[d]
     if length is None:
         return number, -1
     bits = int(length)
     return (number, bits) if bits <= 32 else None
 
 
+_new = tuple.__new__  # Span is a NamedTuple: built without its Python-level __new__
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
 _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
@@ -468,6 +473,13 @@ class Resolver:
         expectations: list[m.Expectation] = []
         for block in blocks:
             for rd in block.rules:
+                if type(rd) is s.RuleLine:  # a plain rule line (only in policy blocks)
+                    rule = self.line_rule(rd, len(rules), iface_names, member_names) \
+                        if block.kind == "policy" else None
+                    if rule is not None:
+                        rules.append(rule)
+                        continue
+                    rd = rd.decl()
                 if block.kind == "policy":
                     rule = self.resolve_rule(rd, len(rules), iface_names, member_names, False)
                     if isinstance(rule, m.FilterRule):
@@ -1030,6 +1042,106 @@ class Resolver:
         return m.NatRule(index, action, source, destination, services, labels, in_iface,
                          out_iface, log, prefix, only, rd.span, target,
                          pool=tuple(p for p in pool if p is not None), **extras)
+
+    def line_rule(self, line: s.RuleLine, index: int, ifaces: dict[str, m.Interface],
+                  members: set[str]) -> m.FilterRule | None:
+        """The rule of a plain rule line, read straight from its match: what `resolve_rule`
+        makes of `line.decl()` when every name in it is defined and usable. None when
+        anything is not (an undefined or unusable name, a service without matches): the
+        caller resolves `line.decl()` then, which reports it. Nothing is reported here, and
+        what is recorded before giving up (names used) the ordinary way records too."""
+        fast, number, match = line
+        path = fast.path
+        _, action, sources, destinations, services, in_, out, log, prefix, only = \
+            match.groups()
+        span_of = match.span  # only of the groups there: `regs` builds a tuple for each
+        text = match.string
+        source = self._line_endpoint(sources, match.start(3), text, path, number)
+        if source is None:
+            return None
+        destination = self._line_endpoint(destinations, match.start(4), text, path, number)
+        if destination is None:
+            return None
+        spans: list[tuple[str, Span]] = []
+        matches: tuple[m.ServiceMatch, ...] = ()
+        labels: tuple[str, ...] = ()
+        if services is not None:
+            known = self.services
+            if "," not in services:
+                svc = known.get(services)
+                if svc is None or not svc.matches:
+                    return None
+                self.used_services.add(services)
+                matches, labels = svc.matches, (services,)
+            else:
+                labels = tuple(PLAIN_WORD.findall(services))
+                found: list[m.ServiceMatch] = []
+                for name in labels:
+                    svc = known.get(name)
+                    if svc is None or not svc.matches:
+                        return None
+                    self.used_services.add(name)
+                    found.extend(svc.matches)
+                matches = tuple(found)
+            start, end = span_of(5)
+            spans.append(("service", _new(Span, (path, number, start + 1, number, end + 1))))
+        if in_ is not None:
+            if in_ not in ifaces:
+                return None
+            start, end = span_of(6)
+            spans.append(("in", _new(Span, (path, number, start + 1, number, end + 1))))
+        if out is not None:
+            if out not in ifaces:
+                return None
+            start, end = span_of(7)
+            spans.append(("out", _new(Span, (path, number, start + 1, number, end + 1))))
+        if log is not None:
+            start, end = span_of(8 if prefix is None else 9)
+            spans.append(("log", _new(Span, (path, number, start + 1, number, end + 1))))
+            if prefix is not None:
+                prefix = decode_literal(prefix[1:-1])  # it decodes: FastPath.plain_rule
+        if only is not None:
+            if only not in members:
+                return None
+            start, end = span_of(10)
+            spans.append(("only", _new(Span, (path, number, start + 1, number, end + 1))))
+        start, end = span_of(1)
+        return m.FilterRule(index, _FILTER_ACTIONS[action], source, destination, matches,
+                            labels, in_, out, log is not None, prefix, only,
+                            _new(Span, (path, number, start + 1, number, end + 1)),
+                            log_options=_NO_LOG_OPTIONS, notrack=False,
+                            option_spans=tuple(spans))
+
+    def _line_endpoint(self, words: str, start: int, text: str, path: str,
+                       number: int) -> m.Endpoint | None:
+        """A from/to list of a RuleLine (names, `any`, `firewall`; at START of TEXT) as
+        `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
+        objects = self.objects
+        make = m.EndpointItem
+        if "," not in words:  # most lists: one item
+            span = _new(Span, (path, number, start + 1, number, start + len(words) + 1))
+            if words in PLAIN_ENDPOINTS:
+                return m.Endpoint((make(words, words, _NOTHING, False, None, span),))
+            self.used.add(words)
+            obj = objects.get(words)
+            if obj is None:
+                return None
+            return m.Endpoint((make("object", words, obj.addresses, False, words, span),))
+        items: list[m.EndpointItem] = []
+        used = self.used
+        for w in PLAIN_WORD.finditer(text, start, start + len(words)):
+            word = w.group()
+            at = w.start()
+            span = _new(Span, (path, number, at + 1, number, at + len(word) + 1))
+            if word in PLAIN_ENDPOINTS:
+                items.append(make(word, word, _NOTHING, False, None, span))
+                continue
+            used.add(word)
+            obj = objects.get(word)
+            if obj is None:
+                return None
+            items.append(make("object", word, obj.addresses, False, word, span))
+        return m.Endpoint(tuple(items))
 
     def rule_extras(self, opts: dict[str, s.Option], rd: s.RuleDecl, is_nat: bool) \
             -> dict[str, object] | None:

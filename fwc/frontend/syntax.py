@@ -9,7 +9,8 @@ so that the resolver can report a malformed address or port at its position.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import re
+from typing import Any, NamedTuple
 
 from fwc.diagnostics import Span
 from fwc.model.records import dataclass
@@ -221,13 +222,41 @@ class RuleDecl:
     pool: tuple[NatTargetDecl, ...] = ()  # dnat to several backends: the ones after `target`
 
 
+class RuleLine(NamedTuple):
+    """A plain rule line of a `policy` block, kept as the fast path matched it: the resolver
+    reads it straight into the model (`fwc.frontend.resolve.Resolver.line_rule`) without a
+    RuleDecl and its words, options and spans in between.
+
+    Only in a program loaded with `lines=True` (`fwc.frontend.loader.load`), for a caller
+    that drops the syntax trees once the model is resolved (`fwc check`, `fwc compile`).
+    `decl()` is the RuleDecl the fast path makes of the same line (the resolver's way for
+    anything it does not take as it is: every diagnostic comes from there).
+    """
+
+    reader: Any  # the fwc.frontend.fastpath.FastPath of its file (path, word caches)
+    number: int  # 1-based line number
+    match: re.Match[str]  # fwc.frontend.fastpath.PLAIN_RULE over the whole line
+
+    @property
+    def span(self) -> Span:
+        start, end = self.match.span(1)
+        return Span(self.reader.path, self.number, start + 1, self.number, end + 1)
+
+    def decl(self) -> RuleDecl:
+        got = self.reader.rule(self.match.string, self.number)
+        if got is None:  # PLAIN_RULE reads a subset of what the fast path reads
+            raise AssertionError(f"line {self.number}: a plain rule line the fast path refuses")
+        return got
+
+
 @dataclass(frozen=True, slots=True)
 class BlockDecl:
-    """A `policy`, `nat` or `expect` block; `name` names the cluster it applies to."""
+    """A `policy`, `nat` or `expect` block; `name` names the cluster it applies to.
+    RULES holds RuleLine records only in a program loaded with `lines=True`."""
 
     kind: str
     name: Word
-    rules: tuple[RuleDecl, ...]
+    rules: tuple[RuleDecl | RuleLine, ...]
     span: Span
 
 
