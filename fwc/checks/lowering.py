@@ -13,9 +13,9 @@ from fwc.backend.lower.build import (
     drops_prefix,
     log_prefix,
     may_apply,
-    service_matches,
 )
 from fwc.checks import check, describe
+from fwc.checks.names import service_families
 from fwc.checks.sides import all_rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule
@@ -138,12 +138,13 @@ class _Shapes:
         return family in self.service_families(self.lists.number(rule))
 
     def service_families(self, number: int) -> tuple[int, ...]:
-        """The families in which service list NUMBER gives `service_matches`."""
+        """The families in which service list NUMBER gives `service_matches` (a list
+        finds matches in exactly its `names.service_families`: a test keeps them equal;
+        building the matches to see whether there are any was a tenth of the checks)."""
         got = self.families.get(number)
         if got is None:
-            services = self.lists.lists[number]
-            got = self.families[number] = tuple(
-                family for family in (4, 6) if service_matches(services, family) is not None)
+            families = service_families(self.lists.lists[number])
+            got = self.families[number] = tuple(f for f in (4, 6) if f in families)
         return got
 
     def of(self, endpoint: Endpoint, number: int, member: int, family: int) -> _SideShape:
