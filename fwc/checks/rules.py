@@ -356,7 +356,8 @@ class Services:
     def probe_keys(self, family: int) -> tuple[int, ...]:
         """The service keys of the `CoverIndex` tables a flow covering this list's first
         match in FAMILY must be stored in (`_probe_keys`)."""
-        return self.keys(family)[2]
+        got = self._six if family == 6 else self._four
+        return (got or self.keys(family))[2]
 
 
 def _ports_inside(spans: tuple[tuple[int, int], ...], low: int, high: int) -> bool:
@@ -376,16 +377,17 @@ def covers(outer: Flow, inner: Flow) -> bool:
     """True when every packet `inner` matches is matched by `outer` (one rule, not a union)."""
     if not _scope_covers(outer, inner):
         return False
+    outer_services, inner_services = outer.summary, inner.summary
     for part in inner.parts:
-        if not any(
+        slot = part.slot  # kind and family
+        for o in outer.parts:
             # services first: the cheapest test, and the one that tells apart the
             # rules an index lookup finds with containing addresses
-            o.kind == part.kind and o.family == part.family
-            and outer.summary.covers(inner.summary, part.family)
-            and o.source.covers(part.source)
-            and o.destination.covers(part.destination)
-            for o in outer.parts
-        ):
+            if o.slot == slot and outer_services.covers(inner_services, part.family) \
+                    and o.source.covers(part.source) \
+                    and o.destination.covers(part.destination):
+                break
+        else:
             return False
     return True
 
@@ -547,36 +549,47 @@ class CoverIndex:
 
     def candidates(self, flow: Flow, keys: PartKeys) -> list[Flow]:
         """Earlier flows that might cover `flow`, in rule order (a list the index may
-        extend later: read it before the next `add`)."""
-        if not flow.parts:
+        extend later: read it before the next `add`). Loops, not comprehensions: this
+        runs once per rule, and finds nothing for most."""
+        parts = flow.parts
+        if not parts:
             return []
-        part = flow.parts[0]
+        part = parts[0]
         slot = self.tables[part.slot]
         if not slot:
             return []
-        tables = [table for key in flow.summary.probe_keys(part.family)
-                  if (table := slot.get(key)) is not None]
-        if not tables:
-            return []
+        family = part.family
         src, dst = keys[0]
-        sources = self.sources[part.family].supersets(src)
+        sources: frozenset[int] | None = None
         destinations: frozenset[int] | None = None  # asked only when a source matches
         buckets: list[list[Flow]] = []
-        for table in tables:
+        for key in flow.summary.probe_keys(family):
+            table = slot.get(key)
+            if table is None:
+                continue
+            if sources is None:
+                sources = self.sources[family].supersets(src)
             # the values of the table under the ids of SOURCES, walking the smaller
             if len(table) <= len(sources):
                 inners = [value for key, value in table.items() if key in sources]
             else:
-                inners = [value for key in sources if (value := table.get(key)) is not None]
+                inners = []
+                for key in sources:
+                    value = table.get(key)
+                    if value is not None:
+                        inners.append(value)
             for inner in inners:
                 if destinations is None:
-                    destinations = self.destinations[part.family].supersets(dst)
+                    destinations = self.destinations[family].supersets(dst)
                 if len(inner) <= len(destinations):
-                    buckets.extend([value for key, value in inner.items()
-                                    if key in destinations])
+                    for key, bucket in inner.items():
+                        if key in destinations:
+                            buckets.append(bucket)
                 else:
-                    buckets.extend([value for key in destinations
-                                    if (value := inner.get(key)) is not None])
+                    for key in destinations:
+                        bucket = inner.get(key)
+                        if bucket is not None:
+                            buckets.append(bucket)
         if len(buckets) <= 1:  # one bucket is in rule order already
             return buckets[0] if buckets else []
         found = {candidate.position: candidate for bucket in buckets for candidate in bucket}
