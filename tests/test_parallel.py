@@ -354,3 +354,44 @@ def test_failed_checks_come_before_an_output_error_with_a_worker(tmp_path, capsy
     one = _compile(clean, tmp_path / "out1", "1", capsys)
     assert _compile(clean, tmp_path / "out2", "2", capsys) == one
     assert one[0] == 1 and "holds files fwc did not write" in one[2]
+
+
+def test_both_shadowing_shares_report_the_same_with_a_worker(large_policy, tmp_path, capsys):
+    """`fwc check --jobs 2` splits the shadowing check's rules (SHADOW_SHARE): findings
+    in the worker's share and in the parent's come out as in one process."""
+    from fwc.checks.rules import shadowed_share
+    from fwc.pipeline import SHADOW_SHARE, analyse
+
+    lines = large_policy.read_text(encoding="utf-8").splitlines(keepends=True)
+    early = next(at for at, line in enumerate(lines) if line.startswith("    accept from"))
+    policy = tmp_path / "early.fw"  # a redundant rule early on, in the worker's share
+    policy.write_text("".join([*lines[:early + 1], lines[early], *lines[early + 1:]]),
+                      encoding="utf-8")
+    model = analyse(policy, run_checks=False).policy
+    assert model is not None
+    first = shadowed_share(model, SHADOW_SHARE, True)
+    rest = shadowed_share(model, SHADOW_SHARE, False)
+    assert [d.span.line for d in first[0]] == [early + 2]
+    assert rest[0] and min(d.span.line for d in rest[0]) > early + 2
+    json_one = _check(policy, "1", capsys, "--format", "json")
+    assert _check(policy, "2", capsys, "--format", "json") == json_one
+
+
+def test_a_crash_in_the_workers_shadowing_share_is_an_internal_error(tmp_path, capsys,
+                                                                     monkeypatch):
+    from fwc.checks import rules
+
+    parent, real = os.getpid(), rules.shadowed_share
+
+    def crashing(policy, share, first):  # type: ignore[no-untyped-def]
+        if first and os.getpid() != parent:
+            raise RuntimeError("boom")
+        return real(policy, share, first)
+
+    monkeypatch.setattr(rules, "shadowed_share", crashing)
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT, encoding="utf-8")
+    status, _, report = _check(policy, "2", capsys)
+    assert status == 1 and "error[FWC900]: internal error in check FWC401" in report
+    assert "boom" in report
+    assert _check(policy, "1", capsys)[0] == 0
