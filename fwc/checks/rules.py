@@ -305,8 +305,8 @@ class Services:
             matches = _in_family(self.matches, family)
             if matches == self.matches:
                 matches = self.matches  # one tuple, not two equal ones
-            got = (matches, tuple(sorted(_service_keys(self.matches, family))),
-                   _probe_keys(self.matches, family))
+            got = (matches, tuple(sorted(_service_keys(self.matches, family, matches))),
+                   _probe_keys(self.matches, family, matches))
             if family == 6:
                 self._six = got
             else:
@@ -451,12 +451,14 @@ def _type_key(number: int, icmp_type: int) -> int:
     return number << 19 | 3 << 17 | icmp_type  # type < 256
 
 
-def _service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[int]:
-    """Index keys of a flow's services in one family: whole protocols, single ports, types."""
+def _service_keys(services: tuple[ServiceMatch, ...], family: int,
+                  matches: tuple[ServiceMatch, ...] | None = None) -> set[int]:
+    """Index keys of a flow's services in one family: whole protocols, single ports, types
+    (MATCHES: the services in FAMILY, if known)."""
     if not services:
         return {ALL_SERVICES}
     keys: set[int] = set()
-    for match in _in_family(services, family):
+    for match in _in_family(services, family) if matches is None else matches:
         if _whole_protocol(match):
             keys.add(_protocol_key(match.number))
         elif match.icmp_type is not None:
@@ -468,10 +470,13 @@ def _service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[int]:
     return keys
 
 
-def _probe_keys(services: tuple[ServiceMatch, ...], family: int) -> tuple[int, ...]:
-    """The index keys under which a rule covering these services must be stored."""
+def _probe_keys(services: tuple[ServiceMatch, ...], family: int,
+                matches: tuple[ServiceMatch, ...] | None = None) -> tuple[int, ...]:
+    """The index keys under which a rule covering these services must be stored
+    (MATCHES: the services in FAMILY, if known)."""
     keys = [ALL_SERVICES]
-    matches = _in_family(services, family)
+    if matches is None:
+        matches = _in_family(services, family)
     if not matches:
         return tuple(keys)
     first = matches[0]
@@ -519,12 +524,15 @@ class CoverIndex:
                 ids[ref] = (addresses, found)
             return found
 
-        self.keys: list[PartKeys] = [
-            tuple((ident(source_ids, self.sources, p.source_ref, p.source, p.family),
-                   ident(destination_ids, self.destinations, p.destination_ref,
-                         p.destination, p.family))
-                  for p in flow.parts)
-            for flow in flows]
+        self.keys: list[PartKeys] = []
+        append = self.keys.append
+        for flow in flows:
+            keys = []
+            for p in flow.parts:  # mostly one
+                keys.append((ident(source_ids, self.sources, p.source_ref, p.source, p.family),
+                             ident(destination_ids, self.destinations, p.destination_ref,
+                                   p.destination, p.family)))
+            append(tuple(keys))
         # per part slot (`_slot`: kind and family): service key -> source id ->
         # destination id -> flows
         self.tables: list[dict[int, dict[int, dict[int, list[Flow]]]]] = \
