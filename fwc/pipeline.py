@@ -157,12 +157,6 @@ def model(path: str | Path, *, reader=None, read_secret=None,
 # process. The others, about a third, share nothing with them (docs/performance.md,
 # "Two cores").
 PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
-# ... except that the worker also tests the first SHADOW_SHARE of each cluster's filter
-# rules for shadowing (`fwc.checks.rules.shadowed_share`), which this process then only
-# indexes: that share balances the two processes on the three 20,000-rule benchmark
-# shapes (docs/performance.md, "Issue 12, sixth session").
-SHADOW_SHARE = 0.3
-_SHADOW_FIRST = "FWC401 first share"  # the worker's answer for that share
 # `--jobs auto` forks a worker for this many rules (filter and NAT). Below, the checks
 # take under 0.3 s CPU (half of it imports) and the whole compile about a second: a
 # fork (10-45 ms) saves little there and only adds CPU on a busy machine. Above, the
@@ -178,9 +172,8 @@ def rule_count(policy: Policy) -> int:
 
 def checked(policy: Policy, progress: Reporter = SILENT, jobs: int = 1) -> list[Diagnostic]:
     """Every check's diagnostics, in `run_checks` order; with a worker (JOBS,
-    fwc.parallel.wanted) the checks of PARENT_CHECKS run here and the others there, and
-    the shadowing check's rules are shared (SHADOW_SHARE) (WorkerFailed when it did not
-    answer)."""
+    fwc.parallel.wanted) the checks of PARENT_CHECKS run here and the others there
+    (WorkerFailed when it did not answer)."""
     from fwc.checks import check_functions, drop_side_tables, run_check, run_checks
 
     if not parallel.wanted(jobs, rule_count(policy), FORK_RULES):
@@ -188,71 +181,21 @@ def checked(policy: Policy, progress: Reporter = SILENT, jobs: int = 1) -> list[
     checks = check_functions()
     mine = [info for info in checks if info.code in PARENT_CHECKS]
     theirs = [info for info in checks if info.code not in PARENT_CHECKS]
-
-    def work() -> dict[str, Any]:
-        out: dict[str, Any] = {info.code: [_encoded(d) for d in run_check(info, policy)]
-                               for info in theirs}
-        first = _shadow_share(policy, True)
-        out[_SHADOW_FIRST] = [[_encoded(d) for d in ds] for ds in first] \
-            if isinstance(first, list) else {"failed": [_encoded(first)]}
-        return out
-
-    worker = parallel.start(work)
+    worker = parallel.start(
+        lambda: {info.code: [_encoded(d) for d in run_check(info, policy)] for info in theirs})
     if worker is None:
         return run_checks(policy, progress)
     try:
         got: dict[str, list[Diagnostic]] = {}
-        first: list[list[Diagnostic]] | Diagnostic = []
-        rest: list[list[Diagnostic]] | Diagnostic = []
         for done, info in enumerate(mine):
             progress.phase(f"checking ({info.code})", done / len(mine))
-            if info.code == "FWC401":
-                rest = _shadow_share(policy, False)
-            else:
-                got[info.code] = run_check(info, policy)
+            got[info.code] = run_check(info, policy)
         drop_side_tables(policy)  # as run_checks does: the worker has its own copy
         progress.phase("checking (the other checks)", 1.0)
-        answer = worker.result()
-        if isinstance(answer, dict):
-            first = _decoded_share(answer.pop(_SHADOW_FIRST, None), len(policy.clusters))
-        got.update(decoded_checks(answer, [info.code for info in theirs]))
+        got.update(decoded_checks(worker.result(), [info.code for info in theirs]))
     finally:
         worker.close()
-    got["FWC401"] = _joined_shares(first, rest)
     return [d for info in checks for d in got[info.code]]
-
-
-def _shadow_share(policy: Policy, first: bool) -> list[list[Diagnostic]] | Diagnostic:
-    """`shadowed_share` of SHADOW_SHARE; a crash is its FWC900 diagnostic (`guarded`)."""
-    from fwc.checks import guarded
-    from fwc.checks.rules import shadowed_share
-
-    got = guarded("FWC401", lambda: shadowed_share(policy, SHADOW_SHARE, first))
-    if got and isinstance(got[0], Diagnostic):
-        return got[0]
-    return got  # type: ignore[return-value]
-
-
-def _decoded_share(value: Any, clusters: int) -> list[list[Diagnostic]] | Diagnostic:
-    """The worker's share of the shadowing check: per cluster, or the FWC900 it gave."""
-    if isinstance(value, dict) and isinstance(value.get("failed"), list) \
-            and len(value["failed"]) == 1:
-        return decoded_diagnostics(value["failed"])[0]
-    if not isinstance(value, list) or len(value) != clusters:
-        raise parallel.WorkerFailed("the worker did not answer for the checks it was given")
-    return [decoded_diagnostics(item) for item in value]
-
-
-def _joined_shares(first: list[list[Diagnostic]] | Diagnostic,
-                   rest: list[list[Diagnostic]] | Diagnostic) -> list[Diagnostic]:
-    """FWC401's diagnostics in `shadowed_rules` order: cluster by cluster, the first share
-    then the rest; a share that crashed is its FWC900 alone (the worker's first), as the
-    check that crashes in one process."""
-    if isinstance(first, Diagnostic):
-        return [first]
-    if isinstance(rest, Diagnostic):
-        return [rest]
-    return [d for mine, theirs in zip(first, rest, strict=True) for d in (*mine, *theirs)]
 
 
 def checks_in_worker(policy: Policy) -> Callable[[], Any]:

@@ -292,18 +292,6 @@ def test_shadowing_equals_brute_force(tmp_path, drawn):
     flows = rules._filter_flows(cluster, rules._firewall(cluster))
     fast = [(shadowed.position, by.position) for shadowed, by in rules.shadowing(flows)]
     assert fast == _oracle(flows)
-    # `fwc check` shares a block between two processes: the flows before START only
-    # indexed, covered or not, the findings from START on are the same
-    positions = [flow.position for flow in flows]
-    for start in range(len(flows) + 1):
-        assert [(shadowed.position, by.position)
-                for shadowed, by in rules.shadowing(flows, start)] == \
-            [pair for pair in fast if positions.index(pair[0]) >= start], start
-    whole = list(rules.shadowed_rules(analysis.policy))
-    for share in (0.0, 0.25, 0.5, 0.99):
-        first = rules.shadowed_share(analysis.policy, share, True)
-        rest = rules.shadowed_share(analysis.policy, share, False)
-        assert [d for a, b in zip(first, rest, strict=True) for d in (*a, *b)] == whole
 
 
 def analyse_text(tmp_path, text: str):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable, Iterable
-from typing import TypeVar
 
 from fwc.diagnostics import SILENT, Diagnostic, Reporter, Severity, error
 from fwc.model import Policy
@@ -80,21 +79,12 @@ def check_functions() -> list[CheckInfo]:
 
 def run_check(info: CheckInfo, policy: Policy) -> list[Diagnostic]:
     """One check; a crash becomes an FWC900 diagnostic, not a traceback."""
-    function = info.function
-    assert function is not None
-    return guarded(info.code, lambda: list(function(policy)))
-
-
-T = TypeVar("T")
-
-
-def guarded(code: str, call: Callable[[], T]) -> T | list[Diagnostic]:
-    """CALL's answer, or the FWC900 diagnostic (in a list) of check CODE when it crashed."""
+    assert info.function is not None
     try:
-        return call()
+        return list(info.function(policy))
     except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return [error("FWC900", f"internal error in check {code}: "
+        return [error("FWC900", f"internal error in check {info.code}: "
                       f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})",
                       hint="please report this; the other checks still ran")]
 

@@ -608,25 +608,15 @@ def _firewall(cluster: Cluster) -> AddressSet:
     return cluster.all_member_addresses | cluster.vips
 
 
-def shadowing(flows: list[Flow], start: int = 0) -> Iterator[tuple[Flow, Flow]]:
+def shadowing(flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
     """(shadowed, first earlier covering) pairs; each flow is tested against few candidates.
 
     A covered flow is left out of the index: coverage is transitive, so whatever it
     covers, the earlier flow covering it covers too and comes first. Repeated rules
     then cost one candidate each instead of one per repetition.
-
-    START: only the flows from this position on are tested (`fwc check` shares a block
-    between two processes, `shadowed_share`). The flows before it are indexed without
-    being tested, each one that could cover a later flow (one with parts, without a
-    limit), covered or not: an index that also holds covered flows finds the same first
-    covering flow, since a covered flow that covers a later one is itself covered by an
-    indexed earlier flow, which covers the later one too and comes first.
     """
     index = CoverIndex(flows)
-    for flow, keys in zip(flows[:start], index.keys, strict=False):
-        if flow.parts and (flow.rule is None or not flow.rule.conditional):
-            index.add(flow, keys)
-    for flow, keys in zip(flows[start:], index.keys[start:], strict=True):
+    for flow, keys in zip(flows, index.keys, strict=True):
         if not flow.parts:
             continue
         for earlier in index.candidates(flow, keys):
@@ -640,22 +630,17 @@ def shadowing(flows: list[Flow], start: int = 0) -> Iterator[tuple[Flow, Flow]]:
                 index.add(flow, keys)
 
 
-def _filter_flows(cluster: Cluster, firewall: AddressSet, stop: int | None = None) \
-        -> list[Flow]:
-    """The flows of the cluster's filter rules (STOP: of the rules before it only, made
-    for this call: the process of `fwc check` that asks this needs no others)."""
+def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     # The shadowing and the DNAT checks both need the filter flows of a cluster; building
     # them twice was 1.5 s of `fwc check` at 20,000 rules: memoised for this run.
-    def build(rules: tuple[Rule, ...]) -> list[Flow]:
+    def build() -> list[Flow]:
         memo = PartsMemo(firewall, side_numbers(cluster))
         _, services = service_numbers(cluster)
         return [flow_of(r, FILTER_HOOKS, firewall, memo, sides, listed)
-                for r, sides, listed in zip(rules, rule_sides(cluster)[0].pairs(),
-                                            services[:len(rules)], strict=False)]
+                for r, sides, listed in zip(cluster.rules, rule_sides(cluster)[0].pairs(),
+                                            services[:len(cluster.rules)], strict=True)]
 
-    if stop is not None and stop < len(cluster.rules):
-        return build(cluster.rules[:stop])
-    return cluster.memo.get((FLOWS_MEMO, firewall), lambda: build(cluster.rules))
+    return cluster.memo.get((FLOWS_MEMO, firewall), build)
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
@@ -666,22 +651,10 @@ def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
                                         services[len(cluster.rules):], strict=True)]
 
 
-def shadow_cut(cluster: Cluster, share: float) -> int:
-    """Where `shadowed_share` cuts the cluster's filter rules: after SHARE of them."""
-    return round(len(cluster.rules) * share)
-
-
-def _shadow_findings(cluster: Cluster, share: float = 1.0, first: bool = True) \
-        -> Iterator[tuple[Flow, Flow]]:
-    """The cluster's findings; FIRST: of its first SHARE of filter rules only, else of
-    the others and of its NAT rules."""
-    firewall = _firewall(cluster)
-    cut = shadow_cut(cluster, share)
-    if first:
-        yield from shadowing(_filter_flows(cluster, firewall, cut))
-    else:
-        yield from shadowing(_filter_flows(cluster, firewall), cut)
-    if first == (share >= 1.0):
+def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
+    for cluster in policy.clusters:
+        firewall = _firewall(cluster)
+        yield from shadowing(_filter_flows(cluster, firewall))
         yield from shadowing(_nat_flows(cluster, firewall))
 
 
@@ -722,21 +695,7 @@ When the earlier rule's action (or NAT target) differs, the later rule states an
 intent the firewall will never carry out: an error. (The same pass reports
 FWC402 for redundant rules.)""")
 def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
-    for cluster in policy.clusters:
-        yield from _shadow_diagnostics(_shadow_findings(cluster))
-
-
-def shadowed_share(policy: Policy, share: float, first: bool) -> list[list[Diagnostic]]:
-    """FWC401/FWC402 per cluster for a share of its rules: FIRST, its first SHARE of
-    filter rules; else its other filter rules and its NAT rules. Cluster by cluster, the
-    two concatenated are `shadowed_rules`, in its order (`fwc.pipeline.checked` runs
-    them in two processes)."""
-    return [list(_shadow_diagnostics(_shadow_findings(cluster, share, first)))
-            for cluster in policy.clusters]
-
-
-def _shadow_diagnostics(findings: Iterable[tuple[Flow, Flow]]) -> Iterator[Diagnostic]:
-    for flow, earlier in findings:
+    for flow, earlier in _shadow_findings(policy):
         assert flow.rule is not None and earlier.rule is not None
         related = [Related(earlier.rule.span, "covered by this rule")]
         if flow.outcome == earlier.outcome:
