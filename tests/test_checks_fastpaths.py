@@ -6,7 +6,10 @@
 - the shadowing flows split each distinct side once (`PartsMemo`);
 - the sides are numbered by what was written, checked against their address sets
   (`SideNumbers`): equal numbers exactly when the sides mean the same (`endpoint_key`);
-- the name checks walk each list once (`SideFacts`) instead of `Endpoint`'s properties.
+- the name checks walk each list once (`SideFacts`) instead of `Endpoint`'s properties;
+- service lists are numbered by their labels, checked against the lists
+  (`ServiceNumbers`), and FWC504 reads a list's families (`names.service_families`)
+  instead of building its matches (`service_matches`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from hypothesis import strategies as st
 from fwc.backend.lower.build import filter_parts, nat_part, service_matches
 from fwc.checks import lowering, names, rules, sides
 from fwc.diagnostics import Span
-from fwc.model import Cluster, Endpoint, EndpointItem, FilterRule, Rule
+from fwc.model import Cluster, Endpoint, EndpointItem, FilterRule, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
+from fwc.model.vocabulary import FilterAction
 from fwc.pipeline import analyse
 
 SERVER_RULE = "accept from server to client   service tcp/5001"
@@ -170,3 +174,54 @@ def test_side_facts_equal_the_endpoint_properties(tmp_path, drawn, nats):
                 assert facts.is_any == side.is_any and facts.firewall == side.firewall
                 assert facts.remaining() == side.addresses - side.excluded
                 assert facts.matches_no_address() == (not side.addresses - side.excluded)
+
+
+# -- service lists: numbered once per run, their families without building matches -------
+
+_ports = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 3)).map(
+    lambda p: PortRange(p[0], p[0] + p[1])), max_size=2).map(tuple)
+_match = st.one_of(
+    st.builds(lambda proto, ports: ServiceMatch(proto[0], proto[1], ports),
+              st.sampled_from((("tcp", 6), ("udp", 17), ("gre", 47))), _ports),
+    st.builds(lambda proto, kind: ServiceMatch(proto[0], proto[1], (), kind),
+              st.sampled_from((("icmp", 1), ("icmpv6", 58))), st.sampled_from((None, 8))))
+_lists = st.lists(_match, max_size=3).map(tuple)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_lists)
+def test_service_families_are_where_the_lowering_finds_matches(services):
+    for family in (4, 6):
+        assert (family in names.service_families(services)) == \
+            (service_matches(services, family) is not None), (services, family)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(("a", "b", "c")), _lists), min_size=1,
+                max_size=8))
+def test_service_numbers_are_equal_exactly_for_equal_lists(labelled):
+    """Labels find a number only when the list behind them is the same (another
+    cluster's service of that name is another list)."""
+    numbers = sides.ServiceNumbers()
+
+    def rule(label: str, services: tuple[ServiceMatch, ...]) -> FilterRule:
+        return FilterRule(0, FilterAction.ACCEPT, Endpoint(()), Endpoint(()), services,
+                          (label,), None, None, False, None, None, Span("x.fw", 1, 1, 1, 2))
+
+    got = [numbers.number(rule(label, services)) for label, services in labelled]
+    for a, (_, first) in enumerate(labelled):
+        for b, (_, second) in enumerate(labelled):
+            assert (got[a] == got[b]) == (first == second)
+        assert numbers.lists[got[a]] == first
+
+
+@_settings
+@given(_rules, _nats)
+def test_shadowing_flows_with_service_numbers_equal_without_the_memo(tmp_path, drawn, nats):
+    policy = _policy(tmp_path, drawn, nats)
+    for cluster in policy.clusters:
+        firewall = rules._firewall(cluster)
+        assert rules._filter_flows(cluster, firewall) == \
+            [rules.flow_of(rule, rules.FILTER_HOOKS, firewall) for rule in cluster.rules]
+        assert rules._nat_flows(cluster, firewall) == \
+            [rules.flow_of(nat, rules._nat_hooks(nat), firewall) for nat in cluster.nat]

@@ -13,12 +13,12 @@ from fwc.backend.lower.build import (
     drops_prefix,
     log_prefix,
     may_apply,
-    service_matches,
 )
 from fwc.checks import check, describe
-from fwc.checks.sides import all_rule_sides, side_numbers
+from fwc.checks.names import service_families
+from fwc.checks.sides import all_rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
-from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule, ServiceMatch
+from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable
 from fwc.model.records import dataclass
 from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
@@ -129,14 +129,22 @@ class _Shapes:
         self.numbers = side_numbers(cluster)
         # side number -> its shape per member and family (at 2 * member + (family == 6))
         self.known: dict[int, list[_SideShape | None]] = {}
-        self.services: dict[tuple[tuple[ServiceMatch, ...], int], bool] = {}
+        # service list number (`ServiceNumbers`) -> the families it finds something in
+        self.lists, _ = service_numbers(cluster)
+        self.families: dict[int, tuple[int, ...]] = {}
 
     def has_services(self, rule: Rule, family: int) -> bool:
         """`service_matches` finds something of FAMILY (thousands of rules share services)."""
-        key = (rule.services, family)
-        got = self.services.get(key)
+        return family in self.service_families(self.lists.number(rule))
+
+    def service_families(self, number: int) -> tuple[int, ...]:
+        """The families in which service list NUMBER gives `service_matches` (a list
+        finds matches in exactly its `names.service_families`: a test keeps them equal;
+        building the matches to see whether there are any was a tenth of the checks)."""
+        got = self.families.get(number)
         if got is None:
-            got = self.services[key] = service_matches(rule.services, family) is not None
+            families = service_families(self.lists.lists[number])
+            got = self.families[number] = tuple(f for f in (4, 6) if f in families)
         return got
 
     def of(self, endpoint: Endpoint, number: int, member: int, family: int) -> _SideShape:
@@ -151,32 +159,37 @@ class _Shapes:
                                           reach(side_of(endpoint, firewall, family)))
         return got
 
-    def produces_something(self, rule: Rule, sides: tuple[int, int] | None = None) -> bool:
+    def produces_something(self, rule: Rule, sides: tuple[int, int] | None = None,
+                           services: int = -1) -> bool:
         """Does RULE give a kernel rule on some member? The lowering's own predicates
         (`filter_chains`, `nat_reaches`) on memoised side shapes; a test keeps this
         equal to calling `filter_parts`/`nat_part` per rule. SIDES: the numbers of
-        RULE's sides (`rule_sides`), if known."""
-        source, destination = (-1, -1) if sides is None else sides
+        RULE's sides (`rule_sides`), SERVICES the number of its service list
+        (`service_numbers`), if known."""
+        families = self.service_families(self.lists.number(rule) if services < 0
+                                          else services)
+        target = rule.target
+        if target is not None:
+            families = tuple(f for f in families if target.addresses.family(f))
+        if not families:
+            return False
+        if sides is None:
+            sides = (self.numbers.number(rule.source), self.numbers.number(rule.destination))
+        is_filter = isinstance(rule, FilterRule)
+        incoming, outgoing = rule.in_interface is not None, rule.out_interface is not None
+        only = rule.only
         for at, (name, _) in enumerate(self.members):
-            if rule.only is not None and rule.only != name:
+            if only is not None and only != name:
                 continue
-            for family in (4, 6):
-                if not self.has_services(rule, family):
-                    continue
-                if rule.target is not None and not rule.target.addresses.family(family):
-                    continue
-                if source < 0:
-                    source = self.numbers.number(rule.source)
-                    destination = self.numbers.number(rule.destination)
-                src = self.of(rule.source, source, at, family)
-                dst = self.of(rule.destination, destination, at, family)
+            for family in families:
+                src = self.of(rule.source, sides[0], at, family)
+                dst = self.of(rule.destination, sides[1], at, family)
                 if not (src.applies and dst.applies):
                     continue
-                if not isinstance(rule, FilterRule):
+                if not is_filter:
                     if nat_reaches(src.reach, dst.reach):
                         return True
-                elif any(filter_chains(src.reach, dst.reach, rule.in_interface is not None,
-                                       rule.out_interface is not None)):
+                elif any(filter_chains(src.reach, dst.reach, incoming, outgoing)):
                     return True
         return False
 
@@ -191,8 +204,10 @@ mistake.""")
 def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         shapes = _Shapes(cluster)
-        for rule, sides in zip(cluster.all_rules(), all_rule_sides(cluster), strict=True):
-            if not shapes.produces_something(rule, sides):
+        _, services = service_numbers(cluster)
+        for rule, sides, listed in zip(cluster.all_rules(), all_rule_sides(cluster), services,
+                                       strict=True):
+            if not shapes.produces_something(rule, sides, listed):
                 yield warning("FWC504", f"'{rule.action}' rule gives no iptables rule on any "
                               "member", rule.span,
                               hint="traffic to the firewall has no 'out' interface and "

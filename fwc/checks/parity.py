@@ -240,7 +240,8 @@ class Neutrality:
         # (kind, label, negation) -> (the item's set, answer): hashing a group's intervals
         # per use cost more than the answer; taken only for the very same set object
         self.written: dict[tuple[str, str, bool], tuple[AddressSet, bool]] = {}
-        self.sides: dict[tuple[int, bool], bool] = {}  # (side number, NAT rule) -> neutral
+        # side number * 2 + (NAT rule) -> neutral
+        self.sides: dict[int, bool] = {}
         names = {i.name for i in cluster.interfaces}
         names |= {link.interface for m in cluster.members for link in m.links}
         self.same_interfaces: set[str | None] = {None}
@@ -306,18 +307,22 @@ class Neutrality:
                 or rule.out_interface not in self.same_interfaces:
             return False
         nat = _is_nat(rule)
-        for at, side in enumerate((rule.source, rule.destination)):
-            if sides is None:
-                if not self._side_neutral(side, nat):
-                    return False
-                continue
-            key = (sides[at], nat)
-            got = self.sides.get(key)
-            if got is None:
-                got = self.sides[key] = self._side_neutral(side, nat)
-            if not got:
+        if sides is None:
+            if not (self._side_neutral(rule.source, nat)
+                    and self._side_neutral(rule.destination, nat)):
                 return False
-        return not any(self._own_in(t.addresses) for t in getattr(rule, "targets", ()))
+        else:
+            known = self.sides
+            for number, side in zip(sides, (rule.source, rule.destination), strict=True):
+                key = number * 2 + nat  # (side number, NAT rule)
+                got = known.get(key)
+                if got is None:
+                    got = known[key] = self._side_neutral(side, nat)
+                if not got:
+                    return False
+        if not isinstance(rule, NatRule):  # no targets
+            return True
+        return not any(self._own_in(t.addresses) for t in rule.targets)
 
 
 def _contains(intervals: tuple[tuple[int, int], ...], value: int) -> bool:

@@ -16,15 +16,15 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import field, replace
-from typing import TypeVar
 
 from fwc.checks import FLOWS_MEMO, check, describe
-from fwc.checks.sides import SideNumbers, rule_sides, side_numbers
+from fwc.checks.sides import SideNumbers, rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import (
     Cluster,
     Endpoint,
+    FilterRule,
     NatRule,
     NatTarget,
     Policy,
@@ -56,7 +56,6 @@ FORWARD, INPUT, OUTPUT, LOCAL = "forward", "input", "output", "local"
 FILTER_HOOKS: frozenset[str] = frozenset({"filter"})
 
 Key = Block  # a CIDR hull as (prefix length, network as an integer)
-V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +70,8 @@ class Part:
     # so that `CoverIndex` hashes a group's intervals once per distinct side, not per rule.
     source_ref: int = field(default=-1, compare=False)
     destination_ref: int = field(default=-1, compare=False)
+    # kind and family as one small number (`_slot`): the `CoverIndex` tables of the part
+    slot: int = field(default=-1, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,27 @@ Half = tuple[bool, AddressSet, Key, int]
 Split = dict[int, tuple[Half, ...]]
 # the chain of a part by (source is the firewall half, destination is the firewall half)
 _KINDS = ((FORWARD, INPUT), (OUTPUT, LOCAL))
+_KIND_NUMBERS = {FORWARD: 0, INPUT: 1, OUTPUT: 2, LOCAL: 3}
+SLOTS = 8  # (part kind, family) pairs
+
+
+def _slot(kind: str, family: int) -> int:
+    """A part's kind and family as a number below SLOTS."""
+    return _KIND_NUMBERS[kind] * 2 + (family == 6)
+
+
+# Per (source is the firewall half, destination is the firewall half) and family: the
+# part's kind and slot, or None where the rule's interfaces leave no such part (traffic
+# to the firewall has no outgoing interface, traffic from it no incoming one: the
+# compiler drops those parts, and so does the comparison). Indexed by
+# [outgoing][incoming][source half][destination half][family == 6].
+_PLACES = tuple(tuple(
+    tuple(tuple(
+        tuple(None if (outgoing and kind not in (FORWARD, OUTPUT))
+              or (incoming and kind not in (FORWARD, INPUT))
+              else (kind, _slot(kind, family)) for family in FAMILIES)
+        for kind in kinds) for kinds in _KINDS)
+    for incoming in (False, True)) for outgoing in (False, True))
 
 
 def _split(side: tuple[AddressSet, AddressSet], number: int = -1) -> Split:
@@ -134,18 +156,25 @@ def _parts(source: tuple[AddressSet, AddressSet], destination: tuple[AddressSet,
     return _combined(_split(source), _split(destination), families)
 
 
-def _combined(source: Split, destination: Split, families: frozenset[int]) -> tuple[Part, ...]:
-    """Per family, each pair of halves: FORWARD, INPUT, OUTPUT, LOCAL in this order."""
+def _combined(source: Split, destination: Split, families: frozenset[int],
+              outgoing: bool = False, incoming: bool = False) -> tuple[Part, ...]:
+    """Per family, each pair of halves: FORWARD, INPUT, OUTPUT, LOCAL in this order;
+    OUTGOING (INCOMING): the rule names an outgoing (incoming) interface, which leaves
+    out the parts to (from) the firewall."""
     out: list[Part] = []
+    places = _PLACES[outgoing][incoming]
     for family in FAMILIES:
         if family not in families:
             continue
         targets = destination[family]
+        six = family == 6
         for src_fw, src, src_key, src_ref in source[family]:
-            kinds = _KINDS[src_fw]
+            kinds = places[src_fw]
             for dst_fw, dst, dst_key, dst_ref in targets:
-                out.append(Part(kinds[dst_fw], family, src, dst, src_key, dst_key,
-                                src_ref, dst_ref))
+                place = kinds[dst_fw][six]
+                if place is not None:
+                    out.append(Part(place[0], family, src, dst, src_key, dst_key,
+                                    src_ref, dst_ref, place[1]))
     return tuple(out)
 
 
@@ -169,9 +198,18 @@ class PartsMemo:
         self.numbers = SideNumbers() if numbers is None else numbers
         self.sides: dict[int, Split] = {}
         self.lists: dict[tuple[ServiceMatch, ...], Services] = {}
+        # service list number (`fwc.checks.sides.ServiceNumbers`) -> its summary
+        self.numbered: dict[int, Services] = {}
 
-    def services(self, matches: tuple[ServiceMatch, ...]) -> Services:
-        """One `Services` per distinct list, shared by the flows with that list."""
+    def services(self, matches: tuple[ServiceMatch, ...], number: int = -1) -> Services:
+        """One `Services` per distinct list, shared by the flows with that list; NUMBER:
+        the list's (`service_numbers`), if known (hashing a list hashes every match and
+        port range again)."""
+        if number >= 0:
+            got = self.numbered.get(number)
+            if got is None:
+                got = self.numbered[number] = self.services(matches)
+            return got
         got = self.lists.get(matches)
         if got is None:
             got = self.lists[matches] = Services(matches)
@@ -184,44 +222,40 @@ class PartsMemo:
                                               number)
         return got
 
-    def of(self, rule: Rule, families: frozenset[int], sides: tuple[int, int] | None = None) \
-            -> tuple[Part, ...]:
-        """RULE's parts in FAMILIES; SIDES are the numbers of its sides, if known."""
+    def of(self, rule: Rule, families: frozenset[int], sides: tuple[int, int] | None = None,
+           outgoing: bool = False, incoming: bool = False) -> tuple[Part, ...]:
+        """RULE's parts in FAMILIES (`_combined`); SIDES are the numbers of its sides, if
+        known."""
         if sides is None:
             sides = (self.numbers.number(rule.source), self.numbers.number(rule.destination))
         return _combined(self.side(rule.source, sides[0]),
-                         self.side(rule.destination, sides[1]), families)
-
-
-def _placed(parts: tuple[Part, ...], outgoing: bool, incoming: bool) -> tuple[Part, ...]:
-    # Traffic to the firewall has no outgoing interface, traffic from it no incoming
-    # one: the compiler drops those parts, and so does the comparison.
-    if outgoing:
-        parts = tuple(p for p in parts if p.kind in (FORWARD, OUTPUT))
-    if incoming:
-        parts = tuple(p for p in parts if p.kind in (FORWARD, INPUT))
-    return parts
+                         self.side(rule.destination, sides[1]), families, outgoing, incoming)
 
 
 def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
-            memo: PartsMemo | None = None, sides: tuple[int, int] | None = None) -> Flow:
+            memo: PartsMemo | None = None, sides: tuple[int, int] | None = None,
+            listed: int = -1) -> Flow:
     """RULE's flow; MEMO (for FIREWALL) shares the parts of rules with equal sides (SIDES:
-    the numbers of RULE's sides in MEMO's `SideNumbers`, if known)."""
+    the numbers of RULE's sides in MEMO's `SideNumbers`, if known) and the summaries of
+    equal service lists (LISTED: the number of RULE's, `service_numbers`, if known)."""
     filtering = hooks == FILTER_HOOKS  # interfaces restrict the filter's chains
     outgoing = filtering and rule.out_interface is not None
     incoming = filtering and rule.in_interface is not None
     if memo is not None:
-        summary = memo.services(rule.services)
-        parts = _placed(memo.of(rule, summary.families, sides), outgoing, incoming)
+        summary = memo.services(rule.services, listed)
+        parts = memo.of(rule, summary.families, sides, outgoing, incoming)
     else:
         summary = Services(rule.services)
-        parts = _placed(_parts(forwarded_and_local(rule.source, firewall),
-                               forwarded_and_local(rule.destination, firewall),
-                               summary.families), outgoing, incoming)
+        parts = _combined(_split(forwarded_and_local(rule.source, firewall)),
+                          _split(forwarded_and_local(rule.destination, firewall)),
+                          summary.families, outgoing, incoming)
+    if type(rule) is FilterRule:  # no target, no pool
+        outcome: tuple[object, ...] = (rule.action, rule.reject_with, ())
+    else:
+        outcome = (rule.action, rule.reject_with, *_target_outcome(rule.target),
+                   tuple(_target_outcome(t) for t in getattr(rule, "pool", ())))
     return Flow(rule.index, rule.action, hooks, parts, rule.services, summary,
-                rule.in_interface, rule.out_interface, rule.only,
-                (rule.action, rule.reject_with, *_target_outcome(rule.target),
-                 tuple(_target_outcome(t) for t in getattr(rule, "pool", ()))), rule)
+                rule.in_interface, rule.out_interface, rule.only, outcome, rule)
 
 
 # -- coverage -----------------------------------------------------------------------------
@@ -236,7 +270,8 @@ def _in_family(services: tuple[ServiceMatch, ...], family: int) -> tuple[Service
 # What one protocol of a service list offers a coverage test: the whole protocol, these
 # ICMP types, these ports (normalised intervals).
 Offer = tuple[bool, frozenset[int], tuple[tuple[int, int], ...]]
-TableKey = tuple[object, ...]  # (part kind, family, *service key): a table of `CoverIndex`
+# A service list's matches in one family, its index keys and its probe keys there.
+FamilyKeys = tuple[tuple[ServiceMatch, ...], tuple[int, ...], tuple[int, ...]]
 
 
 class Services:
@@ -251,7 +286,7 @@ class Services:
     empty list is every protocol. A test keeps this equal to the plain definition.
     """
 
-    __slots__ = ("_offers", "families", "matches")
+    __slots__ = ("_four", "_offers", "_six", "families", "matches")
 
     def __init__(self, matches: tuple[ServiceMatch, ...]) -> None:
         self.matches = matches
@@ -259,9 +294,27 @@ class Services:
         # per (protocol number, helper), made when this list is first the outer one of a
         # coverage test (few are: a 100,000-rule policy has some 27,000 lists)
         self._offers: dict[tuple[int, str | None], Offer] | None = None
+        # per family, when first asked: its matches in the family, index and probe keys
+        self._four: FamilyKeys | None = None
+        self._six: FamilyKeys | None = None
+
+    def keys(self, family: int) -> FamilyKeys:
+        """(matches in FAMILY, `index_keys`, `probe_keys`) in FAMILY, made once."""
+        got = self._six if family == 6 else self._four
+        if got is None:
+            matches = _in_family(self.matches, family)
+            if matches == self.matches:
+                matches = self.matches  # one tuple, not two equal ones
+            got = (matches, tuple(sorted(_service_keys(self.matches, family, matches))),
+                   _probe_keys(self.matches, family, matches))
+            if family == 6:
+                self._six = got
+            else:
+                self._four = got
+        return got
 
     def in_family(self, family: int) -> tuple[ServiceMatch, ...]:
-        return _in_family(self.matches, family)
+        return self.keys(family)[0]
 
     def _offer(self, number: int, helper: str | None) -> Offer:
         offers = self._offers
@@ -295,14 +348,16 @@ class Services:
                 return False
         return True
 
-    def index_keys(self, kind: str, family: int) -> list[TableKey]:
-        """The `CoverIndex` tables a flow part of this list is stored in (made per call:
-        kept, they cost more memory than time at 100,000 rules)."""
-        return [(kind, family, *key) for key in _service_keys(self.matches, family)]
+    def index_keys(self, family: int) -> tuple[int, ...]:
+        """The service keys of the `CoverIndex` tables a flow part of this list in FAMILY
+        is stored in (`_service_keys`)."""
+        return self.keys(family)[1]
 
-    def probe_keys(self, kind: str, family: int) -> list[TableKey]:
-        """The `CoverIndex` tables a flow covering this list must be stored in."""
-        return [(kind, family, *key) for key in _probe_keys(self.matches, family)]
+    def probe_keys(self, family: int) -> tuple[int, ...]:
+        """The service keys of the `CoverIndex` tables a flow covering this list's first
+        match in FAMILY must be stored in (`_probe_keys`)."""
+        got = self._six if family == 6 else self._four
+        return (got or self.keys(family))[2]
 
 
 def _ports_inside(spans: tuple[tuple[int, int], ...], low: int, high: int) -> bool:
@@ -322,16 +377,17 @@ def covers(outer: Flow, inner: Flow) -> bool:
     """True when every packet `inner` matches is matched by `outer` (one rule, not a union)."""
     if not _scope_covers(outer, inner):
         return False
+    outer_services, inner_services = outer.summary, inner.summary
     for part in inner.parts:
-        if not any(
+        slot = part.slot  # kind and family
+        for o in outer.parts:
             # services first: the cheapest test, and the one that tells apart the
             # rules an index lookup finds with containing addresses
-            o.kind == part.kind and o.family == part.family
-            and outer.summary.covers(inner.summary, part.family)
-            and o.source.covers(part.source)
-            and o.destination.covers(part.destination)
-            for o in outer.parts
-        ):
+            if o.slot == slot and outer_services.covers(inner_services, part.family) \
+                    and o.source.covers(part.source) \
+                    and o.destination.covers(part.destination):
+                break
+        else:
             return False
     return True
 
@@ -374,39 +430,65 @@ def overlaps(a: Flow, b: Flow) -> bool:
 
 
 # -- index --------------------------------------------------------------------------------
-def _service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[tuple[object, ...]]:
-    """Index keys of a flow's services in one family: whole protocols, single ports, types."""
+# The service keys of the index as integers: every protocol, a whole protocol, a single
+# port, ports wider than one, an ICMP type (hashing an int is free, a tuple is not).
+ALL_SERVICES = -1
+
+
+def _protocol_key(number: int) -> int:
+    return number << 19
+
+
+def _port_key(number: int, port: int) -> int:
+    return number << 19 | 1 << 17 | port  # port < 1 << 16
+
+
+def _wide_key(number: int) -> int:
+    return number << 19 | 1 << 18
+
+
+def _type_key(number: int, icmp_type: int) -> int:
+    return number << 19 | 3 << 17 | icmp_type  # type < 256
+
+
+def _service_keys(services: tuple[ServiceMatch, ...], family: int,
+                  matches: tuple[ServiceMatch, ...] | None = None) -> set[int]:
+    """Index keys of a flow's services in one family: whole protocols, single ports, types
+    (MATCHES: the services in FAMILY, if known)."""
     if not services:
-        return {("all",)}
-    keys: set[tuple[object, ...]] = set()
-    for match in _in_family(services, family):
+        return {ALL_SERVICES}
+    keys: set[int] = set()
+    for match in _in_family(services, family) if matches is None else matches:
         if _whole_protocol(match):
-            keys.add((match.number,))
+            keys.add(_protocol_key(match.number))
         elif match.icmp_type is not None:
-            keys.add((match.number, "type", match.icmp_type))
+            keys.add(_type_key(match.number, match.icmp_type))
         else:
             for ports in match.ports:
-                keys.add((match.number, "port", ports.low) if ports.low == ports.high
-                         else (match.number, "wide"))
+                keys.add(_port_key(match.number, ports.low) if ports.low == ports.high
+                         else _wide_key(match.number))
     return keys
 
 
-def _probe_keys(services: tuple[ServiceMatch, ...], family: int) -> list[tuple[object, ...]]:
-    """The index keys under which a rule covering these services must be stored."""
-    keys: list[tuple[object, ...]] = [("all",)]
-    matches = _in_family(services, family)
+def _probe_keys(services: tuple[ServiceMatch, ...], family: int,
+                matches: tuple[ServiceMatch, ...] | None = None) -> tuple[int, ...]:
+    """The index keys under which a rule covering these services must be stored
+    (MATCHES: the services in FAMILY, if known)."""
+    keys = [ALL_SERVICES]
+    if matches is None:
+        matches = _in_family(services, family)
     if not matches:
-        return keys
+        return tuple(keys)
     first = matches[0]
-    keys.append((first.number,))
+    keys.append(_protocol_key(first.number))
     if first.icmp_type is not None:
-        keys.append((first.number, "type", first.icmp_type))
+        keys.append(_type_key(first.number, first.icmp_type))
     elif first.ports:
-        keys.append((first.number, "wide"))
+        keys.append(_wide_key(first.number))
         low, high = first.ports[0].low, first.ports[0].high
         if low == high:
-            keys.append((first.number, "port", low))
-    return keys
+            keys.append(_port_key(first.number, low))
+    return tuple(keys)
 
 
 PartKeys = tuple[tuple[int, int], ...]  # per part of a flow: (source id, destination id)
@@ -442,59 +524,84 @@ class CoverIndex:
                 ids[ref] = (addresses, found)
             return found
 
-        self.keys: list[PartKeys] = [
-            tuple((ident(source_ids, self.sources, p.source_ref, p.source, p.family),
-                   ident(destination_ids, self.destinations, p.destination_ref,
-                         p.destination, p.family))
-                  for p in flow.parts)
-            for flow in flows]
-        self.tables: dict[TableKey, dict[int, dict[int, list[Flow]]]] = {}
+        self.keys: list[PartKeys] = []
+        append = self.keys.append
+        for flow in flows:
+            keys = []
+            for p in flow.parts:  # mostly one
+                keys.append((ident(source_ids, self.sources, p.source_ref, p.source, p.family),
+                             ident(destination_ids, self.destinations, p.destination_ref,
+                                   p.destination, p.family)))
+            append(tuple(keys))
+        # per part slot (`_slot`: kind and family): service key -> source id ->
+        # destination id -> flows
+        self.tables: list[dict[int, dict[int, dict[int, list[Flow]]]]] = \
+            [{} for _ in range(SLOTS)]
 
     def add(self, flow: Flow, keys: PartKeys) -> None:
+        summary = flow.summary
         for part, (src, dst) in zip(flow.parts, keys, strict=True):
-            for key in flow.summary.index_keys(part.kind, part.family):
-                table = self.tables.get(key)
+            tables = self.tables[part.slot]
+            for key in summary.index_keys(part.family):
+                table = tables.get(key)
                 if table is None:
-                    table = self.tables[key] = {}
+                    table = tables[key] = {}
                 inner = table.get(src)
                 if inner is None:
                     inner = table[src] = {}
                 bucket = inner.get(dst)
                 if bucket is None:
-                    bucket = inner[dst] = []
-                if not bucket or bucket[-1] is not flow:
+                    inner[dst] = [flow]
+                elif bucket[-1] is not flow:
                     bucket.append(flow)
 
     def candidates(self, flow: Flow, keys: PartKeys) -> list[Flow]:
         """Earlier flows that might cover `flow`, in rule order (a list the index may
-        extend later: read it before the next `add`)."""
-        if not flow.parts:
+        extend later: read it before the next `add`). Loops, not comprehensions: this
+        runs once per rule, and finds nothing for most."""
+        parts = flow.parts
+        if not parts:
             return []
-        part = flow.parts[0]
-        tables = [table for key in flow.summary.probe_keys(part.kind, part.family)
-                  if (table := self.tables.get(key)) is not None]
-        if not tables:
+        part = parts[0]
+        slot = self.tables[part.slot]
+        if not slot:
             return []
+        family = part.family
         src, dst = keys[0]
-        sources = self.sources[part.family].supersets(src)
+        sources: frozenset[int] | None = None
         destinations: frozenset[int] | None = None  # asked only when a source matches
         buckets: list[list[Flow]] = []
-        for table in tables:
-            for inner in _picked(table, sources):
+        for key in flow.summary.probe_keys(family):
+            table = slot.get(key)
+            if table is None:
+                continue
+            if sources is None:
+                sources = self.sources[family].supersets(src)
+            # the values of the table under the ids of SOURCES, walking the smaller
+            if len(table) <= len(sources):
+                inners = [value for key, value in table.items() if key in sources]
+            else:
+                inners = []
+                for key in sources:
+                    value = table.get(key)
+                    if value is not None:
+                        inners.append(value)
+            for inner in inners:
                 if destinations is None:
-                    destinations = self.destinations[part.family].supersets(dst)
-                buckets.extend(_picked(inner, destinations))
+                    destinations = self.destinations[family].supersets(dst)
+                if len(inner) <= len(destinations):
+                    for key, bucket in inner.items():
+                        if key in destinations:
+                            buckets.append(bucket)
+                else:
+                    for key in destinations:
+                        bucket = inner.get(key)
+                        if bucket is not None:
+                            buckets.append(bucket)
         if len(buckets) <= 1:  # one bucket is in rule order already
             return buckets[0] if buckets else []
         found = {candidate.position: candidate for bucket in buckets for candidate in bucket}
         return [found[k] for k in sorted(found)]
-
-
-def _picked(table: dict[int, V], wanted: frozenset[int]) -> list[V]:
-    """The values of `table` under the ids in `wanted`, walking the smaller of the two."""
-    if len(table) <= len(wanted):
-        return [value for key, value in table.items() if key in wanted]
-    return [value for key in wanted if (value := table.get(key)) is not None]
 
 
 def _firewall(cluster: Cluster) -> AddressSet:
@@ -528,16 +635,20 @@ def _filter_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     # them twice was 1.5 s of `fwc check` at 20,000 rules: memoised for this run.
     def build() -> list[Flow]:
         memo = PartsMemo(firewall, side_numbers(cluster))
-        return [flow_of(r, FILTER_HOOKS, firewall, memo, sides)
-                for r, sides in zip(cluster.rules, rule_sides(cluster)[0].pairs(), strict=True)]
+        _, services = service_numbers(cluster)
+        return [flow_of(r, FILTER_HOOKS, firewall, memo, sides, listed)
+                for r, sides, listed in zip(cluster.rules, rule_sides(cluster)[0].pairs(),
+                                            services[:len(cluster.rules)], strict=True)]
 
     return cluster.memo.get((FLOWS_MEMO, firewall), build)
 
 
 def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
     memo = PartsMemo(firewall, side_numbers(cluster))
-    return [flow_of(r, _nat_hooks(r), firewall, memo, sides)
-            for r, sides in zip(cluster.nat, rule_sides(cluster)[1].pairs(), strict=True)]
+    _, services = service_numbers(cluster)
+    return [flow_of(r, _nat_hooks(r), firewall, memo, sides, listed)
+            for r, sides, listed in zip(cluster.nat, rule_sides(cluster)[1].pairs(),
+                                        services[len(cluster.rules):], strict=True)]
 
 
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:

@@ -338,7 +338,7 @@ class SupersetIndex:
     the test: that was most of the check's time on policies of large groups).
     """
 
-    __slots__ = ("_answers", "_points", "_starts", "bits", "family", "ids", "sets")
+    __slots__ = ("_answers", "_highs", "_points", "_starts", "bits", "family", "ids", "sets")
 
     def __init__(self, family: int) -> None:
         self.family = family
@@ -346,6 +346,7 @@ class SupersetIndex:
         self.ids: dict[Intervals, int] = {}
         self.sets: list[Intervals] = []
         self._starts: list[list[int]] = []
+        self._highs: list[int] = []  # each set's highest address
         # prefix length -> network -> ids of the sets holding that block
         self._points: dict[int, dict[int, list[int]]] | None = None
         self._answers: dict[int, frozenset[int]] = {}
@@ -357,6 +358,7 @@ class SupersetIndex:
             found = self.ids[intervals] = len(self.sets)
             self.sets.append(intervals)
             self._starts.append([low for low, _ in intervals])
+            self._highs.append(intervals[-1][1])
             self._points = None
             self._answers = {}
         return found
@@ -385,16 +387,19 @@ class SupersetIndex:
         if points is None:
             points = self._points = self._tiles()
         inner = self.sets[ident]
-        point = inner[0][0]
-        sets, starts, bits = self.sets, self._starts, self.bits
+        point, high = inner[0][0], inner[-1][1]
+        sets, starts, highs, bits = self.sets, self._starts, self._highs, self.bits
         out: list[int] = []
         for length, table in points.items():
             shift = bits - length
             bucket = table.get(point >> shift << shift)
             if bucket is not None:
-                # a set holds the point in one block only: no id comes twice
-                out.extend(other for other in bucket
-                           if other == ident or contains(sets[other], starts[other], inner))
+                # a set holds the point in one block only: no id comes twice; a set
+                # ending below the query's end cannot hold it
+                for other in bucket:
+                    if other == ident or (highs[other] >= high
+                                          and contains(sets[other], starts[other], inner)):
+                        out.append(other)
         found = self._answers[ident] = frozenset(out)
         return found
 
