@@ -257,13 +257,7 @@ class _Arranger:
                 continue
             indexes = buckets_of.get(dports)
             if indexes is None:
-                if len(dports) == 1:  # the usual list: one port or range (as _buckets)
-                    low, high = dports[0]
-                    first = bisect.bisect_right(bounds, low) - 1
-                    indexes = (first,) if high < bounds[first + 1] else _buckets(bounds, dports)
-                else:
-                    indexes = _buckets(bounds, dports)
-                buckets_of[dports] = indexes
+                indexes = buckets_of[dports] = _buckets(bounds, dports)
             if len(indexes) == 1 and not clip:  # the usual rule: one bucket
                 members[indexes[0]].append(rule)
             elif clip:

@@ -133,10 +133,6 @@ class _Shapes:
         self.lists, _ = service_numbers(cluster)
         self.families: dict[int, tuple[int, ...]] = {}
 
-    def has_services(self, rule: Rule, family: int) -> bool:
-        """`service_matches` finds something of FAMILY (thousands of rules share services)."""
-        return family in self.service_families(self.lists.number(rule))
-
     def service_families(self, number: int) -> tuple[int, ...]:
         """The families in which service list NUMBER gives `service_matches` (a list
         finds matches in exactly its `names.service_families`: a test keeps them equal;

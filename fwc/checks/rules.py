@@ -66,12 +66,12 @@ class Part:
     destination: AddressSet
     source_key: Key
     destination_key: Key
+    # kind and family as one small number (`_slot`): the `CoverIndex` tables of the part
+    slot: int = field(compare=False)
     # Numbers of the two sets, equal for equal sets of one `PartsMemo` (-1: not numbered),
     # so that `CoverIndex` hashes a group's intervals once per distinct side, not per rule.
     source_ref: int = field(default=-1, compare=False)
     destination_ref: int = field(default=-1, compare=False)
-    # kind and family as one small number (`_slot`): the `CoverIndex` tables of the part
-    slot: int = field(default=-1, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ def _combined(source: Split, destination: Split, families: frozenset[int],
                 place = kinds[dst_fw][six]
                 if place is not None:
                     out.append(Part(place[0], family, src, dst, src_key, dst_key,
-                                    src_ref, dst_ref, place[1]))
+                                    place[1], src_ref, dst_ref))
     return tuple(out)
 
 

@@ -16,7 +16,7 @@ from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
 from fwc.frontend import syntax as s
-from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD
+from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD, _new
 from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
@@ -105,7 +105,6 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
     return (number, bits) if bits <= 32 else None
 
 
-_new = tuple.__new__  # Span is a NamedTuple: built without its Python-level __new__
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
 _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__

@@ -874,7 +874,8 @@ class _Lowering:
                     else:
                         got.extend(lines)
             return
-        replay = shared.replays[signature] = Replay()
+        # kept for the next member of these devices only once it is complete
+        replay = Replay()
         steps = replay.steps
         run: dict[tuple[str, ChainName], list[Rule]] = {}  # the shared lines since the last step
         numbers_of = keys.rules
@@ -926,6 +927,7 @@ class _Lowering:
         if run:
             steps.append(tuple([(name, chain, tuple(lines))
                                 for (name, chain), lines in run.items()]))
+        shared.replays[signature] = replay
 
     def one_rule(self, position: int, by_name: dict[str, dict[ChainName, list[Rule]]]) -> None:
         """The policy rule at POSITION lowered for this member and added to its tables."""

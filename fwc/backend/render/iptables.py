@@ -173,6 +173,21 @@ def _remember(shapes: ShapeTexts, key: tuple[object, ...],
     shapes[key] = value
 
 
+def _shape_in(shapes: ShapeTexts, rule: Rule, match: Match) -> Shape:
+    """`_shape` of RULE, once per SHAPES entry: the key is every field `_shape` reads
+    but the comment (the one key of `rule_pieces` and `_one_line`)."""
+    source, destination = match.source, match.destination
+    key = (match.in_device, match.out_device, match.protocol, source.set_name,
+           source.negated, destination.set_name, destination.negated, match.hop_limit,
+           match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
+           rule.target, rule.target_options)
+    shape = shapes.get(key)
+    if shape is None:
+        shape = _shape(rule)
+        _remember(shapes, key, shape)
+    return shape  # type: ignore[return-value]
+
+
 def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
                 shapes: ShapeTexts | None = None) -> tuple[list[str] | None, list[str]]:
     """(sources, ends): a rule's lines are `source + " " + end` for each source (outer)
@@ -186,16 +201,7 @@ def rule_pieces(rule: Rule, protocol_texts: ProtocolTexts | None = None,
     """
     match = rule.match
     source, destination = match.source, match.destination
-    key = (match.in_device, match.out_device, match.protocol, source.set_name,
-           source.negated, destination.set_name, destination.negated, match.hop_limit,
-           match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
-           rule.target, rule.target_options)
-    shape = shapes.get(key) if shapes is not None else None
-    if shape is None:
-        shape = _shape(rule)
-        if shapes is not None:
-            _remember(shapes, key, shape)
-    lead, mid, after = shape  # type: ignore[misc]
+    lead, mid, after = _shape(rule) if shapes is None else _shape_in(shapes, rule, match)
     comment = escape.iptables_comment(rule.comment)
     if match.protocol is None and not match.dports:  # no protocol options, one line
         ends = [lead + mid + comment + after]
@@ -218,15 +224,7 @@ def _one_line(rule: Rule, match: Match, source: AddressMatch, destination: Addre
     `rule_pieces` makes it (without its lists and address memo: most rules of a large
     policy are such a line); None for a rule of several lines. tests/test_render_fast.py
     keeps it equal to `rule_bodies`."""
-    key = (match.in_device, match.out_device, match.protocol, source.set_name,
-           source.negated, destination.set_name, destination.negated, match.hop_limit,
-           match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
-           rule.target, rule.target_options)
-    shape = shapes.get(key)
-    if shape is None:
-        shape = _shape(rule)
-        _remember(shapes, key, shape)
-    lead, mid, after = shape  # type: ignore[misc]
+    lead, mid, after = _shape_in(shapes, rule, match)
     if match.protocol is None and not match.dports:
         line = lead + mid + escape.iptables_comment(rule.comment) + after
     else:
