@@ -911,14 +911,9 @@ class _Lowering:
                 steps.append(position)
                 self.add_lowered(rule, lowered, by_name)
                 continue
+            self.add_lowered(rule, lowered, by_name)
             for name, chains in lowered.appends:
-                target = by_name[name]
                 for chain, lines in chains:
-                    got = target.get(chain)
-                    if got is None:
-                        target[chain] = list(lines)
-                    else:
-                        got.extend(lines)
                     kept = run.get((name, chain))
                     if kept is None:
                         run[(name, chain)] = list(lines)
