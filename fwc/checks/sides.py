@@ -13,8 +13,9 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from fwc.checks import NUMBERS_MEMO
-from fwc.model import Cluster, Endpoint, Rule, ServiceMatch
+from fwc.model import Cluster, Endpoint, Rule
 from fwc.model.addresses import AddressSet
+from fwc.model.numbering import ServiceNumbers
 
 EndpointKey = tuple[tuple[str, bool, AddressSet], ...]
 
@@ -108,36 +109,6 @@ def all_rule_sides(cluster: Cluster) -> Iterator[tuple[int, int]]:
     filters, nats = rule_sides(cluster)
     yield from filters.pairs()
     yield from nats.pairs()
-
-
-class ServiceNumbers:
-    """The distinct service lists of a cluster's rules numbered: equal lists, equal number.
-
-    Hashing a list hashes every match and port range again (tuples keep no hash). A
-    list is first looked up by the labels the rule wrote (strings keep their hash), and
-    that answer stands when the list equals the one first numbered under those labels,
-    which compares the very same match objects (the resolver shares a service's matches
-    among its uses); otherwise the list itself decides.
-    """
-
-    __slots__ = ("_by_labels", "_by_value", "lists")
-
-    def __init__(self) -> None:
-        self._by_labels: dict[tuple[str, ...], int] = {}
-        self._by_value: dict[tuple[ServiceMatch, ...], int] = {}
-        self.lists: list[tuple[ServiceMatch, ...]] = []  # one list of each number
-
-    def number(self, rule: Rule) -> int:
-        matches = rule.services
-        got = self._by_labels.get(rule.service_labels)
-        if got is not None and self.lists[got] == matches:
-            return got
-        number = self._by_value.get(matches)
-        if number is None:
-            number = self._by_value[matches] = len(self.lists)
-            self.lists.append(matches)
-        self._by_labels[rule.service_labels] = number
-        return number
 
 
 def service_numbers(cluster: Cluster) -> tuple[ServiceNumbers, array[int]]:

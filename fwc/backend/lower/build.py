@@ -53,6 +53,7 @@ from fwc.model import (
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
+from fwc.model.numbering import ServiceNumbers
 from fwc.model.records import dataclass
 from fwc.model.semantics import (
     Reach,
@@ -451,9 +452,9 @@ class RuleKeys:
 
     def __init__(self, cluster: Cluster) -> None:
         side_numbers: dict[_SideKey, int] = {}
-        service_numbers: dict[tuple[ServiceMatch, ...], int] = {}
+        service_numbers = ServiceNumbers()
         self.sides: list[Endpoint] = []  # one endpoint of each number
-        self.services: list[tuple[ServiceMatch, ...]] = []
+        self.services: list[tuple[ServiceMatch, ...]] = service_numbers.lists
         # by services number: a service of the list names a conntrack helper
         self.helped: list[bool] = []
         # by position in cluster.rules: (source number, destination number, services number),
@@ -469,12 +470,9 @@ class RuleKeys:
                     number = side_numbers[key] = len(sides)
                     sides.append(endpoint)
                 numbers.append(number)
-            services = tuple(rule.services)
-            number = service_numbers.get(services)
-            if number is None:
-                number = service_numbers[services] = len(self.services)
-                self.services.append(services)
-                self.helped.append(any(s.helper is not None for s in services))
+            number = service_numbers.number(rule)
+            if number == len(self.helped):  # a list not seen before
+                self.helped.append(any(s.helper is not None for s in rule.services))
             self.rules.source.append(numbers[0])
             self.rules.destination.append(numbers[1])
             self.rules.services.append(number)
