@@ -102,19 +102,22 @@ class Worker:
         # Objects alive now are not traversed by a collection in either process
         # (the collector would otherwise dirty every page the worker shares).
         gc.freeze()
+        held = _HeldInterrupt.hold()
         try:
             pid = os.fork()
         except OSError:
+            held.release()
             gc.unfreeze()
             os.close(read)
             os.close(write)
             raise
         if pid == 0:  # the worker: never returns
-            os.close(read)
-            _serve(task, write, parent)
+            _serve(task, read, write, parent, held)
         gc.unfreeze()
         os.close(write)
-        return cls(pid, read)
+        worker = cls(pid, read)
+        held.deliver(worker)
+        return worker
 
     def result(self) -> Any:
         """The worker's value; waits for it. WorkerFailed when it did not deliver."""
@@ -179,10 +182,56 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _serve(task: Callable[[], Any], fd: int, parent: int) -> None:
+class _HeldInterrupt:
+    """Ctrl-C held back while a worker is forked. Python runs a signal's handler in the
+    main thread between two bytecodes (whichever thread the kernel picked), so a
+    KeyboardInterrupt could come out of `os.fork()` before the parent holds the
+    worker's PID: that worker would then be neither killed nor reaped."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.installed = False
+        self.came = False
+
+    @classmethod
+    def hold(cls) -> _HeldInterrupt:
+        held = cls()
+        with contextlib.suppress(ValueError):  # not the main thread: no handler runs here
+            held.previous = signal.signal(signal.SIGINT, held._note)
+            held.installed = True
+        return held
+
+    def _note(self, number: int, frame: object) -> None:
+        self.came = True
+
+    def release(self) -> None:
+        """The handler of before; an interrupt that came is forgotten (the worker's)."""
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+            self.installed = False
+
+    def deliver(self, worker: Worker) -> None:
+        """The parent's side: the handler of before, then the interrupt that came during
+        the fork, if any, now with WORKER to kill and reap."""
+        self.release()
+        if not self.came:
+            return
+        if self.previous == signal.SIG_DFL:
+            worker.close()  # the default action ends this process at once
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except BaseException:
+            worker.close()
+            raise
+
+
+def _serve(task: Callable[[], Any], unused: int, fd: int, parent: int,
+           held: _HeldInterrupt) -> None:
     """The worker's whole life: compute, send, `os._exit` (0 only when all was sent)."""
     status = 1
     try:
+        held.release()
+        os.close(unused)
         # Ctrl-C goes to the whole process group: the worker just stops (a parent
         # that ignores SIGINT, started in the background, keeps a worker that does).
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

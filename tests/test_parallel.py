@@ -8,6 +8,7 @@ that is killed, leave the output directory exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -211,6 +212,7 @@ def slow(policy):
     if os.getpid() != parent:
         time.sleep(60)
     return info.function(policy)
+import contextlib
 import dataclasses
 registry["FWC105"] = dataclasses.replace(info, function=slow)
 sys.exit(main(sys.argv[1:]))
@@ -354,3 +356,42 @@ def test_failed_checks_come_before_an_output_error_with_a_worker(tmp_path, capsy
     one = _compile(clean, tmp_path / "out1", "1", capsys)
     assert _compile(clean, tmp_path / "out2", "2", capsys) == one
     assert one[0] == 1 and "holds files fwc did not write" in one[2]
+
+
+def test_a_ctrl_c_during_the_fork_still_kills_and_reaps_the_worker(monkeypatch):
+    """The signal lands as fork returns (as a Ctrl-C did in CI): it is raised only once
+    the parent holds the Worker, which kills and reaps it; nothing is left running."""
+    real_fork = os.fork
+    forked: list[int] = []
+
+    def fork_then_interrupt() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+            os.kill(os.getpid(), signal.SIGINT)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_then_interrupt)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            parallel.Worker.start(lambda: time.sleep(60))
+        assert len(forked) == 1
+        with pytest.raises(ChildProcessError):  # reaped: not even a zombie is left
+            os.waitpid(forked[0], os.WNOHANG)
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        for pid in forked:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+
+def test_starting_a_worker_leaves_the_interrupt_handler_as_it_was():
+    before = signal.getsignal(signal.SIGINT)
+    worker = parallel.Worker.start(lambda: True)
+    try:
+        assert worker.result() is True
+    finally:
+        worker.close()
+    assert signal.getsignal(signal.SIGINT) is before

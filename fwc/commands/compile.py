@@ -91,7 +91,10 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
             and parallel.wanted(jobs, rule_count(front.policy), FORK_RULES):
         worker = parallel.start(checks_in_worker(front.policy))
         if worker is not None:
-            return _compile_beside_checks(args, progress, front, cache, backend, worker)
+            try:  # entered with no call in between: an interrupt finds a worker to close
+                return _compile_beside_checks(args, progress, front, cache, backend, worker)
+            finally:
+                worker.close()
         jobs = 1  # the fork failed: `checked` would only try it again
     if isinstance(front, Modelled):
         analysis = front.finish_with(
@@ -112,14 +115,10 @@ def _compile_beside_checks(args: argparse.Namespace, progress: Progress, front: 
                            cache: ResultCache | None, backend: Backend | None,
                            worker: parallel.Worker) -> int:
     """The files built and staged here while WORKER runs the checks; they are swapped in
-    only when the checks pass (fwc.parallel)."""
-    try:
-        verdict = Verdict.pending(worker, front, backend, args.strict,
-                                  progress.within(0.95, 0.95))
-        return _build_and_write(args, progress.within(0.25, 0.95), progress, verdict,
-                                front.policy, front.program.texts, backend, cache, front.key)
-    finally:
-        worker.close()
+    only when the checks pass (fwc.parallel); the caller closes WORKER."""
+    verdict = Verdict.pending(worker, front, backend, args.strict, progress.within(0.95, 0.95))
+    return _build_and_write(args, progress.within(0.25, 0.95), progress, verdict,
+                            front.policy, front.program.texts, backend, cache, front.key)
 
 
 def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Progress,
