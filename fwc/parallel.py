@@ -205,7 +205,7 @@ class _HeldInterrupt:
         self.came = True
 
     def release(self) -> None:
-        """The handler of before; an interrupt that came is forgotten (the worker's)."""
+        """The handler of before (both processes)."""
         if self.installed:
             signal.signal(signal.SIGINT, self.previous)
             self.installed = False
@@ -232,6 +232,8 @@ def _serve(task: Callable[[], Any], unused: int, fd: int, parent: int,
     try:
         held.release()
         os.close(unused)
+        if held.came:  # interrupted while being forked: stop as the parent does
+            return
         # Ctrl-C goes to the whole process group: the worker just stops (a parent
         # that ignores SIGINT, started in the background, keeps a worker that does).
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
