@@ -358,9 +358,8 @@ def test_failed_checks_come_before_an_output_error_with_a_worker(tmp_path, capsy
     assert one[0] == 1 and "holds files fwc did not write" in one[2]
 
 
-def test_a_ctrl_c_during_the_fork_still_kills_and_reaps_the_worker(monkeypatch):
-    """The signal lands as fork returns (as a Ctrl-C did in CI): it is raised only once
-    the parent holds the Worker, which kills and reaps it; nothing is left running."""
+def _fork_then_interrupt(monkeypatch) -> list[int]:
+    """os.fork as in a Ctrl-C that lands just as fork returns in the parent (as in CI)."""
     real_fork = os.fork
     forked: list[int] = []
 
@@ -372,19 +371,56 @@ def test_a_ctrl_c_during_the_fork_still_kills_and_reaps_the_worker(monkeypatch):
         return pid
 
     monkeypatch.setattr(os, "fork", fork_then_interrupt)
+    return forked
+
+
+@pytest.fixture
+def interrupt_handler():
+    """SIGINT's handler for one test, restored after it (another test may have left its
+    own: the lab's probe sets one)."""
     before = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, before)
+
+
+def _reap(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def test_a_ctrl_c_during_the_fork_still_kills_and_reaps_the_worker(monkeypatch,
+                                                                   interrupt_handler):
+    """The interrupt is raised only once the parent holds the Worker, which kills and
+    reaps it; nothing is left running."""
+    interrupt_handler(signal.default_int_handler)
+    forked = _fork_then_interrupt(monkeypatch)
     try:
         with pytest.raises(KeyboardInterrupt):
             parallel.Worker.start(lambda: time.sleep(60))
         assert len(forked) == 1
         with pytest.raises(ChildProcessError):  # reaped: not even a zombie is left
             os.waitpid(forked[0], os.WNOHANG)
-        assert signal.getsignal(signal.SIGINT) is before
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        for pid in forked:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+        _reap(forked)
+
+
+def test_an_ignored_ctrl_c_during_the_fork_leaves_the_worker_running(monkeypatch,
+                                                                     interrupt_handler):
+    """A parent that ignores SIGINT (started in the background) keeps its worker."""
+    interrupt_handler(signal.SIG_IGN)
+    forked = _fork_then_interrupt(monkeypatch)
+    try:
+        worker = parallel.Worker.start(lambda: "done")
+        try:
+            assert worker.result() == "done"
+        finally:
+            worker.close()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        _reap(forked)
 
 
 def test_starting_a_worker_leaves_the_interrupt_handler_as_it_was():
