@@ -775,8 +775,15 @@ def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
     for cluster in policy.clusters:
         firewall = _firewall(cluster)
-        yield from shadowing(_filter_flows(cluster, firewall))
-        yield from shadowing(_nat_flows(cluster, firewall))
+        # The spent indexes stay with the side tables and are freed with them
+        # (`drop_side_tables`), or never when the process ends first (`fwc check` with a
+        # worker, fwc.pipeline.checked): freeing the index of 20,000 rules, some 60,000
+        # dicts and lists, took ~0.05 s of the check.
+        spent: list[CoverIndex] = cluster.memo.get((FLOWS_MEMO, "spent indexes"), list)
+        for flows in (_filter_flows(cluster, firewall), _nat_flows(cluster, firewall)):
+            index = CoverIndex(flows)
+            yield from index.scan(flows)
+            spent.append(index)
 
 
 def _describe_rule(flow: Flow) -> str:
