@@ -339,9 +339,13 @@ class Services:
         """(matches in FAMILY, `index_keys`, `probe_keys`) in FAMILY, made once."""
         got = self._six if family == 6 else self._four
         if got is None:
-            matches = _in_family(self.matches, family)
-            if matches == self.matches:
-                matches = self.matches  # one tuple, not two equal ones
+            matches = self.matches  # one tuple, not two equal ones, when all are in FAMILY
+            for match in matches:
+                if match.protocol in PROTOCOL_FAMILY:  # an ICMP flavour: only one family
+                    matches = _in_family(matches, family)
+                    if matches == self.matches:
+                        matches = self.matches
+                    break
             got = (matches, tuple(sorted(_service_keys(self.matches, family, matches))),
                    _probe_keys(self.matches, family, matches))
             if family == 6:
@@ -495,15 +499,17 @@ def _service_keys(services: tuple[ServiceMatch, ...], family: int,
     if not services:
         return {ALL_SERVICES}
     keys: set[int] = set()
+    # `_protocol_key`, `_type_key`, `_port_key` and `_wide_key` written out (once per
+    # distinct list and family, but a few calls per port)
     for match in _in_family(services, family) if matches is None else matches:
-        if _whole_protocol(match):
-            keys.add(_protocol_key(match.number))
-        elif match.icmp_type is not None:
-            keys.add(_type_key(match.number, match.icmp_type))
+        number = match.number << 19
+        if match.icmp_type is not None:
+            keys.add(number | 3 << 17 | match.icmp_type)
+        elif not match.ports:  # the whole protocol
+            keys.add(number)
         else:
-            for ports in match.ports:
-                keys.add(_port_key(match.number, ports.low) if ports.low == ports.high
-                         else _wide_key(match.number))
+            for low, high in match.ports:
+                keys.add(number | 1 << 17 | low if low == high else number | 1 << 18)
     return keys
 
 
