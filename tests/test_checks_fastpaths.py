@@ -225,3 +225,32 @@ def test_shadowing_flows_with_service_numbers_equal_without_the_memo(tmp_path, d
             [rules.flow_of(rule, rules.FILTER_HOOKS, firewall) for rule in cluster.rules]
         assert rules._nat_flows(cluster, firewall) == \
             [rules.flow_of(nat, rules._nat_hooks(nat), firewall) for nat in cluster.nat]
+
+
+def _plain_service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[int]:
+    """`rules._service_keys` as it was written, through the key functions."""
+    if not services:
+        return {rules.ALL_SERVICES}
+    keys: set[int] = set()
+    for match in rules._in_family(services, family):
+        if rules._whole_protocol(match):
+            keys.add(rules._protocol_key(match.number))
+        elif match.icmp_type is not None:
+            keys.add(rules._type_key(match.number, match.icmp_type))
+        else:
+            for ports in match.ports:
+                keys.add(rules._port_key(match.number, ports.low) if ports.low == ports.high
+                         else rules._wide_key(match.number))
+    return keys
+
+
+@settings(max_examples=300, deadline=None)
+@given(_lists)
+def test_service_keys_written_out_equal_the_key_functions(services):
+    summary = rules.Services(services)
+    for family in (4, 6):
+        assert rules._service_keys(services, family) == _plain_service_keys(services, family)
+        matches, index_keys, probe_keys = summary.keys(family)
+        assert matches == rules._in_family(services, family)
+        assert index_keys == tuple(sorted(_plain_service_keys(services, family)))
+        assert probe_keys == rules._probe_keys(services, family)

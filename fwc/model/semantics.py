@@ -395,10 +395,13 @@ class SupersetIndex:
             bucket = table.get(point >> shift << shift)
             if bucket is not None:
                 # a set holds the point in one block only: no id comes twice; a set
-                # ending below the query's end cannot hold it
+                # ending below the query's end cannot hold it; one interval holding the
+                # point and the query's end holds the query (a network, a range, `any`)
                 for other in bucket:
                     if other == ident or (highs[other] >= high
-                                          and contains(sets[other], starts[other], inner)):
+                                          and (len(sets[other]) == 1
+                                               or contains(sets[other], starts[other],
+                                                           inner))):
                         out.append(other)
         found = self._answers[ident] = frozenset(out)
         return found
