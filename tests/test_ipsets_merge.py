@@ -1,0 +1,72 @@
+"""`_merge_runs` finds the runs to merge from the places where a rule's label equals the
+next one's (one C-level pass) and copies the rest as slices: it gives what the plain walk
+over every pair of neighbours gives, on random chains of lines of a few policy rules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fwc.backend import ipsets
+from fwc.backend.lower.ruleset import AddressMatch, FilterRule, Match, Origin, Rule
+from fwc.model.vocabulary import Target
+
+
+def _walk(rules: tuple[Rule, ...], threshold: int) -> tuple[Rule, ...]:
+    """The walk `_merge_runs` replaced: `_mergeable` of every rule and its neighbours."""
+    out: list[Rule] = []
+    i = 0
+    while i < len(rules):
+        j = i + 1
+        side = None
+        while j < len(rules):
+            got = ipsets._mergeable(rules[i], rules[j])
+            if got is None or (side is not None and got != side):
+                break
+            side = got
+            j += 1
+        run = rules[i:j]
+        cidr_count = sum(len(getattr(r.match, side).cidrs) for r in run) if side else 0
+        if side is not None and cidr_count > threshold:
+            cidrs: list[str] = []
+            for r in run:
+                cidrs.extend(getattr(r.match, side).cidrs)
+            merged = replace(run[0].match,
+                             **{side: AddressMatch(tuple(dict.fromkeys(cidrs)))})
+            out.append(replace(run[0], match=merged))
+        else:
+            out.extend(run)
+        i = j
+    return tuple(out)
+
+
+ORIGINS = [Origin("policy", f"p.fw:{n}") for n in range(3)]
+CIDRS = [f"192.0.2.{n}" for n in range(6)]
+_line = st.builds(
+    lambda origin, source, destination, target, port: FilterRule(
+        Match(AddressMatch(source), AddressMatch(destination), protocol=6 if port else None,
+              dports=()), target, origin),
+    st.sampled_from(ORIGINS),
+    st.lists(st.sampled_from(CIDRS), max_size=2, unique=True).map(tuple),
+    st.lists(st.sampled_from(CIDRS), max_size=2, unique=True).map(tuple),
+    st.sampled_from([Target.ACCEPT, Target.RETURN, Target.LOG]),
+    st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, max_size=14).map(tuple), st.integers(0, 4))
+def test_merge_runs_is_the_walk(rules: tuple[Rule, ...], threshold: int) -> None:
+    assert ipsets._merge_runs(rules, threshold) == _walk(rules, threshold)
+
+
+def test_merge_runs_merges_a_run_of_one_rule_lines() -> None:
+    origin = ORIGINS[0]
+    run = tuple(FilterRule(Match(AddressMatch((c,)), AddressMatch(("198.51.100.1",))),
+                           Target.RETURN, origin) for c in CIDRS)
+    other = FilterRule(Match(), Target.ACCEPT, ORIGINS[1])
+    got = ipsets._merge_runs((other, *run, other), 3)
+    assert len(got) == 3
+    assert got[1].match.source.cidrs == tuple(CIDRS)
+    assert got == _walk((other, *run, other), 3)
