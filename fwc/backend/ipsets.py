@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import replace
-from itertools import compress, count, islice
-from operator import attrgetter, eq
+from itertools import compress, count, islice, repeat
+from operator import attrgetter, eq, is_, mul
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -268,23 +268,27 @@ def _same_rules(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> bool:
     """Equal rules, each from the same policy rule (a set's name comes from the policy
     rule behind a rule, which the rule's value does not compare). Mostly the very same
     objects (shared lowering): compared by identity first."""
-    return len(a) == len(b) and all(
-        x is y or (x == y and x.origin.rule is y.origin.rule)
-        for x, y in zip(a, b, strict=True))
+    if len(a) != len(b):
+        return False
+    if all(map(is_, a, b)):  # (one C-level pass: the usual answer)
+        return True
+    return all(x is y or (x == y and x.origin.rule is y.origin.rule)
+               for x, y in zip(a, b, strict=True))
 
 
 def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> list[Rule]:
     """A chain's rules with their long address lists in sets (named by NAMER)."""
     rules = _merge_runs(chain_rules, threshold)
-    new_rules = []
-    for rule in rules:
+    # Most rules have short lists on both sides: nothing to do. Only the rules whose
+    # lines (the product of the two lists' lengths, each at least one) exceed the
+    # threshold are visited, found in C-level passes (the product exceeds it whenever
+    # either list does).
+    products = map(mul, map(max, map(len, map(_SOURCE_CIDRS, rules)), repeat(1)),
+                   map(max, map(len, map(_DESTINATION_CIDRS, rules)), repeat(1)))
+    new_rules = list(rules)
+    for position in compress(count(), map(threshold.__lt__, products)):
+        rule = rules[position]
         m = rule.match
-        # Most rules have short lists on both sides: nothing to do (as below).
-        sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
-        if sources <= threshold and destinations <= threshold \
-                and max(1, sources) * max(1, destinations) <= threshold:
-            new_rules.append(rule)
-            continue
         source = namer.address(m.source, _endpoints_for(rule, "source"))
         destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
         # Two lists each under the threshold still render as their cross product
@@ -297,9 +301,12 @@ def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> 
                 destination = namer.address(
                     m.destination, _endpoints_for(rule, "destination"), force=True)
         if source is not m.source or destination is not m.destination:
-            rule = with_match(rule, with_sides(m, source, destination))
-        new_rules.append(rule)
+            new_rules[position] = with_match(rule, with_sides(m, source, destination))
     return new_rules
+
+
+_SOURCE_CIDRS = attrgetter("match.source.cidrs")
+_DESTINATION_CIDRS = attrgetter("match.destination.cidrs")
 
 
 def set_contents(sets: Iterable[IpSet]) -> dict[str, tuple[str, ...]]:
