@@ -59,6 +59,8 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
+from itertools import compress
+from itertools import count as counting
 from operator import attrgetter
 from typing import cast
 
@@ -362,8 +364,8 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
         # (most chains hold no placeholder: told by one C-level pass over their targets)
         if placeholders.isdisjoint(map(_TARGET, rules)):
             continue
-        positions = [i for i, r in enumerate(rules)
-                     if type(r.target) is str and r.target in held]
+        # (a kernel target is a str too, never a placeholder's name: one C-level pass)
+        positions = list(compress(counting(), map(held.__contains__, map(_TARGET, rules))))
         if not positions:
             continue
         places.append((index, positions))
