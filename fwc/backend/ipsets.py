@@ -119,8 +119,11 @@ class _Namer:
         if name is None or (name in self.sets and self.sets[name].cidrs != cidrs):
             self.collided = self.collided or name is not None
             name = _content_set_name(cidrs, self.family)
-        made = self.sets.setdefault(name, IpSet(name, self.family, cidrs))
-        self.used.setdefault(name, made)
+        made = self.sets.get(name)
+        if made is None:  # (a set is named by thousands of rules: one IpSet per name)
+            made = self.sets[name] = IpSet(name, self.family, cidrs)
+        if name not in self.used:
+            self.used[name] = made
         return name
 
     def fits(self, used: Iterable[IpSet]) -> bool:
@@ -132,11 +135,14 @@ class _Namer:
         for one in used:
             self.sets.setdefault(one.name, one)
 
-    def address(self, match: AddressMatch, endpoints: Iterable[Endpoint],
+    def address(self, match: AddressMatch, rule: Rule, side: str,
                 force: bool = False) -> AddressMatch:
+        """MATCH (RULE's SIDE) as a set when its list is long enough (FORCE: two or more);
+        the policy endpoints that may name the set are looked up only then."""
         if match.set_name is not None or len(match.cidrs) <= (1 if force else self.threshold):
             return match
-        return AddressMatch((), self.name_for(match.cidrs, endpoints), match.negated)
+        return AddressMatch((), self.name_for(match.cidrs, _endpoints_for(rule, side)),
+                            match.negated)
 
 
 def _mergeable(a: Rule, b: Rule) -> str | None:
@@ -289,17 +295,15 @@ def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> 
     for position in compress(count(), map(threshold.__lt__, products)):
         rule = rules[position]
         m = rule.match
-        source = namer.address(m.source, _endpoints_for(rule, "source"))
-        destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
+        source = namer.address(m.source, rule, "source")
+        destination = namer.address(m.destination, rule, "destination")
         # Two lists each under the threshold still render as their cross product
         # (15 x 15 = 225 lines): the longer one becomes a set as well.
         if address_width(source) * address_width(destination) > threshold:
             if address_width(source) >= address_width(destination):
-                source = namer.address(m.source, _endpoints_for(rule, "source"),
-                                       force=True)
+                source = namer.address(m.source, rule, "source", force=True)
             else:
-                destination = namer.address(
-                    m.destination, _endpoints_for(rule, "destination"), force=True)
+                destination = namer.address(m.destination, rule, "destination", force=True)
         if source is not m.source or destination is not m.destination:
             new_rules[position] = with_match(rule, with_sides(m, source, destination))
     return new_rules
