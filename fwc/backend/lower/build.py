@@ -482,10 +482,12 @@ class RuleKeys:
                     known = singles.get(label)
                     if known is None:
                         known = singles[label] = []
-                    for seen, number in known:
+                    number = -1
+                    for seen, seen_number in known:
                         if seen is addresses or seen == addresses:
+                            number = seen_number
                             break
-                    else:
+                    if number < 0:
                         number = len(sides)
                         sides.append(endpoint)
                         known.append((addresses, number))
