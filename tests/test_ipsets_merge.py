@@ -1,6 +1,7 @@
-"""`_merge_runs` finds the runs to merge from the places where a rule's label equals the
-next one's (one C-level pass) and copies the rest as slices: it gives what the plain walk
-over every pair of neighbours gives, on random chains of lines of a few policy rules."""
+"""`_merge_runs` and `_with_sets` find the rules to visit in C-level passes: the same
+result as the plain walks they replaced, on random chains of lines of a few policy rules
+(`_merge_runs` looks for runs only where a rule's label equals the next one's and copies
+the rest as slices; `_with_sets` visits only the rules with a long list or product)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fwc.backend import ipsets
-from fwc.backend.lower.ruleset import AddressMatch, FilterRule, Match, Origin, Rule
+from fwc.backend.lower.ruleset import (
+    AddressMatch,
+    FilterRule,
+    Match,
+    Origin,
+    Rule,
+    address_width,
+    with_match,
+    with_sides,
+)
 from fwc.model.vocabulary import Target
 
 
@@ -70,3 +80,37 @@ def test_merge_runs_merges_a_run_of_one_rule_lines() -> None:
     assert len(got) == 3
     assert got[1].match.source.cidrs == tuple(CIDRS)
     assert got == _walk((other, *run, other), 3)
+
+
+def _plain_with_sets(rules: tuple[Rule, ...], namer: ipsets._Namer,
+                     threshold: int) -> list[Rule]:
+    """`_with_sets` as a walk over every rule (what the C-level passes replaced)."""
+    out: list[Rule] = []
+    for rule in ipsets._merge_runs(rules, threshold):
+        m = rule.match
+        sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
+        if sources <= threshold and destinations <= threshold \
+                and max(1, sources) * max(1, destinations) <= threshold:
+            out.append(rule)
+            continue
+        source = namer.address(m.source, rule, "source")
+        destination = namer.address(m.destination, rule, "destination")
+        if address_width(source) * address_width(destination) > threshold:
+            if address_width(source) >= address_width(destination):
+                source = namer.address(m.source, rule, "source", force=True)
+            else:
+                destination = namer.address(m.destination, rule, "destination", force=True)
+        if source is not m.source or destination is not m.destination:
+            rule = with_match(rule, with_sides(m, source, destination))
+        out.append(rule)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, max_size=14).map(tuple), st.integers(0, 4))
+def test_with_sets_visits_the_rules_the_walk_changes(rules: tuple[Rule, ...],
+                                                     threshold: int) -> None:
+    plain, fast = ipsets._Namer(4, threshold), ipsets._Namer(4, threshold)
+    assert ipsets._with_sets(rules, fast, threshold) == \
+        _plain_with_sets(rules, plain, threshold)
+    assert fast.sets == plain.sets

@@ -328,8 +328,9 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
     # Only a rule with a list of two addresses or more on a side, or more ports than one
     # multiport line holds (2 * ports > MULTIPORT_MAX), may be several lines: those are
     # found in C-level passes, and only they are visited (most rules are one line).
-    wide = map(_ONE.__lt__, map(max, map(len, map(_SOURCE_CIDRS, rules)),
-                                map(len, map(_DESTINATION_CIDRS, rules))))
+    several = _ONE.__lt__
+    wide = map(or_, map(several, map(len, map(_SOURCE_CIDRS, rules))),
+               map(several, map(len, map(_DESTINATION_CIDRS, rules))))
     many_ports = map(_HALF_MULTIPORT.__lt__, map(len, map(_DPORTS, rules)))
     for position in compress(counting(), map(or_, wide, many_ports)):
         rule = rules[position]

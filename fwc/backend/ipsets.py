@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import replace
-from itertools import compress, count, islice, repeat
-from operator import attrgetter, eq, is_, mul
+from itertools import compress, count, islice
+from operator import attrgetter, eq, is_, mul, or_
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -285,14 +285,17 @@ def _same_rules(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> bool:
 def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> list[Rule]:
     """A chain's rules with their long address lists in sets (named by NAMER)."""
     rules = _merge_runs(chain_rules, threshold)
-    # Most rules have short lists on both sides: nothing to do. Only the rules whose
-    # lines (the product of the two lists' lengths, each at least one) exceed the
-    # threshold are visited, found in C-level passes (the product exceeds it whenever
-    # either list does).
-    products = map(mul, map(max, map(len, map(_SOURCE_CIDRS, rules)), repeat(1)),
-                   map(max, map(len, map(_DESTINATION_CIDRS, rules)), repeat(1)))
+    # Most rules have short lists on both sides: nothing to do. Only the rules with a
+    # list longer than the threshold, or whose lines (the product of the two lengths,
+    # each at least one) are more, are visited: found in C-level passes (an empty side
+    # is one line, so then the other list alone decides).
+    sources = list(map(len, map(_SOURCE_CIDRS, rules)))
+    destinations = list(map(len, map(_DESTINATION_CIDRS, rules)))
+    over = threshold.__lt__
+    wide = map(or_, map(or_, map(over, sources), map(over, destinations)),
+               map(over, map(mul, sources, destinations)))
     new_rules = list(rules)
-    for position in compress(count(), map(threshold.__lt__, products)):
+    for position in compress(count(), wide):
         rule = rules[position]
         m = rule.match
         source = namer.address(m.source, rule, "source")
