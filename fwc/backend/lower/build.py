@@ -320,8 +320,8 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
         if key not in merged:
             merged[key] = list(s.ports) if s.ports else None
         elif merged[key] is not None:
-            merged[key] = sorted(set(merged[key]) | set(s.ports), key=lambda p: (p.low, p.high)) \
-                if s.ports else None
+            # (a PortRange is the tuple (low, high): sorted in C, without a key call each)
+            merged[key] = sorted(set(merged[key]) | set(s.ports)) if s.ports else None
     out = [Match(protocol=number, dports=tuple(ports or ()), icmp_type=icmp_type)
            for (number, icmp_type), ports in merged.items()]
     return out or None
