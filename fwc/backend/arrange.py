@@ -59,7 +59,9 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
-from operator import attrgetter
+from itertools import compress
+from itertools import count as counting
+from operator import attrgetter, or_
 from typing import cast
 
 from fwc import protocols as proto
@@ -322,17 +324,28 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
     match, a placeholder target) for the arrangement, and the rule behind each placeholder.
     share_expansions then counts a rule's copies by its placeholder's name."""
     held: dict[str, FilterRule] = {}
-    out: list[FilterRule] = []
-    for rule in rules:
-        match = rule.match
-        if (len(match.source.cidrs) < 2 and len(match.destination.cidrs) < 2
-                and 2 * len(match.dports) <= proto.MULTIPORT_MAX) or rendered_lines(match) < 2:
-            out.append(rule)  # one line (the first test is the quick, common case)
-            continue
+    out = list(rules)
+    # Only a rule with a list of two addresses or more on a side, or more ports than one
+    # multiport line holds (2 * ports > MULTIPORT_MAX), may be several lines: those are
+    # found in C-level passes, and only they are visited (most rules are one line).
+    several = _ONE.__lt__
+    wide = map(or_, map(several, map(len, map(_SOURCE_CIDRS, rules))),
+               map(several, map(len, map(_DESTINATION_CIDRS, rules))))
+    many_ports = map(_HALF_MULTIPORT.__lt__, map(len, map(_DPORTS, rules)))
+    for position in compress(counting(), map(or_, wide, many_ports)):
+        rule = rules[position]
+        if rendered_lines(rule.match) < 2:
+            continue  # one line after all
         name = f"{_HELD}{len(held)}"
         held[name] = rule
-        out.append(FilterRule(rule.match, name, rule.origin))
+        out[position] = FilterRule(rule.match, name, rule.origin)
     return out, held
+
+
+_ONE = 1
+_HALF_MULTIPORT = proto.MULTIPORT_MAX // 2  # 2 * n > MULTIPORT_MAX: n > this
+_SOURCE_CIDRS = attrgetter("match.source.cidrs")
+_DESTINATION_CIDRS = attrgetter("match.destination.cidrs")
 
 
 def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[str, FilterRule],
@@ -362,8 +375,8 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
         # (most chains hold no placeholder: told by one C-level pass over their targets)
         if placeholders.isdisjoint(map(_TARGET, rules)):
             continue
-        positions = [i for i, r in enumerate(rules)
-                     if type(r.target) is str and r.target in held]
+        # (a kernel target is a str too, never a placeholder's name: one C-level pass)
+        positions = list(compress(counting(), map(held.__contains__, map(_TARGET, rules))))
         if not positions:
             continue
         places.append((index, positions))

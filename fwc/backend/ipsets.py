@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import replace
+from itertools import compress, count, islice
+from operator import attrgetter, eq, is_, mul, or_
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -117,8 +119,11 @@ class _Namer:
         if name is None or (name in self.sets and self.sets[name].cidrs != cidrs):
             self.collided = self.collided or name is not None
             name = _content_set_name(cidrs, self.family)
-        made = self.sets.setdefault(name, IpSet(name, self.family, cidrs))
-        self.used.setdefault(name, made)
+        made = self.sets.get(name)
+        if made is None:  # (a set is named by thousands of rules: one IpSet per name)
+            made = self.sets[name] = IpSet(name, self.family, cidrs)
+        if name not in self.used:
+            self.used[name] = made
         return name
 
     def fits(self, used: Iterable[IpSet]) -> bool:
@@ -130,11 +135,14 @@ class _Namer:
         for one in used:
             self.sets.setdefault(one.name, one)
 
-    def address(self, match: AddressMatch, endpoints: Iterable[Endpoint],
+    def address(self, match: AddressMatch, rule: Rule, side: str,
                 force: bool = False) -> AddressMatch:
+        """MATCH (RULE's SIDE) as a set when its list is long enough (FORCE: two or more);
+        the policy endpoints that may name the set are looked up only then."""
         if match.set_name is not None or len(match.cidrs) <= (1 if force else self.threshold):
             return match
-        return AddressMatch((), self.name_for(match.cidrs, endpoints), match.negated)
+        return AddressMatch((), self.name_for(match.cidrs, _endpoints_for(rule, side)),
+                            match.negated)
 
 
 def _mergeable(a: Rule, b: Rule) -> str | None:
@@ -158,33 +166,54 @@ def _mergeable(a: Rule, b: Rule) -> str | None:
     return None
 
 
+_LABEL = attrgetter("origin.label")
+
+
 def _merge_runs(rules: tuple[Rule, ...], threshold: int) -> tuple[Rule, ...]:
     """Consecutive rules differing only in one side's CIDRs (the RETURN lines of an
     exclusion, one per CIDR) become one rule with the CIDR list, when the run is long
     enough for a set. First match is kept: the lines of a run share their verdict."""
+    # Only lines of one policy rule merge (`_mergeable` wants equal origins, so equal
+    # labels): a run can start only where a rule's label equals the next one's. Those
+    # places are found in one C-level pass; every other rule is copied as a slice
+    # (a chain of 27,000 rules has a few hundred such places, mostly none).
+    labels = list(map(_LABEL, rules))
+    starts = compress(count(), map(eq, labels, islice(labels, 1, None)))
     out: list[Rule] = []
     i = 0
-    while i < len(rules):
-        j = i + 1
-        side = None
-        while j < len(rules):
-            got = _mergeable(rules[i], rules[j])
-            if got is None or (side is not None and got != side):
-                break
-            side = got
-            j += 1
-        run = rules[i:j]
-        cidr_count = sum(len(getattr(r.match, side).cidrs) for r in run) if side else 0
-        if side is not None and cidr_count > threshold:
-            cidrs: list[str] = []
-            for r in run:
-                cidrs.extend(getattr(r.match, side).cidrs)
-            merged = replace(run[0].match, **{side: AddressMatch(tuple(dict.fromkeys(cidrs)))})
-            out.append(replace(run[0], match=merged))
-        else:
-            out.extend(run)
-        i = j
+    for start in starts:
+        if start < i:
+            continue  # inside the run merged last
+        out.extend(rules[i:start])
+        i = _merge_run(rules, start, threshold, out)
+    if i == 0:
+        return rules
+    out.extend(rules[i:])
     return tuple(out)
+
+
+def _merge_run(rules: tuple[Rule, ...], i: int, threshold: int, out: list[Rule]) -> int:
+    """The run of mergeable rules from position I added to OUT (merged, or as they are
+    when too short for a set); the position after it."""
+    j = i + 1
+    side = None
+    while j < len(rules):
+        got = _mergeable(rules[i], rules[j])
+        if got is None or (side is not None and got != side):
+            break
+        side = got
+        j += 1
+    run = rules[i:j]
+    cidr_count = sum(len(getattr(r.match, side).cidrs) for r in run) if side else 0
+    if side is not None and cidr_count > threshold:
+        cidrs: list[str] = []
+        for r in run:
+            cidrs.extend(getattr(r.match, side).cidrs)
+        merged = replace(run[0].match, **{side: AddressMatch(tuple(dict.fromkeys(cidrs)))})
+        out.append(replace(run[0], match=merged))
+    else:
+        out.extend(run)
+    return j
 
 
 def _endpoints_for(rule: Rule, side: str) -> list[Endpoint]:
@@ -245,38 +274,46 @@ def _same_rules(a: tuple[Rule, ...], b: tuple[Rule, ...]) -> bool:
     """Equal rules, each from the same policy rule (a set's name comes from the policy
     rule behind a rule, which the rule's value does not compare). Mostly the very same
     objects (shared lowering): compared by identity first."""
-    return len(a) == len(b) and all(
-        x is y or (x == y and x.origin.rule is y.origin.rule)
-        for x, y in zip(a, b, strict=True))
+    if len(a) != len(b):
+        return False
+    if all(map(is_, a, b)):  # (one C-level pass: the usual answer)
+        return True
+    return all(x is y or (x == y and x.origin.rule is y.origin.rule)
+               for x, y in zip(a, b, strict=True))
 
 
 def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> list[Rule]:
     """A chain's rules with their long address lists in sets (named by NAMER)."""
     rules = _merge_runs(chain_rules, threshold)
-    new_rules = []
-    for rule in rules:
+    # Most rules have short lists on both sides: nothing to do. Only the rules with a
+    # list longer than the threshold, or whose lines (the product of the two lengths,
+    # each at least one) are more, are visited: found in C-level passes (an empty side
+    # is one line, so then the other list alone decides).
+    sources = list(map(len, map(_SOURCE_CIDRS, rules)))
+    destinations = list(map(len, map(_DESTINATION_CIDRS, rules)))
+    over = threshold.__lt__
+    wide = map(or_, map(or_, map(over, sources), map(over, destinations)),
+               map(over, map(mul, sources, destinations)))
+    new_rules = list(rules)
+    for position in compress(count(), wide):
+        rule = rules[position]
         m = rule.match
-        # Most rules have short lists on both sides: nothing to do (as below).
-        sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
-        if sources <= threshold and destinations <= threshold \
-                and max(1, sources) * max(1, destinations) <= threshold:
-            new_rules.append(rule)
-            continue
-        source = namer.address(m.source, _endpoints_for(rule, "source"))
-        destination = namer.address(m.destination, _endpoints_for(rule, "destination"))
+        source = namer.address(m.source, rule, "source")
+        destination = namer.address(m.destination, rule, "destination")
         # Two lists each under the threshold still render as their cross product
         # (15 x 15 = 225 lines): the longer one becomes a set as well.
         if address_width(source) * address_width(destination) > threshold:
             if address_width(source) >= address_width(destination):
-                source = namer.address(m.source, _endpoints_for(rule, "source"),
-                                       force=True)
+                source = namer.address(m.source, rule, "source", force=True)
             else:
-                destination = namer.address(
-                    m.destination, _endpoints_for(rule, "destination"), force=True)
+                destination = namer.address(m.destination, rule, "destination", force=True)
         if source is not m.source or destination is not m.destination:
-            rule = with_match(rule, with_sides(m, source, destination))
-        new_rules.append(rule)
+            new_rules[position] = with_match(rule, with_sides(m, source, destination))
     return new_rules
+
+
+_SOURCE_CIDRS = attrgetter("match.source.cidrs")
+_DESTINATION_CIDRS = attrgetter("match.destination.cidrs")
 
 
 def set_contents(sets: Iterable[IpSet]) -> dict[str, tuple[str, ...]]:

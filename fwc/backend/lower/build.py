@@ -305,6 +305,11 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
     services = tuple(services)
     if not services:
         return [Match()]
+    if len(services) == 1:  # the usual list: nothing to merge (as below, positionally)
+        [one] = services
+        if one.family not in (None, family):
+            return None
+        return [Match(ANY, ANY, None, None, one.number, tuple(one.ports), one.icmp_type)]
     # Services of one rule share its verdict, so the ports of one protocol can be merged
     # into one (multiport) match; a protocol named without ports means all of its ports.
     merged: dict[tuple[int, int | None], list[PortRange] | None] = {}
@@ -315,8 +320,8 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
         if key not in merged:
             merged[key] = list(s.ports) if s.ports else None
         elif merged[key] is not None:
-            merged[key] = sorted(set(merged[key]) | set(s.ports), key=lambda p: (p.low, p.high)) \
-                if s.ports else None
+            # (a PortRange is the tuple (low, high): sorted in C, without a key call each)
+            merged[key] = sorted(set(merged[key]) | set(s.ports)) if s.ports else None
     out = [Match(protocol=number, dports=tuple(ports or ()), icmp_type=icmp_type)
            for (number, icmp_type), ports in merged.items()]
     return out or None
@@ -451,7 +456,12 @@ class RuleKeys:
     __slots__ = ("helped", "rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
-        side_numbers: dict[_SideKey, int] = {}
+        side_numbers: dict[_SideKey, int] = {}  # sides of several items
+        # Sides of one item (nearly all): by its kind, negation and label (strings keep
+        # their hash; no key object per side), then its addresses, compared as `_SideKey`
+        # compares them (mostly the same object). The numbers are `_SideKey`'s: a side of
+        # one item never equals one of several, and each number is given at first sight.
+        singles: dict[tuple[str, bool, str], list[tuple[AddressSet, int]]] = {}
         service_numbers = ServiceNumbers()
         self.sides: list[Endpoint] = []  # one endpoint of each number
         self.services: list[tuple[ServiceMatch, ...]] = service_numbers.lists
@@ -464,11 +474,29 @@ class RuleKeys:
         for rule in cluster.rules:
             numbers = []
             for endpoint in (rule.source, rule.destination):
-                key = _SideKey(endpoint)
-                number = side_numbers.get(key)
-                if number is None:
-                    number = side_numbers[key] = len(sides)
-                    sides.append(endpoint)
+                items = endpoint.items
+                if len(items) == 1:
+                    one = items[0]
+                    addresses = one.addresses
+                    label = (one.kind, one.negated, one.label)
+                    known = singles.get(label)
+                    if known is None:
+                        known = singles[label] = []
+                    number = -1
+                    for seen, seen_number in known:
+                        if seen is addresses or seen == addresses:
+                            number = seen_number
+                            break
+                    if number < 0:
+                        number = len(sides)
+                        sides.append(endpoint)
+                        known.append((addresses, number))
+                else:
+                    key = _SideKey(endpoint)
+                    number = side_numbers.get(key)  # type: ignore[assignment]
+                    if number is None:
+                        number = side_numbers[key] = len(sides)
+                        sides.append(endpoint)
                 numbers.append(number)
             number = service_numbers.number(rule)
             if number == len(self.helped):  # a list not seen before
@@ -909,9 +937,15 @@ class _Lowering:
                 steps.append(position)
                 self.add_lowered(rule, lowered, by_name)
                 continue
-            self.add_lowered(rule, lowered, by_name)
+            # `add_lowered` and the run in one walk over the lines (the usual rule)
             for name, chains in lowered.appends:
+                target = by_name[name]
                 for chain, lines in chains:
+                    got = target.get(chain)
+                    if got is None:
+                        target[chain] = list(lines)
+                    else:
+                        got.extend(lines)
                     kept = run.get((name, chain))
                     if kept is None:
                         run[(name, chain)] = list(lines)

@@ -218,6 +218,11 @@ class Chain:
     name: ChainName
     policy: Target | None  # ACCEPT/DROP for built-in chains, None for user chains
     rules: tuple[Rule, ...] = ()
+    # Scratch, not part of the value: the rule type `Table` found every rule of this
+    # chain to be. A chain never changes, and the passes build several tables around the
+    # same chains (lowering, ipsets, arrangement, for every member that shares them): each
+    # chain's rules are checked once, not once per table.
+    checked: type | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def builtin(self) -> bool:
@@ -234,10 +239,13 @@ class Table:
         # moves a rule across tables fails here, not in iptables-restore on the node.
         kind = NatRule if self.name == vocabulary.Table.NAT else FilterRule
         for chain in self.chains:
-            if chain.rules and set(map(type, chain.rules)) != {kind}:  # (one C-level pass)
+            if chain.checked is kind or not chain.rules:
+                continue
+            if set(map(type, chain.rules)) != {kind}:  # (one C-level pass)
                 rule = next(r for r in chain.rules if type(r) is not kind)
                 raise TypeError(f"{type(rule).__name__} in the {self.name} table "
                                 f"(chain {chain.name})")
+            object.__setattr__(chain, "checked", kind)  # frozen: scratch only
 
     def chain(self, name: str) -> Chain | None:
         for chain in self.chains:

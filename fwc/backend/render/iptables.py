@@ -136,22 +136,29 @@ def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
     the end), and how many: `rule_bodies` as one text, built with a join per source
     instead of a concatenation per line (the failsafe's groups make hundreds of lines
     of one rule)."""
+    text, count = _rule_lines(rule, protocol_texts, "\n" + prefix, shapes)
+    return prefix + text, count
+
+
+def _rule_lines(rule: Rule, protocol_texts: ProtocolTexts | None, between: str,
+                shapes: ShapeTexts | None) -> tuple[str, int]:
+    """`rule_text` without its first PREFIX: the lines joined by BETWEEN (a newline and
+    the prefix), and how many (`_chain_blocks` adds the prefix once per block)."""
     match = rule.match
     source, destination = match.source, match.destination
     if len(source.cidrs) < 2 and len(destination.cidrs) < 2 and shapes is not None \
             and protocol_texts is not None:
         line = _one_line(rule, match, source, destination, protocol_texts, shapes)
         if line is not None:
-            return prefix + line, 1
+            return line, 1
     sources, ends = rule_pieces(rule, protocol_texts, shapes)
-    between = "\n" + prefix
     if sources is None:
-        return prefix + (ends[0] if len(ends) == 1 else between.join(ends)), len(ends)
+        return (ends[0] if len(ends) == 1 else between.join(ends)), len(ends)
     if len(ends) == 1:
         end = " " + ends[0]
-        return prefix + (end + between).join(sources) + end, len(sources)
-    return prefix + between.join(source + " " + (between + source + " ").join(ends)
-                                 for source in sources), len(sources) * len(ends)
+        return (end + between).join(sources) + end, len(sources)
+    return between.join(source + " " + (between + source + " ").join(ends)
+                        for source in sources), len(sources) * len(ends)
 
 
 # A rule's words but its addresses, protocol options and comment, by everything else
@@ -223,22 +230,35 @@ def _one_line(rule: Rule, match: Match, source: AddressMatch, destination: Addre
     """The line of a rule of at most one CIDR a side and one port group, as
     `rule_pieces` makes it (without its lists and address memo: most rules of a large
     policy are such a line); None for a rule of several lines. tests/test_render_fast.py
-    keeps it equal to `rule_bodies`."""
+    keeps it equal to `rule_bodies`. The line is one f-string of its parts: a
+    concatenation per part made a new string of the growing line each time."""
     lead, mid, after = _shape_in(shapes, rule, match)
     if match.protocol is None and not match.dports:
-        line = lead + mid + escape.iptables_comment(rule.comment) + after
+        protocol = ""
     else:
         protocols = _protocol_texts(match, protocol_texts)
         if len(protocols) != 1:
             return None
         protocol = protocols[0]
-        line = (lead + protocol + " " if protocol else lead) + mid \
-            + escape.iptables_comment(rule.comment) + after
-    if destination.cidrs and destination.set_name is None:
-        line = _address_word("-d", destination) + " " + line
+    # (each address word as `_address_word` makes it, and its space)
     if source.cidrs and source.set_name is None:
-        line = _address_word("-s", source) + " " + line
-    return line
+        [cidr] = source.cidrs
+        s = f"{'! -s ' if source.negated else '-s '}{cidr}{_host_suffix(cidr)} "
+    else:
+        s = ""
+    if destination.cidrs and destination.set_name is None:
+        [cidr] = destination.cidrs
+        d = f"{'! -d ' if destination.negated else '-d '}{cidr}{_host_suffix(cidr)} "
+    else:
+        d = ""
+    return f"{s}{d}{lead}{protocol}{' ' if protocol else ''}{mid}" \
+        f"{escape.iptables_comment(rule.comment)}{after}"
+
+
+def _host_suffix(cidr: str) -> str:
+    """What `_addresses` appends to a CIDR text: nothing to a prefix, /32 or /128 to an
+    address."""
+    return "" if "/" in cidr else ("/128" if ":" in cidr else "/32")
 
 
 def _address_word(flag: str, match: AddressMatch) -> str:
@@ -361,7 +381,7 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
                     append_seen(rule)
                     append_repeated(False)
                     count += 1
-        bodies_of: list[list[str] | None] = [None] * len(seen)
+        bodies_of: list[str | list[str] | None] = [None] * len(seen)
         for chain, text in zip(chains, shared, strict=True):
             if not chain.rules:
                 continue
@@ -392,9 +412,13 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
     yield "\n".join(out)
 
 
-def _chain_blocks(chain: Chain, bodies_of: list[list[str] | None], repeated: list[bool],
-                  protocol_texts: ProtocolTexts, shapes: ShapeTexts) -> Iterator[str]:
-    """The lines of CHAIN's rules, in blocks (see `blocks`)."""
+def _chain_blocks(chain: Chain, bodies_of: list[str | list[str] | None],
+                  repeated: list[bool], protocol_texts: ProtocolTexts,
+                  shapes: ShapeTexts) -> Iterator[str]:
+    """The lines of CHAIN's rules, in blocks (see `blocks`). OUT holds each rule's lines
+    without the leading `-A CHAIN ` (its lines joined by a newline and that prefix): a
+    block is the prefix and OUT joined by a newline and the prefix, so a copied rule
+    (most places of an arranged chain) costs an append, not a concatenation per place."""
     prefix = f"-A {chain.name} "
     between = "\n" + prefix
     out: list[str] = []
@@ -402,25 +426,41 @@ def _chain_blocks(chain: Chain, bodies_of: list[list[str] | None], repeated: lis
     for rule in chain.rules:
         slot = rule.render_slot
         bodies = bodies_of[slot]
-        if bodies is None and not repeated[slot]:
-            # One text per rule (its lines joined): an entry per line cost more.
-            text, count = rule_text(rule, protocol_texts, prefix, shapes)
-            out.append(text)
-            lines += count
+        if bodies is None:
+            if not repeated[slot]:
+                # One text per rule (its lines joined): an entry per line cost more.
+                text, count = _rule_lines(rule, protocol_texts, between, shapes)
+                out.append(text)
+                lines += count
+                if lines >= BLOCK_LINES:
+                    yield _block(prefix, between, out)
+                    out.clear()
+                    lines = 0
+                continue
+            # kept for the rule's other chains: the line itself when it is one (usual)
+            made = rule_bodies(rule, protocol_texts, shapes)
+            bodies = bodies_of[slot] = made[0] if len(made) == 1 else made
+        if type(bodies) is str:
+            out.append(bodies)
+            lines += 1
         else:
-            if bodies is None:  # kept for the rule's other chains
-                bodies = bodies_of[slot] = rule_bodies(rule, protocol_texts, shapes)
-            out.append(prefix + bodies[0] if len(bodies) == 1
-                       else prefix + between.join(bodies))
+            out.append(between.join(bodies))
             lines += len(bodies)
         if lines >= BLOCK_LINES:
-            out.append("")
-            yield "\n".join(out)
+            yield _block(prefix, between, out)
             out.clear()
             lines = 0
     if out:
-        out.append("")
-        yield "\n".join(out)
+        yield _block(prefix, between, out)
+
+
+def _block(prefix: str, between: str, texts: list[str]) -> str:
+    """PREFIX, TEXTS joined by BETWEEN, and a newline: one join, the prefix and the newline
+    added to the first and last texts (a block is about 400 KB: adding them to the joined
+    text would copy it once more)."""
+    texts[0] = prefix + texts[0]
+    texts[-1] += "\n"
+    return between.join(texts)
 
 
 def render(ruleset: NodeRuleset, header: str | None = None) -> str:
