@@ -127,6 +127,10 @@ class Resolver:
         # An inline service (`tcp/443`) means the same wherever it is written: resolved
         # once per run and text (only when it resolved without a diagnostic).
         self.service_specs: dict[str, m.ServiceMatch] = {}
+        # What the words and service lists of plain rule lines resolve to (`line_rule`).
+        self._line_words: dict[str, tuple[str, str, AddressSet, str | None]] = {}
+        self._line_services: dict[str, tuple[tuple[m.ServiceMatch, ...],
+                                              tuple[str, ...]] | tuple[()]] = {}
 
     # -- helpers ---------------------------------------------------------------
     def err(self, code: str, message: str, span: Span | None, hint: str | None = None,
@@ -1054,34 +1058,40 @@ class Resolver:
         _, action, sources, destinations, services, in_, out, log, prefix, only = \
             match.groups()
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        text = match.string
-        source = self._line_endpoint(sources, match.start(3), text, path, number)
-        if source is None:
-            return None
-        destination = self._line_endpoint(destinations, match.start(4), text, path, number)
-        if destination is None:
-            return None
+        if "," not in sources:  # most lists: one item (as `_line_endpoint`, inlined)
+            start = match.start(3)
+            item = self._line_item(sources, _new(Span, (path, number, start + 1, number,
+                                                        start + len(sources) + 1)))
+            if item is None:
+                return None
+            source = m.Endpoint((item,))
+        else:
+            source = self._line_endpoint(sources, match.start(3), match.string, path, number)
+            if source is None:
+                return None
+        if "," not in destinations:
+            start = match.start(4)
+            item = self._line_item(destinations, _new(Span, (
+                path, number, start + 1, number, start + len(destinations) + 1)))
+            if item is None:
+                return None
+            destination = m.Endpoint((item,))
+        else:
+            destination = self._line_endpoint(destinations, match.start(4), match.string,
+                                              path, number)
+            if destination is None:
+                return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
         if services is not None:
-            known = self.services
-            if "," not in services:
-                svc = known.get(services)
-                if svc is None or not svc.matches:
-                    return None
-                self.used_services.add(services)
-                matches, labels = svc.matches, (services,)
-            else:
-                labels = tuple(PLAIN_WORD.findall(services))
-                found: list[m.ServiceMatch] = []
-                for name in labels:
-                    svc = known.get(name)
-                    if svc is None or not svc.matches:
-                        return None
-                    self.used_services.add(name)
-                    found.extend(svc.matches)
-                matches = tuple(found)
+            known = self._line_services
+            got = known.get(services)
+            if got is None:
+                got = known[services] = self._line_services_of(services)
+            if not got:
+                return None
+            matches, labels = got
             start, end = span_of(5)
             spans.append(("service", _new(Span, (path, number, start + 1, number, end + 1))))
         if in_ is not None:
@@ -1111,35 +1121,61 @@ class Resolver:
                             log_options=_NO_LOG_OPTIONS, notrack=False,
                             option_spans=tuple(spans))
 
+    def _line_item(self, word: str, span: Span) -> m.EndpointItem | None:
+        """The endpoint item of WORD (a name, `any` or `firewall`) of a RuleLine at SPAN,
+        as `endpoint` makes it; None when WORD names no object (`endpoint` reports it).
+        What a word resolves to is remembered for the run (the objects are resolved
+        before any rule), and the first look records the name used, as `endpoint` does."""
+        known = self._line_words.get(word)
+        if known is None:
+            if word in PLAIN_ENDPOINTS:
+                known = (word, word, _NOTHING, None)
+            else:
+                self.used.add(word)
+                obj = self.objects.get(word)
+                if obj is None:
+                    return None  # not remembered: `endpoint` reports it, once per rule
+                known = ("object", word, obj.addresses, word)
+            self._line_words[word] = known
+        kind, label, addresses, name = known
+        return m.EndpointItem(kind, label, addresses, False, name, span)
+
+    def _line_services_of(self, services: str) \
+            -> tuple[tuple[m.ServiceMatch, ...], tuple[str, ...]] | None:
+        """(matches, labels) of the service list of a RuleLine (SERVICES as matched), as
+        `services_of` resolves it; () when a name is not a service with matches. Asked
+        once per list text and run (the services are resolved before any rule)."""
+        known = self.services
+        if "," not in services:
+            svc = known.get(services)
+            if svc is None or not svc.matches:
+                return ()
+            self.used_services.add(services)
+            return svc.matches, (services,)
+        labels = tuple(PLAIN_WORD.findall(services))
+        found: list[m.ServiceMatch] = []
+        for name in labels:
+            svc = known.get(name)
+            if svc is None or not svc.matches:
+                return ()
+            self.used_services.add(name)
+            found.extend(svc.matches)
+        return tuple(found), labels
+
     def _line_endpoint(self, words: str, start: int, text: str, path: str,
                        number: int) -> m.Endpoint | None:
-        """A from/to list of a RuleLine (names, `any`, `firewall`; at START of TEXT) as
-        `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
-        objects = self.objects
-        make = m.EndpointItem
-        if "," not in words:  # most lists: one item
-            span = _new(Span, (path, number, start + 1, number, start + len(words) + 1))
-            if words in PLAIN_ENDPOINTS:
-                return m.Endpoint((make(words, words, _NOTHING, False, None, span),))
-            self.used.add(words)
-            obj = objects.get(words)
-            if obj is None:
-                return None
-            return m.Endpoint((make("object", words, obj.addresses, False, words, span),))
+        """A from/to list of several items of a RuleLine (names, `any`, `firewall`; at
+        START of TEXT) as `endpoint` resolves it; None when a name is not an object
+        (`endpoint` reports it)."""
         items: list[m.EndpointItem] = []
-        used = self.used
         for w in PLAIN_WORD.finditer(text, start, start + len(words)):
             word = w.group()
             at = w.start()
-            span = _new(Span, (path, number, at + 1, number, at + len(word) + 1))
-            if word in PLAIN_ENDPOINTS:
-                items.append(make(word, word, _NOTHING, False, None, span))
-                continue
-            used.add(word)
-            obj = objects.get(word)
-            if obj is None:
+            item = self._line_item(word, _new(Span, (path, number, at + 1, number,
+                                                     at + len(word) + 1)))
+            if item is None:
                 return None
-            items.append(make("object", word, obj.addresses, False, word, span))
+            items.append(item)
         return m.Endpoint(tuple(items))
 
     def rule_extras(self, opts: dict[str, s.Option], rd: s.RuleDecl, is_nat: bool) \
