@@ -226,7 +226,9 @@ def _eq_source(compared: list[str]) -> list[str]:
 def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: bool,
                  slots: bool, names: dict[str, Any]) -> list[str]:
     """The generated `__init__`: each field set through its slot's descriptor when CLS is
-    frozen and slotted, through `object.__setattr__` when only frozen, else assigned."""
+    frozen and slotted (or as its twin, `_twin`), into the instance's `__dict__` when only
+    frozen (through `object.__setattr__` where a data descriptor of the class takes the
+    name), else assigned."""
     positional: list[str] = []
     keywords: list[str] = []
     body: list[str] = []
@@ -267,6 +269,10 @@ def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: 
             names[f"_s_{f.name}"] = descriptor.__set__
             body.append(f"  _s_{f.name}(self, {value})")
             stores.append((f.name, value))
+        elif frozen and not slots and not hasattr(type(descriptor), "__set__"):
+            # what object.__setattr__ does for a name no data descriptor of the class
+            # takes (a default, a cached_property), without calling it
+            body.append(f"  self.__dict__[{f.name!r}] = {value}")
         elif frozen:
             body.append(f"  _object_setattr(self, {f.name!r}, {value})")
         else:
