@@ -11,9 +11,6 @@ import functools
 import re
 from typing import NamedTuple
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import (
@@ -22,6 +19,15 @@ from fwc.frontend.fastpath import (
     STATEMENT_KEYWORDS,
     FastPath,
     join_spans,
+)
+from fwc.frontend.larkimport import (
+    Lark,
+    Token,
+    Transformer,
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
 )
 from fwc.frontend.tables import Tables, grammar_text
 from fwc.frontend.tables import load as load_tables
