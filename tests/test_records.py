@@ -411,3 +411,41 @@ def test_a_wide_record_is_filled_as_its_twin_and_is_still_its_dataclass() -> Non
     assert type(got) is sub and got.g == 7 and got.i == ()
     assert copy.copy(one) == one and copy.deepcopy(thin) == thin
     assert dataclasses.replace(one, a=5).a == 5 and type(dataclasses.replace(one, a=5)) is wider
+
+
+def test_a_maker_builds_what_the_class_builds() -> None:
+    from fwc import model as m
+    from fwc.diagnostics import Span
+    from fwc.model.addresses import AddressSet
+    from fwc.model.records import maker
+    from fwc.model.vocabulary import FilterAction
+
+    span = Span("t.fw", 1, 2, 1, 5)
+    item = maker(m.EndpointItem)("object", "a", AddressSet(((1, 2),), ()), False, "a", span)
+    assert type(item) is m.EndpointItem
+    assert item == m.EndpointItem("object", "a", AddressSet(((1, 2),), ()), False, "a", span)
+    assert repr(item) == repr(m.EndpointItem("object", "a", AddressSet(((1, 2),), ()),
+                                             False, "a", span))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        item.label = "b"  # type: ignore[misc]
+    side = maker(m.Endpoint)((item,))
+    assert type(side) is m.Endpoint and side == m.Endpoint((item,))
+    assert side.addresses == AddressSet(((1, 2),), ())  # its cached properties work
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        side.items = ()  # type: ignore[misc]
+    values = (3, FilterAction.DROP, side, side, (), ("s",), "in", None, True, "p", None, span,
+              m.LogOptions(level="info"), None, 4, None, None, True, (("in", span),))
+    rule = maker(m.FilterRule)(*values)
+    ordinary = m.FilterRule(*values[:12], log_options=values[12], limit=None, connlimit=4,
+                            syn_limit=None, reject_with=None, notrack=True,
+                            option_spans=values[18])
+    assert type(rule) is m.FilterRule and rule == ordinary and hash(rule) == hash(ordinary)
+    assert repr(rule) == repr(ordinary)
+    assert [getattr(rule, f.name) for f in dataclasses.fields(rule)] == list(values)
+    # what it cannot build without __init__ it builds through the class
+    ns: dict[str, Any] = {"__name__": __name__, "dataclass": dataclass}
+    exec(compile(WIDE, "<wide>", "exec"), ns)  # noqa: S102 - the text above
+    with pytest.raises(ValueError, match="negative"):
+        maker(ns["Narrow"])(True, -2, 3, 4, 5, 6, 7, 8, ())  # its __post_init__ ran
+    wider = maker(ns["Wider"])(1, 2, 3, 4, 5, 6, 7, 8, (9,), "x", [1])
+    assert wider == ns["Wider"](1, 2, 3, 4, 5, 6, 7, 8, i=(9,), j="x")

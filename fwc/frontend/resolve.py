@@ -21,6 +21,7 @@ from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
+from fwc.model.records import maker
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
 from fwc.text import decode_literal
@@ -108,6 +109,11 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
 _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
+# The records made per plain rule line, built from every field in order without an
+# __init__ call (fwc.model.records.maker).
+_FILTER_RULE = maker(m.FilterRule)
+_ENDPOINT = maker(m.Endpoint)
+_ENDPOINT_ITEM = maker(m.EndpointItem)
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
@@ -1064,7 +1070,7 @@ class Resolver:
                                                         start + len(sources) + 1)))
             if item is None:
                 return None
-            source = m.Endpoint((item,))
+            source = _ENDPOINT((item,))
         else:
             source = self._line_endpoint(sources, match.start(3), match.string, path, number)
             if source is None:
@@ -1075,7 +1081,7 @@ class Resolver:
                 path, number, start + 1, number, start + len(destinations) + 1)))
             if item is None:
                 return None
-            destination = m.Endpoint((item,))
+            destination = _ENDPOINT((item,))
         else:
             destination = self._line_endpoint(destinations, match.start(4), match.string,
                                               path, number)
@@ -1115,11 +1121,10 @@ class Resolver:
             start, end = span_of(10)
             spans.append(("only", _new(Span, (path, number, start + 1, number, end + 1))))
         start, end = span_of(1)
-        return m.FilterRule(index, _FILTER_ACTIONS[action], source, destination, matches,
+        return _FILTER_RULE(index, _FILTER_ACTIONS[action], source, destination, matches,
                             labels, in_, out, log is not None, prefix, only,
                             _new(Span, (path, number, start + 1, number, end + 1)),
-                            log_options=_NO_LOG_OPTIONS, notrack=False,
-                            option_spans=tuple(spans))
+                            _NO_LOG_OPTIONS, None, None, None, None, False, tuple(spans))
 
     def _line_item(self, word: str, span: Span) -> m.EndpointItem | None:
         """The endpoint item of WORD (a name, `any` or `firewall`) of a RuleLine at SPAN,
@@ -1138,7 +1143,7 @@ class Resolver:
                 known = ("object", word, obj.addresses, word)
             self._line_words[word] = known
         kind, label, addresses, name = known
-        return m.EndpointItem(kind, label, addresses, False, name, span)
+        return _ENDPOINT_ITEM(kind, label, addresses, False, name, span)
 
     def _line_services_of(self, services: str) \
             -> tuple[tuple[m.ServiceMatch, ...], tuple[str, ...]] | None:
@@ -1176,7 +1181,7 @@ class Resolver:
             if item is None:
                 return None
             items.append(item)
-        return m.Endpoint(tuple(items))
+        return _ENDPOINT(tuple(items))
 
     def rule_extras(self, opts: dict[str, s.Option], rd: s.RuleDecl, is_nat: bool) \
             -> dict[str, object] | None:

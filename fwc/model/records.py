@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 C = TypeVar("C", bound=type)
+R = TypeVar("R")
 
 
 class _Factory:
@@ -335,3 +336,41 @@ def _twin(cls: type) -> type | None:
     except TypeError:
         return None
     return twin
+
+
+def maker(cls: type[R]) -> Callable[..., R]:
+    """A function that builds a CLS instance from every init field, positionally in field
+    order (keyword-only ones too): what `CLS(...)` builds, for the few records made once
+    per rule or per endpoint item. A frozen slotted instance is born its twin (`_twin`)
+    and changes class once, a frozen one without slots gets its `__dict__` filled: no
+    `__init__` call. A class with `__post_init__`, fields left out of `__init__` or a
+    layout the twin cannot take gets a function that calls CLS."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    slotted = "__slots__" in cls.__dict__
+    twin = _twin(cls) if params.frozen and slotted else None
+    plain = params.frozen and not slotted and "__dict__" not in names and not any(
+        hasattr(type(getattr(cls, n, None)), "__set__") for n in names)
+    if hasattr(cls, "__post_init__") or not all(f.init for f in fields) \
+            or (twin is None and not plain) or any(n.startswith("_") for n in names):
+        keywords = [f.name for f in fields if f.kw_only]
+        positional = [n for n in names if n not in keywords]
+
+        def make(*values: Any) -> R:
+            given = dict(zip(names, values, strict=True))
+            return cls(*(given[n] for n in positional), **{k: given[k] for k in keywords})
+        return make
+    if twin is not None:
+        body = ["  self = _new(_twin)", *(f"  self.{n} = {n}" for n in names),
+                "  _set(self, '__class__', _cls)"]
+    else:
+        body = ["  self = _new(_cls)", "  d = self.__dict__",
+                *(f"  d[{n!r}] = {n}" for n in names)]
+    source = "\n".join([f"def make({', '.join(names)}):", *body, "  return self"])
+    namespace: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": cls,
+                                 "_set": object.__setattr__}
+    exec(source + "\n", namespace)  # noqa: S102 - generated from the field names
+    made: Callable[..., R] = namespace["make"]
+    made.__qualname__ = f"maker({cls.__qualname__})"
+    return made
