@@ -1059,10 +1059,10 @@ class Resolver:
         anything is not (an undefined or unusable name, a service without matches): the
         caller resolves `line.decl()` then, which reports it. Nothing is reported here, and
         what is recorded before giving up (names used) the ordinary way records too."""
-        fast, number, match = line
+        fast, number, match, parts = line
         path = fast.path
-        _, action, sources, destinations, services, in_, out, log, prefix, only = \
-            match.groups()
+        # (the parser's strings: their hashes are known from its own lookups)
+        _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
         if "," not in sources:  # most lists: one item (as `_line_endpoint`, inlined)
             start = match.start(3)
