@@ -336,14 +336,17 @@ def _runs(lines: list[str], fast: FastPath, plain: bool = False) -> list[_Run]:
         if run.rest:
             runs.append(run)
 
+    plain_rule = fast.plain_rule
+    reading_lines = False  # PLAIN and in a run of rules (`current.rules`)
+    add_node = add_index = [].append  # the current run's `rest` and `rest_lines` (below)
     for index, line in enumerate(lines):
-        if plain and current is not None and current.rules:
+        if reading_lines:
             # PLAIN: after a run's first rule (a RuleDecl, compared with lark's), a plain
             # rule line is kept as it matched (s.RuleLine), read into the model later.
-            node: object = fast.plain_rule(line, index + 1)
+            node: object = plain_rule(line, index + 1)
             if node is not None:
-                current.rest.append(node)
-                current.rest_lines.append(index)
+                add_node(node)
+                add_index(index)
                 continue
         stripped = line.strip(" \t\r\f")
         if not stripped or stripped[0] == "#":
@@ -357,6 +360,9 @@ def _runs(lines: list[str], fast: FastPath, plain: bool = False) -> list[_Run]:
         if current is not None:
             close(current, line)
         current = _Run(rules, index + 1, node, [], []) if node is not None else None
+        reading_lines = plain and current is not None and rules
+        if current is not None:
+            add_node, add_index = current.rest.append, current.rest_lines.append
     if current is not None:
         close(current, None)
     return runs
