@@ -106,6 +106,22 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
     return (number, bits) if bits <= 32 else None
 
 
+def _plain_address(text: str) -> AddressSet | None:
+    """What `Resolver.parse_address(want="any")` makes of a plain IPv4 address or network
+    without host bits (`_plain_ipv4`), without a Word; None for anything else (that way
+    words it, or its error)."""
+    plain = _plain_ipv4(text)
+    if plain is None:
+        return None
+    number, prefix = plain
+    if prefix < 0:
+        return AddressSet(((number, number),), ())
+    host = (1 << (32 - prefix)) - 1
+    if prefix == 32 or not number & host:
+        return AddressSet(((number, number | host),), ())
+    return None
+
+
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
 _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
@@ -362,7 +378,9 @@ class Resolver:
                     continue
                 parts.append(member.addresses)
             elif item.kind == "address":
-                got = self.parse_address(s.Word(item.text, item.span), want="any")
+                got = _plain_address(item.text)  # most members of large groups
+                if got is None:
+                    got = self.parse_address(s.Word(item.text, item.span), want="any")
                 parts.append(got or AddressSet())
             elif item.kind == "range":
                 got = self.parse_range(s.Word(item.text, item.span))
