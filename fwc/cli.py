@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import os
 import sys
@@ -227,32 +226,22 @@ def main(argv: list[str] | None = None, kept: list[object] | None = None) -> int
     when the caller ends the process right after without freeing it (`console`); None
     (tests, any in-process caller): everything is freed when the command returns.
     """
-    # Reading the arguments imports the model (project defaults) and then the command's
-    # modules: a few hundred thousand objects, no cycle worth collecting; the collector
-    # ran about 50 times over them (~20 ms of `fwc compile`'s start-up). Paused until the
-    # command runs (which may pause it itself: fwc.commands.common.without_cycle_collection).
-    collecting = gc.isenabled()
-    gc.disable()
+    parser = build_parser()
     try:
-        parser = build_parser()
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help/--version
-            return int(exc.code or 0)
-        args.kept_until_exit = kept
-        if args.command is None:
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
-        try:
-            module = importlib.import_module(f"fwc.commands.{COMMANDS[args.command]}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fwc.commands.{COMMANDS[args.command]}":
-                raise
-            print(f"fwc: '{args.command}' is not available in this build", file=sys.stderr)
-            return EXIT_USAGE
-    finally:
-        if collecting:
-            gc.enable()
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help/--version
+        return int(exc.code or 0)
+    args.kept_until_exit = kept
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        module = importlib.import_module(f"fwc.commands.{COMMANDS[args.command]}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"fwc.commands.{COMMANDS[args.command]}":
+            raise
+        print(f"fwc: '{args.command}' is not available in this build", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(module.run(args))
     except KeyboardInterrupt:

@@ -38,30 +38,3 @@ def test_check_never_prints_a_traceback(tmp_path):
     result = run_fwc("check", str(bad))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "error[FWC" in result.stderr
-
-
-def test_the_collector_is_paused_while_the_command_is_imported_only(monkeypatch, capsys):
-    import gc
-    import importlib
-
-    from fwc import cli
-
-    seen: list[bool] = []
-    real = importlib.import_module
-
-    def probe(name: str):
-        seen.append(gc.isenabled())
-        return real(name)
-
-    monkeypatch.setattr(cli.importlib, "import_module", probe)
-    assert gc.isenabled()
-    assert cli.main(["explain", "FWC101"]) == 0
-    assert seen[0] is False  # the command's module (explain then imports the checks')
-    assert all(seen[1:])
-    assert gc.isenabled()  # as it was, for the command and after it
-    gc.disable()
-    try:
-        assert cli.main(["explain", "FWC101"]) == 0
-        assert not gc.isenabled()  # a caller's choice is kept
-    finally:
-        gc.enable()
