@@ -177,3 +177,17 @@ def test_a_line_the_fast_path_reads_is_read_so_by_lark(line: str):
     if definition is not None:
         source, diagnostics = parse_text(line + "\n", "t.fw", _PARSER, fast=False)
         assert diagnostics == [] and source.statements == (definition,)
+
+
+def test_comments_after_the_lines_lark_does_not_see_keep_their_offsets():
+    # The fast lines after a run's first are emptied in the text lark parses: a comment
+    # after them, on its own line or after a statement, keeps its offset in the text.
+    text = ("host a 192.0.2.1\nhost b 192.0.2.2\n  host c 192.0.2.3   \n# one\n"
+            "host d 192.0.2.4  # two\n\ncluster c {\n}\npolicy c {\n"
+            "    accept from a to b\n    accept from b to a\n    drop from a, b to c\n"
+            "    # three\n    reject from d to a # four\n}\n")
+    assert fast_lines(text) >= 3
+    assert_same(text)
+    fast, _ = parse_text(text, "t.fw", _PARSER)
+    assert [text[c.start:c.end] for c in fast.comments] == ["# one", "# two", "# three",
+                                                             "# four"]

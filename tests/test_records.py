@@ -317,3 +317,135 @@ def test_equality_is_the_dataclass_s_of_this_python() -> None:
         assert (ours(*left) == ours(*right)) == (theirs(*left) == theirs(*right)), left
         same_ours, same_theirs = ours(*left), theirs(*left)
         assert (same_ours == same_ours) == (same_theirs == same_theirs), left
+
+
+WIDE = '''
+from __future__ import annotations
+from dataclasses import field
+
+@dataclass(frozen=True, slots=True)
+class Wide:
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+    f: int
+    g: int
+    h: int = 8
+    i: tuple[int, ...] = field(default_factory=tuple, kw_only=True)
+
+@dataclass(frozen=True, slots=True)
+class Wider(Wide):
+    j: str = "j"
+    k: list[int] = field(default_factory=list, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.a < 0:
+            raise ValueError("negative")
+
+@dataclass(frozen=True, slots=True)
+class Narrow(Wide):
+    a: bool  # re-declared, no slot of its own (as FilterRule.action)
+
+    def __post_init__(self) -> None:
+        if self.b < 0:
+            raise ValueError("negative")
+
+class Plain:
+    pass
+
+@dataclass(frozen=True, slots=True)
+class OnADict(Plain):
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+    f: int
+    g: int
+    h: int
+'''
+
+
+def test_a_wide_record_is_filled_as_its_twin_and_is_still_its_dataclass() -> None:
+    from fwc.model import records
+
+    ns: dict[str, Any] = {"__name__": __name__, "dataclass": dataclass}
+    exec(compile(WIDE, "<wide>", "exec"), ns)  # noqa: S102 - the text above
+    std: dict[str, Any] = {"__name__": __name__, "dataclass": dataclasses.dataclass}
+    exec(compile(WIDE, "<wide>", "exec"), std)  # noqa: S102 - the text above
+    wide, wider, narrow = ns["Wide"], ns["Wider"], ns["Narrow"]
+    assert records.TWIN_FIELDS <= 9
+    assert "_twin" in wide.__init__.__code__.co_names
+    assert "_twin" in narrow.__init__.__code__.co_names
+    # Python compares the layouts one class deep: slots added at two levels, or a base
+    # with a __dict__, and the fields go through the descriptors.
+    assert "_twin" not in wider.__init__.__code__.co_names
+    assert "_twin" not in ns["OnADict"].__init__.__code__.co_names
+    for name in ("Wide", "Wider", "Narrow", "OnADict"):
+        _same_instances(ns[name], std[name])
+        assert str(inspect.signature(ns[name])) == str(inspect.signature(std[name]))
+    one = wider(1, 2, 3, 4, 5, 6, 7, i=(9,), k=[1])
+    assert type(one) is wider
+    assert (one.a, one.h, one.i, one.j, one.k) == (1, 8, (9,), "j", [1])
+    thin = narrow(True, 2, 3, 4, 5, 6, 7, i=(9,))
+    assert type(thin) is narrow and (thin.a, thin.g, thin.h, thin.i) == (True, 7, 8, (9,))
+    assert repr(thin) == repr(std["Narrow"](True, 2, 3, 4, 5, 6, 7, i=(9,)))
+    assert hash(thin) == hash(std["Narrow"](True, 2, 3, 4, 5, 6, 7, i=(9,)))
+    with pytest.raises(ValueError, match="negative"):
+        narrow(True, -2, 3, 4, 5, 6, 7)  # __post_init__ sees the stored fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        thin.b = 3  # type: ignore[misc]
+    assert one == wider(1, 2, 3, 4, 5, 6, 7, i=(9,), k=[2])  # k is not compared
+    assert repr(one) == repr(std["Wider"](1, 2, 3, 4, 5, 6, 7, i=(9,), k=[1]))
+    assert hash(one) == hash(std["Wider"](1, 2, 3, 4, 5, 6, 7, i=(9,)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.a = 2  # type: ignore[misc]
+    with pytest.raises(ValueError, match="negative"):
+        wider(-1, 2, 3, 4, 5, 6, 7)  # __post_init__ sees the stored fields
+    # A subclass that is no dataclass is filled through the slot descriptors: it stays
+    # an instance of itself.
+    sub = type("Sub", (wide,), {"__slots__": (), "__module__": __name__})
+    got = sub(1, 2, 3, 4, 5, 6, 7)
+    assert type(got) is sub and got.g == 7 and got.i == ()
+    assert copy.copy(one) == one and copy.deepcopy(thin) == thin
+    assert dataclasses.replace(one, a=5).a == 5 and type(dataclasses.replace(one, a=5)) is wider
+
+
+def test_a_maker_builds_what_the_class_builds() -> None:
+    from fwc import model as m
+    from fwc.diagnostics import Span
+    from fwc.model.addresses import AddressSet
+    from fwc.model.records import maker
+    from fwc.model.vocabulary import FilterAction
+
+    span = Span("t.fw", 1, 2, 1, 5)
+    item = maker(m.EndpointItem)("object", "a", AddressSet(((1, 2),), ()), False, "a", span)
+    assert type(item) is m.EndpointItem
+    assert item == m.EndpointItem("object", "a", AddressSet(((1, 2),), ()), False, "a", span)
+    assert repr(item) == repr(m.EndpointItem("object", "a", AddressSet(((1, 2),), ()),
+                                             False, "a", span))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        item.label = "b"  # type: ignore[misc]
+    side = maker(m.Endpoint)((item,))
+    assert type(side) is m.Endpoint and side == m.Endpoint((item,))
+    assert side.addresses == AddressSet(((1, 2),), ())  # its cached properties work
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        side.items = ()  # type: ignore[misc]
+    values = (3, FilterAction.DROP, side, side, (), ("s",), "in", None, True, "p", None, span,
+              m.LogOptions(level="info"), None, 4, None, None, True, (("in", span),))
+    rule = maker(m.FilterRule)(*values)
+    ordinary = m.FilterRule(*values[:12], log_options=values[12], limit=None, connlimit=4,
+                            syn_limit=None, reject_with=None, notrack=True,
+                            option_spans=values[18])
+    assert type(rule) is m.FilterRule and rule == ordinary and hash(rule) == hash(ordinary)
+    assert repr(rule) == repr(ordinary)
+    assert [getattr(rule, f.name) for f in dataclasses.fields(rule)] == list(values)
+    # what it cannot build without __init__ it builds through the class
+    ns: dict[str, Any] = {"__name__": __name__, "dataclass": dataclass}
+    exec(compile(WIDE, "<wide>", "exec"), ns)  # noqa: S102 - the text above
+    with pytest.raises(ValueError, match="negative"):
+        maker(ns["Narrow"])(True, -2, 3, 4, 5, 6, 7, 8, ())  # its __post_init__ ran
+    wider = maker(ns["Wider"])(1, 2, 3, 4, 5, 6, 7, 8, (9,), "x", [1])
+    assert wider == ns["Wider"](1, 2, 3, 4, 5, 6, 7, 8, i=(9,), j="x")

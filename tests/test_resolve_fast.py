@@ -104,3 +104,17 @@ def test_one_named_service_resolves_as_a_list_of_services_does(tmp_path):
     assert any("'extra'" in d.message for d in found)  # unused without the rule
     _, found = _edge_with_rules(tmp_path, "    accept from any to web service extra\n", head)
     assert not any("'extra'" in d.message for d in found)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_address())
+def test_a_plain_group_member_resolves_as_parse_address_does(text: str):
+    # `_plain_address` (group members) is parse_address(want="any") where it answers.
+    program = LoadedProgram("/", (), ())
+    ordinary = resolve.Resolver(program)
+    expected = ordinary.parse_address(s.Word(text, Span("t.fw", 1, 1, 1, 1 + len(text))),
+                                      want="any")
+    got = resolve._plain_address(text)
+    assert got is None or (got == expected and not ordinary.diagnostics)
+    if resolve._plain_ipv4(text) is not None and not ordinary.diagnostics:
+        assert got == expected  # every plain form that resolves cleanly is taken

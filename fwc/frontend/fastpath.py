@@ -187,7 +187,8 @@ class FastPath:
         match = PLAIN_RULE.fullmatch(text)
         if match is None:
             return None
-        _, _, sources, destinations, services, in_, out, _, prefix, only = match.groups()
+        parts = match.groups()
+        _, _, sources, destinations, services, in_, out, _, prefix, only = parts
         lists = self._plain_lists
         ok = lists.get(sources)
         if ok is None:
@@ -214,7 +215,7 @@ class FastPath:
                 decode_literal(prefix[1:-1])
             except LiteralError:
                 return None
-        return _new(s.RuleLine, (self, number, match))
+        return _new(s.RuleLine, (self, number, match, parts))
 
     @staticmethod
     def _plain_list(words: str, plain: Callable[[str], bool]) -> bool:

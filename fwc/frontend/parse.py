@@ -11,9 +11,6 @@ import functools
 import re
 from typing import NamedTuple
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import (
@@ -22,6 +19,15 @@ from fwc.frontend.fastpath import (
     STATEMENT_KEYWORDS,
     FastPath,
     join_spans,
+)
+from fwc.frontend.larkimport import (
+    Lark,
+    Token,
+    Transformer,
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
 )
 from fwc.frontend.tables import Tables, grammar_text
 from fwc.frontend.tables import load as load_tables
@@ -330,14 +336,17 @@ def _runs(lines: list[str], fast: FastPath, plain: bool = False) -> list[_Run]:
         if run.rest:
             runs.append(run)
 
+    plain_rule = fast.plain_rule
+    reading_lines = False  # PLAIN and in a run of rules (`current.rules`)
+    add_node = add_index = [].append  # the current run's `rest` and `rest_lines` (below)
     for index, line in enumerate(lines):
-        if plain and current is not None and current.rules:
+        if reading_lines:
             # PLAIN: after a run's first rule (a RuleDecl, compared with lark's), a plain
             # rule line is kept as it matched (s.RuleLine), read into the model later.
-            node: object = fast.plain_rule(line, index + 1)
+            node: object = plain_rule(line, index + 1)
             if node is not None:
-                current.rest.append(node)
-                current.rest_lines.append(index)
+                add_node(node)
+                add_index(index)
                 continue
         stripped = line.strip(" \t\r\f")
         if not stripped or stripped[0] == "#":
@@ -351,6 +360,9 @@ def _runs(lines: list[str], fast: FastPath, plain: bool = False) -> list[_Run]:
         if current is not None:
             close(current, line)
         current = _Run(rules, index + 1, node, [], []) if node is not None else None
+        reading_lines = plain and current is not None and rules
+        if current is not None:
+            add_node, add_index = current.rest.append, current.rest_lines.append
     if current is not None:
         close(current, None)
     return runs
@@ -360,14 +372,15 @@ def _parse_fast(text: str, path: str, parser: PolicyParser,
                 plain: bool = False) -> s.SourceFile | None:
     """TEXT parsed with the fast path for its plain lines, or None: lark must parse it all.
 
-    Every run of consecutive fast lines keeps its first line; the others are blanked (the
-    same length, so lark's lines, columns and offsets stay those of TEXT) and lark parses
-    the rest. Lark's node for a run's first line must equal the fast path's (a rule of a
-    `policy` block, or a top-level definition): then lark stood at a statement boundary
-    before it and the next significant line did not continue it, so the blanked lines
-    after it, each a complete statement of the same kind starting with a keyword that
-    cannot continue the one before, are what lark would have parsed there. Any syntax
-    error, or any doubt, and the caller parses the whole text with lark.
+    Every run of consecutive fast lines keeps its first line; the others are emptied (the
+    line breaks stay, so lark's lines and columns are those of TEXT; the offsets of the
+    comments lark reads are moved back to TEXT's) and lark parses the rest. Lark's node
+    for a run's first line must equal the fast path's (a rule of a `policy` block, or a
+    top-level definition): then lark stood at a statement boundary before it and the next
+    significant line did not continue it, so the emptied lines after it, each a complete
+    statement of the same kind starting with a keyword that cannot continue the one
+    before, are what lark would have parsed there. Any syntax error, or any doubt, and the
+    caller parses the whole text with lark.
     PLAIN: the plain rule lines after a run's first are s.RuleLine records (see `parse_text`).
     """
     lines = text.split("\n")
@@ -377,7 +390,7 @@ def _parse_fast(text: str, path: str, parser: PolicyParser,
     blanked = list(lines)
     for run in runs:
         for index in run.rest_lines:
-            blanked[index] = " " * len(lines[index])
+            blanked[index] = ""  # (lark skipped ~1.6 MB of spaces in a 20,000-rule policy)
     try:
         tree = parser.parse("\n".join(blanked), path)
     except (UnexpectedInput, BadLiteral):
@@ -415,7 +428,20 @@ def _parse_fast(text: str, path: str, parser: PolicyParser,
                                     join_spans(statement.name.span, block_rules[-1].span))
         merged.append(statement)
         merged.extend(after_statement.get(k, ()))
-    return s.SourceFile(path, text, tuple(merged), tuple(parser.comments))
+    return s.SourceFile(path, text, tuple(merged), _in_text(parser.comments, lines))
+
+
+def _in_text(comments: list[s.Lexeme], lines: list[str]) -> tuple[s.Lexeme, ...]:
+    """COMMENTS lark read in a text whose lines are LINES but some emptied (`_parse_fast`),
+    with their offsets in the whole text (lines and columns are the same in both)."""
+    if not comments:
+        return ()
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    return tuple(c._replace(start=starts[c.line - 1] + c.column - 1,
+                            end=starts[c.line - 1] + c.column - 1 + c.end - c.start)
+                 for c in comments)
 
 
 def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None = None) \

@@ -21,6 +21,7 @@ from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
+from fwc.model.records import maker
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
 from fwc.text import decode_literal
@@ -105,9 +106,30 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
     return (number, bits) if bits <= 32 else None
 
 
+def _plain_address(text: str) -> AddressSet | None:
+    """What `Resolver.parse_address(want="any")` makes of a plain IPv4 address or network
+    without host bits (`_plain_ipv4`), without a Word; None for anything else (that way
+    words it, or its error)."""
+    plain = _plain_ipv4(text)
+    if plain is None:
+        return None
+    number, prefix = plain
+    if prefix < 0:
+        return AddressSet(((number, number),), ())
+    host = (1 << (32 - prefix)) - 1
+    if prefix == 32 or not number & host:
+        return AddressSet(((number, number | host),), ())
+    return None
+
+
 _NOTHING = AddressSet()  # any/firewall items: their addresses depend on the member
 _NO_LOG_OPTIONS = m.LogOptions()  # most rules: the cluster's log defaults
 _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum's __call__
+# The records made per plain rule line, built from every field in order without an
+# __init__ call (fwc.model.records.maker).
+_FILTER_RULE = maker(m.FilterRule)
+_ENDPOINT = maker(m.Endpoint)
+_ENDPOINT_ITEM = maker(m.EndpointItem)
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
@@ -127,6 +149,10 @@ class Resolver:
         # An inline service (`tcp/443`) means the same wherever it is written: resolved
         # once per run and text (only when it resolved without a diagnostic).
         self.service_specs: dict[str, m.ServiceMatch] = {}
+        # What the words and service lists of plain rule lines resolve to (`line_rule`).
+        self._line_words: dict[str, tuple[str, str, AddressSet, str | None]] = {}
+        self._line_services: dict[str, tuple[tuple[m.ServiceMatch, ...],
+                                              tuple[str, ...]] | tuple[()]] = {}
 
     # -- helpers ---------------------------------------------------------------
     def err(self, code: str, message: str, span: Span | None, hint: str | None = None,
@@ -352,7 +378,9 @@ class Resolver:
                     continue
                 parts.append(member.addresses)
             elif item.kind == "address":
-                got = self.parse_address(s.Word(item.text, item.span), want="any")
+                got = _plain_address(item.text)  # most members of large groups
+                if got is None:
+                    got = self.parse_address(s.Word(item.text, item.span), want="any")
                 parts.append(got or AddressSet())
             elif item.kind == "range":
                 got = self.parse_range(s.Word(item.text, item.span))
@@ -1049,39 +1077,45 @@ class Resolver:
         anything is not (an undefined or unusable name, a service without matches): the
         caller resolves `line.decl()` then, which reports it. Nothing is reported here, and
         what is recorded before giving up (names used) the ordinary way records too."""
-        fast, number, match = line
+        fast, number, match, parts = line
         path = fast.path
-        _, action, sources, destinations, services, in_, out, log, prefix, only = \
-            match.groups()
+        # (the parser's strings: their hashes are known from its own lookups)
+        _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        text = match.string
-        source = self._line_endpoint(sources, match.start(3), text, path, number)
-        if source is None:
-            return None
-        destination = self._line_endpoint(destinations, match.start(4), text, path, number)
-        if destination is None:
-            return None
+        if "," not in sources:  # most lists: one item (as `_line_endpoint`, inlined)
+            start = match.start(3)
+            item = self._line_item(sources, _new(Span, (path, number, start + 1, number,
+                                                        start + len(sources) + 1)))
+            if item is None:
+                return None
+            source = _ENDPOINT((item,))
+        else:
+            source = self._line_endpoint(sources, match.start(3), match.string, path, number)
+            if source is None:
+                return None
+        if "," not in destinations:
+            start = match.start(4)
+            item = self._line_item(destinations, _new(Span, (
+                path, number, start + 1, number, start + len(destinations) + 1)))
+            if item is None:
+                return None
+            destination = _ENDPOINT((item,))
+        else:
+            destination = self._line_endpoint(destinations, match.start(4), match.string,
+                                              path, number)
+            if destination is None:
+                return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
         if services is not None:
-            known = self.services
-            if "," not in services:
-                svc = known.get(services)
-                if svc is None or not svc.matches:
-                    return None
-                self.used_services.add(services)
-                matches, labels = svc.matches, (services,)
-            else:
-                labels = tuple(PLAIN_WORD.findall(services))
-                found: list[m.ServiceMatch] = []
-                for name in labels:
-                    svc = known.get(name)
-                    if svc is None or not svc.matches:
-                        return None
-                    self.used_services.add(name)
-                    found.extend(svc.matches)
-                matches = tuple(found)
+            known = self._line_services
+            got = known.get(services)
+            if got is None:
+                got = known[services] = self._line_services_of(services)
+            if not got:
+                return None
+            matches, labels = got
             start, end = span_of(5)
             spans.append(("service", _new(Span, (path, number, start + 1, number, end + 1))))
         if in_ is not None:
@@ -1105,42 +1139,67 @@ class Resolver:
             start, end = span_of(10)
             spans.append(("only", _new(Span, (path, number, start + 1, number, end + 1))))
         start, end = span_of(1)
-        return m.FilterRule(index, _FILTER_ACTIONS[action], source, destination, matches,
+        return _FILTER_RULE(index, _FILTER_ACTIONS[action], source, destination, matches,
                             labels, in_, out, log is not None, prefix, only,
                             _new(Span, (path, number, start + 1, number, end + 1)),
-                            log_options=_NO_LOG_OPTIONS, notrack=False,
-                            option_spans=tuple(spans))
+                            _NO_LOG_OPTIONS, None, None, None, None, False, tuple(spans))
+
+    def _line_item(self, word: str, span: Span) -> m.EndpointItem | None:
+        """The endpoint item of WORD (a name, `any` or `firewall`) of a RuleLine at SPAN,
+        as `endpoint` makes it; None when WORD names no object (`endpoint` reports it).
+        What a word resolves to is remembered for the run (the objects are resolved
+        before any rule), and the first look records the name used, as `endpoint` does."""
+        known = self._line_words.get(word)
+        if known is None:
+            if word in PLAIN_ENDPOINTS:
+                known = (word, word, _NOTHING, None)
+            else:
+                self.used.add(word)
+                obj = self.objects.get(word)
+                if obj is None:
+                    return None  # not remembered: `endpoint` reports it, once per rule
+                known = ("object", word, obj.addresses, word)
+            self._line_words[word] = known
+        kind, label, addresses, name = known
+        return _ENDPOINT_ITEM(kind, label, addresses, False, name, span)
+
+    def _line_services_of(self, services: str) \
+            -> tuple[tuple[m.ServiceMatch, ...], tuple[str, ...]] | None:
+        """(matches, labels) of the service list of a RuleLine (SERVICES as matched), as
+        `services_of` resolves it; () when a name is not a service with matches. Asked
+        once per list text and run (the services are resolved before any rule)."""
+        known = self.services
+        if "," not in services:
+            svc = known.get(services)
+            if svc is None or not svc.matches:
+                return ()
+            self.used_services.add(services)
+            return svc.matches, (services,)
+        labels = tuple(PLAIN_WORD.findall(services))
+        found: list[m.ServiceMatch] = []
+        for name in labels:
+            svc = known.get(name)
+            if svc is None or not svc.matches:
+                return ()
+            self.used_services.add(name)
+            found.extend(svc.matches)
+        return tuple(found), labels
 
     def _line_endpoint(self, words: str, start: int, text: str, path: str,
                        number: int) -> m.Endpoint | None:
-        """A from/to list of a RuleLine (names, `any`, `firewall`; at START of TEXT) as
-        `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
-        objects = self.objects
-        make = m.EndpointItem
-        if "," not in words:  # most lists: one item
-            span = _new(Span, (path, number, start + 1, number, start + len(words) + 1))
-            if words in PLAIN_ENDPOINTS:
-                return m.Endpoint((make(words, words, _NOTHING, False, None, span),))
-            self.used.add(words)
-            obj = objects.get(words)
-            if obj is None:
-                return None
-            return m.Endpoint((make("object", words, obj.addresses, False, words, span),))
+        """A from/to list of several items of a RuleLine (names, `any`, `firewall`; at
+        START of TEXT) as `endpoint` resolves it; None when a name is not an object
+        (`endpoint` reports it)."""
         items: list[m.EndpointItem] = []
-        used = self.used
         for w in PLAIN_WORD.finditer(text, start, start + len(words)):
             word = w.group()
             at = w.start()
-            span = _new(Span, (path, number, at + 1, number, at + len(word) + 1))
-            if word in PLAIN_ENDPOINTS:
-                items.append(make(word, word, _NOTHING, False, None, span))
-                continue
-            used.add(word)
-            obj = objects.get(word)
-            if obj is None:
+            item = self._line_item(word, _new(Span, (path, number, at + 1, number,
+                                                     at + len(word) + 1)))
+            if item is None:
                 return None
-            items.append(make("object", word, obj.addresses, False, word, span))
-        return m.Endpoint(tuple(items))
+            items.append(item)
+        return _ENDPOINT(tuple(items))
 
     def rule_extras(self, opts: dict[str, s.Option], rd: s.RuleDecl, is_nat: bool) \
             -> dict[str, object] | None:

@@ -236,6 +236,7 @@ class RuleLine(NamedTuple):
     reader: Any  # the fwc.frontend.fastpath.FastPath of its file (path, word caches)
     number: int  # 1-based line number
     match: re.Match[str]  # fwc.frontend.fastpath.PLAIN_RULE over the whole line
+    parts: tuple[str | None, ...]  # match.groups(), as the parser read them
 
     @property
     def span(self) -> Span:
