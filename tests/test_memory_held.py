@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fwc.checks import FLOWS_MEMO, NUMBERS_MEMO, SIDES_MEMO, run_checks
+from fwc.checks import FLOWS_MEMO, NUMBERS_MEMO, SIDES_MEMO, SPENT_INDEXES, run_checks
 from fwc.frontend import syntax
 from fwc.frontend.loader import load
 from fwc.model import Memo
@@ -75,6 +75,24 @@ def test_the_checks_side_tables_are_dropped_once_they_ran(edge):
         assert "firewall" in kinds  # the model's own memo entries stay
 
 
+def test_in_one_process_the_spent_shadowing_indexes_go_before_the_next_check(edge):
+    """Above 50,000 rules and with --jobs 1 the checks and then the files run in one
+    process: the shadowing check's indexes must not stay alive through the rest."""
+    analysis = analyse(edge, run_checks=False)
+    assert analysis.policy is not None
+    clusters = analysis.policy.clusters
+    held: dict[str, bool] = {}
+
+    class Watch:
+        def phase(self, name: str, share: float) -> None:
+            held[name] = any(SPENT_INDEXES in c.memo._values for c in clusters)
+
+    run_checks(analysis.policy, Watch())  # type: ignore[arg-type]
+    after = [name for name in held if name > "checking (FWC401)"]
+    assert "checking (FWC401)" in held and after
+    assert not any(held[name] for name in after), held
+
+
 def test_with_a_worker_the_parents_side_tables_go_with_the_model(edge):
     """`fwc check` with a worker (checked): the parent's side tables are not freed on its
     critical path (the process ends right after); they are the model's to free."""
@@ -83,6 +101,7 @@ def test_with_a_worker_the_parents_side_tables_go_with_the_model(edge):
     checked(analysis.policy, jobs=2)
     for cluster in analysis.policy.clusters:
         assert FLOWS_MEMO in _memo_kinds(cluster)
+        assert cluster.memo._values[SPENT_INDEXES]
 
 
 def test_memo_drop_kind_drops_only_that_kind():

@@ -23,6 +23,10 @@ CheckFunction = Callable[[Policy], Iterable[Diagnostic]]
 # the checks only, dropped once they have all run (`run_checks`).
 SIDES_MEMO = "name-check-sides"
 FLOWS_MEMO = "filter-flows"
+# The shadowing check's used-up indexes: freeing them costs ~0.05 s at 20,000 rules, so
+# `fwc check`'s parent keeps them to its exit (fwc.pipeline.checked); `run_checks` frees
+# them as soon as the check is done, since the other checks and the back half follow.
+SPENT_INDEXES = (FLOWS_MEMO, "spent indexes")
 NUMBERS_MEMO = "side-numbers"  # fwc.checks.sides.SideNumbers: the sides of the rules numbered
 
 # Modules that register checks; imported on first use so that start-up stays fast.
@@ -96,6 +100,8 @@ def run_checks(policy: Policy, progress: Reporter = SILENT) -> list[Diagnostic]:
     for done, info in enumerate(checks):
         progress.phase(f"checking ({info.code})", done / len(checks))
         out.extend(run_check(info, policy))
+        for cluster in policy.clusters:
+            cluster.memo.drop(SPENT_INDEXES)
     drop_side_tables(policy)
     return out
 

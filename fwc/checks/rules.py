@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import field, replace
 from itertools import repeat
 
-from fwc.checks import FLOWS_MEMO, check, describe
+from fwc.checks import FLOWS_MEMO, SPENT_INDEXES, check, describe
 from fwc.checks.sides import SideNumbers, rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
@@ -781,11 +781,9 @@ def _nat_flows(cluster: Cluster, firewall: AddressSet) -> list[Flow]:
 def _shadow_findings(policy: Policy) -> Iterator[tuple[Flow, Flow]]:
     for cluster in policy.clusters:
         firewall = _firewall(cluster)
-        # The spent indexes stay with the side tables and are freed with them
-        # (`drop_side_tables`), or never when the process ends first (`fwc check` with a
-        # worker, fwc.pipeline.checked): freeing the index of 20,000 rules, some 60,000
-        # dicts and lists, took ~0.05 s of the check.
-        spent: list[CoverIndex] = cluster.memo.get((FLOWS_MEMO, "spent indexes"), list)
+        # Kept for whoever frees them (SPENT_INDEXES): freeing the index of 20,000 rules,
+        # some 60,000 dicts and lists, took ~0.05 s of the check.
+        spent: list[CoverIndex] = cluster.memo.get(SPENT_INDEXES, list)
         for flows in (_filter_flows(cluster, firewall), _nat_flows(cluster, firewall)):
             index = CoverIndex(flows)
             yield from index.scan(flows)
