@@ -336,7 +336,9 @@ class Services:
         self._six: FamilyKeys | None = None
 
     def keys(self, family: int) -> FamilyKeys:
-        """(matches in FAMILY, `index_keys`, `probe_keys`) in FAMILY, made once."""
+        """(matches in FAMILY, the keys of the `CoverIndex` tables a flow part of this
+        list is stored in (`_service_keys`), the keys a flow covering its first match must
+        be stored in (`_probe_keys`)) in FAMILY, made once."""
         got = self._six if family == 6 else self._four
         if got is None:
             matches = self.matches  # one tuple, not two equal ones, when all are in FAMILY
@@ -388,17 +390,6 @@ class Services:
                                             for low, high in match.ports):
                 return False
         return True
-
-    def index_keys(self, family: int) -> tuple[int, ...]:
-        """The service keys of the `CoverIndex` tables a flow part of this list in FAMILY
-        is stored in (`_service_keys`)."""
-        return self.keys(family)[1]
-
-    def probe_keys(self, family: int) -> tuple[int, ...]:
-        """The service keys of the `CoverIndex` tables a flow covering this list's first
-        match in FAMILY must be stored in (`_probe_keys`)."""
-        got = self._six if family == 6 else self._four
-        return (got or self.keys(family))[2]
 
 
 def _ports_inside(spans: tuple[tuple[int, int], ...], low: int, high: int) -> bool:
@@ -587,76 +578,11 @@ class CoverIndex:
         self.tables: list[dict[int, dict[int, dict[int, list[Flow]]]]] = \
             [{} for _ in range(SLOTS)]
 
-    def add(self, flow: Flow, keys: PartKeys) -> None:
-        summary = flow.summary
-        for part, (src, dst) in zip(flow.parts, keys, strict=True):
-            tables = self.tables[part.slot]
-            for key in summary.index_keys(part.family):
-                table = tables.get(key)
-                if table is None:
-                    table = tables[key] = {}
-                inner = table.get(src)
-                if inner is None:
-                    inner = table[src] = {}
-                bucket = inner.get(dst)
-                if bucket is None:
-                    inner[dst] = [flow]
-                elif bucket[-1] is not flow:
-                    bucket.append(flow)
-
-    def candidates(self, flow: Flow, keys: PartKeys) -> list[Flow]:
-        """Earlier flows that might cover `flow`, in rule order (a list the index may
-        extend later: read it before the next `add`). Loops, not comprehensions: this
-        runs once per rule, and finds nothing for most."""
-        parts = flow.parts
-        if not parts:
-            return []
-        part = parts[0]
-        slot = self.tables[part.slot]
-        if not slot:
-            return []
-        family = part.family
-        src, dst = keys[0]
-        sources: frozenset[int] | None = None
-        destinations: frozenset[int] | None = None  # asked only when a source matches
-        buckets: list[list[Flow]] = []
-        for key in flow.summary.probe_keys(family):
-            table = slot.get(key)
-            if table is None:
-                continue
-            if sources is None:
-                sources = self.sources[family].supersets(src)
-            # the values of the table under the ids of SOURCES, walking the smaller
-            if len(table) <= len(sources):
-                inners = [value for key, value in table.items() if key in sources]
-            else:
-                inners = []
-                for key in sources:
-                    value = table.get(key)
-                    if value is not None:
-                        inners.append(value)
-            for inner in inners:
-                if destinations is None:
-                    destinations = self.destinations[family].supersets(dst)
-                if len(inner) <= len(destinations):
-                    for key, bucket in inner.items():
-                        if key in destinations:
-                            buckets.append(bucket)
-                else:
-                    for key in destinations:
-                        bucket = inner.get(key)
-                        if bucket is not None:
-                            buckets.append(bucket)
-        if len(buckets) <= 1:  # one bucket is in rule order already
-            return buckets[0] if buckets else []
-        found = {candidate.position: candidate for bucket in buckets for candidate in bucket}
-        return [found[k] for k in sorted(found)]
-
     def scan(self, flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
         """`shadowing` of FLOWS (the flows this index was made for): for each flow in
-        order, the first candidate that covers it, else the flow is added. `candidates`
-        and `add` written out in one loop, with what they look up bound once: this runs
-        once per rule, and the calls were a third of the scan's time."""
+        order, the first earlier flow that covers it, else the flow is added to the
+        tables. One loop, with what it looks up bound once: this runs once per rule, and
+        calls per candidate search and per addition were a third of the scan's time."""
         tables = self.tables
         superset_of = {family: (self.sources[family].supersets,
                                 self.destinations[family].supersets) for family in FAMILIES}
@@ -665,7 +591,7 @@ class CoverIndex:
             if not parts:
                 continue
             summary = flow.summary
-            # candidates (`candidates`, the first part)
+            # the earlier flows that may cover it, found by its first part
             part = parts[0]
             slot = tables[part.slot]
             buckets: list[list[Flow]] = []
@@ -723,7 +649,7 @@ class CoverIndex:
             rule = flow.rule
             if rule is not None and rule.conditional:
                 continue
-            # `add`
+            # uncovered: stored under every part
             for part, (src, dst) in zip(parts, keys, strict=True):
                 family = part.family
                 got = summary._six if family == 6 else summary._four
