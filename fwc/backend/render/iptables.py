@@ -41,8 +41,7 @@ def _addresses(flag: str, match: AddressMatch) -> list[str]:
     if match.set_name is not None or not match.cidrs:
         return [""]
     words = ("! " + flag + " ") if match.negated else (flag + " ")
-    return [words + (c if "/" in c else c + ("/128" if ":" in c else "/32"))
-            for c in match.cidrs]
+    return [words + c + _host_suffix(c) for c in match.cidrs]
 
 
 def _port_text(port: PortRange) -> str:
@@ -240,7 +239,7 @@ def _one_line(rule: Rule, match: Match, source: AddressMatch, destination: Addre
         if len(protocols) != 1:
             return None
         protocol = protocols[0]
-    # (each address word as `_address_word` makes it, and its space)
+    # (each address word as `_addresses` makes it, and its space)
     if source.cidrs and source.set_name is None:
         [cidr] = source.cidrs
         s = f"{'! -s ' if source.negated else '-s '}{cidr}{_host_suffix(cidr)} "
@@ -259,13 +258,6 @@ def _host_suffix(cidr: str) -> str:
     """What `_addresses` appends to a CIDR text: nothing to a prefix, /32 or /128 to an
     address."""
     return "" if "/" in cidr else ("/128" if ":" in cidr else "/32")
-
-
-def _address_word(flag: str, match: AddressMatch) -> str:
-    """`_addresses` of a side of one CIDR."""
-    [cidr] = match.cidrs
-    return ("! " + flag + " " if match.negated else flag + " ") \
-        + (cidr if "/" in cidr else cidr + ("/128" if ":" in cidr else "/32"))
 
 
 def _address_words(flag: str, match: AddressMatch, shapes: ShapeTexts | None) -> list[str]:
