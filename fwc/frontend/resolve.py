@@ -106,16 +106,18 @@ def _plain_ipv4(text: str) -> tuple[int, int] | None:
     return (number, bits) if bits <= 32 else None
 
 
-def _plain_address(text: str) -> AddressSet | None:
-    """What `Resolver.parse_address(want="any")` makes of a plain IPv4 address or network
-    without host bits (`_plain_ipv4`), without a Word; None for anything else (that way
-    words it, or its error)."""
+def _plain_address(text: str, want: str = "any") -> AddressSet | None:
+    """What `Resolver.parse_address(word, want=WANT)` makes of a plain IPv4 address or
+    network without host bits (`_plain_ipv4`), without a Word or ipaddress objects; None
+    for anything else (that way words it, or its error)."""
     plain = _plain_ipv4(text)
     if plain is None:
         return None
     number, prefix = plain
     if prefix < 0:
-        return AddressSet(((number, number),), ())
+        return AddressSet(((number, number),), ()) if want != "network" else None
+    if want == "host" and prefix != 32:
+        return None
     host = (1 << (32 - prefix)) - 1
     if prefix == 32 or not number & host:
         return AddressSet(((number, number | host),), ())
@@ -165,16 +167,9 @@ class Resolver:
     def parse_address(self, word: s.Word, *, want: str) -> AddressSet | None:
         """want: 'host' (no prefix or full prefix), 'network' (prefix, no host bits), 'any'."""
         text = word.text
-        plain = _plain_ipv4(text)
-        if plain is not None:  # the common case, without ipaddress objects; errors below
-            number, prefix = plain
-            if prefix < 0:
-                if want != "network":
-                    return AddressSet(((number, number),), ())
-            elif want != "host" or prefix == 32:
-                host = (1 << (32 - prefix)) - 1
-                if prefix == 32 or not number & host:
-                    return AddressSet(((number, number | host),), ())
+        plain = _plain_address(text, want)
+        if plain is not None:  # the common case; errors and the rest below
+            return plain
         try:
             if "/" in text:
                 net = ipaddress.ip_network(text, strict=False)
