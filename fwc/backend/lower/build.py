@@ -937,20 +937,7 @@ class _Lowering:
                 steps.append(position)
                 self.add_lowered(rule, lowered, by_name)
                 continue
-            # `add_lowered` and the run in one walk over the lines (the usual rule)
-            for name, chains in lowered.appends:
-                target = by_name[name]
-                for chain, lines in chains:
-                    got = target.get(chain)
-                    if got is None:
-                        target[chain] = list(lines)
-                    else:
-                        got.extend(lines)
-                    kept = run.get((name, chain))
-                    if kept is None:
-                        run[(name, chain)] = list(lines)
-                    else:
-                        kept.extend(lines)
+            self.add_lowered(rule, lowered, by_name, run)
         if run:
             steps.append(tuple([(name, chain, tuple(lines))
                                 for (name, chain), lines in run.items()]))
@@ -985,7 +972,10 @@ class _Lowering:
             self.add_lowered(rule, lowered, by_name)
 
     def add_lowered(self, rule: PolicyFilterRule, lowered: RuleLowering,
-                    by_name: dict[str, dict[ChainName, list[Rule]]]) -> None:
+                    by_name: dict[str, dict[ChainName, list[Rule]]],
+                    run: dict[tuple[str, ChainName], list[Rule]] | None = None) -> None:
+        """LOWERED's lines added to the member's tables BY_NAME and, while a Replay is
+        recorded, to its RUN in the same walk."""
         if lowered.helpers:
             # member-specific (deduplicated over the member's rules): before the rule's
             # own raw lines, as the kernel must assign the helper first
@@ -998,6 +988,12 @@ class _Lowering:
                     target[chain] = list(lines)
                 else:
                     got.extend(lines)
+                if run is not None:
+                    kept = run.get((name, chain))
+                    if kept is None:
+                        run[(name, chain)] = list(lines)
+                    else:
+                        kept.extend(lines)
 
     def side(self, endpoint: Endpoint, fw: AddressSet, sides: list[SideParts | None],
              number: int) -> SideParts:
