@@ -30,10 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import field
 
-from lark.exceptions import UnexpectedInput
-
 from fwc.diagnostics import Span
 from fwc.frontend import syntax as s
+from fwc.frontend.larkimport import UnexpectedInput
 from fwc.frontend.parse import BadLiteral, PolicyParser
 from fwc.model.records import dataclass
 
