@@ -10,6 +10,7 @@ tests/test_install_nft.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -348,3 +349,34 @@ def test_retire_and_rollback_scripts_of_each_backend_touch_only_the_other_or_the
     retire = scripts.retire_script(ipt)
     assert "delete table inet fwc" in retire and "iptables-restore" not in retire
     assert "nft" not in scripts.rollback_script(ipt, [], token="t")
+
+
+def test_the_retire_script_says_what_went_even_when_the_watchdog_ran_it_first(tmp_path):
+    """The node's watchdog runs the retire script silently as soon as it sees the
+    confirmation, and may win the race with fwc's own run (seen on a loaded CI run):
+    the later run prints what the first one did. Paths moved under TMP_PATH, `nft` a
+    stand-in that succeeds."""
+    from fwc.install import scripts
+
+    ipt = [f for f in FILES if f.backend in (None, Backend.IPTABLES)]
+    root = tmp_path / "root"
+    text = scripts.retire_script(ipt).replace("/etc/", f"{root}/etc/")
+    (root / "etc" / "fwc" / "snapshot").mkdir(parents=True)
+    (root / "etc" / "fwc" / "nftables.nft").write_text("table inet fwc {}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nft").write_text("#!/bin/sh\ncat >/dev/null\n")
+    (bin_dir / "nft").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    said = "nft: deleted the table inet fwc of fwc's previous nftables install"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", text], capture_output=True, text=True, env=env,
+                              timeout=30, check=False)
+
+    watchdog = run()  # its output goes to /dev/null on the node
+    assert watchdog.returncode == 0 and said in watchdog.stderr
+    assert not (root / "etc" / "fwc" / "nftables.nft").exists()
+    confirmation = run()
+    assert confirmation.returncode == 0
+    assert confirmation.stderr.count(said) == 1, confirmation.stderr

@@ -561,7 +561,8 @@ def retire_script(files: list[GeneratedFile]) -> str:
     old policy refused gets through while the new one is on probation, and a
     rollback has nothing of the old backend to restore. Idempotent and
     serialised (fwc's confirmation and the watchdog may both run it); prints
-    what it did on stderr.
+    what it did on stderr, and again on every later run: the watchdog runs it
+    silently, and when it wins the race the confirmation must still say what went.
     """
     using = backends(files)
     lines = [
@@ -571,13 +572,15 @@ def retire_script(files: list[GeneratedFile]) -> str:
         f"S={SNAPSHOT}",
         "exec 8>>$S/retire.lock",
         "if command -v flock >/dev/null 2>&1; then flock 8; fi",
-        f"[ -e {RETIRED} ] && exit 0",
+        f"if [ -e {RETIRED} ]; then cat {RETIRED} >&2; exit 0; fi",
         "rc=0",
+        "{ :",  # (a group may not be empty)
     ]
     for backend in Backend:
         if backend not in using:
             lines += _RETIRE[backend]()
-    lines += [f"if [ $rc -eq 0 ]; then touch {RETIRED}; fi", "exit $rc"]
+    lines += ["} 2>$S/retire.log", "cat $S/retire.log >&2",
+              f"if [ $rc -eq 0 ]; then mv $S/retire.log {RETIRED}; fi", "exit $rc"]
     return "\n".join(lines) + "\n"
 
 
