@@ -5,8 +5,6 @@ the rest as slices; `_with_sets` visits only the rules with a long list or produ
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,38 +15,17 @@ from fwc.backend.lower.ruleset import (
     Match,
     Origin,
     Rule,
-    address_width,
-    with_match,
-    with_sides,
 )
 from fwc.model.vocabulary import Target
 
 
 def _walk(rules: tuple[Rule, ...], threshold: int) -> tuple[Rule, ...]:
-    """The walk `_merge_runs` replaced: `_mergeable` of every rule and its neighbours."""
+    """The walk `_merge_runs` replaced: a run tried from every position, not only where
+    a rule's label equals the next one's."""
     out: list[Rule] = []
     i = 0
     while i < len(rules):
-        j = i + 1
-        side = None
-        while j < len(rules):
-            got = ipsets._mergeable(rules[i], rules[j])
-            if got is None or (side is not None and got != side):
-                break
-            side = got
-            j += 1
-        run = rules[i:j]
-        cidr_count = sum(len(getattr(r.match, side).cidrs) for r in run) if side else 0
-        if side is not None and cidr_count > threshold:
-            cidrs: list[str] = []
-            for r in run:
-                cidrs.extend(getattr(r.match, side).cidrs)
-            merged = replace(run[0].match,
-                             **{side: AddressMatch(tuple(dict.fromkeys(cidrs)))})
-            out.append(replace(run[0], match=merged))
-        else:
-            out.extend(run)
-        i = j
+        i = ipsets._merge_run(rules, i, threshold, out)
     return tuple(out)
 
 
@@ -84,25 +61,16 @@ def test_merge_runs_merges_a_run_of_one_rule_lines() -> None:
 
 def _plain_with_sets(rules: tuple[Rule, ...], namer: ipsets._Namer,
                      threshold: int) -> list[Rule]:
-    """`_with_sets` as a walk over every rule (what the C-level passes replaced)."""
+    """`_with_sets` as a walk over every rule with the plain test of which to visit (what
+    the C-level passes replaced)."""
     out: list[Rule] = []
     for rule in ipsets._merge_runs(rules, threshold):
-        m = rule.match
-        sources, destinations = len(m.source.cidrs), len(m.destination.cidrs)
+        sources, destinations = len(rule.match.source.cidrs), len(rule.match.destination.cidrs)
         if sources <= threshold and destinations <= threshold \
                 and max(1, sources) * max(1, destinations) <= threshold:
             out.append(rule)
-            continue
-        source = namer.address(m.source, rule, "source")
-        destination = namer.address(m.destination, rule, "destination")
-        if address_width(source) * address_width(destination) > threshold:
-            if address_width(source) >= address_width(destination):
-                source = namer.address(m.source, rule, "source", force=True)
-            else:
-                destination = namer.address(m.destination, rule, "destination", force=True)
-        if source is not m.source or destination is not m.destination:
-            rule = with_match(rule, with_sides(m, source, destination))
-        out.append(rule)
+        else:
+            out.append(ipsets._rule_with_sets(rule, namer, threshold))
     return out
 
 

@@ -296,20 +296,25 @@ def _with_sets(chain_rules: tuple[Rule, ...], namer: _Namer, threshold: int) -> 
                map(over, map(mul, sources, destinations)))
     new_rules = list(rules)
     for position in compress(count(), wide):
-        rule = rules[position]
-        m = rule.match
-        source = namer.address(m.source, rule, "source")
-        destination = namer.address(m.destination, rule, "destination")
-        # Two lists each under the threshold still render as their cross product
-        # (15 x 15 = 225 lines): the longer one becomes a set as well.
-        if address_width(source) * address_width(destination) > threshold:
-            if address_width(source) >= address_width(destination):
-                source = namer.address(m.source, rule, "source", force=True)
-            else:
-                destination = namer.address(m.destination, rule, "destination", force=True)
-        if source is not m.source or destination is not m.destination:
-            new_rules[position] = with_match(rule, with_sides(m, source, destination))
+        new_rules[position] = _rule_with_sets(rules[position], namer, threshold)
     return new_rules
+
+
+def _rule_with_sets(rule: Rule, namer: _Namer, threshold: int) -> Rule:
+    """RULE with its long address lists in sets (named by NAMER)."""
+    m = rule.match
+    source = namer.address(m.source, rule, "source")
+    destination = namer.address(m.destination, rule, "destination")
+    # Two lists each under the threshold still render as their cross product
+    # (15 x 15 = 225 lines): the longer one becomes a set as well.
+    if address_width(source) * address_width(destination) > threshold:
+        if address_width(source) >= address_width(destination):
+            source = namer.address(m.source, rule, "source", force=True)
+        else:
+            destination = namer.address(m.destination, rule, "destination", force=True)
+    if source is not m.source or destination is not m.destination:
+        return with_match(rule, with_sides(m, source, destination))
+    return rule
 
 
 _SOURCE_CIDRS = attrgetter("match.source.cidrs")
