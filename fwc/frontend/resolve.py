@@ -1077,29 +1077,13 @@ class Resolver:
         # (the parser's strings: their hashes are known from its own lookups)
         _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        if "," not in sources:  # most lists: one item (as `_line_endpoint`, inlined)
-            start = match.start(3)
-            item = self._line_item(sources, _new(Span, (path, number, start + 1, number,
-                                                        start + len(sources) + 1)))
-            if item is None:
-                return None
-            source = _ENDPOINT((item,))
-        else:
-            source = self._line_endpoint(sources, match.start(3), match.string, path, number)
-            if source is None:
-                return None
-        if "," not in destinations:
-            start = match.start(4)
-            item = self._line_item(destinations, _new(Span, (
-                path, number, start + 1, number, start + len(destinations) + 1)))
-            if item is None:
-                return None
-            destination = _ENDPOINT((item,))
-        else:
-            destination = self._line_endpoint(destinations, match.start(4), match.string,
-                                              path, number)
-            if destination is None:
-                return None
+        source = self._line_endpoint(sources, match.start(3), match.string, path, number)
+        if source is None:
+            return None
+        destination = self._line_endpoint(destinations, match.start(4), match.string,
+                                          path, number)
+        if destination is None:
+            return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
@@ -1182,9 +1166,12 @@ class Resolver:
 
     def _line_endpoint(self, words: str, start: int, text: str, path: str,
                        number: int) -> m.Endpoint | None:
-        """A from/to list of several items of a RuleLine (names, `any`, `firewall`; at
-        START of TEXT) as `endpoint` resolves it; None when a name is not an object
-        (`endpoint` reports it)."""
+        """A from/to list of a RuleLine (names, `any`, `firewall`; at START of TEXT) as
+        `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
+        if "," not in words:  # most lists: one item
+            item = self._line_item(words, _new(Span, (path, number, start + 1, number,
+                                                      start + len(words) + 1)))
+            return None if item is None else _ENDPOINT((item,))
         items: list[m.EndpointItem] = []
         for w in PLAIN_WORD.finditer(text, start, start + len(words)):
             word = w.group()
