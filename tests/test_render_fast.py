@@ -1,4 +1,4 @@
-"""The single-line path of the iptables render (`_one_line`, taken by `rule_text` and
+"""The single-line path of the iptables render (`_one_line`, taken by `_rule_lines` and
 `rule_bodies` when a file's memos are at hand) writes what the general path writes
 (`rule_pieces`, taken without memos), for rules drawn over every field that reaches
 the line."""
@@ -54,7 +54,8 @@ def test_the_single_line_path_writes_the_general_lines(rules: list[FilterRule]) 
     for rule in rules:  # one memo for several rules, as in a file
         general = iptables.rule_bodies(rule)
         assert iptables.rule_bodies(rule, protocol_texts, shapes) == general
-        text, count = iptables.rule_text(rule, protocol_texts, "-A fwd-x ", shapes)
+        text, count = iptables._rule_lines(rule, protocol_texts, "\n-A fwd-x ", shapes)
+        text = "-A fwd-x " + text
         assert count == len(general)
         assert text == "\n".join("-A fwd-x " + line for line in general)
 
@@ -66,7 +67,8 @@ def test_single_lines_take_the_fast_path(monkeypatch) -> None:  # type: ignore[n
                         lambda *args: taken.append("x") or one_line(*args))
     rule = FilterRule(Match(AddressMatch(("192.0.2.1",)), protocol=6,
                             dports=(PortRange(22, 22),)), Target.ACCEPT, Origin("policy", "p:1"))
-    text, count = iptables.rule_text(rule, {}, "-A INPUT ", {})
+    text, count = iptables._rule_lines(rule, {}, "\n-A INPUT ", {})
+    text = "-A INPUT " + text
     assert (text, count) == ('-A INPUT -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment '
                              '--comment "p:1" -j ACCEPT', 1)
     assert taken == ["x"]

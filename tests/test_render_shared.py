@@ -220,7 +220,7 @@ def test_a_rule_of_several_lines():
 @settings(max_examples=60, deadline=None)
 @given(sources=st.integers(0, 3), destinations=st.integers(0, 3), ports=st.integers(0, 20))
 def test_a_rules_text_is_its_lines_joined(sources: int, destinations: int, ports: int):
-    """rule_text (one join per source) writes exactly the lines of rule_bodies."""
+    """_rule_lines (one join per source) writes exactly the lines of rule_bodies."""
     from fwc.backend.lower.ruleset import AddressMatch, FilterRule, Match, Origin
     from fwc.model import PortRange
     from fwc.model.vocabulary import Target
@@ -232,7 +232,8 @@ def test_a_rules_text_is_its_lines_joined(sources: int, destinations: int, ports
                             dports=tuple(PortRange(p, p) for p in range(1, ports + 1))),
                       Target.DROP, Origin("policy", "p.fw:9"))
     lines = iptables.rule_bodies(rule)
-    text, count = iptables.rule_text(rule, {}, "-A fwd-x ")
+    text, count = iptables._rule_lines(rule, {}, "\n-A fwd-x ", None)
+    text = "-A fwd-x " + text
     assert count == len(lines) == max(1, sources) * max(1, destinations) * (2 if ports > 15
                                                                                else 1)
     assert text == "\n".join("-A fwd-x " + line for line in lines)

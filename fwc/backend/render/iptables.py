@@ -129,20 +129,12 @@ def rule_bodies(rule: Rule, protocol_texts: ProtocolTexts | None = None,
     return [source + " " + end for source in sources for end in ends]
 
 
-def rule_text(rule: Rule, protocol_texts: ProtocolTexts | None, prefix: str,
-              shapes: ShapeTexts | None = None) -> tuple[str, int]:
-    """A rule's lines each after PREFIX (`-A CHAIN `), joined by newlines (no newline at
-    the end), and how many: `rule_bodies` as one text, built with a join per source
-    instead of a concatenation per line (the failsafe's groups make hundreds of lines
-    of one rule)."""
-    text, count = _rule_lines(rule, protocol_texts, "\n" + prefix, shapes)
-    return prefix + text, count
-
-
 def _rule_lines(rule: Rule, protocol_texts: ProtocolTexts | None, between: str,
                 shapes: ShapeTexts | None) -> tuple[str, int]:
-    """`rule_text` without its first PREFIX: the lines joined by BETWEEN (a newline and
-    the prefix), and how many (`_chain_blocks` adds the prefix once per block)."""
+    """RULE's lines joined by BETWEEN (a newline and the `-A CHAIN ` prefix), without
+    the prefix of the first line, and how many: `rule_bodies` as one text, built with a
+    join per source instead of a concatenation per line (the failsafe's groups make
+    hundreds of lines of one rule). `_chain_blocks` adds the prefix once per block."""
     match = rule.match
     source, destination = match.source, match.destination
     if len(source.cidrs) < 2 and len(destination.cidrs) < 2 and shapes is not None \
