@@ -209,7 +209,9 @@ class PartsMemo:
         if number >= 0:
             got = self.numbered.get(number)
             if got is None:
-                got = self.numbered[number] = self.services(matches)
+                # a number not seen before is a list not seen before (`ServiceNumbers`:
+                # equal numbers exactly for equal lists): its matches are not hashed
+                got = self.numbered[number] = Services(matches)
             return got
         got = self.lists.get(matches)
         if got is None:
