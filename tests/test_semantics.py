@@ -162,6 +162,29 @@ def test_superset_index_agrees_with_brute_force(sets):
             other for other, outer in enumerate(index.sets) if inside(one, outer))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from((4, 6)), st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2 ** 33),
+                                                   st.integers(0, 40)), min_size=1, max_size=8))
+def test_superset_tiles_are_the_cidr_blocks_of_every_interval(family, raw):
+    # the tiles take a one-block interval (a prefix, a host) without `cidr_blocks`: the
+    # same blocks, the whole space and hosts included
+    top = 2 ** (32 if family == 4 else 128) - 1
+    sets = [normalise([(min(low << shift, top), min((low << shift) + size, top))])
+            for shift, low, size in raw] + [((0, top),), ((top, top),)]
+    index = SupersetIndex(family)
+    for one in sets:
+        index.add(one)
+    bits = 32 if family == 4 else 128
+    tiles = {(bits - shift, network): ids for shift, table in index._tiles()
+             for network, ids in table.items()}
+    expected: dict[tuple[int, int], list[int]] = {}
+    for ident, intervals in enumerate(index.sets):
+        for low, high in intervals:
+            for block in cidr_blocks(low, high, family):
+                expected.setdefault(block, []).append(ident)
+    assert tiles == expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 20))
 def test_cidr_blocks_tile_the_interval(low, size):

@@ -32,7 +32,7 @@ rendered chains (jumps, RETURN, policies).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, NamedTuple, TypeVar
 
 from fwc.model import Endpoint
@@ -347,8 +347,8 @@ class SupersetIndex:
         self.sets: list[Intervals] = []
         self._starts: list[list[int]] = []
         self._highs: list[int] = []  # each set's highest address
-        # prefix length -> network -> ids of the sets holding that block
-        self._points: dict[int, dict[int, list[int]]] | None = None
+        # per prefix length in use: (shift, network -> ids of the sets holding that block)
+        self._points: list[tuple[int, dict[int, list[int]]]] | None = None
         self._answers: dict[int, frozenset[int]] = {}
 
     def add(self, intervals: Intervals) -> int:
@@ -363,11 +363,17 @@ class SupersetIndex:
             self._answers = {}
         return found
 
-    def _tiles(self) -> dict[int, dict[int, list[int]]]:
+    def _tiles(self) -> list[tuple[int, dict[int, list[int]]]]:
         points: dict[int, dict[int, list[int]]] = {}
+        bits, family = self.bits, self.family
         for ident, intervals in enumerate(self.sets):
             for low, high in intervals:
-                for length, network in cidr_blocks(low, high, self.family):
+                size = high - low + 1
+                # most intervals are one CIDR block (a prefix, a host): no generator
+                blocks: Iterable[Block] = ((bits + 1 - size.bit_length(), low),) \
+                    if not (size & (size - 1) or low & (size - 1)) \
+                    else cidr_blocks(low, high, family)
+                for length, network in blocks:
                     table = points.get(length)
                     if table is None:
                         table = points[length] = {}
@@ -376,7 +382,8 @@ class SupersetIndex:
                         table[network] = [ident]
                     else:
                         bucket.append(ident)
-        return points
+        # per prefix length in use: the shift that makes an address its block's network
+        return [(bits - length, table) for length, table in points.items()]
 
     def supersets(self, ident: int) -> frozenset[int]:
         """Ids of the registered sets that contain set `ident` (itself included)."""
@@ -388,10 +395,9 @@ class SupersetIndex:
             points = self._points = self._tiles()
         inner = self.sets[ident]
         point, high = inner[0][0], inner[-1][1]
-        sets, starts, highs, bits = self.sets, self._starts, self._highs, self.bits
+        sets, starts, highs = self.sets, self._starts, self._highs
         out: list[int] = []
-        for length, table in points.items():
-            shift = bits - length
+        for shift, table in points:
             bucket = table.get(point >> shift << shift)
             if bucket is not None:
                 # a set holds the point in one block only: no id comes twice; a set
