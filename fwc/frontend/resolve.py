@@ -132,6 +132,7 @@ _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum'
 _FILTER_RULE = maker(m.FilterRule)
 _ENDPOINT = maker(m.Endpoint)
 _ENDPOINT_ITEM = maker(m.EndpointItem)
+_ADDRESS_OBJECT = maker(m.AddressObject)
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
@@ -351,6 +352,11 @@ class Resolver:
 
     def build_object(self, decl: s.AddressDef | s.GroupDef) -> m.AddressObject:
         if isinstance(decl, s.AddressDef):
+            values = decl.values
+            if len(values) == 1 and decl.kind != "range":  # most: one address
+                got = self.parse_address(values[0], want=decl.kind)
+                return _ADDRESS_OBJECT(decl.name.text, decl.kind,
+                                       _NOTHING if got is None else got, (), decl.span)
             addresses = AddressSet()
             for word in decl.values:
                 if decl.kind == "range":
