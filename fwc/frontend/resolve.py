@@ -1083,21 +1083,38 @@ class Resolver:
         # (the parser's strings: their hashes are known from its own lookups)
         _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        source = self._line_endpoint(sources, match.start(3), match.string, path, number)
-        if source is None:
-            return None
-        destination = self._line_endpoint(destinations, match.start(4), match.string,
-                                          path, number)
-        if destination is None:
-            return None
+        # A one-item list of a word seen before (most): its item made here, without the
+        # two calls of `_line_endpoint` and `_line_item` (which make every other list).
+        words = self._line_words
+        start = match.start(3)
+        known = words.get(sources) if "," not in sources else None
+        if known is not None:
+            kind, label, addresses, name = known
+            source = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
+                Span, (path, number, start + 1, number, start + len(sources) + 1))),))
+        else:
+            source = self._line_endpoint(sources, start, match.string, path, number)
+            if source is None:
+                return None
+        start = match.start(4)
+        known = words.get(destinations) if "," not in destinations else None
+        if known is not None:
+            kind, label, addresses, name = known
+            destination = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
+                Span, (path, number, start + 1, number, start + len(destinations) + 1))),))
+        else:
+            destination = self._line_endpoint(destinations, start, match.string, path,
+                                              number)
+            if destination is None:
+                return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
         if services is not None:
-            known = self._line_services
-            got = known.get(services)
+            line_services = self._line_services
+            got = line_services.get(services)
             if got is None:
-                got = known[services] = self._line_services_of(services)
+                got = line_services[services] = self._line_services_of(services)
             if not got:
                 return None
             matches, labels = got
