@@ -212,33 +212,39 @@ class FastPath:
             return None
         parts = match.groups()
         _, _, sources, destinations, services, in_, out, _, prefix, only = parts
+        # (each list, word and service list is checked once per file; most lines are
+        # made of ones checked before: a dict probe each)
         lists = self._plain_lists
-        ok = lists.get(sources)
-        if ok is None:
-            ok = lists[sources] = self._plain_list(sources, self._plain_endpoint_word)
-        if not ok:
+        if not (lists.get(sources) and lists.get(destinations)) and not (
+                self._plain_endpoints(sources) and self._plain_endpoints(destinations)):
             return None
-        ok = lists.get(destinations)
-        if ok is None:
-            ok = lists[destinations] = self._plain_list(destinations, self._plain_endpoint_word)
-        if not ok:
-            return None
+        if services is not None and not self._plain_services.get(services):
+            known = self._plain_services.get(services)
+            if known is None:
+                known = self._plain_services[services] = self._plain_list(services,
+                                                                          self._is_name)
+            if not known:
+                return None
         names = self._name_words
-        if services is not None:
-            ok = self._plain_services.get(services)
-            if ok is None:
-                ok = self._plain_services[services] = self._plain_list(services, self._is_name)
-            if not ok:
-                return None
-        for word in (in_, out, only):
-            if word is not None and not (names.get(word) or self._is_name(word)):
-                return None
+        if in_ is not None and not (names.get(in_) or self._is_name(in_)):
+            return None
+        if out is not None and not (names.get(out) or self._is_name(out)):
+            return None
+        if only is not None and not (names.get(only) or self._is_name(only)):
+            return None
         if prefix is not None:
             try:
                 decode_literal(prefix[1:-1])
             except LiteralError:
                 return None
         return _new(s.RuleLine, (self, number, match, parts))
+
+    def _plain_endpoints(self, words: str) -> bool:
+        """Whether a RuleLine may hold the from/to list WORDS (remembered per list)."""
+        ok = self._plain_lists.get(words)
+        if ok is None:
+            ok = self._plain_lists[words] = self._plain_list(words, self._plain_endpoint_word)
+        return ok
 
     @staticmethod
     def _plain_list(words: str, plain: Callable[[str], bool]) -> bool:
