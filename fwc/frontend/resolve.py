@@ -6,7 +6,6 @@ resolver goes on after an error so that one run reports as much as it can.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -15,6 +14,7 @@ from pathlib import Path
 from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
+from fwc.frontend import close_matches
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD, _new
 from fwc.frontend.loader import LoadedProgram
@@ -75,7 +75,7 @@ def written(key: str) -> str:
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(known), n=1)
+    close = close_matches(name, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else None
 
 
@@ -289,7 +289,7 @@ class Resolver:
         opts = tuple(options)
         if word.text in opts:
             return word.text
-        close = difflib.get_close_matches(word.text, opts, n=1)
+        close = close_matches(word.text, opts, n=1)
         hint = f"expected one of: {', '.join(opts)}"
         self.err("FWC109", f"unknown {what} '{word.text}'", word.span,
                  hint=f"did you mean '{close[0]}'? ({hint})" if close else hint)
