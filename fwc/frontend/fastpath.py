@@ -185,7 +185,7 @@ class FastPath:
         # a from/to list (services list) as matched -> whether a RuleLine may hold it
         # (`plain_rule`; a list is checked word by word once per file)
         self._plain_lists: dict[str, bool] = {}
-        self._plain_services: dict[str, bool] = {}
+        self._plain_services: dict[str, tuple[str, ...]] = {}  # list -> its names, or ()
 
     def _is_name(self, word: str) -> bool:
         known = self._name_words.get(word)
@@ -240,12 +240,11 @@ class FastPath:
         if not (lists.get(sources) and lists.get(destinations)) and not (
                 self._plain_endpoints(sources) and self._plain_endpoints(destinations)):
             return None
-        if services is not None and not self._plain_services.get(services):
-            known = self._plain_services.get(services)
-            if known is None:
-                known = self._plain_services[services] = self._plain_list(services,
-                                                                          self._is_name)
-            if not known:
+        if services is not None:
+            labels = self._plain_services.get(services)
+            if labels is None:
+                labels = self._plain_services[services] = self._service_labels(services)
+            if not labels:
                 return None
         names = self._name_words
         if in_ is not None and not (names.get(in_) or self._is_name(in_)):
@@ -260,6 +259,21 @@ class FastPath:
             except LiteralError:
                 return None
         return _new(s.RuleLine, (self, number, match, parts))
+
+    def _service_labels(self, services: str) -> tuple[str, ...]:
+        """The names of the service list SERVICES (as PLAIN_RULE matched it), or () when
+        NAME does not read one of them."""
+        labels = tuple(PLAIN_WORD.findall(services))
+        names = self._name_words
+        for word in labels:
+            if not (names.get(word) or self._is_name(word)):
+                return ()
+        return labels
+
+    def service_labels(self, services: str) -> tuple[str, ...]:
+        """The names of the service list of a RuleLine this reader made (cut once, here:
+        the resolver takes them from here)."""
+        return self._plain_services[services]
 
     def _plain_endpoints(self, words: str) -> bool:
         """Whether a RuleLine may hold the from/to list WORDS (remembered per list)."""

@@ -1114,7 +1114,8 @@ class Resolver:
             line_services = self._line_services
             got = line_services.get(services)
             if got is None:
-                got = line_services[services] = self._line_services_of(services)
+                got = line_services[services] = self._line_services_of(
+                    services, fast.service_labels(services))
             if not got:
                 return None
             matches, labels = got
@@ -1165,19 +1166,19 @@ class Resolver:
         kind, label, addresses, name = known
         return _ENDPOINT_ITEM(kind, label, addresses, False, name, span)
 
-    def _line_services_of(self, services: str) \
+    def _line_services_of(self, services: str, labels: tuple[str, ...]) \
             -> tuple[tuple[m.ServiceMatch, ...], tuple[str, ...]] | None:
-        """(matches, labels) of the service list of a RuleLine (SERVICES as matched), as
-        `services_of` resolves it; () when a name is not a service with matches. Asked
-        once per list text and run (the services are resolved before any rule)."""
+        """(matches, labels) of the service list of a RuleLine (SERVICES as matched, LABELS
+        its names as the parser cut them), as `services_of` resolves it; () when a name is
+        not a service with matches. Asked once per list text and run (the services are
+        resolved before any rule)."""
         known = self.services
-        if "," not in services:
+        if len(labels) == 1:
             svc = known.get(services)
             if svc is None or not svc.matches:
                 return ()
             self.used_services.add(services)
-            return svc.matches, (services,)
-        labels = tuple(PLAIN_WORD.findall(services))
+            return svc.matches, labels
         found: list[m.ServiceMatch] = []
         for name in labels:
             svc = known.get(name)
