@@ -279,7 +279,8 @@ class FastPath:
         """Whether a RuleLine may hold the from/to list WORDS (remembered per list)."""
         ok = self._plain_lists.get(words)
         if ok is None:
-            ok = self._plain_lists[words] = self._plain_list(words, self._plain_endpoint_word)
+            ok = self._plain_lists[words] = self._plain_endpoint_word(words) \
+                if "," not in words else self._plain_list(words, self._plain_endpoint_word)
         return ok
 
     @staticmethod
