@@ -88,8 +88,10 @@ def _build(cls: C, options: dict[str, Any]) -> C:
     frozen_base = any(params.frozen for params in bases)
     if bases and frozen != frozen_base:  # the standard builder's TypeError
         return dataclasses.dataclass(cls, **options)  # type: ignore[no-any-return]
-    built = dataclasses.dataclass(cls, init=False, repr=False, eq=False,
-                                  frozen=frozen and frozen_base, slots=slots)
+    built = None if bases else _simple(cls, slots)
+    if built is None:
+        built = dataclasses.dataclass(cls, init=False, repr=False, eq=False,
+                                      frozen=frozen and frozen_base, slots=slots)
     built.__dataclass_params__ = _params(frozen, slots)
     fields = dataclasses.fields(built)
     _add_methods(built, own, fields, frozen, slots, frozen_base)
@@ -102,6 +104,51 @@ def _build(cls: C, options: dict[str, Any]) -> C:
         built.__doc__ = built.__name__ + _signature_text(fields)
     abc.update_abstractmethods(built)
     return built  # type: ignore[no-any-return]
+
+
+def _simple(cls: type, slots: bool) -> type | None:
+    """What `dataclasses.dataclass(CLS, init=False, repr=False, eq=False, slots=SLOTS)`
+    makes of a simple record (right under `object`, no dataclass base, every annotation a
+    string naming no ClassVar, InitVar or KW_ONLY, defaults that are plain hashable values,
+    no `field(...)`, no `__slots__` of its own): its fields, `__match_args__` and, with
+    SLOTS, the class made again with them as slots. None for anything else (the standard
+    builder makes it, with its checks and errors). The standard builder recognises a
+    ClassVar in a string annotation with a regular expression and a module look-up per
+    field, and makes every Field through `field()`: about two thirds of building a
+    record's class once its methods are made lazily (tests/test_records.py compares both
+    builders on every record of the package)."""
+    own = cls.__dict__
+    if cls.__bases__ != (object,) or "__slots__" in own:
+        return None
+    fields: dict[str, dataclasses.Field[Any]] = {}
+    for name, kind in own.get("__annotations__", {}).items():
+        if type(kind) is not str or "ClassVar" in kind or "InitVar" in kind \
+                or "KW_ONLY" in kind or name.startswith("__"):
+            return None
+        default = own.get(name, dataclasses.MISSING)
+        if isinstance(default, dataclasses.Field | types.MemberDescriptorType) \
+                or default.__class__.__hash__ is None:
+            return None  # field(...), or a mutable default (the builder's ValueError)
+        made = dataclasses.field(default=default)
+        made.name, made.type, made.kw_only = name, kind, False
+        made._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # as _get_field
+        fields[name] = made
+    if any(isinstance(value, dataclasses.Field) for value in own.values()):
+        return None  # a field without an annotation: the builder's TypeError
+    cls.__dataclass_fields__ = fields  # type: ignore[attr-defined]
+    if "__match_args__" not in own:
+        cls.__match_args__ = tuple(fields)  # type: ignore[attr-defined]
+    if not slots:
+        return cls
+    made_again = dict(own)
+    made_again["__slots__"] = tuple(fields)
+    for name in fields:
+        made_again.pop(name, None)
+    made_again.pop("__dict__", None)
+    made_again.pop("__weakref__", None)
+    built = type(cls)(cls.__name__, cls.__bases__, made_again)
+    built.__qualname__ = cls.__qualname__
+    return built
 
 
 def _plain(cls: type) -> bool:
