@@ -21,6 +21,7 @@ from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import normalise
 from fwc.model.records import maker
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
@@ -115,12 +116,27 @@ def _plain_address(text: str, want: str = "any") -> AddressSet | None:
         return None
     number, prefix = plain
     if prefix < 0:
-        return AddressSet(((number, number),), ()) if want != "network" else None
+        return _ADDRESS_SET(((number, number),), ()) if want != "network" else None
     if want == "host" and prefix != 32:
         return None
     host = (1 << (32 - prefix)) - 1
     if prefix == 32 or not number & host:
-        return AddressSet(((number, number | host),), ())
+        return _ADDRESS_SET(((number, number | host),), ())
+    return None
+
+
+def _plain_interval(text: str) -> tuple[int, int] | None:
+    """The one IPv4 interval of `_plain_address(TEXT)` (want "any"), or None when that is
+    None: a group's literal members go straight into its interval list."""
+    plain = _plain_ipv4(text)
+    if plain is None:
+        return None
+    number, prefix = plain
+    if prefix < 0:
+        return number, number
+    host = (1 << (32 - prefix)) - 1
+    if prefix == 32 or not number & host:
+        return number, number | host
     return None
 
 
@@ -133,6 +149,7 @@ _FILTER_RULE = maker(m.FilterRule)
 _ENDPOINT = maker(m.Endpoint)
 _ENDPOINT_ITEM = maker(m.EndpointItem)
 _ADDRESS_OBJECT = maker(m.AddressObject)
+_ADDRESS_SET = maker(AddressSet)
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
@@ -368,25 +385,34 @@ class Resolver:
             return m.AddressObject(decl.name.text, decl.kind, addresses, (), decl.span)
         # One union at the end: adding members one by one re-sorted the growing set
         # (quadratic in the group size; a 500-prefix group was visible in the profile).
-        parts: list[AddressSet] = []
+        # The members' intervals are gathered as `AddressSet.union` gathers them, a plain
+        # IPv4 member's straight from its text (no AddressSet for each).
+        v4: list[tuple[int, int]] = []
+        v6: list[tuple[int, int]] = []
         for item in decl.members:
-            if item.kind == "name":
+            kind = item.kind
+            if kind == "name":
                 self.used.add(item.text)
                 member = self.objects.get(item.text)
                 if member is None:
                     if item.text not in self.object_decls:
                         self.undefined_object(item)
                     continue
-                parts.append(member.addresses)
-            elif item.kind == "address":
-                got = _plain_address(item.text)  # most members of large groups
-                if got is None:
-                    got = self.parse_address(s.Word(item.text, item.span), want="any")
-                parts.append(got or AddressSet())
-            elif item.kind == "range":
+                got = member.addresses
+            elif kind == "address":
+                interval = _plain_interval(item.text)  # most members of large groups
+                if interval is not None:
+                    v4.append(interval)
+                    continue
+                got = self.parse_address(s.Word(item.text, item.span), want="any")
+            elif kind == "range":
                 got = self.parse_range(s.Word(item.text, item.span))
-                parts.append(got or AddressSet())
-        addresses = AddressSet.union(parts)
+            else:
+                continue
+            if got is not None:
+                v4.extend(got.v4)
+                v6.extend(got.v6)
+        addresses = _ADDRESS_SET(normalise(v4), normalise(v6))
         if not decl.members:
             self.err("FWC104", f"group '{decl.name.text}' is empty", decl.name.span,
                      hint="add members, or remove the group")
