@@ -437,7 +437,7 @@ def _in_text(comments: list[s.Lexeme], lines: list[str]) -> tuple[s.Lexeme, ...]
     if not comments:
         return ()
     starts = [0]
-    for line in lines:
+    for line in lines[:max(c.line for c in comments)]:  # (where the last comment is)
         starts.append(starts[-1] + len(line) + 1)
     return tuple(c._replace(start=starts[c.line - 1] + c.column - 1,
                             end=starts[c.line - 1] + c.column - 1 + c.end - c.start)

@@ -525,13 +525,15 @@ class Resolver:
         rules: list[m.FilterRule] = []
         nat: list[m.NatRule] = []
         expectations: list[m.Expectation] = []
+        line_rule, rule_line, add_rule = self.line_rule, s.RuleLine, rules.append
         for block in blocks:
+            policy = block.kind == "policy"
             for rd in block.rules:
-                if type(rd) is s.RuleLine:  # a plain rule line (only in policy blocks)
-                    rule = self.line_rule(rd, len(rules), iface_names, member_names) \
-                        if block.kind == "policy" else None
+                if type(rd) is rule_line:  # a plain rule line (only in policy blocks)
+                    rule = line_rule(rd, len(rules), iface_names, member_names) \
+                        if policy else None
                     if rule is not None:
-                        rules.append(rule)
+                        add_rule(rule)
                         continue
                     rd = rd.decl()
                 if block.kind == "policy":
