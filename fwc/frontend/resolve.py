@@ -44,8 +44,8 @@ def flat_order(members: dict[str, list[str]]) -> list[str] | None:
     contains, in definition order, then each contained name once its last container is
     passed (tests/test_resolve_order.py holds the two together).
     """
-    contained = {name: dict.fromkeys(n for n in names if n in members)
-                 for name, names in members.items()}
+    contained = {name: dict.fromkeys(n for n in names if n in members) if names else {}
+                 for name, names in members.items()}  # (most names: hosts, no members)
     containers: dict[str, int] = {}
     for children in contained.values():
         for child in children:
@@ -82,7 +82,8 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
-_PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]+))?")
+# (`(?:/N|)` rather than `(?:/N)?`: a branch, not a repeat with its context, as PLAIN_RULE)
+_PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]++)|)")
 _OCTETS = {str(n): n for n in range(256)}  # what _OCTET reads: a lookup, cheaper than int()
 
 
@@ -314,8 +315,9 @@ class Resolver:
 
     # -- objects -------------------------------------------------------------------
     def declare(self, statements: list[s.Statement]) -> None:
+        objects = s.AddressDef | s.GroupDef  # (made once, not per statement)
         for st in statements:
-            if isinstance(st, s.AddressDef | s.GroupDef):
+            if isinstance(st, objects):
                 table, name = self.object_decls, st.name
             elif isinstance(st, s.ServiceDef):
                 table, name = self.service_decls, st.name
