@@ -191,7 +191,7 @@ class FastPath:
     def _is_name(self, word: str) -> bool:
         known = self._name_words.get(word)
         if known is None:
-            known = self._name_words[word] = self._lex(self.p.name, word) is not None
+            known = self._name_words[word] = _terminal(self.p.name, word) is not None
         return known
 
     def _memo(self, pattern: re.Pattern[str]) -> dict[str, str | None]:
