@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.generate import build_site, fwc_policy
-from fwc.frontend import parse
+from fwc.frontend import fastpath, parse
 from fwc.frontend.fastpath import FastPath
 from fwc.frontend.parse import PolicyParser, parse_text
 
@@ -191,3 +191,39 @@ def test_comments_after_the_lines_lark_does_not_see_keep_their_offsets():
     fast, _ = parse_text(text, "t.fw", _PARSER)
     assert [text[c.start:c.end] for c in fast.comments] == ["# one", "# two", "# three",
                                                              "# four"]
+
+
+def _reference_definitions() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """PLAIN_ADDRESS and PLAIN_GROUP written plainly (greedy, optional group)."""
+    s, w = r"[ \t\r\f]", r'[^ \t\r\f,!"#]+'
+    words = f"{w}(?:{s}*,{s}*{w})*"
+    return (re.compile(f"{s}*(host|network){s}+({w}){s}+({w}){s}*"),
+            re.compile(f"{s}*(group){s}+({w})(?:{s}+({words}))?{s}*"))
+
+
+_SPACED = st.lists(st.sampled_from(_WORDS + _SEPARATORS + [" ", "\t ", " ,", "  "]),
+                   min_size=1, max_size=16).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_line(), _SPACED, _line().map(lambda line: "  " + line + " \t")))
+def test_the_possessive_patterns_match_as_their_plain_writing(line: str):
+    """PLAIN_RULE, PLAIN_ADDRESS and PLAIN_GROUP are written for speed (possessive
+    quantifiers, alternations for optional parts): each matches a line exactly when its
+    plain writing does, with the same groups at the same places."""
+    address, group = _reference_definitions()
+    for fast, plain in ((fastpath.PLAIN_RULE, fastpath._reference_plain_rule()),
+                        (fastpath.PLAIN_ADDRESS, address), (fastpath.PLAIN_GROUP, group)):
+        mine, theirs = fast.fullmatch(line), plain.fullmatch(line)
+        assert (mine is None) == (theirs is None), (fast.pattern, line)
+        if mine is not None and theirs is not None:
+            assert mine.regs == theirs.regs
+    assert fastpath.PLAIN_WORD.findall(line) == re.findall(r'[^ \t\r\f,!"#]+', line)
+
+
+@pytest.mark.parametrize("shape", ["site", "groups", "interfaces"])
+def test_the_possessive_rule_pattern_matches_the_bench_lines_as_its_plain_writing(shape: str):
+    plain = fastpath._reference_plain_rule()
+    for line in fwc_policy(build_site(2000, shape=shape)).split("\n"):
+        mine, theirs = fastpath.PLAIN_RULE.fullmatch(line), plain.fullmatch(line)
+        assert (mine.regs if mine else None) == (theirs.regs if theirs else None), line

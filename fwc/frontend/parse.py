@@ -6,12 +6,12 @@ and parsing resumes, so one run reports the syntax errors of several lines.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from typing import NamedTuple
 
 from fwc.diagnostics import Diagnostic, Span, error
+from fwc.frontend import close_matches
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import (
     ACTIONS,
@@ -230,7 +230,7 @@ def _suggestion(text: str, pos: int, expected: set[str]) -> tuple[str, str, str]
     spellings = [s for t in expected for s in _SPELLINGS.get(t, ())]
     spellings += [t.strip('"') for t in (_describe(t) for t in expected)
                   if t.startswith('"') and t.endswith('"')]
-    close = difflib.get_close_matches(lower, spellings, n=1, cutoff=0.75)
+    close = close_matches(lower, spellings, n=1, cutoff=0.75)
     if close and close[0] != lower:
         return ("FWC021", f"unknown keyword '{word}'",
                 f"did you mean '{close[0]}'? (expected {_expected_text(expected)})")
@@ -437,7 +437,7 @@ def _in_text(comments: list[s.Lexeme], lines: list[str]) -> tuple[s.Lexeme, ...]
     if not comments:
         return ()
     starts = [0]
-    for line in lines:
+    for line in lines[:max(c.line for c in comments)]:  # (where the last comment is)
         starts.append(starts[-1] + len(line) + 1)
     return tuple(c._replace(start=starts[c.line - 1] + c.column - 1,
                             end=starts[c.line - 1] + c.column - 1 + c.end - c.start)

@@ -19,7 +19,6 @@ Imported by the command line: tomllib is imported only when a file is found.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ from dataclasses import field
 from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Span, error
+from fwc.frontend import close_matches
 from fwc.model.records import dataclass
 
 CONFIG_NAME = "fwc.toml"
@@ -139,7 +139,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
     for key, value in data.items():
         span = _where(shown, text, key)
         if key not in KEYS:
-            close = difflib.get_close_matches(key.replace("-", "_").lower(), KEYS, 1, 0.6)
+            close = close_matches(key.replace("-", "_").lower(), KEYS, 1, 0.6)
             diagnostics.append(error(
                 "FWC030", f"unknown key '{key}' in {CONFIG_NAME}", span,
                 hint=(f"did you mean '{close[0]}'? " if close else "")

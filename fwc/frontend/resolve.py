@@ -6,7 +6,6 @@ resolver goes on after an error so that one run reports as much as it can.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -15,12 +14,14 @@ from pathlib import Path
 from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Diagnostic, Related, Span, error, warning
+from fwc.frontend import close_matches
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD, _new
 from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import normalise
 from fwc.model.records import maker
 from fwc.model.ssh import SSH_TARGET_FORM, ssh_target_problem
 from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
@@ -43,8 +44,8 @@ def flat_order(members: dict[str, list[str]]) -> list[str] | None:
     contains, in definition order, then each contained name once its last container is
     passed (tests/test_resolve_order.py holds the two together).
     """
-    contained = {name: dict.fromkeys(n for n in names if n in members)
-                 for name, names in members.items()}
+    contained = {name: dict.fromkeys(n for n in names if n in members) if names else {}
+                 for name, names in members.items()}  # (most names: hosts, no members)
     containers: dict[str, int] = {}
     for children in contained.values():
         for child in children:
@@ -75,13 +76,14 @@ def written(key: str) -> str:
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(known), n=1)
+    close = close_matches(name, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else None
 
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
-_PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]+))?")
+# (`(?:/N|)` rather than `(?:/N)?`: a branch, not a repeat with its context, as PLAIN_RULE)
+_PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]++)|)")
 _OCTETS = {str(n): n for n in range(256)}  # what _OCTET reads: a lookup, cheaper than int()
 
 
@@ -115,12 +117,27 @@ def _plain_address(text: str, want: str = "any") -> AddressSet | None:
         return None
     number, prefix = plain
     if prefix < 0:
-        return AddressSet(((number, number),), ()) if want != "network" else None
+        return _ADDRESS_SET(((number, number),), ()) if want != "network" else None
     if want == "host" and prefix != 32:
         return None
     host = (1 << (32 - prefix)) - 1
     if prefix == 32 or not number & host:
-        return AddressSet(((number, number | host),), ())
+        return _ADDRESS_SET(((number, number | host),), ())
+    return None
+
+
+def _plain_interval(text: str) -> tuple[int, int] | None:
+    """The one IPv4 interval of `_plain_address(TEXT)` (want "any"), or None when that is
+    None: a group's literal members go straight into its interval list."""
+    plain = _plain_ipv4(text)
+    if plain is None:
+        return None
+    number, prefix = plain
+    if prefix < 0:
+        return number, number
+    host = (1 << (32 - prefix)) - 1
+    if prefix == 32 or not number & host:
+        return number, number | host
     return None
 
 
@@ -132,6 +149,8 @@ _FILTER_ACTIONS = {a.value: a for a in FilterAction}  # a dict lookup, not Enum'
 _FILTER_RULE = maker(m.FilterRule)
 _ENDPOINT = maker(m.Endpoint)
 _ENDPOINT_ITEM = maker(m.EndpointItem)
+_ADDRESS_OBJECT = maker(m.AddressObject)
+_ADDRESS_SET = maker(AddressSet)
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
@@ -288,7 +307,7 @@ class Resolver:
         opts = tuple(options)
         if word.text in opts:
             return word.text
-        close = difflib.get_close_matches(word.text, opts, n=1)
+        close = close_matches(word.text, opts, n=1)
         hint = f"expected one of: {', '.join(opts)}"
         self.err("FWC109", f"unknown {what} '{word.text}'", word.span,
                  hint=f"did you mean '{close[0]}'? ({hint})" if close else hint)
@@ -296,8 +315,9 @@ class Resolver:
 
     # -- objects -------------------------------------------------------------------
     def declare(self, statements: list[s.Statement]) -> None:
+        objects = s.AddressDef | s.GroupDef  # (made once, not per statement)
         for st in statements:
-            if isinstance(st, s.AddressDef | s.GroupDef):
+            if isinstance(st, objects):
                 table, name = self.object_decls, st.name
             elif isinstance(st, s.ServiceDef):
                 table, name = self.service_decls, st.name
@@ -351,6 +371,11 @@ class Resolver:
 
     def build_object(self, decl: s.AddressDef | s.GroupDef) -> m.AddressObject:
         if isinstance(decl, s.AddressDef):
+            values = decl.values
+            if len(values) == 1 and decl.kind != "range":  # most: one address
+                got = self.parse_address(values[0], want=decl.kind)
+                return _ADDRESS_OBJECT(decl.name.text, decl.kind,
+                                       _NOTHING if got is None else got, (), decl.span)
             addresses = AddressSet()
             for word in decl.values:
                 if decl.kind == "range":
@@ -362,25 +387,34 @@ class Resolver:
             return m.AddressObject(decl.name.text, decl.kind, addresses, (), decl.span)
         # One union at the end: adding members one by one re-sorted the growing set
         # (quadratic in the group size; a 500-prefix group was visible in the profile).
-        parts: list[AddressSet] = []
+        # The members' intervals are gathered as `AddressSet.union` gathers them, a plain
+        # IPv4 member's straight from its text (no AddressSet for each).
+        v4: list[tuple[int, int]] = []
+        v6: list[tuple[int, int]] = []
         for item in decl.members:
-            if item.kind == "name":
+            kind = item.kind
+            if kind == "name":
                 self.used.add(item.text)
                 member = self.objects.get(item.text)
                 if member is None:
                     if item.text not in self.object_decls:
                         self.undefined_object(item)
                     continue
-                parts.append(member.addresses)
-            elif item.kind == "address":
-                got = _plain_address(item.text)  # most members of large groups
-                if got is None:
-                    got = self.parse_address(s.Word(item.text, item.span), want="any")
-                parts.append(got or AddressSet())
-            elif item.kind == "range":
+                got = member.addresses
+            elif kind == "address":
+                interval = _plain_interval(item.text)  # most members of large groups
+                if interval is not None:
+                    v4.append(interval)
+                    continue
+                got = self.parse_address(s.Word(item.text, item.span), want="any")
+            elif kind == "range":
                 got = self.parse_range(s.Word(item.text, item.span))
-                parts.append(got or AddressSet())
-        addresses = AddressSet.union(parts)
+            else:
+                continue
+            if got is not None:
+                v4.extend(got.v4)
+                v6.extend(got.v6)
+        addresses = _ADDRESS_SET(normalise(v4), normalise(v6))
         if not decl.members:
             self.err("FWC104", f"group '{decl.name.text}' is empty", decl.name.span,
                      hint="add members, or remove the group")
@@ -493,13 +527,15 @@ class Resolver:
         rules: list[m.FilterRule] = []
         nat: list[m.NatRule] = []
         expectations: list[m.Expectation] = []
+        line_rule, rule_line, add_rule = self.line_rule, s.RuleLine, rules.append
         for block in blocks:
+            policy = block.kind == "policy"
             for rd in block.rules:
-                if type(rd) is s.RuleLine:  # a plain rule line (only in policy blocks)
-                    rule = self.line_rule(rd, len(rules), iface_names, member_names) \
-                        if block.kind == "policy" else None
+                if type(rd) is rule_line:  # a plain rule line (only in policy blocks)
+                    rule = line_rule(rd, len(rules), iface_names, member_names) \
+                        if policy else None
                     if rule is not None:
-                        rules.append(rule)
+                        add_rule(rule)
                         continue
                     rd = rd.decl()
                 if block.kind == "policy":
@@ -1077,21 +1113,39 @@ class Resolver:
         # (the parser's strings: their hashes are known from its own lookups)
         _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        source = self._line_endpoint(sources, match.start(3), match.string, path, number)
-        if source is None:
-            return None
-        destination = self._line_endpoint(destinations, match.start(4), match.string,
-                                          path, number)
-        if destination is None:
-            return None
+        # A one-item list of a word seen before (most): its item made here, without the
+        # two calls of `_line_endpoint` and `_line_item` (which make every other list).
+        words = self._line_words
+        start = match.start(3)
+        known = words.get(sources) if "," not in sources else None
+        if known is not None:
+            kind, label, addresses, name = known
+            source = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
+                Span, (path, number, start + 1, number, start + len(sources) + 1))),))
+        else:
+            source = self._line_endpoint(sources, start, match.string, path, number)
+            if source is None:
+                return None
+        start = match.start(4)
+        known = words.get(destinations) if "," not in destinations else None
+        if known is not None:
+            kind, label, addresses, name = known
+            destination = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
+                Span, (path, number, start + 1, number, start + len(destinations) + 1))),))
+        else:
+            destination = self._line_endpoint(destinations, start, match.string, path,
+                                              number)
+            if destination is None:
+                return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
         if services is not None:
-            known = self._line_services
-            got = known.get(services)
+            line_services = self._line_services
+            got = line_services.get(services)
             if got is None:
-                got = known[services] = self._line_services_of(services)
+                got = line_services[services] = self._line_services_of(
+                    services, fast.service_labels(services))
             if not got:
                 return None
             matches, labels = got
@@ -1142,19 +1196,19 @@ class Resolver:
         kind, label, addresses, name = known
         return _ENDPOINT_ITEM(kind, label, addresses, False, name, span)
 
-    def _line_services_of(self, services: str) \
+    def _line_services_of(self, services: str, labels: tuple[str, ...]) \
             -> tuple[tuple[m.ServiceMatch, ...], tuple[str, ...]] | None:
-        """(matches, labels) of the service list of a RuleLine (SERVICES as matched), as
-        `services_of` resolves it; () when a name is not a service with matches. Asked
-        once per list text and run (the services are resolved before any rule)."""
+        """(matches, labels) of the service list of a RuleLine (SERVICES as matched, LABELS
+        its names as the parser cut them), as `services_of` resolves it; () when a name is
+        not a service with matches. Asked once per list text and run (the services are
+        resolved before any rule)."""
         known = self.services
-        if "," not in services:
+        if len(labels) == 1:
             svc = known.get(services)
             if svc is None or not svc.matches:
                 return ()
             self.used_services.add(services)
-            return svc.matches, (services,)
-        labels = tuple(PLAIN_WORD.findall(services))
+            return svc.matches, labels
         found: list[m.ServiceMatch] = []
         for name in labels:
             svc = known.get(name)

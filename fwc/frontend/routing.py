@@ -9,13 +9,13 @@ gateway, whether it is on a subnet at all) is a check (`fwc.checks.routing`).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 from typing import Any
 
 from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import Related
+from fwc.frontend import close_matches
 from fwc.frontend import syntax as s
 from fwc.frontend.uplinks import PROBE_KEYS, resolve_probe
 from fwc.model.addresses import AddressSet
@@ -62,7 +62,7 @@ def _member(resolver: Resolver, opt: s.Option | None, members: set[str]) -> str 
         return None
     name = opt.value.text
     if name not in members:
-        close = difflib.get_close_matches(name, sorted(members), n=1)
+        close = close_matches(name, sorted(members), n=1)
         resolver.err("FWC101", f"undefined member '{name}'", opt.value.span,
                      hint=f"did you mean '{close[0]}'?" if close
                      else "name a member of this cluster")

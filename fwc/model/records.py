@@ -88,8 +88,10 @@ def _build(cls: C, options: dict[str, Any]) -> C:
     frozen_base = any(params.frozen for params in bases)
     if bases and frozen != frozen_base:  # the standard builder's TypeError
         return dataclasses.dataclass(cls, **options)  # type: ignore[no-any-return]
-    built = dataclasses.dataclass(cls, init=False, repr=False, eq=False,
-                                  frozen=frozen and frozen_base, slots=slots)
+    built = None if bases else _simple(cls, slots)
+    if built is None:
+        built = dataclasses.dataclass(cls, init=False, repr=False, eq=False,
+                                      frozen=frozen and frozen_base, slots=slots)
     built.__dataclass_params__ = _params(frozen, slots)
     fields = dataclasses.fields(built)
     _add_methods(built, own, fields, frozen, slots, frozen_base)
@@ -102,6 +104,51 @@ def _build(cls: C, options: dict[str, Any]) -> C:
         built.__doc__ = built.__name__ + _signature_text(fields)
     abc.update_abstractmethods(built)
     return built  # type: ignore[no-any-return]
+
+
+def _simple(cls: type, slots: bool) -> type | None:
+    """What `dataclasses.dataclass(CLS, init=False, repr=False, eq=False, slots=SLOTS)`
+    makes of a simple record (right under `object`, no dataclass base, every annotation a
+    string naming no ClassVar, InitVar or KW_ONLY, defaults that are plain hashable values,
+    no `field(...)`, no `__slots__` of its own): its fields, `__match_args__` and, with
+    SLOTS, the class made again with them as slots. None for anything else (the standard
+    builder makes it, with its checks and errors). The standard builder recognises a
+    ClassVar in a string annotation with a regular expression and a module look-up per
+    field, and makes every Field through `field()`: about two thirds of building a
+    record's class once its methods are made lazily (tests/test_records.py compares both
+    builders on every record of the package)."""
+    own = cls.__dict__
+    if cls.__bases__ != (object,) or "__slots__" in own:
+        return None
+    fields: dict[str, dataclasses.Field[Any]] = {}
+    for name, kind in own.get("__annotations__", {}).items():
+        if type(kind) is not str or "ClassVar" in kind or "InitVar" in kind \
+                or "KW_ONLY" in kind or name.startswith("__"):
+            return None
+        default = own.get(name, dataclasses.MISSING)
+        if isinstance(default, dataclasses.Field | types.MemberDescriptorType) \
+                or default.__class__.__hash__ is None:
+            return None  # field(...), or a mutable default (the builder's ValueError)
+        made = dataclasses.field(default=default)
+        made.name, made.type, made.kw_only = name, kind, False
+        made._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # as _get_field
+        fields[name] = made
+    if any(isinstance(value, dataclasses.Field) for value in own.values()):
+        return None  # a field without an annotation: the builder's TypeError
+    cls.__dataclass_fields__ = fields  # type: ignore[attr-defined]
+    if "__match_args__" not in own:
+        cls.__match_args__ = tuple(fields)  # type: ignore[attr-defined]
+    if not slots:
+        return cls
+    made_again = dict(own)
+    made_again["__slots__"] = tuple(fields)
+    for name in fields:
+        made_again.pop(name, None)
+    made_again.pop("__dict__", None)
+    made_again.pop("__weakref__", None)
+    built = type(cls)(cls.__name__, cls.__bases__, made_again)
+    built.__qualname__ = cls.__qualname__
+    return built
 
 
 def _plain(cls: type) -> bool:
@@ -151,37 +198,108 @@ def _signature_text(fields: tuple[dataclasses.Field[Any], ...]) -> str:
 
 def _add_methods(cls: type, own: Any, fields: tuple[dataclasses.Field[Any], ...],
                  frozen: bool, slots: bool, frozen_base: bool) -> None:
-    """__init__, __eq__ and __hash__ of CLS (the hot ones) in one `exec`; __repr__ and,
-    when frozen, __setattr__ and __delattr__ as closures: each only where the class
-    body does not define it (as the standard builder does)."""
-    names: dict[str, Any] = {"_FACTORY": _FACTORY, "_object_setattr": object.__setattr__}
-    source: list[str] = []
+    """__init__, __eq__ and __hash__ of CLS (the hot ones), generated in one `exec` when
+    the class first needs one of them (`_Lazy`); __repr__ and, when frozen, __setattr__
+    and __delattr__ as closures: each only where the class body does not define it (as
+    the standard builder does)."""
     made: list[str] = []
     if "__init__" not in own:
-        source += _init_source(cls, fields, frozen, slots, names)
+        _check_order(fields)  # the standard builder's TypeError, when the class is made
         made.append("__init__")
-    compared = [f.name for f in fields if f.compare]
     if "__eq__" not in own:
-        source += _eq_source(compared)
         made.append("__eq__")
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
     if frozen and not explicit_hash:
-        hashed = "".join(f"self.{f.name}," for f in fields
-                         if (f.compare if f.hash is None else f.hash))
-        source += ["def __hash__(self):", f"  return hash(({hashed}))"]
         made.append("__hash__")
-    exec("\n".join(source) + "\n", names)  # noqa: S102 - generated, as the builder's
-    methods = {name: names[name] for name in made}
+    methods: dict[str, Any] = {}
+    if made:
+        generate = _Generator(cls, tuple(made), fields, frozen, slots)
+        methods.update((name, _Lazy(name, generate)) for name in made)
     if "__repr__" not in own:
         methods["__repr__"] = _repr_method(tuple(f.name for f in fields if f.repr))
     if frozen and not frozen_base:
         methods.update(_frozen_methods(cls, tuple(f.name for f in fields)))
     for name, method in methods.items():
-        method.__qualname__ = f"{cls.__qualname__}.{name}"
-        method.__module__ = cls.__module__
+        if not isinstance(method, _Lazy):
+            _own(cls, name, method)
         setattr(cls, name, reprlib.recursive_repr()(method) if name == "__repr__" else method)
     if not frozen and not explicit_hash:
         cls.__hash__ = None  # type: ignore[assignment]  # eq without frozen: unhashable
+
+
+def _own(cls: type, name: str, method: Any) -> None:
+    method.__qualname__ = f"{cls.__qualname__}.{name}"
+    method.__module__ = cls.__module__
+
+
+class _Generator:
+    """Generates the methods MADE of one class in one `exec` and sets them on it, once.
+
+    Compiling them was about half of building a record's class (~0.4 ms each, a third of
+    the package's import time for `fwc compile`), and a run uses a few of the classes it
+    imports before the model is built (`fwc check` far from all): a class's methods are
+    compiled when the first of them is looked up (an instance made, compared or hashed,
+    `cls.__init__` read), from the same source as before, so they are the same methods."""
+
+    __slots__ = ("cls", "made", "fields", "frozen", "slots", "methods")
+
+    def __init__(self, cls: type, made: tuple[str, ...],
+                 fields: tuple[dataclasses.Field[Any], ...], frozen: bool, slots: bool) -> None:
+        self.cls, self.made, self.fields = cls, made, fields
+        self.frozen, self.slots = frozen, slots
+        self.methods: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        methods = self.methods
+        if methods is not None:
+            return methods
+        cls, fields = self.cls, self.fields
+        names: dict[str, Any] = {"_FACTORY": _FACTORY, "_object_setattr": object.__setattr__}
+        source: list[str] = []
+        if "__init__" in self.made:
+            source += _init_source(cls, fields, self.frozen, self.slots, names)
+        if "__eq__" in self.made:
+            source += _eq_source([f.name for f in fields if f.compare])
+        if "__hash__" in self.made:
+            hashed = "".join(f"self.{f.name}," for f in fields
+                             if (f.compare if f.hash is None else f.hash))
+            source += ["def __hash__(self):", f"  return hash(({hashed}))"]
+        exec("\n".join(source) + "\n", names)  # noqa: S102 - generated, as the builder's
+        methods = {name: names[name] for name in self.made}
+        for name, method in methods.items():
+            _own(cls, name, method)
+            setattr(cls, name, method)
+        self.methods = methods
+        return methods
+
+
+class _Lazy:
+    """Stands in the class for a method `_Generator` has not made yet: looking it up (on
+    the class, or by Python for an instance: `__init__`, `==`, `hash`) makes it first.
+    Afterwards the class holds the function itself, and this is never seen again."""
+
+    __slots__ = ("name", "generate")
+
+    def __init__(self, name: str, generate: _Generator) -> None:
+        self.name, self.generate = name, generate
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        method = self.generate()[self.name]
+        return method if instance is None else method.__get__(instance, owner)
+
+
+def _check_order(fields: tuple[dataclasses.Field[Any], ...]) -> None:
+    """The standard builder's refusal of a required positional parameter after one with
+    a default (raised when the class is made, not when its `__init__` is generated)."""
+    seen_default = False
+    for f in fields:
+        if not f.init or f.kw_only:
+            continue
+        if f.default is not dataclasses.MISSING \
+                or f.default_factory is not dataclasses.MISSING:
+            seen_default = True
+        elif seen_default:
+            raise TypeError(f"non-default argument {f.name!r} follows default argument")
 
 
 def _repr_method(shown: tuple[str, ...]) -> Callable[[Any], str]:
