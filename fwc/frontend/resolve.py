@@ -1113,30 +1113,13 @@ class Resolver:
         # (the parser's strings: their hashes are known from its own lookups)
         _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        # A one-item list of a word seen before (most): its item made here, without the
-        # two calls of `_line_endpoint` and `_line_item` (which make every other list).
-        words = self._line_words
-        start = match.start(3)
-        known = words.get(sources) if "," not in sources else None
-        if known is not None:
-            kind, label, addresses, name = known
-            source = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
-                Span, (path, number, start + 1, number, start + len(sources) + 1))),))
-        else:
-            source = self._line_endpoint(sources, start, match.string, path, number)
-            if source is None:
-                return None
-        start = match.start(4)
-        known = words.get(destinations) if "," not in destinations else None
-        if known is not None:
-            kind, label, addresses, name = known
-            destination = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
-                Span, (path, number, start + 1, number, start + len(destinations) + 1))),))
-        else:
-            destination = self._line_endpoint(destinations, start, match.string, path,
-                                              number)
-            if destination is None:
-                return None
+        source = self._line_endpoint(sources, match.start(3), match.string, path, number)
+        if source is None:
+            return None
+        destination = self._line_endpoint(destinations, match.start(4), match.string,
+                                          path, number)
+        if destination is None:
+            return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
@@ -1222,9 +1205,13 @@ class Resolver:
                        number: int) -> m.Endpoint | None:
         """A from/to list of a RuleLine (names, `any`, `firewall`; at START of TEXT) as
         `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
-        if "," not in words:  # most lists: one item
-            item = self._line_item(words, _new(Span, (path, number, start + 1, number,
-                                                      start + len(words) + 1)))
+        if "," not in words:  # most lists: one item, most of them a word seen before
+            span = _new(Span, (path, number, start + 1, number, start + len(words) + 1))
+            known = self._line_words.get(words)
+            if known is not None:  # `_line_item`'s memo, without its call
+                kind, label, addresses, name = known
+                return _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, span),))
+            item = self._line_item(words, span)
             return None if item is None else _ENDPOINT((item,))
         items: list[m.EndpointItem] = []
         for w in PLAIN_WORD.finditer(text, start, start + len(words)):
