@@ -57,11 +57,13 @@ import bisect
 import hashlib
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
-from itertools import compress
+from itertools import accumulate, compress
+from itertools import chain as chain_all
 from itertools import count as counting
-from operator import attrgetter, or_
+from operator import attrgetter, itemgetter, or_
 from typing import cast
 
 from fwc import protocols as proto
@@ -239,15 +241,13 @@ class _Arranger:
         if with_ports * 2 < len(rules) or not {None, protocol}.issuperset(
                 map(_PROTOCOL, rules)):
             return rules
-        lows = sorted([p[0] for dports in ports_of for p in dports])
         # About sqrt(n) buckets balance the jumps against the bucket length, but every
         # port-less rule is copied into every bucket: keep those copies under half of
         # the rules with ports, so the output grows by a bounded factor.
         portless = len(rules) - with_ports
         buckets = max(2, min(round(math.sqrt(len(rules))),
                              with_ports // max(1, 2 * portless)))
-        cuts = sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})
-        bounds = [0, *cuts, PORT_MAX + 1]
+        bounds = [0, *_port_cuts(ports_of, buckets), PORT_MAX + 1]
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
         # the buckets of a port list, once per distinct list (rules share services)
         buckets_of: dict[tuple[PortRange, ...], tuple[int, ...]] = {}
@@ -287,6 +287,23 @@ class _Arranger:
 _DPORTS = attrgetter("match.dports")
 _TARGET = attrgetter("target")
 _PROTOCOL = attrgetter("match.protocol")
+_LOW = itemgetter(0)  # of a PortRange
+
+
+def _port_cuts(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
+    """The lowest ports of the buckets after the first: the lows of every range of every
+    list in PORTS_OF (with multiplicity) cut into BUCKETS parts of about equal size, i.e.
+    `sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})` of their
+    sorted lows. Most places of a chain are copies of a few thousand rules: each low is
+    counted in C and only the distinct ones sorted, with the position each one's run ends
+    at (a sort of every place's low was the larger part of split_ports)."""
+    times = Counter(map(_LOW, chain_all.from_iterable(ports_of)))
+    lows = sorted(times)
+    ends = list(accumulate(map(times.__getitem__, lows)))  # sorted positions past each
+    total = ends[-1]
+    # (the low at position k of the sorted lows is the one whose run ends past k)
+    return sorted({lows[bisect.bisect_right(ends, (i * total) // buckets)]
+                   for i in range(1, buckets)} - {0})
 
 
 def _buckets(bounds: list[int], dports: tuple[PortRange, ...]) -> tuple[int, ...]:
@@ -381,8 +398,8 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
             continue
         places.append((index, positions))
         for i in positions:
-            target = cast("str", rules[i].target)
-            count[target] = count.get(target, 0) + 1
+            target = rules[i].target  # (a placeholder: a str)
+            count[target] = count.get(target, 0) + 1  # type: ignore[index]
     final: dict[str, FilterRule] = {}
     made: list[Chain] = []
     for placeholder, copies in count.items():
@@ -399,7 +416,7 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     for index, positions in places:
         rules = list(body if index < 0 else out[index].rules)
         for i in positions:
-            rules[i] = final[cast("str", rules[i].target)]
+            rules[i] = final[rules[i].target]  # type: ignore[index]
         if index < 0:
             new_body = rules
         else:

@@ -113,7 +113,10 @@ def ignored_addresses(cluster: Cluster) -> list[tuple[int, str]]:
 
 
 def uses_helpers(cluster: Cluster) -> bool:
-    return any(s.helper for rule in cluster.all_rules() for s in rule.services)
+    """A rule of the cluster names a conntrack helper: a walk over every rule's services,
+    once per run (on the cluster's memo), not once per member."""
+    return cluster.memo.get(("uses-helpers",), lambda: any(
+        s.helper for rule in cluster.all_rules() for s in rule.services))
 
 
 def conntrackd_conf(cluster: Cluster, member: Member) -> str | None:

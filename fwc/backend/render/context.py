@@ -115,8 +115,9 @@ class SharedTexts:
     budget: int = SHARED_TEXT_BUDGET
     keep: bool = True  # False for the cluster's last member: nobody comes after it
     raw_budget: int = 0  # characters kept uncompressed (SHARED_RAW_BUDGET for small ones)
-    _previous: dict[Hashable, tuple[object, Kept]] = field(default_factory=dict)
-    _current: dict[Hashable, tuple[object, Kept]] = field(default_factory=dict)
+    # key -> (value, text, characters of a text kept as it is: counted once, when offered)
+    _previous: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
+    _current: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
     _used: int = 0
     _raw_used: int = 0
 
@@ -126,7 +127,7 @@ class SharedTexts:
         got = self._previous.get(key)
         if got is None or got[0] != value:
             return None
-        self._take(key, value, got[1])
+        self._take(key, value, got[1], got[2])
         kept = got[1]
         return iter(kept) if isinstance(kept, tuple) else expanded(kept)
 
@@ -141,18 +142,19 @@ class SharedTexts:
     def offer(self, key: Hashable, value: object, text: KeptText) -> None:
         """TEXT was rendered for VALUE, under KEY."""
         if self.keep:
-            self._take(key, value, text.done())
+            data = text.done()
+            self._take(key, value, data, sum(map(len, data)) if isinstance(data, tuple) else 0)
 
-    def _take(self, key: Hashable, value: object, data: Kept) -> None:
+    def _take(self, key: Hashable, value: object, data: Kept, chars: int) -> None:
+        """Keep DATA (CHARS characters when it is kept as it is) for the next member."""
         if not self.keep:
             return
         if isinstance(data, tuple):
-            chars = sum(map(len, data))
             if self._raw_used + chars <= self.raw_budget:
-                self._current[key] = (value, data)
+                self._current[key] = (value, data, chars)
                 self._raw_used += chars
         elif self._used + len(data) <= self.budget:
-            self._current[key] = (value, data)
+            self._current[key] = (value, data, 0)
             self._used += len(data)
 
     def next_member(self, last: bool = False) -> None:
