@@ -104,6 +104,9 @@ def test_a_record_is_its_dataclass(ours: type, theirs: type) -> None:
     assert str(inspect.signature(ours)) == str(inspect.signature(theirs))
     assert ours.__doc__ == theirs.__doc__
     assert ours.__qualname__ == theirs.__qualname__
+    # every attribute the standard builder of this Python adds (3.13's __replace__ ...);
+    # __slotnames__ is copyreg's cache, set on a class whose instance was copied
+    assert set(vars(ours)) - {"__slotnames__"} == set(vars(theirs)) - {"__slotnames__"}
     for name in _METHODS:  # made (or not) alike; None (unhashable) alike
         assert (name in vars(ours)) == (name in vars(theirs)), name
         if name in vars(theirs) and not callable(vars(theirs)[name]):

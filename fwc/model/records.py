@@ -138,6 +138,9 @@ def _simple(cls: type, slots: bool) -> type | None:
     cls.__dataclass_fields__ = fields  # type: ignore[attr-defined]
     if "__match_args__" not in own:
         cls.__match_args__ = tuple(fields)  # type: ignore[attr-defined]
+    replace = getattr(dataclasses, "_replace", None)
+    if replace is not None and "__replace__" not in own:  # 3.13+: `copy.replace`
+        cls.__replace__ = replace  # type: ignore[attr-defined]
     if not slots:
         return cls
     made_again = dict(own)
