@@ -358,9 +358,6 @@ class Services:
                 self._four = got
         return got
 
-    def in_family(self, family: int) -> tuple[ServiceMatch, ...]:
-        return self.keys(family)[0]
-
     def _offer(self, number: int, helper: str | None) -> Offer:
         offers = self._offers
         if offers is None:

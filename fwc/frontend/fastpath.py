@@ -66,8 +66,9 @@ _NAMED_OPTIONS = frozenset({"in", "out", "only"})
 # no state kept to give characters back; none could help, as a word never continues with
 # a space, a comma or a keyword) and each optional part is an alternation with the empty
 # string (`(?:X|)`, a BRANCH, instead of `(?:X)?`, a REPEAT that allocates its context and
-# copies the group marks). It matches what `_reference_plain_rule` (the plain writing)
-# matches, with the same groups: tests/test_parse_fastpath.py compares both.
+# copies the group marks). It matches what its plain writing (greedy quantifiers, optional
+# groups: `_reference_plain_rule` in tests/test_parse_fastpath.py) matches, with the same
+# groups; the tests compare both.
 _S = r"[ \t\r\f]"
 _W = r'[^ \t\r\f,!"#]++'
 _LIST = f"{_W}(?:{_S}*+,{_S}*+{_W})*+"
@@ -76,18 +77,6 @@ PLAIN_RULE = re.compile(
     f"{_S}*+((" + "|".join(sorted(ACTIONS)) + f"){_S}++from{_S}++({_LIST}){_S}++to{_S}++({_LIST})"
     f"(?:{_S}++service{_S}++({_NAMES})|)(?:{_S}++in{_S}++({_W})|)(?:{_S}++out{_S}++({_W})|)"
     f'(?:{_S}++(log)(?:{_S}++("[^"\\\\#\n]*+")|)|)(?:{_S}++only{_S}++({_W})|)){_S}*+')
-
-
-def _reference_plain_rule() -> re.Pattern[str]:
-    """PLAIN_RULE written plainly (greedy quantifiers, optional groups): the same
-    language and groups, several times slower to match (tests compare the two)."""
-    s, w = r"[ \t\r\f]", r'[^ \t\r\f,!"#]+'
-    words = f"{w}(?:{s}*,{s}*{w})*"
-    names = r'[^ \t\r\f,!"#/]+' + f"(?:{s}*,{s}*" + r'[^ \t\r\f,!"#/]+)*'
-    return re.compile(
-        f"{s}*((" + "|".join(sorted(ACTIONS)) + f"){s}+from{s}+({words}){s}+to{s}+({words})"
-        f"(?:{s}+service{s}+({names}))?(?:{s}+in{s}+({w}))?(?:{s}+out{s}+({w}))?"
-        f'(?:{s}+(log)(?:{s}+("[^"\\\\#\n]*"))?)?(?:{s}+only{s}+({w}))?){s}*')
 
 
 PLAIN_WORD = re.compile(_W)  # an item of a list of PLAIN_RULE
@@ -174,14 +163,13 @@ class FastPath:
     def __init__(self, patterns: Patterns, path: str) -> None:
         self.p = patterns
         self.path = path
-        # pattern -> word -> terminal, as (pattern, memo) pairs found by identity: a dict
-        # keyed by the patterns hashed a pattern's whole code at every probe (0.6-1.9 us)
-        self._memos: list[tuple[re.Pattern[str], dict[str, str | None]]] = []
-        self._address_words = self._memo(patterns.address)
-        self._group_words = self._memo(patterns.group_item)
+        # word -> the terminal `_lex` read it as, per pattern (`_address_words` for
+        # address values, `_group_words` for group members)
+        self._address_words: dict[str, str | None] = {}
+        self._group_words: dict[str, str | None] = {}
         # word -> (kind, text) of the endpoint it is, or None
         self._endpoint_words: dict[str, tuple[str, str] | None] = {}
-        # word -> whether NAME reads it whole (`_lex(self.p.name, word)`, asked per name)
+        # word -> whether NAME reads it whole (`_terminal(self.p.name, word)`, per name)
         self._name_words: dict[str, bool] = {}
         # a from/to list (services list) as matched -> whether a RuleLine may hold it
         # (`plain_rule`; a list is checked word by word once per file)
@@ -194,18 +182,9 @@ class FastPath:
             known = self._name_words[word] = _terminal(self.p.name, word) is not None
         return known
 
-    def _memo(self, pattern: re.Pattern[str]) -> dict[str, str | None]:
-        """The words `_lex` read with PATTERN, and what they are."""
-        for known, memo in self._memos:
-            if known is pattern:
-                return memo
-        memo = {}
-        self._memos.append((pattern, memo))
-        return memo
-
-    def _lex(self, pattern: re.Pattern[str], word: str) -> str | None:
-        """`_terminal`, remembered per pattern and word."""
-        known = self._memo(pattern)
+    @staticmethod
+    def _lex(known: dict[str, str | None], pattern: re.Pattern[str], word: str) -> str | None:
+        """`_terminal`, remembered in KNOWN (the memo of PATTERN's words)."""
         if word in known:
             return known[word]
         kind = known[word] = _terminal(pattern, word)
@@ -468,15 +447,13 @@ class FastPath:
     def _plain_definition(self, text: str, number: int) -> s.AddressDef | s.GroupDef | None:
         """A PLAIN_ADDRESS or PLAIN_GROUP line as `_definition` reads it, straight from the
         match; None when it is neither, or a word does not lex as `_definition` wants (then
-        `_definition` answers). About 2.5x cheaper for a `host` line: no token pairs, and
-        each pattern's memo is found by identity (hashing a compiled pattern hashes its
-        code)."""
+        `_definition` answers). About 2.5x cheaper for a `host` line: no token pairs."""
         match = PLAIN_ADDRESS.fullmatch(text)  # (refuses any other line at its keyword)
         if match is not None:
             keyword, name, value = match.groups()
             lexed = self._address_words
             if not (self._name_words.get(name) or self._is_name(name)) or not (
-                    lexed.get(value) or self._lex(self.p.address, value)):
+                    lexed.get(value) or self._lex(lexed, self.p.address, value)):
                 return None
             path = self.path
             start, end = match.span(1)
@@ -504,7 +481,7 @@ class FastPath:
         members: list[s.Endpoint] = []
         for w in PLAIN_WORD.finditer(text, match.start(3), match.end(3)):
             value = w.group()
-            kind = lexed.get(value) or self._lex(pattern, value)
+            kind = lexed.get(value) or self._lex(lexed, pattern, value)
             if kind is None:
                 return None
             start, end = w.span()
@@ -536,7 +513,7 @@ class FastPath:
         i = 2
         while i < size:
             space, value = pairs[i]
-            kind = lexed.get(value) or self._lex(pattern, value)
+            kind = lexed.get(value) or self._lex(lexed, pattern, value)
             if kind is None:
                 return None
             start = pos + len(space)

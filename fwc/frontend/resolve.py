@@ -113,26 +113,22 @@ def _plain_address(text: str, want: str = "any") -> AddressSet | None:
     network without host bits (`_plain_ipv4`), without a Word or ipaddress objects; None
     for anything else (that way words it, or its error)."""
     plain = _plain_ipv4(text)
-    if plain is None:
+    if plain is None or (want == "network" and plain[1] < 0) \
+            or (want == "host" and plain[1] not in (-1, 32)):
         return None
-    number, prefix = plain
-    if prefix < 0:
-        return _ADDRESS_SET(((number, number),), ()) if want != "network" else None
-    if want == "host" and prefix != 32:
-        return None
-    host = (1 << (32 - prefix)) - 1
-    if prefix == 32 or not number & host:
-        return _ADDRESS_SET(((number, number | host),), ())
-    return None
+    interval = _ipv4_interval(*plain)
+    return None if interval is None else _ADDRESS_SET((interval,), ())
 
 
 def _plain_interval(text: str) -> tuple[int, int] | None:
     """The one IPv4 interval of `_plain_address(TEXT)` (want "any"), or None when that is
     None: a group's literal members go straight into its interval list."""
     plain = _plain_ipv4(text)
-    if plain is None:
-        return None
-    number, prefix = plain
+    return None if plain is None else _ipv4_interval(*plain)
+
+
+def _ipv4_interval(number: int, prefix: int) -> tuple[int, int] | None:
+    """The interval of a `_plain_ipv4` answer; None for a network with host bits set."""
     if prefix < 0:
         return number, number
     host = (1 << (32 - prefix)) - 1

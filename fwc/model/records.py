@@ -357,7 +357,6 @@ def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: 
     keywords: list[str] = []
     body: list[str] = []
     stores: list[tuple[str, str]] = []  # (field, value) of the descriptor stores in BODY
-    seen_default = False
     annotations: dict[str, Any] = {}
     for f in fields:
         factory = f.default_factory is not dataclasses.MISSING
@@ -374,13 +373,8 @@ def _init_source(cls: type, fields: tuple[dataclasses.Field[Any], ...], frozen: 
             elif f.default is not dataclasses.MISSING:
                 parameter += f"=_d_{f.name}"
                 value = f.name
-            else:
+            else:  # (a required one after a default: refused by _check_order)
                 value = f.name
-                if seen_default and not f.kw_only:
-                    raise TypeError(f"non-default argument {f.name!r} follows default "
-                                    "argument")
-            if not f.kw_only and "=" in parameter:
-                seen_default = True
             (keywords if f.kw_only else positional).append(parameter)
         elif factory:
             value = f"_f_{f.name}()"
