@@ -32,7 +32,6 @@ from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
 from fwc.backend.render.context import (
     SHARED_RAW_BUDGET,
-    SHARED_RAW_RULES,
     MemberBuild,
     SharedTexts,
 )
@@ -148,8 +147,7 @@ class ClusterStream:
         # Chains equal to the previous member's are not rendered again: one per cluster
         # and compile, bounded (fwc.backend.render.context.SharedTexts).
         count = len(cluster.members)
-        texts = SharedTexts(keep=count > 1, raw_budget=SHARED_RAW_BUDGET
-                            if len(cluster.rules) <= SHARED_RAW_RULES else 0)
+        texts = SharedTexts(keep=count > 1, raw_budget=SHARED_RAW_BUDGET)
         for index, member in enumerate(cluster.members):
             done = self._first + index
             self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)

@@ -30,10 +30,11 @@ from fwc.model.vocabulary import Backend
 SHARED_TEXT_BUDGET = 16 * 1024 * 1024
 # Characters of text a SharedTexts may keep as they are, before compressing: expanding and
 # compressing are about a third of rendering the chains they save (0.27 s to compress and
-# 0.16 s to expand 27 MB, each member after the first). Only for clusters of up to
-# SHARED_RAW_RULES policy rules: the 100,000-rule peak (500 MB) has no room for them.
+# 0.16 s to expand 27 MB, each member after the first). At every size: at 100,000 rules
+# they cost the peak about 45 MB (403 -> 448 MB, under the 500 MB target) and save about
+# 1.2 s of compression; kept for clusters of up to 50,000 rules only, they made the
+# render pass grow 3.9x from 50,000 to 100,000 rules (docs/performance.md).
 SHARED_RAW_BUDGET = 48 * 1024 * 1024
-SHARED_RAW_RULES = 50_000
 # Characters of text expanded at a time when a kept text is handed back.
 _EXPAND_CHUNK = 4 * 1024 * 1024
 
@@ -114,7 +115,7 @@ class SharedTexts:
 
     budget: int = SHARED_TEXT_BUDGET
     keep: bool = True  # False for the cluster's last member: nobody comes after it
-    raw_budget: int = 0  # characters kept uncompressed (SHARED_RAW_BUDGET for small ones)
+    raw_budget: int = 0  # characters kept uncompressed (SHARED_RAW_BUDGET in a compile)
     # key -> (value, text, characters of a text kept as it is: counted once, when offered)
     _previous: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
     _current: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
