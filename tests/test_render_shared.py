@@ -86,11 +86,11 @@ def _kept(*pieces: str) -> KeptText:
 
 
 def _kept_size(text: str) -> int:
-    return len(_kept(text).done())
+    return _kept(text).size
 
 
 def test_shared_texts_keep_at_most_their_budget():
-    # The budget counts compressed bytes: "a" fits, "a" and "b" together do not.
+    # The budget counts spilled bytes: "a" fits, "a" and "b" together do not.
     texts = SharedTexts(budget=_kept_size("12345") + 5, keep=True)
     texts.offer("a", (1,), _kept("123", "45"))
     texts.offer("b", (2,), _kept("123456"))
@@ -105,25 +105,41 @@ def test_shared_texts_keep_at_most_their_budget():
     assert texts.get("a", (1,)) is None
 
 
-def test_kept_texts_are_compressed_and_come_back_whole():
-    # Text far larger than the budget as characters, and far larger than one expanded
-    # chunk, with multi-byte characters cut across the chunks' boundaries.
+def test_kept_texts_are_spilled_and_come_back_whole():
+    # Text far larger than the raw room and than one chunk read back, with multi-byte
+    # characters cut across the chunks' boundaries; kept by three members in turn (the
+    # second offers on what it took from the first's file).
     line = "-A FORWARD -s 198.51.100.0/24 -m comment --comment \"é€ rule\" -j ACCEPT\n"
     pieces = tuple(line * 20_000 for _ in range(10))
-    texts = SharedTexts(budget=256 * 1024, keep=True)
-    kept = KeptText()
+    texts = SharedTexts(keep=True, raw_budget=1024)
+    kept = texts.keeper()
+    assert kept is not None
     for piece in pieces:
         kept.add(piece)
-    assert kept.size < texts.budget < sum(len(p) for p in pieces)
+    assert kept.chars == 0 and kept.size == len("".join(pieces).encode())
     texts.offer("forward", (1,), kept)
     texts.next_member()
+    assert "".join(texts.get("forward", (1,)) or ()) == "".join(pieces)
+    texts.next_member(last=True)
     got = list(texts.get("forward", (1,)) or ())
+    assert len(got) > 1  # read back in chunks
     assert "".join(got) == "".join(pieces)
 
 
-def test_small_texts_are_kept_as_they_are_and_large_ones_compressed():
-    # Up to raw_budget characters stay text (nothing to compress or expand); a part that
-    # outgrows its raw room is compressed whole, and both come back piece for piece.
+def test_no_file_is_made_for_texts_kept_in_memory():
+    texts = SharedTexts(keep=True, raw_budget=100)
+    kept = texts.keeper()
+    assert kept is not None
+    kept.add("12345")
+    texts.offer("small", (1,), kept)
+    assert texts._spill is None
+    texts.next_member()
+    assert list(texts.get("small", (1,)) or ()) == ["12345"]
+
+
+def test_small_texts_are_kept_as_they_are_and_large_ones_spilled():
+    # Up to raw_budget characters stay text (nothing to write or read back); a part that
+    # outgrows its raw room is spilled whole, and both come back piece for piece.
     texts = SharedTexts(budget=1024 * 1024, keep=True, raw_budget=12)
     small = KeptText(texts.raw_room())
     small.add("12345")

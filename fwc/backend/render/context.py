@@ -11,8 +11,9 @@ lives as long as this one compile of this one member.
 from __future__ import annotations
 
 import codecs
-import zlib
-from collections.abc import Hashable, Iterator
+import os
+import tempfile
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import field
 
 from fwc.backend.arrange import optimise
@@ -23,78 +24,108 @@ from fwc.model import Cluster, Member
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
-# Bytes of compressed text a SharedTexts keeps for the next member. The texts are kept
-# zlib-compressed (iptables text shrinks about 12x, at about 0.6 s per 100 MB to compress
-# and 0.4 s to expand, against several seconds to render it): 16 MB hold the whole FORWARD
-# bulk of a 100,000-rule member, which kept as text cost 64 MB of the peak for a part of it.
-SHARED_TEXT_BUDGET = 16 * 1024 * 1024
-# Characters of text a SharedTexts may keep as they are, before compressing: expanding and
-# compressing are about a third of rendering the chains they save (0.27 s to compress and
-# 0.16 s to expand 27 MB, each member after the first). At every size: at 100,000 rules
-# they cost the peak about 45 MB (403 -> 448 MB, under the 500 MB target) and save about
-# 1.2 s of compression; kept for clusters of up to 50,000 rules only, they made the
-# render pass grow 3.9x from 50,000 to 100,000 rules (docs/performance.md).
-SHARED_RAW_BUDGET = 48 * 1024 * 1024
-# Characters of text expanded at a time when a kept text is handed back.
+# Bytes of text a SharedTexts spills to its temporary files for the next member (the
+# texts beyond SHARED_RAW_BUDGET): a bound on disk, not on memory.
+SHARED_TEXT_BUDGET = 1024 ** 3
+# Characters of text a SharedTexts keeps in memory as they are; the rest of a text goes
+# to an unlinked temporary file (`_Spill`) and is read back by the next member. Writing
+# and reading it back cost little against rendering the chains they save, and they grow
+# with the text, where zlib, before, cost 0.27 s to compress and 0.16 s to expand 27 MB
+# and made the render pass grow 3.9x from 50,000 to 100,000 rules (docs/performance.md).
+# In memory, the text is on the peak: at 100,000 rules 48 M characters cost 40 MB.
+SHARED_RAW_BUDGET = 16 * 1024 * 1024
+# Bytes of spilled text read back at a time when a kept text is handed back.
 _EXPAND_CHUNK = 4 * 1024 * 1024
 
 
-# A kept text: its pieces as they are, or compressed (`KeptText`).
-Kept = tuple[str, ...] | bytes
+class _Spill:
+    """An unlinked temporary file (0600, no name: `tempfile.TemporaryFile`) that texts
+    are appended to; closed and gone when the last `Spilled` of it is let go."""
+
+    __slots__ = ("end", "file")
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - lives with its texts
+        self.end = 0
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self.file.write(view)
+            assert written is not None  # a regular file does not block
+            view = view[written:]
+        self.end += len(data)
+
+
+class Spilled:
+    """A kept text in a `_Spill`: LENGTH bytes (UTF-8) at OFFSET."""
+
+    __slots__ = ("length", "offset", "spill")
+
+    def __init__(self, spill: _Spill, offset: int, length: int) -> None:
+        self.spill, self.offset, self.length = spill, offset, length
+
+
+# A kept text: its pieces as they are, or spilled (`KeptText`).
+Kept = tuple[str, ...] | Spilled
 
 
 class KeptText:
     """One part's text being kept while it is rendered: pieces in, kept as they are while
-    they fit RAW_ROOM characters, else compressed (all of them)."""
+    they fit RAW_ROOM characters, else (all of them) appended to the file SPILL_OF gives
+    (the member's, `SharedTexts`: no file is made for texts that stay in memory)."""
 
-    __slots__ = ("_compressor", "_out", "_raw", "chars", "raw_room", "size")
+    __slots__ = ("_raw", "_spill", "_spill_of", "_start", "chars", "raw_room", "size")
 
-    def __init__(self, raw_room: int = 0) -> None:
-        self._compressor: zlib._Compress | None = None
-        self._out: list[bytes] = []
+    def __init__(self, raw_room: int = 0,
+                 spill_of: Callable[[], _Spill] = lambda: _Spill()) -> None:
         self._raw: list[str] = []
+        self._spill: _Spill | None = None
+        self._spill_of = spill_of  # the file to spill to, asked for when it is needed
+        self._start = -1  # where this text starts in the spill, once it spills
         self.raw_room = raw_room
         self.chars = 0  # characters kept as they are
-        self.size = 0  # compressed bytes so far (what the budget counts)
+        self.size = 0  # bytes spilled so far (what the budget counts)
 
     def add(self, piece: str) -> None:
-        if self._compressor is None:
+        if self._start < 0:
             if self.chars + len(piece) <= self.raw_room:
                 self._raw.append(piece)
                 self.chars += len(piece)
                 return
-            self._compressor = zlib.compressobj(1)
+            self._spill = self._spill_of()
+            self._start = self._spill.end
             raw, self._raw, self.chars = self._raw, [], 0
             for one in raw:
-                self._compress(one)
-        self._compress(piece)
+                self._append(one)
+        self._append(piece)
 
-    def _compress(self, piece: str) -> None:
-        assert self._compressor is not None
-        data = self._compressor.compress(piece.encode())
-        if data:
-            self._out.append(data)
-            self.size += len(data)
+    def _append(self, piece: str) -> None:
+        assert self._spill is not None
+        data = piece.encode()
+        self._spill.append(data)
+        self.size += len(data)
 
     def done(self) -> Kept:
-        if self._compressor is None:
+        if self._start < 0:
             raw, self._raw = tuple(self._raw), []
             return raw
-        self._out.append(self._compressor.flush())
-        data = b"".join(self._out)
-        self._out = []
-        return data
+        assert self._spill is not None
+        return Spilled(self._spill, self._start, self.size)
 
 
-def expanded(data: bytes) -> Iterator[str]:
-    """A kept text's pieces again (at most _EXPAND_CHUNK bytes each)."""
-    expander = zlib.decompressobj()
+def expanded(kept: Spilled) -> Iterator[str]:
+    """A spilled text's pieces again (at most _EXPAND_CHUNK bytes each)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    while data:
-        piece = expander.decompress(data, _EXPAND_CHUNK)
-        data = expander.unconsumed_tail
-        yield decoder.decode(piece)
-    rest = decoder.decode(expander.flush(), final=True)
+    fd = kept.spill.file.fileno()
+    at, end = kept.offset, kept.offset + kept.length
+    while at < end:
+        data = os.pread(fd, min(_EXPAND_CHUNK, end - at), at)
+        if not data:
+            raise OSError(f"a kept text's temporary file ended early ({at} of {end})")
+        at += len(data)
+        yield decoder.decode(data)
+    rest = decoder.decode(b"", final=True)
     if rest:
         yield rest
 
@@ -109,18 +140,29 @@ class SharedTexts:
     (==: equal values render to equal text). Per cluster and per compile, created
     by the caller (fwc.backend.output.ClusterStream), never global: it holds the
     texts of the member being rendered and of the one before: up to `raw_budget`
-    characters as they are, the rest zlib-compressed (see `KeptText`), at most `budget`
-    compressed bytes.
+    characters as they are, the rest in unlinked temporary files (see `KeptText`), at
+    most `budget` bytes there.
     """
 
     budget: int = SHARED_TEXT_BUDGET
     keep: bool = True  # False for the cluster's last member: nobody comes after it
-    raw_budget: int = 0  # characters kept uncompressed (SHARED_RAW_BUDGET in a compile)
+    raw_budget: int = 0  # characters kept in memory (SHARED_RAW_BUDGET in a compile)
     # key -> (value, text, characters of a text kept as it is: counted once, when offered)
     _previous: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
     _current: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
     _used: int = 0
     _raw_used: int = 0
+    _spill: _Spill | None = None  # where the current member's texts spill
+
+    def keeper(self) -> KeptText | None:
+        """A KeptText for one part of the member being rendered, or None when nothing
+        more is kept."""
+        return KeptText(self.raw_room(), self._spill_file) if self.room() > 0 else None
+
+    def _spill_file(self) -> _Spill:
+        if self._spill is None:
+            self._spill = _Spill()
+        return self._spill
 
     def get(self, key: Hashable, value: object) -> Iterator[str] | None:
         """The pieces of the text offered under KEY by the previous member if its value
@@ -133,7 +175,7 @@ class SharedTexts:
         return iter(kept) if isinstance(kept, tuple) else expanded(kept)
 
     def room(self) -> int:
-        """Compressed bytes that an offer may still hold (0 when nothing is kept)."""
+        """Spilled bytes that an offer may still hold (0 when nothing is kept)."""
         return self.budget - self._used if self.keep else 0
 
     def raw_room(self) -> int:
@@ -154,15 +196,18 @@ class SharedTexts:
             if self._raw_used + chars <= self.raw_budget:
                 self._current[key] = (value, data, chars)
                 self._raw_used += chars
-        elif self._used + len(data) <= self.budget:
+        elif self._used + data.length <= self.budget:
             self._current[key] = (value, data, 0)
-            self._used += len(data)
+            self._used += data.length
 
     def next_member(self, last: bool = False) -> None:
         """The member is done: its texts are offered to the next one (LAST: the next is
         the cluster's last member, which keeps nothing)."""
         self._previous, self._current, self._used, self._raw_used = \
             self._current, {}, 0, 0
+        # the next member spills to a file of its own: this one's stays while a text
+        # kept in it is (`Spilled`), also when a taker offers it on
+        self._spill = None
         self.keep = not last
 
 

@@ -379,10 +379,10 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
             if texts is None:
                 yield from pieces
                 continue
-            # Kept (as it is or compressed) for the next member while it fits SharedTexts'
+            # Kept (as it is or spilled) for the next member while it fits SharedTexts'
             # budgets; yielded as it is rendered either way (a chain can be nearly the
             # whole file).
-            kept: KeptText | None = KeptText(texts.raw_room()) if texts.room() > 0 else None
+            kept: KeptText | None = texts.keeper()
             for piece in pieces:
                 yield piece
                 if kept is not None:
