@@ -128,7 +128,8 @@ class ClusterStream:
 
     def __init__(self, policy: Policy, cluster: Cluster, options: LowerOptions, redact: bool,
                  progress: Reporter, first: int, total: int,
-                 backend: Backend | None = None, chunked: bool = False) -> None:
+                 backend: Backend | None = None, chunked: bool = False,
+                 spill_dir: str | None = None) -> None:
         self.name = cluster.name
         self._policy = policy
         self._cluster = cluster
@@ -140,6 +141,7 @@ class ClusterStream:
         self._written: list[str] = []
         self._backend = backend
         self._chunked = chunked
+        self._spill_dir = spill_dir
 
     def files(self) -> Iterator[OutputFile]:
         cluster = self._cluster
@@ -147,7 +149,8 @@ class ClusterStream:
         # Chains equal to the previous member's are not rendered again: one per cluster
         # and compile, bounded (fwc.backend.render.context.SharedTexts).
         count = len(cluster.members)
-        texts = SharedTexts(keep=count > 1, raw_budget=SHARED_RAW_BUDGET)
+        texts = SharedTexts(keep=count > 1, raw_budget=SHARED_RAW_BUDGET,
+                            spill_dir=self._spill_dir)
         for index, member in enumerate(cluster.members):
             done = self._first + index
             self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)
@@ -179,12 +182,15 @@ class ClusterStream:
 
 
 def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SILENT,
-                  backend: Backend | None = None, chunked: bool = False) -> list[ClusterStream]:
+                  backend: Backend | None = None, chunked: bool = False,
+                  spill_dir: str | None = None) -> list[ClusterStream]:
     """Every cluster, to be built while `write_output` writes it (nothing is built yet).
 
     BACKEND (`fwc compile --backend`) overrides every cluster's `backend`. CHUNKED: the
     large files (iptables rules) are written as they are rendered, never whole in memory
     (`OutputFile.chunks`: only `write_output` and `RecordedStream` read those).
+    SPILL_DIR: where chain texts kept for the next member go when they outgrow memory
+    (fwc.backend.render.context.SharedTexts; None: the temporary directory).
     """
     options = options_for(policy)
     total = sum(len(cluster.members) for cluster in policy.clusters) or 1
@@ -192,7 +198,7 @@ def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SIL
     first = 0
     for cluster in policy.clusters:
         out.append(ClusterStream(policy, cluster, options, redact, progress, first, total,
-                                 backend, chunked))
+                                 backend, chunked, spill_dir))
         first += len(cluster.members)
     return out
 

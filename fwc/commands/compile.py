@@ -129,9 +129,12 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
 
     Each file is written to the staging copy as soon as it is built (a large policy's
     output is never held at once), so a compile failure surfaces here too."""
+    # Chain texts kept for the next member spill to the output's disk (the directory that
+    # holds the output directory and its staging copy), not to a temporary directory that
+    # may be memory.
     streams: Sequence[FileStream] = stream_policy(
         policy, redact=args.redact_secrets, progress=building, backend=backend,
-        chunked=True)
+        chunked=True, spill_dir=str(Path(args.output).parent))
     keep_until_exit(args, streams)
     policy_name = relative_source(policy.root, source_root(policy))
     if cache is None or key is None:

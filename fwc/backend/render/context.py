@@ -11,6 +11,7 @@ lives as long as this one compile of this one member.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Hashable, Iterator
@@ -36,25 +37,37 @@ SHARED_TEXT_BUDGET = 1024 ** 3
 SHARED_RAW_BUDGET = 16 * 1024 * 1024
 # Bytes of spilled text read back at a time when a kept text is handed back.
 _EXPAND_CHUNK = 4 * 1024 * 1024
+# `KeptText.size` of a text that could not be spilled: more than any budget.
+GAVE_UP = 1 << 62
 
 
 class _Spill:
-    """An unlinked temporary file (0600, no name: `tempfile.TemporaryFile`) that texts
-    are appended to; closed and gone when the last `Spilled` of it is let go."""
+    """An unlinked temporary file (0600, no name: `tempfile.TemporaryFile`) in DIRECTORY
+    (`fwc compile`: the output directory, so that the texts go to the disk the output
+    goes to, not to a temporary directory that may be memory) that texts are appended
+    to; closed when the last `Spilled` of it is let go."""
 
     __slots__ = ("end", "file")
 
-    def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - lives with its texts
+    def __init__(self, directory: str | None = None) -> None:
+        self.file = tempfile.TemporaryFile(buffering=0, dir=directory)  # noqa: SIM115
         self.end = 0
 
+    def __del__(self) -> None:
+        self.file.close()
+
     def append(self, data: bytes) -> None:
-        view = memoryview(data)
+        """DATA at the end; on an error (OSError), the end stays where it was."""
+        fd, view, at = self.file.fileno(), memoryview(data), self.end
         while view:
-            written = self.file.write(view)
-            assert written is not None  # a regular file does not block
-            view = view[written:]
-        self.end += len(data)
+            written = os.pwrite(fd, view, at)
+            view, at = view[written:], at + written
+        self.end = at
+
+    def cut(self, end: int) -> None:
+        """Forget what follows END (a text given up while it was the last one)."""
+        os.ftruncate(self.file.fileno(), end)
+        self.end = end
 
 
 class Spilled:
@@ -73,7 +86,9 @@ Kept = tuple[str, ...] | Spilled
 class KeptText:
     """One part's text being kept while it is rendered: pieces in, kept as they are while
     they fit RAW_ROOM characters, else (all of them) appended to the file SPILL_OF gives
-    (the member's, `SharedTexts`: no file is made for texts that stay in memory)."""
+    (the member's, `SharedTexts`: no file is made for texts that stay in memory). When
+    the file cannot be made or written (a full disk), the text is given up (`size` above
+    any budget): the next member renders that part again, the compile goes on."""
 
     __slots__ = ("_raw", "_spill", "_spill_of", "_start", "chars", "raw_room", "size")
 
@@ -88,23 +103,36 @@ class KeptText:
         self.size = 0  # bytes spilled so far (what the budget counts)
 
     def add(self, piece: str) -> None:
-        if self._start < 0:
-            if self.chars + len(piece) <= self.raw_room:
-                self._raw.append(piece)
-                self.chars += len(piece)
-                return
-            self._spill = self._spill_of()
-            self._start = self._spill.end
-            raw, self._raw, self.chars = self._raw, [], 0
-            for one in raw:
-                self._append(one)
-        self._append(piece)
+        if self.size == GAVE_UP:
+            return
+        try:
+            if self._start < 0:
+                if self.chars + len(piece) <= self.raw_room:
+                    self._raw.append(piece)
+                    self.chars += len(piece)
+                    return
+                self._spill = self._spill_of()
+                self._start = self._spill.end
+                raw, self._raw, self.chars = self._raw, [], 0
+                for one in raw:
+                    self._append(one)
+            self._append(piece)
+        except OSError:
+            self.drop()
+            self.size = GAVE_UP
 
     def _append(self, piece: str) -> None:
         assert self._spill is not None
         data = piece.encode()
         self._spill.append(data)
         self.size += len(data)
+
+    def drop(self) -> None:
+        """This text is not kept: its spilled bytes go when they are the file's last."""
+        spill, self._raw = self._spill, []
+        if spill is not None and self._start >= 0 and spill.end == self._start + self.size:
+            with contextlib.suppress(OSError):  # else they stay, unreferenced, till closed
+                spill.cut(self._start)
 
     def done(self) -> Kept:
         if self._start < 0:
@@ -152,6 +180,7 @@ class SharedTexts:
     _current: dict[Hashable, tuple[object, Kept, int]] = field(default_factory=dict)
     _used: int = 0
     _raw_used: int = 0
+    spill_dir: str | None = None  # where spill files are made (None: tempfile's choice)
     _spill: _Spill | None = None  # where the current member's texts spill
 
     def keeper(self) -> KeptText | None:
@@ -161,7 +190,7 @@ class SharedTexts:
 
     def _spill_file(self) -> _Spill:
         if self._spill is None:
-            self._spill = _Spill()
+            self._spill = _Spill(self.spill_dir)
         return self._spill
 
     def get(self, key: Hashable, value: object) -> Iterator[str] | None:
@@ -184,21 +213,28 @@ class SharedTexts:
 
     def offer(self, key: Hashable, value: object, text: KeptText) -> None:
         """TEXT was rendered for VALUE, under KEY."""
-        if self.keep:
+        if self.keep and text.size != GAVE_UP:
             data = text.done()
-            self._take(key, value, data, sum(map(len, data)) if isinstance(data, tuple) else 0)
+            if not self._take(key, value, data,
+                              sum(map(len, data)) if isinstance(data, tuple) else 0):
+                text.drop()
 
-    def _take(self, key: Hashable, value: object, data: Kept, chars: int) -> None:
-        """Keep DATA (CHARS characters when it is kept as it is) for the next member."""
+    def _take(self, key: Hashable, value: object, data: Kept, chars: int) -> bool:
+        """Keep DATA (CHARS characters when it is kept as it is) for the next member;
+        whether it was."""
         if not self.keep:
-            return
+            return False
         if isinstance(data, tuple):
-            if self._raw_used + chars <= self.raw_budget:
-                self._current[key] = (value, data, chars)
-                self._raw_used += chars
-        elif self._used + data.length <= self.budget:
+            if self._raw_used + chars > self.raw_budget:
+                return False
+            self._current[key] = (value, data, chars)
+            self._raw_used += chars
+        else:
+            if self._used + data.length > self.budget:
+                return False
             self._current[key] = (value, data, 0)
             self._used += data.length
+        return True
 
     def next_member(self, last: bool = False) -> None:
         """The member is done: its texts are offered to the next one (LAST: the next is

@@ -388,6 +388,7 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
                 if kept is not None:
                     kept.add(piece)
                     if kept.size > texts.room():
+                        kept.drop()
                         kept = None
             if kept is not None:
                 texts.offer((file, table.name, chain.name), chain.rules, kept)
