@@ -43,9 +43,9 @@ GAVE_UP = 1 << 62
 
 class _Spill:
     """An unlinked temporary file (0600, no name: `tempfile.TemporaryFile`) in DIRECTORY
-    (`fwc compile`: the output directory, so that the texts go to the disk the output
-    goes to, not to a temporary directory that may be memory) that texts are appended
-    to; closed when the last `Spilled` of it is let go."""
+    (`fwc compile`: the directory that holds the output directory, so that the texts go
+    to the disk the output goes to, not to a temporary directory that may be memory) that
+    texts are appended to; closed when the last `Spilled` of it is let go."""
 
     __slots__ = ("end", "file")
 
@@ -213,11 +213,9 @@ class SharedTexts:
 
     def offer(self, key: Hashable, value: object, text: KeptText) -> None:
         """TEXT was rendered for VALUE, under KEY."""
-        if self.keep and text.size != GAVE_UP:
-            data = text.done()
-            if not self._take(key, value, data,
-                              sum(map(len, data)) if isinstance(data, tuple) else 0):
-                text.drop()
+        if self.keep and text.size != GAVE_UP \
+                and not self._take(key, value, text.done(), text.chars):  # (0 once spilled)
+            text.drop()
 
     def _take(self, key: Hashable, value: object, data: Kept, chars: int) -> bool:
         """Keep DATA (CHARS characters when it is kept as it is) for the next member;
