@@ -158,3 +158,63 @@ def test_lark_is_imported_without_the_regex_module_which_stays_importable(tmp_pa
                           env=env, cwd=REPO, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
+
+
+# -- parsers kept for the next run (fwc.frontend.parse.borrowed_parser) --------------------
+def test_a_borrowed_parser_parses_as_a_new_one_after_any_run():
+    # The runs before leave errors, comments, tokens and other paths behind; the run after
+    # must see none of it: same tree, same spans, same comments as a parser built for it.
+    text = EDGE.read_text(encoding="utf-8")
+    with parse.borrowed_parser() as parser:
+        parse_text("host a 192.0.2.1  # before\npolicy x {\n accept from\n}\n", "bad.fw",
+                   parser)
+        parse_text("host b 192.0.2.2  # other\n", "other.fw", parser)
+    with parse.borrowed_parser() as again:
+        assert again is parser  # idle, so taken again: this test compares something
+        got, diagnostics = parse_text(text, "edge.fw", again)
+    fresh, fresh_diagnostics = parse_text(text, "edge.fw", PolicyParser())
+    assert diagnostics == fresh_diagnostics == []
+    assert got == fresh
+    assert got.comments == fresh.comments and got.comments
+    assert {st.span.file for st in got.statements} == {"edge.fw"}
+
+
+def test_an_idle_parser_holds_nothing_of_its_last_run():
+    text = EDGE.read_text(encoding="utf-8")
+    with parse.borrowed_parser(keep_tokens=True) as parser:
+        parser.parse(text, "edge.fw")
+        tokens, comments = parser.tokens, parser.comments
+        assert tokens and comments
+    assert parser.tokens == [] and parser.comments == []  # a whole file's tokens, let go
+    assert tokens and comments  # what the run took stays the run's
+    with parse.borrowed_parser(keep_tokens=True) as again:
+        again.parse("host a 192.0.2.1\n", "a.fw")
+        assert {t.value for t in again.tokens} == {"host", "a", "192.0.2.1"}
+
+
+def test_two_runs_at_once_never_hold_the_same_parser():
+    with parse.borrowed_parser() as outer, parse.borrowed_parser() as inner:
+        assert inner is not outer
+    with parse.borrowed_parser(keep_tokens=True) as tokens_kept:
+        assert tokens_kept.keep_tokens and tokens_kept not in (outer, inner)
+
+
+def test_analyses_in_one_process_build_the_parser_once(monkeypatch, tmp_path):
+    from fwc.pipeline import analyse
+
+    built: list[bool] = []
+    original = PolicyParser.__init__
+
+    def counting(self, keep_tokens: bool = False) -> None:
+        built.append(keep_tokens)
+        original(self, keep_tokens)
+
+    monkeypatch.setattr(PolicyParser, "__init__", counting)
+    monkeypatch.setitem(parse._IDLE, False, [])
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE.read_text(encoding="utf-8"), encoding="utf-8")
+    first = analyse(policy, run_checks=False)
+    second = analyse(policy, run_checks=False)
+    assert first.ok and second.ok
+    assert first.program.files == second.program.files
+    assert built == [False]

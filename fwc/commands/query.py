@@ -31,7 +31,7 @@ from fwc.analysis.space import LOCAL
 from fwc.commands.common import resolved
 from fwc.diagnostics import Diagnostic, print_diagnostics
 from fwc.frontend import syntax as s
-from fwc.frontend.parse import PolicyParser, parse_fragment
+from fwc.frontend.parse import PolicyParser, borrowed_parser, parse_fragment
 from fwc.frontend.resolve import FragmentResolver
 from fwc.model.records import dataclass
 
@@ -71,12 +71,13 @@ def parse_argument(text: str, option: str, start: str, parser: PolicyParser) -> 
 
 
 def parse_question(args: argparse.Namespace, resolver: FragmentResolver) -> Question:
-    parser = PolicyParser()
-    source = parse_argument(args.source, "--from", "endpoints_fragment", parser)
-    destination = parse_argument(args.destination, "--to", "endpoints_fragment", parser)
+    with borrowed_parser() as parser:
+        source = parse_argument(args.source, "--from", "endpoints_fragment", parser)
+        destination = parse_argument(args.destination, "--to", "endpoints_fragment", parser)
+        refs = (parse_argument(args.service, "--service", "services_fragment", parser)
+                if args.service is not None else None)
     services: tuple[model.ServiceMatch, ...] = ()
-    if args.service is not None:
-        refs = parse_argument(args.service, "--service", "services_fragment", parser)
+    if refs is not None:
         services, diagnostics = resolver.services(refs)
         if diagnostics:
             raise FragmentError(diagnostics)

@@ -33,7 +33,7 @@ from dataclasses import field
 from fwc.diagnostics import Span
 from fwc.frontend import syntax as s
 from fwc.frontend.larkimport import UnexpectedInput
-from fwc.frontend.parse import BadLiteral, PolicyParser
+from fwc.frontend.parse import BadLiteral, borrowed_parser
 from fwc.model.records import dataclass
 
 INDENT = "    "
@@ -58,18 +58,19 @@ class Comment:
 def parse_for_layout(text: str) -> tuple[tuple[s.Statement, ...], list[s.Lexeme],
                                            list[Comment]]:
     """The statements of TEXT, every token as the parser lexed it, and every comment."""
-    parser = PolicyParser(keep_tokens=True)
-    try:
-        statements = parser.parse(text, "<fmt>")
-    except BadLiteral as exc:
-        raise FormatError(exc.diagnostic.message) from None
-    except UnexpectedInput as exc:
-        # str() of lark-cython's exceptions can fail; `fwc check` gives the full diagnostic
-        line = getattr(exc, "line", 0) or 0
-        raise FormatError(f"syntax error on line {line}" if line > 0 else "syntax error") \
-            from None
-    comments = [Comment(c.start, c.end, c.line, c.value) for c in parser.comments]
-    return tuple(statements), parser.tokens, comments
+    with borrowed_parser(keep_tokens=True) as parser:
+        try:
+            statements = parser.parse(text, "<fmt>")
+        except BadLiteral as exc:
+            raise FormatError(exc.diagnostic.message) from None
+        except UnexpectedInput as exc:
+            # str() of lark-cython's exceptions can fail; `fwc check` gives the full
+            # diagnostic
+            line = getattr(exc, "line", 0) or 0
+            raise FormatError(f"syntax error on line {line}" if line > 0
+                              else "syntax error") from None
+        comments = [Comment(c.start, c.end, c.line, c.value) for c in parser.comments]
+        return tuple(statements), parser.tokens, comments
 
 
 def tokenize(text: str) -> tuple[list[s.Lexeme], list[Comment]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Related, error
 from fwc.frontend import syntax as s
-from fwc.frontend.parse import PolicyParser, parse_text
+from fwc.frontend.parse import PolicyParser, borrowed_parser, parse_text
 from fwc.frontend.sources import (
     LIBRARY_ROOT,
     MAX_FILE_BYTES,
@@ -188,7 +188,14 @@ def load(path: str | Path, reader: Reader | None = None,
     RuleDecl (`fwc.frontend.parse.parse_text`): for a caller that resolves the program and
     then drops its syntax trees, nothing else (`fwc.pipeline.model` without keep_syntax).
     """
-    root = Path(path)
+    # One parser for this load: it names each file in its spans, and no other load holds it
+    # meanwhile.
+    with borrowed_parser() as policy_parser:
+        return _load(Path(path), reader, include_path, lines, policy_parser)
+
+
+def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines: bool,
+          policy_parser: PolicyParser) -> tuple[LoadedProgram, list[Diagnostic]]:
     where = _Disk(root, include_path) if reader is None else _Through(reader, include_path)
     library = _Library(LIBRARY_ROOT)
     libraries: set[str] = set()
@@ -197,8 +204,6 @@ def load(path: str | Path, reader: Reader | None = None,
     hashes: list[tuple[str, str]] = []
     loaded: set[Path] = set()
     total = 0
-    # One parser for this load: it names each file in its spans, and no other load shares it.
-    policy_parser = PolicyParser()
 
     def visit(file: Path, stack: list[tuple[Path, s.Include | None]],
               origin: _Disk | _Through | _Library, in_library: bool = False) -> None:

@@ -6,8 +6,10 @@ and parsing resumes, so one run reports the syntax errors of several lines.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from fwc.diagnostics import Diagnostic, Span, error
@@ -128,6 +130,42 @@ class PolicyParser:
         self.comments = []
         self.tokens = []
         return self._lark.parse(text, start=start)
+
+    def _forget(self) -> None:
+        """Let go of what the last parse left here (its comments, its tokens: a whole
+        file's for `fwc fmt`), so that an idle parser holds nothing of a run."""
+        self._builder.path = "<policy>"
+        self.comments = []
+        self.tokens = []
+
+
+# Parsers that no run holds, by keep_tokens, for the next run of this process. Building
+# a parser turns lark's tables into fresh objects (20-30 ms, most of `fwc check` on a
+# small policy); a process that analyses many texts (`fwc diff`'s two revisions, a
+# program that embeds fwc, the test suite: a third of its property tests' time) takes
+# one from here instead. A parser is held by one run at a time and `parse` sets all a
+# parse depends on, so a borrowed parser behaves exactly as a new one
+# (tests/test_parser_construction.py). A list's pop and append are atomic: threads
+# need no lock, and a forked child never finds one held.
+_IDLE: dict[bool, list[PolicyParser]] = {False: [], True: []}
+IDLE_MAX = 4  # per kind: more idle parsers than concurrent runs is only memory
+
+
+@contextlib.contextmanager
+def borrowed_parser(keep_tokens: bool = False) -> Iterator[PolicyParser]:
+    """A parser for the duration of one run (one load, one format, one query): an idle
+    one when there is, else a new one; idle again afterwards, holding nothing of the run."""
+    idle = _IDLE[keep_tokens]
+    try:
+        parser = idle.pop()
+    except IndexError:
+        parser = PolicyParser(keep_tokens)
+    try:
+        yield parser
+    finally:
+        parser._forget()
+        if len(idle) < IDLE_MAX:
+            idle.append(parser)
 
 
 def _describe(terminal: str) -> str:
@@ -267,7 +305,9 @@ def parse_text(text: str, path: str, parser: PolicyParser | None = None,
     LINES (with FAST): most plain rule lines of a `policy` block become s.RuleLine records
     instead of RuleDecl, for a caller that only resolves the tree (`fwc.frontend.loader.load`).
     """
-    parser = parser or PolicyParser()
+    if parser is None:
+        with borrowed_parser() as own:
+            return parse_text(text, path, own, fast, lines)
     if fast and not parser.keep_tokens:
         got = _parse_fast(text, path, parser, lines)
         if got is not None:
@@ -451,7 +491,9 @@ def parse_fragment(text: str, what: str, start: str, parser: PolicyParser | None
     Spans name WHAT (`--from:1:5`), so a diagnostic points into the argument. The
     value is what the tree builder makes of that rule (None after an error).
     """
-    parser = parser or PolicyParser()
+    if parser is None:
+        with borrowed_parser() as own:
+            return parse_fragment(text, what, start, own)
     try:
         return parser.parse(text, what, start), []
     except BadLiteral as bad:
