@@ -34,6 +34,7 @@ from fwc.backend.lower.ruleset import (
     RateLimit,
     Rule,
     Table,
+    with_limit,
 )
 from fwc.model import (
     NO_LOG_OPTIONS,
@@ -54,7 +55,7 @@ from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
 from fwc.model.numbering import ServiceNumbers
-from fwc.model.records import dataclass
+from fwc.model.records import dataclass, maker
 from fwc.model.semantics import (
     Reach,
     Side,
@@ -151,6 +152,17 @@ def plain_verdict(rule: BaseRule) -> bool:
     return type(rule) is PolicyFilterRule and not rule.notrack and not rule.log \
         and rule.syn_limit is None and rule.limit is None and rule.connlimit is None \
         and rule.action is not FilterAction.REJECT
+
+
+def plain_reject(rule: BaseRule) -> bool:
+    """Whether RULE is a reject whose lines are its verdict alone once every service line
+    names its protocol: as `plain_verdict` but for the action (`final` adds a TCP reset line
+    only to a line without a protocol). The verdict's options follow each line's protocol
+    (`_Lowering.action`). tests/test_lower_shared.py lowers every example with and without
+    this shortcut too."""
+    return type(rule) is PolicyFilterRule and rule.action is FilterAction.REJECT \
+        and not rule.notrack and not rule.log and rule.syn_limit is None \
+        and rule.limit is None and rule.connlimit is None
 
 
 def hashlimit_name(kind: str, rule: BaseRule) -> str:
@@ -405,6 +417,9 @@ class RuleLowering:
 
 
 _ANY_MATCH = Match()
+# Built without `__init__` (`records.maker`): one of each per policy rule lowered.
+_ORIGIN = maker(Origin)
+_RULE_LOWERING = maker(RuleLowering)
 _ONE_CHAIN = {chain: frozenset((chain,)) for chain in BuiltinChain}  # RuleLowering.chains
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
 
@@ -634,7 +649,7 @@ class _Lowering:
         if relative is None:
             relative = self.relative[rule.span.file] = _relative(rule.span.file,
                                                                  self.options.source_root)
-        return Origin(kind, f"{relative}:{rule.span.line}", rule)
+        return _ORIGIN(kind, f"{relative}:{rule.span.line}", rule)
 
     # -- automatic rules ---------------------------------------------------------
     def auto(self, chain: BuiltinChain, match: Match, label: str,
@@ -764,7 +779,7 @@ class _Lowering:
                  prefix: str, options: LogOptions) -> Rule:
         """LOG (or NFLOG with a group) with the effective level, rate and burst."""
         assert options.rate is not None and options.burst is not None
-        limited = replace(match, limit=RateLimit(str(options.rate), options.burst))
+        limited = with_limit(match, RateLimit(str(options.rate), options.burst))
         if options.group is not None:
             return make(limited, Target.NFLOG, origin, (("nflog-prefix", prefix),
                                                         ("nflog-group", str(options.group))))
@@ -1033,7 +1048,9 @@ class _Lowering:
         assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
         helpers = rule.action is FilterAction.ACCEPT and self.helped[numbers[2]]
-        if to_fw + from_fw + through == 1 and plain_verdict(rule):
+        plain = plain_verdict(rule)
+        if to_fw + from_fw + through == 1 and (plain or (plain_reject(rule) and all(
+                [service.protocol is not None for service in services]))):
             # The usual rule: a verdict in one built-in chain, a line per service (what
             # parts_of, emit and final make of it, without their general cases or a Part).
             if to_fw:
@@ -1053,13 +1070,30 @@ class _Lowering:
                     if chain != BuiltinChain.OUTPUT else None
                 out_device = self.devices[rule.out_interface] \
                     if chain != BuiltinChain.INPUT else None
-                target, options = self.action(rule, _ANY_MATCH, False)
-                lines = tuple([FilterRule(Match(source, destination, in_device, out_device,
-                                                service.protocol, service.dports,
-                                                service.icmp_type), target, origin, options)
-                               for service in services])
-                return RuleLowering(origin, _ONE_CHAIN[chain],
-                                    (("filter", ((chain, lines),)),), helpers)
+                if plain:  # one verdict for every line
+                    target, options = self.action(rule, _ANY_MATCH, False)
+                    if len(services) == 1:  # (most lists: no list of lines to build)
+                        [service] = services
+                        lines: tuple[Rule, ...] = (FilterRule(
+                            Match(source, destination, in_device, out_device,
+                                  service.protocol, service.dports, service.icmp_type),
+                            target, origin, options),)
+                    else:
+                        lines = tuple([FilterRule(Match(source, destination, in_device,
+                                                        out_device, service.protocol,
+                                                        service.dports, service.icmp_type),
+                                                  target, origin, options)
+                                       for service in services])
+                else:  # a reject: its answer follows each line's protocol
+                    answered: list[Rule] = []
+                    for service in services:
+                        match = Match(source, destination, in_device, out_device,
+                                      service.protocol, service.dports, service.icmp_type)
+                        target, options = self.action(rule, match, False)
+                        answered.append(FilterRule(match, target, origin, options))
+                    lines = tuple(answered)
+                return _RULE_LOWERING(origin, _ONE_CHAIN[chain],
+                                      (("filter", ((chain, lines),)),), helpers)
         parts = parts_of(src, dst, has_in, has_out)
         raw: dict[ChainName, list[Rule]] = {}
         raw_user: dict[ChainName, list[Rule]] = {}
@@ -1082,7 +1116,7 @@ class _Lowering:
         else:  # the usual rule: lines in one built-in chain
             [(chain, made)] = filter_.items()
             appends = (("filter", ((chain, tuple(made)),)),)
-        return RuleLowering(origin, frozenset([p.chain for p in parts]), appends, helpers)
+        return _RULE_LOWERING(origin, frozenset([p.chain for p in parts]), appends, helpers)
 
     def notrack(self, raw: dict[ChainName, list[Rule]], raw_user: dict[ChainName, list[Rule]],
                 rule: PolicyFilterRule, origin: Origin, parts: list[Part],
