@@ -14,7 +14,7 @@ import ipaddress
 import os
 from array import array
 from collections.abc import Iterable
-from dataclasses import field, replace
+from dataclasses import field, fields, replace
 from typing import NamedTuple
 
 from fwc import protocols as proto
@@ -312,6 +312,16 @@ def nat_part(rule: PolicyNatRule, fw: AddressSet, family: int, chain: ChainName)
     return Part(chain, s[0], d[0], s[1], d[1])
 
 
+# A rule line's Match, built without `__init__` (`records.maker`, every field in order):
+# `_MATCH(source, destination, in_device, out_device, protocol, dports, icmp_type,
+# *_LINE_REST)`, the defaults of the other fields.
+_MATCH = maker(Match)
+_LINE_REST = tuple(f.default for f in fields(Match)[7:])
+
+# A protocol not seen yet in `service_matches` (whose merge holds None or a non-empty tuple)
+_UNSEEN: tuple[PortRange, ...] = ()
+
+
 def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match] | None:
     """One Match per service of this family; [Match()] for every protocol; None: none here."""
     services = tuple(services)
@@ -321,20 +331,22 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
         [one] = services
         if one.family not in (None, family):
             return None
-        return [Match(ANY, ANY, None, None, one.number, tuple(one.ports), one.icmp_type)]
+        return [_MATCH(ANY, ANY, None, None, one.number, tuple(one.ports), one.icmp_type,
+                       *_LINE_REST)]
     # Services of one rule share its verdict, so the ports of one protocol can be merged
     # into one (multiport) match; a protocol named without ports means all of its ports.
-    merged: dict[tuple[int, int | None], list[PortRange] | None] = {}
+    merged: dict[tuple[int, int | None], tuple[PortRange, ...] | None] = {}
     for s in services:
         if s.family not in (None, family):
             continue
         key = (s.number, s.icmp_type)
-        if key not in merged:
-            merged[key] = list(s.ports) if s.ports else None
-        elif merged[key] is not None:
+        got = merged.get(key, _UNSEEN)
+        if got is _UNSEEN:
+            merged[key] = tuple(s.ports) if s.ports else None
+        elif got is not None:
             # (a PortRange is the tuple (low, high): sorted in C, without a key call each)
-            merged[key] = sorted(set(merged[key]) | set(s.ports)) if s.ports else None
-    out = [Match(protocol=number, dports=tuple(ports or ()), icmp_type=icmp_type)
+            merged[key] = tuple(sorted({*got, *s.ports})) if s.ports else None
+    out = [_MATCH(ANY, ANY, None, None, number, ports or (), icmp_type, *_LINE_REST)
            for (number, icmp_type), ports in merged.items()]
     return out or None
 
@@ -1075,20 +1087,23 @@ class _Lowering:
                     if len(services) == 1:  # (most lists: no list of lines to build)
                         [service] = services
                         lines: tuple[Rule, ...] = (FilterRule(
-                            Match(source, destination, in_device, out_device,
-                                  service.protocol, service.dports, service.icmp_type),
+                            _MATCH(source, destination, in_device, out_device,
+                                   service.protocol, service.dports, service.icmp_type,
+                                   *_LINE_REST),
                             target, origin, options),)
                     else:
-                        lines = tuple([FilterRule(Match(source, destination, in_device,
-                                                        out_device, service.protocol,
-                                                        service.dports, service.icmp_type),
+                        lines = tuple([FilterRule(_MATCH(source, destination, in_device,
+                                                         out_device, service.protocol,
+                                                         service.dports, service.icmp_type,
+                                                         *_LINE_REST),
                                                   target, origin, options)
                                        for service in services])
                 else:  # a reject: its answer follows each line's protocol
                     answered: list[Rule] = []
                     for service in services:
-                        match = Match(source, destination, in_device, out_device,
-                                      service.protocol, service.dports, service.icmp_type)
+                        match = _MATCH(source, destination, in_device, out_device,
+                                       service.protocol, service.dports, service.icmp_type,
+                                       *_LINE_REST)
                         target, options = self.action(rule, match, False)
                         answered.append(FilterRule(match, target, origin, options))
                     lines = tuple(answered)
