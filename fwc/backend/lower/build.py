@@ -566,14 +566,16 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("interfaces", "keys", "lowered", "nothing", "per_member", "present",
+    __slots__ = ("interfaces", "keys", "lowered", "nothing", "per_member", "present", "reads",
                  "replays", "services", "sides")
 
     def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
         self.keys = keys if keys is not None else RuleKeys(cluster)
         firewalls = AddressSet.union(
             cluster.firewall_addresses(m) for m in cluster.members).only(family)
-        reads = [reads_firewall(endpoint, firewalls, family) for endpoint in self.keys.sides]
+        # by side number: the side names a firewall address of some member
+        self.reads = reads = [reads_firewall(endpoint, firewalls, family)
+                              for endpoint in self.keys.sides]
         # by position in cluster.rules: the rule reads a member's firewall addresses
         self.per_member = [reads[source] or reads[destination]
                            for source, destination in zip(self.keys.rules.source,
@@ -1027,7 +1029,18 @@ class _Lowering:
         """`side_parts` of ENDPOINT (side NUMBER) against FW, made once in SIDES."""
         got = sides[number]
         if got is None:
-            got = sides[number] = side_parts(endpoint, fw, self.family, self.fw_order)
+            shared = self.shared
+            if shared is not None and sides is not shared.sides and not shared.reads[number]:
+                # A side that names no member's firewall address reads alike against any
+                # of them and against none (`reads_firewall`): the member's own rules (the
+                # other side names the firewall) take the shared side, made once.
+                got = shared.sides[number]
+                if got is None:
+                    got = shared.sides[number] = side_parts(endpoint, _EMPTY, self.family,
+                                                            self.fw_order)
+            else:
+                got = side_parts(endpoint, fw, self.family, self.fw_order)
+            sides[number] = got
         return got
 
     def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet,
