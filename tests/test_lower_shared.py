@@ -209,38 +209,3 @@ def test_the_plain_verdict_shortcuts_lower_as_final_does(examples: Examples, tmp
         assert [_Lowering(cluster, member, family, options).build()
                 for cluster in policy.clusters for member in cluster.members
                 for family in sorted(cluster.families)] == expected
-
-
-def _keys_one_at_a_time(cluster) -> build.RuleKeys:
-    """RuleKeys numbered a side and a rule at a time (what the C-level passes stand for)."""
-    from array import array
-
-    from fwc.model.numbering import ServiceNumbers
-
-    keys = build.RuleKeys.__new__(build.RuleKeys)
-    keys.sides, keys.helped = [], []
-    keys.rules = build.RuleNumbers(array("l"), array("l"), array("l"))
-    keys._number_sides(cluster.rules)
-    numbers = ServiceNumbers()
-    keys._number_services(cluster.rules, numbers)
-    keys.services = numbers.lists
-    return keys
-
-
-def test_rule_keys_at_once_number_as_one_at_a_time(examples: Examples, tmp_path: Path):
-    """`RuleKeys` numbers sides and service lists in C-level passes where it can (one
-    item a side, one AddressSet a label; one list a set of service labels) and a rule at
-    a time otherwise: the same numbers, sides and lists in the same order either way."""
-    policies = [e.policy for e in examples.all()]
-    policies.append(_analysed(write_policy(tmp_path, POLICY)))
-    at_once = 0
-    for policy in policies:
-        for cluster in policy.clusters:
-            keys = build.RuleKeys(cluster)
-            expected = _keys_one_at_a_time(cluster)
-            assert keys.rules == expected.rules
-            assert [id(side) for side in keys.sides] == [id(side) for side in expected.sides]
-            assert keys.services == expected.services and keys.helped == expected.helped
-            at_once += all(len(r.source.items) == len(r.destination.items) == 1
-                           for r in cluster.rules)
-    assert at_once  # the C-level passes are taken, not vacuous

@@ -13,12 +13,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from array import array
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import field, fields, replace
-from itertools import chain as chained
-from itertools import compress
-from operator import and_, attrgetter, eq, is_, itemgetter, or_
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from fwc import protocols as proto
 from fwc.backend.lower.ruleset import (
@@ -469,9 +466,6 @@ class _SideKey:
         return isinstance(other, _SideKey) and self.items == other.items
 
 
-_K = TypeVar("_K", bound=Hashable)
-
-
 class RuleNumbers(NamedTuple):
     """RuleKeys' numbers of the rules, by position in cluster.rules."""
 
@@ -486,40 +480,25 @@ class RuleKeys:
     so what the lowering derives from them is made once per number and then found by
     index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
 
-    __slots__ = ("helped", "interfaces", "rules", "services", "sides")
+    __slots__ = ("helped", "rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
-        rules = cluster.rules
-        self.sides: list[Endpoint] = []  # one endpoint of each number
-        # by services number: a service of the list names a conntrack helper
-        self.helped: list[bool] = []
-        # by position in cluster.rules: (source number, destination number, services number),
-        # as three arrays of machine integers (a tuple per rule cost 12 MB at 100,000 rules)
-        self.rules = RuleNumbers(array("l"), array("l"), array("l"))
-        # every interface a rule names (`in`, `out`), sorted: the devices a member's
-        # lowering depends on (`Replay`)
-        named = set(chained.from_iterable(map(_INTERFACES, rules)))
-        named.discard(None)
-        self.interfaces: list[str] = sorted(named)  # type: ignore[arg-type]
-        if not self._number_sides_at_once(rules):
-            self._number_sides(rules)
-        service_numbers = ServiceNumbers()
-        if not self._number_services_at_once(rules, service_numbers):
-            service_numbers = ServiceNumbers()
-            self.helped.clear()
-            self._number_services(rules, service_numbers)
-        self.services: list[tuple[ServiceMatch, ...]] = service_numbers.lists
-
-    def _number_sides(self, rules: Iterable[BaseRule]) -> None:
-        """Each rule's sides numbered, a side at a time (any sides)."""
         side_numbers: dict[_SideKey, int] = {}  # sides of several items
         # Sides of one item (nearly all): by its kind, negation and label (strings keep
         # their hash; no key object per side), then its addresses, compared as `_SideKey`
         # compares them (mostly the same object). The numbers are `_SideKey`'s: a side of
         # one item never equals one of several, and each number is given at first sight.
         singles: dict[tuple[str, bool, str], list[tuple[AddressSet, int]]] = {}
+        service_numbers = ServiceNumbers()
+        self.sides: list[Endpoint] = []  # one endpoint of each number
+        self.services: list[tuple[ServiceMatch, ...]] = service_numbers.lists
+        # by services number: a service of the list names a conntrack helper
+        self.helped: list[bool] = []
+        # by position in cluster.rules: (source number, destination number, services number),
+        # as three arrays of machine integers (a tuple per rule cost 12 MB at 100,000 rules)
+        self.rules = RuleNumbers(array("l"), array("l"), array("l"))
         sides = self.sides
-        for rule in rules:
+        for rule in cluster.rules:
             numbers = []
             for endpoint in (rule.source, rule.destination):
                 items = endpoint.items
@@ -546,79 +525,12 @@ class RuleKeys:
                         number = side_numbers[key] = len(sides)
                         sides.append(endpoint)
                 numbers.append(number)
+            number = service_numbers.number(rule)
+            if number == len(self.helped):  # a list not seen before
+                self.helped.append(any(s.helper is not None for s in rule.services))
             self.rules.source.append(numbers[0])
             self.rules.destination.append(numbers[1])
-
-    def _number_sides_at_once(self, rules: list[PolicyFilterRule]) -> bool:
-        """`_number_sides` in C-level passes over the rules, when every side is one item
-        and the items of one (kind, negation, label) share their AddressSet object (the
-        resolver resolves an object once): then a side's number is its label's, in order
-        of first sight, as `_number_sides` gives it. False, nothing numbered, otherwise."""
-        endpoints = list(chained.from_iterable(map(_SIDES, rules)))  # source, destination, ...
-        items = list(map(_ITEMS, endpoints))
-        if not set(map(len, items)) <= {1}:
-            return False
-        firsts = list(map(_FIRST, items))
-        labels = list(map(_LABEL, firsts))
-        numbers, order = _first_sight(labels)
-        known = [firsts[at].addresses for at in order]
-        if not all(map(is_, map(_ADDRESSES, firsts), map(known.__getitem__, numbers))):
-            return False
-        self.sides.extend([endpoints[at] for at in order])
-        self.rules.source.extend(numbers[0::2])
-        self.rules.destination.extend(numbers[1::2])
-        return True
-
-    def _number_services(self, rules: Iterable[BaseRule],
-                         service_numbers: ServiceNumbers) -> None:
-        """Each rule's service list numbered, a rule at a time."""
-        helped = self.helped
-        for rule in rules:
-            number = service_numbers.number(rule)
-            if number == len(helped):  # a list not seen before
-                helped.append(any(s.helper is not None for s in rule.services))
             self.rules.services.append(number)
-
-    def _number_services_at_once(self, rules: list[PolicyFilterRule],
-                                 service_numbers: ServiceNumbers) -> bool:
-        """`_number_services` asked only of the first rule of each list of service labels
-        (in order, so the numbers come in the same order), when every rule's list equals
-        the first one's of its labels (C-level passes; the usual case: one label, one
-        meaning). False otherwise, SERVICE_NUMBERS then holding some lists."""
-        labels = list(map(_SERVICE_LABELS, rules))
-        by_labels, order = _first_sight(labels)
-        firsts = [rules[at] for at in order]
-        start = len(self.rules.services)
-        self._number_services(firsts, service_numbers)
-        numbered = self.rules.services[start:]
-        del self.rules.services[start:]
-        numbers = list(map(numbered.__getitem__, by_labels))
-        lists = service_numbers.lists
-        if not all(map(eq, map(_SERVICES, rules), map(lists.__getitem__, numbers))):
-            return False
-        self.rules.services.extend(numbers)
-        return True
-
-
-_SIDES = attrgetter("source", "destination")
-_ITEMS = attrgetter("items")
-_FIRST = itemgetter(0)
-_LABEL = attrgetter("kind", "negated", "label")
-_ADDRESSES = attrgetter("addresses")
-_SERVICE_LABELS = attrgetter("service_labels")
-_SERVICES = attrgetter("services")
-_INTERFACES = attrgetter("in_interface", "out_interface")
-
-
-def _first_sight(keys: list[_K]) -> tuple[list[int], list[int]]:
-    """(each key's number, the position of each number's first key): keys numbered in
-    order of first sight, in C-level passes (a dict per distinct key, no loop per key)."""
-    positions = range(len(keys) - 1, -1, -1)
-    # the last write of a key wins: its first position
-    first = dict(zip(reversed(keys), positions, strict=True))
-    order = sorted(first.values())
-    number = dict(zip(map(keys.__getitem__, order), range(len(order)), strict=True))
-    return list(map(number.__getitem__, keys)), order
 
 
 def rule_keys(cluster: Cluster) -> RuleKeys:
@@ -631,9 +543,9 @@ def present_rules(keys: RuleKeys, family: int) -> list[int]:
     (`side_parts` is `_NOT_HERE`, so `rule_lowering` gives `_NOTHING`). Most rules of a
     policy name one family only: the lowering of the other skips them without a call."""
     applies = [may_apply(endpoint, family) for endpoint in keys.sides]
-    sources, destinations = keys.rules.source, keys.rules.destination
-    return list(compress(range(len(sources)), map(and_, map(applies.__getitem__, sources),
-                                                  map(applies.__getitem__, destinations))))
+    return [position for position, (source, destination)
+            in enumerate(zip(keys.rules.source, keys.rules.destination, strict=True))
+            if applies[source] and applies[destination]]
 
 
 class _Unknown:
@@ -665,11 +577,15 @@ class SharedLowering:
         self.reads = reads = [reads_firewall(endpoint, firewalls, family)
                               for endpoint in self.keys.sides]
         # by position in cluster.rules: the rule reads a member's firewall addresses
-        self.per_member = list(map(or_, map(reads.__getitem__, self.keys.rules.source),
-                                   map(reads.__getitem__, self.keys.rules.destination)))
+        self.per_member = [reads[source] or reads[destination]
+                           for source, destination in zip(self.keys.rules.source,
+                                                          self.keys.rules.destination,
+                                                          strict=True)]
         self.present = present_rules(self.keys, family)  # the rules that may have lines
         # every interface a rule names, and per member devices of them: Replay
-        self.interfaces = self.keys.interfaces
+        self.interfaces = sorted({name for rule in cluster.rules
+                                  for name in (rule.in_interface, rule.out_interface)
+                                  if name is not None})
         self.replays: dict[tuple[str | None, ...], Replay] = {}
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
