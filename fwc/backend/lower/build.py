@@ -249,6 +249,10 @@ class SideParts:
     named: tuple[AddressMatch, AddressSet] | None  # `_bounded` of the named part: INPUT/OUTPUT
     other: tuple[AddressMatch, AddressSet] | None  # `_bounded` of the other part: FORWARD
     firewall: AddressMatch | None  # `firewall_match` of the firewall part
+    # The match of `named` / `other` when that share has no exclusions, else None: what
+    # the usual rule's direct path takes (`_Lowering.rule_lowering`), known per side.
+    named_exact: AddressMatch | None = None
+    other_exact: AddressMatch | None = None
 
 
 _NOT_HERE = SideParts(False, Reach(False, False, False), None, None, None)
@@ -260,11 +264,13 @@ def side_parts(endpoint: Endpoint, fw: AddressSet, family: int,
         return _NOT_HERE
     side = side_of(endpoint, fw, family)
     reached = reach(side)
-    return SideParts(True, reached,
-                     _bounded(side, side.named, family) if reached.named else None,
-                     _bounded(side, side.other, family) if reached.other else None,
+    named = _bounded(side, side.named, family) if reached.named else None
+    other = _bounded(side, side.other, family) if reached.other else None
+    return SideParts(True, reached, named, other,
                      firewall_match(side.firewall, family, order) if reached.firewall
-                     else None)
+                     else None,
+                     named[0] if named is not None and not named[1] else None,
+                     other[0] if other is not None and not other[1] else None)
 
 
 def parts_of(src: SideParts, dst: SideParts, in_interface: bool, out_interface: bool) \
@@ -480,9 +486,14 @@ class RuleKeys:
     so what the lowering derives from them is made once per number and then found by
     index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
 
-    __slots__ = ("helped", "rules", "services", "sides")
+    __slots__ = ("helped", "interfaces", "rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
+        # every interface a rule names (`in`, `out`), sorted: the devices a member's rules
+        # depend on (`Replay`), the same in both families
+        self.interfaces = sorted({name for rule in cluster.rules
+                                  for name in (rule.in_interface, rule.out_interface)
+                                  if name is not None})
         side_numbers: dict[_SideKey, int] = {}  # sides of several items
         # Sides of one item (nearly all): by its kind, negation and label (strings keep
         # their hash; no key object per side), then its addresses, compared as `_SideKey`
@@ -583,9 +594,7 @@ class SharedLowering:
                                                           strict=True)]
         self.present = present_rules(self.keys, family)  # the rules that may have lines
         # every interface a rule names, and per member devices of them: Replay
-        self.interfaces = sorted({name for rule in cluster.rules
-                                  for name in (rule.in_interface, rule.out_interface)
-                                  if name is not None})
+        self.interfaces = self.keys.interfaces
         self.replays: dict[tuple[str | None, ...], Replay] = {}
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
@@ -1078,19 +1087,17 @@ class _Lowering:
                 [service.protocol is not None for service in services]))):
             # The usual rule: a verdict in one built-in chain, a line per service (what
             # parts_of, emit and final make of it, without their general cases or a Part).
+            # (None: that side has exclusions, for a RETURN chain: the general path)
             if to_fw:
                 chain: BuiltinChain = BuiltinChain.INPUT
-                (source, source_excluded), destination = src.named, dst.firewall  # type: ignore[misc]
-                destination_excluded = _EMPTY
+                source, destination = src.named_exact, dst.firewall
             elif from_fw:
                 chain = BuiltinChain.OUTPUT
-                source, (destination, destination_excluded) = src.firewall, dst.named  # type: ignore[misc]
-                source_excluded = _EMPTY
+                source, destination = src.firewall, dst.named_exact
             else:
                 chain = BuiltinChain.FORWARD
-                (source, source_excluded), (destination, destination_excluded) = \
-                    src.other, dst.other  # type: ignore[misc]
-            if not (source_excluded or destination_excluded):
+                source, destination = src.other_exact, dst.other_exact
+            if source is not None and destination is not None:
                 in_device = self.devices[rule.in_interface] \
                     if chain != BuiltinChain.OUTPUT else None
                 out_device = self.devices[rule.out_interface] \
