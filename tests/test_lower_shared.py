@@ -185,9 +185,10 @@ def test_a_side_that_reads_no_firewall_reads_alike_on_every_member(items, firewa
 
 def test_the_plain_verdict_shortcuts_lower_as_final_does(examples: Examples, tmp_path: Path,
                                                          monkeypatch):
-    """`plain_verdict` lets the lowering write a rule's verdict lines without `final`:
-    every example and the policy above lower to the same rulesets with the shortcuts
-    switched off, so the shortcuts leave nothing out that `final` would write."""
+    """`plain_verdict` and `plain_reject` let the lowering write a rule's verdict lines
+    without `final`: every example and the policy above lower to the same rulesets with
+    the shortcuts switched off, so the shortcuts leave nothing out that `final` would
+    write."""
     policies = [e.policy for e in examples.all()]
     policies.append(_analysed(write_policy(tmp_path, POLICY)))
     with_shortcuts = []
@@ -198,7 +199,11 @@ def test_the_plain_verdict_shortcuts_lower_as_final_does(examples: Examples, tmp
                                for family in sorted(cluster.families)])
     plain = [r for p in policies for c in p.clusters for r in c.rules if build.plain_verdict(r)]
     assert len(plain) > 20  # the shortcuts are taken, not vacuous
+    rejects = [r for p in policies for c in p.clusters for r in c.rules
+               if build.plain_reject(r)]
+    assert rejects  # (the reject shortcut too)
     monkeypatch.setattr(build, "plain_verdict", lambda rule: False)
+    monkeypatch.setattr(build, "plain_reject", lambda rule: False)
     for policy, expected in zip(policies, with_shortcuts, strict=True):
         options = options_for(policy)
         assert [_Lowering(cluster, member, family, options).build()

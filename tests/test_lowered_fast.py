@@ -1,4 +1,4 @@
-"""The lowered model's direct builders (`with_sides`, `with_match`) give what
+"""The lowered model's direct builders (`with_sides`, `with_limit`, `with_match`) give what
 `dataclasses.replace` gives, for every field: a field added to Match or to the rules
 without them fails here."""
 
@@ -37,6 +37,16 @@ def test_with_sides_is_replace(match: ruleset.Match) -> None:
     assert got == dataclasses.replace(match, source=source, destination=destination)
     for f in dataclasses.fields(ruleset.Match):
         expected = dataclasses.replace(match, source=source, destination=destination)
+        assert getattr(got, f.name) is getattr(expected, f.name), f.name
+
+
+@pytest.mark.parametrize("match", [ruleset.Match(), FULL], ids=["default", "full"])
+def test_with_limit_is_replace(match: ruleset.Match) -> None:
+    limit = ruleset.RateLimit("3/minute", 7)
+    got = ruleset.with_limit(match, limit)
+    expected = dataclasses.replace(match, limit=limit)
+    assert got == expected
+    for f in dataclasses.fields(ruleset.Match):
         assert getattr(got, f.name) is getattr(expected, f.name), f.name
 
 

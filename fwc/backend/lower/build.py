@@ -14,7 +14,7 @@ import ipaddress
 import os
 from array import array
 from collections.abc import Iterable
-from dataclasses import field, replace
+from dataclasses import field, fields, replace
 from typing import NamedTuple
 
 from fwc import protocols as proto
@@ -34,6 +34,7 @@ from fwc.backend.lower.ruleset import (
     RateLimit,
     Rule,
     Table,
+    with_limit,
 )
 from fwc.model import (
     NO_LOG_OPTIONS,
@@ -54,7 +55,7 @@ from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
 from fwc.model.addresses import AddressSet
 from fwc.model.numbering import ServiceNumbers
-from fwc.model.records import dataclass
+from fwc.model.records import dataclass, maker
 from fwc.model.semantics import (
     Reach,
     Side,
@@ -153,6 +154,17 @@ def plain_verdict(rule: BaseRule) -> bool:
         and rule.action is not FilterAction.REJECT
 
 
+def plain_reject(rule: BaseRule) -> bool:
+    """Whether RULE is a reject whose lines are its verdict alone once every service line
+    names its protocol: as `plain_verdict` but for the action (`final` adds a TCP reset line
+    only to a line without a protocol). The verdict's options follow each line's protocol
+    (`_Lowering.action`). tests/test_lower_shared.py lowers every example with and without
+    this shortcut too."""
+    return type(rule) is PolicyFilterRule and rule.action is FilterAction.REJECT \
+        and not rule.notrack and not rule.log and rule.syn_limit is None \
+        and rule.limit is None and rule.connlimit is None
+
+
 def hashlimit_name(kind: str, rule: BaseRule) -> str:
     """The kernel's name of a rule's rate bucket: one per rule, shared by its lines."""
     return f"fwc-{kind}{rule.index + 1}"[:proto.HASHLIMIT_NAME_MAX]
@@ -237,6 +249,10 @@ class SideParts:
     named: tuple[AddressMatch, AddressSet] | None  # `_bounded` of the named part: INPUT/OUTPUT
     other: tuple[AddressMatch, AddressSet] | None  # `_bounded` of the other part: FORWARD
     firewall: AddressMatch | None  # `firewall_match` of the firewall part
+    # The match of `named` / `other` when that share has no exclusions, else None: what
+    # the usual rule's direct path takes (`_Lowering.rule_lowering`), known per side.
+    named_exact: AddressMatch | None = None
+    other_exact: AddressMatch | None = None
 
 
 _NOT_HERE = SideParts(False, Reach(False, False, False), None, None, None)
@@ -248,11 +264,13 @@ def side_parts(endpoint: Endpoint, fw: AddressSet, family: int,
         return _NOT_HERE
     side = side_of(endpoint, fw, family)
     reached = reach(side)
-    return SideParts(True, reached,
-                     _bounded(side, side.named, family) if reached.named else None,
-                     _bounded(side, side.other, family) if reached.other else None,
+    named = _bounded(side, side.named, family) if reached.named else None
+    other = _bounded(side, side.other, family) if reached.other else None
+    return SideParts(True, reached, named, other,
                      firewall_match(side.firewall, family, order) if reached.firewall
-                     else None)
+                     else None,
+                     named[0] if named is not None and not named[1] else None,
+                     other[0] if other is not None and not other[1] else None)
 
 
 def parts_of(src: SideParts, dst: SideParts, in_interface: bool, out_interface: bool) \
@@ -300,6 +318,16 @@ def nat_part(rule: PolicyNatRule, fw: AddressSet, family: int, chain: ChainName)
     return Part(chain, s[0], d[0], s[1], d[1])
 
 
+# A rule line's Match, built without `__init__` (`records.maker`, every field in order):
+# `_MATCH(source, destination, in_device, out_device, protocol, dports, icmp_type,
+# *_LINE_REST)`, the defaults of the other fields.
+_MATCH = maker(Match)
+_LINE_REST = tuple(f.default for f in fields(Match)[7:])
+
+# A protocol not seen yet in `service_matches` (whose merge holds None or a non-empty tuple)
+_UNSEEN: tuple[PortRange, ...] = ()
+
+
 def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match] | None:
     """One Match per service of this family; [Match()] for every protocol; None: none here."""
     services = tuple(services)
@@ -309,20 +337,22 @@ def service_matches(services: Iterable[ServiceMatch], family: int) -> list[Match
         [one] = services
         if one.family not in (None, family):
             return None
-        return [Match(ANY, ANY, None, None, one.number, tuple(one.ports), one.icmp_type)]
+        return [_MATCH(ANY, ANY, None, None, one.number, tuple(one.ports), one.icmp_type,
+                       *_LINE_REST)]
     # Services of one rule share its verdict, so the ports of one protocol can be merged
     # into one (multiport) match; a protocol named without ports means all of its ports.
-    merged: dict[tuple[int, int | None], list[PortRange] | None] = {}
+    merged: dict[tuple[int, int | None], tuple[PortRange, ...] | None] = {}
     for s in services:
         if s.family not in (None, family):
             continue
         key = (s.number, s.icmp_type)
-        if key not in merged:
-            merged[key] = list(s.ports) if s.ports else None
-        elif merged[key] is not None:
+        got = merged.get(key, _UNSEEN)
+        if got is _UNSEEN:
+            merged[key] = tuple(s.ports) if s.ports else None
+        elif got is not None:
             # (a PortRange is the tuple (low, high): sorted in C, without a key call each)
-            merged[key] = sorted(set(merged[key]) | set(s.ports)) if s.ports else None
-    out = [Match(protocol=number, dports=tuple(ports or ()), icmp_type=icmp_type)
+            merged[key] = tuple(sorted({*got, *s.ports})) if s.ports else None
+    out = [_MATCH(ANY, ANY, None, None, number, ports or (), icmp_type, *_LINE_REST)
            for (number, icmp_type), ports in merged.items()]
     return out or None
 
@@ -405,6 +435,9 @@ class RuleLowering:
 
 
 _ANY_MATCH = Match()
+# Built without `__init__` (`records.maker`): one of each per policy rule lowered.
+_ORIGIN = maker(Origin)
+_RULE_LOWERING = maker(RuleLowering)
 _ONE_CHAIN = {chain: frozenset((chain,)) for chain in BuiltinChain}  # RuleLowering.chains
 _NOTHING = RuleLowering(Origin("policy", ""), frozenset(), ())  # a rule with no line here
 
@@ -453,9 +486,14 @@ class RuleKeys:
     so what the lowering derives from them is made once per number and then found by
     index, not hashed again per rule, member and family. On the cluster's per-run Memo."""
 
-    __slots__ = ("helped", "rules", "services", "sides")
+    __slots__ = ("helped", "interfaces", "rules", "services", "sides")
 
     def __init__(self, cluster: Cluster) -> None:
+        # every interface a rule names (`in`, `out`), sorted: the devices a member's rules
+        # depend on (`Replay`), the same in both families
+        self.interfaces = sorted({name for rule in cluster.rules
+                                  for name in (rule.in_interface, rule.out_interface)
+                                  if name is not None})
         side_numbers: dict[_SideKey, int] = {}  # sides of several items
         # Sides of one item (nearly all): by its kind, negation and label (strings keep
         # their hash; no key object per side), then its addresses, compared as `_SideKey`
@@ -539,14 +577,16 @@ class SharedLowering:
     Lives on the cluster's per-run Memo, one per (family, options).
     """
 
-    __slots__ = ("interfaces", "keys", "lowered", "nothing", "per_member", "present",
+    __slots__ = ("interfaces", "keys", "lowered", "nothing", "per_member", "present", "reads",
                  "replays", "services", "sides")
 
     def __init__(self, cluster: Cluster, family: int, keys: RuleKeys | None = None) -> None:
         self.keys = keys if keys is not None else RuleKeys(cluster)
         firewalls = AddressSet.union(
             cluster.firewall_addresses(m) for m in cluster.members).only(family)
-        reads = [reads_firewall(endpoint, firewalls, family) for endpoint in self.keys.sides]
+        # by side number: the side names a firewall address of some member
+        self.reads = reads = [reads_firewall(endpoint, firewalls, family)
+                              for endpoint in self.keys.sides]
         # by position in cluster.rules: the rule reads a member's firewall addresses
         self.per_member = [reads[source] or reads[destination]
                            for source, destination in zip(self.keys.rules.source,
@@ -554,9 +594,7 @@ class SharedLowering:
                                                           strict=True)]
         self.present = present_rules(self.keys, family)  # the rules that may have lines
         # every interface a rule names, and per member devices of them: Replay
-        self.interfaces = sorted({name for rule in cluster.rules
-                                  for name in (rule.in_interface, rule.out_interface)
-                                  if name is not None})
+        self.interfaces = self.keys.interfaces
         self.replays: dict[tuple[str | None, ...], Replay] = {}
         # (position, in device, out device) -> the rule's lowering on such members
         self.lowered: dict[tuple[int, str | None, str | None], RuleLowering] = {}
@@ -634,7 +672,7 @@ class _Lowering:
         if relative is None:
             relative = self.relative[rule.span.file] = _relative(rule.span.file,
                                                                  self.options.source_root)
-        return Origin(kind, f"{relative}:{rule.span.line}", rule)
+        return _ORIGIN(kind, f"{relative}:{rule.span.line}", rule)
 
     # -- automatic rules ---------------------------------------------------------
     def auto(self, chain: BuiltinChain, match: Match, label: str,
@@ -764,7 +802,7 @@ class _Lowering:
                  prefix: str, options: LogOptions) -> Rule:
         """LOG (or NFLOG with a group) with the effective level, rate and burst."""
         assert options.rate is not None and options.burst is not None
-        limited = replace(match, limit=RateLimit(str(options.rate), options.burst))
+        limited = with_limit(match, RateLimit(str(options.rate), options.burst))
         if options.group is not None:
             return make(limited, Target.NFLOG, origin, (("nflog-prefix", prefix),
                                                         ("nflog-group", str(options.group))))
@@ -1000,7 +1038,18 @@ class _Lowering:
         """`side_parts` of ENDPOINT (side NUMBER) against FW, made once in SIDES."""
         got = sides[number]
         if got is None:
-            got = sides[number] = side_parts(endpoint, fw, self.family, self.fw_order)
+            shared = self.shared
+            if shared is not None and sides is not shared.sides and not shared.reads[number]:
+                # A side that names no member's firewall address reads alike against any
+                # of them and against none (`reads_firewall`): the member's own rules (the
+                # other side names the firewall) take the shared side, made once.
+                got = shared.sides[number]
+                if got is None:
+                    got = shared.sides[number] = side_parts(endpoint, _EMPTY, self.family,
+                                                            self.fw_order)
+            else:
+                got = side_parts(endpoint, fw, self.family, self.fw_order)
+            sides[number] = got
         return got
 
     def rule_lowering(self, rule: PolicyFilterRule, fw: AddressSet,
@@ -1033,33 +1082,53 @@ class _Lowering:
         assert not isinstance(services, _Unknown)
         origin = self.origin(rule, "policy")
         helpers = rule.action is FilterAction.ACCEPT and self.helped[numbers[2]]
-        if to_fw + from_fw + through == 1 and plain_verdict(rule):
+        plain = plain_verdict(rule)
+        if to_fw + from_fw + through == 1 and (plain or (plain_reject(rule) and all(
+                [service.protocol is not None for service in services]))):
             # The usual rule: a verdict in one built-in chain, a line per service (what
             # parts_of, emit and final make of it, without their general cases or a Part).
+            # (None: that side has exclusions, for a RETURN chain: the general path)
             if to_fw:
                 chain: BuiltinChain = BuiltinChain.INPUT
-                (source, source_excluded), destination = src.named, dst.firewall  # type: ignore[misc]
-                destination_excluded = _EMPTY
+                source, destination = src.named_exact, dst.firewall
             elif from_fw:
                 chain = BuiltinChain.OUTPUT
-                source, (destination, destination_excluded) = src.firewall, dst.named  # type: ignore[misc]
-                source_excluded = _EMPTY
+                source, destination = src.firewall, dst.named_exact
             else:
                 chain = BuiltinChain.FORWARD
-                (source, source_excluded), (destination, destination_excluded) = \
-                    src.other, dst.other  # type: ignore[misc]
-            if not (source_excluded or destination_excluded):
+                source, destination = src.other_exact, dst.other_exact
+            if source is not None and destination is not None:
                 in_device = self.devices[rule.in_interface] \
                     if chain != BuiltinChain.OUTPUT else None
                 out_device = self.devices[rule.out_interface] \
                     if chain != BuiltinChain.INPUT else None
-                target, options = self.action(rule, _ANY_MATCH, False)
-                lines = tuple([FilterRule(Match(source, destination, in_device, out_device,
-                                                service.protocol, service.dports,
-                                                service.icmp_type), target, origin, options)
-                               for service in services])
-                return RuleLowering(origin, _ONE_CHAIN[chain],
-                                    (("filter", ((chain, lines),)),), helpers)
+                if plain:  # one verdict for every line
+                    target, options = self.action(rule, _ANY_MATCH, False)
+                    if len(services) == 1:  # (most lists: no list of lines to build)
+                        [service] = services
+                        lines: tuple[Rule, ...] = (FilterRule(
+                            _MATCH(source, destination, in_device, out_device,
+                                   service.protocol, service.dports, service.icmp_type,
+                                   *_LINE_REST),
+                            target, origin, options),)
+                    else:
+                        lines = tuple([FilterRule(_MATCH(source, destination, in_device,
+                                                         out_device, service.protocol,
+                                                         service.dports, service.icmp_type,
+                                                         *_LINE_REST),
+                                                  target, origin, options)
+                                       for service in services])
+                else:  # a reject: its answer follows each line's protocol
+                    answered: list[Rule] = []
+                    for service in services:
+                        match = _MATCH(source, destination, in_device, out_device,
+                                       service.protocol, service.dports, service.icmp_type,
+                                       *_LINE_REST)
+                        target, options = self.action(rule, match, False)
+                        answered.append(FilterRule(match, target, origin, options))
+                    lines = tuple(answered)
+                return _RULE_LOWERING(origin, _ONE_CHAIN[chain],
+                                      (("filter", ((chain, lines),)),), helpers)
         parts = parts_of(src, dst, has_in, has_out)
         raw: dict[ChainName, list[Rule]] = {}
         raw_user: dict[ChainName, list[Rule]] = {}
@@ -1082,7 +1151,7 @@ class _Lowering:
         else:  # the usual rule: lines in one built-in chain
             [(chain, made)] = filter_.items()
             appends = (("filter", ((chain, tuple(made)),)),)
-        return RuleLowering(origin, frozenset([p.chain for p in parts]), appends, helpers)
+        return _RULE_LOWERING(origin, frozenset([p.chain for p in parts]), appends, helpers)
 
     def notrack(self, raw: dict[ChainName, list[Rule]], raw_user: dict[ChainName, list[Rule]],
                 rule: PolicyFilterRule, origin: Origin, parts: list[Part],

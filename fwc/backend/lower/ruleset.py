@@ -121,6 +121,15 @@ def with_sides(match: Match, source: AddressMatch, destination: AddressMatch) ->
                  match.connlimit, match.hashlimit)
 
 
+def with_limit(match: Match, limit: RateLimit) -> Match:
+    """`replace(match, limit=LIMIT)`, built directly (see `with_sides`): the LOG line of
+    every logged rule."""
+    return Match(match.source, match.destination, match.in_device, match.out_device,
+                 match.protocol, match.dports, match.icmp_type, match.tcp_not_syn,
+                 match.ctstate, match.hop_limit, limit, match.tcp_flags, match.statistic,
+                 match.connlimit, match.hashlimit)
+
+
 def with_match(rule: Rule, match: Match) -> Rule:
     """`replace(rule, match=MATCH)`, built directly (see `with_sides`)."""
     return type(rule)(match, rule.target, rule.origin, rule.target_options)
@@ -182,7 +191,11 @@ class FilterRule:
     render_slot: int = field(default=-1, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_target(self, NAT_TARGETS)
+        # The usual target passes in two C-level tests, without a call per rule built
+        # (every pass of the back half builds rules); `_check_target` says what is wrong.
+        target = self.target
+        if target in NAT_TARGETS or (type(target) is str and target in _TARGET_NAMES):
+            _check_target(self, NAT_TARGETS)
 
     @property
     def comment(self) -> str:
@@ -203,7 +216,9 @@ class NatRule:
     render_slot: int = field(default=-1, init=False, compare=False, repr=False)  # as above
 
     def __post_init__(self) -> None:
-        _check_target(self, NOT_NAT_TARGETS)
+        target = self.target  # (as FilterRule's)
+        if target in NOT_NAT_TARGETS or (type(target) is str and target in _TARGET_NAMES):
+            _check_target(self, NOT_NAT_TARGETS)
 
     @property
     def comment(self) -> str:
