@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fwc.backend.lower.build import filter_parts, nat_part, service_matches
 from fwc.checks import lowering, names, rules, sides
-from fwc.diagnostics import Span
+from fwc.diagnostics import Span, error, warning
 from fwc.model import Cluster, Endpoint, EndpointItem, FilterRule, PortRange, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.model.vocabulary import FilterAction
@@ -175,6 +175,55 @@ def test_side_facts_equal_the_endpoint_properties(tmp_path, drawn, nats):
                 assert facts.remaining() == side.addresses - side.excluded
                 assert facts.matches_no_address() == (not side.addresses - side.excluded)
 
+
+
+def _names_by_matcher(policy) -> dict[str, list]:
+    """FWC105, FWC112 and FWC113 as they were written before they went by side number:
+    every matcher asked by itself, its facts made from its own sides."""
+    out: dict[str, list] = {"FWC105": [], "FWC112": [], "FWC113": []}
+    for cluster in policy.clusters:
+        matchers = [*(("rule", r) for r in cluster.rules),
+                    *(("NAT rule", r) for r in cluster.nat),
+                    *(("expectation", e) for e in cluster.expectations)]
+        for what, item in matchers:
+            source, destination = names.SideFacts.of(item.source), \
+                names.SideFacts.of(item.destination)
+            found = names._family_finding(what, item, names.side_families(source, cluster),
+                                          names.side_families(destination, cluster))
+            out["FWC105"] += [found] if found is not None else []
+            for side_name, side, facts in (("source", item.source, source),
+                                           ("destination", item.destination, destination)):
+                empty = (not facts.is_any and not facts.firewall and not facts.broken
+                         and facts.matches_no_address())
+                if facts.negated_any or empty:
+                    out["FWC112"].append(error(
+                        "FWC112", f"{what} {side_name} '{side.label}' matches no address",
+                        names._first_span(side, item.span),
+                        hint="the negated items remove everything the list names"))
+                if facts.is_any or facts.firewall or not facts.negated:
+                    continue
+                positives = AddressSet.union(facts.positive)
+                for negated in side.items:
+                    if negated.negated and negated.kind not in ("any", "firewall") \
+                            and not negated.addresses.overlaps(positives):
+                        out["FWC113"].append(warning(
+                            "FWC113", f"'!{negated.label}' excludes nothing from "
+                            f"this {what}'s list", negated.span,
+                            hint=f"'{negated.label}' does not overlap "
+                            f"{names._positive_labels(side)}"))
+    return out
+
+
+@_settings
+@given(_rules, _nats)
+def test_name_checks_by_side_number_equal_them_per_matcher(tmp_path, drawn, nats):
+    """The name checks derive their findings once per side number (and FWC105 a filter
+    rule's from bits per number): the same diagnostics, in the same order."""
+    policy = _policy(tmp_path, drawn, nats)
+    expected = _names_by_matcher(policy)
+    assert list(names.family_mismatch(policy)) == expected["FWC105"]
+    assert list(names.empty_endpoint(policy)) == expected["FWC112"]
+    assert list(names.useless_negation(policy)) == expected["FWC113"]
 
 # -- service lists: numbered once per run, their families without building matches -------
 

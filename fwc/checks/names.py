@@ -7,10 +7,12 @@ meet, and from/to lists whose negations make no sense.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from operator import attrgetter
 
 from fwc.checks import SIDES_MEMO, check
-from fwc.checks.sides import rule_sides, side_numbers
+from fwc.checks.sides import RuleSides, rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
@@ -102,47 +104,107 @@ def service_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
 Matcher = Rule | Expectation
 
 
-def _matchers(cluster: Cluster) -> Iterator[tuple[str, Matcher]]:
-    for rule in cluster.rules:
-        yield "rule", rule
-    for rule in cluster.nat:
-        yield "NAT rule", rule
-    for exp in cluster.expectations:
-        yield "expectation", exp
+@dataclass(frozen=True, slots=True)
+class Sides:
+    """The cluster's matchers by side number, and the facts of each number, once per run
+    (the three checks below ask the same).
+
+    Equal side numbers mean equal items (kind, negation, addresses: `fwc.checks.sides`),
+    which is all `SideFacts` reads: the facts of a number are made once, from any side
+    of that number, and what a check derives from them is found per number, not per
+    rule. A rule is looked at by itself only when one of its numbers is reported.
+    """
+
+    facts: dict[int, SideFacts]  # by side number
+    filters: RuleSides  # of `cluster.rules`, by position
+    nats: RuleSides  # of `cluster.nat`
+    expectations: RuleSides  # of `cluster.expectations`
+
+    def blocks(self, cluster: Cluster) -> Iterator[tuple[str, Sequence[Matcher], RuleSides]]:
+        """(what, matchers, their side numbers) of each block, in the order reported."""
+        yield "rule", cluster.rules, self.filters
+        yield "NAT rule", cluster.nat, self.nats
+        yield "expectation", cluster.expectations, self.expectations
+
+    def numbered(self, cluster: Cluster, wanted: set[int]) \
+            -> Iterator[tuple[str, Matcher, SideFacts, SideFacts]]:
+        """(what, matcher, source facts, destination facts) of every matcher with a side
+        numbered in WANTED, in order; nothing to walk when WANTED is empty (the usual)."""
+        if not wanted:
+            return
+        facts = self.facts
+        for what, matchers, numbers in self.blocks(cluster):
+            if wanted.isdisjoint(numbers.source) and wanted.isdisjoint(numbers.destination):
+                continue
+            for item, source, destination in zip(matchers, numbers.source,
+                                                 numbers.destination, strict=True):
+                if source in wanted or destination in wanted:
+                    yield what, item, facts[source], facts[destination]
 
 
-# (what, matcher, source facts, destination facts, source number, destination number)
-Sides = list[tuple[str, Matcher, SideFacts, SideFacts, int, int]]
+_SOURCE = attrgetter("source")
+_DESTINATION = attrgetter("destination")
 
 
 def _sides(cluster: Cluster) -> Sides:
-    """Every matcher with the facts of its source and destination, once per run (the
-    three checks below ask the same); the facts of each distinct side are made once
-    (`fwc.checks.sides.SideNumbers`: a few thousand sides for 20,000 rules)."""
     def build() -> Sides:
         numbers = side_numbers(cluster)
-        filters, nats = rule_sides(cluster)
-        expectations = [(numbers.number(e.source), numbers.number(e.destination))
-                        for e in cluster.expectations]
-        facts: dict[int, SideFacts] = {}
-        out: Sides = []
-        for (what, item), (source, destination) in zip(
-                _matchers(cluster), [*filters.pairs(), *nats.pairs(), *expectations],
-                strict=True):
-            source_facts = facts.get(source)
-            if source_facts is None:
-                source_facts = facts[source] = SideFacts.of(item.source)
-            destination_facts = facts.get(destination)
-            if destination_facts is None:
-                destination_facts = facts[destination] = SideFacts.of(item.destination)
-            out.append((what, item, source_facts, destination_facts, source, destination))
-        return out
+        filters, nats = rule_sides(cluster)  # numbered first, as the other checks do
+        expectations = RuleSides(
+            array("l", [numbers.number(e.source) for e in cluster.expectations]),
+            array("l", [numbers.number(e.destination) for e in cluster.expectations]))
+        # One side of each number (the last one written; any would do): in C, per rule.
+        ends: dict[int, Endpoint] = {}
+        for matchers, sides in ((cluster.rules, filters), (cluster.nat, nats),
+                                (cluster.expectations, expectations)):
+            ends.update(zip(sides.source, map(_SOURCE, matchers), strict=True))
+            ends.update(zip(sides.destination, map(_DESTINATION, matchers), strict=True))
+        facts = {number: SideFacts.of(end) for number, end in sorted(ends.items())}
+        return Sides(facts, filters, nats, expectations)
 
     return cluster.memo.get((SIDES_MEMO,), build)
 
 
 def _first_span(endpoint: Endpoint, fallback: Span) -> Span:
     return endpoint.items[0].span if endpoint.items else fallback
+
+
+def _family_finding(what: str, item: Matcher, source: frozenset[int],
+                    destination: frozenset[int]) -> Diagnostic | None:
+    """FWC105 of one matcher whose sides have the families SOURCE and DESTINATION."""
+    if not source or not destination:
+        return None  # matches nothing at all: FWC112
+    common = source & destination
+    if not common:
+        return error("FWC105", f"{what} source is {family_label(source)} only, "
+                     f"destination {family_label(destination)} only: it can never "
+                     "match", _first_span(item.destination, item.span),
+                     hint="source and destination must share an address family")
+    # a service list always names a family: it can only miss a one-family pair
+    services = service_families(item.services) if common != BOTH else None
+    if services is not None and not services & common:
+        return error("FWC105", f"{what} service {', '.join(item.service_labels)} is "
+                     f"{family_label(services)} only, the endpoints are "
+                     f"{family_label(common)}", item.span,
+                     hint="use icmp/ for IPv4 and icmpv6/ for IPv6, or a service "
+                     "with both")
+    target = getattr(item, "target", None)
+    if target is not None and target.addresses:
+        if services is None:
+            services = service_families(item.services)
+        traffic = common & services
+        if not traffic & target.addresses.families:
+            return error("FWC105", f"{item.action} target '{target.label}' is "
+                         f"{family_label(target.addresses.families)}, the traffic is "
+                         f"{family_label(traffic)}", target.span,
+                         hint="NAT cannot change the address family; use a target "
+                         "of the traffic's family")
+    return None
+
+
+def _mask(families: frozenset[int]) -> int:
+    """FAMILIES as bits (1: IPv4, 2: IPv6), for a test per rule without a set."""
+    return (4 in families) | (6 in families) << 1
 
 
 @check("FWC105", "address family mismatch", Severity.ERROR, """
@@ -157,43 +219,34 @@ something to match: a service `ping` with both `icmp/echo-request` and
 `icmpv6/echo-request` between IPv4 endpoints is not reported.""")
 def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        families: dict[int, frozenset[int]] = {}  # by side number
-        for what, item, source_facts, destination_facts, src, dst in _sides(cluster):
-            source = families.get(src)
-            if source is None:
-                source = families[src] = side_families(source_facts, cluster)
-            destination = families.get(dst)
-            if destination is None:
-                destination = families[dst] = side_families(destination_facts, cluster)
-            if not source or not destination:
-                continue  # matches nothing at all: FWC112
+        sides = _sides(cluster)
+        families = {n: side_families(f, cluster) for n, f in sides.facts.items()}
+        # Filter rules (the most, and no NAT target): by bits per side number and per
+        # service list number; a rule is looked at only when its bits say it is reported.
+        masks = [0] * (max(families, default=-1) + 1)
+        for number, got in families.items():
+            masks[number] = _mask(got)
+        lists, listed = service_numbers(cluster)
+        service_masks = [_mask(service_families(services)) for services in lists.lists]
+        for rule, src, dst, services in zip(cluster.rules, sides.filters.source,
+                                            sides.filters.destination,
+                                            listed[:len(cluster.rules)], strict=True):
+            source, destination = masks[src], masks[dst]
             common = source & destination
-            if not common:
-                yield error("FWC105", f"{what} source is {family_label(source)} only, "
-                            f"destination {family_label(destination)} only: it can never "
-                            "match", _first_span(item.destination, item.span),
-                            hint="source and destination must share an address family")
-                continue
-            # a service list always names a family: it can only miss a one-family pair
-            services = service_families(item.services) if common != BOTH else None
-            if services is not None and not services & common:
-                yield error("FWC105", f"{what} service {', '.join(item.service_labels)} is "
-                            f"{family_label(services)} only, the endpoints are "
-                            f"{family_label(common)}", item.span,
-                            hint="use icmp/ for IPv4 and icmpv6/ for IPv6, or a service "
-                            "with both")
-                continue
-            target = getattr(item, "target", None)
-            if target is not None and target.addresses:
-                if services is None:
-                    services = service_families(item.services)
-                traffic = common & services
-                if not traffic & target.addresses.families:
-                    yield error("FWC105", f"{item.action} target '{target.label}' is "
-                                f"{family_label(target.addresses.families)}, the traffic is "
-                                f"{family_label(traffic)}", target.span,
-                                hint="NAT cannot change the address family; use a target "
-                                "of the traffic's family")
+            if common == 3 or (common and service_masks[services] & common) \
+                    or not source or not destination:
+                continue  # nothing for _family_finding to find in a filter rule, in bits
+            found = _family_finding("rule", rule, families[src], families[dst])
+            if found is not None:
+                yield found
+        for what, matchers, numbers in (("NAT rule", cluster.nat, sides.nats),
+                                        ("expectation", cluster.expectations,
+                                         sides.expectations)):
+            for item, src, dst in zip(matchers, numbers.source, numbers.destination,
+                                      strict=True):
+                found = _family_finding(what, item, families[src], families[dst])
+                if found is not None:
+                    yield found
 
 
 @check("FWC112", "endpoint that matches nothing", Severity.ERROR, """
@@ -203,13 +256,17 @@ everything, or that negates `any`, matches no address, so the rule or
 expectation is dead. This is almost always a typo in the list.""")
 def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item, source, destination, _, _ in _sides(cluster):
+        sides = _sides(cluster)
+        # An item without addresses was malformed or empty: already reported.
+        empty = {number for number, facts in sides.facts.items() if facts.negated_any or (
+            not facts.is_any and not facts.firewall and not facts.broken
+            and facts.matches_no_address())}
+        for what, item, source, destination in sides.numbered(cluster, empty):
             for side_name, side, facts in (("source", item.source, source),
                                            ("destination", item.destination, destination)):
-                # An item without addresses was malformed or empty: already reported.
-                empty = (not facts.is_any and not facts.firewall and not facts.broken
-                         and facts.matches_no_address())
-                if facts.negated_any or empty:
+                empty_side = (not facts.is_any and not facts.firewall and not facts.broken
+                              and facts.matches_no_address())
+                if facts.negated_any or empty_side:
                     yield error("FWC112", f"{what} {side_name} '{side.label}' matches no "
                                 "address", _first_span(side, item.span),
                                 hint="the negated items remove everything the list names")
@@ -221,7 +278,10 @@ changes nothing: `from lan, !server` with `server` outside `lan` is just
 `from lan`. Usually the wrong object was negated.""")
 def useless_negation(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        for what, item, source, destination, _, _ in _sides(cluster):
+        sides = _sides(cluster)
+        negating = {number for number, facts in sides.facts.items()
+                    if not (facts.is_any or facts.firewall or not facts.negated)}
+        for what, item, source, destination in sides.numbered(cluster, negating):
             for side, facts in ((item.source, source), (item.destination, destination)):
                 if facts.is_any or facts.firewall or not facts.negated:
                     continue

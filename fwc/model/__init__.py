@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import field
 from functools import cached_property
+from itertools import chain
 from typing import NamedTuple, TypeVar
 
 from fwc import protocols as proto
@@ -74,6 +75,9 @@ class PortRange(NamedTuple):
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
+_ICMP_FAMILIES = {"icmp": 4, "icmpv6": 6}  # `ServiceMatch.family`: one dict, not one per call
+
+
 class ServiceMatch(NamedTuple):
     """One protocol with its ports or ICMP type; empty `ports` means every port.
 
@@ -90,7 +94,7 @@ class ServiceMatch(NamedTuple):
     @property
     def family(self) -> int | None:
         """4 or 6 for ICMP flavours, None when the match works in both families."""
-        return {"icmp": 4, "icmpv6": 6}.get(self.protocol)
+        return _ICMP_FAMILIES.get(self.protocol)
 
     def __str__(self) -> str:
         if self.ports:
@@ -805,8 +809,9 @@ class Cluster:
                          for a in link.addresses)
 
     def all_rules(self) -> Iterator[Rule]:
-        yield from self.rules
-        yield from self.nat
+        """The policy rules, then the NAT rules (a chain: walked in C, where a generator
+        resumed its frame for every rule, several times per rule in the checks)."""
+        return chain(self.rules, self.nat)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,11 @@ def _cidr_texts(intervals: tuple[Interval, ...], family: int) -> tuple[str, ...]
     return tuple(out)
 
 
+# `AddressSet.families` by (has IPv4, has IPv6): one frozenset each, not one per call.
+_FAMILIES = {(v4, v6): frozenset(f for f, has in ((4, v4), (6, v6)) if has)
+             for v4 in (False, True) for v6 in (False, True)}
+
+
 @dataclass(frozen=True, slots=True)
 class AddressSet:
     v4: tuple[Interval, ...] = ()
@@ -88,11 +93,14 @@ class AddressSet:
         return self.v4 if family == 4 else self.v6
 
     def only(self, family: int) -> AddressSet:
-        return AddressSet(self.v4, ()) if family == 4 else AddressSet((), self.v6)
+        # A set of that family alone is its own answer (sets are immutable).
+        if family == 4:
+            return self if not self.v6 else AddressSet(self.v4, ())
+        return self if not self.v4 else AddressSet((), self.v6)
 
     @property
     def families(self) -> frozenset[int]:
-        return frozenset(f for f, iv in ((4, self.v4), (6, self.v6)) if iv)
+        return _FAMILIES[bool(self.v4), bool(self.v6)]
 
     def is_empty(self) -> bool:
         return not self.v4 and not self.v6

@@ -24,14 +24,22 @@ _INFINITY = 2 ** 129  # above every address and service value
 
 def normalise(intervals: Iterable[Interval]) -> Intervals:
     """Sorted, with overlapping and adjacent intervals merged."""
-    merged: list[list[int]] = []
-    for lo, hi in sorted(intervals):
-        if merged and lo <= merged[-1][1] + 1:
-            if hi > merged[-1][1]:
-                merged[-1][1] = hi
-        else:
-            merged.append([lo, hi])
-    return tuple((lo, hi) for lo, hi in merged)
+    ordered = sorted(intervals)
+    if not ordered:
+        return ()
+    # The interval being merged is kept in two locals and stored once it is complete
+    # (not as a list changed in place and copied into a tuple at the end: most inputs
+    # merge little, and this runs for every group and every set operation).
+    merged: list[Interval] = []
+    lo, hi = ordered[0]
+    for next_lo, next_hi in ordered:  # the first one merges into itself
+        if next_lo > hi + 1:
+            merged.append((lo, hi))
+            lo, hi = next_lo, next_hi
+        elif next_hi > hi:
+            hi = next_hi
+    merged.append((lo, hi))
+    return tuple(merged)
 
 
 def _intersect_merge(a: Intervals, b: Intervals) -> Intervals:
