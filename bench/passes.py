@@ -69,11 +69,15 @@ def measure(policy_path: Path) -> dict[str, Any]:
 
     clock = Clock()
     gc.disable()  # as the CLI runs (fwc.commands.common.without_cycle_collection)
-    program, diagnostics = clock.run("parse", lambda: load(policy_path))
+    # As `fwc check` and `fwc compile` load (fwc.pipeline.model without keep_syntax): plain
+    # rule lines stay as their matches and go straight into the model, the syntax trees
+    # are dropped after resolve.
+    program, diagnostics = clock.run("parse", lambda: load(policy_path, lines=True))
     if has_errors(diagnostics):
         raise SystemExit(f"{policy_path}: does not parse")
     policy, resolved = clock.run("resolve", lambda: resolve(program, None))
     diagnostics.extend(resolved)
+    program = program.without_syntax()
     options = options_for(policy)
 
     def lower_all() -> None:
