@@ -23,6 +23,10 @@ if ((${#need_apt[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test,fast]'
+# An editable install is not byte-compiled, and with PYTHONDONTWRITEBYTECODE=1 (set on the
+# machines this project runs on) every `python3 -m fwc` the tests start would compile
+# every module again: 0.35 s of CPU each (docs/performance.md).
+python3 -m compileall -q fwc
 python3 -m ruff check fwc tests bench
 # Three workers on CI's two cores: the namespace labs mostly wait (adverts, preempt
 # delays), the rest is CPU; tests/conftest.py keeps a module's tests on one worker
