@@ -10,15 +10,19 @@ from hypothesis import strategies as st
 
 from fwc.backend.lower.ruleset import (
     AddressMatch,
+    Chain,
     ConnLimit,
     FilterRule,
     HashLimit,
     Match,
+    NodeRuleset,
     Origin,
     RateLimit,
+    Table,
 )
 from fwc.backend.render import iptables
 from fwc.model import PortRange
+from fwc.model.vocabulary import Table as TableName
 from fwc.model.vocabulary import Target
 
 CIDRS = st.sampled_from(["192.0.2.1", "192.0.2.0/24", "2001:db8::1", "2001:db8::/48"])
@@ -72,3 +76,25 @@ def test_single_lines_take_the_fast_path(monkeypatch) -> None:  # type: ignore[n
     assert (text, count) == ('-A INPUT -s 192.0.2.1/32 -p tcp -m tcp --dport 22 -m comment '
                              '--comment "p:1" -j ACCEPT', 1)
     assert taken == ["x"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(RULES, min_size=1, max_size=5),
+       st.lists(st.lists(st.integers(0, 4), max_size=8), min_size=1, max_size=4))
+def test_a_rule_in_several_places_is_written_as_each_place_alone(
+        rules: list[FilterRule], places: list[list[int]]) -> None:
+    """`blocks` renders a rule met again from what it kept (`Seen`: the line of a rule of
+    one line, the lines of a rule of several from its second place on): the same rule
+    object in several chains, or twice in one, is written as if each place were
+    rendered on its own, and so is a rule whose slot another render left."""
+    chains = tuple(Chain(f"c{i}", None, tuple(rules[j % len(rules)] for j in picks))
+                   for i, picks in enumerate(places))
+    ruleset = NodeRuleset("c", "fw1", 4, (Table(TableName.FILTER, chains),))
+    expected = ["*filter", *(f":{c.name} - [0:0]" for c in chains)]
+    for chain in chains:
+        expected += [f"-A {chain.name} {line}" for rule in chain.rules
+                     for line in iptables.rule_bodies(rule)]
+    expected.append("COMMIT")
+    for _ in range(2):  # the second render meets the slots the first one left
+        text = iptables.render(ruleset)
+        assert text.split("\n")[1:] == [*expected, ""]
