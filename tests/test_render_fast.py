@@ -83,10 +83,10 @@ def test_single_lines_take_the_fast_path(monkeypatch) -> None:  # type: ignore[n
        st.lists(st.lists(st.integers(0, 4), max_size=8), min_size=1, max_size=4))
 def test_a_rule_in_several_places_is_written_as_each_place_alone(
         rules: list[FilterRule], places: list[list[int]]) -> None:
-    """`blocks` renders a rule met again from what it kept (`Seen`: the line of a rule of
-    one line, the lines of a rule of several from its second place on): the same rule
-    object in several chains, or twice in one, is written as if each place were
-    rendered on its own, and so is a rule whose slot another render left."""
+    """`blocks` renders a rule met again from what it kept (the texts of the rules that
+    occur more than once): the same rule object in several chains, or twice in one, is
+    written as if each place were rendered on its own, and so is a rule whose slot
+    another render left."""
     chains = tuple(Chain(f"c{i}", None, tuple(rules[j % len(rules)] for j in picks))
                    for i, picks in enumerate(places))
     ruleset = NodeRuleset("c", "fw1", 4, (Table(TableName.FILTER, chains),))

@@ -342,11 +342,30 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
                   if texts is not None and chain.rules else None for chain in chains]
         # fwc.backend.arrange puts the same rule object in several chains (a rule without
         # `in`/`out` is copied into every interface-pair chain): render it once. Each rule
-        # seen gets its index in this table's own list (`Seen`); an index is trusted only
-        # when that list holds this very rule at it, so a slot left by another call (or
-        # table) is rendered afresh. Hashing rules by value instead costs about 12% of the
-        # render.
-        seen = Seen()
+        # seen gets its index in this call's own list; an index is trusted only when that
+        # list holds this very rule at it, so a slot left by another call (or table) is
+        # rendered afresh. Hashing rules by value instead costs about 12% of the render.
+        # A first walk finds the rules that occur more than once: only their lines are
+        # kept for reuse (keeping every rule's, as large as the text, doubled the peak of
+        # the unarranged failsafe rules).
+        seen: list[Rule] = []
+        repeated: list[bool] = []
+        count = 0  # len(seen)
+        set_slot = object.__setattr__  # frozen: scratch only
+        append_seen, append_repeated = seen.append, repeated.append
+        for chain, text in zip(chains, shared, strict=True):
+            if text is not None:
+                continue
+            for rule in chain.rules:
+                slot = rule.render_slot
+                if 0 <= slot < count and seen[slot] is rule:
+                    repeated[slot] = True
+                else:
+                    set_slot(rule, "render_slot", count)
+                    append_seen(rule)
+                    append_repeated(False)
+                    count += 1
+        bodies_of: list[str | list[str] | None] = [None] * len(seen)
         for chain, text in zip(chains, shared, strict=True):
             if not chain.rules:
                 continue
@@ -356,7 +375,7 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
             if text is not None:
                 yield from text
                 continue
-            pieces = _chain_blocks(chain, seen, protocol_texts, shapes)
+            pieces = _chain_blocks(chain, bodies_of, repeated, protocol_texts, shapes)
             if texts is None:
                 yield from pieces
                 continue
@@ -378,25 +397,8 @@ def blocks(ruleset: NodeRuleset, header: str | None = None, texts: SharedTexts |
     yield "\n".join(out)
 
 
-class Seen:
-    """The rules of one table rendered so far (`blocks`), by the slot each was given
-    (`render_slot`), with what is kept of their text for their other places: the line of
-    a rule of one line (a few hundred bytes at most; most places of an arranged chain
-    are copies of such a rule), and only from its second place on the lines of a rule of
-    several (`several`: the failsafe's expanded groups are thousands of lines, seldom
-    copied; keeping every rule's whole text doubled the failsafe's peak). Found while the
-    chains are rendered, in one walk: a first walk over every place to find the rules
-    that occur more than once cost about a tenth of the render."""
-
-    __slots__ = ("lines", "rules", "several")
-
-    def __init__(self) -> None:
-        self.rules: list[Rule] = []
-        self.lines: list[str | None] = []  # by slot: the rule's line, None for several
-        self.several: dict[int, list[str]] = {}  # by slot
-
-
-def _chain_blocks(chain: Chain, seen: Seen, protocol_texts: ProtocolTexts,
+def _chain_blocks(chain: Chain, bodies_of: list[str | list[str] | None],
+                  repeated: list[bool], protocol_texts: ProtocolTexts,
                   shapes: ShapeTexts) -> Iterator[str]:
     """The lines of CHAIN's rules, in blocks (see `blocks`). OUT holds each rule's lines
     without the leading `-A CHAIN ` (its lines joined by a newline and that prefix): a
@@ -406,33 +408,29 @@ def _chain_blocks(chain: Chain, seen: Seen, protocol_texts: ProtocolTexts,
     between = "\n" + prefix
     out: list[str] = []
     lines = 0  # in `out`
-    rules, line_of, several_of = seen.rules, seen.lines, seen.several
-    count = len(rules)
-    set_slot = object.__setattr__  # frozen: scratch only
-    add_rule, add_line, add_out = rules.append, line_of.append, out.append
     for rule in chain.rules:
         slot = rule.render_slot
-        if 0 <= slot < count and rules[slot] is rule:
-            line = line_of[slot]
-            if line is not None:
-                add_out(line)
-                lines += 1
-            else:  # a rule of several lines, met again
-                several = several_of.get(slot)
-                if several is None:
-                    several = several_of[slot] = rule_bodies(rule, protocol_texts, shapes)
-                add_out(between.join(several))
-                lines += len(several)
+        bodies = bodies_of[slot]
+        if bodies is None:
+            if not repeated[slot]:
+                # One text per rule (its lines joined): an entry per line cost more.
+                text, count = _rule_lines(rule, protocol_texts, between, shapes)
+                out.append(text)
+                lines += count
+                if lines >= BLOCK_LINES:
+                    yield _block(prefix, between, out)
+                    out.clear()
+                    lines = 0
+                continue
+            # kept for the rule's other chains: the line itself when it is one (usual)
+            made = rule_bodies(rule, protocol_texts, shapes)
+            bodies = bodies_of[slot] = made[0] if len(made) == 1 else made
+        if type(bodies) is str:
+            out.append(bodies)
+            lines += 1
         else:
-            set_slot(rule, "render_slot", count)
-            add_rule(rule)
-            count += 1
-            # One text per rule (its lines joined): an entry per line cost more. A text
-            # of one line has no `between` in it: the same in every chain.
-            text, made = _rule_lines(rule, protocol_texts, between, shapes)
-            add_line(text if made == 1 else None)
-            add_out(text)
-            lines += made
+            out.append(between.join(bodies))
+            lines += len(bodies)
         if lines >= BLOCK_LINES:
             yield _block(prefix, between, out)
             out.clear()
