@@ -93,10 +93,12 @@ def test_the_grammar_is_analysed_once_per_process_not_per_path(
     if not shipped:
         monkeypatch.setattr(tables, "shipped", lambda: None)
     parse._tables.cache_clear()
+    # No idle parser built from earlier tables: each path gets a parser built here.
+    monkeypatch.setitem(parse._IDLE, False, [])
     try:
         text = EDGE.read_text(encoding="utf-8")
         for n in range(80):
-            source, diagnostics = parse_text(text, f"f{n}.fw")
+            source, diagnostics = parse_text(text, f"f{n}.fw", PolicyParser())
             assert diagnostics == []
             assert {st.span.file for st in source.statements} == {f"f{n}.fw"}
         # one analysis at most, without a transformer bound to a path
@@ -119,7 +121,7 @@ def test_runs_in_threads_do_not_share_paths():
     start = threading.Barrier(4)
 
     def one_run(n: int) -> None:
-        parser = PolicyParser()  # what every fwc.frontend.loader.load does
+        parser = PolicyParser()  # a parser per thread, as each load borrows its own
         start.wait(timeout=30)
         for round_ in range(15):
             name = f"t{n}-{round_}.fw"
@@ -218,3 +220,32 @@ def test_analyses_in_one_process_build_the_parser_once(monkeypatch, tmp_path):
     assert first.ok and second.ok
     assert first.program.files == second.program.files
     assert built == [False]
+
+
+
+def test_runs_in_threads_borrow_parsers_of_their_own():
+    text = EDGE.read_text(encoding="utf-8")
+    wrong: list[str] = []
+    shared: list[str] = []
+    held: list[PolicyParser] = []
+    start = threading.Barrier(6)
+
+    def one_run(n: int) -> None:
+        start.wait(timeout=30)
+        for round_ in range(10):
+            name = f"b{n}-{round_}.fw"
+            with parse.borrowed_parser() as parser:
+                if any(other is parser for other in held):
+                    shared.append(name)
+                held.append(parser)
+                source, _ = parse_text(text, name, parser)
+                held.remove(parser)
+            wrong.extend(s.span.file for s in source.statements if s.span.file != name)
+
+    threads = [threading.Thread(target=one_run, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert shared == [] and wrong == []

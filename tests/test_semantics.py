@@ -226,3 +226,28 @@ def test_filter_chains_and_nat_reaches():
     assert filter_chains(net, net, True, True) == (False, False, True)
     assert filter_chains(net, nothing, False, False) == (False, False, False)
     assert nat_reaches(net, to_fw) and not nat_reaches(nothing, net)
+
+
+def _normalised_by_points(intervals: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The reference: the covered points, cut into maximal runs."""
+    points = sorted({p for lo, hi in intervals for p in range(lo, hi + 1)})
+    runs: list[tuple[int, int]] = []
+    for p in points:
+        if runs and runs[-1][1] == p - 1:
+            runs[-1] = (runs[-1][0], p)
+        else:
+            runs.append((p, p))
+    return tuple(runs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=8))
+def test_normalise_merges_overlapping_and_adjacent_intervals(intervals):
+    proper = [(lo, hi) for lo, hi in intervals if lo <= hi]
+    assert normalise(proper) == _normalised_by_points(proper)
+
+
+def test_normalise_keeps_a_lone_interval_as_it_is():
+    # (an inverted first interval, outside the contract, came out twice for a while)
+    assert normalise([(5, 1)]) == ((5, 1),)
+    assert normalise([(3, 3)]) == ((3, 3),)

@@ -58,19 +58,24 @@ class Comment:
 def parse_for_layout(text: str) -> tuple[tuple[s.Statement, ...], list[s.Lexeme],
                                            list[Comment]]:
     """The statements of TEXT, every token as the parser lexed it, and every comment."""
+    # The error is raised after the parser is idle again, and from no lark exception
+    # (`from None` still keeps it as __context__): lark's exception holds the parse state,
+    # which leads back to the parser, idle and lent to the next run.
+    problem = ""
     with borrowed_parser(keep_tokens=True) as parser:
         try:
             statements = parser.parse(text, "<fmt>")
         except BadLiteral as exc:
-            raise FormatError(exc.diagnostic.message) from None
+            problem = exc.diagnostic.message
         except UnexpectedInput as exc:
             # str() of lark-cython's exceptions can fail; `fwc check` gives the full
             # diagnostic
             line = getattr(exc, "line", 0) or 0
-            raise FormatError(f"syntax error on line {line}" if line > 0
-                              else "syntax error") from None
-        comments = [Comment(c.start, c.end, c.line, c.value) for c in parser.comments]
-        return tuple(statements), parser.tokens, comments
+            problem = f"syntax error on line {line}" if line > 0 else "syntax error"
+        else:
+            comments = [Comment(c.start, c.end, c.line, c.value) for c in parser.comments]
+            return tuple(statements), parser.tokens, comments
+    raise FormatError(problem)
 
 
 def tokenize(text: str) -> tuple[list[s.Lexeme], list[Comment]]:

@@ -148,13 +148,17 @@ class PolicyParser:
 # (tests/test_parser_construction.py). A list's pop and append are atomic: threads
 # need no lock, and a forked child never finds one held.
 _IDLE: dict[bool, list[PolicyParser]] = {False: [], True: []}
-IDLE_MAX = 4  # per kind: more idle parsers than concurrent runs is only memory
+IDLE_MAX = 4  # per kind (threads may pass it briefly): more idle than concurrent runs is memory
 
 
 @contextlib.contextmanager
 def borrowed_parser(keep_tokens: bool = False) -> Iterator[PolicyParser]:
     """A parser for the duration of one run (one load, one format, one query): an idle
-    one when there is, else a new one; idle again afterwards, holding nothing of the run."""
+    one when there is, else a new one; idle again afterwards, holding nothing of the run.
+
+    A parser binds its transformer and lexer callbacks when it is built: code that patches
+    PolicyParser, _Builder or the tables (a test) empties `_IDLE` first, or it may be lent
+    a parser built before the patch."""
     idle = _IDLE[keep_tokens]
     try:
         parser = idle.pop()

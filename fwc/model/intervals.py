@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
+from itertools import islice
 
 from fwc.model.records import dataclass
 
@@ -32,7 +33,7 @@ def normalise(intervals: Iterable[Interval]) -> Intervals:
     # merge little, and this runs for every group and every set operation).
     merged: list[Interval] = []
     lo, hi = ordered[0]
-    for next_lo, next_hi in ordered:  # the first one merges into itself
+    for next_lo, next_hi in islice(ordered, 1, None):
         if next_lo > hi + 1:
             merged.append((lo, hi))
             lo, hi = next_lo, next_hi
