@@ -1109,30 +1109,13 @@ class Resolver:
         # (the parser's strings: their hashes are known from its own lookups)
         _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        # A one-word list of a word seen before (most sides) is made here, as
-        # `_line_endpoint` makes it: two calls fewer per rule.
-        words = self._line_words
-        known = words.get(sources) if "," not in sources else None
-        if known is not None:
-            start = match.start(3)
-            kind, label, addresses, name = known
-            source = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
-                Span, (path, number, start + 1, number, start + len(sources) + 1))),))
-        else:
-            source = self._line_endpoint(sources, match.start(3), match.string, path, number)
-            if source is None:
-                return None
-        known = words.get(destinations) if "," not in destinations else None
-        if known is not None:
-            start = match.start(4)
-            kind, label, addresses, name = known
-            destination = _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, _new(
-                Span, (path, number, start + 1, number, start + len(destinations) + 1))),))
-        else:
-            destination = self._line_endpoint(destinations, match.start(4), match.string,
-                                              path, number)
-            if destination is None:
-                return None
+        source = self._line_endpoint(sources, match.start(3), match.string, path, number)
+        if source is None:
+            return None
+        destination = self._line_endpoint(destinations, match.start(4), match.string,
+                                          path, number)
+        if destination is None:
+            return None
         spans: list[tuple[str, Span]] = []
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
