@@ -83,3 +83,20 @@ def test_arrange_entry_is_its_replace(match: ruleset.Match) -> None:
         dports=match.dports if len(ruleset.port_groups(match.dports)) == 1 else (),
         limit=None, statistic=None, connlimit=None, hashlimit=None)
     assert arrange._entry(match) == expected
+
+
+def test_a_rule_lines_match_built_without_init_is_matchs_own():
+    # build._MATCH fills Match's fields by position, the first seven given and the rest
+    # from _LINE_REST: a field added, moved or given a default_factory would shift them.
+    from fwc.backend.lower import build
+
+    fields = dataclasses.fields(ruleset.Match)
+    assert [f.name for f in fields[:7]] == ["source", "destination", "in_device",
+                                            "out_device", "protocol", "dports", "icmp_type"]
+    assert all(f.default is not dataclasses.MISSING for f in fields[7:])
+    source = ruleset.AddressMatch(("192.0.2.0/24",))
+    made = build._MATCH(source, ruleset.ANY, "eth0", None, 6, (PortRange(22, 22),), None,
+                        *build._LINE_REST)
+    usual = ruleset.Match(source=source, destination=ruleset.ANY, in_device="eth0",
+                          protocol=6, dports=(PortRange(22, 22),))
+    assert made == usual and hash(made) == hash(usual) and repr(made) == repr(usual)
