@@ -249,6 +249,18 @@ def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
                     yield found
 
 
+def _matches_nothing(facts: SideFacts) -> bool:
+    """FWC112's side: it negates `any`, or its negations remove every address it names (an
+    item without addresses was malformed or empty: already reported)."""
+    return facts.negated_any or (not facts.is_any and not facts.firewall
+                                 and not facts.broken and facts.matches_no_address())
+
+
+def _negates(facts: SideFacts) -> bool:
+    """FWC113's side: an address list with negated items (not `any`, not `firewall`)."""
+    return not (facts.is_any or facts.firewall or not facts.negated)
+
+
 @check("FWC112", "endpoint that matches nothing", Severity.ERROR, """
 A from/to list means its positive items minus its negated (`!`) items; with only
 negated items it means `any` minus them. A list whose negations remove
@@ -257,16 +269,11 @@ expectation is dead. This is almost always a typo in the list.""")
 def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         sides = _sides(cluster)
-        # An item without addresses was malformed or empty: already reported.
-        empty = {number for number, facts in sides.facts.items() if facts.negated_any or (
-            not facts.is_any and not facts.firewall and not facts.broken
-            and facts.matches_no_address())}
+        empty = {number for number, facts in sides.facts.items() if _matches_nothing(facts)}
         for what, item, source, destination in sides.numbered(cluster, empty):
             for side_name, side, facts in (("source", item.source, source),
                                            ("destination", item.destination, destination)):
-                empty_side = (not facts.is_any and not facts.firewall and not facts.broken
-                              and facts.matches_no_address())
-                if facts.negated_any or empty_side:
+                if _matches_nothing(facts):
                     yield error("FWC112", f"{what} {side_name} '{side.label}' matches no "
                                 "address", _first_span(side, item.span),
                                 hint="the negated items remove everything the list names")
@@ -279,11 +286,10 @@ changes nothing: `from lan, !server` with `server` outside `lan` is just
 def useless_negation(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         sides = _sides(cluster)
-        negating = {number for number, facts in sides.facts.items()
-                    if not (facts.is_any or facts.firewall or not facts.negated)}
+        negating = {number for number, facts in sides.facts.items() if _negates(facts)}
         for what, item, source, destination in sides.numbered(cluster, negating):
             for side, facts in ((item.source, source), (item.destination, destination)):
-                if facts.is_any or facts.firewall or not facts.negated:
+                if not _negates(facts):
                     continue
                 positives = AddressSet.union(facts.positive)
                 for negated in side.items:
