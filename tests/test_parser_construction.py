@@ -128,13 +128,18 @@ def test_runs_in_threads_do_not_share_paths():
             source, _ = parse_text(text, name, parser)
             wrong.extend(s.span.file for s in source.statements if s.span.file != name)
 
-    threads = [threading.Thread(target=one_run, args=(n,)) for n in range(4)]
+    _run_in_threads(one_run, 4)
+    assert wrong == []
+
+
+def _run_in_threads(run, count: int) -> None:
+    """RUN(n) in COUNT threads at once, every one finished."""
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
     assert not any(t.is_alive() for t in threads)
-    assert wrong == []
 
 
 @pytest.mark.parametrize("first", ["fwc.frontend.parse", "fwc.frontend.formatting"])
@@ -242,10 +247,5 @@ def test_runs_in_threads_borrow_parsers_of_their_own():
                 held.remove(parser)
             wrong.extend(s.span.file for s in source.statements if s.span.file != name)
 
-    threads = [threading.Thread(target=one_run, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
+    _run_in_threads(one_run, 6)
     assert shared == [] and wrong == []
