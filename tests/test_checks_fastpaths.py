@@ -176,7 +176,6 @@ def test_side_facts_equal_the_endpoint_properties(tmp_path, drawn, nats):
                 assert facts.matches_no_address() == (not side.addresses - side.excluded)
 
 
-
 def _names_by_matcher(policy) -> dict[str, list]:
     """FWC105, FWC112 and FWC113 as they were written before they went by side number:
     every matcher asked by itself, its facts made from its own sides."""
@@ -224,6 +223,7 @@ def test_name_checks_by_side_number_equal_them_per_matcher(tmp_path, drawn, nats
     assert list(names.family_mismatch(policy)) == expected["FWC105"]
     assert list(names.empty_endpoint(policy)) == expected["FWC112"]
     assert list(names.useless_negation(policy)) == expected["FWC113"]
+
 
 # -- service lists: numbered once per run, their families without building matches -------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from operator import attrgetter
 
 from fwc.checks import SIDES_MEMO, check
@@ -239,9 +240,7 @@ def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
             found = _family_finding("rule", rule, families[src], families[dst])
             if found is not None:
                 yield found
-        for what, matchers, numbers in (("NAT rule", cluster.nat, sides.nats),
-                                        ("expectation", cluster.expectations,
-                                         sides.expectations)):
+        for what, matchers, numbers in islice(sides.blocks(cluster), 1, None):  # not rules
             for item, src, dst in zip(matchers, numbers.source, numbers.destination,
                                       strict=True):
                 found = _family_finding(what, item, families[src], families[dst])

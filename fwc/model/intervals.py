@@ -28,9 +28,9 @@ def normalise(intervals: Iterable[Interval]) -> Intervals:
     ordered = sorted(intervals)
     if not ordered:
         return ()
-    # The interval being merged is kept in two locals and stored once it is complete
-    # (not as a list changed in place and copied into a tuple at the end: most inputs
-    # merge little, and this runs for every group and every set operation).
+    # The interval being merged is kept in two locals and stored as a tuple once it is
+    # complete (not as a [lo, hi] list changed in place and converted at the end: most
+    # inputs merge little, and this runs for every group and every set operation).
     merged: list[Interval] = []
     lo, hi = ordered[0]
     for next_lo, next_hi in islice(ordered, 1, None):

@@ -1104,20 +1104,12 @@ class _Lowering:
                     if chain != BuiltinChain.INPUT else None
                 if plain:  # one verdict for every line
                     target, options = self.action(rule, _ANY_MATCH, False)
-                    if len(services) == 1:  # (most lists: no list of lines to build)
-                        [service] = services
-                        lines: tuple[Rule, ...] = (FilterRule(
-                            _MATCH(source, destination, in_device, out_device,
-                                   service.protocol, service.dports, service.icmp_type,
-                                   *_LINE_REST),
-                            target, origin, options),)
-                    else:
-                        lines = tuple([FilterRule(_MATCH(source, destination, in_device,
-                                                         out_device, service.protocol,
-                                                         service.dports, service.icmp_type,
-                                                         *_LINE_REST),
-                                                  target, origin, options)
-                                       for service in services])
+                    lines: tuple[Rule, ...] = tuple([
+                        FilterRule(_MATCH(source, destination, in_device, out_device,
+                                          service.protocol, service.dports,
+                                          service.icmp_type, *_LINE_REST),
+                                   target, origin, options)
+                        for service in services])
                 else:  # a reject: its answer follows each line's protocol
                     answered: list[Rule] = []
                     for service in services:
