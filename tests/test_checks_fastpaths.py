@@ -227,8 +227,12 @@ def test_name_checks_by_side_number_equal_them_per_matcher(tmp_path, drawn, nats
 
 # -- service lists: numbered once per run, their families without building matches -------
 
-_ports = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 3)).map(
-    lambda p: PortRange(p[0], p[0] + p[1])), max_size=2).map(tuple)
+# low ports close together, and ranges across the index's blocks of 1,024 ports, up to
+# wider than the blocks it keys one by one
+_ports = st.lists(st.tuples(st.one_of(st.integers(1, 40), st.integers(1000, 1100),
+                                      st.integers(1, 65000)),
+                            st.sampled_from((0, 1, 3, 30, 3000, 5000))).map(
+    lambda p: PortRange(p[0], min(p[0] + p[1], 65535))), max_size=2).map(tuple)
 _match = st.one_of(
     st.builds(lambda proto, ports: ServiceMatch(proto[0], proto[1], ports),
               st.sampled_from((("tcp", 6), ("udp", 17), ("gre", 47))), _ports),
@@ -288,8 +292,10 @@ def _plain_service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[
             keys.add(rules._type_key(match.number, match.icmp_type))
         else:
             for ports in match.ports:
-                keys.add(rules._port_key(match.number, ports.low) if ports.low == ports.high
-                         else rules._wide_key(match.number))
+                if ports.low == ports.high:
+                    keys.add(rules._port_key(match.number, ports.low))
+                else:
+                    keys.update(rules._wide_keys(match.number, ports.low, ports.high))
     return keys
 
 

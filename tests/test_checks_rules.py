@@ -230,14 +230,14 @@ def test_shadowing_tests_few_candidates_when_groups_share_a_hull(tmp_path, monke
     policy = run(tmp_path, _shared_hull_policy(60)).policy
     assert policy is not None
     tested = 0
-    real = rules.covers
+    real = rules._scope_covers  # the first test of every candidate, on either path
 
     def counting(outer, inner):
         nonlocal tested
         tested += 1
         return real(outer, inner)
 
-    monkeypatch.setattr(rules, "covers", counting)
+    monkeypatch.setattr(rules, "_scope_covers", counting)
     found = list(rules.shadowed_rules(policy))
     count = len(policy.clusters[0].rules)
     assert count > 1200
@@ -262,8 +262,13 @@ network wide    198.18.0.0/15
 _SIDES = ("any", "firewall", "lan", "client", "server", "web", "scattered1", "scattered2",
           "scattered3", "inside1", "inside2", "wide", "lan6", "uplink.vip", "!client",
           "scattered1, !inside1")
+# single ports that together hold a range, ranges across and inside the index's port
+# blocks, and a range wider than the blocks the index keys it by
 _SERVICES = ("", " service tcp/80", " service tcp/80,443", " service tcp/1-1000",
-             " service udp/53", " service tcp/80, udp/53", " service icmp/8", " service icmp")
+             " service udp/53", " service tcp/80, udp/53", " service icmp/8", " service icmp",
+             " service tcp/80,81", " service tcp/80-81", " service tcp/1000-1100",
+             " service tcp/1020-1030", " service tcp/1000-1023,1024-2000", " service tcp/1-65535",
+             " service tcp/5000-6000")
 _SCOPES = ("", " in lan", " in uplink", " out uplink", " only fw1", " in lan out uplink")
 
 
@@ -349,3 +354,25 @@ def test_service_coverage_equals_its_plain_definition(outer, inner):
     for family in (4, 6):
         assert fast.covers(rules.Services(inner), family) == \
             _plain_services_cover(outer, inner, family), (outer, inner, family)
+
+
+@pytest.mark.parametrize(("outer", "inner"), [
+    ("tcp/80,81", "tcp/80-81"),  # single ports that together hold a range
+    ("tcp/1000-1023,1024-2000", "tcp/1000-1100"),  # ranges in two port blocks
+    ("tcp/1-65535", "tcp/5000-6000"),  # a range wider than the blocks keyed one by one
+    ("tcp/900-1100", "tcp/1030"),  # a single port in a range's second block
+])
+def test_shadowing_finds_ports_covered_however_the_index_keys_them(tmp_path, outer, inner):
+    # Regression (issue 12): single ports joined into a range were never asked for a
+    # rule whose first match is a range, so such a rule was never reported as shadowed.
+    drawn = [("accept", "client", "server", f" service {outer}", ""),
+             ("accept", "client", "server", f" service {inner}", "")]
+    lines = [f"    {action} from {src} to {dst}{svc}{scope}"
+             for action, src, dst, svc, scope in drawn]
+    analysis = analyse_text(tmp_path, _OBJECTS + mutate((SERVER_RULE, "\n".join(lines).strip())))
+    assert analysis.policy is not None
+    cluster = analysis.policy.clusters[0]
+    flows = rules._filter_flows(cluster, rules._firewall(cluster))
+    fast = [(shadowed.position, by.position) for shadowed, by in rules.shadowing(flows)]
+    assert len(fast) == 1
+    assert fast == _oracle(flows)
