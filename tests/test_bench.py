@@ -102,7 +102,11 @@ def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatc
     noisy = {1000: [_run(0.2), _run(0.21)], 2000: [_run(0.9), _run(1.0)]}
     assert run.confirmed_failures("s", noisy, policies, confirm=2) == []
     assert len(noisy[2000]) == 4  # measured again, interleaved with the smaller size
-    # Quadratic every time: still a failure, with the minimum of all runs.
+    # One lucky run of the smaller size among the first runs: judged on the runs again.
+    again = {policies[1000]: iter([0.2, 0.21]), policies[2000]: iter([0.44, 0.45])}
+    lucky = {1000: [_run(0.12), _run(0.2)], 2000: [_run(0.45), _run(0.46)]}
+    assert run.confirmed_failures("s", lucky, policies, confirm=2) == []
+    # Quadratic every time: still a failure, with the minimum of the runs again.
     again = {policies[1000]: iter([0.2, 0.2]), policies[2000]: iter([0.85, 0.9])}
     quadratic = {1000: [_run(0.2), _run(0.21)], 2000: [_run(0.9), _run(1.0)]}
     assert run.confirmed_failures("s", quadratic, policies, confirm=2) == [

@@ -513,8 +513,8 @@ def _service_keys(services: tuple[ServiceMatch, ...], family: int,
     if not services:
         return {ALL_SERVICES}
     keys: set[int] = set()
-    # `_protocol_key`, `_type_key` and `_port_key` written out (once per distinct list and
-    # family, but a few calls per port)
+    # `_protocol_key`, `_type_key`, `_port_key` and a one-block `_wide_keys` written out
+    # (once per distinct list and family, but a few calls per port)
     for match in _in_family(services, family) if matches is None else matches:
         number = match.number << 19
         if match.icmp_type is not None:
@@ -525,6 +525,8 @@ def _service_keys(services: tuple[ServiceMatch, ...], family: int,
             for low, high in match.ports:
                 if low == high:
                     keys.add(number | 1 << 17 | low)
+                elif low >> WIDE_BITS == high >> WIDE_BITS:  # the usual range: one block
+                    keys.add(number | 1 << 18 | low >> WIDE_BITS)
                 else:
                     keys.update(_wide_keys(match.number, low, high))
     return keys
