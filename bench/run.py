@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(of {', '.join(SHAPES)})")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per shape and size for the per-pass medians")
-    parser.add_argument("--confirm", type=int, default=2,
+    parser.add_argument("--confirm", type=int, default=3,
                         help="runs of each size again, interleaved, before a pass that grew "
                         "too fast fails the verdict (0: judge the first runs)")
     parser.add_argument("--all-sizes", action="store_true",
