@@ -8,9 +8,9 @@ next (ratio r), its CPU time may grow at most 2.3 ** log2(r) times (2.3x per
 doubling of the rules); passes under MIN_JUDGED seconds at the larger size are too
 small to judge on a shared machine. The verdict judges the minimum CPU time of the
 runs (what other users of a shared machine inflate least), and a pass that fails is
-measured again, both sizes interleaved (`--confirm` more runs each), and judged on
-those runs alone before it counts: a superlinear pass fails every time, a burst of load
-on one run, or one lucky run, does not.
+measured again, both sizes interleaved (`--confirm` more runs each), and judged by the
+median ratio of those pairs of runs before it counts: a superlinear pass fails every
+time, a burst of load on one run, or one lucky run, does not.
 
 Whole processes (also run unless `--passes-only`), on every shape of `--shapes`:
 
@@ -511,7 +511,7 @@ def pass_table(shape: str, medians: dict[int, dict[str, tuple[float, float, floa
 
 
 def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path,
-               confirm: int = 2) -> int:
+               confirm: int = 3) -> int:
     failures: list[str] = []
     for shape in shapes:
         medians: dict[int, dict[str, tuple[float, float, float]]] = {}
@@ -546,33 +546,58 @@ def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Pat
 
 def confirmed_failures(shape: str, runs: dict[int, list[dict[str, object]]],
                        policies: dict[int, Path], confirm: int) -> list[str]:
-    """The growth failures that persist when both sizes are measured again, interleaved,
-    judged on those runs alone: the machine's speed drifts over minutes (by 1.6x from one
-    day to the next), and one lucky run of the smaller size among the first runs made a
-    linear pass look superlinear (groups' render, 50,000 -> 100,000 rules: 1.18 -> 2.80 s
-    CPU, where 1.56-1.74 -> 2.79-3.20 s interleaved). Every run is kept in RUNS."""
+    """The growth failures that persist when both sizes are measured again, interleaved
+    (CONFIRM runs each; every run is kept in RUNS).
+
+    Judged on the pairs of runs again alone, by the median of their ratios (larger run's
+    CPU / the smaller run's just before it): the machine's speed drifts over minutes (by
+    1.6x from one day to the next), and a minimum of each size let one lucky run of the
+    smaller size decide (groups' render, 50,000 -> 100,000 rules: 1.18 -> 2.80 s CPU,
+    where three interleaved pairs measured 1.56-1.74 -> 2.79-3.20 s)."""
     suspects = growth_findings(shape, {size: pass_minima(r) for size, r in runs.items()})
     pairs = sorted({(small, large) for small, large, _, _ in suspects})
     if not pairs or confirm <= 0:
         return [text for _, _, _, text in suspects]
-    suspected = {(small, large, name) for small, large, name, _ in suspects}
     confirmed: list[str] = []
     for small, large in pairs:
         print(f"  {shape}: measuring {small} and {large} rules again ({confirm} runs each, "
               f"load {load()})", file=sys.stderr)
-        fresh: dict[int, list[dict[str, object]]] = {small: [], large: []}
+        fresh: list[tuple[dict[str, object], dict[str, object]]] = []
         for _ in range(confirm):
-            for size in (small, large):
-                got = pass_run(policies[size])
-                if got is not None:
-                    fresh[size].append(got)
-                    runs[size].append(got)
-        judged = fresh if fresh[small] and fresh[large] else \
-            {small: runs[small], large: runs[large]}
-        again = growth_findings(shape, {size: pass_minima(r) for size, r in judged.items()})
-        confirmed.extend(text for low, high, name, text in again
-                         if (low, high, name) in suspected)
+            got = {size: pass_run(policies[size]) for size in (small, large)}
+            for size, run in got.items():
+                if run is not None:
+                    runs[size].append(run)
+            if got[small] is None or got[large] is None:
+                confirmed.append(f"{shape}: {small} or {large} rules did not compile when "
+                                 "measured again")
+                break
+            fresh.append((got[small], got[large]))
+        else:
+            names = {name for low, high, name, _ in suspects if (low, high) == (small, large)}
+            confirmed.extend(paired_growth(shape, small, large, fresh, names))
     return confirmed
+
+
+def paired_growth(shape: str, small: int, large: int,
+                  pairs: list[tuple[dict[str, object], dict[str, object]]],
+                  names: set[str]) -> list[str]:
+    """The passes of NAMES whose median ratio over PAIRS (a run of SMALL rules, the run of
+    LARGE rules after it) is above the allowed growth."""
+    allowed = GROWTH_PER_DOUBLING ** math.log2(large / small)
+    out: list[str] = []
+    for name in sorted(names):
+        before = [float(a["passes"][name]["cpu"]) for a, _ in pairs]  # type: ignore[index]
+        after = [float(b["passes"][name]["cpu"]) for _, b in pairs]  # type: ignore[index]
+        if max(after) < MIN_JUDGED:
+            continue
+        grew = statistics.median(b / max(a, 1e-3) for a, b in zip(before, after, strict=True))
+        if grew > allowed:
+            out.append(f"{shape}: {name} grew {grew:.1f}x from {small} to {large} rules "
+                       f"(median of {len(pairs)} interleaved pairs; CPU s "
+                       f"{', '.join(f'{a:.2f}' for a in before)} -> "
+                       f"{', '.join(f'{b:.2f}' for b in after)}; allowed {allowed:.1f}x)")
+    return out
 
 
 EDIT_STEPS = (

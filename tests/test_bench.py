@@ -96,21 +96,34 @@ def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatc
     import bench.run as run
 
     policies = {1000: tmp_path / "1000.fw", 2000: tmp_path / "2000.fw"}
+
+    def measured_again(small: list[float], large: list[float]) -> None:
+        again = {policies[1000]: iter(small), policies[2000]: iter(large)}
+        monkeypatch.setattr(run, "pass_run", lambda policy: _run(next(again[policy])))
+
     # A burst of load on the larger size's first runs: the runs again are linear.
-    again = {policies[1000]: iter([0.2, 0.2]), policies[2000]: iter([0.4, 0.41])}
-    monkeypatch.setattr(run, "pass_run", lambda policy: _run(next(again[policy])))
+    measured_again([0.2, 0.2, 0.2], [0.4, 0.41, 0.4])
     noisy = {1000: [_run(0.2), _run(0.21)], 2000: [_run(0.9), _run(1.0)]}
-    assert run.confirmed_failures("s", noisy, policies, confirm=2) == []
-    assert len(noisy[2000]) == 4  # measured again, interleaved with the smaller size
-    # One lucky run of the smaller size among the first runs: judged on the runs again.
-    again = {policies[1000]: iter([0.2, 0.21]), policies[2000]: iter([0.44, 0.45])}
+    assert run.confirmed_failures("s", noisy, policies, confirm=3) == []
+    assert len(noisy[2000]) == 5  # measured again, interleaved with the smaller size
+    # One lucky run of the smaller size, among the first runs or the runs again: the
+    # median of the pairs' ratios decides.
+    measured_again([0.12, 0.2, 0.21], [0.44, 0.45, 0.44])
     lucky = {1000: [_run(0.12), _run(0.2)], 2000: [_run(0.45), _run(0.46)]}
-    assert run.confirmed_failures("s", lucky, policies, confirm=2) == []
-    # Quadratic every time: still a failure, with the minimum of the runs again.
-    again = {policies[1000]: iter([0.2, 0.2]), policies[2000]: iter([0.85, 0.9])}
+    assert run.confirmed_failures("s", lucky, policies, confirm=3) == []
+    # Quadratic every time: still a failure, every pair printed.
+    measured_again([0.2, 0.2, 0.21], [0.85, 0.9, 0.8])
     quadratic = {1000: [_run(0.2), _run(0.21)], 2000: [_run(0.9), _run(1.0)]}
-    assert run.confirmed_failures("s", quadratic, policies, confirm=2) == [
-        "s: render grew 4.2x from 1000 to 2000 rules (0.20 -> 0.85 s CPU; allowed 2.3x)"]
+    assert run.confirmed_failures("s", quadratic, policies, confirm=3) == [
+        "s: render grew 4.2x from 1000 to 2000 rules (median of 3 interleaved pairs; CPU s "
+        "0.20, 0.20, 0.21 -> 0.85, 0.90, 0.80; allowed 2.3x)"]
+    # A run again that does not compile is a failure, not a pass.
+    again = {policies[1000]: iter([0.2]), policies[2000]: iter([None])}
+    monkeypatch.setattr(run, "pass_run",
+                        lambda policy: None if (v := next(again[policy])) is None else _run(v))
+    assert run.confirmed_failures("s", {1000: [_run(0.2)], 2000: [_run(0.9)]}, policies,
+                                  confirm=3) == [
+        "s: 1000 or 2000 rules did not compile when measured again"]
     # --confirm 0 judges the first runs' minima
     assert len(run.confirmed_failures("s", {1000: [_run(0.2)], 2000: [_run(0.9)]}, policies,
                                       confirm=0)) == 1

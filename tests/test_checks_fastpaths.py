@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from checkkit import mutate
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fwc.backend.lower.build import filter_parts, nat_part, service_matches
@@ -297,6 +297,22 @@ def _plain_service_keys(services: tuple[ServiceMatch, ...], family: int) -> set[
                 else:
                     keys.update(rules._wide_keys(match.number, ports.low, ports.high))
     return keys
+
+
+@settings(max_examples=500, deadline=None)
+@given(_lists, _lists)
+# single ports that together hold a range (the case the index once missed)
+@example((ServiceMatch("tcp", 6, (PortRange(80, 80), PortRange(81, 81))),),
+         (ServiceMatch("tcp", 6, (PortRange(80, 81),)),))
+def test_a_covering_list_is_stored_under_a_key_the_covered_one_probes(outer, inner):
+    """The shadowing index's completeness for services: whenever OUTER covers INNER in a
+    family, OUTER's index keys and INNER's probe keys share a key (else the covering rule
+    would never be a candidate)."""
+    covering, covered = rules.Services(outer), rules.Services(inner)
+    for family in (4, 6):
+        matches, _, probes = covered.keys(family)
+        if matches and covering.covers(covered, family):
+            assert set(covering.keys(family)[1]) & set(probes), (outer, inner, family)
 
 
 @settings(max_examples=300, deadline=None)

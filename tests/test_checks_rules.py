@@ -214,12 +214,14 @@ def test_shadowing_is_not_quadratic(tmp_path):
 
 def _shared_hull_policy(rules_per_group: int) -> str:
     """Twenty groups of scattered prefixes that share one CIDR hull (198.18.0.0/15), each
-    the source of many rules with distinct ports: no rule covers another."""
+    the source of many rules with distinct ports: no rule covers another. Then five rules
+    from one prefix of the first group, each covered by one of its rules."""
     groups = [f"group partners{g} " + ", ".join(
         f"198.{18 + (i % 2)}.{(g * 7 + i * 13) % 256}.{16 * ((g + i) % 16)}/28"
         for i in range(12)) for g in range(20)]
     lines = [f"    accept from partners{g} to any service tcp/{2000 + r}"
              for r in range(rules_per_group) for g in range(20)]
+    lines += [f"    accept from 198.18.0.0/28 to any service tcp/{2000 + r}" for r in range(5)]
     return "\n".join(groups) + "\n" + mutate((SERVER_RULE, "\n".join(lines).strip()))
 
 
@@ -245,8 +247,42 @@ def test_shadowing_tests_few_candidates_when_groups_share_a_hull(tmp_path, monke
                      if r.source.label.startswith("partners")}
     assert len(partner_lines) == 1200
     assert [d for d in found if d.span.line in partner_lines] == []
+    assert len([d for d in found if d.code == "FWC402"]) >= 5  # the five covered ones
     # Each rule meets at most the few earlier rules whose sets contain its own.
-    assert tested < 3 * count, (tested, count)
+    assert 5 <= tested < 3 * count, (tested, count)
+
+
+def _scattered_ranges_policy(count: int) -> str:
+    """COUNT rules with port ranges scattered over 2048-22087, none covering another, then
+    COUNT rules with a single port each, in the same blocks of ports but outside every
+    range: no rule covers another."""
+    lines = [f"    accept from 198.18.0.0/16 to 198.19.0.0/16 service tcp/{low}-{low + 40}"
+             for low in range(2048, 2048 + 100 * count, 100)]
+    lines += [f"    accept from 198.18.0.0/16 to 198.19.0.0/16 service tcp/{low + 60}"
+              for low in range(2048, 2048 + 100 * count, 100)]
+    return mutate((SERVER_RULE, "\n".join(lines).strip()))
+
+
+def test_shadowing_meets_only_the_ranges_in_a_ports_block(tmp_path, monkeypatch):
+    # Regression (issue 12): every port range of a protocol was stored under one key that
+    # every rule with ports asks, so each rule met every earlier uncovered range: on 100,000
+    # rules with scattered ranges, 175,000 failing coverage tests. Ranges are keyed by their
+    # blocks of 1,024 ports now.
+    policy = run(tmp_path, _scattered_ranges_policy(200)).policy
+    assert policy is not None
+    tested = 0
+    real = rules._scope_covers
+
+    def counting(outer, inner):
+        nonlocal tested
+        tested += 1
+        return real(outer, inner)
+
+    monkeypatch.setattr(rules, "_scope_covers", counting)
+    assert [d for d in rules.shadowed_rules(policy) if d.code in ("FWC401", "FWC402")] == []
+    # each rule meets the earlier ranges of its block (a range every 100 ports: at most
+    # 11); with one key per protocol each met every earlier range (about 60,000 in all)
+    assert 200 <= tested <= 400 * 11, tested
 
 
 # -- the indexed shadowing search equals a brute-force oracle ------------------------------
