@@ -67,6 +67,7 @@ ALL_SIZES = (1000, 5000, 20000, 50000, 100000)
 TRAVERSAL_SAMPLE = 300
 GROWTH_PER_DOUBLING = 2.3
 MIN_JUDGED = 0.1  # CPU seconds: below this a pass is noise on a shared machine
+CONFIRM_RUNS = 3  # pairs of runs again before a suspected growth counts (--confirm)
 
 
 @dataclass
@@ -511,7 +512,7 @@ def pass_table(shape: str, medians: dict[int, dict[str, tuple[float, float, floa
 
 
 def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path,
-               confirm: int = 3) -> int:
+               confirm: int = CONFIRM_RUNS) -> int:
     failures: list[str] = []
     for shape in shapes:
         medians: dict[int, dict[str, tuple[float, float, float]]] = {}
@@ -815,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(of {', '.join(SHAPES)})")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per shape and size for the per-pass medians")
-    parser.add_argument("--confirm", type=int, default=3,
+    parser.add_argument("--confirm", type=int, default=CONFIRM_RUNS,
                         help="runs of each size again, interleaved, before a pass that grew "
                         "too fast fails the verdict (0: judge the first runs)")
     parser.add_argument("--all-sizes", action="store_true",

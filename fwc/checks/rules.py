@@ -670,22 +670,17 @@ class CoverIndex:
                     found = {candidate.position: candidate
                              for bucket in buckets for candidate in bucket}
                     candidates = [found[k] for k in sorted(found)]
-                covering = None
                 if len(parts) == 1:
                     # every candidate has a part of this slot whose source and
                     # destination hold the flow's (its bucket says so): `covers` less the
                     # address tests, which cost ~40 us each on large groups
                     family = part.family
-                    for earlier in candidates:
-                        if _scope_covers(earlier, flow) \
-                                and earlier.summary.covers(summary, family):
-                            covering = earlier
-                            break
+                    covering = next((earlier for earlier in candidates
+                                     if _scope_covers(earlier, flow)
+                                     and earlier.summary.covers(summary, family)), None)
                 else:
-                    for earlier in candidates:
-                        if covers(earlier, flow):
-                            covering = earlier
-                            break
+                    covering = next((earlier for earlier in candidates
+                                     if covers(earlier, flow)), None)
                 if covering is not None:
                     yield flow, covering
                     continue
