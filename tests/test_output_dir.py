@@ -62,6 +62,33 @@ def test_staging_copy_is_private_until_it_is_swapped_in(edge, tmp_path):
     assert file_tree(out) == before
 
 
+def test_a_recompile_writes_each_file_once_and_keeps_other_policies_clusters(edge, tmp_path):
+    # The staging copy takes the directory's other content only: the clusters this
+    # compile replaces are written once, never copied first and then deleted.
+    out = tmp_path / "out"
+    other = edge.parent / "other.fw"
+    other.write_text(EDGE.replace("cluster edge", "cluster branch").replace(
+        "policy edge", "policy branch").replace("nat edge", "nat branch").replace(
+        "expect edge", "expect branch"), encoding="utf-8")
+    assert compile_to(other, out) == 0
+    assert compile_to(edge, out) == 0
+    branch_before = {k: v for k, v in file_tree(out).items() if k.startswith("branch/")}
+    WATCH.seen.clear()
+    WATCH.active = True
+    try:
+        assert compile_to(edge, out) == 0
+    finally:
+        WATCH.active = False
+    created = [path.split(".fwc-staging-", 1)[1].split("/", 1)[1] for path, _ in WATCH.seen]
+    edge_files = sorted(p for p in created if p.startswith("edge/"))
+    assert edge_files == sorted(set(edge_files))  # no file of edge made twice
+    assert "edge/fw1/iptables.rules" in edge_files
+    assert sorted(p for p in created if p.startswith("branch/")) == sorted(branch_before)
+    after = file_tree(out)
+    assert {k: v for k, v in after.items() if k.startswith("branch/")} == branch_before
+    assert leftovers(tmp_path) == []
+
+
 def test_output_through_a_symbolic_link_writes_into_its_target(edge, tmp_path):
     real = tmp_path / "real" / "compiled"
     real.mkdir(parents=True)
@@ -115,6 +142,20 @@ def test_a_link_named_like_a_cluster_is_foreign_and_forced_replaced(edge, tmp_pa
     assert compile_to(edge, out, "--force") == 0
     assert not (out / "edge").is_symlink() and (out / "edge" / "MANIFEST").is_file()
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_file_named_like_a_cluster_is_foreign_and_forced_replaced(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "edge").write_text("not fwc's\n")
+    (out / "notes.txt").write_text("mine\n")
+    assert compile_to(edge, out) == 1
+    assert "error[FWC511]" in capsys.readouterr().err
+    assert (out / "edge").read_text() == "not fwc's\n"
+    assert compile_to(edge, out, "--force") == 0
+    assert (out / "edge" / "MANIFEST").is_file()
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert leftovers(tmp_path) == []
 
 
 def test_an_unlisted_file_in_a_cluster_directory_is_foreign(edge, tmp_path, capsys):

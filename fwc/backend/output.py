@@ -22,7 +22,7 @@ import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -486,16 +486,14 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
     old = parent / f".{output_dir.name}.fwc-old-{os.getpid()}"
     try:
         if output_dir.exists():
-            _copy_tree(output_dir, staging)
+            # What is at or inside the clusters written or removed now is not copied:
+            # it would be deleted from the copy right away (a recompile of 100,000 rules
+            # copied its previous 644 MB first). Everything else is kept as it is.
+            _copy_tree(output_dir, staging, leave_out=new_names | set(removed))
             final_mode = stat.S_IMODE(output_dir.stat().st_mode)
         else:
             os.mkdir(staging, 0o700)
             final_mode = 0o777 & ~_umask()
-        for name in sorted(new_names | set(removed)):
-            if (staging / name).is_symlink():  # foreign, kept only with --force
-                (staging / name).unlink()
-            elif (staging / name).exists():
-                shutil.rmtree(staging / name)
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
         os.chmod(staging, final_mode)
@@ -530,8 +528,9 @@ def _umask() -> int:
     return mask
 
 
-def _copy_tree(source: Path, target: Path) -> None:
-    """shutil.copytree(symlinks=True) without its moment of exposure.
+def _copy_tree(source: Path, target: Path, leave_out: Set[str] = frozenset()) -> None:
+    """shutil.copytree(symlinks=True) without its moment of exposure, less the entries
+    of SOURCE itself named in LEAVE_OUT.
 
     copytree creates each file with the default mode and sets the source's mode
     only after the data is in, and creates directories readable by others: a
@@ -541,6 +540,8 @@ def _copy_tree(source: Path, target: Path) -> None:
     """
     os.mkdir(target, 0o700)
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if entry.name in leave_out:
+            continue
         destination = target / entry.name
         if entry.is_symlink():
             os.symlink(os.readlink(entry.path), destination)
