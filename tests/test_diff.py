@@ -238,3 +238,78 @@ def test_the_member_handling_the_traffic_changed(repo, capsys):
     assert ("interface lan: traffic handled by fw1 (the VRRP master) -> "
             "fw2 (the VRRP master)") in out
     assert "interface sync: traffic handled" not in out  # no VIP: no VRRP master
+
+
+# -- two processes (issue 12): the checks of both sides in a worker -----------------------
+
+SHADOWED = "    drop   from desktops to any      service web\n"  # FWC401: an error
+DEFAULT_RULE = '    drop   from any      to any      log "default"\n'
+
+
+def both_ways(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """`fwc diff ARGS` with the checks in this process and in a worker: the same exit
+    status, summary, patch and diagnostics, byte for byte."""
+    monkeypatch.setenv("FWC_JOBS", "1")
+    one = fwc_diff(capsys, *args)
+    monkeypatch.setenv("FWC_JOBS", "2")  # a worker whatever the policy's size
+    assert fwc_diff(capsys, *args) == one
+    return one
+
+
+def test_a_worker_gives_the_same_diff(repo, capsys, monkeypatch):
+    policy = repo / "policies" / "edge.fw"
+    edit(policy, "host    monitor  192.0.2.20", "range   monitor  192.0.2.20-192.0.2.23")
+    edit(policy, "    reject from any      to any      service ident",
+         "    accept from server   to monitor  service ssh\n"
+         "    reject from any      to any      service ident")
+    code, out, _ = both_ways(capsys, monkeypatch)
+    assert code == 1 and "newly allowed" in out and "diff --fwc" in out
+    assert both_ways(capsys, monkeypatch, "--format", "json")[0] == 1
+
+
+def test_a_failing_side_is_reported_the_same_with_a_worker(repo, capsys, monkeypatch):
+    policy = repo / "policies" / "edge.fw"
+    clean = policy.read_text(encoding="utf-8")
+    assert DEFAULT_RULE in clean
+    # the working tree's checks fail
+    policy.write_text(clean.replace(DEFAULT_RULE, SHADOWED + DEFAULT_RULE), encoding="utf-8")
+    code, out, err = both_ways(capsys, monkeypatch)
+    assert (code, out) == (2, "")
+    assert "does not compile at working tree" in err and "error[FWC401]" in err
+    # the committed side's checks fail, the working tree's pass: the old side is named
+    commit(repo, "a shadowed rule")
+    policy.write_text(clean, encoding="utf-8")
+    code, out, err = both_ways(capsys, monkeypatch)
+    assert code == 2 and "does not compile at HEAD" in err and "error[FWC401]" in err
+    # and when the working tree does not even parse, the old side's errors still come first
+    policy.write_text(clean.replace("cluster edge", "cluster edge {{"), encoding="utf-8")
+    code, out, err = both_ways(capsys, monkeypatch)
+    assert code == 2 and "does not compile at HEAD" in err and "working tree" not in err
+
+
+def test_a_killed_worker_fails_the_diff(repo, capsys, monkeypatch):
+    import dataclasses
+    import os
+    import signal
+
+    from fwc import checks as registry
+
+    registry.load_registry()
+    info = registry.REGISTRY["FWC105"]
+    function, parent = info.function, os.getpid()
+    assert function is not None
+
+    def killer(policy):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(policy)
+
+    monkeypatch.setitem(registry.REGISTRY, "FWC105", dataclasses.replace(info, function=killer))
+    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 200")
+    monkeypatch.setenv("FWC_JOBS", "2")
+    code, out, err = fwc_diff(capsys)
+    assert (code, out) == (2, "")
+    assert "does not compile at HEAD" in err
+    assert "error[FWC900]" in err and "killed by signal 9 (SIGKILL)" in err
+    monkeypatch.setenv("FWC_JOBS", "1")  # in this process the check does not kill
+    assert fwc_diff(capsys)[0] == 1

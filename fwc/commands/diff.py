@@ -16,12 +16,13 @@ from pathlib import Path
 
 from fwc.diagnostics import print_diagnostics
 from fwc.diffing import files as filediff
-from fwc.diffing.build import Build, BuildError, compile_side
+from fwc.diffing.build import Build, BuildError, compile_sides
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.discover import changed_policies
 from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
 from fwc.diffing.report import render_summary, summary_json
 from fwc.diffing.semantic import ClusterSummary, summarise
+from fwc.parallel import jobs_from
 
 EXIT_SAME, EXIT_CHANGED, EXIT_USAGE = 0, 1, 2
 
@@ -96,8 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fwc-diff-") as scratch:
         for number, rel in enumerate(policies):
             try:
-                before = compile_side(old, rel, Path(scratch) / f"{number}-old", searched)
-                after = compile_side(new, rel, Path(scratch) / f"{number}-new", searched)
+                before, after = compile_sides(old, new, rel, Path(scratch) / f"{number}-old",
+                                              Path(scratch) / f"{number}-new", searched,
+                                              jobs_from(None))
             except BuildError as exc:
                 _report_broken(exc)
                 return EXIT_USAGE

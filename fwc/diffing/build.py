@@ -1,16 +1,37 @@
-"""Compile one side of a diff (a revision or the working tree) into a scratch directory."""
+"""Compile both sides of a diff (two revisions, or one and the working tree) into scratch
+directories.
+
+Each side is analysed and compiled as `fwc compile` would (secrets redacted: diffs end
+up in logs), each file written as it is rendered. A side that does not compile stops
+the diff with its diagnostics, the old side's first. For a large policy the checks of
+both sides run in one forked worker (fwc.parallel) while this process builds both
+sides' files, as `fwc compile` does; nothing is compared before both verdicts are in,
+so a failing side says exactly what it says when everything runs in turn.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from fwc import parallel
 from fwc.diagnostics import Diagnostic
 from fwc.diffing.git import Side, normalise
 from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
 from fwc.model.records import dataclass
-from fwc.pipeline import analyse
+from fwc.pipeline import (
+    FORK_RULES,
+    Analysis,
+    Modelled,
+    checked,
+    checks_in_worker,
+    decoded_diagnostics,
+    model,
+    rule_count,
+)
 
 
 @dataclass
@@ -20,6 +41,8 @@ class Build:
     policy: Policy | None  # None when the file does not exist on this side
     outdir: Path | None  # holds <cluster>/... when compiled
     texts: dict[str, str]
+    # parsed and resolved, its checks still to run (None: no file, or checked)
+    modelled: Modelled | None = None
 
 
 class BuildError(Exception):
@@ -31,26 +54,119 @@ class BuildError(Exception):
         self.diagnostics = diagnostics
 
 
-def compile_side(side: Side, rel: str, scratch: Path,
-                 include_path: Sequence[Path] = ()) -> Build:
-    """Analyse and compile REL as it is on SIDE; secrets redacted (diffs end up in logs).
+def compile_sides(old: Side, new: Side, rel: str, old_dir: Path, new_dir: Path,
+                  include_path: Sequence[Path] = (), jobs: int = parallel.AUTO) \
+        -> tuple[Build, Build]:
+    """REL as it is on OLD and on NEW, analysed and compiled into OLD_DIR and NEW_DIR;
+    BuildError for the first side (old, then new) that does not compile.
 
-    INCLUDE_PATH: repository-relative directories, read on SIDE like the policy."""
+    INCLUDE_PATH: repository-relative directories, read on each side like the policy.
+    JOBS (fwc.parallel): whether the checks may run in a worker process."""
+    before = _front(old, rel, include_path)
+    try:
+        after = _front(new, rel, include_path)
+    except BuildError:
+        _accept(before, checked)  # the old side's errors come first
+        raise
+    sides = [(before, old_dir), (after, new_dir)]
+    fronts = [b.modelled for b, _ in sides if b.modelled is not None]
+    rules = max((rule_count(m.policy) for m in fronts), default=0)
+    worker = parallel.start(_checks_task(fronts)) \
+        if fronts and parallel.wanted(jobs, rules, FORK_RULES) else None
+    if worker is None:
+        for build, directory in sides:
+            _accept(build, checked)
+            _write(build, directory)
+        return before, after
+    with contextlib.closing(worker):
+        answers = _Answers(worker, len(fronts))
+        try:
+            for build, directory in sides:
+                _write(build, directory)
+        except Exception:
+            # The checks come first, as without a worker: a policy with errors may not
+            # build at all.
+            for build, _ in sides:
+                _accept(build, answers.next)
+            raise
+        for build, _ in sides:
+            _accept(build, answers.next)
+    return before, after
+
+
+def _front(side: Side, rel: str, include_path: Sequence[Path]) -> Build:
+    """SIDE's REL parsed and resolved; BuildError when it does not parse or resolve."""
     build = Build(side, rel, None, None, {})
     if not side.exists(rel):
         return build
-    analysis = analyse(Path(rel), reader=side.read, read_secret=_secret_reader(side),
-                       include_path=include_path)
-    build.texts = analysis.program.texts
+    front = model(Path(rel), reader=side.read, read_secret=_secret_reader(side),
+                  include_path=include_path)
+    build.texts = front.program.texts
+    if isinstance(front, Analysis):  # with a reader: only when it does not parse
+        if not front.ok or front.policy is None:
+            raise BuildError(build, front.diagnostics)
+        build.policy = front.policy
+        return build
+    build.policy = front.policy
+    build.modelled = front
+    return build
+
+
+def _accept(build: Build, checks: Callable[[Policy], Sequence[Diagnostic]]) -> None:
+    """Finish BUILD's analysis with CHECKS' diagnostics; BuildError if it fails."""
+    modelled = build.modelled
+    if modelled is None:
+        return
+    build.modelled = None
+    analysis = modelled.finish_with(lambda: checks(modelled.policy))
     if not analysis.ok or analysis.policy is None:
         raise BuildError(build, analysis.diagnostics)
-    from fwc.backend.output import compile_policy, write_output
 
-    build.policy = analysis.policy
-    scratch.mkdir(parents=True, exist_ok=True)
-    write_output(scratch, rel, compile_policy(analysis.policy, redact=True))
-    build.outdir = scratch
-    return build
+
+def _checks_task(fronts: Sequence[Modelled]) -> Callable[[], Any]:
+    """A worker's task: the encoded diagnostics of every check, for each of FRONTS."""
+    tasks = [checks_in_worker(front.policy) for front in fronts]
+    return lambda: [task() for task in tasks]
+
+
+class _Answers:
+    """The worker's diagnostics, handed out side by side (`next`, one call per side)."""
+
+    def __init__(self, worker: parallel.Worker, count: int) -> None:
+        self._worker = worker
+        self._count = count
+        self._got: list[list[Diagnostic]] | parallel.WorkerFailed | None = None
+        self._given = 0
+
+    def next(self, _policy: Policy) -> list[Diagnostic]:
+        """The next side's diagnostics (WorkerFailed when the worker did not answer:
+        `finish_with` turns that into the error that says the checks did not run)."""
+        if self._got is None:
+            try:
+                value = self._worker.result()
+                if not isinstance(value, list) or len(value) != self._count:
+                    raise parallel.WorkerFailed("the worker did not answer for every side")
+                self._got = [decoded_diagnostics(item) for item in value]
+            except parallel.WorkerFailed as exc:
+                self._got = exc
+        if isinstance(self._got, parallel.WorkerFailed):
+            raise self._got
+        self._given += 1
+        return self._got[self._given - 1]
+
+
+def _write(build: Build, directory: Path) -> None:
+    """BUILD's files written into DIRECTORY as `fwc compile` writes them (each file
+    rendered while it is written: a large policy's output is never held at once)."""
+    if build.policy is None:
+        return
+    from fwc.backend.output import stream_policy, write_output
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # (chain texts kept for the next member spill beside the directory, as in compile)
+    write_output(directory, build.path, stream_policy(
+        build.policy, redact=True, chunked=True, spill_dir=str(directory.parent)))
+    build.outdir = directory
 
 
 def _secret_reader(side: Side):  # type: ignore[no-untyped-def]

@@ -34,10 +34,12 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
     old_files, new_files = tree_files(old_root), tree_files(new_root)
     out: list[FileDiff] = []
     for rel in sorted(set(old_files) | set(new_files)):
-        old = _read(old_files.get(rel))
-        new = _read(new_files.get(rel))
-        if old == new:
+        old_bytes = _bytes(old_files.get(rel))
+        new_bytes = _bytes(new_files.get(rel))
+        if old_bytes == new_bytes:
             continue
+        old = old_bytes.decode("utf-8", errors="replace")
+        new = new_bytes.decode("utf-8", errors="replace")
         status = "added" if rel not in old_files else "removed" if rel not in new_files \
             else "modified"
         lines = difflib.unified_diff(
@@ -48,10 +50,8 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
     return out
 
 
-def _read(path: Path | None) -> str:
-    if path is None:
-        return ""
-    return path.read_text(encoding="utf-8", errors="replace")
+def _bytes(path: Path | None) -> bytes:
+    return b"" if path is None else path.read_bytes()
 
 
 def render_patch(diffs: list[FileDiff], palette: Palette) -> str:

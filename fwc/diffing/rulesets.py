@@ -59,7 +59,9 @@ def parse(text: str) -> Ruleset:
     ruleset = Ruleset()
     table: Table | None = None
     for raw in text.splitlines():
-        line = _COUNTERS.sub("", raw.strip())
+        line = raw.strip()
+        if line[:1] == "[":  # (only iptables-save -c has counters: a regex for them only)
+            line = _COUNTERS.sub("", line)
         if not line or line.startswith("#"):
             continue
         if line.startswith("*"):
@@ -74,7 +76,10 @@ def parse(text: str) -> Ruleset:
             table.rules.setdefault(parts[0], [])
         elif line.startswith(("-A ", "--append ")):
             _, chain, *rest = line.split(None, 2)
-            table.chain(chain).append(_RULE_COUNTERS.sub("", " " + " ".join(rest)).strip())
+            rule = " " + " ".join(rest)
+            if "-c" in rule:
+                rule = _RULE_COUNTERS.sub("", rule)
+            table.chain(chain).append(rule.strip())
         elif line.startswith(("-N ", "--new-chain ")):
             chain = line.split()[1]
             table.policies.setdefault(chain, "-")

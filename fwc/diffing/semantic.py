@@ -8,6 +8,7 @@ compiled rulesets, because that is what the kernel will run.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
 
@@ -109,15 +110,19 @@ def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
 def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChange]:
     out: list[ChainChange] = []
     for fname, family in RULE_FILES:
-        old = _ruleset(old_dir / fname if old_dir else None)
-        new = _ruleset(new_dir / fname if new_dir else None)
+        old_text = _text(old_dir / fname if old_dir else None)
+        new_text = _text(new_dir / fname if new_dir else None)
+        if old_text == new_text:  # most files of a small change: nothing to parse
+            continue
+        old, new = rulesets.parse(old_text), rulesets.parse(new_text)
         for table in sorted(set(old.tables) | set(new.tables)):
             old_t = old.tables.get(table, rulesets.Table(table))
             new_t = new.tables.get(table, rulesets.Table(table))
             chains = list(new_t.policies) + [c for c in old_t.policies if c not in new_t.policies]
             for chain in chains:
-                change = compare(old_t.rules.get(chain, []), new_t.rules.get(chain, []),
-                                 key=without_location)
+                old_rules, new_rules = old_t.rules.get(chain, []), new_t.rules.get(chain, [])
+                change = compare(old_rules, new_rules, keys=without_locations) \
+                    if old_rules != new_rules else ListChange()
                 before, after = old_t.policies.get(chain), new_t.policies.get(chain)
                 policy = (before or "none", after or "none") if before != after else None
                 if change or policy:
@@ -126,6 +131,8 @@ def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChang
 
 
 _LOCATION = re.compile(r'(--comment "[^":]+):\d+"')
+# the same within each line of a text of several (a rule is one line)
+_LOCATION_IN_LINE = re.compile(r'(--comment "[^":\n]+):\d+"')
 
 
 def without_location(rule: str) -> str:
@@ -134,10 +141,17 @@ def without_location(rule: str) -> str:
     return _LOCATION.sub(r'\1"', rule)
 
 
-def _ruleset(path: Path | None) -> rulesets.Ruleset:
+def without_locations(rules: Sequence[str]) -> list[str]:
+    """`without_location` of each of RULES, in one pass over them all."""
+    if not rules:
+        return []
+    return _LOCATION_IN_LINE.sub(r'\1"', "\n".join(rules)).split("\n")
+
+
+def _text(path: Path | None) -> str:
     if path is None or not path.is_file():
-        return rulesets.Ruleset()
-    return rulesets.parse(path.read_text(encoding="utf-8"))
+        return ""
+    return path.read_text(encoding="utf-8")
 
 
 def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
