@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fwc.commands.common import without_cycle_collection
 from fwc.diagnostics import print_diagnostics
 from fwc.diffing import files as filediff
 from fwc.diffing.build import Build, BuildError, compile_sides
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_installed(args)
     try:
-        return _run(args)
+        with without_cycle_collection(args):
+            return _run(args)
     except (GitError, UsageError) as exc:
         print(f"fwc diff: {exc}", file=sys.stderr)
         return EXIT_USAGE

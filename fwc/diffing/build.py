@@ -100,7 +100,7 @@ def _front(side: Side, rel: str, include_path: Sequence[Path]) -> Build:
     if not side.exists(rel):
         return build
     front = model(Path(rel), reader=side.read, read_secret=_secret_reader(side),
-                  include_path=include_path)
+                  include_path=include_path, keep_syntax=False)
     build.texts = front.program.texts
     if isinstance(front, Analysis):  # with a reader: only when it does not parse
         if not front.ok or front.policy is None:
