@@ -60,6 +60,9 @@ def parse(text: str) -> Ruleset:
     table: Table | None = None
     for raw in text.splitlines():
         line = raw.strip()
+        if line[:3] == "-A " and table is not None:  # most lines: a rule, tested first
+            _append(table, line)
+            continue
         if line[:1] == "[":  # (only iptables-save -c has counters: a regex for them only)
             line = _COUNTERS.sub("", line)
         if not line or line.startswith("#"):
@@ -75,11 +78,7 @@ def parse(text: str) -> Ruleset:
             table.policies[parts[0]] = parts[1] if len(parts) > 1 else "-"
             table.rules.setdefault(parts[0], [])
         elif line.startswith(("-A ", "--append ")):
-            _, chain, *rest = line.split(None, 2)
-            rule = " " + " ".join(rest)
-            if "-c" in rule:
-                rule = _RULE_COUNTERS.sub("", rule)
-            table.chain(chain).append(rule.strip())
+            _append(table, line)
         elif line.startswith(("-N ", "--new-chain ")):
             chain = line.split()[1]
             table.policies.setdefault(chain, "-")
@@ -88,6 +87,15 @@ def parse(text: str) -> Ruleset:
             _, chain, policy = line.split()[:3]
             table.policies[chain] = policy
     return ruleset
+
+
+def _append(table: Table, line: str) -> None:
+    """The rule of an `-A CHAIN ...` line, without its counters, to its chain."""
+    _, chain, *rest = line.split(None, 2)
+    rule = " " + " ".join(rest)
+    if "-c" in rule:  # (a regex only where a counter can be)
+        rule = _RULE_COUNTERS.sub("", rule)
+    table.chain(chain).append(rule.strip())
 
 
 def normalised(text: str) -> list[str]:

@@ -114,7 +114,11 @@ def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChang
         new_text = _text(new_dir / fname if new_dir else None)
         if old_text == new_text:  # most files of a small change: nothing to parse
             continue
-        old, new = rulesets.parse(old_text), rulesets.parse(new_text)
+        # (each text let go once parsed: at 100,000 rules one is about 100 MB)
+        old = rulesets.parse(old_text)
+        del old_text
+        new = rulesets.parse(new_text)
+        del new_text
         for table in sorted(set(old.tables) | set(new.tables)):
             old_t = old.tables.get(table, rulesets.Table(table))
             new_t = new.tables.get(table, rulesets.Table(table))
