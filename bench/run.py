@@ -28,6 +28,10 @@ then times whole processes, as a user would run them:
 
 and `fwc --version` start-up.
 
+`--edit`: the edit loop through the result cache. `--diff`: `fwc diff` of a policy
+edited in a git working tree (one rule's service changed; one rule inserted, which
+moves every later rule's location), next to `fwc compile --no-cache` of it.
+
 Backends (unless `--no-backends`; `--backends-only` for just this table): for every
 shape at the largest size, `fwc compile --backend iptables|nftables` (wall time,
 peak RSS) and the time to load member fw1's output into a fresh network namespace
@@ -691,6 +695,78 @@ def run_edits(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
     return 1 if failures else 0
 
 
+def inserted_rule(text: str) -> str:
+    """The policy with one rule inserted in the middle of its policy block (a copy of the
+    accept rule there, which makes that one redundant: a warning, no error): every later
+    rule's file:line comment moves, the whole patch's worst case."""
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("policy "))
+    rules = [i for i in range(start + 1, len(lines))
+             if lines[i].strip().startswith("accept from ")]
+    where = rules[len(rules) // 2]
+    lines.insert(where, lines[where])
+    return "\n".join(lines)
+
+
+DIFF_EDITS = (
+    ("one rule's service changed", lambda text: one_line_edit(text, 0)),
+    ("one rule inserted", inserted_rule),
+)
+
+
+def run_diffs(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path) -> int:
+    """`fwc diff` of an edited working tree against the commit before it (whole processes,
+    median of REPEAT; wall s / CPU s of both processes / peak MB of the first), next to
+    `fwc compile --no-cache` of the edited policy. Exit 1 unless every diff reports a
+    change (exit status 1, as `git diff --exit-code`)."""
+    failures: list[str] = []
+    print(f"fwc diff after an edit (whole processes; median of {repeat}; "
+          "wall s / CPU s / peak MB)")
+    print()
+    head = ["shape", "rules", "compile --no-cache"] + [f"diff: {name}" for name, _ in DIFF_EDITS]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    env = dict(os.environ, FWC_NO_CACHE="1", GIT_CONFIG_NOSYSTEM="1",
+               GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.org",
+               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.org")
+    for shape in shapes:
+        for size in sizes:
+            original = fwc_policy(build_site(size, shape=shape))
+            cells = [shape, str(size)]
+            columns: list[list[Run]] = [[] for _ in range(len(DIFF_EDITS) + 1)]
+            for attempt in range(repeat):
+                for index, (name, edit) in enumerate(DIFF_EDITS):
+                    folder = work / "diff" / shape / str(size) / f"{attempt}-{index}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / "bench.fw").write_text(original, encoding="utf-8")
+                    for argv in (["init", "-q"], ["add", "bench.fw"],
+                                 ["commit", "-q", "-m", "bench"]):
+                        subprocess.run(["git", *argv], cwd=folder, env=env, check=True,
+                                       capture_output=True)
+                    (folder / "bench.fw").write_text(edit(original), encoding="utf-8")
+                    if index == 0:
+                        columns[0].append(timed([*fwc_command(), "compile", "bench.fw", "-o",
+                                                 "out"], cwd=folder, env=env))
+                    got = timed([*fwc_command(), "diff", "--no-color", "bench.fw"],
+                                cwd=folder, env=env)
+                    if got.returncode != 1:
+                        failures.append(f"{shape} {size}: diff ({name}) exited "
+                                        f"{got.returncode}: {got.stderr[-300:]}")
+                    columns[index + 1].append(got)
+                    shutil.rmtree(folder, ignore_errors=True)
+                print(f"  {shape} {size} diff run {attempt + 1} done (load {load()})",
+                      file=sys.stderr)
+            for runs in columns:
+                cells.append(f"{statistics.median(r.seconds for r in runs):.2f} / "
+                             f"{statistics.median(r.cpu for r in runs):.2f} / "
+                             f"{statistics.median(r.peak_mb for r in runs):.0f}")
+            print("| " + " | ".join(cells) + " |")
+    print()
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
 def trees_equal(a: Path, b: Path) -> bool:
     """Same files with the same bytes and modes below A and B."""
     def listing(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -831,6 +907,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the per-backend table (default size 20000)")
     parser.add_argument("--edit", action="store_true",
                         help="only the one-line edit loop through the result cache")
+    parser.add_argument("--diff", action="store_true",
+                        help="only `fwc diff` of an edited policy against its commit")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
         ALL_SIZES if args.all_sizes else ((1000,) if args.quick else DEFAULT_SIZES)
@@ -855,12 +933,13 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work, ignore_errors=True)
         print(f"load average at end: {load()}")
         return 0
-    if args.edit:
+    if args.edit or args.diff:
         print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
               f"load average at start: {load()}")
         work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
         try:
-            verdict = run_edits(shapes, sizes, args.repeat, work)
+            verdict = run_edits(shapes, sizes, args.repeat, work) if args.edit \
+                else run_diffs(shapes, sizes, args.repeat, work)
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
