@@ -34,16 +34,20 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
     old_files, new_files = tree_files(old_root), tree_files(new_root)
     out: list[FileDiff] = []
     for rel in sorted(set(old_files) | set(new_files)):
-        old_bytes = _bytes(old_files.get(rel))
-        new_bytes = _bytes(new_files.get(rel))
-        if old_bytes == new_bytes:
+        old = _bytes(old_files.get(rel))
+        new = _bytes(new_files.get(rel))
+        if old == new:
             continue
-        old = old_bytes.decode("utf-8", errors="replace")
-        new = new_bytes.decode("utf-8", errors="replace")
+        # (each form let go once the next is made: a rules file of 100,000 rules is
+        # about 100 MB in each)
+        old_lines = _lines(old)
+        del old
+        new_lines = _lines(new)
+        del new
         status = "added" if rel not in old_files else "removed" if rel not in new_files \
             else "modified"
         lines = difflib.unified_diff(
-            old.splitlines(), new.splitlines(),
+            old_lines, new_lines,
             "/dev/null" if status == "added" else f"a/{rel}",
             "/dev/null" if status == "removed" else f"b/{rel}", lineterm="")
         out.append(FileDiff(rel, status, tuple(lines)))
@@ -52,6 +56,10 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
 
 def _bytes(path: Path | None) -> bytes:
     return b"" if path is None else path.read_bytes()
+
+
+def _lines(data: bytes) -> list[str]:
+    return data.decode("utf-8", errors="replace").splitlines()
 
 
 def render_patch(diffs: list[FileDiff], palette: Palette) -> str:

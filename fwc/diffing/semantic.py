@@ -64,24 +64,40 @@ class ClusterSummary:
 def summarise(old: model.Policy | None, new: model.Policy | None,
               old_out: Path | None, new_out: Path | None) -> list[ClusterSummary]:
     """Summaries of every cluster present on either side, in the new side's order."""
+    return with_chain_changes(summarise_models(old, new), old_out, new_out)
+
+
+def summarise_models(old: model.Policy | None,
+                     new: model.Policy | None) -> list[ClusterSummary]:
+    """What the models of both sides tell, for every cluster on either side (changed or
+    not), in the new side's order; the members' chain changes come from the compiled
+    files (`with_chain_changes`), which need the models no more."""
     old_clusters = {c.name: c for c in old.clusters} if old else {}
     new_clusters = {c.name: c for c in new.clusters} if new else {}
     names = list(new_clusters) + [n for n in old_clusters if n not in new_clusters]
     # Name traffic with every object of the new side, used by a rule or not.
     vocabulary = Vocabulary.of_policy(new or old)  # type: ignore[arg-type]
-    out: list[ClusterSummary] = []
-    for name in names:
-        summary = summarise_cluster(old_clusters.get(name), new_clusters.get(name),
-                                    old_out / name if old_out else None,
-                                    new_out / name if new_out else None, vocabulary)
-        if summary:
-            out.append(summary)
-    return out
+    return [summarise_cluster(old_clusters.get(name), new_clusters.get(name), vocabulary)
+            for name in names]
+
+
+def with_chain_changes(summaries: list[ClusterSummary], old_out: Path | None,
+                       new_out: Path | None) -> list[ClusterSummary]:
+    """SUMMARIES with each member's chain changes, read from the compiled files under
+    OLD_OUT and NEW_OUT; only the clusters that changed."""
+    for summary in summaries:
+        old_dir = old_out / summary.name if old_out else None
+        new_dir = new_out / summary.name if new_out else None
+        for member in summary.members:
+            member.chains = chain_changes(
+                old_dir / member.name if old_dir and member.status != "added" else None,
+                new_dir / member.name if new_dir and member.status != "removed" else None)
+    return [summary for summary in summaries if summary]
 
 
 def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
-                      old_dir: Path | None, new_dir: Path | None,
                       vocabulary: Vocabulary | None = None) -> ClusterSummary:
+    """One cluster's summary from the models (its members' chains: `with_chain_changes`)."""
     assert old is not None or new is not None
     name = (new or old).name  # type: ignore[union-attr]
     status = "added" if old is None else "removed" if new is None else "changed"
@@ -101,8 +117,6 @@ def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
                              "removed" if after is None else "changed")
         if before is not None and after is not None:
             msum.settings = member_settings(before, after)
-        msum.chains = chain_changes(old_dir / member if old_dir and before else None,
-                                    new_dir / member if new_dir and after else None)
         summary.members.append(msum)
     return summary
 
