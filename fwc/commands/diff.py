@@ -8,12 +8,14 @@ compile at one side).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from fwc import parallel
 from fwc.commands.common import without_cycle_collection
 from fwc.diagnostics import print_diagnostics
 from fwc.diffing import files as filediff
@@ -22,8 +24,19 @@ from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.discover import changed_policies
 from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
 from fwc.diffing.report import render_summary, summary_json
-from fwc.diffing.semantic import ClusterSummary, summarise_models, with_chain_changes
+from fwc.diffing.semantic import (
+    ChainChange,
+    ClusterSummary,
+    MemberPlace,
+    chain_changes_json,
+    chain_changes_of,
+    compiled_chain_changes,
+    members_compared,
+    summarise_models,
+    with_chain_changes,
+)
 from fwc.parallel import jobs_from
+from fwc.pipeline import FORK_RULES, rule_count
 
 EXIT_SAME, EXIT_CHANGED, EXIT_USAGE = 0, 1, 2
 
@@ -105,15 +118,57 @@ def _run(args: argparse.Namespace) -> int:
             except BuildError as exc:
                 _report_broken(exc)
                 return EXIT_USAGE
-            found = summarise_models(before.policy, after.policy)
-            # Both models are done with: the rest reads the compiled files, whose rule
-            # files alone are about 100 MB a member at 100,000 rules.
-            before.policy = after.policy = None
-            summaries.append((rel, with_chain_changes(found, before.outdir, after.outdir)))
-            patches.extend(filediff.diff_trees(before.outdir, after.outdir))
+            chains, files = _compare(before, after)
+            summaries.append((rel, chains))
+            patches.extend(files)
         changed = bool(patches) or any(s for _, group in summaries for s in group)
         _print(args, palette, summaries, patches)
     return EXIT_CHANGED if changed else EXIT_SAME
+
+
+def _compare(before: Build, after: Build) \
+        -> tuple[list[ClusterSummary], list[filediff.FileDiff]]:
+    """The summary of both sides and their files' patch. What the compiled files say (each
+    member's chain changes, the patch) is read in a worker process while this one
+    compares the models, for a large policy (fwc.parallel), then the models go: at
+    100,000 rules a member's rule file alone is about 100 MB."""
+    members = members_compared(before.policy, after.policy)
+    rules = max((rule_count(b.policy) for b in (before, after) if b.policy), default=0)
+    worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir)) \
+        if parallel.wanted(jobs_from(None), rules, FORK_RULES) else None
+    with contextlib.closing(worker) if worker else contextlib.nullcontext():
+        found = summarise_models(before.policy, after.policy)
+        before.policy = after.policy = None
+        got = _files_answer(worker) if worker else None
+    if got is None:  # no worker, or it failed: the same, read here
+        got = _files(members, before.outdir, after.outdir)
+    chains, files = got
+    return with_chain_changes(found, chains), files
+
+
+def _files(members: list[MemberPlace], old_out: Path | None, new_out: Path | None) \
+        -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]]:
+    return (compiled_chain_changes(members, old_out, new_out),
+            filediff.diff_trees(old_out, new_out))
+
+
+def _files_json(members: list[MemberPlace], old_out: Path | None,
+                new_out: Path | None) -> list[object]:
+    chains, files = _files(members, old_out, new_out)
+    return [chain_changes_json(chains), filediff.patches_json(files)]
+
+
+def _files_answer(worker: parallel.Worker) \
+        -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]] | None:
+    """The worker's chain changes and patch; None when it did not deliver them (they are
+    then read again in this process: the worker only saves time, never decides)."""
+    try:
+        value = worker.result()
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError("not a pair")
+        return chain_changes_of(value[0]), filediff.patches_of(value[1])
+    except (parallel.WorkerFailed, ValueError):
+        return None
 
 
 def _report_broken(exc: BuildError) -> None:

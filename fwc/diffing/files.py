@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
 from fwc.diffing.colour import Palette
 from fwc.model.records import dataclass
+
+STATUSES = ("added", "removed", "modified")
 
 
 @dataclass(frozen=True)
 class FileDiff:
     path: str  # relative to the output root: <cluster>/<member>/<file>
-    status: str  # added, removed, modified
+    status: str  # one of STATUSES
     lines: tuple[str, ...]  # unified diff body, without trailing newlines
 
     @property
@@ -51,6 +54,23 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
             "/dev/null" if status == "added" else f"a/{rel}",
             "/dev/null" if status == "removed" else f"b/{rel}", lineterm="")
         out.append(FileDiff(rel, status, tuple(lines)))
+    return out
+
+
+def patches_json(diffs: list[FileDiff]) -> list[Any]:
+    """DIFFS as JSON data (a worker's answer; `patches_of` reads it back)."""
+    return [[d.path, d.status, list(d.lines)] for d in diffs]
+
+
+def patches_of(value: Any) -> list[FileDiff]:
+    """`patches_json`'s data as file diffs; ValueError when it is not that."""
+    try:
+        out = [FileDiff(path, status, tuple(lines)) for path, status, lines in value]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not file diffs: {exc}") from None
+    if not all(isinstance(d.path, str) and d.status in STATUSES and isinstance(d.lines, tuple)
+               and all(isinstance(line, str) for line in d.lines) for d in out):
+        raise ValueError("not file diffs")
     return out
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
+from typing import Any
 
 from fwc import model
 from fwc.analysis.describe import Vocabulary
@@ -64,34 +65,70 @@ class ClusterSummary:
 def summarise(old: model.Policy | None, new: model.Policy | None,
               old_out: Path | None, new_out: Path | None) -> list[ClusterSummary]:
     """Summaries of every cluster present on either side, in the new side's order."""
-    return with_chain_changes(summarise_models(old, new), old_out, new_out)
+    chains = compiled_chain_changes(members_compared(old, new), old_out, new_out)
+    return with_chain_changes(summarise_models(old, new), chains)
+
+
+def _clusters(old: model.Policy | None, new: model.Policy | None) \
+        -> list[tuple[model.Cluster | None, model.Cluster | None]]:
+    """Every cluster on either side, (old, new), in the new side's order."""
+    old_clusters = {c.name: c for c in old.clusters} if old else {}
+    new_clusters = {c.name: c for c in new.clusters} if new else {}
+    names = list(new_clusters) + [n for n in old_clusters if n not in new_clusters]
+    return [(old_clusters.get(name), new_clusters.get(name)) for name in names]
+
+
+def _members(old: model.Cluster | None, new: model.Cluster | None) \
+        -> list[tuple[model.Member | None, model.Member | None]]:
+    """Every member of a cluster on either side, (old, new), in the new side's order."""
+    old_members = {m.name: m for m in old.members} if old else {}
+    new_members = {m.name: m for m in new.members} if new else {}
+    names = list(new_members) + [m for m in old_members if m not in new_members]
+    return [(old_members.get(name), new_members.get(name)) for name in names]
+
+
+# (cluster, member, whether it is on the old side, whether on the new)
+MemberPlace = tuple[str, str, bool, bool]
+
+
+def members_compared(old: model.Policy | None,
+                     new: model.Policy | None) -> list[MemberPlace]:
+    """Every member of every cluster on either side: whose compiled files to compare."""
+    return [((new_c or old_c).name, (after or before).name,  # type: ignore[union-attr]
+             before is not None, after is not None)
+            for old_c, new_c in _clusters(old, new) for before, after in _members(old_c, new_c)]
+
+
+def compiled_chain_changes(members: list[MemberPlace], old_out: Path | None,
+                           new_out: Path | None) -> dict[tuple[str, str], list[ChainChange]]:
+    """Each member's chain changes, read from the compiled files under OLD_OUT and NEW_OUT
+    (no model is needed: `fwc diff` reads them in a worker process)."""
+    out: dict[tuple[str, str], list[ChainChange]] = {}
+    for cluster, member, on_old, on_new in members:
+        out[(cluster, member)] = chain_changes(
+            old_out / cluster / member if old_out and on_old else None,
+            new_out / cluster / member if new_out and on_new else None)
+    return out
 
 
 def summarise_models(old: model.Policy | None,
                      new: model.Policy | None) -> list[ClusterSummary]:
     """What the models of both sides tell, for every cluster on either side (changed or
     not), in the new side's order; the members' chain changes come from the compiled
-    files (`with_chain_changes`), which need the models no more."""
-    old_clusters = {c.name: c for c in old.clusters} if old else {}
-    new_clusters = {c.name: c for c in new.clusters} if new else {}
-    names = list(new_clusters) + [n for n in old_clusters if n not in new_clusters]
+    files (`with_chain_changes`)."""
     # Name traffic with every object of the new side, used by a rule or not.
     vocabulary = Vocabulary.of_policy(new or old)  # type: ignore[arg-type]
-    return [summarise_cluster(old_clusters.get(name), new_clusters.get(name), vocabulary)
-            for name in names]
+    return [summarise_cluster(old_c, new_c, vocabulary) for old_c, new_c in _clusters(old, new)]
 
 
-def with_chain_changes(summaries: list[ClusterSummary], old_out: Path | None,
-                       new_out: Path | None) -> list[ClusterSummary]:
-    """SUMMARIES with each member's chain changes, read from the compiled files under
-    OLD_OUT and NEW_OUT; only the clusters that changed."""
+def with_chain_changes(summaries: list[ClusterSummary],
+                       chains: dict[tuple[str, str], list[ChainChange]]) \
+        -> list[ClusterSummary]:
+    """SUMMARIES with each member's CHAINS (`compiled_chain_changes`); only the clusters
+    that changed."""
     for summary in summaries:
-        old_dir = old_out / summary.name if old_out else None
-        new_dir = new_out / summary.name if new_out else None
         for member in summary.members:
-            member.chains = chain_changes(
-                old_dir / member.name if old_dir and member.status != "added" else None,
-                new_dir / member.name if new_dir and member.status != "removed" else None)
+            member.chains = chains[(summary.name, member.name)]
     return [summary for summary in summaries if summary]
 
 
@@ -109,16 +146,50 @@ def summarise_cluster(old: model.Cluster | None, new: model.Cluster | None,
     summary.nat = compare([r.text() for r in (old.nat if old else ())],
                           [r.text() for r in (new.nat if new else ())])
     summary.allowed, summary.denied = traffic_changes(old, new, vocabulary)
-    old_members = {m.name: m for m in old.members} if old else {}
-    new_members = {m.name: m for m in new.members} if new else {}
-    for member in list(new_members) + [m for m in old_members if m not in new_members]:
-        before, after = old_members.get(member), new_members.get(member)
-        msum = MemberSummary(member, "added" if before is None else
+    for before, after in _members(old, new):
+        msum = MemberSummary((after or before).name,  # type: ignore[union-attr]
+                             "added" if before is None else
                              "removed" if after is None else "changed")
         if before is not None and after is not None:
             msum.settings = member_settings(before, after)
         summary.members.append(msum)
     return summary
+
+
+def chain_changes_json(chains: dict[tuple[str, str], list[ChainChange]]) -> list[Any]:
+    """CHAINS as JSON data (a worker's answer; `chain_changes_of` reads it back)."""
+    return [[cluster, member, [[c.family, c.table, c.chain, c.change.added, c.change.removed,
+                                c.change.moved, list(c.policy) if c.policy else None]
+                               for c in changes]]
+            for (cluster, member), changes in chains.items()]
+
+
+def chain_changes_of(value: Any) -> dict[tuple[str, str], list[ChainChange]]:
+    """`chain_changes_json`'s data as chain changes; ValueError when it is not that."""
+    try:
+        out: dict[tuple[str, str], list[ChainChange]] = {}
+        for cluster, member, changes in value:
+            out[(_string(cluster), _string(member))] = [
+                ChainChange(_string(family), _string(table), _string(chain),
+                            ListChange(_strings(added), _strings(removed), _strings(moved)),
+                            None if policy is None else (_string(policy[0]),
+                                                         _string(policy[1])))
+                for family, table, chain, added, removed, moved, policy in changes]
+        return out
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"not chain changes: {exc}") from None
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(f"{value!r} is not a list")
+    return [_string(v) for v in value]
 
 
 def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChange]:
