@@ -313,3 +313,54 @@ def test_a_killed_worker_fails_the_diff(repo, capsys, monkeypatch):
     assert "error[FWC900]" in err and "killed by signal 9 (SIGKILL)" in err
     monkeypatch.setenv("FWC_JOBS", "1")  # in this process the check does not kill
     assert fwc_diff(capsys)[0] == 1
+
+
+def test_a_files_worker_that_dies_is_read_again_here(repo, capsys, monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from fwc.diffing import files as filediff
+
+    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 200")
+    edit(repo / "policies" / "edge.fw", "    reject from any      to any      service ident",
+         "    accept from server   to monitor  service ssh\n"
+         "    reject from any      to any      service ident")
+    expected = both_ways(capsys, monkeypatch)
+    assert expected[0] == 1 and "diff --fwc" in expected[1]
+    real, parent = filediff.diff_trees, os.getpid()
+    calls: list[int] = []
+
+    def dying(old_root, new_root):  # type: ignore[no-untyped-def]
+        calls.append(os.getpid())
+        if os.getpid() != parent:
+            (tmp_path / "worker-was-here").write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(old_root, new_root)
+
+    monkeypatch.setattr(filediff, "diff_trees", dying)
+    monkeypatch.setenv("FWC_JOBS", "2")
+    assert fwc_diff(capsys) == expected
+    assert calls == [parent]  # the worker's call never returned; this one did
+    assert int((tmp_path / "worker-was-here").read_text()) != parent
+
+
+def test_worker_answers_are_checked_before_use():
+    import pytest
+
+    from fwc.diffing.files import FileDiff, patches_json, patches_of
+    from fwc.diffing.semantic import ChainChange, chain_changes_json, chain_changes_of
+    from fwc.diffing.sequences import ListChange
+
+    chains = {("edge", "fw1"): [ChainChange("IPv4", "filter", "FORWARD",
+                                            ListChange(["-j ACCEPT"], [], ["-j DROP"]),
+                                            ("DROP", "ACCEPT"))],
+              ("edge", "fw2"): []}
+    assert chain_changes_of(chain_changes_json(chains)) == chains
+    patches = [FileDiff("edge/fw1/iptables.rules", "modified", ("--- a", "+++ b", "+x"))]
+    assert patches_of(patches_json(patches)) == patches
+    for bad in (None, [["edge"]], [["edge", "fw1", [[1, "filter", "x", [], [], [], None]]]]):
+        with pytest.raises(ValueError):
+            chain_changes_of(bad)
+    for bad in (None, [["p", "changed", []]], [["p", "added", [1]]], [[1, "added", []]]):
+        with pytest.raises(ValueError):
+            patches_of(bad)
