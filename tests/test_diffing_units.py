@@ -71,3 +71,15 @@ def test_normalised_ignores_counters_comments_and_unused_tables():
 def test_secrets_are_masked():
     assert mask_secrets('        auth_pass "s3cret"\n') == '        auth_pass "(secret)"\n'
     assert mask_secrets("auth_pass s3cret") == 'auth_pass "(secret)"'
+
+
+def test_rule_counters_are_removed_and_comments_kept():
+    saved = ("*filter\n:INPUT DROP [1:2]\n"
+             "[3:4] -A INPUT -m comment --comment \"p.fw:3\" -j ACCEPT\n"
+             "-A INPUT -c 5 6 -m conntrack --ctstate NEW -j DROP\n"
+             "-A INPUT -m comment --comment \"-c 7 8\" -j LOG\nCOMMIT\n")
+    assert parse(saved).tables["filter"].rules["INPUT"] == [
+        '-m comment --comment "p.fw:3" -j ACCEPT',
+        "-m conntrack --ctstate NEW -j DROP",
+        '-m comment --comment "-c 7 8" -j LOG',  # not after white space: no counter
+    ]

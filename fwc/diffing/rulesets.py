@@ -93,7 +93,9 @@ def _append(table: Table, line: str) -> None:
     """The rule of an `-A CHAIN ...` line, without its counters, to its chain."""
     _, chain, *rest = line.split(None, 2)
     rule = " " + " ".join(rest)
-    if "-c" in rule:  # (a regex only where a counter can be)
+    # A counter is `-c` after white space: every `-c` of `--comment`/`--ctstate` follows
+    # a `-` (the regex only where some `-c` does not)
+    if rule.count("-c") > rule.count("--c"):
         rule = _RULE_COUNTERS.sub("", rule)
     table.chain(chain).append(rule.strip())
 
