@@ -41,10 +41,10 @@ def _jobs(text: str) -> int:
             from None
 
 
-def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+def add_jobs_argument(parser: argparse.ArgumentParser, worker: str = "for the checks") -> None:
     parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                        help="processes to use: 1 runs everything in this one; 2 forks a "
-                        "worker for the checks; auto (default, or FWC_JOBS) forks for 1,000 "
+                        help=f"processes to use: 1 runs everything in this one; 2 forks a "
+                        f"worker {worker}; auto (default, or FWC_JOBS) forks for 1,000 "
                         "to 50,000 rules when two CPUs are usable")
 
 
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
     add_secrets_arguments(p, "with --installed: the secrets install was given")
     add_include_path_argument(p)
+    add_jobs_argument(p, "for the checks of both sides, then for reading the compiled files")
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
     p.add_argument("files", nargs="+", metavar="FILE",

@@ -262,9 +262,11 @@ def test_a_worker_gives_the_same_diff(repo, capsys, monkeypatch):
     edit(policy, "    reject from any      to any      service ident",
          "    accept from server   to monitor  service ssh\n"
          "    reject from any      to any      service ident")
-    code, out, _ = both_ways(capsys, monkeypatch)
+    code, out, err = both_ways(capsys, monkeypatch)
     assert code == 1 and "newly allowed" in out and "diff --fwc" in out
     assert both_ways(capsys, monkeypatch, "--format", "json")[0] == 1
+    # the option as the variable
+    assert fwc_diff(capsys, "--jobs", "1") == fwc_diff(capsys, "--jobs", "2") == (code, out, err)
 
 
 def test_a_failing_side_is_reported_the_same_with_a_worker(repo, capsys, monkeypatch):

@@ -109,24 +109,25 @@ def _run(args: argparse.Namespace) -> int:
     palette = Palette(wants_colour(args.color, sys.stdout))
     summaries: list[tuple[str, list[ClusterSummary]]] = []
     patches: list[filediff.FileDiff] = []
+    jobs = jobs_from(getattr(args, "jobs", None))
     with tempfile.TemporaryDirectory(prefix="fwc-diff-") as scratch:
         for number, rel in enumerate(policies):
             try:
                 before, after = compile_sides(old, new, rel, Path(scratch) / f"{number}-old",
                                               Path(scratch) / f"{number}-new", searched,
-                                              jobs_from(None))
+                                              jobs)
             except BuildError as exc:
                 _report_broken(exc)
                 return EXIT_USAGE
-            chains, files = _compare(before, after)
-            summaries.append((rel, chains))
+            summary, files = _compare(before, after, jobs)
+            summaries.append((rel, summary))
             patches.extend(files)
         changed = bool(patches) or any(s for _, group in summaries for s in group)
         _print(args, palette, summaries, patches)
     return EXIT_CHANGED if changed else EXIT_SAME
 
 
-def _compare(before: Build, after: Build) \
+def _compare(before: Build, after: Build, jobs: int) \
         -> tuple[list[ClusterSummary], list[filediff.FileDiff]]:
     """The summary of both sides and their files' patch. What the compiled files say (each
     member's chain changes, the patch) is read in a worker process while this one
@@ -135,7 +136,7 @@ def _compare(before: Build, after: Build) \
     members = members_compared(before.policy, after.policy)
     rules = max((rule_count(b.policy) for b in (before, after) if b.policy), default=0)
     worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir)) \
-        if parallel.wanted(jobs_from(None), rules, FORK_RULES) else None
+        if parallel.wanted(jobs, rules, FORK_RULES) else None
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None
