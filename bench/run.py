@@ -716,17 +716,19 @@ DIFF_EDITS = (
 
 def run_diffs(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path) -> int:
     """`fwc diff` of an edited working tree against the commit before it (whole processes,
-    median of REPEAT; wall s / CPU s of both processes / peak MB of the first), next to
-    `fwc compile --no-cache` of the edited policy. Exit 1 unless every diff reports a
-    change (exit status 1, as `git diff --exit-code`)."""
+    median of REPEAT; wall s / CPU s of both processes / peak MB of the first process
+    only: a worker's own pages are not in it), next to `fwc compile --no-cache` of the
+    edited policy. Exit 1 unless every compile succeeds and every diff reports a change
+    (exit status 1, as `git diff --exit-code`)."""
     failures: list[str] = []
     print(f"fwc diff after an edit (whole processes; median of {repeat}; "
-          "wall s / CPU s / peak MB)")
+          "wall s / CPU s / peak MB of the first process)")
     print()
     head = ["shape", "rules", "compile --no-cache"] + [f"diff: {name}" for name, _ in DIFF_EDITS]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     env = dict(os.environ, FWC_NO_CACHE="1", GIT_CONFIG_NOSYSTEM="1",
+               GIT_CONFIG_GLOBAL=os.devnull,  # (a user's commit.gpgsign, hooks: not here)
                GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.org",
                GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.org")
     for shape in shapes:
@@ -745,8 +747,12 @@ def run_diffs(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
                                        capture_output=True)
                     (folder / "bench.fw").write_text(edit(original), encoding="utf-8")
                     if index == 0:
-                        columns[0].append(timed([*fwc_command(), "compile", "bench.fw", "-o",
-                                                 "out"], cwd=folder, env=env))
+                        compiled = timed([*fwc_command(), "compile", "bench.fw", "-o", "out"],
+                                         cwd=folder, env=env)
+                        if compiled.returncode:
+                            failures.append(f"{shape} {size}: compile exited "
+                                            f"{compiled.returncode}: {compiled.stderr[-300:]}")
+                        columns[0].append(compiled)
                     got = timed([*fwc_command(), "diff", "--no-color", "bench.fw"],
                                 cwd=folder, env=env)
                     if got.returncode != 1:

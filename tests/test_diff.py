@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from conftest import EDGE_TEXT as EDGE
 from conftest import fwc_diff, git
 
@@ -246,13 +247,27 @@ SHADOWED = "    drop   from desktops to any      service web\n"  # FWC401: an er
 DEFAULT_RULE = '    drop   from any      to any      log "default"\n'
 
 
-def both_ways(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+def both_ways(capsys, monkeypatch, *args: str, forks: bool = True) -> tuple[int, str, str]:
     """`fwc diff ARGS` with the checks in this process and in a worker: the same exit
-    status, summary, patch and diagnostics, byte for byte."""
+    status, summary, patch and diagnostics, byte for byte. FORKS: whether a worker is
+    started at all (not when a side does not even parse)."""
+    from fwc import parallel
+
     monkeypatch.setenv("FWC_JOBS", "1")
     one = fwc_diff(capsys, *args)
+    started: list[object] = []
+    real = parallel.start
+
+    def counted(task):  # type: ignore[no-untyped-def]
+        worker = real(task)
+        started.append(worker)
+        return worker
+
     monkeypatch.setenv("FWC_JOBS", "2")  # a worker whatever the policy's size
-    assert fwc_diff(capsys, *args) == one
+    with monkeypatch.context() as patch:
+        patch.setattr(parallel, "start", counted)
+        assert fwc_diff(capsys, *args) == one
+    assert (bool(started) and None not in started) == forks
     return one
 
 
@@ -285,36 +300,43 @@ def test_a_failing_side_is_reported_the_same_with_a_worker(repo, capsys, monkeyp
     assert code == 2 and "does not compile at HEAD" in err and "error[FWC401]" in err
     # and when the working tree does not even parse, the old side's errors still come first
     policy.write_text(clean.replace("cluster edge", "cluster edge {{"), encoding="utf-8")
-    code, out, err = both_ways(capsys, monkeypatch)
+    code, out, err = both_ways(capsys, monkeypatch, forks=False)
     assert code == 2 and "does not compile at HEAD" in err and "working tree" not in err
 
 
-def test_a_killed_worker_fails_the_diff(repo, capsys, monkeypatch):
+@pytest.mark.parametrize("dies_at", [1, 2], ids=["old side", "new side"])
+def test_a_killed_checks_worker_costs_time_not_the_diff(repo, capsys, monkeypatch, tmp_path,
+                                                       dies_at):
+    """The worker dies while it checks one side: both sides are checked in this process,
+    and the diff says what it says without a worker."""
     import dataclasses
     import os
     import signal
 
     from fwc import checks as registry
 
+    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 200")
+    monkeypatch.setenv("FWC_JOBS", "1")
+    expected = fwc_diff(capsys)
+    assert expected[0] == 1
     registry.load_registry()
     info = registry.REGISTRY["FWC105"]
     function, parent = info.function, os.getpid()
     assert function is not None
+    calls = [0]  # in the worker: its own count of the sides it checked
 
     def killer(policy):  # type: ignore[no-untyped-def]
         if os.getpid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
+            calls[0] += 1
+            if calls[0] == dies_at:
+                (tmp_path / "worker-died").write_text(str(calls[0]))
+                os.kill(os.getpid(), signal.SIGKILL)
         return function(policy)
 
     monkeypatch.setitem(registry.REGISTRY, "FWC105", dataclasses.replace(info, function=killer))
-    edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 200")
     monkeypatch.setenv("FWC_JOBS", "2")
-    code, out, err = fwc_diff(capsys)
-    assert (code, out) == (2, "")
-    assert "does not compile at HEAD" in err
-    assert "error[FWC900]" in err and "killed by signal 9 (SIGKILL)" in err
-    monkeypatch.setenv("FWC_JOBS", "1")  # in this process the check does not kill
-    assert fwc_diff(capsys)[0] == 1
+    assert fwc_diff(capsys) == expected
+    assert (tmp_path / "worker-died").read_text() == str(dies_at)
 
 
 def test_a_files_worker_that_dies_is_read_again_here(repo, capsys, monkeypatch, tmp_path):
@@ -347,8 +369,6 @@ def test_a_files_worker_that_dies_is_read_again_here(repo, capsys, monkeypatch, 
 
 
 def test_worker_answers_are_checked_before_use():
-    import pytest
-
     from fwc.diffing.files import FileDiff, patches_json, patches_of
     from fwc.diffing.semantic import ChainChange, chain_changes_json, chain_changes_of
     from fwc.diffing.sequences import ListChange
@@ -360,9 +380,36 @@ def test_worker_answers_are_checked_before_use():
     assert chain_changes_of(chain_changes_json(chains)) == chains
     patches = [FileDiff("edge/fw1/iptables.rules", "modified", ("--- a", "+++ b", "+x"))]
     assert patches_of(patches_json(patches)) == patches
-    for bad in (None, [["edge"]], [["edge", "fw1", [[1, "filter", "x", [], [], [], None]]]]):
+    good = chain_changes_json(chains)
+    for bad in (None, [["edge"]], [["edge", "fw1", [[1, "filter", "x", [], [], [], None]]]],
+                [["edge", "fw1", [["IPv4", "filter", "x", [], [], [], "XY"]]]],
+                [["edge", "fw1", [["IPv4", "filter", "x", "+abc", [], [], None]]]],
+                good + good[:1]):  # a member twice
         with pytest.raises(ValueError):
             chain_changes_of(bad)
-    for bad in (None, [["p", "changed", []]], [["p", "added", [1]]], [[1, "added", []]]):
+    for bad in (None, [["p", "changed", []]], [["p", "added", [1]]], [[1, "added", []]],
+                [["p", "added", "+abc"]], [["p", "added"]]):
         with pytest.raises(ValueError):
             patches_of(bad)
+
+
+class _Answering:
+    """A worker that answers VALUE."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def result(self) -> object:
+        return self.value
+
+
+def test_a_files_answer_for_other_members_is_read_again():
+    from fwc.commands.diff import _files_answer
+    from fwc.diffing.semantic import chain_changes_json
+
+    members = [("edge", "fw1", True, True), ("edge", "fw2", True, True)]
+    both = chain_changes_json({("edge", "fw1"): [], ("edge", "fw2"): []})
+    assert _files_answer(_Answering([both, []]), members) == (
+        {("edge", "fw1"): [], ("edge", "fw2"): []}, [])
+    for value in ([both[:1], []], [both + [["edge", "fw3", []]], []], [both], "x"):
+        assert _files_answer(_Answering(value), members) is None  # type: ignore[arg-type]

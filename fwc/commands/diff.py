@@ -131,16 +131,17 @@ def _compare(before: Build, after: Build, jobs: int) \
         -> tuple[list[ClusterSummary], list[filediff.FileDiff]]:
     """The summary of both sides and their files' patch. What the compiled files say (each
     member's chain changes, the patch) is read in a worker process while this one
-    compares the models, for a large policy (fwc.parallel), then the models go: at
-    100,000 rules a member's rule file alone is about 100 MB."""
+    compares the models, for a large policy (fwc.parallel). The models go before the
+    files are read here (without a worker: at 100,000 rules a member's rule file alone
+    is about 100 MB)."""
     members = members_compared(before.policy, after.policy)
-    rules = max((rule_count(b.policy) for b in (before, after) if b.policy), default=0)
+    rules = sum(rule_count(b.policy) for b in (before, after) if b.policy)
     worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir)) \
         if parallel.wanted(jobs, rules, FORK_RULES) else None
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None
-        got = _files_answer(worker) if worker else None
+        got = _files_answer(worker, members) if worker else None
     if got is None:  # no worker, or it failed: the same, read here
         got = _files(members, before.outdir, after.outdir)
     chains, files = got
@@ -159,15 +160,19 @@ def _files_json(members: list[MemberPlace], old_out: Path | None,
     return [chain_changes_json(chains), filediff.patches_json(files)]
 
 
-def _files_answer(worker: parallel.Worker) \
+def _files_answer(worker: parallel.Worker, members: list[MemberPlace]) \
         -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]] | None:
-    """The worker's chain changes and patch; None when it did not deliver them (they are
-    then read again in this process: the worker only saves time, never decides)."""
+    """The worker's chain changes (for exactly MEMBERS) and patch; None when it did not
+    deliver them (they are then read again in this process: the worker only saves time,
+    never decides)."""
     try:
         value = worker.result()
         if not isinstance(value, list) or len(value) != 2:
             raise ValueError("not a pair")
-        return chain_changes_of(value[0]), filediff.patches_of(value[1])
+        chains = chain_changes_of(value[0])
+        if sorted(chains) != sorted((cluster, member) for cluster, member, _, _ in members):
+            raise ValueError("not the members asked for")
+        return chains, filediff.patches_of(value[1])
     except (parallel.WorkerFailed, ValueError):
         return None
 

@@ -6,7 +6,8 @@ up in logs), each file written as it is rendered. A side that does not compile s
 the diff with its diagnostics, the old side's first. For a large policy the checks of
 both sides run in one forked worker (fwc.parallel) while this process builds both
 sides' files, as `fwc compile` does; nothing is compared before both verdicts are in,
-so a failing side says exactly what it says when everything runs in turn.
+so a failing side says exactly what it says when everything runs in turn (a
+worker that dies only costs time: the checks then run here).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fwc import parallel
-from fwc.diagnostics import Diagnostic
+from fwc.diagnostics import Diagnostic, has_errors
 from fwc.diffing.git import Side, normalise
 from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
@@ -70,9 +71,12 @@ def compile_sides(old: Side, new: Side, rel: str, old_dir: Path, new_dir: Path,
         raise
     sides = [(before, old_dir), (after, new_dir)]
     fronts = [b.modelled for b, _ in sides if b.modelled is not None]
-    rules = max((rule_count(m.policy) for m in fronts), default=0)
+    # The worker holds both sides' check tables: the fork bound counts both policies.
+    # A side whose parse or resolve already failed is not built next to its checks.
+    rules = sum(rule_count(m.policy) for m in fronts)
     worker = parallel.start(_checks_task(fronts)) \
-        if fronts and parallel.wanted(jobs, rules, FORK_RULES) else None
+        if fronts and not any(has_errors(m.diagnostics) for m in fronts) \
+        and parallel.wanted(jobs, rules, FORK_RULES) else None
     if worker is None:
         for build, directory in sides:
             _accept(build, checked)
@@ -130,28 +134,33 @@ def _checks_task(fronts: Sequence[Modelled]) -> Callable[[], Any]:
 
 
 class _Answers:
-    """The worker's diagnostics, handed out side by side (`next`, one call per side)."""
+    """The worker's diagnostics, handed out side by side (`next`, one call per side).
+
+    A worker that does not deliver them (killed, or an answer that does not decode)
+    costs time, not the diff: each side is then checked in this process, and says
+    what it says without a worker. (`fwc compile` fails instead, because there the
+    files would be installed; a diff only reads them.)"""
 
     def __init__(self, worker: parallel.Worker, count: int) -> None:
         self._worker = worker
         self._count = count
-        self._got: list[list[Diagnostic]] | parallel.WorkerFailed | None = None
+        self._got: list[list[Diagnostic]] | None = None
+        self._failed = False
         self._given = 0
 
-    def next(self, _policy: Policy) -> list[Diagnostic]:
-        """The next side's diagnostics (WorkerFailed when the worker did not answer:
-        `finish_with` turns that into the error that says the checks did not run)."""
-        if self._got is None:
+    def next(self, policy: Policy) -> list[Diagnostic]:
+        """The next side's diagnostics (POLICY: that side's, checked here if need be)."""
+        if self._got is None and not self._failed:
             try:
                 value = self._worker.result()
                 if not isinstance(value, list) or len(value) != self._count:
                     raise parallel.WorkerFailed("the worker did not answer for every side")
                 self._got = [decoded_diagnostics(item) for item in value]
-            except parallel.WorkerFailed as exc:
-                self._got = exc
-        if isinstance(self._got, parallel.WorkerFailed):
-            raise self._got
+            except parallel.WorkerFailed:
+                self._failed = True
         self._given += 1
+        if self._got is None:
+            return checked(policy)
         return self._got[self._given - 1]
 
 

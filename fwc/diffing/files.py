@@ -64,13 +64,15 @@ def patches_json(diffs: list[FileDiff]) -> list[Any]:
 
 def patches_of(value: Any) -> list[FileDiff]:
     """`patches_json`'s data as file diffs; ValueError when it is not that."""
-    try:
-        out = [FileDiff(path, status, tuple(lines)) for path, status, lines in value]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not file diffs: {exc}") from None
-    if not all(isinstance(d.path, str) and d.status in STATUSES and isinstance(d.lines, tuple)
-               and all(isinstance(line, str) for line in d.lines) for d in out):
+    if not isinstance(value, list):
         raise ValueError("not file diffs")
+    out: list[FileDiff] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and item[1] in STATUSES and isinstance(item[2], list)
+                and all(isinstance(line, str) for line in item[2])):
+            raise ValueError("not file diffs")
+        out.append(FileDiff(item[0], item[1], tuple(item[2])))
     return out
 
 

@@ -62,13 +62,6 @@ class ClusterSummary:
             or any(self.members))
 
 
-def summarise(old: model.Policy | None, new: model.Policy | None,
-              old_out: Path | None, new_out: Path | None) -> list[ClusterSummary]:
-    """Summaries of every cluster present on either side, in the new side's order."""
-    chains = compiled_chain_changes(members_compared(old, new), old_out, new_out)
-    return with_chain_changes(summarise_models(old, new), chains)
-
-
 def _clusters(old: model.Policy | None, new: model.Policy | None) \
         -> list[tuple[model.Cluster | None, model.Cluster | None]]:
     """Every cluster on either side, (old, new), in the new side's order."""
@@ -168,13 +161,14 @@ def chain_changes_of(value: Any) -> dict[tuple[str, str], list[ChainChange]]:
     """`chain_changes_json`'s data as chain changes; ValueError when it is not that."""
     try:
         out: dict[tuple[str, str], list[ChainChange]] = {}
-        for cluster, member, changes in value:
+        for cluster, member, changes in _list(value):
             out[(_string(cluster), _string(member))] = [
                 ChainChange(_string(family), _string(table), _string(chain),
                             ListChange(_strings(added), _strings(removed), _strings(moved)),
-                            None if policy is None else (_string(policy[0]),
-                                                         _string(policy[1])))
-                for family, table, chain, added, removed, moved, policy in changes]
+                            None if policy is None else _pair(policy))
+                for family, table, chain, added, removed, moved, policy in _list(changes)]
+        if len(out) != len(_list(value)):
+            raise ValueError("a member twice")
         return out
     except (TypeError, ValueError, IndexError) as exc:
         raise ValueError(f"not chain changes: {exc}") from None
@@ -186,10 +180,19 @@ def _string(value: Any) -> str:
     return value
 
 
-def _strings(value: Any) -> list[str]:
+def _list(value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError(f"{value!r} is not a list")
-    return [_string(v) for v in value]
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    return [_string(v) for v in _list(value)]
+
+
+def _pair(value: Any) -> tuple[str, str]:
+    first, second = _strings(value)
+    return first, second
 
 
 def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChange]:

@@ -24,18 +24,15 @@ class ListChange(Generic[T]):
 
 
 def compare(old: Sequence[T], new: Sequence[T],
-            key: Callable[[T], Hashable] | None = None,
             keys: Callable[[Sequence[T]], Sequence[Hashable]] | None = None) -> ListChange[T]:
     """Order matters (first match wins), so a rule that changed place is `moved`.
 
     Items present on both sides (with multiplicity) are kept in their relative
     order along a longest common subsequence; the rest of them moved. With
-    KEY, items are compared by key (a rule whose only change is the policy
-    line it came from is the same rule) and reported as the side shows them;
-    KEYS does the same for a whole list at once (the key of each item, in order).
+    KEYS (the key of each item of a list, in order), items are compared by key (a
+    rule whose only change is the policy line it came from is the same rule) and
+    reported as the side shows them.
     """
-    if key is not None:
-        keys = lambda items: [key(x) for x in items]  # noqa: E731
     if keys is not None:
         old_keys, new_keys = list(keys(old)), list(keys(new))
         keyed = compare(old_keys, new_keys)
