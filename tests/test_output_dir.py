@@ -42,6 +42,15 @@ class CreationWatch:
 WATCH = CreationWatch()
 
 
+def _other_policy(edge):  # type: ignore[no-untyped-def]
+    """other.fw next to EDGE: the same policy as cluster `branch`."""
+    other = edge.parent / "other.fw"
+    other.write_text(EDGE.replace("cluster edge", "cluster branch").replace(
+        "policy edge", "policy branch").replace("nat edge", "nat branch").replace(
+        "expect edge", "expect branch"), encoding="utf-8")
+    return other
+
+
 def test_staging_copy_is_private_until_it_is_swapped_in(edge, tmp_path):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0
@@ -66,10 +75,7 @@ def test_a_recompile_writes_each_file_once_and_keeps_other_policies_clusters(edg
     # The staging copy takes the directory's other content only: the clusters this
     # compile replaces are written once, never copied first and then deleted.
     out = tmp_path / "out"
-    other = edge.parent / "other.fw"
-    other.write_text(EDGE.replace("cluster edge", "cluster branch").replace(
-        "policy edge", "policy branch").replace("nat edge", "nat branch").replace(
-        "expect edge", "expect branch"), encoding="utf-8")
+    other = _other_policy(edge)
     assert compile_to(other, out) == 0
     assert compile_to(edge, out) == 0
     branch_before = {k: v for k, v in file_tree(out).items() if k.startswith("branch/")}
@@ -174,10 +180,7 @@ def test_fwc_own_output_and_an_empty_directory_need_no_force(edge, tmp_path, cap
     out = tmp_path / "out"
     out.mkdir()
     assert compile_to(edge, out) == 0
-    other = edge.parent / "other.fw"
-    other.write_text(EDGE.replace("cluster edge", "cluster branch").replace(
-        "policy edge", "policy branch").replace("nat edge", "nat branch").replace(
-        "expect edge", "expect branch"), encoding="utf-8")
+    other = _other_policy(edge)
     assert compile_to(other, out) == 0
     assert compile_to(edge, out) == 0
     assert "FWC511" not in capsys.readouterr().err
