@@ -38,6 +38,15 @@ class CreationWatch:
         root = text[:text.index("/", marker)] if "/" in text[marker:] else text
         self.seen.append((text, stat.S_IMODE(os.stat(root).st_mode)))
 
+    def compile(self, policy, out) -> None:  # type: ignore[no-untyped-def]
+        """`fwc compile POLICY -o OUT` (it must pass) with `seen` holding its creations."""
+        self.seen.clear()
+        self.active = True
+        try:
+            assert compile_to(policy, out) == 0
+        finally:
+            self.active = False
+
 
 WATCH = CreationWatch()
 
@@ -57,12 +66,7 @@ def test_staging_copy_is_private_until_it_is_swapped_in(edge, tmp_path):
     os.chmod(out, 0o750)
     before = file_tree(out)
     assert before["edge/fw1/keepalived.conf"][1] == 0o600
-    WATCH.seen.clear()
-    WATCH.active = True
-    try:
-        assert compile_to(edge, out) == 0
-    finally:
-        WATCH.active = False
+    WATCH.compile(edge, out)
     copied = [path for path, _ in WATCH.seen]
     assert any(p.endswith("edge/fw1/keepalived.conf") for p in copied)
     assert [(p, oct(mode)) for p, mode in WATCH.seen if mode & 0o077] == []
@@ -79,12 +83,7 @@ def test_a_recompile_writes_each_file_once_and_keeps_other_policies_clusters(edg
     assert compile_to(other, out) == 0
     assert compile_to(edge, out) == 0
     branch_before = {k: v for k, v in file_tree(out).items() if k.startswith("branch/")}
-    WATCH.seen.clear()
-    WATCH.active = True
-    try:
-        assert compile_to(edge, out) == 0
-    finally:
-        WATCH.active = False
+    WATCH.compile(edge, out)
     created = [path.split(".fwc-staging-", 1)[1].split("/", 1)[1] for path, _ in WATCH.seen]
     edge_files = sorted(p for p in created if p.startswith("edge/"))
     assert edge_files == sorted(set(edge_files))  # no file of edge made twice
