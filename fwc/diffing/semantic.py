@@ -8,10 +8,10 @@ compiled rulesets, because that is what the kernel will run.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from fwc import model
 from fwc.analysis.describe import Vocabulary
@@ -21,6 +21,14 @@ from fwc.diffing import rulesets
 from fwc.diffing.sequences import ListChange, compare
 from fwc.diffing.traffic import traffic_changes
 from fwc.model.records import dataclass
+
+
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)
 
 RULE_FILES = (("iptables.rules", "IPv4"), ("ip6tables.rules", "IPv6"))
 
@@ -62,22 +70,23 @@ class ClusterSummary:
             or any(self.members))
 
 
+def _paired(old: Iterable[_Named], new: Iterable[_Named]) \
+        -> list[tuple[_Named | None, _Named | None]]:
+    """Every item on either side by name, (old, new), in the new side's order."""
+    old_items = {item.name: item for item in old}
+    new_items = {item.name: item for item in new}
+    names = list(new_items) + [n for n in old_items if n not in new_items]
+    return [(old_items.get(name), new_items.get(name)) for name in names]
+
+
 def _clusters(old: model.Policy | None, new: model.Policy | None) \
         -> list[tuple[model.Cluster | None, model.Cluster | None]]:
-    """Every cluster on either side, (old, new), in the new side's order."""
-    old_clusters = {c.name: c for c in old.clusters} if old else {}
-    new_clusters = {c.name: c for c in new.clusters} if new else {}
-    names = list(new_clusters) + [n for n in old_clusters if n not in new_clusters]
-    return [(old_clusters.get(name), new_clusters.get(name)) for name in names]
+    return _paired(old.clusters if old else (), new.clusters if new else ())
 
 
 def _members(old: model.Cluster | None, new: model.Cluster | None) \
         -> list[tuple[model.Member | None, model.Member | None]]:
-    """Every member of a cluster on either side, (old, new), in the new side's order."""
-    old_members = {m.name: m for m in old.members} if old else {}
-    new_members = {m.name: m for m in new.members} if new else {}
-    names = list(new_members) + [m for m in old_members if m not in new_members]
-    return [(old_members.get(name), new_members.get(name)) for name in names]
+    return _paired(old.members if old else (), new.members if new else ())
 
 
 # (cluster, member, whether it is on the old side, whether on the new)
@@ -222,22 +231,17 @@ def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChang
     return out
 
 
-_LOCATION = re.compile(r'(--comment "[^":]+):\d+"')
-# the same within each line of a text of several (a rule is one line)
-_LOCATION_IN_LINE = re.compile(r'(--comment "[^":\n]+):\d+"')
-
-
-def without_location(rule: str) -> str:
-    """`--comment "edge.fw:46"` -> `--comment "edge.fw"`: a rule is the same rule
-    when only lines above it were inserted."""
-    return _LOCATION.sub(r'\1"', rule)
+# (`[^":\n]`: a match stays inside one rule of the joined text)
+_LOCATION = re.compile(r'(--comment "[^":\n]+):\d+"')
 
 
 def without_locations(rules: Sequence[str]) -> list[str]:
-    """`without_location` of each of RULES, in one pass over them all."""
+    """RULES without the policy line each came from, in one pass over them all:
+    `--comment "edge.fw:46"` -> `--comment "edge.fw"`, so that a rule is the same rule
+    when only lines above it were inserted."""
     if not rules:
         return []
-    return _LOCATION_IN_LINE.sub(r'\1"', "\n".join(rules)).split("\n")
+    return _LOCATION.sub(r'\1"', "\n".join(rules)).split("\n")
 
 
 def _text(path: Path | None) -> str:
