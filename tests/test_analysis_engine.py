@@ -380,3 +380,24 @@ def test_nonat_works_only_in_the_stage_its_interfaces_name(tmp_path):
         assert piece.dnat is not None and piece.dnat.address is None  # exempt from dnat
         assert piece.snat is not None and piece.snat.kind == "snat"
         assert piece.snat.address == "198.51.100.254"
+
+
+@pytest.mark.parametrize("name", ["edge.fw", "busy.fw", "branch.fw", "loadshare.fw"])
+def test_a_view_built_on_demand_answers_as_the_whole_view(name):
+    """`fwc query` builds a member's family only when the question has traffic of it: the
+    answers are the whole view's, and an IPv4 question leaves the IPv6 tables unbuilt."""
+    policy = _policy(EDGE.parent / name)
+    questions = [
+        TrafficClass(hosts("192.0.2.10"), hosts("198.51.100.10"), tcp(443)),
+        TrafficClass(hosts("2001:db8::10"), hosts("2001:db8:ffff::10"), tcp(22)),
+        TrafficClass(hosts("0.0.0.0/0", "::/0"), hosts("0.0.0.0/0", "::/0")),
+    ]
+    for cluster in policy.clusters:
+        for member in cluster.members:
+            whole = MemberView(cluster, member)
+            for question in questions:
+                lazy = MemberView(cluster, member, on_demand=True)
+                assert classify(lazy, question) == classify(whole, question)
+            lazy = MemberView(cluster, member, on_demand=True)
+            classify(lazy, questions[0])
+            assert {family for family, _ in lazy.filter} == {4}

@@ -158,9 +158,15 @@ class Piece:
 
 
 class MemberView:
-    """One member's rules, compiled once into indexed boxes; read-only afterwards."""
+    """One member's rules, compiled once into indexed boxes; read-only afterwards.
 
-    def __init__(self, cluster: Cluster, member: Member, *, takeover: bool = False) -> None:
+    With ON_DEMAND a family is compiled when `entry_boxes` first meets traffic of it: a
+    question about IPv4 addresses never builds the IPv6 rule boxes (`fwc query` of a
+    large policy). Readers of the per-family tables other than through `entry_boxes`
+    (comparisons, expectations) build the view whole, the default."""
+
+    def __init__(self, cluster: Cluster, member: Member, *, takeover: bool = False,
+                 on_demand: bool = False) -> None:
         self.cluster = cluster
         self.member = member
         # `firewall` as the policy means it (the member's addresses plus every VIP), and
@@ -189,10 +195,10 @@ class MemberView:
         # address is their destination.
         self.auto: dict[tuple[int, str], RuleList] = {}
         self.local_groups: dict[int, RuleList] = {}
-        rules = [r for r in cluster.rules if r.only in (None, member.name)]
-        nat = [r for r in cluster.nat if r.only in (None, member.name)]
-        for family in FAMILIES:
-            self._build_family(family, rules, nat)
+        self._built: set[int] = set()
+        if not on_demand:
+            for family in FAMILIES:
+                self._ensure(family)
 
     @classmethod
     def build(cls, cluster: Cluster, member: Member, *, takeover: bool = False) -> MemberView:
@@ -264,6 +270,14 @@ class MemberView:
             return None if base is None else base.with_(src=src, dst=dst)
         out = box.with_(src=src, dst=dst)
         return None if out.is_empty() else out
+
+    def _ensure(self, family: int) -> None:
+        if family in self._built:
+            return
+        self._built.add(family)
+        name = self.member.name
+        self._build_family(family, [r for r in self.cluster.rules if r.only in (None, name)],
+                           [r for r in self.cluster.nat if r.only in (None, name)])
 
     def _build_family(self, family: int, rules: list[FilterRule], nat: list[NatRule]) -> None:
         for chain, region in self._regions(family).items():
@@ -349,6 +363,7 @@ class MemberView:
             services = service_intervals(traffic.services, family)
             if not (src and dst and services):
                 continue
+            self._ensure(family)
             in_ifaces = frozenset({traffic.in_interface}) if traffic.in_interface \
                 else self.all_in
             out_ifaces = frozenset({traffic.out_interface}) if traffic.out_interface \

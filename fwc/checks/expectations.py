@@ -125,12 +125,13 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
 def check_cluster(cluster: Cluster, vocabulary: Vocabulary) -> Iterator[Diagnostic]:
     if not cluster.expectations:
         return
-    views = [MemberView(cluster, member) for member in cluster.members]
+    views = [MemberView(cluster, member, on_demand=True) for member in cluster.members]
     # Active-active: a member holds only its groups' VIPs while every member is well;
     # after a failover it holds them all and meets traffic it never met before. The
     # expectation is proved in both states (a member holding every VIP, or none, in
     # normal operation has one state: its view is already the after-failover one).
-    takeovers = {view.member.name: MemberView(cluster, view.member, takeover=True)
+    takeovers = {view.member.name: MemberView(cluster, view.member, takeover=True,
+                                                 on_demand=True)
                  for view in views if view.elsewhere_vips}
     for expectation in cluster.expectations:
         found: list[Failure] = []

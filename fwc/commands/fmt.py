@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fwc.commands.common import without_cycle_collection
 from fwc.diagnostics import error, print_diagnostics
 from fwc.frontend.formatting import FormatError, format_text
 from fwc.frontend.parse import parse_text
@@ -102,6 +103,11 @@ def replace_file(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with without_cycle_collection(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if STDIN in args.files and len(args.files) > 1:
         print("fwc fmt: '-' (standard input) cannot be combined with files", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from fwc.backend.render.escape import dot_label, dot_string
-from fwc.commands.common import resolved
+from fwc.commands.common import resolved, without_cycle_collection
 from fwc.model import Cluster, Policy
 from fwc.model.topology import topology
 
@@ -169,6 +169,11 @@ def _write(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with without_cycle_collection(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     analysis = resolved(args)
     if analysis is None or analysis.policy is None:
         return EXIT_POLICY

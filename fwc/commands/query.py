@@ -28,11 +28,12 @@ from fwc.analysis.engine import (
 )
 from fwc.analysis.handling import Handling, handling, vips_held_elsewhere
 from fwc.analysis.space import LOCAL
-from fwc.commands.common import resolved
+from fwc.commands.common import resolved, without_cycle_collection
 from fwc.diagnostics import Diagnostic, print_diagnostics
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, borrowed_parser, parse_fragment
 from fwc.frontend.resolve import FragmentResolver
+from fwc.model.addresses import AddressSet
 from fwc.model.records import dataclass
 
 EXIT_OK, EXIT_POLICY, EXIT_USAGE = 0, 1, 2
@@ -112,7 +113,7 @@ def _interfaces(ifaces: frozenset[str]) -> list[str]:
     return sorted(i for i in ifaces if i != LOCAL)
 
 
-def piece_json(piece: Piece, view: MemberView, vocabulary: Vocabulary,
+def piece_json(piece: Piece, view: Asked, vocabulary: Vocabulary,
                texts: dict[str, str]) -> dict[str, object]:
     box = piece.box
     return {
@@ -165,7 +166,17 @@ def _traffic(cluster: model.Cluster, question: Question,
                         question.out_interface)
 
 
-Results = list[tuple[model.Cluster, MemberView, list[Piece]]]
+@dataclass(frozen=True)
+class Asked:
+    """What the answer needs of a member's view once its pieces are known: the view
+    itself (every rule's boxes) is dropped member by member."""
+
+    member: model.Member
+    firewall: AddressSet
+    interfaces: frozenset[str]
+
+
+Results = list[tuple[model.Cluster, Asked, list[Piece]]]
 
 
 def answer(policy: model.Policy, question: Question, resolver: FragmentResolver) \
@@ -192,10 +203,11 @@ def answer(policy: model.Policy, question: Question, resolver: FragmentResolver)
             continue
         routed = question.in_interface is None or question.out_interface is None
         for member in cluster.members:
-            view = MemberView(cluster, member)
+            view = MemberView(cluster, member, on_demand=True)
             pieces = classify(view, traffic)
             # parts that differ only by the interface routing picked read better together
-            out.append((cluster, view, merge_routed_pieces(pieces) if routed else pieces))
+            out.append((cluster, Asked(member, view.firewall, view.interfaces),
+                        merge_routed_pieces(pieces) if routed else pieces))
     if not out and first_error is not None:
         raise first_error
     return out, skipped
@@ -226,7 +238,9 @@ def _pieces(results: Results, cluster: model.Cluster, member: str | None,
 def who_handles(results: Results) -> list[Handled]:
     """Per cluster and arrival interface of the answer, who handles that traffic."""
     out = []
-    for cluster in dict.fromkeys(c for c, _, _ in results):
+    # by name: hashing a cluster would hash every one of its rules
+    clusters = {c.name: c for c, _, _ in results}
+    for cluster in clusters.values():
         arrivals = {i for c, _, pieces in results if c is cluster
                     for piece in pieces for i in piece.box.in_ifaces}
         for item in handling(cluster, arrivals):
@@ -288,6 +302,11 @@ def _handling_line(row: Handled) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    with without_cycle_collection(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     analysis = resolved(args)
     if analysis is None or analysis.policy is None:
         return EXIT_POLICY
