@@ -69,6 +69,42 @@ def test_rule_added(repo, capsys):
     assert not (repo / "output").exists()
 
 
+def test_a_rule_inserted_first_changes_only_its_own_lines(repo, capsys):
+    """Rule chains are named by rule number (`fwc-p1-FORWARD`): a rule inserted first
+    renumbers every later one, and the old side is read in the new numbers, so the
+    member's chains show the new rule only, not every later rule removed and added."""
+    edit(repo / "policies" / "edge.fw",
+         '    accept from desktops to any      service web, dns, ping, echo  log "out"',
+         '    drop from client to web service ssh log "nope"\n'
+         '    accept from desktops to any      service web, dns, ping, echo  log "out"')
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    for member in ("fw1", "fw2"):
+        chains = section(out, f"member {member}")
+        assert chains.splitlines()[0] == "IPv4 filter/FORWARD: 2 added", chains
+        assert "fwc-p" not in chains  # no per-rule chain changed
+        assert "-d 192.0.2.80/32 -p tcp -m tcp --dport 22" in chains
+    # the files themselves did change names: the patch shows it
+    assert re.search(r"^\+-A FORWARD .* -j fwc-p2-FORWARD$", out, re.M)
+
+
+def test_a_removed_rule_keeps_its_chain_removed(repo, capsys):
+    first = '    accept from desktops to any      service ssh  log "first"\n'
+    edit(repo / "policies" / "edge.fw",
+         '    accept from desktops to any      service web, dns, ping, echo  log "out"\n',
+         first + '    accept from desktops to any      service web, dns, ping, echo  log "out"\n')
+    commit(repo, "a first rule with a chain of its own")
+    edit(repo / "policies" / "edge.fw", first, "")
+    code, out, _ = fwc_diff(capsys)
+    assert code == 1
+    chains = section(out, "member fw1")
+    # the removed rule's own chain, under its own name, and the jumps to it; the next
+    # rule's chain (fwc-p2 before, fwc-p1 now) is the same chain and is not reported
+    assert "IPv4 filter/fwc-p1-FORWARD: 2 removed" in chains, chains
+    assert "added" not in chains, chains
+    assert '--log-prefix "first "' in chains and '"out "' not in chains
+
+
 def test_object_widened_names_the_object(repo, capsys):
     edit(repo / "policies" / "edge.fw", "host    monitor  192.0.2.20",
          "range   monitor  192.0.2.20-192.0.2.23")

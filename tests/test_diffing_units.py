@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 
+from conftest import EDGE, EDGE_TEXT
+
 from fwc.diffing.installed import mask_secrets
+from fwc.diffing.renumber import Renumbering
 from fwc.diffing.rulesets import normalised, parse
 from fwc.diffing.semantic import without_locations
 from fwc.diffing.sequences import compare
+from fwc.pipeline import analyse
 
 
 def test_compare_added_removed_moved():
@@ -34,16 +38,22 @@ def test_compare_by_key_reports_the_sides_text():
 
 def without_location(rule: str) -> str:
     """One rule's location stripped on its own (what the one pass must equal)."""
-    return re.sub(r'(--comment "[^":]+):\d+"', r'\1"', rule)
+    for prefix, tail in (("", '"'), ("fwc arrange: ", ", in ")):
+        rule = re.sub(f'(--comment "{prefix}[^":]+):\\d+{tail}', f'\\1{tail}', rule)
+    return rule
 
 
 def test_locations_of_a_whole_chain_are_stripped_line_by_line():
     rules = ['-p tcp --comment "a.fw:12" -j ACCEPT', '-j DROP',
              '--comment "no location" -j LOG', '--comment "b.fw:7"',
-             '--comment "open', 'x.fw:3" -j DROP']  # a quote never spans two rules
+             '--comment "open', 'x.fw:3" -j DROP',  # a quote never spans two rules
+             '-s 192.0.2.1 --comment "fwc arrange: c.fw:40, in 2 chains" -j fwd-_1',
+             '--comment "fwc arrange: ports 1-99" -j fwd-_2']
     assert without_locations(rules) == [without_location(r) for r in rules]
     assert without_locations(rules)[0] == '-p tcp --comment "a.fw" -j ACCEPT'
     assert without_locations(rules)[5] == 'x.fw:3" -j DROP'
+    assert without_locations(rules)[6] == \
+        '-s 192.0.2.1 --comment "fwc arrange: c.fw, in 2 chains" -j fwd-_1'
     assert without_locations([]) == []
 
 
@@ -89,3 +99,36 @@ def test_rule_counters_are_removed_and_comments_kept():
         "-m conntrack --ctstate NEW -j DROP",
         '-m comment --comment "-c 7 8" -j LOG',  # not after white space: no counter
     ]
+
+
+def test_old_rule_numbers_read_in_the_new_ones():
+    numbers = Renumbering(rules={1: 2, 2: 3}, nat={1: 1, 2: 4})
+    old = ['-j fwc-p1-FORWARD', '-m hashlimit --hashlimit-name fwc-s2 -j DROP',
+           '-j fwc-n2-PREROUTING', '-j fwc-p3-INPUT', '-j fwc-p10-FORWARD',
+           '-j fwc-accept', '-m set --match-set fwc4-g4-lan-1 src -j fwc-n1-POSTROUTING']
+    assert numbers.lines(old) == [
+        '-j fwc-p2-FORWARD', '-m hashlimit --hashlimit-name fwc-s3 -j DROP',
+        '-j fwc-n4-PREROUTING', '-j fwc-p~3-INPUT', '-j fwc-p~10-FORWARD',
+        '-j fwc-accept', '-m set --match-set fwc4-g4-lan-1 src -j fwc-n1-POSTROUTING']
+    assert numbers.name("fwc-p2-FORWARD") == "fwc-p3-FORWARD"
+    assert numbers.name("INPUT") == "INPUT" and numbers.lines([]) == []
+
+
+def test_renumbering_follows_the_policy_rules(tmp_path):
+    text = EDGE_TEXT
+    anchor = "    accept from client   to firewall service ssh\n"
+    inserted = tmp_path / "inserted.fw"
+    inserted.write_text(text.replace(anchor, "    accept from client to web service ssh\n"
+                                     + anchor, 1), encoding="utf-8")
+    changed = tmp_path / "changed.fw"
+    changed.write_text(text.replace(anchor, anchor.replace("ssh", "ssh, web"), 1),
+                       encoding="utf-8")
+    (old,) = analyse(EDGE, run_checks=False).policy.clusters
+    (new,) = analyse(inserted, run_checks=False).policy.clusters
+    (same_place,) = analyse(changed, run_checks=False).policy.clusters
+    numbers = Renumbering.between(old, new)
+    assert numbers is not None
+    assert numbers.rules == {1: 1, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7} and numbers.nat == {1: 1, 2: 2}
+    # a rule changed in place keeps its number: nothing to follow
+    assert Renumbering.between(old, same_place) is None
+    assert Renumbering.between(old, old) is None and Renumbering.between(None, new) is None

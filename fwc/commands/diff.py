@@ -23,6 +23,7 @@ from fwc.diffing.build import Build, BuildError, compile_sides
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.discover import changed_policies
 from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
+from fwc.diffing.renumber import Renumbering
 from fwc.diffing.report import render_summary, summary_json
 from fwc.diffing.semantic import (
     ChainChange,
@@ -32,6 +33,7 @@ from fwc.diffing.semantic import (
     chain_changes_of,
     compiled_chain_changes,
     members_compared,
+    renumberings,
     summarise_models,
     with_chain_changes,
 )
@@ -135,28 +137,31 @@ def _compare(before: Build, after: Build, jobs: int) \
     files are read here (without a worker: at 100,000 rules a member's rule file alone
     is about 100 MB)."""
     members = members_compared(before.policy, after.policy)
+    renumbered = renumberings(before.policy, after.policy)
     rules = sum(rule_count(b.policy) for b in (before, after) if b.policy)
-    worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir)) \
+    worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir,
+                                                renumbered)) \
         if parallel.wanted(jobs, rules, FORK_RULES) else None
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None
         got = _files_answer(worker, members) if worker else None
     if got is None:  # no worker, or it failed: the same, read here
-        got = _files(members, before.outdir, after.outdir)
+        got = _files(members, before.outdir, after.outdir, renumbered)
     chains, files = got
     return with_chain_changes(found, chains), files
 
 
-def _files(members: list[MemberPlace], old_out: Path | None, new_out: Path | None) \
+def _files(members: list[MemberPlace], old_out: Path | None, new_out: Path | None,
+           renumbered: dict[str, Renumbering]) \
         -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]]:
-    return (compiled_chain_changes(members, old_out, new_out),
+    return (compiled_chain_changes(members, old_out, new_out, renumbered),
             filediff.diff_trees(old_out, new_out))
 
 
 def _files_json(members: list[MemberPlace], old_out: Path | None,
-                new_out: Path | None) -> list[object]:
-    chains, files = _files(members, old_out, new_out)
+                new_out: Path | None, renumbered: dict[str, Renumbering]) -> list[object]:
+    chains, files = _files(members, old_out, new_out, renumbered)
     return [chain_changes_json(chains), filediff.patches_json(files)]
 
 

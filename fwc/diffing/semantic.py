@@ -18,7 +18,8 @@ from fwc.analysis.describe import Vocabulary
 from fwc.analysis.diff import TrafficChange
 from fwc.analysis.handling import Handling, interface_handling
 from fwc.diffing import rulesets
-from fwc.diffing.sequences import ListChange, compare
+from fwc.diffing.renumber import Renumbering
+from fwc.diffing.sequences import ListChange, compare, compare_keyed
 from fwc.diffing.traffic import traffic_changes
 from fwc.model.records import dataclass
 
@@ -101,15 +102,31 @@ def members_compared(old: model.Policy | None,
             for old_c, new_c in _clusters(old, new) for before, after in _members(old_c, new_c)]
 
 
+def renumberings(old: model.Policy | None,
+                 new: model.Policy | None) -> dict[str, Renumbering]:
+    """Per cluster on both sides whose rule numbers change: how the old ones read on the
+    new side (for `compiled_chain_changes`)."""
+    out: dict[str, Renumbering] = {}
+    for old_c, new_c in _clusters(old, new):
+        found = Renumbering.between(old_c, new_c)
+        if found is not None and new_c is not None:
+            out[new_c.name] = found
+    return out
+
+
 def compiled_chain_changes(members: list[MemberPlace], old_out: Path | None,
-                           new_out: Path | None) -> dict[tuple[str, str], list[ChainChange]]:
+                           new_out: Path | None,
+                           renumbered: dict[str, Renumbering] | None = None) \
+        -> dict[tuple[str, str], list[ChainChange]]:
     """Each member's chain changes, read from the compiled files under OLD_OUT and NEW_OUT
-    (no model is needed: `fwc diff` reads them in a worker process)."""
+    (no model is needed: `fwc diff` reads them in a worker process); RENUMBERED: the
+    clusters whose rule numbers changed (`renumberings`)."""
     out: dict[tuple[str, str], list[ChainChange]] = {}
     for cluster, member, on_old, on_new in members:
         out[(cluster, member)] = chain_changes(
             old_out / cluster / member if old_out and on_old else None,
-            new_out / cluster / member if new_out and on_new else None)
+            new_out / cluster / member if new_out and on_new else None,
+            (renumbered or {}).get(cluster))
     return out
 
 
@@ -204,7 +221,11 @@ def _pair(value: Any) -> tuple[str, str]:
     return first, second
 
 
-def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChange]:
+def chain_changes(old_dir: Path | None, new_dir: Path | None,
+                  renumbering: Renumbering | None = None) -> list[ChainChange]:
+    """The rule changes of each chain of a member's compiled rulesets. With RENUMBERING
+    the old side is read in the new side's rule numbers (fwc.diffing.renumber): a
+    chain is reported under the name of the side that has it, the new one's first."""
     out: list[ChainChange] = []
     for fname, family in RULE_FILES:
         old_text = _text(old_dir / fname if old_dir else None)
@@ -219,29 +240,47 @@ def chain_changes(old_dir: Path | None, new_dir: Path | None) -> list[ChainChang
         for table in sorted(set(old.tables) | set(new.tables)):
             old_t = old.tables.get(table, rulesets.Table(table))
             new_t = new.tables.get(table, rulesets.Table(table))
-            chains = list(new_t.policies) + [c for c in old_t.policies if c not in new_t.policies]
+            # old chain by the name the new side gives it
+            old_names = {renumbering.name(c) if renumbering else c: c for c in old_t.policies}
+            chains = list(new_t.policies) + [c for c in old_names if c not in new_t.policies]
             for chain in chains:
-                old_rules, new_rules = old_t.rules.get(chain, []), new_t.rules.get(chain, [])
-                change = compare(old_rules, new_rules, keys=without_locations) \
-                    if old_rules != new_rules else ListChange()
-                before, after = old_t.policies.get(chain), new_t.policies.get(chain)
+                old_name = old_names.get(chain)
+                old_rules = old_t.rules.get(old_name, []) if old_name is not None else []
+                new_rules = new_t.rules.get(chain, [])
+                change = _rule_changes(old_rules, new_rules, renumbering)
+                before = old_t.policies.get(old_name) if old_name is not None else None
+                after = new_t.policies.get(chain)
+                if chain not in new_t.policies and old_name is not None:
+                    chain = old_name  # only on the old side: its own name
                 policy = (before or "none", after or "none") if before != after else None
                 if change or policy:
                     out.append(ChainChange(family, table, chain, change, policy))
     return out
 
 
+def _rule_changes(old: list[str], new: list[str],
+                  renumbering: Renumbering | None) -> ListChange[str]:
+    if renumbering is None:
+        return compare(old, new, keys=without_locations) if old != new else ListChange()
+    old_keys = renumbering.lines(without_locations(old))
+    new_keys = without_locations(new)
+    return compare_keyed(old, new, old_keys, new_keys) if old_keys != new_keys \
+        else ListChange()
+
+
 # (`[^":\n]`: a match stays inside one rule of the joined text)
-_LOCATION = re.compile(r'(--comment "[^":\n]+):\d+"')
+# (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE, in N chains")
+_LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?")')
 
 
 def without_locations(rules: Sequence[str]) -> list[str]:
     """RULES without the policy line each came from, in one pass over them all:
-    `--comment "edge.fw:46"` -> `--comment "edge.fw"`, so that a rule is the same rule
-    when only lines above it were inserted."""
+    `--comment "edge.fw:46"` -> `--comment "edge.fw"` (and in the arrangement's copies,
+    `"fwc arrange: edge.fw:46, in 2 chains"` -> `"fwc arrange: edge.fw, in 2 chains"`), so
+    that a rule is the same rule when only lines above it were inserted."""
     if not rules:
         return []
-    return _LOCATION.sub(r'\1"', "\n".join(rules)).split("\n")
+    return _LOCATION.sub(r"\1", "\n".join(rules)).split("\n")
 
 
 def _text(path: Path | None) -> str:

@@ -34,11 +34,7 @@ def compare(old: Sequence[T], new: Sequence[T],
     reported as the side shows them.
     """
     if keys is not None:
-        old_keys, new_keys = list(keys(old)), list(keys(new))
-        keyed = compare(old_keys, new_keys)
-        return ListChange(_show(keyed.added, new_keys, new),
-                          _show(keyed.removed, old_keys, old),
-                          _show(keyed.moved, new_keys, new))
+        return compare_keyed(old, new, list(keys(old)), list(keys(new)))
     old_count, new_count = Counter(old), Counter(new)
     change: ListChange[T] = ListChange()
     change.removed = _take_surplus(old, old_count - new_count)
@@ -53,6 +49,16 @@ def compare(old: Sequence[T], new: Sequence[T],
             in_place[block.b + k] = True
     change.moved = [item for item, ok in zip(new_common, in_place, strict=True) if not ok]
     return change
+
+
+def compare_keyed(old: Sequence[T], new: Sequence[T], old_keys: list[Hashable],
+                  new_keys: list[Hashable]) -> ListChange[T]:
+    """`compare` of the items by their keys (OLD_KEYS: one per item of OLD, in order),
+    reported as each side shows them."""
+    keyed = compare(old_keys, new_keys)
+    return ListChange(_show(keyed.added, new_keys, new),
+                      _show(keyed.removed, old_keys, old),
+                      _show(keyed.moved, new_keys, new))
 
 
 def _show(keys: list[Hashable], all_keys: list[Hashable], items: Sequence[T]) -> list[T]:
