@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import re
 
+import pytest
 from conftest import EDGE, EDGE_TEXT
 
+from fwc.diffing import files as filediff
 from fwc.diffing.installed import mask_secrets
 from fwc.diffing.renumber import Renumbering
 from fwc.diffing.rulesets import normalised, parse
@@ -132,3 +135,57 @@ def test_renumbering_follows_the_policy_rules(tmp_path):
     # a rule changed in place keeps its number: nothing to follow
     assert Renumbering.between(old, same_place) is None
     assert Renumbering.between(old, old) is None and Renumbering.between(None, new) is None
+
+
+def _applied(old: list[str], lines: tuple[str, ...]) -> list[str]:
+    """OLD with a unified diff's hunks applied (checks each context and removed line)."""
+    out: list[str] = []
+    at = 0
+    for line in lines[2:]:
+        if line.startswith("@@ "):
+            start = int(line.split()[1][1:].split(",")[0])
+            # (a hunk of no old lines starts after line START, others at it)
+            first = start if ",0 " in line.split("+")[0] + " " else start - 1
+            out.extend(old[at:first])
+            at = first
+        elif line.startswith("+"):
+            out.append(line[1:])
+        else:
+            assert old[at] == line[1:], (at, line)
+            if line.startswith(" "):
+                out.append(line[1:])
+            at += 1
+    return out + old[at:]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_patch_turns_the_old_file_into_the_new_with_git_and_without(tmp_path, seed,
+                                                                       monkeypatch):
+    rng = random.Random(seed)
+    old = [f"-A FORWARD -p tcp --dport {rng.randrange(40)} -j ACCEPT" for _ in range(300)]
+    new = list(old)
+    for _ in range(rng.randrange(1, 12)):
+        at = rng.randrange(len(new))
+        choice = rng.randrange(3)
+        if choice == 0:
+            new.insert(at, f"-A FORWARD -s 192.0.2.{rng.randrange(256)}/32 -j DROP")
+        elif choice == 1:
+            del new[at]
+        else:
+            new[at] = new[at].replace("ACCEPT", "REJECT")
+    for side, lines in (("a", old), ("b", new)):
+        (tmp_path / side / "c" / "m").mkdir(parents=True)
+        (tmp_path / side / "c" / "m" / "iptables.rules").write_text("\n".join(lines) + "\n")
+    (git_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b")
+    rules = "c/m/iptables.rules"
+    assert list(git_made.lines[2:]) == filediff._git_hunks(tmp_path / "a" / rules,
+                                                           tmp_path / "b" / rules)
+    monkeypatch.setattr(filediff, "_GIT_DIFF", ("/nonexistent/git",))
+    (difflib_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b")
+    for made in (git_made, difflib_made):
+        assert made.lines[:2] == ("--- a/c/m/iptables.rules", "+++ b/c/m/iptables.rules")
+        assert _applied(old, made.lines) == new
+    # difflib's matcher sets aside lines that occur often (its junk heuristic): on a
+    # ruleset of repeated lines git's hunks are never longer, often much shorter
+    assert git_made.insertions + git_made.deletions \
+        <= difflib_made.insertions + difflib_made.deletions
