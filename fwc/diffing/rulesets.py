@@ -61,7 +61,15 @@ def parse(text: str) -> Ruleset:
     for raw in text.splitlines():
         line = raw.strip()
         if line[:3] == "-A " and table is not None:  # most lines: a rule, tested first
-            _append(table, line)
+            parts = line.split(None, 2)
+            # (no counter can be in it: see _append)
+            if len(parts) == 3 and parts[2].count("-c") == parts[2].count("--c"):
+                rules = table.rules.get(parts[1])
+                if rules is None:
+                    rules = table.rules[parts[1]] = []
+                rules.append(parts[2])
+            else:
+                _append(table, line)
             continue
         if line[:1] == "[":  # (only iptables-save -c has counters: a regex for them only)
             line = _COUNTERS.sub("", line)
