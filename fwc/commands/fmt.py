@@ -41,14 +41,17 @@ def _format_file(path: Path) -> tuple[str, str] | None:
 
 
 def _format_text(text: str, name: str) -> tuple[str, str] | None:
-    _, diagnostics = parse_text(text, name)
-    if diagnostics:
-        print_diagnostics(diagnostics, {name: text})
-        return None
+    # The layout's parse is lark's over the whole text, as `parse_text` falls back to on
+    # any doubt: the text is formatted exactly when it has no syntax error, so the
+    # diagnostics' parse runs only for a text that fails (every text was parsed twice).
     try:
         return text, format_text(text)
     except FormatError as exc:
-        print(f"fwc fmt: {name}: {exc}", file=sys.stderr)
+        _, diagnostics = parse_text(text, name)
+        if diagnostics:
+            print_diagnostics(diagnostics, {name: text})
+        else:
+            print(f"fwc fmt: {name}: {exc}", file=sys.stderr)
         return None
 
 
