@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 from conftest import EDGE, EDGE_TEXT
@@ -189,3 +190,23 @@ def test_the_patch_turns_the_old_file_into_the_new_with_git_and_without(tmp_path
     # ruleset of repeated lines git's hunks are never longer, often much shorter
     assert git_made.insertions + git_made.deletions \
         <= difflib_made.insertions + difflib_made.deletions
+
+
+def test_the_users_git_settings_do_not_change_the_patch(tmp_path, monkeypatch):
+    old = [f"line {n}" for n in range(40)] + [""] + [f"tail {n}" for n in range(40)]
+    new = list(old)
+    new[5], new[30], new[42], new[60] = "changed 5", "changed 30", "changed 42", "changed 60"
+    for side, lines in (("a", old), ("b", new)):
+        (tmp_path / side / "c").mkdir(parents=True)
+        (tmp_path / side / "c" / "f.rules").write_text("\n".join(lines) + "\n")
+    (plain,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b")
+    config = tmp_path / "gitconfig"
+    config.write_text("[diff]\n\texternal = /bin/false\n\tsuppressBlankEmpty = true\n"
+                      "\tinterHunkContext = 20\n\talgorithm = patience\n\tcontext = 9\n"
+                      "\tnoprefix = true\n[color]\n\tdiff = always\n\tui = always\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.chdir(tmp_path / "a")
+    (configured,) = filediff.diff_trees(Path("."), tmp_path / "b")  # a relative side too
+    assert configured.lines[2:] == plain.lines[2:]
+    assert sum(line.startswith("@@") for line in plain.lines) == 4  # not joined
+    assert " " in plain.lines  # the blank context line keeps its space

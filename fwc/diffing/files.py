@@ -62,10 +62,13 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
     return out
 
 
-# git's own diff, whatever the user's configuration says (no external or textconv
-# programs, no colour, the default algorithm, three lines of context)
-_GIT_DIFF = ("git", "-c", "diff.algorithm=myers", "-c", "core.quotePath=false", "diff",
-             "--no-index", "--no-color", "--no-ext-diff", "--no-textconv", "--text", "-U3")
+# git's own diff, whatever the user's configuration says: no external or textconv
+# programs, no colour, the default algorithm and heuristics, three lines of context and
+# no hunks joined across more, a blank context line still " " (as difflib writes it)
+_GIT_DIFF = ("git", "-c", "diff.algorithm=myers", "-c", "diff.indentHeuristic=true",
+             "-c", "diff.interHunkContext=0", "-c", "diff.suppressBlankEmpty=false",
+             "-c", "core.autocrlf=false", "diff", "--no-index", "--no-color",
+             "--no-ext-diff", "--no-textconv", "--text", "-U3")
 
 
 def _git_hunks(old: Path, new: Path) -> list[str] | None:
@@ -77,7 +80,9 @@ def _git_hunks(old: Path, new: Path) -> list[str] | None:
     it the patch comes from difflib. Hunk headers lose git's function context (difflib
     has none), and files always end in a newline (no "\\ No newline" marker kept)."""
     try:
-        done = subprocess.run([*_GIT_DIFF, "--", str(old), str(new)],
+        # (run beside the files: no attributes of the user's repository apply)
+        done = subprocess.run([*_GIT_DIFF, "--", str(old.resolve()), str(new.resolve())],
+                              cwd=old.resolve().parent,
                               capture_output=True, check=False)
     except OSError:
         return None
