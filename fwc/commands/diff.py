@@ -203,7 +203,7 @@ def _print(args: argparse.Namespace, palette: Palette,
     if args.stat:
         out.write(filediff.render_stat(patches, palette))
     else:
-        out.write(filediff.render_patch(patches, palette))
+        filediff.write_patch(patches, palette, out)
 
 
 

@@ -6,7 +6,7 @@ import difflib
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fwc.diffing.colour import Palette
 from fwc.model.records import dataclass
@@ -130,24 +130,29 @@ def _lines(data: bytes) -> list[str]:
     return data.decode("utf-8", errors="replace").splitlines()
 
 
-def render_patch(diffs: list[FileDiff], palette: Palette) -> str:
-    out: list[str] = []
+def write_patch(diffs: list[FileDiff], palette: Palette, stream: TextIO) -> None:
+    """The patch of DIFFS to STREAM, file by file (the whole patch of an inserted rule
+    at 20,000 rules is about 870,000 lines: it is never joined into one string)."""
     for diff in diffs:
-        out.append(palette.bold(f"diff --fwc a/{diff.path} b/{diff.path}"))
-        if diff.status != "modified":
-            out.append(palette.bold(f"{'new' if diff.status == 'added' else 'deleted'} file"))
-        for line in diff.lines:
-            if line.startswith(("---", "+++")):
-                out.append(palette.bold(line))
-            elif line.startswith("@@"):
-                out.append(palette.cyan(line))
-            elif line.startswith("+"):
-                out.append(palette.green(line))
-            elif line.startswith("-"):
-                out.append(palette.red(line))
-            else:
-                out.append(line)
-    return "\n".join(out) + ("\n" if out else "")
+        stream.write("\n".join(_patch_lines(diff, palette)) + "\n")
+
+
+def _patch_lines(diff: FileDiff, palette: Palette) -> list[str]:
+    out = [palette.bold(f"diff --fwc a/{diff.path} b/{diff.path}")]
+    if diff.status != "modified":
+        out.append(palette.bold(f"{'new' if diff.status == 'added' else 'deleted'} file"))
+    for line in diff.lines:
+        if line.startswith(("---", "+++")):
+            out.append(palette.bold(line))
+        elif line.startswith("@@"):
+            out.append(palette.cyan(line))
+        elif line.startswith("+"):
+            out.append(palette.green(line))
+        elif line.startswith("-"):
+            out.append(palette.red(line))
+        else:
+            out.append(line)
+    return out
 
 
 def render_stat(diffs: list[FileDiff], palette: Palette, width: int = 60) -> str:
