@@ -177,15 +177,19 @@ def test_the_patch_turns_the_old_file_into_the_new_with_git_and_without(tmp_path
     for side, lines in (("a", old), ("b", new)):
         (tmp_path / side / "c" / "m").mkdir(parents=True)
         (tmp_path / side / "c" / "m" / "iptables.rules").write_text("\n".join(lines) + "\n")
-    (git_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b")
+    (git_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "git")
     rules = "c/m/iptables.rules"
-    assert list(git_made.lines[2:]) == filediff._git_hunks(tmp_path / "a" / rules,
-                                                           tmp_path / "b" / rules)
+    assert list(git_made.lines())[2:] == filediff._git_hunks(tmp_path / "a" / rules,
+                                                             tmp_path / "b" / rules)
     monkeypatch.setattr(filediff, "_GIT_DIFF", ("/nonexistent/git",))
-    (difflib_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b")
+    (difflib_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b",
+                                          tmp_path / "difflib")
     for made in (git_made, difflib_made):
-        assert made.lines[:2] == ("--- a/c/m/iptables.rules", "+++ b/c/m/iptables.rules")
-        assert _applied(old, made.lines) == new
+        lines = tuple(made.lines())
+        assert lines[:2] == ("--- a/c/m/iptables.rules", "+++ b/c/m/iptables.rules")
+        assert _applied(old, lines) == new
+        assert made.insertions == sum(line[:1] == "+" for line in lines[2:])
+        assert made.deletions == sum(line[:1] == "-" for line in lines[2:])
     # difflib's matcher sets aside lines that occur often (its junk heuristic): on a
     # ruleset of repeated lines git's hunks are never longer, often much shorter
     assert git_made.insertions + git_made.deletions \
@@ -199,14 +203,15 @@ def test_the_users_git_settings_do_not_change_the_patch(tmp_path, monkeypatch):
     for side, lines in (("a", old), ("b", new)):
         (tmp_path / side / "c").mkdir(parents=True)
         (tmp_path / side / "c" / "f.rules").write_text("\n".join(lines) + "\n")
-    (plain,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b")
+    (plain,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "plain")
     config = tmp_path / "gitconfig"
     config.write_text("[diff]\n\texternal = /bin/false\n\tsuppressBlankEmpty = true\n"
                       "\tinterHunkContext = 20\n\talgorithm = patience\n\tcontext = 9\n"
                       "\tnoprefix = true\n[color]\n\tdiff = always\n\tui = always\n")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
     monkeypatch.chdir(tmp_path / "a")
-    (configured,) = filediff.diff_trees(Path("."), tmp_path / "b")  # a relative side too
-    assert configured.lines[2:] == plain.lines[2:]
-    assert sum(line.startswith("@@") for line in plain.lines) == 4  # not joined
-    assert " " in plain.lines  # the blank context line keeps its space
+    # (a relative side too)
+    (configured,) = filediff.diff_trees(Path("."), tmp_path / "b", tmp_path / "configured")
+    assert list(configured.lines())[2:] == list(plain.lines())[2:]
+    assert sum(line.startswith("@@") for line in plain.lines()) == 4  # not joined
+    assert " " in plain.lines()  # the blank context line keeps its space

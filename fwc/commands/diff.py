@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             except BuildError as exc:
                 _report_broken(exc)
                 return EXIT_USAGE
-            summary, files = _compare(before, after, jobs)
+            summary, files = _compare(before, after, jobs, Path(scratch) / f"{number}-patch")
             summaries.append((rel, summary))
             patches.extend(files)
         changed = bool(patches) or any(s for _, group in summaries for s in group)
@@ -129,43 +129,45 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_CHANGED if changed else EXIT_SAME
 
 
-def _compare(before: Build, after: Build, jobs: int) \
+def _compare(before: Build, after: Build, jobs: int, spool: Path) \
         -> tuple[list[ClusterSummary], list[filediff.FileDiff]]:
     """The summary of both sides and their files' patch. What the compiled files say (each
     member's chain changes, the patch) is read in a worker process while this one
     compares the models, for a large policy (fwc.parallel). The models go before the
     files are read here (without a worker: at 100,000 rules a member's rule file alone
-    is about 100 MB)."""
+    is about 100 MB). The patch's bodies go under SPOOL (fwc.diffing.files.FileDiff)."""
     members = members_compared(before.policy, after.policy)
     renumbered = renumberings(before.policy, after.policy)
     rules = sum(rule_count(b.policy) for b in (before, after) if b.policy)
+    # (each process writes the patch in a directory of its own)
+    theirs, mine = spool / "worker", spool / "here"
     worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir,
-                                                renumbered)) \
+                                                renumbered, theirs)) \
         if parallel.wanted(jobs, rules, FORK_RULES) else None
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None
-        got = _files_answer(worker, members) if worker else None
+        got = _files_answer(worker, members, theirs) if worker else None
     if got is None:  # no worker, or it failed: the same, read here
-        got = _files(members, before.outdir, after.outdir, renumbered)
+        got = _files(members, before.outdir, after.outdir, renumbered, mine)
     chains, files = got
     return with_chain_changes(found, chains), files
 
 
 def _files(members: list[MemberPlace], old_out: Path | None, new_out: Path | None,
-           renumbered: dict[str, Renumbering]) \
+           renumbered: dict[str, Renumbering], spool: Path) \
         -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]]:
     return (compiled_chain_changes(members, old_out, new_out, renumbered),
-            filediff.diff_trees(old_out, new_out))
+            filediff.diff_trees(old_out, new_out, spool))
 
 
-def _files_json(members: list[MemberPlace], old_out: Path | None,
-                new_out: Path | None, renumbered: dict[str, Renumbering]) -> list[object]:
-    chains, files = _files(members, old_out, new_out, renumbered)
+def _files_json(members: list[MemberPlace], old_out: Path | None, new_out: Path | None,
+                renumbered: dict[str, Renumbering], spool: Path) -> list[object]:
+    chains, files = _files(members, old_out, new_out, renumbered, spool)
     return [chain_changes_json(chains), filediff.patches_json(files)]
 
 
-def _files_answer(worker: parallel.Worker, members: list[MemberPlace]) \
+def _files_answer(worker: parallel.Worker, members: list[MemberPlace], spool: Path) \
         -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]] | None:
     """The worker's chain changes (for exactly MEMBERS) and patch; None when it did not
     deliver them (they are then read again in this process: the worker only saves time,
@@ -177,7 +179,7 @@ def _files_answer(worker: parallel.Worker, members: list[MemberPlace]) \
         chains = chain_changes_of(value[0])
         if sorted(chains) != sorted((cluster, member) for cluster, member, _, _ in members):
             raise ValueError("not the members asked for")
-        return chains, filediff.patches_of(value[1])
+        return chains, filediff.patches_of(value[1], spool)
     except (parallel.WorkerFailed, ValueError):
         return None
 

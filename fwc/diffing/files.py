@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,17 +16,23 @@ STATUSES = ("added", "removed", "modified")
 
 @dataclass(frozen=True)
 class FileDiff:
+    """One changed file. Its unified diff body stays on disk, in SPOOL (one line per line,
+    without the trailing newlines; `lines` reads it): the patch of one inserted rule at
+    20,000 rules is about 870,000 lines, which `fwc diff` used to hold, pass from its
+    worker as JSON and join before printing."""
+
     path: str  # relative to the output root: <cluster>/<member>/<file>
     status: str  # one of STATUSES
-    lines: tuple[str, ...]  # unified diff body, without trailing newlines
+    insertions: int
+    deletions: int
+    spool: Path
 
-    @property
-    def insertions(self) -> int:
-        return sum(1 for ln in self.lines if ln.startswith("+") and not ln.startswith("+++"))
-
-    @property
-    def deletions(self) -> int:
-        return sum(1 for ln in self.lines if ln.startswith("-") and not ln.startswith("---"))
+    def lines(self) -> Iterator[str]:
+        # (only "\n" ends a line: the lines come from splitlines, so they hold no other
+        # line break, and none is translated)
+        with open(self.spool, encoding="utf-8", newline="\n") as body:
+            for line in body:
+                yield line[:-1] if line.endswith("\n") else line
 
 
 def tree_files(root: Path | None) -> dict[str, Path]:
@@ -35,9 +41,11 @@ def tree_files(root: Path | None) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
+def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> list[FileDiff]:
+    """Each changed file's diff, its body written under SPOOL (a new directory)."""
     old_files, new_files = tree_files(old_root), tree_files(new_root)
     out: list[FileDiff] = []
+    spool.mkdir(parents=True)
     for rel in sorted(set(old_files) | set(new_files)):
         old = _bytes(old_files.get(rel))
         new = _bytes(new_files.get(rel))
@@ -58,8 +66,20 @@ def diff_trees(old_root: Path | None, new_root: Path | None) -> list[FileDiff]:
             lines: Iterable[str] = [f"--- {head[0]}", f"+++ {head[1]}", *hunks]
         else:
             lines = difflib.unified_diff(old_lines, new_lines, *head, lineterm="")
-        out.append(FileDiff(rel, status, tuple(lines)))
+        out.append(_spooled(rel, status, lines, spool / f"{len(out)}.patch"))
     return out
+
+
+def _spooled(rel: str, status: str, lines: Iterable[str], path: Path) -> FileDiff:
+    insertions = deletions = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as body:
+        for line in lines:
+            if line[:1] == "+" and line[:3] != "+++":
+                insertions += 1
+            elif line[:1] == "-" and line[:3] != "---":
+                deletions += 1
+            body.write(line + "\n")
+    return FileDiff(rel, status, insertions, deletions, path)
 
 
 # git's own diff, whatever the user's configuration says: no external or textconv
@@ -105,20 +125,22 @@ def _git_hunks(old: Path, new: Path) -> list[str] | None:
 
 def patches_json(diffs: list[FileDiff]) -> list[Any]:
     """DIFFS as JSON data (a worker's answer; `patches_of` reads it back)."""
-    return [[d.path, d.status, list(d.lines)] for d in diffs]
+    return [[d.path, d.status, d.insertions, d.deletions, str(d.spool)] for d in diffs]
 
 
-def patches_of(value: Any) -> list[FileDiff]:
-    """`patches_json`'s data as file diffs; ValueError when it is not that."""
+def patches_of(value: Any, spool: Path) -> list[FileDiff]:
+    """`patches_json`'s data as file diffs whose bodies are in SPOOL, where they were
+    asked to be written; ValueError when it is not that."""
     if not isinstance(value, list):
         raise ValueError("not file diffs")
     out: list[FileDiff] = []
     for item in value:
-        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                and item[1] in STATUSES and isinstance(item[2], list)
-                and all(isinstance(line, str) for line in item[2])):
+        if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
+                and item[1] in STATUSES and all(type(n) is int and n >= 0 for n in item[2:4])
+                and item[4] == str(spool / f"{len(out)}.patch")
+                and (spool / f"{len(out)}.patch").is_file()):
             raise ValueError("not file diffs")
-        out.append(FileDiff(item[0], item[1], tuple(item[2])))
+        out.append(FileDiff(item[0], item[1], item[2], item[3], spool / f"{len(out)}.patch"))
     return out
 
 
@@ -141,7 +163,7 @@ def _patch_lines(diff: FileDiff, palette: Palette) -> list[str]:
     out = [palette.bold(f"diff --fwc a/{diff.path} b/{diff.path}")]
     if diff.status != "modified":
         out.append(palette.bold(f"{'new' if diff.status == 'added' else 'deleted'} file"))
-    for line in diff.lines:
+    for line in diff.lines():
         if line.startswith(("---", "+++")):
             out.append(palette.bold(line))
         elif line.startswith("@@"):
