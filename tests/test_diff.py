@@ -43,13 +43,17 @@ def test_nothing_changed_exits_0_and_prints_nothing(repo, capsys):
     assert not (repo / "output").exists()
 
 
-def test_rule_added(repo, capsys):
-    edit(repo / "policies" / "edge.fw",
-         "    reject from any      to any      service ident",
-         "    accept from server   to monitor  service ssh\n"
-         "    reject from any      to any      service ident")
+def diff_after_inserting(repo: Path, capsys, rule: str, before: str) -> str:
+    """The output of `fwc diff` (which reports a change) once RULE is put before BEFORE."""
+    edit(repo / "policies" / "edge.fw", before, f"{rule}\n{before}")
     code, out, _ = fwc_diff(capsys)
     assert code == 1
+    return out
+
+
+def test_rule_added(repo, capsys):
+    out = diff_after_inserting(repo, capsys, "    accept from server   to monitor  service ssh",
+                               "    reject from any      to any      service ident")
     assert "policy rules: 1 added" in out
     assert "+ accept from server to monitor service ssh" in out
     traffic = section(out, "traffic")
@@ -73,12 +77,9 @@ def test_a_rule_inserted_first_changes_only_its_own_lines(repo, capsys):
     """Rule chains are named by rule number (`fwc-p1-FORWARD`): a rule inserted first
     renumbers every later one, and the old side is read in the new numbers, so the
     member's chains show the new rule only, not every later rule removed and added."""
-    edit(repo / "policies" / "edge.fw",
-         '    accept from desktops to any      service web, dns, ping, echo  log "out"',
-         '    drop from client to web service ssh log "nope"\n'
-         '    accept from desktops to any      service web, dns, ping, echo  log "out"')
-    code, out, _ = fwc_diff(capsys)
-    assert code == 1
+    out = diff_after_inserting(
+        repo, capsys, '    drop from client to web service ssh log "nope"',
+        '    accept from desktops to any      service web, dns, ping, echo  log "out"')
     for member in ("fw1", "fw2"):
         chains = section(out, f"member {member}")
         assert chains.splitlines()[0] == "IPv4 filter/FORWARD: 2 added", chains
