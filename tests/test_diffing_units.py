@@ -116,6 +116,11 @@ def test_old_rule_numbers_read_in_the_new_ones():
         '-j fwc-accept', '-m set --match-set fwc4-g4-lan-1 src -j fwc-n1-POSTROUTING']
     assert numbers.name("fwc-p2-FORWARD") == "fwc-p3-FORWARD"
     assert numbers.name("INPUT") == "INPUT" and numbers.lines([]) == []
+    # only names are renumbered: a log prefix or a file name that reads alike is text
+    alike = ['-m comment --comment "fwc-n1.fw:3" -j LOG --log-prefix "fwc-p1 "',
+             '-j fwc-p1x', '-m set --match-set fwc-p1 src -j DROP']
+    assert numbers.lines(alike) == alike
+    assert numbers.name("fwd-fwc-p1-x") == "fwd-fwc-p1-x"
 
 
 def test_renumbering_follows_the_policy_rules(tmp_path):
@@ -209,6 +214,7 @@ def test_the_users_git_settings_do_not_change_the_patch(tmp_path, monkeypatch):
                       "\tinterHunkContext = 20\n\talgorithm = patience\n\tcontext = 9\n"
                       "\tnoprefix = true\n[color]\n\tdiff = always\n\tui = always\n")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_DIFF_OPTS", "--unified=20")  # git reads it after -U
     monkeypatch.chdir(tmp_path / "a")
     # (a relative side too)
     (configured,) = filediff.diff_trees(Path("."), tmp_path / "b", tmp_path / "configured")

@@ -162,8 +162,10 @@ class MemberView:
 
     With ON_DEMAND a family is compiled when `entry_boxes` first meets traffic of it: a
     question about IPv4 addresses never builds the IPv6 rule boxes (`fwc query` of a
-    large policy). Readers of the per-family tables other than through `entry_boxes`
-    (comparisons, expectations) build the view whole, the default."""
+    large policy, expectations). Only readers that go through `entry_boxes` (`classify`,
+    and what they then read of a piece's own family) may use it; readers of the
+    per-family tables themselves (the comparison of two versions) build the view whole,
+    the default."""
 
     def __init__(self, cluster: Cluster, member: Member, *, takeover: bool = False,
                  on_demand: bool = False) -> None:

@@ -7,10 +7,12 @@ compiled rulesets by name showed every later rule's chain removed and added agai
 and every jump to it changed. The reviewer asked what one rule does: `fwc diff`
 compares the old side under the new side's numbers.
 
-The numbers are aligned as the summary's policy rule list is (a longest common
-subsequence of the rules' texts); a rule changed in place (replaced by a rule at the
-same place) keeps its number, as it did before this alignment. A rule removed from
-the old side gets a name no new rule has, so its chain is reported removed.
+The numbers are aligned along a longest common subsequence of the rules' texts (as
+difflib pairs them: a rule that moved, or the first of a duplicated pair, counts as
+removed and added, where the summary's policy rule list calls it moved); a rule
+changed in place (replaced by a rule at the same place) keeps its number, as it did
+before this alignment. A rule removed from the old side gets a name no new rule has,
+so its chain is reported removed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from difflib import SequenceMatcher
 from fwc import model
 from fwc.model.records import dataclass
 
-# the kinds of fwc.backend.lower: p and s for filter rules, n for NAT rules
-_NAME = re.compile(r"\bfwc-([psn])(\d+)\b")
+# the kinds of fwc.backend.lower: p and s for filter rules, n for NAT rules; in a rule
+# line only where a name stands (a jump, a goto, a rate bucket), never in a log prefix
+# or a comment that happens to read alike
+_CHAIN = re.compile(r"^fwc-([psn])(\d+)(?=-)")
+_IN_LINE = re.compile(r"(?:(?<=-j )|(?<=-g )|(?<=--hashlimit-name ))fwc-([psn])(\d+)\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +58,13 @@ class Renumbering:
 
     def name(self, chain: str) -> str:
         """An old side's chain name as the new side would name that rule's chain."""
-        return _NAME.sub(self._replace, chain) if "fwc-" in chain else chain
+        return _CHAIN.sub(self._replace, chain)
 
     def lines(self, rules: Sequence[str]) -> list[str]:
         """An old side's rule lines (jump targets, bucket names) in the new side's numbers."""
         if not rules:
             return []
-        return _NAME.sub(self._replace, "\n".join(rules)).split("\n")
+        return _IN_LINE.sub(self._replace, "\n".join(rules)).split("\n")
 
 
 def _aligned(old: list[str], new: list[str]) -> dict[int, int]:
