@@ -376,11 +376,11 @@ def test_a_killed_checks_worker_costs_time_not_the_diff(repo, capsys, monkeypatc
     assert (tmp_path / "worker-died").read_text() == str(dies_at)
 
 
-def test_a_files_worker_that_dies_is_read_again_here(repo, capsys, monkeypatch, tmp_path):
+def test_a_chains_worker_that_dies_is_read_again_here(repo, capsys, monkeypatch, tmp_path):
     import os
     import signal
 
-    from fwc.diffing import files as filediff
+    import fwc.commands.diff as command
 
     edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 200")
     edit(repo / "policies" / "edge.fw", "    reject from any      to any      service ident",
@@ -388,25 +388,24 @@ def test_a_files_worker_that_dies_is_read_again_here(repo, capsys, monkeypatch, 
          "    reject from any      to any      service ident")
     expected = both_ways(capsys, monkeypatch)
     assert expected[0] == 1 and "diff --fwc" in expected[1]
-    real, parent = filediff.diff_trees, os.getpid()
+    real, parent = command.compiled_chain_changes, os.getpid()
     calls: list[int] = []
 
-    def dying(old_root, new_root, spool):  # type: ignore[no-untyped-def]
+    def dying(*args):  # type: ignore[no-untyped-def]
         calls.append(os.getpid())
         if os.getpid() != parent:
             (tmp_path / "worker-was-here").write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(old_root, new_root, spool)
+        return real(*args)
 
-    monkeypatch.setattr(filediff, "diff_trees", dying)
+    monkeypatch.setattr(command, "compiled_chain_changes", dying)
     monkeypatch.setenv("FWC_JOBS", "2")
     assert fwc_diff(capsys) == expected
     assert calls == [parent]  # the worker's call never returned; this one did
     assert int((tmp_path / "worker-was-here").read_text()) != parent
 
 
-def test_worker_answers_are_checked_before_use(tmp_path):
-    from fwc.diffing.files import FileDiff, patches_json, patches_of
+def test_worker_answers_are_checked_before_use():
     from fwc.diffing.semantic import ChainChange, chain_changes_json, chain_changes_of
     from fwc.diffing.sequences import ListChange
 
@@ -415,10 +414,6 @@ def test_worker_answers_are_checked_before_use(tmp_path):
                                             ("DROP", "ACCEPT"))],
               ("edge", "fw2"): []}
     assert chain_changes_of(chain_changes_json(chains)) == chains
-    (tmp_path / "0.patch").write_text("--- a\n+++ b\n+x\n")
-    patches = [FileDiff("edge/fw1/iptables.rules", "modified", 1, 0, tmp_path / "0.patch")]
-    assert patches_of(patches_json(patches), tmp_path) == patches
-    assert list(patches[0].lines()) == ["--- a", "+++ b", "+x"]
     good = chain_changes_json(chains)
     for bad in (None, [["edge"]], [["edge", "fw1", [[1, "filter", "x", [], [], [], None]]]],
                 [["edge", "fw1", [["IPv4", "filter", "x", [], [], [], "XY"]]]],
@@ -426,14 +421,6 @@ def test_worker_answers_are_checked_before_use(tmp_path):
                 good + good[:1]):  # a member twice
         with pytest.raises(ValueError):
             chain_changes_of(bad)
-    spooled = str(tmp_path / "0.patch")
-    for bad in (None, [["p", "changed", 1, 0, spooled]], [["p", "added", -1, 0, spooled]],
-                [[1, "added", 1, 0, spooled]], [["p", "added", True, 0, spooled]],
-                [["p", "added", 1, 0]], [["p", "added", 1, 0, "/etc/shadow"]],
-                [["p", "added", 1, 0, str(tmp_path / "1.patch")]],
-                [["p", "added", 1, 0, spooled]] * 2):  # a second body that is not there
-        with pytest.raises(ValueError):
-            patches_of(bad, tmp_path)
 
 
 class _Answering:
@@ -446,13 +433,13 @@ class _Answering:
         return self.value
 
 
-def test_a_files_answer_for_other_members_is_read_again(tmp_path):
-    from fwc.commands.diff import _files_answer
+def test_a_chains_answer_for_other_members_is_read_again():
+    from fwc.commands.diff import _chains_answer
     from fwc.diffing.semantic import chain_changes_json
 
     members = [("edge", "fw1", True, True), ("edge", "fw2", True, True)]
     both = chain_changes_json({("edge", "fw1"): [], ("edge", "fw2"): []})
-    assert _files_answer(_Answering([both, []]), members, tmp_path) == (  # type: ignore[arg-type]
-        {("edge", "fw1"): [], ("edge", "fw2"): []}, [])
-    for value in ([both[:1], []], [both + [["edge", "fw3", []]], []], [both], "x"):
-        assert _files_answer(_Answering(value), members, tmp_path) is None  # type: ignore[arg-type]
+    assert _chains_answer(_Answering(both), members) == (  # type: ignore[arg-type]
+        {("edge", "fw1"): [], ("edge", "fw2"): []})
+    for value in (both[:1], both + [["edge", "fw3", []]], [both], "x"):
+        assert _chains_answer(_Answering(value), members) is None  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ from fwc.diffing.build import Build, BuildError, compile_sides
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.discover import changed_policies
 from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
-from fwc.diffing.renumber import Renumbering
 from fwc.diffing.report import render_summary, summary_json
 from fwc.diffing.semantic import (
     ChainChange,
@@ -131,55 +130,38 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compare(before: Build, after: Build, jobs: int, spool: Path) \
         -> tuple[list[ClusterSummary], list[filediff.FileDiff]]:
-    """The summary of both sides and their files' patch. What the compiled files say (each
-    member's chain changes, the patch) is read in a worker process while this one
-    compares the models, for a large policy (fwc.parallel). The models go before the
-    files are read here (without a worker: at 100,000 rules a member's rule file alone
-    is about 100 MB). The patch's bodies go under SPOOL (fwc.diffing.files.FileDiff)."""
+    """The summary of both sides and their files' patch. For a large policy each member's
+    chain changes are read from the compiled files in a worker process (fwc.parallel)
+    while this one compares the models, then writes the patch (its bodies under SPOOL,
+    fwc.diffing.files.FileDiff): the two halves take about as long. The models go before
+    the files are read here (without a worker: at 100,000 rules a member's rule file
+    alone is about 100 MB)."""
     members = members_compared(before.policy, after.policy)
     renumbered = renumberings(before.policy, after.policy)
     rules = sum(rule_count(b.policy) for b in (before, after) if b.policy)
-    # (each process writes the patch in a directory of its own)
-    theirs, mine = spool / "worker", spool / "here"
-    worker = parallel.start(lambda: _files_json(members, before.outdir, after.outdir,
-                                                renumbered, theirs)) \
+    worker = parallel.start(lambda: chain_changes_json(compiled_chain_changes(
+        members, before.outdir, after.outdir, renumbered))) \
         if parallel.wanted(jobs, rules, FORK_RULES) else None
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None
-        got = _files_answer(worker, members, theirs) if worker else None
-    if got is None:  # no worker, or it failed: the same, read here
-        got = _files(members, before.outdir, after.outdir, renumbered, mine)
-    chains, files = got
+        files = filediff.diff_trees(before.outdir, after.outdir, spool)
+        chains = _chains_answer(worker, members) if worker else None
+    if chains is None:  # no worker, or it failed: the same, read here
+        chains = compiled_chain_changes(members, before.outdir, after.outdir, renumbered)
     return with_chain_changes(found, chains), files
 
 
-def _files(members: list[MemberPlace], old_out: Path | None, new_out: Path | None,
-           renumbered: dict[str, Renumbering], spool: Path) \
-        -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]]:
-    return (compiled_chain_changes(members, old_out, new_out, renumbered),
-            filediff.diff_trees(old_out, new_out, spool))
-
-
-def _files_json(members: list[MemberPlace], old_out: Path | None, new_out: Path | None,
-                renumbered: dict[str, Renumbering], spool: Path) -> list[object]:
-    chains, files = _files(members, old_out, new_out, renumbered, spool)
-    return [chain_changes_json(chains), filediff.patches_json(files)]
-
-
-def _files_answer(worker: parallel.Worker, members: list[MemberPlace], spool: Path) \
-        -> tuple[dict[tuple[str, str], list[ChainChange]], list[filediff.FileDiff]] | None:
-    """The worker's chain changes (for exactly MEMBERS) and patch; None when it did not
-    deliver them (they are then read again in this process: the worker only saves time,
-    never decides)."""
+def _chains_answer(worker: parallel.Worker, members: list[MemberPlace]) \
+        -> dict[tuple[str, str], list[ChainChange]] | None:
+    """The worker's chain changes, for exactly MEMBERS; None when it did not deliver them
+    (they are then read again in this process: the worker only saves time, never
+    decides)."""
     try:
-        value = worker.result()
-        if not isinstance(value, list) or len(value) != 2:
-            raise ValueError("not a pair")
-        chains = chain_changes_of(value[0])
+        chains = chain_changes_of(worker.result())
         if sorted(chains) != sorted((cluster, member) for cluster, member, _, _ in members):
             raise ValueError("not the members asked for")
-        return chains, filediff.patches_of(value[1], spool)
+        return chains
     except (parallel.WorkerFailed, ValueError):
         return None
 

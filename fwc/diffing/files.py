@@ -7,7 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from fwc.diffing.colour import Palette
 from fwc.model.records import dataclass
@@ -137,27 +137,6 @@ def _git_hunks(old: Path, new: Path) -> list[str] | None:
         elif line.startswith("\\"):
             continue
         out.append(line)
-    return out
-
-
-def patches_json(diffs: list[FileDiff]) -> list[Any]:
-    """DIFFS as JSON data (a worker's answer; `patches_of` reads it back)."""
-    return [[d.path, d.status, d.insertions, d.deletions, str(d.spool)] for d in diffs]
-
-
-def patches_of(value: Any, spool: Path) -> list[FileDiff]:
-    """`patches_json`'s data as file diffs whose bodies are in SPOOL, where they were
-    asked to be written; ValueError when it is not that."""
-    if not isinstance(value, list):
-        raise ValueError("not file diffs")
-    out: list[FileDiff] = []
-    for item in value:
-        if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)
-                and item[1] in STATUSES and all(type(n) is int and n >= 0 for n in item[2:4])
-                and item[4] == str(spool / f"{len(out)}.patch")
-                and (spool / f"{len(out)}.patch").is_file()):
-            raise ValueError("not file diffs")
-        out.append(FileDiff(item[0], item[1], item[2], item[3], spool / f"{len(out)}.patch"))
     return out
 
 

@@ -28,7 +28,10 @@ from fwc.model.records import dataclass
 # line only where a name stands (a jump, a goto, a rate bucket), never in a log prefix
 # or a comment that happens to read alike
 _CHAIN = re.compile(r"^fwc-([psn])(\d+)(?=-)")
-_IN_LINE = re.compile(r"(?:(?<=-j )|(?<=-g )|(?<=--hashlimit-name ))fwc-([psn])(\d+)\b")
+# (the name alone, found by its literal start; what stands before it is asked after: a
+# pattern that starts with look-behinds tried every position of the text, 3x slower)
+_NAME = re.compile(r"fwc-([psn])(\d+)\b")
+_BEFORE_A_NAME = ("-j ", "-g ", "--hashlimit-name ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,12 @@ class Renumbering:
             return None
         return cls(rules, nat)
 
+    def _replace_name(self, found: re.Match[str]) -> str:
+        start = found.start()
+        if not found.string.endswith(_BEFORE_A_NAME, max(0, start - 17), start):
+            return found.group(0)
+        return self._replace(found)
+
     def _replace(self, found: re.Match[str]) -> str:
         kind, number = found.group(1), int(found.group(2))
         new = (self.nat if kind == "n" else self.rules).get(number)
@@ -64,7 +73,7 @@ class Renumbering:
         """An old side's rule lines (jump targets, bucket names) in the new side's numbers."""
         if not rules:
             return []
-        return _IN_LINE.sub(self._replace, "\n".join(rules)).split("\n")
+        return _NAME.sub(self._replace_name, "\n".join(rules)).split("\n")
 
 
 def _aligned(old: list[str], new: list[str]) -> dict[int, int]:
