@@ -118,8 +118,13 @@ def test_old_rule_numbers_read_in_the_new_ones():
     assert numbers.name("INPUT") == "INPUT" and numbers.lines([]) == []
     # only names are renumbered: a log prefix or a file name that reads alike is text
     alike = ['-m comment --comment "fwc-n1.fw:3" -j LOG --log-prefix "fwc-p1 "',
-             '-j fwc-p1x', '-m set --match-set fwc-p1 src -j DROP']
+             '-j fwc-p1x', '-m set --match-set fwc-p1 src -j DROP',
+             '-m comment --comment "x -g fwc-p2" -j LOG --log-prefix "-j fwc-p1 "',
+             '-m comment --comment "say \\"hi\\" -j fwc-p1" -j ACCEPT']
     assert numbers.lines(alike) == alike
+    # a quoted string before a name does not hide it
+    assert numbers.lines(['--log-prefix "a " -j fwc-p1-FORWARD']) == \
+        ['--log-prefix "a " -j fwc-p2-FORWARD']
     assert numbers.name("fwd-fwc-p1-x") == "fwd-fwc-p1-x"
 
 
@@ -184,11 +189,19 @@ def test_the_patch_turns_the_old_file_into_the_new_with_git_and_without(tmp_path
         (tmp_path / side / "c" / "m" / "iptables.rules").write_text("\n".join(lines) + "\n")
     (git_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "git")
     rules = "c/m/iptables.rules"
-    assert list(git_made.lines())[2:] == filediff._git_hunks(tmp_path / "a" / rules,
-                                                             tmp_path / "b" / rules)
+    assert list(git_made.lines())[2:] == list(filediff._git_hunks(tmp_path / "a" / rules,
+                                                                  tmp_path / "b" / rules))
     monkeypatch.setattr(filediff, "_GIT_DIFF", ("/nonexistent/git",))
     (difflib_made,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b",
                                           tmp_path / "difflib")
+    # a git that fails after writing part of a patch: difflib's patch replaces that part
+    monkeypatch.setattr(filediff, "_GIT_DIFF",
+                        ("sh", "-c", "echo '@@ -1 +1 @@'; echo '+half'; exit 2", "sh"))
+    (after_failure,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b",
+                                           tmp_path / "failed")
+    assert list(after_failure.lines()) == list(difflib_made.lines())
+    assert (after_failure.insertions, after_failure.deletions) == \
+        (difflib_made.insertions, difflib_made.deletions)
     for made in (git_made, difflib_made):
         lines = tuple(made.lines())
         assert lines[:2] == ("--- a/c/m/iptables.rules", "+++ b/c/m/iptables.rules")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -48,26 +49,27 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> lis
     out: list[FileDiff] = []
     spool.mkdir(parents=True)
     for rel in sorted(set(old_files) | set(new_files)):
-        old = _bytes(old_files.get(rel))
-        new = _bytes(new_files.get(rel))
-        if old == new:
+        if _bytes(old_files.get(rel)) == _bytes(new_files.get(rel)):
             continue
-        # (each form let go once the next is made: a rules file of 100,000 rules is
-        # about 100 MB in each)
-        old_lines = _lines(old)
-        del old
-        new_lines = _lines(new)
-        del new
         status = "added" if rel not in old_files else "removed" if rel not in new_files \
             else "modified"
-        head = ["/dev/null" if status == "added" else f"a/{rel}",
-                "/dev/null" if status == "removed" else f"b/{rel}"]
-        hunks = _git_hunks(old_files[rel], new_files[rel]) if status == "modified" else None
-        if hunks is not None:
-            lines: Iterable[str] = [f"--- {head[0]}", f"+++ {head[1]}", *hunks]
-        else:
-            lines = difflib.unified_diff(old_lines, new_lines, *head, lineterm="")
-        out.append(_spooled(rel, status, lines, spool / f"{len(out)}.patch"))
+        head = [f"--- {'/dev/null' if status == 'added' else f'a/{rel}'}",
+                f"+++ {'/dev/null' if status == 'removed' else f'b/{rel}'}"]
+        body = spool / f"{len(out)}.patch"
+        if status == "modified":
+            try:
+                # git's lines go to the body as git writes them: a file's patch is never
+                # held (a rules file of 100,000 rules is about 100 MB on each side)
+                out.append(_spooled(rel, status, itertools.chain(
+                    head, _git_hunks(old_files[rel], new_files[rel])), body))
+                continue
+            except _NoGit:
+                pass  # difflib's, below (over what git began to write)
+        old_lines = _lines(_bytes(old_files.get(rel)))
+        new_lines = _lines(_bytes(new_files.get(rel)))
+        lines = difflib.unified_diff(old_lines, new_lines, head[0][4:], head[1][4:],
+                                     lineterm="")
+        out.append(_spooled(rel, status, lines, body))
     return out
 
 
@@ -105,8 +107,13 @@ def _git_environment(beside: Path) -> dict[str, str]:
     return environment
 
 
-def _git_hunks(old: Path, new: Path) -> list[str] | None:
-    """The hunks of OLD against NEW as git computes them; None when git cannot say.
+class _NoGit(Exception):
+    """git could not diff the two files (not installed, or it failed)."""
+
+
+def _git_hunks(old: Path, new: Path) -> Iterator[str]:
+    """The hunks of OLD against NEW as git computes them, line by line as git writes
+    them; _NoGit (before the first line, or after the last) when git cannot say.
 
     difflib's matcher takes about 8.7 s for the rules files of one inserted rule at
     20,000 rules (every later rule's policy line changes, so few lines match), git about
@@ -114,30 +121,30 @@ def _git_hunks(old: Path, new: Path) -> list[str] | None:
     runs where git is; without it the patch comes from difflib. Hunk headers lose git's
     function context (difflib has none), and files always end in a newline (no
     "\\ No newline" marker kept)."""
+    beside = old.resolve().parent
     try:
-        beside = old.resolve().parent
-        done = subprocess.run([*_GIT_DIFF, "--", str(old.resolve()), str(new.resolve())],
-                              cwd=beside, env=_git_environment(beside),
-                              capture_output=True, check=False)
-    except OSError:
-        return None
-    if done.returncode not in (0, 1):
-        return None
-    text = done.stdout.decode("utf-8", errors="replace")
-    start = text.find("\n@@ ")
-    if start < 0:
-        return []
-    body = text[start + 1:]
-    out: list[str] = []
-    # (git ends a line at "\n" only: a line may hold another line break character)
-    for line in (body[:-1] if body.endswith("\n") else body).split("\n"):
-        if line.startswith("@@ "):
-            end = line.find(" @@", 3)
-            line = line[:end + 3] if end >= 0 else line
-        elif line.startswith("\\"):
-            continue
-        out.append(line)
-    return out
+        git = subprocess.Popen([*_GIT_DIFF, "--", str(old.resolve()), str(new.resolve())],
+                               cwd=beside, env=_git_environment(beside),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        raise _NoGit from exc
+    with git:
+        assert git.stdout is not None
+        in_hunks = False
+        # (git ends a line at "\n" only, as iterating over bytes does: a line may hold
+        # another line break character)
+        for raw in git.stdout:
+            line = raw[:-1].decode("utf-8", errors="replace") if raw.endswith(b"\n") \
+                else raw.decode("utf-8", errors="replace")
+            if line.startswith("@@ "):
+                in_hunks = True
+                end = line.find(" @@", 3)
+                line = line[:end + 3] if end >= 0 else line
+            elif not in_hunks or line.startswith("\\"):
+                continue
+            yield line
+    if git.returncode not in (0, 1):
+        raise _NoGit
 
 
 def _bytes(path: Path | None) -> bytes:

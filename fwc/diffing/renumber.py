@@ -27,10 +27,10 @@ from fwc.model.records import dataclass
 # the kinds of fwc.backend.lower: p and s for filter rules, n for NAT rules; in a rule
 # line only where a name stands (a jump, a goto, a rate bucket), never in a log prefix
 # or a comment that happens to read alike
-_CHAIN = re.compile(r"^fwc-([psn])(\d+)(?=-)")
+_CHAIN = re.compile(r"^fwc-([psn])([0-9]+)(?=-)")
 # (the name alone, found by its literal start; what stands before it is asked after: a
 # pattern that starts with look-behinds tried every position of the text, 3x slower)
-_NAME = re.compile(r"fwc-([psn])(\d+)\b")
+_NAME = re.compile(r"fwc-([psn])([0-9]+)\b")
 _BEFORE_A_NAME = ("-j ", "-g ", "--hashlimit-name ")
 
 
@@ -54,9 +54,12 @@ class Renumbering:
         return cls(rules, nat)
 
     def _replace_name(self, found: re.Match[str]) -> str:
-        start = found.start()
-        if not found.string.endswith(_BEFORE_A_NAME, max(0, start - 17), start):
+        text, start = found.string, found.start()
+        if not text.endswith(_BEFORE_A_NAME, max(0, start - 17), start):
             return found.group(0)
+        line = text.rfind("\n", 0, start) + 1
+        if (text.count('"', line, start) - text.count('\\"', line, start)) % 2:
+            return found.group(0)  # inside a quoted log prefix or comment: text
         return self._replace(found)
 
     def _replace(self, found: re.Match[str]) -> str:

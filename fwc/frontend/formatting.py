@@ -168,13 +168,18 @@ class _Layout:
         # Where each token starts and ends, as offsets in TEXT (positions map to them
         # in order), for a binary search: two dictionaries by (line, column) were 58 MB
         # at 20,000 rules, a third of what the formatter holds.
-        self._line_starts = array("q", _line_starts(text))
-        at = self._offset
-        self._starts = array("q", [at(t.line, t.column) for t in tokens])
-        self._ends = array("q", [at(t.end_line, t.end_column) for t in tokens])
+        lines = self._line_starts = array("q", _line_starts(text))
+        self._starts = array("q", [lines[t.line - 1] + t.column - 1 for t in tokens])
+        self._ends = array("q", [lines[t.end_line - 1] + t.end_column - 1 for t in tokens])
 
     def _offset(self, line: int, column: int) -> int:
-        return self._line_starts[line - 1] + column - 1
+        # (a position outside the text is no token's, as a missing key was)
+        if not 1 <= line <= len(self._line_starts) or column < 1:
+            raise KeyError((line, column))
+        offset = self._line_starts[line - 1] + column - 1
+        if line < len(self._line_starts) and offset >= self._line_starts[line]:
+            raise KeyError((line, column))
+        return offset
 
     @staticmethod
     def _index(offsets: array[int], offset: int) -> int:
