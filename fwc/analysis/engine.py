@@ -197,6 +197,8 @@ class MemberView:
         # address is their destination.
         self.auto: dict[tuple[int, str], RuleList] = {}
         self.local_groups: dict[int, RuleList] = {}
+        self._rules = [r for r in cluster.rules if r.only in (None, member.name)]
+        self._nat = [r for r in cluster.nat if r.only in (None, member.name)]
         self._built: set[int] = set()
         if not on_demand:
             for family in FAMILIES:
@@ -277,9 +279,7 @@ class MemberView:
         if family in self._built:
             return
         self._built.add(family)
-        name = self.member.name
-        self._build_family(family, [r for r in self.cluster.rules if r.only in (None, name)],
-                           [r for r in self.cluster.nat if r.only in (None, name)])
+        self._build_family(family, self._rules, self._nat)
 
     def _build_family(self, family: int, rules: list[FilterRule], nat: list[NatRule]) -> None:
         for chain, region in self._regions(family).items():

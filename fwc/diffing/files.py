@@ -49,7 +49,8 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> lis
     out: list[FileDiff] = []
     spool.mkdir(parents=True)
     for rel in sorted(set(old_files) | set(new_files)):
-        if _bytes(old_files.get(rel)) == _bytes(new_files.get(rel)):
+        old, new = _bytes(old_files.get(rel)), _bytes(new_files.get(rel))
+        if old == new:
             continue
         status = "added" if rel not in old_files else "removed" if rel not in new_files \
             else "modified"
@@ -57,17 +58,16 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> lis
                 f"+++ {'/dev/null' if status == 'removed' else f'b/{rel}'}"]
         body = spool / f"{len(out)}.patch"
         if status == "modified":
+            del old, new  # git reads the files itself
             try:
                 # git's lines go to the body as git writes them: a file's patch is never
                 # held (a rules file of 100,000 rules is about 100 MB on each side)
                 out.append(_spooled(rel, status, itertools.chain(
                     head, _git_hunks(old_files[rel], new_files[rel])), body))
                 continue
-            except _NoGit:
-                pass  # difflib's, below (over what git began to write)
-        old_lines = _lines(_bytes(old_files.get(rel)))
-        new_lines = _lines(_bytes(new_files.get(rel)))
-        lines = difflib.unified_diff(old_lines, new_lines, head[0][4:], head[1][4:],
+            except _NoGit:  # difflib's, below (over what git began to write)
+                old, new = _bytes(old_files[rel]), _bytes(new_files[rel])
+        lines = difflib.unified_diff(_lines(old), _lines(new), head[0][4:], head[1][4:],
                                      lineterm="")
         out.append(_spooled(rel, status, lines, body))
     return out

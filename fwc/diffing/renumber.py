@@ -32,6 +32,7 @@ _CHAIN = re.compile(r"^fwc-([psn])([0-9]+)(?=-)")
 # pattern that starts with look-behinds tried every position of the text, 3x slower)
 _NAME = re.compile(r"fwc-([psn])([0-9]+)\b")
 _BEFORE_A_NAME = ("-j ", "-g ", "--hashlimit-name ")
+_LONGEST_BEFORE = max(len(before) for before in _BEFORE_A_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class Renumbering:
 
     def _replace_name(self, found: re.Match[str]) -> str:
         text, start = found.string, found.start()
-        if not text.endswith(_BEFORE_A_NAME, max(0, start - 17), start):
+        if not text.endswith(_BEFORE_A_NAME, max(0, start - _LONGEST_BEFORE), start):
             return found.group(0)
         line = text.rfind("\n", 0, start) + 1
         if (text.count('"', line, start) - text.count('\\"', line, start)) % 2:

@@ -260,9 +260,11 @@ def chain_changes(old_dir: Path | None, new_dir: Path | None,
 
 def _rule_changes(old: list[str], new: list[str],
                   renumbering: Renumbering | None) -> ListChange[str]:
-    if renumbering is None:
-        return compare(old, new, keys=without_locations) if old != new else ListChange()
-    old_keys = renumbering.lines(without_locations(old))
+    if renumbering is None and old == new:  # most chains of a small change
+        return ListChange()
+    old_keys = without_locations(old)
+    if renumbering is not None:
+        old_keys = renumbering.lines(old_keys)
     new_keys = without_locations(new)
     return compare_keyed(old, new, old_keys, new_keys) if old_keys != new_keys \
         else ListChange()
