@@ -91,12 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[REV] [FILE...]")
     p.add_argument("--stat", action="store_true")
     p.add_argument("--name-only", action="store_true")
+    p.add_argument("--exact", action="store_true",
+                   help="the byte-exact patch: also the rule lines that differ only in the "
+                        "policy line or rule number they name (left out and counted by "
+                        "default: an inserted rule renumbers every rule below it)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="json: the semantic summary and the list of changed files as one "
                         "JSON object on stdout (no patch)")
     color = p.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_true", default=None)
-    color.add_argument("--no-color", dest="color", action="store_false")
+    color.add_argument("--no-color", dest="color", action="store_false",
+                       help="never colour the output")
     p.add_argument("--installed", metavar="MEMBER",
                    help="compare what runs on MEMBER with the compiled output")
     p.add_argument("--transport", choices=("ssh", "local", "netns"), default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -85,8 +86,32 @@ def test_a_rule_inserted_first_changes_only_its_own_lines(repo, capsys):
         assert chains.splitlines()[0] == "IPv4 filter/FORWARD: 2 added", chains
         assert "fwc-p" not in chains  # no per-rule chain changed
         assert "-d 192.0.2.80/32 -p tcp -m tcp --dport 22" in chains
-    # the files themselves did change names: the patch shows it
-    assert re.search(r"^\+-A FORWARD .* -j fwc-p2-FORWARD$", out, re.M)
+    # the files themselves did change names; the patch shows the new rule's lines and
+    # counts the others, which only name a later policy line or rule number
+    patch = out[out.index("diff --fwc a/edge/fw1/iptables.rules"):]
+    patch = patch[:patch.index("diff --fwc", 1)]
+    assert re.search(r"^fwc: \d+ lines differ only in the policy line or rule number named, "
+                     r"not shown \(--exact shows them\)$", patch, re.M)
+    changed = [line for line in patch.splitlines()
+               if line[:1] in "+-" and not line.startswith(("---", "+++"))]
+    assert len(changed) == 2 and all(line.startswith("+-A FORWARD -s 192.0.2.10/32 -d "
+                                                     "192.0.2.80/32") for line in changed)
+    assert re.search(r"^ -A FORWARD .* -j fwc-p2-FORWARD$", patch, re.M)  # as context
+    # --exact: the byte-exact patch, the renamed chain of the rule below it too
+    code, exact, _ = fwc_diff(capsys, "--exact")
+    assert code == 1 and "lines differ only" not in exact
+    assert re.search(r"^\+-A FORWARD .* -j fwc-p2-FORWARD$", exact, re.M)
+    code, stat, _ = fwc_diff(capsys, "--stat")
+    assert re.search(r"^ edge/fw1/iptables.rules\s+\|\s+2 \+\+ \(\d+ lines differ only in "
+                     r"the policy line or rule number named\)$", stat, re.M)
+    assert re.search(r"^ edge/fw1/failsafe.rules\s+\|\s+0 \(\d+ lines differ", stat, re.M)
+    assert re.search(r"^ \d+ files changed, \d+ insertions\(\+\), \d+ deletions\(-\); \d+ "
+                     r"lines differ only in the policy line or rule number named$", stat, re.M)
+    code, listed, _ = fwc_diff(capsys, "--format", "json")
+    files = {f["path"]: f for f in json.loads(listed)["files"]}
+    assert files["edge/fw1/iptables.rules"]["renumbered"] > 0
+    assert files["edge/fw1/keepalived.conf"]["renumbered"] == 0 \
+        if "edge/fw1/keepalived.conf" in files else True
 
 
 def test_a_removed_rule_keeps_its_chain_removed(repo, capsys):

@@ -11,9 +11,8 @@ from conftest import EDGE, EDGE_TEXT
 
 from fwc.diffing import files as filediff
 from fwc.diffing.installed import mask_secrets
-from fwc.diffing.renumber import Renumbering
+from fwc.diffing.renumber import Renumbering, comparable, without_locations
 from fwc.diffing.rulesets import normalised, parse
-from fwc.diffing.semantic import without_locations
 from fwc.diffing.sequences import compare
 from fwc.pipeline import analyse
 
@@ -212,6 +211,123 @@ def test_the_patch_turns_the_old_file_into_the_new_with_git_and_without(tmp_path
     # ruleset of repeated lines git's hunks are never longer, often much shorter
     assert git_made.insertions + git_made.deletions \
         <= difflib_made.insertions + difflib_made.deletions
+
+
+def test_comparable_rules_files_lose_only_what_positions_decide():
+    numbers = Renumbering(rules={1: 2, 4: 5}, nat={1: 1})
+    iptables = "\n".join([
+        "*filter", ":fwc-p1-FORWARD - [0:0]", ":fwc-f4 - [0:0]", ":fwc-f4-2 - [0:0]",
+        '-A FORWARD -p tcp -m comment --comment "a.fw:12" -j fwc-p1-FORWARD',
+        '-A fwc-p1-FORWARD -m comment --comment "fwc arrange: a.fw:12, in 3 chains" -j DROP',
+        '-A fwc-f4 -m comment --comment "lib/x.fw:7" -g fwc-f4-2',
+        '-A FORWARD -m comment --comment "fwc auto: vrrp eth0" -j ACCEPT',
+        '-A FORWARD -m comment --comment "a.fw:9" -j LOG --log-prefix "-j fwc-p1 :3"',
+        "COMMIT", ""])
+    assert comparable(iptables, False, numbers).split("\n") == [
+        "*filter", ":fwc-p2-FORWARD - [0:0]", ":fwc-f5 - [0:0]", ":fwc-f5-2 - [0:0]",
+        '-A FORWARD -p tcp -m comment --comment "a.fw" -j fwc-p2-FORWARD',
+        '-A fwc-p2-FORWARD -m comment --comment "fwc arrange: a.fw, in 3 chains" -j DROP',
+        '-A fwc-f5 -m comment --comment "lib/x.fw" -g fwc-f5-2',
+        '-A FORWARD -m comment --comment "fwc auto: vrrp eth0" -j ACCEPT',
+        '-A FORWARD -m comment --comment "a.fw" -j LOG --log-prefix "-j fwc-p1 :3"',
+        "COMMIT", ""]
+    # the new side keeps its numbers: only the policy lines go
+    assert comparable(iptables, False) == comparable(iptables, False, None)
+    assert ":fwc-p1-FORWARD" in comparable(iptables, False) \
+        and '"a.fw:12"' not in comparable(iptables, False)
+    nft = "\n".join([
+        "\tlimit fwc-s4-v4 {", "\tset fwc-p4-v4 {", "\tchain filter-fwc-p1-INPUT-v4 {",
+        '\t\ttcp dport 22 counter jump filter-fwc-p1-INPUT-v4 comment "a.fw:61"',
+        '\t\tupdate @fwc-p4-v4 { ip saddr limit rate over 1/second } counter return '
+        'comment "a.fw:64"',
+        '\t\tlimit name "fwc-s4-v4" counter drop comment "fwc arrange: a.fw:64, in 2 chains"',
+        '\t\tip saddr @fwc4-fwc-p1 counter log prefix "jump filter-fwc-p1 " comment "a.fw:2"',
+        '\t\tcounter accept comment "fwc auto: loopback"', "\t}"])
+    assert comparable(nft, True, numbers).split("\n") == [
+        "\tlimit fwc-s5-v4 {", "\tset fwc-p5-v4 {", "\tchain filter-fwc-p2-INPUT-v4 {",
+        '\t\ttcp dport 22 counter jump filter-fwc-p2-INPUT-v4 comment "a.fw"',
+        '\t\tupdate @fwc-p5-v4 { ip saddr limit rate over 1/second } counter return '
+        'comment "a.fw"',
+        '\t\tlimit name "fwc-s5-v4" counter drop comment "fwc arrange: a.fw, in 2 chains"',
+        '\t\tip saddr @fwc4-fwc-p1 counter log prefix "jump filter-fwc-p1 " comment "a.fw"',
+        '\t\tcounter accept comment "fwc auto: loopback"', "\t}"]
+
+
+def _policy_rules_file(rules: list[tuple[int, str, int]]) -> list[str]:
+    """An iptables-restore file of RULES ((policy line, verdict, port), numbered from 1): a
+    LOG rule gets a chain of its own, named by its number, as fwc's rules with a log do."""
+    logged = [n for n, (_, verdict, _) in enumerate(rules, 1) if verdict == "LOG"]
+    lines = ["*filter", ":FORWARD DROP [0:0]", *(f":fwc-p{n}-FORWARD - [0:0]" for n in logged)]
+    for n, (line, verdict, port) in enumerate(rules, 1):
+        target = f"fwc-p{n}-FORWARD" if verdict == "LOG" else verdict
+        lines.append(f'-A FORWARD -p tcp --dport {port} -m comment --comment '
+                     f'"p.fw:{line}" -j {target}')
+    for n in logged:
+        # (a log prefix that reads like a rule's chain is text: it stays as it is)
+        lines.append(f'-A fwc-p{n}-FORWARD -m comment --comment "p.fw:{rules[n - 1][0]}" '
+                     '-j LOG --log-prefix "fwc-p1 "')
+    return [*lines, "COMMIT"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_review_patch_shows_what_renumbering_does_not_explain(tmp_path, seed,
+                                                                   monkeypatch):
+    rng = random.Random(seed)
+    verdicts = ("ACCEPT", "DROP", "LOG")
+    old_rules = [(10 + 2 * n, rng.choice(verdicts), rng.randrange(50)) for n in range(200)]
+    at = rng.randrange(len(old_rules))
+    inserted = (old_rules[at][0] - 1, verdicts[seed % 3], 99)  # (a LOG rule: 3 lines)
+    # the insert moves every later rule one policy line down and one number up
+    new_rules = [*old_rules[:at], inserted,
+                 *((line + 1, v, port) for line, v, port in old_rules[at:])]
+    numbers = Renumbering({n: n + (n > at) for n in range(1, len(old_rules) + 1)}, {})
+    old, new = _policy_rules_file(old_rules), _policy_rules_file(new_rules)
+    if seed % 2:  # and a real change below it
+        where = next(i for i, line in enumerate(new) if f'"p.fw:{new_rules[-1][0]}"' in line)
+        new[where] += " --reject-with tcp-reset"
+    for side, lines in (("a", old), ("b", new)):
+        (tmp_path / side / "c" / "m").mkdir(parents=True)
+        (tmp_path / side / "c" / "m" / "iptables.rules").write_text("\n".join(lines) + "\n")
+        (tmp_path / side / "c" / "m" / "other.conf").write_text(f"{side} p.fw:1\n")
+    sides = (lambda text: comparable(text, False, numbers), lambda text: comparable(text, False))
+
+    def review(rel: str):
+        return sides if rel.endswith(".rules") else None
+
+    made = {"git": filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "git",
+                                       review)}
+    monkeypatch.setattr(filediff, "_GIT_DIFF", ("/nonexistent/git",))
+    made["difflib"] = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "dl",
+                                          review)
+    monkeypatch.setattr(filediff, "_GIT_DIFF",
+                        ("sh", "-c", "echo '@@ -1 +1 @@'; echo '+half'; exit 2", "sh"))
+    made["failed"] = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "f",
+                                         review)
+    assert list(made["failed"][0].lines()) == list(made["difflib"][0].lines())
+    rule_lines = 1 + (inserted[1] == "LOG") * 2
+    # without the new rule's lines the new side pairs with the old line for line: each
+    # line of a later rule differs (its policy line, its number), the real change too
+    own = (f'"p.fw:{inserted[0]}"', f":fwc-p{at + 1}-FORWARD ")
+    kept = [line for line in new if not any(mark in line for mark in own)]
+    later = sum(a != b for a, b in zip(old, kept, strict=True))
+    for diffs in made.values():
+        (rules, other) = diffs
+        assert (other.path, other.renumbered) == ("c/m/other.conf", 0)  # compared as it is
+        lines = tuple(rules.lines())
+        assert lines[:2] == ("--- a/c/m/iptables.rules", "+++ b/c/m/iptables.rules")
+        # each line shown is the file's own: removed lines the old side's, the others
+        # the new side's; read as compared, the patch turns the old side into the new
+        assert all(line[1:] in (old if line[0] == "-" else new)
+                   for line in lines[2:] if not line.startswith("@@"))
+        compared = tuple(line if line.startswith("@@") else line[0] + sides[
+            line[0] != "-"](line[1:]) for line in lines[2:])
+        assert _applied(comparable("\n".join(old), False, numbers).split("\n"),
+                        lines[:2] + compared) == comparable("\n".join(new), False).split("\n")
+        assert rules.insertions == rule_lines + seed % 2 and rules.deletions == seed % 2
+        assert rules.renumbered == later - seed % 2
+        assert f'"p.fw:{inserted[0]}"' in "\n".join(line for line in lines if line[0] == "+")
+    # nothing left beside the bodies
+    assert sorted(p.name for p in (tmp_path / "git").iterdir()) == ["0.patch", "1.patch"]
 
 
 def test_the_users_git_settings_do_not_change_the_patch(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ from fwc.diffing.semantic import (
     compiled_chain_changes,
     members_compared,
     renumberings,
+    review_of,
     summarise_models,
     with_chain_changes,
 )
@@ -120,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
             except BuildError as exc:
                 _report_broken(exc)
                 return EXIT_USAGE
-            summary, files = _compare(before, after, jobs, Path(scratch) / f"{number}-patch")
+            summary, files = _compare(before, after, jobs, Path(scratch) / f"{number}-patch",
+                                      getattr(args, "exact", False))
             summaries.append((rel, summary))
             patches.extend(files)
         changed = bool(patches) or any(s for _, group in summaries for s in group)
@@ -128,14 +130,15 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_CHANGED if changed else EXIT_SAME
 
 
-def _compare(before: Build, after: Build, jobs: int, spool: Path) \
+def _compare(before: Build, after: Build, jobs: int, spool: Path, exact: bool = False) \
         -> tuple[list[ClusterSummary], list[filediff.FileDiff]]:
     """The summary of both sides and their files' patch. For a large policy each member's
     chain changes are read from the compiled files in a worker process (fwc.parallel)
     while this one compares the models, then writes the patch (its bodies under SPOOL,
     fwc.diffing.files.FileDiff): the two halves take about as long. The models go before
     the files are read here (without a worker: at 100,000 rules a member's rule file
-    alone is about 100 MB)."""
+    alone is about 100 MB). Unless EXACT, the rules files are compared for review
+    (fwc.diffing.files `Review`)."""
     members = members_compared(before.policy, after.policy)
     renumbered = renumberings(before.policy, after.policy)
     rules = sum(rule_count(b.policy) for b in (before, after) if b.policy)
@@ -145,7 +148,8 @@ def _compare(before: Build, after: Build, jobs: int, spool: Path) \
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None
-        files = filediff.diff_trees(before.outdir, after.outdir, spool)
+        files = filediff.diff_trees(before.outdir, after.outdir, spool,
+                                    None if exact else review_of(renumbered))
         chains = _chains_answer(worker, members) if worker else None
     if chains is None:  # no worker, or it failed: the same, read here
         chains = compiled_chain_changes(members, before.outdir, after.outdir, renumbered)
@@ -198,5 +202,5 @@ def diff_json(summaries: list[tuple[str, list[ClusterSummary]]],
         "changed": bool(patches) or any(s for _, group in summaries for s in group),
         "policies": [summary_json(rel, group) for rel, group in summaries],
         "files": [{"path": p.path, "status": p.status, "insertions": p.insertions,
-                   "deletions": p.deletions} for p in patches],
+                   "deletions": p.deletions, "renumbered": p.renumbered} for p in patches],
     }

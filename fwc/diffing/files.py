@@ -1,4 +1,12 @@
-"""Unified diffs of two compiled output trees, with git's --stat and --name-only."""
+"""Unified diffs of two compiled output trees, with git's --stat and --name-only.
+
+For review, a compiled rules file is compared without what only its rules' positions
+decide (fwc.diffing.renumber `comparable`): one rule inserted near the top of a
+20,000-rule policy changes the policy line named by every rule below it, in every rule
+file of every member (about 375,000 changed lines at 20,000 rules, against the 2 that
+are the new rule). Those lines are counted (`FileDiff.renumbered`) and left out of the
+patch; `fwc diff --exact` shows the byte-exact patch.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import difflib
 import itertools
 import os
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -28,6 +36,9 @@ class FileDiff:
     insertions: int
     deletions: int
     spool: Path
+    # lines left out of the patch: they differ only in the policy line or rule number
+    # they name (a review patch, `Review`); the patch's context shows them as they are now
+    renumbered: int = 0
 
     def lines(self) -> Iterator[str]:
         # (only "\n" ends a line: the lines come from splitlines, so they hold no other
@@ -37,14 +48,21 @@ class FileDiff:
                 yield line[:-1] if line.endswith("\n") else line
 
 
+# For review: a rules file's (old side's, new side's) text as compared, for the file at
+# a relative path <cluster>/<member>/<file>; None for a file compared as it is.
+Review = Callable[[str], tuple[Callable[[str], str], Callable[[str], str]] | None]
+
+
 def tree_files(root: Path | None) -> dict[str, Path]:
     if root is None or not root.is_dir():
         return {}
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> list[FileDiff]:
-    """Each changed file's diff, its body written under SPOOL (a new directory)."""
+def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path,
+               review: Review | None = None) -> list[FileDiff]:
+    """Each changed file's diff, its body written under SPOOL (a new directory); with
+    REVIEW, the files it names compared as it says (`_reviewed`)."""
     old_files, new_files = tree_files(old_root), tree_files(new_root)
     out: list[FileDiff] = []
     spool.mkdir(parents=True)
@@ -57,6 +75,11 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> lis
         head = [f"--- {'/dev/null' if status == 'added' else f'a/{rel}'}",
                 f"+++ {'/dev/null' if status == 'removed' else f'b/{rel}'}"]
         body = spool / f"{len(out)}.patch"
+        sides = review(rel) if review is not None and status == "modified" else None
+        if sides is not None:
+            del old, new  # (read again one at a time: each can be 100 MB)
+            out.append(_reviewed(rel, old_files[rel], new_files[rel], sides, body))
+            continue
         if status == "modified":
             del old, new  # git reads the files itself
             try:
@@ -71,6 +94,110 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path) -> lis
                                      lineterm="")
         out.append(_spooled(rel, status, lines, body))
     return out
+
+
+def _reviewed(rel: str, old: Path, new: Path,
+              sides: tuple[Callable[[str], str], Callable[[str], str]], body: Path) -> FileDiff:
+    """The diff of OLD and NEW as SIDES compare them, shown in their own lines.
+
+    Each side's comparable text (line for line the file's: fwc.diffing.renumber
+    `comparable`) is written beside BODY and diffed like any file; each line of the
+    hunks is then replaced by the line at its place in the file itself (a context line
+    by the new side's), read in step with the hunks, and the lines the comparison paired
+    but that differ are counted. Nothing is held but one side's text while it is made
+    comparable."""
+    compared = []
+    for path, side, suffix in ((old, sides[0], ".old"), (new, sides[1], ".new")):
+        target = body.with_suffix(suffix)
+        target.write_text(side(_text_of(path)), encoding="utf-8", newline="\n")
+        compared.append(target)
+    try:
+        return _spooled_review(rel, old, new, _git_hunks(compared[0], compared[1]), body)
+    except _NoGit:  # difflib's, over what git began to write
+        with_difflib = _difflib_hunks(_split(_text_of(compared[0])),
+                                      _split(_text_of(compared[1])))
+        return _spooled_review(rel, old, new, with_difflib, body)
+    finally:
+        for target in compared:
+            target.unlink()
+
+
+def _spooled_review(rel: str, old: Path, new: Path, hunks: Iterable[str],
+                    body: Path) -> FileDiff:
+    counted = [0]
+    head = [f"--- a/{rel}", f"+++ b/{rel}"]
+    with open(old, "rb") as old_lines, open(new, "rb") as new_lines:
+        lines = _in_place(hunks, _decoded(old_lines), _decoded(new_lines), counted)
+        first = next(lines, None)
+        found = _spooled(rel, "modified", itertools.chain(head, [first], lines)
+                         if first is not None else [], body)
+    return FileDiff(found.path, found.status, found.insertions, found.deletions, body,
+                    counted[0])
+
+
+def _in_place(hunks: Iterable[str], old: Iterator[str], new: Iterator[str],
+              renumbered: list[int]) -> Iterator[str]:
+    """HUNKS (of two texts line for line like OLD and NEW) with each line replaced by
+    OLD's or NEW's at its place; RENUMBERED[0] counts the lines paired as equal that
+    differ in OLD and NEW (between the hunks, and as context)."""
+    done_old = done_new = 0
+    for line in hunks:
+        if line.startswith("@@ "):
+            old_start, new_start = _hunk_starts(line)
+            # the lines before a hunk pair up in order, as equal
+            renumbered[0] += sum(a != b for a, b in zip(
+                itertools.islice(old, old_start - done_old),
+                itertools.islice(new, new_start - done_new), strict=True))
+            done_old, done_new = old_start, new_start
+            yield line
+        elif line.startswith("-"):
+            done_old += 1
+            yield "-" + next(old)
+        elif line.startswith("+"):
+            done_new += 1
+            yield "+" + next(new)
+        else:
+            done_old += 1
+            done_new += 1
+            was, now = next(old), next(new)
+            renumbered[0] += was != now
+            yield " " + now
+    renumbered[0] += sum(a != b for a, b in zip(old, new, strict=True))
+
+
+def _hunk_starts(header: str) -> tuple[int, int]:
+    """The lines before a hunk on each side: "@@ -A,B +C,D @@" starts after line A-1 (or
+    after line A when B is 0: the hunk adds there)."""
+    old_range, new_range = header.split(" ")[1:3]
+
+    def before(spec: str) -> int:
+        start, _, count = spec[1:].partition(",")
+        return int(start) - (0 if count == "0" else 1)
+
+    return before(old_range), before(new_range)
+
+
+def _decoded(lines: Iterable[bytes]) -> Iterator[str]:
+    """A file's lines as git splits them (at "\n" only), without their ends."""
+    for raw in lines:
+        yield (raw[:-1] if raw.endswith(b"\n") else raw).decode("utf-8", errors="replace")
+
+
+def _split(text: str) -> list[str]:
+    """TEXT's lines as `_decoded` reads them."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def _text_of(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _difflib_hunks(old: list[str], new: list[str]) -> Iterator[str]:
+    """difflib's hunks of OLD and NEW, in git's format (no file header)."""
+    for index, line in enumerate(difflib.unified_diff(old, new, lineterm="")):
+        if index >= 2:  # ("---" and "+++" come first)
+            yield line
 
 
 def _spooled(rel: str, status: str, lines: Iterable[str], path: Path) -> FileDiff:
@@ -164,6 +291,8 @@ def write_patch(diffs: list[FileDiff], palette: Palette, stream: TextIO) -> None
 
 def _patch_lines(diff: FileDiff, palette: Palette) -> Iterator[str]:
     yield palette.bold(f"diff --fwc a/{diff.path} b/{diff.path}")
+    if diff.renumbered:
+        yield f"fwc: {_renumbered(diff.renumbered)}, not shown (--exact shows them)"
     if diff.status != "modified":
         yield palette.bold(f"{'new' if diff.status == 'added' else 'deleted'} file")
     for line in diff.lines():
@@ -191,14 +320,23 @@ def render_stat(diffs: list[FileDiff], palette: Palette, width: int = 60) -> str
         scale = min(1.0, bar_room / biggest)
         plus = round(diff.insertions * scale) or (1 if diff.insertions else 0)
         minus = round(diff.deletions * scale) or (1 if diff.deletions else 0)
-        bar = palette.green("+" * plus) + palette.red("-" * minus)
-        lines.append(f" {diff.path.ljust(name_width)} | {count:>4} {bar}")
+        bar = palette.green("+" * plus) + palette.red("-" * minus) if plus or minus else ""
+        shown = " ".join(part for part in (f"{count:>4}", bar) if part)
+        note = f" ({_renumbered(diff.renumbered)})" if diff.renumbered else ""
+        lines.append(f" {diff.path.ljust(name_width)} | {shown}{note}")
     ins = sum(d.insertions for d in diffs)
     dels = sum(d.deletions for d in diffs)
+    renumbered = sum(d.renumbered for d in diffs)
     lines.append(f" {len(diffs)} file{'s' if len(diffs) != 1 else ''} changed, "
                  f"{ins} insertion{'s' if ins != 1 else ''}(+), "
-                 f"{dels} deletion{'s' if dels != 1 else ''}(-)")
+                 f"{dels} deletion{'s' if dels != 1 else ''}(-)"
+                 + (f"; {_renumbered(renumbered)}" if renumbered else ""))
     return "\n".join(lines) + "\n"
+
+
+def _renumbered(count: int) -> str:
+    lines = "line differs" if count == 1 else "lines differ"
+    return f"{count} {lines} only in the policy line or rule number named"
 
 
 def render_names(diffs: list[FileDiff]) -> str:

@@ -1,4 +1,4 @@
-"""Names the compiler derives from a rule's position, followed from one side to the other.
+"""What the compiler derives from a rule's position, followed from one side to the other.
 
 A rule's own chain (`fwc-pN-CHAIN`, `fwc-nN-CHAIN`) and its rate buckets
 (`--hashlimit-name fwc-pN`, `fwc-sN`) carry the rule's number in its block
@@ -13,6 +13,11 @@ removed and added, where the summary's policy rule list calls it moved); a rule
 changed in place (replaced by a rule at the same place) keeps its number, as it did
 before this alignment. A rule removed from the old side gets a name no new rule has,
 so its chain is reported removed.
+
+A rule's policy line is the other thing its position decides: each compiled rule names
+it in a comment (`--comment "edge.fw:46"`), so an inserted line changes the comment of
+every rule below it. `without_locations` compares rules without it; `comparable` does
+both for a whole compiled rules file, line for line, for the review's patch.
 """
 
 from __future__ import annotations
@@ -24,15 +29,33 @@ from difflib import SequenceMatcher
 from fwc import model
 from fwc.model.records import dataclass
 
-# the kinds of fwc.backend.lower: p and s for filter rules, n for NAT rules; in a rule
+# the kinds of fwc.backend.lower: p and s for filter rules, n for NAT rules (and f for the
+# failsafe's factored chains, fwc.backend.lower.failsafe, numbered like p); in a rule
 # line only where a name stands (a jump, a goto, a rate bucket), never in a log prefix
 # or a comment that happens to read alike
 _CHAIN = re.compile(r"^fwc-([psn])([0-9]+)(?=-)")
 # (the name alone, found by its literal start; what stands before it is asked after: a
 # pattern that starts with look-behinds tried every position of the text, 3x slower)
-_NAME = re.compile(r"fwc-([psn])([0-9]+)\b")
+_NAME = re.compile(r"fwc-([psnf])([0-9]+)\b")
 _BEFORE_A_NAME = ("-j ", "-g ", "--hashlimit-name ")
 _LONGEST_BEFORE = max(len(before) for before in _BEFORE_A_NAME)
+# In a whole iptables-restore file a rule's chain is also declared (":NAME - [0:0]") and
+# filled ("-A NAME ..."), at a line's start. In an nftables file the names are a chain's
+# (`chain filter-fwc-p4-FORWARD-v4 {`, `jump ...`, `goto ...`: TABLE-NAME-vFAMILY), a
+# rate limit's (`limit fwc-s4-v4 {`, `limit name "fwc-s4-v4"`) and a source meter's
+# (`set fwc-p4-v4 {`, `update @fwc-p4-v4 ...`) (fwc.backend.render.nftables).
+_DECLARED_AT_START = (":", "-A ")
+_NFT_BEFORE_A_NAME = tuple(f"{verb} {table}-" for verb in ("jump", "goto", "chain")
+                           for table in ("raw", "mangle", "filter", "nat")) \
+    + ("limit ", "set ", "@")
+_NFT_QUOTED_BEFORE = 'limit name "'
+_LONGEST_NFT_BEFORE = max(len(before) for before in (*_NFT_BEFORE_A_NAME, _NFT_QUOTED_BEFORE))
+# (`[^":\n]`: a match stays inside one rule of the joined text)
+# (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE, in N chains")
+_LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?")')
+# nftables': the comment ends its rule's line
+_NFT_LOCATION = re.compile(
+    r'( comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?"$)', re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +86,25 @@ class Renumbering:
             return found.group(0)  # inside a quoted log prefix or comment: text
         return self._replace(found)
 
+    def _replace_in_file(self, found: re.Match[str]) -> str:
+        text, start = found.string, found.start()
+        line = text.rfind("\n", 0, start) + 1
+        if text[line:start] in _DECLARED_AT_START:
+            return self._replace(found)
+        return self._replace_name(found)
+
+    def _replace_in_nft(self, found: re.Match[str]) -> str:
+        text, start = found.string, found.start()
+        window = max(0, start - _LONGEST_NFT_BEFORE)
+        if text.endswith(_NFT_QUOTED_BEFORE, window, start):
+            return self._replace(found)
+        if not text.endswith(_NFT_BEFORE_A_NAME, window, start):
+            return found.group(0)
+        line = text.rfind("\n", 0, start) + 1
+        if text.count('"', line, start) % 2:
+            return found.group(0)  # inside a quoted log prefix or comment: text
+        return self._replace(found)
+
     def _replace(self, found: re.Match[str]) -> str:
         kind, number = found.group(1), int(found.group(2))
         new = (self.nat if kind == "n" else self.rules).get(number)
@@ -78,6 +120,29 @@ class Renumbering:
         if not rules:
             return []
         return _NAME.sub(self._replace_name, "\n".join(rules)).split("\n")
+
+
+def without_locations(rules: Sequence[str]) -> list[str]:
+    """RULES without the policy line each came from, in one pass over them all:
+    `--comment "edge.fw:46"` -> `--comment "edge.fw"` (and in the arrangement's copies,
+    `"fwc arrange: edge.fw:46, in 2 chains"` -> `"fwc arrange: edge.fw, in 2 chains"`), so
+    that a rule is the same rule when only lines above it were inserted."""
+    if not rules:
+        return []
+    return _LOCATION.sub(r"\1", "\n".join(rules)).split("\n")
+
+
+def comparable(text: str, nft: bool, renumbering: Renumbering | None = None) -> str:
+    """TEXT, a compiled rules file (nftables' if NFT, else iptables-restore's), without
+    what only its rules' positions decide: the policy line each names, and, with
+    RENUMBERING (on the old side), the rule numbers in the names derived from them, read
+    in the new side's numbers. Line for line: no line is joined, split or dropped, so a
+    line of the result stands for the line of TEXT at the same place."""
+    text = (_NFT_LOCATION if nft else _LOCATION).sub(r"\1", text)
+    if renumbering is None:
+        return text
+    return _NAME.sub(renumbering._replace_in_nft if nft else renumbering._replace_in_file,
+                     text)
 
 
 def _aligned(old: list[str], new: list[str]) -> dict[int, int]:

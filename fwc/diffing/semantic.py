@@ -7,8 +7,7 @@ compiled rulesets, because that is what the kernel will run.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -17,8 +16,10 @@ from fwc import model
 from fwc.analysis.describe import Vocabulary
 from fwc.analysis.diff import TrafficChange
 from fwc.analysis.handling import Handling, interface_handling
+from fwc.backend.files import FILES
 from fwc.diffing import rulesets
-from fwc.diffing.renumber import Renumbering
+from fwc.diffing.files import Review
+from fwc.diffing.renumber import Renumbering, comparable, without_locations
 from fwc.diffing.sequences import ListChange, compare, compare_keyed
 from fwc.diffing.traffic import traffic_changes
 from fwc.model.records import dataclass
@@ -32,6 +33,8 @@ class _HasName(Protocol):
 _Named = TypeVar("_Named", bound=_HasName)
 
 RULE_FILES = (("iptables.rules", "IPv4"), ("ip6tables.rules", "IPv6"))
+# the render targets whose files hold policy rules (fwc.backend.files `GeneratedFile.target`)
+RULE_FORMS = ("iptables", "nftables")
 
 
 @dataclass
@@ -112,6 +115,25 @@ def renumberings(old: model.Policy | None,
         if found is not None and new_c is not None:
             out[new_c.name] = found
     return out
+
+
+def review_of(renumbered: dict[str, Renumbering]) -> Review:
+    """How `fwc diff` compares each compiled file for review: a rules file (iptables-restore
+    or nftables, fwc.backend.files) without the policy lines its rules name, the old side
+    also in the new side's rule numbers (RENUMBERED: `renumberings`); any other file as
+    it is."""
+    forms = {f.name: f.target == "nftables" for f in FILES if f.target in RULE_FORMS}
+
+    def review(rel: str) -> tuple[Callable[[str], str], Callable[[str], str]] | None:
+        parts = rel.split("/")  # <cluster>/<member>/<file>
+        nft = forms.get(parts[-1]) if len(parts) == 3 else None
+        if nft is None:
+            return None
+        renumbering = renumbered.get(parts[0])
+        return (lambda text: comparable(text, nft, renumbering),
+                lambda text: comparable(text, nft))
+
+    return review
 
 
 def compiled_chain_changes(members: list[MemberPlace], old_out: Path | None,
@@ -268,21 +290,6 @@ def _rule_changes(old: list[str], new: list[str],
     new_keys = without_locations(new)
     return compare_keyed(old, new, old_keys, new_keys) if old_keys != new_keys \
         else ListChange()
-
-
-# (`[^":\n]`: a match stays inside one rule of the joined text)
-# (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE, in N chains")
-_LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?")')
-
-
-def without_locations(rules: Sequence[str]) -> list[str]:
-    """RULES without the policy line each came from, in one pass over them all:
-    `--comment "edge.fw:46"` -> `--comment "edge.fw"` (and in the arrangement's copies,
-    `"fwc arrange: edge.fw:46, in 2 chains"` -> `"fwc arrange: edge.fw, in 2 chains"`), so
-    that a rule is the same rule when only lines above it were inserted."""
-    if not rules:
-        return []
-    return _LOCATION.sub(r"\1", "\n".join(rules)).split("\n")
 
 
 def _text(path: Path | None) -> str:
