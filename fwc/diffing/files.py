@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import operator
 import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
@@ -127,7 +128,7 @@ def _spooled_review(rel: str, old: Path, new: Path, hunks: Iterable[str],
     counted = [0]
     head = [f"--- a/{rel}", f"+++ b/{rel}"]
     with open(old, "rb") as old_lines, open(new, "rb") as new_lines:
-        lines = _in_place(hunks, _decoded(old_lines), _decoded(new_lines), counted)
+        lines = _in_place(hunks, old_lines, new_lines, counted)
         first = next(lines, None)
         found = _spooled(rel, "modified", itertools.chain(head, [first], lines)
                          if first is not None else [], body)
@@ -135,34 +136,34 @@ def _spooled_review(rel: str, old: Path, new: Path, hunks: Iterable[str],
                     counted[0])
 
 
-def _in_place(hunks: Iterable[str], old: Iterator[str], new: Iterator[str],
+def _in_place(hunks: Iterable[str], old: Iterator[bytes], new: Iterator[bytes],
               renumbered: list[int]) -> Iterator[str]:
-    """HUNKS (of two texts line for line like OLD and NEW) with each line replaced by
-    OLD's or NEW's at its place; RENUMBERED[0] counts the lines paired as equal that
-    differ in OLD and NEW (between the hunks, and as context)."""
+    """HUNKS (of two texts line for line like OLD's and NEW's lines) with each line
+    replaced by OLD's or NEW's at its place; RENUMBERED[0] counts the lines paired as
+    equal that differ in OLD and NEW (between the hunks, and as context). Only the lines
+    shown are decoded: between hunks the raw lines are compared as they are read."""
     done_old = done_new = 0
     for line in hunks:
         if line.startswith("@@ "):
             old_start, new_start = _hunk_starts(line)
             # the lines before a hunk pair up in order, as equal
-            renumbered[0] += sum(a != b for a, b in zip(
-                itertools.islice(old, old_start - done_old),
-                itertools.islice(new, new_start - done_new), strict=True))
+            renumbered[0] += sum(map(operator.ne, itertools.islice(old, old_start - done_old),
+                                     itertools.islice(new, new_start - done_new)))
             done_old, done_new = old_start, new_start
             yield line
         elif line.startswith("-"):
             done_old += 1
-            yield "-" + next(old)
+            yield "-" + _decoded_line(next(old))
         elif line.startswith("+"):
             done_new += 1
-            yield "+" + next(new)
+            yield "+" + _decoded_line(next(new))
         else:
             done_old += 1
             done_new += 1
             was, now = next(old), next(new)
             renumbered[0] += was != now
-            yield " " + now
-    renumbered[0] += sum(a != b for a, b in zip(old, new, strict=True))
+            yield " " + _decoded_line(now)
+    renumbered[0] += sum(map(operator.ne, old, new))
 
 
 def _hunk_starts(header: str) -> tuple[int, int]:
@@ -177,14 +178,13 @@ def _hunk_starts(header: str) -> tuple[int, int]:
     return before(old_range), before(new_range)
 
 
-def _decoded(lines: Iterable[bytes]) -> Iterator[str]:
-    """A file's lines as git splits them (at "\n" only), without their ends."""
-    for raw in lines:
-        yield (raw[:-1] if raw.endswith(b"\n") else raw).decode("utf-8", errors="replace")
+def _decoded_line(raw: bytes) -> str:
+    """A file's line as git splits them (at "\\n" only), without its end."""
+    return (raw[:-1] if raw.endswith(b"\n") else raw).decode("utf-8", errors="replace")
 
 
 def _split(text: str) -> list[str]:
-    """TEXT's lines as `_decoded` reads them."""
+    """TEXT's lines as `_decoded_line` reads them."""
     lines = text.split("\n")
     return lines[:-1] if lines[-1] == "" else lines
 

@@ -22,6 +22,7 @@ both for a whole compiled rules file, line for line, for the review's patch.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from difflib import SequenceMatcher
@@ -53,6 +54,9 @@ _LONGEST_NFT_BEFORE = max(len(before) for before in (*_NFT_BEFORE_A_NAME, _NFT_Q
 # (`[^":\n]`: a match stays inside one rule of the joined text)
 # (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE, in N chains")
 _LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?")')
+# (a C-level callable: a template like r"\1" is expanded by Python code at each match,
+# 3 us each, 1.5 s for the rules files of one member pair at 20,000 rules)
+_FIRST_GROUP = operator.methodcaller("group", 1)
 # nftables': the comment ends its rule's line
 _NFT_LOCATION = re.compile(
     r'( comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?"$)', re.MULTILINE)
@@ -129,7 +133,7 @@ def without_locations(rules: Sequence[str]) -> list[str]:
     that a rule is the same rule when only lines above it were inserted."""
     if not rules:
         return []
-    return _LOCATION.sub(r"\1", "\n".join(rules)).split("\n")
+    return _LOCATION.sub(_FIRST_GROUP, "\n".join(rules)).split("\n")
 
 
 def comparable(text: str, nft: bool, renumbering: Renumbering | None = None) -> str:
@@ -138,7 +142,7 @@ def comparable(text: str, nft: bool, renumbering: Renumbering | None = None) -> 
     RENUMBERING (on the old side), the rule numbers in the names derived from them, read
     in the new side's numbers. Line for line: no line is joined, split or dropped, so a
     line of the result stands for the line of TEXT at the same place."""
-    text = (_NFT_LOCATION if nft else _LOCATION).sub(r"\1", text)
+    text = (_NFT_LOCATION if nft else _LOCATION).sub(_FIRST_GROUP, text)
     if renumbering is None:
         return text
     return _NAME.sub(renumbering._replace_in_nft if nft else renumbering._replace_in_file,
