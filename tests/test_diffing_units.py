@@ -242,7 +242,11 @@ def test_comparable_rules_files_lose_only_what_positions_decide():
         'comment "a.fw:64"',
         '\t\tlimit name "fwc-s4-v4" counter drop comment "fwc arrange: a.fw:64, in 2 chains"',
         '\t\tip saddr @fwc4-fwc-p1 counter log prefix "jump filter-fwc-p1 " comment "a.fw:2"',
-        '\t\tcounter accept comment "fwc auto: loopback"', "\t}"])
+        '\t\tcounter accept comment "fwc auto: loopback"',
+        '\t\telements = { 192.0.2.1 . 22 comment "a.fw:7" : jump filter-fwc-p1-INPUT-v4,',
+        '\t\t\t198.51.100.0/24 comment "a.fw:8",', '\t\t\t203.0.113.9 comment "a.fw:9"', '\t\t}',
+        '\t\tip saddr . tcp dport vmap @rules-v4-1 comment "a.fw:7 and 2 more rules (map '
+        'rules-v4-1)"', "\t}"])
     assert comparable(nft, True, numbers).split("\n") == [
         "\tlimit fwc-s5-v4 {", "\tset fwc-p5-v4 {", "\tchain filter-fwc-p2-INPUT-v4 {",
         '\t\ttcp dport 22 counter jump filter-fwc-p2-INPUT-v4 comment "a.fw"',
@@ -250,7 +254,44 @@ def test_comparable_rules_files_lose_only_what_positions_decide():
         'comment "a.fw"',
         '\t\tlimit name "fwc-s5-v4" counter drop comment "fwc arrange: a.fw, in 2 chains"',
         '\t\tip saddr @fwc4-fwc-p1 counter log prefix "jump filter-fwc-p1 " comment "a.fw"',
-        '\t\tcounter accept comment "fwc auto: loopback"', "\t}"]
+        '\t\tcounter accept comment "fwc auto: loopback"',
+        '\t\telements = { 192.0.2.1 . 22 comment "a.fw" : jump filter-fwc-p2-INPUT-v4,',
+        '\t\t\t198.51.100.0/24 comment "a.fw",', '\t\t\t203.0.113.9 comment "a.fw"', '\t\t}',
+        '\t\tip saddr . tcp dport vmap @rules-v4-1 comment "a.fw and 2 more rules (map '
+        'rules-v4-1)"', "\t}"]
+
+
+def test_a_review_compares_exactly_what_it_cannot_map_back(tmp_path, monkeypatch):
+    """A comparable text that lost a line, a last line without its end, bytes that are
+    not UTF-8: the review never hides a difference there."""
+    old = [f"-A FORWARD -p tcp --dport {n} -m comment --comment \"p.fw:{n}\" -j ACCEPT"
+           for n in range(30)]
+    new = [line.replace(":", ":1", 1) for line in old]
+    new[20] = new[20].replace("ACCEPT", "DROP")
+    files = {"a": "\n".join(old) + "\n", "b": "\n".join(new) + "\n"}
+    for side, text in files.items():
+        (tmp_path / side / "c" / "m").mkdir(parents=True)
+        (tmp_path / side / "c" / "m" / "iptables.rules").write_text(text)
+    (exact,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "exact")
+    dropping = (lambda text: text.replace("\n", "", 1), lambda text: text)
+    (fallen_back,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "drop",
+                                         lambda rel: dropping)
+    assert list(fallen_back.lines()) == list(exact.lines()) and fallen_back.renumbered == 0
+    sides = (lambda text: comparable(text, False), lambda text: comparable(text, False))
+    (reviewed,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / "review",
+                                      lambda rel: sides)
+    assert (reviewed.insertions, reviewed.deletions, reviewed.renumbered) == (1, 1, 29)
+    # the last line loses its end; a byte that is not UTF-8 changes into another
+    rules = tmp_path / "b" / "c" / "m" / "iptables.rules"
+    rules.write_bytes(files["a"].encode()[:-1].replace(b"p.fw:3\"", b"p.fw:3\xff\"", 1))
+    (tmp_path / "a" / "c" / "m" / "iptables.rules").write_bytes(
+        files["a"].encode().replace(b"p.fw:3\"", b"p.fw:3\xfe\"", 1))
+    for tool in ("git", "difflib"):
+        if tool == "difflib":
+            monkeypatch.setattr(filediff, "_GIT_DIFF", ("/nonexistent/git",))
+        (shown,) = filediff.diff_trees(tmp_path / "a", tmp_path / "b", tmp_path / tool,
+                                       lambda rel: sides)
+        assert (shown.insertions, shown.deletions, shown.renumbered) == (2, 2, 0), tool
 
 
 def _policy_rules_file(rules: list[tuple[int, str, int]]) -> list[str]:

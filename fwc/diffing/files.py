@@ -78,9 +78,12 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path,
         body = spool / f"{len(out)}.patch"
         sides = review(rel) if review is not None and status == "modified" else None
         if sides is not None:
-            del old, new  # (read again one at a time: each can be 100 MB)
-            out.append(_reviewed(rel, old_files[rel], new_files[rel], sides, body))
-            continue
+            del old, new  # (read again in blocks: each can be 100 MB)
+            reviewed = _reviewed(rel, old_files[rel], new_files[rel], sides, body)
+            if reviewed is not None:
+                out.append(reviewed)
+                continue
+            old, new = b"", b""  # (as read below: git reads the files itself)
         if status == "modified":
             del old, new  # git reads the files itself
             try:
@@ -98,31 +101,51 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path,
 
 
 def _reviewed(rel: str, old: Path, new: Path,
-              sides: tuple[Callable[[str], str], Callable[[str], str]], body: Path) -> FileDiff:
-    """The diff of OLD and NEW as SIDES compare them, shown in their own lines.
+              sides: tuple[Callable[[str], str], Callable[[str], str]], body: Path) \
+        -> FileDiff | None:
+    """The diff of OLD and NEW as SIDES compare them, shown in their own lines; None when
+    a side's comparable text does not keep its file's lines (then the file is compared
+    as it is).
 
     Each side's comparable text (line for line the file's: fwc.diffing.renumber
     `comparable`) is written beside BODY and diffed like any file; each line of the
     hunks is then replaced by the line at its place in the file itself (a context line
     by the new side's), read in step with the hunks, and the lines the comparison paired
-    but that differ are counted. Nothing is held but one side's text while it is made
-    comparable."""
-    compared = []
-    for path, side, suffix in ((old, sides[0], ".old"), (new, sides[1], ".new")):
-        target = body.with_suffix(suffix)
-        target.write_text(side(_text_of(path)), encoding="utf-8", newline="\n")
-        compared.append(target)
+    but that differ are counted."""
+    compared = [body.with_suffix(".old"), body.with_suffix(".new")]
     try:
-        return _spooled_review(rel, old, new, _git_hunks(compared[0], compared[1]), body)
-    except _NoGit:  # difflib's, over what git began to write
-        with_difflib = _difflib_hunks(_split(_text_of(compared[0])),
-                                      _split(_text_of(compared[1])))
-        return _spooled_review(rel, old, new, with_difflib, body)
+        if not all(_comparable_copy(path, side, target)
+                   for path, side, target in zip((old, new), sides, compared, strict=True)):
+            return None
+        try:
+            return _spooled_review(rel, old, new, _git_hunks(compared[0], compared[1]), body)
+        except _NoGit:  # difflib's, over what git began to write
+            with_difflib = _difflib_hunks(_split(_text_of(compared[0])),
+                                          _split(_text_of(compared[1])))
+            return _spooled_review(rel, old, new, with_difflib, body)
     finally:
         for target in compared:
-            target.unlink()
+            target.unlink(missing_ok=True)
 
 
+# Text made comparable a block of whole lines at a time: a rules file can be 100 MB,
+# and its text, the substitutions' copies and the encoded result were ~4.5x that at once.
+_BLOCK = 1 << 23
+
+
+def _comparable_copy(path: Path, side: Callable[[str], str], target: Path) -> bool:
+    """PATH's text as SIDE makes it comparable, written to TARGET; False when SIDE did not
+    keep the number of lines (the line-for-line mapping back would be wrong). Bytes that
+    are not UTF-8 stay as they are (surrogateescape), so two different ones never read
+    alike."""
+    with open(path, "rb") as source, open(target, "wb") as copy:
+        while block := source.readlines(_BLOCK):
+            text = b"".join(block).decode("utf-8", errors="surrogateescape")
+            made = side(text)
+            if made.count("\n") != text.count("\n"):
+                return False
+            copy.write(made.encode("utf-8", errors="surrogateescape"))
+    return True
 def _spooled_review(rel: str, old: Path, new: Path, hunks: Iterable[str],
                     body: Path) -> FileDiff:
     counted = [0]
@@ -184,13 +207,17 @@ def _decoded_line(raw: bytes) -> str:
 
 
 def _split(text: str) -> list[str]:
-    """TEXT's lines as `_decoded_line` reads them."""
+    """TEXT's lines as `_decoded_line` reads them, a last line without its end marked so
+    that it differs from the same line with one (git says "\\ No newline")."""
     lines = text.split("\n")
-    return lines[:-1] if lines[-1] == "" else lines
+    if lines[-1] == "":
+        return lines[:-1]
+    lines[-1] += "\0no newline"
+    return lines
 
 
 def _text_of(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
+    return path.read_bytes().decode("utf-8", errors="surrogateescape")
 
 
 def _difflib_hunks(old: list[str], new: list[str]) -> Iterator[str]:

@@ -57,9 +57,13 @@ _LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \
 # (a C-level callable: a template like r"\1" is expanded by Python code at each match,
 # 3 us each, 1.5 s for the rules files of one member pair at 20,000 rules)
 _FIRST_GROUP = operator.methodcaller("group", 1)
-# nftables': the comment ends its rule's line
+# nftables': a comment ends its rule's line, or stands in a map's or set's element
+# before its " : verdict" or ","; a lookup's comment names its first rule's line and how
+# many more rules the map or set holds (fwc.backend.render.nftables)
 _NFT_LOCATION = re.compile(
-    r'( comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?"$)', re.MULTILINE)
+    r'( comment "(?:fwc arrange: )?[^":\n]+):\d+'
+    r'(?=(?:, in \d+ chains?| and \d+ more rules? \((?:map|set) [^"()\n]+\))?"(?:$| :|,))',
+    re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
