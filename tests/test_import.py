@@ -108,3 +108,43 @@ def test_a_changed_import_is_reported_packet_class_by_packet_class(tmp_path):
 def test_unreadable_input_is_a_diagnostic(tmp_path, capsys):
     assert main(["import", "iptables-save", str(tmp_path / "missing")]) == 1
     assert "FWC706" in capsys.readouterr().err
+
+
+def test_rule_lines_split_as_shlex_splits_them():
+    """The reader's cheaper word splitting gives shlex's words (or its error) for any
+    line: quotes, escapes, odd whitespace, unbalanced quotes."""
+    import random
+    import shlex
+
+    from fwc.importing.saved import _words
+
+    rng = random.Random(7)
+    alphabet = ' \t\r\nab-:/\x0b\x0c\xa0\x85,=!"""\'\\'
+    lines = ['-A FORWARD -s 192.0.2.1/32 -m comment --comment "edge.fw:4" -j ACCEPT',
+             '-A INPUT -j LOG --log-prefix "a \\"b\\" "', "-A X -m comment --comment ''"]
+    lines += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(16)))
+              for _ in range(20000)]
+    for line in lines:
+        try:
+            expected: object = shlex.split(line)
+        except ValueError:
+            expected = ValueError
+        try:
+            got: object = _words(line)
+        except ValueError:
+            got = ValueError
+        assert got == expected, repr(line)
+
+
+def test_each_chains_rules_in_order_among_many_chains():
+    from fwc.importing.saved import read_saved
+
+    text = "*filter\n:INPUT DROP [0:0]\n" + "".join(f":c{n} - [0:0]\n" for n in range(50)) \
+        + "".join(f"-A c{n % 50} -s 192.0.2.{n % 250}/32 -j ACCEPT\n" for n in range(500)) \
+        + "COMMIT\n"
+    table = read_saved(text).tables["filter"]
+    for chain in ("c0", "c7", "c49"):
+        expected = [r for r in table.rules if r.chain == chain]
+        assert table.chain_rules(chain) == expected and len(expected) == 10
+        assert [r.line for r in expected] == sorted(r.line for r in expected)
+    assert table.chain_rules("INPUT") == [] and table.chain_rules("nowhere") == []

@@ -9,7 +9,9 @@ the sets `-m set` names.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 import shlex
 from dataclasses import field
 
@@ -56,9 +58,17 @@ class SavedTable:
     name: str
     policies: dict[str, str | None] = field(default_factory=dict)  # None: a user chain
     rules: list[SavedRule] = field(default_factory=list)
+    # each chain's rules in order, kept with RULES (`add`): a ruleset of thousands of
+    # chains asked each chain's rules by scanning every rule (82,000 rules in 4,344
+    # chains: about 10 s)
+    by_chain: dict[str, list[SavedRule]] = field(default_factory=dict)
+
+    def add(self, rule: SavedRule) -> None:
+        self.rules.append(rule)
+        self.by_chain.setdefault(rule.chain, []).append(rule)
 
     def chain_rules(self, chain: str) -> list[SavedRule]:
-        return [r for r in self.rules if r.chain == chain]
+        return list(self.by_chain.get(chain, ()))
 
 
 @dataclass
@@ -102,7 +112,7 @@ def read_saved(text: str) -> Saved:
             name, policy = words[0][1:], words[1] if len(words) > 1 else "-"
             table.policies[name] = None if policy == "-" else policy
         elif words[0] == "-A" and len(words) >= 2:
-            table.rules.append(SavedRule(table.name, words[1], number, line))
+            table.add(SavedRule(table.name, words[1], number, line))
         else:
             out.skipped.append((number, line, "not a rule (-A) or chain (:) line"))
     return out
@@ -117,6 +127,8 @@ class Decoded:
     goto: bool = False
 
 
+# (rules repeat the same few thousand addresses: ipaddress parses each in Python)
+@functools.lru_cache(maxsize=1 << 16)
 def _addresses(value: str) -> tuple[str, ...]:
     out = []
     for item in value.split(","):
@@ -156,10 +168,25 @@ def _icmp_type(value: str) -> int:
     raise Untranslatable(f"icmp type {value!r} (a type with a code is not imported)")
 
 
+# shlex's word splitting (posix mode) for a line with no single quote and no backslash:
+# words split at its whitespace, double-quoted parts taken as they are (iptables-save
+# quotes comments and log prefixes so). shlex reads a character at a time in Python,
+# about 0.1 ms per rule line; a line it would read otherwise still goes to it.
+_ESCAPING = re.compile(r"['\\]")
+_SHLEX_WORD = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')
+
+
+def _words(text: str) -> list[str]:
+    """`shlex.split(TEXT)`, cheaper where nothing is escaped or single-quoted."""
+    if _ESCAPING.search(text) or text.count('"') % 2:
+        return shlex.split(text)
+    return [word.replace('"', "") for word in _SHLEX_WORD.findall(text)]
+
+
 def decode(text: str) -> Decoded:
     """The rule `-A CHAIN ...` as a Match and a target; Untranslatable says why not."""
     try:
-        words = shlex.split(text)
+        words = _words(text)
     except ValueError as exc:
         raise Untranslatable(f"cannot split the line: {exc}") from exc
     words = words[2:]  # -A CHAIN
