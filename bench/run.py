@@ -31,6 +31,7 @@ and `fwc --version` start-up.
 `--edit`: the edit loop through the result cache. `--diff`: `fwc diff` of a policy
 edited in a git working tree (one rule's service changed; one rule inserted, which
 moves every later rule's location), next to `fwc compile --no-cache` of it.
+`--import`: `fwc import iptables-save` of member fw1's compiled `iptables.rules`.
 
 Backends (unless `--no-backends`; `--backends-only` for just this table): for every
 shape at the largest size, `fwc compile --backend iptables|nftables` (wall time,
@@ -101,23 +102,59 @@ class Row:
     traversal: dict[str, float] = field(default_factory=dict)
 
 
+# Runs the measured command as its child and writes that child's peak RSS (KiB) to the
+# pipe whose descriptor is its first argument, then ends as the command did (the same
+# exit status, or the same signal). A process started straight from this one (vfork,
+# then exec) carries this process's peak RSS at the exec into its own (Linux keeps the
+# old address space's high-water mark in the process's maxrss): a 0.2 s `fwc check`
+# showed the 272 MB this script held after generating a policy. The launcher is small,
+# so its child's peak is the command's own (at least the launcher's ~10 MB).
+_LAUNCHER = """
+import os, signal, sys
+report = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    try:
+        os.close(report)
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        os.write(2, f"cannot run {sys.argv[2]}: {exc}\\n".encode())
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, str(usage.ru_maxrss).encode())
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
           timeout: float | None = None, env: dict[str, str] | None = None) -> Run:
-    """Wall time, CPU time and the peak RSS of exactly this child (wait4), not of all
-    children. The CPU time includes the processes the child waited for (Aerleon's
-    renderer workers); the peak RSS is the child's own largest.
+    """Wall time, CPU time and the peak RSS of exactly this command (wait4 in a small
+    launcher, `_LAUNCHER`), not of all children. The CPU time includes the processes the
+    command waited for (Aerleon's renderer workers); the peak RSS is the command's own
+    largest.
 
-    TIMEOUT: the child is killed after so many seconds (returncode -9, "timed out").
+    TIMEOUT: the command is killed after so many seconds (returncode -9, "timed out").
     """
     start = time.perf_counter()
     killed = False
+    peak_in, peak_out = os.pipe()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
         # A session of its own: at the limit the whole group goes (aclgen runs behind a
         # pyenv shim and forks renderer workers; killing the first process alone left
         # them running).
-        child = subprocess.Popen(argv, cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
-                                 stderr=err, env=env, start_new_session=timeout is not None)
+        try:
+            child = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(peak_out), *argv],
+                                     cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
+                                     stderr=err, env=env, start_new_session=timeout is not None,
+                                     pass_fds=(peak_out,))
+        finally:
+            os.close(peak_out)
         try:
             while True:
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
@@ -131,6 +168,7 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
                     break
                 time.sleep(0.05)
         except BaseException:
+            os.close(peak_in)
             # Ctrl-C no longer reaches a child in a session of its own: take it along
             if timeout is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -142,7 +180,9 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
         elapsed = time.perf_counter() - start
         err.seek(0)
         tail = err.read().decode(errors="replace")[-2000:]
-    return Run(elapsed, usage.ru_maxrss / 1024, child.returncode, tail,
+    with os.fdopen(peak_in, "rb") as reported:
+        peak = reported.read().decode() or "0"  # (none: the launcher was killed)
+    return Run(elapsed, int(peak) / 1024, child.returncode, tail,
                usage.ru_utime + usage.ru_stime, killed)
 
 
@@ -773,6 +813,54 @@ def run_diffs(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
     return 1 if failures else 0
 
 
+def run_imports(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path) -> int:
+    """`fwc import iptables-save` of member fw1's compiled `iptables.rules` (whole
+    processes, median of REPEAT; wall s / CPU s / peak MB, and wall ms per 1,000 input
+    lines, which stays flat when the import is linear). fwc's own output is a hard
+    input: thousands of chains, every rule quoted, most rules kept as comments (ipset
+    matches). Exit 1 unless every compile and import succeeds."""
+    failures: list[str] = []
+    print(f"fwc import iptables-save of fw1's iptables.rules (whole processes; median of "
+          f"{repeat})")
+    print()
+    print("| shape | rules | input lines | import wall s / CPU s / peak MB | ms per 1,000 lines |")
+    print("|---|---|---|---|---|")
+    env = dict(os.environ, FWC_NO_CACHE="1")
+    for shape in shapes:
+        for size in sizes:
+            folder = work / "import" / shape / str(size)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "bench.fw").write_text(fwc_policy(build_site(size, shape=shape)),
+                                             encoding="utf-8")
+            compiled = timed([*fwc_command(), "compile", "bench.fw", "-o", "out"],
+                             cwd=folder, env=env)
+            rules = folder / "out" / "bench" / "fw1" / "iptables.rules"
+            if compiled.returncode or not rules.is_file():
+                failures.append(f"{shape} {size}: compile exited {compiled.returncode}: "
+                                f"{compiled.stderr[-300:]}")
+                continue
+            lines = rules.read_text(encoding="utf-8").count("\n")
+            runs: list[Run] = []
+            for _ in range(repeat):
+                got = timed([*fwc_command(), "import", "iptables-save", str(rules), "-o",
+                             "imported.fw"], cwd=folder, env=env)
+                if got.returncode:
+                    failures.append(f"{shape} {size}: import exited {got.returncode}: "
+                                    f"{got.stderr[-300:]}")
+                runs.append(got)
+            wall = statistics.median(r.seconds for r in runs)
+            print(f"| {shape} | {size} | {lines} | {wall:.2f} / "
+                  f"{statistics.median(r.cpu for r in runs):.2f} / "
+                  f"{statistics.median(r.peak_mb for r in runs):.0f} | "
+                  f"{1000 * wall / max(lines, 1) * 1000:.1f} |")
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"  {shape} {size} import done (load {load()})", file=sys.stderr)
+    print()
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
 def trees_equal(a: Path, b: Path) -> bool:
     """Same files with the same bytes and modes below A and B."""
     def listing(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -915,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the one-line edit loop through the result cache")
     parser.add_argument("--diff", action="store_true",
                         help="only `fwc diff` of an edited policy against its commit")
+    parser.add_argument("--import", dest="import_", action="store_true",
+                        help="only `fwc import iptables-save` of a compiled ruleset")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
         ALL_SIZES if args.all_sizes else ((1000,) if args.quick else DEFAULT_SIZES)
@@ -939,13 +1029,13 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work, ignore_errors=True)
         print(f"load average at end: {load()}")
         return 0
-    if args.edit or args.diff:
+    if args.edit or args.diff or args.import_:
         print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}; "
               f"load average at start: {load()}")
         work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
         try:
-            verdict = run_edits(shapes, sizes, args.repeat, work) if args.edit \
-                else run_diffs(shapes, sizes, args.repeat, work)
+            run = run_edits if args.edit else run_diffs if args.diff else run_imports
+            verdict = run(shapes, sizes, args.repeat, work)
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)

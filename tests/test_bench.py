@@ -154,6 +154,25 @@ def test_a_run_past_its_limit_is_stopped_and_printed_as_a_lower_bound(tmp_path):
     assert "> 600" in cells and "> 300.0x" in cells and "> 236.0x" in cells
 
 
+def test_a_runs_peak_memory_is_its_own_not_this_process(tmp_path):
+    """A command started from a large process reports its own peak RSS: straight from
+    this one (vfork, exec) it would carry this process's high-water mark."""
+    from bench.run import timed
+
+    held = bytearray(256 << 20)
+    held[::4096] = b"\1" * len(held[::4096])  # resident, not only reserved
+    small = timed([sys.executable, "-c", "pass"])
+    large = timed([sys.executable, "-c", "x = bytearray(128 << 20); x[::4096] = b'1' * "
+                   "len(x[::4096]); raise SystemExit(3)"])
+    del held
+    assert small.returncode == 0 and small.peak_mb < 100, small
+    assert large.returncode == 3 and 128 <= large.peak_mb < 230, large
+    assert timed([sys.executable, "-c", "import os; os.kill(os.getpid(), 15)"]).returncode \
+        == -15
+    missing = timed([str(tmp_path / "nothing-here")])
+    assert missing.returncode == 127 and "cannot run" in missing.stderr
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
