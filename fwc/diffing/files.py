@@ -146,6 +146,8 @@ def _comparable_copy(path: Path, side: Callable[[str], str], target: Path) -> bo
                 return False
             copy.write(made.encode("utf-8", errors="surrogateescape"))
     return True
+
+
 def _spooled_review(rel: str, old: Path, new: Path, hunks: Iterable[str],
                     body: Path) -> FileDiff:
     counted = [0]
