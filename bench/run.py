@@ -61,6 +61,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -102,31 +103,41 @@ class Row:
     traversal: dict[str, float] = field(default_factory=dict)
 
 
-# Runs the measured command as its child and writes that child's peak RSS (KiB) to the
-# pipe whose descriptor is its first argument, then ends as the command did (the same
-# exit status, or the same signal). A process started straight from this one (vfork,
-# then exec) carries this process's peak RSS at the exec into its own (Linux keeps the
-# old address space's high-water mark in the process's maxrss): a 0.2 s `fwc check`
-# showed the 272 MB this script held after generating a policy. The launcher is small,
-# so its child's peak is the command's own (at least the launcher's ~10 MB).
+# Runs the measured command as its child and writes, to the pipe whose descriptor is its
+# first argument, that child's peak RSS (KiB), user and system CPU seconds and wall
+# seconds (from just before the fork to the reaping), then ends as the command did (the
+# same exit status, or the same signal). A process started straight from this one
+# (vfork, then exec) carries this process's peak RSS at the exec into its own (Linux
+# keeps the old address space's high-water mark in the process's maxrss): a 0.2 s
+# `fwc check` showed the 272 MB this script held after generating a policy. The
+# launcher is small (`-I -S`: no site, nothing from the working directory), so its
+# child's peak is the command's own (at least the launcher's ~10 MB), and the times are
+# the command's, without the launcher's own start.
 _LAUNCHER = """
-import os, signal, sys
+import os, signal, sys, time
 report = int(sys.argv[1])
+start = time.perf_counter()
 pid = os.fork()
 if pid == 0:
     try:
         os.close(report)
+        # as subprocess leaves them for a program it starts (Python ignores these two)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         os.execvp(sys.argv[2], sys.argv[2:])
     except OSError as exc:
         os.write(2, f"cannot run {sys.argv[2]}: {exc}\\n".encode())
     finally:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
-os.write(report, str(usage.ru_maxrss).encode())
+wall = time.perf_counter() - start
+os.write(report, f"{usage.ru_maxrss} {usage.ru_utime} {usage.ru_stime} {wall}".encode())
 code = os.waitstatus_to_exitcode(status)
 if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
+    if -code not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(-code, signal.SIG_DFL)
     os.kill(os.getpid(), -code)
+    os._exit(128 - code)  # (a signal that does not end a process)
 sys.exit(code)
 """
 
@@ -141,20 +152,40 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
     TIMEOUT: the command is killed after so many seconds (returncode -9, "timed out").
     """
     start = time.perf_counter()
+    report_in, report_out = os.pipe()
+    with os.fdopen(report_in, "rb") as reported:
+        try:
+            status, usage, killed, tail = _launched(argv, cwd, stdin, timeout, env,
+                                                    report_out)
+        finally:
+            os.close(report_out)  # (the launcher has ended: its figures wait in the pipe)
+        # (nothing when the launcher was killed: then the launcher's own figures)
+        figures = reported.read().decode().split()
+    if len(figures) == 4:
+        peak_kib, cpu, wall = int(figures[0]), float(figures[1]) + float(figures[2]), \
+            float(figures[3])
+    else:
+        peak_kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+        wall = time.perf_counter() - start
+    return Run(wall, peak_kib / 1024, os.waitstatus_to_exitcode(status), tail, cpu, killed)
+
+
+def _launched(argv: list[str], cwd: Path | None, stdin: Path | None, timeout: float | None,
+              env: dict[str, str] | None, report: int) \
+        -> tuple[int, Any, bool, str]:
+    """ARGV run under `_LAUNCHER` (which reports to the descriptor REPORT): the launcher's
+    wait status and usage, whether TIMEOUT stopped it, the end of its stderr."""
+    start = time.perf_counter()
     killed = False
-    peak_in, peak_out = os.pipe()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as feed, \
             tempfile.TemporaryFile() as err:
         # A session of its own: at the limit the whole group goes (aclgen runs behind a
         # pyenv shim and forks renderer workers; killing the first process alone left
         # them running).
-        try:
-            child = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(peak_out), *argv],
-                                     cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
-                                     stderr=err, env=env, start_new_session=timeout is not None,
-                                     pass_fds=(peak_out,))
-        finally:
-            os.close(peak_out)
+        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report),
+                                  *argv], cwd=cwd, stdin=feed, stdout=subprocess.DEVNULL,
+                                 stderr=err, env=env, start_new_session=timeout is not None,
+                                 pass_fds=(report,))
         try:
             while True:
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG if timeout else 0)
@@ -168,7 +199,6 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
                     break
                 time.sleep(0.05)
         except BaseException:
-            os.close(peak_in)
             # Ctrl-C no longer reaches a child in a session of its own: take it along
             if timeout is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -176,14 +206,9 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
                 with contextlib.suppress(ChildProcessError):
                     os.wait4(child.pid, 0)
             raise
-        child.returncode = os.waitstatus_to_exitcode(status)
-        elapsed = time.perf_counter() - start
         err.seek(0)
         tail = err.read().decode(errors="replace")[-2000:]
-    with os.fdopen(peak_in, "rb") as reported:
-        peak = reported.read().decode() or "0"  # (none: the launcher was killed)
-    return Run(elapsed, int(peak) / 1024, child.returncode, tail,
-               usage.ru_utime + usage.ru_stime, killed)
+    return status, usage, killed, tail
 
 
 def fwc_command() -> list[str]:

@@ -167,10 +167,19 @@ def test_a_runs_peak_memory_is_its_own_not_this_process(tmp_path):
     del held
     assert small.returncode == 0 and small.peak_mb < 100, small
     assert large.returncode == 3 and 128 <= large.peak_mb < 230, large
-    assert timed([sys.executable, "-c", "import os; os.kill(os.getpid(), 15)"]).returncode \
-        == -15
+    for sig in (15, 9):  # (SIGKILL: as the out-of-memory killer ends a run)
+        ended = timed([sys.executable, "-c", f"import os; os.kill(os.getpid(), {sig})"])
+        assert ended.returncode == -sig, ended
     missing = timed([str(tmp_path / "nothing-here")])
     assert missing.returncode == 127 and "cannot run" in missing.stderr
+    # the command's own time, not the launcher's start; the signals a program expects
+    sleeper = timed(["sleep", "0.3"])
+    assert 0.3 <= sleeper.seconds < 0.3 + 0.25 and sleeper.cpu < 0.1, sleeper
+    ignored = timed(["sh", "-c", "grep SigIgn /proc/self/status >&2"])
+    assert int(ignored.stderr.split()[-1], 16) & ((1 << 12) | (1 << 24)) == 0, ignored.stderr
+    # a working directory's modules do not reach the launcher
+    (tmp_path / "signal.py").write_text("raise SystemExit(99)\n")
+    assert timed([sys.executable, "-c", "pass"], cwd=tmp_path).returncode == 0
 
 
 def _alive(pid: int) -> bool:

@@ -61,7 +61,11 @@ class SavedTable:
     # each chain's rules in order, kept with RULES (`add`): a ruleset of thousands of
     # chains asked each chain's rules by scanning every rule (82,000 rules in 4,344
     # chains: about 10 s)
-    by_chain: dict[str, list[SavedRule]] = field(default_factory=dict)
+    by_chain: dict[str, list[SavedRule]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            self.by_chain.setdefault(rule.chain, []).append(rule)
 
     def add(self, rule: SavedRule) -> None:
         self.rules.append(rule)
