@@ -864,7 +864,7 @@ def run_imports(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Pa
                 failures.append(f"{shape} {size}: compile exited {compiled.returncode}: "
                                 f"{compiled.stderr[-300:]}")
                 continue
-            lines = rules.read_text(encoding="utf-8").count("\n")
+            lines = rules.read_bytes().count(b"\n")
             runs: list[Run] = []
             for _ in range(repeat):
                 got = timed([*fwc_command(), "import", "iptables-save", str(rules), "-o",

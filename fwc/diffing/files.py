@@ -76,16 +76,14 @@ def diff_trees(old_root: Path | None, new_root: Path | None, spool: Path,
         head = [f"--- {'/dev/null' if status == 'added' else f'a/{rel}'}",
                 f"+++ {'/dev/null' if status == 'removed' else f'b/{rel}'}"]
         body = spool / f"{len(out)}.patch"
-        sides = review(rel) if review is not None and status == "modified" else None
-        if sides is not None:
-            del old, new  # (read again in blocks: each can be 100 MB)
-            reviewed = _reviewed(rel, old_files[rel], new_files[rel], sides, body)
+        if status == "modified":
+            del old, new  # git reads the files itself (a review, in blocks)
+            sides = review(rel) if review is not None else None
+            reviewed = _reviewed(rel, old_files[rel], new_files[rel], sides, body) \
+                if sides is not None else None
             if reviewed is not None:
                 out.append(reviewed)
                 continue
-            old, new = b"", b""  # (as read below: git reads the files itself)
-        if status == "modified":
-            del old, new  # git reads the files itself
             try:
                 # git's lines go to the body as git writes them: a file's patch is never
                 # held (a rules file of 100,000 rules is about 100 MB on each side)
@@ -290,8 +288,7 @@ def _git_hunks(old: Path, new: Path) -> Iterator[str]:
         # (git ends a line at "\n" only, as iterating over bytes does: a line may hold
         # another line break character)
         for raw in git.stdout:
-            line = raw[:-1].decode("utf-8", errors="replace") if raw.endswith(b"\n") \
-                else raw.decode("utf-8", errors="replace")
+            line = _decoded_line(raw)
             if line.startswith("@@ "):
                 in_hunks = True
                 end = line.find(" @@", 3)

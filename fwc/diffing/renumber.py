@@ -50,7 +50,7 @@ _NFT_BEFORE_A_NAME = tuple(f"{verb} {table}-" for verb in ("jump", "goto", "chai
                            for table in ("raw", "mangle", "filter", "nat")) \
     + ("limit ", "set ", "@")
 _NFT_QUOTED_BEFORE = 'limit name "'
-_LONGEST_NFT_BEFORE = max(len(before) for before in (*_NFT_BEFORE_A_NAME, _NFT_QUOTED_BEFORE))
+_LONGEST_NFT_BEFORE = max(len(before) for before in _NFT_BEFORE_A_NAME)
 # (`[^":\n]`: a match stays inside one rule of the joined text)
 # (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE, in N chains")
 _LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?")')
@@ -86,13 +86,7 @@ class Renumbering:
         return cls(rules, nat)
 
     def _replace_name(self, found: re.Match[str]) -> str:
-        text, start = found.string, found.start()
-        if not text.endswith(_BEFORE_A_NAME, max(0, start - _LONGEST_BEFORE), start):
-            return found.group(0)
-        line = text.rfind("\n", 0, start) + 1
-        if (text.count('"', line, start) - text.count('\\"', line, start)) % 2:
-            return found.group(0)  # inside a quoted log prefix or comment: text
-        return self._replace(found)
+        return self._replace_after(found, _BEFORE_A_NAME, _LONGEST_BEFORE)
 
     def _replace_in_file(self, found: re.Match[str]) -> str:
         text, start = found.string, found.start()
@@ -103,13 +97,18 @@ class Renumbering:
 
     def _replace_in_nft(self, found: re.Match[str]) -> str:
         text, start = found.string, found.start()
-        window = max(0, start - _LONGEST_NFT_BEFORE)
-        if text.endswith(_NFT_QUOTED_BEFORE, window, start):
+        if text.endswith(_NFT_QUOTED_BEFORE, max(0, start - len(_NFT_QUOTED_BEFORE)), start):
             return self._replace(found)
-        if not text.endswith(_NFT_BEFORE_A_NAME, window, start):
+        return self._replace_after(found, _NFT_BEFORE_A_NAME, _LONGEST_NFT_BEFORE)
+
+    def _replace_after(self, found: re.Match[str], before: tuple[str, ...],
+                       longest: int) -> str:
+        """FOUND renumbered where one of BEFORE stands just before it, outside quotes."""
+        text, start = found.string, found.start()
+        if not text.endswith(before, max(0, start - longest), start):
             return found.group(0)
         line = text.rfind("\n", 0, start) + 1
-        if text.count('"', line, start) % 2:
+        if (text.count('"', line, start) - text.count('\\"', line, start)) % 2:
             return found.group(0)  # inside a quoted log prefix or comment: text
         return self._replace(found)
 
