@@ -222,8 +222,9 @@ def test_random_policies_use_maps_and_concatenated_sets(tmp_path: Path):
     # rules with different verdicts share one verdict map; a logged rule joins it as a
     # jump to the chain of its log line and verdict
     assert re.search(r"saddr \. [^\n]* vmap @rules-v4-\d+", text)
-    assert re.search(r" : jump filter-fwc-log\d+-v4,", text)
-    assert re.search(r"\tchain filter-fwc-log\d+-v4 \{\n\t\tlimit rate [^\n]* log prefix ", text)
+    assert re.search(r" : jump filter-[\w-]+\.log\d+-v4,", text)
+    assert re.search(r"\tchain filter-[\w-]+\.log\d+-v4 \{\n\t\tlimit rate [^\n]* log prefix ",
+                     text)
     # the port-bucket chains of one dispatch look up one shared map
     lookups = re.findall(r" vmap @(rules-v4-\d+)", text)
     assert any(lookups.count(name) > 1 for name in lookups)
@@ -439,18 +440,19 @@ def test_logged_rules_join_a_map_each_with_its_own_log_chain():
         Chain(BuiltinChain.INPUT, Target.DROP, tuple(rules)),)),))
     text = nftables.render([ruleset], "logs", min_concat=2)
     assert text.count(" vmap @rules-v4-1 ") == 1
-    assert '192.0.2.1 . 22 comment "p.fw:1" : jump filter-fwc-log1-v4,' in \
+    # each log chain is named after the chain of its rule, numbered within that chain
+    assert '192.0.2.1 . 22 comment "p.fw:1" : jump filter-INPUT.log1-v4,' in \
         text.replace("/32", "")
-    for name in ("filter-fwc-log1-v4", "filter-fwc-log2-v4"):
+    for name in ("filter-INPUT.log1-v4", "filter-INPUT.log2-v4"):
         chain = text.split(f"\tchain {name} {{\n", 1)[1].split("\t}", 1)[0]
         assert chain.startswith("\t\tlimit rate 5/second burst 10 packets counter log prefix ")
-    assert "filter-fwc-log3-v4" not in text
+    assert "filter-INPUT.log3-v4" not in text
     nft = read(text)
     flat = {4: ruleset}
     compare(flat, nft, flat, "logged rules")
     # without enough neighbours to share a map, the two lines stay as they were
     alone = nftables.render([ruleset], "logs", min_concat=9)
-    assert "fwc-log" not in alone and alone.count("log prefix") == 2
+    assert ".log" not in alone and alone.count("log prefix") == 2
 
 
 def test_reader_refuses_overlapping_verdict_map_elements():
@@ -733,3 +735,40 @@ def test_nft_splits_by_device_only_when_the_copies_stay_few(tmp_path: Path):
     text = _arranged_for_nft(cluster, cluster.members[0])
     # one copied rule in a chain of 80: the split by device pays and is kept
     assert "iifname vmap" in text
+
+
+@pytest.mark.parametrize("shape", ["site", "interfaces"])
+def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str):
+    """The second member's nftables.nft takes the plans, folds and device drops of the
+    chains it shares with the first (`_reused`, keyed on everything each one reads):
+    every member's files are the bytes each gets computed on its own, and the reuse
+    does happen (the benchmark's shapes: two and four members, logged rules, maps)."""
+    from bench.generate import build_site, fwc_policy
+
+    path = tmp_path / "bench.fw"
+    path.write_text(fwc_policy(build_site(600, shape=shape)), encoding="utf-8")
+
+    def compiled() -> dict[str, bytes]:
+        analysis = analyse(path, run_checks=False)
+        assert analysis.policy is not None
+        return {f.path: f.content for out in compile_policy(analysis.policy,
+                                                            backend=Backend.NFTABLES)
+                for f in out.files}
+
+    reused: list[str] = []
+    real = nftables._reused
+
+    def counting(memo, key, given, compute):
+        previous = memo.get(key, nftables._Previous) if memo is not None else None
+        if previous is not None and previous.known and previous.given == given:
+            reused.append(key[0])
+        return real(memo, key, given, compute)
+
+    monkeypatch.setattr(nftables, "_reused", counting)
+    shared = compiled()
+    monkeypatch.setattr(nftables, "_reused", lambda memo, key, given, compute: compute())
+    alone = compiled()
+    assert shared == alone
+    assert {nftables.PLAN_MEMO, nftables.FOLD_MEMO} <= set(reused)
+    assert sum(".log" in text for text in (c.decode() for c in alone.values())) >= 2

@@ -54,6 +54,7 @@ Every rule counts (`counter`) and carries its policy line as the comment.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
@@ -61,7 +62,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import field, replace
 from dataclasses import fields as dataclass_fields
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fwc import protocols as proto
 from fwc.backend.files import GeneratedFile, Reload, path_of
@@ -81,11 +82,12 @@ from fwc.backend.lower.ruleset import (
 )
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
-from fwc.model import PortRange
+from fwc.model import Memo, PortRange
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
+T = TypeVar("T")
 TABLE = "fwc"
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
@@ -251,11 +253,16 @@ class _Shapes:
     """Per chain: which rules may join a concatenated set, and which are disjoint."""
 
     def __init__(self, ipsets: dict[str, tuple[str, ...]],
-                 never_return: frozenset[str], family: int = 4) -> None:
+                 never_return: frozenset[str], family: int = 4,
+                 blocks: dict[tuple[str, ...], tuple[tuple[int, int], ...]] | None = None) \
+            -> None:
         self.ipsets = ipsets
         self.never_return = never_return
         self.family = family
-        self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = {}
+        # cidrs -> blocks: a function of the cidrs alone, so shared by every table and
+        # member of a run (BLOCKS, `_RunMemo`)
+        self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = \
+            {} if blocks is None else blocks
         self.spans: dict[object, Span | None] = {}  # an address match or ports -> span
 
     def blocks(self, address: AddressMatch) -> tuple[tuple[int, int], ...] | None:
@@ -345,7 +352,9 @@ class _Shapes:
 # A set of values as (lowest, highest, the sorted disjoint intervals or None when it is the
 # one interval lowest-highest); None for every value.
 Span = tuple[int, int, tuple[tuple[int, int], ...] | None]
-Signature = tuple[object, ...]
+# (in device, out device, protocol, ICMP type, ports, sources, destinations): Any, as
+# `_apart_from_all` unpacks it in its hottest loop (a `cast` there is a call per rule)
+Signature = tuple[Any, ...]
 
 
 def _span(intervals: tuple[tuple[int, int], ...] | None) -> Span | None:
@@ -373,9 +382,8 @@ def _apart_from_all(a: Signature, others: list[Signature]) -> bool:
 
     The span test is written out for each of the three fields: the hottest loop of the
     nftables backend, and a function call per field made it 18% slower (site20k)."""
-    a0, a1, a2, a3, a4, a5, a6 = cast("tuple[Any, ...]", a)
-    for b in others:
-        b0, b1, b2, b3, b4, b5, b6 = cast("tuple[Any, ...]", b)
+    a0, a1, a2, a3, a4, a5, a6 = a
+    for b0, b1, b2, b3, b4, b5, b6 in others:
         if a6 is not None and b6 is not None and (
                 a6[1] < b6[0] or b6[1] < a6[0] or
                 ((a6[2] is not None or b6[2] is not None) and not _walk_meets(a6, b6))):
@@ -476,6 +484,24 @@ def plan(rules: tuple[Rule, ...], shapes: _Shapes | None = None,
     return out
 
 
+def _planned(rules: tuple[Rule, ...], shapes: _Shapes | None, min_concat: int) \
+        -> tuple[Item, ...]:
+    return tuple(shared(plan(rules, shapes, min_concat)))
+
+
+def _outside(rules: tuple[Rule, ...], shapes: _Shapes | None,
+             ipsets: dict[str, tuple[str, ...]]) -> object:
+    """All that planning RULES with SHAPES reads besides them: which chains they jump to
+    never return (verdict maps), and the addresses of the sets they name (disjointness);
+    None without shapes (nothing is joined)."""
+    if shapes is None:
+        return None
+    named = {name for r in rules for name in (r.match.source.set_name,
+                                                r.match.destination.set_name) if name}
+    return (_jumps_in(rules, shapes.never_return),
+            tuple(sorted((name, ipsets.get(name)) for name in named)))
+
+
 def shared(items: list[Item]) -> list[Item]:
     """Runs of DNAT load-sharing lines (`Share`) joined; every other item as it is."""
     out: list[Item] = []
@@ -574,12 +600,14 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     return known
 
 
-def drop_known_devices(table: Table) -> Table:
+def drop_known_devices(table: Table, memo: Memo | None = None, scope: object = None) -> Table:
     """Each rule's test of a device its chain's packets all have (`entry_matches`)
     dropped: `iifname "eth1"` inside the chains reached only through the input-device
     dispatch on eth1. Exact: in that chain the test is true for every packet. Each test
     is two kernel expressions and parser work, and a rule map of such a chain keys on
-    one device less (rules that differed only in naming it now share a map)."""
+    one device less (rules that differed only in naming it now share a map).
+    MEMO (the cluster's per-run memo; SCOPE the file and family): a chain the previous
+    member had, with the same devices, gets that member's result (`_reused`)."""
     known = entry_matches(table)
     chains: list[Chain] = []
     for chain in table.chains:
@@ -587,64 +615,127 @@ def drop_known_devices(table: Table) -> Table:
         if devices == (None, None):
             chains.append(chain)
             continue
-        rules: list[Rule] = []
-        for rule in chain.rules:
-            drop = {name: None for name, device in zip(DEVICE_FIELDS, devices, strict=True)
-                    if device is not None and getattr(rule.match, name) == device}
-            rules.append(replace(rule, match=replace(rule.match, **drop)) if drop else rule)
-        chains.append(replace(chain, rules=tuple(rules)))
+        chains.append(_reused(memo, (DEVICES_MEMO, scope, table.name, chain.name),
+                              (chain, devices), functools.partial(_without, chain, devices)))
     return replace(table, chains=tuple(chains))
 
 
-LOG_CHAIN = "fwc-log"  # + a number: the chain of one logged rule (`fold_logs`)
+def _without(chain: Chain, devices: tuple[object, ...]) -> Chain:
+    """CHAIN with each rule's test of DEVICES (in, out; None: not known) dropped."""
+    rules: list[Rule] = []
+    for rule in chain.rules:
+        drop = {name: None for name, device in zip(DEVICE_FIELDS, devices, strict=True)
+                if device is not None and getattr(rule.match, name) == device}
+        rules.append(replace(rule, match=replace(rule.match, **drop)) if drop else rule)
+    return replace(chain, rules=tuple(rules))
 
 
-def fold_logs(table: Table) -> tuple[Table, dict[str, tuple[Rule, Rule]]]:
+# Keys of the cluster's per-run memo (fwc.model.Memo) this renderer uses: per chain,
+# the previous member's results (`_reused`); per run, results of cidrs alone.
+DEVICES_MEMO = "nft devices"
+FOLD_MEMO = "nft fold"
+PLAN_MEMO = "nft plan"
+BLOCKS_MEMO = ("nft blocks",)
+COLLAPSED_MEMO = ("nft collapsed",)
+
+
+class _Previous:
+    """What the previous member's file computed from one chain, and from what."""
+
+    __slots__ = ("given", "known", "value")
+
+    def __init__(self) -> None:
+        self.given: object = None
+        self.value: Any = None
+        self.known = False
+
+
+def _reused(memo: Memo | None, key: tuple[object, ...], given: object,
+            compute: Callable[[], T]) -> T:
+    """COMPUTE(), or what it gave for the cluster's previous member when GIVEN (all that
+    COMPUTE reads) is equal. Members mostly share their arranged chains, the very
+    objects (`fwc.backend.arrange`), so the comparison costs little and the second
+    member's file is not planned again: same input, same items, same bytes."""
+    if memo is None:
+        return compute()
+    previous = memo.get(key, _Previous)
+    if previous.known and previous.given == given:
+        return cast("T", previous.value)
+    previous.given, previous.value, previous.known = given, compute(), True
+    return cast("T", previous.value)
+
+
+# The chain of one logged rule (`fold_logs`): the name of the chain the rule is in, this,
+# and a number counting the folds of that chain. Named per chain, not per table, so a
+# chain the members share folds to the same names on each (and a rule inserted in one
+# chain renames no other chain's); no chain fwc makes has a dot in its name otherwise.
+LOG_CHAIN = ".log"
+
+
+def fold_logs(table: Table, memo: Memo | None = None, scope: object = None) \
+        -> tuple[Table, dict[str, tuple[Rule, Rule]]]:
     """Each LOG (or NFLOG) rule followed by its verdict rule, with the same match but the
     log's own rate limit, as one jump to a chain of their own: [the log with its limit,
     the verdict]. Exact: the chain runs the same two statements for the same packets
     (and keeps the rule's own limit bucket), and never returns. The jump is a verdict,
     so the logged rule joins its neighbours' verdict map instead of splitting them.
-    Returns the table and each new chain's (log, verdict) pair (`unfold_logs`)."""
+    Returns the table and each new chain's (log, verdict) pair (`unfold_logs`).
+    MEMO (the cluster's per-run memo; SCOPE the file and family): a chain the previous
+    member had is folded as it was there (`_reused`)."""
     if table.name is not TableName.FILTER:
         return table, {}
     never = never_returning(table.chains)
-    taken = {c.name for c in table.chains}
+    # names a fold may not take (`_folded`): only a chain named with a dot could hold one
+    dotted = frozenset(c.name for c in table.chains if "." in c.name)
     chains: list[Chain] = []
     extra: list[Chain] = []
     pairs: dict[str, tuple[Rule, Rule]] = {}
-    count = 0
     for chain in table.chains:
-        rules = chain.rules
-        out: list[Rule] = []
-        i = 0
-        while i < len(rules):
-            log = rules[i]
-            after = rules[i + 1] if i + 1 < len(rules) else None
-            if after is not None and isinstance(log, FilterRule) and \
-                    isinstance(after, FilterRule) and \
-                    log.target in (Target.LOG, Target.NFLOG) and \
-                    after.match.limit is None and \
-                    replace(log.match, limit=None) == after.match and \
-                    (after.target in VERDICTS
-                     or (type(after.target) is str and after.target in never)):
-                count += 1
-                name = f"{LOG_CHAIN}{count}"
-                while name in taken:
-                    count += 1
-                    name = f"{LOG_CHAIN}{count}"
-                taken.add(name)
-                pairs[name] = (log, after)
-                extra.append(Chain(name, None, (
+        rules, made = _reused(memo, (FOLD_MEMO, scope, table.name, chain.name),
+                              (chain.rules, _jumps_in(chain.rules, never), dotted),
+                              functools.partial(_folded, chain, never, dotted))
+        chains.append(replace(chain, rules=rules) if made else chain)
+        for log_chain, pair in made:
+            extra.append(log_chain)
+            pairs[log_chain.name] = pair
+    return (replace(table, chains=(*chains, *extra)) if extra else table), pairs
+
+
+def _jumps_in(rules: tuple[Rule, ...], chains: frozenset[str]) -> frozenset[str]:
+    """The CHAINS that RULES jump to: what a chain's fold and plan read of the others."""
+    return frozenset(r.target for r in rules if type(r.target) is str and r.target in chains)
+
+
+def _folded(chain: Chain, never: frozenset[str], dotted: frozenset[str]) \
+        -> tuple[tuple[Rule, ...], tuple[tuple[Chain, tuple[Rule, Rule]], ...]]:
+    """CHAIN's rules with each logged rule folded (`fold_logs`), and the chains made
+    ([the log, with the rule's own limit and no other match; the verdict]), each with
+    the two rules it replaces."""
+    rules = chain.rules
+    out: list[Rule] = []
+    made: list[tuple[Chain, tuple[Rule, Rule]]] = []
+    i = 0
+    while i < len(rules):
+        log = rules[i]
+        after = rules[i + 1] if i + 1 < len(rules) else None
+        if after is not None and isinstance(log, FilterRule) and \
+                isinstance(after, FilterRule) and \
+                log.target in (Target.LOG, Target.NFLOG) and \
+                after.match.limit is None and \
+                replace(log.match, limit=None) == after.match and \
+                (after.target in VERDICTS
+                 or (type(after.target) is str and after.target in never)):
+            name = f"{chain.name}{LOG_CHAIN}{len(made) + 1}"
+            if name not in dotted:  # (never: no chain but these has a dot in its name)
+                made.append((Chain(name, None, (
                     replace(log, match=Match(limit=log.match.limit)),
-                    replace(after, match=Match()))))
+                    replace(after, match=Match()))), (log, after)))
                 out.append(FilterRule(after.match, name, after.origin))
                 i += 2
                 continue
-            out.append(log)
-            i += 1
-        chains.append(replace(chain, rules=tuple(out)) if len(out) != len(rules) else chain)
-    return (replace(table, chains=(*chains, *extra)) if extra else table), pairs
+        out.append(log)
+        i += 1
+    return (tuple(out), tuple(made)) if made else (rules, ())
 
 
 def unfold_logs(parts: list[tuple[Chain, str | None]], planned: list[list[Item]],
@@ -1220,10 +1311,15 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
 
 
 def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
-           concat: bool = True, min_concat: int = MIN_CONCAT) -> str:
+           concat: bool = True, min_concat: int = MIN_CONCAT, memo: Memo | None = None,
+           scope: str = "") -> str:
     """RULESETS (one per family, lowered, possibly arranged) and the ipsets their rules
-    name as one `nft -f` file; `concat` joins rules into concatenated sets (`plan`)."""
-    writer = _Writer()
+    name as one `nft -f` file; `concat` joins rules into concatenated sets (`plan`).
+    MEMO: the cluster's per-run memo, shared by its members' files (`_reused`), where
+    SCOPE (the file's name) tells apart the files a member gets."""
+    writer = _Writer() if memo is None else \
+        _Writer(collapsed_memo=memo.get(COLLAPSED_MEMO, dict))
+    blocks = None if memo is None else memo.get(BLOCKS_MEMO, dict)
     ipsets = {s.name: s.cidrs for s in sets}
     families = [r.family for r in rulesets]
     # (table, builtin chain, variant) -> family -> its chain; plus every family's user chains.
@@ -1233,15 +1329,21 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
         family = ruleset.family
         for table in ruleset.tables:
             if concat:
-                table = drop_known_devices(table)
-            table, folded = fold_logs(table) if concat else (table, {})
+                table = drop_known_devices(table, memo, (scope, family))
+            table, folded = fold_logs(table, memo, (scope, family)) if concat else (table, {})
             # again after fold_logs (drop_known_devices asked before): the log chains it
             # made are entered only from their rules' chains, and know what those know
             entries = entry_matches(table) if concat else {}
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
-            shapes = _Shapes(ipsets, never_returning(table.chains), family) if concat else None
+            shapes = _Shapes(ipsets, never_returning(table.chains), family, blocks) \
+                if concat else None
             parts = _hook_parts(table)
-            planned = [shared(plan(chain.rules, shapes, min_concat)) for chain, _ in parts]
+            planned = [list(_reused(memo, (PLAN_MEMO, scope, family, table.name, chain.name,
+                                           variant),
+                                    (chain.rules, _outside(chain.rules, shapes, ipsets),
+                                     family, min_concat),
+                                    functools.partial(_planned, chain.rules, shapes, min_concat)))
+                       for chain, variant in parts]
             parts, planned = unfold_logs(parts, planned, folded)
             slots, members = _bucket_sharing(parts, planned) if concat else ({}, {})
             declared: dict[object, tuple[str, ...]] = {}  # slot -> its sets or maps
@@ -1350,9 +1452,10 @@ def render_file(build: MemberBuild, file: GeneratedFile) -> str:
         return render([failsafe(build.lowered(f)) for f in build.families],
                       f"Fail-closed nft table for {where}: loaded by "
                       f"{path_of('fwc-firewall.sh')} only when {path_of('nftables.nft')} "
-                      "fails to load.\nGenerated by fwc: edit the policy, not this file.")
+                      "fails to load.\nGenerated by fwc: edit the policy, not this file.",
+                      memo=build.cluster.memo, scope=file.name)
     rulesets, sets = build.optimised(clip_ports=True)
     return render([rulesets[f] for f in build.families],
                   f"nft -f input for {where}: replaces only the table inet {TABLE}, "
                   "atomically;\nother tables stay. Generated by fwc: edit the policy, "
-                  "not this file.", sets)
+                  "not this file.", sets, memo=build.cluster.memo, scope=file.name)
