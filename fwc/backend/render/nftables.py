@@ -574,28 +574,36 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     unknown and becomes known only once all its callers agree, so a chain nobody jumps
     to, or a cycle, stays unknown. The nft reader finds a chain's protocol the same way
     (fwc.analysis.nftread, `_given_protocols`): a new kind of jump updates both."""
-    callers: dict[str, list[tuple[str, Rule]]] = {}
+    # per chain jumped to: (the calling chain, what the jump itself tests), in rule order
+    callers: dict[str, list[tuple[str, Entry]]] = {}
     for chain in table.chains:
         for rule in chain.rules:
             if type(rule.target) is str:
-                callers.setdefault(rule.target, []).append((chain.name, rule))
+                m = rule.match
+                callers.setdefault(rule.target, []).append(
+                    (chain.name, (m.in_device, m.out_device, m.protocol)))
     unknown: Entry = (None,) * len(ENTRY_FIELDS)
     known: dict[str, Entry] = {}
+    entered = [(chain.name, callers[chain.name]) for chain in table.chains
+               if not chain.builtin and chain.name in callers]
     grew = True
-    while grew:
+    while grew:  # rounds over the chains in table order, until a round changes nothing
         grew = False
-        for chain in table.chains:
-            if chain.builtin or chain.name not in callers:
-                continue
-            got: list[object] = []
-            for at, name in enumerate(ENTRY_FIELDS):
-                values = {getattr(rule.match, name) if getattr(rule.match, name) is not None
-                          else known.get(caller, unknown)[at]
-                          for caller, rule in callers[chain.name]}
-                got.append(values.pop() if len(values) == 1 else None)
-            now = tuple(got)
-            if now != known.get(chain.name, unknown):
-                known[chain.name] = now
+        for name, calls in entered:
+            if len(calls) == 1:  # most chains: one jump, from their dispatch
+                caller, own = calls[0]
+                given = known.get(caller, unknown)
+                now = tuple(own[at] if own[at] is not None else given[at]
+                            for at in range(len(ENTRY_FIELDS)))
+            else:
+                got: list[object] = []
+                for at in range(len(ENTRY_FIELDS)):
+                    values = {own[at] if own[at] is not None else known.get(caller, unknown)[at]
+                              for caller, own in calls}
+                    got.append(values.pop() if len(values) == 1 else None)
+                now = tuple(got)
+            if now != known.get(name, unknown):
+                known[name] = now
                 grew = True
     return known
 
