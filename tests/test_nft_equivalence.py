@@ -18,6 +18,7 @@ them is loaded with `nft -c -f` inside a fresh network namespace.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 from dataclasses import replace
@@ -772,3 +773,41 @@ def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
     assert shared == alone
     assert {nftables.PLAN_MEMO, nftables.FOLD_MEMO} <= set(reused)
     assert sum(".log" in text for text in (c.decode() for c in alone.values())) >= 2
+
+
+_LIST_CIDRS = st.lists(
+    st.one_of(
+        st.builds(lambda host, length: f"198.18.{host >> 8}.{host & 255}/{length}",
+                  st.integers(0, 1023), st.sampled_from([32, 31, 30, 29, 24, 22, 16])),
+        st.builds(lambda host: f"198.18.{host >> 8}.{host & 255}", st.integers(0, 1023))),
+    min_size=1, max_size=12).map(tuple)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LIST_CIDRS)
+def test_address_lists_are_read_without_ipaddress_exactly_as_with_it(cidrs: tuple[str, ...]):
+    """The renderer reads its address lists with integer arithmetic (`cidr_span`): the
+    blocks of a list are those `ipaddress.collapse_addresses` makes, and a set's
+    elements (`_collapsed`) are the listed blocks with the ones inside another dropped,
+    larger blocks first, so no two elements overlap (nft refuses overlapping ones)."""
+    import ipaddress
+
+    from fwc.model.intervals import normalise
+
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    assert nftables._collapsed_blocks(cidrs) == tuple(sorted(
+        (int(n.network_address), int(n.broadcast_address))
+        for n in ipaddress.collapse_addresses(nets)))
+    elements = [ipaddress.ip_network(e) for e in nftables._collapsed(cidrs)]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(elements, 2))
+    # the same addresses, as blocks of the list itself
+    assert normalise([(int(e.network_address), int(e.broadcast_address)) for e in elements]) \
+        == normalise([(int(n.network_address), int(n.broadcast_address)) for n in nets])
+    assert set(elements) <= set(nets)
+
+
+def test_a_list_with_nested_blocks_at_one_address_is_one_element():
+    """198.18.0.0/24 inside 198.18.0.0/22, both listed: the set holds the /22 alone
+    (sorting the smaller block first once kept both, which nft refuses to load)."""
+    assert nftables._collapsed(("198.18.0.0/24", "198.18.0.0/22", "198.18.1.7")) == \
+        ("198.18.0.0/22",)

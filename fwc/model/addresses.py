@@ -44,6 +44,34 @@ def _cidr_texts(intervals: tuple[Interval, ...], family: int) -> tuple[str, ...]
     return tuple(out)
 
 
+def _octet(text: str) -> int:
+    """A decimal octet as ipaddress reads one (ASCII digits, no leading zero), else -1."""
+    if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()) or \
+            (text[0] == "0" and len(text) > 1):
+        return -1
+    value = int(text)
+    return value if value <= 255 else -1
+
+
+def cidr_span(text: str) -> tuple[int, int, int]:
+    """(family, lowest address, highest address) of a network or address as
+    `ipaddress.ip_network(text, strict=False)` reads it (host bits ignored); its
+    ValueError for anything else. Plain IPv4 (what the lowering writes) is read without
+    ipaddress objects: the nftables target reads every address of every list it writes."""
+    address, slash, length = text.partition("/")
+    parts = address.split(".")
+    if len(parts) == 4 and (not slash or (length.isascii() and length.isdigit()
+                                          and len(length) <= 2 and int(length) <= 32)):
+        octets = [_octet(part) for part in parts]
+        if min(octets) >= 0:
+            size = 32 - (int(length) if slash else 32)
+            low = (octets[0] << 24 | octets[1] << 16 | octets[2] << 8 | octets[3]) \
+                >> size << size
+            return 4, low, low | ((1 << size) - 1)
+    net = ipaddress.ip_network(text, strict=False)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
 # `AddressSet.families` by (has IPv4, has IPv6): one frozenset each, not one per call.
 _FAMILIES = {(v4, v6): frozenset(f for f, has in ((4, v4), (6, v6)) if has)
              for v4 in (False, True) for v6 in (False, True)}

@@ -58,6 +58,7 @@ import functools
 import ipaddress
 import itertools
 import re
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import field, replace
@@ -83,7 +84,10 @@ from fwc.backend.lower.ruleset import (
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
 from fwc.model import Memo, PortRange
+from fwc.model.addresses import FAMILY_BITS, cidr_span
+from fwc.model.intervals import normalise
 from fwc.model.records import dataclass
+from fwc.model.semantics import cidr_blocks
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
@@ -249,6 +253,22 @@ def _disjoint(values: list[object], value: object) -> bool:
 Box = tuple[object, ...]
 
 
+def _collapsed_blocks(cidrs: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """The blocks `ipaddress.collapse_addresses` makes of CIDRS (of one family), as
+    sorted (lowest, highest) pairs: the union's intervals cut into their largest
+    aligned blocks, which is the one smallest cover by networks."""
+    if not cidrs:
+        return ()
+    spans = [cidr_span(c) for c in cidrs]
+    family = spans[0][0]
+    if any(f != family for f, _, _ in spans):
+        raise TypeError(f"addresses of two families in one list: {cidrs[:4]}")
+    bits = FAMILY_BITS[family]
+    return tuple((network, network + (1 << (bits - length)) - 1)
+                 for low, high in normalise([(lo, hi) for _, lo, hi in spans])
+                 for length, network in cidr_blocks(low, high, family))
+
+
 class _Shapes:
     """Per chain: which rules may join a concatenated set, and which are disjoint."""
 
@@ -272,10 +292,7 @@ class _Shapes:
         cidrs = self.ipsets.get(address.set_name, ()) if address.set_name else address.cidrs
         found = self.memo.get(cidrs)
         if found is None:
-            nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-            found = tuple(sorted((int(n.network_address), int(n.broadcast_address))
-                                 for n in ipaddress.collapse_addresses(nets)))  # type: ignore
-            self.memo[cidrs] = found
+            found = self.memo[cidrs] = _collapsed_blocks(cidrs)
         return found
 
     def verdict(self, rule: Rule) -> bool:
@@ -406,6 +423,17 @@ def _apart_from_all(a: Signature, others: list[Signature]) -> bool:
 
 
 def _intervals_meet(xs: tuple[tuple[int, int], ...], ys: tuple[tuple[int, int], ...]) -> bool:
+    """Whether two lists of sorted disjoint intervals share a value: each interval of a
+    short list looked up in a long one (a host against a group of hundreds of prefixes),
+    else one walk of both."""
+    if len(xs) > len(ys):
+        xs, ys = ys, xs
+    if len(xs) * 8 < len(ys):
+        for low, high in xs:
+            at = bisect_left(ys, (low,))  # the first interval starting at LOW or later
+            if (at and ys[at - 1][1] >= low) or (at < len(ys) and ys[at][0] <= high):
+                return True
+        return False
     i = j = 0
     while i < len(xs) and j < len(ys):
         if xs[i][1] < ys[j][0]:
@@ -865,8 +893,18 @@ def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
     # An interval set refuses overlapping elements. Two blocks overlap only when one
     # holds the other, so dropping the held ones matches exactly the same addresses;
     # adjacent blocks stay as written (each member lists its own addresses alike).
+    spans = [cidr_span(c) for c in cidrs]
+    if all(family == 4 for family, _, _ in spans):  # without ipaddress objects
+        kept: list[tuple[int, int]] = []
+        for low, high in sorted(set((low, high) for _, low, high in spans),
+                                key=lambda span: (span[0], span[0] - span[1])):
+            if kept and high <= kept[-1][1]:
+                continue  # inside the previous block
+            kept.append((low, high))
+        return tuple(f"{_ipv4_text(low)}/{32 - (high - low + 1).bit_length() + 1}"
+                     for low, high in kept)
     nets = sorted({ipaddress.ip_network(c, strict=False) for c in cidrs},
-                  key=lambda n: (n.version, int(n.network_address), -n.prefixlen))
+                  key=lambda n: (n.version, int(n.network_address), n.prefixlen))
     out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for net in nets:
         if out and out[-1].version == net.version and \
@@ -874,6 +912,10 @@ def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
             continue  # inside the previous block
         out.append(net)
     return tuple(str(n) for n in out)
+
+
+def _ipv4_text(value: int) -> str:
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
 
 
 def _address_set(family: int, cidrs: tuple[str, ...], writer: _Writer,
