@@ -670,6 +670,7 @@ def _without(chain: Chain, devices: tuple[object, ...]) -> Chain:
 # the previous member's results (`_reused`); per run, results of cidrs alone.
 DEVICES_MEMO = "nft devices"
 FOLD_MEMO = "nft fold"
+ELEMENTS_MEMO = "nft elements"
 PLAN_MEMO = "nft plan"
 BLOCKS_MEMO = ("nft blocks",)
 COLLAPSED_MEMO = ("nft collapsed",)
@@ -1182,10 +1183,13 @@ def _exact(field_: str, value: str, family: int) -> str | None:
 def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, str],
             ipsets: dict[str, tuple[str, ...]], members: tuple[Rule, ...] | None = None,
             names: tuple[str, ...] | None = None,
-            known_protocol: object = None) -> tuple[str, tuple[str, ...]]:
+            known_protocol: object = None, memo: Memo | None = None,
+            where: tuple[object, ...] = ()) -> tuple[str, tuple[str, ...]]:
     """(the lookup rules, their sets' names). MEMBERS are the rules whose elements fill
     the sets (the item's own, or those of every port bucket sharing them,
-    `_bucket_sharing`); NAMES the sets when they are declared already.
+    `_bucket_sharing`); NAMES the sets when they are declared already. MEMO, WHERE (the
+    memo key of the item's place, its table and family among them): the elements the
+    previous member wrote for the same rules there (`_reused`).
 
     A verdict map is written as two: the elements whose every field is one value (a
     host address, one port) in a map of exact keys, the others in a map with `flags
@@ -1204,26 +1208,11 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
     types = {"iifname": "ifname", "oifname": "ifname", "saddr": address_type,
              "daddr": address_type, "dport": "inet_service"}
     if names is None:
-        exact: list[str] = []
-        ranged: list[str] = []
-        for rule in members or item.rules:
-            m = rule.match
-            axes = {"iifname": (escape.nft_device(m.in_device or ""),),
-                    "oifname": (escape.nft_device(m.out_device or ""),),
-                    "saddr": writer.collapsed(m.source.cidrs),
-                    "daddr": writer.collapsed(m.destination.cidrs),
-                    "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
-            tail = f" comment {escape.nft_comment(rule.comment)}"
-            if item.verdicts:
-                tail += f" : {_verdict(rule, chain_names)}"
-            for values in itertools.product(*(axes[f] for f in item.fields)):
-                if item.verdicts:  # only a map splits exact keys from ranges
-                    keys = [_exact(f, v, family)
-                            for f, v in zip(item.fields, values, strict=True)]
-                    if None not in keys:
-                        exact.append(f"{' . '.join(cast('list[str]', keys))}{tail}")
-                        continue
-                ranged.append(f"{' . '.join(values)}{tail}")
+        rules = members or item.rules
+        # the verdicts name chains by table and family, which WHERE holds
+        exact, ranged = _reused(memo, where, (rules, item.fields, item.verdicts),
+                                functools.partial(_concat_elements, rules, item.fields,
+                                                  item.verdicts, family, writer, chain_names))
         key_type = " . ".join(types[f] for f in item.fields)
         if item.verdicts:
             names = tuple(writer.verdict_map(f"rules-v{family}", key_type, tuple(elements),
@@ -1256,6 +1245,33 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
                            statement=key if item.verdicts else None, comment=comment,
                            counter=not item.verdicts))
     return "\n\t\t".join(texts), names
+
+
+def _concat_elements(rules: tuple[Rule, ...], fields: tuple[str, ...], verdicts: bool,
+                     family: int, writer: _Writer, chain_names: dict[str, str]) \
+        -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The elements of RULES under the key FIELDS (with their verdicts: a map): those of
+    exact keys, and the others (`_concat`)."""
+    exact: list[str] = []
+    ranged: list[str] = []
+    for rule in rules:
+        m = rule.match
+        axes = {"iifname": (escape.nft_device(m.in_device or ""),),
+                "oifname": (escape.nft_device(m.out_device or ""),),
+                "saddr": writer.collapsed(m.source.cidrs),
+                "daddr": writer.collapsed(m.destination.cidrs),
+                "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
+        tail = f" comment {escape.nft_comment(rule.comment)}"
+        if verdicts:
+            tail += f" : {_verdict(rule, chain_names)}"
+        for values in itertools.product(*(axes[f] for f in fields)):
+            if verdicts:  # only a map splits exact keys from ranges
+                keys = [_exact(f, v, family) for f, v in zip(fields, values, strict=True)]
+                if None not in keys:
+                    exact.append(f"{' . '.join(cast('list[str]', keys))}{tail}")
+                    continue
+            ranged.append(f"{' . '.join(values)}{tail}")
+    return tuple(exact), tuple(ranged)
 
 
 def _family_chain(table: TableName, chain: str, family: int) -> str:
@@ -1411,8 +1427,11 @@ def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (
                         text = _dispatch(item, name, writer, names, known)
                     elif isinstance(item, Concat):
                         slot = slots.get((at, index))
-                        text, made = _concat(item, family, writer, names, ipsets,
-                                             members.get(slot), declared.get(slot), known)
+                        text, made = _concat(
+                            item, family, writer, names, ipsets, members.get(slot),
+                            declared.get(slot), known, memo,
+                            (ELEMENTS_MEMO, scope, family, table.name, chain.name, variant,
+                             index))
                         if slot is not None:
                             declared[slot] = made
                     elif isinstance(item, Share):
