@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import operator
 import re
 from bisect import bisect_left
 from collections import Counter
@@ -319,25 +320,20 @@ class _Shapes:
                 max(1, len(source.cidrs)) * max(1, len(destination.cidrs)) * \
                 max(1, len(m.dports)) > ELEMENTS_MAX:
             return None
-        fields = tuple(name for name, present in (
-            ("saddr", bool(source.cidrs)), ("daddr", bool(destination.cidrs)),
-            ("dport", bool(m.dports))) if present)
-        if not fields:
+        # The devices a rule names join the key too (while it fits: `_KEYS`): rules that
+        # differ only in their devices share one set (the kernel finds a set by name in a
+        # list of them).
+        in_device, out_device = m.in_device, m.out_device
+        keyed = _KEYS[self.family][bool(source.cidrs), bool(destination.cidrs),
+                                   bool(m.dports), in_device is not None,
+                                   out_device is not None]
+        if keyed is None:
             return None
-        # The devices a rule names join the key too: rules that differ only in their
-        # devices share one set (fewer sets: the kernel finds a set by name in a list).
-        devices = tuple(name for name, present in (
-            ("iifname", m.in_device is not None), ("oifname", m.out_device is not None))
-            if present)
-        if sum(KEY_BYTES[f, self.family] for f in devices + fields) <= KEY_BYTES_MAX:
-            fields = devices + fields
-        else:  # the key would not fit nft's registers: the devices stay in the rule
-            devices = ()
+        fields, in_keyed, out_keyed = keyed
         # the rest of the match: every field but the key's (addresses and ports go to
         # the key whole; a rule with a set or a negation returned None above)
-        rest = (None if "iifname" in devices else m.in_device,
-                None if "oifname" in devices else m.out_device,
-                *(getattr(m, name) for name in REST_FIELDS))
+        rest = (None if in_keyed else in_device, None if out_keyed else out_device,
+                *_REST_OF(m))
         if is_verdict and not rule.target_options:
             return (rest, "vmap", fields), fields
         return (rest, target, rule.target_options, fields), fields
@@ -346,8 +342,19 @@ class _Shapes:
         """What `_apart_from_all` compares, computed once per rule: the devices, protocol
         and ICMP type, then the ports, sources and destinations each as `_span`."""
         m = rule.match
-        return (m.in_device, m.out_device, m.protocol, m.icmp_type, self.port_span(m.dports),
-                self.address_span(m.source), self.address_span(m.destination))
+        spans = self.spans
+        ports, source, destination = m.dports, m.source, m.destination
+        port_span = spans.get(ports, _UNSEEN)
+        if port_span is _UNSEEN:
+            port_span = self.port_span(ports)
+        source_span = spans.get(source, _UNSEEN)
+        if source_span is _UNSEEN:
+            source_span = self.address_span(source)
+        destination_span = spans.get(destination, _UNSEEN)
+        if destination_span is _UNSEEN:
+            destination_span = self.address_span(destination)
+        return (m.in_device, m.out_device, m.protocol, m.icmp_type, port_span, source_span,
+                destination_span)
 
     def address_span(self, address: AddressMatch) -> Span | None:
         return self._cached_span(address, lambda: self.blocks(address))
@@ -364,6 +371,31 @@ class _Shapes:
         if found is None and key not in self.spans:
             found = self.spans[key] = _span(intervals())
         return found
+
+
+_UNSEEN = object()  # not in `_Shapes.spans` yet (None is a span: every value)
+_REST_OF = operator.attrgetter(*REST_FIELDS)
+
+
+def _key_fields(family: int, source: bool, destination: bool, ports: bool, in_device: bool,
+                out_device: bool) -> tuple[tuple[str, ...], bool, bool] | None:
+    """The key of a concatenated set for a rule with these fields (`_Shapes.shape`): its
+    fields, and whether each device is in it; None when the rule has none to key on."""
+    fields = tuple(name for name, present in (
+        ("saddr", source), ("daddr", destination), ("dport", ports)) if present)
+    if not fields:
+        return None
+    devices = tuple(name for name, present in (
+        ("iifname", in_device), ("oifname", out_device)) if present)
+    if sum(KEY_BYTES[f, family] for f in devices + fields) > KEY_BYTES_MAX:
+        devices = ()  # the key would not fit nft's registers: the devices stay in the rule
+    return devices + fields, "iifname" in devices, "oifname" in devices
+
+
+# per family: (source, destination, ports, input device, output device present) -> key
+_KEYS = {family: {flags: _key_fields(family, *flags)
+                  for flags in itertools.product((False, True), repeat=5)}
+         for family in (4, 6)}
 
 
 # A set of values as (lowest, highest, the sorted disjoint intervals or None when it is the
