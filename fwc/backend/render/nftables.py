@@ -1286,17 +1286,22 @@ def _concat_elements(rules: tuple[Rule, ...], fields: tuple[str, ...], verdicts:
     exact keys, and the others (`_concat`)."""
     exact: list[str] = []
     ranged: list[str] = []
+    collapsed = writer.collapsed
+    device = escape.nft_device
+    # per field of the key: its values for a rule's match
+    readers: dict[str, Callable[[Match], tuple[str, ...]]] = {
+        "iifname": lambda m: (device(m.in_device or ""),),
+        "oifname": lambda m: (device(m.out_device or ""),),
+        "saddr": lambda m: collapsed(m.source.cidrs),
+        "daddr": lambda m: collapsed(m.destination.cidrs),
+        "dport": lambda m: tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
+    read = [readers[f] for f in fields]
     for rule in rules:
         m = rule.match
-        axes = {"iifname": (escape.nft_device(m.in_device or ""),),
-                "oifname": (escape.nft_device(m.out_device or ""),),
-                "saddr": writer.collapsed(m.source.cidrs),
-                "daddr": writer.collapsed(m.destination.cidrs),
-                "dport": tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
         tail = f" comment {escape.nft_comment(rule.comment)}"
         if verdicts:
             tail += f" : {_verdict(rule, chain_names)}"
-        for values in itertools.product(*(axes[f] for f in fields)):
+        for values in itertools.product(*(reader(m) for reader in read)):
             if verdicts:  # only a map splits exact keys from ranges
                 keys = [_exact(f, v, family) for f, v in zip(fields, values, strict=True)]
                 if None not in keys:
