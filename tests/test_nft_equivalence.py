@@ -37,6 +37,7 @@ from fwc.analysis.nftread import NftRules, evaluations, read
 from fwc.backend.arrange import arrange
 from fwc.backend.ipsets import use_ipsets
 from fwc.backend.lower import NodeRuleset, lower
+from fwc.backend.lower.ruleset import Table as LoweredTable
 from fwc.backend.output import compile_policy
 from fwc.backend.render import nftables
 from fwc.backend.render.nftables import NftUnsupported
@@ -627,6 +628,54 @@ def test_entry_matches_knows_a_chain_s_device_and_protocol_only_when_every_jump_
     known = nftables.entry_matches(loop)
     assert known.get("a", (None, None, None)) == (None, None, None)
     assert known["b"] == ("eth1", None, None)
+
+
+def _entry_matches_by_definition(table: LoweredTable) -> dict[str, tuple[object, ...]]:
+    """`entry_matches` as its docstring defines it, written plainly: rounds over the
+    chains in table order, each chain's value per field the one value all jumps to it
+    agree on (a jump's own test, else its chain's value), until a round changes none."""
+    fields = ("in_device", "out_device", "protocol")
+    callers: dict[str, list[tuple[str, object]]] = {}
+    for chain in table.chains:
+        for rule in chain.rules:
+            if type(rule.target) is str:
+                callers.setdefault(rule.target, []).append((chain.name, rule))
+    unknown = (None,) * len(fields)
+    known: dict[str, tuple[object, ...]] = {}
+    grew = True
+    while grew:
+        grew = False
+        for chain in table.chains:
+            if chain.builtin or chain.name not in callers:
+                continue
+            now = tuple(
+                values.pop() if len(values := {
+                    getattr(rule.match, name) if getattr(rule.match, name) is not None
+                    else known.get(caller, unknown)[at]
+                    for caller, rule in callers[chain.name]}) == 1 else None
+                for at, name in enumerate(fields))
+            if now != known.get(chain.name, unknown):
+                known[chain.name] = now
+                grew = True
+    return known
+
+
+@SEEDS
+@given(seed=st.integers(0, 10_000))
+def test_entry_matches_is_its_definition_on_random_arranged_tables(tmp_path: Path, seed: int):
+    found = 0
+    for cluster, member, _ in _random_members(tmp_path, seed, 40):
+        names = {link.device: link.interface for link in member.links}
+        for family in sorted(cluster.families):
+            with_sets, _ = use_ipsets(lower(cluster, member, family))
+            arranged = arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True,
+                               copies_max_share=0)
+            for table in arranged.tables:
+                for version in (table, nftables.fold_logs(table)[0]):
+                    known = nftables.entry_matches(version)
+                    assert known == _entry_matches_by_definition(version)
+                    found += sum(value != (None, None, None) for value in known.values())
+    assert found  # arranged below device and protocol dispatches: not vacuous
 
 
 def test_a_chain_reached_with_one_device_and_protocol_tests_neither_again():

@@ -655,12 +655,20 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                 given = known.get(caller, unknown)
                 now = tuple(own[at] if own[at] is not None else given[at]
                             for at in range(len(ENTRY_FIELDS)))
-            else:
+            else:  # the one value all callers agree on, else None (unknown)
                 got: list[object] = []
                 for at in range(len(ENTRY_FIELDS)):
-                    values = {own[at] if own[at] is not None else known.get(caller, unknown)[at]
-                              for caller, own in calls}
-                    got.append(values.pop() if len(values) == 1 else None)
+                    agreed: object = _UNSEEN
+                    for caller, own in calls:
+                        value = own[at]
+                        if value is None:
+                            value = known.get(caller, unknown)[at]
+                        if agreed is _UNSEEN:
+                            agreed = value
+                        elif value != agreed:
+                            agreed = None
+                            break
+                    got.append(agreed)
                 now = tuple(got)
             if now != known.get(name, unknown):
                 known[name] = now
