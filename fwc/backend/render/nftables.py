@@ -644,10 +644,28 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                     (chain.name, (m.in_device, m.out_device, m.protocol)))
     unknown: Entry = (None,) * len(ENTRY_FIELDS)
     known: dict[str, Entry] = {}
-    entered = [(chain.name, callers[chain.name]) for chain in table.chains
-               if not chain.builtin and chain.name in callers]
+    # A chain's value, once known, never changes (all its callers agreed on known values,
+    # which never change either), so the rounds reach the same values in any order: the
+    # chains in the order the jumps from the built-in chains reach them (callers before
+    # the chains below them), then any other; rounds over the table in its own order
+    # took one per level of arrange's tree.
+    builtin = {c.name for c in table.chains if c.builtin}
+    below: dict[str, list[str]] = {}
+    for target, calls in callers.items():
+        for caller, _ in calls:
+            below.setdefault(caller, []).append(target)
+    order = [c.name for c in table.chains if c.builtin]
+    reached = set(order)
+    for name in order:  # grows while it is walked: a breadth-first walk
+        for target in below.get(name, ()):
+            if target not in reached:
+                reached.add(target)
+                order.append(target)
+    order += (c.name for c in table.chains if c.name not in reached)
+    entered = [(name, callers[name]) for name in order
+               if name not in builtin and name in callers]
     grew = True
-    while grew:  # rounds over the chains in table order, until a round changes nothing
+    while grew:  # rounds over the chains, until a round changes nothing
         grew = False
         for name, calls in entered:
             if len(calls) == 1:  # most chains: one jump, from their dispatch
@@ -655,7 +673,7 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                 given = known.get(caller, unknown)
                 now = tuple(own[at] if own[at] is not None else given[at]
                             for at in range(len(ENTRY_FIELDS)))
-            else:  # the one value all callers agree on, else None (unknown)
+            else:  # the one known value all callers agree on, else None (unknown)
                 got: list[object] = []
                 for at in range(len(ENTRY_FIELDS)):
                     agreed: object = _UNSEEN
@@ -663,11 +681,10 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                         value = own[at]
                         if value is None:
                             value = known.get(caller, unknown)[at]
-                        if agreed is _UNSEEN:
-                            agreed = value
-                        elif value != agreed:
-                            agreed = None
+                        if value is None or (agreed is not _UNSEEN and value != agreed):
+                            agreed = None  # one unknown or two values: unknown
                             break
+                        agreed = value
                     got.append(agreed)
                 now = tuple(got)
             if now != known.get(name, unknown):
