@@ -452,3 +452,40 @@ def test_a_maker_builds_what_the_class_builds() -> None:
         maker(ns["Narrow"])(True, -2, 3, 4, 5, 6, 7, 8, ())  # its __post_init__ ran
     wider = maker(ns["Wider"])(1, 2, 3, 4, 5, 6, 7, 8, (9,), "x", [1])
     assert wider == ns["Wider"](1, 2, 3, 4, 5, 6, 7, 8, i=(9,), j="x")
+
+
+def test_a_replacer_makes_what_dataclasses_replace_makes() -> None:
+    """`replacer(cls, *fields)` copies a record with those fields changed, as
+    `dataclasses.replace` does: the same `__init__` and `__post_init__` run, keyword-only
+    fields pass by keyword, a field left out of `__init__` takes its default."""
+    from fwc.backend.lower.ruleset import FilterRule, Match, Origin
+    from fwc.model import PortRange
+    from fwc.model.records import replacer
+
+    @dataclass(frozen=True, slots=True, kw_only=False)
+    class Checked:
+        a: int
+        b: str = "x"
+        c: tuple[int, ...] = dataclasses.field(default=(), kw_only=True)
+        scratch: int = dataclasses.field(default=-1, init=False, compare=False)
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("a")
+
+    record = Checked(1, "y", c=(2,))
+    for fields, values in ((("a",), (5,)), (("b", "c"), ("z", (3, 4))), (("c",), ((),))):
+        made = replacer(Checked, *fields)(record, *values)
+        want = dataclasses.replace(record, **dict(zip(fields, values, strict=True)))
+        assert made == want and type(made) is type(want) and made.scratch == -1
+    with pytest.raises(ValueError, match="a"):
+        replacer(Checked, "a")(record, -1)
+    with pytest.raises(TypeError):
+        replacer(Checked, "scratch")
+    with pytest.raises(TypeError):
+        replacer(Checked, "a", "a")
+    rule = FilterRule(Match(protocol=6, dports=(PortRange(1, 5),)), "x", Origin("a", "b"))
+    clipped = replacer(FilterRule, "match")(
+        rule, replacer(Match, "dports")(rule.match, (PortRange(2, 3),)))
+    assert clipped == dataclasses.replace(rule, match=dataclasses.replace(
+        rule.match, dports=(PortRange(2, 3),)))

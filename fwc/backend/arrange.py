@@ -81,7 +81,7 @@ from fwc.backend.lower.ruleset import (
     rendered_lines,
 )
 from fwc.model import Member, Memo, PortRange
-from fwc.model.records import dataclass
+from fwc.model.records import dataclass, replacer
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
 
@@ -231,7 +231,7 @@ class _Arranger:
                        if p.low <= high and p.high >= low)
         if inside == rule.match.dports:
             return rule
-        return replace(rule, match=replace(rule.match, dports=inside))
+        return _WITH_MATCH(rule, _WITH_DPORTS(rule.match, inside))
 
     def split_ports(self, rules: list[FilterRule], path: list[str],
                     protocol: int) -> list[FilterRule]:
@@ -285,6 +285,8 @@ class _Arranger:
 
 
 _DPORTS = attrgetter("match.dports")
+_WITH_MATCH = replacer(FilterRule, "match")
+_WITH_DPORTS = replacer(Match, "dports")
 _TARGET = attrgetter("target")
 _PROTOCOL = attrgetter("match.protocol")
 _LOW = itemgetter(0)  # of a PortRange

@@ -491,3 +491,26 @@ def maker(cls: type[R]) -> Callable[..., R]:
     made: Callable[..., R] = namespace["make"]
     made.__qualname__ = f"maker({cls.__qualname__})"
     return made
+
+
+def replacer(cls: type[R], *changed: str) -> Callable[..., R]:
+    """A function (record, *new values of CHANGED) -> `dataclasses.replace(record,
+    **changes)` for a pass that copies many records with a field or two changed:
+    `replace` builds a dict of every field and looks the fields up on each call; this
+    calls CLS with the record's other init fields, read directly (the same `__init__`
+    and `__post_init__` run; fields left out of `__init__` take their defaults, as with
+    `replace`)."""
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    if set(changed) - set(names) or len(set(changed)) != len(changed):
+        raise TypeError(f"{cls.__name__}: {changed} are not distinct init fields")
+    value = {n: f"new_{n}" if n in changed else f"record.{n}" for n in names}
+    arguments = [value[f.name] if not f.kw_only else f"{f.name}={value[f.name]}"
+                 for f in fields]
+    source = (f"def replaced(record, {', '.join(f'new_{n}' for n in changed)}):\n"
+              f"  return _cls({', '.join(arguments)})\n")
+    namespace: dict[str, Any] = {"_cls": cls}
+    exec(source, namespace)  # noqa: S102 - generated from the field names
+    made: Callable[..., R] = namespace["replaced"]
+    made.__qualname__ = f"replacer({cls.__qualname__}, {', '.join(changed)})"
+    return made

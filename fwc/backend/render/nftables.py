@@ -87,7 +87,7 @@ from fwc.backend.render.context import MemberBuild
 from fwc.model import Memo, PortRange
 from fwc.model.addresses import FAMILY_BITS, cidr_span
 from fwc.model.intervals import normalise
-from fwc.model.records import dataclass
+from fwc.model.records import dataclass, replacer
 from fwc.model.semantics import cidr_blocks
 from fwc.model.vocabulary import BuiltinChain, Target
 from fwc.model.vocabulary import Table as TableName
@@ -716,11 +716,22 @@ def drop_known_devices(table: Table, memo: Memo | None = None, scope: object = N
 def _without(chain: Chain, devices: tuple[object, ...]) -> Chain:
     """CHAIN with each rule's test of DEVICES (in, out; None: not known) dropped."""
     rules: list[Rule] = []
+    known_in, known_out = devices
     for rule in chain.rules:
-        drop = {name: None for name, device in zip(DEVICE_FIELDS, devices, strict=True)
-                if device is not None and getattr(rule.match, name) == device}
-        rules.append(replace(rule, match=replace(rule.match, **drop)) if drop else rule)
+        m = rule.match
+        drop_in = known_in is not None and m.in_device == known_in
+        drop_out = known_out is not None and m.out_device == known_out
+        if drop_in or drop_out:
+            m = _WITHOUT_IN_OUT(m, None, None) if drop_in and drop_out else \
+                _WITHOUT_IN_OUT(m, None, m.out_device) if drop_in else \
+                _WITHOUT_IN_OUT(m, m.in_device, None)
+            rule = _WITH_MATCH[type(rule)](rule, m)
+        rules.append(rule)
     return replace(chain, rules=tuple(rules))
+
+
+_WITHOUT_IN_OUT = replacer(Match, *DEVICE_FIELDS)
+_WITH_MATCH = {cls: replacer(cls, "match") for cls in (FilterRule, NatRule)}
 
 
 # Keys of the cluster's per-run memo (fwc.model.Memo) this renderer uses: per chain,
