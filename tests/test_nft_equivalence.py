@@ -628,6 +628,14 @@ def test_entry_matches_knows_a_chain_s_device_and_protocol_only_when_every_jump_
     known = nftables.entry_matches(loop)
     assert known.get("a", (None, None, None)) == (None, None, None)
     assert known["b"] == ("eth1", None, None)
+    # a jump to a chain the table does not hold, or to a built-in chain, gives no value
+    odd = Table(TableName.FILTER, (
+        Chain(BuiltinChain.FORWARD, Target.DROP, (
+            FilterRule(Match(in_device="eth1"), "ghost", Origin("auto", "g")),
+            FilterRule(Match(in_device="eth1"), "a", Origin("auto", "a")))),
+        Chain("a", None, (FilterRule(Match(), "FORWARD", Origin("auto", "f")),))))
+    assert nftables.entry_matches(odd) == {"a": ("eth1", None, None)} == \
+        _entry_matches_by_definition(odd)
 
 
 def _entry_matches_by_definition(table: LoweredTable) -> dict[str, tuple[object, ...]]:

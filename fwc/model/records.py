@@ -494,12 +494,14 @@ def maker(cls: type[R]) -> Callable[..., R]:
 
 
 def replacer(cls: type[R], *changed: str) -> Callable[..., R]:
-    """A function (record, *new values of CHANGED) -> `dataclasses.replace(record,
-    **changes)` for a pass that copies many records with a field or two changed:
-    `replace` builds a dict of every field and looks the fields up on each call; this
-    calls CLS with the record's other init fields, read directly (the same `__init__`
-    and `__post_init__` run; fields left out of `__init__` take their defaults, as with
-    `replace`)."""
+    """A function (record of CLS, *new values of CHANGED) -> what `dataclasses.replace(
+    record, **changes)` makes, for a pass that copies many records with a field or two
+    changed: `replace` builds a dict of every field and looks the fields up on each
+    call; this calls CLS with the record's other init fields, read directly (the same
+    generated `__init__` and `__post_init__` run; fields left out of `__init__` take
+    their defaults, as with `replace`). It always makes a CLS, whatever the record's
+    class: a caller with records of several classes keeps one per class. Not for a
+    class with its own `__init__` or with InitVar fields."""
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     names = [f.name for f in fields]
     if set(changed) - set(names) or len(set(changed)) != len(changed):

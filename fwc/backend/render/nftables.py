@@ -644,16 +644,17 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                     (chain.name, (m.in_device, m.out_device, m.protocol)))
     unknown: Entry = (None,) * len(ENTRY_FIELDS)
     known: dict[str, Entry] = {}
-    # A chain's value, once known, never changes (all its callers agreed on known values,
-    # which never change either), so the rounds reach the same values in any order: the
-    # chains in the order the jumps from the built-in chains reach them (callers before
-    # the chains below them), then any other; rounds over the table in its own order
-    # took one per level of arrange's tree.
-    builtin = {c.name for c in table.chains if c.builtin}
+    # Each field of a chain's value, once known, never changes (all its callers agreed
+    # on that known value, which never changes either), so the rounds reach the same
+    # values in any order: the chains in the order the jumps from the built-in chains
+    # reach them (callers before the chains below them), then any other; rounds over the
+    # table in its own order took one per level of arrange's tree.
+    users = {c.name for c in table.chains if not c.builtin}
     below: dict[str, list[str]] = {}
     for target, calls in callers.items():
-        for caller, _ in calls:
-            below.setdefault(caller, []).append(target)
+        if target in users:  # (a jump to a chain not in the table gets no value)
+            for caller, _ in calls:
+                below.setdefault(caller, []).append(target)
     order = [c.name for c in table.chains if c.builtin]
     reached = set(order)
     for name in order:  # grows while it is walked: a breadth-first walk
@@ -662,8 +663,7 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                 reached.add(target)
                 order.append(target)
     order += (c.name for c in table.chains if c.name not in reached)
-    entered = [(name, callers[name]) for name in order
-               if name not in builtin and name in callers]
+    entered = [(name, callers[name]) for name in order if name in users and name in callers]
     grew = True
     while grew:  # rounds over the chains, until a round changes nothing
         grew = False
