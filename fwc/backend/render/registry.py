@@ -48,7 +48,7 @@ class Target:
 
 TARGETS = MappingProxyType({t.name: t for t in (
     Target("iptables", iptables.render_file, stream=iptables.stream_file),
-    Target("nftables", nftables.render_file),
+    Target("nftables", nftables.render_file, stream=nftables.stream_file),
     Target("ipset", ipset.render_file),
     Target("keepalived", keepalived.render_file, keepalived.holds_secret),
     Target("conntrackd", conntrackd.render_file),
