@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
-from conftest import compile_to, file_tree
+from conftest import POLICIES, compile_to, file_tree
 
 from bench.generate import build_site, fwc_policy
 from fwc.backend import output
@@ -197,3 +197,34 @@ def test_tap_comes_before_reading():
     list(chunks)
     with pytest.raises(RuntimeError):
         chunks.tap(lambda piece: None)
+
+
+def test_nftables_files_are_streamed_too(tmp_path, monkeypatch):
+    """With `--backend nftables`, nftables.nft and failsafe.nft are written in pieces
+    too (chunked=True): the tree is the in-memory one byte for byte, and however small
+    the pieces, they are whole lines that join to `render`'s text."""
+    from fwc.backend.render import nftables
+    from fwc.model.vocabulary import Backend
+
+    policy = analyse(POLICIES / "shop.fw").policy
+    assert policy is not None
+    name = output.relative_source(policy.root, output.source_root(policy))
+    output.write_output(tmp_path / "memory", name,
+                        output.compile_policy(policy, backend=Backend.NFTABLES))
+    chunked: list[str] = []
+    write_file = output.write_file
+
+    def writing(directory: Path, f: output.OutputFile) -> None:
+        if f.chunks is not None:
+            chunked.append(f.path)
+        write_file(directory, f)
+
+    monkeypatch.setattr(output, "write_file", writing)
+    monkeypatch.setattr(nftables, "PIECE_CHARS", 100)  # many pieces
+    output.write_output(tmp_path / "chunked", name, output.stream_policy(
+        policy, chunked=True, backend=Backend.NFTABLES))
+    assert file_tree(tmp_path / "memory") == file_tree(tmp_path / "chunked")
+    assert "shop-1/nftables.nft" in chunked and "shop-2/failsafe.nft" in chunked
+    # (pieces of about 100 characters: each file came in many, and joined exactly)
+    written = next((tmp_path / "chunked").glob("*/shop-1/nftables.nft"))
+    assert written.read_text().count("\n") > 50
