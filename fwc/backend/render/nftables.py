@@ -281,7 +281,7 @@ class _Shapes:
         self.never_return = never_return
         self.family = family
         # cidrs -> blocks: a function of the cidrs alone, so shared by every table and
-        # member of a run (BLOCKS, `_RunMemo`)
+        # member of a run (`render` passes the memo kept under BLOCKS_MEMO)
         self.memo: dict[tuple[str, ...], tuple[tuple[int, int], ...]] = \
             {} if blocks is None else blocks
         self.spans: dict[object, Span | None] = {}  # an address match or ports -> span
