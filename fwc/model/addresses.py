@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator
 
 from fwc.model.intervals import Interval, contains, covers, intersect, normalise, subtract
@@ -44,30 +45,45 @@ def _cidr_texts(intervals: tuple[Interval, ...], family: int) -> tuple[str, ...]
     return tuple(out)
 
 
-def _octet(text: str) -> int:
-    """A decimal octet as ipaddress reads one (ASCII digits, no leading zero), else -1."""
-    if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()) or \
-            (text[0] == "0" and len(text) > 1):
-        return -1
-    value = int(text)
-    return value if value <= 255 else -1
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
+# (`(?:/N|)` rather than `(?:/N)?`: a branch, not a repeat with its context, as PLAIN_RULE)
+_PLAIN_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]++)|)")
+_OCTETS = {str(n): n for n in range(256)}  # what _OCTET reads: a lookup, cheaper than int()
+
+
+def plain_ipv4(text: str) -> tuple[int, int] | None:
+    """(address, prefix length or -1) of an IPv4 address written as ipaddress accepts it
+    (four decimal octets without leading zeros, an optional /N up to 32), else None.
+
+    Resolving 20,000 rules parses tens of thousands of addresses, and the nftables target
+    reads every address of every list it writes; ipaddress objects were most of that
+    time. Anything else (IPv6, a malformed address) takes the ipaddress path, which also
+    words every error. One regular expression reads the octets (ASCII digits only, as
+    `ipaddress` wants).
+    """
+    match = _PLAIN_IPV4.fullmatch(text)
+    if match is None:
+        return None
+    a, b, c, d, length = match.groups()
+    octets = _OCTETS
+    number = octets[a] << 24 | octets[b] << 16 | octets[c] << 8 | octets[d]
+    if length is None:
+        return number, -1
+    bits = int(length)
+    return (number, bits) if bits <= 32 else None
 
 
 def cidr_span(text: str) -> tuple[int, int, int]:
     """(family, lowest address, highest address) of a network or address as
     `ipaddress.ip_network(text, strict=False)` reads it (host bits ignored); its
-    ValueError for anything else. Plain IPv4 (what the lowering writes) is read without
-    ipaddress objects: the nftables target reads every address of every list it writes."""
-    address, slash, length = text.partition("/")
-    parts = address.split(".")
-    if len(parts) == 4 and (not slash or (length.isascii() and length.isdigit()
-                                          and len(length) <= 2 and int(length) <= 32)):
-        octets = [_octet(part) for part in parts]
-        if min(octets) >= 0:
-            size = 32 - (int(length) if slash else 32)
-            low = (octets[0] << 24 | octets[1] << 16 | octets[2] << 8 | octets[3]) \
-                >> size << size
-            return 4, low, low | ((1 << size) - 1)
+    ValueError for anything else. Plain IPv4 (what the lowering writes) is read by
+    `plain_ipv4`, without ipaddress objects."""
+    plain = plain_ipv4(text)
+    if plain is not None:
+        number, length = plain
+        size = 0 if length < 0 else 32 - length
+        low = number >> size << size
+        return 4, low, low | ((1 << size) - 1)
     net = ipaddress.ip_network(text, strict=False)
     return net.version, int(net.network_address), int(net.broadcast_address)
 
