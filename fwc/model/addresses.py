@@ -21,7 +21,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 FAMILY_BITS = {family: family.bits for family in FAMILIES}
 
 
-def _address_text(value: int, family: int) -> str:
+def address_text(value: int, family: int) -> str:
+    """An address of FAMILY as ipaddress writes it (IPv6 compressed)."""
     if family == 4:
         return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
     return str(ipaddress.IPv6Address(value))
@@ -39,7 +40,7 @@ def _cidr_texts(intervals: tuple[Interval, ...], family: int) -> tuple[str, ...]
             aligned = (lo & -lo).bit_length() - 1 if lo else bits
             fits = (hi - lo + 1).bit_length() - 1
             block = min(aligned, fits)
-            text = _address_text(lo, family)
+            text = address_text(lo, family)
             out.append(text if block == 0 else f"{text}/{bits - block}")
             lo += 1 << block
     return tuple(out)

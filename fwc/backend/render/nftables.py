@@ -85,7 +85,7 @@ from fwc.backend.lower.ruleset import (
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
 from fwc.model import Memo, PortRange
-from fwc.model.addresses import FAMILY_BITS, cidr_span
+from fwc.model.addresses import FAMILY_BITS, address_text, cidr_span
 from fwc.model.intervals import normalise
 from fwc.model.records import dataclass, replacer
 from fwc.model.semantics import cidr_blocks
@@ -963,29 +963,17 @@ def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
     # An interval set refuses overlapping elements. Two blocks overlap only when one
     # holds the other, so dropping the held ones matches exactly the same addresses;
     # adjacent blocks stay as written (each member lists its own addresses alike).
-    spans = [cidr_span(c) for c in cidrs]
-    if all(family == 4 for family, _, _ in spans):  # without ipaddress objects
-        kept: list[tuple[int, int]] = []
-        for low, high in sorted(set((low, high) for _, low, high in spans),
-                                key=lambda span: (span[0], span[0] - span[1])):
-            if kept and high <= kept[-1][1]:
-                continue  # inside the previous block
-            kept.append((low, high))
-        return tuple(f"{_ipv4_text(low)}/{32 - (high - low + 1).bit_length() + 1}"
-                     for low, high in kept)
-    nets = sorted({ipaddress.ip_network(c, strict=False) for c in cidrs},
-                  key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for net in nets:
-        if out and out[-1].version == net.version and \
-                int(net.broadcast_address) <= int(out[-1].broadcast_address):
+    # (the blocks of one address larger first: a held one comes after its holder)
+    spans = sorted({cidr_span(c) for c in cidrs}, key=lambda s: (s[0], s[1], s[1] - s[2]))
+    out: list[str] = []
+    kept: tuple[int, int, int] | None = None
+    for family, low, high in spans:
+        if kept is not None and kept[0] == family and high <= kept[2]:
             continue  # inside the previous block
-        out.append(net)
-    return tuple(str(n) for n in out)
-
-
-def _ipv4_text(value: int) -> str:
-    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+        kept = (family, low, high)
+        length = FAMILY_BITS[family] - (high - low + 1).bit_length() + 1
+        out.append(f"{address_text(low, family)}/{length}")
+    return tuple(out)
 
 
 def _address_set(family: int, cidrs: tuple[str, ...], writer: _Writer,
