@@ -357,19 +357,13 @@ class _Shapes:
                 destination_span)
 
     def address_span(self, address: AddressMatch) -> Span | None:
-        return self._cached_span(address, lambda: self.blocks(address))
+        """ADDRESS's `_span`, kept in `spans` (where `signature` looks first)."""
+        found = self.spans[address] = _span(self.blocks(address))
+        return found
 
     def port_span(self, ports: tuple[PortRange, ...]) -> Span | None:
-        return self._cached_span(
-            ports, lambda: tuple(sorted((p.low, p.high) for p in ports)) or None)
-
-    def _cached_span(self, key: object,
-                     intervals: Callable[[], tuple[tuple[int, int], ...] | None]) \
-            -> Span | None:
-        """KEY's `_span` of INTERVALS(), computed once per compile of a family."""
-        found = self.spans.get(key)
-        if found is None and key not in self.spans:
-            found = self.spans[key] = _span(intervals())
+        """PORTS' `_span`, kept in `spans` (where `signature` looks first)."""
+        found = self.spans[ports] = _span(tuple(sorted((p.low, p.high) for p in ports)) or None)
         return found
 
 
