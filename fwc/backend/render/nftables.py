@@ -740,14 +740,14 @@ COLLAPSED_MEMO = ("nft collapsed",)
 
 
 class _Previous:
-    """What the previous member's file computed from one chain, and from what."""
+    """What the previous member's file computed from one chain, and from what (`given`
+    is `_UNSEEN`, equal to nothing, until a member computed it)."""
 
-    __slots__ = ("given", "known", "value")
+    __slots__ = ("given", "value")
 
     def __init__(self) -> None:
-        self.given: object = None
+        self.given: object = _UNSEEN
         self.value: Any = None
-        self.known = False
 
 
 def _reused(memo: Memo | None, key: tuple[object, ...], given: object,
@@ -759,9 +759,9 @@ def _reused(memo: Memo | None, key: tuple[object, ...], given: object,
     if memo is None:
         return compute()
     previous = memo.get(key, _Previous)
-    if previous.known and previous.given == given:
+    if previous.given == given:
         return cast("T", previous.value)
-    previous.given, previous.value, previous.known = given, compute(), True
+    previous.given, previous.value = given, compute()
     return cast("T", previous.value)
 
 
