@@ -39,7 +39,7 @@ from fwc.backend.ipsets import use_ipsets
 from fwc.backend.lower import NodeRuleset, lower
 from fwc.backend.lower.ruleset import Table as LoweredTable
 from fwc.backend.output import compile_policy
-from fwc.backend.render import nftables
+from fwc.backend.render import nftables, nftnames
 from fwc.backend.render.nftables import NftUnsupported
 from fwc.checks import capability
 from fwc.model import Cluster, Member
@@ -799,7 +799,8 @@ def test_nft_splits_by_device_only_when_the_copies_stay_few(tmp_path: Path):
 def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str):
     """The second member's nftables.nft takes the plans, folds and device drops of the
-    chains it shares with the first (`_reused`, keyed on everything each one reads):
+    chains it shares with the first (`_reused`, keyed on everything each one reads), and
+    their texts when its writer gives the same names (`Writer.replayed`):
     every member's files are the bytes each gets computed on its own, and the reuse
     does happen (the benchmark's shapes: two and four members, logged rules, maps)."""
     from bench.generate import build_site, fwc_policy
@@ -816,6 +817,7 @@ def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
 
     reused: list[str] = []
     real = nftables._reused
+    replay = nftnames.Writer.replayed
 
     def counting(memo, key, given, compute):
         previous = memo.get(key, nftables._Previous) if memo is not None else None
@@ -823,12 +825,20 @@ def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
             reused.append(key[0])
         return real(memo, key, given, compute)
 
+    def replayed(writer, calls, ipsets):
+        same = replay(writer, calls, ipsets)
+        if same:
+            reused.append(nftables.TEXTS_MEMO)
+        return same
+
     monkeypatch.setattr(nftables, "_reused", counting)
+    monkeypatch.setattr(nftnames.Writer, "replayed", replayed)
     shared = compiled()
     monkeypatch.setattr(nftables, "_reused", lambda memo, key, given, compute: compute())
+    monkeypatch.setattr(nftnames.Writer, "replayed", lambda writer, calls, ipsets: False)
     alone = compiled()
     assert shared == alone
-    assert {nftables.PLAN_MEMO, nftables.FOLD_MEMO} <= set(reused)
+    assert {nftables.PLAN_MEMO, nftables.FOLD_MEMO, nftables.TEXTS_MEMO} <= set(reused)
     assert sum(".log" in text for text in (c.decode() for c in alone.values())) >= 2
 
 
@@ -855,7 +865,7 @@ def test_address_lists_are_read_without_ipaddress_exactly_as_with_it(cidrs: tupl
     assert nftables._collapsed_blocks(cidrs) == tuple(sorted(
         (int(n.network_address), int(n.broadcast_address))
         for n in ipaddress.collapse_addresses(nets)))
-    elements = [ipaddress.ip_network(e) for e in nftables._collapsed(cidrs)]
+    elements = [ipaddress.ip_network(e) for e in nftnames.collapsed(cidrs)]
     assert not any(a.overlaps(b) for a, b in itertools.combinations(elements, 2))
     # the same addresses, as blocks of the list itself
     assert normalise([(int(e.network_address), int(e.broadcast_address)) for e in elements]) \
@@ -866,5 +876,73 @@ def test_address_lists_are_read_without_ipaddress_exactly_as_with_it(cidrs: tupl
 def test_a_list_with_nested_blocks_at_one_address_is_one_element():
     """198.18.0.0/24 inside 198.18.0.0/22, both listed: the set holds the /22 alone
     (sorting the smaller block first once kept both, which nft refuses to load)."""
-    assert nftables._collapsed(("198.18.0.0/24", "198.18.0.0/22", "198.18.1.7")) == \
+    assert nftnames.collapsed(("198.18.0.0/24", "198.18.0.0/22", "198.18.1.7")) == \
         ("198.18.0.0/22",)
+
+
+def _writer_state(writer: nftnames.Writer) -> tuple[object, ...]:
+    return (list(writer.sets.items()), list(writer.maps.items()), list(writer.helpers.items()),
+            list(writer.limits.items()), list(writer.meters.items()),
+            list(writer.by_content.items()), dict(writer.counts), list(writer.counted))
+
+
+def _ask(asked: nftnames.Names) -> None:
+    """What a chain's texts may ask of a file's writer, of every kind."""
+    asked.named_set("addresses-v4", "ipv4_addr", ("198.18.0.0/24", "198.18.2.0/24"))
+    cidrs = asked.ipset({"fwc4-partners": ("198.18.4.0/22",)}, "fwc4-partners")
+    assert cidrs is not None
+    asked.named_set("addresses-v4", "ipv4_addr", cidrs, "fwc4-partners")
+    asked.verdict_map("rules-v4", "ipv4_addr", ("198.18.0.1 : accept",), numbered=True)
+    asked.verdict_map("filter-FORWARD-v4-in", "ifname", ('"eth0" : accept',))
+    asked.limit("ssh", 4, "10/second", 5)
+    asked.connlimit(4)
+    asked.helper_name("ftp", 6)
+
+
+def test_a_chain_s_texts_are_replayed_only_where_every_name_comes_out_the_same():
+    """`Writer.replayed`: the questions a chain's texts asked in one file (`Journal`) are
+    asked again in another; when every answer is the same (and every ipset read holds
+    the same addresses), the second file ends with the very declarations computing them
+    would have made; when one differs, it is left exactly as it was."""
+    first = nftnames.Writer()
+    first.named_set("ports", "inet_service", ("22", "80"))
+    journal = nftnames.Journal(first)
+    _ask(journal)
+
+    alike = nftnames.Writer()
+    alike.named_set("ports", "inet_service", ("22", "80"))
+    assert alike.replayed(journal.calls, {"fwc4-partners": ("198.18.4.0/22",)})
+    assert _writer_state(alike) == _writer_state(first)
+
+    # an earlier chain of this file declared one more rule map: the numbers differ
+    shifted = nftnames.Writer()
+    shifted.named_set("ports", "inet_service", ("22", "80"))
+    shifted.verdict_map("rules-v4", "ipv4_addr", ("198.18.9.9 : drop",), numbered=True)
+    before = _writer_state(shifted)
+    assert not shifted.replayed(journal.calls, {"fwc4-partners": ("198.18.4.0/22",)})
+    assert _writer_state(shifted) == before
+
+    # the same names, but the ipset holds other addresses in this file
+    other = nftnames.Writer()
+    other.named_set("ports", "inet_service", ("22", "80"))
+    before = _writer_state(other)
+    assert not other.replayed(journal.calls, {"fwc4-partners": ("198.18.8.0/22",)})
+    assert _writer_state(other) == before
+
+    # an answer this file cannot give (a limit of that name with another rate)
+    clash = nftnames.Writer()
+    clash.named_set("ports", "inet_service", ("22", "80"))
+    clash.limit("ssh", 4, "1/second", 5)
+    before = _writer_state(clash)
+    assert not clash.replayed(journal.calls, {"fwc4-partners": ("198.18.4.0/22",)})
+    assert _writer_state(clash) == before
+
+
+def test_a_writer_never_declares_a_name_twice():
+    """A numbered name already taken (here by an ipset's own name) is skipped, not
+    declared again over the first (`Writer.replayed` relies on names only being added)."""
+    writer = nftnames.Writer()
+    assert writer.named_set("addresses-v4", "ipv4_addr", ("198.18.0.0/24",),
+                            "addresses-v4-1") == "addresses-v4-1"
+    assert writer.named_set("addresses-v4", "ipv4_addr", ("198.18.1.0/24",)) == "addresses-v4-2"
+    assert writer.sets["addresses-v4-1"][2] == ("198.18.0.0/24",)

@@ -62,8 +62,8 @@ import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import field, replace
 from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from fwc import protocols as proto
@@ -84,8 +84,9 @@ from fwc.backend.lower.ruleset import (
 )
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.nftnames import Call, Journal, Names, NftUnsupported, Writer
 from fwc.model import Memo, PortRange
-from fwc.model.addresses import FAMILY_BITS, address_text, cidr_span
+from fwc.model.addresses import FAMILY_BITS, cidr_span
 from fwc.model.intervals import normalise
 from fwc.model.records import dataclass, replacer
 from fwc.model.semantics import cidr_blocks
@@ -151,10 +152,6 @@ PROTOCOL_WORDS = {TCP: "tcp", UDP: "udp"}
 DISPATCH_TYPES = {"iifname": "ifname", "oifname": "ifname", "meta l4proto": "inet_proto",
                   "dport": "inet_service"}
 
-
-
-class NftUnsupported(ValueError):
-    """A lowered rule that this target has no nft form for (a bug: lowering made it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,7 +581,7 @@ def shared(items: list[Item]) -> list[Item]:
     return out
 
 
-def _share(item: Share, family: int, writer: _Writer, chain_names: dict[str, str],
+def _share(item: Share, family: int, writer: Names, chain_names: dict[str, str],
            ipsets: dict[str, tuple[str, ...]]) -> str:
     """`dnat ip to numgen inc mod N map { 0 : a, ... }` (with ports: `addr . port`)."""
     word = FAMILY_WORDS[family][0]
@@ -734,7 +731,8 @@ DEVICES_MEMO = "nft devices"
 FOLD_MEMO = "nft fold"
 ELEMENTS_MEMO = "nft elements"
 PLAN_MEMO = "nft plan"
-REUSED_KINDS = (DEVICES_MEMO, FOLD_MEMO, PLAN_MEMO, ELEMENTS_MEMO)
+TEXTS_MEMO = "nft texts"
+REUSED_KINDS = (DEVICES_MEMO, FOLD_MEMO, PLAN_MEMO, ELEMENTS_MEMO, TEXTS_MEMO)
 BLOCKS_MEMO = ("nft blocks",)
 COLLAPSED_MEMO = ("nft collapsed",)
 
@@ -864,130 +862,24 @@ def unfold_logs(parts: list[tuple[Chain, str | None]], planned: list[list[Item]]
     return out_parts, out_planned
 
 
-@dataclass
-class _Writer:
-    """The state of one file: its named sets, verdict maps and conntrack helper objects."""
-
-    # name -> (key type, flags, elements as written), in the order first used
-    sets: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
-    maps: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
-    helpers: dict[tuple[str, int], str] = field(default_factory=dict)
-    # named `limit` objects: name -> "rate over R burst N packets" (one bucket per rule)
-    limits: dict[str, str] = field(default_factory=dict)
-    # dynamic sets (meters): name -> (key type, with a timeout)
-    meters: dict[str, tuple[str, bool]] = field(default_factory=dict)
-    collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
-    by_content: dict[tuple[str, str, tuple[str, ...]], str] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    counted: set[str] = field(default_factory=set)  # maps counting per element
-
-    def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
-        found = self.collapsed_memo.get(cidrs)
-        if found is None:
-            found = self.collapsed_memo[cidrs] = _collapsed(cidrs)
-        return found
-
-    def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
-                  preferred: str | None = None) -> str:
-        """The set holding ELEMENTS (one per distinct content), declared once. Sets are
-        numbered per kind in the order of first use, so members differ only in values."""
-        key = (prefix, key_type, elements)
-        found = self.by_content.get(key)
-        if found is not None:
-            return found
-        name = preferred
-        if name is None or name in self.sets:
-            self.counts[prefix] = self.counts.get(prefix, 0) + 1
-            name = f"{prefix}-{self.counts[prefix]}"
-        name = escape.nft_identifier(name)
-        self.sets[name] = (key_type, "interval", elements)
-        self.by_content[key] = name
-        return name
-
-    def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...],
-                    interval: bool = False, numbered: bool = False) -> str:
-        """A verdict map named NAME (NAME-2, ... when taken), or with NUMBERED the next
-        NAME-N; INTERVAL for ranges and prefixes in the key. The rule maps (`_concat`)
-        count per element (`counter`): each element is a rule of the policy."""
-        base = escape.nft_identifier(name)
-        if numbered:
-            self.counts[base] = self.counts.get(base, 0) + 1
-            name = f"{base}-{self.counts[base]}"
-        else:
-            name, n = base, 1
-            while name in self.maps:
-                n += 1
-                name = f"{base}-{n}"
-        flags = "interval" if interval or (not numbered and key_type == "inet_service") else ""
-        self.maps[name] = (key_type, flags, elements)
-        if numbered:
-            self.counted.add(name)
-        return name
-
-    def limit(self, name: str, family: int, rate: str, burst: int) -> str:
-        """The `limit` object of hashlimit bucket NAME in FAMILY (iptables keeps one table
-        per name and family), declared once and shared by every line naming it."""
-        found = escape.nft_identifier(f"{name}-v{family}")
-        spec = f"rate over {rate} burst {burst} packets"
-        if self.limits.setdefault(found, spec) != spec:
-            raise NftUnsupported(f"hashlimit {name} with two rates")
-        return found
-
-    def meter(self, name: str, family: int, timeout: bool) -> str:
-        """A dynamic set keyed on the source address: per-source buckets or counts."""
-        found = escape.nft_identifier(f"{name}-v{family}")
-        key = ("ipv4_addr" if family == 4 else "ipv6_addr", timeout)
-        if self.meters.setdefault(found, key) != key:
-            raise NftUnsupported(f"meter {name} used two ways")
-        return found
-
-    def connlimit(self, family: int) -> str:
-        """A fresh connection-count set: iptables counts per connlimit line."""
-        self.counts["connlimit"] = self.counts.get("connlimit", 0) + 1
-        return self.meter(f"connlimit-{self.counts['connlimit']}", family, False)
-
-    def helper_name(self, helper: str, protocol: int) -> str:
-        key = (helper, protocol)
-        if key not in self.helpers:
-            self.helpers[key] = escape.nft_identifier(f"helper-{helper}-{protocol}")
-        return self.helpers[key]
-
-
-def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
-    # An interval set refuses overlapping elements. Two blocks overlap only when one
-    # holds the other, so dropping the held ones matches exactly the same addresses;
-    # adjacent blocks stay as written (each member lists its own addresses alike).
-    # (the blocks of one address larger first: a held one comes after its holder)
-    spans = sorted({cidr_span(c) for c in cidrs}, key=lambda s: (s[0], s[1], s[1] - s[2]))
-    out: list[str] = []
-    kept: tuple[int, int, int] | None = None
-    for family, low, high in spans:
-        if kept is not None and kept[0] == family and high <= kept[2]:
-            continue  # inside the previous block
-        kept = (family, low, high)
-        length = FAMILY_BITS[family] - (high - low + 1).bit_length() + 1
-        out.append(f"{address_text(low, family)}/{length}")
-    return tuple(out)
-
-
-def _address_set(family: int, cidrs: tuple[str, ...], writer: _Writer,
+def _address_set(family: int, cidrs: tuple[str, ...], writer: Names,
                  preferred: str | None = None) -> str:
     key_type = "ipv4_addr" if family == 4 else "ipv6_addr"
     return writer.named_set(f"addresses-v{family}", key_type, writer.collapsed(cidrs),
                             preferred)
 
 
-def _addresses(direction: str, match: AddressMatch, family: int, writer: _Writer,
+def _addresses(direction: str, match: AddressMatch, family: int, writer: Names,
                ipsets: dict[str, tuple[str, ...]]) -> str:
     if match.is_any:
         return ""
     field_ = f"{FAMILY_WORDS[family][0]} {direction}"
     op = "!= " if match.negated else ""
     if match.set_name is not None:
-        if match.set_name not in ipsets:
+        addresses = writer.ipset(ipsets, match.set_name)
+        if addresses is None:
             raise NftUnsupported(f"set {match.set_name} without its addresses")
-        name = _address_set(family, ipsets[match.set_name], writer,
-                            escape.nft_identifier(match.set_name))
+        name = _address_set(family, addresses, writer, escape.nft_identifier(match.set_name))
         return f"{field_} {op}@{name}"
     cidrs = writer.collapsed(match.cidrs)
     if len(cidrs) == 1:
@@ -1009,7 +901,7 @@ def _port_text(low: int, high: int) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def _ports(ports: tuple[PortRange, ...], writer: _Writer) -> str:
+def _ports(ports: tuple[PortRange, ...], writer: Names) -> str:
     texts = tuple(_port_text(lo, hi) for lo, hi in _merged_ports(ports))
     if len(texts) == 1:
         return texts[0]
@@ -1020,7 +912,7 @@ def _protocol_word(protocol: int) -> str:
     return PROTOCOL_WORDS.get(protocol, str(protocol))
 
 
-def _protocol(match: Match, writer: _Writer, known: object = None) -> list[str]:
+def _protocol(match: Match, writer: Names, known: object = None) -> list[str]:
     """The protocol part of MATCH. KNOWN is the protocol every packet of the rule's chain
     has (`entry_matches`): its ports are then `th dport` and a bare protocol test goes,
     no `meta l4proto` test (2 kernel expressions) that is true for every packet there."""
@@ -1062,7 +954,7 @@ def _tcp_flags(flags: tuple[str, str]) -> str:
     return f"tcp flags & ({' | '.join(mask)}) == {wanted[0]}"
 
 
-def _limits(match: Match, family: int, writer: _Writer) -> list[str]:
+def _limits(match: Match, family: int, writer: Names) -> list[str]:
     """A rule's own rate and connection limits, which match beyond the limit (`over`)."""
     out: list[str] = []
     word = FAMILY_WORDS[family][0]
@@ -1103,7 +995,7 @@ TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
 }
 
 
-def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str]) -> str:
+def _statement(rule: Rule, family: int, writer: Names, chain_names: dict[str, str]) -> str:
     target = rule.target
     options = dict(rule.target_options)
     unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
@@ -1158,7 +1050,7 @@ def _statement(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, 
     raise NftUnsupported(f"target {target}")
 
 
-def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
+def _rule(rule: Rule, family: int, writer: Names, chain_names: dict[str, str],
           ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None,
           statement: str | None = None, comment: str | None = None,
           counter: bool = True, known_protocol: object = None) -> str:
@@ -1197,7 +1089,7 @@ def _rule(rule: Rule, family: int, writer: _Writer, chain_names: dict[str, str],
     return " ".join(p for p in parts if p)
 
 
-def _dispatch(item: Dispatch, chain: str, writer: _Writer, chain_names: dict[str, str],
+def _dispatch(item: Dispatch, chain: str, writer: Names, chain_names: dict[str, str],
               known_protocol: object = None) -> str:
     elements: list[str] = []
     for value, rule in item.entries:
@@ -1231,7 +1123,7 @@ def _exact(field_: str, value: str, family: int) -> str | None:
     return value
 
 
-def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, str],
+def _concat(item: Concat, family: int, writer: Names, chain_names: dict[str, str],
             ipsets: dict[str, tuple[str, ...]], members: tuple[Rule, ...] | None = None,
             names: tuple[str, ...] | None = None,
             known_protocol: object = None, memo: Memo | None = None,
@@ -1299,7 +1191,7 @@ def _concat(item: Concat, family: int, writer: _Writer, chain_names: dict[str, s
 
 
 def _concat_elements(rules: tuple[Rule, ...], fields: tuple[str, ...], verdicts: bool,
-                     family: int, writer: _Writer, chain_names: dict[str, str]) \
+                     family: int, writer: Names, chain_names: dict[str, str]) \
         -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The elements of RULES under the key FIELDS (with their verdicts: a map): those of
     exact keys, and the others (`_concat`)."""
@@ -1432,6 +1324,46 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
     return slots, {slot: tuple(rules) for slot, rules in members.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class _Texts:
+    """One chain's lines in a file, what they asked of the file's writer (`Journal`),
+    and the sets or maps they declared for shared slots, by item index."""
+
+    lines: tuple[str, ...]
+    calls: tuple[Call, ...]
+    made: tuple[tuple[int, tuple[str, ...]], ...]
+
+
+def _chain_texts(items: list[Item], name: str, family: int, writer: Writer,
+                 names: dict[str, str], ipsets: dict[str, tuple[str, ...]], known: object,
+                 shared_sets: dict[int, tuple[tuple[Rule, ...] | None, tuple[str, ...] | None]],
+                 memo: Memo | None, where: tuple[object, ...], journal: bool) -> _Texts:
+    """The lines of the chain NAME holding ITEMS. SHARED_SETS: per concatenation that
+    shares its sets with other chains (`_bucket_sharing`), by item index, the rules filling
+    them and their names when declared already. With JOURNAL the writer's answers are
+    kept, for the next member's file (`Writer.replayed`)."""
+    asked: Names = Journal(writer) if journal else writer
+    lines = [f"\tchain {name} {{"]
+    made: list[tuple[int, tuple[str, ...]]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, Dispatch):
+            text = _dispatch(item, name, asked, names, known)
+        elif isinstance(item, Concat):
+            rules, declared = shared_sets.get(index, (None, None))
+            text, sets = _concat(item, family, asked, names, ipsets, rules, declared, known,
+                                 memo, (ELEMENTS_MEMO, *where, index))
+            if index in shared_sets:
+                made.append((index, sets))
+        elif isinstance(item, Share):
+            text = _share(item, family, asked, names, ipsets)
+        else:
+            text = _rule(item, family, asked, names, ipsets, known_protocol=known)
+        lines.append(f"\t\t{text}")
+    lines.append("\t}")
+    calls = tuple(asked.calls) if isinstance(asked, Journal) else ()
+    return _Texts(tuple(lines), calls, tuple(made))
+
+
 def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
            concat: bool = True, min_concat: int = MIN_CONCAT, memo: Memo | None = None,
            scope: str = "", last: bool = False) -> str:
@@ -1456,8 +1388,7 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
     worked out first (the sets they name are declared before them), then the file is
     written out piece by piece, never whole (at 100,000 rules it is 30 MB, and its joined
     text and bytes were two more copies at once)."""
-    writer = _Writer() if memo is None else \
-        _Writer(collapsed_memo=memo.get(COLLAPSED_MEMO, dict))
+    writer = Writer() if memo is None else Writer(memo.get(COLLAPSED_MEMO, dict))
     blocks = None if memo is None else memo.get(BLOCKS_MEMO, dict)
     ipsets = {s.name: s.cidrs for s in sets}
     families = [r.family for r in rulesets]
@@ -1493,27 +1424,27 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                                         {})[family] = chain
                     name = _family_chain(table.name, f"{chain.name}-{variant}" if variant
                                          else chain.name, family)
-                body.append(f"\tchain {name} {{")
                 known = entries.get(chain.name, (None,) * len(ENTRY_FIELDS))[_PROTOCOL_AT]
-                for index, item in enumerate(items):
-                    if isinstance(item, Dispatch):
-                        text = _dispatch(item, name, writer, names, known)
-                    elif isinstance(item, Concat):
-                        slot = slots.get((at, index))
-                        text, made = _concat(
-                            item, family, writer, names, ipsets, members.get(slot),
-                            declared.get(slot), known, memo,
-                            (ELEMENTS_MEMO, scope, family, table.name, chain.name, variant,
-                             index))
-                        if slot is not None:
-                            declared[slot] = made
-                    elif isinstance(item, Share):
-                        text = _share(item, family, writer, names, ipsets)
-                    else:
-                        text = _rule(item, family, writer, names, ipsets,
-                                     known_protocol=known)
-                    body.append(f"\t\t{text}")
-                body.append("\t}")
+                # per concatenation sharing its sets (`_bucket_sharing`): the rules filling
+                # them, and their names when an earlier chain declared them
+                shared = {index: (members.get(slot), declared.get(slot))
+                          for index, item in enumerate(items) if type(item) is Concat
+                          for slot in (slots.get((at, index)),) if slot is not None}
+                previous = None if memo is None else memo.get(
+                    (TEXTS_MEMO, scope, family, table.name, chain.name, variant), _Previous)
+                given = (items, name, known, shared)
+                if previous is not None and previous.given == given and \
+                        writer.replayed(previous.value.calls, ipsets):
+                    texts: _Texts = previous.value
+                else:
+                    texts = _chain_texts(items, name, family, writer, names, ipsets, known,
+                                         shared, memo, (scope, family, table.name, chain.name,
+                                                        variant), journal=previous is not None)
+                    if previous is not None:
+                        previous.given, previous.value = given, texts
+                body.extend(texts.lines)
+                for index, made in texts.made:
+                    declared[slots[at, index]] = made
     base: list[str] = []
     order = sorted(builtins, key=lambda k: (list(TableName).index(k[0]),
                                             CHAIN_ORDER.index(k[1]), k[2] != NOTRACK_SUFFIX))

@@ -1,0 +1,226 @@
+"""The named objects of one nft file (sets, verdict maps, conntrack helpers, limits,
+meters), and a record of what one chain's texts asked of them.
+
+Rule texts name these objects, and a name depends on what the file declared before
+(sets are numbered in the order of first use, one per distinct content). A chain whose
+texts another member's file already wrote can take them as they are only when the same
+questions get the same answers in this file: a `Journal` keeps one chain's questions and
+answers, `Writer.replayed` asks them again and keeps the declarations only if every
+answer is the same (fwc.backend.render.nftables `render_pieces`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from fwc.backend.render import escape
+from fwc.model.addresses import FAMILY_BITS, address_text, cidr_span
+
+
+class NftUnsupported(ValueError):
+    """A lowered rule that this target has no nft form for (a bug: lowering made it)."""
+
+
+# (what was asked, with what, the answer); IPSET: an ipset's addresses were read
+Call = tuple[str, tuple[object, ...], object]
+IPSET = "ipset"
+
+
+class Writer:
+    """The named objects of one file, each declared once, in the order first used."""
+
+    __slots__ = ("sets", "maps", "helpers", "limits", "meters", "collapsed_memo",
+                 "by_content", "counts", "counted")
+
+    def __init__(self, collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] | None = None) \
+            -> None:
+        # name -> (key type, flags, elements as written), in the order first used
+        self.sets: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        self.maps: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        self.helpers: dict[tuple[str, int], str] = {}
+        # named `limit` objects: name -> "rate over R burst N packets" (one bucket per rule)
+        self.limits: dict[str, str] = {}
+        # dynamic sets (meters): name -> (key type, with a timeout)
+        self.meters: dict[str, tuple[str, bool]] = {}
+        self.collapsed_memo = {} if collapsed_memo is None else collapsed_memo
+        self.by_content: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self.counts: dict[str, int] = {}
+        self.counted: dict[str, None] = {}  # maps counting per element (a dict: ordered)
+
+    def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        found = self.collapsed_memo.get(cidrs)
+        if found is None:
+            found = self.collapsed_memo[cidrs] = collapsed(cidrs)
+        return found
+
+    def ipset(self, ipsets: Mapping[str, tuple[str, ...]], name: str) \
+            -> tuple[str, ...] | None:
+        """The addresses of the ipset NAME (None: no such set)."""
+        return ipsets.get(name)
+
+    def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
+                  preferred: str | None = None) -> str:
+        """The set holding ELEMENTS (one per distinct content), declared once. Sets are
+        numbered per kind in the order of first use, so members differ only in values."""
+        key = (prefix, key_type, elements)
+        found = self.by_content.get(key)
+        if found is not None:
+            return found
+        name = None if preferred is None else escape.nft_identifier(preferred)
+        while name is None or name in self.sets:  # never a set declared already
+            self.counts[prefix] = self.counts.get(prefix, 0) + 1
+            name = escape.nft_identifier(f"{prefix}-{self.counts[prefix]}")
+        self.sets[name] = (key_type, "interval", elements)
+        self.by_content[key] = name
+        return name
+
+    def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...],
+                    interval: bool = False, numbered: bool = False) -> str:
+        """A verdict map named NAME (NAME-2, ... when taken), or with NUMBERED the next
+        NAME-N; INTERVAL for ranges and prefixes in the key. The rule maps (`_concat`)
+        count per element (`counter`): each element is a rule of the policy."""
+        base = escape.nft_identifier(name)
+        if numbered:
+            name = base
+            while name == base or name in self.maps:
+                self.counts[base] = self.counts.get(base, 0) + 1
+                name = f"{base}-{self.counts[base]}"
+        else:
+            name, n = base, 1
+            while name in self.maps:
+                n += 1
+                name = f"{base}-{n}"
+        flags = "interval" if interval or (not numbered and key_type == "inet_service") else ""
+        self.maps[name] = (key_type, flags, elements)
+        if numbered:
+            self.counted[name] = None
+        return name
+
+    def limit(self, name: str, family: int, rate: str, burst: int) -> str:
+        """The `limit` object of hashlimit bucket NAME in FAMILY (iptables keeps one table
+        per name and family), declared once and shared by every line naming it."""
+        found = escape.nft_identifier(f"{name}-v{family}")
+        spec = f"rate over {rate} burst {burst} packets"
+        if self.limits.setdefault(found, spec) != spec:
+            raise NftUnsupported(f"hashlimit {name} with two rates")
+        return found
+
+    def meter(self, name: str, family: int, timeout: bool) -> str:
+        """A dynamic set keyed on the source address: per-source buckets or counts."""
+        found = escape.nft_identifier(f"{name}-v{family}")
+        key = ("ipv4_addr" if family == 4 else "ipv6_addr", timeout)
+        if self.meters.setdefault(found, key) != key:
+            raise NftUnsupported(f"meter {name} used two ways")
+        return found
+
+    def connlimit(self, family: int) -> str:
+        """A fresh connection-count set: iptables counts per connlimit line."""
+        self.counts["connlimit"] = self.counts.get("connlimit", 0) + 1
+        return self.meter(f"connlimit-{self.counts['connlimit']}", family, False)
+
+    def helper_name(self, helper: str, protocol: int) -> str:
+        key = (helper, protocol)
+        if key not in self.helpers:
+            self.helpers[key] = escape.nft_identifier(f"helper-{helper}-{protocol}")
+        return self.helpers[key]
+
+    def replayed(self, calls: Sequence[Call], ipsets: Mapping[str, tuple[str, ...]]) -> bool:
+        """Whether CALLS (a `Journal`'s, kept in another file) get the same answers here,
+        with the same ipset contents read; if so they are made here (the same
+        declarations, in the same order), else this writer is left as it was."""
+        lengths = self._lengths()
+        counts = dict(self.counts)
+        for method, arguments, answer in calls:
+            if method == IPSET:
+                same = ipsets.get(arguments[0]) == answer  # type: ignore[call-overload]
+            else:
+                try:
+                    same = getattr(self, method)(*arguments) == answer
+                except NftUnsupported:
+                    same = False
+            if not same:
+                self._undo(lengths, counts)
+                return False
+        return True
+
+    def _tables(self) -> tuple[dict, ...]:  # type: ignore[type-arg]
+        return (self.sets, self.maps, self.helpers, self.limits, self.meters,
+                self.by_content, self.counted)
+
+    def _lengths(self) -> tuple[int, ...]:
+        return tuple(len(table) for table in self._tables())
+
+    def _undo(self, lengths: tuple[int, ...], counts: dict[str, int]) -> None:
+        # Every call only adds names (none is ever declared twice or changed), and a
+        # dict keeps its order: dropping the keys past the old length restores it.
+        for table, length in zip(self._tables(), lengths, strict=True):
+            for key in list(table)[length:]:
+                del table[key]
+        self.counts = counts
+
+
+class Journal:
+    """A `Writer` as one chain's texts see it: it answers as the writer does, and keeps
+    each question with its answer (and each ipset read) for `Writer.replayed`."""
+
+    __slots__ = ("writer", "calls")
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.calls: list[Call] = []
+
+    def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        return self.writer.collapsed(cidrs)  # the same answer in every file: not kept
+
+    def ipset(self, ipsets: Mapping[str, tuple[str, ...]], name: str) \
+            -> tuple[str, ...] | None:
+        found = ipsets.get(name)
+        self.calls.append((IPSET, (name,), found))
+        return found
+
+    def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
+                  preferred: str | None = None) -> str:
+        return self._kept("named_set", (prefix, key_type, elements, preferred))
+
+    def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...],
+                    interval: bool = False, numbered: bool = False) -> str:
+        return self._kept("verdict_map", (name, key_type, elements, interval, numbered))
+
+    def limit(self, name: str, family: int, rate: str, burst: int) -> str:
+        return self._kept("limit", (name, family, rate, burst))
+
+    def meter(self, name: str, family: int, timeout: bool) -> str:
+        return self._kept("meter", (name, family, timeout))
+
+    def connlimit(self, family: int) -> str:
+        return self._kept("connlimit", (family,))
+
+    def helper_name(self, helper: str, protocol: int) -> str:
+        return self._kept("helper_name", (helper, protocol))
+
+    def _kept(self, method: str, arguments: tuple[object, ...]) -> str:
+        answer = getattr(self.writer, method)(*arguments)
+        self.calls.append((method, arguments, answer))
+        return answer
+
+
+# What the texts of a chain ask: the file's writer, or a journal in front of it.
+Names = Writer | Journal
+
+
+def collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    """CIDRS as the elements of an interval set: the blocks inside another dropped."""
+    # An interval set refuses overlapping elements. Two blocks overlap only when one
+    # holds the other, so dropping the held ones matches exactly the same addresses;
+    # adjacent blocks stay as written (each member lists its own addresses alike).
+    # (the blocks of one address larger first: a held one comes after its holder)
+    spans = sorted({cidr_span(c) for c in cidrs}, key=lambda s: (s[0], s[1], s[1] - s[2]))
+    out: list[str] = []
+    kept: tuple[int, int, int] | None = None
+    for family, low, high in spans:
+        if kept is not None and kept[0] == family and high <= kept[2]:
+            continue  # inside the previous block
+        kept = (family, low, high)
+        length = FAMILY_BITS[family] - (high - low + 1).bit_length() + 1
+        out.append(f"{address_text(low, family)}/{length}")
+    return tuple(out)
