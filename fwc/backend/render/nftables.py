@@ -732,7 +732,8 @@ FOLD_MEMO = "nft fold"
 ELEMENTS_MEMO = "nft elements"
 PLAN_MEMO = "nft plan"
 TEXTS_MEMO = "nft texts"
-REUSED_KINDS = (DEVICES_MEMO, FOLD_MEMO, PLAN_MEMO, ELEMENTS_MEMO, TEXTS_MEMO)
+SHARING_MEMO = "nft sharing"
+REUSED_KINDS = (DEVICES_MEMO, FOLD_MEMO, PLAN_MEMO, ELEMENTS_MEMO, TEXTS_MEMO, SHARING_MEMO)
 BLOCKS_MEMO = ("nft blocks",)
 COLLAPSED_MEMO = ("nft collapsed",)
 
@@ -1272,7 +1273,19 @@ def _elements(rule: Rule, fields: tuple[str, ...]) -> int:
     return out
 
 
-def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[Item]]) \
+def _bucket_elements(item: Concat, protocol: int | None, ports: PortRange) -> int | None:
+    """How many elements ITEM (a concatenation of a bucket chain) has, when every rule of
+    it is of PROTOCOL and its ports are all within PORTS (the bucket's); else None."""
+    low, high = ports.low, ports.high
+    if not all(r.match.protocol == protocol and all(low <= p.low and p.high <= high
+                                                    for p in r.match.dports)
+               for r in item.rules):
+        return None
+    return sum(_elements(r, item.fields) for r in item.rules)
+
+
+def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[Item]],
+                    memo: Memo | None = None, where: tuple[object, ...] = ()) \
         -> tuple[dict[tuple[int, int], Slot], dict[Slot, tuple[Rule, ...]]]:
     """Which concatenated sets of port-bucket chains share one set or map.
 
@@ -1283,7 +1296,8 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
     an element of bucket j's rules never matches (its port is out of k's range), so
     each chain's lookup decides as its own set did. Fewer sets load faster (the kernel
     finds each set by name in a list). Returns (chain index, item index) -> slot, and
-    each slot's rules in dispatch order."""
+    each slot's rules in dispatch order. MEMO, WHERE (the file and table): each bucket's
+    sets measured as the previous member measured them (`_reused`)."""
     refs: dict[str, int] = {}
     for chain, _ in parts:
         for rule in chain.rules:
@@ -1309,11 +1323,12 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
                     if not isinstance(got, Concat) or "dport" not in got.fields:
                         continue
                     n = seen[got.key] = seen.get(got.key, 0) + 1
-                    if not all(r.match.protocol == item.protocol and all(
-                            value.low <= p.low and p.high <= value.high for p in r.match.dports)
-                            for r in got.rules):
+                    size = _reused(memo, (SHARING_MEMO, *where, target, inner),
+                                   (got, item.protocol, value),
+                                   functools.partial(_bucket_elements, got, item.protocol,
+                                                     value))
+                    if size is None:
                         continue
-                    size = sum(_elements(r, got.fields) for r in got.rules)
                     slot = (at, index, got.key, n, part.get((at, index, got.key, n), 0))
                     if filled.get(slot, 0) + size > SHARED_MAX:  # a new set of this kind
                         part[slot[:4]] = slot[4] + 1
@@ -1415,7 +1430,8 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                                     functools.partial(_planned, chain.rules, shapes, min_concat)))
                        for chain, variant in parts]
             parts, planned = unfold_logs(parts, planned, folded)
-            slots, members = _bucket_sharing(parts, planned) if concat else ({}, {})
+            slots, members = _bucket_sharing(parts, planned, memo, (scope, family, table.name)) \
+                if concat else ({}, {})
             declared: dict[object, tuple[str, ...]] = {}  # slot -> its sets or maps
             for at, ((chain, variant), items) in enumerate(zip(parts, planned, strict=True)):
                 name = names[chain.name]
