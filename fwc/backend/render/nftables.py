@@ -84,7 +84,7 @@ from fwc.backend.lower.ruleset import (
 )
 from fwc.backend.render import escape
 from fwc.backend.render.context import MemberBuild
-from fwc.backend.render.nftnames import Call, Journal, Names, NftUnsupported, Writer
+from fwc.backend.render.nftnames import Calls, Journal, Names, NftUnsupported, Writer
 from fwc.model import Memo, PortRange
 from fwc.model.addresses import FAMILY_BITS, cidr_span
 from fwc.model.intervals import normalise
@@ -1341,11 +1341,14 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
 
 @dataclass(frozen=True, slots=True)
 class _Texts:
-    """One chain's lines in a file, what they asked of the file's writer (`Journal`),
-    and the sets or maps they declared for shared slots, by item index."""
+    """One chain's lines in a file (one text: a member that takes them shares it, and a
+    string per line cost a third more memory at 100,000 rules), the sets and maps they
+    name (each with how often), what they asked of the file's writer (`Journal`), and
+    the sets or maps they declared for shared slots, by item index."""
 
-    lines: tuple[str, ...]
-    calls: tuple[Call, ...]
+    text: str
+    uses: Counter[str]
+    calls: Calls
     made: tuple[tuple[int, tuple[str, ...]], ...]
 
 
@@ -1375,8 +1378,9 @@ def _chain_texts(items: list[Item], name: str, family: int, writer: Writer,
             text = _rule(item, family, asked, names, ipsets, known_protocol=known)
         lines.append(f"\t\t{text}")
     lines.append("\t}")
-    calls = tuple(asked.calls) if isinstance(asked, Journal) else ()
-    return _Texts(tuple(lines), calls, tuple(made))
+    text = "\n".join(lines)
+    calls = asked.kept() if isinstance(asked, Journal) else ()
+    return _Texts(text, Counter(SET_REFERENCE.findall(text)), calls, tuple(made))
 
 
 def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
@@ -1409,7 +1413,8 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
     families = [r.family for r in rulesets]
     # (table, builtin chain, variant) -> family -> its chain; plus every family's user chains.
     builtins: dict[tuple[TableName, BuiltinChain, str], dict[int, Chain]] = {}
-    body: list[str] = []
+    body: list[str] = []  # each chain's lines, as one text
+    uses: Counter[str] = Counter()  # how often the lines name each set or map
     for ruleset in rulesets:
         family = ruleset.family
         for table in ruleset.tables:
@@ -1452,13 +1457,17 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                 if previous is not None and previous.given == given and \
                         writer.replayed(previous.value.calls, ipsets):
                     texts: _Texts = previous.value
+                    if last:  # no member after this one: its calls can go now
+                        previous.given, previous.value = _UNSEEN, None
                 else:
                     texts = _chain_texts(items, name, family, writer, names, ipsets, known,
                                          shared, memo, (scope, family, table.name, chain.name,
-                                                        variant), journal=previous is not None)
-                    if previous is not None:
+                                                        variant),
+                                         journal=previous is not None and not last)
+                    if previous is not None and not last:
                         previous.given, previous.value = given, texts
-                body.extend(texts.lines)
+                body.append(texts.text)
+                uses.update(texts.uses)
                 for index, made in texts.made:
                     declared[slots[at, index]] = made
     base: list[str] = []
@@ -1502,9 +1511,6 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
             raise NftUnsupported(f"helper {helper} on protocol {protocol}")
     # The sets and maps most often named by rules first: the kernel finds each set a rule
     # names by walking the table's list of sets in the order they were declared.
-    uses: Counter[str] = Counter()
-    for line in body:  # line by line: no second copy of the whole rule text
-        uses.update(SET_REFERENCE.findall(line))
     listed = sorted(((kind, name, spec) for kind, table in (("set", writer.sets),
                                                             ("map", writer.maps))
                      for name, spec in table.items()), key=lambda d: -uses[d[1]])

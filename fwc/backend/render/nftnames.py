@@ -11,7 +11,8 @@ answer is the same (fwc.backend.render.nftables `render_pieces`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 from fwc.backend.render import escape
 from fwc.model.addresses import FAMILY_BITS, address_text, cidr_span
@@ -21,9 +22,13 @@ class NftUnsupported(ValueError):
     """A lowered rule that this target has no nft form for (a bug: lowering made it)."""
 
 
-# (what was asked, with what, the answer); IPSET: an ipset's addresses were read
-Call = tuple[str, tuple[object, ...], object]
+# A journal's calls, flat (a tuple per call was a third of their memory at 100,000
+# rules): what was asked, with what, the answer, and again; IPSET: an ipset was read.
+Calls = tuple[Any, ...]
 IPSET = "ipset"
+# What gives the same answer when asked again with the same arguments: one of each is
+# kept per journal (`connlimit` and `verdict_map` declare something new each time).
+_IDEMPOTENT = frozenset({IPSET, "named_set", "limit", "meter", "helper_name"})
 
 
 class Writer:
@@ -124,15 +129,16 @@ class Writer:
             self.helpers[key] = escape.nft_identifier(f"helper-{helper}-{protocol}")
         return self.helpers[key]
 
-    def replayed(self, calls: Sequence[Call], ipsets: Mapping[str, tuple[str, ...]]) -> bool:
-        """Whether CALLS (a `Journal`'s, kept in another file) get the same answers here,
+    def replayed(self, calls: Calls, ipsets: Mapping[str, tuple[str, ...]]) -> bool:
+        """Whether CALLS (`Journal.kept`, from another file) get the same answers here,
         with the same ipset contents read; if so they are made here (the same
         declarations, in the same order), else this writer is left as it was."""
         lengths = self._lengths()
         counts = dict(self.counts)
-        for method, arguments, answer in calls:
+        flat = iter(calls)
+        for method, arguments, answer in zip(flat, flat, flat, strict=True):
             if method == IPSET:
-                same = ipsets.get(arguments[0]) == answer  # type: ignore[call-overload]
+                same = ipsets.get(arguments[0]) == answer
             else:
                 try:
                     same = getattr(self, method)(*arguments) == answer
@@ -163,11 +169,16 @@ class Journal:
     """A `Writer` as one chain's texts see it: it answers as the writer does, and keeps
     each question with its answer (and each ipset read) for `Writer.replayed`."""
 
-    __slots__ = ("writer", "calls")
+    __slots__ = ("writer", "calls", "asked")
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        self.calls: list[Call] = []
+        self.calls: list[object] = []  # flat: method, arguments, answer, ...
+        self.asked: dict[tuple[str, tuple[object, ...]], object] = {}  # _IDEMPOTENT's
+
+    def kept(self) -> Calls:
+        """The calls, as `Writer.replayed` takes them."""
+        return tuple(self.calls)
 
     def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
         return self.writer.collapsed(cidrs)  # the same answer in every file: not kept
@@ -175,7 +186,7 @@ class Journal:
     def ipset(self, ipsets: Mapping[str, tuple[str, ...]], name: str) \
             -> tuple[str, ...] | None:
         found = ipsets.get(name)
-        self.calls.append((IPSET, (name,), found))
+        self._keep(IPSET, (name,), found)
         return found
 
     def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
@@ -200,8 +211,15 @@ class Journal:
 
     def _kept(self, method: str, arguments: tuple[object, ...]) -> str:
         answer = getattr(self.writer, method)(*arguments)
-        self.calls.append((method, arguments, answer))
+        self._keep(method, arguments, answer)
         return answer
+
+    def _keep(self, method: str, arguments: tuple[object, ...], answer: object) -> None:
+        if method in _IDEMPOTENT:
+            if (method, arguments) in self.asked:
+                return  # asked again, the same answer: once is enough to replay
+            self.asked[method, arguments] = answer
+        self.calls += (method, arguments, answer)
 
 
 # What the texts of a chain ask: the file's writer, or a journal in front of it.
