@@ -686,6 +686,70 @@ def test_entry_matches_is_its_definition_on_random_arranged_tables(tmp_path: Pat
     assert found  # arranged below device and protocol dispatches: not vacuous
 
 
+def _grouped_by_definition(rules, shapes, min_concat):
+    """`_grouped` as its docstring says, written as the walk it was: each rule looks back
+    entry by entry (newest first, at most WINDOW of them) for the latest entry of its
+    shape, and joins it when that entry is not full and no rule of it, nor of any entry
+    passed on the way, can match a packet the rule matches."""
+    entries = []
+    for rule in rules:
+        got = shapes.shape(rule)
+        mine = shapes.signature(rule)
+        joined = False
+        if got is not None:
+            for back in range(len(entries) - 1, max(-1, len(entries) - 1 - nftables.WINDOW),
+                              -1):
+                entry_key, _, members, signatures = entries[back]
+                apart = all(nftables._apart_from_all(mine, [other]) for other in signatures)
+                if entry_key == got[0]:
+                    if apart and len(members) < nftables.GROUP_MAX:
+                        members.append(rule)
+                        signatures.append(mine)
+                        joined = True
+                    break
+                if not apart:
+                    break
+        if not joined:
+            entries.append((None if got is None else got[0], () if got is None else got[1],
+                            [rule], [mine]))
+    out = []
+    for key, fields, members, _ in entries:
+        if key is not None and len(members) >= min_concat:
+            out.append(nftables.Concat(fields, tuple(members), key, key[1] == "vmap"))
+        else:
+            out.extend(members)
+    return out
+
+
+@SEEDS
+@given(seed=st.integers(0, 10_000))
+def test_plan_joins_rules_as_its_definition_on_random_arranged_tables(tmp_path: Path,
+                                                                      seed: int):
+    """The plan's one lookup over every rule a rule would move past decides the joins the
+    entry-by-entry walk decides, on random arranged tables (and with a small window and
+    small sets, so that both limits are met)."""
+    joined = 0
+    for cluster, member, _ in _random_members(tmp_path, seed, 40):
+        names = {link.device: link.interface for link in member.links}
+        for family in sorted(cluster.families):
+            with_sets, sets = use_ipsets(lower(cluster, member, family))
+            arranged = arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True,
+                               copies_max_share=0)
+            ipsets = {s.name: s.cidrs for s in sets}
+            for table in arranged.tables:
+                shapes = nftables._Shapes(ipsets, nftables.never_returning(table.chains),
+                                          family, {})
+                for chain in table.chains:
+                    for window, group_max in ((nftables.WINDOW, nftables.GROUP_MAX), (3, 2)):
+                        with pytest.MonkeyPatch.context() as patch:
+                            patch.setattr(nftables, "WINDOW", window)
+                            patch.setattr(nftables, "GROUP_MAX", group_max)
+                            got = nftables._grouped(chain.rules, shapes, 2)
+                            assert got == _grouped_by_definition(chain.rules, shapes, 2)
+                        joined += sum(isinstance(item, nftables.Concat) for item in got)
+    assert joined  # rules did join: not vacuous
+
+
 def test_a_chain_reached_with_one_device_and_protocol_tests_neither_again():
     """Inside the chains below the input-device and protocol dispatch, a rule's test of
     that device goes and its ports are `th dport` (no `meta l4proto` test); a rule
