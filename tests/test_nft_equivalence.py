@@ -671,7 +671,7 @@ def _entry_matches_by_definition(table: LoweredTable) -> dict[str, tuple[object,
 @SEEDS
 @given(seed=st.integers(0, 10_000))
 def test_entry_matches_is_its_definition_on_random_arranged_tables(tmp_path: Path, seed: int):
-    found = 0
+    found = logs = 0
     for cluster, member, _ in _random_members(tmp_path, seed, 40):
         names = {link.device: link.interface for link in member.links}
         for family in sorted(cluster.families):
@@ -683,7 +683,16 @@ def test_entry_matches_is_its_definition_on_random_arranged_tables(tmp_path: Pat
                     known = nftables.entry_matches(version)
                     assert known == _entry_matches_by_definition(version)
                     found += sum(value != (None, None, None) for value in known.values())
+                # what the renderer takes instead of asking again after the drop and fold
+                before = nftables.entry_matches(table)
+                dropped = nftables.drop_known_devices(table, None, None, before)
+                folded_table, folded = nftables.fold_logs(dropped)
+                assert nftables.entries_after_fold(before, folded) == \
+                    nftables.entry_matches(folded_table) == \
+                    _entry_matches_by_definition(folded_table)
+                logs += len(folded)
     assert found  # arranged below device and protocol dispatches: not vacuous
+    assert logs  # and with logged rules folded into chains of their own
 
 
 def _grouped_by_definition(rules, shapes, min_concat):

@@ -681,15 +681,18 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     return known
 
 
-def drop_known_devices(table: Table, memo: Memo | None = None, scope: object = None) -> Table:
+def drop_known_devices(table: Table, memo: Memo | None = None, scope: object = None,
+                       known: dict[str, Entry] | None = None) -> Table:
     """Each rule's test of a device its chain's packets all have (`entry_matches`)
     dropped: `iifname "eth1"` inside the chains reached only through the input-device
     dispatch on eth1. Exact: in that chain the test is true for every packet. Each test
     is two kernel expressions and parser work, and a rule map of such a chain keys on
     one device less (rules that differed only in naming it now share a map).
     MEMO (the cluster's per-run memo; SCOPE the file and family): a chain the previous
-    member had, with the same devices, gets that member's result (`_reused`)."""
-    known = entry_matches(table)
+    member had, with the same devices, gets that member's result (`_reused`). KNOWN:
+    `entry_matches(table)`, when the caller has it."""
+    if known is None:
+        known = entry_matches(table)
     chains: list[Chain] = []
     for chain in table.chains:
         devices = known.get(chain.name, (None, None))[:len(DEVICE_FIELDS)]
@@ -716,6 +719,27 @@ def _without(chain: Chain, devices: tuple[object, ...]) -> Chain:
             rule = _WITH_MATCH[type(rule)](rule, m)
         rules.append(rule)
     return replace(chain, rules=tuple(rules))
+
+
+def entries_after_fold(known: dict[str, Entry], folded: dict[str, tuple[Rule, Rule]]) \
+        -> dict[str, Entry]:
+    """`entry_matches` of a table after `drop_known_devices` and `fold_logs`, from KNOWN
+    (its value before both) and the log chains FOLDED made. A dropped device test was the
+    value its chain's packets all have, so a jump without it passes on the same value;
+    a folded pair's jump tests what its verdict rule tested, to a chain whose only rule
+    that jumps on tests nothing: the chains there before keep their values, and each log
+    chain gets the one jump to it: its own tests, else its chain's value."""
+    unknown: Entry = (None,) * len(ENTRY_FIELDS)
+    out = dict(known)
+    for name, (_, verdict) in folded.items():
+        caller = known.get(name.rpartition(LOG_CHAIN)[0], unknown)
+        m = verdict.match
+        own = (m.in_device, m.out_device, m.protocol)
+        value = tuple(own[at] if own[at] is not None else caller[at]
+                      for at in range(len(ENTRY_FIELDS)))
+        if value != unknown:
+            out[name] = value
+    return out
 
 
 _WITHOUT_IN_OUT = replacer(Match, *DEVICE_FIELDS)
@@ -1415,12 +1439,13 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
     for ruleset in rulesets:
         family = ruleset.family
         for table in ruleset.tables:
+            entries: dict[str, Entry] = {}
             if concat:
-                table = drop_known_devices(table, memo, (scope, family))
+                entries = entry_matches(table)
+                table = drop_known_devices(table, memo, (scope, family), entries)
             table, folded = fold_logs(table, memo, (scope, family)) if concat else (table, {})
-            # again after fold_logs (drop_known_devices asked before): the log chains it
-            # made are entered only from their rules' chains, and know what those know
-            entries = entry_matches(table) if concat else {}
+            if folded:  # the log chains it made know what their rules' chains know
+                entries = entries_after_fold(entries, folded)
             names = {c.name: _family_chain(table.name, c.name, family) for c in table.chains}
             shapes = _Shapes(ipsets, never_returning(table.chains), family, blocks) \
                 if concat else None
