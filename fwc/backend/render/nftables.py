@@ -537,17 +537,31 @@ def _planned(rules: tuple[Rule, ...], shapes: _Shapes | None, min_concat: int) \
     return tuple(shared(plan(rules, shapes, min_concat)))
 
 
-def _outside(rules: tuple[Rule, ...], shapes: _Shapes | None,
+def _outside(references: tuple[frozenset[str], tuple[str, ...]], shapes: _Shapes | None,
              ipsets: dict[str, tuple[str, ...]]) -> object:
-    """All that planning RULES with SHAPES reads besides them: which chains they jump to
-    never return (verdict maps), and the addresses of the sets they name (disjointness);
-    None without shapes (nothing is joined)."""
+    """All that planning rules with SHAPES reads besides them (REFERENCES: theirs,
+    `_references`): which chains they jump to never return (verdict maps), and the
+    addresses of the sets they name (disjointness); None without shapes (nothing is
+    joined)."""
     if shapes is None:
         return None
+    targets, named = references
+    return (targets & shapes.never_return, tuple((name, ipsets.get(name)) for name in named))
+
+
+def _references(rules: tuple[Rule, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The chains RULES jump to, and the sets they name (sorted)."""
+    targets = frozenset(r.target for r in rules if type(r.target) is str)
     named = {name for r in rules for name in (r.match.source.set_name,
                                                 r.match.destination.set_name) if name}
-    return (_jumps_in(rules, shapes.never_return),
-            tuple(sorted((name, ipsets.get(name)) for name in named)))
+    return targets, tuple(sorted(named))
+
+
+def _referenced(memo: Memo | None, where: tuple[object, ...], rules: tuple[Rule, ...]) \
+        -> tuple[frozenset[str], tuple[str, ...]]:
+    """`_references` of RULES, the chain at WHERE (file, stage, table, chain), as the
+    previous member found them when its chain there had the same rules (`_reused`)."""
+    return _reused(memo, (REFS_MEMO, *where), rules, functools.partial(_references, rules))
 
 
 def shared(items: list[Item]) -> list[Item]:
@@ -754,7 +768,9 @@ ELEMENTS_MEMO = "nft elements"
 PLAN_MEMO = "nft plan"
 TEXTS_MEMO = "nft texts"
 SHARING_MEMO = "nft sharing"
-REUSED_KINDS = (DEVICES_MEMO, FOLD_MEMO, PLAN_MEMO, ELEMENTS_MEMO, TEXTS_MEMO, SHARING_MEMO)
+REFS_MEMO = "nft references"
+REUSED_KINDS = (DEVICES_MEMO, FOLD_MEMO, PLAN_MEMO, ELEMENTS_MEMO, TEXTS_MEMO, SHARING_MEMO,
+                REFS_MEMO)
 BLOCKS_MEMO = ("nft blocks",)
 COLLAPSED_MEMO = ("nft collapsed",)
 
@@ -812,18 +828,15 @@ def fold_logs(table: Table, memo: Memo | None = None, scope: object = None) \
     pairs: dict[str, tuple[Rule, Rule]] = {}
     for chain in table.chains:
         rules, made = _reused(memo, (FOLD_MEMO, scope, table.name, chain.name),
-                              (chain.rules, _jumps_in(chain.rules, never), dotted),
+                              (chain.rules, _referenced(memo, (scope, "fold", table.name,
+                                                               chain.name), chain.rules)[0]
+                               & never, dotted),
                               functools.partial(_folded, chain, never, dotted))
         chains.append(replace(chain, rules=rules) if made else chain)
         for log_chain, pair in made:
             extra.append(log_chain)
             pairs[log_chain.name] = pair
     return (replace(table, chains=(*chains, *extra)) if extra else table), pairs
-
-
-def _jumps_in(rules: tuple[Rule, ...], chains: frozenset[str]) -> frozenset[str]:
-    """The CHAINS that RULES jump to: what a chain's fold and plan read of the others."""
-    return frozenset(r.target for r in rules if type(r.target) is str and r.target in chains)
 
 
 def _folded(chain: Chain, never: frozenset[str], dotted: frozenset[str]) \
@@ -1452,7 +1465,9 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
             parts = _hook_parts(table)
             planned = [list(_reused(memo, (PLAN_MEMO, scope, family, table.name, chain.name,
                                            variant),
-                                    (chain.rules, _outside(chain.rules, shapes, ipsets),
+                                    (chain.rules, _outside(_referenced(
+                                        memo, (scope, family, table.name, chain.name,
+                                               variant), chain.rules), shapes, ipsets),
                                      family, min_concat),
                                     functools.partial(_planned, chain.rules, shapes, min_concat)))
                        for chain, variant in parts]
