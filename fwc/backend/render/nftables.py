@@ -1225,6 +1225,14 @@ def _concat(item: Concat, family: int, writer: Names, chain_names: dict[str, str
     return "\n\t\t".join(texts), names
 
 
+def _port_texts(m: Match) -> tuple[str, ...]:
+    """M's destination ports as set elements (one range: nothing to merge)."""
+    ports = m.dports
+    if len(ports) == 1:
+        return (_port_text(ports[0].low, ports[0].high),)
+    return tuple(_port_text(lo, hi) for lo, hi in _merged_ports(ports))
+
+
 def _concat_elements(rules: tuple[Rule, ...], fields: tuple[str, ...], verdicts: bool,
                      family: int, writer: Names, chain_names: dict[str, str]) \
         -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -1240,7 +1248,7 @@ def _concat_elements(rules: tuple[Rule, ...], fields: tuple[str, ...], verdicts:
         "oifname": lambda m: (device(m.out_device or ""),),
         "saddr": lambda m: collapsed(m.source.cidrs),
         "daddr": lambda m: collapsed(m.destination.cidrs),
-        "dport": lambda m: tuple(_port_text(lo, hi) for lo, hi in _merged_ports(m.dports))}
+        "dport": _port_texts}
     read = [readers[f] for f in fields]
     for rule in rules:
         m = rule.match

@@ -11,7 +11,7 @@ answer is the same (fwc.backend.render.nftables `render_pieces`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fwc.backend.render import escape
@@ -169,19 +169,18 @@ class Journal:
     """A `Writer` as one chain's texts see it: it answers as the writer does, and keeps
     each question with its answer (and each ipset read) for `Writer.replayed`."""
 
-    __slots__ = ("writer", "calls", "asked")
+    __slots__ = ("writer", "calls", "asked", "collapsed")
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
+        # the same answer in every file, not kept: the writer's own (no call in between)
+        self.collapsed: Callable[[tuple[str, ...]], tuple[str, ...]] = writer.collapsed
         self.calls: list[object] = []  # flat: method, arguments, answer, ...
         self.asked: dict[tuple[str, tuple[object, ...]], object] = {}  # _IDEMPOTENT's
 
     def kept(self) -> Calls:
         """The calls, as `Writer.replayed` takes them."""
         return tuple(self.calls)
-
-    def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
-        return self.writer.collapsed(cidrs)  # the same answer in every file: not kept
 
     def ipset(self, ipsets: Mapping[str, tuple[str, ...]], name: str) \
             -> tuple[str, ...] | None:
