@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -668,29 +669,37 @@ def _entry_matches_by_definition(table: LoweredTable) -> dict[str, tuple[object,
     return known
 
 
+def _random_arranged_tables(tmp_path: Path, seed: int) \
+        -> Iterator[tuple[int, LoweredTable, dict[str, tuple[str, ...]]]]:
+    """(family, table, its ipsets' addresses) of random members' lowered rulesets, arranged
+    as the nftables backend arranges them (small thresholds: deep trees)."""
+    for cluster, member, _ in _random_members(tmp_path, seed, 40):
+        names = {link.device: link.interface for link in member.links}
+        for family in sorted(cluster.families):
+            with_sets, sets = use_ipsets(lower(cluster, member, family))
+            arranged = arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True,
+                               copies_max_share=0)
+            ipsets = {s.name: s.cidrs for s in sets}
+            for table in arranged.tables:
+                yield family, table, ipsets
+
+
 @SEEDS
 @given(seed=st.integers(0, 10_000))
 def test_entry_matches_is_its_definition_on_random_arranged_tables(tmp_path: Path, seed: int):
     found = logs = 0
-    for cluster, member, _ in _random_members(tmp_path, seed, 40):
-        names = {link.device: link.interface for link in member.links}
-        for family in sorted(cluster.families):
-            with_sets, _ = use_ipsets(lower(cluster, member, family))
-            arranged = arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True,
-                               copies_max_share=0)
-            for table in arranged.tables:
-                for version in (table, nftables.fold_logs(table)[0]):
-                    known = nftables.entry_matches(version)
-                    assert known == _entry_matches_by_definition(version)
-                    found += sum(value != (None, None, None) for value in known.values())
-                # what the renderer takes instead of asking again after the drop and fold
-                before = nftables.entry_matches(table)
-                dropped = nftables.drop_known_devices(table, None, None, before)
-                folded_table, folded = nftables.fold_logs(dropped)
-                assert nftables.entries_after_fold(before, folded) == \
-                    nftables.entry_matches(folded_table) == \
-                    _entry_matches_by_definition(folded_table)
-                logs += len(folded)
+    for _, table, _ in _random_arranged_tables(tmp_path, seed):
+        for version in (table, nftables.fold_logs(table)[0]):
+            known = nftables.entry_matches(version)
+            assert known == _entry_matches_by_definition(version)
+            found += sum(value != (None, None, None) for value in known.values())
+        # what the renderer takes instead of asking again after the drop and fold
+        before = nftables.entry_matches(table)
+        dropped = nftables.drop_known_devices(table, None, None, before)
+        folded_table, folded = nftables.fold_logs(dropped)
+        assert nftables.entries_after_fold(before, folded) == \
+            nftables.entry_matches(folded_table) == _entry_matches_by_definition(folded_table)
+        logs += len(folded)
     assert found  # arranged below device and protocol dispatches: not vacuous
     assert logs  # and with logged rules folded into chains of their own
 
@@ -738,24 +747,16 @@ def test_plan_joins_rules_as_its_definition_on_random_arranged_tables(tmp_path: 
     entry-by-entry walk decides, on random arranged tables (and with a small window and
     small sets, so that both limits are met)."""
     joined = 0
-    for cluster, member, _ in _random_members(tmp_path, seed, 40):
-        names = {link.device: link.interface for link in member.links}
-        for family in sorted(cluster.families):
-            with_sets, sets = use_ipsets(lower(cluster, member, family))
-            arranged = arrange(with_sets, names, min_rules=6, split_min=4, clip_ports=True,
-                               copies_max_share=0)
-            ipsets = {s.name: s.cidrs for s in sets}
-            for table in arranged.tables:
-                shapes = nftables._Shapes(ipsets, nftables.never_returning(table.chains),
-                                          family, {})
-                for chain in table.chains:
-                    for window, group_max in ((nftables.WINDOW, nftables.GROUP_MAX), (3, 2)):
-                        with pytest.MonkeyPatch.context() as patch:
-                            patch.setattr(nftables, "WINDOW", window)
-                            patch.setattr(nftables, "GROUP_MAX", group_max)
-                            got = nftables._grouped(chain.rules, shapes, 2)
-                            assert got == _grouped_by_definition(chain.rules, shapes, 2)
-                        joined += sum(isinstance(item, nftables.Concat) for item in got)
+    for family, table, ipsets in _random_arranged_tables(tmp_path, seed):
+        shapes = nftables._Shapes(ipsets, nftables.never_returning(table.chains), family, {})
+        for chain in table.chains:
+            for window, group_max in ((nftables.WINDOW, nftables.GROUP_MAX), (3, 2)):
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(nftables, "WINDOW", window)
+                    patch.setattr(nftables, "GROUP_MAX", group_max)
+                    got = nftables._grouped(chain.rules, shapes, 2)
+                    assert got == _grouped_by_definition(chain.rules, shapes, 2)
+                joined += sum(isinstance(item, nftables.Concat) for item in got)
     assert joined  # rules did join: not vacuous
 
 
@@ -900,8 +901,7 @@ def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
 
     def replayed(writer, calls, ipsets):
         same = replay(writer, calls, ipsets)
-        if same:
-            reused.append(nftables.TEXTS_MEMO)
+        reused.append(nftables.TEXTS_MEMO if same else "rendered again")
         return same
 
     monkeypatch.setattr(nftables, "_reused", counting)
@@ -913,6 +913,8 @@ def test_members_reuse_what_the_previous_member_planned_without_changing_a_byte(
     assert shared == alone
     assert {nftables.PLAN_MEMO, nftables.FOLD_MEMO, nftables.TEXTS_MEMO, nftables.REFS_MEMO} \
         <= set(reused), set(reused)
+    # and chains whose names came out otherwise were rendered again, their writer undone
+    assert "rendered again" in reused
     assert sum(".log" in text for text in (c.decode() for c in alone.values())) >= 2
 
 
@@ -929,7 +931,7 @@ _LIST_CIDRS = st.lists(
 def test_address_lists_are_read_without_ipaddress_exactly_as_with_it(cidrs: tuple[str, ...]):
     """The renderer reads its address lists with integer arithmetic (`cidr_span`): the
     blocks of a list are those `ipaddress.collapse_addresses` makes, and a set's
-    elements (`_collapsed`) are the listed blocks with the ones inside another dropped,
+    elements (`nftnames.collapsed`) are the listed blocks with the ones inside another dropped,
     larger blocks first, so no two elements overlap (nft refuses overlapping ones)."""
     import ipaddress
 
@@ -1003,6 +1005,15 @@ def test_a_chain_s_texts_are_replayed_only_where_every_name_comes_out_the_same()
     before = _writer_state(other)
     assert not other.replayed(journal.kept(), {"fwc4-partners": ("198.18.8.0/22",)})
     assert _writer_state(other) == before
+
+    # the numbers differ only at the last questions, after a limit, a meter and a
+    # helper were declared here: those go again too
+    late = nftnames.Writer()
+    late.named_set("ports", "inet_service", ("22", "80"))
+    late.connlimit(6)
+    before = _writer_state(late)
+    assert not late.replayed(journal.kept(), {"fwc4-partners": ("198.18.4.0/22",)})
+    assert _writer_state(late) == before
 
     # an answer this file cannot give (a limit of that name with another rate)
     clash = nftnames.Writer()

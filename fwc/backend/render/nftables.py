@@ -470,8 +470,9 @@ def _intervals_meet(xs: tuple[tuple[int, int], ...], ys: tuple[tuple[int, int], 
 
 def _grouped(rules: tuple[Rule, ...], shapes: _Shapes, min_concat: int) -> list[Item]:
     """Rules of one shape brought together where that is exact, and joined into sets."""
-    # Each entry: [shape key or None, fields, rules]; a rule joins the latest entry of its
-    # shape when it is disjoint from every rule it moves past and from the entry's rules.
+    # Each entry: (shape key or None, fields, rules, their signatures); a rule joins the
+    # latest entry of its shape when it is disjoint from every rule it moves past and from
+    # the entry's rules.
     entries: list[tuple[object, tuple[str, ...], list[Rule], list[Signature]]] = []
     latest: dict[object, int] = {}  # shape key -> index of its latest entry
     chain_lists = itertools.chain.from_iterable
@@ -559,8 +560,9 @@ def _references(rules: tuple[Rule, ...]) -> tuple[frozenset[str], tuple[str, ...
 
 def _referenced(memo: Memo | None, where: tuple[object, ...], rules: tuple[Rule, ...]) \
         -> tuple[frozenset[str], tuple[str, ...]]:
-    """`_references` of RULES, the chain at WHERE (file, stage, table, chain), as the
-    previous member found them when its chain there had the same rules (`_reused`)."""
+    """`_references` of RULES, the chain at WHERE (its file, family, table and name, and
+    for the plan its variant, for the fold a mark of its own), as the previous member
+    found them when its chain there had the same rules (`_reused`)."""
     return _reused(memo, (REFS_MEMO, *where), rules, functools.partial(_references, rules))
 
 
@@ -738,11 +740,14 @@ def _without(chain: Chain, devices: tuple[object, ...]) -> Chain:
 def entries_after_fold(known: dict[str, Entry], folded: dict[str, tuple[Rule, Rule]]) \
         -> dict[str, Entry]:
     """`entry_matches` of a table after `drop_known_devices` and `fold_logs`, from KNOWN
-    (its value before both) and the log chains FOLDED made. A dropped device test was the
-    value its chain's packets all have, so a jump without it passes on the same value;
-    a folded pair's jump tests what its verdict rule tested, to a chain whose only rule
-    that jumps on tests nothing: the chains there before keep their values, and each log
-    chain gets the one jump to it: its own tests, else its chain's value."""
+    (its value before both) and the log chains FOLDED made. A folded pair's jump tests
+    what its verdict rule tested, to a chain whose only rule that jumps on tests nothing:
+    the chains there before keep their values, and each log chain gets the one jump to
+    it: its own tests, else its chain's value. The protocols are exact always (the drop
+    touches no protocol test, and each field is worked out on its own); the devices when
+    no jumps form a cycle (arrange's tables never do), since a dropped device test was the
+    value its chain's packets all have, but a cycle that only its own dropped tests held
+    to one device is unknown in `entry_matches`. The renderer reads the protocols only."""
     unknown: Entry = (None,) * len(ENTRY_FIELDS)
     out = dict(known)
     for name, (_, verdict) in folded.items():
@@ -1392,6 +1397,7 @@ class _Texts:
     uses: Counter[str]
     calls: Calls
     made: tuple[tuple[int, tuple[str, ...]], ...]
+    targets: frozenset[str]  # the chains the lines jump to (a table without one: rendered)
 
 
 def _chain_texts(items: list[Item], name: str, family: int, writer: Writer,
@@ -1422,7 +1428,23 @@ def _chain_texts(items: list[Item], name: str, family: int, writer: Writer,
     lines.append("\t}")
     text = "\n".join(lines)
     calls = asked.kept() if isinstance(asked, Journal) else ()
-    return _Texts(text, Counter(SET_REFERENCE.findall(text)), calls, tuple(made))
+    return _Texts(text, Counter(SET_REFERENCE.findall(text)), calls, tuple(made),
+                  _targets(items) if journal else frozenset())
+
+
+def _targets(items: list[Item]) -> frozenset[str]:
+    """The chains ITEMS jump to (each rule of a set, dispatch or load sharing too)."""
+    rules: list[Rule] = []
+    for item in items:
+        if isinstance(item, Concat):
+            rules.extend(item.rules)
+        elif isinstance(item, Dispatch):
+            rules.extend(rule for _, rule in item.entries)
+        elif isinstance(item, Share):
+            rules.append(item.rule)
+        else:
+            rules.append(item)
+    return frozenset(r.target for r in rules if type(r.target) is str)
 
 
 def render(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, ...] = (), *,
@@ -1499,11 +1521,11 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                 previous = None if memo is None else memo.get(
                     (TEXTS_MEMO, scope, family, table.name, chain.name, variant), _Previous)
                 given = (items, name, known, shared)
+                # (a chain they jump to missing here: rendering says so, NftUnsupported)
                 if previous is not None and previous.given == given and \
+                        previous.value.targets <= names.keys() and \
                         writer.replayed(previous.value.calls, ipsets):
                     texts: _Texts = previous.value
-                    if last:  # no member after this one: its calls can go now
-                        previous.given, previous.value = _UNSEEN, None
                 else:
                     texts = _chain_texts(items, name, family, writer, names, ipsets, known,
                                          shared, memo, (scope, family, table.name, chain.name,
@@ -1511,6 +1533,8 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                                          journal=previous is not None and not last)
                     if previous is not None and not last:
                         previous.given, previous.value = given, texts
+                if previous is not None and last:  # no member after this one: it goes now
+                    previous.given, previous.value = _UNSEEN, None
                 body.append(texts.text)
                 uses.update(texts.uses)
                 for index, made in texts.made:

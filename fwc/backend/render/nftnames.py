@@ -50,7 +50,8 @@ class Writer:
         self.collapsed_memo = {} if collapsed_memo is None else collapsed_memo
         self.by_content: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self.counts: dict[str, int] = {}
-        self.counted: dict[str, None] = {}  # maps counting per element (a dict: ordered)
+        # maps counting per element; a dict, ordered, so `_undo` can drop the newest
+        self.counted: dict[str, None] = {}
 
     def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
         found = self.collapsed_memo.get(cidrs)
@@ -149,7 +150,7 @@ class Writer:
                 return False
         return True
 
-    def _tables(self) -> tuple[dict, ...]:  # type: ignore[type-arg]
+    def _tables(self) -> tuple[dict[Any, Any], ...]:
         return (self.sets, self.maps, self.helpers, self.limits, self.meters,
                 self.by_content, self.counted)
 
@@ -160,8 +161,9 @@ class Writer:
         # Every call only adds names (none is ever declared twice or changed), and a
         # dict keeps its order: dropping the keys past the old length restores it.
         for table, length in zip(self._tables(), lengths, strict=True):
-            for key in list(table)[length:]:
-                del table[key]
+            for _ in range(len(table) - length):
+                table.popitem()  # the newest first (a copy of the keys per table was
+                # the square of the chains once every later chain's numbers shifted)
         self.counts = counts
 
 
@@ -173,7 +175,7 @@ class Journal:
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        # the same answer in every file, not kept: the writer's own (no call in between)
+        # a pure function of its argument (the same in every file): not journaled
         self.collapsed: Callable[[tuple[str, ...]], tuple[str, ...]] = writer.collapsed
         self.calls: list[object] = []  # flat: method, arguments, answer, ...
         self.asked: dict[tuple[str, tuple[object, ...]], object] = {}  # _IDEMPOTENT's
