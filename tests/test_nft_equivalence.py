@@ -40,7 +40,7 @@ from fwc.backend.ipsets import use_ipsets
 from fwc.backend.lower import NodeRuleset, lower
 from fwc.backend.lower.ruleset import Table as LoweredTable
 from fwc.backend.output import compile_policy
-from fwc.backend.render import nftables, nftnames
+from fwc.backend.render import nftables, nftnames, nftplan
 from fwc.backend.render.nftables import NftUnsupported
 from fwc.checks import capability
 from fwc.model import Cluster, Member
@@ -715,12 +715,12 @@ def _grouped_by_definition(rules, shapes, min_concat):
         mine = shapes.signature(rule)
         joined = False
         if got is not None:
-            for back in range(len(entries) - 1, max(-1, len(entries) - 1 - nftables.WINDOW),
+            for back in range(len(entries) - 1, max(-1, len(entries) - 1 - nftplan.WINDOW),
                               -1):
                 entry_key, _, members, signatures = entries[back]
-                apart = all(nftables._apart_from_all(mine, [other]) for other in signatures)
+                apart = all(nftplan._apart_from_all(mine, [other]) for other in signatures)
                 if entry_key == got[0]:
-                    if apart and len(members) < nftables.GROUP_MAX:
+                    if apart and len(members) < nftplan.GROUP_MAX:
                         members.append(rule)
                         signatures.append(mine)
                         joined = True
@@ -733,7 +733,7 @@ def _grouped_by_definition(rules, shapes, min_concat):
     out = []
     for key, fields, members, _ in entries:
         if key is not None and len(members) >= min_concat:
-            out.append(nftables.Concat(fields, tuple(members), key, key[1] == "vmap"))
+            out.append(nftplan.Concat(fields, tuple(members), key, key[1] == "vmap"))
         else:
             out.extend(members)
     return out
@@ -748,15 +748,15 @@ def test_plan_joins_rules_as_its_definition_on_random_arranged_tables(tmp_path: 
     small sets, so that both limits are met)."""
     joined = 0
     for family, table, ipsets in _random_arranged_tables(tmp_path, seed):
-        shapes = nftables._Shapes(ipsets, nftables.never_returning(table.chains), family, {})
+        shapes = nftplan.Shapes(ipsets, nftables.never_returning(table.chains), family, {})
         for chain in table.chains:
-            for window, group_max in ((nftables.WINDOW, nftables.GROUP_MAX), (3, 2)):
+            for window, group_max in ((nftplan.WINDOW, nftplan.GROUP_MAX), (3, 2)):
                 with pytest.MonkeyPatch.context() as patch:
-                    patch.setattr(nftables, "WINDOW", window)
-                    patch.setattr(nftables, "GROUP_MAX", group_max)
-                    got = nftables._grouped(chain.rules, shapes, 2)
+                    patch.setattr(nftplan, "WINDOW", window)
+                    patch.setattr(nftplan, "GROUP_MAX", group_max)
+                    got = nftplan._grouped(chain.rules, shapes, 2)
                     assert got == _grouped_by_definition(chain.rules, shapes, 2)
-                joined += sum(isinstance(item, nftables.Concat) for item in got)
+                joined += sum(isinstance(item, nftplan.Concat) for item in got)
     assert joined  # rules did join: not vacuous
 
 
@@ -938,7 +938,7 @@ def test_address_lists_are_read_without_ipaddress_exactly_as_with_it(cidrs: tupl
     from fwc.model.intervals import normalise
 
     nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    assert nftables._collapsed_blocks(cidrs) == tuple(sorted(
+    assert nftplan._collapsed_blocks(cidrs) == tuple(sorted(
         (int(n.network_address), int(n.broadcast_address))
         for n in ipaddress.collapse_addresses(nets)))
     elements = [ipaddress.ip_network(e) for e in nftnames.collapsed(cidrs)]
