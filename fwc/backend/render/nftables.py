@@ -158,8 +158,6 @@ MARK_BITS = 0xFFFFFFFF
 # The verdict-map keys: what a dispatch rule tests, and the map's key type.
 DISPATCH_TYPES = {"iifname": "ifname", "oifname": "ifname", "meta l4proto": "inet_proto",
                   "dport": "inet_service"}
-
-
 SET_REFERENCE = re.compile(r"@([A-Za-z][A-Za-z0-9_.-]*)")  # a rule naming a set or map
 
 
@@ -1117,12 +1115,12 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                 known = entries.get(chain.name, (None,) * len(ENTRY_FIELDS))[_PROTOCOL_AT]
                 # per concatenation sharing its sets (`_bucket_sharing`): the rules filling
                 # them, and their names when an earlier chain declared them
-                shared = {index: (members.get(slot), declared.get(slot))
-                          for index, item in enumerate(items) if type(item) is Concat
-                          for slot in (slots.get((at, index)),) if slot is not None}
+                shared_sets = {index: (members.get(slot), declared.get(slot))
+                               for index, item in enumerate(items) if type(item) is Concat
+                               for slot in (slots.get((at, index)),) if slot is not None}
                 previous = None if memo is None else memo.get(
                     (TEXTS_MEMO, scope, family, table.name, chain.name, variant), _Previous)
-                given = (items, name, known, shared)
+                given = (items, name, known, shared_sets)
                 # (a chain they jump to missing here: rendering says so, NftUnsupported)
                 if previous is not None and previous.given == given and \
                         previous.value.targets <= names.keys() and \
@@ -1130,7 +1128,7 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
                     texts: _Texts = previous.value
                 else:
                     texts = _chain_texts(items, name, family, writer, names, ipsets, known,
-                                         shared, memo, (scope, family, table.name, chain.name,
+                                         shared_sets, memo, (scope, family, table.name, chain.name,
                                                         variant),
                                          journal=previous is not None and not last)
                     if previous is not None and not last:
