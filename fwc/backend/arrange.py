@@ -224,14 +224,12 @@ class _Arranger:
         return out
 
     @staticmethod
-    def clipped(rule: FilterRule, low: int, high: int) -> FilterRule:
-        """RULE inside a bucket chain that only packets with ports LOW-HIGH enter: its
+    def clipped_ports(dports: tuple[PortRange, ...], low: int, high: int) \
+            -> tuple[PortRange, ...]:
+        """DPORTS inside a bucket chain that only packets with ports LOW-HIGH enter: its
         ports outside the bucket can never match there, so they go (a short list)."""
-        inside = tuple(PortRange(max(p.low, low), min(p.high, high)) for p in rule.match.dports
-                       if p.low <= high and p.high >= low)
-        if inside == rule.match.dports:
-            return rule
-        return _WITH_MATCH(rule, _WITH_DPORTS(rule.match, inside))
+        return tuple(PortRange(max(p.low, low), min(p.high, high)) for p in dports
+                     if p.low <= high and p.high >= low)
 
     def split_ports(self, rules: list[FilterRule], path: list[str],
                     protocol: int) -> list[FilterRule]:
@@ -251,6 +249,9 @@ class _Arranger:
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
         # the buckets of a port list, once per distinct list (rules share services)
         buckets_of: dict[tuple[PortRange, ...], tuple[int, ...]] = {}
+        # and its ports in each of them (clip_ports), once per list and bucket: the
+        # rules of one service share them
+        clipped_of: dict[tuple[tuple[PortRange, ...], int], tuple[PortRange, ...]] = {}
         clip = self.clip_ports
         for rule, dports in zip(rules, ports_of, strict=True):
             if not dports:
@@ -264,8 +265,13 @@ class _Arranger:
                 members[indexes[0]].append(rule)
             elif clip:
                 for index in indexes:
-                    members[index].append(self.clipped(rule, bounds[index],
-                                                       bounds[index + 1] - 1))
+                    inside = clipped_of.get((dports, index))
+                    if inside is None:
+                        inside = clipped_of[dports, index] = self.clipped_ports(
+                            dports, bounds[index], bounds[index + 1] - 1)
+                    # (an equal list of another rule may be the key: compare values)
+                    members[index].append(rule if inside == dports else
+                                          _WITH_MATCH(rule, _WITH_DPORTS(rule.match, inside)))
             else:
                 for index in indexes:
                     members[index].append(rule)
