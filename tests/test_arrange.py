@@ -385,6 +385,42 @@ def test_rules_of_one_line_and_nftables_port_clipping_share_nothing():
 
 
 
+def test_nftables_clipping_shares_one_port_list_per_service_and_bucket():
+    """clip_ports: the copies, in one port bucket, of rules that name the same port list
+    keep the same clipped list (one tuple, not one per rule); a rule whose ports all fall
+    in its bucket stays the very rule; every packet gets the flat decision."""
+    from fwc.backend.lower import AddressMatch, Match, Origin, Table
+    from fwc.backend.lower import FilterRule as Rule
+    from fwc.model import PortRange
+    from fwc.model.vocabulary import Table as TableName
+
+    origin = Origin("policy", "clip")
+    service = (PortRange(22, 22), PortRange(443, 443), PortRange(8000, 9000),
+               PortRange(50000, 50010))
+    rules = [Rule(Match(source=AddressMatch((f"198.18.{i}.0/24",)), protocol=6,
+                        dports=service), Target.ACCEPT, origin) for i in range(30)]
+    # one port each, spread over the range: the buckets' bounds fall between the ranges
+    rules += [Rule(Match(source=AddressMatch((f"198.19.{i}.1",)), protocol=6,
+                         dports=(PortRange(2000 * i + 1, 2000 * i + 1),)), Target.DROP, origin)
+              for i in range(30)]
+    table = Table(TableName.FILTER, (Chain("FORWARD", Target.DROP, tuple(rules)),))
+    flat = NodeRuleset("clip", "fw1", 4, (table,))
+    arranged = arrange(flat, {}, min_rules=1, split_min=2, clip_ports=True)
+    buckets = 0
+    for chain in arranged.table("filter").chains:  # type: ignore[union-attr]
+        mine = [r for r in chain.rules if r.target is Target.ACCEPT and r.match.dports]
+        if not mine or chain.name == "FORWARD":
+            continue
+        buckets += 1
+        assert len(mine) == 30, chain.name
+        ports = mine[0].match.dports
+        assert all(r.match.dports is ports for r in mine), chain.name  # one list
+        assert ports and set(ports) < set(service) or \
+            all(any(r is o for o in rules) for r in mine)  # not clipped: the very rules
+    assert buckets >= 2  # the service spans several buckets: its rules were clipped
+    _assert_decides_like(flat, arranged, 7)
+
+
 def test_a_policy_without_devices_is_arranged_too(tmp_path):
     """Rules without `in`/`out` are not the chain's head (issue 12): the policy is split
     by protocol and ports, and every packet gets the flat ruleset's decision."""
