@@ -1,6 +1,6 @@
 """Time and peak memory of every pass of one compile, in one process.
 
-`python3 -m bench.passes POLICY` prints one JSON object: for each pass, in order,
+`python3 -m bench.passes POLICY [BACKEND]` prints one JSON object: for each pass, in order,
 wall seconds, CPU seconds (process time: less disturbed by the other users of a
 shared machine) and the process's peak RSS in MB when the pass ended. bench/run.py
 runs it in a fresh process per shape, size and repetition and takes medians.
@@ -15,7 +15,8 @@ is written as soon as it is rendered, the rule files piece by piece while they a
 rendered): arrangement and ipsets are timed by wrapping
 `fwc.backend.render.context.optimise`, write by wrapping
 `fwc.backend.output.write_file` (less the time its pieces took to render), render
-is the rest of that call.
+is the rest of that call. BACKEND (`iptables` or `nftables`) is the packet filter the
+files are built for, as `fwc compile --backend` (default: each cluster's own).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Clock:
         return result
 
 
-def measure(policy_path: Path) -> dict[str, Any]:
+def measure(policy_path: Path, backend: str | None = None) -> dict[str, Any]:
     from fwc.backend import output
     from fwc.backend.lower import lower, options_for
     from fwc.backend.render import context as build_context
@@ -66,6 +67,7 @@ def measure(policy_path: Path) -> dict[str, Any]:
     from fwc.diagnostics import has_errors
     from fwc.frontend.loader import load
     from fwc.frontend.resolve import resolve
+    from fwc.model.vocabulary import Backend
 
     clock = Clock()
     gc.disable()  # as the CLI runs (fwc.commands.common.without_cycle_collection)
@@ -142,7 +144,8 @@ def measure(policy_path: Path) -> dict[str, Any]:
             wall, cpu = time.perf_counter(), time.process_time()
             output.write_output(
                 target, output.relative_source(policy.root, output.source_root(policy)),
-                output.stream_policy(policy, chunked=True))
+                output.stream_policy(policy, chunked=True,
+                                     backend=Backend(backend) if backend else None))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         build_context.optimise = optimise  # type: ignore[assignment]
@@ -158,11 +161,11 @@ def measure(policy_path: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python3 -m bench.passes POLICY", file=sys.stderr)
+    if len(argv) not in (1, 2) or argv[1:] not in ([], ["iptables"], ["nftables"]):
+        print("usage: python3 -m bench.passes POLICY [iptables|nftables]", file=sys.stderr)
         return 2
     try:
-        result = measure(Path(argv[0]))
+        result = measure(Path(argv[0]), argv[1] if len(argv) == 2 else None)
     except Exception:  # noqa: BLE001 - the parent reports the failure with this text
         traceback.print_exc()
         return 1

@@ -10,7 +10,8 @@ small to judge on a shared machine. The verdict judges the minimum CPU time of t
 runs (what other users of a shared machine inflate least), and a pass that fails is
 measured again, both sizes interleaved (`--confirm` more runs each), and judged by the
 median ratio of those pairs of runs before it counts: a superlinear pass fails every
-time, a burst of load on one run, or one lucky run, does not.
+time, a burst of load on one run, or one lucky run, does not. `--passes-backend
+nftables` builds the files for nftables (the render pass is then the nft files').
 
 Whole processes (also run unless `--passes-only`), on every shape of `--shapes`:
 
@@ -515,8 +516,8 @@ def _kernel_rules(rules: object) -> int:
                for r in rules)  # type: ignore[attr-defined]
 
 
-def pass_run(policy: Path) -> dict[str, object] | None:
-    argv = [sys.executable, "-m", "bench.passes", str(policy)]
+def pass_run(policy: Path, backend: str | None = None) -> dict[str, object] | None:
+    argv = [sys.executable, "-m", "bench.passes", str(policy), *([backend] if backend else [])]
     got = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     if got.returncode:
         print(f"{policy}: bench.passes failed:\n{got.stderr[-2000:]}", file=sys.stderr)
@@ -581,8 +582,13 @@ def pass_table(shape: str, medians: dict[int, dict[str, tuple[float, float, floa
 
 
 def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path,
-               confirm: int = CONFIRM_RUNS) -> int:
+               confirm: int = CONFIRM_RUNS, backend: str | None = None) -> int:
+    """The per-pass table of every shape and its growth verdict (1: a pass grew too
+    fast); BACKEND: the files built for it (`fwc compile --backend`), else the policy's."""
     failures: list[str] = []
+    if backend:
+        print(f"backend: {backend} (render: the {backend} files)")
+        print()
     for shape in shapes:
         medians: dict[int, dict[str, tuple[float, float, float]]] = {}
         totals: dict[int, tuple[float, float]] = {}
@@ -593,7 +599,8 @@ def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Pat
             folder.mkdir(parents=True, exist_ok=True)
             policy = policies[size] = folder / "bench.fw"
             policy.write_text(fwc_policy(build_site(size, shape=shape)), encoding="utf-8")
-            runs = [r for r in (pass_run(policy) for _ in range(repeat)) if r is not None]
+            runs = [r for r in (pass_run(policy, backend) for _ in range(repeat))
+                    if r is not None]
             if len(runs) != repeat:
                 failures.append(f"{shape}: {size} rules did not compile")
                 break
@@ -606,7 +613,7 @@ def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Pat
         if medians:
             print(pass_table(shape, medians, totals))
             print()
-            failures.extend(confirmed_failures(shape, all_runs, policies, confirm))
+            failures.extend(confirmed_failures(shape, all_runs, policies, confirm, backend))
     for failure in failures:
         print(f"FAIL: {failure}")
     if not failures:
@@ -615,7 +622,8 @@ def run_passes(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Pat
 
 
 def confirmed_failures(shape: str, runs: dict[int, list[dict[str, object]]],
-                       policies: dict[int, Path], confirm: int) -> list[str]:
+                       policies: dict[int, Path], confirm: int,
+                       backend: str | None = None) -> list[str]:
     """The growth failures that persist when both sizes are measured again, interleaved
     (CONFIRM runs each; every run is kept in RUNS).
 
@@ -634,7 +642,7 @@ def confirmed_failures(shape: str, runs: dict[int, list[dict[str, object]]],
               f"load {load()})", file=sys.stderr)
         fresh: list[tuple[dict[str, object], dict[str, object]]] = []
         for _ in range(confirm):
-            got = {size: pass_run(policies[size]) for size in (small, large)}
+            got = {size: pass_run(policies[size], backend) for size in (small, large)}
             for size, run in got.items():
                 if run is not None:
                     runs[size].append(run)
@@ -1018,6 +1026,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"sizes {', '.join(map(str, ALL_SIZES))}")
     parser.add_argument("--passes-only", action="store_true",
                         help="only the per-pass table and its scaling verdict")
+    parser.add_argument("--passes-backend", choices=("iptables", "nftables"), default=None,
+                        help="build the per-pass table's files for this backend (default: "
+                        "the policy's own, iptables)")
     parser.add_argument("--no-passes", action="store_true",
                         help="only whole processes (the original table)")
     parser.add_argument("--no-backends", action="store_true",
@@ -1071,7 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
               f"load average at start: {load()}")
         work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fwc-bench-"))
         try:
-            verdict = run_passes(shapes, sizes, args.repeat, work, args.confirm)
+            verdict = run_passes(shapes, sizes, args.repeat, work, args.confirm,
+                                 args.passes_backend)
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
@@ -1094,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_passes:
             verdict = run_passes(shapes, sizes, args.repeat, work / "passes",
-                                 args.confirm)
+                                 args.confirm, args.passes_backend)
         for shape in shapes:
             for size in sizes:
                 rows.append(whole_processes(shape, size, work, with_aclgen,

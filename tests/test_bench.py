@@ -53,7 +53,8 @@ def test_growth_verdict():
     assert growth_failures("s", _medians({1000: 0.001, 2000: 0.05})) == []
 
 
-def test_the_per_pass_harness_runs_every_pass(tmp_path):
+@pytest.mark.parametrize("backend", [[], ["iptables"], ["nftables"]])
+def test_the_per_pass_harness_runs_every_pass(tmp_path, backend):
     # bench/passes.py hooks into the compiler's own functions: a rename there must fail
     # here, not in the next benchmark run.
     import json
@@ -64,14 +65,40 @@ def test_the_per_pass_harness_runs_every_pass(tmp_path):
 
     path = tmp_path / "site.fw"
     path.write_text(fwc_policy(build_site(400)), encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "bench.passes", str(path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "bench.passes", str(path), *backend],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     passes = json.loads(result.stdout)["passes"]
     for name in ("parse", "resolve", "lower", "check rules", "arrange+ipsets", "render",
                  "write"):
         assert passes[name]["cpu"] >= 0 and passes[name]["peak_mb"] > 0, name
     assert passes["arrange+ipsets"]["wall"] > 0  # the hook really wrapped the speed passes
+
+
+def test_the_per_pass_harness_builds_the_backend_asked(monkeypatch):
+    """`bench.passes POLICY nftables` builds nftables files (the render pass is theirs);
+    an unknown backend is refused."""
+    import gc
+
+    from bench import passes
+    from fwc.backend import output
+
+    asked = []
+    real = output.stream_policy
+
+    def spy(policy, *args, **kwargs):
+        asked.append(kwargs.get("backend"))
+        return real(policy, *args, **kwargs)
+
+    monkeypatch.setattr(output, "stream_policy", spy)
+    policy = passes.REPO / "policies" / "dmz.fw"
+    try:
+        passes.measure(policy, "nftables")
+        passes.measure(policy)
+    finally:
+        gc.enable()  # measure runs as the CLI does, without the cycle collector
+    assert [str(b) if b else None for b in asked] == ["nftables", None]
+    assert passes.main([str(policy), "pf"]) == 2
 
 
 def test_nft_counts_rules_named_and_anonymous_sets():
@@ -99,7 +126,8 @@ def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatc
 
     def measured_again(small: list[float], large: list[float]) -> None:
         again = {policies[1000]: iter(small), policies[2000]: iter(large)}
-        monkeypatch.setattr(run, "pass_run", lambda policy: _run(next(again[policy])))
+        monkeypatch.setattr(run, "pass_run",
+                            lambda policy, backend=None: _run(next(again[policy])))
 
     # A burst of load on the larger size's first runs: the runs again are linear.
     measured_again([0.2, 0.2, 0.2], [0.4, 0.41, 0.4])
@@ -119,8 +147,8 @@ def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatc
         "0.20, 0.20, 0.21 -> 0.85, 0.90, 0.80; allowed 2.3x)"]
     # A run again that does not compile is a failure, not a pass.
     again = {policies[1000]: iter([0.2]), policies[2000]: iter([None])}
-    monkeypatch.setattr(run, "pass_run",
-                        lambda policy: None if (v := next(again[policy])) is None else _run(v))
+    monkeypatch.setattr(run, "pass_run", lambda policy, backend=None:
+                        None if (v := next(again[policy])) is None else _run(v))
     assert run.confirmed_failures("s", {1000: [_run(0.2)], 2000: [_run(0.9)]}, policies,
                                   confirm=3) == [
         "s: 1000 or 2000 rules did not compile when measured again"]
