@@ -41,20 +41,31 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _user_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
 class Clock:
+    """Per pass: wall and CPU seconds (user and system), the user part alone (what the
+    pass's own code did; the system part is the kernel's, such as page faults and the
+    page cache, which depend on the machine's memory too), and the peak RSS at its end."""
+
     def __init__(self) -> None:
         self.passes: dict[str, dict[str, float]] = {}
 
-    def add(self, name: str, wall: float, cpu: float) -> None:
-        got = self.passes.setdefault(name, {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0})
+    def add(self, name: str, wall: float, cpu: float, user: float) -> None:
+        got = self.passes.setdefault(name, {"wall": 0.0, "cpu": 0.0, "user": 0.0,
+                                            "peak_mb": 0.0})
         got["wall"] += wall
         got["cpu"] += cpu
+        got["user"] += user
         got["peak_mb"] = _peak_mb()
 
     def run(self, name: str, function: Callable[[], Any]) -> Any:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
         result = function()
-        self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
+        self.add(name, time.perf_counter() - wall, time.process_time() - cpu,
+                 _user_seconds() - user)
         return result
 
 
@@ -112,47 +123,48 @@ def measure(policy_path: Path, backend: str | None = None) -> dict[str, Any]:
             return clock.run("write", lambda: write_file(directory, f))
         # A rule file is rendered while it is written (chunks): the time spent making
         # its pieces is the render's, the rest the write's.
-        making = [0.0, 0.0]
+        making = [0.0, 0.0, 0.0]
 
         def pieces() -> Any:
             source = iter(f.chunks)
             while True:
-                wall, cpu = time.perf_counter(), time.process_time()
+                wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
                 piece = next(source, None)
                 making[0] += time.perf_counter() - wall
                 making[1] += time.process_time() - cpu
+                making[2] += _user_seconds() - user
                 if piece is None:
                     return
                 yield piece
 
         streamed = dataclasses.replace(f, chunks=Chunks(pieces()))
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
         write_file(directory, streamed)
         clock.add("write", time.perf_counter() - wall - making[0],
-                  time.process_time() - cpu - making[1])
-        clock.add("render+", making[0], making[1])
+                  time.process_time() - cpu - making[1], _user_seconds() - user - making[2])
+        clock.add("render+", making[0], making[1], making[2])
         return None
 
     build_context.optimise = timed_optimise  # type: ignore[assignment]
     output.write_file = timed_write_file  # type: ignore[assignment]
-    clock.passes["arrange+ipsets"] = {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0}
-    clock.passes["render"] = {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0}
-    clock.passes["write"] = {"wall": 0.0, "cpu": 0.0, "peak_mb": 0.0}
+    for name in ("arrange+ipsets", "render", "write"):
+        clock.passes[name] = {"wall": 0.0, "cpu": 0.0, "user": 0.0, "peak_mb": 0.0}
     try:
         with tempfile.TemporaryDirectory(prefix="fwc-bench-write-") as folder:
             target = Path(folder) / "out"
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
             output.write_output(
                 target, output.relative_source(policy.root, output.source_root(policy)),
                 output.stream_policy(policy, chunked=True,
                                      backend=Backend(backend) if backend else None))
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            wall, cpu, user = (time.perf_counter() - wall, time.process_time() - cpu,
+                               _user_seconds() - user)
     finally:
         build_context.optimise = optimise  # type: ignore[assignment]
         output.write_file = write_file  # type: ignore[assignment]
     spent = [clock.passes["arrange+ipsets"], clock.passes["write"]]
     clock.add("render", wall - sum(p["wall"] for p in spent),
-              cpu - sum(p["cpu"] for p in spent))
+              cpu - sum(p["cpu"] for p in spent), user - sum(p["user"] for p in spent))
     clock.passes.pop("render+", None)  # inside the render's share already
     for name in ("arrange+ipsets", "write"):  # interleaved with render: peak at its end
         clock.passes[name]["peak_mb"] = clock.passes["render"]["peak_mb"]

@@ -674,8 +674,23 @@ def paired_growth(shape: str, small: int, large: int,
             out.append(f"{shape}: {name} grew {grew:.1f}x from {small} to {large} rules "
                        f"(median of {len(pairs)} interleaved pairs; CPU s "
                        f"{', '.join(f'{a:.2f}' for a in before)} -> "
-                       f"{', '.join(f'{b:.2f}' for b in after)}; allowed {allowed:.1f}x)")
+                       f"{', '.join(f'{b:.2f}' for b in after)}; allowed {allowed:.1f}x"
+                       f"{_user_part(pairs, name)})")
     return out
+
+
+def _user_part(pairs: list[tuple[dict[str, object], dict[str, object]]], name: str) -> str:
+    """The user part of a failing pass's CPU seconds (system = the kernel's share: page
+    faults and the page cache, which the machine's free memory decides too), when the
+    runs recorded it."""
+    try:
+        before = [float(a["passes"][name]["user"]) for a, _ in pairs]  # type: ignore[index]
+        after = [float(b["passes"][name]["user"]) for _, b in pairs]  # type: ignore[index]
+    except KeyError:
+        return ""
+    grew = statistics.median(b / max(a, 1e-3) for a, b in zip(before, after, strict=True))
+    return (f"; of it user CPU s {', '.join(f'{a:.2f}' for a in before)} -> "
+            f"{', '.join(f'{b:.2f}' for b in after)}, {grew:.1f}x")
 
 
 EDIT_STEPS = (

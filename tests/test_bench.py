@@ -72,6 +72,7 @@ def test_the_per_pass_harness_runs_every_pass(tmp_path, backend):
     for name in ("parse", "resolve", "lower", "check rules", "arrange+ipsets", "render",
                  "write"):
         assert passes[name]["cpu"] >= 0 and passes[name]["peak_mb"] > 0, name
+        assert 0 <= passes[name]["user"] <= passes[name]["cpu"] + 0.02, name
     assert passes["arrange+ipsets"]["wall"] > 0  # the hook really wrapped the speed passes
 
 
@@ -117,6 +118,26 @@ def test_nft_counts_rules_named_and_anonymous_sets():
 
 def _run(cpu: float) -> dict[str, object]:
     return {"passes": {"render": {"cpu": cpu, "wall": cpu, "peak_mb": 100.0}}, "peak_mb": 100.0}
+
+
+def test_a_confirmed_growth_failure_says_how_much_of_it_was_user_time():
+    """The kernel's part of a pass (page faults, the page cache) depends on the machine's
+    memory too: a failure prints the user part of the CPU seconds beside them."""
+    import bench.run as run
+
+    def measured(cpu: float, user: float) -> dict[str, object]:
+        got = _run(cpu)
+        got["passes"]["write"] = {"cpu": cpu, "user": user, "wall": cpu,  # type: ignore[index]
+                                  "peak_mb": 100.0}
+        return got
+
+    pairs = [(measured(0.03, 0.025), measured(0.19, 0.05)),
+             (measured(0.03, 0.025), measured(0.12, 0.045)),
+             (measured(0.03, 0.028), measured(0.14, 0.05))]
+    assert run.paired_growth("site", 50000, 100000, pairs, {"write"}) == [
+        "site: write grew 4.7x from 50000 to 100000 rules (median of 3 interleaved pairs; "
+        "CPU s 0.03, 0.03, 0.03 -> 0.19, 0.12, 0.14; allowed 2.3x; of it user CPU s "
+        "0.03, 0.03, 0.03 -> 0.05, 0.04, 0.05, 1.8x)"]
 
 
 def test_a_growth_failure_counts_only_when_measuring_again_repeats_it(monkeypatch, tmp_path):
