@@ -72,7 +72,8 @@ def test_the_per_pass_harness_runs_every_pass(tmp_path, backend):
     for name in ("parse", "resolve", "lower", "check rules", "arrange+ipsets", "render",
                  "write"):
         assert passes[name]["cpu"] >= 0 and passes[name]["peak_mb"] > 0, name
-        assert 0 <= passes[name]["user"] <= passes[name]["cpu"] + 0.02, name
+        # (by difference, at the clocks' resolution: a few ms either way)
+        assert -0.02 <= passes[name]["user"] <= passes[name]["cpu"] + 0.02, name
     assert passes["arrange+ipsets"]["wall"] > 0  # the hook really wrapped the speed passes
 
 
