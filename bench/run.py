@@ -236,6 +236,19 @@ def machine() -> dict[str, str]:
             "python": platform.python_version(), "kernel": platform.release()}
 
 
+def timed_fwc_package() -> str:
+    """The directory of the fwc package that the timed `python3 -m fwc` processes import:
+    they run in the benchmark's work folders, so it is the installed one, not this
+    checkout's by its place ("" when no such package; "namespace" when `fwc` is only a
+    directory, as a stale editable install pointing to a removed tree leaves it)."""
+    with tempfile.TemporaryDirectory(prefix="fwc-bench-where-") as neutral:
+        where = subprocess.run([sys.executable, "-c", "import fwc, os; print("
+                                "os.path.dirname(fwc.__file__) if fwc.__file__ else "
+                                "'namespace')"], cwd=neutral, capture_output=True, text=True,
+                               check=False, timeout=60)
+    return where.stdout.strip() if where.returncode == 0 else ""
+
+
 def byte_compile_fwc() -> str:
     """Compile to bytecode the fwc package the timed processes import, before anything
     is timed: an installed fwc is (pip compiles a wheel's modules when it installs them),
@@ -1068,6 +1081,14 @@ def main(argv: list[str] | None = None) -> int:
     sample = min(args.sample, 100) if args.quick else args.sample
     with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
     info = machine()
+    timed = timed_fwc_package()
+    if not timed or os.path.realpath(timed) != os.path.realpath(REPO / "fwc"):
+        found = {"": "no fwc", "namespace": "only a directory named fwc (a stale "
+                 "install?)"}.get(timed, timed)
+        print(f"bench: `python3 -m fwc` outside this checkout imports {found}, not "
+              f"{REPO / 'fwc'}: run `python3 -m pip install -e .` here first, so that "
+              "what is timed is this code", file=sys.stderr)
+        return 2
     print(f"fwc: {byte_compile_fwc()}")
     if args.backends_only:
         print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, "

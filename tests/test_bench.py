@@ -268,3 +268,22 @@ def test_an_interrupted_run_with_a_limit_takes_its_processes_along(tmp_path, mon
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "the interrupted run's own child is still running"
+
+
+@pytest.mark.parametrize("found", ["", "namespace", "/elsewhere/site-packages/fwc"])
+def test_the_bench_refuses_to_time_another_fwc_than_this_checkout(monkeypatch, capsys, found):
+    """The timed processes run `python3 -m fwc` in work folders, so they import the
+    installed fwc: when that is not this checkout's (a stale editable install, another
+    tree), the bench says so and times nothing."""
+    import bench.run as run
+
+    monkeypatch.setattr(run, "timed_fwc_package", lambda: found)
+    monkeypatch.setattr(run, "byte_compile_fwc", lambda: pytest.fail("went on"))
+    assert run.main(["--edit", "--sizes", "1000"]) == 2
+    assert "pip install -e ." in capsys.readouterr().err
+
+
+def test_the_fwc_the_bench_times_is_this_checkouts():
+    import bench.run as run
+
+    assert os.path.realpath(run.timed_fwc_package()) == os.path.realpath(run.REPO / "fwc")
