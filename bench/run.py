@@ -237,15 +237,19 @@ def machine() -> dict[str, str]:
 
 
 def timed_fwc_package() -> str:
-    """The directory of the fwc package that the timed `python3 -m fwc` processes import:
-    they run in the benchmark's work folders, so it is the installed one, not this
-    checkout's by its place ("" when no such package; "namespace" when `fwc` is only a
-    directory, as a stale editable install pointing to a removed tree leaves it)."""
+    """The directory of the fwc package that a timed `python3 -m fwc` process imports
+    outside this checkout (the edit, diff and import loops run in work folders, the
+    others in the caller's directory): the installed one, or PYTHONPATH's ("" when there
+    is none; "namespace" when `fwc` is only a directory, as a stale editable install
+    pointing to a removed tree leaves it)."""
     with tempfile.TemporaryDirectory(prefix="fwc-bench-where-") as neutral:
-        where = subprocess.run([sys.executable, "-c", "import fwc, os; print("
-                                "os.path.dirname(fwc.__file__) if fwc.__file__ else "
-                                "'namespace')"], cwd=neutral, capture_output=True, text=True,
-                               check=False, timeout=60)
+        try:
+            where = subprocess.run([sys.executable, "-c", "import fwc, os; print("
+                                    "os.path.dirname(fwc.__file__) if fwc.__file__ else "
+                                    "'namespace')"], cwd=neutral, capture_output=True,
+                                   text=True, check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            return ""
     return where.stdout.strip() if where.returncode == 0 else ""
 
 
@@ -1081,8 +1085,10 @@ def main(argv: list[str] | None = None) -> int:
     sample = min(args.sample, 100) if args.quick else args.sample
     with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
     info = machine()
-    timed = timed_fwc_package()
-    if not timed or os.path.realpath(timed) != os.path.realpath(REPO / "fwc"):
+    # (--passes-only runs `bench.passes` in this checkout, which imports its own fwc)
+    timed = "" if args.passes_only else timed_fwc_package()
+    if not args.passes_only and (not timed or
+                                 os.path.realpath(timed) != os.path.realpath(REPO / "fwc")):
         found = {"": "no fwc", "namespace": "only a directory named fwc (a stale "
                  "install?)"}.get(timed, timed)
         print(f"bench: `python3 -m fwc` outside this checkout imports {found}, not "

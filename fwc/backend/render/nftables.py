@@ -175,7 +175,8 @@ def _outside(references: tuple[frozenset[str], tuple[str, ...]], shapes: Shapes 
     if shapes is None:
         return None
     targets, named = references
-    return (targets & shapes.never_return, tuple((name, ipsets.get(name)) for name in named))
+    return (_one_of(memo, targets & shapes.never_return),
+            tuple((name, ipsets.get(name)) for name in named))
 
 
 def _references(rules: tuple[Rule, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -1192,6 +1193,7 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
     if memo is not None and last:
         for kind in REUSED_KINDS:
             memo.drop_kind(kind)
+        memo.drop(CHAIN_SETS_MEMO)  # what the reuse entries kept: none is left
     for helper, protocol in writer.helpers:
         if protocol not in PROTOCOL_WORDS:
             raise NftUnsupported(f"helper {helper} on protocol {protocol}")
