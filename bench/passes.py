@@ -41,8 +41,17 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _user_seconds() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+Clocks = tuple[float, float, float]  # wall, CPU (user + system), user seconds
+
+
+def _clocks() -> Clocks:
+    return (time.perf_counter(), time.process_time(),
+            resource.getrusage(resource.RUSAGE_SELF).ru_utime)
+
+
+def _since(start: Clocks) -> Clocks:
+    wall, cpu, user = _clocks()
+    return wall - start[0], cpu - start[1], user - start[2]
 
 
 class Clock:
@@ -62,10 +71,9 @@ class Clock:
         got["peak_mb"] = _peak_mb()
 
     def run(self, name: str, function: Callable[[], Any]) -> Any:
-        wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
+        start = _clocks()
         result = function()
-        self.add(name, time.perf_counter() - wall, time.process_time() - cpu,
-                 _user_seconds() - user)
+        self.add(name, *_since(start))
         return result
 
 
@@ -128,21 +136,18 @@ def measure(policy_path: Path, backend: str | None = None) -> dict[str, Any]:
         def pieces() -> Any:
             source = iter(f.chunks)
             while True:
-                wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
+                start = _clocks()
                 piece = next(source, None)
-                making[0] += time.perf_counter() - wall
-                making[1] += time.process_time() - cpu
-                making[2] += _user_seconds() - user
+                making[:] = [m + d for m, d in zip(making, _since(start), strict=True)]
                 if piece is None:
                     return
                 yield piece
 
         streamed = dataclasses.replace(f, chunks=Chunks(pieces()))
-        wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
+        start = _clocks()
         write_file(directory, streamed)
-        clock.add("write", time.perf_counter() - wall - making[0],
-                  time.process_time() - cpu - making[1], _user_seconds() - user - making[2])
-        clock.add("render+", making[0], making[1], making[2])
+        clock.add("write", *(d - m for d, m in zip(_since(start), making, strict=True)))
+        clock.add("render+", *making)
         return None
 
     build_context.optimise = timed_optimise  # type: ignore[assignment]
@@ -152,13 +157,12 @@ def measure(policy_path: Path, backend: str | None = None) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="fwc-bench-write-") as folder:
             target = Path(folder) / "out"
-            wall, cpu, user = time.perf_counter(), time.process_time(), _user_seconds()
+            start = _clocks()
             output.write_output(
                 target, output.relative_source(policy.root, output.source_root(policy)),
                 output.stream_policy(policy, chunked=True,
                                      backend=Backend(backend) if backend else None))
-            wall, cpu, user = (time.perf_counter() - wall, time.process_time() - cpu,
-                               _user_seconds() - user)
+            wall, cpu, user = _since(start)
     finally:
         build_context.optimise = optimise  # type: ignore[assignment]
         output.write_file = write_file  # type: ignore[assignment]

@@ -254,21 +254,29 @@ def timed_fwc_package() -> str:
 
 
 def byte_compile_fwc() -> str:
-    """Compile to bytecode the fwc package the timed processes import, before anything
-    is timed: an installed fwc is (pip compiles a wheel's modules when it installs them),
-    while a checkout run with PYTHONDONTWRITEBYTECODE=1 (as on the machines this project
-    runs on) compiles every module again in every process: 0.35 s more for `fwc check` of
-    a small policy, about 5 % of a 20,000-rule compile (docs/performance.md)."""
+    """Compile to bytecode this checkout's fwc package, which the timed processes import
+    (`main` makes sure), before anything is timed: an installed fwc is (pip compiles a
+    wheel's modules when it installs them), while a checkout run with
+    PYTHONDONTWRITEBYTECODE=1 (as on the machines this project runs on) compiles every
+    module again in every process: 0.35 s more for `fwc check` of a small policy, about
+    5 % of a 20,000-rule compile (docs/performance.md)."""
     import compileall
 
-    where = subprocess.run([sys.executable, "-c", "import fwc, os; "
-                            "print(os.path.dirname(fwc.__file__))"],
-                           capture_output=True, text=True, check=False, timeout=60)
-    package = where.stdout.strip()
-    if where.returncode or not package:
-        return "fwc not importable: not byte-compiled"
+    package = REPO / "fwc"
     done = compileall.compile_dir(package, quiet=1)
     return f"{package} byte-compiled" + ("" if done else " in part (some files not writable)")
+
+
+def foreign_fwc() -> str | None:
+    """Why the timed `python3 -m fwc` processes would not run this checkout's fwc, or
+    None when they would (`timed_fwc_package`)."""
+    timed = timed_fwc_package()
+    if timed and os.path.realpath(timed) == os.path.realpath(REPO / "fwc"):
+        return None
+    found = {"": "no fwc", "namespace": "only a directory named fwc (a stale install?)"}.get(
+        timed, timed)
+    return (f"`python3 -m fwc` outside this checkout imports {found}, not {REPO / 'fwc'}: "
+            "run `python3 -m pip install -e .` here first, so that what is timed is this code")
 
 
 def startup() -> tuple[float, float]:
@@ -1086,14 +1094,9 @@ def main(argv: list[str] | None = None) -> int:
     with_aclgen = aclgen_available() and not args.no_aerleon and not args.quick
     info = machine()
     # (--passes-only runs `bench.passes` in this checkout, which imports its own fwc)
-    timed = "" if args.passes_only else timed_fwc_package()
-    if not args.passes_only and (not timed or
-                                 os.path.realpath(timed) != os.path.realpath(REPO / "fwc")):
-        found = {"": "no fwc", "namespace": "only a directory named fwc (a stale "
-                 "install?)"}.get(timed, timed)
-        print(f"bench: `python3 -m fwc` outside this checkout imports {found}, not "
-              f"{REPO / 'fwc'}: run `python3 -m pip install -e .` here first, so that "
-              "what is timed is this code", file=sys.stderr)
+    refused = None if args.passes_only else foreign_fwc()
+    if refused:
+        print(f"bench: {refused}", file=sys.stderr)
         return 2
     print(f"fwc: {byte_compile_fwc()}")
     if args.backends_only:

@@ -179,9 +179,11 @@ def _outside(references: tuple[frozenset[str], tuple[str, ...]], shapes: Shapes 
             tuple((name, ipsets.get(name)) for name in named))
 
 
-def _references(rules: tuple[Rule, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """The chains RULES jump to, and the sets they name (sorted)."""
-    targets = frozenset(r.target for r in rules if type(r.target) is str)
+def _references(rules: tuple[Rule, ...], memo: Memo | None = None) \
+        -> tuple[frozenset[str], tuple[str, ...]]:
+    """The chains RULES jump to (`_one_of` the run's sets), and the sets they name
+    (sorted)."""
+    targets = _one_of(memo, frozenset(r.target for r in rules if type(r.target) is str))
     named = {name for r in rules for name in (r.match.source.set_name,
                                                 r.match.destination.set_name) if name}
     return targets, tuple(sorted(named))
@@ -193,13 +195,7 @@ def _referenced(memo: Memo | None, where: tuple[object, ...], rules: tuple[Rule,
     for the plan its variant, for the fold a mark of its own), as the previous member
     found them when its chain there had the same rules (`_reused`)."""
     return _reused(memo, (REFS_MEMO, *where), rules,
-                   lambda: _with_one_of(memo, _references(rules)))
-
-
-def _with_one_of(memo: Memo | None, references: tuple[frozenset[str], tuple[str, ...]]) \
-        -> tuple[frozenset[str], tuple[str, ...]]:
-    targets, named = references
-    return _one_of(memo, targets), named
+                   functools.partial(_references, rules, memo))
 
 
 def _share(item: Share, family: int, writer: Names, chain_names: dict[str, str],
