@@ -125,8 +125,6 @@ def _disjoint(values: list[object], value: object) -> bool:
     return value not in values
 
 
-Box = tuple[object, ...]
-
 
 def _collapsed_blocks(cidrs: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     """The blocks `ipaddress.collapse_addresses` makes of CIDRS (of one family), as
