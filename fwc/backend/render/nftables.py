@@ -242,14 +242,18 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     unknown and becomes known only once all its callers agree, so a chain nobody jumps
     to, or a cycle, stays unknown. The nft reader finds a chain's protocol the same way
     (fwc.analysis.nftread, `_given_protocols`): a new kind of jump updates both."""
-    # per chain jumped to: (the calling chain, what the jump itself tests), in rule order
-    callers: dict[str, list[tuple[str, Entry]]] = {}
+    # per chain jumped to: the calling chain and the jump's match (what it tests itself),
+    # in rule order, flat: [caller, match, caller, match, ...]. A tuple per jump was the
+    # compile's peak of memory at 100,000 rules.
+    callers: dict[str, list[Any]] = {}
     for chain in table.chains:
         for rule in chain.rules:
             if type(rule.target) is str:
-                m = rule.match
-                callers.setdefault(rule.target, []).append(
-                    (chain.name, (m.in_device, m.out_device, m.protocol)))
+                calls = callers.get(rule.target)
+                if calls is None:
+                    callers[rule.target] = [chain.name, rule.match]
+                else:
+                    calls += (chain.name, rule.match)
     unknown: Entry = (None,) * len(ENTRY_FIELDS)
     known: dict[str, Entry] = {}
     # Each field of a chain's value, once known, never changes (all its callers agreed
@@ -261,7 +265,7 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     below: dict[str, list[str]] = {}
     for target, calls in callers.items():
         if target in users:  # (a jump to a chain not in the table gets no value)
-            for caller, _ in calls:
+            for caller in calls[::2]:
                 below.setdefault(caller, []).append(target)
     order = [c.name for c in table.chains if c.builtin]
     reached = set(order)
@@ -276,8 +280,9 @@ def entry_matches(table: Table) -> dict[str, Entry]:
     while grew:  # rounds over the chains, until a round changes nothing
         grew = False
         for name, calls in entered:
-            if len(calls) == 1:  # most chains: one jump, from their dispatch
-                caller, own = calls[0]
+            if len(calls) == 2:  # most chains: one jump, from their dispatch
+                caller, m = calls
+                own = _entry(m)
                 given = known.get(caller, unknown)
                 now = tuple(own[at] if own[at] is not None else given[at]
                             for at in range(len(ENTRY_FIELDS)))
@@ -285,8 +290,8 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                 got: list[object] = []
                 for at in range(len(ENTRY_FIELDS)):
                     agreed: object = _UNSEEN
-                    for caller, own in calls:
-                        value = own[at]
+                    for caller, m in zip(calls[::2], calls[1::2], strict=True):
+                        value = _entry(m)[at]
                         if value is None:
                             value = known.get(caller, unknown)[at]
                         if value is None or (agreed is not _UNSEEN and value != agreed):
@@ -299,6 +304,11 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                 known[name] = now
                 grew = True
     return known
+
+
+def _entry(m: Match) -> Entry:
+    """What a match tests of ENTRY_FIELDS."""
+    return (m.in_device, m.out_device, m.protocol)
 
 
 def drop_known_devices(table: Table, memo: Memo | None = None, scope: object = None,
