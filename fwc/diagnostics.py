@@ -38,6 +38,44 @@ class Span(NamedTuple):
         return f"{self.file}:{self.line}:{self.column}"
 
 
+class OptionSpans(tuple):  # type: ignore[type-arg]  # flat: see the docstring
+    """Where each option of a declaration was written, by its key (a rule's `service`,
+    `in`, `log`; a block's `priority`): `get(key)` is its Span, None when it was not
+    written. One flat tuple per declaration, (file, key, line, column, end_line,
+    end_column, key, line, ...), rather than a (key, Span) pair and a Span per option:
+    a 100,000-rule policy writes about 250,000 of them, 35 MB as pairs, 10 MB flat.
+    A declaration is in one file."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, Span]]) -> OptionSpans:
+        flat: list[object] = []
+        for key, span in pairs:
+            if not flat:
+                flat.append(span.file)
+            elif span.file != flat[0]:
+                raise ValueError(f"option '{key}' is in {span.file}, not in {flat[0]}")
+            flat += (key, span.line, span.column, span.end_line, span.end_column)
+        return cls(flat)
+
+    def get(self, key: str) -> Span | None:
+        for at in range(1, len(self), 5):
+            if self[at] == key:
+                return Span(self[0], *self[at + 1:at + 5])
+        return None
+
+    def keys(self) -> tuple[str, ...]:
+        return self[1::5]
+
+    def pairs(self) -> list[tuple[str, Span]]:
+        return [(key, span) for key in self.keys()
+                for span in (self.get(key),) if span is not None]
+
+
+NO_OPTION_SPANS = OptionSpans()
+
+
 @dataclass(frozen=True, slots=True)
 class Related:
     span: Span

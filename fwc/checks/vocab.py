@@ -86,8 +86,8 @@ def log_level_with_group(policy: Policy) -> Iterable[Diagnostic]:
                         "an NFLOG group", rule.span_of("log-level"),
                         hint="remove 'level', or log without 'group'")
     for cluster in policy.clusters:
-        if cluster.logging.group is not None and "log-level" in dict(
-                cluster.logging.option_spans):
+        if cluster.logging.group is not None and cluster.logging.option_spans.get(
+                "log-level") is not None:
             yield error("FWC407", "the log level has no meaning with an NFLOG group",
                         cluster.logging.span_of("log-level"),
                         hint="remove 'level', or remove 'group'")

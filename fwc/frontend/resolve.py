@@ -12,7 +12,15 @@ from pathlib import Path
 
 from fwc import model as m
 from fwc import protocols as proto
-from fwc.diagnostics import Diagnostic, Related, Span, error, warning
+from fwc.diagnostics import (
+    NO_OPTION_SPANS,
+    Diagnostic,
+    OptionSpans,
+    Related,
+    Span,
+    error,
+    warning,
+)
 from fwc.frontend import close_matches
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD, _new
@@ -568,7 +576,7 @@ class Resolver:
                          "only 'weight' applies")
                 ok = False
             if ok:
-                spans = tuple((k, o.span) for k, o in opts.items())
+                spans = OptionSpans.of((k, o.span) for k, o in opts.items())
                 out.append(m.Track(kind, target, weight, interval, counts["fall"],
                                    counts["rise"], item.span, spans))
         return tuple(out)
@@ -669,7 +677,7 @@ class Resolver:
         if "garp-refresh" in opts and opts["garp-refresh"].value is not None:
             ms = self.duration_ms(opts["garp-refresh"].value, "garp refresh")
             garp = None if ms is None else max(1, ms // 1000)
-        spans = tuple((k, o.span) for k, o in opts.items())
+        spans = OptionSpans.of((k, o.span) for k, o in opts.items())
         return m.Vrrp(password, password_file, auth, advert, version, preempt, delay, vrid,
                       garp, decl.vrrp_span, spans, "unicast" in opts)
 
@@ -706,7 +714,7 @@ class Resolver:
             option = opts["allow"]
             assert isinstance(option, s.ServicesOption)
             allow, labels, _ok = self.services_of(option.services)
-        spans = tuple((k, o.span) for k, o in opts.items())
+        spans = OptionSpans.of((k, o.span) for k, o in opts.items())
         value = {k: o.value for k, o in opts.items() if o.value is not None}
         tuning: dict[str, object] = {}
         if "backup-link" in value:
@@ -815,7 +823,7 @@ class Resolver:
                                  "FWC109")
         drops = "log-drops" in opts
         prefix = value["log-drops"].text if "log-drops" in value else None
-        spans = tuple((k, o.value.span if o.value is not None else o.span)
+        spans = OptionSpans.of((k, o.value.span if o.value is not None else o.span)
                       for k, o in opts.items())
         return m.Logging(level, rate, burst, group, drops, prefix, decl.log_span, spans)
 
@@ -838,7 +846,7 @@ class Resolver:
                 got = self.choice(word, f"{key} default", choices)
                 if got is not None:
                     chosen[key] = FilterAction(got)
-        spans = tuple((k, o.value.span if o.value is not None else o.span)
+        spans = OptionSpans.of((k, o.value.span if o.value is not None else o.span)
                       for k, o in opts.items())
         return m.Defaults(span=decl.defaults_span, option_spans=spans, **chosen)
 
@@ -1089,7 +1097,7 @@ class Resolver:
                                           path, number)
         if destination is None:
             return None
-        spans: list[tuple[str, Span]] = []
+        spans: list[object] = [path]  # OptionSpans' flat layout
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
         if services is not None:
@@ -1102,32 +1110,33 @@ class Resolver:
                 return None
             matches, labels = got
             start, end = span_of(5)
-            spans.append(("service", _new(Span, (path, number, start + 1, number, end + 1))))
+            spans += ("service", number, start + 1, number, end + 1)
         if in_ is not None:
             if in_ not in ifaces:
                 return None
             start, end = span_of(6)
-            spans.append(("in", _new(Span, (path, number, start + 1, number, end + 1))))
+            spans += ("in", number, start + 1, number, end + 1)
         if out is not None:
             if out not in ifaces:
                 return None
             start, end = span_of(7)
-            spans.append(("out", _new(Span, (path, number, start + 1, number, end + 1))))
+            spans += ("out", number, start + 1, number, end + 1)
         if log is not None:
             start, end = span_of(8 if prefix is None else 9)
-            spans.append(("log", _new(Span, (path, number, start + 1, number, end + 1))))
+            spans += ("log", number, start + 1, number, end + 1)
             if prefix is not None:
                 prefix = decode_literal(prefix[1:-1])  # it decodes: FastPath.plain_rule
         if only is not None:
             if only not in members:
                 return None
             start, end = span_of(10)
-            spans.append(("only", _new(Span, (path, number, start + 1, number, end + 1))))
+            spans += ("only", number, start + 1, number, end + 1)
         start, end = span_of(1)
         return _FILTER_RULE(index, _FILTER_ACTIONS[action], source, destination, matches,
                             labels, in_, out, log is not None, prefix, only,
                             _new(Span, (path, number, start + 1, number, end + 1)),
-                            _NO_LOG_OPTIONS, None, None, None, None, False, tuple(spans))
+                            _NO_LOG_OPTIONS, None, None, None, None, False,
+                            OptionSpans(spans) if len(spans) > 1 else NO_OPTION_SPANS)
 
     def _line_item(self, word: str, span: Span) -> m.EndpointItem | None:
         """The endpoint item of WORD (a name, `any` or `firewall`) of a RuleLine at SPAN,
@@ -1198,8 +1207,10 @@ class Resolver:
         """The options of issue 15's vocabulary, as keyword arguments of the rule; None
         after an error (reported)."""
         if opts.keys() <= _PLAIN_OPTIONS:  # most rules: none of the options below
-            return {"log_options": _NO_LOG_OPTIONS, "notrack": False, "option_spans": tuple(
-                (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())}
+            return {"log_options": _NO_LOG_OPTIONS, "notrack": False,
+                    "option_spans": OptionSpans.of(
+                        (k, o.value.span if o.value is not None else o.span)
+                        for k, o in opts.items())}
         ok = True
         out: dict[str, object] = {}
         value = {k: o.value for k, o in opts.items() if o.value is not None}
@@ -1239,8 +1250,8 @@ class Resolver:
             out["reject_with"] = self.choice(value["with"], "reject type", proto.REJECT_TYPES)
             ok &= out["reject_with"] is not None
         out["notrack"] = "notrack" in opts
-        out["option_spans"] = tuple((k, o.value.span if o.value is not None else o.span)
-                                    for k, o in opts.items())
+        out["option_spans"] = OptionSpans.of(
+            (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())
         if is_nat:
             # NAT rules take none of these: they translate, the filter rules decide.
             for key in ("with", "limit", "connlimit", "syn-limit", "notrack", "log-level",

@@ -14,7 +14,7 @@ from itertools import chain
 from typing import NamedTuple, TypeVar
 
 from fwc import protocols as proto
-from fwc.diagnostics import Span
+from fwc.diagnostics import NO_OPTION_SPANS, OptionSpans, Span
 from fwc.model.addresses import AddressSet
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import Action, Backend, FilterAction, NatAction, NatStage, Verdict
@@ -224,7 +224,7 @@ class Logging:
     drops: bool = False  # log what the default policies drop (or reject)
     drops_prefix: str | None = None
     span: Span | None = None
-    option_spans: tuple[tuple[str, Span], ...] = ()
+    option_spans: OptionSpans = NO_OPTION_SPANS
 
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
@@ -244,7 +244,7 @@ class Defaults:
     forward: FilterAction = FilterAction.DROP
     output: FilterAction = FilterAction.ACCEPT
     span: Span | None = None
-    option_spans: tuple[tuple[str, Span], ...] = ()
+    option_spans: OptionSpans = NO_OPTION_SPANS
 
     def of(self, chain: str) -> FilterAction:
         """The default of a filter chain by its lower-case name (input, forward, output)."""
@@ -304,7 +304,7 @@ class BaseRule:
     syn_limit: Limit | None = field(default=None, kw_only=True)  # SYNs beyond it dropped
     reject_with: str | None = field(default=None, kw_only=True)  # protocols.REJECT_TYPES
     notrack: bool = field(default=False, kw_only=True)  # not tracked (raw table)
-    option_spans: tuple[tuple[str, Span], ...] = field(default=(), kw_only=True)
+    option_spans: OptionSpans = field(default=NO_OPTION_SPANS, kw_only=True)
 
     def span_of(self, key: str) -> Span:
         """Where an option of the rule was written, else the rule."""
@@ -403,10 +403,10 @@ class Expectation:
     via_span: Span | None = None
 
 
-def _option_span(spans: tuple[tuple[str, Span], ...], key: str,
-                 block: Span | None) -> Span | None:
-    """Where an option of a vrrp/sync block was written, else the block itself."""
-    return next((span for k, span in spans if k == key), block)
+def _option_span(spans: OptionSpans, key: str, block: Span | None) -> Span | None:
+    """Where an option of a declaration was written, else the declaration itself."""
+    found = spans.get(key)
+    return block if found is None else found
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +421,7 @@ class Vrrp:
     vrid: int | None  # cluster-wide default
     garp_refresh_s: int | None
     span: Span | None
-    option_spans: tuple[tuple[str, Span], ...] = ()
+    option_spans: OptionSpans = NO_OPTION_SPANS
     # `unicast`: adverts go to each peer's address on the segment (unicast_peer), not
     # to the VRRP multicast group.
     unicast: bool = False
@@ -439,7 +439,7 @@ class Sync:
     port: int
     mark_bit: int
     span: Span | None
-    option_spans: tuple[tuple[str, Span], ...] = ()
+    option_spans: OptionSpans = NO_OPTION_SPANS
     # `allow SERVICES`: management between the members' sync addresses (ssh, ntp, ...).
     allow: tuple[ServiceMatch, ...] = ()
     allow_labels: tuple[str, ...] = ()
@@ -486,7 +486,7 @@ class Track:
     fall: int
     rise: int
     span: Span
-    option_spans: tuple[tuple[str, Span], ...] = ()
+    option_spans: OptionSpans = NO_OPTION_SPANS
 
     def span_of(self, key: str) -> Span:
         return _option_span(self.option_spans, key, self.span) or self.span
