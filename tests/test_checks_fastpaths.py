@@ -134,8 +134,7 @@ def test_side_numbers_check_the_sets_behind_a_label():
     """The same text with other addresses (another cluster's object of that name, a
     literal) is another side; equal sets in other objects are the same side."""
     def side(label: str, *addresses: str, negated: bool = False) -> Endpoint:
-        item = EndpointItem("object", label, AddressSet.of(*addresses), negated, label,
-                            Span("x.fw", 1, 1, 1, 2))
+        item = EndpointItem("object", label, AddressSet.of(*addresses), negated, label)
         return Endpoint((item,))
 
     numbers = sides.SideNumbers()
@@ -190,24 +189,25 @@ def _names_by_matcher(policy) -> dict[str, list]:
             found = names._family_finding(what, item, names.side_families(source, cluster),
                                           names.side_families(destination, cluster))
             out["FWC105"] += [found] if found is not None else []
-            for side_name, side, facts in (("source", item.source, source),
-                                           ("destination", item.destination, destination)):
+            for side_name, key, side, facts in (
+                    ("source", "from", item.source, source),
+                    ("destination", "to", item.destination, destination)):
                 empty = (not facts.is_any and not facts.firewall and not facts.broken
                          and facts.matches_no_address())
                 if facts.negated_any or empty:
                     out["FWC112"].append(error(
                         "FWC112", f"{what} {side_name} '{side.label}' matches no address",
-                        names._first_span(side, item.span),
+                        item.item_span(key, 0),
                         hint="the negated items remove everything the list names"))
                 if facts.is_any or facts.firewall or not facts.negated:
                     continue
                 positives = AddressSet.union(facts.positive)
-                for negated in side.items:
+                for index, negated in enumerate(side.items):
                     if negated.negated and negated.kind not in ("any", "firewall") \
                             and not negated.addresses.overlaps(positives):
                         out["FWC113"].append(warning(
                             "FWC113", f"'!{negated.label}' excludes nothing from "
-                            f"this {what}'s list", negated.span,
+                            f"this {what}'s list", item.item_span(key, index),
                             hint=f"'{negated.label}' does not overlap "
                             f"{names._positive_labels(side)}"))
     return out

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from fwc.backend.lower import build, lower, options_for
 from fwc.backend.lower.build import SharedLowering, _Lowering
-from fwc.diagnostics import Span
 from fwc.model import Endpoint, EndpointItem, Policy
 from fwc.model.addresses import AddressSet
 from fwc.model.semantics import reads_firewall, side_of
@@ -155,7 +154,6 @@ def test_members_with_equal_devices_share_the_same_rule_objects(tmp_path: Path):
 
 # -- the premise, against side_of on random endpoints ------------------------------------------
 
-_SPAN = Span("t.fw", 1, 1, 1, 2)
 _spans = st.lists(st.tuples(st.integers(0, 63), st.integers(0, 7)), max_size=3)
 
 
@@ -173,7 +171,7 @@ _items = st.lists(st.tuples(st.sampled_from(["object", "object", "any", "firewal
 def test_a_side_that_reads_no_firewall_reads_alike_on_every_member(items, firewalls):
     endpoint = Endpoint(tuple(
         EndpointItem(kind, kind, _set(spans) if kind == "object" else AddressSet(), negated,
-                     None, _SPAN) for kind, negated, spans in items))
+                     None) for kind, negated, spans in items))
     members = [_set(spans) for spans in firewalls]
     union = AddressSet.union(members)
     assume(not reads_firewall(endpoint, union, 4))

@@ -62,11 +62,44 @@ def test_a_rule_keeps_its_option_columns_flat(edge: Path, lines: bool):
     assert first.span_of("service") == value("service")
     assert first.span_of("in") == value("in") and first.span_of("out") == value("out")
     assert first.span_of("log") == value("log")
-    assert first.option_spans.keys() == ("service", "in", "out", "log")
+    assert first.option_spans.keys() == ("from.0", "to.0", "service", "in", "out", "log")
     # flat: the file, then each key with four numbers; no pair, no Span per option
     assert type(first.option_spans) is OptionSpans
     assert all(type(value) in (str, int) for value in first.option_spans)
-    assert plain.option_spans == NO_OPTION_SPANS
+    assert plain.option_spans.keys() == ("from.0", "to.0")
     assert plain.span_of("in") == plain.span  # an option it lacks: the rule itself
     assert limited.span_of("limit").line == at + 2
-    assert limited.option_spans.keys() == ("service", "in", "limit")
+    assert limited.option_spans.keys() == ("from.0", "to.0", "service", "in", "limit")
+
+
+def column_of_negation(rules: str) -> int:
+    return rules.splitlines()[3].index("!client") + 1  # the `!` is the item's
+
+
+@pytest.mark.parametrize("lines", [True, False], ids=["rule lines", "syntax trees"])
+def test_where_each_from_and_to_item_was_written_is_its_rules(edge: Path, lines: bool):
+    """An item of a from/to list carries no span (so the rules that write the same list
+    share one Endpoint); its rule knows where it was written (`item_span`)."""
+    rules = ("    accept from client to web\n"  # (a block's first rule is never a plain line)
+             "    accept from lan, client to web service web\n"
+             "    accept from lan, client to web service ssh\n"
+             "    accept from lan, !client to web service ssh\n")
+    text = edge.read_text(encoding="utf-8")
+    edge.write_text(text.replace("policy edge {\n", "policy edge {\n" + rules),
+                    encoding="utf-8")
+    at = text.splitlines().index("policy edge {") + 3
+    program, _ = load(edge, lines=lines)
+    policy, _ = resolve(program)
+    first, second, negating = policy.clusters[0].rules[1:4]
+    row = rules.splitlines()[1]
+    for side, index, word in (("from", 0, "lan"), ("from", 1, "client"), ("to", 0, "web")):
+        column = row.index(word) + 1
+        assert first.item_span(side, index) == Span(str(edge), at, column, at,
+                                                    column + len(word))
+        assert second.item_span(side, index).line == at + 1
+    assert first.item_span("to", 1) == first.span  # no such item: the rule
+    assert negating.item_span("from", 1) == Span(str(edge), at + 2, column_of_negation(rules),
+                                                 at + 2, column_of_negation(rules) + 7)
+    assert first.source == second.source and first.destination == second.destination
+    if lines:  # read straight from the lines: one Endpoint per list text
+        assert first.source is second.source and first.destination is second.destination

@@ -424,11 +424,11 @@ def test_a_maker_builds_what_the_class_builds() -> None:
     from fwc.model.vocabulary import FilterAction
 
     span = Span("t.fw", 1, 2, 1, 5)
-    item = maker(m.EndpointItem)("object", "a", AddressSet(((1, 2),), ()), False, "a", span)
+    item = maker(m.EndpointItem)("object", "a", AddressSet(((1, 2),), ()), False, "a")
     assert type(item) is m.EndpointItem
-    assert item == m.EndpointItem("object", "a", AddressSet(((1, 2),), ()), False, "a", span)
+    assert item == m.EndpointItem("object", "a", AddressSet(((1, 2),), ()), False, "a")
     assert repr(item) == repr(m.EndpointItem("object", "a", AddressSet(((1, 2),), ()),
-                                             False, "a", span))
+                                             False, "a"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         item.label = "b"  # type: ignore[misc]
     side = maker(m.Endpoint)((item,))

@@ -14,7 +14,7 @@ from operator import attrgetter
 
 from fwc.checks import SIDES_MEMO, check
 from fwc.checks.sides import RuleSides, rule_sides, service_numbers, side_numbers
-from fwc.diagnostics import Diagnostic, Severity, Span, error, warning
+from fwc.diagnostics import Diagnostic, Severity, error, warning
 from fwc.model import Cluster, Endpoint, Expectation, Policy, Rule, ServiceMatch
 from fwc.model.addresses import AddressSet
 from fwc.model.records import dataclass
@@ -166,10 +166,6 @@ def _sides(cluster: Cluster) -> Sides:
     return cluster.memo.get((SIDES_MEMO,), build)
 
 
-def _first_span(endpoint: Endpoint, fallback: Span) -> Span:
-    return endpoint.items[0].span if endpoint.items else fallback
-
-
 def _family_finding(what: str, item: Matcher, source: frozenset[int],
                     destination: frozenset[int]) -> Diagnostic | None:
     """FWC105 of one matcher whose sides have the families SOURCE and DESTINATION."""
@@ -179,7 +175,7 @@ def _family_finding(what: str, item: Matcher, source: frozenset[int],
     if not common:
         return error("FWC105", f"{what} source is {family_label(source)} only, "
                      f"destination {family_label(destination)} only: it can never "
-                     "match", _first_span(item.destination, item.span),
+                     "match", item.item_span("to", 0),
                      hint="source and destination must share an address family")
     # a service list always names a family: it can only miss a one-family pair
     services = service_families(item.services) if common != BOTH else None
@@ -270,11 +266,12 @@ def empty_endpoint(policy: Policy) -> Iterable[Diagnostic]:
         sides = _sides(cluster)
         empty = {number for number, facts in sides.facts.items() if _matches_nothing(facts)}
         for what, item, source, destination in sides.numbered(cluster, empty):
-            for side_name, side, facts in (("source", item.source, source),
-                                           ("destination", item.destination, destination)):
+            for side_name, key, side, facts in (
+                    ("source", "from", item.source, source),
+                    ("destination", "to", item.destination, destination)):
                 if _matches_nothing(facts):
                     yield error("FWC112", f"{what} {side_name} '{side.label}' matches no "
-                                "address", _first_span(side, item.span),
+                                "address", item.item_span(key, 0),
                                 hint="the negated items remove everything the list names")
 
 
@@ -287,16 +284,17 @@ def useless_negation(policy: Policy) -> Iterable[Diagnostic]:
         sides = _sides(cluster)
         negating = {number for number, facts in sides.facts.items() if _negates(facts)}
         for what, item, source, destination in sides.numbered(cluster, negating):
-            for side, facts in ((item.source, source), (item.destination, destination)):
+            for key, side, facts in (("from", item.source, source),
+                                     ("to", item.destination, destination)):
                 if not _negates(facts):
                     continue
                 positives = AddressSet.union(facts.positive)
-                for negated in side.items:
+                for index, negated in enumerate(side.items):
                     if not negated.negated or negated.kind in ("any", "firewall"):
                         continue
                     if not negated.addresses.overlaps(positives):
                         yield warning("FWC113", f"'!{negated.label}' excludes nothing from "
-                                      f"this {what}'s list", negated.span,
+                                      f"this {what}'s list", item.item_span(key, index),
                                       hint=f"'{negated.label}' does not overlap "
                                       f"{_positive_labels(side)}")
 

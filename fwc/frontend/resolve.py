@@ -13,7 +13,6 @@ from pathlib import Path
 from fwc import model as m
 from fwc import protocols as proto
 from fwc.diagnostics import (
-    NO_OPTION_SPANS,
     Diagnostic,
     OptionSpans,
     Related,
@@ -132,6 +131,14 @@ _ADDRESS_SET = maker(AddressSet)
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 
 
+def _item_spans(rd: s.RuleDecl) -> list[tuple[str, Span]]:
+    """Where each from/to item of RD was written, under its `item_key` (first among the
+    rule's option spans, as `Resolver.line_rule` puts them)."""
+    return [(m.item_key(side, index), item.span)
+            for side, items in (("from", rd.sources), ("to", rd.destinations))
+            for index, item in enumerate(items)]
+
+
 class Resolver:
     def __init__(self, program: LoadedProgram, read_secret=None) -> None:
         self.program = program
@@ -148,7 +155,8 @@ class Resolver:
         # once per run and text (only when it resolved without a diagnostic).
         self.service_specs: dict[str, m.ServiceMatch] = {}
         # What the words and service lists of plain rule lines resolve to (`line_rule`).
-        self._line_words: dict[str, tuple[str, str, AddressSet, str | None]] = {}
+        self._line_words: dict[str, m.EndpointItem] = {}
+        self._line_sides: dict[str, m.Endpoint] = {}  # a RuleLine's from/to list text -> it
         self._line_services: dict[str, tuple[tuple[m.ServiceMatch, ...],
                                               tuple[str, ...]] | tuple[()]] = {}
 
@@ -939,9 +947,9 @@ class Resolver:
                         self.undefined_object(item)
                     ok = False
                     continue
-                out.append(make("object", text, obj.addresses, item.negated, text, item.span))
+                out.append(make("object", text, obj.addresses, item.negated, text))
             elif kind == "any" or kind == "firewall":
-                out.append(make(kind, item.text, _NOTHING, item.negated, None, item.span))
+                out.append(make(kind, item.text, _NOTHING, item.negated, None))
             elif item.kind == "vip":
                 iface = ifaces.get(item.text)
                 if iface is None or not iface.vips:
@@ -950,14 +958,14 @@ class Resolver:
                     continue
                 out.append(m.EndpointItem("vip", f"{item.text}.vip",
                                           AddressSet.of(*(v.ip for v in iface.vips)),
-                                          item.negated, None, item.span))
+                                          item.negated, None))
             elif item.kind == "named_vip":
                 vip = self.named_vip_ref(item.text, item.span, ifaces)
                 if vip is None:
                     ok = False
                     continue
                 out.append(m.EndpointItem("vip", item.text, AddressSet.of(vip.ip),
-                                          item.negated, None, item.span))
+                                          item.negated, None))
             else:
                 word = s.Word(item.text, item.span)
                 got = self.parse_range(word) if item.kind == "range" \
@@ -965,8 +973,7 @@ class Resolver:
                 if got is None:
                     ok = False
                     continue
-                out.append(m.EndpointItem("literal", item.text, got, item.negated, None,
-                                          item.span))
+                out.append(m.EndpointItem("literal", item.text, got, item.negated, None))
         return m.Endpoint(tuple(out)) if ok else None
 
     def named_vip_ref(self, text: str, span: Span, ifaces: dict[str, m.Interface]) \
@@ -1090,14 +1097,15 @@ class Resolver:
         # (the parser's strings: their hashes are known from its own lookups)
         _, action, sources, destinations, services, in_, out, log, prefix, only = parts
         span_of = match.span  # only of the groups there: `regs` builds a tuple for each
-        source = self._line_endpoint(sources, match.start(3), match.string, path, number)
+        spans: list[object] = [path]  # OptionSpans' flat layout: the items', the options'
+        source = self._line_endpoint(sources, "from", match.start(3), match.string, number,
+                                     spans)
         if source is None:
             return None
-        destination = self._line_endpoint(destinations, match.start(4), match.string,
-                                          path, number)
+        destination = self._line_endpoint(destinations, "to", match.start(4), match.string,
+                                          number, spans)
         if destination is None:
             return None
-        spans: list[object] = [path]  # OptionSpans' flat layout
         matches: tuple[m.ServiceMatch, ...] = ()
         labels: tuple[str, ...] = ()
         if services is not None:
@@ -1136,26 +1144,25 @@ class Resolver:
                             labels, in_, out, log is not None, prefix, only,
                             _new(Span, (path, number, start + 1, number, end + 1)),
                             _NO_LOG_OPTIONS, None, None, None, None, False,
-                            OptionSpans(spans) if len(spans) > 1 else NO_OPTION_SPANS)
+                            OptionSpans(spans))
 
-    def _line_item(self, word: str, span: Span) -> m.EndpointItem | None:
-        """The endpoint item of WORD (a name, `any` or `firewall`) of a RuleLine at SPAN,
-        as `endpoint` makes it; None when WORD names no object (`endpoint` reports it).
-        What a word resolves to is remembered for the run (the objects are resolved
-        before any rule), and the first look records the name used, as `endpoint` does."""
-        known = self._line_words.get(word)
-        if known is None:
+    def _line_item(self, word: str) -> m.EndpointItem | None:
+        """The endpoint item of WORD (a name, `any` or `firewall`) of a RuleLine, as
+        `endpoint` makes it; None when WORD names no object (`endpoint` reports it).
+        Made once per word and run (the objects are resolved before any rule), and the
+        first look records the name used, as `endpoint` does."""
+        item = self._line_words.get(word)
+        if item is None:
             if word in PLAIN_ENDPOINTS:
-                known = (word, word, _NOTHING, None)
+                item = _ENDPOINT_ITEM(word, word, _NOTHING, False, None)
             else:
                 self.used.add(word)
                 obj = self.objects.get(word)
                 if obj is None:
                     return None  # not remembered: `endpoint` reports it, once per rule
-                known = ("object", word, obj.addresses, word)
-            self._line_words[word] = known
-        kind, label, addresses, name = known
-        return _ENDPOINT_ITEM(kind, label, addresses, False, name, span)
+                item = _ENDPOINT_ITEM("object", word, obj.addresses, False, word)
+            self._line_words[word] = item
+        return item
 
     def _line_services_of(self, services: str, labels: tuple[str, ...]) \
             -> tuple[tuple[m.ServiceMatch, ...], tuple[str, ...]] | None:
@@ -1179,28 +1186,28 @@ class Resolver:
             found.extend(svc.matches)
         return tuple(found), labels
 
-    def _line_endpoint(self, words: str, start: int, text: str, path: str,
-                       number: int) -> m.Endpoint | None:
+    def _line_endpoint(self, words: str, side: str, start: int, text: str, number: int,
+                       spans: list[object]) -> m.Endpoint | None:
         """A from/to list of a RuleLine (names, `any`, `firewall`; at START of TEXT) as
-        `endpoint` resolves it; None when a name is not an object (`endpoint` reports it)."""
-        if "," not in words:  # most lists: one item, most of them a word seen before
-            span = _new(Span, (path, number, start + 1, number, start + len(words) + 1))
-            known = self._line_words.get(words)
-            if known is not None:  # `_line_item`'s memo, without its call
-                kind, label, addresses, name = known
-                return _ENDPOINT((_ENDPOINT_ITEM(kind, label, addresses, False, name, span),))
-            item = self._line_item(words, span)
-            return None if item is None else _ENDPOINT((item,))
-        items: list[m.EndpointItem] = []
-        for w in PLAIN_WORD.finditer(text, start, start + len(words)):
-            word = w.group()
-            at = w.start()
-            item = self._line_item(word, _new(Span, (path, number, at + 1, number,
-                                                     at + len(word) + 1)))
-            if item is None:
-                return None
-            items.append(item)
-        return _ENDPOINT(tuple(items))
+        `endpoint` resolves it, one Endpoint per list text and run; None when a name is
+        not an object (`endpoint` reports it). Where each item was written goes to SPANS
+        (OptionSpans' flat layout, under `item_key`)."""
+        if "," not in words:  # most lists: one item
+            spans += (f"{side}.0", number, start + 1, number, start + len(words) + 1)
+        else:
+            for index, w in enumerate(PLAIN_WORD.finditer(text, start, start + len(words))):
+                at = w.start()
+                spans += (f"{side}.{index}", number, at + 1, number, w.end() + 1)
+        endpoint = self._line_sides.get(words)
+        if endpoint is None:
+            items: list[m.EndpointItem] = []
+            for word in (words,) if "," not in words else PLAIN_WORD.findall(words):
+                item = self._line_item(word)
+                if item is None:
+                    return None
+                items.append(item)
+            endpoint = self._line_sides[words] = _ENDPOINT(tuple(items))
+        return endpoint
 
     def rule_extras(self, opts: dict[str, s.Option], rd: s.RuleDecl, is_nat: bool) \
             -> dict[str, object] | None:
@@ -1208,9 +1215,9 @@ class Resolver:
         after an error (reported)."""
         if opts.keys() <= _PLAIN_OPTIONS:  # most rules: none of the options below
             return {"log_options": _NO_LOG_OPTIONS, "notrack": False,
-                    "option_spans": OptionSpans.of(
+                    "option_spans": OptionSpans.of([*_item_spans(rd), *(
                         (k, o.value.span if o.value is not None else o.span)
-                        for k, o in opts.items())}
+                        for k, o in opts.items())])}
         ok = True
         out: dict[str, object] = {}
         value = {k: o.value for k, o in opts.items() if o.value is not None}
@@ -1250,8 +1257,8 @@ class Resolver:
             out["reject_with"] = self.choice(value["with"], "reject type", proto.REJECT_TYPES)
             ok &= out["reject_with"] is not None
         out["notrack"] = "notrack" in opts
-        out["option_spans"] = OptionSpans.of(
-            (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())
+        out["option_spans"] = OptionSpans.of([*_item_spans(rd), *(
+            (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())])
         if is_nat:
             # NAT rules take none of these: they translate, the filter rules decide.
             for key in ("with", "limit", "connlimit", "syn-limit", "notrack", "log-level",
@@ -1350,7 +1357,8 @@ class Resolver:
             return None
         return m.Expectation(Verdict(rd.action.text), source, destination, services, labels,
                              in_iface, rd.span, via.text if via is not None else None,
-                             via.span if via is not None else None)
+                             via.span if via is not None else None,
+                             OptionSpans.of(_item_spans(rd)))
 
     @staticmethod
     def segment_networks(clusters: Iterable[m.Cluster]) -> set[AddressSet]:

@@ -121,7 +121,8 @@ class EndpointItem:
     addresses: AddressSet  # empty for any/firewall (they depend on the member)
     negated: bool
     object_name: str | None  # the named object, for ipsets and reports
-    span: Span
+    # (no span: where it was written is its rule's, `item_span`, so rules that write the
+    # same list share one Endpoint)
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,10 @@ class BaseRule:
         """Where an option of the rule was written, else the rule."""
         return _option_span(self.option_spans, key, self.span) or self.span
 
+    def item_span(self, side: str, index: int) -> Span:
+        """Where item INDEX of the rule's SIDE (`from`, `to`) was written, else the rule."""
+        return self.span_of(item_key(side, index))
+
     @property
     def conditional(self) -> bool:
         """The rule does not match every packet it describes: beyond a rate or connection
@@ -401,6 +406,18 @@ class Expectation:
     # `via M`: the member that handles this traffic in normal operation (FWC286)
     via: str | None = None
     via_span: Span | None = None
+    option_spans: OptionSpans = NO_OPTION_SPANS  # its items' (`item_key`)
+
+    def item_span(self, side: str, index: int) -> Span:
+        """Where item INDEX of SIDE (`from`, `to`) was written, else the expectation."""
+        found = self.option_spans.get(item_key(side, index))
+        return self.span if found is None else found
+
+
+def item_key(side: str, index: int) -> str:
+    """The key of a from/to item's span among its rule's option spans: `from.0`, `to.1`
+    (no option is named so)."""
+    return f"{side}.{index}"
 
 
 def _option_span(spans: OptionSpans, key: str, block: Span | None) -> Span | None:
