@@ -66,8 +66,7 @@ def test_not_any_means_nothing_everywhere(examples: Examples):
     rule = policy.clusters[0].rules[0]
     item = rule.destination.items[0]
     assert item.kind == "any"
-    negated = type(rule.destination)((type(item)("any", "any", AddressSet(), True, None,
-                                                  item.span),))
+    negated = type(rule.destination)((type(item)("any", "any", AddressSet(), True, None),))
     fw = policy.clusters[0].firewall_addresses(policy.clusters[0].members[0])
     assert endpoint_intervals(negated, fw, 4) == ()
     assert forwarded_and_local(negated, fw) == (AddressSet(), AddressSet())
