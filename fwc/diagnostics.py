@@ -39,12 +39,14 @@ class Span(NamedTuple):
 
 
 class OptionSpans(tuple):  # type: ignore[type-arg]  # flat: see the docstring
-    """Where each option of a declaration was written, by its key (a rule's `service`,
-    `in`, `log`; a block's `priority`): `get(key)` is its Span, None when it was not
-    written. One flat tuple per declaration, (file, key, line, column, end_line,
-    end_column, key, line, ...), rather than a (key, Span) pair and a Span per option:
-    a 100,000-rule policy writes about 250,000 of them, 35 MB as pairs, 10 MB flat.
-    A declaration is in one file."""
+    """Where each part of a declaration was written, by its key: its options (a rule's
+    `service`, `in`, `log`; a block's `priority`) and, for rules and expectations, first
+    the items of their from/to lists (`from.0`, `to.1`: fwc.model.item_key). `get(key)`
+    is its Span, None when it was not written. One flat tuple per declaration, (file,
+    key, line, column, end_line, end_column, key, line, ...), rather than a (key, Span)
+    pair and a Span per part: a 100,000-rule policy writes about 250,000 options, 35 MB
+    as pairs, 10 MB flat (and its 200,000 items, which had a Span each). A declaration
+    is in one file."""
 
     __slots__ = ()
 
@@ -57,7 +59,7 @@ class OptionSpans(tuple):  # type: ignore[type-arg]  # flat: see the docstring
             elif span.file != flat[0]:
                 raise ValueError(f"option '{key}' is in {span.file}, not in {flat[0]}")
             flat += (key, span.line, span.column, span.end_line, span.end_column)
-        return cls(flat)
+        return cls(flat) if flat else NO_OPTION_SPANS
 
     def get(self, key: str) -> Span | None:
         for at in range(1, len(self), 5):

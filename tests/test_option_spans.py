@@ -34,7 +34,7 @@ def test_each_option_written_has_its_span_and_no_other():
     assert spans.pairs() == [("service", service), ("in", inside)]
     assert spans == OptionSpans.of(spans.pairs()) and hash(spans) == hash(
         OptionSpans.of(spans.pairs()))
-    assert OptionSpans.of([]) == NO_OPTION_SPANS and NO_OPTION_SPANS.get("in") is None
+    assert OptionSpans.of([]) is NO_OPTION_SPANS and NO_OPTION_SPANS.get("in") is None
     assert NO_OPTION_SPANS.keys() == () and NO_OPTION_SPANS.pairs() == []
 
 
@@ -101,5 +101,8 @@ def test_where_each_from_and_to_item_was_written_is_its_rules(edge: Path, lines:
     assert negating.item_span("from", 1) == Span(str(edge), at + 2, column_of_negation(rules),
                                                  at + 2, column_of_negation(rules) + 7)
     assert first.source == second.source and first.destination == second.destination
+    # one key string per item position and run, not one per rule
+    assert all(a is b for a, b in zip(first.option_spans.keys()[:3],
+                                      second.option_spans.keys()[:3], strict=True))
     if lines:  # read straight from the lines: one Endpoint per list text
         assert first.source is second.source and first.destination is second.destination

@@ -418,7 +418,7 @@ def test_a_wide_record_is_filled_as_its_twin_and_is_still_its_dataclass() -> Non
 
 def test_a_maker_builds_what_the_class_builds() -> None:
     from fwc import model as m
-    from fwc.diagnostics import Span
+    from fwc.diagnostics import OptionSpans, Span
     from fwc.model.addresses import AddressSet
     from fwc.model.records import maker
     from fwc.model.vocabulary import FilterAction
@@ -437,7 +437,8 @@ def test_a_maker_builds_what_the_class_builds() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         side.items = ()  # type: ignore[misc]
     values = (3, FilterAction.DROP, side, side, (), ("s",), "in", None, True, "p", None, span,
-              m.LogOptions(level="info"), None, 4, None, None, True, (("in", span),))
+              m.LogOptions(level="info"), None, 4, None, None, True,
+              OptionSpans.of([("in", span)]))
     rule = maker(m.FilterRule)(*values)
     ordinary = m.FilterRule(*values[:12], log_options=values[12], limit=None, connlimit=4,
                             syn_limit=None, reject_with=None, notrack=True,

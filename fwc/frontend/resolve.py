@@ -26,6 +26,7 @@ from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD, _new
 from fwc.frontend.loader import LoadedProgram
 from fwc.frontend.routing import resolve_routing
 from fwc.frontend.sources import Refused
+from fwc.model import item_key
 from fwc.model.addresses import AddressSet
 from fwc.model.addresses import plain_ipv4 as _plain_ipv4  # (tests patch it here)
 from fwc.model.intervals import normalise
@@ -134,7 +135,7 @@ _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
 def _item_spans(rd: s.RuleDecl) -> list[tuple[str, Span]]:
     """Where each from/to item of RD was written, under its `item_key` (first among the
     rule's option spans, as `Resolver.line_rule` puts them)."""
-    return [(m.item_key(side, index), item.span)
+    return [(item_key(side, index), item.span)
             for side, items in (("from", rd.sources), ("to", rd.destinations))
             for index, item in enumerate(items)]
 
@@ -832,7 +833,7 @@ class Resolver:
         drops = "log-drops" in opts
         prefix = value["log-drops"].text if "log-drops" in value else None
         spans = OptionSpans.of((k, o.value.span if o.value is not None else o.span)
-                      for k, o in opts.items())
+                               for k, o in opts.items())
         return m.Logging(level, rate, burst, group, drops, prefix, decl.log_span, spans)
 
     def resolve_defaults(self, decl: s.ClusterDecl) -> m.Defaults:
@@ -855,7 +856,7 @@ class Resolver:
                 if got is not None:
                     chosen[key] = FilterAction(got)
         spans = OptionSpans.of((k, o.value.span if o.value is not None else o.span)
-                      for k, o in opts.items())
+                               for k, o in opts.items())
         return m.Defaults(span=decl.defaults_span, option_spans=spans, **chosen)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
@@ -1193,11 +1194,11 @@ class Resolver:
         not an object (`endpoint` reports it). Where each item was written goes to SPANS
         (OptionSpans' flat layout, under `item_key`)."""
         if "," not in words:  # most lists: one item
-            spans += (f"{side}.0", number, start + 1, number, start + len(words) + 1)
+            spans += (item_key(side, 0), number, start + 1, number, start + len(words) + 1)
         else:
             for index, w in enumerate(PLAIN_WORD.finditer(text, start, start + len(words))):
                 at = w.start()
-                spans += (f"{side}.{index}", number, at + 1, number, w.end() + 1)
+                spans += (item_key(side, index), number, at + 1, number, w.end() + 1)
         endpoint = self._line_sides.get(words)
         if endpoint is None:
             items: list[m.EndpointItem] = []

@@ -416,8 +416,13 @@ class Expectation:
 
 def item_key(side: str, index: int) -> str:
     """The key of a from/to item's span among its rule's option spans: `from.0`, `to.1`
-    (no option is named so)."""
-    return f"{side}.{index}"
+    (no option is named so). One string per key and run, not one per rule that has it
+    (200,000 of them at 100,000 rules were 11 MB)."""
+    keys = _ITEM_KEYS.get(side)
+    return keys[index] if keys is not None and index < len(keys) else f"{side}.{index}"
+
+
+_ITEM_KEYS = {side: tuple(f"{side}.{index}" for index in range(64)) for side in ("from", "to")}
 
 
 def _option_span(spans: OptionSpans, key: str, block: Span | None) -> Span | None:
