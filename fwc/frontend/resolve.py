@@ -130,6 +130,7 @@ _ADDRESS_OBJECT = maker(m.AddressObject)
 _ADDRESS_SET = maker(AddressSet)
 # Rule options that `Resolver.rule_extras` has nothing to do for (read by resolve_rule).
 _PLAIN_OPTIONS = frozenset({"service", "in", "out", "only", "log"})
+_FIRST_ITEM_KEYS = {side: item_key(side, 0) for side in ("from", "to")}  # most lists' one
 
 
 def _item_spans(rd: s.RuleDecl) -> list[tuple[str, Span]]:
@@ -1194,7 +1195,8 @@ class Resolver:
         not an object (`endpoint` reports it). Where each item was written goes to SPANS
         (OptionSpans' flat layout, under `item_key`)."""
         if "," not in words:  # most lists: one item
-            spans += (item_key(side, 0), number, start + 1, number, start + len(words) + 1)
+            spans += (_FIRST_ITEM_KEYS[side], number, start + 1, number,
+                      start + len(words) + 1)
         else:
             for index, w in enumerate(PLAIN_WORD.finditer(text, start, start + len(words))):
                 at = w.start()
