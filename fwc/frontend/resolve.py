@@ -12,14 +12,7 @@ from pathlib import Path
 
 from fwc import model as m
 from fwc import protocols as proto
-from fwc.diagnostics import (
-    Diagnostic,
-    OptionSpans,
-    Related,
-    Span,
-    error,
-    warning,
-)
+from fwc.diagnostics import Diagnostic, OptionSpans, Related, Span, error, warning
 from fwc.frontend import close_matches
 from fwc.frontend import syntax as s
 from fwc.frontend.fastpath import PLAIN_ENDPOINTS, PLAIN_WORD, _new
@@ -139,6 +132,13 @@ def _item_spans(rd: s.RuleDecl) -> list[tuple[str, Span]]:
     return [(item_key(side, index), item.span)
             for side, items in (("from", rd.sources), ("to", rd.destinations))
             for index, item in enumerate(items)]
+
+
+def _rule_spans(rd: s.RuleDecl, opts: dict[str, s.Option]) -> OptionSpans:
+    """A rule's option spans: its items' (`_item_spans`), then each option's, at its
+    value where it has one."""
+    return OptionSpans.of([*_item_spans(rd), *(
+        (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())])
 
 
 class Resolver:
@@ -1218,9 +1218,7 @@ class Resolver:
         after an error (reported)."""
         if opts.keys() <= _PLAIN_OPTIONS:  # most rules: none of the options below
             return {"log_options": _NO_LOG_OPTIONS, "notrack": False,
-                    "option_spans": OptionSpans.of([*_item_spans(rd), *(
-                        (k, o.value.span if o.value is not None else o.span)
-                        for k, o in opts.items())])}
+                    "option_spans": _rule_spans(rd, opts)}
         ok = True
         out: dict[str, object] = {}
         value = {k: o.value for k, o in opts.items() if o.value is not None}
@@ -1260,8 +1258,7 @@ class Resolver:
             out["reject_with"] = self.choice(value["with"], "reject type", proto.REJECT_TYPES)
             ok &= out["reject_with"] is not None
         out["notrack"] = "notrack" in opts
-        out["option_spans"] = OptionSpans.of([*_item_spans(rd), *(
-            (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())])
+        out["option_spans"] = _rule_spans(rd, opts)
         if is_nat:
             # NAT rules take none of these: they translate, the filter rules decide.
             for key in ("with", "limit", "connlimit", "syn-limit", "notrack", "log-level",

@@ -410,8 +410,7 @@ class Expectation:
 
     def item_span(self, side: str, index: int) -> Span:
         """Where item INDEX of SIDE (`from`, `to`) was written, else the expectation."""
-        found = self.option_spans.get(item_key(side, index))
-        return self.span if found is None else found
+        return _option_span(self.option_spans, item_key(side, index), self.span) or self.span
 
 
 def item_key(side: str, index: int) -> str:

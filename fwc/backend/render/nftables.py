@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import operator
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -230,6 +231,7 @@ def _share(item: Share, family: int, writer: Names, chain_names: dict[str, str],
 DEVICE_FIELDS = ("in_device", "out_device")
 ENTRY_FIELDS = (*DEVICE_FIELDS, "protocol")
 _PROTOCOL_AT = ENTRY_FIELDS.index("protocol")
+_ENTRY_OF = operator.attrgetter(*ENTRY_FIELDS)  # what a match tests of them: its Entry
 Entry = tuple[object, ...]  # a chain's (input device, output device, protocol), None: any
 
 
@@ -282,16 +284,16 @@ def entry_matches(table: Table) -> dict[str, Entry]:
         for name, calls in entered:
             if len(calls) == 2:  # most chains: one jump, from their dispatch
                 caller, m = calls
-                own = _entry(m)
+                own = _ENTRY_OF(m)
                 given = known.get(caller, unknown)
                 now = tuple(own[at] if own[at] is not None else given[at]
                             for at in range(len(ENTRY_FIELDS)))
             else:  # the one known value all callers agree on, else None (unknown)
                 got: list[object] = []
-                for at in range(len(ENTRY_FIELDS)):
+                for at, field_name in enumerate(ENTRY_FIELDS):
                     agreed: object = _UNSEEN
                     for caller, m in zip(calls[::2], calls[1::2], strict=True):
-                        value = _entry(m)[at]
+                        value = getattr(m, field_name)
                         if value is None:
                             value = known.get(caller, unknown)[at]
                         if value is None or (agreed is not _UNSEEN and value != agreed):
@@ -304,11 +306,6 @@ def entry_matches(table: Table) -> dict[str, Entry]:
                 known[name] = now
                 grew = True
     return known
-
-
-def _entry(m: Match) -> Entry:
-    """What a match tests of ENTRY_FIELDS."""
-    return (m.in_device, m.out_device, m.protocol)
 
 
 def drop_known_devices(table: Table, memo: Memo | None = None, scope: object = None,
