@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 from fwc.model.intervals import Interval, contains, covers, intersect, normalise, subtract
-from fwc.model.records import dataclass
+from fwc.model.records import dataclass, hash_once
 from fwc.model.vocabulary import FAMILIES
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,7 +43,7 @@ def _cidr_texts(intervals: tuple[Interval, ...], family: int) -> tuple[str, ...]
             text = address_text(lo, family)
             out.append(text if block == 0 else f"{text}/{bits - block}")
             lo += 1 << block
-    return tuple(out)
+    return hash_once(tuple(out))  # (a group's list is a memo key for every rule naming it)
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero

@@ -516,3 +516,36 @@ def replacer(cls: type[R], *changed: str) -> Callable[..., R]:
     made: Callable[..., R] = namespace["replaced"]
     made.__qualname__ = f"replacer({cls.__qualname__}, {', '.join(changed)})"
     return made
+
+
+class HashedTuple(tuple):  # type: ignore[type-arg]  # of any items, as `tuple` is
+    """A tuple that computes its hash once (`hash_once`).
+
+    A long address list is a dict key many times over per rule: the lowering's, the
+    ipsets' and the nftables writer's memos, and every record holding it hashes it as
+    part of its own hash (a group of hundreds of prefixes, on every rule naming it).
+    A tuple hashes all its items each time; this one keeps the value. It equals, and
+    hashes like, the plain tuple of the same items, so the two are interchangeable as
+    keys. The value is never pickled or copied (`__reduce__`): a string's hash differs
+    between processes, so another process computes its own.
+    """
+
+    def __hash__(self) -> int:
+        try:
+            return self._hash  # type: ignore[no-any-return]
+        except AttributeError:
+            found = self._hash = tuple.__hash__(self)
+            return found
+
+    def __reduce__(self) -> tuple[type[HashedTuple], tuple[tuple[Any, ...]]]:
+        return HashedTuple, (tuple(self),)
+
+
+# From this many items on, a kept hash is cheaper than hashing the items (each a
+# string or a pair of integers) at every lookup; shorter tuples stay plain.
+HASH_ONCE_MIN = 16
+
+
+def hash_once(items: tuple[R, ...]) -> tuple[R, ...]:
+    """ITEMS as a `HashedTuple` when long enough to gain from it, else as it is."""
+    return HashedTuple(items) if len(items) >= HASH_ONCE_MIN else items

@@ -16,6 +16,7 @@ from typing import Any
 
 from fwc.backend.render import escape
 from fwc.model.addresses import FAMILY_BITS, address_text, cidr_span
+from fwc.model.records import hash_once
 
 
 class NftUnsupported(ValueError):
@@ -242,4 +243,4 @@ def collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
         kept = (family, low, high)
         length = FAMILY_BITS[family] - (high - low + 1).bit_length() + 1
         out.append(f"{address_text(low, family)}/{length}")
-    return tuple(out)
+    return hash_once(tuple(out))  # (a key of the writer's set names, `Writer.named_set`)

@@ -105,6 +105,11 @@ def _dispatch_key(rule: Rule) -> tuple[str, int | None, object] | None:
     if rule.target_options:
         return None
     m = rule.match
+    source, destination = m.source, m.destination
+    # (most rules test an address: then no key, without walking every field of the match)
+    if source.cidrs or source.set_name is not None or source.negated or \
+            destination.cidrs or destination.set_name is not None or destination.negated:
+        return None
     present = tuple(name for name, default in MATCH_DEFAULTS if getattr(m, name) != default)
     if present == ("in_device",):
         return "iifname", None, m.in_device
