@@ -658,6 +658,11 @@ TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
 
 def _statement(rule: Rule, family: int, writer: Names, chain_names: dict[str, str]) -> str:
     target = rule.target
+    if not rule.target_options:  # most rules: their verdict, without a dict of options
+        if target is Target.ACCEPT:
+            return "accept"
+        if target is Target.DROP:
+            return "drop"
     options = dict(rule.target_options)
     unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
     if unwritten:
