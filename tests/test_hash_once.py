@@ -57,6 +57,9 @@ def test_the_items_are_hashed_once() -> None:
     for _ in range(5):
         hash(items)
     assert _Counted.hashed == HASH_ONCE_MIN
+    # each tuple keeps its own value
+    others = HashedTuple(_Counted(n) for n in range(1, HASH_ONCE_MIN + 1))
+    assert hash(others) == hash(tuple(others)) != hash(items) == hash(tuple(items))
     # a record holding it hashes through it: no item is hashed again
     _Counted.hashed = 0
     hash((items, None))
@@ -66,7 +69,9 @@ def test_the_items_are_hashed_once() -> None:
 def test_the_kept_hash_is_never_pickled_or_copied() -> None:
     kept = hash_once(_prefixes(40))
     hash(kept)
-    for other in (pickle.loads(pickle.dumps(kept)), copy.copy(kept), copy.deepcopy(kept)):
+    pickled = [pickle.loads(pickle.dumps(kept, protocol))
+               for protocol in range(pickle.HIGHEST_PROTOCOL + 1)]
+    for other in (*pickled, copy.copy(kept), copy.deepcopy(kept)):
         assert type(other) is HashedTuple and other == kept
         assert "_hash" not in vars(other)  # computed again where it is used
         assert hash(other) == hash(kept)

@@ -518,21 +518,25 @@ def replacer(cls: type[R], *changed: str) -> Callable[..., R]:
     return made
 
 
-class HashedTuple(tuple):  # type: ignore[type-arg]  # of any items, as `tuple` is
+class HashedTuple(tuple[Any, ...]):
     """A tuple that computes its hash once (`hash_once`).
 
-    A long address list is a dict key many times over per rule: the lowering's, the
-    ipsets' and the nftables writer's memos, and every record holding it hashes it as
-    part of its own hash (a group of hundreds of prefixes, on every rule naming it).
-    A tuple hashes all its items each time; this one keeps the value. It equals, and
+    A long address list is a dict key many times over per rule: the nftables writer's
+    and planner's memos (`Writer.collapsed_memo` and `by_content`, `Shapes.memo` and
+    `spans`), and every record holding it (an `AddressMatch`, its `Match`) hashes it as
+    part of its own hash: a group of hundreds of prefixes, on every rule naming it. A
+    tuple hashes all its items each time; this one keeps the value. It equals, and
     hashes like, the plain tuple of the same items, so the two are interchangeable as
     keys. The value is never pickled or copied (`__reduce__`): a string's hash differs
     between processes, so another process computes its own.
     """
 
+    # (in the instance's __dict__: a subclass of tuple can have no slot of its own)
+    _hash: int
+
     def __hash__(self) -> int:
         try:
-            return self._hash  # type: ignore[no-any-return]
+            return self._hash
         except AttributeError:
             found = self._hash = tuple.__hash__(self)
             return found
@@ -541,8 +545,8 @@ class HashedTuple(tuple):  # type: ignore[type-arg]  # of any items, as `tuple` 
         return HashedTuple, (tuple(self),)
 
 
-# From this many items on, a kept hash is cheaper than hashing the items (each a
-# string or a pair of integers) at every lookup; shorter tuples stay plain.
+# From this many items on, a kept hash is cheaper than hashing the items (strings: the
+# address lists) at every lookup; shorter tuples stay plain.
 HASH_ONCE_MIN = 16
 
 

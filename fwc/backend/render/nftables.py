@@ -658,15 +658,12 @@ TARGET_OPTIONS: dict[Target | str, frozenset[str]] = {
 
 def _statement(rule: Rule, family: int, writer: Names, chain_names: dict[str, str]) -> str:
     target = rule.target
-    if not rule.target_options:  # most rules: their verdict, without a dict of options
-        if target is Target.ACCEPT:
-            return "accept"
-        if target is Target.DROP:
-            return "drop"
-    options = dict(rule.target_options)
-    unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
-    if unwritten:
-        raise NftUnsupported(f"{target} option {sorted(unwritten)[0]}")
+    options: dict[str, str] = {}
+    if rule.target_options:  # (most rules have none: no option can be left unwritten)
+        options = dict(rule.target_options)
+        unwritten = set(options) - TARGET_OPTIONS.get(target, frozenset())
+        if unwritten:
+            raise NftUnsupported(f"{target} option {sorted(unwritten)[0]}")
     if target is Target.ACCEPT:
         return "accept"
     if target is Target.DROP:
