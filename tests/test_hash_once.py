@@ -1,7 +1,8 @@
 """A long address list computes its hash once (fwc.model.records.HashedTuple, issue 12).
 
-The lowering's and the nftables writer's memos look a group's list up for every rule
-that names it; a plain tuple hashes all its items each time. What must hold: the kept
+The nftables writer's and planner's memos look a group's list up for every rule that
+names it (and every record holding it hashes it); a plain tuple hashes all its items
+each time. What must hold: the kept
 hash is the tuple's own, the two are interchangeable as keys, the items are hashed once,
 and the value never travels to another process (a string's hash differs there).
 """
