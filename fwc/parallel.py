@@ -4,8 +4,10 @@
 in a forked worker while the parent process does the rest (docs/performance.md,
 "Two cores"). The worker sees the parent's memory as it was at the fork
 (copy-on-write: nothing is serialised on the way in), computes one JSON value and
-sends it back over a pipe; it never writes a file, never prints, and leaves with
-`os._exit` (no `finally`, `atexit` or buffered output of the parent runs twice).
+sends it back over a pipe, which a thread of the parent reads as it comes (so the worker
+ends, and gives its memory back, as soon as it is done); it never writes a file, never
+prints, and leaves with `os._exit` (no `finally`, `atexit` or buffered output of the
+parent runs twice).
 
 Fail closed: a worker that crashes, is killed or sends something that is not the
 JSON it was asked for makes `Worker.result` raise `WorkerFailed`; the caller turns
@@ -25,6 +27,7 @@ import gc
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -93,6 +96,20 @@ class Worker:
         self.pid = pid
         self._fd = fd
         self._status: int | None = None
+        # The answer is read as it comes, by a thread of this process: a worker whose
+        # answer is larger than the pipe holds (64 KB; hundreds of diagnostics at
+        # 100,000 rules) would otherwise wait in `os.write` until `result()` is asked,
+        # at the end of a compile, with all its memory still held.
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._drain, name="fwc-worker-answer",
+                                        daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        """Read the pipe until the worker closes it (it exits, or is killed)."""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self._fd, 1 << 20):
+                self._chunks.append(chunk)
 
     @classmethod
     def start(cls, task: Callable[[], Any]) -> Worker:
@@ -121,13 +138,8 @@ class Worker:
 
     def result(self) -> Any:
         """The worker's value; waits for it. WorkerFailed when it did not deliver."""
-        chunks: list[bytes] = []
         try:
-            while True:
-                chunk = os.read(self._fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            self._reader.join()
         finally:
             self._close_pipe()
         status = self._wait()
@@ -139,7 +151,7 @@ class Worker:
         if code != 0:
             raise WorkerFailed(f"the worker process exited with status {code}")
         try:
-            answer = json.loads(b"".join(chunks))
+            answer = json.loads(b"".join(self._chunks))
         except ValueError as exc:
             raise WorkerFailed(f"the worker's answer is not JSON: {exc}") from None
         if not isinstance(answer, dict) or "value" not in answer:
@@ -148,11 +160,14 @@ class Worker:
 
     def close(self) -> None:
         """Kill the worker if it still runs and reap it (idempotent)."""
-        self._close_pipe()
         if self._status is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self._wait()
+        # (the worker is gone, its end of the pipe with it: the reader has its end of
+        # file, and the pipe is closed only once nothing reads it)
+        self._reader.join()
+        self._close_pipe()
 
     def _close_pipe(self) -> None:
         if self._fd >= 0:

@@ -164,8 +164,10 @@ PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
 # take under 0.3 s CPU (half of it imports) and the whole compile about a second: a
 # fork (10-45 ms) saves little there and only adds CPU on a busy machine. Above, the
 # worker's private memory (copies of the model pages its checks touch, and what they
-# build: about 400 MB at 100,000 rules) outweighs the time it saves against the
-# 100,000-rule memory target (docs/performance.md, "Two cores").
+# build: about 200 MB at 100,000 rules, on top of the compile's own) outweighs the time
+# it saves against the 100,000-rule memory target: forked, a 100,000-rule compile took
+# 1.5-2.6 s less and 457-508 MB of memory, summed over both processes, instead of
+# 307-405 MB (docs/performance.md, "Issue 12, nineteenth session").
 FORK_RULES = range(1_000, 50_001)
 
 

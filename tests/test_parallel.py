@@ -167,6 +167,26 @@ def test_worker_answers_and_fails_closed():
         worker.result()
 
 
+def test_a_worker_with_a_long_answer_ends_before_its_answer_is_asked():
+    """An answer larger than a pipe holds (64 KB; the checks' diagnostics of a large
+    policy) is read as it comes: the worker ends, its memory given back, while the
+    parent still builds the files, not when `result()` is asked at the end."""
+    answer = ["x" * 1000] * 2000  # about 2 MB of JSON
+    worker = parallel.Worker.start(lambda: answer)
+    deadline = time.monotonic() + 20
+    ended = None
+    while ended is None and time.monotonic() < deadline:
+        # (WNOWAIT: seen, not reaped: `result()` still reaps it)
+        ended = os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if ended is None:
+            time.sleep(0.01)
+    try:
+        assert ended is not None and ended.si_status == 0, "the worker waited for its reader"
+        assert worker.result() == answer
+    finally:
+        worker.close()
+
+
 def test_close_kills_a_running_worker():
     worker = parallel.Worker.start(lambda: time.sleep(30))
     started = time.monotonic()
