@@ -4,10 +4,10 @@
 in a forked worker while the parent process does the rest (docs/performance.md,
 "Two cores"). The worker sees the parent's memory as it was at the fork
 (copy-on-write: nothing is serialised on the way in), computes one JSON value and
-sends it back over a pipe, which a thread of the parent reads as it comes (so the worker
-ends, and gives its memory back, as soon as it is done); it never writes a file, never
-prints, and leaves with `os._exit` (no `finally`, `atexit` or buffered output of the
-parent runs twice).
+writes it to an anonymous file the two share (`_answer_file`: the worker ends, and gives
+its memory back, as soon as it is done, however long the answer); it writes nothing
+else, never prints, and leaves with `os._exit` (no `finally`, `atexit` or buffered
+output of the parent runs twice).
 
 Fail closed: a worker that crashes, is killed or sends something that is not the
 JSON it was asked for makes `Worker.result` raise `WorkerFailed`; the caller turns
@@ -27,7 +27,7 @@ import gc
 import json
 import os
 import signal
-import threading
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -94,27 +94,13 @@ class Worker:
 
     def __init__(self, pid: int, fd: int) -> None:
         self.pid = pid
-        self._fd = fd
+        self._fd = fd  # the answer file (`_answer_file`), until `result` or `close`
         self._status: int | None = None
-        # The answer is read as it comes, by a thread of this process: a worker whose
-        # answer is larger than the pipe holds (64 KB; hundreds of diagnostics at
-        # 100,000 rules) would otherwise wait in `os.write` until `result()` is asked,
-        # at the end of a compile, with all its memory still held.
-        self._chunks: list[bytes] = []
-        self._reader = threading.Thread(target=self._drain, name="fwc-worker-answer",
-                                        daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        """Read the pipe until the worker closes it (it exits, or is killed)."""
-        with contextlib.suppress(OSError):
-            while chunk := os.read(self._fd, 1 << 20):
-                self._chunks.append(chunk)
 
     @classmethod
     def start(cls, task: Callable[[], Any]) -> Worker:
         """Fork a worker running TASK; its return value comes back through `result`."""
-        read, write = os.pipe()
+        answer = _answer_file()
         parent = os.getpid()
         # Objects alive now are not traversed by a collection in either process
         # (the collector would otherwise dirty every page the worker shares).
@@ -125,24 +111,24 @@ class Worker:
         except OSError:
             held.release()
             gc.unfreeze()
-            os.close(read)
-            os.close(write)
+            os.close(answer)
             raise
         if pid == 0:  # the worker: never returns
-            _serve(task, read, write, parent, held)
+            _serve(task, answer, parent, held)
         gc.unfreeze()
-        os.close(write)
-        worker = cls(pid, read)
+        worker = cls(pid, answer)
         held.deliver(worker)
         return worker
 
     def result(self) -> Any:
         """The worker's value; waits for it. WorkerFailed when it did not deliver."""
-        try:
-            self._reader.join()
-        finally:
-            self._close_pipe()
         status = self._wait()
+        try:
+            if self._fd < 0:
+                raise WorkerFailed("the worker's answer was read or dropped already")
+            data = _read_all(self._fd)
+        finally:
+            self._close_answer()
         if os.WIFSIGNALED(status):
             number = os.WTERMSIG(status)
             raise WorkerFailed(f"the worker process was killed by signal {number} "
@@ -151,7 +137,7 @@ class Worker:
         if code != 0:
             raise WorkerFailed(f"the worker process exited with status {code}")
         try:
-            answer = json.loads(b"".join(self._chunks))
+            answer = json.loads(data)
         except ValueError as exc:
             raise WorkerFailed(f"the worker's answer is not JSON: {exc}") from None
         if not isinstance(answer, dict) or "value" not in answer:
@@ -159,17 +145,14 @@ class Worker:
         return answer["value"]
 
     def close(self) -> None:
-        """Kill the worker if it still runs and reap it (idempotent)."""
+        """Kill the worker if it still runs, reap it and drop its answer (idempotent)."""
         if self._status is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self._wait()
-        # (the worker is gone, its end of the pipe with it: the reader has its end of
-        # file, and the pipe is closed only once nothing reads it)
-        self._reader.join()
-        self._close_pipe()
+        self._close_answer()
 
-    def _close_pipe(self) -> None:
+    def _close_answer(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -181,6 +164,34 @@ class Worker:
             except ChildProcessError:  # reaped elsewhere: nothing was delivered
                 self._status = 1 << 8
         return self._status
+
+
+def _answer_file() -> int:
+    """An anonymous file for the worker's answer, shared with it through the fork.
+
+    Not a pipe: an answer larger than a pipe holds (64 KB; a 20,000-rule policy's
+    diagnostics can be 125 KB) kept the worker waiting in `os.write`, with all its
+    memory, until the parent asked for it at the end of a compile. Written to a file, the
+    answer waits there and the worker ends as soon as it is done. A memfd has no name
+    anyone else could open; elsewhere a temporary file, unlinked at once."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("fwc-worker-answer", os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as stream:
+        return os.dup(stream.fileno())
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole answer file, from its start (the worker's writes moved the shared offset)."""
+    size = os.fstat(fd).st_size
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 24), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _die_with(parent: int) -> None:
@@ -240,13 +251,12 @@ class _HeldInterrupt:
             raise
 
 
-def _serve(task: Callable[[], Any], unused: int, fd: int, parent: int,
-           held: _HeldInterrupt) -> None:
-    """The worker's whole life: compute, send, `os._exit` (0 only when all was sent)."""
+def _serve(task: Callable[[], Any], fd: int, parent: int, held: _HeldInterrupt) -> None:
+    """The worker's whole life: compute, write the answer, `os._exit` (0 only when all of
+    it was written)."""
     status = 1
     try:
         held.release()
-        os.close(unused)
         if held.came:  # interrupted while being forked: stop as the parent does
             return
         # Ctrl-C goes to the whole process group: the worker just stops (a parent

@@ -167,7 +167,7 @@ PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
 # build: about 200 MB at 100,000 rules, on top of the compile's own) outweighs the time
 # it saves against the 100,000-rule memory target: forked, a 100,000-rule compile took
 # 1.5-2.6 s less and 457-508 MB of memory, summed over both processes, instead of
-# 307-405 MB (docs/performance.md, "Issue 12, nineteenth session").
+# 300-405 MB in one (docs/performance.md, "Issue 12, nineteenth session").
 FORK_RULES = range(1_000, 50_001)
 
 

@@ -168,21 +168,25 @@ def test_worker_answers_and_fails_closed():
 
 
 def test_a_worker_with_a_long_answer_ends_before_its_answer_is_asked():
-    """An answer larger than a pipe holds (64 KB; the checks' diagnostics of a large
-    policy) is read as it comes: the worker ends, its memory given back, while the
-    parent still builds the files, not when `result()` is asked at the end."""
+    """An answer larger than a pipe holds (the checks' diagnostics of a large policy)
+    waits in the answer file: the worker ends, its memory given back, while the parent
+    still builds the files, not when `result()` is asked at the end. (Sent over a pipe,
+    such a worker waited for its reader.)"""
     answer = ["x" * 1000] * 2000  # about 2 MB of JSON
     worker = parallel.Worker.start(lambda: answer)
-    deadline = time.monotonic() + 20
-    ended = None
-    while ended is None and time.monotonic() < deadline:
-        # (WNOWAIT: seen, not reaped: `result()` still reaps it)
-        ended = os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if ended is None:
-            time.sleep(0.01)
     try:
-        assert ended is not None and ended.si_status == 0, "the worker waited for its reader"
+        deadline = time.monotonic() + 20
+        ended = None
+        while ended is None and time.monotonic() < deadline:
+            # (WNOWAIT: seen, not reaped: `result()` still reaps it)
+            ended = os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if ended is None:
+                time.sleep(0.01)
+        assert ended is not None, "the worker did not end before its answer was asked"
+        assert (ended.si_code, ended.si_status) == (os.CLD_EXITED, 0)
         assert worker.result() == answer
+        with pytest.raises(parallel.WorkerFailed, match="read or dropped already"):
+            worker.result()  # once: a second call says so, nothing is read again
     finally:
         worker.close()
 
