@@ -7,7 +7,7 @@ resolver goes on after an error so that one run reports as much as it can.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fwc import model as m
@@ -134,11 +134,18 @@ def _item_spans(rd: s.RuleDecl) -> list[tuple[str, Span]]:
             for index, item in enumerate(items)]
 
 
+def _option_spans(opts: dict[str, s.Option], at_value: bool = False) \
+        -> Iterator[tuple[str, Span]]:
+    """Where each option of OPTS was written (AT_VALUE: at its value, where it has one),
+    by its key: what `OptionSpans.of` takes."""
+    for key, option in opts.items():
+        yield key, option.value.span if at_value and option.value is not None else option.span
+
+
 def _rule_spans(rd: s.RuleDecl, opts: dict[str, s.Option]) -> OptionSpans:
     """A rule's option spans: its items' (`_item_spans`), then each option's, at its
     value where it has one."""
-    return OptionSpans.of([*_item_spans(rd), *(
-        (k, o.value.span if o.value is not None else o.span) for k, o in opts.items())])
+    return OptionSpans.of([*_item_spans(rd), *_option_spans(opts, at_value=True)])
 
 
 class Resolver:
@@ -586,7 +593,7 @@ class Resolver:
                          "only 'weight' applies")
                 ok = False
             if ok:
-                spans = OptionSpans.of((k, o.span) for k, o in opts.items())
+                spans = OptionSpans.of(_option_spans(opts))
                 out.append(m.Track(kind, target, weight, interval, counts["fall"],
                                    counts["rise"], item.span, spans))
         return tuple(out)
@@ -687,7 +694,7 @@ class Resolver:
         if "garp-refresh" in opts and opts["garp-refresh"].value is not None:
             ms = self.duration_ms(opts["garp-refresh"].value, "garp refresh")
             garp = None if ms is None else max(1, ms // 1000)
-        spans = OptionSpans.of((k, o.span) for k, o in opts.items())
+        spans = OptionSpans.of(_option_spans(opts))
         return m.Vrrp(password, password_file, auth, advert, version, preempt, delay, vrid,
                       garp, decl.vrrp_span, spans, "unicast" in opts)
 
@@ -724,7 +731,7 @@ class Resolver:
             option = opts["allow"]
             assert isinstance(option, s.ServicesOption)
             allow, labels, _ok = self.services_of(option.services)
-        spans = OptionSpans.of((k, o.span) for k, o in opts.items())
+        spans = OptionSpans.of(_option_spans(opts))
         value = {k: o.value for k, o in opts.items() if o.value is not None}
         tuning: dict[str, object] = {}
         if "backup-link" in value:
@@ -833,8 +840,7 @@ class Resolver:
                                  "FWC109")
         drops = "log-drops" in opts
         prefix = value["log-drops"].text if "log-drops" in value else None
-        spans = OptionSpans.of((k, o.value.span if o.value is not None else o.span)
-                               for k, o in opts.items())
+        spans = OptionSpans.of(_option_spans(opts, at_value=True))
         return m.Logging(level, rate, burst, group, drops, prefix, decl.log_span, spans)
 
     def resolve_defaults(self, decl: s.ClusterDecl) -> m.Defaults:
@@ -856,8 +862,7 @@ class Resolver:
                 got = self.choice(word, f"{key} default", choices)
                 if got is not None:
                     chosen[key] = FilterAction(got)
-        spans = OptionSpans.of((k, o.value.span if o.value is not None else o.span)
-                               for k, o in opts.items())
+        spans = OptionSpans.of(_option_spans(opts, at_value=True))
         return m.Defaults(span=decl.defaults_span, option_spans=spans, **chosen)
 
     def resolve_members(self, decl: s.ClusterDecl, interfaces: set[str]) -> tuple[m.Member, ...]:
