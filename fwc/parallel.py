@@ -126,16 +126,16 @@ class Worker:
         try:
             if self._fd < 0:
                 raise WorkerFailed("the worker's answer was read or dropped already")
-            data = _read_all(self._fd)
+            if os.WIFSIGNALED(status):
+                number = os.WTERMSIG(status)
+                raise WorkerFailed(f"the worker process was killed by signal {number} "
+                                   f"({signal.Signals(number).name})")
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                raise WorkerFailed(f"the worker process exited with status {code}")
+            data = _read_all(self._fd)  # (only an answer the worker finished writing)
         finally:
             self._close_answer()
-        if os.WIFSIGNALED(status):
-            number = os.WTERMSIG(status)
-            raise WorkerFailed(f"the worker process was killed by signal {number} "
-                               f"({signal.Signals(number).name})")
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            raise WorkerFailed(f"the worker process exited with status {code}")
         try:
             answer = json.loads(data)
         except ValueError as exc:

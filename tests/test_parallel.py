@@ -191,6 +191,16 @@ def test_a_worker_with_a_long_answer_ends_before_its_answer_is_asked():
         worker.close()
 
 
+def test_without_memfd_the_answer_waits_in_an_unlinked_temporary_file(monkeypatch):
+    """Where the system has no memfd, the answer file is a temporary file with no name
+    left: the worker still answers, and fails closed, the same way."""
+    monkeypatch.delattr(os, "memfd_create")
+    assert parallel.Worker.start(lambda: {"a": [1, "x"]}).result() == {"a": [1, "x"]}
+    worker = parallel.Worker.start(lambda: object())  # not JSON: nothing is written
+    with pytest.raises(parallel.WorkerFailed, match="status 1"):
+        worker.result()
+
+
 def test_close_kills_a_running_worker():
     worker = parallel.Worker.start(lambda: time.sleep(30))
     started = time.monotonic()
