@@ -6,7 +6,7 @@ import time
 
 import pytest
 from checkkit import EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fwc.checks import rules
@@ -326,6 +326,10 @@ def _oracle(flows: list[rules.Flow]) -> list[tuple[int, int]]:
 @given(st.lists(st.tuples(st.sampled_from(("accept", "drop")), st.sampled_from(_SIDES),
                           st.sampled_from(_SIDES), st.sampled_from(_SERVICES),
                           st.sampled_from(_SCOPES)), min_size=1, max_size=14))
+# one source with a second destination (its index entry turns from a pair into a dict),
+# and a third rule that only the first covers
+@example(drawn=[("accept", "client", "server", "", ""), ("accept", "client", "web", "", ""),
+                ("drop", "client", "server", " service udp/53", "")])
 def test_shadowing_equals_brute_force(tmp_path, drawn):
     lines = [f"    {action} from {src} to {dst}{svc}{scope}"
              for action, src, dst, svc, scope in drawn]
