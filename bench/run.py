@@ -18,7 +18,7 @@ Whole processes (also run unless `--passes-only`), on every shape of `--shapes`:
 For each size it generates the synthetic site (bench/generate.py, fixed seed),
 then times whole processes, as a user would run them:
 
-- `fwc check` and `fwc compile` (wall time, peak RSS of that child via wait4),
+- `fwc check` and `fwc compile` (wall time, peak memory: `timed`),
 - the size of what compile wrote (member fw1: iptables lines, bytes, ipsets),
 - `ipset restore` + `iptables-restore --test` of fw1's output inside a throwaway
   network namespace (root only; the table says when skipped),
@@ -105,9 +105,21 @@ class Row:
 
 
 # Runs the measured command as its child and writes, to the pipe whose descriptor is its
-# first argument, that child's peak RSS (KiB), user and system CPU seconds and wall
-# seconds (from just before the fork to the reaping), then ends as the command did (the
-# same exit status, or the same signal). A process started straight from this one
+# first argument, that child's peak RSS (KiB), user and system CPU seconds, wall seconds
+# (from just before the fork to the reaping) and the largest summed PSS (KiB) of the
+# child's process tree seen while it had more than one process, then ends as the command
+# did (the same exit status, or the same signal).
+#
+# The summed PSS is what `fwc` with a worker (fwc.parallel) holds at once: the peak RSS
+# of wait4 is only the larger of the two processes (Linux reports a child's own peak or
+# its reaped children's, whichever is higher), and the sum of their RSS counts the pages
+# they still share since the fork twice. It is sampled every SAMPLE seconds by a thread
+# (the wall clock stays exact: the main thread blocks in wait4), and only while there
+# is a second process: reading smaps_rollup walks a process's page tables, about 8 ms for
+# 450 MB here, taken from the cores the command runs on; a single process's own peak is
+# the kernel's exact figure. Growth between two samples can be missed.
+#
+# A process started straight from this one
 # (vfork, then exec) carries this process's peak RSS at the exec into its own (Linux
 # keeps the old address space's high-water mark in the process's maxrss): a 0.2 s
 # `fwc check` showed the 272 MB this script held after generating a policy. The
@@ -115,7 +127,8 @@ class Row:
 # child's peak is the command's own (at least the launcher's ~10 MB), and the times are
 # the command's, without the launcher's own start.
 _LAUNCHER = """
-import os, signal, sys, time
+import os, signal, sys, threading, time
+SAMPLE = 0.1
 report = int(sys.argv[1])
 start = time.perf_counter()
 pid = os.fork()
@@ -130,9 +143,46 @@ if pid == 0:
         os.write(2, f"cannot run {sys.argv[2]}: {exc}\\n".encode())
     finally:
         os._exit(127)
+
+def tree(root):
+    found, todo = [], [root]
+    while todo:
+        at = todo.pop()
+        found.append(at)
+        try:
+            with open(f"/proc/{at}/task/{at}/children") as listing:
+                todo += [int(child) for child in listing.read().split()]
+        except (OSError, ValueError):
+            pass
+    return found
+
+def pss(at):
+    try:
+        with open(f"/proc/{at}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+summed = [0]
+ended = threading.Event()
+
+def sample():
+    while not ended.wait(SAMPLE):
+        members = tree(pid)
+        if len(members) > 1:
+            summed[0] = max(summed[0], sum(pss(at) for at in members))
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - start
-os.write(report, f"{usage.ru_maxrss} {usage.ru_utime} {usage.ru_stime} {wall}".encode())
+ended.set()
+sampler.join()
+os.write(report, f"{usage.ru_maxrss} {usage.ru_utime} {usage.ru_stime} {wall} "
+                 f"{summed[0]}".encode())
 code = os.waitstatus_to_exitcode(status)
 if code < 0:
     if -code not in (signal.SIGKILL, signal.SIGSTOP):
@@ -145,10 +195,11 @@ sys.exit(code)
 
 def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
           timeout: float | None = None, env: dict[str, str] | None = None) -> Run:
-    """Wall time, CPU time and the peak RSS of exactly this command (wait4 in a small
-    launcher, `_LAUNCHER`), not of all children. The CPU time includes the processes the
-    command waited for (Aerleon's renderer workers); the peak RSS is the command's own
-    largest.
+    """Wall time, CPU time and the peak memory of exactly this command (wait4 in a small
+    launcher, `_LAUNCHER`). The CPU time includes the processes the command waited for
+    (Aerleon's renderer workers, fwc's worker); the peak is the larger of the command's
+    own peak RSS and the largest summed PSS of its process tree (`_LAUNCHER`): what a
+    command and its workers held at once.
 
     TIMEOUT: the command is killed after so many seconds (returncode -9, "timed out").
     """
@@ -162,9 +213,9 @@ def timed(argv: list[str], cwd: Path | None = None, stdin: Path | None = None,
             os.close(report_out)  # (the launcher has ended: its figures wait in the pipe)
         # (nothing when the launcher was killed: then the launcher's own figures)
         figures = reported.read().decode().split()
-    if len(figures) == 4:
-        peak_kib, cpu, wall = int(figures[0]), float(figures[1]) + float(figures[2]), \
-            float(figures[3])
+    if len(figures) == 5:
+        peak_kib, cpu, wall = max(int(figures[0]), int(figures[4])), \
+            float(figures[1]) + float(figures[2]), float(figures[3])
     else:
         peak_kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
         wall = time.perf_counter() - start

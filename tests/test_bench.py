@@ -232,6 +232,23 @@ def test_a_runs_peak_memory_is_its_own_not_this_process(tmp_path):
     assert timed([sys.executable, "-c", "pass"], cwd=tmp_path).returncode == 0
 
 
+def test_a_runs_peak_memory_sums_the_processes_it_forked():
+    """A command whose worker holds memory at the same time as it (fwc's checks worker)
+    reports what both held at once, not the larger of the two."""
+    from bench.run import timed
+
+    script = ("import os, time\n"
+              "pid = os.fork()\n"
+              "x = bytearray(96 << 20)\n"
+              "x[::4096] = b'1' * len(x[::4096])\n"
+              "time.sleep(0.8)\n"
+              "if pid == 0:\n"
+              "    os._exit(0)\n"
+              "os.waitpid(pid, 0)\n")
+    both = timed([sys.executable, "-c", script], timeout=30)
+    assert both.returncode == 0 and 2 * 96 <= both.peak_mb < 2 * 96 + 100, both
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
