@@ -330,6 +330,15 @@ def _oracle(flows: list[rules.Flow]) -> list[tuple[int, int]]:
 # and a third rule that only the first covers
 @example(drawn=[("accept", "client", "server", "", ""), ("accept", "client", "web", "", ""),
                 ("drop", "client", "server", " service udp/53", "")])
+# a second flow of the same source and destination under the same service key (the pair
+# then holds a list), and a third rule both cover: the first is its finding
+@example(drawn=[("accept", "client", "server", " service tcp/1020-1030", ""),
+                ("accept", "client", "server", " service tcp/1000-1100", ""),
+                ("drop", "client", "server", " service tcp/1020-1030", "")])
+# two earlier flows held alone in their pairs, both covering a third
+@example(drawn=[("accept", "lan", "server", " service udp/53", ""),
+                ("accept", "client", "any", " service udp/53", ""),
+                ("drop", "client", "server", " service udp/53", "")])
 def test_shadowing_equals_brute_force(tmp_path, drawn):
     lines = [f"    {action} from {src} to {dst}{svc}{scope}"
              for action, src, dst, svc, scope in drawn]

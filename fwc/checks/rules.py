@@ -243,6 +243,7 @@ class PartsMemo:
         out: list[Flow] = []
         append = out.append
         numbered, split_sides = self.numbered, self.sides
+        outcomes: dict[tuple[object, object], tuple[object, ...]] = {}
         for rule, hook, (source, destination), number in zip(rules, hooks, sides, listed,
                                                               strict=True):
             summary = numbered.get(number) if number >= 0 else None
@@ -261,8 +262,11 @@ class PartsMemo:
                                   in_interface is not None)
             else:
                 parts = _combined(src, dst, summary.families)
-            if type(rule) is FilterRule:  # no target, no pool
-                outcome: tuple[object, ...] = (rule.action, rule.reject_with, ())
+            if type(rule) is FilterRule:  # no target, no pool: one outcome per action
+                key = (rule.action, rule.reject_with)
+                outcome = outcomes.get(key)
+                if outcome is None:
+                    outcome = outcomes[key] = (*key, ())
             else:
                 outcome = (rule.action, rule.reject_with, *_target_outcome(rule.target),
                            tuple(_target_outcome(t) for t in getattr(rule, "pool", ())))
@@ -560,8 +564,9 @@ def _probe_keys(services: tuple[ServiceMatch, ...], family: int,
 
 
 PartKeys = tuple[tuple[int, int], ...]  # per part of a flow: (source id, destination id)
-# A source's flows by destination id: a dict, or (destination id, flows) while only one
-Destinations = dict[int, list[Flow]] | tuple[int, list[Flow]]
+# A source's flows by destination id (`CoverIndex.tables`): a dict, or while it has one
+# destination the pair (destination id, its flow, or its flows when several)
+Destinations = dict[int, list[Flow]] | tuple[int, Flow | list[Flow]]
 
 
 class CoverIndex:
@@ -611,8 +616,8 @@ class CoverIndex:
             append(tuple(keys))
         # per part slot (`_slot`: kind and family): service key -> source id ->
         # destination id -> flows, where a source with a single destination so far holds
-        # the pair (destination id, flows) instead of a dict: nine in ten do, and a dict
-        # per source was a quarter of the check's memory at 100,000 rules
+        # the pair (destination id, flow) instead of a dict and a list: nine in ten do,
+        # and a dict per source was a quarter of the check's memory at 100,000 rules
         self.tables: list[dict[int, dict[int, Destinations]]] = [{} for _ in range(SLOTS)]
 
     def scan(self, flows: list[Flow]) -> Iterator[tuple[Flow, Flow]]:
@@ -632,6 +637,7 @@ class CoverIndex:
             part = parts[0]
             slot = tables[part.slot]
             buckets: list[list[Flow]] = []
+            singles: list[Flow] = []  # the flows held alone in a pair (`tables`)
             if slot:
                 family = part.family
                 src, dst = keys[0]
@@ -659,7 +665,11 @@ class CoverIndex:
                             destinations = superset_of[family][1](dst)
                         if type(inner) is tuple:  # one destination (`tables`)
                             if inner[0] in destinations:
-                                buckets.append(inner[1])
+                                held = inner[1]
+                                if type(held) is list:
+                                    buckets.append(held)
+                                else:
+                                    singles.append(held)
                         elif len(inner) <= len(destinations):
                             for key, bucket in inner.items():
                                 if key in destinations:
@@ -669,12 +679,16 @@ class CoverIndex:
                                 bucket = inner.get(key)
                                 if bucket is not None:
                                     buckets.append(bucket)
-            if buckets:
-                if len(buckets) == 1:  # one bucket is in rule order already
+            if buckets or singles:
+                if not singles and len(buckets) == 1:  # one bucket is in rule order
                     candidates = buckets[0]
+                elif not buckets and len(singles) == 1:
+                    candidates = singles
                 else:
                     found = {candidate.position: candidate
                              for bucket in buckets for candidate in bucket}
+                    for candidate in singles:
+                        found[candidate.position] = candidate
                     candidates = [found[k] for k in sorted(found)]
                 if len(parts) == 1:
                     # every candidate has a part of this slot whose source and
@@ -708,20 +722,23 @@ class CoverIndex:
                         table = tables_of_slot[key] = {}
                     inner = table.get(src)
                     if inner is None:
-                        table[src] = (dst, [flow])
-                        continue
-                    if type(inner) is tuple:
+                        table[src] = (dst, flow)
+                    elif type(inner) is tuple:
+                        held = inner[1]
                         if inner[0] != dst:
-                            table[src] = {inner[0]: inner[1], dst: [flow]}
-                            continue
-                        bucket = inner[1]
+                            table[src] = {inner[0]: held if type(held) is list else [held],
+                                          dst: [flow]}
+                        elif type(held) is list:
+                            if held[-1] is not flow:
+                                held.append(flow)
+                        elif held is not flow:
+                            table[src] = (dst, [held, flow])
                     else:
                         bucket = inner.get(dst)
                         if bucket is None:
                             inner[dst] = [flow]
-                            continue
-                    if bucket[-1] is not flow:
-                        bucket.append(flow)
+                        elif bucket[-1] is not flow:
+                            bucket.append(flow)
 
 
 
