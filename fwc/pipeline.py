@@ -162,13 +162,13 @@ def model(path: str | Path, *, reader=None, read_secret=None,
 PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
 # `--jobs auto` forks a worker for this many rules (filter and NAT). Below, the checks
 # take under 0.3 s CPU (half of it imports) and the whole compile about a second: a
-# fork (10-45 ms) saves little there and only adds CPU on a busy machine. Above, the
-# worker's private memory (copies of the model pages its checks touch, and what they
-# build: about 200 MB at 100,000 rules, on top of the compile's own) outweighs the time
-# it saves against the 100,000-rule memory target: forked, a 100,000-rule compile took
-# 1.5-2.6 s less and 457-508 MB of memory, summed over both processes, instead of
-# 300-405 MB in one (docs/performance.md, "Issue 12, nineteenth session").
-FORK_RULES = range(1_000, 50_001)
+# fork (10-45 ms) saves little there and only adds CPU on a busy machine. The worker's
+# memory counts against the 500 MB target of 100,000 rules: copies of the model pages its
+# checks touch, and what they build. Forked at 100,031 rules, a compile held 420-477 MB
+# summed over both processes with nftables (424-434 MB iptables), against 393-405 MB
+# (299-306 MB) in one, and took 2-4 s less (docs/performance.md, "Issue 12, twentieth
+# session"): the bound is where the sum would reach the target, about 4.7 KB per rule.
+FORK_RULES = range(1_000, 105_001)
 
 
 def rule_count(policy: Policy) -> int:

@@ -227,7 +227,8 @@ def test_jobs_setting(monkeypatch):
     assert parallel.wanted(parallel.AUTO, low, FORK_RULES)
     assert parallel.wanted(parallel.AUTO, high - 1, FORK_RULES)
     assert not parallel.wanted(parallel.AUTO, low - 1, FORK_RULES)
-    assert not parallel.wanted(parallel.AUTO, high, FORK_RULES)  # the memory of 100k
+    assert not parallel.wanted(parallel.AUTO, high, FORK_RULES)  # the memory target
+    assert parallel.wanted(parallel.AUTO, 100_031, FORK_RULES)  # the bench's 100k policies
 
 
 def test_bad_jobs_option_is_a_usage_error(capsys):
