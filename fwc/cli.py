@@ -45,7 +45,7 @@ def add_jobs_argument(parser: argparse.ArgumentParser, worker: str = "for the ch
     parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                         help=f"processes to use: 1 runs everything in this one; 2 forks a "
                         f"worker {worker}; auto (default, or FWC_JOBS) forks for 1,000 "
-                        "to 50,000 rules when two CPUs are usable")
+                        "to 105,000 rules when two CPUs are usable")
 
 
 def build_parser() -> argparse.ArgumentParser:

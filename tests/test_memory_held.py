@@ -76,7 +76,7 @@ def test_the_checks_side_tables_are_dropped_once_they_ran(edge):
 
 
 def test_in_one_process_the_spent_shadowing_indexes_go_before_the_next_check(edge):
-    """Above 50,000 rules and with --jobs 1 the checks and then the files run in one
+    """Above 105,000 rules and with --jobs 1 the checks and then the files run in one
     process: the shadowing check's indexes must not stay alive through the rest."""
     analysis = analyse(edge, run_checks=False)
     assert analysis.policy is not None
