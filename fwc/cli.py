@@ -41,11 +41,12 @@ def _jobs(text: str) -> int:
             from None
 
 
-def add_jobs_argument(parser: argparse.ArgumentParser, worker: str = "for the checks") -> None:
+def add_jobs_argument(parser: argparse.ArgumentParser, worker: str = "for the checks",
+                      rules: str = "1,000 to 105,000 rules") -> None:
     parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                         help=f"processes to use: 1 runs everything in this one; 2 forks a "
-                        f"worker {worker}; auto (default, or FWC_JOBS) forks for 1,000 "
-                        "to 105,000 rules when two CPUs are usable")
+                        f"worker {worker}; auto (default, or FWC_JOBS) forks for {rules} "
+                        "when two CPUs are usable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
     add_secrets_arguments(p, "with --installed: the secrets install was given")
     add_include_path_argument(p)
-    add_jobs_argument(p, "for the checks of both sides, then for reading the compiled files")
+    add_jobs_argument(p, "for the checks of both sides, then for reading the compiled files",
+                      "1,000 to 50,000 rules in both sides together")
 
     p = sub.add_parser("fmt", help="canonical layout of *.fw files")
     p.add_argument("files", nargs="+", metavar="FILE",

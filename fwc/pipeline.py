@@ -169,6 +169,10 @@ PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
 # (299-306 MB) in one, and took 2-4 s less (docs/performance.md, "Issue 12, twentieth
 # session"): the bound is where the sum would reach the target, about 4.7 KB per rule.
 FORK_RULES = range(1_000, 105_001)
+# `fwc diff` forks for this many rules in both sides together: it holds both sides'
+# models and builds both, and forked, two sides of 50,000 rules each held 632 MB summed
+# against 501 MB in one process (twentieth session), so it keeps the bound it had.
+DIFF_FORK_RULES = range(1_000, 50_001)
 
 
 def rule_count(policy: Policy) -> int:

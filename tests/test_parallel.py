@@ -22,7 +22,7 @@ from conftest import EDGE_TEXT, EXAMPLE_FILES, EXAMPLE_NAMES, file_tree, leftove
 from fwc import checks as registry
 from fwc import parallel
 from fwc.cli import main
-from fwc.pipeline import FORK_RULES
+from fwc.pipeline import DIFF_FORK_RULES, FORK_RULES
 
 SHADOWED = "    drop   from desktops to any      service web\n"
 DEFAULT_RULE = '    drop   from any      to any      log "default"\n'
@@ -229,6 +229,8 @@ def test_jobs_setting(monkeypatch):
     assert not parallel.wanted(parallel.AUTO, low - 1, FORK_RULES)
     assert not parallel.wanted(parallel.AUTO, high, FORK_RULES)  # the memory target
     assert parallel.wanted(parallel.AUTO, 100_031, FORK_RULES)  # the bench's 100k policies
+    # `fwc diff` holds both sides: two sides of 50,000 rules stay in one process
+    assert not parallel.wanted(parallel.AUTO, 2 * 50_031, DIFF_FORK_RULES)
 
 
 def test_bad_jobs_option_is_a_usage_error(capsys):

@@ -38,7 +38,7 @@ from fwc.diffing.semantic import (
     with_chain_changes,
 )
 from fwc.parallel import jobs_from
-from fwc.pipeline import FORK_RULES, rule_count
+from fwc.pipeline import DIFF_FORK_RULES, rule_count
 
 EXIT_SAME, EXIT_CHANGED, EXIT_USAGE = 0, 1, 2
 
@@ -144,7 +144,7 @@ def _compare(before: Build, after: Build, jobs: int, spool: Path, exact: bool = 
     rules = sum(rule_count(b.policy) for b in (before, after) if b.policy)
     worker = parallel.start(lambda: chain_changes_json(compiled_chain_changes(
         members, before.outdir, after.outdir, renumbered))) \
-        if parallel.wanted(jobs, rules, FORK_RULES) else None
+        if parallel.wanted(jobs, rules, DIFF_FORK_RULES) else None
     with contextlib.closing(worker) if worker else contextlib.nullcontext():
         found = summarise_models(before.policy, after.policy)
         before.policy = after.policy = None

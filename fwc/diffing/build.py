@@ -24,7 +24,7 @@ from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
 from fwc.model.records import dataclass
 from fwc.pipeline import (
-    FORK_RULES,
+    DIFF_FORK_RULES,
     Analysis,
     Modelled,
     checked,
@@ -76,7 +76,7 @@ def compile_sides(old: Side, new: Side, rel: str, old_dir: Path, new_dir: Path,
     rules = sum(rule_count(m.policy) for m in fronts)
     worker = parallel.start(_checks_task(fronts)) \
         if fronts and not any(has_errors(m.diagnostics) for m in fronts) \
-        and parallel.wanted(jobs, rules, FORK_RULES) else None
+        and parallel.wanted(jobs, rules, DIFF_FORK_RULES) else None
     if worker is None:
         for build, directory in sides:
             _accept(build, checked)
