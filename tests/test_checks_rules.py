@@ -339,6 +339,20 @@ def _oracle(flows: list[rules.Flow]) -> list[tuple[int, int]]:
 @example(drawn=[("accept", "lan", "server", " service udp/53", ""),
                 ("accept", "client", "any", " service udp/53", ""),
                 ("drop", "client", "server", " service udp/53", "")])
+# flows of one source and destination that cover one another only in part (`in`, `only`),
+# so a pair holds a list of them, merged with other sources' flows in rule order
+@example(drawn=[("accept", "client", "server", " service udp/53", " in lan"),
+                ("accept", "client", "server", " service udp/53", " in uplink"),
+                ("accept", "client", "server", " service udp/53", ""),
+                ("drop", "client", "server", " service udp/53", "")])
+@example(drawn=[("accept", "client", "server", " service udp/53", " in lan"),
+                ("accept", "client", "server", " service udp/53", ""),
+                ("accept", "lan", "server", " service udp/53", ""),
+                ("drop", "client", "server", " service udp/53", "")])
+@example(drawn=[("accept", "lan", "server", " service udp/53", " only fw1"),
+                ("accept", "client", "server", " service udp/53", " in lan"),
+                ("accept", "client", "server", " service udp/53", ""),
+                ("drop", "client", "server", " service udp/53", " only fw1")])
 def test_shadowing_equals_brute_force(tmp_path, drawn):
     lines = [f"    {action} from {src} to {dst}{svc}{scope}"
              for action, src, dst, svc, scope in drawn]
