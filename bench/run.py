@@ -114,18 +114,21 @@ class Row:
 # of wait4 is only the larger of the two processes (Linux reports a child's own peak or
 # its reaped children's, whichever is higher), and the sum of their RSS counts the pages
 # they still share since the fork twice. It is sampled every SAMPLE seconds by a thread
-# (the wall clock stays exact: the main thread blocks in wait4), and only while there
-# is a second process: reading smaps_rollup walks a process's page tables, about 8 ms for
-# 450 MB here, taken from the cores the command runs on; a single process's own peak is
-# the kernel's exact figure. Growth between two samples can be missed.
+# while the main thread waits in wait4 (the wall time is read when wait4 returns, at
+# worst a GIL switch interval, 5 ms, later), and only while there is a second process:
+# reading smaps_rollup walks a process's page tables, about 8 ms for 450 MB here, CPU
+# taken from the cores the command runs on (a forked 100,000-rule compile: about 9 % of
+# one core while its worker lives); a single process's own peak is the kernel's exact
+# figure. Growth between two samples can be missed, and a process is found through its
+# parent's /proc/PID/task/PID/children, which lists the children of the main thread only
+# (fwc's worker is one of them).
 #
-# A process started straight from this one
-# (vfork, then exec) carries this process's peak RSS at the exec into its own (Linux
-# keeps the old address space's high-water mark in the process's maxrss): a 0.2 s
-# `fwc check` showed the 272 MB this script held after generating a policy. The
-# launcher is small (`-I -S`: no site, nothing from the working directory), so its
-# child's peak is the command's own (at least the launcher's ~10 MB), and the times are
-# the command's, without the launcher's own start.
+# A process started straight from this one (vfork, then exec) carries this process's
+# peak RSS at the exec into its own (Linux keeps the old address space's high-water mark
+# in the process's maxrss): a 0.2 s `fwc check` showed the 272 MB this script held after
+# generating a policy. The launcher is small (`-I -S`: no site, nothing from the working
+# directory), so its child's peak is the command's own (at least the launcher's ~10 MB),
+# and the times are the command's, without the launcher's own start.
 _LAUNCHER = """
 import os, signal, sys, threading, time
 SAMPLE = 0.1

@@ -247,6 +247,21 @@ def test_a_runs_peak_memory_sums_the_processes_it_forked():
               "os.waitpid(pid, 0)\n")
     both = timed([sys.executable, "-c", script], timeout=30)
     assert both.returncode == 0 and 2 * 96 <= both.peak_mb < 2 * 96 + 100, both
+    # the worker's own child counts too
+    nested = script.replace("pid = os.fork()\n",
+                            "pid = os.fork()\nif pid == 0:\n    pid = os.fork()\n")
+    three = timed([sys.executable, "-c", nested], timeout=30)
+    assert three.returncode == 0 and 3 * 96 <= three.peak_mb < 3 * 96 + 150, three
+    # what was allocated before the fork and only read since is shared: counted once
+    shared = timed([sys.executable, "-c", "import os, time\n"
+                    "x = bytearray(96 << 20)\n"
+                    "x[::4096] = b'1' * len(x[::4096])\n"
+                    "pid = os.fork()\n"
+                    "time.sleep(0.8)\n"
+                    "if pid == 0:\n"
+                    "    os._exit(0)\n"
+                    "os.waitpid(pid, 0)\n"], timeout=30)
+    assert shared.returncode == 0 and 96 <= shared.peak_mb < 96 + 50, shared
 
 
 def _alive(pid: int) -> bool:
