@@ -345,6 +345,29 @@ def test_a_worker_gives_the_same_diff(repo, capsys, monkeypatch):
     assert fwc_diff(capsys, "--jobs", "1") == fwc_diff(capsys, "--jobs", "2") == (code, out, err)
 
 
+def test_auto_jobs_asks_the_diff_bound_not_the_compile_one(repo, capsys, monkeypatch):
+    """`fwc diff` holds both sides' models and builds both: `--jobs auto` forks for its
+    own, smaller bound of rules (fwc.pipeline.DIFF_FORK_RULES), never `fwc compile`'s."""
+    from fwc import parallel
+    from fwc.pipeline import DIFF_FORK_RULES
+
+    edit(repo / "policies" / "edge.fw", "host    monitor  192.0.2.20",
+         "range   monitor  192.0.2.20-192.0.2.23")
+    asked: list[tuple[int, range]] = []
+    real = parallel.wanted
+
+    def spied(jobs, rules, bounds):  # type: ignore[no-untyped-def]
+        asked.append((jobs, bounds))
+        return real(jobs, rules, bounds)
+
+    monkeypatch.delenv("FWC_JOBS", raising=False)
+    monkeypatch.setattr(parallel, "wanted", spied)
+    assert fwc_diff(capsys)[0] == 1
+    # (the checks of each side, once the worker was refused, ask with --jobs 1)
+    free = [bounds for jobs, bounds in asked if jobs != 1]
+    assert len(free) == 2 and all(bounds is DIFF_FORK_RULES for bounds in free), asked
+
+
 def test_a_failing_side_is_reported_the_same_with_a_worker(repo, capsys, monkeypatch):
     policy = repo / "policies" / "edge.fw"
     clean = policy.read_text(encoding="utf-8")
