@@ -170,7 +170,7 @@ PARENT_CHECKS = frozenset({"FWC401", "FWC403"})
 # session"): the bound is where the sum would reach the target, about 4.7 KB per rule.
 FORK_RULES = range(1_000, 105_001)
 # `fwc diff` forks for this many rules in both sides together: it holds both sides'
-# models and builds both, and forked, two sides of 50,000 rules each held 632 MB summed
+# models and builds both: forked, a diff of two sides of 50,000 rules held 632 MB summed
 # against 501 MB in one process (twentieth session), so it keeps the bound it had.
 DIFF_FORK_RULES = range(1_000, 50_001)
 
