@@ -321,38 +321,52 @@ def _oracle(flows: list[rules.Flow]) -> list[tuple[int, int]]:
     return out
 
 
+def _to_server(*rows: tuple[str, str, str, str]) -> list[tuple[str, str, str, str, str]]:
+    """Rules as drawn (action, source, destination, service, scope), from rows without
+    the destination: it is `server`."""
+    return [(action, src, "server", svc, scope) for action, src, svc, scope in rows]
+
+
+_UDP53 = " service udp/53"
+# The cases of the shadowing index's storage that random policies seldom reach, each
+# ending with a rule the earlier ones cover (its finding is the first of them).
+_INDEX_CASES = [
+    # one source with a second destination (its index entry turns from a pair into a
+    # dict), and a third rule that only the first covers
+    [("accept", "client", "server", "", ""), ("accept", "client", "web", "", ""),
+     ("drop", "client", "server", _UDP53, "")],
+    # a second flow of the same source and destination under the same service key (the
+    # pair then holds a list), and a third rule both cover
+    _to_server(("accept", "client", " service tcp/1020-1030", ""),
+               ("accept", "client", " service tcp/1000-1100", ""),
+               ("drop", "client", " service tcp/1020-1030", "")),
+    # two earlier flows held alone in their pairs, both covering a third
+    [("accept", "lan", "server", _UDP53, ""), ("accept", "client", "any", _UDP53, ""),
+     ("drop", "client", "server", _UDP53, "")],
+    # flows of one source and destination that cover one another only in part (`in`,
+    # `only`), so a pair holds a list of them, merged with other sources' flows in rule
+    # order
+    _to_server(("accept", "client", _UDP53, " in lan"), ("accept", "client", _UDP53, " in uplink"),
+               ("accept", "client", _UDP53, ""), ("drop", "client", _UDP53, "")),
+    _to_server(("accept", "client", _UDP53, " in lan"), ("accept", "client", _UDP53, ""),
+               ("accept", "lan", _UDP53, ""), ("drop", "client", _UDP53, "")),
+    _to_server(("accept", "lan", _UDP53, " only fw1"), ("accept", "client", _UDP53, " in lan"),
+               ("accept", "client", _UDP53, ""), ("drop", "client", _UDP53, " only fw1")),
+]
+
+
+def _with_index_cases(test):  # type: ignore[no-untyped-def]
+    for drawn in reversed(_INDEX_CASES):
+        test = example(drawn=drawn)(test)
+    return test
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(("accept", "drop")), st.sampled_from(_SIDES),
                           st.sampled_from(_SIDES), st.sampled_from(_SERVICES),
                           st.sampled_from(_SCOPES)), min_size=1, max_size=14))
-# one source with a second destination (its index entry turns from a pair into a dict),
-# and a third rule that only the first covers
-@example(drawn=[("accept", "client", "server", "", ""), ("accept", "client", "web", "", ""),
-                ("drop", "client", "server", " service udp/53", "")])
-# a second flow of the same source and destination under the same service key (the pair
-# then holds a list), and a third rule both cover: the first is its finding
-@example(drawn=[("accept", "client", "server", " service tcp/1020-1030", ""),
-                ("accept", "client", "server", " service tcp/1000-1100", ""),
-                ("drop", "client", "server", " service tcp/1020-1030", "")])
-# two earlier flows held alone in their pairs, both covering a third
-@example(drawn=[("accept", "lan", "server", " service udp/53", ""),
-                ("accept", "client", "any", " service udp/53", ""),
-                ("drop", "client", "server", " service udp/53", "")])
-# flows of one source and destination that cover one another only in part (`in`, `only`),
-# so a pair holds a list of them, merged with other sources' flows in rule order
-@example(drawn=[("accept", "client", "server", " service udp/53", " in lan"),
-                ("accept", "client", "server", " service udp/53", " in uplink"),
-                ("accept", "client", "server", " service udp/53", ""),
-                ("drop", "client", "server", " service udp/53", "")])
-@example(drawn=[("accept", "client", "server", " service udp/53", " in lan"),
-                ("accept", "client", "server", " service udp/53", ""),
-                ("accept", "lan", "server", " service udp/53", ""),
-                ("drop", "client", "server", " service udp/53", "")])
-@example(drawn=[("accept", "lan", "server", " service udp/53", " only fw1"),
-                ("accept", "client", "server", " service udp/53", " in lan"),
-                ("accept", "client", "server", " service udp/53", ""),
-                ("drop", "client", "server", " service udp/53", " only fw1")])
+@_with_index_cases
 def test_shadowing_equals_brute_force(tmp_path, drawn):
     lines = [f"    {action} from {src} to {dst}{svc}{scope}"
              for action, src, dst, svc, scope in drawn]
