@@ -11,9 +11,9 @@ runs without a cache). It holds a per-user key (`key`, 32 random bytes, mode
 Every entry is authenticated: `MAGIC`, the HMAC-SHA256 (with that key) of the
 entry's kind, name and payload, then the payload. An entry whose HMAC does not
 verify (corrupt, truncated, written by another program or copied from another
-user's cache) is ignored and removed, never interpreted. Payloads are data only:
-JSON, and for `fwc compile` the generated files' bytes after a JSON index
-(`BlobWriter`, `BlobReader`); nothing is ever unpickled.
+user's cache) is ignored and removed, never interpreted. Payloads are data only,
+JSON; nothing is ever unpickled (`fwc compile` records the digests of the files it
+wrote, never their bytes: fwc.backend.record).
 
 What a key means is the caller's business (fwc.pipeline: the content hashes of
 every file a policy read, the fwc code, the working directory); this module
@@ -34,7 +34,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,7 +44,6 @@ KEY_FILE = "key"
 KEY_BYTES = 32
 MAX_BYTES = 2 * 1024 ** 3  # the whole cache; least recently used entries go first
 CHUNK = 1 << 20
-_INDEX_LENGTH = 20  # decimal digits of a blob entry's index length, at its very end
 
 
 class CacheRefused(Exception):  # noqa: N818 - a reason, shown to the user
@@ -148,29 +147,9 @@ class ResultCache:
 
     def put_json(self, kind: str, name: str, value: Any) -> None:
         payload = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-        with self.blob_writer(kind, name) as writer:
-            writer.raw(payload)
+        with _EntryWriter(self, kind, name) as writer:
+            writer.write(payload)
             writer.commit()
-
-    # -- blob entries (many named byte strings and a JSON index) ----------------------
-    def blob_writer(self, kind: str, name: str) -> BlobWriter:
-        return BlobWriter(self, kind, name)
-
-    @contextlib.contextmanager
-    def blob_reader(self, kind: str, name: str) -> Iterator[BlobReader | None]:
-        """The verified entry (None when missing, corrupt or foreign), open while inside."""
-        path = self._path(kind, name)
-        stream = self._open_entry(path)
-        if stream is None:
-            yield None
-            return
-        with stream:
-            reader = BlobReader.of(stream) if self._verified(stream, kind, name) else None
-            if reader is None:
-                self._discard(path)
-            else:
-                self._touch(path)
-            yield reader
 
     # -- size ---------------------------------------------------------------------------
     def prune(self) -> None:
@@ -193,8 +172,8 @@ class ResultCache:
             total -= size
 
 
-class BlobWriter:
-    """Writes one entry: `add` byte strings, then `commit(index)` (or nothing, on error).
+class _EntryWriter:
+    """Writes one entry: `write` its payload, then `commit` (or nothing, on error).
 
     The file is written under a temporary name and renamed when complete, so a
     reader never sees half an entry; the HMAC is computed while writing.
@@ -204,7 +183,6 @@ class BlobWriter:
         self._cache = cache
         self._final = cache._path(kind, name)
         self._mac = cache._mac(kind, name)
-        self._offset = 0
         self._done = False
         self._tmp = cache.directory / f"tmp-{os.getpid()}-{secrets.token_hex(8)}"
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -212,27 +190,12 @@ class BlobWriter:
         self._stream = os.fdopen(fd, "wb")
         self._stream.write(MAGIC + b"0" * 64 + b"\n")
 
-    @property
-    def offset(self) -> int:
-        """Where the next byte string goes (relative to the payload)."""
-        return self._offset
-
-    def raw(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         self._stream.write(data)
         self._mac.update(data)
-        self._offset += len(data)
 
-    def add(self, data: bytes) -> tuple[int, int]:
-        """Appends DATA; returns (offset, length) for the index."""
-        where = self._offset
-        self.raw(data)
-        return where, len(data)
-
-    def commit(self, index: Any = None) -> None:
-        """Finish the entry (with INDEX for a blob entry) and make it visible."""
-        if index is not None:
-            text = json.dumps(index, separators=(",", ":"), sort_keys=True).encode()
-            self.raw(text + str(len(text)).rjust(_INDEX_LENGTH).encode())
+    def commit(self) -> None:
+        """Finish the entry and make it visible."""
         self._stream.seek(len(MAGIC))
         self._stream.write(self._mac.hexdigest().encode())
         self._stream.close()
@@ -240,7 +203,7 @@ class BlobWriter:
         self._done = True
         self._cache.prune()
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> _EntryWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -248,40 +211,6 @@ class BlobWriter:
             self._stream.close()
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
-
-
-class BlobReader:
-    """A verified blob entry: its JSON index and its byte strings by (offset, length)."""
-
-    def __init__(self, stream: IO[bytes], index: Any, end: int) -> None:
-        self._stream = stream
-        self.index = index
-        self._end = end  # where the index starts, relative to the payload
-
-    @classmethod
-    def of(cls, stream: IO[bytes]) -> BlobReader | None:
-        size = os.fstat(stream.fileno()).st_size - HEADER
-        if size < _INDEX_LENGTH:
-            return None
-        stream.seek(HEADER + size - _INDEX_LENGTH)
-        try:
-            length = int(stream.read(_INDEX_LENGTH).decode("ascii"))
-        except ValueError:
-            return None
-        if not 0 <= length <= size - _INDEX_LENGTH:
-            return None
-        end = size - _INDEX_LENGTH - length
-        stream.seek(HEADER + end)
-        try:
-            index = json.loads(stream.read(length))
-        except ValueError:
-            return None
-        return cls(stream, index, end)
-
-    def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > self._end:
-            raise ValueError("cache entry index out of range")
-        return os.pread(self._stream.fileno(), length, HEADER + offset)
 
 
 def _read_key(directory: Path) -> bytes:

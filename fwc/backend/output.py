@@ -24,7 +24,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
@@ -36,7 +36,6 @@ from fwc.backend.render.context import (
     SharedTexts,
 )
 from fwc.backend.render.registry import Chunks, render_member
-from fwc.cache import BlobReader, BlobWriter
 from fwc.diagnostics import SILENT, Reporter
 from fwc.model import Cluster, Member, Policy
 from fwc.model.records import dataclass
@@ -71,12 +70,7 @@ class ClusterOutput:
     files: tuple[OutputFile, ...]
 
     def members(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for f in self.files:
-            member, _, name = f.path.partition("/")
-            if name:
-                out.setdefault(member, []).append(name)
-        return out
+        return members_of(f.path for f in self.files)
 
 
 def source_root(policy: Policy) -> str:
@@ -173,12 +167,7 @@ class ClusterStream:
                                              self._backend or cluster.backend), MODE_FILE)
 
     def members(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for path in self._written:
-            member, _, name = path.partition("/")
-            if name:
-                out.setdefault(member, []).append(name)
-        return out
+        return members_of(self._written)
 
 
 def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SILENT,
@@ -188,7 +177,8 @@ def stream_policy(policy: Policy, redact: bool = False, progress: Reporter = SIL
 
     BACKEND (`fwc compile --backend`) overrides every cluster's `backend`. CHUNKED: the
     large files (iptables rules) are written as they are rendered, never whole in memory
-    (`OutputFile.chunks`: only `write_output` and `RecordedStream` read those).
+    (`OutputFile.chunks`: only `write_output` reads those, and
+    `fwc.backend.record.RecordedStream` records their digests as they pass).
     SPILL_DIR: where chain texts kept for the next member go when they outgrow memory
     (fwc.backend.render.context.SharedTexts; None: the temporary directory).
     """
@@ -224,85 +214,14 @@ class FileStream(Protocol):
     def members(self) -> dict[str, list[str]]: ...
 
 
-def _members(paths: Iterable[str]) -> dict[str, list[str]]:
+def members_of(paths: Iterable[str]) -> dict[str, list[str]]:
+    """The file names of each member, from a cluster's paths (<member>/<name>, MANIFEST)."""
     out: dict[str, list[str]] = {}
     for path in paths:
         member, _, name = path.partition("/")
         if name:
             out.setdefault(member, []).append(name)
     return out
-
-
-class RecordedStream:
-    """A cluster's stream whose files are also appended to a cache entry as they pass."""
-
-    def __init__(self, inner: FileStream, writer: BlobWriter) -> None:
-        self.name = inner.name
-        self._inner = inner
-        self._writer = writer
-        self.index: list[list[Any]] = []
-
-    def files(self) -> Iterator[OutputFile]:
-        for f in self._inner.files():
-            if f.chunks is None:
-                offset, length = self._writer.add(f.content)
-                self.index.append([f.path, f.mode, offset, length])
-                yield f
-            else:
-                offset = self._writer.offset
-                # Each piece is appended where it is hashed (for the manifest), before
-                # write_file writes it.
-                f.chunks.tap(self._writer.raw)
-                yield f
-                self.index.append([f.path, f.mode, offset, f.chunks.size])
-            del f  # not kept while the next file is rendered (see member_files)
-
-    def members(self) -> dict[str, list[str]]:
-        return self._inner.members()
-
-
-def recorded_index(policy_name: str, clusters: Sequence[RecordedStream]) -> dict[str, Any]:
-    return {"policy": policy_name,
-            "clusters": [{"name": c.name, "files": c.index} for c in clusters]}
-
-
-class StoredCluster:
-    """A cluster's files read back, one at a time, from a verified cache entry."""
-
-    def __init__(self, name: str, files: Sequence[tuple[str, int, int, int]],
-                 reader: BlobReader) -> None:
-        self.name = name
-        self._files = files
-        self._reader = reader
-
-    def files(self) -> Iterator[OutputFile]:
-        for path, mode, offset, length in self._files:
-            yield OutputFile(path, self._reader.read(offset, length), mode)
-
-    def members(self) -> dict[str, list[str]]:
-        return _members(path for path, _, _, _ in self._files)
-
-
-def stored_clusters(reader: BlobReader) -> tuple[str, list[StoredCluster]] | None:
-    """(policy name, clusters) of a compile's cache entry; None when its index is not one."""
-    index = reader.index
-    try:
-        policy = index["policy"]
-        clusters = [StoredCluster(str(c["name"]),
-                                  [(str(p), int(m), int(o), int(n)) for p, m, o, n in c["files"]],
-                                  reader)
-                    for c in index["clusters"]]
-    except (TypeError, KeyError, ValueError):
-        return None
-    if not isinstance(policy, str) or any(_unsafe(c) for c in clusters):
-        return None
-    return policy, clusters
-
-
-def _unsafe(cluster: StoredCluster) -> bool:
-    """A name that would leave its directory: an authenticated entry never has one."""
-    names = [cluster.name] + [path for path, _, _, _ in cluster._files]
-    return any(not n or n.startswith("/") or ".." in n.split("/") for n in names)
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -367,6 +286,14 @@ def write_output(output_dir: Path, policy_name: str,
     (`fwc compile` waits there for the checks of its worker process): an exception
     from it comes out of here with nothing under output_dir changed.
     """
+    with locked_output(output_dir) as (output_dir, parent):
+        return _write_locked(output_dir, parent, policy_name, clusters, force, before_swap)
+
+
+@contextlib.contextmanager
+def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
+    """(the output directory, its parent), with the parent locked against other compiles
+    while inside and the leftovers of killed compiles removed."""
     output_dir = _follow_link(Path(output_dir))
     parent = output_dir.parent if str(output_dir.parent) else Path(".")
     try:
@@ -379,7 +306,7 @@ def write_output(output_dir: Path, policy_name: str,
         # and lose the other's clusters: serialise them on the parent directory.
         fcntl.flock(lock, fcntl.LOCK_EX)
         _remove_leftovers(parent, output_dir.name)
-        return _write_locked(output_dir, parent, policy_name, clusters, force, before_swap)
+        yield output_dir, parent
     finally:
         os.close(lock)
 
@@ -453,10 +380,9 @@ def foreign_content(output_dir: Path) -> list[str]:
     return out
 
 
-def _write_locked(output_dir: Path, parent: Path, policy_name: str,
-                  clusters: Sequence[ClusterOutput | FileStream], force: bool,
-                  before_swap: Callable[[], None] | None) -> list[str]:
-    new_names = {c.name for c in clusters}
+def survey(output_dir: Path, policy_name: str, new_names: Set[str], force: bool) -> list[str]:
+    """The clusters of POLICY_NAME under OUTPUT_DIR that writing NEW_NAMES removes; an
+    OutputError (ForeignContent) when the write must be refused."""
     removed: list[str] = []
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
         raise OutputError(f"'{output_dir}' exists and is not a directory")
@@ -482,6 +408,14 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
                                  "choose another output directory, remove them, or give "
                                  "--force to write anyway (they are kept, apart from those at "
                                  "or inside the cluster directories fwc replaces)")
+    return removed
+
+
+def _write_locked(output_dir: Path, parent: Path, policy_name: str,
+                  clusters: Sequence[ClusterOutput | FileStream], force: bool,
+                  before_swap: Callable[[], None] | None) -> list[str]:
+    new_names = {c.name for c in clusters}
+    removed = survey(output_dir, policy_name, new_names, force)
     staging = parent / f".{output_dir.name}.fwc-staging-{os.getpid()}"
     old = parent / f".{output_dir.name}.fwc-old-{os.getpid()}"
     try:
@@ -493,7 +427,7 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             final_mode = stat.S_IMODE(output_dir.stat().st_mode)
         else:
             os.mkdir(staging, 0o700)
-            final_mode = 0o777 & ~_umask()
+            final_mode = new_directory_mode()
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
         os.chmod(staging, final_mode)
@@ -520,6 +454,12 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             elif leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def new_directory_mode() -> int:
+    """The mode `mkdir` gives a new directory under the current umask (as the staging
+    copy's directories get)."""
+    return 0o777 & ~_umask()
 
 
 def _umask() -> int:

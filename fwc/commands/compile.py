@@ -14,13 +14,17 @@ from fwc import parallel
 from fwc.backend.output import (
     FileStream,
     OutputError,
-    RecordedStream,
-    recorded_index,
     relative_source,
     source_root,
-    stored_clusters,
     stream_policy,
     write_output,
+)
+from fwc.backend.record import (
+    OutputRecord,
+    RecordedCluster,
+    RecordedStream,
+    output_record,
+    unchanged_output,
 )
 from fwc.cache import ResultCache
 from fwc.checks import capability
@@ -69,18 +73,18 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
     cache = result_cache(args)
     hit = cached_analysis(args.file, args.include_path, cache)
     if hit is not None and cache is not None:
-        # The same content was compiled before with these options: its files come from
-        # the cache (verified), written exactly as a compile writes them.
+        # The same content was compiled before with these options: nothing to write when
+        # the output directory still holds exactly what that compile wrote (verified).
         diagnostics, texts, key = hit
-        with cache.blob_reader("out", _output_key(key, args)) as reader:
-            stored = stored_clusters(reader) if reader is not None else None
-            # (a failed check is answered from the cache only without --backend, whose
-            # capability diagnostics need the model)
-            if stored is not None or (failed(list(diagnostics), args.strict)
-                                      and not args.backend):
-                policy_name, clusters = stored if stored is not None else ("", [])
-                return _write(args, progress, Verdict.known(list(diagnostics), args.strict),
-                              texts, policy_name, clusters)
+        verdict = Verdict.known(list(diagnostics), args.strict)
+        # (a failed check is answered from the cache only without --backend, whose
+        # capability diagnostics need the model)
+        if verdict.failed() and not args.backend:
+            return _refuse(args, progress, verdict.diagnostics(), texts)
+        record = OutputRecord.of_json(cache.get_json("out", _output_key(key, args)))
+        if record is not None and not verdict.failed() \
+                and unchanged_output(Path(args.output), record, args.force):
+            return _written(args, progress, verdict, texts, record.clusters, [])
     backend = Backend(args.backend) if args.backend else None
     jobs = jobs_from(getattr(args, "jobs", None))
     # Shares of the whole compile, as measured on large policies (docs/performance.md).
@@ -218,18 +222,13 @@ class Verdict:
 def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verdict,
                      texts: dict[str, str], policy_name: str,
                      streams: Sequence[FileStream], cache: ResultCache, key: str) -> int:
-    """Write the files and keep a copy in the cache entry KEY (only if all went well)."""
-    try:
-        writer = cache.blob_writer("out", key)
-    except OSError:
-        return _write(args, progress, verdict, texts, policy_name, streams)
-    with writer:
-        recorded = [RecordedStream(stream, writer) for stream in streams]
-        status = _write(args, progress, verdict, texts, policy_name, recorded)
-        if status == 0 and verdict.stored():
-            # The output is written; an error here only loses the copy for next time.
-            with contextlib.suppress(OSError):
-                writer.commit(recorded_index(policy_name, recorded))
+    """Write the files and record them in the cache entry KEY (only if all went well)."""
+    recorded = [RecordedStream(stream) for stream in streams]
+    status = _write(args, progress, verdict, texts, policy_name, recorded)
+    if status == 0 and verdict.stored():
+        # The output is written; an error here only loses the record for next time.
+        with contextlib.suppress(OSError):
+            cache.put_json("out", key, output_record(policy_name, recorded).as_json())
     return status
 
 
@@ -259,6 +258,13 @@ def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
         diagnostics.append(_write_failure(exc))
         report(diagnostics, texts, args.format)
         return 1
+    return _written(args, progress, verdict, texts, clusters, removed)
+
+
+def _written(args: argparse.Namespace, progress: Progress, verdict: Verdict,
+             texts: dict[str, str], clusters: Sequence[FileStream | RecordedCluster],
+             removed: list[str]) -> int:
+    """What a successful compile says: the diagnostics, then each member's files."""
     progress.done()
     report(verdict.diagnostics(), texts, args.format)
     if args.format == "text":
