@@ -149,6 +149,9 @@ def model(path: str | Path, *, reader=None, read_secret=None,
         cached = place.diagnostics(key)
         if cached is not None:
             progress.phase("checked before (cache)", 1.0)
+            # content checked before, but not last: the next lookup of this path must
+            # find these files (else it parses again although nothing changed)
+            place.remember(program.hashes, secrets_read)
             return Analysis(program, policy, cached, key)
     return Modelled(program, policy, tuple(diagnostics), key, place, tuple(secrets_read))
 
@@ -308,6 +311,14 @@ class _Place:
             return False
         try:
             self.cache.put_json("analysis", key, [_encoded(d) for d in diagnostics])
+        except OSError:
+            return False
+        return self.remember(files, secrets)
+
+    def remember(self, files: Sequence[tuple[str, str]],
+                 secrets: Sequence[tuple[str, str]]) -> bool:
+        """Record FILES and SECRETS (path, sha256) as what this policy read last."""
+        try:
             self.cache.put_json("src", self.name, {"files": list(files),
                                                    "secrets": list(secrets)})
         except OSError:

@@ -369,3 +369,24 @@ def test_a_policy_with_library_includes_is_answered_from_the_cache(cache_home, t
 
     monkeypatch.setattr(fwc.pipeline, "load", no_analysis)
     assert main(["check", str(policy)]) == 0  # `<std/networks.fw>` is read from the library
+
+
+def test_content_checked_before_but_not_last_is_found_without_parsing(cache_home, tmp_path,
+                                                                      monkeypatch):
+    """Back to an earlier text (an edit undone, a branch switched back): that run takes
+    the diagnostics from the cache, and the next run of the same text must not parse."""
+    import fwc.pipeline
+
+    policy = _policy(tmp_path)
+    text = policy.read_text(encoding="utf-8")
+    assert main(["check", str(policy)]) == 0
+    policy.write_text(text.replace("tcp/22", "tcp/2222", 1), encoding="utf-8")
+    assert main(["check", str(policy)]) == 0
+    policy.write_text(text, encoding="utf-8")
+    assert main(["check", str(policy)]) == 0  # parsed: the last run read the other text
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the policy was parsed again")
+
+    monkeypatch.setattr(fwc.pipeline, "load", no_analysis)
+    assert main(["check", str(policy)]) == 0
