@@ -777,6 +777,8 @@ EDIT_STEPS = (
     ("compile --no-cache", "compile", ["--no-cache"], False),
     ("compile, empty cache", "compile", [], False),
     ("compile, unchanged", "compile", [], False),
+    # the cache records the files, it holds no copy: another directory is compiled in full
+    ("compile, unchanged, to another directory", "compile", ["-o", "elsewhere"], False),
     ("compile after a one-line edit", "compile", [], True),
     ("check after that compile", "check", [], False),
     ("check after a one-line edit", "check", [], True),
@@ -833,9 +835,10 @@ def run_edits(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
                         text = one_line_edit(text, edits)
                         edits += 1
                         policy.write_text(text, encoding="utf-8")
-                    argv = [*fwc_command(), command, "bench.fw", *extra]
+                    argv = [*fwc_command(), command, "bench.fw"]
                     if command == "compile":
-                        argv += ["-o", "out"]
+                        argv += ["-o", "out"]  # a step's own -o (in EXTRA) comes last
+                    argv += extra
                     got = timed(argv, cwd=folder, env=env)
                     if got.returncode:
                         failures.append(f"{shape} {size}: {name} failed: {got.stderr[-300:]}")
