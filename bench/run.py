@@ -820,6 +820,8 @@ def run_edits(shapes: list[str], sizes: tuple[int, ...], repeat: int, work: Path
             for attempt in range(repeat):
                 folder = work / "edit" / shape / str(size) / str(attempt)
                 folder.mkdir(parents=True, exist_ok=True)
+                for left in ("out", "elsewhere", "fresh"):  # a kept folder of an earlier run
+                    shutil.rmtree(folder / left, ignore_errors=True)
                 # Never in the shared temporary directory (fwc refuses a cache there).
                 cache_home = Path.home() / ".cache" / f"fwc-bench-{os.getpid()}-{attempt}"
                 shutil.rmtree(cache_home, ignore_errors=True)

@@ -17,7 +17,7 @@ wrote, never their bytes: fwc.backend.record).
 
 What a key means is the caller's business (fwc.pipeline: the content hashes of
 every file a policy read, the fwc code, the working directory); this module
-stores and authenticates. The cache is bounded (`MAX_BYTES`): after each write
+stores and authenticates. The cache is bounded (`MAX_BYTES`, `MAX_ENTRIES`): after each write
 the least recently used entries go.
 """
 
@@ -42,7 +42,10 @@ MAGIC = b"fwc-cache 1\n"
 HEADER = len(MAGIC) + 64 + 1  # magic, hex HMAC, newline
 KEY_FILE = "key"
 KEY_BYTES = 32
-MAX_BYTES = 2 * 1024 ** 3  # the whole cache; least recently used entries go first
+# The whole cache; least recently used entries go first. Entries are JSON: a few KB (a
+# compile's record) to a few MB (the diagnostics of a large policy with many findings).
+MAX_BYTES = 256 * 1024 ** 2
+MAX_ENTRIES = 2_000  # every write lists the directory (prune): it stays short
 CHUNK = 1 << 20
 
 
@@ -76,10 +79,12 @@ def _private(info: os.stat_result, what: str, path: Path) -> None:
 class ResultCache:
     """The opened cache directory and its key (`open_cache`)."""
 
-    def __init__(self, directory: Path, key: bytes, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, directory: Path, key: bytes, max_bytes: int = MAX_BYTES,
+                 max_entries: int = MAX_ENTRIES) -> None:
         self.directory = directory
         self._key = key
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
 
     # -- naming and authentication ----------------------------------------------------
     def _path(self, kind: str, name: str) -> Path:
@@ -153,7 +158,8 @@ class ResultCache:
 
     # -- size ---------------------------------------------------------------------------
     def prune(self) -> None:
-        """Remove least recently used entries until the cache is under max_bytes."""
+        """Remove least recently used entries until the cache is under max_bytes and
+        max_entries."""
         entries = []
         total = 0
         with contextlib.suppress(OSError):
@@ -165,11 +171,14 @@ class ResultCache:
                     continue  # another fwc may be writing it
                 entries.append((info.st_mtime, entry.name, info.st_size))
                 total += info.st_size
+        count = len(entries)
         for _, name, size in sorted(entries):
-            if total <= self.max_bytes and not name.startswith("tmp-"):
+            if total <= self.max_bytes and count <= self.max_entries \
+                    and not name.startswith("tmp-"):
                 break
             self._discard(self.directory / name)
             total -= size
+            count -= 1
 
 
 class _EntryWriter:

@@ -3,25 +3,21 @@
 `fwc check` and `fwc compile` keep their results under a key of content hashes in
 $XDG_CACHE_HOME/fwc; these tests give each one a private cache directory (never under
 the shared temporary directory, which fwc refuses) and compare every cached answer
-with the same command run with --no-cache. `fwc compile` keeps a record of the files
-it wrote (fwc.backend.record): unchanged content whose output directory still holds
-exactly those files writes nothing; any other directory is compiled into again.
+with the same command run with --no-cache. What `fwc compile` records of the files it
+wrote, and when that answers, is tests/test_compile_record.py's.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
 from conftest import EDGE, REPO, cannot_run, compile_to, file_tree
 
-import fwc.commands.compile
 from fwc import cache as fwc_cache
-from fwc.backend.record import OutputRecord
 from fwc.cli import main
 
 
@@ -39,7 +35,7 @@ def _policy(tmp_path: Path, text: str | None = None) -> Path:
     return path
 
 
-def test_compile_from_the_cache_is_byte_identical(cache_home, tmp_path, capsys):
+def test_compile_with_the_cache_is_byte_identical(cache_home, tmp_path, capsys):
     policy = _policy(tmp_path)
     assert compile_to(policy, tmp_path / "first") == 0
     assert _entries(cache_home, "out") and _entries(cache_home, "analysis")
@@ -67,136 +63,6 @@ def test_a_one_line_edit_is_compiled_again(cache_home, tmp_path):
     after = file_tree(tmp_path / "after")
     assert after == file_tree(tmp_path / "plain") != file_tree(tmp_path / "before")
     assert any(b"2222" in content for content, _ in after.values())
-
-
-def _inodes(directory: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*"))}
-
-
-def _no_build(*args, **kwargs):
-    raise AssertionError("the files were built again")
-
-
-def test_an_unchanged_compile_writes_nothing(cache_home, tmp_path, capsys, monkeypatch):
-    policy = _policy(tmp_path)
-    out = tmp_path / "out"
-    assert compile_to(policy, out) == 0
-    first_print = capsys.readouterr().out
-    before = _inodes(out)
-    with monkeypatch.context() as patch:
-        patch.setattr(fwc.commands.compile, "stream_policy", _no_build)
-        assert compile_to(policy, out) == 0
-    assert capsys.readouterr().out == first_print
-    assert _inodes(out) == before  # not a file or directory replaced
-    assert file_tree(out) == _tree_of_plain(policy, tmp_path)
-
-
-def _flip_a_byte(out: Path) -> None:
-    path = out / "edge" / "fw1" / "iptables.rules"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x20  # same size, other bytes
-    path.write_bytes(bytes(data))
-
-
-def _replace_by_a_link(out: Path) -> None:
-    path = out / "edge" / "fw2" / "sysctl.conf"
-    copy = out.parent / f"{out.name}-sysctl.copy"
-    copy.write_bytes(path.read_bytes())
-    copy.chmod(path.stat().st_mode)
-    path.unlink()
-    path.symlink_to(copy)
-
-
-def _leave_a_stale_cluster(out: Path) -> None:
-    # what a compile of this policy left when it still had a cluster called "old"
-    (out / "old").mkdir()
-    (out / "old" / "MANIFEST").write_bytes((out / "edge" / "MANIFEST").read_bytes())
-
-
-CHANGES = {
-    "a byte": _flip_a_byte,
-    "a mode": lambda out: (out / "edge" / "fw1" / "sysctl.conf").chmod(0o600),
-    "a file added": lambda out: (out / "edge" / "fw1" / "extra.conf").write_text("x\n"),
-    "a file removed": lambda out: (out / "edge" / "fw2" / "keepalived.conf").unlink(),
-    "the manifest removed": lambda out: (out / "edge" / "MANIFEST").unlink(),
-    "an empty directory added": lambda out: (out / "edge" / "fw1" / "spare").mkdir(),
-    "a directory's mode": lambda out: (out / "edge" / "fw1").chmod(0o700),
-    "a file replaced by a link": _replace_by_a_link,
-    "a member removed": lambda out: shutil.rmtree(out / "edge" / "fw2"),
-    "a cluster to remove": _leave_a_stale_cluster,
-}
-
-
-REFUSED = {"a file added", "the manifest removed"}
-
-
-def _paths(directory: Path) -> list[tuple[str, int]]:
-    """Everything under DIRECTORY, directories and links too, with its mode."""
-    return [(str(p.relative_to(directory)), p.lstat().st_mode) for p in
-            sorted(directory.rglob("*"))]
-
-
-@pytest.mark.parametrize("change", list(CHANGES))
-def test_an_output_changed_since_gets_what_a_compile_gives(cache_home, tmp_path, capsys,
-                                                           change):
-    """The same change to two copies of a compiled directory: compiled again with the
-    cache and with --no-cache, they end the same (exit code, report, files)."""
-    policy = _policy(tmp_path)
-    cached, plain = tmp_path / "cached", tmp_path / "plain"
-    assert compile_to(policy, cached) == 0
-    shutil.copytree(cached, plain, symlinks=True)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    assert 0o777 & ~umask != 0o700  # else "a directory's mode" would change nothing
-    results = []
-    for out, extra in ((cached, ()), (plain, ("--no-cache",))):
-        CHANGES[change](out)
-        capsys.readouterr()
-        status = compile_to(policy, out, *extra)
-        printed = capsys.readouterr()
-        results.append((status, printed.out.replace(str(out), "OUT"),
-                        printed.err.replace(str(out), "OUT"), file_tree(out), _paths(out)))
-    assert results[0] == results[1]
-    status, printed, _, tree, _ = results[0]
-    if change in REFUSED:  # content fwc did not write (or no longer knows it wrote)
-        assert status == 1 and _paths(cached) == _paths(plain)
-        return
-    assert status == 0 and tree == _tree_of_plain(policy, tmp_path / "fresh")
-    assert not (cached / "edge" / "fw1" / "spare").exists()
-    assert not (cached / "edge" / "fw2" / "sysctl.conf").is_symlink()
-    if change == "a cluster to remove":
-        assert "OUT/old: removed" in printed and not (cached / "old").exists()
-
-
-def test_an_unchanged_compile_refuses_what_a_compile_refuses(cache_home, tmp_path, capsys):
-    policy = _policy(tmp_path)
-    out = tmp_path / "out"
-    assert compile_to(policy, out) == 0
-    (out / "notes.txt").write_text("mine\n", encoding="utf-8")
-    capsys.readouterr()
-    assert compile_to(policy, out) == 1
-    cached = capsys.readouterr()
-    assert compile_to(policy, out, "--no-cache") == 1
-    assert capsys.readouterr() == cached
-    assert "FWC511" in cached.out + cached.err
-    assert compile_to(policy, out, "--force") == 0  # kept, and the rest is unchanged
-    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine\n"
-
-
-def test_a_record_never_names_a_path_outside_its_directory():
-    good = {"policy": "edge.fw", "clusters": [
-        {"name": "edge", "files": [["fw1/a.conf", 0o644, 3, "0" * 64]]}]}
-    assert OutputRecord.of_json(good) is not None
-    assert OutputRecord.of_json(good).as_json() == good
-    for name, path in [("edge", "../a"), ("edge", "/etc/passwd"), ("edge", "fw1//a"),
-                       ("..", "fw1/a"), ("a/b", "fw1/a"), ("edge", "fw1/./a"), ("", "a")]:
-        bad = {"policy": "edge.fw", "clusters": [
-            {"name": name, "files": [[path, 0o644, 3, "0" * 64]]}]}
-        assert OutputRecord.of_json(bad) is None, (name, path)
-    for broken in (None, [], {"policy": "p"}, {"policy": "p", "clusters": [{"name": "c"}]},
-                   {"policy": "p", "clusters": [{"name": "c", "files": [["a", "x", 1, ""]]}]}):
-        assert OutputRecord.of_json(broken) is None
 
 
 def test_a_changed_password_file_is_not_served_from_the_cache(cache_home, tmp_path):
@@ -335,6 +201,13 @@ def test_entries_are_data_and_bounded(cache_home, tmp_path):
     left = _entries(cache_home, "analysis")
     assert sum(p.stat().st_size for p in left) <= 300
     assert (cache_home / "fwc" / f"analysis-{4:064x}") in left  # the newest stays
+    for entry in left:
+        entry.unlink()
+    few = fwc_cache.ResultCache(store.directory, store._key, max_entries=3)
+    for i in range(5, 11):
+        few.put_json("analysis", f"{i:064x}", [i])
+        os.utime(few.directory / f"analysis-{i:064x}", (1000 + i, 1000 + i))  # in order
+    assert [p.name[-2:] for p in _entries(cache_home, "analysis")] == ["08", "09", "0a"]
 
 
 def test_a_compile_after_check_of_the_same_content_does_not_check_again(cache_home, tmp_path,

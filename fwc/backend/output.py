@@ -272,7 +272,8 @@ def write_file(directory: Path, f: OutputFile) -> None:
 def write_output(output_dir: Path, policy_name: str,
                  clusters: Sequence[ClusterOutput | FileStream],
                  force: bool = False,
-                 before_swap: Callable[[], None] | None = None) -> list[str]:
+                 before_swap: Callable[[], None] | None = None,
+                 after_swap: Callable[[Path], None] | None = None) -> list[str]:
     """Replace this policy's clusters under output_dir; returns the removed cluster names.
 
     A ClusterStream is built while it is written: an exception of the compile then
@@ -284,18 +285,24 @@ def write_output(output_dir: Path, policy_name: str,
 
     BEFORE_SWAP runs once the staging copy is complete, before it replaces anything
     (`fwc compile` waits there for the checks of its worker process): an exception
-    from it comes out of here with nothing under output_dir changed.
+    from it comes out of here with nothing under output_dir changed. AFTER_SWAP gets the
+    output directory once the new clusters are in, still under the lock (`fwc compile`
+    records what it wrote there: fwc.backend.record).
     """
     with locked_output(output_dir) as (output_dir, parent):
-        return _write_locked(output_dir, parent, policy_name, clusters, force, before_swap)
+        removed = _write_locked(output_dir, parent, policy_name, clusters, force, before_swap)
+        if after_swap is not None:
+            after_swap(output_dir)
+        return removed
 
 
 @contextlib.contextmanager
 def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
     """(the output directory, its parent), with the parent locked against other compiles
     while inside and the leftovers of killed compiles removed."""
-    output_dir = _follow_link(Path(output_dir))
-    parent = output_dir.parent if str(output_dir.parent) else Path(".")
+    # absolute: the parent of `.` or `..` is where the staging copy goes, not inside it
+    output_dir = _follow_link(Path(os.path.abspath(output_dir)))
+    parent = output_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -427,7 +434,7 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             final_mode = stat.S_IMODE(output_dir.stat().st_mode)
         else:
             os.mkdir(staging, 0o700)
-            final_mode = new_directory_mode()
+            final_mode = 0o777 & ~_umask()
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
         os.chmod(staging, final_mode)
@@ -454,12 +461,6 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             elif leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
     return removed
-
-
-def new_directory_mode() -> int:
-    """The mode `mkdir` gives a new directory under the current umask (as the staging
-    copy's directories get)."""
-    return 0o777 & ~_umask()
 
 
 def _umask() -> int:

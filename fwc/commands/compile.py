@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fwc import parallel
@@ -79,12 +79,13 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
         verdict = Verdict.known(list(diagnostics), args.strict)
         # (a failed check is answered from the cache only without --backend, whose
         # capability diagnostics need the model)
-        if verdict.failed() and not args.backend:
-            return _refuse(args, progress, verdict.diagnostics(), texts)
-        record = OutputRecord.of_json(cache.get_json("out", _output_key(key, args)))
-        if record is not None and not verdict.failed() \
-                and unchanged_output(Path(args.output), record, args.force):
-            return _written(args, progress, verdict, texts, record.clusters, [])
+        if verdict.failed():
+            if not args.backend:
+                return _refuse(args, progress, verdict.diagnostics(), texts)
+        else:
+            record = OutputRecord.of_json(cache.get_json("out", _output_key(key, args)))
+            if record is not None and unchanged_output(Path(args.output), record, args.force):
+                return _written(args, progress, verdict, texts, record.clusters, [])
     backend = Backend(args.backend) if args.backend else None
     jobs = jobs_from(getattr(args, "jobs", None))
     # Shares of the whole compile, as measured on large policies (docs/performance.md).
@@ -224,11 +225,17 @@ def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verd
                      streams: Sequence[FileStream], cache: ResultCache, key: str) -> int:
     """Write the files and record them in the cache entry KEY (only if all went well)."""
     recorded = [RecordedStream(stream) for stream in streams]
-    status = _write(args, progress, verdict, texts, policy_name, recorded)
-    if status == 0 and verdict.stored():
+
+    def note_trees(output_dir: Path) -> None:
+        for stream in recorded:
+            stream.note_tree(output_dir)
+
+    status = _write(args, progress, verdict, texts, policy_name, recorded, note_trees)
+    record = output_record(policy_name, recorded) if status == 0 else None
+    if record is not None and verdict.stored():
         # The output is written; an error here only loses the record for next time.
         with contextlib.suppress(OSError):
-            cache.put_json("out", key, output_record(policy_name, recorded).as_json())
+            cache.put_json("out", key, record.as_json())
     return status
 
 
@@ -241,13 +248,15 @@ def _write_failure(exc: Exception) -> Diagnostic:
 
 
 def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
-           texts: dict[str, str], policy_name: str, clusters: Sequence[FileStream]) -> int:
-    """Print the diagnostics and, unless they fail the compile, write CLUSTERS."""
+           texts: dict[str, str], policy_name: str, clusters: Sequence[FileStream],
+           after_swap: Callable[[Path], None] | None = None) -> int:
+    """Print the diagnostics and, unless they fail the compile, write CLUSTERS
+    (AFTER_SWAP: as write_output's)."""
     if not policy_name or (verdict.ready and verdict.failed()):
         return _refuse(args, progress, verdict.diagnostics(), texts)
     try:
         removed = write_output(Path(args.output), policy_name, clusters, force=args.force,
-                               before_swap=verdict.gate)
+                               before_swap=verdict.gate, after_swap=after_swap)
     except ChecksFailed:
         return _refuse(args, progress, verdict.diagnostics(), texts)
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic

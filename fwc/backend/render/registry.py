@@ -79,35 +79,24 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
 class Chunks:
     """A file's bytes as its target renders them, read once (by the writer of `fwc
     compile`, so that a large file is never whole in memory); its SHA-256 and size are
-    known once it has been read to the end. Each piece is hashed, and passed to the taps,
-    before it is yielded."""
+    known once it has been read to the end. Each piece is hashed before it is yielded."""
 
-    __slots__ = ("_pieces", "_sha", "size", "_state", "_taps")
+    __slots__ = ("_pieces", "_sha", "size", "_state")
 
     def __init__(self, pieces: Iterable[bytes]) -> None:
         self._pieces = pieces
         self._sha = hashlib.sha256()
         self.size = 0
         self._state = "new"  # new, reading, read
-        self._taps: tuple[Callable[[bytes], object], ...] = ()
-
-    def tap(self, sink: Callable[[bytes], object]) -> None:
-        """Pass every piece to SINK too, in order, where the pieces are hashed (a cache
-        entry records the file while it is written)."""
-        if self._state != "new":
-            raise RuntimeError("a file's chunks are tapped before they are read")
-        self._taps += (sink,)
 
     def __iter__(self) -> Iterator[bytes]:
         if self._state != "new":
             raise RuntimeError("a file's chunks can be read only once")
         self._state = "reading"
-        sha, taps = self._sha, self._taps
+        sha = self._sha
         for piece in self._pieces:
             sha.update(piece)
             self.size += len(piece)
-            for sink in taps:
-                sink(piece)
             yield piece
         self._pieces = ()
         self._state = "read"

@@ -1,0 +1,306 @@
+"""What `fwc compile` records of the files it wrote (fwc.backend.record), and when the
+record answers: unchanged content whose output directory is still exactly what that
+compile left writes nothing; any other directory ends exactly as a --no-cache compile
+leaves it (exit code, report, every path with its mode, owner, group, links and
+extended attributes). Each test has its own private cache directory (`cache_home`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import EDGE, cannot_run, compile_to, file_tree
+
+import fwc.backend.record
+import fwc.cache
+import fwc.commands.compile
+from fwc.backend.record import OutputRecord, unchanged_output
+from fwc.cli import main
+
+
+def _policy(tmp_path: Path, clusters: int = 1) -> Path:
+    work = tmp_path / "repo"
+    work.mkdir(exist_ok=True)
+    (work / ".git").mkdir(exist_ok=True)  # the repository the policy lives in
+    text = EDGE.read_text(encoding="utf-8")
+    if clusters == 2:  # a second cluster, as tests/test_compile_output.py makes one
+        text += "\ncluster core {" + text.split("cluster edge {")[1].split("policy edge {")[0]
+    path = work / "edge.fw"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _plain_tree(policy: Path, where: Path) -> dict[str, tuple[bytes, int]]:
+    where.mkdir()
+    assert compile_to(policy, where / "plain", "--no-cache") == 0
+    return file_tree(where / "plain")
+
+
+def _inodes(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*"))}
+
+
+def _no_build(*args, **kwargs):
+    raise AssertionError("the files were built again")
+
+
+@pytest.fixture
+def umask_022():
+    """The umask these tests reason with, whatever the caller's."""
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
+
+
+@pytest.mark.parametrize("where", ["one cluster", "two clusters", "setgid parent"])
+def test_an_unchanged_compile_writes_nothing(cache_home, tmp_path, capsys, monkeypatch,
+                                             umask_022, where):
+    policy = _policy(tmp_path, clusters=2 if where == "two clusters" else 1)
+    if where == "setgid parent":  # new directories inherit the group and the S_ISGID bit
+        (tmp_path / "shared").mkdir()
+        (tmp_path / "shared").chmod(0o2775)
+        out = tmp_path / "shared" / "out"
+    else:
+        out = tmp_path / "out"
+    assert compile_to(policy, out) == 0
+    first_print = capsys.readouterr().out
+    before = _inodes(out)
+    with monkeypatch.context() as patch:
+        patch.setattr(fwc.commands.compile, "stream_policy", _no_build)
+        assert compile_to(policy, out) == 0
+    assert capsys.readouterr().out == first_print  # the same lines, in the same order
+    assert _inodes(out) == before  # not a file or directory replaced
+    assert file_tree(out) == _plain_tree(policy, tmp_path / "fresh")
+
+
+def _flip_a_byte(out: Path) -> None:
+    path = out / "edge" / "fw1" / "iptables.rules"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20  # same size, other bytes
+    path.write_bytes(bytes(data))
+
+
+def _replace_by_a_link(out: Path) -> None:
+    path = out / "edge" / "fw2" / "sysctl.conf"
+    copy = out.parent / f"{out.name}-sysctl.copy"
+    copy.write_bytes(path.read_bytes())
+    copy.chmod(path.stat().st_mode)
+    path.unlink()
+    path.symlink_to(copy)
+
+
+def _link_elsewhere(out: Path) -> None:
+    # a snapshot tool's hard link: writing through it would change the compiled file
+    os.link(out / "edge" / "fw1" / "iptables.rules", out.parent / f"{out.name}-snapshot")
+
+
+def _replace_by_a_copy(out: Path) -> None:
+    # the same bytes and mode, another file (an editor's save, a restore from a backup)
+    shutil.copy2(out / "edge" / "MANIFEST", out / "MANIFEST.tmp")
+    os.replace(out / "MANIFEST.tmp", out / "edge" / "MANIFEST")
+
+
+def _leave_a_stale_cluster(out: Path) -> None:
+    # what a compile of this policy left when it still had a cluster called "old"
+    (out / "old").mkdir()
+    (out / "old" / "MANIFEST").write_bytes((out / "edge" / "MANIFEST").read_bytes())
+
+
+def _as_root(change: Callable[[Path], None]) -> Callable[[Path], None]:
+    def changed(out: Path) -> None:
+        if os.geteuid() != 0:
+            cannot_run("needs root to give a file to another owner or group")
+        change(out)
+    return changed
+
+
+def _set_an_attribute(out: Path) -> None:
+    try:
+        os.setxattr(out / "edge" / "fw1" / "sysctl.conf", "user.fwc-test", b"kept?")
+    except OSError as exc:
+        cannot_run(f"no user extended attributes on this file system: {exc}")
+
+
+# change -> (what it does to a compiled directory, the compile's extra arguments)
+CHANGES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "a byte": (_flip_a_byte, ()),
+    "a mode": (lambda out: (out / "edge" / "fw1" / "sysctl.conf").chmod(0o600), ()),
+    "a file added": (lambda out: (out / "edge" / "fw1" / "extra.conf").write_text("x\n"), ()),
+    "a file added, --force": (
+        lambda out: (out / "edge" / "fw1" / "extra.conf").write_text("x\n"), ("--force",)),
+    "a file removed": (lambda out: (out / "edge" / "fw2" / "keepalived.conf").unlink(), ()),
+    "the manifest removed": (lambda out: (out / "edge" / "MANIFEST").unlink(), ()),
+    "an empty directory added": (lambda out: (out / "edge" / "fw1" / "spare").mkdir(), ()),
+    "a directory's mode": (lambda out: (out / "edge" / "fw1").chmod(0o700), ()),
+    "a file replaced by a link": (_replace_by_a_link, ()),
+    "a file linked elsewhere": (_link_elsewhere, ()),
+    "a file replaced by a copy": (_replace_by_a_copy, ()),
+    "a member removed": (lambda out: shutil.rmtree(out / "edge" / "fw2"), ()),
+    "a cluster to remove": (_leave_a_stale_cluster, ()),
+    "an owner": (_as_root(lambda out: os.chown(out / "edge" / "fw1" / "sysctl.conf",
+                                               65534, -1)), ()),
+    "a group": (_as_root(lambda out: os.chown(out / "edge" / "fw2", -1, 65534)), ()),
+    "an extended attribute": (_set_an_attribute, ()),
+}
+REFUSED = {"a file added", "the manifest removed"}  # content fwc did not (knowingly) write
+
+
+def _paths(directory: Path) -> list[tuple[object, ...]]:
+    """Everything under DIRECTORY (directories and links too): mode, links, owner, group,
+    extended attributes."""
+    out: list[tuple[object, ...]] = []
+    for path in sorted(directory.rglob("*")):
+        info = path.lstat()
+        names = [] if path.is_symlink() else sorted(os.listxattr(path))
+        out.append((str(path.relative_to(directory)), info.st_mode, info.st_nlink,
+                    info.st_uid, info.st_gid, names))
+    return out
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_an_output_changed_since_gets_what_a_compile_gives(cache_home, tmp_path, capsys,
+                                                           umask_022, change):
+    """The same change to two copies of a compiled directory: compiled again with the
+    cache and with --no-cache, they end the same."""
+    policy = _policy(tmp_path)
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    assert compile_to(policy, cached) == 0
+    shutil.copytree(cached, plain, symlinks=True)
+    make_change, extra = CHANGES[change]
+    results = []
+    for out, more in ((cached, ()), (plain, ("--no-cache",))):
+        make_change(out)
+        capsys.readouterr()
+        status = compile_to(policy, out, *extra, *more)
+        printed = capsys.readouterr()
+        results.append((status, printed.out.replace(str(out), "OUT"),
+                        printed.err.replace(str(out), "OUT"), file_tree(out), _paths(out)))
+    assert results[0] == results[1]
+    status, printed, _, tree, paths = results[0]
+    if change in REFUSED:
+        assert status == 1
+        return
+    assert status == 0 and tree == _plain_tree(policy, tmp_path / "fresh")
+    assert all(nlink == 1 for _, mode, nlink, *_ in paths if mode & 0o100000)
+    if change == "a cluster to remove":
+        assert "OUT/old: removed" in printed and not (cached / "old").exists()
+
+
+def test_an_unchanged_compile_refuses_what_a_compile_refuses(cache_home, tmp_path, capsys):
+    policy = _policy(tmp_path)
+    out = tmp_path / "out"
+    assert compile_to(policy, out) == 0
+    (out / "notes.txt").write_text("mine\n", encoding="utf-8")
+    capsys.readouterr()
+    assert compile_to(policy, out) == 1
+    cached = capsys.readouterr()
+    assert compile_to(policy, out, "--no-cache") == 1
+    assert capsys.readouterr() == cached
+    assert "FWC511" in cached.out + cached.err
+    assert compile_to(policy, out, "--force") == 0  # kept, and the rest is unchanged
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
+def test_an_error_while_comparing_means_a_compile(cache_home, tmp_path, monkeypatch):
+    policy = _policy(tmp_path)
+    out = tmp_path / "out"
+    assert compile_to(policy, out) == 0
+    before = _inodes(out)
+
+    def broken(*args, **kwargs):
+        raise RecursionError("a directory too deep, say")
+
+    monkeypatch.setattr(fwc.backend.record, "tree_of", broken)
+    assert compile_to(policy, out) == 0
+    assert _inodes(out) != before  # compiled and swapped in again
+    assert file_tree(out) == _plain_tree(policy, tmp_path / "fresh")
+    # that compile could not note its tree: the record of the first compile stays, and
+    # no longer answers (the files are others now)
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.delenv("FWC_NO_CACHE", raising=False)
+    again = _inodes(out)
+    assert compile_to(policy, out) == 0
+    assert _inodes(out) != again
+    last = _inodes(out)
+    assert compile_to(policy, out) == 0  # and this one's record answers
+    assert _inodes(out) == last
+
+
+def test_the_comparison_waits_for_a_compile_in_progress(cache_home, tmp_path):
+    """Under the lock `write_output` holds while it swaps: never a half-swapped tree."""
+    policy = _policy(tmp_path)
+    out = tmp_path / "out"
+    assert compile_to(policy, out) == 0
+    store = fwc.cache.open_cache(os.environ)
+    [entry] = sorted((store.directory).glob("out-*"))
+    record = OutputRecord.of_json(store.get_json("out", entry.name[4:]))
+    assert record is not None
+    answers: list[bool] = []
+    lock = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another compile into `out` would hold it
+        comparing = threading.Thread(target=lambda: answers.append(
+            unchanged_output(out, record)))
+        comparing.start()
+        comparing.join(0.5)
+        assert comparing.is_alive() and answers == []  # waiting
+    finally:
+        os.close(lock)  # releases the lock
+    comparing.join(30)
+    assert answers == [True]
+
+
+def test_a_dot_output_directory_is_its_own_parent_no_more(cache_home, tmp_path, monkeypatch):
+    """`-o .` from inside the output directory: the staging copy goes next to it, as
+    with its absolute path (it went inside it, and copied itself into itself)."""
+    policy = _policy(tmp_path)
+    out = tmp_path / "out"
+    assert compile_to(policy, out) == 0
+    monkeypatch.chdir(out)
+    assert main(["compile", str(policy), "-o", ".", "--no-cache"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert file_tree(out) == _plain_tree(policy, tmp_path / "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir() if ".fwc-" in p.name) == []
+
+
+def _a_record(files: list[list[object]], tree: list[list[object]],
+              name: str = "edge") -> dict[str, object]:
+    return {"policy": "edge.fw", "clusters": [{"name": name, "files": files, "tree": tree}]}
+
+
+def test_a_record_is_data_that_names_nothing_outside_its_directory():
+    digest = hashlib.sha256(b"abc").hexdigest()
+    tree = [["", "d", 0o755, 0, 0, "", 0, 0, 0], ["fw1", "d", 0o755, 0, 0, "", 0, 0, 0],
+            ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3, 42]]
+    good = _a_record([["fw1/a.conf", digest]], tree)
+    record = OutputRecord.of_json(good)
+    assert record is not None and record.as_json() == good
+    for path in ("../a", "/etc/passwd", "fw1//a", "fw1/./a", "fw1/a\0", ""):
+        bad_tree = [*tree[:2], [path, *tree[2][1:]]]
+        assert OutputRecord.of_json(_a_record([[path, digest]], bad_tree)) is None, path
+    for name in ("..", "a/b", "", "."):
+        assert OutputRecord.of_json(_a_record([["fw1/a.conf", digest]], tree, name)) is None
+    odd_nodes = [["fw1/a.conf", "f", float("inf"), 0, 0, "", 1, 3, 42],
+                 ["fw1/a.conf", "f", True, 0, 0, "", 1, 3, 42],
+                 ["fw1/a.conf", "l", 0o644, 0, 0, "", 1, 3, 42],
+                 ["fw1/a.conf", "f", 0o644, 0, 0, None, 1, 3, 42],
+                 ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3]]
+    for node in odd_nodes:
+        assert OutputRecord.of_json(_a_record([["fw1/a.conf", digest]],
+                                              [*tree[:2], node])) is None, node
+    # files and the tree's files must be the same paths
+    assert OutputRecord.of_json(_a_record([["fw1/b.conf", digest]], tree)) is None
+    twice = {"policy": "edge.fw", "clusters": good["clusters"] * 2}  # type: ignore[operator]
+    assert OutputRecord.of_json(twice) is None
+    for broken in (None, [], {"policy": "p"}, {"policy": 3, "clusters": []},
+                   {"policy": "p", "clusters": [{"name": "c"}]}):
+        assert OutputRecord.of_json(broken) is None
