@@ -162,15 +162,21 @@ class ResultCache:
         max_entries."""
         entries = []
         total = 0
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.directory):
+        try:
+            listing = list(os.scandir(self.directory))
+        except OSError:
+            return
+        for entry in listing:
+            try:
                 if entry.name == KEY_FILE or not entry.is_file(follow_symlinks=False):
                     continue
                 info = entry.stat(follow_symlinks=False)
-                if entry.name.startswith("tmp-") and info.st_mtime > time.time() - 3600:
-                    continue  # another fwc may be writing it
-                entries.append((info.st_mtime, entry.name, info.st_size))
-                total += info.st_size
+            except OSError:  # gone: another fwc pruned it
+                continue
+            if entry.name.startswith("tmp-") and info.st_mtime > time.time() - 3600:
+                continue  # another fwc may be writing it
+            entries.append((info.st_mtime, entry.name, info.st_size))
+            total += info.st_size
         count = len(entries)
         for _, name, size in sorted(entries):
             if total <= self.max_bytes and count <= self.max_entries \

@@ -122,9 +122,9 @@ def _as_root(change: Callable[[Path], None]) -> Callable[[Path], None]:
     return changed
 
 
-def _set_an_attribute(out: Path) -> None:
+def _set_an_attribute(out: Path, where: Path | None = None) -> None:
     try:
-        os.setxattr(out / "edge" / "fw1" / "sysctl.conf", "user.fwc-test", b"kept?")
+        os.setxattr(where or out / "edge" / "fw1" / "sysctl.conf", "user.fwc-test", b"kept?")
     except OSError as exc:
         cannot_run(f"no user extended attributes on this file system: {exc}")
 
@@ -149,18 +149,22 @@ CHANGES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
                                                65534, -1)), ()),
     "a group": (_as_root(lambda out: os.chown(out / "edge" / "fw2", -1, 65534)), ()),
     "an extended attribute": (_set_an_attribute, ()),
+    "the output directory's owner": (_as_root(lambda out: os.chown(out, 65534, 65534)), ()),
+    "an attribute of the output directory": (
+        lambda out: _set_an_attribute(out, out), ()),
 }
 REFUSED = {"a file added", "the manifest removed"}  # content fwc did not (knowingly) write
 
 
 def _paths(directory: Path) -> list[tuple[object, ...]]:
-    """Everything under DIRECTORY (directories and links too): mode, links, owner, group,
-    extended attributes."""
+    """DIRECTORY and everything under it (directories and links too): mode, links,
+    owner, group, extended attributes."""
     out: list[tuple[object, ...]] = []
-    for path in sorted(directory.rglob("*")):
+    for path in [directory, *sorted(directory.rglob("*"))]:
         info = path.lstat()
         names = [] if path.is_symlink() else sorted(os.listxattr(path))
-        out.append((str(path.relative_to(directory)), info.st_mode, info.st_nlink,
+        out.append((str(path.relative_to(directory)), info.st_mode,
+                    0 if path.is_dir() else info.st_nlink,
                     info.st_uid, info.st_gid, names))
     return out
 
@@ -192,6 +196,80 @@ def test_an_output_changed_since_gets_what_a_compile_gives(cache_home, tmp_path,
     assert all(nlink == 1 for _, mode, nlink, *_ in paths if mode & 0o100000)
     if change == "a cluster to remove":
         assert "OUT/old: removed" in printed and not (cached / "old").exists()
+
+
+def test_another_umask_gets_what_a_compile_gives(cache_home, tmp_path, capsys):
+    """The umask (like the user and group) decides the new directories' modes: a
+    compile under another one is not answered by a record made under the first."""
+    policy = _policy(tmp_path)
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    before = os.umask(0o022)
+    try:
+        assert compile_to(policy, cached) == 0
+        shutil.copytree(cached, plain, symlinks=True)
+        os.umask(0o077)
+        assert compile_to(policy, cached) == 0
+        assert compile_to(policy, plain, "--no-cache") == 0
+    finally:
+        os.umask(before)
+    assert _paths(cached) == _paths(plain)
+    assert (cached / "edge" / "fw1").stat().st_mode & 0o777 == 0o700
+
+
+def _changing_before(method: str, change: Callable[[Path], None]):
+    """RecordedStream.METHOD, after CHANGE to the directory it notes (another process
+    at work in the staging copy or the output directory at that moment)."""
+    original = getattr(fwc.backend.record.RecordedStream, method)
+
+    def noted(self, directory: Path) -> None:
+        where = directory if method == "note_written" else directory / self.name
+        change(where)
+        original(self, directory)
+    return noted
+
+
+@pytest.mark.parametrize("method, change", [
+    ("note_swapped", lambda cluster: (cluster / "fw1" / "spare").mkdir()),
+    ("note_swapped", lambda cluster: (cluster / "fw2").chmod(0o700)),
+    ("note_swapped", lambda cluster: os.setxattr(cluster / "MANIFEST", "user.fwc", b"x")),
+    ("note_written", lambda cluster: os.link(cluster / "fw1" / "sysctl.conf",
+                                             cluster.parent.parent / "snapshot")),
+    ("note_written", lambda cluster: (cluster / "fw1" / "sysctl.conf").chmod(0o600)),
+], ids=["a directory added after the swap", "a mode changed after the swap",
+        "an attribute set after the swap", "a file linked in the staging copy",
+        "a mode changed in the staging copy"])
+def test_a_directory_changed_while_it_is_noted_is_not_recorded(
+        cache_home, tmp_path, monkeypatch, umask_022, method, change):
+    policy = _policy(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(fwc.backend.record.RecordedStream, method,
+                      _changing_before(method, change))
+        assert compile_to(policy, out) == 0
+    before = _inodes(out)
+    assert compile_to(policy, out) == 0  # no record answered: compiled again
+    assert _inodes(out) != before
+    assert _paths(out) == _paths_of_plain(policy, tmp_path / "fresh")
+    again = _inodes(out)
+    assert compile_to(policy, out) == 0  # and that compile's record answers
+    assert _inodes(out) == again
+
+
+def _paths_of_plain(policy: Path, where: Path) -> list[tuple[object, ...]]:
+    _plain_tree(policy, where)
+    return _paths(where / "plain")
+
+
+def test_an_output_path_through_a_link_and_up_is_where_the_kernel_says(cache_home,
+                                                                        tmp_path,
+                                                                        monkeypatch):
+    policy = _policy(tmp_path)
+    (tmp_path / "real" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "a" / "b")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(policy), "-o", "link/../out3"]) == 0
+    assert (tmp_path / "real" / "a" / "out3" / "edge" / "MANIFEST").is_file()
+    assert not (tmp_path / "out3").exists()
 
 
 def test_an_unchanged_compile_refuses_what_a_compile_refuses(cache_home, tmp_path, capsys):
@@ -274,13 +352,15 @@ def test_a_dot_output_directory_is_its_own_parent_no_more(cache_home, tmp_path, 
 
 def _a_record(files: list[list[object]], tree: list[list[object]],
               name: str = "edge") -> dict[str, object]:
-    return {"policy": "edge.fw", "clusters": [{"name": name, "files": files, "tree": tree}]}
+    top = ["d", 0o755, 0, 0, "", 0, 0, 7, 1]
+    return {"policy": "edge.fw", "top": top,
+            "clusters": [{"name": name, "files": files, "tree": tree}]}
 
 
 def test_a_record_is_data_that_names_nothing_outside_its_directory():
     digest = hashlib.sha256(b"abc").hexdigest()
-    tree = [["", "d", 0o755, 0, 0, "", 0, 0, 0], ["fw1", "d", 0o755, 0, 0, "", 0, 0, 0],
-            ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3, 42]]
+    tree = [["", "d", 0o755, 0, 0, "", 0, 0, 40, 5], ["fw1", "d", 0o755, 0, 0, "", 0, 0, 41, 5],
+            ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3, 42, 5]]
     good = _a_record([["fw1/a.conf", digest]], tree)
     record = OutputRecord.of_json(good)
     assert record is not None and record.as_json() == good
@@ -289,18 +369,20 @@ def test_a_record_is_data_that_names_nothing_outside_its_directory():
         assert OutputRecord.of_json(_a_record([[path, digest]], bad_tree)) is None, path
     for name in ("..", "a/b", "", "."):
         assert OutputRecord.of_json(_a_record([["fw1/a.conf", digest]], tree, name)) is None
-    odd_nodes = [["fw1/a.conf", "f", float("inf"), 0, 0, "", 1, 3, 42],
-                 ["fw1/a.conf", "f", True, 0, 0, "", 1, 3, 42],
-                 ["fw1/a.conf", "l", 0o644, 0, 0, "", 1, 3, 42],
-                 ["fw1/a.conf", "f", 0o644, 0, 0, None, 1, 3, 42],
-                 ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3]]
+    odd_nodes = [["fw1/a.conf", "f", float("inf"), 0, 0, "", 1, 3, 42, 5],
+                 ["fw1/a.conf", "f", True, 0, 0, "", 1, 3, 42, 5],
+                 ["fw1/a.conf", "l", 0o644, 0, 0, "", 1, 3, 42, 5],
+                 ["fw1/a.conf", "f", 0o644, 0, 0, None, 1, 3, 42, 5],
+                 ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3, 42],
+                 ["fw1/a.conf", "f", 0o644, 0, 0, "", 1, 3, 42, 5, 6]]
     for node in odd_nodes:
         assert OutputRecord.of_json(_a_record([["fw1/a.conf", digest]],
                                               [*tree[:2], node])) is None, node
     # files and the tree's files must be the same paths
     assert OutputRecord.of_json(_a_record([["fw1/b.conf", digest]], tree)) is None
-    twice = {"policy": "edge.fw", "clusters": good["clusters"] * 2}  # type: ignore[operator]
+    twice = dict(good, clusters=good["clusters"] * 2)  # type: ignore[operator]
     assert OutputRecord.of_json(twice) is None
+    assert OutputRecord.of_json(dict(good, top=["f", 0o644, 0, 0, "", 1, 3, 7, 1])) is None
     for broken in (None, [], {"policy": "p"}, {"policy": 3, "clusters": []},
-                   {"policy": "p", "clusters": [{"name": "c"}]}):
+                   {"policy": "p", "clusters": [{"name": "c"}]}, dict(good, top=None)):
         assert OutputRecord.of_json(broken) is None

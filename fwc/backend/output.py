@@ -273,6 +273,7 @@ def write_output(output_dir: Path, policy_name: str,
                  clusters: Sequence[ClusterOutput | FileStream],
                  force: bool = False,
                  before_swap: Callable[[], None] | None = None,
+                 after_cluster: Callable[[str, Path], None] | None = None,
                  after_swap: Callable[[Path], None] | None = None) -> list[str]:
     """Replace this policy's clusters under output_dir; returns the removed cluster names.
 
@@ -285,12 +286,14 @@ def write_output(output_dir: Path, policy_name: str,
 
     BEFORE_SWAP runs once the staging copy is complete, before it replaces anything
     (`fwc compile` waits there for the checks of its worker process): an exception
-    from it comes out of here with nothing under output_dir changed. AFTER_SWAP gets the
+    from it comes out of here with nothing under output_dir changed. AFTER_CLUSTER gets
+    each cluster's name and staged directory once its files are written; AFTER_SWAP the
     output directory once the new clusters are in, still under the lock (`fwc compile`
-    records what it wrote there: fwc.backend.record).
+    records what it wrote: fwc.backend.record).
     """
     with locked_output(output_dir) as (output_dir, parent):
-        removed = _write_locked(output_dir, parent, policy_name, clusters, force, before_swap)
+        removed = _write_locked(output_dir, parent, policy_name, clusters, force, before_swap,
+                                after_cluster)
         if after_swap is not None:
             after_swap(output_dir)
         return removed
@@ -300,8 +303,7 @@ def write_output(output_dir: Path, policy_name: str,
 def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
     """(the output directory, its parent), with the parent locked against other compiles
     while inside and the leftovers of killed compiles removed."""
-    # absolute: the parent of `.` or `..` is where the staging copy goes, not inside it
-    output_dir = _follow_link(Path(os.path.abspath(output_dir)))
+    output_dir = _follow_link(_absolute(Path(output_dir)))
     parent = output_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +318,21 @@ def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
         yield output_dir, parent
     finally:
         os.close(lock)
+
+
+def _absolute(output_dir: Path) -> Path:
+    """OUTPUT_DIR from the root, its parent as the kernel resolves it (`link/../out` is
+    next to the link's target's parent, not here). The staging copy goes next to the
+    output directory: for `-o .` or `-o ..` that is beside it, never inside it."""
+    if output_dir.name in ("", ".."):
+        return Path(os.path.realpath(output_dir))
+    return Path(os.path.realpath(output_dir.parent)) / output_dir.name
+
+
+def creation_context() -> tuple[int, int, int]:
+    """What decides the modes, owner and group of the directories and files a write
+    creates, besides the files' own modes: (umask, euid, egid)."""
+    return _umask(), os.geteuid(), os.getegid()
 
 
 def _follow_link(output_dir: Path) -> Path:
@@ -420,7 +437,8 @@ def survey(output_dir: Path, policy_name: str, new_names: Set[str], force: bool)
 
 def _write_locked(output_dir: Path, parent: Path, policy_name: str,
                   clusters: Sequence[ClusterOutput | FileStream], force: bool,
-                  before_swap: Callable[[], None] | None) -> list[str]:
+                  before_swap: Callable[[], None] | None,
+                  after_cluster: Callable[[str, Path], None] | None) -> list[str]:
     new_names = {c.name for c in clusters}
     removed = survey(output_dir, policy_name, new_names, force)
     staging = parent / f".{output_dir.name}.fwc-staging-{os.getpid()}"
@@ -437,6 +455,8 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             final_mode = 0o777 & ~_umask()
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
+            if after_cluster is not None:
+                after_cluster(cluster.name, staging / cluster.name)
         os.chmod(staging, final_mode)
         if before_swap is not None:
             before_swap()

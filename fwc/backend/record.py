@@ -1,10 +1,13 @@
 """What `fwc compile` wrote, and whether the output directory still holds exactly that.
 
 The result cache of `fwc compile` (docs/performance.md "Result cache") keeps, per content
-key, an `OutputRecord`: the SHA-256 of every file the compile wrote, and what its
-cluster directories were right after the swap (`Tree`: every file and directory with
-its mode, owner, group, extended attributes; a file's size, inode and link count). A
-compile of unchanged content whose output directory is still exactly that
+key (which includes the umask, user and group the files were created with), an
+`OutputRecord`: the SHA-256 of every file the compile wrote, and what the output
+directory and its cluster directories were when written (`Tree`: every file and
+directory with its mode, owner, group, extended attributes, inode and change time; a
+file's size and link count), noted twice, in the staging copy and after the swap, and
+kept only when the two agree. A compile of unchanged content whose output directory
+is still exactly that
 (`unchanged_output`) has nothing to write: it reports as a compile would and leaves the
 directory alone. Anything else (a file changed, added, removed, re-moded, linked
 elsewhere or replaced; a cluster to remove; content the compile would refuse; another
@@ -34,9 +37,11 @@ from fwc.model.records import dataclass
 _READ = 1 << 20
 
 # What one path of a cluster directory is: kind ("f" file, "d" directory), permission
-# bits, uid, gid, extended attributes (a digest, "" for none); for a file also its link
-# count, size and inode (0 for a directory).
-Node = tuple[str, int, int, int, str, int, int, int]
+# bits, uid, gid, extended attributes (a digest, "" for none), link count and size (0
+# for a directory), inode, change time (ns: a chmod, chown, attribute, flag, link or
+# write since changes it; reading does not).
+Node = tuple[str, int, int, int, str, int, int, int, int]
+_NODE_NUMBERS = 7
 Tree = dict[str, Node]  # by path relative to the cluster directory ("" is itself)
 
 
@@ -59,10 +64,11 @@ class RecordedCluster:
 @dataclass(frozen=True, slots=True)
 class OutputRecord:
     policy: str  # the root policy's name, as in each cluster's MANIFEST
+    top: Node  # the output directory itself, after the swap
     clusters: tuple[RecordedCluster, ...]
 
     def as_json(self) -> dict[str, Any]:
-        return {"policy": self.policy,
+        return {"policy": self.policy, "top": list(self.top),
                 "clusters": [{"name": c.name,
                               "files": [[f.path, f.sha256] for f in c.files],
                               "tree": [[path, *node] for path, node in sorted(c.tree.items())]}
@@ -75,13 +81,23 @@ class OutputRecord:
         try:
             clusters = tuple(_cluster_of_json(c) for c in value["clusters"])
             policy = value["policy"]
+            top = _node_of_json(value["top"])
         except (TypeError, KeyError, ValueError):
             return None
         names = [c.name for c in clusters]
         if not isinstance(policy, str) or not policy or len(set(names)) != len(names) \
-                or any("/" in name or not _safe(name) for name in names):
+                or any("/" in name or not _safe(name) for name in names) or top[0] != "d":
             return None
-        return cls(policy, clusters)
+        return cls(policy, top, clusters)
+
+
+def _node_of_json(value: Any) -> Node:
+    kind, mode, uid, gid, xattrs, *numbers = value
+    if kind not in ("f", "d") or not isinstance(xattrs, str) \
+            or len(numbers) != _NODE_NUMBERS - 3 \
+            or not all(type(n) is int for n in (mode, uid, gid, *numbers)):
+        raise ValueError("not a record's node")
+    return (kind, mode, uid, gid, xattrs, *numbers)  # type: ignore[return-value]
 
 
 def _cluster_of_json(value: Any) -> RecordedCluster:
@@ -89,13 +105,10 @@ def _cluster_of_json(value: Any) -> RecordedCluster:
     name = value["name"]
     files = tuple(RecordedFile(path, digest) for path, digest in value["files"])
     tree: Tree = {}
-    for path, kind, *numbers, xattrs, nlink, size, inode in value["tree"]:
-        node = (kind, *numbers, xattrs, nlink, size, inode)
-        if not all(type(n) is int for n in (*numbers, nlink, size, inode)) \
-                or len(numbers) != 3 or kind not in ("f", "d") \
-                or not isinstance(xattrs, str) or not isinstance(path, str) or path in tree:
+    for path, *node in value["tree"]:
+        if not isinstance(path, str) or path in tree:
             raise ValueError("not a record's tree")
-        tree[path] = node  # type: ignore[assignment]
+        tree[path] = _node_of_json(node)
     paths = [f.path for f in files]
     if not isinstance(name, str) or not all(isinstance(p, str) and _safe(p) for p in paths) \
             or not all(isinstance(f.sha256, str) for f in files) \
@@ -112,13 +125,15 @@ def _safe(path: str) -> bool:
 
 class RecordedStream:
     """A cluster's stream whose files' digests are noted as they are written, and whose
-    directory is noted after the swap (`note_tree`); `recorded()` then."""
+    directory is noted when written (`note_written`, in the staging copy) and after the
+    swap (`note_swapped`); `recorded()` then."""
 
     def __init__(self, inner: FileStream) -> None:
         self.name = inner.name
         self._inner = inner
         self._files: list[RecordedFile] = []
         self._modes: dict[str, int] = {}
+        self._written: Tree | None = None
         self._tree: Tree | None = None
 
     def files(self) -> Iterator[OutputFile]:
@@ -136,20 +151,19 @@ class RecordedStream:
     def members(self) -> dict[str, list[str]]:
         return self._inner.members()
 
-    def note_tree(self, output_dir: Path) -> None:
-        """The cluster's directory as the swap left it (under the output lock). The files
-        are in place by then: an error here only means no record (and a full compile
-        next time), never a failed compile."""
-        try:
-            self._tree = tree_of(output_dir / self.name)
-        except Exception:  # noqa: BLE001 - see above
-            self._tree = None
+    def note_written(self, directory: Path) -> None:
+        """The cluster's staged directory, all its files written."""
+        self._written = _tree_or_none(directory)
+
+    def note_swapped(self, output_dir: Path) -> None:
+        """The cluster's directory as the swap left it (under the output lock)."""
+        self._tree = _tree_or_none(output_dir / self.name)
 
     def recorded(self) -> RecordedCluster | None:
-        """None when the directory is not what was written (changed between the swap and
-        the note, or a file with another link): nothing is recorded then."""
+        """None when the directory is not just what was written: changed between the two
+        notes, or a file with another mode or another link. Nothing is recorded then."""
         tree = self._tree
-        if tree is None:
+        if tree is None or tree != self._written:
             return None
         files = {path: node for path, node in tree.items() if node[0] == "f"}
         if files.keys() != self._modes.keys() or any(
@@ -158,11 +172,48 @@ class RecordedStream:
         return RecordedCluster(self.name, tuple(self._files), tree)
 
 
-def output_record(policy_name: str, clusters: Sequence[RecordedStream]) -> OutputRecord | None:
-    recorded = [c.recorded() for c in clusters]
-    if any(c is None for c in recorded):
+def _tree_or_none(directory: Path) -> Tree | None:
+    """tree_of, for a note: the files are written by then, so an error here only means
+    no record (and a full compile next time), never a failed compile."""
+    try:
+        return tree_of(directory)
+    except Exception:  # noqa: BLE001 - see above
         return None
-    return OutputRecord(policy_name, tuple(c for c in recorded if c is not None))
+
+
+class Recorder:
+    """What `fwc compile` hands `write_output` to note what it writes, and the record."""
+
+    def __init__(self, streams: Sequence[FileStream]) -> None:
+        self.streams = [RecordedStream(stream) for stream in streams]
+        self._top: Node | None = None
+
+    def after_cluster(self, name: str, directory: Path) -> None:
+        for stream in self.streams:
+            if stream.name == name:
+                stream.note_written(directory)
+
+    def after_swap(self, output_dir: Path) -> None:
+        for stream in self.streams:
+            stream.note_swapped(output_dir)
+        try:
+            self._top = _node(output_dir, os.lstat(output_dir))
+        except Exception:  # noqa: BLE001 - as in _tree_or_none
+            self._top = None
+
+    def record(self, policy_name: str) -> OutputRecord | None:
+        clusters = [stream.recorded() for stream in self.streams]
+        if self._top is None or any(c is None for c in clusters):
+            return None
+        return OutputRecord(policy_name, self._top,
+                            tuple(c for c in clusters if c is not None))
+
+
+def _node(path: Path, info: os.stat_result) -> Node:
+    regular = stat.S_ISREG(info.st_mode)
+    return ("f" if regular else "d", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
+            _xattrs(path), info.st_nlink if regular else 0, info.st_size if regular else 0,
+            info.st_ino, info.st_ctime_ns)
 
 
 def tree_of(directory: Path) -> Tree | None:
@@ -175,17 +226,14 @@ def tree_of(directory: Path) -> Tree | None:
         info = os.lstat(path)
         if not stat.S_ISDIR(info.st_mode):
             return None
-        out[relative] = ("d", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
-                         _xattrs(path), 0, 0, 0)
+        out[relative] = _node(path, info)
         for entry in os.scandir(path):
             inner = f"{relative}/{entry.name}" if relative else entry.name
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
                 pending.append((inner, Path(entry.path)))
             elif stat.S_ISREG(info.st_mode):
-                out[inner] = ("f", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
-                              _xattrs(Path(entry.path)), info.st_nlink, info.st_size,
-                              info.st_ino)
+                out[inner] = _node(Path(entry.path), info)
             else:
                 return None
     return out
@@ -208,16 +256,18 @@ def _xattrs(path: Path) -> str:
 
 def unchanged_output(output_dir: Path, record: OutputRecord, force: bool = False) -> bool:
     """Whether writing RECORD's clusters into OUTPUT_DIR would leave it exactly as it is:
-    each cluster directory is the recorded tree (the same files, directories, modes,
-    owners, attributes, inodes, one link each) with the recorded bytes, no cluster of the
-    policy would be removed and nothing would be refused.
+    the output directory itself and each cluster directory are as recorded (the same
+    files, directories, modes, owners, attributes, inodes and change times, one link
+    each) with the recorded bytes, no cluster of the policy would be removed and nothing
+    would be refused.
 
     Read under the lock `write_output` takes, so never halfway through another
     compile's swap. False on any doubt, and on any error: the caller then compiles,
     and says what is wrong if something is."""
     try:
         with locked_output(output_dir) as (directory, _):
-            if not directory.is_dir() or directory.is_symlink():
+            info = os.lstat(directory)
+            if not stat.S_ISDIR(info.st_mode) or _node(directory, info) != record.top:
                 return False
             if survey(directory, record.policy, {c.name for c in record.clusters}, force):
                 return False  # a cluster of the policy would be removed

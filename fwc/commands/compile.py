@@ -7,13 +7,14 @@ import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from fwc import parallel
 from fwc.backend.output import (
     FileStream,
     OutputError,
+    creation_context,
     relative_source,
     source_root,
     stream_policy,
@@ -22,8 +23,7 @@ from fwc.backend.output import (
 from fwc.backend.record import (
     OutputRecord,
     RecordedCluster,
-    RecordedStream,
-    output_record,
+    Recorder,
     unchanged_output,
 )
 from fwc.cache import ResultCache
@@ -64,8 +64,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _output_key(analysis_key: str, args: argparse.Namespace) -> str:
-    """The cache entry of the files: the analysis' content key and what shapes the files."""
-    what = [analysis_key, bool(args.redact_secrets), args.backend or ""]
+    """The cache entry of the files: the analysis' content key and what shapes the files
+    (options; the umask, user and group they are created with)."""
+    what = [analysis_key, bool(args.redact_secrets), args.backend or "", *creation_context()]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
@@ -224,14 +225,9 @@ def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verd
                      texts: dict[str, str], policy_name: str,
                      streams: Sequence[FileStream], cache: ResultCache, key: str) -> int:
     """Write the files and record them in the cache entry KEY (only if all went well)."""
-    recorded = [RecordedStream(stream) for stream in streams]
-
-    def note_trees(output_dir: Path) -> None:
-        for stream in recorded:
-            stream.note_tree(output_dir)
-
-    status = _write(args, progress, verdict, texts, policy_name, recorded, note_trees)
-    record = output_record(policy_name, recorded) if status == 0 else None
+    recorder = Recorder(streams)
+    status = _write(args, progress, verdict, texts, policy_name, recorder.streams, recorder)
+    record = recorder.record(policy_name) if status == 0 else None
     if record is not None and verdict.stored():
         # The output is written; an error here only loses the record for next time.
         with contextlib.suppress(OSError):
@@ -249,14 +245,16 @@ def _write_failure(exc: Exception) -> Diagnostic:
 
 def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
            texts: dict[str, str], policy_name: str, clusters: Sequence[FileStream],
-           after_swap: Callable[[Path], None] | None = None) -> int:
-    """Print the diagnostics and, unless they fail the compile, write CLUSTERS
-    (AFTER_SWAP: as write_output's)."""
+           recorder: Recorder | None = None) -> int:
+    """Print the diagnostics and, unless they fail the compile, write CLUSTERS (noting
+    what was written in RECORDER)."""
     if not policy_name or (verdict.ready and verdict.failed()):
         return _refuse(args, progress, verdict.diagnostics(), texts)
     try:
         removed = write_output(Path(args.output), policy_name, clusters, force=args.force,
-                               before_swap=verdict.gate, after_swap=after_swap)
+                               before_swap=verdict.gate,
+                               after_cluster=recorder and recorder.after_cluster,
+                               after_swap=recorder and recorder.after_swap)
     except ChecksFailed:
         return _refuse(args, progress, verdict.diagnostics(), texts)
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
