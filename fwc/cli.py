@@ -244,6 +244,13 @@ def main(argv: list[str] | None = None, kept: list[object] | None = None) -> int
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        os.getcwd()  # every command resolves paths against it
+    except FileNotFoundError:
+        # (after `fwc compile -o .`, the shell is in the old, swapped-out directory)
+        print("fwc: the current directory no longer exists (it was removed or replaced): "
+              "cd into it again", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         module = importlib.import_module(f"fwc.commands.{COMMANDS[args.command]}")
     except ModuleNotFoundError as exc:
         if exc.name != f"fwc.commands.{COMMANDS[args.command]}":

@@ -129,6 +129,12 @@ def _set_an_attribute(out: Path, where: Path | None = None) -> None:
         cannot_run(f"no user extended attributes on this file system: {exc}")
 
 
+def _setgid_parent(out: Path) -> None:
+    # new directories and files take the parent's group from now on
+    os.chown(out.parent, -1, 65534)
+    out.parent.chmod(0o2755)
+
+
 # change -> (what it does to a compiled directory, the compile's extra arguments)
 CHANGES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "a byte": (_flip_a_byte, ()),
@@ -150,6 +156,7 @@ CHANGES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "a group": (_as_root(lambda out: os.chown(out / "edge" / "fw2", -1, 65534)), ()),
     "an extended attribute": (_set_an_attribute, ()),
     "the output directory's owner": (_as_root(lambda out: os.chown(out, 65534, 65534)), ()),
+    "the parent's group, setgid": (_as_root(_setgid_parent), ()),
     "an attribute of the output directory": (
         lambda out: _set_an_attribute(out, out), ()),
 }
@@ -272,6 +279,25 @@ def test_an_output_path_through_a_link_and_up_is_where_the_kernel_says(cache_hom
     assert not (tmp_path / "out3").exists()
 
 
+def test_a_link_to_nothing_on_the_output_path_is_refused(cache_home, tmp_path, capsys):
+    policy = _policy(tmp_path)
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing" / "t")
+    assert compile_to(policy, tmp_path / "dangling" / "out") == 1
+    assert "is a symbolic link to" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()  # nothing created where it points
+
+
+def test_a_removed_current_directory_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """After `fwc compile -o .` the shell is in the swapped-out copy, which is gone."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert main(["check", str(EDGE)]) == 2
+    assert capsys.readouterr().err == ("fwc: the current directory no longer exists (it was "
+                                       "removed or replaced): cd into it again\n")
+
+
 def test_an_unchanged_compile_refuses_what_a_compile_refuses(cache_home, tmp_path, capsys):
     policy = _policy(tmp_path)
     out = tmp_path / "out"
@@ -353,7 +379,7 @@ def test_a_dot_output_directory_is_its_own_parent_no_more(cache_home, tmp_path, 
 def _a_record(files: list[list[object]], tree: list[list[object]],
               name: str = "edge") -> dict[str, object]:
     top = ["d", 0o755, 0, 0, "", 0, 0, 7, 1]
-    return {"policy": "edge.fw", "top": top,
+    return {"policy": "edge.fw", "top": top, "parent": [0o755, 0, ""],
             "clusters": [{"name": name, "files": files, "tree": tree}]}
 
 

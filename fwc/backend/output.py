@@ -323,7 +323,15 @@ def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
 def _absolute(output_dir: Path) -> Path:
     """OUTPUT_DIR from the root, its parent as the kernel resolves it (`link/../out` is
     next to the link's target's parent, not here). The staging copy goes next to the
-    output directory: for `-o .` or `-o ..` that is beside it, never inside it."""
+    output directory: for `-o .` or `-o ..` that is beside it, never inside it. A link
+    on the way to nothing is refused, as `mkdir -p` refuses it (never the directories it
+    points to created)."""
+    existing = output_dir.parent
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise OutputError(f"'{existing}' is a symbolic link to '{os.readlink(existing)}', "
+                          "which does not exist: create that directory, or remove the link")
     if output_dir.name in ("", ".."):
         return Path(os.path.realpath(output_dir))
     return Path(os.path.realpath(output_dir.parent)) / output_dir.name
@@ -484,6 +492,13 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
 
 
 def _umask() -> int:
+    """The process's umask, read where Linux shows it (setting it to read it back would
+    change it for a moment for every thread)."""
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o077)
     os.umask(mask)
     return mask

@@ -42,6 +42,7 @@ _READ = 1 << 20
 # write since changes it; reading does not).
 Node = tuple[str, int, int, int, str, int, int, int, int]
 _NODE_NUMBERS = 7
+Parent = tuple[int, int, str]  # mode (setgid bit included), gid, extended attributes
 Tree = dict[str, Node]  # by path relative to the cluster directory ("" is itself)
 
 
@@ -65,10 +66,13 @@ class RecordedCluster:
 class OutputRecord:
     policy: str  # the root policy's name, as in each cluster's MANIFEST
     top: Node  # the output directory itself, after the swap
+    # its parent's mode, group and attributes: they decide the group and ACLs that the
+    # new directories and files get (a setgid parent, a default ACL)
+    parent: Parent
     clusters: tuple[RecordedCluster, ...]
 
     def as_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "top": list(self.top),
+        return {"policy": self.policy, "top": list(self.top), "parent": list(self.parent),
                 "clusters": [{"name": c.name,
                               "files": [[f.path, f.sha256] for f in c.files],
                               "tree": [[path, *node] for path, node in sorted(c.tree.items())]}
@@ -82,13 +86,16 @@ class OutputRecord:
             clusters = tuple(_cluster_of_json(c) for c in value["clusters"])
             policy = value["policy"]
             top = _node_of_json(value["top"])
+            mode, gid, xattrs = value["parent"]
         except (TypeError, KeyError, ValueError):
+            return None
+        if type(mode) is not int or type(gid) is not int or not isinstance(xattrs, str):
             return None
         names = [c.name for c in clusters]
         if not isinstance(policy, str) or not policy or len(set(names)) != len(names) \
                 or any("/" in name or not _safe(name) for name in names) or top[0] != "d":
             return None
-        return cls(policy, top, clusters)
+        return cls(policy, top, (mode, gid, xattrs), clusters)
 
 
 def _node_of_json(value: Any) -> Node:
@@ -187,6 +194,7 @@ class Recorder:
     def __init__(self, streams: Sequence[FileStream]) -> None:
         self.streams = [RecordedStream(stream) for stream in streams]
         self._top: Node | None = None
+        self._parent: Parent | None = None
 
     def after_cluster(self, name: str, directory: Path) -> None:
         for stream in self.streams:
@@ -198,15 +206,21 @@ class Recorder:
             stream.note_swapped(output_dir)
         try:
             self._top = _node(output_dir, os.lstat(output_dir))
+            self._parent = _parent(output_dir.parent)
         except Exception:  # noqa: BLE001 - as in _tree_or_none
             self._top = None
 
     def record(self, policy_name: str) -> OutputRecord | None:
         clusters = [stream.recorded() for stream in self.streams]
-        if self._top is None or any(c is None for c in clusters):
+        if self._top is None or self._parent is None or any(c is None for c in clusters):
             return None
-        return OutputRecord(policy_name, self._top,
+        return OutputRecord(policy_name, self._top, self._parent,
                             tuple(c for c in clusters if c is not None))
+
+
+def _parent(path: Path) -> Parent:
+    info = os.stat(path)
+    return stat.S_IMODE(info.st_mode), info.st_gid, _xattrs(path)
 
 
 def _node(path: Path, info: os.stat_result) -> Node:
@@ -267,7 +281,8 @@ def unchanged_output(output_dir: Path, record: OutputRecord, force: bool = False
     try:
         with locked_output(output_dir) as (directory, _):
             info = os.lstat(directory)
-            if not stat.S_ISDIR(info.st_mode) or _node(directory, info) != record.top:
+            if not stat.S_ISDIR(info.st_mode) or _node(directory, info) != record.top \
+                    or _parent(directory.parent) != record.parent:
                 return False
             if survey(directory, record.policy, {c.name for c in record.clusters}, force):
                 return False  # a cluster of the policy would be removed
