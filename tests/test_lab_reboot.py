@@ -65,6 +65,36 @@ def test_judge_boot_catches_forwarding_before_the_rules() -> None:
     assert bw.forwarded_before_rules == 70
 
 
+def test_the_sampler_dates_forwarding_on_by_the_end_of_its_read(monkeypatch, capsys) -> None:
+    # The boot script logs 'rules loaded' at 0.0565 s, then switches forwarding on at
+    # 0.057 s, while the sampler's thread is held between its stamp (0.055 s) and its
+    # read (the listers' threads, a busy machine). Dated by the stamp before the read,
+    # forwarding was on before the rules: a false alarm once seen in CI. Dated by the
+    # read's end (0.058 s), it is not.
+    import argparse
+    import json
+
+    from fwc.lab import probe
+
+    stamps = iter([T0, T0 + 0.001, T0 + 0.055, T0 + 0.058])  # before/after, two samples
+    values = iter(["0", "0"] * 2 + ["1", "1"])  # first (both families), then a read each
+    loop_checks = iter([0.0, 0.0, 0.0, 0.0, 99.0])  # two deadlines, two samples, out
+    monkeypatch.setattr(probe.time, "time", lambda: next(stamps))
+    monkeypatch.setattr(probe.time, "monotonic", lambda: next(loop_checks))
+    monkeypatch.setattr(probe.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(probe, "_read", lambda _path: next(values))
+    monkeypatch.setattr(probe, "_stopper", probe.Stop)
+    assert probe.watch(argparse.Namespace(listers={}, duration=1.0, period=0.001)) == 0
+    watch = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert watch["changes"] == [["4", "1", T0 + 0.058], ["6", "1", T0 + 0.058]]
+    assert watch["last_off"] == {"4": T0, "6": T0}  # the start of the last read of 0
+    watch["syns_sent"] = [T0 - 0.3 + i * 0.005 for i in range(180)]
+    log = [(T0 + 0.0565, "rules loaded"), (T0 + 0.0575, "forwarding on")]
+    bw = judge_boot(watch, [], log, T0, 0, forward_wiped=WIPED)
+    assert bw.forwarding_on_s == {"4": 0.058, "6": 0.058}
+    assert not any("before the script's 'rules loaded'" in p for p in bw.problems), bw.problems
+
+
 def test_judge_boot_refuses_a_vacuous_probe() -> None:
     # Nothing got through at all, even after the boot: the probe missed the node.
     log = [(T0 + 0.049, "rules loaded"), (T0 + 0.054, "forwarding on")]

@@ -466,14 +466,21 @@ def watch(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.duration
     last_off: dict[str, float] = {}
     while not stop.is_set() and time.monotonic() < deadline:
-        now = time.time()
+        # Each read is stamped before and after, as a listing is: the listers' threads
+        # can hold this one for a few ms between a stamp and its read. A value that is
+        # on was certainly on by the read's end (a stamp taken before the read once put
+        # forwarding on before the boot script's 'rules loaded', which came first); one
+        # that is off was off at its start too (forwarding does not go off again during
+        # a boot).
+        before = time.time()
+        read = {fam: _read(path) for fam, path in FORWARDING.items()}
+        after = time.time()
         samples += 1
-        for fam, path in FORWARDING.items():
-            val = _read(path)
+        for fam, val in read.items():
             if val == "0":
-                last_off[fam] = now
+                last_off[fam] = before
             if val != state[fam]:
-                changes.append([fam, val, round(now, 6)])
+                changes.append([fam, val, round(after, 6)])
                 state[fam] = val
         time.sleep(args.period)
     stop.set()
