@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail_without_root
 
-from fwc.backend.files import BY_NAME
+from fwc.backend.files import BY_NAME, LOADED_BY_INSTALL
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 
@@ -77,6 +77,24 @@ def test_boot_loads_the_rules_then_switches_forwarding_on(tmp_path, policies):
     assert '--comment "edge.fw:41"' in out["iptables"]  # a FORWARD rule of the policy
     assert ":FORWARD DROP" in out["iptables"] and ":FORWARD DROP" in out["ip6tables"]
     assert "-j DNAT" in out["iptables"]
+
+
+def test_boot_started_by_install_on_a_live_node_loads_nothing(tmp_path, policies):
+    # fwc install loaded the rules itself and starts the unit only so that it counts as
+    # active (fwc.install.scripts.reload_systemd_units): forwarding is not switched off
+    # and nothing is loaded again; the variable comes from systemd's environment
+    out = boot(tmp_path, policies, before=f"sysctl -q -w net.ipv4.ip_forward=1\n"
+               f"export {LOADED_BY_INSTALL}=1")
+    assert out["rc"] == "0", out
+    assert out["forward4"] == "1" and out["forward6"] == "0"  # as they were
+    assert "edge.fw" not in out.get("iptables", "")  # (nothing loaded: nothing listed)
+    assert "rules loaded by fwc install" in out["stderr"]
+
+
+def test_boot_ignores_any_other_value_of_the_install_variable(tmp_path, policies):
+    out = boot(tmp_path, policies, before=f"export {LOADED_BY_INSTALL}=yes")
+    assert out["rc"] == "0", out
+    assert out["forward4"] == "1" and '--comment "edge.fw:41"' in out["iptables"]
 
 
 @pytest.mark.parametrize("broken", ["iptables.rules", "ip6tables.rules"])

@@ -84,8 +84,18 @@ def test_script_is_posix_sh_and_uses_the_generated_paths(script):
 
 def test_primary_commits_flushes_resyncs_and_sends(script, tmp_path):
     calls = run(script, tmp_path, "primary")
-    assert conntrackd_calls(calls) == [f"{CONFIG} {op}" for op in ("-c", "-f", "-R", "-B")]
+    assert conntrackd_calls(calls) == [f"{CONFIG} {op}"
+                                       for op in ("-s", "-c", "-f", "-R", "-B")]
+    assert not [c for c in calls if c.startswith("systemctl")]
     assert any("logger -t fwc-notify" in c and "transition to primary" in c for c in calls)
+
+
+def test_primary_starts_a_missing_daemon_before_its_steps(script, tmp_path):
+    # conntrackd gave up at boot (no sync address yet): a master without it would
+    # replicate nothing (issue 12 session's HA review)
+    calls = run(script, tmp_path, "primary", daemon_up=False)
+    assert calls.index("systemctl --job-mode=ignore-requirements start conntrackd") < \
+        calls.index(f"conntrackd {CONFIG} -c")
 
 
 def test_backup_checks_the_daemon_requests_resync_and_schedules_purge(script, tmp_path):
@@ -96,7 +106,8 @@ def test_backup_checks_the_daemon_requests_resync_and_schedules_purge(script, tm
 
 def test_backup_starts_a_missing_daemon_through_systemd(script, tmp_path):
     calls = run(script, tmp_path, "backup", daemon_up=False)
-    assert "systemctl start conntrackd" in calls
+    # never the boot unit conntrackd requires: on a live node it would load the rules again
+    assert "systemctl --job-mode=ignore-requirements start conntrackd" in calls
     assert f"{CONFIG} -d" not in conntrackd_calls(calls)
     assert any("conntrackd is not running" in c for c in calls if c.startswith("logger"))
 
@@ -158,7 +169,7 @@ def test_each_action_runs_after_the_conntrackd_steps_of_its_state(tmp_path, shel
                        for state in ("master", "backup", "fault"))
     script = _with_actions(tmp_path, actions)
     assert subprocess.run([shell, "-n"], input=script, text=True).returncode == 0
-    expected = {"primary": ("master", ["-c", "-f", "-R", "-B"]),
+    expected = {"primary": ("master", ["-s", "-c", "-f", "-R", "-B"]),
                 "backup": ("backup", ["-s", "-n", "-t"]), "fault": ("fault", ["-t"])}
     for state, (action, steps) in expected.items():
         calls = run(script, tmp_path, state, shell=shell)

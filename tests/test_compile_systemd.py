@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Examples, cannot_run
 
-from fwc.backend.files import BY_NAME
+from fwc.backend.files import BY_NAME, LOADED_BY_INSTALL
 from fwc.install.node import NodeInstall
 
 
@@ -38,7 +38,10 @@ def test_every_member_gets_the_ordering_dropins(examples):
         assert keepalived["Wants"] == "conntrackd.service"
         assert keepalived["Requires"] == "fwc-firewall.service"
         conntrackd = _unit(files[f"{member}/conntrackd-systemd.conf"])["Unit"]
-        assert conntrackd["Requires"] == conntrackd["After"] == "fwc-firewall.service"
+        assert conntrackd["Requires"] == "fwc-firewall.service"
+        # its own address on the sync link too: started before it, conntrackd gives up
+        assert conntrackd["After"].split() == ["fwc-firewall.service", "network-online.target"]
+        assert conntrackd["Wants"] == "network-online.target"
     assert BY_NAME["keepalived-systemd.conf"].path == \
         "/etc/systemd/system/keepalived.service.d/fwc.conf"
     assert BY_NAME["conntrackd-systemd.conf"].path == \
@@ -51,6 +54,9 @@ def test_the_boot_unit_runs_before_the_network_and_stays_active(examples):
     assert unit["Unit"]["DefaultDependencies"] == "no"
     assert "network-pre.target" in unit["Unit"]["Before"].split()
     assert unit["Unit"]["Wants"] == "network-pre.target"
+    # the distribution's firewall units flush the ruleset when they start: never after ours
+    assert {"nftables.service", "netfilter-persistent.service"} <= \
+        set(unit["Unit"]["After"].split())
     assert unit["Service"]["Type"] == "oneshot"
     assert unit["Service"]["RemainAfterExit"] == "yes"
     assert unit["Service"]["ExecStart"] == BY_NAME["fwc-firewall.sh"].path
@@ -105,6 +111,31 @@ def test_install_enables_the_boot_unit_when_it_changes():
     commands = dict(node.reload_commands(old_config=None))
     assert "systemctl daemon-reload" in commands["systemd"]
     assert "systemctl enable -q fwc-firewall.service" in commands["systemd"]
+    # then marked active without a second load (the boot script's LOADED_BY_INSTALL
+    # exit): left inactive, the next restart of a daemon requiring it would run the
+    # whole load on this live node
+    assert ("! systemctl -q is-active fwc-firewall.service; then systemctl "
+            f"set-environment {LOADED_BY_INSTALL}=1 && {{ systemctl start "
+            "fwc-firewall.service; rc=$?; systemctl unset-environment "
+            f"{LOADED_BY_INSTALL}; [ $rc -eq 0 ]; }}") in commands["systemd"]
+
+
+def test_install_restarts_conntrackd_without_starting_the_boot_unit():
+    node = NodeInstall.__new__(NodeInstall)
+    node.systemd = True
+    node.role = "backup"
+
+    class Result:
+        changed = ["conntrackd.conf"]
+
+    class Transport:
+        private_run = True
+
+    node.result, node.transport = Result(), Transport()
+    commands = dict(node.reload_commands(old_config=None))
+    assert "systemctl --job-mode=ignore-requirements restart conntrackd" in \
+        commands["conntrackd"]
+    assert "systemctl restart conntrackd" not in commands["conntrackd"]
 
 
 def _systemd_analyze() -> str:

@@ -201,6 +201,12 @@ def unit_name(name: str) -> str:
 
 # The boot unit's name, as `systemctl enable` and the drop-ins' After= name it.
 BOOT_UNIT = unit_name("fwc-firewall.service")
+# Set in systemd's environment by `fwc install` (and only there) while it starts the boot
+# unit on a live node whose rules it has just loaded: the boot script then only exits 0,
+# so that the unit counts as active. Otherwise the first daemon restart before the next
+# boot (keepalived and conntrackd require the unit) would start it and run the whole
+# load on a live node, forwarding off until it is done.
+LOADED_BY_INSTALL = "FWC_RULES_LOADED_BY_INSTALL"
 # The units `fwc install` enables when the member has them (the boot unit always).
 ENABLED_UNITS = ("fwc-firewall.service", "fwc-routes.service", "fwc-uplinks.service")
 

@@ -11,7 +11,16 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from fwc import protocols as proto
-from fwc.backend.files import ENABLED_UNITS, FILES, LOAD_ORDER, GeneratedFile, Reload, path_of
+from fwc.backend.files import (
+    BOOT_UNIT,
+    ENABLED_UNITS,
+    FILES,
+    LOAD_ORDER,
+    LOADED_BY_INSTALL,
+    GeneratedFile,
+    Reload,
+    path_of,
+)
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
@@ -295,9 +304,12 @@ def apply(files: list[GeneratedFile]) -> str:
 def reload_systemd_units() -> str:
     """Re-read changed units; enable the boot unit so the next boot loads the rules.
 
-    Not started here: the rules are in already, and starting it would switch
-    forwarding off for the moment it takes to load them again. On a rollback
-    that removed the unit, its enablement link goes too.
+    The boot unit is then marked active without loading anything (its script exits 0
+    when LOADED_BY_INSTALL is set in systemd's environment): the rules are in already,
+    and running the load again would switch forwarding off for the moment it takes.
+    Left inactive, it would be started by the first restart of keepalived or
+    conntrackd (both require it), which would run that load on a live node. On a
+    rollback that removed the unit, its enablement link goes too.
     """
     steps = []
     for unit in ENABLED_UNITS:
@@ -305,6 +317,11 @@ def reload_systemd_units() -> str:
         wants = f"/etc/systemd/system/multi-user.target.wants/{name}"
         steps.append(f"if [ -e {path_of(unit)} ]; then systemctl enable -q {name}; "
                      f"else rm -f {wants}; fi")
+    boot = path_of("fwc-firewall.service")
+    steps.append(f"if [ -e {boot} ] && ! systemctl -q is-active {BOOT_UNIT}; then "
+                 f"systemctl set-environment {LOADED_BY_INSTALL}=1 && "
+                 f"{{ systemctl start {BOOT_UNIT}; rc=$?; "
+                 f"systemctl unset-environment {LOADED_BY_INSTALL}; [ $rc -eq 0 ]; }}; fi")
     return ("if [ -d /run/systemd/system ]; then systemctl daemon-reload && "
             + "; ".join(steps) + "; fi")
 
@@ -372,8 +389,10 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
              "else echo 'conntrackd is not running: nothing to restart' >&2; fi")
     if not systemd:
         return plain
+    # (its drop-in requires the boot unit: never start that with it on a live node)
     return ("if [ -d /run/systemd/system ] && systemctl -q is-active conntrackd; then "
-            f"systemctl restart conntrackd && {wait_socket} && {resync}; else {plain}; fi")
+            "systemctl --job-mode=ignore-requirements restart conntrackd && "
+            f"{wait_socket} && {resync}; else {plain}; fi")
 
 
 def _restore_routes(files: list[GeneratedFile]) -> list[str]:

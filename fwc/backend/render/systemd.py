@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fwc import protocols as proto
-from fwc.backend.files import BOOT_UNIT, GeneratedFile, Reload, path_of
+from fwc.backend.files import BOOT_UNIT, LOADED_BY_INSTALL, GeneratedFile, Reload, path_of
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member
@@ -58,6 +58,7 @@ def boot_script(cluster: Cluster, member: Member, files: tuple[GeneratedFile, ..
         "member": member.name,
         "unit": BOOT_UNIT,
         "log_tag": proto.BOOT_LOG_TAG,
+        "loaded_by_install": LOADED_BY_INSTALL,
         # Both families always: an IPv4-only cluster has no ip6tables rules at all, so
         # IPv6 forwarding left on by anything else would route it unfiltered.
         "forwarding_off": [(key, "/proc/sys/" + key.replace(".", "/"))

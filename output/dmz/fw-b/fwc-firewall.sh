@@ -15,6 +15,14 @@ log() {
     logger -t fwc-firewall -- "$*" 2>/dev/null || :
 }
 
+# Only fwc install sets this (in systemd's environment, for the one start of this unit
+# after it loaded the rules itself): the unit then counts as active, and a later
+# restart of keepalived or conntrackd does not run the whole load on a live node.
+if [ "${FWC_RULES_LOADED_BY_INSTALL:-}" = 1 ]; then
+    log "rules loaded by fwc install: nothing to do until the next boot"
+    exit 0
+fi
+
 forwarding_off() {
     if [ -e /proc/sys/net/ipv4/ip_forward ]; then
         sysctl -q -w net.ipv4.ip_forward=0 || { log "cannot switch" net.ipv4.ip_forward "off"; rc=1; }

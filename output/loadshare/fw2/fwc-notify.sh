@@ -33,7 +33,8 @@ ensure_daemon() {
     fi
     log "conntrackd is not running"
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl start conntrackd || log "systemctl start conntrackd failed"
+        # (not the boot unit it requires: on a live node that would load the rules again)
+        systemctl --job-mode=ignore-requirements start conntrackd || log "systemctl start conntrackd failed"
     elif [ -e "$LOCKFILE" ]; then
         # A lock file means a daemon may still be alive: never start a second one.
         log "not starting conntrackd: $LOCKFILE exists"
@@ -80,6 +81,7 @@ done
 log "transition to ${1:-?} of group $GROUP (other groups: master $other_master, backup $other_backup)"
 case "$1" in
     primary)
+        ensure_daemon   # a master without conntrackd would replicate nothing
         ct -c   # commit the external cache (the peer's states) into the kernel
         if [ "$other_backup" = no ]; then
             ct -f   # every group is here: this node is now the source of truth

@@ -33,7 +33,8 @@ ensure_daemon() {
     fi
     log "conntrackd is not running"
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl start conntrackd || log "systemctl start conntrackd failed"
+        # (not the boot unit it requires: on a live node that would load the rules again)
+        systemctl --job-mode=ignore-requirements start conntrackd || log "systemctl start conntrackd failed"
     elif [ -e "$LOCKFILE" ]; then
         # A lock file means a daemon may still be alive: never start a second one.
         log "not starting conntrackd: $LOCKFILE exists"
@@ -45,6 +46,7 @@ ensure_daemon() {
 log "transition to ${1:-?}"
 case "$1" in
     primary)
+        ensure_daemon   # a master without conntrackd would replicate nothing
         ct -c   # commit the external cache (the peer's states) into the kernel
         ct -f   # flush both caches: this node is now the source of truth
         ct -R   # resync the internal cache with the kernel table
