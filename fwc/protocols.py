@@ -123,6 +123,14 @@ LOG_PREFIX_MAX = 29
 IPTABLES_COMMENT_MAX = 255
 DEVICE_NAME_MAX = 15
 KEEPALIVED_LINE_MAX = 1023
+# What a keepalived.conf string cannot hold: it has no escape for '"', and it replaces
+# `$NAME` and `${NAME}` everywhere, inside quotes too, with its own definitions and
+# built-ins (`${_RANDOM}`, `${_PWD}`, `${_HASH}`; keepalived 2.2): a password
+# "${_PWD}" becomes the first 8 bytes of the config's directory, a script's words change.
+KEEPALIVED_UNQUOTABLE = '"$'
+# nft replaces `$name` in a quoted string with a `define` (an unknown one fails the
+# whole file: "unknown identifier"); seen in log prefixes, not in comments.
+NFT_LOG_PREFIX_UNQUOTABLE = '"$'
 NAME_BYTES_MAX = 255
 LOG_RATE = "5/second"
 LOG_BURST = 10

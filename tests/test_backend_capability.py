@@ -47,6 +47,23 @@ def test_log_prefix_with_a_double_quote_is_refused_for_nftables(tmp_path):
                       line_of(text, 'log "say'), "nftables backend cannot write a log prefix")
 
 
+def test_log_prefix_with_a_dollar_is_refused_for_nftables(tmp_path):
+    # nft replaces `$x` in a string with a define: an unknown one fails the whole file
+    text = mutate(("    drop   from any    to any\n",
+                   '    drop   from any    to any      log "a$x"\n'), base=NFT_BASE)
+    assert_diagnostic(run(tmp_path, text), "FWC230", Severity.ERROR,
+                      line_of(text, 'log "a$x'), "'$'")
+
+
+@pytest.mark.parametrize("prefix", ['a\\"b', "a$x"])
+def test_the_drops_prefix_is_checked_for_nftables_too(tmp_path, prefix):
+    # (it was FWC900, an internal error, for a double quote)
+    text = mutate(("cluster edge {\n", "cluster edge {\n    backend nftables\n"
+                   f'    log {{ drops "{prefix}" }}\n'))
+    assert_diagnostic(run(tmp_path, text), "FWC230", Severity.ERROR,
+                      line_of(text, "log { drops"), "log prefix")
+
+
 def test_log_prefix_with_a_double_quote_is_fine_for_iptables(tmp_path):
     analysis = run(tmp_path, mutate(QUOTED_LOG))
     assert analysis.ok and not with_code(analysis, "FWC230")

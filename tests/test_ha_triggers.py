@@ -133,6 +133,10 @@ def test_fwc251_weights_need_preemption(tmp_path):
     ("/etc/fwc/check.sh", "does not exist in the compiled tree"),
     ("/etc/fwc/fwc-firewall.sh", "a file fwc generates"),
     ('/usr/bin/x \\"y\\"', "double quote"),
+    # keepalived expands '$' inside quotes (2.2: `${_RANDOM}` a number, a long one an
+    # unterminated quote that turns the rest of the block into unknown keywords)
+    ("/bin/true ${_RANDOM} x", "a '$'"),
+    ("/bin/check $HOME", "a '$'"),
 ])
 def test_fwc252_script_not_runnable(tmp_path, command, phrase):
     text = tracked(f'        script "{command}" weight -60')

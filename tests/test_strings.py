@@ -326,6 +326,21 @@ def test_password_file_with_a_c1_control_is_refused(tmp_path):
     assert "U+0085" in d.message
 
 
+@pytest.mark.parametrize("password", ["${_PWD}", "${_HASH}", "a$b"])
+def test_a_password_keepalived_would_expand_is_refused(tmp_path, password):
+    # keepalived 2.2 replaces ${_PWD} with the config's directory, cut to 8 bytes
+    d = the_one(run(tmp_path, mutate(('password "s3cret"', f'password "{password}"'))),
+                "FWC505")
+    assert "'$'" in d.message and password not in d.message
+
+
+def test_a_password_file_keepalived_would_expand_is_refused(tmp_path):
+    (tmp_path / "secret").write_text("${_PWD}\n", encoding="utf-8")
+    d = the_one(run(tmp_path, mutate(('password "s3cret"', 'password file "secret"'))),
+                "FWC505")
+    assert "'$'" in d.message
+
+
 def test_rule_text_writes_the_log_prefix_as_a_literal(tmp_path):
     """fwc diff and query show rules in the language: the prefix reads back unchanged."""
     text = mutate(("accept from lan6   to any      service tcp/80,443",

@@ -23,9 +23,9 @@ from fwc.model import Cluster, Policy
 from fwc.model.vocabulary import Backend, FilterAction, NatAction
 
 # What each backend's rule text cannot hold, as data: the characters a log prefix
-# cannot contain (nft strings have no escape for a double quote; iptables-restore
-# quotes and escapes it).
-LOG_PREFIX_UNWRITABLE = {Backend.IPTABLES: "", Backend.NFTABLES: '"'}
+# cannot contain (nft strings have no escape for a double quote, and nft expands '$';
+# iptables-restore quotes and escapes both).
+LOG_PREFIX_UNWRITABLE = {Backend.IPTABLES: "", Backend.NFTABLES: proto.NFT_LOG_PREFIX_UNQUOTABLE}
 
 ClusterCheck = Callable[[Cluster, Backend], Iterator[Diagnostic]]
 
@@ -40,24 +40,30 @@ def _clusters(policy: Policy, backend: Backend | None, one: ClusterCheck) \
 
 def _log_prefix(cluster: Cluster, backend: Backend) -> Iterator[Diagnostic]:
     bad = LOG_PREFIX_UNWRITABLE[backend]
-    for rule in cluster.all_rules():
-        if not rule.log or not bad:
-            continue
-        prefix, _ = log_prefix(rule)
+    if not bad:
+        return
+    prefixes = [(log_prefix(rule)[0], rule.span) for rule in cluster.all_rules() if rule.log]
+    logging = cluster.logging
+    if logging.drops and logging.drops_prefix is not None:
+        prefixes.append((logging.drops_prefix, logging.span_of("log-drops")))
+    for prefix, span in prefixes:
         found = sorted({c for c in prefix if c in bad})
         if found:
             yield error("FWC230", f"the {backend} backend cannot write a log prefix containing "
-                        f"{' or '.join(repr(c) for c in found)}", rule.span,
+                        f"{' or '.join(repr(c) for c in found)}", span,
                         hint="remove the character from the log text, or use "
                         "`backend iptables`")
 
 
 @check("FWC230", "log prefix the backend cannot write", Severity.ERROR, """
 The log prefix is copied into the rule as a quoted string. nftables has no
-escape for a double quote inside a string (`log prefix "..."`), so a prefix
-holding one cannot be written for `backend nftables` (iptables-restore quotes
-and escapes it). Leaving the log out, or cutting the text, would change what
-the rule does without a word: the rule is refused instead.""")
+escape for a double quote inside a string (`log prefix "..."`), and it replaces
+`$name` there with a `define` (an unknown name fails the whole file, and with it
+the boot: the fallback table then has no management access), so a prefix holding
+either cannot be written for `backend nftables` (iptables-restore quotes and
+escapes both). The cluster's `log { drops "..." }` prefix too. Leaving the log
+out, or cutting the text, would change what the rule does without a word: the
+rule is refused instead.""")
 def log_prefix_backend(policy: Policy) -> Iterable[Diagnostic]:
     return _clusters(policy, None, _log_prefix)
 

@@ -110,16 +110,21 @@ the shell's, and a relative name is resolved differently on every node.
 {FWC_NODE_DIR} holds what `fwc compile` writes, and none of those files is a
 health check, so a script there does not exist in the compiled tree. A double
 quote cannot be written in keepalived.conf (it has no escape), and neither can a
-process name with one.""")
+`$`: keepalived replaces `$NAME` and `${{NAME}}` inside quotes too, with its own
+built-ins (`${{_RANDOM}}` is a random number, a long one an unterminated quote that
+turns the rest of the block into unknown keywords), so the command run would not be
+the one written. The same holds for a process name.""")
 def script_path(policy: Policy) -> Iterable[Diagnostic]:
     generated = {PurePosixPath(f.path) for f in FILES}
     for cluster in _clusters(policy):
         for track in cluster.tracks:
             if track.kind not in ("script", "process"):
                 continue
-            if '"' in track.target:
-                yield error("FWC252", f"track {track.kind} '{track.target}' holds a double "
-                            "quote, which keepalived.conf cannot carry", track.span,
+            bad = sorted({c for c in track.target if c in proto.KEEPALIVED_UNQUOTABLE})
+            if bad:
+                what = " and ".join("a double quote" if c == '"' else "a '$'" for c in bad)
+                yield error("FWC252", f"track {track.kind} '{track.target}' holds {what}, "
+                            "which keepalived.conf cannot carry as written", track.span,
                             hint="move the command into a script file and name that")
                 continue
             if track.kind == "process":

@@ -25,8 +25,10 @@ def unwritable(text: str, quote_ok: bool) -> str | None:
     bad = unsafe_character(text)
     if bad is not None:
         return f"the character {describe_character(bad[1])}"
-    if '"' in text and not quote_ok:
-        return "a double quote"
+    if not quote_ok:
+        for char, what in (('"', "a double quote"), ("$", "a '$' (keepalived expands it)")):
+            if char in text:
+                return what
     return None
 
 
@@ -46,5 +48,5 @@ def password_problems(password: str) -> list[Problem]:
     if problem is not None:
         out.append(Problem("FWC505", f"the VRRP password contains {problem}, which "
                            "keepalived.conf cannot hold",
-                           "use printable characters other than '\"'"))
+                           "use printable characters other than '\"' and '$'"))
     return out

@@ -165,6 +165,8 @@ def nft_comment(text: str) -> str:
 
 
 def nft_log_prefix(text: str) -> str:
+    if "$" in text:  # (nft_string refuses '"')
+        raise UnwritableText(f"log prefix {text!r}: nft would expand its '$'")
     if utf8_length(text) > NFT_LOG_PREFIX_MAX:
         raise UnwritableText(f"log prefix {text!r} is longer than {NFT_LOG_PREFIX_MAX} bytes")
     return nft_string(text)
@@ -172,13 +174,15 @@ def nft_log_prefix(text: str) -> str:
 
 # -- keepalived.conf -------------------------------------------------------------------------
 
-_KEEPALIVED_WORD_STOPS = frozenset(' "#!{}')
+_KEEPALIVED_WORD_STOPS = frozenset(' "#!{}$')
 
 
 def keepalived_string(text: str) -> str:
-    """A quoted keepalived value: keepalived has no escape for '"' inside quotes."""
-    if '"' in line_text(text):
-        raise UnwritableText(f"{text!r}: keepalived cannot quote a double quote")
+    """A quoted keepalived value: keepalived has no escape for '"' inside quotes, and
+    expands '$' there (proto.KEEPALIVED_UNQUOTABLE)."""
+    value = line_text(text)
+    if any(c in proto.KEEPALIVED_UNQUOTABLE for c in value):
+        raise UnwritableText(f"{text!r}: keepalived cannot quote a double quote or '$'")
     return f'"{text}"'
 
 
