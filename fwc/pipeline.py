@@ -31,7 +31,13 @@ from fwc.diagnostics import (
     print_diagnostics,
 )
 from fwc.frontend.loader import LoadedProgram, load
-from fwc.frontend.sources import LIBRARY_ROOT, Refused, repository_root
+from fwc.frontend.sources import (
+    LIBRARY_ROOT,
+    Refused,
+    inside,
+    read_regular,
+    repository_root,
+)
 from fwc.model import Policy
 from fwc.model.records import dataclass
 
@@ -330,11 +336,19 @@ class _Place:
         if not isinstance(read, dict):
             return None
         texts: dict[str, str] = {}
+        # read as the loader reads (regular files of bounded size, never a FIFO or a
+        # device, no link followed at the last moment), and only inside the repository
+        # or fwc's library: anything else is not this shortcut's to judge (a full run
+        # says what is wrong with it)
+        roots = (repository_root(self.path), LIBRARY_ROOT.resolve())
         try:
             files = [(str(p), str(h)) for p, h in read["files"]]
             secrets = [(str(p), str(h)) for p, h in read["secrets"]]
             for shown, sha in files:
-                data = _source_path(shown).read_bytes()
+                path = _source_path(shown).resolve()
+                if not inside(path, roots):
+                    return None
+                data = read_regular(path, shown)
                 if _sha(data) != sha:
                     return None
                 texts[shown] = data.decode("utf-8")

@@ -263,3 +263,43 @@ def test_content_checked_before_but_not_last_is_found_without_parsing(cache_home
 
     monkeypatch.setattr(fwc.pipeline, "load", no_analysis)
     assert main(["check", str(policy)]) == 0
+
+
+def _with_include(tmp_path: Path) -> tuple[Path, Path]:
+    """The edge policy with one object in an include next to it: (policy, include)."""
+    text = EDGE.read_text(encoding="utf-8")
+    policy = _policy(tmp_path, 'include "extra.fw"\n' + text)
+    extra = policy.parent / "extra.fw"
+    extra.write_text("host spare 198.51.100.77\n", encoding="utf-8")
+    return policy, extra
+
+
+def test_an_include_become_a_fifo_is_not_read_by_the_shortcut(cache_home, tmp_path):
+    # The shortcut read it with a plain read: a FIFO blocked `fwc check` for ever.
+    import subprocess
+    import sys
+
+    policy, extra = _with_include(tmp_path)
+    assert main(["check", str(policy)]) == 0
+    extra.unlink()
+    os.mkfifo(extra)
+    proc = subprocess.run([sys.executable, "-m", "fwc", "check", str(policy)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO),
+                               "XDG_CACHE_HOME": str(cache_home)})
+    assert proc.returncode == 1 and "FWC011" in proc.stderr, proc.stderr
+
+
+def test_an_include_become_a_link_out_of_the_repository_is_refused_again(cache_home,
+                                                                          tmp_path, capsys):
+    # The same bytes, read through a link to a file outside the repository: the shortcut
+    # answered "checked before" where a full run refuses the file (FWC010).
+    policy, extra = _with_include(tmp_path)
+    assert main(["check", str(policy)]) == 0
+    outside = tmp_path / "outside.fw"
+    outside.write_bytes(extra.read_bytes())
+    extra.unlink()
+    extra.symlink_to(outside)
+    capsys.readouterr()
+    assert main(["check", str(policy)]) == 1
+    assert "FWC010" in capsys.readouterr().err

@@ -199,3 +199,107 @@ def test_leftovers_of_a_killed_compile_are_removed(edge, tmp_path):
     assert compile_to(edge, out) == 0
     assert leftovers(tmp_path) == sorted(p.name for p in unrelated)
     assert (out / "edge" / "MANIFEST").is_file()
+
+
+# -- what another user, or a mount, could do to the output directory (helper review) --
+
+@pytest.mark.parametrize("which", ["parent", "output"])
+def test_a_directory_every_user_may_write_to_is_refused(edge, tmp_path, capsys, which):
+    # Anyone could rename the staging copy (or a directory in it) away and put a link
+    # in its place between fwc's steps: fwc would write, or copy, elsewhere.
+    parent = tmp_path / "shared"
+    out = parent / "out"
+    out.mkdir(parents=True)
+    (parent if which == "parent" else out).chmod(0o777)
+    assert compile_to(edge, out) == 1
+    err = capsys.readouterr().err
+    assert "error[FWC510]" in err and "is writable by every user" in err
+    assert list(out.iterdir()) == [] and leftovers(parent) == []
+
+
+def test_a_shared_directory_with_the_sticky_bit_is_fine(edge, tmp_path):
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o1777)  # as /tmp: nobody may rename another user's entries
+    assert compile_to(edge, parent / "out") == 0
+
+
+def test_a_mount_inside_the_output_directory_is_refused_and_kept(edge, tmp_path):
+    # The previous tree is deleted after the swap: with a bind mount in it, that
+    # deleted the files of the mounted directory, outside the output directory.
+    import subprocess
+
+    from conftest import REPO, skip_or_fail_without_root
+
+    skip_or_fail_without_root()
+    out = tmp_path / "out"
+    assert compile_to(edge, out) == 0
+    source = tmp_path / "elsewhere"
+    source.mkdir()
+    (source / "keep.txt").write_text("mine\n")
+    (out / "mounted").mkdir()
+    script = (f"mount --bind {source} {out / 'mounted'} && "
+              f"{sys.executable} -m fwc compile --no-cache {edge} -o {out} --force; "
+              "echo rc=$?")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "rc=1" in proc.stdout, proc.stdout + proc.stderr
+    assert "is a mount point inside the output directory" in proc.stderr
+    assert (source / "keep.txt").read_text() == "mine\n"
+
+
+def test_a_fifo_named_manifest_does_not_block_a_compile(edge, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "x").mkdir(parents=True)
+    os.mkfifo(out / "x" / "MANIFEST")
+    assert compile_to(edge, out) == 1  # (it would block for ever in the read)
+    assert "error[FWC511]" in capsys.readouterr().err
+
+
+def test_an_entry_replaced_by_a_link_while_copied_is_never_followed(tmp_path, monkeypatch):
+    from fwc.backend import output
+
+    source = tmp_path / "source"
+    source.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    (source / "z").symlink_to(secret)
+    real_stat = os.stat
+
+    def listed_as_a_file(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        info = real_stat(path, *args, **kwargs)
+        if path == "z":  # what the listing saw before the link was put there
+            return os.stat_result((stat.S_IFREG | 0o644, *tuple(info)[1:]))
+        return info
+
+    monkeypatch.setattr(output.os, "stat", listed_as_a_file)
+    with pytest.raises(OSError):
+        output._copy_tree(source, tmp_path / "copy")
+    assert not (tmp_path / "copy" / "z").exists()
+
+
+def test_an_interrupt_between_the_two_renames_keeps_the_previous_output(edge, tmp_path,
+                                                                        monkeypatch):
+    # Where the file system has no RENAME_EXCHANGE the swap is two renames; the
+    # previous tree was deleted when an interrupt came between them.
+    from pathlib import Path
+
+    from fwc.backend import output
+
+    out = tmp_path / "out"
+    assert compile_to(edge, out) == 0
+    before = file_tree(out)
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)
+    real_rename = Path.rename
+
+    def rename(self, target):  # type: ignore[no-untyped-def]
+        if ".fwc-staging-" in self.name:
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    assert compile_to(edge, out, "--no-cache") == 130
+    monkeypatch.undo()
+    assert file_tree(out) == before and leftovers(tmp_path) == []

@@ -14,7 +14,9 @@ through the MANIFEST.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from fwc.protocols import REDACTED_PASSWORD
 NAME = "MANIFEST"
 HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
 # Where a secret sits in the files that can carry one (fwc.backend.files.SECRET_FILES).
+# A MANIFEST lists a cluster's files and sources: a few KB, under a MB at 100,000 rules.
+MAX_BYTES = 16 * 1024 ** 2
 _AUTH_PASS = re.compile(r'(auth_pass[ \t]+)("[^"\n]*"|[^\s"]+)')
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 FILE, REDACTED = "file", "redacted"
@@ -187,7 +191,7 @@ class Manifest:
     def read(cls, cluster_dir: Path) -> Manifest:
         path = cluster_dir / NAME
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_regular(path).decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ManifestError(f"cannot read {path}: {reason}") from exc
@@ -214,3 +218,28 @@ class Manifest:
                 return "holds another secret than the policy (edited by hand, or the " \
                        "password changed since it was compiled?)"
         return None
+
+
+def _read_regular(path: Path) -> bytes:
+    """PATH's bytes when it is a regular file of at most MAX_BYTES; OSError otherwise.
+
+    Every compile into a directory reads the MANIFEST of each cluster there, and anyone
+    who can write to the directory chooses what it is: a FIFO would block the compile
+    (the open is non-blocking), a link to /dev/zero exhaust its memory, a link to
+    another file be read (not followed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        data = os.read(fd, MAX_BYTES + 1)
+        while len(data) <= MAX_BYTES:
+            more = os.read(fd, MAX_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) > MAX_BYTES:
+            raise OSError(0, f"larger than {MAX_BYTES} bytes")
+        return data
+    finally:
+        os.close(fd)

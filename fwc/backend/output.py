@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
@@ -418,7 +419,10 @@ def survey(output_dir: Path, policy_name: str, new_names: Set[str], force: bool)
     removed: list[str] = []
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
         raise OutputError(f"'{output_dir}' exists and is not a directory")
+    for directory in (output_dir.parent, output_dir):
+        _refuse_shared(directory)
     if output_dir.exists():
+        _refuse_mounts(output_dir)
         for entry in sorted(output_dir.iterdir()):
             if not entry.is_dir() or entry.is_symlink():
                 continue
@@ -441,6 +445,47 @@ def survey(output_dir: Path, policy_name: str, new_names: Set[str], force: bool)
                                  "--force to write anyway (they are kept, apart from those at "
                                  "or inside the cluster directories fwc replaces)")
     return removed
+
+
+def _refuse_shared(directory: Path) -> None:
+    """OutputError when any user may rename or replace what is in DIRECTORY (writable
+    by others, without the sticky bit /tmp has): between fwc's steps they could swap
+    the staging copy or a directory in it for a link, and fwc would write elsewhere."""
+    try:
+        mode = os.lstat(directory).st_mode
+    except FileNotFoundError:
+        return
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise OutputError(f"'{directory}' is writable by every user (mode "
+                          f"{stat.S_IMODE(mode):04o}, no sticky bit): another user could "
+                          "redirect the files fwc writes there; remove that permission "
+                          "(chmod o-w) or choose another output directory")
+
+
+def _refuse_mounts(output_dir: Path) -> None:
+    """OutputError when a file system is mounted inside OUTPUT_DIR: the directory is
+    replaced whole and the previous one deleted, with what is mounted in it (a bind
+    mount of a directory of the same file system has the same device number: the
+    kernel's list of mounts says it)."""
+    top = os.path.realpath(output_dir)
+    for point in _mount_points():
+        if point.startswith(top + "/"):
+            raise OutputError(f"'{point}' is a mount point inside the output directory: "
+                              "fwc replaces that directory whole and would delete what is "
+                              "mounted there; unmount it or choose another output "
+                              "directory")
+
+
+def _mount_points() -> list[str]:
+    """Where something is mounted in this process's mount namespace (/proc/self/mountinfo,
+    the fifth field, with its octal escapes); empty where it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            fields = [line.split(" ") for line in info]
+    except OSError:
+        return []
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4])
+            for f in fields if len(f) > 4]
 
 
 def _write_locked(output_dir: Path, parent: Path, policy_name: str,
@@ -483,6 +528,10 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
     except OSError as exc:
         raise OutputError(f"cannot write '{output_dir}': {exc.strerror or exc}") from exc
     finally:
+        if old.is_dir() and not old.is_symlink() and not output_dir.exists():
+            # interrupted between the two renames: the previous tree is the only copy
+            with contextlib.suppress(OSError):
+                old.rename(output_dir)
         for leftover in (staging, old):
             if leftover.is_symlink():
                 leftover.unlink()
@@ -513,24 +562,50 @@ def _copy_tree(source: Path, target: Path, leave_out: Set[str] = frozenset()) ->
     0600 keepalived.conf was briefly world-readable. Here every directory is
     0700 until its content is complete (TARGET itself until the caller swaps it
     in), and every file is created with its final mode.
+
+    Each entry is opened through its directory's descriptor without following a link,
+    and its type and mode are read from the open descriptor: an entry replaced by a
+    link after it was listed is an error, never followed (it would copy the file the
+    link names, with the link's mode 0777).
     """
+    fd = os.open(source, _DIRECTORY_FLAGS)
+    try:
+        _copy_directory(fd, str(source), target, leave_out)
+    finally:
+        os.close(fd)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _copy_directory(source_fd: int, shown: str, target: Path, leave_out: Set[str]) -> None:
     os.mkdir(target, 0o700)
-    for entry in sorted(os.scandir(source), key=lambda e: e.name):
-        if entry.name in leave_out:
+    for name in sorted(os.listdir(source_fd)):
+        if name in leave_out:
             continue
-        destination = target / entry.name
-        if entry.is_symlink():
-            os.symlink(os.readlink(entry.path), destination)
-        elif entry.is_dir(follow_symlinks=False):
-            _copy_tree(Path(entry.path), destination)
-            os.chmod(destination, stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode))
-        elif entry.is_file(follow_symlinks=False):
-            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
-            with open(entry.path, "rb") as stream:
-                fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             mode)
-                with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(stream, out)
-                    os.fchmod(out.fileno(), mode)  # the umask may have removed bits
-        else:
-            raise OSError(f"'{entry.path}' is not a regular file, directory or link")
+        destination = target / name
+        kind = os.stat(name, dir_fd=source_fd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(kind):
+            os.symlink(os.readlink(name, dir_fd=source_fd), destination)
+            continue
+        if not (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):
+            raise OSError(f"'{shown}/{name}' is not a regular file, directory or link")
+        fd = os.open(name, _DIRECTORY_FLAGS if stat.S_ISDIR(kind) else _FILE_FLAGS,
+                     dir_fd=source_fd)
+        try:
+            info = os.fstat(fd)
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISDIR(info.st_mode):
+                _copy_directory(fd, f"{shown}/{name}", destination, frozenset())
+                os.chmod(destination, mode)
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"'{shown}/{name}' changed while it was copied")
+            out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                          mode)
+            with os.fdopen(out, "wb") as stream, os.fdopen(os.dup(fd), "rb") as source:
+                shutil.copyfileobj(source, stream)
+                os.fchmod(stream.fileno(), mode)  # the umask may have removed bits
+        finally:
+            os.close(fd)
