@@ -284,7 +284,11 @@ def console() -> NoReturn:
     and exit status (120) are Python's, as before.
     """
     kept: list[object] = []
-    code = main(kept=kept)
+    try:
+        code = main(kept=kept)
+    except KeyboardInterrupt:  # before the command ran (parsing, fwc.toml, imports)
+        print("fwc: interrupted", file=sys.stderr)
+        code = 130
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -196,3 +196,19 @@ def test_in_process_main_frees_everything_and_keeps_the_collector(policies: Path
         assert not gc.isenabled()  # left off: the process ends next
     finally:
         gc.enable()
+
+
+INTERRUPTED_BEFORE = """
+import sys
+from fwc import cli
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+cli.build_parser = interrupted  # Ctrl-C while the arguments are parsed
+cli.console()
+"""
+
+
+def test_an_interrupt_before_the_command_runs_is_one_line_too() -> None:
+    # (it was a traceback through argparse, fwc.toml or an import: helper review)
+    code, _, err = _run([sys.executable, "-c", INTERRUPTED_BEFORE], "explain")
+    assert code == 130 and err.strip() == b"fwc: interrupted", err

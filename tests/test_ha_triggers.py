@@ -137,6 +137,8 @@ def test_fwc251_weights_need_preemption(tmp_path):
     # unterminated quote that turns the rest of the block into unknown keywords)
     ("/bin/true ${_RANDOM} x", "a '$'"),
     ("/bin/check $HOME", "a '$'"),
+    # `fwc install` fills the redacted password wherever the placeholder stands
+    ("/usr/bin/logger leak=@FWCPW@", "placeholder fwc install replaces"),
 ])
 def test_fwc252_script_not_runnable(tmp_path, command, phrase):
     text = tracked(f'        script "{command}" weight -60')
@@ -268,3 +270,10 @@ def test_fwc260_adverts_below_the_safe_interval_warn(tmp_path):
     assert not with_code(run(tmp_path, text), "FWC260")
     conf = compiled_files(tmp_path, text)["fw1/keepalived.conf"]
     assert "    advert_int 0.05\n    version 3\n" in conf
+
+
+def test_fwc252_an_empty_process_name_is_refused(tmp_path):
+    # keepalived -t accepts it, and the process is never found: every member in FAULT
+    text = tracked('        process "" weight -60')
+    assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, 'process ""'),
+                      "names no process")

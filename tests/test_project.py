@@ -73,6 +73,10 @@ def test_strict_from_the_file_and_no_strict_flag(project):
     ('  strict = "yes"\n', "FWC031", "fwc.toml:1:3", "must be true or false"),
     ('backend = "pf"\n', "FWC031", "fwc.toml:1:1", "one of iptables, nftables"),
     ('include_path = ["nope"]\n', "FWC031", "fwc.toml:1:1", "is not a directory"),
+    # a project file comes with the repository: /etc/passwd's lines were printed as
+    # the diagnostics of `include "/etc/passwd"` (helper review)
+    ('include_path = ["/"]\n', "FWC031", "fwc.toml:1:1", "is outside the repository"),
+    ('include_path = [".."]\n', "FWC031", "fwc.toml:1:1", "is outside the repository"),
     ('output = "build\n', "FWC032", "fwc.toml:1:", "not valid TOML"),
     ('secrets_env = "A"\nsecrets_command = "pass x"\n', "FWC034", "fwc.toml:2:1",
      "2 ways"),

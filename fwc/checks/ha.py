@@ -113,7 +113,10 @@ quote cannot be written in keepalived.conf (it has no escape), and neither can a
 `$`: keepalived replaces `$NAME` and `${{NAME}}` inside quotes too, with its own
 built-ins (`${{_RANDOM}}` is a random number, a long one an unterminated quote that
 turns the rest of the block into unknown keywords), so the command run would not be
-the one written. The same holds for a process name.""")
+the one written. The same holds for a process name, which must not be empty (no
+process has no name: every member would stay in FAULT). fwc's password placeholder
+(`@FWCPW@`, written by `--redact-secrets`) is refused too: `fwc install` replaces it
+in keepalived.conf, and would put the password on a command line.""")
 def script_path(policy: Policy) -> Iterable[Diagnostic]:
     generated = {PurePosixPath(f.path) for f in FILES}
     for cluster in _clusters(policy):
@@ -127,7 +130,17 @@ def script_path(policy: Policy) -> Iterable[Diagnostic]:
                             "which keepalived.conf cannot carry as written", track.span,
                             hint="move the command into a script file and name that")
                 continue
+            if proto.REDACTED_PASSWORD in track.target:
+                yield error("FWC252", f"track {track.kind} '{track.target}' holds "
+                            f"'{proto.REDACTED_PASSWORD}', the placeholder fwc install "
+                            "replaces with the VRRP password", track.span,
+                            hint="remove it: the password would be on a command line")
+                continue
             if track.kind == "process":
+                if not track.target.strip():
+                    yield error("FWC252", "track process names no process", track.span,
+                                hint="name the process to watch: an empty name never "
+                                "runs, so every member would stay in FAULT")
                 continue
             words = track.target.split()
             program = PurePosixPath(words[0]) if words else None

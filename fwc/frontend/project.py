@@ -27,6 +27,7 @@ from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import close_matches
+from fwc.frontend.sources import inside, repository_root
 from fwc.model.records import dataclass
 
 CONFIG_NAME = "fwc.toml"
@@ -158,6 +159,18 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             if missing:
                 diagnostics.append(error("FWC031", f"'{key}' in {CONFIG_NAME}: "
                                          f"'{_shown(missing[0])}' is not a directory", span))
+                continue
+            # A project file comes with the repository (a pull request may change it):
+            # it may widen what fwc reads only within that repository. Directories
+            # elsewhere are the user's to give (--include-path).
+            root = repository_root(path)
+            outside = [d for d in directories if not inside(d.resolve(), (root,))]
+            if outside:
+                diagnostics.append(error(
+                    "FWC031", f"'{key}' in {CONFIG_NAME}: '{_shown(outside[0])}' is outside "
+                    f"the repository ({root})", span,
+                    hint="keep shared includes inside the repository, or give that "
+                    "directory with --include-path on the command line"))
                 continue
             values[key] = directories
         else:
