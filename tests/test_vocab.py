@@ -426,6 +426,7 @@ def test_conntrackd_parses_the_tuned_configuration(tmp_path, mode):
                      "conntrack-max 131072  hash-size 32768", ("mode ftfw", f"mode {mode}"))
     conf = compiled(tmp_path, text)["edge/fw1/conntrackd.conf"]
     assert "CommitTimeout 120" in conf and "Multicast Default {" in conf
+    assert ("StartupResync On" in conf) == (mode != "alarm")  # (not in ALARM's grammar)
     assert conf.count("Multicast") == 2 and "Group 3781" in conf
     assert "ESTABLISHED TIME_WAIT for TCP" in conf and "HashLimit 262144" in conf
     path = tmp_path / "conntrackd.conf"

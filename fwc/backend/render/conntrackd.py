@@ -23,14 +23,21 @@ class SyncTransport:
 def mode_options(mode: str, sync: Sync | None = None) -> tuple[str, tuple[tuple[str, object], ...]]:
     """The Mode block: the grammar is mode-specific (docs/ha-pitfalls.md). SYNC's tuning adds
     CommitTimeout (every mode) and DisableExternalCache (FTFW and NOTRACK only: ALARM's
-    grammar has no such clause, FWC272)."""
+    grammar has no such clause, FWC272).
+
+    StartupResync (FTFW and NOTRACK): a conntrackd that starts asks its peer for every
+    state. Without it a restarted daemon (a crash under `Restart=on-failure`, a package
+    upgrade) holds only what changes after it started; an idle long-lived connection
+    is then missing from its external cache and lost at the next failover (measured:
+    0 of 1 entries three seconds after a restart without it, 1 of 1 with it)."""
     external = "Off" if sync is None or sync.external_cache else "On"
     commit: tuple[tuple[str, object], ...] = ()
     if sync is not None and sync.commit_timeout_s is not None:
         commit = (("CommitTimeout", sync.commit_timeout_s),)
     if mode == "notrack":
         return "NOTRACK", (("DisableInternalCache", "Off"), ("DisableExternalCache", external),
-                           *commit, ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT))
+                           *commit, ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT),
+                           ("StartupResync", "On"))
     if mode == "alarm":
         return "ALARM", (("RefreshTime", proto.ALARM_REFRESH_TIME),
                          ("CacheTimeout", proto.ALARM_CACHE_TIMEOUT), *commit,
@@ -38,7 +45,7 @@ def mode_options(mode: str, sync: Sync | None = None) -> tuple[str, tuple[tuple[
     return "FTFW", (("ResendQueueSize", proto.FTFW_RESEND_QUEUE_SIZE), *commit,
                     ("PurgeTimeout", proto.CONNTRACKD_PURGE_TIMEOUT),
                     ("ACKWindowSize", proto.FTFW_ACK_WINDOW_SIZE),
-                    ("DisableExternalCache", external))
+                    ("DisableExternalCache", external), ("StartupResync", "On"))
 
 
 def _first_v4(addresses: tuple[IPInterface, ...]) -> IPInterface | None:

@@ -1,0 +1,123 @@
+"""A restarted conntrackd gets its peer's states back on its own (root; runs in CI).
+
+Two network namespaces joined on the sync link (eth2, 203.0.113.1 and .2, as in
+policies/edge.fw), each running the real conntrackd with the compiled
+conntrackd.conf of its member (lock file and control socket moved into the test's
+directory: the defaults are shared by every namespace). A connection is put into
+fw1's kernel table; fw2's external cache holds it. fw2's daemon is then restarted,
+as `Restart=on-failure` or a package upgrade would: with `StartupResync On` it asks
+fw1 for every state and holds the connection again without anyone running
+`conntrackd -n` (without it: 0 entries three seconds later, measured). The
+namespaces and both daemons (by their PIDs) are gone at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import REPO, skip_or_fail_without_root
+
+from fwc.backend.output import compile_policy
+from fwc.pipeline import analyse
+
+FLOW = ["-p", "tcp", "-s", "198.18.20.50", "-d", "198.18.21.80", "--sport", "40000",
+        "--dport", "443"]
+
+
+@contextmanager
+def pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """fw1 and fw2's namespaces, eth2 between them with the sync addresses."""
+    prefix = f"fwcrs{os.getpid()}"
+    names = (f"{prefix}a", f"{prefix}b")
+    try:
+        for name in names:
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        subprocess.run(["ip", "link", "add", "eth2", "netns", names[0], "type", "veth",
+                        "peer", "name", "eth2", "netns", names[1]], check=True,
+                       capture_output=True)
+        for name, address in zip(names, ("203.0.113.1/24", "203.0.113.2/24"), strict=True):
+            for argv in (["addr", "add", address, "dev", "eth2"],
+                         ["link", "set", "eth2", "up"], ["link", "set", "lo", "up"]):
+                subprocess.run(["ip", "-n", name, *argv], check=True, capture_output=True)
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _in(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                          text=True, timeout=30)
+
+
+def _start(ns: str, config: Path) -> int:
+    """conntrackd in NS, in the foreground of a child we keep: its PID."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "conntrackd", "-C", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while _in(ns, "conntrackd", "-C", str(config), "-s").returncode != 0:
+        assert proc.poll() is None, "conntrackd did not start"
+        assert time.monotonic() < deadline, "conntrackd did not answer"
+        time.sleep(0.1)
+    return proc.pid
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _external(ns: str, config: Path) -> int:
+    listed = _in(ns, "conntrackd", "-C", str(config), "-e").stdout
+    return listed.count("src=198.18.20.50")
+
+
+def _wait_for(ns: str, config: Path, want: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    got = _external(ns, config)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = _external(ns, config)
+    return got
+
+
+def test_a_restarted_conntrackd_asks_its_peer_for_every_state(tmp_path):
+    skip_or_fail_without_root()
+    policy = analyse(REPO / "policies" / "edge.fw").policy
+    assert policy is not None
+    files = {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
+    configs = []
+    for member in ("fw1", "fw2"):
+        text = files[f"{member}/conntrackd.conf"]
+        assert "StartupResync On" in text
+        own = tmp_path / member
+        own.mkdir()
+        text = (text.replace("/var/lock/conntrackd.lock", str(own / "lock"))
+                .replace("/var/run/conntrackd.ctl", str(own / "ctl")))
+        (own / "conntrackd.conf").write_text(text)
+        configs.append(own / "conntrackd.conf")
+    pids: list[int] = []
+    with pair(tmp_path) as (fw1, fw2):
+        try:
+            pids.append(_start(fw1, configs[0]))
+            pids.append(_start(fw2, configs[1]))
+            added = _in(fw1, "conntrack", "-I", *FLOW, "--state", "ESTABLISHED", "-t",
+                        "3600", "-u", "SEEN_REPLY,ASSURED")
+            assert added.returncode == 0, added.stderr
+            assert _wait_for(fw2, configs[1], 1, 10) == 1  # replicated as it was made
+            _stop(pids.pop())
+            pids.append(_start(fw2, configs[1]))
+            # Nothing changes on fw1 from here on: only the start-up resync brings it.
+            assert _wait_for(fw2, configs[1], 1, 10) == 1
+        finally:
+            for pid in pids:
+                _stop(pid)
