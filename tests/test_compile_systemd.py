@@ -78,18 +78,25 @@ def test_sysctl_d_no_longer_switches_forwarding_on(examples):
     assert BY_NAME["forwarding.conf"].path.startswith("/etc/fwc/")
 
 
-def test_install_reloads_systemd_units_before_keepalived_when_the_dropin_changed():
-    node = NodeInstall.__new__(NodeInstall)  # only reload_commands is exercised
+def _node(*changed: str) -> NodeInstall:
+    """A systemd backup node whose install changes CHANGED (only reload_commands runs)."""
+    node = NodeInstall.__new__(NodeInstall)
     node.systemd = True
     node.role = "backup"
 
     class Result:
-        changed = ["keepalived-systemd.conf", "keepalived.conf"]
+        pass
 
     class Transport:
         private_run = True
 
     node.result, node.transport = Result(), Transport()
+    node.result.changed = list(changed)
+    return node
+
+
+def test_install_reloads_systemd_units_before_keepalived_when_the_dropin_changed():
+    node = _node("keepalived-systemd.conf", "keepalived.conf")
     daemons = [daemon for daemon, _ in node.reload_commands(old_config=None)]
     assert daemons == ["systemd", "keepalived"]
     node.systemd = False
@@ -97,18 +104,7 @@ def test_install_reloads_systemd_units_before_keepalived_when_the_dropin_changed
 
 
 def test_install_enables_the_boot_unit_when_it_changes():
-    node = NodeInstall.__new__(NodeInstall)
-    node.systemd = True
-    node.role = "backup"
-
-    class Result:
-        changed = ["fwc-firewall.service"]
-
-    class Transport:
-        private_run = True
-
-    node.result, node.transport = Result(), Transport()
-    commands = dict(node.reload_commands(old_config=None))
+    commands = dict(_node("fwc-firewall.service").reload_commands(old_config=None))
     assert "systemctl daemon-reload" in commands["systemd"]
     assert "systemctl enable -q fwc-firewall.service" in commands["systemd"]
     # then marked active without a second load (the boot script's LOADED_BY_INSTALL
@@ -121,18 +117,7 @@ def test_install_enables_the_boot_unit_when_it_changes():
 
 
 def test_install_restarts_conntrackd_without_starting_the_boot_unit():
-    node = NodeInstall.__new__(NodeInstall)
-    node.systemd = True
-    node.role = "backup"
-
-    class Result:
-        changed = ["conntrackd.conf"]
-
-    class Transport:
-        private_run = True
-
-    node.result, node.transport = Result(), Transport()
-    commands = dict(node.reload_commands(old_config=None))
+    commands = dict(_node("conntrackd.conf").reload_commands(old_config=None))
     assert "systemctl --job-mode=ignore-requirements restart conntrackd" in \
         commands["conntrackd"]
     assert "systemctl restart conntrackd" not in commands["conntrackd"]
