@@ -277,3 +277,14 @@ def test_fwc252_an_empty_process_name_is_refused(tmp_path):
     text = tracked('        process "" weight -60')
     assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, 'process ""'),
                       "names no process")
+
+
+def test_fwc252_a_track_text_longer_than_a_keepalived_line_is_refused(tmp_path):
+    # (it ended in FWC900, an internal error, when keepalived.conf was written)
+    long = "/bin/true " + "x" * 1100
+    text = tracked(f'        script "{long}" weight -60')
+    assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, "script \""),
+                      "keepalived reads lines of at most 1023 bytes")
+    fits = "/bin/true " + "x" * 990
+    assert not with_code(run(tmp_path, tracked(f'        script "{fits}" weight -60')),
+                         "FWC252")

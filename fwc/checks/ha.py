@@ -16,6 +16,7 @@ from fwc.backend.files import FILES, path_of
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Member, Policy, Track
+from fwc.text import utf8_length
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -101,6 +102,10 @@ def weight_without_preempt(policy: Policy) -> Iterable[Diagnostic]:
                                          "preemption turned off here")])
 
 
+# The longest text a track line can quote: `    process "TEXT"` within keepalived's line.
+TRACK_TEXT_MAX = proto.KEEPALIVED_LINE_MAX - len('    process ""')
+
+
 @check("FWC252", "track script not runnable as written", E, f"""
 keepalived runs a track script by the command line written in keepalived.conf,
 as root (`script_user root`, with `enable_script_security`: a script that a
@@ -116,7 +121,8 @@ turns the rest of the block into unknown keywords), so the command run would not
 the one written. The same holds for a process name, which must not be empty (no
 process has no name: every member would stay in FAULT). fwc's password placeholder
 (`@FWCPW@`, written by `--redact-secrets`) is refused too: `fwc install` replaces it
-in keepalived.conf, and would put the password on a command line.""")
+in keepalived.conf, and would put the password on a command line. keepalived reads
+lines of at most 1023 bytes: a longer command would be cut and its rest misread.""")
 def script_path(policy: Policy) -> Iterable[Diagnostic]:
     generated = {PurePosixPath(f.path) for f in FILES}
     for cluster in _clusters(policy):
@@ -129,6 +135,13 @@ def script_path(policy: Policy) -> Iterable[Diagnostic]:
                 yield error("FWC252", f"track {track.kind} '{track.target}' holds {what}, "
                             "which keepalived.conf cannot carry as written", track.span,
                             hint="move the command into a script file and name that")
+                continue
+            if utf8_length(track.target) > TRACK_TEXT_MAX:
+                yield error("FWC252", f"track {track.kind} is {utf8_length(track.target)} "
+                            f"bytes long; keepalived reads lines of at most "
+                            f"{proto.KEEPALIVED_LINE_MAX} bytes", track.span,
+                            hint=f"keep it under {TRACK_TEXT_MAX + 1} bytes: move the "
+                            "command into a script file and name that")
                 continue
             if proto.REDACTED_PASSWORD in track.target:
                 yield error("FWC252", f"track {track.kind} '{track.target}' holds "
