@@ -16,6 +16,7 @@ from fwc.backend.files import FILES, path_of
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Member, Policy, Track
+from fwc.model.passwords import unwritable
 from fwc.text import utf8_length
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -129,10 +130,9 @@ def script_path(policy: Policy) -> Iterable[Diagnostic]:
         for track in cluster.tracks:
             if track.kind not in ("script", "process"):
                 continue
-            bad = sorted({c for c in track.target if c in proto.KEEPALIVED_UNQUOTABLE})
-            if bad:
-                what = " and ".join("a double quote" if c == '"' else "a '$'" for c in bad)
-                yield error("FWC252", f"track {track.kind} '{track.target}' holds {what}, "
+            problem = unwritable(track.target, quote_ok=False)
+            if problem is not None:
+                yield error("FWC252", f"track {track.kind} '{track.target}' holds {problem}, "
                             "which keepalived.conf cannot carry as written", track.span,
                             hint="move the command into a script file and name that")
                 continue

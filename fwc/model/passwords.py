@@ -26,10 +26,14 @@ def unwritable(text: str, quote_ok: bool) -> str | None:
     if bad is not None:
         return f"the character {describe_character(bad[1])}"
     if not quote_ok:
-        for char, what in (('"', "a double quote"), ("$", "a '$' (keepalived expands it)")):
+        for char in proto.KEEPALIVED_UNQUOTABLE:
             if char in text:
-                return what
+                return _KEEPALIVED_CANNOT[char]
     return None
+
+
+# Why each of proto.KEEPALIVED_UNQUOTABLE cannot stand in a keepalived string.
+_KEEPALIVED_CANNOT = {'"': "a double quote", "$": "a '$' (keepalived expands it)"}
 
 
 def password_problems(password: str) -> list[Problem]:

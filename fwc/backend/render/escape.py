@@ -165,8 +165,9 @@ def nft_comment(text: str) -> str:
 
 
 def nft_log_prefix(text: str) -> str:
-    if "$" in text:  # (nft_string refuses '"')
-        raise UnwritableText(f"log prefix {text!r}: nft would expand its '$'")
+    if any(c in proto.NFT_LOG_PREFIX_UNQUOTABLE for c in text):
+        raise UnwritableText(f"log prefix {text!r}: nft cannot quote a double quote, and "
+                             "would expand a '$'")
     if utf8_length(text) > NFT_LOG_PREFIX_MAX:
         raise UnwritableText(f"log prefix {text!r} is longer than {NFT_LOG_PREFIX_MAX} bytes")
     return nft_string(text)
