@@ -76,6 +76,10 @@ NOTIFY_STATES = MappingProxyType({"master": "primary", "backup": "backup", "faul
 # An admin's command must not hold the notify lock (and the next transition's
 # conntrackd steps) for ever.
 NOTIFY_ACTION_TIMEOUT_S = 30
+# What the notify script waits for one conntrackd client command. Generous: a commit of
+# a large external cache takes seconds, and cutting the client off does not stop it (the
+# daemon finishes it and ignores a flush meanwhile); only a hung daemon meets it.
+NOTIFY_CONNTRACKD_TIMEOUT_S = 60
 # Fast failover: adverts shorter than this leave a master whose CPU or link stalls
 # for 3 adverts (plus skew) no margin before the backup takes over (FWC260).
 VRRP_SAFE_ADVERT_MS = 50

@@ -11,11 +11,13 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
+from fwc import protocols as proto
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 from fwc.text import encode_literal
@@ -40,13 +42,17 @@ def fake(bin_dir: Path, name: str, body: str) -> None:
 
 
 def run(script: str, tmp_path: Path, state: str, *, daemon_up: bool = True,
-        systemd: bool = True, lock_exists: bool = False, shell: str = "sh") -> list[str]:
+        systemd: bool = True, lock_exists: bool = False, shell: str = "sh",
+        hangs_on: str = "") -> list[str]:
+    """The calls the script made; HANGS_ON: the conntrackd option (-s, -c, ...) that never
+    answers, as a client of a stopped or hung daemon waits."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     calls = tmp_path / "calls"
     calls.write_text("")
     status = 0 if daemon_up else 1
-    fake(bin_dir, "conntrackd", f'echo "conntrackd $*" >> {calls}\n'
+    hang = f'case "$*" in *" {hangs_on}") exec sleep 20 ;; esac\n' if hangs_on else ""
+    fake(bin_dir, "conntrackd", f'echo "conntrackd $*" >> {calls}\n{hang}'
          f'case "$*" in *" -s") exit {status} ;; esac\nexit 0')
     fake(bin_dir, "logger", f'echo "logger $*" >> {calls}')
     fake(bin_dir, "systemctl", f'echo "systemctl $*" >> {calls}')
@@ -120,6 +126,47 @@ def test_backup_without_systemd_never_starts_a_second_daemon(script, tmp_path):
     fresh.mkdir()
     calls = run(script, fresh, "backup", daemon_up=False, systemd=False)
     assert f"{CONFIG} -d" in conntrackd_calls(calls)
+
+
+def _quick(script: str) -> str:
+    """SCRIPT waiting 1 s for conntrackd instead of NOTIFY_CONNTRACKD_TIMEOUT_S."""
+    limit = f"CT_TIMEOUT={proto.NOTIFY_CONNTRACKD_TIMEOUT_S}\n"
+    assert limit in script
+    return script.replace(limit, "CT_TIMEOUT=1\n")
+
+
+def test_a_hung_daemon_cannot_hold_the_notify_script(script, tmp_path):
+    # A stopped or hung daemon accepts the client's request and never answers: without a
+    # time limit the script held its lock, and every later transition, for ever.
+    start = time.monotonic()
+    calls = run(_quick(script), tmp_path, "primary", hangs_on="-s")
+    assert time.monotonic() - start < 10
+    # the daemon is alive: neither a second one started nor each step waited for
+    assert conntrackd_calls(calls) == [f"{CONFIG} -s"]
+    assert not [c for c in calls if c.startswith("systemctl")]
+    logged = [c for c in calls if c.startswith("logger")]
+    assert any("did not answer within 1 s" in c for c in logged)
+    assert sum("skipped: the daemon did not answer" in c for c in logged) == 4
+
+
+def test_a_commit_that_outlasts_the_limit_lets_the_other_steps_run(script, tmp_path):
+    # cutting the client off stops only the waiting: the daemon goes on committing (and
+    # ignores the flush meanwhile, conntrack-tools' sync-mode.c)
+    start = time.monotonic()
+    calls = run(_quick(script), tmp_path, "primary", hangs_on="-c")
+    assert time.monotonic() - start < 10
+    assert conntrackd_calls(calls) == [f"{CONFIG} {op}"
+                                       for op in ("-s", "-c", "-f", "-R", "-B")]
+    assert any("conntrackd -c gave no answer within 1 s" in c for c in calls)
+
+
+def test_every_conntrackd_call_has_the_time_limit(script):
+    body = script.split("\nct() {", 1)[1]
+    plain = [line for line in body.splitlines()
+             if "conntrackd -C" in line and "timeout" not in line]
+    # the only one without: starting a daemon without systemd (it forks and returns)
+    assert [line.strip() for line in plain] == [
+        'conntrackd -C "$CONFIG" -d || log "conntrackd -d failed"']
 
 
 def test_fault_schedules_the_purge(script, tmp_path):
@@ -215,4 +262,4 @@ def test_a_hung_action_is_cut_off_by_the_time_limit(tmp_path):
 
 def test_no_actions_no_action_code(script):
     assert "action" not in script.split("case \"$1\" in")[1]
-    assert "timeout" not in script
+    assert "sh -c" not in script and "action()" not in script

@@ -1,4 +1,5 @@
-"""A restarted conntrackd gets its peer's states back on its own (root; runs in CI).
+"""A restarted conntrackd gets its peer's states back on its own, and a hung one cannot
+hold the notify script (root; runs in CI).
 
 Two network namespaces joined on the sync link (eth2, 203.0.113.1 and .2, as in
 policies/edge.fw), each running the real conntrackd with the compiled
@@ -9,6 +10,9 @@ as `Restart=on-failure` or a package upgrade would: with `StartupResync On` it a
 fw1 for every state and holds the connection again without anyone running
 `conntrackd -n` (without it: 0 entries three seconds later, measured). The
 namespaces and both daemons (by their PIDs) are gone at the end.
+
+The notify test stops fw1's daemon (SIGSTOP): its client then waits for ever, and the
+generated fwc-notify.sh must still end, its steps skipped and said in its log.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from conftest import REPO, skip_or_fail_without_root
 
+from fwc import protocols as proto
 from fwc.backend.output import compile_policy
 from fwc.pipeline import analyse
 
@@ -70,6 +76,7 @@ def _start(ns: str, config: Path) -> int:
 
 def _stop(pid: int) -> None:
     try:
+        os.kill(pid, signal.SIGCONT)  # a stopped daemon acts on SIGTERM only once resumed
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)
     except (ProcessLookupError, ChildProcessError):
@@ -92,19 +99,8 @@ def _wait_for(ns: str, config: Path, want: int, seconds: float) -> int:
 
 def test_a_restarted_conntrackd_asks_its_peer_for_every_state(tmp_path):
     skip_or_fail_without_root()
-    policy = analyse(REPO / "policies" / "edge.fw").policy
-    assert policy is not None
-    files = {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
-    configs = []
-    for member in ("fw1", "fw2"):
-        text = files[f"{member}/conntrackd.conf"]
-        assert "StartupResync On" in text
-        own = tmp_path / member
-        own.mkdir()
-        text = (text.replace("/var/lock/conntrackd.lock", str(own / "lock"))
-                .replace("/var/run/conntrackd.ctl", str(own / "ctl")))
-        (own / "conntrackd.conf").write_text(text)
-        configs.append(own / "conntrackd.conf")
+    files, configs = _configs(tmp_path)
+    assert all("StartupResync On" in files[f"{m}/conntrackd.conf"] for m in ("fw1", "fw2"))
     pids: list[int] = []
     with pair(tmp_path) as (fw1, fw2):
         try:
@@ -121,3 +117,61 @@ def test_a_restarted_conntrackd_asks_its_peer_for_every_state(tmp_path):
         finally:
             for pid in pids:
                 _stop(pid)
+
+
+def _configs(tmp_path: Path) -> tuple[dict[str, str], list[Path]]:
+    """The compiled files of policies/edge.fw, and each member's conntrackd.conf with its
+    lock file and control socket in the test's directory."""
+    policy = analyse(REPO / "policies" / "edge.fw").policy
+    assert policy is not None
+    files = {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
+    configs = []
+    for member in ("fw1", "fw2"):
+        own = tmp_path / member
+        own.mkdir()
+        text = (files[f"{member}/conntrackd.conf"]
+                .replace("/var/lock/conntrackd.lock", str(own / "lock"))
+                .replace("/var/run/conntrackd.ctl", str(own / "ctl")))
+        (own / "conntrackd.conf").write_text(text)
+        configs.append(own / "conntrackd.conf")
+    return files, configs
+
+
+def test_a_stopped_conntrackd_cannot_hold_the_notify_script(tmp_path):
+    skip_or_fail_without_root()
+    files, configs = _configs(tmp_path)
+    script = files["fw1/fwc-notify.sh"]
+    log = tmp_path / "log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "logger").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')  # not the host's log
+    (bin_dir / "logger").chmod(0o755)
+    limit = f"CT_TIMEOUT={proto.NOTIFY_CONNTRACKD_TIMEOUT_S}\n"
+    assert limit in script
+    text = (script.replace("CONFIG=/etc/conntrackd/conntrackd.conf", f"CONFIG={configs[0]}")
+            .replace("/run/fwc-notify.lock", str(tmp_path / "notify.lock"))
+            .replace("/run/systemd/system", str(tmp_path / "no-systemd"))
+            .replace("LOCKFILE=/var/lock/conntrackd.lock", f"LOCKFILE={tmp_path}/fw1/lock")
+            .replace(limit, "CT_TIMEOUT=2\n"))
+    (tmp_path / "fwc-notify.sh").write_text(text)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    with pair(tmp_path) as (fw1, _fw2):
+        pid = _start(fw1, configs[0])
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            # the real client of a stopped daemon: connected, and no answer ever
+            with pytest.raises(subprocess.TimeoutExpired):
+                subprocess.run(["ip", "netns", "exec", fw1, "conntrackd", "-C",
+                                str(configs[0]), "-s"], capture_output=True, timeout=3)
+            start = time.monotonic()
+            done = subprocess.run(["ip", "netns", "exec", fw1, "sh",
+                                   str(tmp_path / "fwc-notify.sh"), "primary"], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            took = time.monotonic() - start
+        finally:
+            _stop(pid)
+    assert done.returncode == 0, done.stderr
+    assert took < 15, took
+    logged = log.read_text()
+    assert "conntrackd did not answer within 2 s" in logged
+    assert "conntrackd -c skipped" in logged and "conntrackd -B skipped" in logged

@@ -22,6 +22,7 @@ def notify_script(cluster: Cluster, member: Member) -> str:
                                  if a.state == state), None)
                     for state in proto.NOTIFY_STATES},
         "action_timeout": proto.NOTIFY_ACTION_TIMEOUT_S,
+        "conntrackd_timeout": proto.NOTIFY_CONNTRACKD_TIMEOUT_S,
         # active-active: the vrrp-groups, each a sync group calling this script with its
         # name (empty: the cluster's one group, the upstream primary-backup steps)
         "groups": [g.name for g in cluster.groups],

@@ -18,19 +18,39 @@ log() {
 }
 
 # Run one conntrackd command against the running daemon; log failures and go on,
-# as the upstream script does: a failed step must not skip the next ones.
+# as the upstream script does: a failed step must not skip the next ones. Each waits
+# at most CT_TIMEOUT seconds: the client has no time limit of its own, and a hung
+# daemon would hold the lock above (and every later transition) for ever. Cutting
+# the client off stops only the waiting: a commit goes on in the daemon, which
+# ignores a flush until it is done.
+CT_TIMEOUT=60
+ct_answers=yes
 ct() {
-    if conntrackd -C "$CONFIG" "$@"; then
-        log "conntrackd $* ok"
-    else
-        log "conntrackd $* failed (exit $?)"
+    if [ "$ct_answers" = no ]; then
+        log "conntrackd $* skipped: the daemon did not answer"
+        return 1
     fi
+    timeout -k 5 "$CT_TIMEOUT" conntrackd -C "$CONFIG" "$@"
+    ct_status=$?
+    case $ct_status in
+        0) log "conntrackd $* ok" ;;
+        124|137) log "conntrackd $* gave no answer within $CT_TIMEOUT s (the daemon goes on)" ;;
+        *) log "conntrackd $* failed (exit $ct_status)" ;;
+    esac
+    return $ct_status
 }
 
 ensure_daemon() {
-    if conntrackd -C "$CONFIG" -s >/dev/null 2>&1; then
-        return 0
-    fi
+    timeout -k 5 "$CT_TIMEOUT" conntrackd -C "$CONFIG" -s >/dev/null 2>&1
+    case $? in
+        0) return 0 ;;
+        124|137)
+            # alive but hung: a second daemon must not be started, nor its steps waited for
+            log "conntrackd did not answer within $CT_TIMEOUT s: skipping its steps"
+            ct_answers=no
+            return 0
+            ;;
+    esac
     log "conntrackd is not running"
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
         # (not the boot unit it requires: on a live node that would load the rules again)
