@@ -1,3 +1,24 @@
-from fwc.cli import console
+"""`python -m fwc`, and the `fwc` command's entry point (pyproject.toml).
 
-console()
+Only this module is imported before the command's own code can catch an interrupt:
+fwc.cli's imports take a noticeable part of a second, and a Ctrl-C in them printed
+Python's traceback instead of fwc's one line (fwc.cli.console says it for the rest).
+"""
+
+import os
+import sys
+from typing import NoReturn
+
+
+def console() -> NoReturn:
+    try:
+        from fwc.cli import console as run
+    except KeyboardInterrupt:
+        print("fwc: interrupted", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
+    run()
+
+
+if __name__ == "__main__":
+    console()

@@ -212,3 +212,31 @@ def test_an_interrupt_before_the_command_runs_is_one_line_too() -> None:
     # (it was a traceback through argparse, fwc.toml or an import: helper review)
     code, _, err = _run([sys.executable, "-c", INTERRUPTED_BEFORE], "explain")
     assert code == 130 and err.strip() == b"fwc: interrupted", err
+
+
+INTERRUPTED_IMPORT = """
+import sys
+
+
+class Interrupting:
+    '''A Ctrl-C while fwc.cli's imports run (before any of fwc's code can catch it).'''
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "fwc.cli":
+            raise KeyboardInterrupt
+        return None
+
+
+sys.meta_path.insert(0, Interrupting())
+from fwc.__main__ import console  # the `fwc` command's entry point (pyproject.toml)
+console()
+"""
+
+
+def test_an_interrupt_while_fwc_is_imported_is_one_line_too() -> None:
+    code, out, err = _run([sys.executable, "-c", INTERRUPTED_IMPORT], "--version")
+    assert (code, out, err.strip()) == (130, b"", b"fwc: interrupted"), err
+    # and the same entry point runs the command when nothing interrupts it
+    code, out, _ = _run([sys.executable, "-c", "from fwc.__main__ import console; console()"],
+                        "--version")
+    assert code == 0 and out.startswith(b"fwc ")

@@ -43,12 +43,13 @@ def test_wheel_contains_grammar_and_templates(wheel):
 
 
 def test_the_fwc_command_is_the_console_entry_point(wheel):
-    """`fwc` runs fwc.cli.console (it ends the process with os._exit, tests/test_exit.py),
-    not fwc.cli.main (which tests call in-process)."""
+    """`fwc` runs fwc.__main__.console, which imports fwc.cli only where an interrupt is
+    caught, and then fwc.cli.console (it ends the process with os._exit,
+    tests/test_exit.py), not fwc.cli.main (which tests call in-process)."""
     archive = zipfile.ZipFile(wheel)
     [entry_points] = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
     lines = archive.read(entry_points).decode().splitlines()
-    assert "fwc = fwc.cli:console" in [line.strip() for line in lines]
+    assert "fwc = fwc.__main__:console" in [line.strip() for line in lines]
 
 
 def test_installed_wheel_checks_policy_from_another_directory(wheel, tmp_path):
