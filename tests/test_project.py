@@ -77,6 +77,11 @@ def test_strict_from_the_file_and_no_strict_flag(project):
     # the diagnostics of `include "/etc/passwd"` (helper review)
     ('include_path = ["/"]\n', "FWC031", "fwc.toml:1:1", "is outside the repository"),
     ('include_path = [".."]\n', "FWC031", "fwc.toml:1:1", "is outside the repository"),
+    # nor write outside it: a pull request's output = "/home/ci/.config/x" made every
+    # compile create that directory and write the members' files there
+    ('output = "/var/tmp/fwc-elsewhere"\n', "FWC031", "fwc.toml:1:1",
+     "is outside the repository"),
+    ('output = "../compiled"\n', "FWC031", "fwc.toml:1:1", "is outside the repository"),
     ('output = "build\n', "FWC032", "fwc.toml:1:", "not valid TOML"),
     ('secrets_env = "A"\nsecrets_command = "pass x"\n', "FWC034", "fwc.toml:2:1",
      "2 ways"),

@@ -63,12 +63,13 @@ the built-in default instead of the one the project meant (`outptu = "build"`
 would compile into `output/`). The hint lists the known keys.""", "parse")
 describe("FWC031", "wrong value in fwc.toml", E, """
 A key of fwc.toml has a value of the wrong type (`strict = "yes"` instead of
-`strict = true`), a value outside its choices (`backend = "pf"`), or an
-`include_path` entry that is not a directory or lies outside the repository. The
-value would otherwise be misread or fail later, far from the line that caused it;
-and the file comes with the repository (a pull request may change it), so it may
-widen what fwc reads only within the repository: directories elsewhere are given
-on the command line (`--include-path`).""", "parse")
+`strict = true`), a value outside its choices (`backend = "pf"`), an
+`include_path` entry that is not a directory or lies outside the repository, or an
+`output` directory outside the repository. The value would otherwise be misread or
+fail later, far from the line that caused it; and the file comes with the repository
+(a pull request may change it), so it may widen what fwc reads, and direct where it
+writes, only within the repository: directories elsewhere are given on the command
+line (`--include-path`, `-o`).""", "parse")
 describe("FWC032", "fwc.toml cannot be read", E, """
 fwc.toml is not valid TOML, not UTF-8, larger than 64 KiB or unreadable. The
 diagnostic points at the line and column the TOML parser stopped at. No command

@@ -48,6 +48,9 @@ KEYS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
     "include_path": (PATHS, None, "directories includes may also come from (--include-path)"),
 }
 SECRET_KEYS = ("secrets_file", "secrets_env", "secrets_command")
+# Paths fwc writes to. A project file comes with the repository (a pull request may change
+# it): it may direct fwc's writes, as its reads of includes, only within that repository.
+WRITTEN_KEYS = ("output",)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,17 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             diagnostics.append(error("FWC031", f"'{key}' in {CONFIG_NAME} {problem}", span))
             continue
         if kind == PATH:
-            values[key] = base / str(value)
+            where = base / str(value)
+            if key in WRITTEN_KEYS and not inside(where.resolve(),
+                                                  (root := repository_root(path),)):
+                # (reads may go elsewhere: a secrets file is best kept out of the repository)
+                diagnostics.append(error(
+                    "FWC031", f"'{key}' in {CONFIG_NAME}: '{_shown(where)}' is outside "
+                    f"the repository ({root})", span,
+                    hint="compile inside the repository, or give that directory with -o "
+                    "on the command line"))
+                continue
+            values[key] = where
         elif kind == PATHS:
             directories = tuple(base / str(v) for v in value)  # type: ignore[attr-defined]
             missing = [d for d in directories if not d.is_dir()]
