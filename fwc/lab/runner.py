@@ -8,8 +8,11 @@ runs); only ``--keep`` skips it, and then the teardown command is printed.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -92,6 +95,33 @@ def _stderr_progress(start: float, stream: TextIO | None = None) -> Callable[[st
     return emit
 
 
+def lab_logdir(given: Path | None, prefix: str) -> Path:
+    """Where the lab's logs go: GIVEN (`--logdir`), made 0700 when missing, or else a new
+    directory of its own in the temporary directory (0700, a name nobody can guess).
+
+    The lab runs as root and writes scripts there that it then runs (the uplink drill's
+    fwc-routes.sh): in a directory another user owns or may write to, that user could
+    swap the script, or plant links that root's log writes follow. A fixed name under
+    /tmp (`/tmp/fwc-lab-<prefix>`, before) let anyone make that directory first."""
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix=f"fwc-lab-{prefix}-"))
+    with contextlib.suppress(FileExistsError):
+        given.mkdir(mode=0o700, parents=True)
+    try:
+        info = given.stat()
+    except OSError as exc:
+        raise LabRefused(f"--logdir {given}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise LabRefused(f"--logdir {given} is not a directory")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise LabRefused(
+            f"--logdir {given} is owned by uid {info.st_uid} with mode "
+            f"{stat.S_IMODE(info.st_mode):04o}: the lab runs scripts it writes there, so "
+            "it must be yours and writable by you alone (give a directory of your own, "
+            "or leave --logdir out for a new private one)")
+    return given
+
+
 def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     """Run the whole lab for SOURCE's cluster with its compiled files."""
     t0 = time.monotonic()
@@ -113,8 +143,7 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     # the policy cannot take is refused here, not after minutes of drills.
     variants = ([advert_variant(source, advert) for advert in options.timing_adverts]
                 if options.timing_runs > 0 else [])
-    logdir = options.logdir or Path(f"/tmp/fwc-lab-{prefix}")
-    logdir.mkdir(parents=True, exist_ok=True)
+    logdir = lab_logdir(options.logdir, prefix)
     report = LabReport(cluster.name, prefix, str(logdir))
     report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
     for line in report.remap:
