@@ -146,3 +146,12 @@ def test_diff_installed_reports_another_password_without_showing_it():
     assert f'+    auth_pass "{OTHER_SECRET}"' in lines
     assert '-    auth_pass "(secret)"' in lines
     assert not any("s3cret" in line or "hunter2" in line for line in lines)
+
+
+def test_a_secrets_file_that_is_not_utf8_is_an_error_that_shows_none_of_it(tmp_path):
+    secrets = tmp_path / "secrets"
+    secrets.write_bytes(b"vrrp_password = Pw\xff0rd\n")
+    with pytest.raises(SecretsError) as raised:
+        read_secrets(secrets)
+    assert str(raised.value) == f"secrets file {secrets} is not UTF-8 text"
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

@@ -41,6 +41,9 @@ def read_secrets(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SecretsError(f"cannot read secrets file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        # Not the decoder's message: it shows a byte of the file and where it is.
+        raise SecretsError(f"secrets file {path} is not UTF-8 text") from None
     return parse_secrets(text, str(path))
 
 
