@@ -13,7 +13,9 @@ entry's kind, name and payload, then the payload. An entry whose HMAC does not
 verify (corrupt, truncated, written by another program or copied from another
 user's cache) is ignored and removed, never interpreted. Payloads are data only,
 JSON; nothing is ever unpickled (`fwc compile` records the digests of the files it
-wrote, never their bytes: fwc.backend.record).
+wrote, never their bytes: fwc.backend.record). What an entry keeps of a secret (a
+password file, a file holding the password) is keyed with the same key
+(`secret_hash`), never a plain sha256 that an offline search would undo.
 
 What a key means is the caller's business (fwc.pipeline: the content hashes of
 every file a policy read, the fwc code, the working directory); this module
@@ -96,6 +98,17 @@ class ResultCache:
     def _mac(self, kind: str, name: str) -> Any:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
         mac.update(f"{kind}\0{name}\0".encode())
+        return mac
+
+    def secret_hash(self) -> Any:
+        """A running HMAC-SHA256 with this cache's key, `update`d and `hexdigest`ed like
+        hashlib's: what an entry keeps of a secret (a password file, a keepalived.conf
+        holding the password). A plain sha256 of an 8-character password, or of a file
+        whose every other line is public, is undone by an offline search; this one needs
+        the key too. (The leading NUL keeps it apart from every entry's MAC: kinds are
+        alphanumeric.)"""
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac.update(b"\0secret\0")
         return mac
 
     def _open_entry(self, path: Path) -> IO[bytes] | None:

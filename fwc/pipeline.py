@@ -2,7 +2,8 @@
 
 With a result cache (fwc.cache; `fwc check` and `fwc compile` unless `--no-cache`), the
 diagnostics of a policy are kept under a key made of the content hashes of every file
-it read (the policy, its includes, its password files), the fwc code (`code_digest`)
+it read (the policy, its includes, its password files: keyed, `ResultCache.secret_hash`),
+the fwc code (`code_digest`)
 and where it was read from (working directory, policy path, repository root):
 `cached_analysis` answers without parsing when none of them changed, and `analyse`
 with a cache skips the checks then (parse and resolve still build the model).
@@ -145,7 +146,9 @@ def model(path: str | Path, *, reader=None, read_secret=None,
     if read_secret is None and reader is None:
         from fwc.frontend.sources import secret_reader
 
-        read_secret = _recording(secret_reader(Path(path), include_path), secrets_read)
+        # (only the cache uses what is recorded: without one nothing is)
+        read_secret = _recording(secret_reader(Path(path), include_path), secrets_read,
+                                 place.secret_digest if place is not None else _sha)
     policy, resolved = resolve(program, read_secret)
     diagnostics.extend(resolved)
     if not keep_syntax:
@@ -259,11 +262,11 @@ def cached_analysis(path: str | Path, include_path: Sequence[Path],
     return place.lookup() if place is not None else None
 
 
-def _recording(read: Callable[[Path], str], into: list[tuple[str, str]]) \
-        -> Callable[[Path], str]:
+def _recording(read: Callable[[Path], str], into: list[tuple[str, str]],
+               digest: Callable[[bytes], str]) -> Callable[[Path], str]:
     def recorded(file: Path) -> str:
         text = read(file)
-        into.append((str(file), _sha(text.encode())))
+        into.append((str(file), digest(text.encode())))
         return text
 
     return recorded
@@ -299,6 +302,12 @@ class _Place:
                             str(repository_root(path))])
         return cls(cache, path, _sha(where.encode()))
 
+    def secret_digest(self, data: bytes) -> str:
+        """What the entries keep of a password file: keyed, not its plain sha256."""
+        digest = self.cache.secret_hash()
+        digest.update(data)
+        return str(digest.hexdigest())
+
     def key(self, files: Sequence[tuple[str, str]], secrets: Sequence[tuple[str, str]]) -> str:
         return _sha(json.dumps([self.name, list(files), list(secrets)]).encode())
 
@@ -323,7 +332,8 @@ class _Place:
 
     def remember(self, files: Sequence[tuple[str, str]],
                  secrets: Sequence[tuple[str, str]]) -> bool:
-        """Record FILES and SECRETS (path, sha256) as what this policy read last."""
+        """Record FILES (path, sha256) and SECRETS (path, `secret_digest`) as what this
+        policy read last."""
         try:
             self.cache.put_json("src", self.name, {"files": list(files),
                                                    "secrets": list(secrets)})
@@ -356,7 +366,8 @@ class _Place:
                 from fwc.frontend.sources import secret_reader
 
                 read_secret = secret_reader(self.path, ())
-                if any(_sha(read_secret(Path(p)).encode()) != sha for p, sha in secrets):
+                if any(self.secret_digest(read_secret(Path(p)).encode()) != digest
+                       for p, digest in secrets):
                     return None
         except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, Refused):
             return None

@@ -9,6 +9,7 @@ wrote, and when that answers, is tests/test_compile_record.py's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -77,6 +78,33 @@ def test_a_changed_password_file_is_not_served_from_the_cache(cache_home, tmp_pa
     conf = "edge/fw1/keepalived.conf"
     assert b"second2" in file_tree(tmp_path / "two")[conf][0]
     assert b"first1" in file_tree(tmp_path / "one")[conf][0]
+
+
+def test_no_entry_keeps_a_digest_an_offline_search_would_undo(cache_home, tmp_path):
+    """A plain sha256 of the password file, or of a keepalived.conf whose every other
+    line is public, gives an 8-character password away: the entries key them."""
+    text = EDGE.read_text(encoding="utf-8")
+    policy = _policy(tmp_path, text.replace('password "s3cret"', 'password file "vrrp.pw"'))
+    (policy.parent / "vrrp.pw").write_text("Pw0rd!\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert compile_to(policy, out) == 0
+    conf = out / "edge" / "fw1" / "keepalived.conf"
+    secret = [hashlib.sha256(data).hexdigest() for data in
+              (b"Pw0rd!\n", b"Pw0rd!", conf.read_bytes(), (out / "edge/fw2/keepalived.conf")
+               .read_bytes())]
+    entries = [p for p in (cache_home / "fwc").iterdir() if p.name != "key"]
+    assert {p.name.partition("-")[0] for p in entries} == {"analysis", "src", "out"}
+    for entry in entries:
+        data = entry.read_bytes()
+        assert not any(digest.encode() in data for digest in secret), entry.name
+        assert b"Pw0rd!" not in data
+    # still answered from the cache, and a password edited into the file still noticed
+    before = conf.stat().st_ino
+    assert compile_to(policy, out) == 0
+    assert conf.stat().st_ino == before
+    conf.write_bytes(conf.read_bytes().replace(b"Pw0rd!", b"Pw0rd?"))
+    assert compile_to(policy, out) == 0
+    assert b"Pw0rd!" in conf.read_bytes()
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

@@ -363,7 +363,7 @@ def test_the_comparison_waits_for_a_compile_in_progress(cache_home, tmp_path):
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as another compile into `out` would hold it
         comparing = threading.Thread(target=lambda: answers.append(
-            unchanged_output(out, record)))
+            unchanged_output(out, record, store.secret_hash)))
         comparing.start()
         comparing.join(0.5)
         assert comparing.is_alive() and answers == []  # waiting

@@ -88,6 +88,23 @@ def test_password_in_the_tree_is_warned_and_redaction_keeps_it_out(tmp_path, cap
     assert "redacted: true" in files["host_vars/fw1.yml"][0].decode()
 
 
+def test_the_stage_task_carrying_a_compiled_in_password_is_no_log(tmp_path, capsys):
+    """Its stdin holds the files: without no_log, `ansible-playbook -vvv` prints the
+    password (base64) in the task's invocation."""
+    inv = inventory(tmp_path, "fw1 a\nfw2 b\n")
+    code, _ = export(capsys, str(EDGE), "-o", str(tmp_path / "plain"), "--inventory", inv)
+    assert code == 0
+    files = file_tree(tmp_path / "plain")
+    tasks = files["roles/fwc/tasks/main.yml"][0].decode()
+    stage = tasks[tasks.index("- name: Stage the compiled files"):]
+    stage = stage[:stage.index("- name:", 1)]
+    assert "no_log: \"{{ fwc_files | selectattr('secret') | list | length > 0 }}\"" in stage
+    host = files["host_vars/fw1.yml"][0].decode()
+    conf = host[host.index("- name: !unsafe 'keepalived.conf'"):].split("\n  - name:")[0]
+    assert "redacted: false" in conf and "secret: true" in conf
+    assert "secret: true" not in host.replace(conf, "")
+
+
 def test_the_tree_follows_the_files_table_and_install_steps(tmp_path, capsys):
     code, _ = export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
                      "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))

@@ -146,3 +146,24 @@ def test_diff_installed_reports_another_password_without_showing_it():
     assert f'+    auth_pass "{OTHER_SECRET}"' in lines
     assert '-    auth_pass "(secret)"' in lines
     assert not any("s3cret" in line or "hunter2" in line for line in lines)
+
+
+def test_a_secrets_file_that_is_not_utf8_is_an_error_that_shows_none_of_it(tmp_path):
+    secrets = tmp_path / "secrets"
+    secrets.write_bytes(b"vrrp_password = Pw\xff0rd\n")
+    with pytest.raises(SecretsError) as raised:
+        read_secrets(secrets)
+    assert str(raised.value) == f"secrets file {secrets} is not UTF-8 text"
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_a_secrets_file_others_can_read_is_read_and_said(tmp_path, capsys):
+    secrets = tmp_path / "secrets"
+    secrets.write_text("vrrp_password = s3cret\n", encoding="utf-8")
+    secrets.chmod(0o600)
+    assert read_secrets(secrets) == {"vrrp_password": "s3cret"}
+    assert capsys.readouterr().err == ""
+    secrets.chmod(0o644)
+    assert read_secrets(secrets) == {"vrrp_password": "s3cret"}
+    assert capsys.readouterr().err == (f"fwc: warning: secrets file {secrets} is open to "
+                                       f"other users (mode 0644): chmod 600 {secrets}\n")

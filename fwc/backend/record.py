@@ -2,7 +2,8 @@
 
 The result cache of `fwc compile` (docs/performance.md "Result cache") keeps, per content
 key (which includes the umask, user and group the files are created with), an
-`OutputRecord`: the SHA-256 of every file the compile wrote, and what the output
+`OutputRecord`: the SHA-256 of every file the compile wrote (a keyed one for a file
+that can hold the VRRP password: `_hash_of`), and what the output
 directory, its parent and its cluster directories were when written (`Tree`: every
 file and directory with its mode, owner, group, extended attributes, inode and change
 time; a file's size and link count), noted twice, in the staging copy and after the
@@ -20,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from fwc.backend.files import SECRET_FILES
 from fwc.backend.output import (
     FileStream,
     OutputFile,
@@ -42,6 +44,22 @@ _READ = 1 << 20
 Node = tuple[str, int, int, int, str, int, int, int, int]
 Parent = tuple[int, int, str]  # mode (setgid bit included), gid, extended attributes
 Tree = dict[str, Node]  # by path relative to the cluster directory ("" is itself)
+
+
+class Hash(Protocol):
+    """A running digest: hashlib's, or the result cache's keyed one."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _hash_of(path: str, secret_hash: Callable[[], Hash]) -> Hash:
+    """How the file at PATH (relative) is digested in a record: a file that can hold the
+    VRRP password with SECRET_HASH (`ResultCache.secret_hash`, keyed): a plain sha256 of
+    it would give the password away to an offline search, as a MANIFEST's would
+    (fwc.backend.manifest); every other file with sha256."""
+    return secret_hash() if path.rsplit("/", 1)[-1] in SECRET_FILES else hashlib.sha256()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +151,10 @@ class RecordedStream:
     directory is noted when written (`note_written`, in the staging copy) and after the
     swap (`note_swapped`); `recorded()` then."""
 
-    def __init__(self, inner: FileStream) -> None:
+    def __init__(self, inner: FileStream, secret_hash: Callable[[], Hash]) -> None:
         self.name = inner.name
         self._inner = inner
+        self._secret_hash = secret_hash
         self._files: list[RecordedFile] = []
         self._modes: dict[str, int] = {}
         self._written: Tree | None = None
@@ -145,11 +164,14 @@ class RecordedStream:
         for f in self._inner.files():
             self._modes[f.path] = f.mode
             if f.chunks is None:
-                self._files.append(RecordedFile(f.path, hashlib.sha256(f.content).hexdigest()))
+                digest = _hash_of(f.path, self._secret_hash)
+                digest.update(f.content)
+                self._files.append(RecordedFile(f.path, digest.hexdigest()))
                 yield f
             else:
                 yield f
-                # hashed (for the MANIFEST) while write_file wrote it
+                # hashed (for the MANIFEST) while write_file wrote it; never a file that
+                # can hold a secret (manifest.Entry.of_digest)
                 self._files.append(RecordedFile(f.path, f.chunks.sha256()))
             del f  # not kept while the next file is rendered (see member_files)
 
@@ -189,8 +211,8 @@ def _tree_or_none(directory: Path) -> Tree | None:
 class Recorder:
     """What `fwc compile` hands `write_output` to note what it writes, and the record."""
 
-    def __init__(self, streams: Sequence[FileStream]) -> None:
-        self.streams = [RecordedStream(stream) for stream in streams]
+    def __init__(self, streams: Sequence[FileStream], secret_hash: Callable[[], Hash]) -> None:
+        self.streams = [RecordedStream(stream, secret_hash) for stream in streams]
         self._top: Node | None = None
         self._parent: Parent | None = None
 
@@ -266,12 +288,13 @@ def _xattrs(path: Path) -> str:
     return sha.hexdigest()
 
 
-def unchanged_output(output_dir: Path, record: OutputRecord, force: bool = False) -> bool:
+def unchanged_output(output_dir: Path, record: OutputRecord,
+                     secret_hash: Callable[[], Hash], force: bool = False) -> bool:
     """Whether writing RECORD's clusters into OUTPUT_DIR would leave it exactly as it is:
     the output directory itself and each cluster directory are as recorded (the same
     files, directories, modes, owners, attributes, inodes and change times, one link
     each) with the recorded bytes, no cluster of the policy would be removed and nothing
-    would be refused.
+    would be refused. SECRET_HASH: as the record was made (`Recorder`).
 
     Read under the lock `write_output` takes, so never halfway through another
     compile's swap. False on any doubt, and on any error: the caller then compiles,
@@ -284,28 +307,30 @@ def unchanged_output(output_dir: Path, record: OutputRecord, force: bool = False
                 return False
             if survey(directory, record.policy, {c.name for c in record.clusters}, force):
                 return False  # a cluster of the policy would be removed
-            return all(_cluster_unchanged(directory / c.name, c) for c in record.clusters)
+            return all(_cluster_unchanged(directory / c.name, c, secret_hash)
+                       for c in record.clusters)
     except Exception:  # noqa: BLE001 - never a traceback from a shortcut: compile instead
         return False
 
 
-def _cluster_unchanged(directory: Path, cluster: RecordedCluster) -> bool:
+def _cluster_unchanged(directory: Path, cluster: RecordedCluster,
+                       secret_hash: Callable[[], Hash]) -> bool:
     if tree_of(directory) != cluster.tree:
         return False
-    return all(_digest(directory / f.path, cluster.tree[f.path]) == f.sha256
+    return all(_digest(directory / f.path, cluster.tree[f.path],
+                       _hash_of(f.path, secret_hash)) == f.sha256
                for f in cluster.files)
 
 
-def _digest(path: Path, node: Node) -> str | None:
-    """The SHA-256 of the file at PATH, if it is still the regular file NODE describes (a
-    fifo put there since is not waited on)."""
+def _digest(path: Path, node: Node, sha: Hash) -> str | None:
+    """The digest (SHA) of the file at PATH, if it is still the regular file NODE describes
+    (a fifo put there since is not waited on)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as stream:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_ino != node[7] \
                 or info.st_size != node[6]:
             return None
-        sha = hashlib.sha256()
         while chunk := stream.read(_READ):
             sha.update(chunk)
     return sha.hexdigest()

@@ -85,7 +85,8 @@ def _compile(args: argparse.Namespace, progress: Progress) -> int:
                 return _refuse(args, progress, verdict.diagnostics(), texts)
         else:
             record = OutputRecord.of_json(cache.get_json("out", _output_key(key, args)))
-            if record is not None and unchanged_output(Path(args.output), record, args.force):
+            if record is not None and unchanged_output(Path(args.output), record,
+                                                       cache.secret_hash, args.force):
                 return _written(args, progress, verdict, texts, record.clusters, [])
     backend = Backend(args.backend) if args.backend else None
     jobs = jobs_from(getattr(args, "jobs", None))
@@ -225,7 +226,7 @@ def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verd
                      texts: dict[str, str], policy_name: str,
                      streams: Sequence[FileStream], cache: ResultCache, key: str) -> int:
     """Write the files and record them in the cache entry KEY (only if all went well)."""
-    recorder = Recorder(streams)
+    recorder = Recorder(streams, cache.secret_hash)
     status = _write(args, progress, verdict, texts, policy_name, recorder.streams, recorder)
     record = recorder.record(policy_name) if status == 0 else None
     if record is not None and verdict.stored():

@@ -28,6 +28,7 @@ from dataclasses import field
 from pathlib import PurePosixPath
 
 from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
+from fwc.backend.manifest import holds_secret
 from fwc.backend.output import OutputFile, compile_policy
 from fwc.backend.render.escape import UnwritableText, yaml_key, yaml_unsafe
 from fwc.diagnostics import Diagnostic, error, warning
@@ -288,7 +289,7 @@ def _inventory(hosts: list[Host]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str],
+def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str], secret: set[str],
                steps: Iterable[str], reloads: list[tuple[str, list[str], str]]) -> str:
     lines = [HEADER.rstrip("\n"),
              f"fwc_cluster: {yaml_unsafe(host.cluster.name)}",
@@ -301,6 +302,7 @@ def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str],
         lines.append(f"    path: {yaml_unsafe(f.path)}")
         lines.append(f"    mode: '{f.mode:04o}'")
         lines.append(f"    redacted: {'true' if f.name in redacted else 'false'}")
+        lines.append(f"    secret: {'true' if f.name in secret else 'false'}")
     lines.append("fwc_steps:")
     lines += [f"  - {yaml_unsafe(n)}" for n in sorted(steps)]
     lines.append("# Daemons to reload when one of their files changed, in fwc install's order.")
@@ -446,7 +448,7 @@ TASKS = f"""\
           rstrip=false) | replace('{REDACTED_PASSWORD}', fwc_password if f.redacted else
           '{REDACTED_PASSWORD}') | b64encode }}}}\\n{{% endfor %}}"
       changed_when: false
-      no_log: "{{{{ fwc_files | selectattr('redacted') | list | length > 0 }}}}"
+      no_log: "{{{{ fwc_files | selectattr('secret') | list | length > 0 }}}}"
 
     - name: Test the staged files on the node (iptables-restore --test, keepalived -t)
       ansible.builtin.command: sh {STEPS_DIR}/test.sh
@@ -577,8 +579,11 @@ def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], 
         steps = member_steps(host, files, contents, reloads)
         for name, text in steps.items():
             out.add(f"{base}/steps/{name}", text, 0o700)
+        # Holding the password once staged (filled in, or compiled in): the staging task
+        # that carries it on stdin is no_log, or -vvv prints it in its invocation.
+        secret = redacted | {f.name for f in files if holds_secret(f.name, contents[f.name])}
         out.add(f"host_vars/{yaml_key(host.member.name)}.yml",
-                _host_vars(host, files, redacted, steps, reloads))
+                _host_vars(host, files, redacted, secret, steps, reloads))
         if host.netns is not None:
             out.add(f"netns/{yaml_key(host.member.name)}", netns_wrapper(host), 0o755)
     out.add("README.md", _readme(hosts, redact))

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 from fwc.backend.files import SECRET_FILES
@@ -38,9 +40,19 @@ class SecretsError(Exception):
 
 def read_secrets(path: Path) -> dict[str, str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            mode = stat.S_IMODE(os.fstat(stream.fileno()).st_mode)
+            text = stream.read().decode("utf-8")
     except OSError as exc:
         raise SecretsError(f"cannot read secrets file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        # Not the decoder's message: it shows a byte of the file and where it is.
+        raise SecretsError(f"secrets file {path} is not UTF-8 text") from None
+    if mode & 0o077:
+        # Read all the same (the password is out already; refusing would only stop the
+        # install), but said, as ssh says of a private key others can read.
+        print(f"fwc: warning: secrets file {path} is open to other users (mode "
+              f"{mode:04o}): chmod 600 {path}", file=sys.stderr)
     return parse_secrets(text, str(path))
 
 
