@@ -453,10 +453,12 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
         action, target = "dnat", options.get("to-destination", "")
         if not target or "-" in target or set(options) - {"to-destination"}:
             raise Untranslatable("DNAT to a range or with options")
+        target = _nat_target(target, port=True)
     elif chain == "POSTROUTING" and d.target == "SNAT":
         action, target = "snat", options.get("to-source", "")
         if not target or "-" in target or ":" in target or set(options) - {"to-source"}:
             raise Untranslatable("SNAT to a range, a port or with options")
+        target = _nat_target(target, port=False)
     elif chain == "POSTROUTING" and d.target == "MASQUERADE":
         if not m.out_device or options:
             raise Untranslatable("MASQUERADE without -o or with options")
@@ -482,6 +484,27 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     if target:
         parts += ["->", target]
     return "    " + " ".join(parts)
+
+
+def _nat_target(text: str, port: bool) -> str:
+    """`ADDR` or `ADDR:PORT` (PORT: DNAT only) as the policy writes it after `->`.
+
+    The value is the input's word as shlex split it: quoted, it may hold blanks, `#`
+    or `}`, and written as it is it would end the rule and add statements of its own.
+    Only an IPv4 address and a port number are written, rebuilt from their values.
+    """
+    address, colon, number = text.partition(":")
+    try:
+        written = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        raise Untranslatable(f"NAT target {text!r} (an IPv4 address"
+                             f"{' and a port' if port else ''} is imported)") from None
+    if not colon:
+        return written
+    if not (port and number.isascii() and number.isdigit() and len(number) <= 5
+            and int(number) <= 65535):
+        raise Untranslatable(f"NAT target {text!r} (a port is a number 0-65535)")
+    return f"{written}:{int(number)}"
 
 
 def _assemble(w: _Writer, policy_lines: list[str | OwnRule], nat_lines: list[str],

@@ -1,0 +1,54 @@
+"""`fwc import` on hostile or odd `iptables-save` input: whatever a line holds, the
+policy written means what the translated rules mean (nothing of the input is written
+unchecked into policy text), and nothing ends in a traceback."""
+
+from __future__ import annotations
+
+from fwc.frontend.parse import parse_text
+from fwc.importing.translate import import_file
+
+
+def statements(text: str) -> list[str]:
+    """The policy's rules and top-level statement kinds, comments aside."""
+    tree, diagnostics = parse_text(text, "imported.fw")
+    assert not diagnostics, diagnostics
+    out = []
+    for statement in tree.statements:
+        out.append(type(statement).__name__)
+        out += [f"  {type(rule).__name__}" for rule in getattr(statement, "rules", ())]
+    return out
+
+
+def nat_save(target: str) -> str:
+    return ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            "-A PREROUTING -i eth0 -p tcp --dport 80 -j DNAT --to-destination 192.0.2.8:8080\n"
+            f"-A PREROUTING -i eth0 -p tcp --dport 81 -j DNAT --to-destination {target}\n"
+            "COMMIT\n")
+
+
+def test_a_quoted_nat_target_cannot_add_statements_to_the_policy():
+    """A quoted `--to-destination` held `}` and a whole policy block: written after `->`
+    as it was, it closed the nat block and accepted everything (and checked clean)."""
+    hostile = '"10.0.0.1 } policy imported { accept from any to any } nat imported {"'
+    result = import_file(nat_save(hostile), "hostile.save", "imported")
+    assert "-> 192.0.2.8:8080" in result.text
+    assert "accept from any to any\n" not in result.text
+    assert result.text.count("NOT IMPORTED (NAT target ") == 1
+    assert [d.code for d in result.diagnostics].count("FWC700") == 1
+    # the policy block stays empty, the nat block holds the one good rule
+    assert statements(result.text) == ["ServiceDef", "ServiceDef", "ClusterDecl", "BlockDecl",
+                                       "BlockDecl", "  RuleDecl"]
+
+
+def test_nat_targets_are_written_from_their_values():
+    for target, written in (("192.0.2.9", "-> 192.0.2.9\n"),
+                            ("192.0.2.9:0443", "-> 192.0.2.9:443\n")):
+        assert written in import_file(nat_save(target), "t.save", "t").text
+    for target in ('"192.0.2.9 # x"', "192.0.2.9:99999", "192.0.2.9:" + "1" * 5000, "web",
+                   "192.0.2.9:²"):
+        text = import_file(nat_save(target), "t.save", "t").text
+        assert "NOT IMPORTED (NAT target" in text, target
+        statements(text)
+
+
