@@ -52,3 +52,18 @@ def test_nat_targets_are_written_from_their_values():
         statements(text)
 
 
+
+
+def test_a_device_name_the_policy_cannot_hold_is_not_written_into_a_member_link():
+    """Linux allows `eth#0`; written into `lan eth#0 198.18.0.1/24` it read as device
+    `eth` and a comment: the import checked clean with the address commented out."""
+    save = ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -i eth#0 -j ACCEPT\n-A INPUT -i eth1 -d 192.0.2.1/32 -j ACCEPT\n"
+            "-A INPUT -i eth#0 -d 192.0.2.9/32 -j ACCEPT\n"
+            "-A FORWARD -o averyveryverylongname -j ACCEPT\nCOMMIT\n")
+    result = import_file(save, "dev.save", "dev")
+    code = [line for line in result.text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "eth#0" in line or "averyvery" in line]
+    assert result.text.count("NOT IMPORTED (device name ") == 3
+    assert "        eth1 eth1 192.0.2.1/24" in code
+    statements(result.text)

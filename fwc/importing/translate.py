@@ -32,7 +32,7 @@ from fwc.importing.saved import (
     read_saved,
 )
 from fwc.model.records import dataclass
-from fwc.text import encode_literal
+from fwc.text import encode_literal, utf8_length
 
 ICMP_NAMES = {number: name for name, number in proto.ICMP_TYPES.items()}
 MAX_DEPTH = 8
@@ -40,6 +40,8 @@ FILTER_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 DEFAULT_POLICY = {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "ACCEPT"}
 PLACEHOLDER_NET = ipaddress.ip_network("198.18.0.0/16")
 SYNC_NET = ipaddress.ip_network("198.18.255.0/24")
+# A device name the policy accepts (FWC114: conntrackd's lexer reads no more).
+DEVICE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,12 @@ class _Writer:
     def device(self, name: str | None) -> str | None:
         if name is None:
             return None
+        # The member links name the device as it is (`lan eth0 ...`): a name the policy
+        # cannot hold (`eth#0`, which Linux allows) would read as another device and a
+        # comment there, the link's address commented out.
+        if not DEVICE.fullmatch(name) or utf8_length(name) > proto.DEVICE_NAME_MAX:
+            raise Untranslatable(f"device name {name!r} (fwc's device names are at most "
+                                 f"{proto.DEVICE_NAME_MAX} letters, digits, '.', '_', '-')")
         if name not in self.devices:
             self.devices.append(name)
         return interface_name(name)
@@ -407,6 +415,7 @@ def _own(w: _Writer, match: AddressMatch, device: str | None) -> tuple[str, list
     if match.negated or match.set_name is not None or any(
             ipaddress.ip_network(c).prefixlen != 32 for c in match.cidrs):
         raise Untranslatable("the firewall's side names more than its own addresses")
+    w.device(device)  # (before an address is kept for a device that cannot be written)
     addresses = []
     for cidr in match.cidrs:
         address = str(ipaddress.ip_network(cidr).network_address)
@@ -414,8 +423,6 @@ def _own(w: _Writer, match: AddressMatch, device: str | None) -> tuple[str, list
         if address not in where and not any(address in v for v in w.own.values()):
             where.append(address)
         addresses.append(address)
-        if device:
-            w.device(device)
     return "", addresses
 
 
