@@ -4,6 +4,7 @@ unchecked into policy text), and nothing ends in a traceback."""
 
 from __future__ import annotations
 
+from fwc.cli import main
 from fwc.frontend.parse import parse_text
 from fwc.importing.translate import import_file
 
@@ -67,3 +68,29 @@ def test_a_device_name_the_policy_cannot_hold_is_not_written_into_a_member_link(
     assert result.text.count("NOT IMPORTED (device name ") == 3
     assert "        eth1 eth1 192.0.2.1/24" in code
     statements(result.text)
+
+
+def test_lines_end_where_iptables_restore_ends_them():
+    """A comment holding U+2028 (or U+0085, a lone CR, ...) is one line to
+    iptables-restore; split there, its second half read as `-A FORWARD -j ACCEPT` and
+    a ruleset that drops everything was imported as `accept from any to any`."""
+    for separator in ("\u2028", "\x85", "\x1c", "\r", "\x0b"):
+        save = ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                f'-A FORWARD -m comment --comment "a{separator}-A FORWARD -j ACCEPT -m comment '
+                f'--comment " -j DROP -m comment --comment "{separator}x"\nCOMMIT\n')
+        result = import_file(save, "sep.save", "sep")
+        assert "accept from any to any" not in result.text, repr(separator)
+        assert "    drop from any to any\n" in result.text, repr(separator)
+        assert "# line 5: -A FORWARD -m comment" in result.text
+        statements(result.text)
+
+
+def test_a_lone_carriage_return_in_the_input_file_is_not_a_line_break(tmp_path, capsys):
+    save = tmp_path / "cr.save"
+    save.write_bytes(b"*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m comment --comment "
+                     b'"a\r-A FORWARD -j ACCEPT -m comment --comment " -j DROP -m comment '
+                     b'--comment "\rx"\nCOMMIT\n')
+    out = tmp_path / "cr.fw"
+    assert main(["import", "iptables-save", str(save), "-o", str(out)]) == 0
+    assert "accept from any" not in out.read_text(encoding="utf-8")
+    assert "    drop from any to any\n" in out.read_text(encoding="utf-8")

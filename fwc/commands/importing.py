@@ -17,7 +17,9 @@ from fwc.pipeline import analyse
 def run(args: argparse.Namespace) -> int:
     path = args.file
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        # bytes, decoded: a text-mode read would end a line at a lone "\r" too
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print_diagnostics([error("FWC706", f"cannot read {path}: {exc}")], {})
         return 1

@@ -86,7 +86,10 @@ class Saved:
 def read_saved(text: str) -> Saved:
     out = Saved()
     table: SavedTable | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only, as iptables-restore reads them: str.splitlines also ends
+    # one at U+2028, U+0085, "\r" ..., which a quoted comment may hold, and the rest
+    # of the comment would be read as a rule of its own.
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
