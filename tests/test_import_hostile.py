@@ -94,3 +94,26 @@ def test_a_lone_carriage_return_in_the_input_file_is_not_a_line_break(tmp_path, 
     assert main(["import", "iptables-save", str(save), "-o", str(out)]) == 0
     assert "accept from any" not in out.read_text(encoding="utf-8")
     assert "    drop from any to any\n" in out.read_text(encoding="utf-8")
+
+
+def test_odd_numbers_and_set_members_are_untranslatable_not_a_traceback(tmp_path, capsys):
+    """int() refused what str.isdigit() let through ('²', 5000 digits) and a value that
+    is no number at all (`--limit-burst -j`); `add admins foo` was no address: each
+    was a ValueError traceback."""
+    rules = ["-A INPUT -p tcp --dport ² -j ACCEPT",
+             "-A INPUT -p tcp --dport 1:" + "1" * 5000 + " -j ACCEPT",
+             "-A INPUT -p ² -j ACCEPT",
+             "-A INPUT -p icmp --icmp-type ² -j ACCEPT",
+             "-A INPUT -m limit --limit 3/min --limit-burst abc -j LOG",
+             "-A INPUT -m set --match-set admins src -j ACCEPT"]
+    save = tmp_path / "odd.save"
+    save.write_text("create admins hash:net\nadd admins foo\n*filter\n:INPUT DROP [0:0]\n"
+                    + "".join(r + "\n" for r in rules) + "-A INPUT -j DROP\nCOMMIT\n",
+                    encoding="utf-8")
+    out = tmp_path / "odd.fw"
+    assert main(["import", "iptables-save", str(save), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("FWC700") == len(rules)
+    text = out.read_text(encoding="utf-8")
+    assert "ipset member 'foo'" in text and "--limit-burst 'abc' (not a number)" in text
+    statements(text)

@@ -149,18 +149,30 @@ def _addresses(value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _is_number(value: str) -> bool:
+    """Whether VALUE is a decimal number `int` takes: ASCII digits (str.isdigit is also
+    true of '²', which int refuses), few enough (int refuses more than 4300)."""
+    return value.isascii() and value.isdigit() and len(value) <= 10
+
+
+def _number(value: str, what: str) -> int:
+    if not _is_number(value):
+        raise Untranslatable(f"{what} {value!r} (not a number)")
+    return int(value)
+
+
 def _ports(value: str) -> tuple[PortRange, ...]:
     out = []
     for item in value.split(","):
         low, _, high = item.partition(":")
-        if not low.isdigit() or (high and not high.isdigit()):
+        if not _is_number(low) or (high and not _is_number(high)):
             raise Untranslatable(f"port {item!r} (service names are not imported)")
         out.append(PortRange(int(low), int(high or low)))
     return tuple(out)
 
 
 def _protocol(value: str) -> int:
-    if value.isdigit():
+    if _is_number(value):
         return int(value)
     if value in proto.IP_PROTOCOLS:
         return proto.IP_PROTOCOLS[value]
@@ -168,7 +180,7 @@ def _protocol(value: str) -> int:
 
 
 def _icmp_type(value: str) -> int:
-    if value.isdigit():
+    if _is_number(value):
         return int(value)
     if value in proto.ICMP_TYPES:
         return proto.ICMP_TYPES[value]
@@ -276,7 +288,7 @@ def decode(text: str) -> Decoded:
             fields["limit"] = RateLimit(value(), 5)
         elif word == "--limit-burst":
             limit = fields.get("limit")
-            burst = int(value())
+            burst = _number(value(), "--limit-burst")
             fields["limit"] = RateLimit(limit.rate if isinstance(limit, RateLimit)
                                         else "3/hour", burst)
         elif word in ("-j", "--jump", "-g", "--goto"):

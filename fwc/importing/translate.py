@@ -150,7 +150,12 @@ def _name(text: str) -> str:
 
 
 def _address_text(item: str) -> str:
-    net = ipaddress.ip_network(item, strict=False)
+    """An `ipset save` member as the policy writes it (`add NAME foo` is not one)."""
+    try:
+        net = ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise Untranslatable(f"ipset member {item!r} (an address or network is "
+                             "imported)") from None
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
