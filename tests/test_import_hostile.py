@@ -117,3 +117,21 @@ def test_odd_numbers_and_set_members_are_untranslatable_not_a_traceback(tmp_path
     text = out.read_text(encoding="utf-8")
     assert "ipset member 'foo'" in text and "--limit-burst 'abc' (not a number)" in text
     statements(text)
+
+
+def test_verify_of_a_ruleset_the_proof_cannot_read_is_a_diagnostic(tmp_path, capsys):
+    """--verify reads the whole original ruleset: a rule the import kept as a comment
+    (`-m recent`), a set member that is no address, DNAT in the filter table ended in
+    an Untranslatable or ValueError traceback."""
+    head = "create s hash:net\nadd s foo\n*filter\n:INPUT DROP [0:0]\n"
+    for rule in ("-A INPUT -m recent --name x -j DROP",
+                 "-A INPUT -m set --match-set s src -j DROP",
+                 "-A INPUT -j DNAT --to-destination 192.0.2.1"):
+        save = tmp_path / "v.save"
+        save.write_text(head + "-A INPUT -p tcp --dport 22 -j ACCEPT\n" + rule + "\nCOMMIT\n",
+                        encoding="utf-8")
+        assert main(["import", "iptables-save", str(save), "--verify",
+                     "-o", str(tmp_path / "v.fw")]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert f"{save}:6:1: error[FWC705]: the original ruleset cannot be compared" in err

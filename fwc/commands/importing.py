@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 from fwc.backend.output import compile_policy
-from fwc.diagnostics import Diagnostic, error, failed, print_diagnostics
+from fwc.diagnostics import Diagnostic, Span, error, failed, print_diagnostics
 from fwc.importing.fidelity import compare_texts
+from fwc.importing.saved import Untranslatable
 from fwc.importing.translate import import_file
 from fwc.pipeline import analyse
 
@@ -53,7 +54,13 @@ def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
     rules = files.get("ipsets.rules", "") + "\n" + files["fw1/iptables.rules"] \
         if "fw1/ipsets.rules" not in files else \
         files["fw1/ipsets.rules"] + "\n" + files["fw1/iptables.rules"]
-    compared, differences = compare_texts(original, rules)
+    try:
+        compared, differences = compare_texts(original, rules)
+    except Untranslatable as exc:  # the proof reads every rule; the import kept some as comments
+        where = Span(path, exc.line, 1, exc.line, 2) if exc.line else None
+        return [error("FWC705", f"the original ruleset cannot be compared: {exc}", where,
+                      hint="the rules kept as comments (FWC700) are not in the imported "
+                      "policy: decide them, then compare")]
     out = [error("FWC705", f"{d.where}: {d.packet}: original {d.original}, "
                            f"fwc {d.compiled}") for d in differences]
     print(f"fwc import --verify: {compared} packet classes compared, "

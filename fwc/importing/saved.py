@@ -44,6 +44,10 @@ IGNORED_TARGET_OPTIONS = {"log-level", "log-tcp-sequence", "log-tcp-options", "l
 class Untranslatable(Exception):
     """A rule (or line) the import cannot express; the message says what."""
 
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line  # in the input, where the caller does not know it (0: unknown)
+
 
 @dataclass(frozen=True, slots=True)
 class SavedRule:
@@ -317,8 +321,8 @@ def decode(text: str) -> Decoded:
 def ruleset(saved: Saved, member: str = "original") -> NodeRuleset:
     """The filter and nat tables as a lowered ruleset (for the evaluator).
 
-    A rule that cannot be decoded raises Untranslatable: the fidelity proof needs
-    the whole ruleset.
+    A rule that cannot be decoded raises Untranslatable, with its line: the fidelity
+    proof needs the whole ruleset.
     """
     tables = []
     for name, kind in (("nat", NatRule), ("filter", FilterRule)):
@@ -329,12 +333,28 @@ def ruleset(saved: Saved, member: str = "original") -> NodeRuleset:
         for chain, policy in table.policies.items():
             rules = []
             for rule in table.chain_rules(chain):
-                d = decode(rule.text)
-                if d.goto:
-                    raise Untranslatable("-g (goto)")
-                origin = Origin("policy", d.comment or f"line {rule.line}")
-                rules.append(kind(d.match, target_of(d.target), origin, d.options))
+                try:
+                    rules.append(_lowered(kind, rule, saved.sets))
+                except Untranslatable as exc:
+                    raise Untranslatable(str(exc), rule.line) from None
             chains.append(Chain(chain, target_of(policy) if policy else None,  # type: ignore
                                 tuple(rules)))
         tables.append(Table(TableName(name), tuple(chains)))
     return NodeRuleset("imported", member, 4, tuple(tables))
+
+
+def _lowered(kind: type[FilterRule] | type[NatRule], rule: SavedRule,
+             sets: dict[str, list[str]]) -> FilterRule | NatRule:
+    """RULE as the evaluator reads it; Untranslatable where it cannot."""
+    d = decode(rule.text)
+    if d.goto:
+        raise Untranslatable("-g (goto)")
+    # the evaluator reads every member of a set a rule names as an address
+    for side in (d.match.source, d.match.destination):
+        for member in sets.get(side.set_name, ()) if side.set_name is not None else ():
+            _addresses(member)
+    origin = Origin("policy", d.comment or f"line {rule.line}")
+    try:
+        return kind(d.match, target_of(d.target), origin, d.options)
+    except ValueError as exc:  # a kernel target the table has not (DNAT in filter)
+        raise Untranslatable(str(exc)) from None
