@@ -135,3 +135,34 @@ def test_verify_of_a_ruleset_the_proof_cannot_read_is_a_diagnostic(tmp_path, cap
         err = capsys.readouterr().err
         assert "Traceback" not in err
         assert f"{save}:6:1: error[FWC705]: the original ruleset cannot be compared" in err
+
+
+def test_output_is_written_all_or_nothing(tmp_path, capsys, monkeypatch):
+    """-o wrote in place: a missing directory was a FileNotFoundError traceback, and a
+    full disk cut an existing policy short."""
+    import errno
+    import os
+
+    import fwc.commands.importing as importing
+
+    save = tmp_path / "g.save"
+    save.write_text("*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n"
+                    "COMMIT\n", encoding="utf-8")
+    assert main(["import", "iptables-save", str(save), "-o", str(tmp_path / "no" / "g.fw")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot write" in err and "nothing was written" in err
+
+    policy = tmp_path / "g.fw"
+    policy.write_text("# my policy\n", encoding="utf-8")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(importing.os, "fsync", no_space)
+    assert main(["import", "iptables-save", str(save), "-o", str(policy)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert policy.read_text(encoding="utf-8") == "# my policy\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fw", "g.save"]
+    monkeypatch.undo()
+    assert main(["import", "iptables-save", str(save), "-o", str(policy)]) == 0
+    assert "accept from any to firewall service tcp-22" in policy.read_text(encoding="utf-8")

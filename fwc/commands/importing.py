@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -29,14 +32,39 @@ def run(args: argparse.Namespace) -> int:
     texts = {path: text}
     if args.verify:
         diagnostics += verify(text, result.text, path)
+    written = True
     if args.output:
-        Path(args.output).write_text(result.text, encoding="utf-8")
+        try:
+            write_new(Path(args.output), result.text)
+        except OSError as exc:
+            print(f"fwc import: cannot write '{args.output}': {exc.strerror or exc}; "
+                  "nothing was written", file=sys.stderr)
+            written = False
     else:
         sys.stdout.write(result.text)
     print_diagnostics(diagnostics, texts)
     print(f"fwc import: {result.translated} rules translated, {result.kept_as_comments} kept "
           "as comments", file=sys.stderr)
-    return 1 if failed(diagnostics, False) else 0
+    return 1 if failed(diagnostics, False) or not written else 0
+
+
+def write_new(path: Path, text: str) -> None:
+    """TEXT to PATH in one rename: a full disk, a missing directory or a crash leaves PATH
+    as it was (an existing policy is not cut short). The file gets the mode a new file
+    gets (umask), as before; a symbolic link keeps pointing at it."""
+    target = Path(os.path.realpath(path))
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.fwc-import")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text.encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
