@@ -166,3 +166,20 @@ def test_output_is_written_all_or_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     assert main(["import", "iptables-save", str(save), "-o", str(policy)]) == 0
     assert "accept from any to firewall service tcp-22" in policy.read_text(encoding="utf-8")
+
+
+def test_the_input_name_and_the_cluster_name_cannot_add_statements(tmp_path, capsys):
+    """The header comment named the input as it was: a file name with a newline wrote
+    `accept from any to any` as a line of its own. `--cluster` was written as given."""
+    save = tmp_path / "x\naccept from any to any\n.save"
+    save.write_text("*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n"
+                    "COMMIT\n", encoding="utf-8")
+    text = import_file(save.read_text(encoding="utf-8"), str(save), "c").text
+    assert "\naccept from any to any" not in text and "x\\naccept from any to any\\n.save" in text
+    statements(text)
+    out = tmp_path / "c.fw"
+    for cluster in ("x { } policy y", "a-", "", "1a"):
+        assert main(["import", "iptables-save", str(save), "--cluster", cluster,
+                     "-o", str(out)]) == 2
+        assert "is not a name" in capsys.readouterr().err and not out.exists()
+    assert main(["import", "iptables-save", str(save), "--cluster", "edge-1", "-o", str(out)]) == 0

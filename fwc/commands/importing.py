@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -17,8 +18,15 @@ from fwc.importing.saved import Untranslatable
 from fwc.importing.translate import import_file
 from fwc.pipeline import analyse
 
+# The grammar's NAME: the cluster's name is written into the policy as it is.
+NAME = re.compile(r"[A-Za-z_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
+
 
 def run(args: argparse.Namespace) -> int:
+    if not NAME.fullmatch(args.cluster):
+        print(f"fwc import: --cluster {args.cluster!r} is not a name: letters, digits, '_' "
+              "and '-' (not at the end), starting with a letter or '_'", file=sys.stderr)
+        return 2
     path = args.file
     try:
         # bytes, decoded: a text-mode read would end a line at a lone "\r" too

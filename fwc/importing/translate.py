@@ -32,7 +32,7 @@ from fwc.importing.saved import (
     read_saved,
 )
 from fwc.model.records import dataclass
-from fwc.text import encode_literal, utf8_length
+from fwc.text import encode_literal, unsafe_character, utf8_length
 
 ICMP_NAMES = {number: name for name, number in proto.ICMP_TYPES.items()}
 MAX_DEPTH = 8
@@ -523,7 +523,10 @@ def _assemble(w: _Writer, policy_lines: list[str | OwnRule], nat_lines: list[str
               path: str) -> str:
     w.warn("FWC704", 1, f"the cluster block of '{w.cluster}' is a skeleton: fill in the "
            "members' addresses, the sync link and the VRRP password (TODO(import))")
-    lines = [f"# Imported by `fwc import iptables-save` from {path}.",
+    # The input's name ends a comment line: a newline in it would start a statement.
+    shown = path if unsafe_character(path) is None else \
+        path.encode("unicode_escape").decode("ascii")
+    lines = [f"# Imported by `fwc import iptables-save` from {shown}.",
              "# Every rule quotes the line it comes from; lines marked NOT IMPORTED need a",
              "# decision. The cluster block is a skeleton: complete every TODO(import).", ""]
     cluster = _cluster(w)
