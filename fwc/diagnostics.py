@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -141,6 +142,20 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.is_error for d in diagnostics)
 
 
+# Characters an excerpt does not print as they are: controls (an escape sequence in a
+# comment could erase the diagnostics above it on a terminal), line separators and
+# format characters (bidirectional overrides reorder what is shown).
+_HIDDEN = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
+def _shown(line: str) -> str:
+    """LINE with each such character as U+FFFD: one column, so the caret stays under it."""
+    if line.isascii() and line.isprintable():
+        return line
+    return "".join("\N{REPLACEMENT CHARACTER}" if unicodedata.category(c) in _HIDDEN else c
+                   for c in line)
+
+
 def _excerpt(span: Span, sources: Mapping[str, str],
              split: dict[str, list[str]] | None = None) -> list[str]:
     text = sources.get(span.file)
@@ -148,15 +163,18 @@ def _excerpt(span: Span, sources: Mapping[str, str],
         return []
     # Split each file once per report: a 20,000-rule file split again for every
     # diagnostic took half a second of `fwc check` for a hundred warnings.
+    # Lines end at "\n", as the parser counts them: str.splitlines also ends one at a
+    # U+2028, a form feed, a lone "\r" ..., which a comment may hold, and every excerpt
+    # after it showed the line before the one reported.
     if split is None:
-        lines = text.splitlines()
+        lines = text.split("\n")
     elif span.file in split:
         lines = split[span.file]
     else:
-        lines = split[span.file] = text.splitlines()
+        lines = split[span.file] = text.split("\n")
     if not 1 <= span.line <= len(lines):
         return []
-    line = lines[span.line - 1].expandtabs(1)
+    line = _shown(lines[span.line - 1].removesuffix("\r").expandtabs(1))
     width = 1
     if span.end_line == span.line and span.end_column > span.column:
         width = span.end_column - span.column

@@ -140,3 +140,23 @@ def test_service_after_a_literal_address_in_rules_and_expectations():
                           "expect c {\n  allow 192.0.2.9 -> 192.0.2.1 service tcp/80\n}\n")
     assert [s.text for s in statements[0].rules[0].services] == ["tcp/80"]
     assert [s.text for s in statements[1].rules[0].services] == ["tcp/80"]
+
+
+def test_the_excerpt_shows_the_reported_line_and_no_control_character(tmp_path):
+    """Excerpts were cut with str.splitlines: after a comment holding U+2028 (or a form
+    feed, a lone CR) each showed the line before the one reported. And a comment's
+    escape sequence went to the terminal as it was (`ESC[2K ESC[1A` erases the
+    diagnostic above it); a bidirectional override reordered the line shown."""
+    from fwc.diagnostics import render_text
+
+    text = ("# a\u2028b\x0cc\rd\nhost a 192.0.2.1\nhost c 192.0.2.300  # \x1b[2K\x1b[1A\u202e\n"
+            "host d 192.0.2.4\r\n")
+    path = write_policy(tmp_path, text)
+    analysis = analyse(path)
+    shown = render_text(analysis.diagnostics, analysis.program.texts)
+    bad = next(d for d in analysis.diagnostics if d.code == "FWC106")
+    assert bad.span.line == 3
+    assert "   3 | host c 192.0.2.300  # \ufffd[2K\ufffd[1A\ufffd\n" \
+        "              ^~~~~~~~~~~\n" in shown
+    assert "   4 | host d 192.0.2.4\n" in shown
+    assert not [c for c in shown if c != "\n" and not c.isprintable()]

@@ -32,7 +32,10 @@ STDIN_NAME = "<stdin>"
 def _format_file(path: Path) -> tuple[str, str] | None:
     """(old, new) text, or None after printing why the file cannot be formatted."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # Bytes, decoded, as `fwc check` reads a policy: a text-mode read turns a lone "\r"
+        # into a line break, and a comment holding one (`# off\raccept from any to any`,
+        # to the parser one comment) came out of fmt as a comment and a live rule.
+        text = path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print_diagnostics([error("FWC002", f"cannot read '{path}': {reason}")], {})

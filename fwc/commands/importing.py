@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+import secrets
 import sys
 import tempfile
 from pathlib import Path
 
 from fwc.backend.output import compile_policy
-from fwc.diagnostics import Diagnostic, error, failed, print_diagnostics
+from fwc.diagnostics import Diagnostic, Span, error, failed, print_diagnostics
 from fwc.importing.fidelity import compare_texts
+from fwc.importing.saved import Untranslatable
 from fwc.importing.translate import import_file
 from fwc.pipeline import analyse
 
+# The grammar's NAME: the cluster's name is written into the policy as it is.
+NAME = re.compile(r"[A-Za-z_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
+
 
 def run(args: argparse.Namespace) -> int:
+    if not NAME.fullmatch(args.cluster):
+        print(f"fwc import: --cluster {args.cluster!r} is not a name: letters, digits, '_' "
+              "and '-' (not at the end), starting with a letter or '_'", file=sys.stderr)
+        return 2
     path = args.file
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        # bytes, decoded: a text-mode read would end a line at a lone "\r" too
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print_diagnostics([error("FWC706", f"cannot read {path}: {exc}")], {})
         return 1
@@ -26,14 +40,39 @@ def run(args: argparse.Namespace) -> int:
     texts = {path: text}
     if args.verify:
         diagnostics += verify(text, result.text, path)
+    written = True
     if args.output:
-        Path(args.output).write_text(result.text, encoding="utf-8")
+        try:
+            write_new(Path(args.output), result.text)
+        except OSError as exc:
+            print(f"fwc import: cannot write '{args.output}': {exc.strerror or exc}; "
+                  "nothing was written", file=sys.stderr)
+            written = False
     else:
         sys.stdout.write(result.text)
     print_diagnostics(diagnostics, texts)
     print(f"fwc import: {result.translated} rules translated, {result.kept_as_comments} kept "
           "as comments", file=sys.stderr)
-    return 1 if failed(diagnostics, False) else 0
+    return 1 if failed(diagnostics, False) or not written else 0
+
+
+def write_new(path: Path, text: str) -> None:
+    """TEXT to PATH in one rename: a full disk, a missing directory or a crash leaves PATH
+    as it was (an existing policy is not cut short). The file gets the mode a new file
+    gets (umask), as before; a symbolic link keeps pointing at it."""
+    target = Path(os.path.realpath(path))
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.fwc-import")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text.encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
@@ -51,7 +90,13 @@ def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
     rules = files.get("ipsets.rules", "") + "\n" + files["fw1/iptables.rules"] \
         if "fw1/ipsets.rules" not in files else \
         files["fw1/ipsets.rules"] + "\n" + files["fw1/iptables.rules"]
-    compared, differences = compare_texts(original, rules)
+    try:
+        compared, differences = compare_texts(original, rules)
+    except Untranslatable as exc:  # the proof reads every rule; the import kept some as comments
+        where = Span(path, exc.line, 1, exc.line, 2) if exc.line else None
+        return [error("FWC705", f"the original ruleset cannot be compared: {exc}", where,
+                      hint="the rules kept as comments (FWC700) are not in the imported "
+                      "policy: decide them, then compare")]
     out = [error("FWC705", f"{d.where}: {d.packet}: original {d.original}, "
                            f"fwc {d.compiled}") for d in differences]
     print(f"fwc import --verify: {compared} packet classes compared, "

@@ -44,6 +44,10 @@ IGNORED_TARGET_OPTIONS = {"log-level", "log-tcp-sequence", "log-tcp-options", "l
 class Untranslatable(Exception):
     """A rule (or line) the import cannot express; the message says what."""
 
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line  # in the input, where the caller does not know it (0: unknown)
+
 
 @dataclass(frozen=True, slots=True)
 class SavedRule:
@@ -86,7 +90,10 @@ class Saved:
 def read_saved(text: str) -> Saved:
     out = Saved()
     table: SavedTable | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only, as iptables-restore reads them: str.splitlines also ends
+    # one at U+2028, U+0085, "\r" ..., which a quoted comment may hold, and the rest
+    # of the comment would be read as a rule of its own.
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -146,18 +153,30 @@ def _addresses(value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _is_number(value: str) -> bool:
+    """Whether VALUE is a decimal number `int` takes: ASCII digits (str.isdigit is also
+    true of '²', which int refuses), few enough (int refuses more than 4300)."""
+    return value.isascii() and value.isdigit() and len(value) <= 10
+
+
+def _number(value: str, what: str) -> int:
+    if not _is_number(value):
+        raise Untranslatable(f"{what} {value!r} (not a number)")
+    return int(value)
+
+
 def _ports(value: str) -> tuple[PortRange, ...]:
     out = []
     for item in value.split(","):
         low, _, high = item.partition(":")
-        if not low.isdigit() or (high and not high.isdigit()):
+        if not _is_number(low) or (high and not _is_number(high)):
             raise Untranslatable(f"port {item!r} (service names are not imported)")
         out.append(PortRange(int(low), int(high or low)))
     return tuple(out)
 
 
 def _protocol(value: str) -> int:
-    if value.isdigit():
+    if _is_number(value):
         return int(value)
     if value in proto.IP_PROTOCOLS:
         return proto.IP_PROTOCOLS[value]
@@ -165,7 +184,7 @@ def _protocol(value: str) -> int:
 
 
 def _icmp_type(value: str) -> int:
-    if value.isdigit():
+    if _is_number(value):
         return int(value)
     if value in proto.ICMP_TYPES:
         return proto.ICMP_TYPES[value]
@@ -273,7 +292,7 @@ def decode(text: str) -> Decoded:
             fields["limit"] = RateLimit(value(), 5)
         elif word == "--limit-burst":
             limit = fields.get("limit")
-            burst = int(value())
+            burst = _number(value(), "--limit-burst")
             fields["limit"] = RateLimit(limit.rate if isinstance(limit, RateLimit)
                                         else "3/hour", burst)
         elif word in ("-j", "--jump", "-g", "--goto"):
@@ -302,8 +321,8 @@ def decode(text: str) -> Decoded:
 def ruleset(saved: Saved, member: str = "original") -> NodeRuleset:
     """The filter and nat tables as a lowered ruleset (for the evaluator).
 
-    A rule that cannot be decoded raises Untranslatable: the fidelity proof needs
-    the whole ruleset.
+    A rule that cannot be decoded raises Untranslatable, with its line: the fidelity
+    proof needs the whole ruleset.
     """
     tables = []
     for name, kind in (("nat", NatRule), ("filter", FilterRule)):
@@ -314,12 +333,28 @@ def ruleset(saved: Saved, member: str = "original") -> NodeRuleset:
         for chain, policy in table.policies.items():
             rules = []
             for rule in table.chain_rules(chain):
-                d = decode(rule.text)
-                if d.goto:
-                    raise Untranslatable("-g (goto)")
-                origin = Origin("policy", d.comment or f"line {rule.line}")
-                rules.append(kind(d.match, target_of(d.target), origin, d.options))
+                try:
+                    rules.append(_lowered(kind, rule, saved.sets))
+                except Untranslatable as exc:
+                    raise Untranslatable(str(exc), rule.line) from None
             chains.append(Chain(chain, target_of(policy) if policy else None,  # type: ignore
                                 tuple(rules)))
         tables.append(Table(TableName(name), tuple(chains)))
     return NodeRuleset("imported", member, 4, tuple(tables))
+
+
+def _lowered(kind: type[FilterRule] | type[NatRule], rule: SavedRule,
+             sets: dict[str, list[str]]) -> FilterRule | NatRule:
+    """RULE as the evaluator reads it; Untranslatable where it cannot."""
+    d = decode(rule.text)
+    if d.goto:
+        raise Untranslatable("-g (goto)")
+    # the evaluator reads every member of a set a rule names as an address
+    for side in (d.match.source, d.match.destination):
+        for member in sets.get(side.set_name, ()) if side.set_name is not None else ():
+            _addresses(member)
+    origin = Origin("policy", d.comment or f"line {rule.line}")
+    try:
+        return kind(d.match, target_of(d.target), origin, d.options)
+    except ValueError as exc:  # a kernel target the table has not (DNAT in filter)
+        raise Untranslatable(str(exc)) from None

@@ -32,7 +32,7 @@ from fwc.importing.saved import (
     read_saved,
 )
 from fwc.model.records import dataclass
-from fwc.text import encode_literal
+from fwc.text import encode_literal, unsafe_character, utf8_length
 
 ICMP_NAMES = {number: name for name, number in proto.ICMP_TYPES.items()}
 MAX_DEPTH = 8
@@ -40,6 +40,8 @@ FILTER_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 DEFAULT_POLICY = {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "ACCEPT"}
 PLACEHOLDER_NET = ipaddress.ip_network("198.18.0.0/16")
 SYNC_NET = ipaddress.ip_network("198.18.255.0/24")
+# A device name the policy accepts (FWC114: conntrackd's lexer reads no more).
+DEVICE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,12 @@ class _Writer:
     def device(self, name: str | None) -> str | None:
         if name is None:
             return None
+        # The member links name the device as it is (`lan eth0 ...`): a name the policy
+        # cannot hold (`eth#0`, which Linux allows) would read as another device and a
+        # comment there, the link's address commented out.
+        if not DEVICE.fullmatch(name) or utf8_length(name) > proto.DEVICE_NAME_MAX:
+            raise Untranslatable(f"device name {name!r} (fwc's device names are at most "
+                                 f"{proto.DEVICE_NAME_MAX} letters, digits, '.', '_', '-')")
         if name not in self.devices:
             self.devices.append(name)
         return interface_name(name)
@@ -142,7 +150,12 @@ def _name(text: str) -> str:
 
 
 def _address_text(item: str) -> str:
-    net = ipaddress.ip_network(item, strict=False)
+    """An `ipset save` member as the policy writes it (`add NAME foo` is not one)."""
+    try:
+        net = ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise Untranslatable(f"ipset member {item!r} (an address or network is "
+                             "imported)") from None
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
@@ -407,6 +420,7 @@ def _own(w: _Writer, match: AddressMatch, device: str | None) -> tuple[str, list
     if match.negated or match.set_name is not None or any(
             ipaddress.ip_network(c).prefixlen != 32 for c in match.cidrs):
         raise Untranslatable("the firewall's side names more than its own addresses")
+    w.device(device)  # (before an address is kept for a device that cannot be written)
     addresses = []
     for cidr in match.cidrs:
         address = str(ipaddress.ip_network(cidr).network_address)
@@ -414,8 +428,6 @@ def _own(w: _Writer, match: AddressMatch, device: str | None) -> tuple[str, list
         if address not in where and not any(address in v for v in w.own.values()):
             where.append(address)
         addresses.append(address)
-        if device:
-            w.device(device)
     return "", addresses
 
 
@@ -453,10 +465,12 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
         action, target = "dnat", options.get("to-destination", "")
         if not target or "-" in target or set(options) - {"to-destination"}:
             raise Untranslatable("DNAT to a range or with options")
+        target = _nat_target(target, port=True)
     elif chain == "POSTROUTING" and d.target == "SNAT":
         action, target = "snat", options.get("to-source", "")
         if not target or "-" in target or ":" in target or set(options) - {"to-source"}:
             raise Untranslatable("SNAT to a range, a port or with options")
+        target = _nat_target(target, port=False)
     elif chain == "POSTROUTING" and d.target == "MASQUERADE":
         if not m.out_device or options:
             raise Untranslatable("MASQUERADE without -o or with options")
@@ -484,11 +498,35 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     return "    " + " ".join(parts)
 
 
+def _nat_target(text: str, port: bool) -> str:
+    """`ADDR` or `ADDR:PORT` (PORT: DNAT only) as the policy writes it after `->`.
+
+    The value is the input's word as shlex split it: quoted, it may hold blanks, `#`
+    or `}`, and written as it is it would end the rule and add statements of its own.
+    Only an IPv4 address and a port number are written, rebuilt from their values.
+    """
+    address, colon, number = text.partition(":")
+    try:
+        written = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        raise Untranslatable(f"NAT target {text!r} (an IPv4 address"
+                             f"{' and a port' if port else ''} is imported)") from None
+    if not colon:
+        return written
+    if not (port and number.isascii() and number.isdigit() and len(number) <= 5
+            and int(number) <= 65535):
+        raise Untranslatable(f"NAT target {text!r} (a port is a number 0-65535)")
+    return f"{written}:{int(number)}"
+
+
 def _assemble(w: _Writer, policy_lines: list[str | OwnRule], nat_lines: list[str],
               path: str) -> str:
     w.warn("FWC704", 1, f"the cluster block of '{w.cluster}' is a skeleton: fill in the "
            "members' addresses, the sync link and the VRRP password (TODO(import))")
-    lines = [f"# Imported by `fwc import iptables-save` from {path}.",
+    # The input's name ends a comment line: a newline in it would start a statement.
+    shown = path if unsafe_character(path) is None else \
+        path.encode("unicode_escape").decode("ascii")
+    lines = [f"# Imported by `fwc import iptables-save` from {shown}.",
              "# Every rule quotes the line it comes from; lines marked NOT IMPORTED need a",
              "# decision. The cluster block is a skeleton: complete every TODO(import).", ""]
     cluster = _cluster(w)
