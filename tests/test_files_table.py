@@ -128,10 +128,10 @@ def test_install_loads_in_load_order_from_the_table():
         ">&2; fi",
         "sysctl -q -p /etc/fwc/forwarding.conf",
     ]
-    for f in present:  # every row goes to its path with its mode
+    for f in present:  # every row goes to its path with its mode, or the apply stops
         new = f"{f.path}.fwc-new"
         assert f"cp {scripts.STAGING}/{f.name} {new} && chmod {f.mode:o} {new} " \
-            f"&& mv -f {new} {f.path}" in lines, f.name
+            f"&& mv -f {new} {f.path} || exit 1" in lines, f.name
     test = scripts.test_ruleset(present)
     for f in present:
         if f.reload in (Reload.RULES, Reload.FAILSAFE):

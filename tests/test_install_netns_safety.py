@@ -177,3 +177,30 @@ def test_sysctl_keys_of_a_conf():
     conf = ("# comment\n; also a comment\nnet.ipv4.ip_forward = 1\n"
             "-net.netfilter.nf_conntrack_max=262144\n\nnet.ipv4.ip_forward = 1\n")
     assert scripts.sysctl_keys(conf) == ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max"]
+
+
+def test_a_file_that_cannot_be_put_in_place_fails_the_apply(nodes, capsys, monkeypatch):
+    """A full disk on the node: the copy of keepalived.conf into place fails. The apply
+    must fail and roll back, not go on loading a mix of new and old files."""
+    fake = nodes.tmp / "bin"
+    fake.mkdir()
+    real = shutil.which("cp")
+    fw2 = nodes.nodes["fw2"]
+    (fake / "cp").write_text(
+        "#!/bin/sh\n"
+        'for last; do :; done\n'
+        f'if [ "$(ip netns identify $$)" = "{fw2.ns}" ] '
+        '&& [ "$last" = /etc/keepalived/keepalived.conf.fwc-new ]; then\n'
+        '    echo "cp: error writing \'$last\': No space left on device" >&2; exit 1\nfi\n'
+        f'exec {real} "$@"\n')
+    (fake / "cp").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    before = fw2.rules()
+    assert install(nodes, "--member", "fw2", "--confirm") == 1
+    captured = capsys.readouterr()
+    assert "fw2: apply failed: restoring the previous configuration" in captured.out
+    assert "No space left on device (rolled back)" in captured.err
+    assert fw2.rules() == before
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    assert not (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert not (fw2.etc / "fwc" / "installed").exists()

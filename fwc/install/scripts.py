@@ -294,8 +294,10 @@ def apply(files: list[GeneratedFile]) -> str:
     for file in files:
         tmp = f"{file.path}.fwc-new"
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
+        # `set -e` ignores a failure inside an && list but its last command: a copy
+        # that fails (a full disk) must stop the apply, not load a mix of old and new.
         lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
-                     f"&& mv -f {tmp} {file.path}")
+                     f"&& mv -f {tmp} {file.path} || exit 1")
     lines += [load(f) for f in in_load_order(files)]
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
