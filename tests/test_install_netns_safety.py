@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,3 +205,51 @@ def test_a_file_that_cannot_be_put_in_place_fails_the_apply(nodes, capsys, monke
     assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
     assert not (fw2.etc / "fwc" / "iptables.rules").exists()
     assert not (fw2.etc / "fwc" / "installed").exists()
+
+
+def test_a_dropped_connection_during_the_apply_never_outlives_the_rollback(nodes, capsys,
+                                                                          monkeypatch):
+    """ssh drops while the apply runs; sshd does not stop a command without a terminal,
+    so the apply goes on on the node while fwc, reconnected, rolls back. The rollback
+    must wait for it: otherwise the apply finishes after it, and the node runs the new,
+    unconfirmed rules with no watchdog left and fwc saying it was restored."""
+    fw2 = nodes.nodes["fw2"]
+    fake = nodes.tmp / "bin"
+    fake.mkdir()
+    fake_ssh = fake / "fake-ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        'while [ "$1" = -o ]; do shift 2; done\n'
+        '[ "$1" = -- ] && shift\n'
+        "host=$1; shift\n"
+        'case "$*" in *"mv -f /etc/fwc/iptables.rules.fwc-new"*)\n'
+        '    ip netns exec "$host" sh -c "$*" </dev/null >/dev/null 2>&1 &\n'
+        '    echo "Connection to $host closed by remote host." >&2; exit 255;;\n'
+        "esac\n"
+        'exec ip netns exec "$host" sh -c "$*"\n')
+    real_cp = shutil.which("cp")
+    # the apply's first copy is slow (a loaded node): the rollback arrives meanwhile
+    (fake / "cp").write_text(
+        "#!/bin/sh\n"
+        "for last; do :; done\n"
+        f'if [ "$(ip netns identify $$)" = "{fw2.ns}" ] '
+        '&& [ "$last" = /etc/fwc/iptables.rules.fwc-new ]; then sleep 2; fi\n'
+        f'exec {real_cp} "$@"\n')
+    for program in ("fake-ssh", "cp"):
+        (fake / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    before = fw2.rules()
+    assert install(nodes, "--member", "fw2", "--confirm", "--transport", "ssh",
+                   "--ssh", str(fake_ssh)) == 1
+    captured = capsys.readouterr()
+    assert "fw2: apply failed: restoring the previous configuration" in captured.out
+    assert "closed by remote host. (rolled back)" in captured.err
+    # whatever the node still runs of the apply has ended (the watchdog went too)
+    for _ in range(100):
+        if not sh("ip", "netns", "pids", fw2.ns).split():
+            break
+        time.sleep(0.1)
+    assert fw2.rules() == before
+    assert not (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    assert (fw2.etc / "fwc" / "snapshot" / "rolled-back").exists()

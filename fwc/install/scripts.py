@@ -289,8 +289,17 @@ def load(file: GeneratedFile) -> str:
 
 
 def apply(files: list[GeneratedFile]) -> str:
-    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic)."""
-    lines = ["set -e"]
+    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic).
+
+    Holds rollback.sh's lock throughout: an apply whose connection dropped goes on
+    on the node (sshd does not stop it), and the rollback fwc or the watchdog then
+    runs must come after it, never before it finishes. An apply that arrives once
+    the node rolled back changes nothing.
+    """
+    lines = ["set -e", f"exec 9>>{SNAPSHOT}/lock",
+             "if command -v flock >/dev/null 2>&1; then flock 9; fi",
+             f"if [ -e {ROLLED_BACK} ]; then echo 'the node already restored the previous "
+             "configuration: nothing applied' >&2; exit 1; fi"]
     for file in files:
         tmp = f"{file.path}.fwc-new"
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
