@@ -20,6 +20,7 @@ from test_install_netns import (
     OLD_KEEPALIVED,
     POLICY,
     Lab,
+    _kill_namespace_processes,
     _lab,
     host_etc_lock,
     install,
@@ -253,3 +254,38 @@ def test_a_dropped_connection_during_the_apply_never_outlives_the_rollback(nodes
     assert not (fw2.etc / "fwc" / "iptables.rules").exists()
     assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
     assert (fw2.etc / "fwc" / "snapshot" / "rolled-back").exists()
+
+
+def test_an_install_left_unconfirmed_by_a_reboot_keeps_its_snapshot(nodes, capsys):
+    """The node rebooted (its watchdog died) while an install waited for its
+    confirmation: it runs rules nobody confirmed, and the snapshot is the only copy of
+    what ran before. The next install must not replace that snapshot: its own rollback
+    would then come back to the unconfirmed rules."""
+    from fwc.backend.files import FILES
+
+    fw2 = nodes.nodes["fw2"]
+    before = fw2.rules()
+    files = [f for f in FILES if f.name == "iptables.rules"]
+    fw2.exec(scripts.take_lock("t1", 60))
+    fw2.exec(scripts.refuse_if_pending())
+    fw2.exec(scripts.stage(files[0]),
+             input=(nodes.output / "edge" / "fw2" / "iptables.rules").read_text())
+    fw2.exec(scripts.snapshot(files, []))
+    fw2.exec(scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
+             input=scripts.rollback_script(files, [], token="t1"))
+    fw2.exec(scripts.arm_watchdog(60, token="t1"))
+    fw2.exec(scripts.apply(files))
+    unconfirmed = fw2.rules()
+    assert unconfirmed != before
+    _kill_namespace_processes(fw2.ns)  # the power went: watchdog and lock holder too
+    assert install(nodes, "--member", "fw2", "--confirm-timeout", "1") == 1
+    captured = capsys.readouterr()
+    assert "fw2: stage failed: an earlier fwc install was neither confirmed nor rolled " \
+        "back" in captured.err and "(not changed)" in captured.err
+    assert "fw2: applying" not in captured.out
+    assert fw2.rules() == unconfirmed
+    no_staging_or_lock_left(nodes, "fw2")
+    # what ran before is still there to go back to, as the message says
+    fw2.exec(f"sh {scripts.ROLLBACK_SCRIPT}")
+    assert fw2.rules() == before
+    assert install(nodes, "--member", "fw2", "--confirm") == 0

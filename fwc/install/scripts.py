@@ -150,11 +150,23 @@ def release(token: str) -> str:
 
 
 def refuse_if_pending() -> str:
-    """An unconfirmed earlier install still has a live watchdog: do not stack another."""
-    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] && alive "$(cat {WATCHDOG_PID})" '
+    """An earlier install armed its watchdog and was neither confirmed nor rolled back:
+    do not stack another.
+
+    While the watchdog lives, that install waits for its confirmation. Once it is gone
+    without a marker (the node rebooted during the probation, or its rollback failed),
+    the node runs what nobody confirmed, and the snapshot is the only copy of what ran
+    before: this install's snapshot would replace it, and its rollback would come back
+    to the unconfirmed configuration.
+    """
+    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] '
             f'&& [ ! -e {CONFIRMED} ] && [ ! -e {ROLLED_BACK} ]; then '
+            f'if alive "$(cat {WATCHDOG_PID})"; then '
             'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
-            'exit 3; fi; '
+            'else echo "an earlier fwc install was neither confirmed nor rolled back (its '
+            'watchdog is gone: the node rebooted, or the rollback failed): on the node, '
+            f'sh {ROLLBACK_SCRIPT} restores what ran before it, touch {CONFIRMED} keeps '
+            'what runs now" >&2; fi; exit 3; fi; '
             f"rm -rf {STAGING} && mkdir -p -m 0700 {STAGING}")
 
 
