@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from test_install_netns import (
     OLD_KEEPALIVED,
     POLICY,
     Lab,
+    _kill_namespace_processes,
     _lab,
     host_etc_lock,
     install,
@@ -177,3 +179,113 @@ def test_sysctl_keys_of_a_conf():
     conf = ("# comment\n; also a comment\nnet.ipv4.ip_forward = 1\n"
             "-net.netfilter.nf_conntrack_max=262144\n\nnet.ipv4.ip_forward = 1\n")
     assert scripts.sysctl_keys(conf) == ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max"]
+
+
+def test_a_file_that_cannot_be_put_in_place_fails_the_apply(nodes, capsys, monkeypatch):
+    """A full disk on the node: the copy of keepalived.conf into place fails. The apply
+    must fail and roll back, not go on loading a mix of new and old files."""
+    fake = nodes.tmp / "bin"
+    fake.mkdir()
+    real = shutil.which("cp")
+    fw2 = nodes.nodes["fw2"]
+    (fake / "cp").write_text(
+        "#!/bin/sh\n"
+        'for last; do :; done\n'
+        f'if [ "$(ip netns identify $$)" = "{fw2.ns}" ] '
+        '&& [ "$last" = /etc/keepalived/keepalived.conf.fwc-new ]; then\n'
+        '    echo "cp: error writing \'$last\': No space left on device" >&2; exit 1\nfi\n'
+        f'exec {real} "$@"\n')
+    (fake / "cp").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    before = fw2.rules()
+    assert install(nodes, "--member", "fw2", "--confirm") == 1
+    captured = capsys.readouterr()
+    assert "fw2: apply failed: restoring the previous configuration" in captured.out
+    assert "No space left on device (rolled back)" in captured.err
+    assert fw2.rules() == before
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    assert not (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert not (fw2.etc / "fwc" / "installed").exists()
+
+
+def test_a_dropped_connection_during_the_apply_never_outlives_the_rollback(nodes, capsys,
+                                                                          monkeypatch):
+    """ssh drops while the apply runs; sshd does not stop a command without a terminal,
+    so the apply goes on on the node while fwc, reconnected, rolls back. The rollback
+    must wait for it: otherwise the apply finishes after it, and the node runs the new,
+    unconfirmed rules with no watchdog left and fwc saying it was restored."""
+    fw2 = nodes.nodes["fw2"]
+    fake = nodes.tmp / "bin"
+    fake.mkdir()
+    fake_ssh = fake / "fake-ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        'while [ "$1" = -o ]; do shift 2; done\n'
+        '[ "$1" = -- ] && shift\n'
+        "host=$1; shift\n"
+        'case "$*" in *"mv -f /etc/fwc/iptables.rules.fwc-new"*)\n'
+        '    ip netns exec "$host" sh -c "$*" </dev/null >/dev/null 2>&1 &\n'
+        '    echo "Connection to $host closed by remote host." >&2; exit 255;;\n'
+        "esac\n"
+        'exec ip netns exec "$host" sh -c "$*"\n')
+    real_cp = shutil.which("cp")
+    # the apply's first copy is slow (a loaded node): the rollback arrives meanwhile
+    (fake / "cp").write_text(
+        "#!/bin/sh\n"
+        "for last; do :; done\n"
+        f'if [ "$(ip netns identify $$)" = "{fw2.ns}" ] '
+        '&& [ "$last" = /etc/fwc/iptables.rules.fwc-new ]; then sleep 2; fi\n'
+        f'exec {real_cp} "$@"\n')
+    for program in ("fake-ssh", "cp"):
+        (fake / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    before = fw2.rules()
+    assert install(nodes, "--member", "fw2", "--confirm", "--transport", "ssh",
+                   "--ssh", str(fake_ssh)) == 1
+    captured = capsys.readouterr()
+    assert "fw2: apply failed: restoring the previous configuration" in captured.out
+    assert "closed by remote host. (rolled back)" in captured.err
+    # whatever the node still runs of the apply has ended (the watchdog went too)
+    for _ in range(100):
+        if not sh("ip", "netns", "pids", fw2.ns).split():
+            break
+        time.sleep(0.1)
+    assert fw2.rules() == before
+    assert not (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert (fw2.etc / "keepalived" / "keepalived.conf").read_text() == OLD_KEEPALIVED
+    assert (fw2.etc / "fwc" / "snapshot" / "rolled-back").exists()
+
+
+def test_an_install_left_unconfirmed_by_a_reboot_keeps_its_snapshot(nodes, capsys):
+    """The node rebooted (its watchdog died) while an install waited for its
+    confirmation: it runs rules nobody confirmed, and the snapshot is the only copy of
+    what ran before. The next install must not replace that snapshot: its own rollback
+    would then come back to the unconfirmed rules."""
+    from fwc.backend.files import FILES
+
+    fw2 = nodes.nodes["fw2"]
+    before = fw2.rules()
+    files = [f for f in FILES if f.name == "iptables.rules"]
+    fw2.exec(scripts.take_lock("t1", 60))
+    fw2.exec(scripts.refuse_if_pending())
+    fw2.exec(scripts.stage(files[0]),
+             input=(nodes.output / "edge" / "fw2" / "iptables.rules").read_text())
+    fw2.exec(scripts.snapshot(files, []))
+    fw2.exec(scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
+             input=scripts.rollback_script(files, [], token="t1"))
+    fw2.exec(scripts.arm_watchdog(60, token="t1"))
+    fw2.exec(scripts.apply(files))
+    unconfirmed = fw2.rules()
+    assert unconfirmed != before
+    _kill_namespace_processes(fw2.ns)  # the power went: watchdog and lock holder too
+    assert install(nodes, "--member", "fw2", "--confirm-timeout", "1") == 1
+    captured = capsys.readouterr()
+    assert "fw2: stage failed: an earlier fwc install was neither confirmed nor rolled " \
+        "back" in captured.err and "(not changed)" in captured.err
+    assert "fw2: applying" not in captured.out
+    assert fw2.rules() == unconfirmed
+    no_staging_or_lock_left(nodes, "fw2")
+    # what ran before is still there to go back to, as the message says
+    fw2.exec(f"sh {scripts.ROLLBACK_SCRIPT}")
+    assert fw2.rules() == before
+    assert install(nodes, "--member", "fw2", "--confirm") == 0

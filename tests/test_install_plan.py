@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -148,6 +149,27 @@ def test_inventory_errors(tmp_path):
         read_inventory(path)
     with pytest.raises(InventoryError, match="cannot read inventory"):
         read_inventory(tmp_path / "missing")
+
+
+def test_inventory_another_user_can_write_is_refused(compiled, capsys, no_commands):
+    """The inventory says where the files and the VRRP password go: like fwc.toml
+    (FWC033), one that another user owns or may write is refused before anything runs."""
+    inventory = compiled.parent / "inventory"
+    inventory.write_text("fw1 root@192.0.2.1\nfw2 evil@203.0.113.66\n")
+    for mode in (0o664, 0o646):
+        inventory.chmod(mode)
+        assert fwc_install(compiled, "--all", "--dry-run", "--inventory", str(inventory),
+                           "--secrets", str(compiled.parent / "secrets")) == 2
+        captured = capsys.readouterr()
+        assert "may be written by other users" in captured.err
+        assert "203.0.113.66" not in captured.out
+    inventory.chmod(0o644)
+    if os.geteuid() == 0:
+        os.chown(inventory, 65534, -1)
+        with pytest.raises(InventoryError, match="is owned by another user"):
+            read_inventory(inventory)
+        os.chown(inventory, 0, -1)
+    assert read_inventory(inventory)["fw2"].target == "evil@203.0.113.66"
 
 
 def test_secrets(tmp_path):

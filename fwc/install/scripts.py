@@ -150,11 +150,23 @@ def release(token: str) -> str:
 
 
 def refuse_if_pending() -> str:
-    """An unconfirmed earlier install still has a live watchdog: do not stack another."""
-    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] && alive "$(cat {WATCHDOG_PID})" '
+    """An earlier install armed its watchdog and was neither confirmed nor rolled back:
+    do not stack another.
+
+    While the watchdog lives, that install waits for its confirmation. Once it is gone
+    without a marker (the node rebooted during the probation, or its rollback failed),
+    the node runs what nobody confirmed, and the snapshot is the only copy of what ran
+    before: this install's snapshot would replace it, and its rollback would come back
+    to the unconfirmed configuration.
+    """
+    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] '
             f'&& [ ! -e {CONFIRMED} ] && [ ! -e {ROLLED_BACK} ]; then '
+            f'if alive "$(cat {WATCHDOG_PID})"; then '
             'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
-            'exit 3; fi; '
+            'else echo "an earlier fwc install was neither confirmed nor rolled back (its '
+            'watchdog is gone: the node rebooted, or the rollback failed): on the node, '
+            f'sh {ROLLBACK_SCRIPT} restores what ran before it, touch {CONFIRMED} keeps '
+            'what runs now" >&2; fi; exit 3; fi; '
             f"rm -rf {STAGING} && mkdir -p -m 0700 {STAGING}")
 
 
@@ -289,13 +301,24 @@ def load(file: GeneratedFile) -> str:
 
 
 def apply(files: list[GeneratedFile]) -> str:
-    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic)."""
-    lines = ["set -e"]
+    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic).
+
+    Holds rollback.sh's lock throughout: an apply whose connection dropped goes on
+    on the node (sshd does not stop it), and the rollback fwc or the watchdog then
+    runs must come after it, never before it finishes. An apply that arrives once
+    the node rolled back changes nothing.
+    """
+    lines = ["set -e", f"exec 9>>{SNAPSHOT}/lock",
+             "if command -v flock >/dev/null 2>&1; then flock 9; fi",
+             f"if [ -e {ROLLED_BACK} ]; then echo 'the node already restored the previous "
+             "configuration: nothing applied' >&2; exit 1; fi"]
     for file in files:
         tmp = f"{file.path}.fwc-new"
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
+        # `set -e` ignores a failure inside an && list but its last command: a copy
+        # that fails (a full disk) must stop the apply, not load a mix of old and new.
         lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
-                     f"&& mv -f {tmp} {file.path}")
+                     f"&& mv -f {tmp} {file.path} || exit 1")
     lines += [load(f) for f in in_load_order(files)]
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)

@@ -7,7 +7,9 @@ a dry run can print exactly what would run.
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import field
@@ -237,9 +239,24 @@ def read_inventory(path: Path) -> dict[str, InventoryEntry]:
     namespace name; `mount=FILE` names a persistent mount namespace for it.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            info = os.fstat(stream.fileno())
+            data = stream.read()
     except OSError as exc:
         raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from exc
+    # It says where install sends the files (and the VRRP password) and, for netns,
+    # which mount namespace the commands run in as root: as for fwc.toml (FWC033),
+    # another user must not be able to choose that.
+    if info.st_uid not in (0, os.geteuid()):
+        raise InventoryError(f"inventory {path} is owned by another user: own it yourself "
+                             "(or root)")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise InventoryError(f"inventory {path} may be written by other users (group or "
+                             "world writable): chmod go-w it")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"cannot read inventory {path}: not UTF-8") from exc
     entries: dict[str, InventoryEntry] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
