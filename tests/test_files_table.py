@@ -142,8 +142,12 @@ def test_install_loads_in_load_order_from_the_table():
     assert f"sh -n {scripts.STAGING}/fwc-routes.sh" in test  # the routes script parses
 
 
-def _reloads(changed: list[str], *, systemd: bool = True, private: bool = True) -> list[str]:
+def _reloads(changed: list[str], *, systemd: bool = True, private: bool = True,
+             gets: list[GeneratedFile] | None = None) -> list[str]:
+    """What the install reloads when CHANGED files changed, for a member that GETS those
+    rows (default: every row)."""
     node = NodeInstall.__new__(NodeInstall)  # only reload_commands is exercised
+    node.files = list(FILES) if gets is None else gets
     node.systemd = systemd
     node.role = "backup"
 
@@ -173,6 +177,20 @@ def test_install_reloads_in_daemon_order_once_each():
     # Without systemd the monitor's restart is the admin's: a warning says so.
     assert _reloads([f.name for f in FILES], systemd=False) == ["fwc-uplinks", "keepalived",
                                                                "conntrackd"]
+
+
+def test_a_removed_row_reloads_only_what_forgets_it():
+    # A member that no longer gets the routes, the uplink monitor or state sync: systemd
+    # forgets their units, the monitor stops; conntrackd is not restarted without its
+    # configuration (it would not come back), it runs on until the next boot.
+    gets = [f for f in FILES if f.when not in (When.ROUTES, When.UPLINKS, When.SYNC)
+            and f.backend is not Backend.NFTABLES]
+    gone = scripts.stale_rows(gets)
+    assert {f.name for f in gone} == {
+        "conntrackd.conf", "conntrackd-systemd.conf", "fwc-routes.sh", "fwc-routes.service",
+        "fwc-uplinks.sh", "fwc-uplinks.service"}
+    assert _reloads([f.name for f in gone], gets=gets) == ["systemd", "fwc-uplinks"]
+    assert _reloads(["conntrackd.conf"], gets=gets) == []
 
 
 def test_netns_private_dirs_cover_every_row():

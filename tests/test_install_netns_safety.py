@@ -19,6 +19,7 @@ from conftest import REPO, sh
 from test_install_netns import (
     OLD_KEEPALIVED,
     POLICY,
+    FakeSettle,
     Lab,
     _kill_namespace_processes,
     _lab,
@@ -26,7 +27,9 @@ from test_install_netns import (
     install,
 )
 
-from fwc.cli import main
+from fwc import protocols as proto
+from fwc.cli import build_parser, main
+from fwc.commands import install as install_command
 from fwc.diffing.rulesets import normalised
 from fwc.install import scripts
 
@@ -289,3 +292,52 @@ def test_an_install_left_unconfirmed_by_a_reboot_keeps_its_snapshot(nodes, capsy
     fw2.exec(f"sh {scripts.ROLLBACK_SCRIPT}")
     assert fw2.rules() == before
     assert install(nodes, "--member", "fw2", "--confirm") == 0
+
+
+def routed_policy(directory: Path) -> Path:
+    """edge with a static route: fwc-routes.sh and fwc-routes.service for every member."""
+    text = POLICY.read_text(encoding="utf-8").replace(
+        "    interface sync\n", "    interface sync\n    route 198.18.50.0/24 via 198.51.100.9\n")
+    path = directory / "routed" / "edge.fw"
+    path.parent.mkdir()
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_files_the_policy_no_longer_has_leave_the_node_and_a_rollback_brings_them_back(
+        nodes, capsys):
+    # The install wrote only the files the member gets now: a routes unit left behind
+    # from an earlier install added the old routes again at every boot, and `fwc diff
+    # --installed` reported drift right after a confirmed install (helper review).
+    routed = routed_policy(nodes.tmp)
+    routed_output = nodes.tmp / "routed-output"
+    assert main(["compile", str(routed), "-o", str(routed_output), "--redact-secrets"]) == 0
+    fw1 = nodes.nodes["fw1"]
+    script = fw1.etc / "fwc" / "fwc-routes.sh"
+    unit = fw1.etc / "systemd" / "system" / "fwc-routes.service"
+
+    def install_from(policy: Path, output: Path, *extra: str) -> int:
+        args = build_parser().parse_args([
+            "install", "--member", "fw1", "--transport", "netns", "--inventory",
+            str(nodes.inventory), "-o", str(output), "--secrets", str(nodes.secrets),
+            *extra, str(policy)])
+        return install_command.run(args, check=FakeSettle())
+
+    def routes() -> str:
+        return fw1.exec(f"ip route show proto {proto.ROUTE_PROTOCOL}")
+
+    assert install_from(routed, routed_output, "--confirm") == 0
+    assert script.exists() and unit.exists() and "198.18.50.0/24" in routes()
+    routed_script = script.read_text()
+    # Without the route and not confirmed: rolled back, the files and the route again.
+    assert install_from(POLICY, nodes.output, "--confirm-timeout", "0.5") == 1
+    assert "previous configuration restored" in capsys.readouterr().out
+    assert script.read_text() == routed_script and unit.exists()
+    assert "198.18.50.0/24" in routes()
+    # Confirmed: the files and fwc's route are gone, the node is what the compile says.
+    assert install_from(POLICY, nodes.output, "--confirm") == 0
+    assert not script.exists() and not unit.exists()
+    assert routes().strip() == ""
+    capsys.readouterr()
+    assert main(["diff", "--installed", "fw1", "--transport", "netns", "--inventory",
+                 str(nodes.inventory), str(POLICY)]) == 0, capsys.readouterr().out

@@ -196,8 +196,11 @@ def _reloads(host: Host, files: list[GeneratedFile]) -> list[tuple[str, list[str
     """(daemon, file names that trigger it, command) in DAEMON_ORDER, as NodeInstall's."""
     out = []
     role = role_of(host.member, host.cluster)
+    stale = scripts.stale_rows(files)
     for reload in DAEMON_ORDER:
         names = [f.name for f in files if f.reload is reload]
+        if reload in scripts.STALE_RELOADS:  # a unit or monitor the member no longer gets
+            names += [f.name for f in stale if f.reload is reload]
         if not names:
             continue
         old = None
@@ -309,7 +312,8 @@ def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str], secre
     lines.append("fwc_reloads:" + ("" if reloads else " []"))
     for daemon, names, _ in reloads:
         lines.append(f"  - daemon: {daemon}")
-        lines.append("    files: [" + ", ".join(yaml_unsafe(n) for n in names) + "]")
+        lines.append("    files:")  # a line each: six units' names are over yamllint's line
+        lines += [f"      - {yaml_unsafe(n)}" for n in names]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import TextIO
 
-from fwc.backend.files import BY_NAME, DAEMON_ORDER, FILES, Reload
+from fwc.backend.files import DAEMON_ORDER, FILES, Reload
 from fwc.install import scripts
 from fwc.install.paths import CONFIRMED
 from fwc.install.record import InstallRecord, store_command
@@ -183,7 +183,7 @@ class NodeInstall:
         Which daemons: the reload actions of the changed files' rows in the table
         of generated files (fwc.backend.files), in DAEMON_ORDER.
         """
-        changed = {BY_NAME[name].reload for name in self.result.changed if name in BY_NAME}
+        changed = scripts.reloads_for(self.result.changed, self.files)
         commands = []
         for reload in DAEMON_ORDER:
             command = scripts.reload_command(reload, self.systemd, self.transport.private_run,

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 from fwc import protocols as proto
 from fwc.backend.files import (
     BOOT_UNIT,
+    BY_NAME,
     ENABLED_UNITS,
     FILES,
     LOAD_ORDER,
@@ -70,6 +71,33 @@ def backends(files: list[GeneratedFile]) -> set[Backend]:
 # one first makes the delete safe): a file starting with them replaces only that table.
 NFT_REPLACE_HEAD = (f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}")
 _PRINT_HEAD = f"printf '%s\\n' {' '.join(q(line) for line in NFT_REPLACE_HEAD)}"
+
+
+# What a row the member no longer gets makes the node do once its file is gone: systemd
+# forgets the unit (and its enablement link goes), the uplink monitor stops. The rest
+# stays as it runs (old IPv6 rules, sets no rule names, a conntrackd without its sync
+# link) until the next boot, which loads only what the member gets; fwc's routes of a
+# removed routes script are flushed by the apply (`apply`).
+STALE_RELOADS = frozenset({Reload.SYSTEMD, Reload.UPLINKS})
+
+
+def stale_rows(files: list[GeneratedFile]) -> list[GeneratedFile]:
+    """The rows of the table of generated files an earlier install may have put on the
+    node that FILES no longer hold (routes or IPv6 taken out of the policy): of the
+    packet filter FILES are for, or of none; another packet filter's are retire.sh's.
+    The install removes them, its snapshot keeps them, a rollback puts them back."""
+    using = backends(files)
+    names = {f.name for f in files}
+    return [f for f in FILES
+            if f.name not in names and (f.backend is None or f.backend in using)]
+
+
+def reloads_for(changed: Iterable[str], files: list[GeneratedFile]) -> set[Reload]:
+    """The reload actions the snapshot's CHANGED names call for: a file of FILES its
+    row's; a stale one (removed) only those of STALE_RELOADS."""
+    names = {f.name for f in files}
+    return {BY_NAME[name].reload for name in changed if name in BY_NAME
+            and (name in names or BY_NAME[name].reload in STALE_RELOADS)}
 
 
 def saved_rulesets(files: list[GeneratedFile]) -> str:
@@ -255,6 +283,9 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
         lines.append(
             f"if [ -e {file.path} ]; then cp -p {file.path} {new}/file.{index}; fi; "
             f"cmp -s {STAGING}/{file.name} {file.path} || echo changed {file.name}")
+    for index, row in enumerate(stale_rows(files)):
+        lines.append(f"if [ -e {row.path} ]; then cp -p {row.path} {new}/gone.{index}; "
+                     f"echo changed {row.name}; fi")
     lines.append(f"rm -rf {SNAPSHOT}")
     lines.append(f"mv {new} {SNAPSHOT}")
     return "\n".join(lines)
@@ -319,7 +350,13 @@ def apply(files: list[GeneratedFile]) -> str:
         # that fails (a full disk) must stop the apply, not load a mix of old and new.
         lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
                      f"&& mv -f {tmp} {file.path} || exit 1")
+    gone = stale_rows(files)
+    # What the member no longer gets goes (the snapshot keeps it): a routes unit left
+    # behind would add the old routes again at every boot.
+    lines.append(f"rm -f {' '.join(f.path for f in gone)}")
     lines += [load(f) for f in in_load_order(files)]
+    lines += [f"{{ {_flush_routes()}; }} 2>/dev/null || :" for f in gone
+              if f.reload is Reload.ROUTES]
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
 
@@ -418,18 +455,18 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
             f"{wait_socket} && {resync}; else {plain}; fi")
 
 
+def _flush_routes() -> str:
+    """Remove fwc's routes and rules (its protocol number), of both families."""
+    return "; ".join(f"ip -{family} route flush table all proto {proto.ROUTE_PROTOCOL}; "
+                     f"ip -{family} rule flush protocol {proto.ROUTE_PROTOCOL}"
+                     for family in (4, 6))
+
+
 def _restore_routes(files: list[GeneratedFile]) -> list[str]:
     """The routes as they were: the old script again, or none of fwc's without one."""
-    lines = []
-    for file in files:
-        if file.reload is not Reload.ROUTES:
-            continue
-        flush = "; ".join(f"ip -{family} route flush table all proto {proto.ROUTE_PROTOCOL}; "
-                          f"ip -{family} rule flush protocol {proto.ROUTE_PROTOCOL}"
-                          for family in (4, 6))
-        lines.append(f"if [ -e {file.path} ]; then sh {file.path} || rc=1; "
-                     f"else {{ {flush}; }} 2>/dev/null || :; fi")
-    return lines
+    return [f"if [ -e {file.path} ]; then sh {file.path} || rc=1; "
+            f"else {{ {_flush_routes()}; }} 2>/dev/null || :; fi"
+            for file in files if file.reload is Reload.ROUTES]
 
 
 def _iptables_rollback() -> list[str]:
@@ -498,6 +535,10 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
     for index, file in enumerate(files):
         lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
                      f"|| rc=1; else rm -f {file.path}; fi")
+    gone = stale_rows(files)
+    for index, row in enumerate(gone):
+        lines.append(f"if [ -e $S/gone.{index} ]; then cp -p $S/gone.{index} {row.path} "
+                     "|| rc=1; fi")
     lines += [
         # Before the rules: a node where forwarding was off must not keep forwarding.
         "if [ -e $S/sysctl.save ]; then",
@@ -514,7 +555,7 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
     if Backend.NFTABLES in using:
         lines += _nft_rollback()
     lines += [
-        *_restore_routes(files),
+        *_restore_routes([*files, *gone]),
         *reloads,
         # Without the marker the watchdog tries again at its deadline.
         f"if [ $rc -eq 0 ]; then touch $S/rolled-back; {release(token)}; fi",
