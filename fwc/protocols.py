@@ -80,6 +80,11 @@ NOTIFY_ACTION_TIMEOUT_S = 30
 # a large external cache takes seconds, and cutting the client off does not stop it (the
 # daemon finishes it and ignores a flush meanwhile); only a hung daemon meets it.
 NOTIFY_CONNTRACKD_TIMEOUT_S = 60
+# The distribution's own firewall units: each flushes the whole ruleset when it starts,
+# reloads or stops (`nft flush ruleset` empties iptables-nft's tables and fwc's `inet fwc`
+# too), which leaves a forwarding node forwarding unfiltered. The boot unit is ordered
+# after them; `fwc install` warns when one is enabled or running on a node.
+FLUSHING_FIREWALL_UNITS = ("nftables.service", "netfilter-persistent.service")
 # Fast failover: adverts shorter than this leave a master whose CPU or link stalls
 # for 3 adverts (plus skew) no margin before the backup takes over (FWC260).
 VRRP_SAFE_ADVERT_MS = 50

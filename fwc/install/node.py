@@ -94,7 +94,9 @@ class NodeInstall:
     def run(self) -> NodeResult:
         applied = False
         try:
-            self.step("preflight", scripts.preflight(self.files))
+            checked = self.step("preflight", scripts.preflight(self.files))
+            for line in checked.stderr.splitlines():  # a firewall unit that would flush
+                self.say(line)
             self.take_lock()
             self.stage_files()
             self.say("testing the new rulesets")

@@ -127,9 +127,22 @@ def required_tools(files: list[GeneratedFile]) -> list[tuple[str, str]]:
     return [*_ALWAYS_NEEDED, *(need for f in files for need in f.needs)]
 
 
+def flushing_units_warning() -> str:
+    """Say (on stderr) which of the distribution's firewall units is enabled or running on
+    the node: a start, reload or stop of it flushes fwc's rules while forwarding stays
+    on, and fwc cannot order that (docs/migration.md, step 6)."""
+    units = " ".join(proto.FLUSHING_FIREWALL_UNITS)
+    return ("if [ -d /run/systemd/system ]; then for u in " + units + "; do "
+            'if systemctl -q is-enabled "$u" 2>/dev/null || systemctl -q is-active "$u" '
+            '2>/dev/null; then echo "warning: $u is enabled or running on this node: its '
+            "start, reload or stop flushes every rule, fwc's too, while forwarding stays "
+            'on; disable it: systemctl disable --now $u" >&2; fi; done; fi')
+
+
 def preflight(files: list[GeneratedFile]) -> str:
-    """Refuse (exit 3) when a program the install needs is missing on the node."""
-    lines = ["m="]
+    """Refuse (exit 3) when a program the install needs is missing on the node; warn of a
+    firewall unit that would flush the rules (`flushing_units_warning`)."""
+    lines = [flushing_units_warning(), "m="]
     for tool, why in required_tools(files):
         lines.append(f"command -v {tool} >/dev/null 2>&1 || m=\"$m, {tool} (for {why})\"")
     lines.append('if [ -n "$m" ]; then echo "not installed on this node: ${m#, }: '

@@ -43,6 +43,7 @@ def boot_unit(cluster: Cluster, member: Member) -> str:
         "member": member.name,
         "path": path_of("fwc-firewall.service"),
         "script": path_of("fwc-firewall.sh"),
+        "flushing_units": proto.FLUSHING_FIREWALL_UNITS,
     })
 
 
