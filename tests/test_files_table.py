@@ -193,6 +193,30 @@ def test_a_removed_row_reloads_only_what_forgets_it():
     assert _reloads(["conntrackd.conf"], gets=gets) == []
 
 
+def test_every_generated_file_carries_the_mark_install_tells_them_by(tmp_path):
+    # `fwc install` removes a file the member no longer gets only when its first lines
+    # hold GENERATED_MARK: every row, every backend, must write it there.
+    seen: set[str] = set()
+    # the examples, and edge with a group large enough to become an ipset (none has one)
+    hosts = ", ".join(f"198.18.{i}.{2 * i + 1}" for i in range(20))
+    with_sets = tmp_path / "edge.fw"
+    with_sets.write_text((REPO / "policies" / "edge.fw").read_text().replace(
+        "policy edge {\n", f"group blocked {hosts}\npolicy edge {{\n"
+        "    drop from blocked to any\n"))
+    for path in [*sorted((REPO / "policies").glob("*.fw")), with_sets]:
+        policy = analyse(path).policy
+        assert policy is not None, path
+        for backend in Backend:
+            for cluster in compile_policy(policy, backend=backend):
+                for f in cluster.files:
+                    if f.path == "MANIFEST":
+                        continue
+                    head = f.content.decode().splitlines()[:table.GENERATED_MARK_LINES]
+                    assert any(table.GENERATED_MARK in line for line in head), f.path
+                    seen.add(f.path.rsplit("/", 1)[-1])
+    assert seen == {f.name for f in FILES}
+
+
 def test_netns_private_dirs_cover_every_row():
     for f in FILES:
         parts = PurePosixPath(f.path).parts

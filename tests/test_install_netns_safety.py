@@ -334,9 +334,14 @@ def test_files_the_policy_no_longer_has_leave_the_node_and_a_rollback_brings_the
     assert "previous configuration restored" in capsys.readouterr().out
     assert script.read_text() == routed_script and unit.exists()
     assert "198.18.50.0/24" in routes()
-    # Confirmed: the files and fwc's route are gone, the node is what the compile says.
+    # Confirmed: the files and fwc's route are gone, the node is what the compile says;
+    # a file at a row's path that fwc did not write (no header of fwc's) stays.
+    theirs = fw1.etc / "systemd" / "system" / "fwc-uplinks.service"
+    theirs.write_text("[Unit]\nDescription=the admin's own unit at this path\n")
     assert install_from(POLICY, nodes.output, "--confirm") == 0
     assert not script.exists() and not unit.exists()
+    assert theirs.read_text().startswith("[Unit]\nDescription=the admin's own")
+    theirs.unlink()  # (`fwc diff --installed` would rightly show it as drift)
     assert routes().strip() == ""
     capsys.readouterr()
     assert main(["diff", "--installed", "fw1", "--transport", "netns", "--inventory",

@@ -16,6 +16,8 @@ from fwc.backend.files import (
     BY_NAME,
     ENABLED_UNITS,
     FILES,
+    GENERATED_MARK,
+    GENERATED_MARK_LINES,
     LOAD_ORDER,
     LOADED_BY_INSTALL,
     GeneratedFile,
@@ -297,8 +299,11 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
             f"if [ -e {file.path} ]; then cp -p {file.path} {new}/file.{index}; fi; "
             f"cmp -s {STAGING}/{file.name} {file.path} || echo changed {file.name}")
     for index, row in enumerate(stale_rows(files)):
-        lines.append(f"if [ -e {row.path} ]; then cp -p {row.path} {new}/gone.{index}; "
-                     f"echo changed {row.name}; fi")
+        # Only fwc's own file: an admin's conntrackd.conf on a node whose cluster has no
+        # sync link is not the install's to remove (the apply removes what is kept here).
+        lines.append(f"if [ -f {row.path} ] && head -n {GENERATED_MARK_LINES} {row.path} "
+                     f"| grep -qF {q(GENERATED_MARK)}; then "
+                     f"cp -p {row.path} {new}/gone.{index}; echo changed {row.name}; fi")
     lines.append(f"rm -rf {SNAPSHOT}")
     lines.append(f"mv {new} {SNAPSHOT}")
     return "\n".join(lines)
@@ -363,13 +368,15 @@ def apply(files: list[GeneratedFile]) -> str:
         # that fails (a full disk) must stop the apply, not load a mix of old and new.
         lines.append(f"cp {STAGING}/{file.name} {tmp} && chmod {file.mode:o} {tmp} "
                      f"&& mv -f {tmp} {file.path} || exit 1")
-    gone = stale_rows(files)
-    # What the member no longer gets goes (the snapshot keeps it): a routes unit left
-    # behind would add the old routes again at every boot.
-    lines.append(f"rm -f {' '.join(f.path for f in gone)}")
+    gone = list(enumerate(stale_rows(files)))
+    # What fwc installed before and the member no longer gets goes, as the snapshot kept
+    # it (`snapshot`): a routes unit left behind would add the old routes again at
+    # every boot.
+    lines += [f"if [ -e {SNAPSHOT}/gone.{index} ]; then rm -f {row.path}; fi"
+              for index, row in gone]
     lines += [load(f) for f in in_load_order(files)]
-    lines += [f"{{ {_flush_routes()}; }} 2>/dev/null || :" for f in gone
-              if f.reload is Reload.ROUTES]
+    lines += [f"if [ -e {SNAPSHOT}/gone.{index} ]; then {{ {_flush_routes()}; }} "
+              "2>/dev/null || :; fi" for index, row in gone if row.reload is Reload.ROUTES]
     lines.append(f"rm -rf {STAGING}")
     return "\n".join(lines)
 
