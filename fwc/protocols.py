@@ -50,6 +50,9 @@ VRRP_PROTOCOL = 112
 AH_PROTOCOL = 51
 VRRP_GROUP_V4 = "224.0.0.18"
 VRRP_GROUP_V6 = "ff02::12"
+# IPv6 adverts are sent from the interface's link-local address (RFC 5798 5.1.2.1),
+# which no policy declares: this one stands for a member's (FWC222).
+VRRP_V6_LINK_LOCAL_SOURCE = "fe80::1"
 
 # keepalived / VRRP defaults and limits.
 DEFAULT_ADVERT_MS = 1000

@@ -249,7 +249,7 @@ def test_unicast_with_two_members_is_fine(tmp_path):
     assert run(tmp_path, text).diagnostics == ()
 
 
-CLUSTER_CODES = [f"FWC2{n:02d}" for n in range(1, 22)]
+CLUSTER_CODES = [f"FWC2{n:02d}" for n in range(1, 23)]
 
 
 def test_every_cluster_code_is_registered():
@@ -282,3 +282,43 @@ def test_fwc221_preempt_delay_out_of_range(tmp_path, delay, phrase):
 def test_fwc221_silent_for_a_long_enough_delay_or_nopreempt(tmp_path, option):
     text = mutate(("advert 1s", f"advert 1s  {option}"))
     assert with_code(run(tmp_path, text), "FWC221") == []
+
+
+SNAT = "    snat from lan to any out uplink -> uplink.vip\n"
+
+
+@pytest.mark.parametrize(("changes", "line", "phrase"), [
+    # the peer's adverts to 224.0.0.18 are sent to the portal: both members master
+    (((SNAT, SNAT + "    dnat from lan to any in lan -> web\n"),), "dnat from lan",
+     "'fw1' receives (192.0.2.2 -> 224.0.0.18, 'fwc auto: vrrp eth0')"),
+    # no `in`: the sync link's traffic too
+    (((SNAT, SNAT + "    dnat from any to any service udp -> web\n"),), "udp -> web",
+     "'fwc auto: conntrackd sync eth2'"),
+    # unicast sync: the peer accepts the state only from the member's sync address
+    ((("multicast 225.0.0.50 port 3780", "unicast"),
+      (SNAT, "    snat from any to any -> uplink.vip\n")), "snat from any",
+     "'fw1' sends (203.0.113.1 -> 203.0.113.2, 'fwc auto: conntrackd sync eth2')"),
+    # unicast VRRP: the peer accepts adverts only from the member's address
+    ((("vrid 51 }", "vrid 51  unicast }"), (SNAT, "    snat from any to any out uplink -> "
+                                                  "uplink.vip\n")), "snat from any",
+     "(198.51.100.1 -> 198.51.100.2, 'fwc auto: vrrp eth1')"),
+    # IPv6 adverts are VRRPv3, whose checksum covers the (link-local) source
+    (((SNAT, SNAT + "    snat from any to any out lan -> lan.vip\n"),), "out lan",
+     "(fe80::1 -> ff02::12, 'fwc auto: vrrp eth0')"),
+])
+def test_fwc222_nat_translates_ha_traffic(tmp_path, changes, line, phrase):
+    text = mutate(*changes)
+    assert_diagnostic(run(tmp_path, text), "FWC222", E, line_of(text, line), phrase)
+
+
+@pytest.mark.parametrize("nat", [
+    # a nonat for the VRRP group first
+    "    nonat from any to 224.0.0.0/4 in lan\n    dnat from lan to any in lan -> web\n",
+    # a service leaves VRRP out
+    "    dnat from lan to any service tcp/80 in lan -> web\n",
+    # multicast VRRPv2 does not check the source; masquerade keeps the one it has
+    "    snat from any to any out uplink -> uplink.vip\n    masquerade from any to any out lan\n",
+])
+def test_fwc222_silent_when_the_plumbing_is_left_alone(tmp_path, nat):
+    text = mutate((SNAT, nat))
+    assert with_code(run(tmp_path, text), "FWC222") == []

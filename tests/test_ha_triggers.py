@@ -161,6 +161,19 @@ def test_fwc254_sync_link_tracked(tmp_path):
                       "lowers every member alike")
 
 
+def test_fwc254_backup_sync_link_tracked(tmp_path):
+    """The backup link is a dedicated sync link too: its cut cable is down everywhere."""
+    text = tracked("        interface sync2",
+                   ("sync { link sync ", "sync { link sync  backup-link sync2 "),
+                   ("    interface sync\n", "    interface sync\n    interface sync2\n"),
+                   ("        sync   eth2 203.0.113.1/24\n",
+                    "        sync   eth2 203.0.113.1/24\n        sync2  eth3 198.18.0.1/24\n"),
+                   ("        sync   eth2 203.0.113.2/24\n",
+                    "        sync   eth2 203.0.113.2/24\n        sync2  eth3 198.18.0.2/24\n"))
+    assert_diagnostic(run(tmp_path, text), "FWC254", E, line_of(text, "        interface sync2"),
+                      "tracking the sync link 'sync2'")
+
+
 def test_fwc255_ping_target_off_segment_or_own(tmp_path):
     text = tracked("        ping 198.18.0.1 weight -60")
     assert_diagnostic(run(tmp_path, text), "FWC255", E, line_of(text, "ping 198.18"),

@@ -196,11 +196,12 @@ def tracked_interface(policy: Policy) -> Iterable[Diagnostic]:
 A cut sync cable is down on every member at once. Tracked without a weight, it
 puts every member in FAULT: nobody holds the VIPs (seen in the lab). With a
 weight, every member loses the same amount and nothing moves. conntrackd's
-own link is watched by conntrackd; keepalived must not track it.""")
+own links (the sync link and its `backup-link`) are watched by conntrackd;
+keepalived must not track them.""")
 def sync_link_tracked(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for track in cluster.tracks:
-            if track.kind == "interface" and track.target == cluster.sync.link:
+            if track.kind == "interface" and track.target in cluster.sync.links:
                 what = "puts every member in FAULT (no VIPs anywhere)" if not track.weight \
                     else "lowers every member alike (nothing moves)"
                 yield error("FWC254", f"tracking the sync link '{track.target}': a cut cable "

@@ -6,10 +6,15 @@ compiles without surprises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 from fwc import protocols as proto
+from fwc.analysis.evaluate import Evaluator, Packet
+from fwc.backend.lower import Chain, NatRule, automatic_rules, lower, options_for
 from fwc.backend.lower.build import (
+    ICMPV6,
     drops_prefix,
     log_prefix,
     may_apply,
@@ -18,11 +23,12 @@ from fwc.checks import check, describe
 from fwc.checks.names import service_families
 from fwc.checks.sides import all_rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
-from fwc.model import Cluster, Endpoint, FilterRule, Policy, Rule
+from fwc.model import Cluster, Endpoint, FilterRule, Member, Policy, Rule
 from fwc.model.passwords import password_problems, unwritable
 from fwc.model.records import dataclass
 from fwc.model.semantics import Reach, filter_chains, nat_reaches, reach, side_of
-from fwc.model.vocabulary import NatAction
+from fwc.model.vocabulary import BuiltinChain, NatAction, Target
+from fwc.model.vocabulary import Table as TableName
 
 describe("FWC510", "output directory cannot be written", Severity.ERROR, """
 `fwc compile` writes into a staging copy of the output directory and swaps it in
@@ -232,3 +238,114 @@ def unwritable_text(policy: Policy) -> Iterable[Diagnostic]:
                 if problem is not None:
                     yield error("FWC505", f"the log prefix contains {problem}", rule.span,
                                 hint="use printable characters only")
+
+
+_TRANSLATING = frozenset({Target.DNAT, Target.SNAT})  # MASQUERADE: the source it has
+
+
+def _translated_by(nat: Evaluator, chain: Chain, packet: Packet) -> tuple[bool, NatRule | None]:
+    """(whether CHAIN decides PACKET, the rule translating it) as the kernel walks the
+    nat chain: a nonat (ACCEPT, RETURN at the top) ends it untranslated, a RETURN in a
+    negation chain goes on after the jump."""
+    for rule in chain.rules:
+        if not nat.matches(rule.match, packet):
+            continue
+        target = rule.target
+        if target in _TRANSLATING:
+            return True, rule  # type: ignore[return-value]
+        if target in (Target.ACCEPT, Target.MASQUERADE):
+            return True, None
+        if target is Target.RETURN:
+            return False, None
+        sub = nat.chains.get(target)
+        if sub is not None:
+            decided, found = _translated_by(nat, sub, packet)
+            if decided:
+                return True, found
+    return False, None
+
+
+def _plumbing(cluster: Cluster, member: Member, family: int) \
+        -> Iterator[tuple[str, BuiltinChain, Packet]]:
+    """(automatic rule, nat hook, packet) for the first packet of each flow of the member's
+    automatic rules (VRRP, AH, conntrackd sync, IGMP, `sync { allow }`) that a translation
+    breaks: every one it receives (a dnat takes it away from the rule), and those it sends
+    whose source the receiver checks (a snat changes it): the unicast rules' peers accept
+    only the member's address, AH authenticates it and VRRPv3 (always for IPv6) covers it
+    with its checksum, which the kernel does not fix for protocol 112."""
+    make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+
+    def on(device: str | None, whose: Iterable[Member]) -> list[int]:
+        return [int(a.ip) for m in whose for link in m.links if link.device == device
+                for a in link.addresses if a.version == family] if device else []
+
+    peers = [m for m in cluster.members if m.name != member.name]
+    version3 = family == 6 or cluster.vrrp.version == 3
+    for auto in automatic_rules(cluster, member, family):
+        match = auto.match
+        if match.protocol == ICMPV6 or not match.destination.cidrs:
+            continue  # NDP and MLD are never tracked, so never translated
+        incoming = auto.chain == "input"
+        if not incoming and not (match.source.cidrs or match.protocol == proto.AH_PROTOCOL or (
+                match.protocol == proto.VRRP_PROTOCOL and version3)):
+            continue
+        device = match.in_device if incoming else match.out_device
+        # the peers send to this member; it sends from its primary address
+        sources = on(device, peers) if incoming else on(device, [member])[:1]
+        if family == 6 and auto.multicast:
+            sources = [int(make(proto.VRRP_V6_LINK_LOCAL_SOURCE))]
+        if match.source.cidrs:
+            sources = [int(ipaddress.ip_network(c).network_address) for c in match.source.cidrs]
+        hook = BuiltinChain.PREROUTING if incoming else BuiltinChain.POSTROUTING
+        for source in sources:
+            for cidr in match.destination.cidrs:
+                yield auto.label, hook, Packet(
+                    family, source, int(ipaddress.ip_network(cidr).network_address),
+                    match.protocol or 0, dport=match.dports[0].low if match.dports else None,
+                    icmp_type=match.icmp_type, in_device=device if incoming else None,
+                    out_device=None if incoming else device)
+
+
+@check("FWC222", "NAT rule translates VRRP or sync traffic", Severity.ERROR, """
+fwc accepts the HA plumbing with automatic rules at the top of INPUT and OUTPUT:
+VRRP (and AH) adverts to 224.0.0.18 / ff02::12 or between the members' addresses,
+conntrackd's sync traffic and IGMP on the sync link. NAT comes before INPUT (dnat,
+PREROUTING) and after OUTPUT (snat, POSTROUTING), and the kernel tracks and
+translates VRRP and the sync flows like any other connection. A dnat rule without
+a service that matches the peer's adverts (`dnat from lan to any in lan -> portal`,
+a `dnat` without `in` on the sync link) sends them elsewhere: each member stops
+hearing the other and both become master, or the state replication stops without
+a word. A snat rule that matches the node's own adverts or sync traffic
+(`snat from any to any out lan -> lan.vip`; `any` keeps the firewall out of filter
+rules, but a NAT rule without addresses has no address to exclude it by) changes
+their source, which the peer's unicast accept rule, AH authentication and
+VRRPv3's checksum (always used for IPv6) all refuse. Narrow the rule (a service,
+`in`/`out`, a source without the members), or put a `nonat` before it.""")
+def nat_translates_plumbing(policy: Policy) -> Iterable[Diagnostic]:
+    options = options_for(policy)
+    for cluster in policy.clusters:
+        if not cluster.nat:
+            continue
+        # The nat table does not depend on the filter rules: lower the NAT rules only.
+        nat_only = replace(cluster, rules=())
+        reported: set[tuple[str, int, BuiltinChain]] = set()
+        for member in nat_only.members:
+            for family in sorted(cluster.families):
+                nat = Evaluator(lower(nat_only, member, family, options), table=TableName.NAT)
+                make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+                for label, hook, packet in _plumbing(nat_only, member, family):
+                    chain = nat.chains.get(hook)
+                    found = _translated_by(nat, chain, packet)[1] if chain else None
+                    if found is None or found.origin.rule is None:
+                        continue
+                    rule = found.origin.rule
+                    key = (rule.span.file, rule.span.line, hook)
+                    if key in reported:
+                        continue
+                    reported.add(key)
+                    what = "receives" if hook is BuiltinChain.PREROUTING else "sends"
+                    yield error("FWC222", f"{rule.action} rule translates HA traffic member "
+                                f"'{member.name}' {what} ({make(packet.source)} -> "
+                                f"{make(packet.destination)}, '{label}')", rule.span,
+                                hint="narrow the rule (a service, 'in'/'out', a source "
+                                "without the members), or put a 'nonat' before it")
