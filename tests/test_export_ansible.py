@@ -168,6 +168,24 @@ def test_inventory_values_never_become_template_expressions(tmp_path, capsys):
     assert "{{lookup('pipe','id')}}" in run.stdout and "uid=" not in run.stdout
 
 
+def test_member_names_yaml_reads_as_booleans_stay_host_names(tmp_path, capsys):
+    """Bare, `yes` and `on` are both the YAML 1.1 key True: Ansible refused the inventory
+    ("Host pattern True must be a string")."""
+    import yaml
+
+    policy = renamed(tmp_path, "edge", ("yes", "on"))
+    code, out = export(capsys, str(policy), "-o", str(tmp_path / "t"), "--redact-secrets",
+                       "--inventory", inventory(tmp_path, "yes a\non b\n"))
+    assert code == 0, out
+    class Loader(yaml.SafeLoader):  # YAML 1.1, as Ansible reads it
+        pass
+
+    Loader.add_constructor("!unsafe", yaml.SafeLoader.construct_scalar)
+    tree = yaml.load((tmp_path / "t/inventory.yml").read_text(), Loader=Loader)
+    assert list(tree["all"]["children"]["fwc_edge"]["hosts"]) == ["on", "yes"]
+    assert (tmp_path / "t/host_vars/yes.yml").is_file()
+
+
 def test_ansible_lint_and_syntax_check_pass_on_the_tree(tmp_path, capsys):
 
     for tool in ("ansible-lint", "ansible-playbook"):
