@@ -14,7 +14,8 @@ DAEMON_ORDER, confirm, rollback), written per member into
     DIR/roles/fwc_node/files/<cluster>/<member>/{<compiled files>, steps/*.sh}
 
 Every value from a policy or an inventory that reaches YAML is a `!unsafe`
-scalar (`escape.yaml_unsafe`): Ansible never evaluates it as a template. The
+scalar (`escape.yaml_unsafe`; quoted without the tag when YAML would type it, which
+Ansible 2.19 does under the tag): Ansible never evaluates it as a template. The
 compiled files are copied byte for byte (`copy src`), never templated; only a
 file compiled with `--redact-secrets` gets the password from the Ansible
 variable `fwc_vrrp_password` (a plain string replace of the placeholder).
