@@ -262,6 +262,17 @@ def test_usage_errors_exit_2(repo, capsys, tmp_path, monkeypatch):
     assert code == 2 and "not a git repository" in err
 
 
+def test_a_file_name_from_the_repository_never_writes_escapes_to_the_terminal(repo, capsys):
+    """A pull request adding `policies/x<ESC>[2J<ESC>[H.fw` that does not compile: its name
+    was printed as it is (in the header and in the diagnostic), clearing the reviewer's
+    screen."""
+    (repo / "policies" / "x\x1b[2J\x1b[H.fw").write_bytes(b"\x80 not UTF-8\n")
+    commit(repo, "hostile name")
+    code, _, err = fwc_diff(capsys, "HEAD~1..HEAD")
+    assert code == 2 and "does not compile at HEAD" in err and "cannot read" in err
+    assert "\x1b" not in err and "policies/x\N{REPLACEMENT CHARACTER}[2J" in err
+
+
 def test_rule_moved_without_changing_traffic(repo, capsys):
     edit(repo / "policies" / "edge.fw",
          "    accept from client   to firewall service ssh\n"
