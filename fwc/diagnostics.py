@@ -142,13 +142,14 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.is_error for d in diagnostics)
 
 
-# Characters an excerpt does not print as they are: controls (an escape sequence in a
-# comment could erase the diagnostics above it on a terminal), line separators and
-# format characters (bidirectional overrides reorder what is shown).
+# Characters a report does not print as they are: controls (an escape sequence in a
+# comment, or in the name of a file a pull request adds, could erase the diagnostics above
+# it on a terminal), line separators and format characters (bidirectional overrides
+# reorder what is shown).
 _HIDDEN = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 
 
-def _shown(line: str) -> str:
+def shown_text(line: str) -> str:
     """LINE with each such character as U+FFFD: one column, so the caret stays under it."""
     if line.isascii() and line.isprintable():
         return line
@@ -174,7 +175,7 @@ def _excerpt(span: Span, sources: Mapping[str, str],
         lines = split[span.file] = text.split("\n")
     if not 1 <= span.line <= len(lines):
         return []
-    line = _shown(lines[span.line - 1].removesuffix("\r").expandtabs(1))
+    line = shown_text(lines[span.line - 1].removesuffix("\r").expandtabs(1))
     width = 1
     if span.end_line == span.line and span.end_column > span.column:
         width = span.end_column - span.column
@@ -186,15 +187,16 @@ def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -
     out: list[str] = []
     split: dict[str, list[str]] = {}
     for d in diagnostics:
+        # (a message and a span name files, whose names a repository under review decides)
         where = f"{d.span}: " if d.span else "fwc: "
-        out.append(f"{where}{d.severity}[{d.code}]: {d.message}")
+        out.append(shown_text(f"{where}{d.severity}[{d.code}]: {d.message}"))
         if d.span:
             out.extend(_excerpt(d.span, sources, split))
         for r in d.related:
-            out.append(f"{r.span}: note: {r.message}")
+            out.append(shown_text(f"{r.span}: note: {r.message}"))
             out.extend(_excerpt(r.span, sources, split))
         if d.hint:
-            out.append(f"     = hint: {d.hint}")
+            out.append(shown_text(f"     = hint: {d.hint}"))
     return "\n".join(out) + ("\n" if out else "")
 
 

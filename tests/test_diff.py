@@ -262,6 +262,45 @@ def test_usage_errors_exit_2(repo, capsys, tmp_path, monkeypatch):
     assert code == 2 and "not a git repository" in err
 
 
+def test_a_file_name_from_the_repository_never_writes_escapes_to_the_terminal(repo, capsys):
+    """A pull request adding `policies/x<ESC>[2J<ESC>[H.fw` that does not compile: its name
+    was printed as it is (in the header and in the diagnostic), clearing the reviewer's
+    screen."""
+    (repo / "policies" / "x\x1b[2J\x1b[H.fw").write_bytes(b"\x80 not UTF-8\n")
+    commit(repo, "hostile name")
+    code, _, err = fwc_diff(capsys, "HEAD~1..HEAD")
+    assert code == 2 and "does not compile at HEAD" in err and "cannot read" in err
+    assert "\x1b" not in err and "policies/x\N{REPLACEMENT CHARACTER}[2J" in err
+
+
+def test_a_policy_whose_files_cannot_be_read_is_compared_not_passed_over(repo, capsys):
+    """policies/edge.fw a symbolic link to sites/edge.fw: at a revision its blob is the
+    target's name, which did not parse, so edge.fw seemed to read only itself and a change
+    to sites/edge.fw was "nothing changed" (exit 0). The same for an include that is not
+    UTF-8 on both sides."""
+    import os
+
+    policy = repo / "policies" / "edge.fw"
+    (repo / "sites").mkdir()
+    policy.rename(repo / "sites" / "edge.fw")
+    os.symlink("../sites/edge.fw", policy)
+    commit(repo, "edge.fw through a link")
+    edit(repo / "sites" / "edge.fw", "service ssh      tcp/22", "service ssh      tcp/2222")
+    commit(repo, "ssh moved")
+    for args in (("HEAD~1..HEAD",), ("HEAD~1",)):
+        code, _, err = fwc_diff(capsys, *args)
+        assert code == 2, err
+        assert "FWC011" in err and "'policies/edge.fw' is a symbolic link in HEAD~1" in err
+    policy.unlink()
+    policy.write_text('include "lib/odd.fw"\n' + EDGE, encoding="utf-8")
+    (repo / "policies" / "lib").mkdir()
+    (repo / "policies" / "lib" / "odd.fw").write_bytes(b"# \xff\n")
+    commit(repo, "an include that is not UTF-8")
+    (repo / "policies" / "lib" / "odd.fw").write_bytes(b"# \xfe\n")
+    code, _, err = fwc_diff(capsys)
+    assert code == 2 and "cannot read 'policies/lib/odd.fw'" in err
+
+
 def test_rule_moved_without_changing_traffic(repo, capsys):
     edit(repo / "policies" / "edge.fw",
          "    accept from client   to firewall service ssh\n"

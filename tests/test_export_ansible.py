@@ -3,6 +3,7 @@ inventory value for YAML/Jinja, refuses what it cannot install, writes all or no
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -166,6 +167,46 @@ def test_inventory_values_never_become_template_expressions(tmp_path, capsys):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "{{lookup('pipe','id')}}" in run.stdout and "uid=" not in run.stdout
+
+
+def test_member_names_yaml_reads_as_booleans_stay_host_names(tmp_path, capsys):
+    """Bare, `yes` and `on` are both the YAML 1.1 key True: Ansible refused the inventory
+    ("Host pattern True must be a string")."""
+    import yaml
+
+    policy = renamed(tmp_path, "edge", ("yes", "on"))
+    code, out = export(capsys, str(policy), "-o", str(tmp_path / "t"), "--redact-secrets",
+                       "--inventory", inventory(tmp_path, "yes a\non b\n"))
+    assert code == 0, out
+    class Loader(yaml.SafeLoader):  # YAML 1.1, as Ansible reads it
+        pass
+
+    Loader.add_constructor("!unsafe", yaml.SafeLoader.construct_scalar)
+    tree = yaml.load((tmp_path / "t/inventory.yml").read_text(), Loader=Loader)
+    assert list(tree["all"]["children"]["fwc_edge"]["hosts"]) == ["on", "yes"]
+    assert (tmp_path / "t/host_vars/yes.yml").is_file()
+
+
+def test_values_yaml_would_type_stay_strings_in_ansible(tmp_path, capsys):
+    """Ansible 2.19 reads `!unsafe 'on'` as True: the role's lookups then named the
+    member's files `off/True/...`, and a user `no` logged in as `False`."""
+    if not shutil.which("ansible-inventory"):
+        cannot_run("ansible-core is not installed (pip install '.[test]')")
+    policy = renamed(tmp_path, "off", ("yes", "on"))
+    code, out = export(capsys, str(policy), "-o", str(tmp_path / "t"), "--redact-secrets",
+                       "--inventory", inventory(tmp_path, "yes no@192.0.2.1\non null@1.5\n"))
+    assert code == 0, out
+    env = {**os.environ, "ANSIBLE_CONFIG": str(tmp_path / "t/ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path)}
+    seen = {}
+    for host in ("yes", "on"):
+        run = subprocess.run(["ansible-inventory", "--host", host], cwd=tmp_path / "t",
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        variables = json.loads(run.stdout)
+        seen[host] = [variables[k] for k in ("fwc_cluster", "fwc_member", "ansible_user",
+                                             "ansible_host")]
+    assert seen == {"yes": ["off", "yes", "no", "192.0.2.1"], "on": ["off", "on", "null", "1.5"]}
 
 
 def test_ansible_lint_and_syntax_check_pass_on_the_tree(tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fwc import parallel
 from fwc.commands.common import without_cycle_collection
-from fwc.diagnostics import print_diagnostics
+from fwc.diagnostics import print_diagnostics, shown_text
 from fwc.diffing import files as filediff
 from fwc.diffing.build import Build, BuildError, compile_sides
 from fwc.diffing.colour import Palette, wants_colour
@@ -172,7 +172,10 @@ def _chains_answer(worker: parallel.Worker, members: list[MemberPlace]) \
 
 def _report_broken(exc: BuildError) -> None:
     build: Build = exc.build
-    print(f"fwc diff: {build.path} does not compile at {build.side.label}:", file=sys.stderr)
+    # (the path is a file name from the repository under review: no escape sequence of it
+    # reaches the terminal)
+    print(shown_text(f"fwc diff: {build.path} does not compile at {build.side.label}:"),
+          file=sys.stderr)
     print_diagnostics(exc.diagnostics, build.texts)
 
 

@@ -25,18 +25,34 @@ def candidates(old: Side, new: Side) -> list[str]:
     return sorted(found)
 
 
-def sources(side: Side, rel: str, include_path: Sequence[Path] = ()) -> set[str]:
-    """Every file REL reads on SIDE (itself and its includes); empty if absent."""
+# A file the load could not read or refused (fwc.frontend.sources): what the policy reads
+# there is unknown (a symbolic link's target, a file over the size limit, one that is not
+# UTF-8), so a change to it cannot be ruled out.
+UNREAD = frozenset({"FWC002", "FWC010", "FWC011", "FWC012", "FWC013"})
+
+
+def sources(side: Side, rel: str, include_path: Sequence[Path] = ()) -> set[str] | None:
+    """Every file REL reads on SIDE (itself and its includes); empty if absent; None when
+    one of them could not be read (UNREAD)."""
     if not side.exists(rel):
         return set()
-    program, _ = load(Path(rel), reader=side.read, include_path=include_path)
+    program, diagnostics = load(Path(rel), reader=side.read, include_path=include_path)
+    if any(d.code in UNREAD for d in diagnostics):
+        return None
     return {normalise(path) for path, _ in program.hashes} | {rel}
 
 
 def changed_policies(old: Side, new: Side, include_path: Sequence[Path] = ()) -> list[str]:
+    """The top-level policies that read a changed file on either side, and those of which
+    a file could not be read (compared, so that the diff reports why, never passes over
+    a change it could not see)."""
     changed = changed_paths(old, new)
     names = candidates(old, new)
-    reads = {rel: sources(old, rel, include_path) | sources(new, rel, include_path)
+    found = {rel: (sources(old, rel, include_path), sources(new, rel, include_path))
              for rel in names}
+    reads = {rel: set().union(*(paths or set() for paths in sides))
+             for rel, sides in found.items()}
+    unread = {rel for rel, sides in found.items() if None in sides}
     included = {path for rel, paths in reads.items() for path in paths if path != rel}
-    return [rel for rel in names if rel not in included and reads[rel] & changed]
+    return [rel for rel in names
+            if rel not in included and (rel in unread or reads[rel] & changed)]

@@ -151,9 +151,24 @@ class Side:
         data = _git_blob(self.repo, f"{self.rev}:{rel}", MAX_FILE_BYTES)
         if data is None:
             raise FileNotFoundError(2, f"not in {self.label}", rel)
+        if self._is_symlink(rel):
+            # Its blob is the target's name: read as a policy it failed to parse, so the
+            # policy looked unchanged on both sides and a change to the target was not
+            # compared at all.
+            raise Refused("FWC011", f"'{rel}' is a symbolic link in {self.label}, not a "
+                          "regular file",
+                          "fwc diff reads each side from git, which keeps a link's target "
+                          "name, not the file: name or include the file itself")
         if len(data) > MAX_FILE_BYTES:
             raise too_large(rel)
         return data.decode("utf-8")
+
+    def _is_symlink(self, rel: str) -> bool:
+        """Whether REL is a symbolic link in this side's commit (its mode is 120000)."""
+        listed = subprocess.run(["git", "-C", str(self.repo), "--literal-pathspecs", "ls-tree",
+                                 "-z", str(self.rev), "--", rel], capture_output=True,
+                                timeout=60).stdout
+        return listed.startswith(b"120000 ")
 
     def exists(self, rel: str) -> bool:
         if self.rev is WORKTREE:

@@ -14,7 +14,8 @@ DAEMON_ORDER, confirm, rollback), written per member into
     DIR/roles/fwc_node/files/<cluster>/<member>/{<compiled files>, steps/*.sh}
 
 Every value from a policy or an inventory that reaches YAML is a `!unsafe`
-scalar (`escape.yaml_unsafe`): Ansible never evaluates it as a template. The
+scalar (`escape.yaml_unsafe`; quoted without the tag when YAML would type it, which
+Ansible 2.19 does under the tag): Ansible never evaluates it as a template. The
 compiled files are copied byte for byte (`copy src`), never templated; only a
 file compiled with `--redact-secrets` gets the password from the Ansible
 variable `fwc_vrrp_password` (a plain string replace of the placeholder).
@@ -30,7 +31,7 @@ from pathlib import PurePosixPath
 from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
 from fwc.backend.manifest import holds_secret
 from fwc.backend.output import OutputFile, compile_policy
-from fwc.backend.render.escape import UnwritableText, yaml_key, yaml_unsafe
+from fwc.backend.render.escape import UnwritableText, ansible_name, yaml_key, yaml_unsafe
 from fwc.diagnostics import Diagnostic, error, warning
 from fwc.install import scripts
 from fwc.install.node import WATCHDOG_GRACE
@@ -153,7 +154,7 @@ def _host(cluster: Cluster, member: Member, group: str, entry: InventoryEntry | 
         # modules run through `ip netns exec` (or nsenter into a mount namespace).
         variables += [("ansible_connection", "local"),
                       ("ansible_python_interpreter",
-                       "'{{ playbook_dir }}/netns/" + yaml_key(member.name) + "'")]
+                       "'{{ playbook_dir }}/netns/" + ansible_name(member.name) + "'")]
         return Host(cluster, member, group, tuple(variables), systemd=False,
                     private_run="mount" in options, netns=netns, mount=options.get("mount"))
     target = entry.target if entry else member.ssh
@@ -586,10 +587,10 @@ def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], 
         # Holding the password once staged (filled in, or compiled in): the staging task
         # that carries it on stdin is no_log, or -vvv prints it in its invocation.
         secret = redacted | {f.name for f in files if holds_secret(f.name, contents[f.name])}
-        out.add(f"host_vars/{yaml_key(host.member.name)}.yml",
+        out.add(f"host_vars/{ansible_name(host.member.name)}.yml",
                 _host_vars(host, files, redacted, secret, steps, reloads))
         if host.netns is not None:
-            out.add(f"netns/{yaml_key(host.member.name)}", netns_wrapper(host), 0o755)
+            out.add(f"netns/{ansible_name(host.member.name)}", netns_wrapper(host), 0o755)
     out.add("README.md", _readme(hosts, redact))
     # The files are listed once each, in a stable order: the same policies give the same tree.
     out.files.sort(key=lambda f: f.path)

@@ -26,7 +26,9 @@ Formats and what their readers do with a value:
 - YAML read by Ansible (`fwc export ansible`): a single-quoted scalar holds anything
   on one line, `''` being a quote; Ansible evaluates `{{ }}`, `{% %}` and `{# #}` in
   every string it templates, so a value from a policy is tagged `!unsafe` (never
-  templated); a mapping key is only ever a bare name.
+  templated) unless YAML would read it as a boolean, null or number (Ansible 2.19
+  then does, tag or not; such a value holds no template); a mapping key is only ever
+  a name, quoted when YAML 1.1 would read it as a boolean or null (`yes`, `on`...).
 - systemd unit files, sysctl.conf and the `#` comment line of every format: one
   line each, so only line breaks and other control characters are a danger.
 """
@@ -277,18 +279,52 @@ def sysctl_value(text: object) -> str:
 # -- YAML for Ansible -------------------------------------------------------------------------
 
 _YAML_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+# Plain words that YAML 1.1 (PyYAML, which Ansible reads its inventory with) takes as a
+# boolean or null, not a string: a host named `yes` or `on` becomes the key True (two
+# such hosts are one key), and Ansible refuses the inventory. The spec's y/n too.
+_YAML_NOT_STRINGS = frozenset(
+    word for base in ("y", "n", "yes", "no", "true", "false", "on", "off", "null")
+    for word in (base, base.capitalize(), base.upper()))
+
+
+# What may start a template: `{{`, `{%`, `{#`, and a `#jinja2:` header at the start.
+_JINJA_STARTS = frozenset("{#")
+# The first characters of YAML 1.1's plain integers, floats and timestamps.
+_YAML_NUMBER_STARTS = frozenset("+-.0123456789")
+
+
+def _yaml_typed(text: str) -> bool:
+    """Whether YAML 1.1 may read TEXT, bare, as something other than a string (a boolean,
+    null, a number, a timestamp, `<<` or `=`): an over-approximation, which is harmless."""
+    return (text in _YAML_NOT_STRINGS or text in ("", "~", "<<", "=")
+            or text[:1] in _YAML_NUMBER_STARTS)
 
 
 def yaml_unsafe(text: str) -> str:
-    """A YAML string Ansible takes literally: single-quoted and tagged `!unsafe`."""
-    return "!unsafe '" + line_text(text).replace("'", "''") + "'"
+    """A YAML string Ansible takes literally: single-quoted and tagged `!unsafe`.
+
+    Ansible 2.19 reads a `!unsafe` scalar as if it were bare, quotes or not: `!unsafe 'on'`
+    is True, `!unsafe '1.5'` a float. A value YAML would so type holds no template (no
+    `{` or `#`), so it is written quoted without the tag, a string in every version."""
+    value = "'" + line_text(text).replace("'", "''") + "'"
+    if _yaml_typed(text) and not _JINJA_STARTS.intersection(text):
+        return value
+    return "!unsafe " + value
 
 
-def yaml_key(text: str) -> str:
-    """A bare YAML mapping key (an inventory host or group name): a plain name only."""
+def ansible_name(text: str) -> str:
+    """An inventory host or group name as it is, in a file name or inside a quoted YAML
+    string: a plain name only."""
     if not _YAML_KEY.match(text):
         raise UnwritableText(f"{text!r} cannot be an Ansible host or group name")
     return text
+
+
+def yaml_key(text: str) -> str:
+    """A YAML mapping key (an inventory host or group name): bare, or single-quoted when
+    YAML would read the bare word as something other than a string."""
+    name = ansible_name(text)
+    return f"'{name}'" if name in _YAML_NOT_STRINGS else name
 
 
 # Jinja filters, named after the functions, so templates say which format a value is in.
