@@ -294,13 +294,14 @@ SNAT = "    snat from lan to any out uplink -> uplink.vip\n"
     # no `in`: the sync link's traffic too
     (((SNAT, SNAT + "    dnat from any to any service udp -> web\n"),), "udp -> web",
      "'fwc auto: conntrackd sync eth2'"),
-    # unicast sync: the peer accepts the state only from the member's sync address
+    # unicast sync: the peer accepts the state only from the member's sync address (a
+    # network around it translates it; `any` leaves the firewall out)
     ((("multicast 225.0.0.50 port 3780", "unicast"),
-      (SNAT, "    snat from any to any -> uplink.vip\n")), "snat from any",
+      (SNAT, "    snat from 203.0.113.0/24 to any -> uplink.vip\n")), "snat from 203",
      "'fw1' sends (203.0.113.1 -> 203.0.113.2, 'fwc auto: conntrackd sync eth2')"),
     # unicast VRRP: the peer accepts adverts only from the member's address
-    ((("vrid 51 }", "vrid 51  unicast }"), (SNAT, "    snat from any to any out uplink -> "
-                                                  "uplink.vip\n")), "snat from any",
+    ((("vrid 51 }", "vrid 51  unicast }"), (SNAT, "    snat from firewall to any out uplink "
+                                                  "-> uplink.vip\n")), "snat from firewall",
      "(198.51.100.1 -> 198.51.100.2, 'fwc auto: vrrp eth1')"),
     # IPv6 adverts are VRRPv3, whose checksum covers the (link-local) source
     (((SNAT, SNAT + "    snat from any to any out lan -> lan.vip\n"),), "out lan",
@@ -321,4 +322,15 @@ def test_fwc222_nat_translates_ha_traffic(tmp_path, changes, line, phrase):
 ])
 def test_fwc222_silent_when_the_plumbing_is_left_alone(tmp_path, nat):
     text = mutate((SNAT, nat))
+    assert with_code(run(tmp_path, text), "FWC222") == []
+
+
+@pytest.mark.parametrize("source", ["any", "any, !lan"])
+def test_fwc222_silent_when_the_rule_does_not_name_the_firewall(tmp_path, source):
+    # Unicast sync and VRRP come from the members' own addresses; `any` does not name the
+    # firewall: the compiled snat RETURNs its own traffic first (fwc.backend.lower,
+    # `nat_firewall_left_out`), as `fwc query` reads it.
+    text = mutate(("multicast 225.0.0.50 port 3780", "unicast"),
+                  ("vrid 51 }", "vrid 51  unicast }"),
+                  (SNAT, f"    snat from {source} to any -> uplink.vip\n"))
     assert with_code(run(tmp_path, text), "FWC222") == []

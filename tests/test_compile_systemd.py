@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Examples, cannot_run
 
-from fwc.backend.files import BY_NAME, LOADED_BY_INSTALL
+from fwc.backend.files import BY_NAME, FILES, LOADED_BY_INSTALL
 from fwc.install.node import NodeInstall
 
 
@@ -81,6 +81,7 @@ def test_sysctl_d_no_longer_switches_forwarding_on(examples):
 def _node(*changed: str) -> NodeInstall:
     """A systemd backup node whose install changes CHANGED (only reload_commands runs)."""
     node = NodeInstall.__new__(NodeInstall)
+    node.files = list(FILES)  # a member that gets every row (none is stale)
     node.systemd = True
     node.role = "backup"
 

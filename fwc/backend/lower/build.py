@@ -65,7 +65,7 @@ from fwc.model.semantics import (
     reads_firewall,
     side_of,
 )
-from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, Target
+from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, NatStage, Target
 from fwc.model.vocabulary import Table as TableName
 from fwc.text import cut_utf8, utf8_length
 
@@ -1235,14 +1235,18 @@ class _Lowering:
     def emit(self, builtin: dict[ChainName, list[Rule]], user: dict[ChainName, list[Rule]],
              make: type[FilterRule] | type[NatRule], rule: PolicyFilterRule | PolicyNatRule,
              origin: Origin, part: Part, in_device: str | None, out_device: str | None,
-             services: list[Match], kind: str, notrack: bool = False) -> None:
+             services: list[Match], kind: str, notrack: bool = False,
+             firewall_excluded: tuple[bool, AddressMatch] | None = None) -> None:
+        """FIREWALL_EXCLUDED: (on the source side, addresses) RETURNed before the rule's
+        own exclusions (`nat_firewall_left_out`)."""
         source, destination = part.source, part.destination
         lines = len(services) * (len(source.cidrs) or 1) * (len(destination.cidrs) or 1)
         # A RETURN chain for exclusions; for a logged rule on several lines, one chain keeps
         # the LOG and the verdict together instead of doubling every line. A rule with a
         # rate or connection limit always gets one: beyond the limit its packets RETURN to
         # the rules after it, once per packet (one bucket however many lines jump there).
-        needs_chain = bool(part.source_excluded or part.destination_excluded) \
+        needs_chain = bool(part.source_excluded or part.destination_excluded
+                           or firewall_excluded) \
             or (not notrack and ((rule.log and lines > 1) or rule.conditional
                                  or len(getattr(rule, "pool", ())) > 0 and lines > 1))
         target_rules = builtin.get(part.chain)
@@ -1251,6 +1255,10 @@ class _Lowering:
         if needs_chain:
             sub_name = f"fwc-{kind}{rule.index + 1}-{part.chain}"[:proto.CHAIN_NAME_MAX]
             sub = user.setdefault(sub_name, [])
+            if firewall_excluded is not None:
+                on_source, addresses = firewall_excluded
+                sub.append(make(Match(source=addresses) if on_source
+                                else Match(destination=addresses), Target.RETURN, origin))
             if part.source_excluded:
                 sub.append(make(Match(source=addresses_match(part.source_excluded,
                                                              self.family)), Target.RETURN, origin))
@@ -1353,7 +1361,36 @@ class _Lowering:
             self.emit(self.tables.nat, self.tables.nat_user, NatRule, rule, origin, part,
                       self.device(rule.in_interface) if stage.sees_in else None,
                       self.device(rule.out_interface) if stage.sees_out else None,
-                      services, "n")
+                      services, "n", firewall_excluded=self.nat_firewall_left_out(rule, stage))
+
+    def nat_firewall_left_out(self, rule: PolicyNatRule, stage: NatStage) \
+            -> tuple[bool, AddressMatch] | None:
+        """(whether on the source side, the addresses) of the firewall a translating NAT
+        rule must leave alone at STAGE: every one, when that side is `any`.
+
+        `any` is every address but the firewall's (fwc.model.semantics; `fwc query` and
+        `expect` read NAT so). A filter rule gets that from its chain; a NAT hook sees
+        the firewall's own traffic too: PREROUTING what is sent to it (`dnat from lan to
+        any service ssh` took the admin's ssh to the firewall elsewhere), POSTROUTING what
+        it sends (`snat from any out uplink -> uplink.vip` put the VIP on a backup's own
+        packets, whose answers then went to the master). The other side never holds a
+        firewall address at that hook. Left out as a RETURN per address, in the
+        member-independent order of `firewall_match` (the members' chains keep one shape).
+
+        Only for `any`: a network around a firewall address does not name it either, but
+        leaving those out would put a RETURN chain under nearly every snat (`from lan`
+        holds the member's lan address), which `fwc import` cannot read back yet; the
+        firewall's own packets rarely carry such a source (docs/language.md, "NAT")."""
+        if rule.action is NatAction.NONAT:
+            return None  # exempts from translation: the firewall's own traffic is never translated
+        on_source = stage is NatStage.POSTROUTING
+        side = side_of(rule.source if on_source else rule.destination, self.fw, self.family)
+        if not side.unbounded:
+            return None
+        left_out = self.fw - side.firewall - side.excluded
+        if not left_out:
+            return None
+        return on_source, firewall_match(left_out, self.family, self.fw_order)
 
     # -- assembly ------------------------------------------------------------------------
     def build(self) -> NodeRuleset:
