@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from fwc.backend.output import compile_policy
+from fwc.commands.common import refuse_special_file
 from fwc.diagnostics import Diagnostic, Span, error, failed, print_diagnostics
 from fwc.importing.fidelity import compare_texts
 from fwc.importing.saved import Untranslatable
@@ -61,6 +62,7 @@ def write_new(path: Path, text: str) -> None:
     as it was (an existing policy is not cut short). The file gets the mode a new file
     gets (umask), as before; a symbolic link keeps pointing at it."""
     target = Path(os.path.realpath(path))
+    refuse_special_file(target)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.fwc-import")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:

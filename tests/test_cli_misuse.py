@@ -1,0 +1,39 @@
+"""Clumsy use of the command line: odd files where fwc reads or writes one, and option
+values out of range, end in one line (or a diagnostic) and an exit status, never in a
+traceback, a hang or a file put where something else was."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from conftest import EDGE
+
+from fwc.cli import main
+
+SAVE = "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+
+
+@pytest.mark.parametrize("command", [
+    ["graph", str(EDGE), "-o"],
+    ["import", "iptables-save", "SAVE", "-o"],
+])
+def test_an_output_file_that_is_not_a_regular_file_is_left_alone(tmp_path, capsys, command):
+    """-o FILE is renamed into place: over a FIFO, a directory or /dev/null (as root) the
+    rename put a regular file where the FIFO, directory or device had been."""
+    save = tmp_path / "g.save"
+    save.write_text(SAVE, encoding="utf-8")
+    command = [str(save) if word == "SAVE" else word for word in command]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    (tmp_path / "dir").mkdir()
+    for target in ("fifo", "link", "dir"):
+        assert main([*command, str(tmp_path / target)]) in (1, 2)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "not a regular file" in err, err
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert stat.S_ISDIR(os.stat(tmp_path / "dir").st_mode)
+        assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "g.save", "link"]
