@@ -5,10 +5,11 @@ traceback, a hang or a file put where something else was."""
 from __future__ import annotations
 
 import os
+import resource
 import stat
 
 import pytest
-from conftest import EDGE
+from conftest import EDGE, run_fwc
 
 from fwc.cli import main
 
@@ -37,3 +38,27 @@ def test_an_output_file_that_is_not_a_regular_file_is_left_alone(tmp_path, capsy
         assert stat.S_ISDIR(os.stat(tmp_path / "dir").st_mode)
         assert (tmp_path / "link").is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "g.save", "link"]
+
+
+def _small_memory() -> None:
+    """A child's address space capped at 1 GiB: reading /dev/zero whole fails fast."""
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_fmt_reads_only_regular_files(tmp_path):
+    """fmt read any path whole: on a FIFO it waited for ever, on /dev/zero it ended in a
+    MemoryError traceback (and fed a FIFO, renamed a regular file over it). It refuses
+    them as `fwc check` does (FWC011); a link to a policy is still formatted."""
+    fifo = tmp_path / "p.fw"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a character device")):
+        done = run_fwc("fmt", str(path), timeout=30, preexec_fn=_small_memory)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"error[FWC011]: '{path}' is {kind}, not a regular file" in done.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    policy = tmp_path / "q.fw"
+    policy.write_text("host  a 192.0.2.1\n", encoding="utf-8")
+    (tmp_path / "link.fw").symlink_to(policy)
+    assert main(["fmt", str(tmp_path / "link.fw")]) == 0
+    assert (tmp_path / "link.fw").is_symlink()
+    assert policy.read_text(encoding="utf-8") == "host a 192.0.2.1\n"
