@@ -62,3 +62,15 @@ def test_fmt_reads_only_regular_files(tmp_path):
     assert main(["fmt", str(tmp_path / "link.fw")]) == 0
     assert (tmp_path / "link.fw").is_symlink()
     assert policy.read_text(encoding="utf-8") == "host a 192.0.2.1\n"
+
+
+def test_import_reads_a_bounded_input(tmp_path):
+    """import read its input whole: `/dev/zero` ended in a MemoryError traceback. A pipe
+    still works (`fwc import iptables-save <(iptables-save)`); only the size is bounded."""
+    done = run_fwc("import", "iptables-save", "/dev/zero", timeout=60, preexec_fn=_small_memory)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "error[FWC706]: cannot read /dev/zero: it is larger than 64 MiB" in done.stderr
+    assert done.stdout == ""
+    done = run_fwc("import", "iptables-save", str(tmp_path / "none"))
+    assert "error[FWC706]: cannot read " + str(tmp_path / "none") + ": No such file or " \
+        "directory\n" in done.stderr
