@@ -74,3 +74,19 @@ def test_import_reads_a_bounded_input(tmp_path):
     done = run_fwc("import", "iptables-save", str(tmp_path / "none"))
     assert "error[FWC706]: cannot read " + str(tmp_path / "none") + ": No such file or " \
         "directory\n" in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--inventory", "--secrets"])
+def test_inventory_and_secrets_files_are_read_bounded(tmp_path, option):
+    """Both were read whole: `/dev/zero` ended in a MemoryError traceback (install,
+    status, diff, export)."""
+    done = run_fwc("install", str(EDGE), "--member", "fw1", "--dry-run", option, "/dev/zero",
+                   "-o", str(tmp_path / "out"), timeout=60, preexec_fn=_small_memory)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("fwc install: ") and done.stderr.count("\n") == 1
+    big = tmp_path / "big"
+    big.write_bytes(b"#" * (2 << 20))
+    big.chmod(0o600)
+    done = run_fwc("install", str(EDGE), "--member", "fw1", "--dry-run", option, str(big),
+                   "-o", str(tmp_path / "out"))
+    assert done.returncode == 2 and f"{big} is larger than " in done.stderr, done.stderr
