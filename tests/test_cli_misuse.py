@@ -11,7 +11,7 @@ import stat
 import pytest
 from conftest import EDGE, run_fwc
 
-from fwc.cli import main
+from fwc.cli import build_parser, main
 
 SAVE = "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
 
@@ -90,3 +90,20 @@ def test_inventory_and_secrets_files_are_read_bounded(tmp_path, option):
     done = run_fwc("install", str(EDGE), "--member", "fw1", "--dry-run", option, str(big),
                    "-o", str(tmp_path / "out"))
     assert done.returncode == 2 and f"{big} is larger than " in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--teardown", "/"), ("--teardown", ""), ("--teardown", "fwc1\n"), ("--prefix", "Bad/x"),
+    ("--prefix", "fwcabcdefghijkl"),  # its uplink drill would run as fwcabcdefghijklu
+])
+def test_a_lab_prefix_is_checked_before_anything_runs(capsys, option, value):
+    """`fwc lab --teardown /` was a LabError traceback (as root, once `ip`, keepalived...
+    were found); `--prefix Bad/x` a FileNotFoundError once the policy was compiled; a
+    12-character prefix failed the uplink drill after every other drill had run."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["lab", "edge.fw", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: invalid lab prefix {value!r}" in capsys.readouterr().err
+    for good in ("fwc1", "fwc4194304", "fwcabcdefghijk"):
+        assert getattr(build_parser().parse_args(["lab", option, good]),
+                       option.lstrip("-")) == good
