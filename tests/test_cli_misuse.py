@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import resource
 import stat
+import subprocess
+import sys
 
 import pytest
-from conftest import EDGE, run_fwc
+from conftest import EDGE, REPO, run_fwc
 
 from fwc.cli import build_parser, main
 
@@ -107,3 +109,24 @@ def test_a_lab_prefix_is_checked_before_anything_runs(capsys, option, value):
     for good in ("fwc1", "fwc4194304", "fwcabcdefghijk"):
         assert getattr(build_parser().parse_args(["lab", option, good]),
                        option.lstrip("-")) == good
+
+
+def _close_stdout() -> None:
+    os.close(1)
+
+
+@pytest.mark.parametrize(("args", "status", "said"), [
+    (["check", str(EDGE)], 0, ""),
+    (["explain"], 1, "fwc: standard output is closed: what the command prints is lost\n"),
+    (["check", "--format", "json", str(EDGE)], 1,
+     "fwc: standard output is closed: what the command prints is lost\n"),
+    (["graph", str(EDGE)], 2,
+     "fwc graph: error: cannot write standard output: standard output is closed\n"),
+])
+def test_a_closed_standard_output_is_one_line_not_a_traceback(args, status, said):
+    """Started with stdout closed (`fwc explain >&-`), sys.stdout is None: every command
+    ended in an AttributeError traceback, at its first write or at the final flush."""
+    done = subprocess.run([sys.executable, "-m", "fwc", *args], stdout=None,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=_close_stdout, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (done.returncode, done.stderr) == (status, said)

@@ -192,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"fwc graph: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"fwc graph: error: cannot write {args.output}: {exc.strerror or exc}",
+        print(f"fwc graph: error: cannot write {args.output or 'standard output'}: "
+              f"{exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
