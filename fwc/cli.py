@@ -282,6 +282,19 @@ class ClosedOutput(io.TextIOBase):
         raise BrokenPipeError(errno.EBADF, "standard output is closed")
 
 
+class ClosedInput(io.TextIOBase):
+    """sys.stdin of a process started without one (`fwc fmt - <&-`), which Python leaves
+    None: reading it (fmt -, import -) or asking whether it is a terminal (install) was
+    an AttributeError traceback. Reading fails as a closed descriptor does."""
+
+    @property
+    def buffer(self) -> ClosedInput:  # what `sys.stdin.buffer.read()` reads
+        return self
+
+    def read(self, size: int | None = -1) -> str:
+        raise OSError(errno.EBADF, "standard input is closed")
+
+
 def console() -> NoReturn:
     """The `fwc` command and `python -m fwc`: `main`, then the process ends at once.
 
@@ -302,6 +315,8 @@ def console() -> NoReturn:
     kept: list[object] = []
     if sys.stdout is None:
         sys.stdout = ClosedOutput()
+    if sys.stdin is None:
+        sys.stdin = ClosedInput()
     try:
         code = main(kept=kept)
     except KeyboardInterrupt:  # before the command ran (parsing, fwc.toml, imports)

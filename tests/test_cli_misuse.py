@@ -130,3 +130,24 @@ def test_a_closed_standard_output_is_one_line_not_a_traceback(args, status, said
                           stderr=subprocess.PIPE, text=True, timeout=60,
                           preexec_fn=_close_stdout, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert (done.returncode, done.stderr) == (status, said)
+
+
+def _close_stdin() -> None:
+    os.close(0)
+
+
+@pytest.mark.parametrize(("args", "status", "said"), [
+    (["fmt", "-"], 1, "fwc: error[FWC002]: cannot read standard input: standard input is "
+                      "closed\n"),
+    (["import", "iptables-save", "-"], 1, "fwc: error[FWC706]: cannot read -: standard input "
+                                          "is closed\n"),
+    (["check", str(EDGE)], 0, ""),
+])
+def test_a_closed_standard_input_is_a_diagnostic_not_a_traceback(args, status, said):
+    """Started with stdin closed (`fwc fmt - <&-`), sys.stdin is None: fmt -, import - and
+    install (is it a terminal?) ended in an AttributeError traceback."""
+    done = subprocess.run([sys.executable, "-m", "fwc", *args], capture_output=True,
+                          text=True, timeout=60, preexec_fn=_close_stdin,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == status and said in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

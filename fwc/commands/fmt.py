@@ -67,8 +67,9 @@ def _format_text(text: str, name: str) -> tuple[str, str] | None:
 def _read_stdin() -> str | None:
     try:
         return sys.stdin.buffer.read().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        print_diagnostics([error("FWC002", f"cannot read standard input: {exc}")], {})
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print_diagnostics([error("FWC002", f"cannot read standard input: {reason}")], {})
         return None
 
 
