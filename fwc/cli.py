@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import io
 import os
 import sys
 from typing import NoReturn
@@ -263,7 +265,34 @@ def main(argv: list[str] | None = None, kept: list[object] | None = None) -> int
         print("fwc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if isinstance(sys.stdout, ClosedOutput):  # no reader that went away: say it
+            print("fwc: standard output is closed: what the command prints is lost",
+                  file=sys.stderr)
         return EXIT_FAIL
+
+
+class ClosedOutput(io.TextIOBase):
+    """sys.stdout of a process started without one (`fwc graph x.fw >&-`), which Python
+    leaves None: the command's first write, or the flush at the end, was an
+    AttributeError traceback. Writing fails as into a pipe nobody reads (exit 1, see
+    `main`, or the command's own "cannot write"); a command with nothing to print
+    succeeds."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EBADF, "standard output is closed")
+
+
+class ClosedInput(io.TextIOBase):
+    """sys.stdin of a process started without one (`fwc fmt - <&-`), which Python leaves
+    None: reading it (fmt -, import -) or asking whether it is a terminal (install) was
+    an AttributeError traceback. Reading fails as a closed descriptor does."""
+
+    @property
+    def buffer(self) -> ClosedInput:  # what `sys.stdin.buffer.read()` reads
+        return self
+
+    def read(self, size: int | None = -1) -> str:
+        raise OSError(errno.EBADF, "standard input is closed")
 
 
 def console() -> NoReturn:
@@ -284,6 +313,10 @@ def console() -> NoReturn:
     and exit status (120) are Python's, as before.
     """
     kept: list[object] = []
+    if sys.stdout is None:
+        sys.stdout = ClosedOutput()
+    if sys.stdin is None:
+        sys.stdin = ClosedInput()
     try:
         code = main(kept=kept)
     except KeyboardInterrupt:  # before the command ran (parsing, fwc.toml, imports)

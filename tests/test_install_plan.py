@@ -101,6 +101,18 @@ def test_refusals_touch_nothing(compiled, capsys, no_commands, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seconds", ["nan", "inf", "1e400", "86401"])
+def test_a_confirm_timeout_out_of_range_is_refused(compiled, capsys, no_commands, seconds):
+    """NaN passed `<= 0`; NaN, inf and 1e400 ended in a traceback once the plan had begun
+    (after printing part of it), and far past a day the node's shell arithmetic overflows."""
+    assert fwc_install(compiled, "--all", "--dry-run", "--confirm-timeout", seconds,
+                       "--secrets", str(compiled.parent / "secrets")) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.endswith("\nfwc install: --confirm-timeout must be positive and at "
+                                 "most 86400 seconds (a day)\n")
+
+
 def test_refuses_output_not_matching_the_policy(compiled, capsys, no_commands):
     compiled.write_text(WITH_SSH.replace("priority 100", "priority 90"), encoding="utf-8")
     assert fwc_install(compiled, "--all", "--dry-run") == 2

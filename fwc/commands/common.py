@@ -1,15 +1,19 @@
 """What several commands share: the diagnostics report in every `--format`, a
 command runs without the cyclic garbage collector and hands what it built to the
-process' end, check and compile open the user's result cache."""
+process' end, check and compile open the user's result cache, graph and import write
+their `-o` FILE."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 from fwc.cache import CacheRefused, ResultCache, open_cache
 from fwc.diagnostics import Diagnostic, has_errors, print_diagnostics
@@ -94,3 +98,19 @@ def resolved(args: argparse.Namespace) -> Analysis | None:
                           analysis.program.texts)
         return None
     return analysis
+
+
+def refuse_special_file(path: Path) -> None:
+    """OSError when PATH (a link followed) exists and is not a regular file.
+
+    An `-o FILE` is written to a temporary file that is then renamed over PATH (never
+    half a file), and a rename replaces whatever PATH is: `fwc graph -o /dev/null`, run
+    as root, left a regular file where the device was, for every program on the machine.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EEXIST, "it exists and is not a regular file (leave -o out to "
+                      "write to standard output)")

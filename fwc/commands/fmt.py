@@ -24,6 +24,7 @@ from fwc.commands.common import without_cycle_collection
 from fwc.diagnostics import error, print_diagnostics
 from fwc.frontend.formatting import FormatError, format_text
 from fwc.frontend.parse import parse_text
+from fwc.frontend.sources import Refused, read_regular
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -35,7 +36,12 @@ def _format_file(path: Path) -> tuple[str, str] | None:
         # Bytes, decoded, as `fwc check` reads a policy: a text-mode read turns a lone "\r"
         # into a line break, and a comment holding one (`# off\raccept from any to any`,
         # to the parser one comment) came out of fmt as a comment and a live rule.
-        text = path.read_bytes().decode("utf-8")
+        # Only a regular file, as `fwc check` reads one: a FIFO blocked fmt for ever,
+        # /dev/zero ran it out of memory, and the rename would replace either.
+        text = read_regular(Path(os.path.realpath(path)), str(path)).decode("utf-8")
+    except Refused as exc:
+        print_diagnostics([error(exc.code, exc.message, hint=exc.hint)], {})
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print_diagnostics([error("FWC002", f"cannot read '{path}': {reason}")], {})
@@ -61,8 +67,9 @@ def _format_text(text: str, name: str) -> tuple[str, str] | None:
 def _read_stdin() -> str | None:
     try:
         return sys.stdin.buffer.read().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        print_diagnostics([error("FWC002", f"cannot read standard input: {exc}")], {})
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print_diagnostics([error("FWC002", f"cannot read standard input: {reason}")], {})
         return None
 
 

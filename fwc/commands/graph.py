@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from fwc.backend.render.escape import dot_label, dot_string
-from fwc.commands.common import resolved, without_cycle_collection
+from fwc.commands.common import refuse_special_file, resolved, without_cycle_collection
 from fwc.model import Cluster, Policy
 from fwc.model.topology import topology
 
@@ -156,6 +156,7 @@ def _format(args: argparse.Namespace) -> str:
 
 def _write(path: Path, text: str) -> None:
     """Write TEXT to PATH in one rename: never half a file."""
+    refuse_special_file(path)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
@@ -191,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"fwc graph: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"fwc graph: error: cannot write {args.output}: {exc.strerror or exc}",
+        print(f"fwc graph: error: cannot write {args.output or 'standard output'}: "
+              f"{exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

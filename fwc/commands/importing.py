@@ -12,7 +12,9 @@ import tempfile
 from pathlib import Path
 
 from fwc.backend.output import compile_policy
+from fwc.commands.common import refuse_special_file
 from fwc.diagnostics import Diagnostic, Span, error, failed, print_diagnostics
+from fwc.frontend.sources import MIB
 from fwc.importing.fidelity import compare_texts
 from fwc.importing.saved import Untranslatable
 from fwc.importing.translate import import_file
@@ -20,6 +22,9 @@ from fwc.pipeline import analyse
 
 # The grammar's NAME: the cluster's name is written into the policy as it is.
 NAME = re.compile(r"[A-Za-z_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
+# The most of an iptables-save file read: far more than any ruleset a policy can hold (a
+# policy file is at most 8 MiB), and `/dev/zero` stops here, not when memory runs out.
+MAX_INPUT_BYTES = 64 * MIB
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,10 +35,17 @@ def run(args: argparse.Namespace) -> int:
     path = args.file
     try:
         # bytes, decoded: a text-mode read would end a line at a lone "\r" too
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else \
+                open(path, "rb") as stream:
+            data = stream.read(MAX_INPUT_BYTES + 1)
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        print_diagnostics([error("FWC706", f"cannot read {path}: {exc}")], {})
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print_diagnostics([error("FWC706", f"cannot read {path}: {reason}")], {})
+        return 1
+    if len(data) > MAX_INPUT_BYTES:
+        print_diagnostics([error("FWC706", f"cannot read {path}: it is larger than "
+                                 f"{MAX_INPUT_BYTES // MIB} MiB")], {})
         return 1
     result = import_file(text, path, args.cluster)
     diagnostics: list[Diagnostic] = list(result.diagnostics)
@@ -61,6 +73,7 @@ def write_new(path: Path, text: str) -> None:
     as it was (an existing policy is not cut short). The file gets the mode a new file
     gets (umask), as before; a symbolic link keeps pointing at it."""
     target = Path(os.path.realpath(path))
+    refuse_special_file(target)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.fwc-import")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:

@@ -41,6 +41,10 @@ from fwc.model.records import dataclass
 from fwc.pipeline import clean_policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The longest --confirm-timeout: the node stays locked that long. Far beyond it the node's
+# shell arithmetic and Python's waits overflow (`inf`, `1e400` and NaN were a traceback
+# after the plan had begun).
+MAX_CONFIRM_TIMEOUT = 86400.0
 # Steps that fail before the node changes.
 BEFORE_APPLY = ("preflight", "lock", "stage", "test", "snapshot", "watchdog")
 
@@ -142,8 +146,10 @@ def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
         inventory = read_inventory(Path(args.inventory)) if args.inventory else {}
         secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
                                      getattr(args, "secrets_command", None))
-        if args.confirm_timeout <= 0:
-            raise UsageError("--confirm-timeout must be positive")
+        # (NaN fails both comparisons)
+        if not 0 < args.confirm_timeout <= MAX_CONFIRM_TIMEOUT:
+            raise UsageError(f"--confirm-timeout must be positive and at most "
+                             f"{MAX_CONFIRM_TIMEOUT:.0f} seconds (a day)")
         plans = []
         for target in targets:
             recorder = PlanRecorder() if as_json else None

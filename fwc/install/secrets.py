@@ -30,6 +30,9 @@ from fwc.protocols import REDACTED_PASSWORD
 
 __all__ = ["SECRET_FILES", "SecretsError", "fill", "is_redacted", "parse_secrets",
            "read_secret_source", "read_secrets"]
+# KEY = VALUE lines, a few per cluster: this stops `--secrets /dev/zero` long before the
+# memory runs out (read whole, it ended in a MemoryError traceback).
+MAX_SECRETS_BYTES = 64 * 1024
 # A secrets command that hangs (a pinentry nobody answers) must not hang fwc.
 COMMAND_TIMEOUT = 120.0
 
@@ -42,7 +45,11 @@ def read_secrets(path: Path) -> dict[str, str]:
     try:
         with path.open("rb") as stream:
             mode = stat.S_IMODE(os.fstat(stream.fileno()).st_mode)
-            text = stream.read().decode("utf-8")
+            data = stream.read(MAX_SECRETS_BYTES + 1)
+        if len(data) > MAX_SECRETS_BYTES:
+            raise SecretsError(f"secrets file {path} is larger than "
+                               f"{MAX_SECRETS_BYTES // 1024} KiB")
+        text = data.decode("utf-8")
     except OSError as exc:
         raise SecretsError(f"cannot read secrets file {path}: {exc.strerror}") from exc
     except UnicodeDecodeError:

@@ -226,6 +226,11 @@ class PlanRecorder:
         pass
 
 
+# An inventory holds a line per member: this stops `--inventory /dev/zero` long before
+# the memory runs out (read whole, it ended in a MemoryError traceback).
+MAX_INVENTORY_BYTES = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class InventoryEntry:
     target: str
@@ -241,7 +246,7 @@ def read_inventory(path: Path) -> dict[str, InventoryEntry]:
     try:
         with path.open("rb") as stream:
             info = os.fstat(stream.fileno())
-            data = stream.read()
+            data = stream.read(MAX_INVENTORY_BYTES + 1)
     except OSError as exc:
         raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from exc
     # It says where install sends the files (and the VRRP password) and, for netns,
@@ -253,6 +258,9 @@ def read_inventory(path: Path) -> dict[str, InventoryEntry]:
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise InventoryError(f"inventory {path} may be written by other users (group or "
                              "world writable): chmod go-w it")
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise InventoryError(f"inventory {path} is larger than "
+                             f"{MAX_INVENTORY_BYTES // 1024 // 1024} MiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from fwc.frontend.sources import add_include_path_argument
+
+# A lab's namespaces are PREFIX-<name> and its state is /run/fwc-lab/PREFIX (removed whole
+# by a teardown): nothing but this form may reach either.
+PREFIX_RE = re.compile(r"fwc[0-9a-z]{1,12}")
+
+
+def lab_prefix(text: str) -> str:
+    """`--teardown PREFIX`, checked before anything runs (`--teardown /` was a traceback)."""
+    if not PREFIX_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid lab prefix {text!r} (expected fwc and "
+                                         "1 to 12 lower-case letters or digits, e.g. fwc1)")
+    return text
+
+
+def run_prefix(text: str) -> str:
+    """`--prefix PREFIX`: one character shorter than a teardown's, as the uplink drill
+    runs under PREFIXu. (A bad prefix was a traceback after the policy was compiled and
+    a log directory made; a 12-character one failed the uplink drill after the drills.)"""
+    if not PREFIX_RE.fullmatch(text + "u"):
+        raise argparse.ArgumentTypeError(f"invalid lab prefix {text!r} (expected fwc and "
+                                         "1 to 11 lower-case letters or digits, e.g. fwc1)")
+    return text
 
 
 def advert_list(text: str) -> tuple[float, ...]:
@@ -104,9 +127,10 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")
     add_include_path_argument(parser)
-    parser.add_argument("--prefix", help="namespace prefix (default fwc<pid>)")
+    parser.add_argument("--prefix", type=run_prefix, help="namespace prefix (default fwc<pid>)")
     parser.add_argument(
         "--teardown",
+        type=lab_prefix,
         metavar="PREFIX",
         help="tear down a lab left running by --keep (or a crashed run)",
     )

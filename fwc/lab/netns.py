@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
 
+from fwc.lab.arguments import PREFIX_RE
 from fwc.model.records import dataclass
 
 STATE_ROOT = Path("/run/fwc-lab")
 # Probes run with this interpreter (not whatever `python3` is on PATH in a
 # namespace): the same one, and no shim start-up cost per probe.
 PYTHON = sys.executable or "python3"
-PREFIX_RE = re.compile(r"^fwc[0-9a-z]{1,12}$")
 
 
 class LabError(RuntimeError):
@@ -107,7 +107,7 @@ class LabState:
     """The on-disk record of one lab run: namespaces, mounts and processes."""
 
     def __init__(self, prefix: str) -> None:
-        if not PREFIX_RE.match(prefix):
+        if not PREFIX_RE.fullmatch(prefix):
             raise LabError(f"invalid lab prefix {prefix!r} (expected fwc<letters/digits>)")
         self.prefix = prefix
         self.dir = STATE_ROOT / prefix
