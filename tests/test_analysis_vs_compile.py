@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-from conftest import EXAMPLE_NAMES, CompiledExample, Examples
+from conftest import EXAMPLE_NAMES, POLICIES, CompiledExample, Examples
 
 from fwc import protocols as proto
 from fwc.analysis.engine import MemberView, TrafficClass, classify
@@ -397,3 +397,35 @@ def _inside_rules(view: MemberView, family: int, interfaces: list[str], rng: ran
 
 def _single(family: int, value: int) -> AddressSet:
     return AddressSet(((value, value),), ()) if family == 4 else AddressSet((), ((value, value),))
+
+
+def test_nat_any_leaves_the_firewall_out_as_the_compiled_rules_do(tmp_path):
+    """`dnat ... to any` and `snat ... from any` leave the firewall's own addresses alone
+    (fwc.backend.lower, `nat_firewall_left_out`), the VIPs another member holds
+    included: every packet to or from them is decided, and translated or not, as the
+    compiled rules do (policies/loadshare.fw, active-active, plus two such rules)."""
+    anchor = "    snat from dmz to any out uplink2 -> uplink2.vip\n"
+    text = (POLICIES / "loadshare.fw").read_text(encoding="utf-8")
+    assert anchor in text
+    path = tmp_path / "loadshare.fw"
+    path.write_text(text.replace(anchor, "    dnat from any to any service ssh in lan -> web\n"
+                                 + anchor + "    snat from any to any out uplink -> "
+                                 "uplink.vip\n"), encoding="utf-8")
+    compiled = Examples(tmp_path / "out")._compile(path)
+    outside = [int(ipaddress.ip_address(a)) for a in ("192.0.2.10", "203.0.113.80",
+                                                      "198.51.100.10", "198.18.1.1")]
+    checked = 0
+    for node in _nodes(compiled):
+        view = MemberView(node.cluster, node.member)
+        interfaces = [link.interface for link in node.member.links]
+        own = [lo for lo, _ in node.firewall.family(4)]
+        held = [lo for lo, _ in view.elsewhere.family(4)]
+        assert held, node.member.name
+        for src, dst in [(s, d) for s in outside for d in own + held + outside] \
+                + [(s, d) for s in own for d in outside]:
+            for protocol, port in ((6, 22), (6, 80)):
+                for in_iface in interfaces:
+                    for out_iface in interfaces:
+                        checked += _agree(node, view, 4, src, dst, protocol, port,
+                                          in_iface, out_iface)
+    assert checked > 500

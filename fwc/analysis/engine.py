@@ -272,10 +272,16 @@ class MemberView:
         item (a network around it) covers it; in INPUT's source, OUTPUT's destination and
         NAT, where the compiler writes the named firewall part too, when that names it."""
         held = self.elsewhere.family(family)
+        # A translating NAT rule's `any` leaves the firewall out where its hook sees it
+        # (its destination before routing, its source after): held VIPs included
+        # (fwc.backend.lower, `nat_firewall_left_out`).
+        translating = isinstance(rule, NatRule) and rule.action is not NatAction.NONAT
         src = _elsewhere_side(rule.source, box.src if box else (), self.firewall, held,
-                              family, forward)
+                              family, forward, translating
+                              and NatStage.POSTROUTING in rule.stages)
         dst = _elsewhere_side(rule.destination, box.dst if box else (), self.firewall, held,
-                              family, forward)
+                              family, forward, translating
+                              and NatStage.PREROUTING in rule.stages)
         if box is None:
             if not (src and dst):
                 return None
@@ -427,12 +433,17 @@ class MemberView:
 
 
 def _elsewhere_side(endpoint: Endpoint, resolved: Intervals, firewall: AddressSet,
-                    held: Intervals, family: int, forward: bool) -> Intervals:
+                    held: Intervals, family: int, forward: bool,
+                    any_without_firewall: bool = False) -> Intervals:
     """RESOLVED (a side as `endpoint_intervals` gives it) with its part among HELD (VIPs
     another member holds) replaced by what the compiled chain matches there: `any` or
-    the non-firewall items (FORWARD), those and the named firewall part (elsewhere)."""
+    the non-firewall items (FORWARD), those and the named firewall part (elsewhere);
+    ANY_WITHOUT_FIREWALL: a translating NAT rule's side whose `any` the compiled rule
+    RETURNs the firewall's addresses from."""
     side = side_of(endpoint, firewall.only(family), family)
-    if side.unbounded:
+    if side.unbounded and any_without_firewall:
+        names = subtract(full_addresses(family), firewall.family(family))
+    elif side.unbounded:
         names = full_addresses(family)
     else:
         names = (side.other if forward else side.named).family(family)
