@@ -42,6 +42,27 @@ def test_an_output_file_that_is_not_a_regular_file_is_left_alone(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "g.save", "link"]
 
 
+@pytest.mark.parametrize("command", [
+    ["graph", str(EDGE), "-o"],
+    ["import", "iptables-save", "SAVE", "-o"],
+])
+def test_an_output_file_is_written_through_its_link_with_its_mode(tmp_path, capsys, command):
+    """fmt, graph and import write one way (fwc.commands.common.write_file): `graph -o`
+    replaced a symbolic link with a file of its own and reset the mode to 0644."""
+    save = tmp_path / "g.save"
+    save.write_text(SAVE, encoding="utf-8")
+    command = [str(save) if word == "SAVE" else word for word in command]
+    target = tmp_path / "target"
+    target.write_text("old\n", encoding="utf-8")
+    target.chmod(0o640)
+    (tmp_path / "link").symlink_to(target)
+    assert main([*command, str(tmp_path / "link")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "link").is_symlink()
+    assert target.read_text(encoding="utf-8") != "old\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.save", "link", "target"]
+
+
 def _small_memory() -> None:
     """A child's address space capped at 1 GiB: reading /dev/zero whole fails fast."""
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))

@@ -143,8 +143,6 @@ def test_output_is_written_all_or_nothing(tmp_path, capsys, monkeypatch):
     import errno
     import os
 
-    import fwc.commands.importing as importing
-
     save = tmp_path / "g.save"
     save.write_text("*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n"
                     "COMMIT\n", encoding="utf-8")
@@ -158,7 +156,7 @@ def test_output_is_written_all_or_nothing(tmp_path, capsys, monkeypatch):
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(importing.os, "fsync", no_space)
+    monkeypatch.setattr(os, "fsync", no_space)  # (fwc.commands.common.write_file's)
     assert main(["import", "iptables-save", str(save), "-o", str(policy)]) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert policy.read_text(encoding="utf-8") == "# my policy\n"

@@ -1,14 +1,16 @@
 """What several commands share: the diagnostics report in every `--format`, a
 command runs without the cyclic garbage collector and hands what it built to the
-process' end, check and compile open the user's result cache, graph and import write
-their `-o` FILE."""
+process' end, check and compile open the user's result cache, fmt rewrites a policy and
+graph and import write their `-o` FILE (all or nothing)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import os
+import secrets
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -98,6 +100,48 @@ def resolved(args: argparse.Namespace) -> Analysis | None:
                           analysis.program.texts)
         return None
     return analysis
+
+
+def write_file(path: Path, text: str, new_mode: int = 0o666) -> None:
+    """TEXT (UTF-8) to PATH all or nothing: what `fmt`, `import -o` and `graph -o` write.
+
+    Writing in place truncates first, so a full disk or a crash lost the end of the
+    file. The text goes to a temporary file next to the target (a symbolic link is
+    followed: it keeps pointing at the new file), is flushed to disk, and only then
+    renamed over it; the rename is flushed too. An existing file keeps its mode and,
+    where allowed, its owner; a new one gets NEW_MODE less the umask. An existing path
+    that is not a regular file is refused (`refuse_special_file`), and the temporary
+    file never outlives a failure or an interrupt.
+    """
+    target = Path(os.path.realpath(path))
+    refuse_special_file(target)
+    try:
+        old: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.fwc-new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, new_mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if old is not None:
+                os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode))
+                with contextlib.suppress(PermissionError):
+                    os.fchown(out.fileno(), old.st_uid, old.st_gid)
+            out.write(text.encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    # The rename itself must reach the disk too, or a crash could bring back the old name.
+    with contextlib.suppress(OSError):
+        directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def refuse_special_file(path: Path) -> None:

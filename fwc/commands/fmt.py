@@ -12,15 +12,12 @@ Exit 1 too when a file cannot be read or parsed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import os
-import stat
 import sys
-import tempfile
 from pathlib import Path
 
-from fwc.commands.common import without_cycle_collection
+from fwc.commands.common import without_cycle_collection, write_file
 from fwc.diagnostics import error, print_diagnostics
 from fwc.frontend.formatting import FormatError, format_text
 from fwc.frontend.parse import parse_text
@@ -81,40 +78,6 @@ def unified(old: str, new: str, name: str) -> str:
                    for line in lines)
 
 
-def replace_file(path: Path, text: str) -> None:
-    """Write TEXT to PATH all or nothing: a full disk or a crash leaves the old file.
-
-    Writing in place truncates first, so a failed write lost the end of the
-    policy. The new text goes to a temporary file next to the real one (a
-    symbolic link keeps pointing at it), with its mode and, where allowed, its
-    owner, is flushed to disk, and only then renamed over it.
-    """
-    target = Path(os.path.realpath(path))
-    old = os.stat(target)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".fwc-fmt",
-                                     dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode))
-            with contextlib.suppress(PermissionError):
-                os.fchown(out.fileno(), old.st_uid, old.st_gid)
-            out.write(text.encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    # The rename itself must reach the disk too, or a crash could bring back the old name.
-    with contextlib.suppress(OSError):
-        directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
 def run(args: argparse.Namespace) -> int:
     with without_cycle_collection(args):
         return _run(args)
@@ -158,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             status = 1
             continue
         try:
-            replace_file(path, new)
+            write_file(path, new)
         except OSError as exc:
             print(f"fwc fmt: cannot write '{name}': {exc.strerror or exc}; the file is "
                   "unchanged", file=sys.stderr)

@@ -14,15 +14,13 @@ unknown format, `dot` missing for SVG, an output file that cannot be written).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from fwc.backend.render.escape import dot_label, dot_string
-from fwc.commands.common import refuse_special_file, resolved, without_cycle_collection
+from fwc.commands.common import resolved, without_cycle_collection, write_file
 from fwc.model import Cluster, Policy
 from fwc.model.topology import topology
 
@@ -154,21 +152,6 @@ def _format(args: argparse.Namespace) -> str:
     return "dot"
 
 
-def _write(path: Path, text: str) -> None:
-    """Write TEXT to PATH in one rename: never half a file."""
-    refuse_special_file(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     with without_cycle_collection(args):
         return _run(args)
@@ -187,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.output is None or args.output == "-":
             sys.stdout.write(text)
         else:
-            _write(Path(args.output), text)
+            write_file(Path(args.output), text)
     except UsageError as exc:
         print(f"fwc graph: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

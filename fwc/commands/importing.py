@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
-import secrets
 import sys
 import tempfile
 from pathlib import Path
 
 from fwc.backend.output import compile_policy
-from fwc.commands.common import refuse_special_file
+from fwc.commands.common import write_file
 from fwc.diagnostics import Diagnostic, Span, error, failed, print_diagnostics
 from fwc.frontend.sources import MIB
 from fwc.importing.fidelity import compare_texts
@@ -55,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     written = True
     if args.output:
         try:
-            write_new(Path(args.output), result.text)
+            write_file(Path(args.output), result.text)
         except OSError as exc:
             print(f"fwc import: cannot write '{args.output}': {exc.strerror or exc}; "
                   "nothing was written", file=sys.stderr)
@@ -66,26 +64,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"fwc import: {result.translated} rules translated, {result.kept_as_comments} kept "
           "as comments", file=sys.stderr)
     return 1 if failed(diagnostics, False) or not written else 0
-
-
-def write_new(path: Path, text: str) -> None:
-    """TEXT to PATH in one rename: a full disk, a missing directory or a crash leaves PATH
-    as it was (an existing policy is not cut short). The file gets the mode a new file
-    gets (umask), as before; a symbolic link keeps pointing at it."""
-    target = Path(os.path.realpath(path))
-    refuse_special_file(target)
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.fwc-import")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(text.encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
