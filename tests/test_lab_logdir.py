@@ -1,4 +1,5 @@
-"""Where `fwc lab` writes its logs and the scripts it runs as root: a directory of its own.
+"""Where `fwc lab` writes its logs and the scripts it runs as root (a directory of its own),
+and its JSON report (checked before the lab starts).
 
 The default was `/tmp/fwc-lab-<prefix>`, made with `exist_ok`: another user who made that
 directory first (the prefix is `fwc<pid>`) owned the place where the uplink drill writes
@@ -63,3 +64,26 @@ def test_a_given_path_that_is_a_file_is_refused(tmp_path):
     path.write_text("")
     with pytest.raises(LabRefused, match="not a directory"):
         lab_logdir(path, "fwc1")
+
+
+@pytest.mark.parametrize("where", ["missing/report.json", "dir"])
+def test_a_json_report_that_cannot_be_written_is_refused_before_the_lab_starts(
+        tmp_path, capsys, monkeypatch, where):
+    # It was written after every drill had run, unguarded: a traceback, the report lost.
+    skip_or_fail_without_root()  # (fwc lab refuses a non-root user before anything else)
+    import fwc.lab.runner as runner
+    from fwc.cli import main
+
+    (tmp_path / "dir").mkdir()
+    started: list[object] = []
+
+    def instead(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise LabRefused("(the test stands in for the lab: nothing starts)")
+
+    monkeypatch.setattr(runner, "run_lab", instead)
+    code = main(["lab", str(Path(__file__).parent.parent / "policies" / "edge.fw"),
+                 "--json", str(tmp_path / where)])
+    assert code == 2 and started == []
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--json {tmp_path / where}" in err

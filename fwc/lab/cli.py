@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
+from pathlib import Path
 
 from fwc.lab.arguments import add_lab_arguments  # noqa: F401 - re-exported
 from fwc.lab.netns import (
@@ -42,6 +45,10 @@ def run_lab(args: argparse.Namespace) -> int:
     if args.file is None:
         print("fwc lab: a policy FILE is required", file=sys.stderr)
         return 2
+    unwritable = _unwritable_report(args.json_out) if args.json_out else None
+    if unwritable:  # said now, not after the minutes of drills whose report it would lose
+        print(f"fwc lab: --json {args.json_out}: {unwritable}", file=sys.stderr)
+        return 2
     try:
         source = load_source(args.file, args.compiled, args.cluster, args.include_path,
                              Backend(args.backend) if args.backend else None)
@@ -67,9 +74,26 @@ def run_lab(args: argparse.Namespace) -> int:
         # progress lines only reach a terminal: the error itself always reaches stderr
         print(f"fwc lab: {report.error}", file=sys.stderr)
     if args.json_out:
-        write_json(report, args.json_out)
+        try:
+            write_json(report, args.json_out)
+        except OSError as exc:
+            print(f"fwc lab: cannot write the JSON report to {args.json_out}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"fwc lab: JSON report written to {args.json_out}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _unwritable_report(path: Path) -> str | None:
+    """Why the JSON report could not be written to PATH, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        parent = path.parent if str(path.parent) else Path(".")
+        return None if parent.is_dir() else f"no directory {parent}"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if stat.S_ISREG(mode) else "exists and is not a regular file"
 
 
 def main(argv: list[str] | None = None) -> int:
