@@ -315,12 +315,13 @@ translates VRRP and the sync flows like any other connection. A dnat rule withou
 a service that matches the peer's adverts (`dnat from lan to any in lan -> portal`,
 a `dnat` without `in` on the sync link) sends them elsewhere: each member stops
 hearing the other and both become master, or the state replication stops without
-a word. A snat rule that matches the node's own adverts or sync traffic
-(`snat from any to any out lan -> lan.vip`; `any` keeps the firewall out of filter
-rules, but a NAT rule without addresses has no address to exclude it by) changes
-their source, which the peer's unicast accept rule, AH authentication and
-VRRPv3's checksum (always used for IPv6) all refuse. Narrow the rule (a service,
-`in`/`out`, a source without the members), or put a `nonat` before it.""")
+a word. A snat rule that matches the node's own adverts or sync traffic (a source
+network around the members' sync addresses; `snat from any to any out lan ->
+lan.vip` for IPv6, whose adverts leave from a link-local address, which `any` does
+not leave out as it does the firewall's declared addresses and VIPs) changes their
+source, which the peer's unicast accept rule, AH authentication and VRRPv3's
+checksum (always used for IPv6) all refuse. Narrow the rule (a service, `in`/`out`,
+a source without the members), or put a `nonat` before it.""")
 def nat_translates_plumbing(policy: Policy) -> Iterable[Diagnostic]:
     options = options_for(policy)
     for cluster in policy.clusters:
