@@ -32,14 +32,16 @@ forwarding_off() {
     fi
 }
 
+# Each file must hold something: a restore of an empty file (one left by a failed copy)
+# loads nothing and exits 0, and forwarding would come on over an empty ruleset.
 load() {
-    iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
-    ip6tables-restore < /etc/fwc/ip6tables.rules || { log ip6tables-restore /etc/fwc/ip6tables.rules "failed"; return 1; }
+    [ -s /etc/fwc/iptables.rules ] && iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
+    [ -s /etc/fwc/ip6tables.rules ] && ip6tables-restore < /etc/fwc/ip6tables.rules || { log ip6tables-restore /etc/fwc/ip6tables.rules "failed"; return 1; }
     return 0
 }
 
 fail_closed() {
-    if ! iptables-restore < /etc/fwc/failsafe.rules; then
+    if ! { [ -s /etc/fwc/failsafe.rules ] && iptables-restore < /etc/fwc/failsafe.rules; }; then
         # Even the fallback did not load: drop everything rather than route.
         log iptables-restore /etc/fwc/failsafe.rules "failed: DROP policies only, no management access"
         iptables -w -P INPUT DROP || :
@@ -50,7 +52,7 @@ fail_closed() {
     for table in $(iptables-save 2>/dev/null | sed -n 's/^\*//p'); do
         [ "$table" = filter ] || { iptables -w -t "$table" -F; iptables -w -t "$table" -X; } || :
     done
-    if ! ip6tables-restore < /etc/fwc/failsafe6.rules; then
+    if ! { [ -s /etc/fwc/failsafe6.rules ] && ip6tables-restore < /etc/fwc/failsafe6.rules; }; then
         # Even the fallback did not load: drop everything rather than route.
         log ip6tables-restore /etc/fwc/failsafe6.rules "failed: DROP policies only, no management access"
         ip6tables -w -P INPUT DROP || :

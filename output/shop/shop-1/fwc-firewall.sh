@@ -32,14 +32,16 @@ forwarding_off() {
     fi
 }
 
+# Each file must hold something: a restore of an empty file (one left by a failed copy)
+# loads nothing and exits 0, and forwarding would come on over an empty ruleset.
 load() {
     # One transaction: the table inet fwc is replaced whole, or nothing changes.
-    nft -f /etc/fwc/nftables.nft || { log "nft -f" /etc/fwc/nftables.nft "failed"; return 1; }
+    [ -s /etc/fwc/nftables.nft ] && nft -f /etc/fwc/nftables.nft || { log "nft -f" /etc/fwc/nftables.nft "failed"; return 1; }
     return 0
 }
 
 fail_closed() {
-    if ! nft -f /etc/fwc/failsafe.nft; then
+    if ! { [ -s /etc/fwc/failsafe.nft ] && nft -f /etc/fwc/failsafe.nft; }; then
         # Even the fallback did not load: a table that drops all but loopback.
         log "nft -f" /etc/fwc/failsafe.nft "failed: DROP policies only, no management access"
         nft -f - <<'EOF' || log "nft: even the DROP-only table did not load"

@@ -32,13 +32,15 @@ forwarding_off() {
     fi
 }
 
+# Each file must hold something: a restore of an empty file (one left by a failed copy)
+# loads nothing and exits 0, and forwarding would come on over an empty ruleset.
 load() {
-    iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
+    [ -s /etc/fwc/iptables.rules ] && iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
     return 0
 }
 
 fail_closed() {
-    if ! iptables-restore < /etc/fwc/failsafe.rules; then
+    if ! { [ -s /etc/fwc/failsafe.rules ] && iptables-restore < /etc/fwc/failsafe.rules; }; then
         # Even the fallback did not load: drop everything rather than route.
         log iptables-restore /etc/fwc/failsafe.rules "failed: DROP policies only, no management access"
         iptables -w -P INPUT DROP || :
