@@ -104,6 +104,30 @@ CONNTRACKD_SOCKET_BUFFER = 1249280
 CONNTRACKD_NETLINK_BUFFER = 2097152
 CONNTRACKD_NETLINK_BUFFER_MAX = 8388608
 CONNTRACKD_PURGE_TIMEOUT = 60
+# Words conntrackd.conf's lexer (read_config_lex.l) takes as something other than a
+# name, so an interface named so is a syntax error in `Interface NAME`: its keywords
+# (case-sensitive), and, regardless of case, on/off/yes/no, the mode names (with the
+# old `nack` and `persistent`) and one to four hex digits, which is an IPv6 address
+# to it (`ae0`, `bad`). A longer word is a name: flex takes the longest match.
+CONNTRACKD_KEYWORDS = frozenset({
+    "UNIX", "IPv4_address", "IPv6_address", "IPv4_Destination_Address",
+    "IPv6_Destination_Address", "IPv4_interface", "IPv6_interface", "Interface",
+    "Multicast", "UDP", "TCP", "HashSize", "RefreshTime", "CacheTimeout", "CommitTimeout",
+    "HashLimit", "Path", "Backlog", "Group", "Port", "LogFile", "Syslog", "LockFile",
+    "General", "Sync", "Stats", "SocketBufferSize", "SocketBufferSizeMaxGrown",
+    "SocketBufferSizeMaxGrowth", "NetlinkBufferSize", "NetlinkBufferSizeMaxGrowth", "Mode",
+    "ResendQueueSize", "Checksum", "ACKWindowSize", "for", "SYN_SENT", "SYN_RECV",
+    "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "CLOSED",
+    "LISTEN", "SndSocketBuffer", "RcvSocketBuffer", "Filter", "Protocol", "Address", "State",
+    "Accept", "Ignore", "PurgeTimeout", "From", "Userspace", "Kernelspace",
+    "EventIterationLimit", "Default", "PollSecs", "NetlinkOverrunResync", "Nice", "Scheduler",
+    "Type", "Priority", "NetlinkEventsReliable", "DisableInternalCache",
+    "DisableExternalCache", "Options", "TCPWindowTracking", "ExpectationSync",
+    "ErrorQueueLength", "Helper", "QueueNum", "QueueLen", "Policy", "ExpectMax",
+    "ExpectTimeout", "Systemd", "StartupResync",
+})
+CONNTRACKD_RESERVED_PATTERN = (r"(?i:on|off|yes|no|alarm|ftfw|nack|notrack)"
+                               r"|[Pp][Ee][Rr][Ss][Ii][Ss][Tt][Ee][Nn]T|[0-9a-fA-F]{1,4}")
 # Protocols whose connection state conntrackd replicates. conntrackd looks the names up
 # with getprotobyname(): ICMPv6 is "IPv6-ICMP" in /etc/protocols ("ICMPv6" is not found).
 SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "IPv6-ICMP")

@@ -261,6 +261,42 @@ def test_fwc114_device_name_with_at_sign(tmp_path):
     assert "'@'" in d.message and "'eth1'" in (d.hint or "")
 
 
+FW1_SYNC = "sync   eth2 203.0.113.1/24"
+
+
+@pytest.mark.parametrize("device", ["ae0", "bad", "Default", "Sync", "on", "NOTRACK"])
+def test_fwc114_sync_device_conntrackd_reads_as_a_keyword_or_address(tmp_path, device):
+    text = mutate((FW1_SYNC, f"sync   {device} 203.0.113.1/24"))
+    d = the_one(run(tmp_path, text), "FWC114")
+    assert d.span.line == line_of(text, f"sync   {device} ")
+    assert "sync link 'sync'" in d.message and "conntrackd.conf reads" in d.message
+
+
+@pytest.mark.parametrize(("changes"), [
+    ((FW1_UPLINK, "uplink ae0 198.51.100.1/24"),),  # not in conntrackd.conf
+    ((FW1_SYNC, "sync   ae0.12 203.0.113.1/24"),),  # longer than the hex: a name
+    ((FW1_SYNC, "sync   ftfw0 203.0.113.1/24"),),
+    ((FW1_SYNC, "sync   default 203.0.113.1/24"),),  # the keywords are case-sensitive
+])
+def test_fwc114_other_devices_and_longer_names_are_fine(tmp_path, changes):
+    assert with_code(run(tmp_path, mutate(*changes)), "FWC114") == []
+
+
+@pytest.mark.parametrize("device", ["ae0", "dead", "abcde", "Default", "default", "Sync",
+                                    "on", "Off", "yes", "ftfw", "ftfw0", "persistent",
+                                    "persistenT", "for", "eth2", "bond0.12"])
+def test_conntrackd_reads_an_interface_name_as_fwc_says(tmp_path, device):
+    """What FWC114 claims of the sync device, asked of conntrackd's parser."""
+    files = compiled_files(write(tmp_path, BASE))
+    conf = tmp_path / "conntrackd.conf"
+    conf.write_text(files["edge/fw1/conntrackd.conf"].replace("Interface eth2",
+                                                               f"Interface {device}"))
+    parsed = subprocess.run(["conntrackd", "-C", str(conf), "-s"], capture_output=True,
+                            text=True, timeout=30)
+    refused = "parsing config file" in parsed.stdout + parsed.stderr
+    assert refused is escape.conntrackd_reserved(device), parsed.stderr
+
+
 @pytest.mark.root
 @pytest.mark.parametrize(("device", "ok"), [("a" * 15, True), ("a" * 16, False)])
 def test_iptables_restore_limit_is_ifnamsiz(device, ok):

@@ -209,11 +209,17 @@ def keepalived_file(text: str) -> str:
 # -- conntrackd.conf -------------------------------------------------------------------------
 
 _CONNTRACKD_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9._-]*")
+_CONNTRACKD_RESERVED = re.compile(proto.CONNTRACKD_RESERVED_PATTERN)
+
+
+def conntrackd_reserved(text: str) -> bool:
+    """True when conntrackd's lexer reads TEXT as a keyword, a switch or an address."""
+    return text in proto.CONNTRACKD_KEYWORDS or bool(_CONNTRACKD_RESERVED.fullmatch(text))
 
 
 def conntrackd_name(text: str) -> str:
     """A name conntrackd's lexer reads as one token (an interface)."""
-    if not _CONNTRACKD_NAME.fullmatch(text):
+    if not _CONNTRACKD_NAME.fullmatch(text) or conntrackd_reserved(text):
         raise UnwritableText(f"{text!r} is not a name conntrackd.conf can hold")
     return text
 
