@@ -164,6 +164,10 @@ KEEPALIVED_LINE_MAX = 1023
 # built-ins (`${_RANDOM}`, `${_PWD}`, `${_HASH}`; keepalived 2.2): a password
 # "${_PWD}" becomes the first 8 bytes of the config's directory, a script's words change.
 KEEPALIVED_UNQUOTABLE = '"$'
+# keepalived also skips the character after a backslash when it looks for the closing
+# quote, so a string ending in an odd number of backslashes runs past its quote
+# ("Unterminated quote"): the password is misread, a track script or process dropped.
+KEEPALIVED_ESCAPE = "\\"
 # nft replaces `$name` in a quoted string with a `define` (an unknown one fails the
 # whole file: "unknown identifier"); seen in log prefixes, not in comments.
 NFT_LOG_PREFIX_UNQUOTABLE = '"$'

@@ -215,6 +215,48 @@ def test_keepalived_counts_auth_pass_in_bytes(tmp_path, password, cut):
     assert ("Truncating auth_pass to 8 characters" in result.stderr) is cut, result.stderr
 
 
+@pytest.mark.parametrize(("password", "refused"), [
+    ("ab\\\\", True), ("ab\\\\\\\\", False), ("ab\\\\\\\\\\\\", True), ("a\\\\b", False)])
+def test_fwc505_password_ending_in_a_backslash(tmp_path, password, refused):
+    text = mutate(('password "s3cret"', f'password "{password}"'))
+    found = with_code(run(tmp_path, text), "FWC505")
+    assert bool(found) is refused
+    if refused:
+        assert "backslash at its end" in found[0].message
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("line", "complaint"), [
+    ('auth_pass "ab\\"', "Unterminated quote"),
+    ('auth_pass "ab\\\\\\"', "Unterminated quote"),
+    ('auth_pass "ab\\\\"', None),
+])
+def test_keepalived_reads_a_last_backslash_with_the_closing_quote(tmp_path, line, complaint):
+    """What FWC505 and FWC252 claim, asked of keepalived (by hand: fwc refuses to write it)."""
+    conf = tmp_path / "k.conf"
+    conf.write_text(
+        "vrrp_instance VI_1 {\n    state BACKUP\n    interface eth0\n"
+        "    virtual_router_id 51\n    priority 100\n    advert_int 1\n"
+        f"    authentication {{\n        auth_type PASS\n        {line}\n    }}\n"
+        "    virtual_ipaddress {\n        192.0.2.254/24 dev eth0\n    }\n}\n",
+        encoding="utf-8")
+    with namespace(("eth0",)) as ns:
+        result = in_ns(ns, "keepalived", "-t", "-e", "-f", str(conf))
+    if complaint is None:
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    else:
+        assert complaint in result.stderr
+    assert escape_refuses(line.partition('"')[2][:-1]) is (complaint is not None)
+
+
+def escape_refuses(text: str) -> bool:
+    try:
+        escape.keepalived_string(text)
+    except escape.UnwritableText:
+        return True
+    return False
+
+
 def test_log_prefix_is_cut_in_bytes_never_inside_a_character(tmp_path):
     text = mutate(("accept from lan6   to any      service tcp/80,443",
                    'accept from lan6   to any      service tcp/80,443 log "' + "é" * 15 + '"'))

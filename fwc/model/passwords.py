@@ -29,7 +29,16 @@ def unwritable(text: str, quote_ok: bool) -> str | None:
         for char in proto.KEEPALIVED_UNQUOTABLE:
             if char in text:
                 return _KEEPALIVED_CANNOT[char]
+        if escapes_closing_quote(text):
+            return "a backslash at its end (keepalived reads it with the closing quote)"
     return None
+
+
+def escapes_closing_quote(text: str) -> bool:
+    """True when TEXT ends in an odd number of backslashes: written between keepalived's
+    quotes, the last one escapes the closing quote (proto.KEEPALIVED_ESCAPE)."""
+    trailing = len(text) - len(text.rstrip(proto.KEEPALIVED_ESCAPE))
+    return trailing % 2 == 1
 
 
 # Why each of proto.KEEPALIVED_UNQUOTABLE cannot stand in a keepalived string.
@@ -52,5 +61,6 @@ def password_problems(password: str) -> list[Problem]:
     if problem is not None:
         out.append(Problem("FWC505", f"the VRRP password contains {problem}, which "
                            "keepalived.conf cannot hold",
-                           "use printable characters other than '\"' and '$'"))
+                           "use printable characters other than '\"' and '$', and do not "
+                           "end it with a backslash"))
     return out

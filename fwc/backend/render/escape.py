@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from fwc import protocols as proto
+from fwc.model.passwords import escapes_closing_quote
 from fwc.text import describe_character, unsafe_character, utf8_length
 
 
@@ -186,6 +187,9 @@ def keepalived_string(text: str) -> str:
     value = line_text(text)
     if any(c in proto.KEEPALIVED_UNQUOTABLE for c in value):
         raise UnwritableText(f"{text!r}: keepalived cannot quote a double quote or '$'")
+    if escapes_closing_quote(value):
+        raise UnwritableText(f"{text!r}: keepalived would read its last backslash with the "
+                             "closing quote")
     return f'"{text}"'
 
 
