@@ -155,6 +155,13 @@ def test_fwc213_auth_without_password(tmp_path):
                       "'auth pass' without a password")
 
 
+def test_fwc213_empty_password(tmp_path):
+    # keepalived: "Authentication specified but no password given. Ignoring"
+    text = mutate(('password "s3cret"', 'password ""'))
+    assert_diagnostic(run(tmp_path, text), "FWC213", E, line_of(text, 'password ""'),
+                      "empty VRRP password")
+
+
 def test_fwc213_ipv6_vip_with_v2_password_is_not_an_error(tmp_path):
     # lan has an IPv6 VIP (own v3 instance without auth) next to a v2 password.
     analysis = run(tmp_path, BASE)

@@ -299,7 +299,9 @@ def password_length(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC213", "VRRP authentication that cannot work", E, """
 VRRP version 3 has no authentication: keepalived ignores `authentication` in a
 v3 instance, so a password with `version 3` protects nothing. `auth pass` needs
-a password. (IPv6 VIPs always get their own version 3 instance without
+a password, and an empty password is none: keepalived logs "Authentication
+specified but no password given. Ignoring" and runs the instance without
+authentication. (IPv6 VIPs always get their own version 3 instance without
 authentication even when the IPv4 instances use a password; that is not an
 error. AH authentication is IPv4-only and applies to the IPv4 instances.)""")
 def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
@@ -311,6 +313,11 @@ def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
             yield error("FWC213", "VRRP version 3 has no authentication; the password would "
                         "be ignored", span,
                         hint="remove the password and auth, or use version 2")
+        elif vrrp.password is not None:
+            for problem in password_problems(vrrp.password):
+                if problem.code == "FWC213":
+                    yield error("FWC213", problem.message, vrrp.span_of("password"),
+                                hint=problem.hint)
         elif vrrp.auth is not None and vrrp.password is None:
             yield error("FWC213", f"'auth {vrrp.auth}' without a password", vrrp.span_of("auth"),
                         hint="add 'password \"...\"' (at most 8 bytes) or remove 'auth'")

@@ -11,7 +11,7 @@ from fwc.text import describe_character, unsafe_character, utf8_length
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    code: str  # the policy check that reports it (FWC212, FWC505)
+    code: str  # the policy check that reports it (FWC212, FWC213, FWC505)
     message: str
     hint: str
 
@@ -48,6 +48,11 @@ _KEEPALIVED_CANNOT = {'"': "a double quote", "$": "a '$' (keepalived expands it)
 def password_problems(password: str) -> list[Problem]:
     """Every reason PASSWORD cannot be a VRRP password; the messages never show it."""
     out: list[Problem] = []
+    if not password:
+        # keepalived: "Authentication specified but no password given. Ignoring"
+        out.append(Problem("FWC213", "an empty VRRP password; keepalived would run without "
+                           "authentication", "give a password of 1-8 bytes, or none and no "
+                           "'auth'"))
     size = utf8_length(password)
     if size > proto.VRRP_PASSWORD_MAX:
         # keepalived copies strlen() bytes into an 8-byte field: it counts bytes.
