@@ -97,6 +97,7 @@ DEFAULT_SYNC_MODE = "ftfw"
 SYNC_MODES = ("ftfw", "notrack", "alarm")
 DEFAULT_SYNC_GROUP = "225.0.0.50"
 DEFAULT_SYNC_PORT = 3780
+PORT_MAX = 65535  # the largest UDP port (conntrackd reads a larger `Group` silently)
 DEFAULT_MARK_BIT = 30
 NF_CONNTRACK_MAX = 262144
 CONNTRACKD_HASHSIZE = 32768

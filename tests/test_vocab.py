@@ -289,6 +289,17 @@ def test_sync_tuning_checks(tmp_path, options, code):
     assert code in codes(tmp_path, sync_text(options))
 
 
+def test_fwc271_backup_port_past_the_last_port(tmp_path):
+    # sync port 65535: the backup link's port + 1 would be `Group 65536`, which conntrackd
+    # stores in an unsigned short (port 0) without a word
+    text = sync_text("backup-link sync2", ("port 3780", "port 65535"))
+    found = [d for d in run(tmp_path, text).diagnostics if d.code == "FWC271"]
+    assert len(found) == 1 and "65536, which is no port" in found[0].message
+    assert found[0].span.line == line_of(text, "backup-link sync2")
+    own = sync_text("backup-link sync2 port 65534", ("port 3780", "port 65535"))
+    assert "FWC271" not in codes(tmp_path, own)
+
+
 def test_fwc272_external_cache_off_in_alarm_mode(tmp_path):
     text = sync_text("external-cache off", ("mode ftfw", "mode alarm"))
     assert "FWC272" in codes(tmp_path, text)
