@@ -169,6 +169,9 @@ KEEPALIVED_UNQUOTABLE = '"$'
 # quote, so a string ending in an odd number of backslashes runs past its quote
 # ("Unterminated quote"): the password is misread, a track script or process dropped.
 KEEPALIVED_ESCAPE = "\\"
+# A quoted value that is exactly this ends keepalived's block like a bare `}` would:
+# `auth_pass "}"` closes `authentication`, and the rest of the instance is misread.
+KEEPALIVED_BLOCK_END = "}"
 # nft replaces `$name` in a quoted string with a `define` (an unknown one fails the
 # whole file: "unknown identifier"); seen in log prefixes, not in comments.
 NFT_LOG_PREFIX_UNQUOTABLE = '"$'

@@ -320,3 +320,11 @@ def test_fwc252_paired_quotes_and_two_closing_backslashes_are_fine(tmp_path):
     assert not with_code(run(tmp_path, text), "FWC252")
     text = tracked('        process "haproxy\\\\\\\\" weight -60')  # two: the quote stands
     assert not with_code(run(tmp_path, text), "FWC252")
+
+
+
+def test_fwc252_a_process_name_that_is_a_closing_brace_is_refused(tmp_path):
+    # keepalived ends the vrrp_track_process block at it: "Unknown keyword 'quorum'"
+    text = tracked('        process "}" weight -60')
+    assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, 'process "}"'),
+                      "end of the block")

@@ -225,13 +225,24 @@ def test_fwc505_password_ending_in_a_backslash(tmp_path, password, refused):
         assert "backslash at its end" in found[0].message
 
 
+@pytest.mark.parametrize(("password", "refused"), [("}", True), (" }", False), ("{", False)])
+def test_fwc505_password_that_is_a_closing_brace(tmp_path, password, refused):
+    text = mutate(('password "s3cret"', f'password "{password}"'))
+    found = with_code(run(tmp_path, text), "FWC505")
+    assert bool(found) is refused
+    if refused:
+        assert "end of the block" in found[0].message
+
+
 @pytest.mark.root
 @pytest.mark.parametrize(("line", "complaint"), [
     ('auth_pass "ab\\"', "Unterminated quote"),
     ('auth_pass "ab\\\\\\"', "Unterminated quote"),
     ('auth_pass "ab\\\\"', None),
+    ('auth_pass "}"', "Unknown keyword 'virtual_ipaddress'"),  # the block ends there
+    ('auth_pass " }"', None),
 ])
-def test_keepalived_reads_a_last_backslash_with_the_closing_quote(tmp_path, line, complaint):
+def test_keepalived_misreads_the_quoted_values_fwc_refuses(tmp_path, line, complaint):
     """What FWC505 and FWC252 claim, asked of keepalived (by hand: fwc refuses to write it)."""
     conf = tmp_path / "k.conf"
     conf.write_text(

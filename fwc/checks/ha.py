@@ -127,7 +127,8 @@ lines of at most 1023 bytes: a longer command would be cut and its rest misread.
 keepalived splits a script into words itself, not through a shell: single quotes
 group words and must pair up (`it's` drops the script: "No script set"), and a
 backslash starts an escape (`\\t` is a tab), so a script holds no backslash; a
-process name that ends in a backslash would escape its closing quote.""")
+process name that ends in a backslash would escape its closing quote, and one that
+is only `}}` would end the block.""")
 def script_path(policy: Policy) -> Iterable[Diagnostic]:
     generated = {PurePosixPath(f.path) for f in FILES}
     for cluster in _clusters(policy):

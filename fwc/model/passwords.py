@@ -31,6 +31,8 @@ def unwritable(text: str, quote_ok: bool) -> str | None:
                 return _KEEPALIVED_CANNOT[char]
         if escapes_closing_quote(text):
             return "a backslash at its end (keepalived reads it with the closing quote)"
+        if text == proto.KEEPALIVED_BLOCK_END:
+            return "only a '}' (keepalived reads it as the end of the block)"
     return None
 
 

@@ -187,6 +187,8 @@ def keepalived_string(text: str) -> str:
     value = line_text(text)
     if any(c in proto.KEEPALIVED_UNQUOTABLE for c in value):
         raise UnwritableText(f"{text!r}: keepalived cannot quote a double quote or '$'")
+    if value == proto.KEEPALIVED_BLOCK_END:
+        raise UnwritableText(f"{text!r}: keepalived would read it as the end of the block")
     if escapes_closing_quote(value):
         raise UnwritableText(f"{text!r}: keepalived would read its last backslash with the "
                              "closing quote")
