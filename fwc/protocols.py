@@ -97,6 +97,7 @@ DEFAULT_SYNC_MODE = "ftfw"
 SYNC_MODES = ("ftfw", "notrack", "alarm")
 DEFAULT_SYNC_GROUP = "225.0.0.50"
 DEFAULT_SYNC_PORT = 3780
+PORT_MAX = 65535  # the largest UDP port (conntrackd reads a larger `Group` silently)
 DEFAULT_MARK_BIT = 30
 NF_CONNTRACK_MAX = 262144
 CONNTRACKD_HASHSIZE = 32768
@@ -104,6 +105,30 @@ CONNTRACKD_SOCKET_BUFFER = 1249280
 CONNTRACKD_NETLINK_BUFFER = 2097152
 CONNTRACKD_NETLINK_BUFFER_MAX = 8388608
 CONNTRACKD_PURGE_TIMEOUT = 60
+# Words conntrackd.conf's lexer (read_config_lex.l) takes as something other than a
+# name, so an interface named so is a syntax error in `Interface NAME`: its keywords
+# (case-sensitive), and, regardless of case, on/off/yes/no, the mode names (with the
+# old `nack` and `persistent`) and one to four hex digits, which is an IPv6 address
+# to it (`ae0`, `bad`). A longer word is a name: flex takes the longest match.
+CONNTRACKD_KEYWORDS = frozenset({
+    "UNIX", "IPv4_address", "IPv6_address", "IPv4_Destination_Address",
+    "IPv6_Destination_Address", "IPv4_interface", "IPv6_interface", "Interface",
+    "Multicast", "UDP", "TCP", "HashSize", "RefreshTime", "CacheTimeout", "CommitTimeout",
+    "HashLimit", "Path", "Backlog", "Group", "Port", "LogFile", "Syslog", "LockFile",
+    "General", "Sync", "Stats", "SocketBufferSize", "SocketBufferSizeMaxGrown",
+    "SocketBufferSizeMaxGrowth", "NetlinkBufferSize", "NetlinkBufferSizeMaxGrowth", "Mode",
+    "ResendQueueSize", "Checksum", "ACKWindowSize", "for", "SYN_SENT", "SYN_RECV",
+    "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "CLOSED",
+    "LISTEN", "SndSocketBuffer", "RcvSocketBuffer", "Filter", "Protocol", "Address", "State",
+    "Accept", "Ignore", "PurgeTimeout", "From", "Userspace", "Kernelspace",
+    "EventIterationLimit", "Default", "PollSecs", "NetlinkOverrunResync", "Nice", "Scheduler",
+    "Type", "Priority", "NetlinkEventsReliable", "DisableInternalCache",
+    "DisableExternalCache", "Options", "TCPWindowTracking", "ExpectationSync",
+    "ErrorQueueLength", "Helper", "QueueNum", "QueueLen", "Policy", "ExpectMax",
+    "ExpectTimeout", "Systemd", "StartupResync",
+})
+CONNTRACKD_RESERVED_PATTERN = (r"(?i:on|off|yes|no|alarm|ftfw|nack|notrack)"
+                               r"|[Pp][Ee][Rr][Ss][Ii][Ss][Tt][Ee][Nn]T|[0-9a-fA-F]{1,4}")
 # Protocols whose connection state conntrackd replicates. conntrackd looks the names up
 # with getprotobyname(): ICMPv6 is "IPv6-ICMP" in /etc/protocols ("ICMPv6" is not found).
 SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "IPv6-ICMP")
@@ -140,6 +165,13 @@ KEEPALIVED_LINE_MAX = 1023
 # built-ins (`${_RANDOM}`, `${_PWD}`, `${_HASH}`; keepalived 2.2): a password
 # "${_PWD}" becomes the first 8 bytes of the config's directory, a script's words change.
 KEEPALIVED_UNQUOTABLE = '"$'
+# keepalived also skips the character after a backslash when it looks for the closing
+# quote, so a string ending in an odd number of backslashes runs past its quote
+# ("Unterminated quote"): the password is misread, a track script or process dropped.
+KEEPALIVED_ESCAPE = "\\"
+# A quoted value that is exactly this ends keepalived's block like a bare `}` would:
+# `auth_pass "}"` closes `authentication`, and the rest of the instance is misread.
+KEEPALIVED_BLOCK_END = "}"
 # nft replaces `$name` in a quoted string with a `define` (an unknown one fails the
 # whole file: "unknown identifier"); seen in log prefixes, not in comments.
 NFT_LOG_PREFIX_UNQUOTABLE = '"$'

@@ -155,6 +155,13 @@ def test_fwc213_auth_without_password(tmp_path):
                       "'auth pass' without a password")
 
 
+def test_fwc213_empty_password(tmp_path):
+    # keepalived: "Authentication specified but no password given. Ignoring"
+    text = mutate(('password "s3cret"', 'password ""'))
+    assert_diagnostic(run(tmp_path, text), "FWC213", E, line_of(text, 'password ""'),
+                      "empty VRRP password")
+
+
 def test_fwc213_ipv6_vip_with_v2_password_is_not_an_error(tmp_path):
     # lan has an IPv6 VIP (own v3 instance without auth) next to a v2 password.
     analysis = run(tmp_path, BASE)
@@ -334,3 +341,18 @@ def test_fwc222_silent_when_the_rule_does_not_name_the_firewall(tmp_path, source
                   ("vrid 51 }", "vrid 51  unicast }"),
                   (SNAT, f"    snat from {source} to any -> uplink.vip\n"))
     assert with_code(run(tmp_path, text), "FWC222") == []
+
+
+def test_fwc223_interface_named_like_another_interfaces_ipv6_instance(tmp_path):
+    # `uplink` renamed `lan_v6`: its IPv4 instance would be VI_lan_v6, the name of lan's
+    # IPv6 instance; keepalived refuses the second ("vrrp instance VI_lan_v6 already
+    # defined") and ignores the sync group.
+    text = BASE.replace("uplink", "lan_v6")
+    d = assert_diagnostic(run(tmp_path, text), "FWC223", E, line_of(text, "interface lan_v6"),
+                          "IPv4 VIPs of 'lan_v6'", "IPv6 VIPs of 'lan'", "VI_lan_v6")
+    assert d.related[0].span.line == line_of(text, "interface lan ")
+
+
+def test_fwc223_distinct_instance_names_are_fine(tmp_path):
+    text = BASE.replace("uplink", "lan_v4")
+    assert with_code(run(tmp_path, text), "FWC223") == []

@@ -139,6 +139,11 @@ def test_fwc251_weights_need_preemption(tmp_path):
     ("/bin/check $HOME", "a '$'"),
     # `fwc install` fills the redacted password wherever the placeholder stands
     ("/usr/bin/logger leak=@FWCPW@", "placeholder fwc install replaces"),
+    # keepalived splits the words itself: an unpaired quote drops the script ("No script
+    # set"), a backslash is an escape (`\t` a tab), a last one escapes the closing quote
+    ("/usr/local/sbin/check it's", "unpaired single quote"),
+    ("/usr/local/sbin/check a\\\\tb", "a backslash"),
+    ("/usr/local/sbin/check a\\\\", "a backslash at its end"),
 ])
 def test_fwc252_script_not_runnable(tmp_path, command, phrase):
     text = tracked(f'        script "{command}" weight -60')
@@ -301,3 +306,25 @@ def test_fwc252_a_track_text_longer_than_a_keepalived_line_is_refused(tmp_path):
     fits = "/bin/true " + "x" * 990
     assert not with_code(run(tmp_path, tracked(f'        script "{fits}" weight -60')),
                          "FWC252")
+
+
+def test_fwc252_a_process_name_ending_in_a_backslash_is_refused(tmp_path):
+    # `process "a\"` is "Unterminated quote" to keepalived
+    text = tracked('        process "haproxy\\\\" weight -60')
+    assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, "process \""),
+                      "a backslash at its end")
+
+
+def test_fwc252_paired_quotes_and_two_closing_backslashes_are_fine(tmp_path):
+    text = tracked("        script \"/usr/local/sbin/check --name 'my vpn'\" weight -60")
+    assert not with_code(run(tmp_path, text), "FWC252")
+    text = tracked('        process "haproxy\\\\\\\\" weight -60')  # two: the quote stands
+    assert not with_code(run(tmp_path, text), "FWC252")
+
+
+
+def test_fwc252_a_process_name_that_is_a_closing_brace_is_refused(tmp_path):
+    # keepalived ends the vrrp_track_process block at it: "Unknown keyword 'quorum'"
+    text = tracked('        process "}" weight -60')
+    assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, 'process "}"'),
+                      "end of the block")

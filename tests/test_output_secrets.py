@@ -114,6 +114,16 @@ def test_secrets_file_values_pass_the_policy_checks(tmp_path, value, code):
         fill("edge", "keepalived.conf", 'auth_pass "@FWCPW@"', {"vrrp_password": value})
 
 
+def test_an_empty_secret_password_is_refused(tmp_path):
+    # keepalived would run the instances without authentication (FWC213)
+    secrets = tmp_path / "secrets"
+    secrets.write_text('vrrp_password = ""\n', encoding="utf-8")
+    with pytest.raises(SecretsError, match="FWC213"):
+        read_secrets(secrets)
+    with pytest.raises(SecretsError, match="FWC213"):
+        fill("edge", "keepalived.conf", 'auth_pass "@FWCPW@"', {"vrrp_password": ""})
+
+
 def test_a_good_secrets_file_is_accepted(tmp_path):
     secrets = tmp_path / "secrets"
     secrets.write_text("vrrp_password = 8chars!!\n", encoding="utf-8")

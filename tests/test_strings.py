@@ -215,6 +215,59 @@ def test_keepalived_counts_auth_pass_in_bytes(tmp_path, password, cut):
     assert ("Truncating auth_pass to 8 characters" in result.stderr) is cut, result.stderr
 
 
+@pytest.mark.parametrize(("password", "refused"), [
+    ("ab\\\\", True), ("ab\\\\\\\\", False), ("ab\\\\\\\\\\\\", True), ("a\\\\b", False)])
+def test_fwc505_password_ending_in_a_backslash(tmp_path, password, refused):
+    text = mutate(('password "s3cret"', f'password "{password}"'))
+    found = with_code(run(tmp_path, text), "FWC505")
+    assert bool(found) is refused
+    if refused:
+        assert "backslash at its end" in found[0].message
+
+
+@pytest.mark.parametrize(("password", "refused"), [("}", True), (" }", False), ("{", False)])
+def test_fwc505_password_that_is_a_closing_brace(tmp_path, password, refused):
+    text = mutate(('password "s3cret"', f'password "{password}"'))
+    found = with_code(run(tmp_path, text), "FWC505")
+    assert bool(found) is refused
+    if refused:
+        assert "end of the block" in found[0].message
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("line", "complaint"), [
+    ('auth_pass "ab\\"', "Unterminated quote"),
+    ('auth_pass "ab\\\\\\"', "Unterminated quote"),
+    ('auth_pass "ab\\\\"', None),
+    ('auth_pass "}"', "Unknown keyword 'virtual_ipaddress'"),  # the block ends there
+    ('auth_pass " }"', None),
+])
+def test_keepalived_misreads_the_quoted_values_fwc_refuses(tmp_path, line, complaint):
+    """What FWC505 and FWC252 claim, asked of keepalived (by hand: fwc refuses to write it)."""
+    conf = tmp_path / "k.conf"
+    conf.write_text(
+        "vrrp_instance VI_1 {\n    state BACKUP\n    interface eth0\n"
+        "    virtual_router_id 51\n    priority 100\n    advert_int 1\n"
+        f"    authentication {{\n        auth_type PASS\n        {line}\n    }}\n"
+        "    virtual_ipaddress {\n        192.0.2.254/24 dev eth0\n    }\n}\n",
+        encoding="utf-8")
+    with namespace(("eth0",)) as ns:
+        result = in_ns(ns, "keepalived", "-t", "-e", "-f", str(conf))
+    if complaint is None:
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    else:
+        assert complaint in result.stderr
+    assert escape_refuses(line.partition('"')[2][:-1]) is (complaint is not None)
+
+
+def escape_refuses(text: str) -> bool:
+    try:
+        escape.keepalived_string(text)
+    except escape.UnwritableText:
+        return True
+    return False
+
+
 def test_log_prefix_is_cut_in_bytes_never_inside_a_character(tmp_path):
     text = mutate(("accept from lan6   to any      service tcp/80,443",
                    'accept from lan6   to any      service tcp/80,443 log "' + "é" * 15 + '"'))
@@ -259,6 +312,42 @@ def test_fwc114_device_name_with_at_sign(tmp_path):
     text = mutate((FW1_UPLINK, "uplink eth1@if7 198.51.100.1/24"))
     d = the_one(run(tmp_path, text), "FWC114")
     assert "'@'" in d.message and "'eth1'" in (d.hint or "")
+
+
+FW1_SYNC = "sync   eth2 203.0.113.1/24"
+
+
+@pytest.mark.parametrize("device", ["ae0", "bad", "Default", "Sync", "on", "NOTRACK"])
+def test_fwc114_sync_device_conntrackd_reads_as_a_keyword_or_address(tmp_path, device):
+    text = mutate((FW1_SYNC, f"sync   {device} 203.0.113.1/24"))
+    d = the_one(run(tmp_path, text), "FWC114")
+    assert d.span.line == line_of(text, f"sync   {device} ")
+    assert "sync link 'sync'" in d.message and "conntrackd.conf reads" in d.message
+
+
+@pytest.mark.parametrize(("changes"), [
+    ((FW1_UPLINK, "uplink ae0 198.51.100.1/24"),),  # not in conntrackd.conf
+    ((FW1_SYNC, "sync   ae0.12 203.0.113.1/24"),),  # longer than the hex: a name
+    ((FW1_SYNC, "sync   ftfw0 203.0.113.1/24"),),
+    ((FW1_SYNC, "sync   default 203.0.113.1/24"),),  # the keywords are case-sensitive
+])
+def test_fwc114_other_devices_and_longer_names_are_fine(tmp_path, changes):
+    assert with_code(run(tmp_path, mutate(*changes)), "FWC114") == []
+
+
+@pytest.mark.parametrize("device", ["ae0", "dead", "abcde", "Default", "default", "Sync",
+                                    "on", "Off", "yes", "ftfw", "ftfw0", "persistent",
+                                    "persistenT", "for", "eth2", "bond0.12"])
+def test_conntrackd_reads_an_interface_name_as_fwc_says(tmp_path, device):
+    """What FWC114 claims of the sync device, asked of conntrackd's parser."""
+    files = compiled_files(write(tmp_path, BASE))
+    conf = tmp_path / "conntrackd.conf"
+    conf.write_text(files["edge/fw1/conntrackd.conf"].replace("Interface eth2",
+                                                               f"Interface {device}"))
+    parsed = subprocess.run(["conntrackd", "-C", str(conf), "-s"], capture_output=True,
+                            text=True, timeout=30)
+    refused = "parsing config file" in parsed.stdout + parsed.stderr
+    assert refused is escape.conntrackd_reserved(device), parsed.stderr
 
 
 @pytest.mark.root

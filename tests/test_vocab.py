@@ -289,6 +289,36 @@ def test_sync_tuning_checks(tmp_path, options, code):
     assert code in codes(tmp_path, sync_text(options))
 
 
+def test_fwc271_backup_port_past_the_last_port(tmp_path):
+    # sync port 65535: the backup link's port + 1 would be `Group 65536`, which conntrackd
+    # stores in an unsigned short (port 0) without a word
+    text = sync_text("backup-link sync2", ("port 3780", "port 65535"))
+    found = [d for d in run(tmp_path, text).diagnostics if d.code == "FWC271"]
+    assert len(found) == 1 and "65536, which is no port" in found[0].message
+    assert found[0].span.line == line_of(text, "backup-link sync2")
+    own = sync_text("backup-link sync2 port 65534", ("port 3780", "port 65535"))
+    assert "FWC271" not in codes(tmp_path, own)
+
+
+@pytest.mark.parametrize("duration", ["500ms", "1.5s", "0s"])
+def test_seconds_keepalived_and_conntrackd_count_whole_are_never_rounded(tmp_path, duration):
+    # garp_master_refresh and CommitTimeout are whole seconds: 100ms became 1s, 0s (no
+    # refresh to keepalived) a refresh every second, 1.5s one second
+    garp = mutate(("advert 1s", f"advert 1s  garp-refresh {duration}"))
+    found = [d for d in run(tmp_path, garp).diagnostics if d.code == "FWC109"]
+    assert len(found) == 1 and "garp refresh is counted in whole seconds" in found[0].message
+    commit = sync_text(f"commit-timeout {duration}")
+    found = [d for d in run(tmp_path, commit).diagnostics if d.code == "FWC109"]
+    assert len(found) == 1 and "commit timeout is counted in whole seconds" in found[0].message
+
+
+def test_whole_seconds_are_written_as_given(tmp_path):
+    text = mutate(("advert 1s", "advert 1s  garp-refresh 2000ms"))
+    assert codes(tmp_path, text) == []
+    policy = run(tmp_path, text).policy
+    assert policy is not None and policy.clusters[0].vrrp.garp_refresh_s == 2
+
+
 def test_fwc272_external_cache_off_in_alarm_mode(tmp_path):
     text = sync_text("external-cache off", ("mode ftfw", "mode alarm"))
     assert "FWC272" in codes(tmp_path, text)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from fwc import protocols as proto
+from fwc.backend.render.keepalived import instance_name
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
@@ -298,7 +299,9 @@ def password_length(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC213", "VRRP authentication that cannot work", E, """
 VRRP version 3 has no authentication: keepalived ignores `authentication` in a
 v3 instance, so a password with `version 3` protects nothing. `auth pass` needs
-a password. (IPv6 VIPs always get their own version 3 instance without
+a password, and an empty password is none: keepalived logs "Authentication
+specified but no password given. Ignoring" and runs the instance without
+authentication. (IPv6 VIPs always get their own version 3 instance without
 authentication even when the IPv4 instances use a password; that is not an
 error. AH authentication is IPv4-only and applies to the IPv4 instances.)""")
 def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
@@ -310,6 +313,11 @@ def vrrp_auth(policy: Policy) -> Iterable[Diagnostic]:
             yield error("FWC213", "VRRP version 3 has no authentication; the password would "
                         "be ignored", span,
                         hint="remove the password and auth, or use version 2")
+        elif vrrp.password is not None:
+            for problem in password_problems(vrrp.password):
+                if problem.code == "FWC213":
+                    yield error("FWC213", problem.message, vrrp.span_of("password"),
+                                hint=problem.hint)
         elif vrrp.auth is not None and vrrp.password is None:
             yield error("FWC213", f"'auth {vrrp.auth}' without a password", vrrp.span_of("auth"),
                         hint="add 'password \"...\"' (at most 8 bytes) or remove 'auth'")
@@ -471,3 +479,30 @@ def preempt_delay(policy: Policy) -> Iterable[Diagnostic]:
             yield error("FWC221", f"preempt-delay {delay} s is more than keepalived's "
                         f"maximum of {high} s", vrrp.span_of("preempt-delay"),
                         hint=f"use {low}s to {high}s, or 'preempt off'")
+
+
+@check("FWC223", "two VRRP instances with one keepalived name", E, """
+Each interface with VIPs becomes a keepalived `vrrp_instance` per address family,
+named after the interface: `VI_lan` for its IPv4 VIPs and `VI_lan_v6` for its IPv6
+VIPs. An interface named `lan_v6` with IPv4 VIPs next to an interface `lan` with
+IPv6 VIPs gives two instances of one name, which keepalived refuses ("vrrp instance
+VI_lan_v6 already defined", and `keepalived -t` fails); the sync group then names
+that instance twice, and keepalived ignores the whole group, so the VIPs no longer
+fail over together. Rename one of the interfaces.""")
+def instance_names_unique(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        seen: dict[str, tuple[Interface, int]] = {}
+        for iface in cluster.vrrp_interfaces:
+            for family in (4, 6):
+                if not iface.vips_of(family):
+                    continue
+                name = instance_name(iface.name, family)
+                first, first_family = seen.setdefault(name, (iface, family))
+                if first is iface:
+                    continue
+                yield error("FWC223", f"the {_family_name(family)} VIPs of '{iface.name}' and "
+                            f"the {_family_name(first_family)} VIPs of '{first.name}' would "
+                            f"both be the keepalived instance {name}", iface.span,
+                            hint=f"rename '{iface.name}' or '{first.name}' (an interface "
+                            "name ending in '_v6' is the name of another's IPv6 instance)",
+                            related=[Related(first.span, f"'{first.name}' declared here")])

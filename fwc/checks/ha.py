@@ -123,7 +123,12 @@ the one written. The same holds for a process name, which must not be empty (no
 process has no name: every member would stay in FAULT). fwc's password placeholder
 (`@FWCPW@`, written by `--redact-secrets`) is refused too: `fwc install` replaces it
 in keepalived.conf, and would put the password on a command line. keepalived reads
-lines of at most 1023 bytes: a longer command would be cut and its rest misread.""")
+lines of at most 1023 bytes: a longer command would be cut and its rest misread.
+keepalived splits a script into words itself, not through a shell: single quotes
+group words and must pair up (`it's` drops the script: "No script set"), and a
+backslash starts an escape (`\\t` is a tab), so a script holds no backslash; a
+process name that ends in a backslash would escape its closing quote, and one that
+is only `}}` would end the block.""")
 def script_path(policy: Policy) -> Iterable[Diagnostic]:
     generated = {PurePosixPath(f.path) for f in FILES}
     for cluster in _clusters(policy):
@@ -154,6 +159,12 @@ def script_path(policy: Policy) -> Iterable[Diagnostic]:
                     yield error("FWC252", "track process names no process", track.span,
                                 hint="name the process to watch: an empty name never "
                                 "runs, so every member would stay in FAULT")
+                continue
+            if "\\" in track.target or track.target.count("'") % 2:
+                yield error("FWC252", f"track script '{track.target}' holds a backslash or an "
+                            "unpaired single quote, which keepalived reads as an escape or "
+                            "a quote when it splits the command into words", track.span,
+                            hint="move the command into a script file and name that")
                 continue
             words = track.target.split()
             program = PurePosixPath(words[0]) if words else None

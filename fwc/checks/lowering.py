@@ -219,7 +219,10 @@ def rule_gives_nothing(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC505", "text a generated file cannot hold", Severity.ERROR, """
 Some values are copied into the generated files as quoted strings. keepalived
 has no escape for a double quote inside `auth_pass "..."` and replaces `$NAME` and
-`${NAME}` there with its own values (`${_PWD}`: the config's directory), and a control
+`${NAME}` there with its own values (`${_PWD}`: the config's directory), reads a
+backslash before the closing quote as escaping it (a password ending in `\\` is
+"Unterminated quote") and a value that is only `}` as the end of the block
+(`auth_pass "}"` closes `authentication`, the VIPs become unknown keywords), and a control
 character (a newline from a password file, a tab, C1 controls such as U+0085),
 a line separator or a bidirectional formatting character in a password or a log
 prefix would break the line it is written on: the daemon would then read a

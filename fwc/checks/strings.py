@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from fwc import protocols as proto
 from fwc.backend.lower.build import options_for, source_label
+from fwc.backend.render import escape
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, Span, error
 from fwc.frontend.loader import LoadedProgram
@@ -57,9 +58,14 @@ A member maps each interface to a Linux device. The kernel keeps at most
 `iptables-restore` refuses `-i` with a longer name and the device cannot exist.
 conntrackd's configuration lexer accepts only letters, digits, `.`, `_` and `-`
 in an interface name (`eth0@if12`, as `ip link` prints a veth, is a syntax error
-there, and the part after `@` is not part of the name anyway).""")
+there, and the part after `@` is not part of the name anyway). It also reads some
+words as something else: its keywords (`Default`, `Sync`), `on`, `off`, `yes`, `no`,
+the mode names, and one to four hex digits, an IPv6 address to it (`ae0`, `bad`).
+A sync link's device named so is a syntax error in conntrackd.conf, and conntrackd
+does not start.""")
 def device_names(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
+        sync_links = cluster.sync.links
         for member in cluster.members:
             for link in member.links:
                 device = link.device
@@ -77,6 +83,11 @@ def device_names(policy: Policy) -> Iterable[Diagnostic]:
                                 f"{utf8_length(device)} bytes; Linux device names have at most "
                                 f"{proto.DEVICE_NAME_MAX}", link.span,
                                 hint="check the name with 'ip link' on the member")
+                elif link.interface in sync_links and escape.conntrackd_reserved(device):
+                    yield error("FWC114", f"device '{device}' of member '{member.name}' is the "
+                                f"sync link '{link.interface}', and conntrackd.conf reads "
+                                f"'{device}' as a keyword or an address", link.span,
+                                hint="rename the device (e.g. with a systemd .link file)")
 
 
 @check("FWC115", "name too long for the generated files", E, f"""

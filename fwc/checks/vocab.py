@@ -350,14 +350,25 @@ def backup_link(policy: Policy) -> Iterable[Diagnostic]:
 conntrackd wants each dedicated link on its own multicast group or port
 (several links on one group and port would receive each other's messages). The
 backup link uses the sync port + 1 unless `port N` follows it; it must differ
-from the sync link's port.""")
+from the sync link's port, and with the sync port 65535 the backup link needs its
+own `port N`: conntrackd reads `Group 65536` without complaint and uses another
+port than the one written.""")
 def backup_port(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         sync = cluster.sync
-        if sync.backup_link is not None and sync.port_of(sync.backup_link) == sync.port:
+        if sync.backup_link is None:
+            continue
+        port = sync.port_of(sync.backup_link)
+        if port == sync.port:
             yield error("FWC271", f"backup link port {sync.port} is the sync port",
                         sync.span_of("backup-port") or sync.span or cluster.span,
                         hint=f"use another port, e.g. 'port {sync.port + 1}'")
+        elif port > proto.PORT_MAX:
+            yield error("FWC271", f"the backup link's port would be the sync port + 1, "
+                        f"{port}, which is no port", sync.span_of("backup-link") or sync.span
+                        or cluster.span,
+                        hint=f"give the backup link its own port: 'backup-link "
+                        f"{sync.backup_link} port N', N at most {proto.PORT_MAX}")
 
 
 @check("FWC272", "external-cache off in alarm mode", E, """

@@ -693,7 +693,13 @@ class Resolver:
         garp = None
         if "garp-refresh" in opts and opts["garp-refresh"].value is not None:
             ms = self.duration_ms(opts["garp-refresh"].value, "garp refresh")
-            garp = None if ms is None else max(1, ms // 1000)
+            if ms is not None and (ms < 1000 or ms % 1000):
+                # keepalived's garp_master_refresh is whole seconds, and 0 turns it off
+                self.err("FWC109", "the garp refresh is counted in whole seconds",
+                         opts["garp-refresh"].value.span, hint="write at least 1s, in whole "
+                         "seconds (without garp-refresh there is no refresh)")
+            elif ms is not None:
+                garp = ms // 1000
         spans = OptionSpans.of(_option_spans(opts))
         return m.Vrrp(password, password_file, auth, advert, version, preempt, delay, vrid,
                       garp, decl.vrrp_span, spans, "unicast" in opts)
@@ -741,9 +747,10 @@ class Resolver:
                                                  65535, "FWC107")
         if "commit-timeout" in value:
             ms = self.duration_ms(value["commit-timeout"], "commit timeout")
-            if ms is not None and ms < 1000:
+            if ms is not None and (ms < 1000 or ms % 1000):
                 self.err("FWC109", "the commit timeout is counted in whole seconds",
-                         value["commit-timeout"].span, hint="write at least 1s")
+                         value["commit-timeout"].span, hint="write at least 1s, in whole "
+                         "seconds")
             elif ms is not None:
                 tuning["commit_timeout_s"] = ms // 1000
         if "external-cache" in value:

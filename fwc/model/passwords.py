@@ -11,7 +11,7 @@ from fwc.text import describe_character, unsafe_character, utf8_length
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    code: str  # the policy check that reports it (FWC212, FWC505)
+    code: str  # the policy check that reports it (FWC212, FWC213, FWC505)
     message: str
     hint: str
 
@@ -29,7 +29,18 @@ def unwritable(text: str, quote_ok: bool) -> str | None:
         for char in proto.KEEPALIVED_UNQUOTABLE:
             if char in text:
                 return _KEEPALIVED_CANNOT[char]
+        if escapes_closing_quote(text):
+            return "a backslash at its end (keepalived reads it with the closing quote)"
+        if text == proto.KEEPALIVED_BLOCK_END:
+            return "only a '}' (keepalived reads it as the end of the block)"
     return None
+
+
+def escapes_closing_quote(text: str) -> bool:
+    """True when TEXT ends in an odd number of backslashes: written between keepalived's
+    quotes, the last one escapes the closing quote (proto.KEEPALIVED_ESCAPE)."""
+    trailing = len(text) - len(text.rstrip(proto.KEEPALIVED_ESCAPE))
+    return trailing % 2 == 1
 
 
 # Why each of proto.KEEPALIVED_UNQUOTABLE cannot stand in a keepalived string.
@@ -39,6 +50,11 @@ _KEEPALIVED_CANNOT = {'"': "a double quote", "$": "a '$' (keepalived expands it)
 def password_problems(password: str) -> list[Problem]:
     """Every reason PASSWORD cannot be a VRRP password; the messages never show it."""
     out: list[Problem] = []
+    if not password:
+        # keepalived: "Authentication specified but no password given. Ignoring"
+        out.append(Problem("FWC213", "an empty VRRP password; keepalived would run without "
+                           "authentication", "give a password of 1-8 bytes, or none and no "
+                           "'auth'"))
     size = utf8_length(password)
     if size > proto.VRRP_PASSWORD_MAX:
         # keepalived copies strlen() bytes into an 8-byte field: it counts bytes.
@@ -52,5 +68,6 @@ def password_problems(password: str) -> list[Problem]:
     if problem is not None:
         out.append(Problem("FWC505", f"the VRRP password contains {problem}, which "
                            "keepalived.conf cannot hold",
-                           "use printable characters other than '\"' and '$'"))
+                           "use printable characters other than '\"' and '$', and do not "
+                           "end it with a backslash"))
     return out

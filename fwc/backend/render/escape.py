@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from fwc import protocols as proto
+from fwc.model.passwords import escapes_closing_quote
 from fwc.text import describe_character, unsafe_character, utf8_length
 
 
@@ -186,6 +187,11 @@ def keepalived_string(text: str) -> str:
     value = line_text(text)
     if any(c in proto.KEEPALIVED_UNQUOTABLE for c in value):
         raise UnwritableText(f"{text!r}: keepalived cannot quote a double quote or '$'")
+    if value == proto.KEEPALIVED_BLOCK_END:
+        raise UnwritableText(f"{text!r}: keepalived would read it as the end of the block")
+    if escapes_closing_quote(value):
+        raise UnwritableText(f"{text!r}: keepalived would read its last backslash with the "
+                             "closing quote")
     return f'"{text}"'
 
 
@@ -209,11 +215,17 @@ def keepalived_file(text: str) -> str:
 # -- conntrackd.conf -------------------------------------------------------------------------
 
 _CONNTRACKD_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9._-]*")
+_CONNTRACKD_RESERVED = re.compile(proto.CONNTRACKD_RESERVED_PATTERN)
+
+
+def conntrackd_reserved(text: str) -> bool:
+    """True when conntrackd's lexer reads TEXT as a keyword, a switch or an address."""
+    return text in proto.CONNTRACKD_KEYWORDS or bool(_CONNTRACKD_RESERVED.fullmatch(text))
 
 
 def conntrackd_name(text: str) -> str:
     """A name conntrackd's lexer reads as one token (an interface)."""
-    if not _CONNTRACKD_NAME.fullmatch(text):
+    if not _CONNTRACKD_NAME.fullmatch(text) or conntrackd_reserved(text):
         raise UnwritableText(f"{text!r} is not a name conntrackd.conf can hold")
     return text
 

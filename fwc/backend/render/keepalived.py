@@ -137,6 +137,11 @@ def unicast_addresses(cluster: Cluster, member: Member, interface: str,
     return first(member), peers
 
 
+def instance_name(interface: str, family: int) -> str:
+    """The vrrp_instance of INTERFACE's VIPs of FAMILY: VI_lan, VI_lan_v6."""
+    return f"VI_{interface}" + ("_v6" if family == 6 else "")
+
+
 def advert_interval(advert_ms: int) -> str:
     """keepalived's advert_int in seconds: 1, 0.1, 2.5."""
     seconds, rest = divmod(advert_ms, 1000)
@@ -175,7 +180,7 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
             first_of_family[family] = False
             group = cluster.group_of(iface.name)
             out.append(VrrpInstance(
-                name=f"VI_{iface.name}" + ("_v6" if family == 6 else ""),
+                name=instance_name(iface.name, family),
                 device=device,
                 vrid=iface.vrid,
                 # a vrrp-group's master gets the top priority for its instances
