@@ -82,7 +82,7 @@ printf '%s\\n' "$in" \\
         _fake(bin_dir, name, f'echo "{name} $*" >> {loaded}')
     for name in ("iptables-save", "ip6tables-save", "ipset", "logger"):
         _fake(bin_dir, name, ":")
-    for name in ("cat", "tr", "sed"):
+    for name in ("cat", "tr", "sed", "grep"):
         (bin_dir / name).symlink_to(shutil.which(name))
     script = (files["fwc-firewall.sh"]
               .replace("PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PATH={bin_dir}")
@@ -131,3 +131,28 @@ def test_an_empty_failsafe_file_falls_back_to_drop_policies(member, tmp_path, sh
         assert loaded == "loaded table\n"
     else:
         assert "iptables -w -P FORWARD DROP" in loaded
+
+
+def _cut_where_a_table_ends(text: str, nft: bool) -> str:
+    """TEXT cut off where a table ends, before the one that filters: an iptables file after
+    the first COMMIT (the filter table comes last), an nft file after fwc's `delete`."""
+    lines = text.splitlines(keepends=True)
+    if nft:
+        end = next(i for i, line in enumerate(lines) if line.startswith("delete table"))
+    else:
+        end = next(i for i, line in enumerate(lines) if line == "COMMIT\n")
+    cut = "".join(lines[:end + 1])
+    assert "*filter" not in cut and "table inet fwc {\n" not in cut
+    return cut
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rules_file_cut_where_a_table_ends_is_a_failed_load(member, tmp_path, shell):
+    """Such a file loads what it holds and exits 0 (`printf '*nat\\nCOMMIT\\n' |
+    iptables-restore --test`): without the filter table, or without fwc's nft table after
+    its `delete`, forwarding must stay off."""
+    rules = _rules(member)
+    cut = _cut_where_a_table_ends(member[rules], rules == "nftables.nft")
+    status, forwarding, loaded = _run(member, tmp_path, shell, contents={rules: cut})
+    assert (status, forwarding) == (1, "0")
+    assert "loaded Fail-closed" in loaded

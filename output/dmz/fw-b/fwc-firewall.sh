@@ -32,16 +32,23 @@ forwarding_off() {
     fi
 }
 
-# Each file must hold something: a restore of an empty file (one left by a failed copy)
-# loads nothing and exits 0, and forwarding would come on over an empty ruleset.
+# A file must be whole before it is loaded: a restore of an empty file (one a failed
+# copy or a crash leaves) loads nothing and exits 0, and so does one cut off where a
+# table ends, before the filter table (the last of an iptables file) or before fwc's
+# nft table (after its `delete`); forwarding would come on over what is left. A cut
+# inside a table is the loader's own syntax error.
+whole() {
+    [ -s "$1" ] && grep -qxF "$2" "$1"
+}
+
 load() {
-    [ -s /etc/fwc/iptables.rules ] && iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
-    [ -s /etc/fwc/ip6tables.rules ] && ip6tables-restore < /etc/fwc/ip6tables.rules || { log ip6tables-restore /etc/fwc/ip6tables.rules "failed"; return 1; }
+    whole /etc/fwc/iptables.rules '*filter' && iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
+    whole /etc/fwc/ip6tables.rules '*filter' && ip6tables-restore < /etc/fwc/ip6tables.rules || { log ip6tables-restore /etc/fwc/ip6tables.rules "failed"; return 1; }
     return 0
 }
 
 fail_closed() {
-    if ! { [ -s /etc/fwc/failsafe.rules ] && iptables-restore < /etc/fwc/failsafe.rules; }; then
+    if ! { whole /etc/fwc/failsafe.rules '*filter' && iptables-restore < /etc/fwc/failsafe.rules; }; then
         # Even the fallback did not load: drop everything rather than route.
         log iptables-restore /etc/fwc/failsafe.rules "failed: DROP policies only, no management access"
         iptables -w -P INPUT DROP || :
@@ -52,7 +59,7 @@ fail_closed() {
     for table in $(iptables-save 2>/dev/null | sed -n 's/^\*//p'); do
         [ "$table" = filter ] || { iptables -w -t "$table" -F; iptables -w -t "$table" -X; } || :
     done
-    if ! { [ -s /etc/fwc/failsafe6.rules ] && ip6tables-restore < /etc/fwc/failsafe6.rules; }; then
+    if ! { whole /etc/fwc/failsafe6.rules '*filter' && ip6tables-restore < /etc/fwc/failsafe6.rules; }; then
         # Even the fallback did not load: drop everything rather than route.
         log ip6tables-restore /etc/fwc/failsafe6.rules "failed: DROP policies only, no management access"
         ip6tables -w -P INPUT DROP || :

@@ -32,16 +32,23 @@ forwarding_off() {
     fi
 }
 
-# Each file must hold something: a restore of an empty file (one left by a failed copy)
-# loads nothing and exits 0, and forwarding would come on over an empty ruleset.
+# A file must be whole before it is loaded: a restore of an empty file (one a failed
+# copy or a crash leaves) loads nothing and exits 0, and so does one cut off where a
+# table ends, before the filter table (the last of an iptables file) or before fwc's
+# nft table (after its `delete`); forwarding would come on over what is left. A cut
+# inside a table is the loader's own syntax error.
+whole() {
+    [ -s "$1" ] && grep -qxF "$2" "$1"
+}
+
 load() {
     # One transaction: the table inet fwc is replaced whole, or nothing changes.
-    [ -s /etc/fwc/nftables.nft ] && nft -f /etc/fwc/nftables.nft || { log "nft -f" /etc/fwc/nftables.nft "failed"; return 1; }
+    whole /etc/fwc/nftables.nft 'table inet fwc {' && nft -f /etc/fwc/nftables.nft || { log "nft -f" /etc/fwc/nftables.nft "failed"; return 1; }
     return 0
 }
 
 fail_closed() {
-    if ! { [ -s /etc/fwc/failsafe.nft ] && nft -f /etc/fwc/failsafe.nft; }; then
+    if ! { whole /etc/fwc/failsafe.nft 'table inet fwc {' && nft -f /etc/fwc/failsafe.nft; }; then
         # Even the fallback did not load: a table that drops all but loopback.
         log "nft -f" /etc/fwc/failsafe.nft "failed: DROP policies only, no management access"
         nft -f - <<'EOF' || log "nft: even the DROP-only table did not load"
