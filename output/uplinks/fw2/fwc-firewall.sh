@@ -34,8 +34,8 @@ forwarding_off() {
 
 # A file must be whole before it is loaded: a restore of an empty file (one a failed
 # copy or a crash leaves) loads nothing and exits 0, and so does one cut off where a
-# table ends, before the filter table (the last of an iptables file) or before fwc's
-# nft table (after its `delete`); forwarding would come on over what is left. A cut
+# table ends: before the filter table (`*filter`, a restore file's last) or before
+# fwc's nft table (after its `delete`); forwarding would come on over what is left. A cut
 # inside a table is the loader's own syntax error.
 whole() {
     [ -s "$1" ] && grep -qxF "$2" "$1"
