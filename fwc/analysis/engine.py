@@ -74,7 +74,7 @@ from fwc.model import (
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
 from fwc.model.records import dataclass
-from fwc.model.semantics import endpoint_intervals, side_of
+from fwc.model.semantics import endpoint_intervals, firewall_traffic_side, side_of
 from fwc.model.topology import MemberRouting, TableRoute, member_routing, subnets
 from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
@@ -275,13 +275,12 @@ class MemberView:
         # A translating NAT rule's `any` leaves the firewall out where its hook sees it
         # (its destination before routing, its source after): held VIPs included
         # (fwc.backend.lower, `nat_firewall_left_out`).
-        translating = isinstance(rule, NatRule) and rule.action is not NatAction.NONAT
+        sides = {firewall_traffic_side(rule.action, stage) for stage in rule.stages} \
+            if isinstance(rule, NatRule) else set()
         src = _elsewhere_side(rule.source, box.src if box else (), self.firewall, held,
-                              family, forward, translating
-                              and NatStage.POSTROUTING in rule.stages)
+                              family, forward, "source" in sides)
         dst = _elsewhere_side(rule.destination, box.dst if box else (), self.firewall, held,
-                              family, forward, translating
-                              and NatStage.PREROUTING in rule.stages)
+                              family, forward, "destination" in sides)
         if box is None:
             if not (src and dst):
                 return None

@@ -39,6 +39,7 @@ from fwc.model import Endpoint
 from fwc.model.addresses import FAMILY_BITS, AddressSet
 from fwc.model.intervals import covers
 from fwc.model.records import dataclass
+from fwc.model.vocabulary import NatAction, NatStage
 
 FAMILIES = (4, 6)
 _EMPTY = AddressSet()
@@ -148,6 +149,20 @@ def filter_chains(src: Reach, dst: Reach, in_interface: bool, out_interface: boo
 def nat_reaches(src: Reach, dst: Reach) -> bool:
     """Whether a NAT rule gives a kernel rule: both sides name something."""
     return src.named and dst.named
+
+
+def firewall_traffic_side(action: NatAction, stage: NatStage) -> str | None:
+    """The side ("source" or "destination") of a NAT rule working at STAGE on which the
+    kernel meets the firewall's own traffic, for a rule whose `any` must leave the firewall
+    out there (it translates); None for a nonat, which only exempts.
+
+    PREROUTING sees what is sent to the firewall, POSTROUTING what it sends; the other
+    side never holds a firewall address at that hook. Lowering RETURNs the firewall's
+    addresses on that side (`nat_firewall_left_out`); the engine reads VIPs another member
+    holds the same way."""
+    if action is NatAction.NONAT:
+        return None
+    return "source" if stage is NatStage.POSTROUTING else "destination"
 
 
 def reads_firewall(endpoint: Endpoint, firewalls: AddressSet, family: int) -> bool:

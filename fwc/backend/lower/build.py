@@ -60,6 +60,7 @@ from fwc.model.semantics import (
     Reach,
     Side,
     filter_chains,
+    firewall_traffic_side,
     nat_reaches,
     reach,
     reads_firewall,
@@ -1381,9 +1382,10 @@ class _Lowering:
         leaving those out would put a RETURN chain under nearly every snat (`from lan`
         holds the member's lan address), which `fwc import` cannot read back yet; the
         firewall's own packets rarely carry such a source (docs/language.md, "NAT")."""
-        if rule.action is NatAction.NONAT:
+        which = firewall_traffic_side(rule.action, stage)
+        if which is None:
             return None  # exempts from translation: the firewall's own traffic is never translated
-        on_source = stage is NatStage.POSTROUTING
+        on_source = which == "source"
         side = side_of(rule.source if on_source else rule.destination, self.fw, self.family)
         if not side.unbounded:
             return None
