@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EDGE, REPO, cannot_run, compile_to, file_tree
+from conftest import EDGE, REPO, cannot_run, compile_to, file_tree, run_fwc
 
 from fwc import cache as fwc_cache
 from fwc.cli import main
@@ -331,3 +332,54 @@ def test_an_include_become_a_link_out_of_the_repository_is_refused_again(cache_h
     capsys.readouterr()
     assert main(["check", str(policy)]) == 1
     assert "FWC010" in capsys.readouterr().err
+
+
+def _fwc(cache_home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A whole `fwc` process with the private cache CACHE_HOME."""
+    return run_fwc(*args, cwd=cwd, env={"XDG_CACHE_HOME": str(cache_home)})
+
+
+def test_an_include_link_retargeted_is_compiled_again(cache_home, tmp_path):
+    """`services.fw -> services-v1.fw` retargeted to v2: the same policy text, the old
+    target unchanged, yet another file is read. The shortcut checked only the files the
+    last run read (by their resolved names) and answered from the cache: `fwc compile`
+    wrote nothing and left the v1 rules installed-to-be, `fwc check` said v1's verdict."""
+    text = EDGE.read_text(encoding="utf-8")
+    assert "service ssh      tcp/22\n" in text
+    policy = _policy(tmp_path, 'include "services.fw"\n'
+                     + text.replace("service ssh      tcp/22\n", "", 1))
+    work = policy.parent
+    (work / "services-v1.fw").write_text("service ssh tcp/22\n", encoding="utf-8")
+    (work / "services-v2.fw").write_text("service ssh tcp/2222\n", encoding="utf-8")
+    (work / "services.fw").symlink_to("services-v1.fw")
+    first = _fwc(cache_home, work, "compile", "edge.fw", "-o", "out")
+    assert first.returncode == 0, first.stderr
+    assert not any(b"2222" in data for data, _ in file_tree(work / "out").values())
+    (work / "services.fw").unlink()
+    (work / "services.fw").symlink_to("services-v2.fw")
+    again = _fwc(cache_home, work, "compile", "edge.fw", "-o", "out")
+    plain = _fwc(cache_home, work, "compile", "edge.fw", "-o", "plain", "--no-cache")
+    assert (again.returncode, again.stderr) == (plain.returncode, plain.stderr)
+    assert file_tree(work / "out") == file_tree(work / "plain")
+    assert any(b"2222" in data for data, _ in file_tree(work / "out").values())
+
+
+def test_links_that_read_the_same_files_another_way_are_another_key(cache_home, tmp_path):
+    """Two include links to one file, then one of them turned into a link back to the
+    policy: the same files with the same bytes are read (the cycle is not followed), but
+    the second is an include cycle (FWC003). Keyed on the files alone, the full run found
+    the first one's clean verdict in the cache and `fwc check` passed."""
+    policy = _policy(tmp_path, 'include "a.fw"\ninclude "b.fw"\n'
+                     + EDGE.read_text(encoding="utf-8"))
+    work = policy.parent
+    (work / "spare.fw").write_text("host spare 198.51.100.77\n", encoding="utf-8")
+    (work / "a.fw").symlink_to("spare.fw")
+    (work / "b.fw").symlink_to("spare.fw")
+    assert _fwc(cache_home, work, "check", "edge.fw").returncode == 0
+    (work / "b.fw").unlink()
+    (work / "b.fw").symlink_to("edge.fw")
+    plain = _fwc(cache_home, work, "check", "edge.fw", "--no-cache")
+    assert plain.returncode == 1 and "FWC003" in plain.stderr, plain.stderr
+    for _ in range(2):  # the full run, then the shortcut of what it stored
+        cached = _fwc(cache_home, work, "check", "edge.fw")
+        assert (cached.returncode, cached.stderr) == (plain.returncode, plain.stderr)
