@@ -378,7 +378,8 @@ class _Place:
                 if any(self.secret_digest(read_secret(Path(p)).encode()) != digest
                        for p, digest in secrets):
                     return None
-        except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, Refused):
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError, UnicodeDecodeError,
+                Refused):  # (RuntimeError: Path.resolve of a link loop, Python < 3.13)
             return None
         key = self.key(files, links, secrets)
         diagnostics = self.diagnostics(key)

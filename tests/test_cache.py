@@ -383,3 +383,17 @@ def test_links_that_read_the_same_files_another_way_are_another_key(cache_home, 
     for _ in range(2):  # the full run, then the shortcut of what it stored
         cached = _fwc(cache_home, work, "check", "edge.fw")
         assert (cached.returncode, cached.stderr) == (plain.returncode, plain.stderr)
+
+
+def test_an_include_become_a_link_loop_is_a_miss_not_a_traceback(cache_home, tmp_path):
+    """Path.resolve raises RuntimeError on a link loop (Python < 3.13): the shortcut let
+    it out, a traceback where a full run has to say what is wrong with the include."""
+    from fwc.cache import open_cache
+    from fwc.pipeline import cached_analysis
+
+    policy, extra = _with_include(tmp_path)
+    assert main(["check", str(policy)]) == 0
+    assert cached_analysis(policy, (), open_cache()) is not None
+    extra.unlink()
+    extra.symlink_to(extra.name)
+    assert cached_analysis(policy, (), open_cache()) is None
