@@ -300,16 +300,18 @@ def open_cache(environ: Mapping[str, str] = os.environ,
 
 @functools.cache  # fwc does not change under a running process
 def code_digest() -> str:
-    """sha256 of fwc itself: every source, template and the grammar, and the versions of
-    Python and of the libraries that shape the output. A changed fwc never reads what
-    another one cached."""
+    """sha256 of fwc itself: every file of the package (sources, templates, the jinja2
+    code and parser tables shipped as JSON, the library) and the grammar, and Python's
+    version and the installed libraries that shape the output. A changed fwc never
+    reads what another one cached."""
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     from fwc import __version__
 
     digest.update(f"fwc {__version__}\0python {sys.version}\0".encode())
-    files = [p for p in package.rglob("*")
-             if p.is_file() and p.suffix in (".py", ".j2", ".lark", ".fw", ".toml")]
+    # Every file, not a list of suffixes: templates.json is code (what jinja2 generated
+    # from the templates, run as it is) and was left out; a data file added later would be.
+    files = _package_files(package)
     checkout_grammar = package.parent / "grammar" / "fwc.lark"
     if checkout_grammar.is_file():
         files.append(checkout_grammar)
@@ -321,12 +323,27 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+def _package_files(directory: Path) -> list[Path]:
+    """Every regular file below DIRECTORY but Python's bytecode (rewritten at will)."""
+    return [p for p in directory.rglob("*")
+            if p.is_file() and "__pycache__" not in p.relative_to(directory).parts]
+
+
 def _library_version(name: str) -> str:
     from importlib.util import find_spec
 
     spec = find_spec(name)
     if spec is None or spec.origin is None:
         return "absent"
-    # The installed files themselves, not a version string: an edited install differs too.
+    # The installed files themselves, not a version string: an edited install differs
+    # too, in any of its modules (their size and time: hashing every byte of a compiled
+    # extension on every run costs more than the cache saves on a small policy).
     origin = Path(spec.origin)
-    return hashlib.sha256(origin.read_bytes()).hexdigest() + f" {origin.stat().st_mtime_ns}"
+    files = [origin] if not spec.submodule_search_locations \
+        else _package_files(origin.parent)
+    signature = hashlib.sha256()
+    for path in sorted(files):
+        info = path.stat()
+        signature.update(f"{path.relative_to(origin.parent)} {info.st_size} "
+                         f"{info.st_mtime_ns}\0".encode())
+    return hashlib.sha256(origin.read_bytes()).hexdigest() + " " + signature.hexdigest()
