@@ -34,7 +34,6 @@ import os
 import secrets
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,8 +64,13 @@ def cache_location(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def _shared_temp_dirs() -> list[str]:
-    return [os.path.realpath(d) for d in
-            {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"}]
+    """Where temporary files go: what tempfile would choose first (TMPDIR, TEMP, TMP)
+    and the system's. Named, never probed: `tempfile.gettempdir()` writes a test file in
+    each, and on a full disk raised "no usable temporary directory" (a traceback from
+    `fwc check`, which writes no temporary file)."""
+    named = [os.environ.get(name, "") for name in ("TMPDIR", "TEMP", "TMP")]
+    return sorted({os.path.realpath(d) for d in
+                   [*filter(None, named), "/tmp", "/var/tmp", "/usr/tmp", "/dev/shm"]})
 
 
 def _private(info: os.stat_result, what: str, path: Path) -> None:
@@ -236,21 +240,38 @@ class _EntryWriter:
 
     def __exit__(self, *exc: object) -> None:
         if not self._done:  # an error, or never committed: nothing becomes visible
-            self._stream.close()
+            with contextlib.suppress(OSError):  # the flush of a full disk fails again
+                self._stream.close()
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
 
 
-def _read_key(directory: Path) -> bytes:
-    path = directory / KEY_FILE
+def _new_key(directory: Path, path: Path) -> None:
+    """Make the key PATH, whole or not at all: written under a temporary name, then
+    linked to its name (which fails when another fwc made it first: that one stays).
+    Created in place (O_EXCL, then written), a full disk left an empty key and a
+    traceback, every later run "not 32 bytes long; remove it", and a second fwc
+    started meanwhile read it empty and said so too."""
+    tmp = directory / f"tmp-key-{os.getpid()}-{secrets.token_hex(8)}"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
-    except FileExistsError:
-        pass
-    else:
         with os.fdopen(fd, "wb") as stream:
             stream.write(secrets.token_bytes(KEY_BYTES))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except OSError as exc:
+        raise CacheRefused(f"cannot create the cache key '{path}': {exc.strerror or exc}") \
+            from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _read_key(directory: Path) -> bytes:
+    path = directory / KEY_FILE
+    if not os.path.lexists(path):
+        _new_key(directory, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:

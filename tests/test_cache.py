@@ -429,3 +429,60 @@ def test_a_local_edit_of_the_shipped_template_code_is_compiled_again(cache_home,
     compile_with_copy("plain", "--no-cache")
     assert file_tree(work / "out") == file_tree(work / "plain")
     assert any(b"Edited by hand" in data for data, _ in file_tree(work / "out").values())
+
+
+def _full_disk() -> None:
+    """In the child: every write to a file fails (EFBIG, as ENOSPC would; Python ignores
+    SIGXFSZ), creating files and directories still works."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_a_full_disk_means_no_cache_not_a_traceback_nor_a_broken_key(cache_home, tmp_path):
+    """With nothing writable, `fwc check` crashed: `tempfile.gettempdir()` (asked only to
+    keep the cache out of the temporary directory) probes by writing and raised; past
+    that, the key was created empty in place and the write raised, and that empty key
+    turned the cache off for good ("not 32 bytes long; remove it"). An entry whose write
+    failed was left behind as a temporary file."""
+    policy = _policy(tmp_path)
+    work = policy.parent
+    plain = run_fwc("check", "edge.fw", "--no-cache", cwd=work)
+    full = run_fwc("check", "edge.fw", cwd=work, env={"XDG_CACHE_HOME": str(cache_home)},
+                   preexec_fn=_full_disk)
+    assert full.returncode == plain.returncode == 0, full.stderr
+    assert full.stderr == "fwc: not using the cache: cannot create the cache key " \
+        f"'{cache_home / 'fwc' / 'key'}': File too large\n" + plain.stderr
+    assert list((cache_home / "fwc").iterdir()) == []
+    # the disk has room again: the cache works, silently
+    fine = _fwc(cache_home, work, "check", "edge.fw")
+    assert (fine.returncode, fine.stderr) == (0, plain.stderr)
+    assert len((cache_home / "fwc" / "key").read_bytes()) == 32
+    # full again, the key there: entries that cannot be written leave nothing behind
+    (work / "extra.fw").write_text("host spare 198.51.100.77\n", encoding="utf-8")
+    policy.write_text('include "extra.fw"\n' + policy.read_text(encoding="utf-8"),
+                      encoding="utf-8")
+    before = sorted(p.name for p in (cache_home / "fwc").iterdir())
+    full = run_fwc("check", "edge.fw", cwd=work, env={"XDG_CACHE_HOME": str(cache_home)},
+                   preexec_fn=_full_disk)
+    assert full.returncode == 0 and "Traceback" not in full.stderr, full.stderr
+    assert sorted(p.name for p in (cache_home / "fwc").iterdir()) == before
+
+
+def test_a_key_made_meanwhile_by_another_fwc_is_used_whole(cache_home, monkeypatch):
+    """Two first runs at once: the key was created empty, then written; the second run
+    read it empty in between and ran without the cache, saying "remove it"."""
+    made: list[fwc_cache.ResultCache] = []
+    real = fwc_cache.secrets.token_bytes
+    calls = []
+
+    def meanwhile(n: int) -> bytes:
+        calls.append(n)
+        if len(calls) == 1:  # the other fwc opens the cache while this one makes the key
+            made.append(fwc_cache.open_cache())
+        return real(n)
+
+    monkeypatch.setattr(fwc_cache.secrets, "token_bytes", meanwhile)
+    first = fwc_cache.open_cache()
+    assert made[0]._key == first._key and len(first._key) == 32
+    assert sorted(p.name for p in (cache_home / "fwc").iterdir()) == ["key"]
