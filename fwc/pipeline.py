@@ -43,8 +43,10 @@ from fwc.model import Policy
 from fwc.model.records import dataclass
 
 # Outcomes that depend on the file system beyond the content of the files read (a
-# missing include appearing, a repository or size limit): never cached.
-UNCACHED_CODES = frozenset({"FWC002", "FWC010", "FWC011", "FWC012", "FWC013"})
+# missing include appearing, a repository or size limit), and a check that crashed
+# (FWC900: a MemoryError of a busy machine or a memory limit says nothing about the
+# content, and cached it failed every later run of that content): never cached.
+UNCACHED_CODES = frozenset({"FWC002", "FWC010", "FWC011", "FWC012", "FWC013", "FWC900"})
 
 
 @dataclass(frozen=True)

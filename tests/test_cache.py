@@ -486,3 +486,37 @@ def test_a_key_made_meanwhile_by_another_fwc_is_used_whole(cache_home, monkeypat
     first = fwc_cache.open_cache()
     assert made[0]._key == first._key and len(first._key) == 32
     assert sorted(p.name for p in (cache_home / "fwc").iterdir()) == ["key"]
+
+
+# A whole `fwc` process whose check FWC105 runs out of memory, as it did under a memory
+# limit (RLIMIT_AS) on a 3,000-rule policy: run_check makes it an FWC900 diagnostic.
+_OUT_OF_MEMORY = """
+import dataclasses
+import fwc.checks as checks
+from fwc.cli import console
+
+def out_of_memory(policy):
+    raise MemoryError
+
+registry = checks.load_registry()
+registry["FWC105"] = dataclasses.replace(registry["FWC105"], function=out_of_memory)
+console()
+"""
+
+
+def test_a_check_that_ran_out_of_memory_is_not_kept(cache_home, tmp_path):
+    """A crash of a check (FWC900) is the machine's, not the content's: cached, every
+    later `fwc check` and `fwc compile` of that content failed with it (until
+    --no-cache), on a machine with all the memory it needs."""
+    policy = _policy(tmp_path)
+    work = policy.parent
+    crashed = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY, "check", "edge.fw"],
+                             cwd=work, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO),
+                                  "XDG_CACHE_HOME": str(cache_home)})
+    assert crashed.returncode == 1 and "FWC900" in crashed.stderr, crashed.stderr
+    plain = run_fwc("check", "edge.fw", "--no-cache", cwd=work)
+    assert plain.returncode == 0, plain.stderr
+    for command in (("check", "edge.fw"), ("compile", "edge.fw", "-o", "out")):
+        again = _fwc(cache_home, work, *command)
+        assert again.returncode == 0 and "FWC900" not in again.stderr, again.stderr
