@@ -34,7 +34,6 @@ import os
 import secrets
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,8 +64,13 @@ def cache_location(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def _shared_temp_dirs() -> list[str]:
-    return [os.path.realpath(d) for d in
-            {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"}]
+    """Where temporary files go: what tempfile would choose first (TMPDIR, TEMP, TMP)
+    and the system's. Named, never probed: `tempfile.gettempdir()` writes a test file in
+    each, and on a full disk raised "no usable temporary directory" (a traceback from
+    `fwc check`, which writes no temporary file)."""
+    named = [os.environ.get(name, "") for name in ("TMPDIR", "TEMP", "TMP")]
+    return sorted({os.path.realpath(d) for d in
+                   [*filter(None, named), "/tmp", "/var/tmp", "/usr/tmp", "/dev/shm"]})
 
 
 def _private(info: os.stat_result, what: str, path: Path) -> None:
@@ -236,21 +240,38 @@ class _EntryWriter:
 
     def __exit__(self, *exc: object) -> None:
         if not self._done:  # an error, or never committed: nothing becomes visible
-            self._stream.close()
+            with contextlib.suppress(OSError):  # the flush of a full disk fails again
+                self._stream.close()
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
 
 
-def _read_key(directory: Path) -> bytes:
-    path = directory / KEY_FILE
+def _new_key(directory: Path, path: Path) -> None:
+    """Make the key PATH, whole or not at all: written under a temporary name, then
+    linked to its name (which fails when another fwc made it first: that one stays).
+    Created in place (O_EXCL, then written), a full disk left an empty key and a
+    traceback, every later run "not 32 bytes long; remove it", and a second fwc
+    started meanwhile read it empty and said so too."""
+    tmp = directory / f"tmp-key-{os.getpid()}-{secrets.token_hex(8)}"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
-    except FileExistsError:
-        pass
-    else:
         with os.fdopen(fd, "wb") as stream:
             stream.write(secrets.token_bytes(KEY_BYTES))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except OSError as exc:
+        raise CacheRefused(f"cannot create the cache key '{path}': {exc.strerror or exc}") \
+            from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _read_key(directory: Path) -> bytes:
+    path = directory / KEY_FILE
+    if not os.path.lexists(path):
+        _new_key(directory, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -300,16 +321,18 @@ def open_cache(environ: Mapping[str, str] = os.environ,
 
 @functools.cache  # fwc does not change under a running process
 def code_digest() -> str:
-    """sha256 of fwc itself: every source, template and the grammar, and the versions of
-    Python and of the libraries that shape the output. A changed fwc never reads what
-    another one cached."""
+    """sha256 of fwc itself: every file of the package (sources, templates, the jinja2
+    code and parser tables shipped as JSON, the library) and the grammar, and Python's
+    version and the installed libraries that shape the output. A changed fwc never
+    reads what another one cached."""
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     from fwc import __version__
 
     digest.update(f"fwc {__version__}\0python {sys.version}\0".encode())
-    files = [p for p in package.rglob("*")
-             if p.is_file() and p.suffix in (".py", ".j2", ".lark", ".fw", ".toml")]
+    # Every file, not a list of suffixes: templates.json is code (what jinja2 generated
+    # from the templates, run as it is) and was left out; a data file added later would be.
+    files = _package_files(package)
     checkout_grammar = package.parent / "grammar" / "fwc.lark"
     if checkout_grammar.is_file():
         files.append(checkout_grammar)
@@ -321,12 +344,27 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+def _package_files(directory: Path) -> list[Path]:
+    """Every regular file below DIRECTORY but Python's bytecode (rewritten at will)."""
+    return [p for p in directory.rglob("*")
+            if p.is_file() and "__pycache__" not in p.relative_to(directory).parts]
+
+
 def _library_version(name: str) -> str:
     from importlib.util import find_spec
 
     spec = find_spec(name)
     if spec is None or spec.origin is None:
         return "absent"
-    # The installed files themselves, not a version string: an edited install differs too.
+    # The installed files themselves, not a version string: an edited install differs
+    # too, in any of its modules (their size and time: hashing every byte of a compiled
+    # extension on every run costs more than the cache saves on a small policy).
     origin = Path(spec.origin)
-    return hashlib.sha256(origin.read_bytes()).hexdigest() + f" {origin.stat().st_mtime_ns}"
+    files = [origin] if not spec.submodule_search_locations \
+        else _package_files(origin.parent)
+    signature = hashlib.sha256()
+    for path in sorted(files):
+        info = path.stat()
+        signature.update(f"{path.relative_to(origin.parent)} {info.st_size} "
+                         f"{info.st_mtime_ns}\0".encode())
+    return hashlib.sha256(origin.read_bytes()).hexdigest() + " " + signature.hexdigest()

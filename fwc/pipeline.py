@@ -3,7 +3,7 @@
 With a result cache (fwc.cache; `fwc check` and `fwc compile` unless `--no-cache`), the
 diagnostics of a policy are kept under a key made of the content hashes of every file
 it read (the policy, its includes, its password files: keyed, `ResultCache.secret_hash`),
-the fwc code (`code_digest`)
+the file each include led to (`LoadedProgram.links`), the fwc code (`code_digest`)
 and where it was read from (working directory, policy path, repository root):
 `cached_analysis` answers without parsing when none of them changed, and `analyse`
 with a cache skips the checks then (parse and resolve still build the model).
@@ -43,8 +43,10 @@ from fwc.model import Policy
 from fwc.model.records import dataclass
 
 # Outcomes that depend on the file system beyond the content of the files read (a
-# missing include appearing, a repository or size limit): never cached.
-UNCACHED_CODES = frozenset({"FWC002", "FWC010", "FWC011", "FWC012", "FWC013"})
+# missing include appearing, a repository or size limit), and a check that crashed
+# (FWC900: a MemoryError of a busy machine or a memory limit says nothing about the
+# content, and cached it failed every later run of that content): never cached.
+UNCACHED_CODES = frozenset({"FWC002", "FWC010", "FWC011", "FWC012", "FWC013", "FWC900"})
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class Modelled:
         unique = list(dict.fromkeys([*self.diagnostics, *checks]))
         result = tuple(sorted(unique, key=Diagnostic.sort_key))
         if store and self.key is not None and self.place is not None \
-                and self.place.store(self.key, self.program.hashes, self.secrets_read, result):
+                and self.place.store(self.key, self.program, self.secrets_read, result):
             return Analysis(self.program, self.policy, result, self.key)
         return Analysis(self.program, self.policy, result)
 
@@ -153,14 +155,15 @@ def model(path: str | Path, *, reader=None, read_secret=None,
     diagnostics.extend(resolved)
     if not keep_syntax:
         program = program.without_syntax()
-    key = place.key(program.hashes, secrets_read) if place is not None else None
+    key = place.key(program.hashes, program.links, secrets_read) if place is not None \
+        else None
     if key is not None and place is not None:
         cached = place.diagnostics(key)
         if cached is not None:
             progress.phase("checked before (cache)", 1.0)
             # content checked before, but not last: the next lookup of this path must
             # find these files (else it parses again although nothing changed)
-            place.remember(program.hashes, secrets_read)
+            place.remember(program, secrets_read)
             return Analysis(program, policy, cached, key)
     return Modelled(program, policy, tuple(diagnostics), key, place, tuple(secrets_read))
 
@@ -308,8 +311,11 @@ class _Place:
         digest.update(data)
         return str(digest.hexdigest())
 
-    def key(self, files: Sequence[tuple[str, str]], secrets: Sequence[tuple[str, str]]) -> str:
-        return _sha(json.dumps([self.name, list(files), list(secrets)]).encode())
+    def key(self, files: Sequence[tuple[str, str]], links: Sequence[tuple[str, str]],
+            secrets: Sequence[tuple[str, str]]) -> str:
+        """The analysis' content key: FILES (path, sha256) read, the LINKS (path as named,
+        file it resolved to) that decided which files those are, and the SECRETS read."""
+        return _sha(json.dumps([self.name, list(files), list(links), list(secrets)]).encode())
 
     def diagnostics(self, key: str) -> tuple[Diagnostic, ...] | None:
         got = self.cache.get_json("analysis", key)
@@ -320,22 +326,22 @@ class _Place:
         except (TypeError, ValueError, KeyError, IndexError):
             return None
 
-    def store(self, key: str, files: Sequence[tuple[str, str]],
-              secrets: Sequence[tuple[str, str]], diagnostics: Sequence[Diagnostic]) -> bool:
+    def store(self, key: str, program: LoadedProgram, secrets: Sequence[tuple[str, str]],
+              diagnostics: Sequence[Diagnostic]) -> bool:
         if any(d.code in UNCACHED_CODES for d in diagnostics):
             return False
         try:
             self.cache.put_json("analysis", key, [_encoded(d) for d in diagnostics])
         except OSError:
             return False
-        return self.remember(files, secrets)
+        return self.remember(program, secrets)
 
-    def remember(self, files: Sequence[tuple[str, str]],
-                 secrets: Sequence[tuple[str, str]]) -> bool:
-        """Record FILES (path, sha256) and SECRETS (path, `secret_digest`) as what this
-        policy read last."""
+    def remember(self, program: LoadedProgram, secrets: Sequence[tuple[str, str]]) -> bool:
+        """Record PROGRAM's files (path, sha256) and links, and SECRETS (path,
+        `secret_digest`), as what this policy read last."""
         try:
-            self.cache.put_json("src", self.name, {"files": list(files),
+            self.cache.put_json("src", self.name, {"files": list(program.hashes),
+                                                   "links": list(program.links),
                                                    "secrets": list(secrets)})
         except OSError:
             return False
@@ -353,7 +359,12 @@ class _Place:
         roots = (repository_root(self.path), LIBRARY_ROOT.resolve())
         try:
             files = [(str(p), str(h)) for p, h in read["files"]]
+            links = [(str(p), str(r)) for p, r in read["links"]]
             secrets = [(str(p), str(h)) for p, h in read["secrets"]]
+            # the policy and each include still lead to the files they led to: a link
+            # retargeted since (`current.fw -> v2.fw`) makes a load read other files
+            if any(str(Path(named).resolve()) != target for named, target in links):
+                return None
             for shown, sha in files:
                 path = _source_path(shown).resolve()
                 if not inside(path, roots):
@@ -369,9 +380,10 @@ class _Place:
                 if any(self.secret_digest(read_secret(Path(p)).encode()) != digest
                        for p, digest in secrets):
                     return None
-        except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, Refused):
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError, UnicodeDecodeError,
+                Refused):  # (RuntimeError: Path.resolve of a link loop, Python < 3.13)
             return None
-        key = self.key(files, secrets)
+        key = self.key(files, links, secrets)
         diagnostics = self.diagnostics(key)
         return None if diagnostics is None else (diagnostics, texts, key)
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import EDGE, REPO, cannot_run, compile_to, file_tree
+from conftest import EDGE, REPO, cannot_run, compile_to, file_tree, run_fwc
 
 from fwc import cache as fwc_cache
 from fwc.cli import main
@@ -331,3 +334,189 @@ def test_an_include_become_a_link_out_of_the_repository_is_refused_again(cache_h
     capsys.readouterr()
     assert main(["check", str(policy)]) == 1
     assert "FWC010" in capsys.readouterr().err
+
+
+def _fwc(cache_home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A whole `fwc` process with the private cache CACHE_HOME."""
+    return run_fwc(*args, cwd=cwd, env={"XDG_CACHE_HOME": str(cache_home)})
+
+
+def test_an_include_link_retargeted_is_compiled_again(cache_home, tmp_path):
+    """`services.fw -> services-v1.fw` retargeted to v2: the same policy text, the old
+    target unchanged, yet another file is read. The shortcut checked only the files the
+    last run read (by their resolved names) and answered from the cache: `fwc compile`
+    wrote nothing and left the v1 rules installed-to-be, `fwc check` said v1's verdict."""
+    text = EDGE.read_text(encoding="utf-8")
+    assert "service ssh      tcp/22\n" in text
+    policy = _policy(tmp_path, 'include "services.fw"\n'
+                     + text.replace("service ssh      tcp/22\n", "", 1))
+    work = policy.parent
+    (work / "services-v1.fw").write_text("service ssh tcp/22\n", encoding="utf-8")
+    (work / "services-v2.fw").write_text("service ssh tcp/2222\n", encoding="utf-8")
+    (work / "services.fw").symlink_to("services-v1.fw")
+    first = _fwc(cache_home, work, "compile", "edge.fw", "-o", "out")
+    assert first.returncode == 0, first.stderr
+    assert not any(b"2222" in data for data, _ in file_tree(work / "out").values())
+    (work / "services.fw").unlink()
+    (work / "services.fw").symlink_to("services-v2.fw")
+    again = _fwc(cache_home, work, "compile", "edge.fw", "-o", "out")
+    plain = _fwc(cache_home, work, "compile", "edge.fw", "-o", "plain", "--no-cache")
+    assert (again.returncode, again.stderr) == (plain.returncode, plain.stderr)
+    assert file_tree(work / "out") == file_tree(work / "plain")
+    assert any(b"2222" in data for data, _ in file_tree(work / "out").values())
+
+
+def test_links_that_read_the_same_files_another_way_are_another_key(cache_home, tmp_path):
+    """Two include links to one file, then one of them turned into a link back to the
+    policy: the same files with the same bytes are read (the cycle is not followed), but
+    the second is an include cycle (FWC003). Keyed on the files alone, the full run found
+    the first one's clean verdict in the cache and `fwc check` passed."""
+    policy = _policy(tmp_path, 'include "a.fw"\ninclude "b.fw"\n'
+                     + EDGE.read_text(encoding="utf-8"))
+    work = policy.parent
+    (work / "spare.fw").write_text("host spare 198.51.100.77\n", encoding="utf-8")
+    (work / "a.fw").symlink_to("spare.fw")
+    (work / "b.fw").symlink_to("spare.fw")
+    assert _fwc(cache_home, work, "check", "edge.fw").returncode == 0
+    (work / "b.fw").unlink()
+    (work / "b.fw").symlink_to("edge.fw")
+    plain = _fwc(cache_home, work, "check", "edge.fw", "--no-cache")
+    assert plain.returncode == 1 and "FWC003" in plain.stderr, plain.stderr
+    for _ in range(2):  # the full run, then the shortcut of what it stored
+        cached = _fwc(cache_home, work, "check", "edge.fw")
+        assert (cached.returncode, cached.stderr) == (plain.returncode, plain.stderr)
+
+
+def test_an_include_become_a_link_loop_is_a_miss_not_a_traceback(cache_home, tmp_path):
+    """Path.resolve raises RuntimeError on a link loop (Python < 3.13): the shortcut let
+    it out, a traceback where a full run has to say what is wrong with the include."""
+    from fwc.cache import open_cache
+    from fwc.pipeline import cached_analysis
+
+    policy, extra = _with_include(tmp_path)
+    assert main(["check", str(policy)]) == 0
+    assert cached_analysis(policy, (), open_cache()) is not None
+    extra.unlink()
+    extra.symlink_to(extra.name)
+    assert cached_analysis(policy, (), open_cache()) is None
+
+
+def test_a_local_edit_of_the_shipped_template_code_is_compiled_again(cache_home, tmp_path):
+    """fwc/backend/render/templates.json is the code jinja2 generated from the templates,
+    run as it is: the code digest left it out (it hashed .py, .j2, .lark, .fw, .toml),
+    so a compile with an edited copy answered from the cache with the old files."""
+    install = tmp_path / "install"
+    shutil.copytree(REPO / "fwc", install / "fwc",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "grammar", install / "grammar")
+    policy = _policy(tmp_path)
+    work = policy.parent
+
+    def compile_with_copy(out: str, *extra: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "fwc", "compile", "edge.fw", "-o", out,
+                               *extra], cwd=work, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(install),
+                                   "XDG_CACHE_HOME": str(cache_home)})
+        assert proc.returncode == 0, proc.stderr
+
+    compile_with_copy("out")
+    code = install / "fwc" / "backend" / "render" / "templates.json"
+    text = code.read_text(encoding="utf-8")
+    assert text.count("Generated by fwc: edit the policy") > 1
+    code.write_text(text.replace("Generated by fwc: edit the policy", "Edited by hand"),
+                    encoding="utf-8")
+    compile_with_copy("out")
+    compile_with_copy("plain", "--no-cache")
+    assert file_tree(work / "out") == file_tree(work / "plain")
+    assert any(b"Edited by hand" in data for data, _ in file_tree(work / "out").values())
+
+
+def _full_disk() -> None:
+    """In the child: every write to a file fails (EFBIG, as ENOSPC would; Python ignores
+    SIGXFSZ), creating files and directories still works."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_a_full_disk_means_no_cache_not_a_traceback_nor_a_broken_key(cache_home, tmp_path):
+    """With nothing writable, `fwc check` crashed: `tempfile.gettempdir()` (asked only to
+    keep the cache out of the temporary directory) probes by writing and raised; past
+    that, the key was created empty in place and the write raised, and that empty key
+    turned the cache off for good ("not 32 bytes long; remove it"). An entry whose write
+    failed was left behind as a temporary file."""
+    policy = _policy(tmp_path)
+    work = policy.parent
+    plain = run_fwc("check", "edge.fw", "--no-cache", cwd=work)
+    full = run_fwc("check", "edge.fw", cwd=work, env={"XDG_CACHE_HOME": str(cache_home)},
+                   preexec_fn=_full_disk)
+    assert full.returncode == plain.returncode == 0, full.stderr
+    assert full.stderr == "fwc: not using the cache: cannot create the cache key " \
+        f"'{cache_home / 'fwc' / 'key'}': File too large\n" + plain.stderr
+    assert list((cache_home / "fwc").iterdir()) == []
+    # the disk has room again: the cache works, silently
+    fine = _fwc(cache_home, work, "check", "edge.fw")
+    assert (fine.returncode, fine.stderr) == (0, plain.stderr)
+    assert len((cache_home / "fwc" / "key").read_bytes()) == 32
+    # full again, the key there: entries that cannot be written leave nothing behind
+    (work / "extra.fw").write_text("host spare 198.51.100.77\n", encoding="utf-8")
+    policy.write_text('include "extra.fw"\n' + policy.read_text(encoding="utf-8"),
+                      encoding="utf-8")
+    before = sorted(p.name for p in (cache_home / "fwc").iterdir())
+    full = run_fwc("check", "edge.fw", cwd=work, env={"XDG_CACHE_HOME": str(cache_home)},
+                   preexec_fn=_full_disk)
+    assert full.returncode == 0 and "Traceback" not in full.stderr, full.stderr
+    assert sorted(p.name for p in (cache_home / "fwc").iterdir()) == before
+
+
+def test_a_key_made_meanwhile_by_another_fwc_is_used_whole(cache_home, monkeypatch):
+    """Two first runs at once: the key was created empty, then written; the second run
+    read it empty in between and ran without the cache, saying "remove it"."""
+    made: list[fwc_cache.ResultCache] = []
+    real = fwc_cache.secrets.token_bytes
+    calls = []
+
+    def meanwhile(n: int) -> bytes:
+        calls.append(n)
+        if len(calls) == 1:  # the other fwc opens the cache while this one makes the key
+            made.append(fwc_cache.open_cache())
+        return real(n)
+
+    monkeypatch.setattr(fwc_cache.secrets, "token_bytes", meanwhile)
+    first = fwc_cache.open_cache()
+    assert made[0]._key == first._key and len(first._key) == 32
+    assert sorted(p.name for p in (cache_home / "fwc").iterdir()) == ["key"]
+
+
+# A whole `fwc` process whose check FWC105 runs out of memory, as it did under a memory
+# limit (RLIMIT_AS) on a 3,000-rule policy: run_check makes it an FWC900 diagnostic.
+_OUT_OF_MEMORY = """
+import dataclasses
+import fwc.checks as checks
+from fwc.cli import console
+
+def out_of_memory(policy):
+    raise MemoryError
+
+registry = checks.load_registry()
+registry["FWC105"] = dataclasses.replace(registry["FWC105"], function=out_of_memory)
+console()
+"""
+
+
+def test_a_check_that_ran_out_of_memory_is_not_kept(cache_home, tmp_path):
+    """A crash of a check (FWC900) is the machine's, not the content's: cached, every
+    later `fwc check` and `fwc compile` of that content failed with it (until
+    --no-cache), on a machine with all the memory it needs."""
+    policy = _policy(tmp_path)
+    work = policy.parent
+    crashed = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY, "check", "edge.fw"],
+                             cwd=work, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO),
+                                  "XDG_CACHE_HOME": str(cache_home)})
+    assert crashed.returncode == 1 and "FWC900" in crashed.stderr, crashed.stderr
+    plain = run_fwc("check", "edge.fw", "--no-cache", cwd=work)
+    assert plain.returncode == 0, plain.stderr
+    for command in (("check", "edge.fw"), ("compile", "edge.fw", "-o", "out")):
+        again = _fwc(cache_home, work, *command)
+        assert again.returncode == 0 and "FWC900" not in again.stderr, again.stderr

@@ -49,6 +49,10 @@ class LoadedProgram:
     # Files read through `include <NAME>` (and what they include): definitions offered
     # to the policy, so an unused one is not a finding (FWC103).
     libraries: frozenset[str] = frozenset()
+    # (path as named, the file it resolved to) of the policy and every include target,
+    # read or not (a cycle): which files a load reads is these and the files' content,
+    # so the result cache keys on both (a link retargeted since reads another file).
+    links: tuple[tuple[str, str], ...] = ()
 
     @property
     def texts(self) -> dict[str, str]:
@@ -203,6 +207,7 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
     files: list[s.SourceFile] = []
     hashes: list[tuple[str, str]] = []
     loaded: set[Path] = set()
+    links: dict[tuple[str, str], None] = {}  # ordered, without repeats
     total = 0
 
     def visit(file: Path, stack: list[tuple[Path, s.Include | None]],
@@ -253,6 +258,7 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
                 else:
                     target = _locate(origin, file, name)
                 target_key = target_source.key(target)
+                links[str(target), str(target_key)] = None
             except ValueError as exc:  # a name the OS cannot take (an embedded NUL byte)
                 diagnostics.append(error("FWC002", f"cannot read {name!r}: {exc}",
                                          statement.span))
@@ -282,9 +288,11 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
             visit(target, [*stack, (key, statement)], target_source,  # noqa: F821
                   in_library or statement.library)
 
+    links[str(root), str(where.key(root))] = None
     visit(root, [], where)
     program = LoadedProgram(where.shown(root) if reader is not None else display_path(root),
-                            tuple(files), tuple(hashes), frozenset(libraries))
+                            tuple(files), tuple(hashes), frozenset(libraries),
+                            tuple(links))
     # `visit` refers to itself through its closure, a cycle that would outlive this call
     # when the cyclic collector is off (as the CLI runs), holding every syntax tree, the
     # parser and the hashes to the end of the run: deleted, its cell no longer does.
