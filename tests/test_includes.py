@@ -183,6 +183,22 @@ def test_fwc011_directory(tree: Path):
     assert [d.code for d in analyse(tree / "p.fw").diagnostics if d.is_error] == ["FWC011"]
 
 
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_fwc002_a_symbolic_link_loop_is_a_diagnostic_not_a_traceback(tree: Path, command: str):
+    """A policy or an include that is a link to itself: Python before 3.13 raised
+    RuntimeError from Path.resolve (a traceback); it is a file that cannot be read."""
+    os.symlink("loop.fw", tree / "loop.fw")
+    policy(tree, "loop.fw")
+    extra = ["-o", "out"] if command == "compile" else []
+    for args, where in ((["p.fw"], "p.fw:1:9: error[FWC002]: cannot read 'loop.fw'"),
+                        (["loop.fw"], "error[FWC002]: cannot read 'loop.fw'")):
+        result = fwc(command, "--no-cache", *args, *extra, timeout=30, cwd=tree)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert where in result.stderr and "symbolic links" in result.stderr
+    assert not (tree / "out").exists()
+
+
 # -- FWC012: size limits ---------------------------------------------------------------
 
 def test_fwc012_file_too_large(tree: Path):

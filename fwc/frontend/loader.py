@@ -34,6 +34,7 @@ from fwc.frontend.sources import (
     library_name_problem,
     read_regular,
     repository_root,
+    resolved,
     too_large,
 )
 from fwc.model.records import dataclass
@@ -69,7 +70,7 @@ class LoadedProgram:
 def display_path(path: Path) -> str:
     """A path as the user should see it: relative to the working directory if inside it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(resolved(path).relative_to(resolved(Path.cwd())))
     except ValueError:
         return str(path)
 
@@ -78,12 +79,12 @@ class _Disk:
     """Files on disk. Keys are resolved paths; includes stay under the roots."""
 
     def __init__(self, top: Path, include_path: Sequence[Path]) -> None:
-        self.search = tuple(Path(d).resolve() for d in include_path)
+        self.search = tuple(resolved(Path(d)) for d in include_path)
         self.repository = repository_root(top)
         self.roots = (self.repository, *self.search)
 
     def key(self, file: Path) -> Path:
-        return file.resolve()
+        return resolved(file)
 
     def shown(self, file: Path) -> str:
         return display_path(file)
@@ -93,7 +94,7 @@ class _Disk:
 
     def refuse(self, target: Path, name: str) -> Refused | None:
         """Why TARGET (named NAME in an include) may not be read, or None."""
-        if inside(target.resolve(), self.roots):
+        if inside(resolved(target), self.roots):
             return None
         where = f"the policy repository {self.repository}"
         hint = ("keep included files inside the repository, or allow their directory "
@@ -104,7 +105,7 @@ class _Disk:
         return Refused("FWC010", f"include '{name}' is outside {where}", hint)
 
     def read(self, file: Path, shown: str) -> bytes:
-        return read_regular(file.resolve(), shown)
+        return read_regular(resolved(file), shown)
 
 
 class _Through:
@@ -160,25 +161,25 @@ class _Library:
     search: tuple[Path, ...] = ()
 
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
+        self.root = resolved(root)
 
     def key(self, file: Path) -> Path:
-        return file.resolve()
+        return resolved(file)
 
     def shown(self, file: Path) -> str:
-        return f"<{file.resolve().relative_to(self.root).as_posix()}>"
+        return f"<{resolved(file).relative_to(self.root).as_posix()}>"
 
     def exists(self, file: Path) -> bool:
         return os.path.lexists(file)
 
     def refuse(self, target: Path, name: str) -> Refused | None:
-        if inside(target.resolve(), (self.root,)):
+        if inside(resolved(target), (self.root,)):
             return None
         return Refused("FWC010", f"include '{name}' leads outside fwc's library",
                        "a library file may include only other files of the library")
 
     def read(self, file: Path, shown: str) -> bytes:
-        return read_regular(file.resolve(), shown)
+        return read_regular(resolved(file), shown)
 
 
 def load(path: str | Path, reader: Reader | None = None,

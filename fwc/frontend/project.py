@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import close_matches
-from fwc.frontend.sources import inside, repository_root
+from fwc.frontend.sources import inside, repository_root, resolved
 from fwc.model.records import dataclass
 
 CONFIG_NAME = "fwc.toml"
@@ -68,7 +68,7 @@ def find_config(start: Path) -> Path | None:
     """The fwc.toml for a policy in START (a file or directory): START's directory or the
     nearest one above it, up to and including the repository root (holding `.git`)."""
     directory = start if start.is_dir() else start.parent
-    directory = directory.absolute().resolve()
+    directory = resolved(directory.absolute())
     for candidate in (directory, *directory.parents):
         config = candidate / CONFIG_NAME
         if config.is_file():
@@ -156,7 +156,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             continue
         if kind == PATH:
             where = base / str(value)
-            if key in WRITTEN_KEYS and not inside(where.resolve(),
+            if key in WRITTEN_KEYS and not inside(resolved(where),
                                                   (root := repository_root(path),)):
                 # (reads may go elsewhere: a secrets file is best kept out of the repository)
                 diagnostics.append(error(
@@ -177,7 +177,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             # it may widen what fwc reads only within that repository. Directories
             # elsewhere are the user's to give (--include-path).
             root = repository_root(path)
-            outside = [d for d in directories if not inside(d.resolve(), (root,))]
+            outside = [d for d in directories if not inside(resolved(d), (root,))]
             if outside:
                 diagnostics.append(error(
                     "FWC031", f"'{key}' in {CONFIG_NAME}: '{_shown(outside[0])}' is outside "

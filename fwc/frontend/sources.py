@@ -123,11 +123,19 @@ def library_name_problem(name: str) -> str | None:
 
 def repository_root(top: Path) -> Path:
     """The git work tree holding TOP (a file), or TOP's directory outside git (resolved)."""
-    directory = top.absolute().parent.resolve()
+    directory = resolved(top.absolute().parent)
     for candidate in (directory, *directory.parents):
         if (candidate / ".git").exists():
             return candidate
     return directory
+
+
+def resolved(path: Path) -> Path:
+    """PATH absolute with every symbolic link followed, as `Path.resolve()` does, except
+    that a link loop stays as it is (opening it then fails with ELOOP, which the readers
+    report as any unreadable file) where Python before 3.13 raised RuntimeError: a
+    traceback for `fwc check p.fw` with p.fw a link to itself."""
+    return Path(os.path.realpath(path))
 
 
 def inside(path: Path, roots: Iterable[Path]) -> bool:
@@ -153,10 +161,10 @@ def add_include_path_argument(parser: argparse.ArgumentParser) -> None:
 def secret_reader(top: Path, include_path: Iterable[Path] = ()):  # type: ignore[no-untyped-def]
     """`read(path) -> str` for the password files of the policy TOP: inside its repository
     (or an include-path directory), regular, small; Refused otherwise (echoing nothing)."""
-    roots = (repository_root(Path(top)), *(Path(d).resolve() for d in include_path))
+    roots = (repository_root(Path(top)), *(resolved(Path(d)) for d in include_path))
 
     def read(path: Path) -> str:
-        target = Path(path).absolute().resolve()
+        target = resolved(Path(path).absolute())
         if not inside(target, roots):
             raise Refused("FWC010", f"password file '{path}' is outside the policy repository "
                           f"{roots[0]}",
