@@ -114,7 +114,8 @@ host bits set (192.0.2.1/24), a host with a prefix, or a range that ends before 
 starts.""")
 describe("FWC107", "malformed port or service", E, """
 A port outside 0-65535, a reversed port range, an unknown ICMP type or an unknown
-IP protocol in a service.""")
+IP protocol in a service. `proto/0` is refused too: iptables reads `-p 0` as every
+protocol (nft as protocol 0), so the rule would open everything it names.""")
 describe("FWC108", "definition cycle", E, """
 A group (or service) contains itself through other groups. The cycle path is
 printed; break it by removing one membership.""")

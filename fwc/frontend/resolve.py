@@ -502,6 +502,12 @@ class Resolver:
             if number > 255:
                 self.err("FWC107", f"IP protocol {number} is out of range 0-255", item.span)
                 return None
+            if number == 0:  # iptables reads `-p 0` as every protocol, nft as none
+                self.err("FWC107", f"'{item.text}' would match every protocol: iptables "
+                         "reads protocol 0 as 'all'", item.span,
+                         hint="leave out 'service' to match every protocol, or name one "
+                         "(proto/1-255)")
+                return None
             names = [k for k, v in proto.IP_PROTOCOLS.items() if v == number]
             return m.ServiceMatch(names[0] if names else str(number), number)
         if rest in proto.IP_PROTOCOLS:
