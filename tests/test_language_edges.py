@@ -21,3 +21,29 @@ def test_fwc107_protocol_zero_is_not_every_protocol(tmp_path):
     # the other numbers stay what they are
     text = mutate((SERVER_RULE, "accept from server to client   service proto/47"))
     assert with_code(run(tmp_path, text), "FWC107") == []
+
+
+def test_fwc102_an_object_named_like_an_endpoint_keyword(tmp_path):
+    # `host firewall 192.0.2.5` was accepted and then ignored by every rule (`to firewall`
+    # opened ssh to the nodes, not to the host), while a group took it by name
+    text = mutate((SERVER_RULE, "accept from client to firewall service tcp/5001"),
+                  ("host    web      192.0.2.80",
+                   "host    web      192.0.2.80\nhost    firewall 192.0.2.5\n"
+                   "host    any      192.0.2.6\ngroup   both     any, firewall"))
+    analysis = run(tmp_path, text)
+    refused = with_code(analysis, "FWC102")
+    assert [(d.span.line, d.severity) for d in refused] == \
+        [(line_of(text, "host    firewall"), E), (line_of(text, "host    any"), E)]
+    assert "in a rule 'firewall' means the cluster members' own addresses" \
+        in refused[0].message
+    # the group's members are not reported again
+    assert with_code(analysis, "FWC101") == []
+
+
+def test_fwc101_endpoint_keyword_in_a_group(tmp_path):
+    text = mutate(("host    web      192.0.2.80",
+                   "host    web      192.0.2.80\ngroup   everyone any, web"),
+                  (SERVER_RULE, "accept from server to everyone service tcp/5001"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC101", E, line_of(text, "group   everyone"),
+                      "'any' is no object")

@@ -100,7 +100,10 @@ Address objects, services and interfaces live in separate namespaces: `lan` the
 network and `lan` the interface are different things.""")
 describe("FWC102", "duplicate definition", E, """
 The same name is defined twice. A second definition would silently replace the
-first, so fwc refuses it and points at both.""")
+first, so fwc refuses it and points at both. `any` and `firewall` are defined by the
+language: an address object of either name would be the keyword in a rule's source
+or destination (`to firewall` the nodes, not the host) and the object in a group, so
+it is refused too.""")
 describe("FWC103", "unused object or service", W, """
 An object or service that no rule, group, NAT rule or expectation uses is dead
 weight that reviewers still have to read. Objects whose addresses are exactly a

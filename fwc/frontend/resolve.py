@@ -29,6 +29,10 @@ from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
 from fwc.text import decode_literal
 
 IPV4_BITS, IPV6_BITS = 32, 128
+# What the endpoint keywords mean (docs/language.md, "Endpoints"), for the diagnostics
+# of an object named like one.
+_KEYWORD_MEANING = {"any": "every address but the firewall's own",
+                    "firewall": "the cluster members' own addresses and VIPs"}
 
 
 def _small_int(digits: str) -> int:
@@ -160,6 +164,7 @@ class Resolver:
         self.objects: dict[str, m.AddressObject] = {}
         self.services: dict[str, m.Service] = {}
         self.broken_vips: set[str] = set()  # interfaces whose VIP did not resolve
+        self.refused_keywords: set[str] = set()  # objects named `any`/`firewall` (FWC102)
         # An inline service (`tcp/443`) means the same wherever it is written: resolved
         # once per run and text (only when it resolved without a diagnostic).
         self.service_specs: dict[str, m.ServiceMatch] = {}
@@ -318,6 +323,14 @@ class Resolver:
             else:
                 continue
             previous = table.get(name.text)
+            if table is self.object_decls and name.text in PLAIN_ENDPOINTS:
+                # A rule's `any`/`firewall` is the keyword, a group's the object: one name
+                # with two meanings, and `to firewall` opened the nodes, not the host.
+                self.err("FWC102", f"'{name.text}' is defined by the language: in a rule "
+                         f"'{name.text}' means {_KEYWORD_MEANING[name.text]}, never this "
+                         "object", name.span, hint=f"rename the object, e.g. '{name.text}-host'")
+                self.refused_keywords.add(name.text)
+                continue
             if previous is not None:
                 self.err("FWC102", f"'{name.text}' is defined twice", name.span,
                          hint="rename one of them",
@@ -417,6 +430,13 @@ class Resolver:
 
     def undefined_object(self, item: s.Endpoint | s.Word) -> None:
         name = item.text
+        if name in PLAIN_ENDPOINTS:  # (a group's or a route-rule's member: a plain name)
+            if name not in self.refused_keywords:  # (its definition was reported)
+                self.err("FWC101", f"'{name}' is no object: it means "
+                         f"{_KEYWORD_MEANING[name]} in a rule's source or destination only",
+                         item.span, hint="write the addresses (0.0.0.0/0, ::/0) here, or "
+                         "'any' in the rule" if name == "any" else "name 'firewall' in the rule")
+            return
         hint = _did_you_mean(name, self.object_decls)
         if hint is None and name in self.service_decls:
             hint = f"'{name}' is a service, not an address object"
