@@ -47,3 +47,20 @@ def test_fwc101_endpoint_keyword_in_a_group(tmp_path):
     analysis = run(tmp_path, text)
     assert_diagnostic(analysis, "FWC101", E, line_of(text, "group   everyone"),
                       "'any' is no object")
+
+
+def test_fwc102_a_service_named_like_a_protocol_is_that_protocol(tmp_path):
+    # a rule's `service gre` took the service of that name: `service gre tcp/1-65535`
+    # opened every TCP port under a name that reads as GRE
+    text = mutate((SERVER_RULE, "accept from server to client   service gre"),
+                  ("host    web      192.0.2.80",
+                   "host    web      192.0.2.80\nservice gre tcp/1-65535"))
+    analysis = run(tmp_path, text)
+    assert_diagnostic(analysis, "FWC102", E, line_of(text, "service gre tcp"),
+                      "service 'gre' takes the name of the gre protocol (proto/47)")
+    # the library's way: the name is the protocol itself
+    for same in ("proto/gre", "proto/47"):
+        text = mutate((SERVER_RULE, "accept from server to client   service gre"),
+                      ("host    web      192.0.2.80",
+                       f"host    web      192.0.2.80\nservice gre {same}"))
+        assert with_code(run(tmp_path, text), "FWC102") == []

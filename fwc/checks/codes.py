@@ -103,7 +103,9 @@ The same name is defined twice. A second definition would silently replace the
 first, so fwc refuses it and points at both. `any` and `firewall` are defined by the
 language: an address object of either name would be the keyword in a rule's source
 or destination (`to firewall` the nodes, not the host) and the object in a group, so
-it is refused too.""")
+it is refused too. So is a service named like a protocol (`gre`, `tcp`, `esp`) that
+is not exactly that protocol: `service gre tcp/1-65535` would make a rule's `service
+gre` open every TCP port.""")
 describe("FWC103", "unused object or service", W, """
 An object or service that no rule, group, NAT rule or expectation uses is dead
 weight that reviewers still have to read. Objects whose addresses are exactly a

@@ -459,7 +459,23 @@ class Resolver:
             if helper:
                 matches = [m.ServiceMatch(x.protocol, x.number, x.ports, x.icmp_type,
                                           x.icmp_name, helper) for x in matches]
+            self.protocol_named(decl, matches)
             self.services[name] = m.Service(name, tuple(matches), helper, decl.span)
+
+    def protocol_named(self, decl: s.ServiceDef, matches: list[m.ServiceMatch]) -> None:
+        """FWC102 when service DECL takes the name of a protocol (`gre`, `tcp`) for something
+        else: a rule's bare `gre` is that service, so `service gre tcp/1-65535` opened
+        every TCP port under a name that reads as GRE. Exactly the protocol is fine
+        (`service gre proto/gre`, as the library writes it)."""
+        name = decl.name.text
+        number = proto.IP_PROTOCOLS.get(name)
+        if number is None or matches == [m.ServiceMatch(name, number)]:
+            return
+        self.err("FWC102", f"service '{name}' takes the name of the {name} protocol "
+                 f"(proto/{number}) for something else: a rule's 'service {name}' reads as "
+                 "the whole protocol", decl.name.span,
+                 hint=f"rename the service, e.g. '{name}-custom', or define it as "
+                 f"'proto/{name}'")
 
     def service_item(self, item: s.ServiceRef) -> tuple[m.ServiceMatch, ...]:
         """What ITEM matches (a named service: its matches, shared); () when undefined."""
