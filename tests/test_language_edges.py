@@ -64,3 +64,24 @@ def test_fwc102_a_service_named_like_a_protocol_is_that_protocol(tmp_path):
                       ("host    web      192.0.2.80",
                        f"host    web      192.0.2.80\nservice gre {same}"))
         assert with_code(run(tmp_path, text), "FWC102") == []
+
+
+def test_fwc106_ipv4_mapped_ipv6_address(tmp_path):
+    # `::ffff:c000:20a` went into the IPv6 rules only: a `drop` of it never dropped
+    # 192.0.2.10, without a word (and the dotted form was a syntax error at the '.')
+    for written, hint in (("::ffff:c000:20a", "write 192.0.2.10"),
+                          ("::ffff:192.0.2.10", "write 192.0.2.10"),
+                          ("::ffff:192.0.2.0/120", "write 192.0.2.0/24"),
+                          ("::ffff:192.0.2.1-::ffff:192.0.2.5", "write 192.0.2.1-192.0.2.5")):
+        text = mutate(("accept from server to client ",
+                       f"drop   from {written} to client "))
+        d = assert_diagnostic(run(tmp_path, text), "FWC106", E,
+                              line_of(text, f"from {written}"),
+                              "is IPv4 written as IPv4-mapped IPv6")
+        assert d.hint == hint
+    # the whole block is a bogon like any other (std/bogons.fw), and an address with
+    # an embedded IPv4 tail outside it (NAT64) is plain IPv6
+    for fine in ("::ffff:0:0/96", "64:ff9b::192.0.2.0/120"):
+        text = mutate((SERVER_RULE, f"drop   from {fine} to lan6"))
+        analysis = run(tmp_path, text)
+        assert [d for d in analysis.diagnostics if d.is_error] == []

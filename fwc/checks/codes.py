@@ -116,7 +116,10 @@ match.""")
 describe("FWC106", "malformed address", E, """
 An address, network, range or prefix that does not parse, a network written with
 host bits set (192.0.2.1/24), a host with a prefix, or a range that ends before it
-starts.""")
+starts. IPv4 written as IPv4-mapped IPv6 (`::ffff:192.0.2.10`, a network or range
+inside `::ffff:0:0/96`) too: only the IPv6 rules get it, so it never matches the IPv4
+traffic it names (a `drop` of it would drop nothing). The whole block `::ffff:0:0/96`
+(a bogon, std/bogons.fw) is fine.""")
 describe("FWC107", "malformed port or service", E, """
 A port outside 0-65535, a reversed port range, an unknown ICMP type or an unknown
 IP protocol in a service. `proto/0` is refused too: iptables reads `-p 0` as every

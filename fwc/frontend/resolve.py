@@ -29,6 +29,7 @@ from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
 from fwc.text import decode_literal
 
 IPV4_BITS, IPV6_BITS = 32, 128
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses (RFC 4291)
 # What the endpoint keywords mean (docs/language.md, "Endpoints"), for the diagnostics
 # of an object named like one.
 _KEYWORD_MEANING = {"any": "every address but the firewall's own",
@@ -201,8 +202,12 @@ class Resolver:
                     self.err("FWC106", f"'{text}' has host bits set", word.span,
                              hint=f"the network is {net}")
                     return None
+                if self.ipv4_mapped(word, net):
+                    return None
                 return AddressSet.of(net)
             addr = ipaddress.ip_address(text)
+            if self.ipv4_mapped(word, ipaddress.ip_network(addr)):
+                return None
             if want == "network":
                 self.err("FWC106", f"a network needs a prefix length: '{text}'", word.span,
                          hint=f"write {text}/{addr.max_prefixlen} or declare a 'host'")
@@ -213,6 +218,22 @@ class Resolver:
                      hint="write an IPv4 (192.0.2.1, 192.0.2.0/24) or IPv6 (2001:db8::1) "
                      "address")
             return None
+
+    def ipv4_mapped(self, word: s.Word, net: ipaddress.IPv4Network | ipaddress.IPv6Network) \
+            -> bool:
+        """FWC106 when NET is IPv4 written as IPv4-mapped IPv6 (`::ffff:192.0.2.10`): it goes
+        into the IPv6 rules, which IPv4 packets never meet (and Linux drops IPv6 packets
+        from such a source), so a `drop` of it never dropped 192.0.2.10. The whole block
+        (`::ffff:0:0/96`, a bogon) is an address like any other."""
+        if not isinstance(net, ipaddress.IPv6Network) or net.prefixlen <= _MAPPED.prefixlen \
+                or not net.subnet_of(_MAPPED):
+            return False
+        v4 = ipaddress.ip_network((net.network_address.ipv4_mapped,
+                                   net.prefixlen - _MAPPED.prefixlen))
+        self.err("FWC106", f"'{word.text}' is IPv4 written as IPv4-mapped IPv6: only the IPv6 "
+                 "rules get it, so it never matches IPv4 traffic", word.span,
+                 hint=f"write {v4.network_address if v4.prefixlen == 32 else v4}")
+        return True
 
     def parse_range(self, word: s.Word) -> AddressSet | None:
         first_text, _, last_text = word.text.partition("-")
@@ -229,6 +250,12 @@ class Resolver:
         if int(last) < int(first):
             self.err("FWC106", f"range '{word.text}' ends before it starts", word.span,
                      hint=f"write {last}-{first}")
+            return None
+        if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped is not None \
+                and last.ipv4_mapped is not None:
+            self.err("FWC106", f"'{word.text}' is IPv4 written as IPv4-mapped IPv6: only "
+                     "the IPv6 rules get it, so it never matches IPv4 traffic", word.span,
+                     hint=f"write {first.ipv4_mapped}-{last.ipv4_mapped}")
             return None
         return AddressSet.from_range(first, last)
 
