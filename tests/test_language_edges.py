@@ -85,3 +85,18 @@ def test_fwc106_ipv4_mapped_ipv6_address(tmp_path):
         text = mutate((SERVER_RULE, f"drop   from {fine} to lan6"))
         analysis = run(tmp_path, text)
         assert [d for d in analysis.diagnostics if d.is_error] == []
+
+
+def test_fwc102_any_names_no_service_interface_or_member(tmp_path):
+    # `service any tcp, udp` made `drop ... service any` drop TCP and UDP only (ICMP,
+    # GRE went on to the later rules); `in any` and `only any` the same way
+    text = mutate(("accept from server to client   service tcp/5001",
+                   "drop   from server to client   service any in any only any"),
+                  ("host    web      192.0.2.80",
+                   "host    web      192.0.2.80\nservice any tcp, udp"),
+                  ("member fw1 priority", "member any priority")).replace("uplink", "any")
+    analysis = run(tmp_path, text)
+    found = {d.message.split(":")[0]: d.span.line for d in with_code(analysis, "FWC102")}
+    assert found == {"service named 'any'": line_of(text, "service any tcp"),
+                     "interface named 'any'": line_of(text, "interface any vip"),
+                     "member named 'any'": line_of(text, "member any priority")}

@@ -105,7 +105,9 @@ language: an address object of either name would be the keyword in a rule's sour
 or destination (`to firewall` the nodes, not the host) and the object in a group, so
 it is refused too. So is a service named like a protocol (`gre`, `tcp`, `esp`) that
 is not exactly that protocol: `service gre tcp/1-65535` would make a rule's `service
-gre` open every TCP port.""")
+gre` open every TCP port. A service, interface or member named `any` is refused for the
+same reason: `drop ... service any`, `in any` and `only any` read as every protocol,
+interface or member and meant that one alone.""")
 describe("FWC103", "unused object or service", W, """
 An object or service that no rule, group, NAT rule or expectation uses is dead
 weight that reviewers still have to read. Objects whose addresses are exactly a

@@ -347,6 +347,7 @@ class Resolver:
                 table, name = self.object_decls, st.name
             elif isinstance(st, s.ServiceDef):
                 table, name = self.service_decls, st.name
+                self.not_any(name, "service", "service any", "protocol")
             else:
                 continue
             previous = table.get(name.text)
@@ -364,6 +365,17 @@ class Resolver:
                          related=[Related(previous.name.span, "first defined here")])
                 continue
             table[name.text] = st  # type: ignore[assignment]
+
+    def not_any(self, name: s.Word, kind: str, written: str, every: str) -> None:
+        """FWC102 for a service, interface or member named `any`: a rule's WRITTEN
+        (`service any`, `in any`, `only any`) reads as every EVERY and meant this one
+        alone (`drop ... service any` dropped only what the service lists)."""
+        if name.text == "any":
+            self.err("FWC102", f"{kind} named 'any': a rule's '{written}' reads as every "
+                     f"{every}, and would mean this {kind} alone", name.span,
+                     hint=f"rename the {kind}" + (
+                         "; a rule without 'service' matches every protocol"
+                         if kind == "service" else ""))
 
     def definition_order(self, kind: str, members: dict[str, list[str]],
                          spans: dict[str, Span]) -> list[str]:
@@ -857,6 +869,7 @@ class Resolver:
                          related=[Related(seen[idecl.name.text].span, "first declared here")])
                 continue
             seen[idecl.name.text] = idecl
+            self.not_any(idecl.name, "interface", "in any", "interface")
             vips: list[m.IPInterface] = []
             spans: list[Span] = []
             names: list[str | None] = []
@@ -951,6 +964,7 @@ class Resolver:
                          related=[Related(seen[mdecl.name.text].span, "first declared here")])
                 continue
             seen[mdecl.name.text] = mdecl
+            self.not_any(mdecl.name, "member", "only any", "member")
             opts = self.unique_options(mdecl.options)
             priority = None
             pspan = None
