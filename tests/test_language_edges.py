@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from checkkit import assert_diagnostic, line_of, mutate, run, with_code
+from checkkit import assert_diagnostic, compiled_files, line_of, mutate, run, with_code
 
 from fwc.diagnostics import Severity
 
@@ -100,3 +100,18 @@ def test_fwc102_any_names_no_service_interface_or_member(tmp_path):
     assert found == {"service named 'any'": line_of(text, "service any tcp"),
                      "interface named 'any'": line_of(text, "interface any vip"),
                      "member named 'any'": line_of(text, "member any priority")}
+
+
+def test_fwc105_ah_is_an_extension_header_in_ipv6(tmp_path):
+    # ip6tables' -p and nft's l4proto look past IPv6 extension headers (AH among them):
+    # `-p 51` in ip6tables matched nothing, while fwc query said IPv6 AH was accepted
+    text = mutate((SERVER_RULE, "accept from lan6 to any service ah"))
+    d = assert_diagnostic(run(tmp_path, text), "FWC105", E, line_of(text, "service ah"),
+                          "service ah is IPv4 only")
+    assert "extension header" in (d.hint or "")
+    # between both families the rule is IPv4's alone, as the kernel reads it
+    text = mutate((SERVER_RULE, "accept from any to lan, lan6 service ah"))
+    files = compiled_files(tmp_path, text)
+    assert "-p 51" in files["fw1/iptables.rules"] or "-p ah" in files["fw1/iptables.rules"]
+    assert "-p 51" not in files["fw1/ip6tables.rules"]
+    assert "-p ah" not in files["fw1/ip6tables.rules"]
