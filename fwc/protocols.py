@@ -13,6 +13,20 @@ IP_PROTOCOLS = MappingProxyType({
 
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "dccp"})
 
+# What IPv6 carries as extension headers (the kernel's ipv6_ext_hdr: hop-by-hop,
+# routing, fragment, AH, no next header, destination options). ip6tables' `-p` and nft's
+# `meta l4proto` look past them at the protocol after them, so in IPv6 a rule for one
+# of these numbers matches nothing (`-p ah` lets AH-protected TCP through as TCP).
+IPV6_EXTENSION_HEADERS = frozenset({0, 43, 44, 51, 59, 60})
+
+
+def protocol_name(number: int) -> str:
+    """The name fwc gives IP protocol NUMBER: the language's name, else the number."""
+    for name, known in IP_PROTOCOLS.items():
+        if known == number:
+            return name
+    return str(number)
+
 ICMP_TYPES = MappingProxyType({
     "echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
     "echo-request": 8, "router-advertisement": 9, "router-solicitation": 10,

@@ -93,6 +93,16 @@ def test_untranslatable_lines_stay_as_comments_with_a_warning(tmp_path):
     checks_clean(policy)
 
 
+def test_protocol_zero_is_every_protocol(tmp_path):
+    # iptables reads `-p 0` as every protocol: imported as `service proto/0` it was a
+    # policy fwc refuses (FWC107), and the fidelity proof read it as protocol 0 alone
+    save = ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A FORWARD -s 192.0.2.0/24 -p 0 -j ACCEPT\nCOMMIT\n")
+    text, codes, policy = imported(tmp_path, "zero.save", save)
+    assert "    accept from net-192-0-2-0-24 to any\n" in text and "proto" not in text
+    checks_clean(policy)
+
+
 def test_a_changed_import_is_reported_packet_class_by_packet_class(tmp_path):
     original = (FIXTURES / "gateway.save").read_text()
     changed = original.replace("--dport 113 -j REJECT", "--dport 114 -j REJECT")

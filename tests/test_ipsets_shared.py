@@ -61,3 +61,17 @@ def test_a_name_taken_by_other_addresses_is_not_reused():
     assert not namer.fits([mine])  # naming again would choose the content's name
     namer.sets["fwc4-partners"] = mine
     assert namer.fits([mine])
+
+
+def test_two_lists_whose_content_names_collide_stay_two_sets(monkeypatch):
+    # the content name is a 48-bit hash: two address lists made to collide shared one
+    # set, so the second rule matched the first list's addresses
+    monkeypatch.setattr("fwc.backend.ipsets._hash", lambda text, length=10: "c" * length)
+    namer = _Namer(4, threshold=2)
+    first = ("192.0.2.1/32", "192.0.2.3/32", "192.0.2.5/32")
+    second = ("198.51.100.1/32", "198.51.100.3/32", "198.51.100.5/32")
+    a = namer.name_for(first, ())
+    b = namer.name_for(second, ())
+    assert a != b
+    assert (namer.sets[a].cidrs, namer.sets[b].cidrs) == (first, second)
+    assert namer.name_for(second, ()) == b and namer.collided  # the same list: its set

@@ -118,12 +118,24 @@ class _Namer:
                 break
         if name is None or (name in self.sets and self.sets[name].cidrs != cidrs):
             self.collided = self.collided or name is not None
-            name = _content_set_name(cidrs, self.family)
+            name = self._content_name(cidrs)
         made = self.sets.get(name)
         if made is None:  # (a set is named by thousands of rules: one IpSet per name)
             made = self.sets[name] = IpSet(name, self.family, cidrs)
         if name not in self.used:
             self.used[name] = made
+        return name
+
+    def _content_name(self, cidrs: tuple[str, ...]) -> str:
+        """The content's name, numbered on when other addresses hold it: a 48-bit hash
+        can be made to collide, and two lists under one name were one set (the second
+        rule matched the first one's addresses)."""
+        base = name = _content_set_name(cidrs, self.family)
+        number = 1
+        while name in self.sets and self.sets[name].cidrs != cidrs:
+            self.collided = True  # (the name depends on what was named before)
+            number += 1
+            name = f"{base}-{number}"
         return name
 
     def fits(self, used: Iterable[IpSet]) -> bool:

@@ -100,7 +100,14 @@ Address objects, services and interfaces live in separate namespaces: `lan` the
 network and `lan` the interface are different things.""")
 describe("FWC102", "duplicate definition", E, """
 The same name is defined twice. A second definition would silently replace the
-first, so fwc refuses it and points at both.""")
+first, so fwc refuses it and points at both. `any` and `firewall` are defined by the
+language: an address object of either name would be the keyword in a rule's source
+or destination (`to firewall` the nodes, not the host) and the object in a group, so
+it is refused too. So is a service named like a protocol (`gre`, `tcp`, `esp`) that
+is not exactly that protocol: `service gre tcp/1-65535` would make a rule's `service
+gre` open every TCP port. A service, interface or member named `any` is refused for the
+same reason: `drop ... service any`, `in any` and `only any` read as every protocol,
+interface or member and meant that one alone.""")
 describe("FWC103", "unused object or service", W, """
 An object or service that no rule, group, NAT rule or expectation uses is dead
 weight that reviewers still have to read. Objects whose addresses are exactly a
@@ -111,10 +118,14 @@ match.""")
 describe("FWC106", "malformed address", E, """
 An address, network, range or prefix that does not parse, a network written with
 host bits set (192.0.2.1/24), a host with a prefix, or a range that ends before it
-starts.""")
+starts. IPv4 written as IPv4-mapped IPv6 (`::ffff:192.0.2.10`, a network or range
+inside `::ffff:0:0/96`) too: only the IPv6 rules get it, so it never matches the IPv4
+traffic it names (a `drop` of it would drop nothing). The whole block `::ffff:0:0/96`
+(a bogon, std/bogons.fw) is fine.""")
 describe("FWC107", "malformed port or service", E, """
 A port outside 0-65535, a reversed port range, an unknown ICMP type or an unknown
-IP protocol in a service.""")
+IP protocol in a service. `proto/0` is refused too: iptables reads `-p 0` as every
+protocol (nft as protocol 0), so the rule would open everything it names.""")
 describe("FWC108", "definition cycle", E, """
 A group (or service) contains itself through other groups. The cycle path is
 printed; break it by removing one membership.""")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from operator import attrgetter
 
+from fwc import protocols as proto
 from fwc.checks import SIDES_MEMO, check
 from fwc.checks.sides import RuleSides, rule_sides, service_numbers, side_numbers
 from fwc.diagnostics import Diagnostic, Severity, error, warning
@@ -182,9 +183,7 @@ def _family_finding(what: str, item: Matcher, source: frozenset[int],
     if services is not None and not services & common:
         return error("FWC105", f"{what} service {', '.join(item.service_labels)} is "
                      f"{family_label(services)} only, the endpoints are "
-                     f"{family_label(common)}", item.span,
-                     hint="use icmp/ for IPv4 and icmpv6/ for IPv6, or a service "
-                     "with both")
+                     f"{family_label(common)}", item.span, hint=_family_hint(item.services))
     target = getattr(item, "target", None)
     if target is not None and target.addresses:
         if services is None:
@@ -197,6 +196,13 @@ def _family_finding(what: str, item: Matcher, source: frozenset[int],
                          hint="NAT cannot change the address family; use a target "
                          "of the traffic's family")
     return None
+
+
+def _family_hint(services: tuple[ServiceMatch, ...]) -> str:
+    if any(m.number in proto.IPV6_EXTENSION_HEADERS for m in services):
+        return ("IPv6 carries AH (and protocols 0, 43, 44, 59, 60) as an extension header, "
+                "and ip6tables and nft match the protocol after it: name that protocol")
+    return "use icmp/ for IPv4 and icmpv6/ for IPv6, or a service with both"
 
 
 def _mask(families: frozenset[int]) -> int:
@@ -213,7 +219,10 @@ between IPv4 ones) never matches either; a NAT rule cannot translate to a
 target of the other family (snat of IPv6 sources to an IPv4-only VIP, dnat of
 IPv4 traffic to an IPv6 host). Mixed lists are fine as long as each family has
 something to match: a service `ping` with both `icmp/echo-request` and
-`icmpv6/echo-request` between IPv4 endpoints is not reported.""")
+`icmpv6/echo-request` between IPv4 endpoints is not reported. AH (and protocols 0,
+43, 44, 59, 60) exists in IPv4 only: IPv6 carries it as an extension header, which
+ip6tables' `-p` and nft's `meta l4proto` look past (AH-protected TCP is TCP to them),
+so an IPv6 rule for it would match nothing.""")
 def family_mismatch(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         sides = _sides(cluster)

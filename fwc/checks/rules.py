@@ -23,6 +23,7 @@ from fwc.checks.sides import SideNumbers, rule_sides, service_numbers, side_numb
 from fwc.diagnostics import Diagnostic, Related, Severity, warning
 from fwc.diagnostics import error as error_diag
 from fwc.model import (
+    PROTOCOL_FAMILY,  # ServiceMatch.family as a table lookup: per rule on the hot path
     Cluster,
     Endpoint,
     FilterRule,
@@ -46,8 +47,6 @@ from fwc.model.semantics import (
 from fwc.model.vocabulary import Action, FilterAction, NatAction
 
 FAMILIES = (4, 6)
-# ServiceMatch.family as a table lookup: this runs per rule on the hot path.
-PROTOCOL_FAMILY = {"icmp": 4, "icmpv6": 6}
 PORT_INFINITY = 1 << 17  # above every port
 
 # Where a rule's traffic is matched: forwarded, to the firewall, from it, or both.
@@ -349,7 +348,7 @@ class Services:
         if got is None:
             matches = self.matches  # one tuple, not two equal ones, when all are in FAMILY
             for match in matches:
-                if match.protocol in PROTOCOL_FAMILY:  # an ICMP flavour: only one family
+                if match.protocol in PROTOCOL_FAMILY:  # ICMP or AH: only one family
                     matches = _in_family(matches, family)
                     if matches == self.matches:
                         matches = self.matches

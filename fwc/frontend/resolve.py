@@ -29,6 +29,11 @@ from fwc.model.vocabulary import Backend, FilterAction, NatAction, Verdict
 from fwc.text import decode_literal
 
 IPV4_BITS, IPV6_BITS = 32, 128
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses (RFC 4291)
+# What the endpoint keywords mean (docs/language.md, "Endpoints"), for the diagnostics
+# of an object named like one.
+_KEYWORD_MEANING = {"any": "every address but the firewall's own",
+                    "firewall": "the cluster members' own addresses and VIPs"}
 
 
 def _small_int(digits: str) -> int:
@@ -160,6 +165,7 @@ class Resolver:
         self.objects: dict[str, m.AddressObject] = {}
         self.services: dict[str, m.Service] = {}
         self.broken_vips: set[str] = set()  # interfaces whose VIP did not resolve
+        self.refused_keywords: set[str] = set()  # objects named `any`/`firewall` (FWC102)
         # An inline service (`tcp/443`) means the same wherever it is written: resolved
         # once per run and text (only when it resolved without a diagnostic).
         self.service_specs: dict[str, m.ServiceMatch] = {}
@@ -196,8 +202,12 @@ class Resolver:
                     self.err("FWC106", f"'{text}' has host bits set", word.span,
                              hint=f"the network is {net}")
                     return None
+                if self.ipv4_mapped(word, net):
+                    return None
                 return AddressSet.of(net)
             addr = ipaddress.ip_address(text)
+            if self.ipv4_mapped(word, ipaddress.ip_network(addr)):
+                return None
             if want == "network":
                 self.err("FWC106", f"a network needs a prefix length: '{text}'", word.span,
                          hint=f"write {text}/{addr.max_prefixlen} or declare a 'host'")
@@ -208,6 +218,22 @@ class Resolver:
                      hint="write an IPv4 (192.0.2.1, 192.0.2.0/24) or IPv6 (2001:db8::1) "
                      "address")
             return None
+
+    def ipv4_mapped(self, word: s.Word, net: ipaddress.IPv4Network | ipaddress.IPv6Network) \
+            -> bool:
+        """FWC106 when NET is IPv4 written as IPv4-mapped IPv6 (`::ffff:192.0.2.10`): it goes
+        into the IPv6 rules, which IPv4 packets never meet (and Linux drops IPv6 packets
+        from such a source), so a `drop` of it never dropped 192.0.2.10. The whole block
+        (`::ffff:0:0/96`, a bogon) is an address like any other."""
+        if not isinstance(net, ipaddress.IPv6Network) or net.prefixlen <= _MAPPED.prefixlen \
+                or not net.subnet_of(_MAPPED):
+            return False
+        v4 = ipaddress.ip_network((net.network_address.ipv4_mapped,
+                                   net.prefixlen - _MAPPED.prefixlen))
+        self.err("FWC106", f"'{word.text}' is IPv4 written as IPv4-mapped IPv6: only the IPv6 "
+                 "rules get it, so it never matches IPv4 traffic", word.span,
+                 hint=f"write {v4.network_address if v4.prefixlen == 32 else v4}")
+        return True
 
     def parse_range(self, word: s.Word) -> AddressSet | None:
         first_text, _, last_text = word.text.partition("-")
@@ -224,6 +250,12 @@ class Resolver:
         if int(last) < int(first):
             self.err("FWC106", f"range '{word.text}' ends before it starts", word.span,
                      hint=f"write {last}-{first}")
+            return None
+        if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped is not None \
+                and last.ipv4_mapped is not None:
+            self.err("FWC106", f"'{word.text}' is IPv4 written as IPv4-mapped IPv6: only "
+                     "the IPv6 rules get it, so it never matches IPv4 traffic", word.span,
+                     hint=f"write {first.ipv4_mapped}-{last.ipv4_mapped}")
             return None
         return AddressSet.from_range(first, last)
 
@@ -315,15 +347,35 @@ class Resolver:
                 table, name = self.object_decls, st.name
             elif isinstance(st, s.ServiceDef):
                 table, name = self.service_decls, st.name
+                self.not_any(name, "service", "service any", "protocol")
             else:
                 continue
             previous = table.get(name.text)
+            if table is self.object_decls and name.text in PLAIN_ENDPOINTS:
+                # A rule's `any`/`firewall` is the keyword, a group's the object: one name
+                # with two meanings, and `to firewall` opened the nodes, not the host.
+                self.err("FWC102", f"'{name.text}' is defined by the language: in a rule "
+                         f"'{name.text}' means {_KEYWORD_MEANING[name.text]}, never this "
+                         "object", name.span, hint=f"rename the object, e.g. '{name.text}-host'")
+                self.refused_keywords.add(name.text)
+                continue
             if previous is not None:
                 self.err("FWC102", f"'{name.text}' is defined twice", name.span,
                          hint="rename one of them",
                          related=[Related(previous.name.span, "first defined here")])
                 continue
             table[name.text] = st  # type: ignore[assignment]
+
+    def not_any(self, name: s.Word, kind: str, written: str, every: str) -> None:
+        """FWC102 for a service, interface or member named `any`: a rule's WRITTEN
+        (`service any`, `in any`, `only any`) reads as every EVERY and meant this one
+        alone (`drop ... service any` dropped only what the service lists)."""
+        if name.text == "any":
+            self.err("FWC102", f"{kind} named 'any': a rule's '{written}' reads as every "
+                     f"{every}, and would mean this {kind} alone", name.span,
+                     hint=f"rename the {kind}" + (
+                         "; a rule without 'service' matches every protocol"
+                         if kind == "service" else ""))
 
     def definition_order(self, kind: str, members: dict[str, list[str]],
                          spans: dict[str, Span]) -> list[str]:
@@ -417,6 +469,13 @@ class Resolver:
 
     def undefined_object(self, item: s.Endpoint | s.Word) -> None:
         name = item.text
+        if name in PLAIN_ENDPOINTS:  # (a group's or a route-rule's member: a plain name)
+            if name not in self.refused_keywords:  # (its definition was reported)
+                self.err("FWC101", f"'{name}' is no object: it means "
+                         f"{_KEYWORD_MEANING[name]} in a rule's source or destination only",
+                         item.span, hint="write the addresses (0.0.0.0/0, ::/0) here, or "
+                         "'any' in the rule" if name == "any" else "name 'firewall' in the rule")
+            return
         hint = _did_you_mean(name, self.object_decls)
         if hint is None and name in self.service_decls:
             hint = f"'{name}' is a service, not an address object"
@@ -439,7 +498,23 @@ class Resolver:
             if helper:
                 matches = [m.ServiceMatch(x.protocol, x.number, x.ports, x.icmp_type,
                                           x.icmp_name, helper) for x in matches]
+            self.protocol_named(decl, matches)
             self.services[name] = m.Service(name, tuple(matches), helper, decl.span)
+
+    def protocol_named(self, decl: s.ServiceDef, matches: list[m.ServiceMatch]) -> None:
+        """FWC102 when service DECL takes the name of a protocol (`gre`, `tcp`) for something
+        else: a rule's bare `gre` is that service, so `service gre tcp/1-65535` opened
+        every TCP port under a name that reads as GRE. Exactly the protocol is fine
+        (`service gre proto/gre`, as the library writes it)."""
+        name = decl.name.text
+        number = proto.IP_PROTOCOLS.get(name)
+        if number is None or matches == [m.ServiceMatch(name, number)]:
+            return
+        self.err("FWC102", f"service '{name}' takes the name of the {name} protocol "
+                 f"(proto/{number}) for something else: a rule's 'service {name}' reads as "
+                 "the whole protocol", decl.name.span,
+                 hint=f"rename the service, e.g. '{name}-custom', or define it as "
+                 f"'proto/{name}'")
 
     def service_item(self, item: s.ServiceRef) -> tuple[m.ServiceMatch, ...]:
         """What ITEM matches (a named service: its matches, shared); () when undefined."""
@@ -501,6 +576,12 @@ class Resolver:
             number = _small_int(rest)
             if number > 255:
                 self.err("FWC107", f"IP protocol {number} is out of range 0-255", item.span)
+                return None
+            if number == 0:  # iptables reads `-p 0` as every protocol, nft as none
+                self.err("FWC107", f"'{item.text}' would match every protocol: iptables "
+                         "reads protocol 0 as 'all'", item.span,
+                         hint="leave out 'service' to match every protocol, or name one "
+                         "(proto/1-255)")
                 return None
             names = [k for k, v in proto.IP_PROTOCOLS.items() if v == number]
             return m.ServiceMatch(names[0] if names else str(number), number)
@@ -788,6 +869,7 @@ class Resolver:
                          related=[Related(seen[idecl.name.text].span, "first declared here")])
                 continue
             seen[idecl.name.text] = idecl
+            self.not_any(idecl.name, "interface", "in any", "interface")
             vips: list[m.IPInterface] = []
             spans: list[Span] = []
             names: list[str | None] = []
@@ -882,6 +964,7 @@ class Resolver:
                          related=[Related(seen[mdecl.name.text].span, "first declared here")])
                 continue
             seen[mdecl.name.text] = mdecl
+            self.not_any(mdecl.name, "member", "only any", "member")
             opts = self.unique_options(mdecl.options)
             priority = None
             pspan = None

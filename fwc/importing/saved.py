@@ -175,7 +175,11 @@ def _ports(value: str) -> tuple[PortRange, ...]:
     return tuple(out)
 
 
-def _protocol(value: str) -> int:
+def _protocol(value: str) -> int | None:
+    """The protocol `-p VALUE` matches; None for every protocol (iptables reads `-p 0`
+    and `-p all` so; `proto/0` would be refused by fwc, FWC107)."""
+    if value == "all" or (_is_number(value) and int(value) == 0):
+        return None
     if _is_number(value):
         return int(value)
     if value in proto.IP_PROTOCOLS:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import field
 from functools import cached_property
 from itertools import chain
+from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
 from fwc import protocols as proto
@@ -75,7 +76,12 @@ class PortRange(NamedTuple):
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
-_ICMP_FAMILIES = {"icmp": 4, "icmpv6": 6}  # `ServiceMatch.family`: one dict, not one per call
+# `ServiceMatch.family` by protocol name: ICMP is IPv4's, ICMPv6 IPv6's, and what IPv6
+# carries as an extension header (AH) can be matched in IPv4 only. One dict, not one per
+# call (fwc.checks.rules reads it as a table on its hot path).
+PROTOCOL_FAMILY = MappingProxyType({
+    "icmp": 4, "icmpv6": 6,
+    **{proto.protocol_name(n): 4 for n in sorted(proto.IPV6_EXTENSION_HEADERS)}})
 
 
 class ServiceMatch(NamedTuple):
@@ -93,8 +99,9 @@ class ServiceMatch(NamedTuple):
 
     @property
     def family(self) -> int | None:
-        """4 or 6 for ICMP flavours, None when the match works in both families."""
-        return _ICMP_FAMILIES.get(self.protocol)
+        """4 or 6 for ICMP flavours (4 for IPv6 extension headers such as AH), None when
+        the match works in both families."""
+        return PROTOCOL_FAMILY.get(self.protocol)
 
     def __str__(self) -> str:
         if self.ports:
