@@ -7,6 +7,7 @@ otherwise than `fwc query`), so that a policy can never mean two things.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,74 @@ def test_the_numbers_next_to_the_wildcards_compile_alike(tmp_path: Path):
     assert "icmpv6 type 255" in nft["fw1/nftables.nft"]
     assert "meta l4proto 255" in nft["fw1/nftables.nft"]
     assert "icmp type 254" in nft["fw1/nftables.nft"]
+
+
+def _limit_names(tmp_path: Path, rules: str, backend: Backend) -> dict[str, str]:
+    """The rate bucket names of fw1's compiled rules (hashlimit names, nft limit objects
+    and meters), by the kind and number they start with (`p1`, `s1`)."""
+    analysis = _analysed(tmp_path, f"policy c {{\n{rules}}}\n")
+    assert analysis.policy is not None and analysis.ok, analysis.diagnostics
+    files = {f.path: f.content.decode()
+             for f in compile_policy(analysis.policy, backend=backend)[0].files}
+    if backend is Backend.IPTABLES:
+        found = re.findall(r"--hashlimit-name (\S+)", files["fw1/iptables.rules"])
+    else:
+        found = re.findall(r"^\t(?:limit|set) (fwc-[ps]\S+) \{", files["fw1/nftables.nft"],
+                           re.M)
+    return {name.split("-")[1]: name for name in found}
+
+
+LIMITED = "    accept from lan to web service tcp/80  syn-limit 200/second  limit {}\n"
+
+
+@pytest.mark.parametrize("backend", [Backend.IPTABLES, Backend.NFTABLES])
+def test_a_changed_limit_gets_a_new_bucket_name(tmp_path: Path, backend: Backend):
+    """A reload keeps a running hashlimit table, with its old rate, burst and mode, for
+    a new rule of the same name (test below): a rule whose limit changed, or whose
+    number another rule's limit now has, must name another bucket. Unchanged, the
+    names stay (a reload keeps the buckets' state)."""
+    before = _limit_names(tmp_path, LIMITED.format("10/second per-source"), backend)
+    again = _limit_names(tmp_path, LIMITED.format("10/second per-source"), backend)
+    assert before.keys() == {"p1", "s1"} and before == again
+    for changed in ("20/second per-source", "10/second burst 9 per-source", "10/second"):
+        after = _limit_names(tmp_path, LIMITED.format(changed), backend)
+        assert after["p1"] != before["p1"], changed  # the limit's bucket is a new one
+        assert after["s1"] == before["s1"], changed  # the syn-limit did not change
+    # another rule's limit moved to this number: another name too
+    moved = _limit_names(tmp_path, LIMITED.format("1/minute")
+                         + LIMITED.format("10/second per-source"), backend)
+    assert moved["p1"] != before["p1"]
+    assert moved["p2"] == before["p1"].replace("p1", "p2", 1)
+
+
+@pytest.mark.root
+def test_iptables_keeps_a_running_hashlimit_s_rate_for_a_rule_of_the_same_name(
+        tmp_path: Path):
+    """Why the names change (the kernel's behaviour, on a real one): the ruleset with
+    1/minute drops the second ping of three; reloaded with 10000/second under the name
+    fwc gives that limit, every ping passes (under the old name all were dropped)."""
+    from conftest import skip_or_fail_without_root
+    from test_realtools import in_ns, namespace
+
+    skip_or_fail_without_root()
+
+    def ruleset(limit: str, rate: str, burst: int) -> str:
+        name = _limit_names(tmp_path, LIMITED.format(limit), Backend.IPTABLES)["p1"]
+        return ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                "-A OUTPUT -o lo -p icmp -m icmp --icmp-type 8 -m hashlimit --hashlimit-above "
+                f"{rate} --hashlimit-burst {burst} --hashlimit-name {name} -j DROP\nCOMMIT\n")
+
+    def received(ns: str) -> int:
+        got = in_ns(ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "127.0.0.1")
+        found = re.search(r"(\d+) received", got.stdout)
+        assert found is not None, got.stdout + got.stderr
+        return int(found.group(1))
+
+    with namespace() as ns:
+        loaded = in_ns(ns, "iptables-restore", stdin=ruleset("1/minute burst 1", "1/min", 1))
+        assert loaded.returncode == 0, loaded.stderr
+        assert received(ns) == 1
+        loaded = in_ns(ns, "iptables-restore",
+                       stdin=ruleset("10000/second burst 10000", "10000/sec", 10000))
+        assert loaded.returncode == 0, loaded.stderr
+        assert received(ns) == 3
