@@ -27,6 +27,13 @@ def protocol_name(number: int) -> str:
             return name
     return str(number)
 
+# Numbers iptables reads as a wildcard, not as themselves: `-p 0` matches every protocol
+# (the kernel tests the protocol only when it is not 0), and `--icmp-type 255` every ICMP
+# type (ip_tables' icmp match; ip6tables' icmp6 match has no such value). nft matches
+# them literally, so a service naming them would mean two things: the language refuses them.
+IPTABLES_ANY_PROTOCOL = 0
+IPTABLES_ANY_ICMP_TYPE = 255
+
 ICMP_TYPES = MappingProxyType({
     "echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
     "echo-request": 8, "router-advertisement": 9, "router-solicitation": 10,

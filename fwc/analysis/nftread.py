@@ -129,10 +129,14 @@ class NftRules:
 
     rulesets: dict[int, NodeRuleset]
     sets: dict[str, tuple[str, ...]]  # address sets by name: their blocks
-    costs: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    # family -> table -> chain -> cost per rule: per table, since the tables' built-in
+    # chains share names (raw, nat and filter all have a PREROUTING or an INPUT)
+    costs: dict[int, dict[TableName, dict[str, tuple[int, ...]]]] = \
+        field(default_factory=dict)
 
     def evaluator(self, family: int, table: TableName = TableName.FILTER) -> Evaluator:
-        return Evaluator(self.rulesets[family], self.sets, table, costs=self.costs[family])
+        return Evaluator(self.rulesets[family], self.sets, table,
+                         costs=self.costs.get(family, {}).get(table, {}))
 
 
 def _tokens(line: str) -> list[str]:
@@ -802,7 +806,7 @@ class _Reader:
 
     def rules(self) -> NftRules:
         tables: dict[int, dict[TableName, list[Chain]]] = {4: {}, 6: {}}
-        costs: dict[int, dict[str, tuple[int, ...]]] = {4: {}, 6: {}}
+        costs: dict[int, dict[TableName, dict[str, tuple[int, ...]]]] = {4: {}, 6: {}}
         by_table: dict[TableName, list[str]] = {}
         for name, (hook, _) in self.chains.items():
             word = name.split("-", 1)[0]
@@ -880,7 +884,7 @@ class _Reader:
                             seen.add(rule.target)
                             reached.append(rule.target)
                 tables[family][table] = [c for n, c in chains.items() if n in seen]
-                costs[family].update((n, w) for n, w in weights_of.items() if n in seen)
+                costs[family][table] = {n: w for n, w in weights_of.items() if n in seen}
         address_sets = {name: tuple(_blocks(v[0]) for v, _ in s.elements)
                         for name, s in self.sets.items()
                         if len(s.key) == 1 and s.key[0] in ("ipv4_addr", "ipv6_addr")

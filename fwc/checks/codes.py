@@ -124,8 +124,9 @@ traffic it names (a `drop` of it would drop nothing). The whole block `::ffff:0:
 (a bogon, std/bogons.fw) is fine.""")
 describe("FWC107", "malformed port or service", E, """
 A port outside 0-65535, a reversed port range, an unknown ICMP type or an unknown
-IP protocol in a service. `proto/0` is refused too: iptables reads `-p 0` as every
-protocol (nft as protocol 0), so the rule would open everything it names.""")
+IP protocol in a service. IP protocol 0 and ICMP type 255 are refused too: iptables
+reads `-p 0` as every protocol and `--icmp-type 255` as every ICMP type, where nft
+(and `fwc query`) would match only that number.""")
 describe("FWC108", "definition cycle", E, """
 A group (or service) contains itself through other groups. The cycle path is
 printed; break it by removing one membership.""")

@@ -561,6 +561,11 @@ class Resolver:
         if protocol in ("icmp", "icmpv6"):
             table = proto.ICMP_TYPES if protocol == "icmp" else proto.ICMPV6_TYPES
             if rest.isdigit() and _small_int(rest) <= 255:
+                if protocol == "icmp" and _small_int(rest) == proto.IPTABLES_ANY_ICMP_TYPE:
+                    self.err("FWC107", f"ICMP type {rest} in '{item.text}' would match every "
+                             "ICMP type in iptables", item.span,
+                             hint="write icmp/any for every type; ICMP types are 0-254")
+                    return None
                 names = [k for k, v in table.items() if v == int(rest)]
                 return m.ServiceMatch(protocol, proto.IP_PROTOCOLS[protocol], (), int(rest),
                                       names[0] if names else rest)
@@ -575,13 +580,13 @@ class Resolver:
         if rest.isdigit():
             number = _small_int(rest)
             if number > 255:
-                self.err("FWC107", f"IP protocol {number} is out of range 0-255", item.span)
+                self.err("FWC107", f"IP protocol {number} is out of range 1-255", item.span)
                 return None
-            if number == 0:  # iptables reads `-p 0` as every protocol, nft as none
-                self.err("FWC107", f"'{item.text}' would match every protocol: iptables "
-                         "reads protocol 0 as 'all'", item.span,
-                         hint="leave out 'service' to match every protocol, or name one "
-                         "(proto/1-255)")
+            if number == proto.IPTABLES_ANY_PROTOCOL:
+                self.err("FWC107", f"IP protocol 0 in '{item.text}' would match every "
+                         "protocol in iptables", item.span,
+                         hint="leave out 'service' to match every protocol; IP protocols "
+                              "are 1-255")
                 return None
             names = [k for k, v in proto.IP_PROTOCOLS.items() if v == number]
             return m.ServiceMatch(names[0] if names else str(number), number)

@@ -10,6 +10,7 @@ analysis engine.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from array import array
@@ -166,9 +167,20 @@ def plain_reject(rule: BaseRule) -> bool:
         and rule.limit is None and rule.connlimit is None
 
 
-def hashlimit_name(kind: str, rule: BaseRule) -> str:
-    """The kernel's name of a rule's rate bucket: one per rule, shared by its lines."""
-    return f"fwc-{kind}{rule.index + 1}"[:proto.HASHLIMIT_NAME_MAX]
+def hashlimit_name(kind: str, rule: BaseRule, limit: Limit, per_source: bool) -> str:
+    """The kernel's name of a rule's rate bucket: one per rule, shared by its lines, and
+    new whenever its rate, burst or mode changes. iptables keeps a hashlimit table while
+    any rule names it, with the rate, burst and mode it was made with: a reload's rule of
+    the same name takes the running rule's table (iptables-restore checks the new rules
+    while the old ones still hold it), so a changed limit, or another rule's limit after
+    an inserted rule moved the numbers, would keep the old one until the next boot. nft
+    replaces its named limits with the table, so both backends take the same names."""
+    base = f"fwc-{kind}{rule.index + 1}"
+    room = proto.HASHLIMIT_NAME_MAX - len(base) - 1
+    if room < 1:
+        return base[:proto.HASHLIMIT_NAME_MAX]
+    config = f"{limit.rate} {burst_of(limit)} {'srcip' if per_source else 'all'}"
+    return f"{base}-{hashlib.sha256(config.encode()).hexdigest()[:min(4, room)]}"
 
 
 def mark_value(bit: int) -> str:
@@ -1306,7 +1318,8 @@ class _Lowering:
             protocols is None or TCP in protocols or None in protocols))
         if inside_chain and rule.limit is not None:
             rules.append(make(replace(match, hashlimit=HashLimit(
-                str(rule.limit.rate), burst_of(rule.limit), hashlimit_name("p", rule),
+                str(rule.limit.rate), burst_of(rule.limit),
+                hashlimit_name("p", rule, rule.limit, rule.limit.per_source),
                 rule.limit.per_source)), Target.RETURN, origin))
         if inside_chain and rule.connlimit is not None:
             rules.append(make(replace(match, connlimit=ConnLimit(
@@ -1316,7 +1329,9 @@ class _Lowering:
             rules.append(make(replace(match, protocol=TCP, tcp_flags=TCP_SYN,
                                       hashlimit=HashLimit(str(rule.syn_limit.rate),
                                                           burst_of(rule.syn_limit),
-                                                          hashlimit_name("s", rule))),
+                                                          hashlimit_name("s", rule,
+                                                                         rule.syn_limit,
+                                                                         False))),
                               Target.DROP, origin))
         if rule.log:
             effective = self.cluster.logging.effective(rule.log_options)
