@@ -319,9 +319,8 @@ class MemberView:
             self.unseen[family] = self._unseen(family)
         dnat, snat = [], []
         for rule in nat:
-            if rule.action is NatAction.DNAT and not any(
-                    t.addresses.family(family) for t in rule.targets):
-                continue  # no address to translate to in this family
+            if not rule.works_in(family):
+                continue  # no address to translate to in this family: no kernel rule
             box = self.rule_box(rule, family, memo)
             if self.elsewhere.family(family):
                 box = self._elsewhere_box(box, rule, family, False)
@@ -584,9 +583,7 @@ def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None 
             continue
         # A dnat that shares load sends each connection to one of its backends: every
         # backend's outcome is a possible one (pieces of the same packets, one per backend).
-        for target in nat.rule.targets:
-            if not target.addresses.family(family):
-                continue
+        for target in nat.rule.targets_in(family):
             translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
                                                            entry_terms, target)
             yield from _filter(view, translated, new_chain, step, back)

@@ -106,6 +106,15 @@ def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
     return _LIVE.get(frozenset(out)) or frozenset(out)
 
 
+def _working_families(rule: Rule, families: frozenset[int]) -> frozenset[int]:
+    """FAMILIES without those a snat or dnat has no target address in: it has no kernel
+    rule there (`NatRule.works_in`), so it covers nothing of a later rule in them."""
+    if type(rule) is FilterRule:
+        return families
+    kept = frozenset(f for f in families if rule.works_in(f))
+    return _LIVE.get(kept) or kept
+
+
 # One family of a side: its non-empty halves in this order: the forwarded addresses,
 # then the firewall addresses, each as (is the firewall half, addresses, hull, number).
 # Numbers as `Part.source_ref`.
@@ -261,7 +270,7 @@ class PartsMemo:
                 parts = _combined(src, dst, summary.families, out_interface is not None,
                                   in_interface is not None)
             else:
-                parts = _combined(src, dst, summary.families)
+                parts = _combined(src, dst, _working_families(rule, summary.families))
             if type(rule) is FilterRule:  # no target, no pool: one outcome per action
                 key = (rule.action, rule.reject_with)
                 outcome = outcomes.get(key)
@@ -286,12 +295,13 @@ def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
     incoming = filtering and rule.in_interface is not None
     if memo is not None:
         summary = memo.services(rule.services, listed)
-        parts = memo.of(rule, summary.families, sides, outgoing, incoming)
+        parts = memo.of(rule, _working_families(rule, summary.families), sides, outgoing,
+                        incoming)
     else:
         summary = Services(rule.services)
         parts = _combined(_split(forwarded_and_local(rule.source, firewall)),
                           _split(forwarded_and_local(rule.destination, firewall)),
-                          summary.families, outgoing, incoming)
+                          _working_families(rule, summary.families), outgoing, incoming)
     if type(rule) is FilterRule:  # no target, no pool
         outcome: tuple[object, ...] = (rule.action, rule.reject_with, ())
     else:

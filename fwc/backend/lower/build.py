@@ -1214,8 +1214,11 @@ class _Lowering:
             return (Target.ACCEPT if inside_chain else Target.RETURN), ()
         if rule.action is NatAction.MASQUERADE:
             return Target.MASQUERADE, ()
-        assert rule.target is not None
-        return self.translation(rule.action, rule.target)
+        # The first target with an address of this family: a dnat pool's first backend
+        # may have none (`-> web4, web` in IPv6), and `nat_rule` lowers no rule without one.
+        pool = self.pool(rule)
+        assert pool
+        return self.translation(rule.action, pool[0])
 
     def translation(self, action: NatAction, target: NatTarget) \
             -> tuple[JumpTarget, tuple[tuple[str, str], ...]]:
@@ -1231,7 +1234,7 @@ class _Lowering:
 
     def pool(self, rule: PolicyNatRule) -> tuple[NatTarget, ...]:
         """The translation targets that have an address of this family."""
-        return tuple(t for t in rule.targets if t.addresses.family(self.family))
+        return rule.targets_in(self.family)
 
     def emit(self, builtin: dict[ChainName, list[Rule]], user: dict[ChainName, list[Rule]],
              make: type[FilterRule] | type[NatRule], rule: PolicyFilterRule | PolicyNatRule,
@@ -1349,7 +1352,7 @@ class _Lowering:
 
     # -- NAT ------------------------------------------------------------------------------
     def nat_rule(self, rule: PolicyNatRule) -> None:
-        if rule.action.has_target and not self.pool(rule):
+        if not rule.works_in(self.family):
             return
         services = service_matches(rule.services, self.family)
         if services is None:
