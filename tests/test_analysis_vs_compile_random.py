@@ -238,6 +238,43 @@ def _codes(path: Path) -> list[str]:
     return sorted(d.code for d in analyse(path).diagnostics)
 
 
+def test_a_nonat_to_any_leaves_the_firewalls_addresses_to_a_later_dnat(tmp_path):
+    """`nonat from server to any` exempted server's connections to uplink.vip from the
+    dnat after it, which names that VIP: the kernel took them in (INPUT: dropped) while
+    `fwc query` said they went to web and were accepted. `any` leaves the firewall out
+    in a nonat too."""
+    path = _edge(tmp_path, (EDGE_DNAT, "    nonat from server to any\n" + EDGE_DNAT))
+    server, vip = int(ipaddress.ip_address("198.51.100.10")), \
+        int(ipaddress.ip_address("198.51.100.254"))
+    for node in compiled_nodes(path):
+        view = MemberView(node.cluster, node.member)
+        packet = Packet(4, server, vip, 6, 80, "eth1", None)
+        assert node.evaluate(packet) == ("accept", "192.0.2.80"), node.member.name
+        assert _agree(node, view, 4, server, vip, 6, 80, "uplink", "lan")
+        # the nonat still exempts what it names: server's connections to anything else
+        nat = Evaluator(node.rulesets[4], table=TableName.NAT)
+        elsewhere = Packet(4, server, int(ipaddress.ip_address("192.0.2.10")), 6, 80,
+                           "eth1", "eth0").as_evaluated()
+        assert nat.decide(elsewhere, "PREROUTING").verdict == "ACCEPT"
+    assert agree_everywhere(path, random.Random(1)) > 100
+
+
+def test_a_nonat_from_any_leaves_the_firewalls_own_packets_to_a_later_snat(tmp_path):
+    """The same in POSTROUTING: `nonat from any to server` kept the firewall's own packets
+    to server from `snat from firewall ... -> uplink.vip`, which the query reported."""
+    path = _edge(tmp_path, (EDGE_SNAT, "    nonat from any to server\n"
+                            "    snat from firewall to any out uplink -> uplink.vip\n"))
+    server = int(ipaddress.ip_address("198.51.100.10"))
+    for node in compiled_nodes(path):
+        own = int(ipaddress.ip_address("192.0.2.1" if node.member.name == "fw1"
+                                       else "192.0.2.2"))
+        nat = Evaluator(node.rulesets[4], table=TableName.NAT)
+        packet = Packet(4, own, server, 6, 80, None, "eth1").as_evaluated()
+        assert nat.decide(packet, "POSTROUTING").verdict == "SNAT", node.member.name
+        assert _snat_agree(node, MemberView(node.cluster, node.member), 4, own, server, 6, 80,
+                           "lan", "uplink")
+
+
 def test_a_dnat_pool_whose_first_backend_lacks_the_family_compiles(tmp_path):
     """`dnat ... -> web, web6` with web IPv4-only: the IPv6 rule was lowered with the
     first backend, which has no IPv6 address: an AssertionError (FWC900 from the checks,

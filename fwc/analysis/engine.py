@@ -272,10 +272,10 @@ class MemberView:
         item (a network around it) covers it; in INPUT's source, OUTPUT's destination and
         NAT, where the compiler writes the named firewall part too, when that names it."""
         held = self.elsewhere.family(family)
-        # A translating NAT rule's `any` leaves the firewall out where its hook sees it
+        # A NAT rule's `any` leaves the firewall out where its hook sees it
         # (its destination before routing, its source after): held VIPs included
         # (fwc.backend.lower, `nat_firewall_left_out`).
-        sides = {firewall_traffic_side(rule.action, stage) for stage in rule.stages} \
+        sides = {firewall_traffic_side(stage) for stage in rule.stages} \
             if isinstance(rule, NatRule) else set()
         src = _elsewhere_side(rule.source, box.src if box else (), self.firewall, held,
                               family, forward, "source" in sides)

@@ -1369,26 +1369,25 @@ class _Lowering:
 
     def nat_firewall_left_out(self, rule: PolicyNatRule, stage: NatStage) \
             -> tuple[bool, AddressMatch] | None:
-        """(whether on the source side, the addresses) of the firewall a translating NAT
-        rule must leave alone at STAGE: every one, when that side is `any`.
+        """(whether on the source side, the addresses) of the firewall a NAT rule must
+        leave alone at STAGE: every one, when that side is `any`.
 
         `any` is every address but the firewall's (fwc.model.semantics; `fwc query` and
         `expect` read NAT so). A filter rule gets that from its chain; a NAT hook sees
         the firewall's own traffic too: PREROUTING what is sent to it (`dnat from lan to
         any service ssh` took the admin's ssh to the firewall elsewhere), POSTROUTING what
         it sends (`snat from any out uplink -> uplink.vip` put the VIP on a backup's own
-        packets, whose answers then went to the master). The other side never holds a
-        firewall address at that hook. Left out as a RETURN per address, in the
+        packets, whose answers then went to the master). A nonat leaves them alone too:
+        it exempts from the NAT rules after it, and `nonat from peer to any` kept the
+        peer's connections to uplink.vip from a later dnat that names that VIP. The other
+        side never holds a firewall address at that hook. Left out as a RETURN per address, in the
         member-independent order of `firewall_match` (the members' chains keep one shape).
 
         Only for `any`: a network around a firewall address does not name it either, but
         leaving those out would put a RETURN chain under nearly every snat (`from lan`
         holds the member's lan address), which `fwc import` cannot read back yet; the
         firewall's own packets rarely carry such a source (docs/language.md, "NAT")."""
-        which = firewall_traffic_side(rule.action, stage)
-        if which is None:
-            return None  # exempts from translation: the firewall's own traffic is never translated
-        on_source = which == "source"
+        on_source = firewall_traffic_side(stage) == "source"
         side = side_of(rule.source if on_source else rule.destination, self.fw, self.family)
         if not side.unbounded:
             return None
