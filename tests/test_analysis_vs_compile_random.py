@@ -19,6 +19,8 @@ import random
 from pathlib import Path
 
 from conftest import REPO
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from test_analysis_vs_compile import (
     SERVICES,
     Node,
@@ -216,6 +218,25 @@ def agree_everywhere(path: Path, rng: random.Random, samples: int = 60) -> int:
                 checked += _agree(node, view, family, *sample)
                 _snat_agree(node, view, family, *sample)
     return checked
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(_GROUPS), st.sampled_from(_DEFAULTS),
+       st.lists(st.tuples(st.sampled_from(("accept", "accept", "drop", "reject")),
+                          st.sampled_from(_SIDES), st.sampled_from(_SIDES),
+                          st.sampled_from(_SERVICES), st.sampled_from(_SCOPES),
+                          st.sampled_from(_EXTRAS)), min_size=1, max_size=7),
+       st.lists(st.tuples(st.sampled_from(_NAT), st.sampled_from(_NAT_SOURCES),
+                          st.sampled_from(_NAT_DESTINATIONS),
+                          st.sampled_from(("lan", "uplink", "dmz"))), max_size=3),
+       st.randoms(use_true_random=False))
+def test_engine_and_compiled_rules_agree_on_random_policies(tmp_path, groups, defaults,
+                                                           rules, nats, rng):
+    path = tmp_path / "random.fw"
+    path.write_text(_policy_text(groups, defaults, rules, nats), encoding="utf-8")
+    assume(analyse(path, run_checks=False).policy is not None)
+    assert agree_everywhere(path, rng) > 50
 
 
 # -- what the random policies found ---------------------------------------------------------
