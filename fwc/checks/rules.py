@@ -825,7 +825,10 @@ stay fast however their groups are shaped."""
 describe("FWC402", "redundant rule", Severity.WARNING, SHADOW_RATIONALE + """
 
 When the earlier rule has the same action (and NAT target), the later rule is
-merely redundant: a warning, since removing it changes nothing.""", stage="check")
+merely redundant: a warning, since removing it changes nothing. A `notrack` rule
+covered by a rule without `notrack` is not reported: its exemption from connection
+tracking works in the raw table, before the filter rules and whatever their order,
+so removing it would change what is tracked and replicated.""", stage="check")
 
 
 @check("FWC401", "shadowed rule with a different action", Severity.ERROR, SHADOW_RATIONALE + """
@@ -838,6 +841,8 @@ def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
         assert flow.rule is not None and earlier.rule is not None
         related = [Related(earlier.rule.span, "covered by this rule")]
         if flow.outcome == earlier.outcome:
+            if _own_notrack(flow.rule, earlier.rule):
+                continue  # removing it would change what is tracked: not redundant
             yield warning("FWC402", "rule is redundant: the rule at "
                           f"{_describe_rule(earlier)} already matches all its traffic with the "
                           "same action", flow.rule.span, hint="remove it", related=related)
@@ -847,6 +852,14 @@ def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
                              flow.rule.span,
                              hint="move it above that rule, or narrow the earlier rule",
                              related=related)
+
+
+def _own_notrack(rule: Rule, earlier: Rule) -> bool:
+    """RULE untracks its traffic and EARLIER does not. `notrack` works in the raw table,
+    before any filter rule and whatever their order: a notrack rule an earlier accept
+    covers still exempts its traffic from conntrack (and conntrackd), so removing it
+    is no "changes nothing"."""
+    return bool(getattr(rule, "notrack", False)) and not getattr(earlier, "notrack", False)
 
 
 def _translated_flow(rule: NatRule, firewall: AddressSet) -> Flow | None:
