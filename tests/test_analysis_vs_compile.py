@@ -297,8 +297,9 @@ SERVICES = [(6, 22), (6, 80), (6, 443), (6, 53), (6, 113), (6, 5001), (6, 25), (
 def _service(protocol: int, port: int) -> ServiceMatch:
     if protocol in (1, 58):
         return ServiceMatch("icmp" if protocol == 1 else "icmpv6", protocol, (), port, None)
-    name = {6: "tcp", 17: "udp"}.get(protocol, "gre")
-    ports = (PortRange(port, port),) if protocol in (6, 17) else ()
+    name = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp"}.get(protocol, f"proto/{protocol}")
+    # one packet: a port protocol's port too (sctp/5 is not all of sctp)
+    ports = (PortRange(port, port),) if protocol in PORT_PROTOCOL_NUMBERS else ()
     return ServiceMatch(name, protocol, ports)
 
 

@@ -96,10 +96,11 @@ _SERVICES = ("", " service ssh", " service web, dns", " service high", " service
 _SCOPES = ("", " in lan", " out uplink", " in dmz out lan", " only fw1", " only fw2",
            " in uplink")
 _EXTRAS = ("", " log", ' log "x"', " limit 5/second", " connlimit 3")
-# NAT sides hold no network around a firewall address: such a side is written as it is
-# in a NAT rule, unlike in `fwc query` (docs/language.md, "NAT rules": a known difference)
+# NAT sources hold no network around a firewall address: after routing such a side is
+# written as it is, unlike in `fwc query` (docs/language.md, "NAT rules": a known
+# difference); destinations may (`lan`, `dmz`), since before routing it is left out
 _NAT_SOURCES = ("any", "client", "web", "!client", "ext", "rng")
-_NAT_DESTINATIONS = ("any", "uplink.vip", "ext", "web", "lan.vip", "firewall")
+_NAT_DESTINATIONS = ("any", "uplink.vip", "ext", "web", "lan.vip", "firewall", "lan", "dmz")
 _NAT = ("dnat from any to uplink.vip service web in uplink -> web",
         "dnat from any to {d} service ssh in {i} -> client",
         "dnat from {s} to any service tcp/8080 -> web:80",
@@ -214,6 +215,10 @@ def agree_everywhere(path: Path, rng: random.Random, samples: int = 60) -> int:
             drawn = [(rng.choice(addresses), rng.choice(addresses), *rng.choice(services),
                       rng.choice(interfaces), rng.choice(interfaces)) for _ in range(samples)]
             drawn += _inside_rules(view, family, interfaces, rng)
+            # to every firewall address: what a NAT rule's side must leave alone
+            drawn += [(rng.choice(addresses), own, *rng.choice(services),
+                       rng.choice(interfaces), rng.choice(interfaces))
+                      for own, _ in node.firewall.family(family) for _ in range(4)]
             for sample in drawn:
                 checked += _agree(node, view, family, *sample)
                 _snat_agree(node, view, family, *sample)
@@ -336,3 +341,29 @@ def test_a_snat_without_an_address_of_the_family_translates_nothing_there(tmp_pa
                                                (_service(6, 80),), "lan", "uplink"))
         assert piece.snat is not None and piece.snat.kind is NatAction.MASQUERADE
     assert agree_everywhere(path, random.Random(3)) > 100
+
+
+def test_a_nonat_to_a_network_around_a_vip_leaves_the_vip_to_a_later_dnat(tmp_path):
+    """`nonat from lan to uplink` (the uplink network holds uplink.vip and the members'
+    uplink addresses) exempted lan's connections to uplink.vip from the hairpin dnat
+    after it: taken in and dropped, while `fwc query` said web accepted them, since a
+    network does not name the firewall's addresses in it. Before routing the compiled
+    rule now leaves them out, as for `any`."""
+    path = _edge(tmp_path, (EDGE_DNAT, "    nonat from lan to uplink\n"
+                            "    dnat from any to uplink.vip service web -> web\n"))
+    client, vip = int(ipaddress.ip_address("192.0.2.10")), \
+        int(ipaddress.ip_address("198.51.100.254"))
+    for node in compiled_nodes(path):
+        assert node.evaluate(Packet(4, client, vip, 6, 80, "eth0", None)) == \
+            ("accept", "192.0.2.80"), node.member.name
+        assert _agree(node, MemberView(node.cluster, node.member), 4, client, vip, 6, 80,
+                      "lan", "lan")
+        # the rest of the uplink network is still exempted (the other member's address
+        # included: forwarded traffic there)
+        nat = Evaluator(node.rulesets[4], table=TableName.NAT)
+        for other in ("198.51.100.10", "198.51.100.2" if node.member.name == "fw1"
+                      else "198.51.100.1"):
+            packet = Packet(4, client, int(ipaddress.ip_address(other)), 6, 80, "eth0",
+                            "eth1").as_evaluated()
+            assert nat.decide(packet, "PREROUTING").verdict == "ACCEPT", other
+    assert agree_everywhere(path, random.Random(4)) > 100

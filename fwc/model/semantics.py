@@ -165,6 +165,25 @@ def firewall_traffic_side(stage: NatStage) -> str:
     return "source" if stage is NatStage.POSTROUTING else "destination"
 
 
+def firewall_left_out(side: Side, fw: AddressSet, stage: NatStage) -> AddressSet:
+    """The firewall addresses (FW, one family) that a NAT rule working at STAGE leaves
+    alone on SIDE, its side where the hook meets the firewall's traffic
+    (`firewall_traffic_side`): those the side covers without naming them.
+
+    `any` covers every one. A network around one (`lan` holds the member's lan address
+    and lan.vip) covers them before routing, where clients' traffic to the firewall
+    passes; after routing it is written as it is (docs/language.md, "NAT rules": only
+    the firewall's own packets carry such a source, and leaving them out would put a
+    RETURN chain under nearly every snat)."""
+    if side.unbounded:
+        covered = fw
+    elif stage is NatStage.PREROUTING and side.other:
+        covered = side.other & fw
+    else:
+        return _EMPTY
+    return covered - side.firewall - side.excluded
+
+
 def reads_firewall(endpoint: Endpoint, firewalls: AddressSet, family: int) -> bool:
     """False when `side_of(endpoint, fw, family)` is the same for every `fw` inside
     `firewalls` (the union of every member's firewall addresses in this family).

@@ -60,6 +60,7 @@ from fwc.model.semantics import (
     Reach,
     Side,
     filter_chains,
+    firewall_left_out,
     firewall_traffic_side,
     nat_reaches,
     reach,
@@ -1383,15 +1384,17 @@ class _Lowering:
         side never holds a firewall address at that hook. Left out as a RETURN per address, in the
         member-independent order of `firewall_match` (the members' chains keep one shape).
 
-        Only for `any`: a network around a firewall address does not name it either, but
-        leaving those out would put a RETURN chain under nearly every snat (`from lan`
-        holds the member's lan address), which `fwc import` cannot read back yet; the
-        firewall's own packets rarely carry such a source (docs/language.md, "NAT")."""
+        A network around a firewall address (`lan` holds the member's lan address and
+        lan.vip) does not name it either. Before routing it is left out too: that is what
+        clients send to the firewall (`nonat from lan to uplink` kept lan's connections to
+        uplink.vip from a later dnat to that VIP, `dnat ... to lan` took them to the
+        firewall's own lan address). After routing it is written as it is: leaving it out
+        would put a RETURN chain under nearly every snat (`from lan`), which `fwc import`
+        cannot read back yet, and the firewall's own packets rarely carry such a source
+        (docs/language.md, "NAT")."""
         on_source = firewall_traffic_side(stage) == "source"
         side = side_of(rule.source if on_source else rule.destination, self.fw, self.family)
-        if not side.unbounded:
-            return None
-        left_out = self.fw - side.firewall - side.excluded
+        left_out = firewall_left_out(side, self.fw, stage)
         if not left_out:
             return None
         return on_source, firewall_match(left_out, self.family, self.fw_order)
