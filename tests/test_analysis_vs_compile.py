@@ -219,13 +219,12 @@ class Node:
             decided = Evaluator(ruleset, self.sets, table="nat").decide(packet.as_evaluated(),
                                                                         "PREROUTING")
             if decided.verdict == "DNAT":
-                target = dict(decided.options)["to-destination"]
-                host = target.rsplit(":", 1)[0] if target.count(":") == 1 or \
-                    target.startswith("[") else target
-                host = host.strip("[]")
+                host, port = _dnat_target(dict(decided.options)["to-destination"])
                 dnat = host
+                if port is None or packet.protocol not in PORT_PROTOCOL_NUMBERS:
+                    port = packet.port
                 packet = Packet(packet.family, packet.src, int(ipaddress.ip_address(host)),
-                                packet.protocol, packet.port, packet.in_dev, packet.out_dev)
+                                packet.protocol, port, packet.in_dev, packet.out_dev)
         if self.firewall.contains_address(_ip(packet.family, packet.dst)):
             chain = "INPUT"
             packet.out_dev = None
@@ -235,6 +234,19 @@ class Node:
             chain = "FORWARD"
         decided = Evaluator(ruleset, self.sets).decide(packet.as_evaluated(), chain)
         return decided.verdict.lower(), dnat
+
+
+def _dnat_target(target: str) -> tuple[str, int | None]:
+    """`--to-destination` as (address, first port or None): `192.0.2.80`, `192.0.2.80:80`,
+    `[2001:db8::80]:80-81`, `2001:db8::80`. The filter sees the translated port."""
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif target.count(":") == 1:
+        host, _, port = target.partition(":")
+    else:
+        host, port = target, ""
+    return host, int(port.split("-")[0]) if port else None
 
 
 def _ip(family: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -285,8 +297,9 @@ SERVICES = [(6, 22), (6, 80), (6, 443), (6, 53), (6, 113), (6, 5001), (6, 25), (
 def _service(protocol: int, port: int) -> ServiceMatch:
     if protocol in (1, 58):
         return ServiceMatch("icmp" if protocol == 1 else "icmpv6", protocol, (), port, None)
-    name = {6: "tcp", 17: "udp"}.get(protocol, "gre")
-    ports = (PortRange(port, port),) if protocol in (6, 17) else ()
+    name = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp"}.get(protocol, f"proto/{protocol}")
+    # one packet: a port protocol's port too (sctp/5 is not all of sctp)
+    ports = (PortRange(port, port),) if protocol in PORT_PROTOCOL_NUMBERS else ()
     return ServiceMatch(name, protocol, ports)
 
 

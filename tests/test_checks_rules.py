@@ -42,6 +42,22 @@ def test_fwc402_redundant_with_same_action(tmp_path):
     assert with_code(analysis, "FWC401") == []
 
 
+def test_a_notrack_rule_behind_a_tracked_accept_is_not_redundant(tmp_path):
+    """Its `notrack` works in the raw table, before every filter rule: removing it, as
+    FWC402 said to, would track (and replicate) the traffic it exempts."""
+    notracked = "accept from lan to server service udp/53 notrack"
+    text = add_rules("accept from lan to server service udp/53", notracked,
+                     "accept from server to lan service udp/1024-65535 notrack")
+    analysis = run(tmp_path, text)
+    assert with_code(analysis, "FWC402") == []
+    assert with_code(analysis, "FWC401") == []
+    # an earlier notrack accept does cover a later tracked one: that one changes nothing
+    text = add_rules(notracked, "accept from lan to server service udp/53",
+                     "accept from server to lan service udp/1024-65535 notrack")
+    assert_diagnostic(run(tmp_path, text), "FWC402", W,
+                      line_of(text, notracked) + 1, "redundant")
+
+
 def test_final_catch_all_is_shadowed_by_accept_any(tmp_path):
     text = mutate((SERVER_RULE, "accept from any to any"))
     analysis = run(tmp_path, text)

@@ -350,12 +350,20 @@ def test_nonat_with_exclusions_ends_the_nat_chain_with_accept(compiled):
     _, lines = compiled
     fw1 = lines("fw1", 4)
     rule = c("nonat from !client")
+    # `!client` is `any` minus client: in POSTROUTING, where the firewall's own packets
+    # pass, its `any` leaves the firewall's addresses to the NAT rules after it (VIPs
+    # included), as in `fwc query`; PREROUTING sees them on the destination side only
+    firewall = ("192.0.2.1", "198.51.100.1", "203.0.113.1", "192.0.2.254", "198.51.100.254")
+    left_out = {"PREROUTING": [],
+                "POSTROUTING": [f"-A fwc-n7-POSTROUTING -s {a}/32 {rule} -j RETURN"
+                                for a in firewall]}
     for chain in ("PREROUTING", "POSTROUTING"):
         sub = f"fwc-n7-{chain}"
         assert f"-A {chain} -d 198.18.0.0/15 {rule} -j {sub}" in fw1
         # RETURN leaves only the sub-chain; ACCEPT ends the built-in nat chain like
         # RETURN does there, so the NAT rules after the exception are skipped
         assert [line for line in fw1 if line.startswith(f"-A {sub}")] == [
+            *left_out[chain],
             f"-A {sub} -s 192.0.2.10/32 {rule} -j RETURN",
             f"-A {sub} {rule} -j ACCEPT",
         ]

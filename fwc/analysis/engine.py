@@ -74,7 +74,12 @@ from fwc.model import (
 from fwc.model.addresses import AddressSet
 from fwc.model.intervals import Intervals, contains, intersect, normalise, subtract, union
 from fwc.model.records import dataclass
-from fwc.model.semantics import endpoint_intervals, firewall_traffic_side, side_of
+from fwc.model.semantics import (
+    endpoint_intervals,
+    firewall_left_out,
+    firewall_traffic_side,
+    side_of,
+)
 from fwc.model.topology import MemberRouting, TableRoute, member_routing, subnets
 from fwc.model.vocabulary import FilterAction, NatAction, NatStage
 
@@ -272,15 +277,15 @@ class MemberView:
         item (a network around it) covers it; in INPUT's source, OUTPUT's destination and
         NAT, where the compiler writes the named firewall part too, when that names it."""
         held = self.elsewhere.family(family)
-        # A translating NAT rule's `any` leaves the firewall out where its hook sees it
-        # (its destination before routing, its source after): held VIPs included
-        # (fwc.backend.lower, `nat_firewall_left_out`).
-        sides = {firewall_traffic_side(rule.action, stage) for stage in rule.stages} \
-            if isinstance(rule, NatRule) else set()
+        # A NAT rule leaves the firewall out where its hook sees it (its destination
+        # before routing, its source after): held VIPs included (fwc.backend.lower,
+        # `nat_firewall_left_out`).
+        stages = {firewall_traffic_side(stage): stage for stage in rule.stages} \
+            if isinstance(rule, NatRule) else {}
         src = _elsewhere_side(rule.source, box.src if box else (), self.firewall, held,
-                              family, forward, "source" in sides)
+                              family, forward, stages.get("source"))
         dst = _elsewhere_side(rule.destination, box.dst if box else (), self.firewall, held,
-                              family, forward, "destination" in sides)
+                              family, forward, stages.get("destination"))
         if box is None:
             if not (src and dst):
                 return None
@@ -319,9 +324,8 @@ class MemberView:
             self.unseen[family] = self._unseen(family)
         dnat, snat = [], []
         for rule in nat:
-            if rule.action is NatAction.DNAT and not any(
-                    t.addresses.family(family) for t in rule.targets):
-                continue  # no address to translate to in this family
+            if not rule.works_in(family):
+                continue  # no address to translate to in this family: no kernel rule
             box = self.rule_box(rule, family, memo)
             if self.elsewhere.family(family):
                 box = self._elsewhere_box(box, rule, family, False)
@@ -433,19 +437,21 @@ class MemberView:
 
 def _elsewhere_side(endpoint: Endpoint, resolved: Intervals, firewall: AddressSet,
                     held: Intervals, family: int, forward: bool,
-                    any_without_firewall: bool = False) -> Intervals:
+                    nat_stage: NatStage | None = None) -> Intervals:
     """RESOLVED (a side as `endpoint_intervals` gives it) with its part among HELD (VIPs
     another member holds) replaced by what the compiled chain matches there: `any` or
     the non-firewall items (FORWARD), those and the named firewall part (elsewhere);
-    ANY_WITHOUT_FIREWALL: a translating NAT rule's side whose `any` the compiled rule
-    RETURNs the firewall's addresses from."""
-    side = side_of(endpoint, firewall.only(family), family)
-    if side.unbounded and any_without_firewall:
-        names = subtract(full_addresses(family), firewall.family(family))
-    elif side.unbounded:
+    NAT_STAGE: the side of a NAT rule on which that stage's hook meets the firewall's
+    traffic, whose compiled rule RETURNs the firewall addresses it does not name
+    (`fwc.model.semantics.firewall_left_out`)."""
+    fw = firewall.only(family)
+    side = side_of(endpoint, fw, family)
+    if side.unbounded:
         names = full_addresses(family)
     else:
         names = (side.other if forward else side.named).family(family)
+    if nat_stage is not None:
+        names = subtract(names, firewall_left_out(side, fw, nat_stage).family(family))
     if side.excluded:
         names = subtract(names, side.excluded.family(family))
     return union(subtract(resolved, held), intersect(names, held))
@@ -584,9 +590,7 @@ def classify_box(view: MemberView, box: Box, chain: str, forced_out: str | None 
             continue
         # A dnat that shares load sends each connection to one of its backends: every
         # backend's outcome is a possible one (pieces of the same packets, one per backend).
-        for target in nat.rule.targets:
-            if not target.addresses.family(family):
-                continue
+        for target in nat.rule.targets_in(family):
             translated, new_chain, step, back = _translate(view, part, nat.rule, forced_out,
                                                            entry_terms, target)
             yield from _filter(view, translated, new_chain, step, back)

@@ -105,6 +105,15 @@ def _live_families(services: tuple[ServiceMatch, ...]) -> frozenset[int]:
     return _LIVE.get(frozenset(out)) or frozenset(out)
 
 
+def _working_families(rule: Rule, families: frozenset[int]) -> frozenset[int]:
+    """FAMILIES without those a snat or dnat has no target address in: it has no kernel
+    rule there (`NatRule.works_in`), so it covers nothing of a later rule in them."""
+    if type(rule) is FilterRule:
+        return families
+    kept = frozenset(f for f in families if rule.works_in(f))
+    return _LIVE.get(kept) or kept
+
+
 # One family of a side: its non-empty halves in this order: the forwarded addresses,
 # then the firewall addresses, each as (is the firewall half, addresses, hull, number).
 # Numbers as `Part.source_ref`.
@@ -260,7 +269,7 @@ class PartsMemo:
                 parts = _combined(src, dst, summary.families, out_interface is not None,
                                   in_interface is not None)
             else:
-                parts = _combined(src, dst, summary.families)
+                parts = _combined(src, dst, _working_families(rule, summary.families))
             if type(rule) is FilterRule:  # no target, no pool: one outcome per action
                 key = (rule.action, rule.reject_with)
                 outcome = outcomes.get(key)
@@ -285,12 +294,13 @@ def flow_of(rule: Rule, hooks: frozenset[str], firewall: AddressSet,
     incoming = filtering and rule.in_interface is not None
     if memo is not None:
         summary = memo.services(rule.services, listed)
-        parts = memo.of(rule, summary.families, sides, outgoing, incoming)
+        parts = memo.of(rule, _working_families(rule, summary.families), sides, outgoing,
+                        incoming)
     else:
         summary = Services(rule.services)
         parts = _combined(_split(forwarded_and_local(rule.source, firewall)),
                           _split(forwarded_and_local(rule.destination, firewall)),
-                          summary.families, outgoing, incoming)
+                          _working_families(rule, summary.families), outgoing, incoming)
     if type(rule) is FilterRule:  # no target, no pool
         outcome: tuple[object, ...] = (rule.action, rule.reject_with, ())
     else:
@@ -814,7 +824,10 @@ stay fast however their groups are shaped."""
 describe("FWC402", "redundant rule", Severity.WARNING, SHADOW_RATIONALE + """
 
 When the earlier rule has the same action (and NAT target), the later rule is
-merely redundant: a warning, since removing it changes nothing.""", stage="check")
+merely redundant: a warning, since removing it changes nothing. A `notrack` rule
+covered by a rule without `notrack` is not reported: its exemption from connection
+tracking works in the raw table, before the filter rules and whatever their order,
+so removing it would change what is tracked and replicated.""", stage="check")
 
 
 @check("FWC401", "shadowed rule with a different action", Severity.ERROR, SHADOW_RATIONALE + """
@@ -827,6 +840,8 @@ def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
         assert flow.rule is not None and earlier.rule is not None
         related = [Related(earlier.rule.span, "covered by this rule")]
         if flow.outcome == earlier.outcome:
+            if _own_notrack(flow.rule, earlier.rule):
+                continue  # removing it would change what is tracked: not redundant
             yield warning("FWC402", "rule is redundant: the rule at "
                           f"{_describe_rule(earlier)} already matches all its traffic with the "
                           "same action", flow.rule.span, hint="remove it", related=related)
@@ -836,6 +851,14 @@ def shadowed_rules(policy: Policy) -> Iterable[Diagnostic]:
                              flow.rule.span,
                              hint="move it above that rule, or narrow the earlier rule",
                              related=related)
+
+
+def _own_notrack(rule: Rule, earlier: Rule) -> bool:
+    """RULE untracks its traffic and EARLIER does not. `notrack` works in the raw table,
+    before any filter rule and whatever their order: a notrack rule an earlier accept
+    covers still exempts its traffic from conntrack (and conntrackd), so removing it
+    is no "changes nothing"."""
+    return bool(getattr(rule, "notrack", False)) and not getattr(earlier, "notrack", False)
 
 
 def _translated_flow(rule: NatRule, firewall: AddressSet) -> Flow | None:

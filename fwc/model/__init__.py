@@ -393,6 +393,16 @@ class NatRule(BaseRule):
         """Every address the rule translates to: the target and the rest of its pool."""
         return () if self.target is None else (self.target, *self.pool)
 
+    def targets_in(self, family: int) -> tuple[NatTarget, ...]:
+        """The targets with an address of FAMILY, in order."""
+        return tuple(t for t in self.targets if t.addresses.family(family))
+
+    def works_in(self, family: int) -> bool:
+        """Whether the rule exists in FAMILY: a snat or dnat whose targets have no address
+        of it has no kernel rule there (lowering), so it translates nothing and shadows
+        no later NAT rule (the analysis)."""
+        return not self.action.has_target or bool(self.targets_in(family))
+
     @property
     def stages(self) -> tuple[NatStage, ...]:
         return self.action.stages(self.in_interface, self.out_interface)

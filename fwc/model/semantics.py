@@ -39,7 +39,7 @@ from fwc.model import Endpoint
 from fwc.model.addresses import FAMILY_BITS, AddressSet
 from fwc.model.intervals import covers
 from fwc.model.records import dataclass
-from fwc.model.vocabulary import NatAction, NatStage
+from fwc.model.vocabulary import NatStage
 
 FAMILIES = (4, 6)
 _EMPTY = AddressSet()
@@ -151,18 +151,37 @@ def nat_reaches(src: Reach, dst: Reach) -> bool:
     return src.named and dst.named
 
 
-def firewall_traffic_side(action: NatAction, stage: NatStage) -> str | None:
+def firewall_traffic_side(stage: NatStage) -> str:
     """The side ("source" or "destination") of a NAT rule working at STAGE on which the
-    kernel meets the firewall's own traffic, for a rule whose `any` must leave the firewall
-    out there (it translates); None for a nonat, which only exempts.
+    kernel meets the firewall's own traffic: where the rule's `any` must leave the
+    firewall out.
 
     PREROUTING sees what is sent to the firewall, POSTROUTING what it sends; the other
-    side never holds a firewall address at that hook. Lowering RETURNs the firewall's
-    addresses on that side (`nat_firewall_left_out`); the engine reads VIPs another member
-    holds the same way."""
-    if action is NatAction.NONAT:
-        return None
+    side never holds a firewall address at that hook. Every NAT action needs it: a
+    translating rule would translate the firewall's traffic, and a nonat would exempt it
+    from a later rule that names the firewall (`nonat from peer to any` before `dnat ...
+    to uplink.vip`). Lowering RETURNs the firewall's addresses on that side
+    (`nat_firewall_left_out`); the engine reads VIPs another member holds the same way."""
     return "source" if stage is NatStage.POSTROUTING else "destination"
+
+
+def firewall_left_out(side: Side, fw: AddressSet, stage: NatStage) -> AddressSet:
+    """The firewall addresses (FW, one family) that a NAT rule working at STAGE leaves
+    alone on SIDE, its side where the hook meets the firewall's traffic
+    (`firewall_traffic_side`): those the side covers without naming them.
+
+    `any` covers every one. A network around one (`lan` holds the member's lan address
+    and lan.vip) covers them before routing, where clients' traffic to the firewall
+    passes; after routing it is written as it is (docs/language.md, "NAT rules": only
+    the firewall's own packets carry such a source, and leaving them out would put a
+    RETURN chain under nearly every snat)."""
+    if side.unbounded:
+        covered = fw
+    elif stage is NatStage.PREROUTING and side.other:
+        covered = side.other & fw
+    else:
+        return _EMPTY
+    return covered - side.firewall - side.excluded
 
 
 def reads_firewall(endpoint: Endpoint, firewalls: AddressSet, family: int) -> bool:

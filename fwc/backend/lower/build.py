@@ -61,6 +61,7 @@ from fwc.model.semantics import (
     Reach,
     Side,
     filter_chains,
+    firewall_left_out,
     firewall_traffic_side,
     nat_reaches,
     reach,
@@ -1226,8 +1227,11 @@ class _Lowering:
             return (Target.ACCEPT if inside_chain else Target.RETURN), ()
         if rule.action is NatAction.MASQUERADE:
             return Target.MASQUERADE, ()
-        assert rule.target is not None
-        return self.translation(rule.action, rule.target)
+        # The first target with an address of this family: a dnat pool's first backend
+        # may have none (`-> web4, web` in IPv6), and `nat_rule` lowers no rule without one.
+        pool = self.pool(rule)
+        assert pool
+        return self.translation(rule.action, pool[0])
 
     def translation(self, action: NatAction, target: NatTarget) \
             -> tuple[JumpTarget, tuple[tuple[str, str], ...]]:
@@ -1243,7 +1247,7 @@ class _Lowering:
 
     def pool(self, rule: PolicyNatRule) -> tuple[NatTarget, ...]:
         """The translation targets that have an address of this family."""
-        return tuple(t for t in rule.targets if t.addresses.family(self.family))
+        return rule.targets_in(self.family)
 
     def emit(self, builtin: dict[ChainName, list[Rule]], user: dict[ChainName, list[Rule]],
              make: type[FilterRule] | type[NatRule], rule: PolicyFilterRule | PolicyNatRule,
@@ -1364,7 +1368,7 @@ class _Lowering:
 
     # -- NAT ------------------------------------------------------------------------------
     def nat_rule(self, rule: PolicyNatRule) -> None:
-        if rule.action.has_target and not self.pool(rule):
+        if not rule.works_in(self.family):
             return
         services = service_matches(rule.services, self.family)
         if services is None:
@@ -1381,30 +1385,31 @@ class _Lowering:
 
     def nat_firewall_left_out(self, rule: PolicyNatRule, stage: NatStage) \
             -> tuple[bool, AddressMatch] | None:
-        """(whether on the source side, the addresses) of the firewall a translating NAT
-        rule must leave alone at STAGE: every one, when that side is `any`.
+        """(whether on the source side, the addresses) of the firewall a NAT rule must
+        leave alone at STAGE: every one, when that side is `any`.
 
         `any` is every address but the firewall's (fwc.model.semantics; `fwc query` and
         `expect` read NAT so). A filter rule gets that from its chain; a NAT hook sees
         the firewall's own traffic too: PREROUTING what is sent to it (`dnat from lan to
         any service ssh` took the admin's ssh to the firewall elsewhere), POSTROUTING what
         it sends (`snat from any out uplink -> uplink.vip` put the VIP on a backup's own
-        packets, whose answers then went to the master). The other side never holds a
-        firewall address at that hook. Left out as a RETURN per address, in the
+        packets, whose answers then went to the master). A nonat leaves them alone too:
+        it exempts from the NAT rules after it, and `nonat from peer to any` kept the
+        peer's connections to uplink.vip from a later dnat that names that VIP. The other
+        side never holds a firewall address at that hook. Left out as a RETURN per address, in the
         member-independent order of `firewall_match` (the members' chains keep one shape).
 
-        Only for `any`: a network around a firewall address does not name it either, but
-        leaving those out would put a RETURN chain under nearly every snat (`from lan`
-        holds the member's lan address), which `fwc import` cannot read back yet; the
-        firewall's own packets rarely carry such a source (docs/language.md, "NAT")."""
-        which = firewall_traffic_side(rule.action, stage)
-        if which is None:
-            return None  # exempts from translation: the firewall's own traffic is never translated
-        on_source = which == "source"
+        A network around a firewall address (`lan` holds the member's lan address and
+        lan.vip) does not name it either. Before routing it is left out too: that is what
+        clients send to the firewall (`nonat from lan to uplink` kept lan's connections to
+        uplink.vip from a later dnat to that VIP, `dnat ... to lan` took them to the
+        firewall's own lan address). After routing it is written as it is: leaving it out
+        would put a RETURN chain under nearly every snat (`from lan`), which `fwc import`
+        cannot read back yet, and the firewall's own packets rarely carry such a source
+        (docs/language.md, "NAT")."""
+        on_source = firewall_traffic_side(stage) == "source"
         side = side_of(rule.source if on_source else rule.destination, self.fw, self.family)
-        if not side.unbounded:
-            return None
-        left_out = self.fw - side.firewall - side.excluded
+        left_out = firewall_left_out(side, self.fw, stage)
         if not left_out:
             return None
         return on_source, firewall_match(left_out, self.family, self.fw_order)
