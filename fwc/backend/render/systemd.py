@@ -29,11 +29,17 @@ def keepalived_systemd_dropin(cluster: Cluster, member: Member, sync: bool = Tru
 
 
 def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
+    """conntrackd after the boot unit; a start clears the lock file a crash left and
+    sends the peer what the daemon found in the kernel table."""
     return render_template("conntrackd-systemd.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "path": path_of("conntrackd-systemd.conf"),
         "unit": BOOT_UNIT,
+        "rm": proto.NODE_RM,
+        "lock_file": proto.NODE_CONNTRACKD_LOCK,
+        "conntrackd": proto.NODE_CONNTRACKD,
+        "config": path_of("conntrackd.conf"),
     })
 
 
