@@ -250,6 +250,7 @@ NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
 # hold on Debian, merged-/usr or not, and on every distribution with a merged /usr).
 NODE_RM = "/bin/rm"
 NODE_CONNTRACKD = "/usr/sbin/conntrackd"
+NODE_IP = "/sbin/ip"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
 # Per vrrp-group, the last state the notify script was told (active-active: a member
 # that still masters one group must not purge the kernel table for another).
