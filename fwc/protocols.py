@@ -267,6 +267,11 @@ NF_CONNTRACK_EVENTS = 1
 # Node paths the generated files use besides their own (those: fwc.backend.files).
 NODE_CONNTRACKD_LOCK = "/var/lock/conntrackd.lock"
 NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
+# Programs the systemd drop-ins run (a unit's command needs its absolute path; these
+# hold on Debian, merged-/usr or not, and on every distribution with a merged /usr).
+NODE_RM = "/bin/rm"
+NODE_CONNTRACKD = "/usr/sbin/conntrackd"
+NODE_IP = "/sbin/ip"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"
 # Per vrrp-group, the last state the notify script was told (active-active: a member
 # that still masters one group must not purge the kernel table for another).

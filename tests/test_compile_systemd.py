@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Examples, cannot_run
 
+from fwc import protocols as proto
 from fwc.backend.files import BY_NAME, FILES, LOADED_BY_INSTALL
 from fwc.install.node import NodeInstall
 
@@ -46,6 +47,17 @@ def test_every_member_gets_the_ordering_dropins(examples):
         "/etc/systemd/system/keepalived.service.d/fwc.conf"
     assert BY_NAME["conntrackd-systemd.conf"].path == \
         "/etc/systemd/system/conntrackd.service.d/fwc.conf"
+
+
+def test_conntrackd_starts_over_a_crash_and_tells_its_peer(examples):
+    """The lock file a killed daemon leaves goes before a start, and the started daemon
+    sends its peer what it found in the kernel (tests/test_conntrackd_resync.py runs both
+    with the real daemon); either failing must not fail the unit (`-`)."""
+    for member in ("fw1", "fw2"):
+        service = _unit(_files(examples)[f"{member}/conntrackd-systemd.conf"])["Service"]
+        assert service["ExecStartPre"] == f"-/bin/rm -f {proto.NODE_CONNTRACKD_LOCK}"
+        assert service["ExecStartPost"] == \
+            f"-/usr/sbin/conntrackd -C {BY_NAME['conntrackd.conf'].path} -B"
 
 
 def test_the_boot_unit_runs_before_the_network_and_stays_active(examples):

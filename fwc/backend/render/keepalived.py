@@ -204,6 +204,12 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
     return _with_notify(out)
 
 
+def member_vips(cluster: Cluster, member: Member) -> list[tuple[str, str]]:
+    """(VIP/prefix, device) of every address MEMBER's keepalived.conf gives keepalived."""
+    return [(vip, i.device) for i in vrrp_instances(cluster, member, redact=True)
+            for vip in i.vips]
+
+
 def _with_notify(instances: list[VrrpInstance]) -> list[VrrpInstance]:
     """Mark the instances that are alone in their group: they carry the notify lines."""
     count: dict[str | None, int] = {}

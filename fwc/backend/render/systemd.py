@@ -13,27 +13,37 @@ from collections.abc import Callable
 from fwc import protocols as proto
 from fwc.backend.files import BOOT_UNIT, LOADED_BY_INSTALL, GeneratedFile, Reload, path_of
 from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.keepalived import member_vips
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member
 
 
 def keepalived_systemd_dropin(cluster: Cluster, member: Member, sync: bool = True) -> str:
-    """keepalived after the boot unit (rules loaded) and, with SYNC, after conntrackd."""
+    """keepalived after the boot unit (rules loaded) and, with SYNC, after conntrackd;
+    restarted after a failure, its VIPs removed whenever it stops."""
     return render_template("keepalived-systemd.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "path": path_of("keepalived-systemd.conf"),
         "unit": BOOT_UNIT,
         "sync": sync,
+        "ip": proto.NODE_IP,
+        "vips": member_vips(cluster, member),
     })
 
 
 def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
+    """conntrackd after the boot unit; a start clears the lock file a crash left and
+    sends the peer what the daemon found in the kernel table."""
     return render_template("conntrackd-systemd.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "path": path_of("conntrackd-systemd.conf"),
         "unit": BOOT_UNIT,
+        "rm": proto.NODE_RM,
+        "lock_file": proto.NODE_CONNTRACKD_LOCK,
+        "conntrackd": proto.NODE_CONNTRACKD,
+        "config": path_of("conntrackd.conf"),
     })
 
 
