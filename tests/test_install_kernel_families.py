@@ -186,3 +186,44 @@ def test_the_guard_is_the_one_answer_of_the_files_table():
     assert {f.name for f in FILES if kernel_guard(f, {4})} == {"ip6tables.rules",
                                                                  "failsafe6.rules"}
     assert not [f for f in FILES if kernel_guard(f, {4, 6})]
+
+
+class _DiffNode:
+    """`fwc diff --installed`'s view of a node that runs what was compiled for it (IPv4),
+    and IPv6 rules only where its kernel has IPv6 (IPV6)."""
+
+    member = "fw1"
+
+    def __init__(self, compiled: dict[str, str], *, ipv6: bool) -> None:
+        self.compiled, self.ipv6 = compiled, ipv6
+
+    def run(self, command: str, input: str | None = None, timeout: float = 60):
+        from fwc.backend.files import BY_NAME
+        from fwc.install.transport import Result
+
+        words = command.split()
+        if words[0] == "[":  # the kernel test
+            return Result(0 if self.ipv6 or words[2] != IPV6_DIR else 1, "", "")
+        if words[0] == "cat":
+            by_path = {BY_NAME[name].path: text for name, text in self.compiled.items()}
+            return Result(0, by_path.get(words[1], "(fwc: absent)\n"), "")
+        if words[0] == "unshare":
+            return Result(0, "", "")  # no canonical form here: compared as compiled
+        if words[0].startswith("ip6tables"):
+            return Result(0, self.compiled["ip6tables.rules"] if self.ipv6 else "", "")
+        if words[0].startswith("iptables"):
+            return Result(0, self.compiled["iptables.rules"], "")
+        return Result(0, "", "")
+
+
+def test_diff_installed_expects_no_ipv6_rules_where_the_kernel_has_no_ipv6():
+    from fwc.diffing import installed
+
+    cluster, files = _member("loadshare.fw")
+    assert installed.compare(_DiffNode(files, ipv6=True), files, families=cluster.families) \
+        == []
+    assert installed.compare(_DiffNode(files, ipv6=False), files,
+                             families=cluster.families) == []
+    # a cluster with IPv6 addresses needs them: their absence is drift
+    drift = installed.compare(_DiffNode(files, ipv6=False), files, families={4, 6})
+    assert [title for title, _ in drift] == ["live ip6tables rules"]
