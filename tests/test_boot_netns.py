@@ -33,9 +33,9 @@ echo "--- ip6tables"; ip6tables-save
 
 
 def boot(tmp_path: Path, policies: Path, before: str = "",
-         change: dict[str, str] | None = None) -> dict[str, str]:
+         change: dict[str, str] | None = None, name: str = "edge.fw") -> dict[str, str]:
     skip_or_fail_without_root()
-    policy = analyse(policies / "edge.fw").policy
+    policy = analyse(policies / name).policy
     assert policy is not None
     upper, work = tmp_path / "upper", tmp_path / "work"
     work.mkdir()
@@ -77,6 +77,20 @@ def test_boot_loads_the_rules_then_switches_forwarding_on(tmp_path, policies):
     assert '--comment "edge.fw:41"' in out["iptables"]  # a FORWARD rule of the policy
     assert ":FORWARD DROP" in out["iptables"] and ":FORWARD DROP" in out["ip6tables"]
     assert "-j DNAT" in out["iptables"]
+
+
+def test_boot_of_an_ipv4_only_cluster_filters_ipv6_and_forwards_ipv4_only(tmp_path, policies):
+    """loadshare.fw has no IPv6 address: its IPv6 rules go in all the same (DROP on INPUT
+    and FORWARD), IPv6 forwarding stays off even when something had switched it on."""
+    out = boot(tmp_path, policies, before="sysctl -qw net.ipv6.conf.all.forwarding=1",
+               name="loadshare.fw")
+    assert out["rc"] == "0", out
+    assert out["forward4"] == "1" and out["forward6"] == "0"
+    assert '--comment "loadshare.fw:47"' in out["iptables"]  # the policy's ssh access
+    six = out.get("ip6tables", "")  # (no IPv6 table loaded: ip6tables-save prints nothing)
+    for chain in ("INPUT", "FORWARD"):
+        assert f":{chain} DROP" in six, six
+    assert '"fwc auto: ndp"' in six and "--dport 22" not in six
 
 
 def test_boot_started_by_install_on_a_live_node_loads_nothing(tmp_path, policies):

@@ -47,14 +47,17 @@ def _fake(bin_dir: Path, name: str, body: str) -> None:
 
 
 def _run(files: dict[str, str], tmp: Path, shell: str, *,
-         contents: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run the boot script; CONTENTS replaces files by name. (status, fake /proc/sys
-    ip_forward afterwards, what the restores loaded and the DROP fallback calls)."""
+         contents: dict[str, str] | None = None, ipv6: bool = True) -> tuple[int, str, str]:
+    """Run the boot script; CONTENTS replaces files by name; IPV6 False: a kernel booted
+    with ipv6.disable=1 (no fake /proc/sys/net/ipv6, and ip6tables-restore fails as the
+    real one does there). (status, fake /proc/sys ip_forward afterwards, what the restores
+    loaded and the DROP fallback calls); tmp/called lists the restores run, in order."""
     bin_dir, etc, proc = tmp / "bin", tmp / "etc", tmp / "proc"
-    for d in (bin_dir, etc, proc / "net/ipv4", proc / "net/ipv6/conf/all"):
+    for d in (bin_dir, etc, proc / "net/ipv4", *([proc / "net/ipv6/conf/all"] if ipv6 else [])):
         d.mkdir(parents=True, exist_ok=True)
     (proc / "net/ipv4/ip_forward").write_text("1\n")  # on, as a sysctl.d file may leave it
-    (proc / "net/ipv6/conf/all/forwarding").write_text("1\n")
+    if ipv6:
+        (proc / "net/ipv6/conf/all/forwarding").write_text("1\n")
     for name, text in {**files, **(contents or {})}.items():
         (etc / name).write_text(text)
     loaded = tmp / "loaded"
@@ -75,8 +78,12 @@ esac""")
 case "$in" in *FAIL*) exit 1 ;; '') exit 0 ;; esac
 printf '%s\\n' "$in" \\
     | sed -n '1s/^# \\([A-Za-z-]*\\).*/loaded \\1/p;1s/^table .*/loaded table/p' >> {loaded}"""
+    called = tmp / "called"
+    called.write_text("")
     for name in ("iptables-restore", "ip6tables-restore"):
-        _fake(bin_dir, name, restore)
+        # ip6tables-restore on a kernel without IPv6: "Address family not supported"
+        kernel = f"[ -d {proc}/net/ipv6 ] || exit 1\n" if name.startswith("ip6") else ""
+        _fake(bin_dir, name, f"echo {name} >> {called}\n{kernel}{restore}")
     _fake(bin_dir, "nft", f'[ "$1" = -f ] && shift\n{restore}')
     for name in ("iptables", "ip6tables"):
         _fake(bin_dir, name, f'echo "{name} $*" >> {loaded}')
@@ -156,3 +163,51 @@ def test_a_rules_file_cut_where_a_table_ends_is_a_failed_load(member, tmp_path, 
     status, forwarding, loaded = _run(member, tmp_path, shell, contents={rules: cut})
     assert (status, forwarding) == (1, "0")
     assert "loaded Fail-closed" in loaded
+
+
+def _ipv4_only_member() -> dict[str, str]:
+    """A member of loadshare.fw: iptables, no IPv6 address in the cluster."""
+    return _member_files("loadshare.fw")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_an_ipv4_only_cluster_loads_its_ipv6_rules_where_the_kernel_has_ipv6(tmp_path, shell):
+    files = _ipv4_only_member()
+    status, forwarding, loaded = _run(files, tmp_path, shell)
+    assert (status, forwarding) == (0, "1")
+    assert (tmp_path / "called").read_text().split() == ["iptables-restore",
+                                                         "ip6tables-restore"]
+    assert loaded.count("loaded ") == 2 and "Fail-closed" not in loaded
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_an_ipv4_only_cluster_boots_on_a_kernel_without_ipv6(tmp_path, shell):
+    """ipv6.disable=1: no /proc/sys/net/ipv6, ip6tables-restore fails. A cluster without
+    IPv6 addresses skips its IPv6 rules there (nothing to filter) and forwards IPv4."""
+    files = _ipv4_only_member()
+    status, forwarding, loaded = _run(files, tmp_path, shell, ipv6=False)
+    assert (status, forwarding) == (0, "1")
+    assert (tmp_path / "called").read_text().split() == ["iptables-restore"]
+    assert loaded == "loaded iptables-restore\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_an_ipv4_only_cluster_fails_closed_on_a_kernel_without_ipv6(tmp_path, shell):
+    """Its fallback skips the IPv6 file too: the IPv4 one loads, forwarding stays off."""
+    files = _ipv4_only_member()
+    status, forwarding, loaded = _run(files, tmp_path, shell, ipv6=False,
+                                      contents={"iptables.rules": "*filter\nFAIL\n"})
+    assert (status, forwarding) == (1, "0")
+    assert (tmp_path / "called").read_text().split() == ["iptables-restore"] * 2
+    assert loaded == "loaded Fail-closed\n"  # failsafe.rules; no ip6tables DROP calls
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_cluster_with_ipv6_fails_closed_on_a_kernel_without_ipv6(tmp_path, shell):
+    """edge.fw has IPv6 addresses: without IPv6 in the kernel its rules cannot load, and
+    the node does not forward (as before)."""
+    files = _member_files("edge.fw")
+    status, forwarding, loaded = _run(files, tmp_path, shell, ipv6=False)
+    assert (status, forwarding) == (1, "0")
+    assert "ip6tables-restore" in (tmp_path / "called").read_text().split()
+    assert "loaded Fail-closed" in loaded and "ip6tables -w -P FORWARD DROP" in loaded

@@ -75,7 +75,8 @@ def test_a_secret_row_without_a_secret_is_world_readable(edge):
     assert BY_NAME["keepalived.conf"].output_mode(holds_secret=False) == 0o644
 
 
-def test_ipv4_only_cluster_has_no_ipv6_rows(tmp_path):
+def _ipv4_only(tmp_path) -> Policy:
+    """edge.fw without its IPv6 addresses (lines): a cluster with no IPv6 address."""
     from conftest import write_policy
 
     text = (REPO / "policies" / "edge.fw").read_text(encoding="utf-8")
@@ -84,13 +85,71 @@ def test_ipv4_only_cluster_has_no_ipv6_rows(tmp_path):
     analysis = analyse(path)
     assert analysis.policy is not None and not [
         d for d in analysis.diagnostics if d.severity == "error"], analysis.diagnostics
-    [cluster] = compile_policy(analysis.policy)
+    assert [c.families for c in analysis.policy.clusters] == [frozenset({4})]
+    return analysis.policy
+
+
+def _policies(rules: str) -> dict[str, str]:
+    """chain -> policy of the built-in chains of an iptables-restore file's filter table."""
+    table = rules.split("*filter\n", 1)[1]
+    return {line[1:].split()[0]: line.split()[1] for line in table.splitlines()
+            if line.startswith(":") and line.split()[1] != "-"}
+
+
+def test_an_ipv4_only_cluster_filters_ipv6_too(tmp_path):
+    """The kernel gives the node IPv6 addresses of its own (link-local; global ones from
+    router advertisements while forwarding is off): IPv6 left unfiltered would reach every
+    service of the firewall. Every member gets both families' rules, DROP on INPUT and
+    FORWARD; forwarding stays IPv4 only."""
+    [cluster] = compile_policy(_ipv4_only(tmp_path))
     names = cluster.members()["fw1"]
     assert names == [f.name for f in FILES
-                     if f.when not in (When.IPV6, When.IPSETS, When.ROUTES, When.UPLINKS)
+                     if f.when not in (When.IPSETS, When.ROUTES, When.UPLINKS)
                      and f.backend in (None, Backend.IPTABLES)]
+    text = {f.path: f.content.decode() for f in cluster.files}
+    for name in ("ip6tables.rules", "failsafe6.rules"):
+        policies = _policies(text[f"fw1/{name}"])
+        assert policies["INPUT"] == policies["FORWARD"] == "DROP", (name, policies)
+    rules6 = text["fw1/ip6tables.rules"]
+    assert '--icmpv6-type 135 -m hl --hl-eq 255 -m comment --comment "fwc auto: ndp"' in rules6
+    assert "--dport 22" not in rules6  # the policy's ssh access is IPv4 (from admin)
+    assert "--dport 22" in text["fw1/iptables.rules"]
+    forwarding = text["fw1/forwarding.conf"]
+    assert "net.ipv4.ip_forward = 1" in forwarding and "net.ipv6" not in forwarding
+    # The IPv6 files load only where the kernel has IPv6 (a cluster without IPv6
+    # addresses must boot on a kernel booted with ipv6.disable=1); the IPv4 ones always.
+    boot = text["fw1/fwc-firewall.sh"]
+    assert "if kernel_has /proc/sys/net/ipv6 /etc/fwc/ip6tables.rules; then" in boot
+    assert "if kernel_has /proc/sys/net/ipv6 /etc/fwc/failsafe6.rules; then" in boot
+    assert "kernel_has /proc/sys/net/ipv6 /etc/fwc/iptables.rules" not in boot
+    assert [table.kernel_guard(BY_NAME[n], {4}) for n in names
+            if BY_NAME[n].loader] == [None, "/proc/sys/net/ipv6", None, "/proc/sys/net/ipv6"]
+
+
+def test_a_cluster_with_ipv6_needs_it_from_the_kernel(edge):
+    """With IPv6 addresses the IPv6 rules are not optional: a kernel without IPv6 fails the
+    load (closed), as before."""
+    [cluster] = compile_policy(edge)
     boot = next(f.content.decode() for f in cluster.files if f.path == "fw1/fwc-firewall.sh")
-    assert "ip6tables-restore" not in boot and "/etc/fwc/iptables.rules" in boot
+    assert "kernel_has" not in boot
+    assert all(table.kernel_guard(f, edge.clusters[0].families) is None for f in FILES)
+
+
+def test_an_ipv4_only_nftables_cluster_filters_ipv6_too(tmp_path):
+    """nft: both families' chains, and no accept of a family fwc did not compile (which let
+    IPv6 through every DROP hook)."""
+    [cluster] = compile_policy(_ipv4_only(tmp_path), backend=Backend.NFTABLES)
+    text = {f.path: f.content.decode() for f in cluster.files}
+    for name in ("nftables.nft", "failsafe.nft"):
+        nft = text[f"fw1/{name}"]
+        assert "family not compiled" not in nft, name
+        assert "meta nfproto ipv6 accept" not in nft, name
+        for hook in ("input", "forward"):
+            chain = nft.split(f"\tchain filter-{hook.upper()} {{\n", 1)[1].split("\t}", 1)[0]
+            assert f"type filter hook {hook} priority 0; policy drop;" in chain, (name, chain)
+            assert f"meta nfproto ipv6 jump filter-{hook.upper()}-v6" in chain, (name, chain)
+    # one inet table: nothing for the boot script to skip on a kernel without IPv6
+    assert "kernel_has" not in text["fw1/fwc-firewall.sh"]
 
 
 def test_manifest_redacts_exactly_the_secret_rows(edge):

@@ -313,8 +313,11 @@ def _with_ipsets(tmp_path: Path) -> Path:
 
 def test_the_drill_loads_the_sets_before_the_rules_as_install_does(tmp_path):
     files = load_source(_with_ipsets(tmp_path)).files["fw1"]
-    assert [f.name for f in _rulesets(files)] == ["ipsets.rules", "iptables.rules"]
-    assert [f.name for f in _rulesets(load_source(EXAMPLE).files["fw1"])] == ["iptables.rules"]
+    # (uplinks.fw has no IPv6 address: its members filter IPv6 all the same)
+    assert [f.name for f in _rulesets(files)] == ["ipsets.rules", "iptables.rules",
+                                                  "ip6tables.rules"]
+    assert [f.name for f in _rulesets(load_source(EXAMPLE).files["fw1"])] == [
+        "iptables.rules", "ip6tables.rules"]
 
 
 @pytest.mark.root

@@ -17,6 +17,7 @@ it where the other files live (keepalived.conf names the notify hook's path).
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from enum import Enum
 from pathlib import PurePosixPath
 from types import MappingProxyType
@@ -25,6 +26,10 @@ from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
 MODE_FILE, MODE_SECRET, MODE_SCRIPT = 0o644, 0o600, 0o755
+# Per address family, a path that exists only when the kernel has the family: a kernel
+# booted with ipv6.disable=1 has no /proc/sys/net/ipv6, and its ip6tables-restore fails
+# (it has no IPv6 to filter either). IPv4 cannot be left out of a kernel.
+KERNEL_FAMILY_PATHS = MappingProxyType({6: "/proc/sys/net/ipv6"})
 # In the first lines of every generated file (its header comment): what tells fwc's
 # own files on a node from an admin's at the same path (`fwc install` removes a file the
 # member no longer gets only when it carries this).
@@ -36,7 +41,6 @@ class When(Enum):
     """When a member gets the file (`fwc.backend.render.registry.exists` decides)."""
 
     ALWAYS = "always"
-    IPV6 = "the cluster has IPv6 addresses"
     IPSETS = "long address lists became ipsets"
     SYNC = "the member has an IPv4 address on the sync link"
     ROUTES = "the member has routes or route-rules that do not follow the master"
@@ -83,9 +87,14 @@ class GeneratedFile:
     reload: Reload
     what: str  # for the docs: what it is and who reads it
     secret: bool = False
-    # Rulesets: the family, and the program that loads the file from stdin.
+    # Rulesets: the family, and the program that loads the file from stdin. A member gets
+    # the rulesets of every family its rules cover (`MemberBuild.families`: both, always).
     family: int | None = None
     loader: str | None = None
+    # A path that exists only on a kernel with the row's family (`KERNEL_FAMILY_PATHS`):
+    # where the cluster has no address of that family the file is loaded, tested and
+    # saved only when the path exists (`kernel_guard`).
+    kernel: str | None = None
     # (program, what for) that `fwc install` needs on the node for this file: a
     # missing one stops the install before anything changes.
     needs: tuple[tuple[str, str], ...] = ()
@@ -104,9 +113,12 @@ FILES: tuple[GeneratedFile, ...] = (
                   needs=(("iptables-restore", "iptables.rules"),
                          ("iptables-save", "the snapshot")),
                   backend=Backend.IPTABLES),
+    # Also for a cluster without IPv6 addresses: its IPv6 rules drop what would reach the
+    # node's own services over the addresses the kernel gives itself (link-local, router
+    # advertisements), as the policy's IPv4 rules do for IPv4.
     GeneratedFile("ip6tables.rules", "/etc/fwc/ip6tables.rules", MODE_FILE, "iptables",
-                  When.IPV6, Reload.RULES, "`ip6tables-restore` input",
-                  family=6, loader="ip6tables-restore",
+                  When.ALWAYS, Reload.RULES, "`ip6tables-restore` input",
+                  family=6, loader="ip6tables-restore", kernel=KERNEL_FAMILY_PATHS[6],
                   needs=(("ip6tables-restore", "ip6tables.rules"),
                          ("ip6tables-save", "the snapshot")),
                   backend=Backend.IPTABLES),
@@ -148,8 +160,8 @@ FILES: tuple[GeneratedFile, ...] = (
                   family=4, loader="iptables-restore",
                   backend=Backend.IPTABLES),
     GeneratedFile("failsafe6.rules", "/etc/fwc/failsafe6.rules", MODE_FILE, "iptables",
-                  When.IPV6, Reload.FAILSAFE, "the fail-closed IPv6 rules of the boot script",
-                  family=6, loader="ip6tables-restore",
+                  When.ALWAYS, Reload.FAILSAFE, "the fail-closed IPv6 rules of the boot script",
+                  family=6, loader="ip6tables-restore", kernel=KERNEL_FAMILY_PATHS[6],
                   backend=Backend.IPTABLES),
     GeneratedFile("failsafe.nft", "/etc/fwc/failsafe.nft", MODE_FILE, "nftables",
                   When.ALWAYS, Reload.FAILSAFE,
@@ -189,9 +201,23 @@ SECRET_FILES = tuple(f.name for f in FILES if f.secret)
 
 
 def rules_file(backend: Backend) -> GeneratedFile:
-    """The ruleset every member compiled for BACKEND gets (iptables.rules, nftables.nft)."""
+    """The ruleset every node of BACKEND loads: iptables.rules (IPv4, which no kernel lacks;
+    not ip6tables.rules), nftables.nft (both families)."""
     return next(f for f in FILES if f.backend is backend and f.reload is Reload.RULES
-                and f.when is When.ALWAYS)
+                and f.when is When.ALWAYS and f.kernel is None)
+
+
+def kernel_guard(file: GeneratedFile, families: Collection[int]) -> str | None:
+    """The path FILE is loaded, tested and saved only where it exists, on a node of a
+    cluster with addresses of FAMILIES (`Cluster.families`); None: always.
+
+    A family the cluster has no address of is filtered all the same (its rules drop what
+    reaches the node), but a kernel without it (ipv6.disable=1) has nothing to filter and
+    its restore fails: the node must still come up, forward IPv4 and be installable. A
+    cluster with addresses of the family needs it: there a kernel without it fails the
+    load, closed. The boot script, `fwc install` and the Ansible role all ask this.
+    """
+    return file.kernel if file.family not in families else None
 
 
 def path_of(name: str) -> str:
@@ -232,6 +258,9 @@ def markdown() -> str:
              "|---|---|---|---|---|---|"]
     for f in FILES:
         when = f.when.value if f.backend is None else f"backend {f.backend}: {f.when.value}"
+        if f.kernel is not None:
+            when += (f" (without IPv{f.family} addresses in the cluster: loaded only where "
+                     f"{f.kernel} exists)")
         lines.append(f"| `{f.name}` | {when} | {f.path} | {_mode(f)} | {f.what} "
                      f"| {f.reload.value} |")
     lines.append(DOC_END)

@@ -25,9 +25,10 @@ import ipaddress
 import re
 import shlex
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
-from fwc.backend.files import FILES, Reload, rules_file
+from fwc.backend.files import BY_NAME, FILES, Reload, kernel_guard, rules_file
 from fwc.backend.manifest import mask_secrets as _mask
 from fwc.backend.manifest import secret_values
 from fwc.diffing.colour import Palette, wants_colour
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
                         for f in output.files if f.path.startswith(prefix)}
     palette = Palette(wants_colour(args.color, sys.stdout))
     sys.stdout.write(installed_by(transport) + "\n")
-    drift = compare(transport, compiled, cluster.backend)
+    drift = compare(transport, compiled, cluster.backend, cluster.families)
     for title, lines in drift:
         sys.stdout.write(palette.bold(f"drift: {title}") + "\n")
         for line in lines:
@@ -130,11 +131,14 @@ def installed_by(transport: Transport) -> str:
 
 
 def compare(transport: Transport, compiled: dict[str, str],
-            backend: Backend = Backend.IPTABLES) -> list[tuple[str, list[str]]]:
+            backend: Backend = Backend.IPTABLES,
+            families: Collection[int] = (4, 6)) -> list[tuple[str, list[str]]]:
     """[(what drifted, unified diff lines compiled -> node)].
 
     BACKEND: the packet filter COMPILED is written for; with nftables only fwc's
-    table is compared, never the node's iptables or other nftables tables.
+    table is compared, never the node's iptables or other nftables tables. FAMILIES:
+    the cluster's (`Cluster.families`): a ruleset the node loads only where its kernel
+    has the family (`kernel_guard`) is not compared on a node whose kernel lacks it.
     """
     out: list[tuple[str, list[str]]] = []
     if backend is Backend.NFTABLES:
@@ -145,6 +149,9 @@ def compare(transport: Transport, compiled: dict[str, str],
         if lines:
             out.append((f"live nftables table {NFT_TABLE}", lines))
     for name, save, restore in RULESETS if backend is Backend.IPTABLES else ():
+        kernel = kernel_guard(BY_NAME[name], families)
+        if kernel is not None and not transport.run(f"[ -d {kernel} ]", timeout=30).ok:
+            continue  # (the boot script and install skip it there too)
         expected = canonical(transport, compiled.get(name, ""), save, restore,
                              compiled.get("ipsets.rules", ""))
         live = node_output(transport, f"{save} 2>/dev/null || :")

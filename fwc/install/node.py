@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import field
 from typing import TextIO
 
@@ -48,10 +48,14 @@ class NodeInstall:
     def __init__(self, transport: Transport, files: dict[str, str], *, role: str,
                  systemd: bool, confirm_timeout: float, settle_timeout: float,
                  confirmer: Confirmer, settle: SettleWait, out: TextIO,
-                 record: InstallRecord | None = None) -> None:
+                 record: InstallRecord | None = None,
+                 families: Collection[int] = scripts.BOTH_FAMILIES) -> None:
         self.transport = transport
         self.member = transport.member
         self.files = [f for f in FILES if f.name in files]
+        # The cluster's address families (`Cluster.families`): the rules of another family
+        # are tested and loaded only where the kernel has it (`scripts.with_kernel`).
+        self.families = families
         self.contents = files
         self.role = role
         self.systemd = systemd
@@ -100,14 +104,14 @@ class NodeInstall:
             self.take_lock()
             self.stage_files()
             self.say("testing the new rulesets")
-            self.step("test", scripts.test_ruleset(self.files))
+            self.step("test", scripts.test_ruleset(self.files, self.families))
             self.say(f"saving the running {scripts.saved_rulesets(self.files)} and daemon "
                      "configs")
             self.snapshot()
             self.arm_watchdog()
             self.say("applying")
             applied = True
-            applied_result = self.step("apply", scripts.apply(self.files))
+            applied_result = self.step("apply", scripts.apply(self.files, self.families))
             for line in applied_result.stderr.splitlines():
                 self.say(line)
             self.reload_daemons()

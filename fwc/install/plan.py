@@ -73,7 +73,7 @@ def install_cluster(cluster: Cluster, chosen: list[Member], files: Mapping[str, 
                            confirm_timeout=options.confirm_timeout,
                            settle_timeout=options.settle_timeout,
                            confirmer=confirmer, settle=settle, out=out,
-                           record=options.record)
+                           record=options.record, families=cluster.families)
         result = node.run()
         results.append(result)
         if not result.ok:

@@ -7,7 +7,7 @@ these, and tests can read them.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import PurePosixPath
 
 from fwc import protocols as proto
@@ -18,10 +18,12 @@ from fwc.backend.files import (
     FILES,
     GENERATED_MARK,
     GENERATED_MARK_LINES,
+    KERNEL_FAMILY_PATHS,
     LOAD_ORDER,
     LOADED_BY_INSTALL,
     GeneratedFile,
     Reload,
+    kernel_guard,
     path_of,
 )
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
@@ -226,11 +228,28 @@ def write(path: str, mode: int) -> str:
             f"&& mv -f {tmp} {path}")
 
 
-def test_ruleset(files: list[GeneratedFile]) -> str:
+# The address families of a cluster with both: no row is skipped (`kernel_guard`).
+BOTH_FAMILIES = (4, 6)
+
+
+def with_kernel(file: GeneratedFile, families: Collection[int], command: str,
+                what: str) -> str:
+    """COMMAND, or, for a row the cluster's FAMILIES make optional (`kernel_guard`: a
+    family the cluster has no address of), COMMAND only where the kernel has the family,
+    saying so on stderr where it does not (WHAT: what is skipped, `loaded`, `tested`)."""
+    kernel = kernel_guard(file, families)
+    if kernel is None:
+        return command
+    return (f"if [ -d {kernel} ]; then {command}; else echo 'this kernel has no {kernel}: "
+            f"{file.name} not {what}' >&2; fi")
+
+
+def test_ruleset(files: list[GeneratedFile], families: Collection[int] = BOTH_FAMILIES) -> str:
+    """Test the staged FILES on the node; FAMILIES: the cluster's (`Cluster.families`)."""
     names = {f.name for f in files}
     # The boot fallback is only loaded when something already went wrong: test it now.
     steps = [f"nft -c -f {STAGING}/{f.name}" if f.loader == "nft"
-             else f"{f.loader} --test < {STAGING}/{f.name}"
+             else with_kernel(f, families, f"{f.loader} --test < {STAGING}/{f.name}", "tested")
              for reload in (Reload.RULES, Reload.FAILSAFE) for f in files if f.reload is reload]
     ipsets = [f for f in files if f.reload is Reload.IPSETS]
     if ipsets:
@@ -277,8 +296,10 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     if Backend.IPTABLES in using:
         lines += [
             f"iptables-save > {new}/iptables.save",
-            "if command -v ip6tables-save >/dev/null 2>&1; then "
-            f"ip6tables-save > {new}/ip6tables.save; fi",
+            # (nothing to save where the kernel has no IPv6, and ip6tables-save fails there;
+            # without ip6tables.save the rollback leaves IPv6 alone)
+            f"if command -v ip6tables-save >/dev/null 2>&1 && [ -d {KERNEL_FAMILY_PATHS[6]} ]; "
+            f"then ip6tables-save > {new}/ip6tables.save; fi",
             "if command -v ipset >/dev/null 2>&1; then "
             f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
         ]
@@ -325,13 +346,15 @@ def ruleset_loader(file: GeneratedFile) -> list[str]:
     raise ValueError(f"{file.name} is not a set or rules file")
 
 
-def load(file: GeneratedFile) -> str:
-    """The command that makes the node use FILE at once (its row's LOAD_ORDER reload)."""
+def load(file: GeneratedFile, families: Collection[int] = BOTH_FAMILIES) -> str:
+    """The command that makes the node use FILE at once (its row's LOAD_ORDER reload), on a
+    node of a cluster with addresses of FAMILIES (`with_kernel`)."""
     if file.reload is Reload.RULES and file.loader == "nft":
         # nft reads a file by name (`-f`): its diagnostics then name the file.
         return f"nft -f {file.path}"
     if file.reload in (Reload.IPSETS, Reload.RULES):
-        return f"{' '.join(ruleset_loader(file))} < {file.path}"
+        return with_kernel(file, families, f"{' '.join(ruleset_loader(file))} < {file.path}",
+                           "loaded")
     if file.reload is Reload.SYSCTL:
         # A key the kernel refuses (per-namespace limits, removed knobs) must not
         # undo a good ruleset: report it and carry on.
@@ -349,8 +372,9 @@ def load(file: GeneratedFile) -> str:
     raise ValueError(f"{file.name} is not loaded by the apply step ({file.reload.name})")
 
 
-def apply(files: list[GeneratedFile]) -> str:
-    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic).
+def apply(files: list[GeneratedFile], families: Collection[int] = BOTH_FAMILIES) -> str:
+    """Put the staged files in place, then load them in LOAD_ORDER (each load atomic);
+    FAMILIES: the cluster's (`Cluster.families`, for `load`).
 
     Holds rollback.sh's lock throughout: an apply whose connection dropped goes on
     on the node (sshd does not stop it), and the rollback fwc or the watchdog then
@@ -374,7 +398,7 @@ def apply(files: list[GeneratedFile]) -> str:
     # every boot.
     lines += [f"if [ -e {SNAPSHOT}/gone.{index} ]; then rm -f {row.path}; fi"
               for index, row in gone]
-    lines += [load(f) for f in in_load_order(files)]
+    lines += [load(f, families) for f in in_load_order(files)]
     lines += [f"if [ -e {SNAPSHOT}/gone.{index} ]; then {{ {_flush_routes()}; }} "
               "2>/dev/null || :; fi" for index, row in gone if row.reload is Reload.ROUTES]
     lines.append(f"rm -rf {STAGING}")
@@ -609,8 +633,11 @@ def _retire_iptables() -> list[str]:
             continue
         save = row.loader.replace("-restore", "-save")
         program = row.loader.split("-")[0]
+        # A kernel without the row's family holds none of its tables (and its restore
+        # fails): nothing to empty there.
+        present = f"[ -e {row.path} ]" + (f" && [ -d {row.kernel} ]" if row.kernel else "")
         lines += [
-            f"if [ -e {row.path} ]; then",
+            f"if {present}; then",
             f"    tables=$(sed -n 's/^\\*//p' {row.path} | tr '\\n' ' ')",
             f"    if command -v {row.loader} >/dev/null 2>&1 "
             f"&& owned_empty {save} {row.path} | {row.loader}; then",

@@ -25,6 +25,8 @@ from fwc.model import Cluster, Member
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
+# The families every member's rules cover (`MemberBuild.families`).
+FILTERED_FAMILIES = (4, 6)
 # Bytes of text a SharedTexts spills to its temporary files for the next member (the
 # texts beyond SHARED_RAW_BUDGET): a bound on disk, not on memory.
 SHARED_TEXT_BUDGET = 1024 ** 3
@@ -265,7 +267,12 @@ class MemberBuild:
 
     @property
     def families(self) -> tuple[int, ...]:
-        return (4, 6) if 6 in self.cluster.families else (4,)
+        """The address families the member's rules cover (the one answer: its rulesets,
+        the rows with a `family`): both, always. A family the cluster has no address of
+        is not left open on the node (the kernel gives itself IPv6 addresses: link-local,
+        and from router advertisements while forwarding is off); its lowered ruleset drops
+        what reaches the node. Forwarding stays per `Cluster.families` (sysctl target)."""
+        return FILTERED_FAMILIES
 
     def lowered(self, family: int) -> NodeRuleset:
         """The member's ruleset for FAMILY before any backend pass."""

@@ -11,9 +11,10 @@ passes of `fwc.backend.arrange.optimise` (the ones the iptables target writes,
 with port buckets clipped to their range) are written rule for rule, each
 family's chains under their own names (`filter-FORWARD-v4`), and one base chain
 per netfilter hook dispatches on `meta nfproto` to them. So every rule, RETURN
-and policy keeps the meaning it has in iptables. A family the cluster does not
-use is not fwc's business, as with iptables (no ip6tables rules are written
-then): its packets leave fwc's table accepted, for the node's other tables.
+and policy keeps the meaning it has in iptables. Both families are always
+written, as with iptables (ip6tables.rules for every member): a family the
+cluster has no address of still reaches the node's own services, and its
+lowered ruleset drops that.
 
 What nftables adds, each an exact rewrite of the rules it replaces (the nft
 reader in `fwc.analysis.nftread` expands them back, and tests/test_nft_equivalence.py
@@ -1097,7 +1098,6 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
     writer = Writer() if memo is None else Writer(memo.get(COLLAPSED_MEMO, dict))
     blocks = None if memo is None else memo.get(BLOCKS_MEMO, dict)
     ipsets = {s.name: s.cidrs for s in sets}
-    families = [r.family for r in rulesets]
     # (table, builtin chain, variant) -> family -> its chain; plus every family's user chains.
     builtins: dict[tuple[TableName, BuiltinChain, str], dict[int, Chain]] = {}
     body: list[str] = []  # each chain's lines, as one text
@@ -1178,13 +1178,10 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
         base.append(f"\tchain {_base_chain(table_name, chain_name, variant)} {{")
         base.append(f"\t\ttype {kind} hook {chain_name.lower()} priority {priority}; "
                     f"policy {policy.lower()};")
+        # (a family without a ruleset here has nothing to jump to: the hook's policy
+        # decides its packets, never an accept of fwc's)
         for family in (4, 6):
             nfproto = FAMILY_WORDS[family][1]
-            if family not in families:
-                if policy is Target.DROP:
-                    base.append(f"\t\tmeta nfproto {nfproto} accept "
-                                'comment "fwc auto: family not compiled"')
-                continue
             chain = per_family.get(family)
             if chain is None:
                 continue

@@ -62,7 +62,6 @@ TARGETS = MappingProxyType({t.name: t for t in (
 # When a row's file exists for a member.
 CONDITIONS: MappingProxyType[When, Callable[[MemberBuild], bool]] = MappingProxyType({
     When.ALWAYS: lambda build: True,
-    When.IPV6: lambda build: 6 in build.families,
     When.IPSETS: lambda build: bool(build.optimised()[1]),
     When.SYNC: conntrackd.synced,
     When.ROUTES: routes.has_routes,
@@ -71,8 +70,10 @@ CONDITIONS: MappingProxyType[When, Callable[[MemberBuild], bool]] = MappingProxy
 
 
 def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
-    """The rows of the generated files BUILD's member gets, in table order."""
+    """The rows of the generated files BUILD's member gets, in table order: a ruleset of
+    each family its rules cover (`MemberBuild.families`)."""
     return tuple(f for f in FILES if f.backend in (None, build.backend)
+                 and (f.family is None or f.family in build.families)
                  and CONDITIONS[f.when](build))
 
 

@@ -2,8 +2,9 @@
 
 The boot script loads whatever rules files the member has, as the table of
 generated files says (`fwc.backend.files`: the RULES, IPSETS and FAILSAFE rows
-present for this member, with their loaders), so a new packet-filter backend
-only adds rows there.
+present for this member, with their loaders; a row of a family the cluster has
+no address of only where the kernel has that family, `kernel_guard`), so a new
+packet-filter backend only adds rows there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fwc import protocols as proto
-from fwc.backend.files import BOOT_UNIT, LOADED_BY_INSTALL, GeneratedFile, Reload, path_of
+from fwc.backend.files import (
+    BOOT_UNIT,
+    LOADED_BY_INSTALL,
+    GeneratedFile,
+    Reload,
+    kernel_guard,
+    path_of,
+)
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.keepalived import member_vips
 from fwc.backend.render.templates import render_template
@@ -57,26 +65,32 @@ def boot_unit(cluster: Cluster, member: Member) -> str:
     })
 
 
-def _loaded(files: tuple[GeneratedFile, ...], reload: Reload) -> list[tuple[str, str]]:
-    return [(f.loader or "", f.path) for f in files if f.reload is reload]
+def _loaded(cluster: Cluster, files: tuple[GeneratedFile, ...], reload: Reload) \
+        -> list[tuple[str, str, str | None]]:
+    """(loader, path, the kernel path it needs: `kernel_guard`) of FILES' RELOAD rows."""
+    return [(f.loader or "", f.path, kernel_guard(f, cluster.families))
+            for f in files if f.reload is reload]
 
 
 def boot_script(cluster: Cluster, member: Member, files: tuple[GeneratedFile, ...]) -> str:
     """FILES: the generated files the member has (their rules, ipsets and fallbacks load)."""
     ipsets = next((f.path for f in files if f.reload is Reload.IPSETS), None)
+    rules, failsafe = _loaded(cluster, files, Reload.RULES), _loaded(cluster, files,
+                                                                     Reload.FAILSAFE)
     return render_template("fwc-firewall.sh.j2", {
         "cluster": cluster.name,
         "member": member.name,
         "unit": BOOT_UNIT,
         "log_tag": proto.BOOT_LOG_TAG,
         "loaded_by_install": LOADED_BY_INSTALL,
-        # Both families always: an IPv4-only cluster has no ip6tables rules at all, so
-        # IPv6 forwarding left on by anything else would route it unfiltered.
+        # Both families always: forwarding.conf switches on only the cluster's own, so an
+        # IPv4-only cluster keeps IPv6 forwarding off whatever else switched it on.
         "forwarding_off": [(key, "/proc/sys/" + key.replace(".", "/"))
                            for key in proto.FORWARDING_SYSCTLS.values()],
         "ipsets": ipsets,
-        "rules": _loaded(files, Reload.RULES),
-        "failsafe": _loaded(files, Reload.FAILSAFE),
+        "rules": rules,
+        "failsafe": failsafe,
+        "guarded": any(kernel for _, _, kernel in (*rules, *failsafe)),
         "chains": ("INPUT", "FORWARD", "OUTPUT"),
         "nft_table": "fwc",
         "sysctl_conf": path_of("sysctl.conf"),

@@ -41,8 +41,21 @@ whole() {
     [ -s "$1" ] && grep -qxF "$2" "$1"
 }
 
+# The rules of a family the cluster has no address of still go in: they drop what
+# reaches this node's own services over the addresses the kernel gives itself. A
+# kernel without that family (booted with ipv6.disable=1: no /proc/sys/net/ipv6) has
+# nothing to filter and its restore fails there: the file is skipped, not a failed load.
+kernel_has() {
+    [ -d "$1" ] && return 0
+    log "this kernel has no $1: $2 not loaded"
+    return 1
+}
+
 load() {
     whole /etc/fwc/iptables.rules '*filter' && iptables-restore < /etc/fwc/iptables.rules || { log iptables-restore /etc/fwc/iptables.rules "failed"; return 1; }
+    if kernel_has /proc/sys/net/ipv6 /etc/fwc/ip6tables.rules; then
+        whole /etc/fwc/ip6tables.rules '*filter' && ip6tables-restore < /etc/fwc/ip6tables.rules || { log ip6tables-restore /etc/fwc/ip6tables.rules "failed"; return 1; }
+    fi
     return 0
 }
 
@@ -58,6 +71,19 @@ fail_closed() {
     for table in $(iptables-save 2>/dev/null | sed -n 's/^\*//p'); do
         [ "$table" = filter ] || { iptables -w -t "$table" -F; iptables -w -t "$table" -X; } || :
     done
+    if kernel_has /proc/sys/net/ipv6 /etc/fwc/failsafe6.rules; then
+        if ! { whole /etc/fwc/failsafe6.rules '*filter' && ip6tables-restore < /etc/fwc/failsafe6.rules; }; then
+            # Even the fallback did not load: drop everything rather than route.
+            log ip6tables-restore /etc/fwc/failsafe6.rules "failed: DROP policies only, no management access"
+            ip6tables -w -P INPUT DROP || :
+            ip6tables -w -P FORWARD DROP || :
+            ip6tables -w -P OUTPUT DROP || :
+        fi
+        # A partly loaded ruleset may have left nat/raw/mangle rules: only filter stays.
+        for table in $(ip6tables-save 2>/dev/null | sed -n 's/^\*//p'); do
+            [ "$table" = filter ] || { ip6tables -w -t "$table" -F; ip6tables -w -t "$table" -X; } || :
+        done
+    fi
 }
 
 rc=0
