@@ -457,8 +457,10 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
         raise Untranslatable("a state or limit match in the nat table")
     options = dict(d.options)
     source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
-    destination = w.address(m.destination, saved.sets, 0) if not m.destination.is_any \
-        else "any"
+    destination = _before_routing(m.destination) if chain == "PREROUTING" else \
+        w.address(m.destination, saved.sets, 0) if not m.destination.is_any else "any"
+    if destination is None:
+        destination = w.address(m.destination, saved.sets, 0)
     service = w.service(m)
     where = []
     if chain == "PREROUTING" and d.target == "DNAT":
@@ -496,6 +498,25 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     if target:
         parts += ["->", target]
     return "    " + " ".join(parts)
+
+
+def _before_routing(match: AddressMatch) -> str | None:
+    """The destination of a PREROUTING rule where fwc's reading differs (None: it does not).
+
+    Before routing fwc's `any` leaves connections to the firewall's own addresses alone
+    (docs/language.md, "NAT rules"); a rule without `-d` translates them too: a port
+    forward on the uplink's address (`-A PREROUTING -i eth1 -p tcp --dport 80 -j DNAT`)
+    came out as a dnat that never translated a connection to the firewall, and a
+    `-j RETURN` in front of it exempted nothing of the firewall's. `any, firewall` is
+    everything. A negated destination (`! -d NET`) is fwc's `any` minus NET, without
+    the firewall's addresses outside NET, which no list says.
+    """
+    if match.is_any:
+        return "any, firewall"
+    if match.negated:
+        raise Untranslatable("a negated destination before routing (fwc's '!' leaves "
+                             "the firewall's own addresses out, the rule translated them)")
+    return None
 
 
 def _nat_target(text: str, port: bool) -> str:
