@@ -66,3 +66,71 @@ def test_a_second_table_of_one_name_is_named_not_merged():
     assert policy_rules(result.text) == ["accept from any to any in eth0"]
     assert any(d.code == "FWC701" and "a second filter table" in d.message
                for d in result.diagnostics)
+
+
+NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
+    ":POSTROUTING ACCEPT [0:0]\n"
+PORT_FORWARD = (NAT + "-A PREROUTING -i eth1 -p tcp -m tcp --dport 22 -j RETURN\n"
+                "-A PREROUTING -i eth1 -p tcp -m tcp --dport 80 -j DNAT "
+                "--to-destination 192.0.2.80\n"
+                "-A POSTROUTING -o eth1 -j MASQUERADE\nCOMMIT\n"
+                + FILTER + "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+                "-A INPUT -i eth1 -p tcp -m tcp --dport 22 -j ACCEPT\n"
+                "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+                "-A FORWARD -d 192.0.2.80/32 -i eth1 -o eth0 -p tcp -m tcp --dport 80 "
+                "-j ACCEPT\n-A FORWARD -i eth0 -o eth1 -j ACCEPT\nCOMMIT\n")
+
+
+def test_a_port_forward_without_a_destination_translates_connections_to_the_firewall():
+    """`-j DNAT` without `-d` translates every connection, those to the uplink's own
+    address first of all; imported as `dnat ... to any` (which leaves the firewall's
+    addresses alone) the port forward never took a connection to the firewall, and the
+    `-j RETURN` in front of it exempted none of the firewall's ssh."""
+    result = import_file(PORT_FORWARD, "gw.save", "t")
+    rules = policy_rules(result.text)
+    assert "nonat from any to any, firewall service tcp-22 in eth1" in rules
+    assert "dnat from any to any, firewall service tcp-80 in eth1 -> 192.0.2.80" in rules
+    assert "masquerade from any to any out eth1" in rules
+
+
+def test_verify_passes_a_masquerading_port_forwarding_gateway(tmp_path, capsys):
+    """The gateway above is translated exactly: `--verify` finds no difference (it
+    reported the masquerade of forwarded packets whose source is the firewall's own,
+    which the kernel drops as martians before they reach POSTROUTING)."""
+    code, err = verify(tmp_path, capsys, PORT_FORWARD)
+    assert code == 0, err
+    assert " 0 differences" in err
+
+
+def test_verify_compares_the_nat_of_connections_to_the_firewall():
+    """A dnat that leaves connections to the firewall's addresses alone where the
+    original translated them is a difference (the NAT of a connection to the firewall
+    was never compared: packets to it do not pass FORWARD)."""
+    from fwc.importing.fidelity import compare_texts
+    from fwc.model.addresses import AddressSet
+
+    original = (NAT + "-A PREROUTING -i eth1 -p tcp -m tcp --dport 80 -j DNAT "
+                "--to-destination 192.0.2.80\nCOMMIT\n" + FILTER
+                + "-A INPUT -d 198.51.100.1/32 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+    # what fwc compiles for `dnat from any to any service tcp-80 in eth1 -> 192.0.2.80`
+    compiled = (NAT + ":fwc-n1-PREROUTING - [0:0]\n"
+                "-A PREROUTING -i eth1 -p tcp -m tcp --dport 80 -j fwc-n1-PREROUTING\n"
+                "-A fwc-n1-PREROUTING -d 198.51.100.1/32 -j RETURN\n"
+                "-A fwc-n1-PREROUTING -j DNAT --to-destination 192.0.2.80\nCOMMIT\n"
+                + FILTER
+                + "-A INPUT -d 198.51.100.1/32 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+    firewall = AddressSet.of("198.51.100.1").v4
+    _, differences = compare_texts(original, compiled, firewall)
+    assert any(d.where == "nat PREROUTING" and "-> 198.51.100.1:80 " in d.packet
+               and d.original == "DNAT to-destination 192.0.2.80" and d.compiled == "none"
+               for d in differences), differences
+    _, none = compare_texts(original, original, firewall)
+    assert none == []
+
+
+def test_a_negated_destination_before_routing_is_not_imported():
+    save = (NAT + "-A PREROUTING ! -d 192.0.2.0/24 -i eth1 -p tcp -m tcp --dport 80 "
+            "-j DNAT --to-destination 192.0.2.80\nCOMMIT\n")
+    result = import_file(save, "neg.save", "t")
+    assert policy_rules(result.text) == []
+    assert "NOT IMPORTED (a negated destination before routing" in result.text
