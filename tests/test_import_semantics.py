@@ -134,3 +134,41 @@ def test_a_negated_destination_before_routing_is_not_imported():
     result = import_file(save, "neg.save", "t")
     assert policy_rules(result.text) == []
     assert "NOT IMPORTED (a negated destination before routing" in result.text
+
+
+SETS = ("create partners hash:net family inet hashsize 1024 maxelem 65536\n"
+        "add partners 203.0.113.0/24\n"
+        "create banned hash:ip family inet hashsize 1024 maxelem 65536\n"
+        "add banned 198.51.100.66\n")
+
+
+@pytest.mark.parametrize("rule", [
+    # the partners' addresses, only those inside 198.51.100.0/24 (none): was every partner
+    "-A FORWARD -s 198.51.100.0/24 -m set --match-set partners src -p tcp -m tcp --dport 443 "
+    "-j ACCEPT",
+    # a source in both sets (none): was every banned source
+    "-A FORWARD -m set --match-set partners src -m set --match-set banned src -j ACCEPT",
+    # port 25 alone: was 25 and 80
+    "-A FORWARD -p tcp -m tcp --dport 25 -m multiport --dports 25,80 -j ACCEPT",
+    # new connections that were translated: was every new connection
+    "-A FORWARD -m conntrack --ctstate DNAT -m state --state NEW -j ACCEPT",
+])
+def test_a_rule_with_two_matches_of_one_kind_is_not_imported_wider(rule):
+    """A packet must pass every match of a rule; the second match of a kind replaced
+    the first and the accept came out wider (and --verify, reading the original with
+    the same decoder, agreed)."""
+    result = import_file(SETS + FILTER + rule + "\nCOMMIT\n", "two.save", "t")
+    assert policy_rules(result.text) == []
+    assert "NOT IMPORTED (two " in result.text
+    assert [d.code for d in result.diagnostics].count("FWC700") == 1
+
+
+def test_the_same_match_twice_is_one_match():
+    both = SETS + FILTER + "-A FORWARD -m set --match-set partners src -m set --match-set " \
+        "banned dst -j DROP\nCOMMIT\n"
+    assert policy_rules(import_file(both, "sides.save", "t").text) == \
+        ["drop from set-partners to set-banned"]
+    save = FILTER + "-A FORWARD -p tcp -m tcp --dport 25 -m multiport --dports 25 -j ACCEPT\n" \
+        "COMMIT\n"
+    assert policy_rules(import_file(save, "same.save", "t").text) == \
+        ["accept from any to any service tcp-25"]

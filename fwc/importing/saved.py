@@ -188,6 +188,12 @@ def _addresses(value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# What a rule matches, as a diagnostic names it.
+_KINDS = {"source": "source address", "destination": "destination address",
+          "in_device": "in-interface", "out_device": "out-interface", "protocol": "protocol",
+          "dports": "destination port", "ctstate": "conntrack state", "icmp_type": "icmp type"}
+
+
 def _is_number(value: str) -> bool:
     """Whether VALUE is a decimal number `int` takes: ASCII digits (str.isdigit is also
     true of '²', which int refuses), few enough (int refuses more than 4300)."""
@@ -253,7 +259,6 @@ def decode(text: str) -> Decoded:
         raise Untranslatable(f"cannot split the line: {exc}") from exc
     words = words[2:]  # -A CHAIN
     fields: dict[str, object] = {}
-    source = destination = AddressMatch()
     target, goto, comment = "", False, None
     options: list[tuple[str, str]] = []
     modules: set[str] = set()
@@ -266,6 +271,14 @@ def decode(text: str) -> Decoded:
         i += 1
         return words[i]
 
+    def put(key: str, matched: object) -> None:
+        # A packet must pass every match of a rule: a second one of a kind
+        # (`-s NET -m set --match-set S src`, two sets, `--dport` and `--dports`)
+        # replaced the first, and the rule was imported wider than it was.
+        if key in fields and fields[key] != matched:
+            raise Untranslatable(f"two {_KINDS[key]} matches (the rule wants both)")
+        fields[key] = matched
+
     while i < len(words):
         word = words[i]
         negated = word == "!"
@@ -276,19 +289,16 @@ def decode(text: str) -> Decoded:
             word = words[i]
         if word in ("-s", "--source", "-d", "--destination"):
             address = AddressMatch(_addresses(value()), negated=negated)
-            if word in ("-s", "--source"):
-                source = address
-            else:
-                destination = address
+            put("source" if word in ("-s", "--source") else "destination", address)
         elif negated and word not in ("--tcp-flags", "--syn"):
             raise Untranslatable(f"negated {word}")
         elif word in ("-i", "--in-interface", "-o", "--out-interface"):
             device = value()
             if device.endswith("+"):
                 raise Untranslatable(f"interface wildcard {device!r}")
-            fields["in_device" if word in ("-i", "--in-interface") else "out_device"] = device
+            put("in_device" if word in ("-i", "--in-interface") else "out_device", device)
         elif word in ("-p", "--protocol"):
-            fields["protocol"] = _protocol(value())
+            put("protocol", _protocol(value()))
         elif word in ("-m", "--match"):
             module = value()
             if module not in ("tcp", "udp", "multiport", "conntrack", "state", "icmp",
@@ -296,16 +306,16 @@ def decode(text: str) -> Decoded:
                 raise Untranslatable(f"match module {module!r}")
             modules.add(module)
         elif word in ("--dport", "--destination-port", "--dports", "--destination-ports"):
-            fields["dports"] = _ports(value())
+            put("dports", _ports(value()))
         elif word in ("--sport", "--source-port", "--sports", "--source-ports", "--ports"):
             raise Untranslatable(f"{word} (fwc matches destination ports only)")
         elif word in ("--ctstate", "--state"):
             states = tuple(value().split(","))
             if not set(states) <= STATES:
                 raise Untranslatable(f"conntrack state {','.join(states)}")
-            fields["ctstate"] = tuple(s for s in proto.CTSTATE_ORDER if s in states)
+            put("ctstate", tuple(s for s in proto.CTSTATE_ORDER if s in states))
         elif word == "--icmp-type":
-            fields["icmp_type"] = _icmp_type(value())
+            put("icmp_type", _icmp_type(value()))
         elif word == "--tcp-flags":
             mask, flags = value(), value()
             if not (negated and set(mask.split(",")) == {"FIN", "SYN", "RST", "ACK"}
@@ -322,11 +332,8 @@ def decode(text: str) -> Decoded:
             name, direction = value(), value()
             if direction not in ("src", "dst"):
                 raise Untranslatable(f"--match-set {name} {direction}")
-            address = AddressMatch(set_name=name, negated=negated)
-            if direction == "src":
-                source = address
-            else:
-                destination = address
+            put("source" if direction == "src" else "destination",
+                AddressMatch(set_name=name, negated=negated))
         elif word == "--limit":
             fields["limit"] = RateLimit(value(), 5)
         elif word == "--limit-burst":
@@ -353,7 +360,7 @@ def decode(text: str) -> Decoded:
         raise Untranslatable("ports without tcp or udp")
     if "icmp_type" in fields and protocol != 1:
         raise Untranslatable("an icmp type without -p icmp")
-    match = Match(source=source, destination=destination, **fields)  # type: ignore[arg-type]
+    match = Match(**fields)  # type: ignore[arg-type]
     return Decoded(match, target, tuple(options), comment, goto)
 
 
