@@ -172,3 +172,21 @@ def test_the_same_match_twice_is_one_match():
         "COMMIT\n"
     assert policy_rules(import_file(save, "same.save", "t").text) == \
         ["accept from any to any service tcp-25"]
+
+
+@pytest.mark.parametrize("sets, why", [
+    # 203.0.113.7 is an exception the set does not match: it was a member of the group
+    ("create partners hash:net family inet hashsize 1024 maxelem 65536\n"
+     "add partners 203.0.113.0/24\nadd partners 203.0.113.7 nomatch\n", "nomatch"),
+    # fail2ban's ban list: a group of today's bans stops banning tomorrow's
+    ("create partners hash:ip family inet hashsize 1024 maxelem 65536 timeout 600\n"
+     "add partners 203.0.113.9 timeout 412\n", "timeout"),
+])
+def test_an_ipset_that_is_not_a_list_of_its_members_is_not_a_group(tmp_path, capsys, sets, why):
+    save = sets + FILTER + "-A FORWARD -m set --match-set partners src -j ACCEPT\nCOMMIT\n"
+    result = import_file(save, "sets.save", "t")
+    assert policy_rules(result.text) == [] and "\ngroup " not in result.text
+    assert f"NOT IMPORTED (ipset 'partners' has {'a ' if why == 'timeout' else ''}{why}" \
+        in result.text
+    code, err = verify(tmp_path, capsys, save)
+    assert code == 1 and "the original ruleset cannot be compared: ipset 'partners'" in err

@@ -83,6 +83,8 @@ class SavedTable:
 class Saved:
     tables: dict[str, SavedTable] = field(default_factory=dict)
     sets: dict[str, list[str]] = field(default_factory=dict)
+    # why a set's members are not what it matches (set name -> reason)
+    set_problems: dict[str, str] = field(default_factory=dict)
     # (line, text, why) of lines that are not rules of a table the import reads.
     skipped: list[tuple[int, str, str]] = field(default_factory=list)
 
@@ -124,6 +126,9 @@ def read_saved(text: str) -> Saved:
             members = out.sets.setdefault(words[1], [])
             if words[0] == "add":
                 members.append(words[2])
+            why = _set_problem(words)
+            if why is not None:
+                out.set_problems.setdefault(words[1], why)
             continue
         if table is None:
             out.skipped.append((number, line, "outside a table"))
@@ -140,6 +145,21 @@ def read_saved(text: str) -> Saved:
     if table is not None:
         _finish(out, table, start, ipv6)
     return out
+
+
+def _set_problem(words: list[str]) -> str | None:
+    """Why an `ipset save` line (split) keeps its set from being a fixed list of members.
+
+    `add S NET nomatch` is an exception: the set does not match NET (inside a larger
+    member); read as a member it was matched. A set created with a timeout is filled
+    at run time (fail2ban, `-j SET`): a group of today's members stops following it.
+    """
+    if words[0] == "add" and "nomatch" in words[3:]:
+        return f"ipset {words[1]!r} has nomatch entries (exceptions a group cannot hold)"
+    if words[0] == "create" and "timeout" in words[3:]:
+        return (f"ipset {words[1]!r} has a timeout: its members change at run time "
+                "and a group holds today's")
+    return None
 
 
 def _finish(out: Saved, table: SavedTable, start: int, ipv6: bool) -> None:
@@ -162,6 +182,15 @@ def _finish(out: Saved, table: SavedTable, start: int, ipv6: bool) -> None:
                             "is imported (one iptables-save ruleset per import)"))
     else:
         out.tables[table.name] = table
+
+
+def set_members(saved: Saved, name: str) -> list[str]:
+    """The members of ipset NAME as a rule matches them; Untranslatable where they are
+    not a fixed list of addresses."""
+    why = saved.set_problems.get(name)
+    if why is not None:
+        raise Untranslatable(why)
+    return saved.sets.get(name, [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +409,7 @@ def ruleset(saved: Saved, member: str = "original") -> NodeRuleset:
             rules = []
             for rule in table.chain_rules(chain):
                 try:
-                    rules.append(_lowered(kind, rule, saved.sets))
+                    rules.append(_lowered(kind, rule, saved))
                 except Untranslatable as exc:
                     raise Untranslatable(str(exc), rule.line) from None
             chains.append(Chain(chain, target_of(policy) if policy else None,  # type: ignore
@@ -390,14 +419,17 @@ def ruleset(saved: Saved, member: str = "original") -> NodeRuleset:
 
 
 def _lowered(kind: type[FilterRule] | type[NatRule], rule: SavedRule,
-             sets: dict[str, list[str]]) -> FilterRule | NatRule:
+             saved: Saved) -> FilterRule | NatRule:
     """RULE as the evaluator reads it; Untranslatable where it cannot."""
     d = decode(rule.text)
     if d.goto:
         raise Untranslatable("-g (goto)")
     # the evaluator reads every member of a set a rule names as an address
     for side in (d.match.source, d.match.destination):
-        for member in sets.get(side.set_name, ()) if side.set_name is not None else ():
+        if side.set_name is None:
+            continue
+        set_members(saved, side.set_name)
+        for member in saved.sets.get(side.set_name, ()):
             _addresses(member)
     origin = Origin("policy", d.comment or f"line {rule.line}")
     try:

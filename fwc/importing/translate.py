@@ -30,6 +30,7 @@ from fwc.importing.saved import (
     Untranslatable,
     decode,
     read_saved,
+    set_members,
 )
 from fwc.model.records import dataclass
 from fwc.text import encode_literal, unsafe_character, utf8_length
@@ -93,9 +94,9 @@ class _Writer:
             self.devices.append(name)
         return interface_name(name)
 
-    def address(self, match: AddressMatch, sets: dict[str, list[str]], line: int) -> str:
+    def address(self, match: AddressMatch, saved: Saved | None, line: int) -> str:
         if match.set_name is not None:
-            members = sets.get(match.set_name)
+            members = set_members(saved, match.set_name) if saved is not None else []
             if not members:
                 raise Untranslatable(f"ipset {match.set_name!r} without its members "
                                      "(add `ipset save` output to the input)")
@@ -309,7 +310,7 @@ class OwnRule:
         if set(self.own) == every:
             side = "firewall"
         else:
-            side = ", ".join(w.address(AddressMatch((f"{a}/32",)), {}, 0) for a in self.own)
+            side = ", ".join(w.address(AddressMatch((f"{a}/32",)), None, 0) for a in self.own)
         source, destination = (other, side) if chain == "INPUT" else (side, other)
         only = ["only", "fw1"] if side != "firewall" and set(self.own) & member else []
         tail = [word for word in rest if word]
@@ -394,8 +395,8 @@ def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | No
         raise Untranslatable("! --syn on a rule fwc does not write itself")
     if m.limit is not None:
         raise Untranslatable("a rate limit on a deciding rule")
-    source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
-    destination = w.address(m.destination, saved.sets, 0) if not m.destination.is_any \
+    source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
+    destination = w.address(m.destination, saved, 0) if not m.destination.is_any \
         else "any"
     own: list[str] = []
     if chain == "INPUT":
@@ -456,11 +457,11 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     if m.ctstate or m.tcp_not_syn or m.limit or False:
         raise Untranslatable("a state or limit match in the nat table")
     options = dict(d.options)
-    source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
+    source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
     destination = _before_routing(m.destination) if chain == "PREROUTING" else \
-        w.address(m.destination, saved.sets, 0) if not m.destination.is_any else "any"
+        w.address(m.destination, saved, 0) if not m.destination.is_any else "any"
     if destination is None:
-        destination = w.address(m.destination, saved.sets, 0)
+        destination = w.address(m.destination, saved, 0)
     service = w.service(m)
     where = []
     if chain == "PREROUTING" and d.target == "DNAT":
