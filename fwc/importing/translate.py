@@ -178,6 +178,7 @@ def conjunction(outer: Match, inner: Match) -> Match:
 
 
 EVERYTHING = Match()
+REPLIES = frozenset({"RELATED", "ESTABLISHED"})  # what fwc's established rule accepts
 
 
 def flatten(saved: Saved, table: str, chain: str, outer: Match = EVERYTHING,
@@ -225,8 +226,11 @@ def automatic(d: Decoded, chain: str) -> str | None:
     if d.comment and d.comment.startswith("fwc auto") and not (
             d.comment == "fwc auto: replicated mark" and d.target == "ACCEPT"):
         return d.comment
-    if m.ctstate and set(m.ctstate) <= {"RELATED", "ESTABLISHED"} and d.target == "ACCEPT" \
-            and bare == Match() and m.protocol is None:
+    # fwc accepts both states, unlimited: a rule accepting one of them (`--ctstate
+    # ESTABLISHED`, which leaves RELATED ICMP errors and helper connections to the
+    # policy's DROP) or a limited number is not the one fwc writes
+    if set(m.ctstate) == REPLIES and d.target == "ACCEPT" and bare == Match() \
+            and m.protocol is None and m.limit is None:
         return "replies of accepted connections are accepted (stateful)"
     if m.ctstate == ("INVALID",) and d.target == "DROP" and bare == Match() \
             and m.protocol is None:
@@ -389,6 +393,9 @@ def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | No
     action = ACTIONS.get(target)
     if action is None:
         raise Untranslatable(f"target {d.target}")
+    if m.ctstate and set(m.ctstate) <= REPLIES and action == "accept":
+        raise Untranslatable(f"an accept of conntrack state {','.join(m.ctstate)} (fwc "
+                             "accepts RELATED and ESTABLISHED itself, every one)")
     if m.ctstate and "NEW" not in m.ctstate:
         raise Untranslatable(f"conntrack state {','.join(m.ctstate)} without NEW")
     if m.tcp_not_syn:
