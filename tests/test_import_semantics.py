@@ -190,3 +190,36 @@ def test_an_ipset_that_is_not_a_list_of_its_members_is_not_a_group(tmp_path, cap
         in result.text
     code, err = verify(tmp_path, capsys, save)
     assert code == 1 and "the original ruleset cannot be compared: ipset 'partners'" in err
+
+
+@pytest.mark.parametrize("states", ["ESTABLISHED", "RELATED",
+                                    "RELATED,ESTABLISHED -m limit --limit 10/sec"])
+def test_an_accept_of_some_replies_is_not_taken_for_fwcs_established_rule(tmp_path, capsys,
+                                                                          states):
+    """fwc accepts RELATED and ESTABLISHED, unlimited: `--ctstate ESTABLISHED -j ACCEPT`
+    (RELATED ICMP errors and helper connections left to the DROP policy) was called
+    'fwc writes this itself' and the import accepted RELATED too; --verify sampled no
+    RELATED packet and agreed."""
+    save = (FILTER + f"-A FORWARD -m conntrack --ctstate {states} -j ACCEPT\n"
+            "-A FORWARD -s 192.0.2.0/24 -i eth0 -o eth1 -m conntrack --ctstate NEW -j ACCEPT\n"
+            "COMMIT\n")
+    result = import_file(save, "replies.save", "t")
+    assert "fwc writes this itself" not in result.text
+    assert "NOT IMPORTED (an accept of conntrack state" in result.text
+    assert policy_rules(result.text) == ["accept from net-192-0-2-0-24 to any in eth0 out eth1"]
+    if "limit" not in states:  # (the evaluator reads every rate limit as matching)
+        code, err = verify(tmp_path, capsys, save)
+        assert code == 1 and " RELATED: original DROP, fwc ACCEPT" in err, err
+
+
+def test_verify_reports_an_early_drop_before_the_established_rule(tmp_path, capsys):
+    """docs/migration.md: a difference usually means an early `-j DROP` before the
+    established rule. The comparison left out every packet an `fwc auto` rule decided,
+    fwc's established rule among them, and verified the ruleset clean."""
+    save = (FILTER + "-A FORWARD -s 203.0.113.0/24 -j DROP\n"
+            "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+            "-A FORWARD -i eth0 -o eth1 -j ACCEPT\nCOMMIT\n")
+    code, err = verify(tmp_path, capsys, save)
+    assert code == 1
+    assert "filter FORWARD: 203.0.113.0 -> " in err and \
+        " ESTABLISHED: original DROP, fwc ACCEPT" in err, err

@@ -30,6 +30,11 @@ from fwc.model.vocabulary import BuiltinChain
 from fwc.model.vocabulary import Table as TableName
 
 
+# The labels of fwc's automatic rules that follow from the cluster block.
+CLUSTER_RULES = tuple(f"fwc auto: {kind} " for kind in
+                      ("vrrp", "conntrackd sync", "igmp", "mld", "sync allow"))
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
     packet: str
@@ -95,15 +100,21 @@ def compare(original: NodeRuleset, compiled: NodeRuleset,
                              *corner_packets(compiled, b_sets),
                              *corner_packets(original, a_sets, table_name=TableName.NAT),
                              *corner_packets(compiled, b_sets, table_name=TableName.NAT)])
+    # a RELATED packet (an ICMP error, a helper's connection) where a later one of the
+    # connection is sampled: a ruleset accepting ESTABLISHED alone leaves it to the policy
+    packets.update(dict.fromkeys(replace(p, ctstate="RELATED") for p in list(packets)
+                                 if p.ctstate == "ESTABLISHED"))
     filters = (Evaluator(original, a_sets), Evaluator(compiled, b_sets))
     nats = (Evaluator(original, a_sets, table=TableName.NAT),
             Evaluator(compiled, b_sets, table=TableName.NAT))
     # fwc's automatic rules (VRRP, conntrackd sync and what `sync { allow }` lets through)
     # follow the cluster block, which the import only sketches: a packet one of them
-    # decides is the cluster part's business, not a difference of the rules.
+    # decides is the cluster part's business, not a difference of the rules. Not every
+    # `fwc auto` rule: the established one decided every later packet of a connection,
+    # and an early DROP of the original before its established rule was never compared.
     auto = [(chain, rule.match) for ruleset_ in (original, compiled)
             for table, chain, rule in ruleset_.rules()
-            if table == TableName.FILTER and rule.origin.label.startswith("fwc auto")]
+            if table == TableName.FILTER and rule.origin.label.startswith(CLUSTER_RULES)]
     differences: list[Difference] = []
     compared = 0
     for packet in packets:
