@@ -29,7 +29,6 @@ from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain
 from fwc.model.vocabulary import Table as TableName
 
-
 # The labels of fwc's automatic rules that follow from the cluster block.
 CLUSTER_RULES = tuple(f"fwc auto: {kind} " for kind in
                       ("vrrp", "conntrackd sync", "igmp", "mld", "sync allow"))
