@@ -13,8 +13,10 @@ a comment starting `NOT IMPORTED` with the reason, never dropped silently:
 write it by hand or decide that it is not needed.""", "import")
 describe("FWC701", "line or table not imported", W, """
 The import reads the filter and nat tables of `iptables-save` (and `ipset save`
-lines for the sets `-m set` names). Other tables (raw, mangle, security) and
-lines outside a table are listed with this warning so that nothing disappears
+lines for the sets `-m set` names). Other tables (raw, mangle, security), the
+tables of `ip6tables-save` (IPv6 is not imported: a table after its header or
+with a rule naming IPv6), a second table of a name already read and lines
+outside a table are listed with this warning so that nothing disappears
 unnoticed.""", "import")
 describe("FWC702", "chain policy not imported", W, """
 A built-in chain's policy other than ACCEPT or DROP cannot be written as a final

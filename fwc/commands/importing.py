@@ -77,12 +77,15 @@ def verify(original: str, policy_text: str, path: str) -> list[Diagnostic]:
             return [error("FWC705", "the imported policy does not check clean, so it cannot "
                           "be compared: " + "; ".join(d.message for d in problems[:3]))]
         compiled = compile_policy(analysis.policy)
+        cluster = analysis.policy.clusters[0]
+        member = cluster.member("fw1")  # the member whose rules are compared
+        firewall = cluster.firewall_addresses(member).v4 if member is not None else ()
     files = {f.path: f.content.decode() for f in compiled[0].files}
     rules = files.get("ipsets.rules", "") + "\n" + files["fw1/iptables.rules"] \
         if "fw1/ipsets.rules" not in files else \
         files["fw1/ipsets.rules"] + "\n" + files["fw1/iptables.rules"]
     try:
-        compared, differences = compare_texts(original, rules)
+        compared, differences = compare_texts(original, rules, firewall)
     except Untranslatable as exc:  # the proof reads every rule; the import kept some as comments
         where = Span(path, exc.line, 1, exc.line, 2) if exc.line else None
         return [error("FWC705", f"the original ruleset cannot be compared: {exc}", where,

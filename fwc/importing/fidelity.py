@@ -24,9 +24,14 @@ from fwc import protocols as proto
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend.lower.ruleset import NodeRuleset
 from fwc.importing.saved import Saved, read_saved, ruleset
+from fwc.model.intervals import Intervals, contains
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import BuiltinChain
 from fwc.model.vocabulary import Table as TableName
+
+# The labels of fwc's automatic rules that follow from the cluster block.
+CLUSTER_RULES = tuple(f"fwc auto: {kind} " for kind in
+                      ("vrrp", "conntrackd sync", "igmp", "mld", "sync allow"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +49,27 @@ def _verdict(decision_verdict: str, options: tuple[tuple[str, str], ...]) -> str
     return " ".join([decision_verdict, *keep])
 
 
-def _nat_hook(packet: Packet) -> list[BuiltinChain]:
-    hooks = []
-    if packet.in_device is not None:
-        hooks.append(BuiltinChain.PREROUTING)
-    if packet.out_device is not None:
-        hooks.append(BuiltinChain.POSTROUTING)
-    return hooks
+def _nat_cases(packet: Packet, own: set[int], firewall: Intervals, own_default: int) \
+        -> list[tuple[BuiltinChain, Packet]]:
+    """The NAT hooks a new connection of PACKET meets, each with the packet it sees there.
+
+    A connection to the firewall meets PREROUTING too (a DNAT or RETURN without `-d`
+    translates it; fwc's `any` does not): so does the forwarded packet's connection
+    aimed at the firewall instead. A forwarded packet never carries one of the
+    firewall's addresses as its source (the kernel drops it as martian): its
+    POSTROUTING is not compared (`snat from any` leaves the firewall's own packets
+    alone, which leave through OUTPUT).
+    """
+    if packet.ctstate != "NEW" or packet.in_device is None:
+        return []
+    if packet.out_device is None:
+        return [(BuiltinChain.PREROUTING, packet)]
+    cases = [(BuiltinChain.PREROUTING, packet),
+             (BuiltinChain.PREROUTING, replace(packet, destination=own_default,
+                                               out_device=None))]
+    if packet.source not in own and not contains(firewall, packet.source):
+        cases.append((BuiltinChain.POSTROUTING, packet))
+    return cases
 
 
 def _own_addresses(rules: NodeRuleset) -> set[int]:
@@ -67,25 +86,34 @@ def _own_addresses(rules: NodeRuleset) -> set[int]:
 
 
 def compare(original: NodeRuleset, compiled: NodeRuleset,
-            sets: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})) \
-        -> tuple[int, list[Difference]]:
-    """(packet classes compared, every difference)."""
+            sets: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {}),
+            firewall: Intervals = ()) -> tuple[int, list[Difference]]:
+    """(packet classes compared, every difference); FIREWALL: the IPv4 addresses of the
+    compiled member (its own and the VIPs), besides those the original rules name."""
     addresses = _own_addresses(original)
     own = addresses | {0xC6120001}
     own_default = min(addresses or {0xC6120001})
     a_sets = {k: tuple(v) for k, v in sets[0].items()}
     b_sets = {k: tuple(v) for k, v in sets[1].items()}
     packets = dict.fromkeys([*corner_packets(original, a_sets),
-                             *corner_packets(compiled, b_sets)])
+                             *corner_packets(compiled, b_sets),
+                             *corner_packets(original, a_sets, table_name=TableName.NAT),
+                             *corner_packets(compiled, b_sets, table_name=TableName.NAT)])
+    # a RELATED packet (an ICMP error, a helper's connection) where a later one of the
+    # connection is sampled: a ruleset accepting ESTABLISHED alone leaves it to the policy
+    packets.update(dict.fromkeys(replace(p, ctstate="RELATED") for p in list(packets)
+                                 if p.ctstate == "ESTABLISHED"))
     filters = (Evaluator(original, a_sets), Evaluator(compiled, b_sets))
     nats = (Evaluator(original, a_sets, table=TableName.NAT),
             Evaluator(compiled, b_sets, table=TableName.NAT))
     # fwc's automatic rules (VRRP, conntrackd sync and what `sync { allow }` lets through)
     # follow the cluster block, which the import only sketches: a packet one of them
-    # decides is the cluster part's business, not a difference of the rules.
+    # decides is the cluster part's business, not a difference of the rules. Not every
+    # `fwc auto` rule: the established one decided every later packet of a connection,
+    # and an early DROP of the original before its established rule was never compared.
     auto = [(chain, rule.match) for ruleset_ in (original, compiled)
             for table, chain, rule in ruleset_.rules()
-            if table == TableName.FILTER and rule.origin.label.startswith("fwc auto")]
+            if table == TableName.FILTER and rule.origin.label.startswith(CLUSTER_RULES)]
     differences: list[Difference] = []
     compared = 0
     for packet in packets:
@@ -105,20 +133,20 @@ def compare(original: NodeRuleset, compiled: NodeRuleset,
             differences.append(Difference(packet.describe(), f"filter {hook}",
                                           _verdict(a.verdict, a.options),
                                           _verdict(b.verdict, b.options)))
-        if packet.ctstate != "NEW" or hook != BuiltinChain.FORWARD:
-            continue
-        for nat_hook in _nat_hook(packet):
-            a, b = (n.decide(packet, nat_hook) for n in nats)
+        for nat_hook, seen in _nat_cases(packet, own, firewall, own_default):
+            a, b = (n.decide(seen, nat_hook) for n in nats)
             va, vb = _verdict(a.verdict, a.options), _verdict(b.verdict, b.options)
             # ACCEPT and RETURN at the end of a nat chain both mean: not translated.
             va, vb = ("none" if v in ("ACCEPT", "RETURN") else v for v in (va, vb))
             if va != vb:
-                differences.append(Difference(packet.describe(), f"nat {nat_hook}", va, vb))
+                differences.append(Difference(seen.describe(), f"nat {nat_hook}", va, vb))
     return compared, sorted(set(differences), key=lambda d: (d.where, d.packet))
 
 
-def compare_texts(original: str, compiled: str) -> tuple[int, list[Difference]]:
+def compare_texts(original: str, compiled: str, firewall: Intervals = ()) \
+        -> tuple[int, list[Difference]]:
     """COMPILED may carry the ipset restore lines of ipsets.rules before its rules."""
     a: Saved = read_saved(original)
     b: Saved = read_saved(compiled)
-    return compare(ruleset(a, "original"), ruleset(b, "compiled"), (a.sets, b.sets))
+    return compare(ruleset(a, "original"), ruleset(b, "compiled"), (a.sets, b.sets),
+                   firewall)

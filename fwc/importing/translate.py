@@ -30,6 +30,7 @@ from fwc.importing.saved import (
     Untranslatable,
     decode,
     read_saved,
+    set_members,
 )
 from fwc.model.records import dataclass
 from fwc.text import encode_literal, unsafe_character, utf8_length
@@ -93,9 +94,9 @@ class _Writer:
             self.devices.append(name)
         return interface_name(name)
 
-    def address(self, match: AddressMatch, sets: dict[str, list[str]], line: int) -> str:
+    def address(self, match: AddressMatch, saved: Saved | None, line: int) -> str:
         if match.set_name is not None:
-            members = sets.get(match.set_name)
+            members = set_members(saved, match.set_name) if saved is not None else []
             if not members:
                 raise Untranslatable(f"ipset {match.set_name!r} without its members "
                                      "(add `ipset save` output to the input)")
@@ -177,6 +178,7 @@ def conjunction(outer: Match, inner: Match) -> Match:
 
 
 EVERYTHING = Match()
+REPLIES = frozenset({"RELATED", "ESTABLISHED"})  # what fwc's established rule accepts
 
 
 def flatten(saved: Saved, table: str, chain: str, outer: Match = EVERYTHING,
@@ -224,8 +226,11 @@ def automatic(d: Decoded, chain: str) -> str | None:
     if d.comment and d.comment.startswith("fwc auto") and not (
             d.comment == "fwc auto: replicated mark" and d.target == "ACCEPT"):
         return d.comment
-    if m.ctstate and set(m.ctstate) <= {"RELATED", "ESTABLISHED"} and d.target == "ACCEPT" \
-            and bare == Match() and m.protocol is None:
+    # fwc accepts both states, unlimited: a rule accepting one of them (`--ctstate
+    # ESTABLISHED`, which leaves RELATED ICMP errors and helper connections to the
+    # policy's DROP) or a limited number is not the one fwc writes
+    if set(m.ctstate) == REPLIES and d.target == "ACCEPT" and bare == Match() \
+            and m.protocol is None and m.limit is None:
         return "replies of accepted connections are accepted (stateful)"
     if m.ctstate == ("INVALID",) and d.target == "DROP" and bare == Match() \
             and m.protocol is None:
@@ -309,7 +314,7 @@ class OwnRule:
         if set(self.own) == every:
             side = "firewall"
         else:
-            side = ", ".join(w.address(AddressMatch((f"{a}/32",)), {}, 0) for a in self.own)
+            side = ", ".join(w.address(AddressMatch((f"{a}/32",)), None, 0) for a in self.own)
         source, destination = (other, side) if chain == "INPUT" else (side, other)
         only = ["only", "fw1"] if side != "firewall" and set(self.own) & member else []
         tail = [word for word in rest if word]
@@ -388,14 +393,17 @@ def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | No
     action = ACTIONS.get(target)
     if action is None:
         raise Untranslatable(f"target {d.target}")
+    if m.ctstate and set(m.ctstate) <= REPLIES and action == "accept":
+        raise Untranslatable(f"an accept of conntrack state {','.join(m.ctstate)} (fwc "
+                             "accepts RELATED and ESTABLISHED itself, every one)")
     if m.ctstate and "NEW" not in m.ctstate:
         raise Untranslatable(f"conntrack state {','.join(m.ctstate)} without NEW")
     if m.tcp_not_syn:
         raise Untranslatable("! --syn on a rule fwc does not write itself")
     if m.limit is not None:
         raise Untranslatable("a rate limit on a deciding rule")
-    source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
-    destination = w.address(m.destination, saved.sets, 0) if not m.destination.is_any \
+    source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
+    destination = w.address(m.destination, saved, 0) if not m.destination.is_any \
         else "any"
     own: list[str] = []
     if chain == "INPUT":
@@ -456,9 +464,11 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     if m.ctstate or m.tcp_not_syn or m.limit or False:
         raise Untranslatable("a state or limit match in the nat table")
     options = dict(d.options)
-    source = w.address(m.source, saved.sets, 0) if not m.source.is_any else "any"
-    destination = w.address(m.destination, saved.sets, 0) if not m.destination.is_any \
-        else "any"
+    source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
+    destination = _before_routing(m.destination) if chain == "PREROUTING" else \
+        w.address(m.destination, saved, 0) if not m.destination.is_any else "any"
+    if destination is None:
+        destination = w.address(m.destination, saved, 0)
     service = w.service(m)
     where = []
     if chain == "PREROUTING" and d.target == "DNAT":
@@ -496,6 +506,25 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     if target:
         parts += ["->", target]
     return "    " + " ".join(parts)
+
+
+def _before_routing(match: AddressMatch) -> str | None:
+    """The destination of a PREROUTING rule where fwc's reading differs (None: it does not).
+
+    Before routing fwc's `any` leaves connections to the firewall's own addresses alone
+    (docs/language.md, "NAT rules"); a rule without `-d` translates them too: a port
+    forward on the uplink's address (`-A PREROUTING -i eth1 -p tcp --dport 80 -j DNAT`)
+    came out as a dnat that never translated a connection to the firewall, and a
+    `-j RETURN` in front of it exempted nothing of the firewall's. `any, firewall` is
+    everything. A negated destination (`! -d NET`) is fwc's `any` minus NET, without
+    the firewall's addresses outside NET, which no list says.
+    """
+    if match.is_any:
+        return "any, firewall"
+    if match.negated:
+        raise Untranslatable("a negated destination before routing (fwc's '!' leaves "
+                             "the firewall's own addresses out, the rule translated them)")
+    return None
 
 
 def _nat_target(text: str, port: bool) -> str:
