@@ -54,12 +54,15 @@ def test_factored_failsafe_loads_in_a_namespace(tmp_path):
     assert checked >= 2
 
 
-LISTEN = """
-import socket, sys, time
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 22))
-s.listen(8)
+def listen_script(dual_stack: bool = False) -> str:
+    """A TCP listener on port 22 for argv[1] seconds: IPv4, or IPv4 and IPv6 in one
+    socket as sshd listening on `::` is (DUAL_STACK)."""
+    opened = ("s = socket.socket(socket.AF_INET6)\n"
+              "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n" if dual_stack
+              else "s = socket.socket()\n")
+    return ("import socket, sys, time\n" + opened +
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(({'::' if dual_stack else '0.0.0.0'!r}, 22))\n" + """s.listen(8)
 s.settimeout(1.0)
 print("READY", flush=True)
 end = time.monotonic() + float(sys.argv[1])
@@ -69,12 +72,18 @@ while time.monotonic() < end:
         conn.close()
     except OSError:
         pass
-"""
+""")
 
+
+LISTEN = listen_script()
+
+# argv: the address to connect to (port 22), and the source address to connect from
+# (optional: the kernel's choice without it).
 CONNECT = """
 import socket, sys
+source = (sys.argv[2], 0) if len(sys.argv) > 2 else None
 try:
-    socket.create_connection((sys.argv[1], 22), timeout=2, source_address=(sys.argv[2], 0)).close()
+    socket.create_connection((sys.argv[1], 22), timeout=2, source_address=source).close()
     print("open")
 except OSError as error:
     print("closed", error)

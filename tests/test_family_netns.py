@@ -22,6 +22,7 @@ import time
 
 import pytest
 from conftest import REPO
+from test_failsafe_netns import CONNECT, listen_script
 from test_realtools import in_ns, namespace
 
 from fwc.backend.files import FILES, Reload
@@ -32,33 +33,7 @@ from fwc.pipeline import analyse
 
 pytestmark = pytest.mark.root
 
-# Dual stack, as sshd listening on :: is.
-LISTEN = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 22))
-s.listen(8)
-s.settimeout(1.0)
-print("READY", flush=True)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    try:
-        conn, _ = s.accept()
-        conn.close()
-    except OSError:
-        pass
-"""
-
-CONNECT = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], 22), timeout=2).close()
-    print("open")
-except OSError as error:
-    print("closed", error)
-"""
+LISTEN = listen_script(dual_stack=True)
 
 
 def _rulesets(backend: Backend) -> list[tuple[list[str], str]]:
