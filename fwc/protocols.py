@@ -270,6 +270,10 @@ NODE_CONNTRACKD_SOCKET = "/var/run/conntrackd.ctl"
 # Programs the systemd drop-ins run (a unit's command needs its absolute path; these
 # hold on Debian, merged-/usr or not, and on every distribution with a merged /usr).
 NODE_RM = "/bin/rm"
+# conntrackd pings systemd's watchdog from its event loop once WatchdogSec is set (it is
+# commented out in Debian's unit, at this value): a daemon silent this long (hung,
+# stopped) is killed and started again by the drop-in.
+CONNTRACKD_WATCHDOG_S = 60
 NODE_CONNTRACKD = "/usr/sbin/conntrackd"
 NODE_IP = "/sbin/ip"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"

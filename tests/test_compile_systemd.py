@@ -60,6 +60,16 @@ def test_conntrackd_starts_over_a_crash_and_tells_its_peer(examples):
             f"-/usr/sbin/conntrackd -C {BY_NAME['conntrackd.conf'].path} -B"
 
 
+def test_a_hung_conntrackd_is_restarted_by_its_watchdog(examples):
+    """A stopped or stuck daemon replicates nothing and tells nobody; its systemd
+    watchdog (conntrackd pings it from its event loop: tests/test_conntrackd_resync.py
+    shows the pings stop when it hangs) kills it and Restart= starts it again."""
+    for member in ("fw1", "fw2"):
+        service = _unit(_files(examples)[f"{member}/conntrackd-systemd.conf"])["Service"]
+        assert service["WatchdogSec"] == f"{proto.CONNTRACKD_WATCHDOG_S}s"
+        assert service["Restart"] == "on-failure"
+
+
 def test_the_boot_unit_runs_before_the_network_and_stays_active(examples):
     files = _files(examples)
     unit = _unit(files["fw1/fwc-firewall.service"])

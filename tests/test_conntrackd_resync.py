@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -261,3 +262,46 @@ def test_a_restarted_conntrackd_gives_its_peer_what_it_found_in_the_kernel(tmp_p
         finally:
             for pid in pids:
                 _stop(pid)
+
+
+def _watchdog_pings(sock: socket.socket, seconds: float) -> int:
+    """WATCHDOG=1 messages SOCK (a daemon's NOTIFY_SOCKET) gets within SECONDS."""
+    pings = 0
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            message = sock.recv(4096)
+        except TimeoutError:
+            break
+        pings += b"WATCHDOG=1" in message.split(b"\n")
+    return pings
+
+
+def test_a_hung_conntrackd_stops_pinging_its_watchdog(tmp_path):
+    """What the drop-in's WatchdogSec relies on: the real daemon, given systemd's
+    watchdog variables and a notify socket of the test's own, pings while its event
+    loop runs and stops when the daemon hangs (SIGSTOP), so systemd would kill it and
+    Restart= bring it back; it pings again once resumed."""
+    skip_or_fail_without_root()
+    _, configs = _configs(tmp_path)
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, pair(tmp_path) as (fw1, _):
+        sock.bind(str(path))
+        # WATCHDOG_PID must be the daemon's: the shell's, which `exec` hands on.
+        script = (f"export NOTIFY_SOCKET={shlex.quote(str(path))} WATCHDOG_USEC=1000000 "
+                  f"WATCHDOG_PID=$$; exec conntrackd -C {shlex.quote(str(configs[0]))}")
+        proc = subprocess.Popen(["ip", "netns", "exec", fw1, "sh", "-c", script],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            alive = _watchdog_pings(sock, 3.0)
+            os.kill(proc.pid, signal.SIGSTOP)
+            _watchdog_pings(sock, 0.2)  # (a ping sent as it stopped)
+            hung = _watchdog_pings(sock, 3.0)
+            os.kill(proc.pid, signal.SIGCONT)
+            resumed = _watchdog_pings(sock, 3.0)
+        finally:
+            _stop(proc.pid)
+    assert alive >= 2, alive
+    assert hung == 0, hung
+    assert resumed >= 1, resumed

@@ -41,8 +41,9 @@ def keepalived_systemd_dropin(cluster: Cluster, member: Member, sync: bool = Tru
 
 
 def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
-    """conntrackd after the boot unit; a start clears the lock file a crash left and
-    sends the peer what the daemon found in the kernel table."""
+    """conntrackd after the boot unit, restarted when it fails or its watchdog finds it
+    hung; a start clears the lock file a crash left and sends the peer what the daemon
+    found in the kernel table."""
     return render_template("conntrackd-systemd.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
@@ -52,6 +53,7 @@ def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
         "lock_file": proto.NODE_CONNTRACKD_LOCK,
         "conntrackd": proto.NODE_CONNTRACKD,
         "config": path_of("conntrackd.conf"),
+        "watchdog": f"{proto.CONNTRACKD_WATCHDOG_S}s",
     })
 
 
