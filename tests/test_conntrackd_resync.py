@@ -327,3 +327,48 @@ def test_external_cache_off_keeps_the_replica_in_the_backups_kernel(tmp_path):
             for pid in pids:
                 _stop(pid)
     assert "conntrackd -t" not in log.read_text()
+
+
+def _busy_states() -> str:
+    """The `states` line of policies/busy.fw, the example that tunes them."""
+    text = (REPO / "policies" / "busy.fw").read_text()
+    return next(line.strip() for line in text.splitlines() if line.strip().startswith("states "))
+
+
+def _left_after_a_reset(tmp_path: Path, states: str) -> tuple[int, list[str]]:
+    """Replicate FLOW with STATES, reset it (CLOSE, as an RST does) and destroy it on fw1:
+    how many entries of it fw2's external cache still holds, and FWC280's findings."""
+    files, configs = _configs(tmp_path, f"protocols tcp  {states}")
+    policy = analyse(tmp_path / "edge.fw")
+    pids: list[int] = []
+    with pair(tmp_path) as (fw1, fw2):
+        try:
+            pids.append(_start(fw1, configs[0]))
+            pids.append(_start(fw2, configs[1]))
+            _add(fw1, FLOW)
+            assert _wait_for(fw2, configs[1], 1, 10) == 1
+            for argv in (["-U", *FLOW, "--state", "CLOSE"], ["-D", *FLOW]):
+                done = _in(fw1, "conntrack", *argv)
+                assert done.returncode == 0, done.stderr
+            return (_wait_for(fw2, configs[1], 0, 5),
+                    [d.message for d in policy.diagnostics if d.code == "FWC280"])
+        finally:
+            for pid in pids:
+                _stop(pid)
+
+
+def test_replicated_states_keep_the_end_of_a_connection(tmp_path):
+    """With `states` the end of a connection is replicated only when the state it ends in
+    is listed: busy.fw left `close` out, so every reset connection stayed in the peer's
+    external cache (FTFW's has no timeout) and was committed at the next failover as a
+    live ESTABLISHED connection with its replicated timeout (measured). FWC280 says so;
+    busy.fw's list now ends the connection on the peer too."""
+    skip_or_fail_without_root()
+    assert _busy_states().endswith(", close")
+    (tmp_path / "busy").mkdir()
+    left, found = _left_after_a_reset(tmp_path / "busy", _busy_states())
+    assert (left, found) == (0, [])
+    (tmp_path / "open").mkdir()
+    left, found = _left_after_a_reset(tmp_path / "open", _busy_states().removesuffix(", close"))
+    assert left == 1  # what FWC280 warns of
+    assert len(found) == 1 and "leaves out close" in found[0]
