@@ -165,6 +165,14 @@ SYNC_TCP_STATES = MappingProxyType({
     "fin-wait": "FIN_WAIT", "close-wait": "CLOSE_WAIT", "last-ack": "LAST_ACK",
     "time-wait": "TIME_WAIT", "close": "CLOSE", "listen": "LISTEN",
 })
+# The same states in the order a connection goes through them (the kernel's tcp_conntracks
+# order), LISTEN (simultaneous open) left out. A connection can end (be destroyed) in any of
+# them: closed by a reset (CLOSE), after its FINs (TIME_WAIT) or timed out in whatever state
+# it was in. conntrackd replicates the end of a connection only when the state it ends in
+# passes `State Accept`; FTFW's external cache has no timeout of its own, so a connection
+# whose end was filtered stays in the peer's cache and is committed at its next failover.
+SYNC_TCP_STATE_ORDER = ("syn-sent", "syn-recv", "established", "fin-wait", "close-wait",
+                        "last-ack", "time-wait", "close")
 # The kernel's connection table (`conntrack-max`) and its hash buckets (`hash-size`):
 # nf_conntrack refuses fewer than 1 bucket; more buckets than entries waste memory.
 CONNTRACK_MAX_RANGE = (1024, 1 << 26)

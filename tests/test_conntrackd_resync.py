@@ -141,42 +141,64 @@ def test_a_restarted_conntrackd_asks_its_peer_for_every_state(tmp_path):
                 _stop(pid)
 
 
-def _configs(tmp_path: Path) -> tuple[dict[str, str], list[Path]]:
-    """The compiled files of policies/edge.fw, and each member's conntrackd.conf with its
-    lock file and control socket in the test's directory."""
-    policy = analyse(REPO / "policies" / "edge.fw").policy
+def _configs(tmp_path: Path, sync_tuning: str = "",
+             purge_timeout: int | None = None) -> tuple[dict[str, str], list[Path]]:
+    """The compiled files of policies/edge.fw (SYNC_TUNING added to its sync block), and
+    each member's conntrackd.conf with its lock file and control socket in the test's
+    directory (and PURGE_TIMEOUT, when given, as its PurgeTimeout)."""
+    path = REPO / "policies" / "edge.fw"
+    if sync_tuning:
+        text = path.read_text()
+        assert text.count("port 3780 }") == 1
+        path = tmp_path / "edge.fw"
+        path.write_text(text.replace("port 3780 }", f"port 3780  {sync_tuning} }}"))
+    policy = analyse(path).policy
     assert policy is not None
     files = {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
     configs = []
+    purge = f"PurgeTimeout {proto.CONNTRACKD_PURGE_TIMEOUT}"
     for member in ("fw1", "fw2"):
         own = tmp_path / member
         own.mkdir()
         text = (files[f"{member}/conntrackd.conf"]
                 .replace("/var/lock/conntrackd.lock", str(own / "lock"))
                 .replace("/var/run/conntrackd.ctl", str(own / "ctl")))
+        if purge_timeout is not None:
+            assert purge in text
+            text = text.replace(purge, f"PurgeTimeout {purge_timeout}")
         (own / "conntrackd.conf").write_text(text)
         configs.append(own / "conntrackd.conf")
     return files, configs
 
 
-def test_a_stopped_conntrackd_cannot_hold_the_notify_script(tmp_path):
-    skip_or_fail_without_root()
-    files, configs = _configs(tmp_path)
-    script = files["fw1/fwc-notify.sh"]
-    log = tmp_path / "log"
-    bin_dir = tmp_path / "bin"
+def _notify_script(tmp_path: Path, files: dict[str, str], member: str, config: Path,
+                   timeout_s: int = proto.NOTIFY_CONNTRACKD_TIMEOUT_S) \
+        -> tuple[Path, dict[str, str], Path]:
+    """MEMBER's compiled fwc-notify.sh aimed at CONFIG (its conntrack calls waiting at
+    most TIMEOUT_S), the environment to run it in (its logger writes to a file, not to
+    the host's log) and that file."""
+    script = files[f"{member}/fwc-notify.sh"]
+    log = tmp_path / f"{member}-notify.log"
+    bin_dir = tmp_path / f"{member}-bin"
     bin_dir.mkdir()
-    (bin_dir / "logger").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')  # not the host's log
+    (bin_dir / "logger").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     (bin_dir / "logger").chmod(0o755)
     limit = f"CT_TIMEOUT={proto.NOTIFY_CONNTRACKD_TIMEOUT_S}\n"
     assert limit in script
-    text = (script.replace("CONFIG=/etc/conntrackd/conntrackd.conf", f"CONFIG={configs[0]}")
-            .replace("/run/fwc-notify.lock", str(tmp_path / "notify.lock"))
+    text = (script.replace("CONFIG=/etc/conntrackd/conntrackd.conf", f"CONFIG={config}")
+            .replace("/run/fwc-notify.lock", str(tmp_path / f"{member}-notify.lock"))
             .replace("/run/systemd/system", str(tmp_path / "no-systemd"))
-            .replace("LOCKFILE=/var/lock/conntrackd.lock", f"LOCKFILE={tmp_path}/fw1/lock")
-            .replace(limit, "CT_TIMEOUT=2\n"))
-    (tmp_path / "fwc-notify.sh").write_text(text)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+            .replace("LOCKFILE=/var/lock/conntrackd.lock", f"LOCKFILE={config.parent}/lock")
+            .replace(limit, f"CT_TIMEOUT={timeout_s}\n"))
+    path = tmp_path / f"{member}-fwc-notify.sh"
+    path.write_text(text)
+    return path, {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+def test_a_stopped_conntrackd_cannot_hold_the_notify_script(tmp_path):
+    skip_or_fail_without_root()
+    files, configs = _configs(tmp_path)
+    script, env, log = _notify_script(tmp_path, files, "fw1", configs[0], timeout_s=2)
     with pair(tmp_path) as (fw1, _fw2):
         pid = _start(fw1, configs[0])
         try:
@@ -187,7 +209,7 @@ def test_a_stopped_conntrackd_cannot_hold_the_notify_script(tmp_path):
                                 str(configs[0]), "-s"], capture_output=True, timeout=3)
             start = time.monotonic()
             done = subprocess.run(["ip", "netns", "exec", fw1, "sh",
-                                   str(tmp_path / "fwc-notify.sh"), "primary"], env=env,
+                                   str(script), "primary"], env=env,
                                   capture_output=True, text=True, timeout=60)
             took = time.monotonic() - start
         finally:
@@ -305,3 +327,92 @@ def test_a_hung_conntrackd_stops_pinging_its_watchdog(tmp_path):
     assert alive >= 2, alive
     assert hung == 0, hung
     assert resumed >= 1, resumed
+
+
+def _in_kernel(ns: str, flow: list[str] = FLOW) -> int:
+    """How many entries of FLOW NS's kernel table holds."""
+    source = flow[flow.index("-s") + 1]
+    listed = _in(ns, "conntrack", "-L", "-s", source)
+    return sum(f"src={source} " in line for line in listed.stdout.splitlines())
+
+
+def test_external_cache_off_keeps_the_replica_in_the_backups_kernel(tmp_path):
+    """`external-cache off` (DisableExternalCache On): conntrackd writes the peer's states
+    into the backup's kernel table, which is then the only replica. The notify script's
+    `backup` step ran `conntrackd -t` as primary-backup.sh does, and PurgeTimeout later
+    conntrackd deleted every entry its filter replicates, the peer's too: the backup's
+    kernel held none, and the failover after that lost every connection older than the
+    purge (measured with the compiled PurgeTimeout 60: 1 entry before, 0 after, 0 after
+    the `primary` step). The purge waits 2 s here instead of 60."""
+    skip_or_fail_without_root()
+    files, configs = _configs(tmp_path, "external-cache off", purge_timeout=2)
+    assert all("DisableExternalCache On" in files[f"{m}/conntrackd.conf"]
+               for m in ("fw1", "fw2"))
+    script, env, log = _notify_script(tmp_path, files, "fw2", configs[1])
+    pids: list[int] = []
+    with pair(tmp_path) as (fw1, fw2):
+        try:
+            pids.append(_start(fw1, configs[0]))
+            pids.append(_start(fw2, configs[1]))
+            for state in ("backup", "fault", "backup"):  # keepalived's start, a link flap
+                ran = _in(fw2, "env", f"PATH={env['PATH']}", "sh", str(script), state)
+                assert ran.returncode == 0, ran.stderr
+            _add(fw1, FLOW)
+            deadline = time.monotonic() + 10
+            while _in_kernel(fw2) != 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _in_kernel(fw2) == 1  # injected as it was made
+            time.sleep(2 + 3)  # PurgeTimeout, and the flush's time
+            assert _in_kernel(fw2) == 1, log.read_text()
+            ran = _in(fw2, "env", f"PATH={env['PATH']}", "sh", str(script), "primary")
+            assert ran.returncode == 0, ran.stderr
+            assert _in_kernel(fw2) == 1, log.read_text()  # what the new master forwards with
+        finally:
+            for pid in pids:
+                _stop(pid)
+    assert "conntrackd -t" not in log.read_text()
+
+
+def _busy_states() -> str:
+    """The `states` line of policies/busy.fw, the example that tunes them."""
+    text = (REPO / "policies" / "busy.fw").read_text()
+    return next(line.strip() for line in text.splitlines() if line.strip().startswith("states "))
+
+
+def _left_after_a_reset(tmp_path: Path, states: str) -> tuple[int, list[str]]:
+    """Replicate FLOW with STATES, reset it (CLOSE, as an RST does) and destroy it on fw1:
+    how many entries of it fw2's external cache still holds, and FWC280's findings."""
+    files, configs = _configs(tmp_path, f"protocols tcp  {states}")
+    policy = analyse(tmp_path / "edge.fw")
+    pids: list[int] = []
+    with pair(tmp_path) as (fw1, fw2):
+        try:
+            pids.append(_start(fw1, configs[0]))
+            pids.append(_start(fw2, configs[1]))
+            _add(fw1, FLOW)
+            assert _wait_for(fw2, configs[1], 1, 10) == 1
+            for argv in (["-U", *FLOW, "--state", "CLOSE"], ["-D", *FLOW]):
+                done = _in(fw1, "conntrack", *argv)
+                assert done.returncode == 0, done.stderr
+            return (_wait_for(fw2, configs[1], 0, 5),
+                    [d.message for d in policy.diagnostics if d.code == "FWC280"])
+        finally:
+            for pid in pids:
+                _stop(pid)
+
+
+def test_replicated_states_keep_the_end_of_a_connection(tmp_path):
+    """With `states` the end of a connection is replicated only when the state it ends in
+    is listed: busy.fw left `close` out, so every reset connection stayed in the peer's
+    external cache (FTFW's has no timeout) and was committed at the next failover as a
+    live ESTABLISHED connection with its replicated timeout (measured). FWC280 says so;
+    busy.fw's list now ends the connection on the peer too."""
+    skip_or_fail_without_root()
+    assert _busy_states().endswith(", close")
+    (tmp_path / "busy").mkdir()
+    left, found = _left_after_a_reset(tmp_path / "busy", _busy_states())
+    assert (left, found) == (0, [])
+    (tmp_path / "open").mkdir()
+    left, found = _left_after_a_reset(tmp_path / "open", _busy_states().removesuffix(", close"))
+    assert left == 1  # what FWC280 warns of
+    assert len(found) == 1 and "leaves out close" in found[0]

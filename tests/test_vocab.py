@@ -272,7 +272,8 @@ def sync_text(options: str, *extra: tuple[str, str]) -> str:
 
 def test_tuned_sync_checks_clean(tmp_path):
     text = sync_text("backup-link sync2  commit-timeout 180  external-cache off  "
-                     "protocols tcp, udp, icmp, icmpv6  states established, time-wait  "
+                     "protocols tcp, udp, icmp, icmpv6  "
+                     "states established, fin-wait, close-wait, last-ack, time-wait, close  "
                      "conntrack-max 524288  hash-size 65536")
     assert codes(tmp_path, text) == []
 
@@ -283,6 +284,10 @@ def test_tuned_sync_checks_clean(tmp_path):
     ("backup-link sync2 port 3780", "FWC271"),
     ("protocols udp  states established", "FWC273"),
     ("protocols udp", "FWC274"),
+    # a connection reset (close) or timed out after its FINs (time-wait) is never removed
+    ("states established, time-wait", "FWC280"),
+    ("states syn-sent, syn-recv, established, fin-wait, close-wait, last-ack, time-wait",
+     "FWC280"),
     ("hash-size 1048576", "FWC275"),
 ])
 def test_sync_tuning_checks(tmp_path, options, code):
@@ -317,6 +322,17 @@ def test_whole_seconds_are_written_as_given(tmp_path):
     assert codes(tmp_path, text) == []
     policy = run(tmp_path, text).policy
     assert policy is not None and policy.clusters[0].vrrp.garp_refresh_s == 2
+
+
+def test_fwc280_names_the_states_after_the_first_that_are_left_out(tmp_path):
+    text = sync_text("states established, fin-wait, time-wait")
+    found = [d for d in run(tmp_path, text).diagnostics if d.code == "FWC280"]
+    assert len(found) == 1
+    assert "leaves out close-wait, last-ack, close:" in found[0].message
+    assert found[0].span.line == line_of(text, "states established")
+    # the first states left out: a lazier replica, never a connection left behind
+    lazy = sync_text("states established, fin-wait, close-wait, last-ack, time-wait, close")
+    assert "FWC280" not in codes(tmp_path, lazy)
 
 
 def test_fwc272_external_cache_off_in_alarm_mode(tmp_path):

@@ -397,6 +397,35 @@ def states_need_tcp(policy: Policy) -> Iterable[Diagnostic]:
                           hint="add tcp to 'protocols', or remove 'states'")
 
 
+@check("FWC280", "TCP states filtered without the end of a connection", W, """
+`states ...` replicates TCP connections only in those states, their end included:
+a connection that is closed or times out in a state left out is never removed from
+the peer's conntrackd external cache, which has no timeout of its own (FTFW). Such
+connections pile up there (every reset one, with `close` left out) until the cache
+is full and new ones are no longer replicated, and the peer's next failover commits
+them all into its kernel table as live connections, where they take slots for their
+whole replicated timeout (measured with two conntrackd: a reset and destroyed
+connection stayed in the peer's cache and was committed ESTABLISHED). So once a
+state is replicated, every state a connection can reach after it must be too: from
+the first state listed, all of `syn-sent, syn-recv, established, fin-wait,
+close-wait, last-ack, time-wait, close` after it (leaving out the first ones, for a
+lazier replica, is safe).""")
+def states_keep_the_end(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        sync = cluster.sync
+        order = proto.SYNC_TCP_STATE_ORDER
+        listed = [order.index(s) for s in sync.states if s in order]
+        if not listed:
+            continue
+        missing = [s for s in order[min(listed):] if s not in sync.states]
+        if missing:
+            yield warning("FWC280", f"'states' leaves out {', '.join(missing)}: a replicated "
+                          "connection that ends there stays in the peer's external cache and "
+                          "is committed as live at its next failover",
+                          sync.span_of("states") or cluster.span,
+                          hint=f"add {', '.join(missing)} to 'states'")
+
+
 @check("FWC274", "forwarded protocol not replicated", W, """
 `protocols ...` limits what conntrackd replicates. A protocol the policy accepts
 for forwarding that is left out keeps no state across a failover: its

@@ -27,7 +27,18 @@ def notify_script(cluster: Cluster, member: Member) -> str:
         # name (empty: the cluster's one group, the upstream primary-backup steps)
         "groups": [g.name for g in cluster.groups],
         "state_dir": proto.NODE_VRRP_STATE_DIR,
+        "purge_kernel": purges_kernel(cluster),
     })
+
+
+def purges_kernel(cluster: Cluster) -> bool:
+    """Whether a member that stops being master may purge its kernel table (`conntrackd
+    -t`, as primary-backup.sh does). Not with `external-cache off`: conntrackd then keeps
+    the peer's states in the kernel table itself, and the purge, which deletes every
+    entry its filter passes, would delete them (measured: a connection replicated into
+    the backup's kernel was gone PurgeTimeout after its `backup` transition, and its
+    failover found nothing to forward it with)."""
+    return cluster.sync.external_cache
 
 
 def render_file(build: MemberBuild, file: GeneratedFile) -> str:
