@@ -155,6 +155,12 @@ CONNTRACKD_RESERVED_PATTERN = (r"(?i:on|off|yes|no|alarm|ftfw|nack|notrack)"
 SYNCED_PROTOCOLS = ("TCP", "SCTP", "DCCP", "UDP", "ICMP", "IPv6-ICMP")
 SYNCED_PROTOCOL_V6_ONLY = "IPv6-ICMP"
 # `sync { protocols ... }`: the policy's names for conntrackd's.
+# Conntrack helpers whose related connections conntrackd cannot replicate (its payload
+# builders cover TCP, UDP, UDP-Lite, SCTP, DCCP, ICMP and ICMPv6 only: conntrack-tools
+# 1.4.7, src/build.c), with what is lost: a failover drops them on the new master.
+UNREPLICATED_HELPER_DATA = MappingProxyType({
+    "pptp": "the GRE data connections of its tunnels",
+})
 SYNC_PROTOCOL_NAMES = MappingProxyType({
     "tcp": "TCP", "sctp": "SCTP", "dccp": "DCCP", "udp": "UDP", "icmp": "ICMP",
     "icmpv6": "IPv6-ICMP",

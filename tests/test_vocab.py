@@ -335,6 +335,23 @@ def test_fwc280_names_the_states_after_the_first_that_are_left_out(tmp_path):
     assert "FWC280" not in codes(tmp_path, lazy)
 
 
+def test_fwc281_pptp_tunnels_do_not_survive_a_failover(tmp_path):
+    """conntrackd has no builder for GRE: the pptp helper's data connections are never
+    replicated, and the new master drops them (no longer RELATED)."""
+    def policy(service: str) -> str:
+        return mutate(("host    server   198.51.100.10\n",
+                       f"host    server   198.51.100.10\nservice vpn {service}\n"),
+                      base=rules("accept from lan to any service vpn"))
+
+    text = policy("tcp/1723 helper pptp")
+    found = [d for d in run(tmp_path, text).diagnostics if d.code == "FWC281"]
+    assert len(found) == 1, [d.code for d in run(tmp_path, text).diagnostics]
+    assert "GRE data connections of its tunnels (helper pptp)" in found[0].message
+    assert found[0].span.line == line_of(text, "accept from lan to any service vpn")
+    # ftp's data connections are TCP: replicated (with ExpectationSync)
+    assert "FWC281" not in codes(tmp_path, policy("tcp/21 helper ftp"))
+
+
 def test_fwc272_external_cache_off_in_alarm_mode(tmp_path):
     text = sync_text("external-cache off", ("mode ftfw", "mode alarm"))
     assert "FWC272" in codes(tmp_path, text)

@@ -426,6 +426,35 @@ def states_keep_the_end(policy: Policy) -> Iterable[Diagnostic]:
                           hint=f"add {', '.join(missing)} to 'states'")
 
 
+@check("FWC281", "helper whose related connections are not replicated", W, """
+conntrackd replicates TCP, UDP, UDP-Lite, SCTP, DCCP, ICMP and ICMPv6 connections
+(conntrack-tools' payload builders), nothing else. The `pptp` helper's tunnels carry
+their data as GRE connections related to the control connection: the control
+connection is replicated, the GRE is not, so after a failover the new master has no
+state for the tunnel's GRE, it is no longer RELATED, and the default drop takes it:
+every PPTP tunnel through the cluster breaks at a failover, while `check` and the
+replicated control connection suggest otherwise. A rule of its own that accepts GRE
+between the same endpoints lets the new master take that GRE as new connections
+(without NAT of the tunnel).""")
+def helper_data_replicated(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in policy.clusters:
+        if cluster.sync.link is None:
+            continue
+        for rule in cluster.rules:
+            if rule.action is not FilterAction.ACCEPT or rule.notrack:
+                continue
+            helpers = sorted({s.helper for s in rule.services
+                              if s.helper in proto.UNREPLICATED_HELPER_DATA})
+            if not helpers or str(BuiltinChain.FORWARD) not in _chains(cluster, rule):
+                continue
+            for helper in helpers:
+                yield warning("FWC281", f"conntrackd does not replicate "
+                              f"{proto.UNREPLICATED_HELPER_DATA[helper]} (helper {helper}): "
+                              "they are dropped by the new master at a failover", rule.span,
+                              hint="accept GRE between the same endpoints with a rule of its "
+                              "own, so that the new master takes it as new connections")
+
+
 @check("FWC274", "forwarded protocol not replicated", W, """
 `protocols ...` limits what conntrackd replicates. A protocol the policy accepts
 for forwarding that is left out keeps no state across a failover: its
