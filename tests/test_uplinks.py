@@ -191,6 +191,50 @@ def test_the_monitor_watches_the_route_as_the_routes_script_installs_it(tmp_path
     assert again["fw1/fwc-uplinks.sh"] == files["fw1/fwc-uplinks.sh"]
 
 
+# The member's own health pings with `output drop`: an IPv4 uplink probe beyond its
+# gateway, an IPv6 one on the lan, a keepalived ping track of the uplink gateway.
+PINGS = mutate(
+    ("    interface sync\n", "    interface sync\n    default { output drop }\n"
+     "    track { ping 198.51.100.9 weight -60 }\n"
+     "    route 2001:db8:99::/48 via 2001:db8:1::99 probe 2001:db8:1::99\n"
+     "    route 2001:db8:99::/48 via 2001:db8:1::98 metric 2000\n"),
+    base=TWO.replace("probe 198.51.100.9", "probe 198.19.0.1"))
+
+
+def test_output_drop_lets_each_health_ping_out_and_nothing_more(tmp_path, capsys):
+    """With OUTPUT filtered, the probes' and the ping track's echo requests were dropped:
+    every member judged its uplink dead for good (the probed route out) or went to FAULT.
+    Each gets exactly its echo request to its target by its device, and `fwc query`
+    says so as the compiled chain does."""
+    from fwc.cli import main
+    files = _files(tmp_path, PINGS)
+    v4, v6 = files["fw1/iptables.rules"].decode(), files["fw1/ip6tables.rules"].decode()
+    assert [x for x in v4.splitlines() if "probe" in x or "ping" in x] == [
+        '-A OUTPUT -d 198.51.100.9/32 -o eth1 -p icmp -m icmp --icmp-type 8 '
+        '-m comment --comment "fwc auto: track ping eth1" -j ACCEPT',
+        '-A OUTPUT -d 198.19.0.1/32 -o eth1 -p icmp -m icmp --icmp-type 8 '
+        '-m comment --comment "fwc auto: uplink probe eth1" -j ACCEPT']
+    assert [x for x in v6.splitlines() if "probe" in x or "ping" in x] == [
+        '-A OUTPUT -d 2001:db8:1::99/128 -o eth0 -p ipv6-icmp -m icmp6 --icmpv6-type 128 '
+        '-m comment --comment "fwc auto: uplink probe eth0" -j ACCEPT']
+    # the fail-closed ruleset keeps them: the monitor goes on judging the uplink
+    assert "fwc auto: uplink probe eth1" in files["fw1/failsafe.rules"].decode()
+    path = tmp_path / "pings.fw"
+    path.write_text(PINGS, encoding="utf-8")
+    assert main(["query", str(path), "--from", "firewall", "--to", "198.19.0.1",
+                 "--service", "icmp/echo-request"]) == 0
+    assert "edge/fw1: accept (OUTPUT)\n    decided by the automatic rule 'fwc auto: uplink " \
+        "probe eth1'" in capsys.readouterr().out
+    for to, service in (("198.19.0.2", "icmp/echo-request"), ("198.19.0.1", "tcp/80")):
+        assert main(["query", str(path), "--from", "firewall", "--to", to,
+                     "--service", service]) == 0
+        assert "edge/fw1: drop (OUTPUT)" in capsys.readouterr().out, (to, service)
+    # with OUTPUT accepting, the rulesets are as before: no rule for the pings
+    accepting = _files(tmp_path, PINGS.replace("    default { output drop }\n", ""))
+    assert "ping" not in accepting["fw1/iptables.rules"].decode()
+    assert "probe" not in accepting["fw1/ip6tables.rules"].decode()
+
+
 def test_the_monitor_parses_and_runs_its_loop_against_fake_tools(tmp_path):
     """sh -n, and one bounded run with `ip` and `ping` replaced by recorders: the route is
     removed after FALL failed probes and restored after RISE answered ones."""
@@ -318,6 +362,19 @@ def test_the_drill_loads_the_sets_before_the_rules_as_install_does(tmp_path):
                                                   "ip6tables.rules"]
     assert [f.name for f in _rulesets(load_source(EXAMPLE).files["fw1"])] == [
         "iptables.rules", "ip6tables.rules"]
+
+
+@pytest.mark.root
+def test_uplink_drill_with_output_drop_switches_and_returns(tmp_path):
+    """`default { output drop }`: the probe's echo request must still leave, or the
+    monitor removes the route at once and never puts it back."""
+    path = tmp_path / "uplinks-output-drop.fw"
+    path.write_text(EXAMPLE.read_text(encoding="utf-8").replace(
+        "cluster uplinks {\n", "cluster uplinks {\n    default { output drop }\n"),
+        encoding="utf-8")
+    result = _drill(tmp_path, path, "fwcuplo", "iptables")
+    assert result.route_removed and result.route_back, result.notes
+    assert result.ok, result.summary()
 
 
 @pytest.mark.root
