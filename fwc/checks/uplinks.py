@@ -18,7 +18,7 @@ from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
 from fwc.model import Cluster, IPAddress, IPNetwork, Member, NatRule, Policy
 from fwc.model.addresses import AddressSet
 from fwc.model.topology import route_interface, subnets
-from fwc.model.uplinks import Uplink, uplinks
+from fwc.model.uplinks import Uplink, on_link, uplinks
 from fwc.model.vocabulary import NatAction
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -81,9 +81,8 @@ def probe_target_reachable(policy: Policy) -> Iterable[Diagnostic]:
                         problem = (f"probe target {probe.target} is on interface '{other}' of "
                                    f"member '{member.name}', not behind uplink "
                                    f"'{uplink.interface}'")
-                    elif uplink.pin is None and route.gateway is None and not any(
-                            probe.target in net for name, net in nets[route.family]
-                            if name == uplink.interface):
+                    elif uplink.pin is None and route.gateway is None and not on_link(
+                            cluster, member, uplink.interface, probe.target):
                         problem = (f"probe target {probe.target} is off the subnet of "
                                    f"'{uplink.interface}' and the route has no gateway")
                 if problem is not None:
