@@ -147,6 +147,19 @@ def test_fwc278_snat_that_does_not_follow_the_switch(tmp_path):
                       line_of(text, "snat from lan to any out uplink"), "leaves untranslated")
 
 
+def test_fwc278_silent_for_nat_of_the_other_family(tmp_path):
+    """An IPv6 probed route switches IPv6 traffic only: the IPv4 snat out uplink without
+    a counterpart for isp2 was reported as if the IPv4 traffic moved too."""
+    text = TWO.replace(PROBED + FALLBACK,
+                       "    route default via fe80::1 dev uplink probe fe80::1\n"
+                       "    route default via fe80::2 dev isp2 metric 2000\n") \
+        .replace("    snat from lan to any out isp2 -> isp2.vip\n", "")
+    assert with_code(run(tmp_path, text), "FWC278") == []
+    # the same NAT with an IPv4 probed route is reported (test above)
+    assert with_code(run(tmp_path, TWO.replace("    snat from lan to any out isp2 -> isp2.vip\n",
+                                               "")), "FWC278")
+
+
 def test_fwc278_silent_with_nat_per_uplink_and_without_probes(tmp_path):
     _clean(tmp_path, TWO)
     assert not with_code(run(tmp_path, BASE), "FWC278")

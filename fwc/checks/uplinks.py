@@ -151,6 +151,14 @@ def _fallback_interfaces(cluster: Cluster, member: Member, uplink: Uplink) -> se
     return out
 
 
+def _translates_family(rule: NatRule, family: int) -> bool:
+    """RULE can translate traffic of FAMILY: the switch of a probed route of one family
+    moves only that family's traffic, which another family's NAT never saw."""
+    source = rule.source
+    return rule.works_in(family) and (source.is_any or source.firewall
+                                      or source.addresses.family(family))
+
+
 @check("FWC278", "source NAT does not follow an uplink switch", W, """
 Source NAT is bound to an uplink: its address belongs to that provider, whose
 upstream is the only one that routes the replies back. After the monitor moves
@@ -164,9 +172,6 @@ Connections already translated to the first uplink's address cannot survive
 the switch in any case: they break and are opened again through the second.""")
 def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        snats = [r for r in cluster.nat if r.action is NatAction.SNAT]
-        translating = [r for r in cluster.nat
-                       if r.action in (NatAction.SNAT, NatAction.MASQUERADE)]
         reported: set[tuple[Span, str]] = set()
         for member, found in _members(cluster):
             nets = _subnets(cluster, member)
@@ -174,6 +179,12 @@ def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
                 others = _fallback_interfaces(cluster, member, uplink)
                 if not others:
                     continue
+                family = uplink.route.family
+                snats = [r for r in cluster.nat if r.action is NatAction.SNAT
+                         and _translates_family(r, family)]
+                translating = [r for r in cluster.nat
+                               if r.action in (NatAction.SNAT, NatAction.MASQUERADE)
+                               and _translates_family(r, family)]
                 for rule in snats:
                     if not _translates_to(rule, nets, uplink.interface):
                         continue
