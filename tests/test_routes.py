@@ -330,6 +330,31 @@ def test_the_masters_vip_replies_stay_on_the_lan_with_a_following_rule(tmp_path)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+@pytest.mark.root
+def test_a_family_taken_out_of_the_policy_leaves_the_node(tmp_path):
+    """The script flushed fwc's routes only of the families it installed: with the IPv6
+    routes taken out of the policy, the old IPv6 default route stayed on the node."""
+    v4 = mutate(("    interface sync\n",
+                 "    interface sync\n    route default via 198.51.100.9\n"))
+    ns = _netns({"eth0": ["192.0.2.1/24", "2001:db8:1::1/64"], "eth1": ["198.51.100.1/24"]})
+    try:
+        for text in (ROUTED, v4):
+            (tmp_path / "fwc-routes.sh").write_text(compiled_files(tmp_path, text)
+                                                    ["fw1/fwc-routes.sh"])
+            done = subprocess.run(["ip", "netns", "exec", ns, "sh",
+                                   str(tmp_path / "fwc-routes.sh")],
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            if text is ROUTED:
+                assert "default via 2001:db8:1::99" in _ip(ns, "-6", "route", "show", "proto",
+                                                           "94")
+        assert _ip(ns, "-6", "route", "show", "table", "all", "proto", "94") == ""
+        assert "default via 198.51.100.9 dev eth1" in _ip(ns, "-4", "route", "show", "proto",
+                                                          "94")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 # -- the analysis routes by them ------------------------------------------------------------
 
 def _out(view: MemberView, source: str, destination: str) -> set[tuple[str, frozenset[str]]]:

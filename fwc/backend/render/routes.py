@@ -170,9 +170,12 @@ def route_script_context(cluster: Cluster, member: Member, unit: str, log_tag: s
 def routes_script(cluster: Cluster, member: Member,
                   family_batches: tuple[FamilyBatch, ...]) -> str:
     """The routes script of MEMBER, installing FAMILY_BATCHES (`member_batches`)."""
+    installed = {batch.family for batch in family_batches}
     return render_template("fwc-routes.sh.j2", {
         **route_script_context(cluster, member, "fwc-routes.service", proto.ROUTES_LOG_TAG),
         "batches": family_batches,
+        # a family the policy no longer routes: its old routes and rules go all the same
+        "flushed": [family for family in (4, 6) if family not in installed],
     })
 
 
