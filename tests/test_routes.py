@@ -181,6 +181,29 @@ def test_routes_script_replaces_fwcs_own_routes_per_family(tmp_path):
     assert compiled_files(tmp_path, TWO_UPLINKS) == files  # deterministic
 
 
+# Rules that follow the master only, and one before the member's own: keepalived adds
+# its virtual_rules without a `suppress_prefixlength 0` rule of its own.
+FOLLOWING = mutate(*second_uplink("    route default via 198.18.0.9 table 102\n"
+                                  "    route-rule from 192.0.2.128/25 table 102 follow master\n"))
+
+
+def test_the_suppress_rule_comes_before_the_rules_that_follow_the_master(tmp_path):
+    """With `follow master` rules only, no `lookup main suppress_prefixlength 0` rule
+    was written anywhere: on the master the table's default route won over the
+    connected networks (the VIP's replies to the lan left by the second uplink),
+    while fwc query routed them to the lan."""
+    script = compiled_files(tmp_path, FOLLOWING)["fw1/fwc-routes.sh"]
+    assert "rule add pref 999 lookup main suppress_prefixlength 0 protocol 94\n" in script
+    assert "from 192.0.2.128/25" not in script  # keepalived's
+    earlier = mutate(*second_uplink(
+        "    route default via 198.18.0.9 table 102\n"
+        "    route-rule from 192.0.2.128/25 table 102 priority 300 follow master\n"
+        "    route-rule mark 0x10/0xf0 table 102 priority 500\n"))
+    script = compiled_files(tmp_path, earlier)["fw1/fwc-routes.sh"]
+    assert "rule add pref 299 lookup main suppress_prefixlength 0 protocol 94\n" in script
+    assert "rule add pref 500 fwmark 0x10/0xf0 lookup 102 protocol 94\n" in script
+
+
 def test_a_member_without_routes_gets_no_routes_files(tmp_path):
     files = compiled_files(tmp_path, mutate(("    interface sync\n", "    interface sync\n"
                                      "    route 198.18.20.0/24 via 192.0.2.99 only fw2\n")))
@@ -281,6 +304,53 @@ def test_routes_script_and_keepalived_accept_the_routes_in_a_namespace(tmp_path)
                                   str(tmp_path / "keepalived.conf")],
                                  capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.root
+def test_the_masters_vip_replies_stay_on_the_lan_with_a_following_rule(tmp_path):
+    """The routes script, then the rule keepalived adds on becoming master: the VIP's
+    replies to a lan host stay on the lan (connected), the rest of the source's traffic
+    takes the table."""
+    files = compiled_files(tmp_path, FOLLOWING)
+    assert "virtual_rules {\n        from 192.0.2.128/25 table 102 priority 1000\n" \
+        in files["fw1/keepalived.conf"]
+    (tmp_path / "fwc-routes.sh").write_text(files["fw1/fwc-routes.sh"])
+    ns = _netns({"eth0": ["192.0.2.1/24", "192.0.2.254/24"], "eth1": ["198.51.100.1/24"],
+                 "eth2": ["203.0.113.1/24"], "eth3": ["198.18.0.1/24"]})
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "sh", str(tmp_path / "fwc-routes.sh")],
+                       check=True, capture_output=True, timeout=30)
+        _ip(ns, "rule", "add", "from", "192.0.2.128/25", "table", "102", "priority", "1000")
+        assert "dev eth0" in _ip(ns, "route", "get", "192.0.2.10", "from", "192.0.2.254")
+        assert "via 198.18.0.9 dev eth3" in _ip(ns, "route", "get", "198.19.0.1", "from",
+                                                "192.0.2.254")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.root
+def test_a_family_taken_out_of_the_policy_leaves_the_node(tmp_path):
+    """The script flushed fwc's routes only of the families it installed: with the IPv6
+    routes taken out of the policy, the old IPv6 default route stayed on the node."""
+    v4 = mutate(("    interface sync\n",
+                 "    interface sync\n    route default via 198.51.100.9\n"))
+    ns = _netns({"eth0": ["192.0.2.1/24", "2001:db8:1::1/64"], "eth1": ["198.51.100.1/24"]})
+    try:
+        for text in (ROUTED, v4):
+            (tmp_path / "fwc-routes.sh").write_text(compiled_files(tmp_path, text)
+                                                    ["fw1/fwc-routes.sh"])
+            done = subprocess.run(["ip", "netns", "exec", ns, "sh",
+                                   str(tmp_path / "fwc-routes.sh")],
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            if text is ROUTED:
+                assert "default via 2001:db8:1::99" in _ip(ns, "-6", "route", "show", "proto",
+                                                           "94")
+        assert _ip(ns, "-6", "route", "show", "table", "all", "proto", "94") == ""
+        assert "default via 198.51.100.9 dev eth1" in _ip(ns, "-4", "route", "show", "proto",
+                                                          "94")
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 

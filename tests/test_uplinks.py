@@ -3,8 +3,11 @@ monitor and its unit, install's handling, and the lab drill on a real kernel."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,7 @@ TWO = mutate(
 
 def _clean(tmp_path: Path, text: str):
     analysis = run(tmp_path, text)
-    assert [d for d in analysis.diagnostics if d.severity is not Severity.INFO
+    assert [d for d in analysis.diagnostics if d.severity is not Severity.NOTE
             and d.code.startswith("FWC27")] == [], analysis.diagnostics
     assert not [d for d in analysis.diagnostics if d.is_error], analysis.diagnostics
     return analysis
@@ -144,6 +147,19 @@ def test_fwc278_snat_that_does_not_follow_the_switch(tmp_path):
                       line_of(text, "snat from lan to any out uplink"), "leaves untranslated")
 
 
+def test_fwc278_silent_for_nat_of_the_other_family(tmp_path):
+    """An IPv6 probed route switches IPv6 traffic only: the IPv4 snat out uplink without
+    a counterpart for isp2 was reported as if the IPv4 traffic moved too."""
+    text = TWO.replace(PROBED + FALLBACK,
+                       "    route default via fe80::1 dev uplink probe fe80::1\n"
+                       "    route default via fe80::2 dev isp2 metric 2000\n") \
+        .replace("    snat from lan to any out isp2 -> isp2.vip\n", "")
+    assert with_code(run(tmp_path, text), "FWC278") == []
+    # the same NAT with an IPv4 probed route is reported (test above)
+    assert with_code(run(tmp_path, TWO.replace("    snat from lan to any out isp2 -> isp2.vip\n",
+                                               "")), "FWC278")
+
+
 def test_fwc278_silent_with_nat_per_uplink_and_without_probes(tmp_path):
     _clean(tmp_path, TWO)
     assert not with_code(run(tmp_path, BASE), "FWC278")
@@ -174,21 +190,66 @@ def test_the_monitor_watches_the_route_as_the_routes_script_installs_it(tmp_path
     assert "route replace default via 198.51.100.9 dev eth1 proto 94" in routes
     assert "route replace default via 198.18.0.9 dev eth3 metric 100 proto 94" in routes
     line = next(x for x in script.splitlines() if x.startswith("monitor "))
-    # name, family, target, interval (s), timeout guard, fall, rise, host route, selectors,
+    # name, family, target, device, interval (s), timeout guard, fall, rise, host route,
+    # selectors,
     # then the route's words exactly as fwc-routes.sh writes them
-    assert line == ("monitor 'uplink via 198.51.100.9' 4 198.19.0.1 0.5 2 3 2 "
+    assert line == ("monitor 'uplink via 198.51.100.9' 4 198.19.0.1 eth1 0.5 2 3 2 "
                     "'198.19.0.1 via 198.51.100.9 dev eth1' "
                     "'table main exact 0.0.0.0/0 via 198.51.100.9 dev eth1' "
                     "default via 198.51.100.9 dev eth1 &")
     # the gateway itself is on the link: no host route
     gateway = _files(tmp_path, TWO)["fw1/fwc-uplinks.sh"].decode()
-    assert "4 198.51.100.9 0.5 2 3 2 '' 'table main" in gateway
+    assert "4 198.51.100.9 eth1 0.5 2 3 2 '' 'table main" in gateway
     # fail closed: the monitor never touches the packet filter
     for word in ("iptables", "nft ", "ip6tables", "sysctl"):
         assert word not in script.split("PATH=", 1)[1], word
     # deterministic
     again = _files(tmp_path, TWO.replace("probe 198.51.100.9", "probe 198.19.0.1"))
     assert again["fw1/fwc-uplinks.sh"] == files["fw1/fwc-uplinks.sh"]
+
+
+# The member's own health pings with `output drop`: an IPv4 uplink probe beyond its
+# gateway, an IPv6 one on the lan, a keepalived ping track of the uplink gateway.
+PINGS = mutate(
+    ("    interface sync\n", "    interface sync\n    default { output drop }\n"
+     "    track { ping 198.51.100.9 weight -60 }\n"
+     "    route 2001:db8:99::/48 via 2001:db8:1::99 probe 2001:db8:1::99\n"
+     "    route 2001:db8:99::/48 via 2001:db8:1::98 metric 2000\n"),
+    base=TWO.replace("probe 198.51.100.9", "probe 198.19.0.1"))
+
+
+def test_output_drop_lets_each_health_ping_out_and_nothing_more(tmp_path, capsys):
+    """With OUTPUT filtered, the probes' and the ping track's echo requests were dropped:
+    every member judged its uplink dead for good (the probed route out) or went to FAULT.
+    Each gets exactly its echo request to its target by its device, and `fwc query`
+    says so as the compiled chain does."""
+    from fwc.cli import main
+    files = _files(tmp_path, PINGS)
+    v4, v6 = files["fw1/iptables.rules"].decode(), files["fw1/ip6tables.rules"].decode()
+    assert [x for x in v4.splitlines() if "probe" in x or "ping" in x] == [
+        '-A OUTPUT -d 198.51.100.9/32 -o eth1 -p icmp -m icmp --icmp-type 8 '
+        '-m comment --comment "fwc auto: track ping eth1" -j ACCEPT',
+        '-A OUTPUT -d 198.19.0.1/32 -o eth1 -p icmp -m icmp --icmp-type 8 '
+        '-m comment --comment "fwc auto: uplink probe eth1" -j ACCEPT']
+    assert [x for x in v6.splitlines() if "probe" in x or "ping" in x] == [
+        '-A OUTPUT -d 2001:db8:1::99/128 -o eth0 -p ipv6-icmp -m icmp6 --icmpv6-type 128 '
+        '-m comment --comment "fwc auto: uplink probe eth0" -j ACCEPT']
+    # the fail-closed ruleset keeps them: the monitor goes on judging the uplink
+    assert "fwc auto: uplink probe eth1" in files["fw1/failsafe.rules"].decode()
+    path = tmp_path / "pings.fw"
+    path.write_text(PINGS, encoding="utf-8")
+    assert main(["query", str(path), "--from", "firewall", "--to", "198.19.0.1",
+                 "--service", "icmp/echo-request"]) == 0
+    assert "edge/fw1: accept (OUTPUT)\n    decided by the automatic rule 'fwc auto: uplink " \
+        "probe eth1'" in capsys.readouterr().out
+    for to, service in (("198.19.0.2", "icmp/echo-request"), ("198.19.0.1", "tcp/80")):
+        assert main(["query", str(path), "--from", "firewall", "--to", to,
+                     "--service", service]) == 0
+        assert "edge/fw1: drop (OUTPUT)" in capsys.readouterr().out, (to, service)
+    # with OUTPUT accepting, the rulesets are as before: no rule for the pings
+    accepting = _files(tmp_path, PINGS.replace("    default { output drop }\n", ""))
+    assert "ping" not in accepting["fw1/iptables.rules"].decode()
+    assert "probe" not in accepting["fw1/ip6tables.rules"].decode()
 
 
 def test_the_monitor_parses_and_runs_its_loop_against_fake_tools(tmp_path):
@@ -227,6 +288,60 @@ def test_the_monitor_parses_and_runs_its_loop_against_fake_tools(tmp_path):
     first_del = next(i for i, c in enumerate(calls) if " route del default via" in c)
     assert any(" route replace default via 198.51.100.9 dev eth1 proto 94" in c
                for c in calls[first_del:]), calls
+
+
+def test_a_link_local_probe_target_is_a_neighbour_pinged_by_its_device(tmp_path):
+    """`probe fe80::1`: an unscoped link-local ping goes by whichever link the kernel
+    picks (two providers' routers are often both fe80::1), and the host route 'fe80::1
+    via fe80::1' pinned nothing. The target is on the link: no host route, `-I eth1`."""
+    text = TWO.replace(PROBED + FALLBACK,
+                       "    route default via fe80::1 dev uplink probe fe80::1\n"
+                       "    route default via fe80::2 dev isp2 metric 2000\n")
+    script = _files(tmp_path, text)["fw1/fwc-uplinks.sh"].decode()
+    assert "monitor 'uplink via fe80::1' 6 fe80::1 eth1 1 2 3 3 '' " in script, script
+
+
+def _fake_tools(tmp_path: Path, ping: str, ip: str) -> Path:
+    """A bin directory whose ping and ip run the sh bodies PING and IP (logger: silent)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ping").write_text(f"#!/bin/sh\n{ping}\n")
+    (bin_dir / "ip").write_text(f"#!/bin/sh\n{ip}\n")
+    (bin_dir / "logger").write_text("#!/bin/sh\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+def _run_monitor(script: str, bin_dir: Path, seconds: float) -> str:
+    """SCRIPT run with BIN_DIR first on its PATH for SECONDS, then stopped: its stderr."""
+    path = bin_dir.parent / "fwc-uplinks.sh"
+    path.write_text(script.replace("PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                                   f"PATH={bin_dir}:/usr/bin:/bin"), encoding="utf-8")
+    proc = subprocess.Popen(["sh", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        _, err = proc.communicate(timeout=5)
+    return err.decode()
+
+
+def test_the_monitor_logs_a_route_it_cannot_restore_once_and_pings_by_its_device(tmp_path):
+    """A route the kernel refuses (its device deconfigured) while the probe answers was
+    logged every interval for as long as it lasted: 5 lines a second, for ever. And the
+    probe left by whatever route the target had, the other uplink's too."""
+    script = _files(tmp_path, TWO.replace("interval 500ms", "interval 200ms")
+                    .replace("fall 3", "fall 2"))["fw1/fwc-uplinks.sh"].decode()
+    pings = tmp_path / "pings"
+    bin_dir = _fake_tools(tmp_path, f'echo "$*" >> {pings}',
+                          "case \"$*\" in *'route show'*) echo default;; "
+                          "*'route replace default'*) exit 2;; esac")
+    text = _run_monitor(script, bin_dir, 1.6)
+    assert text.count("could not restore the route") == 1, text
+    calls = pings.read_text().splitlines()
+    assert len(calls) >= 4 and all("-I eth1 198.51.100.9" in c for c in calls), calls
 
 
 def test_systemd_analyze_verify_accepts_the_monitor_unit(tmp_path):
@@ -318,6 +433,81 @@ def test_the_drill_loads_the_sets_before_the_rules_as_install_does(tmp_path):
                                                   "ip6tables.rules"]
     assert [f.name for f in _rulesets(load_source(EXAMPLE).files["fw1"])] == [
         "iptables.rules", "ip6tables.rules"]
+
+
+@pytest.mark.root
+def test_uplink_drill_with_output_drop_switches_and_returns(tmp_path):
+    """`default { output drop }`: the probe's echo request must still leave, or the
+    monitor removes the route at once and never puts it back."""
+    path = tmp_path / "uplinks-output-drop.fw"
+    path.write_text(EXAMPLE.read_text(encoding="utf-8").replace(
+        "cluster uplinks {\n", "cluster uplinks {\n    default { output drop }\n"),
+        encoding="utf-8")
+    result = _drill(tmp_path, path, "fwcuplo", "iptables")
+    assert result.route_removed and result.route_back, result.notes
+    assert result.ok, result.summary()
+
+
+def _namespaces(prefix: str) -> None:
+    """fw1 of the example between two routers that both reach the probe target (as two
+    providers reach a host on the internet), r1 by eth1, r2 by eth3."""
+    def ip(*argv: str) -> None:
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+    for name in ("fw", "r1", "r2"):
+        ip("netns", "add", prefix + name)
+        ip("-n", prefix + name, "link", "set", "lo", "up")
+    for device, router, peer, own, gateway in (("eth1", "r1", "p1", "198.51.100.2/24",
+                                                "198.51.100.1"),
+                                               ("eth3", "r2", "p2", "203.0.113.2/24",
+                                                "203.0.113.1")):
+        ip("-n", prefix + "fw", "link", "add", device, "type", "veth", "peer", "name", peer,
+           "netns", prefix + router)
+        ip("-n", prefix + "fw", "addr", "add", own, "dev", device)
+        ip("-n", prefix + router, "addr", "add", f"{gateway}/24", "dev", peer)
+        ip("-n", prefix + router, "addr", "add", "198.19.0.1/32", "dev", "lo")
+        ip("-n", prefix + "fw", "link", "set", device, "up")
+        ip("-n", prefix + router, "link", "set", peer, "up")
+        ip("-n", prefix + router, "route", "add", "default", "via", own.split("/")[0])
+        # the target is beyond the router, not a neighbour on the uplink: no ARP answer
+        ip("netns", "exec", prefix + router, "sysctl", "-qw",
+           "net.ipv4.conf.all.arp_ignore=1")
+
+
+@pytest.mark.root
+def test_a_deconfigured_uplink_is_judged_down_not_probed_through_the_other(tmp_path):
+    """eth1 loses its address (a network manager deconfigures it): the probe's host route
+    and the probed route cannot be added. The probe then went out by the second uplink,
+    answered, and the monitor kept the first uplink 'up', logging every interval that
+    it could not restore its route. Now the probe leaves by eth1 or not at all."""
+    skip_or_fail_without_root()
+    prefix = f"fwcupd{os.getpid() % 100000}"
+    files = load_source(EXAMPLE).files["fw1"]
+    for name in ("fwc-routes.sh", "fwc-uplinks.sh"):
+        (tmp_path / name).write_text(files[name], encoding="utf-8")
+    proc, err = None, b""
+    try:
+        _namespaces(prefix)
+        netns = ["ip", "netns", "exec", prefix + "fw", "sh"]
+        subprocess.run([*netns, str(tmp_path / "fwc-routes.sh")], check=True,
+                       capture_output=True, timeout=30)
+        proc = subprocess.Popen([*netns, str(tmp_path / "fwc-uplinks.sh")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        time.sleep(1.0)
+        subprocess.run(["ip", "-n", prefix + "fw", "addr", "flush", "dev", "eth1"],
+                       check=True, capture_output=True, timeout=30)
+        time.sleep(3.0)  # twelve rounds of 250 ms
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=10)
+        for name in ("fw", "r1", "r2"):
+            subprocess.run(["ip", "netns", "del", prefix + name], capture_output=True)
+    text = err.decode()
+    assert "198.19.0.1 did not answer 2 times: route removed" in text, text
+    assert text.count("could not restore the route") <= 1, text
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
+    assert prefix not in left.stdout  # every namespace is gone
 
 
 @pytest.mark.root

@@ -18,7 +18,7 @@ from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
 from fwc.model import Cluster, IPAddress, IPNetwork, Member, NatRule, Policy
 from fwc.model.addresses import AddressSet
 from fwc.model.topology import route_interface, subnets
-from fwc.model.uplinks import Uplink, uplinks
+from fwc.model.uplinks import Uplink, on_link, uplinks
 from fwc.model.vocabulary import NatAction
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -81,9 +81,8 @@ def probe_target_reachable(policy: Policy) -> Iterable[Diagnostic]:
                         problem = (f"probe target {probe.target} is on interface '{other}' of "
                                    f"member '{member.name}', not behind uplink "
                                    f"'{uplink.interface}'")
-                    elif uplink.pin is None and route.gateway is None and not any(
-                            probe.target in net for name, net in nets[route.family]
-                            if name == uplink.interface):
+                    elif uplink.pin is None and route.gateway is None and not on_link(
+                            cluster, member, uplink.interface, probe.target):
                         problem = (f"probe target {probe.target} is off the subnet of "
                                    f"'{uplink.interface}' and the route has no gateway")
                 if problem is not None:
@@ -152,6 +151,14 @@ def _fallback_interfaces(cluster: Cluster, member: Member, uplink: Uplink) -> se
     return out
 
 
+def _translates_family(rule: NatRule, family: int) -> bool:
+    """RULE can translate traffic of FAMILY: the switch of a probed route of one family
+    moves only that family's traffic, which another family's NAT never saw."""
+    source = rule.source
+    return rule.works_in(family) and (source.is_any or source.firewall
+                                      or source.addresses.family(family))
+
+
 @check("FWC278", "source NAT does not follow an uplink switch", W, """
 Source NAT is bound to an uplink: its address belongs to that provider, whose
 upstream is the only one that routes the replies back. After the monitor moves
@@ -165,9 +172,6 @@ Connections already translated to the first uplink's address cannot survive
 the switch in any case: they break and are opened again through the second.""")
 def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        snats = [r for r in cluster.nat if r.action is NatAction.SNAT]
-        translating = [r for r in cluster.nat
-                       if r.action in (NatAction.SNAT, NatAction.MASQUERADE)]
         reported: set[tuple[Span, str]] = set()
         for member, found in _members(cluster):
             nets = _subnets(cluster, member)
@@ -175,6 +179,12 @@ def snat_follows_uplink(policy: Policy) -> Iterable[Diagnostic]:
                 others = _fallback_interfaces(cluster, member, uplink)
                 if not others:
                     continue
+                family = uplink.route.family
+                snats = [r for r in cluster.nat if r.action is NatAction.SNAT
+                         and _translates_family(r, family)]
+                translating = [r for r in cluster.nat
+                               if r.action in (NatAction.SNAT, NatAction.MASQUERADE)
+                               and _translates_family(r, family)]
                 for rule in snats:
                     if not _translates_to(rule, nets, uplink.interface):
                         continue

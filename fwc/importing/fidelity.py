@@ -31,7 +31,8 @@ from fwc.model.vocabulary import Table as TableName
 
 # The labels of fwc's automatic rules that follow from the cluster block.
 CLUSTER_RULES = tuple(f"fwc auto: {kind} " for kind in
-                      ("vrrp", "conntrackd sync", "igmp", "mld", "sync allow"))
+                      ("vrrp", "conntrackd sync", "igmp", "mld", "sync allow",
+                       "track ping", "uplink probe"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,9 +40,11 @@ def fallbacks(cluster: Cluster, member: Member, route: Route) -> tuple[Route, ..
 
 
 def on_link(cluster: Cluster, member: Member, interface: str, target: IPAddress) -> bool:
-    """TARGET is on a subnet of INTERFACE: a neighbour, pinged without a gateway."""
-    return any(name == interface and target in net
-               for name, net in subnets(cluster, member, target.version))
+    """TARGET is on a subnet of INTERFACE, or link-local (on every link; the monitor pings
+    it by INTERFACE's device): a neighbour, pinged without a gateway."""
+    return target.is_link_local or any(name == interface and target in net
+                                       for name, net in subnets(cluster, member,
+                                                                target.version))
 
 
 def uplinks(cluster: Cluster, member: Member) -> tuple[Uplink, ...]:

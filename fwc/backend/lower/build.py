@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import os
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import field, fields, replace
 from typing import NamedTuple
 
@@ -68,6 +68,7 @@ from fwc.model.semantics import (
     reads_firewall,
     side_of,
 )
+from fwc.model.uplinks import uplinks
 from fwc.model.vocabulary import BuiltinChain, FilterAction, NatAction, NatStage, Target
 from fwc.model.vocabulary import Table as TableName
 from fwc.text import cut_utf8, utf8_length
@@ -92,6 +93,10 @@ MLD_ICMPV6_TYPES = (131, 132, 143)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
+ICMP = proto.IP_PROTOCOLS["icmp"]
+# The echo request of the member's own health pings (`track { ping }`, `route ... probe`).
+ECHO_REQUEST = {4: (ICMP, proto.ICMP_TYPES["echo-request"]),
+                6: (ICMPV6, proto.ICMPV6_TYPES["echo-request"])}
 # Multicast destinations: a packet to a group the node joined is taken in (INPUT).
 MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
@@ -391,6 +396,26 @@ class AutoRule:
 
 _VERDICTS = {Target.ACCEPT: FilterAction.ACCEPT, Target.DROP: FilterAction.DROP,
              Target.REJECT: FilterAction.REJECT}
+
+
+def health_pings(cluster: Cluster, member: Member, family: int) \
+        -> Iterator[tuple[IPAddress, str, str]]:
+    """(target, device, label) of each ping MEMBER sends to judge a gateway in FAMILY:
+    keepalived's `track { ping }` (from the device of the segment holding the target,
+    as `ping -I` in keepalived.conf) and the uplink monitor's probes (by the probed
+    route's device). A target with no device (FWC240, FWC255) stops the compile."""
+    for track in cluster.tracks:
+        if track.kind != "ping":
+            continue
+        address = ipaddress.ip_address(track.target)
+        link = member.link_on(address) if address.version == family else None
+        if link is not None:
+            yield address, link.device, "track ping"
+    for uplink in uplinks(cluster, member):
+        device = member.device(uplink.interface)
+        probe = uplink.route.probe
+        if probe is not None and device is not None and uplink.route.family == family:
+            yield probe.target, device, "uplink probe"
 
 
 def automatic_rules(cluster: Cluster, member: Member, family: int) -> tuple[AutoRule, ...]:
@@ -701,6 +726,7 @@ class _Lowering:
             # before any policy rule (docs/language.md "default { }").
             self.auto(BuiltinChain.OUTPUT, Match(out_device="lo"), "loopback")
             self.output_plumbing()
+            self.health_pings()
         group = proto.VRRP_GROUP_V4 if self.family == 4 else proto.VRRP_GROUP_V6
         protocols = [proto.VRRP_PROTOCOL]
         if self.family == 4 and self.cluster.vrrp.auth == "ah":
@@ -790,6 +816,21 @@ class _Lowering:
             for icmp_type in proto.NDP_ICMPV6_TYPES:
                 self.auto(BuiltinChain.OUTPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
                                                      hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+
+    def health_pings(self) -> None:
+        """With OUTPUT filtered: the echo requests of the member's own health checks.
+
+        keepalived's `track { ping }` and the uplink monitor's probes judge a gateway
+        dead when no echo reply comes: an echo request that OUTPUT drops would take
+        every member to FAULT, or every probed route out for good. Each may send exactly
+        its echo request to its target by its device (the replies are the established
+        rule's), and nothing else.
+        """
+        protocol, echo = ECHO_REQUEST[self.family]
+        for target, device, label in health_pings(self.cluster, self.member, self.family):
+            self.auto(BuiltinChain.OUTPUT,
+                      Match(destination=AddressMatch((str(target),)), out_device=device,
+                            protocol=protocol, icmp_type=echo), f"{label} {device}")
 
     def default_rules(self) -> None:
         """The end of each filter chain: log what its default drops, reject if asked."""

@@ -12,7 +12,9 @@ Routes go to the node two ways (docs/compile.md, "Routes"):
 
 With route-rules, a `lookup main suppress_prefixlength 0` rule comes first: the
 connected networks and the main table's specific routes win over the tables,
-whose default routes win over main's (the way fwc's analysis routes, too).
+whose default routes win over main's (the way fwc's analysis routes, too). The
+routes script installs it, on every member and before the `follow master` rules
+as well, which keepalived adds without one.
 """
 
 from __future__ import annotations
@@ -86,11 +88,14 @@ def batches(cluster: Cluster, member: Member) -> list[FamilyBatch]:
             words = route_words(cluster, member, route)
             if words is not None:
                 routes.append(("route", "replace", *words, "proto", protocol))
-        own = [r for r in cluster.route_rules
-               if r.family == family and not r.follow and applies(r, member)]
+        here = [r for r in cluster.route_rules if r.family == family and applies(r, member)]
+        own = [r for r in here if not r.follow]
         rules = []
-        if own:
-            first = min(r.priority for r in own) - 1
+        if here:
+            # Before every rule of the member, keepalived's `follow master` ones too
+            # (keepalived writes none of its own): otherwise their tables would win
+            # over the connected networks on the master, the VIPs' own replies too.
+            first = min(r.priority for r in here) - 1
             rules.append(("rule", "add", "pref", str(first), "lookup", "main",
                           "suppress_prefixlength", "0", "protocol", protocol))
         for rule in sorted(own, key=lambda r: r.priority):
@@ -165,9 +170,12 @@ def route_script_context(cluster: Cluster, member: Member, unit: str, log_tag: s
 def routes_script(cluster: Cluster, member: Member,
                   family_batches: tuple[FamilyBatch, ...]) -> str:
     """The routes script of MEMBER, installing FAMILY_BATCHES (`member_batches`)."""
+    installed = {batch.family for batch in family_batches}
     return render_template("fwc-routes.sh.j2", {
         **route_script_context(cluster, member, "fwc-routes.service", proto.ROUTES_LOG_TAG),
         "batches": family_batches,
+        # a family the policy no longer routes: its old routes and rules go all the same
+        "flushed": [family for family in (4, 6) if family not in installed],
     })
 
 

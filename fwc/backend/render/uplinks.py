@@ -31,6 +31,7 @@ class Watched:
     comment: str
     family: int
     target: str
+    device: str  # the uplink's device: the probe leaves by it or not at all (`ping -I`)
     interval: str  # seconds, as sleep and ping -W read them
     guard: int  # whole seconds after which `timeout` kills a ping
     fall: int
@@ -62,7 +63,7 @@ def watched(cluster: Cluster, member: Member, uplink: Uplink) -> Watched | None:
         else uplink.interface
     return Watched(
         label, route.text(), route.family,
-        str(probe.target), _seconds(probe.interval_ms),
+        str(probe.target), device, _seconds(probe.interval_ms),
         math.ceil(probe.interval_ms / 1000) + 1, probe.fall, probe.rise, pin, tuple(show),
         tuple(words))
 

@@ -23,5 +23,9 @@ rule flush protocol 94
 route replace default via 198.51.100.1 dev eth1 proto 94
 route replace default via 203.0.113.1 dev eth3 metric 100 proto 94
 FWC_ROUTES
+# No IPv6 routes or rules: remove those an earlier policy installed (quietly:
+# the node may run without IPv6).
+ip -6 route flush table all proto 94 >/dev/null 2>&1 || :
+ip -6 rule flush protocol 94 >/dev/null 2>&1 || :
 [ $rc -eq 0 ] && log "routes installed"
 exit $rc

@@ -23,22 +23,26 @@ log() {
     logger -t fwc-uplinks -- "$*" 2>/dev/null || :
 }
 
-# monitor NAME FAMILY TARGET INTERVAL GUARD FALL RISE PIN SHOW ROUTE...
+# monitor NAME FAMILY TARGET DEVICE INTERVAL GUARD FALL RISE PIN SHOW ROUTE...
+#   DEVICE: the uplink's device, the only one the probe may leave by (ping -I: without
+#   its route the probe fails rather than answer through the other uplink),
 #   PIN: the probe target's host route ('' when the target is on the uplink's subnet),
 #   SHOW: `ip route show` selectors that find the route, ROUTE: the route's words.
 monitor() {
-    name=$1 family=$2 target=$3 interval=$4 guard=$5 fall=$6 rise=$7 pin=$8 show=$9
+    name=$1 family=$2 target=$3 device=$4 interval=$5 guard=$6 fall=$7 rise=$8 pin=$9
     shift 9
+    show=$1
+    shift
     state=up
     # shellcheck disable=SC2086 # the selectors are words without blanks or globs
     [ -n "$(ip -"$family" route show $show 2>/dev/null)" ] || state=down
     log "$name: watching $target every ${interval}s (route $state)"
-    good=0 bad=0
+    good=0 bad=0 stuck=0
     while :; do
         # shellcheck disable=SC2086
         [ -z "$pin" ] || ip -"$family" route replace $pin proto 94 2>/dev/null || :
-        timeout -k 1 "$guard" ping -"$family" -n -q -c 1 -W "$interval" "$target" \
-            >/dev/null 2>&1 &
+        timeout -k 1 "$guard" ping -"$family" -n -q -c 1 -W "$interval" -I "$device" \
+            "$target" >/dev/null 2>&1 &
         probe=$!
         sleep "$interval"
         if wait "$probe"; then good=$((good + 1)) bad=0; else bad=$((bad + 1)) good=0; fi
@@ -50,9 +54,15 @@ monitor() {
             log "$name: $target answered $good times: route restored"
         fi
         if [ "$state" = up ]; then
-            ip -"$family" route replace "$@" proto 94 2>/dev/null \
-                || log "$name: could not restore the route"
+            # once per failure, not every interval for as long as it lasts
+            if ip -"$family" route replace "$@" proto 94 2>/dev/null; then
+                stuck=0
+            elif [ "$stuck" = 0 ]; then
+                stuck=1
+                log "$name: could not restore the route"
+            fi
         else
+            stuck=0
             ip -"$family" route del "$@" proto 94 2>/dev/null || :
         fi
     done
@@ -60,7 +70,7 @@ monitor() {
 
 trap 'trap - TERM INT; kill 0 2>/dev/null; exit 0' TERM INT
 # route default via 198.51.100.1 probe 198.19.0.1 interval 250ms fall 2 rise 2
-monitor 'uplink via 198.51.100.1' 4 198.19.0.1 0.25 2 2 2 '198.19.0.1 via 198.51.100.1 dev eth1' 'table main exact 0.0.0.0/0 via 198.51.100.1 dev eth1' default via 198.51.100.1 dev eth1 &
+monitor 'uplink via 198.51.100.1' 4 198.19.0.1 eth1 0.25 2 2 2 '198.19.0.1 via 198.51.100.1 dev eth1' 'table main exact 0.0.0.0/0 via 198.51.100.1 dev eth1' default via 198.51.100.1 dev eth1 &
 wait
 log "a probe loop ended: the unit restarts the monitor"
 exit 1
