@@ -25,6 +25,7 @@ from fwc.backend.files import (
     Reload,
     kernel_guard,
     path_of,
+    rules_file,
 )
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
@@ -282,6 +283,38 @@ def sysctl_keys(conf: str) -> list[str]:
     return keys
 
 
+def _save_iptables(new: str) -> list[str]:
+    return [
+        f"iptables-save > {new}/iptables.save",
+        # (nothing to save where the kernel has no IPv6, and ip6tables-save fails there;
+        # without ip6tables.save the rollback leaves IPv6 alone)
+        f"if command -v ip6tables-save >/dev/null 2>&1 && [ -d {KERNEL_FAMILY_PATHS[6]} ]; "
+        f"then ip6tables-save > {new}/ip6tables.save; fi",
+        "if command -v ipset >/dev/null 2>&1; then "
+        f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
+    ]
+
+
+def _save_nftables(new: str) -> list[str]:
+    # Only fwc's own table: the install replaces nothing else. No nft.save means
+    # there was no such table, and a rollback deletes the new one.
+    return ["t=$(nft list tables)",
+            f"if printf '%s\\n' \"$t\" | grep -qx {q(f'table {NFT_TABLE}')}; then "
+            f"nft list table {NFT_TABLE} > {new}/nft.save; fi"]
+
+
+_SAVE = {Backend.IPTABLES: _save_iptables, Backend.NFTABLES: _save_nftables}
+# The program that saves a backend's running rules (and restores them in a rollback).
+_SAVER = {Backend.IPTABLES: "iptables-save", Backend.NFTABLES: "nft"}
+
+
+def _previous_install(backend: Backend) -> str:
+    """Shell test: fwc's earlier install of BACKEND left its ruleset on the node (not yet
+    retired), and the node can save it."""
+    return (f"[ -e {rules_file(backend).path} ] "
+            f"&& command -v {_SAVER[backend]} >/dev/null 2>&1")
+
+
 def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     """Save the running rules, ipsets, sysctl values and every file the install replaces.
 
@@ -293,22 +326,15 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     new = f"{SNAPSHOT}.new"
     lines = ["set -e", f"rm -rf {new}", f"mkdir -p -m 0700 {new}"]
     using = backends(files)
-    if Backend.IPTABLES in using:
-        lines += [
-            f"iptables-save > {new}/iptables.save",
-            # (nothing to save where the kernel has no IPv6, and ip6tables-save fails there;
-            # without ip6tables.save the rollback leaves IPv6 alone)
-            f"if command -v ip6tables-save >/dev/null 2>&1 && [ -d {KERNEL_FAMILY_PATHS[6]} ]; "
-            f"then ip6tables-save > {new}/ip6tables.save; fi",
-            "if command -v ipset >/dev/null 2>&1; then "
-            f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
-        ]
-    if Backend.NFTABLES in using:
-        # Only fwc's own table: the install replaces nothing else. No nft.save means
-        # there was no such table, and a rollback deletes the new one.
-        lines += ["t=$(nft list tables)",
-                  f"if printf '%s\\n' \"$t\" | grep -qx {q(f'table {NFT_TABLE}')}; then "
-                  f"nft list table {NFT_TABLE} > {new}/nft.save; fi"]
+    for backend in Backend:
+        if backend in using:
+            lines += _SAVE[backend](new)
+        else:
+            # fwc's earlier install of another backend still runs (a switch): a node that
+            # reboots on probation loads only the new backend, and the rollback must then
+            # bring the old one back (`rollback_script`), from what runs now.
+            lines += [f"if {_previous_install(backend)}; then",
+                      *(f"    {line}" for line in _SAVE[backend](new)), "fi"]
     if sysctls:
         lines.append(f": > {new}/sysctl.save")
     for key in sysctls:
@@ -548,16 +574,38 @@ def _iptables_rollback() -> list[str]:
     ]
 
 
+def _nft_restore() -> list[str]:
+    # The previous fwc table in one transaction; the node's other tables are not touched.
+    return [f"{{ {_PRINT_HEAD}; cat $S/nft.save; }} | nft -f - || rc=1"]
+
+
 def _nft_rollback() -> list[str]:
-    # The previous fwc table in one transaction, or none when there was none; the
-    # node's other tables are not touched.
-    return [
-        "if [ -e $S/nft.save ]; then",
-        f"    {{ {_PRINT_HEAD}; cat $S/nft.save; }} | nft -f - || rc=1",
-        "else",
-        f"    {nft_drop_table()} || rc=1",
-        "fi",
-    ]
+    # The previous fwc table, or none when there was none.
+    return ["if [ -e $S/nft.save ]; then", *(f"    {line}" for line in _nft_restore()),
+            "else", f"    {nft_drop_table()} || rc=1", "fi"]
+
+
+_ROLLBACK = {Backend.IPTABLES: _iptables_rollback, Backend.NFTABLES: _nft_rollback}
+# What puts back the saved rules of fwc's earlier install of another backend.
+_RESTORE_PREVIOUS = {Backend.IPTABLES: _iptables_rollback, Backend.NFTABLES: _nft_restore}
+# The snapshot's file that says it saved a backend's running rules.
+_SAVED = {Backend.IPTABLES: "iptables.save", Backend.NFTABLES: "nft.save"}
+
+
+def _rules_rollback(using: set[Backend]) -> list[str]:
+    """Restore the rules of the backends of the install, and those of fwc's earlier
+    install of another backend when the snapshot saved them (a switch): untouched by
+    the install, they are gone once the node rebooted on probation (its new boot script
+    loads only the new backend). The old backend first, while the new rules still
+    filter: a restore empties a set for a moment."""
+    lines: list[str] = []
+    for backend in sorted(Backend, key=lambda b: b in using):
+        if backend in using:
+            lines += _ROLLBACK[backend]()
+        else:
+            lines += [f"if [ -e $S/{_SAVED[backend]} ]; then",
+                      *(f"    {line}" for line in _RESTORE_PREVIOUS[backend]()), "fi"]
+    return lines
 
 
 def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: str) -> str:
@@ -593,11 +641,7 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "    done < $S/sysctl.save",
         "fi",
     ]
-    using = backends(files)
-    if Backend.IPTABLES in using:
-        lines += _iptables_rollback()
-    if Backend.NFTABLES in using:
-        lines += _nft_rollback()
+    lines += _rules_rollback(backends(files))
     lines += [
         *_restore_routes([*files, *gone]),
         *reloads,
