@@ -31,6 +31,7 @@ from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
     CONNTRACKD,
+    CONNTRACKD_RAN,
     INSTALL_LOCK,
     LOCK_OWNER,
     RETIRE_SCRIPT,
@@ -335,6 +336,12 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
             # bring the old one back (`rollback_script`), from what runs now.
             lines += [f"if {_previous_install(backend)}; then",
                       *(f"    {line}" for line in _SAVE[backend](new)), "fi"]
+    if any(f.reload is Reload.CONNTRACKD for f in files):
+        # (the running daemon answers on the socket of the config in place, the old one)
+        ran = f"{new}/{PurePosixPath(CONNTRACKD_RAN).name}"
+        lines.append(f"if {CONNTRACKD} -s >/dev/null 2>&1; then if [ -d /run/systemd/system ] "
+                     f"&& systemctl -q is-active conntrackd; then echo systemd > {ran}; "
+                     f"else echo plain > {ran}; fi; fi")
     if sysctls:
         lines.append(f": > {new}/sysctl.save")
     for key in sysctls:
@@ -511,16 +518,22 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     wait_socket = (f"i=0; until {CONNTRACKD} -s >/dev/null 2>&1; do i=$((i+1)); "
                    "[ $i -gt 50 ] && { echo 'conntrackd did not come back' >&2; exit 1; }; "
                    "sleep 0.1; done")
+    start = f"{CONNTRACKD} -d; {wait_socket}; {resync}"
+    # Not running, but it ran when the snapshot was taken: a restart of this install
+    # failed (a new conntrackd.conf is only tested by running it), and the rollback
+    # must start the old one again, not leave the node without state sync.
     plain = (f"if conntrackd -C {stop_conf} -s >/dev/null 2>&1; then "
              f"conntrackd -C {stop_conf} -k >/dev/null 2>&1 || :; "
              "i=0; while [ -e /var/lock/conntrackd.lock ] && [ $i -lt 50 ]; do "
              "i=$((i+1)); sleep 0.1; done; "
-             f"{CONNTRACKD} -d; {wait_socket}; {resync}; "
+             f"{start}; "
+             f"elif [ -e {CONNTRACKD_RAN} ]; then {start}; "
              "else echo 'conntrackd is not running: nothing to restart' >&2; fi")
     if not systemd:
         return plain
     # (its drop-in requires the boot unit: never start that with it on a live node)
-    return ("if [ -d /run/systemd/system ] && systemctl -q is-active conntrackd; then "
+    return ("if [ -d /run/systemd/system ] && { systemctl -q is-active conntrackd "
+            f"|| grep -qx systemd {CONNTRACKD_RAN} 2>/dev/null; }}; then "
             "systemctl --job-mode=ignore-requirements restart conntrackd && "
             f"{wait_socket} && {resync}; else {plain}; fi")
 
