@@ -361,3 +361,39 @@ def test_a_switch_rolled_back_after_a_reboot_on_probation_loads_the_old_rules_ag
     reboot(fw1)
     assert fw1.rules() == old_rules and fwc_table(fw1) == old_table
     assert fw1.exec("sysctl -n net.ipv4.ip_forward").strip() == "1"
+
+
+def test_a_confirmation_by_hand_that_comes_while_fwc_rolls_back_retires_nothing(
+        lab, nft_source, tmp_path):
+    """fwc rolls a switch back (no confirmation in time) and, while it does, someone
+    touches the confirmation marker on the node: the watchdog, seeing it, must not
+    retire the old backend that the rollback just put back (that leaves neither)."""
+    fw2 = lab.nodes["fw2"]
+    iptables_out = compiled(nft_source, tmp_path / "ipt", "--backend", "iptables")
+    assert install(lab, nft_source, "--member", "fw2", "--confirm", output=iptables_out) == 0
+    old_rules = fw2.rules()
+    files = [f for f in FILES if f.name == "nftables.nft"]
+    fw2.exec(scripts.take_lock("t1", 60))
+    fw2.exec(scripts.refuse_if_pending())
+    fw2.exec(scripts.stage(files[0]),
+             input=(lab.output / "edge" / "fw2" / "nftables.nft").read_text())
+    fw2.exec(scripts.snapshot(files, []))
+    fw2.exec(scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
+             input=scripts.rollback_script(files, [], token="t1"))
+    fw2.exec(scripts.write(scripts.RETIRE_SCRIPT, 0o700), input=scripts.retire_script(files))
+    fw2.exec(scripts.arm_watchdog(30, token="t1"))
+    fw2.exec(scripts.apply(files))
+    watchdog = int((fw2.etc / "fwc" / "snapshot" / "watchdog.pid").read_text())
+    # The watchdog polls between the rollback's end and the touch (made certain here).
+    os.kill(watchdog, signal.SIGSTOP)
+    try:
+        fw2.exec(f"sh {scripts.ROLLBACK_SCRIPT} && touch {scripts.CONFIRMED}")
+    finally:
+        os.kill(watchdog, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{watchdog}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{watchdog}").exists()
+    assert fw2.rules() == old_rules and fwc_table(fw2) == ""
+    assert (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert not (fw2.etc / "fwc" / "snapshot" / "retired").exists()

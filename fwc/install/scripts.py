@@ -786,9 +786,13 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
     lock must outlive the watchdog's deadline.
     """
     ticks = max(1, round(seconds * 5))
+    # Confirmed by hand on the node: the old backend goes as with fwc's confirm. Under
+    # rollback.sh's lock, and not once it restored the old configuration: a touch made
+    # while fwc rolls back must not retire the old backend the rollback just put back.
+    retire = (f"(exec 9>>{SNAPSHOT}/lock; if command -v flock >/dev/null 2>&1; then flock 9; "
+              f"fi; [ -e {ROLLED_BACK} ] || {_retire_now()}) >/dev/null 2>&1")
     body = (f"i=0; while [ $i -lt {ticks} ]; do "
-            # Confirmed by hand on the node: the old backend goes as with fwc's confirm.
-            f"if [ -e {CONFIRMED} ]; then {_retire_now()} >/dev/null 2>&1; {release(token)}; "
+            f"if [ -e {CONFIRMED} ]; then {retire}; {release(token)}; "
             "exit 0; fi; "
             f"if [ -e {ROLLED_BACK} ]; then {release(token)}; exit 0; fi; "
             "sleep 0.2; i=$((i+1)); done; "
