@@ -223,9 +223,14 @@ def stage(file: GeneratedFile) -> str:
     return f"cat > {staged} && chmod {file.mode:o} {staged}"
 
 
+def _new_copy(path: str) -> str:
+    """Where the file for PATH is written before the rename that puts it in place."""
+    return f"{path}.fwc-new"
+
+
 def write(path: str, mode: int) -> str:
     """Write stdin to PATH on the node, replacing it in one rename."""
-    tmp = f"{path}.fwc-new"
+    tmp = _new_copy(path)
     return (f"mkdir -p {q(path.rsplit('/', 1)[0])} && cat > {tmp} && chmod {mode:o} {tmp} "
             f"&& mv -f {tmp} {path}")
 
@@ -419,7 +424,7 @@ def apply(files: list[GeneratedFile], families: Collection[int] = BOTH_FAMILIES)
              f"if [ -e {ROLLED_BACK} ]; then echo 'the node already restored the previous "
              "configuration: nothing applied' >&2; exit 1; fi"]
     for file in files:
-        tmp = f"{file.path}.fwc-new"
+        tmp = _new_copy(file.path)
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
         # `set -e` ignores a failure inside an && list but its last command: a copy
         # that fails (a full disk) must stop the apply, not load a mix of old and new.
@@ -638,8 +643,9 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "rc=0",
     ]
     for index, file in enumerate(files):
+        # (and the copy an apply killed before its rename left next to it)
         lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
-                     f"|| rc=1; else rm -f {file.path}; fi")
+                     f"|| rc=1; else rm -f {file.path}; fi; rm -f {_new_copy(file.path)}")
     gone = stale_rows(files)
     for index, row in enumerate(gone):
         lines.append(f"if [ -e $S/gone.{index} ]; then cp -p $S/gone.{index} {row.path} "
