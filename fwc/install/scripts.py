@@ -133,16 +133,30 @@ def required_tools(files: list[GeneratedFile]) -> list[tuple[str, str]]:
     return [*_ALWAYS_NEEDED, *(need for f in files for need in f.needs)]
 
 
+def _unit_warning(unit: str, why: str) -> str:
+    """Say (on stderr) when UNIT is enabled or running on a systemd node, and WHY that
+    is a problem."""
+    return (f"if systemctl -q is-enabled {unit} 2>/dev/null || systemctl -q is-active {unit} "
+            f'2>/dev/null; then echo "warning: {unit} is enabled or running on this node: '
+            f'{why}; disable it: systemctl disable --now {unit}" >&2; fi')
+
+
+_FLUSHES = "its start, reload or stop flushes every rule, fwc's too, while forwarding stays on"
+_COMPETES = ("its own policy filters next to fwc's and drops what it was not told about, "
+             "VRRP and conntrackd sync too (both members become master)")
+_WHY = {"firewalld.service": f"{_COMPETES}; with its iptables backend, its start and reload "
+                             "also flush fwc's rules"}
+
+
 def flushing_units_warning() -> str:
     """Say (on stderr) which of the distribution's firewall units is enabled or running on
     the node: a start, reload or stop of it flushes fwc's rules while forwarding stays
-    on, and fwc cannot order that (docs/migration.md, step 6)."""
-    units = " ".join(proto.FLUSHING_FIREWALL_UNITS)
-    return ("if [ -d /run/systemd/system ]; then for u in " + units + "; do "
-            'if systemctl -q is-enabled "$u" 2>/dev/null || systemctl -q is-active "$u" '
-            '2>/dev/null; then echo "warning: $u is enabled or running on this node: its '
-            "start, reload or stop flushes every rule, fwc's too, while forwarding stays "
-            'on; disable it: systemctl disable --now $u" >&2; fi; done; fi')
+    on, and fwc cannot order that (docs/migration.md, step 6); or it keeps a policy of
+    its own next to fwc's (`proto.COMPETING_FIREWALL_UNITS`)."""
+    checks = [_unit_warning(unit, _FLUSHES) for unit in proto.FLUSHING_FIREWALL_UNITS]
+    checks += [_unit_warning(unit, _WHY.get(unit, _COMPETES))
+               for unit in proto.COMPETING_FIREWALL_UNITS]
+    return f"if [ -d /run/systemd/system ]; then {'; '.join(checks)}; fi"
 
 
 def preflight(files: list[GeneratedFile]) -> str:
