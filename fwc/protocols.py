@@ -109,6 +109,12 @@ NOTIFY_CONNTRACKD_TIMEOUT_S = 60
 # too), which leaves a forwarding node forwarding unfiltered. The boot unit is ordered
 # after them; `fwc install` warns when one is enabled or running on a node.
 FLUSHING_FIREWALL_UNITS = ("nftables.service", "netfilter-persistent.service")
+# Packet filters that keep a policy of their own next to fwc's: a packet must pass both,
+# and theirs drops by default what they were not told about (VRRP and conntrackd sync
+# among it: both members become master). firewalld with its iptables backend also
+# flushes every table at its start and reload (its `build_flush_rules`). `fwc install`
+# warns when one is enabled or running on a node.
+COMPETING_FIREWALL_UNITS = ("firewalld.service", "ufw.service")
 # Fast failover: adverts shorter than this leave a master whose CPU or link stalls
 # for 3 adverts (plus skew) no margin before the backup takes over (FWC260).
 VRRP_SAFE_ADVERT_MS = 50

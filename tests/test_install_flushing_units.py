@@ -48,6 +48,20 @@ def test_an_enabled_or_running_flushing_unit_is_said(tmp_path):
     assert lines[1].startswith("warning: netfilter-persistent.service is enabled or running")
 
 
+def test_a_packet_filter_with_a_policy_of_its_own_is_said(tmp_path):
+    """firewalld or ufw next to fwc: a packet must pass both, and their default policy
+    drops VRRP and conntrackd sync (split brain); firewalld's iptables backend also
+    flushes every table at its start and reload."""
+    said = _warnings(tmp_path / "a", "firewalld.service", "none")
+    assert said.startswith("warning: firewalld.service is enabled or running on this node: "
+                           "its own policy filters next to fwc's")
+    assert "VRRP" in said and "flush fwc's rules" in said
+    assert said.rstrip().endswith("systemctl disable --now firewalld.service")
+    said = _warnings(tmp_path / "b", "none", "ufw.service")
+    assert said.startswith("warning: ufw.service is enabled or running on this node:")
+    assert "VRRP" in said and said.count("\n") == 1
+
+
 def test_nothing_is_said_when_neither_runs_or_without_systemd(tmp_path):
     assert _warnings(tmp_path / "a", "none", "none") == ""
     assert _warnings(tmp_path / "b", "nftables.service", "none", systemd=False) == ""

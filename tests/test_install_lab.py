@@ -140,3 +140,49 @@ def test_install_into_the_running_active_active_lab(tmp_path, capsys):
         assert {n.name: n.vips_held() for n in lab.nodes} == lab.plan.expected_vips()
     finally:
         teardown(prefix)
+
+
+def test_a_conntrackd_that_fails_to_restart_is_running_again_after_the_rollback(
+        tmp_path, capsys):
+    """The new conntrackd.conf names a sync device fw2 does not have (nothing tests a
+    conntrackd.conf before it runs): the restart fails, the install rolls back, and the
+    old conntrackd, which the restart had stopped, must run again: a node whose
+    rollback "restored the previous configuration" without state sync loses every
+    connection at its next failover."""
+    first = tmp_path / "v1" / "edge.fw"
+    first.parent.mkdir()
+    first.write_text(EDGE, encoding="utf-8")
+    assert main(["compile", str(first), "-o", str(tmp_path / "v1" / "output")]) == 0
+    source = load_source(first, tmp_path / "v1" / "output")
+    second = tmp_path / "v2" / "edge.fw"
+    second.parent.mkdir()
+    moved = EDGE.replace("sync   eth2 203.0.113.2/24", "sync   eth7 203.0.113.2/24")
+    assert moved != EDGE
+    second.write_text(moved, encoding="utf-8")
+    assert main(["compile", str(second), "-o", str(tmp_path / "v2" / "output")]) == 0
+    capsys.readouterr()
+
+    prefix = f"fwcic{os.getpid() % 100000}"
+    lab = _lab(tmp_path, source, prefix)
+    try:
+        lab.build()
+        lab.start_members()
+        master, _ = lab.wait_master()
+        fw2 = lab.node("fw2")
+        assert fw2.ct(["-s"], check=False).returncode == 0
+        old_conf = fw2.exec(["cat", "/etc/conntrackd/conntrackd.conf"]).stdout
+        inventory = tmp_path / "inventory"
+        inventory.write_text("".join(
+            f"{node.name} {node.ns} mount={node.mntfile}\n" for node in lab.nodes))
+        code = main(["install", "--member", "fw2", "--confirm", "--transport", "netns",
+                     "--inventory", str(inventory), "-o", str(tmp_path / "v2" / "output"),
+                     str(second)])
+        out = capsys.readouterr().out
+        assert code == 1, out
+        assert "fw2: reloading conntrackd" in out
+        assert "fw2: previous configuration restored" in out, out
+        assert fw2.exec(["cat", "/etc/conntrackd/conntrackd.conf"]).stdout == old_conf
+        # conntrackd runs again, with the old configuration
+        assert fw2.ct(["-s"], check=False).returncode == 0, out
+    finally:
+        teardown(prefix)

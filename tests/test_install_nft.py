@@ -8,9 +8,11 @@ may touch. fwc's part of the node is the table `inet fwc` and its files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from conftest import compile_to, sh
 from test_install_netns import (
     OLD_KEEPALIVED,
+    OLD_RULES,
     POLICY,
     FakeSettle,
     Lab,
@@ -310,3 +313,87 @@ def test_boot_script_of_an_nft_install_loads_the_table(lab, nft_source, capsys):
     assert fwc_table(fw1) == installed
     assert fw1.exec("sysctl -n net.ipv4.ip_forward").strip() == "1"
     assert "hook input" in other_table(fw1)
+
+
+def reboot(node: Node) -> None:
+    """What a reboot does to a namespace node: its processes (the watchdog, the lock
+    holder) are gone, the kernel starts without rules, sets or forwarding, the other
+    programs' rules come back (their iptables rules, their table), and fwc's boot
+    script runs."""
+    for pid in sh("ip", "netns", "pids", node.ns).split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    node.exec("nft flush ruleset && ipset destroy && sysctl -q -w net.ipv4.ip_forward=0")
+    node.exec("iptables-restore", input=OLD_RULES)
+    node.exec("nft -f -", input=FOREIGN)
+    node.exec("sh /etc/fwc/fwc-firewall.sh")
+
+
+@pytest.mark.parametrize("first, then", [("iptables", "nftables"), ("nftables", "iptables")])
+def test_a_switch_rolled_back_after_a_reboot_on_probation_loads_the_old_rules_again(
+        lab, nft_source, tmp_path, capsys, monkeypatch, first, then):
+    """The node reboots while a switch of backend is on probation: the boot script
+    loads only the new backend's rules. The rollback (the one the refusal of the next
+    install names) must bring the old backend's rules back, not leave the node with
+    no rules at all."""
+    fw1 = lab.nodes["fw1"]
+    policy = blocked_policy(tmp_path)
+    old_out = compiled(policy, tmp_path / first, "--backend", first)
+    new_out = compiled(policy, tmp_path / then, "--backend", then)
+    assert install(lab, policy, "--member", "fw1", "--confirm", output=old_out) == 0
+    old_rules, old_table = fw1.rules(), fwc_table(fw1)
+    old_ip6 = fw1.rules("ip6tables-save")
+    old_sets = sorted(fw1.exec("ipset list -n").split())
+    assert "fwc auto: established" in "\n".join(old_rules) + old_table
+
+    def reboot_on_probation(node: object, seconds: float) -> bool:
+        reboot(fw1)
+        return False  # never confirmed: rollback.sh runs, as the admin would run it
+
+    monkeypatch.setattr(install_command, "automatic_confirmer", reboot_on_probation)
+    capsys.readouterr()
+    assert install(lab, policy, "--member", "fw1", "--confirm", output=new_out) == 1
+    assert "previous configuration restored" in capsys.readouterr().out
+    assert fw1.rules() == old_rules and fw1.rules("ip6tables-save") == old_ip6
+    assert fwc_table(fw1) == old_table
+    assert sorted(fw1.exec("ipset list -n").split()) == old_sets
+    # ... and what the next boot loads is the old backend's again.
+    reboot(fw1)
+    assert fw1.rules() == old_rules and fwc_table(fw1) == old_table
+    assert fw1.exec("sysctl -n net.ipv4.ip_forward").strip() == "1"
+
+
+def test_a_confirmation_by_hand_that_comes_while_fwc_rolls_back_retires_nothing(
+        lab, nft_source, tmp_path):
+    """fwc rolls a switch back (no confirmation in time) and, while it does, someone
+    touches the confirmation marker on the node: the watchdog, seeing it, must not
+    retire the old backend that the rollback just put back (that leaves neither)."""
+    fw2 = lab.nodes["fw2"]
+    iptables_out = compiled(nft_source, tmp_path / "ipt", "--backend", "iptables")
+    assert install(lab, nft_source, "--member", "fw2", "--confirm", output=iptables_out) == 0
+    old_rules = fw2.rules()
+    files = [f for f in FILES if f.name == "nftables.nft"]
+    fw2.exec(scripts.take_lock("t1", 60))
+    fw2.exec(scripts.refuse_if_pending())
+    fw2.exec(scripts.stage(files[0]),
+             input=(lab.output / "edge" / "fw2" / "nftables.nft").read_text())
+    fw2.exec(scripts.snapshot(files, []))
+    fw2.exec(scripts.write(scripts.ROLLBACK_SCRIPT, 0o700),
+             input=scripts.rollback_script(files, [], token="t1"))
+    fw2.exec(scripts.write(scripts.RETIRE_SCRIPT, 0o700), input=scripts.retire_script(files))
+    fw2.exec(scripts.arm_watchdog(30, token="t1"))
+    fw2.exec(scripts.apply(files))
+    watchdog = int((fw2.etc / "fwc" / "snapshot" / "watchdog.pid").read_text())
+    # The watchdog polls between the rollback's end and the touch (made certain here).
+    os.kill(watchdog, signal.SIGSTOP)
+    try:
+        fw2.exec(f"sh {scripts.ROLLBACK_SCRIPT} && touch {scripts.CONFIRMED}")
+    finally:
+        os.kill(watchdog, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{watchdog}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{watchdog}").exists()
+    assert fw2.rules() == old_rules and fwc_table(fw2) == ""
+    assert (fw2.etc / "fwc" / "iptables.rules").exists()
+    assert not (fw2.etc / "fwc" / "snapshot" / "retired").exists()

@@ -306,6 +306,31 @@ def test_manifest_says_the_backend_and_refuses_rows_of_another(tmp_path):
                           ).backend is Backend.IPTABLES
 
 
+# Where an nftables install's snapshot and rollback.sh touch iptables: only where fwc's
+# earlier iptables install is still on the node (a switch on probation), and only then.
+_PREVIOUS_IPTABLES = ("if [ -e /etc/fwc/iptables.rules ] && command -v iptables-save",
+                      "if [ -e $S/iptables.save ]; then")
+
+
+def outside_the_previous_iptables_install(text: str) -> str:
+    """TEXT without the blocks guarded by _PREVIOUS_IPTABLES (each must be there)."""
+    kept: list[str] = []
+    end = None
+    found = set()
+    for line in text.splitlines():
+        if end is not None:
+            end = None if line == end else end
+            continue
+        guard = next((g for g in _PREVIOUS_IPTABLES if line.lstrip().startswith(g)), None)
+        if guard is not None:
+            found.add(guard)
+            end = line[:len(line) - len(line.lstrip())] + "fi"
+            continue
+        kept.append(line)
+    assert end is None and found, text
+    return "\n".join(kept)
+
+
 def test_install_dry_run_of_an_nftables_tree_uses_nft_only(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compile", "--backend", "nftables", str(POLICIES / "edge.fw"),
@@ -317,14 +342,15 @@ def test_install_dry_run_of_an_nftables_tree_uses_nft_only(tmp_path, capsys):
                  "--secrets", str(secrets), str(POLICIES / "edge.fw")]) == 0
     captured = capsys.readouterr()
     assert "installing the nftables files" in captured.err
-    printed = captured.out
+    printed = outside_the_previous_iptables_install(captured.out)
     for command in ("nft -c -f /etc/fwc/staging/nftables.nft",
                     "nft -c -f /etc/fwc/staging/failsafe.nft",
                     "nft list table inet fwc > /etc/fwc/snapshot.new/nft.save",
                     "nft -f /etc/fwc/nftables.nft"):
         assert printed.count(command) == 2, command  # once per member
     # Nothing of iptables is tested, saved or loaded (the retire script written for
-    # the confirmation names fwc's old iptables files: it empties them, if any).
+    # the confirmation names fwc's old iptables files: it empties them, if any; the
+    # snapshot saves the iptables rules only where fwc's old iptables files are).
     for command in ("iptables-save >", "iptables-restore --test", "ipset save",
                     "ipset restore", "< /etc/fwc/iptables.rules"):
         assert command not in printed, command
@@ -342,13 +368,22 @@ def test_retire_and_rollback_scripts_of_each_backend_touch_only_the_other_or_the
     retire = scripts.retire_script(nft)
     assert "/etc/fwc/iptables.rules" in retire and "delete table" not in retire
     assert "flush ruleset" not in retire
-    # ...and rolls back only its table, never iptables.
+    # ...and rolls back only its table, and iptables only where the snapshot saved
+    # fwc's earlier iptables install (a switch).
     rollback = scripts.rollback_script(nft, [], token="t")
-    assert "iptables" not in rollback and "nft -f -" in rollback
+    assert _PREVIOUS_IPTABLES[1] in rollback
+    assert "iptables" not in outside_the_previous_iptables_install(rollback)
+    assert "nft -f -" in rollback
     # An iptables install retires fwc's nft table only.
     retire = scripts.retire_script(ipt)
     assert "delete table inet fwc" in retire and "iptables-restore" not in retire
-    assert "nft" not in scripts.rollback_script(ipt, [], token="t")
+    # Its rollback touches fwc's table only where the snapshot saved it (a switch).
+    rollback = scripts.rollback_script(ipt, [], token="t")
+    guarded = rollback.split("if [ -e $S/nft.save ]; then\n", 1)
+    assert len(guarded) == 2 and "nft" not in guarded[0]
+    assert "nft" not in guarded[1].split("\nfi\n", 1)[1]
+    block = guarded[1].split("\nfi\n", 1)[0]  # the saved table back, never a deletion
+    assert "cat $S/nft.save; } | nft -f -" in block and "else" not in block
 
 
 def test_the_retire_script_says_what_went_even_when_the_watchdog_ran_it_first(tmp_path):

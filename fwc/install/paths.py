@@ -19,6 +19,9 @@ RETIRED = f"{SNAPSHOT}/retired"
 CONFIRMED = f"{SNAPSHOT}/confirmed"
 ROLLED_BACK = f"{SNAPSHOT}/rolled-back"
 WATCHDOG_PID = f"{SNAPSHOT}/watchdog.pid"
+# conntrackd answered when the snapshot was taken (`systemd` when it ran as the unit,
+# `plain` otherwise): a rollback starts it again if the install's restart left it down.
+CONNTRACKD_RAN = f"{SNAPSHOT}/conntrackd.ran"
 # One install at a time per node: flock on INSTALL_LOCK, held from before
 # staging until the install is confirmed or rolled back (scripts.take_lock).
 INSTALL_LOCK = f"{STATE_DIR}/install.lock"

@@ -25,11 +25,13 @@ from fwc.backend.files import (
     Reload,
     kernel_guard,
     path_of,
+    rules_file,
 )
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
     CONNTRACKD,
+    CONNTRACKD_RAN,
     INSTALL_LOCK,
     LOCK_OWNER,
     RETIRE_SCRIPT,
@@ -131,16 +133,30 @@ def required_tools(files: list[GeneratedFile]) -> list[tuple[str, str]]:
     return [*_ALWAYS_NEEDED, *(need for f in files for need in f.needs)]
 
 
+def _unit_warning(unit: str, why: str) -> str:
+    """Say (on stderr) when UNIT is enabled or running on a systemd node, and WHY that
+    is a problem."""
+    return (f"if systemctl -q is-enabled {unit} 2>/dev/null || systemctl -q is-active {unit} "
+            f'2>/dev/null; then echo "warning: {unit} is enabled or running on this node: '
+            f'{why}; disable it: systemctl disable --now {unit}" >&2; fi')
+
+
+_FLUSHES = "its start, reload or stop flushes every rule, fwc's too, while forwarding stays on"
+_COMPETES = ("its own policy filters next to fwc's and drops what it was not told about, "
+             "VRRP and conntrackd sync too (both members become master)")
+_WHY = {"firewalld.service": f"{_COMPETES}; with its iptables backend, its start and reload "
+                             "also flush fwc's rules"}
+
+
 def flushing_units_warning() -> str:
     """Say (on stderr) which of the distribution's firewall units is enabled or running on
     the node: a start, reload or stop of it flushes fwc's rules while forwarding stays
-    on, and fwc cannot order that (docs/migration.md, step 6)."""
-    units = " ".join(proto.FLUSHING_FIREWALL_UNITS)
-    return ("if [ -d /run/systemd/system ]; then for u in " + units + "; do "
-            'if systemctl -q is-enabled "$u" 2>/dev/null || systemctl -q is-active "$u" '
-            '2>/dev/null; then echo "warning: $u is enabled or running on this node: its '
-            "start, reload or stop flushes every rule, fwc's too, while forwarding stays "
-            'on; disable it: systemctl disable --now $u" >&2; fi; done; fi')
+    on, and fwc cannot order that (docs/migration.md, step 6); or it keeps a policy of
+    its own next to fwc's (`proto.COMPETING_FIREWALL_UNITS`)."""
+    checks = [_unit_warning(unit, _FLUSHES) for unit in proto.FLUSHING_FIREWALL_UNITS]
+    checks += [_unit_warning(unit, _WHY.get(unit, _COMPETES))
+               for unit in proto.COMPETING_FIREWALL_UNITS]
+    return f"if [ -d /run/systemd/system ]; then {'; '.join(checks)}; fi"
 
 
 def preflight(files: list[GeneratedFile]) -> str:
@@ -221,9 +237,14 @@ def stage(file: GeneratedFile) -> str:
     return f"cat > {staged} && chmod {file.mode:o} {staged}"
 
 
+def _new_copy(path: str) -> str:
+    """Where the file for PATH is written before the rename that puts it in place."""
+    return f"{path}.fwc-new"
+
+
 def write(path: str, mode: int) -> str:
     """Write stdin to PATH on the node, replacing it in one rename."""
-    tmp = f"{path}.fwc-new"
+    tmp = _new_copy(path)
     return (f"mkdir -p {q(path.rsplit('/', 1)[0])} && cat > {tmp} && chmod {mode:o} {tmp} "
             f"&& mv -f {tmp} {path}")
 
@@ -282,6 +303,38 @@ def sysctl_keys(conf: str) -> list[str]:
     return keys
 
 
+def _save_iptables(new: str) -> list[str]:
+    return [
+        f"iptables-save > {new}/iptables.save",
+        # (nothing to save where the kernel has no IPv6, and ip6tables-save fails there;
+        # without ip6tables.save the rollback leaves IPv6 alone)
+        f"if command -v ip6tables-save >/dev/null 2>&1 && [ -d {KERNEL_FAMILY_PATHS[6]} ]; "
+        f"then ip6tables-save > {new}/ip6tables.save; fi",
+        "if command -v ipset >/dev/null 2>&1; then "
+        f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
+    ]
+
+
+def _save_nftables(new: str) -> list[str]:
+    # Only fwc's own table: the install replaces nothing else. No nft.save means
+    # there was no such table, and a rollback deletes the new one.
+    return ["t=$(nft list tables)",
+            f"if printf '%s\\n' \"$t\" | grep -qx {q(f'table {NFT_TABLE}')}; then "
+            f"nft list table {NFT_TABLE} > {new}/nft.save; fi"]
+
+
+_SAVE = {Backend.IPTABLES: _save_iptables, Backend.NFTABLES: _save_nftables}
+# The program that saves a backend's running rules (and restores them in a rollback).
+_SAVER = {Backend.IPTABLES: "iptables-save", Backend.NFTABLES: "nft"}
+
+
+def _previous_install(backend: Backend) -> str:
+    """Shell test: fwc's earlier install of BACKEND left its ruleset on the node (not yet
+    retired), and the node can save it."""
+    return (f"[ -e {rules_file(backend).path} ] "
+            f"&& command -v {_SAVER[backend]} >/dev/null 2>&1")
+
+
 def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     """Save the running rules, ipsets, sysctl values and every file the install replaces.
 
@@ -293,22 +346,21 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     new = f"{SNAPSHOT}.new"
     lines = ["set -e", f"rm -rf {new}", f"mkdir -p -m 0700 {new}"]
     using = backends(files)
-    if Backend.IPTABLES in using:
-        lines += [
-            f"iptables-save > {new}/iptables.save",
-            # (nothing to save where the kernel has no IPv6, and ip6tables-save fails there;
-            # without ip6tables.save the rollback leaves IPv6 alone)
-            f"if command -v ip6tables-save >/dev/null 2>&1 && [ -d {KERNEL_FAMILY_PATHS[6]} ]; "
-            f"then ip6tables-save > {new}/ip6tables.save; fi",
-            "if command -v ipset >/dev/null 2>&1; then "
-            f"ipset save > {new}/ipsets.save 2>/dev/null || :; fi",
-        ]
-    if Backend.NFTABLES in using:
-        # Only fwc's own table: the install replaces nothing else. No nft.save means
-        # there was no such table, and a rollback deletes the new one.
-        lines += ["t=$(nft list tables)",
-                  f"if printf '%s\\n' \"$t\" | grep -qx {q(f'table {NFT_TABLE}')}; then "
-                  f"nft list table {NFT_TABLE} > {new}/nft.save; fi"]
+    for backend in Backend:
+        if backend in using:
+            lines += _SAVE[backend](new)
+        else:
+            # fwc's earlier install of another backend still runs (a switch): a node that
+            # reboots on probation loads only the new backend, and the rollback must then
+            # bring the old one back (`rollback_script`), from what runs now.
+            lines += [f"if {_previous_install(backend)}; then",
+                      *(f"    {line}" for line in _SAVE[backend](new)), "fi"]
+    if any(f.reload is Reload.CONNTRACKD for f in files):
+        # (the running daemon answers on the socket of the config in place, the old one)
+        ran = f"{new}/{PurePosixPath(CONNTRACKD_RAN).name}"
+        lines.append(f"if {CONNTRACKD} -s >/dev/null 2>&1; then if [ -d /run/systemd/system ] "
+                     f"&& systemctl -q is-active conntrackd; then echo systemd > {ran}; "
+                     f"else echo plain > {ran}; fi; fi")
     if sysctls:
         lines.append(f": > {new}/sysctl.save")
     for key in sysctls:
@@ -386,7 +438,7 @@ def apply(files: list[GeneratedFile], families: Collection[int] = BOTH_FAMILIES)
              f"if [ -e {ROLLED_BACK} ]; then echo 'the node already restored the previous "
              "configuration: nothing applied' >&2; exit 1; fi"]
     for file in files:
-        tmp = f"{file.path}.fwc-new"
+        tmp = _new_copy(file.path)
         lines.append(f"mkdir -p {q(file.path.rsplit('/', 1)[0])}")
         # `set -e` ignores a failure inside an && list but its last command: a copy
         # that fails (a full disk) must stop the apply, not load a mix of old and new.
@@ -485,16 +537,22 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     wait_socket = (f"i=0; until {CONNTRACKD} -s >/dev/null 2>&1; do i=$((i+1)); "
                    "[ $i -gt 50 ] && { echo 'conntrackd did not come back' >&2; exit 1; }; "
                    "sleep 0.1; done")
+    start = f"{CONNTRACKD} -d; {wait_socket}; {resync}"
+    # Not running, but it ran when the snapshot was taken: a restart of this install
+    # failed (a new conntrackd.conf is only tested by running it), and the rollback
+    # must start the old one again, not leave the node without state sync.
     plain = (f"if conntrackd -C {stop_conf} -s >/dev/null 2>&1; then "
              f"conntrackd -C {stop_conf} -k >/dev/null 2>&1 || :; "
              "i=0; while [ -e /var/lock/conntrackd.lock ] && [ $i -lt 50 ]; do "
              "i=$((i+1)); sleep 0.1; done; "
-             f"{CONNTRACKD} -d; {wait_socket}; {resync}; "
+             f"{start}; "
+             f"elif [ -e {CONNTRACKD_RAN} ]; then {start}; "
              "else echo 'conntrackd is not running: nothing to restart' >&2; fi")
     if not systemd:
         return plain
     # (its drop-in requires the boot unit: never start that with it on a live node)
-    return ("if [ -d /run/systemd/system ] && systemctl -q is-active conntrackd; then "
+    return ("if [ -d /run/systemd/system ] && { systemctl -q is-active conntrackd "
+            f"|| grep -qx systemd {CONNTRACKD_RAN} 2>/dev/null; }}; then "
             "systemctl --job-mode=ignore-requirements restart conntrackd && "
             f"{wait_socket} && {resync}; else {plain}; fi")
 
@@ -548,16 +606,38 @@ def _iptables_rollback() -> list[str]:
     ]
 
 
+def _nft_restore() -> list[str]:
+    # The previous fwc table in one transaction; the node's other tables are not touched.
+    return [f"{{ {_PRINT_HEAD}; cat $S/nft.save; }} | nft -f - || rc=1"]
+
+
 def _nft_rollback() -> list[str]:
-    # The previous fwc table in one transaction, or none when there was none; the
-    # node's other tables are not touched.
-    return [
-        "if [ -e $S/nft.save ]; then",
-        f"    {{ {_PRINT_HEAD}; cat $S/nft.save; }} | nft -f - || rc=1",
-        "else",
-        f"    {nft_drop_table()} || rc=1",
-        "fi",
-    ]
+    # The previous fwc table, or none when there was none.
+    return ["if [ -e $S/nft.save ]; then", *(f"    {line}" for line in _nft_restore()),
+            "else", f"    {nft_drop_table()} || rc=1", "fi"]
+
+
+_ROLLBACK = {Backend.IPTABLES: _iptables_rollback, Backend.NFTABLES: _nft_rollback}
+# What puts back the saved rules of fwc's earlier install of another backend.
+_RESTORE_PREVIOUS = {Backend.IPTABLES: _iptables_rollback, Backend.NFTABLES: _nft_restore}
+# The snapshot's file that says it saved a backend's running rules.
+_SAVED = {Backend.IPTABLES: "iptables.save", Backend.NFTABLES: "nft.save"}
+
+
+def _rules_rollback(using: set[Backend]) -> list[str]:
+    """Restore the rules of the backends of the install, and those of fwc's earlier
+    install of another backend when the snapshot saved them (a switch): untouched by
+    the install, they are gone once the node rebooted on probation (its new boot script
+    loads only the new backend). The old backend first, while the new rules still
+    filter: a restore empties a set for a moment."""
+    lines: list[str] = []
+    for backend in sorted(Backend, key=lambda b: b in using):
+        if backend in using:
+            lines += _ROLLBACK[backend]()
+        else:
+            lines += [f"if [ -e $S/{_SAVED[backend]} ]; then",
+                      *(f"    {line}" for line in _RESTORE_PREVIOUS[backend]()), "fi"]
+    return lines
 
 
 def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: str) -> str:
@@ -577,8 +657,9 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "rc=0",
     ]
     for index, file in enumerate(files):
+        # (and the copy an apply killed before its rename left next to it)
         lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
-                     f"|| rc=1; else rm -f {file.path}; fi")
+                     f"|| rc=1; else rm -f {file.path}; fi; rm -f {_new_copy(file.path)}")
     gone = stale_rows(files)
     for index, row in enumerate(gone):
         lines.append(f"if [ -e $S/gone.{index} ]; then cp -p $S/gone.{index} {row.path} "
@@ -593,11 +674,7 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "    done < $S/sysctl.save",
         "fi",
     ]
-    using = backends(files)
-    if Backend.IPTABLES in using:
-        lines += _iptables_rollback()
-    if Backend.NFTABLES in using:
-        lines += _nft_rollback()
+    lines += _rules_rollback(backends(files))
     lines += [
         *_restore_routes([*files, *gone]),
         *reloads,
@@ -729,9 +806,13 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
     lock must outlive the watchdog's deadline.
     """
     ticks = max(1, round(seconds * 5))
+    # Confirmed by hand on the node: the old backend goes as with fwc's confirm. Under
+    # rollback.sh's lock, and not once it restored the old configuration: a touch made
+    # while fwc rolls back must not retire the old backend the rollback just put back.
+    retire = (f"(exec 9>>{SNAPSHOT}/lock; if command -v flock >/dev/null 2>&1; then flock 9; "
+              f"fi; [ -e {ROLLED_BACK} ] || {_retire_now()}) >/dev/null 2>&1")
     body = (f"i=0; while [ $i -lt {ticks} ]; do "
-            # Confirmed by hand on the node: the old backend goes as with fwc's confirm.
-            f"if [ -e {CONFIRMED} ]; then {_retire_now()} >/dev/null 2>&1; {release(token)}; "
+            f"if [ -e {CONFIRMED} ]; then {retire}; {release(token)}; "
             "exit 0; fi; "
             f"if [ -e {ROLLED_BACK} ]; then {release(token)}; exit 0; fi; "
             "sleep 0.2; i=$((i+1)); done; "
