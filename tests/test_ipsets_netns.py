@@ -131,3 +131,35 @@ def test_compiled_output_with_a_big_group_loads(tmp_path):
                 if (member / name).exists():
                     got = in_ns(ns, tool, "--test", stdin=(member / name).read_text())
                     assert got.returncode == 0, got.stderr
+
+
+def test_a_rollback_swaps_the_saved_members_in_and_never_empties_a_live_set():
+    """`fwc install`'s rollback gives the sets of its snapshot (`ipset save`) their
+    members back. It flushed each live set and added the members again: for the length
+    of that restore a `drop from <set>` rule matched nothing and blocked hosts passed.
+    Each set is now filled aside and swapped in, as the compiled ipsets.rules loads it."""
+    import subprocess
+
+    from fwc.backend.files import FILES
+    from fwc.install import scripts
+
+    with namespace() as ns:
+        for argv in (["create", "blocked", "hash:net"], ["add", "blocked", "198.51.100.7"],
+                     ["add", "blocked", "198.51.100.8"]):
+            assert in_ns(ns, "ipset", *argv).returncode == 0
+        saved = in_ns(ns, "ipset", "save").stdout
+        # what the install being rolled back did to the set
+        in_ns(ns, "ipset", "del", "blocked", "198.51.100.7")
+        in_ns(ns, "ipset", "add", "blocked", "203.0.113.9")
+        restore = subprocess.run(["awk", scripts.SWAP_SAVED_SETS], input=saved,
+                                 capture_output=True, text=True, check=True).stdout
+        assert "flush blocked\n" not in restore and "swap blocked.new blocked\n" in restore
+        done = in_ns(ns, "ipset", "restore", stdin=restore)
+        assert done.returncode == 0, done.stderr
+        members = {line.split()[2] for line in in_ns(ns, "ipset", "save").stdout.splitlines()
+                   if line.startswith("add ")}
+        assert members == {"198.51.100.7", "198.51.100.8"}
+        assert in_ns(ns, "ipset", "list", "-n").stdout.split() == ["blocked"]
+    rollback = scripts.rollback_script([f for f in FILES if f.name == "iptables.rules"], [],
+                                       token="t")
+    assert scripts.SWAP_SAVED_SETS in rollback and "ipset flush" not in rollback

@@ -571,15 +571,30 @@ def _restore_routes(files: list[GeneratedFile]) -> list[str]:
             for file in files if file.reload is Reload.ROUTES]
 
 
+# `ipset save` output turned into a restore that gives each saved set its members back
+# atomically, as the compiled ipsets.rules loads them: filled under NAME.new, then
+# swapped in. Flushing the live set and adding its members again (as the rollback did)
+# left it empty for the length of the restore, and a `drop from <set>` rule then
+# matched nothing: blocked hosts passed while the rollback ran. A name too long for the
+# suffix (31 characters at most; not one of fwc's) is still flushed and refilled.
+SWAP_SAVED_SETS = (
+    '$1 == "create" { n++; name[n] = $2; into[$2] = $2; '
+    'if (length($2) <= 27) into[$2] = $2 ".new"; '
+    'print $0 " -exist"; '
+    'if (into[$2] != $2) { line = $0; sub(/^create [^ ]+/, "create " into[$2], line); '
+    'print line " -exist" } '
+    'print "flush " into[$2]; next } '
+    '$1 == "add" { line = $0; sub(/^add [^ ]+/, "add " into[$2], line); print line; next } '
+    'END { for (i = 1; i <= n; i++) if (into[name[i]] != name[i]) { '
+    'print "swap " into[name[i]] " " name[i]; print "destroy " into[name[i]] } }')
+
+
 def _iptables_rollback() -> list[str]:
     return [
         # Sets the snapshot had get their saved members back before the restored
-        # rules use them again.
+        # rules use them again, each filled aside and swapped in (SWAP_SAVED_SETS).
         "if [ -e $S/ipsets.save ] && command -v ipset >/dev/null 2>&1; then",
-        "    for set in $(sed -n 's/^create \\([^ ]*\\) .*/\\1/p' $S/ipsets.save); do",
-        '        ipset flush "$set" 2>/dev/null || :',
-        "    done",
-        "    ipset restore -exist < $S/ipsets.save || rc=1",
+        f"    awk '{SWAP_SAVED_SETS}' $S/ipsets.save | ipset restore || rc=1",
         "fi",
         # Restoring a save leaves tables it does not mention alone: a nat table the
         # install created would keep its rules. Add those tables back empty.
