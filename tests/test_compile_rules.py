@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fwc.backend.lower import LowerOptions, lower
+from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.render.iptables import render
 from fwc.pipeline import analyse
 
@@ -255,6 +256,27 @@ def test_ipv6_vrrp_and_neighbour_discovery(compiled):
     invalid = fw1.index('-A INPUT -m conntrack --ctstate INVALID -m comment --comment '
                         '"fwc auto: invalid" -j DROP')
     assert all(fw1.index(line) < invalid for line in ndp)
+
+
+def test_mld_queries_are_taken_in_and_answered_even_by_the_failsafe(compiled):
+    # A snooping switch forwards ff02::12 and the VIP's solicited-node group only to a
+    # node that answers its queries (tests/test_mld_netns.py proves it on a bridge).
+    _, lines = compiled
+    fw1 = lines("fw1", 6)
+    query = '-A INPUT -s fe80::/10 -p ipv6-icmp -m icmp6 --icmpv6-type 130 -m hl --hl-eq 1 ' \
+        '-m comment --comment "fwc auto: mld query" -j ACCEPT'
+    assert query in fw1
+    assert [line for line in fw1 if "--icmpv6-type 130" in line] == [query]
+    assert query not in lines("fw1", 4)
+    cluster = compiled[0].policy.clusters[0]
+    node = cluster.member("fw1")
+    assert node is not None
+    kept = render(failsafe(lower(cluster, node, 6))).splitlines()
+    assert query in kept
+    # its OUTPUT is DROP whatever the policy's: the answers go out by their own rules
+    for icmp_type in (131, 132, 143):
+        assert f'-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type {icmp_type} -m hl --hl-eq 1 ' \
+            '-m comment --comment "fwc failsafe: mld" -j ACCEPT' in kept
 
 
 def test_ipv6_forward_and_dnat(compiled):

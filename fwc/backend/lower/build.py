@@ -88,8 +88,6 @@ DEFAULT_OF = {BuiltinChain.INPUT: "input", BuiltinChain.FORWARD: "forward",
 TCP_SYN = ("FIN,SYN,RST,ACK", "SYN")  # a TCP packet that opens a connection
 MSS_SYN = ("SYN,RST", "SYN")  # the SYN and SYN/ACK whose MSS option is clamped
 IGMP = proto.IP_PROTOCOLS["igmp"]
-# MLD reports and done (v1 131, 132; v2 143): how a node joins the VRRP group ff02::12.
-MLD_ICMPV6_TYPES = (131, 132, 143)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
@@ -97,6 +95,11 @@ ICMP = proto.IP_PROTOCOLS["icmp"]
 # The echo request of the member's own health pings (`track { ping }`, `route ... probe`).
 ECHO_REQUEST = {4: (ICMP, proto.ICMP_TYPES["echo-request"]),
                 6: (ICMPV6, proto.ICMPV6_TYPES["echo-request"])}
+# An MLD query (protocols.py): a node that drops it is left out of every group it joined
+# (the VRRP group, its addresses' and the VIPs' solicited-node groups) by a snooping
+# switch once the membership times out, and then hears no advert and no solicitation.
+MLD_QUERY = Match(source=AddressMatch((proto.IPV6_LINK_LOCAL,)), protocol=ICMPV6,
+                  icmp_type=proto.MLD_QUERY_ICMPV6_TYPE, hop_limit=proto.MLD_HOP_LIMIT)
 # Multicast destinations: a packet to a group the node joined is taken in (INPUT).
 MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
@@ -756,6 +759,7 @@ class _Lowering:
             for icmp_type in proto.NDP_ICMPV6_TYPES:
                 self.auto(BuiltinChain.INPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+            self.auto(BuiltinChain.INPUT, MLD_QUERY, "mld query")
         self.sync_allowance()
 
     def segment_peers(self, interface: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -809,7 +813,7 @@ class _Lowering:
                 self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=IGMP),
                           f"igmp {dev}")
             else:
-                for icmp_type in MLD_ICMPV6_TYPES:
+                for icmp_type in proto.MLD_REPORT_ICMPV6_TYPES:
                     self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=ICMPV6,
                                                          icmp_type=icmp_type), f"mld {dev}")
         if self.family == 6:

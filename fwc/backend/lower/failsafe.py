@@ -64,6 +64,11 @@ def failsafe(ruleset: NodeRuleset) -> NodeRuleset:
         # Without neighbour discovery out, the node answers nobody over IPv6.
         output += [_auto(Match(protocol=ICMPV6, icmp_type=t, hop_limit=proto.NDP_HOP_LIMIT),
                          "ndp") for t in proto.NDP_ICMPV6_TYPES]
+        # The answers to the MLD queries INPUT takes in: without them a snooping switch
+        # stops forwarding ff02::12 and the solicited-node groups to the node, which
+        # then hears no advert (and takes the VIPs) and no solicitation.
+        output += [_auto(Match(protocol=ICMPV6, icmp_type=t, hop_limit=proto.MLD_HOP_LIMIT),
+                         "mld") for t in proto.MLD_REPORT_ICMPV6_TYPES]
     # OUTPUT keeps only fwc's own rules (established, VRRP, sync): the policy's
     # OUTPUT rules open the node's outbound traffic, which a failed node does not need.
     output += [r for r in chains[BuiltinChain.OUTPUT].rules if r.origin.kind == "auto"]
