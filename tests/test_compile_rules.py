@@ -279,6 +279,23 @@ def test_mld_queries_are_taken_in_and_answered_even_by_the_failsafe(compiled):
             '-m comment --comment "fwc failsafe: mld" -j ACCEPT' in kept
 
 
+def test_a_filtered_output_lets_mld_reports_out_of_every_device_once(tmp_path):
+    # Not only the VRRP devices: the node answers the queries for its addresses'
+    # solicited-node groups wherever it has IPv6 (tests/test_mld_netns.py).
+    path = tmp_path / "out.fw"
+    path.write_text(POLICY.replace("cluster edge {", "cluster edge {\n    default { output drop }"))
+    cluster = analyse(path).policy.clusters[0]
+    node = cluster.member("fw1")
+    assert node is not None
+    ruleset = lower(cluster, node, 6, LowerOptions(str(tmp_path)))
+    for text in (render(ruleset), render(failsafe(ruleset))):
+        mld = [line for line in text.splitlines() if line.startswith("-A OUTPUT")
+               and any(f"--icmpv6-type {t} " in line for t in (131, 132, 143))]
+        assert [line.split(" -m comment")[0] for line in mld] == [
+            f"-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 1"
+            for t in (131, 132, 143)]
+
+
 def test_ipv6_forward_and_dnat(compiled):
     _, lines = compiled
     fw1 = lines("fw1", 6)
