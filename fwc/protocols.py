@@ -273,9 +273,20 @@ REJECT_TYPES = MappingProxyType({
 # Conntrack states in the order iptables-save prints them.
 CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 # IPv6 neighbour discovery (solicitation, advertisement): conntrack does not track it
-# (it would be INVALID), and a node that cannot answer it has no IPv6 at all.
+# (nf_conntrack_icmpv6 leaves it UNTRACKED, no rule on ESTABLISHED matches it), and a
+# node that cannot answer it has no IPv6 at all.
 NDP_ICMPV6_TYPES = (135, 136)
 NDP_HOP_LIMIT = 255
+# MLD (RFC 2710, RFC 3810), untracked like NDP: the querier's query (130) and the
+# node's reports and done (v1 131, 132; v2 143), always with hop limit 1 and, for a
+# query, from a link-local address (the kernel ignores any other). An MLD-snooping
+# switch forwards a group (ff02::12 and the solicited-node group of every address, the
+# VIPs' included: a neighbour's solicitation goes there) only to ports that answer its
+# queries: a node that drops them drops out of them once the membership times out.
+MLD_QUERY_ICMPV6_TYPE = 130
+MLD_REPORT_ICMPV6_TYPES = (131, 132, 143)
+MLD_HOP_LIMIT = 1
+IPV6_LINK_LOCAL = "fe80::/10"
 # conntrackd mode options (conntrack-tools doc/sync/*/conntrackd.conf).
 FTFW_RESEND_QUEUE_SIZE = 131072
 FTFW_ACK_WINDOW_SIZE = 300

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fwc.backend.lower import LowerOptions, lower
+from fwc.backend.lower.failsafe import failsafe
 from fwc.backend.render.iptables import render
 from fwc.pipeline import analyse
 
@@ -255,6 +256,44 @@ def test_ipv6_vrrp_and_neighbour_discovery(compiled):
     invalid = fw1.index('-A INPUT -m conntrack --ctstate INVALID -m comment --comment '
                         '"fwc auto: invalid" -j DROP')
     assert all(fw1.index(line) < invalid for line in ndp)
+
+
+def test_mld_queries_are_taken_in_and_answered_even_by_the_failsafe(compiled):
+    # A snooping switch forwards ff02::12 and the VIP's solicited-node group only to a
+    # node that answers its queries (tests/test_mld_netns.py proves it on a bridge).
+    _, lines = compiled
+    fw1 = lines("fw1", 6)
+    query = '-A INPUT -s fe80::/10 -p ipv6-icmp -m icmp6 --icmpv6-type 130 -m hl --hl-eq 1 ' \
+        '-m comment --comment "fwc auto: mld query" -j ACCEPT'
+    assert query in fw1
+    assert [line for line in fw1 if "--icmpv6-type 130" in line] == [query]
+    assert query not in lines("fw1", 4)
+    cluster = compiled[0].policy.clusters[0]
+    node = cluster.member("fw1")
+    assert node is not None
+    kept = render(failsafe(lower(cluster, node, 6))).splitlines()
+    assert query in kept
+    # its OUTPUT is DROP whatever the policy's: the answers go out by their own rules
+    for icmp_type in (131, 132, 143):
+        assert f'-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type {icmp_type} -m hl --hl-eq 1 ' \
+            '-m comment --comment "fwc failsafe: mld" -j ACCEPT' in kept
+
+
+def test_a_filtered_output_lets_mld_reports_out_of_every_device_once(tmp_path):
+    # Not only the VRRP devices: the node answers the queries for its addresses'
+    # solicited-node groups wherever it has IPv6 (tests/test_mld_netns.py).
+    path = tmp_path / "out.fw"
+    path.write_text(POLICY.replace("cluster edge {", "cluster edge {\n    default { output drop }"))
+    cluster = analyse(path).policy.clusters[0]
+    node = cluster.member("fw1")
+    assert node is not None
+    ruleset = lower(cluster, node, 6, LowerOptions(str(tmp_path)))
+    for text in (render(ruleset), render(failsafe(ruleset))):
+        mld = [line for line in text.splitlines() if line.startswith("-A OUTPUT")
+               and any(f"--icmpv6-type {t} " in line for t in (131, 132, 143))]
+        assert [line.split(" -m comment")[0] for line in mld] == [
+            f"-A OUTPUT -p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 1"
+            for t in (131, 132, 143)]
 
 
 def test_ipv6_forward_and_dnat(compiled):

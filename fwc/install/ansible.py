@@ -228,7 +228,7 @@ def member_steps(host: Host, files: list[GeneratedFile], contents: Mapping[str, 
     seconds = _watchdog_seconds()
     lock_seconds = scripts.LOCK_SETUP_BUDGET + seconds + scripts.LOCK_SLACK
     steps = {
-        "preflight.sh": scripts.preflight(files),
+        "preflight.sh": scripts.preflight(files, host.cluster.families),
         "lock.sh": scripts.take_lock(TOKEN, lock_seconds),
         "stage.sh": scripts.refuse_if_pending(),
         "test.sh": scripts.test_ruleset(files, host.cluster.families),

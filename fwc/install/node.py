@@ -98,7 +98,7 @@ class NodeInstall:
     def run(self) -> NodeResult:
         applied = False
         try:
-            checked = self.step("preflight", scripts.preflight(self.files))
+            checked = self.step("preflight", scripts.preflight(self.files, self.families))
             for line in checked.stderr.splitlines():  # a firewall unit that would flush
                 self.say(line)
             self.take_lock()

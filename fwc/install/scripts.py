@@ -45,6 +45,8 @@ from fwc.install.paths import (
 from fwc.model.vocabulary import Backend
 
 q = shlex.quote
+# The address families of a cluster with both: no row is skipped (`kernel_guard`).
+BOTH_FAMILIES = (4, 6)
 
 # The one nftables table an nftables install owns (nftables.nft replaces only it).
 NFT_TABLE = f"inet {NFT_TABLE_NAME}"
@@ -159,10 +161,33 @@ def flushing_units_warning() -> str:
     return f"if [ -d /run/systemd/system ]; then {'; '.join(checks)}; fi"
 
 
-def preflight(files: list[GeneratedFile]) -> str:
+def ra_default_route_warning() -> str:
+    """Say (on stderr) which IPv6 default route of the node the kernel learnt from a router
+    advertisement. Switching IPv6 forwarding on (forwarding.conf) makes the kernel remove
+    such routes at once and ignore advertisements from then on (on a device whose
+    accept_ra is 1; 2 keeps them), so the node would route IPv6 nowhere, and after a
+    reboot (forwarding on before the network) it never learns one again. Only the
+    kernel's own (accept_ra 1 on their device) are said: a route a daemon added itself
+    (NetworkManager handles advertisements with accept_ra 0) stays."""
+    key = proto.FORWARDING_SYSCTLS[6]
+    return ("ip -6 -o route show default proto ra 2>/dev/null "
+            "| sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | sort -u | while read -r d; do "
+            'if [ "$(cat "/proc/sys/net/ipv6/conf/$d/accept_ra" 2>/dev/null)" = 1 ]; then '
+            'echo "warning: the IPv6 default route via $d was learnt from a router '
+            f"advertisement: switching {key} on removes it, and the kernel then ignores "
+            "advertisements: declare it in the policy (route default via GATEWAY) or set it "
+            'statically" >&2; fi; done')
+
+
+def preflight(files: list[GeneratedFile], families: Collection[int] = BOTH_FAMILIES) -> str:
     """Refuse (exit 3) when a program the install needs is missing on the node; warn of a
-    firewall unit that would flush the rules (`flushing_units_warning`)."""
-    lines = [flushing_units_warning(), "m="]
+    firewall unit that would flush the rules (`flushing_units_warning`) and, where the
+    install switches IPv6 forwarding on (FAMILIES: the cluster's, `Cluster.families`), of
+    an IPv6 default route that this removes (`ra_default_route_warning`)."""
+    lines = [flushing_units_warning()]
+    if 6 in families and any(f.name == "forwarding.conf" for f in files):
+        lines.append(ra_default_route_warning())
+    lines.append("m=")
     for tool, why in required_tools(files):
         lines.append(f"command -v {tool} >/dev/null 2>&1 || m=\"$m, {tool} (for {why})\"")
     lines.append('if [ -n "$m" ]; then echo "not installed on this node: ${m#, }: '
@@ -248,9 +273,6 @@ def write(path: str, mode: int) -> str:
     return (f"mkdir -p {q(path.rsplit('/', 1)[0])} && cat > {tmp} && chmod {mode:o} {tmp} "
             f"&& mv -f {tmp} {path}")
 
-
-# The address families of a cluster with both: no row is skipped (`kernel_guard`).
-BOTH_FAMILIES = (4, 6)
 
 
 def with_kernel(file: GeneratedFile, families: Collection[int], command: str,

@@ -88,8 +88,6 @@ DEFAULT_OF = {BuiltinChain.INPUT: "input", BuiltinChain.FORWARD: "forward",
 TCP_SYN = ("FIN,SYN,RST,ACK", "SYN")  # a TCP packet that opens a connection
 MSS_SYN = ("SYN,RST", "SYN")  # the SYN and SYN/ACK whose MSS option is clamped
 IGMP = proto.IP_PROTOCOLS["igmp"]
-# MLD reports and done (v1 131, 132; v2 143): how a node joins the VRRP group ff02::12.
-MLD_ICMPV6_TYPES = (131, 132, 143)
 TCP = proto.IP_PROTOCOLS["tcp"]
 UDP = proto.IP_PROTOCOLS["udp"]
 ICMPV6 = proto.IP_PROTOCOLS["icmpv6"]
@@ -97,6 +95,15 @@ ICMP = proto.IP_PROTOCOLS["icmp"]
 # The echo request of the member's own health pings (`track { ping }`, `route ... probe`).
 ECHO_REQUEST = {4: (ICMP, proto.ICMP_TYPES["echo-request"]),
                 6: (ICMPV6, proto.ICMPV6_TYPES["echo-request"])}
+# An MLD query (protocols.py): a node that drops it is left out of every group it joined
+# (the VRRP group, its addresses' and the VIPs' solicited-node groups) by a snooping
+# switch once the membership times out, and then hears no advert and no solicitation.
+MLD_QUERY = Match(source=AddressMatch((proto.IPV6_LINK_LOCAL,)), protocol=ICMPV6,
+                  icmp_type=proto.MLD_QUERY_ICMPV6_TYPE, hop_limit=proto.MLD_HOP_LIMIT)
+# The node's MLD reports and done messages (always with hop limit 1), its answers to
+# those queries: what a filtered OUTPUT, and the failsafe's, let out of every device.
+MLD_REPORTS = tuple(Match(protocol=ICMPV6, icmp_type=icmp_type, hop_limit=proto.MLD_HOP_LIMIT)
+                    for icmp_type in proto.MLD_REPORT_ICMPV6_TYPES)
 # Multicast destinations: a packet to a group the node joined is taken in (INPUT).
 MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
@@ -756,6 +763,7 @@ class _Lowering:
             for icmp_type in proto.NDP_ICMPV6_TYPES:
                 self.auto(BuiltinChain.INPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+            self.auto(BuiltinChain.INPUT, MLD_QUERY, "mld query")
         self.sync_allowance()
 
     def segment_peers(self, interface: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -793,9 +801,19 @@ class _Lowering:
 
         keepalived joins 224.0.0.18 / ff02::12 and conntrackd its sync group: the
         kernel announces that with IGMP (IPv4) or MLD (IPv6) reports, which a switch
-        with IGMP/MLD snooping needs to keep forwarding the group. Neighbour
+        with IGMP/MLD snooping needs to keep forwarding the group. In IPv6 the node
+        also joins the solicited-node group of each of its addresses on every device,
+        where its neighbours' solicitations go, and answers the queries INPUT takes in
+        from every device: its MLD reports go out of every device. Neighbour
         solicitations and advertisements are not tracked (no ESTABLISHED to match).
         """
+        if self.family == 6:
+            for match in MLD_REPORTS:
+                self.auto(BuiltinChain.OUTPUT, match, "mld")
+            for icmp_type in proto.NDP_ICMPV6_TYPES:
+                self.auto(BuiltinChain.OUTPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
+                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+            return
         devices: list[str] = []
         for iface in self.cluster.vrrp_interfaces:
             if iface.vips_of(self.family):
@@ -804,18 +822,8 @@ class _Lowering:
         synced = {link.device for name in self.cluster.sync.links
                   for link in [self.member.link(name)] if link is not None} \
             if self.cluster.sync.transport == "multicast" else set()
-        for dev in dict.fromkeys(d for d in devices if self.family == 6 or d not in synced):
-            if self.family == 4:
-                self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=IGMP),
-                          f"igmp {dev}")
-            else:
-                for icmp_type in MLD_ICMPV6_TYPES:
-                    self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=ICMPV6,
-                                                         icmp_type=icmp_type), f"mld {dev}")
-        if self.family == 6:
-            for icmp_type in proto.NDP_ICMPV6_TYPES:
-                self.auto(BuiltinChain.OUTPUT, Match(protocol=ICMPV6, icmp_type=icmp_type,
-                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
+        for dev in dict.fromkeys(d for d in devices if d not in synced):
+            self.auto(BuiltinChain.OUTPUT, Match(out_device=dev, protocol=IGMP), f"igmp {dev}")
 
     def health_pings(self) -> None:
         """With OUTPUT filtered: the echo requests of the member's own health checks.

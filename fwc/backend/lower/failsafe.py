@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fwc import protocols as proto
+from fwc.backend.lower.build import MLD_REPORTS
 from fwc.backend.lower.ruleset import (
     ANY,
     VERDICTS,
@@ -64,6 +65,12 @@ def failsafe(ruleset: NodeRuleset) -> NodeRuleset:
         # Without neighbour discovery out, the node answers nobody over IPv6.
         output += [_auto(Match(protocol=ICMPV6, icmp_type=t, hop_limit=proto.NDP_HOP_LIMIT),
                          "ndp") for t in proto.NDP_ICMPV6_TYPES]
+        # The answers to the MLD queries INPUT takes in: without them a snooping switch
+        # stops forwarding ff02::12 and the solicited-node groups to the node, which
+        # then hears no advert (and takes the VIPs) and no solicitation. (A filtered
+        # OUTPUT has them among fwc's own rules, kept below.)
+        compiled = {r.match for r in chains[BuiltinChain.OUTPUT].rules if r.origin.kind == "auto"}
+        output += [_auto(match, "mld") for match in MLD_REPORTS if match not in compiled]
     # OUTPUT keeps only fwc's own rules (established, VRRP, sync): the policy's
     # OUTPUT rules open the node's outbound traffic, which a failed node does not need.
     output += [r for r in chains[BuiltinChain.OUTPUT].rules if r.origin.kind == "auto"]
