@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, write_policy
 
-from fwc.lab.results import LabReport, ProbeResult
+from fwc.lab.results import FailoverResult, LabReport, ProbeResult
 from fwc.lab.runner import _judge
 from fwc.lab.topology import plan
 from fwc.pipeline import analyse
@@ -247,3 +247,39 @@ def test_a_deny_the_compiled_rules_do_not_keep_fails_on_every_probed_port(
                        "allow client -> web service web (tcp/443)"}, skipped
     assert time.monotonic() - t0 < 240
 
+
+def _drill(**kw: object) -> FailoverResult:
+    res = FailoverResult("snat-1s", "snat", "1s", True, "survive", "fw1", "fw2",
+                         connected=True, flow_via_master=1, translated=True, takeover_s=3.2,
+                         survived_failover=True, failback_s=12.6, survived_failback=True)
+    for key, val in kw.items():
+        setattr(res, key, val)
+    return res
+
+
+def test_a_failover_drill_needs_the_connection_on_the_failed_master() -> None:
+    from fwc.lab.drills import judge_failover
+
+    assert judge_failover(_drill(), failback=True, failback_due=True)
+    # The connection was not in the failed member's conntrack table: it did not cross
+    # it, so its survival proves nothing about the failover (the control's death neither).
+    elsewhere = _drill(flow_via_master=0, translated=None)
+    assert not judge_failover(elsewhere, failback=True, failback_due=True)
+    assert "did not cross the member that was failed" in elsewhere.notes[0]
+    control = _drill(expect="die", flow_via_master=0, translated=None,
+                     survived_failover=False, failback_s=None, survived_failback=None)
+    assert not judge_failover(control, failback=False, failback_due=False)
+    control.flow_via_master = 1
+    assert judge_failover(control, failback=False, failback_due=False)
+
+
+def test_a_failback_drill_needs_the_old_master_to_take_the_vips_back() -> None:
+    from fwc.lab.drills import judge_failover
+
+    # Preemption on: the restored master never took the VIPs back, the connection went
+    # on through the backup. That is no failback survived.
+    stayed = _drill(failback_s=None)
+    assert not judge_failover(stayed, failback=True, failback_due=True)
+    assert stayed.notes == ["fw1 did not take the VIPs back after restore"]
+    # preempt off: the old master is not due to take them back
+    assert judge_failover(_drill(failback_s=None), failback=True, failback_due=False)

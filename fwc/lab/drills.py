@@ -411,7 +411,7 @@ def failover_drill(
                     f"  [{label}] failback to {master.name} {_fmt(res.failback_s)}, echo gap "
                     f"{_fmt(res.failback_gap_s)}, survived: {res.survived_failback}"
                 )
-            elif res.failback_s is None:
+            elif res.failback_s is None and lab.plan.preempt:
                 res.notes.append(f"{master.name} did not take the VIPs back after restore")
     finally:
         if stream_proc is not None:
@@ -424,19 +424,35 @@ def failover_drill(
         val = getattr(res, key)
         if val is not None:
             setattr(res, key, round(val, 3))
-    # A routed drill whose connection was SNATed (or the reverse) drilled another mode.
-    as_mode = res.translated is None or res.translated == (mode == "snat")
-    if expect == "survive":
-        res.ok = (
-            as_mode
-            and res.connected
-            and res.survived_failover
-            and (not failback or bool(res.survived_failback))
-        )
-    else:
-        res.ok = (as_mode and res.connected and not res.survived_failover
-                  and res.takeover_s is not None)
+    res.ok = judge_failover(res, failback=failback,
+                            failback_due=restore and lab.plan.preempt)
     return res
+
+
+def judge_failover(res: FailoverResult, *, failback: bool, failback_due: bool) -> bool:
+    """RES's verdict (its notes say why not): FAILBACK, whether the connection had to
+    survive the old master's return; FAILBACK_DUE, whether the old master was brought
+    back under preemption and so had to take the VIPs back."""
+    # A routed drill whose connection was SNATed (or the reverse) drilled another mode.
+    as_mode = res.translated is None or res.translated == (res.mode == "snat")
+    # The drill's connection crossed the member it failed: its conntrack table had it.
+    # Without that, whatever happened to the connection says nothing about a failover.
+    crossed = res.flow_via_master > 0
+    if res.connected and not crossed:
+        res.notes.append(f"{res.master}'s conntrack table did not list the connection: it "
+                         "did not cross the member that was failed")
+    if res.expect != "survive":
+        return (as_mode and crossed and res.connected and not res.survived_failover
+                and res.takeover_s is not None)
+    # Without the old master taking the VIPs back, "survived the failback" only means the
+    # connection went on through the backup, where it had been all along.
+    came_back = not (failback and failback_due) or res.failback_s is not None
+    if failback and failback_due and res.survived_failover and res.failback_s is None:
+        note = f"{res.master} did not take the VIPs back after restore"
+        if note not in res.notes:
+            res.notes.append(note)
+    return (as_mode and crossed and res.connected and res.survived_failover
+            and (not failback or bool(res.survived_failback)) and came_back)
 
 
 def source_translated(entries: Sequence[str], src: str) -> bool | None:
