@@ -90,18 +90,14 @@ def run_probe(
     full = via.argv(argv) if src.address is None else lab.host_argv(src.host_ns or "", argv)
     if src.address is not None:
         # A missing route would look like "blocked": that must be a lab error, not a pass.
-        route = run(
-            ["ip", "-n", src.host_ns or "", "route", "get", dst, "from", str(src.address)],
-            check=False,
-            timeout=5,
-        )
-        if route.returncode != 0:
+        missing = _no_route(src.host_ns or "", dst, str(src.address))
+        if missing:
             return ProbeResult(
                 **base,
                 src=exp.src,
                 dst=exp.dst,
                 kernel="error",
-                how=f"no route on the test host: {route.stderr.strip()}",
+                how=f"no route on the test host: {missing}",
                 agrees=False,
             )
     out = _probe_once(full, timeout)
@@ -112,9 +108,23 @@ def run_probe(
         # needs none (it failed already).
         out = _probe_once(full, timeout)
     kernel = probe_kernel(out)
+    target = probe.dst
+    if (kernel == "blocked" and str(out.get("how", "")).startswith("timeout")
+            and src.address is not None and target is not None and target.host_ns):
+        # A timeout is the firewall's drop only if an answer could have come back: a
+        # destination host without a route to the source (a segment without a VIP of
+        # that family has no default route) drops its own reply, whatever the rules did.
+        # Then the lab cannot tell, and says so rather than agree with a `deny`.
+        missing = _no_route(target.host_ns, str(src.address), dst)
+        if missing:
+            kernel = "skipped"
+            out["how"] = (f"not checked: {out.get('how')}, but the destination's test host "
+                          f"has no route back to {src.address} ({missing}), so the timeout "
+                          "proves nothing")
     # A probe that failed by itself decided nothing: never an agreement, not even
     # with a `deny`, which every failure to get through would otherwise confirm.
-    agrees = False if kernel == "error" else (kernel == "allowed") == (exp.verdict == "allow")
+    agrees: bool | None = (None if kernel == "skipped" else False if kernel == "error"
+                           else (kernel == "allowed") == (exp.verdict == "allow"))
     return ProbeResult(
         **base,
         src=f"{exp.src} ({src.address or via.name})",
@@ -123,6 +133,12 @@ def run_probe(
         how=str(out.get("how")),
         agrees=agrees,
     )
+
+
+def _no_route(ns: str, dst: str, src: str) -> str:
+    """Why test host NS has no route to DST from SRC ("" when it has one)."""
+    route = run(["ip", "-n", ns, "route", "get", dst, "from", src], check=False, timeout=5)
+    return "" if route.returncode == 0 else (route.stderr.strip() or f"rc {route.returncode}")
 
 
 def probe_kernel(out: dict[str, Any]) -> str:
