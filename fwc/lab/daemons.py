@@ -27,7 +27,16 @@ from fwc.backend.files import FILES, Reload, path_of
 from fwc.install import scripts
 from fwc.install.transport import NetnsTransport
 from fwc.lab.filters import PacketFilter
-from fwc.lab.netns import PYTHON, LabError, LabState, Proc, netns_pids, run
+from fwc.lab.netns import (
+    PYTHON,
+    LabError,
+    LabState,
+    Proc,
+    await_line,
+    log_size,
+    netns_pids,
+    run,
+)
 from fwc.lab.topology import IPInterface
 
 # Where the daemons' configurations and the boot script live on a node: the table
@@ -189,7 +198,10 @@ class Node:
             return
         argv = [PYTHON, str(probe_py), "serve", "--tcp", *map(str, tcp), "--udp", *map(str, udp)]
         log = self.logdir / f"{self.name}-listener.log"
-        self.helpers.append(self.state.spawn(f"{self.name}/listener", self.argv(argv), log))
+        offset = log_size(log)
+        proc = self.state.spawn(f"{self.name}/listener", self.argv(argv), log)
+        self.helpers.append(proc)
+        await_line(proc, "serving", offset)
 
     def start(self) -> None:
         self.start_conntrackd()

@@ -90,32 +90,41 @@ def run_probe(
     full = via.argv(argv) if src.address is None else lab.host_argv(src.host_ns or "", argv)
     if src.address is not None:
         # A missing route would look like "blocked": that must be a lab error, not a pass.
-        route = run(
-            ["ip", "-n", src.host_ns or "", "route", "get", dst, "from", str(src.address)],
-            check=False,
-            timeout=5,
-        )
-        if route.returncode != 0:
+        missing = _no_route(src.host_ns or "", dst, str(src.address))
+        if missing:
             return ProbeResult(
                 **base,
                 src=exp.src,
                 dst=exp.dst,
                 kernel="error",
-                how=f"no route on the test host: {route.stderr.strip()}",
+                how=f"no route on the test host: {missing}",
                 agrees=False,
             )
     out = _probe_once(full, timeout)
-    if (
-        not out["passed"]
-        and exp.verdict == "allow"
-        and str(out.get("how", "")).startswith("timeout")
-    ):
+    if exp.verdict == "allow" and probe_kernel(out) == "blocked" \
+            and str(out.get("how", "")).startswith("timeout"):
         # A first packet on a cold path (neighbour discovery, a fresh takeover)
         # can be lost; an allowed flow must get one more chance, a denied one
         # needs none (it failed already).
         out = _probe_once(full, timeout)
-    kernel = "allowed" if out["passed"] else "blocked"
-    agrees = (kernel == "allowed") == (exp.verdict == "allow")
+    kernel = probe_kernel(out)
+    target = probe.dst
+    if (kernel == "blocked" and str(out.get("how", "")).startswith("timeout")
+            and src.address is not None and target is not None and target.host_ns):
+        # A timeout is the firewall's drop only if an answer could have come back: a
+        # destination host without a route to the source (a segment without a VIP of
+        # that family has no default route) drops its own reply, whatever the rules did.
+        # Then the lab cannot tell, and says so rather than agree with a `deny`.
+        missing = _no_route(target.host_ns, str(src.address), dst)
+        if missing:
+            kernel = "skipped"
+            out["how"] = (f"not checked: {out.get('how')}, but the destination's test host "
+                          f"has no route back to {src.address} ({missing}), so the timeout "
+                          "proves nothing")
+    # A probe that failed by itself decided nothing: never an agreement, not even
+    # with a `deny`, which every failure to get through would otherwise confirm.
+    agrees: bool | None = (None if kernel == "skipped" else False if kernel == "error"
+                           else (kernel == "allowed") == (exp.verdict == "allow"))
     return ProbeResult(
         **base,
         src=f"{exp.src} ({src.address or via.name})",
@@ -126,12 +135,30 @@ def run_probe(
     )
 
 
+def _no_route(ns: str, dst: str, src: str) -> str:
+    """Why test host NS has no route to DST from SRC ("" when it has one)."""
+    route = run(["ip", "-n", ns, "route", "get", dst, "from", src], check=False, timeout=5)
+    return "" if route.returncode == 0 else (route.stderr.strip() or f"rc {route.returncode}")
+
+
+def probe_kernel(out: dict[str, Any]) -> str:
+    """What the kernel did to a probe (its JSON): "allowed", "blocked" or "error".
+
+    Only a probe's own verdict counts (fwc/lab/probe.py): a connection that got
+    through without an echo was allowed, and a probe that crashed, printed nothing or
+    failed for a reason of its own (an address it could not bind, say) is an error,
+    not a block."""
+    verdict = out.get("verdict")
+    return verdict if verdict in ("allowed", "blocked") else "error"
+
+
 def _probe_once(argv: list[str], timeout: float) -> dict[str, Any]:
     proc = run(argv, check=False, timeout=timeout + 10)
     try:
         out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        out = {"passed": False, "how": f"probe failed: {proc.stderr.strip()[:200]}"}
+        out = {"passed": False, "verdict": "error",
+               "how": f"probe failed: {proc.stderr.strip()[:200]}"}
     return out
 
 
@@ -400,7 +427,7 @@ def failover_drill(
                     f"  [{label}] failback to {master.name} {_fmt(res.failback_s)}, echo gap "
                     f"{_fmt(res.failback_gap_s)}, survived: {res.survived_failback}"
                 )
-            elif res.failback_s is None:
+            elif res.failback_s is None and lab.plan.preempt:
                 res.notes.append(f"{master.name} did not take the VIPs back after restore")
     finally:
         if stream_proc is not None:
@@ -413,19 +440,35 @@ def failover_drill(
         val = getattr(res, key)
         if val is not None:
             setattr(res, key, round(val, 3))
-    # A routed drill whose connection was SNATed (or the reverse) drilled another mode.
-    as_mode = res.translated is None or res.translated == (mode == "snat")
-    if expect == "survive":
-        res.ok = (
-            as_mode
-            and res.connected
-            and res.survived_failover
-            and (not failback or bool(res.survived_failback))
-        )
-    else:
-        res.ok = (as_mode and res.connected and not res.survived_failover
-                  and res.takeover_s is not None)
+    res.ok = judge_failover(res, failback=failback,
+                            failback_due=restore and lab.plan.preempt)
     return res
+
+
+def judge_failover(res: FailoverResult, *, failback: bool, failback_due: bool) -> bool:
+    """RES's verdict (its notes say why not): FAILBACK, whether the connection had to
+    survive the old master's return; FAILBACK_DUE, whether the old master was brought
+    back under preemption and so had to take the VIPs back."""
+    # A routed drill whose connection was SNATed (or the reverse) drilled another mode.
+    as_mode = res.translated is None or res.translated == (res.mode == "snat")
+    # The drill's connection crossed the member it failed: its conntrack table had it.
+    # Without that, whatever happened to the connection says nothing about a failover.
+    crossed = res.flow_via_master > 0
+    if res.connected and not crossed:
+        res.notes.append(f"{res.master}'s conntrack table did not list the connection: it "
+                         "did not cross the member that was failed")
+    if res.expect != "survive":
+        return (as_mode and crossed and res.connected and not res.survived_failover
+                and res.takeover_s is not None)
+    # Without the old master taking the VIPs back, "survived the failback" only means the
+    # connection went on through the backup, where it had been all along.
+    came_back = not (failback and failback_due) or res.failback_s is not None
+    if failback and failback_due and res.survived_failover and res.failback_s is None:
+        note = f"{res.master} did not take the VIPs back after restore"
+        if note not in res.notes:
+            res.notes.append(note)
+    return (as_mode and crossed and res.connected and res.survived_failover
+            and (not failback or bool(res.survived_failback)) and came_back)
 
 
 def source_translated(entries: Sequence[str], src: str) -> bool | None:
@@ -451,6 +494,10 @@ def failover_for_probes(lab: Lab, on_backup: Callable[[Node], None]) -> None:
 
     if wait_for(taken_over, 20.0) is not None:
         on_backup(taken[0])
+    else:  # the judge then fails the run: the expectations were not probed through it
+        lab.report.warnings.append(f"no member took every VIP within 20 s of {master.name}'s "
+                                   "crash: the expectations could not be probed through "
+                                   "the backup")
     master.restore(lab.listener_for(master))
     lab.wait_master()
 

@@ -103,6 +103,40 @@ class Proc:
                 self.popen.wait(timeout=timeout)
 
 
+def log_size(log: Path) -> int:
+    """Where a process appended to LOG will start writing (0 for a new log)."""
+    try:
+        return log.stat().st_size
+    except OSError:
+        return 0
+
+
+def await_line(proc: Proc, marker: str, offset: int, timeout: float = 15.0) -> None:
+    """Wait until PROC's log has a line starting with MARKER after OFFSET (bounded).
+
+    A helper that says it is ready only once it is (the probes' echo server prints
+    `serving` after binding every port): a `deny` probe's reset or port-unreachable
+    then can only come from the firewall, never from a destination with nothing
+    listening yet, or nothing at all because a bind failed."""
+    assert proc.log is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(proc.log, "rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        if any(line.startswith(marker) for line in text.splitlines()):
+            return
+        if not proc.alive() or time.monotonic() >= deadline:
+            why = "exited" if not proc.alive() else f"was not ready within {timeout:.0f} s"
+            tail = " | ".join(text.strip().splitlines()[-3:])
+            raise LabError(f"{proc.name} {why}" + (f": {tail}" if tail else "")
+                           + f"; see {proc.log}")
+        time.sleep(0.05)
+
+
 class LabState:
     """The on-disk record of one lab run: namespaces, mounts and processes."""
 

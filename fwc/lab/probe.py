@@ -113,23 +113,51 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- probes
+# What a probe's packet met, as the probe's "verdict": "allowed" (it crossed: an echo,
+# or a TCP handshake that completed), "blocked" (dropped: a timeout; or refused: a
+# reset or an ICMP error, which the lab's listener on every destination port leaves
+# only the firewall to send), or "error" (the probe itself failed: no packet decided).
+# The errors a refusal turns into: port unreachable or a reset, host or network
+# unreachable or prohibited (IPv4 admin-prohibited is EHOSTUNREACH, IPv6 EACCES), and
+# EPERM for a packet the prober's own OUTPUT chain dropped (a `firewall` source).
+REFUSALS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH,
+                      errno.ENETUNREACH, errno.EACCES, errno.EPERM})
+
+
+def _failed(exc: OSError) -> dict[str, object]:
+    """A probe's socket error: a refusal by the path (blocked) or a failure of its own."""
+    how = exc.strerror or str(exc)
+    if exc.errno in REFUSALS:
+        return {"passed": False, "verdict": "blocked", "how": f"refused ({how})"}
+    return {"passed": False, "verdict": "error", "how": f"error: {how}"}
+
+
 def _probe_tcp(src: str, dst: str, port: int, timeout: float) -> dict[str, object]:
     sock = socket.socket(_family(dst), socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    connected = False
     try:
         if src:
             sock.bind((src, 0))
         sock.connect((dst, port))
+        connected = True
         sock.sendall(b"fwc-probe\n")
         data = sock.recv(64)
         ok = data.startswith(b"fwc-probe")
-        return {"passed": ok, "how": "echoed" if ok else "connected, no echo"}
+        # A completed handshake crossed the firewall both ways, echo or not.
+        return {"passed": ok, "verdict": "allowed",
+                "how": "echoed" if ok else "connected, no echo"}
     except TimeoutError:
-        return {"passed": False, "how": "timeout (dropped)"}
+        if connected:
+            return {"passed": False, "verdict": "allowed", "how": "connected, no echo (timeout)"}
+        return {"passed": False, "verdict": "blocked", "how": "timeout (dropped)"}
     except ConnectionRefusedError:
-        return {"passed": False, "how": "refused (reset)"}
+        return {"passed": False, "verdict": "blocked", "how": "refused (reset)"}
     except OSError as exc:
-        return {"passed": False, "how": f"error: {exc.strerror or exc}"}
+        if connected:  # reset after the handshake: the connection did cross
+            return {"passed": False, "verdict": "allowed",
+                    "how": f"connected, then {exc.strerror or exc}"}
+        return _failed(exc)
     finally:
         sock.close()
 
@@ -143,11 +171,13 @@ def _probe_udp(src: str, dst: str, port: int, timeout: float) -> dict[str, objec
         sock.connect((dst, port))
         sock.send(b"fwc-probe\n")
         data = sock.recv(64)
-        return {"passed": data.startswith(b"fwc-probe"), "how": "echoed"}
+        ok = data.startswith(b"fwc-probe")
+        # Any datagram back from the destination crossed the firewall both ways.
+        return {"passed": ok, "verdict": "allowed", "how": "echoed" if ok else "answered, no echo"}
     except TimeoutError:
-        return {"passed": False, "how": "timeout (dropped)"}
+        return {"passed": False, "verdict": "blocked", "how": "timeout (dropped)"}
     except OSError as exc:
-        return {"passed": False, "how": f"error: {exc.strerror or exc}"}
+        return _failed(exc)
     finally:
         sock.close()
 
@@ -182,16 +212,16 @@ def _probe_icmp(src: str, dst: str, timeout: float) -> dict[str, object]:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return {"passed": False, "how": "timeout (dropped)"}
+                return {"passed": False, "verdict": "blocked", "how": "timeout (dropped)"}
             ready, _, _ = select.select([sock], [], [], left)
             if not ready:
                 continue
             data, peer = sock.recvfrom(2048)
             icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
             if len(icmp) >= 8 and icmp[0] == reply and struct.unpack("!H", icmp[4:6])[0] == ident:
-                return {"passed": True, "how": "echo reply"}
+                return {"passed": True, "verdict": "allowed", "how": "echo reply"}
     except OSError as exc:
-        return {"passed": False, "how": f"error: {exc.strerror or exc}"}
+        return _failed(exc)
     finally:
         sock.close()
 

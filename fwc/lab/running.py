@@ -21,7 +21,16 @@ from fwc.install.plan import InstallOptions, automatic_confirmer, install_cluste
 from fwc.lab.adapter import LabSource, advert_label
 from fwc.lab.daemons import CONNTRACKD_CONF, KEEPALIVED_CONF, Node
 from fwc.lab.filters import PacketFilter, packet_filter
-from fwc.lab.netns import PYTHON, LabError, LabRefused, LabState, run
+from fwc.lab.netns import (
+    PYTHON,
+    LabError,
+    LabRefused,
+    LabState,
+    Proc,
+    await_line,
+    log_size,
+    run,
+)
 from fwc.lab.results import Flow, LabReport, wait_for
 from fwc.lab.topology import HostPlan, LabPlan, all_vips
 
@@ -299,6 +308,7 @@ class Lab:
             (tcp if e.proto == "tcp" else udp).add(e.port)
         for flow in self.candidates:
             self.listen.setdefault(flow.dst_ns, (set(), set()))[0].add(flow.port)
+        started: list[tuple[Proc, int]] = []
         for ns, (tcp, udp) in self.listen.items():
             if ns == "firewall":
                 for node in self.nodes:
@@ -313,11 +323,13 @@ class Lab:
                 "--udp",
                 *map(str, sorted(udp)),
             ]
-            self.state.spawn(
-                f"{ns}/listener",
-                self.host_argv(ns, argv),
-                self.logdir / f"{ns.removeprefix(self.plan.prefix + '-')}-listener.log",
-            )
+            log = self.logdir / f"{ns.removeprefix(self.plan.prefix + '-')}-listener.log"
+            started.append((self.state.spawn(f"{ns}/listener", self.host_argv(ns, argv), log),
+                            log_size(log)))
+        # Every port bound before any probe: a `deny` probe's refusal must come from
+        # the firewall, not from a destination where nothing listens (yet).
+        for proc, offset in started:
+            await_line(proc, "serving", offset)
 
     def expected_master(self) -> str | None:
         """With preemption the highest priority member must end up master."""

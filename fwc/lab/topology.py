@@ -41,6 +41,12 @@ REMAP_POOL_V6 = ipaddress.ip_network("2001:db8:ff00::/40")
 # not become 64512 of them.
 MAX_PROBED_PORTS = 16
 PROBED_PROTOCOLS = ("tcp", "udp", "icmp")
+# What a service without ports (`tcp` alone: every port) is probed on: port 0 can be
+# neither listened on nor connected to, so its probe was refused by the destination's
+# own kernel, which a `deny` took for the firewall's answer (and an `allow` never got).
+EVERY_PORT = (PortRange(1, 65535),)
+# The ICMP types the probe sends: echo requests (ICMP 8, ICMPv6 128). None is every type.
+PROBED_ICMP_TYPES = (None, 8, 128)
 
 
 # --------------------------------------------------------------------------
@@ -63,6 +69,7 @@ class Probe:
     port: int | None
     family: int | None = None  # 4 or 6 for icmp/icmpv6 matches, None: either
     in_segment: str | None = None  # `in IFACE`: the packet must arrive there
+    icmp_type: int | None = None  # the match's ICMP type (None: every type)
 
 
 @dataclass
@@ -391,13 +398,21 @@ def probes_of(cluster: Cluster) -> tuple[tuple[Probe, ...], dict[str, AddressSet
             for dst in _endpoint_names(exp.destination, literals):
                 for match in exp.services:
                     proto = {"icmpv6": "icmp"}.get(match.protocol, match.protocol)
-                    ports: tuple[int | None, ...] = probe_ports(match.ports) or (None,)
+                    ports: tuple[int | None, ...] = _probed_ports(proto, match.ports)
                     probes.extend(
                         Probe(text, str(exp.verdict), src, dst, services, proto, port,
-                              match.family, exp.in_interface)
+                              match.family, exp.in_interface, match.icmp_type)
                         for port in ports
                     )
     return tuple(probes), literals
+
+
+def _probed_ports(proto: str, ports: Sequence[PortRange]) -> tuple[int | None, ...]:
+    """The ports probed for one service match: none (None) for a protocol without
+    ports; every port of TCP or UDP (no ports given) sampled like any wide range."""
+    if proto in ("tcp", "udp"):
+        return probe_ports(ports or EVERY_PORT)
+    return (None,)
 
 
 def snat_segments(cluster: Cluster) -> tuple[str, ...]:
@@ -649,8 +664,17 @@ def _plan_probe(lab: LabPlan, probe: Probe) -> ProbePlan:
         )
     elif src.address is None and dst.address is None:
         skip = "firewall to firewall is not probed"
+    elif src.host_ns is not None and src.host_ns == dst.host_ns:
+        # Delivered inside one test host: the packet never meets the rules, so
+        # whatever it does says nothing about them.
+        skip = (f"source {probe.src!r} and destination {probe.dst!r} are both on the "
+                f"test host of {src.segment}: the packet would not cross the firewall")
     elif probe.proto not in PROBED_PROTOCOLS:
         skip = f"protocol {probe.proto} is not probed"
+    elif probe.proto == "icmp" and probe.icmp_type not in PROBED_ICMP_TYPES:
+        # The probe sends an echo request: whether it passes says nothing about
+        # another type, and a `deny` of that type would pass on the echo's drop.
+        skip = f"ICMP type {probe.icmp_type} is not probed (the lab sends echo requests only)"
     return ProbePlan(probe, src, dst, skip)
 
 
