@@ -303,3 +303,29 @@ def test_a_failback_drill_needs_the_old_master_to_take_the_vips_back() -> None:
     assert stayed.notes == ["fw1 did not take the VIPs back after restore"]
     # preempt off: the old master is not due to take them back
     assert judge_failover(_drill(failback_s=None), failback=True, failback_due=False)
+
+
+def test_a_listener_quick_to_say_serving_is_seen_ready(tmp_path):
+    """The offset of a test host's listener log was read after the spawn: a listener that
+    said `serving` before that (a quick start, a busy parent) was never seen ready, and
+    the lab failed with "was not ready within 15 s" (it happened in a full suite run)."""
+    from types import SimpleNamespace
+
+    from fwc.lab.netns import Proc
+    from fwc.lab.running import Lab
+
+    class QuickState:
+        """spawn() whose process has said `serving` before spawn() returns."""
+
+        def spawn(self, name: str, argv: list[str], log: Path) -> Proc:
+            with open(log, "a", encoding="utf-8") as out:
+                out.write("serving tcp [5001] udp []\n")
+            return SimpleNamespace(name=name, log=log, alive=lambda: True)  # type: ignore[return-value]
+
+    lab = SimpleNamespace(
+        plan=SimpleNamespace(probes=[], prefix="fwcq"), nodes=[], listen={},
+        candidates=[SimpleNamespace(dst_ns="fwcq-h1", port=5001)], probe_py=Path(os.devnull),
+        logdir=tmp_path, state=QuickState(), host_argv=lambda ns, argv: argv)
+    started = time.monotonic()
+    Lab.start_listeners(lab)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5

@@ -324,8 +324,11 @@ class Lab:
                 *map(str, sorted(udp)),
             ]
             log = self.logdir / f"{ns.removeprefix(self.plan.prefix + '-')}-listener.log"
+            # (measured before the spawn: a listener quick to say `serving` would
+            # otherwise have said it before the offset, and never be seen ready)
+            offset = log_size(log)
             started.append((self.state.spawn(f"{ns}/listener", self.host_argv(ns, argv), log),
-                            log_size(log)))
+                            offset))
         # Every port bound before any probe: a `deny` probe's refusal must come from
         # the firewall, not from a destination where nothing listens (yet).
         for proc, offset in started:
