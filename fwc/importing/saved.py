@@ -426,10 +426,7 @@ def _lowered(kind: type[FilterRule] | type[NatRule], rule: SavedRule,
         raise Untranslatable("-g (goto)")
     # the evaluator reads every member of a set a rule names as an address
     for side in (d.match.source, d.match.destination):
-        if side.set_name is None:
-            continue
-        set_members(saved, side.set_name)
-        for member in saved.sets.get(side.set_name, ()):
+        for member in set_members(saved, side.set_name) if side.set_name is not None else ():
             _addresses(member)
     origin = Origin("policy", d.comment or f"line {rule.line}")
     try:

@@ -465,10 +465,10 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
         raise Untranslatable("a state or limit match in the nat table")
     options = dict(d.options)
     source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
-    destination = _before_routing(m.destination) if chain == "PREROUTING" else \
-        w.address(m.destination, saved, 0) if not m.destination.is_any else "any"
+    destination = _before_routing(m.destination) if chain == "PREROUTING" else None
     if destination is None:
-        destination = w.address(m.destination, saved, 0)
+        destination = w.address(m.destination, saved, 0) if not m.destination.is_any \
+            else "any"
     service = w.service(m)
     where = []
     if chain == "PREROUTING" and d.target == "DNAT":

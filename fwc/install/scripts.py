@@ -7,8 +7,10 @@ these, and tests can read them.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import PurePosixPath
+from types import MappingProxyType
+from typing import NamedTuple
 
 from fwc import protocols as proto
 from fwc.backend.files import (
@@ -274,7 +276,6 @@ def write(path: str, mode: int) -> str:
             f"&& mv -f {tmp} {path}")
 
 
-
 def with_kernel(file: GeneratedFile, families: Collection[int], command: str,
                 what: str) -> str:
     """COMMAND, or, for a row the cluster's FAMILIES make optional (`kernel_guard`: a
@@ -345,16 +346,11 @@ def _save_nftables(new: str) -> list[str]:
             f"nft list table {NFT_TABLE} > {new}/nft.save; fi"]
 
 
-_SAVE = {Backend.IPTABLES: _save_iptables, Backend.NFTABLES: _save_nftables}
-# The program that saves a backend's running rules (and restores them in a rollback).
-_SAVER = {Backend.IPTABLES: "iptables-save", Backend.NFTABLES: "nft"}
-
-
 def _previous_install(backend: Backend) -> str:
     """Shell test: fwc's earlier install of BACKEND left its ruleset on the node (not yet
     retired), and the node can save it."""
     return (f"[ -e {rules_file(backend).path} ] "
-            f"&& command -v {_SAVER[backend]} >/dev/null 2>&1")
+            f"&& command -v {_SAVED_RULES[backend].saver} >/dev/null 2>&1")
 
 
 def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
@@ -370,13 +366,13 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     using = backends(files)
     for backend in Backend:
         if backend in using:
-            lines += _SAVE[backend](new)
+            lines += _SAVED_RULES[backend].save(new)
         else:
             # fwc's earlier install of another backend still runs (a switch): a node that
             # reboots on probation loads only the new backend, and the rollback must then
             # bring the old one back (`rollback_script`), from what runs now.
             lines += [f"if {_previous_install(backend)}; then",
-                      *(f"    {line}" for line in _SAVE[backend](new)), "fi"]
+                      *(f"    {line}" for line in _SAVED_RULES[backend].save(new)), "fi"]
     if any(f.reload is Reload.CONNTRACKD for f in files):
         # (the running daemon answers on the socket of the config in place, the old one)
         ran = f"{new}/{PurePosixPath(CONNTRACKD_RAN).name}"
@@ -654,11 +650,22 @@ def _nft_rollback() -> list[str]:
             "else", f"    {nft_drop_table()} || rc=1", "fi"]
 
 
-_ROLLBACK = {Backend.IPTABLES: _iptables_rollback, Backend.NFTABLES: _nft_rollback}
-# What puts back the saved rules of fwc's earlier install of another backend.
-_RESTORE_PREVIOUS = {Backend.IPTABLES: _iptables_rollback, Backend.NFTABLES: _nft_restore}
-# The snapshot's file that says it saved a backend's running rules.
-_SAVED = {Backend.IPTABLES: "iptables.save", Backend.NFTABLES: "nft.save"}
+class _SavedRules(NamedTuple):
+    """How a snapshot keeps a backend's running rules, and a rollback puts them back."""
+
+    save: Callable[[str], list[str]]  # the lines that save them into a snapshot directory
+    saver: str  # the program those lines need (and that restores them)
+    saved: str  # the snapshot's file that says they were saved
+    rollback: Callable[[], list[str]]  # the install's own backend: its saved rules, or none
+    restore_previous: Callable[[], list[str]]  # fwc's earlier install of the other backend
+
+
+_SAVED_RULES = MappingProxyType({
+    Backend.IPTABLES: _SavedRules(_save_iptables, "iptables-save", "iptables.save",
+                                  _iptables_rollback, _iptables_rollback),
+    Backend.NFTABLES: _SavedRules(_save_nftables, "nft", "nft.save", _nft_rollback,
+                                  _nft_restore),
+})
 
 
 def _rules_rollback(using: set[Backend]) -> list[str]:
@@ -666,14 +673,15 @@ def _rules_rollback(using: set[Backend]) -> list[str]:
     install of another backend when the snapshot saved them (a switch): untouched by
     the install, they are gone once the node rebooted on probation (its new boot script
     loads only the new backend). The old backend first, while the new rules still
-    filter: a restore empties a set for a moment."""
+    filter."""
     lines: list[str] = []
     for backend in sorted(Backend, key=lambda b: b in using):
+        rules = _SAVED_RULES[backend]
         if backend in using:
-            lines += _ROLLBACK[backend]()
+            lines += rules.rollback()
         else:
-            lines += [f"if [ -e $S/{_SAVED[backend]} ]; then",
-                      *(f"    {line}" for line in _RESTORE_PREVIOUS[backend]()), "fi"]
+            lines += [f"if [ -e $S/{rules.saved} ]; then",
+                      *(f"    {line}" for line in rules.restore_previous()), "fi"]
     return lines
 
 
