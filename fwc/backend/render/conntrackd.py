@@ -104,18 +104,20 @@ def synced_protocols(cluster: Cluster) -> list[str]:
 
 
 def ignored_addresses(cluster: Cluster) -> list[tuple[int, str]]:
-    """Loopback, every member address, every VIP and the sync subnet; nothing forwarded."""
+    """Loopback, every member address and every VIP, one address each: nothing forwarded.
+
+    conntrackd leaves out a connection whose original or reply source is in the list.
+    A network here (the sync link's subnet, as conntrack-tools' example has it) would
+    also cover any forwarded host or routed network inside it: a sync link numbered
+    10.0.0.0/8 next to a LAN 10.1.0.0/24 silently kept every LAN connection from the
+    peer. The members' own sync addresses are listed like every member address, and
+    nothing else talks on the dedicated link (FWC217, FWC218)."""
     out: list[tuple[int, str]] = [(4, "127.0.0.1"), (6, "::1")]
     for member in cluster.members:
         for link in member.links:
             out.extend((a.version, str(a.ip)) for a in link.addresses)
     for iface in cluster.interfaces:
         out.extend((v.version, str(v.ip)) for v in iface.vips)
-    for name in cluster.sync.links:
-        for member in cluster.members:
-            link = member.link(name)
-            if link is not None:
-                out.extend((a.version, str(a.network)) for a in link.addresses)
     return list(dict.fromkeys(out))
 
 
