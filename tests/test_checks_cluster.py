@@ -251,6 +251,30 @@ def test_fwc220_unicast_with_three_members(tmp_path):
     assert_diagnostic(analysis, "FWC220", E, line_of(text, "unicast"), "3 members")
 
 
+THIRD_BLOCK = FW2_BLOCK.replace("fw2", "fw3").replace("priority 100", "priority 50") \
+    .replace(".2/", ".3/").replace("::2/", "::3/")
+
+
+def test_fwc224_ftfw_with_three_members(tmp_path):
+    # conntrackd's FTFW tracks one peer's sequence numbers: a third member drops a
+    # sender's states (measured in tests/test_conntrackd_members.py)
+    text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC224", E, line_of(text, "mode ftfw"), "3 members")
+    assert d.span is not None and d.span.column == text.splitlines()[d.span.line - 1].index(
+        "ftfw") + 1
+    assert d.hint and "mode notrack" in d.hint
+    # the default mode is FTFW too: the diagnostic is at the sync link then
+    default = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("  mode ftfw", ""))
+    assert_diagnostic(run(tmp_path, default), "FWC224", E, line_of(default, "sync {"))
+
+
+@pytest.mark.parametrize("mode", ["notrack", "alarm"])
+def test_three_members_with_a_mode_that_takes_every_sender_are_fine(tmp_path, mode):
+    text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("mode ftfw", f"mode {mode}"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
 def test_unicast_with_two_members_is_fine(tmp_path):
     text = mutate(("multicast 225.0.0.50 port 3780", "unicast"))
     assert run(tmp_path, text).diagnostics == ()

@@ -452,6 +452,33 @@ def unicast_two_members(policy: Policy) -> Iterable[Diagnostic]:
                         hint="use 'multicast GROUP port PORT' (the default)")
 
 
+@check("FWC224", "FTFW sync with more than two members", E, """
+conntrackd's FTFW mode is a reliable protocol between two peers: every member
+keeps one expected sequence number for everything it receives, drops a message
+numbered below it as a replay, and takes an acknowledgement of a range of numbers
+as one for its own messages of that range. With three members on the multicast
+group the numbers of two senders interleave, and a member silently drops the
+states of the peer whose counter is behind. Measured with conntrackd 1.4.7: when
+the master died, the third member took none of the 20 connections the new master
+opened (the old master's counter was ahead); with two active masters a member took
+none of the 20 of the quieter one. The next failover to that member loses them.
+NOTRACK and ALARM accept every sender's messages (the same runs: 20 of 20).""")
+def ftfw_two_members(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        sync = cluster.sync
+        # unicast with three members is FWC220 (it reaches one peer whatever the mode)
+        if sync.link is None or sync.mode != "ftfw" or sync.transport != "multicast" \
+                or len(cluster.members) <= 2:
+            continue
+        yield error("FWC224", f"conntrackd's FTFW mode with {len(cluster.members)} members: "
+                    "it tracks one peer's sequence numbers, so members drop the states of "
+                    "all but one sender", sync.span_of("sync-mode") or _sync_span(cluster,
+                                                                                "sync-link"),
+                    hint="write 'mode notrack' or 'mode alarm' in the sync block (every "
+                    "member then takes every member's states), or split the cluster into "
+                    "pairs")
+
+
 @check("FWC221", "preempt delay too short for conntrackd to resynchronise", E, f"""
 A master that comes back (reboot, restart) has an empty connection table. Its
 conntrackd asks the peer for a full resync only once keepalived has started in
