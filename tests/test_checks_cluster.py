@@ -269,6 +269,52 @@ def test_fwc224_ftfw_with_three_members(tmp_path):
     assert_diagnostic(run(tmp_path, default), "FWC224", E, line_of(default, "sync {"))
 
 
+# A second pair on edge's lan segment (192.0.2.0/24) with a transit link of its own.
+CORE = """
+cluster core {
+    vrrp { password "c0re"  vrid 51 }
+    sync { link sync }
+    interface lan     vip 192.0.2.253/24
+    interface transit vip 198.18.0.254/24  vrid 52
+    interface sync
+    member core1 priority 150 { lan eth0 192.0.2.11/24  transit eth1 198.18.0.1/24
+                                sync eth2 198.18.1.1/24 }
+    member core2 priority 100 { lan eth0 192.0.2.12/24  transit eth1 198.18.0.2/24
+                                sync eth2 198.18.1.2/24 }
+}
+
+policy core {
+    accept from lan to any service tcp/443
+}
+"""
+
+
+def test_fwc210_two_clusters_with_one_vrid_on_a_shared_segment(tmp_path):
+    # keepalived 2.2.7, two pairs on one bridge with one VRID: each backup took the VIPs
+    # for a moment every few seconds (the other pair's adverts shorten its wait)
+    text = BASE + CORE
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC210", E, line_of(text, "vip 192.0.2.253/24"),
+                          "'lan' of cluster 'core' uses VRID 51 for IPv4 on 192.0.2.0/24",
+                          "'lan' of cluster 'edge'")
+    assert d.related[0].span.line == line_of(text, "interface lan    vip 192.0.2.254/24")
+    # transit reuses uplink's VRID 52, on a segment of its own: fine
+    assert "uplink" not in d.message
+
+
+@pytest.mark.parametrize("change", [("vrid 51 }\n    sync { link sync }\n",
+                                     "vrid 61 }\n    sync { link sync }\n"),
+                                    ('"c0re"  vrid 51', '"c0re"  vrid 51  unicast'),
+                                    ("    vrrp { password \"s3cret\"  advert 1s  vrid 51 }",
+                                     "    vrrp { password \"s3cret\"  advert 1s  vrid 51  "
+                                     "unicast }")])
+def test_clusters_apart_on_a_shared_segment_are_fine(tmp_path, change):
+    # another VRID, or unicast adverts in either cluster (they reach its own members only)
+    text = (BASE + CORE).replace(*change)
+    assert change[1] in text
+    assert run(tmp_path, text).diagnostics == ()
+
+
 @pytest.mark.parametrize("mode", ["notrack", "alarm"])
 def test_three_members_with_a_mode_that_takes_every_sender_are_fine(tmp_path, mode):
     text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("mode ftfw", f"mode {mode}"))

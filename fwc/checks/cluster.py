@@ -239,7 +239,17 @@ two segments that end up on one switch or VLAN fight over it. fwc therefore
 requires the VRID to be unique per family across the whole cluster. The IPv4
 and the IPv6 instance of one interface may share a VRID (their virtual MACs
 differ). A cluster-wide `vrid` in `vrrp { }` can therefore serve only one
-interface; give the others their own `vrid N`.""")
+interface; give the others their own `vrid N`.
+
+Two clusters of one policy whose interfaces are on one segment (their subnets
+overlap) need different VRIDs there too, as VRRP wants a VRID unique per LAN, when
+both advertise by multicast: each cluster's members then hear the other's adverts
+for the VRID and discard them (other VIPs, another password), and a discarded
+advert shortens the backup's wait for its own master. Measured with keepalived
+2.2.7 and two such pairs on one bridge: each backup took its cluster's VIPs for a
+moment every three to four seconds, claiming them on the segment while its master
+still held them. With `vrrp { unicast }` in either cluster the adverts of each go
+to its own members only, and its rules take VRRP from them only.""")
 def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for family in (4, 6):
@@ -255,6 +265,38 @@ def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
                             f"VRID {iface.vrid} for {_family_name(family)}", iface.span,
                             hint=f"give '{iface.name}' its own 'vrid N'",
                             related=[Related(first.span, f"'{first.name}' declared here")])
+    yield from _vrids_shared_across_clusters(policy)
+
+
+def _vrrp_segments(cluster: Cluster, family: int) \
+        -> Iterator[tuple[Interface, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+    """Each interface with VIPs of FAMILY and a VRID, with its segment's subnet."""
+    for iface in cluster.vrrp_interfaces:
+        subnet = segment_subnet(cluster, iface, family) if iface.vips_of(family) else None
+        if iface.vrid is not None and subnet is not None:
+            yield iface, subnet
+
+
+def _vrids_shared_across_clusters(policy: Policy) -> Iterator[Diagnostic]:
+    """FWC210 between clusters: one VRID of one family on a segment they share."""
+    multicast = [c for c in policy.clusters if not c.vrrp.unicast]
+    for index, cluster in enumerate(multicast):
+        for earlier in multicast[:index]:
+            for family in (4, 6):
+                theirs = list(_vrrp_segments(earlier, family))
+                for iface, subnet in _vrrp_segments(cluster, family):
+                    for first, other in theirs:
+                        if first.vrid != iface.vrid or not subnet.overlaps(other):
+                            continue
+                        yield error("FWC210", f"interface '{iface.name}' of cluster "
+                                    f"'{cluster.name}' uses VRID {iface.vrid} for "
+                                    f"{_family_name(family)} on {subnet}, as does interface "
+                                    f"'{first.name}' of cluster '{earlier.name}' on that "
+                                    "segment", iface.span,
+                                    hint=f"give '{iface.name}' a VRID no other cluster uses "
+                                    "on the segment ('vrid N')",
+                                    related=[Related(first.span, f"'{first.name}' of "
+                                                     f"'{earlier.name}' declared here")])
 
 
 @check("FWC211", "equal member priorities", E, """
