@@ -315,6 +315,27 @@ def test_clusters_apart_on_a_shared_segment_are_fine(tmp_path, change):
     assert run(tmp_path, text).diagnostics == ()
 
 
+# core on edge's sync segment (203.0.113.0/24), with a VRID of its own on lan
+CORE_ON_EDGE_SYNC = CORE.replace("vrid 51", "vrid 61").replace("198.18.1.", "203.0.113.1")
+
+
+def test_fwc225_two_clusters_sync_on_one_group_of_one_segment(tmp_path):
+    text = BASE + CORE_ON_EDGE_SYNC
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC225", E, line_of(text, "sync { link sync }"),
+                          "'sync' of cluster 'core' uses group 225.0.0.50 port 3780 on "
+                          "203.0.113.0/24", "cluster 'edge'")
+    assert d.related[0].span.line == line_of(text, "sync { link sync  mode ftfw")
+    assert d.hint and "multicast GROUP port N" in d.hint
+
+
+@pytest.mark.parametrize("sync", ["sync { link sync  multicast 225.0.0.51 }",
+                                  "sync { link sync  port 3790 }"])
+def test_clusters_on_one_sync_segment_with_their_own_group_or_port_are_fine(tmp_path, sync):
+    text = BASE + CORE_ON_EDGE_SYNC.replace("sync { link sync }", sync)
+    assert run(tmp_path, text).diagnostics == ()
+
+
 @pytest.mark.parametrize("mode", ["notrack", "alarm"])
 def test_three_members_with_a_mode_that_takes_every_sender_are_fine(tmp_path, mode):
     text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("mode ftfw", f"mode {mode}"))

@@ -521,6 +521,47 @@ def ftfw_two_members(policy: Policy) -> Iterable[Diagnostic]:
                     "pairs")
 
 
+@check("FWC225", "two clusters' state sync on one group of one segment", E, """
+conntrackd's messages name no cluster: a daemon takes the states of every sender on
+its multicast group and port. Two clusters of one policy whose sync links (or backup
+links) are on one segment (overlapping subnets) with the same group and port would
+each fill their external caches with the other cluster's connections, commit them
+into their kernel tables at a failover, and their senders' sequence numbers would
+interleave, so FTFW drops states (FWC224). A different group or port per cluster
+keeps them apart: a member joins only its own group, and its rules take only its own
+group and port on the link.""")
+def sync_shared_across_clusters(policy: Policy) -> Iterable[Diagnostic]:
+    multicast = [c for c in policy.clusters if c.sync.transport == "multicast"]
+    for index, cluster in enumerate(multicast):
+        for earlier in multicast[:index]:
+            if cluster.sync.group != earlier.sync.group:
+                continue
+            theirs = list(_sync_segments(earlier))
+            for name, port, subnet in _sync_segments(cluster):
+                for other, other_port, other_subnet in theirs:
+                    if port != other_port or not subnet.overlaps(other_subnet):
+                        continue
+                    yield error("FWC225", f"sync link '{name}' of cluster '{cluster.name}' "
+                                f"uses group {cluster.sync.group} port {port} on {subnet}, as "
+                                f"does sync link '{other}' of cluster '{earlier.name}': each "
+                                "would take the other's connections", _sync_span(
+                                    cluster, "multicast" if cluster.sync.span_of("multicast")
+                                    else "sync-link"),
+                                hint="give one cluster its own 'multicast GROUP port N', or "
+                                "its own sync segment",
+                                related=[Related(_sync_span(earlier, "sync-link"),
+                                                 f"'{earlier.name}' syncs here")])
+
+
+def _sync_segments(cluster: Cluster) -> Iterator[tuple[str, int, ipaddress.IPv4Network]]:
+    """(link, UDP port, IPv4 subnet) of each dedicated sync link of CLUSTER."""
+    for name in cluster.sync.links:
+        iface = cluster.interface(name)
+        subnet = segment_subnet(cluster, iface, 4) if iface is not None else None
+        if isinstance(subnet, ipaddress.IPv4Network):
+            yield name, cluster.sync.port_of(name), subnet
+
+
 @check("FWC221", "preempt delay too short for conntrackd to resynchronise", E, f"""
 A master that comes back (reboot, restart) has an empty connection table. Its
 conntrackd asks the peer for a full resync only once keepalived has started in
