@@ -406,8 +406,10 @@ cluster bench {
     }
 }
 """
+    # conntrackd's FTFW is for pairs (FWC224): more members replicate with NOTRACK
+    mode = "ftfw" if form.members <= 2 else "notrack"
     lines = ["", "cluster bench {", '    vrrp { password "bench" advert 1s vrid 61 }',
-             "    sync { link sync mode ftfw multicast 225.0.0.50 port 3780 }", ""]
+             f"    sync {{ link sync mode {mode} multicast 225.0.0.50 port 3780 }}", ""]
     for i, zone in enumerate(form.zones):
         v4, v6 = zone_v4(zone), zone_v6(zone)
         vrid = f" vrid {61 + i}" if i else ""

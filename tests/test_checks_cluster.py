@@ -251,6 +251,97 @@ def test_fwc220_unicast_with_three_members(tmp_path):
     assert_diagnostic(analysis, "FWC220", E, line_of(text, "unicast"), "3 members")
 
 
+THIRD_BLOCK = FW2_BLOCK.replace("fw2", "fw3").replace("priority 100", "priority 50") \
+    .replace(".2/", ".3/").replace("::2/", "::3/")
+
+
+def test_fwc224_ftfw_with_three_members(tmp_path):
+    # conntrackd's FTFW tracks one peer's sequence numbers: a third member drops a
+    # sender's states (measured in tests/test_conntrackd_members.py)
+    text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK))
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC224", E, line_of(text, "mode ftfw"), "3 members")
+    assert d.span is not None and d.span.column == text.splitlines()[d.span.line - 1].index(
+        "ftfw") + 1
+    assert d.hint and "mode notrack" in d.hint
+    # the default mode is FTFW too: the diagnostic is at the sync link then
+    default = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("  mode ftfw", ""))
+    assert_diagnostic(run(tmp_path, default), "FWC224", E, line_of(default, "sync {"))
+
+
+# A second pair on edge's lan segment (192.0.2.0/24) with a transit link of its own.
+CORE = """
+cluster core {
+    vrrp { password "c0re"  vrid 51 }
+    sync { link sync }
+    interface lan     vip 192.0.2.253/24
+    interface transit vip 198.18.0.254/24  vrid 52
+    interface sync
+    member core1 priority 150 { lan eth0 192.0.2.11/24  transit eth1 198.18.0.1/24
+                                sync eth2 198.18.1.1/24 }
+    member core2 priority 100 { lan eth0 192.0.2.12/24  transit eth1 198.18.0.2/24
+                                sync eth2 198.18.1.2/24 }
+}
+
+policy core {
+    accept from lan to any service tcp/443
+}
+"""
+
+
+def test_fwc210_two_clusters_with_one_vrid_on_a_shared_segment(tmp_path):
+    # keepalived 2.2.7, two pairs on one bridge with one VRID: each backup took the VIPs
+    # for a moment every few seconds (the other pair's adverts shorten its wait)
+    text = BASE + CORE
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC210", E, line_of(text, "vip 192.0.2.253/24"),
+                          "'lan' of cluster 'core' uses VRID 51 for IPv4 on 192.0.2.0/24",
+                          "'lan' of cluster 'edge'")
+    assert d.related[0].span.line == line_of(text, "interface lan    vip 192.0.2.254/24")
+    # transit reuses uplink's VRID 52, on a segment of its own: fine
+    assert "uplink" not in d.message
+
+
+@pytest.mark.parametrize("change", [("vrid 51 }\n    sync { link sync }\n",
+                                     "vrid 61 }\n    sync { link sync }\n"),
+                                    ('"c0re"  vrid 51', '"c0re"  vrid 51  unicast'),
+                                    ("    vrrp { password \"s3cret\"  advert 1s  vrid 51 }",
+                                     "    vrrp { password \"s3cret\"  advert 1s  vrid 51  "
+                                     "unicast }")])
+def test_clusters_apart_on_a_shared_segment_are_fine(tmp_path, change):
+    # another VRID, or unicast adverts in either cluster (they reach its own members only)
+    text = (BASE + CORE).replace(*change)
+    assert change[1] in text
+    assert run(tmp_path, text).diagnostics == ()
+
+
+# core on edge's sync segment (203.0.113.0/24), with a VRID of its own on lan
+CORE_ON_EDGE_SYNC = CORE.replace("vrid 51", "vrid 61").replace("198.18.1.", "203.0.113.1")
+
+
+def test_fwc225_two_clusters_sync_on_one_group_of_one_segment(tmp_path):
+    text = BASE + CORE_ON_EDGE_SYNC
+    analysis = run(tmp_path, text)
+    d = assert_diagnostic(analysis, "FWC225", E, line_of(text, "sync { link sync }"),
+                          "'sync' of cluster 'core' uses group 225.0.0.50 port 3780 on "
+                          "203.0.113.0/24", "cluster 'edge'")
+    assert d.related[0].span.line == line_of(text, "sync { link sync  mode ftfw")
+    assert d.hint and "multicast GROUP port N" in d.hint
+
+
+@pytest.mark.parametrize("sync", ["sync { link sync  multicast 225.0.0.51 }",
+                                  "sync { link sync  port 3790 }"])
+def test_clusters_on_one_sync_segment_with_their_own_group_or_port_are_fine(tmp_path, sync):
+    text = BASE + CORE_ON_EDGE_SYNC.replace("sync { link sync }", sync)
+    assert run(tmp_path, text).diagnostics == ()
+
+
+@pytest.mark.parametrize("mode", ["notrack", "alarm"])
+def test_three_members_with_a_mode_that_takes_every_sender_are_fine(tmp_path, mode):
+    text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("mode ftfw", f"mode {mode}"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
 def test_unicast_with_two_members_is_fine(tmp_path):
     text = mutate(("multicast 225.0.0.50 port 3780", "unicast"))
     assert run(tmp_path, text).diagnostics == ()

@@ -103,7 +103,11 @@ def test_vanished_members_and_clusters_go_other_policies_stay(edge, tmp_path):
     out = tmp_path / "out"
     # a second cluster in the same policy, and another policy's cluster
     body = EDGE.split("cluster edge {")[1].split("policy edge {")[0]
-    edge.write_text(EDGE + "\ncluster core {" + body)
+    # core is edge's copy on the same segments: its own VRIDs (FWC210) and sync port (FWC225)
+    core = body.replace("vrid 51", "vrid 61").replace("vrid 52", "vrid 62") \
+        .replace("port 3780", "port 3790")
+    assert core.count("vrid 6") == 2 and "port 3790" in core
+    edge.write_text(EDGE + "\ncluster core {" + core)
     assert compile_to(edge, out) == 0
     assert (out / "core" / "fw1").is_dir()
     other = tmp_path / "src" / "other.fw"

@@ -45,7 +45,7 @@ service ftp      tcp/21 helper ftp
 
 cluster edge {
     vrrp { password "s3cret"  advert 1s  vrid 51 }
-    sync { link sync  mode ftfw  multicast 225.0.0.50 port 3780 }
+    sync { link sync  mode notrack  multicast 225.0.0.50 port 3780 }  # FTFW is for pairs (FWC224)
     interface lan    vip 192.0.2.254/24, 2001:db8:1::fe/64
     interface uplink vip 198.51.100.254/24  vrid 52
     interface sync

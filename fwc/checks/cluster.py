@@ -239,7 +239,17 @@ two segments that end up on one switch or VLAN fight over it. fwc therefore
 requires the VRID to be unique per family across the whole cluster. The IPv4
 and the IPv6 instance of one interface may share a VRID (their virtual MACs
 differ). A cluster-wide `vrid` in `vrrp { }` can therefore serve only one
-interface; give the others their own `vrid N`.""")
+interface; give the others their own `vrid N`.
+
+Two clusters of one policy whose interfaces are on one segment (their subnets
+overlap) need different VRIDs there too, as VRRP wants a VRID unique per LAN, when
+both advertise by multicast: each cluster's members then hear the other's adverts
+for the VRID and discard them (other VIPs, another password), and a discarded
+advert shortens the backup's wait for its own master. Measured with keepalived
+2.2.7 and two such pairs on one bridge: each backup took its cluster's VIPs for a
+moment every three to four seconds, claiming them on the segment while its master
+still held them. With `vrrp { unicast }` in either cluster the adverts of each go
+to its own members only, and its rules take VRRP from them only.""")
 def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for family in (4, 6):
@@ -255,6 +265,38 @@ def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
                             f"VRID {iface.vrid} for {_family_name(family)}", iface.span,
                             hint=f"give '{iface.name}' its own 'vrid N'",
                             related=[Related(first.span, f"'{first.name}' declared here")])
+    yield from _vrids_shared_across_clusters(policy)
+
+
+def _vrrp_segments(cluster: Cluster, family: int) \
+        -> Iterator[tuple[Interface, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+    """Each interface with VIPs of FAMILY and a VRID, with its segment's subnet."""
+    for iface in cluster.vrrp_interfaces:
+        subnet = segment_subnet(cluster, iface, family) if iface.vips_of(family) else None
+        if iface.vrid is not None and subnet is not None:
+            yield iface, subnet
+
+
+def _vrids_shared_across_clusters(policy: Policy) -> Iterator[Diagnostic]:
+    """FWC210 between clusters: one VRID of one family on a segment they share."""
+    multicast = [c for c in policy.clusters if not c.vrrp.unicast]
+    for index, cluster in enumerate(multicast):
+        for earlier in multicast[:index]:
+            for family in (4, 6):
+                theirs = list(_vrrp_segments(earlier, family))
+                for iface, subnet in _vrrp_segments(cluster, family):
+                    for first, other in theirs:
+                        if first.vrid != iface.vrid or not subnet.overlaps(other):
+                            continue
+                        yield error("FWC210", f"interface '{iface.name}' of cluster "
+                                    f"'{cluster.name}' uses VRID {iface.vrid} for "
+                                    f"{_family_name(family)} on {subnet}, as does interface "
+                                    f"'{first.name}' of cluster '{earlier.name}' on that "
+                                    "segment", iface.span,
+                                    hint=f"give '{iface.name}' a VRID no other cluster uses "
+                                    "on the segment ('vrid N')",
+                                    related=[Related(first.span, f"'{first.name}' of "
+                                                     f"'{earlier.name}' declared here")])
 
 
 @check("FWC211", "equal member priorities", E, """
@@ -450,6 +492,74 @@ def unicast_two_members(policy: Policy) -> Iterable[Diagnostic]:
             yield error("FWC220", f"unicast sync with {len(cluster.members)} members; "
                         "conntrackd unicast reaches one peer", _sync_span(cluster, "unicast"),
                         hint="use 'multicast GROUP port PORT' (the default)")
+
+
+@check("FWC224", "FTFW sync with more than two members", E, """
+conntrackd's FTFW mode is a reliable protocol between two peers: every member
+keeps one expected sequence number for everything it receives, drops a message
+numbered below it as a replay, and takes an acknowledgement of a range of numbers
+as one for its own messages of that range. With three members on the multicast
+group the numbers of two senders interleave, and a member silently drops the
+states of the peer whose counter is behind. Measured with conntrackd 1.4.7: when
+the master died, the third member took none of the 20 connections the new master
+opened (the old master's counter was ahead); with two active masters a member took
+none of the 20 of the quieter one. The next failover to that member loses them.
+NOTRACK and ALARM accept every sender's messages (the same runs: 20 of 20).""")
+def ftfw_two_members(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        sync = cluster.sync
+        # unicast with three members is FWC220 (it reaches one peer whatever the mode)
+        if sync.link is None or sync.mode != "ftfw" or sync.transport != "multicast" \
+                or len(cluster.members) <= 2:
+            continue
+        yield error("FWC224", f"conntrackd's FTFW mode with {len(cluster.members)} members: "
+                    "it tracks one peer's sequence numbers, so members drop the states of "
+                    "all but one sender", sync.span_of("sync-mode") or _sync_span(cluster,
+                                                                                "sync-link"),
+                    hint="write 'mode notrack' or 'mode alarm' in the sync block (every "
+                    "member then takes every member's states), or split the cluster into "
+                    "pairs")
+
+
+@check("FWC225", "two clusters' state sync on one group of one segment", E, """
+conntrackd's messages name no cluster: a daemon takes the states of every sender on
+its multicast group and port. Two clusters of one policy whose sync links (or backup
+links) are on one segment (overlapping subnets) with the same group and port would
+each fill their external caches with the other cluster's connections, commit them
+into their kernel tables at a failover, and their senders' sequence numbers would
+interleave, so FTFW drops states (FWC224). A different group or port per cluster
+keeps them apart: a member joins only its own group, and its rules take only its own
+group and port on the link.""")
+def sync_shared_across_clusters(policy: Policy) -> Iterable[Diagnostic]:
+    multicast = [c for c in policy.clusters if c.sync.transport == "multicast"]
+    for index, cluster in enumerate(multicast):
+        for earlier in multicast[:index]:
+            if cluster.sync.group != earlier.sync.group:
+                continue
+            theirs = list(_sync_segments(earlier))
+            for name, port, subnet in _sync_segments(cluster):
+                for other, other_port, other_subnet in theirs:
+                    if port != other_port or not subnet.overlaps(other_subnet):
+                        continue
+                    yield error("FWC225", f"sync link '{name}' of cluster '{cluster.name}' "
+                                f"uses group {cluster.sync.group} port {port} on {subnet}, as "
+                                f"does sync link '{other}' of cluster '{earlier.name}': each "
+                                "would take the other's connections", _sync_span(
+                                    cluster, "multicast" if cluster.sync.span_of("multicast")
+                                    else "sync-link"),
+                                hint="give one cluster its own 'multicast GROUP port N', or "
+                                "its own sync segment",
+                                related=[Related(_sync_span(earlier, "sync-link"),
+                                                 f"'{earlier.name}' syncs here")])
+
+
+def _sync_segments(cluster: Cluster) -> Iterator[tuple[str, int, ipaddress.IPv4Network]]:
+    """(link, UDP port, IPv4 subnet) of each dedicated sync link of CLUSTER."""
+    for name in cluster.sync.links:
+        iface = cluster.interface(name)
+        subnet = segment_subnet(cluster, iface, 4) if iface is not None else None
+        if isinstance(subnet, ipaddress.IPv4Network):
+            yield name, cluster.sync.port_of(name), subnet
 
 
 @check("FWC221", "preempt delay too short for conntrackd to resynchronise", E, f"""
