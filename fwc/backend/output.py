@@ -249,8 +249,28 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+# The mode of every directory fwc creates, less the umask: write access for group or
+# others would let them swap a generated file (none of which gives it) before `fwc
+# install` reads it, and under umask 000 (some CI runners) the next compile refused the
+# directory it had made itself (FWC510).
+MODE_DIRECTORY = 0o755
+
+
+def make_directories(path: Path) -> None:
+    """PATH and every missing directory above it, each created MODE_DIRECTORY (less the
+    umask): `Path.mkdir(parents=True)` gives the parents the umask's 0777. A file on the
+    way fails the next step (ENOTDIR), as with mkdir -p."""
+    missing: list[Path] = []
+    while not os.path.isdir(path) and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile, or not a directory
+            os.mkdir(directory, MODE_DIRECTORY)
+
+
 def _write_cluster(directory: Path, cluster: ClusterOutput | FileStream) -> None:
-    directory.mkdir()
+    os.mkdir(directory, MODE_DIRECTORY)
     for f in cluster.files if isinstance(cluster, ClusterOutput) else cluster.files():
         write_file(directory, f)
         del f  # a stream's file is let go before the next one is rendered
@@ -258,7 +278,7 @@ def _write_cluster(directory: Path, cluster: ClusterOutput | FileStream) -> None
 
 def write_file(directory: Path, f: OutputFile) -> None:
     path = directory / f.path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     # Create with the final mode so a secret is never readable, not even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
     with os.fdopen(fd, "wb") as stream:
@@ -307,7 +327,7 @@ def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
     output_dir = _follow_link(_absolute(Path(output_dir)))
     parent = output_dir.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        make_directories(parent)
         lock = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise OutputError(f"cannot use '{parent}': {exc.strerror or exc}") from exc
@@ -505,7 +525,7 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             final_mode = stat.S_IMODE(output_dir.stat().st_mode)
         else:
             os.mkdir(staging, 0o700)
-            final_mode = 0o777 & ~_umask()
+            final_mode = MODE_DIRECTORY & ~_umask()
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
             if after_cluster is not None:
