@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fwc.backend.files import MODE_FILE
-from fwc.backend.lower import LowerOptions, forget_lowered, options_for
+from fwc.backend.lower import LowerOptions, forget_lowered, options_for, relative_source
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
 from fwc.backend.render.context import (
@@ -75,13 +75,12 @@ class ClusterOutput:
 
 
 def source_root(policy: Policy) -> str:
-    return os.path.dirname(policy.root) or "."
+    return options_for(policy).source_root
 
 
-def relative_source(path: str, root: str) -> str:
-    if path.startswith("<"):  # a file of fwc's library: `<std/services.fw>` everywhere
-        return path
-    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+def policy_name(policy: Policy) -> str:
+    """The root policy file as its MANIFEST's `policy` line names it."""
+    return relative_source(policy.root, source_root(policy))
 
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
@@ -105,12 +104,16 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
         del f
 
 
+def manifest_sources(policy: Policy) -> list[tuple[str, str]]:
+    """(name, sha256) of every file POLICY read, as its MANIFEST lists them."""
+    options = options_for(policy)
+    return [(options.source_name(s.path), s.sha256) for s in policy.sources]
+
+
 def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry],
               backend: Backend) -> bytes:
-    root = source_root(policy)
-    return Manifest.of_entries(cluster.name, relative_source(policy.root, root),
-                               ((relative_source(s.path, root), s.sha256)
-                                for s in policy.sources), entries, backend).render()
+    return Manifest.of_entries(cluster.name, policy_name(policy), manifest_sources(policy),
+                               entries, backend).render()
 
 
 class ClusterStream:

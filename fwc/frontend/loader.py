@@ -54,6 +54,9 @@ class LoadedProgram:
     # read or not (a cycle): which files a load reads is these and the files' content,
     # so the result cache keys on both (a link retargeted since reads another file).
     links: tuple[tuple[str, str], ...] = ()
+    # (path as read, `<NAME>`) of the files read from an `--include-path` directory outside
+    # the repository: what the generated files call them (`Policy.sources`).
+    library_names: tuple[tuple[str, str], ...] = ()
 
     @property
     def texts(self) -> dict[str, str]:
@@ -107,6 +110,19 @@ class _Disk:
     def read(self, file: Path, shown: str) -> bytes:
         return read_regular(resolved(file), shown)
 
+    def library_name(self, file: Path) -> str | None:
+        """`<NAME>` for a file outside the repository that an `--include-path` directory
+        holds (NAME: its path below the first such directory), as `include <NAME>` names
+        it: where that directory lies differs from machine to machine, so the generated
+        files must not name it by its way from the policy (`../../home/alice/...`)."""
+        real = resolved(file)
+        if inside(real, (self.repository,)):
+            return None
+        for directory in self.search:
+            if inside(real, (directory,)):
+                return f"<{real.relative_to(directory).as_posix()}>"
+        return None
+
 
 class _Through:
     """Files through a reader (`fwc diff`: a git revision or the work tree).
@@ -149,6 +165,9 @@ class _Through:
             raise too_large(shown)
         return data
 
+    def library_name(self, file: Path) -> str | None:
+        return None  # every file is named by its path in the repository
+
 
 class _Library:
     """The library shipped with fwc (package data): `include <std/services.fw>`.
@@ -181,6 +200,9 @@ class _Library:
     def read(self, file: Path, shown: str) -> bytes:
         return read_regular(resolved(file), shown)
 
+    def library_name(self, file: Path) -> str | None:
+        return None  # already shown as `<std/services.fw>`
+
 
 def load(path: str | Path, reader: Reader | None = None,
          include_path: Sequence[Path] = (), lines: bool = False) \
@@ -209,6 +231,7 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
     hashes: list[tuple[str, str]] = []
     loaded: set[Path] = set()
     links: dict[tuple[str, str], None] = {}  # ordered, without repeats
+    library_names: list[tuple[str, str]] = []
     total = 0
 
     def visit(file: Path, stack: list[tuple[Path, s.Include | None]],
@@ -241,6 +264,9 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
             return
         loaded.add(key)
         hashes.append((shown, hashlib.sha256(text.encode()).hexdigest()))
+        library_name = origin.library_name(file)
+        if library_name is not None:
+            library_names.append((shown, library_name))
         source, diags = parse_text(text, shown, policy_parser, lines=lines)
         diagnostics.extend(diags)
         files.append(source)
@@ -293,7 +319,7 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
     visit(root, [], where)
     program = LoadedProgram(where.shown(root) if reader is not None else display_path(root),
                             tuple(files), tuple(hashes), frozenset(libraries),
-                            tuple(links))
+                            tuple(links), tuple(library_names))
     # `visit` refers to itself through its closure, a cycle that would outlive this call
     # when the cyclic collector is off (as the CLI runs), holding every syntax tree, the
     # parser and the hashes to the end of the run: deleted, its cell no longer does.

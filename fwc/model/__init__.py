@@ -854,8 +854,11 @@ class Cluster:
 
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
-    path: str
+    path: str  # as the load named it (diagnostics)
     sha256: str
+    # `<NAME>` for a file of an `--include-path` directory outside the repository: how the
+    # generated files name it (fwc.backend.lower.LowerOptions.source_name).
+    library: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
