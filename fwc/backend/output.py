@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fwc.backend.files import MODE_FILE
-from fwc.backend.lower import LowerOptions, forget_lowered, options_for, relative_source
+from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry, Manifest, ManifestError
 from fwc.backend.render.context import (
@@ -74,13 +74,9 @@ class ClusterOutput:
         return members_of(f.path for f in self.files)
 
 
-def source_root(policy: Policy) -> str:
-    return options_for(policy).source_root
-
-
 def policy_name(policy: Policy) -> str:
     """The root policy file as its MANIFEST's `policy` line names it."""
-    return relative_source(policy.root, source_root(policy))
+    return options_for(policy).source_name(policy.root)
 
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,

@@ -1518,7 +1518,7 @@ class Resolver:
                     and sdecl.name.span.file not in self.program.libraries:
                 self.warn("FWC103", f"service '{name}' is never used", sdecl.name.span,
                           hint="remove it, or use it in a rule")
-        names = dict(self.program.library_names)
+        names = dict(self.program.source_names)
         sources = tuple(m.SourceInfo(p, h, names.get(p)) for p, h in self.program.hashes)
         return m.Policy(self.program.root, sources, self.objects, self.services, clusters)
 

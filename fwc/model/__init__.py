@@ -856,9 +856,9 @@ class Cluster:
 class SourceInfo:
     path: str  # as the load named it (diagnostics)
     sha256: str
-    # `<NAME>` for a file of an `--include-path` directory outside the repository: how the
-    # generated files name it (fwc.backend.lower.LowerOptions.source_name).
-    library: str | None = None
+    # What the generated files call it (MANIFEST, rule comments), when the loader says:
+    # fwc.frontend.loader's `_Disk.name`; None: its path relative to the root's directory.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,16 +121,16 @@ def relative_source(path: str, root: str) -> str:
 class LowerOptions:
     """How the generated files (rule comments, MANIFEST) name the policy's files.
 
-    source_root: the root policy's directory, which names are relative to. libraries:
-    (path as loaded, `<NAME>`) of the files read from an `--include-path` directory
-    outside the repository, named as `include <NAME>` names them (`SourceInfo.library`).
+    names: (path as loaded, name) of the files the loader named (`SourceInfo.name`: the
+    same from every working directory); any other file is named relative to
+    source_root, the root policy's directory (a policy read through git).
     """
 
     source_root: str = "."
-    libraries: tuple[tuple[str, str], ...] = ()
+    names: tuple[tuple[str, str], ...] = ()
 
     def source_name(self, file: str) -> str:
-        for path, name in self.libraries:
+        for path, name in self.names:
             if path == file:
                 return name
         return relative_source(file, self.source_root)
@@ -139,7 +139,7 @@ class LowerOptions:
 def options_for(policy: Policy) -> LowerOptions:
     """How POLICY's files are named in its generated files."""
     return LowerOptions(os.path.dirname(policy.root) or ".",
-                        tuple((s.path, s.library) for s in policy.sources if s.library))
+                        tuple((s.path, s.name) for s in policy.sources if s.name is not None))
 
 
 def source_label(file: str, line: int, options: LowerOptions) -> str:
