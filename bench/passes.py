@@ -159,7 +159,7 @@ def measure(policy_path: Path, backend: str | None = None) -> dict[str, Any]:
             target = Path(folder) / "out"
             start = _clocks()
             output.write_output(
-                target, output.relative_source(policy.root, output.source_root(policy)),
+                target, output.policy_name(policy),
                 output.stream_policy(policy, chunked=True,
                                      backend=Backend(backend) if backend else None))
             wall, cpu, user = _since(start)

@@ -34,8 +34,7 @@ import pytest
 from fwc.backend.output import (
     ClusterOutput,
     compile_policy,
-    relative_source,
-    source_root,
+    policy_name,
     write_output,
 )
 from fwc.cli import main
@@ -297,7 +296,7 @@ class Examples:
         assert policy is not None
         clusters = compile_policy(policy)
         out = self._base / path.stem
-        write_output(out, relative_source(policy.root, source_root(policy)), clusters)
+        write_output(out, policy_name(policy), clusters)
         return CompiledExample(path, analysis, tuple(clusters), out)
 
 

@@ -11,6 +11,8 @@ for tool in ip:iproute2 iptables-restore:iptables nft:nftables systemd-analyze:s
             zsh:zsh fish:fish; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
+# glibc's locale sources: tests/test_environment.py builds a Latin-1 and a Turkish locale
+[[ -f /usr/share/i18n/locales/tr_TR ]] || need_apt+=(locales)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         echo "tests/run.sh: installing ${need_apt[*]}"

@@ -13,7 +13,7 @@ import re
 import pytest
 from conftest import EXAMPLE_NAMES, Examples
 
-from fwc.backend.output import relative_source, source_root
+from fwc.backend.lower import LowerOptions, options_for, source_label
 from fwc.model import Cluster
 
 
@@ -28,8 +28,8 @@ def node_values(cluster: Cluster) -> set[str]:
     return values
 
 
-def only_rule_comments(cluster: Cluster, root: str) -> set[str]:
-    return {f"{relative_source(r.span.file, root)}:{r.span.line}"
+def only_rule_comments(cluster: Cluster, options: LowerOptions) -> set[str]:
+    return {source_label(r.span.file, r.span.line, options)
             for r in cluster.all_rules() if r.only is not None}
 
 
@@ -44,10 +44,10 @@ def words(line: str) -> list[str]:
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_members_differ_only_in_node_specific_values(examples: Examples, name: str):
     example = examples[name]
-    root = source_root(example.policy)
+    options = options_for(example.policy)
     for cluster, output in zip(example.policy.clusters, example.clusters, strict=True):
         allowed = node_values(cluster)
-        scoped = only_rule_comments(cluster, root)
+        scoped = only_rule_comments(cluster, options)
         files: dict[str, dict[str, str]] = {}
         for f in output.files:
             member, _, name = f.path.partition("/")

@@ -65,6 +65,40 @@ def test_comments_name_sources_relative_to_the_root_policy(tmp_path):
     assert "  lib/rules.fw\n" in manifest and "policy main.fw\n" in manifest
 
 
+def test_sources_are_named_alike_from_any_directory_through_links(tmp_path, monkeypatch):
+    """The generated files named a source by its path as the loader showed it: relative
+    to the working directory when inside it (links followed), else as written (links
+    and `..` taken literally). Through a linked directory, `include "../lib/x.fw"` was
+    `../other/deep/lib/x.fw` from the repository's top and `lib/x.fw` (a file that is
+    not there) from the policy's own directory; a policy reached through a link was
+    named after the link or after its target, by the same rule."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)  # the repository: includes may go anywhere in it
+    (repo / "pol").mkdir()
+    (repo / "other" / "deep" / "sub").mkdir(parents=True)
+    (repo / "other" / "deep" / "lib").mkdir()
+    (repo / "pol" / "sub").symlink_to("../other/deep/sub")
+    (repo / "other" / "deep" / "sub" / "rules.fw").write_text('include "../lib/x.fw"\n')
+    head, _, tail = EDGE.partition("policy edge {")
+    (repo / "other" / "deep" / "lib" / "x.fw").write_text("policy edge {" + tail)
+    (repo / "pol" / "v2.fw").write_text(head + 'include "sub/rules.fw"\n')
+    (repo / "pol" / "edge.fw").symlink_to("v2.fw")
+    trees = []
+    for cwd, named in ((repo, "pol/edge.fw"), (repo / "pol", "edge.fw"),
+                       (tmp_path, str(repo / "pol" / "edge.fw"))):
+        monkeypatch.chdir(cwd)
+        out = tmp_path / f"out{len(trees)}"
+        assert compile_to(Path(named), out) == 0
+        trees.append(file_tree(out))
+    assert trees[0] == trees[1] == trees[2]
+    manifest = trees[0]["edge/MANIFEST"][0].decode()
+    assert "policy edge.fw\n" in manifest and "  edge.fw\n" in manifest
+    assert "  ../other/deep/sub/rules.fw\n" in manifest
+    assert "  ../other/deep/lib/x.fw\n" in manifest
+    rules = trees[0]["edge/fw1/iptables.rules"][0].decode()
+    assert '--comment "../other/deep/lib/x.fw:2"' in rules
+
+
 def test_an_error_leaves_the_output_untouched(edge, tmp_path, capsys):
     out = tmp_path / "out"
     assert compile_to(edge, out) == 0

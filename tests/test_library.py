@@ -85,6 +85,47 @@ def test_an_include_path_directory_extends_and_shadows_the_library(tmp_path):
     assert program.libraries == frozenset(texts) - {program.root}
 
 
+def _site_library(where: Path) -> Path:
+    """An --include-path directory at WHERE: <site/rules.fw> with a rule, which includes
+    objects.fw beside it."""
+    (where / "site").mkdir(parents=True)
+    (where / "site" / "rules.fw").write_text(
+        'include "objects.fw"\npolicy edge {\n    accept from client to partner service ssh\n}\n')
+    (where / "site" / "objects.fw").write_text("host partner 198.51.100.77\n")
+    return where
+
+
+def test_files_of_an_include_path_directory_are_named_alike_wherever_it_is(tmp_path):
+    """The MANIFEST and the rule comments named a file of an --include-path directory
+    outside the repository by its way from the policy's directory: the same policy gave
+    `../../home/alice/fwc-site/site/rules.fw` on a laptop and another path in CI (and
+    showed the user's home). They name it as `include <...>` does, as fwc's own library."""
+    repo = tmp_path / "repo"
+    (repo / "pol").mkdir(parents=True)
+    policy = repo / "pol" / "edge.fw"
+    # (the site's rules come after the policy's own: no catch-all drop before them)
+    policy.write_text("include <site/rules.fw>\n" + EDGE.replace(
+        '    drop   from any      to any      log "default"\n', ""))
+    here = _site_library(tmp_path / "home" / "alice" / "fwc-site")
+    there = _site_library(tmp_path / "opt" / "x" / "y")
+    trees = []
+    for cwd, library in ((repo / "pol", here), (tmp_path, there)):
+        out = tmp_path / f"out-{len(trees)}"
+        done = run_fwc("compile", str(policy), "-o", str(out), "--include-path",
+                       str(library), cwd=cwd, clean_env=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        trees.append({str(p.relative_to(out)): p.read_bytes()
+                      for p in sorted(out.rglob("*")) if p.is_file()})
+    assert trees[0] == trees[1]
+    manifest = trees[0]["edge/MANIFEST"].decode()
+    assert "  <site/rules.fw>\n" in manifest and "  <site/objects.fw>\n" in manifest
+    assert "  edge.fw\n" in manifest
+    rules = trees[0]["edge/fw1/iptables.rules"].decode()
+    assert '--comment "<site/rules.fw>:3"' in rules
+    assert '--comment "edge.fw:' in rules
+    assert not [name for name, data in trees[0].items() if b"alice" in data or b".." in data]
+
+
 @pytest.mark.parametrize(("include", "code"), [
     ("<../etc/passwd.fw>", "FWC035"),
     ("<std/./services.fw>", "FWC035"),

@@ -8,8 +8,11 @@ import stat
 import sys
 
 import pytest
+from conftest import EDGE as EDGE_FILE
 from conftest import EDGE_TEXT as EDGE
 from conftest import compile_to, file_tree, leftovers
+
+from fwc.cli import main
 
 
 class CreationWatch:
@@ -303,3 +306,50 @@ def test_an_interrupt_between_the_two_renames_keeps_the_previous_output(edge, tm
     assert compile_to(edge, out, "--no-cache") == 130
     monkeypatch.undo()
     assert file_tree(out) == before and leftovers(tmp_path) == []
+
+
+# -- the umask decides no more than it takes away (rev25b) --
+
+def _modes(root):  # type: ignore[no-untyped-def]
+    """{relative path: mode} of ROOT and everything below it."""
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
+            for p in [root, *sorted(root.rglob("*"))]}
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o002])
+def test_no_directory_fwc_creates_is_writable_by_others_whatever_the_umask(edge, tmp_path,
+                                                                           umask):
+    """Under umask 000 (some CI runners) the output directory, its new parent and every
+    cluster and member directory were created 0777: anyone could swap keepalived.conf
+    before `fwc install` read it, and the next compile refused the directory fwc had
+    made itself (FWC510, "writable by every user"). Directories are 0755 less the umask,
+    as the files' modes are fixed."""
+    out = tmp_path / "new" / "out"
+    before = os.umask(umask)
+    try:
+        assert compile_to(edge, out) == 0
+        assert compile_to(edge, out, "--no-cache") == 0  # its own directory is accepted
+    finally:
+        os.umask(before)
+    modes = _modes(tmp_path / "new")
+    assert {m for p, m in modes.items() if (tmp_path / "new" / p).is_dir()} == {0o755}
+    assert modes["out/edge/fw1/fwc-notify.sh"] == 0o755
+    assert modes["out/edge/fw1/iptables.rules"] == 0o644
+
+
+def test_the_exported_ansible_tree_is_not_writable_by_others_under_umask_000(tmp_path,
+                                                                           capsys):
+    """`fwc export ansible` writes through the same function: its role's task and
+    template directories were 0777 under umask 000 (anyone could change what the
+    playbook runs as root on every node)."""
+    inventory = tmp_path / "hosts"
+    inventory.write_text("fw1 a\nfw2 b\n")
+    before = os.umask(0)
+    try:
+        assert main(["export", "ansible", str(EDGE_FILE), "-o", str(tmp_path / "tree"),
+                     "--redact-secrets", "--inventory", str(inventory)]) == 0
+    finally:
+        os.umask(before)
+    capsys.readouterr()
+    writable = [p for p, m in _modes(tmp_path / "tree").items() if m & 0o022]
+    assert writable == []

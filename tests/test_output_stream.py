@@ -51,7 +51,7 @@ def test_compile_writes_each_file_before_rendering_the_next(edge, tmp_path, monk
 def test_streamed_output_is_the_in_memory_output(edge, tmp_path):
     policy = analyse(edge).policy
     assert policy is not None
-    name = output.relative_source(policy.root, output.source_root(policy))
+    name = output.policy_name(policy)
     output.write_output(tmp_path / "memory", name, output.compile_policy(policy))
     streams = output.stream_policy(policy)
     output.write_output(tmp_path / "stream", name, streams)
@@ -152,7 +152,7 @@ def test_chunked_stream_writes_the_in_memory_output(edge, tmp_path, monkeypatch)
     same MANIFEST, and the rule files never exist whole as one bytes object."""
     policy = analyse(edge).policy
     assert policy is not None
-    name = output.relative_source(policy.root, output.source_root(policy))
+    name = output.policy_name(policy)
     output.write_output(tmp_path / "memory", name, output.compile_policy(policy))
     chunked: list[str] = []
     write_file = output.write_file
@@ -201,7 +201,7 @@ def test_nftables_files_are_streamed_too(tmp_path, monkeypatch):
 
     policy = analyse(POLICIES / "shop.fw").policy
     assert policy is not None
-    name = output.relative_source(policy.root, output.source_root(policy))
+    name = output.policy_name(policy)
     output.write_output(tmp_path / "memory", name,
                         output.compile_policy(policy, backend=Backend.NFTABLES))
     chunked: list[str] = []

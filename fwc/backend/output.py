@@ -74,14 +74,9 @@ class ClusterOutput:
         return members_of(f.path for f in self.files)
 
 
-def source_root(policy: Policy) -> str:
-    return os.path.dirname(policy.root) or "."
-
-
-def relative_source(path: str, root: str) -> str:
-    if path.startswith("<"):  # a file of fwc's library: `<std/services.fw>` everywhere
-        return path
-    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+def policy_name(policy: Policy) -> str:
+    """The root policy file as its MANIFEST's `policy` line names it."""
+    return options_for(policy).source_name(policy.root)
 
 
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
@@ -105,12 +100,16 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
         del f
 
 
+def manifest_sources(policy: Policy) -> list[tuple[str, str]]:
+    """(name, sha256) of every file POLICY read, as its MANIFEST lists them."""
+    options = options_for(policy)
+    return [(options.source_name(s.path), s.sha256) for s in policy.sources]
+
+
 def _manifest(policy: Policy, cluster: Cluster, entries: Iterable[Entry],
               backend: Backend) -> bytes:
-    root = source_root(policy)
-    return Manifest.of_entries(cluster.name, relative_source(policy.root, root),
-                               ((relative_source(s.path, root), s.sha256)
-                                for s in policy.sources), entries, backend).render()
+    return Manifest.of_entries(cluster.name, policy_name(policy), manifest_sources(policy),
+                               entries, backend).render()
 
 
 class ClusterStream:
@@ -249,8 +248,28 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+# The mode of every directory fwc creates, less the umask: write access for group or
+# others would let them swap a generated file (none of which gives it) before `fwc
+# install` reads it, and under umask 000 (some CI runners) the next compile refused the
+# directory it had made itself (FWC510).
+MODE_DIRECTORY = 0o755
+
+
+def make_directories(path: Path) -> None:
+    """PATH and every missing directory above it, each created MODE_DIRECTORY (less the
+    umask): `Path.mkdir(parents=True)` gives the parents the umask's 0777. A file on the
+    way fails the next step (ENOTDIR), as with mkdir -p."""
+    missing: list[Path] = []
+    while not os.path.isdir(path) and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile, or not a directory
+            os.mkdir(directory, MODE_DIRECTORY)
+
+
 def _write_cluster(directory: Path, cluster: ClusterOutput | FileStream) -> None:
-    directory.mkdir()
+    os.mkdir(directory, MODE_DIRECTORY)
     for f in cluster.files if isinstance(cluster, ClusterOutput) else cluster.files():
         write_file(directory, f)
         del f  # a stream's file is let go before the next one is rendered
@@ -258,7 +277,7 @@ def _write_cluster(directory: Path, cluster: ClusterOutput | FileStream) -> None
 
 def write_file(directory: Path, f: OutputFile) -> None:
     path = directory / f.path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     # Create with the final mode so a secret is never readable, not even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
     with os.fdopen(fd, "wb") as stream:
@@ -307,7 +326,7 @@ def locked_output(output_dir: Path) -> Iterator[tuple[Path, Path]]:
     output_dir = _follow_link(_absolute(Path(output_dir)))
     parent = output_dir.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        make_directories(parent)
         lock = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise OutputError(f"cannot use '{parent}': {exc.strerror or exc}") from exc
@@ -505,7 +524,7 @@ def _write_locked(output_dir: Path, parent: Path, policy_name: str,
             final_mode = stat.S_IMODE(output_dir.stat().st_mode)
         else:
             os.mkdir(staging, 0o700)
-            final_mode = 0o777 & ~_umask()
+            final_mode = MODE_DIRECTORY & ~_umask()
         for cluster in clusters:
             _write_cluster(staging / cluster.name, cluster)
             if after_cluster is not None:

@@ -119,7 +119,7 @@ if it comes to that, so the rules on the node would differ from the generated on
 and the comment would no longer name the file. A policy file whose path from the
 root policy is that long is reported at each of its rules instead.""")
 def comment_lengths(policy: Policy) -> Iterable[Diagnostic]:
-    root = options_for(policy).source_root
+    options = options_for(policy)
     # A label is the file's path and the line: a file whose last rule's label fits has
     # no label too long (a shorter line number never makes it longer). One path
     # computation per file, not per rule.
@@ -128,7 +128,7 @@ def comment_lengths(policy: Policy) -> Iterable[Diagnostic]:
         for rule in cluster.all_rules():
             last[rule.span.file] = max(last.get(rule.span.file, 0), rule.span.line)
     fits = {file for file, line in last.items()
-            if utf8_length(source_label(file, line, root)) <= proto.IPTABLES_COMMENT_MAX}
+            if utf8_length(source_label(file, line, options)) <= proto.IPTABLES_COMMENT_MAX}
     seen: set[tuple[str, int]] = set()
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
@@ -138,7 +138,7 @@ def comment_lengths(policy: Policy) -> Iterable[Diagnostic]:
             if key in seen:
                 continue
             seen.add(key)
-            label = source_label(rule.span.file, rule.span.line, root)
+            label = source_label(rule.span.file, rule.span.line, options)
             if utf8_length(label) > proto.IPTABLES_COMMENT_MAX:
                 yield error("FWC116", f"the rule's comment '{label[:40]}...' has "
                             f"{utf8_length(label)} bytes; iptables keeps at most "

@@ -15,8 +15,7 @@ from fwc.backend.output import (
     FileStream,
     OutputError,
     creation_context,
-    relative_source,
-    source_root,
+    policy_name,
     stream_policy,
     write_output,
 )
@@ -143,10 +142,10 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
         policy, redact=args.redact_secrets, progress=building, backend=backend,
         chunked=True, spill_dir=str(Path(args.output).parent))
     keep_until_exit(args, streams)
-    policy_name = relative_source(policy.root, source_root(policy))
+    name = policy_name(policy)
     if cache is None or key is None:
-        return _write(args, progress, verdict, texts, policy_name, streams)
-    return _write_and_store(args, progress, verdict, texts, policy_name, streams, cache,
+        return _write(args, progress, verdict, texts, name, streams)
+    return _write_and_store(args, progress, verdict, texts, name, streams, cache,
                             _output_key(key, args))
 
 

@@ -54,6 +54,9 @@ class LoadedProgram:
     # read or not (a cycle): which files a load reads is these and the files' content,
     # so the result cache keys on both (a link retargeted since reads another file).
     links: tuple[tuple[str, str], ...] = ()
+    # (path as read, name) of the files whose name in the generated files (MANIFEST, rule
+    # comments) is not their path as read relative to the root's directory (`_Disk.name`).
+    source_names: tuple[tuple[str, str], ...] = ()
 
     @property
     def texts(self) -> dict[str, str]:
@@ -82,6 +85,8 @@ class _Disk:
         self.search = tuple(resolved(Path(d)) for d in include_path)
         self.repository = repository_root(top)
         self.roots = (self.repository, *self.search)
+        self.top = top
+        self.top_directory = resolved(top.absolute().parent)
 
     def key(self, file: Path) -> Path:
         return resolved(file)
@@ -106,6 +111,23 @@ class _Disk:
 
     def read(self, file: Path, shown: str) -> bytes:
         return read_regular(resolved(file), shown)
+
+    def name(self, file: Path) -> str:
+        """What the generated files call FILE, the same from every working directory (its
+        shown path is relative to it, or as written): the root policy as named; a file
+        outside the repository that an `--include-path` directory holds `<NAME>`, its path
+        below the first such directory, as `include <NAME>` names it (where that
+        directory lies differs from machine to machine: `../../home/alice/...`); any
+        other its path from the root policy's directory to the file the kernel opened
+        (a linked directory's `..` is its target's parent)."""
+        if file == self.top:
+            return file.name
+        real = resolved(file)
+        if not inside(real, (self.repository,)):
+            for directory in self.search:
+                if inside(real, (directory,)):
+                    return f"<{real.relative_to(directory).as_posix()}>"
+        return Path(os.path.relpath(real, self.top_directory)).as_posix()
 
 
 class _Through:
@@ -149,6 +171,9 @@ class _Through:
             raise too_large(shown)
         return data
 
+    def name(self, file: Path) -> str | None:
+        return None  # repository paths, normalised: relative to the root's directory
+
 
 class _Library:
     """The library shipped with fwc (package data): `include <std/services.fw>`.
@@ -181,6 +206,9 @@ class _Library:
     def read(self, file: Path, shown: str) -> bytes:
         return read_regular(resolved(file), shown)
 
+    def name(self, file: Path) -> str | None:
+        return None  # shown as `<std/services.fw>`, its name everywhere
+
 
 def load(path: str | Path, reader: Reader | None = None,
          include_path: Sequence[Path] = (), lines: bool = False) \
@@ -209,6 +237,7 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
     hashes: list[tuple[str, str]] = []
     loaded: set[Path] = set()
     links: dict[tuple[str, str], None] = {}  # ordered, without repeats
+    source_names: list[tuple[str, str]] = []
     total = 0
 
     def visit(file: Path, stack: list[tuple[Path, s.Include | None]],
@@ -241,6 +270,9 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
             return
         loaded.add(key)
         hashes.append((shown, hashlib.sha256(text.encode()).hexdigest()))
+        name = origin.name(file)
+        if name is not None:
+            source_names.append((shown, name))
         source, diags = parse_text(text, shown, policy_parser, lines=lines)
         diagnostics.extend(diags)
         files.append(source)
@@ -293,7 +325,7 @@ def _load(root: Path, reader: Reader | None, include_path: Sequence[Path], lines
     visit(root, [], where)
     program = LoadedProgram(where.shown(root) if reader is not None else display_path(root),
                             tuple(files), tuple(hashes), frozenset(libraries),
-                            tuple(links))
+                            tuple(links), tuple(source_names))
     # `visit` refers to itself through its closure, a cycle that would outlive this call
     # when the cyclic collector is off (as the CLI runs), holding every syntax tree, the
     # parser and the hashes to the end of the run: deleted, its cell no longer does.

@@ -1518,7 +1518,8 @@ class Resolver:
                     and sdecl.name.span.file not in self.program.libraries:
                 self.warn("FWC103", f"service '{name}' is never used", sdecl.name.span,
                           hint="remove it, or use it in a rule")
-        sources = tuple(m.SourceInfo(p, h) for p, h in self.program.hashes)
+        names = dict(self.program.source_names)
+        sources = tuple(m.SourceInfo(p, h, names.get(p)) for p, h in self.program.hashes)
         return m.Policy(self.program.root, sources, self.objects, self.services, clusters)
 
 

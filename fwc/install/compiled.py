@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fwc.backend.files import BY_NAME, rules_file
 from fwc.backend.manifest import Manifest, ManifestError
-from fwc.backend.output import relative_source, source_root
+from fwc.backend.output import manifest_sources, policy_name
 from fwc.model import Policy
 
 
@@ -35,10 +35,9 @@ def check_compiled_from(manifest: Manifest, cluster_dir: Path, policy: Policy,
     Equality of the whole set, not 'no listed source differs': deleting the
     `source` lines of the files that changed must not make an old tree pass.
     """
-    root = source_root(policy)
-    current = tuple(sorted((relative_source(s.path, root), s.sha256) for s in policy.sources))
+    current = tuple(sorted(manifest_sources(policy)))
     if (manifest.sources != current or manifest.cluster != cluster
-            or manifest.policy != relative_source(policy.root, root)):
+            or manifest.policy != policy_name(policy)):
         raise CompiledError(f"{cluster_dir} was compiled from another version of the policy: "
                             "run fwc compile again (and review it with fwc diff)")
 

@@ -854,8 +854,11 @@ class Cluster:
 
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
-    path: str
+    path: str  # as the load named it (diagnostics)
     sha256: str
+    # What the generated files call it (MANIFEST, rule comments), when the loader says:
+    # fwc.frontend.loader's `_Disk.name`; None: its path relative to the root's directory.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from fwc.backend.lower.build import (
     log_prefix,
     lower,
     options_for,
+    relative_source,
     source_label,
 )
 from fwc.backend.lower.ruleset import (
@@ -29,5 +30,6 @@ from fwc.backend.lower.ruleset import (
 __all__ = [
     "ANY", "MARK_ACCEPT_CHAIN", "MULTICAST", "AddressMatch", "AutoRule", "Chain", "FilterRule",
     "LowerOptions", "Match", "NatRule", "NodeRuleset", "Origin", "RateLimit", "Rule", "Table",
-    "automatic_rules", "forget_lowered", "log_prefix", "lower", "options_for", "source_label",
+    "automatic_rules", "forget_lowered", "log_prefix", "lower", "options_for",
+    "relative_source", "source_label",
 ]

@@ -108,25 +108,43 @@ MLD_REPORTS = tuple(Match(protocol=ICMPV6, icmp_type=icmp_type, hop_limit=proto.
 MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
+def relative_source(path: str, root: str) -> str:
+    """PATH as the generated files name it, relative to ROOT (the root policy's directory):
+    the same wherever the repository is and whichever the working directory. A name of
+    fwc's library (`<std/services.fw>`) stays as it is."""
+    if path.startswith("<"):
+        return path
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+
 @dataclass(frozen=True, slots=True)
 class LowerOptions:
-    """source_root: the root policy's directory; comments name files relative to it."""
+    """How the generated files (rule comments, MANIFEST) name the policy's files.
+
+    names: (path as loaded, name) of the files the loader named (`SourceInfo.name`: the
+    same from every working directory); any other file is named relative to
+    source_root, the root policy's directory (a policy read through git).
+    """
 
     source_root: str = "."
+    names: tuple[tuple[str, str], ...] = ()
 
-
-def _relative(file: str, source_root: str) -> str:
-    return os.path.relpath(os.path.abspath(file), os.path.abspath(source_root))
+    def source_name(self, file: str) -> str:
+        for path, name in self.names:
+            if path == file:
+                return name
+        return relative_source(file, self.source_root)
 
 
 def options_for(policy: Policy) -> LowerOptions:
-    """Comments name files relative to the root policy's directory."""
-    return LowerOptions(os.path.dirname(policy.root) or ".")
+    """How POLICY's files are named in its generated files."""
+    return LowerOptions(os.path.dirname(policy.root) or ".",
+                        tuple((s.path, s.name) for s in policy.sources if s.name is not None))
 
 
-def source_label(file: str, line: int, source_root: str) -> str:
-    """`edge.fw:42`, relative to the root policy's directory so output is cwd-independent."""
-    return f"{_relative(file, source_root)}:{line}"
+def source_label(file: str, line: int, options: LowerOptions) -> str:
+    """`edge.fw:42`: the comment naming a rule's line (LowerOptions.source_name)."""
+    return f"{options.source_name(file)}:{line}"
 
 
 def log_prefix(rule: BaseRule, nflog: bool = False) -> tuple[str, bool]:
@@ -716,8 +734,8 @@ class _Lowering:
         # directory, which may differ between runs in one process.
         relative = self.relative.get(rule.span.file)
         if relative is None:
-            relative = self.relative[rule.span.file] = _relative(rule.span.file,
-                                                                 self.options.source_root)
+            relative = self.relative[rule.span.file] = self.options.source_name(
+                rule.span.file)
         return _ORIGIN(kind, f"{relative}:{rule.span.line}", rule)
 
     # -- automatic rules ---------------------------------------------------------
