@@ -201,6 +201,10 @@ LOG_PREFIX_MAX = 29
 IPTABLES_COMMENT_MAX = 255
 DEVICE_NAME_MAX = 15
 KEEPALIVED_LINE_MAX = 1023
+# A process's name as the kernel keeps it (/proc/PID/comm: TASK_COMM_LEN 16 with the
+# NUL, the executable's file name cut to 15 bytes). keepalived's track_process compares
+# its `process` with exactly that text, so a longer name never matches.
+PROCESS_NAME_MAX = 15
 # What a keepalived.conf string cannot hold: it has no escape for '"', and it replaces
 # `$NAME` and `${NAME}` everywhere, inside quotes too, with its own definitions and
 # built-ins (`${_RANDOM}`, `${_PWD}`, `${_HASH}`; keepalived 2.2): a password

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_fwc
 
 from fwc.analysis.evaluate import Evaluator, Packet, corner_packets
 from fwc.backend import arrange as arrange_module
@@ -492,7 +492,8 @@ def test_a_member_with_an_equal_chain_reuses_the_previous_arrangement(tmp_path):
     optimise(fw1, {4: flat1}, memo=memo)
     got = arrange(with_sets, _devices(fw2), memo=memo)
     assert got == arrange(with_sets, _devices(fw2))
-    assert any(c.name.endswith("x") for c in got.table("filter").chains)  # type: ignore[union-attr]
+    renamed_chain = arranged[0][:CHAIN_NAME_MAX - 2] + "-2"  # the next free number
+    assert any(c.name == renamed_chain for c in got.table("filter").chains)  # type: ignore[union-attr]
 
 
 def test_shared_chains_load_into_the_kernel_and_list_back(needs_root):
@@ -523,3 +524,46 @@ def test_shared_chains_load_into_the_kernel_and_list_back(needs_root):
     assert targets(text) == targets(saved)
     assert any(target == chain.name for chain in _shared(arranged)
                for jumps in targets(saved).values() for target in jumps)
+
+
+def interfaces_whose_chain_names_meet(rules: int = 40) -> str:
+    """Interfaces `lan`, `dmx` and `lan-dmx`: the chain of FORWARD's in-lan/out-dmx split
+    and the chain of in-lan-dmx are both `fwd-lan-dmx`."""
+    lines = [f"    accept from 192.0.2.{i + 10} to 198.18.1.{i + 10} service tcp/{1000 + i} "
+             "in lan out dmx" for i in range(rules)]
+    lines += [f"    accept from 198.18.2.{i + 10} to 192.0.2.{i + 10} service tcp/{2000 + i} "
+              "in lan-dmx out lan" for i in range(rules)]
+    members = "".join(f"""
+    member fw{n} priority {200 - 50 * n} {{
+        lan eth0 192.0.2.{n}/24
+        dmx eth1 198.18.1.{n}/24
+        lan-dmx eth2 198.18.2.{n}/24
+        sync eth3 203.0.113.{n}/24
+    }}""" for n in (1, 2))
+    return f"""cluster edge {{
+    vrrp {{ password "s3cret"  advert 1s  vrid 51 }}
+    sync {{ link sync }}
+    interface lan     vip 192.0.2.254/24
+    interface dmx     vip 198.18.1.254/24  vrid 52
+    interface lan-dmx vip 198.18.2.254/24  vrid 53
+    interface sync{members}
+}}
+policy edge {{
+""" + "\n".join(lines) + "\n}\n"
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_interface_names_that_make_one_chain_name_twice_compile(tmp_path, backend):
+    """A chain name taken already was changed by replacing its last character with 'x',
+    which never ends for a name that ends in 'x': `fwc compile` hung for ever."""
+    path = tmp_path / "p.fw"
+    path.write_text(interfaces_whose_chain_names_meet(), encoding="utf-8")
+    result = run_fwc("compile", str(path), "-o", str(tmp_path / "out"), "--backend", backend,
+                     "--no-cache", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if backend == "iptables":
+        rules = (tmp_path / "out" / "edge" / "fw1" / "iptables.rules").read_text()
+        chains = re.findall(r"^:(\S+)", rules, re.M)
+        assert len(chains) == len(set(chains)) and "fwd-lan-dmx" in chains
+    for _, member, _, flat in rulesets(path):
+        assert_same_meaning(flat, min_rules=8, split_min=4, device_names=_devices(member))

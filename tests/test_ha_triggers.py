@@ -323,6 +323,22 @@ def test_fwc252_paired_quotes_and_two_closing_backslashes_are_fine(tmp_path):
 
 
 
+def test_fwc252_a_process_name_longer_than_the_kernels_is_refused(tmp_path):
+    # keepalived compares the name with /proc/PID/comm, which holds 15 bytes of it: a
+    # longer name never matches, and every member stays in FAULT (keepalived -t is silent)
+    text = tracked('        process "haproxy-frontend" weight -60')
+    found = assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, 'process "'),
+                              "16 bytes", "15")
+    assert 'process "haproxy-fronten"' in (found.hint or "")
+    text = tracked('        process "ééééééé日" weight -60')  # 17 bytes in 8 characters
+    found = assert_diagnostic(run(tmp_path, text), "FWC252", E, line_of(text, 'process "'),
+                              "17 bytes")
+    assert 'process "ééééééé"' in (found.hint or "")  # never half a character
+    for fits in ("haproxy-fronten", "a b", "ééééééé"):  # 15, 3 and 14 bytes
+        assert not with_code(run(tmp_path, tracked(f'        process "{fits}" weight -60')),
+                             "FWC252")
+
+
 def test_fwc252_a_process_name_that_is_a_closing_brace_is_refused(tmp_path):
     # keepalived ends the vrrp_track_process block at it: "Unknown keyword 'quorum'"
     text = tracked('        process "}" weight -60')

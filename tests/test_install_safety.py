@@ -16,9 +16,12 @@ from fwc.model.ssh import ssh_target_problem
 E = Severity.ERROR
 HOSTILE = ["-oProxyCommand=touch /tmp/pwned", "-F/tmp/evil", "root@host -oX=y",
            "root@fw1\n-oProxyCommand=x", "", "@host", "root@", "-root@host", "ro ot@host",
-           "root@-host", "root@host;reboot", "root@$(id)", "ssh://root@host"]
+           "root@-host", "root@host;reboot", "root@$(id)", "ssh://root@host",
+           # an IPv6 zone: Python's ip_address takes anything after the '%'
+           "root@fe80::1%$(id)", "fe80::1%;reboot", "root@fe80::1%`id`",
+           "root@fe80::1%{{lookup('pipe','id')}}", "root@fe80::1%", "root@fe80::1%a%b"]
 PLAIN = ["fw1", "root@fw1", "root@fw1.example.org", "admin_2@192.0.2.1", "root@2001:db8::1",
-         "fw1-mgmt", "root@fw1.example.org."]
+         "fw1-mgmt", "root@fw1.example.org.", "root@fe80::1%eth0", "fe80::1%bond0.12"]
 
 
 @pytest.mark.parametrize("target", HOSTILE)
@@ -40,6 +43,15 @@ def test_fwc520_ssh_target_read_as_an_option(tmp_path):
     # pointed at the target itself, not just the member
     assert d.span.column == text.splitlines()[d.span.line - 1].index('"-o') + 1
     assert d.hint and "user@host" in d.hint
+
+
+def test_fwc520_an_ipv6_zone_holding_shell_text(tmp_path):
+    """A zone is a device name: anything else (a command substitution, an Ansible
+    template) would reach ssh's ProxyCommand %h and the exported inventory as it is."""
+    text = mutate(("member fw2 priority 100 {",
+                   'member fw2 priority 100 ssh "root@fe80::1%$(reboot)" {'))
+    assert_diagnostic(run(tmp_path, text), "FWC520", E, line_of(text, "member fw2"),
+                      "ssh target of member 'fw2'", "zone")
 
 
 def test_fwc520_silent_on_plain_targets(tmp_path):

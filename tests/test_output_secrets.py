@@ -77,6 +77,30 @@ def test_install_still_catches_a_changed_password_or_line_in_a_private_file(edge
         load_member_files(out, policy_of(edge), "edge", "fw1")
 
 
+def test_auth_pass_in_a_track_script_is_no_secret(tmp_path):
+    """Only keepalived's `auth_pass` lines hold the password. The word `auth_pass` inside
+    a track script was taken for one: install refused the tree as compiled ("holds
+    another secret than the policy"), and the MANIFEST did not cover the word after it,
+    so two different scripts had one hash."""
+    trees = []
+    for program in ("/usr/local/sbin/ok", "/tmp/other"):
+        directory = tmp_path / program.rsplit("/", 1)[1]
+        directory.mkdir()
+        policy = directory / "edge.fw"
+        policy.write_text(EDGE.replace("cluster edge {\n", "cluster edge {\n    track { script "
+                                       f'"/usr/local/sbin/check --auth_pass {program}" '
+                                       "weight -60 }\n", 1), encoding="utf-8")
+        assert main(["compile", str(policy), "-o", str(directory / "out")]) == 0
+        files = load_member_files(directory / "out", policy_of(policy), "edge", "fw1")
+        assert f"--auth_pass {program}" in files["keepalived.conf"]
+        assert '"s3cret"' not in redact("fw1/keepalived.conf",
+                                        files["keepalived.conf"].encode()).decode()
+        trees.append((directory / "out" / "edge" / "MANIFEST").read_text())
+    [first, second] = [[line for line in tree.splitlines() if "keepalived.conf" in line]
+                       for tree in trees]
+    assert first != second
+
+
 def test_deleted_source_lines_do_not_hide_another_policy_version(edge, tmp_path):
     out = tmp_path / "out"
     assert main(["compile", str(edge), "-o", str(out)]) == 0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from checkkit import mutate
 from conftest import EDGE as EDGE_PATH
 from conftest import REPO, run_fwc
 
@@ -315,3 +316,28 @@ def test_a_vip_the_other_member_holds_is_flagged(capsys):
     assert main(["query", LOADSHARE, "--from", "client", "--to", "lan.vip", "--service", "ssh",
                  "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["handling"][0]["vips_held_elsewhere"] == []
+
+
+def test_the_deciding_line_is_shown_as_the_parser_counts_it_and_never_raw(tmp_path, capsys):
+    """A comment may hold a U+2028 (str.splitlines ends a line there: the answer showed
+    the line after the deciding one, an accept rule for a drop) and an escape sequence
+    (it reached the reviewer's terminal as it was, and could rewrite the screen)."""
+    text = mutate(("    accept from lan    to any      service tcp/80,443\n",
+                   "    # moved\u2028 here\n"
+                   "    accept from lan    to any      service tcp/80,443  # \x1b[2J\x1b[31mok\n"))
+    policy = tmp_path / "p.fw"
+    policy.write_text(text, encoding="utf-8")
+    assert main(["query", str(policy), "--from", "192.0.2.10", "--to", "198.51.100.99",
+                 "--service", "tcp/80"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u2028" not in out
+    assert "p.fw:29: accept from lan to any service tcp/80,443 # \ufffd[2J\ufffd[31mok" in out
+    assert main(["query", str(policy), "--from", "192.0.2.10", "--to", "198.51.100.99",
+                 "--service", "tcp/22"]) == 0
+    out = capsys.readouterr().out
+    assert "decided by " + str(policy) + ":34: drop from any to any\n" in out
+    assert main(["query", str(policy), "--from", "192.0.2.10", "--to", "198.51.100.99",
+                 "--service", "tcp/80", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["members"][0]["pieces"][0]["rule"]["text"] == \
+        "accept from lan to any service tcp/80,443 # \x1b[2J\x1b[31mok"  # JSON escapes it

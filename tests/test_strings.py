@@ -292,6 +292,41 @@ def test_non_ascii_log_prefix_loads_into_the_kernel(tmp_path):
     assert loaded.returncode == 0, loaded.stderr
 
 
+
+# 63 bytes with the trailing space fwc adds: the longest NFLOG prefix FWC501 lets through
+NFLOG_PREFIX = "n" * 60 + "é"
+
+
+def nflog_policy() -> str:
+    rule = "accept from lan    to any      service tcp/80,443"
+    return mutate((rule, f'{rule} log "{NFLOG_PREFIX}" group 5'),
+                  ("    interface lan ",
+                   f'    log {{ group 7  drops "{NFLOG_PREFIX}" }}\n    interface lan '))
+
+
+def test_an_nflog_prefix_up_to_63_bytes_compiles_for_iptables(tmp_path):
+    """FWC501 allows 63 bytes with `group`; the renderer once held every prefix to LOG's 29
+    and `fwc compile` stopped with an internal error (FWC900) instead."""
+    files = compiled_files(write(tmp_path, nflog_policy()))
+    rules = files["edge/fw1/iptables.rules"]
+    assert rules.count(f'--nflog-prefix "{NFLOG_PREFIX} "') >= 3  # the rule, INPUT, FORWARD
+    with pytest.raises(escape.UnwritableText):
+        escape.iptables_log_prefix(NFLOG_PREFIX + "x ", nflog=True)
+    with pytest.raises(escape.UnwritableText):
+        escape.iptables_log_prefix("x" * 30)
+
+
+@pytest.mark.root
+def test_an_nflog_prefix_of_63_bytes_loads_into_the_kernel(tmp_path):
+    files = compiled_files(write(tmp_path, nflog_policy()))
+    with namespace(("eth0", "eth1", "eth2")) as ns:
+        for name, tool in (("iptables.rules", "iptables-restore"),
+                           ("ip6tables.rules", "ip6tables-restore")):
+            loaded = in_ns(ns, tool, stdin=files[f"edge/fw1/{name}"])
+            assert loaded.returncode == 0, loaded.stderr
+        saved = in_ns(ns, "iptables-save").stdout
+    assert f'--nflog-prefix "{NFLOG_PREFIX} "' in saved
+
 # -- item 4: limits of the real programs --------------------------------------------------------
 
 FW1_UPLINK = "uplink eth1 198.51.100.1/24"

@@ -147,13 +147,19 @@ class _Arranger:
         self.collided = False  # a name was taken already (the result depends on `taken`)
 
     def chain_name(self, parts: list[str]) -> str:
-        name = _NAME_CHARS.sub("_", "-".join([self.prefix, *parts]))
+        name = base = _NAME_CHARS.sub("_", "-".join([self.prefix, *parts]))
         if len(name) > proto.CHAIN_NAME_MAX:
             digest = hashlib.sha256(name.encode()).hexdigest()[:6]
-            name = f"{name[:proto.CHAIN_NAME_MAX - 7]}-{digest}"
-        while name in self.taken:  # never in practice; keeps names unique regardless
+            name = base = f"{name[:proto.CHAIN_NAME_MAX - 7]}-{digest}"
+        # Interface names hold '-', the separator: `lan` split by `out dmx` and an
+        # interface `lan-dmx` both make `fwd-lan-dmx`. The next free number keeps the
+        # names unique (and always finds one: each try is a name not tried before).
+        number = 1
+        while name in self.taken:
             self.collided = True
-            name = name[:-1] + "x"
+            number += 1
+            suffix = f"-{number}"
+            name = base[:proto.CHAIN_NAME_MAX - len(suffix)] + suffix
         self.taken.add(name)
         return name
 

@@ -27,10 +27,12 @@ from fwc.protocols import REDACTED_PASSWORD
 
 NAME = "MANIFEST"
 HEADER = "# fwc MANIFEST: sha256 of every generated file and of the policy sources"
-# Where a secret sits in the files that can carry one (fwc.backend.files.SECRET_FILES).
+# Where a secret sits in the files that can carry one (fwc.backend.files.SECRET_FILES):
+# keepalived's `auth_pass` keyword, which starts its line. Anchored there: a track
+# script's text may hold the word too (`--auth_pass FILE`), and is no secret.
 # A MANIFEST lists a cluster's files and sources: a few KB, under a MB at 100,000 rules.
 MAX_BYTES = 16 * 1024 ** 2
-_AUTH_PASS = re.compile(r'(auth_pass[ \t]+)("[^"\n]*"|[^\s"]+)')
+_AUTH_PASS = re.compile(r'^([ \t]*auth_pass[ \t]+)("[^"\n]*"|[^\s"]+)', re.MULTILINE)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 FILE, REDACTED = "file", "redacted"
 

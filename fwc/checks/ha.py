@@ -17,7 +17,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Member, Policy, Track
 from fwc.model.passwords import unwritable
-from fwc.text import utf8_length
+from fwc.text import cut_utf8, utf8_length
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -128,7 +128,9 @@ keepalived splits a script into words itself, not through a shell: single quotes
 group words and must pair up (`it's` drops the script: "No script set"), and a
 backslash starts an escape (`\\t` is a tab), so a script holds no backslash; a
 process name that ends in a backslash would escape its closing quote, and one that
-is only `}}` would end the block.""")
+is only `}}` would end the block. keepalived compares a process name with the kernel's
+(/proc/PID/comm), which keeps {proto.PROCESS_NAME_MAX} bytes of it: a longer name never
+matches, and every member would stay in FAULT.""")
 def script_path(policy: Policy) -> Iterable[Diagnostic]:
     generated = {PurePosixPath(f.path) for f in FILES}
     for cluster in _clusters(policy):
@@ -159,6 +161,8 @@ def script_path(policy: Policy) -> Iterable[Diagnostic]:
                     yield error("FWC252", "track process names no process", track.span,
                                 hint="name the process to watch: an empty name never "
                                 "runs, so every member would stay in FAULT")
+                elif utf8_length(track.target) > proto.PROCESS_NAME_MAX:
+                    yield _process_name_too_long(track)
                 continue
             if "\\" in track.target or track.target.count("'") % 2:
                 yield error("FWC252", f"track script '{track.target}' holds a backslash or an "
@@ -182,6 +186,15 @@ def script_path(policy: Policy) -> Iterable[Diagnostic]:
                             "writes", track.span,
                             hint=f"install the script outside {FWC_NODE_DIR}, e.g. in "
                             "/usr/local/sbin, and name that path")
+
+
+def _process_name_too_long(track: Track) -> Diagnostic:
+    kept = cut_utf8(track.target, proto.PROCESS_NAME_MAX)
+    return error("FWC252", f"track process '{track.target}' has {utf8_length(track.target)} "
+                 f"bytes; the kernel keeps {proto.PROCESS_NAME_MAX} bytes of a process's name, "
+                 "and keepalived compares the whole name with them, so it never matches",
+                 track.span, hint=f'write the name as /proc/PID/comm shows it: '
+                 f'process "{kept}"')
 
 
 @check("FWC253", "tracked interface is not a member device", E, """

@@ -29,7 +29,7 @@ from fwc.analysis.engine import (
 from fwc.analysis.handling import Handling, handling, vips_held_elsewhere
 from fwc.analysis.space import LOCAL
 from fwc.commands.common import resolved, without_cycle_collection
-from fwc.diagnostics import Diagnostic, print_diagnostics
+from fwc.diagnostics import Diagnostic, print_diagnostics, shown_text
 from fwc.frontend import syntax as s
 from fwc.frontend.parse import PolicyParser, borrowed_parser, parse_fragment
 from fwc.frontend.resolve import FragmentResolver
@@ -93,12 +93,20 @@ def _one_line(diagnostic: Diagnostic) -> str:
 
 # -- answering --------------------------------------------------------------------------
 def _source_line(rule: model.Rule, texts: dict[str, str]) -> str:
+    """RULE's line as written, comment included (JSON escapes it; the text answer shows
+    it through `shown_text`). Lines end at "\n", as the parser counts them: a comment
+    may hold a U+2028 or a form feed, where str.splitlines also ends one."""
     text = texts.get(rule.span.file)
     if text is not None:
-        lines = text.splitlines()
+        lines = text.split("\n")
         if 1 <= rule.span.line <= len(lines):
             return " ".join(lines[rule.span.line - 1].split())
     return rule.text()
+
+
+def _shown_line(rule: model.Rule, texts: dict[str, str]) -> str:
+    """RULE's line for a terminal: an escape sequence in its comment is not sent raw."""
+    return shown_text(_source_line(rule, texts))
 
 
 def _nat_json(step: NatStep | None, texts: dict[str, str]) -> dict[str, object] | None:
@@ -140,15 +148,15 @@ def piece_lines(piece: Piece, texts: dict[str, str], indent: str) -> list[str]:
     lines = [f"{indent}{piece.verdict} ({chain})"]
     if piece.dnat is not None:
         lines.append(f"{indent}  {piece.dnat} by {piece.dnat.rule.location}: "
-                     f"{_source_line(piece.dnat.rule, texts)}")
+                     f"{_shown_line(piece.dnat.rule, texts)}")
     if piece.rule is not None:
         lines.append(f"{indent}  decided by {piece.rule.location}: "
-                     f"{_source_line(piece.rule, texts)}")
+                     f"{_shown_line(piece.rule, texts)}")
     else:
         lines.append(f"{indent}  decided by the {piece.decided_by}")
     if piece.snat is not None:
         lines.append(f"{indent}  {piece.snat} by {piece.snat.rule.location}: "
-                     f"{_source_line(piece.snat.rule, texts)}")
+                     f"{_shown_line(piece.snat.rule, texts)}")
     return lines
 
 

@@ -20,6 +20,10 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
 # Host names and ssh_config Host aliases: labels of letters, digits, '_' and
 # '-', a label never starting with '-'.
 _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*)(\.[A-Za-z0-9_][A-Za-z0-9_-]*)*\.?\Z")
+# The zone of a link-local IPv6 address (`fe80::1%eth0`): a device name or an index.
+# Python's ip_address takes any text after the '%', a command substitution or an
+# Ansible template included, which ssh would hand to a ProxyCommand's %h.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 SSH_TARGET_FORM = "'host' or 'user@host' (a host name, ssh alias, IPv4 or IPv6 address)"
 
@@ -43,4 +47,7 @@ def ssh_target_problem(target: str) -> str | None:
         ipaddress.ip_address(host)
     except ValueError:
         return f"has an invalid host '{host}'"
+    zone = host.partition("%")[2]
+    if zone and not _ZONE.match(zone):
+        return f"has an IPv6 zone '{zone}' that is not a device name"
     return None

@@ -11,7 +11,8 @@ Formats and what their readers do with a value:
 
 - iptables-restore: a line is split into words at blanks; `"..."` groups a word,
   inside it `\\` escapes the next character. `--comment` holds 255 bytes
-  (XT_MAX_COMMENT_LEN 256 with the NUL), `--log-prefix` 29 (30 with the NUL).
+  (XT_MAX_COMMENT_LEN 256 with the NUL), `--log-prefix` 29 (30 with the NUL),
+  `--nflog-prefix` 63.
 - ipset restore: blank-separated words, no quoting at all.
 - nft -f: `"..."` has no escapes, so a string holds no `"`; a comment holds 128
   bytes (NFTNL_UDATA_COMMENT_MAXLEN), a log prefix 127; in an interface name a
@@ -98,9 +99,11 @@ def iptables_comment(text: str) -> str:
     return iptables_string(text)
 
 
-def iptables_log_prefix(text: str) -> str:
-    if utf8_length(text) > proto.LOG_PREFIX_MAX:
-        raise UnwritableText(f"log prefix {text!r} is longer than {proto.LOG_PREFIX_MAX} bytes")
+def iptables_log_prefix(text: str, nflog: bool = False) -> str:
+    """`--log-prefix` (LOG keeps 29 bytes) or, with NFLOG, `--nflog-prefix` (63)."""
+    limit = proto.NFLOG_PREFIX_MAX if nflog else proto.LOG_PREFIX_MAX
+    if utf8_length(text) > limit:
+        raise UnwritableText(f"log prefix {text!r} is longer than {limit} bytes")
     return iptables_string(text)
 
 

@@ -300,7 +300,7 @@ def _shape(rule: Rule) -> Shape:
     for option, value in rule.target_options:
         after.append(f"--{option}")
         if option in ("log-prefix", "nflog-prefix"):
-            after.append(escape.iptables_log_prefix(value))
+            after.append(escape.iptables_log_prefix(value, option == "nflog-prefix"))
         elif value:  # an empty value is a flag (--notrack, --clamp-mss-to-pmtu)
             after.append(escape.iptables_word(value))
     # Joining non-empty groups of words joins exactly the same words as one list would;
