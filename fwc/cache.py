@@ -289,15 +289,19 @@ def _read_key(directory: Path) -> bytes:
 
 
 def open_cache(environ: Mapping[str, str] = os.environ,
-               location: Path | None = None) -> ResultCache:
-    """The user's cache, created 0700 if missing; CacheRefused when it cannot be trusted."""
+               location: Path | None = None, what: str = "cache",
+               variable: str = "XDG_CACHE_HOME") -> ResultCache:
+    """The user's cache, created 0700 if missing; CacheRefused when it cannot be trusted.
+
+    LOCATION, WHAT, VARIABLE: another private store of authenticated entries (the
+    trust record of fwc.commands.trust, under $XDG_STATE_HOME), named so in messages."""
     directory = Path(os.path.abspath(location or cache_location(environ)))
     real = os.path.realpath(directory)
     for shared in _shared_temp_dirs():
         if real == shared or real.startswith(shared.rstrip("/") + "/"):
             raise CacheRefused(f"'{directory}' is in the shared temporary directory "
-                               f"{shared}: the cache is never kept there (set "
-                               "XDG_CACHE_HOME to a directory of your own)")
+                               f"{shared}: the {what} is never kept there (set "
+                               f"{variable} to a directory of your own)")
     try:
         directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Whoever may write the parent could replace the directory by one of their own
@@ -305,17 +309,17 @@ def open_cache(environ: Mapping[str, str] = os.environ,
         parent = os.stat(directory.parent)
         if parent.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(parent.st_mode) & 0o022:
             raise CacheRefused(f"'{directory.parent}' can be written by other users: the "
-                               "cache directory must live in a directory only you (or root) "
-                               "can change")
+                               f"{what} directory must live in a directory only you (or "
+                               "root) can change")
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, 0o700)
         info = os.lstat(directory)
     except OSError as exc:
-        raise CacheRefused(f"cannot create the cache directory '{directory}': "
+        raise CacheRefused(f"cannot create the {what} directory '{directory}': "
                            f"{exc.strerror or exc}") from exc
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise CacheRefused(f"'{directory}' is not a directory (a symbolic link or a file)")
-    _private(info, "cache directory", directory)
+    _private(info, f"{what} directory", directory)
     return ResultCache(directory, _read_key(directory))
 
 

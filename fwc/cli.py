@@ -24,6 +24,7 @@ COMMANDS = {
     "check": "check", "explain": "explain", "compile": "compile", "lab": "lab",
     "diff": "diff", "fmt": "fmt", "query": "query", "install": "install", "graph": "graph",
     "status": "status", "completion": "completion", "export": "export", "import": "importing",
+    "trust": "trust",
 }
 
 
@@ -208,6 +209,12 @@ def add_toolbelt_commands(sub: argparse._SubParsersAction, parser: argparse.Argu
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text, or json (one object: per node its record)")
     add_include_path_argument(p)
+
+    p = sub.add_parser("trust", help="let fwc run the commands fwc.toml names (ssh, "
+                       "secrets_command, transport)")
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="the fwc.toml, or a policy or directory it applies to (default: the "
+                        "working directory)")
 
     p = sub.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"),

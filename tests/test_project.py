@@ -1,11 +1,15 @@
 """fwc.toml: project defaults found by walking up from the policy, flags override them,
-a bad file is a diagnostic with file:line:col (FWC030-FWC034); VRRP secrets from an
-environment variable or a command."""
+a bad file is a diagnostic with file:line:col (FWC030-FWC034); the commands it names run
+only once trusted (FWC037, `fwc trust`); VRRP secrets from an environment variable or a
+command."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +31,16 @@ def project(tmp_path: Path) -> Path:
     (root / ".git").mkdir()  # the repository root, as find_config sees it
     (root / "policies" / "edge.fw").write_text(EDGE, encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def state_home() -> Iterator[Path]:
+    """A private $XDG_STATE_HOME for the trust record (never under the shared temporary
+    directory, which fwc refuses), removed afterwards."""
+    home = Path.home() / ".local" / "state" / f"fwc-test-{uuid.uuid4().hex[:12]}"
+    home.mkdir(mode=0o700, parents=True)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def write_config(root: Path, text: str) -> Path:
@@ -167,7 +181,7 @@ def test_secret_sources(monkeypatch):
     assert read_secret_source() is None
 
 
-def test_install_fills_redacted_secrets_from_the_configured_command(project):
+def test_install_fills_redacted_secrets_from_the_configured_command(project, state_home):
     done = fwc("compile", "--redact-secrets", "policies/edge.fw", cwd=project)
     assert done.returncode == 0, done.stderr
     args = ("install", "--all", "--dry-run", "--format", "json", "--transport", "netns",
@@ -175,7 +189,9 @@ def test_install_fills_redacted_secrets_from_the_configured_command(project):
     refused = fwc(*args, cwd=project)
     assert refused.returncode == 2 and "redacted" in refused.stderr
     write_config(project, "secrets_command = \"printf 's3cret\\\\n'\"\n")
-    done = fwc(*args, cwd=project)
+    env = {"XDG_STATE_HOME": str(state_home)}
+    assert fwc("trust", cwd=project, env=env).returncode == 0
+    done = fwc(*args, cwd=project, env=env)
     assert done.returncode == 0, done.stderr
     assert "s3cret" not in done.stdout + done.stderr
     keepalived = [f for m in json.loads(done.stdout)["clusters"][0]["members"]
@@ -185,3 +201,103 @@ def test_install_fills_redacted_secrets_from_the_configured_command(project):
                  env={"FWC_PW": "s3cret"})
     assert by_env.returncode == 0, by_env.stderr
     assert os.environ.get("FWC_PW") is None
+
+
+# -- the commands of fwc.toml run only once trusted (FWC037) ------------------------------
+
+SECRETS_ARGS = ("install", "--all", "--dry-run", "--format", "json", "--transport", "netns",
+                "policies/edge.fw")
+
+
+def _secrets_command(marker: str) -> str:
+    """fwc.toml naming a secrets command that leaves MARKER behind when it runs."""
+    return f"secrets_command = \"sh -c 'touch {marker}; echo s3cret'\"\n"
+
+
+def test_a_command_of_fwc_toml_runs_only_once_trusted(project, state_home):
+    # A pull request may change fwc.toml: the commands it names (here the secrets
+    # command, which `fwc install` runs on this machine) wait for `fwc trust`.
+    env = {"XDG_STATE_HOME": str(state_home)}
+    assert fwc("compile", "--redact-secrets", "policies/edge.fw", cwd=project).returncode == 0
+    write_config(project, _secrets_command("ran"))
+    refused = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    # (in the format asked for: JSON on standard output)
+    assert refused.returncode == 2 and refused.stderr == ""
+    problem, = json.loads(refused.stdout)["diagnostics"]
+    assert (problem["code"], problem["file"], problem["line"]) == ("FWC037", "fwc.toml", 1)
+    assert "fwc trust" in problem["hint"]
+    text = fwc(*[a for a in SECRETS_ARGS if a not in ("--format", "json")], cwd=project,
+               env=env)
+    assert text.returncode == 2 and "fwc.toml:1:1: error[FWC037]" in text.stderr
+    assert not (project / "ran").exists()
+    trusted = fwc("trust", cwd=project, env=env)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "trusted secrets_command = \"sh -c 'touch ran; echo s3cret'\"" in trusted.stdout
+    done = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (project / "ran").exists()
+    # another command is another decision
+    write_config(project, _secrets_command("ran-again"))
+    again = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert again.returncode == 2 and '"FWC037"' in again.stdout
+    assert not (project / "ran-again").exists()
+    # a command given on the command line is the user's own
+    flag = fwc(*SECRETS_ARGS[:-1], "--secrets-command", "echo s3cret", SECRETS_ARGS[-1],
+               cwd=project, env=env)
+    assert flag.returncode == 0, flag.stderr
+
+
+def test_the_transport_and_ssh_of_fwc_toml_wait_for_trust_too(project, state_home):
+    env = {"XDG_STATE_HOME": str(state_home)}
+    write_config(project, 'ssh = "sh -c \'touch ran\' #"\ntransport = "local"\n')
+    for args in (("status", "policies/edge.fw"),
+                 ("diff", "--installed", "fw1", "policies/edge.fw")):
+        done = fwc(*args, cwd=project, env=env)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "fwc.toml:1:1: error[FWC037]: fwc.toml sets ssh" in done.stderr
+        assert "fwc.toml:2:1: error[FWC037]: fwc.toml sets transport" in done.stderr
+    assert not (project / "ran").exists()
+    # the built-in values change nothing: no trust needed for them
+    write_config(project, 'ssh = "ssh"\ntransport = "ssh"\n')
+    done = fwc("status", "policies/edge.fw", cwd=project, env=env)
+    assert "FWC037" not in done.stderr
+
+
+def test_reading_and_compiling_never_ask_for_trust(project, state_home):
+    # what a reviewer runs on a pull request runs none of fwc.toml's commands
+    write_config(project, 'ssh = "sh -c \'touch ran\' #"\n' + _secrets_command("ran"))
+    env = {"XDG_STATE_HOME": str(state_home)}
+    for args in (("check", "policies/edge.fw"), ("compile", "policies/edge.fw"),
+                 ("query", "policies/edge.fw", "--from", "192.0.2.10", "--to", "firewall")):
+        done = fwc(*args, cwd=project, env=env)
+        assert "FWC037" not in done.stderr, (args, done.stderr)
+    assert not (project / "ran").exists()
+
+
+def test_a_trust_record_others_can_change_is_not_taken(project, state_home):
+    env = {"XDG_STATE_HOME": str(state_home)}
+    assert fwc("compile", "--redact-secrets", "policies/edge.fw", cwd=project).returncode == 0
+    write_config(project, _secrets_command("ran"))
+    assert fwc("trust", cwd=project, env=env).returncode == 0
+    record = state_home / "fwc" / "trust"
+    record.chmod(0o770)
+    refused = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert refused.returncode == 2 and '"FWC037"' in refused.stdout
+    assert "group or other permissions" in refused.stdout
+    record.chmod(0o700)
+    # an entry written by anything but `fwc trust` (without the record's key) is no trust
+    for entry in record.glob("trust-*"):
+        entry.write_bytes(b"forged")
+        entry.chmod(0o600)
+    refused = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert refused.returncode == 2 and '"FWC037"' in refused.stdout
+    assert not (project / "ran").exists()
+
+
+def test_the_trust_record_lives_in_the_state_directory():
+    from fwc.commands.trust import trust_location
+
+    assert trust_location({"XDG_STATE_HOME": "/home/u/st"}) == Path("/home/u/st/fwc/trust")
+    # a relative XDG_STATE_HOME does not count (XDG base directory specification)
+    assert trust_location({"XDG_STATE_HOME": "rel", "HOME": "/home/u"}) == \
+        Path("/home/u/.local/state/fwc/trust")

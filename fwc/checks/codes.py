@@ -84,6 +84,17 @@ describe("FWC034", "secrets named more than one way in fwc.toml", E, """
 fwc.toml gives more than one of `secrets_file`, `secrets_env` and
 `secrets_command`. fwc would have to pick one silently; name exactly one source
 of the VRRP secrets.""", "parse")
+describe("FWC037", "fwc.toml names a command not trusted", E, """
+fwc.toml comes with the repository, and a pull request may change it: FWC033 only
+proves that you own your checkout. Its `ssh` and `secrets_command` are commands fwc
+runs on this machine with your rights (root, for `fwc install`), and `transport`
+decides where install runs (`local`: on this machine). A changed `ssh = "sh -c
+'...'"` would run whatever the change wants when you next install. So fwc takes
+these values from fwc.toml only as `fwc trust` recorded them for that file (in your
+private state directory, $XDG_STATE_HOME/fwc/trust or ~/.local/state/fwc/trust), as
+direnv and mise do: read the file, then `fwc trust fwc.toml`. Plain `fwc diff`,
+check and compile run none of them; a value given on the command line needs no
+trust.""", "parse")
 describe("FWC035", "malformed library name", E, """
 `include <NAME>` names a file of the library search path (docs/library.md). NAME
 must be a relative path of a `.fw` file without `.`, `..` or empty parts

@@ -55,6 +55,14 @@ def policy_start(args: argparse.Namespace) -> Path:
     return Path.cwd()
 
 
+def _reaches_nodes(args: argparse.Namespace) -> bool:
+    """Whether the command runs the transport and secrets commands (plain `fwc diff`,
+    which a reviewer runs on a pull request, does not)."""
+    command = getattr(args, "command", None)
+    return command in ("install", "status") or (
+        command == "diff" and bool(getattr(args, "installed", None)))
+
+
 def apply_project_defaults(args: argparse.Namespace) -> list:  # list[Diagnostic]
     """Fill ARGS from fwc.toml and the built-in defaults; the diagnostics of a bad file."""
     diagnostics = []
@@ -66,16 +74,25 @@ def apply_project_defaults(args: argparse.Namespace) -> list:  # list[Diagnostic
         if any(d.is_error for d in diagnostics):
             return diagnostics
     values = config.values if config is not None else {}
+    taken: set[str] = set()  # the keys of fwc.toml this command takes
     for dest, key in FROM_CONFIG.items():
         if _applies(args, dest) and getattr(args, dest) is None and key in values:
             value = values[key]
             setattr(args, dest, str(value) if isinstance(value, Path) else value)
+            taken.add(key)
     if any(_applies(args, d) for d in SECRET_DESTS) and not any(
             getattr(args, d, None) for d in SECRET_DESTS):
         for dest, key in SECRET_DESTS.items():
             if key in values and _applies(args, dest):
                 value = values[key]
                 setattr(args, dest, str(value) if isinstance(value, Path) else value)
+                taken.add(key)
+    if config is not None and taken and _reaches_nodes(args):
+        from fwc.commands.trust import untrusted
+
+        diagnostics = [*diagnostics, *untrusted(config, taken)]
+        if any(d.is_error for d in diagnostics):
+            return diagnostics
     if hasattr(args, "include_path") and not args.include_path and "include_path" in values:
         args.include_path = list(values["include_path"])  # type: ignore[call-overload]
     for dest, value in BUILTIN.items():

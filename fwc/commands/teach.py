@@ -107,6 +107,10 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("fwc status policies/edge.fw", "what each node runs: revision, who, when"),
         ("fwc status --member fw1 --format json policies/edge.fw", "one node, as JSON"),
     ),
+    "trust": (
+        ("fwc trust", "after reading it: let fwc run the commands the fwc.toml here names"),
+        ("fwc trust policies/edge.fw", "the fwc.toml that applies to this policy"),
+    ),
     "completion": (
         ("source <(fwc completion bash)", "bash, for this shell"),
         ("fwc completion zsh > ~/.zfunc/_fwc", "zsh (with ~/.zfunc in $fpath)"),

@@ -11,7 +11,8 @@ directory.
 
 The file names a command fwc may run (`secrets_command`) and where fwc writes,
 so it is refused (FWC033) when someone other than the user running fwc or root
-owns it or may write it. An unknown key, a value of the wrong type or a syntax
+owns it or may write it; its commands run only once the user trusted them
+(`fwc trust`, FWC037: fwc.commands.trust). An unknown key, a value of the wrong type or a syntax
 error is a diagnostic with the file, line and column (FWC030-FWC032).
 
 Imported by the command line: tomllib is imported only when a file is found.
@@ -59,6 +60,7 @@ class ProjectConfig:
 
     path: Path | None = None
     values: dict[str, object] = field(default_factory=dict)
+    spans: dict[str, Span] = field(default_factory=dict)  # where each key is set
 
     def get(self, key: str) -> object:
         return self.values.get(key)
@@ -139,9 +141,10 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
                                                              column + 1))]
     diagnostics: list[Diagnostic] = []
     values: dict[str, object] = {}
+    spans: dict[str, Span] = {}
     base = path.parent
     for key, value in data.items():
-        span = _where(shown, text, key)
+        span = spans[key] = _where(shown, text, key)
         if key not in KEYS:
             close = close_matches(key.replace("-", "_").lower(), KEYS, 1, 0.6)
             diagnostics.append(error(
@@ -194,7 +197,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             "FWC034", f"{CONFIG_NAME} names the secrets {len(given)} ways "
             f"({', '.join(given)})", _where(shown, text, given[1]),
             hint="keep one of secrets_file, secrets_env and secrets_command"))
-    return ProjectConfig(path, values), diagnostics
+    return ProjectConfig(path, values, spans), diagnostics
 
 
 def _type_problem(kind: str, value: object,
