@@ -714,6 +714,18 @@ def _statement(rule: Rule, family: int, writer: Names, chain_names: dict[str, st
     raise NftUnsupported(f"target {target}")
 
 
+def _maps_port(rule: Rule) -> bool:
+    """RULE translates to a port (`DNAT --to-destination 203.0.113.5:53`, `[2001:db8::5]:53`,
+    `SNAT --to-source ADDR:1024-65535`). nft refuses `dnat ip to ADDR:PORT` in a rule that
+    does not test the transport protocol itself ("transport protocol mapping is only
+    valid after transport protocol match"), even in a chain whose packets all have it."""
+    if rule.target not in (Target.DNAT, Target.SNAT):
+        return False
+    options = dict(rule.target_options)
+    to = options.get("to-destination") or options.get("to-source") or ""
+    return "]:" in to or ("[" not in to and to.count(":") == 1)
+
+
 def _rule(rule: Rule, family: int, writer: Names, chain_names: dict[str, str],
           ipsets: dict[str, tuple[str, ...]], protocol_part: list[str] | None = None,
           statement: str | None = None, comment: str | None = None,
@@ -730,6 +742,8 @@ def _rule(rule: Rule, family: int, writer: Names, chain_names: dict[str, str],
         parts.append(f"oifname {escape.nft_device(match.out_device)}")
     parts.append(_addresses("saddr", match.source, family, writer, ipsets))
     parts.append(_addresses("daddr", match.destination, family, writer, ipsets))
+    if _maps_port(rule):
+        known_protocol = None  # nft needs the protocol test in the translating rule
     parts += _protocol(match, writer, known_protocol) if protocol_part is None \
         else protocol_part
     if match.tcp_flags is not None:
