@@ -29,6 +29,7 @@ from fwc.backend.files import (
     path_of,
     rules_file,
 )
+from fwc.backend.probation import FUNCTIONS
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
@@ -52,12 +53,6 @@ BOTH_FAMILIES = (4, 6)
 
 # The one nftables table an nftables install owns (nftables.nft replaces only it).
 NFT_TABLE = f"inet {NFT_TABLE_NAME}"
-
-# `kill -0` succeeds on a zombie, and some init processes (containers) reap
-# late: a watchdog that exited must count as gone.
-_ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/status "
-          '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; };')
-
 
 # Programs every install needs; each file's own are in its row (GeneratedFile.needs).
 # A missing one must stop the install before anything changes: skipping the
@@ -238,8 +233,8 @@ def release(token: str) -> str:
 
 
 def refuse_if_pending() -> str:
-    """An earlier install armed its watchdog and was neither confirmed nor rolled back:
-    do not stack another.
+    """An earlier install armed its watchdog and was neither confirmed nor rolled back
+    (`fwc.backend.probation`): do not stack another.
 
     While the watchdog lives, that install waits for its confirmation. Once it is gone
     without a marker (the node rebooted during the probation, or its rollback failed),
@@ -247,9 +242,8 @@ def refuse_if_pending() -> str:
     before: this install's snapshot would replace it, and its rollback would come back
     to the unconfirmed configuration.
     """
-    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] '
-            f'&& [ ! -e {CONFIRMED} ] && [ ! -e {ROLLED_BACK} ]; then '
-            f'if alive "$(cat {WATCHDOG_PID})"; then '
+    return (f"{FUNCTIONS}; if unconfirmed; then "
+            "if watchdog_running; then "
             'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
             'else echo "an earlier fwc install was neither confirmed nor rolled back (its '
             'watchdog is gone: the node rebooted, or the rollback failed): on the node, '
@@ -871,8 +865,7 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
 
 def _watchdog_gone() -> str:
     """Wait (at most 2 s) for the watchdog to see a marker and exit by itself."""
-    return (f"{_ALIVE} p=$(cat {WATCHDOG_PID} 2>/dev/null); i=0; "
-            'while [ -n "$p" ] && alive "$p" && [ $i -lt 20 ]; do '
+    return (f"{FUNCTIONS}; i=0; while watchdog_running && [ $i -lt 20 ]; do "
             "sleep 0.1; i=$((i+1)); done")
 
 
