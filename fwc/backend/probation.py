@@ -41,3 +41,17 @@ _UNCONFIRMED = (f"unconfirmed() {{ [ -s {WATCHDOG_PID} ] && [ ! -e {CONFIRMED} ]
 # The shell functions `alive PID`, `watchdog_running` and `unconfirmed`, on one line
 # (the boot script's template takes no line break in a value).
 FUNCTIONS = f"{_ALIVE}; {_WATCHDOG_RUNNING}; {_UNCONFIRMED}"
+
+# `sh rollback.sh boot`: the boot script's rollback, before the network and the daemons
+# (fwc.install.scripts.rollback_script says what it does differently).
+AT_BOOT = "boot"
+# Set for the old configuration's boot script that `rollback.sh boot` runs: it loads its
+# rules as any boot does and does not look for an unconfirmed install (the rollback that
+# runs it holds the snapshot's lock, and marks the install rolled back once it loaded).
+ROLLING_BACK_AT_BOOT = "FWC_ROLLING_BACK_AT_BOOT"
+# `rollback.sh boot`'s status when the old files are back but the old boot script failed:
+# it loaded its own fail-closed ruleset (forwarding off), so the boot script that called
+# the rollback must not load one of its own on top (another backend's would drop the
+# management access the old one keeps). Any other failure: nothing the rollback can
+# vouch for is loaded, and the calling boot script fails closed itself.
+OLD_BOOT_FAILED = 10
