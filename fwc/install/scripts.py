@@ -235,21 +235,24 @@ def release(token: str) -> str:
 
 def refuse_if_pending() -> str:
     """An earlier install armed its watchdog and was neither confirmed nor rolled back
-    (`fwc.backend.probation`): do not stack another.
+    (`fwc.backend.probation`, the rule the boot script reads too): do not stack another.
 
     While the watchdog lives, that install waits for its confirmation. Once it is gone
-    without a marker (the node rebooted during the probation, or its rollback failed),
-    the node runs what nobody confirmed, and the snapshot is the only copy of what ran
-    before: this install's snapshot would replace it, and its rollback would come back
-    to the unconfirmed configuration.
+    without a marker, the node runs what nobody confirmed, and the snapshot is the only
+    copy of what ran before: this install's snapshot would replace it, and its rollback
+    would come back to the unconfirmed configuration. A node that rebooted during the
+    probation rolls back at boot (fwc-firewall.sh): what is left here is a rollback
+    that failed (at boot, or the watchdog's), or a boot that ran no fwc-firewall.sh;
+    the admin decides.
     """
     return (f"{FUNCTIONS}; if unconfirmed; then "
             "if watchdog_running; then "
             'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
-            'else echo "an earlier fwc install was neither confirmed nor rolled back (its '
-            'watchdog is gone: the node rebooted, or the rollback failed): on the node, '
-            f'sh {ROLLBACK_SCRIPT} restores what ran before it, touch {CONFIRMED} keeps '
-            'what runs now" >&2; fi; exit 3; fi; '
+            'else echo "an earlier fwc install was neither confirmed nor rolled back: its '
+            "watchdog is gone and its rollback failed, or the node went down during the "
+            "probation and its boot did not roll it back (the boot log of fwc-firewall "
+            f"says why); on the node, sh {ROLLBACK_SCRIPT} restores what ran before it, "
+            f'touch {CONFIRMED} keeps what runs now" >&2; fi; exit 3; fi; '
             f"rm -rf {STAGING} && mkdir -p -m 0700 {STAGING}")
 
 
