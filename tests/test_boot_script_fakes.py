@@ -249,15 +249,16 @@ def _old(files: dict[str, str]) -> dict[str, str]:
 
 
 def _on_probation(new: dict[str, str], old: dict[str, str], *, marker: str | None = None,
-                  watchdog: str = "dead", broken: str | None = None) \
-        -> Callable[[Path], None]:
+                  watchdog: str = "dead", broken: str | None = None,
+                  saved: str | None = None) -> Callable[[Path], None]:
     """Lays out the node an unconfirmed install of NEW over OLD left (no systemd): NEW's
     files at their node paths (OLD's other ones stay there), the snapshot of OLD as fwc
     install takes it (files the install replaced or removed, sysctl values, rollback.sh)
     and watchdog.pid. MARKER:
     `confirmed` or `rolled-back` made; WATCHDOG: `dead` (a PID no process has), `reused`
     (a live process that is not the watchdog, as after a reboot), `running` (one that is
-    its watchdog); BROKEN: a file the snapshot cannot give back."""
+    its watchdog); BROKEN: a file the snapshot cannot give back; SAVED: the iptables.save
+    of the snapshot."""
     rows = [f for f in FILES if f.name in new]
     gone = scripts.stale_rows(rows)
 
@@ -278,6 +279,8 @@ def _on_probation(new: dict[str, str], old: dict[str, str], *, marker: str | Non
         for name, text in old.items():
             if name not in touched:
                 Path(localise(BY_NAME[name].path, tmp)).write_text(localise(text, tmp))
+        if saved is not None:
+            (snap / "iptables.save").write_text(saved)
         if broken is not None:  # a copy that fails: cp of a directory
             index = [r.name for r in rows].index(broken)
             (snap / f"file.{index}").unlink()
@@ -425,3 +428,21 @@ def test_a_rollback_at_boot_whose_old_rules_fail_keeps_their_own_fallback(tmp_pa
     assert "the rules from before the unconfirmed install did not load" in stderr
     assert not (tmp_path / "etc/snapshot/rolled-back").exists()
     assert _refusal(tmp_path, shell).returncode == 3
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_reboot_on_probation_of_a_first_install_restores_what_ran_before_fwc(tmp_path,
+                                                                              shell):
+    """fwc's first install on the node, unconfirmed: no old boot script comes back, so
+    the rollback at boot restores the rules the snapshot saved (what ran before fwc) and
+    then forwarding as it was; fwc's files go."""
+    new = _member_files("edge.fw")
+    saved = "# ADMIN-rules of the node before fwc\n*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"
+    status, forwarding, loaded = _run(new, tmp_path, shell,
+                                      prepare=_on_probation(new, {}, saved=saved))
+    assert status == 0, (tmp_path / "stderr").read_text()
+    assert loaded == "loaded ADMIN-rules\n"  # not fwc's rules, not its fail-closed ones
+    assert forwarding == "0"  # sysctl.save: it did not forward before the install
+    assert not _node_file(tmp_path, "iptables.rules").exists()
+    assert not _node_file(tmp_path, "fwc-firewall.sh").exists()
+    assert (tmp_path / "etc/snapshot/rolled-back").exists()
