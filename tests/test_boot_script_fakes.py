@@ -11,14 +11,18 @@ loads nothing and exits 0 (`iptables-restore --test < /dev/null`, `nft -c -f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
+from fwc.backend.files import BY_NAME, FILES
 from fwc.backend.output import compile_policy
+from fwc.install import scripts
 from fwc.pipeline import analyse
 
 SHELLS = [s for s in ("sh", "dash") if shutil.which(s)]
@@ -46,12 +50,29 @@ def _fake(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
+def localise(text: str, tmp: Path) -> str:
+    """TEXT (a script of the node) with its paths in TMP: /etc/fwc/NAME is tmp/etc/NAME (as
+    _run writes the files), sysctl.conf tmp/etc/sysctl.conf, any other /etc path under
+    tmp/other-etc, /proc/sys the fake tree; the node has no systemd."""
+    paths = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin": f"PATH={tmp / 'bin'}",
+             "/etc/fwc/": f"{tmp / 'etc'}/",
+             "/etc/sysctl.d/90-fwc.conf": f"{tmp / 'etc'}/sysctl.conf",
+             "/etc/": f"{tmp / 'other-etc'}/",
+             "/proc/sys/": f"{tmp / 'proc'}/",
+             "/run/systemd/system": f"{tmp / 'no-systemd'}"}
+    # one pass, the longest first: a path put in must not be read again
+    pattern = "|".join(re.escape(k) for k in sorted(paths, key=len, reverse=True))
+    return re.sub(pattern, lambda m: paths[m.group(0)], text)
+
+
 def _run(files: dict[str, str], tmp: Path, shell: str, *,
-         contents: dict[str, str] | None = None, ipv6: bool = True) -> tuple[int, str, str]:
+         contents: dict[str, str] | None = None, ipv6: bool = True,
+         prepare: Callable[[Path], None] | None = None) -> tuple[int, str, str]:
     """Run the boot script; CONTENTS replaces files by name; IPV6 False: a kernel booted
     with ipv6.disable=1 (no fake /proc/sys/net/ipv6, and ip6tables-restore fails as the
-    real one does there). (status, fake /proc/sys ip_forward afterwards, what the restores
-    loaded and the DROP fallback calls); tmp/called lists the restores run, in order."""
+    real one does there); PREPARE(tmp) runs once the node is laid out. (status, fake
+    /proc/sys ip_forward afterwards, what the restores loaded and the DROP fallback
+    calls); tmp/called lists the restores run, in order, tmp/stderr the script's."""
     bin_dir, etc, proc = tmp / "bin", tmp / "etc", tmp / "proc"
     for d in (bin_dir, etc, proc / "net/ipv4", *([proc / "net/ipv6/conf/all"] if ipv6 else [])):
         d.mkdir(parents=True, exist_ok=True)
@@ -65,6 +86,7 @@ def _run(files: dict[str, str], tmp: Path, shell: str, *,
     _fake(bin_dir, "sysctl", f"""set_key() {{
     p={proc}/$(echo "${{1%%=*}}" | tr . /); [ -e "$p" ] || return 1; echo "${{1#*=}}" > "$p"
 }}
+if [ "$1" = -n ]; then p={proc}/$(echo "$2" | tr . /); [ -e "$p" ] || exit 1; exec cat "$p"; fi
 case "$2" in
     -w) set_key "$3" ;;
     -p) rc=0
@@ -89,20 +111,24 @@ printf '%s\\n' "$in" \\
         _fake(bin_dir, name, f'echo "{name} $*" >> {loaded}')
     for name in ("iptables-save", "ip6tables-save", "ipset", "logger"):
         _fake(bin_dir, name, ":")
-    for name in ("cat", "tr", "sed", "grep"):
+    # (what a rollback at boot runs too; `sh` is the shell under test)
+    for name in ("cat", "tr", "sed", "grep", "cp", "mv", "rm", "touch", "mkdir", "ln",
+                 "awk", "flock", "sleep"):
         (bin_dir / name).symlink_to(shutil.which(name))
-    script = (files["fwc-firewall.sh"]
-              .replace("PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"PATH={bin_dir}")
-              .replace("/etc/fwc/", f"{etc}/")
-              .replace("/etc/sysctl.d/90-fwc.conf", f"{etc}/sysctl.conf")
-              .replace("/proc/sys/", f"{proc}/"))
-    assert "/etc/" not in script.replace(str(etc), "") and "/proc/" not in script.replace(
-        str(proc), "")
+    (bin_dir / "sh").symlink_to(shutil.which(shell))
+    script = localise(files["fwc-firewall.sh"], tmp)
+    # (the only /proc paths left: the processes the script looks at, read only)
+    assert str(tmp / "other-etc") not in script and "/proc/" not in script.replace(
+        str(proc), "").replace("/proc/$", "")
     path = tmp / "fwc-firewall.sh"
     path.write_text(script)
-    env = {k: v for k, v in os.environ.items() if k != "FWC_RULES_LOADED_BY_INSTALL"}
+    if prepare is not None:
+        prepare(tmp)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FWC_RULES_LOADED_BY_INSTALL", "FWC_ROLLING_BACK_AT_BOOT")}
     result = subprocess.run([shell, str(path)], env=env, capture_output=True, text=True,
                             timeout=30)
+    (tmp / "stderr").write_text(result.stderr)
     return (result.returncode, (proc / "net/ipv4/ip_forward").read_text().strip(),
             loaded.read_text())
 
@@ -211,3 +237,212 @@ def test_a_cluster_with_ipv6_fails_closed_on_a_kernel_without_ipv6(tmp_path, she
     assert (status, forwarding) == (1, "0")
     assert "ip6tables-restore" in (tmp_path / "called").read_text().split()
     assert "loaded Fail-closed" in loaded and "ip6tables -w -P FORWARD DROP" in loaded
+
+
+# -- an install the node rebooted with before it was confirmed ----------------------------
+
+def _old(files: dict[str, str]) -> dict[str, str]:
+    """FILES as an earlier install left them: each rules file's first comment word starts
+    with OLD- (the stand-in restores log it: `loaded OLD-iptables-restore`)."""
+    return {name: text.replace("# ", "# OLD-", 1) if name.endswith((".rules", ".nft"))
+            else text for name, text in files.items()}
+
+
+def _on_probation(new: dict[str, str], old: dict[str, str], *, marker: str | None = None,
+                  watchdog: str = "dead", broken: str | None = None,
+                  saved: str | None = None) -> Callable[[Path], None]:
+    """Lays out the node an unconfirmed install of NEW over OLD left (no systemd): NEW's
+    files at their node paths (OLD's other ones stay there), the snapshot of OLD as fwc
+    install takes it (files the install replaced or removed, sysctl values, rollback.sh)
+    and watchdog.pid. MARKER:
+    `confirmed` or `rolled-back` made; WATCHDOG: `dead` (a PID no process has), `reused`
+    (a live process that is not the watchdog, as after a reboot), `running` (one that is
+    its watchdog); BROKEN: a file the snapshot cannot give back; SAVED: the iptables.save
+    of the snapshot."""
+    rows = [f for f in FILES if f.name in new]
+    gone = scripts.stale_rows(rows)
+
+    def prepare(tmp: Path) -> None:
+        snap = tmp / "etc" / "snapshot"
+        snap.mkdir()
+        for row in rows:
+            node = Path(localise(row.path, tmp))
+            node.parent.mkdir(parents=True, exist_ok=True)
+            node.write_text(localise(new[row.name], tmp))
+        for prefix, table in (("file", rows), ("gone", gone)):
+            for index, row in enumerate(table):
+                if row.name in old:
+                    (snap / f"{prefix}.{index}").write_text(localise(old[row.name], tmp))
+                    Path(localise(row.path, tmp)).parent.mkdir(parents=True, exist_ok=True)
+        # what the install neither replaced nor removed (another packet filter's files)
+        touched = {r.name for r in (*rows, *gone)}
+        for name, text in old.items():
+            if name not in touched:
+                Path(localise(BY_NAME[name].path, tmp)).write_text(localise(text, tmp))
+        if saved is not None:
+            (snap / "iptables.save").write_text(saved)
+        if broken is not None:  # a copy that fails: cp of a directory
+            index = [r.name for r in rows].index(broken)
+            (snap / f"file.{index}").unlink()
+            (snap / f"file.{index}").mkdir()
+        # forwarding was off before the install, rp_filter 2; net.netfilter.* are not there
+        # before the rules load nf_conntrack
+        (tmp / "proc/net/ipv4/conf/all").mkdir(parents=True)
+        (tmp / "proc/net/ipv4/conf/all/rp_filter").write_text("1\n")
+        (snap / "sysctl.save").write_text("net.ipv4.ip_forward=0\nnet.ipv4.conf.all.rp_filter=2\n"
+                                          "net.netfilter.nf_conntrack_events=1\n")
+        (snap / "rollback.sh").write_text(
+            localise(scripts.rollback_script(rows, [], token="t1"), tmp))
+        pid = {"dead": "999999999", "reused": str(os.getpid())}.get(watchdog)
+        if pid is None:
+            proc = subprocess.Popen(["sh", "-c", f"sleep 30; sh {snap}/rollback.sh"])
+            (tmp / "watchdog").write_text(str(proc.pid))
+            pid = str(proc.pid)
+        (snap / "watchdog.pid").write_text(pid + "\n")
+        if marker is not None:
+            (snap / marker).touch()
+    return prepare
+
+
+def _stop_watchdog(tmp: Path) -> None:
+    if (tmp / "watchdog").exists():
+        pid = int((tmp / "watchdog").read_text())
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def _node_file(tmp: Path, name: str) -> Path:
+    return Path(localise(BY_NAME[name].path, tmp))
+
+
+def _refusal(tmp: Path, shell: str) -> subprocess.CompletedProcess[str]:
+    """What the next `fwc install` finds on this node (its stage step)."""
+    return subprocess.run([str(shutil.which(shell)), "-c",
+                           localise(scripts.refuse_if_pending(), tmp)],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PATH": str(tmp / "bin")})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("watchdog", ["dead", "reused"])
+def test_a_reboot_on_probation_rolls_back_and_loads_the_old_rules(member, tmp_path, shell,
+                                                                 watchdog):
+    """The node went down before the install was confirmed (its watchdog with it; after
+    the reboot its PID may be another process's): the boot puts the old files and sysctl
+    values back, loads the OLD rules with the old boot script, forwarding on as that
+    script says, and marks the install rolled back."""
+    old = _old(member)
+    status, forwarding, loaded = _run(member, tmp_path, shell,
+                                      prepare=_on_probation(member, old, watchdog=watchdog))
+    stderr = (tmp_path / "stderr").read_text()
+    assert (status, forwarding) == (0, "1"), stderr
+    assert "loaded OLD-" in loaded and "loaded Fail-closed" not in loaded
+    assert loaded.replace("loaded OLD-", "").count("loaded ") == 0  # nothing new loaded
+    assert "was never confirmed: rolling it back" in stderr and "rolled back at boot" in stderr
+    assert (tmp_path / "etc/snapshot/rolled-back").exists()
+    rules = _rules(member)
+    assert _node_file(tmp_path, rules).read_text() == old[rules]
+    assert (tmp_path / "proc/net/ipv4/conf/all/rp_filter").read_text().strip() == "2"
+    assert _refusal(tmp_path, shell).returncode == 0  # the next install may go ahead
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_reboot_on_probation_of_a_backend_switch_boots_the_old_backend(tmp_path, shell):
+    """nftables installed over iptables, unconfirmed: the running boot script is the nft
+    one, the restored one the iptables one; only the old iptables rules load, and the
+    nftables files go (they did not exist before)."""
+    new, old = _member_files("shop.fw"), _old(_member_files("edge.fw"))
+    status, forwarding, loaded = _run(new, tmp_path, shell, prepare=_on_probation(new, old))
+    assert (status, forwarding) == (0, "1"), (tmp_path / "stderr").read_text()
+    assert (tmp_path / "called").read_text().split() == ["iptables-restore",
+                                                         "ip6tables-restore"]
+    assert loaded.count("loaded OLD-") == 2 and "loaded nft" not in loaded
+    assert not _node_file(tmp_path, "nftables.nft").exists()
+    assert _node_file(tmp_path, "fwc-firewall.sh").read_text() == localise(
+        old["fwc-firewall.sh"], tmp_path)
+    assert (tmp_path / "etc/snapshot/rolled-back").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("state", ["confirmed", "rolled-back", "watchdog running"])
+def test_an_install_confirmed_rolled_back_or_still_watched_is_not_rolled_back_at_boot(
+        member, tmp_path, shell, state):
+    """Confirmed or already rolled back: the boot loads what the node paths hold and
+    leaves the snapshot alone; its watchdog still running (the unit started by hand during
+    the probation): the watchdog decides. Without that, the same node rolls back."""
+    old = _old(member)
+    marker = state if state != "watchdog running" else None
+    watchdog = "running" if marker is None else "dead"
+    try:
+        status, forwarding, loaded = _run(member, tmp_path / "kept", shell, prepare=_on_probation(
+            member, old, marker=marker, watchdog=watchdog))
+    finally:
+        _stop_watchdog(tmp_path / "kept")
+    assert (status, forwarding) == (0, "1")
+    assert "loaded OLD-" not in loaded and "loaded " in loaded
+    assert "rolling it back" not in (tmp_path / "kept/stderr").read_text()
+    assert not (tmp_path / "kept/etc/snapshot" / (
+        "confirmed" if state == "rolled-back" else "rolled-back")).exists()
+    rules = _rules(member)
+    assert _node_file(tmp_path / "kept", rules).read_text() == localise(member[rules],
+                                                                        tmp_path / "kept")
+    # the same node, its watchdog gone and neither marker made: rolled back
+    status, forwarding, loaded = _run(member, tmp_path / "gone", shell,
+                                      prepare=_on_probation(member, old))
+    assert status == 0 and "loaded OLD-" in loaded
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rollback_at_boot_that_fails_still_filters_and_the_next_install_refuses(
+        member, tmp_path, shell):
+    """A file the snapshot cannot give back: the node does not boot a mix of old and new
+    files, it loads the fail-closed ruleset with forwarding off (keepalived and conntrackd
+    do not start), and the install stays unconfirmed: the next install refuses, the
+    admin decides."""
+    old = _old(member)
+    rules = _rules(member)
+    status, forwarding, loaded = _run(member, tmp_path, shell,
+                                      prepare=_on_probation(member, old, broken=rules))
+    stderr = (tmp_path / "stderr").read_text()
+    assert (status, forwarding) == (1, "0"), stderr
+    assert "Fail-closed" in loaded and "loaded OLD-iptables-restore" not in loaded
+    assert "the rollback at boot failed: fail-closed ruleset loaded" in stderr
+    assert not (tmp_path / "etc/snapshot/rolled-back").exists()
+    refused = _refusal(tmp_path, shell)
+    assert refused.returncode == 3
+    assert "neither confirmed nor rolled back" in refused.stderr
+    assert "rollback.sh restores what ran before it" in refused.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rollback_at_boot_whose_old_rules_fail_keeps_their_own_fallback(tmp_path, shell):
+    """The old files are back but the old rules do not load: the old boot script's own
+    fail-closed ruleset (iptables, with its management access) stays the only one; the
+    running nft script must not add its DROP-everything table on top."""
+    new, old = _member_files("shop.fw"), _old(_member_files("edge.fw"))
+    old["iptables.rules"] = "*filter\nFAIL\n"
+    status, forwarding, loaded = _run(new, tmp_path, shell, prepare=_on_probation(new, old))
+    stderr = (tmp_path / "stderr").read_text()
+    assert (status, forwarding) == (1, "0"), stderr
+    assert loaded == "loaded OLD-Fail-closed\nloaded OLD-Fail-closed\n"  # failsafe(6).rules
+    assert "the rules from before the unconfirmed install did not load" in stderr
+    assert not (tmp_path / "etc/snapshot/rolled-back").exists()
+    assert _refusal(tmp_path, shell).returncode == 3
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_reboot_on_probation_of_a_first_install_restores_what_ran_before_fwc(tmp_path,
+                                                                              shell):
+    """fwc's first install on the node, unconfirmed: no old boot script comes back, so
+    the rollback at boot restores the rules the snapshot saved (what ran before fwc) and
+    then forwarding as it was; fwc's files go."""
+    new = _member_files("edge.fw")
+    saved = "# ADMIN-rules of the node before fwc\n*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"
+    status, forwarding, loaded = _run(new, tmp_path, shell,
+                                      prepare=_on_probation(new, {}, saved=saved))
+    assert status == 0, (tmp_path / "stderr").read_text()
+    assert loaded == "loaded ADMIN-rules\n"  # not fwc's rules, not its fail-closed ones
+    assert forwarding == "0"  # sysctl.save: it did not forward before the install
+    assert not _node_file(tmp_path, "iptables.rules").exists()
+    assert not _node_file(tmp_path, "fwc-firewall.sh").exists()
+    assert (tmp_path / "etc/snapshot/rolled-back").exists()

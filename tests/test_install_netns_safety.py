@@ -21,8 +21,10 @@ from test_install_netns import (
     POLICY,
     FakeSettle,
     Lab,
+    Node,
     _kill_namespace_processes,
     _lab,
+    blocked_policy,
     host_etc_lock,
     install,
 )
@@ -346,3 +348,69 @@ def test_files_the_policy_no_longer_has_leave_the_node_and_a_rollback_brings_the
     capsys.readouterr()
     assert main(["diff", "--installed", "fw1", "--transport", "netns", "--inventory",
                  str(nodes.inventory), str(POLICY)]) == 0, capsys.readouterr().out
+
+
+def fresh_kernel(node: Node) -> None:
+    """What a reboot leaves a namespace node: its processes (the watchdog, the lock holder)
+    gone, no rules, sets or forwarding. Its files stay."""
+    _kill_namespace_processes(node.ns)
+    node.exec("for c in iptables ip6tables; do for t in $($c-save | sed -n 's/^\\*//p'); do "
+              "$c -t $t -F; $c -t $t -X; for ch in $($c -t $t -S | sed -n "
+              "'s/^-P \\([^ ]*\\) .*/\\1/p'); do $c -t $t -P $ch ACCEPT; done; done; done; "
+              "ipset destroy; sysctl -q -w net.ipv4.ip_forward=0 "
+              "net.ipv6.conf.all.forwarding=0")
+
+
+def test_a_reboot_on_probation_boots_the_install_before_it(nodes, capsys, monkeypatch):
+    """fw1 runs a confirmed install of edge.fw; an install of a changed policy (an ipset,
+    other rules) is applied and the node reboots before anyone confirms it (the power
+    went, or an admin it locked out power-cycled it): its boot script rolls it back, so
+    the node comes back with edge.fw's rules and files and forwards, the install is
+    marked rolled back, `fwc diff --installed` and `fwc status` report edge.fw's install,
+    and the next install goes ahead."""
+    fw1 = nodes.nodes["fw1"]
+    assert install(nodes, "--member", "fw1", "--confirm") == 0
+    confirmed = {"rules": fw1.rules(), "rules6": fw1.rules("ip6tables-save"),
+                 "sets": "", "forward": "1\n", "rolled back": True,
+                 "iptables.rules": (fw1.etc / "fwc" / "iptables.rules").read_text()}
+    policy = blocked_policy(nodes.tmp)
+    output = nodes.tmp / "blocked"
+    assert main(["compile", str(policy), "-o", str(output)]) == 0
+    seen: dict[str, object] = {}
+
+    def reboot_on_probation(node: object, seconds: float) -> bool:
+        assert "--match-set fwc4-blocked src" in "\n".join(fw1.rules())  # the new rules run
+        fresh_kernel(fw1)
+        boot = subprocess.run(["ip", "netns", "exec", fw1.ns, "sh", "/etc/fwc/fwc-firewall.sh"],
+                              capture_output=True, text=True, timeout=60)
+        seen.update({"rules": fw1.rules(), "rules6": fw1.rules("ip6tables-save"),
+                     "sets": fw1.exec("ipset list -n"),
+                     "forward": fw1.exec("sysctl -n net.ipv4.ip_forward"),
+                     "rolled back": (fw1.etc / "fwc/snapshot/rolled-back").exists(),
+                     "iptables.rules": (fw1.etc / "fwc" / "iptables.rules").read_text()})
+        seen["boot"] = (boot.returncode, boot.stderr)
+        return False  # never confirmed: fwc's own rollback then finds nothing to do
+
+    monkeypatch.setattr(install_command, "automatic_confirmer", reboot_on_probation)
+    capsys.readouterr()
+    blocked = ["install", "--member", "fw1", "--transport", "netns", "--inventory",
+               str(nodes.inventory), "-o", str(output)]
+    assert install_command.run(build_parser().parse_args([*blocked, "--confirm",
+                                                          str(policy)]),
+                               check=FakeSettle()) == 1
+    code, said = seen.pop("boot")  # type: ignore[misc]
+    assert code == 0, said
+    assert "never confirmed: rolling it back" in said and "rolled back at boot" in said
+    assert seen == confirmed
+    assert "previous configuration restored" in capsys.readouterr().out
+    assert main(["diff", "--no-color", "--installed", "fw1", "--transport", "netns",
+                 "--inventory", str(nodes.inventory), "--secrets", str(nodes.secrets),
+                 str(POLICY)]) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.endswith(f"fw1: runs what {POLICY} compiles to\n")
+    assert main(["status", "--member", "fw1", "--transport", "netns", "--inventory",
+                 str(nodes.inventory), "-o", str(nodes.output), str(POLICY)]) == 0
+    assert f"from {POLICY}" in capsys.readouterr().out
+    monkeypatch.undo()  # confirmed this time
+    assert install_command.run(build_parser().parse_args([*blocked, "--confirm",
+                                                          str(policy)]),
+                               check=FakeSettle()) == 0

@@ -332,10 +332,10 @@ def reboot(node: Node) -> None:
 @pytest.mark.parametrize("first, then", [("iptables", "nftables"), ("nftables", "iptables")])
 def test_a_switch_rolled_back_after_a_reboot_on_probation_loads_the_old_rules_again(
         lab, nft_source, tmp_path, capsys, monkeypatch, first, then):
-    """The node reboots while a switch of backend is on probation: the boot script
-    loads only the new backend's rules. The rollback (the one the refusal of the next
-    install names) must bring the old backend's rules back, not leave the node with
-    no rules at all."""
+    """The node reboots while a switch of backend is on probation: the boot script (the
+    new backend's) rolls the switch back, and the old backend's boot script loads the
+    old rules, never the new ones. fwc's own rollback after that finds it done, and
+    what the next boot loads is the old backend's again."""
     fw1 = lab.nodes["fw1"]
     policy = blocked_policy(tmp_path)
     old_out = compiled(policy, tmp_path / first, "--backend", first)
@@ -346,14 +346,19 @@ def test_a_switch_rolled_back_after_a_reboot_on_probation_loads_the_old_rules_ag
     old_sets = sorted(fw1.exec("ipset list -n").split())
     assert "fwc auto: established" in "\n".join(old_rules) + old_table
 
+    after_boot: list[object] = []
+
     def reboot_on_probation(node: object, seconds: float) -> bool:
         reboot(fw1)
+        after_boot.extend([fw1.rules(), fwc_table(fw1),
+                           (fw1.etc / "fwc" / "snapshot" / "rolled-back").exists()])
         return False  # never confirmed: rollback.sh runs, as the admin would run it
 
     monkeypatch.setattr(install_command, "automatic_confirmer", reboot_on_probation)
     capsys.readouterr()
     assert install(lab, policy, "--member", "fw1", "--confirm", output=new_out) == 1
     assert "previous configuration restored" in capsys.readouterr().out
+    assert after_boot == [old_rules, old_table, True]  # the boot rolled it back
     assert fw1.rules() == old_rules and fw1.rules("ip6tables-save") == old_ip6
     assert fwc_table(fw1) == old_table
     assert sorted(fw1.exec("ipset list -n").split()) == old_sets

@@ -1,8 +1,11 @@
-"""Install and diff safety (issue 10): ssh targets, policy paths git would quote."""
+"""Install and diff safety (issue 10): ssh targets, policy paths git would quote, an
+earlier install that never ended."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
@@ -10,6 +13,7 @@ from conftest import EDGE_TEXT as EDGE
 from conftest import fwc_diff, git
 
 from fwc.diagnostics import Severity
+from fwc.install import scripts
 from fwc.install.transport import InventoryError, SshTransport, make_transport
 from fwc.model.ssh import ssh_target_problem
 
@@ -127,3 +131,33 @@ def test_diff_ignores_non_utf8_names_that_are_not_policies(repo, capsys):
     (repo / "policies" / "other.fw").write_text(OTHER, encoding="utf-8")
     code, out, err = fwc_diff(capsys)
     assert (code, err) == (1, "") and "cluster other (policies/other.fw)" in out
+
+
+def _refusal(state: Path) -> subprocess.CompletedProcess[str]:
+    """The stage step's check on a node whose /etc/fwc is STATE."""
+    return subprocess.run(["sh", "-c", scripts.refuse_if_pending().replace(
+        "/etc/fwc/", f"{state}/")], capture_output=True, text=True, timeout=30)
+
+
+def test_a_pid_of_another_process_in_watchdog_pid_is_no_waiting_install(tmp_path):
+    """After a reboot the watchdog's PID may be any other process's: the node must not
+    be told to wait for a confirmation no watchdog waits for (forever, while that
+    process lives), but that the install was neither confirmed nor rolled back."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "watchdog.pid").write_text(f"{os.getpid()}\n")  # alive, not a watchdog
+    refused = _refusal(tmp_path)
+    assert refused.returncode == 3
+    assert "neither confirmed nor rolled back" in refused.stderr, refused.stderr
+    # its real watchdog (a command that runs rollback.sh) still waits
+    watchdog = subprocess.Popen(["sh", "-c", f"sleep 30; sh {snapshot}/rollback.sh"])
+    try:
+        (snapshot / "watchdog.pid").write_text(f"{watchdog.pid}\n")
+        refused = _refusal(tmp_path)
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+    assert refused.returncode == 3
+    assert "still waiting for its confirmation" in refused.stderr
+    (snapshot / "confirmed").touch()
+    assert _refusal(tmp_path).returncode == 0

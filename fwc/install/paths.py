@@ -6,19 +6,22 @@ from pathlib import PurePosixPath
 
 from fwc.backend.files import FILES, path_of
 
-# fwc's state on the node lives under /etc/fwc, which the lab (and any node)
-# keeps private per member; /var/lib would be shared between lab namespaces.
-STATE_DIR = "/etc/fwc"
+# The state an install on probation leaves, which the boot script reads too: named in
+# fwc.backend.probation (the back end may not import fwc.install).
+from fwc.backend.probation import (  # noqa: F401 - re-exported
+    CONFIRMED,
+    ROLLBACK_SCRIPT,
+    ROLLED_BACK,
+    SNAPSHOT,
+    STATE_DIR,
+    WATCHDOG_PID,
+)
+
 STAGING = f"{STATE_DIR}/staging"
-SNAPSHOT = f"{STATE_DIR}/snapshot"
-ROLLBACK_SCRIPT = f"{SNAPSHOT}/rollback.sh"
 # Run once the install is confirmed: removes what fwc's earlier install of another
 # backend still runs (a switch from iptables to nftables, or back).
 RETIRE_SCRIPT = f"{SNAPSHOT}/retire.sh"
 RETIRED = f"{SNAPSHOT}/retired"
-CONFIRMED = f"{SNAPSHOT}/confirmed"
-ROLLED_BACK = f"{SNAPSHOT}/rolled-back"
-WATCHDOG_PID = f"{SNAPSHOT}/watchdog.pid"
 # conntrackd answered when the snapshot was taken (`systemd` when it ran as the unit,
 # `plain` otherwise): a rollback starts it again if the install's restart left it down.
 CONNTRACKD_RAN = f"{SNAPSHOT}/conntrackd.ran"

@@ -28,7 +28,9 @@ from fwc.backend.files import (
     kernel_guard,
     path_of,
     rules_file,
+    unit_name,
 )
+from fwc.backend.probation import AT_BOOT, FUNCTIONS, OLD_BOOT_FAILED, ROLLING_BACK_AT_BOOT
 from fwc.backend.render.nftables import TABLE as NFT_TABLE_NAME
 from fwc.install.paths import (
     CONFIRMED,
@@ -52,12 +54,6 @@ BOTH_FAMILIES = (4, 6)
 
 # The one nftables table an nftables install owns (nftables.nft replaces only it).
 NFT_TABLE = f"inet {NFT_TABLE_NAME}"
-
-# `kill -0` succeeds on a zombie, and some init processes (containers) reap
-# late: a watchdog that exited must count as gone.
-_ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/status "
-          '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; };')
-
 
 # Programs every install needs; each file's own are in its row (GeneratedFile.needs).
 # A missing one must stop the install before anything changes: skipping the
@@ -238,23 +234,25 @@ def release(token: str) -> str:
 
 
 def refuse_if_pending() -> str:
-    """An earlier install armed its watchdog and was neither confirmed nor rolled back:
-    do not stack another.
+    """An earlier install armed its watchdog and was neither confirmed nor rolled back
+    (`fwc.backend.probation`, the rule the boot script reads too): do not stack another.
 
     While the watchdog lives, that install waits for its confirmation. Once it is gone
-    without a marker (the node rebooted during the probation, or its rollback failed),
-    the node runs what nobody confirmed, and the snapshot is the only copy of what ran
-    before: this install's snapshot would replace it, and its rollback would come back
-    to the unconfirmed configuration.
+    without a marker, the node runs what nobody confirmed, and the snapshot is the only
+    copy of what ran before: this install's snapshot would replace it, and its rollback
+    would come back to the unconfirmed configuration. A node that rebooted during the
+    probation rolls back at boot (fwc-firewall.sh): what is left here is a rollback
+    that failed (at boot, or the watchdog's), or a boot that ran no fwc-firewall.sh;
+    the admin decides.
     """
-    return (f'{_ALIVE} if [ -s {WATCHDOG_PID} ] '
-            f'&& [ ! -e {CONFIRMED} ] && [ ! -e {ROLLED_BACK} ]; then '
-            f'if alive "$(cat {WATCHDOG_PID})"; then '
+    return (f"{FUNCTIONS}; if unconfirmed; then "
+            "if watchdog_running; then "
             'echo "an earlier fwc install is still waiting for its confirmation" >&2; '
-            'else echo "an earlier fwc install was neither confirmed nor rolled back (its '
-            'watchdog is gone: the node rebooted, or the rollback failed): on the node, '
-            f'sh {ROLLBACK_SCRIPT} restores what ran before it, touch {CONFIRMED} keeps '
-            'what runs now" >&2; fi; exit 3; fi; '
+            'else echo "an earlier fwc install was neither confirmed nor rolled back: its '
+            "watchdog is gone and its rollback failed, or the node went down during the "
+            "probation and its boot did not roll it back (the boot log of fwc-firewall "
+            f"says why); on the node, sh {ROLLBACK_SCRIPT} restores what ran before it, "
+            f'touch {CONFIRMED} keeps what runs now" >&2; fi; exit 3; fi; '
             f"rm -rf {STAGING} && mkdir -p -m 0700 {STAGING}")
 
 
@@ -488,9 +486,8 @@ def reload_systemd_units() -> str:
     steps = []
     for unit in ENABLED_UNITS:
         name = PurePosixPath(path_of(unit)).name
-        wants = f"/etc/systemd/system/multi-user.target.wants/{name}"
         steps.append(f"if [ -e {path_of(unit)} ]; then systemctl enable -q {name}; "
-                     f"else rm -f {wants}; fi")
+                     f"else rm -f {_wants_link(unit)}; fi")
     boot = path_of("fwc-firewall.service")
     steps.append(f"if [ -e {boot} ] && ! systemctl -q is-active {BOOT_UNIT}; then "
                  f"systemctl set-environment {LOADED_BY_INSTALL}=1 && "
@@ -498,6 +495,12 @@ def reload_systemd_units() -> str:
                  f"systemctl unset-environment {LOADED_BY_INSTALL}; [ $rc -eq 0 ]; }}; fi")
     return ("if [ -d /run/systemd/system ]; then systemctl daemon-reload && "
             + "; ".join(steps) + "; fi")
+
+
+def _wants_link(unit: str) -> str:
+    """The link `systemctl enable` makes for fwc's UNIT (their [Install] section says
+    WantedBy=multi-user.target)."""
+    return f"/etc/systemd/system/multi-user.target.wants/{PurePosixPath(path_of(unit)).name}"
 
 
 def reload_uplinks(systemd: bool) -> str:
@@ -685,16 +688,104 @@ def _rules_rollback(using: set[Backend]) -> list[str]:
     return lines
 
 
+def _put_back(saved: str, path: str) -> str:
+    """Copy the snapshot's SAVED to PATH. In place (on a full disk the truncation frees
+    what the copy needs), but the boot script in one rename: at boot the boot script
+    running the rollback is that file, and its shell must read on in the file it started,
+    never in a mix of both."""
+    if path != path_of("fwc-firewall.sh"):
+        return f"cp -p {saved} {path} || rc=1"
+    tmp = _new_copy(path)
+    return f"cp -p {saved} {tmp} && mv -f {tmp} {path} || rc=1"
+
+
+# The keys the boot script switches off first and on last (`proto.FORWARDING_SYSCTLS`).
+_FORWARDING_KEYS = "|".join(proto.FORWARDING_SYSCTLS.values())
+
+
+def _sysctl_restore() -> list[str]:
+    """sysctl.save's values back; at boot (`$at_boot`) not forwarding, which stays off
+    until rules are loaded, and not a key the kernel does not have yet (net.netfilter.*
+    before the rules load nf_conntrack: this boot never set it either)."""
+    return [
+        "if [ -e $S/sysctl.save ]; then",
+        "    while IFS= read -r kv; do",
+        '        k=${kv%%=*}; v=${kv#*=}',
+        '        if [ -n "$at_boot" ]; then',
+        f"            case $k in {_FORWARDING_KEYS}) continue ;; esac",
+        '            sysctl -n "$k" >/dev/null 2>&1 || continue',
+        "        fi",
+        '        [ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] '
+        '|| sysctl -q -w "$k=$v" >/dev/null || rc=1',
+        "    done < $S/sysctl.save",
+        "fi",
+    ]
+
+
+def _forwarding_restore() -> list[str]:
+    """sysctl.save's forwarding values back, once rules are in (at boot)."""
+    return [
+        "if [ -e $S/sysctl.save ]; then",
+        "    while IFS= read -r kv; do",
+        '        k=${kv%%=*}; v=${kv#*=}',
+        f'        case $k in {_FORWARDING_KEYS}) sysctl -q -w "$k=$v" >/dev/null || rc=1 ;; esac',
+        "    done < $S/sysctl.save",
+        "fi",
+    ]
+
+
+def _boot_units(rows: list[GeneratedFile]) -> list[str]:
+    """At boot, fwc's units among ROWS (the install's and its stale ones) enabled or not
+    as the rollback left their files, as `reload_systemd_units` would after a rollback,
+    but without `daemon-reload` and without waiting for a job: systemd already read the
+    units of this boot, and the boot unit runs before the units that would wait for it.
+    A unit that went is stopped (its start job of this boot is dropped), one that came
+    back is started once its ordering allows; a changed unit's new definition serves
+    until the next boot (which reads the restored one)."""
+    lines = []
+    for row in rows:
+        if row.name not in ENABLED_UNITS:
+            continue
+        wants = _wants_link(row.name)
+        name = unit_name(row.name)
+        # (the boot unit is the one running this: only its link changes)
+        start, stop = ("", "") if name == BOOT_UNIT else (
+            f"; systemctl --no-block start {name} 2>/dev/null || :",
+            f"; systemctl --no-block stop {name} 2>/dev/null || :")
+        lines.append(f"    if [ -d /run/systemd/system ]; then if [ -e {row.path} ]; then "
+                     f"mkdir -p {PurePosixPath(wants).parent} && ln -sf {row.path} {wants}"
+                     f"{start}; else rm -f {wants}{stop}; fi; fi")
+    return lines
+
+
+def _boot_files_back(files: list[GeneratedFile], gone: list[GeneratedFile]) -> list[str]:
+    """At boot, once the files and sysctl values are back: stop when one did not come
+    back (nothing here can vouch for the mix: unmarked, the next install refuses, and the
+    calling boot script fails closed); else fwc's units as the files now say."""
+    return ["    [ $rc -eq 0 ] || exit $rc", *_boot_units([*files, *gone])]
+
+
 def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: str) -> str:
-    """The node restores itself with this, from the watchdog or from fwc.
+    """The node restores itself with this, from the watchdog or from fwc; at boot, from
+    the boot script (`rollback.sh boot`, `fwc.backend.probation`).
 
     Idempotent and serialised: the watchdog and fwc may both reach it. Once
     the old configuration is back it releases install TOKEN's node lock.
+
+    At boot it runs before the network and the daemons: the files and sysctl values
+    come back (forwarding stays off), then the old configuration's boot script loads
+    its rules as any boot does (without one, fwc's first install: the saved rules, then
+    forwarding), and only then is the install marked rolled back. No routes (their unit
+    runs them once the network is up) and no daemon reloads (none runs yet; a systemctl
+    that waits for a job would wait for the boot unit running this).
     """
     lines = [
         "#!/bin/sh",
         "# Written by fwc install: restores what ran before the install.",
+        f"# `sh {ROLLBACK_SCRIPT} {AT_BOOT}`: the boot script's rollback of an install",
+        "# the node rebooted with before it was confirmed (before the network and daemons).",
         f"S={SNAPSHOT}",
+        f'at_boot=; [ "${{1:-}}" = {AT_BOOT} ] && at_boot=1',
         "exec 9>>$S/lock",
         "if command -v flock >/dev/null 2>&1; then flock 9; fi",
         "[ -e $S/confirmed ] && exit 0",
@@ -703,26 +794,33 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
     ]
     for index, file in enumerate(files):
         # (and the copy an apply killed before its rename left next to it)
-        lines.append(f"if [ -e $S/file.{index} ]; then cp -p $S/file.{index} {file.path} "
-                     f"|| rc=1; else rm -f {file.path}; fi; rm -f {_new_copy(file.path)}")
+        lines.append(f"if [ -e $S/file.{index} ]; then {_put_back(f'$S/file.{index}', file.path)}; "
+                     f"else rm -f {file.path}; fi; rm -f {_new_copy(file.path)}")
     gone = stale_rows(files)
     for index, row in enumerate(gone):
-        lines.append(f"if [ -e $S/gone.{index} ]; then cp -p $S/gone.{index} {row.path} "
-                     "|| rc=1; fi")
+        lines.append(f"if [ -e $S/gone.{index} ]; then "
+                     f"{_put_back(f'$S/gone.{index}', row.path)}; fi")
+    # Before the rules: a node where forwarding was off must not keep forwarding.
+    lines += _sysctl_restore()
+    boot = path_of("fwc-firewall.sh")
     lines += [
-        # Before the rules: a node where forwarding was off must not keep forwarding.
-        "if [ -e $S/sysctl.save ]; then",
-        "    while IFS= read -r kv; do",
-        '        k=${kv%%=*}; v=${kv#*=}',
-        '        [ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] '
-        '|| sysctl -q -w "$k=$v" >/dev/null || rc=1',
-        "    done < $S/sysctl.save",
+        'if [ -n "$at_boot" ]; then',
+        *_boot_files_back(files, gone),
         "fi",
-    ]
-    lines += _rules_rollback(backends(files))
-    lines += [
-        *_restore_routes([*files, *gone]),
-        *reloads,
+        f'if [ -n "$at_boot" ] && [ -e {boot} ]; then',
+        # The old configuration boots as any boot does: its rules, or its own fail-closed
+        # ones, then forwarding (an earlier fwc's boot script too).
+        f"    {ROLLING_BACK_AT_BOOT}=1 sh {boot} || exit {OLD_BOOT_FAILED}",
+        "else",
+        # (at boot: fwc's first install on the node, and what ran before it was saved)
+        *(f"    {line}" for line in _rules_rollback(backends(files))),
+        '    if [ -n "$at_boot" ]; then',
+        "        [ $rc -eq 0 ] || exit $rc",
+        *(f"        {line}" for line in _forwarding_restore()),
+        "    else",
+        *(f"        {line}" for line in [*_restore_routes([*files, *gone]), *reloads]),
+        "    fi",
+        "fi",
         # Without the marker the watchdog tries again at its deadline.
         f"if [ $rc -eq 0 ]; then touch $S/rolled-back; {release(token)}; fi",
         "exit $rc",
@@ -871,8 +969,7 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
 
 def _watchdog_gone() -> str:
     """Wait (at most 2 s) for the watchdog to see a marker and exit by itself."""
-    return (f"{_ALIVE} p=$(cat {WATCHDOG_PID} 2>/dev/null); i=0; "
-            'while [ -n "$p" ] && alive "$p" && [ $i -lt 20 ]; do '
+    return (f"{FUNCTIONS}; i=0; while watchdog_running && [ $i -lt 20 ]; do "
             "sleep 0.1; i=$((i+1)); done")
 
 

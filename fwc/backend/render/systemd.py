@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fwc import protocols as proto
+from fwc.backend import probation
 from fwc.backend.files import (
     BOOT_UNIT,
     LOADED_BY_INSTALL,
@@ -85,6 +86,13 @@ def boot_script(cluster: Cluster, member: Member, files: tuple[GeneratedFile, ..
         "unit": BOOT_UNIT,
         "log_tag": proto.BOOT_LOG_TAG,
         "loaded_by_install": LOADED_BY_INSTALL,
+        # An install the node rebooted with before it was confirmed: rolled back first.
+        "probation": probation.FUNCTIONS,
+        "rollback": probation.ROLLBACK_SCRIPT,
+        "at_boot": probation.AT_BOOT,
+        "old_boot_failed": probation.OLD_BOOT_FAILED,
+        "rolling_back": probation.ROLLING_BACK_AT_BOOT,
+        "confirmed": probation.CONFIRMED,
         # Both families always: forwarding.conf switches on only the cluster's own, so an
         # IPv4-only cluster keeps IPv6 forwarding off whatever else switched it on.
         "forwarding_off": [(key, "/proc/sys/" + key.replace(".", "/"))

@@ -8,11 +8,21 @@
 # the management access the policy allows to the firewall itself), forwarding
 # stays off and the script exits 1, so that keepalived and conntrackd (which
 # require fwc-firewall.service) do not start.
+#
+# An fwc install the node went down with before it was confirmed (power loss, a
+# panic, a power cycle by an admin its rules locked out) does not outlive the boot:
+# its watchdog died with the node, so this script rolls it back first, and what ran
+# before that install loads as a normal boot loads it.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 log() {
     echo "$*" >&2
     logger -t fwc-firewall -- "$*" 2>/dev/null || :
+}
+
+warn() {
+    echo "warning: $*" >&2
+    logger -p user.warning -t fwc-firewall -- "warning: $*" 2>/dev/null || :
 }
 
 # Only fwc install sets this (in systemd's environment, for the one start of this unit
@@ -86,12 +96,43 @@ fail_closed() {
     fi
 }
 
+# `alive PID`, `watchdog_running`, `unconfirmed`: the rule `fwc install` refuses by too.
+alive() { s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }; watchdog_running() { w=$(cat /etc/fwc/snapshot/watchdog.pid 2>/dev/null); alive "$w" && grep -qF /etc/fwc/snapshot/rollback.sh "/proc/$w/cmdline" 2>/dev/null; }; unconfirmed() { [ -s /etc/fwc/snapshot/watchdog.pid ] && [ ! -e /etc/fwc/snapshot/confirmed ] && [ ! -e /etc/fwc/snapshot/rolled-back ]; }
+
+# Never returns. The restored files may hold another boot script (even for another
+# packet filter) in place of this one: the rollback puts it back by a rename, so this
+# shell's own file stays as it read it (and it reads no further: this function and the
+# `if` calling it are read whole first), and the old script runs as a command of its own.
+roll_back_at_boot() {
+    warn "the fwc install made before this boot was never confirmed: rolling it back to what ran before it, as its watchdog would have"
+    sh /etc/fwc/snapshot/rollback.sh boot
+    case $? in
+        0)
+            warn "rolled back at boot: the configuration from before the unconfirmed install runs"
+            exit 0 ;;
+        10)
+            warn "rolled back at boot, but the rules from before the unconfirmed install did not load: their fail-closed ruleset is in, forwarding stays off"
+            exit 1 ;;
+    esac
+    fail_closed
+    warn "the rollback at boot failed: fail-closed ruleset loaded, forwarding stays off; on the node," "sh" /etc/fwc/snapshot/rollback.sh "restores what ran before the unconfirmed install, touch" /etc/fwc/snapshot/confirmed "keeps it"
+    exit 1
+}
+
 rc=0
 forwarding_off
 if [ $rc -ne 0 ]; then
     fail_closed
     log "forwarding could not be switched off: fail-closed ruleset loaded"
     exit 1
+fi
+# (not in the old boot script that the rollback runs: it only loads)
+if [ "${FWC_ROLLING_BACK_AT_BOOT:-}" != 1 ] && unconfirmed; then
+    if watchdog_running; then
+        log "an fwc install is on probation: its watchdog rolls it back unless it is confirmed"
+    else
+        roll_back_at_boot
+    fi
 fi
 if ! load; then
     fail_closed
