@@ -27,11 +27,17 @@ def utf8_command() -> list[str] | None:
     return [sys.executable, "-X", "utf8", *sys.orig_argv[1:]]
 
 
-def console() -> NoReturn:
+def in_utf8_mode() -> None:
+    """Start this command again in Python's UTF-8 mode when it runs in another (every
+    entry point: `fwc`, `python -m fwc`, `python -m fwc.lab`)."""
     again = utf8_command()
     if again is not None:
         with contextlib.suppress(OSError):  # not started: runs on as before
             os.execv(again[0], again)
+
+
+def console() -> NoReturn:
+    in_utf8_mode()
     try:
         from fwc.cli import console as run
     except KeyboardInterrupt:

@@ -109,3 +109,23 @@ def test_fmt_of_standard_input_writes_utf8_under_a_latin1_locale(tmp_path):
                           capture_output=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **latin1})
     assert (done.returncode, done.stdout) == (0, text), done.stderr.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("entry", ["fwc", "fwc.lab"])
+def test_every_entry_point_runs_in_utf8_mode_under_a_latin1_locale(tmp_path, entry):
+    # `python -m fwc.lab` reads policies too: it must name their files as `fwc` does.
+    # A sitecustomize that every interpreter of the test runs at start-up notes its mode,
+    # so the restart shows: the first interpreter in the locale's mode, then UTF-8's.
+    latin1 = built_locale(tmp_path, "en_US", "ISO-8859-1")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    modes = tmp_path / "modes"
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"with open({str(modes)!r}, 'a') as f:\n"
+        "    f.write(f'{sys.flags.utf8_mode}\\n')\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", entry, "--help"], capture_output=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", **latin1,
+                                           "PYTHONPATH": f"{hook}:{REPO}"})
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    assert modes.read_text().split() == ["0", "1"]
