@@ -264,3 +264,55 @@ def test_a_vip_nobody_holds_is_a_gap() -> None:
     every = _Lab.vip_set
     res = _rejoin_with(master=[set(), set(), every], backup=[{"192.0.2.1"}])
     assert not res.backup_held_vips
+
+
+def test_judge_reboot_with_preemption_off_wants_the_node_to_stay_backup() -> None:
+    # `preempt off`: the returning node must take no VIP (the lab used to fail such a
+    # policy with "the returning node never took the VIPs back"), have the flow in its
+    # conntrackd for the next failover, and the backup must hold every VIP throughout.
+    stays = _reboot_result(preempt=False, first_vip_s=None, failback_s=None)
+    assert judge_reboot(stays), stays.notes
+    steals = _reboot_result(preempt=False, first_vip_s=2.5, failback_s=None)
+    assert not judge_reboot(steals)
+    assert any("although preemption is off" in n for n in steals.notes)
+    unsynced = _reboot_result(preempt=False, first_vip_s=None, cache_s=None)
+    assert not judge_reboot(unsynced)
+    assert "the returning node's conntrackd never listed the connection" in unsynced.notes
+    dropped = _reboot_result(preempt=False, first_vip_s=None, backup_held_vips=False)
+    assert not judge_reboot(dropped)
+    assert "the backup did not hold every VIP while the node returned" in dropped.notes
+    lost = _reboot_result(preempt=False, first_vip_s=None, survived_failback=False)
+    assert not judge_reboot(lost) and "did not survive the return" in lost.notes[-1]
+
+
+def test_rejoin_with_preemption_off_watches_the_node_stay_backup(monkeypatch) -> None:
+    import fwc.lab.reboot as reboot
+
+    monkeypatch.setattr(reboot, "STAY_WATCH_S", 0.3)
+    every = _Lab.vip_set
+
+    def rejoin(master: list[set[str]], backup: list[set[str]]) -> RebootResult:
+        res = RebootResult("reboot-snat-1s", "snat", "1s", "fw1", "fw2", 0.0, connected=True,
+                           preempt=False)
+        reboot._rejoin(_Lab(), res, _ScriptedNode(master),  # type: ignore[arg-type]
+                       _ScriptedNode(backup), lambda lines: True, time.monotonic())
+        return res
+
+    stayed = rejoin(master=[set()], backup=[every])
+    assert stayed.backup_held_vips and stayed.first_vip_s is None
+    assert stayed.failback_s is None and stayed.cache_s is not None
+    took = rejoin(master=[set(), set(), {"192.0.2.1"}], backup=[every])
+    assert not took.backup_held_vips and took.first_vip_s is not None
+    gap = rejoin(master=[set()], backup=[every, {"192.0.2.1"}, every])
+    assert not gap.backup_held_vips
+
+
+def test_reboot_with_preemption_off_in_the_text_report() -> None:
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    res = _reboot_result(preempt=False, first_vip_s=None, failback_s=None)
+    res.ok = judge_reboot(res)
+    report.reboot = res
+    text = render_text(report)
+    assert "rejoin as backup (from keepalived's start, preempt off)" in text
+    assert "VIPs taken: none; fw2 held them throughout: yes" in text
+    assert "connection through fw2 after the return survived" in text

@@ -14,7 +14,9 @@ script, then conntrackd, then keepalived. Three things are measured:
     lists the FORWARD chains;
 (b) the node rejoins without stealing the VIPs before conntrackd has
     resynchronised: the backup holds them for the preempt delay and the
-    returning node's conntrackd lists the connection before it takes one;
+    returning node's conntrackd lists the connection before it takes one; with
+    `preempt off` it takes none at all (watched STAY_WATCH_S) and its conntrackd
+    lists the connection, ready for the next failover;
 (c) the connection survives the fall and the return.
 """
 
@@ -44,6 +46,9 @@ SPORTS = 1000
 ROUTE_TABLE = "197"  # a policy routing table in the test host only
 SYN_INTERVAL = 0.005
 AFTER_BOOT = 0.6  # keep probing this long after the boot script: the positive control
+# `preempt off`: how long the returning node is watched staying backup. Longer than a
+# VRRP master-down interval at the slowest advert the lab drills (3 x 1 s + skew).
+STAY_WATCH_S = 8.0
 
 
 def judge_boot(
@@ -274,6 +279,7 @@ def reboot_drill(lab: Lab, mode: str) -> RebootResult:
         master.name,
         backup.name,
         lab.plan.preempt_delay,
+        preempt=lab.plan.preempt,
     )
     if BOOT_SCRIPT.name not in lab.files.get(master.name, {}):
         res.skipped = f"the compiled output has no boot script ({BOOT_SCRIPT.name})"
@@ -360,7 +366,12 @@ def reboot_drill(lab: Lab, mode: str) -> RebootResult:
             f"{res.preempt_delay_s:g} s); {backup.name} held them throughout: "
             f"{res.backup_held_vips}"
         )
-        if res.failback_s is not None and res.survived_failover:
+        if not res.preempt and res.survived_failover:
+            t_after = time.monotonic()  # the return is over: the backup still carries it
+            wait_for(lambda: bool(stream.echoes_after(t_after)), 15.0, 0.1)
+            res.survived_failback = bool(stream.echoes_after(t_after)) and (
+                "end" not in stream.parse()[1])
+        elif res.failback_s is not None and res.survived_failover:
             t_switch = time.monotonic()
             wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)), 15.0, 0.1)
             recv, info = stream.parse()
@@ -395,7 +406,11 @@ def judge_reboot(res: RebootResult) -> bool:
             f"a VIP moved at {res.first_vip_s:.2f} s, before conntrackd had the flow "
             f"({res.cache_s:.2f} s)"
         )
-    if res.first_vip_s is None:
+    if not res.preempt:
+        if res.first_vip_s is not None:
+            why.append(f"the returning node took a VIP {res.first_vip_s:.2f} s after "
+                       "keepalived's start, although preemption is off")
+    elif res.first_vip_s is None:
         why.append("the returning node never took the VIPs back")
     elif res.first_vip_s < res.preempt_delay_s:
         why.append(
@@ -403,7 +418,9 @@ def judge_reboot(res: RebootResult) -> bool:
             f"preempt delay of {res.preempt_delay_s:g} s"
         )
     if not res.backup_held_vips:
-        why.append("the backup did not hold every VIP until the returning node took them")
+        why.append("the backup did not hold every VIP until the returning node took them"
+                   if res.preempt else "the backup did not hold every VIP while the node "
+                   "returned")
     if not res.survived_failover:
         why.append("the connection did not survive the power loss")
     elif not res.survived_failback:
@@ -417,17 +434,19 @@ def judge_reboot(res: RebootResult) -> bool:
 def _rejoin(
     lab: Lab, res: RebootResult, master: Node, backup: Node, has_flow: Any, t_ka: float
 ) -> None:
-    """Poll until MASTER holds every VIP: when its cache has the flow, who holds the VIPs."""
+    """Poll until MASTER holds every VIP (with `preempt off`: for STAY_WATCH_S, and it
+    must take none): when its cache has the flow, who holds the VIPs."""
     held_throughout = True
-    deadline = t_ka + res.preempt_delay_s + 20.0
-    for _ in range(int((res.preempt_delay_s + 20.0) / 0.05) + 2):
+    watch = res.preempt_delay_s + 20.0 if res.preempt else STAY_WATCH_S
+    deadline = t_ka + watch
+    for _ in range(int(watch / 0.05) + 2):
         now = time.monotonic()
         if now > deadline:
             break
         mine = master.vips_held()
         if mine and res.first_vip_s is None:
             res.first_vip_s = round(now - t_ka, 3)
-        if mine == lab.vip_set:
+        if mine == lab.vip_set and res.preempt:
             res.failback_s = round(now - t_ka, 3)
             break
         # Read the master again after the backup: between the two reads the master may
@@ -442,7 +461,9 @@ def _rejoin(
                     res.cache_s, res.cache = round(time.monotonic() - t_ka, 3), kind
                     break
         time.sleep(0.05)
-    res.backup_held_vips = held_throughout and res.first_vip_s is not None
+    # (preempt off: the backup holds every VIP at every reading, the returning node none)
+    res.backup_held_vips = held_throughout and (res.first_vip_s is not None if res.preempt
+                                                else res.first_vip_s is None)
 
 
 def _stamp(line: str) -> float:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fwc.lab.results import LabReport, spread
+from fwc.lab.results import LabReport, RebootResult, spread
 
 
 def to_dict(report: LabReport) -> dict[str, Any]:
@@ -227,17 +227,28 @@ def _reboot_text(report: LabReport) -> list[str]:
         f"    probe SYNs through {rb.master}: {b.syns_sent} sent ({b.syns_sent_before_rules} "
         f"before the rules), forwarded {b.forwarded_before_rules} before the rules, "
         f"{b.forwarded_after_rules} after (first at {_ms(b.first_forwarded_s)})",
-        f"    rejoin (from keepalived's start, preempt delay {rb.preempt_delay_s:g}s): flow in "
-        f"{rb.master}'s {rb.cache or '?'} cache at {_s(rb.cache_s)}, first VIP at "
-        f"{_s(rb.first_vip_s)}, all at {_s(rb.failback_s)}; {rb.backup} held them until "
-        f"then: {'yes' if rb.backup_held_vips else 'NO'}; resync requested: "
-        f"{'yes' if rb.resync_requested else 'no'}",
-        f"    failback echo gap {_s(rb.failback_gap_s)}, connection "
-        f"{'survived' if rb.survived_failback else 'LOST'} ({rb.echoes} echoes, "
-        f"{rb.order_errors} out of order)",
+        *_rejoin_text(rb),
     ]
     out += [f"      note: {note}" for note in rb.notes]
     return out
+
+
+def _rejoin_text(rb: RebootResult) -> list[str]:
+    held = "yes" if rb.backup_held_vips else "NO"
+    resync = "yes" if rb.resync_requested else "no"
+    survived = (f"{'survived' if rb.survived_failback else 'LOST'} ({rb.echoes} echoes, "
+                f"{rb.order_errors} out of order)")
+    if not rb.preempt:
+        return [f"    rejoin as backup (from keepalived's start, preempt off): flow in "
+                f"{rb.master}'s {rb.cache or '?'} cache at {_s(rb.cache_s)}, VIPs taken: "
+                f"{'none' if rb.first_vip_s is None else f'first at {_s(rb.first_vip_s)}'}; "
+                f"{rb.backup} held them throughout: {held}; resync requested: {resync}",
+                f"    connection through {rb.backup} after the return {survived}"]
+    return [f"    rejoin (from keepalived's start, preempt delay {rb.preempt_delay_s:g}s): flow "
+            f"in {rb.master}'s {rb.cache or '?'} cache at {_s(rb.cache_s)}, first VIP at "
+            f"{_s(rb.first_vip_s)}, all at {_s(rb.failback_s)}; {rb.backup} held them until "
+            f"then: {held}; resync requested: {resync}",
+            f"    failback echo gap {_s(rb.failback_gap_s)}, connection {survived}"]
 
 
 def _ms(val: float | None) -> str:

@@ -200,6 +200,8 @@ class RebootResult:
     backup: str = ""
     preempt_delay_s: float = 0.0
     connected: bool = False
+    # `preempt off`: the returning node stays backup (watched STAY_WATCH_S), no failback
+    preempt: bool = True
     external_flows_before: int = 0
     wiped: dict[str, Any] = field(default_factory=dict)
     takeover_s: float | None = None
