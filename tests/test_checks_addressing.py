@@ -1,4 +1,4 @@
-"""Address plan checks (FWC288-FWC292): each
+"""Address plan checks (FWC288-FWC292, FWC248's part of a connected subnet): each
 triggered, its correct neighbour silent, and the kernel facts the errors rest on
 reproduced in a network namespace."""
 
@@ -202,6 +202,19 @@ def test_point_to_point_subnets_have_no_network_or_broadcast_address(tmp_path):
                   ("to uplink.vip service tcp/80 in uplink", "to 198.51.100.0 service tcp/80 "
                                                              "in uplink"))
     assert codes(text, tmp_path, "FWC291", "FWC292") == []
+
+
+# -- FWC248: a route to part of a connected subnet --------------------------------------------
+
+def test_fwc248_route_to_part_of_a_connected_subnet(tmp_path):
+    text = _with("route 192.0.2.128/25 via 198.51.100.9")
+    assert_diagnostic(run(tmp_path, text), "FWC248", W, line_of(text, "192.0.2.128/25"),
+                      "route to 192.0.2.128/25, inside 192.0.2.0/24, which member 'fw1' is "
+                      "directly on")
+
+
+def test_fwc248_leaves_a_summary_route_alone(tmp_path):
+    assert codes(_with("route 192.0.0.0/16 via 198.51.100.9"), tmp_path, "FWC248") == []
 
 
 # -- the kernel facts -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
-from fwc.model import Cluster, Member, Policy, Route
+from fwc.model import Cluster, IPNetwork, Member, Policy, Route
 from fwc.model.topology import applies, route_interface, subnets
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -215,17 +215,32 @@ def rule_table_has_routes(policy: Policy) -> Iterable[Diagnostic]:
 A route whose destination is one of the member's own subnets in the main table
 competes with the kernel's connected route to it (same prefix): with a gateway,
 traffic for hosts on the segment goes to the router instead of straight to
-them, or the route is simply redundant.""")
+them, or the route is simply redundant. A route to a part of such a subnet
+(192.0.2.128/25 while the member is on 192.0.2.0/24) wins over the connected route
+by its longer prefix: the member sends the traffic for that part to the gateway
+instead of the segment, while the segment's own hosts still see it as on-link.
+It stays a warning because a host route to a machine on the segment that is reached
+through another router there is a design that exists.""")
 def route_to_connected(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for route in cluster.routes:
             if route.table is not None:
                 continue
             for member in _members(cluster, route):
-                nets = {net for _, net in subnets(cluster, member, route.family)}
-                if route.destination in nets:
-                    yield warning("FWC248", f"route to {route.destination}, which member "
-                                  f"'{member.name}' is directly on", route.span,
-                                  hint="remove the route: the kernel reaches the segment "
-                                  "directly")
-                    break
+                net = _connected_holding(cluster, member, route)
+                if net is None:
+                    continue
+                whole = net == route.destination
+                where = "," if whole else f", inside {net},"
+                yield warning("FWC248", f"route to {route.destination}{where} which member "
+                              f"'{member.name}' is directly on", route.span,
+                              hint="remove the route: the kernel reaches the segment directly"
+                              if whole else "give the hosts behind the route a subnet of "
+                              "their own, or remove the route")
+                break
+
+
+def _connected_holding(cluster: Cluster, member: Member, route: Route) -> IPNetwork | None:
+    """The subnet MEMBER is directly on that holds ROUTE's whole destination, if any."""
+    return next((net for _, net in subnets(cluster, member, route.family)
+                 if route.destination.subnet_of(net)), None)  # type: ignore[arg-type]
