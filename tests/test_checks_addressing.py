@@ -188,7 +188,7 @@ def test_fwc292_network_address_as_a_host(tmp_path, text, where, phrase):
 @pytest.mark.parametrize("line", [
     "route default via 198.51.100.9",
     "track { ping 198.51.100.9 weight -60 }",
-    "route 2001:db8:99::/48 via 2001:db8:1::",  # IPv6: the subnet-router anycast
+    "route 2001:db8:99::/48 via 2001:db8:1::99",
 ])
 def test_a_neighbour_s_host_address_passes(tmp_path, line):
     assert codes(_with(line), tmp_path, "FWC291", "FWC292") == []
@@ -215,6 +215,28 @@ def test_fwc248_route_to_part_of_a_connected_subnet(tmp_path):
 
 def test_fwc248_leaves_a_summary_route_alone(tmp_path):
     assert codes(_with("route 192.0.0.0/16 via 198.51.100.9"), tmp_path, "FWC248") == []
+
+
+# -- the IPv6 Subnet-Router anycast address: the members' own ------------------------------
+
+@pytest.mark.parametrize(("line", "code", "phrase"), [
+    ("route 2001:db8:99::/48 via 2001:db8:1::", "FWC245",
+     "gateway 2001:db8:1:: is the subnet-router anycast address of 2001:db8:1::/64"),
+    ("track { ping 2001:db8:1:: weight -60 }", "FWC255",
+     "ping target 2001:db8:1:: is the firewall's own address"),
+    ("route default via 2001:db8:1::99 probe 2001:db8:1::\n"
+     "    route default via 2001:db8:1::98 metric 100", "FWC276",
+     "probe target 2001:db8:1:: is an address of the cluster"),
+], ids=["gateway", "ping", "probe"])
+def test_the_subnet_router_anycast_address_is_the_firewall_s_own(tmp_path, line, code,
+                                                                   phrase):
+    text = _with(line)
+    where = line.split("\n")[0].strip()
+    assert_diagnostic(run(tmp_path, text), code, E, line_of(text, where), phrase)
+
+
+def test_a_router_s_own_ipv6_address_is_a_gateway(tmp_path):
+    assert codes(_with("route 2001:db8:99::/48 via 2001:db8:1::99"), tmp_path, "FWC245") == []
 
 
 # -- the kernel facts -------------------------------------------------------------------------
@@ -258,3 +280,10 @@ def test_the_kernel_refuses_or_misroutes_what_the_errors_name(needs_root):
         _ip(ns, "addr", "add", "192.0.2.61/26", "dev", "uplink")
         assert " dev uplink " in _ip(ns, "route", "get", "192.0.2.2").stdout
         assert " dev lan " in _ip(ns, "route", "get", "192.0.2.100").stdout
+        # FWC245/FWC255/FWC276: a forwarding node holds its IPv6 subnets' Subnet-Router
+        # anycast address itself
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        "net.ipv6.conf.all.forwarding=1"], check=True, capture_output=True)
+        _ip(ns, "-6", "addr", "add", "2001:db8:ff::1/64", "dev", "lan", "nodad")
+        assert "anycast 2001:db8:ff:: dev lan" in _ip(ns, "-6", "route", "show", "table",
+                                                       "local").stdout

@@ -262,8 +262,9 @@ systems took it as the broadcast address), so systems that follow it may refuse 
 address or never send to it. Linux 6.18 treats it as an ordinary address (measured:
 a node at 192.0.2.0/24 answered its neighbour's ping, and a route via 192.0.2.0 was
 accepted), so it can work between Linux nodes and is a warning. A VIP there is FWC207:
-hosts use the VIP as their gateway. IPv6 has no such address to warn about: its
-all-zeros address is the subnet-router anycast (RFC 4291).""")
+hosts use the VIP as their gateway. In IPv6 the all-zeros address is the Subnet-Router
+anycast address (RFC 4291), which the members hold themselves as routers: a gateway,
+ping or probe target there is FWC245, FWC255 or FWC276.""")
 def network_addresses(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for member in cluster.members:

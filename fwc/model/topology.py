@@ -98,6 +98,19 @@ def holding_subnet(cluster: Cluster, member: Member, address: IPAddress) -> IPNe
                  if address in net), None)
 
 
+def subnet_router_anycast(cluster: Cluster, address: IPAddress) -> IPNetwork | None:
+    """The IPv6 subnet of a member whose Subnet-Router anycast address ADDRESS is (its
+    all-zeros address, RFC 4291 2.6.1), or None. Every member is a router there and
+    holds it: the kernel delivers it locally and answers neighbour solicitations for it."""
+    if address.version != 6:
+        return None
+    for member in cluster.members:
+        subnet = holding_subnet(cluster, member, address)
+        if subnet is not None and subnet_role(address, subnet) == "network":
+            return subnet
+    return None
+
+
 def route_interface(cluster: Cluster, member: Member, route: Route) -> str | None:
     """The logical interface by which MEMBER sends ROUTE's traffic (None: it has none).
 
