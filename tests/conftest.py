@@ -8,7 +8,8 @@ The example policies are analysed and compiled once per session (`examples`);
 tests that only read the result share it, tests that change a policy analyse
 their own copy.
 
-Helpers every module uses live here, once: REPO, EDGE (and EDGE_TEXT), the example
+Helpers every module uses live here, once: REPO, EDGE (and EDGE_TEXT, and
+`with_core_cluster` for a second cluster on its segments), the example
 files; `file_tree` (a written tree with modes), `compile_to` (fwc compile in this
 process), `run_fwc` (the checkout's fwc in a child process), `fwc_diff`, `git`, `sh`
 and the scratch git repository `repo`. The check tests' own (a policy to mutate,
@@ -50,6 +51,25 @@ POLICIES = REPO / "policies"
 EDGE = POLICIES / "edge.fw"
 EDGE_TEXT = EDGE.read_text(encoding="utf-8")
 EXAMPLE_FILES = sorted(POLICIES.glob("*.fw"))
+# edge's cluster body renumbered for a second cluster on its segments: the members' and the
+# VIPs' addresses of one segment belong to one cluster only (FWC288)
+_CORE_ADDRESSES = (("192.0.2.1/", "192.0.2.11/"), ("192.0.2.2/", "192.0.2.12/"),
+                   ("2001:db8:1::1/", "2001:db8:1::11/"), ("2001:db8:1::2/", "2001:db8:1::12/"),
+                   ("198.51.100.1/", "198.51.100.11/"), ("198.51.100.2/", "198.51.100.12/"),
+                   ("203.0.113.1/", "203.0.113.11/"), ("203.0.113.2/", "203.0.113.12/"),
+                   ("192.0.2.254/", "192.0.2.244/"), ("2001:db8:1::fe/", "2001:db8:1::f4/"),
+                   ("198.51.100.254/", "198.51.100.244/"), ("vrid 51", "vrid 61"),
+                   ("vrid 52", "vrid 62"), ("port 3780", "port 3790"))
+
+
+def with_core_cluster(text: str) -> str:
+    """TEXT (edge.fw's) with a second cluster `core` after it: edge's cluster on the same
+    segments with VRIDs (FWC210), a sync port (FWC225) and addresses (FWC288) of its own."""
+    core = text.split("cluster edge {")[1].split("policy edge {")[0]
+    for old, new in _CORE_ADDRESSES:
+        assert old in core, old  # edge.fw changed: keep the copy apart from it
+        core = core.replace(old, new)
+    return text + "\ncluster core {" + core
 EXAMPLE_NAMES = [p.name for p in EXAMPLE_FILES]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "nft", "keepalived", "conntrackd",

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from conftest import EDGE_TEXT as EDGE
-from conftest import REPO, compile_to, file_tree
+from conftest import REPO, compile_to, file_tree, with_core_cluster
 
 
 def test_compile_twice_gives_the_same_bytes_from_any_directory(edge, tmp_path, monkeypatch):
@@ -136,12 +136,8 @@ def test_a_failure_while_writing_changes_nothing(edge, tmp_path, monkeypatch):
 def test_vanished_members_and_clusters_go_other_policies_stay(edge, tmp_path):
     out = tmp_path / "out"
     # a second cluster in the same policy, and another policy's cluster
-    body = EDGE.split("cluster edge {")[1].split("policy edge {")[0]
-    # core is edge's copy on the same segments: its own VRIDs (FWC210) and sync port (FWC225)
-    core = body.replace("vrid 51", "vrid 61").replace("vrid 52", "vrid 62") \
-        .replace("port 3780", "port 3790")
-    assert core.count("vrid 6") == 2 and "port 3790" in core
-    edge.write_text(EDGE + "\ncluster core {" + core)
+    # core is edge's copy on the same segments, with its own VRIDs, sync port and addresses
+    edge.write_text(with_core_cluster(EDGE))
     assert compile_to(edge, out) == 0
     assert (out / "core" / "fw1").is_dir()
     other = tmp_path / "src" / "other.fw"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import EDGE, cannot_run, compile_to, file_tree
+from conftest import EDGE, cannot_run, compile_to, file_tree, with_core_cluster
 
 import fwc.backend.record
 import fwc.cache
@@ -31,10 +31,7 @@ def _policy(tmp_path: Path, clusters: int = 1) -> Path:
     (work / ".git").mkdir(exist_ok=True)  # the repository the policy lives in
     text = EDGE.read_text(encoding="utf-8")
     if clusters == 2:  # a second cluster, as tests/test_compile_output.py makes one
-        body = text.split("cluster edge {")[1].split("policy edge {")[0]
-        # on edge's segments: its own VRIDs (FWC210) and sync port (FWC225)
-        text += "\ncluster core {" + body.replace("vrid 51", "vrid 61") \
-            .replace("vrid 52", "vrid 62").replace("port 3780", "port 3790")
+        text = with_core_cluster(text)
     path = work / "edge.fw"
     path.write_text(text, encoding="utf-8")
     return path

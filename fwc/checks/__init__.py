@@ -32,7 +32,7 @@ NUMBERS_MEMO = "side-numbers"  # fwc.checks.sides.SideNumbers: the sides of the 
 # Modules that register checks; imported on first use so that start-up stays fast.
 CHECK_MODULES = ("codes", "names", "cluster", "ha", "parity", "rules", "expectations", "lowering",
                  "strings", "routing", "uplinks", "groups", "vocab", "export", "importing",
-                 "capability")
+                 "capability", "addressing")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
 from fwc.model.passwords import password_problems
+from fwc.model.topology import subnet_role
 
 E = Severity.ERROR
 
@@ -48,7 +49,7 @@ def _clusters(policy: Policy) -> Iterator[Cluster]:
     yield from policy.clusters
 
 
-def _address_spans(member: Member, interface: str) -> list[tuple[IPInterface, Span]]:
+def address_spans(member: Member, interface: str) -> list[tuple[IPInterface, Span]]:
     link = member.link(interface)
     if link is None:
         return []
@@ -56,7 +57,7 @@ def _address_spans(member: Member, interface: str) -> list[tuple[IPInterface, Sp
     return list(zip(link.addresses, spans, strict=True))
 
 
-def _vip_spans(iface: Interface) -> list[tuple[IPInterface, Span]]:
+def vip_spans(iface: Interface) -> list[tuple[IPInterface, Span]]:
     spans = list(iface.vip_spans) + [iface.span] * (len(iface.vips) - len(iface.vip_spans))
     return list(zip(iface.vips, spans, strict=True))
 
@@ -115,7 +116,7 @@ def segment_subnet(cluster: Cluster, iface: Interface, family: int) \
     order: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     candidates = [v.network for v in iface.vips_of(family)]
     for member in cluster.members:
-        candidates += [a.network for a, _ in _address_spans(member, iface.name)
+        candidates += [a.network for a, _ in address_spans(member, iface.name)
                        if a.version == family]
     for network in candidates:
         votes[network] += 1
@@ -144,7 +145,7 @@ def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
                 for member in cluster.members:
                     if member.link(iface.name) is None:
                         continue  # FWC202
-                    own = [(a, sp) for a, sp in _address_spans(member, iface.name)
+                    own = [(a, sp) for a, sp in address_spans(member, iface.name)
                            if a.version == family]
                     if not own and iface.vips_of(family):
                         yield error("FWC203", f"member '{member.name}' has no "
@@ -170,7 +171,7 @@ def duplicate_member_addresses(policy: Policy) -> Iterable[Diagnostic]:
         seen: dict[object, tuple[str, str, Span]] = {}
         for member in cluster.members:
             for link in member.links:
-                for address, span in _address_spans(member, link.interface):
+                for address, span in address_spans(member, link.interface):
                     first = seen.get(address.ip)
                     if first is None:
                         seen[address.ip] = (member.name, link.interface, span)
@@ -189,7 +190,7 @@ cannot reach it; a wrong prefix installs a wrong on-link route on the master."""
 def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
-            for vip, span in _vip_spans(iface):
+            for vip, span in vip_spans(iface):
                 subnet = segment_subnet(cluster, iface, vip.version)
                 if subnet is None:
                     continue
@@ -201,10 +202,7 @@ def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
                     yield error("FWC207", f"VIP {vip} of '{iface.name}' has prefix "
                                 f"/{vip.network.prefixlen}, the segment's is /{subnet.prefixlen}",
                                 span, hint=f"write {vip.ip}/{subnet.prefixlen}")
-                elif subnet.prefixlen < subnet.max_prefixlen - 1 and (
-                        vip.ip == subnet.network_address
-                        or (vip.version == 4 and vip.ip == subnet.broadcast_address)):
-                    which = "network" if vip.ip == subnet.network_address else "broadcast"
+                elif (which := subnet_role(vip.ip, subnet)) is not None:
                     yield error("FWC207", f"VIP {vip} of '{iface.name}' is the {which} "
                                 "address of its subnet", span,
                                 hint="pick a host address of the subnet")
@@ -219,10 +217,10 @@ def vip_is_member_address(policy: Policy) -> Iterable[Diagnostic]:
         owners: dict[object, tuple[str, Span]] = {}
         for member in cluster.members:
             for link in member.links:
-                for address, span in _address_spans(member, link.interface):
+                for address, span in address_spans(member, link.interface):
                     owners.setdefault(address.ip, (member.name, span))
         for iface in cluster.interfaces:
-            for vip, span in _vip_spans(iface):
+            for vip, span in vip_spans(iface):
                 owner = owners.get(vip.ip)
                 if owner is not None:
                     yield error("FWC208", f"VIP {vip.ip} of '{iface.name}' is also the address "

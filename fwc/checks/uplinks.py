@@ -17,7 +17,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
 from fwc.model import Cluster, IPAddress, IPNetwork, Member, NatRule, Policy
 from fwc.model.addresses import AddressSet
-from fwc.model.topology import route_interface, subnets
+from fwc.model.topology import route_interface, subnet_router_anycast, subnets
 from fwc.model.uplinks import Uplink, on_link, uplinks
 from fwc.model.vocabulary import NatAction
 
@@ -55,7 +55,8 @@ The monitor decides whether an uplink works by pinging the probe target through
 that uplink's gateway: a target on the uplink's own subnet (the gateway itself)
 is a neighbour there, any other target gets a host route via the gateway, so
 that the probe keeps going that way while the route is removed. A target that
-is an address of the cluster, that lies on another interface's subnet of the
+is an address of the cluster (the Subnet-Router anycast address of a member's IPv6
+subnet too: the member answers it itself), that lies on another interface's subnet of the
 member (the ping would leave by that interface and say nothing about the
 uplink), that two probed routes reach by different gateways (one host route
 cannot go both ways), or that is off the subnet of a route without a gateway
@@ -72,7 +73,8 @@ def probe_target_reachable(policy: Policy) -> Iterable[Diagnostic]:
                 assert probe is not None
                 key = route.span
                 problem = None
-                if own.contains_address(probe.target):
+                if own.contains_address(probe.target) or subnet_router_anycast(
+                        cluster, probe.target) is not None:
                     problem = f"probe target {probe.target} is an address of the cluster"
                 else:
                     other = next((name for name, net in nets[route.family]

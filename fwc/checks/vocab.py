@@ -2,7 +2,7 @@
 pools, MSS and conntrackd tuning (what the nftables backend cannot write yet, FWC429,
 is with the other backend capabilities in fwc.checks.capability).
 
-Rules FWC405-FWC429, conntrackd and cluster FWC270-FWC289. Each check is small and
+Rules FWC405-FWC429, conntrackd and cluster FWC270-FWC281. Each check is small and
 reports at the option that is wrong (`BaseRule.span_of`).
 """
 

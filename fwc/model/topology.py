@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fwc.model import Cluster, IPNetwork, Member, Route, RouteRule
+from fwc.model import Cluster, IPAddress, IPNetwork, Member, Route, RouteRule
 from fwc.model.records import dataclass
 
 if TYPE_CHECKING:
@@ -75,6 +75,40 @@ def subnets(cluster: Cluster, member: Member, family: int) -> list[tuple[str, IP
         out.extend((link.interface, net) for net in dict.fromkeys(nets))
     out.sort(key=lambda item: -item[1].prefixlen)  # stable: declaration order on ties
     return out
+
+
+def subnet_role(address: IPAddress, network: IPNetwork) -> str | None:
+    """"network" or "broadcast" when ADDRESS is that address of NETWORK, else None.
+
+    Only where the subnet has them: a /31 or /32 (/127, /128) has no network or
+    broadcast address (RFC 3021), and IPv6 has no broadcast.
+    """
+    if address not in network or network.prefixlen >= network.max_prefixlen - 1:
+        return None
+    if address == network.network_address:
+        return "network"
+    if address.version == 4 and address == network.broadcast_address:
+        return "broadcast"
+    return None
+
+
+def holding_subnet(cluster: Cluster, member: Member, address: IPAddress) -> IPNetwork | None:
+    """The most specific subnet MEMBER is directly on that holds ADDRESS (a neighbour's)."""
+    return next((net for _, net in subnets(cluster, member, address.version)
+                 if address in net), None)
+
+
+def subnet_router_anycast(cluster: Cluster, address: IPAddress) -> IPNetwork | None:
+    """The IPv6 subnet of a member whose Subnet-Router anycast address ADDRESS is (its
+    all-zeros address, RFC 4291 2.6.1), or None. Every member is a router there and
+    holds it: the kernel delivers it locally and answers neighbour solicitations for it."""
+    if address.version != 6:
+        return None
+    for member in cluster.members:
+        subnet = holding_subnet(cluster, member, address)
+        if subnet is not None and subnet_role(address, subnet) == "network":
+            return subnet
+    return None
 
 
 def route_interface(cluster: Cluster, member: Member, route: Route) -> str | None:
