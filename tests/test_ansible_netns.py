@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cannot_run, sh
+from conftest import REPO, cannot_run, compile_to, sh
 from test_install_netns import _kill_namespace_processes, host_etc_lock
 
 from fwc.cli import main
@@ -164,6 +164,15 @@ def diff_installed(fleet: Fleet, member: str, capsys: pytest.CaptureFixture[str]
     return code, capsys.readouterr().out
 
 
+def status(fleet: Fleet, cluster: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    inventory = fleet.tmp / "install-inventory"
+    inventory.write_text("".join(f"{m} {n}\n" for m, n in fleet.ns.items()))
+    capsys.readouterr()
+    code = main(["status", "--transport", "netns", "--inventory", str(inventory), "-o",
+                 str(fleet.tmp / "out"), str(fleet.policy(cluster))])
+    return code, capsys.readouterr().out
+
+
 def test_fleet_rollout_idempotence_and_rollback(fleet: Fleet,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     export(fleet)
@@ -184,6 +193,14 @@ def test_fleet_rollout_idempotence_and_rollback(fleet: Fleet,
         assert code == 0, f"{member} drifted:\n{out}"
         assert "(secret" not in fleet.exec(member, "cat /etc/keepalived/keepalived.conf")
         assert "@FWCPW@" not in fleet.exec(member, "cat /etc/keepalived/keepalived.conf")
+    # Each member holds fwc install's record of what runs there, which `fwc status` reads:
+    # the role wrote none, so status said "no install record" (or named an earlier one).
+    for cluster in ("edge", "branch"):
+        assert compile_to(fleet.policy(cluster), fleet.tmp / "out", "--redact-secrets") == 0
+        code, out = status(fleet, cluster, capsys)
+        assert code == 0, out
+        assert out.count("(fwc export ansible) from ") == 2, out
+        assert "MANIFEST matches" in out and "@FWCAT@" not in out, out
 
     second = playbook(fleet)
     assert second.returncode == 0, second.stdout[-4000:]

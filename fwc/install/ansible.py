@@ -26,9 +26,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
+from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import holds_secret
 from fwc.backend.output import OutputFile, compile_policy
 from fwc.backend.render.escape import UnwritableText, ansible_name, yaml_key, yaml_unsafe
@@ -37,6 +38,7 @@ from fwc.install import scripts, vendor
 from fwc.install.node import WATCHDOG_GRACE
 from fwc.install.paths import RETIRE_SCRIPT, SNAPSHOT, STAGING, STATE_DIR
 from fwc.install.plan import DEFAULT_SETTLE_TIMEOUT, order, role_of
+from fwc.install.record import InstallRecord, git_revision, record_input, store_command, who
 from fwc.install.transport import InventoryEntry
 from fwc.model import Cluster, Member, Policy
 from fwc.model.records import dataclass
@@ -57,6 +59,8 @@ CONFIRM_TIMEOUT = 60.0
 # Inventory options (`MEMBER TARGET key=value`) the export understands.
 INVENTORY_OPTIONS = ("netns", "mount", "port", "python")
 MARKER = ".fwc-ansible"
+# The install record's time, filled in on the node when the install is confirmed.
+RECORD_AT = "@FWCAT@"
 
 
 @dataclass
@@ -260,6 +264,15 @@ def _snapshot(files: list[GeneratedFile], contents: Mapping[str, bytes]) -> str:
         f"out=$({scripts.snapshot(files, keys)}\n) || exit 1",
         f'printf "%s\\n" "$out" | sed -n "s/^changed //p" > {CHANGED_LIST}',
         'printf "%s\\n" "$out"'])
+
+
+def _record_step(record: InstallRecord, member: str) -> str:
+    """fwc install's record step after the confirmation (`fwc status`, `fwc diff
+    --installed`), with the node's clock for the time of the install."""
+    when = "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    return (f"sed \"s/^at {RECORD_AT}$/at {when}/\" <<'FWC_RECORD' | "
+            f"{{ {store_command(record, member)}; }}\n"
+            f"{record_input(record, member)}FWC_RECORD\n")
 
 
 def netns_wrapper(host: Host) -> str:
@@ -499,8 +512,11 @@ CHECK_TASKS = f"""\
   changed_when: false
 
 - name: List the files the install would change (check mode)
-  ansible.builtin.shell: {_block(WOULD_CHANGE, 4)}
-  args:
+  ansible.builtin.command:
+    argv:
+      - sh
+      - -c
+      - {_block(WOULD_CHANGE, 8)}
     stdin: "{{% for f in fwc_files %}}{{{{ f.name }}}} {{{{ f.path }}}} {{{{
       lookup('ansible.builtin.file', fwc_cluster ~ '/' ~ fwc_member ~ '/' ~ f.name,
       rstrip=false) | replace('{REDACTED_PASSWORD}', fwc_password if f.redacted else
@@ -643,6 +659,18 @@ APPLY = f"""\
 - name: Confirm the new configuration
   ansible.builtin.command: sh {STEPS_DIR}/confirm.sh
   changed_when: false
+
+# As fwc install's: the install stands whether or not its record could be written.
+- name: Record the install on the node (fwc status, fwc diff --installed)
+  ansible.builtin.command: sh {STEPS_DIR}/record.sh
+  register: fwc_record
+  changed_when: false
+  failed_when: false
+
+- name: Say that the record could not be written
+  ansible.builtin.debug:
+    msg: "warning: could not write the install record: {{{{ fwc_record.stderr }}}}"
+  when: fwc_record.rc != 0
 """
 
 
@@ -654,14 +682,20 @@ def export_ansible(policies: list[Policy], *, redact: bool,
     if any(d.severity.name == "ERROR" for d in out.diagnostics):
         return out
     compiled: dict[tuple[str, str], dict[str, bytes]] = {}
+    records: dict[str, InstallRecord] = {}
     for policy in policies:
+        revision = git_revision(Path(policy.root))
         for cluster in compile_policy(policy, redact=redact):
             for f in cluster.files:
                 member, _, name = f.path.partition("/")
                 if name:
                     compiled.setdefault((cluster.name, member), {})[name] = f.content
+                elif f.path == MANIFEST:
+                    records[cluster.name] = InstallRecord(
+                        cluster.name, policy.root, revision, f"{who()} (fwc export ansible)",
+                        RECORD_AT, f.content.decode("utf-8"))
     try:
-        _write_tree(out, hosts, compiled, redact)
+        _write_tree(out, hosts, compiled, records, redact)
     except UnwritableText as exc:
         out.files.clear()
         out.diagnostics.append(error("FWC554", f"a value cannot be written to the Ansible "
@@ -670,7 +704,7 @@ def export_ansible(policies: list[Policy], *, redact: bool,
 
 
 def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], dict[str, bytes]],
-                redact: bool) -> None:
+                records: Mapping[str, InstallRecord], redact: bool) -> None:
     out.add(MARKER, "fwc export ansible wrote this directory; it replaces it as a whole.\n")
     out.add("ansible.cfg", ANSIBLE_CFG)
     out.add("inventory.yml", _inventory(hosts))
@@ -701,6 +735,7 @@ def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], 
             out.add(f"{base}/{f.name}", contents[f.name], mode)
         reloads = _reloads(host, files)
         steps = member_steps(host, files, contents, reloads)
+        steps["record.sh"] = _record_step(records[host.cluster.name], host.member.name)
         for name, text in steps.items():
             out.add(f"{base}/steps/{name}", text, 0o700)
         # Holding the password once staged (filled in, or compiled in): the staging task
