@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -309,3 +310,16 @@ def test_a_refused_or_missing_password_stops_the_playbook_before_any_node(tmp_pa
     assert run.returncode != 0 and "the VRRP password of cluster branch: not set" \
         in run.stdout, run.stdout
     assert "Copy the member's install steps" not in run.stdout
+
+
+def test_every_role_default_is_read_by_the_role(tmp_path, capsys):
+    """defaults/main.yml offered fwc_confirm_timeout, which no task read: setting it to
+    give a slow site more time changed nothing."""
+    import yaml
+
+    assert export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                  "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))[0] == 0
+    role = tmp_path / "t/roles/fwc"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    tasks = "".join(p.read_text() for p in sorted((role / "tasks").glob("*.yml")))
+    assert defaults and all(re.search(rf"\b{name}\b", tasks) for name in defaults), defaults
