@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import EDGE, REPO, cannot_run, file_tree
@@ -227,3 +229,97 @@ def test_ansible_lint_and_syntax_check_pass_on_the_tree(tmp_path, capsys):
     lint = subprocess.run(["ansible-lint", "--offline", "-q"], cwd=tmp_path / "t", env=env,
                           capture_output=True, text=True, timeout=300)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+# Passwords `fwc install --secrets` refuses, one per rule of fwc.model.passwords, and some
+# it takes: the role's rule drifted (it counted characters and let `$`, a trailing
+# backslash and a lone `}` through).
+REFUSED = ["", "a$b", "${_PWD}", 'a"b', "ab\\", "a\\\\\\", "}", "ééééé", "123456789",
+           "a\nb", "a\tb", "x\u202ey", "x\u2028y", "\x7f"]
+ACCEPTED = ["s3cret", "12345678", "}}", "a}", "ab\\\\", "éééé", "a b", "#!%&'()*"]
+
+
+def test_the_role_checks_the_password_with_fwcs_own_rule(tmp_path, capsys):
+    """The tree's filter plugin is fwc.model.passwords, carried: it gives fwc's verdict and
+    message for every password, where fwc cannot be imported (python -I -S)."""
+    from fwc.model.passwords import describe_problems, password_problems
+
+    assert export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                  "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))[0] == 0
+    plugin = tmp_path / "t/roles/fwc/filter_plugins/fwc_password.py"
+    # Every character class unsafe_character knows, next to harmless text.
+    corpus = REFUSED + ACCEPTED + [f"a{chr(c)}b" for c in
+                                   (*range(0, 0x100), 0x061C, 0x200B, 0x200E, 0x2029, 0x2066,
+                                    0xD800, 0xFEFF, 0x1F600)]
+    script = ("import json, sys\nns = {}\nexec(open(sys.argv[1]).read(), ns)\n"
+              "f = ns['FilterModule']().filters()['fwc_vrrp_password_problem']\n"
+              "words = json.loads(sys.stdin.read())\n"
+              "json.dump({'fwc': [m for m in sys.modules if m.split('.')[0] == 'fwc'],\n"
+              "           'seen': [f(w) for w in words] + [f(12345678), f(True)]}, sys.stdout)\n")
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(plugin)],
+                         input=json.dumps(corpus), capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert answer["fwc"] == []  # fwc's rule, carried, not the controller's fwc
+    *seen, number, boolean = answer["seen"]
+    assert seen == [describe_problems(password_problems(w)) for w in corpus]
+    assert all(seen[:len(REFUSED)]) and not any(seen[len(REFUSED):len(REFUSED) + len(ACCEPTED)])
+    assert "a number in YAML" in number and "a boolean in YAML" in boolean
+
+
+def test_a_refused_or_missing_password_stops_the_playbook_before_any_node(tmp_path, capsys):
+    """Checked in a first play for every member of every cluster, as fwc install checks
+    its secrets first: nothing connects to a node (the members' hosts do not exist)."""
+    from fwc.model.passwords import describe_problems, password_problems
+
+    if not shutil.which("ansible-playbook"):
+        cannot_run("ansible-core is not installed (pip install '.[test]')")
+    assert export(capsys, str(EDGE), str(REPO / "policies/branch.fw"), "-o",
+                  str(tmp_path / "t"), "--redact-secrets", "--inventory",
+                  inventory(tmp_path, "fw1 root@192.0.2.1\nfw2 192.0.2.2\n"
+                                      "bfw1 192.0.2.3\nbfw2 192.0.2.4\n"))[0] == 0
+    env = {**os.environ, "ANSIBLE_CONFIG": str(tmp_path / "t/ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path), "ANSIBLE_TIMEOUT": "2"}
+    for password in ("a$b", "ab\\", "}", "ééééé"):
+        secrets = tmp_path / "secrets.json"
+        secrets.write_text(json.dumps({"fwc_vrrp_passwords": {"edge": "s3cret",
+                                                              "branch": password}}))
+        run = subprocess.run(["ansible-playbook", "site.yml", "-e", f"@{secrets}"],
+                             cwd=tmp_path / "t", env=env, capture_output=True, text=True,
+                             timeout=120)
+        output = run.stdout + run.stderr
+        said = describe_problems(password_problems(password))
+        assert run.returncode != 0 and said, output
+        assert f"the VRRP password of cluster branch: {said}" in output, output
+        if len(password) > 1:  # the message never shows the password
+            assert password not in output, output
+        # The first play stopped the playbook: edge's backup was never reached.
+        assert "Copy the member's install steps" not in output, output
+        assert "UNREACHABLE" not in output, output
+    secrets.write_text(json.dumps({"fwc_vrrp_passwords": {"edge": "s3cret"},
+                                   "fwc_vrrp_password": 12345678}))
+    run = subprocess.run(["ansible-playbook", "site.yml", "-e", f"@{secrets}"],
+                         cwd=tmp_path / "t", env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "a number in YAML" in run.stdout, run.stdout
+    secrets.write_text(json.dumps({"fwc_vrrp_passwords": {"edge": "s3cret"}}))
+    run = subprocess.run(["ansible-playbook", "site.yml", "-e", f"@{secrets}"],
+                         cwd=tmp_path / "t", env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "the VRRP password of cluster branch: not set" \
+        in run.stdout, run.stdout
+    assert "Copy the member's install steps" not in run.stdout
+
+
+def test_every_role_default_is_read_by_the_role(tmp_path, capsys):
+    """defaults/main.yml offered fwc_confirm_timeout, which no task read: setting it to
+    give a slow site more time changed nothing."""
+    import yaml
+
+    assert export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                  "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))[0] == 0
+    role = tmp_path / "t/roles/fwc"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    tasks = "".join(p.read_text() for p in sorted((role / "tasks").glob("*.yml")))
+    assert defaults and all(re.search(rf"\b{name}\b", tasks) for name in defaults), defaults

@@ -26,17 +26,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fwc.backend.files import DAEMON_ORDER, FILES, GeneratedFile, Reload
+from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import holds_secret
 from fwc.backend.output import OutputFile, compile_policy
 from fwc.backend.render.escape import UnwritableText, ansible_name, yaml_key, yaml_unsafe
 from fwc.diagnostics import Diagnostic, error, warning
-from fwc.install import scripts
+from fwc.install import scripts, vendor
 from fwc.install.node import WATCHDOG_GRACE
-from fwc.install.paths import SNAPSHOT, STAGING, STATE_DIR
+from fwc.install.paths import RETIRE_SCRIPT, SNAPSHOT, STAGING, STATE_DIR
 from fwc.install.plan import DEFAULT_SETTLE_TIMEOUT, order, role_of
+from fwc.install.record import InstallRecord, git_revision, record_input, store_command, who
 from fwc.install.transport import InventoryEntry
 from fwc.model import Cluster, Member, Policy
 from fwc.model.records import dataclass
@@ -52,11 +54,14 @@ TOKEN_FILE = f"{STEPS_DIR}/token"
 # role), so the lock, the watchdog and rollback.sh name this run, as fwc install's do.
 TOKEN = f'"$(cat {TOKEN_FILE})"'
 CHANGED_LIST = f"{SNAPSHOT}/changed.list"
-# What the role waits for a fresh connection after the reloads before confirming.
+# fwc install's default confirmation window: with its settle wait and grace, the
+# watchdog's deadline (the role confirms as soon as a fresh connection succeeds).
 CONFIRM_TIMEOUT = 60.0
 # Inventory options (`MEMBER TARGET key=value`) the export understands.
 INVENTORY_OPTIONS = ("netns", "mount", "port", "python")
 MARKER = ".fwc-ansible"
+# The install record's time, filled in on the node when the install is confirmed.
+RECORD_AT = "@FWCAT@"
 
 
 @dataclass
@@ -233,8 +238,12 @@ def member_steps(host: Host, files: list[GeneratedFile], contents: Mapping[str, 
         "stage.sh": scripts.refuse_if_pending(),
         "test.sh": scripts.test_ruleset(files, host.cluster.families),
         "snapshot.sh": _snapshot(files, contents),
+        # rollback.sh and retire.sh into the snapshot, as NodeInstall.snapshot writes them:
+        # the confirmation (or the watchdog, for one made by hand) runs retire.sh.
         "arm.sh": (f"set -e\ninstall -m 0700 {STEPS_DIR}/rollback.sh {scripts.ROLLBACK_SCRIPT}\n"
+                   f"install -m 0700 {STEPS_DIR}/retire.sh {RETIRE_SCRIPT}\n"
                    + scripts.arm_watchdog(seconds, token=TOKEN)),
+        "retire.sh": scripts.retire_script(files),
         "rollback.sh": scripts.rollback_script(
             files, [_guarded(names, command) for _, names, command in reloads], token=TOKEN),
         "apply.sh": scripts.apply(files, host.cluster.families),
@@ -256,6 +265,15 @@ def _snapshot(files: list[GeneratedFile], contents: Mapping[str, bytes]) -> str:
         f"out=$({scripts.snapshot(files, keys)}\n) || exit 1",
         f'printf "%s\\n" "$out" | sed -n "s/^changed //p" > {CHANGED_LIST}',
         'printf "%s\\n" "$out"'])
+
+
+def _record_step(record: InstallRecord, member: str) -> str:
+    """fwc install's record step after the confirmation (`fwc status`, `fwc diff
+    --installed`), with the node's clock for the time of the install."""
+    when = "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    return (f"sed \"s/^at {RECORD_AT}$/at {when}/\" <<'FWC_RECORD' | "
+            f"{{ {store_command(record, member)}; }}\n"
+            f"{record_input(record, member)}FWC_RECORD\n")
 
 
 def netns_wrapper(host: Host) -> str:
@@ -295,6 +313,7 @@ def _inventory(hosts: list[Host]) -> str:
 
 def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str], secret: set[str],
                steps: Iterable[str], reloads: list[tuple[str, list[str], str]]) -> str:
+    stale = scripts.stale_rows(files)
     lines = [HEADER.rstrip("\n"),
              f"fwc_cluster: {yaml_unsafe(host.cluster.name)}",
              f"fwc_member: {yaml_unsafe(host.member.name)}",
@@ -307,6 +326,11 @@ def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str], secre
         lines.append(f"    mode: '{f.mode:04o}'")
         lines.append(f"    redacted: {'true' if f.name in redacted else 'false'}")
         lines.append(f"    secret: {'true' if f.name in secret else 'false'}")
+    lines.append("# Files of the table the member no longer gets: the install removes fwc's own.")
+    lines.append("fwc_stale:" + ("" if stale else " []"))
+    for f in stale:
+        lines.append(f"  - name: {yaml_unsafe(f.name)}")
+        lines.append(f"    path: {yaml_unsafe(f.path)}")
     lines.append("fwc_steps:")
     lines += [f"  - {yaml_unsafe(n)}" for n in sorted(steps)]
     lines.append("# Daemons to reload when one of their files changed, in fwc install's order.")
@@ -318,11 +342,26 @@ def _host_vars(host: Host, files: list[GeneratedFile], redacted: set[str], secre
     return "\n".join(lines) + "\n"
 
 
-def _site(hosts: list[Host]) -> str:
+def _site(hosts: list[Host], redact: bool) -> str:
     lines = [HEADER.rstrip("\n"),
              "# One play per cluster: one member at a time, backups before the master (the",
              "# inventory's order), and the first failure stops the rollout.",
              ]
+    groups = list(dict.fromkeys(host.group for host in hosts))
+    if redact and groups:
+        # As fwc install checks its secrets before it touches a node: a password missing
+        # or refused for the master, or for a later cluster, stops the playbook before
+        # the first backup changes.
+        lines += ["- name: Check every member's VRRP password before any node is touched",
+                  "  hosts:", *[f"    - {yaml_key(g)}" for g in groups],
+                  "  gather_facts: false",
+                  "  any_errors_fatal: true",
+                  "  tasks:",
+                  "    - name: Check the member's VRRP password",
+                  "      ansible.builtin.include_role:",
+                  f"        name: {ROLE}",
+                  "        tasks_from: password.yml",
+                  "      when: fwc_files | selectattr('redacted') | list | length > 0"]
     seen: list[str] = []
     for host in hosts:
         if host.group in seen:
@@ -376,11 +415,15 @@ def _block(text: str, indent: int) -> str:
     return "|\n" + "\n".join(pad + line for line in text.splitlines())
 
 
+# Only variables the role reads: a fwc_confirm_timeout here was read by nothing, and
+# setting it changed nothing (the watchdog's window is written into steps/arm.sh).
 DEFAULTS = """\
 ---
-# Generated by fwc export ansible. Set fwc_vrrp_password per cluster group (ansible-vault)
-# when the tree was exported with --redact-secrets.
-fwc_confirm_timeout: {confirm:.0f}
+# Generated by fwc export ansible. Set fwc_vrrp_password per cluster group (ansible-vault),
+# or fwc_vrrp_passwords (cluster: password), when the tree was exported with
+# --redact-secrets. The node-side watchdog rolls an install back unless it is confirmed
+# within {watchdog:.0f} s of being armed: fixed in steps/arm.sh, export again to change it.
+fwc_vrrp_passwords: {{}}
 """
 
 META = """\
@@ -397,13 +440,125 @@ galaxy_info:
 dependencies: []
 """
 
+# The filter the role checks a VRRP password with: fwc's own rule, carried verbatim.
+PASSWORD_FILTER = "fwc_vrrp_password_problem"
+PASSWORD_PLUGIN_DOC = f"""Ansible filter `{PASSWORD_FILTER}`: '' for a VRRP password fwc accepts,
+else why not, never the password. The rule is fwc's own (fwc.model.passwords, as `fwc install
+--secrets` checks a password), carried below with the fwc modules it needs."""
+PASSWORD_PLUGIN_TAIL = f'''
+def problem(value):
+    if not isinstance(value, str):
+        # YAML reads 12345678 as a number, 0123 as 83 and yes as true: not what was typed.
+        kind = ("a boolean" if isinstance(value, bool) else
+                "a number" if isinstance(value, (int, float)) else "no string")
+        return ("the VRRP password is " + kind + " in YAML, not the text typed: write it "
+                "quoted ('...')")
+    passwords = load()
+    return passwords.describe_problems(passwords.password_problems(value))
+
+
+class FilterModule:
+    def filters(self):
+        return {{{PASSWORD_FILTER!r}: problem}}
+'''
+
+# Fills fwc_password for a member whose files were exported with --redact-secrets, and
+# refuses what `fwc install --secrets` refuses; runs on the controller only.
+PASSWORD_TASKS = f"""\
+---
+# Generated by fwc export ansible. The VRRP password a tree exported with --redact-secrets
+# leaves out, checked on the controller with fwc's own rule (filter_plugins/fwc_password.py
+# carries fwc.model.passwords), before any node is touched.
+- name: Take the VRRP password from fwc_vrrp_password or fwc_vrrp_passwords[cluster]
+  ansible.builtin.set_fact:
+    fwc_password: "{{{{ fwc_vrrp_password if fwc_vrrp_password is defined
+      else (fwc_vrrp_passwords | default({{}})).get(fwc_cluster) }}}}"
+  no_log: true
+
+- name: Check the VRRP password with fwc's rule (what fwc install --secrets accepts)
+  ansible.builtin.set_fact:
+    fwc_password_problem: "{{{{ 'not set: give fwc_vrrp_password for the cluster group,
+      or fwc_vrrp_passwords (cluster: password); the tree was exported with
+      --redact-secrets' if fwc_password is none else fwc_password | {PASSWORD_FILTER} }}}}"
+  no_log: true
+
+- name: Refuse a VRRP password fwc would refuse
+  ansible.builtin.assert:
+    that: fwc_password_problem | length == 0
+    fail_msg: "the VRRP password of cluster {{{{ fwc_cluster }}}}: {{{{ fwc_password_problem }}}}"
+    quiet: true
+"""
+
+# `ansible-playbook --check`: reads `NAME PATH BASE64` lines (a compiled file) and `NAME
+# PATH -` lines (a file of the table the member no longer gets) and prints `changed NAME`
+# where the snapshot would (scripts.snapshot), writing nothing on the node.
+WOULD_CHANGE = f"""\
+while read -r n p d; do
+  [ -n "$n" ] || continue
+  if [ "$d" = - ]; then
+    if {scripts.fwcs_own('"$p"')}; then echo "changed $n"; fi
+  else
+    printf '%s\\n' "$d" | base64 -d | cmp -s - "$p" || echo "changed $n"
+  fi
+done"""
+
+CHECK_TASKS = f"""\
+---
+# Generated by fwc export ansible: what `ansible-playbook --check` does on a member. It
+# only reads: the programs the install needs, and which files would change (compared as
+# the install's snapshot compares them) and which daemons would reload. No lock is
+# taken, nothing is staged, tested or written on the node.
+- name: Check the programs the install needs (check mode)
+  ansible.builtin.command: sh -s
+  args:
+    stdin: "{{{{ lookup('ansible.builtin.file', fwc_cluster ~ '/' ~ fwc_member
+      ~ '/steps/preflight.sh', rstrip=false) }}}}"
+  check_mode: false
+  changed_when: false
+
+- name: List the files the install would change (check mode)
+  ansible.builtin.command:
+    argv:
+      - sh
+      - -c
+      - {_block(WOULD_CHANGE, 8)}
+    stdin: "{{% for f in fwc_files %}}{{{{ f.name }}}} {{{{ f.path }}}} {{{{
+      lookup('ansible.builtin.file', fwc_cluster ~ '/' ~ fwc_member ~ '/' ~ f.name,
+      rstrip=false) | replace('{REDACTED_PASSWORD}', fwc_password if f.redacted else
+      '{REDACTED_PASSWORD}') | b64encode }}}}\\n{{% endfor %}}{{% for f in fwc_stale
+      %}}{{{{ f.name }}}} {{{{ f.path }}}} -\\n{{% endfor %}}"
+  check_mode: false
+  register: fwc_would
+  changed_when: fwc_would.stdout_lines | length > 0
+  no_log: "{{{{ fwc_files | selectattr('secret') | list | length > 0 }}}}"
+
+- name: Show what the install would change (check mode)
+  ansible.builtin.debug:
+    msg: "{{{{ inventory_hostname }}}} would change: {{{{ fwc_would_change | join(', ') }}}};
+      would reload:{{% for r in fwc_reloads if r.files | intersect(fwc_would_change) %}}
+      {{{{ r.daemon }}}}{{% else %}} nothing{{% endfor %}}"
+  vars:
+    fwc_would_change: "{{{{ fwc_would.stdout_lines | select('match', '^changed ')
+      | map('regex_replace', '^changed ', '') | list }}}}"
+  when: fwc_would.stdout_lines | length > 0
+"""
+
 TASKS = f"""\
 ---
 # Generated by fwc export ansible. Every shell step is one of fwc install's
 # (fwc.install.scripts), written per member under files/<cluster>/<member>/steps/.
 # Files travel base64-encoded on a command's stdin, all of a member's at once (one
 # module run instead of two per file), and are never templated.
+- name: The VRRP password, checked before the node is touched
+  ansible.builtin.include_tasks: password.yml
+  when: fwc_files | selectattr('redacted') | list | length > 0
+
+- name: Check mode, which changes nothing on the node
+  ansible.builtin.include_tasks: check.yml
+  when: ansible_check_mode
+
 - name: Copy the member's install steps and name this run (the node lock's owner)
+  when: not ansible_check_mode
   ansible.builtin.shell: {_block(UNPACK.format(dir=STEPS_DIR), 4)}
   args:
     stdin: "{{% for name in fwc_steps %}}{{{{ name }}}} 0700 {{{{ lookup('ansible.builtin.file',
@@ -412,6 +567,7 @@ TASKS = f"""\
   changed_when: false
 
 - name: Install, or roll back
+  when: not ansible_check_mode
   block:
     - name: Check the programs the install needs
       ansible.builtin.command: sh {STEPS_DIR}/preflight.sh
@@ -424,26 +580,6 @@ TASKS = f"""\
     - name: Remember the lock
       ansible.builtin.set_fact:
         fwc_locked: true
-
-    - name: Take the VRRP password from fwc_vrrp_password or fwc_vrrp_passwords[cluster]
-      ansible.builtin.set_fact:
-        fwc_password: "{{{{ fwc_vrrp_password if fwc_vrrp_password is defined
-          else (fwc_vrrp_passwords | default({{}})).get(fwc_cluster, '') }}}}"
-      when: fwc_files | selectattr('redacted') | list | length > 0
-      no_log: true
-
-    - name: Check the VRRP password (what fwc install --secrets accepts)
-      ansible.builtin.assert:
-        that:
-          - fwc_password | length > 0
-          - fwc_password | length <= 8
-          - fwc_password is not search('["\\\\x00-\\\\x1f\\\\x7f]')
-        fail_msg: "set fwc_vrrp_password for this cluster's group, or fwc_vrrp_passwords
-          (cluster: password): 1-8 printable characters, no double quote; the tree was
-          exported with --redact-secrets"
-        quiet: true
-      when: fwc_files | selectattr('redacted') | list | length > 0
-      no_log: true
 
     - name: Stage the compiled files (a redacted password filled from the variable)
       ansible.builtin.shell: {_block(STAGE_AND_UNPACK, 8)}
@@ -528,6 +664,18 @@ APPLY = f"""\
 - name: Confirm the new configuration
   ansible.builtin.command: sh {STEPS_DIR}/confirm.sh
   changed_when: false
+
+# As fwc install's: the install stands whether or not its record could be written.
+- name: Record the install on the node (fwc status, fwc diff --installed)
+  ansible.builtin.command: sh {STEPS_DIR}/record.sh
+  register: fwc_record
+  changed_when: false
+  failed_when: false
+
+- name: Say that the record could not be written
+  ansible.builtin.debug:
+    msg: "warning: could not write the install record: {{{{ fwc_record.stderr }}}}"
+  when: fwc_record.rc != 0
 """
 
 
@@ -539,14 +687,20 @@ def export_ansible(policies: list[Policy], *, redact: bool,
     if any(d.severity.name == "ERROR" for d in out.diagnostics):
         return out
     compiled: dict[tuple[str, str], dict[str, bytes]] = {}
+    records: dict[str, InstallRecord] = {}
     for policy in policies:
+        revision = git_revision(Path(policy.root))
         for cluster in compile_policy(policy, redact=redact):
             for f in cluster.files:
                 member, _, name = f.path.partition("/")
                 if name:
                     compiled.setdefault((cluster.name, member), {})[name] = f.content
+                elif f.path == MANIFEST:
+                    records[cluster.name] = InstallRecord(
+                        cluster.name, policy.root, revision, f"{who()} (fwc export ansible)",
+                        RECORD_AT, f.content.decode("utf-8"))
     try:
-        _write_tree(out, hosts, compiled, redact)
+        _write_tree(out, hosts, compiled, records, redact)
     except UnwritableText as exc:
         out.files.clear()
         out.diagnostics.append(error("FWC554", f"a value cannot be written to the Ansible "
@@ -555,15 +709,19 @@ def export_ansible(policies: list[Policy], *, redact: bool,
 
 
 def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], dict[str, bytes]],
-                redact: bool) -> None:
+                records: Mapping[str, InstallRecord], redact: bool) -> None:
     out.add(MARKER, "fwc export ansible wrote this directory; it replaces it as a whole.\n")
     out.add("ansible.cfg", ANSIBLE_CFG)
     out.add("inventory.yml", _inventory(hosts))
-    out.add("site.yml", "---\n" + _site(hosts))
+    out.add("site.yml", "---\n" + _site(hosts, redact))
     role = f"roles/{ROLE}"
     out.add(f"{role}/tasks/main.yml", TASKS)
+    out.add(f"{role}/tasks/password.yml", PASSWORD_TASKS)
+    out.add(f"{role}/tasks/check.yml", CHECK_TASKS)
+    out.add(f"{role}/filter_plugins/fwc_password.py",
+            vendor.bundle("fwc.model.passwords", PASSWORD_PLUGIN_DOC, PASSWORD_PLUGIN_TAIL))
     out.add(f"{role}/tasks/apply.yml", APPLY)
-    out.add(f"{role}/defaults/main.yml", DEFAULTS.format(confirm=CONFIRM_TIMEOUT))
+    out.add(f"{role}/defaults/main.yml", DEFAULTS.format(watchdog=_watchdog_seconds()))
     out.add(f"{role}/meta/main.yml", META)
     for host in hosts:
         contents = compiled[(host.cluster.name, host.member.name)]
@@ -582,6 +740,7 @@ def _write_tree(out: Export, hosts: list[Host], compiled: dict[tuple[str, str], 
             out.add(f"{base}/{f.name}", contents[f.name], mode)
         reloads = _reloads(host, files)
         steps = member_steps(host, files, contents, reloads)
+        steps["record.sh"] = _record_step(records[host.cluster.name], host.member.name)
         for name, text in steps.items():
             out.add(f"{base}/steps/{name}", text, 0o700)
         # Holding the password once staged (filled in, or compiled in): the staging task

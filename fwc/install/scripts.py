@@ -390,12 +390,18 @@ def snapshot(files: list[GeneratedFile], sysctls: list[str]) -> str:
     for index, row in enumerate(stale_rows(files)):
         # Only fwc's own file: an admin's conntrackd.conf on a node whose cluster has no
         # sync link is not the install's to remove (the apply removes what is kept here).
-        lines.append(f"if [ -f {row.path} ] && head -n {GENERATED_MARK_LINES} {row.path} "
-                     f"| grep -qF {q(GENERATED_MARK)}; then "
+        lines.append(f"if {fwcs_own(row.path)}; then "
                      f"cp -p {row.path} {new}/gone.{index}; echo changed {row.name}; fi")
     lines.append(f"rm -rf {SNAPSHOT}")
     lines.append(f"mv {new} {SNAPSHOT}")
     return "\n".join(lines)
+
+
+def fwcs_own(path: str) -> str:
+    """Shell test: PATH (a word, or "$var") is a file fwc generated (GENERATED_MARK in its
+    first lines), so an install may remove it; an admin's file at that path stays."""
+    return (f"[ -f {path} ] && head -n {GENERATED_MARK_LINES} {path} "
+            f"| grep -qF {q(GENERATED_MARK)}")
 
 
 def in_load_order(files: Iterable[GeneratedFile]) -> list[GeneratedFile]:

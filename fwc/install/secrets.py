@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from fwc.backend.files import SECRET_FILES
-from fwc.model.passwords import Problem, password_problems
+from fwc.model.passwords import describe_problems, password_problems
 from fwc.protocols import REDACTED_PASSWORD
 
 __all__ = ["SECRET_FILES", "SecretsError", "fill", "is_redacted", "parse_secrets",
@@ -126,13 +126,9 @@ def parse_secrets(text: str, where: str, bare: bool = False) -> dict[str, str]:
             column = len(raw) - len(raw.partition("=")[2].lstrip()) + 1
             problems = password_problems(value)
             if problems:
-                raise SecretsError(f"{path}:{number}:{column}: " + _describe(problems))
+                raise SecretsError(f"{path}:{number}:{column}: " + describe_problems(problems))
         out[key.strip()] = value
     return out
-
-
-def _describe(problems: list[Problem]) -> str:
-    return "; ".join(f"{p.message} [{p.code}]: {p.hint}" for p in problems)
 
 
 def is_redacted(content: str) -> bool:
@@ -151,5 +147,5 @@ def fill(cluster: str, name: str, content: str, secrets: dict[str, str] | None) 
             f"with 'vrrp_password = ...' (or '{cluster}.vrrp_password = ...')")
     problems = password_problems(value)
     if problems:
-        raise SecretsError(f"the VRRP password for {cluster}: " + _describe(problems))
+        raise SecretsError(f"the VRRP password for {cluster}: " + describe_problems(problems))
     return content.replace(REDACTED_PASSWORD, value)

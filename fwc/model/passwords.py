@@ -71,3 +71,9 @@ def password_problems(password: str) -> list[Problem]:
                            "use printable characters other than '\"' and '$', and do not "
                            "end it with a backslash"))
     return out
+
+
+def describe_problems(problems: list[Problem]) -> str:
+    """PROBLEMS on one line, each with its check's code and how to fix it (never the
+    password): what `fwc install --secrets` and the Ansible role both say."""
+    return "; ".join(f"{p.message} [{p.code}]: {p.hint}" for p in problems)
