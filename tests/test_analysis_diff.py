@@ -95,3 +95,22 @@ def test_vip_move_reports_old_vip_as_plain_address(tmp_path):
     assert ("denied", "from client to 198.51.100.254 (in uplink) service ssh in lan out uplink") \
         in texts
     assert ("allowed", "from client to uplink.vip service ssh in lan") in texts
+
+
+def test_a_changed_default_policy_is_a_traffic_change(tmp_path):
+    """`default { output drop }` added, no rule changed: the firewall's own traffic that
+    no rule accepts is now dropped. The comparison looked only where rules differ, so
+    `fwc diff` reported no traffic change at all (and no setting either)."""
+    text = SOURCE.replace("    interface lan ", "    default { output drop }\n    interface lan ")
+    changes = _changes(tmp_path, text)
+    assert changes and all(c.verdict == "denied" for c in changes)
+    assert all("OUTPUT (drop)" in c.where for c in changes)
+    assert any(c.text.startswith("from firewall to any except ") for c in changes)
+    # and back: the same traffic newly allowed
+    _, old = _load(tmp_path, text, "old2.fw")
+    policy, new = _load(tmp_path, SOURCE, "new2.fw")
+    back = traffic_changes(old, new, Vocabulary.of_policy(policy))
+    assert sorted(c.text for c in back) == sorted(c.text for c in changes)
+    assert all(c.verdict == "allowed" for c in back)
+    whole = [(c.verdict, c.text) for c in _changes(tmp_path, text, whole=True)]
+    assert whole == [(c.verdict, c.text) for c in changes]

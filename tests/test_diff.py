@@ -175,6 +175,20 @@ def test_vrid_and_sync_changes(repo, capsys):
     assert re.search(r"\d+ files changed, \d+ insertions\(\+\), \d+ deletions\(-\)", out)
 
 
+def test_a_changed_default_policy_is_reported(repo, capsys):
+    """Only `default { output drop }` added: the setting and the firewall's own traffic
+    it now drops are in the summary (both were missing: a change that closes traffic
+    read as none)."""
+    edit(repo / "policies" / "edge.fw", "    interface lan ",
+         "    default { output drop }\n    interface lan ")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "  default: output accept -> drop" in out
+    traffic = section(out, "traffic")
+    assert "newly denied:  from firewall to any except " in traffic
+    assert "newly allowed" not in traffic
+
+
 def test_name_only_and_colour(repo, capsys):
     edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 90")
     code, out, _ = fwc_diff(capsys, "--name-only")

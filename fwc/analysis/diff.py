@@ -165,7 +165,8 @@ def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
             if not same_shape:
                 # packets that changed chain, or arrive on an interface that is new
                 chain_candidates += _minus(region, old.regions[(family, chain)])
-            if whole:
+            if whole or old.cluster.defaults.of(chain) != new.cluster.defaults.of(chain):
+                # a changed default decides anything no rule does: the whole chain
                 chain_candidates = [region]
             parts = [p for c in chain_candidates if (p := c.intersect(region)) is not None]
             if len(parts) > MAX_REGION_BOXES:

@@ -299,7 +299,7 @@ def _text(path: Path | None) -> str:
 
 
 def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
-    """VIP, VRID, VRRP and sync changes, one line each."""
+    """VIP, VRID, VRRP, sync and default policy changes, one line each."""
     out: list[str] = []
     old_ifs = {i.name: i for i in old.interfaces}
     new_ifs = {i.name: i for i in new.interfaces}
@@ -327,6 +327,7 @@ def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
         out.append("vrrp: password changed")
     out.extend(_fields("sync", old.sync, new.sync,
                        ("link", "mode", "transport", "group", "port", "mark_bit")))
+    out.extend(_fields("default", old.defaults, new.defaults, ("input", "forward", "output")))
     # Routes and route-rules by what they say (a moved line is no change).
     old_routes = [r.text() for r in old.routes]
     new_routes = [r.text() for r in new.routes]
