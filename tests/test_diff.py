@@ -543,3 +543,51 @@ def test_a_chains_answer_for_other_members_is_read_again():
         {("edge", "fw1"): [], ("edge", "fw2"): []})
     for value in (both[:1], both + [["edge", "fw3", []]], [both], "x"):
         assert _chains_answer(_Answering(value), members) is None  # type: ignore[arg-type]
+
+
+def _site_web(repo: Path, directory: str, address: str) -> None:
+    (repo / directory / "site").mkdir(parents=True, exist_ok=True)
+    (repo / directory / "site" / "web.fw").write_text(f"host    web      {address}\n",
+                                                      encoding="utf-8")
+
+
+def _edge_with_site_web(repo: Path) -> None:
+    """edge.fw taking `web` from `<site/web.fw>`, found through fwc.toml's include_path
+    (lib1: 192.0.2.80), committed."""
+    edit(repo / "policies" / "edge.fw", "host    web      192.0.2.80\n",
+         "include <site/web.fw>\n")
+    _site_web(repo, "lib1", "192.0.2.80")
+    (repo / "fwc.toml").write_text('include_path = ["lib1"]\n', encoding="utf-8")
+    commit(repo, "web from the site library")
+
+
+def test_each_side_reads_its_own_fwc_toml(repo, capsys):
+    """A commit that only points fwc.toml's include_path at another directory (where
+    `web` is another host) changes what the dnat and the rule to web do. Both sides were
+    read with the working tree's fwc.toml: the old one looked for lib2, which it does not
+    have, and the change showed as nothing (exit 0) or as an old side that does not
+    compile."""
+    _edge_with_site_web(repo)
+    _site_web(repo, "lib2", "192.0.2.81")
+    (repo / "fwc.toml").write_text('include_path = ["lib2"]\n', encoding="utf-8")
+    commit(repo, "web from lib2")
+    for args in (("HEAD~1..HEAD",), ("HEAD~1..HEAD", "policies/edge.fw")):
+        code, out, err = fwc_diff(capsys, "--stat", *args)
+        assert (code, err) == (1, ""), err
+        assert "--to-destination 192.0.2.81" in out
+        assert re.search(r"newly allowed: from any except .* to web service web in uplink", out)
+    # the command line's --include-path still wins, on both sides: nothing changed there
+    assert fwc_diff(capsys, "HEAD~1..HEAD", "--include-path", "lib1") == (0, "", "")
+
+
+def test_a_change_to_fwc_toml_alone_is_compared(repo, capsys):
+    """fwc.toml edited in the working tree, nothing else: the policy whose includes it
+    redirects is compared (its own files did not change)."""
+    _edge_with_site_web(repo)
+    _site_web(repo, "lib2", "192.0.2.81")
+    commit(repo, "lib2 exists")
+    (repo / "fwc.toml").write_text('include_path = ["lib2"]\n', encoding="utf-8")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "cluster edge (policies/edge.fw)" in out
+    assert "--to-destination 192.0.2.81" in out

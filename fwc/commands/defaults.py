@@ -78,6 +78,8 @@ def apply_project_defaults(args: argparse.Namespace) -> list:  # list[Diagnostic
                 setattr(args, dest, str(value) if isinstance(value, Path) else value)
     if hasattr(args, "include_path") and not args.include_path and "include_path" in values:
         args.include_path = list(values["include_path"])  # type: ignore[call-overload]
+        # `fwc diff` reads each side's own fwc.toml instead (fwc.diffing.project)
+        args.include_path_from_config = True
     for dest, value in BUILTIN.items():
         if _applies(args, dest) and getattr(args, dest) is None:
             setattr(args, dest, value)

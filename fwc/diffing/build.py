@@ -20,6 +20,7 @@ from typing import Any
 from fwc import parallel
 from fwc.diagnostics import Diagnostic, has_errors
 from fwc.diffing.git import Side, normalise
+from fwc.diffing.project import IncludePaths
 from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
 from fwc.model.records import dataclass
@@ -56,16 +57,18 @@ class BuildError(Exception):
 
 
 def compile_sides(old: Side, new: Side, rel: str, old_dir: Path, new_dir: Path,
-                  include_path: Sequence[Path] = (), jobs: int = parallel.AUTO) \
+                  include_path: IncludePaths | None = None, jobs: int = parallel.AUTO) \
         -> tuple[Build, Build]:
     """REL as it is on OLD and on NEW, analysed and compiled into OLD_DIR and NEW_DIR;
     BuildError for the first side (old, then new) that does not compile.
 
-    INCLUDE_PATH: repository-relative directories, read on each side like the policy.
+    INCLUDE_PATH: each side's repository-relative directories (the command line's, or
+    that side's fwc.toml's), read on each side like the policy.
     JOBS (fwc.parallel): whether the checks may run in a worker process."""
-    before = _front(old, rel, include_path)
+    paths = include_path or IncludePaths(())
+    before = _front(old, rel, paths.of(old, rel))
     try:
-        after = _front(new, rel, include_path)
+        after = _front(new, rel, paths.of(new, rel))
     except BuildError:
         _accept(before, checked)  # the old side's errors come first
         raise
