@@ -175,6 +175,23 @@ def test_vrid_and_sync_changes(repo, capsys):
     assert re.search(r"\d+ files changed, \d+ insertions\(\+\), \d+ deletions\(-\)", out)
 
 
+def test_settings_that_change_the_automatic_rules_are_named(repo, capsys):
+    """`vrrp { unicast }` and the sync link's `allow ssh` change which HA traffic the
+    automatic rules accept (the traffic lines show it), but the settings said nothing:
+    the reviewer saw accepted vrrp and ssh between the members with no setting that
+    explains it."""
+    policy = repo / "policies" / "edge.fw"
+    edit(policy, "advert 1s  vrid 51 }", "advert 1s  vrid 51  unicast }")
+    edit(policy, "port 3780 }", "port 3780  allow ssh }")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "  vrrp: unicast off -> on" in out
+    assert "  sync: allow none -> ssh" in out
+    traffic = section(out, "traffic")
+    assert "service ssh in sync (only fw1)  [automatic rule 'fwc auto: sync allow ssh']" \
+        in traffic
+
+
 def test_a_changed_default_policy_is_reported(repo, capsys):
     """Only `default { output drop }` added: the setting and the firewall's own traffic
     it now drops are in the summary (both were missing: a change that closes traffic
