@@ -608,3 +608,43 @@ def test_a_change_to_fwc_toml_alone_is_compared(repo, capsys):
     assert code == 1
     assert "cluster edge (policies/edge.fw)" in out
     assert "--to-destination 192.0.2.81" in out
+
+
+def test_each_side_is_compiled_for_its_fwc_toml_backend(repo, capsys):
+    """`backend = "nftables"` in fwc.toml: `fwc compile` writes nftables.nft, but `fwc
+    diff` compiled the policy's own backend (iptables), so its patch was of files no
+    node loads, and a commit that only switched the backend showed no change."""
+    (repo / "fwc.toml").write_text('backend = "nftables"\n', encoding="utf-8")
+    commit(repo, "nftables")
+    code, out, _ = fwc_diff(capsys, "--name-only", "HEAD~1..HEAD")
+    assert code == 1
+    assert "edge/fw1/nftables.nft" in out.splitlines()
+    assert "edge/fw1/iptables.rules" in out.splitlines()  # gone on the new side
+    assert fwc_diff(capsys, "--stat", "HEAD~1..HEAD")[1].count("newly") == 0
+    edit(repo / "policies" / "edge.fw", "to any      service ident", "to any      service echo")
+    code, out, _ = fwc_diff(capsys, "--name-only")
+    assert code == 1
+    assert out.splitlines() == ["edge/MANIFEST", "edge/fw1/nftables.nft",
+                                "edge/fw2/nftables.nft"]
+
+
+def test_drift_is_read_for_the_fwc_toml_backend(repo, capsys, monkeypatch):
+    """`fwc diff --installed` compiled the policy's own backend too: on a node installed
+    from an nftables compile it compared iptables-save with iptables rules nobody
+    installed, never fwc's nftables table."""
+    from fwc.diffing import installed
+
+    (repo / "fwc.toml").write_text('backend = "nftables"\n', encoding="utf-8")
+    seen = {}
+
+    def compare(transport, compiled, backend, families):  # noqa: ANN001, ANN202
+        seen["backend"], seen["files"] = backend, set(compiled)
+        return []
+
+    monkeypatch.setattr(installed, "compare", compare)
+    monkeypatch.setattr(installed, "installed_by", lambda transport: "fw1: (test)")
+    assert main(["diff", "--installed", "fw1", "--transport", "local",
+                 "policies/edge.fw"]) == 0
+    capsys.readouterr()
+    assert seen["backend"] == "nftables"
+    assert "nftables.nft" in seen["files"] and "iptables.rules" not in seen["files"]

@@ -30,7 +30,7 @@ APPLIES_TO: dict[str, frozenset[str]] = {
     "inventory": frozenset({"install", "status", "diff"}),
     "ssh": frozenset({"install", "status", "diff"}),
     "transport": frozenset({"install", "status", "diff"}),
-    "backend": frozenset({"compile"}),
+    "backend": frozenset({"compile", "diff"}),  # diff: --installed (each side: its own)
     "strict": frozenset({"check", "compile"}),
     "secrets": frozenset({"install", "diff"}),
     "secrets_env": frozenset({"install", "diff"}),

@@ -102,9 +102,9 @@ def _run(args: argparse.Namespace) -> int:
     spec, file_args = split_args(repo, words)
     # Both sides are read from git, so a search directory must be part of the repository;
     # without one on the command line, each side's fwc.toml says (fwc.diffing.project).
-    searched = IncludePaths(None) if getattr(args, "include_path_from_config", False) \
-        else IncludePaths([Path(_include_dir(repo, d)) for d in
-                           getattr(args, "include_path", [])])
+    given = [] if getattr(args, "include_path_from_config", False) \
+        else getattr(args, "include_path", [])
+    searched = IncludePaths([Path(_include_dir(repo, d)) for d in given] if given else None)
     old, new = parse_range(repo, spec)
     policies = ([repo_relative(repo, f) for f in file_args]
                 or changed_policies(old, new, searched))

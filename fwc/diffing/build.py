@@ -24,6 +24,7 @@ from fwc.diffing.project import IncludePaths
 from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
 from fwc.model.records import dataclass
+from fwc.model.vocabulary import Backend
 from fwc.pipeline import (
     DIFF_FORK_RULES,
     Analysis,
@@ -45,6 +46,7 @@ class Build:
     texts: dict[str, str]
     # parsed and resolved, its checks still to run (None: no file, or checked)
     modelled: Modelled | None = None
+    backend: Backend | None = None  # the side's fwc.toml's (None: each cluster's own)
 
 
 class BuildError(Exception):
@@ -72,6 +74,7 @@ def compile_sides(old: Side, new: Side, rel: str, old_dir: Path, new_dir: Path,
     except BuildError:
         _accept(before, checked)  # the old side's errors come first
         raise
+    before.backend, after.backend = paths.backend(old, rel), paths.backend(new, rel)
     sides = [(before, old_dir), (after, new_dir)]
     fronts = [b.modelled for b, _ in sides if b.modelled is not None]
     # The worker holds both sides' check tables: the fork bound counts both policies.
@@ -177,7 +180,8 @@ def _write(build: Build, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # (chain texts kept for the next member spill beside the directory, as in compile)
     write_output(directory, build.path, stream_policy(
-        build.policy, redact=True, chunked=True, spill_dir=str(directory.parent)))
+        build.policy, redact=True, backend=build.backend, chunked=True,
+        spill_dir=str(directory.parent)))
     build.outdir = directory
 
 

@@ -43,7 +43,7 @@ def sources(side: Side, rel: str, include_path: IncludePaths | None = None) \
                                 include_path=paths.of(side, rel))
     if any(d.code in UNREAD for d in diagnostics):
         return None
-    config = paths.config(side, rel)
+    config = paths.config(side, rel).path
     return {normalise(path) for path, _ in program.hashes} | {rel} \
         | ({config} if config else set())
 
