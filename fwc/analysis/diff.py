@@ -181,7 +181,9 @@ def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
         candidates += _auto_changes(old, new, family)
         if not same_shape:
             candidates += _subnet_changes(old, new, family)
-        for chain in CHAINS:
+        # The member's own traffic to itself is always accepted; it changes only when
+        # an address became the member's (a VIP it now holds: loopback, not OUTPUT).
+        for chain in CHAINS if same_shape else (*CHAINS, "local"):
             region = new.regions[(family, chain)]
             chain_candidates = list(candidates)
             if not same_shape:
