@@ -239,9 +239,10 @@ class Fate:
 
 
 def _fate(node: Node, routes: Routes, family: int, src: int, dst: int, service: int,
-          in_iface: str | None, choice: int) -> Fate:
+          in_iface: str | None, choice: int, joined: bool = False) -> Fate:
     """What NODE's compiled rules do with a NEW packet. IN_IFACE None: the node's own.
-    CHOICE picks among the interfaces an unrouted destination may leave by."""
+    CHOICE picks among the interfaces an unrouted destination may leave by; JOINED: a
+    multicast group the node takes in (`_joined`)."""
     protocol, port = service >> PORT_SHIFT, service & 0xFFFF
     rules = node.rulesets[family]
 
@@ -265,7 +266,7 @@ def _fate(node: Node, routes: Routes, family: int, src: int, dst: int, service: 
             if ":" in dnat.replace(host, "") and protocol in PORT_PROTOCOL_NUMBERS:
                 port = int(dnat.rsplit(":", 1)[1].split("-")[0])
     def leaves(address: int) -> str:
-        if local.contains_address(_ip(family, address)):
+        if local.contains_address(_ip(family, address)) or (joined and address == dst):
             return LOCAL
         candidates = routes.lookup(family, address)
         return candidates[choice % len(candidates)]
@@ -357,6 +358,19 @@ class Differs:
                 f" {protocol}/{port} in {self.after.in_iface}: {self.before} -> {self.after}")
 
 
+def _joined(view: MemberView, family: int, src: int, dst: int, service: int,
+            in_iface: str | None) -> bool:
+    """A multicast group the node joined on IN_IFACE (VRRP, the sync link): the kernel
+    takes such a packet in though no address of the node is its destination (the
+    automatic rules' groups, as the engine reads them)."""
+    if in_iface is None or not _ip(family, dst).is_multicast:
+        return False
+    box = Box(family, ((src, src),), ((dst, dst),), ((service, service),),
+              frozenset({in_iface}), view.all_in)
+    return any(entry.box.intersect(box) is not None
+               for entry in view.local_groups[family].rules)
+
+
 def _seen(view: MemberView, family: int, src: int, dst: int, service: int, in_iface: str) \
         -> bool:
     """The member meets the packet in normal operation (active-active: not a VIP the
@@ -396,8 +410,9 @@ def _packet_differs(before: Node, after: Node, views: list[MemberView], routes: 
                                             for v in views):
             continue
         for choice in range(4):
-            fates = [_fate(n, r, family, src, dst, service, in_iface, choice)
-                     for n, r in zip((before, after), routes, strict=True)]
+            fates = [_fate(n, r, family, src, dst, service, in_iface, choice,
+                           _joined(v, family, src, dst, service, in_iface))
+                     for n, r, v in zip((before, after), routes, views, strict=True)]
             if (fates[0].accepted, fates[0].dnat) != (fates[1].accepted, fates[1].dnat):
                 yield Differs(after.member.name, family, src, dst, service, *fates)
             if len(routes[0].lookup(family, dst)) == len(routes[1].lookup(family, dst)) == 1:
