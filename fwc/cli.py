@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", metavar="FILE", help="member -> host file")
     add_secrets_arguments(p, "with --installed: the secrets install was given")
     add_include_path_argument(p)
+    # fwc.toml's `backend` (no flag): --installed compiles for what `fwc compile` wrote
+    p.set_defaults(backend=None)
     add_jobs_argument(p, "for the checks of both sides, then for reading the compiled files",
                       "1,000 to 50,000 rules in both sides together")
 

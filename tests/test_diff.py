@@ -175,6 +175,37 @@ def test_vrid_and_sync_changes(repo, capsys):
     assert re.search(r"\d+ files changed, \d+ insertions\(\+\), \d+ deletions\(-\)", out)
 
 
+def test_settings_that_change_the_automatic_rules_are_named(repo, capsys):
+    """`vrrp { unicast }` and the sync link's `allow ssh` change which HA traffic the
+    automatic rules accept (the traffic lines show it), but the settings said nothing:
+    the reviewer saw accepted vrrp and ssh between the members with no setting that
+    explains it."""
+    policy = repo / "policies" / "edge.fw"
+    edit(policy, "advert 1s  vrid 51 }", "advert 1s  vrid 51  unicast }")
+    edit(policy, "port 3780 }", "port 3780  allow ssh }")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "  vrrp: unicast off -> on" in out
+    assert "  sync: allow none -> ssh" in out
+    traffic = section(out, "traffic")
+    assert "service ssh in sync (only fw1)  [automatic rule 'fwc auto: sync allow ssh']" \
+        in traffic
+
+
+def test_a_changed_default_policy_is_reported(repo, capsys):
+    """Only `default { output drop }` added: the setting and the firewall's own traffic
+    it now drops are in the summary (both were missing: a change that closes traffic
+    read as none)."""
+    edit(repo / "policies" / "edge.fw", "    interface lan ",
+         "    default { output drop }\n    interface lan ")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "  default: output accept -> drop" in out
+    traffic = section(out, "traffic")
+    assert "newly denied:  from firewall to any except " in traffic
+    assert "newly allowed" not in traffic
+
+
 def test_name_only_and_colour(repo, capsys):
     edit(repo / "policies" / "edge.fw", "member fw2 priority 100", "member fw2 priority 90")
     code, out, _ = fwc_diff(capsys, "--name-only")
@@ -529,3 +560,91 @@ def test_a_chains_answer_for_other_members_is_read_again():
         {("edge", "fw1"): [], ("edge", "fw2"): []})
     for value in (both[:1], both + [["edge", "fw3", []]], [both], "x"):
         assert _chains_answer(_Answering(value), members) is None  # type: ignore[arg-type]
+
+
+def _site_web(repo: Path, directory: str, address: str) -> None:
+    (repo / directory / "site").mkdir(parents=True, exist_ok=True)
+    (repo / directory / "site" / "web.fw").write_text(f"host    web      {address}\n",
+                                                      encoding="utf-8")
+
+
+def _edge_with_site_web(repo: Path) -> None:
+    """edge.fw taking `web` from `<site/web.fw>`, found through fwc.toml's include_path
+    (lib1: 192.0.2.80), committed."""
+    edit(repo / "policies" / "edge.fw", "host    web      192.0.2.80\n",
+         "include <site/web.fw>\n")
+    _site_web(repo, "lib1", "192.0.2.80")
+    (repo / "fwc.toml").write_text('include_path = ["lib1"]\n', encoding="utf-8")
+    commit(repo, "web from the site library")
+
+
+def test_each_side_reads_its_own_fwc_toml(repo, capsys):
+    """A commit that only points fwc.toml's include_path at another directory (where
+    `web` is another host) changes what the dnat and the rule to web do. Both sides were
+    read with the working tree's fwc.toml: the old one looked for lib2, which it does not
+    have, and the change showed as nothing (exit 0) or as an old side that does not
+    compile."""
+    _edge_with_site_web(repo)
+    _site_web(repo, "lib2", "192.0.2.81")
+    (repo / "fwc.toml").write_text('include_path = ["lib2"]\n', encoding="utf-8")
+    commit(repo, "web from lib2")
+    for args in (("HEAD~1..HEAD",), ("HEAD~1..HEAD", "policies/edge.fw")):
+        code, out, err = fwc_diff(capsys, "--stat", *args)
+        assert (code, err) == (1, ""), err
+        assert "--to-destination 192.0.2.81" in out
+        assert re.search(r"newly allowed: from any except .* to web service web in uplink", out)
+    # the command line's --include-path still wins, on both sides: nothing changed there
+    assert fwc_diff(capsys, "HEAD~1..HEAD", "--include-path", "lib1") == (0, "", "")
+
+
+def test_a_change_to_fwc_toml_alone_is_compared(repo, capsys):
+    """fwc.toml edited in the working tree, nothing else: the policy whose includes it
+    redirects is compared (its own files did not change)."""
+    _edge_with_site_web(repo)
+    _site_web(repo, "lib2", "192.0.2.81")
+    commit(repo, "lib2 exists")
+    (repo / "fwc.toml").write_text('include_path = ["lib2"]\n', encoding="utf-8")
+    code, out, _ = fwc_diff(capsys, "--stat")
+    assert code == 1
+    assert "cluster edge (policies/edge.fw)" in out
+    assert "--to-destination 192.0.2.81" in out
+
+
+def test_each_side_is_compiled_for_its_fwc_toml_backend(repo, capsys):
+    """`backend = "nftables"` in fwc.toml: `fwc compile` writes nftables.nft, but `fwc
+    diff` compiled the policy's own backend (iptables), so its patch was of files no
+    node loads, and a commit that only switched the backend showed no change."""
+    (repo / "fwc.toml").write_text('backend = "nftables"\n', encoding="utf-8")
+    commit(repo, "nftables")
+    code, out, _ = fwc_diff(capsys, "--name-only", "HEAD~1..HEAD")
+    assert code == 1
+    assert "edge/fw1/nftables.nft" in out.splitlines()
+    assert "edge/fw1/iptables.rules" in out.splitlines()  # gone on the new side
+    assert fwc_diff(capsys, "--stat", "HEAD~1..HEAD")[1].count("newly") == 0
+    edit(repo / "policies" / "edge.fw", "to any      service ident", "to any      service echo")
+    code, out, _ = fwc_diff(capsys, "--name-only")
+    assert code == 1
+    assert out.splitlines() == ["edge/MANIFEST", "edge/fw1/nftables.nft",
+                                "edge/fw2/nftables.nft"]
+
+
+def test_drift_is_read_for_the_fwc_toml_backend(repo, capsys, monkeypatch):
+    """`fwc diff --installed` compiled the policy's own backend too: on a node installed
+    from an nftables compile it compared iptables-save with iptables rules nobody
+    installed, never fwc's nftables table."""
+    from fwc.diffing import installed
+
+    (repo / "fwc.toml").write_text('backend = "nftables"\n', encoding="utf-8")
+    seen = {}
+
+    def compare(transport, compiled, backend, families):  # noqa: ANN001, ANN202
+        seen["backend"], seen["files"] = backend, set(compiled)
+        return []
+
+    monkeypatch.setattr(installed, "compare", compare)
+    monkeypatch.setattr(installed, "installed_by", lambda transport: "fw1: (test)")
+    assert main(["diff", "--installed", "fw1", "--transport", "local",
+                 "policies/edge.fw"]) == 0
+    capsys.readouterr()
+    assert seen["backend"] == "nftables"
+    assert "nftables.nft" in seen["files"] and "iptables.rules" not in seen["files"]

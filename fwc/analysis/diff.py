@@ -21,6 +21,7 @@ new piece is re-entered into the old version (`_reenter`) before comparing.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import field
 from difflib import SequenceMatcher
@@ -29,8 +30,9 @@ from fwc.analysis.describe import Vocabulary, describe_box
 from fwc.analysis.engine import CHAINS, FAMILIES, MemberView, Piece, classify_box, merge_routed
 from fwc.analysis.index import RuleList
 from fwc.analysis.space import ALL_SERVICES, LOCAL, Box, full_addresses
-from fwc.model import Cluster
+from fwc.model import Cluster, NatTarget
 from fwc.model.addresses import AddressSet
+from fwc.model.intervals import contains
 from fwc.model.records import dataclass
 
 # A region assembled from more changed rules than this is compared whole, chain by chain.
@@ -89,6 +91,25 @@ def _disjoint(boxes: Iterable[Box]) -> list[Box]:
             if not pieces:
                 break
         out.extend(pieces)
+    return out
+
+
+def _translated_into(old: MemberView, new: MemberView, family: int,
+                     boxes: list[Box]) -> list[Box]:
+    """The boxes of the dnat rules (of either version) that translate packets into the
+    destinations of BOXES. The filter sees a dnat's packets with their new destination,
+    so a changed filter rule for a dnat target (`accept from any to web` behind `dnat
+    ... uplink.vip ... -> web`) changes packets whose own destination, the VIP, lies
+    outside its box: without these, only the direct traffic to web was reported."""
+    if not boxes:
+        return []
+    out: list[Box] = []
+    for view in (old, new):
+        for entry in view.dnat[family].rules:
+            targets = [t.addresses.family(family)[0][0]
+                       for t in entry.rule.targets_in(family)] if entry.rule.targets else []
+            if any(contains(box.dst, target) for box in boxes for target in targets):
+                out.append(entry.box)
     return out
 
 
@@ -151,21 +172,25 @@ def changed_regions(old: MemberView, new: MemberView, *, whole: bool = False) \
     for family in FAMILIES:
         candidates = _unaligned(old.filter[(family, "forward")],
                                 new.filter[(family, "forward")])
-        candidates += _unaligned(old.dnat[family], new.dnat[family])
         if old.elsewhere or new.elsewhere:
             # another member's VIPs read per chain: INPUT/OUTPUT have a list of their own
             candidates += _unaligned(old.filter[(family, "input")],
                                      new.filter[(family, "input")])
+        candidates += _translated_into(old, new, family, candidates)
+        candidates += _unaligned(old.dnat[family], new.dnat[family])
         candidates += _auto_changes(old, new, family)
         if not same_shape:
             candidates += _subnet_changes(old, new, family)
-        for chain in CHAINS:
+        # The member's own traffic to itself is always accepted; it changes only when
+        # an address became the member's (a VIP it now holds: loopback, not OUTPUT).
+        for chain in CHAINS if same_shape else (*CHAINS, "local"):
             region = new.regions[(family, chain)]
             chain_candidates = list(candidates)
             if not same_shape:
                 # packets that changed chain, or arrive on an interface that is new
                 chain_candidates += _minus(region, old.regions[(family, chain)])
-            if whole:
+            if whole or old.cluster.defaults.of(chain) != new.cluster.defaults.of(chain):
+                # a changed default decides anything no rule does: the whole chain
                 chain_candidates = [region]
             parts = [p for c in chain_candidates if (p := c.intersect(region)) is not None]
             if len(parts) > MAX_REGION_BOXES:
@@ -212,16 +237,65 @@ def member_changes(old: MemberView, new: MemberView, *, whole: bool = False) \
             entries = [(now.box, chain)] if same_shape else _reenter(old, now.box)
             for entry, old_chain in entries:
                 for before in classify_box(old, entry, old_chain, entry_terms=True):
-                    if now.accepted == before.accepted:
+                    verdict = _changed(now, before)
+                    if verdict is None:
                         continue
                     changed = now.box.with_(src=before.box.src, dst=before.box.dst,
                                             services=before.box.services)
-                    out.append(("allowed" if now.accepted else "denied", now, changed))
+                    out.append((verdict, now, changed))
     return out
+
+
+def _backend(piece: Piece) -> tuple[str, int | None] | None:
+    """Where the dnat stage sends the piece's packets (None: nowhere else)."""
+    step = piece.dnat
+    return None if step is None or step.address is None else (step.address, step.port)
+
+
+def _other_backend(now: Piece, before: Piece) -> bool:
+    """NOW and BEFORE are different backends of a pool that the other version's pool
+    also has: each is compared with its own (a dnat that shares load yields one piece
+    per backend for the same packets, and backend A now against backend B then was a
+    change that did not happen)."""
+    ours, theirs = _backend(now), _backend(before)
+    if ours is None or theirs is None or ours == theirs:
+        return False
+    assert now.dnat is not None and before.dnat is not None
+    family = now.box.family
+    return (any(_is(target, ours, family) for target in before.dnat.rule.targets_in(family))
+            or any(_is(target, theirs, family)
+                   for target in now.dnat.rule.targets_in(family)))
+
+
+def _is(target: NatTarget, backend: tuple[str, int | None], family: int) -> bool:
+    first = target.addresses.family(family)[0][0]
+    make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    return (str(make(first)), target.port) == backend
+
+
+def _changed(now: Piece, before: Piece) -> str | None:
+    """What the packets of both pieces newly are: "allowed", "denied", "redirected" (accepted
+    both ways, but the dnat now sends them elsewhere) or None (nothing changed)."""
+    if _other_backend(now, before):
+        return None
+    if now.accepted != before.accepted:
+        return "allowed" if now.accepted else "denied"
+    if now.accepted and _backend(now) != _backend(before):
+        return "redirected"
+    return None
 
 
 def _where(piece: Piece) -> str:
     return piece.rule.location if piece.rule is not None else piece.decided_by
+
+
+def _reported(verdict: str, piece: Piece) -> tuple[str, str, str]:
+    """(allowed|denied, where, a note to the text): traffic a dnat now sends elsewhere is
+    newly allowed to go there, and says where (`(now dnat to 192.0.2.81)`)."""
+    if verdict != "redirected":
+        return verdict, _where(piece), ""
+    now = piece.dnat if piece.dnat is not None and piece.dnat.address is not None else None
+    return "allowed", _where(piece), f" (now {now})" if now else " (now not translated)"
 
 
 def traffic_changes(old: Cluster | None, new: Cluster | None,
@@ -239,7 +313,7 @@ def traffic_changes(old: Cluster | None, new: Cluster | None,
         vocabulary = Vocabulary.of_clusters(new, old)
     vocabulary = vocabulary.with_cluster(new)
     per_member: dict[tuple[str, str, str], list[str]] = {}
-    boxes: dict[tuple[str, str, str], list[Box]] = {}
+    boxes: dict[tuple[str, str, str], dict[str, list[Box]]] = {}
     members: list[str] = []
     for member in new.members:
         before = old.member(member.name)
@@ -247,21 +321,23 @@ def traffic_changes(old: Cluster | None, new: Cluster | None,
             continue
         members.append(member.name)
         old_view, new_view = MemberView(old, before), MemberView(new, member)
-        grouped: dict[tuple[str, str], list[Box]] = {}
+        grouped: dict[tuple[str, str, str], list[Box]] = {}
         for verdict, piece, box in member_changes(old_view, new_view, whole=whole):
-            grouped.setdefault((verdict, _where(piece)), []).append(box)
-        for (verdict, where), group in grouped.items():
+            grouped.setdefault(_reported(verdict, piece), []).append(box)
+        for (verdict, where, note), group in grouped.items():
             for box in merge_routed(group):
                 text = describe_box(box, vocabulary, new_view.firewall, new_view.interfaces)
-                key = (verdict, text, where)
-                per_member.setdefault(key, []).append(member.name)
-                boxes.setdefault(key, []).append(box)
+                key = (verdict, text + note, where)
+                if member.name not in per_member.get(key, ()):
+                    per_member.setdefault(key, []).append(member.name)
+                boxes.setdefault(key, {}).setdefault(member.name, []).append(box)
     out: list[TrafficChange] = []
-    for (verdict, text, where), names in per_member.items():
+    for key, names in per_member.items():
+        by_member = boxes[key]
         if len(names) == len(members):
-            out.append(TrafficChange(verdict, text, where, None, tuple(boxes[(verdict, text,
-                                                                               where)])))
+            out.append(TrafficChange(*key, None, tuple(b for name in names
+                                                       for b in by_member[name])))
         else:
-            out.extend(TrafficChange(verdict, text, where, name) for name in names)
+            out.extend(TrafficChange(*key, name, tuple(by_member[name])) for name in names)
     out.sort(key=lambda c: (c.verdict, c.text, c.member or ""))
     return out

@@ -30,7 +30,7 @@ APPLIES_TO: dict[str, frozenset[str]] = {
     "inventory": frozenset({"install", "status", "diff"}),
     "ssh": frozenset({"install", "status", "diff"}),
     "transport": frozenset({"install", "status", "diff"}),
-    "backend": frozenset({"compile"}),
+    "backend": frozenset({"compile", "diff"}),  # diff: --installed (each side: its own)
     "strict": frozenset({"check", "compile"}),
     "secrets": frozenset({"install", "diff"}),
     "secrets_env": frozenset({"install", "diff"}),
@@ -95,6 +95,8 @@ def apply_project_defaults(args: argparse.Namespace) -> list:  # list[Diagnostic
             return diagnostics
     if hasattr(args, "include_path") and not args.include_path and "include_path" in values:
         args.include_path = list(values["include_path"])  # type: ignore[call-overload]
+        # `fwc diff` reads each side's own fwc.toml instead (fwc.diffing.project)
+        args.include_path_from_config = True
     for dest, value in BUILTIN.items():
         if _applies(args, dest) and getattr(args, dest) is None:
             setattr(args, dest, value)

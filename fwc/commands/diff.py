@@ -23,6 +23,7 @@ from fwc.diffing.build import Build, BuildError, compile_sides
 from fwc.diffing.colour import Palette, wants_colour
 from fwc.diffing.discover import changed_policies
 from fwc.diffing.git import GitError, is_rev, parse_range, repo_root
+from fwc.diffing.project import IncludePaths
 from fwc.diffing.report import render_summary, summary_json
 from fwc.diffing.semantic import (
     ChainChange,
@@ -99,8 +100,11 @@ def _run(args: argparse.Namespace) -> int:
     first_file = next((w for w in words if Path(w).exists()), None)
     repo = repo_root(Path(first_file).parent if first_file else Path.cwd())
     spec, file_args = split_args(repo, words)
-    # Both sides are read from git, so a search directory must be part of the repository.
-    searched = [Path(_include_dir(repo, d)) for d in getattr(args, "include_path", [])]
+    # Both sides are read from git, so a search directory must be part of the repository;
+    # without one on the command line, each side's fwc.toml says (fwc.diffing.project).
+    given = [] if getattr(args, "include_path_from_config", False) \
+        else getattr(args, "include_path", [])
+    searched = IncludePaths([Path(_include_dir(repo, d)) for d in given] if given else None)
     old, new = parse_range(repo, spec)
     policies = ([repo_relative(repo, f) for f in file_args]
                 or changed_policies(old, new, searched))

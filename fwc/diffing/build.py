@@ -20,9 +20,11 @@ from typing import Any
 from fwc import parallel
 from fwc.diagnostics import Diagnostic, has_errors
 from fwc.diffing.git import Side, normalise
+from fwc.diffing.project import IncludePaths
 from fwc.frontend.sources import secret_reader
 from fwc.model import Policy
 from fwc.model.records import dataclass
+from fwc.model.vocabulary import Backend
 from fwc.pipeline import (
     DIFF_FORK_RULES,
     Analysis,
@@ -44,6 +46,7 @@ class Build:
     texts: dict[str, str]
     # parsed and resolved, its checks still to run (None: no file, or checked)
     modelled: Modelled | None = None
+    backend: Backend | None = None  # the side's fwc.toml's (None: each cluster's own)
 
 
 class BuildError(Exception):
@@ -56,19 +59,22 @@ class BuildError(Exception):
 
 
 def compile_sides(old: Side, new: Side, rel: str, old_dir: Path, new_dir: Path,
-                  include_path: Sequence[Path] = (), jobs: int = parallel.AUTO) \
+                  include_path: IncludePaths | None = None, jobs: int = parallel.AUTO) \
         -> tuple[Build, Build]:
     """REL as it is on OLD and on NEW, analysed and compiled into OLD_DIR and NEW_DIR;
     BuildError for the first side (old, then new) that does not compile.
 
-    INCLUDE_PATH: repository-relative directories, read on each side like the policy.
+    INCLUDE_PATH: each side's repository-relative directories (the command line's, or
+    that side's fwc.toml's), read on each side like the policy.
     JOBS (fwc.parallel): whether the checks may run in a worker process."""
-    before = _front(old, rel, include_path)
+    paths = include_path or IncludePaths(())
+    before = _front(old, rel, paths.of(old, rel))
     try:
-        after = _front(new, rel, include_path)
+        after = _front(new, rel, paths.of(new, rel))
     except BuildError:
         _accept(before, checked)  # the old side's errors come first
         raise
+    before.backend, after.backend = paths.backend(old, rel), paths.backend(new, rel)
     sides = [(before, old_dir), (after, new_dir)]
     fronts = [b.modelled for b, _ in sides if b.modelled is not None]
     # The worker holds both sides' check tables: the fork bound counts both policies.
@@ -174,7 +180,8 @@ def _write(build: Build, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # (chain texts kept for the next member spill beside the directory, as in compile)
     write_output(directory, build.path, stream_policy(
-        build.policy, redact=True, chunked=True, spill_dir=str(directory.parent)))
+        build.policy, redact=True, backend=build.backend, chunked=True,
+        spill_dir=str(directory.parent)))
     build.outdir = directory
 
 

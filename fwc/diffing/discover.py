@@ -9,10 +9,10 @@ side) changed between the two sides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from fwc.diffing.git import Side, changed_paths, normalise
+from fwc.diffing.project import IncludePaths
 from fwc.frontend.loader import load
 
 POLICY_DIR = "policies"
@@ -31,18 +31,25 @@ def candidates(old: Side, new: Side) -> list[str]:
 UNREAD = frozenset({"FWC002", "FWC010", "FWC011", "FWC012", "FWC013"})
 
 
-def sources(side: Side, rel: str, include_path: Sequence[Path] = ()) -> set[str] | None:
-    """Every file REL reads on SIDE (itself and its includes); empty if absent; None when
-    one of them could not be read (UNREAD)."""
+def sources(side: Side, rel: str, include_path: IncludePaths | None = None) \
+        -> set[str] | None:
+    """Every file REL reads on SIDE (itself, its includes and the fwc.toml that says where
+    they are looked up); empty if absent; None when one of them could not be read
+    (UNREAD)."""
     if not side.exists(rel):
         return set()
-    program, diagnostics = load(Path(rel), reader=side.read, include_path=include_path)
+    paths = include_path or IncludePaths(())
+    program, diagnostics = load(Path(rel), reader=side.read,
+                                include_path=paths.of(side, rel))
     if any(d.code in UNREAD for d in diagnostics):
         return None
-    return {normalise(path) for path, _ in program.hashes} | {rel}
+    config = paths.config(side, rel).path
+    return {normalise(path) for path, _ in program.hashes} | {rel} \
+        | ({config} if config else set())
 
 
-def changed_policies(old: Side, new: Side, include_path: Sequence[Path] = ()) -> list[str]:
+def changed_policies(old: Side, new: Side, include_path: IncludePaths | None = None) \
+        -> list[str]:
     """The top-level policies that read a changed file on either side, and those of which
     a file could not be read (compared, so that the diff reports why, never passes over
     a change it could not see)."""

@@ -175,6 +175,16 @@ class Side:
             return (self.repo / rel).is_file()
         return git(self.repo, "cat-file", "-e", f"{self.rev}:{rel}", check=False).returncode == 0
 
+    def is_dir(self, rel: str | None) -> bool:
+        """Whether REL (repository-relative, None: outside) is a directory on this side."""
+        if rel is None:
+            return False
+        if self.rev is WORKTREE:
+            return (self.repo / rel).is_dir()
+        spec = f"{self.rev}:" if rel in ("", ".") else f"{self.rev}:{rel}"
+        found = git(self.repo, "cat-file", "-t", spec, check=False)
+        return found.returncode == 0 and found.stdout.strip() == "tree"
+
     def list_fw(self, directory: str) -> list[str]:
         """Repository-relative `*.fw` files directly inside DIRECTORY ("" = top)."""
         if self.rev is WORKTREE:

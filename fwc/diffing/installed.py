@@ -99,8 +99,10 @@ def _run(args: argparse.Namespace) -> int:
     # The passwords install would have written: the policy's, or the --secrets* source's.
     secrets = read_secret_source(args.secrets, getattr(args, "secrets_env", None),
                                  getattr(args, "secrets_command", None))
+    # What `fwc compile` wrote and install loaded: fwc.toml's backend wins over the policy's.
+    backend = Backend(args.backend) if getattr(args, "backend", None) else None
     compiled = {}
-    for output in compile_policy(policy, redact=secrets is not None):
+    for output in compile_policy(policy, redact=secrets is not None, backend=backend):
         if output.name == cluster.name:
             prefix = f"{member.name}/"
             compiled = {f.path[len(prefix):]: fill(cluster.name, f.path[len(prefix):],
@@ -108,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
                         for f in output.files if f.path.startswith(prefix)}
     palette = Palette(wants_colour(args.color, sys.stdout))
     sys.stdout.write(installed_by(transport) + "\n")
-    drift = compare(transport, compiled, cluster.backend, cluster.families)
+    drift = compare(transport, compiled, backend or cluster.backend, cluster.families)
     for title, lines in drift:
         sys.stdout.write(palette.bold(f"drift: {title}") + "\n")
         for line in lines:

@@ -299,7 +299,7 @@ def _text(path: Path | None) -> str:
 
 
 def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
-    """VIP, VRID, VRRP and sync changes, one line each."""
+    """VIP, VRID, VRRP, sync and default policy changes, one line each."""
     out: list[str] = []
     old_ifs = {i.name: i for i in old.interfaces}
     new_ifs = {i.name: i for i in new.interfaces}
@@ -321,12 +321,14 @@ def cluster_settings(old: model.Cluster, new: model.Cluster) -> list[str]:
         out.extend(handling_change(old, new, name))
     out.extend(_fields("vrrp", old.vrrp, new.vrrp, (
         "advert_ms", "version", "auth", "preempt", "preempt_delay_s", "vrid",
-        "garp_refresh_s")))
+        "garp_refresh_s", "unicast")))
     if (old.vrrp.password, old.vrrp.password_file) != (new.vrrp.password,
                                                        new.vrrp.password_file):
         out.append("vrrp: password changed")
     out.extend(_fields("sync", old.sync, new.sync,
-                       ("link", "mode", "transport", "group", "port", "mark_bit")))
+                       ("link", "mode", "transport", "group", "port", "mark_bit",
+                        "backup_link", "backup_port", "allow_labels")))
+    out.extend(_fields("default", old.defaults, new.defaults, ("input", "forward", "output")))
     # Routes and route-rules by what they say (a moved line is no change).
     old_routes = [r.text() for r in old.routes]
     new_routes = [r.text() for r in new.routes]
@@ -418,7 +420,8 @@ def _fields(prefix: str, old: object, new: object, names: tuple[str, ...]) -> li
     for name in names:
         before, after = getattr(old, name), getattr(new, name)
         if before != after:
-            out.append(f"{prefix}: {name.replace('_', ' ')} {_show(before)} -> {_show(after)}")
+            label = name.removesuffix("_labels").replace("_", " ")
+            out.append(f"{prefix}: {label} {_show(before)} -> {_show(after)}")
     return out
 
 
@@ -427,4 +430,6 @@ def _show(value: object) -> str:
         return "none"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
     return str(value)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
 
@@ -109,8 +110,6 @@ def _shown(path: Path) -> str:
 
 
 def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
-    import tomllib
-
     shown = _shown(path)
     try:
         info = os.stat(path)
@@ -129,6 +128,19 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return ProjectConfig(path), [error("FWC032", f"cannot read {CONFIG_NAME}: {reason}",
                                            Span(shown, 1, 1, 1, 1))]
+    root = repository_root(path)
+    return parse_config(text, path, shown, Path.is_dir,
+                        lambda where: inside(resolved(where), (root,)), root)
+
+
+def parse_config(text: str, path: Path, shown: str, is_dir: Callable[[Path], bool],
+                 in_repository: Callable[[Path], bool], root: Path) \
+        -> tuple[ProjectConfig, list[Diagnostic]]:
+    """The fwc.toml at PATH (named SHOWN in diagnostics) from its TEXT. IS_DIR and
+    IN_REPOSITORY (of ROOT) say what its paths are where it is read: on the disk, or at a
+    revision (`fwc diff` reads each side's own)."""
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -159,8 +171,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             continue
         if kind == PATH:
             where = base / str(value)
-            if key in WRITTEN_KEYS and not inside(resolved(where),
-                                                  (root := repository_root(path),)):
+            if key in WRITTEN_KEYS and not in_repository(where):
                 # (reads may go elsewhere: a secrets file is best kept out of the repository)
                 diagnostics.append(error(
                     "FWC031", f"'{key}' in {CONFIG_NAME}: '{_shown(where)}' is outside "
@@ -171,7 +182,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             values[key] = where
         elif kind == PATHS:
             directories = tuple(base / str(v) for v in value)  # type: ignore[attr-defined]
-            missing = [d for d in directories if not d.is_dir()]
+            missing = [d for d in directories if not is_dir(d)]
             if missing:
                 diagnostics.append(error("FWC031", f"'{key}' in {CONFIG_NAME}: "
                                          f"'{_shown(missing[0])}' is not a directory", span))
@@ -179,8 +190,7 @@ def load_config(path: Path) -> tuple[ProjectConfig, list[Diagnostic]]:
             # A project file comes with the repository (a pull request may change it):
             # it may widen what fwc reads only within that repository. Directories
             # elsewhere are the user's to give (--include-path).
-            root = repository_root(path)
-            outside = [d for d in directories if not inside(resolved(d), (root,))]
+            outside = [d for d in directories if not in_repository(d)]
             if outside:
                 diagnostics.append(error(
                     "FWC031", f"'{key}' in {CONFIG_NAME}: '{_shown(outside[0])}' is outside "
