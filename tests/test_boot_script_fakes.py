@@ -512,3 +512,25 @@ def _stop_watchdog_of(snap: Path) -> None:
     if pid:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), 9)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rollback_at_boot_kills_no_process_of_this_boot(member, tmp_path, shell):
+    """The install lock's holder (a `sleep` of fwc install) died with the node: after the
+    reboot its PID in install.owner may be any process's, a `sleep` of some unit's script
+    too. The rollback at boot lets go of the lock without killing that process."""
+    prepare = _on_probation(member, _old(member))
+    stranger = subprocess.Popen(["sleep", "30"])  # the PID, reused by this boot
+
+    def owner_of_the_earlier_boot(tmp: Path) -> None:
+        prepare(tmp)
+        (tmp / "etc/install.owner").write_text(f"{stranger.pid} t1 1700000000\n")
+
+    try:
+        status, _, loaded = _run(member, tmp_path, shell, prepare=owner_of_the_earlier_boot)
+        assert status == 0 and "loaded OLD-" in loaded, (tmp_path / "stderr").read_text()
+        assert stranger.poll() is None  # still running
+        assert not (tmp_path / "etc/install.owner").exists()  # the lock is let go
+    finally:
+        stranger.kill()
+        stranger.wait()

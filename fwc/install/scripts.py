@@ -232,6 +232,12 @@ def _lock_is_ours(token: str) -> str:
             f"[ $(( $(date +%s) - ${{s:-0}} )) -le {LOCK_SETUP_BUDGET} ]; }}")
 
 
+def _forget_lock(token: str) -> str:
+    """At boot, release() without its kill: the holder died with the earlier boot, and
+    the PID install.owner names may be any process of this one (a `sleep` too)."""
+    return f'{_read_owner()}if [ "$t" = {token} ]; then rm -f {LOCK_OWNER}; fi'
+
+
 def release(token: str) -> str:
     """Give the node lock back, when it is this install's (idempotent)."""
     # Waits (at most 1 s) until the holder is gone, so that the lock is free
@@ -837,7 +843,8 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "    fi",
         "fi",
         # Without the marker the watchdog tries again at its deadline.
-        f"if [ $rc -eq 0 ]; then touch $S/rolled-back; {release(token)}; fi",
+        f"if [ $rc -eq 0 ]; then touch $S/rolled-back; if [ -n \"$at_boot\" ]; then "
+        f"{_forget_lock(token)}; else {release(token)}; fi; fi",
         "exit $rc",
     ]
     return "\n".join(lines) + "\n"
