@@ -10,10 +10,12 @@ loads nothing and exits 0 (`iptables-restore --test < /dev/null`, `nft -c -f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -446,3 +448,89 @@ def test_a_reboot_on_probation_of_a_first_install_restores_what_ran_before_fwc(t
     assert not _node_file(tmp_path, "iptables.rules").exists()
     assert not _node_file(tmp_path, "fwc-firewall.sh").exists()
     assert (tmp_path / "etc/snapshot/rolled-back").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rollback_script_a_crash_left_empty_is_no_rollback_at_boot(member, tmp_path, shell):
+    """The node lost power before the snapshot reached the disk: its rollback.sh is empty,
+    and `sh` of an empty file exits 0 having done nothing. The boot must not take that for
+    a rollback (no rules loaded, exit 0: keepalived and conntrackd would start on a node
+    that filters nothing); it fails closed, and the next install refuses."""
+    prepare = _on_probation(member, _old(member))
+
+    def crashed(tmp: Path) -> None:
+        prepare(tmp)
+        (tmp / "etc/snapshot/rollback.sh").write_text("")
+
+    status, forwarding, loaded = _run(member, tmp_path, shell, prepare=crashed)
+    stderr = (tmp_path / "stderr").read_text()
+    assert (status, forwarding) == (1, "0"), stderr
+    assert "loaded Fail-closed" in loaded
+    assert "the rollback at boot failed" in stderr and "rolled back at boot:" not in stderr
+    assert _refusal(tmp_path, shell).returncode == 3
+
+
+def _durability(tmp: Path, script: str) -> list[str]:
+    """Run SCRIPT (an install step, its paths localised into TMP) with a `sync` that
+    records, each time it is called, which of the snapshot's files exist non-empty then."""
+    snap = tmp / "etc/snapshot"
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    _fake(bin_dir, "sync", f"cd {snap} && echo \"sync $(for f in rollback.sh watchdog.pid "
+                           f"confirmed; do [ -e $f ] && printf ' %s' $f; done)\" >> {tmp}/syncs")
+    subprocess.run(["sh", "-c", localise(script, tmp)], check=True, timeout=30,
+                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    return (tmp / "syncs").read_text().splitlines()
+
+
+def test_the_probation_is_on_disk_before_the_apply_and_so_is_its_confirmation(tmp_path):
+    """A power loss during the probation is what the rollback at boot is for: the snapshot
+    must be on disk before the watchdog.pid that makes a boot use it, both before the apply
+    changes anything, and a confirmation before fwc reports it (else the boot rolls back
+    what was confirmed)."""
+    snap = tmp_path / "etc/snapshot"
+    snap.mkdir(parents=True)
+    (snap / "rollback.sh").write_text(": rollback\n")
+    holder = subprocess.Popen(["sleep", "30"])  # the install lock's holder
+    try:
+        (tmp_path / "etc/install.owner").write_text(
+            f"{holder.pid} t1 {int(time.time())}\n")
+        assert _durability(tmp_path, scripts.arm_watchdog(30, token="t1")) == [
+            "sync  rollback.sh", "sync  rollback.sh watchdog.pid"]
+        (tmp_path / "syncs").unlink()
+        assert _durability(tmp_path, scripts.confirm(token="t1")) == [
+            "sync  rollback.sh watchdog.pid confirmed"]
+    finally:
+        holder.kill()
+        holder.wait()
+        _stop_watchdog_of(snap)
+
+
+def _stop_watchdog_of(snap: Path) -> None:
+    """Kill the watchdog arm_watchdog started (one a failed assertion left running)."""
+    pid = (snap / "watchdog.pid").read_text().strip() if (snap / "watchdog.pid").exists() else ""
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 9)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_rollback_at_boot_kills_no_process_of_this_boot(member, tmp_path, shell):
+    """The install lock's holder (a `sleep` of fwc install) died with the node: after the
+    reboot its PID in install.owner may be any process's, a `sleep` of some unit's script
+    too. The rollback at boot lets go of the lock without killing that process."""
+    prepare = _on_probation(member, _old(member))
+    stranger = subprocess.Popen(["sleep", "30"])  # the PID, reused by this boot
+
+    def owner_of_the_earlier_boot(tmp: Path) -> None:
+        prepare(tmp)
+        (tmp / "etc/install.owner").write_text(f"{stranger.pid} t1 1700000000\n")
+
+    try:
+        status, _, loaded = _run(member, tmp_path, shell, prepare=owner_of_the_earlier_boot)
+        assert status == 0 and "loaded OLD-" in loaded, (tmp_path / "stderr").read_text()
+        assert stranger.poll() is None  # still running
+        assert not (tmp_path / "etc/install.owner").exists()  # the lock is let go
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -336,6 +336,43 @@ def test_clusters_on_one_sync_segment_with_their_own_group_or_port_are_fine(tmp_
     assert run(tmp_path, text).diagnostics == ()
 
 
+def _link_local_sync(text: str, prefix: str) -> str:
+    """TEXT with each member's sync address under PREFIX: 169.254.1.1/30, .2/30."""
+    for old, new in (("203.0.113.1/24", "1/30"), ("203.0.113.2/24", "2/30"),
+                     ("198.18.1.1/24", "1/30"), ("198.18.1.2/24", "2/30")):
+        text = text.replace(old, prefix + new)
+    return text
+
+
+def test_two_pairs_each_on_its_own_link_local_sync_cable_are_fine(tmp_path):
+    """Each pair numbers its back-to-back sync cable 169.254.1.0/30 and keeps conntrackd's
+    default group and port: the subnets are every link's own (as FWC288 reads their
+    addresses), no shared segment, and no FWC225."""
+    text = _link_local_sync(BASE + CORE.replace("192.0.2.1", "198.18.2.1")
+                            .replace("192.0.2.25", "198.18.2.25"), "169.254.1.")
+    assert text.count("169.254.1.1/30") == 2 and "225.0.0.50 port 3780" in text
+    assert run(tmp_path, text).diagnostics == ()
+    # the same plan on routable addresses is one segment (and one address, FWC288)
+    shared = _link_local_sync(BASE + CORE.replace("192.0.2.1", "198.18.2.1")
+                              .replace("192.0.2.25", "198.18.2.25"), "198.19.1.")
+    assert {"FWC225", "FWC288"} <= {d.code for d in run(tmp_path, shared).diagnostics}
+
+
+def test_one_vrid_with_link_local_vips_on_separate_segments_is_fine(tmp_path):
+    """The gateway of each IPv6 segment at fe80::fe, a link-local VIP (hosts learn their
+    prefix from router advertisements): every link is on fe80::/64, so two clusters on
+    segments of their own may give it one VRID (FWC210 is about one segment)."""
+    core = CORE.replace("192.0.2.1", "198.18.2.1").replace("192.0.2.253/24",
+                                                           "198.18.2.253/24, fe80::fe/64")
+    core = core.replace("198.18.2.11/24", "198.18.2.11/24, fe80::11/64").replace(
+        "198.18.2.12/24", "198.18.2.12/24, fe80::12/64")
+    edge = BASE.replace("2001:db8:1::", "fe80::").replace("network lan6     fe80::/64\n", "")
+    edge = edge.replace("    accept from lan6   to any      service tcp/80,443\n", "")
+    text = edge + core
+    assert "vrid 51" in core and text.count("fe80::fe/64") == 2
+    assert run(tmp_path, text).diagnostics == ()
+
+
 @pytest.mark.parametrize("mode", ["notrack", "alarm"])
 def test_three_members_with_a_mode_that_takes_every_sender_are_fine(tmp_path, mode):
     text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("mode ftfw", f"mode {mode}"))

@@ -268,6 +268,42 @@ def test_the_role_checks_the_password_with_fwcs_own_rule(tmp_path, capsys):
     assert "a number in YAML" in number and "a boolean in YAML" in boolean
 
 
+# Python 3.9's dataclass, as far as the carried rule meets it: no `slots` (3.10).
+_PYTHON39_DATACLASSES = (
+    "import dataclasses, sys, types\n"
+    "real = dataclasses.dataclass\n"
+    "def dataclass(cls=None, /, **options):\n"
+    "    if 'slots' in options:\n"
+    "        raise TypeError(\"dataclass() got an unexpected keyword argument 'slots'\")\n"
+    "    return real(cls, **options)\n"
+    "shim = types.ModuleType('dataclasses')\n"
+    "shim.__dict__.update(vars(dataclasses), dataclass=dataclass)\n"
+    "sys.modules['dataclasses'] = shim\n")
+
+
+def test_the_password_filter_loads_on_the_oldest_controller_python_the_role_allows(
+        tmp_path, capsys):
+    """meta/main.yml asks for Ansible 2.15, whose controller may run Python 3.9: its
+    dataclass has no `slots`, and a carried rule that asked for them did not load (every
+    play using the filter failed). Run here against 3.9's dataclass."""
+    from fwc.model.passwords import describe_problems, password_problems
+
+    assert export(capsys, str(EDGE), "-o", str(tmp_path / "t"), "--redact-secrets",
+                  "--inventory", inventory(tmp_path, "fw1 a\nfw2 b\n"))[0] == 0
+    assert 'min_ansible_version: "2.15"' in (tmp_path / "t/roles/fwc/meta/main.yml").read_text()
+    plugin = tmp_path / "t/roles/fwc/filter_plugins/fwc_password.py"
+    script = (_PYTHON39_DATACLASSES + "import json\nns = {}\n"
+              "exec(open(sys.argv[1]).read(), ns)\n"
+              "f = ns['FilterModule']().filters()['fwc_vrrp_password_problem']\n"
+              "json.dump([f(w) for w in json.loads(sys.stdin.read())], sys.stdout)\n")
+    words = REFUSED + ACCEPTED
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(plugin)],
+                         input=json.dumps(words), capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [describe_problems(password_problems(w)) for w in words]
+
+
 def test_a_refused_or_missing_password_stops_the_playbook_before_any_node(tmp_path, capsys):
     """Checked in a first play for every member of every cluster, as fwc install checks
     its secrets first: nothing connects to a node (the members' hosts do not exist)."""

@@ -363,7 +363,8 @@ def test_rows_are_frozen_data():
 
 def test_install_preflight_asks_for_the_programs_of_the_rows_it_installs():
     tools = scripts.required_tools([BY_NAME["iptables.rules"], BY_NAME["keepalived.conf"]])
-    assert [tool for tool, _ in tools] == ["flock", "cmp", "iptables-restore", "iptables-save",
+    assert [tool for tool, _ in tools] == ["flock", "cmp", "sync", "iptables-restore",
+                                           "iptables-save",
                                            "keepalived", "pkill"]
     every = {tool for tool, _ in scripts.required_tools(list(FILES))}
     assert {"ipset", "unshare", "conntrackd", "sysctl", "ip6tables-restore"} <= every

@@ -11,6 +11,7 @@ tests/test_install_nft.py).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -379,10 +380,12 @@ def test_retire_and_rollback_scripts_of_each_backend_touch_only_the_other_or_the
     assert "delete table inet fwc" in retire and "iptables-restore" not in retire
     # Its rollback touches fwc's table only where the snapshot saved it (a switch).
     rollback = scripts.rollback_script(ipt, [], token="t")
-    guarded = rollback.split("if [ -e $S/nft.save ]; then\n", 1)
-    assert len(guarded) == 2 and "nft" not in guarded[0]
-    assert "nft" not in guarded[1].split("\nfi\n", 1)[1]
-    block = guarded[1].split("\nfi\n", 1)[0]  # the saved table back, never a deletion
+    # (the rules' rollback is indented: at boot the old boot script loads instead)
+    found = re.search(r"^( *)if \[ -e \$S/nft\.save \]; then\n(.*?)\n\1fi\n", rollback,
+                      re.MULTILINE | re.DOTALL)
+    assert found is not None
+    assert "nft" not in rollback[:found.start()] and "nft" not in rollback[found.end():]
+    block = found.group(2)  # the saved table back, never a deletion
     assert "cat $S/nft.save; } | nft -f -" in block and "else" not in block
 
 

@@ -17,7 +17,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
 from fwc.model.passwords import password_problems
-from fwc.model.topology import subnet_role
+from fwc.model.topology import one_segment, subnet_role
 
 E = Severity.ERROR
 
@@ -247,7 +247,9 @@ advert shortens the backup's wait for its own master. Measured with keepalived
 2.2.7 and two such pairs on one bridge: each backup took its cluster's VIPs for a
 moment every three to four seconds, claiming them on the segment while its master
 still held them. With `vrrp { unicast }` in either cluster the adverts of each go
-to its own members only, and its rules take VRRP from them only.""")
+to its own members only, and its rules take VRRP from them only. Link-local subnets
+(fe80::/64, 169.254.0.0/16) are every link's own: an overlap there is no shared
+segment.""")
 def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for family in (4, 6):
@@ -284,7 +286,7 @@ def _vrids_shared_across_clusters(policy: Policy) -> Iterator[Diagnostic]:
                 theirs = list(_vrrp_segments(earlier, family))
                 for iface, subnet in _vrrp_segments(cluster, family):
                     for first, other in theirs:
-                        if first.vrid != iface.vrid or not subnet.overlaps(other):
+                        if first.vrid != iface.vrid or not one_segment(subnet, other):
                             continue
                         yield error("FWC210", f"interface '{iface.name}' of cluster "
                                     f"'{cluster.name}' uses VRID {iface.vrid} for "
@@ -527,7 +529,8 @@ each fill their external caches with the other cluster's connections, commit the
 into their kernel tables at a failover, and their senders' sequence numbers would
 interleave, so FTFW drops states (FWC224). A different group or port per cluster
 keeps them apart: a member joins only its own group, and its rules take only its own
-group and port on the link.""")
+group and port on the link. Link-local sync subnets (169.254.0.0/16) are every link's
+own: two pairs may each number their back-to-back sync cable alike.""")
 def sync_shared_across_clusters(policy: Policy) -> Iterable[Diagnostic]:
     multicast = [c for c in policy.clusters if c.sync.transport == "multicast"]
     for index, cluster in enumerate(multicast):
@@ -537,7 +540,7 @@ def sync_shared_across_clusters(policy: Policy) -> Iterable[Diagnostic]:
             theirs = list(_sync_segments(earlier))
             for name, port, subnet in _sync_segments(cluster):
                 for other, other_port, other_subnet in theirs:
-                    if port != other_port or not subnet.overlaps(other_subnet):
+                    if port != other_port or not one_segment(subnet, other_subnet):
                         continue
                     yield error("FWC225", f"sync link '{name}' of cluster '{cluster.name}' "
                                 f"uses group {cluster.sync.group} port {port} on {subnet}, as "

@@ -58,7 +58,16 @@ NFT_TABLE = f"inet {NFT_TABLE_NAME}"
 # Programs every install needs; each file's own are in its row (GeneratedFile.needs).
 # A missing one must stop the install before anything changes: skipping the
 # `keepalived -t` it would have run, or a reload, is not an install.
-_ALWAYS_NEEDED = (("flock", "the install lock"), ("cmp", "the snapshot"))
+_ALWAYS_NEEDED = (("flock", "the install lock"), ("cmp", "the snapshot"),
+                  ("sync", "a probation that outlives a power loss"))
+
+# Flushes what the install wrote so far to disk. Written files reach it seconds later
+# (ext4 commits every 5 s, and allocates the blocks of a new file up to 30 s later):
+# a power loss in between leaves them empty or absent, and a boot that rolls back an
+# unconfirmed install (fwc.backend.probation) would put an empty snapshot back (an
+# empty old boot script "loads" nothing and exits 0), or roll back an install whose
+# confirmation was lost.
+_DURABLE = "sync"
 
 
 # What may pass between taking the node lock and arming the watchdog (staging,
@@ -221,6 +230,12 @@ def _lock_is_ours(token: str) -> str:
     return (f'{{ {_read_owner()}[ "$t" = {token} ] && '
             '[ "$(cat /proc/$p/comm 2>/dev/null)" = sleep ] && '
             f"[ $(( $(date +%s) - ${{s:-0}} )) -le {LOCK_SETUP_BUDGET} ]; }}")
+
+
+def _forget_lock(token: str) -> str:
+    """At boot, release() without its kill: the holder died with the earlier boot, and
+    the PID install.owner names may be any process of this one (a `sleep` too)."""
+    return f'{_read_owner()}if [ "$t" = {token} ]; then rm -f {LOCK_OWNER}; fi'
 
 
 def release(token: str) -> str:
@@ -828,7 +843,8 @@ def rollback_script(files: list[GeneratedFile], reloads: list[str], *, token: st
         "    fi",
         "fi",
         # Without the marker the watchdog tries again at its deadline.
-        f"if [ $rc -eq 0 ]; then touch $S/rolled-back; {release(token)}; fi",
+        f"if [ $rc -eq 0 ]; then touch $S/rolled-back; if [ -n \"$at_boot\" ]; then "
+        f"{_forget_lock(token)}; else {release(token)}; fi; fi",
         "exit $rc",
     ]
     return "\n".join(lines) + "\n"
@@ -969,8 +985,11 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
     return (f"if ! {_lock_is_ours(token)}; then echo 'this install no longer holds the node "
             f"lock {INSTALL_LOCK} (it expired or was taken): nothing was applied, "
             "run fwc install again' >&2; exit 1; fi; "
-            f"rm -f {CONFIRMED} {ROLLED_BACK}; "
-            f"nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}")
+            # The snapshot on disk before the watchdog.pid that makes a boot use it, and
+            # both before the apply changes anything.
+            f"{_DURABLE} && rm -f {CONFIRMED} {ROLLED_BACK} && "
+            f"{{ nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}; }}"
+            f" && {_DURABLE}")
 
 
 def _watchdog_gone() -> str:
@@ -989,8 +1008,8 @@ def confirm(*, token: str) -> str:
             "if command -v flock >/dev/null 2>&1; then flock 9; fi; "
             f"if [ -e {ROLLED_BACK} ]; then "
             "echo 'too late: the node already restored the previous configuration' >&2; "
-            f"exit 1; fi; touch {CONFIRMED}; {_retire_now()}; exec 9>&-; {_watchdog_gone()}; "
-            f"{release(token)}")
+            f"exit 1; fi; touch {CONFIRMED} && {_DURABLE}; {_retire_now()}; exec 9>&-; "
+            f"{_watchdog_gone()}; {release(token)}")
 
 
 def rollback() -> str:

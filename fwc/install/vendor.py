@@ -20,8 +20,15 @@ from fwc import __version__
 
 # Modules the bundle replaces instead of carrying: `fwc.model.records.dataclass` is a
 # faster builder of the same classes as `dataclasses.dataclass` (its docstring), and
-# carrying it would carry 550 lines for a speed the rule does not need.
-REPLACED = {"fwc.model.records": "from dataclasses import dataclass\n"}
+# carrying it would carry 550 lines for a speed the rule does not need. Without `slots`,
+# which Python 3.9's dataclass refuses (a TypeError that unloaded the filter): the role
+# asks for Ansible 2.15 (meta/main.yml), whose controller may run 3.9, and the rule's
+# records need no slots.
+REPLACED = {"fwc.model.records": (
+    "import dataclasses\n\n\n"
+    "def dataclass(cls=None, **options):\n"
+    "    options.pop('slots', None)\n"
+    "    return dataclasses.dataclass(cls, **options)\n")}
 # Where the carried modules live in the process that loads the bundle: never `fwc`, so
 # a controller that has fwc installed keeps its own.
 PRIVATE = "_fwc_carried"

@@ -98,6 +98,16 @@ def holding_subnet(cluster: Cluster, member: Member, address: IPAddress) -> IPNe
                  if address in net), None)
 
 
+def one_segment(a: IPNetwork, b: IPNetwork) -> bool:
+    """Whether subnets A and B, of two clusters, put them on one segment: the address
+    plan is the only evidence of that, so they must overlap, and neither may be
+    link-local (169.254.0.0/16, fe80::/10), which every link may use on its own: each
+    IPv6 link is on fe80::/64, and two pairs each on its own back-to-back sync cable may
+    both number it 169.254.1.0/30 (FWC288 leaves such addresses alone for that reason)."""
+    return a.version == b.version and a.overlaps(b) \
+        and not a.is_link_local and not b.is_link_local
+
+
 def subnet_router_anycast(cluster: Cluster, address: IPAddress) -> IPNetwork | None:
     """The IPv6 subnet of a member whose Subnet-Router anycast address ADDRESS is (its
     all-zeros address, RFC 4291 2.6.1), or None. Every member is a router there and

@@ -93,6 +93,7 @@ def boot_script(cluster: Cluster, member: Member, files: tuple[GeneratedFile, ..
         "old_boot_failed": probation.OLD_BOOT_FAILED,
         "rolling_back": probation.ROLLING_BACK_AT_BOOT,
         "confirmed": probation.CONFIRMED,
+        "rolled_back": probation.ROLLED_BACK,
         # Both families always: forwarding.conf switches on only the cluster's own, so an
         # IPv4-only cluster keeps IPv6 forwarding off whatever else switched it on.
         "forwarding_off": [(key, "/proc/sys/" + key.replace(".", "/"))

@@ -94,8 +94,11 @@ roll_back_at_boot() {
     sh /etc/fwc/snapshot/rollback.sh boot
     case $? in
         0)
-            warn "rolled back at boot: the configuration from before the unconfirmed install runs"
-            exit 0 ;;
+            # Only with its marker: a rollback script a crash left empty exits 0 too.
+            if [ -e /etc/fwc/snapshot/rolled-back ]; then
+                warn "rolled back at boot: the configuration from before the unconfirmed install runs"
+                exit 0
+            fi ;;
         10)
             warn "rolled back at boot, but the rules from before the unconfirmed install did not load: their fail-closed ruleset is in, forwarding stays off"
             exit 1 ;;
