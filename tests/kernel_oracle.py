@@ -154,6 +154,10 @@ def draw_probes(rng: random.Random, count: int, policy: Policy, topo: Topology,
         origin, src, dst, (proto, port) = drawn
         if (src, dst, proto, port) not in seen:
             seen.add((src, dst, proto, port))
+            if proto == "gre":
+                # GRE without a key has no ports: conntrack takes a GRE packet the other
+                # way between the same addresses for the first one's reply (ESTABLISHED)
+                seen.add((dst, src, proto, port))
             probes.append(Probe(len(probes) + 1, origin, proto, src, dst, port))
     return probes
 

@@ -11,7 +11,7 @@ and the iptables failsafe factors address products into chains of their own
 
 - small random policies with the passes' thresholds lowered (`lowered_thresholds`: an
   ipset from 4 addresses, arranged from 6 rules, split from 4, nft maps from 2 rules);
-- large random policies (110 rules, groups of 18 to 38 prefixes) at the real thresholds.
+- large random policies (140 rules, groups of 18 to 38 prefixes) at the real thresholds.
 
 The topology has three sides (lan, dmz and ext, with groups of more than 16 prefixes in
 ext and lan), so every device split has an "other" path and rules without `in`/`out`
@@ -69,7 +69,7 @@ pytestmark = pytest.mark.root
 LOW_SEEDS = range(6)  # small policies, thresholds lowered
 BIG_SEEDS = range(2)  # large policies, the real thresholds
 PROBES_PER_POLICY = 90
-BIG_RULES = 110  # FORWARD is arranged from 64 rules, after the broad and shadowed ones
+BIG_RULES = 140  # FORWARD is arranged from 64 rules, after the broad and shadowed ones
 
 
 def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -102,6 +102,8 @@ group   clients  {", ".join(CLIENTS)}
 host    h1       198.51.100.9, 2001:db8:1::9
 group   servers  {", ".join(SERVERS)}, 2001:db8:2::10
 network web      203.0.113.128/26
+network extnet   198.18.0.0/15
+network dmznet   203.0.113.0/25
 service ssh      tcp/22
 service www      tcp/80,443
 service db       tcp/3306, tcp/5432
@@ -171,7 +173,7 @@ ENDPOINTS = ("any", "any", "firewall", "partners", "partners", "!partners", "pra
              "clients, !198.51.100.25", "h1", "servers", "servers", "!servers",
              "servers, !203.0.113.15", "web", "any, !web", "ext.vip", "lan.vip",
              "198.18.0.0/28, 198.18.1.16/28, 198.18.2.32/28, 198.18.3.48/28, 198.18.50.5",
-             "firewall, !lan.vip")
+             "firewall, !lan.vip", "extnet", "dmznet", "any, !extnet")
 SERVICES = ("", " service ssh", " service www", " service db", " service dns",
             " service ping", " service mail", " service tcp/1000-2000", " service tcp/8000-8100",
             " service udp/5000-5010", " service tcp/1-1023", " service gre", " service tcp",
@@ -179,7 +181,8 @@ SERVICES = ("", " service ssh", " service www", " service db", " service dns",
 DEVICES = ("lan", "dmz", "ext")
 ACTIONS = ("accept", "accept", "accept", "accept", "drop", "reject",
            "reject with host-unreachable", "reject with admin-prohibited")
-EXTRAS = ("", "", "", "", " log")
+EXTRAS = ("", "", "", "", "", " log")
+ACCEPT_EXTRAS = (" limit 1000/second burst 1000", " connlimit 100")
 DEFAULTS = ("", "default { forward reject }", "default { input reject }")
 # Broad rules without devices first: a later narrow accept in another chain or bucket
 # must not undo them.
@@ -221,13 +224,19 @@ SMALL = (("x1", "web", "198.51.100.200", "203.0.113.50", "203.0.113.90", "198.19
           "198.18.100.32/29"), ("2001:db8:3::5", "2001:db8:2::11", "2001:db8:1::77"))
 
 
+# (a reject is a jump to a chain of its own in a map; a logged rule too, with its log)
+PLAIN_VERDICTS = ("accept", "accept", "accept", "drop", "reject", "reject with tcp-reset")
+
+
 def _plain(rng: random.Random, big: bool) -> str:
     """A rule nft writes as a map element: one verdict, small sides, one port."""
     small = SMALL[rng.random() < 0.3]
     scope = " in ext out dmz" if big and rng.random() < 0.6 else \
         " in {} out {}".format(*rng.sample(DEVICES, 2))
-    return (f"    {rng.choice(('accept', 'accept', 'drop'))} from {rng.choice(small)} to "
-            f"{rng.choice(small)} service tcp/{rng.choice(BIG_PORTS)}{scope}")
+    verb, _, reject_type = rng.choice(PLAIN_VERDICTS).partition(" with ")
+    return (f"    {verb} from {rng.choice(small)} to {rng.choice(small)}"
+            f" service tcp/{rng.choice(BIG_PORTS)}{scope}{rng.choice(EXTRAS)}"
+            + (f" with {reject_type}" if reject_type else ""))
 
 
 def _rule(rng: random.Random, big: bool) -> str:
@@ -239,7 +248,7 @@ def _rule(rng: random.Random, big: bool) -> str:
     services = rng.choice(SERVICES)
     if big and rng.random() < 0.7:
         services = f" service tcp/{rng.choice(BIG_PORTS)}"
-    extra = rng.choice(EXTRAS)
+    extra = rng.choice(EXTRAS + (ACCEPT_EXTRAS if verb == "accept" else ()))
     return (f"    {verb} from {rng.choice(ENDPOINTS)} to {destination}{services}"
             f"{_scope(rng, destination, big)}{extra}{with_type}")
 
