@@ -253,11 +253,21 @@ def _rule(rng: random.Random, big: bool) -> str:
             f"{_scope(rng, destination, big)}{extra}{with_type}")
 
 
+def _fw2_first(head: str) -> str:
+    """HEAD with member fw2 declared before fw1: fw1's sets and arranged chains are then
+    the ones the compiler reuses from the member before it, where its chains are equal
+    (the cluster's memo: use_ipsets, arrange)."""
+    fw1 = head[head.index("    member fw1"):head.index("    member fw2")]
+    fw2 = head[head.index("    member fw2"):head.rindex("}")]
+    return head.replace(fw1 + fw2, fw2 + fw1)
+
+
 def policy_text(rng: random.Random, big: bool) -> str:
     broad = ["    " + b for b in rng.sample(BROAD, rng.randint(1, 3))]
     rules = [_rule(rng, big) for _ in range(BIG_RULES if big else rng.randint(14, 24))]
     nats = ["    " + n for n in rng.sample(NATS, rng.randint(0, 2))]
-    return (HEAD.replace("@DEFAULTS@", rng.choice(DEFAULTS))
+    head = _fw2_first(HEAD) if rng.random() < 0.5 else HEAD
+    return (head.replace("@DEFAULTS@", rng.choice(DEFAULTS))
             + "policy k {\n" + "\n".join(broad + rules) + "\n}\n"
             + ("nat k {\n" + "\n".join(nats) + "\n}\n" if nats else ""))
 
@@ -327,6 +337,7 @@ WANTED = {Backend.IPTABLES: ("ipsets", "set in a negation", "hash-named set", "d
                              "port buckets", "factored failsafe"),
           Backend.NFTABLES: ("nft sets", "nft device chains", "nft port buckets",
                              "nft verdict maps", "nft concatenations")}
+AFTER_FW2 = "fw1 compiled after fw2"  # (see _fw2_first)
 # What a big policy must show at the real thresholds, in each backend.
 BIG_WANTED = {Backend.IPTABLES: ("ipsets", "device chains", "port buckets"),
               Backend.NFTABLES: ("nft sets", "nft port buckets", "nft verdict maps")}
@@ -391,6 +402,9 @@ def _one_policy(names: dict[str, str], tmp_path: Path, seed: int, big: bool,
             with lowered_thresholds(0 if seed % 2 else None):
                 files[backend] = member_files(policy, backend)
     covered = shown(files[Backend.IPTABLES]) | shown(files[Backend.NFTABLES])
+    text = path.read_text(encoding="utf-8")
+    if text.index("member fw2") < text.index("member fw1"):
+        covered.add(AFTER_FW2)
     print(f"{kind} seed {seed} ({path.name}): {', '.join(sorted(covered))}", file=sys.stderr)
     tally.cover(covered)
     if big:
@@ -426,7 +440,7 @@ def test_the_kernel_does_what_fwc_query_says_on_optimised_output(tmp_path):
     print(f"\n{tally.policies} policies, {tally.probes} probes, {elapsed:.1f} s; runs showing "
           f"each optimisation: {tally.covered}", file=sys.stderr)
     assert not problems, "\n".join(problems[:40]) + "\n(policies in " + str(tmp_path) + ")"
-    missing = [c for wanted in WANTED.values() for c in wanted
+    missing = [c for wanted in (*WANTED.values(), (AFTER_FW2,)) for c in wanted
                if not (tally.covered or {}).get(c)]
     assert not missing, f"no run showed {missing}: the test no longer covers them"
     assert tally.policies == len(LOW_SEEDS) + len(BIG_SEEDS)
