@@ -96,10 +96,12 @@ _SERVICES = ("", " service ssh", " service web, dns", " service high", " service
 _SCOPES = ("", " in lan", " out uplink", " in dmz out lan", " only fw1", " only fw2",
            " in uplink")
 _EXTRAS = ("", " log", ' log "x"', " limit 5/second", " connlimit 3")
-# NAT sources hold no network around a firewall address: after routing such a side is
-# written as it is, unlike in `fwc query` (docs/language.md, "NAT rules": a known
-# difference); destinations may (`lan`, `dmz`), since before routing it is left out
-_NAT_SOURCES = ("any", "client", "web", "!client", "ext", "rng")
+# NAT sources and destinations may be networks around firewall addresses (`lan`, `dmz`):
+# after routing such a source is written as it is, and the engine reads it so (the
+# firewall's own packets from its lan address are translated); before routing such a
+# destination leaves them out
+_NAT_SOURCES = ("any", "client", "web", "!client", "ext", "rng", "lan", "dmz",
+                "lan, !client", "mixed, !fw1lan")
 _NAT_DESTINATIONS = ("any", "uplink.vip", "ext", "web", "lan.vip", "firewall", "lan", "dmz")
 _NAT = ("dnat from any to uplink.vip service web in uplink -> web",
         "dnat from any to {d} service ssh in {i} -> client",
@@ -154,7 +156,7 @@ def _snat_agree(node: Node, view: MemberView, family: int, src: int, dst: int,
     forwarded (or the firewall's own) packet alike (False: nothing to compare)."""
     from_fw = node.firewall.contains_address(_ip(family, src))
     to_fw = node.firewall.contains_address(_ip(family, dst))
-    if to_fw or (from_fw and _written_as_is(node, family, src)):
+    if to_fw:
         return False
     traffic = TrafficClass(_single(family, src), _single(family, dst),
                            (_service(protocol, port),), None if from_fw else in_iface,
@@ -187,16 +189,6 @@ def _snat_agree(node: Node, view: MemberView, family: int, src: int, dst: int,
         f" in {in_iface} out {out_iface}: engine {piece.snat}, compiled {decided.verdict} "
         f"{decided.options}")
     return True
-
-
-def _written_as_is(node: Node, family: int, src: int) -> bool:
-    """SRC (a firewall address) lies in a network that a snat-stage rule names: such a side
-    is written as it is, so the firewall's own packets are translated, unlike in `fwc
-    query` (docs/language.md, "NAT rules": the known difference; edge.fw's `snat from lan`)."""
-    address = _ip(family, src)
-    return any(item.addresses.contains_address(address)
-               for rule in node.cluster.nat for item in rule.source.items
-               if not item.negated and item.kind not in ("any", "firewall"))
 
 
 def agree_everywhere(path: Path, rng: random.Random, samples: int = 60) -> int:

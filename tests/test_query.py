@@ -341,3 +341,21 @@ def test_the_deciding_line_is_shown_as_the_parser_counts_it_and_never_raw(tmp_pa
     report = json.loads(capsys.readouterr().out)
     assert report["members"][0]["pieces"][0]["rule"]["text"] == \
         "accept from lan to any service tcp/80,443 # \x1b[2J\x1b[31mok"  # JSON escapes it
+
+
+def test_the_firewalls_own_packets_from_a_snat_source_network_are_translated(capsys):
+    """`snat from lan` is written as it is after routing (docs/language.md, "NAT rules"):
+    the kernel translates fw1's own packets from its lan address 192.0.2.1, which lies
+    in lan, and query says so. It said they left untranslated (the engine read the
+    source as a policy rule's, without the firewall's addresses); the kernel oracle on
+    the optimised output found it (tests/test_kernel_oracle_optimised.py)."""
+    status, out, _ = query(capsys, "--from", "192.0.2.1", "--to", "198.51.100.10",
+                           "--service", "tcp/443")
+    assert status == 0
+    fw1 = out.split("edge/fw2:")[0]
+    assert "edge/fw1: accept (OUTPUT)" in fw1
+    assert "snat to 198.51.100.254 by" in fw1 and "edge.fw:50" in fw1
+    # a source the rule does not name stays as it is: fw1's uplink address
+    status, out, _ = query(capsys, "--from", "198.51.100.1", "--to", "198.51.100.10",
+                           "--service", "tcp/443")
+    assert status == 0 and "snat" not in out.split("edge/fw2:")[0]

@@ -76,6 +76,7 @@ from fwc.model.intervals import Intervals, contains, intersect, normalise, subtr
 from fwc.model.records import dataclass
 from fwc.model.semantics import (
     endpoint_intervals,
+    firewall_kept,
     firewall_left_out,
     firewall_traffic_side,
     side_of,
@@ -294,6 +295,17 @@ class MemberView:
         out = box.with_(src=src, dst=dst)
         return None if out.is_empty() else out
 
+    def _after_routing(self, rule: NatRule, box: Box, family: int) -> Box:
+        """BOX (RULE's packets as the policy reads its sides) as its POSTROUTING rule
+        matches them: with the firewall addresses its source covers without naming them
+        (`firewall_kept`: the compiled rule translates the firewall's own packets from
+        an address inside a network it names)."""
+        fw = self.firewall.only(family)
+        kept = firewall_kept(side_of(rule.source, fw, family), fw, NatStage.POSTROUTING)
+        if not kept:
+            return box
+        return box.with_(src=union(box.src, kept.family(family)))
+
     def _ensure(self, family: int) -> None:
         if family in self._built:
             return
@@ -337,7 +349,7 @@ class MemberView:
             if NatStage.PREROUTING in stages:
                 dnat.append((rule, box))
             if NatStage.POSTROUTING in stages:
-                snat.append((rule, box))
+                snat.append((rule, self._after_routing(rule, box, family)))
         self.dnat[family] = RuleList(family, dnat)
         self.snat[family] = RuleList(family, snat)
         routing = self.routing[family] = member_routing(self.cluster, self.member, family)

@@ -556,17 +556,22 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
 
 
 def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
-             clip_ports: bool = False, memo: Memo | None = None) \
+             clip_ports: bool = False, memo: Memo | None = None,
+             ipset_threshold: int = proto.IPSET_THRESHOLD, min_rules: int = ARRANGE_MIN_RULES,
+             split_min: int = SPLIT_MIN_RULES, copies_max_share: int | None = None) \
         -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
     """The default speed passes for one member: ipsets for long address lists, then the
     arranged FORWARD/INPUT chains. Returns the rulesets per family and every set.
     MEMO: the cluster's per-run memo, to reuse the previous member's arrangement of an
-    equal chain (arrange)."""
+    equal chain (arrange). The thresholds are the passes' own (use_ipsets, arrange); tests
+    lower them to give small policies sets and arranged chains."""
     names = {link.device: link.interface for link in member.links}
     out: dict[int, NodeRuleset] = {}
     sets: list[IpSet] = []
     for family, ruleset in sorted(rulesets.items()):
-        with_sets, made = use_ipsets(ruleset, memo=memo)
+        with_sets, made = use_ipsets(ruleset, ipset_threshold, memo=memo)
         sets.extend(made)
-        out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo)
+        out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo,
+                              min_rules=min_rules, split_min=split_min,
+                              copies_max_share=copies_max_share)
     return out, tuple(sets)

@@ -184,6 +184,19 @@ def firewall_left_out(side: Side, fw: AddressSet, stage: NatStage) -> AddressSet
     return covered - side.firewall - side.excluded
 
 
+def firewall_kept(side: Side, fw: AddressSet, stage: NatStage) -> AddressSet:
+    """The firewall addresses (FW, one family) that a NAT rule working at STAGE matches on
+    SIDE, its side where the hook meets the firewall's traffic (`firewall_traffic_side`),
+    though the side does not name them: those it covers and does not leave alone
+    (`firewall_left_out`). After routing, a network around one is written as it is, so
+    `snat from lan` translates the firewall's own packets from its lan address; the
+    engine must read it so, or `fwc query` says they leave untranslated."""
+    if side.unbounded or stage is not NatStage.POSTROUTING or not side.other:
+        return _EMPTY
+    return (side.other & fw) - side.firewall - side.excluded - \
+        firewall_left_out(side, fw, stage)
+
+
 def reads_firewall(endpoint: Endpoint, firewalls: AddressSet, family: int) -> bool:
     """False when `side_of(endpoint, fw, family)` is the same for every `fw` inside
     `firewalls` (the union of every member's firewall addresses in this family).
