@@ -19,12 +19,12 @@ the file everywhere else.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fwc.diffing.git import GitError, Side, normalise
 from fwc.frontend.project import CONFIG_NAME, parse_config
 from fwc.frontend.sources import Refused
+from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 
 
