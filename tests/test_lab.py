@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import EDGE_TEXT, REPO, Examples, skip_or_fail_without_root
+from conftest import EDGE_TEXT, REPO, Examples, run_fwc, skip_or_fail_without_root
 
 from fwc.lab.adapter import LabSource, load_source
 from fwc.lab.drills import FailoverResult, ProbeResult, Stream, _longest_gap
@@ -285,6 +285,43 @@ def test_load_source_compiles_in_process_or_reads_a_verified_tree(
                    encoding="utf-8")
     with pytest.raises(LabRefused, match="does not check cleanly"):
         load_source(bad)
+
+
+def test_the_lab_runs_none_of_the_policys_own_commands_unless_told(
+    examples: Examples, tmp_path: Path
+) -> None:
+    """A policy under review may name commands (track scripts, notify actions) that the
+    members would run as root on the lab's machine: /bin/true stands in for them unless
+    --run-policy-commands, and a compiled tree that holds them is refused."""
+    marker = tmp_path / "ran"
+    script, action = f"/bin/sh -c 'touch {marker}'", f"touch {marker}.notify"
+    policy = tmp_path / "edge.fw"
+    policy.write_text(EDGE_TEXT.replace(
+        '    vrrp { password "s3cret"  advert 1s  vrid 51 }',
+        '    vrrp { password "s3cret"  advert 1s  vrid 51 }\n'
+        f'    track {{ script "{script}" weight -60 }}\n'
+        f'    notify {{ master "{action}" }}'), encoding="utf-8")
+    source = load_source(policy)
+    installed = "\n".join(text for files in source.files.values() for text in files.values())
+    assert str(marker) not in installed
+    assert 'script "/bin/true"' in source.files["fw1"]["keepalived.conf"]
+    assert [t.target for t in source.cluster.tracks if t.kind == "script"] == ["/bin/true"]
+    note, = source.notes
+    assert f"track script {script!r}" in note and f"notify master {action!r}" in note
+    assert "--run-policy-commands" in note
+    # as written with --run-policy-commands, as fwc compile writes them
+    own = load_source(policy, run_policy_commands=True)
+    assert own.notes == () and str(marker) in own.files["fw1"]["keepalived.conf"]
+    assert f"{marker}.notify" in own.files["fw1"]["fwc-notify.sh"]
+    # an fwc compile tree holds them as written: refused without the option
+    out = tmp_path / "out"
+    done = run_fwc("compile", str(policy), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(LabRefused, match="holds commands the policy names"):
+        load_source(policy, out)
+    assert load_source(policy, out, run_policy_commands=True).files == own.files
+    # the policy's example has none: nothing changes there
+    assert load_source(examples["edge.fw"].path).notes == ()
 
 
 def test_the_lab_takes_the_nft_backend_from_the_policy_or_the_command_line(

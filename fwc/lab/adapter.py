@@ -25,6 +25,11 @@ from fwc.model.vocabulary import Backend
 MemberFiles = Mapping[str, Mapping[str, str]]
 
 
+# What the lab's members run in place of the commands a policy names (track scripts,
+# notify actions): it succeeds, as a healthy check does, and runs nothing of the policy.
+STAND_IN = "/bin/true"
+
+
 @dataclass(frozen=True)
 class LabSource:
     """One cluster of a checked policy and, per member, the files the lab installs."""
@@ -33,6 +38,25 @@ class LabSource:
     cluster: Cluster
     files: MemberFiles
     origin: str  # where the files came from, for the progress and the report
+    notes: tuple[str, ...] = ()  # what the report must say about the source (warnings)
+
+
+def policy_commands(cluster: Cluster) -> list[str]:
+    """The commands CLUSTER's policy names that keepalived or the notify script would run
+    as root: `track { script }` and `notify { STATE "CMD" }` (fwc's own, such as the
+    ping of `track { ping }`, are not among them)."""
+    return ([f"track script {t.target!r}" for t in cluster.tracks if t.kind == "script"]
+            + [f"notify {a.state} {a.command!r}" for a in cluster.notify_actions])
+
+
+def with_stand_ins(policy: Policy, cluster: Cluster) -> tuple[Policy, Cluster]:
+    """POLICY with CLUSTER's track scripts and notify actions replaced by STAND_IN."""
+    tracks = tuple(replace(t, target=STAND_IN) if t.kind == "script" else t
+                   for t in cluster.tracks)
+    actions = tuple(replace(a, command=STAND_IN) for a in cluster.notify_actions)
+    variant = replace(cluster, tracks=tracks, notify_actions=actions)
+    return (replace(policy, clusters=tuple(variant if c.name == cluster.name else c
+                                           for c in policy.clusters)), variant)
 
 
 def load_source(
@@ -41,9 +65,16 @@ def load_source(
     cluster_name: str | None = None,
     include_path: Sequence[Path] = (),
     backend: Backend | None = None,
+    run_policy_commands: bool = False,
 ) -> LabSource:
     """Analyse POLICY_FILE, pick one cluster and get its files (compiled here unless
     COMPILED names an `fwc compile` output directory).
+
+    The commands the policy names (`policy_commands`) run as root on the machine that
+    runs the lab, whose file system the members share, and a policy under review comes
+    from someone else: they run only with RUN_POLICY_COMMANDS. Otherwise the cluster is
+    compiled with STAND_IN in their place (and the report says so), and a COMPILED tree,
+    which holds them as written, is refused.
 
     BACKEND (`fwc lab --backend`) overrides the cluster's `backend` as `fwc compile
     --backend` does: the model's cluster with that backend, checked and compiled.
@@ -78,8 +109,21 @@ def load_source(
         raise LabRefused(f"cluster '{cluster.name}' uses `backend {cluster.backend}`: the "
                          "lab's drills cannot wipe, watch or change that packet filter, so "
                          "nothing was started")
+    commands = [] if run_policy_commands else policy_commands(cluster)
+    if commands and compiled is not None:
+        raise LabRefused(f"{compiled / cluster.name} holds commands the policy names "
+                         f"({'; '.join(commands)}), which the members would run as root on "
+                         "this machine: run the lab without --compiled (it stands in for "
+                         "them), or give --run-policy-commands; nothing was started")
     if compiled is None:
-        return LabSource(policy, cluster, compile_cluster(policy, cluster), "compiled in-process")
+        notes: tuple[str, ...] = ()
+        if commands:
+            policy, cluster = with_stand_ins(policy, cluster)
+            notes = (f"not run in the lab: {'; '.join(commands)} ({STAND_IN} stood in "
+                     "for each: --run-policy-commands runs them, as root on this "
+                     "machine)",)
+        return LabSource(policy, cluster, compile_cluster(policy, cluster), "compiled in-process",
+                         notes)
     return LabSource(policy, cluster, read_compiled(compiled, policy, cluster),
                      f"{compiled / cluster.name} (MANIFEST verified)")
 

@@ -124,6 +124,12 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         help="packet filter to compile and drill the cluster for (overrides the policy's "
         "`backend`, as with fwc compile; with --compiled the tree's must match)",
     )
+    parser.add_argument(
+        "--run-policy-commands",
+        action="store_true",
+        help="run the policy's track scripts and notify actions (as root, on this machine); "
+        "without it /bin/true stands in for each and the report says so",
+    )
     parser.add_argument("--logdir", type=Path, help="where daemon and probe logs go")
     parser.add_argument("--cluster", help="which cluster of the policy (default: the first)")
     add_include_path_argument(parser)

@@ -51,7 +51,8 @@ def run_lab(args: argparse.Namespace) -> int:
         return 2
     try:
         source = load_source(args.file, args.compiled, args.cluster, args.include_path,
-                             Backend(args.backend) if args.backend else None)
+                             Backend(args.backend) if args.backend else None,
+                             run_policy_commands=args.run_policy_commands)
         options = LabOptions(
             keep=args.keep,
             remap=args.remap,

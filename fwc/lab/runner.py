@@ -146,6 +146,7 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     logdir = lab_logdir(options.logdir, prefix)
     report = LabReport(cluster.name, prefix, str(logdir))
     report.remap = [f"{old} -> {new}" for old, new in remap.pairs]
+    report.warnings.extend(source.notes)
     for line in report.remap:
         progress(f"remapped {line}")
     progress(f"cluster {cluster.name} of {source.policy.root}, files {source.origin}")
