@@ -360,22 +360,23 @@ def test_the_lab_takes_the_nft_backend_from_the_policy_or_the_command_line(
 
 def test_lab_backend_option_reaches_the_source(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """`fwc lab --backend nftables` hands the backend to load_source (nothing starts)."""
+    """`fwc lab --backend nftables` hands the backend to load_source, and
+    `--run-policy-commands` its permission (nothing starts)."""
     from fwc.lab import adapter, cli
     from fwc.model.vocabulary import Backend
 
     seen: list[object] = []
 
-    def fake_load(*args: object) -> LabSource:
-        seen.append(args[-1])
+    def fake_load(*args: object, run_policy_commands: bool) -> LabSource:
+        seen.append((args[-1], run_policy_commands))
         raise LabRefused("stop here")
 
     monkeypatch.setattr(cli, "require_root", lambda: None)
     monkeypatch.setattr(cli, "leftover_labs", lambda: [])
     monkeypatch.setattr(adapter, "load_source", fake_load)
     assert cli.main(["policies/edge.fw", "--backend", "nftables"]) == 2
-    assert cli.main(["policies/edge.fw"]) == 2
-    assert seen == [Backend.NFTABLES, None]
+    assert cli.main(["policies/edge.fw", "--run-policy-commands"]) == 2
+    assert seen == [(Backend.NFTABLES, False), (None, True)]
     assert "refused: stop here" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["policies/edge.fw", "--backend", "pf"])
