@@ -129,7 +129,8 @@ def utf8_command() -> list[str] | None:
     comment (another policy to the next compile). Policies, the names of their files
     and every generated file are UTF-8 (docs/language.md), whatever the locale."""
     if sys.flags.utf8_mode or sys.getfilesystemencoding() == "utf-8" or not sys.executable \
-            or "utf8" in sys._xoptions:  # `-X utf8=0` asked for it: never started again
+            or "utf8" in sys._xoptions \
+            or os.environ.get("PYTHONUTF8") == "0":  # asked for: never started again
         return None
     # (the command line as the interpreter got it, interpreter options included)
     return [sys.executable, "-X", "utf8", *sys.orig_argv[1:]]

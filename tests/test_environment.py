@@ -129,3 +129,23 @@ def test_every_entry_point_runs_in_utf8_mode_under_a_latin1_locale(tmp_path, ent
                                            "PYTHONPATH": f"{hook}:{REPO}"})
     assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
     assert modes.read_text().split() == ["0", "1"]
+
+
+def test_the_locales_own_mode_asked_for_is_kept(tmp_path):
+    # `-X utf8=0` and PYTHONUTF8=0 say: the locale's encoding, not UTF-8; fwc keeps that
+    # (one interpreter, no restart), as Python itself does.
+    latin1 = built_locale(tmp_path, "en_US", "ISO-8859-1")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    modes = tmp_path / "modes"
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"with open({str(modes)!r}, 'a') as f:\n"
+        "    f.write(f'{sys.flags.utf8_mode}\\n')\n", encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", **latin1, "PYTHONPATH": f"{hook}:{REPO}"}
+    for argv, extra in (([sys.executable, "-X", "utf8=0", "-m", "fwc", "--help"], {}),
+                        ([sys.executable, "-m", "fwc", "--help"], {"PYTHONUTF8": "0"})):
+        modes.unlink(missing_ok=True)
+        done = subprocess.run(argv, capture_output=True, timeout=60, env={**env, **extra})
+        assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+        assert modes.read_text().split() == ["0"], (argv, extra)
