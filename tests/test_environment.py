@@ -111,41 +111,37 @@ def test_fmt_of_standard_input_writes_utf8_under_a_latin1_locale(tmp_path):
     assert (done.returncode, done.stdout) == (0, text), done.stderr.decode("utf-8", "replace")
 
 
-@pytest.mark.parametrize("entry", ["fwc", "fwc.lab"])
-def test_every_entry_point_runs_in_utf8_mode_under_a_latin1_locale(tmp_path, entry):
-    # `python -m fwc.lab` reads policies too: it must name their files as `fwc` does.
-    # A sitecustomize that every interpreter of the test runs at start-up notes its mode,
-    # so the restart shows: the first interpreter in the locale's mode, then UTF-8's.
-    latin1 = built_locale(tmp_path, "en_US", "ISO-8859-1")
+def interpreter_modes(tmp_path: Path, argv: list[str], env: dict[str, str]) -> list[str]:
+    """ARGV's exit 0, and the UTF-8 mode (0 or 1) of every interpreter it started, in
+    order: a sitecustomize that each runs at start-up notes its own, so a restart shows."""
     hook = tmp_path / "hook"
-    hook.mkdir()
+    hook.mkdir(exist_ok=True)
     modes = tmp_path / "modes"
+    modes.unlink(missing_ok=True)
     (hook / "sitecustomize.py").write_text(
         "import sys\n"
         f"with open({str(modes)!r}, 'a') as f:\n"
         "    f.write(f'{sys.flags.utf8_mode}\\n')\n", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", entry, "--help"], capture_output=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin", **latin1,
-                                           "PYTHONPATH": f"{hook}:{REPO}"})
+    done = subprocess.run(argv, capture_output=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **env,
+                               "PYTHONPATH": f"{hook}:{REPO}"})
     assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
-    assert modes.read_text().split() == ["0", "1"]
+    return modes.read_text().split()
+
+
+@pytest.mark.parametrize("entry", ["fwc", "fwc.lab"])
+def test_every_entry_point_runs_in_utf8_mode_under_a_latin1_locale(tmp_path, entry):
+    # `python -m fwc.lab` reads policies too: it must name their files as `fwc` does.
+    # The first interpreter runs in the locale's mode, the restarted one in UTF-8's.
+    latin1 = built_locale(tmp_path, "en_US", "ISO-8859-1")
+    assert interpreter_modes(tmp_path, [sys.executable, "-m", entry, "--help"],
+                             latin1) == ["0", "1"]
 
 
 def test_the_locales_own_mode_asked_for_is_kept(tmp_path):
     # `-X utf8=0` and PYTHONUTF8=0 say: the locale's encoding, not UTF-8; fwc keeps that
     # (one interpreter, no restart), as Python itself does.
     latin1 = built_locale(tmp_path, "en_US", "ISO-8859-1")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    modes = tmp_path / "modes"
-    (hook / "sitecustomize.py").write_text(
-        "import sys\n"
-        f"with open({str(modes)!r}, 'a') as f:\n"
-        "    f.write(f'{sys.flags.utf8_mode}\\n')\n", encoding="utf-8")
-    env = {"PATH": "/usr/bin:/bin", **latin1, "PYTHONPATH": f"{hook}:{REPO}"}
     for argv, extra in (([sys.executable, "-X", "utf8=0", "-m", "fwc", "--help"], {}),
                         ([sys.executable, "-m", "fwc", "--help"], {"PYTHONUTF8": "0"})):
-        modes.unlink(missing_ok=True)
-        done = subprocess.run(argv, capture_output=True, timeout=60, env={**env, **extra})
-        assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
-        assert modes.read_text().split() == ["0"], (argv, extra)
+        assert interpreter_modes(tmp_path, argv, {**latin1, **extra}) == ["0"], (argv, extra)
