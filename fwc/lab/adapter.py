@@ -55,8 +55,13 @@ def with_stand_ins(policy: Policy, cluster: Cluster) -> tuple[Policy, Cluster]:
                    for t in cluster.tracks)
     actions = tuple(replace(a, command=STAND_IN) for a in cluster.notify_actions)
     variant = replace(cluster, tracks=tracks, notify_actions=actions)
-    return (replace(policy, clusters=tuple(variant if c.name == cluster.name else c
-                                           for c in policy.clusters)), variant)
+    return with_cluster(policy, variant), variant
+
+
+def with_cluster(policy: Policy, variant: Cluster) -> Policy:
+    """POLICY with VARIANT in place of its cluster of that name."""
+    return replace(policy, clusters=tuple(variant if c.name == variant.name else c
+                                          for c in policy.clusters))
 
 
 def load_source(
@@ -148,8 +153,7 @@ def backend_variant(policy: Policy, cluster: Cluster, backend: Backend) -> tuple
     from fwc.checks import run_checks
 
     variant = replace(cluster, backend=backend)
-    varied = replace(policy, clusters=tuple(variant if c.name == cluster.name else c
-                                            for c in policy.clusters))
+    varied = with_cluster(policy, variant)
     errors = [d for d in run_checks(varied) if d.is_error]
     if errors:
         why = "; ".join(f"{d.code} {d.message}" for d in errors)
@@ -212,8 +216,7 @@ def advert_variant(source: LabSource, advert_s: float) -> LabSource:
     label = advert_label(advert_s)
     vrrp = replace(cluster.vrrp, advert_ms=round(advert_s * 1000), version=3)
     variant = replace(cluster, vrrp=vrrp)
-    clusters = tuple(variant if c.name == cluster.name else c for c in policy.clusters)
-    varied = replace(policy, clusters=clusters)
+    varied = with_cluster(policy, variant)
     errors = [d for d in run_checks(varied) if d.is_error]
     if errors:
         # The checks' hints speak to the policy's author ("use version 2"), not to a
