@@ -103,6 +103,24 @@ def test_protocol_zero_is_every_protocol(tmp_path):
     checks_clean(policy)
 
 
+def test_a_rule_to_some_own_addresses_is_not_widened_to_the_firewall(tmp_path, capsys):
+    # `-d 192.0.2.1` was every own address the rules named, so it became `to firewall`:
+    # on the compiled cluster that also accepted ssh on fw1's other addresses (the
+    # skeleton's placeholder device and sync link, the real ones once filled in)
+    established = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+    save = ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            f"-A INPUT {established}-A FORWARD {established}"
+            "-A INPUT -d 192.0.2.1/32 -i eth1 -p tcp -m tcp --dport 22 -j ACCEPT\n"
+            "-A FORWARD -i eth1 -o eth0 -j ACCEPT\nCOMMIT\n")
+    text, _, policy = imported(tmp_path, "own.save", save)
+    checks_clean(policy)
+    assert "    accept from any to host-192-0-2-1 service tcp-22 in eth1 only fw1\n" in text
+    assert "to firewall" not in text
+    (tmp_path / "own.save").write_text(save)
+    code, err = verify(capsys, tmp_path / "own.save", "own")
+    assert code == 0 and "0 differences" in err, err
+
+
 def test_a_changed_import_is_reported_packet_class_by_packet_class(tmp_path):
     original = (FIXTURES / "gateway.save").read_text()
     changed = original.replace("--dport 113 -j REJECT", "--dport 114 -j REJECT")

@@ -301,22 +301,22 @@ class OwnRule:
     """A rule to (INPUT) or from (OUTPUT) some of the firewall's own addresses.
 
     Consecutive ones that differ only in those addresses are one rule; rendered once
-    every own address is known: `firewall` when they are all of them, else the
-    addresses, `only fw1` when one is a member's own (not a VIP).
+    every own address is placed: the addresses, `only fw1` when one is a member's own
+    (not a VIP). Never `firewall`, even when the list holds every own address the rules
+    name: the cluster block is a skeleton whose members carry more addresses (the
+    placeholder devices, the sync link; the real ones once filled in), so `firewall`
+    would accept on addresses the original rule did not.
     """
 
     key: tuple[str, ...]  # action, chain, other side, service, in, out, log
     own: list[str]
     quotes: list[str] = field(default_factory=list)
 
-    def render(self, w: _Writer, member: set[str], every: set[str]) -> str:
+    def render(self, w: _Writer, member: set[str]) -> str:
         action, chain, other, *rest = self.key
-        if set(self.own) == every:
-            side = "firewall"
-        else:
-            side = ", ".join(w.address(AddressMatch((f"{a}/32",)), None, 0) for a in self.own)
+        side = ", ".join(w.address(AddressMatch((f"{a}/32",)), None, 0) for a in self.own)
         source, destination = (other, side) if chain == "INPUT" else (side, other)
-        only = ["only", "fw1"] if side != "firewall" and set(self.own) & member else []
+        only = ["only", "fw1"] if set(self.own) & member else []
         tail = [word for word in rest if word]
         return "\n".join([*self.quotes, " ".join(["   ", action, "from", source, "to",
                                                   destination, *tail, *only])])
@@ -561,8 +561,7 @@ def _assemble(w: _Writer, policy_lines: list[str | OwnRule], nat_lines: list[str
     cluster = _cluster(w)
     devices, own = _placement(w)
     member = {held[0] for held in own.values() if held}
-    every = {a for held in own.values() for a in held}
-    rendered = [line.render(w, member, every) if isinstance(line, OwnRule) else line
+    rendered = [line.render(w, member) if isinstance(line, OwnRule) else line
                 for line in policy_lines]
     # Objects named by the rendering above are defined before the cluster block.
     head = lines[:4]
