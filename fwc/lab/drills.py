@@ -536,17 +536,19 @@ def _fmt(val: float | None) -> str:
 
 
 # ------------------------------------------------------------ gateway drill
-# beyond `rise` good runs and a master-down interval: a loaded machine (the 10 s the
-# window had at a 1 s advert, whose master-down interval is below 4 s)
+# beyond `rise` good runs: at least this long (a loaded machine), and at least a
+# master-down interval and RETURN_SLACK_S
+RETURN_WATCH_S = 10.0
 RETURN_SLACK_S = 6.0
 
 
 def return_window_s(track: Track, plan: LabPlan) -> float:
     """How long the VIPs are watched once the gateway answers again: TRACK's `rise` good
-    runs, then a master-down interval at PLAN's advert, after which a keepalived that
-    preempts takes the VIPs (with `preempt off` it must not: a fixed 10 s did not
+    runs, then at least a master-down interval at PLAN's advert, after which a keepalived
+    that preempts takes the VIPs (with `preempt off` it must not: a fixed 10 s did not
     outlast that from `advert 4s` on, and the drill passed a node that took them)."""
-    return track.interval_s * (track.rise + 1) + plan.master_down_bound + RETURN_SLACK_S
+    return track.interval_s * (track.rise + 1) + max(
+        RETURN_WATCH_S, plan.master_down_bound + RETURN_SLACK_S)
 
 
 def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
