@@ -180,6 +180,10 @@ def test_the_netns_transport_never_reaches_this_machines_own_namespaces(tmp_path
     assert "a process's namespace under /proc" in (process.preflight() or "")
     missing = NetnsTransport("fw1", "lab-fw1", mount=str(tmp_path / "gone"))
     assert "does not exist" in (missing.preflight() or "")
+    # any other reason it cannot be read is said too (an OSError was a traceback)
+    (tmp_path / "file").write_text("")
+    unreadable = NetnsTransport("fw1", "lab-fw1", mount=str(tmp_path / "file" / "mnt"))
+    assert "Not a directory" in (unreadable.preflight() or "")
 
 
 def test_inventory_another_user_can_write_is_refused(compiled, capsys, no_commands):
