@@ -130,10 +130,22 @@ def utf8_command() -> list[str] | None:
     and every generated file are UTF-8 (docs/language.md), whatever the locale."""
     if sys.flags.utf8_mode or sys.getfilesystemencoding() == "utf-8" or not sys.executable \
             or "utf8" in sys._xoptions \
-            or os.environ.get("PYTHONUTF8") == "0":  # asked for: never started again
+            or os.environ.get("PYTHONUTF8") == "0" \
+            or not _read_again():  # asked for, or cannot be: never started again
         return None
     # (the command line as the interpreter got it, interpreter options included)
     return [sys.executable, "-X", "utf8", *sys.orig_argv[1:]]
+
+
+def _read_again() -> bool:
+    """Whether a second interpreter finds this program where the first found it: a module
+    (-m), a -c string or a regular file. Not standard input (`python3 - ARGS`) nor a pipe
+    (/dev/stdin, /dev/fd/N), which the first read to the end: the restart found nothing,
+    ran nothing and exited 0."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None or sys.argv[0] == "-c":
+        return True
+    return sys.argv[0] not in ("", "-") and os.path.isfile(sys.argv[0])
 
 
 def in_utf8_mode() -> None:

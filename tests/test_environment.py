@@ -145,3 +145,18 @@ def test_the_locales_own_mode_asked_for_is_kept(tmp_path):
     for argv, extra in (([sys.executable, "-X", "utf8=0", "-m", "fwc", "--help"], {}),
                         ([sys.executable, "-m", "fwc", "--help"], {"PYTHONUTF8": "0"})):
         assert interpreter_modes(tmp_path, argv, {**latin1, **extra}) == ["0"], (argv, extra)
+
+
+def test_a_program_read_from_standard_input_is_not_started_again(tmp_path):
+    # `python3 - ARGS` (or /dev/stdin) reads the program to the end of its standard input:
+    # the restarted interpreter found it empty, ran nothing and exited 0, so a check of a
+    # missing policy "passed" under a Latin-1 locale. Such a program runs on in the
+    # locale's mode, and says what fwc says.
+    latin1 = built_locale(tmp_path, "en_US", "ISO-8859-1")
+    program = b"from fwc.__main__ import console\nconsole()\n"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **latin1}
+    for script in ("-", "/dev/stdin"):
+        done = subprocess.run([sys.executable, script, "check", str(tmp_path / "absent.fw")],
+                              input=program, capture_output=True, timeout=60, env=env)
+        assert done.returncode == 1, (script, done.returncode, done.stderr)
+        assert b"error[FWC002]" in done.stderr, (script, done.stderr)

@@ -19,11 +19,13 @@ from fwc.install.plan import automatic_confirmer, order, terminal_confirmer
 from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.settle import ClusterState, check_cluster, vip_state, wait_settled
 from fwc.install.transport import (
+    InventoryEntry,
     InventoryError,
     NetnsTransport,
     Result,
     SshTransport,
     Transport,
+    make_transport,
     read_inventory,
 )
 from fwc.model import Cluster
@@ -161,6 +163,27 @@ def test_inventory_errors(tmp_path):
         read_inventory(path)
     with pytest.raises(InventoryError, match="cannot read inventory"):
         read_inventory(tmp_path / "missing")
+
+
+def test_the_netns_transport_never_reaches_this_machines_own_namespaces(tmp_path):
+    """`--transport netns` installs into a namespace with an /etc of its own. An inventory
+    line (which fwc.toml may name: a pull request may change it) pointing at this
+    machine's own namespaces passed the preflight, and the install ran here, as
+    `--transport local` does, which fwc.toml may say only once trusted (FWC037)."""
+    own = {"fw1": InventoryEntry("../../proc/self/ns/net", {"mount": "/proc/self/ns/mnt"})}
+    with pytest.raises(InventoryError, match="not a network namespace name"):
+        make_transport("netns", "fw1", ssh_target=None, inventory=own)
+    here = NetnsTransport("fw1", "lab-fw1", mount="/proc/self/ns/mnt")
+    assert "this machine's own mount namespace" in (here.preflight() or "")
+    # another process's namespace is no persistent one (and the PID may be another's)
+    process = NetnsTransport("fw1", "lab-fw1", mount="/proc/self/ns/net")
+    assert "a process's namespace under /proc" in (process.preflight() or "")
+    missing = NetnsTransport("fw1", "lab-fw1", mount=str(tmp_path / "gone"))
+    assert "does not exist" in (missing.preflight() or "")
+    # any other reason it cannot be read is said too (an OSError was a traceback)
+    (tmp_path / "file").write_text("")
+    unreadable = NetnsTransport("fw1", "lab-fw1", mount=str(tmp_path / "file" / "mnt"))
+    assert "Not a directory" in (unreadable.preflight() or "")
 
 
 def test_inventory_another_user_can_write_is_refused(compiled, capsys, no_commands):

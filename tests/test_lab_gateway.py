@@ -106,3 +106,24 @@ def test_rto_min_argument() -> None:
     for bad in ("0ms", "201ms", "0.05s", "50"):
         with pytest.raises(argparse.ArgumentTypeError):
             rto_min(bad)
+
+
+def test_the_return_is_watched_past_a_master_down_interval(tmp_path: Path) -> None:
+    # Once the gateway answers again the old master's track needs `rise` good runs;
+    # then a keepalived that preempts (with `preempt off` it must not) takes the VIPs
+    # when its master-down timer runs out: three adverts plus a skew of up to one
+    # ((256 - priority) / 256 adverts). The window was a fixed 10 s beyond the runs,
+    # shorter than that from `advert 4s` on: a node that took the VIPs back passed.
+    from dataclasses import replace
+
+    from fwc.lab.drills import return_window_s
+
+    source = load_source(gateway_variant(tmp_path, preempt=False))
+    cluster = source.cluster
+    ((_, track),) = tracked_gateways(cluster, plan(source.policy, cluster, "fwcg").remap)
+    for advert_s in (1, 4, 10):
+        slow = replace(cluster, vrrp=replace(cluster.vrrp, advert_ms=advert_s * 1000,
+                                             version=2))
+        lab_plan = plan(source.policy, slow, "fwcg")
+        longest = track.interval_s * track.rise + 3 * advert_s + advert_s * 255 / 256
+        assert return_window_s(track, lab_plan) > longest + 1.0, advert_s

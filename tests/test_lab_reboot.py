@@ -21,6 +21,7 @@ from fwc.lab.filters import PACKET_FILTERS
 from fwc.lab.reboot import BootWatch, RebootResult, judge_boot, judge_reboot
 from fwc.lab.report import render_text, to_dict
 from fwc.lab.runner import LabReport
+from fwc.lab.topology import LabPlan
 from fwc.model.vocabulary import Backend
 
 T0 = 1000.0
@@ -239,8 +240,14 @@ class _ScriptedNode:
         return Done()
 
 
+class _Plan:
+    advert = 1.0  # the policy's advert interval in seconds
+    master_down_bound = LabPlan.master_down_bound  # (what the lab's plan says of it)
+
+
 class _Lab:
     vip_set = {"192.0.2.1", "198.51.100.1"}
+    plan = _Plan()
 
 
 def _rejoin_with(master: list[set[str]], backup: list[set[str]]) -> RebootResult:
@@ -288,14 +295,15 @@ def test_judge_reboot_with_preemption_off_wants_the_node_to_stay_backup() -> Non
 def test_rejoin_with_preemption_off_watches_the_node_stay_backup(monkeypatch) -> None:
     import fwc.lab.reboot as reboot
 
-    monkeypatch.setattr(reboot, "STAY_WATCH_S", 0.3)
+    clock = _Clock()  # the whole watch, in no time
+    monkeypatch.setattr(reboot, "time", clock)
     every = _Lab.vip_set
 
     def rejoin(master: list[set[str]], backup: list[set[str]]) -> RebootResult:
         res = RebootResult("reboot-snat-1s", "snat", "1s", "fw1", "fw2", 0.0, connected=True,
                            preempt=False)
         reboot._rejoin(_Lab(), res, _ScriptedNode(master),  # type: ignore[arg-type]
-                       _ScriptedNode(backup), lambda lines: True, time.monotonic())
+                       _ScriptedNode(backup), lambda lines: True, clock.monotonic())
         return res
 
     stayed = rejoin(master=[set()], backup=[every])
@@ -305,6 +313,55 @@ def test_rejoin_with_preemption_off_watches_the_node_stay_backup(monkeypatch) ->
     assert not took.backup_held_vips and took.first_vip_s is not None
     gap = rejoin(master=[set()], backup=[every, {"192.0.2.1"}, every])
     assert not gap.backup_held_vips
+
+
+class _Clock:
+    """time.monotonic and time.sleep of a drill that takes no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _TakesBackAt(_ScriptedNode):
+    """A returning member that holds every VIP from AT seconds of CLOCK on."""
+
+    def __init__(self, clock: _Clock, at: float) -> None:
+        super().__init__([set()])
+        self.clock, self.at = clock, at
+
+    def vips_held(self) -> set[str]:
+        return set(_Lab.vip_set) if self.clock.now >= self.at else set()
+
+
+def test_rejoin_with_preemption_off_outlasts_the_master_down_interval(monkeypatch) -> None:
+    # A returning keepalived that preempts although the policy says `preempt off` (no
+    # nopreempt in its keepalived.conf) takes the VIPs when its master-down timer runs
+    # out: three adverts plus a skew. keepalived 2.2.7 at `advert 3s`, priority 150 over
+    # 100, took them 9.56 s after its start: after the 8 s watch, and the drill passed.
+    import fwc.lab.reboot as reboot
+
+    clock = _Clock()
+    monkeypatch.setattr(reboot, "time", clock)
+
+    class SlowPlan(_Plan):
+        advert = 3.0
+
+    class SlowLab(_Lab):
+        plan = SlowPlan()
+
+    res = _reboot_result(preempt=False, first_vip_s=None, failback_s=None, cache_s=None,
+                         backup_held_vips=False)
+    reboot._rejoin(SlowLab(), res, _TakesBackAt(clock, 9.56),  # type: ignore[arg-type]
+                   _ScriptedNode([set(_Lab.vip_set)]), lambda lines: True, clock.monotonic())
+    assert res.first_vip_s is not None and res.first_vip_s >= 9.56, res
+    assert not judge_reboot(res)
+    assert any("although preemption is off" in n for n in res.notes), res.notes
 
 
 def test_reboot_with_preemption_off_in_the_text_report() -> None:

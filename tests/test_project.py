@@ -294,6 +294,28 @@ def test_a_trust_record_others_can_change_is_not_taken(project, state_home):
     assert not (project / "ran").exists()
 
 
+def test_a_linked_fwc_toml_does_not_borrow_the_trust_of_its_target(project, state_home,
+                                                                   tmp_path):
+    # git checks out symbolic links: a pull request could make fwc.toml a link to a file
+    # the user trusted for another repository, and its commands ran here without asking
+    # (in this repository's directory: a trusted "./get-secret" would be this one's).
+    env = {"XDG_STATE_HOME": str(state_home)}
+    other = tmp_path / "other"
+    (other / ".git").mkdir(parents=True)
+    write_config(other, _secrets_command("ran"))
+    assert fwc("trust", cwd=other, env=env).returncode == 0
+    assert fwc("compile", "--redact-secrets", "policies/edge.fw", cwd=project).returncode == 0
+    (project / "fwc.toml").symlink_to(other / "fwc.toml")
+    refused = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert refused.returncode == 2 and '"FWC037"' in refused.stdout, refused.stdout
+    assert not (project / "ran").exists()
+    # trusted where it is found, it runs
+    assert fwc("trust", cwd=project, env=env).returncode == 0
+    done = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert done.returncode == 0, done.stdout
+    assert (project / "ran").exists()
+
+
 def test_the_trust_record_lives_in_the_state_directory():
     from fwc.commands.trust import trust_location
 

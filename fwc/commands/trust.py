@@ -4,9 +4,10 @@ fwc.toml comes with the repository, and a pull request may change it. Three of i
 keys decide what fwc runs on this machine, or where: `ssh` (the command that install,
 status and `diff --installed` run), `secrets_command` (run to print the VRRP password)
 and `transport` (`local` installs on this machine). fwc takes their values from
-fwc.toml only after `fwc trust` recorded exactly these values for this file; a file
-whose values changed since is refused (FWC037) until they are trusted again, as direnv
-and mise do with a directory's commands. A value on the command line (`--ssh`,
+fwc.toml only after `fwc trust` recorded exactly these values for this file where it
+is; a file whose values changed since, or a link to a file trusted elsewhere
+(`trusted_at`), is refused (FWC037) until they are trusted again, as direnv and mise
+do with a directory's commands. A value on the command line (`--ssh`,
 `--secrets-command`, `--transport`) needs no trust, nor one equal to the built-in
 default.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from fwc.cache import CacheRefused, ResultCache, open_cache
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend.project import CONFIG_NAME, ProjectConfig, load_config
+from fwc.frontend.sources import resolved
 
 # fwc.toml keys whose value decides what fwc runs on this machine, or where
 COMMAND_KEYS = ("ssh", "secrets_command", "transport")
@@ -53,9 +55,17 @@ def commands_of(config: ProjectConfig) -> dict[str, str]:
             if key in config.values and str(config.values[key]) != HARMLESS.get(key)}
 
 
+def trusted_at(path: Path) -> Path:
+    """Where the fwc.toml PATH is, as its trust is recorded: its directory absolute with
+    every link followed, and the name `fwc.toml` itself not followed. Git checks out
+    symbolic links: an fwc.toml linked to a file trusted for another repository would
+    otherwise borrow that trust, and its commands would run in this one."""
+    return resolved(path.parent.absolute()) / path.name
+
+
 def _entry(config: ProjectConfig, commands: Mapping[str, str]) -> str:
     assert config.path is not None
-    what = {"file": str(config.path.resolve()), "commands": dict(commands)}
+    what = {"file": str(trusted_at(config.path)), "commands": dict(commands)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -123,6 +123,11 @@ class NetnsTransport(Transport):
     """
 
     def __init__(self, member: str, target: str, mount: str | None = None) -> None:
+        if "/" in target or target in ("", ".", ".."):
+            # (as iproute2 names them: one entry of /run/netns, which only root fills;
+            # `../../proc/self/ns/net` was this machine's own network namespace)
+            raise InventoryError(f"netns target of member {member} {target!r} is not a "
+                                 "network namespace name (a name under /run/netns)")
         super().__init__(member, target)
         self.mount = mount
         self.private_run = mount is not None
@@ -140,11 +145,32 @@ class NetnsTransport(Transport):
     def describe(self) -> str:
         return f"{self.member} (netns {self.target})"
 
+    def _mount_problem(self, mount: str) -> str | None:
+        """Why MOUNT cannot be the node's mount namespace. An inventory names it (and
+        fwc.toml may name the inventory): this machine's own would make the install a
+        local one, writing its /etc, and another process's under /proc runs the node's
+        commands as root with that process's files (its /bin/sh), or another process's
+        once its PID is reused. A persistent one (`unshare --mount=FILE`, the lab's) is
+        a file of its own."""
+        try:
+            theirs, mine = os.stat(mount), os.stat("/proc/self/ns/mnt")
+        except FileNotFoundError:
+            return f"{self.member}: mount namespace file {mount} does not exist"
+        except OSError as exc:
+            return f"{self.member}: mount namespace file {mount}: {exc.strerror or exc}"
+        if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+            return (f"{self.member}: {mount} is this machine's own mount namespace: the "
+                    "install would write this machine's /etc (--transport local does that)")
+        if Path(os.path.realpath(mount)).is_relative_to("/proc"):
+            return (f"{self.member}: {mount} is a process's namespace under /proc, not a "
+                    "persistent one: bind it to a file of its own (unshare --mount=FILE) "
+                    "and give that file")
+        return None
+
     def preflight(self) -> str | None:
         """Refuse to write the host's /etc through a namespace without private dirs."""
         if self.mount:
-            return None if Path(self.mount).exists() else \
-                f"{self.member}: mount namespace file {self.mount} does not exist"
+            return self._mount_problem(self.mount)
         if not Path(f"/run/netns/{self.target}").exists():
             return f"{self.member}: no network namespace '{self.target}'"
         for name in NETNS_PRIVATE_DIRS:

@@ -26,7 +26,7 @@ from fwc.lab.results import (
     RebootResult,
     wait_for,
 )
-from fwc.lab.topology import EndpointPlan, ProbePlan, vip_for
+from fwc.lab.topology import EndpointPlan, LabPlan, ProbePlan, vip_for
 
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
@@ -536,6 +536,21 @@ def _fmt(val: float | None) -> str:
 
 
 # ------------------------------------------------------------ gateway drill
+# beyond `rise` good runs: at least this long (a loaded machine), and at least a
+# master-down interval and RETURN_SLACK_S
+RETURN_WATCH_S = 10.0
+RETURN_SLACK_S = 6.0
+
+
+def return_window_s(track: Track, plan: LabPlan) -> float:
+    """How long the VIPs are watched once the gateway answers again: TRACK's `rise` good
+    runs, then at least a master-down interval at PLAN's advert, after which a keepalived
+    that preempts takes the VIPs (with `preempt off` it must not: a fixed 10 s did not
+    outlast that from `advert 4s` on, and the drill passed a node that took them)."""
+    return track.interval_s * (track.rise + 1) + max(
+        RETURN_WATCH_S, plan.master_down_bound + RETURN_SLACK_S)
+
+
 def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
                   track: Track) -> GatewayResult:
     """The master's tracked gateway stops answering it; the backup takes over.
@@ -570,7 +585,7 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
     # timeout (interval + 1 s); then VRRP needs a few adverts. Bounded generously: a
     # loaded 2-core box measured 12.8 s for interval 1, fall 2 (branch).
     detect = track.interval_s * (track.fall + 1) + (track.interval_s + 1) * track.fall + 15.0
-    recover = track.interval_s * (track.rise + 1) + 10.0
+    recover = return_window_s(track, plan)
     undo = lab.prepare_mode(mode)
     stream_proc = None
     blocked = False

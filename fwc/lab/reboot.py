@@ -15,7 +15,7 @@ script, then conntrackd, then keepalived. Three things are measured:
 (b) the node rejoins without stealing the VIPs before conntrackd has
     resynchronised: the backup holds them for the preempt delay and the
     returning node's conntrackd lists the connection before it takes one; with
-    `preempt off` it takes none at all (watched STAY_WATCH_S) and its conntrackd
+    `preempt off` it takes none at all (watched `stay_watch_s`) and its conntrackd
     lists the connection, ready for the next failover;
 (c) the connection survives the fall and the return.
 """
@@ -40,15 +40,19 @@ from fwc.lab.results import BootWatch, Flow, RebootResult, wait_for
 if TYPE_CHECKING:
     from fwc.lab.daemons import Node
     from fwc.lab.running import Lab
+    from fwc.lab.topology import LabPlan
 
 SPORT_BASE = 61000  # above the ephemeral range (32768-60999): never the drill's own stream
 SPORTS = 1000
 ROUTE_TABLE = "197"  # a policy routing table in the test host only
 SYN_INTERVAL = 0.005
 AFTER_BOOT = 0.6  # keep probing this long after the boot script: the positive control
-# `preempt off`: how long the returning node is watched staying backup. Longer than a
-# VRRP master-down interval at the slowest advert the lab drills (3 x 1 s + skew).
+# `preempt off`: how long the returning node is watched staying backup, at least. A
+# keepalived that preempts all the same takes the VIPs when its master-down timer runs
+# out, so the watch outlasts that at the policy's advert interval (`stay_watch_s`).
 STAY_WATCH_S = 8.0
+# beyond the master-down interval: keepalived's start and the last reading
+STAY_MARGIN_S = 2.0
 
 
 def judge_boot(
@@ -431,13 +435,20 @@ def judge_reboot(res: RebootResult) -> bool:
     return res.connected and not why
 
 
+def stay_watch_s(plan: LabPlan) -> float:
+    """How long a returning node of PLAN (`preempt off`) is watched staying backup: a
+    fixed 8 s covered the master-down interval up to `advert 2s` only (at `advert 3s`
+    keepalived took the VIPs after 9.56 s, unwatched)."""
+    return max(STAY_WATCH_S, plan.master_down_bound + STAY_MARGIN_S)
+
+
 def _rejoin(
     lab: Lab, res: RebootResult, master: Node, backup: Node, has_flow: Any, t_ka: float
 ) -> None:
-    """Poll until MASTER holds every VIP (with `preempt off`: for STAY_WATCH_S, and it
+    """Poll until MASTER holds every VIP (with `preempt off`: for `stay_watch_s`, and it
     must take none): when its cache has the flow, who holds the VIPs."""
     held_throughout = True
-    watch = res.preempt_delay_s + 20.0 if res.preempt else STAY_WATCH_S
+    watch = res.preempt_delay_s + 20.0 if res.preempt else stay_watch_s(lab.plan)
     deadline = t_ka + watch
     for _ in range(int(watch / 0.05) + 2):
         now = time.monotonic()

@@ -200,7 +200,7 @@ class RebootResult:
     backup: str = ""
     preempt_delay_s: float = 0.0
     connected: bool = False
-    # `preempt off`: the returning node stays backup (watched STAY_WATCH_S), no failback
+    # `preempt off`: the returning node stays backup (watched stay_watch_s), no failback
     preempt: bool = True
     external_flows_before: int = 0
     wiped: dict[str, Any] = field(default_factory=dict)

@@ -164,6 +164,12 @@ class LabPlan:
         return self.cluster.vrrp.advert_ms / 1000.0
 
     @property
+    def master_down_bound(self) -> float:
+        """The longest a backup keepalived hears no advert it accepts before it takes the
+        VIPs, in seconds: three adverts plus a skew below one (the master-down interval)."""
+        return 4 * self.advert
+
+    @property
     def preempt(self) -> bool:
         return self.cluster.vrrp.preempt
 
