@@ -131,6 +131,19 @@ def test_fmt_refuses_such_a_file_and_leaves_it_as_it_was(tmp_path, capsys):
     assert "error[FWC006]: U+2028 (LINE SEPARATOR)" in err and "\u2028" not in err
 
 
+def test_fwc_toml_may_not_hold_them_either(tmp_path, capsys):
+    """`output = "out<U+200B>"` compiled into a directory that looks like `out/`, and
+    a bidirectional control in a comment of fwc.toml passed as it was."""
+    policy = write_policy(tmp_path, EDGE_TEXT)
+    (tmp_path / "fwc.toml").write_text('backend = "iptables"  # \u202e note\n'
+                                       'output = "out\u200b"\n', encoding="utf-8")
+    assert main(["compile", str(policy)]) != 0
+    err = capsys.readouterr().err
+    assert "fwc.toml:1:25: error[FWC006]: bidirectional control U+202E" in err
+    assert "fwc.toml:2:14: error[FWC006]: invisible character U+200B" in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
 def test_import_quotes_a_hidden_character_escaped_and_translates_no_invisible_prefix():
     """A `--comment` holding U+202E was quoted raw into the policy's comment, and a log
     prefix holding a zero-width space or an escape character became a string: the

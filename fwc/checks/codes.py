@@ -39,7 +39,7 @@ describe("FWC006", "character a reviewer cannot see", E, """
 Policy changes are reviewed as diffs, and a character that an editor, a browser or a
 terminal does not show as it is can make the reviewed text mean something else than
 what fwc compiles ("Trojan Source", CVE-2021-42574). It is an error anywhere in a
-policy file, in comments too.
+policy file and in fwc.toml, in comments too.
 
 Bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C)
 reorder how a line is shown: a comment can appear to swallow a rule, or a rule to
