@@ -158,3 +158,18 @@ def test_import_quotes_a_hidden_character_escaped_and_translates_no_invisible_pr
     assert "NOT IMPORTED (a log prefix holding U+200B (ZERO WIDTH SPACE))" in result.text
     assert '--log-prefix "c\\u200bd "' in result.text
     assert not [c for c in result.text if c != "\n" and not c.isprintable()]
+
+
+def test_fmt_prints_a_file_name_from_a_glob_escaped(tmp_path, capsys):
+    """`fwc fmt --check policies/*.fw` over a pull request: a file named with an escape
+    sequence and a bidirectional override was listed as it was, and the terminal acted
+    on it (cleared the screen, reordered the line)."""
+    name = str(tmp_path / "x\x1b[2Jy\u202e.fw")
+    Path(name).write_text("host a   192.0.2.1\nhost bb 192.0.2.2\n", encoding="utf-8")
+    shown = str(tmp_path) + "/x\\x1b[2Jy\\u202e.fw"
+    assert main(["fmt", "--check", name]) == 1
+    assert capsys.readouterr().out == shown + "\n"
+    assert main(["fmt", "--diff", name]) == 1
+    assert capsys.readouterr().out.startswith(f"--- a/{shown}\n+++ b/{shown}\n")
+    assert main(["fmt", name]) == 0
+    assert capsys.readouterr().err == f"formatted {shown}\n"
