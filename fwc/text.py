@@ -26,6 +26,12 @@ ESCAPES = {'"': '"', "\\": "\\"}
 # U+2066-U+2069) is a format character.
 HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 
+# Invisible too, though letters and marks (Unicode's default-ignorable code points that
+# are printable to Python): the Hangul fillers, the combining grapheme joiner and the
+# Khmer inherent vowels. A string holding one reads as the same string without it (the
+# fillers are the classic invisible JavaScript identifier).
+_INVISIBLE_PRINTABLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5")
+
 # The line-break look-alikes among them: editors, browsers and `git diff` may break the
 # line there, fwc's lexer does not (only at "\n").
 _LINE_BREAKS = frozenset("\r\x0b\x0c\x85\u2028\u2029")
@@ -61,8 +67,9 @@ def describe_character(char: str) -> str:
 
 
 def is_hidden(char: str) -> bool:
-    """Whether a reader cannot see CHAR as it is (HIDDEN_CATEGORIES)."""
-    return unicodedata.category(char) in HIDDEN_CATEGORIES
+    """Whether a reader cannot see CHAR as it is (HIDDEN_CATEGORIES, and the few
+    invisible letters and marks)."""
+    return unicodedata.category(char) in HIDDEN_CATEGORIES or char in _INVISIBLE_PRINTABLE
 
 
 def is_line_break_look_alike(char: str) -> bool:
@@ -78,7 +85,7 @@ def is_bidi_control(char: str) -> bool:
 def escape_hidden(text: str) -> str:
     """TEXT with each hidden character written as its Python escape (`\\u202e`), so that
     a terminal shows what is there instead of acting on it or showing nothing."""
-    if text.isascii() and text.isprintable():
+    if text.isascii() and text.isprintable():  # (the common case, at once)
         return text
     return "".join(char.encode("unicode_escape").decode("ascii") if is_hidden(char)
                    else char for char in text)
@@ -94,8 +101,10 @@ def unsafe_character(text: str) -> tuple[int, str] | None:
     and the other invisible format characters (`"/usr/bin/\\u200blogger"` runs another
     program than the one a reviewer reads).
     """
+    if text.isascii() and text.isprintable():
+        return None
     for index, char in enumerate(text):
-        if not char.isprintable() and is_hidden(char):  # (every hidden one is unprintable)
+        if is_hidden(char):
             return index, char
     return None
 

@@ -21,7 +21,7 @@ assert WEB_RULE in EDGE_TEXT
 BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
         "\u2069", "\u200e", "\u200f", "\u061c"]
 INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\U000e0041",
-             "\U000e0001"]
+             "\U000e0001", "\u3164", "\u115f", "\u034f"]
 LINE_BREAK_LOOK_ALIKES = ["\u2028", "\u2029", "\x85", "\r", "\x0b", "\x0c"]
 
 

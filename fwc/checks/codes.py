@@ -48,13 +48,15 @@ return that does not end a line, form feed, vertical tab) are shown as a line br
 but fwc's lines end only at a newline: a rule an editor shows on the line after a
 comment is part of the comment, and not compiled. Invisible format characters
 (zero-width space and joiners U+200B-U+200D, word joiner U+2060, U+FEFF, soft hyphen
-U+00AD, the tag characters U+E0000-U+E007F, ...) change a file name, a command or a
+U+00AD, the tag characters U+E0000-U+E007F, the Hangul fillers U+3164 and U+115F,
+...) change a file name, a command or a
 log prefix in a string without a visible trace. Other control characters are acted
 on by a terminal: an escape sequence in a comment can make `git diff` erase the
 line above.
 
 The set is fixed by Unicode category (Cc, Cf, Cs, Zl, Zp; a tab and CR LF line ends
-are allowed), so it does not depend on a font or an editor. Names are ASCII only,
+are allowed) and a short list of invisible letters and marks (the Hangul fillers, the
+combining grapheme joiner), so it does not depend on a font or an editor. Names are ASCII only,
 so two objects cannot differ by a look-alike letter. The diagnostic names the
 character as U+XXXX; remove it (write right-to-left text without direction controls,
 end a line with a newline). Up to 10 are reported per file.""", "parse")
