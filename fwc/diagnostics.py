@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, TextIO
+
+from fwc.text import escape_hidden
 
 
 class Severity(StrEnum):
@@ -142,19 +143,13 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.is_error for d in diagnostics)
 
 
-# Characters a report does not print as they are: controls (an escape sequence in a
-# comment, or in the name of a file a pull request adds, could erase the diagnostics above
-# it on a terminal), line separators and format characters (bidirectional overrides
-# reorder what is shown).
-_HIDDEN = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
-
-
 def shown_text(line: str) -> str:
-    """LINE with each such character as U+FFFD: one column, so the caret stays under it."""
-    if line.isascii() and line.isprintable():
-        return line
-    return "".join("\N{REPLACEMENT CHARACTER}" if unicodedata.category(c) in _HIDDEN else c
-                   for c in line)
+    """LINE with each character a reader cannot see as it is (fwc.text.HIDDEN_CATEGORIES:
+    controls, line separators, format characters) as its escape, `\\u202e`: an escape
+    sequence in a comment, or in the name of a file a pull request adds, could erase the
+    diagnostics above it on a terminal, a bidirectional override reorders what is shown,
+    and the escape names the character where a placeholder would not."""
+    return escape_hidden(line)
 
 
 def _excerpt(span: Span, sources: Mapping[str, str],
@@ -175,12 +170,15 @@ def _excerpt(span: Span, sources: Mapping[str, str],
         lines = split[span.file] = text.split("\n")
     if not 1 <= span.line <= len(lines):
         return []
-    line = shown_text(lines[span.line - 1].removesuffix("\r").expandtabs(1))
-    width = 1
+    raw = lines[span.line - 1].removesuffix("\r").expandtabs(1)
+    end = span.column
     if span.end_line == span.line and span.end_column > span.column:
-        width = span.end_column - span.column
+        end = span.end_column - 1
+    # Columns as shown: an escape is wider than the character it stands for.
+    start = len(shown_text(raw[:span.column - 1]))
+    width = max(1, len(shown_text(raw[span.column - 1:end])))
     gutter = f"{span.line:>4} | "
-    return [gutter + line, " " * (len(gutter) + span.column - 1) + "^" + "~" * (width - 1)]
+    return [gutter + shown_text(raw), " " * (len(gutter) + start) + "^" + "~" * (width - 1)]
 
 
 def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:

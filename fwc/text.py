@@ -11,15 +11,38 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import unicodedata
 
 ESCAPES = {'"': '"', "\\": "\\"}
 
-# Bidirectional formatting characters make a reviewer read a line in another order
-# than the programs that consume it ("trojan source"); no policy string needs them.
+# What a reader cannot see as it is: controls (a terminal acts on an escape sequence; a
+# lone CR, a form feed or U+0085 look like a line break), format characters (the
+# bidirectional controls reorder a line, "trojan source"; zero-width ones, the soft
+# hyphen and the tag characters are invisible), surrogates, line and paragraph
+# separators. Fixed Unicode categories, so the answer does not change with the Python
+# version; every bidirectional control (U+061C, U+200E, U+200F, U+202A-U+202E,
+# U+2066-U+2069) is a format character.
+HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+# Invisible too, though letters and marks (Unicode's default-ignorable code points that
+# are printable to Python): the Hangul fillers, the combining grapheme joiner and the
+# Khmer inherent vowels. A string holding one reads as the same string without it (the
+# fillers are the classic invisible JavaScript identifier).
+_INVISIBLE_PRINTABLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5")
+
+# The line-break look-alikes among them: editors, browsers and `git diff` may break the
+# line there, fwc's lexer does not (only at "\n").
+_LINE_BREAKS = frozenset("\r\x0b\x0c\x85\u2028\u2029")
+
+# The bidirectional formatting characters (embeddings, overrides, isolates and marks).
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
                            "\u2066\u2067\u2068\u2069")
+
+# Candidates in a policy's text: anything outside printable ASCII, tab and line feed, and
+# a carriage return that does not end a line (CR LF is a line end).
+_SOURCE_CANDIDATE = re.compile(r"[^\t\n\r\x20-\x7e]|\r(?!\n)")
 
 
 class LiteralError(ValueError):
@@ -37,29 +60,62 @@ def describe_character(char: str) -> str:
     name = unicodedata.name(char, "")
     if not name:
         name = {"\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\t": "TAB", "\x00": "NUL",
-                "\x1b": "ESCAPE", "\x7f": "DELETE"}.get(char, "")
+                "\x1b": "ESCAPE", "\x7f": "DELETE", "\x0b": "LINE TABULATION",
+                "\x0c": "FORM FEED", "\x85": "NEXT LINE"}.get(char, "")
     code = f"U+{ord(char):04X}"
     return f"{code} ({name})" if name else code
+
+
+def is_hidden(char: str) -> bool:
+    """Whether a reader cannot see CHAR as it is (HIDDEN_CATEGORIES, and the few
+    invisible letters and marks)."""
+    return unicodedata.category(char) in HIDDEN_CATEGORIES or char in _INVISIBLE_PRINTABLE
+
+
+def is_line_break_look_alike(char: str) -> bool:
+    """Whether an editor or a diff may show CHAR as a line break, where fwc reads none."""
+    return char in _LINE_BREAKS or unicodedata.category(char) in ("Zl", "Zp")
+
+
+def is_bidi_control(char: str) -> bool:
+    """Whether CHAR is a bidirectional formatting character (reorders what is shown)."""
+    return char in _BIDI_CONTROLS
+
+
+def escape_hidden(text: str) -> str:
+    """TEXT with each hidden character written as its Python escape (`\\u202e`), so that
+    a terminal shows what is there instead of acting on it or showing nothing."""
+    if text.isascii() and text.isprintable():  # (the common case, at once)
+        return text
+    return "".join(char.encode("unicode_escape").decode("ascii") if is_hidden(char)
+                   else char for char in text)
 
 
 def unsafe_character(text: str) -> tuple[int, str] | None:
     """(index, character) of the first character no generated file may carry, else None.
 
-    Control characters (C0, DEL, C1: a newline ends a line of iptables-restore input
-    and starts a new rule), line and paragraph separators (Python and editors break
-    lines there), surrogates (a file name that is not UTF-8: it cannot be written
-    into a UTF-8 file) and bidirectional formatting characters. Only fixed Unicode
-    categories are used, so the answer does not change with the Python version.
+    Every hidden character (HIDDEN_CATEGORIES): control characters (C0, DEL, C1: a
+    newline ends a line of iptables-restore input and starts a new rule), line and
+    paragraph separators (Python and editors break lines there), surrogates (a file name
+    that is not UTF-8: it cannot be written into a UTF-8 file), bidirectional controls
+    and the other invisible format characters (`"/usr/bin/\\u200blogger"` runs another
+    program than the one a reviewer reads).
     """
+    if text.isascii() and text.isprintable():
+        return None
     for index, char in enumerate(text):
-        if char.isprintable() or char == " ":
-            if char in _BIDI_CONTROLS:
-                return index, char
-            continue
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
+        if is_hidden(char):
             return index, char
     return None
+
+
+def hidden_in_source(text: str) -> list[tuple[int, str]]:
+    """(index, character) of each character of a policy's text a reviewer cannot see:
+    every hidden character but tab, line feed and the CR of a CR LF line end; in
+    comments too, where a bidirectional control reorders the line shown and a line-break
+    look-alike shows a rule that is part of the comment."""
+    return [(match.start(), match.group()) for match in _SOURCE_CANDIDATE.finditer(text)
+            if is_hidden(match.group())]
 
 
 def decode_literal(body: str) -> str:

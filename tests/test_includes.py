@@ -359,11 +359,13 @@ def test_diff_include_path_inside_the_repository_is_searched(gitrepo: Path):
 
 
 def test_a_name_the_os_cannot_take_is_a_diagnostic(tree: Path):
-    # A raw NUL byte in the name: the string decoding refuses it at the character.
+    # A raw NUL byte in the name: refused at the character, as every control character
+    # of a policy is (FWC006), before the string is decoded or a file opened.
     (tree / "p.fw").write_text('include "a\x00b.fw"\n' + BASE, encoding="utf-8")
     result = fwc("check", "p.fw", cwd=tree)
     assert result.returncode == 1
-    assert "p.fw:1:11: error[FWC004]" in result.stderr, result.stderr
+    assert "p.fw:1:11: error[FWC006]: control character U+0000 (NUL)" in result.stderr, \
+        result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -146,7 +146,8 @@ def test_the_excerpt_shows_the_reported_line_and_no_control_character(tmp_path):
     """Excerpts were cut with str.splitlines: after a comment holding U+2028 (or a form
     feed, a lone CR) each showed the line before the one reported. And a comment's
     escape sequence went to the terminal as it was (`ESC[2K ESC[1A` erases the
-    diagnostic above it); a bidirectional override reordered the line shown."""
+    diagnostic above it); a bidirectional override reordered the line shown. Each is
+    now an error of its own (FWC006), shown escaped, the caret under its escape."""
     from fwc.diagnostics import render_text
 
     text = ("# a\u2028b\x0cc\rd\nhost a 192.0.2.1\nhost c 192.0.2.300  # \x1b[2K\x1b[1A\u202e\n"
@@ -154,9 +155,12 @@ def test_the_excerpt_shows_the_reported_line_and_no_control_character(tmp_path):
     path = write_policy(tmp_path, text)
     analysis = analyse(path)
     shown = render_text(analysis.diagnostics, analysis.program.texts)
-    bad = next(d for d in analysis.diagnostics if d.code == "FWC106")
-    assert bad.span.line == 3
-    assert "   3 | host c 192.0.2.300  # \ufffd[2K\ufffd[1A\ufffd\n" \
-        "              ^~~~~~~~~~~\n" in shown
-    assert "   4 | host d 192.0.2.4\n" in shown
+    assert [(d.code, d.span.line, d.span.column) for d in analysis.diagnostics] == [
+        ("FWC006", 1, 4), ("FWC006", 1, 6), ("FWC006", 1, 8),
+        ("FWC006", 3, 23), ("FWC006", 3, 27), ("FWC006", 3, 31)]
+    assert "U+202E (RIGHT-TO-LEFT OVERRIDE)" in shown
+    excerpt = "   3 | host c 192.0.2.300  # \\x1b[2K\\x1b[1A\\u202e"
+    under_override = " " * excerpt.index("\\u202e") + "^~~~~~"  # the whole escape
+    assert f"{excerpt}\n{under_override}\n" in shown
+    assert "   1 | # a\\u2028b\\x0cc\\rd\n" + " " * len("   1 | # a\\u2028b") + "^~~~\n" in shown
     assert not [c for c in shown if c != "\n" and not c.isprintable()]

@@ -30,11 +30,36 @@ a cycle is almost always a mistake in the include structure, so it is an error
 and the cycle is printed.""", "parse")
 describe("FWC004", "string literal cannot be decoded", E, """
 A string knows two escapes, `\\"` and `\\\\`; any other backslash sequence (`"\\x"`,
-`"\\n"`) is refused instead of guessed at. A string also cannot hold control
-characters (a tab, a NUL byte, an escape character), line or paragraph separators
-or bidirectional formatting characters: every string ends up in a generated file,
-where a newline would end the line and start a new rule. The diagnostic points at
-the character.""", "parse")
+`"\\n"`) is refused instead of guessed at. A string also cannot hold a tab (nor
+anything FWC006 refuses anywhere in a policy: other control characters, line or
+paragraph separators, bidirectional and invisible format characters): every string
+ends up in a generated file, where a newline would end the line and start a new rule.
+The diagnostic points at the character.""", "parse")
+describe("FWC006", "character a reviewer cannot see", E, """
+Policy changes are reviewed as diffs, and a character that an editor, a browser or a
+terminal does not show as it is can make the reviewed text mean something else than
+what fwc compiles ("Trojan Source", CVE-2021-42574). It is an error anywhere in a
+policy file and in fwc.toml, in comments too.
+
+Bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C)
+reorder how a line is shown: a comment can appear to swallow a rule, or a rule to
+say what it does not. Line-break look-alikes (U+2028, U+2029, U+0085, a carriage
+return that does not end a line, form feed, vertical tab) are shown as a line break,
+but fwc's lines end only at a newline: a rule an editor shows on the line after a
+comment is part of the comment, and not compiled. Invisible format characters
+(zero-width space and joiners U+200B-U+200D, word joiner U+2060, U+FEFF, soft hyphen
+U+00AD, the tag characters U+E0000-U+E007F, the Hangul fillers U+3164 and U+115F,
+...) change a file name, a command or a
+log prefix in a string without a visible trace. Other control characters are acted
+on by a terminal: an escape sequence in a comment can make `git diff` erase the
+line above.
+
+The set is fixed by Unicode category (Cc, Cf, Cs, Zl, Zp; a tab and CR LF line ends
+are allowed) and a short list of invisible letters and marks (the Hangul fillers, the
+combining grapheme joiner), so it does not depend on a font or an editor. Names are ASCII only,
+so two objects cannot differ by a look-alike letter. The diagnostic names the
+character as U+XXXX; remove it (write right-to-left text without direction controls,
+end a line with a newline). Up to 10 are reported per file.""", "parse")
 describe("FWC010", "include outside the policy repository", E, """
 An include names a file outside the policy repository (the git work tree that
 holds the top policy file, or its directory outside git), by an absolute path,

@@ -25,9 +25,11 @@ describe("FWC005", "file name a generated file cannot carry", E, """
 Every iptables rule's comment names the policy file and line it comes from
 (`lib/hq.fw:12`), and MANIFEST lists the policy's files. A file name with a control
 character (a newline, a tab, an escape character), a line separator, a
-bidirectional formatting character or bytes that are not UTF-8 would break the
-line it is written on: a newline in a file name once injected `-A INPUT -j ACCEPT`
-into the ruleset. Such a file is refused before anything is read from it; rename
+bidirectional or invisible format character (a zero-width space before the dot of
+`rules.fw` is not seen) or bytes that are not UTF-8 would break the line it is
+written on, or name another file than the one a reviewer reads: a newline in a file
+name once injected `-A INPUT -j ACCEPT` into the ruleset. Such a file is refused
+before anything is read from it; rename
 it.""", "parse")
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from fwc.commands.common import without_cycle_collection, write_file
-from fwc.diagnostics import error, print_diagnostics
+from fwc.diagnostics import error, print_diagnostics, shown_text
 from fwc.frontend.formatting import FormatError, format_text
 from fwc.frontend.parse import parse_text
 from fwc.frontend.sources import Refused, read_regular
@@ -57,7 +57,7 @@ def _format_text(text: str, name: str) -> tuple[str, str] | None:
         if diagnostics:
             print_diagnostics(diagnostics, {name: text})
         else:
-            print(f"fwc fmt: {name}: {exc}", file=sys.stderr)
+            print(shown_text(f"fwc fmt: {name}: {exc}"), file=sys.stderr)
         return None
 
 
@@ -72,8 +72,9 @@ def _read_stdin() -> str | None:
 
 def unified(old: str, new: str, name: str) -> str:
     """The diff `fwc fmt --diff` prints: a/NAME -> b/NAME, like git."""
+    shown = shown_text(name)
     lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                 f"a/{name}", f"b/{name}")
+                                 f"a/{shown}", f"b/{shown}")
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
                    for line in lines)
 
@@ -105,6 +106,9 @@ def _run(args: argparse.Namespace) -> int:
     status = 0
     for name in args.files:
         path = Path(name)
+        # A file name comes from a glob over a repository under review: one holding an
+        # escape sequence or a bidirectional control is printed escaped (fwc.text).
+        shown = shown_text(name)
         result = _format_file(path)
         if result is None:
             status = 1
@@ -117,15 +121,15 @@ def _run(args: argparse.Namespace) -> int:
             status = 1
             continue
         if args.check:
-            print(name)
+            print(shown)
             status = 1
             continue
         try:
             write_file(path, new)
         except OSError as exc:
-            print(f"fwc fmt: cannot write '{name}': {exc.strerror or exc}; the file is "
+            print(f"fwc fmt: cannot write '{shown}': {exc.strerror or exc}; the file is "
                   "unchanged", file=sys.stderr)
             status = 1
             continue
-        print(f"formatted {name}", file=sys.stderr)
+        print(f"formatted {shown}", file=sys.stderr)
     return status

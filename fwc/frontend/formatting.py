@@ -37,6 +37,7 @@ from fwc.frontend import syntax as s
 from fwc.frontend.larkimport import UnexpectedInput
 from fwc.frontend.parse import BadLiteral, borrowed_parser
 from fwc.model.records import dataclass
+from fwc.text import hidden_in_source
 
 INDENT = "    "
 OPTION_GAP = "  "
@@ -510,6 +511,11 @@ def render(items: list[Item]) -> str:
 
 
 def format_text(text: str) -> str:
-    """The canonical layout of a policy text; raises FormatError when it does not parse."""
+    """The canonical layout of a policy text; raises FormatError when it does not parse
+    or holds a character a reviewer cannot see (FWC006: the layout would carry it on,
+    and a comment's line-break look-alike would come out as a comment and a live rule
+    once an editor or a later fmt broke the line there)."""
+    if hidden_in_source(text):
+        raise FormatError("the text holds a character a reviewer cannot see (FWC006)")
     statements, tokens, comments = parse_for_layout(text)
     return render(_Layout(text, statements, tokens, comments).run())

@@ -22,6 +22,7 @@ from fwc.frontend.fastpath import (
     FastPath,
     join_spans,
 )
+from fwc.frontend.hidden import hidden_character_diagnostics
 from fwc.frontend.larkimport import (
     Lark,
     Token,
@@ -33,7 +34,7 @@ from fwc.frontend.larkimport import (
 )
 from fwc.frontend.tables import Tables, grammar_text
 from fwc.frontend.tables import load as load_tables
-from fwc.text import LiteralError, decode_literal
+from fwc.text import LiteralError, decode_literal, hidden_in_source
 
 MAX_SYNTAX_ERRORS = 10
 
@@ -291,6 +292,15 @@ def _blank_line(text: str, line: int) -> str:
     return "\n".join(lines)
 
 
+def _blank_characters(text: str, hidden: list[tuple[int, str]]) -> str:
+    if not hidden:
+        return text
+    chars = list(text)
+    for index, _char in hidden:
+        chars[index] = " "
+    return "".join(chars)
+
+
 class BadLiteral(Exception):  # noqa: N818 - a syntax error, like lark's
     """Raised by the tree builder for a string literal that cannot be decoded."""
 
@@ -312,12 +322,15 @@ def parse_text(text: str, path: str, parser: PolicyParser | None = None,
     if parser is None:
         with borrowed_parser() as own:
             return parse_text(text, path, own, fast, lines)
-    if fast and not parser.keep_tokens:
+    hidden = hidden_in_source(text)
+    if fast and not parser.keep_tokens and not hidden:
         got = _parse_fast(text, path, parser, lines)
         if got is not None:
             return got, []
-    diagnostics: list[Diagnostic] = []
-    attempt = text
+    diagnostics = hidden_character_diagnostics(text, path, hidden)
+    # Each one a blank for the parser (one character for one: the columns stay), so that
+    # the syntax errors of the same text are found in the same run.
+    attempt = _blank_characters(text, hidden)
     tree: list | None = None
     seen_lines: set[int] = set()
     while tree is None:

@@ -29,8 +29,10 @@ from pathlib import Path
 
 from fwc.diagnostics import Diagnostic, Span, error
 from fwc.frontend import close_matches
+from fwc.frontend.hidden import hidden_character_diagnostics
 from fwc.frontend.sources import inside, repository_root, resolved
 from fwc.model.records import dataclass
+from fwc.text import hidden_in_source
 
 CONFIG_NAME = "fwc.toml"
 MAX_CONFIG_BYTES = 64 * 1024
@@ -141,6 +143,11 @@ def parse_config(text: str, path: Path, shown: str, is_dir: Callable[[Path], boo
     revision (`fwc diff` reads each side's own)."""
     import tomllib
 
+    # Reviewed as a diff like a policy, and `fwc trust` trusts what was read: a
+    # character a reader cannot see is refused here too, comments included.
+    hidden = hidden_in_source(text)
+    if hidden:
+        return ProjectConfig(path), hidden_character_diagnostics(text, shown, hidden)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -33,7 +33,13 @@ from fwc.importing.saved import (
     set_members,
 )
 from fwc.model.records import dataclass
-from fwc.text import encode_literal, unsafe_character, utf8_length
+from fwc.text import (
+    describe_character,
+    encode_literal,
+    escape_hidden,
+    unsafe_character,
+    utf8_length,
+)
 
 ICMP_NAMES = {number: name for name, number in proto.ICMP_TYPES.items()}
 MAX_DEPTH = 8
@@ -286,14 +292,21 @@ def _reached(saved: Saved, table: str) -> set[str]:
 
 def _quote(rule: SavedRule, via: tuple[SavedRule, ...]) -> str:
     path = "".join(f" (via line {v.line})" for v in via)
-    return f"# line {rule.line}{path}: {rule.text}"
+    return f"# line {rule.line}{path}: {_quoted(rule)}"
+
+
+def _quoted(rule: SavedRule) -> str:
+    """The original line for a comment of the policy: a hidden character (a quoted
+    comment's bidirectional control, U+2028, an escape character) escaped, as the policy
+    may not hold it even in a comment (FWC006)."""
+    return escape_hidden(rule.text)
 
 
 def _comment_out(w: _Writer, rule: SavedRule, why: str) -> list[str]:
     w.comments += 1
     w.warn("FWC700", rule.line, f"not translated: {why}",
            hint="kept as a comment in the policy; write it by hand or drop it")
-    return [f"# line {rule.line}: NOT IMPORTED ({why}): {rule.text}"]
+    return [f"# line {rule.line}: NOT IMPORTED ({why}): {_quoted(rule)}"]
 
 
 @dataclass
@@ -393,6 +406,9 @@ def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | No
     action = ACTIONS.get(target)
     if action is None:
         raise Untranslatable(f"target {d.target}")
+    hidden = unsafe_character(log) if log else None
+    if hidden is not None:  # a policy string may not hold it (FWC004, FWC006)
+        raise Untranslatable(f"a log prefix holding {describe_character(hidden[1])}")
     if m.ctstate and set(m.ctstate) <= REPLIES and action == "accept":
         raise Untranslatable(f"an accept of conntrack state {','.join(m.ctstate)} (fwc "
                              "accepts RELATED and ESTABLISHED itself, every one)")
