@@ -988,7 +988,9 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
             # The snapshot on disk before the watchdog.pid that makes a boot use it, and
             # both before the apply changes anything.
             f"{_DURABLE} && rm -f {CONFIRMED} {ROLLED_BACK} && "
-            f"{{ nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}; }}"
+            # (PID, boot id and start time: fwc.backend.probation's record)
+            f"{{ {FUNCTIONS}; nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & "
+            f"watchdog_record $! > {WATCHDOG_PID}; }}"
             f" && {_DURABLE}")
 
 
