@@ -60,6 +60,21 @@ def test_conntrackd_starts_over_a_crash_and_tells_its_peer(examples):
             f"-/usr/sbin/conntrackd -C {BY_NAME['conntrackd.conf'].path} -B"
 
 
+def test_conntrackd_is_started_again_until_it_runs(examples):
+    """Without its sync address conntrackd exits at once; systemd's default start limit
+    (5 in 10 s) is spent in half a second and the unit stayed failed: keepalived, ordered
+    after it only, started without it (a master replicating nothing, with nothing to
+    commit), and the notify script's start was refused while the limit held. The drop-in
+    lifts the limit and spaces the starts, so conntrackd runs once the address is there,
+    and keepalived's start waits for it."""
+    for member in ("fw1", "fw2"):
+        unit = _unit(_files(examples)[f"{member}/conntrackd-systemd.conf"])
+        assert unit["Unit"]["StartLimitIntervalSec"] == "0"
+        assert unit["Service"]["Restart"] == "on-failure"
+        assert unit["Service"]["RestartSec"] == f"{proto.CONNTRACKD_RESTART_S}s"
+        assert proto.CONNTRACKD_RESTART_S >= 1  # not systemd's 100 ms: a loop, not a storm
+
+
 def test_a_hung_conntrackd_is_restarted_by_its_watchdog(examples):
     """A stopped or stuck daemon replicates nothing and tells nobody; its systemd
     watchdog (conntrackd pings it from its event loop: tests/test_conntrackd_resync.py
