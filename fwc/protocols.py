@@ -309,6 +309,9 @@ NODE_RM = "/bin/rm"
 # commented out in Debian's unit, at this value): a daemon silent this long (hung,
 # stopped) is killed and started again by the drop-in.
 CONNTRACKD_WATCHDOG_S = 60
+# A conntrackd that did not start (its sync address not there yet) is started again
+# this long after, for as long as it takes: the drop-in lifts systemd's start limit.
+CONNTRACKD_RESTART_S = 2
 NODE_CONNTRACKD = "/usr/sbin/conntrackd"
 NODE_IP = "/sbin/ip"
 NODE_NOTIFY_LOCK = "/run/fwc-notify.lock"

@@ -99,6 +99,16 @@ def root_problem() -> str | None:
     return _ROOT_PROBLEM[0]
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def watchdog_record(pid: int, boot_id: str = BOOT_ID) -> str:
+    """What watchdog.pid holds for the watchdog PID of the boot BOOT_ID (this one unless
+    told): fwc.backend.probation's record, PID, boot id and start time."""
+    started = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    return f"{pid} {boot_id} {started}\n"
+
+
 def cannot_run(problem: str) -> NoReturn:
     """A test that cannot run here: fail in CI, elsewhere skip with the reason printed."""
     if IN_CI:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import BOOT_ID, REPO, watchdog_record
 
 from fwc.backend.files import BY_NAME, FILES
 from fwc.backend.output import compile_policy
@@ -28,6 +28,7 @@ from fwc.install import scripts
 from fwc.pipeline import analyse
 
 SHELLS = [s for s in ("sh", "dash") if shutil.which(s)]
+EARLIER_BOOT = "0b0a4c5e-6d1e-4f3a-9e7d-2c1b0a998877"
 
 
 def _member_files(policy: str) -> dict[str, str]:
@@ -79,6 +80,8 @@ def _run(files: dict[str, str], tmp: Path, shell: str, *,
     for d in (bin_dir, etc, proc / "net/ipv4", *([proc / "net/ipv6/conf/all"] if ipv6 else [])):
         d.mkdir(parents=True, exist_ok=True)
     (proc / "net/ipv4/ip_forward").write_text("1\n")  # on, as a sysctl.d file may leave it
+    (proc / "kernel/random").mkdir(parents=True, exist_ok=True)
+    (proc / "kernel/random/boot_id").write_text(BOOT_ID + "\n")
     if ipv6:
         (proc / "net/ipv6/conf/all/forwarding").write_text("1\n")
     for name, text in {**files, **(contents or {})}.items():
@@ -295,12 +298,14 @@ def _on_probation(new: dict[str, str], old: dict[str, str], *, marker: str | Non
                                           "net.netfilter.nf_conntrack_events=1\n")
         (snap / "rollback.sh").write_text(
             localise(scripts.rollback_script(rows, [], token="t1"), tmp))
-        pid = {"dead": "999999999", "reused": str(os.getpid())}.get(watchdog)
-        if pid is None:
+        # (a reused PID: a live process holds the PID the watchdog had in an earlier boot)
+        record = {"dead": f"999999999 {BOOT_ID} 1\n",
+                  "reused": watchdog_record(os.getpid(), EARLIER_BOOT)}.get(watchdog)
+        if record is None:
             proc = subprocess.Popen(["sh", "-c", f"sleep 30; sh {snap}/rollback.sh"])
             (tmp / "watchdog").write_text(str(proc.pid))
-            pid = str(proc.pid)
-        (snap / "watchdog.pid").write_text(pid + "\n")
+            record = watchdog_record(proc.pid)
+        (snap / "watchdog.pid").write_text(record)
         if marker is not None:
             (snap / marker).touch()
     return prepare
@@ -508,10 +513,11 @@ def test_the_probation_is_on_disk_before_the_apply_and_so_is_its_confirmation(tm
 
 def _stop_watchdog_of(snap: Path) -> None:
     """Kill the watchdog arm_watchdog started (one a failed assertion left running)."""
-    pid = (snap / "watchdog.pid").read_text().strip() if (snap / "watchdog.pid").exists() else ""
-    if pid:
+    record = (snap / "watchdog.pid").read_text().split() if (snap / "watchdog.pid").exists() \
+        else []
+    if record:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), 9)
+            os.kill(int(record[0]), 9)
 
 
 @pytest.mark.parametrize("shell", SHELLS)

@@ -43,9 +43,10 @@ def fake(bin_dir: Path, name: str, body: str) -> None:
 
 def run(script: str, tmp_path: Path, state: str, *, daemon_up: bool = True,
         systemd: bool = True, lock_exists: bool = False, shell: str = "sh",
-        hangs_on: str = "") -> list[str]:
+        hangs_on: str = "", start_hangs: bool = False) -> list[str]:
     """The calls the script made; HANGS_ON: the conntrackd option (-s, -c, ...) that never
-    answers, as a client of a stopped or hung daemon waits."""
+    answers, as a client of a stopped or hung daemon waits; START_HANGS: `systemctl start`
+    never returns, as for a unit systemd keeps starting again."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     calls = tmp_path / "calls"
@@ -55,7 +56,8 @@ def run(script: str, tmp_path: Path, state: str, *, daemon_up: bool = True,
     fake(bin_dir, "conntrackd", f'echo "conntrackd $*" >> {calls}\n{hang}'
          f'case "$*" in *" -s") exit {status} ;; esac\nexit 0')
     fake(bin_dir, "logger", f'echo "logger $*" >> {calls}')
-    fake(bin_dir, "systemctl", f'echo "systemctl $*" >> {calls}')
+    wait = 'case "$*" in *" start "*) exec sleep 20 ;; esac\n' if start_hangs else ""
+    fake(bin_dir, "systemctl", f'echo "systemctl $*" >> {calls}\n{wait}')
     systemd_dir = tmp_path / "systemd"
     if systemd:
         systemd_dir.mkdir(exist_ok=True)
@@ -147,6 +149,20 @@ def test_a_hung_daemon_cannot_hold_the_notify_script(script, tmp_path):
     logged = [c for c in calls if c.startswith("logger")]
     assert any("did not answer within 1 s" in c for c in logged)
     assert sum("skipped: the daemon did not answer" in c for c in logged) == 4
+
+
+def test_a_start_of_a_daemon_that_keeps_failing_cannot_hold_the_notify_script(script,
+                                                                              tmp_path):
+    # conntrackd without its sync address fails, and systemd starts it again without end
+    # (conntrackd-systemd.conf): `systemctl start` waits for that start job. Without a
+    # time limit the script held its lock, and the next transition's commit, as long.
+    start = time.monotonic()
+    calls = run(_quick(script), tmp_path, "primary", daemon_up=False, start_hangs=True)
+    assert time.monotonic() - start < 10
+    assert conntrackd_calls(calls) == [f"{CONFIG} {op}"
+                                       for op in ("-s", "-c", "-f", "-R", "-B")]
+    assert any("conntrackd did not start within 1 s (systemd goes on trying)" in c
+               for c in calls if c.startswith("logger"))
 
 
 def test_a_commit_that_outlasts_the_limit_lets_the_other_steps_run(script, tmp_path):

@@ -8,8 +8,10 @@ then switches forwarding on (issue 10: a rebooted node never forwards unfiltered
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from conftest import Examples, cannot_run
 
 from fwc import protocols as proto
 from fwc.backend.files import BY_NAME, FILES, LOADED_BY_INSTALL
+from fwc.install import scripts
 from fwc.install.node import NodeInstall
 
 
@@ -58,6 +61,21 @@ def test_conntrackd_starts_over_a_crash_and_tells_its_peer(examples):
         assert service["ExecStartPre"] == f"-/bin/rm -f {proto.NODE_CONNTRACKD_LOCK}"
         assert service["ExecStartPost"] == \
             f"-/usr/sbin/conntrackd -C {BY_NAME['conntrackd.conf'].path} -B"
+
+
+def test_conntrackd_is_started_again_until_it_runs(examples):
+    """Without its sync address conntrackd exits at once; systemd's default start limit
+    (5 in 10 s) is spent in half a second and the unit stayed failed: keepalived, ordered
+    after it only, started without it (a master replicating nothing, with nothing to
+    commit), and the notify script's start was refused while the limit held. The drop-in
+    lifts the limit and spaces the starts, so conntrackd runs once the address is there,
+    and keepalived's start waits for it."""
+    for member in ("fw1", "fw2"):
+        unit = _unit(_files(examples)[f"{member}/conntrackd-systemd.conf"])
+        assert unit["Unit"]["StartLimitIntervalSec"] == "0"
+        assert unit["Service"]["Restart"] == "on-failure"
+        assert unit["Service"]["RestartSec"] == f"{proto.CONNTRACKD_RESTART_S}s"
+        assert proto.CONNTRACKD_RESTART_S >= 1  # not systemd's 100 ms: a loop, not a storm
 
 
 def test_a_hung_conntrackd_is_restarted_by_its_watchdog(examples):
@@ -144,6 +162,29 @@ def test_install_restarts_conntrackd_without_starting_the_boot_unit():
     assert "systemctl --job-mode=ignore-requirements restart conntrackd" in \
         commands["conntrackd"]
     assert "systemctl restart conntrackd" not in commands["conntrackd"]
+
+
+def test_the_install_does_not_wait_for_ever_on_a_conntrackd_that_cannot_start(tmp_path,
+                                                                              monkeypatch):
+    """conntrackd's drop-in has systemd start a failing daemon again without end, and
+    `systemctl restart` waits for that start job: with a new conntrackd.conf the daemon
+    cannot start with, the install's restart must fail (and the install roll back), not
+    wait until the watchdog's deadline. Run with a systemctl that never returns."""
+    monkeypatch.setattr(scripts, "CONNTRACKD_RESTART_WAIT_S", 1, raising=False)
+    command = dict(_node("conntrackd.conf").reload_commands(old_config=None))["conntrackd"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("systemctl", 'case "$*" in *restart*) exec sleep 20 ;; esac'),
+                       ("conntrackd", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "systemd").mkdir()
+    command = command.replace("/run/systemd/system", str(tmp_path / "systemd"))
+    start = time.monotonic()
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert time.monotonic() - start < 10
+    assert result.returncode != 0
 
 
 def _systemd_analyze() -> str:

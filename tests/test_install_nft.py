@@ -388,7 +388,7 @@ def test_a_confirmation_by_hand_that_comes_while_fwc_rolls_back_retires_nothing(
     fw2.exec(scripts.write(scripts.RETIRE_SCRIPT, 0o700), input=scripts.retire_script(files))
     fw2.exec(scripts.arm_watchdog(30, token="t1"))
     fw2.exec(scripts.apply(files))
-    watchdog = int((fw2.etc / "fwc" / "snapshot" / "watchdog.pid").read_text())
+    watchdog = int((fw2.etc / "fwc" / "snapshot" / "watchdog.pid").read_text().split()[0])
     # The watchdog polls between the rollback's end and the touch (made certain here).
     os.kill(watchdog, signal.SIGSTOP)
     try:

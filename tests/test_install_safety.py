@@ -4,13 +4,16 @@ earlier install that never ended."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
 from conftest import EDGE_TEXT as EDGE
-from conftest import fwc_diff, git
+from conftest import cannot_run, fwc_diff, git, watchdog_record
 
 from fwc.diagnostics import Severity
 from fwc.install import scripts
@@ -139,20 +142,68 @@ def _refusal(state: Path) -> subprocess.CompletedProcess[str]:
         "/etc/fwc/", f"{state}/")], capture_output=True, text=True, timeout=30)
 
 
+def _armed_and_gone(state: Path) -> int:
+    """Arm a watchdog as fwc install does on a node whose /etc/fwc is STATE, then kill it
+    (the OOM killer, an admin's kill): the install is unconfirmed, its watchdog gone.
+    Returns the PID it had."""
+    (state / "snapshot").mkdir(parents=True, exist_ok=True)
+    (state / "snapshot" / "rollback.sh").write_text(": rollback\n")
+    holder = subprocess.Popen(["sleep", "30"])  # the install lock's holder
+    try:
+        (state / "install.owner").write_text(f"{holder.pid} t1 {int(time.time())}\n")
+        subprocess.run(["sh", "-c", scripts.arm_watchdog(30, token="t1").replace(
+            "/etc/fwc/", f"{state}/")], check=True, timeout=30)
+    finally:
+        holder.kill()
+        holder.wait()
+    pid = int((state / "snapshot" / "watchdog.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()
+    return pid
+
+
+def test_the_check_is_not_taken_for_the_watchdog_whose_pid_it_got(tmp_path, needs_root):
+    """The watchdog died without a marker, and its PID went to another process (PIDs
+    wrap; after a reboot they start again): here to the shell that runs the next install's
+    check, whose own command line names rollback.sh. A fresh PID namespace hands that PID
+    out on purpose. The check must still see the watchdog gone and say how to recover,
+    not tell the admin to wait for a confirmation that nothing waits for."""
+    if shutil.which("unshare") is None:
+        cannot_run("no unshare(1) to give the check the watchdog's PID")
+    pid = _armed_and_gone(tmp_path)
+    check = scripts.refuse_if_pending().replace("/etc/fwc/", f"{tmp_path}/")
+    # (not the last command, so that no shell execs it in place of a fork)
+    hand_out = f"echo {pid - 1} > /proc/sys/kernel/ns_last_pid && sh -c \"$1\"; exit $?"
+    refused = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                              hand_out, "sh", check], capture_output=True, text=True,
+                             timeout=30)
+    assert refused.returncode == 3, refused.stderr
+    assert "neither confirmed nor rolled back" in refused.stderr, refused.stderr
+    assert "still waiting" not in refused.stderr
+
+
 def test_a_pid_of_another_process_in_watchdog_pid_is_no_waiting_install(tmp_path):
     """After a reboot the watchdog's PID may be any other process's: the node must not
     be told to wait for a confirmation no watchdog waits for (forever, while that
     process lives), but that the install was neither confirmed nor rolled back."""
     snapshot = tmp_path / "snapshot"
     snapshot.mkdir()
-    (snapshot / "watchdog.pid").write_text(f"{os.getpid()}\n")  # alive, not a watchdog
-    refused = _refusal(tmp_path)
-    assert refused.returncode == 3
-    assert "neither confirmed nor rolled back" in refused.stderr, refused.stderr
+    # alive, not a watchdog: the PID a watchdog of an earlier boot had, and one of this
+    # boot that a process with that PID had before this one
+    pid, boot, started = watchdog_record(os.getpid()).split()
+    for record in (f"{pid} 0b0a4c5e-6d1e-4f3a-9e7d-2c1b0a998877 {started}",
+                   f"{pid} {boot} {int(started) - 1}"):
+        (snapshot / "watchdog.pid").write_text(record + "\n")
+        refused = _refusal(tmp_path)
+        assert refused.returncode == 3
+        assert "neither confirmed nor rolled back" in refused.stderr, refused.stderr
     # its real watchdog (a command that runs rollback.sh) still waits
     watchdog = subprocess.Popen(["sh", "-c", f"sleep 30; sh {snapshot}/rollback.sh"])
     try:
-        (snapshot / "watchdog.pid").write_text(f"{watchdog.pid}\n")
+        (snapshot / "watchdog.pid").write_text(watchdog_record(watchdog.pid))
         refused = _refusal(tmp_path)
     finally:
         watchdog.kill()

@@ -30,17 +30,30 @@ WATCHDOG_PID = f"{SNAPSHOT}/watchdog.pid"
 # late: a watchdog that exited must count as gone.
 _ALIVE = ("alive() { s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$1/status "
           '2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }')
-# The watchdog of WATCHDOG_PID still runs: after a reboot its PID may be any other
-# process's, so the process must also be that watchdog (its command runs rollback.sh).
-_WATCHDOG_RUNNING = (f'watchdog_running() {{ w=$(cat {WATCHDOG_PID} 2>/dev/null); '
-                     f'alive "$w" && grep -qF {ROLLBACK_SCRIPT} "/proc/$w/cmdline" '
-                     "2>/dev/null; }")
+# This boot's id: a PID is a process's name only within one boot.
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# `started PID`: when PID started, in clock ticks after the boot (/proc/PID/stat's 22nd
+# field; the command name before it may hold spaces and parentheses, the fields after
+# it never do).
+_STARTED = ("started() { sed -n 's/.*) \\([^ ]* \\)\\{19\\}\\([0-9]*\\) .*/\\2/p' "
+            "/proc/$1/stat 2>/dev/null; }")
+# What WATCHDOG_PID holds: "PID BOOT-ID START", the watchdog as no other process can be.
+# A PID alone names another process once it is handed out again (after a reboot, or when
+# PIDs wrap), and no test of that process's command line tells it from the watchdog: the
+# shell that runs the test names rollback.sh in its own command line.
+_RECORD = f'watchdog_record() {{ echo "$1 $(cat {BOOT_ID} 2>/dev/null) $(started "$1")"; }}'
+# The watchdog of WATCHDOG_PID still runs: that very process, of this boot, not a zombie.
+_WATCHDOG_RUNNING = (f"watchdog_running() {{ wd_pid= wd_boot= wd_start=; "
+                     f"{{ read -r wd_pid wd_boot wd_start < {WATCHDOG_PID}; }} 2>/dev/null; "
+                     '[ -n "$wd_start" ] && alive "$wd_pid" && '
+                     '[ "$wd_pid $wd_boot $wd_start" = "$(watchdog_record "$wd_pid")" ]; }')
 # Armed, and neither confirmed nor rolled back: the one rule.
 _UNCONFIRMED = (f"unconfirmed() {{ [ -s {WATCHDOG_PID} ] && [ ! -e {CONFIRMED} ] "
                 f"&& [ ! -e {ROLLED_BACK} ]; }}")
-# The shell functions `alive PID`, `watchdog_running` and `unconfirmed`, on one line
-# (the boot script's template takes no line break in a value).
-FUNCTIONS = f"{_ALIVE}; {_WATCHDOG_RUNNING}; {_UNCONFIRMED}"
+# The shell functions `alive PID`, `started PID`, `watchdog_record PID`,
+# `watchdog_running` and `unconfirmed`, on one line (the boot script's template takes
+# no line break in a value).
+FUNCTIONS = f"{_ALIVE}; {_STARTED}; {_RECORD}; {_WATCHDOG_RUNNING}; {_UNCONFIRMED}"
 
 # `sh rollback.sh boot`: the boot script's rollback, before the network and the daemons
 # (fwc.install.scripts.rollback_script says what it does differently).

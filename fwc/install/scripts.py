@@ -76,6 +76,10 @@ _DURABLE = "sync"
 LOCK_SETUP_BUDGET = 600
 LOCK_SLACK = 120
 
+# How long a restart of conntrackd may take (it takes well under a second when its
+# config is good): systemd would go on starting a daemon that fails for ever.
+CONNTRACKD_RESTART_WAIT_S = 30
+
 
 def backends(files: list[GeneratedFile]) -> set[Backend]:
     """The packet filters FILES are written for (the rows that name one)."""
@@ -593,9 +597,13 @@ def reload_conntrackd(systemd: bool, old_config: str | None, role: str) -> str:
     if not systemd:
         return plain
     # (its drop-in requires the boot unit: never start that with it on a live node)
+    # (its drop-in has systemd start a failing conntrackd again without end, and the
+    # restart waits for that start job: a new conntrackd.conf it cannot start with must
+    # fail this step, not hold the install until its watchdog's deadline)
     return ("if [ -d /run/systemd/system ] && { systemctl -q is-active conntrackd "
             f"|| grep -qx systemd {CONNTRACKD_RAN} 2>/dev/null; }}; then "
-            "systemctl --job-mode=ignore-requirements restart conntrackd && "
+            f"timeout -k 5 {CONNTRACKD_RESTART_WAIT_S} systemctl "
+            "--job-mode=ignore-requirements restart conntrackd && "
             f"{wait_socket} && {resync}; else {plain}; fi")
 
 
@@ -988,7 +996,9 @@ def arm_watchdog(seconds: float, *, token: str) -> str:
             # The snapshot on disk before the watchdog.pid that makes a boot use it, and
             # both before the apply changes anything.
             f"{_DURABLE} && rm -f {CONFIRMED} {ROLLED_BACK} && "
-            f"{{ nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & echo $! > {WATCHDOG_PID}; }}"
+            # (PID, boot id and start time: fwc.backend.probation's record)
+            f"{{ {FUNCTIONS}; nohup sh -c {q(body)} </dev/null >/dev/null 2>&1 & "
+            f"watchdog_record $! > {WATCHDOG_PID}; }}"
             f" && {_DURABLE}")
 
 

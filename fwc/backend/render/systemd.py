@@ -43,8 +43,8 @@ def keepalived_systemd_dropin(cluster: Cluster, member: Member, sync: bool = Tru
 
 def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
     """conntrackd after the boot unit, restarted when it fails or its watchdog finds it
-    hung; a start clears the lock file a crash left and sends the peer what the daemon
-    found in the kernel table."""
+    hung, without a start limit; a start clears the lock file a crash left and sends the
+    peer what the daemon found in the kernel table."""
     return render_template("conntrackd-systemd.conf.j2", {
         "cluster": cluster.name,
         "member": member.name,
@@ -55,6 +55,7 @@ def conntrackd_systemd_dropin(cluster: Cluster, member: Member) -> str:
         "conntrackd": proto.NODE_CONNTRACKD,
         "config": path_of("conntrackd.conf"),
         "watchdog": f"{proto.CONNTRACKD_WATCHDOG_S}s",
+        "restart_sec": f"{proto.CONNTRACKD_RESTART_S}s",
     })
 
 

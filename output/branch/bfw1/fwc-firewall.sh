@@ -83,7 +83,7 @@ fail_closed() {
 }
 
 # `alive PID`, `watchdog_running`, `unconfirmed`: the rule `fwc install` refuses by too.
-alive() { s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }; watchdog_running() { w=$(cat /etc/fwc/snapshot/watchdog.pid 2>/dev/null); alive "$w" && grep -qF /etc/fwc/snapshot/rollback.sh "/proc/$w/cmdline" 2>/dev/null; }; unconfirmed() { [ -s /etc/fwc/snapshot/watchdog.pid ] && [ ! -e /etc/fwc/snapshot/confirmed ] && [ ! -e /etc/fwc/snapshot/rolled-back ]; }
+alive() { s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }; started() { sed -n 's/.*) \([^ ]* \)\{19\}\([0-9]*\) .*/\2/p' /proc/$1/stat 2>/dev/null; }; watchdog_record() { echo "$1 $(cat /proc/sys/kernel/random/boot_id 2>/dev/null) $(started "$1")"; }; watchdog_running() { wd_pid= wd_boot= wd_start=; { read -r wd_pid wd_boot wd_start < /etc/fwc/snapshot/watchdog.pid; } 2>/dev/null; [ -n "$wd_start" ] && alive "$wd_pid" && [ "$wd_pid $wd_boot $wd_start" = "$(watchdog_record "$wd_pid")" ]; }; unconfirmed() { [ -s /etc/fwc/snapshot/watchdog.pid ] && [ ! -e /etc/fwc/snapshot/confirmed ] && [ ! -e /etc/fwc/snapshot/rolled-back ]; }
 
 # Never returns. The restored files may hold another boot script (even for another
 # packet filter) in place of this one: the rollback puts it back by a rename, so this

@@ -54,7 +54,14 @@ ensure_daemon() {
     log "conntrackd is not running"
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
         # (not the boot unit it requires: on a live node that would load the rules again)
-        systemctl --job-mode=ignore-requirements start conntrackd || log "systemctl start conntrackd failed"
+        # The start waits for a daemon that keeps failing (systemd starts it again
+        # without end): it must not hold the lock, and every later transition, for ever.
+        timeout -k 5 "$CT_TIMEOUT" systemctl --job-mode=ignore-requirements start conntrackd
+        case $? in
+            0) ;;
+            124|137) log "conntrackd did not start within $CT_TIMEOUT s (systemd goes on trying)" ;;
+            *) log "systemctl start conntrackd failed" ;;
+        esac
     elif [ -e "$LOCKFILE" ]; then
         # A lock file means a daemon may still be alive: never start a second one.
         log "not starting conntrackd: $LOCKFILE exists"
