@@ -295,10 +295,11 @@ def _plumbing(cluster: Cluster, member: Member, family: int) \
         device = match.in_device if incoming else match.out_device
         # the peers send to this member; it sends from its primary address
         sources = on(device, peers) if incoming else on(device, [member])[:1]
-        if family == 6 and auto.multicast:
-            sources = [int(make(proto.VRRP_V6_LINK_LOCAL_SOURCE))]
         if match.source.cidrs:
             sources = [int(ipaddress.ip_network(c).network_address) for c in match.source.cidrs]
+        if family == 6 and auto.multicast:
+            # (its rule takes fe80::/10: a link-local address stands for the member's)
+            sources = [int(make(proto.VRRP_V6_LINK_LOCAL_SOURCE))]
         hook = BuiltinChain.PREROUTING if incoming else BuiltinChain.POSTROUTING
         for source in sources:
             for cidr in match.destination.cidrs:
