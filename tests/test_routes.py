@@ -574,3 +574,20 @@ def test_fmt_keeps_routes_and_their_comments(tmp_path):
     assert format_text(formatted) == formatted
     dmz = (REPO / "policies" / "dmz.fw").read_text()
     assert format_text(dmz) == dmz
+
+
+def test_a_strangers_advert_meets_input_not_forward(tmp_path):
+    # 224.0.0.18 is joined on lan: the kernel takes a stranger's advert in, where no
+    # automatic rule accepts it and INPUT's default drops it; FORWARD's `accept from lan
+    # to any` never sees it (fwc query said "accept (FORWARD)")
+    from fwc.analysis.evaluate import Packet
+    text = BASE.replace("    accept from lan    to any      service tcp/80,443\n",
+                        "    accept from lan    to any\n")
+    cluster = _cluster(tmp_path, text)
+    fw1 = cluster.members[0]
+    stranger, group = ipaddress.ip_address("192.0.2.9"), ipaddress.ip_address("224.0.0.18")
+    pieces = classify(MemberView(cluster, fw1), TrafficClass(
+        AddressSet.of(stranger), AddressSet.of(group), (ServiceMatch("proto", 112),), "lan"))
+    assert [(p.chain, str(p.verdict), p.rule) for p in pieces] == [("input", "drop", None)]
+    packet = Packet(4, int(stranger), int(group), 112, in_device="eth0", hop_limit=255)
+    assert _evaluated(cluster, fw1, 4, packet) == "drop"
