@@ -74,6 +74,11 @@ VRRP_GROUP_V6 = "ff02::12"
 # IPv6 adverts are sent from the interface's link-local address (RFC 5798 5.1.2.1),
 # which no policy declares: this one stands for a member's (FWC222).
 VRRP_V6_LINK_LOCAL_SOURCE = "fe80::1"
+# Every advert leaves with TTL (hop limit) 255 and a receiver drops any other (RFC 5798
+# 5.1.1.3, 5.1.2.3): no router forwards it, so an advert that arrives with it was sent on
+# the link. keepalived sets it itself for IPv4 and multicast IPv6, `unicast_ttl` for
+# unicast IPv6 (the kernel's default hop limit otherwise).
+VRRP_TTL = 255
 
 # keepalived / VRRP defaults and limits.
 DEFAULT_ADVERT_MS = 1000

@@ -141,6 +141,8 @@ def read_match(words: list[str], family: int) -> Match:
             step = 1
         elif option == "--hl-eq":
             fields["hop_limit"] = int(value)
+        elif option == "--ttl-eq":
+            fields["ttl"] = int(value)
         elif option == "-m":
             pass  # the options that follow say what the module matches
         elif option in ("--comment", "--limit", "--limit-burst"):

@@ -438,6 +438,12 @@ SNAT = "    snat from lan to any out uplink -> uplink.vip\n"
     ((("vrid 51 }", "vrid 51  unicast }"), (SNAT, "    snat from firewall to any out uplink "
                                                   "-> uplink.vip\n")), "snat from firewall",
      "(198.51.100.1 -> 198.51.100.2, 'fwc auto: vrrp eth1')"),
+    # multicast VRRPv2: the peer takes adverts from the member's address only
+    (((SNAT, SNAT + "    snat from lan to 224.0.0.0/4 out lan -> lan.vip\n"),), "out lan",
+     "'fw1' sends (192.0.2.1 -> 224.0.0.18, 'fwc auto: vrrp eth0')"),
+    # multicast sync: the peer takes states from the member's sync address only
+    (((SNAT, "    snat from 203.0.113.0/24 to 225.0.0.0/8 -> uplink.vip\n"),), "snat from 203",
+     "'fw1' sends (203.0.113.1 -> 225.0.0.50, 'fwc auto: conntrackd sync eth2')"),
     # IPv6 adverts are VRRPv3, whose checksum covers the (link-local) source
     (((SNAT, SNAT + "    snat from any to any out lan -> lan.vip\n"),), "out lan",
      "(fe80::1 -> ff02::12, 'fwc auto: vrrp eth0')"),
@@ -452,7 +458,7 @@ def test_fwc222_nat_translates_ha_traffic(tmp_path, changes, line, phrase):
     "    nonat from any to 224.0.0.0/4 in lan\n    dnat from lan to any in lan -> web\n",
     # a service leaves VRRP out
     "    dnat from lan to any service tcp/80 in lan -> web\n",
-    # multicast VRRPv2 does not check the source; masquerade keeps the one it has
+    # `any` leaves the members' own adverts out; masquerade keeps the source they have
     "    snat from any to any out uplink -> uplink.vip\n    masquerade from any to any out lan\n",
 ])
 def test_fwc222_silent_when_the_plumbing_is_left_alone(tmp_path, nat):

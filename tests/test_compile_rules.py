@@ -220,16 +220,18 @@ def test_automatic_ha_rules_come_first_vrrp_with_ah_and_sync(compiled):
     fw2 = [line for line in lines("fw2", 4) if line.startswith("-A INPUT")]
     assert fw2[:6] == [
         '-A INPUT -i lo -m comment --comment "fwc auto: loopback" -j ACCEPT',
-        '-A INPUT -d 224.0.0.18/32 -i lan0 -p 112 -m comment --comment "fwc auto: vrrp lan0" '
-        '-j ACCEPT',
-        '-A INPUT -d 224.0.0.18/32 -i lan0 -p 51 -m comment --comment '
-        '"fwc auto: vrrp-ah lan0" -j ACCEPT',
-        '-A INPUT -d 224.0.0.18/32 -i wan0 -p 112 -m comment --comment "fwc auto: vrrp wan0" '
-        '-j ACCEPT',
-        '-A INPUT -d 224.0.0.18/32 -i wan0 -p 51 -m comment --comment '
-        '"fwc auto: vrrp-ah wan0" -j ACCEPT',
-        '-A INPUT -d 225.0.0.50/32 -i eth9 -p udp -m udp --dport 3780 -m comment --comment '
-        '"fwc auto: conntrackd sync eth9" -j ACCEPT',
+        # only the peer's adverts, and only as sent on the link (TTL 255)
+        '-A INPUT -s 192.0.2.1/32 -d 224.0.0.18/32 -i lan0 -p 112 -m ttl --ttl-eq 255 '
+        '-m comment --comment "fwc auto: vrrp lan0" -j ACCEPT',
+        '-A INPUT -s 192.0.2.1/32 -d 224.0.0.18/32 -i lan0 -p 51 -m ttl --ttl-eq 255 '
+        '-m comment --comment "fwc auto: vrrp-ah lan0" -j ACCEPT',
+        '-A INPUT -s 198.51.100.1/32 -d 224.0.0.18/32 -i wan0 -p 112 -m ttl --ttl-eq 255 '
+        '-m comment --comment "fwc auto: vrrp wan0" -j ACCEPT',
+        '-A INPUT -s 198.51.100.1/32 -d 224.0.0.18/32 -i wan0 -p 51 -m ttl --ttl-eq 255 '
+        '-m comment --comment "fwc auto: vrrp-ah wan0" -j ACCEPT',
+        # only the peer's states
+        '-A INPUT -s 203.0.113.1/32 -d 225.0.0.50/32 -i eth9 -p udp -m udp --dport 3780 '
+        '-m comment --comment "fwc auto: conntrackd sync eth9" -j ACCEPT',
     ]
     output = [line for line in lines("fw2", 4) if line.startswith("-A OUTPUT") and "auto" in line]
     assert '-A OUTPUT -d 225.0.0.50/32 -o eth9 -p udp -m udp --dport 3780 -m comment ' \
@@ -245,8 +247,9 @@ def test_automatic_ha_rules_come_first_vrrp_with_ah_and_sync(compiled):
 def test_ipv6_vrrp_and_neighbour_discovery(compiled):
     _, lines = compiled
     fw1 = lines("fw1", 6)
-    assert '-A INPUT -d ff02::12/128 -i eth0 -p 112 -m comment --comment ' \
-        '"fwc auto: vrrp eth0" -j ACCEPT' in fw1
+    # adverts come from a link-local address (RFC 5798 5.1.2.1) with hop limit 255
+    assert '-A INPUT -s fe80::/10 -d ff02::12/128 -i eth0 -p 112 -m hl --hl-eq 255 ' \
+        '-m comment --comment "fwc auto: vrrp eth0" -j ACCEPT' in fw1
     assert '-A OUTPUT -d ff02::12/128 -o eth0 -p 112 -m comment --comment ' \
         '"fwc auto: vrrp eth0" -j ACCEPT' in fw1
     # no AH in IPv6 (VRRPv3 has no authentication), no conntrackd sync (IPv4 only)

@@ -219,17 +219,22 @@ def test_unicast_vrrp_keepalived_and_rules(tmp_path):
     out = compiled_files(tmp_path, mutate(UNICAST))
     conf = out["fw1/keepalived.conf"]
     lan = conf[conf.index("vrrp_instance VI_lan "):conf.index("vrrp_instance VI_lan_v6")]
-    assert "    unicast_src_ip 192.0.2.1\n    unicast_peer {\n        192.0.2.2\n    }" in lan
+    assert "    unicast_src_ip 192.0.2.1\n    unicast_ttl 255\n    unicast_peer {\n" \
+        "        192.0.2.2\n    }" in lan
     v6 = conf[conf.index("vrrp_instance VI_lan_v6"):conf.index("vrrp_instance VI_uplink")]
     assert "unicast_src_ip 2001:db8:1::1" in v6 and "        2001:db8:1::2\n" in v6
+    # keepalived leaves IPv6 unicast adverts at the kernel's hop limit (64) unless told:
+    # the rules take them with 255 only
+    assert "    unicast_ttl 255\n" in v6
     assert "unicast_src_ip 192.0.2.2" in out["fw2/keepalived.conf"]
     rules = out["fw1/iptables.rules"]
-    assert ("-A INPUT -s 192.0.2.2/32 -d 192.0.2.1/32 -i eth0 -p 112 -m comment "
-            '--comment "fwc auto: vrrp eth0" -j ACCEPT') in rules
+    assert ("-A INPUT -s 192.0.2.2/32 -d 192.0.2.1/32 -i eth0 -p 112 -m ttl --ttl-eq 255 "
+            '-m comment --comment "fwc auto: vrrp eth0" -j ACCEPT') in rules
     assert ("-A OUTPUT -s 198.51.100.1/32 -d 198.51.100.2/32 -o eth1 -p 112") in rules
     assert "224.0.0.18" not in rules
     six = out["fw1/ip6tables.rules"]
-    assert "-A INPUT -s 2001:db8:1::2/128 -d 2001:db8:1::1/128 -i eth0 -p 112" in six
+    assert "-A INPUT -s 2001:db8:1::2/128 -d 2001:db8:1::1/128 -i eth0 -p 112 -m hl --hl-eq 255" \
+        in six
     assert "ff02::12" not in six
     # the fail-closed rules keep VRRP from the peer (a failed node must not split the brain)
     assert "-s 192.0.2.2/32 -d 192.0.2.1/32 -i eth0 -p 112" in out["fw1/failsafe.rules"]

@@ -176,3 +176,42 @@ def test_each_chains_rules_in_order_among_many_chains():
         assert table.chain_rules(chain) == expected and len(expected) == 10
         assert [r.line for r in expected] == sorted(r.line for r in expected)
     assert table.chain_rules("INPUT") == [] and table.chain_rules("nowhere") == []
+
+
+SNAT_SKELETON = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 192.0.2.0/24 -o eth1 -j SNAT --to-source 198.51.100.254
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -s 192.0.2.10/32 -d 192.0.2.1/32 -i eth1 -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -s 192.0.2.10/32 -d 198.51.100.1/32 -i eth1 -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -s 192.0.2.10/32 -d 198.51.100.254/32 -i eth1 -p tcp -m tcp --dport 22 -j ACCEPT
+-A FORWARD -s 192.0.2.0/24 -o eth1 -j ACCEPT
+COMMIT
+"""
+
+
+def test_the_snat_address_network_goes_on_the_device_it_leaves_by(tmp_path):
+    # `-i eth1 -d 192.0.2.1` says where the packet came in, not where 192.0.2.1 is: the
+    # skeleton put the lan on eth1, where the snat of the lan then translated fw1's own
+    # adverts, which the peer takes from fw1's address only (FWC222)
+    text, _, policy = imported(tmp_path, "snat.save", SNAT_SKELETON)
+    assert "    interface eth1 vip 198.51.100.254/24  vrid 52\n" in text
+    assert "        eth1 eth1 198.51.100.1/24\n" in text
+    assert "eth1 eth1 192.0.2.1/24" not in text
+    checks_clean(policy)
+
+
+def test_a_ttl_match_is_kept_as_a_comment(tmp_path):
+    # fwc's language has no TTL match: imported without it, the rule would be wider
+    save = ("*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -s 192.0.2.2/32 -i eth0 -p 112 -m ttl --ttl-eq 255 -j ACCEPT\nCOMMIT\n")
+    text, codes, _ = imported(tmp_path, "ttl.save", save)
+    assert codes.count("FWC700") == 1
+    assert "NOT IMPORTED (a TTL match" in text

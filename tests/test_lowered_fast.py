@@ -20,7 +20,7 @@ FULL = ruleset.Match(
     dports=(PortRange(22, 22), PortRange(8000, 8080)), icmp_type=3, tcp_not_syn=True,
     ctstate=("NEW",), hop_limit=255, limit=ruleset.RateLimit("5/second", 10),
     tcp_flags=("SYN,RST", "SYN"), statistic=(3, 0), connlimit=ruleset.ConnLimit(8, 32),
-    hashlimit=ruleset.HashLimit("10/second", 20, "h1", True))
+    hashlimit=ruleset.HashLimit("10/second", 20, "h1", True), ttl=255)
 
 
 def test_full_sets_every_field_of_match() -> None:

@@ -204,6 +204,12 @@ class MemberView:
         # address is their destination.
         self.auto: dict[tuple[int, str], RuleList] = {}
         self.local_groups: dict[int, RuleList] = {}
+        # The adverts and states for a group the node joins on a device (keepalived's,
+        # conntrackd's: a rule for one group address), from any sender: the kernel takes
+        # them in (INPUT) whether the automatic rule accepts them or not, so those it
+        # leaves (another sender than a peer) meet INPUT's default, never FORWARD's.
+        # (Other protocols to the group are modelled as forwarded, as before.)
+        self.joined_groups: dict[int, RuleList] = {}
         self._rules = [r for r in cluster.rules if r.only in (None, member.name)]
         self._nat = [r for r in cluster.nat if r.only in (None, member.name)]
         self._built: set[int] = set()
@@ -361,7 +367,9 @@ class MemberView:
     def _build_auto(self, family: int) -> None:
         by_chain: dict[str, list[tuple[AutoRule, Box]]] = {"input": [], "output": []}
         groups: list[tuple[AutoRule, Box]] = []
+        joined: list[tuple[AutoRule, Box]] = []
         devices = {link.device: link.interface for link in self.member.links}
+        host = 32 if family == 4 else 128
         for auto in automatic_rules(self.cluster, self.member, family):
             box = _auto_box(auto, family, devices, self.all_in)
             if box is None:
@@ -369,9 +377,14 @@ class MemberView:
             by_chain[auto.chain].append((auto, box))
             if auto.chain == "input" and auto.multicast:
                 groups.append((auto, box.with_(out_ifaces=self.all_in)))
+                if all(ipaddress.ip_network(c).prefixlen == host
+                       for c in auto.match.destination.cidrs):
+                    joined.append((auto, box.with_(src=full_addresses(family),
+                                                   out_ifaces=self.all_in)))
         for chain, entries in by_chain.items():
             self.auto[(family, chain)] = RuleList(family, entries)  # type: ignore[arg-type]
         self.local_groups[family] = RuleList(family, groups)  # type: ignore[arg-type]
+        self.joined_groups[family] = RuleList(family, joined)  # type: ignore[arg-type]
 
     # -- routing -------------------------------------------------------------------
     def route(self, addresses: Intervals, family: int) -> list[tuple[Intervals, frozenset[str]]]:
@@ -617,7 +630,7 @@ def _automatic(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
         # address is its destination: only automatic rules ever accept it.
         for part, hit in first_match(view.local_groups[box.family], box):
             if hit is None:
-                rest.append(part)
+                yield from _joined(view, part, dnat, back, rest)
                 continue
             auto: AutoRule = hit.rule  # type: ignore[assignment]
             yield Piece(back(part.with_(out_ifaces=frozenset({LOCAL}))), "input",
@@ -633,6 +646,20 @@ def _automatic(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
             continue
         auto = hit.rule  # type: ignore[assignment]
         yield Piece(back(part), chain, auto.verdict, None, dnat, None, auto.label)
+
+
+def _joined(view: MemberView, box: Box, dnat: NatStep | None, back: Callable[[Box], Box],
+            rest: list[Box]) -> Iterator[Piece]:
+    """Pieces of BOX (no automatic rule accepts them) sent to a group the node joins on
+    their device: taken in, they pass INPUT's policy rules, none of which names a group
+    (the compiled INPUT rules test the firewall's addresses), to its default. REST
+    receives the other parts, which FORWARD decides."""
+    for part, hit in first_match(view.joined_groups[box.family], box):
+        if hit is None:
+            rest.append(part)
+            continue
+        yield Piece(back(part.with_(out_ifaces=frozenset({LOCAL}))), "input",
+                    view.cluster.defaults.of("input"), None, dnat, None)
 
 
 def _filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,

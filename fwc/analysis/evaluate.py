@@ -56,7 +56,7 @@ class Packet:
     out_device: str | None = None  # None: for the node itself (INPUT)
     ctstate: str = "NEW"
     syn: bool = True  # TCP: the packet opens a connection (SYN without ACK)
-    hop_limit: int = 64
+    hop_limit: int = 64  # the IPv6 hop limit, or the IPv4 TTL
 
     @property
     def hook(self) -> BuiltinChain:
@@ -140,6 +140,8 @@ class Evaluator:
         if match.ctstate and packet.ctstate not in match.ctstate:
             return False
         if match.hop_limit is not None and match.hop_limit != packet.hop_limit:
+            return False
+        if match.ttl is not None and match.ttl != packet.hop_limit:
             return False
         if match.tcp_flags is not None and (packet.protocol != TCP or not packet.syn):
             return False  # fwc's flag matches select a connection's first packet (SYN)
@@ -273,7 +275,7 @@ def corner_packets(ruleset: NodeRuleset, sets: Mapping[str, tuple[str, ...]] | N
                     base = Packet(family, sources[0], destinations[0], protocol,
                                   ports[0] if protocol in PORT_PROTOCOL_NUMBERS else None,
                                   icmp if protocol in (1, 58) else None, in_dev, out_dev,
-                                  hop_limit=m.hop_limit or 64)
+                                  hop_limit=m.hop_limit or m.ttl or 64)
                     variants = [base]
                     variants += [replace(base, source=s) for s in sources[1:]]
                     variants += [replace(base, destination=d) for d in destinations[1:]]

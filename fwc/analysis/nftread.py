@@ -345,6 +345,9 @@ class _Reader:
             elif word == "ip6" and need(2)[1] == "hoplimit":
                 rule.fields["hop_limit"] = int(need(3)[2])
                 i += 3
+            elif word == "ip" and need(2)[1] == "ttl":
+                rule.fields["ttl"] = int(need(3)[2])
+                i += 3
             elif word == "tcp" and need(2)[1] == "flags":
                 i = self._tcp_flags(words, i, rule, line)
             elif word == "tcp" and need(2)[1] == "option":

@@ -344,7 +344,7 @@ def _entry(match: Match) -> Match:
                  match.in_device, match.out_device, match.protocol,
                  match.dports if len(port_groups(match.dports)) == 1 else (),
                  match.icmp_type, match.tcp_not_syn, match.ctstate, match.hop_limit,
-                 None, match.tcp_flags, None, None, None)
+                 None, match.tcp_flags, None, None, None, match.ttl)
 
 
 _HELD = "\x00held-"  # a placeholder target: never a chain name (see hold_expansions)

@@ -15,6 +15,7 @@ from fwc.analysis.evaluate import Evaluator, Packet
 from fwc.backend.lower import Chain, NatRule, automatic_rules, lower, options_for
 from fwc.backend.lower.build import (
     ICMPV6,
+    IGMP,
     drops_prefix,
     log_prefix,
     may_apply,
@@ -272,10 +273,11 @@ def _plumbing(cluster: Cluster, member: Member, family: int) \
         -> Iterator[tuple[str, BuiltinChain, Packet]]:
     """(automatic rule, nat hook, packet) for the first packet of each flow of the member's
     automatic rules (VRRP, AH, conntrackd sync, IGMP, `sync { allow }`) that a translation
-    breaks: every one it receives (a dnat takes it away from the rule), and those it sends
-    whose source the receiver checks (a snat changes it): the unicast rules' peers accept
-    only the member's address, AH authenticates it and VRRPv3 (always for IPv6) covers it
-    with its checksum, which the kernel does not fix for protocol 112."""
+    breaks: every one it receives (a dnat takes it away from the rule), and every one it
+    sends but IGMP (a snat changes its source): the peers' automatic rules accept adverts
+    and states only from the member's addresses (in IPv6 multicast, a link-local one), AH
+    authenticates the source and VRRPv3 (always for IPv6) covers it with its checksum,
+    which the kernel does not fix for protocol 112."""
     make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
 
     def on(device: str | None, whose: Iterable[Member]) -> list[int]:
@@ -283,22 +285,21 @@ def _plumbing(cluster: Cluster, member: Member, family: int) \
                 for a in link.addresses if a.version == family] if device else []
 
     peers = [m for m in cluster.members if m.name != member.name]
-    version3 = family == 6 or cluster.vrrp.version == 3
     for auto in automatic_rules(cluster, member, family):
         match = auto.match
         if match.protocol == ICMPV6 or not match.destination.cidrs:
             continue  # NDP and MLD are never tracked, so never translated
         incoming = auto.chain == "input"
-        if not incoming and not (match.source.cidrs or match.protocol == proto.AH_PROTOCOL or (
-                match.protocol == proto.VRRP_PROTOCOL and version3)):
-            continue
+        if not incoming and match.protocol == IGMP:
+            continue  # a snooping switch takes a report from any source
         device = match.in_device if incoming else match.out_device
         # the peers send to this member; it sends from its primary address
         sources = on(device, peers) if incoming else on(device, [member])[:1]
-        if family == 6 and auto.multicast:
-            sources = [int(make(proto.VRRP_V6_LINK_LOCAL_SOURCE))]
         if match.source.cidrs:
             sources = [int(ipaddress.ip_network(c).network_address) for c in match.source.cidrs]
+        if family == 6 and auto.multicast:
+            # (its rule takes fe80::/10: a link-local address stands for the member's)
+            sources = [int(make(proto.VRRP_V6_LINK_LOCAL_SOURCE))]
         hook = BuiltinChain.PREROUTING if incoming else BuiltinChain.POSTROUTING
         for source in sources:
             for cidr in match.destination.cidrs:
@@ -322,8 +323,10 @@ a word. A snat rule that matches the node's own adverts or sync traffic (a sourc
 network around the members' sync addresses; `snat from any to any out lan ->
 lan.vip` for IPv6, whose adverts leave from a link-local address, which `any` does
 not leave out as it does the firewall's declared addresses and VIPs) changes their
-source, which the peer's unicast accept rule, AH authentication and VRRPv3's
-checksum (always used for IPv6) all refuse. Narrow the rule (a service, `in`/`out`,
+source, which the peer's automatic rules (they take adverts and states from the
+members' addresses only, docs/ha-pitfalls.md), AH authentication and VRRPv3's
+checksum (always used for IPv6) all refuse: `snat from lan to 224.0.0.0/4 out lan ->
+lan.vip` makes the peer drop every advert and take the VIPs. Narrow the rule (a service, `in`/`out`,
 a source without the members), or put a `nonat` before it.""")
 def nat_translates_plumbing(policy: Policy) -> Iterable[Diagnostic]:
     options = options_for(policy)

@@ -220,7 +220,8 @@ def _addresses(value: str) -> tuple[str, ...]:
 # What a rule matches, as a diagnostic names it.
 _KINDS = {"source": "source address", "destination": "destination address",
           "in_device": "in-interface", "out_device": "out-interface", "protocol": "protocol",
-          "dports": "destination port", "ctstate": "conntrack state", "icmp_type": "icmp type"}
+          "dports": "destination port", "ctstate": "conntrack state", "icmp_type": "icmp type",
+          "ttl": "TTL"}
 
 
 def _is_number(value: str) -> bool:
@@ -331,7 +332,7 @@ def decode(text: str) -> Decoded:
         elif word in ("-m", "--match"):
             module = value()
             if module not in ("tcp", "udp", "multiport", "conntrack", "state", "icmp",
-                              "comment", "set", "limit"):
+                              "comment", "set", "limit", "ttl"):
                 raise Untranslatable(f"match module {module!r}")
             modules.add(module)
         elif word in ("--dport", "--destination-port", "--dports", "--destination-ports"):
@@ -355,6 +356,8 @@ def decode(text: str) -> Decoded:
             if not negated:
                 raise Untranslatable("--syn (only ! --syn is imported)")
             fields["tcp_not_syn"] = True
+        elif word == "--ttl-eq":  # fwc's VRRP rules (the fidelity proof reads them)
+            put("ttl", _number(value(), "--ttl-eq"))
         elif word == "--comment":
             comment = value()
         elif word == "--match-set":

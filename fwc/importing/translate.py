@@ -76,6 +76,9 @@ class _Writer:
         self.services: dict[str, str] = {}
         self.devices: list[str] = []
         self.own: dict[str, list[str]] = {}  # device ('' unknown) -> firewall addresses
+        # address -> the device a NAT rule ties it to (SNAT's to-source by `-o`, DNAT's
+        # destination by `-i`): where the skeleton puts that address's /24 (_placement)
+        self.homes: dict[str, str] = {}
         self.diagnostics: list[Diagnostic] = []
         self.translated = 0
         self.comments = 0
@@ -418,6 +421,8 @@ def _filter_line(w: _Writer, saved: Saved, chain: str, d: Decoded, log: str | No
         raise Untranslatable("! --syn on a rule fwc does not write itself")
     if m.limit is not None:
         raise Untranslatable("a rate limit on a deciding rule")
+    if m.ttl is not None:
+        raise Untranslatable("a TTL match (fwc writes one on its own VRRP rules only)")
     source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
     destination = w.address(m.destination, saved, 0) if not m.destination.is_any \
         else "any"
@@ -477,8 +482,8 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
     m = d.match
     if chain not in ("PREROUTING", "POSTROUTING"):
         raise Untranslatable(f"a rule in the nat table's {chain} chain")
-    if m.ctstate or m.tcp_not_syn or m.limit or False:
-        raise Untranslatable("a state or limit match in the nat table")
+    if m.ctstate or m.tcp_not_syn or m.limit or m.ttl is not None:
+        raise Untranslatable("a state, limit or TTL match in the nat table")
     options = dict(d.options)
     source = w.address(m.source, saved, 0) if not m.source.is_any else "any"
     destination = _before_routing(m.destination) if chain == "PREROUTING" else None
@@ -492,10 +497,15 @@ def _nat_line(w: _Writer, saved: Saved, chain: str, d: Decoded) -> str:
         if not target or "-" in target or set(options) - {"to-destination"}:
             raise Untranslatable("DNAT to a range or with options")
         target = _nat_target(target, port=True)
+        if m.in_device and len(m.destination.cidrs) == 1 and not m.destination.negated:
+            w.homes.setdefault(str(ipaddress.ip_network(m.destination.cidrs[0]).network_address),
+                               m.in_device)
     elif chain == "POSTROUTING" and d.target == "SNAT":
         action, target = "snat", options.get("to-source", "")
         if not target or "-" in target or ":" in target or set(options) - {"to-source"}:
             raise Untranslatable("SNAT to a range, a port or with options")
+        if m.out_device:
+            w.homes.setdefault(target, m.out_device)
         target = _nat_target(target, port=False)
     elif chain == "POSTROUTING" and d.target == "MASQUERADE":
         if not m.out_device or options:
@@ -600,9 +610,13 @@ def _indent(line: str) -> str:
 def _placement(w: _Writer) -> tuple[list[str], dict[str, list[str]]]:
     """Devices, and the firewall addresses each carries (fw1's, then VIPs): one /24 each.
 
-    An address a rule names with its device stays there; one without goes to a
-    device already holding its /24, else to the first device without addresses,
-    else to a new placeholder device.
+    An address whose /24 a NAT rule ties to a device (`w.homes`: an SNAT address is on
+    the device it leaves by, a DNAT address on the one it arrives by) goes there; one
+    a rule names with its device stays there, unless a NAT rule ties that device to
+    another /24; any other goes to a device already holding its /24, else to the first
+    device without addresses no NAT rule ties, else to a new placeholder device. A
+    member's adverts leave from its address on the device: on the wrong device, a snat
+    of the device's network would translate them in the skeleton (FWC222).
     """
     devices = list(w.devices) or ["eth0"]
     own: dict[str, list[str]] = {d: [] for d in devices}
@@ -610,16 +624,24 @@ def _placement(w: _Writer) -> tuple[list[str], dict[str, list[str]]]:
     def net(address: str) -> ipaddress.IPv4Network:
         return ipaddress.ip_network(f"{address}/24", strict=False)
 
+    def takes(device: str, address: str) -> bool:
+        held = own[device]
+        return net(held[0]) == net(address) if held else \
+            tying.get(device, net(address)) == net(address)
+
+    tied = {net(a): d for a, d in w.homes.items() if d in own}
+    tying = {d: n for n, d in tied.items()}
     pending = [(d, a) for d in devices for a in w.own.get(d, [])]
     pending += [("", a) for a in w.own.get("", [])]
     for device, address in pending:
         if any(address in held for held in own.values()):
             continue
-        if device and (not own[device] or net(own[device][0]) == net(address)):
-            own[device].append(address)
-            continue
-        home = next((d for d, held in own.items() if held and net(held[0]) == net(address)),
-                    None) or next((d for d, held in own.items() if not held), None)
+        home = tied.get(net(address))
+        if home is None or not takes(home, address):
+            home = device if device and takes(device, address) else None
+        if home is None:
+            home = next((d for d in own if own[d] and takes(d, address)), None) or \
+                next((d for d in own if not own[d] and d not in tying), None)
         if home is None:
             home = f"fwcimp{len(own)}"
             own[home] = []

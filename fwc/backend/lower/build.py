@@ -760,15 +760,10 @@ class _Lowering:
             if not iface.vips_of(self.family):
                 continue
             dev = self.device(iface.name)
-            # Multicast: adverts to the VRRP group. Unicast: from each peer's address on
-            # the segment to this member's and back, and from nobody else.
             own, peers = self.segment_peers(iface.name)
-            if self.cluster.vrrp.unicast and (not own or not peers):
-                continue  # FWC203: a member without an address of the family
-            incoming = Match(source=AddressMatch(peers), destination=AddressMatch(own[:1])) \
-                if self.cluster.vrrp.unicast else Match(destination=AddressMatch((group,)))
-            outgoing = Match(source=AddressMatch(own[:1]), destination=AddressMatch(peers)) \
-                if self.cluster.vrrp.unicast else incoming
+            if not own or not peers:
+                continue  # FWC201, FWC203: no member to hear, or none to send from
+            incoming, outgoing = self.vrrp_matches(group, own, peers)
             for number in protocols:
                 label = f"vrrp {dev}" if number == proto.VRRP_PROTOCOL else f"vrrp-ah {dev}"
                 self.auto(BuiltinChain.INPUT,
@@ -783,6 +778,32 @@ class _Lowering:
                                                     hop_limit=proto.NDP_HOP_LIMIT), "ndp")
             self.auto(BuiltinChain.INPUT, MLD_QUERY, "mld query")
         self.sync_allowance()
+
+    def vrrp_matches(self, group: str, own: tuple[str, ...],
+                     peers: tuple[str, ...]) -> tuple[Match, Match]:
+        """(incoming, outgoing) VRRP (or AH) adverts on a segment where this member has
+        the addresses OWN and the other members PEERS.
+
+        Only the peers' adverts come in, and only with TTL (hop limit) 255, which every
+        advert leaves with and no router forwards: anyone else on the segment would
+        take the VIPs with priority 255, and a packet from off the link could do it
+        with a spoofed peer address (RFC 5798 5.1.1.3, docs/ha-pitfalls.md). keepalived
+        sends from the device's primary IPv4 address, one of the peer's on the segment,
+        and in IPv6 multicast from its link-local address, which no policy declares.
+        Unicast adverts go to this member's first address (keepalived's
+        `unicast_src_ip`) from the peers' and back.
+        """
+        on_link = Match(ttl=proto.VRRP_TTL) if self.family == 4 \
+            else Match(hop_limit=proto.VRRP_TTL)
+        if self.cluster.vrrp.unicast:
+            incoming = replace(on_link, source=AddressMatch(peers),
+                               destination=AddressMatch(own[:1]))
+            return incoming, Match(source=AddressMatch(own[:1]),
+                                   destination=AddressMatch(peers))
+        senders = peers if self.family == 4 else (proto.IPV6_LINK_LOCAL,)
+        to_group = AddressMatch((group,))
+        incoming = replace(on_link, source=AddressMatch(senders), destination=to_group)
+        return incoming, Match(destination=to_group)
 
     def segment_peers(self, interface: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(this member's addresses, every other member's) on INTERFACE in this family."""
@@ -924,22 +945,24 @@ class _Lowering:
         dev = link.device
         port = (PortRange(sync.port_of(name), sync.port_of(name)),)
         label = f"conntrackd sync {dev}"
+        own, peers = self.segment_peers(name)
+        if not own or not peers:
+            return  # FWC201, FWC203: no member to replicate with
+        # Only the peers' states come in: a state injected by another host on the link
+        # passes as ESTABLISHED once this member commits it at a failover. conntrackd
+        # sends from its `IPv4_interface` (multicast) or binds it (UDP): the member's
+        # first sync address.
+        theirs = AddressMatch(peers)
         if sync.transport == "multicast":
             group = AddressMatch((str(sync.group),))
-            self.auto(BuiltinChain.INPUT, Match(destination=group, in_device=dev, protocol=UDP,
-                                                dports=port), label)
+            self.auto(BuiltinChain.INPUT, Match(source=theirs, destination=group,
+                                                in_device=dev, protocol=UDP, dports=port),
+                      label)
             self.auto(BuiltinChain.OUTPUT, Match(destination=group, out_device=dev,
                                                  protocol=UDP, dports=port), label)
             self.igmp_rules(dev)
             return
-        own = [a.ip for a in link.addresses if a.version == 4]
-        peers = [a.ip for m in self.cluster.members if m.name != self.member.name
-                 for pl in [m.link(name)] if pl is not None
-                 for a in pl.addresses if a.version == 4]
-        if not own or not peers:
-            return
-        mine = AddressMatch((str(own[0]),))
-        theirs = AddressMatch(tuple(str(p) for p in peers))
+        mine = AddressMatch(own[:1])
         self.auto(BuiltinChain.INPUT,
                   Match(source=theirs, destination=mine, in_device=dev, protocol=UDP,
                         dports=port), label)

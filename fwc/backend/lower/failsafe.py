@@ -165,7 +165,7 @@ def _outer_key(rule: Rule) -> tuple[object, ...]:
     """What the rules of one policy rule's run must share to have one outer part: the
     origin, the sources and the matches that do not depend on the protocol."""
     m = rule.match
-    return (rule.origin, m.source, m.in_device, m.out_device, m.ctstate, m.hop_limit)
+    return (rule.origin, m.source, m.in_device, m.out_device, m.ctstate, m.hop_limit, m.ttl)
 
 
 def _lines(rule: Rule) -> int:
@@ -224,13 +224,14 @@ def factored(ruleset: NodeRuleset) -> NodeRuleset:
             if end - index > 1:
                 run = chain.rules[index:end]
                 inner = [replace(r.match, source=ANY, in_device=None, out_device=None,
-                                 ctstate=(), hop_limit=None) for r in run]
+                                 ctstate=(), hop_limit=None, ttl=None) for r in run]
                 if len(m.source.cidrs) + sum(map(rendered_lines, inner)) + 1 \
                         < sum(map(_lines, run)):
                     name = _name(rule, taken, last)
                     rules.append(FilterRule(Match(m.source, in_device=m.in_device,
                                                   out_device=m.out_device, ctstate=m.ctstate,
-                                                  hop_limit=m.hop_limit), name, rule.origin))
+                                                  hop_limit=m.hop_limit, ttl=m.ttl),
+                                            name, rule.origin))
                     made.append(Chain(name, None, tuple(
                         FilterRule(match, r.target, r.origin, r.target_options)
                         for match, r in zip(inner, run, strict=True))))

@@ -107,6 +107,9 @@ class Match:
     statistic: tuple[int, int] | None = None  # `--mode nth --every N --packet P`
     connlimit: ConnLimit | None = None
     hashlimit: HashLimit | None = None
+    # IPv4 TTL must equal this (VRRP: 255): IPv4's hop limit, a field of its own because
+    # the two families' matches differ (`-m ttl` and `ip ttl`, `-m hl` and `ip6 hoplimit`)
+    ttl: int | None = None
 
 
 def with_sides(match: Match, source: AddressMatch, destination: AddressMatch) -> Match:
@@ -118,7 +121,7 @@ def with_sides(match: Match, source: AddressMatch, destination: AddressMatch) ->
     return Match(source, destination, match.in_device, match.out_device, match.protocol,
                  match.dports, match.icmp_type, match.tcp_not_syn, match.ctstate,
                  match.hop_limit, match.limit, match.tcp_flags, match.statistic,
-                 match.connlimit, match.hashlimit)
+                 match.connlimit, match.hashlimit, match.ttl)
 
 
 def with_limit(match: Match, limit: RateLimit) -> Match:
@@ -127,7 +130,7 @@ def with_limit(match: Match, limit: RateLimit) -> Match:
     return Match(match.source, match.destination, match.in_device, match.out_device,
                  match.protocol, match.dports, match.icmp_type, match.tcp_not_syn,
                  match.ctstate, match.hop_limit, limit, match.tcp_flags, match.statistic,
-                 match.connlimit, match.hashlimit)
+                 match.connlimit, match.hashlimit, match.ttl)
 
 
 def with_match(rule: Rule, match: Match) -> Rule:

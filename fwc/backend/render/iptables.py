@@ -177,8 +177,8 @@ def _shape_in(shapes: ShapeTexts, rule: Rule, match: Match) -> Shape:
     source, destination = match.source, match.destination
     key = (match.in_device, match.out_device, match.protocol, source.set_name,
            source.negated, destination.set_name, destination.negated, match.hop_limit,
-           match.ctstate, match.statistic, match.connlimit, match.hashlimit, match.limit,
-           rule.target, rule.target_options)
+           match.ttl, match.ctstate, match.statistic, match.connlimit, match.hashlimit,
+           match.limit, rule.target, rule.target_options)
     shape = shapes.get(key)
     if shape is None:
         shape = _shape(rule)
@@ -270,7 +270,7 @@ def _shape(rule: Rule) -> Shape:
     `rule_pieces`)."""
     match = rule.match
     # iptables-save prints -s -d -i -o -p first, then the match modules in the order
-    # they were given: sets, protocol, hop limit, state, comment.
+    # they were given: sets, protocol, hop limit (TTL), state, comment.
     lead: list[str] = []
     if match.in_device:
         lead += ["-i", escape.iptables_word(match.in_device)]
@@ -285,6 +285,8 @@ def _shape(rule: Rule) -> Shape:
     mid: list[str] = []
     if match.hop_limit is not None:
         mid += ["-m", "hl", "--hl-eq", str(match.hop_limit)]
+    if match.ttl is not None:
+        mid += ["-m", "ttl", "--ttl-eq", str(match.ttl)]
     if match.ctstate:
         states = sorted(match.ctstate, key=proto.CTSTATE_ORDER.index)
         mid += ["-m", "conntrack", "--ctstate", ",".join(states)]

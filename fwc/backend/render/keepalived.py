@@ -32,6 +32,10 @@ class VrrpInstance:
     # `vrrp { unicast }`: this member's address on the segment and every peer's
     unicast_src: str | None = None
     unicast_peers: tuple[str, ...] = ()
+    # The TTL (hop limit) of unicast adverts: the automatic rules take a peer's only with
+    # 255 (docs/ha-pitfalls.md). keepalived's own default is 255 in IPv4 but the kernel's
+    # (64) in IPv6, so it is written for both.
+    unicast_ttl: int | None = None
     # The device is tracked explicitly (track { interface ... }): keepalived refuses a
     # device tracked both implicitly by its instance and by the sync group.
     dont_track_primary: bool = False
@@ -196,6 +200,7 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 vips=tuple(str(v) for v in vips),
                 unicast_src=source,
                 unicast_peers=peers,
+                unicast_ttl=proto.VRRP_TTL if vrrp.unicast else None,
                 dont_track_primary=iface.name in tracked,
                 virtual_routes=routing.routes,
                 virtual_rules=routing.rules,

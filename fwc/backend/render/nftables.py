@@ -752,6 +752,8 @@ def _rule(rule: Rule, family: int, writer: Names, chain_names: dict[str, str],
         parts.append(_tcp_flags(match.tcp_flags))
     if match.hop_limit is not None:
         parts.append(f"ip6 hoplimit {match.hop_limit}")
+    if match.ttl is not None:
+        parts.append(f"ip ttl {match.ttl}")
     if match.ctstate:
         unknown = [s for s in match.ctstate if s not in STATES]
         if unknown:
