@@ -373,6 +373,69 @@ def test_one_vrid_with_link_local_vips_on_separate_segments_is_fine(tmp_path):
     assert run(tmp_path, text).diagnostics == ()
 
 
+# Static IPv6 link-local addresses: fw1 fe80::1 and fw2 fe80::2 on every link (lan and
+# uplink), next to the lan's global addresses. Link-local addresses are per link.
+LINK_LOCAL = (("lan    eth0 192.0.2.1/24, 2001:db8:1::1/64",
+               "lan    eth0 192.0.2.1/24, 2001:db8:1::1/64, fe80::1/64"),
+              ("uplink eth1 198.51.100.1/24", "uplink eth1 198.51.100.1/24, fe80::1/64"),
+              ("lan    eth0 192.0.2.2/24, 2001:db8:1::2/64",
+               "lan    eth0 192.0.2.2/24, 2001:db8:1::2/64, fe80::2/64"),
+              ("uplink eth1 198.51.100.2/24", "uplink eth1 198.51.100.2/24, fe80::2/64"))
+
+
+def test_one_link_local_address_on_every_link_of_a_member_is_fine(tmp_path):
+    """fe80::1 on lan and on uplink of one member are two addresses (fe80::1%eth0 and
+    fe80::1%eth1), and fe80::1/64 next to 2001:db8:1::1/64 is every IPv6 link's plan: no
+    FWC205, no FWC203 (measured before the fix: both fired)."""
+    assert run(tmp_path, mutate(*LINK_LOCAL)).diagnostics == ()
+
+
+def test_link_local_vip_first_next_to_a_global_vip_is_fine(tmp_path):
+    """VRRPv3 wants the virtual link-local address first (RFC 5798 5.2.9): fe80::fe/64
+    is in the lan's link-local subnet, not outside its 2001:db8:1::/64 (FWC207)."""
+    text = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                "vip 192.0.2.254/24, fe80::fe/64, 2001:db8:1::fe/64"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
+def test_link_local_addresses_still_clash_on_one_segment(tmp_path):
+    """Scope tells links apart, not members: two members with one link-local address on
+    one segment (FWC205), a link-local VIP that is a member's link-local address there
+    (FWC208) and one outside the segment's link-local subnet (FWC207) are refused."""
+    twice = mutate(*LINK_LOCAL, ("2001:db8:1::2/64, fe80::2/64", "2001:db8:1::2/64, fe80::1/64"))
+    assert_diagnostic(run(tmp_path, twice), "FWC205", E,
+                      line_of(twice, "2001:db8:1::2/64, fe80::1/64"), "fe80::1", "'fw1' on 'lan'")
+    owned = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                 "vip 192.0.2.254/24, fe80::2/64, 2001:db8:1::fe/64"))
+    assert_diagnostic(run(tmp_path, owned), "FWC208", E, line_of(owned, "fe80::2/64, 2001"),
+                      "fe80::2", "member 'fw2'")
+    outside = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                   "vip 192.0.2.254/24, fe80:1::fe/64, 2001:db8:1::fe/64"))
+    assert_diagnostic(run(tmp_path, outside), "FWC207", E, line_of(outside, "fe80:1::fe"),
+                      "fe80:1::fe/64", "fe80::/64")
+
+
+def test_link_local_vip_equal_to_a_member_address_of_another_link_is_fine(tmp_path):
+    """fw2's fe80::2 on uplink is another address than a lan VIP fe80::2 (no FWC208)."""
+    fw2_lan_global_only = (LINK_LOCAL[0], LINK_LOCAL[1], LINK_LOCAL[3])
+    text = mutate(*fw2_lan_global_only, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                              "vip 192.0.2.254/24, fe80::2/64, "
+                                              "2001:db8:1::fe/64"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
+@pytest.mark.parametrize(("dev", "clash"), [("uplink", False), ("lan", True)])
+def test_fwc245_link_local_gateway_is_the_clusters_only_on_its_link(tmp_path, dev, clash):
+    """The provider's router at fe80::1 on the uplink while fw1 is fe80::1 on the lan
+    only: another address (FWC245 fired before the fix); on the lan it is fw1's own."""
+    fw1_uplink_without = (LINK_LOCAL[0], LINK_LOCAL[2], LINK_LOCAL[3])
+    text = mutate(*fw1_uplink_without, ("    member fw1", "    route default via fe80::1 dev "
+                                        f"{dev}\n    member fw1"))
+    assert "uplink eth1 198.51.100.1/24\n" in text
+    codes = [d.code for d in run(tmp_path, text).diagnostics]
+    assert codes == (["FWC245"] if clash else [])
+
+
 @pytest.mark.parametrize("mode", ["notrack", "alarm"])
 def test_three_members_with_a_mode_that_takes_every_sender_are_fine(tmp_path, mode):
     text = mutate((FW2_BLOCK, FW2_BLOCK + THIRD_BLOCK), ("mode ftfw", f"mode {mode}"))

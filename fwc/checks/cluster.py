@@ -17,7 +17,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
 from fwc.model.passwords import password_problems
-from fwc.model.topology import one_segment, subnet_role
+from fwc.model.topology import AddressPlace, address_place, link_scoped, one_segment, subnet_role
 
 E = Severity.ERROR
 
@@ -105,26 +105,35 @@ def unmapped_interfaces(policy: Policy) -> Iterable[Diagnostic]:
                     devices[link.device] = link.interface
 
 
-def segment_subnet(cluster: Cluster, iface: Interface, family: int) \
+def segment_subnet(cluster: Cluster, iface: Interface, family: int,
+                   link_local: bool = False) \
         -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     """The subnet of a segment in one family: the one most of its members and VIPs are in.
 
-    Ties go to the VIP, then to the first member, so that one wrong address is
-    reported as wrong instead of making every other address look wrong.
+    LINK_LOCAL picks the IPv6 link-local addresses (fe80::/10) instead of the others:
+    a link has both, each its own subnet, and neither is wrong for being outside the
+    other's. Ties go to the VIP, then to the first member, so that one wrong address
+    is reported as wrong instead of making every other address look wrong.
     """
     votes: Counter[ipaddress.IPv4Network | ipaddress.IPv6Network] = Counter()
     order: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    candidates = [v.network for v in iface.vips_of(family)]
+    candidates: list[IPInterface] = list(iface.vips_of(family))
     for member in cluster.members:
-        candidates += [a.network for a, _ in address_spans(member, iface.name)
-                       if a.version == family]
-    for network in candidates:
+        candidates += [a for a, _ in address_spans(member, iface.name) if a.version == family]
+    for network in (a.network for a in candidates if link_scoped(a.ip) == link_local):
         votes[network] += 1
         if network not in order:
             order.append(network)
     if not order:
         return None
     return max(order, key=lambda n: (votes[n], -order.index(n)))
+
+
+def subnet_of(cluster: Cluster, iface: Interface, address: IPInterface) \
+        -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The segment's subnet ADDRESS (a member's or a VIP on IFACE) must be in: the
+    link-local one for an IPv6 link-local address, the other one for the rest."""
+    return segment_subnet(cluster, iface, address.version, link_scoped(address.ip))
 
 
 @check("FWC203", "member address outside its segment's subnet", E, """
@@ -134,12 +143,15 @@ VIP, then to the first member), so that one wrong address is the one reported.
 A member outside it cannot exchange VRRP adverts with the others (they are sent
 from the primary address, TTL 255, to a link-local group) and cannot reach the
 hosts behind the VIP after a failover. A member also needs an address of each family
-its interface has a VIP in, for the VRRP instance of that family.""")
+its interface has a VIP in, for the VRRP instance of that family. IPv6 link-local
+addresses and VIPs (fe80::/10) are held to the segment's link-local subnet (fe80::/64)
+and the others to the other one: every IPv6 link has both.""")
 def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
             for family in (4, 6):
-                network = segment_subnet(cluster, iface, family)
+                network = segment_subnet(cluster, iface, family) \
+                    or segment_subnet(cluster, iface, family, link_local=True)
                 if network is None:
                     continue
                 for member in cluster.members:
@@ -154,27 +166,32 @@ def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
                                     member.link(iface.name).span,  # type: ignore[union-attr]
                                     hint=f"add an address in {network}")
                     for address, span in own:
-                        if address.network != network:
+                        subnet = subnet_of(cluster, iface, address)
+                        if subnet is not None and address.network != subnet:
                             yield error("FWC203", f"member '{member.name}' address {address} "
                                         f"on '{iface.name}' is not in the segment's subnet "
-                                        f"{network}", span,
-                                        hint=f"use an address in {network} with prefix "
-                                        f"/{network.prefixlen}")
+                                        f"{subnet}", span,
+                                        hint=f"use an address in {subnet} with prefix "
+                                        f"/{subnet.prefixlen}")
 
 
 @check("FWC205", "address used twice", E, """
 Member addresses must be distinct: two members with the same address on a
 segment answer ARP for each other, and VRRP sees its own adverts as a peer's.
-An address of one member is also never reused on another interface.""")
+An address of one member is also never reused on another interface. IPv6
+link-local addresses (fe80::/10) are distinct per link: the same fe80::1 on two
+interfaces is two addresses (the kernel tells them apart by the device, the zone
+of `fe80::1%eth0`), and only two members with one of them on one segment clash.""")
 def duplicate_member_addresses(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
-        seen: dict[object, tuple[str, str, Span]] = {}
+        seen: dict[AddressPlace, tuple[str, str, Span]] = {}
         for member in cluster.members:
             for link in member.links:
                 for address, span in address_spans(member, link.interface):
-                    first = seen.get(address.ip)
+                    place = address_place(address.ip, link.interface)
+                    first = seen.get(place)
                     if first is None:
-                        seen[address.ip] = (member.name, link.interface, span)
+                        seen[place] = (member.name, link.interface, span)
                         continue
                     yield error("FWC205", f"address {address.ip} of member '{member.name}' "
                                 f"is already used by member '{first[0]}' on '{first[1]}'",
@@ -185,13 +202,14 @@ def duplicate_member_addresses(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC207", "VIP not a usable address of its segment", E, """
 A VIP must lie inside the subnet of the members' addresses on its interface,
 with the same prefix length, and must not be the network or broadcast address of
-it. keepalived accepts a VIP outside the subnet without complaint, but clients
+it (a link-local IPv6 VIP, which VRRPv3 wants first, inside the segment's
+link-local subnet). keepalived accepts a VIP outside the subnet without complaint, but clients
 cannot reach it; a wrong prefix installs a wrong on-link route on the master.""")
 def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
             for vip, span in vip_spans(iface):
-                subnet = segment_subnet(cluster, iface, vip.version)
+                subnet = subnet_of(cluster, iface, vip)
                 if subnet is None:
                     continue
                 if vip.ip not in subnet:
@@ -211,17 +229,19 @@ def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC208", "VIP equal to a member address", E, """
 A VIP moves between members; a member's own address does not. If they are equal,
 the backup still answers for the address (its own), and the master's VRRP
-instance would become the address owner: both nodes claim it.""")
+instance would become the address owner: both nodes claim it. An IPv6 link-local
+VIP clashes only with a member's link-local address on the same segment.""")
 def vip_is_member_address(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
-        owners: dict[object, tuple[str, Span]] = {}
+        owners: dict[AddressPlace, tuple[str, Span]] = {}
         for member in cluster.members:
             for link in member.links:
                 for address, span in address_spans(member, link.interface):
-                    owners.setdefault(address.ip, (member.name, span))
+                    owners.setdefault(address_place(address.ip, link.interface),
+                                      (member.name, span))
         for iface in cluster.interfaces:
             for vip, span in vip_spans(iface):
-                owner = owners.get(vip.ip)
+                owner = owners.get(address_place(vip.ip, iface.name))
                 if owner is not None:
                     yield error("FWC208", f"VIP {vip.ip} of '{iface.name}' is also the address "
                                 f"of member '{owner[0]}'", span,
