@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+from checkkit import (
+    BASE,
+    EXAMPLES,
+    assert_diagnostic,
+    compiled_files,
+    line_of,
+    mutate,
+    run,
+    with_code,
+)
 
 from fwc.checks import load_registry
 from fwc.diagnostics import Severity
@@ -434,6 +443,44 @@ def test_fwc245_link_local_gateway_is_the_clusters_only_on_its_link(tmp_path, de
     assert "uplink eth1 198.51.100.1/24\n" in text
     codes = [d.code for d in run(tmp_path, text).diagnostics]
     assert codes == (["FWC245"] if clash else [])
+
+
+ROUTER_SOLICITATIONS = ("    accept from client to firewall service tcp/22\n",
+                        "    accept from client to firewall service tcp/22\n"
+                        "    accept from any to firewall service icmpv6/router-solicitation"
+                        " in lan\n")
+
+
+def test_fwc226_router_discovery_without_a_virtual_link_local_vip(tmp_path):
+    """The policy accepts router solicitations on the lan (the members run radvd) while
+    the lan's IPv6 VIPs have no link-local address: hosts would route through a member's
+    own link-local address, not the VIP. The hint names the VRID's address (51 = 0x33)."""
+    text = mutate(ROUTER_SOLICITATIONS)
+    d = assert_diagnostic(run(tmp_path, text), "FWC226", W, line_of(text, "interface lan"),
+                          "'lan'", "no link-local")
+    assert d.hint is not None and "vip fe80::200:5eff:fe00:233/64" in d.hint
+    assert d.related[0].span.line == line_of(text, "router-solicitation")
+
+
+@pytest.mark.parametrize("change", [
+    ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+     "vip 192.0.2.254/24, fe80::200:5eff:fe00:233/64, 2001:db8:1::fe/64"),
+    ("router-solicitation in lan", "router-solicitation in uplink"),
+])
+def test_fwc226_silent_with_a_link_local_vip_or_router_discovery_elsewhere(tmp_path, change):
+    assert not with_code(run(tmp_path, mutate(ROUTER_SOLICITATIONS, change)), "FWC226")
+
+
+def test_keepalived_puts_the_link_local_vip_first(tmp_path):
+    """VRRPv3 takes the first address as the virtual router's link-local one (RFC 5798
+    5.2.9): written after the global VIP, it is still the instance's first address."""
+    text = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                "vip 192.0.2.254/24, 2001:db8:1::fe/64, fe80::fe/64"))
+    conf = compiled_files(tmp_path, text)["fw1/keepalived.conf"]
+    instance = conf[conf.index("vrrp_instance VI_lan_v6"):]
+    block = instance[instance.index("virtual_ipaddress {"):instance.index("}")]
+    assert block.split("\n")[1:3] == ["        fe80::fe/64 dev eth0",
+                                       "        2001:db8:1::fe/64 dev eth0"]
 
 
 @pytest.mark.parametrize("mode", ["notrack", "alarm"])

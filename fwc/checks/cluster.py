@@ -14,12 +14,13 @@ from collections.abc import Iterable, Iterator
 from fwc import protocols as proto
 from fwc.backend.render.keepalived import instance_name
 from fwc.checks import check, describe
-from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
+from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
 from fwc.model.passwords import password_problems
 from fwc.model.topology import AddressPlace, address_place, link_scoped, one_segment, subnet_role
+from fwc.model.vocabulary import FilterAction
 
-E = Severity.ERROR
+E, W = Severity.ERROR, Severity.WARNING
 
 # Codes emitted by the resolver; registered here because they are cluster codes.
 describe("FWC204", "VRID out of range or missing", E, """
@@ -286,6 +287,67 @@ def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
                             hint=f"give '{iface.name}' its own 'vrid N'",
                             related=[Related(first.span, f"'{first.name}' declared here")])
     yield from _vrids_shared_across_clusters(policy)
+
+
+def virtual_link_local(vrid: int) -> ipaddress.IPv6Address:
+    """The link-local address a device with VRRP's IPv6 virtual MAC 00:00:5e:00:02:VRID
+    derives (modified EUI-64): one per VRID, and no member's own unless it uses that MAC."""
+    return ipaddress.IPv6Address(f"fe80::200:5eff:fe00:2{vrid:02x}")
+
+
+_ROUTER_DISCOVERY = frozenset((proto.ICMPV6_TYPES["router-solicitation"],
+                               proto.ICMPV6_TYPES["router-advertisement"]))
+
+
+def _router_discovery_rule(cluster: Cluster, interface: str) -> Span | None:
+    """Where the policy accepts router solicitations or advertisements (ICMPv6 133, 134,
+    named) on INTERFACE: the sign that the members advertise themselves as the
+    segment's router (radvd) to hosts that take their default router from it."""
+    for rule in cluster.rules:
+        if rule.action != FilterAction.ACCEPT or rule.only is not None:
+            continue
+        sides = {rule.in_interface, rule.out_interface} - {None}
+        if sides and interface not in sides:
+            continue  # written for other interfaces only
+        if any(s.protocol == "icmpv6" and s.icmp_type in _ROUTER_DISCOVERY
+               for s in rule.services):
+            return rule.span
+    return None
+
+
+@check("FWC226", "router advertisements without a virtual link-local address", W, """
+Hosts that take their default router from router advertisements (SLAAC, the default
+of every IPv6 host) route through the advertisement's source, a link-local address,
+never through a global VIP. When the members advertise (radvd) from their own
+link-local addresses, each host picks one member and keeps it: traffic through the
+backup is forwarded where no state is, its replies come back through the master, and
+a failed master stays the hosts' router until their neighbour discovery gives up on
+it. VRRPv3 (RFC 5798 5.2.9) therefore puts a virtual link-local address first in each
+IPv6 instance; the master holds it and advertises from it, and it moves with the other
+VIPs (keepalived logs "the first IPv6 VIP address should be link local" without one).
+This check fires on an interface with IPv6 VIPs but no link-local one where the policy
+accepts router solicitations or advertisements, the sign that the members advertise.
+Put `fe80::200:5eff:fe00:2XX/64` first (XX the VRID in hex: the address VRRP's virtual
+MAC would derive, which no member uses) and have only the master advertise, from it
+(radvd's `AdvRASrcAddress`, started and stopped by the notify hook; docs/ha-pitfalls.md
+"IPv6 hosts and the virtual link-local address").""")
+def router_advertisements_without_virtual_link_local(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        for iface in cluster.vrrp_interfaces:
+            vips = iface.vips_of(6)
+            if not vips or iface.vrid is None or any(link_scoped(v.ip) for v in vips):
+                continue
+            rule = _router_discovery_rule(cluster, iface.name)
+            if rule is None:
+                continue
+            suggested = virtual_link_local(iface.vrid)
+            yield warning("FWC226", f"the IPv6 VIPs of '{iface.name}' have no link-local "
+                          "address, but the policy accepts router discovery there: hosts "
+                          "that follow the advertisements route through a member, not the "
+                          "VIPs, and keep a failed master as their router", iface.span,
+                          hint=f"write 'vip {suggested}/64' before {vips[0]} and advertise "
+                          "from it on the master only (radvd AdvRASrcAddress)",
+                          related=[Related(rule, "router discovery accepted here")])
 
 
 def _vrrp_segments(cluster: Cluster, family: int) \
