@@ -628,7 +628,7 @@ class Member:
         return link.device if link else None
 
     def link_on(self, address: IPAddress) -> MemberLink | None:
-        """The link whose subnet holds ADDRESS (a gateway on a segment), if any."""
+        """The first link whose subnet holds ADDRESS (a gateway on a segment), if any."""
         return next(iter(self.links_on(address)), None)
 
     def links_on(self, address: IPAddress) -> tuple[MemberLink, ...]:
