@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from checkkit import BASE, EXAMPLES, assert_diagnostic, line_of, mutate, run, with_code
+from checkkit import (
+    BASE,
+    EXAMPLES,
+    assert_diagnostic,
+    compiled_files,
+    line_of,
+    mutate,
+    run,
+    with_code,
+)
 
 from fwc.checks import load_registry
 from fwc.diagnostics import Severity
@@ -371,6 +380,107 @@ def test_one_vrid_with_link_local_vips_on_separate_segments_is_fine(tmp_path):
     text = edge + core
     assert "vrid 51" in core and text.count("fe80::fe/64") == 2
     assert run(tmp_path, text).diagnostics == ()
+
+
+# Static IPv6 link-local addresses: fw1 fe80::1 and fw2 fe80::2 on every link (lan and
+# uplink), next to the lan's global addresses. Link-local addresses are per link.
+LINK_LOCAL = (("lan    eth0 192.0.2.1/24, 2001:db8:1::1/64",
+               "lan    eth0 192.0.2.1/24, 2001:db8:1::1/64, fe80::1/64"),
+              ("uplink eth1 198.51.100.1/24", "uplink eth1 198.51.100.1/24, fe80::1/64"),
+              ("lan    eth0 192.0.2.2/24, 2001:db8:1::2/64",
+               "lan    eth0 192.0.2.2/24, 2001:db8:1::2/64, fe80::2/64"),
+              ("uplink eth1 198.51.100.2/24", "uplink eth1 198.51.100.2/24, fe80::2/64"))
+
+
+def test_one_link_local_address_on_every_link_of_a_member_is_fine(tmp_path):
+    """fe80::1 on lan and on uplink of one member are two addresses (fe80::1%eth0 and
+    fe80::1%eth1), and fe80::1/64 next to 2001:db8:1::1/64 is every IPv6 link's plan: no
+    FWC205, no FWC203 (measured before the fix: both fired)."""
+    assert run(tmp_path, mutate(*LINK_LOCAL)).diagnostics == ()
+
+
+def test_link_local_vip_first_next_to_a_global_vip_is_fine(tmp_path):
+    """VRRPv3 wants the virtual link-local address first (RFC 5798 5.2.9): fe80::fe/64
+    is in the lan's link-local subnet, not outside its 2001:db8:1::/64 (FWC207)."""
+    text = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                "vip 192.0.2.254/24, fe80::fe/64, 2001:db8:1::fe/64"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
+def test_link_local_addresses_still_clash_on_one_segment(tmp_path):
+    """Scope tells links apart, not members: two members with one link-local address on
+    one segment (FWC205), a link-local VIP that is a member's link-local address there
+    (FWC208) and one outside the segment's link-local subnet (FWC207) are refused."""
+    twice = mutate(*LINK_LOCAL, ("2001:db8:1::2/64, fe80::2/64", "2001:db8:1::2/64, fe80::1/64"))
+    assert_diagnostic(run(tmp_path, twice), "FWC205", E,
+                      line_of(twice, "2001:db8:1::2/64, fe80::1/64"), "fe80::1", "'fw1' on 'lan'")
+    owned = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                 "vip 192.0.2.254/24, fe80::2/64, 2001:db8:1::fe/64"))
+    assert_diagnostic(run(tmp_path, owned), "FWC208", E, line_of(owned, "fe80::2/64, 2001"),
+                      "fe80::2", "member 'fw2'")
+    outside = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                   "vip 192.0.2.254/24, fe80:1::fe/64, 2001:db8:1::fe/64"))
+    assert_diagnostic(run(tmp_path, outside), "FWC207", E, line_of(outside, "fe80:1::fe"),
+                      "fe80:1::fe/64", "fe80::/64")
+
+
+def test_link_local_vip_equal_to_a_member_address_of_another_link_is_fine(tmp_path):
+    """fw2's fe80::2 on uplink is another address than a lan VIP fe80::2 (no FWC208)."""
+    fw2_lan_global_only = (LINK_LOCAL[0], LINK_LOCAL[1], LINK_LOCAL[3])
+    text = mutate(*fw2_lan_global_only, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                              "vip 192.0.2.254/24, fe80::2/64, "
+                                              "2001:db8:1::fe/64"))
+    assert run(tmp_path, text).diagnostics == ()
+
+
+@pytest.mark.parametrize(("dev", "clash"), [("uplink", False), ("lan", True)])
+def test_fwc245_link_local_gateway_is_the_clusters_only_on_its_link(tmp_path, dev, clash):
+    """The provider's router at fe80::1 on the uplink while fw1 is fe80::1 on the lan
+    only: another address (FWC245 fired before the fix); on the lan it is fw1's own."""
+    fw1_uplink_without = (LINK_LOCAL[0], LINK_LOCAL[2], LINK_LOCAL[3])
+    text = mutate(*fw1_uplink_without, ("    member fw1", "    route default via fe80::1 dev "
+                                        f"{dev}\n    member fw1"))
+    assert "uplink eth1 198.51.100.1/24\n" in text
+    codes = [d.code for d in run(tmp_path, text).diagnostics]
+    assert codes == (["FWC245"] if clash else [])
+
+
+ROUTER_SOLICITATIONS = ("    accept from client to firewall service tcp/22\n",
+                        "    accept from client to firewall service tcp/22\n"
+                        "    accept from any to firewall service icmpv6/router-solicitation"
+                        " in lan\n")
+
+
+def test_fwc226_router_discovery_without_a_virtual_link_local_vip(tmp_path):
+    """The policy accepts router solicitations on the lan (the members run radvd) while
+    the lan's IPv6 VIPs have no link-local address: hosts would route through a member's
+    own link-local address, not the VIP. The hint names the VRID's address (51 = 0x33)."""
+    text = mutate(ROUTER_SOLICITATIONS)
+    d = assert_diagnostic(run(tmp_path, text), "FWC226", W, line_of(text, "interface lan"),
+                          "'lan'", "no link-local")
+    assert d.hint is not None and "vip fe80::200:5eff:fe00:233/64" in d.hint
+    assert d.related[0].span.line == line_of(text, "router-solicitation")
+
+
+@pytest.mark.parametrize("change", [
+    ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+     "vip 192.0.2.254/24, fe80::200:5eff:fe00:233/64, 2001:db8:1::fe/64"),
+    ("router-solicitation in lan", "router-solicitation in uplink"),
+])
+def test_fwc226_silent_with_a_link_local_vip_or_router_discovery_elsewhere(tmp_path, change):
+    assert not with_code(run(tmp_path, mutate(ROUTER_SOLICITATIONS, change)), "FWC226")
+
+
+def test_keepalived_puts_the_link_local_vip_first(tmp_path):
+    """VRRPv3 takes the first address as the virtual router's link-local one (RFC 5798
+    5.2.9): written after the global VIP, it is still the instance's first address."""
+    text = mutate(*LINK_LOCAL, ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                                "vip 192.0.2.254/24, 2001:db8:1::fe/64, fe80::fe/64"))
+    conf = compiled_files(tmp_path, text)["fw1/keepalived.conf"]
+    instance = conf[conf.index("vrrp_instance VI_lan_v6"):]
+    block = instance[instance.index("virtual_ipaddress {"):instance.index("}")]
+    assert block.split("\n")[1:3] == ["        fe80::fe/64 dev eth0",
+                                       "        2001:db8:1::fe/64 dev eth0"]
 
 
 @pytest.mark.parametrize("mode", ["notrack", "alarm"])

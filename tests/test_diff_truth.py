@@ -278,6 +278,10 @@ def _fate(node: Node, routes: Routes, family: int, src: int, dst: int, service: 
         chain = "INPUT"
     else:
         chain = "FORWARD" if in_iface is not None else "OUTPUT"
+        if chain == "FORWARD" and family == 6 and _ip(family, src).is_link_local:
+            # Linux drops it in ip6_forward before the FORWARD hook, whatever the rules
+            # (tests/test_expect.py::test_nothing_is_forwarded_from_an_ipv6_link_local_source)
+            return Fate(False, dnat, in_iface, out_iface, leaves(dst))
     decided = Evaluator(rules, node.sets).decide(
         packet(to, node.device(in_iface) if in_iface else None,
                node.device(out_iface) if out_iface != LOCAL else None), chain)

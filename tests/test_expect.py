@@ -106,6 +106,26 @@ def test_expectation_about_no_traffic_warns(tmp_path):
     assert [(d.code, d.severity.value) for d in found] == [("FWC603", "warning")]
 
 
+def test_nothing_is_forwarded_from_an_ipv6_link_local_source(tmp_path):
+    """Linux drops a packet from fe80::/10 in ip6_forward before the FORWARD rules
+    (measured: the accepting rule's counter stayed 0), so `accept from any` does not let
+    it through: `allow` fails naming that (it passed before) and `deny` holds (it failed
+    as accepted, FWC602). The same traffic from a global source is still accepted, and
+    VRRP adverts, which come from a member's link-local address, are still taken in."""
+    text = SOURCE.replace("policy edge {\n", "policy edge {\n"
+                          "    accept from any to lan6 service tcp/5001\n", 1)
+    path = _with_expectations(tmp_path, "    allow fe80::/10 -> lan6 service tcp/5001\n"
+                                        "    deny  fe80::/10 -> lan6 service tcp/5001\n"
+                                        "    allow 2001:db8:ff::5 -> lan6 service tcp/5001\n"
+                                        "    allow fe80::5 -> ff02::12 service vrrp in lan\n",
+                              text)
+    found, _ = _expect_diagnostics(path)
+    line = path.read_text().splitlines().index("    allow fe80::/10 -> lan6 service tcp/5001")
+    assert [(d.code, d.span.line) for d in found] == [("FWC601", line + 1)]
+    assert "automatic rule 'kernel: nothing is forwarded from a link-local source'" \
+        in found[0].message
+
+
 def test_fwc_check_exit_status(tmp_path):
     bad = _with_expectations(tmp_path, "    deny client -> server service echo\n")
     result = run_fwc("check", str(bad), cwd=REPO)

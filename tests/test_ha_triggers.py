@@ -188,6 +188,32 @@ def test_fwc255_ping_target_off_segment_or_own(tmp_path):
                       "firewall's own address")
 
 
+# fw1 fe80::1 and fw2 fe80::2 on the uplink; with ON_LAN_TOO also on the lan.
+UPLINK_LINK_LOCAL = (("uplink eth1 198.51.100.1/24", "uplink eth1 198.51.100.1/24, fe80::1/64"),
+                     ("uplink eth1 198.51.100.2/24", "uplink eth1 198.51.100.2/24, fe80::2/64"))
+ON_LAN_TOO = (("lan    eth0 192.0.2.1/24, 2001:db8:1::1/64",
+               "lan    eth0 192.0.2.1/24, 2001:db8:1::1/64, fe80::1/64"),
+              ("lan    eth0 192.0.2.2/24, 2001:db8:1::2/64",
+               "lan    eth0 192.0.2.2/24, 2001:db8:1::2/64, fe80::2/64"))
+
+
+def test_a_link_local_ping_target_needs_one_link(tmp_path):
+    """The provider's router at fe80::99 on the uplink: with link-local addresses on the
+    uplink only, that is the ping's device; with them on the lan too, fwc pinged it from
+    the lan's device (the first), silently measuring nothing: refused. fe80::1 pinged
+    on the uplink is fw1's own address there."""
+    alone = tracked("        ping fe80::99 weight -60", *UPLINK_LINK_LOCAL)
+    assert run(tmp_path, alone).diagnostics == ()
+    conf = compiled_files(tmp_path, alone)["fw2/keepalived.conf"]
+    assert "-I eth1 fe80::99" in conf
+    both = tracked("        ping fe80::99 weight -60", *UPLINK_LINK_LOCAL, *ON_LAN_TOO)
+    assert_diagnostic(run(tmp_path, both), "FWC255", E, line_of(both, "ping fe80::99"),
+                      "link-local", "'lan' and 'uplink'")
+    own = tracked("        ping fe80::1 weight -60", *UPLINK_LINK_LOCAL)
+    assert_diagnostic(run(tmp_path, own), "FWC255", E, line_of(own, "ping fe80::1"),
+                      "firewall's own address")
+
+
 @pytest.mark.parametrize(("option", "phrase"), [
     ("weight -254", "out of range -253-253"), ("interval 500ms", "whole seconds"),
     ("interval 2.5s", "whole seconds"), ("fall 0", "out of range 1-255"),

@@ -160,6 +160,32 @@ def test_doc_range_violations_and_refusal(tmp_path: Path) -> None:
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_virtual_link_local_vip_is_the_hosts_gateway_on_its_device(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VRRPv3's virtual link-local VIP (first on the lan) stays on the lab's links, so it
+    needs no --remap, and the lan host routes through it as a host following router
+    advertisements would: `via fe80::... dev DEVICE` (without the device the kernel
+    refuses a link-local gateway). `fwc lab` of policies/dmz.fw with it ran clean, the
+    IPv6 expectations through the master and after the backup took over included."""
+    import fwc.lab.running as running
+
+    text = EDGE_TEXT.replace("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                             "vip 192.0.2.254/24, fe80::200:5eff:fe00:233/64, 2001:db8:1::fe/64")
+    policy, cluster = model("edge", text, tmp_path)
+    assert doc_range_violations(cluster) == []
+    lab = plan(policy, cluster, "fwc6")
+    host = lab.host("lan")
+    assert host is not None
+    assert [str(g) for g in host.gateways] == ["192.0.2.254", "fe80::200:5eff:fe00:233"]
+    commands: list[list[str]] = []
+    monkeypatch.setattr(running, "run", lambda argv, **_: commands.append(list(argv)))
+    running.Lab(lab, {}, tmp_path, lambda _: None).set_default_routes(host, True)
+    assert commands == [
+        ["ip", "-4", "-n", host.ns, "route", "replace", "default", "via", "192.0.2.254"],
+        ["ip", "-6", "-n", host.ns, "route", "replace", "default", "via",
+         "fe80::200:5eff:fe00:233", "dev", host.device]]
+
+
 def test_remap_is_consistent_and_lands_in_doc_ranges(tmp_path: Path) -> None:
     policy, cluster = _private(tmp_path)
     remap = plan_remap(cluster)

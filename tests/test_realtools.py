@@ -284,10 +284,24 @@ def single_instance_tracking() -> str:
         'vrrp { password "s3cret"  vrid 7 }', 'vrrp { password "s3cret"  vrid 7  unicast }')
 
 
+def link_local_policy(base: str) -> str:
+    """BASE with VRRPv3's virtual link-local VIP (written last: keepalived.conf puts it
+    first) and one static link-local address per member on every link (fe80::1 twice on
+    fw1, once per link)."""
+    text = base.replace("vip 192.0.2.254/24, 2001:db8:1::fe/64",
+                        "vip 192.0.2.254/24, 2001:db8:1::fe/64, fe80::200:5eff:fe00:233/64")
+    for member, devices in (("1", ("eth0", "eth1")), ("2", ("lan0", "wan0"))):
+        for device in devices:
+            line = next(x for x in text.splitlines() if f" {device} " in x)
+            text = text.replace(line, f"{line}, fe80::{member}/64")
+    return text
+
+
 @pytest.mark.parametrize("variant", ["multicast-ah", "unicast", "notrack", "alarm-v3",
                                      "nopreempt", "delay-garp", "single-instance",
                                      "large", "tracking-unicast-vrrp",
-                                     "single-instance-tracking", "fast-50ms"])
+                                     "single-instance-tracking", "fast-50ms",
+                                     "link-local-vip"])
 def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
     """The feature-rich policy of test_compile_rules: AH, IPv6 NAT, RETURN chains, modes."""
     from tests.test_compile_rules import POLICY, UNICAST
@@ -307,6 +321,7 @@ def test_rule_by_rule_policy_variants_pass_the_real_tools(tmp_path, variant):
         "single-instance-tracking": single_instance_tracking(),
         "fast-50ms": POLICY.replace('password "s3cret"  auth ah  advert 1s',
                                     "advert 50ms  version 3"),
+        "link-local-vip": link_local_policy(POLICY),
     }[variant]
     path = tmp_path / "rules.fw"
     path.write_text(text)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 
+from fwc import protocols as proto
 from fwc.analysis.handling import vips_elsewhere
 from fwc.analysis.index import RuleBox, RuleList
 from fwc.analysis.space import (
@@ -630,7 +631,12 @@ def _automatic(view: MemberView, box: Box, chain: str, dnat: NatStep | None,
         # address is its destination: only automatic rules ever accept it.
         for part, hit in first_match(view.local_groups[box.family], box):
             if hit is None:
-                yield from _joined(view, part, dnat, back, rest)
+                # (taken in first: a group's packets from a link-local source are the
+                # members' own IPv6 adverts; what is left is forwarded, if anything)
+                forwarded: list[Box] = []
+                yield from _joined(view, part, dnat, back, forwarded)
+                for left in forwarded:
+                    yield from _not_forwarded(left, dnat, back, rest)
                 continue
             auto: AutoRule = hit.rule  # type: ignore[assignment]
             yield Piece(back(part.with_(out_ifaces=frozenset({LOCAL}))), "input",
@@ -660,6 +666,29 @@ def _joined(view: MemberView, box: Box, dnat: NatStep | None, back: Callable[[Bo
             continue
         yield Piece(back(part.with_(out_ifaces=frozenset({LOCAL}))), "input",
                     view.cluster.defaults.of("input"), None, dnat, None)
+
+
+# IPv6 link-local sources (fe80::/10), which no router forwards (RFC 4291 2.5.6).
+_LINK_LOCAL_V6 = AddressSet.of(ipaddress.IPv6Network(proto.IPV6_LINK_LOCAL)).family(6)
+NOT_FORWARDED = "kernel: nothing is forwarded from a link-local source"
+
+
+def _not_forwarded(box: Box, dnat: NatStep | None, back: Callable[[Box], Box],
+                   rest: list[Box]) -> Iterator[Piece]:
+    """A piece dropped for the part of forwarded BOX from an IPv6 link-local source:
+    Linux drops it in ip6_forward before the FORWARD hook and answers 'beyond scope'
+    (measured: an accepting FORWARD rule's counter stayed 0, Ip6InAddrErrors counted
+    it), so no rule decides it. REST receives the other part. The packets keep their
+    chain, so every packet still has one (`fwc diff` compares chain by chain)."""
+    if box.family != 6:
+        rest.append(box)
+        return
+    dropped, kept = intersect(box.src, _LINK_LOCAL_V6), subtract(box.src, _LINK_LOCAL_V6)
+    if kept:
+        rest.append(box.with_(src=kept))
+    if dropped:
+        yield Piece(back(box.with_(src=dropped)), "forward", FilterAction.DROP, None, dnat,
+                    None, NOT_FORWARDED)
 
 
 def _filter(view: MemberView, box: Box, chain: str, dnat: NatStep | None,

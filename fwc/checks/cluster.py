@@ -14,12 +14,13 @@ from collections.abc import Iterable, Iterator
 from fwc import protocols as proto
 from fwc.backend.render.keepalived import instance_name
 from fwc.checks import check, describe
-from fwc.diagnostics import Diagnostic, Related, Severity, Span, error
+from fwc.diagnostics import Diagnostic, Related, Severity, Span, error, warning
 from fwc.model import Cluster, Interface, IPInterface, Member, Policy
 from fwc.model.passwords import password_problems
-from fwc.model.topology import one_segment, subnet_role
+from fwc.model.topology import AddressPlace, address_place, link_scoped, one_segment, subnet_role
+from fwc.model.vocabulary import FilterAction
 
-E = Severity.ERROR
+E, W = Severity.ERROR, Severity.WARNING
 
 # Codes emitted by the resolver; registered here because they are cluster codes.
 describe("FWC204", "VRID out of range or missing", E, """
@@ -105,26 +106,35 @@ def unmapped_interfaces(policy: Policy) -> Iterable[Diagnostic]:
                     devices[link.device] = link.interface
 
 
-def segment_subnet(cluster: Cluster, iface: Interface, family: int) \
+def segment_subnet(cluster: Cluster, iface: Interface, family: int,
+                   link_local: bool = False) \
         -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     """The subnet of a segment in one family: the one most of its members and VIPs are in.
 
-    Ties go to the VIP, then to the first member, so that one wrong address is
-    reported as wrong instead of making every other address look wrong.
+    LINK_LOCAL picks the IPv6 link-local addresses (fe80::/10) instead of the others:
+    a link has both, each its own subnet, and neither is wrong for being outside the
+    other's. Ties go to the VIP, then to the first member, so that one wrong address
+    is reported as wrong instead of making every other address look wrong.
     """
     votes: Counter[ipaddress.IPv4Network | ipaddress.IPv6Network] = Counter()
     order: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    candidates = [v.network for v in iface.vips_of(family)]
+    candidates: list[IPInterface] = list(iface.vips_of(family))
     for member in cluster.members:
-        candidates += [a.network for a, _ in address_spans(member, iface.name)
-                       if a.version == family]
-    for network in candidates:
+        candidates += [a for a, _ in address_spans(member, iface.name) if a.version == family]
+    for network in (a.network for a in candidates if link_scoped(a.ip) == link_local):
         votes[network] += 1
         if network not in order:
             order.append(network)
     if not order:
         return None
     return max(order, key=lambda n: (votes[n], -order.index(n)))
+
+
+def subnet_of(cluster: Cluster, iface: Interface, address: IPInterface) \
+        -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The segment's subnet ADDRESS (a member's or a VIP on IFACE) must be in: the
+    link-local one for an IPv6 link-local address, the other one for the rest."""
+    return segment_subnet(cluster, iface, address.version, link_scoped(address.ip))
 
 
 @check("FWC203", "member address outside its segment's subnet", E, """
@@ -134,12 +144,15 @@ VIP, then to the first member), so that one wrong address is the one reported.
 A member outside it cannot exchange VRRP adverts with the others (they are sent
 from the primary address, TTL 255, to a link-local group) and cannot reach the
 hosts behind the VIP after a failover. A member also needs an address of each family
-its interface has a VIP in, for the VRRP instance of that family.""")
+its interface has a VIP in, for the VRRP instance of that family. IPv6 link-local
+addresses and VIPs (fe80::/10) are held to the segment's link-local subnet (fe80::/64)
+and the others to the other one: every IPv6 link has both.""")
 def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
             for family in (4, 6):
-                network = segment_subnet(cluster, iface, family)
+                network = segment_subnet(cluster, iface, family) \
+                    or segment_subnet(cluster, iface, family, link_local=True)
                 if network is None:
                     continue
                 for member in cluster.members:
@@ -154,27 +167,32 @@ def member_subnets(policy: Policy) -> Iterable[Diagnostic]:
                                     member.link(iface.name).span,  # type: ignore[union-attr]
                                     hint=f"add an address in {network}")
                     for address, span in own:
-                        if address.network != network:
+                        subnet = subnet_of(cluster, iface, address)
+                        if subnet is not None and address.network != subnet:
                             yield error("FWC203", f"member '{member.name}' address {address} "
                                         f"on '{iface.name}' is not in the segment's subnet "
-                                        f"{network}", span,
-                                        hint=f"use an address in {network} with prefix "
-                                        f"/{network.prefixlen}")
+                                        f"{subnet}", span,
+                                        hint=f"use an address in {subnet} with prefix "
+                                        f"/{subnet.prefixlen}")
 
 
 @check("FWC205", "address used twice", E, """
 Member addresses must be distinct: two members with the same address on a
 segment answer ARP for each other, and VRRP sees its own adverts as a peer's.
-An address of one member is also never reused on another interface.""")
+An address of one member is also never reused on another interface. IPv6
+link-local addresses (fe80::/10) are distinct per link: the same fe80::1 on two
+interfaces is two addresses (the kernel tells them apart by the device, the zone
+of `fe80::1%eth0`), and only two members with one of them on one segment clash.""")
 def duplicate_member_addresses(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
-        seen: dict[object, tuple[str, str, Span]] = {}
+        seen: dict[AddressPlace, tuple[str, str, Span]] = {}
         for member in cluster.members:
             for link in member.links:
                 for address, span in address_spans(member, link.interface):
-                    first = seen.get(address.ip)
+                    place = address_place(address.ip, link.interface)
+                    first = seen.get(place)
                     if first is None:
-                        seen[address.ip] = (member.name, link.interface, span)
+                        seen[place] = (member.name, link.interface, span)
                         continue
                     yield error("FWC205", f"address {address.ip} of member '{member.name}' "
                                 f"is already used by member '{first[0]}' on '{first[1]}'",
@@ -185,13 +203,14 @@ def duplicate_member_addresses(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC207", "VIP not a usable address of its segment", E, """
 A VIP must lie inside the subnet of the members' addresses on its interface,
 with the same prefix length, and must not be the network or broadcast address of
-it. keepalived accepts a VIP outside the subnet without complaint, but clients
+it (a link-local IPv6 VIP, which VRRPv3 wants first, inside the segment's
+link-local subnet). keepalived accepts a VIP outside the subnet without complaint, but clients
 cannot reach it; a wrong prefix installs a wrong on-link route on the master.""")
 def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for iface in cluster.interfaces:
             for vip, span in vip_spans(iface):
-                subnet = segment_subnet(cluster, iface, vip.version)
+                subnet = subnet_of(cluster, iface, vip)
                 if subnet is None:
                     continue
                 if vip.ip not in subnet:
@@ -211,17 +230,19 @@ def vip_in_subnet(policy: Policy) -> Iterable[Diagnostic]:
 @check("FWC208", "VIP equal to a member address", E, """
 A VIP moves between members; a member's own address does not. If they are equal,
 the backup still answers for the address (its own), and the master's VRRP
-instance would become the address owner: both nodes claim it.""")
+instance would become the address owner: both nodes claim it. An IPv6 link-local
+VIP clashes only with a member's link-local address on the same segment.""")
 def vip_is_member_address(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
-        owners: dict[object, tuple[str, Span]] = {}
+        owners: dict[AddressPlace, tuple[str, Span]] = {}
         for member in cluster.members:
             for link in member.links:
                 for address, span in address_spans(member, link.interface):
-                    owners.setdefault(address.ip, (member.name, span))
+                    owners.setdefault(address_place(address.ip, link.interface),
+                                      (member.name, span))
         for iface in cluster.interfaces:
             for vip, span in vip_spans(iface):
-                owner = owners.get(vip.ip)
+                owner = owners.get(address_place(vip.ip, iface.name))
                 if owner is not None:
                     yield error("FWC208", f"VIP {vip.ip} of '{iface.name}' is also the address "
                                 f"of member '{owner[0]}'", span,
@@ -266,6 +287,67 @@ def vrid_unique(policy: Policy) -> Iterable[Diagnostic]:
                             hint=f"give '{iface.name}' its own 'vrid N'",
                             related=[Related(first.span, f"'{first.name}' declared here")])
     yield from _vrids_shared_across_clusters(policy)
+
+
+def virtual_link_local(vrid: int) -> ipaddress.IPv6Address:
+    """The link-local address a device with VRRP's IPv6 virtual MAC 00:00:5e:00:02:VRID
+    derives (modified EUI-64): one per VRID, and no member's own unless it uses that MAC."""
+    return ipaddress.IPv6Address(f"fe80::200:5eff:fe00:2{vrid:02x}")
+
+
+_ROUTER_DISCOVERY = frozenset((proto.ICMPV6_TYPES["router-solicitation"],
+                               proto.ICMPV6_TYPES["router-advertisement"]))
+
+
+def _router_discovery_rule(cluster: Cluster, interface: str) -> Span | None:
+    """Where the policy accepts router solicitations or advertisements (ICMPv6 133, 134,
+    named) on INTERFACE: the sign that the members advertise themselves as the
+    segment's router (radvd) to hosts that take their default router from it."""
+    for rule in cluster.rules:
+        if rule.action != FilterAction.ACCEPT or rule.only is not None:
+            continue
+        sides = {rule.in_interface, rule.out_interface} - {None}
+        if sides and interface not in sides:
+            continue  # written for other interfaces only
+        if any(s.protocol == "icmpv6" and s.icmp_type in _ROUTER_DISCOVERY
+               for s in rule.services):
+            return rule.span
+    return None
+
+
+@check("FWC226", "router advertisements without a virtual link-local address", W, """
+Hosts that take their default router from router advertisements (SLAAC, the default
+of every IPv6 host) route through the advertisement's source, a link-local address,
+never through a global VIP. When the members advertise (radvd) from their own
+link-local addresses, each host picks one member and keeps it: traffic through the
+backup is forwarded where no state is, its replies come back through the master, and
+a failed master stays the hosts' router until their neighbour discovery gives up on
+it. VRRPv3 (RFC 5798 5.2.9) therefore puts a virtual link-local address first in each
+IPv6 instance; the master holds it and advertises from it, and it moves with the other
+VIPs (keepalived logs "the first IPv6 VIP address should be link local" without one).
+This check fires on an interface with IPv6 VIPs but no link-local one where the policy
+accepts router solicitations or advertisements, the sign that the members advertise.
+Put `fe80::200:5eff:fe00:2XX/64` first (XX the VRID in hex: the address VRRP's virtual
+MAC would derive, which no member uses) and have only the master advertise, from it
+(radvd's `AdvRASrcAddress`, started and stopped by the notify hook; docs/ha-pitfalls.md
+"IPv6 hosts and the virtual link-local address").""")
+def router_advertisements_without_virtual_link_local(policy: Policy) -> Iterable[Diagnostic]:
+    for cluster in _clusters(policy):
+        for iface in cluster.vrrp_interfaces:
+            vips = iface.vips_of(6)
+            if not vips or iface.vrid is None or any(link_scoped(v.ip) for v in vips):
+                continue
+            rule = _router_discovery_rule(cluster, iface.name)
+            if rule is None:
+                continue
+            suggested = virtual_link_local(iface.vrid)
+            yield warning("FWC226", f"the IPv6 VIPs of '{iface.name}' have no link-local "
+                          "address, but the policy accepts router discovery there: hosts "
+                          "that follow the advertisements route through a member, not the "
+                          "VIPs, and keep a failed master as their router", iface.span,
+                          hint=f"write 'vip {suggested}/64' before {vips[0]} and advertise "
+                          "from it on the master only (radvd AdvRASrcAddress)",
+                          related=[Related(rule, "router discovery accepted here")])
 
 
 def _vrrp_segments(cluster: Cluster, family: int) \

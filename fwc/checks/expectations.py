@@ -92,6 +92,9 @@ def _diagnose(expectation: Expectation, found: list[Failure]) -> list[Diagnostic
         elif piece.chain == "local":
             by = "the automatic loopback rule"
             related = []
+        elif piece.auto is not None:
+            by = f"the automatic rule '{piece.auto}'"
+            related = []
         else:
             by = f"the default policy of {piece.chain.upper()} ({piece.verdict})"
             related = []

@@ -15,9 +15,9 @@ from fwc import protocols as proto
 from fwc.backend.files import FILES, path_of
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
-from fwc.model import Cluster, Member, Policy, Track
+from fwc.model import Cluster, IPAddress, Member, Policy, Track
 from fwc.model.passwords import unwritable
-from fwc.model.topology import subnet_router_anycast
+from fwc.model.topology import held_by_cluster, link_scoped, subnet_router_anycast
 from fwc.text import cut_utf8, utf8_length
 
 E, W = Severity.ERROR, Severity.WARNING
@@ -242,26 +242,46 @@ subnet of a member's interface, and must not be one of the firewall's own
 addresses or VIPs (the master would ping itself), nor the Subnet-Router anycast
 address of a member's IPv6 subnet, which every member holds as a router: measured
 with Linux 6.18, `ping -I DEV 2001:db8:ff::` was answered by the member itself with
-every other node of the link down.""")
+every other node of the link down. An IPv6 link-local target (fe80::/10) is on every
+link with a link-local address: it is accepted only where each member has such
+addresses on one link, which is then the ping's device (with two, fwc would ping from
+the first, maybe the wrong link, and the track would measure nothing), and it is the
+firewall's own only as a member's or VIP's address on that link.""")
 def ping_target(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
         for track in cluster.tracks:
             if track.kind != "ping":
                 continue
             address = ipaddress.ip_address(track.target)
-            if cluster.vips.contains_address(address) or any(
-                    m.addresses.contains_address(address) for m in cluster.members) \
-                    or subnet_router_anycast(cluster, address) is not None:
+            if _pinged_own(cluster, address):
                 yield error("FWC255", f"ping target {address} is the firewall's own address",
                             track.span, hint="ping the neighbour (gateway) on the segment")
                 continue
             for member in cluster.members:
-                if member.link_on(address) is None:
+                links = member.links_on(address)
+                if not links:
                     yield error("FWC255", f"ping target {address} is on no segment of member "
                                 f"'{member.name}'", track.span,
                                 hint="ping a neighbour on one of the cluster's segments, e.g. "
                                 "the uplink gateway")
                     break
+                if len(links) > 1 and link_scoped(address):
+                    names = " and ".join(f"'{link.interface}'" for link in links)
+                    yield error("FWC255", f"ping target {address} is link-local, and member "
+                                f"'{member.name}' has link-local addresses on {names}: "
+                                "which link the neighbour is on is not written", track.span,
+                                hint="ping the neighbour's global address, or give the "
+                                "members link-local addresses only on its link")
+                    break
+
+
+def _pinged_own(cluster: Cluster, address: IPAddress) -> bool:
+    """Whether a ping of ADDRESS reaches a node of CLUSTER: a member's address or a VIP
+    (a link-local one on the link the members ping it on), or a Subnet-Router anycast."""
+    links = {link.interface for m in cluster.members for link in m.links_on(address)[:1]} \
+        if link_scoped(address) else {None}
+    return any(held_by_cluster(cluster, address, link) for link in links) \
+        or subnet_router_anycast(cluster, address) is not None
 
 
 @check("FWC257", "unweighted gateway ping", W, """

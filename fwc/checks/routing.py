@@ -14,7 +14,13 @@ from collections.abc import Iterable, Iterator
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, IPNetwork, Member, Policy, Route
-from fwc.model.topology import applies, route_interface, subnet_router_anycast, subnets
+from fwc.model.topology import (
+    applies,
+    held_by_cluster,
+    route_interface,
+    subnet_router_anycast,
+    subnets,
+)
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -188,12 +194,14 @@ holds the VIP. So does the Subnet-Router anycast address of a member's IPv6 subn
 (2001:db8:1:: in 2001:db8:1::/64, RFC 4291): the members forward, so each holds it,
 and the first router to answer the neighbour solicitation gets the traffic. Measured
 with Linux 6.18 and two forwarding members and a router on one link: the peer member
-answered in three runs of five.""")
+answered in three runs of five. An IPv6 link-local gateway (`via fe80::1 dev uplink`)
+is the cluster's own only when a member or VIP has it on that link: the routers of
+other links may use the same link-local address.""")
 def gateway_not_firewall(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in policy.clusters:
-        own = cluster.all_member_addresses | cluster.vips
         for route in cluster.routes:
-            if route.gateway is not None and own.contains_address(route.gateway):
+            if route.gateway is not None and held_by_cluster(cluster, route.gateway,
+                                                             route.interface):
                 yield error("FWC245", f"gateway {route.gateway} is an address of the "
                             "firewall cluster", route.span,
                             hint="the gateway is the next router beyond the firewall")

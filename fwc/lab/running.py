@@ -33,6 +33,7 @@ from fwc.lab.netns import (
 )
 from fwc.lab.results import Flow, LabReport, wait_for
 from fwc.lab.topology import HostPlan, LabPlan, all_vips
+from fwc.model.topology import link_scoped
 
 # The daemons the drills run: a member without their files cannot be drilled.
 NEEDED = tuple(name for name, f in BY_NAME.items()
@@ -217,8 +218,11 @@ class Lab:
         for gw in host.gateways:
             fam = "-6" if gw.version == 6 else "-4"
             if present:
+                # A link-local gateway (a VRRPv3 virtual link-local VIP, what hosts
+                # following router advertisements use) is reached on the host's device.
+                dev = ["dev", host.device] if link_scoped(gw) else []
                 run(["ip", fam, "-n", host.ns, "route", "replace", "default", "via", str(gw),
-                     *self._rto_words()])
+                     *dev, *self._rto_words()])
             else:
                 run(["ip", fam, "-n", host.ns, "route", "del", "default"], check=False)
 

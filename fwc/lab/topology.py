@@ -20,6 +20,7 @@ from fwc.backend.render.keepalived import preempt_delay
 from fwc.model import Cluster, Endpoint, Member, Policy, PortRange, Track
 from fwc.model.addresses import AddressSet
 from fwc.model.records import dataclass
+from fwc.model.topology import link_scoped
 from fwc.model.vocabulary import NatAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -218,15 +219,22 @@ def member_subnets(cluster: Cluster, segment: str) -> list[IPNetwork]:
     return nets
 
 
+def _on_the_wire(net: IPNetwork) -> bool:
+    """Whether NET's traffic could leave the lab's links: every range but the
+    documentation ones and IPv6 link-local (fe80::/10), which no router forwards (a
+    VRRPv3 virtual link-local VIP, members' static link-local addresses)."""
+    return not in_doc_ranges(net) and not link_scoped(net.network_address)
+
+
 def doc_range_violations(cluster: Cluster) -> list[str]:
-    """Segments or VIPs outside the documentation ranges."""
+    """Segments or VIPs outside the documentation ranges (link-local ones aside)."""
     problems: list[str] = []
     for iface in cluster.interfaces:
         for net in member_subnets(cluster, iface.name):
-            if not in_doc_ranges(net):
+            if _on_the_wire(net):
                 problems.append(f"segment {iface.name}: subnet {net}")
         for vip in iface.vips:
-            if not in_doc_ranges(vip.network):
+            if _on_the_wire(vip.network):
                 problems.append(f"segment {iface.name}: VIP {vip}")
     return problems
 

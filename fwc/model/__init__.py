@@ -628,11 +628,14 @@ class Member:
         return link.device if link else None
 
     def link_on(self, address: IPAddress) -> MemberLink | None:
-        """The link whose subnet holds ADDRESS (a gateway on a segment), if any."""
-        for link in self.links:
-            if any(address in a.network for a in link.addresses if a.version == address.version):
-                return link
-        return None
+        """The first link whose subnet holds ADDRESS (a gateway on a segment), if any."""
+        return next(iter(self.links_on(address)), None)
+
+    def links_on(self, address: IPAddress) -> tuple[MemberLink, ...]:
+        """Every link whose subnet holds ADDRESS: one for a routable address in a sane
+        address plan, every link with a link-local address for an IPv6 link-local one."""
+        return tuple(link for link in self.links if any(
+            address in a.network for a in link.addresses if a.version == address.version))
 
     @property
     def addresses(self) -> AddressSet:

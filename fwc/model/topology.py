@@ -98,6 +98,43 @@ def holding_subnet(cluster: Cluster, member: Member, address: IPAddress) -> IPNe
                  if address in net), None)
 
 
+def link_scoped(address: IPAddress) -> bool:
+    """Whether ADDRESS means something only together with its link: an IPv6 link-local
+    address (fe80::/10). The kernel keeps those per device (the zone of `fe80::1%eth0`),
+    every IPv6 link is on fe80::/64, and one node may use the same one on every link.
+    IPv4's 169.254.0.0/16 has no zone: Linux holds an IPv4 address for the whole node,
+    so one of those on two devices is one address twice."""
+    return address.version == 6 and address.is_link_local
+
+
+AddressPlace = tuple[IPAddress, str | None]
+
+
+def address_place(address: IPAddress, interface: str | None) -> AddressPlace:
+    """What tells ADDRESS, written on the logical INTERFACE, apart from every other
+    address of the cluster: the address, and for a link-scoped one also its interface
+    (every member's device on INTERFACE is on one link, the segment, where a second
+    holder of the address is a real clash; on another link it is another address)."""
+    return address, interface if link_scoped(address) else None
+
+
+def cluster_places(cluster: Cluster) -> frozenset[AddressPlace]:
+    """The places of every address a node of CLUSTER holds: members' and VIPs."""
+    def build() -> frozenset[AddressPlace]:
+        places = {address_place(a.ip, link.interface) for m in cluster.members
+                  for link in m.links for a in link.addresses}
+        places.update(address_place(v.ip, i.name) for i in cluster.interfaces for v in i.vips)
+        return frozenset(places)
+    return cluster.memo.get(("places",), build)
+
+
+def held_by_cluster(cluster: Cluster, address: IPAddress, interface: str | None) -> bool:
+    """Whether a node of CLUSTER holds ADDRESS as seen on INTERFACE (a neighbour's
+    address written with `dev INTERFACE`; None: not tied to a link, which a link-scoped
+    address without its link never matches)."""
+    return address_place(address, interface) in cluster_places(cluster)
+
+
 def one_segment(a: IPNetwork, b: IPNetwork) -> bool:
     """Whether subnets A and B, of two clusters, put them on one segment: the address
     plan is the only evidence of that, so they must overlap, and neither may be

@@ -13,6 +13,7 @@ from fwc.backend.render.routes import vrrp_routing
 from fwc.backend.render.templates import render_template
 from fwc.model import Cluster, Member, Track, Vrrp
 from fwc.model.records import dataclass
+from fwc.model.topology import link_scoped
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,10 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 garp_refresh=vrrp.garp_refresh_s,
                 auth_type=auth.upper() if auth else None,
                 auth_pass=password,
-                vips=tuple(str(v) for v in vips),
+                # VRRPv3 advertises the first address as the virtual router's
+                # link-local one (RFC 5798 5.2.9): a link-local VIP goes first wherever
+                # the policy wrote it (docs/ha-pitfalls.md).
+                vips=tuple(str(v) for v in sorted(vips, key=lambda v: not link_scoped(v.ip))),
                 unicast_src=source,
                 unicast_peers=peers,
                 unicast_ttl=proto.VRRP_TTL if vrrp.unicast else None,
