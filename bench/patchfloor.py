@@ -28,6 +28,7 @@ compile's, byte for byte, every run.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import marshal
@@ -45,9 +46,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.generate import build_site, fwc_policy  # noqa: E402
-from bench.run import load, one_line_edit, timed, trees_equal  # noqa: E402
-
 POLICY = "p.fw"
 # a policy rule's label, also on the jump to a rule's chain of its own (share_expansions)
 _LABEL = re.compile(rb'--comment "(?:fwc arrange: )?p\.fw:(\d+)[",]')
@@ -55,6 +53,8 @@ _LABEL = re.compile(rb'--comment "(?:fwc arrange: )?p\.fw:(\d+)[",]')
 
 def compile_into(folder: Path, out: str) -> float:
     """A full compile of FOLDER's policy into OUT (no cache): its wall time."""
+    from bench.run import timed
+
     got = timed([sys.executable, "-m", "fwc", "compile", POLICY, "-o", out, "--no-cache"],
                 cwd=folder)
     if got.returncode:
@@ -210,6 +210,9 @@ def prepare(folder: Path, shape: str) -> tuple[int, float, int]:
     """FOLDER with the previous output (`old`), the full compile of the first local bench
     edit (`full`, timed), its plan and the port record: (edited line, the full compile's
     wall, the record's size)."""
+    from bench.generate import build_site, fwc_policy
+    from bench.run import one_line_edit
+
     folder.mkdir(parents=True, exist_ok=True)
     original = fwc_policy(build_site(20000, shape=shape))
     (folder / POLICY).write_text(original, encoding="utf-8")
@@ -280,9 +283,12 @@ def splice(data: bytes, line: int, new: list[str], offsets: dict[str, int]) -> l
     return pieces
 
 
-def spliced_compile(folder: Path) -> dict[str, float]:
+def spliced_compile(folder: Path, split: bool) -> dict[str, float]:
     """The timed process: a patch compile of FOLDER's policy into `out` (see the module's
-    doc). Time stamps since the parent started it (FLOOR_T0)."""
+    doc). Time stamps since the parent started it (FLOOR_T0). SPLIT: the checks shared
+    between the worker and this process once its files are written, as `fwc check`
+    shares them (`fwc.pipeline.checked`); else all in the worker, as `fwc compile`."""
+    gc.disable()  # as the CLI runs (fwc.commands.common.without_cycle_collection)
     started = float(os.environ["FLOOR_T0"])
     stamps: dict[str, float] = {}
 
@@ -294,12 +300,18 @@ def spliced_compile(folder: Path) -> dict[str, float]:
     from fwc.backend.lower import options_for
     from fwc.backend.lower.build import _UNKNOWN, _Lowering
     from fwc.backend.render.iptables import rule_bodies
-    from fwc.pipeline import Modelled, checks_in_worker, model
+    from fwc.checks import check_functions, run_check
+    from fwc.pipeline import PARENT_CHECKS, Modelled, _encoded, checks_in_worker, model
 
     front = model(POLICY, keep_syntax=False)  # (run in FOLDER, as the compile was)
     assert isinstance(front, Modelled)
     stamp("model")
-    worker = parallel.start(checks_in_worker(front.policy))
+    policy = front.policy
+    mine = [i for i in check_functions() if split and i.code in PARENT_CHECKS]
+    theirs = [i for i in check_functions() if i not in mine]
+    worker = parallel.start(checks_in_worker(policy) if not split else lambda: {
+        info.code: [_encoded(d) for d in run_check(info, policy)] for info in theirs})
+    assert worker is not None
     stamp("fork")
     nodes = marshal.loads((folder / "record.marshal").read_bytes())
     aggregates = sum(len(lows) for lows, _, _ in nodes) // 4  # (bytes of 4-byte ints)
@@ -346,6 +358,8 @@ def spliced_compile(folder: Path) -> dict[str, float]:
                 digest.update(piece)
         os.chmod(target, path.stat().st_mode & 0o7777)
     stamp("written")
+    for info in mine:
+        run_check(info, policy)
     worker.result()
     worker.close()
     stamp("checked")
@@ -388,6 +402,9 @@ def _why(causes: list[str]) -> str:
 def run_locality(shapes: list[str], count: int, work: Path) -> int:
     """COUNT random in-place edits per shape, each compiled in full: is the output the
     previous one with only the edited rule's lines changed (a splice), and if not, why."""
+    from bench.generate import build_site, fwc_policy
+    from bench.run import timed
+
     print(f"one-line edits compiled in full: local (a splice) or why not ({count} per shape)\n")
     print("| shape | edit | local | why not | local, shared chains named by content "
           "| why not |")
@@ -469,48 +486,58 @@ def cut_stability(record: bytes, trials: int = 10) -> dict[str, tuple[float, flo
             for kind, r in moved.items()}
 
 
+def _spliced_run(folder: Path, split: bool) -> dict[str, float]:
+    """One timed patch compile (`--splice`) into a fresh copy of the previous output."""
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    shutil.copytree(folder / "old", folder / "out")
+    env = dict(os.environ, FLOOR_T0=repr(time.time()))
+    got = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--splice", ".",
+                          *(["--split"] if split else [])], env=env, capture_output=True,
+                         text=True, cwd=folder, check=False)
+    if got.returncode:
+        raise SystemExit(got.stderr[-2000:])
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
 def run(shapes: list[str], repeat: int, work: Path) -> int:
-    print(f"patch compile floor (whole processes, median of {repeat}; wall s)\n")
-    print("| shape | record (port lows, bytes) | full compile after the edit | patch floor "
-          "| model | lowered | written | checked | swapped | same bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    """The patch floor of every shape, REPEAT times each way (the checks all in the worker,
+    as `fwc compile` runs them, and shared with this process, as `fwc check`), interleaved
+    with full compiles of the same edit; every spliced tree compared with the full one."""
+    from bench.run import load, trees_equal
+
+    print(f"patch compile floor (whole processes, median of {repeat}; wall s since the "
+          "process started)\n")
+    print("| shape | record (port lows, bytes) | full compile after the edit | model "
+          "| written | patch, checks in the worker | patch, checks shared | same bytes |")
+    print("|---|---|---|---|---|---|---|---|")
     failed = 0
     for shape in shapes:
         folder = work / shape
         line, full_wall, size = prepare(folder, shape)
-        walls: list[float] = []
-        stamps: list[dict[str, float]] = []
+        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         same = True
         fulls = [full_wall]
         for attempt in range(repeat):
-            shutil.rmtree(folder / "out", ignore_errors=True)
-            shutil.copytree(folder / "old", folder / "out")
-            env = dict(os.environ, FLOOR_T0=repr(time.time()))
-            got = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--splice",
-                                  "."], env=env, capture_output=True, text=True,
-                                 cwd=folder, check=False)
-            if got.returncode:
-                print(got.stderr[-2000:], file=sys.stderr)
-                return 1
-            stamps.append(json.loads(got.stdout.strip().splitlines()[-1]))
-            walls.append(stamps[-1]["swapped"])
-            same = same and trees_equal(folder / "out", folder / "full")
+            for split in (False, True):
+                runs[split].append(_spliced_run(folder, split))
+                same = same and trees_equal(folder / "out", folder / "full")
             if attempt:
                 shutil.rmtree(folder / "again", ignore_errors=True)
                 fulls.append(compile_into(folder, "again"))
             print(f"  {shape} run {attempt + 1} done (load {load()})", file=sys.stderr)
         failed += not same
 
-        def median(key: str, runs: list[dict[str, float]] = stamps) -> str:
-            return f"{statistics.median(r[key] for r in runs):.2f}"
+        def median(key: str, split: bool = False,
+                   runs: dict[bool, list[dict[str, float]]] = runs) -> str:
+            return f"{statistics.median(r[key] for r in runs[split]):.2f}"
         stability = cut_stability((folder / "record.marshal").read_bytes())
         print(f"  {shape}: one change of a port node's lows moves a cut in "
               + ", ".join(f"{kind} {share:.0%} ({cuts:.2f} cuts)"
                           for kind, (share, cuts) in stability.items()), file=sys.stderr)
-        print(f"| {shape} (line {line}) | {size:,} ({int(stamps[0]['aggregates']):,} lows) "
-              f"| {statistics.median(fulls):.2f} | **{statistics.median(walls):.2f}** "
-              f"| {median('model')} | {median('lowered')} | {median('written')} "
-              f"| {median('checked')} | {median('swapped')} | {'yes' if same else 'NO'} |")
+        print(f"| {shape} (line {line}) | {size:,} ({int(runs[False][0]['aggregates']):,} lows) "
+              f"| {statistics.median(fulls):.2f} | {median('model')} | {median('written')} "
+              f"| **{median('swapped')}** | **{median('swapped', True)}** "
+              f"| {'yes' if same else 'NO'} |")
     return 1 if failed else 0
 
 
@@ -522,9 +549,10 @@ def main() -> int:
     parser.add_argument("--locality", type=int, metavar="N",
                         help="N random one-line edits per shape: which compile as a splice")
     parser.add_argument("--splice", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.splice:
-        print(json.dumps(spliced_compile(args.splice)))
+        print(json.dumps(spliced_compile(args.splice, args.split)))
         return 0
     if args.locality:
         return run_locality(args.shapes.split(","), args.locality, args.work / "locality")

@@ -334,13 +334,13 @@ _BEFORE = """*filter
 :fwd-tcp-0 - [0:0]
 :fwd-tcp-1 - [0:0]
 :fwd-_0 - [0:0]
--A FORWARD -p tcp -m tcp --dport 0:99 -m comment --comment "fwc arrange: ports 0-99" -j fwd-tcp-0
--A FORWARD -p tcp -m tcp --dport 100:65535 -m comment --comment "fwc arrange: ports 100-65535" -j fwd-tcp-1
+-A FORWARD -p tcp --dport 0:99 -m comment --comment "fwc arrange: ports 0-99" -j fwd-tcp-0
+-A FORWARD -p tcp --dport 100:65535 -m comment --comment "fwc arrange: ports 100-65535" -j fwd-tcp-1
 -A fwd-tcp-0 -p tcp -m tcp --dport 22 -m comment --comment "p.fw:3" -j ACCEPT
 -A fwd-tcp-0 -p tcp -m tcp --dport 53 -m comment --comment "p.fw:5" -j ACCEPT
 -A fwd-tcp-0 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
 -A fwd-tcp-1 -p tcp -m tcp --dport 443 -m comment --comment "p.fw:4" -j ACCEPT
--A fwd-tcp-1 -p tcp -m tcp --dport 993 -m comment --comment "fwc arrange: p.fw:6, in 2 chains" -j fwd-_0
+-A fwd-tcp-1 -p tcp --dport 993 -m comment --comment "fwc arrange: p.fw:6, in 2 chains" -j fwd-_0
 -A fwd-tcp-1 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
 -A fwd-_0 -s 192.0.2.1/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
 -A fwd-_0 -s 192.0.2.9/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
