@@ -28,10 +28,12 @@ compile's, byte for byte, every run.
 from __future__ import annotations
 
 import argparse
+import bisect
 import gc
 import hashlib
 import json
 import marshal
+import math
 import os
 import random
 import re
@@ -42,21 +44,31 @@ import sys
 import time
 from array import array
 from collections import Counter
+from itertools import accumulate
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fwc.model import PortRange  # noqa: E402
+
 POLICY = "p.fw"
+PORT_MAX = 65535
 # a policy rule's label, also on the jump to a rule's chain of its own (share_expansions)
 _LABEL = re.compile(rb'--comment "(?:fwc arrange: )?p\.fw:(\d+)[",]')
 
 
-def compile_into(folder: Path, out: str) -> float:
+def _fwc(halving: bool = False) -> list[str]:
+    """The `fwc` command: fwc's own, or with HALVING (`fwc_with_halving_cuts`)."""
+    if halving:
+        return [sys.executable, str(Path(__file__).resolve()), HALVING]
+    return [sys.executable, "-m", "fwc"]
+
+
+def compile_into(folder: Path, out: str, halving: bool = False) -> float:
     """A full compile of FOLDER's policy into OUT (no cache): its wall time."""
     from bench.run import timed
 
-    got = timed([sys.executable, "-m", "fwc", "compile", POLICY, "-o", out, "--no-cache"],
-                cwd=folder)
+    got = timed([*_fwc(halving), "compile", POLICY, "-o", out, "--no-cache"], cwd=folder)
     if got.returncode:
         raise SystemExit(f"compile failed in {folder}: {got.stderr[-500:]}")
     return got.seconds
@@ -399,9 +411,56 @@ def _why(causes: list[str]) -> str:
     return "; ".join(f"{c}: {n}" for c, n in counted.most_common()) or "-"
 
 
-def run_locality(shapes: list[str], count: int, work: Path) -> int:
+HALVING = "--fwc-with-halving-cuts"  # argv[1]: run `fwc` with halving_cuts for _port_cuts
+
+
+def fwc_with_halving_cuts(argv: list[str]) -> int:
+    """`fwc ARGV` with the arrangement's port cuts made by `halving_cuts` (a comparison for
+    the locality study; the output is not what fwc writes)."""
+    from fwc.backend import arrange
+    from fwc.cli import main as fwc_main
+
+    def halved(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
+        times = Counter(low for ports in ports_of for low, _ in ports)
+        return sorted(halving_cuts(times, buckets))
+
+    arrange._port_cuts = halved  # type: ignore[assignment]
+    return fwc_main(argv)
+
+
+def run_traversal(shapes: list[str], work: Path, sample: int = 2000) -> int:
+    """Rules tested per new connection on fw1 (`bench.run.traversal`: mean and worst, and
+    decisions that differ from the flat ruleset), with `_port_cuts` and with `halving_cuts`."""
+    from bench.generate import build_site, fwc_policy
+    from bench.run import traversal
+    from fwc.backend import arrange
+
+    def halved(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
+        return sorted(halving_cuts(Counter(low for ports in ports_of for low, _ in ports),
+                                   buckets))
+
+    print("| shape | cuts | arranged mean | arranged worst | decisions differing |")
+    print("|---|---|---|---|---|")
+    quantiles = arrange._port_cuts
+    for shape in shapes:
+        policy = work / f"{shape}.fw"
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        policy.write_text(fwc_policy(build_site(20000, shape=shape)), encoding="utf-8")
+        for name, cuts in (("_port_cuts", quantiles), ("halving_cuts", halved)):
+            arrange._port_cuts = cuts  # type: ignore[assignment]
+            try:
+                got = traversal(policy, sample)
+            finally:
+                arrange._port_cuts = quantiles  # type: ignore[assignment]
+            print(f"| {shape} | {name} | {got['arranged']:.0f} | {got['arranged worst']:.0f} "
+                  f"| {got['mismatches']:.0f} |", flush=True)
+    return 0
+
+
+def run_locality(shapes: list[str], count: int, work: Path, halving: bool = False) -> int:
     """COUNT random in-place edits per shape, each compiled in full: is the output the
-    previous one with only the edited rule's lines changed (a splice), and if not, why."""
+    previous one with only the edited rule's lines changed (a splice), and if not, why.
+    HALVING: every compile with `halving_cuts` for the arrangement's port cuts."""
     from bench.generate import build_site, fwc_policy
     from bench.run import timed
 
@@ -415,7 +474,7 @@ def run_locality(shapes: list[str], count: int, work: Path) -> int:
         original = fwc_policy(build_site(20000, shape=shape))
         (folder / POLICY).write_text(original, encoding="utf-8")
         shutil.rmtree(folder / "old", ignore_errors=True)
-        compile_into(folder, "old")
+        compile_into(folder, "old", halving)
         lines = original.split("\n")
         rules = [i for i, text in enumerate(lines) if _RULE.match(text)]
         rng = random.Random(26)
@@ -434,8 +493,8 @@ def run_locality(shapes: list[str], count: int, work: Path) -> int:
             (folder / POLICY).write_text("\n".join([*lines[:where], text, *lines[where + 1:]]),
                                          encoding="utf-8")
             shutil.rmtree(folder / "edit", ignore_errors=True)
-            got = timed([sys.executable, "-m", "fwc", "compile", POLICY, "-o", "edit",
-                         "--no-cache"], cwd=folder)
+            got = timed([*_fwc(halving), "compile", POLICY, "-o", "edit", "--no-cache"],
+                        cwd=folder)
             if got.returncode:
                 continue  # (an edit the checks refuse: no output to compare)
             found[kind].append(cause(folder / "old", folder / "edit", where + 1))
@@ -451,26 +510,51 @@ def run_locality(shapes: list[str], count: int, work: Path) -> int:
     return 0
 
 
-def cut_stability(record: bytes, trials: int = 10) -> dict[str, tuple[float, float]]:
+def halving_cuts(times: dict[int, int], buckets: int) -> set[int]:
+    """An alternative to `_port_cuts`, for comparison only: the port space halved, and each
+    half halved again while it holds more lows than a power of two near total / BUCKETS.
+    A change of one low moves a cut only where it makes one half's count cross that bound
+    (or moves the bound), not wherever it shifts a quantile's position."""
+    lows = sorted(low for low, n in times.items() if n)
+    ends = [0, *accumulate(times[low] for low in lows)]
+    most = 2 ** round(math.log2(max(1, ends[-1] / buckets)))
+    cuts: set[int] = set()
+    halves = [(0, PORT_MAX)]
+    while halves:
+        low, high = halves.pop()
+        inside = ends[bisect.bisect_right(lows, high)] - ends[bisect.bisect_left(lows, low)]
+        if high > low and inside > most:
+            middle = (low + high + 1) // 2
+            cuts.add(middle)
+            halves += [(low, middle - 1), (middle, high)]
+    return cuts
+
+
+def cut_stability(record: bytes, trials: int = 10, halving: bool = False) \
+        -> dict[str, tuple[float, float, float]]:
     """For a port record (`port_record`): how often one change of a node's lows moves at
-    least one of its cuts, and how many move on average, per kind of change: a rule's
-    low SWAPped for another of the node's lows, a rule LEAVING the node, one ARRIVING
-    (each low drawn by its count). The cuts are `_port_cuts` itself, on one-port lists."""
+    least one of its cuts, how many move on average, and the buckets per node against
+    `_port_cuts`' (median), per kind of change: a rule's low SWAPped for another of the
+    node's lows, a rule LEAVING the node, one ARRIVING (each low drawn by its count). The
+    cuts are `_port_cuts` itself on one-port lists, or with HALVING `halving_cuts`."""
     from fwc.backend.arrange import _port_cuts
-    from fwc.model import PortRange
 
     def cuts(times: dict[int, int], buckets: int) -> set[int]:
+        if halving:
+            return halving_cuts(times, buckets)
         return set(_port_cuts([(PortRange(low, low),) * n for low, n in times.items() if n],
                               buckets))
 
     rng = random.Random(26)
     moved: dict[str, list[int]] = {"swap": [], "leave": [], "arrive": []}
+    ratios: list[float] = []
     for lows_bytes, counts_bytes, buckets in marshal.loads(record):
         lows, counts = array("i"), array("i")
         lows.frombytes(lows_bytes)
         counts.frombytes(counts_bytes)
         times = dict(zip(lows, counts, strict=True))
         base = cuts(times, buckets)
+        ratios.append((len(base) + 1) / buckets)
         population = [low for low, n in times.items() for _ in range(n)]
         for _ in range(trials):
             for kind, results in moved.items():
@@ -482,7 +566,7 @@ def cut_stability(record: bytes, trials: int = 10) -> dict[str, tuple[float, flo
                     changed[low] = changed.get(low, 0) + 1
                 results.append(len(cuts(changed, buckets) ^ base))
     # (a cut that moves leaves one value and takes another: two in the difference)
-    return {kind: (sum(map(bool, r)) / len(r), sum(r) / 2 / len(r))
+    return {kind: (sum(map(bool, r)) / len(r), sum(r) / 2 / len(r), statistics.median(ratios))
             for kind, r in moved.items()}
 
 
@@ -530,10 +614,14 @@ def run(shapes: list[str], repeat: int, work: Path) -> int:
         def median(key: str, split: bool = False,
                    runs: dict[bool, list[dict[str, float]]] = runs) -> str:
             return f"{statistics.median(r[key] for r in runs[split]):.2f}"
-        stability = cut_stability((folder / "record.marshal").read_bytes())
-        print(f"  {shape}: one change of a port node's lows moves a cut in "
-              + ", ".join(f"{kind} {share:.0%} ({cuts:.2f} cuts)"
-                          for kind, (share, cuts) in stability.items()), file=sys.stderr)
+        for halving in (False, True):
+            stability = cut_stability((folder / "record.marshal").read_bytes(),
+                                      halving=halving)
+            print(f"  {shape}: one change of a port node's lows moves a cut "
+                  f"({'halving_cuts' if halving else '_port_cuts'}) in "
+                  + ", ".join(f"{kind} {share:.0%} ({cuts:.2f} cuts)"
+                              for kind, (share, cuts, _) in stability.items())
+                  + f"; buckets x{stability['swap'][2]:.2f}", file=sys.stderr)
         print(f"| {shape} (line {line}) | {size:,} ({int(runs[False][0]['aggregates']):,} lows) "
               f"| {statistics.median(fulls):.2f} | {median('model')} | {median('written')} "
               f"| **{median('swapped')}** | **{median('swapped', True)}** "
@@ -542,20 +630,30 @@ def run(shapes: list[str], repeat: int, work: Path) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == [HALVING]:
+        return fwc_with_halving_cuts(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--shapes", default="site,groups,interfaces")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path.home() / "fwc-patchfloor")
     parser.add_argument("--locality", type=int, metavar="N",
                         help="N random one-line edits per shape: which compile as a splice")
+    parser.add_argument("--halving", action="store_true",
+                        help="with --locality: compile with halving_cuts for the port cuts")
+    parser.add_argument("--traversal", action="store_true",
+                        help="rules tested per connection with _port_cuts and halving_cuts")
     parser.add_argument("--splice", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.splice:
         print(json.dumps(spliced_compile(args.splice, args.split)))
         return 0
+    if args.traversal:
+        return run_traversal(args.shapes.split(","), args.work / "traversal")
     if args.locality:
-        return run_locality(args.shapes.split(","), args.locality, args.work / "locality")
+        return run_locality(args.shapes.split(","), args.locality,
+                            args.work / ("halving" if args.halving else "locality"),
+                            args.halving)
     return run(args.shapes.split(","), args.repeat, args.work)
 
 
