@@ -10,8 +10,8 @@ in one whole process, with the parts it cannot skip done for real:
   forks it, whose verdict the swap waits for;
 - a record of the arrangement's port cuts (the largest part of the aggregates the
   design records: every port bucket node's multiset of port lows), loaded with marshal;
-- the edited rule lowered and rendered on every member and family (`_Lowering.one_rule`,
-  `rule_bodies`);
+- the edited rule lowered and rendered alone on every member and family
+  (`_Lowering.rule_lowering`, `rule_bodies`);
 - every file of the previous output read, the rules files spliced (the old rule's lines
   out, the new ones in by source order), every file written to a staging directory and
   hashed, then swapped in and the old directory removed.
@@ -19,10 +19,17 @@ in one whole process, with the parts it cannot skip done for real:
 What it takes from an oracle instead (the full compile of the edited policy, made
 before the timing): which chains the new lines go to and their text (checked against
 the rule rendered here), i.e. the routing through the recorded tree and the decisions,
-both O(depth) work on the loaded aggregates. The spliced tree is compared with the full
-compile's, byte for byte, every run.
+both O(depth) work on the loaded aggregates; and the MANIFEST's few lines (the hashes
+of every file are computed here all the same). The spliced tree is compared with the full
+compile's, byte for byte, every run. Each way: the checks all in the worker (as `fwc
+compile` runs them) and shared with the parent once its files are written (as `fwc check`).
 
-    python3 -m bench.patchfloor [--shapes site,groups,interfaces] [--repeat 3]
+How often a patch could be taken at all, and a cut rule that one edit moves less often
+(`halving_cuts`, for comparison; fwc's arrangement is unchanged):
+
+    python3 bench/patchfloor.py [--shapes site,groups,interfaces] [--repeat 3]
+    python3 bench/patchfloor.py --locality 16 [--halving]  # random edits, compiled in full
+    python3 bench/patchfloor.py --traversal   # rules tested per connection, both cut rules
 """
 
 from __future__ import annotations
@@ -90,23 +97,8 @@ def rule_lines(data: bytes, tag: bytes) -> list[tuple[int, int]]:
     return ranges
 
 
-def is_local(old: Path, new: Path, line: int) -> bool:
-    """Whether NEW's files are OLD's with only the lines of the rule at LINE changed."""
-    tag = tag_of(line)
-    for path in sorted(old.rglob("*")):
-        if not path.is_file() or path.name == "MANIFEST":
-            continue
-        a, b = path.read_bytes(), (new / path.relative_to(old)).read_bytes()
-        if a != b and [x for x in a.split(b"\n") if tag not in x] != \
-                [y for y in b.split(b"\n") if tag not in y]:
-            return False
-    return True
-
-
 _BUCKET = re.compile(rb"^:?(?:-A )?\S+-\d+ ")  # a port bucket chain's line or declaration
 _SHARED = re.compile(rb"^:?(?:-A )?\S+-_\d+ ")  # a chain of share_expansions
-
-
 _SHARED_LABEL = re.compile(rb'^-A ((?:fwd|in)-_\d+) .*?--comment "p\.fw:(\d+)"', re.M)
 _SHARED_NAME = re.compile(rb"(?<![\w-])(?:fwd|in)-_\d+(?![\w-])")
 
@@ -114,8 +106,8 @@ _SHARED_NAME = re.compile(rb"(?<![\w-])(?:fwd|in)-_\d+(?![\w-])")
 def named_by_content(data: bytes) -> bytes:
     """DATA with each chain of share_expansions (`fwd-_12`: numbered in the order of its
     first copy over the whole tree, so one change renumbers the chains after it) named
-    by its rule's line instead (`fwd-_L4711-0`, the last number for a rule's second
-    chain): what the output would read with names derived from content."""
+    by its rule's line instead (`fwd-_L4711-0`; -1 for a second chain of that rule):
+    what the output would read with names derived from content."""
     names: dict[bytes, bytes] = {}
     seen: Counter[bytes] = Counter()
     for found in _SHARED_LABEL.finditer(data):
@@ -198,7 +190,7 @@ def port_record(folder: Path) -> bytes:
     nodes: list[tuple[bytes, bytes, int]] = []
     cuts = arrange._port_cuts
 
-    def recorded(ports_of: list, buckets: int) -> list[int]:
+    def recorded(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
         times = Counter(low for ports in ports_of for low, _ in ports)
         lows = sorted(times)
         nodes.append((array("i", lows).tobytes(),
@@ -237,7 +229,7 @@ def prepare(folder: Path, shape: str) -> tuple[int, float, int]:
         (folder / POLICY).write_text(edited, encoding="utf-8")
         shutil.rmtree(folder / "full", ignore_errors=True)
         wall = compile_into(folder, "full")
-        if is_local(folder / "old", folder / "full", line):
+        if cause(folder / "old", folder / "full", line) == "local":
             break
         print(f"  {shape}: bench edit {nth} (line {line}) is not local", file=sys.stderr)
     else:

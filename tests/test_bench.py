@@ -384,3 +384,26 @@ def test_the_patch_floor_tells_a_local_edit_from_a_moved_cut(tmp_path):
     assert cause(old, renamed, 5) == "shared chains renumbered"
     # named by their rule's line, the renumbered chains read the same
     assert cause(old, renamed, 5, content_names=True) == "local"
+
+
+def test_the_halving_cut_rule_bounds_every_bucket_it_can_split():
+    """bench/patchfloor.py's `halving_cuts` (a comparison for docs/performance.md): every
+    bucket holds at most the bound of lows (a power of two near total / buckets) unless it
+    is one port, and a change of one low that makes no half cross the bound moves no cut."""
+    import math
+    from collections import Counter
+
+    from bench.patchfloor import PORT_MAX, halving_cuts
+
+    times = Counter({22: 40, 80: 30, 443: 30, **{port: 1 for port in range(1000, 1400, 4)}})
+    cuts = sorted(halving_cuts(times, 8))
+    bounds = [0, *cuts, PORT_MAX + 1]
+    most = 2 ** round(math.log2(sum(times.values()) / 8))
+    assert cuts and all(0 < c <= PORT_MAX for c in cuts)
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        inside = sum(n for port, n in times.items() if low <= port < high)
+        assert inside <= most or high - low == 1  # (one port cannot be halved)
+    moved = Counter(times)
+    moved[1004] -= 1
+    moved[1008] += 1
+    assert sorted(halving_cuts(moved, 8)) == cuts
