@@ -182,6 +182,7 @@ FIELDS = {
     "tcp_not_syn": True,
     "ctstate": ("NEW",),
     "hop_limit": 255,
+    "ttl": 255,
     "limit": RateLimit("5/second", 10),
 }
 
