@@ -316,6 +316,31 @@ def test_a_linked_fwc_toml_does_not_borrow_the_trust_of_its_target(project, stat
     assert (project / "ran").exists()
 
 
+def test_a_file_of_the_repository_a_trusted_command_runs_is_trusted_as_it_was(project,
+                                                                              state_home):
+    # `secrets_command = "sh ./get-secret"` trusted once: a pull request that changes
+    # get-secret, and not fwc.toml, ran its new content under the old trust
+    env = {"XDG_STATE_HOME": str(state_home)}
+    assert fwc("compile", "--redact-secrets", "policies/edge.fw", cwd=project).returncode == 0
+    script = project / "get-secret"
+    script.write_text("touch ran\necho s3cret\n", encoding="utf-8")
+    write_config(project, 'secrets_command = "sh ./get-secret"\n')
+    trusted = fwc("trust", cwd=project, env=env)
+    assert trusted.returncode == 0 and "trusted the file 'get-secret'" in trusted.stdout
+    assert fwc(*SECRETS_ARGS, cwd=project, env=env).returncode == 0
+    assert (project / "ran").exists()
+    script.write_text("touch changed\necho s3cret\n", encoding="utf-8")
+    refused = fwc(*SECRETS_ARGS, cwd=project, env=env)
+    assert refused.returncode == 2, refused.stdout
+    problem, = json.loads(refused.stdout)["diagnostics"]
+    assert problem["code"] == "FWC037" and "'get-secret'" in problem["message"]
+    assert not (project / "changed").exists()
+    # trusted again, as it is now, it runs
+    assert fwc("trust", cwd=project, env=env).returncode == 0
+    assert fwc(*SECRETS_ARGS, cwd=project, env=env).returncode == 0
+    assert (project / "changed").exists()
+
+
 def test_the_trust_record_lives_in_the_state_directory():
     from fwc.commands.trust import trust_location
 
