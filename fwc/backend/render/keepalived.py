@@ -37,6 +37,13 @@ class VrrpInstance:
     # 255 (docs/ha-pitfalls.md). keepalived's own default is 255 in IPv4 but the kernel's
     # (64) in IPv6, so it is written for both.
     unicast_ttl: int | None = None
+    # Multicast IPv4 adverts: the source is this member's policy address on the segment,
+    # not whatever address the device holds first (keepalived's default, its "primary"
+    # address): the peers' automatic rules take adverts only from the addresses the
+    # policy gives the member there (docs/ha-pitfalls.md), so an address the operator
+    # put first on the device (a management address, DHCP) split the cluster. IPv6
+    # adverts come from the device's link-local address, which the rules take as such.
+    mcast_src: str | None = None
     # The device is tracked explicitly (track { interface ... }): keepalived refuses a
     # device tracked both implicitly by its instance and by the sync group.
     dont_track_primary: bool = False
@@ -204,6 +211,8 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 vips=tuple(str(v) for v in sorted(vips, key=lambda v: not link_scoped(v.ip))),
                 unicast_src=source,
                 unicast_peers=peers,
+                mcast_src=unicast_addresses(cluster, member, iface.name, 4)[0]
+                if family == 4 and not vrrp.unicast else None,
                 unicast_ttl=proto.VRRP_TTL if vrrp.unicast else None,
                 dont_track_primary=iface.name in tracked,
                 virtual_routes=routing.routes,
