@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from fwc.lab import drills
+from fwc.lab import drills, waits
 from fwc.lab.adapter import LabSource, advert_variant
 from fwc.lab.daemons import Node
 from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
@@ -441,7 +441,8 @@ def _reachable_after_install(lab: Lab, report: LabReport, flows: dict[str, Flow]
     if took is None:
         report.warnings.append(
             f"after installing the {lab.advert_label} profile no connection through every "
-            "vrrp-group worked within 40 s: its timing runs may fail for that reason")
+            f"vrrp-group worked within {waits.reachable_s(lab.plan):g} s: its timing runs "
+            "may fail for that reason")
     elif took > 3.0:
         report.warnings.append(
             f"after installing the {lab.advert_label} profile the vrrp-groups carried new "
