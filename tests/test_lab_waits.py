@@ -27,7 +27,8 @@ import fwc.lab.running as running
 from fwc.diagnostics import Span
 from fwc.lab import waits
 from fwc.lab.adapter import load_source
-from fwc.lab.results import RebootResult
+from fwc.lab.report import render_text, to_dict
+from fwc.lab.results import LabReport, RebootResult
 from fwc.lab.topology import LabPlan, plan
 from fwc.model import Track
 
@@ -211,6 +212,18 @@ def test_fast_adverts_wait_as_long_as_before(advert_s: float) -> None:
     assert waits.reachable_s(lab_plan) == 40.0
     assert waits.stream_s(lab_plan) == 90.0
     assert not waits.lengthened(lab_plan)
+
+
+def test_the_report_states_the_advert_when_a_wait_was_lengthened() -> None:
+    lab_plan = edge_plan(5.0)
+    assert waits.lengthened(lab_plan)
+    report = LabReport("edge", "fwc1", "/tmp/x")
+    report.waits = waits.describe(lab_plan, "5s")
+    text = render_text(report)
+    assert "  waits: VRRP advert 5s (master-down interval up to 20 s): waits lengthened " \
+           "to takeover 26 s, election 36 s, echo 26 s, control 26 s" in text, text
+    assert to_dict(report)["waits"] == report.waits
+    assert "waits:" not in render_text(LabReport("edge", "fwc1", "/tmp/x"))
 
 
 def test_the_waits_follow_an_installed_advert_profile() -> None:

@@ -159,6 +159,11 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     lab = Lab(lab_plan, source.files, logdir, progress)
     lab.rto_min_ms = options.rto_min_ms
     lab.report = report
+    if waits.lengthened(lab_plan):
+        # A slow advert makes the drills wait longer: the report says which advert and
+        # how long, so a failure reads against the timers it ran with.
+        report.waits = waits.describe(lab_plan, lab.advert_label)
+        progress(report.waits)
     try:
         with _signals_raise():
             _run(lab, report, options, variants)
