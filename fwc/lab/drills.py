@@ -417,7 +417,7 @@ def failover_drill(
                 # The connection ran on through the backup: the handover is the only gap.
                 t_switch = time.monotonic()
                 wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)),
-                         survive_window or waits.ECHO_FLOOR_S, 0.1)
+                         waits.ECHO_FLOOR_S if survive_window is None else survive_window, 0.1)
                 recv, info = stream.parse()
                 window = [r for r in recv if r > t_back - 0.5]
                 gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
