@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwc.analysis.handling import interface_handling
+from fwc.lab import waits
 from fwc.lab.netns import PYTHON, LabError, Proc, run
 from fwc.lab.results import (
     ActiveActiveResult,
@@ -271,7 +272,7 @@ def start_stream(lab: Lab, label: str, flow: Flow) -> tuple[Proc, Stream]:
         "--interval",
         "0.1",
         "--duration",
-        "90",
+        f"{waits.stream_s(lab.plan):g}",
     ]
     proc = lab.state.spawn(f"stream/{label}", lab.host_argv(flow.src_ns, argv), log)
     return proc, Stream(log)
@@ -288,7 +289,7 @@ def stop_proc(lab: Lab, proc: Proc, grace: float = 3.0) -> None:
 
 def crash_until_taken_over(lab: Lab, crashed: Node, others: Sequence[Node]) \
         -> tuple[float, float | None, list[Node]]:
-    """Crash CRASHED hard; wait (20 s at most) until one of OTHERS holds every VIP.
+    """Crash CRASHED hard; wait (`waits.takeover_s`) until one of OTHERS holds every VIP.
     Returns the crash time, the takeover time (None: nobody took over) and the holder."""
     t_fail = crashed.crash()
     holder: list[Node] = []
@@ -297,7 +298,7 @@ def crash_until_taken_over(lab: Lab, crashed: Node, others: Sequence[Node]) \
         holder[:] = [n for n in others if n.vips_held() == lab.vip_set]
         return bool(holder)
 
-    return t_fail, wait_for(taken, 20.0), holder
+    return t_fail, wait_for(taken, waits.takeover_s(lab.plan)), holder
 
 
 def _longest_gap(recv: list[float], start: float, end: float) -> float | None:
@@ -315,7 +316,7 @@ def failover_drill(
     expect: str = "survive",
     failback: bool = True,
     while_on_backup: Callable[[Node], None] | None = None,
-    survive_window: float = 15.0,
+    survive_window: float | None = None,
     restore: bool = True,
 ) -> FailoverResult:
     flow = lab.flows.get(mode)
@@ -377,7 +378,7 @@ def failover_drill(
         # ms before its links are down; only echoes after the takeover prove
         # the connection moved to the backup.
         t_taken = time.monotonic() if res.takeover_s is not None else float("inf")
-        window = survive_window if expect == "survive" else 10.0
+        window = after_takeover_s(lab.plan, expect, survive_window)
         wait_for(lambda: bool(stream.echoes_after(t_taken)), window, 0.1)
         recv, info = stream.parse()
         res.survived_failover = bool(stream.echoes_after(t_taken)) and "end" not in info
@@ -411,10 +412,12 @@ def failover_drill(
             old_offset = old_log.stat().st_size if old_log.exists() else 0
             master.restore(lab.listener_for(master))
             res.failback_s = wait_for(lambda: master.vips_held() == lab.vip_set,
-                                      20.0 + lab.plan.preempt_delay)
+                                      waits.election_s(lab.plan))
             if failback and res.survived_failover:
+                # The connection ran on through the backup: the handover is the only gap.
                 t_switch = time.monotonic()
-                wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)), survive_window, 0.1)
+                wait_for(lambda: bool(stream.echoes_after(t_switch + 1.0)),
+                         waits.ECHO_FLOOR_S if survive_window is None else survive_window, 0.1)
                 recv, info = stream.parse()
                 window = [r for r in recv if r > t_back - 0.5]
                 gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
@@ -443,6 +446,15 @@ def failover_drill(
     res.ok = judge_failover(res, failback=failback,
                             failback_due=restore and lab.plan.preempt)
     return res
+
+
+def after_takeover_s(plan: LabPlan, expect: str, survive_window: float | None = None) -> float:
+    """How long after the takeover the drill's connection is given to echo: SURVIVE_WINDOW
+    when the caller set one, else `waits.echo_s` (EXPECT "survive") or `waits.death_s`
+    (the control: silence that long is a death)."""
+    if expect != "survive":
+        return waits.death_s(plan)
+    return survive_window if survive_window is not None else waits.echo_s(plan)
 
 
 def judge_failover(res: FailoverResult, *, failback: bool, failback_due: bool) -> bool:
@@ -492,12 +504,13 @@ def failover_for_probes(lab: Lab, on_backup: Callable[[Node], None]) -> None:
         taken[:] = [n for n in others if n.vips_held() == lab.vip_set]
         return bool(taken)
 
-    if wait_for(taken_over, 20.0) is not None:
+    bound = waits.takeover_s(lab.plan)
+    if wait_for(taken_over, bound) is not None:
         on_backup(taken[0])
     else:  # the judge then fails the run: the expectations were not probed through it
-        lab.report.warnings.append(f"no member took every VIP within 20 s of {master.name}'s "
-                                   "crash: the expectations could not be probed through "
-                                   "the backup")
+        lab.report.warnings.append(f"no member took every VIP within {bound:g} s of "
+                                   f"{master.name}'s crash (advert {lab.advert_label}): the "
+                                   "expectations could not be probed through the backup")
     master.restore(lab.listener_for(master))
     lab.wait_master()
 
@@ -539,7 +552,7 @@ def _fmt(val: float | None) -> str:
 # beyond `rise` good runs: at least this long (a loaded machine), and at least a
 # master-down interval and RETURN_SLACK_S
 RETURN_WATCH_S = 10.0
-RETURN_SLACK_S = 6.0
+RETURN_SLACK_S = waits.VRRP_SLACK_S
 
 
 def return_window_s(track: Track, plan: LabPlan) -> float:
@@ -549,6 +562,13 @@ def return_window_s(track: Track, plan: LabPlan) -> float:
     outlast that from `advert 4s` on, and the drill passed a node that took them)."""
     return track.interval_s * (track.rise + 1) + max(
         RETURN_WATCH_S, plan.master_down_bound + RETURN_SLACK_S)
+
+
+def detect_s(track: Track, plan: LabPlan) -> float:
+    """How long the backup is given to hold every VIP once the gateway stops answering
+    the master: TRACK's `fall` failed runs, then VRRP (`waits.gateway_vrrp_s`)."""
+    checks = track.interval_s * (track.fall + 1) + (track.interval_s + 1) * track.fall
+    return checks + waits.gateway_vrrp_s(plan)
 
 
 def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
@@ -584,7 +604,7 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
     # A check fails after `fall` failed runs `interval` apart, each waiting up to its
     # timeout (interval + 1 s); then VRRP needs a few adverts. Bounded generously: a
     # loaded 2-core box measured 12.8 s for interval 1, fall 2 (branch).
-    detect = track.interval_s * (track.fall + 1) + (track.interval_s + 1) * track.fall + 15.0
+    detect = detect_s(track, plan)
     recover = return_window_s(track, plan)
     undo = lab.prepare_mode(mode)
     stream_proc = None
@@ -613,7 +633,8 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
         res.takeover_s = wait_for(moved, detect)
         t_taken = time.monotonic() if res.takeover_s is not None else float("inf")
         if res.takeover_s is None:
-            res.notes.append(f"{backup.name} did not take the VIPs within {detect:.0f} s")
+            res.notes.append(f"{backup.name} did not take the VIPs within {detect:.0f} s "
+                             f"(advert {lab.advert_label})")
         else:
             wait_for(lambda: bool(stream.echoes_after(t_taken)), 15.0, 0.1)
             recv, info = stream.parse()
@@ -671,7 +692,7 @@ def gateway_drill(lab: Lab, label: str, mode: str, gateway: IPAddress,
 
 # ------------------------------------------------------------ active-active drill
 def groups_reachable(lab: Lab, label: str, flows: dict[str, Flow],
-                     timeout: float = 40.0) -> float | None:
+                     timeout: float | None = None) -> float | None:
     """Seconds until a fresh connection through every group echoes (None: not in TIMEOUT).
 
     After `fwc install` changes the advert interval the members reload one after the
@@ -681,6 +702,7 @@ def groups_reachable(lab: Lab, label: str, flows: dict[str, Flow],
     that in the lab (docs/lab.md, "Failover times"). The timing runs measure
     crashes, so they start when the groups carry connections again; the caller
     reports how long that took."""
+    timeout = timeout if timeout is not None else waits.reachable_s(lab.plan)
     t0 = time.monotonic()
     attempt = 0
     while time.monotonic() - t0 < timeout:
@@ -749,7 +771,7 @@ def active_active_drill(lab: Lab, label: str, crashed: Node,
             for item in res.flows:
                 stream = streams[item.group]
                 # A connection expected to die gets the control window of failover_drill.
-                window = 15.0 if item.expect == "survive" else 10.0
+                window = after_takeover_s(lab.plan, item.expect)
                 wait_for(lambda s=stream: bool(s.echoes_after(t_taken)), window, 0.1)
                 recv, info = stream.parse()
                 after = stream.echoes_after(t_taken)

@@ -26,6 +26,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from fwc.lab import waits
 from fwc.lab.daemons import BOOT_SCRIPT
 from fwc.lab.drills import (
     _committed,
@@ -321,9 +322,9 @@ def reboot_drill(lab: Lab, mode: str) -> RebootResult:
         def taken_over() -> bool:
             return backup.vips_held() == lab.vip_set
 
-        res.takeover_s = wait_for(taken_over, 20.0)
+        res.takeover_s = wait_for(taken_over, waits.takeover_s(lab.plan))
         t_taken = time.monotonic() if res.takeover_s is not None else float("inf")
-        wait_for(lambda: bool(stream.echoes_after(t_taken)), 15.0, 0.1)
+        wait_for(lambda: bool(stream.echoes_after(t_taken)), waits.echo_s(lab.plan), 0.1)
         recv, info = stream.parse()
         res.survived_failover = bool(stream.echoes_after(t_taken)) and "end" not in info
         if res.survived_failover:
@@ -448,7 +449,9 @@ def _rejoin(
     """Poll until MASTER holds every VIP (with `preempt off`: for `stay_watch_s`, and it
     must take none): when its cache has the flow, who holds the VIPs."""
     held_throughout = True
-    watch = res.preempt_delay_s + 20.0 if res.preempt else stay_watch_s(lab.plan)
+    # With preemption: `waits.election_s`, with the preempt delay the drill ran with.
+    watch = (waits.takeover_s(lab.plan) + res.preempt_delay_s if res.preempt
+             else stay_watch_s(lab.plan))
     deadline = t_ka + watch
     for _ in range(int(watch / 0.05) + 2):
         now = time.monotonic()

@@ -20,6 +20,7 @@ def to_dict(report: LabReport) -> dict[str, Any]:
         "remap": report.remap,
         "topology": report.topology,
         "election": report.election,
+        "waits": report.waits,
         "expectations": [asdict(r) for r in report.expectations],
         "failover": [f.as_dict() for f in report.failover],
         "control": report.control.as_dict() if report.control else None,
@@ -86,6 +87,8 @@ def render_text(report: LabReport) -> str:
             f"  election: {report.election['master']} master after "
             f"{report.election['seconds']:.2f} s"
         )
+    if report.waits:
+        out.append(f"  waits: {report.waits}")
     if report.expectations:
         out.append("  expectations (drill 1):")
         for r in report.expectations:

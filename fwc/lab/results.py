@@ -345,6 +345,9 @@ class LabReport:
     active_active: list[ActiveActiveResult] = field(default_factory=list)
     active_active_control: ActiveActiveResult | None = None
     uplinks: list[UplinkResult] = field(default_factory=list)
+    # The advert the drills' waits were derived from, when it lengthened them beyond
+    # their floors (fwc.lab.waits.describe); None: every wait as at `advert 1s`.
+    waits: str | None = None
 
     @property
     def ok(self) -> bool:

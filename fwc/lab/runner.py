@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from fwc.lab import drills
+from fwc.lab import drills, waits
 from fwc.lab.adapter import LabSource, advert_variant
 from fwc.lab.daemons import Node
 from fwc.lab.netns import LabError, LabRefused, new_prefix, teardown
@@ -159,6 +159,11 @@ def run_lab(source: LabSource, options: LabOptions) -> LabReport:
     lab = Lab(lab_plan, source.files, logdir, progress)
     lab.rto_min_ms = options.rto_min_ms
     lab.report = report
+    if waits.lengthened(lab_plan):
+        # A slow advert makes the drills wait longer: the report says which advert and
+        # how long, so a failure reads against the timers it ran with.
+        report.waits = waits.describe(lab_plan, lab.advert_label)
+        progress(report.waits)
     try:
         with _signals_raise():
             _run(lab, report, options, variants)
@@ -441,7 +446,8 @@ def _reachable_after_install(lab: Lab, report: LabReport, flows: dict[str, Flow]
     if took is None:
         report.warnings.append(
             f"after installing the {lab.advert_label} profile no connection through every "
-            "vrrp-group worked within 40 s: its timing runs may fail for that reason")
+            f"vrrp-group worked within {waits.reachable_s(lab.plan):g} s: its timing runs "
+            "may fail for that reason")
     elif took > 3.0:
         report.warnings.append(
             f"after installing the {lab.advert_label} profile the vrrp-groups carried new "

@@ -13,11 +13,13 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fwc.backend.files import BY_NAME
 from fwc.install.plan import InstallOptions, automatic_confirmer, install_cluster
+from fwc.lab import waits
 from fwc.lab.adapter import LabSource, advert_label
 from fwc.lab.daemons import CONNTRACKD_CONF, KEEPALIVED_CONF, Node
 from fwc.lab.filters import PacketFilter, packet_filter
@@ -52,7 +54,10 @@ class Lab:
         logdir: Path,
         progress: Callable[[str], None],
     ) -> None:
+        # The plan of what runs on the members: the policy's (`policy_plan`), or while an
+        # advert profile is installed its variant's, whose VRRP timers the waits follow.
         self.plan = plan_
+        self.policy_plan = plan_
         self.files = files  # member -> file name -> text, as compiled (before --remap)
         self.logdir = logdir
         self.progress = progress
@@ -274,7 +279,7 @@ class Lab:
         installed later reloads the running keepalived, as on a live cluster.
         Its output goes to LOGDIR/install.log.
         """
-        cluster = self.plan.cluster if variant is None else variant.cluster
+        cluster = self.policy_plan.cluster if variant is None else variant.cluster
         compiled = None if variant is None else variant.files
         files = {m.name: self.member_files(m.name, compiled) for m in cluster.members}
         transports = {n.name: n.transport for n in self.nodes}
@@ -297,10 +302,11 @@ class Lab:
 
     def install_variant(self, variant: LabSource | None) -> None:
         """VARIANT's files (an advert profile) onto every member by `fwc install`, or
-        with None the policy's own again; the drills' labels follow its interval."""
+        with None the policy's own again; the drills' labels and waits follow its interval."""
         self.install_members(variant)
-        cluster = self.plan.cluster if variant is None else variant.cluster
-        self.advert_label = advert_label(cluster.vrrp.advert_ms / 1000.0)
+        self.plan = self.policy_plan if variant is None else replace(
+            self.policy_plan, cluster=variant.cluster)
+        self.advert_label = advert_label(self.plan.advert)
 
     def start_listeners(self) -> None:
         for probe in self.plan.probes:
@@ -353,7 +359,7 @@ class Lab:
         or for one sole master that stays put for a second (without).
         """
         # The preferred master only preempts once its preempt_delay has passed.
-        timeout = timeout if timeout is not None else 20.0 + self.plan.preempt_delay
+        timeout = timeout if timeout is not None else waits.election_s(self.plan)
         expected = self.expected_master()
         found: list[Node] = []
         since: list[float] = []
@@ -376,21 +382,23 @@ class Lab:
             held = {n.name: sorted(n.vips_held()) for n in self.nodes}
             want = f"{expected} as the only master" if expected else "a single master"
             raise LabError(
-                f"no {want} within {timeout:.0f} s (VIPs held: {held}); "
+                f"no {want} within {timeout:.0f} s at advert {self.advert_label} (VIPs "
+                f"held: {held}); "
                 f"see {self.logdir}/*-keepalived.log"
             )
         return found[0], took
 
     def wait_groups(self, timeout: float | None = None) -> float:
         """Active-active: every member holds exactly its own groups' VIPs."""
-        timeout = timeout if timeout is not None else 20.0 + self.plan.preempt_delay
+        timeout = timeout if timeout is not None else waits.election_s(self.plan)
         expected = self.plan.expected_vips()
         took = wait_for(lambda: all(n.vips_held() == expected[n.name] for n in self.nodes),
                         timeout)
         if took is None:
             held = {n.name: sorted(n.vips_held()) for n in self.nodes}
             raise LabError(f"the vrrp-groups did not settle on their masters within "
-                           f"{timeout:.0f} s (VIPs held: {held}); see "
+                           f"{timeout:.0f} s at advert {self.advert_label} (VIPs held: "
+                           f"{held}); see "
                            f"{self.logdir}/*-keepalived.log")
         return took
 
