@@ -79,6 +79,9 @@ VRRP_V6_LINK_LOCAL_SOURCE = "fe80::1"
 # the link. keepalived sets it itself for IPv4 and multicast IPv6, `unicast_ttl` for
 # unicast IPv6 (the kernel's default hop limit otherwise).
 VRRP_TTL = 255
+# A backup takes the VIPs when it heard no advert for three adverts plus a skew below
+# one (RFC 5798's master-down interval): at most this many adverts.
+MASTER_DOWN_ADVERTS = 4
 
 # keepalived / VRRP defaults and limits.
 DEFAULT_ADVERT_MS = 1000

@@ -14,8 +14,9 @@ from conftest import EDGE_TEXT as EDGE
 from conftest import REPO
 
 from fwc.cli import main
+from fwc.install import plan as plan_module
 from fwc.install import transport as transport_module
-from fwc.install.plan import automatic_confirmer, order, terminal_confirmer
+from fwc.install.plan import automatic_confirmer, order, settle_timeout_for, terminal_confirmer
 from fwc.install.secrets import SecretsError, fill, read_secrets
 from fwc.install.settle import ClusterState, check_cluster, vip_state, wait_settled
 from fwc.install.transport import (
@@ -230,6 +231,44 @@ def cluster() -> Cluster:
     policy = analyse(REPO / "policies" / "edge.fw").policy
     assert policy is not None
     return policy.clusters[0]
+
+
+def test_the_settle_wait_outlasts_a_slow_advert(cluster, monkeypatch):
+    # A fixed 30 s failed (and rolled back) the install of a healthy cluster at
+    # `advert 5s`: the backup hands the VIPs back only after a master-down interval
+    # (4 adverts) and the preempt delay (edge.fw: the default 10 s)
+    assert settle_timeout_for(cluster, 30.0) == 30.0
+    slow = replace(cluster, vrrp=replace(cluster.vrrp, advert_ms=5000))
+    assert settle_timeout_for(slow, 30.0) == 36.0
+    no_preempt = replace(cluster, vrrp=replace(cluster.vrrp, advert_ms=10000, preempt=False))
+    assert settle_timeout_for(no_preempt, 30.0) == 46.0
+    # install_cluster waits that long, and the node's watchdog is armed for it
+    waits: list[float] = []
+    nodes: list[float] = []
+
+    class FakeNode:
+        def __init__(self, transport, files, **options):
+            self.member = transport
+            self.options = options
+            nodes.append(options["settle_timeout"])
+
+        def run(self):
+            self.options["settle"]()
+            return plan_module.NodeResult(self.member, ok=True)
+
+    def waited(check, cluster, transports, timeout):
+        waits.append(timeout)
+        return ClusterState(True, "fw1", "")
+
+    monkeypatch.setattr(plan_module, "NodeInstall", FakeNode)
+    monkeypatch.setattr(plan_module, "wait_settled", waited)
+    settled = lambda c, t: ClusterState(True, "fw1", "")  # noqa: E731
+    results = plan_module.install_cluster(
+        slow, list(slow.members), {m.name: {} for m in slow.members},
+        {m.name: m.name for m in slow.members}, plan_module.InstallOptions(),
+        automatic_confirmer, check=settled)
+    assert all(r.ok for r in results)
+    assert waits == nodes == [36.0, 36.0]
 
 
 def test_backups_first_and_the_current_master_last(cluster):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
+from fwc.backend.render.keepalived import preempt_delay
 from fwc.install.node import Confirmer, NodeInstall, NodeResult, wait_for_marker
 from fwc.install.record import InstallRecord
 from fwc.install.settle import ClusterState, SettleCheck, check_cluster, wait_settled
@@ -23,6 +24,8 @@ from fwc.model import Cluster, Member
 from fwc.model.records import dataclass
 
 DEFAULT_SETTLE_TIMEOUT = 30.0
+# beyond a master-down interval and the preempt delay: keepalived's start, the last poll
+SETTLE_SLACK_S = 6.0
 
 
 @dataclass
@@ -32,6 +35,17 @@ class InstallOptions:
     systemd: bool = True  # False when nodes are namespaces on this host (no own systemd)
     out: TextIO = sys.stdout
     record: InstallRecord | None = None  # written to each node once confirmed
+
+
+def settle_timeout_for(cluster: Cluster, floor: float) -> float:
+    """How long the install waits for CLUSTER to settle after a node: FLOOR (the option,
+    enough for fast adverts on a loaded node), and at least what keepalived itself takes
+    to hand the VIPs back: a master-down interval, then the preempt delay. At `advert 5s`
+    that is 36 s, and a fixed 30 s failed (and rolled back) the install of a healthy
+    cluster."""
+    vrrp = cluster.vrrp
+    delay = preempt_delay(vrrp) if vrrp.preempt else 0
+    return max(floor, vrrp.master_down_bound_s + delay + SETTLE_SLACK_S)
 
 
 def order(cluster: Cluster, chosen: list[Member], state: ClusterState | None) -> list[Member]:
@@ -61,17 +75,19 @@ def install_cluster(cluster: Cluster, chosen: list[Member], files: Mapping[str, 
     out.write(f"{'# ' if dry_run else ''}cluster {cluster.name}: installing "
               f"{', '.join(m.name for m in ordered)} in this order\n")
     results: list[NodeResult] = []
+    settle_timeout = settle_timeout_for(cluster, options.settle_timeout)
     for member in ordered:
         def settle() -> tuple[bool, str]:
             if before is None or not before.settled:
                 return True, "not checked (was not settled before)"
-            state = wait_settled(check, cluster, transports, options.settle_timeout)
+            state = wait_settled(check, cluster, transports, settle_timeout)
             return state.settled, state.detail
 
+        # (the node's watchdog outlasts the confirmation and this wait: NodeInstall)
         node = NodeInstall(transports[member.name], files[member.name],
                            role=role_of(member, cluster), systemd=options.systemd,
                            confirm_timeout=options.confirm_timeout,
-                           settle_timeout=options.settle_timeout,
+                           settle_timeout=settle_timeout,
                            confirmer=confirmer, settle=settle, out=out,
                            record=options.record, families=cluster.families)
         result = node.run()

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import field
 
+from fwc import protocols as proto
 from fwc.backend.render.keepalived import preempt_delay
 from fwc.model import Cluster, Endpoint, Member, Policy, PortRange, Track
 from fwc.model.addresses import AddressSet
@@ -167,8 +168,8 @@ class LabPlan:
     @property
     def master_down_bound(self) -> float:
         """The longest a backup keepalived hears no advert it accepts before it takes the
-        VIPs, in seconds: three adverts plus a skew below one (the master-down interval)."""
-        return 4 * self.advert
+        VIPs, in seconds (`Vrrp.master_down_bound_s`, at this plan's advert)."""
+        return proto.MASTER_DOWN_ADVERTS * self.advert
 
     @property
     def preempt(self) -> bool:

@@ -467,6 +467,13 @@ class Vrrp:
     def span_of(self, key: str) -> Span | None:
         return _option_span(self.option_spans, key, self.span)
 
+    @property
+    def master_down_bound_s(self) -> float:
+        """The longest a backup hears no advert it accepts before it takes the VIPs, in
+        seconds: three adverts plus a skew below one (the master-down interval). What
+        the lab's and the install's waits for keepalived are measured against."""
+        return proto.MASTER_DOWN_ADVERTS * self.advert_ms / 1000.0
+
 
 @dataclass(frozen=True, slots=True)
 class Sync:
