@@ -269,6 +269,14 @@ def test_the_settle_wait_outlasts_a_slow_advert(cluster, monkeypatch):
         automatic_confirmer, check=settled)
     assert all(r.ok for r in results)
     assert waits == nodes == [36.0, 36.0]
+    # a value given (the tests' fake daemons) is taken as it is
+    waits.clear()
+    nodes.clear()
+    plan_module.install_cluster(
+        slow, list(slow.members), {m.name: {} for m in slow.members},
+        {m.name: m.name for m in slow.members}, plan_module.InstallOptions(settle_timeout=0.6),
+        automatic_confirmer, check=settled)
+    assert waits == nodes == [0.6, 0.6]
 
 
 def test_backups_first_and_the_current_master_last(cluster):

@@ -17,7 +17,6 @@ from fwc.backend.files import BY_NAME
 from fwc.install.compiled import CompiledError, load_member_files, read_manifest
 from fwc.install.node import Confirmer
 from fwc.install.plan import (
-    DEFAULT_SETTLE_TIMEOUT,
     InstallOptions,
     automatic_confirmer,
     install_cluster,
@@ -133,8 +132,9 @@ def pick_confirmer(args: argparse.Namespace) -> Confirmer:
 
 
 def run(args: argparse.Namespace, check: SettleCheck = check_cluster,
-        settle_timeout: float = DEFAULT_SETTLE_TIMEOUT) -> int:
-    """The CLI entry; tests pass a fake CHECK (no daemons) and a short SETTLE_TIMEOUT."""
+        settle_timeout: float | None = None) -> int:
+    """The CLI entry; tests pass a fake CHECK (no daemons) and a short SETTLE_TIMEOUT
+    (None: each cluster's own, fwc.install.plan.settle_timeout_for)."""
     as_json = getattr(args, "format", "text") == "json"
     if as_json and not args.dry_run:
         print("fwc install: --format json needs --dry-run (it prints the plan)", file=sys.stderr)

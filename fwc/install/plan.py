@@ -31,7 +31,8 @@ SETTLE_SLACK_S = 6.0
 @dataclass
 class InstallOptions:
     confirm_timeout: float = 60.0
-    settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
+    # None: settle_timeout_for the cluster; a value (tests, with fake daemons): exactly it
+    settle_timeout: float | None = None
     systemd: bool = True  # False when nodes are namespaces on this host (no own systemd)
     out: TextIO = sys.stdout
     record: InstallRecord | None = None  # written to each node once confirmed
@@ -75,7 +76,8 @@ def install_cluster(cluster: Cluster, chosen: list[Member], files: Mapping[str, 
     out.write(f"{'# ' if dry_run else ''}cluster {cluster.name}: installing "
               f"{', '.join(m.name for m in ordered)} in this order\n")
     results: list[NodeResult] = []
-    settle_timeout = settle_timeout_for(cluster, options.settle_timeout)
+    settle_timeout = settle_timeout_for(cluster, DEFAULT_SETTLE_TIMEOUT) \
+        if options.settle_timeout is None else options.settle_timeout
     for member in ordered:
         def settle() -> tuple[bool, str]:
             if before is None or not before.settled:
