@@ -729,3 +729,32 @@ def test_chain_names_from_content_that_meet_stay_unique_and_deterministic():
             assert len(hashed) > 3, chains
         assert arrange(flat, names, min_rules=1, split_min=8) == arranged
         _assert_decides_like(flat, arranged, 12)
+
+
+def test_the_halving_cut_rule_bounds_every_bucket_it_can_split():
+    """halving_cuts (the arranger's port cut rule): every bucket holds at most the bound
+    of lows (the power of two nearest total / buckets) unless all its lows are one port,
+    a cut is a midpoint of a halving, and a change of one low that makes no half cross
+    the bound moves no cut; quantile_cuts, the former rule, moves one."""
+    import math
+
+    from fwc.backend.arrange import PORT_MAX, halving_cuts, quantile_cuts
+
+    times = Counter({22: 40, 80: 30, 443: 30, **{port: 1 for port in range(1000, 1400, 4)}})
+    cuts = halving_cuts(times, 8)
+    bounds = [0, *cuts, PORT_MAX + 1]
+    most = 2 ** round(math.log2(sum(times.values()) / 8))
+    assert cuts and all(0 < c <= PORT_MAX for c in cuts)
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        inside = [n for port, n in times.items() if low <= port < high]
+        assert sum(inside) <= most or len(inside) == 1  # (one port cannot be cut)
+        width = high - low  # a halving's part: a power of two wide, aligned to its width
+        assert width & (width - 1) == 0 and low % width == 0, (low, high)
+    moved = Counter(times)
+    moved[1004] -= 1
+    moved[1008] += 1
+    assert halving_cuts(moved, 8) == cuts
+    arrived = Counter(times)
+    arrived[1002] += 1  # a rule more, among the others' lows: each later quantile shifts
+    assert halving_cuts(arrived, 8) == cuts
+    assert quantile_cuts(arrived, 8) != quantile_cuts(times, 8)
