@@ -50,7 +50,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -96,31 +96,37 @@ def rule_lines(data: bytes, tag: bytes) -> list[tuple[int, int]]:
 
 
 _BUCKET = re.compile(rb"^:?(?:-A )?\S+-\d+ ")  # a port bucket chain's line or declaration
-# a chain of share_expansions (`fwd-_42-0`: its rule's line and count; a digest of its
-# label for a rule without a line)
-_SHARED = re.compile(rb"^:?(?:-A )?\S+-_[0-9a-f]+-\d+ ")
+# a chain of share_expansions (`fwc-p42-fwd-0`: its rule's number and count; a digest of
+# its label for a rule without one, `fwd-_1a2b3c-0`)
+_SHARED = re.compile(rb"^:?(?:-A )?(?:fwc-p\d+-(?:fwd|in)-\d+|\S+-_[0-9a-f]+-\d+) ")
 
 
-def _own_lines(line: int) -> Callable[[bytes], bool]:
-    """Whether a line of a rules file is rule LINE's own: its lines, the jumps to its
-    chains of share_expansions and their declarations (named by its line)."""
+def _others(data: bytes, line: int) -> list[bytes]:
+    """The lines of rules file DATA that are not rule LINE's own: its own are its lines,
+    the jumps to its chains of share_expansions (their comments name it) and the
+    declarations of those chains (the chains that hold its lines only)."""
     tag, jump = tag_of(line), f'--comment "fwc arrange: {POLICY}:{line}"'.encode()
-    declared = re.compile(rf"^:(?:fwd|in)-_{line}-\d+ ".encode())
-    return lambda text: tag in text or jump in text or declared.match(text) is not None
+    lines = data.split(b"\n")
+    own = [tag in text or jump in text for text in lines]
+    filled: dict[bytes, bool] = {}  # chain: every line of it is the rule's
+    for text, mine in zip(lines, own, strict=True):
+        if text.startswith(b"-A "):
+            chain = text.split(b" ", 2)[1]
+            filled[chain] = filled.get(chain, True) and mine
+    return [text for text, mine in zip(lines, own, strict=True) if not mine and not (
+        text.startswith(b":") and filled.get(text[1:].split(b" ", 1)[0], False))]
 
 
 def cause(old: Path, new: Path, line: int) -> str:
     """Why NEW (the full compile after the edit of LINE) is not OLD with that rule's
     lines changed ("local": it is): the kinds of the other lines that differ, compared
     as multisets per file."""
-    own = _own_lines(line)
     kinds: set[str] = set()
     for path in sorted(old.rglob("*")):
         if not path.is_file() or path.name == "MANIFEST":
             continue
         before, after = path.read_bytes(), (new / path.relative_to(old)).read_bytes()
-        kept = [x for x in before.split(b"\n") if not own(x)]
-        made = [y for y in after.split(b"\n") if not own(y)]
+        kept, made = _others(before, line), _others(after, line)
         if kept == made:
             continue
         a, b = Counter(kept), Counter(made)

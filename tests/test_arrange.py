@@ -337,7 +337,7 @@ def _lines(ruleset: NodeRuleset) -> int:
 
 def _shared(ruleset: NodeRuleset) -> list[Chain]:
     return [c for c in ruleset.table("filter").chains  # type: ignore[union-attr]
-            if re.fullmatch(r"(fwd|in)-_(\d+|[0-9a-f]{6})-\d+", c.name)]
+            if re.fullmatch(r"fwc-p\d+-(fwd|in)-\d+|(fwd|in)-_[0-9a-f]{6}-\d+", c.name)]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -650,11 +650,17 @@ def _edited(flat: NodeRuleset, rng: random.Random) -> tuple[NodeRuleset, str]:
 
 def _other_lines(text: str, label: str) -> list[str]:
     """The lines of rendered iptables-restore TEXT that are not rule LABEL's own: not its
-    lines nor the jumps to its shared chain (their comments name it), nor its shared
-    chains' declarations (`:fwd-_LINE-N`)."""
-    line = label.rsplit(":", 1)[1]
-    own = re.compile(rf'{re.escape(label)}[",]|^:(fwd|in)-_{line}-\d+ ')
-    return [x for x in text.splitlines() if not own.search(x)]
+    lines nor the jumps to its shared chains (their comments name it), nor the
+    declarations of its shared chains (the chains that hold its lines only)."""
+    own = re.compile(rf'{re.escape(label)}[",]')
+    lines = text.splitlines()
+    filled: dict[str, bool] = {}  # chain: every line of it is the rule's
+    for line in lines:
+        if line.startswith("-A "):
+            chain = line.split(" ", 2)[1]
+            filled[chain] = filled.get(chain, True) and own.search(line) is not None
+    return [x for x in lines if not own.search(x)
+            and not (x.startswith(":") and filled.get(x[1:].split(" ", 1)[0], False))]
 
 
 def _local_share(edits: int, seed: int) -> tuple[int, int, int]:
@@ -758,3 +764,38 @@ def test_the_halving_cut_rule_bounds_every_bucket_it_can_split():
     arrived[1002] += 1  # a rule more, among the others' lows: each later quantile shifts
     assert halving_cuts(arrived, 8) == cuts
     assert quantile_cuts(arrived, 8) != quantile_cuts(times, 8)
+
+
+def test_shared_chains_carry_their_rule_number_and_fwc_diff_follows_an_insertion(
+        tmp_path, monkeypatch):
+    """A shared chain is named by its policy rule's number (`fwc-p12-fwd-0`), as the rule's
+    own chains are: an edit of another rule in place renames none, and a rule inserted
+    above renumbers them as `fwc diff` reads the rule's own chains (fwc.diffing.renumber),
+    so its review shows the inserted rule's lines and nothing else."""
+    from fwc.backend.render.iptables import render as render_iptables
+    from fwc.diffing.renumber import Renumbering, comparable
+
+    pairs = "\n".join(f"    accept from h-lan-{i}, h-lan-{i + 1} to h-dmz-{i}, h-dmz-{i + 1} "
+                      f"service tcp/{2000 + i}" for i in range(4))
+    text = mixed_policy(2, 300).replace("    drop from any to any log\n",
+                                        pairs + "\n    drop from any to any log\n")
+    inserted = text.replace("policy mix {\n", "policy mix {\n    accept from h-lan-0 to "
+                            "h-dmz-0 service tcp/9999 in lan out dmz\n")
+    outputs, models = {}, {}
+    for name, body in (("old", text), ("new", inserted)):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)  # (one name: the comments name the file)
+        Path("mix.fw").write_text(body, encoding="utf-8")
+        cluster, member, _, flat = rulesets(Path("mix.fw"))[0]  # fw1, IPv4, as compiled
+        outputs[name] = render_iptables(optimise(member, {4: flat})[0][4])
+        models[name] = cluster
+    shared = set(re.findall(r"^:(fwc-p\d+-fwd-\d+) ", outputs["old"], re.M))
+    assert shared, "no shared chain: the test lost its subject"
+    renumbering = Renumbering.between(models["old"], models["new"])
+    assert renumbering is not None
+    old = comparable(outputs["old"], False, renumbering).splitlines()
+    new = comparable(outputs["new"], False).splitlines()
+    assert {name for name in re.findall(r"^:(fwc-p\d+-fwd-\d+) ", "\n".join(old), re.M)} == \
+        set(re.findall(r"^:(fwc-p\d+-fwd-\d+) ", outputs["new"], re.M))
+    changed = set(old) ^ set(new)
+    assert changed and all("9999" in line for line in changed), sorted(changed)[:5]

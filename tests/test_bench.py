@@ -333,17 +333,17 @@ _BEFORE = """*filter
 :FORWARD DROP [0:0]
 :fwd-tcp-0 - [0:0]
 :fwd-tcp-100 - [0:0]
-:fwd-_6-0 - [0:0]
+:fwc-p6-fwd-0 - [0:0]
 -A FORWARD -p tcp --dport 0:99 -m comment --comment "fwc arrange: ports 0-99" -j fwd-tcp-0
 -A FORWARD -p tcp --dport 100:65535 -m comment --comment "fwc arrange: ports 100-65535" -j fwd-tcp-100
 -A fwd-tcp-0 -p tcp -m tcp --dport 22 -m comment --comment "p.fw:3" -j ACCEPT
 -A fwd-tcp-0 -p tcp -m tcp --dport 53 -m comment --comment "p.fw:5" -j ACCEPT
 -A fwd-tcp-0 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
 -A fwd-tcp-100 -p tcp -m tcp --dport 443 -m comment --comment "p.fw:4" -j ACCEPT
--A fwd-tcp-100 -p tcp --dport 993 -m comment --comment "fwc arrange: p.fw:6" -j fwd-_6-0
+-A fwd-tcp-100 -p tcp --dport 993 -m comment --comment "fwc arrange: p.fw:6" -j fwc-p6-fwd-0
 -A fwd-tcp-100 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
--A fwd-_6-0 -s 192.0.2.1/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
--A fwd-_6-0 -s 192.0.2.9/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
+-A fwc-p6-fwd-0 -s 192.0.2.1/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
+-A fwc-p6-fwd-0 -s 192.0.2.9/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
 COMMIT
 """  # noqa: E501
 
@@ -379,8 +379,8 @@ def test_the_patch_floor_tells_a_local_edit_from_a_moved_cut(tmp_path):
     cut = tree("cut", _BEFORE.replace("0:99", "0:199").replace("100:65535", "200:65535")
                .replace("ports 0-99", "ports 0-199").replace("ports 100-", "ports 200-")
                .replace("fwd-tcp-100", "fwd-tcp-200"))  # (a bucket is named by its low)
-    more = tree("more", _BEFORE.replace(":fwd-_6-0", ":fwd-tcp-300 - [0:0]\n:fwd-_6-0"))
-    renamed = tree("renamed", _BEFORE.replace("fwd-_6-0", "fwd-_6-1"))
+    more = tree("more", _BEFORE.replace(":fwc-p6-fwd-0", ":fwd-tcp-300 - [0:0]\n:fwc-p6-fwd-0"))
+    renamed = tree("renamed", _BEFORE.replace("fwc-p6-fwd-0", "fwc-p6-fwd-1"))
     assert cause(old, local, 5) == "local"
     assert cause(old, cut, 5) == "a port cut moved (2 buckets)"
     assert cause(old, more, 5) == "bucket count"

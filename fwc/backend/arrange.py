@@ -38,7 +38,7 @@ rule by rule, and a jump costs as much as a rule.
 Copies cost lines: a rule is copied into every sub-chain a packet it matches may
 enter. A copied rule that iptables writes as several lines (a cross product of
 short address lists, more ports than one multiport line) is written once, in a
-chain of its own (fwd-_42-0: named by its line, see _source), and each copy becomes one jump there
+chain of its own (fwc-p42-fwd-0: rule 42's, see _source), and each copy becomes one jump there
 whose match is the rule's devices, protocol and ports (share_expansions); the
 jump returns when the rule does not decide, so first match holds. This keeps
 the arranged output of the benchmark's policies at 0.6-0.8x the lines it had
@@ -148,7 +148,21 @@ class _Arranger:
         self.collided = False  # a name was taken already (the result depends on `taken`)
 
     def chain_name(self, parts: list[str]) -> str:
-        name = base = _NAME_CHARS.sub("_", "-".join([self.prefix, *parts]))
+        return self.unique(_NAME_CHARS.sub("_", "-".join([self.prefix, *parts])))
+
+    def shared_chain_name(self, key: str) -> str:
+        """The chain of held rule KEY (hold_expansions: `p12-0`, policy rule 12's first held
+        rule; `_1a2b3c-0`, by a digest of its label): `fwc-p12-fwd-0` beside the rule's own
+        chains (`fwc-p12-FORWARD`, which `fwc diff` renumbers alike), `fwd-_1a2b3c-0`."""
+        source, count = key.rsplit("-", 1)
+        if source.startswith("_"):
+            return self.chain_name([f"{source}-{count}"])
+        return self.unique(f"fwc-{source}-{self.prefix}-{count}")
+
+    def unique(self, name: str) -> str:
+        """NAME within CHAIN_NAME_MAX (a longer one cut and ended by a digest of it), or
+        the next free numbered variant when the table has it already."""
+        base = name
         if len(name) > proto.CHAIN_NAME_MAX:
             digest = hashlib.sha256(name.encode()).hexdigest()[:6]
             name = base = f"{name[:proto.CHAIN_NAME_MAX - 7]}-{digest}"
@@ -425,20 +439,17 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
     return out, held
 
 
-_LINE = re.compile(r":(\d+)$")
-
-
 def _source(origin: Origin) -> str:
-    """A short name of ORIGIN's source: its line ("edge.fw:42" -> "42"), else a digest of
-    its label. A held rule is called by it and its count among the held rules of that
+    """A short name of ORIGIN's source: its policy rule's number ("p12", as the rule's own
+    chains and rate buckets carry it, fwc.backend.lower.build), else a digest of its
+    label. A held rule is called by it and its count among the held rules of that
     source before it (hold_expansions), so its chain's name depends on its own rule
     only: an edit elsewhere cannot rename it (a global running number did: one moved
-    port cut renumbered every shared chain after it). Lines of two files may meet (a
-    rule of an include): the count tells them apart."""
-    line = _LINE.search(origin.label)
-    if line is not None:
-        return line[1]
-    return hashlib.sha256(origin.label.encode()).hexdigest()[:6]
+    port cut renumbered every shared chain after it), and `fwc diff` reads an inserted
+    rule's renumbering of it as of the rule's own chains (fwc.diffing.renumber)."""
+    if origin.kind == "policy" and origin.rule is not None:
+        return f"p{origin.rule.index + 1}"
+    return "_" + hashlib.sha256(origin.label.encode()).hexdigest()[:6]
 
 
 _ONE = 1
@@ -448,7 +459,7 @@ _DESTINATION_CIDRS = attrgetter("match.destination.cidrs")
 
 
 def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[str, FilterRule],
-                     chain_name: Callable[[list[str]], str],
+                     chain_name: Callable[[str], str],
                      origin: Callable[[str], Origin]) -> tuple[list[FilterRule], list[Chain]]:
     """An arrangement (BODY, CHAINS) of placeholders (hold_expansions) with each HELD rule
     that the arrangement copied into several chains moved into a chain of its own, once,
@@ -464,9 +475,10 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     once. Fewer rule tests too: a packet that the jump's devices, protocol, ports or
     single address exclude tests one line, not m.
 
-    A chain is named by its held rule's source and count (hold_expansions: `fwd-_42-0`,
-    line 42's first held rule), never by a running number: deterministic, and renamed
-    only by an edit of its own rule.
+    A chain is named by its held rule's source and count (hold_expansions, CHAIN_NAME:
+    `fwc-p42-fwd-0`, policy rule 42's first held rule), never by a running number:
+    deterministic, and renamed only by an edit of its own rule (or, as the rule's own
+    chains are, by a rule inserted before it).
     """
     count: dict[str, int] = {}  # copies per placeholder
     # where the placeholders are: (chain index, -1 for the body; positions in it)
@@ -494,7 +506,7 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
         if copies * lines - (copies + lines + 1) < SHARE_MIN_SAVING:
             final[placeholder] = whole
             continue
-        name = chain_name([f"_{placeholder.removeprefix(_HELD)}"])
+        name = chain_name(placeholder.removeprefix(_HELD))
         made.append(Chain(name, None, (whole,)))
         # (the jump names its rule, not how many copies it has: that count changes with
         # the tree's shape, and with it every jump's line, after an edit of another rule)
@@ -542,7 +554,8 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
         return chain, [], arranger.collided
     chains = arranger.chains
     if held:
-        body, chains = share_expansions(body, chains, held, arranger.chain_name, arranger.origin)
+        body, chains = share_expansions(body, chains, held, arranger.shared_chain_name,
+                                        arranger.origin)
     return replace(chain, rules=tuple(head + body)), chains, arranger.collided
 
 
