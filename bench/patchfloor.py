@@ -141,8 +141,8 @@ def cause(old: Path, new: Path, line: int) -> str:
         elif all(_BUCKET.match(x) or b'"fwc arrange: ports ' in x for x in changed):
             # (a bucket is named by its lowest port: a moved cut renames one, declared
             # out and in; a new or lost bucket is declared on one side only)
-            gone, new = (sum(x.startswith(b":") for x in side) for side in (a - b, b - a))
-            kinds.add("bucket count" if gone != new else
+            out, into = (sum(x.startswith(b":") for x in side) for side in (a - b, b - a))
+            kinds.add("bucket count" if out != into else
                       f"a port cut moved ({max(map(_buckets_touched, (a - b, b - a)))} "
                       "buckets)")
         else:
@@ -413,14 +413,16 @@ def fwc_with_quantile_cuts(argv: list[str]) -> int:
 
 
 def run_traversal(shapes: list[str], work: Path, sample: int = 2000) -> int:
-    """Rules tested per new connection on fw1 (`bench.run.traversal`: mean and worst, and
-    decisions that differ from the flat ruleset), with fwc's former cut rule and its own."""
+    """Rules tested per new connection on fw1 (`bench.run.traversal`: mean and worst, in
+    iptables and in nftables, and decisions that differ from the flat ruleset), with fwc's
+    former cut rule and its own."""
     from bench.generate import build_site, fwc_policy
     from bench.run import traversal
     from fwc.backend import arrange
 
-    print("| shape | cuts | arranged mean | arranged worst | decisions differing |")
-    print("|---|---|---|---|---|")
+    print("| shape | cuts | arranged mean | arranged worst | nftables mean | nftables worst "
+          "| decisions differing |")
+    print("|---|---|---|---|---|---|---|")
     own = arrange.PORT_CUT_RULE
     for shape in shapes:
         policy = work / f"{shape}.fw"
@@ -434,6 +436,7 @@ def run_traversal(shapes: list[str], work: Path, sample: int = 2000) -> int:
                 arrange.PORT_CUT_RULE = own
             name = cuts.__name__
             print(f"| {shape} | {name} | {got['arranged']:.0f} | {got['arranged worst']:.0f} "
+                  f"| {got['nftables']:.0f} | {got['nftables worst']:.0f} "
                   f"| {got['mismatches']:.0f} |", flush=True)
     return 0
 

@@ -369,8 +369,9 @@ def test_the_patch_floor_tells_a_local_edit_from_a_moved_cut(tmp_path):
     from bench.patchfloor import cause
 
     def tree(name: str, text: str):
-        (tmp_path / name / "c" / "fw1").mkdir(parents=True)
-        (tmp_path / name / "c" / "fw1" / "iptables.rules").write_text(text)
+        for member in ("fw1", "fw2"):  # (each file of the tree is compared)
+            (tmp_path / name / "c" / member).mkdir(parents=True)
+            (tmp_path / name / "c" / member / "iptables.rules").write_text(text)
         (tmp_path / name / "c" / "MANIFEST").write_text(name)  # never compared
         return tmp_path / name
 
