@@ -24,23 +24,22 @@ of every file are computed here all the same). The spliced tree is compared with
 compile's, byte for byte, every run. Each way: the checks all in the worker (as `fwc
 compile` runs them) and shared with the parent once its files are written (as `fwc check`).
 
-How often a patch could be taken at all, and a cut rule that one edit moves less often
-(`halving_cuts`, for comparison; fwc's arrangement is unchanged):
+How often a patch could be taken at all, with fwc's port cut rule (`halving_cuts` of
+fwc.backend.arrange since the twenty-sixth session's end) or the former one
+(`quantile_cuts`, --quantiles):
 
     python3 bench/patchfloor.py [--shapes site,groups,interfaces] [--repeat 3]
-    python3 bench/patchfloor.py --locality 16 [--halving]  # random edits, compiled in full
+    python3 bench/patchfloor.py --locality 16 [--quantiles]  # random edits, compiled in full
     python3 bench/patchfloor.py --traversal   # rules tested per connection, both cut rules
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import gc
 import hashlib
 import json
 import marshal
-import math
 import os
 import random
 import re
@@ -51,7 +50,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from itertools import accumulate
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,23 +58,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fwc.model import PortRange  # noqa: E402
 
 POLICY = "p.fw"
-PORT_MAX = 65535
 # a policy rule's label, also on the jump to a rule's chain of its own (share_expansions)
 _LABEL = re.compile(rb'--comment "(?:fwc arrange: )?p\.fw:(\d+)[",]')
 
 
-def _fwc(halving: bool = False) -> list[str]:
-    """The `fwc` command: fwc's own, or with HALVING (`fwc_with_halving_cuts`)."""
-    if halving:
-        return [sys.executable, str(Path(__file__).resolve()), HALVING]
+def _fwc(quantiles: bool = False) -> list[str]:
+    """The `fwc` command: fwc's own, or with QUANTILES (`fwc_with_quantile_cuts`)."""
+    if quantiles:
+        return [sys.executable, str(Path(__file__).resolve()), QUANTILES]
     return [sys.executable, "-m", "fwc"]
 
 
-def compile_into(folder: Path, out: str, halving: bool = False) -> float:
+def compile_into(folder: Path, out: str, quantiles: bool = False) -> float:
     """A full compile of FOLDER's policy into OUT (no cache): its wall time."""
     from bench.run import timed
 
-    got = timed([*_fwc(halving), "compile", POLICY, "-o", out, "--no-cache"], cwd=folder)
+    got = timed([*_fwc(quantiles), "compile", POLICY, "-o", out, "--no-cache"], cwd=folder)
     if got.returncode:
         raise SystemExit(f"compile failed in {folder}: {got.stderr[-500:]}")
     return got.seconds
@@ -98,42 +96,37 @@ def rule_lines(data: bytes, tag: bytes) -> list[tuple[int, int]]:
 
 
 _BUCKET = re.compile(rb"^:?(?:-A )?\S+-\d+ ")  # a port bucket chain's line or declaration
-_SHARED = re.compile(rb"^:?(?:-A )?\S+-_\d+ ")  # a chain of share_expansions
-_SHARED_LABEL = re.compile(rb'^-A ((?:fwd|in)-_\d+) .*?--comment "p\.fw:(\d+)"', re.M)
-_SHARED_NAME = re.compile(rb"(?<![\w-])(?:fwd|in)-_\d+(?![\w-])")
+# a chain of share_expansions (`fwc-p42-fwd-0`: its rule's number and count; a digest of
+# its label for a rule without one, `fwd-_1a2b3c-0`)
+_SHARED = re.compile(rb"^:?(?:-A )?(?:fwc-p\d+-(?:fwd|in)-\d+|\S+-_[0-9a-f]+-\d+) ")
 
 
-def named_by_content(data: bytes) -> bytes:
-    """DATA with each chain of share_expansions (`fwd-_12`: numbered in the order of its
-    first copy over the whole tree, so one change renumbers the chains after it) named
-    by its rule's line instead (`fwd-_L4711-0`; -1 for a second chain of that rule):
-    what the output would read with names derived from content."""
-    names: dict[bytes, bytes] = {}
-    seen: Counter[bytes] = Counter()
-    for found in _SHARED_LABEL.finditer(data):
-        if found[1] not in names:
-            base = found[1].split(b"-_")[0] + b"-_L" + found[2]
-            names[found[1]] = base + b"-" + str(seen[base]).encode()
-            seen[base] += 1
-    if not names:
-        return data
-    return _SHARED_NAME.sub(lambda name: names.get(name[0], name[0]), data)
+def _others(data: bytes, line: int) -> list[bytes]:
+    """The lines of rules file DATA that are not rule LINE's own: its own are its lines,
+    the jumps to its chains of share_expansions (their comments name it) and the
+    declarations of those chains (the chains that hold its lines only)."""
+    tag, jump = tag_of(line), f'--comment "fwc arrange: {POLICY}:{line}"'.encode()
+    lines = data.split(b"\n")
+    own = [tag in text or jump in text for text in lines]
+    filled: dict[bytes, bool] = {}  # chain: every line of it is the rule's
+    for text, mine in zip(lines, own, strict=True):
+        if text.startswith(b"-A "):
+            chain = text.split(b" ", 2)[1]
+            filled[chain] = filled.get(chain, True) and mine
+    return [text for text, mine in zip(lines, own, strict=True) if not mine and not (
+        text.startswith(b":") and filled.get(text[1:].split(b" ", 1)[0], False))]
 
 
-def cause(old: Path, new: Path, line: int, content_names: bool = False) -> str:
+def cause(old: Path, new: Path, line: int) -> str:
     """Why NEW (the full compile after the edit of LINE) is not OLD with that rule's
     lines changed ("local": it is): the kinds of the other lines that differ, compared
-    as multisets per file. CONTENT_NAMES: both read with `named_by_content`."""
-    tag = tag_of(line)
+    as multisets per file."""
     kinds: set[str] = set()
     for path in sorted(old.rglob("*")):
         if not path.is_file() or path.name == "MANIFEST":
             continue
         before, after = path.read_bytes(), (new / path.relative_to(old)).read_bytes()
-        if content_names:
-            before, after = named_by_content(before), named_by_content(after)
-        kept = [x for x in before.split(b"\n") if tag not in x]
-        made = [y for y in after.split(b"\n") if tag not in y]
+        kept, made = _others(before, line), _others(after, line)
         if kept == made:
             continue
         a, b = Counter(kept), Counter(made)
@@ -144,19 +137,22 @@ def cause(old: Path, new: Path, line: int, content_names: bool = False) -> str:
             kinds.add("ipsets")
         elif any(_SHARED.search(x) for x in changed):
             declared = any(x.startswith(b":") for x in changed)
-            kinds.add("shared chains renumbered" if declared else "a shared chain")
+            kinds.add("shared chains renamed" if declared else "a shared chain")
         elif all(_BUCKET.match(x) or b'"fwc arrange: ports ' in x for x in changed):
-            declared = any(x.startswith(b":") for x in changed)
-            kinds.add("bucket count" if declared else
-                      f"a port cut moved ({_buckets_touched(changed)} buckets)")
+            # (a bucket is named by its lowest port: a moved cut renames one, declared
+            # out and in; a new or lost bucket is declared on one side only)
+            out, into = (sum(x.startswith(b":") for x in side) for side in (a - b, b - a))
+            kinds.add("bucket count" if out != into else
+                      f"a port cut moved ({max(map(_buckets_touched, (a - b, b - a)))} "
+                      "buckets)")
         else:
             kinds.add("other lines")
     return ", ".join(sorted(kinds)) or "local"
 
 
-def _buckets_touched(changed: list[bytes]) -> int:
-    """The most bucket chains of one port node among the CHANGED lines (each line's chain
-    and, for a jump, its target)."""
+def _buckets_touched(changed: Iterable[bytes]) -> int:
+    """The most bucket chains of one port node among the CHANGED lines of one side (each
+    line's chain and, for a jump, its target)."""
     chains = {word for x in changed for word in re.findall(rb"(?:^-A |-j )(\S+-\d+)\b", x)}
     per_node = Counter(name.rsplit(b"-", 1)[0] for name in chains)
     return max(per_node.values(), default=0)
@@ -403,75 +399,69 @@ def _why(causes: list[str]) -> str:
     return "; ".join(f"{c}: {n}" for c, n in counted.most_common()) or "-"
 
 
-HALVING = "--fwc-with-halving-cuts"  # argv[1]: run `fwc` with halving_cuts for _port_cuts
+QUANTILES = "--fwc-with-quantile-cuts"  # argv[1]: run `fwc` with the former cut rule
 
 
-def fwc_with_halving_cuts(argv: list[str]) -> int:
-    """`fwc ARGV` with the arrangement's port cuts made by `halving_cuts` (a comparison for
-    the locality study; the output is not what fwc writes)."""
+def fwc_with_quantile_cuts(argv: list[str]) -> int:
+    """`fwc ARGV` with the arrangement's port cuts made by fwc's former rule
+    (`quantile_cuts`, for comparison: the output is not what fwc writes)."""
     from fwc.backend import arrange
     from fwc.cli import main as fwc_main
 
-    def halved(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
-        times = Counter(low for ports in ports_of for low, _ in ports)
-        return sorted(halving_cuts(times, buckets))
-
-    arrange._port_cuts = halved  # type: ignore[assignment]
+    arrange.PORT_CUT_RULE = arrange.quantile_cuts
     return fwc_main(argv)
 
 
 def run_traversal(shapes: list[str], work: Path, sample: int = 2000) -> int:
-    """Rules tested per new connection on fw1 (`bench.run.traversal`: mean and worst, and
-    decisions that differ from the flat ruleset), with `_port_cuts` and with `halving_cuts`."""
+    """Rules tested per new connection on fw1 (`bench.run.traversal`: mean and worst, in
+    iptables and in nftables, and decisions that differ from the flat ruleset), with fwc's
+    former cut rule and its own."""
     from bench.generate import build_site, fwc_policy
     from bench.run import traversal
     from fwc.backend import arrange
 
-    def halved(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
-        return sorted(halving_cuts(Counter(low for ports in ports_of for low, _ in ports),
-                                   buckets))
-
-    print("| shape | cuts | arranged mean | arranged worst | decisions differing |")
-    print("|---|---|---|---|---|")
-    quantiles = arrange._port_cuts
+    print("| shape | cuts | arranged mean | arranged worst | nftables mean | nftables worst "
+          "| decisions differing |")
+    print("|---|---|---|---|---|---|---|")
+    own = arrange.PORT_CUT_RULE
     for shape in shapes:
         policy = work / f"{shape}.fw"
         policy.parent.mkdir(parents=True, exist_ok=True)
         policy.write_text(fwc_policy(build_site(20000, shape=shape)), encoding="utf-8")
-        for name, cuts in (("_port_cuts", quantiles), ("halving_cuts", halved)):
-            arrange._port_cuts = cuts  # type: ignore[assignment]
+        for cuts in (arrange.quantile_cuts, arrange.halving_cuts):
+            arrange.PORT_CUT_RULE = cuts
             try:
                 got = traversal(policy, sample)
             finally:
-                arrange._port_cuts = quantiles  # type: ignore[assignment]
+                arrange.PORT_CUT_RULE = own
+            name = cuts.__name__
             print(f"| {shape} | {name} | {got['arranged']:.0f} | {got['arranged worst']:.0f} "
+                  f"| {got['nftables']:.0f} | {got['nftables worst']:.0f} "
                   f"| {got['mismatches']:.0f} |", flush=True)
     return 0
 
 
-def run_locality(shapes: list[str], count: int, work: Path, halving: bool = False) -> int:
+def run_locality(shapes: list[str], count: int, work: Path, quantiles: bool = False) -> int:
     """COUNT random in-place edits per shape, each compiled in full: is the output the
     previous one with only the edited rule's lines changed (a splice), and if not, why.
-    HALVING: every compile with `halving_cuts` for the arrangement's port cuts."""
+    QUANTILES: every compile with fwc's former cut rule (`quantile_cuts`)."""
     from bench.generate import build_site, fwc_policy
     from bench.run import timed
 
     print(f"one-line edits compiled in full: local (a splice) or why not ({count} per shape)\n")
-    print("| shape | edit | local | why not | local, shared chains named by content "
-          "| why not |")
-    print("|---|---|---|---|---|---|")
+    print("| shape | edit | local | why not |")
+    print("|---|---|---|---|")
     for shape in shapes:
         folder = work / shape
         folder.mkdir(parents=True, exist_ok=True)
         original = fwc_policy(build_site(20000, shape=shape))
         (folder / POLICY).write_text(original, encoding="utf-8")
         shutil.rmtree(folder / "old", ignore_errors=True)
-        compile_into(folder, "old", halving)
+        compile_into(folder, "old", quantiles)
         lines = original.split("\n")
         rules = [i for i, text in enumerate(lines) if _RULE.match(text)]
         rng = random.Random(26)
         found: dict[str, list[str]] = {kind: [] for kind in EDIT_KINDS}
-        named: dict[str, list[str]] = {kind: [] for kind in EDIT_KINDS}
         for attempt in range(count * 2000):  # (the groups shape has 40 rules with `in`)
             kind = EDIT_KINDS[attempt % len(EDIT_KINDS)]
             if len(found[kind]) * len(EDIT_KINDS) >= count:
@@ -485,57 +475,33 @@ def run_locality(shapes: list[str], count: int, work: Path, halving: bool = Fals
             (folder / POLICY).write_text("\n".join([*lines[:where], text, *lines[where + 1:]]),
                                          encoding="utf-8")
             shutil.rmtree(folder / "edit", ignore_errors=True)
-            got = timed([*_fwc(halving), "compile", POLICY, "-o", "edit", "--no-cache"],
+            got = timed([*_fwc(quantiles), "compile", POLICY, "-o", "edit", "--no-cache"],
                         cwd=folder)
             if got.returncode:
                 continue  # (an edit the checks refuse: no output to compare)
             found[kind].append(cause(folder / "old", folder / "edit", where + 1))
-            named[kind].append(cause(folder / "old", folder / "edit", where + 1, True))
-            print(f"  {shape} {kind} line {where + 1}: {found[kind][-1]}; with names from "
-                  f"content: {named[kind][-1]}", file=sys.stderr)
+            print(f"  {shape} {kind} line {where + 1}: {found[kind][-1]}", file=sys.stderr)
         for kind, causes in found.items():
             if not causes:
                 continue
             print(f"| {shape} | {kind} | {causes.count('local')}/{len(causes)} | "
-                  f"{_why(causes)} | {named[kind].count('local')}/{len(causes)} "
-                  f"| {_why(named[kind])} |")
+                  f"{_why(causes)} |")
     return 0
 
 
-def halving_cuts(times: dict[int, int], buckets: int) -> set[int]:
-    """An alternative to `_port_cuts`, for comparison only: the port space halved, and each
-    half halved again while it holds more lows than a power of two near total / BUCKETS.
-    A change of one low moves a cut only where it makes one half's count cross that bound
-    (or moves the bound), not wherever it shifts a quantile's position."""
-    lows = sorted(low for low, n in times.items() if n)
-    ends = [0, *accumulate(times[low] for low in lows)]
-    most = 2 ** round(math.log2(max(1, ends[-1] / buckets)))
-    cuts: set[int] = set()
-    halves = [(0, PORT_MAX)]
-    while halves:
-        low, high = halves.pop()
-        inside = ends[bisect.bisect_right(lows, high)] - ends[bisect.bisect_left(lows, low)]
-        if high > low and inside > most:
-            middle = (low + high + 1) // 2
-            cuts.add(middle)
-            halves += [(low, middle - 1), (middle, high)]
-    return cuts
-
-
-def cut_stability(record: bytes, trials: int = 10, halving: bool = False) \
+def cut_stability(record: bytes, trials: int = 10, quantiles: bool = False) \
         -> dict[str, tuple[float, float, float]]:
     """For a port record (`port_record`): how often one change of a node's lows moves at
     least one of its cuts, how many move on average, and the buckets per node against
-    `_port_cuts`' (median), per kind of change: a rule's low SWAPped for another of the
-    node's lows, a rule LEAVING the node, one ARRIVING (each low drawn by its count). The
-    cuts are `_port_cuts` itself on one-port lists, or with HALVING `halving_cuts`."""
-    from fwc.backend.arrange import _port_cuts
+    BUCKETS the node asked for (median), per kind of change: a rule's low SWAPped for
+    another of the node's lows, a rule LEAVING the node, one ARRIVING (each low drawn by
+    its count). The cuts are fwc's (`halving_cuts`), or with QUANTILES its former rule."""
+    from fwc.backend.arrange import halving_cuts, quantile_cuts
+
+    rule = quantile_cuts if quantiles else halving_cuts
 
     def cuts(times: dict[int, int], buckets: int) -> set[int]:
-        if halving:
-            return halving_cuts(times, buckets)
-        return set(_port_cuts([(PortRange(low, low),) * n for low, n in times.items() if n],
-                              buckets))
+        return set(rule(times, buckets))
 
     rng = random.Random(26)
     moved: dict[str, list[int]] = {"swap": [], "leave": [], "arrive": []}
@@ -606,11 +572,11 @@ def run(shapes: list[str], repeat: int, work: Path) -> int:
         def median(key: str, split: bool = False,
                    runs: dict[bool, list[dict[str, float]]] = runs) -> str:
             return f"{statistics.median(r[key] for r in runs[split]):.2f}"
-        for halving in (False, True):
+        for quantiles in (True, False):
             stability = cut_stability((folder / "record.marshal").read_bytes(),
-                                      halving=halving)
+                                      quantiles=quantiles)
             print(f"  {shape}: one change of a port node's lows moves a cut "
-                  f"({'halving_cuts' if halving else '_port_cuts'}) in "
+                  f"({'quantile_cuts' if quantiles else 'halving_cuts'}) in "
                   + ", ".join(f"{kind} {share:.0%} ({cuts:.2f} cuts)"
                               for kind, (share, cuts, _) in stability.items())
                   + f"; buckets x{stability['swap'][2]:.2f}", file=sys.stderr)
@@ -622,18 +588,18 @@ def run(shapes: list[str], repeat: int, work: Path) -> int:
 
 
 def main() -> int:
-    if sys.argv[1:2] == [HALVING]:
-        return fwc_with_halving_cuts(sys.argv[2:])
+    if sys.argv[1:2] == [QUANTILES]:
+        return fwc_with_quantile_cuts(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--shapes", default="site,groups,interfaces")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path.home() / "fwc-patchfloor")
     parser.add_argument("--locality", type=int, metavar="N",
                         help="N random one-line edits per shape: which compile as a splice")
-    parser.add_argument("--halving", action="store_true",
-                        help="with --locality: compile with halving_cuts for the port cuts")
+    parser.add_argument("--quantiles", action="store_true",
+                        help="with --locality: compile with fwc's former port cut rule")
     parser.add_argument("--traversal", action="store_true",
-                        help="rules tested per connection with _port_cuts and halving_cuts")
+                        help="rules tested per connection with quantile_cuts and halving_cuts")
     parser.add_argument("--splice", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -644,8 +610,8 @@ def main() -> int:
         return run_traversal(args.shapes.split(","), args.work / "traversal")
     if args.locality:
         return run_locality(args.shapes.split(","), args.locality,
-                            args.work / ("halving" if args.halving else "locality"),
-                            args.halving)
+                            args.work / ("quantiles" if args.quantiles else "locality"),
+                            args.quantiles)
     return run(args.shapes.split(","), args.repeat, args.work)
 
 

@@ -332,31 +332,31 @@ def test_the_fwc_the_bench_times_is_this_checkouts():
 _BEFORE = """*filter
 :FORWARD DROP [0:0]
 :fwd-tcp-0 - [0:0]
-:fwd-tcp-1 - [0:0]
-:fwd-_0 - [0:0]
+:fwd-tcp-100 - [0:0]
+:fwc-p6-fwd-0 - [0:0]
 -A FORWARD -p tcp --dport 0:99 -m comment --comment "fwc arrange: ports 0-99" -j fwd-tcp-0
--A FORWARD -p tcp --dport 100:65535 -m comment --comment "fwc arrange: ports 100-65535" -j fwd-tcp-1
+-A FORWARD -p tcp --dport 100:65535 -m comment --comment "fwc arrange: ports 100-65535" -j fwd-tcp-100
 -A fwd-tcp-0 -p tcp -m tcp --dport 22 -m comment --comment "p.fw:3" -j ACCEPT
 -A fwd-tcp-0 -p tcp -m tcp --dport 53 -m comment --comment "p.fw:5" -j ACCEPT
 -A fwd-tcp-0 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
--A fwd-tcp-1 -p tcp -m tcp --dport 443 -m comment --comment "p.fw:4" -j ACCEPT
--A fwd-tcp-1 -p tcp --dport 993 -m comment --comment "fwc arrange: p.fw:6, in 2 chains" -j fwd-_0
--A fwd-tcp-1 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
--A fwd-_0 -s 192.0.2.1/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
--A fwd-_0 -s 192.0.2.9/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
+-A fwd-tcp-100 -p tcp -m tcp --dport 443 -m comment --comment "p.fw:4" -j ACCEPT
+-A fwd-tcp-100 -p tcp --dport 993 -m comment --comment "fwc arrange: p.fw:6" -j fwc-p6-fwd-0
+-A fwd-tcp-100 -m comment --comment "fwc arrange: FORWARD policy" -j DROP
+-A fwc-p6-fwd-0 -s 192.0.2.1/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
+-A fwc-p6-fwd-0 -s 192.0.2.9/32 -p tcp -m tcp --dport 993 -m comment --comment "p.fw:6" -j ACCEPT
 COMMIT
-"""
+"""  # noqa: E501
 
 
 def test_the_patch_floor_splices_a_rule_into_its_new_bucket_by_source_order():
     """bench/patchfloor.py times a splice that must equal the full compile: the rule of
-    line 5 leaves bucket 0 for bucket 1, between the rules of lines 4 and 6 (a jump to a
+    line 5 leaves bucket 0 for bucket 100, between the rules of lines 4 and 6 (a jump to a
     shared chain carries its rule's line too), and the other lines stay as they were."""
     from bench.patchfloor import chain_offsets, splice
 
-    moved = '-A fwd-tcp-1 -p tcp -m tcp --dport 5353 -m comment --comment "p.fw:5" -j ACCEPT\n'
+    moved = '-A fwd-tcp-100 -p tcp -m tcp --dport 5353 -m comment --comment "p.fw:5" -j ACCEPT\n'
     data = _BEFORE.encode()
-    pieces = splice(data, 5, [moved], chain_offsets(data, {"fwd-tcp-1"}))
+    pieces = splice(data, 5, [moved], chain_offsets(data, {"fwd-tcp-100"}))
     lines = _BEFORE.splitlines(keepends=True)
     expected = [*lines[:8], *lines[9:11], moved, *lines[11:]]
     assert b"".join(pieces).decode() == "".join(expected)
@@ -364,46 +364,28 @@ def test_the_patch_floor_splices_a_rule_into_its_new_bucket_by_source_order():
 
 def test_the_patch_floor_tells_a_local_edit_from_a_moved_cut(tmp_path):
     """`cause`: only the edited rule's lines changed (local); a port cut moved (the jumps'
-    ranges: two buckets); chains of share_expansions renumbered, which names derived from
-    their rule's line would not show."""
+    ranges: two buckets); a chain of share_expansions renamed (named by its rule's line
+    and count since the twenty-sixth session: only an edit of that rule renames it)."""
     from bench.patchfloor import cause
 
     def tree(name: str, text: str):
-        (tmp_path / name / "c" / "fw1").mkdir(parents=True)
-        (tmp_path / name / "c" / "fw1" / "iptables.rules").write_text(text)
+        for member in ("fw1", "fw2"):  # (each file of the tree is compared)
+            (tmp_path / name / "c" / member).mkdir(parents=True)
+            (tmp_path / name / "c" / member / "iptables.rules").write_text(text)
         (tmp_path / name / "c" / "MANIFEST").write_text(name)  # never compared
         return tmp_path / name
 
     old = tree("old", _BEFORE)
     local = tree("local", _BEFORE.replace("--dport 53 ", "--dport 54 "))
     cut = tree("cut", _BEFORE.replace("0:99", "0:199").replace("100:65535", "200:65535")
-               .replace("ports 0-99", "ports 0-199").replace("ports 100-", "ports 200-"))
-    renamed = tree("renamed", _BEFORE.replace("fwd-_0", "fwd-_1"))
+               .replace("ports 0-99", "ports 0-199").replace("ports 100-", "ports 200-")
+               .replace("fwd-tcp-100", "fwd-tcp-200"))  # (a bucket is named by its low)
+    more = tree("more", _BEFORE.replace(":fwc-p6-fwd-0", ":fwd-tcp-300 - [0:0]\n:fwc-p6-fwd-0"))
+    renamed = tree("renamed", _BEFORE.replace("fwc-p6-fwd-0", "fwc-p6-fwd-1"))
     assert cause(old, local, 5) == "local"
     assert cause(old, cut, 5) == "a port cut moved (2 buckets)"
-    assert cause(old, renamed, 5) == "shared chains renumbered"
-    # named by their rule's line, the renumbered chains read the same
-    assert cause(old, renamed, 5, content_names=True) == "local"
+    assert cause(old, more, 5) == "bucket count"
+    assert cause(old, renamed, 5) == "shared chains renamed"
+    assert cause(old, renamed, 6) == "local"  # its own rule's edit
 
 
-def test_the_halving_cut_rule_bounds_every_bucket_it_can_split():
-    """bench/patchfloor.py's `halving_cuts` (a comparison for docs/performance.md): every
-    bucket holds at most the bound of lows (a power of two near total / buckets) unless it
-    is one port, and a change of one low that makes no half cross the bound moves no cut."""
-    import math
-    from collections import Counter
-
-    from bench.patchfloor import PORT_MAX, halving_cuts
-
-    times = Counter({22: 40, 80: 30, 443: 30, **{port: 1 for port in range(1000, 1400, 4)}})
-    cuts = sorted(halving_cuts(times, 8))
-    bounds = [0, *cuts, PORT_MAX + 1]
-    most = 2 ** round(math.log2(sum(times.values()) / 8))
-    assert cuts and all(0 < c <= PORT_MAX for c in cuts)
-    for low, high in zip(bounds, bounds[1:], strict=False):
-        inside = sum(n for port, n in times.items() if low <= port < high)
-        assert inside <= most or high - low == 1  # (one port cannot be halved)
-    moved = Counter(times)
-    moved[1004] -= 1
-    moved[1008] += 1
-    assert sorted(halving_cuts(moved, 8)) == cuts

@@ -17,7 +17,8 @@ gets:
               -p tcp -j fwd-lan-dmz-tcp   per protocol, when the chain is long
               ...
     fwd-lan-dmz-tcp
-              -p tcp --dport 0:79 -j fwd-lan-dmz-tcp-0    per port bucket, when long
+              -p tcp --dport 0:1023 -j fwd-lan-dmz-tcp-0       per port bucket, when long
+              -p tcp --dport 1024:2047 -j fwd-lan-dmz-tcp-1024 (named by its lowest port)
               ...
 
 Why it is exact: a sub-chain for value v of one dimension (input device,
@@ -37,7 +38,7 @@ rule by rule, and a jump costs as much as a rule.
 Copies cost lines: a rule is copied into every sub-chain a packet it matches may
 enter. A copied rule that iptables writes as several lines (a cross product of
 short address lists, more ports than one multiport line) is written once, in a
-chain of its own (fwd-_0, fwd-_1, ...), and each copy becomes one jump there
+chain of its own (fwc-p42-fwd-0: rule 42's, see _source), and each copy becomes one jump there
 whose match is the rule's devices, protocol and ports (share_expansions); the
 jump returns when the rule does not decide, so first match holds. This keeps
 the arranged output of the benchmark's policies at 0.6-0.8x the lines it had
@@ -147,7 +148,21 @@ class _Arranger:
         self.collided = False  # a name was taken already (the result depends on `taken`)
 
     def chain_name(self, parts: list[str]) -> str:
-        name = base = _NAME_CHARS.sub("_", "-".join([self.prefix, *parts]))
+        return self.unique(_NAME_CHARS.sub("_", "-".join([self.prefix, *parts])))
+
+    def shared_chain_name(self, key: str) -> str:
+        """The chain of held rule KEY (hold_expansions: `p12-0`, policy rule 12's first held
+        rule; `_1a2b3c-0`, by a digest of its label): `fwc-p12-fwd-0` beside the rule's own
+        chains (`fwc-p12-FORWARD`, which `fwc diff` renumbers alike), `fwd-_1a2b3c-0`."""
+        source, count = key.rsplit("-", 1)
+        if source.startswith("_"):
+            return self.chain_name([f"{source}-{count}"])
+        return self.unique(f"fwc-{source}-{self.prefix}-{count}")
+
+    def unique(self, name: str) -> str:
+        """NAME within CHAIN_NAME_MAX (a longer one cut and ended by a digest of it), or
+        the next free numbered variant when the table has it already."""
+        base = name
         if len(name) > proto.CHAIN_NAME_MAX:
             digest = hashlib.sha256(name.encode()).hexdigest()[:6]
             name = base = f"{name[:proto.CHAIN_NAME_MAX - 7]}-{digest}"
@@ -239,7 +254,8 @@ class _Arranger:
 
     def split_ports(self, rules: list[FilterRule], path: list[str],
                     protocol: int) -> list[FilterRule]:
-        """Destination-port buckets covering 0-65535, about sqrt(n) of them, balanced."""
+        """Destination-port buckets covering 0-65535, about sqrt(n) of them, cut by
+        halving (halving_cuts: a cut stays where it is when an edit changes one rule)."""
         ports_of = list(map(_DPORTS, rules))
         with_ports = len(rules) - ports_of.count(())
         if with_ports * 2 < len(rules) or not {None, protocol}.issuperset(
@@ -283,7 +299,9 @@ class _Arranger:
                     members[index].append(rule)
         out: list[FilterRule] = []
         for index, (low, next_low) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            name = self.chain_name([*path, str(index)])
+            # named by its lowest port, not its index: a bucket added or removed elsewhere
+            # in the node leaves the others' names (and the lines jumping to them) alone
+            name = self.chain_name([*path, str(low)])
             self.chains.append(Chain(name, None, tuple(
                 [*members[index],
                  FilterRule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
@@ -304,20 +322,65 @@ _PROTOCOL = attrgetter("match.protocol")
 _LOW = itemgetter(0)  # of a PortRange
 
 
-def _port_cuts(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
-    """The lowest ports of the buckets after the first: the lows of every range of every
-    list in PORTS_OF (with multiplicity) cut into BUCKETS parts of about equal size, i.e.
-    `sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})` of their
-    sorted lows. Most places of a chain are copies of a few thousand rules: each low is
-    counted in C and only the distinct ones sorted, with the position each one's run ends
-    at (a sort of every place's low was the larger part of split_ports)."""
-    times = Counter(map(_LOW, chain_all.from_iterable(ports_of)))
-    lows = sorted(times)
+def low_counts(ports_of: list[tuple[PortRange, ...]]) -> Counter[int]:
+    """How many ranges of the lists in PORTS_OF start at each port (with multiplicity).
+    Most places of a chain are copies of a few thousand rules: counted in C."""
+    return Counter(map(_LOW, chain_all.from_iterable(ports_of)))
+
+
+def halving_cuts(times: Mapping[int, int], buckets: int) -> list[int]:
+    """The arranger's cut rule: the lowest ports of the buckets after the first, for port
+    lows counted in TIMES (low_counts) and about BUCKETS buckets. The port space is halved,
+    and a half halved again while it holds more lows than `most` (the power of two nearest
+    total / BUCKETS) and at least two distinct lows (a half of one distinct low gains
+    nothing from a cut: each of its rules would land in one side anyway).
+
+    Why halving: a cut sits at a fixed port (a midpoint of a halving), so one edit that
+    adds, removes or swaps a low moves a cut only where it makes one half's count cross
+    `most` (or moves `most` itself, rarely: a power of two). Equal-count quantiles
+    (quantile_cuts) moved a cut in 52-78 % of single changes, and with it the contents
+    of the buckets beside it, so a one-line edit rewrote lines far from its rule
+    (docs/performance.md, issue 12, twenty-sixth session)."""
+    lows = sorted(low for low, n in times.items() if n)
+    if not lows:
+        return []
+    ends = [0, *accumulate(times[low] for low in lows)]  # lows before each position
+    most = 2 ** round(math.log2(max(1.0, ends[-1] / max(1, buckets))))
+    cuts: list[int] = []
+    halves = [(0, PORT_MAX)]
+    while halves:
+        low, high = halves.pop()
+        first, past = bisect.bisect_left(lows, low), bisect.bisect_right(lows, high)
+        if past - first > 1 and ends[past] - ends[first] > most:
+            middle = (low + high + 1) // 2
+            cuts.append(middle)
+            halves += [(low, middle - 1), (middle, high)]
+    return sorted(cuts)
+
+
+def quantile_cuts(times: Mapping[int, int], buckets: int) -> list[int]:
+    """The former cut rule, kept for comparison (bench/patchfloor.py --quantiles): the
+    lows counted in TIMES cut into BUCKETS parts of about equal size, i.e.
+    `sorted({lows[(i * len(lows)) // buckets] for i in range(1, buckets)} - {0})` of the
+    sorted lows with multiplicity. Balanced, but one change of one low shifts every
+    quantile after it (see halving_cuts)."""
+    lows = sorted(low for low, n in times.items() if n)
+    if not lows:
+        return []
     ends = list(accumulate(map(times.__getitem__, lows)))  # sorted positions past each
     total = ends[-1]
     # (the low at position k of the sorted lows is the one whose run ends past k)
     return sorted({lows[bisect.bisect_right(ends, (i * total) // buckets)]
                    for i in range(1, buckets)} - {0})
+
+
+# The rule split_ports cuts with (one place: bench/patchfloor.py swaps it to compare).
+PORT_CUT_RULE: Callable[[Mapping[int, int], int], list[int]] = halving_cuts
+
+
+def _port_cuts(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
+    """The lowest ports of the buckets after the first, by PORT_CUT_RULE."""
+    return PORT_CUT_RULE(low_counts(ports_of), buckets)
 
 
 def _buckets(bounds: list[int], dports: tuple[PortRange, ...]) -> tuple[int, ...]:
@@ -355,6 +418,7 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
     match, a placeholder target) for the arrangement, and the rule behind each placeholder.
     share_expansions then counts a rule's copies by its placeholder's name."""
     held: dict[str, FilterRule] = {}
+    per_source: Counter[str] = Counter()  # held rules so far per source (see _source)
     out = list(rules)
     # Only a rule with a list of two addresses or more on a side, or more ports than one
     # multiport line holds (2 * ports > MULTIPORT_MAX), may be several lines: those are
@@ -367,10 +431,25 @@ def hold_expansions(rules: list[FilterRule]) -> tuple[list[FilterRule], dict[str
         rule = rules[position]
         if rendered_lines(rule.match) < 2:
             continue  # one line after all
-        name = f"{_HELD}{len(held)}"
+        source = _source(rule.origin)
+        name = f"{_HELD}{source}-{per_source[source]}"
+        per_source[source] += 1
         held[name] = rule
         out[position] = FilterRule(rule.match, name, rule.origin)
     return out, held
+
+
+def _source(origin: Origin) -> str:
+    """A short name of ORIGIN's source: its policy rule's number ("p12", as the rule's own
+    chains and rate buckets carry it, fwc.backend.lower.build), else a digest of its
+    label. A held rule is called by it and its count among the held rules of that
+    source before it (hold_expansions), so its chain's name depends on its own rule
+    only: an edit elsewhere cannot rename it (a global running number did: one moved
+    port cut renumbered every shared chain after it), and `fwc diff` reads an inserted
+    rule's renumbering of it as of the rule's own chains (fwc.diffing.renumber)."""
+    if origin.kind == "policy" and origin.rule is not None:
+        return f"p{origin.rule.index + 1}"
+    return "_" + hashlib.sha256(origin.label.encode()).hexdigest()[:6]
 
 
 _ONE = 1
@@ -380,7 +459,7 @@ _DESTINATION_CIDRS = attrgetter("match.destination.cidrs")
 
 
 def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[str, FilterRule],
-                     chain_name: Callable[[list[str]], str],
+                     chain_name: Callable[[str], str],
                      origin: Callable[[str], Origin]) -> tuple[list[FilterRule], list[Chain]]:
     """An arrangement (BODY, CHAINS) of placeholders (hold_expansions) with each HELD rule
     that the arrangement copied into several chains moved into a chain of its own, once,
@@ -396,9 +475,12 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
     once. Fewer rule tests too: a packet that the jump's devices, protocol, ports or
     single address exclude tests one line, not m.
 
-    Chains are named in the order of their first copy: the output is deterministic.
+    A chain is named by its held rule's source and count (hold_expansions, CHAIN_NAME:
+    `fwc-p42-fwd-0`, policy rule 42's first held rule), never by a running number:
+    deterministic, and renamed only by an edit of its own rule (or, as the rule's own
+    chains are, by a rule inserted before it).
     """
-    count: dict[str, int] = {}  # copies per placeholder, in the order of its first copy
+    count: dict[str, int] = {}  # copies per placeholder
     # where the placeholders are: (chain index, -1 for the body; positions in it)
     places: list[tuple[int, list[int]]] = []
     placeholders = held.keys()
@@ -416,16 +498,19 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
             count[target] = count.get(target, 0) + 1  # type: ignore[index]
     final: dict[str, FilterRule] = {}
     made: list[Chain] = []
-    for placeholder, copies in count.items():
-        whole = held[placeholder]
+    # (in the held rules' order, the flat chain's: where a shared chain is declared does
+    # not depend on which copy of it the tree meets first)
+    for placeholder in filter(count.__contains__, held):
+        copies, whole = count[placeholder], held[placeholder]
         lines = rendered_lines(whole.match)
         if copies * lines - (copies + lines + 1) < SHARE_MIN_SAVING:
             final[placeholder] = whole
             continue
-        name = chain_name([f"_{len(made)}"])
+        name = chain_name(placeholder.removeprefix(_HELD))
         made.append(Chain(name, None, (whole,)))
-        final[placeholder] = FilterRule(_entry(whole.match), name,
-                                        origin(f"{whole.origin.label}, in {copies} chains"))
+        # (the jump names its rule, not how many copies it has: that count changes with
+        # the tree's shape, and with it every jump's line, after an edit of another rule)
+        final[placeholder] = FilterRule(_entry(whole.match), name, origin(whole.origin.label))
     new_body, out = body, list(chains)
     for index, positions in places:
         rules = list(body if index < 0 else out[index].rules)
@@ -469,7 +554,8 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
         return chain, [], arranger.collided
     chains = arranger.chains
     if held:
-        body, chains = share_expansions(body, chains, held, arranger.chain_name, arranger.origin)
+        body, chains = share_expansions(body, chains, held, arranger.shared_chain_name,
+                                        arranger.origin)
     return replace(chain, rules=tuple(head + body)), chains, arranger.collided
 
 

@@ -52,7 +52,8 @@ _NFT_BEFORE_A_NAME = tuple(f"{verb} {table}-" for verb in ("jump", "goto", "chai
 _NFT_QUOTED_BEFORE = 'limit name "'
 _LONGEST_NFT_BEFORE = max(len(before) for before in _NFT_BEFORE_A_NAME)
 # (`[^":\n]`: a match stays inside one rule of the joined text)
-# (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE, in N chains")
+# (the arrangement's comments name the rule they copy: "fwc arrange: FILE:LINE", and before
+# issue 12's twenty-sixth session ", in N chains" after it: outputs of older versions)
 _LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \d+ chains?)?")')
 # (a C-level callable: a template like r"\1" is expanded by Python code at each match,
 # 3 us each, 1.5 s for the rules files of one member pair at 20,000 rules)
