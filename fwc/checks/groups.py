@@ -15,7 +15,7 @@ from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
 from fwc.model import Cluster, Endpoint, Policy, Rule, VrrpGroup
 from fwc.model.addresses import AddressSet
-from fwc.model.topology import link_scoped
+from fwc.model.topology import link_scoped, subnets
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -116,13 +116,13 @@ def _segment(cluster: Cluster, side: Endpoint) -> str | None:
         return None
     if AddressSet.union(m.addresses for m in cluster.members).covers(addresses):
         return None
-    holders = []
-    for iface in cluster.interfaces:
-        subnets = AddressSet.of(*(a.network for m in cluster.members
-                                  for link in [m.link(iface.name)] if link is not None
-                                  for a in link.addresses if not link_scoped(a.ip)))
-        if subnets.covers(addresses):
-            holders.append(iface.name)
+    held: dict[str, AddressSet] = {}
+    for member in cluster.members:
+        for family in addresses.families:
+            for name, net in subnets(cluster, member, family):
+                if not link_scoped(net.network_address):
+                    held[name] = held.get(name, AddressSet()) | AddressSet.of(net)
+    holders = [name for name, nets in held.items() if nets.covers(addresses)]
     return holders[0] if len(holders) == 1 else None
 
 
