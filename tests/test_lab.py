@@ -186,6 +186,24 @@ def test_a_virtual_link_local_vip_is_the_hosts_gateway_on_its_device(
          "fe80::200:5eff:fe00:233", "dev", host.device]]
 
 
+def test_members_with_link_local_ipv6_only_leave_the_host_the_vips_subnet(
+        tmp_path: Path) -> None:
+    """Members whose only IPv6 addresses on the lan are link-local (legal: FWC203 holds
+    them to fe80::/64) with a global IPv6 VIP: the test host routes through that VIP,
+    so it needs an address in its subnet. It got only a link-local one, and `fwc lab`
+    stopped at `ip -6 route replace default via 2001:db8:1::fe` (No route to host)."""
+    text = EDGE_TEXT
+    for n in (1, 2):
+        assert text.count(f"2001:db8:1::{n}/64") == 1
+        text = text.replace(f"2001:db8:1::{n}/64", f"fe80::{n}/64")
+    policy, cluster = model("edge", text, tmp_path)
+    host = plan(policy, cluster, "fwc7").host("lan")
+    assert host is not None
+    assert ipaddress.ip_address("2001:db8:1::fe") in host.gateways
+    assert any(a.ip in ipaddress.ip_network("2001:db8:1::/64") for a in host.addresses), \
+        host.addresses
+
+
 def test_remap_is_consistent_and_lands_in_doc_ranges(tmp_path: Path) -> None:
     policy, cluster = _private(tmp_path)
     remap = plan_remap(cluster)

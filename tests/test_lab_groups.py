@@ -15,10 +15,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO
 
+from fwc.lab import runner
 from fwc.lab.adapter import load_source
 from fwc.lab.netns import lab_namespaces, teardown
 from fwc.lab.report import render_text, to_dict
@@ -158,3 +160,45 @@ def test_lab_active_active_survives_the_crash_of_either_member(tmp_path: Path) -
     finally:
         teardown(prefix)
     assert lab_namespaces(prefix) == []
+
+
+class _LabWithoutGroupFlows:
+    """The calls _run_active_active makes on a Lab, for a split cluster whose
+    expectations allow no TCP connection between two groups' segments (nothing to
+    drill): the members elect, the expectations are probed, and no flow is found."""
+
+    def __init__(self) -> None:
+        self.nodes = ["fw1", "fw2"]
+        self.plan = SimpleNamespace(
+            expected_vips=lambda: {"fw1": {"192.0.2.254"}, "fw2": {"198.51.100.254"}},
+            cluster=SimpleNamespace(groups=[SimpleNamespace(name="a"),
+                                            SimpleNamespace(name="b")]))
+
+    def build(self) -> None: ...
+    def start_members(self) -> None: ...
+    def start_listeners(self) -> None: ...
+    def wait_groups(self) -> float: return 3.4
+    def progress(self, message: str) -> None: ...
+    def group_flows(self) -> dict[str, object]: return {}
+
+
+def test_a_mismatched_expectation_fails_a_split_cluster_with_nothing_to_drill(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # lab-j: vrrp-groups a (lan, fw1) and b (up, fw2), `allow client -> server`
+    # from lan to up: the replies reach fw2, which drops them (FWC266's asymmetry).
+    # The probe's MISMATCH was printed, yet the lab said PASS (exit 0): with no flow
+    # to drill the run returned before the verdict was judged.
+    mismatch = ProbeResult("allow client -> server service echo", "allow", "groups", "fw1",
+                           "192.0.2.10", "198.51.100.10", "tcp", 5001, "blocked",
+                           "timeout (dropped)", False)
+    monkeypatch.setattr(runner.drills, "probe_expectations",
+                        lambda lab, phase, node, handlers=False: [mismatch])
+    report = LabReport("t", "p", "/tmp/x")
+    runner._run_active_active(_LabWithoutGroupFlows(), report,  # type: ignore[arg-type]
+                              LabOptions(quick=True))
+    assert any("no allowed TCP expectation" in w for w in report.warnings)
+    assert not report.ok
+    assert report.failures == ["expectation 'allow client -> server service echo "
+                               "(tcp/5001)' via groups fw1: kernel blocked "
+                               "(timeout (dropped))"]
+    assert "FAIL" in render_text(report).splitlines()[0]

@@ -226,6 +226,27 @@ def test_fwc266_a_rule_across_groups_with_different_masters(tmp_path: Path) -> N
     assert with_code(run(tmp_path, text), "FWC266") == []
 
 
+def test_fwc266_a_rule_whose_addresses_put_it_across_groups(tmp_path: Path) -> None:
+    # Without `in`/`out` the rule's networks name its segments: client (lan, blue, fw1)
+    # to web (dmz, red, fw2) crosses the members all the same, and fwc query says its
+    # replies reach fw2 (FWC266); the check was silent, and `fwc lab` saw every such
+    # connection dropped.
+    text = variant(("    drop   from any    to any      log \"default\"",
+                    "    accept from client to web      service web\n"
+                    "    drop   from any    to any      log \"default\""))
+    found = assert_diagnostic(run(tmp_path, text), "FWC266", W, 49, "crosses two members")
+    assert "from 'lan' (vrrp-group 'blue', master fw1) to 'dmz' (vrrp-group 'red', " \
+        "master fw2)" in found.message
+    # any (no one segment), the firewall, a VIP, a member's address: nothing to say
+    for rule in ("from client to any  service web", "from client to firewall service web",
+                 "from client to dmz.vip service web",
+                 "from client to 203.0.113.1 service web"):
+        text = variant(("    drop   from any    to any      log \"default\"",
+                        f"    accept {rule}\n    drop   from any    to any      log "
+                        "\"default\""))
+        assert with_code(run(tmp_path, text), "FWC266") == [], rule
+
+
 def test_fwc267_and_fwc268(tmp_path: Path) -> None:
     text = variant(("vrrp { advert 1s  version 3  vrid 71 }",
                     "vrrp { advert 1s  version 3  vrid 71  preempt off }"))

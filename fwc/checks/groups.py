@@ -13,7 +13,9 @@ from collections.abc import Iterable
 
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Related, Severity, error, warning
-from fwc.model import Cluster, Policy, Rule, VrrpGroup
+from fwc.model import Cluster, Endpoint, Policy, Rule, VrrpGroup
+from fwc.model.addresses import AddressSet
+from fwc.model.topology import link_scoped, subnets
 
 E, W = Severity.ERROR, Severity.WARNING
 
@@ -102,14 +104,43 @@ def group_interface_without_vips(policy: Policy) -> Iterable[Diagnostic]:
                             group.span)
 
 
-def _masters(cluster: Cluster, rule: Rule) -> tuple[VrrpGroup, VrrpGroup] | None:
-    """The two groups of RULE's in and out interfaces, when their masters differ."""
-    if rule.in_interface is None or rule.out_interface is None:
+def _segment(cluster: Cluster, side: Endpoint) -> str | None:
+    """The one interface whose segment holds every address SIDE of a rule lists (a
+    network or host on it): the traffic comes from (goes to) there, so it arrives on
+    (leaves by) that interface. None for any, the firewall, a VIP (traffic to the
+    firewall, not through it), the members' own addresses and addresses on no single
+    segment (beyond a router: no route is guessed)."""
+    addresses = side.addresses
+    if side.is_any or side.firewall or not addresses \
+            or any(item.kind == "vip" for item in side.items):
         return None
-    a, b = cluster.group_of(rule.in_interface), cluster.group_of(rule.out_interface)
+    if AddressSet.union(m.addresses for m in cluster.members).covers(addresses):
+        return None
+    held: dict[str, AddressSet] = {}
+    for member in cluster.members:
+        for family in addresses.families:
+            for name, net in subnets(cluster, member, family):
+                if not link_scoped(net.network_address):
+                    held[name] = held.get(name, AddressSet()) | AddressSet.of(net)
+    holders = [name for name, nets in held.items() if nets.covers(addresses)]
+    return holders[0] if len(holders) == 1 else None
+
+
+def _masters(cluster: Cluster, rule: Rule) \
+        -> tuple[tuple[str, VrrpGroup], tuple[str, VrrpGroup]] | None:
+    """RULE's (in interface, its group) and (out interface, its group), when the groups'
+    masters differ. A rule without `in` (`out`) arrives on (leaves by) the segment its
+    sources (destinations) are on: `accept from lan to dmz` crosses the groups of lan
+    and dmz as much as `accept from any to any in lan out dmz` does, and `fwc query`
+    says so."""
+    arrives = rule.in_interface or _segment(cluster, rule.source)
+    leaves = rule.out_interface or _segment(cluster, rule.destination)
+    if arrives is None or leaves is None:
+        return None
+    a, b = cluster.group_of(arrives), cluster.group_of(leaves)
     if a is None or b is None or a is b or a.master == b.master:
         return None
-    return a, b
+    return (arrives, a), (leaves, b)
 
 
 @check("FWC266", "rule path crosses vrrp-groups with different masters", W, """
@@ -119,7 +150,9 @@ to one member, the replies come back through the other. The conntrack state of
 the connection lives on the member that saw its first packet; the other sees
 the replies without state (INVALID, dropped by the automatic rules, or NEW
 without SYN), and conntrackd replicates state for failover, not for packets
-that arrive on the other member meanwhile. Put both interfaces of such traffic
+that arrive on the other member meanwhile. A rule without `in` (`out`) is placed
+on the one segment that holds all its sources (destinations): `accept from lan
+to dmz` crosses as `in lan out dmz` does. Put both interfaces of such traffic
 in one group, or give the two groups the same master.""")
 def asymmetric_path(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _grouped(policy):
@@ -127,9 +160,9 @@ def asymmetric_path(policy: Policy) -> Iterable[Diagnostic]:
             found = _masters(cluster, rule)
             if found is None:
                 continue
-            a, b = found
-            yield warning("FWC266", f"traffic from '{rule.in_interface}' (vrrp-group "
-                          f"'{a.name}', master {a.master}) to '{rule.out_interface}' "
+            (arrives, a), (leaves, b) = found
+            yield warning("FWC266", f"traffic from '{arrives}' (vrrp-group "
+                          f"'{a.name}', master {a.master}) to '{leaves}' "
                           f"(vrrp-group '{b.name}', master {b.master}) crosses two members",
                           rule.span, hint="its replies reach the other member, which holds "
                           "no state for the connection: put both interfaces in one group",

@@ -278,6 +278,9 @@ def _run_active_active(lab: Lab, report: LabReport, options: LabOptions,
         report.warnings.append("no allowed TCP expectation between two segments of "
                                f"vrrp-group {', '.join(missing)}: its connection is not drilled")
     if not flows:
+        # Nothing to drill, but the expectations probed above are still the verdict's:
+        # a MISMATCH among them fails the lab like any other.
+        _judge(report)
         return
     for node in list(lab.nodes):
         label = f"aa-{node.name}-{lab.advert_label}"

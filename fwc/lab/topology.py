@@ -460,6 +460,11 @@ def plan(policy: Policy, cluster: Cluster, prefix: str, remap: Remap | None = No
         bridge = f"br{i}"
         subnets = [remap.network(n) for n in member_subnets(cluster, iface.name)]
         vips = [remap.interface(v) for v in iface.vips]
+        # A family whose members hold only link-local addresses (IPv6: legal, FWC203)
+        # still has its VIPs' subnet: the test host needs an address there to reach
+        # its gateway, the VIP.
+        subnets += [v.network for v in vips if not link_scoped(v.ip)
+                    and not any(v.ip in n for n in subnets)]
         is_sync = iface.name == cluster.sync.link
         segments.append(SegmentPlan(iface.name, bridge, subnets, vips, is_sync))
         for j, member in enumerate(cluster.members):

@@ -949,9 +949,12 @@ class _Lowering:
         if not own or not peers:
             return  # FWC201, FWC203: no member to replicate with
         # Only the peers' states come in: a state injected by another host on the link
-        # passes as ESTABLISHED once this member commits it at a failover. conntrackd
-        # sends from its `IPv4_interface` (multicast) or binds it (UDP): the member's
-        # first sync address.
+        # passes as ESTABLISHED once this member commits it at a failover. Multicast:
+        # conntrackd sends from its `IPv4_interface`, the member's first sync address.
+        # UDP: its client socket is not bound (only the server binds `IPv4_address`),
+        # so the kernel picks the source, the device's primary address in the peer's
+        # subnet: the policy's, unless the device got another address in that subnet
+        # first (docs/ha-pitfalls.md).
         theirs = AddressMatch(peers)
         if sync.transport == "multicast":
             group = AddressMatch((str(sync.group),))
