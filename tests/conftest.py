@@ -25,7 +25,8 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -342,3 +343,31 @@ def edge(tmp_path: Path) -> Path:
     path.parent.mkdir()
     path.write_text(EDGE_TEXT, encoding="utf-8")
     return path
+
+
+def edge_files() -> dict[str, str]:
+    """policies/edge.fw compiled in memory: its cluster's files by `<member>/<file>`."""
+    policy = analyse(EDGE).policy
+    assert policy is not None
+    return {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
+
+
+@contextmanager
+def node_namespace(prefix: str, addresses: Mapping[str, tuple[str, ...]]) -> Iterator[str]:
+    """A network namespace named PREFIX + this process's PID, holding one veth device per
+    key of ADDRESSES (its peer `p<device>` inside too, both up) with those addresses, in
+    that order (the first IPv4 one is the device's primary address). Deleted at the end,
+    with everything in it."""
+    name = f"{prefix}{os.getpid()}"
+    try:
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        for device, held in addresses.items():
+            peer = f"p{device}"
+            subprocess.run(["ip", "-n", name, "link", "add", device, "type", "veth", "peer",
+                            "name", peer], check=True, capture_output=True)
+            for argv in (["link", "set", peer, "up"], ["link", "set", device, "up"],
+                         *(["addr", "add", a, "dev", device, "nodad"] for a in held)):
+                subprocess.run(["ip", "-n", name, *argv], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -24,40 +24,11 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from conftest import REPO, skip_or_fail_without_root
-
-from fwc.backend.output import compile_policy
-from fwc.pipeline import analyse
+from conftest import edge_files, node_namespace, skip_or_fail_without_root
 
 ADDRESSES = {"eth0": ("192.0.2.1/24", "2001:db8:1::1/64"), "eth1": ("198.51.100.1/24",)}
 VIPS = {"192.0.2.254/24", "2001:db8:1::fe/64", "198.51.100.254/24"}
-
-
-def _files() -> dict[str, str]:
-    policy = analyse(REPO / "policies" / "edge.fw").policy
-    assert policy is not None
-    return {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
-
-
-@contextmanager
-def node() -> Iterator[str]:
-    """fw1's namespace: its VRRP devices (veth, their peers inside) with its addresses."""
-    name = f"fwcka{os.getpid()}"
-    try:
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        for device, addresses in ADDRESSES.items():
-            peer = f"p{device}"
-            subprocess.run(["ip", "-n", name, "link", "add", device, "type", "veth", "peer",
-                            "name", peer], check=True, capture_output=True)
-            for argv in (["link", "set", peer, "up"], ["link", "set", device, "up"],
-                         *(["addr", "add", a, "dev", device, "nodad"] for a in addresses)):
-                subprocess.run(["ip", "-n", name, *argv], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def _addresses(ns: str) -> set[str]:
@@ -94,12 +65,12 @@ def _stop_post(dropin: str) -> list[list[str]]:
 
 def test_a_killed_keepalived_leaves_no_vips_behind(tmp_path):
     skip_or_fail_without_root()
-    files = _files()
+    files = edge_files()
     config = tmp_path / "keepalived.conf"
     config.write_text(files["fw1/keepalived.conf"].replace("/etc/fwc/fwc-notify.sh",
                                                             "/bin/true"))
     dropin = files["fw1/keepalived-systemd.conf"]
-    with node() as ns:
+    with node_namespace("fwcka", ADDRESSES) as ns:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "keepalived", "-n", "-l", "-D", "-f", str(config),
              "-p", str(tmp_path / "keepalived.pid"), "-r", str(tmp_path / "vrrp.pid"),
@@ -134,5 +105,5 @@ def test_keepalived_is_restarted_after_a_failure():
     (keepalived 2.2.7 logs "removing VIPs" at its start): the member rejoins the pair."""
     for member in ("fw1", "fw2"):
         unit = configparser.ConfigParser(strict=False)
-        unit.read_string(_files()[f"{member}/keepalived-systemd.conf"])
+        unit.read_string(edge_files()[f"{member}/keepalived-systemd.conf"])
         assert unit["Service"]["Restart"] == "on-failure"

@@ -16,19 +16,13 @@ The daemon (by its PID) and the namespace are gone at the end.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from conftest import REPO, skip_or_fail_without_root
-
-from fwc.backend.output import compile_policy
-from fwc.pipeline import analyse
+from conftest import edge_files, node_namespace, skip_or_fail_without_root
 
 # eth0's first address is not the policy's: keepalived's default source would be it
 ADDRESSES = {"eth0": ("203.0.113.9/24", "192.0.2.1/24", "2001:db8:1::1/64"),
@@ -56,32 +50,9 @@ _LISTENER = textwrap.dedent("""
 """)
 
 
-def _files() -> dict[str, str]:
-    policy = analyse(REPO / "policies" / "edge.fw").policy
-    assert policy is not None
-    return {f.path: f.content.decode() for f in compile_policy(policy)[0].files}
-
-
-@contextmanager
-def node() -> Iterator[str]:
-    name = f"fwcsrc{os.getpid()}"
-    try:
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        for device, addresses in ADDRESSES.items():
-            peer = f"p{device}"
-            subprocess.run(["ip", "-n", name, "link", "add", device, "type", "veth", "peer",
-                            "name", peer], check=True, capture_output=True)
-            for argv in (["link", "set", peer, "up"], ["link", "set", device, "up"],
-                         *(["addr", "add", a, "dev", device, "nodad"] for a in addresses)):
-                subprocess.run(["ip", "-n", name, *argv], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
 def test_adverts_leave_from_the_policy_address_the_peer_takes(tmp_path):
     skip_or_fail_without_root()
-    files = _files()
+    files = edge_files()
     keepalived_conf = files["fw1/keepalived.conf"]
     assert "mcast_src_ip 192.0.2.1\n" in keepalived_conf
     # the peer's rule takes exactly that source
@@ -90,7 +61,7 @@ def test_adverts_leave_from_the_policy_address_the_peer_takes(tmp_path):
     assert re.search(r"-s 192\.0\.2\.1/32 ", peer_rule), peer_rule
     config = tmp_path / "keepalived.conf"
     config.write_text(keepalived_conf.replace("/etc/fwc/fwc-notify.sh", "/bin/true"))
-    with node() as ns:
+    with node_namespace("fwcsrc", ADDRESSES) as ns:
         # (the device's primary address is the foreign one, as `ip` lists it first)
         shown = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"],
                                check=True, capture_output=True, text=True).stdout
