@@ -61,6 +61,14 @@ def test_a_lost_group_connection_fails_the_lab() -> None:
     assert "election: fw1 holds 192.0.2.254; fw2 holds 203.0.113.126" in render_text(report)
 
 
+def test_a_member_holding_no_group_says_so() -> None:
+    # a third member that masters no vrrp-group printed "fw3 holds  after"
+    report = LabReport("three", "p", "/tmp/x")
+    report.election = {"masters": {"fw1": ["192.0.2.254"], "fw3": []}, "seconds": 1.0}
+    assert "election: fw1 holds 192.0.2.254; fw3 holds no VIP after 1.00 s" \
+        in render_text(report)
+
+
 def test_a_probe_through_the_wrong_member_is_a_mismatch() -> None:
     report = LabReport("loadshare", "p", "/tmp/x")
     report.expectations.append(ProbeResult(

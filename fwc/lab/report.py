@@ -79,7 +79,7 @@ def render_text(report: LabReport) -> str:
         out.append(f"  remapped {line}")
     if report.election and "masters" in report.election:  # vrrp-groups
         out.append("  election: " + "; ".join(
-            f"{member} holds {', '.join(vips)}"
+            f"{member} holds {', '.join(vips) or 'no VIP'}"
             for member, vips in report.election["masters"].items())
             + f" after {report.election['seconds']:.2f} s")
     elif report.election:

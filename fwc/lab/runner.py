@@ -265,7 +265,7 @@ def _run_active_active(lab: Lab, report: LabReport, options: LabOptions,
     report.election = {"masters": {m: sorted(v) for m, v in expected.items()},
                        "seconds": round(took, 2)}
     lab.progress("vrrp-groups on their masters after "
-                 f"{took:.2f} s: " + "; ".join(f"{m} holds {', '.join(sorted(v))}"
+                 f"{took:.2f} s: " + "; ".join(f"{m} holds {', '.join(sorted(v)) or 'no VIP'}"
                                                for m, v in expected.items()))
     # Probes from `firewall` go through the first member; the others cross the split
     # cluster as the test hosts' routes send them (each segment to its group's master),
