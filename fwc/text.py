@@ -32,8 +32,9 @@ HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 # fillers are the classic invisible JavaScript identifier).
 _INVISIBLE_PRINTABLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5")
 
-# The line-break look-alikes among them: editors, browsers and `git diff` may break the
-# line there, fwc's lexer does not (only at "\n").
+# The line-break look-alikes among them (U+2028 and U+2029 are the whole of categories
+# Zl and Zp): editors, browsers and `git diff` may break the line there, fwc's lexer
+# does not (only at "\n").
 _LINE_BREAKS = frozenset("\r\x0b\x0c\x85\u2028\u2029")
 
 # The bidirectional formatting characters (embeddings, overrides, isolates and marks).
@@ -74,7 +75,7 @@ def is_hidden(char: str) -> bool:
 
 def is_line_break_look_alike(char: str) -> bool:
     """Whether an editor or a diff may show CHAR as a line break, where fwc reads none."""
-    return char in _LINE_BREAKS or unicodedata.category(char) in ("Zl", "Zp")
+    return char in _LINE_BREAKS
 
 
 def is_bidi_control(char: str) -> bool:

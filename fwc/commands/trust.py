@@ -110,14 +110,12 @@ def named_files(config: ProjectConfig, commands: Mapping[str, str],
             path = resolved(here / Path(word).expanduser())
             if not path.is_relative_to(root) or not path.is_file():
                 continue
-            digest = hashlib.sha256()
             try:
                 with open(path, "rb") as stream:
-                    for block in iter(lambda s=stream: s.read(1 << 16), b""):
-                        digest.update(block)
+                    digest = hashlib.file_digest(stream, "sha256").hexdigest()
             except OSError:
                 continue  # (unreadable: the command cannot run it either)
-            found[str(path.relative_to(root))] = digest.hexdigest()
+            found[str(path.relative_to(root))] = digest
     return found
 
 

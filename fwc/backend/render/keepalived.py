@@ -137,16 +137,19 @@ def tracking(cluster: Cluster, member: Member) -> Tracking:
                     tuple(process_refs))
 
 
+def advert_source(member: Member, interface: str, family: int) -> str | None:
+    """MEMBER's first address of FAMILY on INTERFACE: where its adverts leave from."""
+    link = member.link(interface)
+    own = [a.ip for a in link.addresses if a.version == family] if link else []
+    return str(own[0]) if own else None
+
+
 def unicast_addresses(cluster: Cluster, member: Member, interface: str,
                       family: int) -> tuple[str | None, tuple[str, ...]]:
     """(this member's address, the peers' addresses) on INTERFACE in FAMILY."""
-    def first(m: Member) -> str | None:
-        link = m.link(interface)
-        own = [a.ip for a in link.addresses if a.version == family] if link else []
-        return str(own[0]) if own else None
-    peers = tuple(p for p in (first(m) for m in cluster.members if m.name != member.name)
-                  if p is not None)
-    return first(member), peers
+    peers = tuple(p for p in (advert_source(m, interface, family) for m in cluster.members
+                              if m.name != member.name) if p is not None)
+    return advert_source(member, interface, family), peers
 
 
 def instance_name(interface: str, family: int) -> str:
@@ -211,7 +214,7 @@ def vrrp_instances(cluster: Cluster, member: Member, redact: bool) -> list[VrrpI
                 vips=tuple(str(v) for v in sorted(vips, key=lambda v: not link_scoped(v.ip))),
                 unicast_src=source,
                 unicast_peers=peers,
-                mcast_src=unicast_addresses(cluster, member, iface.name, 4)[0]
+                mcast_src=advert_source(member, iface.name, 4)
                 if family == 4 and not vrrp.unicast else None,
                 unicast_ttl=proto.VRRP_TTL if vrrp.unicast else None,
                 dont_track_primary=iface.name in tracked,
