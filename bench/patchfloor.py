@@ -55,7 +55,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fwc.model import PortRange  # noqa: E402
 
 POLICY = "p.fw"
 # a policy rule's label, also on the jump to a rule's chain of its own (share_expansions)
@@ -184,25 +183,20 @@ def port_record(folder: Path) -> bytes:
         os.chdir(here)
     assert isinstance(front, Modelled)
     nodes: list[tuple[bytes, bytes, int]] = []
-    cuts = arrange._port_cuts
-
-    def recorded(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
-        times = Counter(low for ports in ports_of for low, _ in ports)
-        lows = sorted(times)
-        nodes.append((array("i", lows).tobytes(),
-                      array("i", [times[low] for low in lows]).tobytes(), buckets))
-        return cuts(ports_of, buckets)
-
-    arrange._port_cuts = recorded  # type: ignore[assignment]
-    try:
-        options = options_for(front.policy)
-        for cluster in front.policy.clusters:
-            for member in cluster.members:
-                rulesets = {family: lower(cluster, member, family, options)
-                            for family in (4, 6)}
-                arrange.optimise(member, rulesets, memo=cluster.memo)
-    finally:
-        arrange._port_cuts = cuts  # type: ignore[assignment]
+    options = options_for(front.policy)
+    for cluster in front.policy.clusters:
+        for member in cluster.members:
+            rulesets = {family: lower(cluster, member, family, options)
+                        for family in (4, 6)}
+            # the arranger's own record of its port splits (arrange.PortNode)
+            port_nodes: dict[int, dict[str, tuple[arrange.PortNode, ...]]] = {}
+            arrange.optimise(member, rulesets, memo=cluster.memo, port_nodes=port_nodes)
+            for chains in port_nodes.values():
+                for split in chains.values():
+                    for node in split:
+                        nodes.append((array("i", [low for low, _ in node.lows]).tobytes(),
+                                      array("i", [n for _, n in node.lows]).tobytes(),
+                                      node.target))
     return marshal.dumps(nodes)
 
 

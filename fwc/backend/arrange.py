@@ -98,6 +98,21 @@ PORT_MAX = 65535
 
 
 @dataclass(frozen=True, slots=True)
+class PortNode:
+    """One split by destination-port buckets, as split_ports decided it: what a patch
+    compile (fwc.backend.patch) needs to decide again whether an edit of one rule moves
+    a cut. Packets of PROTOCOL jump to BUCKETS (the chains' names, in port order; BOUNDS:
+    each bucket's lowest port, then PORT_MAX + 1); TARGET is the bucket count the cut
+    rule was asked for and LOWS the lows it cut (low_counts, as sorted (port, count))."""
+
+    protocol: int
+    target: int
+    bounds: tuple[int, ...]
+    buckets: tuple[str, ...]
+    lows: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Dimension:
     """One way of splitting: the value a rule constrains, and the jump for a value.
 
@@ -144,6 +159,7 @@ class _Arranger:
         self.policy = policy
         self.dimensions = _dimensions(names)
         self.chains: list[Chain] = []
+        self.port_nodes: list[PortNode] = []  # split_ports' decisions, in the order made
         self.taken = taken
         self.collided = False  # a name was taken already (the result depends on `taken`)
 
@@ -267,7 +283,8 @@ class _Arranger:
         portless = len(rules) - with_ports
         buckets = max(2, min(round(math.sqrt(len(rules))),
                              with_ports // max(1, 2 * portless)))
-        bounds = [0, *_port_cuts(ports_of, buckets), PORT_MAX + 1]
+        lows = low_counts(ports_of)
+        bounds = [0, *PORT_CUT_RULE(lows, buckets), PORT_MAX + 1]
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
         # the buckets of a port list, once per distinct list (rules share services)
         buckets_of: dict[tuple[PortRange, ...], tuple[int, ...]] = {}
@@ -298,16 +315,20 @@ class _Arranger:
                 for index in indexes:
                     members[index].append(rule)
         out: list[FilterRule] = []
+        names: list[str] = []
         for index, (low, next_low) in enumerate(zip(bounds, bounds[1:], strict=False)):
             # named by its lowest port, not its index: a bucket added or removed elsewhere
             # in the node leaves the others' names (and the lines jumping to them) alone
             name = self.chain_name([*path, str(low)])
+            names.append(name)
             self.chains.append(Chain(name, None, tuple(
                 [*members[index],
                  FilterRule(Match(), self.policy, self.origin(f"{self.builtin} policy"))])))
             out.append(FilterRule(Match(protocol=protocol,
                                         dports=(PortRange(low, next_low - 1),)),
                                   name, self.origin(f"ports {low}-{next_low - 1}")))
+        self.port_nodes.append(PortNode(protocol, buckets, tuple(bounds), tuple(names),
+                                        tuple(sorted(lows.items()))))
         # Only packets of `protocol` enter this chain, and every one of them takes a bucket;
         # the protocol-free rules follow anyway, so the chain is right on its own too.
         out.extend(r for r in rules if r.match.protocol is None)
@@ -526,10 +547,10 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int, split_min: int,
                   clip_ports: bool, copies_max_share: int = 0) \
-        -> tuple[Chain, list[Chain], bool]:
-    """CHAIN arranged (and the chains it jumps to), and whether a chain name it wanted
-    was in `taken` already. Without clip_ports, copied multi-line rules get a chain of
-    their own (share_expansions)."""
+        -> tuple[Chain, list[Chain], bool, tuple[PortNode, ...]]:
+    """CHAIN arranged (and the chains it jumps to), whether a chain name it wanted
+    was in `taken` already, and its port splits (PortNode). Without clip_ports, copied
+    multi-line rules get a chain of their own (share_expansions)."""
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     # The head stays first and flat: the automatic rules every packet meets (established,
     # invalid, ...). Policy rules never belong to it, with or without devices: a policy
@@ -541,7 +562,7 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
         head_end += 1
     head, rest = rules[:head_end], rules[head_end:]
     if len(rest) < min_rules or chain.policy is None:
-        return chain, [], False
+        return chain, [], False, ()
     arranger = _Arranger(chain.name, prefix, chain.policy, names, taken, split_min, clip_ports,
                          copies_max_share)
     moved = [arranger.as_moved(r) for r in rest]
@@ -551,12 +572,13 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
         moved, held = hold_expansions(moved)
     body = arranger.arrange(moved, list(order), [])
     if body == moved:
-        return chain, [], arranger.collided
+        return chain, [], arranger.collided, ()
     chains = arranger.chains
     if held:
         body, chains = share_expansions(body, chains, held, arranger.shared_chain_name,
                                         arranger.origin)
-    return replace(chain, rules=tuple(head + body)), chains, arranger.collided
+    return (replace(chain, rules=tuple(head + body)), chains, arranger.collided,
+            tuple(arranger.port_nodes))
 
 
 @dataclass(slots=True)
@@ -567,7 +589,7 @@ class _Previous:
 
     key: tuple[object, ...] | None = None
     chain: Chain | None = None
-    result: tuple[Chain, tuple[Chain, ...]] = (Chain("", None), ())
+    result: tuple[Chain, tuple[Chain, ...], tuple[PortNode, ...]] = (Chain("", None), (), ())
     named: frozenset[str] = frozenset()  # the chain names it took
     # A name it wanted was taken: the names depend on the table's other chains.
     collided: bool = True
@@ -576,12 +598,12 @@ class _Previous:
 def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
               names: dict[str, str], taken: set[str], order: tuple[str, ...], min_rules: int,
               split_min: int, clip_ports: bool, copies_max_share: int) \
-        -> tuple[Chain, list[Chain]]:
+        -> tuple[Chain, list[Chain], tuple[PortNode, ...]]:
     """arrange_chain, or the previous member's result when everything it reads is equal."""
     if memo is None:
-        new, extra, _ = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                      split_min, clip_ports, copies_max_share)
-        return new, extra
+        new, extra, _, nodes = arrange_chain(chain, prefix, names, taken, order, min_rules,
+                                             split_min, clip_ports, copies_max_share)
+        return new, extra, nodes
     previous = memo.get(("arranged", family, chain.name, clip_ports), _Previous)
     key = (prefix, tuple(sorted(names.items())), order, min_rules, split_min, copies_max_share)
     # The table's other chains (`taken`) only matter when a name collides: reused when
@@ -589,19 +611,20 @@ def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
     if previous.key == key and not previous.collided and previous.chain == chain \
             and previous.named.isdisjoint(taken):
         taken |= previous.named
-        return previous.result[0], list(previous.result[1])
+        return previous.result[0], list(previous.result[1]), previous.result[2]
     before = set(taken)
-    new, extra, collided = arrange_chain(chain, prefix, names, taken, order, min_rules,
-                                         split_min, clip_ports, copies_max_share)
+    new, extra, collided, nodes = arrange_chain(chain, prefix, names, taken, order, min_rules,
+                                                split_min, clip_ports, copies_max_share)
     previous.key, previous.chain, previous.collided = key, chain, collided
-    previous.result, previous.named = (new, tuple(extra)), frozenset(taken - before)
-    return new, extra
+    previous.result, previous.named = (new, tuple(extra), nodes), frozenset(taken - before)
+    return new, extra, nodes
 
 
 def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None, *,
             min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
             clip_ports: bool = False, memo: Memo | None = None,
-            copies_max_share: int | None = None) -> NodeRuleset:
+            copies_max_share: int | None = None,
+            port_nodes: dict[str, tuple[PortNode, ...]] | None = None) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
@@ -614,7 +637,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     chain of its own, when that saves SHARE_MIN_SAVING lines (share_expansions).
     copies_max_share: a split by device is left out when its copies would add more than
     1/copies_max_share of the rules (0: no bound); by default COPIES_MAX_SHARE with
-    clip_ports (nftables), no bound without (iptables).
+    clip_ports (nftables), no bound without (iptables). PORT_NODES, when given, gets each
+    arranged built-in chain's port splits (PortNode) by the chain's name.
     """
     if copies_max_share is None:
         copies_max_share = COPIES_MAX_SHARE if clip_ports else 0
@@ -631,9 +655,11 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         current = table.chain(builtin)
         if current is None:
             continue
-        new, extra = _arranged(memo, ruleset.family, current, prefix, names, taken,
-                               orders[builtin], min_rules, split_min, clip_ports,
-                               copies_max_share)
+        new, extra, nodes = _arranged(memo, ruleset.family, current, prefix, names, taken,
+                                      orders[builtin], min_rules, split_min, clip_ports,
+                                      copies_max_share)
+        if port_nodes is not None:
+            port_nodes[str(builtin)] = nodes
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
@@ -644,20 +670,25 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
 def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
              clip_ports: bool = False, memo: Memo | None = None,
              ipset_threshold: int = proto.IPSET_THRESHOLD, min_rules: int = ARRANGE_MIN_RULES,
-             split_min: int = SPLIT_MIN_RULES, copies_max_share: int | None = None) \
+             split_min: int = SPLIT_MIN_RULES, copies_max_share: int | None = None,
+             port_nodes: dict[int, dict[str, tuple[PortNode, ...]]] | None = None) \
         -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
     """The default speed passes for one member: ipsets for long address lists, then the
     arranged FORWARD/INPUT chains. Returns the rulesets per family and every set.
     MEMO: the cluster's per-run memo, to reuse the previous member's arrangement of an
     equal chain (arrange). The thresholds are the passes' own (use_ipsets, arrange); tests
-    lower them to give small policies sets and arranged chains."""
+    lower them to give small policies sets and arranged chains. PORT_NODES, when given,
+    gets the port splits (PortNode) per family and built-in chain (arrange)."""
     names = {link.device: link.interface for link in member.links}
     out: dict[int, NodeRuleset] = {}
     sets: list[IpSet] = []
     for family, ruleset in sorted(rulesets.items()):
         with_sets, made = use_ipsets(ruleset, ipset_threshold, memo=memo)
         sets.extend(made)
+        nodes: dict[str, tuple[PortNode, ...]] | None = None
+        if port_nodes is not None:
+            nodes = port_nodes[family] = {}
         out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo,
                               min_rules=min_rules, split_min=split_min,
-                              copies_max_share=copies_max_share)
+                              copies_max_share=copies_max_share, port_nodes=nodes)
     return out, tuple(sets)

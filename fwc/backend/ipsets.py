@@ -336,3 +336,16 @@ _DESTINATION_CIDRS = attrgetter("match.destination.cidrs")
 def set_contents(sets: Iterable[IpSet]) -> dict[str, tuple[str, ...]]:
     return {s.name: s.cidrs for s in sets}
 
+
+
+def with_sets_alone(rules: tuple[Rule, ...], family: int,
+                    threshold: int = proto.IPSET_THRESHOLD) -> tuple[list[Rule], dict[str, IpSet]]:
+    """RULES (one policy rule's lines of one chain) with their long address lists in sets
+    as `use_ipsets` makes them when no other list took a set's name (`_Namer`), and the
+    sets they name. A patch compile (fwc.backend.patch) checks those sets against the
+    previous compile's: a name it finds with other addresses there is a collision, which
+    the whole ruleset's naming would have numbered."""
+    namer = _Namer(family, threshold)
+    namer.watch()
+    out = _with_sets(rules, namer, threshold)
+    return out, dict(namer.used)

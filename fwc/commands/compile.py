@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fwc import parallel
+from fwc.backend import patch
 from fwc.backend.output import (
+    ClusterStream,
     FileStream,
     OutputError,
     creation_context,
@@ -67,6 +69,32 @@ def _output_key(analysis_key: str, args: argparse.Namespace) -> str:
     (options; the umask, user and group they are created with)."""
     what = [analysis_key, bool(args.redact_secrets), args.backend or "", *creation_context()]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def _base_key(args: argparse.Namespace) -> str:
+    """The cache entry of what the output directory was compiled from (patch.PatchBase):
+    the directory and the policy, with what shapes the files."""
+    return patch.base_key(Path(args.output), [
+        str(Path(args.file).absolute()), [str(p) for p in args.include_path],
+        bool(args.redact_secrets), args.backend or "", *creation_context()])
+
+
+def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
+             backend: Backend | None, cache: ResultCache) -> patch.Patch | None:
+    """A patch compile of an edit of one rule over the output directory's previous
+    compile (fwc.backend.patch), or None: compile in full."""
+    base = patch.PatchBase.of_json(cache.get_json(patch.KIND, _base_key(args)))
+    if base is None:
+        return None
+    record = OutputRecord.of_json(cache.get_json("out", base.out_key))
+    if record is None or not unchanged_output(Path(args.output), record, cache.secret_hash,
+                                              args.force):
+        return None
+    try:
+        return patch.patch(policy, texts, base, record, Path(args.output), backend,
+                           cache.secret_hash)
+    except patch.Refused:
+        return None
 
 
 def _compile(args: argparse.Namespace, progress: Progress) -> int:
@@ -135,18 +163,33 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
 
     Each file is written to the staging copy as soon as it is built (a large policy's
     output is never held at once), so a compile failure surfaces here too."""
-    # Chain texts kept for the next member spill to the output's disk (the directory that
-    # holds the output directory and its staging copy), not to a temporary directory that
-    # may be memory.
-    streams: Sequence[FileStream] = stream_policy(
-        policy, redact=args.redact_secrets, progress=building, backend=backend,
-        chunked=True, spill_dir=str(Path(args.output).parent))
+    patched = _patched(args, policy, texts, backend, cache) \
+        if cache is not None and key is not None else None
+    streams: Sequence[FileStream]
+    if patched is not None:
+        streams = patched.streams
+    else:
+        # Chain texts kept for the next member spill to the output's disk (the directory
+        # that holds the output directory and its staging copy), not to a temporary
+        # directory that may be memory.
+        streams = stream_policy(
+            policy, redact=args.redact_secrets, progress=building, backend=backend,
+            chunked=True, spill_dir=str(Path(args.output).parent))
     keep_until_exit(args, streams)
     name = policy_name(policy)
     if cache is None or key is None:
         return _write(args, progress, verdict, texts, name, streams)
-    return _write_and_store(args, progress, verdict, texts, name, streams, cache,
-                            _output_key(key, args))
+    out_key = _output_key(key, args)
+    status = _write_and_store(args, progress, verdict, texts, name, streams, cache, out_key)
+    if status == 0 and verdict.stored():
+        base = patched.base if patched is not None else patch.PatchBase(
+            "", dict(texts), patch.forward_nodes(
+                {s.name: s.port_nodes for s in streams if isinstance(s, ClusterStream)}),
+            patch.rule_spans(policy))
+        with contextlib.suppress(OSError):
+            cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
+                out_key, base.texts, base.nodes, base.spans).as_json())
+    return status
 
 
 def _with_backend(diagnostics: list[Diagnostic], policy: Policy | None,

@@ -1569,6 +1569,28 @@ def lower(cluster: Cluster, member: Member, family: int,
                             lambda: _Lowering(cluster, member, family, options, shared).build())
 
 
+def lower_rule(cluster: Cluster, member: Member, family: int, options: LowerOptions,
+               position: int) -> dict[str, dict[ChainName, list[Rule]]]:
+    """The lines the policy rule at POSITION of cluster.rules adds to the member's ruleset
+    of FAMILY, by table (`_Tables` attribute: raw, raw_user, filter, filter_user) and chain,
+    its conntrack helpers included: what `filter_rules` adds for it (`one_rule`), lowered
+    alone (a patch compile of an edit of that rule, fwc.backend.patch). Only the rule's
+    own sides and services are numbered (0, 1 and 0), so nothing is made for the others."""
+    lowering = _Lowering(cluster, member, family, options)
+    rule = cluster.rules[position]
+    by_name = {"raw": lowering.tables.raw, "raw_user": lowering.tables.raw_user,
+               "filter": lowering.tables.filter, "filter_user": lowering.tables.filter_user}
+    if rule.only is not None and rule.only != member.name:
+        return by_name
+    lowering.sides = [None, None]
+    lowering.service_memo = [_UNKNOWN]
+    lowering.helped = [any(s.helper is not None for s in rule.services)]
+    lowered = lowering.rule_lowering(rule, lowering.fw, lowering.sides, (0, 1, 0))
+    if lowered is not _NOTHING:
+        lowering.add_lowered(rule, lowered, by_name)
+    return by_name
+
+
 def _memo_key(member: Member, family: int, options: LowerOptions) -> tuple[object, ...]:
     return ("lower", member.name, family, options)
 

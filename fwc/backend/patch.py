@@ -1,0 +1,628 @@
+"""A patch compile: the files of an in-place edit of one policy rule, spliced into the
+files the previous compile wrote into the same output directory (issue 12).
+
+A one-line edit of a large policy changes a few lines of its output (the arrangement
+cuts ports by halving and names its chains by content, fwc.backend.arrange), yet a
+full compile lowers, arranges and renders every rule again. This module writes the
+same bytes from the previous files, or refuses (`Refused`, with why) and the caller
+compiles in full. It takes an edit only when it can show the full compile would
+decide everything as before:
+
+- exactly one line of one policy file changed, and that line is the whole of one
+  policy filter rule in the old and the new text, at the same position (so every
+  other rule, object and cluster is the same text, and every chain name that holds a
+  rule's number is the same);
+- the old rule and the new one, lowered alone on every member and family
+  (fwc.backend.lower.build.lower_rule, the lowering's own function), add lines to the
+  filter table's FORWARD chain only: no conntrack helper, no raw line, no chain of
+  their own, no INPUT or OUTPUT line (the fail-closed rules are INPUT's and OUTPUT's,
+  and stay as they are); the same number of lines, each pair with the same devices and
+  protocol and both with or both without ports; no RETURN (the arrangement rewrites
+  it); each one iptables line (a rule of several is held and may get a chain of its own,
+  share_expansions), with the sets `use_ipsets` would name for it already in the old
+  ipsets.rules with the same addresses, and every set the old lines named still named
+  by another line;
+- the backend is iptables.
+
+Then the arrangement decides as before: its splits by device and protocol count rules
+per value, and the edited lines have the same values; a port split's bucket count
+depends on how many of its rules have ports, the same; its cuts depend on the ports'
+lows, and are decided again here with the arranger's own rule (PORT_CUT_RULE) from the
+lows the previous compile recorded (PortNode): a moved cut is a refusal. A line of the
+rule in any chain but a port bucket is replaced in place by the new line of the same
+position in the rule; in the buckets of a port split the old lines go and the new ones
+go into the buckets their ports reach (`_buckets`, the arranger's), in policy order.
+
+What the previous compile was is its record in the result cache (`PatchBase`, under
+the output directory's key: the policy's texts and the port splits), and that the
+directory still holds exactly what it wrote is `fwc.backend.record.unchanged_output`;
+every file read back is checked against its recorded digest while it is read.
+tests/test_patch.py compares patched output with full compiles, byte for byte, over
+random policies and edits, and makes every refusal happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fwc.backend.arrange import PORT_CUT_RULE, PortNode, _buckets, low_counts
+from fwc.backend.files import BY_NAME, FILES, Reload
+from fwc.backend.ipsets import IpSet, with_sets_alone
+from fwc.backend.lower import LowerOptions, options_for
+from fwc.backend.lower.build import lower_rule
+from fwc.backend.lower.ruleset import FilterRule, rendered_lines
+from fwc.backend.manifest import NAME as MANIFEST
+from fwc.backend.manifest import Entry
+from fwc.backend.output import OutputFile, PortNodes, _manifest, members_of
+from fwc.backend.record import Hash, OutputRecord, RecordedCluster, _hash_of
+from fwc.backend.render import conntrackd, escape
+from fwc.backend.render.context import MemberBuild
+from fwc.backend.render.ipset import set_lines
+from fwc.backend.render.iptables import rule_bodies
+from fwc.backend.render.registry import Chunks
+from fwc.model import Cluster, Member, Policy, PortRange
+from fwc.model.records import dataclass
+from fwc.model.vocabulary import Backend, BuiltinChain, Target
+
+KIND = "patch"  # the result cache's kind of a PatchBase entry
+_FORWARD = str(BuiltinChain.FORWARD)
+
+
+class Refused(Exception):  # noqa: N818 - a reason, shown in tests and traces
+    """Why this compile cannot be a patch: the caller compiles in full."""
+
+
+@dataclass(frozen=True, slots=True)
+class PatchBase:
+    """What a patch starts from: the compile that wrote the output directory (its
+    OutputRecord's cache key), the policy texts it compiled, and per cluster, member and
+    family the port splits of the iptables arrangement's FORWARD chain."""
+
+    out_key: str
+    texts: dict[str, str]
+    nodes: dict[str, dict[str, dict[int, tuple[PortNode, ...]]]]
+    # per cluster, each filter rule's file (shown name), first and last line
+    spans: dict[str, list[tuple[str, int, int]]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"out": self.out_key, "texts": self.texts,
+                "spans": {cluster: [list(span) for span in spans]
+                          for cluster, spans in self.spans.items()},
+                "nodes": {cluster: {member: {str(family): [
+                    [n.protocol, n.target, list(n.bounds), list(n.buckets),
+                     [x for pair in n.lows for x in pair]] for n in nodes]
+                    for family, nodes in families.items()}
+                    for member, families in members.items()}
+                    for cluster, members in self.nodes.items()}}
+
+    @classmethod
+    def of_json(cls, value: Any) -> PatchBase | None:
+        """The base a cache entry holds; None when it is not one (entries are
+        authenticated: only another fwc version's could fail here)."""
+        try:
+            out_key, texts = value["out"], value["texts"]
+            spans = {cluster: [(file, first, last) for file, first, last in listed]
+                     for cluster, listed in value["spans"].items()}
+            nodes = {cluster: {member: {int(family): tuple(_node(n) for n in listed)
+                                        for family, listed in families.items()}
+                               for member, families in members.items()}
+                     for cluster, members in value["nodes"].items()}
+        except (TypeError, KeyError, ValueError, AttributeError):
+            return None
+        if not isinstance(out_key, str) or not isinstance(texts, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in texts.items()) \
+                or not all(isinstance(f, str) and type(a) is int and type(b) is int
+                           for listed in spans.values() for f, a, b in listed):
+            return None
+        return cls(out_key, texts, nodes, spans)
+
+
+def rule_spans(policy: Policy) -> dict[str, list[tuple[str, int, int]]]:
+    """Each cluster's filter rules as (file, first line, last line): a PatchBase's."""
+    return {cluster.name: [(r.span.file, r.span.line, r.span.end_line) for r in cluster.rules]
+            for cluster in policy.clusters}
+
+
+def _node(value: Any) -> PortNode:
+    protocol, target, bounds, buckets, flat = value
+    numbers = [protocol, target, *bounds, *flat]
+    if not all(type(n) is int for n in numbers) or len(flat) % 2 \
+            or len(buckets) + 1 != len(bounds) or not all(isinstance(b, str) for b in buckets):
+        raise ValueError("not a port node")
+    return PortNode(protocol, target, tuple(bounds), tuple(buckets),
+                    tuple(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def forward_nodes(port_nodes: Mapping[str, Mapping[str, PortNodes]]) \
+        -> dict[str, dict[str, dict[int, tuple[PortNode, ...]]]]:
+    """The FORWARD port splits of ClusterStream.port_nodes, per cluster (a PatchBase's)."""
+    return {cluster: {member: {family: chains.get(_FORWARD, ())
+                               for family, chains in families.items()}
+                      for member, families in members.items()}
+            for cluster, members in port_nodes.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Edit:
+    shown: str  # the policy file, as its texts and spans name it
+    line: int  # 1-based
+
+
+def _edited_line(old: Mapping[str, str], new: Mapping[str, str]) -> _Edit:
+    if old.keys() != new.keys():
+        raise Refused("the policy reads other files")
+    changed = [name for name in new if old[name] != new[name]]
+    if len(changed) != 1:
+        raise Refused("not one file changed" if changed else "no policy text changed")
+    [shown] = changed
+    before, after = old[shown].split("\n"), new[shown].split("\n")
+    if len(before) != len(after):
+        raise Refused("lines inserted or deleted")
+    lines = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    if len(lines) != 1:
+        raise Refused("more than one line changed")
+    return _Edit(shown, lines[0] + 1)
+
+
+def _rule_at(policy: Policy, edit: _Edit) -> dict[str, int]:
+    """The position of the edited rule in each cluster's rules that has it; Refused when
+    the line holds anything else (a NAT rule, a rule of several lines or on a line with
+    another rule)."""
+    found: dict[str, int] = {}
+    for cluster in policy.clusters:
+        for position, rule in enumerate(cluster.rules):
+            span = rule.span
+            if span.file == edit.shown and span.line <= edit.line <= span.end_line:
+                if span.line != span.end_line or cluster.name in found:
+                    raise Refused("the line is not one whole rule")
+                found[cluster.name] = position
+        for nat in cluster.nat:
+            span = nat.span
+            if span.file == edit.shown and span.line <= edit.line <= span.end_line:
+                raise Refused("a NAT rule")
+    if not found:
+        raise Refused("the line holds no policy rule")
+    return found
+
+
+def _rules_file(family: int) -> str:
+    return next(f.name for f in FILES if f.target == "iptables" and f.reload is Reload.RULES
+                and f.family == family)
+
+
+def _forward_lines(cluster: Cluster, member: Member, family: int, options: LowerOptions,
+                   position: int) -> list[FilterRule]:
+    """The rule's lines on the member, which must all be FORWARD's (see the module)."""
+    lowered = lower_rule(cluster, member, family, options, position)
+    forward: list[FilterRule] = []
+    for table, chains in lowered.items():
+        for chain, rules in chains.items():
+            if not rules:
+                continue
+            if table != "filter" or chain != BuiltinChain.FORWARD:
+                raise Refused(f"the rule has lines in {table} {chain}")
+            forward = [r for r in rules if isinstance(r, FilterRule)]
+            if len(forward) != len(rules):
+                raise Refused("the rule has a line of another kind")
+    return forward
+
+
+def _one_line(rules: list[FilterRule], family: int) -> tuple[FilterRule, dict[str, IpSet]]:
+    """The rule's one FORWARD line, with the sets use_ipsets names for it."""
+    with_sets, sets = with_sets_alone(tuple(rules), family)
+    if len(with_sets) != 1 or not isinstance(with_sets[0], FilterRule):
+        raise Refused("the rule has several lines in FORWARD")
+    [line] = with_sets
+    if rendered_lines(line.match) != 1:
+        raise Refused("the rule is several iptables lines")
+    if line.target is Target.RETURN:
+        raise Refused("a RETURN line (the arrangement rewrites it)")
+    return line, sets
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What the arrangement reads of one rules-file line (before its comment): its
+    devices and protocol as written, its destination ports, and the sets it names."""
+
+    places: tuple[bytes | None, bytes | None, bytes | None]  # -i, -o, -p
+    ports: tuple[PortRange, ...]
+    sets: tuple[str, ...]
+
+
+_COMMENT_WORD = b" -m comment --comment "
+
+
+def _read(body: bytes) -> _Read:
+    """A line's words as the iptables renderer writes them (rule_bodies); Refused for
+    anything this reading would not be sure of."""
+    end = body.find(_COMMENT_WORD)
+    if end < 0 or b'"' in body[:end]:
+        raise Refused("a line this patch cannot read")
+    words = body[:end].split(b" ")
+    places: dict[bytes, bytes] = {}
+    ports: tuple[PortRange, ...] = ()
+    sets: list[str] = []
+    for i, word in enumerate(words[:-1]):
+        negated = i > 0 and words[i - 1] == b"!"
+        if word in (b"-i", b"-o", b"-p", b"--dport", b"--dports"):
+            if negated or word in places:
+                raise Refused("a line this patch cannot read")
+            places[word] = words[i + 1]
+        elif word == b"--match-set":
+            sets.append(words[i + 1].decode())
+    text = places.pop(b"--dport", None) or places.pop(b"--dports", None)
+    if text is not None:
+        try:
+            ports = tuple(PortRange(*(int(n) for n in (p.split(b":") * 2)[:2]))
+                          for p in text.split(b","))
+        except (TypeError, ValueError):
+            raise Refused("a line this patch cannot read") from None
+    return _Read((places.get(b"-i"), places.get(b"-o"), places.get(b"-p")), ports,
+                 tuple(sets))
+
+
+def _splice(text: bytes, label: str, new: FilterRule, nodes: tuple[PortNode, ...],
+            order: Callable[[str], int | None], position: int) \
+        -> tuple[list[tuple[int, int, bytes]], tuple[PortNode, ...], _Read | None]:
+    """The edits (start, end, new bytes) that make TEXT's rules file the new rule's, the
+    port splits after them, and what the old line named (None: the rule had none)."""
+    quoted = escape.iptables_comment(label).encode()
+    token = b" --comment " + quoted
+    filter_at = text.find(b"\n*filter\n")
+    first = text.find(token)
+    if filter_at < 0 or 0 <= first < filter_at:
+        raise Refused("the rule had lines outside the filter table")
+    if text.find(b' --comment "fwc arrange: ' + quoted[1:]) >= 0:
+        raise Refused("the rule had a chain of its own")
+    # the rule's lines by chain, in file order: (start, end)
+    by_chain: dict[bytes, tuple[int, int]] = {}
+    bodies: set[bytes] = set()
+    at = first
+    while at >= 0:
+        start, end = _line_bounds(text, at)
+        chain = _chain_of(text[start:end])
+        if chain != b"FORWARD" and not chain.startswith(b"fwd-"):
+            raise Refused("the rule had lines outside FORWARD")
+        if chain in by_chain:
+            raise Refused("the rule had several lines in a chain")
+        by_chain[chain] = (start, end)
+        bodies.add(text[start + 4 + len(chain):end - 1])
+        at = text.find(token, end)
+    if not by_chain:
+        raise Refused("the rule had no line here")
+    if len(bodies) != 1:
+        raise Refused("the rule had several lines")
+    old = _read(bodies.pop())
+    new_body = rule_bodies(new)[0].encode()
+    now = _read(new_body)
+    if now.ports != new.match.dports:
+        raise Refused("a line this patch cannot read")
+    if old.places != now.places or bool(old.ports) != bool(now.ports):
+        raise Refused("the rule moves to another device or protocol")
+    bucket_of = {name.encode(): (n, b) for n, node in enumerate(nodes)
+                 for b, name in enumerate(node.buckets)}
+    edits: list[tuple[int, int, bytes]] = []
+    in_nodes: dict[int, dict[int, tuple[int, int]]] = {}
+    for chain, (start, end) in by_chain.items():
+        place = bucket_of.get(chain)
+        if place is not None:
+            in_nodes.setdefault(place[0], {})[place[1]] = (start, end)
+        else:
+            edits.append((start, end, b"-A " + chain + b" " + new_body + b"\n"))
+    after = list(nodes)
+    for n, buckets in in_nodes.items():
+        after[n] = _respliced(text, nodes[n], buckets, old.ports, new.match.dports, new_body,
+                              order, position, edits)
+    return edits, tuple(after), old
+
+
+def _respliced(text: bytes, node: PortNode, buckets: dict[int, tuple[int, int]],
+               old_ports: tuple[PortRange, ...], new_ports: tuple[PortRange, ...],
+               new_body: bytes, order: Callable[[str], int | None], position: int,
+               edits: list[tuple[int, int, bytes]]) -> PortNode:
+    """The edits of one port split's buckets, and the split after them (its cuts must
+    not move)."""
+    bounds = list(node.bounds)
+    everywhere = tuple(range(len(node.buckets)))
+    if set(_buckets(bounds, old_ports) if old_ports else everywhere) != set(buckets):
+        raise Refused("the recorded port split does not hold the rule as recorded")
+    lows = Counter(dict(node.lows))
+    if old_ports:
+        lows.subtract(low_counts([old_ports]))
+        lows.update(low_counts([new_ports]))
+    if any(n < 0 for n in lows.values()):
+        raise Refused("the recorded port split does not count the rule")
+    lows = +lows
+    if [0, *PORT_CUT_RULE(lows, node.target), bounds[-1]] != bounds:
+        raise Refused("a port cut moves")
+    goes = set(_buckets(bounds, new_ports) if new_ports else everywhere)
+    for b in sorted(set(buckets) | goes):
+        prefix = b"-A " + node.buckets[b].encode() + b" "
+        line = prefix + new_body + b"\n" if b in goes else b""
+        old = buckets.get(b)
+        if old is not None:
+            edits.append((old[0], old[1], line))
+        else:
+            at = _insertion(text, prefix, order, position)
+            edits.append((at, at, line))
+    return PortNode(node.protocol, node.target, node.bounds, node.buckets,
+                    tuple(sorted(lows.items())))
+
+
+def _line_bounds(text: bytes, at: int) -> tuple[int, int]:
+    start = text.rfind(b"\n", 0, at) + 1
+    end = text.find(b"\n", at)
+    if end < 0:
+        raise Refused("a line without its end")
+    return start, end + 1
+
+
+def _chain_of(line: bytes) -> bytes:
+    if not line.startswith(b"-A "):
+        raise Refused("the rule's label outside a rule line")
+    return line[3:line.index(b" ", 3)]
+
+
+_COMMENT = re.compile(rb' --comment "((?:fwc arrange: )?)([^"\\]*)"')
+
+
+def _insertion(text: bytes, prefix: bytes, order: Callable[[str], int | None],
+               position: int) -> int:
+    """Where the rule at POSITION goes in the bucket chain of PREFIX: before its first
+    line of a later rule, else before its last line (the chain's policy)."""
+    start = text.find(b"\n" + prefix)
+    if start < 0:
+        raise Refused("a bucket chain without lines")
+    at = start + 1
+    while text.startswith(prefix, at):
+        end = text.index(b"\n", at) + 1
+        found = _COMMENT.search(text, at, end)
+        if not text.startswith(prefix, end):  # the last line: the chain's policy
+            if found is None or found[1] != b"fwc arrange: " \
+                    or not found[2].endswith(b" policy"):
+                raise Refused("a bucket chain not ending in its policy")
+            return at
+        rank = None if found is None else order(found[2].decode())
+        if rank is None:
+            raise Refused("a line of no single policy rule in a bucket chain")
+        if rank > position:
+            return at
+        if rank == position:
+            raise Refused("the rule is in the bucket already")
+        at = end
+    raise Refused("a bucket chain without its policy")
+
+
+def _policy_order(cluster: Cluster, options: LowerOptions) -> Callable[[str], int | None]:
+    """A rule label's position in the cluster's rules (None: no rule's, or several's)."""
+    names: dict[str, str] = {}
+    positions: dict[str, int | None] = {}
+    for position, rule in enumerate(cluster.rules):
+        file = rule.span.file
+        name = names.get(file)
+        if name is None:
+            name = names[file] = options.source_name(file)
+        label = f"{name}:{rule.span.line}"
+        positions[label] = None if label in positions else position
+    return lambda label: positions.get(label)
+
+
+def _sets_known(ipsets: bytes | None, sets: Mapping[str, IpSet]) -> None:
+    for s in sets.values():
+        block = ("\n".join(set_lines(s)) + "\n").encode()
+        if ipsets is None or (not ipsets.startswith(block) and b"\n" + block not in ipsets):
+            raise Refused("the rule names a set the previous files do not have as it is")
+
+
+def _sets_still_named(texts: list[bytes], edits: Mapping[int, list[tuple[int, int, bytes]]],
+                      names: set[str]) -> None:
+    """Every set of NAMES (the rule's old lines named them, its new ones do not) is still
+    named by a line of another rule."""
+    for name in sorted(names):
+        word = b"--match-set " + escape.iptables_word(name).encode() + b" "
+        for index, text in enumerate(texts):
+            removed = sum(text.count(word, start, end) for start, end, _ in edits[index])
+            if text.count(word) > removed:
+                break
+        else:
+            raise Refused("a set would no longer be named")
+
+
+class _Reader:
+    """The previous output's files, each read once and checked against its record."""
+
+    def __init__(self, directory: Path, cluster: RecordedCluster,
+                 secret_hash: Callable[[], Hash]) -> None:
+        self.directory = directory
+        self.digests = {f.path: f.sha256 for f in cluster.files}
+        self.modes = {path: node[1] for path, node in cluster.tree.items() if node[0] == "f"}
+        self.secret_hash = secret_hash
+        self.kept: dict[str, bytes] = {}
+
+    def read(self, path: str) -> bytes:
+        got = self.kept.get(path)
+        if got is not None:
+            return got
+        expected = self.digests.get(path)
+        if expected is None:
+            raise Refused(f"the previous output has no {path}")
+        fd = os.open(self.directory / path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as stream:
+            data = stream.read()
+        digest = _hash_of(path, self.secret_hash)
+        digest.update(data)
+        if digest.hexdigest() != expected:
+            raise Refused(f"{path} changed since it was written")
+        self.kept[path] = data
+        return data
+
+
+class PatchedCluster:
+    """One cluster's files as the patch makes them (a FileStream for write_output):
+    each member's files read back from the previous output, the rules files spliced,
+    and the MANIFEST made anew (its sources' digests are the new policy's)."""
+
+    def __init__(self, policy: Policy, cluster: Cluster, backend: Backend,
+                 reader: _Reader, spliced: dict[str, tuple[bytes, list[tuple[int, int, bytes]]]],
+                 paths: list[str]) -> None:
+        self.name = cluster.name
+        self._policy = policy
+        self._cluster = cluster
+        self._backend = backend
+        self._reader = reader
+        self._spliced = spliced
+        self._paths = paths
+
+    def files(self) -> Iterator[OutputFile]:
+        entries: list[Entry] = []
+        for path in self._paths:
+            if path == MANIFEST:
+                continue
+            mode = self._reader.modes[path]
+            spliced = self._spliced.get(path)
+            if spliced is None:
+                content = self._reader.read(path)
+                entries.append(Entry.of(path, content))
+                yield OutputFile(path, content, mode)
+                continue
+            chunks = Chunks(_pieces(*spliced))
+            yield OutputFile(path, b"", mode, chunks)
+            entries.append(Entry.of_digest(path, chunks.sha256()))
+        yield OutputFile(MANIFEST, _manifest(self._policy, self._cluster, entries,
+                                             self._backend), self._reader.modes[MANIFEST])
+
+    def members(self) -> dict[str, list[str]]:
+        return members_of(self._paths)
+
+
+def _pieces(text: bytes, edits: list[tuple[int, int, bytes]]) -> Iterator[bytes]:
+    view = memoryview(text)
+    at = 0
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
+        if start < at:
+            raise RuntimeError("overlapping edits of a patch")  # never: one per chain
+        yield bytes(view[at:start])
+        yield replacement
+        at = end
+    yield bytes(view[at:])
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    streams: list[PatchedCluster]
+    base: PatchBase  # for the next compile, once these files are written
+
+
+def patch(policy: Policy, texts: dict[str, str], base: PatchBase, record: OutputRecord,
+          output_dir: Path, backend: Backend | None, secret_hash: Callable[[], Hash]) -> Patch:
+    """The streams of a patch compile of POLICY (read from TEXTS) over the output
+    directory BASE and RECORD describe (the caller checked it still holds exactly that),
+    and the next base; Refused when the edit is not one this module takes (the module's
+    doc)."""
+    edit = _edited_line(base.texts, texts)
+    positions = _rule_at(policy, edit)
+    # The previous text differs in the edited line only, and its rules were where these
+    # are: that line held one whole rule at the same position, and every other rule is
+    # the same text.
+    if rule_spans(policy) != base.spans:
+        raise Refused("the rules are not where they were")
+    if [c.name for c in record.clusters] != [c.name for c in policy.clusters]:
+        raise Refused("the previous output has other clusters")
+    options = options_for(policy)
+    streams: list[PatchedCluster] = []
+    nodes_after = {c: {m: dict(f) for m, f in ms.items()} for c, ms in base.nodes.items()}
+    for cluster, recorded in zip(policy.clusters, record.clusters, strict=True):
+        writes_for = backend or cluster.backend
+        if writes_for is not Backend.IPTABLES:
+            raise Refused(f"backend {writes_for}")
+        reader = _Reader(output_dir / cluster.name, recorded, secret_hash)
+        spliced: dict[str, tuple[bytes, list[tuple[int, int, bytes]]]] = {}
+        position = positions.get(cluster.name)
+        if position is not None:
+            order = _policy_order(cluster, options)
+            rule = cluster.rules[position]
+            label = f"{options.source_name(rule.span.file)}:{rule.span.line}"
+            for member in cluster.members:
+                nodes = base.nodes.get(cluster.name, {}).get(member.name)
+                if nodes is None:
+                    raise Refused(f"no record of member {member.name}'s arrangement")
+                spliced.update(_member_edits(
+                    cluster, member, position, label, options, reader, nodes,
+                    nodes_after[cluster.name][member.name], order))
+        paths = [f.path for f in recorded.files]
+        _rules_only(cluster, options, writes_for, reader, paths)
+        streams.append(PatchedCluster(policy, cluster, writes_for, reader, spliced, paths))
+    return Patch(streams, PatchBase(base.out_key, dict(texts), nodes_after, base.spans))
+
+
+def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reader: _Reader,
+                paths: list[str]) -> None:
+    """Refused when a file the patch copies would change: conntrackd.conf reads whether
+    any rule of the cluster names a service with a conntrack helper (ExpectationSync),
+    whatever its action or lines; rendered again (it is small) and compared."""
+    for path in paths:
+        member_name, _, name = path.partition("/")
+        row = BY_NAME.get(name)
+        if row is None or row.target != "conntrackd":
+            continue
+        member = next(m for m in cluster.members if m.name == member_name)
+        build = MemberBuild(cluster, member, options, backend=backend)
+        fresh = conntrackd.render_file(build, row).encode()
+        if fresh != reader.read(path):
+            raise Refused(f"{path} changes")
+
+
+def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
+                  options: LowerOptions, reader: _Reader,
+                  nodes: dict[int, tuple[PortNode, ...]],
+                  nodes_after: dict[int, tuple[PortNode, ...]],
+                  order: Callable[[str], int | None]) \
+        -> dict[str, tuple[bytes, list[tuple[int, int, bytes]]]]:
+    """The member's rules files that change, with their edits."""
+    out: dict[str, tuple[bytes, list[tuple[int, int, bytes]]]] = {}
+    ipsets_path = f"{member.name}/ipsets.rules"
+    ipsets = reader.read(ipsets_path) if ipsets_path in reader.digests else None
+    old_sets: set[str] = set()
+    new_sets: set[str] = set()
+    texts: list[bytes] = []
+    all_edits: dict[int, list[tuple[int, int, bytes]]] = {}
+    token = b" --comment " + escape.iptables_comment(label).encode()
+    for family in (4, 6):
+        lines = _forward_lines(cluster, member, family, options, position)
+        path = f"{member.name}/{_rules_file(family)}"
+        text = reader.read(path)
+        if not lines:
+            if text.find(token) >= 0:
+                raise Refused("the rule's lines go")
+            continue
+        new, sets = _one_line(lines, family)
+        if new.comment != label:
+            raise Refused("the rule's line carries another label")
+        _sets_known(ipsets, sets)
+        new_sets.update(sets)
+        family_nodes = nodes.get(family)
+        if family_nodes is None:
+            raise Refused(f"no record of member {member.name}'s IPv{family} arrangement")
+        edits, after, old = _splice(text, label, new, family_nodes, order, position)
+        if old is not None:
+            old_sets.update(old.sets)
+        nodes_after[family] = after
+        out[path] = (text, edits)
+        all_edits[len(texts)] = edits
+        texts.append(text)
+    _sets_still_named(texts, all_edits, old_sets - new_sets)
+    return out
+
+
+def base_key(output_dir: Path, what: list[object]) -> str:
+    """The cache key of the PatchBase of OUTPUT_DIR (absolute) compiled with WHAT (the
+    options that shape the files)."""
+    text = repr([str(output_dir.absolute()), *what])
+    return hashlib.sha256(text.encode()).hexdigest()
