@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from checkkit import BASE, line_of, mutate, run, the_one, with_code
+from checkkit import compiled_files as compiled_text
 from test_realtools import in_ns, namespace
 
 from fwc import protocols as proto
@@ -415,6 +416,79 @@ def test_fwc116_silent_for_ordinary_paths(tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "rules.fw").write_text(EXTRA_RULE)
     assert with_code(run(tmp_path, 'include "lib/rules.fw"\n' + BASE), "FWC116") == []
+
+
+# (BASE's last rule would shadow the included ones: FWC401)
+_NO_DROP = mutate(("    drop   from any    to any\n", ""))
+
+
+def _arranged_include(tmp_path: Path, path_bytes: int) -> str:
+    """BASE including a file PATH_BYTES long (from the root policy) whose policy is large
+    enough to be arranged: its line 2 is a rule of 2 x 2 lines without devices, which
+    the arrangement writes once in a chain of its own and jumps to from every copy
+    (`fwc arrange: FILE:2`); 80 one-line rules by interface pair follow."""
+    first = f"{'d' * 200}/"
+    name = "e" * (path_bytes - len(first) - len("/rules.fw"))
+    (tmp_path / first / name).mkdir(parents=True)
+    pairs = [("lan", "uplink"), ("uplink", "lan")]
+    rules = [f"    accept from 192.0.2.{10 + i} to any service tcp/{1000 + i} "
+             f"in {pairs[i % 2][0]} out {pairs[i % 2][1]}" for i in range(80)]
+    (tmp_path / first / name / "rules.fw").write_text(
+        "policy edge {\n    accept from client, web to server, 198.51.100.20 service tcp/22\n"
+        + "\n".join(rules) + "\n}\n")
+    include = f"{first}{name}/rules.fw"
+    assert len(include) == path_bytes
+    return include
+
+
+def test_fwc116_leaves_room_for_the_arrangement_comment(tmp_path):
+    """A filter rule's label of 243-255 bytes fits `--comment`, but the jumps to its shared
+    chain say `fwc arrange: LABEL`: `fwc check` passed such a policy and `fwc compile`
+    failed with an internal error (FWC900, UnwritableText) once its chains were large."""
+    include = _arranged_include(tmp_path, 246)  # labels of 248 and 249 bytes
+    analysis = run(tmp_path, f'include "{include}"\n' + _NO_DROP)
+    found = [d for d in with_code(analysis, "FWC116") if d.span.line == 2]
+    assert len(found) == 1 and found[0].span.file.endswith("rules.fw")
+    assert "248 bytes, 261 in the arrangement's jumps" in found[0].message
+
+
+def test_an_arranged_policy_within_fwc116_compiles(tmp_path):
+    """The other side of the bound: 239 bytes of path (labels of 241 and 242 bytes) pass
+    the check and compile, the shared chain's jumps commented within the limit."""
+    include = _arranged_include(tmp_path, 239)
+    files = compiled_text(tmp_path, f'include "{include}"\n' + _NO_DROP)
+    comment = f'--comment "fwc arrange: {include}:2"'
+    assert comment in files["fw1/iptables.rules"]
+    assert len(comment) - len('--comment ""') == 254
+
+
+def test_fwc116_counts_the_comments_made_of_an_interface_name(tmp_path):
+    """`fwc arrange: out NAME` (a jump by device in an arranged chain) and `fwc auto: mss
+    NAME` are longer than the name FWC115 allows up to 255 bytes."""
+    for name, comment_bytes in (("i" * 239, 256), ("i" * 238, None)):
+        text = mutate(("interface uplink vip", f"interface {name} vip"),
+                      ("uplink eth1 198.51.100.1/24", f"{name} eth1 198.51.100.1/24"),
+                      ("uplink eth1 198.51.100.2/24", f"{name} eth1 198.51.100.2/24"),
+                      ("in uplink\n", f"in {name}\n"), ("out uplink ->", f"out {name} ->"),
+                      ("service tcp/80 in uplink ->", f"service tcp/80 in {name} ->"))
+        found = with_code(run(tmp_path, text), "FWC116")
+        if comment_bytes is None:
+            assert found == []
+            continue
+        [d] = found
+        assert d.span.line == line_of(text, f"interface {name}")
+        assert f"{comment_bytes} bytes" in d.message and "fwc arrange: out" in d.message
+
+
+def test_fwc116_counts_the_comment_of_sync_allow(tmp_path):
+    """`sync { allow ... }` writes every service into one comment, `fwc auto: sync allow
+    ...`: thirty ports failed the compile with an internal error (FWC900)."""
+    allow = ", ".join(f"tcp/{2000 + i}" for i in range(30))
+    text = mutate(("port 3780 }", f"port 3780  allow {allow} }}"))
+    [d] = with_code(run(tmp_path, text), "FWC116")
+    assert d.span.line == line_of(text, "allow") and "319 bytes" in d.message
+    fewer = mutate(("port 3780 }", f"port 3780  allow {', '.join(allow.split(', ')[:20])} }}"))
+    assert with_code(run(tmp_path, fewer), "FWC116") == []
 
 
 @pytest.mark.root

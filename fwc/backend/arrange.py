@@ -147,6 +147,20 @@ def _dimensions(names: Mapping[str, str]) -> dict[str, _Dimension]:
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
+def arrange_label(what: str) -> str:
+    """The comment of the arrangement's own lines: `fwc arrange: in lan` on a jump by
+    interface, `fwc arrange: edge.fw:12` on a jump to a rule's shared chain. Longer than
+    WHAT: the check of comment lengths (FWC116) counts it for the labels and interface
+    names that end up here, so that no such comment is over iptables' limit."""
+    return f"fwc arrange: {what}"
+
+
+def jump_label(dimension: str, value: str) -> str:
+    """The comment of a jump by DIMENSION (in, out, protocol) to VALUE's chain (a logical
+    interface's name for a device: `fwc arrange: out dmz`)."""
+    return arrange_label(f"{dimension} {value}")
+
+
 class _Arranger:
     def __init__(self, builtin: str, prefix: str, policy: Target, names: Mapping[str, str],
                  taken: set[str], split_min: int, clip_ports: bool = False,
@@ -195,7 +209,7 @@ class _Arranger:
         return name
 
     def origin(self, what: str) -> Origin:
-        return Origin("auto", f"fwc arrange: {what}")
+        return Origin("auto", arrange_label(what))
 
     def as_moved(self, rule: FilterRule) -> FilterRule:
         # RETURN in a built-in chain applies its policy; inside a sub-chain it must too.
@@ -255,7 +269,8 @@ class _Arranger:
             self.chains.append(Chain(name, None, tuple(
                 [*body, FilterRule(Match(), self.policy,
                                    self.origin(f"{self.builtin} policy"))])))
-            out.append(FilterRule(dim.jump(value), name, self.origin(f"{dim.name} {label}")))
+            out.append(FilterRule(dim.jump(value), name,
+                                  Origin("auto", jump_label(dim.name, label))))
         out.extend(self.arrange(unconstrained, order, [*path, "other"],
                                 None if dim.name == "protocol" else protocol))
         return out

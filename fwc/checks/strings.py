@@ -11,12 +11,19 @@ import re
 from collections.abc import Iterable
 
 from fwc import protocols as proto
-from fwc.backend.lower.build import options_for, source_label
+from fwc.backend.arrange import arrange_label, jump_label
+from fwc.backend.lower.build import (
+    auto_label,
+    mss_label,
+    options_for,
+    source_label,
+    sync_allow_label,
+)
 from fwc.backend.render import escape
 from fwc.checks import check, describe
 from fwc.diagnostics import Diagnostic, Severity, Span, error
 from fwc.frontend.loader import LoadedProgram
-from fwc.model import Policy
+from fwc.model import Cluster, FilterRule, Policy
 from fwc.text import describe_character, unsafe_character, utf8_length
 
 E = Severity.ERROR
@@ -119,31 +126,63 @@ holds at most {proto.IPTABLES_COMMENT_MAX} bytes (XT_MAX_COMMENT_LEN, 256 with t
 NUL); iptables 1.8 silently cuts a longer one, in the middle of a UTF-8 character
 if it comes to that, so the rules on the node would differ from the generated ones
 and the comment would no longer name the file. A policy file whose path from the
-root policy is that long is reported at each of its rules instead.""")
+root policy is that long is reported at each of its rules instead. A filter rule's
+label must leave room for `fwc arrange: ` (the comment of the jumps to a chain of its
+own in an arranged chain, which a large policy gets), and the comments fwc makes of
+an interface's name (`fwc arrange: out NAME`, `fwc auto: mss NAME`) and of `sync {{
+allow ... }}` (`fwc auto: sync allow ssh, ntp`) must fit too: otherwise whether the
+policy compiles would depend on how large its chains are.""")
 def comment_lengths(policy: Policy) -> Iterable[Diagnostic]:
     options = options_for(policy)
-    # A label is the file's path and the line: a file whose last rule's label fits has
-    # no label too long (a shorter line number never makes it longer). One path
-    # computation per file, not per rule.
+    # A label is the file's path and the line: a file whose last rule's longest comment
+    # fits has no comment too long (a shorter line number never makes it longer). One
+    # path computation per file, not per rule.
     last: dict[str, int] = {}
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
             last[rule.span.file] = max(last.get(rule.span.file, 0), rule.span.line)
     fits = {file for file, line in last.items()
-            if utf8_length(source_label(file, line, options)) <= proto.IPTABLES_COMMENT_MAX}
-    seen: set[tuple[str, int]] = set()
+            if utf8_length(arrange_label(source_label(file, line, options)))
+            <= proto.IPTABLES_COMMENT_MAX}
+    seen: set[tuple[str, int, bool]] = set()
     for cluster in policy.clusters:
         for rule in cluster.all_rules():
             if rule.span.file in fits:
                 continue
-            key = (rule.span.file, rule.span.line)
+            filtering = isinstance(rule, FilterRule)
+            key = (rule.span.file, rule.span.line, filtering)
             if key in seen:
                 continue
             seen.add(key)
             label = source_label(rule.span.file, rule.span.line, options)
-            if utf8_length(label) > proto.IPTABLES_COMMENT_MAX:
+            # (a NAT rule's lines are never arranged: its label is its longest comment)
+            longest = arrange_label(label) if filtering else label
+            if utf8_length(longest) > proto.IPTABLES_COMMENT_MAX:
+                arranged = "" if longest == label else \
+                    (f", {utf8_length(longest)} in the arrangement's jumps to its chain "
+                     "('fwc arrange: FILE:LINE')")
                 yield error("FWC116", f"the rule's comment '{label[:40]}...' has "
-                            f"{utf8_length(label)} bytes; iptables keeps at most "
+                            f"{utf8_length(label)} bytes{arranged}; iptables keeps at most "
                             f"{proto.IPTABLES_COMMENT_MAX}", rule.span,
                             hint="move the policy file closer to the root policy or shorten "
                             "its path")
+        yield from _named_comment_lengths(cluster)
+
+
+def _named_comment_lengths(cluster: Cluster) -> Iterable[Diagnostic]:
+    """FWC116 for the comments fwc makes of CLUSTER's interface names and sync allowance."""
+    made: list[tuple[str, Span | None, str]] = []
+    for iface in cluster.interfaces:
+        comments = [jump_label(dimension, iface.name) for dimension in ("in", "out")]
+        if iface.mss is not None:
+            comments.append(auto_label(mss_label(iface.name)))
+        made.append((max(comments, key=utf8_length), iface.span,
+                     "use a shorter interface name"))
+    if cluster.sync.allow:
+        made.append((auto_label(sync_allow_label(cluster.sync)), cluster.sync.span_of("allow"),
+                     "allow fewer services, or define one service for several ports"))
+    for comment, span, hint in made:
+        if utf8_length(comment) > proto.IPTABLES_COMMENT_MAX:
+            yield error("FWC116", f"the comment '{comment[:40]}...' fwc writes for this has "
+                        f"{utf8_length(comment)} bytes; iptables keeps at most "
+                        f"{proto.IPTABLES_COMMENT_MAX}", span, hint=hint)

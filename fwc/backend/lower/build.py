@@ -51,6 +51,7 @@ from fwc.model import (
     Policy,
     PortRange,
     ServiceMatch,
+    Sync,
 )
 from fwc.model import FilterRule as PolicyFilterRule
 from fwc.model import NatRule as PolicyNatRule
@@ -169,6 +170,23 @@ def drops_prefix(logging: Logging, chain: str) -> tuple[str, bool]:
         else f"fwc {chain} default "
     nflog = logging.group is not None
     return cut_prefix(text, proto.NFLOG_PREFIX_MAX if nflog else proto.LOG_PREFIX_MAX)
+
+
+def auto_label(label: str) -> str:
+    """The comment of an automatic rule (`fwc auto: vrrp eth0`). The labels made of the
+    policy's names (`mss_label`, `sync_allow_label`) are counted by FWC116, so that no
+    such comment is over iptables' limit."""
+    return f"fwc auto: {label}"
+
+
+def mss_label(interface: str) -> str:
+    """The label of INTERFACE's MSS clamping rules."""
+    return f"mss {interface}"
+
+
+def sync_allow_label(sync: Sync) -> str:
+    """The label of the rules of `sync { allow ... }`: the services as written."""
+    return f"sync allow {', '.join(sync.allow_labels)}"
 
 
 def burst_of(limit: Limit) -> int:
@@ -742,7 +760,7 @@ class _Lowering:
     def auto(self, chain: BuiltinChain, match: Match, label: str,
              target: Target = Target.ACCEPT) -> None:
         self.tables.filter[chain].append(FilterRule(match, target,
-                                                    Origin("auto", f"fwc auto: {label}")))
+                                                    Origin("auto", auto_label(label))))
 
     def automatic_rules(self) -> None:
         self.auto(BuiltinChain.INPUT, Match(in_device="lo"), "loopback")
@@ -826,7 +844,7 @@ class _Lowering:
         matches = service_matches(sync.allow, self.family)
         if not own or not peers or matches is None:
             return
-        label = f"sync allow {', '.join(sync.allow_labels)}"
+        label = sync_allow_label(sync)
         for match in matches:
             self.auto(BuiltinChain.INPUT,
                       replace(match, source=AddressMatch(peers), destination=AddressMatch(own),
@@ -922,7 +940,7 @@ class _Lowering:
             if iface.mss is None:
                 continue
             dev = self.device(iface.name) or iface.name
-            origin = Origin("auto", f"fwc auto: mss {iface.name}")
+            origin = Origin("auto", auto_label(mss_label(iface.name)))
             syn = Match(protocol=TCP, tcp_flags=MSS_SYN)
             if iface.mss == "pmtu":
                 out.append(FilterRule(replace(syn, out_device=dev), Target.TCPMSS, origin,
