@@ -189,11 +189,11 @@ def port_record(folder: Path) -> bytes:
             rulesets = {family: lower(cluster, member, family, options)
                         for family in (4, 6)}
             # the arranger's own record of its port splits (arrange.PortNode)
-            port_nodes: dict[int, dict[str, tuple[arrange.PortNode, ...]]] = {}
-            arrange.optimise(member, rulesets, memo=cluster.memo, port_nodes=port_nodes)
-            for chains in port_nodes.values():
-                for split in chains.values():
-                    for node in split:
+            splits: dict[int, dict[str, tuple[arrange.ProtocolChild, ...]]] = {}
+            arrange.optimise(member, rulesets, memo=cluster.memo, splits=splits)
+            for chains in splits.values():
+                for children in chains.values():
+                    for node in (c.port for c in children if c.port is not None):
                         nodes.append((array("i", [low for low, _ in node.lows]).tobytes(),
                                       array("i", [n for _, n in node.lows]).tobytes(),
                                       node.target))

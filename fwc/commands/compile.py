@@ -183,12 +183,12 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
     status = _write_and_store(args, progress, verdict, texts, name, streams, cache, out_key)
     if status == 0 and verdict.stored():
         base = patched.base if patched is not None else patch.PatchBase(
-            "", dict(texts), patch.forward_nodes(
-                {s.name: s.port_nodes for s in streams if isinstance(s, ClusterStream)}),
+            "", dict(texts), patch.forward_splits(
+                {s.name: s.splits for s in streams if isinstance(s, ClusterStream)}),
             patch.rule_spans(policy))
         with contextlib.suppress(OSError):
             cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
-                out_key, base.texts, base.nodes, base.spans).as_json())
+                out_key, base.texts, base.splits, base.spans).as_json())
     return status
 
 
