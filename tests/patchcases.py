@@ -17,25 +17,23 @@ runs them.
   single-rule edits a patch would take, and the edits it must fall back on;
 - `compile_tree`: `fwc compile` in a child process, the written files by path.
 
-Addresses are documentation and benchmark ranges only (192.0.2.0/24, 198.51.100.0/24,
-203.0.113.0/24, 198.18.0.0/15, 2001:db8::/32).
+Addresses are from the documentation and benchmark ranges only (203.0.113.0/24,
+198.18.0.0/15, 2001:db8::/32).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import re
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from conftest import file_tree, run_fwc
+
 from fwc import protocols as proto
 
-REPO = Path(__file__).resolve().parent.parent
 POLICY = "p.fw"  # the top file's name: its rules' labels are `p.fw:LINE`
 INCLUDED = "shared.fw"  # the included file (objects the edits never touch)
 
@@ -754,13 +752,10 @@ def compile_run(policy_dir: Path, out: str, *extra: str) -> Compiled:
     """`python3 -m fwc compile p.fw -o OUT EXTRA...` in POLICY_DIR, a whole process of this
     checkout with this process's environment (the tests' private XDG_CACHE_HOME: fwc
     refuses a cache in the shared temporary directory); its exit code, stderr and files."""
-    proc = subprocess.run([sys.executable, "-m", "fwc", "compile", POLICY, "-o", out, *extra],
-                          cwd=policy_dir, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = run_fwc("compile", POLICY, "-o", out, *extra, cwd=policy_dir, timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
     root = policy_dir / out
-    files = {str(p.relative_to(root)): p.read_bytes()
-             for p in sorted(root.rglob("*")) if p.is_file()} if root.is_dir() else {}
+    files = {name: data for name, (data, _) in file_tree(root).items()} if root.is_dir() else {}
     return Compiled(proc.returncode, proc.stderr, files)
 
 
