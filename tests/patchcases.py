@@ -642,8 +642,7 @@ def _line_edit(kind: str, lines: list[str], defs: _Definitions,
                    and not (i + 1 < len(lines) and lines[i + 1].startswith("        "))]
         if not singles:
             return None
-        for _ in range(50):  # a rule the kind applies to
-            index, rule = rng.choice(singles)
+        for index, rule in rng.sample(singles, len(singles)):  # one the kind applies to
             if kind == "comment-out":
                 return index, f"{rule.indent}# {rule.text().strip()}"
             if kind == "invalid":
@@ -658,17 +657,12 @@ def _line_edit(kind: str, lines: list[str], defs: _Definitions,
         return _two_rule_edit(lines, body, defs, rng)
     if kind == "continuation":
         second = [i for i in body if lines[i].startswith("        service ")]
-        if not second:
-            return None
-        index = rng.choice(second)
-        rule = parse_rule(lines[index - 1] + " " + lines[index].strip())
-        if rule is None or not _plain(rule):
-            return None
-        edited = _edit_rule("service", rule, defs, rng)
-        if edited is None:
-            return None
-        tail = edited.text().split(" service ", 1)[1]
-        return index, f"        service {tail}"
+        for index in rng.sample(second, len(second)):
+            rule = parse_rule(lines[index - 1] + " " + lines[index].strip())
+            edited = _edit_rule("service", rule, defs, rng) if rule else None
+            if edited is not None:
+                return index, f"        service {edited.text().split(' service ', 1)[1]}"
+        return None
     if kind == "object":
         index = rng.choice(defs.object_lines)
         words = lines[index].split()  # host NAME ADDRESS[, ADDRESS]
@@ -688,21 +682,19 @@ def _two_rule_edit(lines: list[str], body: range, defs: _Definitions,
                    rng: random.Random) -> tuple[int, str] | None:
     """A line holding two rules with one of them edited (its action or its log)."""
     both = [i for i in body if len(_SECOND_RULE.findall(lines[i])) == 1]
-    if not both:
-        return None
-    index = rng.choice(both)
-    line = lines[index]
-    split = _SECOND_RULE.search(line)
-    assert split is not None
-    indent = line[:len(line) - len(line.lstrip())]
-    halves = [line[:split.start()], indent + line[split.end():].lstrip()]
-    which = rng.randrange(2)
-    rule = parse_rule(halves[which])
-    edited = _edit_rule(rng.choice(("action", "log")), rule, defs, rng) if rule else None
-    if edited is None:
-        return None
-    halves[which] = edited.text()
-    return index, f"{halves[0]}{split[0]}{halves[1].lstrip()}"
+    for index in rng.sample(both, len(both)):
+        line = lines[index]
+        split = _SECOND_RULE.search(line)
+        assert split is not None
+        indent = line[:len(line) - len(line.lstrip())]
+        halves = [line[:split.start()], indent + line[split.end():]]
+        which = rng.randrange(2)
+        rule = parse_rule(halves[which])
+        edited = _edit_rule(rng.choice(("action", "log")), rule, defs, rng) if rule else None
+        if edited is not None:
+            halves[which] = edited.text()
+            return index, f"{halves[0]}{split[0]}{halves[1].lstrip()}"
+    return None
 
 
 def random_in_place_edit(text: str, rng: random.Random,

@@ -230,7 +230,9 @@ def test_a_cached_compile_after_an_edit_is_the_compile_without_cache(tmp_path, c
     and bytes. A failed compile (the deliberate mistake) leaves `out` as it was. 30
     edits, chained, on two iptables policies and one nftables policy (about 30 s on two
     cores). Prints, per kind, how many edits change no line of fw1's rules but the
-    edited rule's own: what a patch compile can expect to splice."""
+    edited rule's own: what a patch compile can expect to splice. (An object edit has
+    no rule of its own: its other lines are the rules that name the object, which
+    bench.patchfloor.cause reads by the chains they are in.)"""
     # (seed, edits, nftables, the first kind: over all 30 edits each kind twice)
     plan = [(SEEDS[0], 12, False, 0), (SEEDS[1], 12, False, 12), (NFT_SEED, 6, True, 24)]
     report: dict[tuple[str, str], list[Locality]] = {}
