@@ -34,7 +34,8 @@ position in the rule; in the buckets of a port split the old lines go and the ne
 go into the buckets their ports reach (`_buckets`, the arranger's), in policy order.
 
 What the previous compile was is its record in the result cache (`PatchBase`, under
-the output directory's key: the policy's texts and the port splits), and that the
+the output directory's key: a keyed digest of each line of the policy, its rules' spans
+and the protocol splits), and that the
 directory still holds exactly what it wrote is `fwc.backend.record.unchanged_output`;
 every file read back is checked against its recorded digest while it is read.
 tests/test_patch.py compares patched output with full compiles, byte for byte, over
@@ -91,17 +92,18 @@ class Refused(Exception):  # noqa: N818 - a reason, shown in tests and traces
 @dataclass(frozen=True, slots=True)
 class PatchBase:
     """What a patch starts from: the compile that wrote the output directory (its
-    OutputRecord's cache key), the policy texts it compiled, and per cluster, member and
+    OutputRecord's cache key), the lines of the policy it compiled (`line_digests`), and
+    per cluster, member and
     family the protocol splits of the iptables arrangement's FORWARD chain."""
 
     out_key: str
-    texts: dict[str, str]
+    lines: dict[str, str]  # per policy file, the digests of its lines (line_digests)
     splits: dict[str, dict[str, dict[int, tuple[ProtocolChild, ...]]]]
     # per cluster, each filter rule's file (shown name), first and last line
     spans: dict[str, list[tuple[str, int, int]]]
 
     def as_json(self) -> dict[str, Any]:
-        return {"out": self.out_key, "texts": self.texts,
+        return {"out": self.out_key, "lines": self.lines,
                 "spans": {cluster: [list(span) for span in spans]
                           for cluster, spans in self.spans.items()},
                 "splits": {cluster: {member: {str(family): [_child_json(c) for c in children]
@@ -114,7 +116,7 @@ class PatchBase:
         """The base a cache entry holds; None when it is not one (entries are
         authenticated: only another fwc version's could fail here)."""
         try:
-            out_key, texts = value["out"], value["texts"]
+            out_key, lines = value["out"], value["lines"]
             spans = {cluster: [(file, first, last) for file, first, last in listed]
                      for cluster, listed in value["spans"].items()}
             splits = {cluster: {member: {int(family): tuple(_child(c) for c in listed)
@@ -123,12 +125,25 @@ class PatchBase:
                       for cluster, members in value["splits"].items()}
         except (TypeError, KeyError, ValueError, AttributeError):
             return None
-        if not isinstance(out_key, str) or not isinstance(texts, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in texts.items()) \
+        if not isinstance(out_key, str) or not isinstance(lines, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and len(v) % _DIGEST_CHARS == 0
+                for k, v in lines.items()) \
                 or not all(isinstance(f, str) and type(a) is int and type(b) is int
                            for listed in spans.values() for f, a, b in listed):
             return None
-        return cls(out_key, texts, splits, spans)
+        return cls(out_key, lines, splits, spans)
+
+
+_DIGEST_CHARS = 32  # of a line's digest (hex of 16 bytes: no collision to hide an edit)
+
+
+def line_digests(texts: Mapping[str, str], key: bytes) -> dict[str, str]:
+    """Per policy file, the keyed digests of its lines, joined: what a patch compares the
+    next texts with. Keyed (KEY: the result cache's, `ResultCache.secret_hash`), as a line
+    may be `password "..."`: a plain digest of a short line is undone by a search."""
+    return {name: "".join(hashlib.blake2b(line.encode(), key=key, digest_size=16).hexdigest()
+                          for line in text.split("\n"))
+            for name, text in texts.items()}
 
 
 def rule_spans(policy: Policy) -> dict[str, list[tuple[str, int, int]]]:
@@ -180,16 +195,19 @@ class _Edit:
 
 
 def _edited_line(old: Mapping[str, str], new: Mapping[str, str]) -> _Edit:
+    """The one line in which the digests NEW differ from OLD (line_digests)."""
     if old.keys() != new.keys():
         raise Refused("the policy reads other files")
     changed = [name for name in new if old[name] != new[name]]
     if len(changed) != 1:
         raise Refused("not one file changed" if changed else "no policy text changed")
     [shown] = changed
-    before, after = old[shown].split("\n"), new[shown].split("\n")
+    before, after = old[shown], new[shown]
     if len(before) != len(after):
         raise Refused("lines inserted or deleted")
-    lines = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    size = _DIGEST_CHARS
+    lines = [i // size for i in range(0, len(after), size)
+             if before[i:i + size] != after[i:i + size]]
     if len(lines) != 1:
         raise Refused("more than one line changed")
     return _Edit(shown, lines[0] + 1)
@@ -393,8 +411,19 @@ def _same_split(child: ProtocolChild, decided: tuple[int, list[int]] | None) -> 
     return decided[1] == list(child.port.bounds)
 
 
-def _lows(child: ProtocolChild) -> Counter[int]:
-    return Counter(dict(child.port.lows)) if child.port is not None else Counter()
+def _lows(child: ProtocolChild, out: tuple[PortRange, ...] = (),
+          into: tuple[PortRange, ...] = ()) -> Counter[int]:
+    """CHILD's port lows with the ports OUT taken out and INTO put in. A chain without a
+    port split has none recorded (its decision does not read them: too few rules, or
+    too few with ports, which the counts tell)."""
+    if child.port is None:
+        return Counter()
+    lows = Counter(dict(child.port.lows))
+    lows.subtract(low_counts([out]))
+    lows.update(low_counts([into]))
+    if any(n < 0 for n in lows.values()):
+        raise Refused("the recorded split does not count the rule")
+    return lows
 
 
 def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[ProtocolChild],
@@ -411,17 +440,9 @@ def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[Protoco
         and old_ports else everywhere
     if set(places) != held:
         raise Refused("the recorded split does not hold the rule as recorded")
-    if old_ports:
-        lows_out = _lows(source)
-        lows_out.subtract(low_counts([old_ports]))
     has_ports = 1 if old_ports else 0
     if i == j:
-        lows = _lows(source)
-        if old_ports:
-            lows.subtract(low_counts([old_ports]))
-            lows.update(low_counts([new_ports]))
-        if any(n < 0 for n in lows.values()):
-            raise Refused("the recorded split does not count the rule")
+        lows = _lows(source, old_ports, new_ports)
         decided = _decided(source, source.rules, source.with_ports, lows)
         if not _same_split(source, decided):
             raise Refused("a port cut moves")
@@ -429,10 +450,7 @@ def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[Protoco
     else:
         if source.named < 2:
             raise Refused("the rule was the last of its protocol there")
-        lows_in = _lows(target)
-        lows_in.update(low_counts([new_ports]))
-        if any(n < 0 for n in lows_out.values()):
-            raise Refused("the recorded split does not count the rule")
+        lows_out, lows_in = _lows(source, old_ports), _lows(target, into=new_ports)
         out = _decided(source, source.rules - 1, source.with_ports - has_ports, lows_out)
         into = _decided(target, target.rules + 1, target.with_ports + has_ports, lows_in)
         if not _same_split(source, out) or not _same_split(target, into):
@@ -635,13 +653,14 @@ class Patch:
     base: PatchBase  # for the next compile, once these files are written
 
 
-def patch(policy: Policy, texts: dict[str, str], base: PatchBase, record: OutputRecord,
+def patch(policy: Policy, lines: dict[str, str], base: PatchBase, record: OutputRecord,
           output_dir: Path, backend: Backend | None, secret_hash: Callable[[], Hash]) -> Patch:
-    """The streams of a patch compile of POLICY (read from TEXTS) over the output
+    """The streams of a patch compile of POLICY (whose lines are LINES, line_digests) over
+    the output
     directory BASE and RECORD describe (the caller checked it still holds exactly that),
     and the next base; Refused when the edit is not one this module takes (the module's
     doc)."""
-    edit = _edited_line(base.texts, texts)
+    edit = _edited_line(base.lines, lines)
     positions = _rule_at(policy, edit)
     # The previous text differs in the edited line only, and its rules were where these
     # are: that line held one whole rule at the same position, and every other rule is
@@ -674,7 +693,7 @@ def patch(policy: Policy, texts: dict[str, str], base: PatchBase, record: Output
         paths = [f.path for f in recorded.files]
         _rules_only(cluster, options, writes_for, reader, paths)
         streams.append(PatchedCluster(policy, cluster, writes_for, reader, spliced, paths))
-    return Patch(streams, PatchBase(base.out_key, dict(texts), splits_after, base.spans))
+    return Patch(streams, PatchBase(base.out_key, lines, splits_after, base.spans))
 
 
 def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reader: _Reader,
