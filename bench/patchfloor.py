@@ -100,7 +100,7 @@ _BUCKET = re.compile(rb"^:?(?:-A )?\S+-\d+ ")  # a port bucket chain's line or d
 _SHARED = re.compile(rb"^:?(?:-A )?(?:fwc-p\d+-(?:fwd|in)-\d+|\S+-_[0-9a-f]+-\d+) ")
 
 
-def _others(data: bytes, line: int) -> list[bytes]:
+def other_lines(data: bytes, line: int) -> list[bytes]:
     """The lines of rules file DATA that are not rule LINE's own: its own are its lines,
     the jumps to its chains of share_expansions (their comments name it) and the
     declarations of those chains (the chains that hold its lines only)."""
@@ -125,7 +125,7 @@ def cause(old: Path, new: Path, line: int) -> str:
         if not path.is_file() or path.name == "MANIFEST":
             continue
         before, after = path.read_bytes(), (new / path.relative_to(old)).read_bytes()
-        kept, made = _others(before, line), _others(after, line)
+        kept, made = other_lines(before, line), other_lines(after, line)
         if kept == made:
             continue
         a, b = Counter(kept), Counter(made)
@@ -189,11 +189,11 @@ def port_record(folder: Path) -> bytes:
             rulesets = {family: lower(cluster, member, family, options)
                         for family in (4, 6)}
             # the arranger's own record of its port splits (arrange.PortNode)
-            port_nodes: dict[int, dict[str, tuple[arrange.PortNode, ...]]] = {}
-            arrange.optimise(member, rulesets, memo=cluster.memo, port_nodes=port_nodes)
-            for chains in port_nodes.values():
-                for split in chains.values():
-                    for node in split:
+            splits: dict[int, dict[str, tuple[arrange.ProtocolChild, ...]]] = {}
+            arrange.optimise(member, rulesets, memo=cluster.memo, splits=splits)
+            for chains in splits.values():
+                for children in chains.values():
+                    for node in (c.port for c in children if c.port is not None):
                         nodes.append((array("i", [low for low, _ in node.lows]).tobytes(),
                                       array("i", [n for _, n in node.lows]).tobytes(),
                                       node.target))

@@ -96,7 +96,8 @@ def test_no_entry_keeps_a_digest_an_offline_search_would_undo(cache_home, tmp_pa
               (b"Pw0rd!\n", b"Pw0rd!", conf.read_bytes(), (out / "edge/fw2/keepalived.conf")
                .read_bytes())]
     entries = [p for p in (cache_home / "fwc").iterdir() if p.name != "key"]
-    assert {p.name.partition("-")[0] for p in entries} == {"analysis", "src", "out"}
+    # (patch: what a patch compile of the next edit starts from, fwc.backend.patch)
+    assert {p.name.partition("-")[0] for p in entries} == {"analysis", "src", "out", "patch"}
     for entry in entries:
         data = entry.read_bytes()
         assert not any(digest.encode() in data for digest in secret), entry.name

@@ -8,6 +8,7 @@ a `--no-cache` compile of the same text into another directory.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import sys
@@ -15,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, file_tree
+from conftest import EDGE, REPO, file_tree
 
 from fwc.backend import patch
 from fwc.cli import main
@@ -123,7 +124,7 @@ def test_what_the_patch_refuses_is_compiled_in_full(tmp_path: Path, cache_home: 
         "the line holds no policy rule": (host_at, lines[host_at] + "  # moved"),
         # (a LOG line, then the verdict's)
         "the rule has several lines in FORWARD": (rule_at, lines[rule_at] + ' log "x"'),
-        "the rule moves to another device or protocol":
+        "the rule moves to another device":
             (rule_at, re.sub(r" in \S+", "", lines[rule_at])),
     }
     for why, (where, line) in edits.items():
@@ -163,3 +164,19 @@ def test_nftables_is_compiled_in_full(tmp_path: Path, cache_home: Path,
     patched = _compile(tmp_path, "out", "--backend", "nftables")
     assert patched == _compile(tmp_path, "full", "--backend", "nftables", "--no-cache")
     assert outcomes and all(o != "patched" for o in outcomes), outcomes
+
+
+def test_the_patch_base_keeps_no_line_of_the_policy(tmp_path: Path, cache_home: Path) -> None:
+    """A line may be `password "..."`: the base keeps keyed digests of lines, never the
+    text, nor a plain digest that a search over short lines would undo."""
+    text = EDGE.read_text(encoding="utf-8")
+    assert 'password "s3cret"' in text
+    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
+    _compile(tmp_path, "out")
+    [entry] = (cache_home / "fwc").glob("patch-*")
+    data = entry.read_bytes()
+    line = next(line for line in text.split("\n") if "s3cret" in line)
+    assert b"s3cret" not in data
+    for digest in (hashlib.sha256(line.encode()).hexdigest(),
+                   hashlib.blake2b(line.encode(), digest_size=16).hexdigest()):
+        assert digest.encode() not in data

@@ -113,6 +113,23 @@ class PortNode:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtocolChild:
+    """One chain of a split by protocol, and what the arranger made of it: a patch
+    compile (fwc.backend.patch) moves a rule between two of these and decides their
+    port splits again (split_min, port_buckets, the cut rule). PARENT names the split
+    node by its path; RULES and WITH_PORTS count the chain's rules (those with
+    destination ports); PORT is its port split, None when its rules stay in CHAIN."""
+
+    parent: str
+    protocol: int
+    chain: str
+    rules: int
+    with_ports: int
+    named: int  # the rules that name PROTOCOL (the others name none, copied into each)
+    port: PortNode | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Dimension:
     """One way of splitting: the value a rule constrains, and the jump for a value.
 
@@ -174,6 +191,7 @@ class _Arranger:
         self.dimensions = _dimensions(names)
         self.chains: list[Chain] = []
         self.port_nodes: list[PortNode] = []  # split_ports' decisions, in the order made
+        self.children: list[ProtocolChild] = []  # the chains of protocol splits
         self.taken = taken
         self.collided = False  # a name was taken already (the result depends on `taken`)
 
@@ -264,8 +282,16 @@ class _Arranger:
         for value in sorted(by_value, key=str):
             label = dim.label(value)
             name = self.chain_name([*path, label])
+            made = len(self.port_nodes)
             body = self.arrange(by_value[value], order, [*path, label],
                                 int(value) if dim.name == "protocol" else protocol)  # type: ignore[call-overload]
+            if dim.name == "protocol":
+                rules_of = by_value[value]
+                self.children.append(ProtocolChild(
+                    "/".join(path), int(value), name, len(rules_of),  # type: ignore[call-overload]
+                    len(rules_of) - list(map(_DPORTS, rules_of)).count(()),
+                    len(rules_of) - len(unconstrained),
+                    self.port_nodes[-1] if len(self.port_nodes) > made else None))
             self.chains.append(Chain(name, None, tuple(
                 [*body, FilterRule(Match(), self.policy,
                                    self.origin(f"{self.builtin} policy"))])))
@@ -288,16 +314,9 @@ class _Arranger:
         """Destination-port buckets covering 0-65535, about sqrt(n) of them, cut by
         halving (halving_cuts: a cut stays where it is when an edit changes one rule)."""
         ports_of = list(map(_DPORTS, rules))
-        with_ports = len(rules) - ports_of.count(())
-        if with_ports * 2 < len(rules) or not {None, protocol}.issuperset(
-                map(_PROTOCOL, rules)):
+        buckets = port_buckets(len(rules), len(rules) - ports_of.count(()))
+        if buckets is None or not {None, protocol}.issuperset(map(_PROTOCOL, rules)):
             return rules
-        # About sqrt(n) buckets balance the jumps against the bucket length, but every
-        # port-less rule is copied into every bucket: keep those copies under half of
-        # the rules with ports, so the output grows by a bounded factor.
-        portless = len(rules) - with_ports
-        buckets = max(2, min(round(math.sqrt(len(rules))),
-                             with_ports // max(1, 2 * portless)))
         lows = low_counts(ports_of)
         bounds = [0, *PORT_CUT_RULE(lows, buckets), PORT_MAX + 1]
         members: list[list[FilterRule]] = [[] for _ in bounds[:-1]]
@@ -356,6 +375,17 @@ _WITH_DPORTS = replacer(Match, "dports")
 _TARGET = attrgetter("target")
 _PROTOCOL = attrgetter("match.protocol")
 _LOW = itemgetter(0)  # of a PortRange
+
+
+def port_buckets(rules: int, with_ports: int) -> int | None:
+    """How many buckets split_ports asks the cut rule for, for RULES rules of which
+    WITH_PORTS have destination ports; None: no port split (most rules have none)."""
+    if with_ports * 2 < rules:
+        return None
+    # About sqrt(n) buckets balance the jumps against the bucket length, but every
+    # port-less rule is copied into every bucket: keep those copies under half of
+    # the rules with ports, so the output grows by a bounded factor.
+    return max(2, min(round(math.sqrt(rules)), with_ports // max(1, 2 * (rules - with_ports))))
 
 
 def low_counts(ports_of: list[tuple[PortRange, ...]]) -> Counter[int]:
@@ -562,9 +592,9 @@ def share_expansions(body: list[FilterRule], chains: list[Chain], held: Mapping[
 def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: set[str],
                   order: tuple[str, ...], min_rules: int, split_min: int,
                   clip_ports: bool, copies_max_share: int = 0) \
-        -> tuple[Chain, list[Chain], bool, tuple[PortNode, ...]]:
+        -> tuple[Chain, list[Chain], bool, tuple[ProtocolChild, ...]]:
     """CHAIN arranged (and the chains it jumps to), whether a chain name it wanted
-    was in `taken` already, and its port splits (PortNode). Without clip_ports, copied
+    was in `taken` already, and its protocol splits' chains. Without clip_ports, copied
     multi-line rules get a chain of their own (share_expansions)."""
     rules = cast("list[FilterRule]", list(chain.rules))  # arrange sees the filter table only
     # The head stays first and flat: the automatic rules every packet meets (established,
@@ -593,7 +623,7 @@ def arrange_chain(chain: Chain, prefix: str, names: Mapping[str, str], taken: se
         body, chains = share_expansions(body, chains, held, arranger.shared_chain_name,
                                         arranger.origin)
     return (replace(chain, rules=tuple(head + body)), chains, arranger.collided,
-            tuple(arranger.port_nodes))
+            tuple(arranger.children))
 
 
 @dataclass(slots=True)
@@ -604,7 +634,7 @@ class _Previous:
 
     key: tuple[object, ...] | None = None
     chain: Chain | None = None
-    result: tuple[Chain, tuple[Chain, ...], tuple[PortNode, ...]] = (Chain("", None), (), ())
+    result: tuple[Chain, tuple[Chain, ...], tuple[ProtocolChild, ...]] = (Chain("", None), (), ())
     named: frozenset[str] = frozenset()  # the chain names it took
     # A name it wanted was taken: the names depend on the table's other chains.
     collided: bool = True
@@ -613,7 +643,7 @@ class _Previous:
 def _arranged(memo: Memo | None, family: int, chain: Chain, prefix: str,
               names: dict[str, str], taken: set[str], order: tuple[str, ...], min_rules: int,
               split_min: int, clip_ports: bool, copies_max_share: int) \
-        -> tuple[Chain, list[Chain], tuple[PortNode, ...]]:
+        -> tuple[Chain, list[Chain], tuple[ProtocolChild, ...]]:
     """arrange_chain, or the previous member's result when everything it reads is equal."""
     if memo is None:
         new, extra, _, nodes = arrange_chain(chain, prefix, names, taken, order, min_rules,
@@ -639,7 +669,7 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
             min_rules: int = ARRANGE_MIN_RULES, split_min: int = SPLIT_MIN_RULES,
             clip_ports: bool = False, memo: Memo | None = None,
             copies_max_share: int | None = None,
-            port_nodes: dict[str, tuple[PortNode, ...]] | None = None) -> NodeRuleset:
+            splits: dict[str, tuple[ProtocolChild, ...]] | None = None) -> NodeRuleset:
     """FORWARD and INPUT of the filter table as dispatch trees; everything else unchanged.
 
     device_names maps a member's devices to logical interface names, so that chains
@@ -652,8 +682,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
     chain of its own, when that saves SHARE_MIN_SAVING lines (share_expansions).
     copies_max_share: a split by device is left out when its copies would add more than
     1/copies_max_share of the rules (0: no bound); by default COPIES_MAX_SHARE with
-    clip_ports (nftables), no bound without (iptables). PORT_NODES, when given, gets each
-    arranged built-in chain's port splits (PortNode) by the chain's name.
+    clip_ports (nftables), no bound without (iptables). SPLITS, when given, gets each
+    arranged built-in chain's protocol splits (ProtocolChild) by the chain's name.
     """
     if copies_max_share is None:
         copies_max_share = COPIES_MAX_SHARE if clip_ports else 0
@@ -673,8 +703,8 @@ def arrange(ruleset: NodeRuleset, device_names: Mapping[str, str] | None = None,
         new, extra, nodes = _arranged(memo, ruleset.family, current, prefix, names, taken,
                                       orders[builtin], min_rules, split_min, clip_ports,
                                       copies_max_share)
-        if port_nodes is not None:
-            port_nodes[str(builtin)] = nodes
+        if splits is not None:
+            splits[str(builtin)] = nodes
         chains = [new if c.name == builtin else c for c in chains]
         added.extend(extra)
     if not added:
@@ -686,24 +716,24 @@ def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
              clip_ports: bool = False, memo: Memo | None = None,
              ipset_threshold: int = proto.IPSET_THRESHOLD, min_rules: int = ARRANGE_MIN_RULES,
              split_min: int = SPLIT_MIN_RULES, copies_max_share: int | None = None,
-             port_nodes: dict[int, dict[str, tuple[PortNode, ...]]] | None = None) \
+             splits: dict[int, dict[str, tuple[ProtocolChild, ...]]] | None = None) \
         -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
     """The default speed passes for one member: ipsets for long address lists, then the
     arranged FORWARD/INPUT chains. Returns the rulesets per family and every set.
     MEMO: the cluster's per-run memo, to reuse the previous member's arrangement of an
     equal chain (arrange). The thresholds are the passes' own (use_ipsets, arrange); tests
-    lower them to give small policies sets and arranged chains. PORT_NODES, when given,
-    gets the port splits (PortNode) per family and built-in chain (arrange)."""
+    lower them to give small policies sets and arranged chains. SPLITS, when given,
+    gets the protocol splits (ProtocolChild) per family and built-in chain (arrange)."""
     names = {link.device: link.interface for link in member.links}
     out: dict[int, NodeRuleset] = {}
     sets: list[IpSet] = []
     for family, ruleset in sorted(rulesets.items()):
         with_sets, made = use_ipsets(ruleset, ipset_threshold, memo=memo)
         sets.extend(made)
-        nodes: dict[str, tuple[PortNode, ...]] | None = None
-        if port_nodes is not None:
-            nodes = port_nodes[family] = {}
+        nodes: dict[str, tuple[ProtocolChild, ...]] | None = None
+        if splits is not None:
+            nodes = splits[family] = {}
         out[family] = arrange(with_sets, names, clip_ports=clip_ports, memo=memo,
                               min_rules=min_rules, split_min=split_min,
-                              copies_max_share=copies_max_share, port_nodes=nodes)
+                              copies_max_share=copies_max_share, splits=nodes)
     return out, tuple(sets)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import Protocol
 
-from fwc.backend.arrange import PortNode
+from fwc.backend.arrange import ProtocolChild
 from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
@@ -56,8 +56,8 @@ class ForeignContent(OutputError):
     code = "FWC511"
 
 
-# A member's port splits of the iptables arrangement, per family and built-in chain.
-PortNodes = dict[int, dict[str, tuple[PortNode, ...]]]
+# A member's protocol splits of the iptables arrangement, per family and built-in chain.
+Splits = dict[int, dict[str, tuple[ProtocolChild, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +87,15 @@ def policy_name(policy: Policy) -> str:
 def member_files(cluster: Cluster, member: Member, options: LowerOptions,
                  redact: bool, backend: Backend | None = None,
                  texts: SharedTexts | None = None, chunked: bool = False,
-                 port_nodes: dict[str, PortNodes] | None = None) -> Iterator[OutputFile]:
+                 splits: dict[str, Splits] | None = None) -> Iterator[OutputFile]:
     """The member's generated files, as the table of generated files (fwc.backend.files)
     says, one at a time (each is let go before the next is rendered).
 
     BACKEND: the packet filter to write for (None: the cluster's `backend`). TEXTS: what
     the cluster's previous member rendered (see SharedTexts; None: nothing). CHUNKED:
     large files come as `OutputFile.chunks`, each to be read before the next file.
-    PORT_NODES, when given, gets the member's port splits (MemberBuild.port_nodes) once
-    its files are made.
+    SPLITS, when given, gets the member's protocol splits (MemberBuild.splits) once its
+    files are made.
     """
     build = MemberBuild(cluster, member, options, redact, backend=backend,
                         texts=SharedTexts(keep=False) if texts is None else texts)
@@ -106,8 +106,8 @@ def member_files(cluster: Cluster, member: Member, options: LowerOptions,
         # A loop variable stays bound until the next value is made: without this, the
         # file just written (150 MB at 100,000 rules) lived while the next was rendered.
         del f
-    if port_nodes is not None:
-        port_nodes[member.name] = build.port_nodes
+    if splits is not None:
+        splits[member.name] = build.splits
 
 
 def manifest_sources(policy: Policy) -> list[tuple[str, str]]:
@@ -146,8 +146,8 @@ class ClusterStream:
         self._backend = backend
         self._chunked = chunked
         self._spill_dir = spill_dir
-        # per member, once its files are written: the iptables arrangement's port splits
-        self.port_nodes: dict[str, PortNodes] = {}
+        # per member, once its files are written: the iptables arrangement's protocol splits
+        self.splits: dict[str, Splits] = {}
 
     def files(self) -> Iterator[OutputFile]:
         cluster = self._cluster
@@ -161,7 +161,7 @@ class ClusterStream:
             done = self._first + index
             self._progress.phase(f"compiling {cluster.name}/{member.name}", done / self._total)
             for f in member_files(cluster, member, self._options, self._redact,
-                                  self._backend, texts, self._chunked, self.port_nodes):
+                                  self._backend, texts, self._chunked, self.splits):
                 if f.chunks is None:
                     entries.append(Entry.of(f.path, f.content))
                 self._written.append(f.path)

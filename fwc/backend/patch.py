@@ -34,7 +34,8 @@ position in the rule; in the buckets of a port split the old lines go and the ne
 go into the buckets their ports reach (`_buckets`, the arranger's), in policy order.
 
 What the previous compile was is its record in the result cache (`PatchBase`, under
-the output directory's key: the policy's texts and the port splits), and that the
+the output directory's key: a keyed digest of each line of the policy, its rules' spans
+and the protocol splits), and that the
 directory still holds exactly what it wrote is `fwc.backend.record.unchanged_output`;
 every file read back is checked against its recorded digest while it is read.
 tests/test_patch.py compares patched output with full compiles, byte for byte, over
@@ -51,7 +52,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fwc.backend.arrange import PORT_CUT_RULE, PortNode, _buckets, low_counts
+from fwc.backend.arrange import (
+    PORT_CUT_RULE,
+    PORT_MAX,
+    PORT_PROTOCOLS,
+    SPLIT_MIN_RULES,
+    PortNode,
+    ProtocolChild,
+    _buckets,
+    low_counts,
+    port_buckets,
+)
 from fwc.backend.files import BY_NAME, FILES, Reload
 from fwc.backend.ipsets import IpSet, with_sets_alone
 from fwc.backend.lower import LowerOptions, options_for
@@ -59,7 +70,7 @@ from fwc.backend.lower.build import lower_rule
 from fwc.backend.lower.ruleset import FilterRule, rendered_lines
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry
-from fwc.backend.output import OutputFile, PortNodes, _manifest, members_of
+from fwc.backend.output import OutputFile, Splits, _manifest, members_of
 from fwc.backend.record import Hash, OutputRecord, RecordedCluster, _hash_of
 from fwc.backend.render import conntrackd, escape
 from fwc.backend.render.context import MemberBuild
@@ -81,52 +92,81 @@ class Refused(Exception):  # noqa: N818 - a reason, shown in tests and traces
 @dataclass(frozen=True, slots=True)
 class PatchBase:
     """What a patch starts from: the compile that wrote the output directory (its
-    OutputRecord's cache key), the policy texts it compiled, and per cluster, member and
-    family the port splits of the iptables arrangement's FORWARD chain."""
+    OutputRecord's cache key), the lines of the policy it compiled (`line_digests`), and
+    per cluster, member and
+    family the protocol splits of the iptables arrangement's FORWARD chain."""
 
     out_key: str
-    texts: dict[str, str]
-    nodes: dict[str, dict[str, dict[int, tuple[PortNode, ...]]]]
+    lines: dict[str, str]  # per policy file, the digests of its lines (line_digests)
+    splits: dict[str, dict[str, dict[int, tuple[ProtocolChild, ...]]]]
     # per cluster, each filter rule's file (shown name), first and last line
     spans: dict[str, list[tuple[str, int, int]]]
 
     def as_json(self) -> dict[str, Any]:
-        return {"out": self.out_key, "texts": self.texts,
+        return {"out": self.out_key, "lines": self.lines,
                 "spans": {cluster: [list(span) for span in spans]
                           for cluster, spans in self.spans.items()},
-                "nodes": {cluster: {member: {str(family): [
-                    [n.protocol, n.target, list(n.bounds), list(n.buckets),
-                     [x for pair in n.lows for x in pair]] for n in nodes]
-                    for family, nodes in families.items()}
-                    for member, families in members.items()}
-                    for cluster, members in self.nodes.items()}}
+                "splits": {cluster: {member: {str(family): [_child_json(c) for c in children]
+                                              for family, children in families.items()}
+                                     for member, families in members.items()}
+                           for cluster, members in self.splits.items()}}
 
     @classmethod
     def of_json(cls, value: Any) -> PatchBase | None:
         """The base a cache entry holds; None when it is not one (entries are
         authenticated: only another fwc version's could fail here)."""
         try:
-            out_key, texts = value["out"], value["texts"]
+            out_key, lines = value["out"], value["lines"]
             spans = {cluster: [(file, first, last) for file, first, last in listed]
                      for cluster, listed in value["spans"].items()}
-            nodes = {cluster: {member: {int(family): tuple(_node(n) for n in listed)
-                                        for family, listed in families.items()}
-                               for member, families in members.items()}
-                     for cluster, members in value["nodes"].items()}
+            splits = {cluster: {member: {int(family): tuple(_child(c) for c in listed)
+                                         for family, listed in families.items()}
+                                for member, families in members.items()}
+                      for cluster, members in value["splits"].items()}
         except (TypeError, KeyError, ValueError, AttributeError):
             return None
-        if not isinstance(out_key, str) or not isinstance(texts, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in texts.items()) \
+        if not isinstance(out_key, str) or not isinstance(lines, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and len(v) % _DIGEST_CHARS == 0
+                for k, v in lines.items()) \
                 or not all(isinstance(f, str) and type(a) is int and type(b) is int
                            for listed in spans.values() for f, a, b in listed):
             return None
-        return cls(out_key, texts, nodes, spans)
+        return cls(out_key, lines, splits, spans)
+
+
+_DIGEST_CHARS = 32  # of a line's digest (hex of 16 bytes: no collision to hide an edit)
+
+
+def line_digests(texts: Mapping[str, str], key: bytes) -> dict[str, str]:
+    """Per policy file, the keyed digests of its lines, joined: what a patch compares the
+    next texts with. Keyed (KEY: the result cache's, `ResultCache.secret_hash`), as a line
+    may be `password "..."`: a plain digest of a short line is undone by a search."""
+    return {name: "".join(hashlib.blake2b(line.encode(), key=key, digest_size=16).hexdigest()
+                          for line in text.split("\n"))
+            for name, text in texts.items()}
 
 
 def rule_spans(policy: Policy) -> dict[str, list[tuple[str, int, int]]]:
     """Each cluster's filter rules as (file, first line, last line): a PatchBase's."""
     return {cluster.name: [(r.span.file, r.span.line, r.span.end_line) for r in cluster.rules]
             for cluster in policy.clusters}
+
+
+def _child_json(child: ProtocolChild) -> list[Any]:
+    port = child.port
+    return [child.parent, child.protocol, child.chain, child.rules, child.with_ports,
+            child.named, None if port is None else [
+                port.protocol, port.target, list(port.bounds), list(port.buckets),
+                [x for pair in port.lows for x in pair]]]
+
+
+def _child(value: Any) -> ProtocolChild:
+    parent, protocol, chain, rules, with_ports, named, port = value
+    if not isinstance(parent, str) or not isinstance(chain, str) or not all(
+            type(n) is int for n in (protocol, rules, with_ports, named)):
+        raise ValueError("not a protocol split's chain")
+    return ProtocolChild(parent, protocol, chain, rules, with_ports, named,
+                         None if port is None else _node(port))
 
 
 def _node(value: Any) -> PortNode:
@@ -139,13 +179,13 @@ def _node(value: Any) -> PortNode:
                     tuple(zip(flat[::2], flat[1::2], strict=True)))
 
 
-def forward_nodes(port_nodes: Mapping[str, Mapping[str, PortNodes]]) \
-        -> dict[str, dict[str, dict[int, tuple[PortNode, ...]]]]:
-    """The FORWARD port splits of ClusterStream.port_nodes, per cluster (a PatchBase's)."""
+def forward_splits(splits: Mapping[str, Mapping[str, Splits]]) \
+        -> dict[str, dict[str, dict[int, tuple[ProtocolChild, ...]]]]:
+    """The FORWARD protocol splits of ClusterStream.splits, per cluster (a PatchBase's)."""
     return {cluster: {member: {family: chains.get(_FORWARD, ())
                                for family, chains in families.items()}
                       for member, families in members.items()}
-            for cluster, members in port_nodes.items()}
+            for cluster, members in splits.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +195,19 @@ class _Edit:
 
 
 def _edited_line(old: Mapping[str, str], new: Mapping[str, str]) -> _Edit:
+    """The one line in which the digests NEW differ from OLD (line_digests)."""
     if old.keys() != new.keys():
         raise Refused("the policy reads other files")
     changed = [name for name in new if old[name] != new[name]]
     if len(changed) != 1:
         raise Refused("not one file changed" if changed else "no policy text changed")
     [shown] = changed
-    before, after = old[shown].split("\n"), new[shown].split("\n")
+    before, after = old[shown], new[shown]
     if len(before) != len(after):
         raise Refused("lines inserted or deleted")
-    lines = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    size = _DIGEST_CHARS
+    lines = [i // size for i in range(0, len(after), size)
+             if before[i:i + size] != after[i:i + size]]
     if len(lines) != 1:
         raise Refused("more than one line changed")
     return _Edit(shown, lines[0] + 1)
@@ -268,11 +311,11 @@ def _read(body: bytes) -> _Read:
                  tuple(sets))
 
 
-def _splice(text: bytes, label: str, new: FilterRule, nodes: tuple[PortNode, ...],
+def _splice(text: bytes, label: str, new: FilterRule, children: tuple[ProtocolChild, ...],
             order: Callable[[str], int | None], position: int) \
-        -> tuple[list[tuple[int, int, bytes]], tuple[PortNode, ...], _Read | None]:
+        -> tuple[list[tuple[int, int, bytes]], tuple[ProtocolChild, ...], _Read]:
     """The edits (start, end, new bytes) that make TEXT's rules file the new rule's, the
-    port splits after them, and what the old line named (None: the rule had none)."""
+    protocol splits' chains after them, and what the old line named."""
     quoted = escape.iptables_comment(label).encode()
     token = b" --comment " + quoted
     filter_at = text.find(b"\n*filter\n")
@@ -304,56 +347,146 @@ def _splice(text: bytes, label: str, new: FilterRule, nodes: tuple[PortNode, ...
     now = _read(new_body)
     if now.ports != new.match.dports:
         raise Refused("a line this patch cannot read")
-    if old.places != now.places or bool(old.ports) != bool(now.ports):
-        raise Refused("the rule moves to another device or protocol")
-    bucket_of = {name.encode(): (n, b) for n, node in enumerate(nodes)
-                 for b, name in enumerate(node.buckets)}
+    if old.places[:2] != now.places[:2]:
+        raise Refused("the rule moves to another device")
+    if old.places[2] != now.places[2] and not (old.ports and now.ports):
+        raise Refused("the rule moves to another protocol, or from one without ports")
+    if bool(old.ports) != bool(now.ports):
+        raise Refused("the rule gains or loses its ports")
+    # Where the old line is: a protocol split's chain (its bucket), or a chain whose rules
+    # were not split by protocol, where the new line takes its place.
+    chain_of = {c.chain.encode(): i for i, c in enumerate(children)}
+    bucket_of = {name.encode(): (i, b) for i, c in enumerate(children) if c.port is not None
+                 for b, name in enumerate(c.port.buckets)}
     edits: list[tuple[int, int, bytes]] = []
-    in_nodes: dict[int, dict[int, tuple[int, int]]] = {}
-    for chain, (start, end) in by_chain.items():
-        place = bucket_of.get(chain)
-        if place is not None:
-            in_nodes.setdefault(place[0], {})[place[1]] = (start, end)
+    held: dict[int, dict[int, tuple[int, int]]] = {}  # child -> bucket (-1: its chain)
+    for chain, place in by_chain.items():
+        if chain in bucket_of:
+            i, b = bucket_of[chain]
+            held.setdefault(i, {})[b] = place
+        elif chain in chain_of:
+            if children[chain_of[chain]].port is not None:
+                raise Refused("a line in a chain of port jumps")
+            held.setdefault(chain_of[chain], {})[-1] = place
         else:
-            edits.append((start, end, b"-A " + chain + b" " + new_body + b"\n"))
-    after = list(nodes)
-    for n, buckets in in_nodes.items():
-        after[n] = _respliced(text, nodes[n], buckets, old.ports, new.match.dports, new_body,
-                              order, position, edits)
+            edits.append((place[0], place[1], b"-A " + chain + b" " + new_body + b"\n"))
+    after = list(children)
+    sibling = {(c.parent, c.protocol): i for i, c in enumerate(children)}
+    for i, places in held.items():
+        child = children[i]
+        j = sibling.get((child.parent, _protocol_of(new)), -1)
+        if j < 0:
+            raise Refused("no chain of the new protocol where the rule was")
+        _moved(text, children, after, i, j, places, old.ports, new.match.dports, new_body,
+               order, position, edits)
     return edits, tuple(after), old
 
 
-def _respliced(text: bytes, node: PortNode, buckets: dict[int, tuple[int, int]],
-               old_ports: tuple[PortRange, ...], new_ports: tuple[PortRange, ...],
-               new_body: bytes, order: Callable[[str], int | None], position: int,
-               edits: list[tuple[int, int, bytes]]) -> PortNode:
-    """The edits of one port split's buckets, and the split after them (its cuts must
-    not move)."""
-    bounds = list(node.bounds)
-    everywhere = tuple(range(len(node.buckets)))
-    if set(_buckets(bounds, old_ports) if old_ports else everywhere) != set(buckets):
-        raise Refused("the recorded port split does not hold the rule as recorded")
-    lows = Counter(dict(node.lows))
-    if old_ports:
-        lows.subtract(low_counts([old_ports]))
-        lows.update(low_counts([new_ports]))
+def _protocol_of(rule: FilterRule) -> int:
+    protocol = rule.match.protocol
+    if protocol is None:
+        raise Refused("a line without a protocol")
+    return protocol
+
+
+def _decided(child: ProtocolChild, rules: int, with_ports: int,
+             lows: Counter[int]) -> tuple[int, list[int]] | None:
+    """What the arranger makes of protocol split chain CHILD with RULES rules, WITH_PORTS
+    of them with ports of these LOWS (arrange.arrange, split_ports): its port split's
+    target and bounds, or None when its rules stay in it."""
+    if rules < SPLIT_MIN_RULES or child.protocol not in PORT_PROTOCOLS:
+        return None
+    target = port_buckets(rules, with_ports)
+    if target is None:
+        return None
+    return target, [0, *PORT_CUT_RULE(+lows, target), PORT_MAX + 1]
+
+
+def _same_split(child: ProtocolChild, decided: tuple[int, list[int]] | None) -> bool:
+    """Whether DECIDED splits CHILD's rules as the previous compile did: the same bounds
+    (the bucket count asked for may differ, as round(sqrt(n)) moves, when the cuts do
+    not: they are what the output is made of)."""
+    if child.port is None or decided is None:
+        return child.port is None and decided is None
+    return decided[1] == list(child.port.bounds)
+
+
+def _lows(child: ProtocolChild, out: tuple[PortRange, ...] = (),
+          into: tuple[PortRange, ...] = ()) -> Counter[int]:
+    """CHILD's port lows with the ports OUT taken out and INTO put in. A chain without a
+    port split has none recorded (its decision does not read them: too few rules, or
+    too few with ports, which the counts tell)."""
+    if child.port is None:
+        return Counter()
+    lows = Counter(dict(child.port.lows))
+    lows.subtract(low_counts([out]))
+    lows.update(low_counts([into]))
     if any(n < 0 for n in lows.values()):
-        raise Refused("the recorded port split does not count the rule")
-    lows = +lows
-    if [0, *PORT_CUT_RULE(lows, node.target), bounds[-1]] != bounds:
-        raise Refused("a port cut moves")
-    goes = set(_buckets(bounds, new_ports) if new_ports else everywhere)
-    for b in sorted(set(buckets) | goes):
-        prefix = b"-A " + node.buckets[b].encode() + b" "
-        line = prefix + new_body + b"\n" if b in goes else b""
-        old = buckets.get(b)
-        if old is not None:
-            edits.append((old[0], old[1], line))
-        else:
-            at = _insertion(text, prefix, order, position)
-            edits.append((at, at, line))
-    return PortNode(node.protocol, node.target, node.bounds, node.buckets,
-                    tuple(sorted(lows.items())))
+        raise Refused("the recorded split does not count the rule")
+    return lows
+
+
+def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[ProtocolChild],
+           i: int, j: int, places: dict[int, tuple[int, int]],
+           old_ports: tuple[PortRange, ...], new_ports: tuple[PortRange, ...],
+           new_body: bytes, order: Callable[[str], int | None], position: int,
+           edits: list[tuple[int, int, bytes]]) -> None:
+    """The edits of the rule's line leaving protocol chain I (its PLACES: bucket index, -1
+    for the chain itself) for chain J of the same split (I itself when the protocol
+    stays), with their decisions taken again; AFTER gets both chains as they are then."""
+    source, target = children[i], children[j]
+    everywhere = set(range(len(source.port.buckets))) if source.port is not None else {-1}
+    held = set(_buckets(list(source.port.bounds), old_ports)) if source.port is not None \
+        and old_ports else everywhere
+    if set(places) != held:
+        raise Refused("the recorded split does not hold the rule as recorded")
+    has_ports = 1 if old_ports else 0
+    if i == j:
+        lows = _lows(source, old_ports, new_ports)
+        decided = _decided(source, source.rules, source.with_ports, lows)
+        if not _same_split(source, decided):
+            raise Refused("a port cut moves")
+        after[i] = _with_lows(source, 0, 0, lows, decided)
+    else:
+        if source.named < 2:
+            raise Refused("the rule was the last of its protocol there")
+        lows_out, lows_in = _lows(source, old_ports), _lows(target, into=new_ports)
+        out = _decided(source, source.rules - 1, source.with_ports - has_ports, lows_out)
+        into = _decided(target, target.rules + 1, target.with_ports + has_ports, lows_in)
+        if not _same_split(source, out) or not _same_split(target, into):
+            raise Refused("a split of a protocol's chain changes")
+        after[i] = _with_lows(source, -1, -has_ports, lows_out, out)
+        after[j] = _with_lows(target, 1, has_ports, lows_in, into)
+    goes = {-1} if target.port is None else set(
+        _buckets(list(target.port.bounds), new_ports) if new_ports
+        else range(len(target.port.buckets)))
+    names = {-1: target.chain} if target.port is None else dict(enumerate(target.port.buckets))
+    if i == j:
+        for b in sorted(places.keys() | goes):
+            line = b"-A " + names[b].encode() + b" " + new_body + b"\n" if b in goes else b""
+            if b in places:
+                edits.append((*places[b], line))
+            else:
+                at = _insertion(text, b"-A " + names[b].encode() + b" ", order, position)
+                edits.append((at, at, line))
+        return
+    for start, end in places.values():
+        edits.append((start, end, b""))
+    for b in sorted(goes):
+        prefix = b"-A " + names[b].encode() + b" "
+        at = _insertion(text, prefix, order, position)
+        edits.append((at, at, prefix + new_body + b"\n"))
+
+
+def _with_lows(child: ProtocolChild, rules: int, with_ports: int, lows: Counter[int],
+               decided: tuple[int, list[int]] | None) -> ProtocolChild:
+    port = child.port
+    if port is not None and decided is not None:
+        port = PortNode(port.protocol, decided[0], port.bounds, port.buckets,
+                        tuple(sorted((+lows).items())))
+    named = child.named + rules  # (only a rule naming the protocol moves between chains)
+    return ProtocolChild(child.parent, child.protocol, child.chain, child.rules + rules,
+                         child.with_ports + with_ports, named, port)
 
 
 def _line_bounds(text: bytes, at: int) -> tuple[int, int]:
@@ -520,13 +653,14 @@ class Patch:
     base: PatchBase  # for the next compile, once these files are written
 
 
-def patch(policy: Policy, texts: dict[str, str], base: PatchBase, record: OutputRecord,
+def patch(policy: Policy, lines: dict[str, str], base: PatchBase, record: OutputRecord,
           output_dir: Path, backend: Backend | None, secret_hash: Callable[[], Hash]) -> Patch:
-    """The streams of a patch compile of POLICY (read from TEXTS) over the output
+    """The streams of a patch compile of POLICY (whose lines are LINES, line_digests) over
+    the output
     directory BASE and RECORD describe (the caller checked it still holds exactly that),
     and the next base; Refused when the edit is not one this module takes (the module's
     doc)."""
-    edit = _edited_line(base.texts, texts)
+    edit = _edited_line(base.lines, lines)
     positions = _rule_at(policy, edit)
     # The previous text differs in the edited line only, and its rules were where these
     # are: that line held one whole rule at the same position, and every other rule is
@@ -537,7 +671,7 @@ def patch(policy: Policy, texts: dict[str, str], base: PatchBase, record: Output
         raise Refused("the previous output has other clusters")
     options = options_for(policy)
     streams: list[PatchedCluster] = []
-    nodes_after = {c: {m: dict(f) for m, f in ms.items()} for c, ms in base.nodes.items()}
+    splits_after = {c: {m: dict(f) for m, f in ms.items()} for c, ms in base.splits.items()}
     for cluster, recorded in zip(policy.clusters, record.clusters, strict=True):
         writes_for = backend or cluster.backend
         if writes_for is not Backend.IPTABLES:
@@ -550,16 +684,16 @@ def patch(policy: Policy, texts: dict[str, str], base: PatchBase, record: Output
             rule = cluster.rules[position]
             label = f"{options.source_name(rule.span.file)}:{rule.span.line}"
             for member in cluster.members:
-                nodes = base.nodes.get(cluster.name, {}).get(member.name)
-                if nodes is None:
+                splits = base.splits.get(cluster.name, {}).get(member.name)
+                if splits is None:
                     raise Refused(f"no record of member {member.name}'s arrangement")
                 spliced.update(_member_edits(
-                    cluster, member, position, label, options, reader, nodes,
-                    nodes_after[cluster.name][member.name], order))
+                    cluster, member, position, label, options, reader, splits,
+                    splits_after[cluster.name][member.name], order))
         paths = [f.path for f in recorded.files]
         _rules_only(cluster, options, writes_for, reader, paths)
         streams.append(PatchedCluster(policy, cluster, writes_for, reader, spliced, paths))
-    return Patch(streams, PatchBase(base.out_key, dict(texts), nodes_after, base.spans))
+    return Patch(streams, PatchBase(base.out_key, lines, splits_after, base.spans))
 
 
 def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reader: _Reader,
@@ -581,8 +715,8 @@ def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reade
 
 def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
                   options: LowerOptions, reader: _Reader,
-                  nodes: dict[int, tuple[PortNode, ...]],
-                  nodes_after: dict[int, tuple[PortNode, ...]],
+                  splits: dict[int, tuple[ProtocolChild, ...]],
+                  splits_after: dict[int, tuple[ProtocolChild, ...]],
                   order: Callable[[str], int | None]) \
         -> dict[str, tuple[bytes, list[tuple[int, int, bytes]]]]:
     """The member's rules files that change, with their edits."""
@@ -607,13 +741,13 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
             raise Refused("the rule's line carries another label")
         _sets_known(ipsets, sets)
         new_sets.update(sets)
-        family_nodes = nodes.get(family)
-        if family_nodes is None:
+        children = splits.get(family)
+        if children is None:
             raise Refused(f"no record of member {member.name}'s IPv{family} arrangement")
-        edits, after, old = _splice(text, label, new, family_nodes, order, position)
+        edits, after, old = _splice(text, label, new, children, order, position)
         if old is not None:
             old_sets.update(old.sets)
-        nodes_after[family] = after
+        splits_after[family] = after
         out[path] = (text, edits)
         all_edits[len(texts)] = edits
         texts.append(text)

@@ -79,6 +79,13 @@ def _base_key(args: argparse.Namespace) -> str:
         bool(args.redact_secrets), args.backend or "", *creation_context()])
 
 
+def _line_key(cache: ResultCache) -> bytes:
+    """The key of a patch base's line digests (patch.line_digests): the cache's own."""
+    mac = cache.secret_hash()
+    mac.update(b"\0policy lines\0")
+    return mac.digest()[:32]
+
+
 def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
              backend: Backend | None, cache: ResultCache) -> patch.Patch | None:
     """A patch compile of an edit of one rule over the output directory's previous
@@ -91,8 +98,8 @@ def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
                                               args.force):
         return None
     try:
-        return patch.patch(policy, texts, base, record, Path(args.output), backend,
-                           cache.secret_hash)
+        return patch.patch(policy, patch.line_digests(texts, _line_key(cache)), base, record,
+                           Path(args.output), backend, cache.secret_hash)
     except patch.Refused:
         return None
 
@@ -183,12 +190,12 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
     status = _write_and_store(args, progress, verdict, texts, name, streams, cache, out_key)
     if status == 0 and verdict.stored():
         base = patched.base if patched is not None else patch.PatchBase(
-            "", dict(texts), patch.forward_nodes(
-                {s.name: s.port_nodes for s in streams if isinstance(s, ClusterStream)}),
+            "", patch.line_digests(texts, _line_key(cache)), patch.forward_splits(
+                {s.name: s.splits for s in streams if isinstance(s, ClusterStream)}),
             patch.rule_spans(policy))
         with contextlib.suppress(OSError):
             cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
-                out_key, base.texts, base.nodes, base.spans).as_json())
+                out_key, base.lines, base.splits, base.spans).as_json())
     return status
 
 

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import field
 
-from fwc.backend.arrange import PortNode, optimise
+from fwc.backend.arrange import ProtocolChild, optimise
 from fwc.backend.files import GeneratedFile
 from fwc.backend.ipsets import IpSet
 from fwc.backend.lower import LowerOptions, NodeRuleset, lower
@@ -260,9 +260,10 @@ class MemberBuild:
     backend: Backend | None = None
     # Texts of the cluster's previous member (by default none, and none kept).
     texts: SharedTexts = field(default_factory=lambda: SharedTexts(keep=False))
-    # The port splits of the iptables arrangement, per family and built-in chain, once
-    # `optimised` made it: what a later patch compile decides with (fwc.backend.patch).
-    port_nodes: dict[int, dict[str, tuple[PortNode, ...]]] = field(default_factory=dict)
+    # The protocol splits of the iptables arrangement, per family and built-in chain,
+    # once `optimised` made it: what a later patch compile decides with
+    # (fwc.backend.patch).
+    splits: dict[int, dict[str, tuple[ProtocolChild, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend is None:
@@ -290,7 +291,7 @@ class MemberBuild:
         if key not in self.memo:
             self.memo[key] = optimise(self.member, {f: self.lowered(f) for f in self.families},
                                       clip_ports=clip_ports, memo=self.cluster.memo,
-                                      port_nodes=None if clip_ports else self.port_nodes)
+                                      splits=None if clip_ports else self.splits)
         return self.memo[key]  # type: ignore[return-value]
 
     def has(self, name: str) -> bool:
