@@ -230,7 +230,7 @@ def test_switch_from_iptables_keeps_the_old_rules_until_the_nft_table_is_confirm
     assert install(lab, policy, "--member", "fw1", "--confirm", output=nft_out) == 0
     out = capsys.readouterr().out
     # On probation both ran: the old iptables rules and the new table.
-    assert seen["iptables"] == fwc_rules and "@addresses-v4-1" in str(seen["nft"])
+    assert seen["iptables"] == fwc_rules and "@fwc4." in str(seen["nft"])
     # Confirmed: fwc's old tables are empty, its sets and iptables files gone.
     assert "iptables: emptied the tables of fwc's previous iptables install: " in out
     # (normalised: a table with no rule and ACCEPT policies is as if never loaded)
@@ -241,7 +241,7 @@ def test_switch_from_iptables_keeps_the_old_rules_until_the_nft_table_is_confirm
     assert not any((fw1.etc / "fwc" / name).exists() for name in (
         "iptables.rules", "ip6tables.rules", "ipsets.rules", "failsafe.rules",
         "failsafe6.rules"))
-    assert "@addresses-v4-1" in fwc_table(fw1)
+    assert "@fwc4." in fwc_table(fw1)
     assert other_table(fw1) == other_before
     assert (fw1.etc / "fwc" / "snapshot" / "retired").exists()
     assert sh("ip", "netns", "pids", fw1.ns).split() == []

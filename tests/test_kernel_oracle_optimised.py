@@ -328,7 +328,8 @@ CONSTRUCTS = {
     "nft device chains": _has("nftables.nft", r"^\tchain filter-(fwd|in)-(lan|dmz|ext)"),
     "nft port buckets": _has("nftables.nft", r"^\tmap filter-\S+-ports \{"),
     # policy rules (named by their line) looked up in a verdict map
-    "nft verdict maps": _has("nftables.nft", r'vmap @rules-v[46]-\d+ comment "[^"]*\.fw:\d+ and'),
+    "nft verdict maps": _has("nftables.nft",
+                             r'vmap @\S+-v[46]-rules\d+(-ranges)? comment "[^"]*\.fw:\d+ and'),
     "nft concatenations": _has("nftables.nft",
                                r'(saddr|daddr) \. [^\n]*comment "[^"]*\.fw:\d+ and'),
 }

@@ -59,7 +59,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Container, Hashable, Mapping
 from dataclasses import replace
 from itertools import accumulate, compress
 from itertools import chain as chain_all
@@ -216,13 +216,9 @@ class _Arranger:
             name = base = f"{name[:proto.CHAIN_NAME_MAX - 7]}-{digest}"
         # Interface names hold '-', the separator: `lan` split by `out dmx` and an
         # interface `lan-dmx` both make `fwd-lan-dmx`. The next free number keeps the
-        # names unique (and always finds one: each try is a name not tried before).
-        number = 1
-        while name in self.taken:
-            self.collided = True
-            number += 1
-            suffix = f"-{number}"
-            name = base[:proto.CHAIN_NAME_MAX - len(suffix)] + suffix
+        # names unique.
+        name = next_free(base, self.taken, proto.CHAIN_NAME_MAX)
+        self.collided = self.collided or name != base
         self.taken.add(name)
         return name
 
@@ -372,6 +368,19 @@ class _Arranger:
 _DPORTS = attrgetter("match.dports")
 _WITH_MATCH = replacer(FilterRule, "match")
 _WITH_DPORTS = replacer(Match, "dports")
+def next_free(base: str, taken: Container[str], most: int) -> str:
+    """BASE, or else the first of BASE-2, BASE-3, ... that is not TAKEN, each cut to MOST
+    characters: how a name derived from content that meets another stays unique (the
+    arranger's chains, nft's sets and maps, fwc.backend.render.nftnames). It always finds
+    one (each try is a name not tried before), and the same one for the same TAKEN."""
+    name, number = base, 1
+    while name in taken:
+        number += 1
+        suffix = f"-{number}"
+        name = base[:most - len(suffix)] + suffix
+    return name
+
+
 _TARGET = attrgetter("target")
 _PROTOCOL = attrgetter("match.protocol")
 _LOW = itemgetter(0)  # of a PortRange
@@ -407,11 +416,18 @@ def halving_cuts(times: Mapping[int, int], buckets: int) -> list[int]:
     (quantile_cuts) moved a cut in 52-78 % of single changes, and with it the contents
     of the buckets beside it, so a one-line edit rewrote lines far from its rule
     (docs/performance.md, issue 12, twenty-sixth session)."""
+    total = sum(n for n in times.values() if n)
+    return halved(times, 2 ** round(math.log2(max(1.0, total / max(1, buckets)))))
+
+
+def halved(times: Mapping[int, int], most: int) -> list[int]:
+    """The cuts of halving the port space, and each half again while it holds more than
+    MOST of the lows counted in TIMES at two distinct ports or more (halving_cuts; the
+    nft port buckets' shared maps, fwc.backend.render.nftables `_bucket_sharing`)."""
     lows = sorted(low for low, n in times.items() if n)
     if not lows:
         return []
     ends = [0, *accumulate(times[low] for low in lows)]  # lows before each position
-    most = 2 ** round(math.log2(max(1.0, ends[-1] / max(1, buckets))))
     cuts: list[int] = []
     halves = [(0, PORT_MAX)]
     while halves:

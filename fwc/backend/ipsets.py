@@ -67,8 +67,15 @@ def _object_set_name(obj: str, family: int) -> str:
     return f"fwc{family}-{obj[:SET_NAME_MAX - 12]}-{_hash(obj, 6)}"
 
 
+def content_name(prefix: str, elements: tuple[str, ...]) -> str:
+    """PREFIX.HASH: a set named by its elements (48 bits of their digest), so the name
+    does not depend on what else the file holds. The ipsets of address lists here, and
+    the nft file's address and port sets (fwc.backend.render.nftnames)."""
+    return f"{prefix}.{_hash(' '.join(elements), 12)}"
+
+
 def _content_set_name(cidrs: tuple[str, ...], family: int) -> str:
-    return f"fwc{family}.{_hash(' '.join(cidrs), 12)}"
+    return content_name(f"fwc{family}", cidrs)
 
 
 def _object_of(endpoint: Endpoint, cidrs: tuple[str, ...], family: int,

@@ -59,11 +59,13 @@ _LOCATION = re.compile(r'(--comment "(?:fwc arrange: )?[^":\n]+):\d+(?=(?:, in \
 # 3 us each, 1.5 s for the rules files of one member pair at 20,000 rules)
 _FIRST_GROUP = operator.methodcaller("group", 1)
 # nftables': a comment ends its rule's line, or stands in a map's or set's element
-# before its " : verdict" or ","; a lookup's comment names its first rule's line and how
-# many more rules the map or set holds (fwc.backend.render.nftables)
+# before its " : verdict" or ","; a lookup's comment names its first rule's line, "and
+# more rules" (fwc.backend.render.nftables; before issue 12's twenty-seventh session how
+# many more, and the map or set: outputs of older versions)
 _NFT_LOCATION = re.compile(
     r'( comment "(?:fwc arrange: )?[^":\n]+):\d+'
-    r'(?=(?:, in \d+ chains?| and \d+ more rules? \((?:map|set) [^"()\n]+\))?"(?:$| :|,))',
+    r'(?=(?:, in \d+ chains?| and more rules| and \d+ more rules? \((?:map|set) [^"()\n]+\))?'
+    r'"(?:$| :|,))',
     re.MULTILINE)
 
 

@@ -25,11 +25,11 @@ proves the two outputs decide every sampled packet alike):
   lookup in a named verdict map (`iifname vmap @...`);
 - rules that differ only in devices, addresses, ports and verdict become one
   lookup in a verdict map keyed on them (`iifname . oifname . ip saddr ... vmap
-  @rules-v4-N`, the devices only while the key fits nft's 64 bytes of registers;
+  @CHAIN-rulesN`, the devices only while the key fits nft's 64 bytes of registers;
   each element a rule, with its comment and its own counter; the elements of exact
   keys, host addresses and single ports, in a map of their own without `flags
   interval`, a hash table the kernel fills cheaply); rejecting rules
-  share a set per target (`... @rules-v4-N reject ...`). A logged rule (LOG line
+  share a set per target (`... @CHAIN-rulesN reject ...`). A logged rule (LOG line
   and verdict) joins them as a jump to a chain of the two (`fold_logs`), and the
   bucket chains of one port dispatch share their maps (`_bucket_sharing`): fewer
   sets load faster, as the kernel finds each set by name in a list;
@@ -43,6 +43,10 @@ proves the two outputs decide every sampled packet alike):
   with the square of their number (minutes for tens of thousands), a named set
   once.
 
+Every set and map is named by its content or its place (fwc.backend.render.nftnames),
+never counted over the file: users review the diff of output/, and one map more
+renumbered every map after it (issue 12).
+
 The rule vocabulary, statement for statement (docs/compile.md): a rule's rate
 limit is a named `limit` object (`rate over`, one per hashlimit name and family),
 per source a dynamic set (`update @s { ip saddr limit rate over ... }`); a
@@ -55,6 +59,7 @@ Every rule counts (`counter`) and carries its policy line as the comment.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import itertools
@@ -66,6 +71,7 @@ from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from fwc import protocols as proto
+from fwc.backend.arrange import halved
 from fwc.backend.files import GeneratedFile, Reload, path_of
 from fwc.backend.ipsets import IpSet
 from fwc.backend.lower.failsafe import failsafe
@@ -527,8 +533,7 @@ def unfold_logs(parts: list[tuple[Chain, str | None]], planned: list[list[Item]]
 def _address_set(family: int, cidrs: tuple[str, ...], writer: Names,
                  preferred: str | None = None) -> str:
     key_type = "ipv4_addr" if family == 4 else "ipv6_addr"
-    return writer.named_set(f"addresses-v{family}", key_type, writer.collapsed(cidrs),
-                            preferred)
+    return writer.named_set(f"fwc{family}", key_type, writer.collapsed(cidrs), preferred)
 
 
 def _addresses(direction: str, match: AddressMatch, family: int, writer: Names,
@@ -804,15 +809,16 @@ def _exact(field_: str, value: str, family: int) -> str | None:
 
 
 def _concat(item: Concat, family: int, writer: Names, chain_names: dict[str, str],
-            ipsets: dict[str, tuple[str, ...]], members: tuple[Rule, ...] | None = None,
-            names: tuple[str, ...] | None = None,
+            ipsets: dict[str, tuple[str, ...]], base: str,
+            members: tuple[Rule, ...] | None = None, names: tuple[str, ...] | None = None,
             known_protocol: object = None, memo: Memo | None = None,
             where: tuple[object, ...] = ()) -> tuple[str, tuple[str, ...]]:
-    """(the lookup rules, their sets' names). MEMBERS are the rules whose elements fill
-    the sets (the item's own, or those of every port bucket sharing them,
-    `_bucket_sharing`); NAMES the sets when they are declared already. MEMO, WHERE (the
-    memo key of the item's place, its table and family among them): the elements the
-    previous member wrote for the same rules there (`_reused`).
+    """(the lookup rules, their sets' names). BASE names the sets (`_rules_name`: the
+    chain and the item's place in it, nothing of the rest of the file). MEMBERS are the
+    rules whose elements fill the sets (the item's own, or those of every port bucket
+    sharing them, `_bucket_sharing`); NAMES the sets when they are declared already.
+    MEMO, WHERE (the memo key of the item's place, its table and family among them): the
+    elements the previous member wrote for the same rules there (`_reused`).
 
     A verdict map is written as two: the elements whose every field is one value (a
     host address, one port) in a map of exact keys, the others in a map with `flags
@@ -837,18 +843,18 @@ def _concat(item: Concat, family: int, writer: Names, chain_names: dict[str, str
                                 functools.partial(_concat_elements, rules, item.fields,
                                                   item.verdicts, family, writer, chain_names))
         key_type = " . ".join(types[f] for f in item.fields)
-        if item.verdicts:
-            names = tuple(writer.verdict_map(f"rules-v{family}", key_type, tuple(elements),
-                                             interval=interval, numbered=True)
-                          for elements, interval in ((exact, False), (ranged, True))
+        if item.verdicts:  # (each named apart: either may be missing)
+            names = tuple(writer.verdict_map(name, key_type, tuple(elements),
+                                             interval=interval, counted=True)
+                          for name, elements, interval in ((base, exact, False),
+                                                           (f"{base}-ranges", ranged, True))
                           if elements)
         else:
-            names = (writer.named_set(f"rules-v{family}", key_type, tuple(ranged)),)
+            names = (writer.named_set(base, key_type, tuple(ranged), base),)
     lookup = replace(first, match=replace(
         first.match, source=AddressMatch(), destination=AddressMatch(), dports=(),
         in_device=None if "iifname" in item.fields else first.match.in_device,
         out_device=None if "oifname" in item.fields else first.match.out_device))
-    kind = "map" if item.verdicts else "set"
     texts: list[str] = []
     for name in names:
         key = f"{' . '.join(expressions[f] for f in item.fields)}"
@@ -863,7 +869,9 @@ def _concat(item: Concat, family: int, writer: Names, chain_names: dict[str, str
                 parts.append("tcp flags & (fin | syn | rst | ack) != syn")
         else:
             parts = [*lookup_part, *_protocol(lookup.match, writer, known_protocol)]
-        comment = f"{first.comment} and {len(item.rules) - 1} more rules ({kind} {name})"
+        # (not how many: one rule joining or leaving the set changed the line of every
+        # chain looking it up; nor the set's name, which the line holds already)
+        comment = f"{first.comment} and more rules"
         texts.append(_rule(lookup, family, writer, chain_names, ipsets, parts,
                            statement=key if item.verdicts else None, comment=comment,
                            counter=not item.verdicts))
@@ -984,17 +992,22 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
     each chain's lookup decides as its own set did. Fewer sets load faster (the kernel
     finds each set by name in a list). Returns (chain index, item index) -> slot, and
     each slot's rules in dispatch order. MEMO, WHERE (the file and table): each bucket's
-    sets measured as the previous member measured them (`_reused`)."""
+    sets measured as the previous member measured them (`_reused`).
+
+    Which buckets share is decided as the arranger cuts ports (`arrange.halved`): the
+    port space halved while a half's buckets hold more than SHARED_MAX elements, so a
+    rule joining or leaving a bucket moves a boundary only when a half crosses that
+    bound. Filling each set up to SHARED_MAX in dispatch order, as before, moved every
+    later boundary (and the lines of the buckets beside it) with one element more."""
     refs: dict[str, int] = {}
     for chain, _ in parts:
         for rule in chain.rules:
             if type(rule.target) is str:
                 refs[rule.target] = refs.get(rule.target, 0) + 1
     user = {chain.name: at for at, (chain, variant) in enumerate(parts) if variant is None}
-    slots: dict[tuple[int, int], Slot] = {}
-    members: dict[Slot, list[Rule]] = {}
-    part: dict[tuple[int, int, object, int], int] = {}  # the current set of each kind
-    filled: dict[Slot, int] = {}  # elements per set
+    # per kind of set (dispatch, set shape, n-th of it in a bucket): each bucket's
+    # (lowest port, chain index, item index, elements), in dispatch order
+    kinds: dict[tuple[int, int, object, int], list[tuple[int, int, int, int]]] = {}
     for at, items in enumerate(planned):
         for index, item in enumerate(items):
             if not isinstance(item, Dispatch) or item.field != "dport":
@@ -1014,15 +1027,18 @@ def _bucket_sharing(parts: list[tuple[Chain, str | None]], planned: list[list[It
                                    (got, item.protocol, value),
                                    functools.partial(_bucket_elements, got, item.protocol,
                                                      value))
-                    if size is None:
-                        continue
-                    slot = (at, index, got.key, n, part.get((at, index, got.key, n), 0))
-                    if filled.get(slot, 0) + size > SHARED_MAX:  # a new set of this kind
-                        part[slot[:4]] = slot[4] + 1
-                        slot = (*slot[:4], slot[4] + 1)
-                    filled[slot] = filled.get(slot, 0) + size
-                    slots[bucket, inner] = slot
-                    members.setdefault(slot, []).extend(got.rules)
+                    if size is not None:
+                        kinds.setdefault((at, index, got.key, n), []).append(
+                            (value.low, bucket, inner, size))
+    slots: dict[tuple[int, int], Slot] = {}
+    members: dict[Slot, list[Rule]] = {}
+    for kind, buckets in kinds.items():
+        times = Counter({low: size for low, _, _, size in buckets})
+        cuts = halved(times, SHARED_MAX)
+        for low, bucket, inner, _ in buckets:
+            slot = (*kind, bisect.bisect_right(cuts, low))
+            slots[bucket, inner] = slot
+            members.setdefault(slot, []).extend(cast("Concat", planned[bucket][inner]).rules)
     return slots, {slot: tuple(rules) for slot, rules in members.items()}
 
 
@@ -1051,13 +1067,16 @@ def _chain_texts(items: list[Item], name: str, family: int, writer: Writer,
     asked: Names = Journal(writer) if journal else writer
     lines = [f"\tchain {name} {{"]
     made: list[tuple[int, tuple[str, ...]]] = []
+    concats = 0
     for index, item in enumerate(items):
         if isinstance(item, Dispatch):
             text = _dispatch(item, name, asked, names, known)
         elif isinstance(item, Concat):
+            concats += 1
             rules, declared = shared_sets.get(index, (None, None))
-            text, sets = _concat(item, family, asked, names, ipsets, rules, declared, known,
-                                 memo, (ELEMENTS_MEMO, *where, index))
+            text, sets = _concat(item, family, asked, names, ipsets,
+                                 _rules_name(name, concats), rules, declared, known, memo,
+                                 (ELEMENTS_MEMO, *where, index))
             if index in shared_sets:
                 made.append((index, sets))
         elif isinstance(item, Share):
@@ -1070,6 +1089,15 @@ def _chain_texts(items: list[Item], name: str, family: int, writer: Writer,
     calls = asked.kept() if isinstance(asked, Journal) else ()
     return _Texts(text, Counter(SET_REFERENCE.findall(text)), calls, tuple(made),
                   _one_of(memo, _targets(items)) if journal else frozenset())
+
+
+def _rules_name(chain: str, nth: int) -> str:
+    """The sets or maps of the NTH concatenation of CHAIN (`CHAIN-rulesN`; the interval
+    map of a pair `-ranges` after it): named where they stand, so a rule that joins or
+    leaves another chain's set renames none of them (numbered over the file, one map
+    more renumbered every map after it). Shared by port buckets (`_bucket_sharing`),
+    they are named by the first chain that looks them up."""
+    return f"{chain}-rules{nth}"
 
 
 def _targets(items: list[Item]) -> frozenset[str]:
@@ -1111,9 +1139,9 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
     worked out first (the sets they name are declared before them), then the file is
     written out piece by piece, never whole (at 100,000 rules it is 30 MB, and its joined
     text and bytes were two more copies at once)."""
-    writer = Writer() if memo is None else Writer(memo.get(COLLAPSED_MEMO, dict))
     blocks = None if memo is None else memo.get(BLOCKS_MEMO, dict)
     ipsets = {s.name: s.cidrs for s in sets}
+    writer = Writer(None if memo is None else memo.get(COLLAPSED_MEMO, dict), sets)
     # (table, builtin chain, variant) -> family -> its chain; plus every family's user chains.
     builtins: dict[tuple[TableName, BuiltinChain, str], dict[int, Chain]] = {}
     body: list[str] = []  # each chain's lines, as one text
@@ -1216,10 +1244,15 @@ def render_pieces(rulesets: list[NodeRuleset], header: str, sets: tuple[IpSet, .
         if protocol not in PROTOCOL_WORDS:
             raise NftUnsupported(f"helper {helper} on protocol {protocol}")
     # The sets and maps most often named by rules first: the kernel finds each set a rule
-    # names by walking the table's list of sets in the order they were declared.
+    # names by walking the table's list of sets in the order they were declared. By the
+    # power of two of their uses, in the order of first use within one: sorted by the
+    # count itself, a set one rule more or fewer names moved past the sets of its count
+    # (hundreds of lines of a diff for an edit of one rule); the walk is 4-5 % longer
+    # (20k benchmark, docs/performance.md: nftables maps named by content).
     listed = sorted(((kind, name, spec) for kind, table in (("set", writer.sets),
                                                             ("map", writer.maps))
-                     for name, spec in table.items()), key=lambda d: -uses[d[1]])
+                     for name, spec in table.items()),
+                    key=lambda d: -uses[d[1]].bit_length())
 
     def lines() -> Iterator[str]:
         yield from (f"# {escape.comment(line)}" for line in header.splitlines())

@@ -1,22 +1,32 @@
 """The named objects of one nft file (sets, verdict maps, conntrack helpers, limits,
 meters), and a record of what one chain's texts asked of them.
 
-Rule texts name these objects, and a name depends on what the file declared before
-(sets are numbered in the order of first use, one per distinct content). A chain whose
-texts another member's file already wrote can take them as they are only when the same
-questions get the same answers in this file: a `Journal` keeps one chain's questions and
-answers, `Writer.replayed` asks them again and keeps the declarations only if every
-answer is the same (fwc.backend.render.nftables `render_pieces`).
+Each object is named by what it holds or where it stands, never by a count over the
+file: an address or port set by a digest of its elements (`fwc4.HASH`, `ports.HASH`), a
+rule map by the chain whose rules fill it (`filter-fwd-tcp-1024-v4-rules1`), so an edit
+of one rule renames nothing of the others' (users review `git diff output/`, issue 12).
+A name that meets one taken by other content gets the next free `-2`, `-3`
+(`arrange.next_free`): then, and only then, it depends on what the file declared before.
+A chain whose texts another member's file already wrote can take them as they are only
+when the same questions get the same answers in this file: a `Journal` keeps one chain's
+questions and answers, `Writer.replayed` asks them again and keeps the declarations only
+if every answer is the same (fwc.backend.render.nftables `render_pieces`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
+from fwc.backend.arrange import next_free
+from fwc.backend.ipsets import IpSet, content_name
 from fwc.backend.render import escape
 from fwc.model.addresses import FAMILY_BITS, address_text, cidr_span
 from fwc.model.records import hash_once
+
+# The longest name of a set, map or chain nft loads (NFT_NAME_MAXLEN 256 with the NUL).
+NFT_NAME_MAX = 255
 
 
 class NftUnsupported(ValueError):
@@ -36,10 +46,10 @@ class Writer:
     """The named objects of one file, each declared once, in the order first used."""
 
     __slots__ = ("sets", "maps", "helpers", "limits", "meters", "collapsed_memo",
-                 "by_content", "counts", "counted")
+                 "by_content", "counts", "counted", "objects")
 
-    def __init__(self, collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] | None = None) \
-            -> None:
+    def __init__(self, collapsed_memo: dict[tuple[str, ...], tuple[str, ...]] | None = None,
+                 ipsets: Iterable[IpSet] = ()) -> None:
         # name -> (key type, flags, elements as written), in the order first used
         self.sets: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         self.maps: dict[str, tuple[str, str, tuple[str, ...]]] = {}
@@ -49,10 +59,16 @@ class Writer:
         # dynamic sets (meters): name -> (key type, with a timeout)
         self.meters: dict[str, tuple[str, bool]] = {}
         self.collapsed_memo = {} if collapsed_memo is None else collapsed_memo
-        self.by_content: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self.by_content: dict[tuple[str, str, tuple[str, ...], str | None], str] = {}
         self.counts: dict[str, int] = {}
         # maps counting per element; a dict, ordered, so `_undo` can drop the newest
         self.counted: dict[str, None] = {}
+        # (key type, addresses) -> the ipset holding them (`named_set`): the least name
+        # when several do
+        self.objects: dict[tuple[str, tuple[str, ...]], str] = {}
+        for one in sorted(ipsets, key=attrgetter("name")):
+            key_type = "ipv4_addr" if one.family == 4 else "ipv6_addr"
+            self.objects.setdefault((key_type, self.collapsed(one.cidrs)), one.name)
 
     def collapsed(self, cidrs: tuple[str, ...]) -> tuple[str, ...]:
         found = self.collapsed_memo.get(cidrs)
@@ -67,41 +83,38 @@ class Writer:
 
     def named_set(self, prefix: str, key_type: str, elements: tuple[str, ...],
                   preferred: str | None = None) -> str:
-        """The set holding ELEMENTS (one per distinct content), declared once. Sets are
-        numbered per kind in the order of first use, so members differ only in values."""
-        key = (prefix, key_type, elements)
+        """The set holding ELEMENTS, declared once: named PREFERRED (an ipset's name, a
+        rule set's chain), else after the ipset of the member holding just these
+        addresses (`fwc4-partners`), else PREFIX.HASH of ELEMENTS. A list and an ipset
+        of one content took the name of whichever came first: an edit of the rule first
+        naming it renamed the set in every rule (and other members named it otherwise)."""
+        if preferred is None:
+            preferred = self.objects.get((key_type, elements))
+        key = (prefix, key_type, elements, preferred)
         found = self.by_content.get(key)
         if found is not None:
             return found
-        name = None if preferred is None else escape.nft_identifier(preferred)
-        while name is None or name in self.sets:  # never a set declared already
-            self.counts[prefix] = self.counts.get(prefix, 0) + 1
-            name = escape.nft_identifier(f"{prefix}-{self.counts[prefix]}")
+        name = self._free(escape.nft_identifier(
+            content_name(prefix, elements) if preferred is None else preferred))
         self.sets[name] = (key_type, "interval", elements)
         self.by_content[key] = name
         return name
 
     def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...],
-                    interval: bool = False, numbered: bool = False) -> str:
-        """A verdict map named NAME (NAME-2, ... when taken), or with NUMBERED the next
-        NAME-N; INTERVAL for ranges and prefixes in the key. The rule maps (`_concat`)
-        count per element (`counter`): each element is a rule of the policy."""
-        base = escape.nft_identifier(name)
-        if numbered:
-            name = base
-            while name == base or name in self.maps:
-                self.counts[base] = self.counts.get(base, 0) + 1
-                name = f"{base}-{self.counts[base]}"
-        else:
-            name, n = base, 1
-            while name in self.maps:
-                n += 1
-                name = f"{base}-{n}"
-        flags = "interval" if interval or (not numbered and key_type == "inet_service") else ""
+                    interval: bool = False, counted: bool = False) -> str:
+        """A verdict map named NAME (the next free NAME-2, ... when taken); INTERVAL for
+        ranges and prefixes in the key. COUNTED: the rule maps (`_concat`), which count
+        per element (`counter`): each element is a rule of the policy."""
+        name = self._free(escape.nft_identifier(name))
+        flags = "interval" if interval or (not counted and key_type == "inet_service") else ""
         self.maps[name] = (key_type, flags, elements)
-        if numbered:
+        if counted:
             self.counted[name] = None
         return name
+
+    def _free(self, name: str) -> str:
+        """NAME or its next free variant: sets, maps and meters share one namespace."""
+        return next_free(name, _Taken(self), NFT_NAME_MAX)
 
     def limit(self, name: str, family: int, rate: str, burst: int) -> str:
         """The `limit` object of hashlimit bucket NAME in FAMILY (iptables keeps one table
@@ -168,6 +181,20 @@ class Writer:
         self.counts = counts
 
 
+class _Taken:
+    """The names a writer declared in nft's one namespace of sets (maps and meters are
+    sets too), for `next_free`."""
+
+    __slots__ = ("writer",)
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def __contains__(self, name: object) -> bool:
+        w = self.writer
+        return name in w.sets or name in w.maps or name in w.meters
+
+
 class Journal:
     """A `Writer` as one chain's texts see it: it answers as the writer does, and keeps
     each question with its answer (and each ipset read) for `Writer.replayed`."""
@@ -196,8 +223,8 @@ class Journal:
         return self._kept("named_set", (prefix, key_type, elements, preferred))
 
     def verdict_map(self, name: str, key_type: str, elements: tuple[str, ...],
-                    interval: bool = False, numbered: bool = False) -> str:
-        return self._kept("verdict_map", (name, key_type, elements, interval, numbered))
+                    interval: bool = False, counted: bool = False) -> str:
+        return self._kept("verdict_map", (name, key_type, elements, interval, counted))
 
     def limit(self, name: str, family: int, rate: str, burst: int) -> str:
         return self._kept("limit", (name, family, rate, burst))
