@@ -91,19 +91,20 @@ class Refused(Exception):  # noqa: N818 - a reason, shown in tests and traces
 
 @dataclass(frozen=True, slots=True)
 class PatchBase:
-    """What a patch starts from: the compile that wrote the output directory (its
-    OutputRecord's cache key), the lines of the policy it compiled (`line_digests`), and
-    per cluster, member and
-    family the protocol splits of the iptables arrangement's FORWARD chain."""
+    """What a patch starts from: what the compile that wrote the output directory wrote
+    (its OutputRecord: an entry of its own per directory, as the content's entry "out"
+    is the last directory's that content was compiled into), the lines of the policy it
+    compiled (`line_digests`), its rules' spans, and per cluster, member and family the
+    protocol splits of the iptables arrangement's FORWARD chain."""
 
-    out_key: str
+    record: OutputRecord
     lines: dict[str, str]  # per policy file, the digests of its lines (line_digests)
     splits: dict[str, dict[str, dict[int, tuple[ProtocolChild, ...]]]]
     # per cluster, each filter rule's file (shown name), first and last line
     spans: dict[str, list[tuple[str, int, int]]]
 
     def as_json(self) -> dict[str, Any]:
-        return {"out": self.out_key, "lines": self.lines,
+        return {"record": self.record.as_json(), "lines": self.lines,
                 "spans": {cluster: [list(span) for span in spans]
                           for cluster, spans in self.spans.items()},
                 "splits": {cluster: {member: {str(family): [_child_json(c) for c in children]
@@ -116,7 +117,7 @@ class PatchBase:
         """The base a cache entry holds; None when it is not one (entries are
         authenticated: only another fwc version's could fail here)."""
         try:
-            out_key, lines = value["out"], value["lines"]
+            record, lines = OutputRecord.of_json(value["record"]), value["lines"]
             spans = {cluster: [(file, first, last) for file, first, last in listed]
                      for cluster, listed in value["spans"].items()}
             splits = {cluster: {member: {int(family): tuple(_child(c) for c in listed)
@@ -125,13 +126,13 @@ class PatchBase:
                       for cluster, members in value["splits"].items()}
         except (TypeError, KeyError, ValueError, AttributeError):
             return None
-        if not isinstance(out_key, str) or not isinstance(lines, dict) or not all(
+        if record is None or not isinstance(lines, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and len(v) % _DIGEST_CHARS == 0
                 for k, v in lines.items()) \
                 or not all(isinstance(f, str) and type(a) is int and type(b) is int
                            for listed in spans.values() for f, a, b in listed):
             return None
-        return cls(out_key, lines, splits, spans)
+        return cls(record, lines, splits, spans)
 
 
 _DIGEST_CHARS = 32  # of a line's digest (hex of 16 bytes: no collision to hide an edit)
@@ -653,13 +654,14 @@ class Patch:
     base: PatchBase  # for the next compile, once these files are written
 
 
-def patch(policy: Policy, lines: dict[str, str], base: PatchBase, record: OutputRecord,
-          output_dir: Path, backend: Backend | None, secret_hash: Callable[[], Hash]) -> Patch:
+def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Path,
+          backend: Backend | None, secret_hash: Callable[[], Hash]) -> Patch:
     """The streams of a patch compile of POLICY (whose lines are LINES, line_digests) over
-    the output
-    directory BASE and RECORD describe (the caller checked it still holds exactly that),
+    the output directory BASE describes (the caller checked it still holds exactly what
+    BASE.record says),
     and the next base; Refused when the edit is not one this module takes (the module's
     doc)."""
+    record = base.record
     edit = _edited_line(base.lines, lines)
     positions = _rule_at(policy, edit)
     # The previous text differs in the edited line only, and its rules were where these
@@ -693,7 +695,7 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, record: Output
         paths = [f.path for f in recorded.files]
         _rules_only(cluster, options, writes_for, reader, paths)
         streams.append(PatchedCluster(policy, cluster, writes_for, reader, spliced, paths))
-    return Patch(streams, PatchBase(base.out_key, lines, splits_after, base.spans))
+    return Patch(streams, PatchBase(base.record, lines, splits_after, base.spans))
 
 
 def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reader: _Reader,

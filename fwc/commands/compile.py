@@ -93,12 +93,10 @@ def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
     base = patch.PatchBase.of_json(cache.get_json(patch.KIND, _base_key(args)))
     if base is None:
         return None
-    record = OutputRecord.of_json(cache.get_json("out", base.out_key))
-    if record is None or not unchanged_output(Path(args.output), record, cache.secret_hash,
-                                              args.force):
+    if not unchanged_output(Path(args.output), base.record, cache.secret_hash, args.force):
         return None
     try:
-        return patch.patch(policy, patch.line_digests(texts, _line_key(cache)), base, record,
+        return patch.patch(policy, patch.line_digests(texts, _line_key(cache)), base,
                            Path(args.output), backend, cache.secret_hash)
     except patch.Refused:
         return None
@@ -186,16 +184,17 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
     name = policy_name(policy)
     if cache is None or key is None:
         return _write(args, progress, verdict, texts, name, streams)
-    out_key = _output_key(key, args)
-    status = _write_and_store(args, progress, verdict, texts, name, streams, cache, out_key)
-    if status == 0 and verdict.stored():
+    status, record = _write_and_store(args, progress, verdict, texts, name, streams, cache,
+                                      _output_key(key, args))
+    if record is not None:
+        # what the next compile into this directory may patch (fwc.backend.patch)
         base = patched.base if patched is not None else patch.PatchBase(
-            "", patch.line_digests(texts, _line_key(cache)), patch.forward_splits(
+            record, patch.line_digests(texts, _line_key(cache)), patch.forward_splits(
                 {s.name: s.splits for s in streams if isinstance(s, ClusterStream)}),
             patch.rule_spans(policy))
         with contextlib.suppress(OSError):
             cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
-                out_key, base.lines, base.splits, base.spans).as_json())
+                record, base.lines, base.splits, base.spans).as_json())
     return status
 
 
@@ -273,16 +272,19 @@ class Verdict:
 
 def _write_and_store(args: argparse.Namespace, progress: Progress, verdict: Verdict,
                      texts: dict[str, str], policy_name: str,
-                     streams: Sequence[FileStream], cache: ResultCache, key: str) -> int:
-    """Write the files and record them in the cache entry KEY (only if all went well)."""
+                     streams: Sequence[FileStream], cache: ResultCache,
+                     key: str) -> tuple[int, OutputRecord | None]:
+    """Write the files and record them in the cache entry KEY (only if all went well):
+    the exit status and the record stored (None: none)."""
     recorder = Recorder(streams, cache.secret_hash)
     status = _write(args, progress, verdict, texts, policy_name, recorder.streams, recorder)
     record = recorder.record(policy_name) if status == 0 else None
-    if record is not None and verdict.stored():
-        # The output is written; an error here only loses the record for next time.
-        with contextlib.suppress(OSError):
-            cache.put_json("out", key, record.as_json())
-    return status
+    if record is None or not verdict.stored():
+        return status, None
+    # The output is written; an error here only loses the record for next time.
+    with contextlib.suppress(OSError):
+        cache.put_json("out", key, record.as_json())
+    return status, record
 
 
 def _write_failure(exc: Exception) -> Diagnostic:
