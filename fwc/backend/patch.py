@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -71,7 +72,7 @@ from fwc.backend.lower.ruleset import FilterRule, rendered_lines
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry
 from fwc.backend.output import OutputFile, Splits, _manifest, members_of
-from fwc.backend.record import Hash, OutputRecord, RecordedCluster, _hash_of
+from fwc.backend.record import Hash, OutputRecord, RecordedCluster, hash_of
 from fwc.backend.render import conntrackd, escape
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.ipset import set_lines
@@ -323,8 +324,8 @@ def _splice(text: bytes, label: str, new: FilterRule, children: tuple[ProtocolCh
     first = text.find(token)
     if filter_at < 0 or 0 <= first < filter_at:
         raise Refused("the rule had lines outside the filter table")
-    if text.find(b' --comment "fwc arrange: ' + quoted[1:]) >= 0:
-        raise Refused("the rule had a chain of its own")
+    # (a rule with a chain of its own, share_expansions', has its lines there: fwc-pN-,
+    # refused below with any chain outside FORWARD's tree)
     # the rule's lines by chain, in file order: (start, end)
     by_chain: dict[bytes, tuple[int, int]] = {}
     bodies: set[bytes] = set()
@@ -570,31 +571,39 @@ def _sets_still_named(texts: list[bytes], edits: Mapping[int, list[tuple[int, in
 
 
 class _Reader:
-    """The previous output's files, each read once and checked against its record."""
+    """The previous output's files, each checked against the record of the compile that
+    wrote it when first read: its bytes' digest, and on every read the same inode, size,
+    link count, owner, mode and change time (`unchanged_output` compared the tree)."""
 
     def __init__(self, directory: Path, cluster: RecordedCluster,
                  secret_hash: Callable[[], Hash]) -> None:
         self.directory = directory
+        self.nodes = {path: node for path, node in cluster.tree.items() if node[0] == "f"}
+        self.modes = {path: node[1] for path, node in self.nodes.items()}
         self.digests = {f.path: f.sha256 for f in cluster.files}
-        self.modes = {path: node[1] for path, node in cluster.tree.items() if node[0] == "f"}
         self.secret_hash = secret_hash
-        self.kept: dict[str, bytes] = {}
+        self.checked: set[str] = set()
 
     def read(self, path: str) -> bytes:
-        got = self.kept.get(path)
-        if got is not None:
-            return got
-        expected = self.digests.get(path)
-        if expected is None:
+        node = self.nodes.get(path)
+        if node is None:
             raise Refused(f"the previous output has no {path}")
         fd = os.open(self.directory / path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as stream:
+            info = os.fstat(stream.fileno())
             data = stream.read()
-        digest = _hash_of(path, self.secret_hash)
-        digest.update(data)
-        if digest.hexdigest() != expected:
+            after = os.fstat(stream.fileno())
+        seen = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, info.st_nlink,
+                info.st_size, info.st_ino, info.st_ctime_ns)
+        if not stat.S_ISREG(info.st_mode) or seen != (*node[1:4], *node[5:]) \
+                or after.st_ctime_ns != info.st_ctime_ns or len(data) != info.st_size:
             raise Refused(f"{path} changed since it was written")
-        self.kept[path] = data
+        if path not in self.checked:
+            digest = hash_of(path, self.secret_hash)
+            digest.update(data)
+            if digest.hexdigest() != self.digests.get(path):
+                raise Refused(f"{path} is not what was written")
+            self.checked.add(path)
         return data
 
 
@@ -604,7 +613,7 @@ class PatchedCluster:
     and the MANIFEST made anew (its sources' digests are the new policy's)."""
 
     def __init__(self, policy: Policy, cluster: Cluster, backend: Backend,
-                 reader: _Reader, spliced: dict[str, tuple[bytes, list[tuple[int, int, bytes]]]],
+                 reader: _Reader, spliced: dict[str, list[tuple[int, int, bytes]]],
                  paths: list[str]) -> None:
         self.name = cluster.name
         self._policy = policy
@@ -620,13 +629,14 @@ class PatchedCluster:
             if path == MANIFEST:
                 continue
             mode = self._reader.modes[path]
-            spliced = self._spliced.get(path)
-            if spliced is None:
+            edits = self._spliced.get(path)
+            if edits is None:
                 content = self._reader.read(path)
                 entries.append(Entry.of(path, content))
                 yield OutputFile(path, content, mode)
                 continue
-            chunks = Chunks(_pieces(*spliced))
+            # read again (the page cache's): only one rules file is held at a time
+            chunks = Chunks(_pieces(self._reader.read(path), edits))
             yield OutputFile(path, b"", mode, chunks)
             entries.append(Entry.of_digest(path, chunks.sha256()))
         yield OutputFile(MANIFEST, _manifest(self._policy, self._cluster, entries,
@@ -642,10 +652,10 @@ def _pieces(text: bytes, edits: list[tuple[int, int, bytes]]) -> Iterator[bytes]
     for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
         if start < at:
             raise RuntimeError("overlapping edits of a patch")  # never: one per chain
-        yield bytes(view[at:start])
+        yield view[at:start]  # type: ignore[misc]  # (written and hashed as it is)
         yield replacement
         at = end
-    yield bytes(view[at:])
+    yield view[at:]  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,7 +689,7 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
         if writes_for is not Backend.IPTABLES:
             raise Refused(f"backend {writes_for}")
         reader = _Reader(output_dir / cluster.name, recorded, secret_hash)
-        spliced: dict[str, tuple[bytes, list[tuple[int, int, bytes]]]] = {}
+        spliced: dict[str, list[tuple[int, int, bytes]]] = {}
         position = positions.get(cluster.name)
         if position is not None:
             order = _policy_order(cluster, options)
@@ -694,6 +704,9 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
                     splits_after[cluster.name][member.name], order))
         paths = [f.path for f in recorded.files]
         _rules_only(cluster, options, writes_for, reader, paths)
+        for path in paths:  # every file's bytes checked now, not while it is written
+            if path not in reader.checked:
+                reader.read(path)
         streams.append(PatchedCluster(policy, cluster, writes_for, reader, spliced, paths))
     return Patch(streams, PatchBase(base.record, lines, splits_after, base.spans))
 
@@ -720,11 +733,11 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
                   splits: dict[int, tuple[ProtocolChild, ...]],
                   splits_after: dict[int, tuple[ProtocolChild, ...]],
                   order: Callable[[str], int | None]) \
-        -> dict[str, tuple[bytes, list[tuple[int, int, bytes]]]]:
+        -> dict[str, list[tuple[int, int, bytes]]]:
     """The member's rules files that change, with their edits."""
-    out: dict[str, tuple[bytes, list[tuple[int, int, bytes]]]] = {}
+    out: dict[str, list[tuple[int, int, bytes]]] = {}
     ipsets_path = f"{member.name}/ipsets.rules"
-    ipsets = reader.read(ipsets_path) if ipsets_path in reader.digests else None
+    ipsets = reader.read(ipsets_path) if ipsets_path in reader.nodes else None
     old_sets: set[str] = set()
     new_sets: set[str] = set()
     texts: list[bytes] = []
@@ -750,7 +763,7 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
         if old is not None:
             old_sets.update(old.sets)
         splits_after[family] = after
-        out[path] = (text, edits)
+        out[path] = edits
         all_edits[len(texts)] = edits
         texts.append(text)
     _sets_still_named(texts, all_edits, old_sets - new_sets)

@@ -3,7 +3,7 @@
 The result cache of `fwc compile` (docs/performance.md "Result cache") keeps, per content
 key (which includes the umask, user and group the files are created with), an
 `OutputRecord`: the SHA-256 of every file the compile wrote (a keyed one for a file
-that can hold the VRRP password: `_hash_of`), and what the output
+that can hold the VRRP password: `hash_of`), and what the output
 directory, its parent and its cluster directories were when written (`Tree`: every
 file and directory with its mode, owner, group, extended attributes, inode and change
 time; a file's size and link count), noted twice, in the staging copy and after the
@@ -54,7 +54,7 @@ class Hash(Protocol):
     def hexdigest(self) -> str: ...
 
 
-def _hash_of(path: str, secret_hash: Callable[[], Hash]) -> Hash:
+def hash_of(path: str, secret_hash: Callable[[], Hash]) -> Hash:
     """How the file at PATH (relative) is digested in a record: a file that can hold the
     VRRP password with SECRET_HASH (`ResultCache.secret_hash`, keyed): a plain sha256 of
     it would give the password away to an offline search, as a MANIFEST's would
@@ -164,7 +164,7 @@ class RecordedStream:
         for f in self._inner.files():
             self._modes[f.path] = f.mode
             if f.chunks is None:
-                digest = _hash_of(f.path, self._secret_hash)
+                digest = hash_of(f.path, self._secret_hash)
                 digest.update(f.content)
                 self._files.append(RecordedFile(f.path, digest.hexdigest()))
                 yield f
@@ -289,7 +289,8 @@ def _xattrs(path: Path) -> str:
 
 
 def unchanged_output(output_dir: Path, record: OutputRecord,
-                     secret_hash: Callable[[], Hash], force: bool = False) -> bool:
+                     secret_hash: Callable[[], Hash], force: bool = False,
+                     contents: bool = True) -> bool:
     """Whether writing RECORD's clusters into OUTPUT_DIR would leave it exactly as it is:
     the output directory itself and each cluster directory are as recorded (the same
     files, directories, modes, owners, attributes, inodes and change times, one link
@@ -298,7 +299,8 @@ def unchanged_output(output_dir: Path, record: OutputRecord,
 
     Read under the lock `write_output` takes, so never halfway through another
     compile's swap. False on any doubt, and on any error: the caller then compiles,
-    and says what is wrong if something is."""
+    and says what is wrong if something is. Without CONTENTS the files' bytes are not
+    read: for a caller that reads and checks each file itself (a patch compile)."""
     try:
         with locked_output(output_dir) as (directory, _):
             info = os.lstat(directory)
@@ -307,18 +309,18 @@ def unchanged_output(output_dir: Path, record: OutputRecord,
                 return False
             if survey(directory, record.policy, {c.name for c in record.clusters}, force):
                 return False  # a cluster of the policy would be removed
-            return all(_cluster_unchanged(directory / c.name, c, secret_hash)
+            return all(_cluster_unchanged(directory / c.name, c, secret_hash, contents)
                        for c in record.clusters)
     except Exception:  # noqa: BLE001 - never a traceback from a shortcut: compile instead
         return False
 
 
 def _cluster_unchanged(directory: Path, cluster: RecordedCluster,
-                       secret_hash: Callable[[], Hash]) -> bool:
+                       secret_hash: Callable[[], Hash], contents: bool = True) -> bool:
     if tree_of(directory) != cluster.tree:
         return False
-    return all(_digest(directory / f.path, cluster.tree[f.path],
-                       _hash_of(f.path, secret_hash)) == f.sha256
+    return not contents or all(_digest(directory / f.path, cluster.tree[f.path],
+                       hash_of(f.path, secret_hash)) == f.sha256
                for f in cluster.files)
 
 

@@ -93,7 +93,9 @@ def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
     base = patch.PatchBase.of_json(cache.get_json(patch.KIND, _base_key(args)))
     if base is None:
         return None
-    if not unchanged_output(Path(args.output), base.record, cache.secret_hash, args.force):
+    # (the tree only: the patch checks each file's bytes as it reads them)
+    if not unchanged_output(Path(args.output), base.record, cache.secret_hash, args.force,
+                            contents=False):
         return None
     try:
         return patch.patch(policy, patch.line_digests(texts, _line_key(cache)), base,
