@@ -180,3 +180,20 @@ def test_the_patch_base_keeps_no_line_of_the_policy(tmp_path: Path, cache_home: 
     for digest in (hashlib.sha256(line.encode()).hexdigest(),
                    hashlib.blake2b(line.encode(), digest_size=16).hexdigest()):
         assert digest.encode() not in data
+
+
+def test_a_base_another_fwc_wrote_is_not_patched(tmp_path: Path, cache_home: Path,
+                                                 outcomes: list[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another version of fwc may arrange the same rules otherwise: its base is not
+    found (the key holds the code's digest), and the compile is a full one."""
+    import fwc.commands.compile as compile_command
+
+    text = fwc_policy(build_site(1500, shape="site"))
+    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
+    _compile(tmp_path, "out")
+    monkeypatch.setattr(compile_command, "code_digest", lambda: "another fwc")
+    text, _ = _edited(text, random.Random("patch-version"))
+    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
+    assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
+    assert outcomes == []

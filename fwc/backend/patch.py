@@ -258,17 +258,19 @@ def _forward_lines(cluster: Cluster, member: Member, family: int, options: Lower
     return forward
 
 
-def _one_line(rules: list[FilterRule], family: int) -> tuple[FilterRule, dict[str, IpSet]]:
-    """The rule's one FORWARD line, with the sets use_ipsets names for it."""
+def _lines_each_one(rules: list[FilterRule], family: int) \
+        -> tuple[list[FilterRule], dict[str, IpSet]]:
+    """The rule's FORWARD lines, each one iptables line, with the sets use_ipsets names."""
     with_sets, sets = with_sets_alone(tuple(rules), family)
-    if len(with_sets) != 1 or not isinstance(with_sets[0], FilterRule):
-        raise Refused("the rule has several lines in FORWARD")
-    [line] = with_sets
-    if rendered_lines(line.match) != 1:
-        raise Refused("the rule is several iptables lines")
-    if line.target is Target.RETURN:
-        raise Refused("a RETURN line (the arrangement rewrites it)")
-    return line, sets
+    lines = [r for r in with_sets if isinstance(r, FilterRule)]
+    if len(lines) != len(with_sets) or len(with_sets) != len(rules):
+        raise Refused("the rule's lines merge")
+    for line in lines:
+        if rendered_lines(line.match) != 1:
+            raise Refused("the rule is several iptables lines")
+        if line.target is Target.RETURN:
+            raise Refused("a RETURN line (the arrangement rewrites it)")
+    return lines, sets
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,11 +315,56 @@ def _read(body: bytes) -> _Read:
                  tuple(sets))
 
 
-def _splice(text: bytes, label: str, new: FilterRule, children: tuple[ProtocolChild, ...],
-            order: Callable[[str], int | None], position: int) \
-        -> tuple[list[tuple[int, int, bytes]], tuple[ProtocolChild, ...], _Read]:
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """A line of the rule before the edit and the line taking its place."""
+
+    old: bytes  # its body, as the previous file has it after `-A CHAIN `
+    read: _Read  # of the old body
+    new: bytes
+    ports: tuple[PortRange, ...]  # the new line's
+    protocol: int | None  # the new line's
+
+
+def _pairs(olds: list[bytes], news: list[FilterRule]) -> list[_Pair]:
+    """The old lines paired with the new ones (in the new order): the one with the one,
+    else by devices and protocol (each pair then in the same chains)."""
+    old_reads = [_read(body) for body in olds]
+    new_bodies = [rule_bodies(r)[0].encode() for r in news]
+    new_reads = [_read(body) for body in new_bodies]
+    if len(set(new_bodies)) != len(new_bodies):
+        raise Refused("two lines of the rule are the same")
+    for rule, seen in zip(news, new_reads, strict=True):
+        if seen.ports != rule.match.dports:
+            raise Refused("a line this patch cannot read")
+    if len(olds) == 1 and len(news) == 1:
+        old, now = old_reads[0], new_reads[0]
+        if old.places[:2] != now.places[:2]:
+            raise Refused("the rule moves to another device")
+        if old.places[2] != now.places[2] and not (old.ports and now.ports):
+            raise Refused("the rule moves to another protocol, or from one without ports")
+        order = [0]
+    else:
+        by_place = {r.places: k for k, r in enumerate(old_reads)}
+        if len(by_place) != len(olds) or len({r.places for r in new_reads}) != len(news) \
+                or by_place.keys() != {r.places for r in new_reads}:
+            raise Refused("the rule's lines move to other devices or protocols")
+        order = [by_place[r.places] for r in new_reads]
+    pairs = []
+    for k, (rule, body, now) in enumerate(zip(news, new_bodies, new_reads, strict=True)):
+        old = old_reads[order[k]]
+        if bool(old.ports) != bool(now.ports):
+            raise Refused("the rule gains or loses its ports")
+        pairs.append(_Pair(olds[order[k]], old, body, rule.match.dports, rule.match.protocol))
+    return pairs
+
+
+def _splice(text: bytes, label: str, news: list[FilterRule],
+            children: tuple[ProtocolChild, ...], order: Callable[[str], int | None],
+            position: int) \
+        -> tuple[list[tuple[int, int, bytes]], tuple[ProtocolChild, ...], set[str]]:
     """The edits (start, end, new bytes) that make TEXT's rules file the new rule's, the
-    protocol splits' chains after them, and what the old line named."""
+    protocol splits' chains after them, and the sets the old lines named."""
     quoted = escape.iptables_comment(label).encode()
     token = b" --comment " + quoted
     filter_at = text.find(b"\n*filter\n")
@@ -326,62 +373,61 @@ def _splice(text: bytes, label: str, new: FilterRule, children: tuple[ProtocolCh
         raise Refused("the rule had lines outside the filter table")
     # (a rule with a chain of its own, share_expansions', has its lines there: fwc-pN-,
     # refused below with any chain outside FORWARD's tree)
-    # the rule's lines by chain, in file order: (start, end)
-    by_chain: dict[bytes, tuple[int, int]] = {}
-    bodies: set[bytes] = set()
+    # the rule's lines by chain, in file order: (start, end, body)
+    by_chain: dict[bytes, list[tuple[int, int, bytes]]] = {}
+    olds: dict[bytes, None] = {}
     at = first
     while at >= 0:
         start, end = _line_bounds(text, at)
         chain = _chain_of(text[start:end])
         if chain != b"FORWARD" and not chain.startswith(b"fwd-"):
             raise Refused("the rule had lines outside FORWARD")
-        if chain in by_chain:
-            raise Refused("the rule had several lines in a chain")
-        by_chain[chain] = (start, end)
-        bodies.add(text[start + 4 + len(chain):end - 1])
+        body = text[start + 4 + len(chain):end - 1]
+        lines = by_chain.setdefault(chain, [])
+        if lines and (lines[-1][1] != start or any(body == b for _, _, b in lines)):
+            raise Refused("the rule's lines in a chain are apart, or the same")
+        lines.append((start, end, body))
+        olds[body] = None
         at = text.find(token, end)
     if not by_chain:
         raise Refused("the rule had no line here")
-    if len(bodies) != 1:
-        raise Refused("the rule had several lines")
-    old = _read(bodies.pop())
-    new_body = rule_bodies(new)[0].encode()
-    now = _read(new_body)
-    if now.ports != new.match.dports:
-        raise Refused("a line this patch cannot read")
-    if old.places[:2] != now.places[:2]:
-        raise Refused("the rule moves to another device")
-    if old.places[2] != now.places[2] and not (old.ports and now.ports):
-        raise Refused("the rule moves to another protocol, or from one without ports")
-    if bool(old.ports) != bool(now.ports):
-        raise Refused("the rule gains or loses its ports")
-    # Where the old line is: a protocol split's chain (its bucket), or a chain whose rules
-    # were not split by protocol, where the new line takes its place.
+    pairs = _pairs(list(olds), news)
+    by_old = {pair.old: pair for pair in pairs}
+    # Where the old lines are: a protocol split's chain (its buckets), or a chain whose
+    # rules were not split by protocol, where the new lines take their places.
     chain_of = {c.chain.encode(): i for i, c in enumerate(children)}
     bucket_of = {name.encode(): (i, b) for i, c in enumerate(children) if c.port is not None
                  for b, name in enumerate(c.port.buckets)}
     edits: list[tuple[int, int, bytes]] = []
-    held: dict[int, dict[int, tuple[int, int]]] = {}  # child -> bucket (-1: its chain)
-    for chain, place in by_chain.items():
+    held: dict[int, dict[int, list[tuple[int, int, bytes]]]] = {}  # child, bucket (-1: itself)
+    for chain, lines in by_chain.items():
         if chain in bucket_of:
             i, b = bucket_of[chain]
-            held.setdefault(i, {})[b] = place
+            held.setdefault(i, {})[b] = lines
         elif chain in chain_of:
             if children[chain_of[chain]].port is not None:
                 raise Refused("a line in a chain of port jumps")
-            held.setdefault(chain_of[chain], {})[-1] = place
+            held.setdefault(chain_of[chain], {})[-1] = lines
         else:
-            edits.append((place[0], place[1], b"-A " + chain + b" " + new_body + b"\n"))
+            there = {body for _, _, body in lines}
+            edits.append((lines[0][0], lines[-1][1], b"".join(
+                b"-A " + chain + b" " + pair.new + b"\n" for pair in pairs
+                if pair.old in there)))
     after = list(children)
     sibling = {(c.parent, c.protocol): i for i, c in enumerate(children)}
     for i, places in held.items():
-        child = children[i]
-        j = sibling.get((child.parent, _protocol_of(new)), -1)
+        movers = [by_old[body] for body in dict.fromkeys(
+            body for lines in places.values() for _, _, body in lines)]
+        protocols = {pair.protocol for pair in movers}
+        if len(protocols) != 1 or None in protocols:
+            raise Refused("lines of several protocols in one protocol's chain")
+        j = sibling.get((children[i].parent, protocols.pop()), -1)  # type: ignore[arg-type]
         if j < 0:
             raise Refused("no chain of the new protocol where the rule was")
-        _moved(text, children, after, i, j, places, old.ports, new.match.dports, new_body,
-               order, position, edits)
-    return edits, tuple(after), old
+        if j != i and len(movers) != 1:
+            raise Refused("several lines move to another protocol's chain")
+        _moved(text, children, after, i, j, places, movers, pairs, order, position, edits)
+    return edits, tuple(after), {name for pair in pairs for name in pair.read.sets}
 
 
 def _protocol_of(rule: FilterRule) -> int:
@@ -413,36 +459,39 @@ def _same_split(child: ProtocolChild, decided: tuple[int, list[int]] | None) -> 
     return decided[1] == list(child.port.bounds)
 
 
-def _lows(child: ProtocolChild, out: tuple[PortRange, ...] = (),
-          into: tuple[PortRange, ...] = ()) -> Counter[int]:
+def _lows(child: ProtocolChild, out: list[tuple[PortRange, ...]] | None = None,
+          into: list[tuple[PortRange, ...]] | None = None) -> Counter[int]:
     """CHILD's port lows with the ports OUT taken out and INTO put in. A chain without a
     port split has none recorded (its decision does not read them: too few rules, or
     too few with ports, which the counts tell)."""
     if child.port is None:
         return Counter()
     lows = Counter(dict(child.port.lows))
-    lows.subtract(low_counts([out]))
-    lows.update(low_counts([into]))
+    lows.subtract(low_counts(out or []))
+    lows.update(low_counts(into or []))
     if any(n < 0 for n in lows.values()):
         raise Refused("the recorded split does not count the rule")
     return lows
 
 
 def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[ProtocolChild],
-           i: int, j: int, places: dict[int, tuple[int, int]],
-           old_ports: tuple[PortRange, ...], new_ports: tuple[PortRange, ...],
-           new_body: bytes, order: Callable[[str], int | None], position: int,
-           edits: list[tuple[int, int, bytes]]) -> None:
-    """The edits of the rule's line leaving protocol chain I (its PLACES: bucket index, -1
-    for the chain itself) for chain J of the same split (I itself when the protocol
-    stays), with their decisions taken again; AFTER gets both chains as they are then."""
+           i: int, j: int, places: dict[int, list[tuple[int, int, bytes]]],
+           movers: list[_Pair], pairs: list[_Pair], order: Callable[[str], int | None],
+           position: int, edits: list[tuple[int, int, bytes]]) -> None:
+    """The edits of the rule's lines MOVERS leaving protocol chain I (PLACES: its lines by
+    bucket, -1 for the chain itself) for chain J of the same split (I itself when the
+    protocol stays; else one line), with the chains' decisions taken again; AFTER gets
+    both chains as they are then. PAIRS: all the rule's lines, in the new order."""
     source, target = children[i], children[j]
     everywhere = set(range(len(source.port.buckets))) if source.port is not None else {-1}
-    held = set(_buckets(list(source.port.bounds), old_ports)) if source.port is not None \
-        and old_ports else everywhere
-    if set(places) != held:
-        raise Refused("the recorded split does not hold the rule as recorded")
-    has_ports = 1 if old_ports else 0
+    for pair in movers:
+        held = {b for b, lines in places.items() if any(body == pair.old for _, _, body in lines)}
+        ports = pair.read.ports
+        if held != (set(_buckets(list(source.port.bounds), ports))
+                    if source.port is not None and ports else everywhere):
+            raise Refused("the recorded split does not hold the rule as recorded")
+    old_ports = [pair.read.ports for pair in movers if pair.read.ports]
+    new_ports = [pair.ports for pair in movers if pair.ports]
     if i == j:
         lows = _lows(source, old_ports, new_ports)
         decided = _decided(source, source.rules, source.with_ports, lows)
@@ -452,6 +501,7 @@ def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[Protoco
     else:
         if source.named < 2:
             raise Refused("the rule was the last of its protocol there")
+        has_ports = len(old_ports)
         lows_out, lows_in = _lows(source, old_ports), _lows(target, into=new_ports)
         out = _decided(source, source.rules - 1, source.with_ports - has_ports, lows_out)
         into = _decided(target, target.rules + 1, target.with_ports + has_ports, lows_in)
@@ -459,25 +509,30 @@ def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[Protoco
             raise Refused("a split of a protocol's chain changes")
         after[i] = _with_lows(source, -1, -has_ports, lows_out, out)
         after[j] = _with_lows(target, 1, has_ports, lows_in, into)
-    goes = {-1} if target.port is None else set(
-        _buckets(list(target.port.bounds), new_ports) if new_ports
-        else range(len(target.port.buckets)))
     names = {-1: target.chain} if target.port is None else dict(enumerate(target.port.buckets))
-    if i == j:
-        for b in sorted(places.keys() | goes):
-            line = b"-A " + names[b].encode() + b" " + new_body + b"\n" if b in goes else b""
-            if b in places:
-                edits.append((*places[b], line))
-            else:
-                at = _insertion(text, b"-A " + names[b].encode() + b" ", order, position)
-                edits.append((at, at, line))
-        return
-    for start, end in places.values():
-        edits.append((start, end, b""))
-    for b in sorted(goes):
+    moving = {pair.old for pair in movers}
+    goes: dict[int, list[bytes]] = {}
+    for pair in pairs:  # (in the new order: a bucket's lines of the rule are in it)
+        if pair.old not in moving:
+            continue
+        reach = [-1] if target.port is None else (
+            _buckets(list(target.port.bounds), pair.ports) if pair.ports
+            else range(len(target.port.buckets)))
+        for b in reach:
+            goes.setdefault(b, []).append(pair.new)
+    if i != j:
+        for lines in places.values():
+            edits.append((lines[0][0], lines[-1][1], b""))
+        places = {}
+    for b in sorted(places.keys() | goes.keys()):
         prefix = b"-A " + names[b].encode() + b" "
-        at = _insertion(text, prefix, order, position)
-        edits.append((at, at, prefix + new_body + b"\n"))
+        block = b"".join(prefix + body + b"\n" for body in goes.get(b, ()))
+        lines = places.get(b)
+        if lines is not None:
+            edits.append((lines[0][0], lines[-1][1], block))
+        else:
+            at = _insertion(text, prefix, order, position)
+            edits.append((at, at, block))
 
 
 def _with_lows(child: ProtocolChild, rules: int, with_ports: int, lows: Counter[int],
@@ -751,17 +806,16 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
             if text.find(token) >= 0:
                 raise Refused("the rule's lines go")
             continue
-        new, sets = _one_line(lines, family)
-        if new.comment != label:
+        news, sets = _lines_each_one(lines, family)
+        if any(new.comment != label for new in news):
             raise Refused("the rule's line carries another label")
         _sets_known(ipsets, sets)
         new_sets.update(sets)
         children = splits.get(family)
         if children is None:
             raise Refused(f"no record of member {member.name}'s IPv{family} arrangement")
-        edits, after, old = _splice(text, label, new, children, order, position)
-        if old is not None:
-            old_sets.update(old.sets)
+        edits, after, named = _splice(text, label, news, children, order, position)
+        old_sets.update(named)
         splits_after[family] = after
         out[path] = edits
         all_edits[len(texts)] = edits

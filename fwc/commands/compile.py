@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from fwc.backend.record import (
     Recorder,
     unchanged_output,
 )
-from fwc.cache import ResultCache
+from fwc.cache import ResultCache, code_digest
 from fwc.checks import capability
 from fwc.commands.common import (
     keep_until_exit,
@@ -74,9 +75,11 @@ def _output_key(analysis_key: str, args: argparse.Namespace) -> str:
 def _base_key(args: argparse.Namespace) -> str:
     """The cache entry of what the output directory was compiled from (patch.PatchBase):
     the directory and the policy, with what shapes the files."""
+    # (fwc's own code too: another version may arrange the same rules otherwise)
     return patch.base_key(Path(args.output), [
-        str(Path(args.file).absolute()), [str(p) for p in args.include_path],
-        bool(args.redact_secrets), args.backend or "", *creation_context()])
+        code_digest(), os.getcwd(), str(Path(args.file).absolute()),
+        [str(p) for p in args.include_path], bool(args.redact_secrets), args.backend or "",
+        *creation_context()])
 
 
 def _line_key(cache: ResultCache) -> bytes:
