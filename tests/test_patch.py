@@ -123,7 +123,7 @@ def test_what_the_patch_refuses_is_compiled_in_full(tmp_path: Path, cache_home: 
     edits = {
         "the line holds no policy rule": (host_at, lines[host_at] + "  # moved"),
         # (a LOG line, then the verdict's)
-        "the rule has several lines in FORWARD": (rule_at, lines[rule_at] + ' log "x"'),
+        "the rule gains or loses lines": (rule_at, lines[rule_at] + ' log "x"'),
         "the rule moves to another device":
             (rule_at, re.sub(r" in \S+", "", lines[rule_at])),
     }

@@ -346,8 +346,11 @@ def _pairs(olds: list[bytes], news: list[FilterRule]) -> list[_Pair]:
         order = [0]
     else:
         by_place = {r.places: k for k, r in enumerate(old_reads)}
-        if len(by_place) != len(olds) or len({r.places for r in new_reads}) != len(news) \
-                or by_place.keys() != {r.places for r in new_reads}:
+        if len(olds) != len(news):
+            raise Refused("the rule gains or loses lines")
+        if len(by_place) != len(olds) or len({r.places for r in new_reads}) != len(news):
+            raise Refused("two lines of the rule go to the same chains")
+        if by_place.keys() != {r.places for r in new_reads}:
             raise Refused("the rule's lines move to other devices or protocols")
         order = [by_place[r.places] for r in new_reads]
     pairs = []
