@@ -1,14 +1,14 @@
 """The cases of a patch compile's property test (tests/patchcases.py), and the property.
 
-Issue 12's patch compile (docs/performance.md, "Issue 12, twenty-sixth session") will
-splice an edited rule's new lines into the previous output. Its proof: for random
-policies and random in-place edits, `fwc compile` through the cache into the output
-directory of the previous compile writes byte for byte what `fwc compile --no-cache`
-writes into a fresh one. No patch path exists yet, so today the property holds through
-the full compile; what these tests pin down now is that the cases reach what a patch has
-to get right (the arrangement's port buckets, ipsets, every edit kind, every rule
-feature) and what a patch should expect: how many edits change only their own rule's
-lines (printed per kind, `pytest -s`).
+Issue 12's patch compile (fwc.backend.patch, docs/performance.md "Issue 12,
+twenty-seventh session") splices an edited rule's new lines into the previous output.
+Its proof: for random policies and random in-place edits, `fwc compile` through the cache
+into the output directory of the previous compile writes byte for byte what `fwc compile
+--no-cache` writes into a fresh one, whether it patched or compiled in full (it falls
+back on whatever it cannot decide again). These tests also pin down that the cases reach
+what a patch has to get right (the arrangement's port buckets, ipsets, every edit kind,
+every rule feature) and how many edits change only their own rule's lines (printed per
+kind, `pytest -s`); tests/test_patch.py counts the patches taken.
 """
 
 from __future__ import annotations

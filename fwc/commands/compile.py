@@ -191,8 +191,10 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
         return _write(args, progress, verdict, texts, name, streams)
     status, record = _write_and_store(args, progress, verdict, texts, name, streams, cache,
                                       _output_key(key, args))
-    if record is not None:
-        # what the next compile into this directory may patch (fwc.backend.patch)
+    if record is not None and all((backend or c.backend) is Backend.IPTABLES
+                                  for c in policy.clusters):
+        # what the next compile into this directory may patch (fwc.backend.patch, which
+        # patches iptables files only)
         base = patched.base if patched is not None else patch.PatchBase(
             record, patch.line_digests(texts, _line_key(cache)), patch.forward_splits(
                 {s.name: s.splits for s in streams if isinstance(s, ClusterStream)}),
