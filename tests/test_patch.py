@@ -52,6 +52,14 @@ def _compile(folder: Path, out: str, *extra: str) -> dict[str, tuple[bytes, int]
     return file_tree(folder / out)
 
 
+def _site_compiled(folder: Path, *extra: str) -> str:
+    """The bench's site shape at 1,500 rules, compiled into FOLDER/out: its text."""
+    text = fwc_policy(build_site(1500, shape="site"))
+    (folder / "p.fw").write_text(text, encoding="utf-8")
+    _compile(folder, "out", *extra)
+    return text
+
+
 def _family(name: str) -> str:
     found = re.match(r"[a-z]+([46])-", name)
     return found[1] if found else name
@@ -113,9 +121,7 @@ def test_a_patched_compile_is_the_full_compile(tmp_path: Path, cache_home: Path,
 
 def test_what_the_patch_refuses_is_compiled_in_full(tmp_path: Path, cache_home: Path,
                                                     outcomes: list[str]) -> None:
-    text = fwc_policy(build_site(1500, shape="site"))
-    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
-    _compile(tmp_path, "out")
+    text = _site_compiled(tmp_path)
     lines = text.split("\n")
     rule_at = next(i for i, line in enumerate(lines)
                    if RULE.match(line) and " in " in line and "log" not in line)
@@ -140,9 +146,7 @@ def test_what_the_patch_refuses_is_compiled_in_full(tmp_path: Path, cache_home: 
 
 def test_a_lost_or_changed_output_is_never_patched(tmp_path: Path, cache_home: Path,
                                                    outcomes: list[str]) -> None:
-    text = fwc_policy(build_site(1500, shape="site"))
-    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
-    _compile(tmp_path, "out")
+    text = _site_compiled(tmp_path)
     rng = random.Random("patch-record")
     text, _ = _edited(text, rng)
     (tmp_path / "p.fw").write_text(text, encoding="utf-8")
@@ -156,9 +160,7 @@ def test_a_lost_or_changed_output_is_never_patched(tmp_path: Path, cache_home: P
 
 def test_nftables_is_compiled_in_full(tmp_path: Path, cache_home: Path,
                                       outcomes: list[str]) -> None:
-    text = fwc_policy(build_site(1500, shape="site"))
-    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
-    _compile(tmp_path, "out", "--backend", "nftables")
+    text = _site_compiled(tmp_path, "--backend", "nftables")
     text, _ = _edited(text, random.Random("patch-nft"))
     (tmp_path / "p.fw").write_text(text, encoding="utf-8")
     patched = _compile(tmp_path, "out", "--backend", "nftables")
@@ -191,9 +193,7 @@ def test_a_base_another_fwc_wrote_is_not_patched(tmp_path: Path, cache_home: Pat
     found (the key holds the code's digest), and the compile is a full one."""
     import fwc.commands.compile as compile_command
 
-    text = fwc_policy(build_site(1500, shape="site"))
-    (tmp_path / "p.fw").write_text(text, encoding="utf-8")
-    _compile(tmp_path, "out")
+    text = _site_compiled(tmp_path)
     monkeypatch.setattr(compile_command, "code_digest", lambda: "another fwc")
     text, _ = _edited(text, random.Random("patch-version"))
     (tmp_path / "p.fw").write_text(text, encoding="utf-8")

@@ -368,6 +368,11 @@ class _Arranger:
 _DPORTS = attrgetter("match.dports")
 _WITH_MATCH = replacer(FilterRule, "match")
 _WITH_DPORTS = replacer(Match, "dports")
+_TARGET = attrgetter("target")
+_PROTOCOL = attrgetter("match.protocol")
+_LOW = itemgetter(0)  # of a PortRange
+
+
 def next_free(base: str, taken: Container[str], most: int) -> str:
     """BASE, or else the first of BASE-2, BASE-3, ... that is not TAKEN, each cut to MOST
     characters: how a name derived from content that meets another stays unique (the
@@ -379,11 +384,6 @@ def next_free(base: str, taken: Container[str], most: int) -> str:
         suffix = f"-{number}"
         name = base[:most - len(suffix)] + suffix
     return name
-
-
-_TARGET = attrgetter("target")
-_PROTOCOL = attrgetter("match.protocol")
-_LOW = itemgetter(0)  # of a PortRange
 
 
 def port_buckets(rules: int, with_ports: int) -> int | None:
