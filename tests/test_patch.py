@@ -199,3 +199,38 @@ def test_a_base_another_fwc_wrote_is_not_patched(tmp_path: Path, cache_home: Pat
     (tmp_path / "p.fw").write_text(text, encoding="utf-8")
     assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
     assert outcomes == []
+
+
+def test_a_file_changed_while_the_patch_writes_means_a_full_compile(
+        tmp_path: Path, cache_home: Path, outcomes: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the patch's plan and its write another process may change a previous file
+    (another compile swapping its output in): the write stops before anything is swapped
+    in, and the compile is a full one, not an internal error."""
+    import fwc.commands.compile as compile_command
+
+    text = _site_compiled(tmp_path)
+    real = compile_command._write_and_store
+    changed: list[str] = []
+
+    def meanwhile(*args: object, **kwargs: object) -> object:
+        if not changed:  # (the patch's write: the full compile's comes next)
+            rules = tmp_path / "out" / "bench" / "fw1" / "iptables.rules"
+            rules.write_bytes(rules.read_bytes() + b"# meanwhile\n")
+            changed.append("yes")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compile_command, "_write_and_store", meanwhile)
+    rng = random.Random("patch-meanwhile")
+    while True:  # an edit the patch takes
+        edited, _ = _edited(text, rng)
+        (tmp_path / "p.fw").write_text(edited, encoding="utf-8")
+        outcomes.clear()
+        changed.clear()
+        assert main(["compile", str(tmp_path / "p.fw"), "-o", str(tmp_path / "out"),
+                     "--force"]) == 0
+        if outcomes == ["patched"]:
+            break
+        text = edited
+    assert changed == ["yes"]
+    assert file_tree(tmp_path / "out") == _compile(tmp_path, "full", "--no-cache")

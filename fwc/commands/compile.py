@@ -14,7 +14,6 @@ from pathlib import Path
 from fwc import parallel
 from fwc.backend import patch
 from fwc.backend.output import (
-    ClusterStream,
     FileStream,
     OutputError,
     creation_context,
@@ -173,36 +172,49 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
 
     Each file is written to the staging copy as soon as it is built (a large policy's
     output is never held at once), so a compile failure surfaces here too."""
+    name = policy_name(policy)
     patched = _patched(args, policy, texts, backend, cache) \
         if cache is not None and key is not None else None
-    streams: Sequence[FileStream]
-    if patched is not None:
-        streams = patched.streams
-    else:
-        # Chain texts kept for the next member spill to the output's disk (the directory
-        # that holds the output directory and its staging copy), not to a temporary
-        # directory that may be memory.
-        streams = stream_policy(
-            policy, redact=args.redact_secrets, progress=building, backend=backend,
-            chunked=True, spill_dir=str(Path(args.output).parent))
+    if patched is not None and cache is not None and key is not None:
+        try:
+            status, record = _write_and_store(args, progress, verdict, texts, name,
+                                              patched.streams, cache, _output_key(key, args))
+        except patch.Refused:
+            # A file of the previous output changed while it was read again to be written
+            # (another compile swapped it in): nothing was written; compiled in full below.
+            pass
+        else:
+            _keep_base(args, policy, backend, cache, record, patched.base)
+            return status
+    # Chain texts kept for the next member spill to the output's disk (the directory that
+    # holds the output directory and its staging copy), not to a temporary directory
+    # that may be memory.
+    streams = stream_policy(
+        policy, redact=args.redact_secrets, progress=building, backend=backend,
+        chunked=True, spill_dir=str(Path(args.output).parent))
     keep_until_exit(args, streams)
-    name = policy_name(policy)
     if cache is None or key is None:
         return _write(args, progress, verdict, texts, name, streams)
     status, record = _write_and_store(args, progress, verdict, texts, name, streams, cache,
                                       _output_key(key, args))
-    if record is not None and all((backend or c.backend) is Backend.IPTABLES
-                                  for c in policy.clusters):
-        # what the next compile into this directory may patch (fwc.backend.patch, which
-        # patches iptables files only)
-        base = patched.base if patched is not None else patch.PatchBase(
-            record, patch.line_digests(texts, _line_key(cache)), patch.forward_splits(
-                {s.name: s.splits for s in streams if isinstance(s, ClusterStream)}),
-            patch.rule_spans(policy))
-        with contextlib.suppress(OSError):
-            cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
-                record, base.lines, base.splits, base.spans).as_json())
+    if record is not None:
+        _keep_base(args, policy, backend, cache, record, patch.PatchBase(
+            record, patch.line_digests(texts, _line_key(cache)),
+            patch.forward_splits({s.name: s.splits for s in streams}),
+            patch.rule_spans(policy)))
     return status
+
+
+def _keep_base(args: argparse.Namespace, policy: Policy, backend: Backend | None,
+               cache: ResultCache, record: OutputRecord | None, base: patch.PatchBase) -> None:
+    """What the next compile into this output directory may patch (fwc.backend.patch),
+    with RECORD, what this one wrote; nothing for files the patch does not splice."""
+    if record is None or not all((backend or c.backend) is Backend.IPTABLES
+                                 for c in policy.clusters):
+        return
+    with contextlib.suppress(OSError):
+        cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
+            record, base.lines, base.splits, base.spans).as_json())
 
 
 def _with_backend(diagnostics: list[Diagnostic], policy: Policy | None,
@@ -316,6 +328,8 @@ def _write(args: argparse.Namespace, progress: Progress, verdict: Verdict,
                                after_swap=recorder and recorder.after_swap)
     except ChecksFailed:
         return _refuse(args, progress, verdict.diagnostics(), texts)
+    except patch.Refused:
+        raise  # a patch's file changed meanwhile: nothing written, the caller compiles
     except Exception as exc:  # noqa: BLE001 - a compiler bug must end in a diagnostic
         if verdict.failed():  # the checks come first, as without a worker
             return _refuse(args, progress, verdict.diagnostics(), texts)
