@@ -1,6 +1,6 @@
 """The port buckets' bounds, counted per distinct low (fwc.backend.arrange), equal the plain
 rules: `quantile_cuts` (the former rule) the sorted lows of every place cut at i * n /
-buckets, and `_port_cuts` (`halving_cuts`, the arranger's rule since issue 12's
+buckets, and `PORT_CUT_RULE` (`halving_cuts`, the rule split_ports cuts with since issue 12's
 twenty-sixth session) the port space halved while a half holds more lows than the power
 of two nearest n / buckets, and two distinct ones."""
 
@@ -11,7 +11,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwc.backend.arrange import PORT_MAX, _port_cuts, low_counts, quantile_cuts
+from fwc.backend.arrange import PORT_CUT_RULE, PORT_MAX, low_counts, quantile_cuts
 from fwc.model import PortRange
 
 
@@ -47,7 +47,7 @@ def test_port_cuts_equal_the_sorted_lows_cut(lists, picks, buckets):
     if not any(ports_of):
         ports_of.append((PortRange(80, 80),))  # split_ports asks only with ports present
     assert quantile_cuts(low_counts(ports_of), buckets) == _plain(ports_of, buckets)
-    assert _port_cuts(ports_of, buckets) == _plain_halving(ports_of, buckets)
+    assert PORT_CUT_RULE(low_counts(ports_of), buckets) == _plain_halving(ports_of, buckets)
 
 
 def test_port_cuts_of_copies():
@@ -57,5 +57,5 @@ def test_port_cuts_of_copies():
     # 25 lows, most 8: halved until 53 | 80 | 443 are apart (each one port: not halved
     # on); the halves without lows stay buckets of their own (a rule arriving there
     # changes no cut)
-    assert _port_cuts(ports_of, 3) == _plain_halving(ports_of, 3) == [
+    assert PORT_CUT_RULE(low_counts(ports_of), 3) == _plain_halving(ports_of, 3) == [
         64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]

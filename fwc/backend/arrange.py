@@ -101,11 +101,10 @@ PORT_MAX = 65535
 class PortNode:
     """One split by destination-port buckets, as split_ports decided it: what a patch
     compile (fwc.backend.patch) needs to decide again whether an edit of one rule moves
-    a cut. Packets of PROTOCOL jump to BUCKETS (the chains' names, in port order; BOUNDS:
-    each bucket's lowest port, then PORT_MAX + 1); TARGET is the bucket count the cut
-    rule was asked for and LOWS the lows it cut (low_counts, as sorted (port, count))."""
+    a cut. Packets jump to BUCKETS (the chains' names, in port order; BOUNDS: each
+    bucket's lowest port, then PORT_MAX + 1); TARGET is the bucket count the cut rule was
+    asked for and LOWS the lows it cut (low_counts, as sorted (port, count))."""
 
-    protocol: int
     target: int
     bounds: tuple[int, ...]
     buckets: tuple[str, ...]
@@ -127,6 +126,11 @@ class ProtocolChild:
     with_ports: int
     named: int  # the rules that name PROTOCOL (the others name none, copied into each)
     port: PortNode | None
+
+
+# A member's protocol splits (ProtocolChild) per family and built-in chain: what the
+# arrangement records for a patch compile (optimise's SPLITS).
+Splits = dict[int, dict[str, tuple[ProtocolChild, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +361,7 @@ class _Arranger:
             out.append(FilterRule(Match(protocol=protocol,
                                         dports=(PortRange(low, next_low - 1),)),
                                   name, self.origin(f"ports {low}-{next_low - 1}")))
-        self.port_nodes.append(PortNode(protocol, buckets, tuple(bounds), tuple(names),
+        self.port_nodes.append(PortNode(buckets, tuple(bounds), tuple(names),
                                         tuple(sorted(lows.items()))))
         # Only packets of `protocol` enter this chain, and every one of them takes a bucket;
         # the protocol-free rules follow anyway, so the chain is right on its own too.
@@ -458,11 +462,6 @@ def quantile_cuts(times: Mapping[int, int], buckets: int) -> list[int]:
 
 # The rule split_ports cuts with (one place: bench/patchfloor.py swaps it to compare).
 PORT_CUT_RULE: Callable[[Mapping[int, int], int], list[int]] = halving_cuts
-
-
-def _port_cuts(ports_of: list[tuple[PortRange, ...]], buckets: int) -> list[int]:
-    """The lowest ports of the buckets after the first, by PORT_CUT_RULE."""
-    return PORT_CUT_RULE(low_counts(ports_of), buckets)
 
 
 def _buckets(bounds: list[int], dports: tuple[PortRange, ...]) -> tuple[int, ...]:
@@ -732,7 +731,7 @@ def optimise(member: Member, rulesets: Mapping[int, NodeRuleset], *,
              clip_ports: bool = False, memo: Memo | None = None,
              ipset_threshold: int = proto.IPSET_THRESHOLD, min_rules: int = ARRANGE_MIN_RULES,
              split_min: int = SPLIT_MIN_RULES, copies_max_share: int | None = None,
-             splits: dict[int, dict[str, tuple[ProtocolChild, ...]]] | None = None) \
+             splits: Splits | None = None) \
         -> tuple[dict[int, NodeRuleset], tuple[IpSet, ...]]:
     """The default speed passes for one member: ipsets for long address lists, then the
     arranged FORWARD/INPUT chains. Returns the rulesets per family and every set.

@@ -344,7 +344,6 @@ def set_contents(sets: Iterable[IpSet]) -> dict[str, tuple[str, ...]]:
     return {s.name: s.cidrs for s in sets}
 
 
-
 def with_sets_alone(rules: tuple[Rule, ...], family: int,
                     threshold: int = proto.IPSET_THRESHOLD) -> tuple[list[Rule], dict[str, IpSet]]:
     """RULES (one policy rule's lines of one chain) with their long address lists in sets

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import Protocol
 
-from fwc.backend.arrange import ProtocolChild
+from fwc.backend.arrange import Splits
 from fwc.backend.files import MODE_FILE
 from fwc.backend.lower import LowerOptions, forget_lowered, options_for
 from fwc.backend.manifest import NAME as MANIFEST
@@ -54,10 +54,6 @@ class ForeignContent(OutputError):
     """The output directory holds files fwc did not write (and --force was not given)."""
 
     code = "FWC511"
-
-
-# A member's protocol splits of the iptables arrangement, per family and built-in chain.
-Splits = dict[int, dict[str, tuple[ProtocolChild, ...]]]
 
 
 @dataclass(frozen=True, slots=True)

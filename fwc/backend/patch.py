@@ -17,27 +17,28 @@ decide everything as before:
   filter table's FORWARD chain only: no conntrack helper, no raw line, no chain of
   their own, no INPUT or OUTPUT line (the fail-closed rules are INPUT's and OUTPUT's,
   and stay as they are); the same number of lines, each pair with the same devices and
-  protocol and both with or both without ports; no RETURN (the arrangement rewrites
-  it); each one iptables line (a rule of several is held and may get a chain of its own,
+  protocol (a rule of one line may move to another protocol's chain of the same split)
+  and both with or both without ports; no RETURN (the arrangement rewrites it); each
+  one iptables line (a rule of several is held and may get a chain of its own,
   share_expansions), with the sets `use_ipsets` would name for it already in the old
   ipsets.rules with the same addresses, and every set the old lines named still named
   by another line;
 - the backend is iptables.
 
-Then the arrangement decides as before: its splits by device and protocol count rules
-per value, and the edited lines have the same values; a port split's bucket count
-depends on how many of its rules have ports, the same; its cuts depend on the ports'
-lows, and are decided again here with the arranger's own rule (PORT_CUT_RULE) from the
-lows the previous compile recorded (PortNode): a moved cut is a refusal. A line of the
-rule in any chain but a port bucket is replaced in place by the new line of the same
-position in the rule; in the buckets of a port split the old lines go and the new ones
-go into the buckets their ports reach (`_buckets`, the arranger's), in policy order.
+Then the arrangement decides as before: its splits by device count rules per value,
+and the edited lines have the same devices; a protocol split's chains (ProtocolChild)
+and their port splits (PortNode) are decided again here from the counts and port lows
+the previous compile recorded, with the arranger's own `port_buckets` and cut rule
+(PORT_CUT_RULE): a moved cut is a refusal. A line of the rule in a chain without a
+protocol split is replaced in place by its new line; in a protocol split's chain (or
+its buckets) the old lines go and the new ones go where their protocol and ports reach
+(`_buckets`, the arranger's), in policy order.
 
 What the previous compile was is its record in the result cache (`PatchBase`, under
-the output directory's key: a keyed digest of each line of the policy, its rules' spans
-and the protocol splits), and that the
-directory still holds exactly what it wrote is `fwc.backend.record.unchanged_output`;
-every file read back is checked against its recorded digest while it is read.
+the output directory's key: a keyed digest of each line of the policy, a digest of its
+rules' spans and the protocol splits), and that the directory still holds exactly what
+it wrote is `fwc.backend.record.unchanged_output` (its tree); every file read back is
+checked against its recorded digest when first read.
 tests/test_patch.py compares patched output with full compiles, byte for byte, over
 random policies and edits, and makes every refusal happen.
 """
@@ -60,6 +61,7 @@ from fwc.backend.arrange import (
     SPLIT_MIN_RULES,
     PortNode,
     ProtocolChild,
+    Splits,
     _buckets,
     low_counts,
     port_buckets,
@@ -71,7 +73,7 @@ from fwc.backend.lower.build import lower_rule
 from fwc.backend.lower.ruleset import FilterRule, rendered_lines
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry
-from fwc.backend.output import OutputFile, Splits, _manifest, members_of
+from fwc.backend.output import OutputFile, _manifest, members_of
 from fwc.backend.record import Hash, OutputRecord, RecordedCluster, hash_of
 from fwc.backend.render import conntrackd, escape
 from fwc.backend.render.context import MemberBuild
@@ -83,6 +85,8 @@ from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend, BuiltinChain, Target
 
 KIND = "patch"  # the result cache's kind of a PatchBase entry
+# A member's protocol splits of FORWARD, per family (of arrange's Splits)
+Forward = dict[int, tuple[ProtocolChild, ...]]
 _FORWARD = str(BuiltinChain.FORWARD)
 
 
@@ -100,14 +104,12 @@ class PatchBase:
 
     record: OutputRecord
     lines: dict[str, str]  # per policy file, the digests of its lines (line_digests)
-    splits: dict[str, dict[str, dict[int, tuple[ProtocolChild, ...]]]]
-    # per cluster, each filter rule's file (shown name), first and last line
-    spans: dict[str, list[tuple[str, int, int]]]
+    splits: dict[str, dict[str, Forward]]  # per cluster and member
+    spans: str  # rule_spans: where every filter rule was
 
     def as_json(self) -> dict[str, Any]:
         return {"record": self.record.as_json(), "lines": self.lines,
-                "spans": {cluster: [list(span) for span in spans]
-                          for cluster, spans in self.spans.items()},
+                "spans": self.spans,
                 "splits": {cluster: {member: {str(family): [_child_json(c) for c in children]
                                               for family, children in families.items()}
                                      for member, families in members.items()}
@@ -118,9 +120,8 @@ class PatchBase:
         """The base a cache entry holds; None when it is not one (entries are
         authenticated: only another fwc version's could fail here)."""
         try:
-            record, lines = OutputRecord.of_json(value["record"]), value["lines"]
-            spans = {cluster: [(file, first, last) for file, first, last in listed]
-                     for cluster, listed in value["spans"].items()}
+            record, lines, spans = (OutputRecord.of_json(value["record"]), value["lines"],
+                                    value["spans"])
             splits = {cluster: {member: {int(family): tuple(_child(c) for c in listed)
                                          for family, listed in families.items()}
                                 for member, families in members.items()}
@@ -129,9 +130,7 @@ class PatchBase:
             return None
         if record is None or not isinstance(lines, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and len(v) % _DIGEST_CHARS == 0
-                for k, v in lines.items()) \
-                or not all(isinstance(f, str) and type(a) is int and type(b) is int
-                           for listed in spans.values() for f, a, b in listed):
+                for k, v in lines.items()) or not isinstance(spans, str):
             return None
         return cls(record, lines, splits, spans)
 
@@ -148,17 +147,20 @@ def line_digests(texts: Mapping[str, str], key: bytes) -> dict[str, str]:
             for name, text in texts.items()}
 
 
-def rule_spans(policy: Policy) -> dict[str, list[tuple[str, int, int]]]:
-    """Each cluster's filter rules as (file, first line, last line): a PatchBase's."""
-    return {cluster.name: [(r.span.file, r.span.line, r.span.end_line) for r in cluster.rules]
-            for cluster in policy.clusters}
+def rule_spans(policy: Policy) -> str:
+    """A digest of each cluster's filter rules as (file, first line, last line): equal
+    for two texts that differ in one line only when that line is one whole rule in both,
+    at the same position (a PatchBase's; only ever compared)."""
+    spans = [(cluster.name, [(r.span.file, r.span.line, r.span.end_line)
+                             for r in cluster.rules]) for cluster in policy.clusters]
+    return hashlib.sha256(repr(spans).encode()).hexdigest()
 
 
 def _child_json(child: ProtocolChild) -> list[Any]:
     port = child.port
     return [child.parent, child.protocol, child.chain, child.rules, child.with_ports,
             child.named, None if port is None else [
-                port.protocol, port.target, list(port.bounds), list(port.buckets),
+                port.target, list(port.bounds), list(port.buckets),
                 [x for pair in port.lows for x in pair]]]
 
 
@@ -172,17 +174,16 @@ def _child(value: Any) -> ProtocolChild:
 
 
 def _node(value: Any) -> PortNode:
-    protocol, target, bounds, buckets, flat = value
-    numbers = [protocol, target, *bounds, *flat]
+    target, bounds, buckets, flat = value
+    numbers = [target, *bounds, *flat]
     if not all(type(n) is int for n in numbers) or len(flat) % 2 \
             or len(buckets) + 1 != len(bounds) or not all(isinstance(b, str) for b in buckets):
         raise ValueError("not a port node")
-    return PortNode(protocol, target, tuple(bounds), tuple(buckets),
+    return PortNode(target, tuple(bounds), tuple(buckets),
                     tuple(zip(flat[::2], flat[1::2], strict=True)))
 
 
-def forward_splits(splits: Mapping[str, Mapping[str, Splits]]) \
-        -> dict[str, dict[str, dict[int, tuple[ProtocolChild, ...]]]]:
+def forward_splits(splits: Mapping[str, Mapping[str, Splits]]) -> dict[str, dict[str, Forward]]:
     """The FORWARD protocol splits of ClusterStream.splits, per cluster (a PatchBase's)."""
     return {cluster: {member: {family: chains.get(_FORWARD, ())
                                for family, chains in families.items()}
@@ -362,14 +363,13 @@ def _pairs(olds: list[bytes], news: list[FilterRule]) -> list[_Pair]:
     return pairs
 
 
-def _splice(text: bytes, label: str, news: list[FilterRule],
+def _splice(text: bytes, token: bytes, news: list[FilterRule],
             children: tuple[ProtocolChild, ...], order: Callable[[str], int | None],
             position: int) \
         -> tuple[list[tuple[int, int, bytes]], tuple[ProtocolChild, ...], set[str]]:
-    """The edits (start, end, new bytes) that make TEXT's rules file the new rule's, the
-    protocol splits' chains after them, and the sets the old lines named."""
-    quoted = escape.iptables_comment(label).encode()
-    token = b" --comment " + quoted
+    """The edits (start, end, new bytes) that make TEXT's rules file the new rule's (whose
+    lines carry TOKEN, ` --comment "LABEL"`), the protocol splits' chains after them, and
+    the sets the old lines named."""
     filter_at = text.find(b"\n*filter\n")
     first = text.find(token)
     if filter_at < 0 or 0 <= first < filter_at:
@@ -431,13 +431,6 @@ def _splice(text: bytes, label: str, news: list[FilterRule],
             raise Refused("several lines move to another protocol's chain")
         _moved(text, children, after, i, j, places, movers, pairs, order, position, edits)
     return edits, tuple(after), {name for pair in pairs for name in pair.read.sets}
-
-
-def _protocol_of(rule: FilterRule) -> int:
-    protocol = rule.match.protocol
-    if protocol is None:
-        raise Refused("a line without a protocol")
-    return protocol
 
 
 def _decided(child: ProtocolChild, rules: int, with_ports: int,
@@ -542,7 +535,7 @@ def _with_lows(child: ProtocolChild, rules: int, with_ports: int, lows: Counter[
                decided: tuple[int, list[int]] | None) -> ProtocolChild:
     port = child.port
     if port is not None and decided is not None:
-        port = PortNode(port.protocol, decided[0], port.bounds, port.buckets,
+        port = PortNode(decided[0], port.bounds, port.buckets,
                         tuple(sorted((+lows).items())))
     named = child.named + rules  # (only a rule naming the protocol moves between chains)
     return ProtocolChild(child.parent, child.protocol, child.chain, child.rules + rules,
@@ -637,7 +630,6 @@ class _Reader:
                  secret_hash: Callable[[], Hash]) -> None:
         self.directory = directory
         self.nodes = {path: node for path, node in cluster.tree.items() if node[0] == "f"}
-        self.modes = {path: node[1] for path, node in self.nodes.items()}
         self.digests = {f.path: f.sha256 for f in cluster.files}
         self.secret_hash = secret_hash
         self.checked: set[str] = set()
@@ -686,7 +678,7 @@ class PatchedCluster:
         for path in self._paths:
             if path == MANIFEST:
                 continue
-            mode = self._reader.modes[path]
+            mode = self._reader.nodes[path][1]
             edits = self._spliced.get(path)
             if edits is None:
                 content = self._reader.read(path)
@@ -698,7 +690,7 @@ class PatchedCluster:
             yield OutputFile(path, b"", mode, chunks)
             entries.append(Entry.of_digest(path, chunks.sha256()))
         yield OutputFile(MANIFEST, _manifest(self._policy, self._cluster, entries,
-                                             self._backend), self._reader.modes[MANIFEST])
+                                             self._backend), self._reader.nodes[MANIFEST][1])
 
     def members(self) -> dict[str, list[str]]:
         return members_of(self._paths)
@@ -741,7 +733,8 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
         raise Refused("the previous output has other clusters")
     options = options_for(policy)
     streams: list[PatchedCluster] = []
-    splits_after = {c: {m: dict(f) for m, f in ms.items()} for c, ms in base.splits.items()}
+    splits_after: dict[str, dict[str, Forward]] = {
+        c: {m: dict(f) for m, f in ms.items()} for c, ms in base.splits.items()}
     for cluster, recorded in zip(policy.clusters, record.clusters, strict=True):
         writes_for = backend or cluster.backend
         if writes_for is not Backend.IPTABLES:
@@ -761,7 +754,7 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
                     cluster, member, position, label, options, reader, splits,
                     splits_after[cluster.name][member.name], order))
         paths = [f.path for f in recorded.files]
-        _rules_only(cluster, options, writes_for, reader, paths)
+        _conntrackd_unchanged(cluster, options, writes_for, reader, paths)
         for path in paths:  # every file's bytes checked now, not while it is written
             if path not in reader.checked:
                 reader.read(path)
@@ -769,8 +762,8 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
     return Patch(streams, PatchBase(base.record, lines, splits_after, base.spans))
 
 
-def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reader: _Reader,
-                paths: list[str]) -> None:
+def _conntrackd_unchanged(cluster: Cluster, options: LowerOptions, backend: Backend,
+                          reader: _Reader, paths: list[str]) -> None:
     """Refused when a file the patch copies would change: conntrackd.conf reads whether
     any rule of the cluster names a service with a conntrack helper (ExpectationSync),
     whatever its action or lines; rendered again (it is small) and compared."""
@@ -788,8 +781,7 @@ def _rules_only(cluster: Cluster, options: LowerOptions, backend: Backend, reade
 
 def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
                   options: LowerOptions, reader: _Reader,
-                  splits: dict[int, tuple[ProtocolChild, ...]],
-                  splits_after: dict[int, tuple[ProtocolChild, ...]],
+                  splits: Forward, splits_after: Forward,
                   order: Callable[[str], int | None]) \
         -> dict[str, list[tuple[int, int, bytes]]]:
     """The member's rules files that change, with their edits."""
@@ -817,7 +809,7 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
         children = splits.get(family)
         if children is None:
             raise Refused(f"no record of member {member.name}'s IPv{family} arrangement")
-        edits, after, named = _splice(text, label, news, children, order, position)
+        edits, after, named = _splice(text, token, news, children, order, position)
         old_sets.update(named)
         splits_after[family] = after
         out[path] = edits

@@ -319,9 +319,9 @@ def _cluster_unchanged(directory: Path, cluster: RecordedCluster,
                        secret_hash: Callable[[], Hash], contents: bool = True) -> bool:
     if tree_of(directory) != cluster.tree:
         return False
-    return not contents or all(_digest(directory / f.path, cluster.tree[f.path],
-                       hash_of(f.path, secret_hash)) == f.sha256
-               for f in cluster.files)
+    return not contents or all(
+        _digest(directory / f.path, cluster.tree[f.path], hash_of(f.path, secret_hash))
+        == f.sha256 for f in cluster.files)
 
 
 def _digest(path: Path, node: Node, sha: Hash) -> str | None:

@@ -9,11 +9,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from fwc import parallel
 from fwc.backend import patch
 from fwc.backend.output import (
+    ClusterStream,
     FileStream,
     OutputError,
     creation_context,
@@ -88,10 +90,11 @@ def _line_key(cache: ResultCache) -> bytes:
     return mac.digest()[:32]
 
 
-def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
+def _patched(args: argparse.Namespace, policy: Policy, lines: dict[str, str],
              backend: Backend | None, cache: ResultCache) -> patch.Patch | None:
     """A patch compile of an edit of one rule over the output directory's previous
-    compile (fwc.backend.patch), or None: compile in full."""
+    compile (fwc.backend.patch; LINES: the policy's, patch.line_digests), or None:
+    compile in full."""
     base = patch.PatchBase.of_json(cache.get_json(patch.KIND, _base_key(args)))
     if base is None:
         return None
@@ -100,8 +103,7 @@ def _patched(args: argparse.Namespace, policy: Policy, texts: dict[str, str],
                             contents=False):
         return None
     try:
-        return patch.patch(policy, patch.line_digests(texts, _line_key(cache)), base,
-                           Path(args.output), backend, cache.secret_hash)
+        return patch.patch(policy, lines, base, Path(args.output), backend, cache.secret_hash)
     except patch.Refused:
         return None
 
@@ -173,9 +175,15 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
     Each file is written to the staging copy as soon as it is built (a large policy's
     output is never held at once), so a compile failure surfaces here too."""
     name = policy_name(policy)
-    patched = _patched(args, policy, texts, backend, cache) \
-        if cache is not None and key is not None else None
-    if patched is not None and cache is not None and key is not None:
+    if cache is None or key is None:
+        return _write(args, progress, verdict, texts, name, _streams(args, policy, building,
+                                                                     backend))
+    # What the next compile into this directory may patch (fwc.backend.patch: iptables
+    # files only), and what this one may patch.
+    lines = patch.line_digests(texts, _line_key(cache)) if all(
+        (backend or c.backend) is Backend.IPTABLES for c in policy.clusters) else None
+    patched = _patched(args, policy, lines, backend, cache) if lines is not None else None
+    if patched is not None:
         try:
             status, record = _write_and_store(args, progress, verdict, texts, name,
                                               patched.streams, cache, _output_key(key, args))
@@ -184,8 +192,21 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
             # (another compile swapped it in): nothing was written; compiled in full below.
             pass
         else:
-            _keep_base(args, policy, backend, cache, record, patched.base)
+            if record is not None:
+                _keep_base(args, cache, replace(patched.base, record=record))
             return status
+    streams = _streams(args, policy, building, backend)
+    status, record = _write_and_store(args, progress, verdict, texts, name, streams, cache,
+                                      _output_key(key, args))
+    if record is not None and lines is not None:
+        _keep_base(args, cache, patch.PatchBase(
+            record, lines, patch.forward_splits({s.name: s.splits for s in streams}),
+            patch.rule_spans(policy)))
+    return status
+
+
+def _streams(args: argparse.Namespace, policy: Policy, building: Reporter,
+             backend: Backend | None) -> list[ClusterStream]:
     # Chain texts kept for the next member spill to the output's disk (the directory that
     # holds the output directory and its staging copy), not to a temporary directory
     # that may be memory.
@@ -193,28 +214,13 @@ def _build_and_write(args: argparse.Namespace, building: Reporter, progress: Pro
         policy, redact=args.redact_secrets, progress=building, backend=backend,
         chunked=True, spill_dir=str(Path(args.output).parent))
     keep_until_exit(args, streams)
-    if cache is None or key is None:
-        return _write(args, progress, verdict, texts, name, streams)
-    status, record = _write_and_store(args, progress, verdict, texts, name, streams, cache,
-                                      _output_key(key, args))
-    if record is not None:
-        _keep_base(args, policy, backend, cache, record, patch.PatchBase(
-            record, patch.line_digests(texts, _line_key(cache)),
-            patch.forward_splits({s.name: s.splits for s in streams}),
-            patch.rule_spans(policy)))
-    return status
+    return streams
 
 
-def _keep_base(args: argparse.Namespace, policy: Policy, backend: Backend | None,
-               cache: ResultCache, record: OutputRecord | None, base: patch.PatchBase) -> None:
-    """What the next compile into this output directory may patch (fwc.backend.patch),
-    with RECORD, what this one wrote; nothing for files the patch does not splice."""
-    if record is None or not all((backend or c.backend) is Backend.IPTABLES
-                                 for c in policy.clusters):
-        return
-    with contextlib.suppress(OSError):
-        cache.put_json(patch.KIND, _base_key(args), patch.PatchBase(
-            record, base.lines, base.splits, base.spans).as_json())
+def _keep_base(args: argparse.Namespace, cache: ResultCache, base: patch.PatchBase) -> None:
+    """BASE, what the next compile into this output directory may patch."""
+    with contextlib.suppress(OSError):  # (an error only loses the base for next time)
+        cache.put_json(patch.KIND, _base_key(args), base.as_json())
 
 
 def _with_backend(diagnostics: list[Diagnostic], policy: Policy | None,

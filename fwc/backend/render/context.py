@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import field
 
-from fwc.backend.arrange import ProtocolChild, optimise
+from fwc.backend.arrange import Splits, optimise
 from fwc.backend.files import GeneratedFile
 from fwc.backend.ipsets import IpSet
 from fwc.backend.lower import LowerOptions, NodeRuleset, lower
@@ -263,7 +263,7 @@ class MemberBuild:
     # The protocol splits of the iptables arrangement, per family and built-in chain,
     # once `optimised` made it: what a later patch compile decides with
     # (fwc.backend.patch).
-    splits: dict[int, dict[str, tuple[ProtocolChild, ...]]] = field(default_factory=dict)
+    splits: Splits = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend is None:
