@@ -12,7 +12,9 @@ import hashlib
 import random
 import re
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -234,3 +236,60 @@ def test_a_file_changed_while_the_patch_writes_means_a_full_compile(
         text = edited
     assert changed == ["yes"]
     assert file_tree(tmp_path / "out") == _compile(tmp_path, "full", "--no-cache")
+
+
+@pytest.mark.parametrize("beside", [True, False], ids=["in-threads", "in-line"])
+def test_a_file_that_is_not_what_was_written_means_a_full_compile(
+        tmp_path: Path, cache_home: Path, outcomes: list[str],
+        monkeypatch: pytest.MonkeyPatch, beside: bool) -> None:
+    """Each previous file's bytes are checked against the digest recorded when they were
+    written; a large file's digest is made in a thread beside the patch's planning, and
+    a piece of a written file in a thread beside its write (registry.digest_beside).
+    Every file counts as large here, or none: a patch is still the full compile, and a
+    digest that differs is still a refusal, whichever way the digest was made."""
+    from fwc.backend.render import registry
+
+    monkeypatch.setattr(registry, "DIGEST_BESIDE", 0 if beside else 1 << 60)
+    threads: list[object] = []
+    real_beside = registry.digest_beside
+
+    def counted(update: Callable[[bytes], None], data: bytes) -> object:
+        threads.append(data)
+
+        def slow(piece: bytes) -> None:  # a digest still running when the write ends
+            if isinstance(piece, memoryview):  # (the patch's pieces of a previous file)
+                time.sleep(0.02)
+            update(piece)
+
+        return real_beside(slow, data)
+
+    monkeypatch.setattr(registry, "digest_beside", counted)
+    text = _site_compiled(tmp_path)
+    rng = random.Random("patch-digests")
+    for _ in range(40):  # an edit the patch takes
+        text, _kind = _edited(text, rng)
+        (tmp_path / "p.fw").write_text(text, encoding="utf-8")
+        threads.clear()
+        assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
+        if outcomes[-1] == "patched":
+            break
+    assert outcomes[-1] == "patched", outcomes
+    assert bool(threads) == beside, "the digests were made as the threshold says"
+
+    real_hash_of = patch.hash_of
+
+    def another(path: str, secret_hash: object) -> object:
+        digest = real_hash_of(path, secret_hash)  # type: ignore[arg-type]
+        if path == "fw2/iptables.rules":
+            digest.update(b"not what was written")
+        return digest
+
+    monkeypatch.setattr(patch, "hash_of", another)
+    for _ in range(40):  # an edit the patch would take, but for fw2's digest
+        outcomes.clear()
+        text, _kind = _edited(text, rng)
+        (tmp_path / "p.fw").write_text(text, encoding="utf-8")
+        assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
+        if outcomes == ["fw2/iptables.rules is not what was written"]:
+            break
+    assert outcomes == ["fw2/iptables.rules is not what was written"], outcomes
