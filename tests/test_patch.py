@@ -293,3 +293,43 @@ def test_a_file_that_is_not_what_was_written_means_a_full_compile(
         if outcomes == ["fw2/iptables.rules is not what was written"]:
             break
     assert outcomes == ["fw2/iptables.rules is not what was written"], outcomes
+
+
+def test_a_file_changed_while_it_is_written_means_a_full_compile(
+        tmp_path: Path, cache_home: Path, outcomes: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large previous rules file is mapped, not copied (`_Reader.text`): a change made
+    in place while the patch writes from it would reach the new file. Its change time
+    is checked again once the file is written, and the compile is then a full one."""
+    from fwc.backend.render import registry
+
+    monkeypatch.setattr(registry, "DIGEST_BESIDE", 0)  # every rules file mapped
+    text = _site_compiled(tmp_path)
+    real = patch._pieces
+    changed: list[str] = []
+
+    def meanwhile(*args: object) -> object:
+        pieces = real(*args)  # type: ignore[arg-type]
+        yield next(pieces)
+        if not changed:  # the last byte, in a piece not yet written: same size, new bytes
+            rules = tmp_path / "out" / "bench" / "fw1" / "iptables.rules"
+            with rules.open("r+b") as stream:
+                stream.seek(-1, 2)
+                stream.write(b" ")
+            changed.append("yes")
+        yield from pieces
+
+    monkeypatch.setattr(patch, "_pieces", meanwhile)
+    rng = random.Random("patch-while-written")
+    for _ in range(40):  # an edit the patch takes
+        edited, _kind = _edited(text, rng)
+        (tmp_path / "p.fw").write_text(edited, encoding="utf-8")
+        outcomes.clear()
+        changed.clear()
+        assert main(["compile", str(tmp_path / "p.fw"), "-o", str(tmp_path / "out"),
+                     "--force"]) == 0
+        if outcomes == ["patched"]:
+            break
+        text = edited
+    assert outcomes == ["patched"] and changed == ["yes"], (outcomes, changed)
+    assert file_tree(tmp_path / "out") == _compile(tmp_path, "full", "--no-cache")

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import re
 import stat
@@ -89,6 +90,9 @@ from fwc.model.vocabulary import Backend, BuiltinChain, Target
 KIND = "patch"  # the result cache's kind of a PatchBase entry
 # A member's protocol splits of FORWARD, per family (of arrange's Splits)
 Forward = dict[int, tuple[ProtocolChild, ...]]
+# A previous rules file's bytes: mapped when large (`_Reader.text`); read with find,
+# rfind, slices and regular expressions only, which both kinds have.
+Text = bytes | mmap.mmap
 _FORWARD = str(BuiltinChain.FORWARD)
 
 
@@ -365,7 +369,7 @@ def _pairs(olds: list[bytes], news: list[FilterRule]) -> list[_Pair]:
     return pairs
 
 
-def _splice(text: bytes, token: bytes, news: list[FilterRule],
+def _splice(text: Text, token: bytes, news: list[FilterRule],
             children: tuple[ProtocolChild, ...], order: Callable[[str], int | None],
             position: int) \
         -> tuple[list[tuple[int, int, bytes]], tuple[ProtocolChild, ...], set[str]]:
@@ -472,7 +476,7 @@ def _lows(child: ProtocolChild, out: list[tuple[PortRange, ...]] | None = None,
     return lows
 
 
-def _moved(text: bytes, children: tuple[ProtocolChild, ...], after: list[ProtocolChild],
+def _moved(text: Text, children: tuple[ProtocolChild, ...], after: list[ProtocolChild],
            i: int, j: int, places: dict[int, list[tuple[int, int, bytes]]],
            movers: list[_Pair], pairs: list[_Pair], order: Callable[[str], int | None],
            position: int, edits: list[tuple[int, int, bytes]]) -> None:
@@ -544,7 +548,7 @@ def _with_lows(child: ProtocolChild, rules: int, with_ports: int, lows: Counter[
                          child.with_ports + with_ports, named, port)
 
 
-def _line_bounds(text: bytes, at: int) -> tuple[int, int]:
+def _line_bounds(text: Text, at: int) -> tuple[int, int]:
     start = text.rfind(b"\n", 0, at) + 1
     end = text.find(b"\n", at)
     if end < 0:
@@ -561,7 +565,7 @@ def _chain_of(line: bytes) -> bytes:
 _COMMENT = re.compile(rb' --comment "((?:fwc arrange: )?)([^"\\]*)"')
 
 
-def _insertion(text: bytes, prefix: bytes, order: Callable[[str], int | None],
+def _insertion(text: Text, prefix: bytes, order: Callable[[str], int | None],
                position: int) -> int:
     """Where the rule at POSITION goes in the bucket chain of PREFIX: before its first
     line of a later rule, else before its last line (the chain's policy)."""
@@ -569,10 +573,12 @@ def _insertion(text: bytes, prefix: bytes, order: Callable[[str], int | None],
     if start < 0:
         raise Refused("a bucket chain without lines")
     at = start + 1
-    while text.startswith(prefix, at):
-        end = text.index(b"\n", at) + 1
+    while text[at:at + len(prefix)] == prefix:
+        end = text.find(b"\n", at) + 1
+        if end == 0:
+            raise Refused("a line without its end")
         found = _COMMENT.search(text, at, end)
-        if not text.startswith(prefix, end):  # the last line: the chain's policy
+        if text[end:end + len(prefix)] != prefix:  # the last line: the chain's policy
             if found is None or found[1] != b"fwc arrange: " \
                     or not found[2].endswith(b" policy"):
                 raise Refused("a bucket chain not ending in its policy")
@@ -609,15 +615,24 @@ def _sets_known(ipsets: bytes | None, sets: Mapping[str, IpSet]) -> None:
             raise Refused("the rule names a set the previous files do not have as it is")
 
 
-def _sets_still_named(texts: list[bytes], edits: Mapping[int, list[tuple[int, int, bytes]]],
+def _count(text: Text, word: bytes, start: int, end: int) -> int:
+    """How often WORD is in TEXT[START:END] (a mapped file has no count)."""
+    count, at = 0, text.find(word, start, end)
+    while at >= 0:
+        count += 1
+        at = text.find(word, at + len(word), end)
+    return count
+
+
+def _sets_still_named(texts: list[Text], edits: Mapping[int, list[tuple[int, int, bytes]]],
                       names: set[str]) -> None:
     """Every set of NAMES (the rule's old lines named them, its new ones do not) is still
     named by a line of another rule."""
     for name in sorted(names):
         word = b"--match-set " + escape.iptables_word(name).encode() + b" "
         for index, text in enumerate(texts):
-            removed = sum(text.count(word, start, end) for start, end, _ in edits[index])
-            if text.count(word) > removed:
+            removed = sum(_count(text, word, start, end) for start, end, _ in edits[index])
+            if _count(text, word, 0, len(text)) > removed:
                 break
         else:
             raise Refused("a set would no longer be named")
@@ -638,18 +653,46 @@ class _Reader:
         self._digesting: list[tuple[str, Hash, threading.Thread]] | None = None
 
     def read(self, path: str) -> bytes:
-        node = self.nodes.get(path)
-        if node is None:
+        data = self._open(path, mapped=False)
+        assert isinstance(data, bytes)
+        return data
+
+    def text(self, path: str) -> Text:
+        """The bytes of PATH, a rules file, mapped when large instead of copied: a copy
+        would be fresh memory for every file, twice (planned, then written), and the
+        mapping shares the page cache's. (A file cut short by another process while
+        it is mapped would end fwc with SIGBUS: the output directory keeps its
+        previous tree, and the staging copy is removed by the next compile.)"""
+        return self._open(path, mapped=True)
+
+    def still_as_written(self, path: str) -> None:
+        """Refused when PATH changed since it was read (its change time moved): a
+        mapped file's bytes may have changed under the patch, which read them."""
+        info = os.stat(self.directory / path, follow_symlinks=False)
+        if not self._as_recorded(path, info):
+            raise Refused(f"{path} changed while it was read")
+
+    def _as_recorded(self, path: str, info: os.stat_result) -> bool:
+        node = self.nodes[path]
+        seen = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, info.st_nlink,
+                info.st_size, info.st_ino, info.st_ctime_ns)
+        return stat.S_ISREG(info.st_mode) and seen == (*node[1:4], *node[5:])
+
+    def _open(self, path: str, mapped: bool) -> Text:
+        if path not in self.nodes:
             raise Refused(f"the previous output has no {path}")
         fd = os.open(self.directory / path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as stream:
             info = os.fstat(stream.fileno())
-            data = stream.read()
+            if not self._as_recorded(path, info):
+                raise Refused(f"{path} changed since it was written")
+            data: Text
+            if mapped and info.st_size >= registry.DIGEST_BESIDE:
+                data = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+            else:
+                data = stream.read()
             after = os.fstat(stream.fileno())
-        seen = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, info.st_nlink,
-                info.st_size, info.st_ino, info.st_ctime_ns)
-        if not stat.S_ISREG(info.st_mode) or seen != (*node[1:4], *node[5:]) \
-                or after.st_ctime_ns != info.st_ctime_ns or len(data) != info.st_size:
+        if after.st_ctime_ns != info.st_ctime_ns or len(data) != info.st_size:
             raise Refused(f"{path} changed since it was written")
         if path not in self.checked:
             self.checked.add(path)
@@ -711,9 +754,10 @@ class PatchedCluster:
                 entries.append(Entry.of(path, content))
                 yield OutputFile(path, content, mode)
                 continue
-            # read again (the page cache's): only one rules file is held at a time
-            chunks = Chunks(_pieces(self._reader.read(path), edits))
+            # mapped again: only one rules file is held at a time
+            chunks = Chunks(_pieces(self._reader.text(path), edits))
             yield OutputFile(path, b"", mode, chunks)
+            self._reader.still_as_written(path)
             entries.append(Entry.of_digest(path, chunks.sha256()))
         yield OutputFile(MANIFEST, _manifest(self._policy, self._cluster, entries,
                                              self._backend), self._reader.nodes[MANIFEST][1])
@@ -722,7 +766,7 @@ class PatchedCluster:
         return members_of(self._paths)
 
 
-def _pieces(text: bytes, edits: list[tuple[int, int, bytes]]) -> Iterator[bytes]:
+def _pieces(text: Text, edits: list[tuple[int, int, bytes]]) -> Iterator[bytes]:
     view = memoryview(text)
     at = 0
     for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
@@ -817,13 +861,13 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
     ipsets = reader.read(ipsets_path) if ipsets_path in reader.nodes else None
     old_sets: set[str] = set()
     new_sets: set[str] = set()
-    texts: list[bytes] = []
+    texts: list[Text] = []
     all_edits: dict[int, list[tuple[int, int, bytes]]] = {}
     token = b" --comment " + escape.iptables_comment(label).encode()
     for family in (4, 6):
         lines = _forward_lines(cluster, member, family, options, position)
         path = f"{member.name}/{_rules_file(family)}"
-        text = reader.read(path)
+        text = reader.text(path)
         if not lines:
             if text.find(token) >= 0:
                 raise Refused("the rule's lines go")
