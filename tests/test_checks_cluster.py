@@ -462,6 +462,19 @@ def test_fwc226_router_discovery_without_a_virtual_link_local_vip(tmp_path):
     assert d.related[0].span.line == line_of(text, "router-solicitation")
 
 
+def test_fwc226_names_the_first_rule_written_for_the_interface(tmp_path):
+    """The rules are read once for every interface (issue 12: twelve interfaces read
+    20,000 rules twelve times): the related rule is still the first one that accepts
+    router discovery on that interface, not the first one on any."""
+    text = mutate(ROUTER_SOLICITATIONS, (
+        "    accept from any to firewall service icmpv6/router-solicitation in lan\n",
+        "    accept from any to firewall service icmpv6/router-advertisement in uplink\n"
+        "    accept from any to firewall service icmpv6/router-solicitation in lan\n"))
+    d = assert_diagnostic(run(tmp_path, text), "FWC226", W, line_of(text, "interface lan"),
+                          "'lan'", "no link-local")
+    assert d.related[0].span.line == line_of(text, "router-solicitation in lan")
+
+
 @pytest.mark.parametrize("change", [
     ("vip 192.0.2.254/24, 2001:db8:1::fe/64",
      "vip 192.0.2.254/24, fe80::200:5eff:fe00:233/64, 2001:db8:1::fe/64"),

@@ -299,20 +299,21 @@ _ROUTER_DISCOVERY = frozenset((proto.ICMPV6_TYPES["router-solicitation"],
                                proto.ICMPV6_TYPES["router-advertisement"]))
 
 
-def _router_discovery_rule(cluster: Cluster, interface: str) -> Span | None:
+def _router_discovery_rules(cluster: Cluster) -> list[tuple[frozenset[str], Span]]:
     """Where the policy accepts router solicitations or advertisements (ICMPv6 133, 134,
-    named) on INTERFACE: the sign that the members advertise themselves as the
-    segment's router (radvd) to hosts that take their default router from it."""
+    named), in policy order, with the interfaces each rule is written for (none: every
+    interface): the sign that the members advertise themselves as the segment's router
+    (radvd) to hosts that take their default router from it. One pass over the rules,
+    whatever the number of interfaces asked about."""
+    found = []
     for rule in cluster.rules:
         if rule.action != FilterAction.ACCEPT or rule.only is not None:
             continue
-        sides = {rule.in_interface, rule.out_interface} - {None}
-        if sides and interface not in sides:
-            continue  # written for other interfaces only
         if any(s.protocol == "icmpv6" and s.icmp_type in _ROUTER_DISCOVERY
                for s in rule.services):
-            return rule.span
-    return None
+            sides = frozenset({rule.in_interface, rule.out_interface} - {None})
+            found.append((sides, rule.span))
+    return found
 
 
 @check("FWC226", "router advertisements without a virtual link-local address", W, """
@@ -333,11 +334,15 @@ MAC would derive, which no member uses) and have only the master advertise, from
 "IPv6 hosts and the virtual link-local address").""")
 def router_advertisements_without_virtual_link_local(policy: Policy) -> Iterable[Diagnostic]:
     for cluster in _clusters(policy):
+        discovery: list[tuple[frozenset[str], Span]] | None = None
         for iface in cluster.vrrp_interfaces:
             vips = iface.vips_of(6)
             if not vips or iface.vrid is None or any(link_scoped(v.ip) for v in vips):
                 continue
-            rule = _router_discovery_rule(cluster, iface.name)
+            if discovery is None:
+                discovery = _router_discovery_rules(cluster)
+            rule = next((span for sides, span in discovery
+                         if not sides or iface.name in sides), None)
             if rule is None:
                 continue
             suggested = virtual_link_local(iface.vrid)
