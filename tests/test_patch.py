@@ -304,6 +304,15 @@ def test_a_file_changed_while_it_is_written_means_a_full_compile(
     from fwc.backend.render import registry
 
     monkeypatch.setattr(registry, "DIGEST_BESIDE", 0)  # every rules file mapped
+    kinds: set[str] = set()
+    real_text = patch._Reader.text
+
+    def text_of(reader: patch._Reader, path: str) -> object:
+        got = real_text(reader, path)
+        kinds.add(type(got).__name__)
+        return got
+
+    monkeypatch.setattr(patch._Reader, "text", text_of)
     text = _site_compiled(tmp_path)
     real = patch._pieces
     changed: list[str] = []
@@ -332,4 +341,52 @@ def test_a_file_changed_while_it_is_written_means_a_full_compile(
             break
         text = edited
     assert outcomes == ["patched"] and changed == ["yes"], (outcomes, changed)
+    assert kinds == {"mmap"}, kinds
     assert file_tree(tmp_path / "out") == _compile(tmp_path, "full", "--no-cache")
+
+
+def test_a_rules_file_another_user_may_write_is_read_not_mapped(
+        tmp_path: Path, cache_home: Path, outcomes: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a file that no one but fwc's own user may write is mapped (a process cutting
+    a mapped file short ends fwc with SIGBUS); any other is read into memory, and the
+    patch is the same."""
+    from fwc.backend.render import registry
+
+    monkeypatch.setattr(registry, "DIGEST_BESIDE", 0)  # every rules file large enough
+    kinds: set[str] = set()
+    real_text = patch._Reader.text
+
+    def text_of(reader: patch._Reader, path: str) -> object:
+        got = real_text(reader, path)
+        kinds.add(type(got).__name__)
+        return got
+
+    monkeypatch.setattr(patch._Reader, "text", text_of)
+    text = _site_compiled(tmp_path)
+    monkeypatch.setattr(patch, "_only_ours", lambda info: False)
+    rng = random.Random("patch-owner")
+    for _ in range(40):  # an edit the patch takes
+        text, _kind = _edited(text, rng)
+        (tmp_path / "p.fw").write_text(text, encoding="utf-8")
+        kinds.clear()
+        assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
+        if outcomes[-1] == "patched":
+            break
+    assert outcomes[-1] == "patched", outcomes
+    assert kinds == {"bytes"}, kinds
+
+
+def test_only_a_file_no_other_user_may_write_is_ours(tmp_path: Path) -> None:
+    import os
+    import stat as stat_module
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    for mode, ours in ((0o644, True), (0o600, True), (0o664, False), (0o646, False)):
+        path.chmod(mode)
+        assert patch._only_ours(path.stat()) is ours, oct(mode)
+    info = path.stat()
+    other = os.stat_result((stat_module.S_IFREG | 0o644, *info[1:4], info.st_uid + 1,
+                            *info[5:]))
+    assert patch._only_ours(other) is False

@@ -638,6 +638,12 @@ def _sets_still_named(texts: list[Text], edits: Mapping[int, list[tuple[int, int
             raise Refused("a set would no longer be named")
 
 
+def _only_ours(info: os.stat_result) -> bool:
+    """Whether no one but this process's user (and root) may write to the file INFO
+    describes."""
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
 class _Reader:
     """The previous output's files, each checked against the record of the compile that
     wrote it when first read: its bytes' digest, and on every read the same inode, size,
@@ -660,9 +666,10 @@ class _Reader:
     def text(self, path: str) -> Text:
         """The bytes of PATH, a rules file, mapped when large instead of copied: a copy
         would be fresh memory for every file, twice (planned, then written), and the
-        mapping shares the page cache's. (A file cut short by another process while
-        it is mapped would end fwc with SIGBUS: the output directory keeps its
-        previous tree, and the staging copy is removed by the next compile.)"""
+        mapping shares the page cache's. Only a file that no one but fwc's own user may
+        write to is mapped: cut short by a process while it is mapped, it would end fwc
+        with SIGBUS, which that user can do as well with a signal (the output directory
+        keeps its previous tree, and the next compile removes the staging copy)."""
         return self._open(path, mapped=True)
 
     def still_as_written(self, path: str) -> None:
@@ -687,7 +694,7 @@ class _Reader:
             if not self._as_recorded(path, info):
                 raise Refused(f"{path} changed since it was written")
             data: Text
-            if mapped and info.st_size >= registry.DIGEST_BESIDE:
+            if mapped and info.st_size >= registry.DIGEST_BESIDE and _only_ours(info):
                 data = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
             else:
                 data = stream.read()
