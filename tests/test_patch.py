@@ -14,7 +14,6 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -243,27 +242,26 @@ def test_a_file_that_is_not_what_was_written_means_a_full_compile(
         tmp_path: Path, cache_home: Path, outcomes: list[str],
         monkeypatch: pytest.MonkeyPatch, beside: bool) -> None:
     """Each previous file's bytes are checked against the digest recorded when they were
-    written; a large file's digest is made in a thread beside the patch's planning, and
-    a piece of a written file in a thread beside its write (registry.digest_beside).
-    Every file counts as large here, or none: a patch is still the full compile, and a
-    digest that differs is still a refusal, whichever way the digest was made."""
-    from fwc.backend.render import registry
+    written, a large file's in a thread beside the patch's planning, and an edited
+    file's new digest (for MANIFEST) is made with that check (`_Digesting`). Every file
+    counts as large here, or none: a patch is still the full compile, and a digest that
+    differs is still a refusal, whichever way the digest was made."""
+    monkeypatch.setattr(patch, "LARGE", 0 if beside else 1 << 60)
+    threads: list[str] = []
+    real_start = patch._Digesting.start
+    real_run = patch._Digesting.run
 
-    monkeypatch.setattr(registry, "DIGEST_BESIDE", 0 if beside else 1 << 60)
-    threads: list[object] = []
-    real_beside = registry.digest_beside
+    def counted(digesting: patch._Digesting) -> None:
+        threads.append(digesting.path)
+        real_start(digesting)
 
-    def counted(update: Callable[[bytes], None], data: bytes) -> object:
-        threads.append(data)
+    def slow(digesting: patch._Digesting) -> None:  # still running when the plan ends
+        if threads:
+            time.sleep(0.02)
+        real_run(digesting)
 
-        def slow(piece: bytes) -> None:  # a digest still running when the write ends
-            if isinstance(piece, memoryview):  # (the patch's pieces of a previous file)
-                time.sleep(0.02)
-            update(piece)
-
-        return real_beside(slow, data)
-
-    monkeypatch.setattr(registry, "digest_beside", counted)
+    monkeypatch.setattr(patch._Digesting, "start", counted)
+    monkeypatch.setattr(patch._Digesting, "run", slow)
     text = _site_compiled(tmp_path)
     rng = random.Random("patch-digests")
     for _ in range(40):  # an edit the patch takes
@@ -301,9 +299,7 @@ def test_a_file_changed_while_it_is_written_means_a_full_compile(
     """A large previous rules file is mapped, not copied (`_Reader.text`): a change made
     in place while the patch writes from it would reach the new file. Its change time
     is checked again once the file is written, and the compile is then a full one."""
-    from fwc.backend.render import registry
-
-    monkeypatch.setattr(registry, "DIGEST_BESIDE", 0)  # every rules file mapped
+    monkeypatch.setattr(patch, "LARGE", 0)  # every rules file mapped
     kinds: set[str] = set()
     real_text = patch._Reader.text
 
@@ -351,9 +347,7 @@ def test_a_rules_file_another_user_may_write_is_read_not_mapped(
     """Only a file that no one but fwc's own user may write is mapped (a process cutting
     a mapped file short ends fwc with SIGBUS); any other is read into memory, and the
     patch is the same."""
-    from fwc.backend.render import registry
-
-    monkeypatch.setattr(registry, "DIGEST_BESIDE", 0)  # every rules file large enough
+    monkeypatch.setattr(patch, "LARGE", 0)  # every rules file large enough
     kinds: set[str] = set()
     real_text = patch._Reader.text
 

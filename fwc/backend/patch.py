@@ -77,8 +77,8 @@ from fwc.backend.lower.ruleset import FilterRule, rendered_lines
 from fwc.backend.manifest import NAME as MANIFEST
 from fwc.backend.manifest import Entry
 from fwc.backend.output import OutputFile, _manifest, members_of
-from fwc.backend.record import Hash, OutputRecord, RecordedCluster, hash_of
-from fwc.backend.render import conntrackd, escape, registry
+from fwc.backend.record import Hash, OutputRecord, RecordedCluster, hash_of, plain
+from fwc.backend.render import conntrackd, escape
 from fwc.backend.render.context import MemberBuild
 from fwc.backend.render.ipset import set_lines
 from fwc.backend.render.iptables import rule_bodies
@@ -93,6 +93,11 @@ Forward = dict[int, tuple[ProtocolChild, ...]]
 # A previous rules file's bytes: mapped when large (`_Reader.text`); read with find,
 # rfind, slices and regular expressions only, which both kinds have.
 Text = bytes | mmap.mmap
+# bytes: a previous file this large is mapped rather than copied (`_Reader.text`), and
+# digested in a thread beside the patch's planning (hashlib lets the GIL go)
+LARGE = 1 << 20
+Edits = list[tuple[int, int, bytes]]  # (start, end, new bytes) of a file, one per chain
+Lines = list[tuple[int, int, bytes]]  # a chain's lines of a rule: (start, end, body)
 _FORWARD = str(BuiltinChain.FORWARD)
 
 
@@ -372,7 +377,7 @@ def _pairs(olds: list[bytes], news: list[FilterRule]) -> list[_Pair]:
 def _splice(text: Text, token: bytes, news: list[FilterRule],
             children: tuple[ProtocolChild, ...], order: Callable[[str], int | None],
             position: int) \
-        -> tuple[list[tuple[int, int, bytes]], tuple[ProtocolChild, ...], set[str]]:
+        -> tuple[Edits, tuple[ProtocolChild, ...], set[str]]:
     """The edits (start, end, new bytes) that make TEXT's rules file the new rule's (whose
     lines carry TOKEN, ` --comment "LABEL"`), the protocol splits' chains after them, and
     the sets the old lines named."""
@@ -383,7 +388,7 @@ def _splice(text: Text, token: bytes, news: list[FilterRule],
     # (a rule with a chain of its own, share_expansions', has its lines there: fwc-pN-,
     # refused below with any chain outside FORWARD's tree)
     # the rule's lines by chain, in file order: (start, end, body)
-    by_chain: dict[bytes, list[tuple[int, int, bytes]]] = {}
+    by_chain: dict[bytes, Lines] = {}
     olds: dict[bytes, None] = {}
     at = first
     while at >= 0:
@@ -407,8 +412,8 @@ def _splice(text: Text, token: bytes, news: list[FilterRule],
     chain_of = {c.chain.encode(): i for i, c in enumerate(children)}
     bucket_of = {name.encode(): (i, b) for i, c in enumerate(children) if c.port is not None
                  for b, name in enumerate(c.port.buckets)}
-    edits: list[tuple[int, int, bytes]] = []
-    held: dict[int, dict[int, list[tuple[int, int, bytes]]]] = {}  # child, bucket (-1: itself)
+    edits: Edits = []
+    held: dict[int, dict[int, Lines]] = {}  # child, bucket (-1: itself)
     for chain, lines in by_chain.items():
         if chain in bucket_of:
             i, b = bucket_of[chain]
@@ -477,9 +482,9 @@ def _lows(child: ProtocolChild, out: list[tuple[PortRange, ...]] | None = None,
 
 
 def _moved(text: Text, children: tuple[ProtocolChild, ...], after: list[ProtocolChild],
-           i: int, j: int, places: dict[int, list[tuple[int, int, bytes]]],
+           i: int, j: int, places: dict[int, Lines],
            movers: list[_Pair], pairs: list[_Pair], order: Callable[[str], int | None],
-           position: int, edits: list[tuple[int, int, bytes]]) -> None:
+           position: int, edits: Edits) -> None:
     """The edits of the rule's lines MOVERS leaving protocol chain I (PLACES: its lines by
     bucket, -1 for the chain itself) for chain J of the same split (I itself when the
     protocol stays; else one line), with the chains' decisions taken again; AFTER gets
@@ -624,7 +629,7 @@ def _count(text: Text, word: bytes, start: int, end: int) -> int:
     return count
 
 
-def _sets_still_named(texts: list[Text], edits: Mapping[int, list[tuple[int, int, bytes]]],
+def _sets_still_named(texts: list[Text], edits: Mapping[int, Edits],
                       names: set[str]) -> None:
     """Every set of NAMES (the rule's old lines named them, its new ones do not) is still
     named by a line of another rule."""
@@ -647,7 +652,12 @@ def _only_ours(info: os.stat_result) -> bool:
 class _Reader:
     """The previous output's files, each checked against the record of the compile that
     wrote it when first read: its bytes' digest, and on every read the same inode, size,
-    link count, owner, mode and change time (`unchanged_output` compared the tree)."""
+    link count, owner, mode and change time (`unchanged_output` compared the tree).
+
+    What a file written from a previous one will digest to is known here too (`digest`):
+    a copy's is the record's, and an edited rules file's is made with its check, from
+    the digest of the bytes before the first edit (SHA-256 reads in order, so the two
+    differ only from there): the patch's write hashes nothing again."""
 
     def __init__(self, directory: Path, cluster: RecordedCluster,
                  secret_hash: Callable[[], Hash]) -> None:
@@ -656,11 +666,15 @@ class _Reader:
         self.digests = {f.path: f.sha256 for f in cluster.files}
         self.secret_hash = secret_hash
         self.checked: set[str] = set()
-        self._digesting: list[tuple[str, Hash, threading.Thread]] | None = None
+        self._unchecked: dict[str, Text] = {}  # texts whose edits are not known yet
+        self._made: dict[str, str] = {}  # edited files: what they will digest to
+        self._digesting: list[_Digesting] | None = None
 
     def read(self, path: str) -> bytes:
         data = self._open(path, mapped=False)
         assert isinstance(data, bytes)
+        if path not in self.checked:
+            self._check(path, data, [])
         return data
 
     def text(self, path: str) -> Text:
@@ -669,8 +683,34 @@ class _Reader:
         mapping shares the page cache's. Only a file that no one but fwc's own user may
         write to is mapped: cut short by a process while it is mapped, it would end fwc
         with SIGBUS, which that user can do as well with a signal (the output directory
-        keeps its previous tree, and the next compile removes the staging copy)."""
-        return self._open(path, mapped=True)
+        keeps its previous tree, and the next compile removes the staging copy).
+        Checked once its edits are known (`edited`), or when `verifying` ends."""
+        data = self._open(path, mapped=True)
+        if path not in self.checked:
+            self._unchecked[path] = data
+        return data
+
+    def edited(self, path: str, edits: Edits) -> None:
+        """PATH, read with `text`, is to be written with EDITS: checked now, its new
+        digest made with the check."""
+        if edits and not plain(path):
+            raise Refused(f"{path} can hold a secret")  # (no rules file does)
+        self._check(path, self._unchecked.pop(path), edits)
+
+    def check_all(self, paths: list[str]) -> None:
+        """Every one of PATHS checked (read, or as `text` read it)."""
+        for path in paths:
+            if path in self._unchecked:
+                self.edited(path, [])
+            elif path not in self.checked:
+                self.read(path)
+
+    def digest(self, path: str) -> str | None:
+        """The SHA-256 of PATH as the patch writes it (checked; its edits given), or None
+        for a file whose record digest is keyed (one that can hold a secret)."""
+        if not plain(path):
+            return None
+        return self._made.get(path, self.digests[path])
 
     def still_as_written(self, path: str) -> None:
         """Refused when PATH changed since it was read (its change time moved): a
@@ -694,43 +734,96 @@ class _Reader:
             if not self._as_recorded(path, info):
                 raise Refused(f"{path} changed since it was written")
             data: Text
-            if mapped and info.st_size >= registry.DIGEST_BESIDE and _only_ours(info):
+            if mapped and info.st_size >= LARGE and _only_ours(info):
                 data = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
             else:
                 data = stream.read()
             after = os.fstat(stream.fileno())
         if after.st_ctime_ns != info.st_ctime_ns or len(data) != info.st_size:
             raise Refused(f"{path} changed since it was written")
-        if path not in self.checked:
-            self.checked.add(path)
-            digest = hash_of(path, self.secret_hash)
-            if self._digesting is None or len(data) < registry.DIGEST_BESIDE:
-                digest.update(data)
-                self._compare(path, digest)
-            else:
-                thread = registry.digest_beside(digest.update, data)
-                self._digesting.append((path, digest, thread))
         return data
+
+    def _check(self, path: str, data: Text, edits: Edits) -> None:
+        self.checked.add(path)
+        digesting = _Digesting(path, data, edits, hash_of(path, self.secret_hash),
+                               with_new=bool(edits) and plain(path))
+        if self._digesting is None or len(data) < LARGE:
+            digesting.run()
+            self._settle(digesting)
+        else:
+            digesting.start()
+            self._digesting.append(digesting)
+
+    def _settle(self, digesting: _Digesting) -> None:
+        if digesting.failed is not None:
+            raise digesting.failed
+        if digesting.old.hexdigest() != self.digests.get(digesting.path):
+            raise Refused(f"{digesting.path} is not what was written")
+        if digesting.new is not None:
+            self._made[digesting.path] = digesting.new.hexdigest()
 
     @contextlib.contextmanager
     def verifying(self) -> Iterator[None]:
         """The block's reads digest a large file in a thread, beside the block's own
         work (hashlib lets the GIL go; at 20,000 rules on many interfaces that work is
-        most of a patch compile's planning); on the way out every thread is awaited,
-        and a file that is not what was written is Refused, unless the block raised."""
+        most of a patch compile's planning); on the way out a text whose edits were not
+        given is checked as it is, every thread is awaited, and a file that is not what
+        was written is Refused, unless the block raised."""
         self._digesting = []
         try:
             yield
+            self.check_all(list(self._unchecked))
         finally:
             digesting, self._digesting = self._digesting, None
-            for _, _, thread in digesting:
-                thread.join()
-        for path, digest, _ in digesting:
-            self._compare(path, digest)
+            self._unchecked.clear()
+            for each in digesting:
+                each.join()
+        for each in digesting:
+            self._settle(each)
 
-    def _compare(self, path: str, digest: Hash) -> None:
-        if digest.hexdigest() != self.digests.get(path):
-            raise Refused(f"{path} is not what was written")
+
+class _Digesting:
+    """The check of one previous file against its record (OLD: the digest the record
+    holds, HASH_OF's), and with WITH_NEW the SHA-256 of the file its EDITS make of it
+    (NEW), sharing the digest of the bytes before the first edit, which is the plain
+    SHA-256 the record holds. Run here or in a thread of its own."""
+
+    def __init__(self, path: str, data: Text, edits: Edits, old: Hash, with_new: bool) -> None:
+        self.path = path
+        self._data = data
+        self._edits = edits
+        self.old = old
+        self.new: Any = None
+        self._with_new = with_new
+        self.failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def run(self) -> None:
+        try:
+            view = memoryview(self._data)
+            if not self._with_new:
+                self.old.update(view)
+                return
+            pieces = _pieces(self._data, self._edits)
+            head = next(pieces)  # the bytes before the first edit
+            self.old.update(head)
+            self.new = self.old.copy()  # type: ignore[attr-defined]  # (sha256: plain)
+            self.old.update(view[len(head):])
+            for piece in pieces:
+                self.new.update(piece)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the reader
+            self.failed = exc
+        finally:
+            self._data = b""  # a mapping let go once digested: not every member's at once
+            self._edits = []
 
 
 class PatchedCluster:
@@ -739,7 +832,7 @@ class PatchedCluster:
     and the MANIFEST made anew (its sources' digests are the new policy's)."""
 
     def __init__(self, policy: Policy, cluster: Cluster, backend: Backend,
-                 reader: _Reader, spliced: dict[str, list[tuple[int, int, bytes]]],
+                 reader: _Reader, spliced: dict[str, Edits],
                  paths: list[str]) -> None:
         self.name = cluster.name
         self._policy = policy
@@ -755,17 +848,19 @@ class PatchedCluster:
             if path == MANIFEST:
                 continue
             mode = self._reader.nodes[path][1]
-            edits = self._spliced.get(path)
-            if edits is None:
+            digest = self._reader.digest(path)
+            if digest is None:  # a file that can hold a secret (small; never edited)
                 content = self._reader.read(path)
                 entries.append(Entry.of(path, content))
                 yield OutputFile(path, content, mode)
                 continue
-            # mapped again: only one rules file is held at a time
-            chunks = Chunks(_pieces(self._reader.text(path), edits))
+            # read again (a large file mapped): only one previous file is held at a time;
+            # its digest is known (checked or made while planning), not made again
+            chunks = Chunks(_pieces(self._reader.text(path), self._spliced.get(path, [])),
+                            sha256=digest)
             yield OutputFile(path, b"", mode, chunks)
             self._reader.still_as_written(path)
-            entries.append(Entry.of_digest(path, chunks.sha256()))
+            entries.append(Entry.of_digest(path, digest))
         yield OutputFile(MANIFEST, _manifest(self._policy, self._cluster, entries,
                                              self._backend), self._reader.nodes[MANIFEST][1])
 
@@ -773,7 +868,7 @@ class PatchedCluster:
         return members_of(self._paths)
 
 
-def _pieces(text: Text, edits: list[tuple[int, int, bytes]]) -> Iterator[bytes]:
+def _pieces(text: Text, edits: Edits) -> Iterator[bytes]:
     view = memoryview(text)
     at = 0
     for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
@@ -818,7 +913,7 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
             raise Refused(f"backend {writes_for}")
         reader = _Reader(output_dir / cluster.name, recorded, secret_hash)
         with reader.verifying():
-            spliced: dict[str, list[tuple[int, int, bytes]]] = {}
+            spliced: dict[str, Edits] = {}
             position = positions.get(cluster.name)
             if position is not None:
                 order = _policy_order(cluster, options)
@@ -833,9 +928,7 @@ def patch(policy: Policy, lines: dict[str, str], base: PatchBase, output_dir: Pa
                         splits_after[cluster.name][member.name], order))
             paths = [f.path for f in recorded.files]
             _conntrackd_unchanged(cluster, options, writes_for, reader, paths)
-            for path in paths:  # every file's bytes checked now, not while it is written
-                if path not in reader.checked:
-                    reader.read(path)
+            reader.check_all(paths)  # every file's bytes now, not while it is written
         streams.append(PatchedCluster(policy, cluster, writes_for, reader, spliced, paths))
     return Patch(streams, PatchBase(base.record, lines, splits_after, base.spans))
 
@@ -861,15 +954,15 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
                   options: LowerOptions, reader: _Reader,
                   splits: Forward, splits_after: Forward,
                   order: Callable[[str], int | None]) \
-        -> dict[str, list[tuple[int, int, bytes]]]:
+        -> dict[str, Edits]:
     """The member's rules files that change, with their edits."""
-    out: dict[str, list[tuple[int, int, bytes]]] = {}
+    out: dict[str, Edits] = {}
     ipsets_path = f"{member.name}/ipsets.rules"
     ipsets = reader.read(ipsets_path) if ipsets_path in reader.nodes else None
     old_sets: set[str] = set()
     new_sets: set[str] = set()
     texts: list[Text] = []
-    all_edits: dict[int, list[tuple[int, int, bytes]]] = {}
+    all_edits: dict[int, Edits] = {}
     token = b" --comment " + escape.iptables_comment(label).encode()
     for family in (4, 6):
         lines = _forward_lines(cluster, member, family, options, position)
@@ -888,6 +981,7 @@ def _member_edits(cluster: Cluster, member: Member, position: int, label: str,
         if children is None:
             raise Refused(f"no record of member {member.name}'s IPv{family} arrangement")
         edits, after, named = _splice(text, token, news, children, order, position)
+        reader.edited(path, edits)
         old_sets.update(named)
         splits_after[family] = after
         out[path] = edits

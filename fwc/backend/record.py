@@ -59,7 +59,13 @@ def hash_of(path: str, secret_hash: Callable[[], Hash]) -> Hash:
     VRRP password with SECRET_HASH (`ResultCache.secret_hash`, keyed): a plain sha256 of
     it would give the password away to an offline search, as a MANIFEST's would
     (fwc.backend.manifest); every other file with sha256."""
-    return secret_hash() if path.rsplit("/", 1)[-1] in SECRET_FILES else hashlib.sha256()
+    return hashlib.sha256() if plain(path) else secret_hash()
+
+
+def plain(path: str) -> bool:
+    """Whether a record's digest of the file at PATH is its plain SHA-256, the one its
+    MANIFEST entry holds (every file that cannot hold a secret)."""
+    return path.rsplit("/", 1)[-1] not in SECRET_FILES
 
 
 @dataclass(frozen=True, slots=True)

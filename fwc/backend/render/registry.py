@@ -10,7 +10,6 @@ the table of generated files (with a `When` if it exists only sometimes).
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import MappingProxyType
 
@@ -78,31 +77,20 @@ def member_files(build: MemberBuild) -> tuple[GeneratedFile, ...]:
                  and CONDITIONS[f.when](build))
 
 
-# bytes: a piece this large is digested in a thread, beside the code that writes or reads
-# it (hashlib lets the GIL go): on two cores a patch compile's digests then overlap its
-# writes and its planning instead of adding to them (issue 12)
-DIGEST_BESIDE = 1 << 20
-
-
-def digest_beside(update: Callable[[bytes], None], data: bytes) -> threading.Thread:
-    """UPDATE (a digest's) called with DATA in a thread of its own, started: join it
-    before the digest is read."""
-    thread = threading.Thread(target=update, args=(data,))
-    thread.start()
-    return thread
-
-
 class Chunks:
     """A file's bytes as its target renders them, read once (by the writer of `fwc
     compile`, so that a large file is never whole in memory); its SHA-256 and size are
-    known once it has been read to the end. Each piece is hashed before the next is
-    yielded (a large one while it is written, `digest_beside`)."""
+    known once it has been read to the end. Each piece is hashed before it is yielded
+    (unless the digest is given)."""
 
-    __slots__ = ("_pieces", "_sha", "size", "_state")
+    __slots__ = ("_known", "_pieces", "_sha", "size", "_state")
 
-    def __init__(self, pieces: Iterable[bytes]) -> None:
+    def __init__(self, pieces: Iterable[bytes], sha256: str | None = None) -> None:
         self._pieces = pieces
-        self._sha = hashlib.sha256()
+        # SHA256: the pieces' digest when the caller knows it already (a patch compile
+        # made it while planning, fwc.backend.patch); they are then not hashed again
+        self._sha = hashlib.sha256() if sha256 is None else None
+        self._known = sha256
         self.size = 0
         self._state = "new"  # new, reading, read
 
@@ -112,23 +100,17 @@ class Chunks:
         self._state = "reading"
         sha = self._sha
         for piece in self._pieces:
-            self.size += len(piece)
-            if len(piece) < DIGEST_BESIDE:
+            if sha is not None:
                 sha.update(piece)
-                yield piece
-                continue
-            digesting = digest_beside(sha.update, piece)
-            try:
-                yield piece  # written while it is digested
-            finally:
-                digesting.join()
+            self.size += len(piece)
+            yield piece
         self._pieces = ()
         self._state = "read"
 
     def sha256(self) -> str:
         if self._state != "read":
             raise RuntimeError("a file's digest is known once it has been read (and hashed)")
-        return self._sha.hexdigest()
+        return self._sha.hexdigest() if self._sha is not None else str(self._known)
 
 
 @dataclass(frozen=True, slots=True)
