@@ -38,7 +38,8 @@ What the previous compile was is its record in the result cache (`PatchBase`, un
 the output directory's key: a keyed digest of each line of the policy, a digest of its
 rules' spans and the protocol splits), and that the directory still holds exactly what
 it wrote is `fwc.backend.record.unchanged_output` (its tree); every file read back is
-checked against its recorded digest when first read.
+checked against its recorded digest when first read (a rules file once its edits are
+known: the new file's digest is made with that check).
 tests/test_patch.py compares patched output with full compiles, byte for byte, over
 random policies and edits, and makes every refusal happen.
 """
@@ -678,12 +679,13 @@ class _Reader:
         return data
 
     def text(self, path: str) -> Text:
-        """The bytes of PATH, a rules file, mapped when large instead of copied: a copy
-        would be fresh memory for every file, twice (planned, then written), and the
-        mapping shares the page cache's. Only a file that no one but fwc's own user may
-        write to is mapped: cut short by a process while it is mapped, it would end fwc
-        with SIGBUS, which that user can do as well with a signal (the output directory
-        keeps its previous tree, and the next compile removes the staging copy).
+        """The bytes of PATH (a file that cannot hold a secret), mapped when large instead
+        of copied: a copy would be fresh memory for every file, twice (planned, then
+        written), and the mapping shares the page cache's. Only a file that no one but
+        fwc's own user may write to is mapped: cut short by a process while it is mapped,
+        it would end fwc with SIGBUS, which that user can do as well with a signal (the
+        output directory keeps its previous tree, and the next compile removes the
+        staging copy).
         Checked once its edits are known (`edited`), or when `verifying` ends."""
         data = self._open(path, mapped=True)
         if path not in self.checked:
@@ -793,7 +795,7 @@ class _Digesting:
         self._data = data
         self._edits = edits
         self.old = old
-        self.new: Any = None
+        self.new: Any = None  # hashlib's sha256, with WITH_NEW
         self._with_new = with_new
         self.failed: BaseException | None = None
         self._thread: threading.Thread | None = None
