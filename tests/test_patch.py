@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,22 @@ def outcomes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return got
 
     monkeypatch.setattr(patch, "patch", traced)
+    return seen
+
+
+@pytest.fixture
+def kinds(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """What the patch's reader gave for each previous file it read with `text`: "mmap"
+    for a mapped file, "bytes" for one read into memory."""
+    seen: set[str] = set()
+    real_text = patch._Reader.text
+
+    def text_of(reader: patch._Reader, path: str) -> object:
+        got = real_text(reader, path)
+        seen.add(type(got).__name__)
+        return got
+
+    monkeypatch.setattr(patch._Reader, "text", text_of)
     return seen
 
 
@@ -91,6 +108,38 @@ def _edited(text: str, rng: random.Random) -> tuple[str, str]:
         if line != lines[where]:
             lines[where] = line
             return "\n".join(lines), kind
+
+
+def _until_patched(folder: Path, text: str, rng: random.Random, outcomes: list[str],
+                   before_each: Callable[[], None]) -> str:
+    """Random in-place edits of TEXT compiled into FOLDER/out (BEFORE_EACH called before
+    each compile), each the full compile's bytes, until one is patched: its text."""
+    for _ in range(40):
+        text, _kind = _edited(text, rng)
+        (folder / "p.fw").write_text(text, encoding="utf-8")
+        before_each()
+        assert _compile(folder, "out") == _compile(folder, "full", "--no-cache")
+        if outcomes[-1] == "patched":
+            return text
+    raise AssertionError(f"no edit of 40 was patched: {outcomes}")
+
+
+def _forced_until_patched(folder: Path, text: str, rng: random.Random,
+                          outcomes: list[str], before_each: Callable[[], None]) -> None:
+    """Random in-place edits of TEXT compiled with --force into FOLDER/out (a test
+    changes a previous file there meanwhile; BEFORE_EACH called before each compile),
+    until the patch takes one."""
+    for _ in range(40):
+        edited, _kind = _edited(text, rng)
+        (folder / "p.fw").write_text(edited, encoding="utf-8")
+        outcomes.clear()
+        before_each()
+        assert main(["compile", str(folder / "p.fw"), "-o", str(folder / "out"),
+                     "--force"]) == 0
+        if outcomes == ["patched"]:
+            return
+        text = edited
+    raise AssertionError(f"no edit of 40 was patched: {outcomes}")
 
 
 @pytest.mark.parametrize("shape", ["site", "groups", "interfaces"])
@@ -222,17 +271,8 @@ def test_a_file_changed_while_the_patch_writes_means_a_full_compile(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(compile_command, "_write_and_store", meanwhile)
-    rng = random.Random("patch-meanwhile")
-    while True:  # an edit the patch takes
-        edited, _ = _edited(text, rng)
-        (tmp_path / "p.fw").write_text(edited, encoding="utf-8")
-        outcomes.clear()
-        changed.clear()
-        assert main(["compile", str(tmp_path / "p.fw"), "-o", str(tmp_path / "out"),
-                     "--force"]) == 0
-        if outcomes == ["patched"]:
-            break
-        text = edited
+    _forced_until_patched(tmp_path, text, random.Random("patch-meanwhile"), outcomes,
+                          changed.clear)
     assert changed == ["yes"]
     assert file_tree(tmp_path / "out") == _compile(tmp_path, "full", "--no-cache")
 
@@ -262,16 +302,8 @@ def test_a_file_that_is_not_what_was_written_means_a_full_compile(
 
     monkeypatch.setattr(patch._Digesting, "start", counted)
     monkeypatch.setattr(patch._Digesting, "run", slow)
-    text = _site_compiled(tmp_path)
     rng = random.Random("patch-digests")
-    for _ in range(40):  # an edit the patch takes
-        text, _kind = _edited(text, rng)
-        (tmp_path / "p.fw").write_text(text, encoding="utf-8")
-        threads.clear()
-        assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
-        if outcomes[-1] == "patched":
-            break
-    assert outcomes[-1] == "patched", outcomes
+    text = _until_patched(tmp_path, _site_compiled(tmp_path), rng, outcomes, threads.clear)
     assert bool(threads) == beside, "the digests were made as the threshold says"
 
     real_hash_of = patch.hash_of
@@ -294,29 +326,25 @@ def test_a_file_that_is_not_what_was_written_means_a_full_compile(
 
 
 def test_a_file_changed_while_it_is_written_means_a_full_compile(
-        tmp_path: Path, cache_home: Path, outcomes: list[str],
+        tmp_path: Path, cache_home: Path, outcomes: list[str], kinds: set[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A large previous rules file is mapped, not copied (`_Reader.text`): a change made
     in place while the patch writes from it would reach the new file. Its change time
     is checked again once the file is written, and the compile is then a full one."""
     monkeypatch.setattr(patch, "LARGE", 0)  # every rules file mapped
-    kinds: set[str] = set()
-    real_text = patch._Reader.text
-
-    def text_of(reader: patch._Reader, path: str) -> object:
-        got = real_text(reader, path)
-        kinds.add(type(got).__name__)
-        return got
-
-    monkeypatch.setattr(patch._Reader, "text", text_of)
     text = _site_compiled(tmp_path)
-    real = patch._pieces
+    real_pieces, real_files = patch._pieces, patch.PatchedCluster.files
+    writing: list[str] = []  # (the plan digests pieces too: only the write's count)
     changed: list[str] = []
 
+    def files(stream: patch.PatchedCluster) -> object:
+        writing.append("yes")
+        yield from real_files(stream)
+
     def meanwhile(*args: object) -> object:
-        pieces = real(*args)  # type: ignore[arg-type]
+        pieces = real_pieces(*args)  # type: ignore[arg-type]
         yield next(pieces)
-        if not changed:  # the last byte, in a piece not yet written: same size, new bytes
+        if writing and not changed:  # the last byte, in a piece not yet written
             rules = tmp_path / "out" / "bench" / "fw1" / "iptables.rules"
             with rules.open("r+b") as stream:
                 stream.seek(-1, 2)
@@ -324,50 +352,29 @@ def test_a_file_changed_while_it_is_written_means_a_full_compile(
             changed.append("yes")
         yield from pieces
 
-    monkeypatch.setattr(patch, "_pieces", meanwhile)
-    rng = random.Random("patch-while-written")
-    for _ in range(40):  # an edit the patch takes
-        edited, _kind = _edited(text, rng)
-        (tmp_path / "p.fw").write_text(edited, encoding="utf-8")
-        outcomes.clear()
+    def before_each() -> None:
+        writing.clear()
         changed.clear()
-        assert main(["compile", str(tmp_path / "p.fw"), "-o", str(tmp_path / "out"),
-                     "--force"]) == 0
-        if outcomes == ["patched"]:
-            break
-        text = edited
-    assert outcomes == ["patched"] and changed == ["yes"], (outcomes, changed)
+
+    monkeypatch.setattr(patch.PatchedCluster, "files", files)
+    monkeypatch.setattr(patch, "_pieces", meanwhile)
+    _forced_until_patched(tmp_path, text, random.Random("patch-while-written"), outcomes,
+                          before_each)
+    assert changed == ["yes"]
     assert kinds == {"mmap"}, kinds
     assert file_tree(tmp_path / "out") == _compile(tmp_path, "full", "--no-cache")
 
 
 def test_a_rules_file_another_user_may_write_is_read_not_mapped(
-        tmp_path: Path, cache_home: Path, outcomes: list[str],
+        tmp_path: Path, cache_home: Path, outcomes: list[str], kinds: set[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a file that no one but fwc's own user may write is mapped (a process cutting
     a mapped file short ends fwc with SIGBUS); any other is read into memory, and the
     patch is the same."""
     monkeypatch.setattr(patch, "LARGE", 0)  # every rules file large enough
-    kinds: set[str] = set()
-    real_text = patch._Reader.text
-
-    def text_of(reader: patch._Reader, path: str) -> object:
-        got = real_text(reader, path)
-        kinds.add(type(got).__name__)
-        return got
-
-    monkeypatch.setattr(patch._Reader, "text", text_of)
     text = _site_compiled(tmp_path)
     monkeypatch.setattr(patch, "_only_ours", lambda info: False)
-    rng = random.Random("patch-owner")
-    for _ in range(40):  # an edit the patch takes
-        text, _kind = _edited(text, rng)
-        (tmp_path / "p.fw").write_text(text, encoding="utf-8")
-        kinds.clear()
-        assert _compile(tmp_path, "out") == _compile(tmp_path, "full", "--no-cache")
-        if outcomes[-1] == "patched":
-            break
-    assert outcomes[-1] == "patched", outcomes
+    _until_patched(tmp_path, text, random.Random("patch-owner"), outcomes, kinds.clear)
     assert kinds == {"bytes"}, kinds
 
 
