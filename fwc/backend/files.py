@@ -200,6 +200,12 @@ BY_NAME = MappingProxyType({f.name: f for f in FILES})
 SECRET_FILES = tuple(f.name for f in FILES if f.secret)
 
 
+def can_hold_secret(path: str) -> bool:
+    """Whether the generated file at PATH (a name, or `<member>/<name>`) is one of
+    SECRET_FILES."""
+    return path.rsplit("/", 1)[-1] in SECRET_FILES
+
+
 def rules_file(backend: Backend) -> GeneratedFile:
     """The ruleset every node of BACKEND loads: iptables.rules (IPv4, which no kernel lacks;
     not ip6tables.rules), nftables.nft (both families)."""

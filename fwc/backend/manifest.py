@@ -20,7 +20,7 @@ import stat
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from fwc.backend.files import BY_NAME, SECRET_FILES
+from fwc.backend.files import BY_NAME, can_hold_secret
 from fwc.model.records import dataclass
 from fwc.model.vocabulary import Backend
 from fwc.protocols import REDACTED_PASSWORD
@@ -43,7 +43,7 @@ class ManifestError(Exception):
 
 def secret_values(name: str, text: str) -> list[str]:
     """The secrets written into compiled file NAME, in order (quotes removed)."""
-    if name.rsplit("/", 1)[-1] not in SECRET_FILES:
+    if not can_hold_secret(name):
         return []
     return [m.group(2).strip('"') for m in _AUTH_PASS.finditer(text)]
 
@@ -59,7 +59,7 @@ def mask_secrets(text: str, known: Collection[str] = (), *, placeholder: str = "
 
 def redact(name: str, content: bytes) -> bytes:
     """CONTENT as `fwc compile --redact-secrets` would have written it."""
-    if name.rsplit("/", 1)[-1] not in SECRET_FILES:
+    if not can_hold_secret(name):
         return content
     text = content.decode("utf-8", errors="surrogateescape")
     masked = mask_secrets(text, placeholder=REDACTED_PASSWORD, other=REDACTED_PASSWORD)
@@ -90,7 +90,7 @@ class Entry:
     def of_digest(cls, path: str, sha256: str) -> Entry:
         """The entry of a file hashed while it was written; never one that can carry a
         secret (its entry is of its redacted bytes: `of`)."""
-        if path.rsplit("/", 1)[-1] in SECRET_FILES:
+        if can_hold_secret(path):
             raise ValueError(f"{path} can hold a secret: its entry needs its bytes")
         return cls(FILE, sha256, path)
 

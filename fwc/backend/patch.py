@@ -747,8 +747,9 @@ class _Reader:
 
     def _check(self, path: str, data: Text, edits: Edits) -> None:
         self.checked.add(path)
+        # (`edited` refuses edits of a file whose record digest is keyed)
         digesting = _Digesting(path, data, edits, hash_of(path, self.secret_hash),
-                               with_new=bool(edits) and plain(path))
+                               with_new=bool(edits))
         if self._digesting is None or len(data) < LARGE:
             digesting.run()
             self._settle(digesting)

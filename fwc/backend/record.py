@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from fwc.backend.files import SECRET_FILES
+from fwc.backend.files import can_hold_secret
 from fwc.backend.output import (
     FileStream,
     OutputFile,
@@ -65,7 +65,7 @@ def hash_of(path: str, secret_hash: Callable[[], Hash]) -> Hash:
 def plain(path: str) -> bool:
     """Whether a record's digest of the file at PATH is its plain SHA-256, the one its
     MANIFEST entry holds (every file that cannot hold a secret)."""
-    return path.rsplit("/", 1)[-1] not in SECRET_FILES
+    return not can_hold_secret(path)
 
 
 @dataclass(frozen=True, slots=True)
